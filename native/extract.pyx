@@ -1,0 +1,1028 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The one layer extractor: a push-fed tar parser that writes safely under a root fd.
+
+Bytes of an uncompressed layer tar are pushed in with ``Extractor.feed`` (any
+chunking).  The parser is a small state machine over 512-byte headers, so no
+Python object is built per data block and file contents go straight from the
+caller's buffer to ``write(2)`` with the GIL released.
+
+Safety is structural: every parent directory is opened with
+``openat2(RESOLVE_IN_ROOT)`` relative to the root fd (or an equivalent
+component walk on kernels without it), and the last component is acted on
+with ``*at()`` calls that never follow it.  Names are normalised lexically
+first, so ``..`` and absolute names are re-rooted, never rejected.
+
+Two on-disk formats share all of this: ``dir`` applies whiteouts by deleting
+lower content; ``overlay`` records them the way overlayfs reads them.
+"""
+import os
+
+from libc.string cimport memcpy, memcmp
+from libc.errno cimport errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY
+from libc.stdint cimport int64_t, uint64_t
+from posix.time cimport timespec
+from posix.types cimport mode_t, uid_t, gid_t
+
+from syscalls cimport *
+
+from lamina import errors as _errors
+
+cdef enum State:
+    ST_HEADER, ST_DATA, ST_SKIP, ST_META, ST_END
+
+cdef enum Kind:
+    K_REG, K_LINK, K_SYMLINK, K_CHR, K_BLK, K_DIR, K_FIFO
+
+DEF BLOCK = 512
+
+cdef bytes WH_PREFIX = b".wh."
+cdef bytes WH_OPAQUE = b".wh..wh..opq"
+cdef tuple OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+
+
+cdef inline int64_t _pad(int64_t size):
+    return (BLOCK - size % BLOCK) % BLOCK
+
+
+cdef int64_t _parse_number(const unsigned char *f, int n, str field, object where) except? -1:
+    """Octal (NUL/space padded) or GNU base-256 numeric header field."""
+    cdef int i = 0
+    cdef uint64_t v = 0
+    cdef int64_t sv
+    if f[0] & 0x80:
+        # base-256: big-endian two's complement; 0xff lead byte = negative
+        v = f[0] & 0x7F
+        if f[0] == 0xFF:
+            v = 0xFFFFFFFFFFFFFFFF
+        for i in range(1, n):
+            if (v >> 56) != 0 and (v >> 56) != 0xFF:
+                raise _errors.InvalidArchiveError(f"{where}: {field} field overflows 64 bits")
+            v = (v << 8) | f[i]
+        sv = <int64_t>v
+        return sv
+    while i < n and (f[i] == c' ' or f[i] == 0):
+        i += 1
+    while i < n and f[i] >= c'0' and f[i] <= c'7':
+        if v >> 60:
+            raise _errors.InvalidArchiveError(f"{where}: {field} field overflows 64 bits")
+        v = v * 8 + (f[i] - c'0')
+        i += 1
+    while i < n:
+        if f[i] != c' ' and f[i] != 0:
+            raise _errors.InvalidArchiveError(f"{where}: invalid {field} field in tar header")
+        i += 1
+    return <int64_t>v
+
+
+cdef bytes _cstr(const unsigned char *f, int n):
+    cdef int i = 0
+    while i < n and f[i] != 0:
+        i += 1
+    return (<const char *>f)[:i]
+
+
+def _show(name):
+    """Entry names in messages: readable, never raising on odd bytes."""
+    if isinstance(name, bytes):
+        return repr(name.decode("utf-8", "backslashreplace"))
+    return repr(name)
+
+
+def parse_pax(bytes data, where):
+    """PAX extended header records "LEN key=value\\n" -> {key: value or None}."""
+    cdef Py_ssize_t pos = 0, n = len(data), sp, length
+    out = {}
+    while pos < n:
+        if data[pos] == 0:  # some writers NUL-pad the record block
+            break
+        sp = data.find(b" ", pos, min(n, pos + 24))
+        if sp < 0 or not data[pos:sp].isdigit():
+            raise _errors.InvalidArchiveError(f"{where}: malformed PAX record at offset {pos}")
+        length = int(data[pos:sp])
+        if length <= sp - pos + 1 or pos + length > n or data[pos + length - 1] != 10:
+            raise _errors.InvalidArchiveError(f"{where}: malformed PAX record at offset {pos}")
+        rec = data[sp + 1:pos + length - 1]
+        eq = rec.find(b"=")
+        if eq <= 0:
+            raise _errors.InvalidArchiveError(f"{where}: malformed PAX record at offset {pos}")
+        value = rec[eq + 1:]
+        out[rec[:eq]] = value if value else None  # empty value unsets the key
+        pos += length
+    return out
+
+
+def _pax_time(bytes value, where):
+    """PAX time "sec[.frac]" -> (sec, nsec), negative times included."""
+    try:
+        text = value.decode("ascii")
+        neg = text.startswith("-")
+        whole, _, frac = text.lstrip("-").partition(".")
+        sec = int(whole or "0")
+        nsec = int((frac + "000000000")[:9]) if frac else 0
+    except (UnicodeDecodeError, ValueError):
+        raise _errors.InvalidArchiveError(f"{where}: invalid PAX mtime {value!r}") from None
+    if neg:
+        sec, nsec = -sec, -nsec
+        if nsec < 0:
+            sec, nsec = sec - 1, nsec + 1000000000
+    return sec, nsec
+
+
+def _pax_int(value, key, where):
+    if value is None or not value.isdigit():
+        raise _errors.InvalidArchiveError(f"{where}: invalid PAX {key} {value!r}")
+    return int(value)
+
+
+def _libarchive_xattr(bytes key, bytes value, where):
+    """LIBARCHIVE.xattr.<urlencoded name>=<base64 value>."""
+    import base64
+    from urllib.parse import unquote_to_bytes
+    try:
+        return unquote_to_bytes(key), base64.b64decode(value + b"=" * (-len(value) % 4))
+    except ValueError:
+        raise _errors.InvalidArchiveError(f"{where}: invalid LIBARCHIVE.xattr record") from None
+
+
+def openat2_available():
+    cdef int fd = lamina_openat2(AT_FDCWD, b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, LAMINA_RESOLVE_IN_ROOT)
+    if fd >= 0:
+        close(fd)
+        return True
+    return False
+
+
+cdef class Extractor:
+    """Apply one layer tar, fed in chunks, onto the directory ``root``."""
+
+    cdef int rootfd, outfd, cache_fd
+    cdef bint overlay, is_root, use_openat2, cache_valid
+    cdef State state
+    cdef unsigned char hdr[BLOCK]
+    cdef Py_ssize_t hdr_len
+    cdef int64_t remaining, pad
+    cdef int64_t max_entries, max_bytes, max_header, max_path, max_depth, max_trailing
+    cdef bytearray meta
+    cdef char meta_kind
+    cdef object pax, gpax, long_name, long_link, cache_path, prev_name
+    # the entry being written (regular files span feed() calls)
+    cdef object cur_name, cur_xattrs
+    cdef int64_t cur_mode, cur_uid, cur_gid, cur_sec, cur_nsec
+    cdef dict dir_fixups
+    cdef set created
+    cdef readonly int64_t entries, total, whiteouts, trailing
+    cdef readonly list skipped
+
+    def __cinit__(self):
+        self.rootfd = -1
+        self.outfd = -1
+        self.cache_fd = -1
+
+    def __init__(self, root, *, str format="dir", limits=None, use_openat2=None):
+        if format not in ("dir", "overlay"):
+            raise ValueError(f"unknown format {format!r} (expected 'dir' or 'overlay')")
+        self.overlay = format == "overlay"
+        self.is_root = geteuid() == 0
+        root_b = os.fsencode(root)
+        self.rootfd = openat(AT_FDCWD, root_b, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if self.rootfd < 0:
+            raise _errors.ExtractError(f"cannot open destination {os.fsdecode(root_b)!r}: {os.strerror(errno)}")
+        if use_openat2 is None:
+            use_openat2 = not os.environ.get("LAMINA_NO_OPENAT2") and openat2_available()
+        self.use_openat2 = use_openat2
+        lim = limits
+        self.max_entries = lim.max_entries
+        self.max_bytes = lim.max_bytes
+        self.max_header = lim.max_header
+        self.max_path = lim.max_path
+        self.max_depth = lim.max_depth
+        self.max_trailing = lim.max_trailing
+        self.state = ST_HEADER
+        self.gpax = {}
+        self.dir_fixups = {}
+        self.created = set()
+        self.skipped = []
+        self.prev_name = None
+
+    def __dealloc__(self):
+        if self.outfd >= 0:
+            close(self.outfd)
+        if self.cache_fd >= 0:
+            close(self.cache_fd)
+        if self.rootfd >= 0:
+            close(self.rootfd)
+
+    # ------------------------------------------------------------------ feed
+
+    def feed(self, data):
+        """Consume the next chunk of the uncompressed tar stream."""
+        cdef const unsigned char[::1] mv = data
+        cdef Py_ssize_t n = mv.shape[0], pos = 0, take
+        cdef const unsigned char *p
+        cdef int rc, fd
+        if n == 0:
+            return
+        p = &mv[0]
+        self.total += n
+        if self.total > self.max_bytes:
+            raise _errors.LimitExceededError(
+                f"layer exceeds the limit of {self.max_bytes} uncompressed bytes (at entry {_show(self.prev_name)})")
+        while pos < n:
+            if self.state == ST_DATA:
+                take = min(<int64_t>(n - pos), self.remaining)
+                fd = self.outfd
+                with nogil:
+                    rc = lamina_write_all(fd, <const char *>(p + pos), take)
+                if rc < 0:
+                    self._oserror("write", self.cur_name)
+                pos += take
+                self.remaining -= take
+                if self.remaining == 0:
+                    self._finish_file()
+                    self._skip_then_header(self.pad)
+            elif self.state == ST_HEADER:
+                take = min(n - pos, BLOCK - self.hdr_len)
+                memcpy(&self.hdr[self.hdr_len], p + pos, take)
+                self.hdr_len += take
+                pos += take
+                if self.hdr_len == BLOCK:
+                    self.hdr_len = 0
+                    self._header()
+            elif self.state == ST_SKIP:
+                take = min(<int64_t>(n - pos), self.remaining)
+                pos += take
+                self.remaining -= take
+                if self.remaining == 0:
+                    self.state = ST_HEADER
+            elif self.state == ST_META:
+                take = min(<int64_t>(n - pos), self.remaining)
+                self.meta += mv[pos:pos + take]
+                pos += take
+                self.remaining -= take
+                if self.remaining == 0:
+                    self._end_meta()
+                    self._skip_then_header(self.pad)
+            else:  # ST_END: anything after the end-of-archive block only gets hashed
+                self.trailing += n - pos
+                if self.trailing > self.max_trailing:
+                    raise _errors.LimitExceededError(
+                        f"{self.trailing} bytes after the end-of-archive marker (limit {self.max_trailing}): "
+                        "not a tar layer, or a decompression bomb")
+                pos = n
+
+    cdef inline void _skip_then_header(self, int64_t pad):
+        if pad:
+            self.state = ST_SKIP
+            self.remaining = pad
+        else:
+            self.state = ST_HEADER
+
+    def finish(self):
+        """End of stream: check completeness, fix up directories, return counters."""
+        if self.state == ST_DATA or self.state == ST_META or self.state == ST_SKIP or self.hdr_len:
+            where = self.cur_name if self.state == ST_DATA else self.prev_name
+            raise _errors.InvalidArchiveError(f"truncated layer: archive ends inside entry {_show(where)}")
+        if self.pax is not None or self.long_name is not None or self.long_link is not None:
+            raise _errors.InvalidArchiveError(
+                f"truncated layer: archive ends after an extended header (after entry {_show(self.prev_name)})")
+        self._fixup_dirs()
+        self._close_cache()
+        return {"entries": self.entries, "bytes": self.total, "whiteouts": self.whiteouts,
+                "skipped": list(self.skipped), "trailing": self.trailing}
+
+    def close(self):
+        if self.outfd >= 0:
+            close(self.outfd)
+            self.outfd = -1
+        self._close_cache()
+        if self.rootfd >= 0:
+            close(self.rootfd)
+            self.rootfd = -1
+
+    # --------------------------------------------------------------- headers
+
+    cdef _header(self):
+        cdef const unsigned char *h = self.hdr
+        cdef int i
+        cdef int64_t stored, usum = 0, ssum = 0, size
+        cdef char tf
+        where = f"header after entry {_show(self.prev_name)}" if self.prev_name is not None else "first tar header"
+        for i in range(BLOCK):
+            if h[i]:
+                break
+        else:
+            self.state = ST_END
+            return
+        for i in range(BLOCK):
+            if 148 <= i < 156:
+                usum += 32
+                ssum += 32
+            else:
+                usum += h[i]
+                ssum += <signed char>h[i]
+        stored = _parse_number(h + 148, 8, "checksum", where)
+        if stored != usum and stored != ssum:
+            raise _errors.InvalidArchiveError(f"{where}: bad header checksum (not a tar stream, or corrupt)")
+        tf = h[156]
+        size = _parse_number(h + 124, 12, "size", where)
+        if size < 0:
+            raise _errors.InvalidArchiveError(f"{where}: negative size")
+        if tf == c'x' or tf == c'g' or tf == c'L' or tf == c'K':
+            if size > self.max_header:
+                raise _errors.LimitExceededError(
+                    f"{where}: extended header of {size} bytes exceeds the limit of {self.max_header}")
+            self.meta = bytearray()
+            self.meta_kind = tf
+            self.pad = _pad(size)
+            if size == 0:
+                self._end_meta()
+                self._skip_then_header(0)
+            else:
+                self.state = ST_META
+                self.remaining = size
+            return
+        self._entry(tf, size, where)
+
+    cdef _end_meta(self):
+        data = bytes(self.meta)
+        self.meta = None
+        where = f"extended header after entry {_show(self.prev_name)}"
+        if self.meta_kind == c'x':
+            recs = parse_pax(data, where)
+            if self.pax is None:
+                self.pax = recs
+            else:
+                self.pax.update(recs)
+        elif self.meta_kind == c'g':
+            for k, v in parse_pax(data, where).items():
+                if v is None:
+                    self.gpax.pop(k, None)
+                elif k not in (b"path", b"linkpath", b"size"):
+                    self.gpax[k] = v
+        elif self.meta_kind == c'L':
+            self.long_name = data.split(b"\0", 1)[0]
+        else:
+            self.long_link = data.split(b"\0", 1)[0]
+
+    cdef _entry(self, char tf, int64_t size, where):
+        cdef const unsigned char *h = self.hdr
+        cdef bint ustar = memcmp(h + 257, b"ustar\0", 6) == 0
+        cdef bint posix_or_gnu = memcmp(h + 257, b"ustar", 5) == 0
+        cdef int64_t mode, uid, gid, sec, nsec = 0, major = 0, minor = 0
+        cdef Kind kind
+        name = _cstr(h, 100)
+        if ustar and h[345]:
+            name = _cstr(h + 345, 155) + b"/" + name
+        link = _cstr(h + 157, 100)
+        mode = _parse_number(h + 100, 8, "mode", where)
+        uid = _parse_number(h + 108, 8, "uid", where)
+        gid = _parse_number(h + 116, 8, "gid", where)
+        sec = _parse_number(h + 136, 12, "mtime", where)
+        if self.long_name is not None:
+            name = self.long_name
+            self.long_name = None
+        if self.long_link is not None:
+            link = self.long_link
+            self.long_link = None
+        xattrs = None
+        pax = self.pax
+        self.pax = None
+        if self.gpax:
+            merged = dict(self.gpax)
+            merged.update(pax or {})
+            pax = merged
+        if pax:
+            for k, v in pax.items():
+                if v is None:
+                    continue
+                if k == b"path":
+                    name = v
+                elif k == b"linkpath":
+                    link = v
+                elif k == b"size":
+                    size = _pax_int(v, "size", where)
+                elif k == b"uid":
+                    uid = _pax_int(v, "uid", where)
+                elif k == b"gid":
+                    gid = _pax_int(v, "gid", where)
+                elif k == b"mtime":
+                    sec, nsec = _pax_time(v, where)
+                elif k.startswith(b"SCHILY.xattr."):
+                    xattrs = xattrs or {}
+                    xattrs[k[13:]] = v
+                elif k.startswith(b"LIBARCHIVE.xattr."):
+                    xattrs = xattrs or {}
+                    xn, xv = _libarchive_xattr(k[17:], v, where)
+                    xattrs[xn] = xv
+                elif k.startswith(b"GNU.sparse."):
+                    raise _errors.UnsupportedEntryError(
+                        f"entry {_show(name)}: sparse files are not supported in image layers")
+        self.prev_name = name
+        if b"\0" in name or b"\0" in link:
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: NUL byte in name")
+
+        if tf == c'0' or tf == 0 or tf == c'7':
+            kind = K_DIR if (not posix_or_gnu and name.endswith(b"/")) else K_REG
+        elif tf == c'5' or tf == c'D':
+            kind = K_DIR
+        elif tf == c'1':
+            kind = K_LINK
+        elif tf == c'2':
+            kind = K_SYMLINK
+        elif tf == c'3':
+            kind = K_CHR
+        elif tf == c'4':
+            kind = K_BLK
+        elif tf == c'6':
+            kind = K_FIFO
+        elif tf == c'S':
+            raise _errors.UnsupportedEntryError(
+                f"entry {_show(name)}: GNU sparse files are not supported in image layers")
+        elif tf == c'V':  # volume label: not a file
+            self._skip_then_header(size + _pad(size))
+            return
+        else:
+            raise _errors.UnsupportedEntryError(
+                f"entry {_show(name)}: unsupported tar entry type {chr(tf)!r}")
+        skip_after = 0
+        if tf >= c'1' and tf <= c'6':
+            # header-only types carry no data even when their size field says
+            # so (the rule of Go's archive/tar, which wrote most image layers)
+            size = 0
+        elif tf == c'D':  # GNU dumpdir: its data is a listing we do not need
+            skip_after = size + _pad(size)
+            size = 0
+
+        self.entries += 1
+        if self.entries > self.max_entries:
+            raise _errors.LimitExceededError(f"entry {_show(name)}: more than {self.max_entries} entries in layer")
+        if kind == K_CHR or kind == K_BLK:
+            major = _parse_number(h + 329, 8, "devmajor", where)
+            minor = _parse_number(h + 337, 8, "devminor", where)
+
+        self.cur_name = name
+        self.cur_mode = mode & 0o7777
+        if not self.is_root:
+            self.cur_mode &= 0o1777  # no setuid/setgid without root
+        self.cur_uid = uid
+        self.cur_gid = gid
+        self.cur_sec = sec
+        self.cur_nsec = nsec
+        if xattrs:
+            xattrs = {k: v for k, v in xattrs.items() if not k.startswith(OVERLAY_XATTR_PREFIXES)}
+        self.cur_xattrs = xattrs or None
+
+        path = self._normalize(name)
+        self._apply(kind, path, name, link, size, major, minor)
+        if skip_after:
+            self._skip_then_header(skip_after)
+        elif size and self.outfd >= 0:
+            self.state = ST_DATA
+            self.remaining = size
+            self.pad = _pad(size)
+        elif size:  # a whiteout with content, say: consume it unwritten
+            self._skip_then_header(size + _pad(size))
+        else:
+            self.state = ST_HEADER
+
+    # ----------------------------------------------------------------- paths
+
+    cdef bytes _normalize(self, bytes raw):
+        """Lexically clean a member name into "a/b/c" under the root.
+
+        Leading slashes, "." and empty components vanish; ".." pops a
+        component but never climbs above the root.  "" means the root.
+        """
+        cdef Py_ssize_t n = len(raw), i = 0, start, clen
+        cdef const char *s = raw
+        cdef bytearray out = bytearray(n)
+        cdef char *o = out
+        cdef Py_ssize_t olen = 0
+        cdef int64_t depth = 0
+        while i < n:
+            while i < n and s[i] == c'/':
+                i += 1
+            start = i
+            while i < n and s[i] != c'/':
+                i += 1
+            clen = i - start
+            if clen == 0 or (clen == 1 and s[start] == c'.'):
+                continue
+            if clen == 2 and s[start] == c'.' and s[start + 1] == c'.':
+                while olen > 0 and o[olen - 1] != c'/':
+                    olen -= 1
+                if olen > 0:
+                    olen -= 1
+                if depth > 0:
+                    depth -= 1
+                continue
+            if olen:
+                o[olen] = c'/'
+                olen += 1
+            memcpy(o + olen, s + start, clen)
+            olen += clen
+            depth += 1
+        if olen > self.max_path:
+            raise _errors.LimitExceededError(
+                f"entry {_show(raw[:200])}...: path of {olen} bytes exceeds the limit of {self.max_path}")
+        if depth > self.max_depth:
+            raise _errors.LimitExceededError(
+                f"entry {_show(raw[:200])}...: {depth} levels deep exceeds the limit of {self.max_depth}")
+        return bytes(out[:olen])
+
+    cdef int _open_in_root(self, bytes path) except -2:
+        """Open directory ``path`` (normalized) inside the root, symlinks re-rooted.
+
+        Returns a new fd, or -1 with errno set."""
+        cdef int fd
+        if not path:
+            return dup(self.rootfd)
+        if self.use_openat2:
+            fd = lamina_openat2(self.rootfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+                                LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_MAGICLINKS)
+            if fd >= 0 or (errno != ENOSYS and errno != EPERM):
+                return fd
+            self.use_openat2 = False  # seccomp or an old kernel: walk by hand from now on
+        return self._walk_in_root(path)
+
+    cdef int _walk_in_root(self, bytes path) except -2:
+        """RESOLVE_IN_ROOT by hand: component by component with O_NOFOLLOW,
+        expanding symlinks ourselves so that ".." and absolute targets stop at the root."""
+        cdef int fd = dup(self.rootfd), nfd, links = 0, e
+        cdef stat st
+        cdef char buf[4096]
+        cdef Py_ssize_t ln
+        stack = []
+        todo = path.split(b"/")[::-1]
+        while todo:
+            c = todo.pop()
+            if not c or c == b".":
+                continue
+            if c == b"..":
+                if stack:
+                    stack.pop()
+                    close(fd)
+                    fd = self._reopen_stack(stack)
+                    if fd < 0:
+                        return -1
+                continue
+            if fstatat(fd, c, &st, AT_SYMLINK_NOFOLLOW) < 0:
+                e = errno
+                close(fd)
+                lamina_set_errno(e)
+                return -1
+            if S_ISLNK(st.st_mode):
+                links += 1
+                ln = readlinkat(fd, c, buf, sizeof(buf))
+                if links > 40 or ln < 0:
+                    close(fd)
+                    lamina_set_errno(ELOOP)
+                    return -1
+                target = buf[:ln]
+                if target.startswith(b"/"):
+                    stack = []
+                    close(fd)
+                    fd = dup(self.rootfd)
+                todo.extend(target.split(b"/")[::-1])
+                continue
+            nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            e = errno
+            close(fd)
+            if nfd < 0:
+                lamina_set_errno(e)
+                return -1
+            fd = nfd
+            stack.append(c)
+        return fd
+
+    cdef int _reopen_stack(self, list stack) except -2:
+        cdef int fd = dup(self.rootfd), nfd
+        for c in stack:
+            nfd = openat(fd, <bytes>c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            close(fd)
+            if nfd < 0:
+                return -1
+            fd = nfd
+        return fd
+
+    cdef int _resolve_dir(self, bytes path, bint create, object name) except -2:
+        """A new fd for directory ``path`` inside the root; creates missing
+        components (mode 0755) when ``create``; -1 (errno ENOENT) when absent."""
+        cdef int fd = self._open_in_root(path)
+        if fd >= 0:
+            return fd
+        if errno == ENOENT:
+            if not create:
+                return -1
+            return self._mkdir_p(path, name)
+        self._parent_error(path, name)
+        return -1
+
+    cdef _parent_error(self, bytes path, name):
+        e = errno
+        if e == ENOTDIR:
+            raise _errors.ExtractError(
+                f"entry {_show(name)}: a component of {_show(path)} is not a directory")
+        if e == ELOOP:
+            raise _errors.ExtractError(f"entry {_show(name)}: too many levels of symlinks in {_show(path)}")
+        raise _errors.ExtractError(f"entry {_show(name)}: cannot open {_show(path)}: {os.strerror(e)}")
+
+    cdef int _mkdir_p(self, bytes path, name) except -2:
+        cdef int fd = dup(self.rootfd), nfd
+        parts = path.split(b"/")
+        for i in range(len(parts)):
+            prefix = b"/".join(parts[:i + 1])
+            nfd = self._open_in_root(prefix)
+            if nfd < 0 and errno == ENOENT:
+                if mkdirat(fd, <bytes>parts[i], 0o755) < 0 and errno != EEXIST:
+                    close(fd)
+                    self._parent_error(prefix, name)
+                nfd = openat(fd, <bytes>parts[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if nfd < 0:
+                close(fd)
+                self._parent_error(prefix, name)
+            close(fd)
+            fd = nfd
+        return fd
+
+    cdef int _parent(self, bytes path, Py_ssize_t slash, object name) except -2:
+        """fd of the parent directory of ``path`` (created if missing), cached
+        for the run of entries in one directory; callers do not close it."""
+        cdef int fd
+        parent = path[:slash] if slash > 0 else b""
+        if self.cache_valid and self.cache_fd >= 0 and self.cache_path == parent:
+            return self.cache_fd
+        fd = self._resolve_dir(parent, True, name)
+        self._close_cache()
+        self.cache_fd = fd
+        self.cache_path = parent
+        self.cache_valid = True
+        return fd
+
+    cdef void _close_cache(self):
+        if self.cache_fd >= 0:
+            close(self.cache_fd)
+        self.cache_fd = -1
+        self.cache_valid = False
+
+    cdef void _record(self, bytes path):
+        """Remember that this layer provides ``path`` and its parents: whiteouts
+        and opaque markers only hide what lies below the layer."""
+        cdef Py_ssize_t i
+        created = self.created
+        while path and path not in created:
+            created.add(path)
+            i = path.rfind(b"/")
+            path = path[:i] if i > 0 else b""
+
+    # ---------------------------------------------------------------- apply
+
+    cdef _apply(self, Kind kind, bytes path, bytes name, bytes link, int64_t size, int64_t major, int64_t minor):
+        cdef Py_ssize_t slash
+        cdef int pfd
+        if not path:
+            if kind != K_DIR:
+                raise _errors.UnsafeEntryError(
+                    f"entry {_show(name)}: refusing to replace the root directory with a non-directory")
+            self._dir_metadata(self.rootfd, b"", name)
+            return
+        slash = path.rfind(b"/")
+        base = path[slash + 1:]
+        if path.startswith(WH_PREFIX) or b"/.wh." in path:
+            if not base.startswith(WH_PREFIX) or b"/.wh." in path[:slash + 1] or path[:slash + 1].startswith(WH_PREFIX):
+                raise _errors.InvalidWhiteoutError(
+                    f"entry {_show(name)}: whiteout-named directory in path")
+            self._whiteout(path, slash, base, name)
+            return
+        pfd = self._parent(path, slash, name)
+        if not self.overlay:
+            self._record(path)
+        if kind == K_REG:
+            self._open_file(pfd, base, name, size)
+        elif kind == K_DIR:
+            self._mkdir(pfd, base, path, name)
+        elif kind == K_SYMLINK:
+            self._symlink(pfd, base, name, link)
+        elif kind == K_LINK:
+            self._hardlink(pfd, base, name, link)
+        else:
+            self._mknod(pfd, base, name, kind, major, minor)
+
+    cdef _open_file(self, int pfd, bytes base, bytes name, int64_t size):
+        cdef int fd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        if fd < 0 and errno == EEXIST:
+            self._remove(pfd, base, name)
+            fd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        if fd < 0:
+            self._oserror("create", name)
+        self.outfd = fd
+        if size == 0:
+            self._finish_file()
+
+    cdef _finish_file(self):
+        cdef int fd = self.outfd
+        cdef timespec ts[2]
+        self.outfd = -1
+        try:
+            if self.is_root and fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
+                self._oserror("chown", self.cur_name)
+            if fchmod(fd, <mode_t>self.cur_mode) < 0:
+                self._oserror("chmod", self.cur_name)
+            if self.cur_xattrs:
+                self._set_xattrs(fd, None, self.cur_name)
+            ts[0].tv_sec = self.cur_sec
+            ts[0].tv_nsec = self.cur_nsec
+            ts[1] = ts[0]
+            if futimens(fd, ts) < 0:
+                self._oserror("set times of", self.cur_name)
+        finally:
+            close(fd)
+
+    cdef _mkdir(self, int pfd, bytes base, bytes path, bytes name):
+        cdef stat st
+        cdef int fd
+        if mkdirat(pfd, base, 0o700) < 0:
+            if errno != EEXIST:
+                self._oserror("mkdir", name)
+            if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0:
+                self._oserror("stat", name)
+            if not S_ISDIR(st.st_mode):
+                self._remove(pfd, base, name)
+                if mkdirat(pfd, base, 0o700) < 0:
+                    self._oserror("mkdir", name)
+        fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0:
+            self._oserror("open", name)
+        try:
+            self._dir_metadata(fd, path, name)
+        finally:
+            close(fd)
+
+    cdef _dir_metadata(self, int fd, bytes path, bytes name):
+        """Owner and xattrs now; mode and mtime once the layer is done, since
+        creating children changes mtime and a read-only mode would stop them."""
+        if self.is_root and fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
+            self._oserror("chown", name)
+        if self.cur_xattrs:
+            self._set_xattrs(fd, None, name)
+        self.dir_fixups[path] = (self.cur_mode, self.cur_sec, self.cur_nsec)
+
+    cdef _symlink(self, int pfd, bytes base, bytes name, bytes target):
+        cdef timespec ts[2]
+        if not target:
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: symlink with an empty target")
+        if symlinkat(target, pfd, base) < 0:
+            if errno != EEXIST:
+                self._oserror("symlink", name)
+            self._remove(pfd, base, name)
+            if symlinkat(target, pfd, base) < 0:
+                self._oserror("symlink", name)
+        if self.is_root and fchownat(pfd, base, <uid_t>self.cur_uid, <gid_t>self.cur_gid, AT_SYMLINK_NOFOLLOW) < 0:
+            self._oserror("chown", name)
+        if self.cur_xattrs:
+            self._set_xattrs(-1, b"/proc/self/fd/%d/%s" % (pfd, base), name)
+        ts[0].tv_sec = self.cur_sec
+        ts[0].tv_nsec = self.cur_nsec
+        ts[1] = ts[0]
+        if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
+            self._oserror("set times of", name)
+
+    cdef _hardlink(self, int pfd, bytes base, bytes name, bytes link):
+        cdef stat a, b
+        cdef int tfd
+        cdef Py_ssize_t tslash
+        target = self._normalize(link)
+        if not target:
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
+        tslash = target.rfind(b"/")
+        tbase = target[tslash + 1:]
+        tfd = self._resolve_dir(target[:tslash] if tslash > 0 else b"", False, name)
+        if tfd < 0:
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
+        try:
+            if linkat(tfd, tbase, pfd, base, 0) < 0:
+                if errno == EEXIST:
+                    if (fstatat(tfd, tbase, &a, AT_SYMLINK_NOFOLLOW) == 0
+                            and fstatat(pfd, base, &b, AT_SYMLINK_NOFOLLOW) == 0
+                            and a.st_ino == b.st_ino and a.st_dev == b.st_dev):
+                        return
+                    self._remove(pfd, base, name)
+                    if linkat(tfd, tbase, pfd, base, 0) == 0:
+                        return
+                if errno == ENOENT:
+                    raise _errors.InvalidArchiveError(
+                        f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
+                if errno == EPERM or errno == EISDIR:
+                    raise _errors.InvalidArchiveError(
+                        f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
+                self._oserror("hardlink", name)
+        finally:
+            close(tfd)
+
+    cdef _mknod(self, int pfd, bytes base, bytes name, Kind kind, int64_t major, int64_t minor):
+        cdef mode_t fmt = S_IFIFO
+        cdef timespec ts[2]
+        if kind == K_CHR or kind == K_BLK:
+            if not self.is_root:
+                self.skipped.append(f"{os.fsdecode(name)}: device node not created (needs root)")
+                return
+            fmt = S_IFCHR if kind == K_CHR else S_IFBLK
+        if mknodat(pfd, base, fmt | <mode_t>self.cur_mode, makedev(<unsigned>major, <unsigned>minor)) < 0:
+            if errno != EEXIST:
+                self._oserror("mknod", name)
+            self._remove(pfd, base, name)
+            if mknodat(pfd, base, fmt | <mode_t>self.cur_mode, makedev(<unsigned>major, <unsigned>minor)) < 0:
+                self._oserror("mknod", name)
+        if self.is_root and fchownat(pfd, base, <uid_t>self.cur_uid, <gid_t>self.cur_gid, AT_SYMLINK_NOFOLLOW) < 0:
+            self._oserror("chown", name)
+        # mknod applies the umask; the node was just made here, so chmod cannot hit a symlink
+        if fchmodat(pfd, base, <mode_t>self.cur_mode, 0) < 0:
+            self._oserror("chmod", name)
+        if self.cur_xattrs:
+            self._set_xattrs(-1, b"/proc/self/fd/%d/%s" % (pfd, base), name)
+        ts[0].tv_sec = self.cur_sec
+        ts[0].tv_nsec = self.cur_nsec
+        ts[1] = ts[0]
+        if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
+            self._oserror("set times of", name)
+
+    cdef _set_xattrs(self, int fd, bytes lpath, bytes name):
+        cdef int rc
+        for k, v in self.cur_xattrs.items():
+            if fd >= 0:
+                rc = fsetxattr(fd, <bytes>k, <const char *>(<bytes>v), len(v), 0)
+            else:
+                rc = lsetxattr(lpath, <bytes>k, <const char *>(<bytes>v), len(v), 0)
+            if rc < 0:
+                if errno == EOPNOTSUPP or errno == EPERM:
+                    # e.g. trusted.* without root, user.* on a symlink, or a
+                    # filesystem without xattrs: report, do not fail the layer
+                    self.skipped.append(
+                        f"{os.fsdecode(name)}: xattr {os.fsdecode(k)} not set ({os.strerror(errno)})")
+                    continue
+                self._oserror(f"set xattr {os.fsdecode(k)} on", name)
+
+    # ------------------------------------------------------------ whiteouts
+
+    cdef _whiteout(self, bytes path, Py_ssize_t slash, bytes base, bytes name):
+        cdef int pfd
+        cdef stat st
+        parent = path[:slash] if slash > 0 else b""
+        if base == WH_OPAQUE:
+            self._opaque(parent, name)
+            return
+        hidden = base[4:]
+        if hidden.startswith(WH_PREFIX):
+            # other .wh..wh.* names are AUFS bookkeeping (hardlink dirs), not whiteouts
+            self.skipped.append(f"{os.fsdecode(name)}: AUFS metadata entry ignored")
+            return
+        if hidden in (b"", b".", b".."):
+            raise _errors.InvalidWhiteoutError(
+                f"entry {_show(name)}: whiteout does not name an entry in its directory")
+        self.whiteouts += 1
+        target = parent + b"/" + hidden if parent else hidden
+        if self.overlay:
+            pfd = self._parent(path, slash, name)
+            if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                return  # provided by this same layer: a whiteout only hides lower layers
+            if not self.is_root:
+                raise _errors.ExtractError(
+                    f"entry {_show(name)}: overlay whiteouts are device nodes and need root")
+            if mknodat(pfd, hidden, S_IFCHR, makedev(0, 0)) < 0:
+                self._oserror("create whiteout", name)
+            return
+        if target in self.created:
+            return
+        pfd = self._resolve_dir(parent, False, name)
+        if pfd < 0:
+            return  # nothing below to hide
+        try:
+            if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                self._remove(pfd, hidden, name)
+        finally:
+            close(pfd)
+
+    cdef _opaque(self, bytes parent, bytes name):
+        cdef int fd
+        if self.overlay:
+            fd = self._resolve_dir(parent, True, name)
+            try:
+                key = b"trusted.overlay.opaque" if self.is_root else b"user.overlay.opaque"
+                if fsetxattr(fd, key, b"y", 1, 0) < 0:
+                    self._oserror("mark opaque", name)
+            finally:
+                close(fd)
+            return
+        self._record(parent)
+        fd = self._resolve_dir(parent, False, name)
+        if fd < 0:
+            return
+        self._invalidate()
+        try:
+            self._clear_lower(fd, parent, name)
+        finally:
+            close(fd)
+
+    cdef _clear_lower(self, int dfd, bytes dpath, bytes name):
+        """Remove everything under ``dpath`` that this layer did not provide."""
+        cdef int sub
+        cdef stat st
+        for child in self._listdir(dfd, name):
+            cpath = dpath + b"/" + child if dpath else child
+            if cpath not in self.created:
+                self._remove(dfd, child, name)
+            elif fstatat(dfd, child, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
+                sub = openat(dfd, <bytes>child, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                if sub < 0:
+                    self._oserror("open", cpath)
+                try:
+                    self._clear_lower(sub, cpath, name)
+                finally:
+                    close(sub)
+
+    # -------------------------------------------------------------- removal
+
+    cdef list _listdir(self, int dfd, object name):
+        cdef int fd = openat(dfd, b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        cdef DIR *d
+        cdef dirent *ent
+        if fd < 0:
+            self._oserror("open", name)
+        d = fdopendir(fd)
+        if d == NULL:
+            close(fd)
+            self._oserror("read directory", name)
+        out = []
+        while True:
+            ent = readdir(d)
+            if ent == NULL:
+                break
+            n = <bytes>ent.d_name
+            if n != b"." and n != b"..":
+                out.append(n)
+        closedir(d)
+        return out
+
+    cdef _remove(self, int pfd, bytes base, object name):
+        """Remove ``base`` under ``pfd`` whatever it is, a directory recursively
+        (never following symlinks)."""
+        cdef stat st
+        cdef int fd
+        if unlinkat(pfd, base, 0) == 0:
+            return
+        if errno == ENOENT:
+            return
+        if errno != EISDIR and errno != EPERM:
+            self._oserror("remove", name)
+        if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0 or not S_ISDIR(st.st_mode):
+            self._oserror("remove", name)
+        self._invalidate()
+        fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0:
+            self._oserror("open", name)
+        try:
+            for child in self._listdir(fd, name):
+                self._remove(fd, child, name)
+        finally:
+            close(fd)
+        if unlinkat(pfd, base, AT_REMOVEDIR) < 0:
+            self._oserror("remove directory", name)
+
+    cdef void _invalidate(self):
+        # keep the fd open: the caller may still be using it as its parent
+        self.cache_valid = False
+
+    # ------------------------------------------------------------- finishing
+
+    cdef _fixup_dirs(self):
+        cdef int pfd, fd
+        cdef timespec ts[2]
+        cdef Py_ssize_t slash
+        for path, (mode, sec, nsec) in reversed(list(self.dir_fixups.items())):
+            if not path:
+                fd = dup(self.rootfd)
+            else:
+                slash = path.rfind(b"/")
+                pfd = self._open_in_root(path[:slash] if slash > 0 else b"")
+                if pfd < 0:
+                    continue  # removed later in the layer
+                fd = openat(pfd, <bytes>path[slash + 1:], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                close(pfd)
+                if fd < 0:
+                    continue  # replaced by a non-directory later in the layer
+            try:
+                if fchmod(fd, <mode_t>mode) < 0:
+                    self._oserror("chmod", path)
+                ts[0].tv_sec = sec
+                ts[0].tv_nsec = nsec
+                ts[1] = ts[0]
+                if futimens(fd, ts) < 0:
+                    self._oserror("set times of", path)
+            finally:
+                close(fd)
+        self.dir_fixups.clear()
+
+    cdef _oserror(self, str op, object name):
+        e = errno
+        raise _errors.ExtractError(f"entry {_show(name)}: {op} failed: {os.strerror(e)}")

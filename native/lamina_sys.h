@@ -1,0 +1,61 @@
+/* Thin portable wrappers for the Linux syscalls the extractor needs that
+ * glibc does not wrap everywhere (manylinux2014 ships old headers). */
+#ifndef LAMINA_SYS_H
+#define LAMINA_SYS_H
+
+#include <errno.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* openat2 has the same number on every architecture (unified syscall table). */
+#ifndef SYS_openat2
+#define SYS_openat2 437
+/* Cython cannot assign to errno without making it a local. */
+static inline void lamina_set_errno(int e) { errno = e; }
+
+#endif
+
+#define LAMINA_RESOLVE_NO_MAGICLINKS 0x02
+#define LAMINA_RESOLVE_NO_SYMLINKS 0x04
+#define LAMINA_RESOLVE_IN_ROOT 0x10
+
+struct lamina_open_how {
+    uint64_t flags;
+    uint64_t mode;
+    uint64_t resolve;
+};
+
+static inline int lamina_openat2(int dirfd, const char *path, int flags, int resolve)
+{
+    struct lamina_open_how how;
+    long rc;
+    how.flags = (uint64_t)(unsigned int)flags;
+    how.mode = 0;
+    how.resolve = (uint64_t)resolve;
+    do {
+        rc = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+    } while (rc < 0 && (errno == EINTR || errno == EAGAIN));
+    return (int)rc;
+}
+
+/* Write all of buf, retrying short writes and EINTR. Returns 0 or -1 (errno set). */
+static inline int lamina_write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Cython cannot assign to errno without making it a local. */
+static inline void lamina_set_errno(int e) { errno = e; }
+
+#endif

@@ -1,0 +1,83 @@
+"""The one exception hierarchy of lamina.
+
+Native code (lamina._extract) raises these same classes, so callers catch
+``lamina.errors.LaminaError`` and never a bare OSError from deep inside.
+Every message names the entry, layer or blob that was wrong.
+"""
+
+
+class LaminaError(Exception):
+    """Base class of every error lamina raises on purpose."""
+
+
+# --- archives and layers -------------------------------------------------
+
+class InvalidArchiveError(LaminaError):
+    """A layer's tar stream is malformed or truncated."""
+
+
+class CompressionError(InvalidArchiveError):
+    """The compressed stream is corrupt or not in the announced format."""
+
+
+class UnsupportedEntryError(InvalidArchiveError):
+    """A well-formed entry lamina refuses to apply (e.g. sparse files)."""
+
+
+class InvalidWhiteoutError(InvalidArchiveError):
+    """A whiteout that names nothing inside its own directory."""
+
+
+class UnsafeEntryError(InvalidArchiveError):
+    """An entry that would replace the root or reach outside it."""
+
+
+class LimitExceededError(InvalidArchiveError):
+    """An archive exceeds a configured limit (entries, bytes, header, path, depth)."""
+
+
+class ExtractError(LaminaError):
+    """The filesystem refused an operation while applying an entry."""
+
+
+# --- content and images ---------------------------------------------------
+
+class InvalidDigestError(LaminaError, ValueError):
+    """A digest string that is not ``sha256:`` + 64 lowercase hex."""
+
+
+class DigestMismatchError(LaminaError):
+    """Content does not hash to the digest it was announced with."""
+
+    def __init__(self, what, expected, actual):
+        self.what, self.expected, self.actual = what, expected, actual
+        super().__init__(f"{what}: digest mismatch: expected {expected}, got {actual}")
+
+
+class ImageError(LaminaError):
+    """An image (layout, archive, manifest, config) is unusable."""
+
+
+class UnsupportedMediaTypeError(ImageError):
+    """A manifest, index, config or layer media type lamina does not handle."""
+
+
+class PlatformNotFoundError(ImageError):
+    """No manifest in an index matches the requested platform."""
+
+    def __init__(self, requested, available):
+        self.requested, self.available = requested, list(available)
+        listed = ", ".join(self.available) or "none"
+        super().__init__(f"no image for platform {requested}; available: {listed}")
+
+
+class BlobNotFoundError(ImageError):
+    """A blob named by a manifest is missing."""
+
+
+class ImageNotFoundError(ImageError):
+    """No image with the given reference in the source."""
+
+
+class InvalidReferenceError(LaminaError, ValueError):
+    """A malformed image reference or transport string."""

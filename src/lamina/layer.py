@@ -1,0 +1,204 @@
+"""apply_layer: stream one layer blob onto a directory, verifying as it goes.
+
+Two threads share the work so that both cores stay busy:
+
+    reader thread:  read blob -> sha256(blob) -> inflate -> queue
+    caller thread:  queue -> sha256(tar) -> native Extractor.feed (write)
+
+hashlib, ISA-L, zstandard and the extractor's write loop all release the GIL,
+so the two threads really run in parallel.  The queue is bounded, so memory
+stays at a few MiB whatever the layer size.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import time
+
+from . import compression, errors
+from .digest import validate
+from ._extract import Extractor
+from .limits import DEFAULT_LIMITS
+from .stats import ApplyStats
+
+CHUNK = 1 << 20       # bytes per read and per queue item
+QUEUE_DEPTH = 8       # chunks in flight between the threads
+
+_DONE = object()
+
+
+class _HashingReader:
+    """A raw file wrapper that hashes every byte the decompressor pulls."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.count = 0
+        self.seconds = 0.0
+
+    def readable(self):
+        return True
+
+    def read(self, n=-1):
+        t = time.perf_counter()
+        data = self.raw.read(n if n is not None and n >= 0 else CHUNK)
+        self.sha.update(data)
+        self.count += len(data)
+        self.seconds += time.perf_counter() - t
+        return data
+
+    def readinto(self, buf):
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def drain(self):
+        """Hash whatever the decompressor left unread, so the digest covers the whole blob."""
+        while self.read(CHUNK):
+            pass
+
+
+def _check_digest(what, expected, actual):
+    if expected is not None and expected != actual:
+        raise errors.DigestMismatchError(what, expected, actual)
+
+
+def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_type=None, limits=None,
+                name=None) -> ApplyStats:
+    """Apply one layer blob (gzip, zstd or plain tar) onto ``dest``.
+
+    ``layer`` is a path or a binary file object.  ``digest`` / ``diff_id``,
+    when given, are checked against the blob and the uncompressed tar; a
+    mismatch raises DigestMismatchError once the stream is consumed.
+    """
+    for d, label in ((digest, "digest"), (diff_id, "diff_id")):
+        if d is not None:
+            validate(d, label)
+    what = name or (f"layer {digest}" if digest else f"layer {os.fsdecode(layer)}" if isinstance(layer, (str, bytes, os.PathLike)) else "layer")
+    os.makedirs(dest, exist_ok=True)
+    t0 = time.perf_counter()
+    owned = isinstance(layer, (str, bytes, os.PathLike))
+    raw = open(layer, "rb", buffering=0) if owned else layer
+    try:
+        return _apply_stream(raw, dest, format, diff_id, digest, media_type, limits or DEFAULT_LIMITS, what, t0)
+    finally:
+        if owned:
+            raw.close()
+
+
+def _apply_stream(raw, dest, format, diff_id, digest, media_type, limits, what, t0):
+    reader = _HashingReader(raw)
+    head = reader.read(CHUNK)
+    kind = compression.detect(head)
+    compression.check_media_type(kind, media_type, what)
+    extractor = Extractor(dest, format=format, limits=limits)
+    stats = ApplyStats(compression=kind)
+    chunks = queue.Queue(QUEUE_DEPTH)
+    stop = threading.Event()
+    produced = {}
+
+    def produce():
+        try:
+            src = _Prefixed(head, reader)
+            stream = compression.open_decompressed(src, kind, what)
+            inflate = 0.0
+            while not stop.is_set():
+                t = time.perf_counter()
+                try:
+                    data = stream.read(CHUNK)
+                except compression.decompress_errors() as e:
+                    raise errors.CompressionError(f"{what}: corrupt {kind} stream: {e}") from e
+                inflate += time.perf_counter() - t
+                if not data:
+                    break
+                _put(data)
+            reader.drain()
+            produced["inflate"] = inflate  # includes the reads it triggered
+            _put(_DONE)
+        except BaseException as e:  # handed to the caller's thread
+            _put(e)
+
+    def _put(item):
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    thread = threading.Thread(target=produce, name="lamina-inflate", daemon=True)
+    thread.start()
+    tar_sha = hashlib.sha256()
+    t_hash = t_write = t_wait = 0.0
+    try:
+        while True:
+            t = time.perf_counter()
+            item = chunks.get()
+            t1 = time.perf_counter()
+            t_wait += t1 - t
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            tar_sha.update(item)
+            t2 = time.perf_counter()
+            extractor.feed(item)
+            t_hash += t2 - t1
+            t_write += time.perf_counter() - t2
+        t = time.perf_counter()
+        counts = extractor.finish()
+        t_write += time.perf_counter() - t
+    except errors.LaminaError:
+        raise
+    except OSError as e:
+        raise errors.ExtractError(f"{what}: {e}") from e
+    finally:
+        stop.set()
+        thread.join()
+        extractor.close()
+
+    stats.digest = "sha256:" + reader.sha.hexdigest()
+    stats.diff_id = "sha256:" + tar_sha.hexdigest()
+    stats.compressed_bytes = reader.count
+    stats.bytes = counts["bytes"]
+    stats.entries = counts["entries"]
+    stats.whiteouts = counts["whiteouts"]
+    stats.skipped = counts["skipped"]
+    stats.seconds = {
+        "read_and_hash_blob": round(reader.seconds, 6),
+        "inflate": round(max(produced.get("inflate", 0.0) - reader.seconds, 0.0), 6),
+        "hash_tar": round(t_hash, 6),
+        "extract": round(t_write, 6),
+        "wait_for_input": round(t_wait, 6),
+        "total": round(time.perf_counter() - t0, 6),
+    }
+    _check_digest(f"{what}: blob", digest, stats.digest)
+    _check_digest(f"{what}: diffID (uncompressed tar)", diff_id, stats.diff_id)
+    return stats
+
+
+class _Prefixed:
+    """The reader with the already-sniffed head put back in front."""
+
+    def __init__(self, head, reader):
+        self.head = head
+        self.reader = reader
+
+    def readable(self):
+        return True
+
+    def read(self, n=-1):
+        if self.head:
+            if n is None or n < 0 or n >= len(self.head):
+                data, self.head = self.head, b""
+            else:
+                data, self.head = self.head[:n], self.head[n:]
+            return data
+        return self.reader.read(n)
+
+    def readinto(self, buf):
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)

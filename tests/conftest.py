@@ -1,0 +1,40 @@
+"""Shared test plumbing.
+
+A test that needs an external tool (umoci, skopeo, GNU tar, ...) skips on a
+developer box without it but FAILS in CI (CI=true), where .ci/run installs
+every tool: a skip must never hide missing work.
+"""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require_tool(name):
+    path = shutil.which(name)
+    if path is None:
+        msg = f"required tool {name!r} is not installed"
+        if IN_CI:
+            pytest.fail(msg + " (CI must install it)")
+        pytest.skip(msg)
+    return path
+
+
+def require_root():
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("this test needs root and CI runs as root")
+        pytest.skip("needs root")
+
+
+def run(*cmd, **kw):
+    """Run a command, failing the test with its stderr when it fails."""
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    proc = subprocess.run([str(c) for c in cmd], **kw)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
