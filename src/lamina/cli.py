@@ -1,0 +1,108 @@
+"""The ``lamina`` command: argument parsing and printing only; the work is in the API."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import errors
+
+FORMATS = ("dir", "overlay")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _print_layer(stats, label: str, out):
+    secs = stats.seconds.get("total", 0.0)
+    print(f"{label}: {stats.entries} entries, {_human(stats.bytes)} ({stats.compression} {_human(stats.compressed_bytes)}),"
+          f" {secs:.3f}s", file=out)
+    print(f"  digest:  {stats.digest}", file=out)
+    print(f"  diffID:  {stats.diff_id}", file=out)
+    if stats.whiteouts:
+        print(f"  whiteouts: {stats.whiteouts}", file=out)
+    for s in stats.skipped:
+        print(f"  skipped: {s}", file=out)
+
+
+def cmd_apply(args):
+    from .layer import apply_layer
+    stats = apply_layer(args.layer, args.dest, format=args.format, diff_id=args.diff_id, digest=args.digest,
+                        media_type=args.media_type)
+    if args.json:
+        json.dump(stats.to_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        _print_layer(stats, f"applied {args.layer} onto {args.dest} ({args.format})", sys.stdout)
+
+
+def cmd_unpack(args):
+    from .unpack import unpack
+    stats = unpack(args.source, args.dest, platform=args.platform, format=args.format)
+    if args.json:
+        json.dump(stats.to_dict(), sys.stdout, indent=2)
+        print()
+        return
+    out = sys.stdout
+    print(f"unpacking {args.source} ({stats.platform}) into {args.dest} ({args.format})", file=out)
+    print(f"manifest: {stats.manifest_digest}", file=out)
+    print(f"config:   {stats.config_digest}", file=out)
+    for i, layer in enumerate(stats.layers):
+        _print_layer(layer, f"layer {i + 1}/{len(stats.layers)}", out)
+    total = stats.seconds.get("total", sum(layer.seconds.get("total", 0.0) for layer in stats.layers))
+    rate = stats.bytes / total / 1e6 if total else 0.0
+    print(f"done: {len(stats.layers)} layers, {stats.entries} entries, {_human(stats.bytes)} in {total:.3f}s"
+          f" ({rate:.0f} MB/s), all digests verified", file=out)
+    if stats.mount_options:
+        print(f"overlay: mount -t overlay overlay -o {stats.mount_options} TARGET", file=out)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="lamina", description="Fast, safe OCI/Docker image layer unpacker.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    a = sub.add_parser("apply", help="apply one layer blob (gzip, zstd or tar) onto a directory")
+    a.add_argument("layer", metavar="LAYER_FILE")
+    a.add_argument("dest", metavar="DEST")
+    a.add_argument("--format", choices=FORMATS, default="dir",
+                   help="dir: apply whiteouts by deleting; overlay: write overlayfs whiteouts (default: dir)")
+    a.add_argument("--diff-id", metavar="sha256:HEX", help="expected sha256 of the uncompressed tar")
+    a.add_argument("--digest", metavar="sha256:HEX", help="expected sha256 of the blob as given")
+    a.add_argument("--media-type", help="the layer's media type; must agree with the content")
+    a.add_argument("--json", action="store_true", help="print stats as JSON")
+    a.set_defaults(func=cmd_apply)
+
+    u = sub.add_parser("unpack", help="unpack an image into a root filesystem (or overlay layer dirs)")
+    u.add_argument("source", metavar="SOURCE", help="oci:PATH[:REF] or docker-archive:PATH")
+    u.add_argument("dest", metavar="DEST")
+    u.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick from a multi-arch index")
+    u.add_argument("--format", choices=FORMATS, default="dir")
+    u.add_argument("--json", action="store_true", help="print stats as JSON")
+    u.set_defaults(func=cmd_unpack)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except errors.LaminaError as e:
+        print(f"lamina: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lamina: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"lamina: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
