@@ -1,12 +1,15 @@
 """apply_layer: stream one layer blob onto a directory, verifying as it goes.
 
-Two threads share the work so that both cores stay busy:
+Three threads share the work so that both cores stay busy whichever stage
+is the slowest for a given layer:
 
-    reader thread:  read blob -> sha256(blob) -> inflate -> queue
-    caller thread:  queue -> sha256(tar) -> native Extractor.feed (write)
+    reader thread:  read blob -> inflate ---------------> queue -> caller thread:
+                       |                        |                 native Extractor.feed (write)
+                       v                        v
+    hasher thread:  sha256(blob)           sha256(tar)
 
 hashlib, ISA-L, zstandard and the extractor's write loop all release the GIL,
-so the two threads really run in parallel.  The queue is bounded, so memory
+so the threads really run in parallel.  Every queue is bounded, so memory
 stays at a few MiB whatever the layer size.
 """
 from __future__ import annotations
@@ -29,12 +32,46 @@ QUEUE_DEPTH = 8       # chunks in flight between the threads
 _DONE = object()
 
 
+class _Hasher:
+    """sha256 of the blob and of the tar, computed off the critical path."""
+
+    def __init__(self):
+        self.blob = hashlib.sha256()
+        self.tar = hashlib.sha256()
+        self.seconds = 0.0
+        self._queue = queue.Queue(16)
+        self._thread = threading.Thread(target=self._run, name="lamina-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        get, clock = self._queue.get, time.perf_counter
+        while True:
+            item = get()
+            if item is None:
+                return
+            t = clock()
+            item[0].update(item[1])
+            self.seconds += clock() - t
+
+    def blob_bytes(self, data):
+        self._queue.put((self.blob, data))
+
+    def tar_bytes(self, data):
+        self._queue.put((self.tar, data))
+
+    def close(self):
+        """Wait until every queued byte is hashed (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 class _HashingReader:
     """A raw file wrapper that hashes every byte the decompressor pulls."""
 
-    def __init__(self, raw):
+    def __init__(self, raw, hasher):
         self.raw = raw
-        self.sha = hashlib.sha256()
+        self.hasher = hasher
         self.count = 0
         self.seconds = 0.0
 
@@ -44,7 +81,7 @@ class _HashingReader:
     def read(self, n=-1):
         t = time.perf_counter()
         data = self.raw.read(n if n is not None and n >= 0 else CHUNK)
-        self.sha.update(data)
+        self.hasher.blob_bytes(data)
         self.count += len(data)
         self.seconds += time.perf_counter() - t
         return data
@@ -89,7 +126,15 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
 
 
 def _apply_stream(raw, dest, format, diff_id, digest, media_type, limits, what, t0):
-    reader = _HashingReader(raw)
+    hasher = _Hasher()
+    try:
+        return _pipeline(raw, hasher, dest, format, diff_id, digest, media_type, limits, what, t0)
+    finally:
+        hasher.close()
+
+
+def _pipeline(raw, hasher, dest, format, diff_id, digest, media_type, limits, what, t0):
+    reader = _HashingReader(raw, hasher)
     head = reader.read(CHUNK)
     kind = compression.detect(head)
     compression.check_media_type(kind, media_type, what)
@@ -130,8 +175,7 @@ def _apply_stream(raw, dest, format, diff_id, digest, media_type, limits, what, 
 
     thread = threading.Thread(target=produce, name="lamina-inflate", daemon=True)
     thread.start()
-    tar_sha = hashlib.sha256()
-    t_hash = t_write = t_wait = 0.0
+    t_write = t_wait = 0.0
     try:
         while True:
             t = time.perf_counter()
@@ -142,10 +186,9 @@ def _apply_stream(raw, dest, format, diff_id, digest, media_type, limits, what, 
                 break
             if isinstance(item, BaseException):
                 raise item
-            tar_sha.update(item)
+            hasher.tar_bytes(item)
             t2 = time.perf_counter()
             extractor.feed(item)
-            t_hash += t2 - t1
             t_write += time.perf_counter() - t2
         t = time.perf_counter()
         counts = extractor.finish()
@@ -159,19 +202,22 @@ def _apply_stream(raw, dest, format, diff_id, digest, media_type, limits, what, 
         thread.join()
         extractor.close()
 
-    stats.digest = "sha256:" + reader.sha.hexdigest()
-    stats.diff_id = "sha256:" + tar_sha.hexdigest()
+    t = time.perf_counter()
+    hasher.close()
+    t_wait += time.perf_counter() - t
+    stats.digest = "sha256:" + hasher.blob.hexdigest()
+    stats.diff_id = "sha256:" + hasher.tar.hexdigest()
     stats.compressed_bytes = reader.count
     stats.bytes = counts["bytes"]
     stats.entries = counts["entries"]
     stats.whiteouts = counts["whiteouts"]
     stats.skipped = counts["skipped"]
     stats.seconds = {
-        "read_and_hash_blob": round(reader.seconds, 6),
+        "read": round(reader.seconds, 6),
         "inflate": round(max(produced.get("inflate", 0.0) - reader.seconds, 0.0), 6),
-        "hash_tar": round(t_hash, 6),
+        "hash": round(hasher.seconds, 6),
         "extract": round(t_write, 6),
-        "wait_for_input": round(t_wait, 6),
+        "wait": round(t_wait, 6),
         "total": round(time.perf_counter() - t0, 6),
     }
     _check_digest(f"{what}: blob", digest, stats.digest)
