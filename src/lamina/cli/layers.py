@@ -1,11 +1,8 @@
-"""The ``lamina`` command: argument parsing and printing only; the work is in the API."""
+"""``lamina apply`` and ``lamina unpack``: layers and images onto directories."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-
-from . import errors
 
 FORMATS = ("dir", "overlay")
 
@@ -31,7 +28,7 @@ def _print_layer(stats, label: str, out):
 
 
 def cmd_apply(args):
-    from .layer import apply_layer
+    from ..layer import apply_layer
     stats = apply_layer(args.layer, args.dest, format=args.format, diff_id=args.diff_id, digest=args.digest,
                         media_type=args.media_type)
     if args.json:
@@ -42,7 +39,7 @@ def cmd_apply(args):
 
 
 def cmd_unpack(args):
-    from .unpack import unpack
+    from ..unpack import unpack
     stats = unpack(args.source, args.dest, platform=args.platform, format=args.format)
     if args.json:
         json.dump(stats.to_dict(), sys.stdout, indent=2)
@@ -62,11 +59,7 @@ def cmd_unpack(args):
         print(f"overlay: mount -t overlay overlay -o {stats.mount_options} TARGET", file=out)
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="lamina", description="Fast, safe OCI/Docker image layer unpacker.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
+def register(sub):
     a = sub.add_parser("apply", help="apply one layer blob (gzip, zstd or tar) onto a directory")
     a.add_argument("layer", metavar="LAYER_FILE")
     a.add_argument("dest", metavar="DEST")
@@ -85,24 +78,3 @@ def build_parser():
     u.add_argument("--format", choices=FORMATS, default="dir")
     u.add_argument("--json", action="store_true", help="print stats as JSON")
     u.set_defaults(func=cmd_unpack)
-    return p
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except errors.LaminaError as e:
-        print(f"lamina: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("lamina: interrupted", file=sys.stderr)
-        return 130
-    except OSError as e:
-        print(f"lamina: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The ``lamina`` command.
+
+Each module here registers its verbs on the shared parser and prints; the
+work itself lives in the API.  Errors become one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import errors
+
+# Modules that contribute verbs, in help order.  Each has register(subparsers).
+_VERB_MODULES = ("layers", "images", "registry")
+
+
+def build_parser():
+    import importlib
+    p = argparse.ArgumentParser(prog="lamina", description="Fast, safe OCI/Docker image layer store and unpacker.")
+    p.add_argument("--root", metavar="DIR", help="store directory (default: $LAMINA_ROOT, /var/lib/lamina as root, "
+                   "else $XDG_DATA_HOME/lamina)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in _VERB_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            continue
+        module.register(sub)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        rc = args.func(args)
+    except errors.LaminaError as e:
+        print(f"lamina: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lamina: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"lamina: error: {e}", file=sys.stderr)
+        return 1
+    return rc or 0
