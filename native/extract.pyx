@@ -89,7 +89,10 @@ def _show(name):
 
 
 def parse_pax(bytes data, where):
-    """PAX extended header records "LEN key=value\\n" -> {key: value or None}."""
+    """PAX extended header records "LEN key=value\\n" -> {key: value}.
+
+    An empty value unsets a key (POSIX) except for xattrs, where it is an
+    xattr with an empty value (GNU tar and libarchive agree)."""
     cdef Py_ssize_t pos = 0, n = len(data), sp, length
     out = {}
     while pos < n:
@@ -105,10 +108,13 @@ def parse_pax(bytes data, where):
         eq = rec.find(b"=")
         if eq <= 0:
             raise _errors.InvalidArchiveError(f"{where}: malformed PAX record at offset {pos}")
-        value = rec[eq + 1:]
-        out[rec[:eq]] = value if value else None  # empty value unsets the key
+        out[rec[:eq]] = rec[eq + 1:]
         pos += length
     return out
+
+
+cdef inline bint _is_xattr_key(bytes k):
+    return k.startswith(b"SCHILY.xattr.") or k.startswith(b"LIBARCHIVE.xattr.")
 
 
 def _pax_time(bytes value, where):
@@ -139,7 +145,7 @@ def _libarchive_xattr(bytes key, bytes value, where):
     import base64
     from urllib.parse import unquote_to_bytes
     try:
-        return unquote_to_bytes(key), base64.b64decode(value + b"=" * (-len(value) % 4))
+        return unquote_to_bytes(key), base64.b64decode(value + b"=" * ((4 - len(value) % 4) % 4))
     except ValueError:
         raise _errors.InvalidArchiveError(f"{where}: invalid LIBARCHIVE.xattr record") from None
 
@@ -169,6 +175,7 @@ cdef class Extractor:
     cdef object cur_name, cur_xattrs
     cdef int64_t cur_mode, cur_uid, cur_gid, cur_sec, cur_nsec
     cdef dict dir_fixups
+    cdef dict parent_times
     cdef set created
     cdef readonly int64_t entries, total, whiteouts, trailing
     cdef readonly list skipped
@@ -200,6 +207,7 @@ cdef class Extractor:
         self.state = ST_HEADER
         self.gpax = {}
         self.dir_fixups = {}
+        self.parent_times = {}
         self.created = set()
         self.skipped = []
         self.prev_name = None
@@ -355,7 +363,7 @@ cdef class Extractor:
                 self.pax.update(recs)
         elif self.meta_kind == c'g':
             for k, v in parse_pax(data, where).items():
-                if v is None:
+                if not v and not _is_xattr_key(k):
                     self.gpax.pop(k, None)
                 elif k not in (b"path", b"linkpath", b"size"):
                     self.gpax[k] = v
@@ -393,7 +401,7 @@ cdef class Extractor:
             pax = merged
         if pax:
             for k, v in pax.items():
-                if v is None:
+                if not v and not _is_xattr_key(k):
                     continue
                 if k == b"path":
                     name = v
@@ -634,6 +642,7 @@ cdef class Extractor:
             prefix = b"/".join(parts[:i + 1])
             nfd = self._open_in_root(prefix)
             if nfd < 0 and errno == ENOENT:
+                self._keep_times(fd, b"/".join(parts[:i]))
                 if mkdirat(fd, <bytes>parts[i], 0o755) < 0 and errno != EEXIST:
                     close(fd)
                     self._parent_error(prefix, name)
@@ -653,11 +662,22 @@ cdef class Extractor:
         if self.cache_valid and self.cache_fd >= 0 and self.cache_path == parent:
             return self.cache_fd
         fd = self._resolve_dir(parent, True, name)
+        self._keep_times(fd, parent)
         self._close_cache()
         self.cache_fd = fd
         self.cache_path = parent
         self.cache_valid = True
         return fd
+
+    cdef _keep_times(self, int fd, bytes path):
+        """Remember a directory's mtime before this layer first changes it, so
+        that a directory the layer does not list keeps its lower mtime (as
+        umoci and docker do) although entries were added or removed in it."""
+        cdef stat st
+        if self.overlay or path in self.parent_times:
+            return
+        if fstat(fd, &st) == 0:
+            self.parent_times[path] = (st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
 
     cdef void _close_cache(self):
         if self.cache_fd >= 0:
@@ -899,6 +919,7 @@ cdef class Extractor:
             return  # nothing below to hide
         try:
             if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                self._keep_times(pfd, parent)
                 self._remove(pfd, hidden, name)
         finally:
             close(pfd)
@@ -919,6 +940,7 @@ cdef class Extractor:
         if fd < 0:
             return
         self._invalidate()
+        self._keep_times(fd, parent)
         try:
             self._clear_lower(fd, parent, name)
         finally:
@@ -999,7 +1021,10 @@ cdef class Extractor:
         cdef int pfd, fd
         cdef timespec ts[2]
         cdef Py_ssize_t slash
-        for path, (mode, sec, nsec) in reversed(list(self.dir_fixups.items())):
+        todo = [(path, None, sec, nsec) for path, (sec, nsec) in self.parent_times.items()
+                if path not in self.dir_fixups]
+        todo += [(path, mode, sec, nsec) for path, (mode, sec, nsec) in self.dir_fixups.items()]
+        for path, mode, sec, nsec in reversed(todo):
             if not path:
                 fd = dup(self.rootfd)
             else:
@@ -1012,7 +1037,7 @@ cdef class Extractor:
                 if fd < 0:
                     continue  # replaced by a non-directory later in the layer
             try:
-                if fchmod(fd, <mode_t>mode) < 0:
+                if mode is not None and fchmod(fd, <mode_t>mode) < 0:
                     self._oserror("chmod", path)
                 ts[0].tv_sec = sec
                 ts[0].tv_nsec = nsec
@@ -1022,6 +1047,7 @@ cdef class Extractor:
             finally:
                 close(fd)
         self.dir_fixups.clear()
+        self.parent_times.clear()
 
     cdef _oserror(self, str op, object name):
         e = errno

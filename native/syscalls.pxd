@@ -40,6 +40,7 @@ cdef extern from "<sys/stat.h>" nogil:
         unsigned long st_ino
         mode_t st_mode
         dev_t st_rdev
+        timespec st_mtim
     int fstatat(int dirfd, const char *path, stat *buf, int flags)
     int fstat(int fd, stat *buf)
     int mkdirat(int dirfd, const char *path, mode_t mode)

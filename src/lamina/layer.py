@@ -186,7 +186,8 @@ def _pipeline(raw, hasher, dest, format, diff_id, digest, media_type, limits, wh
                 break
             if isinstance(item, BaseException):
                 raise item
-            hasher.tar_bytes(item)
+            if kind != "none":  # a plain tar's diffID is its blob digest: hash it once
+                hasher.tar_bytes(item)
             t2 = time.perf_counter()
             extractor.feed(item)
             t_write += time.perf_counter() - t2
@@ -206,7 +207,7 @@ def _pipeline(raw, hasher, dest, format, diff_id, digest, media_type, limits, wh
     hasher.close()
     t_wait += time.perf_counter() - t
     stats.digest = "sha256:" + hasher.blob.hexdigest()
-    stats.diff_id = "sha256:" + hasher.tar.hexdigest()
+    stats.diff_id = stats.digest if kind == "none" else "sha256:" + hasher.tar.hexdigest()
     stats.compressed_bytes = reader.count
     stats.bytes = counts["bytes"]
     stats.entries = counts["entries"]
