@@ -13,20 +13,15 @@ from ._extract import Extractor  # the compiled core; there is deliberately no p
 from .errors import LaminaError
 from .layer import apply_layer
 from .limits import DEFAULT_LIMITS, Limits
+from .platform import Platform
 from .stats import ApplyStats, UnpackStats
+from .unpack import unpack
 
 NATIVE = Extractor.__module__ == "lamina._extract"
 
 __version__ = "0.1.0"
 
-
-def unpack(source, dest, *, platform=None, format="dir", limits=None):
-    """Unpack an image from ``oci:PATH[:REF]`` or ``docker-archive:PATH`` into ``dest``."""
-    from .unpack import unpack as _unpack
-    return _unpack(source, dest, platform=platform, format=format, limits=limits)
-
-
 __all__ = [
-    "ApplyStats", "DEFAULT_LIMITS", "Extractor", "LaminaError", "Limits", "NATIVE", "UnpackStats",
+    "ApplyStats", "DEFAULT_LIMITS", "Extractor", "LaminaError", "Limits", "NATIVE", "Platform", "UnpackStats",
     "apply_layer", "errors", "unpack",
 ]

@@ -1,0 +1,267 @@
+"""Where blobs come from: an image-layout directory or members of a tar archive.
+
+Both stores hand out independent file objects, so layers can be read by
+several threads at once (overlay unpack applies layers in parallel).
+"""
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import stat
+import tarfile
+
+from .. import digest as _digest
+from ..errors import BlobNotFoundError, DigestMismatchError, ImageError
+
+# Manifests and configs are read into memory; a descriptor pointing at a
+# multi-GB layer must not be slurped. Real ones are a few KB (configs with
+# long histories reach a few hundred KB).
+MAX_DOCUMENT_SIZE = 16 << 20
+
+
+def read_verified(fileobj, digest, size, what, limit=MAX_DOCUMENT_SIZE):
+    """Read a small blob fully and check its size and digest."""
+    if size is not None and size > limit:
+        raise ImageError(f"{what}: {size} bytes is larger than the {limit}-byte limit for a JSON document")
+    data = fileobj.read(limit + 1)
+    if len(data) > limit:
+        raise ImageError(f"{what}: larger than the {limit}-byte limit for a JSON document")
+    if size is not None and len(data) != size:
+        raise ImageError(f"{what}: blob is {len(data)} bytes but its descriptor says {size}")
+    actual = _digest.sha256_bytes(data)
+    if digest is not None and actual != digest:
+        raise DigestMismatchError(what, digest, actual)
+    return data
+
+
+class BlobStore:
+    """Content-addressed blobs: ``open(digest)`` and ``size(digest)``."""
+
+    name = "?"
+
+    def open(self, digest):
+        raise NotImplementedError
+
+    def size(self, digest):
+        raise NotImplementedError
+
+    def read(self, desc, what):
+        with self.open(desc.digest) as f:
+            return read_verified(f, desc.digest, desc.size, what)
+
+    def close(self):
+        pass
+
+
+class DirBlobStore(BlobStore):
+    """``blobs/sha256/<hex>`` files of an OCI image-layout directory."""
+
+    def __init__(self, root):
+        self.root = os.fspath(root)
+        self.name = self.root
+
+    def _stat_open(self, digest):
+        path = _digest.blob_path(self.root, digest)
+        try:
+            # O_NONBLOCK so a FIFO planted in blobs/ cannot hang us; no effect on regular files.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"blob {digest} not found in {self.root}") from None
+        except OSError as e:
+            raise ImageError(f"blob {digest} in {self.root}: {e.strerror}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise ImageError(f"blob {digest} in {self.root} is not a regular file")
+        return fd, st.st_size
+
+    def open(self, digest):
+        fd, _ = self._stat_open(digest)
+        return os.fdopen(fd, "rb")
+
+    def size(self, digest):
+        fd, size = self._stat_open(digest)
+        os.close(fd)
+        return size
+
+
+class _Section(io.RawIOBase):
+    """A byte range of a file, read with pread on a private fd.
+
+    No fileno(): a reader must not mistake the whole archive for the member.
+    """
+
+    def __init__(self, path, offset, size):
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._start, self._end, self._pos = offset, offset + size, offset
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        n = min(len(buf), self._end - self._pos)
+        if n <= 0:
+            return 0
+        data = os.pread(self._fd, n, self._pos)
+        if not data:
+            raise ImageError("archive member is truncated")
+        buf[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self):
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+class _Limited(io.RawIOBase):
+    """The next ``size`` bytes of a stream (for members of a compressed archive)."""
+
+    def __init__(self, raw, size):
+        self._raw, self._left = raw, size
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        n = min(len(buf), self._left)
+        if n <= 0:
+            return 0
+        data = self._raw.read(n)
+        if not data:
+            raise ImageError("archive member is truncated")
+        buf[:len(data)] = data
+        self._left -= len(data)
+        return len(data)
+
+    def close(self):
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+def _open_gzip(path):
+    try:
+        from isal import igzip  # ISA-L: several times faster than zlib for this
+        return igzip.open(path, "rb")
+    except ImportError:
+        import gzip
+        return gzip.open(path, "rb")
+
+
+class TarArchive:
+    """Random access to the members of a (possibly gzip-compressed) tar file.
+
+    Members of a plain tar are read in place with pread. Members of a
+    gzip-compressed tar are read by decompressing from the start of the file
+    up to the member, once per open(): correct, but slower for big archives
+    with many layers; ``compressed`` tells the caller so.
+    """
+
+    MAX_MEMBERS = 1_000_000
+    MAX_LINK_HOPS = 16
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        try:
+            with open(self.path, "rb") as f:
+                magic = f.read(2)
+        except FileNotFoundError:
+            raise ImageError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise ImageError(f"{self.path}: is a directory, not an archive") from None
+        self.compressed = magic == b"\x1f\x8b"
+        self.members = {}
+        try:
+            # A plain tar is indexed by seeking over member data (a multi-GB archive costs
+            # a few reads); a compressed one has to be inflated once, as a stream.
+            with self._open_stream() as raw, tarfile.open(
+                    fileobj=raw, mode="r|" if self.compressed else "r:") as tar:
+                for i, info in enumerate(tar):
+                    if i >= self.MAX_MEMBERS:
+                        raise ImageError(f"{self.path}: more than {self.MAX_MEMBERS} members")
+                    name = member_name(info.name)
+                    if name:
+                        self.members[name] = info
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise ImageError(f"{self.path}: not a readable tar archive: {e}") from None
+
+    def _open_stream(self):
+        return _open_gzip(self.path) if self.compressed else open(self.path, "rb")
+
+    def _lookup(self, name):
+        """The regular-file member a name refers to, following links inside the archive."""
+        seen = name
+        for _ in range(self.MAX_LINK_HOPS):
+            info = self.members.get(name)
+            if info is None:
+                return None
+            if info.issym():
+                target = info.linkname
+                base = "" if target.startswith("/") else posixpath.dirname(name)
+                name = member_name(posixpath.join(base, target))
+            elif info.islnk():
+                name = member_name(info.linkname)
+            elif info.isreg():
+                if info.issparse():
+                    raise ImageError(f"{self.path}: member {seen} is a sparse file")
+                return info
+            else:
+                raise ImageError(f"{self.path}: member {seen} is not a regular file")
+        raise ImageError(f"{self.path}: member {seen}: too many levels of links")
+
+    def has(self, name):
+        return self._lookup(member_name(name)) is not None
+
+    def member(self, name):
+        info = self._lookup(member_name(name))
+        if info is None:
+            raise BlobNotFoundError(f"{name} not found in {self.path}")
+        return info
+
+    def size(self, name):
+        return self.member(name).size
+
+    def open(self, name):
+        info = self.member(name)
+        if not self.compressed:
+            return io.BufferedReader(_Section(self.path, info.offset_data, info.size), 1 << 20)
+        stream = self._open_stream()
+        try:
+            stream.seek(info.offset_data)
+        except (OSError, EOFError) as e:
+            stream.close()
+            raise ImageError(f"{self.path}: member {name}: {e}") from None
+        return io.BufferedReader(_Limited(stream, info.size), 1 << 20)
+
+    def read(self, name, what, digest=None, limit=MAX_DOCUMENT_SIZE):
+        with self.open(name) as f:
+            return read_verified(f, digest, None, what, limit)
+
+
+def member_name(name):
+    """Archive member name without leading ``./`` or ``/``, normalized."""
+    name = posixpath.normpath("/" + name).lstrip("/")
+    return "" if name == "." else name
+
+
+class TarBlobStore(BlobStore):
+    """``blobs/sha256/<hex>`` members of a tar archive (oci-archive, newer ``docker save``)."""
+
+    def __init__(self, archive):
+        self.archive = archive
+        self.name = archive.path
+
+    def _member(self, digest):
+        name = _digest.blob_relpath(digest)
+        if not self.archive.has(name):
+            raise BlobNotFoundError(f"blob {digest} not found in {self.archive.path}")
+        return name
+
+    def open(self, digest):
+        return self.archive.open(self._member(digest))
+
+    def size(self, digest):
+        return self.archive.size(self._member(digest))

@@ -1,0 +1,128 @@
+"""``docker save`` / ``skopeo copy docker-archive:`` tars (and oci-archive tars).
+
+Three shapes are read:
+* legacy docker save: ``manifest.json`` + ``<id>/layer.tar`` (+ symlinks for
+  repeated layers) + ``<hex>.json`` config;
+* skopeo: ``manifest.json`` + ``<hex>.tar`` layers + ``<hex>.json`` config;
+* docker >= 25 (and oci-archive): an OCI image layout inside the tar, with a
+  ``manifest.json`` beside it for old readers. The layout is preferred since its
+  manifests carry digests and media types for every blob.
+
+Legacy layers have no manifest digest: they are verified by their diffID
+(apply_layer checks it against the config's rootfs.diff_ids).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+
+from .. import digest as _digest
+from ..errors import DigestMismatchError, ImageError, ImageNotFoundError, PlatformNotFoundError
+from ..platform import Platform
+from .blobs import MAX_DOCUMENT_SIZE, TarArchive, TarBlobStore, member_name
+from .image import LayerRef, ResolvedImage, Source
+from .layout import OCILayout
+from .model import parse_config
+from .refs import names_match
+
+# Member names that carry the blob's digest: "blobs/sha256/<hex>" or "<hex>.json".
+_DIGEST_NAME_RE = re.compile(r"(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?")
+
+
+class DockerArchive(Source):
+    def __init__(self, path, ref=None, *, oci_only=False):
+        self.archive = TarArchive(path)
+        self.ref = ref or None
+        self.description = self.archive.path
+        self._layout = None
+        try:
+            if self.archive.has("oci-layout") or oci_only:
+                layout = OCILayout(TarBlobStore(self.archive), self._read_meta, self.ref, self.description)
+                # docker save of an untagged image writes an empty index.json: use manifest.json then.
+                if layout.index.manifests or oci_only or not self.archive.has("manifest.json"):
+                    self._layout = layout
+            if self._layout is None:
+                self._entries = self._read_manifest_json()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def compressed(self):
+        """True when layers are read by re-inflating the archive (slower than a plain tar)."""
+        return self.archive.compressed
+
+    def _read_meta(self, name):
+        if not self.archive.has(name):
+            return None
+        return self.archive.read(name, f"{self.description}: {name}")
+
+    def _read_manifest_json(self):
+        what = f"{self.description}: manifest.json"
+        if not self.archive.has("manifest.json"):
+            raise ImageError(f"{self.description}: not a docker archive (no manifest.json) nor an OCI archive")
+        try:
+            doc = json.loads(self.archive.read("manifest.json", what))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ImageError(f"{what}: invalid JSON: {e}") from None
+        if not isinstance(doc, list) or not doc:
+            raise ImageError(f"{what}: expected a non-empty list of images")
+        for i, entry in enumerate(doc):
+            ok = (isinstance(entry, dict) and isinstance(entry.get("Config"), str)
+                  and isinstance(entry.get("Layers"), list)
+                  and all(isinstance(x, str) for x in entry["Layers"])
+                  and isinstance(entry.get("RepoTags") or [], list))
+            if not ok:
+                raise ImageError(f"{what}: entry {i} lacks Config/Layers")
+        return doc
+
+    def _select(self):
+        entries = self._entries
+        tags = [t for e in entries for t in (e.get("RepoTags") or []) if isinstance(t, str)]
+        if self.ref:
+            if re.fullmatch(r"@\d+", self.ref):  # skopeo's docker-archive:PATH:@N
+                n = int(self.ref[1:])
+                if n < len(entries):
+                    return entries[n]
+            else:
+                for e in entries:
+                    if any(names_match(self.ref, t) for t in e.get("RepoTags") or []):
+                        return e
+            raise ImageNotFoundError(
+                f"{self.description}: no image {self.ref!r}; available: {', '.join(tags) or 'none'}"
+                f" (or @0..@{len(entries) - 1})")
+        if len(entries) == 1:
+            return entries[0]
+        raise ImageNotFoundError(
+            f"{self.description} holds {len(entries)} images; name one (docker-archive:PATH:NAME or :@N);"
+            f" available: {', '.join(tags) or 'none'}")
+
+    def resolve(self, platform=None):
+        if self._layout is not None:
+            return self._layout.resolve(platform)
+        want = Platform.parse(platform) if platform is not None else None
+        entry = self._select()
+        config_name = entry["Config"]
+        what = f"config {config_name}"
+        data = self.archive.read(config_name, what, limit=MAX_DOCUMENT_SIZE)
+        config_digest = _digest.sha256_bytes(data)
+        m = _DIGEST_NAME_RE.fullmatch(member_name(config_name))
+        if m and config_digest != f"sha256:{m.group(1)}":
+            # The config file is named by its digest (the image ID): a mismatch means tampering.
+            raise DigestMismatchError(what, f"sha256:{m.group(1)}", config_digest)
+        layer_names = entry["Layers"]
+        config = parse_config(data, what, len(layer_names))
+        if want is not None and config.platform is not None and config.platform != want:
+            raise PlatformNotFoundError(str(want), [str(config.platform)])
+        layers = []
+        for i, name in enumerate(layer_names):
+            size = self.archive.size(name)  # BlobNotFoundError names the member
+            blob = re.fullmatch(r"blobs/sha256/([0-9a-f]{64})", member_name(name))
+            layers.append(LayerRef(i, config.diff_ids[i], f"sha256:{blob.group(1)}" if blob else None,
+                                   size, None, functools.partial(self.archive.open, name)))
+        return ResolvedImage(config=config.raw, config_digest=config_digest, layers=layers,
+                             platform=config.platform, ref=self.ref)
+
+    def close(self):
+        pass  # TarArchive keeps no file open between reads

@@ -1,0 +1,221 @@
+"""Resolving an image in an OCI image layout (a directory, or one inside a tar).
+
+index.json -> (ref) -> index(es) -> (platform) -> manifest -> config + layers.
+Every manifest, index and config is read through the blob store, which
+checks its size and digest before it is parsed.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+from .. import mediatypes as mt
+from ..errors import (BlobNotFoundError, ImageError, ImageNotFoundError, PlatformNotFoundError,
+                      UnsupportedMediaTypeError)
+from ..platform import Platform
+from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE
+from .image import LayerRef, ResolvedImage, Source
+from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, document_media_type, load_json,
+                    parse_config, parse_index, parse_manifest)
+from .refs import names_match
+
+# Indexes nest (index.json -> image index -> ...); real images use two levels.
+MAX_INDEX_DEPTH = 8
+
+
+class OCILayout(Source):
+    """An OCI image layout. ``read_meta(name)`` returns the bytes of a top-level
+    file (``oci-layout``, ``index.json``) or None when it is absent."""
+
+    def __init__(self, store, read_meta, ref=None, description=None):
+        self.store = store
+        self.ref = ref or None
+        self._docs, self._configs = {}, {}  # by digest: documents are read and verified once
+        self.description = description or store.name
+        layout = read_meta("oci-layout")
+        if layout is None:
+            raise ImageError(f"{self.description}: not an OCI image layout (no oci-layout file)")
+        version = load_json(layout, f"{self.description}: oci-layout").get("imageLayoutVersion")
+        if not isinstance(version, str) or version.split(".")[0] != "1":
+            raise ImageError(f"{self.description}: unsupported imageLayoutVersion {version!r}")
+        raw_index = read_meta("index.json")
+        if raw_index is None:
+            raise ImageError(f"{self.description}: OCI image layout without index.json")
+        what = f"{self.description}: index.json"
+        doc = load_json(raw_index, what)
+        media_type = document_media_type(doc, None, what)
+        if not mt.is_index(media_type):
+            raise ImageError(f"{what}: is a {media_type}, not an image index")
+        self.index = parse_index(doc, media_type, what)
+
+    # --- choosing the image ----------------------------------------------------
+
+    def ref_names(self):
+        """Names of the images in index.json (OCI ref names first), for messages."""
+        names = []
+        for d in self.index.manifests:
+            name = d.annotations.get(ANNOTATION_REF_NAME) or d.annotations.get(ANNOTATION_CONTAINERD_NAME)
+            if isinstance(name, str) and name not in names:
+                names.append(name)
+        return names
+
+    def _available(self):
+        names = self.ref_names()
+        unnamed = sum(1 for d in self.index.manifests if not d.ref_names)
+        if unnamed:
+            names.append(f"{unnamed} unnamed")
+        return ", ".join(names) or "none"
+
+    def _select(self):
+        """Descriptors of index.json that the ref (or the default rule) picks."""
+        descs = self.index.manifests
+        if not descs:
+            raise ImageNotFoundError(f"{self.description}: the layout holds no images")
+        if self.ref:
+            picked = [d for d in descs if d.annotations.get(ANNOTATION_REF_NAME) == self.ref
+                      or names_match(self.ref, d.annotations.get(ANNOTATION_CONTAINERD_NAME) or "")]
+            if not picked:
+                raise ImageNotFoundError(
+                    f"{self.description}: no image named {self.ref!r}; available: {self._available()}")
+        elif len(descs) == 1 or not any(d.ref_names for d in descs):
+            # One image, or an index.json used as a plain image index (no names): choose by platform.
+            picked = descs
+        else:
+            picked = [d for d in descs if d.annotations.get(ANNOTATION_REF_NAME) == "latest"]
+            if not picked:
+                raise ImageNotFoundError(
+                    f"{self.description} holds several images and none is 'latest'; "
+                    f"name one (oci:PATH:REF); available: {self._available()}")
+        # The same digest listed twice under one name is still one image.
+        unique = {}
+        for d in picked:
+            unique.setdefault(d.digest, d)
+        return list(unique.values())
+
+    # --- reading documents --------------------------------------------------
+
+    def _document(self, desc):
+        """(media type, parsed Index or Manifest, raw dict) of a manifest/index descriptor."""
+        if desc.digest not in self._docs:
+            self._docs[desc.digest] = self._read_document(desc)
+        return self._docs[desc.digest]
+
+    def _read_document(self, desc):
+        if not (mt.is_index(desc.media_type) or mt.is_manifest(desc.media_type)):
+            if desc.media_type in mt.SCHEMA1_TYPES:
+                raise UnsupportedMediaTypeError(f"manifest {desc.digest}: {mt.SCHEMA1_MESSAGE}")
+            raise UnsupportedMediaTypeError(
+                f"{self.description}: {desc.digest} has unsupported media type {desc.media_type!r}")
+        kind = "index" if mt.is_index(desc.media_type) else "manifest"
+        what = f"{kind} {desc.digest}"
+        data = self.store.read(desc, what)
+        doc = load_json(data, what)
+        media_type = document_media_type(doc, desc.media_type, what)
+        if mt.is_index(media_type):
+            return media_type, parse_index(doc, media_type, what), doc
+        return media_type, parse_manifest(doc, media_type, what), doc
+
+    def _config(self, manifest_desc):
+        _, manifest, _ = self._document(manifest_desc)
+        cdesc = manifest.config
+        key = (cdesc.digest, len(manifest.layers))
+        if key not in self._configs:
+            data = self.store.read(cdesc, f"config {cdesc.digest}")
+            self._configs[key] = parse_config(data, f"config {cdesc.digest}", len(manifest.layers))
+        return self._configs[key]
+
+    def _platform_of(self, desc):
+        """A manifest's platform: from its descriptor, else from its config (as containerd does)."""
+        if desc.platform is not None:
+            return desc.platform
+        try:
+            return self._config(desc).platform
+        except BlobNotFoundError:
+            # Partial exports (docker save of one platform) omit the other platforms' blobs.
+            return None
+
+    # --- platform choice ------------------------------------------------------
+
+    def _entries(self, descs, depth):
+        """(descriptor, platform) candidates; unplatformed nested indexes are flattened."""
+        if depth > MAX_INDEX_DEPTH:
+            raise ImageError(f"{self.description}: image indexes nested deeper than {MAX_INDEX_DEPTH}")
+        out = []
+        for d in descs:
+            if d.is_attestation:
+                continue
+            if mt.is_index(d.media_type) and d.platform is None:
+                _, sub, _ = self._document(d)
+                out.extend(self._entries(sub.manifests, depth + 1))
+            elif mt.is_index(d.media_type) or mt.is_manifest(d.media_type):
+                out.append((d, self._platform_of(d)))
+            # Anything else in an index (artifacts, signatures) is not a runnable image: skip it.
+        return out
+
+    def _choose(self, descs, want, depth):
+        entries = self._entries(descs, depth)
+        wanted = [want] if want is not None else Platform.host().compatible()
+        for w in wanted:
+            for d, p in entries:
+                if p == w:
+                    if mt.is_index(d.media_type):
+                        return self._choose(self._document(d)[1].manifests, want or w, depth + 1)
+                    return d, p
+        available = sorted({str(p) for _, p in entries if p is not None})
+        raise PlatformNotFoundError(str(want or Platform.host()), available)
+
+    def resolve(self, platform=None):
+        want = Platform.parse(platform) if platform is not None else None
+        descs = self._select()
+        if len(descs) == 1 and not mt.is_index(descs[0].media_type):
+            desc, chosen = descs[0], None
+        else:
+            desc, chosen = self._choose(descs, want, 0)
+        return self._image(desc, want, chosen)
+
+    def _image(self, desc, want, chosen):
+        # desc has a manifest media type here, and _read_document made the content agree.
+        _, manifest, doc = self._document(desc)
+        config = self._config(desc)
+        if want is not None and chosen is None and config.platform is not None and config.platform != want:
+            raise PlatformNotFoundError(str(want), [str(config.platform)])
+        layers = []
+        for i, ldesc in enumerate(manifest.layers):
+            size = self._layer_size(i, ldesc)
+            if size != ldesc.size:
+                raise ImageError(f"layer {i} ({ldesc.digest}): blob is {size} bytes but the manifest says {ldesc.size}")
+            layers.append(LayerRef(i, config.diff_ids[i], ldesc.digest, ldesc.size, ldesc.media_type,
+                                   functools.partial(self.store.open, ldesc.digest)))
+        return ResolvedImage(
+            config=config.raw, config_digest=manifest.config.digest, layers=layers,
+            manifest_digest=desc.digest, manifest=doc, platform=chosen or config.platform, ref=self.ref)
+
+    def _layer_size(self, i, ldesc):
+        try:
+            return self.store.size(ldesc.digest)
+        except BlobNotFoundError:
+            if ldesc.media_type in mt.FOREIGN_LAYER_TYPES or ldesc.urls:
+                raise BlobNotFoundError(
+                    f"layer {i} ({ldesc.digest}) is a non-distributable layer absent from {self.description};"
+                    " lamina does not download layer urls") from None
+            raise BlobNotFoundError(f"layer {i}: blob {ldesc.digest} not found in {self.description}") from None
+
+
+def open_layout_dir(path, ref=None):
+    path = os.fspath(path)
+
+    def read_meta(name):
+        try:
+            with open(os.path.join(path, name), "rb") as f:
+                data = f.read(MAX_DOCUMENT_SIZE + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ImageError(f"{path}/{name}: {e.strerror}") from None
+        if len(data) > MAX_DOCUMENT_SIZE:
+            raise ImageError(f"{path}/{name}: larger than the {MAX_DOCUMENT_SIZE}-byte limit")
+        return data
+
+    if not os.path.isdir(path):
+        raise ImageNotFoundError(f"{path}: no such directory")
+    return OCILayout(DirBlobStore(path), read_meta, ref, description=path)

@@ -1,0 +1,147 @@
+"""Image platforms (os/architecture/variant) and how they match.
+
+Normalization and matching follow containerd's ``platforms`` package, which
+docker uses too: ``aarch64`` is ``arm64``, ``x86_64`` is ``amd64``, arm64
+without a variant is arm64/v8, arm without a variant is arm/v7. One
+difference: we spell the canonical arm64 variant ``v8`` (containerd drops it)
+so printed platforms read like docker's ``linux/arm64/v8``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from .errors import InvalidReferenceError
+
+_COMPONENT_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# Values of GOOS; a lone "linux" in --platform means an OS, a lone "arm64" an architecture.
+_KNOWN_OS = frozenset({
+    "aix", "android", "darwin", "dragonfly", "freebsd", "illumos", "ios", "js",
+    "linux", "netbsd", "openbsd", "plan9", "solaris", "wasip1", "windows",
+})
+
+
+def _normalize_os(os_name):
+    os_name = os_name.lower()
+    return "darwin" if os_name == "macos" else os_name
+
+
+def _normalize_arch(arch, variant):
+    arch, variant = arch.lower(), variant.lower()
+    if arch == "i386":
+        return "386", ""
+    if arch in ("x86_64", "x86-64", "amd64"):
+        return "amd64", "" if variant == "v1" else variant
+    if arch in ("aarch64", "arm64"):
+        if variant in ("", "8", "v8", "v8.0"):
+            return "arm64", "v8"
+        if variant in ("9", "9.0", "v9.0"):
+            return "arm64", "v9"
+        return "arm64", variant
+    if arch == "armhf":
+        return "arm", "v7"
+    if arch == "armel":
+        return "arm", "v6"
+    if arch == "arm":
+        if variant in ("", "7"):
+            return "arm", "v7"
+        if variant in ("5", "6", "8"):
+            return "arm", "v" + variant
+        return "arm", variant
+    return arch, variant
+
+
+# uname -m spellings that are not GOARCH names.
+_UNAME_ARCH = {
+    "x86_64": ("amd64", ""), "amd64": ("amd64", ""),
+    "i386": ("386", ""), "i486": ("386", ""), "i586": ("386", ""), "i686": ("386", ""),
+    "aarch64": ("arm64", "v8"), "arm64": ("arm64", "v8"), "aarch64_be": ("arm64be", ""),
+    "armv5l": ("arm", "v5"), "armv5tel": ("arm", "v5"), "armv5tejl": ("arm", "v5"),
+    "armv6l": ("arm", "v6"), "armv7l": ("arm", "v7"), "armv8l": ("arm", "v8"),
+    "ppc64le": ("ppc64le", ""), "ppc64": ("ppc64", ""), "s390x": ("s390x", ""),
+    "riscv64": ("riscv64", ""), "mips64": ("mips64", ""), "loongarch64": ("loong64", ""),
+}
+
+
+def machine_to_arch(machine):
+    """(architecture, variant) for a ``uname -m`` value."""
+    return _UNAME_ARCH.get(machine, (machine, ""))
+
+
+@dataclass(frozen=True)
+class Platform:
+    """A normalized platform: equal platforms compare equal (``arm64`` == ``aarch64/v8``)."""
+    os: str
+    architecture: str
+    variant: str = ""
+
+    def __post_init__(self):
+        arch, variant = _normalize_arch(self.architecture, self.variant or "")
+        object.__setattr__(self, "os", _normalize_os(self.os))
+        object.__setattr__(self, "architecture", arch)
+        object.__setattr__(self, "variant", variant)
+
+    @classmethod
+    def parse(cls, spec):
+        """Parse ``os/arch[/variant]`` (or a lone ``os`` or ``arch``, completed from the host)."""
+        if isinstance(spec, Platform):
+            return spec
+        if not isinstance(spec, str):
+            raise InvalidReferenceError(f"invalid platform {spec!r}: expected os/arch[/variant]")
+        parts = spec.split("/")
+        if not 1 <= len(parts) <= 3 or not all(_COMPONENT_RE.fullmatch(p) for p in parts):
+            raise InvalidReferenceError(f"invalid platform {spec!r}: expected os/arch[/variant]")
+        if len(parts) == 1:
+            if parts[0].lower() in _KNOWN_OS:
+                host = cls.host()
+                return cls(parts[0], host.architecture, host.variant)
+            return cls("linux", parts[0])
+        return cls(*parts)
+
+    @classmethod
+    def from_dict(cls, d):
+        """From an OCI descriptor ``platform`` object or an image config (``os``, ``architecture``, ``variant``)."""
+        os_name, arch = d.get("os"), d.get("architecture")
+        variant = d.get("variant") or ""
+        if not isinstance(os_name, str) or not isinstance(arch, str) or not isinstance(variant, str):
+            raise ValueError(f"platform needs string os and architecture: {d!r}")
+        return cls(os_name, arch, variant)
+
+    @classmethod
+    def host(cls):
+        """The platform of this machine, from ``uname -m`` (Linux only, as lamina is)."""
+        u = os.uname()
+        return cls(u.sysname, *machine_to_arch(u.machine))
+
+    def matches(self, other):
+        """Exact match after normalization (arm64 == arm64/v8, arm == arm/v7)."""
+        return self == Platform.parse(other)
+
+    def compatible(self):
+        """Platforms this one can run, best first (containerd's ``platforms.Only``).
+
+        amd64/vN also runs lower amd64 levels and 386; arm/vN runs lower arm
+        variants down to v5; arm64 runs arm/v7 and below.
+        """
+        p = self
+        out = [p]
+        level = _variant_number(p.variant)
+        if p.architecture == "amd64":
+            if level and level > 1:
+                out += [Platform(p.os, "amd64", f"v{n}" if n > 1 else "") for n in range(level - 1, 0, -1)]
+            out.append(Platform(p.os, "386"))
+        elif p.architecture == "arm" and level:
+            out += [Platform(p.os, "arm", f"v{n}") for n in range(level - 1, 4, -1)]
+        elif p.architecture == "arm64" and p.variant in ("v8", ""):
+            out += [Platform(p.os, "arm", f"v{n}") for n in range(7, 4, -1)]
+        return out
+
+    def __str__(self):
+        parts = [self.os, self.architecture] + ([self.variant] if self.variant else [])
+        return "/".join(parts)
+
+
+def _variant_number(variant):
+    m = re.fullmatch(r"v(\d+)", variant)
+    return int(m.group(1)) if m else None

@@ -1,0 +1,210 @@
+"""unpack(): a whole image from a source into a rootfs (``dir``) or per-layer dirs (``overlay``).
+
+Everything is written into a sibling staging directory that is renamed onto
+``dest`` only when every layer applied and verified, so a failed or
+interrupted unpack never leaves ``dest`` looking complete.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import stat
+import tempfile
+import time
+
+from .errors import ExtractError
+from .oci import open_source
+from .stats import UnpackStats
+
+FORMATS = ("dir", "overlay")
+# Overlay layers are independent, and apply_layer keeps about two cores busy by itself
+# (inflate and write overlap), so a few layers at a time is enough.
+MAX_PARALLEL_LAYERS = 4
+
+
+def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackStats:
+    """Unpack ``source`` (``oci:PATH[:REF]``, ``docker-archive:PATH``, a path) into ``dest``.
+
+    ``dest`` must not exist or be an empty directory. ``platform`` is
+    ``os/arch[/variant]`` or None for the host. Every manifest, config, blob
+    and diffID is verified.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, not {format!r}")
+    t_start = time.perf_counter()
+    seconds = {}
+    dest = os.path.abspath(os.fspath(dest))
+
+    t = time.perf_counter()
+    with open_source(source) as src:
+        image = src.resolve(platform)
+        seconds["resolve"] = time.perf_counter() - t
+        _check_dest(dest)
+        stats = UnpackStats(
+            source=_describe(source), dest=dest, format=format, manifest_digest=image.manifest_digest,
+            config_digest=image.config_digest, platform=str(image.platform) if image.platform else "")
+
+        staging = _make_staging(dest)
+        try:
+            t = time.perf_counter()
+            if format == "dir":
+                stats.layers = _apply_flat(image.layers, staging, limits)
+            else:
+                stats.layers = _apply_overlay(image.layers, staging, limits)
+                stats.layer_dirs = [os.path.join(dest, "layers", str(i)) for i in range(len(image.layers))]
+                stats.mount_options = mount_options(stats.layer_dirs)
+                with open(os.path.join(staging, "mount-options"), "w") as f:
+                    f.write(stats.mount_options + "\n")
+            seconds["layers"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            _commit(staging, dest)
+            seconds["commit"] = time.perf_counter() - t
+        except BaseException:  # includes KeyboardInterrupt: never leave a half-made tree
+            remove_tree(staging)
+            raise
+    seconds["total"] = time.perf_counter() - t_start
+    stats.seconds = {k: round(v, 6) for k, v in seconds.items()}
+    return stats
+
+
+def _describe(source):
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return getattr(source, "description", repr(source))
+
+
+def _apply(layer, target, format, limits):
+    from .layer import apply_layer  # imported late: the native core is only needed to extract
+
+    with layer.open() as f:
+        return apply_layer(f, target, format=format, digest=layer.digest, diff_id=layer.diff_id,
+                           media_type=layer.media_type, limits=limits,
+                           name=f"layer {layer.index} ({layer.digest or layer.diff_id})")
+
+
+def _apply_flat(layers, root, limits):
+    # Order matters: each layer's whiteouts delete what the layers below wrote.
+    return [_apply(layer, root, "dir", limits) for layer in layers]
+
+
+def _apply_overlay(layers, root, limits):
+    layers_dir = os.path.join(root, "layers")
+    os.mkdir(layers_dir, 0o755)
+    targets = []
+    for layer in layers:
+        target = os.path.join(layers_dir, str(layer.index))
+        os.mkdir(target, 0o755)
+        targets.append(target)
+    if not layers:
+        return []
+    workers = min(MAX_PARALLEL_LAYERS, len(layers), os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="lamina-layer") as pool:
+        futures = [pool.submit(_apply, layer, target, "overlay", limits) for layer, target in zip(layers, targets)]
+        done, pending = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        concurrent.futures.wait(futures)
+    for f in futures:  # the lowest failing layer's error, so the report is stable
+        if not f.cancelled() and f.exception() is not None:
+            raise f.exception()
+    return [f.result() for f in futures]
+
+
+def mount_options(layer_dirs):
+    """overlayfs options for read-only layers, bottom first in ``layer_dirs`` (overlayfs wants top first)."""
+    if not layer_dirs:
+        return ""
+    return "lowerdir=" + ":".join(_escape_lowerdir(d) for d in reversed(layer_dirs))
+
+
+def _escape_lowerdir(path):
+    # overlayfs splits lowerdir on ':' and mount options on ','; both honour a backslash escape.
+    return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
+
+
+# --- destination handling ------------------------------------------------------
+
+def _check_dest(dest):
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise ExtractError(f"destination {dest} exists and is not a directory")
+    if os.listdir(dest):
+        raise ExtractError(f"destination {dest} exists and is not empty")
+
+
+def _make_staging(dest):
+    parent, name = os.path.split(dest)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f"{name}.lamina-tmp-", dir=parent)
+    # mkdtemp makes it 0700; a rootfs (or the overlay container dir) is normally 0755.
+    # A layer's own "./" entry may still set the root's mode.
+    os.chmod(staging, 0o755)
+    return staging
+
+
+def _commit(staging, dest):
+    try:
+        # rename(2) replaces an empty directory atomically and refuses a non-empty one,
+        # so a dest filled by someone else meanwhile is never clobbered.
+        os.rename(staging, dest)
+    except OSError as e:
+        raise ExtractError(f"cannot move the unpacked image into {dest}: {e.strerror}") from None
+
+
+def remove_tree(path):
+    """Remove a tree even where layers left read-only or unsearchable directories.
+
+    Root needs no help, but an unprivileged unpack can leave dirs of mode
+    0555 (or 0000) that rmtree cannot empty: open them up and retry.
+    Symlinks are never followed.
+    """
+    try:
+        shutil.rmtree(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    try:
+        _open_up(path)
+    except OSError:
+        pass
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+
+
+def _open_up(top):
+    st = os.lstat(top)
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    os.chmod(top, 0o700)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _open_up_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_up_fd(dirfd):
+    with os.scandir(dirfd) as it:
+        subdirs = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+    for name in subdirs:
+        # Just listed as a real directory (not a symlink) and nobody else writes this
+        # staging tree, so chmod by name cannot be redirected outside it.
+        try:
+            os.chmod(name, 0o700, dir_fd=dirfd)
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        except OSError:
+            continue
+        try:
+            _open_up_fd(sub)
+        finally:
+            os.close(sub)
+

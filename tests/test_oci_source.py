@@ -1,0 +1,641 @@
+"""Reading images from OCI layouts and docker/OCI archives: resolution and every refusal."""
+import gzip
+import json
+import os
+import shutil
+import tarfile
+from collections import namedtuple
+
+import pytest
+
+import ocibuild as ob
+from conftest import require_tool, run
+from lamina.errors import (BlobNotFoundError, DigestMismatchError, ImageError, ImageNotFoundError,
+                           InvalidDigestError, InvalidReferenceError, PlatformNotFoundError,
+                           UnsupportedMediaTypeError)
+from lamina.oci import open_source, parse_source
+from lamina.platform import Platform
+
+SAMPLE = os.path.join(os.path.dirname(__file__), "..", "sample", "image")
+
+
+def resolve(source, platform=None):
+    with open_source(source) as src:
+        return src.resolve(platform)
+
+
+def read_layer(layer):
+    with layer.open() as f:
+        return f.read()
+
+
+def fake_host(monkeypatch, machine):
+    Uname = namedtuple("Uname", "sysname nodename release version machine")
+    monkeypatch.setattr(os, "uname", lambda: Uname("Linux", "h", "6", "#1", machine))
+
+
+@pytest.fixture
+def simple(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    m = lay.image([{"a": b"A"}, {"b": b"B"}])
+    lay.add(m, "v1")
+    return lay, m
+
+
+# --- OCI layout: the happy paths --------------------------------------------
+
+def test_single_image_resolves_with_every_digest(simple):
+    lay, m = simple
+    img = resolve(f"oci:{lay.root}:v1")
+    manifest = lay.read_json(m["digest"])
+    assert img.manifest_digest == m["digest"]
+    assert img.config_digest == manifest["config"]["digest"]
+    assert img.config["rootfs"]["diff_ids"] == img.diff_ids
+    assert str(img.platform) == "linux/amd64"
+    assert [layer.digest for layer in img.layers] == [d["digest"] for d in manifest["layers"]]
+    assert [layer.media_type for layer in img.layers] == [ob.OCI_LAYER_GZIP] * 2
+    for layer, d in zip(img.layers, manifest["layers"]):
+        data = read_layer(layer)
+        assert ob.sha256(data) == d["digest"] and len(data) == layer.size
+        assert ob.sha256(gzip.decompress(data)) == layer.diff_id
+    # Each open() is independent (overlay applies layers from several threads).
+    with img.layers[0].open() as f1, img.layers[0].open() as f2:
+        assert f1.read(5) == f2.read(5)
+
+
+def test_only_image_is_the_default_and_bare_path_works(simple):
+    lay, m = simple
+    assert resolve(f"oci:{lay.root}").manifest_digest == m["digest"]
+    assert resolve(lay.root).manifest_digest == m["digest"]
+    assert resolve(f"{lay.root}:v1").manifest_digest == m["digest"]
+
+
+def test_latest_is_the_default_among_several(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    old = lay.add(lay.image([{"old": b"1"}]), "1.0")
+    new = lay.add(lay.image([{"new": b"2"}]), "latest")
+    assert resolve(f"oci:{lay.root}").manifest_digest == new["digest"]
+    assert resolve(f"oci:{lay.root}:1.0").manifest_digest == old["digest"]
+
+
+def test_several_images_without_latest_must_be_named(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    lay.add(lay.image([{"a": b"1"}]), "1.0")
+    lay.add(lay.image([{"b": b"2"}]), "2.0")
+    with pytest.raises(ImageNotFoundError, match=r"available: 1\.0, 2\.0"):
+        resolve(f"oci:{lay.root}")
+
+
+def test_unknown_ref_lists_available_refs(simple):
+    lay, _ = simple
+    with pytest.raises(ImageNotFoundError, match=r"no image named 'nope'; available: v1"):
+        resolve(f"oci:{lay.root}:nope")
+
+
+def test_ref_names_may_contain_colons_and_containerd_names_match(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    m = lay.image([{"a": b"1"}])
+    lay.add(m, "docker.io/library/busybox:1.36", **{"io.containerd.image.name": "docker.io/library/busybox:1.36"})
+    assert resolve(f"oci:{lay.root}:docker.io/library/busybox:1.36").manifest_digest == m["digest"]
+    assert resolve(f"oci:{lay.root}:busybox:1.36").manifest_digest == m["digest"]
+
+
+def test_docker_schema2_manifest_and_manifest_list(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    m = lay.image([{"a": b"docker"}], docker=True, arch="arm64")
+    idx = lay.index([ob.with_platform(m, "linux", "arm64")], docker=True)
+    lay.add(idx, "latest")
+    img = resolve(f"oci:{lay.root}", "linux/arm64/v8")
+    assert img.manifest_digest == m["digest"]
+    assert img.layers[0].media_type == ob.DOCKER_LAYER_GZIP
+
+
+# --- platforms -------------------------------------------------------------
+
+@pytest.mark.parametrize("platform, arch_file", [
+    ("linux/amd64", b"linux/amd64"),
+    ("linux/x86_64", b"linux/amd64"),
+    ("linux/arm64", b"linux/arm64/v8"),
+    ("linux/arm64/v8", b"linux/arm64/v8"),
+    ("linux/aarch64", b"linux/arm64/v8"),
+    ("linux/arm", b"linux/arm/v7"),
+    ("linux/arm/v7", b"linux/arm/v7"),
+    (Platform("linux", "arm", "v7"), b"linux/arm/v7"),
+])
+def test_multiarch_index_resolves_each_platform(tmp_path, platform, arch_file):
+    lay = ob.multiarch(tmp_path / "img")
+    img = resolve(f"oci:{lay.root}", platform)
+    layer = tarfile.open(fileobj=gzip.GzipFile(fileobj=img.layers[0].open()), mode="r|")
+    member = next(iter(layer))
+    assert member.name == "arch" and layer.extractfile(member).read() == arch_file
+    assert str(img.platform) == arch_file.decode()
+
+
+@pytest.mark.parametrize("platform", ["linux/arm/v6", "linux/s390x", "windows/amd64", "unknown/unknown"])
+def test_unknown_platform_lists_the_available_ones(tmp_path, platform):
+    lay = ob.multiarch(tmp_path / "img")
+    with pytest.raises(PlatformNotFoundError) as e:
+        resolve(f"oci:{lay.root}", platform)
+    assert e.value.available == ["linux/amd64", "linux/arm/v7", "linux/arm64/v8"]  # no attestation
+    assert str(Platform.parse(platform)) in str(e.value)
+    assert "linux/amd64, linux/arm/v7, linux/arm64/v8" in str(e.value)
+
+
+@pytest.mark.parametrize("machine, expected", [("x86_64", "linux/amd64"), ("aarch64", "linux/arm64/v8"),
+                                               ("armv7l", "linux/arm/v7")])
+def test_default_platform_is_the_host(tmp_path, monkeypatch, machine, expected):
+    lay = ob.multiarch(tmp_path / "img")
+    fake_host(monkeypatch, machine)
+    assert str(resolve(f"oci:{lay.root}").platform) == expected
+
+
+def test_host_falls_back_to_compatible_platform_but_explicit_does_not(tmp_path, monkeypatch):
+    lay = ob.Layout(tmp_path / "img")
+    m = lay.image([{"a": b"arm"}], arch="arm", variant="v7")
+    lay.add(lay.index([ob.with_platform(m, "linux", "arm", "v7")]), "latest")
+    fake_host(monkeypatch, "aarch64")
+    assert str(resolve(f"oci:{lay.root}").platform) == "linux/arm/v7"   # like containerd's platforms.Only
+    with pytest.raises(PlatformNotFoundError, match="linux/arm64/v8.*available: linux/arm/v7"):
+        resolve(f"oci:{lay.root}", "linux/arm64")
+    fake_host(monkeypatch, "x86_64")
+    with pytest.raises(PlatformNotFoundError, match="no image for platform linux/amd64"):
+        resolve(f"oci:{lay.root}")
+
+
+def test_nested_indexes_and_platform_from_config(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    amd = lay.image([{"a": b"amd"}], arch="amd64")
+    arm = lay.image([{"a": b"arm"}], arch="arm64")
+    inner = lay.index([amd, arm])            # no platform fields: read from each config
+    middle = lay.index([inner])
+    lay.add(lay.index([middle]), "latest")
+    assert resolve(f"oci:{lay.root}", "linux/arm64").manifest_digest == arm["digest"]
+    assert resolve(f"oci:{lay.root}", "linux/amd64").manifest_digest == amd["digest"]
+
+
+def test_index_json_used_as_a_plain_index(tmp_path):
+    # skopeo/buildah may list platform manifests straight in index.json without names.
+    lay = ob.Layout(tmp_path / "img")
+    amd = lay.add(ob.with_platform(lay.image([{"a": b"1"}]), "linux", "amd64"))
+    arm = lay.add(ob.with_platform(lay.image([{"a": b"2"}], arch="arm64"), "linux", "arm64"))
+    assert resolve(lay.root, "linux/amd64").manifest_digest == amd["digest"]
+    assert resolve(lay.root, "linux/arm64").manifest_digest == arm["digest"]
+
+
+def test_partial_export_resolves_the_platform_present(tmp_path):
+    # docker save (containerd store) keeps the full index but only the host platform's blobs.
+    lay = ob.Layout(tmp_path / "img")
+    amd = lay.image([{"a": b"amd"}])
+    arm = lay.image([{"a": b"arm"}], arch="arm64")
+    arm_unplatformed = lay.image([{"a": b"arm2"}], arch="arm64", variant="v9")
+    lay.add(lay.index([ob.with_platform(amd, "linux", "amd64"), ob.with_platform(arm, "linux", "arm64"),
+                       arm_unplatformed]), "latest")
+    os.unlink(lay.path(arm["digest"]))
+    os.unlink(lay.path(arm_unplatformed["digest"]))
+    assert resolve(lay.root, "linux/amd64").manifest_digest == amd["digest"]
+    with pytest.raises(BlobNotFoundError, match=arm["digest"]):
+        resolve(lay.root, "linux/arm64")
+
+
+def test_single_manifest_checked_against_explicit_platform(simple):
+    lay, m = simple
+    assert resolve(lay.root, "linux/amd64").manifest_digest == m["digest"]
+    with pytest.raises(PlatformNotFoundError, match="linux/arm64/v8.*available: linux/amd64"):
+        resolve(lay.root, "linux/arm64")
+
+
+# --- OCI layout: refusals ----------------------------------------------------
+
+def test_not_a_layout(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ImageError, match="not an OCI image layout"):
+        resolve(f"oci:{tmp_path / 'd'}")
+    lay = ob.Layout(tmp_path / "v2")
+    lay.add(lay.image([{"a": b"1"}]))
+    (tmp_path / "v2" / "oci-layout").write_text('{"imageLayoutVersion": "2.0.0"}')
+    with pytest.raises(ImageError, match="imageLayoutVersion"):
+        resolve(lay.root)
+    os.unlink(tmp_path / "v2" / "index.json")
+    (tmp_path / "v2" / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    with pytest.raises(ImageError, match="without index.json"):
+        resolve(lay.root)
+
+
+def test_missing_source(tmp_path):
+    with pytest.raises(ImageNotFoundError, match="no such file"):
+        open_source(f"oci:{tmp_path}/nope")
+    with pytest.raises(ImageNotFoundError):
+        open_source(str(tmp_path / "nope"))
+
+
+def test_empty_layout(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    lay.write_index()
+    with pytest.raises(ImageNotFoundError, match="no images"):
+        resolve(lay.root)
+
+
+def test_missing_manifest_blob(simple):
+    lay, m = simple
+    os.unlink(lay.path(m["digest"]))
+    with pytest.raises(BlobNotFoundError, match=m["digest"]):
+        resolve(lay.root)
+
+
+def test_missing_config_blob(simple):
+    lay, m = simple
+    cfg = lay.read_json(m["digest"])["config"]["digest"]
+    os.unlink(lay.path(cfg))
+    with pytest.raises(BlobNotFoundError, match=cfg):
+        resolve(lay.root)
+
+
+def test_missing_layer_blob_found_at_resolve_time(simple):
+    lay, m = simple
+    layer = lay.read_json(m["digest"])["layers"][1]["digest"]
+    os.unlink(lay.path(layer))
+    with pytest.raises(BlobNotFoundError, match=f"layer 1: blob {layer}"):
+        resolve(lay.root)
+
+
+def test_missing_foreign_layer_says_so(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    m = lay.image([{"a": b"1"}], layer_media_type="application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
+    lay.add(m)
+    os.unlink(lay.path(lay.read_json(m["digest"])["layers"][0]["digest"]))
+    with pytest.raises(BlobNotFoundError, match="non-distributable"):
+        resolve(lay.root)
+
+
+def _rewrite_blob(lay, digest, data):
+    with open(lay.path(digest), "wb") as f:
+        f.write(data)
+
+
+def test_tampered_manifest_is_a_digest_mismatch(simple):
+    lay, m = simple
+    with open(lay.path(m["digest"]), "rb") as f:
+        data = f.read()
+    tampered = data.replace(b'"schemaVersion": 2', b'"schemaVersion":2 ')  # same size, still valid JSON
+    assert tampered != data and len(tampered) == len(data)
+    _rewrite_blob(lay, m["digest"], tampered)
+    with pytest.raises(DigestMismatchError) as e:
+        resolve(lay.root)
+    assert e.value.expected == m["digest"] and m["digest"] in str(e.value)
+
+
+def test_manifest_of_wrong_size(simple):
+    lay, m = simple
+    with open(lay.path(m["digest"]), "ab") as f:
+        f.write(b"\n")
+    with pytest.raises(ImageError, match="descriptor says"):
+        resolve(lay.root)
+
+
+def test_tampered_config_is_a_digest_mismatch(simple):
+    lay, m = simple
+    cfg = lay.read_json(m["digest"])["config"]["digest"]
+    with open(lay.path(cfg), "rb") as f:
+        data = f.read()
+    _rewrite_blob(lay, cfg, data.replace(b"amd64", b"arm64"))
+    with pytest.raises(DigestMismatchError, match=f"config {cfg}"):
+        resolve(lay.root)
+
+
+def test_layer_of_wrong_size_found_at_resolve_time(simple):
+    lay, m = simple
+    layer = lay.read_json(m["digest"])["layers"][0]["digest"]
+    with open(lay.path(layer), "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ImageError, match="layer 0"):
+        resolve(lay.root)
+
+
+def test_schema1_is_refused_clearly(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    doc = {"schemaVersion": 1, "name": "x", "tag": "latest", "fsLayers": [], "history": []}
+    lay.add(lay.json_blob(doc, "application/vnd.docker.distribution.manifest.v1+prettyjws"))
+    with pytest.raises(UnsupportedMediaTypeError, match="schema1"):
+        resolve(lay.root)
+    # Same when the descriptor claims a schema2 manifest but the document is schema1.
+    lay2 = ob.Layout(tmp_path / "img2")
+    lay2.add(lay2.json_blob(doc, ob.DOCKER_MANIFEST))
+    with pytest.raises(UnsupportedMediaTypeError, match="schema1"):
+        resolve(lay2.root)
+
+
+def test_unsupported_layer_media_type_names_the_layer(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    lay.add(lay.image([{"a": b"1"}], layer_media_type="application/vnd.cncf.helm.chart.content.v1.tar+gzip"))
+    with pytest.raises(UnsupportedMediaTypeError, match=r"layers\[0\].*helm"):
+        resolve(lay.root)
+
+
+def test_artifact_config_is_refused(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    cfg = lay.json_blob({}, "application/vnd.cncf.helm.config.v1+json")
+    lay.add(lay.json_blob({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "config": cfg, "layers": []},
+                          ob.OCI_MANIFEST))
+    with pytest.raises(UnsupportedMediaTypeError, match="not a container image config"):
+        resolve(lay.root)
+
+
+def test_unknown_manifest_media_type_in_index_json(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    lay.add(lay.json_blob({"schemaVersion": 2}, "application/vnd.example.thing+json"))
+    with pytest.raises(UnsupportedMediaTypeError, match="vnd.example.thing"):
+        resolve(lay.root)
+
+
+def test_descriptor_and_document_media_types_must_agree(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    m = lay.image([{"a": b"1"}])
+    doc = lay.read_json(m["digest"])
+    lay.add(lay.json_blob(doc, ob.DOCKER_MANIFEST))  # document says OCI
+    with pytest.raises(ImageError, match="descriptor says .* but the document says"):
+        resolve(lay.root)
+
+
+def test_diff_ids_count_must_match_layers(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    lay.add(lay.image([{"a": b"1"}, {"b": b"2"}], diff_ids=[ob.sha256(b"x")]))
+    with pytest.raises(ImageError, match="diff_ids has 1 entries but the image has 2 layers"):
+        resolve(lay.root)
+
+
+def test_invalid_diff_id_in_config(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    lay.add(lay.image([{"a": b"1"}], diff_ids=["md5:abc"]))
+    with pytest.raises(InvalidDigestError, match=r"rootfs.diff_ids\[0\]"):
+        resolve(lay.root)
+
+
+def test_path_traversal_digest_never_becomes_a_path(tmp_path):
+    lay = ob.Layout(tmp_path / "img")
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"schemaVersion": 2, "manifests": []}')
+    lay.entries.append({"mediaType": ob.OCI_MANIFEST, "digest": "sha256:../../../secret.json", "size": 10})
+    lay.write_index()
+    with pytest.raises(InvalidDigestError, match="index.json"):
+        resolve(lay.root)
+
+
+def test_blob_that_is_a_fifo_does_not_hang(simple):
+    lay, m = simple
+    os.unlink(lay.path(m["digest"]))
+    os.mkfifo(lay.path(m["digest"]))
+    with pytest.raises(ImageError, match="not a regular file"):
+        resolve(lay.root)
+
+
+def test_huge_document_descriptor_is_refused_before_reading(simple):
+    lay, m = simple
+    idx = json.load(open(os.path.join(lay.root, "index.json")))
+    idx["manifests"][0]["size"] = 1 << 40
+    with open(os.path.join(lay.root, "index.json"), "w") as f:
+        json.dump(idx, f)
+    with pytest.raises(ImageError, match="limit"):
+        resolve(lay.root)
+
+
+@pytest.mark.parametrize("index_json", [b"not json", b"[]", b'{"schemaVersion": 2, "manifests": {}}',
+                                        b'{"schemaVersion": 2, "manifests": [{"digest": 1}]}',
+                                        b'{"schemaVersion": 3, "manifests": []}'])
+def test_malformed_index_json(tmp_path, index_json):
+    lay = ob.Layout(tmp_path / "img")
+    (tmp_path / "img" / "index.json").write_bytes(index_json)
+    with pytest.raises(ImageError):
+        open_source(lay.root)
+
+
+# --- source strings -----------------------------------------------------------
+
+def test_parse_source(tmp_path):
+    d = tmp_path / "lay"
+    d.mkdir()
+    colon = tmp_path / "with:colon"
+    colon.mkdir()
+    assert parse_source(f"oci:{d}") == ("oci", str(d), None)
+    assert parse_source(f"oci:{d}:v1") == ("oci", str(d), "v1")
+    assert parse_source(f"oci:{d}:a/b:c") == ("oci", str(d), "a/b:c")
+    assert parse_source(f"oci:{colon}") == ("oci", str(colon), None)
+    assert parse_source(f"docker-archive:{d}/x.tar") == ("docker-archive", f"{d}/x.tar", None)
+    assert parse_source(str(d)) == (None, str(d), None)
+    assert parse_source(f"{d}:v2") == (None, str(d), "v2")
+    assert parse_source(d) == (None, str(d), None)
+    for bad in ("docker://busybox", "containers-storage:busybox", "", "oci:"):
+        with pytest.raises(InvalidReferenceError):
+            parse_source(bad)
+
+
+# --- docker archives ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def skopeo_archives(tmp_path_factory):
+    require_tool("skopeo")
+    out = tmp_path_factory.mktemp("archives")
+    plain = out / "sample.tar"
+    run("skopeo", "copy", "-q", f"oci:{SAMPLE}:latest", f"docker-archive:{plain}:lamina/sample:v1")
+    gz_path = out / "sample.tar.gz"
+    gz_path.write_bytes(gzip.compress(plain.read_bytes()))
+    oci_archive = out / "sample-oci.tar"
+    run("skopeo", "copy", "-q", f"oci:{SAMPLE}:latest", f"oci-archive:{oci_archive}:latest")
+    return plain, gz_path, oci_archive
+
+
+def sample_oci():
+    return resolve(f"oci:{SAMPLE}:latest")
+
+
+def test_skopeo_docker_archive_matches_the_oci_source(skopeo_archives):
+    plain, _, _ = skopeo_archives
+    oci = sample_oci()
+    with open_source(f"docker-archive:{plain}") as src:
+        assert not src.compressed
+        img = src.resolve()
+    assert img.config_digest == oci.config_digest
+    assert img.diff_ids == oci.diff_ids
+    assert img.manifest_digest == ""          # docker archives have no manifest blob
+    assert str(img.platform) == "linux/amd64"
+    for layer in img.layers:
+        data = read_layer(layer)
+        assert ob.sha256(data) == layer.diff_id and len(data) == layer.size  # plain tars
+
+
+@pytest.mark.parametrize("ref", ["lamina/sample:v1", "docker.io/lamina/sample:v1", "@0"])
+def test_docker_archive_ref_selection(skopeo_archives, ref):
+    plain, _, _ = skopeo_archives
+    assert resolve(f"docker-archive:{plain}:{ref}").config_digest == sample_oci().config_digest
+
+
+def test_docker_archive_unknown_ref_lists_tags(skopeo_archives):
+    plain, _, _ = skopeo_archives
+    with pytest.raises(ImageNotFoundError, match="available: docker.io/lamina/sample:v1"):
+        resolve(f"docker-archive:{plain}:other:latest")
+    with pytest.raises(ImageNotFoundError):
+        resolve(f"docker-archive:{plain}:@1")
+
+
+def test_gzip_compressed_docker_archive(skopeo_archives):
+    _, gz_path, _ = skopeo_archives
+    with open_source(str(gz_path)) as src:   # bare file path: auto-detected
+        assert src.compressed
+        img = src.resolve("linux/amd64")
+    assert img.diff_ids == sample_oci().diff_ids
+    for layer in reversed(img.layers):       # out of order: forces re-inflating from the start
+        assert ob.sha256(read_layer(layer)) == layer.diff_id
+
+
+def test_oci_archive_uses_the_layout_inside(skopeo_archives):
+    _, _, oci_archive = skopeo_archives
+    oci = sample_oci()
+    for source in (f"oci-archive:{oci_archive}", f"docker-archive:{oci_archive}", str(oci_archive)):
+        img = resolve(source)
+        assert img.manifest_digest == oci.manifest_digest
+        assert [layer.digest for layer in img.layers] == [layer.digest for layer in oci.layers]
+        assert ob.sha256(read_layer(img.layers[0])) == img.layers[0].digest
+
+
+def test_docker_archive_platform_mismatch(skopeo_archives):
+    plain, _, _ = skopeo_archives
+    with pytest.raises(PlatformNotFoundError, match="available: linux/amd64"):
+        resolve(f"docker-archive:{plain}", "linux/arm64")
+
+
+def test_legacy_docker_save_with_symlinked_repeated_layer(tmp_path):
+    path = tmp_path / "save.tar"
+    info = ob.legacy_docker_save(path, [{"a": b"1"}, {"b": b"2"}], duplicate_last=True)
+    img = resolve(f"docker-archive:{path}")
+    assert img.config_digest == info["config_digest"]
+    assert img.diff_ids == info["diff_ids"]
+    assert all(layer.digest is None and layer.media_type is None for layer in img.layers)
+    assert read_layer(img.layers[2]) == read_layer(img.layers[0])    # through the symlink
+    assert ob.sha256(read_layer(img.layers[1])) == info["diff_ids"][1]
+
+
+def test_newer_docker_save_layout_with_manifest_json(tmp_path):
+    # docker >= 25: an OCI layout (uncompressed layers) plus a manifest.json pointing into blobs/.
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"a": b"1"}, {"b": b"2"}], compress=False)
+    lay.add(m, "1.0", **{"io.containerd.image.name": "docker.io/example/app:1.0"})
+    manifest = lay.read_json(m["digest"])
+    (tmp_path / "lay" / "manifest.json").write_text(json.dumps([{
+        "Config": "blobs/sha256/" + manifest["config"]["digest"].split(":")[1],
+        "RepoTags": ["example/app:1.0"],
+        "Layers": ["blobs/sha256/" + d["digest"].split(":")[1] for d in manifest["layers"]]}]))
+    archive = tmp_path / "save.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name in sorted(os.listdir(lay.root)):
+            tar.add(os.path.join(lay.root, name), name)
+    for ref in ("", ":example/app:1.0", ":1.0"):
+        img = resolve(f"docker-archive:{archive}{ref}")
+        assert img.manifest_digest == m["digest"]
+        assert [layer.digest for layer in img.layers] == [d["digest"] for d in manifest["layers"]]
+        assert [layer.digest for layer in img.layers] == img.diff_ids
+    # With an empty index.json (docker save of an untagged image) manifest.json is used.
+    (tmp_path / "lay" / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+    archive2 = tmp_path / "save2.tar"
+    with tarfile.open(archive2, "w") as tar:
+        for name in sorted(os.listdir(lay.root)):
+            tar.add(os.path.join(lay.root, name), name)
+    img = resolve(f"docker-archive:{archive2}")
+    assert img.manifest_digest == "" and img.diff_ids == [d["digest"] for d in manifest["layers"]]
+    assert [layer.digest for layer in img.layers] == img.diff_ids   # named by digest: verified too
+
+
+def test_docker_archive_tampered_config(tmp_path):
+    path = tmp_path / "save.tar"
+    info = ob.legacy_docker_save(path, [{"a": b"1"}])
+    name = info["config_digest"].split(":")[1] + ".json"
+    members = {}
+    with tarfile.open(path) as tar:
+        for m in tar:
+            if m.isfile():
+                members[m.name] = tar.extractfile(m).read()
+    members[name] = members[name].replace(b"amd64", b"arm64")
+    path.write_bytes(ob.tar_of(members))
+    with pytest.raises(DigestMismatchError, match=f"config {name}"):
+        resolve(f"docker-archive:{path}")
+
+
+def test_docker_archive_missing_layer_member(tmp_path):
+    path = tmp_path / "save.tar"
+    info = ob.legacy_docker_save(path, [{"a": b"1"}])
+    members = {}
+    with tarfile.open(path) as tar:
+        for m in tar:
+            if m.isfile() and m.name != info["layer_names"][0]:
+                members[m.name] = tar.extractfile(m).read()
+    path.write_bytes(ob.tar_of(members))
+    with pytest.raises(BlobNotFoundError, match="layer.tar"):
+        resolve(f"docker-archive:{path}")
+
+
+def test_docker_archive_diff_ids_count(tmp_path):
+    config = ob.dumps({"os": "linux", "architecture": "amd64", "rootfs": {"type": "layers", "diff_ids": []}})
+    path = tmp_path / "a.tar"
+    path.write_bytes(ob.tar_of({
+        "c.json": config, "l.tar": ob.tar_bytes({"a": b"1"}),
+        "manifest.json": json.dumps([{"Config": "c.json", "RepoTags": None, "Layers": ["l.tar"]}]).encode()}))
+    with pytest.raises(ImageError, match="diff_ids has 0 entries but the image has 1 layers"):
+        resolve(f"docker-archive:{path}")
+
+
+def test_docker_archive_several_images_must_be_named(tmp_path):
+    config = ob.dumps({"os": "linux", "architecture": "amd64", "rootfs": {"type": "layers", "diff_ids": []}})
+    path = tmp_path / "a.tar"
+    path.write_bytes(ob.tar_of({
+        "c.json": config,
+        "manifest.json": json.dumps([{"Config": "c.json", "RepoTags": ["a:1"], "Layers": []},
+                                     {"Config": "c.json", "RepoTags": ["b:2"], "Layers": []}]).encode()}))
+    with pytest.raises(ImageNotFoundError, match="holds 2 images.*a:1, b:2"):
+        resolve(f"docker-archive:{path}")
+    assert resolve(f"docker-archive:{path}:b:2").layers == []
+    assert resolve(f"docker-archive:{path}:@1").layers == []
+
+
+@pytest.mark.parametrize("members, error", [
+    ({"x": b"y"}, "no manifest.json"),
+    ({"manifest.json": b"{}"}, "non-empty list"),
+    ({"manifest.json": b"[{\"Config\": 1}]"}, "lacks Config/Layers"),
+    ({"manifest.json": b"[{\"Config\": \"c.json\", \"Layers\": []}]", "c.json": ("symlink", "c.json")},
+     "levels of links"),
+])
+def test_malformed_docker_archives(tmp_path, members, error):
+    path = tmp_path / "a.tar"
+    path.write_bytes(ob.tar_of(members))
+    with pytest.raises(ImageError, match=error):
+        resolve(f"docker-archive:{path}")
+
+
+def test_not_a_tar_at_all(tmp_path):
+    path = tmp_path / "junk.tar"
+    path.write_bytes(b"\x00junk" * 1000)
+    with pytest.raises(ImageError):
+        resolve(f"docker-archive:{path}")
+    path.write_bytes(gzip.compress(b"not a tar" * 100))
+    with pytest.raises(ImageError):
+        resolve(f"docker-archive:{path}")
+
+
+def test_archive_member_symlink_cannot_escape_the_archive(tmp_path):
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    path = tmp_path / "a.tar"
+    path.write_bytes(ob.tar_of({
+        "c.json": ("symlink", "../../../../../" + str(outside)),
+        "manifest.json": json.dumps([{"Config": "c.json", "RepoTags": [], "Layers": []}]).encode()}))
+    with pytest.raises(BlobNotFoundError):
+        resolve(f"docker-archive:{path}")
+
+
+def test_sample_layout_is_valid_for_skopeo_and_umoci(tmp_path):
+    """The committed sample must stay a layout the real tools accept."""
+    require_tool("skopeo")
+    require_tool("umoci")
+    out = json.loads(run("skopeo", "inspect", f"oci:{SAMPLE}:latest").stdout)
+    oci = sample_oci()
+    assert out["Digest"] == oci.manifest_digest
+    assert out["Layers"] == [layer.digest for layer in oci.layers]
+    shutil.copytree(SAMPLE, tmp_path / "img")
+    run("umoci", "raw", "unpack", "--image", f"{tmp_path / 'img'}:latest", tmp_path / "rootfs")

@@ -1,0 +1,109 @@
+import os
+from collections import namedtuple
+
+import pytest
+
+from lamina import mediatypes as mt
+from lamina.errors import InvalidReferenceError, UnsupportedMediaTypeError
+from lamina.platform import Platform, machine_to_arch
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("linux/amd64", "linux/amd64"),
+    ("linux/x86_64", "linux/amd64"),
+    ("linux/amd64/v1", "linux/amd64"),
+    ("linux/amd64/v3", "linux/amd64/v3"),
+    ("linux/arm64", "linux/arm64/v8"),
+    ("linux/aarch64", "linux/arm64/v8"),
+    ("linux/arm64/v8", "linux/arm64/v8"),
+    ("linux/arm64/8", "linux/arm64/v8"),
+    ("linux/arm", "linux/arm/v7"),
+    ("linux/arm/7", "linux/arm/v7"),
+    ("linux/arm/v6", "linux/arm/v6"),
+    ("linux/armhf", "linux/arm/v7"),
+    ("linux/armel", "linux/arm/v6"),
+    ("linux/i386", "linux/386"),
+    ("Linux/AMD64", "linux/amd64"),
+    ("linux/s390x", "linux/s390x"),
+    ("windows/amd64", "windows/amd64"),
+    ("arm64", "linux/arm64/v8"),
+])
+def test_parse_and_normalize(spec, expected):
+    assert str(Platform.parse(spec)) == expected
+
+
+def test_lone_os_takes_host_arch():
+    assert Platform.parse("linux") == Platform.host()
+
+
+@pytest.mark.parametrize("bad", ["", "linux/", "/amd64", "linux/amd64/v8/x", "linux amd64", "linux/am:d64", None, 3])
+def test_parse_rejects_malformed(bad):
+    with pytest.raises(InvalidReferenceError):
+        Platform.parse(bad)
+
+
+def test_equality_after_normalization():
+    assert Platform("linux", "arm64") == Platform("linux", "aarch64", "v8")
+    assert Platform("linux", "arm") == Platform("linux", "arm", "v7")
+    assert Platform("linux", "arm") != Platform("linux", "arm", "v6")
+    assert Platform("linux", "amd64") != Platform("linux", "arm64")
+    assert Platform.parse("linux/arm64").matches("linux/aarch64/v8")
+    assert not Platform.parse("linux/arm/v7").matches("linux/arm/v6")
+    assert Platform.from_dict({"os": "linux", "architecture": "arm64"}) == Platform("linux", "arm64", "v8")
+    with pytest.raises(ValueError):
+        Platform.from_dict({"os": "linux"})
+
+
+@pytest.mark.parametrize("machine, expected", [
+    ("x86_64", "linux/amd64"), ("aarch64", "linux/arm64/v8"), ("armv7l", "linux/arm/v7"),
+    ("armv6l", "linux/arm/v6"), ("i686", "linux/386"), ("ppc64le", "linux/ppc64le"), ("s390x", "linux/s390x"),
+    ("riscv64", "linux/riscv64"),
+])
+def test_host_from_uname(monkeypatch, machine, expected):
+    Uname = namedtuple("Uname", "sysname nodename release version machine")
+    monkeypatch.setattr(os, "uname", lambda: Uname("Linux", "h", "6", "#1", machine))
+    assert str(Platform.host()) == expected
+    assert machine_to_arch(machine) == (Platform.host().architecture, Platform.host().variant)
+
+
+def test_host_is_this_machine():
+    expected = {"x86_64": "linux/amd64", "aarch64": "linux/arm64/v8"}.get(os.uname().machine)
+    if expected is None:
+        pytest.skip(f"no expectation for {os.uname().machine}")
+    assert str(Platform.host()) == expected
+
+
+def test_compatible_order_follows_containerd():
+    assert [str(p) for p in Platform.parse("linux/arm64").compatible()] == [
+        "linux/arm64/v8", "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]
+    assert [str(p) for p in Platform.parse("linux/arm/v7").compatible()] == [
+        "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]
+    assert [str(p) for p in Platform.parse("linux/amd64/v3").compatible()] == [
+        "linux/amd64/v3", "linux/amd64/v2", "linux/amd64", "linux/386"]
+    assert [str(p) for p in Platform.parse("linux/s390x").compatible()] == ["linux/s390x"]
+
+
+@pytest.mark.parametrize("media_type, compression", [
+    (mt.OCI_LAYER, "none"), (mt.OCI_LAYER_GZIP, "gzip"), (mt.OCI_LAYER_ZSTD, "zstd"),
+    (mt.OCI_LAYER_NONDISTRIBUTABLE_GZIP, "gzip"), (mt.OCI_LAYER_NONDISTRIBUTABLE_ZSTD, "zstd"),
+    (mt.DOCKER_LAYER_GZIP, "gzip"), (mt.DOCKER_LAYER_FOREIGN_GZIP, "gzip"), (mt.DOCKER_LAYER, "none"),
+    (mt.DOCKER_LAYER_ZSTD, "zstd"),
+])
+def test_layer_compression(media_type, compression):
+    assert mt.layer_compression(media_type) == compression
+
+
+@pytest.mark.parametrize("bad", [
+    mt.OCI_MANIFEST, mt.OCI_CONFIG, "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+    "application/octet-stream", "", None,
+])
+def test_layer_compression_refuses_non_layers(bad):
+    with pytest.raises(UnsupportedMediaTypeError):
+        mt.layer_compression(bad)
+
+
+def test_schema1_detection():
+    assert mt.is_schema1(mt.DOCKER_SCHEMA1_SIGNED_MANIFEST)
+    assert mt.is_schema1(None, {"schemaVersion": 1, "fsLayers": []})
+    assert not mt.is_schema1(mt.OCI_MANIFEST, {"schemaVersion": 2})
+    assert mt.is_index(mt.DOCKER_MANIFEST_LIST) and mt.is_manifest(mt.DOCKER_MANIFEST)
