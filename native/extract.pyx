@@ -176,6 +176,7 @@ cdef class Extractor:
     cdef int64_t cur_mode, cur_uid, cur_gid, cur_sec, cur_nsec
     cdef dict dir_fixups
     cdef dict parent_times
+    cdef set implicit_dirs
     cdef set created
     cdef readonly int64_t entries, total, whiteouts, trailing
     cdef readonly list skipped
@@ -208,6 +209,7 @@ cdef class Extractor:
         self.gpax = {}
         self.dir_fixups = {}
         self.parent_times = {}
+        self.implicit_dirs = set()
         self.created = set()
         self.skipped = []
         self.prev_name = None
@@ -296,7 +298,8 @@ cdef class Extractor:
         self._fixup_dirs()
         self._close_cache()
         return {"entries": self.entries, "bytes": self.total, "whiteouts": self.whiteouts,
-                "skipped": list(self.skipped), "trailing": self.trailing}
+                "skipped": list(self.skipped), "trailing": self.trailing,
+                "implicit_dirs": sorted(os.fsdecode(p) for p in self.implicit_dirs)}
 
     def close(self):
         if self.outfd >= 0:
@@ -615,14 +618,14 @@ cdef class Extractor:
 
     cdef int _resolve_dir(self, bytes path, bint create, object name) except -2:
         """A new fd for directory ``path`` inside the root; creates missing
-        components (mode 0755) when ``create``; -1 (errno ENOENT) when absent."""
+        components (mode 0755) when ``create``; else -1 when it does not exist."""
         cdef int fd = self._open_in_root(path)
         if fd >= 0:
             return fd
-        if errno == ENOENT:
-            if not create:
-                return -1
+        if errno == ENOENT and create:
             return self._mkdir_p(path, name)
+        if (errno == ENOENT or errno == ENOTDIR) and not create:
+            return -1  # absent, or under a non-directory: nothing there either way
         self._parent_error(path, name)
         return -1
 
@@ -646,6 +649,8 @@ cdef class Extractor:
                 if mkdirat(fd, <bytes>parts[i], 0o755) < 0 and errno != EEXIST:
                     close(fd)
                     self._parent_error(prefix, name)
+                if self.overlay:
+                    self.implicit_dirs.add(prefix)
                 nfd = openat(fd, <bytes>parts[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             if nfd < 0:
                 close(fd)
@@ -761,6 +766,8 @@ cdef class Extractor:
     cdef _mkdir(self, int pfd, bytes base, bytes path, bytes name):
         cdef stat st
         cdef int fd
+        if self.implicit_dirs:
+            self.implicit_dirs.discard(path)
         if mkdirat(pfd, base, 0o700) < 0:
             if errno != EEXIST:
                 self._oserror("mkdir", name)
@@ -903,6 +910,11 @@ cdef class Extractor:
         self.whiteouts += 1
         target = parent + b"/" + hidden if parent else hidden
         if self.overlay:
+            pfd = self._open_in_root(parent)
+            if pfd < 0 and errno == ENOTDIR:
+                return  # this layer made the parent a non-directory: it hides everything below already
+            if pfd >= 0:
+                close(pfd)
             pfd = self._parent(path, slash, name)
             if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
                 return  # provided by this same layer: a whiteout only hides lower layers

@@ -24,6 +24,7 @@ from . import compression, errors
 from .digest import validate
 from ._extract import Extractor
 from .limits import DEFAULT_LIMITS
+from .overlay import inherit_implicit_dirs
 from .stats import ApplyStats
 
 CHUNK = 1 << 20       # bytes per read and per queue item
@@ -103,12 +104,16 @@ def _check_digest(what, expected, actual):
 
 
 def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_type=None, limits=None,
-                name=None) -> ApplyStats:
+                name=None, lower_dirs=None) -> ApplyStats:
     """Apply one layer blob (gzip, zstd or plain tar) onto ``dest``.
 
     ``layer`` is a path or a binary file object.  ``digest`` / ``diff_id``,
     when given, are checked against the blob and the uncompressed tar; a
     mismatch raises DigestMismatchError once the stream is consumed.
+    ``name`` labels the layer in error messages.  With ``format="overlay"``,
+    ``lower_dirs`` (the overlay-format dirs of the layers below, bottom first)
+    lets directories the layer does not list take their metadata from below,
+    so that a mount shows what a flat unpack shows.
     """
     for d, label in ((digest, "digest"), (diff_id, "diff_id")):
         if d is not None:
@@ -119,10 +124,14 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     owned = isinstance(layer, (str, bytes, os.PathLike))
     raw = open(layer, "rb", buffering=0) if owned else layer
     try:
-        return _apply_stream(raw, dest, format, diff_id, digest, media_type, limits or DEFAULT_LIMITS, what, t0)
+        stats = _apply_stream(raw, dest, format, diff_id, digest, media_type, limits or DEFAULT_LIMITS, what, t0)
     finally:
         if owned:
             raw.close()
+    if lower_dirs and stats.implicit_dirs:
+        lower = [os.fspath(d) for d in lower_dirs]
+        inherit_implicit_dirs(lower + [os.fspath(dest)], [[]] * len(lower) + [stats.implicit_dirs])
+    return stats
 
 
 def _apply_stream(raw, dest, format, diff_id, digest, media_type, limits, what, t0):
@@ -213,6 +222,7 @@ def _pipeline(raw, hasher, dest, format, diff_id, digest, media_type, limits, wh
     stats.entries = counts["entries"]
     stats.whiteouts = counts["whiteouts"]
     stats.skipped = counts["skipped"]
+    stats.implicit_dirs = counts["implicit_dirs"]
     stats.seconds = {
         "read": round(reader.seconds, 6),
         "inflate": round(max(produced.get("inflate", 0.0) - reader.seconds, 0.0), 6),

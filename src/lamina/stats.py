@@ -16,6 +16,9 @@ class ApplyStats:
     diff_id: str = ""             # sha256 of the uncompressed tar
     whiteouts: int = 0
     skipped: list = field(default_factory=list)   # entries not applied, with why
+    # overlay format: directories the layer needed but does not list; they
+    # take their metadata from the layers below (see lamina.overlay)
+    implicit_dirs: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)   # stage -> seconds
 
     def to_dict(self):

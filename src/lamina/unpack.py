@@ -15,6 +15,7 @@ import time
 
 from .errors import ExtractError
 from .oci import open_source
+from .overlay import inherit_implicit_dirs
 from .stats import UnpackStats
 
 FORMATS = ("dir", "overlay")
@@ -109,7 +110,9 @@ def _apply_overlay(layers, root, limits):
     for f in futures:  # the lowest failing layer's error, so the report is stable
         if not f.cancelled() and f.exception() is not None:
             raise f.exception()
-    return [f.result() for f in futures]
+    results = [f.result() for f in futures]
+    inherit_implicit_dirs(targets, [r.implicit_dirs for r in results])
+    return results
 
 
 def mount_options(layer_dirs):
