@@ -38,3 +38,19 @@ def run(*cmd, **kw):
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def umoci_image(tmp_path_factory):
+    """An OCI layout built with umoci: tags t1..t4, one more layer per tag (see umoci_images.py)."""
+    require_root()
+    from umoci_images import build_umoci_image
+    return build_umoci_image(str(tmp_path_factory.mktemp("umoci-image")))
+
+
+@pytest.fixture(scope="session")
+def umoci_replace_image(tmp_path_factory):
+    """A small umoci image whose layers replace a dir by a file and back (tags t1..t3)."""
+    require_root()
+    from umoci_images import REPLACE_STEPS, build_umoci_image
+    return build_umoci_image(str(tmp_path_factory.mktemp("umoci-replace")), REPLACE_STEPS)
