@@ -755,9 +755,7 @@ cdef class Extractor:
                 self._oserror("chmod", self.cur_name)
             if self.cur_xattrs:
                 self._set_xattrs(fd, None, self.cur_name)
-            ts[0].tv_sec = self.cur_sec
-            ts[0].tv_nsec = self.cur_nsec
-            ts[1] = ts[0]
+            self._entry_times(ts)
             if futimens(fd, ts) < 0:
                 self._oserror("set times of", self.cur_name)
         finally:
@@ -795,7 +793,6 @@ cdef class Extractor:
         self.dir_fixups[path] = (self.cur_mode, self.cur_sec, self.cur_nsec)
 
     cdef _symlink(self, int pfd, bytes base, bytes name, bytes target):
-        cdef timespec ts[2]
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: symlink with an empty target")
         if symlinkat(target, pfd, base) < 0:
@@ -804,15 +801,26 @@ cdef class Extractor:
             self._remove(pfd, base, name)
             if symlinkat(target, pfd, base) < 0:
                 self._oserror("symlink", name)
+        self._metadata_at(pfd, base, name)
+
+    cdef _metadata_at(self, int pfd, bytes base, bytes name):
+        """Owner, xattrs and times of a node that cannot be opened (symlink,
+        device), acted on by name under its parent without following it."""
+        cdef timespec ts[2]
         if self.is_root and fchownat(pfd, base, <uid_t>self.cur_uid, <gid_t>self.cur_gid, AT_SYMLINK_NOFOLLOW) < 0:
             self._oserror("chown", name)
         if self.cur_xattrs:
+            # no *at() xattr call before Linux 6.13: reach the node through the
+            # verified parent fd, l*xattr leaves the last component unfollowed
             self._set_xattrs(-1, b"/proc/self/fd/%d/%s" % (pfd, base), name)
+        self._entry_times(ts)
+        if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
+            self._oserror("set times of", name)
+
+    cdef inline void _entry_times(self, timespec *ts):
         ts[0].tv_sec = self.cur_sec
         ts[0].tv_nsec = self.cur_nsec
         ts[1] = ts[0]
-        if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
-            self._oserror("set times of", name)
 
     cdef _hardlink(self, int pfd, bytes base, bytes name, bytes link):
         cdef stat a, b
@@ -849,7 +857,6 @@ cdef class Extractor:
 
     cdef _mknod(self, int pfd, bytes base, bytes name, Kind kind, int64_t major, int64_t minor):
         cdef mode_t fmt = S_IFIFO
-        cdef timespec ts[2]
         if kind == K_CHR or kind == K_BLK:
             if not self.is_root:
                 self.skipped.append(f"{os.fsdecode(name)}: device node not created (needs root)")
@@ -861,18 +868,11 @@ cdef class Extractor:
             self._remove(pfd, base, name)
             if mknodat(pfd, base, fmt | <mode_t>self.cur_mode, makedev(<unsigned>major, <unsigned>minor)) < 0:
                 self._oserror("mknod", name)
-        if self.is_root and fchownat(pfd, base, <uid_t>self.cur_uid, <gid_t>self.cur_gid, AT_SYMLINK_NOFOLLOW) < 0:
-            self._oserror("chown", name)
-        # mknod applies the umask; the node was just made here, so chmod cannot hit a symlink
+        self._metadata_at(pfd, base, name)
+        # mknod applies the umask, and chown may clear setuid bits: chmod last.
+        # The node was just made here, so chmod cannot hit a symlink.
         if fchmodat(pfd, base, <mode_t>self.cur_mode, 0) < 0:
             self._oserror("chmod", name)
-        if self.cur_xattrs:
-            self._set_xattrs(-1, b"/proc/self/fd/%d/%s" % (pfd, base), name)
-        ts[0].tv_sec = self.cur_sec
-        ts[0].tv_nsec = self.cur_nsec
-        ts[1] = ts[0]
-        if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
-            self._oserror("set times of", name)
 
     cdef _set_xattrs(self, int fd, bytes lpath, bytes name):
         cdef int rc
