@@ -291,6 +291,9 @@ cdef class Extractor:
         """End of stream: check completeness, fix up directories, return counters."""
         if self.state == ST_DATA or self.state == ST_META or self.state == ST_SKIP or self.hdr_len:
             where = self.cur_name if self.state == ST_DATA else self.prev_name
+            if where is None:
+                raise _errors.InvalidArchiveError(
+                    f"not a tar archive: the stream ends inside the first tar header ({self.total} bytes)")
             raise _errors.InvalidArchiveError(f"truncated layer: archive ends inside entry {_show(where)}")
         if self.pax is not None or self.long_name is not None or self.long_link is not None:
             raise _errors.InvalidArchiveError(

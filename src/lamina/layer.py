@@ -203,8 +203,10 @@ def _pipeline(raw, hasher, dest, format, diff_id, digest, media_type, limits, wh
         t = time.perf_counter()
         counts = extractor.finish()
         t_write += time.perf_counter() - t
-    except errors.LaminaError:
-        raise
+    except (errors.InvalidArchiveError, errors.ExtractError) as e:
+        if str(e).startswith(what):
+            raise
+        raise type(e)(f"{what}: {e}") from e  # say which layer, not only which entry
     except OSError as e:
         raise errors.ExtractError(f"{what}: {e}") from e
     finally:

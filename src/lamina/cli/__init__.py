@@ -6,12 +6,13 @@ work itself lives in the API.  Errors become one line on stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .. import errors
 
 # Modules that contribute verbs, in help order.  Each has register(subparsers).
-_VERB_MODULES = ("layers", "images", "registry")
+_VERB_MODULES = ("layers", "images", "store", "registry")
 
 
 def build_parser():
@@ -39,6 +40,10 @@ def main(argv=None):
     except errors.LaminaError as e:
         print(f"lamina: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # stdout closed early (lamina images | head): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("lamina: interrupted", file=sys.stderr)
         return 130
