@@ -17,13 +17,13 @@ import pytest
 import lamina
 import ocibuild as ob
 from conftest import require_root, require_tool, run
-from lamina.unpack import remove_tree
+from lamina.unpacker import remove_tree
 from lamina.errors import (DigestMismatchError, ExtractError, ImageNotFoundError, InvalidArchiveError,
                            PlatformNotFoundError)
 from treecmp import assert_same, snapshot
 
 # importlib, not "from lamina import unpack": the package attribute is the public function.
-unpack_mod = importlib.import_module("lamina.unpack")
+unpack_mod = importlib.import_module("lamina.unpacker")
 SAMPLE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "sample", "image"))
 
 
@@ -322,7 +322,7 @@ def run_as_nobody(code, *args):
     prologue = (
         "import os, sys, gzip, zlib, json\n"
         "import lamina, lamina.layer, lamina.oci, isal.igzip, isal.isal_zlib, zstandard\n"
-        "from lamina.unpack import unpack, remove_tree\n"
+        "from lamina.unpacker import unpack, remove_tree\n"
         "os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)\n"
         "assert os.geteuid() == 65534\n"
     )
@@ -418,8 +418,8 @@ def test_unprivileged_failure_cleans_up_read_only_dirs(world_dir):
 
 
 def test_public_unpack_stays_a_function(tmp_path):
-    """Importing the lamina.unpack module must not replace the lamina.unpack function."""
-    importlib.import_module("lamina.unpack")
+    """Importing the module behind lamina.unpack must not replace the lamina.unpack function."""
+    importlib.import_module("lamina.unpacker")
     lamina.unpack(f"oci:{SAMPLE}", tmp_path / "one")
     assert callable(lamina.unpack) and not isinstance(lamina.unpack, type(os))
     lamina.unpack(f"oci:{SAMPLE}", tmp_path / "two")

@@ -7,19 +7,43 @@ The public API is small:
 
 Both return stats (entries, bytes, digests, seconds per stage) and raise
 only subclasses of ``lamina.errors.LaminaError`` on bad input.
+
+Names are imported on first use, so that ``lamina mount`` and friends do
+not pay for the unpack machinery at start-up.
 """
+import importlib
+
 from . import errors
 from ._extract import Extractor  # the compiled core; there is deliberately no pure-Python fallback
 from .errors import LaminaError
-from .layer import apply_layer
-from .limits import DEFAULT_LIMITS, Limits
-from .platform import Platform
-from .stats import ApplyStats, UnpackStats
-from .unpack import unpack
 
 NATIVE = Extractor.__module__ == "lamina._extract"
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "apply_layer": ".layer",
+    "unpack": ".unpacker",
+    "Platform": ".platform",
+    "Limits": ".limits",
+    "DEFAULT_LIMITS": ".limits",
+    "ApplyStats": ".stats",
+    "UnpackStats": ".stats",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lamina' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
 
 __all__ = [
     "ApplyStats", "DEFAULT_LIMITS", "Extractor", "LaminaError", "Limits", "NATIVE", "Platform", "UnpackStats",

@@ -56,10 +56,13 @@ class Reference:
         if _ANCHORED_ID.match(text):
             raise InvalidReferenceError(
                 f"invalid repository name ({text}), cannot specify 64-byte hexadecimal strings")
+        # docker checks case before the grammar, so "Team/App" gets the helpful message
+        domain, remainder = _split_domain(text)
+        remote = re.split(r"[:@]", remainder, maxsplit=1)[0]
+        if remote != remote.lower():
+            raise InvalidReferenceError(f"invalid reference format: repository name ({remote}) must be lowercase")
         name_part, tag, digest = _split(text)
         domain, path = _split_domain(name_part)
-        if path != path.lower():
-            raise InvalidReferenceError(f"invalid reference format: repository name ({path}) must be lowercase")
         if not _DOMAIN_RE.match(domain) or not _PATH_RE.match(path):
             raise InvalidReferenceError(f"invalid reference format: {text!r}")
         if len(domain) + 1 + len(path) > NAME_TOTAL_LENGTH_MAX:

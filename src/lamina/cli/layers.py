@@ -39,7 +39,7 @@ def cmd_apply(args):
 
 
 def cmd_unpack(args):
-    from ..unpack import unpack
+    from ..unpacker import unpack
     stats = unpack(args.source, args.dest, platform=args.platform, format=args.format)
     if args.json:
         json.dump(stats.to_dict(), sys.stdout, indent=2)
