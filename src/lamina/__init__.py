@@ -29,6 +29,7 @@ _LAZY = {
     "DEFAULT_LIMITS": ".limits",
     "ApplyStats": ".stats",
     "UnpackStats": ".stats",
+    "Store": ".store",
 }
 
 
@@ -46,6 +47,6 @@ def __dir__():
 
 
 __all__ = [
-    "ApplyStats", "DEFAULT_LIMITS", "Extractor", "LaminaError", "Limits", "NATIVE", "Platform", "UnpackStats",
+    "ApplyStats", "DEFAULT_LIMITS", "Extractor", "LaminaError", "Limits", "NATIVE", "Platform", "Store", "UnpackStats",
     "apply_layer", "errors", "unpack",
 ]

@@ -81,3 +81,27 @@ class ImageNotFoundError(ImageError):
 
 class InvalidReferenceError(LaminaError, ValueError):
     """A malformed image reference or transport string."""
+
+
+# --- registry client (issue 4, helper "registry") ---------------------------
+
+class RegistryError(LaminaError):
+    """A registry could not be reached, or answered with an error after retries."""
+
+    def __init__(self, message, *, status=None, code=None):
+        self.status, self.code = status, code
+        super().__init__(message)
+
+
+class AuthenticationError(RegistryError):
+    """Credentials are missing, refused (401) or lack the permission asked (403)."""
+
+
+# --- the image store (added by helper "store-core", issue 3) ------------------
+
+class StoreError(LaminaError):
+    """The image store is unusable, or an operation on it cannot proceed."""
+
+
+class AmbiguousImageError(ImageError):
+    """A short image ID that matches more than one image in the store."""

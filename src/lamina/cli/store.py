@@ -1,0 +1,166 @@
+"""``lamina load``, ``lamina save``, ``lamina copy``, ``lamina fsck``: images in and out of the store."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from ..errors import InvalidReferenceError
+
+
+def _store(args):
+    from ..store import Store
+    return Store(args.root)
+
+
+def _short(digest):
+    return digest.split(":", 1)[-1][:12]
+
+
+def _reporter(args):
+    if getattr(args, "quiet", False):
+        return None
+
+    def report(kind, digest, what):
+        if kind == "blob":
+            status = "Already exists" if what == "exists" else "Loaded"
+            print(f"{_short(digest)}: {status}", file=sys.stderr)
+    return report
+
+
+def cmd_load(args):
+    with _store(args) as store:
+        _load(args, store)
+
+
+def _load(args, store):
+    from ..transports import load
+    spooled = None
+    path = args.input
+    if path is None:
+        if sys.stdin.isatty():
+            raise InvalidReferenceError("requested load from stdin, but stdin is a terminal; use -i FILE")
+        # Archives need random access; spool stdin next to the store (same filesystem, removed after),
+        # under the lease so that fsck --repair does not take the spool file for debris.
+        store.lease()
+        fd, spooled = tempfile.mkstemp(prefix="load-", suffix=".tmp", dir=store.paths.ingest)
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+        path = spooled
+    try:
+        loaded = load(path, store=store, platform=args.platform, report=_reporter(args))
+    finally:
+        if spooled:
+            os.unlink(spooled)
+    for item in loaded:
+        if item.names:
+            for ref in item.names:
+                print(f"Loaded image: {ref.familiar()}")
+        else:
+            print(f"Loaded image ID: {item.image.config_digest}")
+
+
+def cmd_save(args):
+    from ..transports import save
+    output, fmt = args.output, args.format
+    if output and output.startswith(("docker-archive:", "oci-archive:")):
+        fmt, _, output = output.partition(":")
+    if output in (None, "-"):
+        if sys.stdout.isatty():
+            raise InvalidReferenceError("cowardly refusing to write an archive to a terminal; use -o FILE"
+                                        " or redirect stdout")
+        output = None
+    with _store(args) as store:
+        save(args.images, output, store=store, format=fmt)
+
+
+def cmd_copy(args):
+    from ..transports import copy
+    store = _store(args) if _needs_store(args) else None
+    try:
+        result = copy(args.source, args.destination, store=store, platform=args.platform,
+                      report=_copy_reporter(args))
+    finally:
+        if store is not None:
+            store.close()
+    if not args.quiet:
+        print("Writing manifest to image destination", file=sys.stderr)
+        print(result.manifest_digest)
+
+
+def _needs_store(args):
+    from ..transports import parse
+    return any(parse(s).transport == "store" for s in (args.source, args.destination))
+
+
+def _copy_reporter(args):
+    if args.quiet:
+        return None
+
+    def report(kind, digest, what):
+        if kind == "blob":
+            print(f"Copying blob {_short(digest)} " + ("skipped: already exists" if what == "exists" else "done"),
+                  file=sys.stderr)
+    return report
+
+
+def _count(n, noun):
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def cmd_fsck(args):
+    with _store(args) as store:
+        return _fsck(args, store)
+
+
+def _fsck(args, store):
+    report = store.fsck(repair=args.repair, waiting=lambda: print(
+        "lamina fsck: waiting for other lamina processes writing to the store to finish...", file=sys.stderr))
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        for f in report.findings:
+            print(f)
+        c = report.checked
+        summary = (f"checked {_count(c.get('blobs', 0), 'blob')}, {_count(c.get('images', 0), 'image')}, "
+                   f"{_count(c.get('snapshots', 0), 'snapshot')}: ")
+        errors = sum(1 for f in report.findings if f.severity == "error")
+        warnings = len(report.findings) - errors
+        repaired = sum(1 for f in report.findings if f.repaired)
+        summary += f"{_count(errors, 'error')}, {_count(warnings, 'warning')}" + (
+            f", {repaired} repaired" if args.repair else "")
+        print(summary)
+        if not report.ok and not args.repair:
+            print("run lamina fsck --repair to fix what can be fixed", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def register(sub):
+    p = sub.add_parser("load", help="load images from a docker-archive or oci-archive tar (like docker load)")
+    p.add_argument("-i", "--input", metavar="FILE", help="archive to read (default: stdin)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only print the loaded image names")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to load from a multi-platform archive")
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("save", help="save images to a tar archive (like docker save)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    p.add_argument("--format", choices=("docker-archive", "oci-archive"), default="docker-archive",
+                   help="archive format (default: docker-archive, what docker load reads)")
+    p.set_defaults(func=cmd_save)
+
+    p = sub.add_parser("copy", help="copy an image between oci:, docker-archive:, oci-archive: and the store")
+    p.add_argument("source", metavar="SOURCE", help="oci:PATH[:REF], docker-archive:PATH[:REF], "
+                   "oci-archive:PATH[:REF] or an image in the store")
+    p.add_argument("destination", metavar="DEST", help="same forms; a plain name means the store")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to copy from a multi-platform source")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_copy)
+
+    p = sub.add_parser("fsck", help="check the store: blob digests, snapshots against their layers, leftovers")
+    p.add_argument("--repair", action="store_true", help="fix what can be fixed (waits for other lamina writers)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_fsck)

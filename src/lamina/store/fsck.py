@@ -1,0 +1,350 @@
+"""lamina fsck [--repair]: check every blob, image and snapshot; find leftovers of crashes.
+
+Errors are damage (a blob that does not hash to its name, an image missing a
+blob, a snapshot that differs from its layer).  Warnings are debris a killed
+process leaves (partials, temp dirs, lock files) and content nothing uses any
+more; both kinds are listed, only unrepaired errors make fsck fail.
+
+--repair runs with the gc lock exclusive, i.e. while no other lamina process is
+writing, so every partial and temp dir it finds is stale:
+  corrupt blob -> deleted (the images that needed it are then reported missing it);
+  bad snapshot -> replaced by a fresh extraction of its (verified) layer blob;
+  unreadable index.json -> kept aside, and rebuilt with every intact image, unnamed;
+  debris and unreferenced blobs/snapshots -> removed.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+
+from .. import digest as _digest
+from ..errors import LaminaError, StoreError
+from ..overlay import inherit_implicit_dirs
+from . import snapshots as _snapshots
+from .fsutil import atomic_write, disk_usage, syncfs
+from .gc import reachable
+from .image import load_image
+from .index import entry_name, make_entry
+from .locks import FileLock, is_locked, remove_if_unlocked
+from .paths import OCI_LAYOUT
+from .treediff import first_difference
+
+_PERMANENT_LOCKS = ("gc.lock", "index.lock")
+
+
+@dataclass
+class Finding:
+    severity: str           # "error" or "warning"
+    kind: str               # corrupt-blob, missing-blob, broken-image, bad-snapshot, orphan-blob, ...
+    subject: str            # the digest, chainID or path concerned
+    message: str
+    repaired: bool = False
+
+    def __str__(self):
+        return f"{self.severity}: {self.message}" + (" (repaired)" if self.repaired else "")
+
+
+@dataclass
+class FsckReport:
+    findings: list = field(default_factory=list)
+    checked: dict = field(default_factory=dict)
+    repair: bool = False
+
+    def add(self, severity, kind, subject, message):
+        f = Finding(severity, kind, subject, message)
+        self.findings.append(f)
+        return f
+
+    @property
+    def errors(self):
+        """Errors still present (not repaired)."""
+        return [f for f in self.findings if f.severity == "error" and not f.repaired]
+
+    @property
+    def ok(self):
+        return not self.errors
+
+    @property
+    def clean(self):
+        return not self.findings
+
+    def to_dict(self):
+        return {"ok": self.ok, "checked": self.checked, "repair": self.repair,
+                "findings": [asdict(f) for f in self.findings]}
+
+
+def check(store, repair=False, waiting=None):
+    """``waiting()`` is called if --repair has to wait for other lamina writers first."""
+    report = FsckReport(repair=repair)
+    lock = FileLock(store.paths.gc_lock)
+    if repair:
+        if not lock.try_acquire():
+            if waiting:
+                waiting()
+            lock.acquire()
+        quiet = True
+    else:
+        # Without the lock some writer may be mid-import: judge its debris by the item locks only.
+        quiet = lock.try_acquire()
+    try:
+        Checker(store, report, repair, quiet).run()
+    finally:
+        lock.release()
+    return report
+
+
+class Checker:
+    def __init__(self, store, report, repair, quiet):
+        self.store, self.paths, self.report = store, store.paths, report
+        self.repair = repair
+        self.quiet = quiet              # True: no other writer is running
+        self.bad_blobs = set()
+
+    def run(self):
+        self.layout()
+        self.blobs()
+        index_ok = self.index()
+        self.snapshots()
+        if index_ok:
+            self.orphans()
+        self.ingest()
+        self.debris()
+        self.locks()
+
+    def _fix(self, finding, action):
+        """Run a repair action if repairing; mark the finding repaired when it succeeds."""
+        if not self.repair:
+            return
+        try:
+            action()
+            finding.repaired = True
+        except (OSError, LaminaError) as e:
+            finding.message += f"; repair failed: {e}"
+
+    # --- layout and blobs -----------------------------------------------------------
+
+    def layout(self):
+        try:
+            with open(self.paths.root / "oci-layout", "rb") as f:
+                version = json.load(f).get("imageLayoutVersion")
+            if not isinstance(version, str) or not version.startswith("1."):
+                raise ValueError(version)
+        except (OSError, ValueError, AttributeError):
+            f = self.report.add("error", "layout", "oci-layout", "oci-layout is missing or invalid")
+            self._fix(f, lambda: atomic_write(self.paths.root / "oci-layout", OCI_LAYOUT))
+
+    def blobs(self):
+        names = sorted(os.listdir(self.paths.blobs))
+        good = []
+        for n in names:
+            path = self.paths.blobs / n
+            if not _digest.is_valid(f"sha256:{n}") or not path.is_file() or path.is_symlink():
+                f = self.report.add("warning", "stray-blob", str(path), f"blobs/sha256/{n}: not a blob (bad name or type)")
+                self._fix(f, lambda p=path: _remove_any(p))
+            else:
+                good.append(f"sha256:{n}")
+        workers = min(4, max(os.cpu_count() or 1, 2))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL
+            actual = list(pool.map(lambda d: _hash_or_error(self.paths.blob(d)), good))
+        for d, a in zip(good, actual):
+            if a != d:
+                self.bad_blobs.add(d)
+                f = self.report.add("error", "corrupt-blob", d, f"blob {d}: content hashes to {a}")
+                self._fix(f, lambda d=d: self.paths.blob(d).unlink())
+        self.report.checked["blobs"] = len(good)
+
+    # --- index and images -------------------------------------------------------------
+
+    def index(self):
+        try:
+            entries = self.store.index.read()
+        except StoreError as e:
+            f = self.report.add("error", "index", "index.json", str(e))
+            self._fix(f, self._rebuild_index)
+            return f.repaired
+        digests = list(dict.fromkeys(e["digest"] for e in entries))
+        for d in digests:
+            names = ", ".join(filter(None, (entry_name(e) for e in entries if e["digest"] == d))) or "<none>"
+            advice = "re-load or re-pull it, or remove it with lamina rmi"
+            try:
+                image = load_image(self._open_good, d)
+            except LaminaError as e:
+                self.report.add("error", "broken-image", d, f"image {names} ({d}): {e}; {advice}")
+                continue
+            for b in image.blobs:
+                if b in self.bad_blobs and self.store.has_blob(b):
+                    self.report.add("error", "broken-image", d, f"image {names} ({d}) needs blob {b}, which is"
+                                    f" corrupt; {advice}")
+                elif not self.store.has_blob(b):
+                    self.report.add("error", "missing-blob", b, f"image {names} ({d}): blob {b} is missing; {advice}")
+        self.report.checked["images"] = len(digests)
+        return True
+
+    def _open_good(self, digest):
+        if digest in self.bad_blobs:
+            raise StoreError(f"blob {digest} is corrupt")
+        return self.store.open_blob(digest)
+
+    def _rebuild_index(self):
+        path = self.paths.index
+        if path.exists():
+            os.rename(path, path.with_name(f"index.json.corrupt-{int(time.time())}"))
+        entries = []
+        for d in self.store.blobs():
+            if d in self.bad_blobs or not self.store.has_blob(d):
+                continue
+            try:
+                image = load_image(self.store.open_blob, d)
+            except LaminaError:
+                continue  # not a manifest (a layer, a config), or a broken one
+            entries.append(make_entry(image.media_type, d, image.manifest_size))
+        self.store.index.write(entries)
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    def snapshots(self):
+        count = 0
+        for n in sorted(os.listdir(self.paths.snapshots)):
+            path = self.paths.snapshots / n
+            if n.startswith((_snapshots.TMP_PREFIX, _snapshots.TRASH_PREFIX)):
+                hexid = n.split("-", 2)[1] if n.count("-") >= 2 else ""
+                busy = _digest.is_valid(f"sha256:{hexid}") and is_locked(self.paths.snapshot_lock(f"sha256:{hexid}"))
+                if not busy and (self.quiet or n.startswith(_snapshots.TRASH_PREFIX)):
+                    f = self.report.add("warning", "stale-temp", str(path), f"snapshots/{n}: left by an interrupted"
+                                        " extraction or removal")
+                    self._fix(f, lambda p=path: _snapshots.remove_tree(p))
+                continue
+            if not _digest.is_valid(f"sha256:{n}"):
+                f = self.report.add("warning", "stray-snapshot", str(path), f"snapshots/{n}: not a snapshot")
+                self._fix(f, lambda p=path: _remove_any(p))
+                continue
+            count += 1
+            self._snapshot(f"sha256:{n}")
+        self.report.checked["snapshots"] = count
+
+    def _snapshot(self, chain):
+        try:
+            info = _snapshots.read_info(self.paths, chain)
+        except StoreError as e:
+            info, problem = None, str(e)
+        else:
+            problem = None if info else "no meta.json"
+        if info is not None and (info.chain_id != chain or not info.fs.is_dir()
+                                 or _snapshots.chain_id_of(info.diff_id, info.parent) != chain):
+            problem = "meta.json does not match the snapshot"
+        if problem:
+            f = self.report.add("error", "bad-snapshot", chain, f"snapshot {chain}: {problem}")
+            self._fix(f, lambda: _snapshots.remove(self.paths, chain))  # re-extracted when next needed
+            return
+        if not self.store.has_blob(info.digest) or info.digest in self.bad_blobs:
+            self.report.add("warning", "unverifiable-snapshot", chain,
+                            f"snapshot {chain}: its layer blob {info.digest} is missing or corrupt; cannot verify it")
+            return
+        fresh = self.paths.snapshots / f"{_snapshots.TMP_PREFIX}{_digest.hex_of(chain)}-fsck-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(fresh, 0o755)
+            _snapshots._extract(self.paths.blob(info.digest), fresh / "fs", info.digest, info.diff_id, info.media_type)
+            loose = ()
+            if info.implicit_dirs and info.inherited:  # redo the fix-up the snapshot got (snapshots.py)
+                lower = _snapshots.lower_chain(self.paths, info.parent)
+                if lower is None:
+                    loose = info.implicit_dirs
+                else:
+                    inherit_implicit_dirs(lower + [os.fspath(fresh / "fs")], [[]] * len(lower) + [info.implicit_dirs])
+            diff = first_difference(os.fspath(info.fs), os.fspath(fresh / "fs"), loose)
+            if diff:
+                f = self.report.add("error", "bad-snapshot", chain,
+                                    f"snapshot {chain}: differs from layer {info.digest}: {diff}")
+                self._fix(f, lambda: self._replace_snapshot(chain, fresh))
+        except LaminaError as e:
+            self.report.add("error", "bad-layer", info.digest, f"snapshot {chain}: layer {info.digest}"
+                            f" does not extract: {e}")
+        finally:
+            if fresh.exists():
+                _snapshots.remove_tree(fresh)
+
+    def _replace_snapshot(self, chain, fresh):
+        """Swap in the fresh extraction, keeping the original meta.json (sizes are recomputed)."""
+        info = _snapshots.read_info(self.paths, chain)
+        meta = {k: v for k, v in info.to_dict().items() if k != "path"}
+        meta["size"], meta["inodes"] = disk_usage(fresh / "fs")
+        with open(fresh / "meta.json", "w") as f:
+            json.dump(meta, f, indent=2)
+        syncfs(fresh)
+        lock = FileLock(self.paths.snapshot_lock(chain)).acquire()
+        try:
+            old = self.paths.snapshots / f"{_snapshots.TRASH_PREFIX}{_digest.hex_of(chain)}-{secrets.token_hex(4)}"
+            os.rename(self.paths.snapshot(chain), old)
+            os.rename(fresh, self.paths.snapshot(chain))
+        finally:
+            lock.release(unlink=True)
+        _snapshots.remove_tree(old)
+
+    # --- leftovers --------------------------------------------------------------------------
+
+    def orphans(self):
+        keep_blobs, keep_chains = reachable(self.store)
+        for d in self.store.blobs():
+            if d not in keep_blobs and d not in self.bad_blobs and self.store.has_blob(d):
+                f = self.report.add("warning", "orphan-blob", d, f"blob {d}: not used by any image")
+                self._fix(f, lambda d=d: self.paths.blob(d).unlink())
+        for c in _snapshots.list_chain_ids(self.paths):
+            if c not in keep_chains and self.paths.snapshot(c).exists():
+                f = self.report.add("warning", "orphan-snapshot", c, f"snapshot {c}: not used by any image")
+                self._fix(f, lambda c=c: _snapshots.remove(self.paths, c))
+
+    def ingest(self):
+        for n in sorted(os.listdir(self.paths.ingest)):
+            path = self.paths.ingest / n
+            hexid = n[:-len(".partial")] if n.endswith(".partial") else None
+            if hexid and _digest.is_valid(f"sha256:{hexid}"):
+                if is_locked(self.paths.blob_lock(f"sha256:{hexid}")):
+                    continue  # being written right now
+                size = path.stat().st_size
+                f = self.report.add("warning", "stale-partial", str(path), f"ingest/{n}: interrupted ingest of"
+                                    f" {size} bytes (resumed by the next pull or load of that blob)")
+            elif self.quiet:
+                f = self.report.add("warning", "stray-ingest", str(path), f"ingest/{n}: not an ingest file")
+            else:
+                continue
+            self._fix(f, lambda p=path: _remove_any(p))
+
+    def debris(self):
+        """Temp files of atomic writes (index.json, holds) that a killed process left."""
+        if not self.quiet:
+            return
+        for d in (self.paths.root, self.paths.holds):
+            for n in sorted(os.listdir(d)):
+                if ".tmp-" in n:
+                    path = d / n
+                    f = self.report.add("warning", "stale-temp", str(path), f"{path}: left by an interrupted write")
+                    self._fix(f, lambda p=path: _remove_any(p))
+
+    def locks(self):
+        for n in sorted(os.listdir(self.paths.locks)):
+            if n in _PERMANENT_LOCKS:
+                continue
+            path = self.paths.locks / n
+            if is_locked(path):
+                continue
+            f = self.report.add("warning", "stale-lock", str(path), f"locks/{n}: lock file of a process that"
+                                " was killed")
+            self._fix(f, lambda p=path: remove_if_unlocked(p))
+
+
+def _hash_or_error(path):
+    try:
+        return _digest.sha256_file(path)
+    except OSError as e:
+        return f"<unreadable: {e.strerror}>"
+
+
+def _remove_any(path):
+    if path.is_dir() and not path.is_symlink():
+        _snapshots.remove_tree(path)
+    else:
+        path.unlink()

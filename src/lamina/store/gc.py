@@ -1,0 +1,116 @@
+"""Garbage collection: delete the blobs and snapshots that nothing reaches.
+
+Roots are the index.json entries (named and dangling images) and the holds.
+gc runs with the gc lock exclusive, i.e. while no other Store is writing, so
+a blob ingested for an image that is not named yet is never taken.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from .. import digest as _digest
+from ..errors import ImageError, StoreError
+from ..oci.model import document_media_type, parse_manifest
+from . import snapshots as _snapshots
+from .image import chain_ids
+from .index import entry_repo_digest
+from .locks import FileLock
+
+
+@dataclass
+class GCResult:
+    blobs: list = field(default_factory=list)       # (digest, bytes) removed (or that would be)
+    snapshots: list = field(default_factory=list)   # (chainID, bytes on disk)
+    dry_run: bool = False
+
+    @property
+    def reclaimed(self):
+        return sum(n for _, n in self.blobs) + sum(n for _, n in self.snapshots)
+
+    def to_dict(self):
+        return {"blobs": [{"digest": d, "size": n} for d, n in self.blobs],
+                "snapshots": [{"chain_id": c, "size": n} for c, n in self.snapshots],
+                "reclaimed": self.reclaimed, "dry_run": self.dry_run}
+
+
+def _read_json(path, limit=16 << 20):
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(data) if len(data) <= limit else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def reachable(store):
+    """(blob digests, chainIDs) reachable from index.json and holds.
+
+    Tolerant on purpose: an image whose config is missing still protects its
+    layers, so a damaged image loses nothing more than what is already gone.
+    """
+    paths = store.paths
+    blobs, chains = set(), set()
+    for e in store.index.read():
+        m = e["digest"]
+        blobs.add(m)
+        rd = entry_repo_digest(e)
+        if rd:
+            blobs.add(rd)  # the index the registry served, when it was kept
+        doc = _read_json(paths.blob(m))
+        if not isinstance(doc, dict):
+            continue
+        try:
+            manifest = parse_manifest(doc, document_media_type(doc, e.get("mediaType"), m), m)
+        except (ImageError, ValueError):
+            continue
+        blobs.add(manifest.config.digest)
+        blobs.update(layer.digest for layer in manifest.layers)
+        config = _read_json(paths.blob(manifest.config.digest))
+        diff_ids = ((config or {}).get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else None
+        if isinstance(diff_ids, list) and all(_digest.is_valid(d) for d in diff_ids):
+            chains.update(chain_ids(diff_ids))
+    for record in store.holds().values():
+        blobs.update(d for d in record.get("blobs", []) if _digest.is_valid(d))
+        chains.update(c for c in record.get("chain_ids", []) if _digest.is_valid(c))
+    return blobs, chains
+
+
+def unreferenced(store):
+    """(blob digests, chainIDs) present in the store but not reachable."""
+    keep_blobs, keep_chains = reachable(store)
+    blobs = [d for d in store.blobs() if d not in keep_blobs]
+    chains = [c for c in _snapshots.list_chain_ids(store.paths) if c not in keep_chains]
+    return blobs, chains
+
+
+def _snapshot_size(store, chain):
+    try:
+        info = store.snapshot_info(chain)
+    except StoreError:
+        return 0
+    return info.size if info else 0
+
+
+def collect(store, dry_run=False):
+    result = GCResult(dry_run=dry_run)
+    with FileLock(store.paths.gc_lock):
+        blobs, chains = unreferenced(store)
+        for d in blobs:
+            path = store.paths.blob(d)
+            try:
+                size = path.stat().st_size
+                if not dry_run:
+                    os.unlink(path)
+            except FileNotFoundError:
+                continue
+            result.blobs.append((d, size))
+        for c in chains:
+            size = _snapshot_size(store, c)
+            if dry_run or _snapshots.remove(store.paths, c):
+                result.snapshots.append((c, size))
+    return result

@@ -1,0 +1,131 @@
+"""Putting a whole image into the store: blobs, snapshots, then names (in that order).
+
+Names come last, so an image is never visible before everything it needs is
+in the store and every diffID verified (extraction checks them).  If an import
+fails, the blobs and snapshots it created are removed again, unless another
+writer is active (they might be sharing them); gc or fsck takes them later.
+"""
+from __future__ import annotations
+
+from ..errors import DigestMismatchError, ImageError, StoreError
+from . import snapshots as _snapshots
+from .gc import reachable
+from .image import load_image
+from .locks import FileLock
+
+
+def _skip(f, n):
+    if n <= 0:
+        return
+    try:
+        if f.seekable():
+            f.seek(n)
+            return
+    except (AttributeError, OSError):
+        pass
+    while n:
+        chunk = f.read(min(n, 1 << 20))
+        if not chunk:
+            return
+        n -= len(chunk)
+
+
+def ingest_stream(store, digest, size, opener):
+    """Ingest one blob from ``opener()`` (resuming a partial). True if this call wrote it."""
+    if store.has_blob(digest):
+        return False
+    for attempt in range(2):
+        with store.ingest(digest, size) as w:
+            if w.exists:
+                return False
+            resumed = w.offset
+            try:
+                with opener() as f:
+                    _skip(f, resumed)
+                    w.write_from(f)
+                w.commit()
+                return True
+            except DigestMismatchError:
+                if resumed and attempt == 0:
+                    continue  # the partial came from other bytes than ours; commit() discarded it
+                raise
+            except BaseException:
+                # A local source re-reads cheaply, and a bad one must leave nothing behind; only a
+                # killed process leaves a partial (resumed next time, or removed by fsck --repair).
+                w.discard()
+                raise
+    return True
+
+
+def _same_image(store, data):
+    """For a legacy docker archive (no manifest of its own): an image already stored with the same
+    config, i.e. the same image ID and diffIDs.  Like docker load, reuse it rather than storing
+    the archive's uncompressed layers beside it."""
+    if not data.synthesized:
+        return None
+    for e in store.index.read():
+        try:
+            image = store.image(e["digest"])
+        except (ImageError, StoreError):
+            continue
+        if image.config_digest == data.config_digest and all(store.has_blob(b) for b in image.blobs):
+            return image
+    return None
+
+
+def import_image(store, data, names=(), report=None):
+    """Store an ImageData and give it ``names`` (References; none: recorded dangling). Returns the Image."""
+    report = report or (lambda *a: None)
+    existing = _same_image(store, data)
+    if existing is not None:
+        store.snapshots_for(existing)
+        result = existing
+        for ref in names or [None]:
+            result = store.add_image(existing.manifest_digest, ref)
+        report("manifest", existing.manifest_digest, "exists")
+        return result
+    created_blobs, created_snaps = [], []
+    try:
+        for layer in data.layers:
+            if ingest_stream(store, layer.digest, layer.size, layer.open):
+                created_blobs.append(layer.digest)
+                report("blob", layer.digest, "copied")
+            else:
+                report("blob", layer.digest, "exists")
+        for blob, digest in ((data.config, data.config_digest), (data.manifest, data.manifest_digest)):
+            if not store.has_blob(digest):
+                store.put_blob(blob, digest)
+                created_blobs.append(digest)
+        image = load_image(store.open_blob, data.manifest_digest)
+        created_snaps = [c for c in image.chain_ids if store.snapshot_info(c) is None]
+        store.snapshots_for(image)
+        result = None
+        for ref in names or [None]:
+            result = store.add_image(data.manifest_digest, ref)
+        report("manifest", data.manifest_digest, "written")
+        return result
+    except BaseException:
+        _rollback(store, created_blobs, created_snaps)
+        raise
+
+
+def _rollback(store, blobs, chains):
+    if not blobs and not chains:
+        return
+    store.close()  # our own shared lease would block the exclusive lock below
+    lock = FileLock(store.paths.gc_lock)
+    if not lock.try_acquire():
+        return  # someone else is writing and may be using these: leave them to gc
+    try:
+        keep_blobs, keep_chains = reachable(store)
+        for d in blobs:
+            if d not in keep_blobs:
+                try:
+                    store.paths.blob(d).unlink()
+                except FileNotFoundError:
+                    pass
+        for c in chains:
+            if c not in keep_chains:
+                _snapshots.remove(store.paths, c)
+    finally:
+        lock.release()

@@ -1,0 +1,120 @@
+"""fcntl file locks for the store: per blob, per snapshot, the index, and the gc lease.
+
+flock(2), not POSIX record locks: flock locks belong to the open file
+description, so two threads of one process exclude each other just like two
+processes do, and closing an unrelated fd on the same file does not drop them.
+
+Per-item lock files are unlinked by their holder when it is done, so locks/
+does not grow with every blob ever stored.  That is safe because acquire()
+checks, after locking, that the path still names the inode it locked; a waiter
+that locked an unlinked inode simply opens the path again.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+from ..errors import LaminaError
+
+
+class LockBusy(LaminaError):
+    """A non-blocking lock attempt found the lock held."""
+
+
+class FileLock:
+    """One lock file. ``shared`` for readers of a lease, exclusive otherwise."""
+
+    def __init__(self, path, *, shared=False):
+        self.path = os.fspath(path)
+        self.shared = shared
+        self.fd = None
+
+    def acquire(self, blocking=True):
+        op = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
+        if not blocking:
+            op |= fcntl.LOCK_NB
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, op)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise LockBusy(f"{self.path} is locked by another process") from None
+                raise
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            fst = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino):
+                self.fd = fd
+                return self
+            os.close(fd)  # the holder we waited for unlinked it: lock the new file
+
+    def try_acquire(self):
+        """True if acquired; False if someone else holds it."""
+        try:
+            self.acquire(blocking=False)
+            return True
+        except LockBusy:
+            return False
+
+    def release(self, unlink=False):
+        """Release; with ``unlink`` (exclusive holders only) also remove the lock file."""
+        if self.fd is None:
+            return
+        if unlink and not self.shared:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        os.close(self.fd)  # closing the last fd drops the flock
+        self.fd = None
+
+    @property
+    def held(self):
+        return self.fd is not None
+
+    def __del__(self):
+        # A forgotten lock must not outlive its owner object (a lease would block gc forever).
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def is_locked(path):
+    """True if some process holds a lock on ``path`` (probe without creating it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)
+    return False
+
+
+def remove_if_unlocked(path):
+    """Unlink a lock file nobody holds (fsck/gc cleanup). True if removed."""
+    lock = FileLock(path)
+    try:
+        if not lock.try_acquire():
+            return False
+    except FileNotFoundError:
+        return False
+    lock.release(unlink=True)
+    return True

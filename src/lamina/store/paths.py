@@ -1,0 +1,103 @@
+"""Where things live under a store root, and creating that layout.
+
+    ROOT/oci-layout, ROOT/index.json, ROOT/blobs/sha256/<hex>   the OCI image layout (always valid)
+    ROOT/ingest/<hex>.partial                                   blobs being written (resumable)
+    ROOT/locks/                                                 flock files
+    ROOT/snapshots/<chainID hex>/{fs,meta.json}                 extracted layers (overlay format)
+    ROOT/lamina/holds/<key>.json                                content kept alive by mounts etc.
+
+Every digest is validated before it becomes a path (digest.hex_of raises on
+anything but sha256 + 64 lowercase hex), so ``sha256:../../x`` never reaches
+the filesystem.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from .. import digest as _digest
+from .. import mediatypes as mt
+from ..errors import StoreError
+from .fsutil import write_if_absent
+
+OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+EMPTY_INDEX = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}).encode()
+_OWN = {"blobs", "ingest", "locks", "snapshots", "lamina", "index.json"}
+_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def default_root():
+    """``$LAMINA_ROOT``; else /var/lib/lamina as root, ``$XDG_DATA_HOME/lamina`` (or ~/.local/share/lamina)."""
+    env = os.environ.get("LAMINA_ROOT")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/lamina")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data) / "lamina"
+
+
+class Paths:
+    def __init__(self, root):
+        self.root = Path(os.path.abspath(os.fspath(root)))
+        self.blobs = self.root / "blobs" / "sha256"
+        self.ingest = self.root / "ingest"
+        self.locks = self.root / "locks"
+        self.snapshots = self.root / "snapshots"
+        self.meta = self.root / "lamina"
+        self.holds = self.meta / "holds"
+        self.index = self.root / "index.json"
+
+    def blob(self, digest):
+        return self.blobs / _digest.hex_of(digest)
+
+    def partial(self, digest):
+        return self.ingest / f"{_digest.hex_of(digest)}.partial"
+
+    def snapshot(self, chain_id):
+        return self.snapshots / _digest.hex_of(chain_id)
+
+    def blob_lock(self, digest):
+        return self.locks / f"blob-{_digest.hex_of(digest)}.lock"
+
+    def snapshot_lock(self, chain_id):
+        return self.locks / f"snapshot-{_digest.hex_of(chain_id)}.lock"
+
+    @property
+    def index_lock(self):
+        return self.locks / "index.lock"
+
+    @property
+    def gc_lock(self):
+        return self.locks / "gc.lock"
+
+    def hold(self, key):
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+            raise StoreError(f"invalid hold key {key!r} (letters, digits, '.', '_', '-')")
+        return self.holds / f"{key}.json"
+
+    def create(self):
+        """Create the layout if missing (idempotent; safe when processes race)."""
+        root = self.root
+        try:
+            if root.exists() and not (root / "oci-layout").exists():
+                if not root.is_dir():
+                    raise StoreError(f"store root {root} is not a directory")
+                # Only lamina's own entries: another process is creating this store right now.
+                foreign = [n for n in os.listdir(root) if n not in _OWN and ".tmp-" not in n]
+                if foreign:
+                    raise StoreError(f"{root} is not empty and is not an OCI image layout; refusing to use it as a store")
+            root.mkdir(parents=True, exist_ok=True)
+            write_if_absent(root / "oci-layout", OCI_LAYOUT)
+            for d in (self.blobs, self.ingest, self.locks, self.holds):
+                d.mkdir(parents=True, exist_ok=True)
+            # Snapshots hold setuid binaries and device nodes of every image; keep other users out
+            # of the tree (containers reach it through overlay mounts, not through this path).
+            self.snapshots.mkdir(mode=0o700, exist_ok=True)
+            write_if_absent(self.index, EMPTY_INDEX)
+        except PermissionError as e:
+            raise StoreError(f"cannot create the store at {root}: {e.strerror} (use --root or LAMINA_ROOT)") from None
+        except OSError as e:
+            raise StoreError(f"cannot create the store at {root}: {e.strerror or e}") from None

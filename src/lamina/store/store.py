@@ -1,0 +1,413 @@
+"""The Store: content-addressed blobs, named images, shared layer snapshots.
+
+Concurrency model (all fcntl.flock, see locks.py):
+  * per blob digest / per snapshot: one writer at a time, the others wait and reuse;
+  * index.json: read-modify-write under locks/index.lock, replaced atomically;
+  * the gc lease: every Store that writes holds locks/gc.lock *shared* from its first
+    write until close() (or process exit).  gc and fsck --repair take it *exclusive*,
+    so they never delete a blob that an import has written but not yet named.
+Readers take no lock: blobs are immutable and index.json is only ever renamed over.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+
+from .. import digest as _digest
+from ..errors import (AmbiguousImageError, BlobNotFoundError, ImageError, ImageNotFoundError,
+                      InvalidReferenceError, StoreError)
+from ..oci.model import ANNOTATION_REF_NAME
+from ..reference import Reference
+from . import snapshots as _snapshots
+from .fsutil import atomic_write
+from .image import Image, load_image
+from .index import IndexFile, entry_name, entry_repo_digest, make_entry
+from .ingest import IngestWriter, put_bytes
+from .locks import FileLock
+from .paths import Paths, default_root
+
+_HEX_PREFIX_RE = re.compile(r"[0-9a-f]{1,64}")
+
+
+def _as_reference(ref):
+    if isinstance(ref, Reference):
+        return ref
+    if not isinstance(ref, str):
+        raise InvalidReferenceError(f"invalid reference {ref!r}")
+    return Reference.parse(ref)
+
+
+def name_of(ref):
+    """The index.json name of a reference: ``repo:tag``, or ``repo@digest`` when it has a digest
+    (a digest pins the content, so docker drops the tag then too)."""
+    ref = _as_reference(ref)
+    return f"{ref.name}@{ref.digest}" if ref.digest else f"{ref.name}:{ref.tag}"
+
+
+class Store:
+    def __init__(self, root=None):
+        self.paths = Paths(root if root is not None else default_root())
+        self.paths.create()
+        self.root = self.paths.root
+        self.index = IndexFile(self.paths)
+        self._lease = None
+        self._lease_mutex = threading.Lock()
+
+    def __repr__(self):
+        return f"Store({str(self.root)!r})"
+
+    # --- the gc lease -------------------------------------------------------------
+
+    def lease(self):
+        """Hold the gc lease now (writes take it by themselves): nothing this Store is about to
+        write or stage is collected, and fsck --repair waits, until close()."""
+        self._take_lease()
+
+    def _take_lease(self):
+        with self._lease_mutex:
+            if self._lease is None:
+                self._lease = FileLock(self.paths.gc_lock, shared=True).acquire()
+
+    def _drop_lease(self):
+        with self._lease_mutex:
+            if self._lease is not None:
+                self._lease.release()
+                self._lease = None
+
+    def close(self):
+        """Let gc run again (it waits for every Store that has written and is still open)."""
+        self._drop_lease()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        lease = getattr(self, "_lease", None)
+        if lease is not None:
+            lease.release()
+
+    # --- blobs --------------------------------------------------------------------
+
+    def has_blob(self, digest):
+        return self.paths.blob(digest).is_file()
+
+    def blob_path(self, digest):
+        return self.paths.blob(digest)
+
+    def open_blob(self, digest):
+        path = self.paths.blob(digest)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"blob {digest} is not in the store {self.root}") from None
+
+    def blob_size(self, digest):
+        try:
+            return self.paths.blob(digest).stat().st_size
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"blob {digest} is not in the store {self.root}") from None
+
+    def blobs(self):
+        """Digests of every blob in blobs/sha256 (well-named files only)."""
+        try:
+            names = os.listdir(self.paths.blobs)
+        except FileNotFoundError:
+            return []
+        return [f"sha256:{n}" for n in names if _digest.is_valid(f"sha256:{n}")]
+
+    def ingest(self, digest, size=None):
+        """``with store.ingest(digest, size) as w:`` see ingest.IngestWriter."""
+        self._take_lease()
+        return IngestWriter(self.paths, digest, size)
+
+    def put_blob(self, data, digest=None):
+        self._take_lease()
+        return put_bytes(self.paths, data, digest)
+
+    # --- images ---------------------------------------------------------------------
+
+    def _load(self, entries, digest):
+        """An Image for manifest ``digest`` with the names ``entries`` give it."""
+        first = next(e for e in entries if e["digest"] == digest)
+        image = load_image(self.open_blob, digest, first.get("mediaType"), first.get("size"))
+        for e in entries:
+            if e["digest"] != digest:
+                continue
+            name = entry_name(e)
+            if name is None:
+                continue
+            image.names.append(name)
+            try:
+                ref = Reference.parse(name, default_tag=False)
+            except InvalidReferenceError:
+                continue  # a foreign layout's name (e.g. a bare "latest"): still reachable by that name
+            if ref.digest:
+                repo_digest = f"{ref.name}@{ref.digest}"
+            else:
+                if ref.tag:
+                    image.refs.append(ref)
+                rd = entry_repo_digest(e)
+                repo_digest = f"{ref.name}@{rd}" if rd else None
+            if repo_digest and repo_digest not in image.repo_digests:
+                image.repo_digests.append(repo_digest)
+        return image
+
+    def image(self, manifest_digest):
+        """The image with this manifest digest (it must be in index.json)."""
+        _digest.validate(manifest_digest, "manifest digest")
+        entries = self.index.read()
+        if not any(e["digest"] == manifest_digest for e in entries):
+            raise ImageNotFoundError(f"no image with manifest {manifest_digest} in the store")
+        return self._load(entries, manifest_digest)
+
+    def images(self, skip_broken=False):
+        """Every image in the store, in index.json order.
+
+        A broken image (manifest or config missing or corrupt) raises StoreError
+        naming it, unless ``skip_broken``: the store is meant to be consistent,
+        and fsck says what happened.  untag/remove_image work on broken images.
+        """
+        entries = self.index.read()
+        out, seen = [], set()
+        for e in entries:
+            d = e["digest"]
+            if d in seen:
+                continue
+            seen.add(d)
+            try:
+                out.append(self._load(entries, d))
+            except (ImageError, OSError) as err:
+                if skip_broken:
+                    continue
+                names = ", ".join(filter(None, (entry_name(x) for x in entries if x["digest"] == d))) or d
+                raise StoreError(f"image {names} is broken: {err}; run lamina fsck") from None
+        return out
+
+    def resolve(self, ref_or_id):
+        """An image by name[:tag], full reference, name@digest, image ID (``sha256:…``) or unique ID prefix."""
+        if isinstance(ref_or_id, Reference):
+            found = self._by_reference(ref_or_id)
+            if found:
+                return found
+            raise ImageNotFoundError(f"no such image: {ref_or_id.familiar()}")
+        s = ref_or_id
+        if not isinstance(s, str) or not s:
+            raise InvalidReferenceError(f"invalid image reference {s!r}")
+        if s.startswith("sha256:"):
+            return self._by_id(_digest.validate(s, "image ID"), s)
+        if re.fullmatch(r"[0-9a-f]{64}", s):
+            return self._by_id("sha256:" + s, s)
+        try:
+            ref = Reference.parse(s)
+        except InvalidReferenceError:
+            if _HEX_PREFIX_RE.fullmatch(s):
+                return self._by_id_prefix(s)
+            raise
+        found = self._by_reference(ref)
+        if found:
+            return found
+        if _HEX_PREFIX_RE.fullmatch(s):
+            return self._by_id_prefix(s)
+        raise ImageNotFoundError(f"no such image: {s}")
+
+    def _by_reference(self, ref):
+        entries = self.index.read()
+        if ref.digest:
+            wanted = f"{ref.name}@{ref.digest}"
+            for e in entries:
+                name = entry_name(e)
+                if name == wanted:
+                    return self._load(entries, e["digest"])
+            for e in entries:  # repo@digest also finds a tagged image of that repo by repo digest or manifest
+                name = entry_name(e) or ""
+                if name.startswith(ref.name + ":") and ref.digest in (entry_repo_digest(e), e["digest"]):
+                    return self._load(entries, e["digest"])
+            return None
+        wanted = f"{ref.name}:{ref.tag}"
+        for e in entries:
+            if entry_name(e) == wanted:
+                return self._load(entries, e["digest"])
+        return None
+
+    def _by_id(self, digest, shown):
+        entries = self.index.read()
+        for e in entries:  # a manifest digest identifies an image too (what skopeo and crane print)
+            if e["digest"] == digest:
+                return self._load(entries, digest)
+        for image in self.images(skip_broken=True):
+            if image.config_digest == digest:
+                return image
+        raise ImageNotFoundError(f"no such image: {shown}")
+
+    def _by_id_prefix(self, prefix):
+        matches = [i for i in self.images(skip_broken=True) if i.config_digest[len("sha256:"):].startswith(prefix)]
+        ids = {i.config_digest for i in matches}
+        if not matches:
+            raise ImageNotFoundError(f"no such image: {prefix}")
+        if len(ids) > 1:
+            raise AmbiguousImageError(f"image ID prefix {prefix!r} is ambiguous: it matches {len(ids)} images")
+        return matches[0]
+
+    def add_image(self, manifest_digest, ref=None, repo_digest=None):
+        """Name an image whose manifest, config and layers are already in blobs/.
+
+        ``ref`` (str or Reference) moves that name to this image; the image that
+        had it keeps its other names, or becomes dangling (docker's ``<none>``),
+        keeping its repo digest as ``repo@digest`` the way docker does.  Without
+        ``ref`` the image is recorded dangling unless it already has a name.
+        """
+        self._take_lease()
+        _digest.validate(manifest_digest, "manifest digest")
+        if repo_digest is not None:
+            _digest.validate(repo_digest, "repo digest")
+        image = load_image(self.open_blob, manifest_digest)
+        for layer in image.layers:
+            if not self.has_blob(layer.digest):
+                raise BlobNotFoundError(f"manifest {manifest_digest}: layer {layer.digest} is not in the store")
+        parsed = _as_reference(ref) if ref is not None else None
+        name = name_of(parsed) if parsed is not None else None
+        if parsed is not None and parsed.digest:
+            repo_digest = None  # the name itself is the repo digest
+        platform = None
+        if image.platform is not None:
+            platform = {"architecture": image.platform.architecture, "os": image.platform.os}
+            if image.platform.variant:
+                platform["variant"] = image.platform.variant
+        new = make_entry(image.media_type, manifest_digest, image.manifest_size, name, repo_digest, platform)
+        with self.index.update() as entries:
+            if name is None:
+                if not any(e["digest"] == manifest_digest for e in entries):
+                    entries.append(new)
+            else:
+                old = next((e for e in entries if entry_name(e) == name), None)
+                if old is not None and old["digest"] == manifest_digest:
+                    if repo_digest and entry_repo_digest(old) != repo_digest:
+                        entries[entries.index(old)] = new
+                else:
+                    if old is not None:
+                        entries.remove(old)
+                        _keep_reachable(entries, old)
+                    entries[:] = [e for e in entries if not (e["digest"] == manifest_digest and entry_name(e) is None)]
+                    entries.append(new)
+        return self.image(manifest_digest)
+
+    def untag(self, ref):
+        """Remove one name. True if that was the image's last name (the image is gone from the index).
+
+        Like ``docker rmi NAME``; blobs and snapshots stay until gc().
+        """
+        name = name_of(ref)
+        with self.index.update() as entries:
+            old = next((e for e in entries if entry_name(e) == name), None)
+            if old is None:
+                raise ImageNotFoundError(f"no such image: {_as_reference(ref).familiar()}")
+            entries.remove(old)
+            return not any(e["digest"] == old["digest"] for e in entries)
+
+    def remove_image(self, image):
+        """Remove every name of an image (Image or manifest digest). Returns the names removed."""
+        digest = image.manifest_digest if isinstance(image, Image) else _digest.validate(image, "manifest digest")
+        with self.index.update() as entries:
+            removed = [entry_name(e) for e in entries if e["digest"] == digest]
+            if not removed:
+                raise ImageNotFoundError(f"no image with manifest {digest} in the store")
+            entries[:] = [e for e in entries if e["digest"] != digest]
+        return [n for n in removed if n]
+
+    # --- snapshots ------------------------------------------------------------------
+
+    def ensure_snapshot(self, layer_digest, diff_id, parent_chain_id=None, media_type=None):
+        self._take_lease()
+        return _snapshots.ensure(self.paths, layer_digest, diff_id, parent_chain_id, media_type)
+
+    def snapshots_for(self, image):
+        """Layer dirs of an image, bottom first, extracting the missing ones (in parallel)."""
+        self._take_lease()
+        return _snapshots.ensure_all(self.paths, [layer.digest for layer in image.layers], image.diff_ids,
+                                     [layer.media_type for layer in image.layers])
+
+    def snapshot_info(self, chain_id):
+        """SnapshotInfo (sizes, source blob) or None if that snapshot was not extracted yet."""
+        return _snapshots.read_info(self.paths, chain_id)
+
+    def snapshots(self):
+        out = []
+        for chain in _snapshots.list_chain_ids(self.paths):
+            info = _snapshots.read_info(self.paths, chain)
+            if info is not None:
+                out.append(info)
+        return out
+
+    # --- holds: content kept alive by something other than a name ----------------------
+
+    def hold(self, key, image):
+        """Keep ``image``'s blobs and snapshots through gc until release(key) (mounts, bundles)."""
+        record = {"manifest_digest": image.manifest_digest, "blobs": image.blobs, "chain_ids": image.chain_ids}
+        atomic_write(self.paths.hold(key), json.dumps(record).encode())
+
+    def release(self, key):
+        try:
+            os.unlink(self.paths.hold(key))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def holds(self):
+        """{key: record}; a record has manifest_digest, blobs, chain_ids."""
+        out = {}
+        try:
+            names = sorted(os.listdir(self.paths.holds))
+        except FileNotFoundError:
+            return out
+        for n in names:
+            if not n.endswith(".json") or ".tmp-" in n:
+                continue
+            try:
+                with open(self.paths.holds / n, "rb") as f:
+                    out[n[:-5]] = json.load(f)
+            except (OSError, ValueError):
+                raise StoreError(f"hold {n}: unreadable; run lamina fsck") from None
+        return out
+
+    # --- maintenance ----------------------------------------------------------------
+
+    def gc(self, dry_run=False):
+        """Delete blobs and snapshots that no name, dangling image or hold reaches. Returns GCResult."""
+        from .gc import collect
+        self._drop_lease()  # flock on a second fd of ours would wait for ourselves
+        return collect(self, dry_run=dry_run)
+
+    def fsck(self, repair=False, waiting=None):
+        """Check (and with ``repair`` fix) the whole store. Returns FsckReport.
+
+        Repairs wait until no other Store is writing; ``waiting()`` is called first if they must."""
+        from .fsck import check
+        self._drop_lease()
+        return check(self, repair=repair, waiting=waiting)
+
+
+def _keep_reachable(entries, old):
+    """``old`` lost its name.  Like docker, keep its repo digest (``repo@digest``) as a name of
+    its own, and if nothing names the image any more keep it dangling (docker's <none>)."""
+    name, rd = entry_name(old), entry_repo_digest(old)
+    keep_name = None
+    if name and rd:
+        try:
+            keep_name = f"{Reference.parse(name).name}@{rd}"
+        except InvalidReferenceError:
+            pass
+    def renamed(name):  # the same descriptor (as another tool may have written it), another name
+        entry = {k: v for k, v in old.items() if k != "annotations"}
+        if name:
+            entry["annotations"] = {ANNOTATION_REF_NAME: name}
+        return entry
+
+    if keep_name and not any(entry_name(e) == keep_name for e in entries):
+        entries.append(renamed(keep_name))
+    if not any(e["digest"] == old["digest"] for e in entries):
+        entries.append(renamed(None))

@@ -1,0 +1,144 @@
+"""Moving images between skopeo-style transports and the store.
+
+    copy("oci:/src:latest", "nginx:1")                  # into the store (verified, extracted, named)
+    copy("nginx:1", "docker-archive:/tmp/n.tar")        # out of it
+    load("/tmp/n.tar", store=store)                     # lamina load -i
+    save(["nginx:1"], "/tmp/n.tar", store=store)        # lamina save -o
+
+Sources are read with the oci/ readers (every blob verified); destinations
+only ever show complete output (archives are renamed into place, layout
+index.json replaced atomically, store images named last).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..errors import ImageNotFoundError, InvalidReferenceError
+from ..reference import Reference
+from .spec import STORE, ImageSpec, parse
+from .sources import ImageData, archive_images, from_store, open_image
+
+ARCHIVE_FORMATS = ("docker-archive", "oci-archive")
+
+
+@dataclass
+class CopyResult:
+    source: str
+    destination: str
+    manifest_digest: str
+    config_digest: str
+    names: list = field(default_factory=list)   # names given in the store (str)
+
+
+def _store_for(store, *specs):
+    if store is None and any(s.transport == STORE for s in specs):
+        from ..store import Store
+        store = Store()
+    return store
+
+
+def _store_name(spec):
+    try:
+        ref = Reference.parse(spec.ref)
+    except InvalidReferenceError as e:
+        raise InvalidReferenceError(f"{spec.ref!r} is not a valid name for an image in the store: {e}") from None
+    if ref.digest:
+        raise InvalidReferenceError(f"{spec.ref!r}: name a copied image by tag, not by digest")
+    return ref
+
+
+def copy(source, destination, *, store=None, platform=None, report=None):
+    """Copy one image; ``platform`` picks from a multi-platform source. Returns CopyResult."""
+    src, dst = parse(source), parse(destination)
+    if dst.transport == STORE:
+        name = _store_name(dst)  # checked before any work is done
+    store = _store_for(store, src, dst)
+    if dst.transport == "oci" and store is not None and os.path.abspath(dst.path) == str(store.root):
+        raise InvalidReferenceError(f"{destination}: that is the store itself; copy to a store reference instead")
+    data = open_image(src, platform, store)
+    result = CopyResult(str(src), str(dst), data.manifest_digest, data.config_digest)
+    if dst.transport == STORE:
+        from ..store.imports import import_image
+        import_image(store, data, [name], report)
+        result.names = [str(name)]
+    elif dst.transport == "oci":
+        from .oci_write import write_layout
+        write_layout(data, dst.path, dst.ref)
+    elif dst.transport == "oci-archive":
+        from .oci_write import write_archive_file
+        write_archive_file([(data, dst.ref)], dst.path)
+    else:
+        from .docker_write import write_archive_file
+        refs = [_store_name(ImageSpec(STORE, None, dst.ref))] if dst.ref else data.names
+        write_archive_file([(data, refs)], dst.path)
+    return result
+
+
+@dataclass
+class LoadedImage:
+    image: object                                 # store.Image
+    names: list                                   # Reference, as loaded
+
+
+def load(path, *, store, platform=None, report=None):
+    """Every image of a docker-archive or oci-archive file into the store (``lamina load``)."""
+    from ..store.imports import import_image
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageNotFoundError(f"{path}: no such file")
+    spec = ImageSpec("oci" if os.path.isdir(path) else "docker-archive", path, None)
+    out = []
+    for data in archive_images(spec, platform):
+        image = import_image(store, data, data.names, report)
+        out.append(LoadedImage(image, list(data.names)))
+    return out
+
+
+def _save_set(store, refs):
+    """[(ImageData, [Reference])] for ``save``: a name without a tag means every tag of that repository."""
+    chosen = {}
+    for r in refs:
+        picked = []
+        try:
+            bare = Reference.parse(r, default_tag=False)
+        except InvalidReferenceError:
+            bare = None
+        if bare is not None and bare.tag is None and bare.digest is None:
+            picked = [(image, [t for t in image.refs if t.name == bare.name])
+                      for image in store.images() if any(t.name == bare.name for t in image.refs)]
+        if not picked:
+            image = store.resolve(r)
+            tagged = [t for t in image.refs if bare is not None and bare.tag and t == Reference.parse(r)]
+            picked = [(image, tagged)]
+        for image, names in picked:
+            entry = chosen.setdefault(image.manifest_digest, (image, []))
+            entry[1].extend(n for n in names if n not in entry[1])
+    return [(from_store(store, image.manifest_digest), names) for image, names in chosen.values()]
+
+
+def save(refs, output=None, *, store, format="docker-archive"):
+    """Write images from the store to an archive file (``output`` None: a binary stream argument
+    ``stream=`` is not needed, stdout is used)."""
+    if format not in ARCHIVE_FORMATS:
+        raise InvalidReferenceError(f"unknown archive format {format!r}; use one of {', '.join(ARCHIVE_FORMATS)}")
+    if not refs:
+        raise InvalidReferenceError("nothing to save: name at least one image")
+    images = _save_set(store, refs)
+    if format == "docker-archive":
+        from .docker_write import write_archive, write_archive_file
+        items = images
+    else:
+        from .oci_write import write_archive, write_archive_file
+        items = [(data, str(n)) for data, names in images for n in names] + \
+                [(data, None) for data, names in images if not names]
+    if output is None:
+        import sys
+        write_archive(items, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    else:
+        write_archive_file(items, output)
+    return images
+
+
+__all__ = ["CopyResult", "ImageData", "ImageSpec", "LoadedImage", "copy", "load", "parse", "save"]

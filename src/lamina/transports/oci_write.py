@@ -1,0 +1,136 @@
+"""Writing images to an OCI image layout directory (``oci:PATH[:REF]``) or tar (``oci-archive:PATH[:REF]``).
+
+Blobs are copied byte for byte (digests kept) and re-hashed on the way; the
+index entry carries REF in ``org.opencontainers.image.ref.name`` as skopeo
+writes it, replacing an entry that had the same name.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+
+from .. import digest as _digest
+from .. import mediatypes as mt
+from ..errors import ImageError
+from ..oci.model import ANNOTATION_REF_NAME
+from ..store.fsutil import atomic_write, fsync_dir, tmp_name
+from .output import CHUNK, VerifyingReader, add_bytes, add_dir, add_stream, atomic_output, stream_tar
+
+OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+
+
+def _blobs(data):
+    """(digest, size, opener) of every blob of an image, layers first, manifest last."""
+    out = [(l.digest, l.size, l.open, f"layer {l.digest}") for l in data.layers]
+    out.append((data.config_digest, len(data.config), lambda: io.BytesIO(data.config), f"config {data.config_digest}"))
+    out.append((data.manifest_digest, len(data.manifest), lambda: io.BytesIO(data.manifest),
+                f"manifest {data.manifest_digest}"))
+    return out
+
+
+def _entry(data, ref):
+    entry = {"mediaType": data.media_type, "digest": data.manifest_digest, "size": len(data.manifest)}
+    if ref:
+        entry["annotations"] = {ANNOTATION_REF_NAME: ref}
+    return entry
+
+
+def _check_ref(ref):
+    # The OCI image-layout ref.name grammar (what skopeo and umoci accept).
+    if ref is not None and not re.fullmatch(r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
+                                            r"(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*", ref):
+        raise ImageError(f"invalid OCI layout reference name {ref!r}")
+
+
+# --- directory ----------------------------------------------------------------------------
+
+def write_layout(data, path, ref=None):
+    _check_ref(ref)
+    root = os.path.abspath(os.fspath(path))
+    if os.path.exists(root) and not os.path.exists(os.path.join(root, "oci-layout")):
+        if not os.path.isdir(root):
+            raise ImageError(f"{root} exists and is not a directory")
+        if os.listdir(root):
+            raise ImageError(f"{root} is not empty and is not an OCI image layout")
+    blobs_dir = os.path.join(root, "blobs", "sha256")
+    os.makedirs(blobs_dir, exist_ok=True)
+    if not os.path.exists(os.path.join(root, "oci-layout")):
+        atomic_write(os.path.join(root, "oci-layout"), OCI_LAYOUT)
+    for digest, size, opener, what in _blobs(data):
+        dest = os.path.join(blobs_dir, _digest.hex_of(digest))
+        if os.path.exists(dest) and os.path.getsize(dest) == size:
+            continue
+        _copy_blob(opener, dest, digest, size, what)
+    fsync_dir(blobs_dir)
+    index_path = os.path.join(root, "index.json")
+    entries = []
+    if os.path.exists(index_path):
+        try:
+            with open(index_path, "rb") as f:
+                doc = json.load(f)
+            entries = list(doc["manifests"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise ImageError(f"{index_path}: not a valid image index; refusing to overwrite it") from None
+    if ref:
+        entries = [e for e in entries if not (isinstance(e, dict)
+                                              and (e.get("annotations") or {}).get(ANNOTATION_REF_NAME) == ref)]
+    new = _entry(data, ref)
+    if new not in entries:
+        entries.append(new)
+    doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
+    atomic_write(index_path, json.dumps(doc, indent=2).encode() + b"\n")
+
+
+def _copy_blob(opener, dest, digest, size, what):
+    tmp = tmp_name(dest)
+    try:
+        with opener() as src, open(tmp, "xb") as out:
+            reader = VerifyingReader(src, digest, what)
+            while True:
+                chunk = reader.read(CHUNK)
+                if not chunk:
+                    break
+                out.write(chunk)
+            reader.check()
+            if reader.count != size:
+                raise ImageError(f"{what}: {reader.count} bytes, expected {size}")
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# --- archive --------------------------------------------------------------------------------
+
+def write_archive(images, fileobj):
+    """An oci-archive of [(ImageData, ref-or-None)] onto a binary stream."""
+    for _, ref in images:
+        _check_ref(ref)
+    tar = stream_tar(fileobj)
+    add_bytes(tar, "oci-layout", OCI_LAYOUT)
+    add_dir(tar, "blobs")
+    add_dir(tar, "blobs/sha256")
+    written, entries = set(), []
+    for data, ref in images:
+        for digest, size, opener, what in _blobs(data):
+            if digest in written:
+                continue
+            with opener() as f:
+                add_stream(tar, f"blobs/sha256/{_digest.hex_of(digest)}", size, f, digest, what, mode=0o444)
+            written.add(digest)
+        entries.append(_entry(data, ref))
+    doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
+    add_bytes(tar, "index.json", json.dumps(doc, indent=2).encode() + b"\n")
+    tar.close()
+
+
+def write_archive_file(images, path):
+    with atomic_output(path) as f:
+        write_archive(images, f)

@@ -1,0 +1,172 @@
+"""Shared by the writers: verify bytes while copying them, and publish output files atomically."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from contextlib import contextmanager
+
+from .. import compression
+from ..errors import CompressionError, DigestMismatchError, ImageError
+from ..store.fsutil import fsync_dir, tmp_name
+
+CHUNK = 1 << 20
+
+
+class VerifyingReader:
+    """Hashes what passes through; check() after the copy compares with the expected digest.
+
+    Used for every blob and layer tar we write, so an output never carries
+    bytes that do not match the digest (or diffID) its manifest announces.
+    """
+
+    def __init__(self, raw, expected, what):
+        self.raw, self.expected, self.what = raw, expected, what
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n=-1):
+        n = CHUNK if n is None or n < 0 else n
+        data = self.raw.read(n)
+        # tarfile treats a short read as the end of data; decompressors (zstd) may return less
+        # than asked before their end, so fill the request.
+        while data and len(data) < n:
+            more = self.raw.read(n - len(data))
+            if not more:
+                break
+            data += more
+        self.hash.update(data)
+        self.count += len(data)
+        return data
+
+    def check(self):
+        if self.raw.read(1):  # longer than announced: the digest would not cover what we wrote
+            raise ImageError(f"{self.what}: longer than its recorded size")
+        actual = "sha256:" + self.hash.hexdigest()
+        if actual != self.expected:
+            raise DigestMismatchError(self.what, self.expected, actual)
+
+
+def add_stream(tar, name, size, fileobj, expected, what, mode=0o644):
+    """Add a member from a stream of known size, verifying its digest."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, mode, 0
+    reader = VerifyingReader(fileobj, expected, what)
+    try:
+        tar.addfile(info, reader)
+    except OSError as e:
+        # tarfile says "unexpected end of data" when the stream is short
+        raise ImageError(f"{what}: {e} (expected {size} bytes)") from None
+    reader.check()
+
+
+def add_bytes(tar, name, data, mode=0o644):
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def add_dir(tar, name):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+    tar.addfile(info)
+
+
+def add_symlink(tar, name, target):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode, info.mtime = tarfile.SYMTYPE, target, 0o777, 0
+    tar.addfile(info)
+
+
+@contextmanager
+def atomic_output(path):
+    """A binary file that appears at ``path`` only if the block succeeds (else nothing is left)."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise ImageError(f"{path} is a directory")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise ImageError(f"{parent}: no such directory")
+    tmp = tmp_name(path)
+    f = open(tmp, "xb")
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.rename(tmp, path)
+        fsync_dir(parent)
+    except BaseException:
+        f.close()
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def stream_tar(fileobj):
+    """A streaming tar writer (no seeking, so stdout works), with 1 MiB copies."""
+    tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK)
+    tar.copybufsize = CHUNK
+    return tar
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream with its sniffed first bytes put back in front."""
+
+    def __init__(self, head, raw):
+        self._head, self._raw = head, raw
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        if self._head:
+            n = min(len(buf), len(self._head))
+            buf[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._raw.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def close(self):
+        self._raw.close()
+        super().close()
+
+
+def open_uncompressed(open_raw, what):
+    """The uncompressed bytes of a layer blob, whatever its compression (sniffed from magic bytes)."""
+    raw = open_raw()
+    head = raw.read(8)
+    stream = io.BufferedReader(_Prefixed(head, raw), CHUNK)
+    kind = compression.detect(head)
+    if kind == "none":
+        return stream
+    return io.BufferedReader(_Inflating(compression.open_decompressed(stream, kind, what), stream, what), CHUNK)
+
+
+class _Inflating(io.RawIOBase):
+    """A decompressor that also closes its source (GzipFile leaves a passed fileobj open)."""
+
+    def __init__(self, inflater, source, what):
+        self._inflater, self._source, self._what = inflater, source, what
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        try:
+            data = self._inflater.read(len(buf))
+        except compression.decompress_errors() as e:
+            raise CompressionError(f"{self._what}: corrupt compressed stream: {e}") from None
+        buf[:len(data)] = data
+        return len(data)
+
+    def close(self):
+        if not self.closed:
+            self._inflater.close()
+            self._source.close()
+        super().close()

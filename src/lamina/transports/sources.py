@@ -1,0 +1,260 @@
+"""Images as exact bytes, whatever they come from: the store, an OCI layout, a docker or OCI archive.
+
+Copying must keep digests, so an ImageData carries the manifest and config
+*bytes* (read through the oci/ readers, which verify them) and an opener per
+layer blob.  A legacy ``docker save`` archive has no manifest: one is made
+(OCI, deterministic, uncompressed layers whose blob digest is the diffID), so
+loading the same archive twice, or from eight processes, names the same image.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from .. import compression
+from .. import digest as _digest
+from .. import mediatypes as mt
+from ..errors import BlobNotFoundError, ImageError, InvalidReferenceError
+from ..oci.blobs import MAX_DOCUMENT_SIZE, TarBlobStore, read_verified
+from ..oci.dockerarchive import DockerArchive
+from ..oci.layout import OCILayout, open_layout_dir
+from ..reference import Reference
+from .output import open_uncompressed
+
+_CHUNK = 1 << 20
+
+
+@dataclass
+class LayerData:
+    digest: str
+    size: int
+    media_type: str
+    diff_id: str
+    opener: Callable = field(repr=False)
+    tar_size: Optional[int] = None      # uncompressed size when known without inflating
+
+    def open(self):
+        return self.opener()
+
+
+@dataclass
+class ImageData:
+    manifest: bytes
+    manifest_digest: str
+    media_type: str
+    config: bytes
+    config_digest: str
+    layers: list
+    names: list = field(default_factory=list)    # references (Reference) the source names it by
+    description: str = ""
+    synthesized: bool = False                    # manifest made up for a legacy docker archive
+
+    @property
+    def config_doc(self):
+        return json.loads(self.config)
+
+
+# --- the store ------------------------------------------------------------------
+
+def from_store(store, ref):
+    image = store.resolve(ref)
+    with store.open_blob(image.manifest_digest) as f:
+        manifest = read_verified(f, image.manifest_digest, None, f"manifest {image.manifest_digest}")
+    with store.open_blob(image.config_digest) as f:
+        config = read_verified(f, image.config_digest, None, f"config {image.config_digest}")
+    layers = []
+    for desc, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids):
+        info = store.snapshot_info(chain)
+        tar_size = info.tar_bytes if info else (desc.size if mt.layer_compression(desc.media_type) == "none" else None)
+        layers.append(LayerData(desc.digest, desc.size, desc.media_type, diff_id,
+                                functools.partial(store.open_blob, desc.digest), tar_size))
+    names = _store_names(image, ref)
+    return ImageData(manifest, image.manifest_digest, image.media_type, config, image.config_digest, layers,
+                     names, description=str(ref))
+
+
+def _store_names(image, asked):
+    """The name a copy out of the store carries: the tag asked for, else the image's only tag."""
+    if isinstance(asked, str):
+        try:
+            ref = Reference.parse(asked)
+            if any(r == ref for r in image.refs):
+                return [ref]
+        except InvalidReferenceError:
+            pass
+    return list(image.refs[:1]) if len(image.refs) == 1 else []
+
+
+# --- layouts and archives ----------------------------------------------------------
+
+def _read_meta(archive):
+    def read(name):
+        if not archive.has(name):
+            return None
+        return archive.read(name, f"{archive.path}: {name}")
+    return read
+
+
+def open_layout(spec):
+    """An OCILayout for ``oci:`` / ``oci-archive:`` (and docker archives that hold one), or None
+    for a legacy docker-archive.  Returns (source-to-close, layout-or-None, DockerArchive-or-None)."""
+    if spec.transport == "oci":
+        layout = open_layout_dir(spec.path, spec.ref)
+        return layout, layout, None
+    archive = DockerArchive(spec.path, spec.ref, oci_only=spec.transport == "oci-archive")
+    a = archive.archive
+    if spec.transport == "oci-archive" or a.has("oci-layout"):
+        layout = OCILayout(TarBlobStore(a), _read_meta(a), spec.ref, description=a.path)
+        # docker save of an untagged image writes an empty index.json: its manifest.json is the truth then.
+        if layout.index.manifests or spec.transport == "oci-archive" or not a.has("manifest.json"):
+            return archive, layout, archive
+    return archive, None, archive
+
+
+def from_layout(layout, platform=None, names=()):
+    image = layout.resolve(platform)
+    store = layout.store
+    manifest = _read(store, image.manifest_digest, f"manifest {image.manifest_digest}")
+    media_type = image.manifest.get("mediaType") or mt.OCI_MANIFEST
+    config = _read(store, image.config_digest, f"config {image.config_digest}")
+    layers = [LayerData(l.digest, l.size, l.media_type, l.diff_id, l.open,
+                        l.size if mt.layer_compression(l.media_type) == "none" else None)
+              for l in image.layers]
+    return ImageData(manifest, image.manifest_digest, media_type, config, image.config_digest, layers,
+                     list(names), description=layout.description)
+
+
+def _read(blob_store, digest, what):
+    with blob_store.open(digest) as f:
+        return read_verified(f, digest, None, what)
+
+
+def from_legacy(archive, platform=None, names=()):
+    """A classic docker save / skopeo docker-archive image (``archive.ref`` picks which)."""
+    image = archive.resolve(platform)
+    config = _legacy_config(archive.archive, image.config_digest)
+    layers = []
+    for l in image.layers:
+        opener = functools.partial(open_uncompressed, l.open, f"{archive.description}: layer {l.index}")
+        with l.open() as f:
+            kind = compression.detect(f.read(8))
+        size = l.size if kind == "none" else _count(opener)
+        # Stored as an uncompressed OCI layer: its blob digest is its diffID, checked on ingest.
+        layers.append(LayerData(l.diff_id, size, mt.OCI_LAYER, l.diff_id, opener, size))
+    manifest = {
+        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": mt.OCI_CONFIG, "digest": image.config_digest, "size": len(config)},
+        "layers": [{"mediaType": l.media_type, "digest": l.digest, "size": l.size} for l in layers],
+    }
+    data = json.dumps(manifest, separators=(",", ":")).encode()
+    return ImageData(data, _digest.sha256_bytes(data), mt.OCI_MANIFEST, config, image.config_digest, layers,
+                     list(names), description=archive.description, synthesized=True)
+
+
+def _legacy_config(tar, config_digest):
+    """The config's exact bytes: ``<hex>.json`` by convention, else the .json member that hashes right."""
+    hexid = _digest.hex_of(config_digest)
+    candidates = [f"{hexid}.json"] + sorted(n for n in tar.members if n.endswith(".json") and n != f"{hexid}.json"
+                                            and n != "manifest.json")
+    for name in candidates:
+        if not tar.has(name) or tar.size(name) > MAX_DOCUMENT_SIZE:
+            continue
+        data = tar.read(name, f"{tar.path}: {name}")
+        if _digest.sha256_bytes(data) == config_digest:
+            return data
+    raise BlobNotFoundError(f"{tar.path}: config {config_digest} not found")
+
+
+def _count(opener):
+    n = 0
+    with opener() as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                return n
+            n += len(chunk)
+
+
+# --- every image of an archive (load) --------------------------------------------------
+
+def _oci_names(desc):
+    """Names an OCI index entry gives an image: containerd's full name, else ref.name if it is a
+    reference rather than a bare tag (``latest`` alone says nothing about the repository)."""
+    full = desc.annotations.get("io.containerd.image.name")
+    ref_name = desc.annotations.get("org.opencontainers.image.ref.name")
+    for candidate in (full, ref_name if isinstance(ref_name, str) and any(c in ref_name for c in ":/@") else None):
+        if isinstance(candidate, str):
+            try:
+                return [Reference.parse(candidate)]
+            except InvalidReferenceError:
+                continue
+    return []
+
+
+def archive_images(spec, platform=None):
+    """[ImageData] for every image in an archive or layout (``lamina load``).
+
+    The layer openers stay usable after the source is closed: the oci/ readers
+    keep no file open between reads (each open() is independent)."""
+    closer, layout, archive = open_layout(spec)
+    with closer:
+        if layout is not None:
+            return _layout_images(layout, platform)
+        return _legacy_images(archive, platform)
+
+
+def _layout_images(layout, platform):
+    out, by_digest = [], {}
+    descs = layout.index.manifests
+    named = [d for d in descs if d.ref_names]
+    if not named:
+        return [from_layout(layout, platform)]
+    for d in named:
+        layout.ref = d.annotations.get("org.opencontainers.image.ref.name") or d.annotations.get(
+            "io.containerd.image.name")
+        data = from_layout(layout, platform)
+        names = _oci_names(d)
+        if data.manifest_digest in by_digest:
+            kept = by_digest[data.manifest_digest]
+            kept.names.extend(n for n in names if n not in kept.names)
+            continue
+        data.names = names
+        by_digest[data.manifest_digest] = data
+        out.append(data)
+    return out
+
+
+def _legacy_images(archive, platform):
+    what = f"{archive.description}: manifest.json"
+    try:
+        entries = json.loads(archive.archive.read("manifest.json", what))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ImageError(f"{what}: invalid JSON: {e}") from None
+    if not isinstance(entries, list):
+        raise ImageError(f"{what}: expected a list of images")
+    out = []
+    for i, entry in enumerate(entries):
+        archive.ref = f"@{i}"
+        names = []
+        for tag in (entry.get("RepoTags") or []) if isinstance(entry, dict) else []:
+            try:
+                names.append(Reference.parse(tag))
+            except InvalidReferenceError as e:
+                raise InvalidReferenceError(f"{what}: RepoTags {tag!r}: {e}") from None
+        out.append(from_legacy(archive, platform, names))
+    return out
+
+
+def open_image(spec, platform=None, store=None):
+    """The one image a spec names (``lamina copy`` source)."""
+    if spec.transport == "store":
+        if store is None:
+            raise ImageError(f"{spec}: no store to read from")
+        return from_store(store, spec.ref)
+    closer, layout, archive = open_layout(spec)
+    with closer:
+        if layout is not None:
+            return from_layout(layout, platform)
+        return from_legacy(archive, platform)

@@ -1,0 +1,144 @@
+"""Bad input is refused with one clear line, and the store is left exactly as it was."""
+import gzip
+import os
+
+import pytest
+
+import ocibuild as ob
+from storekit import fingerprint, lamina
+
+
+@pytest.fixture
+def root(tmp_path):
+    """A store that already holds one image, so 'unchanged' means something."""
+    root = tmp_path / "root"
+    lay = ob.Layout(tmp_path / "good")
+    lay.add(lay.image([{"keep": b"existing image\n"}]), "keep:1")
+    lamina(root, "copy", f"oci:{lay.root}:keep:1", "keep:1")
+    return root
+
+
+def fails(root, *args, match):
+    """The command exits 1 with one `lamina: error:` line (last on stderr) containing ``match``."""
+    proc = lamina(root, *args, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    errors = [l for l in lines if l.startswith("lamina: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert match in errors[0], errors[0]
+    return errors[0]
+
+
+def two_layer_archive(path, **kw):
+    return ob.legacy_docker_save(path, [{"one": b"first layer\n" * 100}, {"two": b"second layer\n" * 100}],
+                                 repo_tags=("bad/app:1",), **kw)
+
+
+def flip_byte(path, needle):
+    data = bytearray(open(path, "rb").read())
+    i = data.index(needle)
+    data[i] ^= 0x01
+    open(path, "wb").write(bytes(data))
+
+
+def test_truncated_archive(root, tmp_path):
+    archive = tmp_path / "cut.tar"
+    two_layer_archive(archive)
+    data = open(archive, "rb").read()
+    open(archive, "wb").write(data[:len(data) // 2])
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive, match=str(archive))
+    assert fingerprint(root) == before
+
+
+def test_corrupt_second_layer_leaves_no_first_layer_behind(root, tmp_path):
+    archive = tmp_path / "flip.tar"
+    info = two_layer_archive(archive)
+    flip_byte(archive, b"second layer")
+    before = fingerprint(root)
+    line = fails(root, "load", "-i", archive, match="digest mismatch")
+    assert info["diff_ids"][1] in line
+    assert fingerprint(root) == before  # layer one was ingested, then rolled back
+
+
+def test_wrong_diff_id_in_config_is_caught_at_extraction(root, tmp_path):
+    lay = ob.Layout(tmp_path / "lay")
+    real = ob.sha256(ob.tar_bytes({"f": b"x"}))
+    lie = ob.sha256(b"something else")
+    m = lay.image([{"f": b"x"}], diff_ids=[lie])
+    lay.add(m, "liar:1")
+    before = fingerprint(root)
+    line = fails(root, "copy", f"oci:{lay.root}:liar:1", "liar:1", match="diffID")
+    assert lie in line and real in line
+    assert fingerprint(root) == before
+
+
+def test_missing_blob(root, tmp_path):
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"f": b"gone"}])
+    lay.add(m, "hole:1")
+    layer = lay.read_json(m["digest"])["layers"][0]["digest"]
+    os.unlink(lay.path(layer))
+    before = fingerprint(root)
+    fails(root, "copy", f"oci:{lay.root}:hole:1", "hole:1", match=f"blob {layer} not found")
+    assert fingerprint(root) == before
+
+
+def test_unknown_refs(root, tmp_path):
+    before = fingerprint(root)
+    fails(root, "save", "nope:1", "-o", tmp_path / "out.tar", match="no such image: nope:1")
+    assert not os.path.exists(tmp_path / "out.tar")
+    fails(root, "copy", "nope:1", f"oci:{tmp_path}/out", match="no such image: nope:1")
+    fails(root, "copy", f"oci:{tmp_path}/missing:x", "x:1", match="no such")
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"f": b"1"}]), "one")
+    fails(root, "copy", f"oci:{lay.root}:two", "x:1", match="no image named 'two'; available: one")
+    assert fingerprint(root) == before
+
+
+@pytest.mark.parametrize("args, match", [
+    (("save", "sha256:../../x", "-o", "/dev/null"), "invalid digest 'sha256:../../x'"),
+    (("copy", "keep:1", "Bad/Name:1"), "invalid reference format"),
+    (("copy", "keep:1", "x@sha256:" + "a" * 64), "name a copied image by tag"),
+    (("copy", "keep:1", "docker://example.invalid/x:1"), "use lamina pull / lamina push"),
+    (("copy", "keep:1", "dir:/tmp/x"), "unsupported transport"),
+])
+def test_bad_names(root, args, match):
+    before = fingerprint(root)
+    fails(root, *args, match=match)
+    assert fingerprint(root) == before
+
+
+def test_digest_in_a_layout_that_escapes(root, tmp_path):
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add({"mediaType": ob.OCI_MANIFEST, "digest": "sha256:../../../etc/passwd", "size": 10}, "evil")
+    before = fingerprint(root)
+    fails(root, "copy", f"oci:{lay.root}:evil", "x:1", match="invalid digest")
+    assert fingerprint(root) == before
+
+
+@pytest.mark.parametrize("content", [b"", b"not a tar at all" * 100, gzip.compress(b"garbage" * 1000)])
+def test_not_an_archive(root, tmp_path, content):
+    path = tmp_path / "junk.tar"
+    path.write_bytes(content)
+    before = fingerprint(root)
+    fails(root, "load", "-i", path, match=str(path))
+    assert fingerprint(root) == before
+
+
+def test_load_from_stdin_and_refusals(root, tmp_path):
+    archive = tmp_path / "ok.tar"
+    two_layer_archive(archive)
+    with open(archive, "rb") as f:
+        out = lamina(root, "load", stdin=f).stdout
+    assert out.strip() == "Loaded image: bad/app:1"
+    assert os.listdir(root / "ingest") == []  # the stdin spool is gone
+    fails(root, "load", "-i", tmp_path / "absent.tar", match="no such file")
+
+
+def test_store_root_that_is_not_a_store(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data").write_text("precious")
+    fails(foreign, "fsck", match="not an OCI image layout")
+    assert os.listdir(foreign) == ["data"]
