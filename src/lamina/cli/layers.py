@@ -39,6 +39,9 @@ def cmd_apply(args):
 
 
 def cmd_unpack(args):
+    from .images import _closing, is_store_source, unpack_from_store
+    if args.bundle or args.link or is_store_source(args.source, args.root):
+        return _closing(unpack_from_store)(args)  # a bare image reference: materialize from the store's snapshots
     from ..unpacker import unpack
     stats = unpack(args.source, args.dest, platform=args.platform, format=args.format)
     if args.json:
@@ -72,9 +75,13 @@ def register(sub):
     a.set_defaults(func=cmd_apply)
 
     u = sub.add_parser("unpack", help="unpack an image into a root filesystem (or overlay layer dirs)")
-    u.add_argument("source", metavar="SOURCE", help="oci:PATH[:REF] or docker-archive:PATH")
+    u.add_argument("source", metavar="SOURCE", help="oci:PATH[:REF], docker-archive:PATH, or an image in the store")
     u.add_argument("dest", metavar="DEST")
     u.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick from a multi-arch index")
     u.add_argument("--format", choices=FORMATS, default="dir")
     u.add_argument("--json", action="store_true", help="print stats as JSON")
+    u.add_argument("--bundle", action="store_true", help="store images: write an OCI runtime bundle "
+                   "(DEST/config.json + DEST/rootfs)")
+    u.add_argument("--link", action="store_true", help="store images: hardlink files from the store's snapshots "
+                   "instead of copying (read-only use: writing to a file changes the store)")
     u.set_defaults(func=cmd_unpack)

@@ -1,0 +1,1406 @@
+"""A subset of Go's text/template, as docker's ``--format`` uses it.
+
+Supported: text and ``{{ }}`` actions with ``{{-``/``-}}`` trimming and
+``{{/* comments */}}``; pipelines with ``|``; fields (``.A.B``), ``.``, ``$``,
+variables (``$x := …``, ``$x = …``, ``range $i, $v := …``); string (``"…"``
+and raw), number, bool and nil literals; parenthesized pipelines with fields;
+``if``/``else if``/``else``/``end``, ``range`` (with ``else``, ``break``,
+``continue``), ``with`` (with ``else``); the functions of Go
+(``and or not len index slice eq ne lt le gt ge print println printf``) and of
+docker (``json join split lower upper title pad truncate``).
+
+Not supported, and reported as an error rather than guessed at: ``define``,
+``template``, ``block``, method calls with arguments, ``html``/``js``/``urlquery``
+and unknown functions, printf verbs other than ``%s %d %v %q %x %t %f %%``
+(with optional width/precision).
+
+Values are Python objects standing in for Go ones:
+
+    None        nil                      MISSING     Go's invalid value, printed "<no value>"
+    bool, int, float, str                 list        slice: [a b c]
+    dict        map: map[k:v] (keys sorted), missing key -> <no value>
+    GoStruct    struct: field access by Go name, unknown field -> error, printed {v1 v2}
+    EMPTY       struct{}: printed {}     GoTime      time.Time: printed like Go's Time.String()
+
+Formatting and JSON follow Go's fmt ``%v`` and encoding/json (map keys sorted,
+no HTML escaping, like docker's ``json`` function).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json as _json
+import math
+import re
+import unicodedata
+
+from ..errors import LaminaError
+
+
+class TemplateError(LaminaError):
+    """A --format template that cannot be parsed or executed."""
+
+
+# --- Go values -----------------------------------------------------------------
+
+class _Missing:
+    """Go's invalid reflect.Value (a missing map key): prints as <no value>."""
+    __slots__ = ()
+
+    def __repr__(self):
+        return "MISSING"
+
+    def __bool__(self):
+        return False
+
+
+MISSING = _Missing()
+
+
+class _Empty:
+    """Go's struct{} value (the values of ExposedPorts and Volumes)."""
+    __slots__ = ()
+
+    def __repr__(self):
+        return "EMPTY"
+
+
+EMPTY = _Empty()
+
+
+class GoMap(dict):
+    """A map whose element type is known: ``index`` of a missing key gives that type's zero value."""
+
+    def __init__(self, data=(), zero=MISSING):
+        super().__init__(data)
+        self.zero = zero
+
+
+class NilSlice(list):
+    """A nil Go slice: prints [] like an empty one, but encodes as JSON null."""
+
+    def __init__(self):
+        super().__init__()
+
+
+class NilMap(GoMap):
+    """A nil Go map: prints map[], encodes as JSON null."""
+
+    def __init__(self, zero=MISSING):
+        super().__init__((), zero)
+
+
+class GoStruct:
+    """A Go struct value: ordered fields (Go name -> value), optional JSON names and omitempty.
+
+    ``fields``: list of (go_name, value) or (go_name, value, json_name, omitempty).
+    ``methods``: name -> callable() (no arguments), like the formatter contexts' methods.
+    ``json_fields``: override the JSON encoding (a list of (json_name, value, omitempty)).
+    """
+
+    def __init__(self, typename, fields=(), *, methods=None, pointer=False, json_methods=False, embedded=()):
+        self.typename = typename
+        self.pointer = pointer
+        self._fields = []
+        for f in fields:
+            name, value = f[0], f[1]
+            json_name = f[2] if len(f) > 2 and f[2] is not None else name
+            omitempty = f[3] if len(f) > 3 else False
+            self._fields.append((name, value, json_name, omitempty))
+        self._index = {f[0]: f[1] for f in self._fields}
+        self.methods = dict(methods or {})
+        # encode as {method: value} sorted, like docker's MarshalJSON of its formatter contexts
+        self.json_methods = json_methods or (not self._fields and not embedded and bool(self.methods))
+        # Embedded structs (Go struct embedding): their fields are promoted, printed as one {…} each.
+        self.embedded = list(embedded)
+        for emb in self.embedded:
+            for name, value, _, _ in emb._fields:
+                self._index.setdefault(name, value)
+
+    def has(self, name):
+        return name in self._index or name in self.methods
+
+    def get(self, name):
+        if name in self._index:
+            return self._index[name]
+        return self.methods[name]()
+
+    def names(self):
+        return list(self._index) + sorted(self.methods)
+
+    def go_string(self):
+        parts = [format_value(e) for e in self.embedded] + [format_value(f[1]) for f in self._fields]
+        return ("&" if self.pointer else "") + "{" + " ".join(parts) + "}"
+
+    def to_json(self):
+        if self.json_methods:
+            return StructJSON((k, _to_jsonable(self.methods[k]())) for k in sorted(self.methods))
+        out = StructJSON()
+        for emb in self.embedded:
+            out.update(emb.to_json())
+        for name, value, json_name, omitempty in self._fields:
+            if omitempty and _is_empty(value):
+                continue
+            out[json_name] = _to_jsonable(value)
+        return out
+
+    def __repr__(self):
+        return f"GoStruct({self.typename})"
+
+
+class StructJSON(dict):
+    """A struct's JSON object: keys stay in field order (a plain dict is a Go map: keys sorted)."""
+
+
+class GoTime:
+    """time.Time: String() like Go ("2006-01-02 15:04:05.999999999 -0700 MST"), JSON as RFC 3339 with ns."""
+
+    def __init__(self, seconds=None, nanos=0, tz=None):
+        self.seconds = seconds  # None = the zero time
+        self.nanos = nanos
+        self.tz = tz
+
+    @classmethod
+    def parse(cls, text):
+        """An RFC 3339 timestamp (as in image configs) -> GoTime; None if unparsable."""
+        parsed = parse_rfc3339(text)
+        if parsed is None:
+            return None
+        secs, nanos, offset = parsed
+        return cls(secs, nanos, _dt.timezone(_dt.timedelta(seconds=offset)))
+
+    def _dt(self):
+        return _dt.datetime.fromtimestamp(self.seconds, self.tz or _dt.timezone.utc)
+
+    def go_string(self):
+        if self.seconds is None:
+            return "0001-01-01 00:00:00 +0000 UTC"
+        d = self._dt()
+        frac = f".{self.nanos:09d}".rstrip("0") if self.nanos else ""
+        off = d.utcoffset() or _dt.timedelta(0)
+        sign = "-" if off < _dt.timedelta(0) else "+"
+        mins = abs(int(off.total_seconds())) // 60
+        zone = "UTC" if off == _dt.timedelta(0) else ""
+        if not zone:
+            zone = f"{sign}{mins // 60:02d}{mins % 60:02d}"
+        return f"{d:%Y-%m-%d %H:%M:%S}{frac} {sign}{mins // 60:02d}{mins % 60:02d} {zone}"
+
+    def rfc3339(self):
+        if self.seconds is None:
+            return "0001-01-01T00:00:00Z"
+        d = self._dt()
+        frac = f".{self.nanos:09d}".rstrip("0") if self.nanos else ""
+        off = d.utcoffset() or _dt.timedelta(0)
+        if off == _dt.timedelta(0):
+            tz = "Z"
+        else:
+            sign = "-" if off < _dt.timedelta(0) else "+"
+            mins = abs(int(off.total_seconds())) // 60
+            tz = f"{sign}{mins // 60:02d}:{mins % 60:02d}"
+        return f"{d:%Y-%m-%dT%H:%M:%S}{frac}{tz}"
+
+
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|z|[+-]\d{2}:\d{2})$")
+
+
+def parse_rfc3339(text):
+    """(unix seconds, nanoseconds, utc offset seconds) of an RFC 3339 time, or None."""
+    if not isinstance(text, str):
+        return None
+    m = _RFC3339.match(text.strip())
+    if not m:
+        return None
+    y, mo, d, h, mi, s, frac, tz = m.groups()
+    try:
+        base = _dt.datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=_dt.timezone.utc)
+    except ValueError:
+        return None
+    offset = 0
+    if tz not in ("Z", "z"):
+        sign = -1 if tz[0] == "-" else 1
+        offset = sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    nanos = int((frac or "0")[:9].ljust(9, "0"))
+    secs = int((base - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)).total_seconds()) - offset
+    return secs, nanos, offset
+
+
+# --- fmt %v and encoding/json ----------------------------------------------------
+
+def go_float(f, json_mode=False):
+    """Go's shortest formatting of a float64: %v (exponent when exp < -4 or >= 21... for JSON, >= 6 for %v)."""
+    if math.isnan(f):
+        return "NaN"
+    if math.isinf(f):
+        return "+Inf" if f > 0 else "-Inf"
+    if f == 0:
+        return "-0" if math.copysign(1, f) < 0 and not json_mode else "0"
+    sign = "-" if f < 0 else ""
+    # shortest round-trip digits and the decimal point position, from repr()
+    mant, _, exp_s = repr(abs(f)).partition("e")
+    ip, _, fp = mant.partition(".")
+    raw = ip + fp
+    lead = len(raw) - len(raw.lstrip("0"))
+    digits = raw.strip("0") or "0"
+    dp = len(ip) + (int(exp_s) if exp_s else 0) - lead
+    exp = dp - 1
+    # fmt's %v: shortest digits, %e when the exponent is < -4 or >= 6 (strconv 'g', -1);
+    # encoding/json: %e only when < -6 or >= 21 (like ES6).
+    use_e = (exp < -6 or exp >= 21) if json_mode else (exp < -4 or exp >= 6)
+    if use_e:
+        m = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        es = "-" if exp < 0 else "+"
+        if json_mode and exp < 0:
+            return f"{sign}{m}e-{abs(exp)}"  # encoding/json cleans e-07 up to e-7
+        return f"{sign}{m}e{es}{abs(exp):02d}"
+    if dp <= 0:
+        return f"{sign}0.{'0' * -dp}{digits}"
+    if dp >= len(digits):
+        return sign + digits + "0" * (dp - len(digits))
+    return f"{sign}{digits[:dp]}.{digits[dp:]}"
+
+
+def format_value(v):
+    """Go's fmt %v."""
+    if v is MISSING:
+        return "<no value>"
+    if v is None:
+        return "<nil>"
+    if v is EMPTY:
+        return "{}"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return go_float(v)
+    if isinstance(v, str):
+        return v
+    if isinstance(v, GoStruct):
+        return v.go_string()
+    if isinstance(v, GoTime):
+        return v.go_string()
+    if isinstance(v, dict):
+        return "map[" + " ".join(f"{format_value(k)}:{_inner(v[k])}" for k in _sorted_keys(v)) + "]"
+    if isinstance(v, (list, tuple)):
+        return "[" + " ".join(_inner(x) for x in v) + "]"
+    return str(v)
+
+
+def _inner(v):
+    # Inside a composite, a nil interface prints <nil> and a missing value cannot occur.
+    return "<nil>" if v is MISSING else format_value(v)
+
+
+def _sorted_keys(d):
+    try:
+        return sorted(d)
+    except TypeError:
+        return sorted(d, key=lambda k: (type(k).__name__, str(k)))
+
+
+def _is_empty(v):
+    if v is None or v is MISSING or v is False:
+        return True
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return v == 0
+    if isinstance(v, (str, list, tuple, dict)):
+        return len(v) == 0
+    return False
+
+
+def _to_jsonable(v):
+    if v is MISSING or v is None or isinstance(v, (NilSlice, NilMap)):
+        return None
+    if v is EMPTY:
+        return {}
+    if isinstance(v, GoStruct):
+        return v.to_json()
+    if isinstance(v, GoTime):
+        return v.rfc3339()
+    if isinstance(v, StructJSON):
+        return StructJSON((k, _to_jsonable(x)) for k, x in v.items())
+    if isinstance(v, dict):
+        return {str(k): _to_jsonable(v[k]) for k in _sorted_keys(v)}
+    if isinstance(v, (list, tuple)):
+        return [_to_jsonable(x) for x in v]
+    return v
+
+
+def go_json(v, indent=None):
+    """encoding/json with SetEscapeHTML(false), as docker's ``json`` template function.
+
+    Map keys sorted, struct fields in order, floats like Go (exponent only below 1e-6 or
+    from 1e21 on), U+2028/U+2029 escaped; ``indent`` gives json.Indent's layout.
+    """
+    out = []
+    _encode(_to_jsonable(v), out, indent, 0)
+    return "".join(out)
+
+
+def _encode(v, out, indent, depth):
+    if v is None:
+        out.append("null")
+    elif v is True:
+        out.append("true")
+    elif v is False:
+        out.append("false")
+    elif isinstance(v, int):
+        out.append(str(v))
+    elif isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            raise TemplateError(f"json: unsupported value: {go_float(v)}")
+        out.append(go_float(v, json_mode=True))
+    elif isinstance(v, str):
+        out.append(_json.dumps(v, ensure_ascii=False).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+    elif isinstance(v, (list, tuple, dict)):
+        is_map = isinstance(v, dict)
+        items = list(v.items()) if is_map else list(v)
+        if not items:
+            out.append("{}" if is_map else "[]")
+            return
+        out.append("{" if is_map else "[")
+        for i, item in enumerate(items):
+            if i:
+                out.append(",")
+            if indent is not None:
+                out.append("\n" + " " * (indent * (depth + 1)))
+            if is_map:
+                k, item = item
+                out.append(_json.dumps(str(k), ensure_ascii=False))
+                out.append(": " if indent is not None else ":")
+            _encode(item, out, indent, depth + 1)
+        if indent is not None:
+            out.append("\n" + " " * (indent * depth))
+        out.append("}" if is_map else "]")
+    else:
+        raise TemplateError(f"json: cannot encode {type(v).__name__}")
+
+
+def _json_default(o):
+    raise TypeError(f"cannot encode {type(o).__name__} as JSON")
+
+
+def type_name(v):
+    if v is None or v is MISSING:
+        return "interface {}"
+    if isinstance(v, GoStruct):
+        return v.typename
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "float64"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, GoTime):
+        return "time.Time"
+    if isinstance(v, dict):
+        return "map[string]interface {}"
+    if isinstance(v, (list, tuple)):
+        return "[]interface {}"
+    if v is EMPTY:
+        return "struct {}"
+    return type(v).__name__
+
+
+# --- lexer -----------------------------------------------------------------------
+
+class _Tok:
+    __slots__ = ("kind", "val", "pos")
+
+    def __init__(self, kind, val, pos):
+        self.kind, self.val, self.pos = kind, val, pos
+
+    def __repr__(self):
+        return f"{self.kind}:{self.val!r}"
+
+
+_KEYWORDS = {"if", "else", "end", "range", "with", "break", "continue", "define", "template", "block", "nil",
+             "true", "false"}
+_UNSUPPORTED = {"define", "template", "block"}
+_NUM_RE = re.compile(r"[+-]?(?:0[xX][0-9a-fA-F_]+|0[bB][01_]+|0[oO][0-7_]+|(?:\d[\d_]*)?\.?\d[\d_]*(?:[eE][+-]?\d+)?)")
+_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class _Lexer:
+    def __init__(self, src):
+        self.src = src
+        self.items = []  # ("text", str, pos) | ("action", [tokens], pos)
+
+    def line_col(self, pos):
+        line = self.src.count("\n", 0, pos) + 1
+        col = pos - (self.src.rfind("\n", 0, pos) + 1) + 1
+        return line, col
+
+    def error(self, pos, msg):
+        line, col = self.line_col(pos)
+        raise TemplateError(f"template: :{line}:{col}: {msg}")
+
+    def run(self):
+        src, i, n = self.src, 0, len(self.src)
+        trim_next = False
+        while i < n:
+            j = src.find("{{", i)
+            text = src[i:] if j < 0 else src[i:j]
+            if trim_next:
+                text = text.lstrip(" \t\r\n")
+                trim_next = False
+            if j < 0:
+                if text:
+                    self.items.append(("text", text, i))
+                break
+            start = j
+            k = j + 2
+            if src.startswith("- ", k) or src.startswith("-\t", k) or src.startswith("-\n", k) or src.startswith("-\r", k):
+                text = text.rstrip(" \t\r\n")
+                k += 1
+            if text:
+                self.items.append(("text", text, i))
+            # comment
+            m = re.match(r"\s*/\*", src[k:])
+            if m:
+                end = src.find("*/", k + m.end())
+                if end < 0:
+                    self.error(start, "unclosed comment")
+                after = end + 2
+                close = re.match(r"\s*(-?)\}\}", src[after:])
+                if not close:
+                    self.error(start, "comment ends before closing delimiter")
+                if close.group(1):
+                    trim_next = True
+                i = after + close.end()
+                continue
+            toks, i, trim_next = self._action(k, start)
+            self.items.append(("action", toks, start))
+        return self.items
+
+    def _action(self, i, start):
+        src, n = self.src, len(self.src)
+        toks = []
+        while True:
+            while i < n and src[i] in " \t\r\n":
+                i += 1
+            if i >= n:
+                self.error(start, "unclosed action")
+            if src.startswith("-}}", i) and i > 0 and src[i - 1] in " \t\r\n":
+                return toks, i + 3, True
+            if src.startswith("}}", i):
+                return toks, i + 2, False
+            c = src[i]
+            if c == '"':
+                j = i + 1
+                while j < n and src[j] != '"':
+                    if src[j] == "\\":
+                        j += 1
+                    elif src[j] == "\n":
+                        self.error(i, "unterminated quoted string")
+                    j += 1
+                if j >= n:
+                    self.error(i, "unterminated quoted string")
+                toks.append(_Tok("string", _unquote(src[i:j + 1], lambda m: self.error(i, m)), i))
+                i = j + 1
+            elif c == "`":
+                j = src.find("`", i + 1)
+                if j < 0:
+                    self.error(i, "unterminated raw quoted string")
+                toks.append(_Tok("string", src[i + 1:j], i))
+                i = j + 1
+            elif c == "'":
+                m = re.match(r"'(\\.|[^\\'])'", src[i:])
+                if not m:
+                    self.error(i, "bad character constant")
+                ch = _unquote('"' + m.group(1) + '"', lambda msg: self.error(i, msg))
+                toks.append(_Tok("number", ord(ch), i))
+                i += m.end()
+            elif c == "." and i + 1 < n and (src[i + 1].isalpha() or src[i + 1] == "_"):
+                m = _IDENT_RE.match(src, i + 1)
+                toks.append(_Tok("field", m.group(0), i))
+                i = m.end()
+            elif c == ".":
+                if i + 1 < n and src[i + 1].isdigit():
+                    m = _NUM_RE.match(src, i)
+                    toks.append(_Tok("number", _number(m.group(0), lambda msg: self.error(i, msg)), i))
+                    i = m.end()
+                else:
+                    toks.append(_Tok("dot", ".", i))
+                    i += 1
+            elif c == "$":
+                m = _IDENT_RE.match(src, i + 1)
+                name = "$" + (m.group(0) if m else "")
+                toks.append(_Tok("var", name, i))
+                i += len(name)
+            elif c.isdigit() or (c in "+-" and i + 1 < n and (src[i + 1].isdigit() or src[i + 1] == ".")):
+                m = _NUM_RE.match(src, i)
+                toks.append(_Tok("number", _number(m.group(0), lambda msg: self.error(i, msg)), i))
+                i = m.end()
+            elif c.isalpha() or c == "_":
+                m = _IDENT_RE.match(src, i)
+                word = m.group(0)
+                kind = "keyword" if word in _KEYWORDS else "ident"
+                toks.append(_Tok(kind, word, i))
+                i = m.end()
+            elif src.startswith(":=", i):
+                toks.append(_Tok("declare", ":=", i))
+                i += 2
+            elif c in "|(),=":
+                toks.append(_Tok(c, c, i))
+                i += 1
+            else:
+                self.error(i, f"unexpected {c!r} in command")
+
+
+def _unquote(s, error):
+    try:
+        return _go_unescape(s[1:-1])
+    except (ValueError, IndexError) as e:
+        error(f"invalid quoted string {s}: {e}")
+
+
+def _go_unescape(body):
+    out, i = [], 0
+    simple = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\", '"': '"',
+              "'": "'"}
+    while i < len(body):
+        c = body[i]
+        if c != "\\":
+            out.append(c)
+            i += 1
+            continue
+        i += 1
+        if i >= len(body):
+            raise ValueError("trailing backslash")
+        c = body[i]
+        if c in simple:
+            out.append(simple[c])
+            i += 1
+        elif c == "x":
+            out.append(chr(int(body[i + 1:i + 3], 16)))
+            i += 3
+        elif c == "u":
+            out.append(chr(int(body[i + 1:i + 5], 16)))
+            i += 5
+        elif c == "U":
+            out.append(chr(int(body[i + 1:i + 9], 16)))
+            i += 9
+        elif c in "01234567":
+            out.append(chr(int(body[i:i + 3], 8)))
+            i += 3
+        else:
+            raise ValueError(f"unknown escape sequence \\{c}")
+    return "".join(out)
+
+
+def _number(text, error):
+    t = text.replace("_", "")
+    try:
+        if re.fullmatch(r"[+-]?0[xX][0-9a-fA-F]+", t):
+            return int(t, 16)
+        if re.fullmatch(r"[+-]?0[bB][01]+", t):
+            return int(t, 2)
+        if re.fullmatch(r"[+-]?0[oO][0-7]+", t):
+            return int(t, 8)
+        if re.fullmatch(r"[+-]?\d+", t):
+            return int(t, 8) if len(t.lstrip("+-")) > 1 and t.lstrip("+-").startswith("0") else int(t)
+        return float(t)
+    except ValueError:
+        error(f"bad number syntax: {text!r}")
+
+
+# --- parser ----------------------------------------------------------------------
+
+class _Node:
+    pos = 0
+
+
+class _Text(_Node):
+    def __init__(self, text, pos):
+        self.text, self.pos = text, pos
+
+
+class _Pipe(_Node):
+    def __init__(self, pos, decl, cmds, assign=False):
+        self.pos, self.decl, self.cmds, self.assign = pos, decl, cmds, assign
+
+
+class _Action(_Node):
+    def __init__(self, pipe, pos, src):
+        self.pipe, self.pos, self.src = pipe, pos, src
+
+
+class _Branch(_Node):
+    def __init__(self, kind, pipe, body, else_body, pos):
+        self.kind, self.pipe, self.body, self.else_body, self.pos = kind, pipe, body, else_body, pos
+
+
+class _Loop(_Node):
+    def __init__(self, kind, pos):
+        self.kind, self.pos = kind, pos
+
+
+class _Arg(_Node):
+    """One operand: kind in field, chain, var, dot, string, number, bool, nil, ident, pipe."""
+
+    def __init__(self, kind, pos, value=None, fields=(), node=None, text=""):
+        self.kind, self.pos, self.value, self.fields, self.node, self.text = kind, pos, value, list(fields), node, text
+
+
+class Template:
+    """A parsed template; ``execute(data)`` returns the output string."""
+
+    def __init__(self, source, funcs=None):
+        self.source = source
+        self.funcs = dict(BASE_FUNCS)
+        if funcs:
+            self.funcs.update(funcs)
+        self._lex = _Lexer(source)
+        items = self._lex.run()
+        self._items = items
+        self._i = 0
+        self._range_depth = 0
+        body, end = self._parse_list(top=True)
+        self.root = body
+
+    # parsing helpers
+    def _error(self, pos, msg):
+        self._lex.error(pos, msg)
+
+    def _parse_list(self, top=False):
+        out = []
+        while self._i < len(self._items):
+            kind, val, pos = self._items[self._i]
+            self._i += 1
+            if kind == "text":
+                out.append(_Text(val, pos))
+                continue
+            toks = val
+            if not toks:
+                self._error(pos, "missing value for command")
+            t0 = toks[0]
+            if t0.kind == "keyword" and t0.val in ("end", "else"):
+                if top:
+                    self._error(pos, f"unexpected {{{{{t0.val}}}}}")
+                return out, (t0.val, toks, pos)
+            if t0.kind == "keyword" and t0.val in _UNSUPPORTED:
+                self._error(pos, f"{{{{{t0.val}}}}} is not supported by lamina's --format templates")
+            if t0.kind == "keyword" and t0.val in ("if", "with", "range"):
+                out.append(self._parse_branch(t0.val, toks[1:], pos))
+                continue
+            if t0.kind == "keyword" and t0.val in ("break", "continue"):
+                if self._range_depth == 0:
+                    self._error(pos, f"{{{{{t0.val}}}}} outside {{{{range}}}}")
+                if len(toks) > 1:
+                    self._error(pos, f"unexpected {toks[1].val!r} in {{{{{t0.val}}}}}")
+                out.append(_Loop(t0.val, pos))
+                continue
+            pipe = self._parse_pipe(toks, pos, allow_decl=True)
+            out.append(_Action(pipe, pos, self._action_text(pos)))
+        if not top:
+            self._error(len(self.source), "unexpected EOF (missing {{end}})")
+        return out, None
+
+    def _action_text(self, pos):
+        end = self.source.find("}}", pos)
+        return self.source[pos + 2:end].strip(" -\t\n") if end >= 0 else ""
+
+    def _parse_branch(self, kind, toks, pos):
+        if not toks:
+            self._error(pos, f"missing value for {kind}")
+        pipe = self._parse_pipe(toks, pos, allow_decl=True, range_decl=(kind == "range"))
+        if kind == "range":
+            self._range_depth += 1
+        body, end = self._parse_list()
+        if kind == "range":
+            self._range_depth -= 1
+        else_body = None
+        word, etoks, epos = end
+        if word == "else":
+            if len(etoks) > 1:
+                nxt = etoks[1]
+                if nxt.kind == "keyword" and nxt.val in ("if", "with") and kind in ("if", "with"):
+                    # "else if": the rest of the chain shares our {{end}}
+                    branch = self._parse_branch(nxt.val, etoks[2:], epos)
+                    return _Branch(kind, pipe, body, [branch], pos)
+                self._error(epos, f"unexpected {nxt.val!r} in else")
+            else_body, end = self._parse_list()
+            word, etoks, epos = end
+            if word != "end":
+                self._error(epos, "expected end; found {{else}}")
+        if len(etoks) > 1:
+            self._error(epos, f"unexpected {etoks[1].val!r} in end")
+        return _Branch(kind, pipe, body, else_body, pos)
+
+    def _parse_pipe(self, toks, pos, allow_decl=False, range_decl=False):
+        decl, assign = [], False
+        i = 0
+        if allow_decl and toks and toks[0].kind == "var":
+            # $x := / $x = / $i, $v :=
+            if len(toks) > 1 and toks[1].kind in ("declare", "="):
+                decl, assign, i = [toks[0].val], toks[1].kind == "=", 2
+            elif range_decl and len(toks) > 3 and toks[1].kind == "," and toks[2].kind == "var" \
+                    and toks[3].kind in ("declare", "="):
+                decl, assign, i = [toks[0].val, toks[2].val], toks[3].kind == "=", 4
+        rest = toks[i:]
+        if not rest:
+            self._error(pos, "missing value for command")
+        cmds, cur = [], []
+        depth = 0
+        j = 0
+        groups = []
+        while j < len(rest):
+            t = rest[j]
+            if t.kind == "(":
+                depth += 1
+            elif t.kind == ")":
+                depth -= 1
+                if depth < 0:
+                    self._error(t.pos, "unexpected right paren")
+            if t.kind == "|" and depth == 0:
+                if not cur:
+                    self._error(t.pos, "missing command before |")
+                groups.append(cur)
+                cur = []
+            else:
+                cur.append(t)
+            j += 1
+        if depth > 0:
+            self._error(pos, "unclosed left paren")
+        if not cur:
+            self._error(pos, "missing command after |")
+        groups.append(cur)
+        for g in groups:
+            cmds.append(self._parse_command(g))
+        return _Pipe(pos, decl, cmds, assign)
+
+    def _parse_command(self, toks):
+        args, j = [], 0
+        while j < len(toks):
+            arg, j = self._parse_operand(toks, j)
+            args.append(arg)
+        if args and args[0].kind == "nil":
+            self._error(args[0].pos, "nil is not a command")
+        return args
+
+    def _parse_operand(self, toks, j):
+        t = toks[j]
+        j += 1
+        if t.kind == "(":
+            depth, k = 1, j
+            while k < len(toks):
+                if toks[k].kind == "(":
+                    depth += 1
+                elif toks[k].kind == ")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                k += 1
+            inner = toks[j:k]
+            if not inner:
+                self._error(t.pos, "missing value in parenthesized pipeline")
+            node = _Arg("pipe", t.pos, node=self._parse_pipe(inner, t.pos, allow_decl=True))
+            j = k + 1
+        elif t.kind == "field":
+            node = _Arg("field", t.pos, fields=[t.val], text="." + t.val)
+        elif t.kind == "var":
+            node = _Arg("var", t.pos, value=t.val, text=t.val)
+        elif t.kind == "dot":
+            node = _Arg("dot", t.pos, text=".")
+        elif t.kind == "string":
+            return _Arg("string", t.pos, value=t.val, text=_json.dumps(t.val)), j
+        elif t.kind == "number":
+            return _Arg("number", t.pos, value=t.val, text=str(t.val)), j
+        elif t.kind == "keyword" and t.val in ("true", "false"):
+            return _Arg("bool", t.pos, value=t.val == "true", text=t.val), j
+        elif t.kind == "keyword" and t.val == "nil":
+            return _Arg("nil", t.pos, text="nil"), j
+        elif t.kind == "ident":
+            if t.val not in self.funcs:
+                if t.val in _GO_UNSUPPORTED_FUNCS:
+                    self._error(t.pos, f"function {t.val!r} is not supported by lamina's --format templates")
+                self._error(t.pos, f'function "{t.val}" not defined')
+            return _Arg("ident", t.pos, value=t.val, text=t.val), j
+        elif t.kind == "keyword":
+            self._error(t.pos, f"unexpected {{{{{t.val}}}}} in command")
+        else:
+            self._error(t.pos, f"unexpected {t.val!r} in operand")
+        # field chains: .A.B, $x.A, (pipe).A
+        while j < len(toks) and toks[j].kind == "field" and toks[j].pos == _end_pos(toks[j - 1]):
+            node.fields.append(toks[j].val)
+            node.text += "." + toks[j].val
+            j += 1
+        if node.kind == "pipe" and node.fields:
+            node.kind = "chain"
+        return node, j
+
+    # -- execution --
+    def execute(self, data, *, missingkey_error=False):
+        st = _State(self, data, missingkey_error)
+        out = []
+        try:
+            st.walk(self.root, data, out)
+        except _LoopSignal:  # pragma: no cover - parser forbids it
+            pass
+        return "".join(out)
+
+
+def _end_pos(tok):
+    if tok.kind == "field":
+        return tok.pos + 1 + len(tok.val)
+    if tok.kind == "var":
+        return tok.pos + len(tok.val)
+    if tok.kind == "dot":
+        return tok.pos + 1
+    if tok.kind == ")":
+        return tok.pos + 1
+    return -1
+
+
+class _LoopSignal(Exception):
+    def __init__(self, kind):
+        self.kind = kind
+
+
+class _State:
+    def __init__(self, tmpl, data, missingkey_error):
+        self.tmpl = tmpl
+        self.vars = [("$", data)]
+        self.missingkey_error = missingkey_error
+        self.node = None
+
+    def error(self, node, msg):
+        line, col = self.tmpl._lex.line_col(node.pos)
+        at = getattr(node, "text", "") or ""
+        where = f' at <{at}>' if at else ""
+        raise TemplateError(f'template: :{line}:{col}: executing ""{where}: {msg}')
+
+    def walk(self, nodes, dot, out):
+        for n in nodes:
+            if isinstance(n, _Text):
+                out.append(n.text)
+            elif isinstance(n, _Action):
+                val = self.eval_pipe(n.pipe, dot)
+                if not n.pipe.decl:
+                    out.append(format_value(val))
+            elif isinstance(n, _Branch):
+                self.walk_branch(n, dot, out)
+            elif isinstance(n, _Loop):
+                raise _LoopSignal(n.kind)
+
+    def walk_branch(self, n, dot, out):
+        mark = len(self.vars)
+        try:
+            val = self.eval_pipe(n.pipe, dot, in_range=(n.kind == "range"))
+            if n.kind == "range":
+                self.walk_range(n, val, dot, out, mark)
+                return
+            if truth(val):
+                self.walk(n.body, val if n.kind == "with" else dot, out)
+            elif n.else_body is not None:
+                self.walk(n.else_body, dot, out)
+        finally:
+            del self.vars[mark:]
+
+    def walk_range(self, n, val, dot, out, mark):
+        if val is None or val is MISSING:
+            items = []
+        elif isinstance(val, dict):
+            items = [(k, val[k]) for k in _sorted_keys(val)]
+        elif isinstance(val, (list, tuple)):
+            items = list(enumerate(val))
+        elif isinstance(val, int) and not isinstance(val, bool):
+            items = [(i, i) for i in range(val)]
+        else:
+            self.error(n.pipe.cmds[-1][0] if n.pipe.cmds else n, f"range can't iterate over {format_value(val)}")
+        if not items:
+            if n.else_body is not None:
+                self.walk(n.else_body, dot, out)
+            return
+        decl = n.pipe.decl
+        for k, v in items:
+            inner = len(self.vars)
+            if len(decl) == 1:
+                self._set_var(decl[0], v, n.pipe.assign, n)
+            elif len(decl) == 2:
+                self._set_var(decl[0], k, n.pipe.assign, n)
+                self._set_var(decl[1], v, n.pipe.assign, n)
+            try:
+                self.walk(n.body, v, out)
+            except _LoopSignal as s:
+                if s.kind == "break":
+                    del self.vars[inner:]
+                    break
+            del self.vars[inner:]
+
+    def _set_var(self, name, value, assign, node):
+        if assign:
+            for i in range(len(self.vars) - 1, -1, -1):
+                if self.vars[i][0] == name:
+                    self.vars[i] = (name, value)
+                    return
+            self.error(node, f"undefined variable: {name}")
+        self.vars.append((name, value))
+
+    def var(self, node, name):
+        for n, v in reversed(self.vars):
+            if n == name:
+                return v
+        self.error(node, f"undefined variable: {name}")
+
+    def eval_pipe(self, pipe, dot, in_range=False):
+        val = MISSING
+        first = True
+        for cmd in pipe.cmds:
+            val = self.eval_command(cmd, dot, None if first else val, has_final=not first)
+            first = False
+        if pipe.decl and not in_range:
+            for name in pipe.decl:
+                self._set_var(name, val, pipe.assign, pipe)
+        return val
+
+    def eval_command(self, cmd, dot, final, has_final):
+        head = cmd[0]
+        if head.kind == "ident":
+            return self.call(head, cmd[1:], dot, final, has_final)
+        if len(cmd) > 1 or has_final:
+            if head.kind in ("field", "chain", "var") and head.fields:
+                self.error(head, f"{head.fields[-1]} has arguments but cannot be invoked as function")
+            self.error(head, f"can't give argument to non-function {head.text}")
+        return self.eval_arg(head, dot)
+
+    def eval_arg(self, a, dot):
+        k = a.kind
+        if k == "string" or k == "number" or k == "bool":
+            return a.value
+        if k == "nil":
+            return None
+        if k == "dot":
+            return dot
+        if k == "field":
+            return self.fields(a, dot, a.fields)
+        if k == "var":
+            base = self.var(a, a.value)
+            return self.fields(a, base, a.fields)
+        if k == "pipe":
+            return self.eval_pipe(a.node, dot)
+        if k == "chain":
+            return self.fields(a, self.eval_pipe(a.node, dot), a.fields)
+        if k == "ident":
+            return self.call(a, [], dot, None, False)
+        self.error(a, f"can't evaluate {a.text}")  # pragma: no cover
+
+    def fields(self, node, val, names):
+        for name in names:
+            val = self.field(node, val, name)
+        return val
+
+    def field(self, node, recv, name):
+        if isinstance(recv, GoStruct):
+            if recv.has(name):
+                return recv.get(name)
+            hint = ", ".join(recv.names())
+            self.error(node, f"can't evaluate field {name} in type {recv.typename} (it has: {hint})")
+        if isinstance(recv, dict):
+            if name in recv:
+                return recv[name]
+            if self.missingkey_error:
+                self.error(node, f'map has no entry for key "{name}"')
+            return MISSING
+        if recv is MISSING:
+            if self.missingkey_error:
+                self.error(node, f'nil data; no entry for key "{name}"')
+            return MISSING
+        if recv is None:
+            self.error(node, f"nil pointer evaluating interface {{}}.{name}")
+        self.error(node, f"can't evaluate field {name} in type {type_name(recv)}")
+
+    def call(self, head, args, dot, final, has_final):
+        name = head.value
+        fn = self.tmpl.funcs[name]
+        if name in ("and", "or"):
+            # short-circuit like Go 1.18+
+            vals = [(lambda a=a: self.eval_arg(a, dot)) for a in args]
+            if has_final:
+                vals.append(lambda: final)
+            if not vals:
+                self.error(head, f"wrong number of args for {name}: want at least 1 got 0")
+            v = None
+            for get in vals:
+                v = get()
+                if (name == "and" and not truth(v)) or (name == "or" and truth(v)):
+                    return v
+            return v
+        vals = [self.eval_arg(a, dot) for a in args]
+        if has_final:
+            vals.append(final)
+        try:
+            return fn(*vals)
+        except _FuncError as e:
+            self.error(head, f"error calling {name}: {e}")
+        except TypeError as e:
+            msg = str(e)
+            if "positional argument" in msg or "required" in msg or "takes" in msg:
+                self.error(head, f"wrong number of args for {name}: got {len(vals)}")
+            self.error(head, f"error calling {name}: {msg}")
+
+
+def truth(v):
+    if v is MISSING or v is None:
+        return False
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)):
+        return v != 0
+    if isinstance(v, (str, list, tuple, dict)):
+        return len(v) > 0
+    return True  # structs, times
+
+
+# --- functions --------------------------------------------------------------------
+
+class _FuncError(Exception):
+    pass
+
+
+def _need_str(v, fname):
+    if isinstance(v, str):
+        return v
+    raise _FuncError(f"wrong type for value; expected string; got {type_name(v)}")
+
+
+def _f_json(v):
+    return go_json(v)
+
+
+def _f_join(elems, sep):
+    if not isinstance(elems, (list, tuple)):
+        raise _FuncError(f"wrong type for value; expected []string; got {type_name(elems)}")
+    return _need_str(sep, "join").join(format_value(e) if not isinstance(e, str) else e for e in elems)
+
+
+def _f_split(s, sep):
+    s, sep = _need_str(s, "split"), _need_str(sep, "split")
+    if sep == "":
+        return list(s)
+    return s.split(sep)
+
+
+def _f_title(s):
+    s = _need_str(s, "title")
+    return re.sub(r"(^|[^A-Za-z0-9_'])([a-z])", lambda m: m.group(1) + m.group(2).upper(), s)
+
+
+def _f_pad(s, prefix, suffix):
+    s = _need_str(s, "pad")
+    if s == "":
+        return s
+    return " " * int(prefix) + s + " " * int(suffix)
+
+
+def _f_truncate(s, length):
+    s = _need_str(s, "truncate")
+    b = s.encode()
+    if len(b) < length:
+        return s
+    return b[:length].decode(errors="ignore")
+
+
+def _f_index(item, *keys):
+    v = item
+    for k in keys:
+        if isinstance(v, dict):
+            if k in v:
+                v = v[k]
+            else:
+                v = v.zero if isinstance(v, GoMap) else MISSING
+        elif isinstance(v, (list, tuple, str)):
+            if not isinstance(k, int) or isinstance(k, bool):
+                raise _FuncError(f"cannot index slice/array with type {type_name(k)}")
+            if k < 0 or k >= len(v):
+                raise _FuncError(f"index out of range: {k}")
+            v = v[k] if not isinstance(v, str) else v.encode()[k]
+        elif v is None or v is MISSING:
+            raise _FuncError("index of untyped nil")
+        else:
+            raise _FuncError(f"can't index item of type {type_name(v)}")
+    return v
+
+
+def _f_slice(item, *idx):
+    if not isinstance(item, (list, tuple, str)):
+        raise _FuncError(f"can't slice item of type {type_name(item)}")
+    if len(idx) > 2:
+        raise _FuncError("too many slice indexes")
+    lo = idx[0] if idx else 0
+    hi = idx[1] if len(idx) > 1 else len(item)
+    if not (0 <= lo <= hi <= len(item)):
+        raise _FuncError(f"index out of range: {lo}:{hi}")
+    return item[lo:hi]
+
+
+def _f_len(v):
+    if isinstance(v, (str,)):
+        return len(v.encode())
+    if isinstance(v, (list, tuple, dict)):
+        return len(v)
+    raise _FuncError(f"len of type {type_name(v)}")
+
+
+def _basic(v):
+    if isinstance(v, bool):
+        return ("bool", v)
+    if isinstance(v, (int, float)):
+        return ("num", v)
+    if isinstance(v, str):
+        return ("str", v)
+    if v is None or v is MISSING:
+        return ("nil", None)
+    raise _FuncError("invalid type for comparison")
+
+
+def _f_eq(a, *bs):
+    if not bs:
+        raise _FuncError("missing argument for comparison")
+    ka = _basic(a)
+    for b in bs:
+        kb = _basic(b)
+        if ka[0] != kb[0]:
+            if "nil" in (ka[0], kb[0]):
+                if ka == kb:
+                    return True
+                continue
+            raise _FuncError("incompatible types for comparison")
+        if ka[1] == kb[1]:
+            return True
+    return False
+
+
+def _f_ne(a, b):
+    return not _f_eq(a, b)
+
+
+def _ordered(a, b):
+    ka, kb = _basic(a), _basic(b)
+    if ka[0] != kb[0] or ka[0] in ("bool", "nil"):
+        raise _FuncError("incompatible types for comparison" if ka[0] != kb[0] else "invalid type for comparison")
+    return ka[1], kb[1]
+
+
+def _f_lt(a, b):
+    x, y = _ordered(a, b)
+    return x < y
+
+
+def _f_le(a, b):
+    x, y = _ordered(a, b)
+    return x <= y
+
+
+def _f_gt(a, b):
+    x, y = _ordered(a, b)
+    return x > y
+
+
+def _f_ge(a, b):
+    x, y = _ordered(a, b)
+    return x >= y
+
+
+def _f_not(v):
+    return not truth(v)
+
+
+def _f_print(*args):
+    # fmt.Sprint: spaces between operands when neither side is a string
+    out = []
+    for i, a in enumerate(args):
+        if i > 0 and not isinstance(a, str) and not isinstance(args[i - 1], str):
+            out.append(" ")
+        out.append(format_value(a) if a is not MISSING else "<nil>")
+    return "".join(out)
+
+
+def _f_println(*args):
+    return " ".join(format_value(a) if a is not MISSING else "<nil>" for a in args) + "\n"
+
+
+_PRINTF_RE = re.compile(r"%([-+# 0]*)(\d+|\*)?(?:\.(\d+|\*))?([a-zA-Z%])")
+
+
+def _f_printf(fmt, *args):
+    fmt = _need_str(fmt, "printf")
+    out, i, ai = [], 0, 0
+    for m in _PRINTF_RE.finditer(fmt):
+        out.append(fmt[i:m.start()])
+        i = m.end()
+        flags, width, prec, verb = m.groups()
+        if verb == "%":
+            out.append("%")
+            continue
+        if width == "*" or prec == "*":
+            raise _FuncError("printf: '*' width/precision is not supported")
+        if ai >= len(args):
+            out.append(f"%!{verb}(MISSING)")
+            continue
+        a = args[ai]
+        ai += 1
+        if verb in "sv":
+            s = format_value(a) if not (verb == "s" and isinstance(a, str)) else a
+            if prec is not None and verb == "s":
+                s = s[:int(prec)]
+        elif verb == "q":
+            s = go_json(a) if isinstance(a, str) else format_value(a)
+        elif verb == "d":
+            if isinstance(a, bool) or not isinstance(a, int):
+                s = f"%!d({type_name(a)}={format_value(a)})"
+            else:
+                s = str(a)
+        elif verb in "xX":
+            if isinstance(a, int) and not isinstance(a, bool):
+                s = format(a, verb)
+            elif isinstance(a, str):
+                s = a.encode().hex() if verb == "x" else a.encode().hex().upper()
+            else:
+                s = f"%!{verb}({type_name(a)}={format_value(a)})"
+        elif verb == "t":
+            s = format_value(a) if isinstance(a, bool) else f"%!t({type_name(a)}={format_value(a)})"
+        elif verb == "f":
+            if isinstance(a, (int, float)) and not isinstance(a, bool):
+                s = f"{float(a):.{int(prec) if prec is not None else 6}f}"
+            else:
+                s = f"%!f({type_name(a)}={format_value(a)})"
+        else:
+            raise _FuncError(f"printf verb %{verb} is not supported by lamina's --format templates")
+        if width is not None:
+            w = int(width)
+            s = s.ljust(w) if "-" in flags else (s.rjust(w, "0") if "0" in flags and verb in "dfxX" else s.rjust(w))
+        out.append(s)
+    out.append(fmt[i:])
+    if ai < len(args):
+        out.append("%!(EXTRA " + ", ".join(f"{type_name(a)}={format_value(a)}" for a in args[ai:]) + ")")
+    return "".join(out)
+
+
+BASE_FUNCS = {
+    "json": _f_json, "join": _f_join, "split": _f_split, "lower": lambda s: _need_str(s, "lower").lower(),
+    "upper": lambda s: _need_str(s, "upper").upper(), "title": _f_title, "pad": _f_pad, "truncate": _f_truncate,
+    "index": _f_index, "slice": _f_slice, "len": _f_len, "eq": _f_eq, "ne": _f_ne, "lt": _f_lt, "le": _f_le,
+    "gt": _f_gt, "ge": _f_ge, "not": _f_not, "and": None, "or": None, "print": _f_print, "println": _f_println,
+    "printf": _f_printf,
+}
+
+# docker's table headers: these keep the header text as it is (pad is not overridden)
+HEADER_FUNCS = {
+    "json": lambda v: v, "split": lambda v, _s: v, "join": lambda v, _s: v, "title": lambda v: v,
+    "lower": lambda v: v, "upper": lambda v: v, "truncate": lambda v, _n: v,
+}
+
+_GO_UNSUPPORTED_FUNCS = {"html", "js", "urlquery", "call"}
+
+
+def parse(source, funcs=None):
+    return Template(source, funcs)
+
+
+# --- docker's formatter conventions -------------------------------------------------
+
+def prepare_format(fmt):
+    """docker's preFormat: (is_table, final template text)."""
+    is_table = fmt.startswith("table")
+    text = fmt
+    if is_table:
+        text = text[len("table"):]
+    elif fmt == "json":
+        text = "{{json .}}"
+    text = text.strip(" ")
+    text = text.replace("\\t", "\t").replace("\\n", "\n")
+    return is_table, text
+
+
+def render_rows(fmt, rows, header):
+    """Render rows (GoStruct contexts) with a docker --format string; ``header`` maps field -> column title."""
+    is_table, text = prepare_format(fmt)
+    tmpl = parse(text)
+    body = []
+    for row in rows:
+        body.append(tmpl.execute(row) + "\n")
+    if not is_table:
+        return "".join(body)
+    htmpl = parse(text, HEADER_FUNCS)
+    head = htmpl.execute(GoMap(header))
+    return tabwrite(head + "\n" + "".join(body))
+
+
+def char_width(ch):
+    if unicodedata.combining(ch):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def text_width(s):
+    return sum(char_width(c) for c in s)
+
+
+def tabwrite(text, minwidth=10, padding=3, padchar=" "):
+    """Go's text/tabwriter as docker configures it (minwidth 10, tabwidth 1, padding 3, ' ', no flags).
+
+    Cells are tab-terminated; contiguous lines with a cell in a column form a
+    block whose width is the widest cell + padding (at least minwidth).  A line
+    without any tab ends all blocks.  Text after the last tab of a line is not
+    part of a column and is never padded.
+    """
+    out = []
+    lines = [[]]
+    buf = []
+    for ch in text:
+        if ch == "\t" or ch == "\n":
+            s = "".join(buf)
+            buf = []
+            lines[-1].append((s, text_width(s)))
+            if ch == "\n":
+                ncells = len(lines[-1])
+                lines.append([])
+                if ncells == 1:
+                    _format_lines(lines, out, minwidth, padding, padchar)
+                    lines = [[]]
+        else:
+            buf.append(ch)
+    if buf:
+        s = "".join(buf)
+        lines[-1].append((s, text_width(s)))
+    _format_lines(lines, out, minwidth, padding, padchar)
+    return "".join(out)
+
+
+def _format_lines(lines, out, minwidth, padding, padchar):
+    """Go's Writer.format over ``lines`` (the last one is not newline-terminated)."""
+    widths = []
+
+    def write_lines(line0, line1):
+        for i in range(line0, line1):
+            for j, (s, w) in enumerate(lines[i]):
+                out.append(s)
+                if j < len(widths):
+                    out.append(padchar * (widths[j] - w))
+            if i + 1 < len(lines):
+                out.append("\n")
+
+    def fmt(line0, line1):
+        column = len(widths)
+        this = line0
+        while this < line1:
+            if column >= len(lines[this]) - 1:
+                this += 1
+                continue
+            write_lines(line0, this)
+            line0 = this
+            width = minwidth
+            while this < line1 and column < len(lines[this]) - 1:
+                width = max(width, lines[this][column][1] + padding)
+                this += 1
+            widths.append(width)
+            fmt(line0, this)
+            widths.pop()
+            line0 = this
+            this += 1
+        write_lines(line0, line1)
+
+    fmt(0, len(lines))

@@ -1,0 +1,88 @@
+"""lamina history: docker's rows from the config history (newest first), <missing> IDs, empty_layer sizes."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from verbkit import base_and_app, fails, load_layout, ok
+
+
+@pytest.fixture
+def store(tmp_path):
+    from lamina.store import Store
+    s = Store(tmp_path / "root")
+    base_and_app(tmp_path / "layout")
+    load_layout(s, tmp_path / "layout", "app", "app:v2")
+    return s
+
+
+def test_history_rows_follow_config_history(store):
+    image = store.resolve("app:v2")
+    hist = image.config["history"]
+    out = ok(store.root, "history", "app:v2")
+    lines = out.splitlines()
+    assert re.split(r"\s{2,}", lines[0].rstrip()) == ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
+    rows = lines[1:]
+    assert len(rows) == len(hist) == 5
+    ids = [r.split()[0] for r in rows]
+    assert ids == [image.config_digest[7:19]] + ["<missing>"] * 4, "only the top row has an ID, like docker"
+    # newest first; CREATED BY truncated to 45 display columns with an ellipsis, tabs become spaces
+    created_by = [h["created_by"].replace("\t", " ") for h in reversed(hist)]
+    cb_col = lines[0].index("CREATED BY")
+    size_col = lines[0].index("SIZE")
+    for row, full in zip(rows, created_by):
+        shown = row[cb_col:size_col].rstrip()
+        if len(full) > 45:
+            assert shown == full[:44] + "…"
+        else:
+            assert shown == full
+    # sizes: empty_layer rows are 0B, the others the size of their own layer's snapshot
+    sizes = [row[size_col:].split()[0] for row in rows]
+    empties = [bool(h.get("empty_layer")) for h in reversed(hist)]
+    snap_sizes = [store.snapshot_info(c).size for c in image.chain_ids]
+    from lamina.cli.images import human_size
+    expected = []
+    layer_sizes = list(reversed(snap_sizes))
+    for e in empties:
+        expected.append("0B" if e else human_size(layer_sizes.pop(0), 3))
+    assert sizes == expected
+    assert rows[1].rstrip().endswith("buildkit.dockerfile.v0"), "COMMENT column"
+
+
+def test_history_flags(store):
+    image = store.resolve("app:v2")
+    hist = list(reversed(image.config["history"]))
+    assert ok(store.root, "history", "-q", "app:v2").split() == [image.config_digest[7:19]] + ["<missing>"] * 4
+    full = ok(store.root, "history", "--no-trunc", "app:v2")
+    assert image.config_digest in full and hist[1]["created_by"].replace("\t", " ") in full
+    assert ok(store.root, "history", "-q", "--no-trunc", "app:v2").split()[0] == image.config_digest
+    out = ok(store.root, "history", "--format", "{{json .}}", "app:v2")
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert sorted(rows[0]) == ["Comment", "CreatedAt", "CreatedBy", "CreatedSince", "ID", "Size"]
+    assert rows[0]["CreatedAt"] == "2024-01-02T03:04:05Z" and rows[-1]["CreatedAt"] == "2024-01-01T00:00:00Z"
+    assert rows[0]["CreatedSince"].endswith(" ago")
+    raw = ok(store.root, "history", "-H=false", "app:v2").splitlines()
+    assert re.split(r"\s{2,}", raw[0].rstrip()) == ["IMAGE", "CREATED AT", "CREATED BY", "SIZE", "COMMENT"]
+    assert "2024-01-02T03:04:05Z" in raw[1]
+    byte_sizes = [int(r.split()[-1]) if not r.rstrip().endswith("v0") else int(r.split()[-2]) for r in raw[1:]]
+    snap = store.snapshot_info(image.chain_ids[-1]).size
+    assert snap in byte_sizes and byte_sizes.count(0) == 3
+    out = ok(store.root, "history", "--format", "table {{.ID}}\t{{.Size}}", "app:v2").splitlines()
+    assert out[0].split() == ["IMAGE", "SIZE"]
+    out, err = fails(store.root, "history", "nosuch")
+    assert "no such image" in err.lower()
+
+
+def test_history_without_config_history(tmp_path):
+    """A config without history still shows its layers (one <missing> row each, empty CREATED BY)."""
+    import ocibuild
+    from lamina.store import Store
+    lay = ocibuild.Layout(tmp_path / "layout")
+    lay.add(lay.image([{"a": b"a"}, {"b": b"b" * 5000}]), "plain")
+    store = Store(tmp_path / "root")
+    image = load_layout(store, lay.root, "plain", "plain")
+    rows = ok(store.root, "history", "--format", "{{.ID}}|{{.CreatedBy}}|{{.Size}}", "plain").splitlines()
+    assert [r.split("|")[0] for r in rows] == [image.config_digest[7:19], "<missing>"]
+    assert all(r.split("|")[1] == "" for r in rows)

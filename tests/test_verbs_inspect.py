@@ -1,0 +1,193 @@
+"""lamina inspect and the Go template engine behind every --format.
+
+Expected values follow docker: the image inspect JSON of moby's api/types/image
+InspectResponse (field names, order, omitempty), docker CLI's template functions and
+fallback to the raw JSON, and Go's fmt formatting of slices ([a b]) and maps (map[k:v]).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from verbkit import APP_CONFIG, base_and_app, fails, lamina, load_layout, ok
+
+INSPECT_KEYS = ["Id", "RepoTags", "RepoDigests", "Created", "Author", "Config", "Architecture", "Os", "Size",
+                "GraphDriver", "RootFS", "Metadata", "Descriptor"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    from lamina.store import Store
+    s = Store(tmp_path / "root")
+    base_and_app(tmp_path / "layout")
+    load_layout(s, tmp_path / "layout", "base", "base:1.0")
+    load_layout(s, tmp_path / "layout", "app", "app:v2")
+    return s
+
+
+def test_inspect_json_is_dockers_shape(store):
+    out = ok(store.root, "inspect", "app:v2")
+    assert out.startswith("[\n    {\n        \"Id\": \"sha256:"), "4-space indented array, like docker"
+    docs = json.loads(out)
+    assert len(docs) == 1
+    d = docs[0]
+    assert list(d) == INSPECT_KEYS, "field order and omitempty of moby's InspectResponse"
+    image = store.resolve("app:v2")
+    assert d["Id"] == image.config_digest
+    assert d["RepoTags"] == ["app:v2"] and d["RepoDigests"] == []
+    assert d["Created"] == "2024-01-02T03:04:05Z" and d["Author"] == "lamina tests"
+    assert d["Architecture"] == "amd64" and d["Os"] == "linux"
+    assert d["RootFS"] == {"Type": "layers", "Layers": image.diff_ids}
+    assert d["Metadata"] == {"LastTagTime": "0001-01-01T00:00:00Z"}
+    assert d["Descriptor"]["digest"] == image.manifest_digest
+    assert list(d["Config"]) == ["User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir",
+                                 "Labels", "StopSignal"]
+    assert d["Config"]["ExposedPorts"] == {"443/tcp": {}, "80/tcp": {}}
+    assert d["Config"]["Env"] == APP_CONFIG["Env"] and d["Config"]["User"] == "1000:1000"
+    lower = d["GraphDriver"]["Data"]["LowerDir"].split(":")
+    assert lower == [str(store.paths.snapshot(c) / "fs") for c in reversed(image.chain_ids)]
+    assert d["Size"] > 0
+    # --format json: the same documents, compact
+    assert json.loads(ok(store.root, "inspect", "--format", "json", "app:v2")) == docs
+    assert "\n" not in ok(store.root, "inspect", "--format", "json", "app:v2").rstrip("\n")
+    # `image inspect` is the same verb, several refs give several documents in order
+    two = json.loads(ok(store.root, "image", "inspect", "base:1.0", "app:v2"))
+    assert [x["RepoTags"] for x in two] == [["base:1.0"], ["app:v2"]]
+    # by ID prefix and full ID
+    assert json.loads(ok(store.root, "inspect", image.config_digest[7:19]))[0]["Id"] == image.config_digest
+    assert json.loads(ok(store.root, "inspect", image.config_digest))[0]["Id"] == image.config_digest
+
+
+def test_inspect_format_docker_examples(store):
+    image = store.resolve("app:v2")
+    f = lambda tmpl: ok(store.root, "inspect", "--format", tmpl, "app:v2")  # noqa: E731
+    assert f("{{.Config.Env}}") == "[PATH=/usr/local/bin:/usr/bin:/bin APP_MODE=prod]\n"
+    assert f("{{.Config.ExposedPorts}}") == "map[443/tcp:{} 80/tcp:{}]\n"
+    assert f("{{.Config.Volumes}}") == "map[/data:{}]\n"
+    assert f("{{.Config.Labels}}") == "map[org.example.team:store version:1.2]\n"
+    assert f("{{index .Config.Labels \"version\"}}") == "1.2\n"
+    assert f("{{index .Config.Labels \"missing\"}}") == "\n", "index of a map[string]string gives \"\""
+    assert f("{{index .RepoTags 0}}") == "app:v2\n"
+    assert json.loads(f("{{json .Config}}")) == json.loads(
+        json.dumps({k: APP_CONFIG[k] for k in ["User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes",
+                                               "WorkingDir", "Labels", "StopSignal"]}))
+    assert f("{{json .Config}}").startswith('{"User":"1000:1000","ExposedPorts":{"443/tcp":{},"80/tcp":{}},')
+    assert f("{{.ID}}") == f"{image.config_digest}\n"
+    assert f("{{.Id}}") == f"{image.config_digest}\n", "docker retries a failing template on the raw JSON"
+    fails(store.root, "inspect", "--format", "{{.ID}} {{.Id}}", "app:v2")  # neither view has both: docker fails too
+    assert f("{{.Size}}") == f"{json.loads(f('{{json .}}'))['Size']}\n"
+    assert f("{{len .RootFS.Layers}} {{.Os}}/{{.Architecture}}") == "2 linux/amd64\n"
+    assert f("{{range .Config.Env}}{{println .}}{{end}}") == "PATH=/usr/local/bin:/usr/bin:/bin\nAPP_MODE=prod\n\n"
+    assert f("{{range $k, $v := .Config.Labels}}{{$k}}={{$v}};{{end}}") == "org.example.team=store;version=1.2;\n"
+    assert f("{{join .Config.Cmd \" \"}}") == "python3 /app/main.py\n"
+    assert f("{{if .Config.Healthcheck}}hc{{else}}no hc{{end}}") == "no hc\n"
+    assert f("{{.Config.Entrypoint}} {{.Config.OnBuild}}") == "[/bin/sh -c] []\n"
+    assert f("{{.RepoDigests}}") == "[]\n"
+    assert f("{{json .RootFS}}") == json.dumps({"Type": "layers", "Layers": image.diff_ids},
+                                               separators=(",", ":")) + "\n"
+    base = ok(store.root, "inspect", "-f", "{{.Config.Cmd}} {{.Config.User}}|", "base:1.0")
+    assert base == "[/bin/sh] |\n"
+
+
+def test_inspect_errors_are_clear(store):
+    rc, out, err = lamina(store.root, "inspect", "--format", "{{.Config.Env", "app:v2")
+    assert rc != 0 and out == "" and "unclosed action" in err
+    rc, out, err = lamina(store.root, "inspect", "--format", "{{template \"x\"}}", "app:v2")
+    assert rc != 0 and "not supported" in err
+    rc, out, err = lamina(store.root, "inspect", "--format", "{{html .Id}}", "app:v2")
+    assert rc != 0 and "html" in err and "not supported" in err
+    rc, out, err = lamina(store.root, "inspect", "--format", "{{nosuchfunc .Id}}", "app:v2")
+    assert rc != 0 and 'function "nosuchfunc" not defined' in err
+    rc, out, err = lamina(store.root, "inspect", "--format", "{{.Config.Nope}}", "app:v2")
+    assert rc != 0 and "Nope" in err and out.strip() == ""
+    rc, out, err = lamina(store.root, "inspect", "--format", "{{index .RepoTags 5}}", "app:v2")
+    assert rc != 0 and "index out of range" in err
+    # a missing image is reported, the others still printed, exit 1
+    rc, out, err = lamina(store.root, "inspect", "--format", "{{.Os}}", "nosuch", "app:v2")
+    assert rc == 1 and out == "linux\n" and "No such image: nosuch:latest" in err
+    rc, out, err = lamina(store.root, "inspect", "nosuch")
+    assert rc == 1 and json.loads(out) == [] and err.startswith("lamina: error: No such image")
+
+
+# --- the template engine -------------------------------------------------------------------------------
+
+def render(src, data):
+    from lamina.cli.gotemplate import parse
+    return parse(src).execute(data)
+
+
+def test_go_value_formatting():
+    from lamina.cli.gotemplate import EMPTY, GoStruct, format_value, go_json
+    assert format_value(["a", "b"]) == "[a b]"
+    assert format_value([]) == "[]"
+    assert format_value({"b": 1, "a": [1, 2]}) == "map[a:[1 2] b:1]"
+    assert format_value({"80/tcp": EMPTY}) == "map[80/tcp:{}]"
+    assert format_value(None) == "<nil>"
+    assert format_value([None, True, 1.5, 1e6, 123456789.0]) == "[<nil> true 1.5 1e+06 1.23456789e+08]"
+    s = GoStruct("T", [("A", "x"), ("B", [1]), ("C", None)], pointer=True)
+    assert format_value(s) == "&{x [1] <nil>}"
+    assert go_json({"b": "<&>", "a": "\u2028"}) == '{"a":"\\u2028","b":"<&>"}', "sorted keys, no HTML escaping"
+    assert go_json(1e21) == "1e+21" and go_json(1e20) == "100000000000000000000" and go_json(1e-7) == "1e-7"
+
+
+def test_template_language():
+    data = {"A": "x", "N": 3, "L": ["p", "q"], "M": {"k2": "v2", "k1": "v1"}, "E": [], "Z": None, "T": True}
+    assert render("{{.A}}-{{.N}}-{{.L}}-{{.M}}", data) == "x-3-[p q]-map[k1:v1 k2:v2]"
+    assert render("{{.Missing}}|{{.Missing.Deeper}}", data) == "<no value>|<no value>"
+    assert render("{{if .E}}y{{else if .T}}t{{else}}n{{end}}", data) == "t"
+    assert render("{{with .A}}[{{.}}]{{end}}{{with .E}}no{{else}}empty{{end}}", data) == "[x]empty"
+    assert render("{{range $i, $e := .L}}{{$i}}:{{$e}},{{end}}", data) == "0:p,1:q,"
+    assert render("{{range .E}}x{{else}}none{{end}}", data) == "none"
+    assert render("{{range .L}}{{if eq . \"q\"}}{{break}}{{end}}{{.}}{{end}}", data) == "p"
+    assert render("{{range .L}}{{if eq . \"p\"}}{{continue}}{{end}}{{.}}{{end}}", data) == "q"
+    assert render("{{$x := .A}}{{$x}}{{$x = \"y\"}}{{$x}}", data) == "xy"
+    assert render("{{.L | len}} {{len .M}} {{index .M \"k1\"}} {{slice .L 1}}", data) == "2 2 v1 [q]"
+    assert render("{{and .T .A}} {{or .Z .A}} {{not .E}}", data) == "x x true"
+    assert render("{{lt .N 4}} {{ge .N 4}} {{ne .A \"x\"}} {{eq .N 1 2 3}}", data) == "true false false true"
+    assert render('{{printf "%-4s|%03d|%v|%q" .A .N .L .A}}', data) == 'x   |003|[p q]|"x"'
+    assert render("{{- .A -}}  \n  {{/* a comment */}}  {{- .N}}", data) == "x3"
+    assert render("{{(index .L 1) | upper}} {{json .M}} {{split \"a,b\" \",\"}}", data) == 'Q {"k1":"v1","k2":"v2"} [a b]'
+    assert render("{{title \"hello world\"}} {{lower \"ABC\"}}", data) == "Hello World abc"
+    assert render("{{`raw \\n`}} {{\"esc\\t\"}}", data) == "raw \\n esc\t"
+
+
+@pytest.mark.parametrize("src, msg", [
+    ("{{.A", "unclosed action"),
+    ("{{if .A}}x", "missing {{end}}"),
+    ("{{end}}", "unexpected {{end}}"),
+    ("{{define \"x\"}}{{end}}", "not supported"),
+    ("{{block \"x\" .}}{{end}}", "not supported"),
+    ("{{nope}}", 'function "nope" not defined'),
+    ("{{.A.B}}", "can't evaluate field B in type string"),
+    ("{{.S.Nope}}", "can't evaluate field Nope in type T"),
+    ("{{.Z.X}}", "nil pointer"),
+    ("{{index .L 9}}", "index out of range"),
+    ("{{printf \"%e\" 1}}", "not supported"),
+    ("{{\"a\" \"b\"}}", "can't give argument to non-function"),
+    ("{{break}}", "outside {{range}}"),
+    ("{{$nope}}", "undefined variable"),
+    ("{{range .A}}{{end}}", "range can't iterate over x"),
+    ("{{len 3}}", "len of type int"),
+    ("{{eq .L .L}}", "comparison"),
+])
+def test_template_errors(src, msg):
+    from lamina.cli.gotemplate import GoStruct, TemplateError
+    data = {"A": "x", "L": [1], "Z": None, "S": GoStruct("T", [("F", 1)])}
+    with pytest.raises(TemplateError) as e:
+        render(src, data)
+    assert msg in str(e.value)
+    assert str(e.value).startswith("template: :1:"), "Go's position prefix"
+
+
+def test_table_prefix_and_headers():
+    from lamina.cli.gotemplate import GoStruct, render_rows
+    rows = [GoStruct("r", methods={"ID": lambda: "abc", "Size": lambda: "1kB"}),
+            GoStruct("r", methods={"ID": lambda: "defghijklmnop", "Size": lambda: "22MB"})]
+    hdr = {"ID": "IMAGE ID", "Size": "SIZE"}
+    assert render_rows("table {{.ID}}\\t{{.Size}}", rows, hdr) == (
+        "IMAGE ID        SIZE\nabc             1kB\ndefghijklmnop   22MB\n")
+    assert render_rows("table {{.ID}}\\t{{lower .Size}}", rows, hdr).splitlines()[0] == "IMAGE ID        SIZE", \
+        "header functions keep the header text"
+    assert render_rows("{{.ID}}", rows, hdr) == "abc\ndefghijklmnop\n"
+    assert render_rows("json", rows, hdr).splitlines()[0] == '{"ID":"abc","Size":"1kB"}'

@@ -1,0 +1,170 @@
+"""lamina rmi / image prune / system df: shared layers live until the last image using them goes.
+
+Checked on disk (blobs/ and snapshots/), against du for the sizes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from verbkit import base_and_app, du_bytes, fails, lamina, lamina_subprocess, load_layout, ok
+
+
+@pytest.fixture
+def store(tmp_path):
+    from lamina.store import Store
+    s = Store(tmp_path / "root")
+    base_and_app(tmp_path / "layout")
+    load_layout(s, tmp_path / "layout", "base", "base:1.0")
+    load_layout(s, tmp_path / "layout", "app", "app:v2")
+    return s
+
+
+def _on_disk(store):
+    blobs = {"sha256:" + n for n in os.listdir(store.paths.blobs)}
+    snaps = {"sha256:" + n for n in os.listdir(store.paths.snapshots)}
+    return blobs, snaps
+
+
+def _content(image):
+    return set(image.blobs), set(image.chain_ids)
+
+
+def test_rmi_keeps_shared_layers_until_the_last_image(store):
+    base, app = store.resolve("base:1.0"), store.resolve("app:v2")
+    assert base.chain_ids[0] == app.chain_ids[0], "the two images share their first layer"
+    shared_blob = base.layers[0].digest
+    out = ok(store.root, "rmi", "app:v2")
+    lines = out.splitlines()
+    assert lines[0] == "Untagged: app:v2"
+    assert lines[1] == f"Deleted: {app.config_digest}"
+    assert f"Deleted: {app.chain_ids[1]}" in lines, "docker lists the removed layers"
+    blobs, snaps = _on_disk(store)
+    assert snaps == {base.chain_ids[0]} and shared_blob in blobs
+    assert blobs == set(base.blobs)
+    assert not (set(app.blobs) - set(base.blobs)) & blobs
+    # the survivor is intact: it still unpacks
+    ok(store.root, "unpack", "base:1.0", store.root.parent / "dest")
+    out, err = fails(store.root, "rmi", "base")
+    assert "No such image: base:latest" in err, "a bare name means :latest"
+    out = ok(store.root, "rmi", "base:1.0")
+    assert out.splitlines()[:2] == ["Untagged: base:1.0", f"Deleted: {base.config_digest}"]
+    assert _on_disk(store) == (set(), set())
+    assert json.loads((store.root / "index.json").read_text())["manifests"] == []
+
+
+def test_rmi_by_id_digest_and_force(store):
+    app = store.resolve("app:v2")
+    ok(store.root, "tag", "app:v2", "app:also")
+    # same repository: removing by ID untags both without -f (docker's rule)
+    out = ok(store.root, "rmi", app.config_digest[7:17])
+    assert sorted(out.splitlines()[:2]) == ["Untagged: app:also", "Untagged: app:v2"]
+    assert f"Deleted: {app.config_digest}" in out
+    base = store.resolve("base:1.0")
+    ok(store.root, "tag", "base:1.0", "other/repo:x")
+    out, err = fails(store.root, "rmi", base.config_digest[7:19])
+    assert "must be forced" in err and "multiple repositories" in err
+    assert store.resolve("base:1.0")  # nothing removed
+    # one name only: by name removes only that name
+    out = ok(store.root, "rmi", "other/repo:x")
+    assert out.strip() == "Untagged: other/repo:x"
+    ok(store.root, "tag", "base:1.0", "other/repo:x")
+    out = ok(store.root, "rmi", "-f", base.config_digest)
+    assert "Untagged: base:1.0" in out and "Untagged: other/repo:x" in out and f"Deleted: {base.config_digest}" in out
+    assert _on_disk(store) == (set(), set())
+
+
+def test_rmi_by_manifest_digest_and_errors(store):
+    app = store.resolve("app:v2")
+    out = ok(store.root, "rmi", app.manifest_digest)
+    assert "Untagged: app:v2" in out
+    rc, out, err = lamina(store.root, "rmi", "nosuch", "base:1.0")
+    assert rc == 1 and "No such image: nosuch:latest" in err and "Untagged: base:1.0" in out, \
+        "docker goes on with the other arguments and fails at the end"
+
+
+def test_image_prune_dangling_and_all(store, tmp_path):
+    base, app = store.resolve("base:1.0"), store.resolve("app:v2")
+    # moving a tag away leaves a dangling image
+    ok(store.root, "tag", "base:1.0", "app:v2")
+    assert store.resolve(app.manifest_digest).refs == []
+    out = ok(store.root, "image", "prune", "-f")
+    assert out.startswith("Deleted Images:\ndeleted: " + app.config_digest)
+    reclaimed = re.search(r"Total reclaimed space: (\S+)$", out.strip()).group(1)
+    assert reclaimed != "0B"
+    blobs, snaps = _on_disk(store)
+    assert snaps == set(base.chain_ids) and blobs == set(base.blobs)
+    assert ok(store.root, "image", "prune", "-f").strip() == "Total reclaimed space: 0B"
+    out = ok(store.root, "image", "prune", "-a", "-f")
+    assert "untagged: base:1.0" in out and "untagged: app:v2" in out
+    assert _on_disk(store) == (set(), set())
+
+
+def test_prune_prompts_like_docker(store):
+    proc = lamina_subprocess(store.root, "image", "prune", "-a", input="n\n")
+    assert "WARNING! This will remove all images without at least one container associated to them." in proc.stdout
+    assert "Are you sure you want to continue? [y/N]" in proc.stdout
+    assert len(store.images()) == 2
+    proc = lamina_subprocess(store.root, "image", "prune", "-a", input="y\n")
+    assert "Total reclaimed space:" in proc.stdout and store.images() == []
+
+
+def test_prune_all_keeps_mounted_images(store, tmp_path):
+    from conftest import require_root
+    require_root()
+    mnt = tmp_path / "mnt"
+    ok(store.root, "mount", "app:v2", mnt)
+    try:
+        out = ok(store.root, "image", "prune", "-a", "-f")
+        assert "base:1.0" in out and "app:v2" not in out
+        assert [str(r) for i in store.images() for r in i.refs] == ["docker.io/library/app:v2"]
+        out, err = fails(store.root, "rmi", "app:v2")
+        assert "in use by mount" in err and str(mnt) in err
+        # -f untags it; the content stays for the mount
+        ok(store.root, "rmi", "-f", "app:v2")
+        assert store.images() == []
+        assert (mnt / "app/main.py").exists()
+        app_snaps = set(_on_disk(store)[1])
+        assert len(app_snaps) == 2
+    finally:
+        ok(store.root, "umount", mnt)
+    ok(store.root, "image", "prune", "-f")
+    assert _on_disk(store) == (set(), set())
+
+
+def test_system_df_agrees_with_du(store, tmp_path):
+    base, app = store.resolve("base:1.0"), store.resolve("app:v2")
+    from lamina.cli.images import Usage, disk_usage_report
+    rep = disk_usage_report(store)
+    paths = [str(store.paths.blob(d)) for d in set(base.blobs) | set(app.blobs)]
+    paths += [str(store.paths.snapshot(c) / "fs") for c in set(base.chain_ids) | set(app.chain_ids)]
+    assert rep["total"] == du_bytes(*paths), "Images SIZE is the du of every blob and snapshot, each once"
+    usage = Usage(store)
+    # layer sharing: the two images together take less than the sum of their sizes
+    assert rep["total"] == usage.size(base) + usage.size(app) - usage.shared(app)
+    assert usage.shared(app) == usage.shared(base) > 0
+    shared_paths = [str(store.paths.blob(base.layers[0].digest)), str(store.paths.snapshot(base.chain_ids[0]) / "fs")]
+    assert usage.shared(app) == du_bytes(*shared_paths)
+    out = ok(store.root, "system", "df")
+    lines = out.splitlines()
+    assert re.split(r"\s{2,}", lines[0]) == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
+    from lamina.cli.images import human_size
+    images_row = re.split(r"\s{2,}", lines[1])
+    assert images_row[:4] == ["Images", "2", "0", human_size(rep["total"])]
+    assert images_row[4] == f"{human_size(rep['total'])} (100%)"
+    rows = [json.loads(x) for x in ok(store.root, "system", "df", "--format", "json").splitlines()]
+    assert [r["Type"] for r in rows] == ["Images", "Mounts", "Unreferenced"]
+    assert sorted(rows[0]) == ["Active", "Reclaimable", "Size", "TotalCount", "Type"]
+    verbose = ok(store.root, "system", "df", "-v")
+    assert "Images space usage:" in verbose and "SHARED SIZE" in verbose and "UNIQUE SIZE" in verbose
+    assert "Snapshots space usage:" in verbose and base.chain_ids[0][7:19] in verbose
+    # unreferenced content (a blob nobody names) is counted apart and removed by prune
+    stray = store.put_blob(b'{"stray": true}')
+    rep = disk_usage_report(store)
+    assert rep["unreferenced"]["blobs"] == 1 and rep["unreferenced"]["size"] == du_bytes(str(store.paths.blob(stray)))
+    store.close()
+    ok(store.root, "image", "prune", "-f")
+    assert not store.has_blob(stray)
