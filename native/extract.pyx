@@ -81,6 +81,25 @@ cdef bytes _cstr(const unsigned char *f, int n):
     return (<const char *>f)[:i]
 
 
+cdef class _Where:
+    """Where in the stream a header sits, for error messages; formatted only
+    when an error is raised, never on the per-entry path."""
+    cdef str what
+    cdef object prev
+
+    def __cinit__(self, str what, prev):
+        self.what = what
+        self.prev = prev
+
+    def __str__(self):
+        if self.prev is None:
+            return "first tar header" if self.what == "header" else f"{self.what} at the start of the layer"
+        return f"{self.what} after entry {_show(self.prev)}"
+
+    def __format__(self, spec):
+        return format(str(self), spec)
+
+
 def _show(name):
     """Entry names in messages: readable, never raising on odd bytes."""
     if isinstance(name, bytes):
@@ -320,7 +339,7 @@ cdef class Extractor:
         cdef int i
         cdef int64_t stored, usum = 0, ssum = 0, size
         cdef char tf
-        where = f"header after entry {_show(self.prev_name)}" if self.prev_name is not None else "first tar header"
+        where = _Where("header", self.prev_name)
         for i in range(BLOCK):
             if h[i]:
                 break
@@ -360,7 +379,7 @@ cdef class Extractor:
     cdef _end_meta(self):
         data = bytes(self.meta)
         self.meta = None
-        where = f"extended header after entry {_show(self.prev_name)}"
+        where = _Where("extended header", self.prev_name)
         if self.meta_kind == c'x':
             recs = parse_pax(data, where)
             if self.pax is None:
