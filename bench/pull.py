@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Pull + unpack from a loopback registry: lamina vs skopeo copy + umoci raw unpack.
+
+The bench image built by bench/corpus.py (oci:$LAMINA_BENCH_CACHE/image:bench, default
+/var/tmp/lamina-bench) is pushed with skopeo to a docker-registry (distribution, Debian's
+/usr/bin/docker-registry) started on 127.0.0.1 with its storage on the scratch tmpfs.  Then,
+interleaved, each timed repetition runs in a fresh directory:
+
+  lamina          lamina --root STORE pull REF
+                  -> verified blobs + one overlay-format snapshot per layer (the unpacked,
+                     mountable image: mount -t overlay ... lowerdir=snapshots)
+  lamina+flat     the same, then lamina unpack REF DEST from the store (flat rootfs), when
+                  the CLI supports store references
+  skopeo+umoci    skopeo copy docker://REF oci:DIR:bench  then  umoci raw unpack --image DIR:bench ROOTFS
+                  (the two wall times added; skopeo verifies digests, umoci the diffIDs)
+
+Wall time of each child process from spawn to exit (CLI start-up included), medians over the
+repetitions after one untimed warm-up of each; the registry's blob files stay in the page
+cache.  Everything lands on a fresh tmpfs (root) or under --dest-dir.
+
+    sudo python bench/pull.py                 # 5 repetitions, table on stdout
+    sudo python bench/pull.py -n 3 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from compare import ChildError, Scratch, clean, run_child  # noqa: E402
+
+CACHE = os.environ.get("LAMINA_BENCH_CACHE", "/var/tmp/lamina-bench")
+
+
+def lamina_cli():
+    """The lamina console script of this interpreter (not a pyenv/asdf shim, which adds ~0.1 s of
+    bash per call), else ``python -m lamina``."""
+    exe = os.path.join(os.path.dirname(sys.executable), "lamina")
+    if os.access(exe, os.X_OK):
+        return [exe]
+    return [sys.executable, "-m", "lamina"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LoopbackRegistry:
+    def __init__(self, workdir):
+        exe = shutil.which("docker-registry")
+        if exe is None:
+            sys.exit("bench/pull.py: docker-registry is not installed (apt-get install docker-registry)")
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        storage = os.path.join(workdir, "registry-data")
+        cfg = os.path.join(workdir, "registry.yml")
+        with open(cfg, "w") as f:
+            f.write("\n".join([
+                "version: 0.1", "log:", "  level: error", "  accesslog:", "    disabled: true",
+                "storage:", "  filesystem:", f"    rootdirectory: {storage}",
+                "http:", f"  addr: {self.host}", "  secret: lamina-bench", ""]))
+        self.log = open(os.path.join(workdir, "registry.log"), "wb")
+        self.proc = subprocess.Popen([exe, "serve", cfg], stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    sys.exit("bench/pull.py: docker-registry did not start")
+                time.sleep(0.05)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", "--reps", type=int, default=5, help="timed repetitions per tool (default 5)")
+    ap.add_argument("--json", metavar="FILE", help="also write all results as JSON")
+    ap.add_argument("--dest-dir", metavar="DIR", help="work under DIR instead of a fresh tmpfs mount")
+    ap.add_argument("--image", default=f"oci:{CACHE}/image:bench", help="OCI layout image to push and pull")
+    ap.add_argument("--no-flat", action="store_true", help="skip the lamina pull + flat unpack variant")
+    args = ap.parse_args(argv)
+
+    layout = args.image[len("oci:"):].rsplit(":", 1)[0] if args.image.startswith("oci:") else None
+    if not layout or not os.path.isdir(layout):
+        sys.exit(f"bench/pull.py: {args.image} not found; build it with: sudo python bench/corpus.py")
+    for tool in ("skopeo", "umoci"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench/pull.py: {tool} is not installed")
+
+    results = {"lamina": [], "lamina+flat": [], "skopeo": [], "umoci": [], "skopeo+umoci": []}
+    with Scratch(args.dest_dir) as scratch:
+        print(f"work dir {scratch.path} ({'tmpfs mount' if scratch.mounted else 'existing dir'}), "
+              f"{args.reps} reps", flush=True)
+        reg = LoopbackRegistry(scratch.path)
+        try:
+            ref = f"{reg.host}/bench:latest"
+            run_child(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", args.image, f"docker://{ref}"])
+            print(f"pushed {args.image} to {ref}", flush=True)
+            lamina = lamina_cli()
+            flat_ok = not args.no_flat
+
+            def one(rep, timed):
+                nonlocal flat_ok
+                store = os.path.join(scratch.path, "store")
+                oci = os.path.join(scratch.path, "oci")
+                rootfs = os.path.join(scratch.path, "rootfs")
+                flat = os.path.join(scratch.path, "flat")
+                for p in (store, oci, rootfs, flat):
+                    clean(p)
+                wall, rss, cpu, _ = run_child(lamina + ["--root", store, "pull", "-q", ref])
+                flat_wall = None
+                if flat_ok:
+                    try:
+                        flat_wall, _, _, _ = run_child(lamina + ["--root", store, "unpack", ref, flat])
+                    except ChildError as e:
+                        print(f"  lamina+flat: skipped ({e})", flush=True)
+                        flat_ok = False
+                for p in (store, flat):
+                    clean(p)
+                s_wall, s_rss, _, _ = run_child(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+                                                 f"docker://{ref}", f"oci:{oci}:bench"])
+                u_wall, u_rss, _, _ = run_child(["umoci", "raw", "unpack", "--image", f"{oci}:bench", rootfs])
+                for p in (oci, rootfs):
+                    clean(p)
+                label = f"run {rep}/{args.reps}" if timed else "warm-up"
+                line = f"  {label}: lamina {wall:.2f}s (rss {rss // 1024} MB)"
+                if flat_wall is not None:
+                    line += f", +flat {flat_wall:.2f}s"
+                line += f" | skopeo {s_wall:.2f}s + umoci {u_wall:.2f}s = {s_wall + u_wall:.2f}s"
+                print(line, flush=True)
+                if timed:
+                    results["lamina"].append(wall)
+                    if flat_wall is not None:
+                        results["lamina+flat"].append(wall + flat_wall)
+                    results["skopeo"].append(s_wall)
+                    results["umoci"].append(u_wall)
+                    results["skopeo+umoci"].append(s_wall + u_wall)
+
+            one(0, False)
+            for rep in range(1, args.reps + 1):
+                one(rep, True)
+        finally:
+            reg.stop()
+
+    med = {k: statistics.median(v) for k, v in results.items() if v}
+    base = med["skopeo+umoci"]
+    print()
+    print(f"{'tool':<14} {'median s':>9} {'vs skopeo+umoci':>16}")
+    for k in ("lamina", "lamina+flat", "skopeo", "umoci", "skopeo+umoci"):
+        if k in med:
+            print(f"{k:<14} {med[k]:>9.2f} {med[k] / base:>15.2f}x")
+    print(f"\nratio lamina pull / (skopeo copy + umoci raw unpack) = {med['lamina'] / base:.2f} (target <= 0.30)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"image": args.image, "reps": args.reps, "runs": results, "median": med,
+                       "ratio": med["lamina"] / base}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""``lamina pull`` / ``push`` / ``login`` / ``logout`` / ``manifest inspect``: the registry verbs."""
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+
+
+def _add_common(p):
+    p.add_argument("--insecure", action="store_true",
+                   help="allow plain HTTP and skip TLS verification for this registry")
+
+
+def register(sub):
+    p = sub.add_parser("pull", help="pull an image from a registry into the store")
+    p.add_argument("ref", metavar="NAME[:TAG|@DIGEST]")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform of a multi-platform image "
+                   "(default: this machine's)")
+    p.add_argument("-a", "--all-platforms", action="store_true",
+                   help="fetch the images of every platform of an index (the chosen one is tagged and extracted)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the image reference")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    p.add_argument("--max-concurrent-downloads", type=int, metavar="N", default=None,
+                   help="layers downloaded at once (default 3, or $LAMINA_MAX_CONCURRENT_DOWNLOADS)")
+    _add_common(p)
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("push", help="push an image from the store to a registry")
+    p.add_argument("ref", metavar="NAME[:TAG]")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the pushed digest")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    p.add_argument("--chunk-size", type=int, metavar="BYTES", default=None,
+                   help="upload blobs larger than this in chunks of this size (default 64 MiB)")
+    _add_common(p)
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("login", help="log in to a registry")
+    p.add_argument("server", nargs="?", default=None, metavar="SERVER")
+    p.add_argument("-u", "--username")
+    p.add_argument("-p", "--password", help="password (prefer --password-stdin)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument("--authfile", metavar="PATH",
+                   help="credentials file to write (default: docker's config.json or its credential helper)")
+    _add_common(p)
+    p.set_defaults(func=cmd_login)
+
+    p = sub.add_parser("logout", help="remove the stored credentials of a registry")
+    p.add_argument("server", nargs="?", default=None, metavar="SERVER")
+    p.add_argument("--authfile", metavar="PATH")
+    p.set_defaults(func=cmd_logout)
+
+    p = sub.add_parser("manifest", help="registry manifests")
+    msub = p.add_subparsers(dest="manifest_command", metavar="COMMAND")
+    msub.required = True
+    q = msub.add_parser("inspect", help="print the raw manifest or index a registry serves")
+    q.add_argument("ref", metavar="NAME[:TAG|@DIGEST]")
+    _add_common(q)
+    q.set_defaults(func=cmd_manifest_inspect)
+
+
+def _insecure(args, ref):
+    if not getattr(args, "insecure", False):
+        return ()
+    from ..reference import Reference
+    return (Reference.parse(ref).domain,)
+
+
+def _store(args):
+    from ..store import Store
+    return Store(getattr(args, "root", None))
+
+
+def cmd_pull(args):
+    from ..registry.progress import reporter_for
+    from ..registry.pull import pull
+    from ..reference import Reference
+    mode = "json" if args.format == "json" else ("quiet" if args.quiet else "auto")
+    given = Reference.parse(args.ref, default_tag=False)
+    if mode == "auto" and given.tag is None and given.digest is None:
+        print("Using default tag: latest", flush=True)
+    result = pull(args.ref, store=_store(args), platform=args.platform, all_platforms=args.all_platforms,
+                  concurrency=args.max_concurrent_downloads, reporter=reporter_for(mode),
+                  insecure=_insecure(args, args.ref))
+    if args.format == "json":
+        json.dump(result.to_dict(), sys.stdout, indent=2)
+        print()
+    elif args.quiet:
+        print(result.reference)
+    return 0
+
+
+def cmd_push(args):
+    from ..registry.progress import reporter_for
+    from ..registry.push import push
+    from ..reference import Reference
+    mode = "json" if args.format == "json" else ("quiet" if args.quiet else "auto")
+    given = Reference.parse(args.ref, default_tag=False)
+    if mode == "auto" and given.tag is None and given.digest is None:
+        print("Using default tag: latest", flush=True)
+    result = push(args.ref, store=_store(args), reporter=reporter_for(mode), chunk_size=args.chunk_size,
+                  insecure=_insecure(args, args.ref))
+    if args.format == "json":
+        json.dump(result.to_dict(), sys.stdout, indent=2)
+        print()
+    elif args.quiet:
+        print(result.digest)
+    return 0
+
+
+def cmd_login(args):
+    from ..errors import AuthenticationError
+    from ..registry.login import login, normalize_server
+    host = normalize_server(args.server)
+    username, password = args.username, args.password
+    if args.password_stdin:
+        if password:
+            raise AuthenticationError("--password and --password-stdin are mutually exclusive")
+        if not username:
+            raise AuthenticationError("--password-stdin needs --username")
+        password = sys.stdin.read().rstrip("\r\n")
+    elif password:
+        print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", file=sys.stderr)
+    if not username:
+        if not sys.stdin.isatty():
+            raise AuthenticationError("no username given (use --username)")
+        username = input(f"Username for {host}: ").strip()
+    if not password:
+        if not sys.stdin.isatty():
+            raise AuthenticationError("no password given (use --password-stdin)")
+        password = getpass.getpass("Password: ")
+    _, where = login(args.server, username, password, authfile=args.authfile,
+                     insecure=(host,) if args.insecure else ())
+    print(f"Login Succeeded (credentials saved in {where})")
+    return 0
+
+
+def cmd_logout(args):
+    from ..registry.login import logout
+    host, removed = logout(args.server, authfile=args.authfile)
+    if removed:
+        print(f"Removing login credentials for {host}")
+    else:
+        print(f"Not logged in to {host}")
+    return 0
+
+
+def cmd_manifest_inspect(args):
+    from ..registry import inspect_manifest
+    mr = inspect_manifest(args.ref, insecure=_insecure(args, args.ref))
+    out = sys.stdout.buffer
+    out.write(mr.data)
+    if not mr.data.endswith(b"\n"):
+        out.write(b"\n")
+    out.flush()
+    return 0

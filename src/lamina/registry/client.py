@@ -1,0 +1,516 @@
+"""Distribution-spec v2 client: endpoints, authentication, manifests and blobs.
+
+A :class:`RegistryClient` holds what is shared across repositories and
+threads (transport and its connection pools, configuration, credentials,
+tokens).  ``client.repository(ref)`` gives a :class:`Repository` bound to one
+endpoint; ``client.repositories(ref)`` gives one per endpoint to try (mirrors
+first).
+
+Authentication follows docker: a ``GET /v2/`` ping learns the scheme (HTTPS;
+loopback and insecure registries may fall back to plain HTTP) and the
+challenge.  ``Bearer`` challenges get a token from the realm (anonymously, or
+with basic credentials, or an identity token through the OAuth2 refresh
+grant) for the repository scopes asked, cached until shortly before it
+expires and fetched again on a 401 (``insufficient_scope`` adds the scope
+asked by the registry).  ``Basic`` challenges get the stored credentials.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import urllib.parse
+from typing import Optional
+
+from .. import digest as _digest
+from .. import mediatypes as mt
+from ..errors import (AuthenticationError, BlobNotFoundError, ImageNotFoundError, RegistryError,
+                      UnsupportedMediaTypeError)
+from ..reference import Reference
+from . import credentials as _creds
+from .config import Endpoint, RegistryConfig, is_loopback
+from .transport import TLSPolicy, Transport
+
+MANIFEST_ACCEPT = ", ".join([
+    mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST,
+    # Accepted only to recognise and refuse them with a clear message.
+    mt.DOCKER_SCHEMA1_SIGNED_MANIFEST + ";q=0.5", mt.DOCKER_SCHEMA1_MANIFEST + ";q=0.5",
+])
+MAX_MANIFEST_SIZE = 4 << 20   # distribution's own limit
+MAX_ERROR_BODY = 1 << 16
+MAX_TOKEN_BODY = 1 << 20
+TOKEN_DEFAULT_EXPIRY = 60     # seconds, per the token spec
+
+
+def parse_challenge(header):
+    """``Bearer realm="x",service="y",scope="a b"`` -> ("bearer", {"realm": "x", ...})."""
+    if not header:
+        return None, {}
+    header = header.strip()
+    scheme, _, rest = header.partition(" ")
+    params = {}
+    i, n = 0, len(rest)
+    while i < n:
+        while i < n and rest[i] in " ,":
+            i += 1
+        j = i
+        while j < n and rest[j] not in "= ,":
+            j += 1
+        key = rest[i:j].strip().lower()
+        if j >= n or rest[j] != "=":
+            i = j + 1
+            continue
+        j += 1
+        if j < n and rest[j] == '"':
+            j += 1
+            val = []
+            while j < n and rest[j] != '"':
+                if rest[j] == "\\" and j + 1 < n:
+                    j += 1
+                val.append(rest[j])
+                j += 1
+            value = "".join(val)
+            j += 1
+        else:
+            k = j
+            while j < n and rest[j] != ",":
+                j += 1
+            value = rest[k:j].strip()
+        if key:
+            params[key] = value
+        i = j
+    return scheme.lower(), params
+
+
+def error_message(resp_body, status, reason=""):
+    """A short message from a registry's JSON error body (``{"errors": [{code, message, detail}]}``)."""
+    try:
+        doc = json.loads(resp_body)
+        errs = doc.get("errors") if isinstance(doc, dict) else None
+        if isinstance(errs, list) and errs:
+            parts = []
+            for e in errs[:3]:
+                if not isinstance(e, dict):
+                    continue
+                code = str(e.get("code", "")).lower().replace("_", " ")
+                msg = str(e.get("message", "")).strip()
+                parts.append(f"{code}: {msg}" if msg and msg.lower() != code else (code or msg))
+            if parts:
+                return "; ".join(parts)
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        pass
+    text = resp_body[:200].decode("utf-8", "replace").strip() if resp_body else ""
+    return f"{status} {reason}".strip() + (f": {text}" if text and "<" not in text[:1] else "")
+
+
+def error_code(resp_body):
+    try:
+        doc = json.loads(resp_body)
+        return str(doc["errors"][0]["code"])
+    except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError):
+        return None
+
+
+class Session:
+    """Per-endpoint state: resolved base URL, challenge, token cache."""
+
+    def __init__(self, client, endpoint: Endpoint):
+        self.client, self.endpoint = client, endpoint
+        self.host = endpoint.host
+        self.base = None                  # "https://host:port"
+        self.challenge = (None, {})
+        self._tokens = {}                 # frozenset(scopes) -> (token, expires_at monotonic)
+        self._lock = threading.Lock()
+        self._creds_loaded = False
+        self._creds = None
+
+    @property
+    def transport(self):
+        return self.client.transport
+
+    def credentials(self):
+        if not self._creds_loaded:
+            self._creds = self.client.credentials_for(self.endpoint.credentials_key or self.host)
+            self._creds_loaded = True
+        return self._creds
+
+    # --- discovery -------------------------------------------------------------------
+
+    def ready(self):
+        with self._lock:
+            if self.base is None:
+                self._ping()
+            return self.base
+
+    def _ping(self):
+        ep = self.endpoint
+        may_http = ep.insecure or is_loopback(ep.host)
+        schemes = [ep.scheme] if ep.scheme else (["https", "http"] if may_http else ["https"])
+        last = None
+        for i, scheme in enumerate(schemes):
+            base = f"{scheme}://{ep.host}"
+            fallback_left = i + 1 < len(schemes)
+            try:
+                resp = self.transport.request("GET", base + "/v2/", retry=not fallback_left)
+            except RegistryError as e:
+                last = e
+                if fallback_left and "certificate verification failed" not in str(e):
+                    continue
+                raise RegistryError(f"registry {ep.host} is not reachable: {_strip_method(e)}") from None
+            body = resp.content(limit=MAX_ERROR_BODY) if resp.status != 200 else (resp.drain() or b"")
+            if resp.status == 401:
+                self.challenge = parse_challenge(resp.header("WWW-Authenticate"))
+            elif resp.status in (200,):
+                self.challenge = (None, {})
+            elif resp.status == 404:
+                raise RegistryError(f"{base}/v2/: 404 not found: {ep.host} does not serve the registry API v2",
+                                    status=404)
+            else:
+                raise RegistryError(f"{base}/v2/: {error_message(body, resp.status, resp.reason)}",
+                                    status=resp.status)
+            self.base = base
+            return
+        raise last  # pragma: no cover
+
+    # --- authorization ------------------------------------------------------------------
+
+    def authorization(self, scopes, *, refresh=False):
+        scheme, params = self.challenge
+        if scheme == "bearer":
+            return "Bearer " + self._token(params, scopes, refresh)
+        if scheme == "basic":
+            creds = self.credentials()
+            if creds is None or not (creds.username or creds.password):
+                raise AuthenticationError(
+                    f"{self.host}: authentication required (no credentials; run 'lamina login {self.host}')")
+            return _creds.basic_header(creds)
+        return None
+
+    def _token(self, params, scopes, refresh):
+        key = frozenset(scopes)
+        with self._lock:
+            cached = self._tokens.get(key)
+            if cached and not refresh and cached[1] > time.monotonic():
+                return cached[0]
+            token, ttl = self._fetch_token(params, sorted(scopes))
+            margin = min(10.0, ttl / 10)
+            self._tokens[key] = (token, time.monotonic() + ttl - margin)
+            return token
+
+    def _fetch_token(self, params, scopes):
+        realm = params.get("realm")
+        if not realm:
+            raise AuthenticationError(f"{self.host}: bearer challenge without a realm")
+        u = urllib.parse.urlsplit(realm)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise AuthenticationError(f"{self.host}: invalid token realm {realm!r}")
+        if u.scheme == "http" and not (is_loopback(u.netloc) or self.endpoint.insecure):
+            raise AuthenticationError(f"{self.host}: refusing plain-HTTP token realm {realm!r} "
+                                      "(mark the registry insecure to allow it)")
+        service = params.get("service")
+        creds = self.credentials()
+        headers = {"Accept": "application/json"}
+        if creds is not None and creds.identity_token:
+            form = [("grant_type", "refresh_token"), ("refresh_token", creds.identity_token),
+                    ("client_id", "lamina")]
+            if service:
+                form.append(("service", service))
+            if scopes:
+                form.append(("scope", " ".join(scopes)))
+            data = urllib.parse.urlencode(form).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            resp = self.transport.request("POST", realm, headers=headers, body=data)
+        else:
+            query = []
+            if service:
+                query.append(("service", service))
+            query += [("scope", s) for s in scopes]
+            if creds is not None and (creds.username or creds.password):
+                headers["Authorization"] = _creds.basic_header(creds)
+                query.append(("account", creds.username))
+            sep = "&" if u.query else "?"
+            url = realm + (sep + urllib.parse.urlencode(query) if query else "")
+            resp = self.transport.request("GET", url, headers=headers)
+        body = resp.content(limit=MAX_TOKEN_BODY)
+        if resp.status in (401, 403):
+            who = f" as {creds.username!r}" if creds and creds.username else ""
+            raise AuthenticationError(
+                f"{self.host}: token server refused the credentials{who}: "
+                f"{error_message(body, resp.status, resp.reason)}", status=resp.status)
+        if resp.status != 200:
+            raise AuthenticationError(f"{self.host}: token request to {realm} failed: "
+                                      f"{error_message(body, resp.status, resp.reason)}", status=resp.status)
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise AuthenticationError(f"{self.host}: token server sent invalid JSON") from None
+        token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
+        if not isinstance(token, str) or not token:
+            raise AuthenticationError(f"{self.host}: token server sent no token")
+        ttl = doc.get("expires_in")
+        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl <= 0:
+            ttl = TOKEN_DEFAULT_EXPIRY
+        return token, float(ttl)
+
+    def forget_tokens(self):
+        with self._lock:
+            self._tokens.clear()
+
+
+def _strip_method(e):
+    s = str(e)
+    # "GET https://h/v2/: connection refused" -> "connection refused"
+    if s.startswith(("GET ", "HEAD ")) and ": " in s:
+        return s.split(": ", 1)[1]
+    return s
+
+
+class ManifestResponse:
+    def __init__(self, data, media_type, digest, document):
+        self.data, self.media_type, self.digest, self.document = data, media_type, digest, document
+
+    @property
+    def is_index(self):
+        return mt.is_index(self.media_type)
+
+
+class Repository:
+    """One repository on one endpoint."""
+
+    def __init__(self, session: Session, path: str, actions=("pull",), name: Optional[str] = None):
+        self.session = session
+        self.path = path                  # path on this endpoint
+        self.name = name or f"{session.host}/{path}"
+        self.actions = tuple(actions)
+        self.extra_scopes = set()
+
+    @property
+    def host(self):
+        return self.session.host
+
+    @property
+    def is_mirror(self):
+        return self.session.endpoint.mirror
+
+    def scopes(self):
+        return {f"repository:{self.path}:{','.join(self.actions)}"} | self.extra_scopes
+
+    def url(self, suffix):
+        return f"{self.session.ready()}/v2/{self.path}/{suffix}"
+
+    # --- the authenticated request loop ------------------------------------------------------
+
+    def request(self, method, url, *, headers=None, body=None, retry=True, follow_redirects=True):
+        """Send with authorization; on 401 learn the challenge and retry with fresh credentials."""
+        self.session.ready()
+        scopes = self.scopes()
+        refresh = False
+        data = b""
+        for attempt in range(3):
+            h = dict(headers or {})
+            auth = self.session.authorization(scopes, refresh=refresh)
+            if auth:
+                h["Authorization"] = auth
+            resp = self.session.transport.request(method, url, headers=h, body=body, retry=retry,
+                                                  follow_redirects=follow_redirects)
+            if resp.status == 403:
+                data = resp.content(limit=MAX_ERROR_BODY)
+                raise AuthenticationError(
+                    f"{method} {self.name}: access denied: {error_message(data, 403, resp.reason)}", status=403)
+            if resp.status != 401:
+                return resp
+            scheme, params = parse_challenge(resp.header("WWW-Authenticate"))
+            data = resp.content(limit=MAX_ERROR_BODY)
+            if scheme is None:
+                break
+            wanted = set(scopes)
+            if scheme == "bearer" and params.get("scope"):
+                wanted |= set(params["scope"].split(" "))
+            if attempt > 0 and wanted == scopes and scheme == self.session.challenge[0]:
+                break   # fresh credentials for the same scopes were refused again
+            self.session.challenge = (scheme, params)
+            scopes, refresh = wanted, True
+        creds = self.session.credentials()
+        hint = "" if creds else f" (no credentials; run 'lamina login {self.host}')"
+        raise AuthenticationError(
+            f"{method} {self.name}: authentication failed: {error_message(data, 401, 'Unauthorized')}{hint}",
+            status=401)
+
+    def _fail(self, resp, what):
+        data = resp.content(limit=MAX_ERROR_BODY)
+        msg = error_message(data, resp.status, resp.reason)
+        raise RegistryError(f"{what}: {msg}", status=resp.status, code=error_code(data))
+
+    # --- manifests -------------------------------------------------------------------------
+
+    def get_manifest(self, reference: str, *, head=False) -> ManifestResponse:
+        """Fetch a manifest or index by tag or digest and check its digest."""
+        is_digest = reference.startswith("sha256:")
+        if is_digest:
+            _digest.validate(reference, f"{self.name}@{reference}")
+        sep = "@" if is_digest else ":"
+        what = f"{self.name}{sep}{reference}"
+        resp = self.request("GET", self.url(f"manifests/{reference}"), headers={"Accept": MANIFEST_ACCEPT})
+        if resp.status == 404:
+            data = resp.content(limit=MAX_ERROR_BODY)
+            raise ImageNotFoundError(f"manifest for {what} not found: {error_message(data, 404, 'Not Found')}")
+        if resp.status != 200:
+            self._fail(resp, f"GET manifest {what}")
+        data = resp.content(limit=MAX_MANIFEST_SIZE)
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if is_digest and actual != reference:
+            raise RegistryError(f"manifest {what}: registry sent content with digest {actual}")
+        header_digest = (resp.header("Docker-Content-Digest") or "").strip()
+        if header_digest and header_digest.startswith("sha256:") and header_digest != actual:
+            raise RegistryError(f"manifest {what}: content digest {actual} does not match the "
+                                f"Docker-Content-Digest header {header_digest}")
+        content_type = (resp.header("Content-Type") or "").split(";")[0].strip()
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            if content_type in mt.SCHEMA1_TYPES:
+                raise UnsupportedMediaTypeError(f"{what}: {mt.SCHEMA1_MESSAGE}") from None
+            raise RegistryError(f"manifest {what}: invalid JSON") from None
+        if not isinstance(doc, dict):
+            raise RegistryError(f"manifest {what}: expected a JSON object")
+        if mt.is_schema1(content_type, doc):
+            raise UnsupportedMediaTypeError(f"{what}: {mt.SCHEMA1_MESSAGE}")
+        media_type = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else None
+        if media_type is None:
+            if content_type in mt.INDEX_TYPES or content_type in mt.MANIFEST_TYPES:
+                media_type = content_type
+            elif "manifests" in doc:
+                media_type = mt.OCI_INDEX
+            elif "layers" in doc:
+                media_type = mt.OCI_MANIFEST
+        if media_type not in mt.INDEX_TYPES and media_type not in mt.MANIFEST_TYPES:
+            raise UnsupportedMediaTypeError(f"{what}: unsupported manifest media type {media_type or content_type!r}")
+        return ManifestResponse(data, media_type, actual, doc)
+
+    def head_manifest(self, reference):
+        """(digest, media type, size) of a manifest, or None if absent."""
+        resp = self.request("HEAD", self.url(f"manifests/{reference}"), headers={"Accept": MANIFEST_ACCEPT})
+        resp.close()
+        if resp.status == 404:
+            return None
+        if resp.status != 200:
+            raise RegistryError(f"HEAD manifest {self.name}:{reference}: {resp.status} {resp.reason}",
+                                status=resp.status)
+        return (resp.header("Docker-Content-Digest"), resp.header("Content-Type"), resp.length)
+
+    def put_manifest(self, reference, data, media_type):
+        resp = self.request("PUT", self.url(f"manifests/{reference}"), headers={"Content-Type": media_type},
+                            body=data)
+        if resp.status not in (200, 201, 202):
+            self._fail(resp, f"PUT manifest {self.name}:{reference}")
+        resp.drain()
+        return resp.header("Docker-Content-Digest")
+
+    # --- blobs -----------------------------------------------------------------------------------
+
+    def open_blob(self, digest, offset=0):
+        """A streaming response for a blob from ``offset``; status 200 (whole blob) or 206."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        resp = self.request("GET", self.url(f"blobs/{digest}"), headers=headers)
+        if resp.status == 404:
+            data = resp.content(limit=MAX_ERROR_BODY)
+            raise BlobNotFoundError(f"blob {digest} not found in {self.name}: "
+                                    f"{error_message(data, 404, 'Not Found')}")
+        if resp.status not in (200, 206):
+            self._fail(resp, f"GET blob {digest} from {self.name}")
+        return resp
+
+    def get_blob(self, digest, limit):
+        """A small blob's bytes (configs), verified."""
+        resp = self.open_blob(digest)
+        data = resp.content(limit=limit)
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise RegistryError(f"blob {digest} from {self.name}: registry sent content with digest {actual}")
+        return data
+
+    def blob_exists(self, digest):
+        resp = self.request("HEAD", self.url(f"blobs/{digest}"))
+        resp.close()
+        if resp.status == 200:
+            return True
+        if resp.status == 404:
+            return False
+        raise RegistryError(f"HEAD blob {digest} in {self.name}: {resp.status} {resp.reason}", status=resp.status)
+
+    # --- uploads -----------------------------------------------------------------------------------
+
+    def start_upload(self, mount=None, from_path=None):
+        """POST an upload.  Returns ("mounted", None) or ("upload", location URL)."""
+        url = self.url("blobs/uploads/")
+        if mount:
+            url += "?" + urllib.parse.urlencode({"mount": mount, "from": from_path})
+        resp = self.request("POST", url)
+        if resp.status == 201 and mount:
+            resp.drain()
+            return "mounted", None
+        if resp.status != 202:
+            self._fail(resp, f"POST upload to {self.name}")
+        location = resp.header("Location")
+        resp.drain()
+        if not location:
+            raise RegistryError(f"POST upload to {self.name}: no Location in the answer")
+        return "upload", urllib.parse.urljoin(url, location)
+
+    @staticmethod
+    def with_query(url, **params):
+        u = urllib.parse.urlsplit(url)
+        q = urllib.parse.parse_qsl(u.query, keep_blank_values=True)
+        q += list(params.items())
+        return urllib.parse.urlunsplit((u.scheme, u.netloc, u.path, urllib.parse.urlencode(q), u.fragment))
+
+
+class RegistryClient:
+    """Entry point: configuration, credentials and sessions shared by every repository."""
+
+    def __init__(self, *, config: Optional[RegistryConfig] = None, transport: Optional[Transport] = None,
+                 credentials=None, insecure=()):
+        self.config = config or RegistryConfig.load(insecure=insecure)
+        if insecure:
+            self.config.insecure |= set(insecure)
+        self.transport = transport or Transport(tls=TLSPolicy())
+        self._credentials = credentials   # None (look up), or {host: Credentials} / callable(host)
+        self._sessions = {}
+        self._lock = threading.Lock()
+
+    def credentials_for(self, host):
+        c = self._credentials
+        if callable(c):
+            return c(host)
+        if isinstance(c, dict):
+            return c.get(host)
+        return _creds.lookup(host)
+
+    def session(self, endpoint: Endpoint) -> Session:
+        with self._lock:
+            s = self._sessions.get(endpoint)
+            if s is None:
+                if endpoint.insecure:
+                    self.transport.tls.mark_insecure(endpoint.host)
+                s = self._sessions[endpoint] = Session(self, endpoint)
+            return s
+
+    def repositories(self, ref, actions=("pull",), *, for_push=False):
+        """Repositories to try for ``ref`` (Reference or str), mirrors first."""
+        if not isinstance(ref, Reference):
+            ref = Reference.parse(ref)
+        out = []
+        for ep in self.config.endpoints(ref.domain, ref.path, for_push=for_push):
+            if not ep.serves(ref.digest is not None):
+                continue
+            out.append(Repository(self.session(ep), ep.repo_path(ref.path), actions, name=ref.name
+                                  if not ep.mirror else f"{ep.host}/{ep.repo_path(ref.path)}"))
+        return out
+
+    def repository(self, ref, actions=("pull",)):
+        """The registry's own repository (no mirrors): for pushes, logins, manifest PUTs."""
+        return self.repositories(ref, actions, for_push=True)[-1]
+
+    def close(self):
+        self.transport.close()

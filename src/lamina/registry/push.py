@@ -1,0 +1,307 @@
+"""``lamina push``: store -> registry.
+
+For each blob (config and layers, ``concurrency`` at a time): ``HEAD`` and
+skip it when the repository has it; else try a cross-repository mount from
+the other repositories of the same registry the image is known by; else
+upload it, in one ``PUT`` (blobs up to ``chunk_size``) or in ``PATCH``
+chunks that resume from the registry's ``Range`` after a failure.  Then the
+manifests are ``PUT`` byte for byte as stored (children by digest, then the
+index or the manifest under the tag), and the digest is printed like docker.
+"""
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .. import mediatypes as mt
+from ..errors import ImageError, LaminaError, RegistryError
+from ..oci.model import document_media_type, parse_index, parse_manifest
+from ..reference import Reference
+from .client import MAX_ERROR_BODY, RegistryClient, error_message
+from .progress import Reporter
+from .pull import _open_store
+from .transport import CONNECTION_ERRORS, describe_error
+
+DEFAULT_CHUNK_SIZE = 64 << 20    # blobs above this go up in PATCH chunks of this size
+DEFAULT_CONCURRENCY = 3
+
+
+@dataclass
+class PushResult:
+    reference: str
+    digest: str
+    size: int
+    media_type: str
+    blobs: dict = field(default_factory=dict)   # digest -> "pushed" | "exists" | "mounted from X"
+
+    def to_dict(self):
+        return {"reference": self.reference, "digest": self.digest, "size": self.size,
+                "media_type": self.media_type, "blobs": self.blobs}
+
+
+def _read_blob(store, digest):
+    with store.open_blob(digest) as f:
+        return f.read()
+
+
+class Pusher:
+    def __init__(self, ref, *, store=None, source=None, client=None, reporter=None, chunk_size=None,
+                 concurrency=None, insecure=()):
+        self.ref = ref if isinstance(ref, Reference) else Reference.parse(ref)
+        self.source = source
+        self.store = _open_store(store)
+        self._own_client = client is None
+        self.client = client or RegistryClient(insecure=insecure)
+        self.reporter = reporter or Reporter()
+        self.chunk_size = int(chunk_size or os.environ.get("LAMINA_PUSH_CHUNK_SIZE") or DEFAULT_CHUNK_SIZE)
+        self.concurrency = max(1, int(concurrency or DEFAULT_CONCURRENCY))
+
+    def run(self):
+        try:
+            return self._run()
+        finally:
+            self.reporter.close()
+            if self._own_client:
+                self.client.close()
+
+    # --- what to push ----------------------------------------------------------------------------
+
+    def _document(self, digest):
+        data = _read_blob(self.store, digest)
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            raise ImageError(f"stored manifest {digest} is not JSON") from None
+        if not isinstance(doc, dict):
+            raise ImageError(f"stored manifest {digest} is not a JSON object")
+        return data, doc
+
+    def _manifest_blobs(self, digest):
+        data, doc = self._document(digest)
+        media_type = document_media_type(doc, None, f"manifest {digest}")
+        if not mt.is_manifest(media_type):
+            raise ImageError(f"{digest} is not an image manifest")
+        m = parse_manifest(doc, media_type, f"manifest {digest}")
+        return data, media_type, [m.config] + list(m.layers), m.layers
+
+    def _complete_index(self, image):
+        """The index the image was pulled as, when it and all its images are in the store."""
+        for rd in getattr(image, "repo_digests", []) or []:
+            d = str(rd).rsplit("@", 1)[-1]
+            if d == image.manifest_digest or not self.store.has_blob(d):
+                continue
+            try:
+                data, doc = self._document(d)
+                media_type = document_media_type(doc, None, f"index {d}")
+                if not mt.is_index(media_type):
+                    continue
+                index = parse_index(doc, media_type, f"index {d}")
+            except LaminaError:
+                continue
+            children = [c for c in index.manifests if mt.is_manifest(c.media_type)]
+            if len(children) != len(index.manifests) or image.manifest_digest not in {c.digest for c in children}:
+                continue
+            ok = True
+            for c in children:
+                if not self.store.has_blob(c.digest):
+                    ok = False
+                    break
+                _, _, blobs, _ = self._manifest_blobs(c.digest)
+                if not all(self.store.has_blob(b.digest) for b in blobs):
+                    ok = False
+                    break
+            if ok:
+                return d, data, media_type, children
+        return None
+
+    def _mount_sources(self, image):
+        """Other repositories of the target registry the image is known by (cross-repo mount)."""
+        out = []
+        names = [str(r) for r in getattr(image, "refs", []) or []]
+        names += [str(r) for r in getattr(image, "repo_digests", []) or []]
+        for n in names:
+            try:
+                r = Reference.parse(n)
+            except LaminaError:
+                continue
+            if r.domain == self.ref.domain and r.path != self.ref.path and r.path not in out:
+                out.append(r.path)
+        return out
+
+    # --- the push ------------------------------------------------------------------------------------
+
+    def _run(self):
+        ref = self.ref
+        image = self.store.resolve(self.source or str(ref))
+        repo = self.client.repository(ref, ("pull", "push"))
+        sources = self._mount_sources(image)
+        for s in sources:
+            repo.extra_scopes.add(f"repository:{s}:pull")
+        self.reporter.line(f"The push refers to repository [{ref.name}]")
+
+        index = self._complete_index(image)
+        manifests = []   # (digest, data, media_type)
+        blobs = {}
+        layer_digests = []
+        if index is not None:
+            for c in index[3]:
+                data, mtype, descs, layers = self._manifest_blobs(c.digest)
+                manifests.append((c.digest, data, mtype))
+                for b in descs:
+                    blobs.setdefault(b.digest, b)
+                layer_digests += [layer.digest for layer in layers]
+        else:
+            data, mtype, descs, layers = self._manifest_blobs(image.manifest_digest)
+            for b in descs:
+                blobs.setdefault(b.digest, b)
+            layer_digests += [layer.digest for layer in layers]
+        for d in blobs:
+            if not self.store.has_blob(d):
+                raise ImageError(f"cannot push {ref}: blob {d} is not in the store")
+
+        for d in dict.fromkeys(layer_digests):
+            self.reporter.layer(d, blobs[d].size)
+        statuses = {}
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="lamina-push") as pool:
+            futures = {pool.submit(self._push_blob, repo, desc, sources, desc.digest in layer_digests): d
+                       for d, desc in blobs.items()}
+            for f, d in futures.items():
+                statuses[d] = f.result()
+
+        tag = ref.digest or ref.tag
+        for digest, data, mtype in manifests:
+            self._put_manifest(repo, digest, data, mtype, digest)
+        if index is not None:
+            top_digest, top_data, top_type = index[0], index[1], index[2]
+        else:
+            top_digest, top_data, top_type = image.manifest_digest, data, mtype
+        if ref.digest and ref.digest != top_digest:
+            raise ImageError(f"cannot push {top_digest} as {ref}: the digests differ")
+        self._put_manifest(repo, top_digest, top_data, top_type, tag)
+        self.reporter.line(f"{tag}: digest: {top_digest} size: {len(top_data)}")
+        return PushResult(str(ref), top_digest, len(top_data), top_type, statuses)
+
+    def _put_manifest(self, repo, digest, data, media_type, tag):
+        served = repo.put_manifest(tag, data, media_type)
+        if served and served.startswith("sha256:") and served != digest:
+            raise RegistryError(f"PUT manifest {repo.name}:{tag}: registry computed {served}, expected {digest}")
+
+    def _push_blob(self, repo, desc, sources, is_layer):
+        digest = desc.digest
+        report = self.reporter.state if is_layer else (lambda *a: None)
+        if repo.blob_exists(digest):
+            report(digest, "Layer already exists")
+            return "exists"
+        location = None
+        for src in sources:
+            try:
+                how, loc = repo.start_upload(mount=digest, from_path=src)
+            except RegistryError:
+                continue
+            if how == "mounted":
+                report(digest, f"Mounted from {src}")
+                return f"mounted from {src}"
+            location = loc
+            break
+        report(digest, "Pushing")
+        for attempt in range(2):
+            if location is None:
+                _, location = repo.start_upload()
+            try:
+                if desc.size <= self.chunk_size:
+                    self._monolithic(repo, location, desc)
+                else:
+                    self._chunked(repo, location, desc)
+                break
+            except RegistryError:
+                if attempt == 1:
+                    raise
+                location = None   # start a fresh upload session once
+        report(digest, "Pushed")
+        return "pushed"
+
+    def _monolithic(self, repo, location, desc):
+        path = self.store.blob_path(desc.digest)
+
+        def body():
+            return open(path, "rb")
+
+        url = repo.with_query(location, digest=desc.digest)
+        resp = repo.request("PUT", url, headers={"Content-Type": "application/octet-stream",
+                                                 "Content-Length": str(desc.size)}, body=body)
+        self._check_put(repo, resp, desc)
+
+    def _check_put(self, repo, resp, desc):
+        if resp.status != 201:
+            data = resp.content(limit=MAX_ERROR_BODY)
+            raise RegistryError(f"upload of {desc.digest} to {repo.name}: "
+                                f"{error_message(data, resp.status, resp.reason)}", status=resp.status)
+        served = resp.header("Docker-Content-Digest")
+        resp.drain()
+        if served and served.startswith("sha256:") and served != desc.digest:
+            raise RegistryError(f"upload of {desc.digest} to {repo.name}: registry stored {served}")
+
+    def _upload_offset(self, repo, location):
+        """Bytes the registry holds for an upload session (GET status, Range: 0-N)."""
+        resp = repo.request("GET", location)
+        rng = resp.header("Range")
+        status = resp.status
+        new_loc = resp.header("Location")
+        resp.drain()
+        if status != 204:
+            raise RegistryError(f"upload status of {repo.name}: {status} {resp.reason}", status=status)
+        if new_loc:
+            location = urllib.parse.urljoin(location, new_loc)
+        if not rng or "-" not in rng:
+            return 0, location
+        end = int(rng.split("-", 1)[1])
+        return end + 1, location
+
+    def _chunked(self, repo, location, desc):
+        path = self.store.blob_path(desc.digest)
+        size = desc.size
+        offset = 0
+        failures = 0
+        budget = self.client.transport.retries + 1
+        with open(path, "rb") as f:
+            while offset < size:
+                f.seek(offset)
+                chunk = f.read(min(self.chunk_size, size - offset))
+                headers = {"Content-Type": "application/octet-stream",
+                           "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+                           "Content-Length": str(len(chunk))}
+                try:
+                    resp = repo.request("PATCH", location, headers=headers, body=chunk, retry=False)
+                    if resp.status != 202:
+                        data = resp.content(limit=MAX_ERROR_BODY)
+                        if resp.status < 500 and resp.status not in (408, 416, 429):
+                            raise RegistryError(f"upload of {desc.digest} to {repo.name}: "
+                                                f"{error_message(data, resp.status, resp.reason)}",
+                                                status=resp.status)
+                        raise ConnectionError(f"{resp.status} {resp.reason}")
+                    loc = resp.header("Location")
+                    resp.drain()
+                    if loc:
+                        location = urllib.parse.urljoin(location, loc)
+                    offset += len(chunk)
+                    failures = 0
+                except CONNECTION_ERRORS as e:
+                    failures += 1
+                    if failures >= budget:
+                        raise RegistryError(f"upload of {desc.digest} to {repo.name} failed at byte {offset}: "
+                                            f"{describe_error(e)}") from None
+                    self.client.transport.sleep_backoff(failures)
+                    offset, location = self._upload_offset(repo, location)
+        url = repo.with_query(location, digest=desc.digest)
+        resp = repo.request("PUT", url, headers={"Content-Length": "0"})
+        self._check_put(repo, resp, desc)
+
+
+def push(ref, *, store=None, source=None, client=None, reporter=None, chunk_size=None, concurrency=None,
+         insecure=()) -> PushResult:
+    """Push the stored image ``source`` (default: ``ref`` itself) to ``ref``."""
+    return Pusher(ref, store=store, source=source, client=client, reporter=reporter, chunk_size=chunk_size,
+                  concurrency=concurrency, insecure=insecure).run()

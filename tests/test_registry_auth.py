@@ -1,0 +1,263 @@
+"""Authentication against real registries: htpasswd basic auth, token auth (JWTs from a test token
+server the registry trusts), stored credentials (config.json, auth.json, credential helpers),
+login/logout, and TLS with a test CA."""
+import base64
+import json
+import os
+import stat
+
+import pytest
+
+import ocibuild
+from registryfixture import (Registry, TokenServer, lamina_cli, make_ca, registry_env,  # noqa: F401
+                             skopeo_push)
+
+from lamina import errors
+from lamina.registry import RegistryClient, pull
+from lamina.registry.config import Endpoint
+from lamina.store import Store
+
+USERS = {"alice": "s3cret"}
+
+
+def _layout(tmp_path):
+    lay = ocibuild.Layout(tmp_path / "oci")
+    m = lay.image([{"hello.txt": b"hello auth"}, {"more.txt": b"more"}])
+    lay.add(m, "1")
+    return lay, m
+
+
+def _docker_config(env_root, doc):
+    path = env_root / "home" / ".docker" / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _auth(user="alice", pw="s3cret"):
+    return base64.b64encode(f"{user}:{pw}".encode()).decode()
+
+
+def _pulled_ok(store, ref):
+    img = store.resolve(ref)
+    assert (store.snapshots_for(img)[0] / "hello.txt").read_bytes() == b"hello auth"
+
+
+# --------------------------------------------------------------------------------------------
+# htpasswd (basic)
+
+
+@pytest.fixture(scope="module")
+def basic_reg(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("basic")
+    r = Registry(tmp, htpasswd_users=USERS)
+    lay, m = _layout(tmp)
+    skopeo_push(f"oci:{lay.root}:1", r.host, "private:1", extra=("--dest-creds", "alice:s3cret"))
+    yield r
+    r.stop()
+
+
+def test_basic_auth_needs_credentials(basic_reg, registry_env):  # noqa: F811
+    with pytest.raises(errors.AuthenticationError, match=f"lamina login {basic_reg.host}"):
+        pull(f"{basic_reg.host}/private:1", store=registry_env / "root")
+
+
+def test_basic_auth_from_docker_config(basic_reg, registry_env):  # noqa: F811
+    _docker_config(registry_env, {"auths": {f"https://{basic_reg.host}/v1/": {"auth": _auth()}}})
+    store = Store(registry_env / "root")
+    pull(f"{basic_reg.host}/private:1", store=store)
+    _pulled_ok(store, f"{basic_reg.host}/private:1")
+
+
+def test_basic_auth_wrong_password(basic_reg, registry_env):  # noqa: F811
+    _docker_config(registry_env, {"auths": {basic_reg.host: {"auth": _auth(pw="nope")}}})
+    with pytest.raises(errors.AuthenticationError, match="authentication failed"):
+        pull(f"{basic_reg.host}/private:1", store=registry_env / "root")
+
+
+def test_containers_auth_json(basic_reg, registry_env):  # noqa: F811
+    path = registry_env / "run" / "containers" / "auth.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"auths": {basic_reg.host: {"auth": _auth()}}}))
+    store = Store(registry_env / "root")
+    pull(f"{basic_reg.host}/private:1", store=store)
+    _pulled_ok(store, f"{basic_reg.host}/private:1")
+
+
+def test_credential_helper(basic_reg, registry_env, monkeypatch):  # noqa: F811
+    bindir = registry_env / "bin"
+    bindir.mkdir()
+    log = registry_env / "helper.log"
+    helper = bindir / "docker-credential-lamtest"
+    helper.write_text(f"""#!/bin/sh
+read server
+echo "$1 $server" >> {log}
+if [ "$server" = "{basic_reg.host}" ]; then
+  echo '{{"ServerURL": "{basic_reg.host}", "Username": "alice", "Secret": "s3cret"}}'
+else
+  echo "credentials not found in native keychain"; exit 1
+fi
+""")
+    helper.chmod(helper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    _docker_config(registry_env, {"credHelpers": {basic_reg.host: "lamtest"}})
+    store = Store(registry_env / "root")
+    pull(f"{basic_reg.host}/private:1", store=store)
+    _pulled_ok(store, f"{basic_reg.host}/private:1")
+    assert log.read_text().splitlines() == [f"get {basic_reg.host}"]
+
+
+def test_login_logout_cli(basic_reg, registry_env):  # noqa: F811
+    root = registry_env / "root"
+    cfg = registry_env / "home" / ".docker" / "config.json"
+    bad = lamina_cli("login", basic_reg.host, "-u", "alice", "--password-stdin", input="wrong\n", check=False)
+    assert bad.returncode == 1 and bad.stderr.startswith("lamina: error: ")
+    assert not cfg.exists()
+    ok = lamina_cli("login", basic_reg.host, "-u", "alice", "--password-stdin", input="s3cret\n")
+    assert ok.stdout.startswith("Login Succeeded")
+    doc = json.loads(cfg.read_text())
+    assert base64.b64decode(doc["auths"][basic_reg.host]["auth"]) == b"alice:s3cret"
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
+    lamina_cli("pull", "-q", f"{basic_reg.host}/private:1", root=root)
+    out = lamina_cli("logout", basic_reg.host).stdout
+    assert out.strip() == f"Removing login credentials for {basic_reg.host}"
+    assert basic_reg.host not in json.loads(cfg.read_text())["auths"]
+    p = lamina_cli("pull", f"{basic_reg.host}/private:1", root=registry_env / "root2", check=False)
+    assert p.returncode == 1 and "authentication required" in p.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# token auth
+
+
+@pytest.fixture(scope="module")
+def token_reg(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("token")
+    token = TokenServer(tmp, users=USERS, anonymous_pull=True)
+    r = Registry(tmp, token=token)
+    lay, m = _layout(tmp)
+    skopeo_push(f"oci:{lay.root}:1", r.host, "public/app:1", extra=("--dest-creds", "alice:s3cret"))
+    yield r, token
+    r.stop()
+    token.stop()
+
+
+def test_token_anonymous_pull_one_token(token_reg, registry_env):  # noqa: F811
+    reg, token = token_reg
+    token.requests.clear()
+    store = Store(registry_env / "root")
+    pull(f"{reg.host}/public/app:1", store=store)
+    _pulled_ok(store, f"{reg.host}/public/app:1")
+    # manifest, config and two layers, concurrently: one token for the repository scope, cached.
+    assert token.requests == [(None, ["repository:public/app:pull"])]
+
+
+def test_token_refetched_when_registry_rejects_it(token_reg, registry_env):  # noqa: F811
+    reg, token = token_reg
+    token.requests.clear()
+    token.expired_tokens = 1
+    store = Store(registry_env / "root")
+    pull(f"{reg.host}/public/app:1", store=store)
+    _pulled_ok(store, f"{reg.host}/public/app:1")
+    assert len(token.requests) == 2
+
+
+def test_token_with_credentials_and_identity_token(token_reg, registry_env):  # noqa: F811
+    reg, token = token_reg
+    _docker_config(registry_env, {"auths": {reg.host: {"auth": _auth()}}})
+    token.requests.clear()
+    pull(f"{reg.host}/public/app:1", store=registry_env / "root")
+    assert token.requests[0][0] == "alice"
+    _docker_config(registry_env, {"auths": {reg.host: {"identitytoken": "refresh-alice-s3cret"}}})
+    token.requests.clear()
+    pull(f"{reg.host}/public/app:1", store=registry_env / "root2")
+    assert token.requests[0][0] == "alice"   # the refresh grant was used
+    _docker_config(registry_env, {"auths": {reg.host: {"auth": _auth(pw="bad")}}})
+    with pytest.raises(errors.AuthenticationError, match="refused the credentials as 'alice'"):
+        pull(f"{reg.host}/public/app:1", store=registry_env / "root3")
+
+
+def test_token_private_repo(tmp_path, registry_env):  # noqa: F811
+    token = TokenServer(tmp_path, users=USERS, anonymous_pull=False)
+    reg = Registry(tmp_path, token=token)
+    try:
+        lay, m = _layout(tmp_path)
+        skopeo_push(f"oci:{lay.root}:1", reg.host, "secret:1", extra=("--dest-creds", "alice:s3cret"))
+        with pytest.raises(errors.AuthenticationError, match="run 'lamina login"):
+            pull(f"{reg.host}/secret:1", store=registry_env / "root")
+        ok = lamina_cli("login", reg.host, "-u", "alice", "--password-stdin", input="s3cret")
+        assert ok.stdout.startswith("Login Succeeded")
+        store = Store(registry_env / "root")
+        pull(f"{reg.host}/secret:1", store=store)
+        _pulled_ok(store, f"{reg.host}/secret:1")
+    finally:
+        reg.stop()
+        token.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# TLS
+
+
+@pytest.fixture(scope="module")
+def tls_reg(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tls")
+    ca = make_ca(tmp / "ca")
+    r = Registry(tmp, tls_ca=ca)
+    lay, m = _layout(tmp)
+    skopeo_push(f"oci:{lay.root}:1", r.host, "tls:1")
+    yield r, ca
+    r.stop()
+
+
+def test_tls_with_ca_from_certs_d(tls_reg, registry_env):  # noqa: F811
+    reg, ca = tls_reg
+    d = registry_env / "certs.d" / reg.host
+    d.mkdir(parents=True)
+    (d / "ca.crt").write_bytes(open(ca["cert_path"], "rb").read())
+    store = Store(registry_env / "root")
+    r = pull(f"{reg.host}/tls:1", store=store)
+    _pulled_ok(store, f"{reg.host}/tls:1")
+    assert r.endpoint == reg.host
+
+
+def test_tls_unknown_ca_fails_clearly(tls_reg, registry_env):  # noqa: F811
+    reg, ca = tls_reg
+    with pytest.raises(errors.RegistryError) as e:
+        pull(f"{reg.host}/tls:1", store=registry_env / "root")
+    msg = str(e.value)
+    assert "certificate verification failed" in msg and f"{reg.host}/ca.crt" in msg
+    # --insecure: no verification (the user said so)
+    out = lamina_cli("pull", "--insecure", "-q", f"{reg.host}/tls:1", root=registry_env / "root").stdout
+    assert out == f"{reg.host}/tls:1\n"
+
+
+class _RecordingTransport:
+    """Stands in for Transport: records URLs, fails every connection."""
+
+    def __init__(self):
+        self.urls = []
+        from lamina.registry.transport import TLSPolicy
+        self.tls = TLSPolicy()
+
+    def request(self, method, url, **kw):
+        self.urls.append(url)
+        raise errors.RegistryError(f"{method} {url}: connection refused")
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("host,insecure,expect", [
+    ("registry.invalid:5000", False, ["https://registry.invalid:5000/v2/"]),
+    ("registry.invalid:5000", True, ["https://registry.invalid:5000/v2/", "http://registry.invalid:5000/v2/"]),
+    ("127.0.0.1:5000", False, ["https://127.0.0.1:5000/v2/", "http://127.0.0.1:5000/v2/"]),
+    ("localhost:5000", False, ["https://localhost:5000/v2/", "http://localhost:5000/v2/"]),
+])
+def test_plain_http_only_for_loopback_or_insecure(host, insecure, expect, registry_env):  # noqa: F811
+    t = _RecordingTransport()
+    client = RegistryClient(transport=t, credentials={})
+    session = client.session(Endpoint(host, insecure=insecure))
+    with pytest.raises(errors.RegistryError, match="not reachable"):
+        session.ready()
+    assert t.urls == expect

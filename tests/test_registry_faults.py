@@ -1,0 +1,239 @@
+"""Pulls through a fault-injecting proxy: retries, resume with Range, corrupt bytes, kill -9, redirects.
+
+The proxy (tests/registryfixture.FaultProxy) sits between lamina and a real docker-registry and
+counts the body bytes it serves, so "resumed" means "those bytes were not sent twice".
+"""
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import ocibuild
+from registryfixture import (FaultProxy, Registry, fast_random, registry_env, skopeo_push,  # noqa: F401
+                             skopeo_raw)
+
+from lamina import errors
+from lamina.registry import RegistryClient, Transport, pull
+from lamina.store import Store
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory):
+    r = Registry(tmp_path_factory.mktemp("reg"))
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def image(reg, tmp_path_factory):
+    """faults:1 = a small gzip layer + a 6 MiB uncompressed layer of random bytes."""
+    lay = ocibuild.Layout(tmp_path_factory.mktemp("lay") / "oci")
+    m = lay.image([{"small.txt": b"small\n" * 100}, {"big.bin": fast_random(6 * MiB, 1)}], compress=False)
+    lay.add(m, "1")
+    # --preserve-digests: skopeo would gzip the uncompressed layers for a docker:// destination.
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "faults:1", extra=("--preserve-digests",))
+    raw, digest = skopeo_raw(reg.host, "faults:1")
+    assert digest == m["digest"]
+    doc = json.loads(raw)
+    return {"manifest": digest, "layers": doc["layers"], "config": doc["config"],
+            "big": doc["layers"][1], "small": doc["layers"][0]}
+
+
+@pytest.fixture
+def proxy(reg):
+    p = FaultProxy(reg.host)
+    yield p
+    p.stop()
+
+
+def _blob_gets(proxy, digest):
+    return proxy.requests_for(f"/blobs/{digest}", "GET")
+
+
+def _check_pulled(store, ref, image):
+    img = store.resolve(ref)
+    assert img.manifest_digest == image["manifest"]
+    fs = store.snapshots_for(img)
+    assert (fs[1] / "big.bin").stat().st_size == 6 * MiB
+    return img
+
+
+def test_cut_connections_resume_with_range(proxy, image, registry_env):  # noqa: F811
+    big = image["big"]
+    proxy.add("cut", method="GET", path=f"/blobs/{big['digest']}", after=1 * MiB, times=2)
+    store = Store(registry_env / "root")
+    r = pull(f"{proxy.host}/faults:1", store=store)
+    _check_pulled(store, f"{proxy.host}/faults:1", image)
+    gets = _blob_gets(proxy, big["digest"])
+    assert len(gets) == 3
+    assert "Range" not in gets[0][2]
+    assert gets[1][2]["Range"] == f"bytes={1 * MiB}-"
+    assert gets[2][2]["Range"] == f"bytes={2 * MiB}-"
+    # Every byte crossed the wire once.
+    assert proxy.bytes_for(big["digest"]) == big["size"]
+    assert r.layers[1].downloaded_bytes == big["size"]
+
+
+def test_status_bursts_are_retried(proxy, image, registry_env):  # noqa: F811
+    rules = [proxy.add("status", code=503, path="/manifests/1", times=2),
+             proxy.add("status", code=429, retry_after=0, path=f"/blobs/{image['big']['digest']}", times=3),
+             proxy.add("status", code=500, path=f"/blobs/{image['config']['digest']}", times=2),
+             proxy.add("status", code=502, path=f"/blobs/{image['small']['digest']}", times=1)]
+    store = Store(registry_env / "root")
+    pull(f"{proxy.host}/faults:1", store=store)
+    _check_pulled(store, f"{proxy.host}/faults:1", image)
+    assert [r.hits for r in rules] == [2, 3, 2, 1]
+
+
+def test_persistent_errors_fail_clearly_and_store_nothing(proxy, image, registry_env):  # noqa: F811
+    big = image["big"]
+    proxy.add("status", code=500, path=f"/blobs/{big['digest']}", times=None)
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.RegistryError) as e:
+        pull(f"{proxy.host}/faults:1", store=store)
+    assert "500" in str(e.value) and big["digest"] in str(e.value)
+    assert not store.has_blob(big["digest"])
+    with pytest.raises(errors.ImageNotFoundError):
+        store.resolve(f"{proxy.host}/faults:1")
+    p = subprocess.run([sys.executable, "-m", "lamina", "--root", str(registry_env / "root"), "pull",
+                        f"{proxy.host}/faults:1"], capture_output=True, text=True)
+    assert p.returncode == 1
+    assert p.stderr.startswith("lamina: error: ") and "500" in p.stderr and len(p.stderr.splitlines()) == 1
+
+
+def test_slow_body(proxy, image, registry_env):  # noqa: F811
+    proxy.add("slow", path=f"/blobs/{image['small']['digest']}", chunk=512, delay=0.002)
+    store = Store(registry_env / "root")
+    pull(f"{proxy.host}/faults:1", store=store)
+    _check_pulled(store, f"{proxy.host}/faults:1", image)
+
+
+def test_stalled_body_times_out_and_resumes(proxy, image, registry_env):  # noqa: F811
+    big = image["big"]
+    proxy.add("stall", path=f"/blobs/{big['digest']}", after=3 * MiB, seconds=4)
+    client = RegistryClient(transport=Transport(timeout=1.0, backoff=0.01))
+    store = Store(registry_env / "root")
+    pull(f"{proxy.host}/faults:1", store=store, client=client)
+    _check_pulled(store, f"{proxy.host}/faults:1", image)
+    gets = _blob_gets(proxy, big["digest"])
+    assert gets[-1][2]["Range"] == f"bytes={3 * MiB}-"
+    assert proxy.bytes_for(big["digest"]) == big["size"]
+
+
+def test_corrupt_bytes_once_are_fetched_again(proxy, image, registry_env):  # noqa: F811
+    big = image["big"]
+    proxy.add("corrupt", path=f"/blobs/{big['digest']}", offset=12345, times=1)
+    store = Store(registry_env / "root")
+    pull(f"{proxy.host}/faults:1", store=store)
+    _check_pulled(store, f"{proxy.host}/faults:1", image)
+    assert len(_blob_gets(proxy, big["digest"])) == 2
+    assert "Range" not in _blob_gets(proxy, big["digest"])[1][2]   # the bad partial was thrown away
+
+
+def test_corrupt_bytes_always_fail_and_store_nothing(proxy, image, registry_env):  # noqa: F811
+    big = image["big"]
+    proxy.add("corrupt", path=f"/blobs/{big['digest']}", times=None)
+    root = registry_env / "root"
+    store = Store(root)
+    with pytest.raises(errors.DigestMismatchError) as e:
+        pull(f"{proxy.host}/faults:1", store=store)
+    assert e.value.expected == big["digest"]
+    assert not store.has_blob(big["digest"])
+    assert not list((root / "ingest").glob(big["digest"][7:] + "*"))
+    with pytest.raises(errors.ImageNotFoundError):
+        store.resolve(f"{proxy.host}/faults:1")
+
+
+def test_wrong_length_fails_clearly(proxy, image, registry_env):  # noqa: F811
+    big = image["big"]
+    proxy.add("respond", path=f"/blobs/{big['digest']}", body=b"x" * 100, times=None)
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.RegistryError, match="registry sent 100 bytes"):
+        pull(f"{proxy.host}/faults:1", store=store)
+    assert not store.has_blob(big["digest"])
+
+
+def test_kill9_then_pull_again_downloads_the_rest_only(reg, tmp_path, registry_env):  # noqa: F811
+    size = 24 * MiB
+    lay = ocibuild.Layout(tmp_path / "oci")
+    m = lay.image([{"huge.bin": fast_random(size, 7)}], compress=False)
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "huge:1", extra=("--preserve-digests",))
+    blob = lay.read_json(m["digest"])["layers"][0]
+    root = registry_env / "root"
+    proxy = FaultProxy(reg.host)
+    held = 10 * MiB
+    try:
+        proxy.add("hang", path=f"/blobs/{blob['digest']}", after=held)
+        ref = f"{proxy.host}/huge:1"
+        child = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "pull", ref],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            assert proxy.hang_reached.wait(60), "the pull never reached the blob"
+            partial = root / "ingest" / f"{blob['digest'][7:]}.partial"
+            deadline = time.monotonic() + 60
+            while not (partial.exists() and partial.stat().st_size >= held):
+                assert time.monotonic() < deadline, "the partial never got the bytes sent"
+                assert child.poll() is None, child.stderr.read()
+                time.sleep(0.02)
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            proxy.release_hang.set()
+        assert partial.stat().st_size == held
+        first = proxy.bytes_for(blob["digest"])
+        assert first == held
+        proxy.clear()
+
+        subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), "pull", ref], check=True,
+                       capture_output=True)
+        gets = _blob_gets(proxy, blob["digest"])
+        assert gets[-1][2]["Range"] == f"bytes={held}-"
+        assert proxy.bytes_for(blob["digest"]) - first == blob["size"] - held
+        store = Store(root)
+        assert store.has_blob(blob["digest"])
+        img = store.resolve(ref)
+        assert (store.snapshots_for(img)[0] / "huge.bin").read_bytes() == fast_random(size, 7)
+    finally:
+        proxy.stop()
+
+
+def test_redirect_to_another_host_gets_no_credentials(tmp_path, registry_env):  # noqa: F811
+    users = {"alice": "s3cret"}
+    reg = Registry(tmp_path / "authreg", htpasswd_users=users)
+    basic = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    # B plays object storage: it is reachable without the registry's credentials (it adds its own).
+    storage = FaultProxy(reg.host, upstream_headers={"Authorization": basic})
+    front = FaultProxy(reg.host)
+    try:
+        lay = ocibuild.Layout(tmp_path / "oci")
+        m = lay.image([{"f": b"redirected content"}])
+        lay.add(m, "1")
+        skopeo_push(f"oci:{lay.root}:1", reg.host, "red:1", extra=("--dest-creds", "alice:s3cret"))
+        front.add("redirect", method="GET", path="/blobs/", to=f"http://{storage.host}", times=None)
+        cfg = registry_env / "home" / ".docker" / "config.json"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(json.dumps({"auths": {front.host: {"auth": base64.b64encode(b"alice:s3cret").decode()}}}))
+        store = Store(registry_env / "root")
+        pull(f"{front.host}/red:1", store=store)
+        img = store.resolve(f"{front.host}/red:1")
+        assert (store.snapshots_for(img)[0] / "f").read_bytes() == b"redirected content"
+        redirected = storage.requests_for("/blobs/", "GET")
+        assert len(redirected) == 2   # config + layer
+        assert all("Authorization" not in h for _, _, h, _ in redirected)
+        manifests = front.requests_for("/manifests/", "GET")
+        assert manifests and all(h.get("Authorization") == basic for _, _, h, status in manifests if status == 200)
+    finally:
+        front.stop()
+        storage.stop()
+        reg.stop()

@@ -1,0 +1,256 @@
+"""lamina pull against a real docker-registry (distribution 2.8) on loopback.
+
+Images are pushed with skopeo (the oracle) from OCI layouts built by tests/ocibuild.py or umoci;
+what lamina stored is checked against the bytes that went in.
+"""
+import hashlib
+import json
+import re
+
+import pytest
+
+import ocibuild
+from conftest import require_tool, run
+from registryfixture import (FaultProxy, Registry, lamina_cli, registry_env, skopeo_inspect,  # noqa: F401
+                             skopeo_push, skopeo_raw, umoci_multiarch)
+
+from lamina import errors
+from lamina.registry import inspect_manifest, pull
+from lamina.store import Store
+
+HEX12 = re.compile(r"^[0-9a-f]{12}: (Pull complete|Already exists)$")
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory):
+    r = Registry(tmp_path_factory.mktemp("reg"))
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def images(reg, tmp_path_factory):
+    """app:v1 (2 layers), app:v2 (v1's base + 1 layer), docker-format multi-platform list multi:1."""
+    root = tmp_path_factory.mktemp("layouts")
+    lay = ocibuild.Layout(root / "oci")
+    base = {"etc/": None, "etc/os-release": b"ID=lamina-test\n"}
+    v1 = lay.image([base, {"a.txt": b"hello"}])
+    v2 = lay.image([base, {"b.txt": b"world" * 1000}])
+    lay.add(v1, "v1")
+    lay.add(v2, "v2")
+    skopeo_push(f"oci:{lay.root}:v1", reg.host, "app:v1")
+    skopeo_push(f"oci:{lay.root}:v2", reg.host, "app:v2")
+
+    dl = ocibuild.Layout(root / "docker")
+    ms = []
+    for arch, variant in (("amd64", None), ("arm64", "v8"), ("arm", "v7")):
+        m = dl.image([{"arch": f"linux/{arch}".encode()}], arch=arch, variant=variant, docker=True)
+        ms.append(ocibuild.with_platform(m, "linux", arch, variant))
+    dl.add(dl.index(ms), "1")
+    # skopeo's layout reader wants OCI index types; --format v2s2 makes it a Docker list upstream.
+    skopeo_push(f"oci:{dl.root}:1", reg.host, "multi:1", all_images=True, extra=("--format", "v2s2"))
+    raw, list_digest = skopeo_raw(reg.host, "multi:1")
+    assert json.loads(raw)["mediaType"] == "application/vnd.docker.distribution.manifest.list.v2+json"
+    return {"layout": lay, "v1": v1, "v2": v2, "docker": dl, "list_digest": list_digest,
+            "list_children": json.loads(raw)["manifests"]}
+
+
+def _fs(store, image, i):
+    return store.snapshots_for(image)[i]
+
+
+def test_pull_cli_lines_and_up_to_date(reg, images, registry_env):  # noqa: F811
+    root = registry_env / "root"
+    ref = f"{reg.host}/app:v1"
+    out = lamina_cli("pull", ref, root=root).stdout.splitlines()
+    assert out[0] == "v1: Pulling from app"
+    layer_lines = out[1:3]
+    assert all(HEX12.match(x) for x in layer_lines), out
+    assert {x.split(":")[0] for x in layer_lines} == {d["digest"][7:19] for d in
+                                                     images["layout"].read_json(images["v1"]["digest"])["layers"]}
+    assert all(x.endswith("Pull complete") for x in layer_lines)
+    assert out[3] == f"Digest: {images['v1']['digest']}"
+    assert out[4] == f"Status: Downloaded newer image for {ref}"
+    assert out[5] == ref
+
+    store = Store(root)
+    image = store.resolve(ref)
+    assert image.manifest_digest == images["v1"]["digest"]
+    for layer in image.layers:
+        path = store.blob_path(layer.digest)
+        assert "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() == layer.digest
+    assert (_fs(store, image, 1) / "a.txt").read_bytes() == b"hello"
+    assert (_fs(store, image, 0) / "etc" / "os-release").read_bytes() == b"ID=lamina-test\n"
+    assert not list((root / "ingest").iterdir())
+    # every snapshot finished (implied dirs inherit from below) when pull returns
+    assert all(store.snapshot_info(c).inherited for c in image.chain_ids)
+
+    again = lamina_cli("pull", ref, root=root).stdout.splitlines()
+    assert [x.split(": ", 1)[1] for x in again[1:3]] == ["Already exists"] * 2
+    assert again[4] == f"Status: Image is up to date for {ref}"
+
+
+def test_shared_layer_is_not_fetched_again(reg, images, registry_env):  # noqa: F811
+    proxy = FaultProxy(reg.host)
+    try:
+        store = Store(registry_env / "root")
+        pull(f"{proxy.host}/app:v1", store=store)
+        base = images["layout"].read_json(images["v1"]["digest"])["layers"][0]["digest"]
+        assert proxy.bytes_for(base) > 0
+        before = proxy.bytes_for(base)
+        r = pull(f"{proxy.host}/app:v2", store=store)
+        assert [layer.status for layer in r.layers] == ["exists", "downloaded"]
+        assert proxy.bytes_for(base) == before
+        assert not proxy.requests_for(f"/blobs/{base}", "GET")[1:]
+        image = store.resolve(f"{proxy.host}/app:v2")
+        assert (_fs(store, image, 1) / "b.txt").read_bytes() == b"world" * 1000
+    finally:
+        proxy.stop()
+
+
+def test_pull_by_digest(reg, images, registry_env):  # noqa: F811
+    store = Store(registry_env / "root")
+    digest = images["v2"]["digest"]
+    r = pull(f"{reg.host}/app@{digest}", store=store)
+    assert r.manifest_digest == r.repo_digest == digest
+    assert store.resolve(f"{reg.host}/app@{digest}").manifest_digest == digest
+
+
+def test_json_and_quiet_output(reg, images, registry_env):  # noqa: F811
+    root = registry_env / "root"
+    ref = f"{reg.host}/app:v1"
+    doc = json.loads(lamina_cli("pull", "--format", "json", ref, root=root).stdout)
+    assert doc["reference"] == ref
+    assert doc["manifest_digest"] == images["v1"]["digest"]
+    assert doc["status"] == "downloaded"
+    assert [layer["status"] for layer in doc["layers"]] == ["downloaded", "downloaded"]
+    assert doc["image_id"].startswith("sha256:")
+    assert lamina_cli("pull", "-q", ref, root=root).stdout == ref + "\n"
+
+
+def test_unknown_tag_and_repo_fail_clearly(reg, images, registry_env):  # noqa: F811
+    p = lamina_cli("pull", f"{reg.host}/app:nope", root=registry_env / "root", check=False)
+    assert p.returncode == 1
+    assert p.stderr.startswith("lamina: error: manifest for ") and "manifest unknown" in p.stderr
+    with pytest.raises(errors.ImageNotFoundError):
+        pull(f"{reg.host}/nothing/here:1", store=registry_env / "root")
+
+
+def test_docker_manifest_list_platforms(reg, images, registry_env):  # noqa: F811
+    store = Store(registry_env / "root")
+    ref = f"{reg.host}/multi:1"
+    for platform, want in (("linux/arm64", "linux/arm64/v8"), ("linux/arm/v7", "linux/arm/v7"),
+                           ("linux/amd64", "linux/amd64")):
+        r = pull(ref, store=store, platform=platform)
+        assert r.repo_digest == images["list_digest"]
+        assert r.platform == want
+        image = store.resolve(ref)
+        assert (_fs(store, image, 0) / "arch").read_bytes() == "/".join(want.split("/")[:2]).encode()
+        assert image.config["architecture"] == want.split("/")[1]
+    with pytest.raises(errors.PlatformNotFoundError) as e:
+        pull(ref, store=store, platform="linux/s390x")
+    assert "linux/amd64" in str(e.value) and "linux/arm64/v8" in str(e.value)
+
+
+def test_umoci_multiarch_index(reg, registry_env, tmp_path):  # noqa: F811
+    layout, index_digest, by_arch = umoci_multiarch(tmp_path)
+    skopeo_push(f"oci:{layout}:multi", reg.host, "umoci-multi:latest", all_images=True)
+    raw = skopeo_inspect(reg.host, "umoci-multi:latest", raw=True)
+    assert {m["platform"]["architecture"] for m in raw["manifests"]} == {"amd64", "arm64"}
+    store = Store(registry_env / "root")
+    ref = f"{reg.host}/umoci-multi:latest"
+    for arch, expect in (("arm64", b"linux/arm64/v8\n"), ("amd64", b"linux/amd64\n")):
+        r = pull(ref, store=store, platform=f"linux/{arch}")
+        assert r.manifest_digest == by_arch[arch]
+        assert r.repo_digest == index_digest
+        image = store.resolve(ref)
+        assert image.config["architecture"] == arch
+        assert (_fs(store, image, len(image.layers) - 1) / "arch").read_bytes() == expect
+
+
+def test_all_platforms_fetches_every_image(reg, images, registry_env):  # noqa: F811
+    store = Store(registry_env / "root")
+    r = pull(f"{reg.host}/multi:1", store=store, platform="linux/arm64", all_platforms=True)
+    assert r.platform == "linux/arm64/v8"
+    assert store.has_blob(images["list_digest"])
+    for m in images["list_children"]:
+        assert store.has_blob(m["digest"])
+        with store.open_blob(m["digest"]) as f:
+            for layer in json.load(f)["layers"]:
+                assert store.has_blob(layer["digest"])
+
+
+def test_manifest_inspect_is_raw(reg, images, registry_env):  # noqa: F811
+    out = lamina_cli("manifest", "inspect", f"{reg.host}/multi:1").stdout
+    assert json.loads(out) == skopeo_inspect(reg.host, "multi:1", raw=True)
+    mr = inspect_manifest(f"{reg.host}/multi:1")
+    assert "sha256:" + hashlib.sha256(mr.data).hexdigest() == images["list_digest"] == mr.digest
+
+
+def test_schema1_is_refused(reg, images, registry_env):  # noqa: F811
+    proxy = FaultProxy(reg.host)
+    try:
+        body = json.dumps({"schemaVersion": 1, "name": "app", "tag": "old", "fsLayers": [], "history": []}).encode()
+        proxy.add("respond", path="/manifests/old", times=None, body=body,
+                  headers={"Content-Type": "application/vnd.docker.distribution.manifest.v1+prettyjws"})
+        with pytest.raises(errors.UnsupportedMediaTypeError, match="schema1"):
+            pull(f"{proxy.host}/app:old", store=registry_env / "root")
+    finally:
+        proxy.stop()
+
+
+def test_manifest_digest_is_checked(reg, images, registry_env):  # noqa: F811
+    proxy = FaultProxy(reg.host)
+    try:
+        lay = images["layout"]
+        with open(lay.path(images["v1"]["digest"]), "rb") as f:
+            body = f.read()
+        wrong = "sha256:" + "0" * 64
+        proxy.add("respond", path="/manifests/v1", times=None, body=body,
+                  headers={"Content-Type": images["v1"]["mediaType"], "Docker-Content-Digest": wrong})
+        with pytest.raises(errors.RegistryError, match="does not match the Docker-Content-Digest"):
+            pull(f"{proxy.host}/app:v1", store=registry_env / "root")
+        # Asked by digest, served other content: refused whatever the headers say.
+        proxy.clear()
+        proxy.add("respond", path=f"/manifests/{images['v2']['digest']}", times=None, body=body,
+                  headers={"Content-Type": images["v1"]["mediaType"]})
+        with pytest.raises(errors.RegistryError, match="registry sent content with digest"):
+            pull(f"{proxy.host}/app@{images['v2']['digest']}", store=registry_env / "root")
+        assert not Store(registry_env / "root").has_blob(images["v1"]["digest"])
+    finally:
+        proxy.stop()
+
+
+def test_single_manifest_platform_mismatch(reg, images, registry_env):  # noqa: F811
+    with pytest.raises(errors.PlatformNotFoundError, match="linux/arm64/v8.*available: linux/amd64"):
+        pull(f"{reg.host}/app:v1", store=registry_env / "root", platform="linux/arm64")
+
+
+def test_concurrent_pulls_share_the_download(reg, images, registry_env):  # noqa: F811
+    """Two processes pull the same image into one store: each blob crosses the wire once."""
+    import subprocess
+    import sys
+    proxy = FaultProxy(reg.host)
+    try:
+        root = registry_env / "root"
+        ref = f"{proxy.host}/app:v2"
+        # slow the big layer down so both pulls are in flight at the same time
+        big = images["layout"].read_json(images["v2"]["digest"])["layers"][1]
+        proxy.add("slow", path=f"/blobs/{big['digest']}", chunk=16, delay=0.005, times=None)
+        procs = [subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "pull", "-q", ref],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        assert proxy.bytes_for(big["digest"]) == big["size"]
+        image = Store(root).resolve(ref)
+        assert (_fs(Store(root), image, 1) / "b.txt").read_bytes() == b"world" * 1000
+    finally:
+        proxy.stop()
+
+
+def test_default_tag_line(reg, images, registry_env):  # noqa: F811
+    run(require_tool("skopeo"), "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false",
+        f"docker://{reg.host}/app:v1", f"docker://{reg.host}/app:latest")
+    out = lamina_cli("pull", f"{reg.host}/app", root=registry_env / "root").stdout.splitlines()
+    assert out[:2] == ["Using default tag: latest", "latest: Pulling from app"]
+    assert out[-1] == f"{reg.host}/app:latest"

@@ -1,0 +1,177 @@
+"""lamina push: store -> real docker-registry, checked with skopeo (the oracle)."""
+import hashlib
+import json
+import re
+
+import pytest
+
+import ocibuild
+from registryfixture import (FaultProxy, Registry, TokenServer, fast_random, lamina_cli,  # noqa: F401
+                             load_layout_into_store, registry_env, skopeo_inspect, skopeo_push, skopeo_raw)
+
+from lamina import errors
+from lamina.registry import pull, push
+from lamina.store import Store
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory):
+    r = Registry(tmp_path_factory.mktemp("reg"))
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def proxy(reg):
+    p = FaultProxy(reg.host)
+    yield p
+    p.stop()
+
+
+def _image(tmp_path, big=0):
+    lay = ocibuild.Layout(tmp_path / "oci")
+    layers = [{"etc/": None, "etc/hostname": b"pushed\n"}, {"app/data.bin": fast_random(big or 4096, 3)}]
+    m = lay.image(layers)
+    lay.add(m, "1")
+    return lay, m
+
+
+def _manifest_bytes(lay, m):
+    with open(lay.path(m["digest"]), "rb") as f:
+        return f.read()
+
+
+def test_push_cli_then_skopeo_agrees(reg, tmp_path, registry_env):  # noqa: F811
+    root = registry_env / "root"
+    lay, m = _image(tmp_path)
+    ref = f"{reg.host}/pushed/app:1"
+    load_layout_into_store(Store(root), lay.root, m, ref)
+    out = lamina_cli("push", ref, root=root).stdout.splitlines()
+    assert out[0] == f"The push refers to repository [{reg.host}/pushed/app]"
+    layers = lay.read_json(m["digest"])["layers"]
+    assert sorted(out[1:3]) == sorted(f"{d['digest'][7:19]}: Pushed" for d in layers)
+    body = _manifest_bytes(lay, m)
+    assert out[3] == f"1: digest: {m['digest']} size: {len(body)}"
+    raw, digest = skopeo_raw(reg.host, "pushed/app:1")
+    assert raw == body and digest == m["digest"]
+    info = skopeo_inspect(reg.host, "pushed/app:1")
+    assert info["Digest"] == m["digest"]
+    assert info["Layers"] == [d["digest"] for d in layers]
+    for d in layers + [lay.read_json(m["digest"])["config"]]:
+        assert reg.has_blob(d["digest"])
+
+    again = lamina_cli("push", ref, root=root).stdout.splitlines()
+    assert sorted(again[1:3]) == sorted(f"{d['digest'][7:19]}: Layer already exists" for d in layers)
+
+
+def test_round_trip_pull_tag_push(reg, tmp_path, registry_env):  # noqa: F811
+    """lamina pull, lamina tag, lamina push: skopeo sees the same image under both names."""
+    lay, m = _image(tmp_path)
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "origin:1")
+    root = registry_env / "root"
+    lamina_cli("pull", "-q", f"{reg.host}/origin:1", root=root)
+    lamina_cli("tag", f"{reg.host}/origin:1", f"{reg.host}/copy:2", root=root)
+    out = lamina_cli("push", "-q", f"{reg.host}/copy:2", root=root).stdout
+    origin = skopeo_inspect(reg.host, "origin:1")
+    assert out.strip() == origin["Digest"]
+    copy = skopeo_inspect(reg.host, "copy:2")
+    assert (copy["Digest"], copy["Layers"]) == (origin["Digest"], origin["Layers"])
+
+
+def test_cross_repository_mount(reg, proxy, tmp_path, registry_env):  # noqa: F811
+    lay, m = _image(tmp_path)
+    store = Store(registry_env / "root")
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/first:1")
+    push(f"{proxy.host}/first:1", store=store)
+    store.add_image(m["digest"], ref=f"{proxy.host}/second:1")
+    proxy.seen.clear()
+    lines = []
+
+    class Rec:
+        def line(self, text):
+            lines.append(text)
+
+        def state(self, digest, status):
+            lines.append(f"{digest[7:19]}: {status}")
+
+        def layer(self, *a):
+            pass
+
+        def close(self):
+            pass
+
+    r = push(f"{proxy.host}/second:1", store=store, reporter=Rec())
+    assert set(r.blobs.values()) == {"mounted from first"}
+    assert sum(1 for x in lines if x.endswith(": Mounted from first")) == 2
+    mounts = [s for s in proxy.seen if s[0] == "POST" and "mount=" in s[1]]
+    assert len(mounts) == 3 and all(s[3] == 201 for s in mounts)
+    assert not [s for s in proxy.seen if s[0] in ("PUT", "PATCH") and "/blobs/uploads/" in s[1]]
+    assert skopeo_inspect(reg.host, "second:1")["Digest"] == m["digest"]
+
+
+def test_chunked_upload_resumes(reg, proxy, tmp_path, registry_env):  # noqa: F811
+    lay, m = _image(tmp_path, big=300_000)
+    store = Store(registry_env / "root")
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/chunked:1")
+    big = lay.read_json(m["digest"])["layers"][1]
+    assert big["size"] > 4 * 65536
+    proxy.add("status", code=500, method="PATCH", times=1)
+    push(f"{proxy.host}/chunked:1", store=store, chunk_size=65536)
+    patches = [s for s in proxy.seen if s[0] == "PATCH"]
+    assert len(patches) >= big["size"] // 65536
+    assert any(s[3] == 500 for s in patches)
+    statuses = [s for s in proxy.seen if s[0] == "GET" and "/blobs/uploads/" in s[1]]
+    assert statuses and statuses[0][3] == 204   # asked the registry where to resume
+    assert skopeo_inspect(reg.host, "chunked:1")["Digest"] == m["digest"]
+    pulled = Store(registry_env / "root2")
+    pull(f"{reg.host}/chunked:1", store=pulled)
+    with pulled.open_blob(big["digest"]) as f:
+        assert "sha256:" + hashlib.sha256(f.read()).hexdigest() == big["digest"]
+
+
+def test_push_multiplatform_index(reg, tmp_path, registry_env):  # noqa: F811
+    lay = ocibuild.Layout(tmp_path / "oci")
+    ms = []
+    for arch, variant in (("amd64", None), ("arm64", "v8")):
+        mm = lay.image([{"arch": arch.encode()}], arch=arch, variant=variant)
+        ms.append(ocibuild.with_platform(mm, "linux", arch, variant))
+    lay.add(lay.index(ms), "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "multi-src:1", all_images=True)
+    raw, index_digest = skopeo_raw(reg.host, "multi-src:1")
+    store = Store(registry_env / "root")
+    r = pull(f"{reg.host}/multi-src:1", store=store, platform="linux/arm64", all_platforms=True)
+    store.add_image(r.manifest_digest, ref=f"{reg.host}/multi-dst:1", repo_digest=index_digest)
+    res = push(f"{reg.host}/multi-dst:1", store=store)
+    assert res.digest == index_digest
+    raw2, digest2 = skopeo_raw(reg.host, "multi-dst:1")
+    assert raw2 == raw and digest2 == index_digest
+    for d in json.loads(raw)["manifests"]:
+        assert skopeo_inspect(reg.host, f"multi-dst@{d['digest']}")["Digest"] == d["digest"]
+
+
+def test_push_with_token_auth(tmp_path, registry_env):  # noqa: F811
+    token = TokenServer(tmp_path, users={"bob": "pw"}, anonymous_pull=True)
+    reg = Registry(tmp_path, token=token)
+    try:
+        lay, m = _image(tmp_path)
+        store = Store(registry_env / "root")
+        load_layout_into_store(store, lay.root, m, f"{reg.host}/team/svc:1")
+        with pytest.raises(errors.AuthenticationError):
+            push(f"{reg.host}/team/svc:1", store=store)
+        lamina_cli("login", reg.host, "-u", "bob", "--password-stdin", input="pw")
+        token.requests.clear()
+        out = json.loads(lamina_cli("push", "--format", "json", f"{reg.host}/team/svc:1",
+                                    root=registry_env / "root").stdout)
+        assert out["digest"] == m["digest"]
+        assert set(out["blobs"].values()) == {"pushed"}
+        assert all(user == "bob" for user, _ in token.requests)
+        assert any("repository:team/svc:pull,push" in scopes for _, scopes in token.requests)
+        assert skopeo_inspect(reg.host, "team/svc:1")["Digest"] == m["digest"]
+    finally:
+        reg.stop()
+        token.stop()
+
+
+def test_push_unknown_image_fails(reg, registry_env):  # noqa: F811
+    p = lamina_cli("push", f"{reg.host}/nothing:1", root=registry_env / "root", check=False)
+    assert p.returncode == 1 and re.match(r"lamina: error: .*no such image", p.stderr)

@@ -1,0 +1,165 @@
+"""Registry client pieces that need no server: challenges, credentials lookup, config, progress."""
+import base64
+import io
+import json
+import os
+import stat
+
+import pytest
+
+from registryfixture import registry_env  # noqa: F401
+
+from lamina import errors
+from lamina.registry import credentials
+from lamina.registry.client import error_message, parse_challenge
+from lamina.registry.config import Endpoint, RegistryConfig, is_loopback
+from lamina.registry.progress import PlainReporter, RichReporter, reporter_for
+from lamina.registry.pull import chain_ids
+from lamina.registry.transport import Origin, _parse_retry_after
+
+
+def test_parse_challenge():
+    s, p = parse_challenge('Bearer realm="https://auth.invalid/token",service="reg.invalid",'
+                           'scope="repository:a/b:pull,push repository:c:pull"')
+    assert s == "bearer"
+    assert p == {"realm": "https://auth.invalid/token", "service": "reg.invalid",
+                 "scope": "repository:a/b:pull,push repository:c:pull"}
+    s, p = parse_challenge('Basic realm="a \\"quoted\\" realm"')
+    assert (s, p) == ("basic", {"realm": 'a "quoted" realm'})
+    assert parse_challenge('Bearer realm=http://x/t, error=insufficient_scope')[1] == {
+        "realm": "http://x/t", "error": "insufficient_scope"}
+    assert parse_challenge(None) == (None, {})
+
+
+def test_error_message():
+    body = json.dumps({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown", "detail": {}}]})
+    assert error_message(body.encode(), 404) == "manifest unknown"
+    body = json.dumps({"errors": [{"code": "DENIED", "message": "requested access to the resource is denied"}]})
+    assert error_message(body.encode(), 403) == "denied: requested access to the resource is denied"
+    assert error_message(b"", 500, "Internal Server Error") == "500 Internal Server Error"
+
+
+def test_retry_after_and_origin():
+    assert _parse_retry_after("3") == 3.0
+    assert _parse_retry_after("garbage") is None
+    assert Origin.of("https://h.invalid/v2/") == Origin("https", "h.invalid", 443)
+    assert Origin.of("http://127.0.0.1:5000/x").hostport == "127.0.0.1:5000"
+    assert Origin.of("https://h.invalid:443/") == Origin.of("https://h.invalid/")
+    assert Origin.of("https://h.invalid:444/") != Origin.of("https://h.invalid/")
+
+
+@pytest.mark.parametrize("host,loop", [("127.0.0.1:5000", True), ("127.1.2.3", True), ("[::1]:5000", True),
+                                       ("localhost", True), ("localhost:1", True), ("10.0.0.1:5000", False),
+                                       ("registry.invalid", False), ("::1", True)])
+def test_is_loopback(host, loop):
+    assert is_loopback(host) is loop
+
+
+def test_chain_ids_match_store():
+    from lamina.store.image import chain_ids as store_chain_ids
+    ids = ["sha256:" + c * 64 for c in "abc"]
+    assert chain_ids(ids) == store_chain_ids(ids)
+
+
+def _write(path, doc):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+
+
+def test_credentials_lookup_order(registry_env, monkeypatch):  # noqa: F811
+    docker = registry_env / "home" / ".docker" / "config.json"
+    auth = base64.b64encode(b"u1:p1").decode()
+    _write(docker, {"auths": {"https://reg.invalid:5000/v1/": {"auth": auth},
+                              "other.invalid": {"username": "u2", "password": "p2"}}})
+    c = credentials.lookup("reg.invalid:5000")
+    assert (c.username, c.password) == ("u1", "p1")
+    assert credentials.lookup("other.invalid").username == "u2"
+    assert credentials.lookup("nothing.invalid") is None
+    assert "p1" not in repr(c)
+    # auth.json comes first
+    _write(registry_env / "run" / "containers" / "auth.json",
+           {"auths": {"reg.invalid:5000": {"auth": base64.b64encode(b"pod:man").decode()}}})
+    assert credentials.lookup("reg.invalid:5000").username == "pod"
+    # docker hub keys are URLs under docker.io
+    _write(docker, {"auths": {"https://index.docker.io/v1/": {"auth": auth}}})
+    assert credentials.lookup("docker.io").username == "u1"
+    _write(docker, {"auths": {"x": {"auth": "!!!notbase64"}}})
+    with pytest.raises(errors.AuthenticationError, match="not base64"):
+        credentials.lookup("x")
+
+
+def test_credential_helper_store_and_erase(registry_env, monkeypatch):  # noqa: F811
+    bindir = registry_env / "bin"
+    bindir.mkdir()
+    log = registry_env / "helper.log"
+    helper = bindir / "docker-credential-fake"
+    helper.write_text(f"#!/bin/sh\ncat > {log}.$1\necho $1 >> {log}\n")
+    helper.chmod(helper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    docker = registry_env / "home" / ".docker" / "config.json"
+    _write(docker, {"credsStore": "fake"})
+    where = credentials.store("reg.invalid", "me", "pw")
+    assert where == "docker-credential-fake"
+    assert json.loads((registry_env / "helper.log.store").read_text()) == {
+        "ServerURL": "reg.invalid", "Username": "me", "Secret": "pw"}
+    assert "pw" not in docker.read_text()
+    assert credentials.erase("reg.invalid")
+    assert (registry_env / "helper.log.erase").read_text() == "reg.invalid"
+
+
+def test_config_endpoints(registry_env, tmp_path):  # noqa: F811
+    conf = tmp_path / "r.toml"
+    conf.write_text("""
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+[[registry.mirror]]
+location = "mirror.invalid:5000/hub"
+insecure = true
+[[registry]]
+prefix = "reg.invalid/team"
+location = "other.invalid/x"
+""")
+    cfg = RegistryConfig.load(str(conf))
+    eps = cfg.endpoints("docker.io", "library/debian")
+    assert eps[0] == Endpoint("mirror.invalid:5000", "hub", None, True, True, "all", "")
+    assert eps[0].repo_path("library/debian") == "hub/library/debian"
+    assert eps[1].host == "docker.io" and not eps[1].mirror
+    assert cfg.endpoints("docker.io", "library/debian", for_push=True) == eps[1:]
+    (ep,) = cfg.endpoints("reg.invalid", "team/app")
+    assert (ep.host, ep.repo_path("team/app")) == ("other.invalid", "x/app")
+    (ep,) = cfg.endpoints("reg.invalid", "teamwork/app")   # a prefix matches whole components only
+    assert (ep.host, ep.repo_path("teamwork/app")) == ("reg.invalid", "teamwork/app")
+
+
+def test_plain_reporter():
+    out = io.StringIO()
+    r = PlainReporter(out)
+    d = "sha256:" + "ab" * 32
+    r.layer(d, 10)
+    r.state(d, "Downloading")
+    r.progress(d, 5, 10)
+    r.state(d, "Pull complete")
+    r.line("Digest: x")
+    assert out.getvalue() == "abababababab: Pull complete\nDigest: x\n"
+
+
+def test_rich_reporter():
+    pytest.importorskip("rich")   # optional: without it a terminal gets the plain lines
+    from rich.console import Console
+    d = "sha256:" + "ab" * 32
+    buf = io.StringIO()
+    rr = RichReporter(console=Console(file=buf, force_terminal=True, width=100))
+    rr.layer(d, 10)
+    rr.state(d, "Downloading")
+    rr.progress(d, 5, 10)
+    rr.state(d, "Already exists")
+    rr.close()
+    text = buf.getvalue()
+    assert "abababababab: Already exists" in text and "\x1b[" in text   # drawn live, final line kept
+
+
+def test_reporter_choice():
+    assert type(reporter_for("quiet")).__name__ == "Reporter"
+    assert type(reporter_for("json")).__name__ == "Reporter"
+    assert isinstance(reporter_for("auto", io.StringIO()), PlainReporter)   # not a terminal
