@@ -140,3 +140,17 @@ def test_not_a_tar(tmp_path, what):
             "zstd-of-text": zst(b"hello world\n" * 100)}[what]
     with pytest.raises(errors.InvalidArchiveError):
         apply(write(tmp_path / "b", blob), tmp_path / "d")
+
+
+def test_hash_blob_false_still_checks_the_diff_id(tmp_path, plain):
+    """The store skips re-hashing verified blobs; the diffID must still be checked."""
+    blob = write(tmp_path / "b", gz(plain))
+    stats = apply(blob, tmp_path / "ok", diff_id=sha256(plain), hash_blob=False)
+    assert stats.digest == "" and stats.diff_id == sha256(plain)
+    with pytest.raises(errors.DigestMismatchError, match="diffID"):
+        apply(blob, tmp_path / "bad", diff_id=sha256(plain + b"x"), hash_blob=False)
+    with pytest.raises(ValueError):
+        apply(blob, tmp_path / "both", digest=sha256(gz(plain)), hash_blob=False)
+    # a plain tar's blob digest is its diffID, so it is computed anyway
+    tar = write(tmp_path / "t", plain)
+    assert apply(tar, tmp_path / "plain", hash_blob=False).digest == sha256(plain)

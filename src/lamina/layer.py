@@ -39,6 +39,7 @@ class _Hasher:
     def __init__(self):
         self.blob = hashlib.sha256()
         self.tar = hashlib.sha256()
+        self.hash_blob = True
         self.seconds = 0.0
         self._queue = queue.Queue(16)
         self._thread = threading.Thread(target=self._run, name="lamina-hash", daemon=True)
@@ -55,7 +56,8 @@ class _Hasher:
             self.seconds += clock() - t
 
     def blob_bytes(self, data):
-        self._queue.put((self.blob, data))
+        if self.hash_blob:
+            self._queue.put((self.blob, data))
 
     def tar_bytes(self, data):
         self._queue.put((self.tar, data))
@@ -104,7 +106,7 @@ def _check_digest(what, expected, actual):
 
 
 def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_type=None, limits=None,
-                name=None, lower_dirs=None) -> ApplyStats:
+                name=None, lower_dirs=None, hash_blob=True) -> ApplyStats:
     """Apply one layer blob (gzip, zstd or plain tar) onto ``dest``.
 
     ``layer`` is a path or a binary file object.  ``digest`` / ``diff_id``,
@@ -113,8 +115,12 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     ``name`` labels the layer in error messages.  With ``format="overlay"``,
     ``lower_dirs`` (the overlay-format dirs of the layers below, bottom first)
     lets directories the layer does not list take their metadata from below,
-    so that a mount shows what a flat unpack shows.
+    so that a mount shows what a flat unpack shows.  ``hash_blob=False``
+    skips hashing a compressed blob whose digest the caller has verified
+    already (the store's ingest does); the diffID is always computed.
     """
+    if not hash_blob and digest is not None:
+        raise ValueError("apply_layer: digest given but hash_blob=False")
     for d, label in ((digest, "digest"), (diff_id, "diff_id")):
         if d is not None:
             validate(d, label)
@@ -124,7 +130,8 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     owned = isinstance(layer, (str, bytes, os.PathLike))
     raw = open(layer, "rb", buffering=0) if owned else layer
     try:
-        stats = _apply_stream(raw, dest, format, diff_id, digest, media_type, limits or DEFAULT_LIMITS, what, t0)
+        stats = _apply_stream(raw, dest, format, diff_id, digest, media_type, limits or DEFAULT_LIMITS, what, t0,
+                              hash_blob)
     finally:
         if owned:
             raw.close()
@@ -134,18 +141,19 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     return stats
 
 
-def _apply_stream(raw, dest, format, diff_id, digest, media_type, limits, what, t0):
+def _apply_stream(raw, dest, format, diff_id, digest, media_type, limits, what, t0, hash_blob):
     hasher = _Hasher()
     try:
-        return _pipeline(raw, hasher, dest, format, diff_id, digest, media_type, limits, what, t0)
+        return _pipeline(raw, hasher, dest, format, diff_id, digest, media_type, limits, what, t0, hash_blob)
     finally:
         hasher.close()
 
 
-def _pipeline(raw, hasher, dest, format, diff_id, digest, media_type, limits, what, t0):
+def _pipeline(raw, hasher, dest, format, diff_id, digest, media_type, limits, what, t0, hash_blob):
     reader = _HashingReader(raw, hasher)
     head = reader.read(CHUNK)
     kind = compression.detect(head)
+    hasher.hash_blob = hash_blob or kind == "none"  # a plain tar's blob hash is its diffID
     compression.check_media_type(kind, media_type, what)
     extractor = Extractor(dest, format=format, limits=limits)
     stats = ApplyStats(compression=kind)
@@ -217,7 +225,7 @@ def _pipeline(raw, hasher, dest, format, diff_id, digest, media_type, limits, wh
     t = time.perf_counter()
     hasher.close()
     t_wait += time.perf_counter() - t
-    stats.digest = "sha256:" + hasher.blob.hexdigest()
+    stats.digest = "sha256:" + hasher.blob.hexdigest() if hasher.hash_blob else ""
     stats.diff_id = stats.digest if kind == "none" else "sha256:" + hasher.tar.hexdigest()
     stats.compressed_bytes = reader.count
     stats.bytes = counts["bytes"]

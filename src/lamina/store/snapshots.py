@@ -110,7 +110,9 @@ def _extract(blob, fs, digest, diff_id, media_type):
     A separate function so that tests can count how often extraction really happens.
     """
     from ..layer import apply_layer  # the native core, imported only when extracting
-    return apply_layer(os.fspath(blob), os.fspath(fs), format="overlay", digest=digest, diff_id=diff_id,
+    # The blob was verified when it was ingested; the diffID check below still
+    # catches any change to it since, so hashing it again would only cost CPU.
+    return apply_layer(os.fspath(blob), os.fspath(fs), format="overlay", diff_id=diff_id, hash_blob=False,
                        media_type=media_type, name=f"layer {digest}")
 
 
