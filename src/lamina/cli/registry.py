@@ -73,37 +73,38 @@ def _store(args):
 def cmd_pull(args):
     from ..registry.progress import reporter_for
     from ..registry.pull import pull
-    from ..reference import Reference
-    mode = "json" if args.format == "json" else ("quiet" if args.quiet else "auto")
-    given = Reference.parse(args.ref, default_tag=False)
-    if mode == "auto" and given.tag is None and given.digest is None:
-        print("Using default tag: latest", flush=True)
+    mode = _start(args)
     result = pull(args.ref, store=_store(args), platform=args.platform, all_platforms=args.all_platforms,
                   concurrency=args.max_concurrent_downloads, reporter=reporter_for(mode),
                   insecure=_insecure(args, args.ref))
-    if args.format == "json":
-        json.dump(result.to_dict(), sys.stdout, indent=2)
-        print()
-    elif args.quiet:
-        print(result.reference)
-    return 0
+    return _finish(args, result, result.reference)
 
 
 def cmd_push(args):
     from ..registry.progress import reporter_for
     from ..registry.push import push
+    mode = _start(args)
+    result = push(args.ref, store=_store(args), reporter=reporter_for(mode), chunk_size=args.chunk_size,
+                  insecure=_insecure(args, args.ref))
+    return _finish(args, result, result.digest)
+
+
+def _start(args):
+    """The output mode of pull/push, after docker's "Using default tag" line."""
     from ..reference import Reference
     mode = "json" if args.format == "json" else ("quiet" if args.quiet else "auto")
     given = Reference.parse(args.ref, default_tag=False)
     if mode == "auto" and given.tag is None and given.digest is None:
         print("Using default tag: latest", flush=True)
-    result = push(args.ref, store=_store(args), reporter=reporter_for(mode), chunk_size=args.chunk_size,
-                  insecure=_insecure(args, args.ref))
+    return mode
+
+
+def _finish(args, result, quiet_line):
     if args.format == "json":
         json.dump(result.to_dict(), sys.stdout, indent=2)
         print()
     elif args.quiet:
-        print(result.digest)
+        print(quiet_line)
     return 0
 
 
