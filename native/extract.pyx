@@ -940,10 +940,12 @@ cdef class Extractor:
             pfd = self._parent(path, slash, name)
             if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
                 return  # provided by this same layer: a whiteout only hides lower layers
-            if not self.is_root:
-                raise _errors.ExtractError(
-                    f"entry {_show(name)}: overlay whiteouts are device nodes and need root")
+            # Linux >= 5.8 lets unprivileged users make 0/0 whiteout nodes
             if mknodat(pfd, hidden, S_IFCHR, makedev(0, 0)) < 0:
+                if errno == EPERM:
+                    raise _errors.ExtractError(
+                        f"entry {_show(name)}: this kernel refuses overlay whiteout nodes (0/0) to "
+                        "unprivileged users (Linux >= 5.8 allows them); use format='dir' or run as root")
                 self._oserror("create whiteout", name)
             return
         if target in self.created:

@@ -588,6 +588,37 @@ def test_unprivileged_devices_skipped_setuid_stripped():
         rmtree(base)
 
 
+NOBODY_OVERLAY_SCRIPT = r"""
+st = lamina.apply_layer(sys.argv[1], sys.argv[2], format="overlay")
+print(json.dumps({"uid": os.geteuid(), "whiteouts": st.whiteouts}))
+"""
+
+
+def test_unprivileged_overlay_layer_has_whiteouts_and_user_opaque():
+    """A rootless store needs overlay-format layers too: whiteouts as 0/0 nodes
+    (unprivileged since Linux 5.8) and opaque dirs as user.overlay.opaque."""
+    base = world_tmpdir()
+    try:
+        t = Tar().dir("etc").whiteout("etc/shadow").dir("var").opaque("var").file("var/new", b"n")
+        tarp = os.path.join(base, "layer.tar")
+        write(tarp, t.bytes())
+        dest = os.path.join(base, "dest")
+        os.mkdir(dest)
+        os.chown(dest, 65534, 65534)
+        proc = run_as_nobody(NOBODY_OVERLAY_SCRIPT, tarp, dest)
+        assert proc.returncode == 0, f"overlay apply as nobody failed:\n{proc.stdout}\n{proc.stderr}"
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert out["uid"] == 65534 and out["whiteouts"] == 1
+        st = os.lstat(os.path.join(dest, "etc", "shadow"))
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and st.st_uid == 65534
+        var = os.path.join(dest, "var")
+        assert os.getxattr(var, "user.overlay.opaque") == b"y"
+        assert "trusted.overlay.opaque" not in os.listxattr(var)
+        assert open(os.path.join(var, "new"), "rb").read() == b"n"
+    finally:
+        rmtree(base)
+
+
 # ---------------------------------------------------------------------------
 # 9. limits: huge headers, bombs, deep trees, many entries
 # ---------------------------------------------------------------------------
