@@ -549,74 +549,66 @@ def test_replacement_within_one_layer(g):
 # ---------------------------------------------------------------------------
 
 NOBODY_SCRIPT = r"""
-st = lamina.apply_layer(sys.argv[1], sys.argv[2])
-print(json.dumps({"uid": os.geteuid(), "skipped": [repr(s) for s in st.skipped]}))
+st = lamina.apply_layer(sys.argv[1], sys.argv[2], format=sys.argv[3])
+print(json.dumps({"uid": os.geteuid(), "skipped": [repr(s) for s in st.skipped], "whiteouts": st.whiteouts}))
 """
 
 
-def test_unprivileged_devices_skipped_setuid_stripped():
+@pytest.fixture
+def as_nobody():
+    """apply(tar_bytes, format) as user nobody into a dest nobody owns -> (dest, stats dict)."""
     base = world_tmpdir()
-    try:
-        t = Tar()
-        t.dir("dev").chardev("dev/null", 1, 3, mode=0o666).blockdev("dev/sda", 8, 0, mode=0o660)
-        t.fifo("dev/fifo", mode=0o600)
-        t.file("suid", b"suid\n", mode=0o4755).file("sgid", b"sgid\n", mode=0o2755, gid=0)
-        t.file("owned", b"owned\n", uid=0, gid=0, mode=0o640)
-        t.dir("sticky", mode=0o1777)
-        t.file("after", b"after\n")
+
+    def apply_as_nobody(data, format="dir"):
         tarp = os.path.join(base, "layer.tar")
-        write(tarp, t.bytes())
+        write(tarp, data)
         dest = os.path.join(base, "dest")
         os.mkdir(dest)
         os.chown(dest, 65534, 65534)
-        proc = run_as_nobody(NOBODY_SCRIPT, tarp, dest)
+        proc = run_as_nobody(NOBODY_SCRIPT, tarp, dest, format)
         assert proc.returncode == 0, f"apply as nobody failed: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         assert out["uid"] == 65534
-        s = snapshot(dest)
-        assert "dev/null" not in s and "dev/sda" not in s, "devices must be skipped when not root"
-        skipped = " ".join(out["skipped"])
-        assert "dev/null" in skipped and "dev/sda" in skipped, f"stats.skipped must list the devices: {skipped}"
-        assert s["dev/fifo"].type == "fifo", "a fifo needs no privilege and must be created"
-        assert s["suid"].mode & 0o6000 == 0 and s["suid"].mode & 0o777 == 0o755
-        assert s["sgid"].mode & 0o6000 == 0
-        assert s["sticky"].mode == 0o1777, "sticky bit needs no privilege"
-        assert (s["owned"].uid, s["owned"].gid) == (65534, 65534)
-        assert (s["owned"].mode) == 0o640
-        assert open(os.path.join(dest, "after"), "rb").read() == b"after\n"
-    finally:
-        rmtree(base)
+        return dest, out
+
+    yield apply_as_nobody
+    rmtree(base)
 
 
-NOBODY_OVERLAY_SCRIPT = r"""
-st = lamina.apply_layer(sys.argv[1], sys.argv[2], format="overlay")
-print(json.dumps({"uid": os.geteuid(), "whiteouts": st.whiteouts}))
-"""
+def test_unprivileged_devices_skipped_setuid_stripped(as_nobody):
+    t = Tar()
+    t.dir("dev").chardev("dev/null", 1, 3, mode=0o666).blockdev("dev/sda", 8, 0, mode=0o660)
+    t.fifo("dev/fifo", mode=0o600)
+    t.file("suid", b"suid\n", mode=0o4755).file("sgid", b"sgid\n", mode=0o2755, gid=0)
+    t.file("owned", b"owned\n", uid=0, gid=0, mode=0o640)
+    t.dir("sticky", mode=0o1777)
+    t.file("after", b"after\n")
+    dest, out = as_nobody(t.bytes())
+    s = snapshot(dest)
+    assert "dev/null" not in s and "dev/sda" not in s, "devices must be skipped when not root"
+    skipped = " ".join(out["skipped"])
+    assert "dev/null" in skipped and "dev/sda" in skipped, f"stats.skipped must list the devices: {skipped}"
+    assert s["dev/fifo"].type == "fifo", "a fifo needs no privilege and must be created"
+    assert s["suid"].mode & 0o6000 == 0 and s["suid"].mode & 0o777 == 0o755
+    assert s["sgid"].mode & 0o6000 == 0
+    assert s["sticky"].mode == 0o1777, "sticky bit needs no privilege"
+    assert (s["owned"].uid, s["owned"].gid) == (65534, 65534)
+    assert (s["owned"].mode) == 0o640
+    assert open(os.path.join(dest, "after"), "rb").read() == b"after\n"
 
 
-def test_unprivileged_overlay_layer_has_whiteouts_and_user_opaque():
+def test_unprivileged_overlay_layer_has_whiteouts_and_user_opaque(as_nobody):
     """A rootless store needs overlay-format layers too: whiteouts as 0/0 nodes
     (unprivileged since Linux 5.8) and opaque dirs as user.overlay.opaque."""
-    base = world_tmpdir()
-    try:
-        t = Tar().dir("etc").whiteout("etc/shadow").dir("var").opaque("var").file("var/new", b"n")
-        tarp = os.path.join(base, "layer.tar")
-        write(tarp, t.bytes())
-        dest = os.path.join(base, "dest")
-        os.mkdir(dest)
-        os.chown(dest, 65534, 65534)
-        proc = run_as_nobody(NOBODY_OVERLAY_SCRIPT, tarp, dest)
-        assert proc.returncode == 0, f"overlay apply as nobody failed:\n{proc.stdout}\n{proc.stderr}"
-        out = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert out["uid"] == 65534 and out["whiteouts"] == 1
-        st = os.lstat(os.path.join(dest, "etc", "shadow"))
-        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and st.st_uid == 65534
-        var = os.path.join(dest, "var")
-        assert os.getxattr(var, "user.overlay.opaque") == b"y"
-        assert "trusted.overlay.opaque" not in os.listxattr(var)
-        assert open(os.path.join(var, "new"), "rb").read() == b"n"
-    finally:
-        rmtree(base)
+    t = Tar().dir("etc").whiteout("etc/shadow").dir("var").opaque("var").file("var/new", b"n")
+    dest, out = as_nobody(t.bytes(), "overlay")
+    assert out["whiteouts"] == 1
+    st = os.lstat(os.path.join(dest, "etc", "shadow"))
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and st.st_uid == 65534
+    var = os.path.join(dest, "var")
+    assert os.getxattr(var, "user.overlay.opaque") == b"y"
+    assert "trusted.overlay.opaque" not in os.listxattr(var)
+    assert open(os.path.join(var, "new"), "rb").read() == b"n"
 
 
 # ---------------------------------------------------------------------------
