@@ -36,18 +36,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from compare import ChildError, Scratch, clean, run_child  # noqa: E402
+from compare import ChildError, Scratch, clean, lamina_cli, run_child  # noqa: E402
 
 CACHE = os.environ.get("LAMINA_BENCH_CACHE", "/var/tmp/lamina-bench")
-
-
-def lamina_cli():
-    """The lamina console script of this interpreter (not a pyenv/asdf shim, which adds ~0.1 s of
-    bash per call), else ``python -m lamina``."""
-    exe = os.path.join(os.path.dirname(sys.executable), "lamina")
-    if os.access(exe, os.X_OK):
-        return [exe]
-    return [sys.executable, "-m", "lamina"]
 
 
 def free_port():
