@@ -254,3 +254,17 @@ def test_default_tag_line(reg, images, registry_env):  # noqa: F811
     out = lamina_cli("pull", f"{reg.host}/app", root=registry_env / "root").stdout.splitlines()
     assert out[:2] == ["Using default tag: latest", "latest: Pulling from app"]
     assert out[-1] == f"{reg.host}/app:latest"
+
+
+def test_public_api_pull_then_unpack(reg, images, registry_env, tmp_path):  # noqa: F811
+    """The thin API a Python user starts from: lamina.pull into a Store, then a rootfs from it."""
+    import lamina
+    from lamina.store.materialize import materialize
+    store = lamina.Store(tmp_path / "root")
+    ref = f"{reg.host}/app:v2"
+    result = lamina.pull(ref, store=store)
+    assert result.manifest_digest == images["v2"]["digest"] and result.status == "downloaded"
+    materialize(store, ref, tmp_path / "rootfs")
+    assert (tmp_path / "rootfs" / "b.txt").read_bytes() == b"world" * 1000
+    assert (tmp_path / "rootfs" / "etc" / "os-release").read_bytes() == b"ID=lamina-test\n"
+    assert lamina.pull(ref, store=store).status == "up to date"

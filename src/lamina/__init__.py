@@ -4,6 +4,8 @@ The public API is small:
 
     lamina.apply_layer(blob, dest, format="dir" | "overlay", diff_id=..., digest=...)
     lamina.unpack("oci:PATH[:REF]" | "docker-archive:PATH", dest, platform=..., format=...)
+    lamina.pull("debian:12", store=lamina.Store()) / lamina.push(ref, store=...)
+    lamina.Store(root): the image store (images, tags, snapshots, gc, fsck)
 
 Both return stats (entries, bytes, digests, seconds per stage) and raise
 only subclasses of ``lamina.errors.LaminaError`` on bad input.
@@ -30,6 +32,8 @@ _LAZY = {
     "ApplyStats": ".stats",
     "UnpackStats": ".stats",
     "Store": ".store",
+    "pull": ".registry.pull",
+    "push": ".registry.push",
 }
 
 
@@ -48,5 +52,5 @@ def __dir__():
 
 __all__ = [
     "ApplyStats", "DEFAULT_LIMITS", "Extractor", "LaminaError", "Limits", "NATIVE", "Platform", "Store", "UnpackStats",
-    "apply_layer", "errors", "unpack",
+    "apply_layer", "errors", "pull", "push", "unpack",
 ]
