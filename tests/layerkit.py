@@ -218,7 +218,7 @@ def _setpriv_works():
     return _setpriv_ok
 
 
-def run_as_nobody(script, *args, timeout=120):
+def run_as_nobody(script, *args, timeout=120, preload=()):
     """Run `script` (python source) as user nobody (uid/gid 65534, no groups), argv[1:] = args.
 
     Preferred: `setpriv --reuid=65534 --regid=65534 --clear-groups python -c ...`.
@@ -228,6 +228,8 @@ def run_as_nobody(script, *args, timeout=120):
     state with setgroups([]) / setresgid / setresuid (every capability is lost
     on the 0 -> non-zero uid transition) and runs the script.  Either way the
     child first proves it is unprivileged: mknod of a char device must fail.
+    ``preload`` names modules to import before the drop (lazy imports after it
+    would need to read the interpreter's tree).
     """
     require_tool("setpriv")
     import sys
@@ -239,6 +241,8 @@ def run_as_nobody(script, *args, timeout=120):
         "    pass\n"
     )
     head = "import os, sys, io, json, tarfile\nimport lamina, lamina.errors\n"
+    # modules the script needs, imported while the interpreter's tree is still readable
+    head += "".join(f"import {m}\n" for m in preload)
     if _setpriv_works():
         cmd = _SETPRIV + [sys.executable, "-c", head + probe + script, *map(str, args)]
     else:
