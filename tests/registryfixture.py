@@ -623,6 +623,9 @@ def registry_env(tmp_path, monkeypatch):
     monkeypatch.delenv("LAMINA_REGISTRY_RETRIES", raising=False)
     monkeypatch.delenv("LAMINA_MAX_CONCURRENT_DOWNLOADS", raising=False)
     monkeypatch.delenv("LAMINA_ROOT", raising=False)
+    for var in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
     return tmp_path
 
 

@@ -14,9 +14,16 @@ control over three things libraries tend to hide:
 * TLS: the system CAs plus the docker ``certs.d`` convention
   (``DIR/HOST[:PORT]/*.crt`` extra CAs, ``*.cert``/``*.key`` client pairs),
   and plain HTTP only where the caller allowed it (loopback / insecure).
+
+Proxies come from the environment as docker and curl read them
+(``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``, either case): HTTPS goes
+through a ``CONNECT`` tunnel, so TLS is still end to end with the registry;
+plain HTTP is sent in absolute form.  Credentials in the proxy URL become
+``Proxy-Authorization``.
 """
 from __future__ import annotations
 
+import base64
 import email.utils
 import http.client
 import os
@@ -26,6 +33,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 
 from ..errors import RegistryError
@@ -229,6 +237,30 @@ class Response:
                 pass
 
 
+@dataclass(frozen=True)
+class Proxy:
+    host: str
+    port: int
+    headers: tuple   # (("Proxy-Authorization", "Basic ..."),) or ()
+
+    @classmethod
+    def for_origin(cls, origin):
+        """The proxy the environment names for ``origin``, or None (NO_PROXY, or none set)."""
+        proxies = urllib.request.getproxies_environment()
+        url = proxies.get(origin.scheme)
+        if not url or urllib.request.proxy_bypass_environment(origin.hostport, proxies):
+            return None
+        u = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+        if u.scheme != "http" or not u.hostname:
+            raise RegistryError(f"unsupported proxy {url!r}: lamina speaks to proxies over plain http:// "
+                                "(HTTPS to the registry is still tunnelled end to end)")
+        headers = ()
+        if u.username is not None:
+            cred = f"{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or '')}"
+            headers = (("Proxy-Authorization", "Basic " + base64.b64encode(cred.encode()).decode()),)
+        return cls(u.hostname, u.port or 80, headers)
+
+
 class Transport:
     """Thread-safe HTTP client with a keep-alive pool per origin."""
 
@@ -240,14 +272,29 @@ class Transport:
         self.max_idle = max_idle
         self._sleep = sleep
         self._idle = {}
+        self._proxies = {}
         self._lock = threading.Lock()
 
     # --- connections ---------------------------------------------------------------
 
+    def _proxy(self, origin):
+        with self._lock:
+            if origin not in self._proxies:
+                self._proxies[origin] = Proxy.for_origin(origin)
+            return self._proxies[origin]
+
     def _new_conn(self, origin):
+        proxy = self._proxy(origin)
         if origin.scheme == "https":
-            return http.client.HTTPSConnection(origin.host, origin.port, timeout=self.timeout,
+            if proxy is None:
+                return http.client.HTTPSConnection(origin.host, origin.port, timeout=self.timeout,
+                                                   context=self.tls.context(origin), blocksize=_BLOCK)
+            conn = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=self.timeout,
                                                context=self.tls.context(origin), blocksize=_BLOCK)
+            conn.set_tunnel(origin.host, origin.port, headers=dict(proxy.headers))
+            return conn
+        if proxy is not None:
+            return http.client.HTTPConnection(proxy.host, proxy.port, timeout=self.timeout, blocksize=_BLOCK)
         return http.client.HTTPConnection(origin.host, origin.port, timeout=self.timeout, blocksize=_BLOCK)
 
     def _acquire(self, origin):
@@ -281,6 +328,10 @@ class Transport:
         u = urllib.parse.urlsplit(url)
         target = (u.path or "/") + (f"?{u.query}" if u.query else "")
         hdrs = {"User-Agent": USER_AGENT}
+        proxy = self._proxy(origin) if origin.scheme == "http" else None
+        if proxy is not None:  # plain HTTP through a proxy: absolute-form target
+            target = f"{origin.scheme}://{origin.hostport}{target}"
+            hdrs.update(proxy.headers)
         hdrs.update(headers or {})
         if body is None and method in ("POST", "PUT", "PATCH"):
             hdrs.setdefault("Content-Length", "0")
