@@ -13,10 +13,9 @@ only subclasses of ``lamina.errors.LaminaError`` on bad input.
 Names are imported on first use, so that ``lamina mount`` and friends do
 not pay for the unpack machinery at start-up.
 """
-import importlib
-
 from . import errors
 from ._extract import Extractor  # the compiled core; there is deliberately no pure-Python fallback
+from ._lazy import lazy_getattr
 from .errors import LaminaError
 
 NATIVE = Extractor.__module__ == "lamina._extract"
@@ -36,14 +35,7 @@ _LAZY = {
     "push": ".registry.push",
 }
 
-
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lamina' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__():

@@ -3,7 +3,7 @@
 Names are imported on first use: the store only needs the models, and
 should not pay for the archive readers on every command.
 """
-import importlib
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "LayerRef": ".image",
@@ -13,14 +13,7 @@ _LAZY = {
     "parse_source": ".source",
 }
 
-
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lamina.oci' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = sorted(_LAZY)
