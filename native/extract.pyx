@@ -169,6 +169,13 @@ def _libarchive_xattr(bytes key, bytes value, where):
         raise _errors.InvalidArchiveError(f"{where}: invalid LIBARCHIVE.xattr record") from None
 
 
+class HiddenLinkTarget(Exception):
+    """A hardlink names a file this extractor skipped as hidden by an upper layer.
+
+    Not a LaminaError: the caller, which chose to skip hidden paths, applies
+    the layers again without skipping."""
+
+
 def openat2_available():
     cdef int fd = lamina_openat2(AT_FDCWD, b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, LAMINA_RESOLVE_IN_ROOT)
     if fd >= 0:
@@ -195,6 +202,11 @@ cdef class Extractor:
     cdef int64_t cur_mode, cur_uid, cur_gid, cur_sec, cur_nsec
     cdef dict dir_fixups
     cdef dict parent_times
+    # top-down skipping (dir format): what upper layers hide, and what was skipped
+    cdef bint scan_only
+    cdef set hide_at, hide_below, hidden_files
+    cdef readonly set scan_at, scan_below
+    cdef readonly int64_t hidden
     cdef set implicit_dirs
     cdef set created
     cdef readonly int64_t entries, total, whiteouts, trailing
@@ -205,15 +217,31 @@ cdef class Extractor:
         self.outfd = -1
         self.cache_fd = -1
 
-    def __init__(self, root, *, str format="dir", limits=None, use_openat2=None):
+    def __init__(self, root, *, str format="dir", limits=None, use_openat2=None, hidden=None):
+        """``root=None`` scans instead of extracting: headers are parsed and
+        checked, nothing is written, and ``scan_at`` / ``scan_below`` collect
+        what this layer hides in the layers below it (whiteouts and non-directory
+        entries hide a path and everything under it; opaque markers everything
+        under a directory).  ``hidden=(at, below)``, two such sets from the layers
+        above, makes a ``dir`` extraction skip entries nobody will ever see."""
         if format not in ("dir", "overlay"):
             raise ValueError(f"unknown format {format!r} (expected 'dir' or 'overlay')")
         self.overlay = format == "overlay"
         self.is_root = geteuid() == 0
-        root_b = os.fsencode(root)
-        self.rootfd = openat(AT_FDCWD, root_b, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if self.rootfd < 0:
-            raise _errors.ExtractError(f"cannot open destination {os.fsdecode(root_b)!r}: {os.strerror(errno)}")
+        self.scan_only = root is None
+        self.scan_at = set()
+        self.scan_below = set()
+        self.hidden_files = set()
+        if hidden is not None:
+            if self.overlay:
+                raise ValueError("hidden paths only apply to the dir format")
+            self.hide_at, self.hide_below = hidden
+        if not self.scan_only:
+            root_b = os.fsencode(root)
+            self.rootfd = openat(AT_FDCWD, root_b, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if self.rootfd < 0:
+                raise _errors.ExtractError(
+                    f"cannot open destination {os.fsdecode(root_b)!r}: {os.strerror(errno)}")
         if use_openat2 is None:
             use_openat2 = not os.environ.get("LAMINA_NO_OPENAT2") and openat2_available()
         self.use_openat2 = use_openat2
@@ -317,9 +345,10 @@ cdef class Extractor:
         if self.pax is not None or self.long_name is not None or self.long_link is not None:
             raise _errors.InvalidArchiveError(
                 f"truncated layer: archive ends after an extended header (after entry {_show(self.prev_name)})")
-        self._fixup_dirs()
+        if not self.scan_only:
+            self._fixup_dirs()
         self._close_cache()
-        return {"entries": self.entries, "bytes": self.total, "whiteouts": self.whiteouts,
+        return {"entries": self.entries, "bytes": self.total, "whiteouts": self.whiteouts, "hidden": self.hidden,
                 "skipped": list(self.skipped), "trailing": self.trailing,
                 "implicit_dirs": sorted(os.fsdecode(p) for p in self.implicit_dirs)}
 
@@ -731,7 +760,8 @@ cdef class Extractor:
             if kind != K_DIR:
                 raise _errors.UnsafeEntryError(
                     f"entry {_show(name)}: refusing to replace the root directory with a non-directory")
-            self._dir_metadata(self.rootfd, b"", name)
+            if not self.scan_only:
+                self._dir_metadata(self.rootfd, b"", name)
             return
         slash = path.rfind(b"/")
         base = path[slash + 1:]
@@ -740,6 +770,17 @@ cdef class Extractor:
                 raise _errors.InvalidWhiteoutError(
                     f"entry {_show(name)}: whiteout-named directory in path")
             self._whiteout(path, slash, base, name)
+            return
+        if self.scan_only:
+            if kind != K_DIR:
+                self.scan_at.add(path)
+            if kind == K_LINK:
+                self._normalize(link)  # the same checks as a real extraction
+            return
+        if self.hide_at is not None and self._is_hidden(path):
+            self.hidden += 1
+            if kind == K_REG:
+                self.hidden_files.add(path)
             return
         pfd = self._parent(path, slash, name)
         if not self.overlay:
@@ -844,6 +885,20 @@ cdef class Extractor:
         ts[0].tv_nsec = self.cur_nsec
         ts[1] = ts[0]
 
+    cdef bint _is_hidden(self, bytes path):
+        """Does an upper layer hide ``path`` (it or an ancestor whited out or
+        replaced by a non-directory, or an ancestor made opaque)?"""
+        cdef Py_ssize_t i
+        if path in self.hide_at or b"" in self.hide_below:
+            return True
+        i = path.rfind(b"/")
+        while i > 0:
+            ancestor = path[:i]
+            if ancestor in self.hide_at or ancestor in self.hide_below:
+                return True
+            i = path.rfind(b"/", 0, i)
+        return False
+
     cdef _hardlink(self, int pfd, bytes base, bytes name, bytes link):
         cdef stat a, b
         cdef int tfd
@@ -851,6 +906,8 @@ cdef class Extractor:
         target = self._normalize(link)
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
+        if target in self.hidden_files:
+            raise HiddenLinkTarget(f"entry {_show(name)}: hardlink to {_show(link)}, which was skipped as hidden")
         tslash = target.rfind(b"/")
         tbase = target[tslash + 1:]
         tfd = self._resolve_dir(target[:tslash] if tslash > 0 else b"", False, name)
@@ -919,6 +976,9 @@ cdef class Extractor:
         cdef stat st
         parent = path[:slash] if slash > 0 else b""
         if base == WH_OPAQUE:
+            if self.scan_only:
+                self.scan_below.add(parent)
+                return
             self._opaque(parent, name)
             return
         hidden = base[4:]
@@ -931,6 +991,9 @@ cdef class Extractor:
                 f"entry {_show(name)}: whiteout does not name an entry in its directory")
         self.whiteouts += 1
         target = parent + b"/" + hidden if parent else hidden
+        if self.scan_only:
+            self.scan_at.add(target)
+            return
         if self.overlay:
             pfd = self._open_in_root(parent)
             if pfd < 0 and errno == ENOTDIR:

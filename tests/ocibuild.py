@@ -31,7 +31,7 @@ def sha256(data):
 
 
 def tar_bytes(files):
-    """A tar of {name: bytes | None (directory) | ("symlink", target)}."""
+    """A tar of {name: bytes | None (directory) | ("symlink", target) | ("hardlink", target)}."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in files.items():
@@ -41,7 +41,8 @@ def tar_bytes(files):
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
                 tar.addfile(info)
             elif isinstance(data, tuple):
-                info.type, info.linkname = tarfile.SYMTYPE, data[1]
+                info.type = tarfile.LNKTYPE if data[0] == "hardlink" else tarfile.SYMTYPE
+                info.linkname = data[1]
                 tar.addfile(info)
             else:
                 info.size, info.mode = len(data), 0o644

@@ -106,7 +106,7 @@ def _check_digest(what, expected, actual):
 
 
 def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_type=None, limits=None,
-                name=None, lower_dirs=None, hash_blob=True) -> ApplyStats:
+                name=None, lower_dirs=None, hash_blob=True, hidden=None) -> ApplyStats:
     """Apply one layer blob (gzip, zstd or plain tar) onto ``dest``.
 
     ``layer`` is a path or a binary file object.  ``digest`` / ``diff_id``,
@@ -118,44 +118,56 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     so that a mount shows what a flat unpack shows.  ``hash_blob=False``
     skips hashing a compressed blob whose digest the caller has verified
     already (the store's ingest does); the diffID is always computed.
+    ``hidden`` (dir format) is what the layers above hide, as returned by
+    ``scan_layer``: entries under it are skipped, since nobody will see them.
     """
     if not hash_blob and digest is not None:
         raise ValueError("apply_layer: digest given but hash_blob=False")
-    for d, label in ((digest, "digest"), (diff_id, "diff_id")):
-        if d is not None:
-            validate(d, label)
-    what = name or (f"layer {digest}" if digest else f"layer {os.fsdecode(layer)}" if isinstance(layer, (str, bytes, os.PathLike)) else "layer")
     os.makedirs(dest, exist_ok=True)
-    t0 = time.perf_counter()
-    owned = isinstance(layer, (str, bytes, os.PathLike))
-    raw = open(layer, "rb", buffering=0) if owned else layer
-    try:
-        stats = _apply_stream(raw, dest, format, diff_id, digest, media_type, limits or DEFAULT_LIMITS, what, t0,
-                              hash_blob)
-    finally:
-        if owned:
-            raw.close()
+    limits = limits or DEFAULT_LIMITS
+    extractor = Extractor(dest, format=format, limits=limits, hidden=hidden)
+    stats = _run(layer, extractor, diff_id, digest, media_type, name, hash_blob)
     if lower_dirs and stats.implicit_dirs:
         lower = [os.fspath(d) for d in lower_dirs]
         inherit_implicit_dirs(lower + [os.fspath(dest)], [[]] * len(lower) + [stats.implicit_dirs])
     return stats
 
 
-def _apply_stream(raw, dest, format, diff_id, digest, media_type, limits, what, t0, hash_blob):
+def scan_layer(layer, *, diff_id=None, digest=None, media_type=None, limits=None, name=None):
+    """Read a layer through the same parser and checks without writing anything.
+
+    Returns ``(stats, hides)``, where ``hides`` is ``(at, below)``: the paths
+    this layer hides in the layers under it, for ``apply_layer(hidden=...)``.
+    """
+    extractor = Extractor(None, limits=limits or DEFAULT_LIMITS)
+    stats = _run(layer, extractor, diff_id, digest, media_type, name, True)
+    return stats, (extractor.scan_at, extractor.scan_below)
+
+
+def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob):
+    for d, label in ((digest, "digest"), (diff_id, "diff_id")):
+        if d is not None:
+            validate(d, label)
+    owned = isinstance(layer, (str, bytes, os.PathLike))
+    what = name or (f"layer {digest}" if digest else f"layer {os.fsdecode(layer)}" if owned else "layer")
+    t0 = time.perf_counter()
+    raw = open(layer, "rb", buffering=0) if owned else layer
     hasher = _Hasher()
     try:
-        return _pipeline(raw, hasher, dest, format, diff_id, digest, media_type, limits, what, t0, hash_blob)
+        return _pipeline(raw, hasher, extractor, diff_id, digest, media_type, what, t0, hash_blob)
     finally:
         hasher.close()
+        extractor.close()
+        if owned:
+            raw.close()
 
 
-def _pipeline(raw, hasher, dest, format, diff_id, digest, media_type, limits, what, t0, hash_blob):
+def _pipeline(raw, hasher, extractor, diff_id, digest, media_type, what, t0, hash_blob):
     reader = _HashingReader(raw, hasher)
     head = reader.read(CHUNK)
     kind = compression.detect(head)
     hasher.hash_blob = hash_blob or kind == "none"  # a plain tar's blob hash is its diffID
     compression.check_media_type(kind, media_type, what)
-    extractor = Extractor(dest, format=format, limits=limits)
     stats = ApplyStats(compression=kind)
     chunks = queue.Queue(QUEUE_DEPTH)
     stop = threading.Event()
@@ -231,6 +243,7 @@ def _pipeline(raw, hasher, dest, format, diff_id, digest, media_type, limits, wh
     stats.bytes = counts["bytes"]
     stats.entries = counts["entries"]
     stats.whiteouts = counts["whiteouts"]
+    stats.hidden = counts["hidden"]
     stats.skipped = counts["skipped"]
     stats.implicit_dirs = counts["implicit_dirs"]
     stats.seconds = {

@@ -15,6 +15,7 @@ class ApplyStats:
     digest: str = ""              # sha256 of the blob as read
     diff_id: str = ""             # sha256 of the uncompressed tar
     whiteouts: int = 0
+    hidden: int = 0               # entries skipped: an upper layer hides them (dir format)
     skipped: list = field(default_factory=list)   # entries not applied, with why
     # overlay format: directories the layer needed but does not list; they
     # take their metadata from the layers below (see lamina.overlay)

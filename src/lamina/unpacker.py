@@ -13,7 +13,8 @@ import stat
 import tempfile
 import time
 
-from .errors import ExtractError
+from ._extract import HiddenLinkTarget
+from .errors import ExtractError, InvalidArchiveError
 from .oci import open_source
 from .overlay import inherit_implicit_dirs
 from .stats import UnpackStats
@@ -22,6 +23,11 @@ FORMATS = ("dir", "overlay")
 # Overlay layers are independent, and apply_layer keeps about two cores busy by itself
 # (inflate and write overlap), so a few layers at a time is enough.
 MAX_PARALLEL_LAYERS = 4
+# Top-down skipping: an upper layer is read ahead (headers only, nothing written)
+# when it is at most this fraction of the compressed bytes below it, so that the
+# lower layers need not write what it deletes or replaces.  Images that delete in
+# a late layer (apt caches, build trees) often hide half of what lies below.
+SCAN_FRACTION = 0.25
 
 
 def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackStats:
@@ -76,18 +82,59 @@ def _describe(source):
     return getattr(source, "description", repr(source))
 
 
-def _apply(layer, target, format, limits):
+def _layer_name(layer):
+    return f"layer {layer.index} ({layer.digest or layer.diff_id})"
+
+
+def _apply(layer, target, format, limits, hidden=None):
     from .layer import apply_layer  # imported late: the native core is only needed to extract
 
     with layer.open() as f:
         return apply_layer(f, target, format=format, digest=layer.digest, diff_id=layer.diff_id,
-                           media_type=layer.media_type, limits=limits,
-                           name=f"layer {layer.index} ({layer.digest or layer.diff_id})")
+                           media_type=layer.media_type, limits=limits, name=_layer_name(layer), hidden=hidden)
 
 
 def _apply_flat(layers, root, limits):
     # Order matters: each layer's whiteouts delete what the layers below wrote.
-    return [_apply(layer, root, "dir", limits) for layer in layers]
+    hides = _scan_upper_layers(layers, limits)
+    if not any(hides):
+        return [_apply(layer, root, "dir", limits) for layer in layers]
+    try:
+        return [_apply(layer, root, "dir", limits, hidden=hides[i]) for i, layer in enumerate(layers)]
+    except (HiddenLinkTarget, InvalidArchiveError, ExtractError):
+        # A hardlink to a skipped file, or any other failure: do it the plain way,
+        # which is always right (and reports a real error as it is).
+        _empty(root)
+        return [_apply(layer, root, "dir", limits) for layer in layers]
+
+
+def _scan_upper_layers(layers, limits):
+    """For each layer, (at, below): what the scanned layers above it hide, or None."""
+    from .layer import scan_layer
+
+    hides = [None] * len(layers)
+    at, below = set(), set()
+    for k in range(len(layers) - 1, 0, -1):
+        if at or below:
+            hides[k] = (set(at), set(below))
+        layer = layers[k]
+        under = sum(lower.size or 0 for lower in layers[:k])
+        if layer.size is None or not under or layer.size > SCAN_FRACTION * under:
+            continue
+        with layer.open() as f:
+            _, (layer_at, layer_below) = scan_layer(f, digest=layer.digest, diff_id=layer.diff_id,
+                                                    media_type=layer.media_type, limits=limits,
+                                                    name=_layer_name(layer))
+        at |= layer_at
+        below |= layer_below
+    if layers and (at or below):
+        hides[0] = (at, below)
+    return hides
+
+
+def _empty(root):
+    for name in os.listdir(root):
+        remove_tree(os.path.join(root, name))
 
 
 def _apply_overlay(layers, root, limits):

@@ -1,0 +1,93 @@
+"""Top-down skipping in a flat unpack: entries that an upper layer deletes or
+replaces are never written, and the result is exactly the plain one (umoci's)."""
+import os
+import random
+
+import pytest
+
+import lamina
+import ocibuild
+from conftest import require_tool, run
+from treecmp import assert_same, snapshot
+
+unpacker = __import__("importlib").import_module("lamina.unpacker")
+
+
+def _noise(n, seed):
+    return random.Random(seed).randbytes(n)  # incompressible: lower layers stay big
+
+
+def _image(tmp_path, layers):
+    lay = ocibuild.Layout(tmp_path / "img")
+    lay.add(lay.image(layers), "latest")
+    return lay.root
+
+
+def _oracle(tmp_path, root):
+    require_tool("umoci")
+    out = tmp_path / "umoci"
+    run("umoci", "raw", "unpack", "--image", f"{root}:latest", out)
+    return out
+
+
+def test_hidden_entries_are_skipped_and_the_tree_is_exact(tmp_path, monkeypatch):
+    base = {
+        "keep/": None, "keep/a": _noise(200_000, 1),
+        "cache/": None, "cache/x.deb": _noise(300_000, 2), "cache/sub/": None, "cache/sub/y": _noise(1000, 3),
+        "opq/": None, "opq/old": _noise(100_000, 4),
+        "file": b"old\n",
+        "swap/": None, "swap/inner": b"inner\n",
+    }
+    middle = {"keep/b": b"b\n", "cache/late": _noise(50_000, 5)}
+    top = {
+        ".wh.cache": b"",                                   # whiteout of a directory
+        "opq/": None, "opq/.wh..wh..opq": b"", "opq/new": b"new\n",   # opaque directory
+        "file": b"new\n",                                   # file replaced by a file
+        "swap": b"now a file\n",                            # directory replaced by a file
+    }
+    root = _image(tmp_path, [base, middle, top])
+    stats = lamina.unpack(f"oci:{root}", tmp_path / "skip")
+    # the optimization really ran: the bottom layer skipped the hidden files, dirs and the
+    # replaced ones (cache/ and below, opq/old, file, swap/ and below)
+    assert stats.layers[0].hidden == 8, [layer.hidden for layer in stats.layers]
+    assert stats.layers[1].hidden == 1  # cache/late
+    got = snapshot(tmp_path / "skip", dir_mtime=True)
+    assert_same(snapshot(_oracle(tmp_path, root), dir_mtime=True), got, labels=("umoci", "lamina top-down"))
+    monkeypatch.setattr(unpacker, "SCAN_FRACTION", 0.0)  # the plain way, for good measure
+    plain = lamina.unpack(f"oci:{root}", tmp_path / "plain")
+    assert all(layer.hidden == 0 for layer in plain.layers)
+    assert_same(snapshot(tmp_path / "plain", dir_mtime=True), got, labels=("plain", "top-down"))
+
+
+@pytest.mark.parametrize("where", ["same-layer", "next-layer"])
+def test_hardlink_to_a_hidden_file_falls_back_to_the_plain_way(tmp_path, where):
+    """cache/big is hidden by the top layer, but a link outside cache/ keeps its inode alive."""
+    big = _noise(300_000, 6)
+    if where == "same-layer":
+        layers = [{"cache/": None, "cache/big": big, "link": ("hardlink", "cache/big")}, {".wh.cache": b""}]
+    else:
+        layers = [{"cache/": None, "cache/big": big}, {"link": ("hardlink", "cache/big"), "pad": _noise(100_000, 7)},
+                  {".wh.cache": b""}]
+    root = _image(tmp_path, layers)
+    lamina.unpack(f"oci:{root}", tmp_path / "out")
+    assert (tmp_path / "out" / "link").read_bytes() == big
+    assert not os.path.lexists(tmp_path / "out" / "cache")
+    assert_same(snapshot(_oracle(tmp_path, root)), snapshot(tmp_path / "out"), labels=("umoci", "lamina"))
+
+
+def test_a_broken_upper_layer_still_fails_clearly(tmp_path):
+    """Scanning reads the upper layer first; its damage must surface as the usual error."""
+    lay = ocibuild.Layout(tmp_path / "img")
+    desc = lay.image([{"big": _noise(200_000, 8)}, {"small": b"s"}], diff_ids=None)
+    manifest = lay.read_json(desc["digest"])
+    top = manifest["layers"][1]["digest"]
+    path = lay.path(top)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    os.chmod(path, 0o644)
+    open(path, "wb").write(bytes(data))
+    lay.add(desc, "latest")
+    with pytest.raises(lamina.errors.LaminaError) as e:
+        lamina.unpack(f"oci:{lay.root}", tmp_path / "out")
+    assert "layer 1" in str(e.value) or top in str(e.value)
+    assert not os.path.lexists(tmp_path / "out")
