@@ -207,6 +207,7 @@ cdef class Extractor:
     cdef set hide_at, hide_below, hidden_files
     cdef readonly set scan_at, scan_below
     cdef readonly int64_t hidden
+    cdef object plain_parent      # last parent found free of symlinks (None: unknown)
     cdef set implicit_dirs
     cdef set created
     cdef readonly int64_t entries, total, whiteouts, trailing
@@ -777,7 +778,8 @@ cdef class Extractor:
             if kind == K_LINK:
                 self._normalize(link)  # the same checks as a real extraction
             return
-        if self.hide_at is not None and self._is_hidden(path):
+        if (self.hide_at is not None and kind != K_SYMLINK and self._is_hidden(path)
+                and self._no_symlinks_to(path[:slash] if slash > 0 else b"")):
             self.hidden += 1
             if kind == K_REG:
                 self.hidden_files.add(path)
@@ -858,6 +860,7 @@ cdef class Extractor:
     cdef _symlink(self, int pfd, bytes base, bytes name, bytes target):
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: symlink with an empty target")
+        self.plain_parent = None  # a new symlink may sit on a path checked before
         if symlinkat(target, pfd, base) < 0:
             if errno != EEXIST:
                 self._oserror("symlink", name)
@@ -884,6 +887,27 @@ cdef class Extractor:
         ts[0].tv_sec = self.cur_sec
         ts[0].tv_nsec = self.cur_nsec
         ts[1] = ts[0]
+
+    cdef bint _no_symlinks_to(self, bytes parent):
+        """Is ``parent`` reached from the root without a symlink (or not there yet)?
+
+        Skipping is only right when the entry would land under the hidden
+        path itself: an entry written through a symlink lands elsewhere, and a
+        whiteout of the link would not remove it.  Symlinks are never skipped,
+        so any on the way are on disk to be seen here."""
+        cdef int fd
+        if not self.use_openat2:
+            return False  # no cheap exact check: do not skip
+        if parent == self.plain_parent:
+            return True
+        fd = lamina_openat2(self.rootfd, parent if parent else b".", O_PATH | O_DIRECTORY | O_CLOEXEC,
+                            LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_SYMLINKS | LAMINA_RESOLVE_NO_MAGICLINKS)
+        if fd >= 0:
+            close(fd)
+        elif errno != ENOENT:
+            return False  # a symlink (ELOOP), a file on the way (ENOTDIR), ...
+        self.plain_parent = parent
+        return True
 
     cdef bint _is_hidden(self, bytes path):
         """Does an upper layer hide ``path`` (it or an ancestor whited out or
@@ -1113,6 +1137,7 @@ cdef class Extractor:
     cdef void _invalidate(self):
         # keep the fd open: the caller may still be using it as its parent
         self.cache_valid = False
+        self.plain_parent = None
 
     # ------------------------------------------------------------- finishing
 

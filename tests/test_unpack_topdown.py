@@ -91,3 +91,36 @@ def test_a_broken_upper_layer_still_fails_clearly(tmp_path):
         lamina.unpack(f"oci:{lay.root}", tmp_path / "out")
     assert "layer 1" in str(e.value) or top in str(e.value)
     assert not os.path.lexists(tmp_path / "out")
+
+
+SYMLINK_CASES = {
+    # lower entries written through a symlink land elsewhere; hiding the link must not hide them
+    "replace-the-link": (
+        {"real/": None, "link": ("symlink", "real"), "link/x": _noise(200_000, 9)},
+        {"link": b"now a file\n"},
+        "real/x"),
+    "whiteout-the-link": (
+        {"real/": None, "link": ("symlink", "real"), "link/x": _noise(200_000, 10)},
+        {".wh.link": b""},
+        "real/x"),
+    "whiteout-a-dir-holding-a-link": (
+        {"elsewhere/": None, "d/": None, "d/s": ("symlink", "/elsewhere"), "d/s/x": _noise(200_000, 11)},
+        {".wh.d": b""},
+        "elsewhere/x"),
+    "opaque-over-a-replaced-link": (
+        {"T/": None, "A": ("symlink", "T"), "A/x": _noise(200_000, 12)},
+        {"A/": None, "A/.wh..wh..opq": b"", "A/new": b"new\n"},
+        "T/x"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SYMLINK_CASES))
+def test_entries_written_through_symlinks_are_never_skipped(tmp_path, monkeypatch, case):
+    lower, top, survivor = SYMLINK_CASES[case]
+    root = _image(tmp_path, [lower, top])
+    lamina.unpack(f"oci:{root}", tmp_path / "skip")
+    monkeypatch.setattr(unpacker, "SCAN_FRACTION", 0.0)
+    lamina.unpack(f"oci:{root}", tmp_path / "plain")
+    assert (tmp_path / "plain" / survivor).is_file(), "the plain unpack keeps what went through the link"
+    assert_same(snapshot(tmp_path / "plain", dir_mtime=True), snapshot(tmp_path / "skip", dir_mtime=True),
+                labels=("plain", "top-down"), context=case)
