@@ -169,3 +169,23 @@ def test_tag(store):
     names = [m.get("annotations", {}).get("org.opencontainers.image.ref.name")
              for m in json.loads((store.root / "index.json").read_text())["manifests"]]
     assert "example.com:5000/x/y:latest" in names and "docker.io/library/short:latest" in names
+
+
+def test_root_option_after_the_verb(store, tmp_path):
+    """`lamina images --root DIR` and `lamina image ls --root DIR` mean the same store as
+    `lamina --root DIR images`; another root shows nothing."""
+    from lamina.cli import main
+    import contextlib
+    import io
+
+    def run(*argv):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(list(argv)) == 0
+        return out.getvalue()
+
+    before = run("--root", str(store.root), "images", "-q")
+    assert len(before.split()) == 2
+    assert run("images", "-q", "--root", str(store.root)) == before
+    assert run("image", "ls", "-q", "--root", str(store.root)) == before
+    assert run("images", "-q", "--root", str(tmp_path / "other")) == ""

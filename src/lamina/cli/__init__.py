@@ -30,7 +30,19 @@ def build_parser():
                 raise
             continue
         module.register(sub)
+    _accept_root_anywhere(sub)
     return p
+
+
+def _accept_root_anywhere(subparsers):
+    """``lamina images --root DIR`` as well as ``lamina --root DIR images``."""
+    for parser in set(subparsers.choices.values()):
+        if not any("--root" in a.option_strings for a in parser._actions):
+            parser.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
+                                help="store directory (same as the global --root)")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_root_anywhere(action)
 
 
 def main(argv=None):
