@@ -163,3 +163,15 @@ def test_reporter_choice():
     assert type(reporter_for("quiet")).__name__ == "Reporter"
     assert type(reporter_for("json")).__name__ == "Reporter"
     assert isinstance(reporter_for("auto", io.StringIO()), PlainReporter)   # not a terminal
+
+
+def test_nothing_listening_fails_fast(registry_env):  # noqa: F811
+    """Connection refused is retried once (a registry restarting), not five times with backoff."""
+    from lamina.registry.transport import Transport
+    from registryfixture import free_port
+    slept = []
+    t = Transport(retries=5, backoff=0.5, sleep=slept.append)
+    with pytest.raises(errors.RegistryError, match="refused") as e:
+        t.request("GET", f"http://127.0.0.1:{free_port()}/v2/")
+    assert "after 2 attempts" in str(e.value)
+    assert len(slept) == 1

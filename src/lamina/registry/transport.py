@@ -379,7 +379,10 @@ class Transport:
                         f" (put the registry's CA in {certs_dirs()[0] if certs_dirs() else 'certs.d'}"
                         f"/{Origin.of(url).hostport}/ca.crt, or mark the registry insecure)") from None
                 failures += 1
-                if failures >= attempts:
+                # Nothing listening, or no such host: one more try covers a restart,
+                # five would only make the user wait for a certain answer.
+                hopeless = isinstance(e, (ConnectionRefusedError, socket.gaierror)) and failures >= 2
+                if failures >= attempts or hopeless:
                     raise RegistryError(f"{method} {url}: {describe_error(e)}"
                                         + (f" (after {failures} attempts)" if failures > 1 else "")) from e
                 self._sleep(self._delay(failures, None))
