@@ -47,7 +47,7 @@ def free_port():
 # keys and certificates (cryptography)
 
 
-def make_ca(tmp, name="lamina test CA"):
+def make_ca(tmp, name="lamina test CA", key_ids=True):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -62,8 +62,10 @@ def make_ca(tmp, name="lamina test CA"):
             .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                          content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False, encipher_only=False,
-                                         decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256()))
+                                         decipher_only=False), critical=True))
+    if key_ids:  # what real CAs write; key_ids=False makes the home-made kind some registries use
+        cert = cert.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    cert = cert.sign(key, hashes.SHA256())
     os.makedirs(tmp, exist_ok=True)
     cert_path, key_path = os.path.join(tmp, "ca.crt"), os.path.join(tmp, "ca.key")
     with open(cert_path, "wb") as f:
@@ -71,7 +73,7 @@ def make_ca(tmp, name="lamina test CA"):
     with open(key_path, "wb") as f:
         f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
-    return {"cert": cert, "key": key, "cert_path": cert_path, "key_path": key_path}
+    return {"cert": cert, "key": key, "cert_path": cert_path, "key_path": key_path, "key_ids": key_ids}
 
 
 def make_server_cert(tmp, ca, ip=LOOPBACK):
@@ -89,8 +91,12 @@ def make_server_cert(tmp, ca, ip=LOOPBACK):
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca["key"], hashes.SHA256()))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+    if ca.get("key_ids", True):
+        cert = (cert.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca["key"].public_key()),
+                               critical=False))
+    cert = cert.sign(ca["key"], hashes.SHA256())
     cert_path, key_path = os.path.join(tmp, "server.crt"), os.path.join(tmp, "server.key")
     with open(cert_path, "wb") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
@@ -317,6 +323,7 @@ class Registry:
             try:
                 if tls_ca:
                     ctx = ssl.create_default_context(cafile=tls_ca["cert_path"])
+                    ctx.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)  # Python >= 3.13
                     conn = http.client.HTTPSConnection(LOOPBACK, self.port, timeout=2, context=ctx)
                 else:
                     conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=2)

@@ -221,6 +221,25 @@ def test_tls_with_ca_from_certs_d(tls_reg, registry_env):  # noqa: F811
     assert r.endpoint == reg.host
 
 
+def test_tls_with_a_ca_without_key_identifiers(tmp_path, registry_env):  # noqa: F811
+    """Home-made CAs often lack key identifiers. docker accepts them; Python >= 3.13's
+    default verification would not, so lamina relaxes exactly that (this test is the
+    one that fails on 3.13 when it does not)."""
+    ca = make_ca(tmp_path / "ca", key_ids=False)
+    reg = Registry(tmp_path / "reg", tls_ca=ca)
+    try:
+        lay, _ = _layout(tmp_path)
+        skopeo_push(f"oci:{lay.root}:1", reg.host, "tls:1")
+        d = registry_env / "certs.d" / reg.host
+        d.mkdir(parents=True)
+        (d / "ca.crt").write_bytes(open(ca["cert_path"], "rb").read())
+        store = Store(registry_env / "root")
+        pull(f"{reg.host}/tls:1", store=store)
+        _pulled_ok(store, f"{reg.host}/tls:1")
+    finally:
+        reg.stop()
+
+
 def test_tls_unknown_ca_fails_clearly(tls_reg, registry_env):  # noqa: F811
     reg, ca = tls_reg
     with pytest.raises(errors.RegistryError) as e:

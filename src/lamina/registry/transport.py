@@ -134,6 +134,10 @@ class TLSPolicy:
             ctx.verify_mode = ssl.CERT_NONE
         else:
             ctx = ssl.create_default_context()
+            # Python >= 3.13 verifies with VERIFY_X509_STRICT, which rejects certificates
+            # without key identifiers; docker (Go) accepts them, and registries with a
+            # home-made CA often have none.
+            ctx.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
         # docker looks up HOST:PORT (or HOST for 443); accept both spellings.
         names = [origin.hostport]
         if f"{origin.host}:{origin.port}" not in names:
