@@ -932,6 +932,7 @@ cdef class Extractor:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
         if target in self.hidden_files:
             raise HiddenLinkTarget(f"entry {_show(name)}: hardlink to {_show(link)}, which was skipped as hidden")
+        self.plain_parent = None  # the link may be one more name of a symlink
         tslash = target.rfind(b"/")
         tbase = target[tslash + 1:]
         tfd = self._resolve_dir(target[:tslash] if tslash > 0 else b"", False, name)
