@@ -304,7 +304,11 @@ class Registry:
         self.log = open(os.path.join(self.dir, "registry.log"), "wb")
         self.proc = subprocess.Popen([self.binary, "serve", self.config], stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
-        self._wait_ready(tls_ca)
+        try:
+            self._wait_ready(tls_ca)
+        except BaseException:
+            self.stop()  # a server that never became ready is still a process to end
+            raise
 
     @property
     def host(self):
