@@ -56,6 +56,16 @@ def layer(guard, data, dest=None, **kw):
     return apply(str(p), str(dest or guard.dest), **kw)
 
 
+def layers(guard, first, second, split, **kw):
+    """Apply two tars either as one layer (second appended to first) or as two, in order."""
+    if split == "same-layer":
+        first.raw(second.buf.getvalue())
+        layer(guard, first.bytes(), **kw)
+    else:
+        layer(guard, first.bytes(), **kw)
+        layer(guard, second.bytes(), **kw)
+
+
 PWN_GLOBS = ("/pwned-lamina-*", "/tmp/pwned-lamina-*")
 
 
@@ -157,13 +167,7 @@ def test_symlink_to_root_escape_lands_in_dest(g, kind, split, fmt):
     """link -> ../../../../.. (far above /): re-rooted it is dest itself, so link/X is dest/X."""
     first = Tar().file("inside-file", b"inside\n").symlink("link", "../" * 12)
     second = _write_through(kind, "link", Tar(), ROOT_NAMES)
-    if split == "same-layer":
-        for blk in [second.buf.getvalue()]:
-            first.raw(blk)
-        layer(g, first.bytes(), format=fmt)
-    else:
-        layer(g, first.bytes(), format=fmt)
-        layer(g, second.bytes(), format=fmt)
+    layers(g, first, second, split, format=fmt)
     g.check()
     n = ROOT_NAMES[kind]
     assert os.path.lexists(g.dest / n), \
@@ -210,12 +214,7 @@ def test_symlink_to_sentinel_missing_inside(g, kind, target, split):
     first = Tar().file("inside-file", b"inside\n").symlink("link", link_target)
     second = _write_through(kind, "link", Tar())
     try:
-        if split == "same-layer":
-            first.raw(second.buf.getvalue())
-            layer(g, first.bytes())
-        else:
-            layer(g, first.bytes())
-            layer(g, second.bytes())
+        layers(g, first, second, split)
     except errors.LaminaError:
         pass
     g.check()
@@ -348,12 +347,7 @@ def test_dir_entry_over_symlink_replaces_it(g, split, target):
     second = Tar()
     second.pax([("SCHILY.xattr.user.evil", b"1")]).dir("d", mode=0o777, uid=4321, gid=4321, mtime=5)
     second.dir("e/", mode=0o777, uid=4321, mtime=5)
-    if split == "same-layer":
-        first.raw(second.buf.getvalue())
-        layer(g, first.bytes())
-    else:
-        layer(g, first.bytes())
-        layer(g, second.bytes())
+    layers(g, first, second, split)
     g.check()
     for n in ("d", "e"):
         st = os.lstat(g.dest / n)
@@ -390,12 +384,7 @@ def test_non_dir_over_symlink_replaces_not_writes_through(g, split, kind):
         second.hardlink("f", "inside")
     else:
         second.symlink("f", "elsewhere")
-    if split == "same-layer":
-        first.raw(second.buf.getvalue())
-        layer(g, first.bytes())
-    else:
-        layer(g, first.bytes())
-        layer(g, second.bytes())
+    layers(g, first, second, split)
     g.check()
     st = os.lstat(g.dest / "f")
     want = {"file": stat.S_ISREG, "fifo": stat.S_ISFIFO, "hardlink": stat.S_ISREG, "symlink": stat.S_ISLNK}[kind]
@@ -444,12 +433,7 @@ def test_whiteout_through_symlinked_dir(g, target, split, which):
     else:
         second.opaque("l/sub")
     try:
-        if split == "same-layer":
-            first.raw(second.buf.getvalue())
-            layer(g, first.bytes())
-        else:
-            layer(g, first.bytes())
-            layer(g, second.bytes())
+        layers(g, first, second, split)
     except errors.LaminaError as e:
         assert isinstance(e, (errors.InvalidWhiteoutError, errors.UnsafeEntryError, errors.InvalidArchiveError))
     g.check()
