@@ -54,3 +54,19 @@ def umoci_replace_image(tmp_path_factory):
     require_root()
     from umoci_images import REPLACE_STEPS, build_umoci_image
     return build_umoci_image(str(tmp_path_factory.mktemp("umoci-replace")), REPLACE_STEPS)
+
+
+@pytest.fixture(scope="session")
+def skopeo_archives(tmp_path_factory):
+    """The sample image as skopeo writes it: (docker-archive, the same gzipped, oci-archive)."""
+    import gzip
+    require_tool("skopeo")
+    sample = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sample", "image")
+    out = tmp_path_factory.mktemp("archives")
+    plain = out / "sample.tar"
+    run("skopeo", "copy", "-q", f"oci:{sample}:latest", f"docker-archive:{plain}:lamina/sample:v1")
+    gz_path = out / "sample.tar.gz"
+    gz_path.write_bytes(gzip.compress(plain.read_bytes()))
+    oci_archive = out / "sample-oci.tar"
+    run("skopeo", "copy", "-q", f"oci:{sample}:latest", f"oci-archive:{oci_archive}:latest")
+    return plain, gz_path, oci_archive

@@ -430,19 +430,6 @@ def test_parse_source(tmp_path):
 
 # --- docker archives ------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def skopeo_archives(tmp_path_factory):
-    require_tool("skopeo")
-    out = tmp_path_factory.mktemp("archives")
-    plain = out / "sample.tar"
-    run("skopeo", "copy", "-q", f"oci:{SAMPLE}:latest", f"docker-archive:{plain}:lamina/sample:v1")
-    gz_path = out / "sample.tar.gz"
-    gz_path.write_bytes(gzip.compress(plain.read_bytes()))
-    oci_archive = out / "sample-oci.tar"
-    run("skopeo", "copy", "-q", f"oci:{SAMPLE}:latest", f"oci-archive:{oci_archive}:latest")
-    return plain, gz_path, oci_archive
-
-
 def sample_oci():
     return resolve(f"oci:{SAMPLE}:latest")
 

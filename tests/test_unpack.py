@@ -1,5 +1,4 @@
 """lamina.unpack end to end, with umoci and skopeo as oracles."""
-import gzip
 import importlib
 import io
 import json
@@ -75,17 +74,6 @@ def test_sample_unpacks_like_umoci(tmp_path, umoci_tree):
     assert set(stats.seconds) >= {"resolve", "layers", "commit", "total"}
     assert leftovers(dest) == []
     json.dumps(stats.to_dict())   # JSON-ready
-
-
-@pytest.fixture(scope="module")
-def skopeo_archives(tmp_path_factory):
-    require_tool("skopeo")
-    out = tmp_path_factory.mktemp("archives")
-    plain = out / "sample.tar"
-    run("skopeo", "copy", "-q", f"oci:{SAMPLE}:latest", f"docker-archive:{plain}:lamina/sample:v1")
-    gz_path = out / "sample.tar.gz"
-    gz_path.write_bytes(gzip.compress(plain.read_bytes()))
-    return plain, gz_path
 
 
 @pytest.mark.parametrize("which", ["plain", "gzip"])
