@@ -11,17 +11,12 @@ import re
 
 import pytest
 
-from verbkit import base_and_app, fails, load_layout, ok
+from verbkit import base_and_app_store, fails, ok
 
 
 @pytest.fixture
 def store(tmp_path):
-    from lamina.store import Store
-    s = Store(tmp_path / "root")
-    base_and_app(tmp_path / "layout")
-    load_layout(s, tmp_path / "layout", "base", "base:1.0")
-    load_layout(s, tmp_path / "layout", "app", "localhost:5000/team/app:v2")
-    return s
+    return base_and_app_store(tmp_path, "localhost:5000/team/app:v2")
 
 
 def _ids(store):

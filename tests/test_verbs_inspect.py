@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from verbkit import APP_CONFIG, base_and_app, fails, lamina, load_layout, ok
+from verbkit import APP_CONFIG, base_and_app_store, fails, lamina, ok
 
 INSPECT_KEYS = ["Id", "RepoTags", "RepoDigests", "Created", "Author", "Config", "Architecture", "Os", "Size",
                 "GraphDriver", "RootFS", "Metadata", "Descriptor"]
@@ -18,12 +18,7 @@ INSPECT_KEYS = ["Id", "RepoTags", "RepoDigests", "Created", "Author", "Config", 
 
 @pytest.fixture
 def store(tmp_path):
-    from lamina.store import Store
-    s = Store(tmp_path / "root")
-    base_and_app(tmp_path / "layout")
-    load_layout(s, tmp_path / "layout", "base", "base:1.0")
-    load_layout(s, tmp_path / "layout", "app", "app:v2")
-    return s
+    return base_and_app_store(tmp_path)
 
 
 def test_inspect_json_is_dockers_shape(store):

@@ -150,3 +150,13 @@ def du_bytes(*paths):
     require_tool("du")
     out = run("du", "-s", "-B1", "-c", *paths).stdout.splitlines()
     return int(out[-1].split()[0])
+
+
+def base_and_app_store(tmp_path, app_ref="app:v2"):
+    """A store under tmp_path/root holding base:1.0 and an app image built on it."""
+    from lamina.store import Store
+    store = Store(tmp_path / "root")
+    base_and_app(tmp_path / "layout")
+    load_layout(store, tmp_path / "layout", "base", "base:1.0")
+    load_layout(store, tmp_path / "layout", "app", app_ref)
+    return store
