@@ -616,6 +616,14 @@ def umoci_multiarch(root, tag="multi"):
     return layout, digest, {d["platform"]["architecture"]: d["digest"] for d in descs}
 
 
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory):
+    """A plain docker-registry on loopback for the tests of one module."""
+    r = Registry(tmp_path_factory.mktemp("reg"))
+    yield r
+    r.stop()
+
+
 @pytest.fixture
 def registry_env(tmp_path, monkeypatch):
     """Isolate from the machine's registry configuration and credentials; fast retries."""

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import ocibuild
-from registryfixture import (FaultProxy, Registry, fast_random, registry_env, skopeo_push,  # noqa: F401
+from registryfixture import (FaultProxy, Registry, fast_random, reg, registry_env, skopeo_push,  # noqa: F401
                              skopeo_raw)
 
 from lamina import errors
@@ -22,13 +22,6 @@ from lamina.registry import RegistryClient, Transport, pull
 from lamina.store import Store
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def reg(tmp_path_factory):
-    r = Registry(tmp_path_factory.mktemp("reg"))
-    yield r
-    r.stop()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 import ocibuild
 from conftest import require_tool, run
-from registryfixture import (FaultProxy, Registry, lamina_cli, registry_env, skopeo_inspect,  # noqa: F401
+from registryfixture import (FaultProxy, lamina_cli, reg, registry_env, skopeo_inspect,  # noqa: F401
                              skopeo_push, skopeo_raw, umoci_multiarch)
 
 from lamina import errors
@@ -19,13 +19,6 @@ from lamina.registry import inspect_manifest, pull
 from lamina.store import Store
 
 HEX12 = re.compile(r"^[0-9a-f]{12}: (Pull complete|Already exists)$")
-
-
-@pytest.fixture(scope="module")
-def reg(tmp_path_factory):
-    r = Registry(tmp_path_factory.mktemp("reg"))
-    yield r
-    r.stop()
 
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,11 @@ import pytest
 
 import ocibuild
 from registryfixture import (FaultProxy, Registry, TokenServer, fast_random, lamina_cli,  # noqa: F401
-                             load_layout_into_store, registry_env, skopeo_inspect, skopeo_push, skopeo_raw)
+                             load_layout_into_store, reg, registry_env, skopeo_inspect, skopeo_push, skopeo_raw)
 
 from lamina import errors
 from lamina.registry import pull, push
 from lamina.store import Store
-
-
-@pytest.fixture(scope="module")
-def reg(tmp_path_factory):
-    r = Registry(tmp_path_factory.mktemp("reg"))
-    yield r
-    r.stop()
 
 
 @pytest.fixture
