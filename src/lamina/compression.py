@@ -49,3 +49,37 @@ def decompress_errors():
     from isal import isal_zlib
     import gzip
     return (EOFError, OSError, zlib.error, isal_zlib.error, zstandard.ZstdError, gzip.BadGzipFile, io.UnsupportedOperation)
+
+
+class Prefixed(io.RawIOBase):
+    """``raw`` with its already-sniffed first bytes put back in front.
+
+    ``read`` hands out the stream's own chunks (no copy through a buffer);
+    ``close_raw`` closes ``raw`` with it, for callers that hand over ownership.
+    """
+
+    def __init__(self, head, raw, *, close_raw=False):
+        super().__init__()
+        self._head, self._raw, self._close_raw = head, raw, close_raw
+
+    def readable(self):
+        return True
+
+    def read(self, n=-1):
+        if self._head:
+            if n is None or n < 0 or n >= len(self._head):
+                data, self._head = self._head, b""
+            else:
+                data, self._head = self._head[:n], self._head[n:]
+            return data
+        return self._raw.read(n)
+
+    def readinto(self, buf):
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def close(self):
+        if self._close_raw and not self.closed:
+            self._raw.close()
+        super().close()

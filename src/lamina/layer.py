@@ -175,7 +175,7 @@ def _pipeline(raw, hasher, extractor, diff_id, digest, media_type, what, t0, has
 
     def produce():
         try:
-            src = _Prefixed(head, reader)
+            src = compression.Prefixed(head, reader)
             stream = compression.open_decompressed(src, kind, what)
             inflate = 0.0
             while not stop.is_set():
@@ -257,28 +257,3 @@ def _pipeline(raw, hasher, extractor, diff_id, digest, media_type, what, t0, has
     _check_digest(f"{what}: blob", digest, stats.digest)
     _check_digest(f"{what}: diffID (uncompressed tar)", diff_id, stats.diff_id)
     return stats
-
-
-class _Prefixed:
-    """The reader with the already-sniffed head put back in front."""
-
-    def __init__(self, head, reader):
-        self.head = head
-        self.reader = reader
-
-    def readable(self):
-        return True
-
-    def read(self, n=-1):
-        if self.head:
-            if n is None or n < 0 or n >= len(self.head):
-                data, self.head = self.head, b""
-            else:
-                data, self.head = self.head[:n], self.head[n:]
-            return data
-        return self.reader.read(n)
-
-    def readinto(self, buf):
-        data = self.read(len(buf))
-        buf[:len(data)] = data
-        return len(data)

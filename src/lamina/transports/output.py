@@ -113,35 +113,11 @@ def stream_tar(fileobj):
     return tar
 
 
-class _Prefixed(io.RawIOBase):
-    """A stream with its sniffed first bytes put back in front."""
-
-    def __init__(self, head, raw):
-        self._head, self._raw = head, raw
-
-    def readable(self):
-        return True
-
-    def readinto(self, buf):
-        if self._head:
-            n = min(len(buf), len(self._head))
-            buf[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._raw.read(len(buf))
-        buf[:len(data)] = data
-        return len(data)
-
-    def close(self):
-        self._raw.close()
-        super().close()
-
-
 def open_uncompressed(open_raw, what):
     """The uncompressed bytes of a layer blob, whatever its compression (sniffed from magic bytes)."""
     raw = open_raw()
     head = raw.read(8)
-    stream = io.BufferedReader(_Prefixed(head, raw), CHUNK)
+    stream = io.BufferedReader(compression.Prefixed(head, raw, close_raw=True), CHUNK)
     kind = compression.detect(head)
     if kind == "none":
         return stream
