@@ -4,20 +4,14 @@ from __future__ import annotations
 import json
 import sys
 
+from .images import human_size  # the verbs print sizes one way, docker's
+
 FORMATS = ("dir", "overlay")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def _print_layer(stats, label: str, out):
     secs = stats.seconds.get("total", 0.0)
-    print(f"{label}: {stats.entries} entries, {_human(stats.bytes)} ({stats.compression} {_human(stats.compressed_bytes)}),"
+    print(f"{label}: {stats.entries} entries, {human_size(stats.bytes, 3)} ({stats.compression} {human_size(stats.compressed_bytes, 3)}),"
           f" {secs:.3f}s", file=out)
     print(f"  digest:  {stats.digest}", file=out)
     print(f"  diffID:  {stats.diff_id}", file=out)
@@ -56,7 +50,7 @@ def cmd_unpack(args):
         _print_layer(layer, f"layer {i + 1}/{len(stats.layers)}", out)
     total = stats.seconds.get("total", sum(layer.seconds.get("total", 0.0) for layer in stats.layers))
     rate = stats.bytes / total / 1e6 if total else 0.0
-    print(f"done: {len(stats.layers)} layers, {stats.entries} entries, {_human(stats.bytes)} in {total:.3f}s"
+    print(f"done: {len(stats.layers)} layers, {stats.entries} entries, {human_size(stats.bytes, 3)} in {total:.3f}s"
           f" ({rate:.0f} MB/s), all digests verified", file=out)
     if stats.mount_options:
         print(f"overlay: mount -t overlay overlay -o {stats.mount_options} TARGET", file=out)
