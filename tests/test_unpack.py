@@ -16,7 +16,7 @@ import pytest
 import lamina
 import ocibuild as ob
 from conftest import require_root, require_tool, run
-from lamina.unpacker import remove_tree
+from lamina.tree import remove_tree
 from lamina.errors import (DigestMismatchError, ExtractError, ImageNotFoundError, InvalidArchiveError,
                            PlatformNotFoundError)
 from treecmp import assert_same, snapshot
@@ -310,7 +310,7 @@ def run_as_nobody(code, *args):
     prologue = (
         "import os, sys, gzip, zlib, json\n"
         "import lamina, lamina.layer, lamina.oci, isal.igzip, isal.isal_zlib, zstandard\n"
-        "from lamina.unpacker import unpack, remove_tree\n"
+        "from lamina.unpacker import unpack\nfrom lamina.tree import remove_tree\n"
         "os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)\n"
         "assert os.geteuid() == 65534\n"
     )

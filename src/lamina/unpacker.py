@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import shutil
 import stat
 import tempfile
 import time
@@ -18,6 +17,7 @@ from .errors import ExtractError, InvalidArchiveError
 from .oci import open_source
 from .overlay import inherit_implicit_dirs
 from .stats import UnpackStats
+from .tree import remove_tree
 
 FORMATS = ("dir", "overlay")
 # Overlay layers are independent, and apply_layer keeps about two cores busy by itself
@@ -204,57 +204,3 @@ def _commit(staging, dest):
         os.rename(staging, dest)
     except OSError as e:
         raise ExtractError(f"cannot move the unpacked image into {dest}: {e.strerror}") from None
-
-
-def remove_tree(path):
-    """Remove a tree even where layers left read-only or unsearchable directories.
-
-    Root needs no help, but an unprivileged unpack can leave dirs of mode
-    0555 (or 0000) that rmtree cannot empty: open them up and retry.
-    Symlinks are never followed.
-    """
-    try:
-        shutil.rmtree(path)
-        return
-    except FileNotFoundError:
-        return
-    except OSError:
-        pass
-    try:
-        _open_up(path)
-    except OSError:
-        pass
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
-
-
-def _open_up(top):
-    st = os.lstat(top)
-    if not stat.S_ISDIR(st.st_mode):
-        return
-    os.chmod(top, 0o700)
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        _open_up_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def _open_up_fd(dirfd):
-    with os.scandir(dirfd) as it:
-        subdirs = [e.name for e in it if e.is_dir(follow_symlinks=False)]
-    for name in subdirs:
-        # Just listed as a real directory (not a symlink) and nobody else writes this
-        # staging tree, so chmod by name cannot be redirected outside it.
-        try:
-            os.chmod(name, 0o700, dir_fd=dirfd)
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
-        except OSError:
-            continue
-        try:
-            _open_up_fd(sub)
-        finally:
-            os.close(sub)
-

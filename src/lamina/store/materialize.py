@@ -52,6 +52,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ExtractError, ImageError
+from ..tree import remove_tree
 
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
@@ -528,7 +529,7 @@ def flatten(layer_dirs, dest, *, link=False, workers=None) -> FlattenStats:
 
 def _staged(dest, fill):
     """Create ``dest`` atomically: ``fill(staging_dir)`` then rename (dest must be absent or empty)."""
-    from ..unpacker import _check_dest, _commit, _make_staging, remove_tree
+    from ..unpacker import _check_dest, _commit, _make_staging
     dest = os.path.abspath(os.fspath(dest))
     _check_dest(dest)
     staging = _make_staging(dest)
@@ -1101,7 +1102,6 @@ def mount(store, ref, target, *, rw=False, platform=None):
             upper, work = os.path.join(base, "upper"), os.path.join(base, "work")
             for d in (upper, work):
                 if os.path.exists(d):
-                    from ..unpacker import remove_tree
                     remove_tree(d)
                 os.mkdir(d, 0o755)
         # record (and hold) first: a crash after the mount leaves a record umount can clean up
@@ -1111,7 +1111,6 @@ def mount(store, ref, target, *, rw=False, platform=None):
             record["api"] = _kernel_mount(lowers, upper, work, target, readonly=not rw)
         except OSError as e:
             _drop_record(store, record)
-            from ..unpacker import remove_tree
             remove_tree(base)
             raise MaterializeError(f"cannot mount {image.config_digest[7:19]} on {target}: {e.strerror or e}") from None
         record["mounted"] = True
@@ -1141,7 +1140,6 @@ def umount(store, target, *, lazy=False):
                 e = ctypes.get_errno()
                 hint = " (still in use; close what uses it or pass --lazy)" if e == errno.EBUSY else ""
                 raise MaterializeError(f"cannot unmount {path}: {os.strerror(e)}{hint}")
-        from ..unpacker import remove_tree
         remove_tree(os.path.join(_records_dir(store, "mount"), key))
         _drop_record(store, record)
     finally:

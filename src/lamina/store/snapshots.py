@@ -30,6 +30,7 @@ from typing import Optional
 
 from .. import digest as _digest
 from ..errors import BlobNotFoundError, StoreError
+from ..tree import remove_tree
 from ..overlay import inherit_implicit_dirs
 from .fsutil import atomic_write, disk_usage, fsync_dir, syncfs
 from .image import chain_ids
@@ -257,8 +258,3 @@ def remove(paths, chain_id):
         return True
     finally:
         lock.release(unlink=True)
-
-
-def remove_tree(path):
-    from ..unpacker import remove_tree as _rm  # handles read-only and unsearchable dirs left by layers
-    _rm(os.fspath(path))
