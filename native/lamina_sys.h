@@ -11,9 +11,6 @@
 /* openat2 has the same number on every architecture (unified syscall table). */
 #ifndef SYS_openat2
 #define SYS_openat2 437
-/* Cython cannot assign to errno without making it a local. */
-static inline void lamina_set_errno(int e) { errno = e; }
-
 #endif
 
 #define LAMINA_RESOLVE_NO_MAGICLINKS 0x02
