@@ -18,7 +18,7 @@ lower content; ``overlay`` records them the way overlayfs reads them.
 import os
 
 from libc.string cimport memcpy, memcmp
-from libc.errno cimport errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY
+from libc.errno cimport errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES, ESTALE, EIO
 from libc.stdint cimport int64_t, uint64_t
 from posix.time cimport timespec
 from posix.types cimport mode_t, uid_t, gid_t
@@ -169,11 +169,253 @@ def _libarchive_xattr(bytes key, bytes value, where):
         raise _errors.InvalidArchiveError(f"{where}: invalid LIBARCHIVE.xattr record") from None
 
 
+NeedsLowers = _errors.NeedsLowers
+
+
 class HiddenLinkTarget(Exception):
     """A hardlink names a file this extractor skipped as hidden by an upper layer.
 
     Not a LaminaError: the caller, which chose to skip hidden paths, applies
     the layers again without skipping."""
+
+
+cdef int _walk_plain(int root, bytes path) except -2:
+    """openat() one component at a time, never following a symlink."""
+    cdef int fd = dup(root), nfd, e
+    for c in path.split(b"/"):
+        if not c:
+            continue
+        nfd = openat(fd, <bytes>c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        e = errno
+        close(fd)
+        if nfd < 0:
+            lamina_set_errno(e)
+            return -1
+        fd = nfd
+    return fd
+
+
+cdef int _reset(int fd, int root):
+    if fd >= 0:
+        close(fd)
+    return dup(root)
+
+
+cdef _copy_data(int src, int dst, int64_t size):
+    # copy_file_range shares extents where the filesystem can (reflink, NFS server-side)
+    left = size
+    while left > 0:
+        try:
+            n = os.copy_file_range(src, dst, min(left, 1 << 30))
+        except OSError:
+            n = os.sendfile(dst, src, None, min(left, 1 << 30))
+        if n <= 0:
+            break
+        left -= n
+
+
+cdef _copy_xattrs(int src, int dst):
+    for k in os.listxattr(src):
+        if k.startswith(("trusted.overlay.", "user.overlay.")):
+            continue
+        try:
+            os.setxattr(dst, k, os.getxattr(src, k))
+        except OSError:
+            pass  # trusted.* without root: the unprivileged extract skipped it too
+
+
+def _components(bytes path):
+    return path.split(b"/") if path else []
+
+
+cdef class _DirStack:
+    """Open directories along the last path asked for, so that walking a
+    sorted list of paths opens each directory once (no symlinks followed)."""
+    cdef int root
+    cdef list names, fds
+
+    def __cinit__(self, int root):
+        self.root = root
+        self.names = []
+        self.fds = []
+
+    cdef int open(self, bytes path) except -2:
+        """A borrowed fd for ``path`` (valid until the next call), or -1 with errno."""
+        cdef int fd, nfd
+        cdef Py_ssize_t keep = 0
+        parts = _components(path)
+        while keep < len(self.names) and keep < len(parts) and self.names[keep] == parts[keep]:
+            keep += 1
+        while len(self.names) > keep:
+            self.names.pop()
+            close(<int>self.fds.pop())
+        fd = <int>self.fds[len(self.fds) - 1] if self.fds else self.root
+        for c in parts[keep:]:
+            nfd = openat(fd, <bytes>c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if nfd < 0:
+                return -1
+            self.names.append(c)
+            self.fds.append(nfd)
+            fd = nfd
+        return fd
+
+    def close(self):
+        while self.fds:
+            close(<int>self.fds.pop())
+        self.names = []
+
+
+cdef list _scan_and_unlink(int fd):
+    """Unlink every non-directory in ``fd``; return the names of its subdirectories.
+
+    A directory a layer left read-only is opened up (u+rwx) first: it is
+    going away anyway.  -1 from the syscalls is reported through errno by
+    raising OSError."""
+    cdef int dfd = openat(fd, b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    cdef DIR *d
+    cdef dirent *ent
+    cdef stat st
+    if dfd < 0:
+        raise OSError(errno, os.strerror(errno))
+    d = fdopendir(dfd)
+    if d == NULL:
+        close(dfd)
+        raise OSError(errno, os.strerror(errno))
+    names = []
+    try:
+        while True:
+            ent = readdir(d)
+            if ent == NULL:
+                break
+            n = <bytes>ent.d_name
+            if n != b"." and n != b"..":
+                names.append((n, ent.d_type))
+    finally:
+        closedir(d)
+    subdirs = []
+    for n, t in names:
+        if t == DT_DIR:
+            subdirs.append(n)
+            continue
+        if unlinkat(fd, <bytes>n, 0) == 0 or errno == ENOENT:
+            continue
+        if errno == EACCES and fchmod(fd, 0o700) == 0 and unlinkat(fd, <bytes>n, 0) == 0:
+            continue
+        if (errno == EISDIR or errno == EPERM) and fstatat(fd, <bytes>n, &st, AT_SYMLINK_NOFOLLOW) == 0 \
+                and S_ISDIR(st.st_mode):
+            subdirs.append(n)
+            continue
+        raise OSError(errno, os.strerror(errno), os.fsdecode(n))
+    return subdirs
+
+
+cdef int _open_subdir(int fd, bytes name) except -2:
+    cdef int nfd = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+    if nfd < 0 and errno == EACCES and fchmodat(fd, name, 0o700, 0) == 0:
+        nfd = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+    return nfd
+
+
+cdef int _remove_at(int pfd, bytes base) except -2:
+    """Remove ``base`` under ``pfd`` whatever it is; a directory tree is
+    removed iteratively with two fds open whatever its depth (moving up
+    through "..", checked against the inode it came from).  Symlinks are
+    never followed.  0, or -1 with errno set."""
+    cdef int fd, nfd
+    cdef stat st, up
+    if unlinkat(pfd, base, 0) == 0 or errno == ENOENT:
+        return 0
+    if errno == EACCES and fchmod(pfd, 0o700) == 0 and unlinkat(pfd, base, 0) == 0:
+        return 0
+    if errno != EISDIR and errno != EPERM:
+        return -1
+    if unlinkat(pfd, base, AT_REMOVEDIR) == 0:
+        return 0
+    if errno != ENOTEMPTY and errno != EEXIST and errno != EACCES:
+        return -1
+    fd = _open_subdir(pfd, base)
+    if fd < 0:
+        return -1
+    names = []        # the directories we are in, below base
+    inodes = []       # (dev, ino) of each directory on the way, to check ".."
+    try:
+        if fstat(fd, &st) < 0:
+            return -1
+        inodes.append((st.st_dev, st.st_ino))
+        pending = [_scan_and_unlink(fd)]
+        while True:
+            subs = pending[len(pending) - 1]
+            if subs:
+                n = subs.pop()
+                if unlinkat(fd, <bytes>n, AT_REMOVEDIR) == 0 or errno == ENOENT:
+                    continue
+                nfd = _open_subdir(fd, <bytes>n)
+                if nfd < 0:
+                    return -1
+                close(fd)
+                fd = nfd
+                if fstat(fd, &st) < 0:
+                    return -1
+                names.append(n)
+                inodes.append((st.st_dev, st.st_ino))
+                pending.append(_scan_and_unlink(fd))
+                continue
+            pending.pop()
+            inodes.pop()
+            if not names:
+                break
+            nfd = openat(fd, b"..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if nfd < 0:
+                return -1
+            close(fd)
+            fd = nfd
+            if fstat(fd, &up) < 0 or (up.st_dev, up.st_ino) != inodes[len(inodes) - 1]:
+                lamina_set_errno(ESTALE)
+                return -1  # moved under us: stop rather than remove elsewhere
+            if unlinkat(fd, <bytes>names.pop(), AT_REMOVEDIR) < 0 and errno != ENOENT:
+                return -1
+    except OSError as e:
+        lamina_set_errno(e.errno or EIO)
+        return -1
+    finally:
+        if fd >= 0:
+            close(fd)
+    if unlinkat(pfd, base, AT_REMOVEDIR) < 0 and errno != ENOENT:
+        return -1
+    return 0
+
+
+def remove_tree(path):
+    """Remove ``path`` (a directory tree, a file or a symlink) as a layer
+    left it: read-only directories included, symlinks never followed, any
+    depth with a bounded number of open fds.  Absent is fine."""
+    cdef int pfd
+    path = os.fsencode(os.path.abspath(path))
+    parent, base = os.path.split(path)
+    pfd = openat(AT_FDCWD, parent or b"/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if pfd < 0:
+        if errno == ENOENT:
+            return
+        raise OSError(errno, os.strerror(errno), os.fsdecode(parent))
+    try:
+        if _remove_at(pfd, base) < 0:
+            raise OSError(errno, f"cannot remove {os.fsdecode(path)}: {os.strerror(errno)}")
+    finally:
+        close(pfd)
+
+
+def clear_dir(path):
+    """Remove everything inside directory ``path``, keeping ``path`` itself."""
+    cdef int fd = openat(AT_FDCWD, os.fsencode(path), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+    if fd < 0:
+        raise OSError(errno, os.strerror(errno), os.fspath(path))
+    try:
+        subdirs = _scan_and_unlink(fd)
+        for n in subdirs:
+            if _remove_at(fd, <bytes>n) < 0:
+                raise OSError(errno, f"cannot remove {os.fsdecode(n)} in {os.fspath(path)}: {os.strerror(errno)}")
+    finally:
+        close(fd)
 
 
 def openat2_available():
@@ -204,12 +446,18 @@ cdef class Extractor:
     cdef dict parent_times
     # top-down skipping (dir format): what upper layers hide, and what was skipped
     cdef bint scan_only
-    cdef set hide_at, hide_below, hidden_files
+    cdef object hide_at, hide_below
+    cdef int64_t hide_level       # hide_* map a path to the highest layer hiding it; -1: plain sets
+    cdef set hidden_files
     cdef readonly set scan_at, scan_below
     cdef readonly int64_t hidden
     cdef object plain_parent      # last parent found free of symlinks (None: unknown)
-    cdef set implicit_dirs
     cdef set created
+    cdef list lower_fds            # overlay: root fds of the finished layers below, topmost first
+    cdef bint defer_lowers         # overlay: the layers below are unknown yet; ask for them (NeedsLowers)
+    cdef object cache_phys         # overlay: where the cached parent really is in the layer
+    cdef object last_phys          # overlay: where the last _union_dir result really is
+    cdef dict restore_modes        # rootless: dirs opened up (u+wx) for this layer, to restore at the end
     cdef readonly int64_t entries, total, whiteouts, trailing
     cdef readonly list skipped
 
@@ -218,13 +466,25 @@ cdef class Extractor:
         self.outfd = -1
         self.cache_fd = -1
 
-    def __init__(self, root, *, str format="dir", limits=None, use_openat2=None, hidden=None):
+    def __init__(self, root, *, str format="dir", limits=None, use_openat2=None, hidden=None,
+                 lowers=None, bint defer_lowers=False):
         """``root=None`` scans instead of extracting: headers are parsed and
         checked, nothing is written, and ``scan_at`` / ``scan_below`` collect
         what this layer hides in the layers below it (whiteouts and non-directory
         entries hide a path and everything under it; opaque markers everything
         under a directory).  ``hidden=(at, below)``, two such sets from the layers
-        above, makes a ``dir`` extraction skip entries nobody will ever see."""
+        above, makes a ``dir`` extraction skip entries nobody will ever see;
+        ``hidden=(at, below, level)`` takes dicts mapping a path to the highest
+        layer hiding it, and skips what a layer above ``level`` hides.
+
+        ``lowers`` (overlay format): the finished layer directories below this
+        one, bottom first.  Paths then resolve as the overlay mount will show
+        them (symlinks, whiteouts and opaque dirs of every layer), directories
+        this layer implies are copied up with the metadata they have below, and
+        a hardlink to a lower file copies that file up first.  With
+        ``defer_lowers`` the layers below are not ready: any entry that needs
+        them raises NeedsLowers, so the caller can extract layers in parallel
+        and redo only those layers in order."""
         if format not in ("dir", "overlay"):
             raise ValueError(f"unknown format {format!r} (expected 'dir' or 'overlay')")
         self.overlay = format == "overlay"
@@ -236,7 +496,11 @@ cdef class Extractor:
         if hidden is not None:
             if self.overlay:
                 raise ValueError("hidden paths only apply to the dir format")
-            self.hide_at, self.hide_below = hidden
+            if len(hidden) == 3:
+                self.hide_at, self.hide_below, self.hide_level = hidden
+            else:
+                self.hide_at, self.hide_below = hidden
+                self.hide_level = -1
         if not self.scan_only:
             root_b = os.fsencode(root)
             self.rootfd = openat(AT_FDCWD, root_b, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -246,6 +510,16 @@ cdef class Extractor:
         if use_openat2 is None:
             use_openat2 = not os.environ.get("LAMINA_NO_OPENAT2") and openat2_available()
         self.use_openat2 = use_openat2
+        self.lower_fds = []
+        self.defer_lowers = defer_lowers and self.overlay
+        if lowers and not self.scan_only:
+            if not self.overlay:
+                raise ValueError("lowers only apply to the overlay format")
+            for d in reversed(list(lowers)):
+                fd = openat(AT_FDCWD, os.fsencode(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                if fd < 0:
+                    raise _errors.ExtractError(f"cannot open lower layer {os.fsdecode(d)!r}: {os.strerror(errno)}")
+                self.lower_fds.append(fd)
         lim = limits
         self.max_entries = lim.max_entries
         self.max_bytes = lim.max_bytes
@@ -257,8 +531,8 @@ cdef class Extractor:
         self.gpax = {}
         self.dir_fixups = {}
         self.parent_times = {}
-        self.implicit_dirs = set()
         self.created = set()
+        self.restore_modes = {}
         self.skipped = []
         self.prev_name = None
 
@@ -269,6 +543,9 @@ cdef class Extractor:
             close(self.cache_fd)
         if self.rootfd >= 0:
             close(self.rootfd)
+        if self.lower_fds:
+            for fd in self.lower_fds:
+                close(<int>fd)
 
     # ------------------------------------------------------------------ feed
 
@@ -350,8 +627,7 @@ cdef class Extractor:
             self._fixup_dirs()
         self._close_cache()
         return {"entries": self.entries, "bytes": self.total, "whiteouts": self.whiteouts, "hidden": self.hidden,
-                "skipped": list(self.skipped), "trailing": self.trailing,
-                "implicit_dirs": sorted(os.fsdecode(p) for p in self.implicit_dirs)}
+                "skipped": list(self.skipped), "trailing": self.trailing}
 
     def close(self):
         if self.outfd >= 0:
@@ -361,6 +637,10 @@ cdef class Extractor:
         if self.rootfd >= 0:
             close(self.rootfd)
             self.rootfd = -1
+        if self.lower_fds:
+            for fd in self.lower_fds:
+                close(<int>fd)
+        self.lower_fds = []
 
     # --------------------------------------------------------------- headers
 
@@ -671,7 +951,10 @@ cdef class Extractor:
     cdef int _resolve_dir(self, bytes path, bint create, object name) except -2:
         """A new fd for directory ``path`` inside the root; creates missing
         components (mode 0755) when ``create``; else -1 when it does not exist."""
-        cdef int fd = self._open_in_root(path)
+        cdef int fd
+        if self.overlay:
+            return self._union_dir(path, create, name)
+        fd = self._open_in_root(path)
         if fd >= 0:
             return fd
         if errno == ENOENT and create:
@@ -691,40 +974,378 @@ cdef class Extractor:
         raise _errors.ExtractError(f"entry {_show(name)}: cannot open {_show(path)}: {os.strerror(e)}")
 
     cdef int _mkdir_p(self, bytes path, name) except -2:
-        cdef int fd = dup(self.rootfd), nfd
+        """Create the missing directories of ``path`` (dir format).
+
+        The deepest existing prefix is found by bisection and the rest made
+        one openat() at a time from there, so a deep new chain costs linear
+        time, not one resolution from the root per level."""
+        cdef int fd = -1, nfd
+        cdef Py_ssize_t lo = 0, hi, mid, i
         parts = path.split(b"/")
-        for i in range(len(parts)):
-            prefix = b"/".join(parts[:i + 1])
-            nfd = self._open_in_root(prefix)
-            if nfd < 0 and errno == ENOENT:
-                self._keep_times(fd, b"/".join(parts[:i]))
-                if mkdirat(fd, <bytes>parts[i], 0o755) < 0 and errno != EEXIST:
+        hi = len(parts) - 1            # the whole path is known to be missing
+        while lo < hi:                 # invariant: parts[:lo] exists, parts[:hi + 1] does not
+            mid = (lo + hi + 1) // 2
+            nfd = self._open_in_root(b"/".join(parts[:mid]))
+            if nfd >= 0:
+                close(nfd)
+                lo = mid
+            elif errno == ENOENT:
+                hi = mid - 1
+            else:
+                self._parent_error(b"/".join(parts[:mid]), name)
+        fd = self._open_in_root(b"/".join(parts[:lo])) if lo else dup(self.rootfd)
+        if fd < 0:
+            self._parent_error(path, name)
+        for i in range(lo, len(parts)):
+            prefix = b"/".join(parts[:i])
+            self._keep_times(fd, prefix)
+            if mkdirat(fd, <bytes>parts[i], 0o755) < 0 and errno != EEXIST:
+                if errno == EACCES and self._open_up(fd, prefix):
+                    if mkdirat(fd, <bytes>parts[i], 0o755) < 0 and errno != EEXIST:
+                        close(fd)
+                        self._parent_error(path, name)
+                else:
                     close(fd)
-                    self._parent_error(prefix, name)
-                if self.overlay:
-                    self.implicit_dirs.add(prefix)
-                nfd = openat(fd, <bytes>parts[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            if nfd < 0:
-                close(fd)
-                self._parent_error(prefix, name)
+                    self._parent_error(path, name)
+            nfd = openat(fd, <bytes>parts[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             close(fd)
+            if nfd < 0:
+                self._parent_error(b"/".join(parts[:i + 1]), name)
             fd = nfd
         return fd
+
+    cdef bint _open_up(self, int fd, bytes key) except -1:
+        """Rootless: give the owner write and search rights on a directory a
+        lower layer left read-only, for the rest of this layer (as umoci's
+        unpriv does); the mode is restored at the end.  False if it cannot."""
+        cdef stat st
+        if self.is_root or fstat(fd, &st) < 0 or st.st_uid != geteuid():
+            return False
+        if (st.st_mode & 0o700) == 0o700:
+            return False
+        if fchmod(fd, (st.st_mode & 0o7777) | 0o700) < 0:
+            return False
+        if key not in self.restore_modes:
+            self.restore_modes[key] = st.st_mode & 0o7777
+        return True
 
     cdef int _parent(self, bytes path, Py_ssize_t slash, object name) except -2:
         """fd of the parent directory of ``path`` (created if missing), cached
         for the run of entries in one directory; callers do not close it."""
-        cdef int fd
+        cdef int fd = -1
+        cdef Py_ssize_t n
         parent = path[:slash] if slash > 0 else b""
-        if self.cache_valid and self.cache_fd >= 0 and self.cache_path == parent:
-            return self.cache_fd
-        fd = self._resolve_dir(parent, True, name)
+        if self.cache_valid and self.cache_fd >= 0:
+            if self.cache_path == parent:
+                return self.cache_fd
+            # one level below the cached parent (tars list trees depth first):
+            # a real directory there is where the full resolution would lead
+            n = len(self.cache_path)
+            if (len(parent) > n and parent.startswith(self.cache_path)
+                    and (n == 0 or parent[n] == 47) and parent.find(b"/", n + 1) < 0):
+                fd = openat(self.cache_fd, <bytes>parent[n + 1 if n else 0:],
+                            O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                if fd >= 0 and self.overlay:
+                    leaf = parent[n + 1 if n else 0:]
+                    self.cache_phys = self.cache_phys + b"/" + leaf if self.cache_phys else leaf
+        if fd < 0:
+            fd = self._resolve_dir(parent, True, name)
+            self.cache_phys = self.last_phys
         self._keep_times(fd, parent)
-        self._close_cache()
+        if not self.is_root and not self.overlay:
+            self._open_up(fd, parent)
+        if self.cache_fd >= 0:
+            close(self.cache_fd)
         self.cache_fd = fd
         self.cache_path = parent
         self.cache_valid = True
         return fd
+
+    # ------------------------------------------------ overlay: the union view
+
+    cdef bint _is_opaque(self, int fd):
+        cdef char v[2]
+        if fgetxattr(fd, b"trusted.overlay.opaque", v, 2) == 1 and v[0] == b'y':
+            return True
+        return fgetxattr(fd, b"user.overlay.opaque", v, 2) == 1 and v[0] == b'y'
+
+    cdef int _plain_dir(self, int root, bytes path) except -2:
+        """fd of directory ``path`` under ``root`` reached without following
+        any symlink, or -1 with errno set (ELOOP/ENOTDIR: something else is on the way)."""
+        cdef int fd
+        if not path:
+            return dup(root)
+        if self.use_openat2:
+            fd = lamina_openat2(root, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+                                LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_SYMLINKS | LAMINA_RESOLVE_NO_MAGICLINKS)
+            if fd >= 0 or (errno != ENOSYS and errno != EPERM):
+                return fd
+            self.use_openat2 = False
+        return _walk_plain(root, path)
+
+    cdef int _union_dir(self, bytes path, bint create, object name) except -2:
+        """This layer's fd for directory ``path`` as the overlay mount will
+        resolve it (see ``_union_walk``); sets ``last_phys`` to where it is.
+        -1 (errno ENOENT or ENOTDIR) when it is not there and not ``create``."""
+        cdef int fd = self._plain_dir(self.rootfd, path)
+        if fd >= 0:
+            self.last_phys = path  # this layer's own directories all the way: the mount shows them
+            return fd
+        if errno != ENOENT and errno != ELOOP and errno != ENOTDIR:
+            self._parent_error(path, name)
+        return self._union_walk(path, create, name, None)
+
+    cdef int _union_walk(self, bytes path, bint create, object name, list lowers_out) except -2:
+        """Resolve ``path`` through this layer and the layers below, the way
+        overlayfs merges them: per component the topmost layer that has it
+        decides; a whiteout hides it; a non-directory or an opaque directory
+        ends the merge with the layers under it; symlinks in any layer are
+        followed, re-rooted at the image root.  Missing directories are created
+        in this layer when ``create``; directories only the layers below
+        have are copied up in any case, with the metadata they have below.  ``lowers_out`` receives the lower layers' fds of the
+        final directory (the caller closes them)."""
+        cdef int nl = len(self.lower_fds), i, ufd = -1, nfd, fd, links = 0, found, e
+        cdef stat st
+        cdef char buf[4096]
+        cdef Py_ssize_t ln
+        cdef bint stop
+        cdef bint unknown_below = self.defer_lowers  # the layers below may have it, and are not ready
+        todo = [(c, False) for c in reversed(path.split(b"/"))]
+        phys = []       # where the directory really is
+        source = []     # per component: the lower layer that provides it, -1 if none / this layer
+        lf = []
+        try:
+            ufd = dup(self.rootfd)
+            lf = [dup(<int>x) for x in self.lower_fds]
+            while todo:
+                c, from_link = todo.pop()
+                if not c or c == b".":
+                    continue
+                if c == b"..":
+                    if phys:
+                        phys.pop()
+                        source.pop()
+                    todo.extend((x, False) for x in reversed(phys))
+                    phys, source = [], []
+                    ufd = _reset(ufd, self.rootfd)
+                    unknown_below = self.defer_lowers
+                    for i in range(nl):
+                        lf[i] = _reset(<int>lf[i], <int>self.lower_fds[i])
+                    continue
+                found = -2
+                if ufd >= 0:
+                    if fstatat(ufd, <bytes>c, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                        found = -1
+                    elif errno != ENOENT:
+                        self._parent_error(path, name)
+                if found == -2:
+                    if unknown_below:
+                        raise NeedsLowers(f"entry {_show(name)}: {_show(path)} is not in this layer")
+                    for i in range(nl):
+                        if <int>lf[i] < 0:
+                            continue
+                        if fstatat(<int>lf[i], <bytes>c, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                            found = i
+                            break
+                        if errno != ENOENT:
+                            self._parent_error(path, name)
+                if found == -2 or (S_ISCHR(st.st_mode) and st.st_rdev == 0):
+                    # absent from the merged view
+                    if not create:
+                        lamina_set_errno(ENOENT)
+                        return -1
+                    if from_link:
+                        raise _errors.ExtractError(
+                            f"entry {_show(name)}: {_show(path)} goes through a dangling symlink")
+                    phys.append(c)
+                    source.append(-1)
+                    unknown_below = False  # whited out, or new: nothing below shows here
+                    if ufd >= 0:
+                        close(ufd)
+                    ufd = -1
+                    for i in range(nl):
+                        if <int>lf[i] >= 0:
+                            close(<int>lf[i])
+                        lf[i] = -1
+                    continue
+                fd = ufd if found == -1 else <int>lf[found]
+                if S_ISLNK(st.st_mode):
+                    links += 1
+                    ln = readlinkat(fd, <bytes>c, buf, sizeof(buf))
+                    if links > 40 or ln <= 0:
+                        lamina_set_errno(ELOOP)
+                        self._parent_error(path, name)
+                    target = buf[:ln]
+                    if target.startswith(b"/"):
+                        phys, source = [], []
+                        ufd = _reset(ufd, self.rootfd)
+                        unknown_below = self.defer_lowers
+                        for i in range(nl):
+                            lf[i] = _reset(<int>lf[i], <int>self.lower_fds[i])
+                    todo.extend((x, True) for x in reversed(target.split(b"/")))
+                    continue
+                if not S_ISDIR(st.st_mode):
+                    if not create:
+                        lamina_set_errno(ENOTDIR)
+                        return -1
+                    lamina_set_errno(ENOTDIR)
+                    self._parent_error(path, name)
+                # descend: this layer's copy (if any), then the lower copies it merges with
+                nfd = -1
+                if found == -1:
+                    nfd = openat(ufd, <bytes>c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                    if nfd < 0:
+                        self._parent_error(path, name)
+                stop = nfd >= 0 and self._is_opaque(nfd)
+                if stop:
+                    unknown_below = False
+                if ufd >= 0:
+                    close(ufd)
+                ufd = nfd
+                for i in range(nl):
+                    fd = <int>lf[i]
+                    nfd = -1
+                    if fd >= 0 and not stop and i >= found:
+                        nfd = openat(fd, <bytes>c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                        if nfd < 0:
+                            stop = errno != ENOENT  # a file or whiteout here hides the layers below
+                        elif self._is_opaque(nfd):
+                            stop = True
+                    if fd >= 0:
+                        close(fd)
+                    lf[i] = nfd
+                phys.append(c)
+                source.append(found)
+            self.last_phys = b"/".join(phys)
+            if ufd < 0:
+                ufd = self._copy_up_dirs(phys, source, name)
+            if lowers_out is not None:
+                lowers_out.extend(lf)
+                lf = []
+            fd, ufd = ufd, -1
+            return fd
+        finally:
+            if ufd >= 0:
+                close(ufd)
+            for x in lf:
+                if <int>x >= 0:
+                    close(<int>x)
+
+    cdef int _copy_up_dirs(self, list phys, list source, object name) except -2:
+        """Make the directories of ``phys`` that this layer lacks: with the
+        metadata of the lower layer that provides each one, or as new 0755
+        directories; a whiteout of this layer in the way becomes an opaque
+        directory (what was below stays hidden)."""
+        cdef int fd = dup(self.rootfd), nfd, src
+        cdef stat st
+        cdef Py_ssize_t k
+        try:
+            for k in range(len(phys)):
+                c = <bytes>phys[k]
+                nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                if nfd < 0:
+                    if errno != ENOENT and errno != ENOTDIR:
+                        self._parent_error(b"/".join(phys[:k + 1]), name)
+                    opaque = False
+                    if fstatat(fd, c, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                        if not (S_ISCHR(st.st_mode) and st.st_rdev == 0):
+                            lamina_set_errno(ENOTDIR)
+                            self._parent_error(b"/".join(phys[:k + 1]), name)
+                        if unlinkat(fd, c, 0) < 0:
+                            self._oserror("replace whiteout", name)
+                        opaque = True
+                    if mkdirat(fd, c, 0o700 if <int>source[k] >= 0 else 0o755) < 0:
+                        self._oserror("mkdir", name)
+                    nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                    if nfd < 0:
+                        self._oserror("open", name)
+                    if opaque:
+                        self._set_opaque(nfd, name)
+                    elif <int>source[k] >= 0:
+                        src = self._plain_dir(<int>self.lower_fds[<int>source[k]], b"/".join(phys[:k + 1]))
+                        if src < 0:
+                            close(nfd)
+                            self._parent_error(b"/".join(phys[:k + 1]), name)
+                        try:
+                            self._copy_dir_metadata(src, nfd, b"/".join(phys[:k + 1]), name)
+                        finally:
+                            close(src)
+                close(fd)
+                fd = nfd
+            nfd, fd = fd, -1
+            return nfd
+        finally:
+            if fd >= 0:
+                close(fd)
+
+    cdef _copy_dir_metadata(self, int src, int dst, bytes phys, object name):
+        """A copied-up directory: owner and xattrs now, mode and times at the end."""
+        cdef stat st
+        if fstat(src, &st) < 0:
+            self._oserror("stat lower directory of", name)
+        if self.is_root and fchown(dst, st.st_uid, st.st_gid) < 0:
+            self._oserror("chown", name)
+        _copy_xattrs(src, dst)
+        self.dir_fixups[phys] = (st.st_mode & 0o7777, st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
+
+    cdef _set_opaque(self, int fd, object name):
+        key = b"trusted.overlay.opaque" if self.is_root else b"user.overlay.opaque"
+        if fsetxattr(fd, key, b"y", 1, 0) < 0:
+            self._oserror("mark opaque", name)
+
+    cdef bint _copy_up_node(self, int pfd, bytes base, list lowers, object name) except -1:
+        """Copy ``base`` from the topmost lower layer that shows it into this
+        layer's directory ``pfd`` (overlayfs's copy-up, done ahead of a
+        hardlink to it).  False if no lower layer shows it."""
+        cdef stat st
+        cdef int i, sfd = -1, dfd = -1
+        cdef char buf[4096]
+        cdef Py_ssize_t ln
+        cdef timespec ts[2]
+        for i in range(len(lowers)):
+            if <int>lowers[i] >= 0 and fstatat(<int>lowers[i], base, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                break
+        else:
+            return False
+        lfd = <int>lowers[i]
+        if S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            return False  # whited out
+        if S_ISDIR(st.st_mode):
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target is a directory")
+        ts[0] = st.st_atim
+        ts[1] = st.st_mtim
+        if S_ISREG(st.st_mode):
+            sfd = openat(lfd, base, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+            if sfd < 0:
+                self._oserror("open lower copy of", name)
+            try:
+                dfd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+                if dfd < 0:
+                    self._oserror("copy up", name)
+                _copy_data(sfd, dfd, st.st_size)
+                if self.is_root and fchown(dfd, st.st_uid, st.st_gid) < 0:
+                    self._oserror("chown", name)
+                _copy_xattrs(sfd, dfd)
+                if fchmod(dfd, st.st_mode & 0o7777) < 0 or futimens(dfd, ts) < 0:
+                    self._oserror("copy up", name)
+            finally:
+                close(sfd)
+                if dfd >= 0:
+                    close(dfd)
+            return True
+        if S_ISLNK(st.st_mode):
+            ln = readlinkat(lfd, base, buf, sizeof(buf))
+            if ln < 0 or symlinkat(buf[:ln], pfd, base) < 0:
+                self._oserror("copy up", name)
+        elif mknodat(pfd, base, st.st_mode, st.st_rdev) < 0:
+            self._oserror("copy up", name)
+        if self.is_root and fchownat(pfd, base, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0:
+            self._oserror("chown", name)
+        if not S_ISLNK(st.st_mode) and fchmodat(pfd, base, st.st_mode & 0o7777, 0) < 0:
+            self._oserror("chmod", name)
+        if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
+            self._oserror("set times of", name)
+        return True
 
     cdef _keep_times(self, int fd, bytes path):
         """Remember a directory's mtime before this layer first changes it, so
@@ -781,7 +1402,7 @@ cdef class Extractor:
         if (self.hide_at is not None and kind != K_SYMLINK and self._is_hidden(path)
                 and self._no_symlinks_to(path[:slash] if slash > 0 else b"")):
             self.hidden += 1
-            if kind == K_REG:
+            if kind != K_DIR:  # a later hardlink may name it, directly or through another link
                 self.hidden_files.add(path)
             return
         pfd = self._parent(path, slash, name)
@@ -829,14 +1450,17 @@ cdef class Extractor:
     cdef _mkdir(self, int pfd, bytes base, bytes path, bytes name):
         cdef stat st
         cdef int fd
-        if self.implicit_dirs:
-            self.implicit_dirs.discard(path)
+        cdef bint opaque = False
+        if self.overlay:
+            path = self.cache_phys + b"/" + base if self.cache_phys else base
         if mkdirat(pfd, base, 0o700) < 0:
             if errno != EEXIST:
                 self._oserror("mkdir", name)
             if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0:
                 self._oserror("stat", name)
             if not S_ISDIR(st.st_mode):
+                # a whiteout of this same layer: the new dir must not show what it hid
+                opaque = self.overlay and S_ISCHR(st.st_mode) and st.st_rdev == 0
                 self._remove(pfd, base, name)
                 if mkdirat(pfd, base, 0o700) < 0:
                     self._oserror("mkdir", name)
@@ -844,6 +1468,8 @@ cdef class Extractor:
         if fd < 0:
             self._oserror("open", name)
         try:
+            if opaque:
+                self._set_opaque(fd, name)
             self._dir_metadata(fd, path, name)
         finally:
             close(fd)
@@ -896,12 +1522,9 @@ cdef class Extractor:
         whiteout of the link would not remove it.  Symlinks are never skipped,
         so any on the way are on disk to be seen here."""
         cdef int fd
-        if not self.use_openat2:
-            return False  # no cheap exact check: do not skip
         if parent == self.plain_parent:
             return True
-        fd = lamina_openat2(self.rootfd, parent if parent else b".", O_PATH | O_DIRECTORY | O_CLOEXEC,
-                            LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_SYMLINKS | LAMINA_RESOLVE_NO_MAGICLINKS)
+        fd = self._plain_dir(self.rootfd, parent)
         if fd >= 0:
             close(fd)
         elif errno != ENOENT:
@@ -913,15 +1536,21 @@ cdef class Extractor:
         """Does an upper layer hide ``path`` (it or an ancestor whited out or
         replaced by a non-directory, or an ancestor made opaque)?"""
         cdef Py_ssize_t i
-        if path in self.hide_at or b"" in self.hide_below:
+        if self._hides(self.hide_at, path) or self._hides(self.hide_below, b""):
             return True
         i = path.rfind(b"/")
         while i > 0:
             ancestor = path[:i]
-            if ancestor in self.hide_at or ancestor in self.hide_below:
+            if self._hides(self.hide_at, ancestor) or self._hides(self.hide_below, ancestor):
                 return True
             i = path.rfind(b"/", 0, i)
         return False
+
+    cdef inline bint _hides(self, object paths, bytes path):
+        if self.hide_level < 0:
+            return path in paths
+        level = paths.get(path)
+        return level is not None and <int64_t>level > self.hide_level
 
     cdef _hardlink(self, int pfd, bytes base, bytes name, bytes link):
         cdef stat a, b
@@ -935,10 +1564,18 @@ cdef class Extractor:
         self.plain_parent = None  # the link may be one more name of a symlink
         tslash = target.rfind(b"/")
         tbase = target[tslash + 1:]
-        tfd = self._resolve_dir(target[:tslash] if tslash > 0 else b"", False, name)
-        if tfd < 0:
+        tparent = target[:tslash] if tslash > 0 else b""
+        tfd = self._resolve_dir(tparent, False, name)
+        if tfd < 0 and not self.overlay:
             raise _errors.InvalidArchiveError(
                 f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
+        if self.overlay and (tfd < 0 or fstatat(tfd, tbase, &a, AT_SYMLINK_NOFOLLOW) < 0
+                             or (S_ISCHR(a.st_mode) and a.st_rdev == 0)):
+            # the target is only in a lower layer: copy it up, then link (as overlayfs does)
+            if tfd >= 0:
+                close(tfd)
+            tfd = self._copy_up_target(tparent, tbase, link, name)
+            self._invalidate()
         try:
             if linkat(tfd, tbase, pfd, base, 0) < 0:
                 if errno == EEXIST:
@@ -958,6 +1595,24 @@ cdef class Extractor:
                 self._oserror("hardlink", name)
         finally:
             close(tfd)
+
+    cdef int _copy_up_target(self, bytes tparent, bytes tbase, bytes link, bytes name) except -2:
+        cdef int tfd = -1
+        cdef stat st
+        if self.defer_lowers:
+            raise NeedsLowers(f"entry {_show(name)}: hardlink to {_show(link)}, not in this layer")
+        lowers = []
+        try:
+            tfd = self._union_walk(tparent, True, name, lowers)
+            if fstatat(tfd, tbase, &st, AT_SYMLINK_NOFOLLOW) < 0 and self._copy_up_node(tfd, tbase, lowers, name):
+                return tfd
+            close(tfd)  # a whiteout of this layer, or nowhere below
+        finally:
+            for x in lowers:
+                if <int>x >= 0:
+                    close(<int>x)
+        raise _errors.InvalidArchiveError(
+            f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
 
     cdef _mknod(self, int pfd, bytes base, bytes name, Kind kind, int64_t major, int64_t minor):
         cdef mode_t fmt = S_IFIFO
@@ -1020,11 +1675,10 @@ cdef class Extractor:
             self.scan_at.add(target)
             return
         if self.overlay:
-            pfd = self._open_in_root(parent)
-            if pfd < 0 and errno == ENOTDIR:
-                return  # this layer made the parent a non-directory: it hides everything below already
-            if pfd >= 0:
-                close(pfd)
+            pfd = self._union_dir(parent, False, name)
+            if pfd < 0:
+                return  # no such directory in the image (or not a directory): nothing to hide
+            close(pfd)
             pfd = self._parent(path, slash, name)
             if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
                 return  # provided by this same layer: a whiteout only hides lower layers
@@ -1044,20 +1698,23 @@ cdef class Extractor:
         try:
             if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
                 self._keep_times(pfd, parent)
+                if not self.is_root:
+                    self._open_up(pfd, parent)
                 self._remove(pfd, hidden, name)
         finally:
             close(pfd)
 
     cdef _opaque(self, bytes parent, bytes name):
         cdef int fd
+        # a marker for a directory the image does not have (or not as a
+        # directory) has nothing to hide: ignored in both formats
         if self.overlay:
-            fd = self._resolve_dir(parent, True, name)
-            try:
-                key = b"trusted.overlay.opaque" if self.is_root else b"user.overlay.opaque"
-                if fsetxattr(fd, key, b"y", 1, 0) < 0:
-                    self._oserror("mark opaque", name)
-            finally:
-                close(fd)
+            fd = self._resolve_dir(parent, False, name)
+            if fd >= 0:
+                try:
+                    self._set_opaque(fd, name)
+                finally:
+                    close(fd)
             return
         self._record(parent)
         fd = self._resolve_dir(parent, False, name)
@@ -1074,18 +1731,24 @@ cdef class Extractor:
         """Remove everything under ``dpath`` that this layer did not provide."""
         cdef int sub
         cdef stat st
-        for child in self._listdir(dfd, name):
-            cpath = dpath + b"/" + child if dpath else child
-            if cpath not in self.created:
-                self._remove(dfd, child, name)
-            elif fstatat(dfd, child, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
-                sub = openat(dfd, <bytes>child, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                if sub < 0:
-                    self._oserror("open", cpath)
-                try:
-                    self._clear_lower(sub, cpath, name)
-                finally:
-                    close(sub)
+        todo = [b""]   # directories below dpath still to clear, relative to it
+        while todo:
+            rel = todo.pop()
+            sub = _walk_plain(dfd, rel) if rel else dup(dfd)
+            if sub < 0:
+                continue  # replaced meanwhile: nothing of ours is there
+            try:
+                for child in self._listdir(sub, name):
+                    crel = rel + b"/" + child if rel else child
+                    cpath = dpath + b"/" + crel if dpath else crel
+                    if cpath not in self.created:
+                        if not self.is_root:
+                            self._open_up(sub, dpath + b"/" + rel if dpath and rel else dpath or rel)
+                        self._remove(sub, child, name)
+                    elif fstatat(sub, <bytes>child, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
+                        todo.append(crel)
+            finally:
+                close(sub)
 
     # -------------------------------------------------------------- removal
 
@@ -1111,29 +1774,13 @@ cdef class Extractor:
         return out
 
     cdef _remove(self, int pfd, bytes base, object name):
-        """Remove ``base`` under ``pfd`` whatever it is, a directory recursively
-        (never following symlinks)."""
+        """Remove ``base`` under ``pfd`` whatever it is, a directory with all
+        it holds (never following symlinks)."""
         cdef stat st
-        cdef int fd
-        if unlinkat(pfd, base, 0) == 0:
-            return
-        if errno == ENOENT:
-            return
-        if errno != EISDIR and errno != EPERM:
+        if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
+            self._invalidate()
+        if _remove_at(pfd, base) < 0:
             self._oserror("remove", name)
-        if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0 or not S_ISDIR(st.st_mode):
-            self._oserror("remove", name)
-        self._invalidate()
-        fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        if fd < 0:
-            self._oserror("open", name)
-        try:
-            for child in self._listdir(fd, name):
-                self._remove(fd, child, name)
-        finally:
-            close(fd)
-        if unlinkat(pfd, base, AT_REMOVEDIR) < 0:
-            self._oserror("remove directory", name)
 
     cdef void _invalidate(self):
         # keep the fd open: the caller may still be using it as its parent
@@ -1143,36 +1790,47 @@ cdef class Extractor:
     # ------------------------------------------------------------- finishing
 
     cdef _fixup_dirs(self):
-        cdef int pfd, fd
+        """Directory modes and times, set once the layer is written, deepest
+        first, through a stack of open parents so each costs one openat()."""
+        cdef int fd
         cdef timespec ts[2]
-        cdef Py_ssize_t slash
-        todo = [(path, None, sec, nsec) for path, (sec, nsec) in self.parent_times.items()
-                if path not in self.dir_fixups]
-        todo += [(path, mode, sec, nsec) for path, (mode, sec, nsec) in self.dir_fixups.items()]
-        for path, mode, sec, nsec in reversed(todo):
-            if not path:
-                fd = dup(self.rootfd)
-            else:
-                slash = path.rfind(b"/")
-                pfd = self._open_in_root(path[:slash] if slash > 0 else b"")
-                if pfd < 0:
-                    continue  # removed later in the layer
-                fd = openat(pfd, <bytes>path[slash + 1:], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                close(pfd)
+        todo = {}
+        for path, (sec, nsec) in self.parent_times.items():
+            todo[path] = (None, sec, nsec)
+        for path, mode in self.restore_modes.items():
+            if path not in self.dir_fixups:
+                old = todo.get(path)
+                todo[path] = (mode, old[1], old[2]) if old else (mode, None, None)
+        todo.update(self.dir_fixups)
+        stack = _DirStack(self.rootfd)
+        try:
+            for path in sorted(todo, key=_components, reverse=True):
+                mode, sec, nsec = todo[path]
+                fd = stack.open(path)
                 if fd < 0:
-                    continue  # replaced by a non-directory later in the layer
-            try:
-                if mode is not None and fchmod(fd, <mode_t>mode) < 0:
-                    self._oserror("chmod", path)
-                ts[0].tv_sec = sec
-                ts[0].tv_nsec = nsec
-                ts[1] = ts[0]
-                if futimens(fd, ts) < 0:
-                    self._oserror("set times of", path)
-            finally:
-                close(fd)
+                    if self.overlay or (errno != ELOOP and errno != ENOTDIR):
+                        continue  # removed or replaced by a non-directory later in the layer
+                    fd = self._open_in_root(path)  # dir format: named through a symlink
+                    if fd < 0:
+                        continue
+                else:
+                    fd = dup(fd)
+                try:
+                    if mode is not None and fchmod(fd, <mode_t>mode) < 0:
+                        self._oserror("chmod", path)
+                    if sec is not None:
+                        ts[0].tv_sec = sec
+                        ts[0].tv_nsec = nsec
+                        ts[1] = ts[0]
+                        if futimens(fd, ts) < 0:
+                            self._oserror("set times of", path)
+                finally:
+                    close(fd)
+        finally:
+            stack.close()
         self.dir_fixups.clear()
         self.parent_times.clear()
+        self.restore_modes.clear()
 
     cdef _oserror(self, str op, object name):
         e = errno

@@ -39,7 +39,12 @@ cdef extern from "<sys/stat.h>" nogil:
         dev_t st_dev
         unsigned long st_ino
         mode_t st_mode
+        unsigned long st_nlink
+        uid_t st_uid
+        gid_t st_gid
         dev_t st_rdev
+        off_t st_size
+        timespec st_atim
         timespec st_mtim
     int fstatat(int dirfd, const char *path, stat *buf, int flags)
     int fstat(int fd, stat *buf)
@@ -53,6 +58,7 @@ cdef extern from "<sys/stat.h>" nogil:
     bint S_ISLNK(mode_t m)
     bint S_ISREG(mode_t m)
     bint S_ISCHR(mode_t m)
+    bint S_ISBLK(mode_t m)
     enum:
         S_IFREG
         S_IFDIR
@@ -67,6 +73,7 @@ cdef extern from "<sys/sysmacros.h>" nogil:
 cdef extern from "<sys/xattr.h>" nogil:
     int fsetxattr(int fd, const char *name, const void *value, size_t size, int flags)
     int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)
+    ssize_t fgetxattr(int fd, const char *name, void *value, size_t size)
 
 cdef extern from "<dirent.h>" nogil:
     ctypedef struct DIR:

@@ -26,9 +26,12 @@ WORKER = textwrap.dedent("""
     from lamina.store import ingest, snapshots
     real_extract, real_commit = snapshots._extract, ingest.IngestWriter.commit
 
-    def extract(blob, fs, digest, *rest):
+    def extract(blob, fs, digest, *rest, **kw):
+        # logged once it succeeded: an attempt that stopped early for the layers
+        # below it (NeedsLowers, extracted again over them) did not do the work
+        stats = real_extract(blob, fs, digest, *rest, **kw)
         log("extract", digest)
-        return real_extract(blob, fs, digest, *rest)
+        return stats
 
     def commit(self):
         if not self.exists:

@@ -242,7 +242,12 @@ def test_snapshots_are_shared_and_extracted_once(tmp_path, store, monkeypatch):
     from lamina.store import snapshots
     calls = []
     real = snapshots._extract
-    monkeypatch.setattr(snapshots, "_extract", lambda *a: calls.append(a[2]) or real(*a))
+
+    def counted(*a, **kw):  # completed extractions (a NeedsLowers attempt is redone over the lowers)
+        stats = real(*a, **kw)
+        calls.append(a[2])
+        return stats
+    monkeypatch.setattr(snapshots, "_extract", counted)
     lay, a, b = shared_base_layouts(tmp_path / "src", base_size=64 << 10)
     transports.copy(f"oci:{lay.root}:a:1", "a:1", store=store)
     transports.copy(f"oci:{lay.root}:b:1", "b:1", store=store)

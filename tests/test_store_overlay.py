@@ -8,6 +8,7 @@ import pytest
 import lamina
 import ocibuild as ob
 from conftest import require_root, require_tool, run
+from lamina.errors import StoreError
 from lamina.store import Store
 from tarbuild import Tar
 from treecmp import assert_same, snapshot
@@ -75,9 +76,15 @@ def test_top_snapshot_created_before_its_parent(tmp_path, mounted_equals_flat):
     for name in os.listdir(os.path.join(lay.root, "blobs", "sha256")):
         store.put_blob(open(os.path.join(lay.root, "blobs", "sha256", name), "rb").read(), f"sha256:{name}")
     image = store.add_image(lay.entries[0]["digest"], "implicit:1")
-    # As a registry pull may do: the top layer arrives (and is extracted) first.
-    store.ensure_snapshot(image.layers[1].digest, image.diff_ids[1], image.chain_ids[0])
-    assert store.snapshot_info(image.chain_ids[1]).inherited is False
-    assert store.fsck().clean  # pending is a normal state, not damage
+    # As a registry pull may do: the top layer arrives first.  It implies dirs of the
+    # layer below, so it cannot be extracted alone: it says so and keeps nothing.
+    from lamina.errors import NeedsLowers
+    with pytest.raises(NeedsLowers):
+        store.ensure_snapshot(image.layers[1].digest, image.diff_ids[1], image.chain_ids[0], defer=True)
+    assert store.snapshot_info(image.chain_ids[1]) is None
+    assert not [n for n in os.listdir(store.paths.snapshots) if not n.endswith(".lock")]
+    with pytest.raises(StoreError):  # and never without its parent when not deferred
+        store.ensure_snapshot(image.layers[1].digest, image.diff_ids[1], image.chain_ids[0])
+    assert store.fsck().clean
     mounted_equals_flat(store, image)
-    assert store.snapshot_info(image.chain_ids[1]).inherited is True
+    assert store.snapshot_info(image.chain_ids[1]) is not None

@@ -105,3 +105,13 @@ class StoreError(LaminaError):
 
 class AmbiguousImageError(ImageError):
     """A short image ID that matches more than one image in the store."""
+
+
+class Interrupted(LaminaError):
+    """Work stopped because the user pressed Ctrl-C (raised in worker threads)."""
+
+
+class NeedsLowers(Exception):
+    """An overlay-format layer, extracted before the layers below it were
+    ready, met an entry that needs them.  Not an error: the caller extracts
+    that layer again over its finished lowers."""

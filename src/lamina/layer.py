@@ -24,13 +24,22 @@ from . import compression, errors
 from .digest import validate
 from ._extract import Extractor
 from .limits import DEFAULT_LIMITS
-from .overlay import inherit_implicit_dirs
 from .stats import ApplyStats
 
 CHUNK = 1 << 20       # bytes per read and per queue item
 QUEUE_DEPTH = 8       # chunks in flight between the threads
 
 _DONE = object()
+
+# Set by the CLI on Ctrl-C: every running extraction stops at its next chunk
+# (worker threads do not see KeyboardInterrupt, and a pool would otherwise
+# wait for whole layers to finish).
+cancelled = threading.Event()
+
+
+def _check_cancelled(what):
+    if cancelled.is_set():
+        raise errors.Interrupted(f"{what}: interrupted")
 
 
 class _Hasher:
@@ -106,16 +115,20 @@ def _check_digest(what, expected, actual):
 
 
 def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_type=None, limits=None,
-                name=None, lower_dirs=None, hash_blob=True, hidden=None) -> ApplyStats:
+                name=None, lower_dirs=None, hash_blob=True, hidden=None, defer_lowers=False) -> ApplyStats:
     """Apply one layer blob (gzip, zstd or plain tar) onto ``dest``.
 
     ``layer`` is a path or a binary file object.  ``digest`` / ``diff_id``,
     when given, are checked against the blob and the uncompressed tar; a
     mismatch raises DigestMismatchError once the stream is consumed.
     ``name`` labels the layer in error messages.  With ``format="overlay"``,
-    ``lower_dirs`` (the overlay-format dirs of the layers below, bottom first)
-    lets directories the layer does not list take their metadata from below,
-    so that a mount shows what a flat unpack shows.  ``hash_blob=False``
+    ``lower_dirs`` (the overlay-format dirs of the finished layers below,
+    bottom first) makes paths resolve as the mount will show them: through
+    symlinks, whiteouts and opaque dirs of the layers below, with directories
+    the layer does not list copied up with their metadata from below and
+    hardlinks to lower files copied up, so that a mount shows what a flat
+    unpack shows.  ``defer_lowers=True`` (overlay, layers below not ready)
+    raises NeedsLowers at the first entry that needs them instead.  ``hash_blob=False``
     skips hashing a compressed blob whose digest the caller has verified
     already (the store's ingest does); the diffID is always computed.
     ``hidden`` (dir format) is what the layers above hide, as returned by
@@ -125,12 +138,9 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
         raise ValueError("apply_layer: digest given but hash_blob=False")
     os.makedirs(dest, exist_ok=True)
     limits = limits or DEFAULT_LIMITS
-    extractor = Extractor(dest, format=format, limits=limits, hidden=hidden)
-    stats = _run(layer, extractor, diff_id, digest, media_type, name, hash_blob)
-    if lower_dirs and stats.implicit_dirs:
-        lower = [os.fspath(d) for d in lower_dirs]
-        inherit_implicit_dirs(lower + [os.fspath(dest)], [[]] * len(lower) + [stats.implicit_dirs])
-    return stats
+    extractor = Extractor(dest, format=format, limits=limits, hidden=hidden,
+                          lowers=[os.fspath(d) for d in lower_dirs or ()], defer_lowers=defer_lowers)
+    return _run(layer, extractor, diff_id, digest, media_type, name, hash_blob)
 
 
 def scan_layer(layer, *, diff_id=None, digest=None, media_type=None, limits=None, name=None):
@@ -178,7 +188,7 @@ def _pipeline(raw, hasher, extractor, diff_id, digest, media_type, what, t0, has
             src = compression.Prefixed(head, reader)
             stream = compression.open_decompressed(src, kind, what)
             inflate = 0.0
-            while not stop.is_set():
+            while not stop.is_set() and not cancelled.is_set():
                 t = time.perf_counter()
                 try:
                     data = stream.read(CHUNK)
@@ -211,6 +221,7 @@ def _pipeline(raw, hasher, extractor, diff_id, digest, media_type, what, t0, has
             item = chunks.get()
             t1 = time.perf_counter()
             t_wait += t1 - t
+            _check_cancelled(what)
             if item is _DONE:
                 break
             if isinstance(item, BaseException):
@@ -245,7 +256,6 @@ def _pipeline(raw, hasher, extractor, diff_id, digest, media_type, what, t0, has
     stats.whiteouts = counts["whiteouts"]
     stats.hidden = counts["hidden"]
     stats.skipped = counts["skipped"]
-    stats.implicit_dirs = counts["implicit_dirs"]
     stats.seconds = {
         "read": round(reader.seconds, 6),
         "inflate": round(max(produced.get("inflate", 0.0) - reader.seconds, 0.0), 6),

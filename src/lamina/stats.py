@@ -17,9 +17,6 @@ class ApplyStats:
     whiteouts: int = 0
     hidden: int = 0               # entries skipped: an upper layer hides them (dir format)
     skipped: list = field(default_factory=list)   # entries not applied, with why
-    # overlay format: directories the layer needed but does not list; they
-    # take their metadata from the layers below (see lamina.overlay)
-    implicit_dirs: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)   # stage -> seconds
 
     def to_dict(self):

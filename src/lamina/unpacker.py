@@ -13,9 +13,10 @@ import tempfile
 import time
 
 from ._extract import HiddenLinkTarget
+from .errors import NeedsLowers
+from .tree import clear_dir
 from .errors import ExtractError, InvalidArchiveError
 from .oci import open_source
-from .overlay import inherit_implicit_dirs
 from .stats import UnpackStats
 from .tree import remove_tree
 
@@ -86,37 +87,36 @@ def _layer_name(layer):
     return f"layer {layer.index} ({layer.digest or layer.diff_id})"
 
 
-def _apply(layer, target, format, limits, hidden=None):
+def _apply(layer, target, format, limits, hidden=None, lower_dirs=None, defer_lowers=False):
     from .layer import apply_layer  # imported late: the native core is only needed to extract
 
     with layer.open() as f:
         return apply_layer(f, target, format=format, digest=layer.digest, diff_id=layer.diff_id,
-                           media_type=layer.media_type, limits=limits, name=_layer_name(layer), hidden=hidden)
+                           media_type=layer.media_type, limits=limits, name=_layer_name(layer), hidden=hidden,
+                           lower_dirs=lower_dirs, defer_lowers=defer_lowers)
 
 
 def _apply_flat(layers, root, limits):
     # Order matters: each layer's whiteouts delete what the layers below wrote.
-    hides = _scan_upper_layers(layers, limits)
-    if not any(hides):
+    at, below = _scan_upper_layers(layers, limits)
+    if not at and not below:
         return [_apply(layer, root, "dir", limits) for layer in layers]
     try:
-        return [_apply(layer, root, "dir", limits, hidden=hides[i]) for i, layer in enumerate(layers)]
+        return [_apply(layer, root, "dir", limits, hidden=(at, below, i)) for i, layer in enumerate(layers)]
     except (HiddenLinkTarget, InvalidArchiveError, ExtractError):
         # A hardlink to a skipped file, or any other failure: do it the plain way,
         # which is always right (and reports a real error as it is).
-        _empty(root)
+        clear_dir(root)
         return [_apply(layer, root, "dir", limits) for layer in layers]
 
 
 def _scan_upper_layers(layers, limits):
-    """For each layer, (at, below): what the scanned layers above it hide, or None."""
+    """What the small upper layers hide below them: two dicts, path -> the
+    highest layer that hides it (the path itself, or everything under it)."""
     from .layer import scan_layer
 
-    hides = [None] * len(layers)
-    at, below = set(), set()
+    at, below = {}, {}
     for k in range(len(layers) - 1, 0, -1):
-        if at or below:
-            hides[k] = (set(at), set(below))
         layer = layers[k]
         under = sum(lower.size or 0 for lower in layers[:k])
         if layer.size is None or not under or layer.size > SCAN_FRACTION * under:
@@ -125,16 +125,11 @@ def _scan_upper_layers(layers, limits):
             _, (layer_at, layer_below) = scan_layer(f, digest=layer.digest, diff_id=layer.diff_id,
                                                     media_type=layer.media_type, limits=limits,
                                                     name=_layer_name(layer))
-        at |= layer_at
-        below |= layer_below
-    if layers and (at or below):
-        hides[0] = (at, below)
-    return hides
-
-
-def _empty(root):
-    for name in os.listdir(root):
-        remove_tree(os.path.join(root, name))
+        for p in layer_at:  # top-down: the first layer to hide a path is the highest
+            at.setdefault(p, k)
+        for p in layer_below:
+            below.setdefault(p, k)
+    return at, below
 
 
 def _apply_overlay(layers, root, limits):
@@ -145,20 +140,34 @@ def _apply_overlay(layers, root, limits):
         target = os.path.join(layers_dir, str(layer.index))
         os.mkdir(target, 0o755)
         targets.append(target)
+    return apply_overlay_layers(layers, targets,
+                                lambda i, **kw: _apply(layers[i], targets[i], "overlay", limits, **kw))
+
+
+def apply_overlay_layers(layers, targets, apply):
+    """Extract overlay-format layers: all at once, each assuming it needs
+    nothing from below (most layers list every directory they write into);
+    then, bottom-up, again with the finished layers below those that did
+    need them (NeedsLowers), so that every layer resolves paths as the mount will.
+
+    ``apply(i, lower_dirs=..., defer_lowers=...)`` extracts layer ``i`` into ``targets[i]``."""
     if not layers:
         return []
+    results = [None] * len(layers)
     workers = min(MAX_PARALLEL_LAYERS, len(layers), os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="lamina-layer") as pool:
-        futures = [pool.submit(_apply, layer, target, "overlay", limits) for layer, target in zip(layers, targets)]
-        done, pending = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-        for f in pending:
-            f.cancel()
+        futures = [pool.submit(apply, i, lower_dirs=None, defer_lowers=i > 0) for i in range(len(layers))]
         concurrent.futures.wait(futures)
-    for f in futures:  # the lowest failing layer's error, so the report is stable
-        if not f.cancelled() and f.exception() is not None:
+    for i, f in enumerate(futures):  # the lowest failing layer's error, so the report is stable
+        if isinstance(f.exception(), NeedsLowers):
+            continue
+        if f.exception() is not None:
             raise f.exception()
-    results = [f.result() for f in futures]
-    inherit_implicit_dirs(targets, [r.implicit_dirs for r in results])
+        results[i] = f.result()
+    for i in range(len(layers)):
+        if results[i] is None:
+            clear_dir(targets[i])
+            results[i] = apply(i, lower_dirs=targets[:i], defer_lowers=False)
     return results
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from .. import errors
@@ -45,8 +46,30 @@ def _accept_root_anywhere(subparsers):
                 _accept_root_anywhere(action)
 
 
+def _raise_fd_limit():
+    # flattening a deep image keeps a few fds open per directory level
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _on_sigint(signum, frame):
+    # worker threads never see KeyboardInterrupt: tell running extractions to
+    # stop at their next chunk, then interrupt the main thread as usual
+    from ..layer import cancelled
+    cancelled.set()
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+    _raise_fd_limit()
     try:
         rc = args.func(args)
     except errors.LaminaError as e:

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
-from .. import mediatypes as mt
+from .. import errors, mediatypes as mt
 from ..errors import (BlobNotFoundError, DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError,
                       RegistryError)
 from ..oci.model import document_media_type, parse_config, parse_index, parse_manifest
@@ -412,11 +412,26 @@ class Puller:
         ready = [False] * len(layer_descs)
         next_submit = [0]
 
+        committed = [threading.Event() for _ in layer_descs]
+
         def extract(i):
             d = layer_descs[i]
             self.reporter.state(d.digest, "Extracting")
-            path = self.store.ensure_snapshot(d.digest, diff_ids[i], chains[i - 1] if i else None,
-                                              media_type=d.media_type)
+            parent = chains[i - 1] if i else None
+            try:
+                try:
+                    path = self.store.ensure_snapshot(d.digest, diff_ids[i], parent, media_type=d.media_type,
+                                                      defer=True)
+                except errors.NeedsLowers:
+                    # this layer resolves paths through the ones below: wait for them (submitted
+                    # earlier in layer order, so already running or done), then extract over them
+                    for j in range(i):
+                        while not committed[j].wait(0.2):
+                            if self._cancel.is_set():
+                                raise errors.Interrupted(f"layer {d.digest}: interrupted")
+                    path = self.store.ensure_snapshot(d.digest, diff_ids[i], parent, media_type=d.media_type)
+            finally:
+                committed[i].set()
             results[i].snapshot = str(path)
             if results[i].status != "exists":
                 self.reporter.state(d.digest, "Pull complete")
@@ -435,8 +450,8 @@ class Puller:
             else:
                 self.reporter.state(digest, "Download complete")
             with efl:
-                # Submitted in layer order, so a snapshot whose commit needs its parent's (overlay
-                # fix-ups) never waits on a job queued behind it; extraction still overlaps downloads.
+                # Submitted in layer order, so a layer that needs the snapshots below it
+                # (NeedsLowers) never waits on a job queued behind it; extraction still overlaps downloads.
                 for i in indexes:
                     ready[i] = True
                 while next_submit[0] < len(layer_descs) and ready[next_submit[0]]:

@@ -201,7 +201,7 @@ class _Flattener:
             else:
                 self.pool = None
             try:
-                self._merge(chain, self.dest_fd, "")
+                self._walk(chain)
                 self._flush()
             finally:
                 if self.pool is not None:
@@ -244,8 +244,41 @@ class _Flattener:
         return False
 
     # -- the walk --
+    def _walk(self, chain):
+        """Depth first over the merged tree with an explicit stack (no recursion
+        limit on deep images): each level is a _merge generator that yields the
+        subdirectories it creates, finished once their own level is done."""
+        stack = [(self._merge(chain, self.dest_fd, ""), None)]
+        try:
+            while stack:
+                level, _ = stack[-1]
+                job = next(level, None)
+                if job is None:
+                    _, done = stack.pop()
+                    if done is not None:
+                        self._close_dir(done)
+                    continue
+                sub_chain, child, crel = job
+                stack.append((self._merge(sub_chain, child, crel), job))
+        finally:
+            for _, job in stack:
+                if job is not None:
+                    self._close_dir(job, finish=False)
+
+    def _close_dir(self, job, finish=True):
+        sub_chain, child, crel = job
+        try:
+            if finish:
+                self._finish_dir(sub_chain, child, crel)
+        finally:
+            for _, fd in sub_chain:
+                os.close(fd)
+            os.close(child)
+
     def _merge(self, chain, dfd, rel):
-        """Fill dest dir ``dfd`` (path ``rel``) from ``chain``: [(layer, dirfd)] top first (the caller closes them)."""
+        """Fill dest dir ``dfd`` (path ``rel``) from ``chain``: [(layer, dirfd)] top first (the caller closes them).
+
+        A generator: yields (chain, fd, rel) for each subdirectory made, for _walk to fill."""
         if len(chain) == 1:  # the common case: a directory only one layer has
             sfd = chain[0][1]
             with os.scandir(sfd) as it:
@@ -254,7 +287,7 @@ class _Flattener:
                 link, stats = os.link, self.stats
                 for e in entries:
                     if e.is_dir(follow_symlinks=False):
-                        self._dir(e.name, 0, chain, None, dfd, rel)
+                        yield self._dir(e.name, 0, chain, None, dfd, rel)
                     elif e.is_file(follow_symlinks=False):
                         try:
                             link(e.name, e.name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
@@ -266,7 +299,9 @@ class _Flattener:
                         self._special(e.name, e, sfd, dfd, rel)
                 return
             for e in entries:
-                self._entry(e.name, e, 0, chain, None, sfd, dfd, rel)
+                job = self._entry(e.name, e, 0, chain, None, sfd, dfd, rel)
+                if job is not None:
+                    yield job
             return
         listings = []
         for _, fd in chain:
@@ -280,11 +315,13 @@ class _Flattener:
                     self.stats.hidden += 1
                     continue
                 seen.add(name)
-                self._entry(name, e, k, chain, listings, sfd, dfd, rel)
+                job = self._entry(name, e, k, chain, listings, sfd, dfd, rel)
+                if job is not None:
+                    yield job
 
     def _entry(self, name, e, k, chain, listings, sfd, dfd, rel):
         if e.is_dir(follow_symlinks=False):
-            self._dir(name, k, chain, listings, dfd, rel)
+            return self._dir(name, k, chain, listings, dfd, rel)
         elif e.is_file(follow_symlinks=False):
             if self.link:
                 self._link_entry(name, sfd, dfd, rel)
@@ -294,6 +331,7 @@ class _Flattener:
             self._special(name, e, sfd, dfd, rel)
 
     def _dir(self, name, k, chain, listings, dfd, rel):
+        """Make dest dir ``name``; return (its source chain, its fd, its path) to fill and finish."""
         sub_chain = []
         child = -1
         try:
@@ -315,13 +353,13 @@ class _Flattener:
             crel = rel + "/" + name if rel else name
             self.stats.dirs += 1
             self.stats.entries += 1
-            self._merge(sub_chain, child, crel)
-            self._finish_dir(sub_chain, child, crel)
-        finally:
+            return sub_chain, child, crel
+        except BaseException:
             for _, fd in sub_chain:
                 os.close(fd)
             if child >= 0:
                 os.close(child)
+            raise
 
     def _finish_dir(self, chain, dfd, rel):
         """Give the dest directory the metadata of the topmost layer that lists it explicitly.

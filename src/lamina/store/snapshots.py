@@ -5,17 +5,19 @@
 
 A snapshot is built in ``snapshots/.tmp-<hex>-…`` under the per-snapshot lock and
 renamed into place only after the blob digest and the diffID verified and the
-filesystem was synced: if ``snapshots/<hex>`` exists, it is complete.  Overlay
-layers do not depend on the content below them, so any number of layers of
-one image can be extracted at once.
+filesystem was synced: if ``snapshots/<hex>`` exists, it is complete.
 
-One thing does depend on the layers below: directories a layer needs but does
-not list (``etc`` for ``etc/new``) are invented by the extractor, and in an
-overlay mount the topmost copy of a directory decides its mode, owner and
-xattrs.  They must inherit those from below (lamina.overlay).  A chainID fixes
-the layers below, so this is done once per snapshot: before the rename when the
-lower snapshots are already there, else later, bottom-up, by ensure_all()
-(``meta.json`` says ``"inherited": false`` until then).
+A layer is extracted through the union view of the snapshots below it (see
+lamina._extract): its paths resolve as the mount will show them, directories
+it implies are copied up with their metadata from below, hardlinks to lower
+files copy them up.  A chainID fixes the layers below, so the result is a
+function of the chainID.  Most layers need nothing from below, so
+ensure_all() first extracts every layer at once, each one stopping with
+NeedsLowers at the first entry that does need the layers below, and then
+extracts those, bottom-up, over their finished lowers.
+
+``meta.json`` carries ``"format": 2``; snapshots of older lamina versions
+(implicit directories fixed up afterwards by path) are extracted again.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from typing import Optional
 from .. import digest as _digest
 from ..errors import BlobNotFoundError, StoreError
 from ..tree import remove_tree
-from ..overlay import inherit_implicit_dirs
+from ..errors import NeedsLowers
 from .fsutil import atomic_write, disk_usage, fsync_dir, syncfs
 from .image import chain_ids
 from .locks import FileLock
@@ -40,6 +42,7 @@ TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 # apply_layer already keeps about two cores busy per layer (inflate, hash, write overlap).
 MAX_PARALLEL = 4
+FORMAT = 2
 
 
 @dataclass
@@ -55,8 +58,6 @@ class SnapshotInfo:
     tar_bytes: int = 0          # uncompressed layer size (what the diffID covers)
     entries: int = 0
     created: float = 0.0
-    implicit_dirs: list = None  # dirs the layer implies but does not list
-    inherited: bool = True      # their metadata was taken from the layers below
 
     @property
     def fs(self):
@@ -86,12 +87,13 @@ def read_info(paths, chain_id):
         return None
     except (ValueError, UnicodeDecodeError, OSError) as e:
         raise StoreError(f"snapshot {chain_id}: unreadable meta.json ({e}); run lamina fsck --repair") from None
+    if not isinstance(meta, dict) or meta.get("format", 1) != FORMAT:
+        return None  # made by another lamina version: extracted again when needed
     try:
         return SnapshotInfo(
             chain_id=meta["chain_id"], diff_id=meta["diff_id"], parent=meta.get("parent"), digest=meta["digest"],
             media_type=meta.get("media_type"), path=path, size=meta.get("size", 0), inodes=meta.get("inodes", 0),
-            tar_bytes=meta.get("tar_bytes", 0), entries=meta.get("entries", 0), created=meta.get("created", 0.0),
-            implicit_dirs=list(meta.get("implicit_dirs") or []), inherited=bool(meta.get("inherited", True)))
+            tar_bytes=meta.get("tar_bytes", 0), entries=meta.get("entries", 0), created=meta.get("created", 0.0))
     except (KeyError, TypeError):
         raise StoreError(f"snapshot {chain_id}: incomplete meta.json; run lamina fsck --repair") from None
 
@@ -105,7 +107,7 @@ def list_chain_ids(paths):
     return [f"sha256:{n}" for n in names if _digest.is_valid(f"sha256:{n}")]
 
 
-def _extract(blob, fs, digest, diff_id, media_type):
+def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lowers=False):
     """Apply one layer blob into ``fs`` (overlay format), verifying digest and diffID.
 
     A separate function so that tests can count how often extraction really happens.
@@ -114,7 +116,8 @@ def _extract(blob, fs, digest, diff_id, media_type):
     # The blob was verified when it was ingested; the diffID check below still
     # catches any change to it since, so hashing it again would only cost CPU.
     return apply_layer(os.fspath(blob), os.fspath(fs), format="overlay", diff_id=diff_id, hash_blob=False,
-                       media_type=media_type, name=f"layer {digest}")
+                       media_type=media_type, name=f"layer {digest}", lower_dirs=lower_dirs,
+                       defer_lowers=defer_lowers)
 
 
 def _stale_dirs(paths, hexid, prefix):
@@ -125,46 +128,49 @@ def _stale_dirs(paths, hexid, prefix):
         return []
 
 
-def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None):
+def _present(paths, chain):
+    info = read_info(paths, chain)
+    return info is not None and info.fs.is_dir()
+
+
+def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, *, defer=False):
     """Extract the layer into ``snapshots/<chainID>`` unless it is there; return its ``fs`` dir.
 
-    Safe to call from many threads and processes at once: one extracts, the
-    others wait on the snapshot's lock and then find it done.
+    The snapshots below must exist, unless ``defer``: then the layer is
+    extracted on its own and NeedsLowers raised (nothing kept) if it needs
+    them.  Safe to call from many threads and processes at once: one
+    extracts, the others wait on the snapshot's lock and then find it done.
     """
     _digest.validate(layer_digest, "layer digest")
     chain = chain_id_of(diff_id, parent_chain_id)
     final = paths.snapshot(chain)
-    if (final / "fs").is_dir():
+    if _present(paths, chain):
         return final / "fs"
     blob = paths.blob(layer_digest)
     lock = FileLock(paths.snapshot_lock(chain))
     lock.acquire()
     try:
-        if (final / "fs").is_dir():
+        if _present(paths, chain):
             return final / "fs"
         if not blob.exists():
             raise BlobNotFoundError(f"layer {layer_digest} (diffID {diff_id}): blob is not in the store")
+        lower = lower_chain(paths, parent_chain_id) if parent_chain_id else []
+        if lower is None and not defer:
+            raise StoreError(f"layer {layer_digest}: the snapshots of the layers below it are missing")
         hexid = _digest.hex_of(chain)
         for stale in _stale_dirs(paths, hexid, TMP_PREFIX):  # left by a killed extractor; we hold the lock
             remove_tree(stale)
-        if final.exists():  # a snapshot dir without fs/: debris, never a usable snapshot
+        if final.exists():  # a snapshot dir without fs/ or of an old format: never a usable snapshot
             _discard(paths, final, hexid)
         tmp = paths.snapshots / f"{TMP_PREFIX}{hexid}-{os.getpid()}-{secrets.token_hex(4)}"
         os.mkdir(tmp, 0o755)
         try:
-            stats = _extract(blob, tmp / "fs", layer_digest, diff_id, media_type)
-            implicit = list(stats.implicit_dirs) if parent_chain_id else []
-            inherited = not implicit
-            if implicit:
-                lower = lower_chain(paths, parent_chain_id)
-                if lower is not None:
-                    inherit_implicit_dirs(lower + [os.fspath(tmp / "fs")], [[]] * len(lower) + [implicit])
-                    inherited = True
+            stats = _extract(blob, tmp / "fs", layer_digest, diff_id, media_type,
+                             lower_dirs=lower or None, defer_lowers=lower is None)
             size, inodes = disk_usage(tmp / "fs")
-            meta = {"chain_id": chain, "diff_id": diff_id, "parent": parent_chain_id, "digest": layer_digest,
-                    "media_type": media_type, "size": size, "inodes": inodes, "tar_bytes": stats.bytes,
-                    "entries": stats.entries, "created": time.time(), "implicit_dirs": implicit,
-                    "inherited": inherited}
+            meta = {"format": FORMAT, "chain_id": chain, "diff_id": diff_id, "parent": parent_chain_id,
+                    "digest": layer_digest, "media_type": media_type, "size": size, "inodes": inodes,
+                    "tar_bytes": stats.bytes, "entries": stats.entries, "created": time.time()}
             with open(tmp / "meta.json", "w") as f:
                 json.dump(meta, f, indent=2)
             syncfs(tmp)
@@ -179,63 +185,36 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None):
 
 
 def lower_chain(paths, parent_chain_id):
-    """``fs`` dirs of the snapshots below (bottom first), or None unless all exist and are final."""
+    """``fs`` dirs of the snapshots below (bottom first), or None unless all exist."""
     dirs, chain = [], parent_chain_id
     while chain is not None:
         info = read_info(paths, chain)
-        if info is None or not info.inherited:
+        if info is None:
             return None
         dirs.append(os.fspath(info.fs))
         chain = info.parent
     return dirs[::-1]
 
 
-def finish(paths, chain_id):
-    """Give a committed snapshot's implicit dirs their metadata from below (see the module doc)."""
-    info = read_info(paths, chain_id)
-    if info is None or info.inherited:
-        return
-    lock = FileLock(paths.snapshot_lock(chain_id))
-    lock.acquire()
-    try:
-        info = read_info(paths, chain_id)
-        if info is None or info.inherited:
-            return
-        lower = lower_chain(paths, info.parent)
-        if lower is None:
-            raise StoreError(f"snapshot {chain_id}: the snapshots below it are missing")
-        inherit_implicit_dirs(lower + [os.fspath(info.fs)], [[]] * len(lower) + [info.implicit_dirs])
-        syncfs(info.fs)
-        meta = {k: v for k, v in info.to_dict().items() if k != "path"}
-        meta["inherited"] = True
-        atomic_write(info.path / "meta.json", json.dumps(meta, indent=2).encode())
-    finally:
-        lock.release(unlink=True)
-
-
 def ensure_all(paths, layers, diff_ids, media_types=None):
-    """Snapshots for a whole image (bottom first), independent layers extracted in parallel."""
+    """Snapshots for a whole image (bottom first): all missing layers at once,
+    then, bottom-up, those that need the layers below them (NeedsLowers)."""
     ids = chain_ids(diff_ids)
     parents = [None] + ids[:-1]
     media_types = media_types or [None] * len(layers)
     jobs = list(zip(layers, diff_ids, parents, media_types))
     if not jobs:
         return []
-    missing = [j for j, c in zip(jobs, ids) if not (paths.snapshot(c) / "fs").is_dir()]
-    if len(missing) <= 1:
-        dirs = [ensure(paths, *j) for j in jobs]
-    else:
+    missing = [j for j, c in zip(jobs, ids) if not _present(paths, c)]
+    if len(missing) > 1:
         workers = min(MAX_PARALLEL, len(missing), max(os.cpu_count() or 1, 2))
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="lamina-snapshot") as pool:
-            futures = [pool.submit(ensure, paths, *j) for j in jobs]
+            futures = [pool.submit(ensure, paths, *j, defer=True) for j in missing]
             concurrent.futures.wait(futures)
         for f in futures:  # report the lowest failing layer, so errors are stable
-            if f.exception() is not None:
+            if f.exception() is not None and not isinstance(f.exception(), NeedsLowers):
                 raise f.exception()
-        dirs = [f.result() for f in futures]
-    for chain in ids:  # bottom-up: each one inherits from finished snapshots only
-        finish(paths, chain)
-    return dirs
+    return [ensure(paths, *j) for j in jobs]
 
 
 def _discard(paths, path, hexid):

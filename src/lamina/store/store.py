@@ -321,9 +321,11 @@ class Store:
 
     # --- snapshots ------------------------------------------------------------------
 
-    def ensure_snapshot(self, layer_digest, diff_id, parent_chain_id=None, media_type=None):
+    def ensure_snapshot(self, layer_digest, diff_id, parent_chain_id=None, media_type=None, *, defer=False):
+        """The layer's snapshot dir, extracted if missing.  The snapshots below must exist,
+        unless ``defer``: then NeedsLowers is raised if the layer turns out to need them."""
         self._take_lease()
-        return _snapshots.ensure(self.paths, layer_digest, diff_id, parent_chain_id, media_type)
+        return _snapshots.ensure(self.paths, layer_digest, diff_id, parent_chain_id, media_type, defer=defer)
 
     def snapshots_for(self, image):
         """Layer dirs of an image, bottom first, extracting the missing ones (in parallel)."""

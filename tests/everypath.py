@@ -1,0 +1,160 @@
+"""Every way lamina turns an image into a tree, side by side.
+
+    dir            lamina.unpack(oci:..., format="dir")
+    overlay-mount  lamina.unpack(..., format="overlay"), layer dirs mounted with kernel overlayfs
+    store-copy     image copied into a store (snapshots), then materialize() (flatten, copy mode)
+    store-link     the same, --link mode
+    store-mount    the store's overlay mount of the image
+
+Each returns a treecmp.Snapshot, or the error (a LaminaError) it raised.  The
+security tests and the differential fuzzer run every image through all of
+them and require the same tree (or an error everywhere) and nothing changed
+outside the work directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+
+import ocibuild as ob
+from conftest import require_tool, run
+from treecmp import compare, snapshot
+
+PATHS = ("dir", "overlay-mount", "store-copy", "store-link", "store-mount")
+TAG = "img"
+
+
+def write_image(layout_dir, layer_tars, tag=TAG):
+    """An OCI layout holding one image whose layers are the given raw tars (gzipped)."""
+    lay = ob.Layout(layout_dir)
+    descs, ids = [], []
+    for raw in layer_tars:
+        blob = ob.gz(raw)
+        lay.blob(blob)
+        descs.append(ob.desc(ob.OCI_LAYER_GZIP, blob))
+        ids.append(ob.sha256(raw))
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": ids},
+              "config": {}}
+    cdesc = lay.json_blob(config, ob.OCI_CONFIG)
+    manifest = {"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "config": cdesc, "layers": descs}
+    lay.add(lay.json_blob(manifest, ob.OCI_MANIFEST), ref=tag)
+    return os.fspath(layout_dir)
+
+
+@contextlib.contextmanager
+def overlay_mount(layer_dirs, mnt):
+    """Mount layer_dirs (bottom first) read-only with kernel overlayfs at mnt."""
+    require_tool("mount")
+    os.makedirs(mnt, exist_ok=True)
+    bottom = os.fspath(mnt) + "-empty-bottom"
+    os.makedirs(bottom, exist_ok=True)  # lower-only mounts want >= 2 lowers
+    lower = ":".join([os.fspath(d) for d in reversed(layer_dirs)] + [bottom])
+    run("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower}", mnt)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", os.fspath(mnt)], check=True)
+
+
+def _tree(path):
+    return snapshot(path, include_root=False)
+
+
+def _attempt(fn):
+    import lamina.errors
+    try:
+        return fn()
+    except lamina.errors.LaminaError as e:
+        return e
+
+
+def run_paths(work, layer_tars, paths=PATHS):
+    """{path name: Snapshot or LaminaError} for the image made of ``layer_tars``."""
+    import lamina
+    from lamina.store import Store
+    from lamina.store import materialize as mat
+    from verbkit import load_layout
+
+    work = os.fspath(work)
+    layout = write_image(os.path.join(work, "layout"), layer_tars)
+    src = f"oci:{layout}:{TAG}"
+    out = {}
+    if "dir" in paths:
+        out["dir"] = _attempt(lambda: _tree(lamina.unpack(src, os.path.join(work, "dir")).dest))
+    if "overlay-mount" in paths:
+        def overlay():
+            stats = lamina.unpack(src, os.path.join(work, "ovl"), format="overlay")
+            with overlay_mount(stats.layer_dirs, os.path.join(work, "ovl-mnt")) as mnt:
+                return _tree(mnt)
+        out["overlay-mount"] = _attempt(overlay)
+    store_paths = [p for p in paths if p.startswith("store-")]
+    if store_paths:
+        store = Store(os.path.join(work, "store"))
+        loaded = _attempt(lambda: load_layout(store, layout, TAG, "img:1"))
+        for p in store_paths:
+            if isinstance(loaded, Exception):
+                out[p] = loaded
+                continue
+            dest = os.path.join(work, p)
+            if p == "store-copy":
+                out[p] = _attempt(lambda: (mat.materialize(store, "img:1", dest), _tree(dest))[1])
+            elif p == "store-link":
+                out[p] = _attempt(lambda: (mat.materialize(store, "img:1", dest, link=True), _tree(dest))[1])
+            else:
+                def mounted():
+                    mat.mount(store, "img:1", dest)
+                    try:
+                        return _tree(dest)
+                    finally:
+                        mat.umount(store, dest)
+                out[p] = _attempt(mounted)
+    return out
+
+
+def umoci_tree(work, layer_tars):
+    """umoci raw unpack of the same image: a Snapshot, or the CalledProcessError."""
+    require_tool("umoci")
+    layout = write_image(os.path.join(work, "umoci-layout"), layer_tars)
+    dest = os.path.join(work, "umoci")
+    try:
+        subprocess.run(["umoci", "raw", "unpack", "--image", f"{layout}:{TAG}", dest],
+                       check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as e:
+        return e
+    return _tree(dest)
+
+
+def assert_agree(results, *, context=""):
+    """The same tree from every path, or an error from every path."""
+    failed = {k: v for k, v in results.items() if isinstance(v, Exception)}
+    if failed and len(failed) != len(results):
+        ok = [k for k in results if k not in failed]
+        raise AssertionError(f"{context}: {sorted(failed)} failed ({next(iter(failed.values()))!r}) "
+                             f"but {ok} succeeded")
+    if failed:
+        return None
+    names = list(results)
+    ref = results[names[0]]
+    for n in names[1:]:
+        diff = compare(ref, results[n], labels=(names[0], n))
+        assert not diff, f"{context}: {names[0]} and {n} differ:\n{diff}"
+    return ref
+
+
+def describe(layer_tars):
+    """The entries of each layer, for failure messages."""
+    import io
+    import tarfile
+    lines = []
+    for i, raw in enumerate(layer_tars):
+        try:
+            with tarfile.open(fileobj=io.BytesIO(raw)) as t:
+                names = [f"{m.name}{'/' if m.isdir() else ''}"
+                         f"{' -> ' + m.linkname if m.issym() else ''}{' => ' + m.linkname if m.islnk() else ''}"
+                         for m in t.getmembers()]
+        except tarfile.TarError as e:
+            names = [f"<unreadable: {e}>"]
+        lines.append(f"layer {i}: " + json.dumps(names))
+    return "\n".join(lines)

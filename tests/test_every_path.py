@@ -1,0 +1,255 @@
+"""Hostile and awkward layer stacks through every path to a rootfs (see everypath.py).
+
+Each test runs the image through dir unpack, overlay unpack + kernel mount,
+store snapshots + flatten (copy and --link) and the store's mount, requires
+the same tree everywhere, and checks that nothing outside the work directory
+changed (layerkit.Guard: mode, owner, times, content, new entries).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import require_root
+from everypath import assert_agree, describe, run_paths, umoci_tree, write_image
+from layerkit import Guard, run_as_nobody
+from storekit import LAMINA, seeded_bytes
+from tarbuild import Tar, tarfile_bytes, ti
+
+
+@pytest.fixture
+def g(tmp_path):
+    require_root()
+    guard = Guard(tmp_path)
+    yield guard
+    guard.check()
+
+
+def agree(g, tars, *, umoci=True):
+    raws = [t if isinstance(t, bytes) else t.bytes() for t in tars]
+    results = run_paths(g.dest, raws)
+    if umoci:
+        results["umoci"] = umoci_tree(g.dest, raws)
+        if isinstance(results["umoci"], Exception):
+            del results["umoci"]  # umoci refuses some layers lamina accepts; compare the others
+    tree = assert_agree(results, context=describe(raws))
+    g.check()
+    return tree
+
+
+# --- defect 1: a symlinked ancestor must not carry metadata out of the root ---
+
+def _host_dirs(tar, path):
+    parts = os.fspath(path).strip("/").split("/")
+    for i in range(1, len(parts) + 1):
+        tar.dir("/".join(parts[:i]))
+    return tar
+
+
+def test_implicit_dir_metadata_never_lands_on_the_host(g):
+    """Layer 0: a/ and a/sub/ (0777, uid 4321).  Layer 1: the dirs of the host's
+    sentinel path, a -> /<sentinel> (absolute), a/sub/f.  Copying a/sub's
+    metadata by lexical path used to chmod/chown the host's sentinel/sub."""
+    base = Tar().dir("a").dir("a/sub", mode=0o777, uid=4321, gid=4321)
+    top = _host_dirs(Tar(), g.sentinel).symlink("a", str(g.sentinel)).file("a/sub/f", b"x")
+    tree = agree(g, [base, top])
+    inside = str(g.sentinel).strip("/") + "/sub"
+    assert tree.entries[inside].mode == 0o755 and tree.entries[inside].uid == 0, \
+        "the dir made through the link is a new one, not a/sub's metadata"
+    assert tree.entries[inside + "/f"].type == "file"
+
+
+def test_implicit_dir_through_lower_symlink_resolves_like_the_mount(g):
+    """A lower layer's symlink is followed by an upper layer's entries in every format."""
+    base = Tar().dir("real", mode=0o750, uid=7).symlink("link", "real")
+    top = Tar().file("link/new", b"n")
+    tree = agree(g, [base, top])
+    assert tree.entries["link"].type == "symlink"
+    assert tree.entries["real/new"].type == "file"
+    assert tree.entries["real"].mode == 0o750 and tree.entries["real"].uid == 7
+
+
+def test_implicit_dirs_keep_lower_metadata(g):
+    base = Tar().dir("etc", mode=0o711, uid=12, gid=34).file("etc/old", b"o")
+    top = Tar().file("etc/new", b"n")
+    tree = agree(g, [base, top])
+    e = tree.entries["etc"]
+    assert (e.mode, e.uid, e.gid) == (0o711, 12, 34)
+
+
+# --- defect 2 and 3: top-down skipping with hardlinks ---
+
+def _big_base(*extra):
+    """A base layer large enough (incompressible) that small upper layers are read ahead."""
+    t = Tar().file("docker-entrypoint.sh", b"#!/bin/sh\n", mode=0o755).file("big", seeded_bytes("b", 1 << 18))
+    for name, data in extra:
+        t.file(name, data)
+    return t
+
+
+def test_fallback_with_a_top_level_file_and_hardlink_pattern(g):
+    """go-containerregistry #2002: echo 123>t2; ln t2 t1; ln t2 t3; echo 456>t1, over a
+    base with a top-level file: the fallback used to crash emptying the root."""
+    middle = Tar().file("t2", b"123\n").hardlink("t1", "t2").hardlink("t3", "t2")
+    top = Tar().file("t1", b"456\n")
+    tree = agree(g, [_big_base(), middle, top])
+    assert tree.entries["t1"].sha256 != tree.entries["t2"].sha256
+    assert frozenset({"t2", "t3"}) in tree.links
+
+
+def test_chained_hardlink_to_a_skipped_hardlink(g):
+    """h2 links to h1, itself a link skipped as hidden: h2 must get f's content, not the base's h1."""
+    base = _big_base(("h1", b"old h1\n"))
+    middle = Tar().file("f", b"new\n").hardlink("h1", "f").hardlink("h2", "h1")
+    top = Tar().whiteout("h1")
+    tree = agree(g, [base, middle, top])
+    assert "h1" not in tree.entries
+    assert frozenset({"f", "h2"}) in tree.links
+
+
+def test_whiteout_of_a_hardlink_target_in_a_small_upper_layer(g):
+    middle = Tar().file("data", b"d\n").hardlink("alias", "data")
+    top = Tar().whiteout("data")
+    tree = agree(g, [_big_base(), middle, top])
+    assert tree.entries["alias"].type == "file" and "data" not in tree.entries
+
+
+# --- defect 4: overlay format = dir format ---
+
+def test_whiteout_then_entries_below_it_in_one_layer(g):
+    base = Tar().dir("d").file("d/old", b"o")
+    top = Tar().whiteout("d").file("d/new", b"n")
+    tree = agree(g, [base, top])
+    assert "d/old" not in tree.entries and "d/new" in tree.entries
+
+
+def test_whiteout_then_dir_is_opaque(g):
+    base = Tar().dir("d").file("d/old", b"o").dir("d/sub").file("d/sub/x", b"x")
+    top = Tar().whiteout("d").dir("d", mode=0o700).file("d/new", b"n")
+    tree = agree(g, [base, top])
+    assert sorted(p for p in tree.entries if p.startswith("d/")) == ["d/new"]
+    assert tree.entries["d"].mode == 0o700
+
+
+def test_hardlink_to_a_lower_layer_file(g):
+    base = Tar().dir("bin").file("bin/busybox", b"bb", mode=0o755, uid=3)
+    top = Tar().hardlink("bin/sh", "bin/busybox")
+    tree = agree(g, [base, top])
+    assert frozenset({"bin/busybox", "bin/sh"}) in tree.links
+    assert tree.entries["bin/sh"].uid == 3 and tree.entries["bin/sh"].mode == 0o755
+
+
+def test_hardlink_to_a_lower_file_through_a_lower_symlinked_dir(g):
+    base = Tar().dir("usr").dir("usr/bin").file("usr/bin/tool", b"t").symlink("bin", "usr/bin")
+    top = Tar().hardlink("usr/bin/alias", "bin/tool")
+    tree = agree(g, [base, top])
+    assert frozenset({"usr/bin/tool", "usr/bin/alias"}) in tree.links
+
+
+def test_hardlink_to_a_whited_out_lower_file_fails_everywhere(g):
+    base = Tar().file("f", b"x")
+    top = Tar().whiteout("f").hardlink("g", "f")
+    raws = [base.bytes(), top.bytes()]
+    results = run_paths(g.dest, raws)
+    assert all(isinstance(v, Exception) for v in results.values()), results
+
+
+def test_opaque_marker_for_a_missing_dir_is_ignored_everywhere(g):
+    base = Tar().file("keep", b"k")
+    top = Tar().opaque("nothere").file("other", b"o")
+    tree = agree(g, [base, top])
+    assert "nothere" not in tree.entries
+
+
+# --- defect 5 and 6: deep trees ---
+
+def test_deep_image_flattens_without_recursion_limit(g):
+    depth = 450
+    path = "/".join(["d"] * depth)
+    base = tarfile_bytes([(ti(path + "/f"), b"deep")])
+    top = Tar().file("/".join(["d"] * 10) + "/g", b"g")
+    tree = agree(g, [base, top], umoci=False)
+    assert tree.entries[path + "/f"].type == "file"
+
+
+def test_remove_tree_deep_with_few_fds(tmp_path):
+    """The native tree removal holds two fds whatever the depth."""
+    root = tmp_path / "deep"
+    p = root
+    p.mkdir()
+    for _ in range(600):
+        p = p / "x"
+        p.mkdir()
+        (p / "f").write_bytes(b"")
+    os.chmod(root / "x" / "x", 0o555)
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24));"
+            "from lamina.tree import remove_tree; remove_tree(sys.argv[1])")
+    subprocess.run([sys.executable, "-c", code, str(root)], check=True, cwd="/")
+    assert not root.exists()
+
+
+# --- defect 7: rootless through read-only lower dirs ---
+
+def test_rootless_dir_unpack_through_read_only_lower_dir(tmp_path):
+    from layerkit import world_tmpdir
+    work = world_tmpdir()
+    base = Tar().dir("usr", mode=0o555).file("usr/a", b"a").dir("usr/lib", mode=0o555).file("usr/lib/x", b"x")
+    top = Tar().file("usr/b", b"b").whiteout("usr/lib/x").file("usr/lib/y", b"y")
+    layout = write_image(os.path.join(work, "layout"), [base.bytes(), top.bytes()])
+    os.system(f"chmod -R a+rX {work}")
+    os.chmod(work, 0o777)
+    dest = os.path.join(work, "out")
+    r = run_as_nobody("lamina.unpack(sys.argv[1], sys.argv[2])\n", f"oci:{layout}:img", dest,
+                      preload=("isal.igzip", "lamina.unpacker", "lamina.layer", "lamina.oci"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(os.path.join(dest, "usr"))) == ["a", "b", "lib"]
+    assert os.listdir(os.path.join(dest, "usr/lib")) == ["y"]
+    assert os.stat(os.path.join(dest, "usr")).st_mode & 0o7777 == 0o555, "mode restored after the layer"
+    assert os.stat(os.path.join(dest, "usr/lib")).st_mode & 0o7777 == 0o555
+
+
+# --- defect 8: Ctrl-C ---
+
+def _slow_image(work):
+    """Many small files: seconds of extraction on any disk."""
+    t = Tar()
+    for i in range(60000):
+        t.file(f"d{i % 100}/f{i}", b"x" * 16)
+    return write_image(os.path.join(work, "slow"), [t.bytes()])
+
+
+@pytest.mark.parametrize("verb", ["unpack", "store-unpack"])
+def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
+    require_root()
+    layout = _slow_image(tmp_path)
+    dest = tmp_path / "dest"
+    store = tmp_path / "store"
+    if verb == "unpack":
+        cmd = [*LAMINA, "unpack", f"oci:{layout}:img", str(dest)]
+    else:
+        cmd = [*LAMINA, "--root", str(store), "copy", f"oci:{layout}:img", "slow:1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    assert proc.poll() is None, "the image is meant to take longer than this to extract"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert proc.returncode == 130, err
+    assert took < 2.0, f"Ctrl-C took {took:.2f}s to take effect"
+    assert "Traceback" not in err
+    if verb == "unpack":
+        assert not dest.exists()
+        assert not [n for n in os.listdir(tmp_path) if "lamina-tmp" in n]
+    else:
+        snaps = store / "snapshots"
+        done = [n for n in os.listdir(snaps) if not n.startswith(".")] if snaps.exists() else []
+        assert done == [], f"a snapshot looks complete after Ctrl-C: {done}"
+        again = subprocess.run([*LAMINA, "--root", str(store), "copy", f"oci:{layout}:img", "slow:1"],
+                               capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr
