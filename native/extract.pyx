@@ -453,6 +453,7 @@ cdef class Extractor:
     cdef readonly int64_t hidden
     cdef object plain_parent      # last parent found free of symlinks (None: unknown)
     cdef set created
+    cdef set created_ino           # dir format: (dev, ino) of what this layer wrote, wherever it landed
     cdef list lower_fds            # overlay: root fds of the finished layers below, topmost first
     cdef bint defer_lowers         # overlay: the layers below are unknown yet; ask for them (NeedsLowers)
     cdef object cache_phys         # overlay: where the cached parent really is in the layer
@@ -532,6 +533,7 @@ cdef class Extractor:
         self.dir_fixups = {}
         self.parent_times = {}
         self.created = set()
+        self.created_ino = set()
         self.restore_modes = {}
         self.skipped = []
         self.prev_name = None
@@ -1216,6 +1218,8 @@ cdef class Extractor:
                     lf[i] = nfd
                 phys.append(c)
                 source.append(found)
+            if lowers_out is not None and unknown_below:
+                raise NeedsLowers(f"entry {_show(name)}: needs the layers below {_show(path)}")
             self.last_phys = b"/".join(phys)
             if ufd < 0:
                 ufd = self._copy_up_dirs(phys, source, name)
@@ -1418,6 +1422,15 @@ cdef class Extractor:
             self._hardlink(pfd, base, name, link)
         else:
             self._mknod(pfd, base, name, kind, major, minor)
+        if not self.overlay:
+            self._record_inode(pfd, base)
+
+    cdef void _record_inode(self, int pfd, bytes base):
+        """Whiteouts and opaque markers of this layer must spare what it wrote,
+        also when it was written through a symlink (its path then differs)."""
+        cdef stat st
+        if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0:
+            self.created_ino.add((st.st_dev, st.st_ino))
 
     cdef _open_file(self, int pfd, bytes base, bytes name, int64_t size):
         cdef int fd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
@@ -1577,6 +1590,9 @@ cdef class Extractor:
             tfd = self._copy_up_target(tparent, tbase, link, name)
             self._invalidate()
         try:
+            if fstatat(tfd, tbase, &a, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(a.st_mode):
+                raise _errors.InvalidArchiveError(
+                    f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
             if linkat(tfd, tbase, pfd, base, 0) < 0:
                 if errno == EEXIST:
                     if (fstatat(tfd, tbase, &a, AT_SYMLINK_NOFOLLOW) == 0
@@ -1595,6 +1611,26 @@ cdef class Extractor:
                 self._oserror("hardlink", name)
         finally:
             close(tfd)
+
+    cdef bint _visible_below(self, bytes parent, bytes hidden, object name) except -1:
+        """Does a layer below show ``parent/hidden`` (overlay format)?  Raises
+        NeedsLowers when that depends on layers that are not ready."""
+        cdef stat st
+        cdef int fd
+        lowers = []
+        try:
+            fd = self._union_walk(parent, False, name, lowers)
+            if fd < 0:
+                return False
+            close(fd)
+            for x in lowers:
+                if <int>x >= 0 and fstatat(<int>x, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                    return not (S_ISCHR(st.st_mode) and st.st_rdev == 0)
+            return False
+        finally:
+            for x in lowers:
+                if <int>x >= 0:
+                    close(<int>x)
 
     cdef int _copy_up_target(self, bytes tparent, bytes tbase, bytes link, bytes name) except -2:
         cdef int tfd = -1
@@ -1675,10 +1711,11 @@ cdef class Extractor:
             self.scan_at.add(target)
             return
         if self.overlay:
-            pfd = self._union_dir(parent, False, name)
-            if pfd < 0:
-                return  # no such directory in the image (or not a directory): nothing to hide
-            close(pfd)
+            if not self._visible_below(parent, hidden, name):
+                # nothing to hide; and a whiteout in a directory that no lower layer
+                # has would show up in the mount's readdir (overlayfs filters them
+                # only in merged directories)
+                return
             pfd = self._parent(path, slash, name)
             if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
                 return  # provided by this same layer: a whiteout only hides lower layers
@@ -1696,7 +1733,8 @@ cdef class Extractor:
         if pfd < 0:
             return  # nothing below to hide
         try:
-            if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+            if (fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0
+                    and (st.st_dev, st.st_ino) not in self.created_ino):
                 self._keep_times(pfd, parent)
                 if not self.is_root:
                     self._open_up(pfd, parent)
@@ -1727,6 +1765,10 @@ cdef class Extractor:
         finally:
             close(fd)
 
+    cdef bint _created_here(self, int dfd, bytes child):
+        cdef stat st
+        return fstatat(dfd, child, &st, AT_SYMLINK_NOFOLLOW) == 0 and (st.st_dev, st.st_ino) in self.created_ino
+
     cdef _clear_lower(self, int dfd, bytes dpath, bytes name):
         """Remove everything under ``dpath`` that this layer did not provide."""
         cdef int sub
@@ -1741,7 +1783,7 @@ cdef class Extractor:
                 for child in self._listdir(sub, name):
                     crel = rel + b"/" + child if rel else child
                     cpath = dpath + b"/" + crel if dpath else crel
-                    if cpath not in self.created:
+                    if cpath not in self.created and not self._created_here(sub, child):
                         if not self.is_root:
                             self._open_up(sub, dpath + b"/" + rel if dpath and rel else dpath or rel)
                         self._remove(sub, child, name)
