@@ -793,9 +793,11 @@ cdef class Extractor:
         self.sparse_realsize = _pax_int(real, "GNU.sparse.size", where) if real else size
         if version == 1:
             parts = gs.get(b"map", b"").split(b",") if gs.get(b"map") else []
-            if len(parts) % 2 or len(parts) > 2 * self.max_sparse_entries:
-                raise _errors.InvalidArchiveError(
-                    f"entry {_show(name)}: invalid GNU.sparse.map, or more than {self.max_sparse_entries} regions")
+            if len(parts) > 2 * self.max_sparse_entries:
+                raise _errors.LimitExceededError(
+                    f"entry {_show(name)}: sparse map of more than {self.max_sparse_entries} regions")
+            if len(parts) % 2:
+                raise _errors.InvalidArchiveError(f"entry {_show(name)}: GNU.sparse.map of an odd length")
             blocks = gs.get(b"numblocks")
             if blocks is not None and (not blocks.isdigit() or len(blocks) > 19 or int(blocks) * 2 != len(parts)):
                 raise _errors.InvalidArchiveError(f"entry {_show(name)}: GNU.sparse.numblocks does not match the map")
