@@ -1,5 +1,5 @@
 """Raw tar vectors for the conformance tests: GNU sparse entries in every
-format, base-256 fields, and the reference extractors (GNU tar, bsdtar).
+format, hole maps, and the reference extractors (GNU tar, bsdtar).
 
 Sparse builders take the file as ``segments``: a list of ``(offset, data)``
 written at ``offset`` of a file of ``realsize`` bytes; everything else is a
@@ -13,7 +13,8 @@ import shutil
 import subprocess
 
 from conftest import require_tool, run
-from tarbuild import BLOCK, Tar, _num, header, pad, pax_records
+from layerkit import GNU_TAR_X
+from tarbuild import BLOCK, Tar, _num, header, pad
 
 SPARSES_IN_OLDGNU_HEADER = 4
 SPARSES_IN_EXTENSION = 21
@@ -101,15 +102,6 @@ def archive(*parts):
     return b"".join(parts) + b"\0" * (2 * BLOCK)
 
 
-def pax_raw(body, *, type=b"x", name=b"././@PaxHeader"):
-    """An extended header whose body is given verbatim (records may be malformed)."""
-    return Tar().entry(name, body, type=type).bytes(end=False)
-
-
-def pax(records, **kw):
-    return pax_raw(pax_records(records), **kw)
-
-
 # --- hole maps --------------------------------------------------------------
 
 def data_map(path):
@@ -133,8 +125,6 @@ def data_map(path):
 
 # --- the reference extractors -----------------------------------------------
 
-GNU_TAR_X = ["--xattrs", "--xattrs-include=*", "--same-owner", "--numeric-owner",
-             "--same-permissions", "--delay-directory-restore"]
 BSDTAR_X = ["--xattrs", "--same-owner", "--numeric-owner", "-p"]
 
 
