@@ -75,8 +75,9 @@ cdef int64_t _parse_number(const unsigned char *f, int n, str field, object wher
         if inv:
             return ~(<int64_t>v)
         return <int64_t>v
-    # octal: leading spaces/NULs skipped; the digits end at the first NUL or
-    # space, whatever follows it (GNU tar, bsdtar and Go all stop there)
+    # octal: leading spaces/NULs skipped; the digits end at the first NUL
+    # whatever follows it (GNU tar and Go; bsdtar too for the checksum) or
+    # at the first space (GNU tar)
     while i < n and (f[i] == c' ' or f[i] == 0):
         i += 1
     while i < n and f[i] >= c'0' and f[i] <= c'7':
@@ -170,13 +171,21 @@ INT64_MAX = (1 << 63) - 1
 UINT32_MAX = (1 << 32) - 1
 
 
+def _decimal(text, maxval=INT64_MAX):
+    """A non-negative decimal of ASCII digits only, up to ``maxval``, else None
+    (Python's int() would also take "+", "_", spaces and other scripts' digits)."""
+    if text is None or not text.isdigit() or len(text) > 19 or int(text) > maxval:
+        return None
+    return int(text)
+
+
 def _pax_time(bytes value, where):
     """PAX time "sec[.frac]" -> (sec, nsec), negative times included; strictly
     decimal (no "+", "_" or spaces that Python's int() would take)."""
     m = _PAX_TIME.fullmatch(value)
-    if m is None or len(m.group(2)) > 19 or int(m.group(2)) > INT64_MAX:
+    sec = _decimal(m.group(2)) if m is not None else None
+    if sec is None:
         raise _errors.InvalidArchiveError(f"{where}: invalid PAX mtime {value!r}")
-    sec = int(m.group(2))
     frac = m.group(3) or b""
     nsec = int((frac + b"000000000")[:9])
     if m.group(1):
@@ -188,9 +197,10 @@ def _pax_time(bytes value, where):
 
 def _pax_int(value, key, where, maxval=INT64_MAX):
     """A non-negative decimal PAX value up to ``maxval`` (uid/gid: 32 bits)."""
-    if value is None or not value.isdigit() or len(value) > 19 or int(value) > maxval:
+    v = _decimal(value, maxval)
+    if v is None:
         raise _errors.InvalidArchiveError(f"{where}: invalid or out-of-range PAX {key} {value!r}")
-    return int(value)
+    return v
 
 
 def _libarchive_xattr(bytes key, bytes value, where):
@@ -205,9 +215,10 @@ def _libarchive_xattr(bytes key, bytes value, where):
 
 def _sparse_num(bytes text, name):
     """One decimal number of a sparse map (PAX 0.1 map or 1.0 data prefix)."""
-    if not text.isdigit() or len(text) > 19 or int(text) > INT64_MAX:
+    v = _decimal(text)
+    if v is None:
         raise _errors.InvalidArchiveError(f"entry {_show(name)}: invalid sparse map number {text[:40]!r}")
-    return int(text)
+    return v
 
 
 class HiddenLinkTarget(Exception):
@@ -551,13 +562,13 @@ cdef class Extractor:
         self.sparse_text += data
         self.sparse_nl += data.count(b"\n")
         if self.sparse_need < 0:
-            first = bytes(self.sparse_text).split(b"\n", 1)[0]
-            if self.sparse_nl == 0 or not first.isdigit() or len(first) > 19:
+            count = _decimal(bytes(self.sparse_text).split(b"\n", 1)[0]) if self.sparse_nl else None
+            if count is None:
                 raise _errors.InvalidArchiveError(f"entry {_show(name)}: invalid sparse map")
-            if int(first) > self.max_sparse_entries:
+            if count > self.max_sparse_entries:
                 raise _errors.LimitExceededError(
                     f"entry {_show(name)}: sparse map of more than {self.max_sparse_entries} regions")
-            self.sparse_need = 1 + 2 * int(first)
+            self.sparse_need = 1 + 2 * count
         if self.sparse_nl < self.sparse_need:
             self.meta = bytearray()
             self.meta_kind = c'M'
@@ -799,7 +810,7 @@ cdef class Extractor:
             if len(parts) % 2:
                 raise _errors.InvalidArchiveError(f"entry {_show(name)}: GNU.sparse.map of an odd length")
             blocks = gs.get(b"numblocks")
-            if blocks is not None and (not blocks.isdigit() or len(blocks) > 19 or int(blocks) * 2 != len(parts)):
+            if blocks is not None and (_decimal(blocks) or 0) * 2 != len(parts):
                 raise _errors.InvalidArchiveError(f"entry {_show(name)}: GNU.sparse.numblocks does not match the map")
             self.sparse = array("q", [])
             for i in range(0, len(parts), 2):
