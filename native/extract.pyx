@@ -174,8 +174,8 @@ UINT32_MAX = (1 << 32) - 1
 def _decimal(text, maxval=INT64_MAX):
     """A non-negative decimal of ASCII digits only, up to ``maxval``, else None
     (Python's int() would also take "+", "_", spaces and other scripts' digits)."""
-    if text is None or not text.isdigit() or len(text) > 19 or int(text) > maxval:
-        return None
+    if text is None or not text.isdigit() or len(text.lstrip(b"0")) > 19 or int(text) > maxval:
+        return None  # (leading zeros are fine: Go's pax-pos-size-file.tar)
     return int(text)
 
 

@@ -153,6 +153,13 @@ def test_pax_numbers_out_of_range_refused(tmp_path, key, value):
     assert "PAX" in msg
 
 
+def test_pax_numbers_with_leading_zeros(tmp_path):
+    """Go's pax-pos-size-file.tar: a 24-digit size with leading zeros is 3."""
+    data = Tar().pax({"size": "0" * 21 + "3", "mtime": "0" * 30 + "1600000001.5", "uid": "0" * 25 + "9"})
+    got = check_vs_references(tmp_path, data.file("f", b"abc", size=0).bytes())
+    assert (got["f"].size, got["f"].mtime, got["f"].uid) == (3, 1600000001, 9)
+
+
 def test_pax_uid_max_uint32_minus_one_accepted(tmp_path):
     data = Tar().pax({"uid": str(2 ** 32 - 2), "gid": "4000000000"}).file("f", b"x").bytes()
     got = check_vs_references(tmp_path, data)
