@@ -422,6 +422,32 @@ def test_gnu_tar_sparse_files(tmp_path, sid, args):
 # GNU tar pads every region's data to a block in the archive, bsdtar and Go
 # read it contiguous: the two only agree when all regions but the last are
 # whole blocks, which is what GNU tar writes (see test_sparse_unaligned_regions)
+FRAGMENTED_WRITERS = [("gnutar-oldgnu", ["tar", "--sparse", "--format=oldgnu"]),
+                      ("gnutar-pax-1.0", ["tar", "--sparse", "--format=posix", "--sparse-version=1.0"]),
+                      ("bsdtar-pax", ["bsdtar", "--format=pax"])]
+
+
+@pytest.mark.parametrize("wid,cmd", FRAGMENTED_WRITERS, ids=[w[0] for w in FRAGMENTED_WRITERS])
+def test_fragmented_sparse_file_from_real_writers(tmp_path, wid, cmd):
+    """40 data regions: old GNU extension blocks and multi-block 1.0 maps as GNU
+    tar and bsdtar (which writes PAX 1.0 maps) write them."""
+    require_tool(cmd[0])
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "frag", "wb") as f:
+        f.truncate(8 << 20)
+        for i in range(40):
+            f.seek(i * 200_000)
+            f.write(bytes([65 + i % 26]) * 3000)
+    run(*cmd, "-cf", tmp_path / "w.tar", "-C", src, "frag")
+    data = (tmp_path / "w.tar").read_bytes()
+    assert len(data) < 1 << 20, "the writer stored the holes"
+    check_vs_references(tmp_path, data, label=wid)
+    got = tmp_path / "lamina" / "frag"
+    assert sha256_file(got) == sha256_file(src / "frag")
+    assert data_map(got) == data_map(tmp_path / "gnu" / "frag") and len(data_map(got)) == 40
+
+
 SEGMENTS = {
     "few": (1 << 20, [(0, b"A" * 5120), (200_000, b"B" * 512), (900_000, b"C" * 4000)]),
     "ends-in-data": (300_000, [(4096, b"x" * 1024), (300_000 - 7, b"the end")]),
