@@ -478,6 +478,25 @@ def test_sparse_vectors_every_format(tmp_path, fmt, shape):
     assert sum(e - s for s, e in regions) <= sum(len(c) for _, c in segments) + 2 * 4096 * max(1, len(segments))
 
 
+@pytest.mark.parametrize("fmt", list(SPARSE_BUILDERS))
+def test_sparse_data_split_across_feeds(tmp_path, fmt):
+    """Regions, maps and extension blocks cut at any byte between feed() calls."""
+    realsize, segments = SEGMENTS["many"]
+    data = archive(SPARSE_BUILDERS[fmt]("f", realsize, segments))
+    want = bytearray(realsize)
+    for off, chunk in segments:
+        want[off:off + len(chunk)] = chunk
+    for step in (1, 333, 4099):
+        dest = tmp_path / str(step)
+        dest.mkdir()
+        ex = Extractor(dest)
+        for i in range(0, len(data), step):
+            ex.feed(data[i:i + step])
+        ex.finish()
+        ex.close()
+        assert (dest / "f").read_bytes() == bytes(want), f"feeds of {step} bytes"
+
+
 def test_sparse_unaligned_regions_read_contiguous(tmp_path):
     """Regions whose lengths are not whole blocks: bsdtar and Go read the stored
     data contiguous, GNU tar pads each region to a block and loses its place.
