@@ -16,16 +16,22 @@ Two on-disk formats share all of this: ``dir`` applies whiteouts by deleting
 lower content; ``overlay`` records them the way overlayfs reads them.
 """
 import os
+import re
+from array import array
 
 from libc.string cimport memcpy, memcmp
 from libc.errno cimport errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES, ESTALE, EIO
 from libc.stdint cimport int64_t, uint64_t
 from posix.time cimport timespec
-from posix.types cimport mode_t, uid_t, gid_t
+from posix.types cimport mode_t, uid_t, gid_t, off_t
+from posix.unistd cimport lseek, SEEK_SET
 
 from syscalls cimport *
 
 from lamina import errors as _errors
+from lamina.limits import DEFAULT_LIMITS
+
+_PAX_TIME = re.compile(rb"(-?)([0-9]+)(?:\.([0-9]*))?")
 
 cdef enum State:
     ST_HEADER, ST_DATA, ST_SKIP, ST_META, ST_END
@@ -45,32 +51,42 @@ cdef inline int64_t _pad(int64_t size):
 
 
 cdef int64_t _parse_number(const unsigned char *f, int n, str field, object where) except? -1:
-    """Octal (NUL/space padded) or GNU base-256 numeric header field."""
+    """Octal or GNU base-256 numeric header field, read the way Go's archive/tar
+    (strconv.go parseNumeric) and GNU tar read it, so that no value means one
+    thing to lamina and another to the tools that scan the same layer."""
     cdef int i = 0
     cdef uint64_t v = 0
-    cdef int64_t sv
+    cdef unsigned char c, inv = 0
     if f[0] & 0x80:
-        # base-256: big-endian two's complement; 0xff lead byte = negative
-        v = f[0] & 0x7F
-        if f[0] == 0xFF:
-            v = 0xFFFFFFFFFFFFFFFF
-        for i in range(1, n):
-            if (v >> 56) != 0 and (v >> 56) != 0xFF:
-                raise _errors.InvalidArchiveError(f"{where}: {field} field overflows 64 bits")
-            v = (v << 8) | f[i]
-        sv = <int64_t>v
-        return sv
+        # base-256: big-endian two's complement.  Any significant byte that
+        # would shift out of an int64 refuses the field (a 0xFF among the
+        # leading bytes of a positive number included), never wraps.
+        if f[0] & 0x40:
+            inv = 0xFF
+        for i in range(n):
+            c = f[i] ^ inv
+            if i == 0:
+                c &= 0x7F
+            if v >> 56:
+                raise _errors.InvalidArchiveError(f"{where}: {field} field does not fit 64 bits")
+            v = (v << 8) | c
+        if v >> 63:
+            raise _errors.InvalidArchiveError(f"{where}: {field} field does not fit 64 bits")
+        if inv:
+            return ~(<int64_t>v)
+        return <int64_t>v
+    # octal: leading spaces/NULs skipped; the digits end at the first NUL
+    # whatever follows it (GNU tar and Go; bsdtar too for the checksum) or
+    # at the first space (GNU tar)
     while i < n and (f[i] == c' ' or f[i] == 0):
         i += 1
     while i < n and f[i] >= c'0' and f[i] <= c'7':
         if v >> 60:
-            raise _errors.InvalidArchiveError(f"{where}: {field} field overflows 64 bits")
+            raise _errors.InvalidArchiveError(f"{where}: {field} field does not fit 64 bits")
         v = v * 8 + (f[i] - c'0')
         i += 1
-    while i < n:
-        if f[i] != c' ' and f[i] != 0:
-            raise _errors.InvalidArchiveError(f"{where}: invalid {field} field in tar header")
-        i += 1
+    if i < n and f[i] != c' ' and f[i] != 0:
+        raise _errors.InvalidArchiveError(f"{where}: invalid {field} field in tar header")
     return <int64_t>v
 
 
@@ -111,9 +127,14 @@ def parse_pax(bytes data, where):
     """PAX extended header records "LEN key=value\\n" -> {key: value}.
 
     An empty value unsets a key (POSIX) except for xattrs, where it is an
-    xattr with an empty value (GNU tar and libarchive agree)."""
+    xattr with an empty value (GNU tar and libarchive agree).  A key with a
+    NUL is refused (Go refuses it; C readers would cut the key at the NUL).
+    GNU sparse 0.0 repeats GNU.sparse.offset / GNU.sparse.numbytes once per
+    region: those are collected, in order, into one GNU.sparse.map value as
+    Go does, so the 0.0 and 0.1 forms read alike."""
     cdef Py_ssize_t pos = 0, n = len(data), sp, length
     out = {}
+    sparse = []
     while pos < n:
         if data[pos] == 0:  # some writers NUL-pad the record block
             break
@@ -127,8 +148,18 @@ def parse_pax(bytes data, where):
         eq = rec.find(b"=")
         if eq <= 0:
             raise _errors.InvalidArchiveError(f"{where}: malformed PAX record at offset {pos}")
-        out[rec[:eq]] = rec[eq + 1:]
+        key = rec[:eq]
+        if b"\0" in key:
+            raise _errors.InvalidArchiveError(f"{where}: NUL byte in PAX record key {_show(key)}")
+        if key == b"GNU.sparse.offset" or key == b"GNU.sparse.numbytes":
+            if (key == b"GNU.sparse.offset") != (len(sparse) % 2 == 0) or b"," in rec[eq + 1:]:
+                raise _errors.InvalidArchiveError(f"{where}: GNU sparse 0.0 records out of order")
+            sparse.append(rec[eq + 1:])
+        else:
+            out[key] = rec[eq + 1:]
         pos += length
+    if sparse:
+        out[b"GNU.sparse.map"] = b",".join(sparse)
     return out
 
 
@@ -136,27 +167,40 @@ cdef inline bint _is_xattr_key(bytes k):
     return k.startswith(b"SCHILY.xattr.") or k.startswith(b"LIBARCHIVE.xattr.")
 
 
+INT64_MAX = (1 << 63) - 1
+UINT32_MAX = (1 << 32) - 1
+
+
+def _decimal(text, maxval=INT64_MAX):
+    """A non-negative decimal of ASCII digits only, up to ``maxval``, else None
+    (Python's int() would also take "+", "_", spaces and other scripts' digits)."""
+    if text is None or not text.isdigit() or len(text.lstrip(b"0")) > 19 or int(text) > maxval:
+        return None  # (leading zeros are fine: Go's pax-pos-size-file.tar)
+    return int(text)
+
+
 def _pax_time(bytes value, where):
-    """PAX time "sec[.frac]" -> (sec, nsec), negative times included."""
-    try:
-        text = value.decode("ascii")
-        neg = text.startswith("-")
-        whole, _, frac = text.lstrip("-").partition(".")
-        sec = int(whole or "0")
-        nsec = int((frac + "000000000")[:9]) if frac else 0
-    except (UnicodeDecodeError, ValueError):
-        raise _errors.InvalidArchiveError(f"{where}: invalid PAX mtime {value!r}") from None
-    if neg:
+    """PAX time "sec[.frac]" -> (sec, nsec), negative times included; strictly
+    decimal (no "+", "_" or spaces that Python's int() would take)."""
+    m = _PAX_TIME.fullmatch(value)
+    sec = _decimal(m.group(2)) if m is not None else None
+    if sec is None:
+        raise _errors.InvalidArchiveError(f"{where}: invalid PAX mtime {value!r}")
+    frac = m.group(3) or b""
+    nsec = int((frac + b"000000000")[:9])
+    if m.group(1):
         sec, nsec = -sec, -nsec
         if nsec < 0:
             sec, nsec = sec - 1, nsec + 1000000000
     return sec, nsec
 
 
-def _pax_int(value, key, where):
-    if value is None or not value.isdigit():
-        raise _errors.InvalidArchiveError(f"{where}: invalid PAX {key} {value!r}")
-    return int(value)
+def _pax_int(value, key, where, maxval=INT64_MAX):
+    """A non-negative decimal PAX value up to ``maxval`` (uid/gid: 32 bits)."""
+    v = _decimal(value, maxval)
+    if v is None:
+        raise _errors.InvalidArchiveError(f"{where}: invalid or out-of-range PAX {key} {value!r}")
+    return v
 
 
 def _libarchive_xattr(bytes key, bytes value, where):
@@ -170,6 +214,14 @@ def _libarchive_xattr(bytes key, bytes value, where):
 
 
 NeedsLowers = _errors.NeedsLowers
+
+
+def _sparse_num(bytes text, name):
+    """One decimal number of a sparse map (PAX 0.1 map or 1.0 data prefix)."""
+    v = _decimal(text)
+    if v is None:
+        raise _errors.InvalidArchiveError(f"entry {_show(name)}: invalid sparse map number {text[:40]!r}")
+    return v
 
 
 class HiddenLinkTarget(Exception):
@@ -436,9 +488,17 @@ cdef class Extractor:
     cdef Py_ssize_t hdr_len
     cdef int64_t remaining, pad
     cdef int64_t max_entries, max_bytes, max_header, max_path, max_depth, max_trailing
+    cdef int64_t max_extended, max_global_headers, max_sparse_entries, max_sparse_size
     cdef bytearray meta
-    cdef char meta_kind
-    cdef object pax, gpax, long_name, long_link, cache_path, prev_name
+    cdef unsigned char meta_kind
+    cdef object pax, long_name, long_link, cache_path, prev_name
+    cdef int64_t ext_total, global_headers
+    # GNU sparse: the map of the entry being read (offset, length pairs flat in
+    # an int64 array), the region being written, and the file's real size
+    cdef object sparse, sparse_pending
+    cdef bytearray sparse_text
+    cdef Py_ssize_t sparse_i
+    cdef int64_t sparse_left, sparse_realsize, sparse_size, sparse_nl, sparse_need
     # the entry being written (regular files span feed() calls)
     cdef object cur_name, cur_xattrs
     cdef int64_t cur_mode, cur_uid, cur_gid, cur_sec, cur_nsec
@@ -521,15 +581,19 @@ cdef class Extractor:
                 if fd < 0:
                     raise _errors.ExtractError(f"cannot open lower layer {os.fsdecode(d)!r}: {os.strerror(errno)}")
                 self.lower_fds.append(fd)
-        lim = limits
+        lim = limits if limits is not None else DEFAULT_LIMITS
         self.max_entries = lim.max_entries
         self.max_bytes = lim.max_bytes
         self.max_header = lim.max_header
         self.max_path = lim.max_path
         self.max_depth = lim.max_depth
         self.max_trailing = lim.max_trailing
+        self.max_extended = lim.max_extended
+        self.max_global_headers = lim.max_global_headers
+        self.max_sparse_entries = lim.max_sparse_entries
+        self.max_sparse_size = lim.max_sparse_size
+        self.sparse_realsize = -1
         self.state = ST_HEADER
-        self.gpax = {}
         self.dir_fixups = {}
         self.parent_times = {}
         self.created = set()
@@ -568,10 +632,13 @@ cdef class Extractor:
             if self.state == ST_DATA:
                 take = min(<int64_t>(n - pos), self.remaining)
                 fd = self.outfd
-                with nogil:
-                    rc = lamina_write_all(fd, <const char *>(p + pos), take)
-                if rc < 0:
-                    self._oserror("write", self.cur_name)
+                if self.sparse is not None:
+                    self._write_sparse(p + pos, take)
+                else:
+                    with nogil:
+                        rc = lamina_write_all(fd, <const char *>(p + pos), take)
+                    if rc < 0:
+                        self._oserror("write", self.cur_name)
                 pos += take
                 self.remaining -= take
                 if self.remaining == 0:
@@ -597,8 +664,8 @@ cdef class Extractor:
                 pos += take
                 self.remaining -= take
                 if self.remaining == 0:
-                    self._end_meta()
                     self._skip_then_header(self.pad)
+                    self._end_meta()  # may go on reading (sparse maps) or start the entry
             else:  # ST_END: anything after the end-of-archive block only gets hashed
                 self.trailing += n - pos
                 if self.trailing > self.max_trailing:
@@ -650,7 +717,7 @@ cdef class Extractor:
         cdef const unsigned char *h = self.hdr
         cdef int i
         cdef int64_t stored, usum = 0, ssum = 0, size
-        cdef char tf
+        cdef unsigned char tf
         where = _Where("header", self.prev_name)
         for i in range(BLOCK):
             if h[i]:
@@ -672,49 +739,194 @@ cdef class Extractor:
         size = _parse_number(h + 124, 12, "size", where)
         if size < 0:
             raise _errors.InvalidArchiveError(f"{where}: negative size")
-        if tf == c'x' or tf == c'g' or tf == c'L' or tf == c'K':
+        if tf == c'X':  # Solaris extended header: PAX 'x' for GNU tar and bsdtar
+            tf = c'x'
+        if tf == c'g':
+            # Global PAX records are not applied: Go's archive/tar hands them
+            # over as an entry of their own, which docker and containerd skip,
+            # so the tree every Go-based tool sees ignores them.  Skipped
+            # unread: O(1) per later entry, bounded in size and number.
+            self.global_headers += 1
+            if self.global_headers > self.max_global_headers:
+                raise _errors.LimitExceededError(
+                    f"{where}: more than {self.max_global_headers} global PAX headers")
+            if size > self.max_header:
+                raise _errors.LimitExceededError(
+                    f"{where}: global PAX header of {size} bytes exceeds the limit of {self.max_header}")
+            self._skip_then_header(size + _pad(size))
+            return
+        if tf == c'x' or tf == c'L' or tf == c'K':
             if size > self.max_header:
                 raise _errors.LimitExceededError(
                     f"{where}: extended header of {size} bytes exceeds the limit of {self.max_header}")
-            self.meta = bytearray()
-            self.meta_kind = tf
-            self.pad = _pad(size)
-            if size == 0:
-                self._end_meta()
-                self._skip_then_header(0)
-            else:
-                self.state = ST_META
-                self.remaining = size
+            # only the last header of each kind applies, but all of them are
+            # read: bound what one entry may make us read, not each header
+            self.ext_total += size
+            if self.ext_total > self.max_extended:
+                raise _errors.LimitExceededError(
+                    f"{where}: extended headers of more than {self.max_extended} bytes for one entry")
+            self._read_meta(tf, size)
             return
+        if tf == c'S' and h[482]:
+            # old GNU sparse map continued in extension blocks before the data
+            self.sparse = array("q", [])
+            self._read_meta(c'S', BLOCK)
+            return
+        self.sparse = None
         self._entry(tf, size, where)
+
+    cdef _read_meta(self, unsigned char kind, int64_t size):
+        """Collect ``size`` bytes of extended header data, then _end_meta."""
+        self.meta = bytearray()
+        self.meta_kind = kind
+        self.pad = _pad(size)
+        if size == 0:
+            self._skip_then_header(0)
+            self._end_meta()
+        else:
+            self.state = ST_META
+            self.remaining = size
 
     cdef _end_meta(self):
         data = bytes(self.meta)
         self.meta = None
         where = _Where("extended header", self.prev_name)
         if self.meta_kind == c'x':
-            recs = parse_pax(data, where)
-            if self.pax is None:
-                self.pax = recs
-            else:
-                self.pax.update(recs)
-        elif self.meta_kind == c'g':
-            for k, v in parse_pax(data, where).items():
-                if not v and not _is_xattr_key(k):
-                    self.gpax.pop(k, None)
-                elif k not in (b"path", b"linkpath", b"size"):
-                    self.gpax[k] = v
+            # a later 'x' replaces an earlier one (GNU tar, bsdtar and Go agree)
+            self.pax = parse_pax(data, where)
         elif self.meta_kind == c'L':
             self.long_name = data.split(b"\0", 1)[0]
-        else:
+        elif self.meta_kind == c'K':
             self.long_link = data.split(b"\0", 1)[0]
+        elif self.meta_kind == c'S':
+            self._old_gnu_sparse_block(data, 504)
+        else:  # c'M'
+            self._sparse_map_block(data)
 
-    cdef _entry(self, char tf, int64_t size, where):
+    # ------------------------------------------------------------ GNU sparse
+
+    cdef _old_gnu_sparse_block(self, bytes data, int flag_at):
+        """One old GNU sparse extension block: 21 (offset, length) slots, then
+        the "another block follows" flag.  Entries end at an empty slot (Go)."""
+        cdef const unsigned char *b = data
+        cdef int i
+        where = _Where("GNU sparse extension block", self.prev_name)
+        for i in range(21):
+            if b[24 * i] == 0:
+                break
+            self._sparse_add(_parse_number(b + 24 * i, 12, "sparse offset", where),
+                             _parse_number(b + 24 * i + 12, 12, "sparse length", where), where)
+        if b[flag_at]:
+            self._read_meta(c'S', BLOCK)
+        else:
+            hwhere = _Where("header", self.prev_name)
+            self._entry(c'S', _parse_number(self.hdr + 124, 12, "size", hwhere), hwhere)
+
+    cdef _sparse_add(self, int64_t offset, int64_t length, where):
+        if len(self.sparse) >= 2 * self.max_sparse_entries:
+            raise _errors.LimitExceededError(
+                f"{where}: sparse map of more than {self.max_sparse_entries} regions")
+        self.sparse.append(offset)
+        self.sparse.append(length)
+
+    cdef _sparse_map_block(self, bytes data):
+        """One block of a PAX 1.0 sparse map, which leads the entry's data:
+        decimal lines "count", then "offset", "length" per region, padded to
+        a block; read a block at a time until all the lines are there (Go)."""
+        where = _Where("sparse map", self.prev_name)
+        kind, path, name, link, size, major, minor = self.sparse_pending
+        self.sparse_size += BLOCK
+        if self.sparse_size > size:
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: sparse map runs past the entry's data")
+        if self.sparse_size > self.max_extended:
+            raise _errors.LimitExceededError(
+                f"entry {_show(name)}: sparse map of more than {self.max_extended} bytes")
+        self.sparse_text += data
+        self.sparse_nl += data.count(b"\n")
+        if self.sparse_need < 0:
+            count = _decimal(bytes(self.sparse_text).split(b"\n", 1)[0]) if self.sparse_nl else None
+            if count is None:
+                raise _errors.InvalidArchiveError(f"entry {_show(name)}: invalid sparse map")
+            if count > self.max_sparse_entries:
+                raise _errors.LimitExceededError(
+                    f"entry {_show(name)}: sparse map of more than {self.max_sparse_entries} regions")
+            self.sparse_need = 1 + 2 * count
+        if self.sparse_nl < self.sparse_need:
+            self.meta = bytearray()
+            self.meta_kind = c'M'
+            self.state = ST_META
+            self.remaining = BLOCK
+            self.pad = 0
+            return
+        lines = bytes(self.sparse_text).split(b"\n", self.sparse_need)[1:self.sparse_need]
+        self.sparse_text = None
+        self.sparse_pending = None
+        self.sparse = array("q", [])
+        for i in range(0, len(lines), 2):
+            self._sparse_add(_sparse_num(lines[i], name), _sparse_num(lines[i + 1], name), where)
+        self._start_entry(kind, path, name, link, size - self.sparse_size, major, minor, 0)
+
+    cdef _check_sparse(self, bytes name, int64_t stored):
+        """The map must name regions in order, without overlap, inside the
+        real size, and account for exactly the bytes stored in the archive
+        (the checks of Go's validateSparseEntries and bsdtar)."""
+        cdef Py_ssize_t i, n = len(self.sparse)
+        cdef int64_t off, ln, end = 0, total = 0
+        if self.sparse_realsize < 0 or self.sparse_realsize > self.max_sparse_size:
+            raise _errors.LimitExceededError(
+                f"entry {_show(name)}: sparse file of {self.sparse_realsize} bytes "
+                f"(limit {self.max_sparse_size})")
+        for i in range(0, n, 2):
+            off = self.sparse[i]
+            ln = self.sparse[i + 1]
+            if off < 0 or ln < 0 or off > self.sparse_realsize or ln > self.sparse_realsize - off:
+                raise _errors.InvalidArchiveError(
+                    f"entry {_show(name)}: sparse region {off}+{ln} outside the file's {self.sparse_realsize} bytes")
+            if off < end:
+                raise _errors.InvalidArchiveError(
+                    f"entry {_show(name)}: sparse regions overlap or go backwards at offset {off}")
+            end = off + ln
+            total += ln
+        if total != stored:
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: sparse map names {total} bytes but the entry stores {stored}")
+
+    cdef _write_sparse(self, const unsigned char *p, int64_t n):
+        """Stored bytes of a sparse file go to their mapped offsets; what lies
+        between regions is never written and stays a hole."""
+        cdef int fd = self.outfd, rc
+        cdef int64_t take
+        while n > 0:
+            while self.sparse_left == 0:  # next region (empty ones skipped)
+                self.sparse_i += 2
+                self.sparse_left = self.sparse[self.sparse_i + 1]
+                if self.sparse_left and lseek(fd, <off_t>self.sparse[self.sparse_i], SEEK_SET) < 0:
+                    self._oserror("seek in", self.cur_name)
+            take = min(n, self.sparse_left)
+            with nogil:
+                rc = lamina_write_all(fd, <const char *>p, take)
+            if rc < 0:
+                self._oserror("write", self.cur_name)
+            p += take
+            n -= take
+            self.sparse_left -= take
+
+    cdef _sparse_truncate(self, int fd):
+        """A sparse file gets its real size: a hole up to the end, if it ends in one."""
+        if self.sparse_realsize >= 0 and ftruncate(fd, <off_t>self.sparse_realsize) < 0:
+            self._oserror("truncate", self.cur_name)
+
+    cdef _entry(self, unsigned char tf, int64_t size, where):
         cdef const unsigned char *h = self.hdr
         cdef bint ustar = memcmp(h + 257, b"ustar\0", 6) == 0
-        cdef bint posix_or_gnu = memcmp(h + 257, b"ustar", 5) == 0
         cdef int64_t mode, uid, gid, sec, nsec = 0, major = 0, minor = 0
+        cdef int i
         cdef Kind kind
+        self.ext_total = 0
+        ext_sparse = self.sparse  # old GNU extension blocks already read
+        self.sparse = None
+        self.sparse_realsize = -1
+        gnu_sparse = None
         name = _cstr(h, 100)
         if ustar and h[345]:
             name = _cstr(h + 345, 155) + b"/" + name
@@ -732,10 +944,6 @@ cdef class Extractor:
         xattrs = None
         pax = self.pax
         self.pax = None
-        if self.gpax:
-            merged = dict(self.gpax)
-            merged.update(pax or {})
-            pax = merged
         if pax:
             for k, v in pax.items():
                 if not v and not _is_xattr_key(k):
@@ -747,9 +955,9 @@ cdef class Extractor:
                 elif k == b"size":
                     size = _pax_int(v, "size", where)
                 elif k == b"uid":
-                    uid = _pax_int(v, "uid", where)
+                    uid = _pax_int(v, "uid", where, UINT32_MAX)
                 elif k == b"gid":
-                    gid = _pax_int(v, "gid", where)
+                    gid = _pax_int(v, "gid", where, UINT32_MAX)
                 elif k == b"mtime":
                     sec, nsec = _pax_time(v, where)
                 elif k.startswith(b"SCHILY.xattr."):
@@ -760,14 +968,34 @@ cdef class Extractor:
                     xn, xv = _libarchive_xattr(k[17:], v, where)
                     xattrs[xn] = xv
                 elif k.startswith(b"GNU.sparse."):
-                    raise _errors.UnsupportedEntryError(
-                        f"entry {_show(name)}: sparse files are not supported in image layers")
+                    gnu_sparse = gnu_sparse or {}
+                    gnu_sparse[k[11:]] = v
+        sparse_version = 0
+        if tf == c'S':
+            self.sparse = array("q", [])
+            for i in range(4):  # the header's own slots come first
+                if h[386 + 24 * i] == 0:
+                    break
+                self._sparse_add(_parse_number(h + 386 + 24 * i, 12, "sparse offset", where),
+                                 _parse_number(h + 398 + 24 * i, 12, "sparse length", where), where)
+            if ext_sparse is not None:
+                if len(self.sparse) + len(ext_sparse) > 2 * self.max_sparse_entries:
+                    raise _errors.LimitExceededError(
+                        f"{where}: sparse map of more than {self.max_sparse_entries} regions")
+                self.sparse.extend(ext_sparse)
+            self.sparse_realsize = _parse_number(h + 483, 12, "sparse real size", where)
+        elif gnu_sparse is not None:
+            name, sparse_version = self._pax_sparse(gnu_sparse, name, size, where)
         self.prev_name = name
         if b"\0" in name or b"\0" in link:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: NUL byte in name")
 
         if tf == c'0' or tf == 0 or tf == c'7':
-            kind = K_DIR if (not posix_or_gnu and name.endswith(b"/")) else K_REG
+            # a "file" named with a trailing slash is an old-style directory,
+            # with no data whatever its size field says (GNU tar and bsdtar)
+            kind = K_DIR if name.endswith(b"/") else K_REG
+            if kind == K_DIR:
+                size = 0
         elif tf == c'5' or tf == c'D':
             kind = K_DIR
         elif tf == c'1':
@@ -781,14 +1009,13 @@ cdef class Extractor:
         elif tf == c'6':
             kind = K_FIFO
         elif tf == c'S':
-            raise _errors.UnsupportedEntryError(
-                f"entry {_show(name)}: GNU sparse files are not supported in image layers")
+            kind = K_REG
         elif tf == c'V':  # volume label: not a file
             self._skip_then_header(size + _pad(size))
             return
         else:
             raise _errors.UnsupportedEntryError(
-                f"entry {_show(name)}: unsupported tar entry type {chr(tf)!r}")
+                f"entry {_show(name)}: unsupported tar entry type {bytes([tf])!r}")
         skip_after = 0
         if tf >= c'1' and tf <= c'6':
             # header-only types carry no data even when their size field says
@@ -804,6 +1031,12 @@ cdef class Extractor:
         if kind == K_CHR or kind == K_BLK:
             major = _parse_number(h + 329, 8, "devmajor", where)
             minor = _parse_number(h + 337, 8, "devminor", where)
+            if major < 0 or major > UINT32_MAX or minor < 0 or minor > UINT32_MAX:
+                raise _errors.InvalidArchiveError(f"entry {_show(name)}: device number out of range")
+        if uid < 0 or uid > UINT32_MAX or gid < 0 or gid > UINT32_MAX:
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: uid/gid out of range ({uid}/{gid})")
+        if (self.sparse is not None or sparse_version) and kind != K_REG:
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: sparse map on an entry that is not a file")
 
         self.cur_name = name
         self.cur_mode = mode & 0o7777
@@ -818,6 +1051,61 @@ cdef class Extractor:
         self.cur_xattrs = xattrs or None
 
         path = self._normalize(name)
+        if sparse_version == 10:
+            # the map leads the data: read it before anything is written
+            if size < BLOCK:
+                raise _errors.InvalidArchiveError(f"entry {_show(name)}: sparse map missing from the data")
+            self.sparse_pending = (kind, path, name, link, size, major, minor)
+            self.sparse_text = bytearray()
+            self.sparse_size = 0
+            self.sparse_nl = 0
+            self.sparse_need = -1
+            self._read_meta(c'M', BLOCK)
+            return
+        self._start_entry(kind, path, name, link, size, major, minor, skip_after)
+
+    cdef _pax_sparse(self, dict gs, bytes name, int64_t size, where):
+        """GNU.sparse.* records -> (name, version): 1 for the 0.0/0.1 forms (map
+        in the records, read here), 10 for 1.0 (map leads the data), 0 when the
+        records do not make a sparse file (Go's readGNUSparsePAXHeaders)."""
+        major, minor = gs.get(b"major"), gs.get(b"minor")
+        if major == b"1" and minor == b"0":
+            version = 10
+        elif major == b"0" and (minor == b"0" or minor == b"1"):
+            version = 1
+        elif major is not None or minor is not None:
+            raise _errors.UnsupportedEntryError(
+                f"entry {_show(name)}: unknown GNU sparse format version {major!r}.{minor!r}")
+        elif gs.get(b"map"):
+            version = 1
+        else:
+            return name, 0
+        if gs.get(b"name"):
+            name = gs[b"name"]
+        real = gs.get(b"size") or gs.get(b"realsize")
+        self.sparse_realsize = _pax_int(real, "GNU.sparse.size", where) if real else size
+        if version == 1:
+            parts = gs.get(b"map", b"").split(b",") if gs.get(b"map") else []
+            if len(parts) > 2 * self.max_sparse_entries:
+                raise _errors.LimitExceededError(
+                    f"entry {_show(name)}: sparse map of more than {self.max_sparse_entries} regions")
+            if len(parts) % 2:
+                raise _errors.InvalidArchiveError(f"entry {_show(name)}: GNU.sparse.map of an odd length")
+            blocks = gs.get(b"numblocks")
+            if blocks is not None and (_decimal(blocks) or 0) * 2 != len(parts):
+                raise _errors.InvalidArchiveError(f"entry {_show(name)}: GNU.sparse.numblocks does not match the map")
+            self.sparse = array("q", [])
+            for i in range(0, len(parts), 2):
+                self._sparse_add(_sparse_num(parts[i], name), _sparse_num(parts[i + 1], name), where)
+        return name, version
+
+    cdef _start_entry(self, Kind kind, bytes path, bytes name, bytes link, int64_t size,
+                      int64_t major, int64_t minor, int64_t skip_after):
+        """Apply a decoded entry and set the parser up for its data."""
+        if self.sparse is not None:
+            self._check_sparse(name, size)
+            self.sparse_i = -2
+            self.sparse_left = 0
         self._apply(kind, path, name, link, size, major, minor)
         if skip_after:
             self._skip_then_header(skip_after)
@@ -1448,6 +1736,7 @@ cdef class Extractor:
         cdef timespec ts[2]
         self.outfd = -1
         try:
+            self._sparse_truncate(fd)
             if self.is_root and fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
                 self._oserror("chown", self.cur_name)
             if fchmod(fd, <mode_t>self.cur_mode) < 0:

@@ -107,7 +107,7 @@ def pad(data):
 def pax_records(records):
     """Encode PAX records; records: dict or list of (key, value) (str or bytes)."""
     items = records.items() if isinstance(records, dict) else records
-    out = b""
+    out = []
     for key, value in items:
         kv = _b(key) + b"=" + _b(value) + b"\n"
         n = len(kv) + 2
@@ -116,8 +116,8 @@ def pax_records(records):
             if len(rec) == n:
                 break
             n = len(rec)
-        out += rec
-    return out
+        out.append(rec)
+    return b"".join(out)
 
 
 class Tar:

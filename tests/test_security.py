@@ -251,7 +251,10 @@ def test_non_dir_entry_naming_root_is_unsafe(g, name, kind):
         t.hardlink(name, "keep")
     else:
         t.fifo(name)
-    with pytest.raises(errors.UnsafeEntryError):
+    # a regular file named "x/" is a directory for GNU tar and bsdtar (no data):
+    # its content is then read as a header and the archive refused as invalid
+    expected = errors.InvalidArchiveError if kind == "file" and name.endswith("/") else errors.UnsafeEntryError
+    with pytest.raises(expected):
         layer(g, t.bytes())
     g.check()
     assert (g.dest / "keep").read_bytes() == b"keep\n"

@@ -516,41 +516,7 @@ def test_tool_written_archives(tmp_path, trees, vid, tool, args, tree):
         assert got["bigids"].uid == 3_000_000 and got["long/longtarget"].target == "t" * 200
 
 
-# ---------------------------------------------------------------------------
-# GNU sparse files: refuse with UnsupportedEntryError, or extract them right
-# ---------------------------------------------------------------------------
-
-SPARSE = [("gnu", ["--format=gnu"]), ("oldgnu", ["--format=oldgnu"]),
-          ("pax-0.0", ["--format=posix", "--sparse-version=0.0"]),
-          ("pax-0.1", ["--format=posix", "--sparse-version=0.1"]),
-          ("pax-1.0", ["--format=posix", "--sparse-version=1.0"])]
-
-
-@pytest.mark.parametrize("sid,args", SPARSE, ids=[s[0] for s in SPARSE])
-def test_gnu_sparse(tmp_path, sid, args):
-    require_tool("tar")
-    src = tmp_path / "src"
-    src.mkdir()
-    with open(src / "holes", "wb") as f:
-        f.truncate(3 << 20)
-        f.seek(100_000)
-        f.write(b"data in the middle" * 100)
-        f.seek((3 << 20) - 10)
-        f.write(b"end-bytes!")
-    (src / "plain").write_bytes(b"plain\n")
-    tarp = tmp_path / "sparse.tar"
-    run("tar", "--sparse", *args, "-cf", tarp, "-C", src, "holes", "plain")
-    data = tarp.read_bytes()
-    assert b"GNU.sparse" in data or any(data[i + 156:i + 157] == b"S" for i in range(0, len(data), 512)), \
-        "tar did not write a sparse entry"
-    dest = tmp_path / "l"
-    try:
-        apply(str(tarp), dest)
-    except errors.UnsupportedEntryError as e:
-        assert "holes" in str(e), f"error must name the sparse entry: {e}"
-        return
-    oracle = gnu_tar_extract(str(tarp), tmp_path / "o")
-    assert_same(snapshot(oracle), snapshot(dest), labels=("gnu-tar", "lamina"), context=f"sparse {sid}")
+# GNU sparse files: see test_tar_conformance.py (every format, holes, hostile maps)
 
 
 # ---------------------------------------------------------------------------

@@ -13,10 +13,16 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
+def _zstd_skippable(head: bytes) -> bool:
+    """A zstd skippable frame (magic 0x184D2A50..5F, little-endian) starts
+    the stream, as pzstd writes: the data is zstd, behind that frame."""
+    return len(head) >= 4 and head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50
+
+
 def detect(head: bytes) -> str:
     if head.startswith(GZIP_MAGIC):
         return "gzip"
-    if head.startswith(ZSTD_MAGIC):
+    if head.startswith(ZSTD_MAGIC) or _zstd_skippable(head):
         return "zstd"
     return "none"
 

@@ -21,7 +21,7 @@ class CompressionError(InvalidArchiveError):
 
 
 class UnsupportedEntryError(InvalidArchiveError):
-    """A well-formed entry lamina refuses to apply (e.g. sparse files)."""
+    """A well-formed entry lamina refuses to apply (e.g. an unknown entry type)."""
 
 
 class InvalidWhiteoutError(InvalidArchiveError):
