@@ -12,6 +12,7 @@ import io
 import json
 import os
 import stat
+import subprocess
 import time
 
 import pytest
@@ -536,7 +537,7 @@ def test_replacement_within_one_layer(g):
 # ---------------------------------------------------------------------------
 
 NOBODY_SCRIPT = r"""
-st = lamina.apply_layer(sys.argv[1], sys.argv[2], format=sys.argv[3])
+st = lamina.apply_layer(sys.argv[1], sys.argv[2], format=sys.argv[3], lower_dirs=sys.argv[4:] or None)
 print(json.dumps({"uid": os.geteuid(), "skipped": [repr(s) for s in st.skipped], "whiteouts": st.whiteouts}))
 """
 
@@ -546,13 +547,21 @@ def as_nobody():
     """apply(tar_bytes, format) as user nobody into a dest nobody owns -> (dest, stats dict)."""
     base = world_tmpdir()
 
-    def apply_as_nobody(data, format="dir"):
+    def apply_as_nobody(data, format="dir", lower=()):
+        """``lower``: relative paths of files in a layer below (overlay format)."""
         tarp = os.path.join(base, "layer.tar")
         write(tarp, data)
         dest = os.path.join(base, "dest")
         os.mkdir(dest)
         os.chown(dest, 65534, 65534)
-        proc = run_as_nobody(NOBODY_SCRIPT, tarp, dest, format)
+        lowers = []
+        if lower:
+            lowers = [os.path.join(base, "lower")]
+            for rel in lower:
+                os.makedirs(os.path.dirname(os.path.join(lowers[0], rel)), exist_ok=True)
+                write(os.path.join(lowers[0], rel), b"lower\n")
+            subprocess.run(["chmod", "-R", "a+rX", lowers[0]], check=True)
+        proc = run_as_nobody(NOBODY_SCRIPT, tarp, dest, format, *lowers)
         assert proc.returncode == 0, f"apply as nobody failed: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         assert out["uid"] == 65534
@@ -588,7 +597,7 @@ def test_unprivileged_overlay_layer_has_whiteouts_and_user_opaque(as_nobody):
     """A rootless store needs overlay-format layers too: whiteouts as 0/0 nodes
     (unprivileged since Linux 5.8) and opaque dirs as user.overlay.opaque."""
     t = Tar().dir("etc").whiteout("etc/shadow").dir("var").opaque("var").file("var/new", b"n")
-    dest, out = as_nobody(t.bytes(), "overlay")
+    dest, out = as_nobody(t.bytes(), "overlay", lower=["etc/shadow", "var/old"])
     assert out["whiteouts"] == 1
     st = os.lstat(os.path.join(dest, "etc", "shadow"))
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and st.st_uid == 65534
