@@ -17,7 +17,10 @@ lower content; ``overlay`` records them the way overlayfs reads them.
 """
 import os
 import re
+import threading
 from array import array
+
+from cpython.exc cimport PyErr_CheckSignals
 
 from libc.string cimport memcpy, memcmp
 from libc.errno cimport errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES, ESTALE, EIO
@@ -214,6 +217,10 @@ def _libarchive_xattr(bytes key, bytes value, where):
 
 
 NeedsLowers = _errors.NeedsLowers
+
+# Set on Ctrl-C (lamina.cli): every extraction, in any thread, stops within a
+# few dozen entries or one chunk, whichever comes first.
+cancelled = threading.Event()
 
 
 def _sparse_num(bytes text, name):
@@ -513,6 +520,7 @@ cdef class Extractor:
     cdef readonly int64_t hidden
     cdef object plain_parent      # last parent found free of symlinks (None: unknown)
     cdef set created
+    cdef int64_t headers
     cdef set created_ino           # dir format: (dev, ino) of what this layer wrote, wherever it landed
     cdef list lower_fds            # overlay: root fds of the finished layers below, topmost first
     cdef bint defer_lowers         # overlay: the layers below are unknown yet; ask for them (NeedsLowers)
@@ -718,6 +726,12 @@ cdef class Extractor:
         cdef int i
         cdef int64_t stored, usum = 0, ssum = 0, size
         cdef unsigned char tf
+        self.headers += 1
+        if self.headers & 31 == 0:  # small files on a slow disk: a chunk can take a second
+            if PyErr_CheckSignals() < 0:
+                raise KeyboardInterrupt
+            if cancelled.is_set():
+                raise _errors.Interrupted(f"interrupted at entry {_show(self.prev_name)}")
         where = _Where("header", self.prev_name)
         for i in range(BLOCK):
             if h[i]:

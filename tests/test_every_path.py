@@ -245,7 +245,13 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
     assert "Traceback" not in err
     if verb == "unpack":
         assert not dest.exists()
-        assert not [n for n in os.listdir(tmp_path) if "lamina-tmp" in n]
+        assert not [n for n in os.listdir(tmp_path) if "lamina-tmp" in n], "staging dir left under its name"
+        for _ in range(600):  # the half-made tree is removed in the background
+            if not [n for n in os.listdir(tmp_path) if "lamina-trash" in n]:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"the interrupted tree was not removed: {os.listdir(tmp_path)}")
     else:
         snaps = store / "snapshots"
         done = [n for n in os.listdir(snaps) if not n.startswith(".")] if snaps.exists() else []

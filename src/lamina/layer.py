@@ -22,7 +22,7 @@ import time
 
 from . import compression, errors
 from .digest import validate
-from ._extract import Extractor
+from ._extract import Extractor, cancelled
 from .limits import DEFAULT_LIMITS
 from .stats import ApplyStats
 
@@ -31,10 +31,10 @@ QUEUE_DEPTH = 8       # chunks in flight between the threads
 
 _DONE = object()
 
-# Set by the CLI on Ctrl-C: every running extraction stops at its next chunk
-# (worker threads do not see KeyboardInterrupt, and a pool would otherwise
-# wait for whole layers to finish).
-cancelled = threading.Event()
+# ``cancelled`` (from the native core) is set by the CLI on Ctrl-C: every
+# running extraction stops at its next chunk or few dozen entries (worker
+# threads do not see KeyboardInterrupt, and a pool would otherwise wait for
+# whole layers to finish).
 
 
 def _check_cancelled(what):

@@ -5,6 +5,35 @@ materialize.  The work is done by the native core: directory fds all the
 way down, never following a symlink, read-only directories opened up as it
 goes, iterative (any depth, two fds open).
 """
+import os
+
 from ._extract import clear_dir, remove_tree
 
-__all__ = ["clear_dir", "remove_tree"]
+__all__ = ["clear_dir", "discard", "remove_tree"]
+
+
+def discard(path, trash_name=None):
+    """Remove a tree without making the user wait: it is renamed out of the way
+    at once (so nothing half-made keeps a real name), then removed by a detached
+    process.  For Ctrl-C, where lamina must stop now, not after deleting a
+    rootfs file by file.  ``trash_name``: the name to move it to (same dir)."""
+    import secrets
+    import subprocess
+    import sys
+    parent, name = os.path.split(os.path.abspath(os.fspath(path)))
+    trash = os.path.join(parent, trash_name or f".lamina-trash-{secrets.token_hex(6)}")
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return
+    try:
+        subprocess.Popen([sys.executable, "-c", "import sys; from lamina.tree import remove_tree; "
+                          "remove_tree(sys.argv[1])", trash], start_new_session=True, cwd="/",
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        remove_tree(trash)
+
+
+def is_interrupt(exc):
+    from .errors import Interrupted
+    return isinstance(exc, (KeyboardInterrupt, Interrupted))

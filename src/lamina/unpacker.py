@@ -14,11 +14,10 @@ import time
 
 from ._extract import HiddenLinkTarget
 from .errors import NeedsLowers
-from .tree import clear_dir
 from .errors import ExtractError, InvalidArchiveError
 from .oci import open_source
 from .stats import UnpackStats
-from .tree import remove_tree
+from .tree import clear_dir, discard, is_interrupt, remove_tree
 
 FORMATS = ("dir", "overlay")
 # Overlay layers are independent, and apply_layer keeps about two cores busy by itself
@@ -69,8 +68,11 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
             t = time.perf_counter()
             _commit(staging, dest)
             seconds["commit"] = time.perf_counter() - t
-        except BaseException:  # includes KeyboardInterrupt: never leave a half-made tree
-            remove_tree(staging)
+        except BaseException as e:  # includes KeyboardInterrupt: never leave a half-made tree
+            if is_interrupt(e):
+                discard(staging)  # stop now; the files go in the background
+            else:
+                remove_tree(staging)
             raise
     seconds["total"] = time.perf_counter() - t_start
     stats.seconds = {k: round(v, 6) for k, v in seconds.items()}

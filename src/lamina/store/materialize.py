@@ -52,7 +52,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ExtractError, ImageError
-from ..tree import remove_tree
+from ..tree import discard, is_interrupt, remove_tree
 
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
@@ -574,8 +574,11 @@ def _staged(dest, fill):
     try:
         result = fill(staging)
         _commit(staging, dest)
-    except BaseException:
-        remove_tree(staging)
+    except BaseException as e:
+        if is_interrupt(e):
+            discard(staging)  # stop now; the files go in the background
+        else:
+            remove_tree(staging)
         raise
     return result
 

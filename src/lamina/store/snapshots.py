@@ -32,7 +32,7 @@ from typing import Optional
 
 from .. import digest as _digest
 from ..errors import BlobNotFoundError, StoreError
-from ..tree import remove_tree
+from ..tree import discard, is_interrupt, remove_tree
 from ..errors import NeedsLowers
 from .fsutil import atomic_write, disk_usage, fsync_dir, syncfs
 from .image import chain_ids
@@ -176,8 +176,11 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
             syncfs(tmp)
             os.rename(tmp, final)
             fsync_dir(paths.snapshots)
-        except BaseException:
-            remove_tree(tmp)
+        except BaseException as e:
+            if is_interrupt(e):
+                discard(tmp, f"{TRASH_PREFIX}{hexid}-{secrets.token_hex(4)}")
+            else:
+                remove_tree(tmp)
             raise
         return final / "fs"
     finally:
