@@ -1710,6 +1710,11 @@ cdef class Extractor:
             self.hidden += 1
             if kind != K_DIR:  # a later hardlink may name it, directly or through another link
                 self.hidden_files.add(path)
+            else:
+                self.hidden_files.discard(path)
+            self._check_skipped_parents(path, name)
+            if kind == K_LINK:
+                self._check_skipped_link(link, name)
             return
         pfd = self._parent(path, slash, name)
         if not self.overlay:
@@ -1775,8 +1780,9 @@ cdef class Extractor:
             if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0:
                 self._oserror("stat", name)
             if not S_ISDIR(st.st_mode):
-                # a whiteout of this same layer: the new dir must not show what it hid
-                opaque = self.overlay and S_ISCHR(st.st_mode) and st.st_rdev == 0
+                # a whiteout or a non-directory of this same layer hid what is below
+                # (in the dir format it was deleted): the new dir must not show it
+                opaque = self.overlay
                 self._remove(pfd, base, name)
                 if mkdirat(pfd, base, 0o700) < 0:
                     self._oserror("mkdir", name)
@@ -1861,6 +1867,40 @@ cdef class Extractor:
                 return True
             i = path.rfind(b"/", 0, i)
         return False
+
+    cdef _check_skipped_parents(self, bytes path, object name):
+        """Skipping must not hide an error: an entry under a non-directory that
+        this layer skipped would have failed, had it been written."""
+        cdef Py_ssize_t i
+        if not self.hidden_files:
+            return
+        i = path.rfind(b"/")
+        while i > 0:
+            if path[:i] in self.hidden_files:
+                raise _errors.ExtractError(
+                    f"entry {_show(name)}: a component of {_show(path[:i])} is not a directory")
+            i = path.rfind(b"/", 0, i)
+
+    cdef _check_skipped_link(self, bytes link, object name):
+        """A skipped hardlink must still name a file that is there (as a written one would)."""
+        cdef stat st
+        cdef int fd
+        cdef Py_ssize_t tslash
+        target = self._normalize(link)
+        if not target:
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
+        if target in self.hidden_files:
+            return
+        tslash = target.rfind(b"/")
+        fd = self._resolve_dir(target[:tslash] if tslash > 0 else b"", False, name)
+        if fd < 0 or fstatat(fd, <bytes>target[tslash + 1:], &st, AT_SYMLINK_NOFOLLOW) < 0:
+            if fd >= 0:
+                close(fd)
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
+        close(fd)
+        if S_ISDIR(st.st_mode):
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
 
     cdef inline bint _hides(self, object paths, bytes path):
         if self.hide_level < 0:
