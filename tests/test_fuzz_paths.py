@@ -96,18 +96,13 @@ class Sandbox:
         shutil.rmtree(self.base)
 
 
-def _host():
-    # a fixed, existing host directory that layers aim at; the Guard checks a
-    # sentinel of its own, this one is checked by the test itself
-    return "/var/tmp/lamina-fuzz-host"
-
-
 @pytest.fixture(scope="module")
 def host():
+    """An existing host directory that layers aim symlinks at (outside every
+    work dir); checked after each example besides the Guard's own sentinel."""
     require_root()
     require_tool("umoci")
-    d = pathlib.Path(_host())
-    shutil.rmtree(d, ignore_errors=True)
+    d = pathlib.Path(tempfile.mkdtemp(prefix="lamina-fuzz-host-", dir="/var/tmp"))
     (d / "sub").mkdir(parents=True)
     (d / "sub" / "f").write_bytes(b"host\n")
     os.chmod(d / "sub", 0o750)
