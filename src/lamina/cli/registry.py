@@ -16,8 +16,11 @@ def register(sub):
     p.add_argument("ref", metavar="NAME[:TAG|@DIGEST]")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform of a multi-platform image "
                    "(default: this machine's)")
-    p.add_argument("-a", "--all-platforms", action="store_true",
-                   help="fetch the images of every platform of an index (the chosen one is tagged and extracted)")
+    p.add_argument("-a", "--all-tags", action="store_true",
+                   help="pull every tagged image of the repository (like docker pull -a)")
+    p.add_argument("--all-platforms", action="store_true",
+                   help="keep every platform of a multi-platform image under the tag (the chosen one is "
+                   "extracted; save as oci-archive and push keep them all)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image reference")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     p.add_argument("--max-concurrent-downloads", type=int, metavar="N", default=None,
@@ -73,11 +76,40 @@ def _store(args):
 def cmd_pull(args):
     from ..registry.progress import reporter_for
     from ..registry.pull import pull
+    if args.all_tags:
+        return _pull_all_tags(args)
     mode = _start(args)
     result = pull(args.ref, store=_store(args), platform=args.platform, all_platforms=args.all_platforms,
                   concurrency=args.max_concurrent_downloads, reporter=reporter_for(mode),
                   insecure=_insecure(args, args.ref))
     return _finish(args, result, result.reference)
+
+
+def _pull_all_tags(args):
+    from ..errors import InvalidReferenceError
+    from ..reference import Reference
+    from ..registry import list_tags
+    from ..registry.progress import reporter_for
+    from ..registry.pull import pull
+    given = Reference.parse(args.ref, default_tag=False)
+    if given.tag is not None or given.digest is not None:
+        raise InvalidReferenceError(f"{args.ref}: tag can't be used with --all-tags/-a")
+    tags = list_tags(given, insecure=_insecure(args, args.ref))
+    if not tags:
+        raise InvalidReferenceError(f"{given.familiar()}: the repository has no tags")
+    mode = "json" if args.format == "json" else ("quiet" if args.quiet else "auto")
+    store, results = _store(args), []
+    for tag in tags:
+        ref = f"{given.name}:{tag}"
+        results.append(pull(ref, store=store, platform=args.platform, all_platforms=args.all_platforms,
+                            concurrency=args.max_concurrent_downloads, reporter=reporter_for(mode),
+                            insecure=_insecure(args, args.ref)))
+    if args.format == "json":
+        json.dump([r.to_dict() for r in results], sys.stdout, indent=2)
+        print()
+    elif args.quiet:
+        print(given.name)
+    return 0
 
 
 def cmd_push(args):

@@ -20,6 +20,7 @@ import re
 import threading
 
 from .. import digest as _digest
+from .. import mediatypes as mt
 from ..errors import (AmbiguousImageError, BlobNotFoundError, ImageError, ImageNotFoundError,
                       InvalidReferenceError, StoreError)
 from ..oci.model import ANNOTATION_REF_NAME
@@ -212,6 +213,23 @@ class Store:
                 names = ", ".join(filter(None, (entry_name(x) for x in entries if x["digest"] == d))) or d
                 raise StoreError(f"image {names} is broken: {err}; run lamina fsck") from None
         return out
+
+    def platforms(self, image):
+        """(index digest, [Image]) of a multi-arch image: the image index its tag was pulled
+        from and every platform's image stored under it (``pull --all-platforms``), this
+        one included.  (None, [image]) for an image without a stored index."""
+        from .gc import stored_index_children
+        for index_digest in {rd.split("@", 1)[1] for rd in image.repo_digests}:
+            children = [(d, t) for d, t in stored_index_children(self, index_digest) if not mt.is_index(t or "")]
+            if any(d == image.manifest_digest for d, _ in children):
+                out = []
+                for d, t in children:
+                    try:
+                        out.append(image if d == image.manifest_digest else load_image(self.open_blob, d, t))
+                    except (ImageError, OSError):
+                        continue  # only partly there (a platform whose config was never fetched)
+                return index_digest, out
+        return None, [image]
 
     def resolve(self, ref_or_id):
         """An image by name[:tag], full reference, name@digest, image ID (``sha256:…``) or unique ID prefix."""
