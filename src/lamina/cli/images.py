@@ -1237,8 +1237,11 @@ def is_store_source(source, root=None):
 def unpack_from_store(args):
     from ..errors import LaminaError
     from ..store import materialize as M
-    if args.format != "dir":
-        raise LaminaError("--format overlay is for oci:/docker-archive: sources; an image in the store already has "
+    from .layers import disk_format
+    from .output import check_format, emit
+    check_format(args)
+    if disk_format(args) != "dir":
+        raise LaminaError("--overlay is for oci:/docker-archive: sources; an image in the store already has "
                           "its layers as snapshots: use `lamina mount IMAGE TARGET`")
     if args.source.startswith(_TRANSPORTS):
         raise LaminaError("--bundle and --link unpack images from the store; import the image first "
@@ -1252,13 +1255,14 @@ def unpack_from_store(args):
         image, stats = M.materialize(store, image, args.dest, link=args.link, platform=args.platform)
     total = time.perf_counter() - t0
     name = image.refs[0].familiar() if image.refs else truncate_id(image.config_digest)
-    if args.json:
-        d = stats.to_dict()
-        d.update({"source": args.source, "image": name, "manifest_digest": image.manifest_digest,
-                  "config_digest": image.config_digest, "bundle": bool(args.bundle), "total_seconds": round(total, 6)})
-        json.dump(d, sys.stdout, indent=2)
-        print()
-        return 0
+    d = stats.to_dict()
+    d.update({"source": args.source, "image": name, "manifest_digest": image.manifest_digest,
+              "config_digest": image.config_digest, "bundle": bool(args.bundle), "total_seconds": round(total, 6)})
+    emit(args, d, lambda: _print_store_unpack(args, image, stats, name))
+    return 0
+
+
+def _print_store_unpack(args, image, stats, name):
     what = "bundle" if args.bundle else "rootfs"
     print(f"unpacked {name} ({truncate_id(image.config_digest)}) from the store into {stats.dest} ({what}, "
           f"{'hardlinked' if args.link else 'copied'})")

@@ -8,6 +8,7 @@ import sys
 import tempfile
 
 from ..errors import InvalidReferenceError
+from .output import add_format_option, check_format, emit
 
 
 def _store(args):
@@ -116,26 +117,27 @@ def cmd_fsck(args):
 
 
 def _fsck(args, store):
+    check_format(args)
     report = store.fsck(repair=args.repair, waiting=lambda: print(
         "lamina fsck: waiting for other lamina processes writing to the store to finish...", file=sys.stderr))
-    if args.json:
-        json.dump(report.to_dict(), sys.stdout, indent=2)
-        print()
-    else:
-        for f in report.findings:
-            print(f)
-        c = report.checked
-        summary = (f"checked {_count(c.get('blobs', 0), 'blob')}, {_count(c.get('images', 0), 'image')}, "
-                   f"{_count(c.get('snapshots', 0), 'snapshot')}: ")
-        errors = sum(1 for f in report.findings if f.severity == "error")
-        warnings = len(report.findings) - errors
-        repaired = sum(1 for f in report.findings if f.repaired)
-        summary += f"{_count(errors, 'error')}, {_count(warnings, 'warning')}" + (
-            f", {repaired} repaired" if args.repair else "")
-        print(summary)
-        if not report.ok and not args.repair:
-            print("run lamina fsck --repair to fix what can be fixed", file=sys.stderr)
+    emit(args, report.to_dict(), lambda: _print_fsck(args, report))
     return 0 if report.ok else 1
+
+
+def _print_fsck(args, report):
+    for f in report.findings:
+        print(f)
+    c = report.checked
+    summary = (f"checked {_count(c.get('blobs', 0), 'blob')}, {_count(c.get('images', 0), 'image')}, "
+               f"{_count(c.get('snapshots', 0), 'snapshot')}: ")
+    errors = sum(1 for f in report.findings if f.severity == "error")
+    warnings = len(report.findings) - errors
+    repaired = sum(1 for f in report.findings if f.repaired)
+    summary += f"{_count(errors, 'error')}, {_count(warnings, 'warning')}" + (
+        f", {repaired} repaired" if args.repair else "")
+    print(summary)
+    if not report.ok and not args.repair:
+        print("run lamina fsck --repair to fix what can be fixed", file=sys.stderr)
 
 
 def register(sub):
@@ -162,5 +164,5 @@ def register(sub):
 
     p = sub.add_parser("fsck", help="check the store: blob digests, snapshots against their layers, leftovers")
     p.add_argument("--repair", action="store_true", help="fix what can be fixed (waits for other lamina writers)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_format_option(p)
     p.set_defaults(func=cmd_fsck)

@@ -1,0 +1,104 @@
+"""The CLI's one output convention (--format json|TEMPLATE, --json alias, a versioned JSON
+document), --version, shell completion and the help texts a new user reads first."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import ocibuild as ob
+from storekit import lamina
+
+SAMPLE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "sample", "image"))
+
+
+def cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "lamina", *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    base = tmp_path_factory.mktemp("out")
+    lay = ob.Layout(str(base / "lay"))
+    lay.add(lay.image([{"a": b"one\n"}, {"b": b"two\n"}]), "app:1")
+    root = base / "store"
+    lamina(root, "copy", f"oci:{lay.root}:app:1", "app:1")
+    blobs = base / "lay" / "blobs" / "sha256"
+    index = json.loads((base / "lay" / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_text())
+    layer = blobs / manifest["layers"][0]["digest"][7:]
+    return {"root": root, "layout": lay.root, "layer": layer}
+
+
+def _own_verbs(s, tmp):
+    """lamina's own verbs: (args, a key their JSON document has)."""
+    return {
+        "apply": (["apply", s["layer"], tmp / "applied"], "diff_id"),
+        "unpack-layout": (["unpack", f"oci:{s['layout']}:app:1", tmp / "from-layout"], "manifest_digest"),
+        "unpack-store": (["--root", s["root"], "unpack", "app:1", tmp / "from-store"], "manifest_digest"),
+        "fsck": (["--root", s["root"], "fsck"], "findings"),
+    }
+
+
+@pytest.mark.parametrize("verb", ["apply", "unpack-layout", "unpack-store", "fsck"])
+def test_json_document_is_versioned_and_json_is_an_alias(store, tmp_path, verb):
+    args, key = _own_verbs(store, tmp_path)[verb]
+    docs = []
+    for i, spelling in enumerate((["--format", "json"], ["--json"])):
+        run_args = [a if not str(a).startswith(str(tmp_path)) else f"{a}-{i}" for a in args]
+        docs.append(json.loads(cli(*run_args, *spelling).stdout))
+    for doc in docs:
+        assert doc["version"] == 1 and key in doc, doc
+    assert docs[0].keys() == docs[1].keys()
+
+
+@pytest.mark.parametrize("verb", ["apply", "unpack-layout", "unpack-store", "fsck"])
+def test_format_template_renders_the_document(store, tmp_path, verb):
+    args, key = _own_verbs(store, tmp_path)[verb]
+    doc = json.loads(cli(*[f"{a}-j" if str(a).startswith(str(tmp_path)) else a for a in args],
+                         "--format", "json").stdout)
+    out = cli(*args, "--format", "{{.version}} {{json ." + key + "}}").stdout.strip()
+    assert out == f"1 {json.dumps(doc[key], separators=(',', ':'))}"
+
+
+def test_bad_template_fails_before_any_work(store, tmp_path):
+    proc = cli("apply", store["layer"], tmp_path / "never", "--format", "{{.nope", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_overlay_is_a_flag_and_the_old_spelling_still_works(store, tmp_path):
+    for i, spelling in enumerate((["--overlay"], ["--format", "overlay"])):
+        dest = tmp_path / str(i)
+        out = cli("unpack", f"oci:{store['layout']}:app:1", dest, *spelling).stdout
+        assert "overlay: mount -t overlay" in out
+        assert len(os.listdir(dest)) == 2  # one dir per layer, not a merged rootfs
+
+
+def test_version():
+    import lamina
+    assert cli("--version").stdout.strip() == f"lamina version {lamina.__version__}"
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_scripts_know_every_verb(shell, tmp_path):
+    script = cli("completion", shell).stdout
+    for verb in ("unpack", "images", "pull", "image", "system", "completion"):
+        assert verb in script
+    if shell == "bash":
+        path = tmp_path / "lamina.bash"
+        path.write_text(script)
+        # the script defines its completion function once sourced by bash
+        check = subprocess.run(["bash", "-c", f"source {path} && complete -p lamina"],
+                               capture_output=True, text=True)
+        assert check.returncode == 0 and "lamina" in check.stdout, check.stderr
+
+
+def test_help_texts():
+    assert "oci-archive:" in cli("unpack", "--help").stdout
+    assert "--root" not in cli("apply", "--help").stdout  # apply works on files, not on the store
