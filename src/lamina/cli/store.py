@@ -1,7 +1,6 @@
 """``lamina load``, ``lamina save``, ``lamina copy``, ``lamina fsck``: images in and out of the store."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys

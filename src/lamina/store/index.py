@@ -11,7 +11,6 @@ every image the store holds is reachable from index.json, which is all gc reads.
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 
 from .. import digest as _digest
