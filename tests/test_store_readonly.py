@@ -53,3 +53,19 @@ def test_reads_do_not_create_the_store(tmp_path):
     for verb in (["images"], ["fsck"], ["system", "df"], ["image", "prune", "-f"]):
         lamina(root, *verb)
         assert not root.exists(), verb
+
+
+def test_messages_name_the_users_path_not_our_staging(ro_root, tmp_path):
+    ro, _ = ro_root
+    sample = os.path.join(os.path.dirname(__file__), "..", "sample", "image")
+    for source in (f"oci:{sample}", "app:1"):
+        msg = fails(ro, "unpack", source, str(ro / "rootfs"), match="Read-only file system")
+        assert msg == f"lamina: error: cannot write {ro / 'rootfs'}: Read-only file system", msg
+
+
+def test_load_from_stdin_speaks_of_stdin(tmp_path):
+    root = tmp_path / "s"
+    proc = lamina(root, "load", check=False, input="")
+    assert proc.returncode == 1 and "stdin was empty" in proc.stderr, proc.stderr
+    proc = lamina(root, "load", check=False, input="not an archive\n")
+    assert proc.returncode == 1 and "the archive on stdin: " in proc.stderr and "ingest" not in proc.stderr

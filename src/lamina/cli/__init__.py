@@ -6,7 +6,9 @@ work itself lives in the API.  Errors become one line on stderr.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import re
 import sys
 
 from .. import errors
@@ -81,9 +83,27 @@ def main(argv=None):
         print("lamina: interrupted", file=sys.stderr)
         return 130
     except OSError as e:
-        print(f"lamina: error: {e}", file=sys.stderr)
+        print(f"lamina: error: {os_error_message(e)}", file=sys.stderr)
         return 1
     return rc or 0
+
+
+# Staging names lamina gives a file or directory before renaming it to the one the user named.
+_STAGING = re.compile(r"\.(lamina-tmp-[^/]*|tmp-\d+-[0-9a-f]+)$")
+
+
+def os_error_message(e):
+    """An OSError in the user's terms: the path they named (not our staging sibling of it) and
+    the system's reason, without Python's "[Errno N]" prefix."""
+    reason = e.strerror or str(e)
+    if e.filename is None:
+        return reason
+    path = _STAGING.sub("", os.fsdecode(e.filename))
+    if e.filename2 is not None:
+        return f"{path} -> {_STAGING.sub('', os.fsdecode(e.filename2))}: {reason}"
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write {path}: {reason}"
+    return f"{path}: {reason}"
 
 
 def _caused_by_broken_pipe(e):

@@ -6,7 +6,7 @@ import shutil
 import sys
 import tempfile
 
-from ..errors import InvalidReferenceError
+from ..errors import InvalidReferenceError, LaminaError
 from .output import add_format_option, check_format, emit
 
 
@@ -48,9 +48,18 @@ def _load(args, store):
         fd, spooled = tempfile.mkstemp(prefix="load-", suffix=".tmp", dir=store.paths.ingest)
         with os.fdopen(fd, "wb") as f:
             shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+            empty = f.tell() == 0
         path = spooled
+        if empty:
+            os.unlink(spooled)
+            raise InvalidReferenceError("nothing to load: stdin was empty (give the archive with -i FILE "
+                                        "or lamina load < FILE)")
     try:
         loaded = load(path, store=store, platform=args.platform, report=_reporter(args))
+    except LaminaError as e:
+        if spooled:  # the user gave stdin, not our spool file: say so
+            e.args = (str(e).replace(spooled, "the archive on stdin"),)
+        raise
     finally:
         if spooled:
             os.unlink(spooled)
