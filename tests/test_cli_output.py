@@ -102,3 +102,63 @@ def test_completion_scripts_know_every_verb(shell, tmp_path):
 def test_help_texts():
     assert "oci-archive:" in cli("unpack", "--help").stdout
     assert "--root" not in cli("apply", "--help").stdout  # apply works on files, not on the store
+
+
+def _failing_layer(path):
+    """A tar whose first file is whole and whose second is cut short: apply fails half-way."""
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, data in (("first", b"1" * 4096), ("second", b"2" * 65536)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    path.write_bytes(buf.getvalue()[:512 + 4096 + 512 + 1000])
+    return path
+
+
+def _tree(root):
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(d, n)
+            st = os.lstat(p)
+            out[os.path.relpath(p, root)] = (st.st_mode, st.st_size, st.st_uid,
+                                             open(p, "rb").read() if os.path.isfile(p) else None)
+    return out
+
+
+def test_apply_failure_says_dest_is_partly_applied(tmp_path):
+    layer, dest = _failing_layer(tmp_path / "bad.tar"), tmp_path / "dest"
+    dest.mkdir()
+    (dest / "keep").write_text("mine")
+    proc = cli("apply", layer, dest, check=False)
+    assert proc.returncode == 1 and f"{dest} is now partly applied" in proc.stderr, proc.stderr
+    assert "--atomic" in proc.stderr and "Traceback" not in proc.stderr
+    assert (dest / "first").read_bytes() == b"1" * 4096  # in place, like tar: the first file is there
+
+
+def test_apply_atomic_leaves_dest_untouched_on_failure(tmp_path):
+    layer, dest = _failing_layer(tmp_path / "bad.tar"), tmp_path / "dest"
+    dest.mkdir()
+    (dest / "keep").write_text("mine")
+    os.symlink("keep", dest / "link")
+    os.chown(dest / "keep", 1234, 5678)
+    before = _tree(dest)
+    proc = cli("apply", "--atomic", layer, dest, check=False)
+    assert proc.returncode == 1 and "partly applied" not in proc.stderr, proc.stderr
+    assert _tree(dest) == before
+    assert sorted(os.listdir(tmp_path)) == ["bad.tar", "dest"]  # no staging left behind
+
+
+def test_apply_atomic_applies_like_apply(store, tmp_path):
+    for name, extra in (("plain", []), ("atomic", ["--atomic"])):
+        dest = tmp_path / name
+        dest.mkdir()
+        (dest / "keep").write_text("mine")
+        os.chown(dest / "keep", 1234, 5678)
+        cli("apply", *extra, store["layer"], dest)
+    assert _tree(tmp_path / "plain") == _tree(tmp_path / "atomic")
+    assert (tmp_path / "atomic" / "a").read_bytes() == b"one\n"
+    assert not [n for n in os.listdir(tmp_path) if "lamina" in n]

@@ -1,6 +1,7 @@
 """``lamina apply`` and ``lamina unpack``: layers and images onto directories."""
 from __future__ import annotations
 
+import os
 import sys
 
 from .images import human_size  # the verbs print sizes one way, docker's
@@ -27,11 +28,20 @@ def _print_layer(stats, label: str, out):
 
 
 def cmd_apply(args):
+    from ..atomic import apply_layer_atomic
+    from ..errors import LaminaError
     from ..layer import apply_layer
     check_format(args)
     fmt = disk_format(args)
-    stats = apply_layer(args.layer, args.dest, format=fmt, diff_id=args.diff_id, digest=args.digest,
-                        media_type=args.media_type)
+    apply = apply_layer_atomic if args.atomic else apply_layer
+    try:
+        stats = apply(args.layer, args.dest, format=fmt, diff_id=args.diff_id, digest=args.digest,
+                      media_type=args.media_type)
+    except LaminaError as e:
+        if not args.atomic and os.path.isdir(args.dest):
+            e.args = (f"{e}; {args.dest} is now partly applied (apply works in place, like tar -x: the entries "
+                      "before the failure were written); --atomic applies all or nothing",)
+        raise
     emit(args, stats.to_dict(), lambda: _print_layer(stats, f"applied {args.layer} onto {args.dest} ({fmt})",
                                                        sys.stdout))
 
@@ -70,6 +80,8 @@ def register(sub):
     a.add_argument("--diff-id", metavar="sha256:HEX", help="expected sha256 of the uncompressed tar")
     a.add_argument("--digest", metavar="sha256:HEX", help="expected sha256 of the blob as given")
     a.add_argument("--media-type", help="the layer's media type; must agree with the content")
+    a.add_argument("--atomic", action="store_true", help="apply to a copy of DEST and rename it into place only "
+                   "if the whole layer applies and verifies (without it, a failure leaves DEST partly applied)")
     add_format_option(a, text_values=FORMATS)
     a.set_defaults(func=cmd_apply, _no_store=True)
 
