@@ -1,12 +1,9 @@
 """``lamina load``, ``lamina save``, ``lamina copy``, ``lamina fsck``: images in and out of the store."""
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 
-from ..errors import InvalidReferenceError, LaminaError
+from ..errors import InvalidReferenceError
 from .output import add_format_option, check_format, emit
 
 
@@ -36,33 +33,13 @@ def cmd_load(args):
 
 
 def _load(args, store):
-    from ..transports import load
-    spooled = None
-    path = args.input
-    if path is None:
+    from ..transports import load, load_stream
+    if args.input is None:
         if sys.stdin.isatty():
             raise InvalidReferenceError("requested load from stdin, but stdin is a terminal; use -i FILE")
-        # Archives need random access; spool stdin next to the store (same filesystem, removed after),
-        # under the lease so that fsck --repair does not take the spool file for debris.
-        store.lease()
-        fd, spooled = tempfile.mkstemp(prefix="load-", suffix=".tmp", dir=store.paths.ingest)
-        with os.fdopen(fd, "wb") as f:
-            shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
-            empty = f.tell() == 0
-        path = spooled
-        if empty:
-            os.unlink(spooled)
-            raise InvalidReferenceError("nothing to load: stdin was empty (give the archive with -i FILE "
-                                        "or lamina load < FILE)")
-    try:
-        loaded = load(path, store=store, platform=args.platform, report=_reporter(args))
-    except LaminaError as e:
-        if spooled:  # the user gave stdin, not our spool file: say so
-            e.args = (str(e).replace(spooled, "the archive on stdin"),)
-        raise
-    finally:
-        if spooled:
-            os.unlink(spooled)
+        loaded = load_stream(sys.stdin.buffer, store=store, platform=args.platform, report=_reporter(args))
+    else:
+        loaded = load(args.input, store=store, platform=args.platform, report=_reporter(args))
     for item in loaded:
         if item.names:
             for ref in item.names:

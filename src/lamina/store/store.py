@@ -392,6 +392,10 @@ class Store:
             return False
         return info is not None and info.inherited and info.fs.is_dir()
 
+    def snapshot_dir(self, chain_id):
+        """The extracted tree of a layer (an overlayfs lowerdir), whether or not it exists yet."""
+        return self.paths.snapshot(chain_id) / "fs"
+
     def snapshot_info(self, chain_id):
         """SnapshotInfo (sizes, source blob) or None if that snapshot was not extracted yet."""
         return _snapshots.read_info(self.paths, chain_id)

@@ -95,6 +95,33 @@ def load(path, *, store, platform=None, report=None):
     return out
 
 
+def load_stream(stream, *, store, platform=None, report=None):
+    """``lamina load`` from a pipe: an archive on a binary stream (read to its end).
+
+    Archives need random access, so the stream is spooled next to the store (same
+    filesystem, removed after), under the gc lease so that fsck --repair does not take
+    the spool file for debris.  Errors speak of "the archive on stdin", not the spool."""
+    import shutil
+    import tempfile
+    from ..errors import LaminaError
+    store.lease()
+    fd, spooled = tempfile.mkstemp(prefix="load-", suffix=".tmp", dir=store.paths.ingest)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(stream, f, 1 << 20)
+            empty = f.tell() == 0
+        if empty:
+            raise InvalidReferenceError("nothing to load: stdin was empty (give the archive with -i FILE "
+                                        "or lamina load < FILE)")
+        try:
+            return load(spooled, store=store, platform=platform, report=report)
+        except LaminaError as e:
+            e.args = (str(e).replace(spooled, "the archive on stdin"),)
+            raise
+    finally:
+        os.unlink(spooled)
+
+
 def _save_set(store, refs):
     """[(ImageData, [Reference])] for ``save``: a name without a tag means every tag of that repository."""
     chosen = {}
@@ -147,4 +174,4 @@ def save(refs, output=None, *, store, format="docker-archive"):
     return images
 
 
-__all__ = ["CopyResult", "ImageData", "ImageSpec", "LoadedImage", "copy", "load", "parse", "save"]
+__all__ = ["CopyResult", "ImageData", "ImageSpec", "LoadedImage", "copy", "load", "load_stream", "parse", "save"]
