@@ -162,3 +162,22 @@ def test_apply_atomic_applies_like_apply(store, tmp_path):
     assert _tree(tmp_path / "plain") == _tree(tmp_path / "atomic")
     assert (tmp_path / "atomic" / "a").read_bytes() == b"one\n"
     assert not [n for n in os.listdir(tmp_path) if "lamina" in n]
+
+
+def test_store_verbs_json(store, tmp_path):
+    root = tmp_path / "s"
+    archive = tmp_path / "app.tar"
+    copied = json.loads(cli("--root", root, "copy", f"oci:{store['layout']}:app:1", "app:1", "--json").stdout)
+    assert copied["version"] == 1 and copied["names"] == ["docker.io/library/app:1"]
+    cli("--root", root, "save", "-o", archive, "app:1")
+    loaded = json.loads(cli("--root", tmp_path / "s2", "load", "-i", archive, "--format", "json").stdout)
+    assert loaded["version"] == 1 and loaded["images"][0]["names"] == ["app:1"]
+    assert loaded["images"][0]["id"] == copied["config_digest"]
+    cli("--root", root, "tag", "app:1", "app:2")
+    rmi = json.loads(cli("--root", root, "rmi", "app:2", "--format", "json").stdout)
+    assert rmi == {"version": 1, "untagged": ["app:2"], "deleted": [], "snapshots": [], "reclaimed": 0,
+                   "busy": False}
+    rmi = json.loads(cli("--root", root, "rmi", "app:1", "--json").stdout)
+    assert rmi["deleted"] == [copied["config_digest"]] and len(rmi["snapshots"]) == 2 and rmi["reclaimed"] > 0
+    pruned = cli("--root", tmp_path / "s2", "image", "prune", "-a", "-f", "--format", "{{len .deleted}}")
+    assert pruned.stdout.strip() == "1"

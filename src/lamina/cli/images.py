@@ -29,6 +29,7 @@ import sys
 import time
 
 from .. import images as api
+from .output import add_format_option
 
 # --- docker's units ------------------------------------------------------------------
 
@@ -478,6 +479,8 @@ def _busy_note(what):
 
 def cmd_rmi(args):
     from ..errors import LaminaError
+    from .output import check_format, emit, wants_text
+    check_format(args)
     store = _open_store(args)
     failures = 0
     removed = []
@@ -488,19 +491,27 @@ def cmd_rmi(args):
             _err(e)
             failures += 1
             continue
-        for name in result.untagged:
-            print(f"Untagged: {name}")
-        for image_id in result.deleted:
-            print(f"Deleted: {image_id}")
+        if wants_text(args):
+            for name in result.untagged:
+                print(f"Untagged: {name}")
+            for image_id in result.deleted:
+                print(f"Deleted: {image_id}")
         removed.append(result)
-    if any(r.deleted for r in removed) and not args.no_prune:
-        result = api.RemoveResult()
-        api._collect(store, result)
-        if result.busy:
+    total = api.RemoveResult()
+    for r in removed:
+        total.untagged += r.untagged
+        total.deleted += r.deleted
+    if total.deleted and not args.no_prune:
+        api._collect(store, total)
+        if total.busy:
             _busy_note("unused layers are removed by the next `lamina image prune`")
-        for chain in result.snapshots:
-            print(f"Deleted: {chain}")
+    emit(args, total.to_dict(), lambda: _print_deleted(total.snapshots))
     return 1 if failures else 0
+
+
+def _print_deleted(chains):
+    for chain in chains:
+        print(f"Deleted: {chain}")
 
 
 def _confirm(message, force):
@@ -513,6 +524,8 @@ def _confirm(message, force):
 
 
 def cmd_image_prune(args):
+    from .output import check_format, emit
+    check_format(args)
     store = _open_store(args)
     filters = api.parse_filters(args.filter, api.PRUNE_FILTERS)
     msg = ("WARNING! This will remove every image that no mount or bundle uses, tagged or not."
@@ -522,6 +535,10 @@ def cmd_image_prune(args):
     result = api.prune(store, all=args.all, filters=filters)
     if result.busy:
         _busy_note("run the prune again when it is done to reclaim the space")
+    emit(args, result.to_dict(), lambda: _print_prune(result))
+
+
+def _print_prune(result):
     lines = [f"untagged: {n}" for n in result.untagged] + [f"deleted: {i}" for i in result.deleted] + \
         [f"deleted: {c}" for c in result.snapshots]
     if lines:
@@ -709,6 +726,7 @@ def _rmi_parser(p):
     p.add_argument("-f", "--force", action="store_true", help="remove an image referenced by several repositories "
                    "or in use (its content stays until the mount or bundle goes)")
     p.add_argument("--no-prune", action="store_true", help="do not delete unused layers now (image prune does)")
+    add_format_option(p)
     p.set_defaults(func=_closing(cmd_rmi))
 
 
@@ -716,6 +734,7 @@ def _prune_parser(p):
     p.add_argument("-a", "--all", action="store_true", help="remove all images not in use, not just dangling ones")
     p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
     p.add_argument("--filter", action="append", metavar="FILTER", help="until=DURATION|TIME, label=KEY[=VALUE]")
+    add_format_option(p)
     p.set_defaults(func=_closing(cmd_image_prune))
 
 

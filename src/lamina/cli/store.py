@@ -34,12 +34,19 @@ def cmd_load(args):
 
 def _load(args, store):
     from ..transports import load, load_stream
+    check_format(args)
     if args.input is None:
         if sys.stdin.isatty():
             raise InvalidReferenceError("requested load from stdin, but stdin is a terminal; use -i FILE")
         loaded = load_stream(sys.stdin.buffer, store=store, platform=args.platform, report=_reporter(args))
     else:
         loaded = load(args.input, store=store, platform=args.platform, report=_reporter(args))
+    doc = {"images": [{"id": item.image.config_digest, "manifest_digest": item.image.manifest_digest,
+                       "names": [ref.familiar() for ref in item.names]} for item in loaded]}
+    emit(args, doc, lambda: _print_loaded(loaded))
+
+
+def _print_loaded(loaded):
     for item in loaded:
         if item.names:
             for ref in item.names:
@@ -63,7 +70,10 @@ def cmd_save(args):
 
 
 def cmd_copy(args):
+    from dataclasses import asdict
+
     from ..transports import copy
+    check_format(args)
     store = _store(args) if _needs_store(args) else None
     try:
         result = copy(args.source, args.destination, store=store, platform=args.platform,
@@ -73,7 +83,7 @@ def cmd_copy(args):
             store.close()
     if not args.quiet:
         print("Writing manifest to image destination", file=sys.stderr)
-        print(result.manifest_digest)
+    emit(args, asdict(result), (lambda: print(result.manifest_digest)) if not args.quiet else None)
 
 
 def _needs_store(args):
@@ -130,11 +140,13 @@ def register(sub):
     p.add_argument("-i", "--input", metavar="FILE", help="archive to read (default: stdin)")
     p.add_argument("-q", "--quiet", action="store_true", help="only print the loaded image names")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to load from a multi-platform archive")
+    add_format_option(p)
     p.set_defaults(func=cmd_load)
 
     p = sub.add_parser("save", help="save images to a tar archive (like docker save)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    # save writes an archive, not a report: its --format names the archive's (as skopeo's does)
     p.add_argument("--format", choices=("docker-archive", "oci-archive"), default="docker-archive",
                    help="archive format (default: docker-archive, what docker load reads)")
     p.set_defaults(func=cmd_save)
@@ -145,6 +157,7 @@ def register(sub):
     p.add_argument("destination", metavar="DEST", help="same forms; a plain name means the store")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to copy from a multi-platform source")
     p.add_argument("-q", "--quiet", action="store_true")
+    add_format_option(p)
     p.set_defaults(func=cmd_copy)
 
     p = sub.add_parser("fsck", help="check the store: blob digests, snapshots against their layers, leftovers")
