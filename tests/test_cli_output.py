@@ -181,3 +181,19 @@ def test_store_verbs_json(store, tmp_path):
     assert rmi["deleted"] == [copied["config_digest"]] and len(rmi["snapshots"]) == 2 and rmi["reclaimed"] > 0
     pruned = cli("--root", tmp_path / "s2", "image", "prune", "-a", "-f", "--format", "{{len .deleted}}")
     assert pruned.stdout.strip() == "1"
+
+
+def test_apply_of_a_non_layer_leaves_no_new_dest(tmp_path):
+    """Nothing was written: no DEST appears and nothing claims it is partly applied."""
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a tar archive\n" * 100)
+    proc = cli("apply", junk, tmp_path / "new", check=False)
+    assert proc.returncode == 1 and "partly applied" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_login_with_empty_stdin_says_so(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lamina", "login", "127.0.0.1:9", "-u", "me", "--password-stdin"],
+                          input="", capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DOCKER_CONFIG": str(tmp_path)})
+    assert proc.returncode == 1 and "stdin was empty" in proc.stderr, proc.stderr

@@ -34,13 +34,18 @@ def cmd_apply(args):
     check_format(args)
     fmt = disk_format(args)
     apply = apply_layer_atomic if args.atomic else apply_layer
+    existed = os.path.lexists(args.dest)
     try:
         stats = apply(args.layer, args.dest, format=fmt, diff_id=args.diff_id, digest=args.digest,
                       media_type=args.media_type)
     except LaminaError as e:
-        if not args.atomic and os.path.isdir(args.dest):
-            e.args = (f"{e}; {args.dest} is now partly applied (apply works in place, like tar -x: the entries "
-                      "before the failure were written); --atomic applies all or nothing",)
+        if args.atomic or not os.path.isdir(args.dest):
+            raise
+        if not existed and not os.listdir(args.dest):
+            os.rmdir(args.dest)  # nothing was written: leave no trace of a DEST the user never had
+            raise
+        e.args = (f"{e}; {args.dest} is now partly applied (apply works in place, like tar -x: the entries "
+                  "before the failure were written); --atomic applies all or nothing",)
         raise
     emit(args, stats.to_dict(), lambda: _print_layer(stats, f"applied {args.layer} onto {args.dest} ({fmt})",
                                                        sys.stdout))

@@ -159,6 +159,9 @@ def cmd_login(args):
         if not username:
             raise AuthenticationError("--password-stdin needs --username")
         password = sys.stdin.read().rstrip("\r\n")
+        if not password:
+            raise AuthenticationError("--password-stdin: stdin was empty (pipe the password in: "
+                                      "echo \"$TOKEN\" | lamina login --password-stdin ...)")
     elif password:
         print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", file=sys.stderr)
     if not username:
