@@ -69,3 +69,11 @@ def test_load_from_stdin_speaks_of_stdin(tmp_path):
     assert proc.returncode == 1 and "stdin was empty" in proc.stderr, proc.stderr
     proc = lamina(root, "load", check=False, input="not an archive\n")
     assert proc.returncode == 1 and "the archive on stdin: " in proc.stderr and "ingest" not in proc.stderr
+
+
+def test_a_store_root_that_is_a_file_is_named_as_such(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    for verb in (["images"], ["copy", f"oci:{os.path.join(os.path.dirname(__file__), '..', 'sample', 'image')}",
+                              "s:1"]):
+        fails(f, *verb, match=f"store root {f} is not a directory")

@@ -58,6 +58,9 @@ class IndexFile:
         try:
             with open(path, "rb") as f:
                 doc = json.load(f)
+        except NotADirectoryError:
+            raise StoreError(f"store root {self.paths.root} is not a directory (use --root or LAMINA_ROOT "
+                             "to name the store)") from None
         except FileNotFoundError:
             if not (self.paths.root / "oci-layout").exists():
                 return self._no_store()
