@@ -125,6 +125,9 @@ def test_prune_all_keeps_mounted_images(store, tmp_path):
         assert (mnt / "app/main.py").exists()
         app_snaps = set(_on_disk(store)[1])
         assert len(app_snaps) == 2
+        from lamina import images as api
+        held = api.disk_usage(store).snapshots  # the mount holds them though no image names them
+        assert len(held) == 2 and all(s.in_use and s.images == 0 for s in held)
     finally:
         ok(store.root, "umount", mnt)
     ok(store.root, "image", "prune", "-f")

@@ -547,7 +547,7 @@ class SnapshotUsage:
     chain_id: str
     size: int
     images: int             # how many images' layers include it
-    in_use: bool            # by a mount or bundle
+    in_use: bool            # by a mount or bundle (also one whose image was removed with force)
 
 
 @dataclass
@@ -613,13 +613,15 @@ def disk_usage(store):
     for img in images:
         for c in img.chain_ids:
             users.setdefault(c, []).append(img)
+    held = {c for record in store.holds().values() for c in record.get("chain_ids", [])}
     snapshots = []
     for info in store.snapshots():
         if info.chain_id in chains:
             continue
         imgs = users.get(info.chain_id, [])
+        # in use: by a mount or bundle of one of its images, or held by one whose image is gone (rmi -f)
         snapshots.append(SnapshotUsage(info.chain_id, info.size, len(imgs),
-                                       any(i.manifest_digest in use for i in imgs)))
+                                       info.chain_id in held or any(i.manifest_digest in use for i in imgs)))
     total = sizes.total()
     return DiskUsage(
         images=ls(store, sizes=sizes, use=use), active=len(active), images_size=total,
