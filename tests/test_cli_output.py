@@ -187,9 +187,10 @@ def test_apply_of_a_non_layer_leaves_no_new_dest(tmp_path):
     """Nothing was written: no DEST appears and nothing claims it is partly applied."""
     junk = tmp_path / "notes.txt"
     junk.write_text("not a tar archive\n" * 100)
-    proc = cli("apply", junk, tmp_path / "new", check=False)
-    assert proc.returncode == 1 and "partly applied" not in proc.stderr, proc.stderr
-    assert not (tmp_path / "new").exists()
+    for layer in (junk, tmp_path / "no-such-layer.tar"):
+        proc = cli("apply", layer, tmp_path / "new", check=False)
+        assert proc.returncode == 1 and "partly applied" not in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and not (tmp_path / "new").exists()
 
 
 def test_login_with_empty_stdin_says_so(tmp_path):

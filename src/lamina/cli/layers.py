@@ -38,11 +38,13 @@ def cmd_apply(args):
     try:
         stats = apply(args.layer, args.dest, format=fmt, diff_id=args.diff_id, digest=args.digest,
                       media_type=args.media_type)
-    except LaminaError as e:
+    except (LaminaError, OSError) as e:
         if args.atomic or not os.path.isdir(args.dest):
             raise
         if not existed and not os.listdir(args.dest):
             os.rmdir(args.dest)  # nothing was written: leave no trace of a DEST the user never had
+            raise
+        if not isinstance(e, LaminaError):
             raise
         e.args = (f"{e}; {args.dest} is now partly applied (apply works in place, like tar -x: the entries "
                   "before the failure were written); --atomic applies all or nothing",)
