@@ -53,6 +53,8 @@ def _verbs(w, tmp):
         "rmi": ["rmi", "big:2"],
         "prune": ["image", "prune", "-f"],
         "mount-list": ["mount"],
+        "mount": ["mount", "big:1", str(tmp / "mnt")],
+        "logout": ["logout", "127.0.0.1:9"],
         "completion": ["completion", "bash"],
     }
 
@@ -72,7 +74,8 @@ def _closed_stdout(root, args, sigpipe_default):
 
 @pytest.mark.parametrize("sigpipe_default", [False, True], ids=["sigpipe-ignored", "sigpipe-default"])
 @pytest.mark.parametrize("verb", list(_verbs({"archive": "", "layer": ""}, __import__("pathlib").Path("/"))))
-def test_verb_with_stdout_closed_early(world, tmp_path, verb, sigpipe_default):
+def test_verb_with_stdout_closed_early(world, tmp_path, verb, sigpipe_default, monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))  # logout: not the machine's credentials
     args = _verbs(world, tmp_path)[verb]
     if verb == "rmi":
         lamina(world["root"], "tag", "big:1", "big:2")
@@ -80,6 +83,9 @@ def test_verb_with_stdout_closed_early(world, tmp_path, verb, sigpipe_default):
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
     assert "Broken pipe" not in proc.stderr and "lamina: error" not in proc.stderr, proc.stderr
     assert proc.returncode in (0, 141), (proc.returncode, proc.stderr)
+    if verb == "mount" and (tmp_path / "mnt").exists():
+        subprocess.run([sys.executable, "-m", "lamina", "--root", str(world["root"]), "umount", str(tmp_path / "mnt")],
+                       capture_output=True, timeout=60)
 
 
 def test_save_into_head_reports_nothing(world):
@@ -90,14 +96,14 @@ def test_save_into_head_reports_nothing(world):
     assert proc.stderr == "" and proc.stdout.strip() == "rc=141", proc
 
 
-@pytest.mark.parametrize("verb", ["pull", "push"])
+@pytest.mark.parametrize("verb", ["pull", "push", "manifest"])
 def test_registry_verbs_with_stdout_closed_early(world, reg, registry_env, verb):  # noqa: F811
     root = world["base"] / f"store-{verb}"
     lamina(root, "copy", f"oci:{SAMPLE}", "sample:1")
     ref = f"{reg.host}/pipes/sample:1"
     lamina(root, "tag", "sample:1", ref)
-    if verb == "pull":
+    if verb != "push":
         lamina(root, "push", ref)
-    proc = _closed_stdout(root, [verb, ref], False)
+    proc = _closed_stdout(root, ["manifest", "inspect", ref] if verb == "manifest" else [verb, ref], False)
     assert "Traceback" not in proc.stderr and "lamina: error" not in proc.stderr, proc.stderr
     assert proc.returncode in (0, 141), (proc.returncode, proc.stderr)
