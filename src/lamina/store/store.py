@@ -57,6 +57,7 @@ class Store:
         self.root = self.paths.root
         self.index = IndexFile(self.paths)
         self._lease = None
+        self._created = False
         self._lease_mutex = threading.Lock()
 
     def __repr__(self):
@@ -89,9 +90,10 @@ class Store:
 
     def _take_lease(self, create=True):
         """The shared gc lock; writers (``create``) first create the store if it is not there."""
-        if create:
+        if create and not self._created:  # once per Store: writes come by the thousand in a pull
             self._check_writable("cannot write")
             self.paths.create()
+            self._created = True
         with self._lease_mutex:
             if self._lease is None and (create or self.exists):
                 self._lease = FileLock(self.paths.gc_lock, shared=True).acquire()
