@@ -190,11 +190,6 @@ def matching_names(patterns, image):
     return refs, rds
 
 
-def reference_matches(pattern, image):
-    refs, rds = matching_names([pattern], image)
-    return bool(refs or rds)
-
-
 def label_match(image, spec):
     """docker's label=KEY, label=KEY=VALUE (and prune's label!=...) on the image config's Labels."""
     labels = ((image.config or {}).get("config") or {}).get("Labels") or {}
@@ -304,13 +299,14 @@ def ls(store, filters=None, *, sizes=None, use=None):
         labels = ((img.config or {}).get("config") or {}).get("Labels") or {}
         out.append(ImageSummary(
             id=img.config_digest, manifest_digest=img.manifest_digest, repo_tags=[r.familiar() for r in refs],
-            repo_digests=[_familiar(rd) for rd in rds], created=created_ts(img), size=sizes.size(img),
+            repo_digests=[familiar(rd) for rd in rds], created=created_ts(img), size=sizes.size(img),
             shared_size=sizes.shared(img), containers=len(use.get(img.manifest_digest, [])),
             labels=dict(labels) if isinstance(labels, dict) else {}, image=img))
     return out
 
 
-def _familiar(name):
+def familiar(name):
+    """``name`` as docker shows it (docker.io/library/ dropped); a name that is not a reference as is."""
     try:
         return Reference.parse(name, default_tag=False).familiar()
     except InvalidReferenceError:
@@ -336,7 +332,7 @@ class ImageDetails:
     def to_dict(self):
         img = self.image
         return {"id": img.config_digest, "manifest_digest": img.manifest_digest, "media_type": img.media_type,
-                "repo_tags": [r.familiar() for r in img.refs], "repo_digests": [_familiar(d) for d in img.repo_digests],
+                "repo_tags": [r.familiar() for r in img.refs], "repo_digests": [familiar(d) for d in img.repo_digests],
                 "config": img.config, "diff_ids": list(img.diff_ids), "size": self.size,
                 "snapshot_dirs": self.snapshot_dirs, "index_digest": self.index_digest, "platforms": self.platforms}
 
@@ -430,7 +426,7 @@ def _short(image_id):
     return image_id.split(":", 1)[-1][:12]
 
 
-def _no_such(ref, exc):
+def no_such_message(ref, exc):
     """docker's "No such image: nginx:latest" (the name as docker normalizes it)."""
     from .errors import AmbiguousImageError
     if isinstance(exc, (AmbiguousImageError, InvalidReferenceError)):
@@ -466,7 +462,7 @@ def remove(store, ref, *, force=False, prune=True):
     try:
         image = store.resolve(ref)
     except ImageNotFoundError as e:
-        raise ImageNotFoundError(_no_such(ref, e)) from None
+        raise ImageNotFoundError(no_such_message(ref, e)) from None
     use = in_use(store).get(image.manifest_digest, [])
     result = RemoveResult()
     by_id = ref.startswith("sha256:") or re.fullmatch(r"[0-9a-f]{64}", ref) is not None
@@ -494,16 +490,16 @@ def remove(store, ref, *, force=False, prune=True):
         if use and not force:
             raise LaminaError(f"conflict: unable to delete {_short(image.config_digest)} (must be forced) - image "
                               f"is in use by {_use_text(use)}")
-        result.untagged += [_familiar(n) for n in store.remove_image(image)]
+        result.untagged += [familiar(n) for n in store.remove_image(image)]
         gone = True
     if gone and not use and not _id_still_there(store, image.config_digest):
         result.deleted.append(image.config_digest)
     if gone and not use and prune:
-        _collect(store, result)
+        collect_unused(store, result)
     return result
 
 
-def _collect(store, result):
+def collect_unused(store, result):
     """gc now, unless another lamina process is writing (then the next prune does it)."""
     from .store.locks import is_locked
     if is_locked(store.paths.gc_lock):
@@ -531,11 +527,11 @@ def prune(store, *, all=False, filters=None):
         victims = [i for i in victims if not label_match(i, spec)]
     result = RemoveResult()
     for image in victims:
-        result.untagged += [_familiar(n) for n in store.remove_image(image)]
+        result.untagged += [familiar(n) for n in store.remove_image(image)]
         if not _id_still_there(store, image.config_digest):  # another manifest of the same image keeps its ID
             result.deleted.append(image.config_digest)
     if store.exists:
-        _collect(store, result)
+        collect_unused(store, result)
     return result
 
 
@@ -575,7 +571,8 @@ class DiskUsage:
         return d
 
 
-def _du(path):
+def directory_usage(path):
+    """Bytes on disk under ``path`` (0 if it is gone)."""
     from .store.fsutil import disk_usage as du
     try:
         return du(path)[0]
@@ -598,7 +595,7 @@ def disk_usage(store):
             info = store.snapshot_info(c)
         except LaminaError:  # a broken snapshot: measure it
             info = None
-        garbage += info.size if info is not None else _du(store.snapshot_dir(c).parent)
+        garbage += info.size if info is not None else directory_usage(store.snapshot_dir(c).parent)
     partials = 0
     try:
         for n in os.listdir(store.paths.ingest):
@@ -627,8 +624,8 @@ def disk_usage(store):
         images=ls(store, sizes=sizes, use=use), active=len(active), images_size=total,
         images_reclaimable=total - sizes.total(active),
         blobs=len(image_blobs), blobs_size=sum(_blob_size(store, d) for d in image_blobs),
-        mounts=mounts, mounts_size=sum(_du(r["upper"]) for r in mounts if r.get("upper")),
-        mounts_reclaimable=sum(_du(r["upper"]) for r in mounts if r.get("upper") and not r.get("mounted")),
+        mounts=mounts, mounts_size=sum(directory_usage(r["upper"]) for r in mounts if r.get("upper")),
+        mounts_reclaimable=sum(directory_usage(r["upper"]) for r in mounts if r.get("upper") and not r.get("mounted")),
         snapshots=snapshots, unreferenced_blobs=len(blobs), unreferenced_snapshots=len(chains),
         partials=partials, unreferenced_size=garbage + partials)
 

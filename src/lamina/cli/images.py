@@ -166,15 +166,6 @@ def _closing(func):
     return run
 
 
-def _familiar(name):
-    from ..errors import InvalidReferenceError
-    from ..reference import Reference
-    try:
-        return Reference.parse(name, default_tag=False).familiar()
-    except InvalidReferenceError:
-        return name
-
-
 # --- image rows (docker's imageContext) ---------------------------------------------------------
 
 IMAGE_HEADERS = {
@@ -324,7 +315,7 @@ def inspect_struct(details):
     image = details.image
     c = image.config or {}
     repo_tags = [r.familiar() for r in image.refs]
-    repo_digests = [_familiar(rd) for rd in image.repo_digests]
+    repo_digests = [api.familiar(rd) for rd in image.repo_digests]
     created = c.get("created")
     gt = GoTime.parse(created) if isinstance(created, str) else None
     created_s = gt.rfc3339() if gt else ""
@@ -426,7 +417,7 @@ def _raw_for_template(raw):
     return raw
 
 
-_no_such = api._no_such
+_no_such = api.no_such_message
 
 
 HISTORY_HEADERS = {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "CreatedBy": "CREATED BY",
@@ -502,7 +493,7 @@ def cmd_rmi(args):
         total.untagged += r.untagged
         total.deleted += r.deleted
     if total.deleted and not args.no_prune:
-        api._collect(store, total)
+        api.collect_unused(store, total)
         if total.busy:
             _busy_note("unused layers are removed by the next `lamina image prune`")
     emit(args, total.to_dict(), lambda: _print_deleted(total.snapshots))
@@ -607,7 +598,7 @@ def cmd_system_df(args):
         m_rows.append(GoStruct("mount", methods={
             "Target": lambda m=m: m["path"], "Image": lambda m=m: (m.get("names") or [truncate_id(m["image_id"])])[0],
             "Mode": lambda m=m: "rw" if m.get("rw") else "ro",
-            "Size": lambda m=m: human_size(api._du(m["upper"])) if m.get("upper") else "0B",
+            "Size": lambda m=m: human_size(api.directory_usage(m["upper"])) if m.get("upper") else "0B",
             "Mounted": lambda m=m: "yes" if m.get("mounted") else "no"}))
     out = sys.stdout
     if args.format and args.format != "table":
