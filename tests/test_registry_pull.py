@@ -173,6 +173,51 @@ def test_all_platforms_fetches_every_image(reg, images, registry_env):  # noqa: 
                 assert store.has_blob(layer["digest"])
 
 
+def test_all_platforms_is_one_multi_arch_image(reg, registry_env, tmp_path):  # noqa: F811
+    """--all-platforms keeps every platform under the tag: fsck is clean, prune keeps them all,
+    and an oci-archive save holds the registry's index with every platform (skopeo reads each)."""
+    lay = ocibuild.Layout(tmp_path / "oci")
+    ms = []
+    for arch, variant in (("amd64", None), ("arm64", "v8"), ("arm", "v7")):
+        m = lay.image([{"arch": arch.encode()}], arch=arch, variant=variant)
+        ms.append(ocibuild.with_platform(m, "linux", arch, variant))
+    lay.add(lay.index(ms), "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "multi-oci:1", all_images=True)
+    raw, index_digest = skopeo_raw(reg.host, "multi-oci:1")
+    children = sorted(m["digest"] for m in json.loads(raw)["manifests"])
+
+    root = registry_env / "root-multi"
+    ref = f"{reg.host}/multi-oci:1"
+    lamina_cli("pull", "--all-platforms", "--platform", "linux/arm64", ref, root=root)
+    store = Store(root)
+    got_index, platforms = store.platforms(store.resolve(ref))
+    assert got_index == index_digest
+    assert sorted(i.manifest_digest for i in platforms) == children
+    report = json.loads(lamina_cli("fsck", "--json", root=root).stdout)
+    assert report["findings"] == [], report
+    lamina_cli("image", "prune", "-f", root=root)
+    for d in children + [index_digest]:
+        assert store.has_blob(d), d
+    archive = tmp_path / "multi.tar"
+    lamina_cli("save", "--format", "oci-archive", "-o", archive, ref, root=root)
+    saved, = json.loads(run("tar", "xOf", archive, "index.json").stdout)["manifests"]
+    assert saved["digest"] == index_digest
+    for arch in ("amd64", "arm64", "arm"):
+        out = run("skopeo", "--override-arch", arch, "inspect", f"oci-archive:{archive}:{ref}").stdout
+        assert json.loads(out)["Architecture"] == arch
+
+
+def test_pull_dash_a_is_all_tags(reg, images, registry_env):  # noqa: F811
+    root = registry_env / "root-all-tags"
+    out = lamina_cli("pull", "-a", f"{reg.host}/app", root=root).stdout
+    assert "v1: Pulling from app" in out and "v2: Pulling from app" in out
+    store = Store(root)
+    assert store.resolve(f"{reg.host}/app:v1").manifest_digest == images["v1"]["digest"]
+    assert store.resolve(f"{reg.host}/app:v2").manifest_digest == images["v2"]["digest"]
+    bad = lamina_cli("pull", "-a", f"{reg.host}/app:v1", root=root, check=False)
+    assert bad.returncode == 1 and "can't be used with --all-tags" in bad.stderr
+
+
 def test_manifest_inspect_is_raw(reg, images, registry_env):  # noqa: F811
     out = lamina_cli("manifest", "inspect", f"{reg.host}/multi:1").stdout
     assert json.loads(out) == skopeo_inspect(reg.host, "multi:1", raw=True)

@@ -140,5 +140,6 @@ def test_store_root_that_is_not_a_store(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "data").write_text("precious")
-    fails(foreign, "fsck", match="not an OCI image layout")
+    fails(foreign, "fsck", match="not a lamina store")
+    fails(foreign, "images", match="not a lamina store")
     assert os.listdir(foreign) == ["data"]

@@ -25,6 +25,8 @@ def store(tmp_path):
 
 def test_new_store_is_an_oci_layout(tmp_path):
     s = Store(tmp_path / "s")
+    assert not (tmp_path / "s").exists() and s.images() == []  # only writers create the store
+    s.put_blob(DATA, DIGEST)
     assert json.loads((s.root / "oci-layout").read_text())["imageLayoutVersion"] == "1.0.0"
     assert json.loads((s.root / "index.json").read_text())["manifests"] == []
     assert (s.root / "blobs" / "sha256").is_dir()
@@ -33,8 +35,12 @@ def test_new_store_is_an_oci_layout(tmp_path):
 def test_store_refuses_a_non_empty_foreign_directory(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "precious.txt").write_text("mine")
+    store = Store(tmp_path / "x")
+    with pytest.raises(StoreError, match="not a lamina store"):
+        store.images()
     with pytest.raises(StoreError, match="not an OCI image layout"):
-        Store(tmp_path / "x")
+        store.put_blob(DATA, DIGEST)
+    assert os.listdir(tmp_path / "x") == ["precious.txt"]
 
 
 def test_default_root_follows_lamina_root(tmp_path, monkeypatch):

@@ -100,7 +100,8 @@ def test_image_prune_dangling_and_all(store, tmp_path):
 
 def test_prune_prompts_like_docker(store):
     proc = lamina_subprocess(store.root, "image", "prune", "-a", input="n\n")
-    assert "WARNING! This will remove all images without at least one container associated to them." in proc.stdout
+    # lamina has no containers: the prompt speaks of what keeps an image, mounts and bundles
+    assert "WARNING! This will remove every image that no mount or bundle uses, tagged or not." in proc.stdout
     assert "Are you sure you want to continue? [y/N]" in proc.stdout
     assert len(store.images()) == 2
     proc = lamina_subprocess(store.root, "image", "prune", "-a", input="y\n")
@@ -124,6 +125,9 @@ def test_prune_all_keeps_mounted_images(store, tmp_path):
         assert (mnt / "app/main.py").exists()
         app_snaps = set(_on_disk(store)[1])
         assert len(app_snaps) == 2
+        from lamina import images as api
+        held = api.disk_usage(store).snapshots  # the mount holds them though no image names them
+        assert len(held) == 2 and all(s.in_use and s.images == 0 for s in held)
     finally:
         ok(store.root, "umount", mnt)
     ok(store.root, "image", "prune", "-f")
@@ -132,17 +136,18 @@ def test_prune_all_keeps_mounted_images(store, tmp_path):
 
 def test_system_df_agrees_with_du(store, tmp_path):
     base, app = store.resolve("base:1.0"), store.resolve("app:v2")
-    from lamina.cli.images import Usage, disk_usage_report
-    rep = disk_usage_report(store)
-    paths = [str(store.paths.blob(d)) for d in set(base.blobs) | set(app.blobs)]
-    paths += [str(store.paths.snapshot(c) / "fs") for c in set(base.chain_ids) | set(app.chain_ids)]
-    assert rep["total"] == du_bytes(*paths), "Images SIZE is the du of every blob and snapshot, each once"
-    usage = Usage(store)
+    from lamina import images as api
+    du = api.disk_usage(store)
+    snaps = [str(store.snapshot_dir(c)) for c in set(base.chain_ids) | set(app.chain_ids)]
+    assert du.images_size == du_bytes(*snaps), "Images SIZE is the du of every snapshot, each once"
+    blobs = [str(store.paths.blob(d)) for d in set(base.blobs) | set(app.blobs)]
+    assert du.blobs_size == du_bytes(*blobs) and du.blobs == len(blobs)
+    sizes = api.Sizes(store)
     # layer sharing: the two images together take less than the sum of their sizes
-    assert rep["total"] == usage.size(base) + usage.size(app) - usage.shared(app)
-    assert usage.shared(app) == usage.shared(base) > 0
-    shared_paths = [str(store.paths.blob(base.layers[0].digest)), str(store.paths.snapshot(base.chain_ids[0]) / "fs")]
-    assert usage.shared(app) == du_bytes(*shared_paths)
+    assert du.images_size == sizes.size(base) + sizes.size(app) - sizes.shared(app)
+    assert sizes.shared(app) == sizes.shared(base) > 0
+    assert sizes.shared(app) == du_bytes(str(store.snapshot_dir(base.chain_ids[0])))
+    rep = {"total": du.images_size}
     out = ok(store.root, "system", "df")
     lines = out.splitlines()
     assert re.split(r"\s{2,}", lines[0]) == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
@@ -151,15 +156,45 @@ def test_system_df_agrees_with_du(store, tmp_path):
     assert images_row[:4] == ["Images", "2", "0", human_size(rep["total"])]
     assert images_row[4] == f"{human_size(rep['total'])} (100%)"
     rows = [json.loads(x) for x in ok(store.root, "system", "df", "--format", "json").splitlines()]
-    assert [r["Type"] for r in rows] == ["Images", "Mounts", "Unreferenced"]
+    assert [r["Type"] for r in rows] == ["Images", "Layer blobs", "Mounts", "Unreferenced"]
     assert sorted(rows[0]) == ["Active", "Reclaimable", "Size", "TotalCount", "Type"]
     verbose = ok(store.root, "system", "df", "-v")
     assert "Images space usage:" in verbose and "SHARED SIZE" in verbose and "UNIQUE SIZE" in verbose
     assert "Snapshots space usage:" in verbose and base.chain_ids[0][7:19] in verbose
     # unreferenced content (a blob nobody names) is counted apart and removed by prune
     stray = store.put_blob(b'{"stray": true}')
-    rep = disk_usage_report(store)
-    assert rep["unreferenced"]["blobs"] == 1 and rep["unreferenced"]["size"] == du_bytes(str(store.paths.blob(stray)))
+    du = api.disk_usage(store)
+    assert du.unreferenced_blobs == 1 and du.unreferenced_size == du_bytes(str(store.paths.blob(stray)))
     store.close()
     ok(store.root, "image", "prune", "-f")
     assert not store.has_blob(stray)
+
+
+def test_sizes_mean_what_dockers_do(store):
+    """An image's SIZE is its unpacked layers: the same under every tag, and history adds up to it."""
+    from lamina import images as api
+    ok(store.root, "tag", "app:v2", "other/app:copy")
+    rows = [json.loads(x) for x in ok(store.root, "images", "--format", "json").splitlines()]
+    app_sizes = {r["Size"] for r in rows if r["Tag"] in ("v2", "copy")}
+    assert len(app_sizes) == 1, rows
+    app = store.resolve("app:v2")
+    history = api.history(store, "app:v2")
+    assert sum(h.size for h in history) == api.inspect(store, "app:v2").size
+    assert sum(h.size for h in history) == sum(store.snapshot_info(c).size for c in app.chain_ids)
+    inspect = json.loads(ok(store.root, "inspect", "app:v2"))[0]
+    assert inspect["Size"] == api.inspect(store, "app:v2").size
+
+
+def test_prune_does_not_say_deleted_for_an_image_id_still_listed(store, tmp_path):
+    """Two manifests of one image (same config): pruning the dangling one keeps the ID listed,
+    so prune must not print it as deleted."""
+    from lamina import images as api
+    app = store.resolve("app:v2")
+    manifest = json.loads(open(store.blob_path(app.manifest_digest), "rb").read())
+    manifest["annotations"] = {"note": "another manifest of the same image"}
+    other = store.put_blob(json.dumps(manifest).encode())
+    store.add_image(other)  # dangling
+    store.close()
+    out = ok(store.root, "image", "prune", "-f")
+    assert f"deleted: {app.config_digest}" not in out
+    assert [s.id for s in api.ls(store)].count(app.config_digest) == 1

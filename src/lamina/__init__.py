@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "apply_layer": ".layer",
+    "apply_layer_atomic": ".atomic",
     "unpack": ".unpacker",
     "Platform": ".platform",
     "Limits": ".limits",

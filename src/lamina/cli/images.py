@@ -11,9 +11,9 @@ Output formats follow the docker CLI: tables through Go's tabwriter (minwidth
 (cli/gotemplate.py) with ``table``, ``json`` and docker's template functions,
 ``inspect`` falling back to the raw JSON when a template fails on the typed view.
 
+The work is lamina.images (the API); this module only formats what it returns.
+
 Where docker has nothing to say, lamina says something useful instead:
-  * SIZE (and inspect's Size) is what the image takes in the store: its blobs plus its
-    extracted snapshots, on disk (st_blocks), so that ``system df`` agrees with ``du``;
   * ``{{.SharedSize}}`` / ``{{.UniqueSize}}`` are computed (docker prints N/A outside
     ``system df -v``), ``{{.Containers}}`` counts the mounts and bundles using the image;
   * ``history`` of an image whose config has no history shows one <missing> row per
@@ -23,12 +23,13 @@ containers: they keep their image "in use" (rmi needs -f, prune -a skips it).
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
-import re
 import sys
 import time
+
+from .. import images as api
+from .output import add_format_option
 
 # --- docker's units ------------------------------------------------------------------
 
@@ -135,12 +136,6 @@ def ellipsis(s, width):
     return "".join(out) + "…"
 
 
-def created_ts(image):
-    from .gotemplate import parse_rfc3339
-    parsed = parse_rfc3339((image.config or {}).get("created"))
-    return parsed[0] if parsed else None
-
-
 def _err(msg):
     print(f"lamina: error: {msg}", file=sys.stderr)
 
@@ -171,80 +166,6 @@ def _closing(func):
     return run
 
 
-def _familiar(name):
-    from ..errors import InvalidReferenceError
-    from ..reference import Reference
-    try:
-        return Reference.parse(name, default_tag=False).familiar()
-    except InvalidReferenceError:
-        return name
-
-
-# --- sizes and usage ---------------------------------------------------------------------
-
-class Usage:
-    """Disk usage of images in the store: blobs (st_blocks) and snapshots (their du at extraction)."""
-
-    def __init__(self, store, images=None):
-        self.store = store
-        self.images = store.images() if images is None else images
-        self._blob = {}
-        self._snap = {}
-        self.parts = {}  # manifest digest -> {("blob", d) | ("snapshot", chain)}
-        counts = {}
-        for img in self.images:
-            parts = {("blob", d) for d in img.blobs}
-            parts |= {("snapshot", c) for c in img.chain_ids if self.snapshot_size(c) is not None}
-            self.parts[img.manifest_digest] = parts
-            for p in parts:
-                counts[p] = counts.get(p, 0) + 1
-        self.counts = counts
-
-    def blob_size(self, digest):
-        if digest not in self._blob:
-            try:
-                self._blob[digest] = os.stat(self.store.blob_path(digest)).st_blocks * 512
-            except OSError:
-                self._blob[digest] = 0
-        return self._blob[digest]
-
-    def snapshot_size(self, chain):
-        """Bytes on disk of the snapshot, None if it was not extracted."""
-        if chain not in self._snap:
-            info = None
-            try:
-                info = self.store.snapshot_info(chain)
-            except Exception:  # noqa: BLE001 - a broken snapshot counts as absent here; fsck reports it
-                info = None
-            self._snap[chain] = info.size if info is not None else None
-        return self._snap[chain]
-
-    def part_size(self, part):
-        kind, key = part
-        return self.blob_size(key) if kind == "blob" else (self.snapshot_size(key) or 0)
-
-    def size(self, image):
-        return sum(self.part_size(p) for p in self.parts.get(image.manifest_digest, ()))
-
-    def shared(self, image):
-        return sum(self.part_size(p) for p in self.parts.get(image.manifest_digest, ()) if self.counts[p] > 1)
-
-    def total(self, images=None):
-        parts = set()
-        for img in (self.images if images is None else images):
-            parts |= self.parts.get(img.manifest_digest, set())
-        return sum(self.part_size(p) for p in parts)
-
-
-def _in_use(store):
-    """{manifest digest: [records]} of mounts and bundles."""
-    from ..store.materialize import in_use
-    out = {}
-    for rec in in_use(store):
-        out.setdefault(rec["manifest_digest"], []).append(rec)
-    return out
-
-
 # --- image rows (docker's imageContext) ---------------------------------------------------------
 
 IMAGE_HEADERS = {
@@ -258,11 +179,12 @@ DEFAULT_IMAGE_TABLE_DIGEST = ("table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.
                               "{{.CreatedSince}}{{else}}N/A{{end}}\t{{.Size}}")
 
 
-def image_row(image, repo, tag, digest, *, trunc, size, shared, containers, now=None):
+def image_row(summary, repo, tag, digest, *, trunc, now=None):
+    """docker's imageContext over an api.ImageSummary."""
     from .gotemplate import GoStruct
-    ts = created_ts(image)
+    ts, size, shared = summary.created, summary.size, summary.shared_size
     methods = {
-        "ID": lambda: truncate_id(image.config_digest) if trunc else image.config_digest,
+        "ID": lambda: truncate_id(summary.id) if trunc else summary.id,
         "Repository": lambda: repo,
         "Tag": lambda: tag,
         "Digest": lambda: digest,
@@ -270,195 +192,57 @@ def image_row(image, repo, tag, digest, *, trunc, size, shared, containers, now=
         "CreatedAt": lambda: go_local_time(ts),
         "Size": lambda: human_size(size, 3),
         "VirtualSize": lambda: human_size(size),
-        "SharedSize": lambda: "N/A" if shared is None else human_size(shared),
-        "UniqueSize": lambda: "N/A" if shared is None else human_size(size - shared),
-        "Containers": lambda: "N/A" if containers is None else str(containers),
+        "SharedSize": lambda: human_size(shared),
+        "UniqueSize": lambda: human_size(size - shared),
+        "Containers": lambda: str(summary.containers),
     }
     return GoStruct("image", methods=methods, pointer=True, json_methods=True)
 
 
-def _split_repo_tag(ref):
-    return ref.familiar_name, ref.tag
-
-
-def image_rows(image, *, trunc, need_digest, show_digest_rows, size, shared, containers, now=None, names=None):
-    """docker's imageFormat/imageFormatTaggedAndDigest for one image.
-
-    ``names``: (refs, repo digests) to show instead of all of the image's (a reference filter
-    shows only the names that match, like the daemon)."""
+def image_rows(summary, *, trunc, need_digest, show_digest_rows, now=None):
+    """docker's imageFormat/imageFormatTaggedAndDigest for one api.ImageSummary."""
     from ..errors import InvalidReferenceError
     from ..reference import Reference
-    refs, rds = names if names is not None else (image.refs, image.repo_digests)
     repo_tags, repo_digests = {}, {}
-    for ref in refs:
+    for name in summary.repo_tags:
+        ref = Reference.parse(name)
         repo_tags.setdefault(ref.familiar_name, []).append(ref.tag)
-    for rd in rds:
+    for rd in summary.repo_digests:
         try:
             r = Reference.parse(rd, default_tag=False)
         except InvalidReferenceError:
             continue
         if r.digest:
             repo_digests.setdefault(r.familiar_name, []).append(r.digest)
-    kw = dict(trunc=trunc, size=size, shared=shared, containers=containers, now=now)
+    kw = dict(trunc=trunc, now=now)
     rows = []
     if not repo_tags and not repo_digests:
-        return [image_row(image, "<none>", "<none>", "<none>", **kw)]
+        return [image_row(summary, "<none>", "<none>", "<none>", **kw)]
     for repo in sorted(repo_tags):
         digests = repo_digests.pop(repo, [])
         if not need_digest:
             digests = []
         for tag in sorted(repo_tags[repo]):
             if not digests:
-                rows.append(image_row(image, repo, tag, "<none>", **kw))
+                rows.append(image_row(summary, repo, tag, "<none>", **kw))
             for d in digests:
-                rows.append(image_row(image, repo, tag, d, **kw))
+                rows.append(image_row(summary, repo, tag, d, **kw))
     for repo in sorted(repo_digests):
         if show_digest_rows:
             for d in repo_digests[repo]:
-                rows.append(image_row(image, repo, "<none>", d, **kw))
+                rows.append(image_row(summary, repo, "<none>", d, **kw))
         else:
-            rows.append(image_row(image, repo, "<none>", "", **kw))
+            rows.append(image_row(summary, repo, "<none>", "", **kw))
     return rows
-
-
-def parse_filters(values, allowed):
-    """docker's --filter key=value (repeatable) -> {key: [values]}; unknown keys are an error."""
-    from ..errors import LaminaError
-    out = {}
-    for v in values or []:
-        key, sep, val = v.partition("=")
-        key = key.strip().lower()
-        if not sep:
-            raise LaminaError(f"bad format of filter (expected name=value): {v}")
-        if key not in allowed:
-            raise LaminaError(f"invalid filter '{key}'")
-        out.setdefault(key, []).append(val)
-    return out
-
-
-def _bool_filter(vals, name):
-    from ..errors import LaminaError
-    out = set()
-    for v in vals:
-        lv = v.lower()
-        if lv in ("true", "1"):
-            out.add(True)
-        elif lv in ("false", "0"):
-            out.add(False)
-        else:
-            raise LaminaError(f"invalid filter '{name}={v}': expected true or false")
-    if len(out) > 1:
-        raise LaminaError(f"conflicting {name} filters")
-    return out.pop()
-
-
-def _path_match(pattern, text):
-    """Go's path.Match: '*' and '?' do not cross '/'."""
-    rx = ""
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "*":
-            rx += "[^/]*"
-        elif c == "?":
-            rx += "[^/]"
-        elif c == "[":
-            j = pattern.find("]", i + 1)
-            if j < 0:
-                return False
-            body = pattern[i + 1:j]
-            if body.startswith("^"):
-                body = "!" + body[1:]
-            rx += fnmatch.translate("[" + body + "]")[4:-3]
-            i = j
-        elif c == "\\" and i + 1 < len(pattern):
-            i += 1
-            rx += re.escape(pattern[i])
-        else:
-            rx += re.escape(c)
-        i += 1
-    return re.fullmatch(rx, text) is not None
-
-
-def _ref_match(pattern, ref):
-    return _path_match(pattern, ref.familiar()) or _path_match(pattern, ref.familiar_name)
-
-
-def matching_names(patterns, image):
-    """(tags, repo digests) of the image that docker's reference filter (FamiliarMatch) keeps."""
-    from ..errors import InvalidReferenceError
-    from ..reference import Reference
-    refs = [r for r in image.refs if any(_ref_match(p, r) for p in patterns)]
-    rds = []
-    for rd in image.repo_digests:
-        try:
-            r = Reference.parse(rd, default_tag=False)
-        except InvalidReferenceError:
-            continue
-        if any(_ref_match(p, r) for p in patterns):
-            rds.append(rd)
-    return refs, rds
-
-
-def reference_matches(pattern, image):
-    refs, rds = matching_names([pattern], image)
-    return bool(refs or rds)
-
-
-def _label_match(image, spec):
-    labels = ((image.config or {}).get("config") or {}).get("Labels") or {}
-    key, sep, val = spec.partition("=")
-    if key.endswith("!"):
-        return labels.get(key[:-1]) != val
-    if not sep:
-        return key in labels
-    return labels.get(key) == val
-
-
-def _filter_images(store, images, filters):
-    from ..errors import LaminaError
-    out = list(images)
-    if "dangling" in filters:
-        want = _bool_filter(filters["dangling"], "dangling")
-        out = [i for i in out if (not i.refs) == want]
-    if "reference" in filters:
-        pats = filters["reference"]
-        out = [i for i in out if any(matching_names(pats, i))]
-    if "label" in filters:
-        out = [i for i in out if all(_label_match(i, spec) for spec in filters["label"])]
-    for key in ("before", "since"):
-        for v in filters.get(key, []):
-            try:
-                ref_img = store.resolve(v)
-            except LaminaError as e:
-                raise LaminaError(f"invalid filter '{key}={v}': {e}") from None
-            t0 = created_ts(ref_img)
-            if t0 is None:
-                continue
-            if key == "before":
-                out = [i for i in out if (created_ts(i) or 0) < t0]
-            else:
-                out = [i for i in out if (created_ts(i) or 0) > t0]
-    for v in filters.get("until", []):
-        limit = _parse_until(v)
-        out = [i for i in out if (created_ts(i) or 0) < limit]
-    return out
-
-
-def _sort_images(images):
-    # newest first, like the daemon; images without a creation time last
-    return sorted(images, key=lambda i: -(created_ts(i) or float("-inf")))
 
 
 def cmd_images(args):
     from .gotemplate import render_rows
     store = _open_store(args)
-    filters = parse_filters(args.filter, ("dangling", "reference", "label", "before", "since", "until"))
+    filters = api.parse_filters(args.filter)
     if args.repository:
         filters.setdefault("reference", []).append(args.repository)
-    images = _sort_images(_filter_images(store, store.images(), filters))
-    usage = Usage(store)
-    use = _in_use(store)
+    summaries = api.ls(store, filters)
     fmt = args.format or "table"
     if fmt == "table":  # docker's NewImageFormat: -q and --digests only shape the default table
         fmt = "{{.ID}}" if args.quiet else DEFAULT_IMAGE_TABLE_DIGEST if args.digests else DEFAULT_IMAGE_TABLE
@@ -467,11 +251,9 @@ def cmd_images(args):
     need_digest = args.digests or "{{.Digest}}" in fmt
     now = time.time()
     rows = []
-    for img in images:
-        names = matching_names(filters["reference"], img) if "reference" in filters else None
-        rows += image_rows(img, trunc=not args.no_trunc, need_digest=need_digest, show_digest_rows=args.digests,
-                           size=usage.size(img), shared=usage.shared(img),
-                           containers=len(use.get(img.manifest_digest, [])), now=now, names=names)
+    for summary in summaries:
+        rows += image_rows(summary, trunc=not args.no_trunc, need_digest=need_digest,
+                           show_digest_rows=args.digests, now=now)
     sys.stdout.write(render_rows(fmt, rows, IMAGE_HEADERS))
 
 
@@ -527,16 +309,17 @@ def _config_struct(cfg):
     return GoStruct("*v1.DockerOCIImageConfig", [], pointer=True, embedded=[image_config, ext])
 
 
-def inspect_struct(store, image, usage):
-    """(typed GoStruct, raw JSON dict) of docker's image inspect for one image."""
+def inspect_struct(details):
+    """(typed GoStruct, raw JSON dict) of docker's image inspect for one api.ImageDetails."""
     from .gotemplate import GoMap, GoStruct, GoTime
+    image = details.image
     c = image.config or {}
     repo_tags = [r.familiar() for r in image.refs]
-    repo_digests = [_familiar(rd) for rd in image.repo_digests]
+    repo_digests = [api.familiar(rd) for rd in image.repo_digests]
     created = c.get("created")
     gt = GoTime.parse(created) if isinstance(created, str) else None
     created_s = gt.rfc3339() if gt else ""
-    snapshot_dirs = [str(store.paths.snapshot(ch) / "fs") for ch in image.chain_ids]
+    snapshot_dirs = details.snapshot_dirs
     graph = GoStruct("*storage.DriverData", [
         ("Data", GoMap({"LowerDir": ":".join(reversed(snapshot_dirs))}, zero="") if snapshot_dirs else None,
          "Data", False),
@@ -566,7 +349,7 @@ def inspect_struct(store, image, usage):
         ("Variant", c.get("variant") or "", "Variant", True),
         ("Os", c.get("os") or "", "Os", False),
         ("OsVersion", c.get("os.version") or "", "OsVersion", True),
-        ("Size", usage.size(image), "Size", False),
+        ("Size", details.size, "Size", False),
         ("GraphDriver", graph, "GraphDriver", True),
         ("RootFS", rootfs, "RootFS", False),
         ("Metadata", metadata, "Metadata", False),
@@ -587,17 +370,16 @@ def cmd_inspect(args):
     fmt = args.format
     if fmt and fmt != "json":
         tmpl = parse(fmt)  # a parse error is reported before anything is printed (docker: exit 64)
-    usage = None
+    sizes = None
     results, errors = [], []
     for ref in args.refs:
         try:
-            image = store.resolve(ref)
+            sizes = sizes or api.Sizes(store)
+            details = api.inspect(store, ref, sizes=sizes)
         except LaminaError as e:
             errors.append(_no_such(ref, e))
             continue
-        if usage is None:
-            usage = Usage(store)
-        results.append(inspect_struct(store, image, usage))
+        results.append(inspect_struct(details))
     out = sys.stdout
     if tmpl is None:
         raws = [raw for _, raw in results]
@@ -635,22 +417,8 @@ def _raw_for_template(raw):
     return raw
 
 
-def _no_such(ref, exc):
-    """docker's "No such image: nginx:latest" (the name as docker normalizes it)."""
-    from ..errors import AmbiguousImageError, InvalidReferenceError
-    from ..reference import Reference
-    if isinstance(exc, (AmbiguousImageError, InvalidReferenceError)):
-        return str(exc)
-    shown = ref
-    if not re.fullmatch(r"(sha256:)?[0-9a-f]{1,64}", ref):
-        try:
-            shown = Reference.parse(ref).familiar()
-        except InvalidReferenceError:
-            pass
-    return f"No such image: {shown}"
+_no_such = api.no_such_message
 
-
-# --- history -------------------------------------------------------------------------------------------
 
 HISTORY_HEADERS = {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "CreatedBy": "CREATED BY",
                    "Size": "SIZE", "Comment": "COMMENT"}
@@ -658,37 +426,10 @@ DEFAULT_HISTORY_TABLE = "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Si
 NONHUMAN_HISTORY_TABLE = "table {{.ID}}\t{{.CreatedAt}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
 
 
-def history_items(store, image, usage):
-    """[{id, created, created_by, size, comment}] newest first, as the daemon's ImageHistory."""
-    from .gotemplate import parse_rfc3339
-    sizes = []
-    for chain, layer in zip(image.chain_ids, image.layers):
-        s = usage.snapshot_size(chain)
-        sizes.append(s if s is not None else layer.size)
-    hist = (image.config or {}).get("history")
-    items = []
-    if isinstance(hist, list) and hist:
-        for h in hist:
-            if not isinstance(h, dict):
-                continue
-            size = 0
-            if not h.get("empty_layer"):
-                size = sizes.pop(0) if sizes else 0
-            parsed = parse_rfc3339(h.get("created"))
-            items.insert(0, {"created": parsed[0] if parsed else 0, "created_by": str(h.get("created_by") or ""),
-                             "comment": str(h.get("comment") or ""), "size": size})
-    else:
-        # no history in the config: one row per layer (docker would show none at all)
-        ts = created_ts(image) or 0
-        for s in sizes:
-            items.insert(0, {"created": ts, "created_by": "", "comment": "", "size": s})
-    for i, it in enumerate(items):
-        it["id"] = image.config_digest if i == 0 else "<missing>"
-    return items
-
-
 def history_row(item, *, trunc, human, now=None):
+    """docker's historyContext over an api.HistoryItem."""
     from .gotemplate import GoStruct
+    item = item.to_dict()
     created = item["created"]
 
     def created_at():
@@ -708,8 +449,7 @@ def history_row(item, *, trunc, human, now=None):
 def cmd_history(args):
     from .gotemplate import render_rows
     store = _open_store(args)
-    image = store.resolve(args.ref)
-    items = history_items(store, image, Usage(store, [image]))
+    items = api.history(store, args.ref)
     fmt = args.format or "table"
     if fmt == "table":
         fmt = "{{.ID}}" if args.quiet else DEFAULT_HISTORY_TABLE if args.human else NONHUMAN_HISTORY_TABLE
@@ -721,129 +461,48 @@ def cmd_history(args):
 # --- tag / rmi / prune ------------------------------------------------------------------------------
 
 def cmd_tag(args):
-    from ..errors import InvalidReferenceError
-    from ..reference import Reference
-    store = _open_store(args)
-    image = store.resolve(args.source)
-    target = Reference.parse(args.target)
-    if target.digest:
-        raise InvalidReferenceError(f"refusing to create a tag with a digest reference: {args.target}")
-    store.add_image(image.manifest_digest, target)
+    api.tag(_open_store(args), args.source, args.target)
 
 
-def _use_text(recs):
-    parts = []
-    for r in recs:
-        parts.append(("mount " if r["kind"] == "mount" else "bundle ") + r["path"])
-    return ", ".join(parts)
-
-
-def _gc(store, out, quiet_busy=False):
-    """Run the store's gc unless another process is writing; print docker's Deleted: lines for snapshots."""
-    from ..store.locks import is_locked
-    if is_locked(store.paths.gc_lock):
-        if not quiet_busy:
-            print("note: another lamina process is writing to the store; unused layers are removed by the next "
-                  "`lamina image prune`", file=sys.stderr)
-        return None
-    result = store.gc()
-    for chain, _ in result.snapshots:
-        out.append(f"Deleted: {chain}")
-    return result
+def _busy_note(what):
+    print(f"note: another lamina process is writing to the store; {what}", file=sys.stderr)
 
 
 def cmd_rmi(args):
     from ..errors import LaminaError
+    from .output import check_format, emit, wants_text
+    check_format(args)
     store = _open_store(args)
     failures = 0
-    removed_any = False
+    removed = []
     for ref in args.refs:
         try:
-            lines, removed = _rmi_one(store, ref, args.force)
+            result = api.remove(store, ref, force=args.force, prune=False)
         except LaminaError as e:
             _err(e)
             failures += 1
             continue
-        for line in lines:
-            print(line)
-        removed_any = removed_any or removed
-    if removed_any and not args.no_prune:
-        lines = []
-        _gc(store, lines)
-        for line in lines:
-            print(line)
+        if wants_text(args):
+            for name in result.untagged:
+                print(f"Untagged: {name}")
+            for image_id in result.deleted:
+                print(f"Deleted: {image_id}")
+        removed.append(result)
+    total = api.RemoveResult()
+    for r in removed:
+        total.untagged += r.untagged
+        total.deleted += r.deleted
+    if total.deleted and not args.no_prune:
+        api.collect_unused(store, total)
+        if total.busy:
+            _busy_note("unused layers are removed by the next `lamina image prune`")
+    emit(args, total.to_dict(), lambda: _print_deleted(total.snapshots))
     return 1 if failures else 0
 
 
-def _is_id_like(store, ref):
-    if ref.startswith("sha256:"):
-        return True
-    return re.fullmatch(r"[0-9a-f]{1,64}", ref) is not None
-
-
-def _rmi_one(store, ref, force):
-    """docker's ImageDelete: returns (lines to print, whether an image left the index)."""
-    from ..errors import ImageNotFoundError, InvalidReferenceError, LaminaError
-    from ..reference import Reference
-    from ..store.store import name_of
-    try:
-        image = store.resolve(ref)
-    except ImageNotFoundError as e:
-        raise LaminaError(_no_such(ref, e)) from None
-    use = _in_use(store).get(image.manifest_digest, [])
-    lines = []
-    parsed = None
-    by_id = False
-    try:
-        parsed = Reference.parse(ref, default_tag=False)
-    except InvalidReferenceError:
-        by_id = True
-    if parsed is not None:
-        # a name that is also a hex prefix of the ID: docker prefers the name when it exists
-        wanted = name_of(Reference.parse(ref))
-        if wanted not in image.names and _is_id_like(store, ref):
-            by_id = True
-    if ref.startswith("sha256:") or re.fullmatch(r"[0-9a-f]{64}", ref):
-        by_id = True
-    if not by_id:
-        full = Reference.parse(ref)
-        name = name_of(full)
-        others = [n for n in image.names if n != name]
-        if use and not others and not force:
-            raise LaminaError(f'conflict: unable to remove repository reference "{ref}" (must force) - image '
-                              f"{truncate_id(image.config_digest)} is in use by {_use_text(use)}")
-        gone = store.untag(full)
-        lines.append(f"Untagged: {full.familiar()}")
-        if gone:
-            if use:
-                return lines, False  # held: the content stays until the mount/bundle goes
-            lines.append(f"Deleted: {image.config_digest}")
-        return lines, gone
-    # by ID (or manifest digest)
-    repos = {Reference.parse(n, default_tag=False).name for n in image.names if _parses(n)}
-    if len(repos) > 1 and not force:
-        raise LaminaError(f"conflict: unable to delete {truncate_id(image.config_digest)} (must be forced) - image is "
-                          f"referenced in multiple repositories")
-    if use and not force:
-        raise LaminaError(f"conflict: unable to delete {truncate_id(image.config_digest)} (must be forced) - image is "
-                          f"in use by {_use_text(use)}")
-    names = store.remove_image(image)
-    for n in names:
-        lines.append(f"Untagged: {_familiar(n)}")
-    if use:
-        return lines, False
-    lines.append(f"Deleted: {image.config_digest}")
-    return lines, True
-
-
-def _parses(name):
-    from ..errors import InvalidReferenceError
-    from ..reference import Reference
-    try:
-        Reference.parse(name, default_tag=False)
-        return True
-    except InvalidReferenceError:
-        return False
+def _print_deleted(chains):
+    for chain in chains:
+        print(f"Deleted: {chain}")
 
 
 def _confirm(message, force):
@@ -855,126 +514,36 @@ def _confirm(message, force):
     return answer.strip().lower() in ("y", "yes")
 
 
-def _parse_until(value):
-    """docker's until filter: a Go duration (10m, 1h30m), a unix timestamp or an RFC 3339 time -> unix seconds."""
-    from ..errors import LaminaError
-    from .gotemplate import parse_rfc3339
-    m = re.fullmatch(r"((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+)", value)
-    if m:
-        units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-        total = sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", value))
-        return time.time() - total
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        return float(value)
-    parsed = parse_rfc3339(value) or parse_rfc3339(value + "T00:00:00Z")
-    if parsed:
-        return parsed[0]
-    raise LaminaError(f"invalid filter 'until={value}': expected a duration (24h), a timestamp or a date")
-
-
 def cmd_image_prune(args):
+    from .output import check_format, emit
+    check_format(args)
     store = _open_store(args)
-    filters = parse_filters(args.filter, ("until", "label", "label!"))
-    msg = ("WARNING! This will remove all images without at least one container associated to them."
-           if args.all else "WARNING! This will remove all dangling images.")
+    filters = api.parse_filters(args.filter, api.PRUNE_FILTERS)
+    msg = ("WARNING! This will remove every image that no mount or bundle uses, tagged or not."
+           if args.all else "WARNING! This will remove all dangling images (images without a name).")
     if not _confirm(msg, args.force):
         return 0
-    use = _in_use(store)
-    images = store.images()
-    victims = [i for i in images if i.manifest_digest not in use and (args.all or not i.refs)]
-    for v in filters.get("until", []):
-        limit = _parse_until(v)
-        victims = [i for i in victims if (created_ts(i) or 0) < limit]
-    for spec in filters.get("label", []):
-        victims = [i for i in victims if _label_match(i, spec)]
-    for spec in filters.get("label!", []):
-        victims = [i for i in victims if not _label_match(i, spec)]
-    lines = []
-    for image in victims:
-        names = store.remove_image(image)
-        for n in names:
-            lines.append(f"untagged: {_familiar(n)}")
-        lines.append(f"deleted: {image.config_digest}")
-    from ..store.locks import is_locked
-    reclaimed = 0
-    if is_locked(store.paths.gc_lock):
-        print("note: another lamina process is writing to the store; run the prune again when it is done to "
-              "reclaim the space", file=sys.stderr)
-    else:
-        result = store.gc()
-        reclaimed = result.reclaimed
-        for chain, _ in result.snapshots:
-            lines.append(f"deleted: {chain}")
+    result = api.prune(store, all=args.all, filters=filters)
+    if result.busy:
+        _busy_note("run the prune again when it is done to reclaim the space")
+    emit(args, result.to_dict(), lambda: _print_prune(result))
+
+
+def _print_prune(result):
+    lines = [f"untagged: {n}" for n in result.untagged] + [f"deleted: {i}" for i in result.deleted] + \
+        [f"deleted: {c}" for c in result.snapshots]
     if lines:
         print("Deleted Images:")
         for line in lines:
             print(line)
         print()
-    print(f"Total reclaimed space: {human_size(reclaimed)}")
+    print(f"Total reclaimed space: {human_size(result.reclaimed)}")
 
 
 # --- system df -------------------------------------------------------------------------------------------
 
 DF_HEADERS = {"Type": "TYPE", "TotalCount": "TOTAL", "Active": "ACTIVE", "Size": "SIZE", "Reclaimable": "RECLAIMABLE"}
 DEFAULT_DF_TABLE = "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}"
-
-
-def _du(path):
-    from ..store.fsutil import disk_usage
-    try:
-        return disk_usage(path)[0]
-    except (FileNotFoundError, NotADirectoryError):
-        return 0
-
-
-def disk_usage_report(store):
-    """Everything `system df` prints, in bytes (the CLI formats it)."""
-    from ..store import snapshots as _snaps
-    from ..store.gc import unreferenced
-    images = store.images()
-    usage = Usage(store, images)
-    use = _in_use(store)
-    active = [i for i in images if i.manifest_digest in use]
-    total = usage.total()
-    reclaimable = total - usage.total(active)
-    mounts = [r for recs in use.values() for r in recs if r["kind"] == "mount"]
-    mounts_size = sum(_du(r["upper"]) for r in mounts if r.get("upper"))
-    blobs, chains = unreferenced(store)
-    garbage = sum(usage.blob_size(d) for d in blobs)
-    for c in chains:
-        info = None
-        try:
-            info = store.snapshot_info(c)
-        except Exception:  # noqa: BLE001 - a broken snapshot: measure it
-            info = None
-        garbage += info.size if info is not None else _du(store.paths.snapshot(c))
-    partials = 0
-    try:
-        for n in os.listdir(store.paths.ingest):
-            try:
-                partials += os.stat(os.path.join(store.paths.ingest, n)).st_blocks * 512
-            except OSError:
-                pass
-    except FileNotFoundError:
-        pass
-    snapshots = []
-    users = {}
-    for img in images:
-        for c in img.chain_ids:
-            users.setdefault(c, []).append(img)
-    for c in _snaps.list_chain_ids(store.paths):
-        size = usage.snapshot_size(c)
-        if size is None:
-            continue
-        imgs = users.get(c, [])
-        snapshots.append({"chain_id": c, "size": size, "images": len(imgs),
-                          "in_use": any(i.manifest_digest in use for i in imgs)})
-    return {
-        "images": images, "usage": usage, "use": use, "active": active, "total": total,
-        "reclaimable": reclaimable, "mounts": mounts, "mounts_size": mounts_size,
-        "unreferenced": {"blobs": len(blobs), "snapshots": len(chains), "partials": partials, "size": garbage + partials},
-        "snapshots": snapshots,
-    }
 
 
 def _df_row(kind, total, active, size, reclaimable):
@@ -992,15 +561,14 @@ def _df_row(kind, total, active, size, reclaimable):
 def cmd_system_df(args):
     from .gotemplate import render_rows
     store = _open_store(args)
-    rep = disk_usage_report(store)
-    mounted = [m for m in rep["mounts"] if m.get("mounted")]
-    stale = [m for m in rep["mounts"] if not m.get("mounted")]
-    un = rep["unreferenced"]
+    du = api.disk_usage(store)
+    mounted = [m for m in du.mounts if m.get("mounted")]
+    unreferenced = du.unreferenced_blobs + du.unreferenced_snapshots
     rows = [
-        _df_row("Images", len(rep["images"]), len(rep["active"]), rep["total"], rep["reclaimable"]),
-        _df_row("Mounts", len(rep["mounts"]), len(mounted), rep["mounts_size"],
-                sum(_du(m["upper"]) for m in stale if m.get("upper"))),
-        _df_row("Unreferenced", un["blobs"] + un["snapshots"], 0, un["size"], un["size"]),
+        _df_row("Images", len(du.images), du.active, du.images_size, du.images_reclaimable),
+        _df_row("Layer blobs", du.blobs, du.blobs, du.blobs_size, 0),
+        _df_row("Mounts", len(du.mounts), len(mounted), du.mounts_size, du.mounts_reclaimable),
+        _df_row("Unreferenced", unreferenced, 0, du.unreferenced_size, du.unreferenced_size),
     ]
     if not args.verbose:
         fmt = args.format or "table"
@@ -1009,28 +577,28 @@ def cmd_system_df(args):
         sys.stdout.write(render_rows(fmt, rows, DF_HEADERS))
         return 0
     # verbose: one table per kind, like docker system df -v
-    usage, use = rep["usage"], rep["use"]
+    from ..reference import Reference
     now = time.time()
     img_rows = []
-    for img in _sort_images(rep["images"]):
+    for summary in du.images:
         repo = tag = "<none>"
-        if img.refs:
-            repo, tag = img.refs[0].familiar_name, img.refs[0].tag
-        img_rows.append(image_row(img, repo, tag, "", trunc=True, size=usage.size(img), shared=usage.shared(img),
-                                  containers=len(use.get(img.manifest_digest, [])), now=now))
+        if summary.repo_tags:
+            first = Reference.parse(summary.repo_tags[0])
+            repo, tag = first.familiar_name, first.tag
+        img_rows.append(image_row(summary, repo, tag, "", trunc=True, now=now))
     hdr = dict(IMAGE_HEADERS, Containers="IN USE")
     from .gotemplate import GoStruct
     snap_rows = []
-    for s in sorted(rep["snapshots"], key=lambda s: -s["size"]):
+    for s in sorted(du.snapshots, key=lambda s: -s.size):
         snap_rows.append(GoStruct("snapshot", methods={
-            "ID": lambda s=s: truncate_id(s["chain_id"]), "Size": lambda s=s: human_size(s["size"]),
-            "Images": lambda s=s: str(s["images"]), "InUse": lambda s=s: "yes" if s["in_use"] else "no"}))
+            "ID": lambda s=s: truncate_id(s.chain_id), "Size": lambda s=s: human_size(s.size),
+            "Images": lambda s=s: str(s.images), "InUse": lambda s=s: "yes" if s.in_use else "no"}))
     m_rows = []
-    for m in rep["mounts"]:
+    for m in du.mounts:
         m_rows.append(GoStruct("mount", methods={
             "Target": lambda m=m: m["path"], "Image": lambda m=m: (m.get("names") or [truncate_id(m["image_id"])])[0],
             "Mode": lambda m=m: "rw" if m.get("rw") else "ro",
-            "Size": lambda m=m: human_size(_du(m["upper"])) if m.get("upper") else "0B",
+            "Size": lambda m=m: human_size(api.directory_usage(m["upper"])) if m.get("upper") else "0B",
             "Mounted": lambda m=m: "yes" if m.get("mounted") else "no"}))
     out = sys.stdout
     if args.format and args.format != "table":
@@ -1048,8 +616,10 @@ def cmd_system_df(args):
     out.write("\nMounts space usage:\n\n")
     out.write(render_rows("table {{.Target}}\t{{.Image}}\t{{.Mode}}\t{{.Size}}\t{{.Mounted}}", m_rows,
                           {"Target": "TARGET", "Image": "IMAGE", "Mode": "MODE", "Size": "SIZE", "Mounted": "MOUNTED"}))
-    out.write(f"\nUnreferenced content: {human_size(un['size'])} ({un['blobs']} blobs, {un['snapshots']} snapshots, "
-              f"{human_size(un['partials'])} partial downloads; removed by `lamina image prune`)\n")
+    out.write(f"\nLayer blobs (compressed, kept for push and save): {human_size(du.blobs_size)} ({du.blobs} blobs)\n")
+    out.write(f"\nUnreferenced content: {human_size(du.unreferenced_size)} ({du.unreferenced_blobs} blobs, "
+              f"{du.unreferenced_snapshots} snapshots, {human_size(du.partials)} partial downloads; removed by "
+              "`lamina image prune`)\n")
     return 0
 
 
@@ -1057,12 +627,11 @@ def cmd_system_df(args):
 
 def cmd_mount(args):
     from ..errors import LaminaError
-    from ..store import materialize as M
     store = _open_store(args)
     if args.ref is None:
         from .gotemplate import GoStruct, render_rows
         rows = []
-        for m in M.mounts(store):
+        for m in api.mounts(store):
             rows.append(GoStruct("mount", methods={
                 "Target": lambda m=m: m["path"],
                 "Image": lambda m=m: (m.get("names") or [truncate_id(m["image_id"])])[0],
@@ -1075,19 +644,18 @@ def cmd_mount(args):
         return 0
     if args.target is None:
         raise LaminaError("mount needs REF and TARGET (or nothing, to list the mounts)")
-    record = M.mount(store, args.ref, args.target, rw=args.rw)
+    record = api.mount(store, args.ref, args.target, rw=args.rw)
     print(record["path"])
     return 0
 
 
 def cmd_umount(args):
-    from ..store import materialize as M
     store = _open_store(args)
     failures = 0
     from ..errors import LaminaError
     for t in args.targets:
         try:
-            M.umount(store, t, lazy=args.lazy)
+            api.umount(store, t, lazy=args.lazy)
         except LaminaError as e:
             _err(e)
             failures += 1
@@ -1149,6 +717,7 @@ def _rmi_parser(p):
     p.add_argument("-f", "--force", action="store_true", help="remove an image referenced by several repositories "
                    "or in use (its content stays until the mount or bundle goes)")
     p.add_argument("--no-prune", action="store_true", help="do not delete unused layers now (image prune does)")
+    add_format_option(p)
     p.set_defaults(func=_closing(cmd_rmi))
 
 
@@ -1156,6 +725,7 @@ def _prune_parser(p):
     p.add_argument("-a", "--all", action="store_true", help="remove all images not in use, not just dangling ones")
     p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
     p.add_argument("--filter", action="append", metavar="FILTER", help="until=DURATION|TIME, label=KEY[=VALUE]")
+    add_format_option(p)
     p.set_defaults(func=_closing(cmd_image_prune))
 
 
@@ -1199,66 +769,35 @@ def register(sub):
 
 # --- lamina unpack from the store (called by cli/layers.py) ---------------------------------------------
 
-_TRANSPORTS = ("oci:", "docker-archive:", "oci-archive:")
-
-
-def is_store_source(source, root=None):
-    """True if ``lamina unpack SOURCE`` means an image in the store rather than a layout or archive path."""
-    from ..errors import InvalidReferenceError
-    from ..reference import Reference
-    if source.startswith(_TRANSPORTS):
-        return False
-    if source in (".", "..") or source.startswith(("/", "./", "../", "~")):
-        return False
-    id_like = re.fullmatch(r"(sha256:)?[0-9a-f]{1,64}", source) is not None
-    try:
-        Reference.parse(source)
-        is_ref = True
-    except InvalidReferenceError:
-        is_ref = False
-    if not (is_ref or id_like):
-        return False
-    if not os.path.exists(source):
-        return True
-    # both a path and a valid reference: the store wins if it has that image
-    from ..store.paths import default_root
-    store_root = root or default_root()
-    if not os.path.exists(os.path.join(store_root, "index.json")):
-        return False
-    from ..errors import LaminaError
-    from ..store import Store
-    try:
-        Store(store_root).resolve(source)
-        return True
-    except LaminaError:
-        return False
+_TRANSPORTS = api.TRANSPORTS
+is_store_source = api.is_store_source
 
 
 def unpack_from_store(args):
     from ..errors import LaminaError
-    from ..store import materialize as M
-    if args.format != "dir":
-        raise LaminaError("--format overlay is for oci:/docker-archive: sources; an image in the store already has "
+    from .layers import disk_format
+    from .output import check_format, emit
+    check_format(args)
+    if disk_format(args) != "dir":
+        raise LaminaError("--overlay is for oci:/docker-archive: sources; an image in the store already has "
                           "its layers as snapshots: use `lamina mount IMAGE TARGET`")
     if args.source.startswith(_TRANSPORTS):
         raise LaminaError("--bundle and --link unpack images from the store; import the image first "
                           f"(lamina copy {args.source} NAME) or drop the option")
     store = _open_store(args)
-    image = store.resolve(args.source)
     t0 = time.perf_counter()
-    if args.bundle:
-        image, stats, _spec = M.make_bundle(store, image, args.dest, link=args.link, platform=args.platform)
-    else:
-        image, stats = M.materialize(store, image, args.dest, link=args.link, platform=args.platform)
+    image, stats = api.unpack(store, args.source, args.dest, bundle=args.bundle, link=args.link,
+                              platform=args.platform)
     total = time.perf_counter() - t0
     name = image.refs[0].familiar() if image.refs else truncate_id(image.config_digest)
-    if args.json:
-        d = stats.to_dict()
-        d.update({"source": args.source, "image": name, "manifest_digest": image.manifest_digest,
-                  "config_digest": image.config_digest, "bundle": bool(args.bundle), "total_seconds": round(total, 6)})
-        json.dump(d, sys.stdout, indent=2)
-        print()
-        return 0
+    d = stats.to_dict()
+    d.update({"source": args.source, "image": name, "manifest_digest": image.manifest_digest,
+              "config_digest": image.config_digest, "bundle": bool(args.bundle), "total_seconds": round(total, 6)})
+    emit(args, d, lambda: _print_store_unpack(args, image, stats, name))
+    return 0
+
+
+def _print_store_unpack(args, image, stats, name):
     what = "bundle" if args.bundle else "rootfs"
     print(f"unpacked {name} ({truncate_id(image.config_digest)}) from the store into {stats.dest} ({what}, "
           f"{'hardlinked' if args.link else 'copied'})")

@@ -1,12 +1,18 @@
 """``lamina apply`` and ``lamina unpack``: layers and images onto directories."""
 from __future__ import annotations
 
-import json
+import os
 import sys
 
 from .images import human_size  # the verbs print sizes one way, docker's
+from .output import add_format_option, check_format, emit
 
 FORMATS = ("dir", "overlay")
+
+
+def disk_format(args):
+    """dir or overlay: --overlay, or the older spelling --format dir|overlay."""
+    return "overlay" if args.overlay or args.format == "overlay" else "dir"
 
 
 def _print_layer(stats, label: str, out):
@@ -22,14 +28,29 @@ def _print_layer(stats, label: str, out):
 
 
 def cmd_apply(args):
+    from ..atomic import apply_layer_atomic
+    from ..errors import LaminaError
     from ..layer import apply_layer
-    stats = apply_layer(args.layer, args.dest, format=args.format, diff_id=args.diff_id, digest=args.digest,
-                        media_type=args.media_type)
-    if args.json:
-        json.dump(stats.to_dict(), sys.stdout, indent=2)
-        print()
-    else:
-        _print_layer(stats, f"applied {args.layer} onto {args.dest} ({args.format})", sys.stdout)
+    check_format(args)
+    fmt = disk_format(args)
+    apply = apply_layer_atomic if args.atomic else apply_layer
+    existed = os.path.lexists(args.dest)
+    try:
+        stats = apply(args.layer, args.dest, format=fmt, diff_id=args.diff_id, digest=args.digest,
+                      media_type=args.media_type)
+    except (LaminaError, OSError) as e:
+        if args.atomic or not os.path.isdir(args.dest):
+            raise
+        if not existed and not os.listdir(args.dest):
+            os.rmdir(args.dest)  # nothing was written: leave no trace of a DEST the user never had
+            raise
+        if not isinstance(e, LaminaError):
+            raise
+        e.args = (f"{e}; {args.dest} is now partly applied (apply works in place, like tar -x: the entries "
+                  "before the failure were written); --atomic applies all or nothing",)
+        raise
+    emit(args, stats.to_dict(), lambda: _print_layer(stats, f"applied {args.layer} onto {args.dest} ({fmt})",
+                                                       sys.stdout))
 
 
 def cmd_unpack(args):
@@ -37,13 +58,14 @@ def cmd_unpack(args):
     if args.bundle or args.link or is_store_source(args.source, args.root):
         return _closing(unpack_from_store)(args)  # a bare image reference: materialize from the store's snapshots
     from ..unpacker import unpack
-    stats = unpack(args.source, args.dest, platform=args.platform, format=args.format)
-    if args.json:
-        json.dump(stats.to_dict(), sys.stdout, indent=2)
-        print()
-        return
+    check_format(args)
+    stats = unpack(args.source, args.dest, platform=args.platform, format=disk_format(args))
+    emit(args, stats.to_dict(), lambda: _print_unpack(args, stats))
+
+
+def _print_unpack(args, stats):
     out = sys.stdout
-    print(f"unpacking {args.source} ({stats.platform}) into {args.dest} ({args.format})", file=out)
+    print(f"unpacking {args.source} ({stats.platform}) into {args.dest} ({disk_format(args)})", file=out)
     print(f"manifest: {stats.manifest_digest}", file=out)
     print(f"config:   {stats.config_digest}", file=out)
     for i, layer in enumerate(stats.layers):
@@ -60,20 +82,24 @@ def register(sub):
     a = sub.add_parser("apply", help="apply one layer blob (gzip, zstd or tar) onto a directory")
     a.add_argument("layer", metavar="LAYER_FILE")
     a.add_argument("dest", metavar="DEST")
-    a.add_argument("--format", choices=FORMATS, default="dir",
-                   help="dir: apply whiteouts by deleting; overlay: write overlayfs whiteouts (default: dir)")
+    a.add_argument("--overlay", action="store_true",
+                   help="write overlayfs whiteouts (character devices, opaque xattrs) instead of deleting")
     a.add_argument("--diff-id", metavar="sha256:HEX", help="expected sha256 of the uncompressed tar")
     a.add_argument("--digest", metavar="sha256:HEX", help="expected sha256 of the blob as given")
     a.add_argument("--media-type", help="the layer's media type; must agree with the content")
-    a.add_argument("--json", action="store_true", help="print stats as JSON")
-    a.set_defaults(func=cmd_apply)
+    a.add_argument("--atomic", action="store_true", help="apply to a copy of DEST and rename it into place only "
+                   "if the whole layer applies and verifies (without it, a failure leaves DEST partly applied)")
+    add_format_option(a, text_values=FORMATS)
+    a.set_defaults(func=cmd_apply, _no_store=True)
 
     u = sub.add_parser("unpack", help="unpack an image into a root filesystem (or overlay layer dirs)")
-    u.add_argument("source", metavar="SOURCE", help="oci:PATH[:REF], docker-archive:PATH, or an image in the store")
+    u.add_argument("source", metavar="SOURCE", help="an image in the store (NAME[:TAG], ID), oci:PATH[:REF], "
+                   "oci-archive:PATH[:REF] or docker-archive:PATH[:REF]")
     u.add_argument("dest", metavar="DEST")
     u.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick from a multi-arch index")
-    u.add_argument("--format", choices=FORMATS, default="dir")
-    u.add_argument("--json", action="store_true", help="print stats as JSON")
+    u.add_argument("--overlay", action="store_true", help="oci:/archive sources: one overlayfs layer dir per "
+                   "layer (DEST/layers/N) and the mount options, instead of one merged rootfs")
+    add_format_option(u, text_values=FORMATS)
     u.add_argument("--bundle", action="store_true", help="store images: write an OCI runtime bundle "
                    "(DEST/config.json + DEST/rootfs)")
     u.add_argument("--link", action="store_true", help="store images: hardlink files from the store's snapshots "

@@ -5,6 +5,8 @@ import getpass
 import json
 import sys
 
+from .output import add_format_option, check_format, document, emit, wants_text
+
 
 def _add_common(p):
     p.add_argument("--insecure", action="store_true",
@@ -16,10 +18,13 @@ def register(sub):
     p.add_argument("ref", metavar="NAME[:TAG|@DIGEST]")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform of a multi-platform image "
                    "(default: this machine's)")
-    p.add_argument("-a", "--all-platforms", action="store_true",
-                   help="fetch the images of every platform of an index (the chosen one is tagged and extracted)")
+    p.add_argument("-a", "--all-tags", action="store_true",
+                   help="pull every tagged image of the repository (like docker pull -a)")
+    p.add_argument("--all-platforms", action="store_true",
+                   help="keep every platform of a multi-platform image under the tag (the chosen one is "
+                   "extracted; save as oci-archive and push keep them all)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image reference")
-    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    add_format_option(p)
     p.add_argument("--max-concurrent-downloads", type=int, metavar="N", default=None,
                    help="layers downloaded at once (default 3, or $LAMINA_MAX_CONCURRENT_DOWNLOADS)")
     _add_common(p)
@@ -28,7 +33,7 @@ def register(sub):
     p = sub.add_parser("push", help="push an image from the store to a registry")
     p.add_argument("ref", metavar="NAME[:TAG]")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the pushed digest")
-    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    add_format_option(p)
     p.add_argument("--chunk-size", type=int, metavar="BYTES", default=None,
                    help="upload blobs larger than this in chunks of this size (default 64 MiB)")
     _add_common(p)
@@ -73,11 +78,42 @@ def _store(args):
 def cmd_pull(args):
     from ..registry.progress import reporter_for
     from ..registry.pull import pull
+    if args.all_tags:
+        return _pull_all_tags(args)
     mode = _start(args)
     result = pull(args.ref, store=_store(args), platform=args.platform, all_platforms=args.all_platforms,
                   concurrency=args.max_concurrent_downloads, reporter=reporter_for(mode),
                   insecure=_insecure(args, args.ref))
     return _finish(args, result, result.reference)
+
+
+def _pull_all_tags(args):
+    from ..errors import InvalidReferenceError
+    from ..reference import Reference
+    from ..registry import list_tags
+    from ..registry.progress import reporter_for
+    from ..registry.pull import pull
+    check_format(args)
+    given = Reference.parse(args.ref, default_tag=False)
+    if given.tag is not None or given.digest is not None:
+        raise InvalidReferenceError(f"{args.ref}: tag can't be used with --all-tags/-a")
+    tags = list_tags(given, insecure=_insecure(args, args.ref))
+    if not tags:
+        raise InvalidReferenceError(f"{given.familiar()}: the repository has no tags")
+    mode = _mode(args)
+    store, results = _store(args), []
+    for tag in tags:
+        ref = f"{given.name}:{tag}"
+        results.append(pull(ref, store=store, platform=args.platform, all_platforms=args.all_platforms,
+                            concurrency=args.max_concurrent_downloads, reporter=reporter_for(mode),
+                            insecure=_insecure(args, args.ref)))
+        if args.format == "json":  # one document per line (JSON lines), each as pull --format json's
+            print(json.dumps(document(results[-1].to_dict())), flush=True)
+        elif not wants_text(args):
+            emit(args, results[-1].to_dict())
+    if wants_text(args) and args.quiet:
+        print(given.name)
+    return 0
 
 
 def cmd_push(args):
@@ -92,19 +128,23 @@ def cmd_push(args):
 def _start(args):
     """The output mode of pull/push, after docker's "Using default tag" line."""
     from ..reference import Reference
-    mode = "json" if args.format == "json" else ("quiet" if args.quiet else "auto")
+    check_format(args)
+    mode = _mode(args)
     given = Reference.parse(args.ref, default_tag=False)
     if mode == "auto" and given.tag is None and given.digest is None:
         print("Using default tag: latest", flush=True)
     return mode
 
 
+def _mode(args):
+    """How the progress shows: docker's lines, none (-q), or none because a document follows."""
+    if not wants_text(args):
+        return "json"
+    return "quiet" if args.quiet else "auto"
+
+
 def _finish(args, result, quiet_line):
-    if args.format == "json":
-        json.dump(result.to_dict(), sys.stdout, indent=2)
-        print()
-    elif args.quiet:
-        print(quiet_line)
+    emit(args, result.to_dict(), (lambda: print(quiet_line)) if args.quiet else None)
     return 0
 
 
@@ -119,6 +159,9 @@ def cmd_login(args):
         if not username:
             raise AuthenticationError("--password-stdin needs --username")
         password = sys.stdin.read().rstrip("\r\n")
+        if not password:
+            raise AuthenticationError("--password-stdin: stdin was empty (pipe the password in: "
+                                      "echo \"$TOKEN\" | lamina login --password-stdin ...)")
     elif password:
         print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", file=sys.stderr)
     if not username:

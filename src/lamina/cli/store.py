@@ -1,13 +1,10 @@
 """``lamina load``, ``lamina save``, ``lamina copy``, ``lamina fsck``: images in and out of the store."""
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import sys
-import tempfile
 
 from ..errors import InvalidReferenceError
+from .output import add_format_option, check_format, emit
 
 
 def _store(args):
@@ -36,24 +33,20 @@ def cmd_load(args):
 
 
 def _load(args, store):
-    from ..transports import load
-    spooled = None
-    path = args.input
-    if path is None:
+    from ..transports import load, load_stream
+    check_format(args)
+    if args.input is None:
         if sys.stdin.isatty():
             raise InvalidReferenceError("requested load from stdin, but stdin is a terminal; use -i FILE")
-        # Archives need random access; spool stdin next to the store (same filesystem, removed after),
-        # under the lease so that fsck --repair does not take the spool file for debris.
-        store.lease()
-        fd, spooled = tempfile.mkstemp(prefix="load-", suffix=".tmp", dir=store.paths.ingest)
-        with os.fdopen(fd, "wb") as f:
-            shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
-        path = spooled
-    try:
-        loaded = load(path, store=store, platform=args.platform, report=_reporter(args))
-    finally:
-        if spooled:
-            os.unlink(spooled)
+        loaded = load_stream(sys.stdin.buffer, store=store, platform=args.platform, report=_reporter(args))
+    else:
+        loaded = load(args.input, store=store, platform=args.platform, report=_reporter(args))
+    doc = {"images": [{"id": item.image.config_digest, "manifest_digest": item.image.manifest_digest,
+                       "names": [ref.familiar() for ref in item.names]} for item in loaded]}
+    emit(args, doc, lambda: _print_loaded(loaded))
+
+
+def _print_loaded(loaded):
     for item in loaded:
         if item.names:
             for ref in item.names:
@@ -77,7 +70,10 @@ def cmd_save(args):
 
 
 def cmd_copy(args):
+    from dataclasses import asdict
+
     from ..transports import copy
+    check_format(args)
     store = _store(args) if _needs_store(args) else None
     try:
         result = copy(args.source, args.destination, store=store, platform=args.platform,
@@ -87,7 +83,7 @@ def cmd_copy(args):
             store.close()
     if not args.quiet:
         print("Writing manifest to image destination", file=sys.stderr)
-        print(result.manifest_digest)
+    emit(args, asdict(result), (lambda: print(result.manifest_digest)) if not args.quiet else None)
 
 
 def _needs_store(args):
@@ -116,26 +112,27 @@ def cmd_fsck(args):
 
 
 def _fsck(args, store):
+    check_format(args)
     report = store.fsck(repair=args.repair, waiting=lambda: print(
         "lamina fsck: waiting for other lamina processes writing to the store to finish...", file=sys.stderr))
-    if args.json:
-        json.dump(report.to_dict(), sys.stdout, indent=2)
-        print()
-    else:
-        for f in report.findings:
-            print(f)
-        c = report.checked
-        summary = (f"checked {_count(c.get('blobs', 0), 'blob')}, {_count(c.get('images', 0), 'image')}, "
-                   f"{_count(c.get('snapshots', 0), 'snapshot')}: ")
-        errors = sum(1 for f in report.findings if f.severity == "error")
-        warnings = len(report.findings) - errors
-        repaired = sum(1 for f in report.findings if f.repaired)
-        summary += f"{_count(errors, 'error')}, {_count(warnings, 'warning')}" + (
-            f", {repaired} repaired" if args.repair else "")
-        print(summary)
-        if not report.ok and not args.repair:
-            print("run lamina fsck --repair to fix what can be fixed", file=sys.stderr)
+    emit(args, report.to_dict(), lambda: _print_fsck(args, report))
     return 0 if report.ok else 1
+
+
+def _print_fsck(args, report):
+    for f in report.findings:
+        print(f)
+    c = report.checked
+    summary = (f"checked {_count(c.get('blobs', 0), 'blob')}, {_count(c.get('images', 0), 'image')}, "
+               f"{_count(c.get('snapshots', 0), 'snapshot')}: ")
+    errors = sum(1 for f in report.findings if f.severity == "error")
+    warnings = len(report.findings) - errors
+    repaired = sum(1 for f in report.findings if f.repaired)
+    summary += f"{_count(errors, 'error')}, {_count(warnings, 'warning')}" + (
+        f", {repaired} repaired" if args.repair else "")
+    print(summary)
+    if not report.ok and not args.repair:
+        print("run lamina fsck --repair to fix what can be fixed", file=sys.stderr)
 
 
 def register(sub):
@@ -143,11 +140,13 @@ def register(sub):
     p.add_argument("-i", "--input", metavar="FILE", help="archive to read (default: stdin)")
     p.add_argument("-q", "--quiet", action="store_true", help="only print the loaded image names")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to load from a multi-platform archive")
+    add_format_option(p)
     p.set_defaults(func=cmd_load)
 
     p = sub.add_parser("save", help="save images to a tar archive (like docker save)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    # save writes an archive, not a report: its --format names the archive's (as skopeo's does)
     p.add_argument("--format", choices=("docker-archive", "oci-archive"), default="docker-archive",
                    help="archive format (default: docker-archive, what docker load reads)")
     p.set_defaults(func=cmd_save)
@@ -158,9 +157,10 @@ def register(sub):
     p.add_argument("destination", metavar="DEST", help="same forms; a plain name means the store")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to copy from a multi-platform source")
     p.add_argument("-q", "--quiet", action="store_true")
+    add_format_option(p)
     p.set_defaults(func=cmd_copy)
 
     p = sub.add_parser("fsck", help="check the store: blob digests, snapshots against their layers, leftovers")
     p.add_argument("--repair", action="store_true", help="fix what can be fixed (waits for other lamina writers)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_format_option(p)
     p.set_defaults(func=cmd_fsck)

@@ -34,8 +34,21 @@ def inspect_manifest(ref, *, client=None, insecure=()):
             client.close()
 
 
+def list_tags(repository, *, client=None, insecure=()):
+    """Every tag of a repository (``NAME``, a tag or digest in it is ignored), sorted."""
+    from ..reference import Reference
+    ref = repository if isinstance(repository, Reference) else Reference.parse(repository)
+    own = client is None
+    client = client or RegistryClient(insecure=insecure)
+    try:
+        return client.repository(ref, ("pull",)).list_tags()
+    finally:
+        if own:
+            client.close()
+
+
 __all__ = [
     "Credentials", "Endpoint", "ManifestResponse", "PullResult", "PushResult", "RegistryClient", "RegistryConfig",
-    "Repository", "Transport", "inspect_manifest", "is_loopback", "login", "logout", "parse_challenge", "pull",
+    "Repository", "Transport", "inspect_manifest", "is_loopback", "list_tags", "login", "logout", "parse_challenge", "pull",
     "push",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 import urllib.parse
@@ -406,6 +407,25 @@ class Repository:
             self._fail(resp, f"PUT manifest {self.name}:{reference}")
         resp.drain()
         return resp.header("Docker-Content-Digest")
+
+    def list_tags(self):
+        """Every tag of the repository (the registry's tags/list, all pages), sorted."""
+        tags, url = [], self.url("tags/list")
+        while url:
+            resp = self.request("GET", url)
+            if resp.status == 404:
+                data = resp.content(limit=MAX_ERROR_BODY)
+                raise ImageNotFoundError(f"repository {self.name} not found: {error_message(data, 404, 'Not Found')}")
+            if resp.status != 200:
+                self._fail(resp, f"GET tags of {self.name}")
+            try:
+                page = json.loads(resp.content(limit=MAX_MANIFEST_SIZE)).get("tags") or []
+            except (ValueError, UnicodeDecodeError, AttributeError):
+                raise RegistryError(f"tags of {self.name}: invalid JSON") from None
+            tags += [t for t in page if isinstance(t, str)]
+            link = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', resp.header("Link") or "")
+            url = urllib.parse.urljoin(url, link.group(1)) if link else None
+        return sorted(set(tags))
 
     # --- blobs -----------------------------------------------------------------------------------
 

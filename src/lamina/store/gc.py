@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from .. import digest as _digest
+from .. import mediatypes as mt
 from ..errors import ImageError, StoreError
 from ..oci.model import document_media_type, parse_manifest
 from . import snapshots as _snapshots
@@ -56,28 +57,58 @@ def reachable(store):
     paths = store.paths
     blobs, chains = set(), set()
     for e in store.index.read():
-        m = e["digest"]
-        blobs.add(m)
+        _reach_manifest(paths, e["digest"], e.get("mediaType"), blobs, chains)
         rd = entry_repo_digest(e)
         if rd:
-            blobs.add(rd)  # the index the registry served, when it was kept
-        doc = _read_json(paths.blob(m))
-        if not isinstance(doc, dict):
-            continue
-        try:
-            manifest = parse_manifest(doc, document_media_type(doc, e.get("mediaType"), m), m)
-        except (ImageError, ValueError):
-            continue
-        blobs.add(manifest.config.digest)
-        blobs.update(layer.digest for layer in manifest.layers)
-        config = _read_json(paths.blob(manifest.config.digest))
-        diff_ids = ((config or {}).get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else None
-        if isinstance(diff_ids, list) and all(_digest.is_valid(d) for d in diff_ids):
-            chains.update(chain_ids(diff_ids))
+            # The index the registry served, when it was kept, and every platform's image
+            # stored under it (pull --all-platforms): a multi-arch image lives by its tag.
+            blobs.add(rd)
+            for child, media_type in stored_index_children(store, rd):
+                _reach_manifest(paths, child, media_type, blobs, chains)
     for record in store.holds().values():
         blobs.update(d for d in record.get("blobs", []) if _digest.is_valid(d))
         chains.update(c for c in record.get("chain_ids", []) if _digest.is_valid(c))
     return blobs, chains
+
+
+def _reach_manifest(paths, m, media_type, blobs, chains):
+    blobs.add(m)
+    doc = _read_json(paths.blob(m))
+    if not isinstance(doc, dict):
+        return
+    try:
+        manifest = parse_manifest(doc, document_media_type(doc, media_type, m), m)
+    except (ImageError, ValueError):
+        return
+    blobs.add(manifest.config.digest)
+    blobs.update(layer.digest for layer in manifest.layers)
+    config = _read_json(paths.blob(manifest.config.digest))
+    diff_ids = ((config or {}).get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else None
+    if isinstance(diff_ids, list) and all(_digest.is_valid(d) for d in diff_ids):
+        chains.update(chain_ids(diff_ids))
+
+
+def stored_index_children(store, index_digest):
+    """[(digest, media type)] of the platform manifests (and nested indexes) of a stored image
+    index that are in the store themselves; [] if ``index_digest`` is not a stored index."""
+    out, todo, seen = [], [index_digest], set()
+    while todo:
+        d = todo.pop()
+        if d in seen:
+            continue
+        seen.add(d)
+        doc = _read_json(store.paths.blob(d))
+        if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+            continue
+        for m in doc["manifests"]:
+            digest = m.get("digest") if isinstance(m, dict) else None
+            if not (isinstance(digest, str) and _digest.is_valid(digest) and store.has_blob(digest)):
+                continue
+            media_type = m.get("mediaType")
+            out.append((digest, media_type))
+            if mt.is_index(media_type or ""):
+                todo.append(digest)
+    return out
 
 
 def unreferenced(store):

@@ -19,6 +19,7 @@ from ..errors import StoreError
 from ..oci.model import ANNOTATION_REF_NAME
 from .fsutil import atomic_write
 from .locks import FileLock
+from .paths import foreign_entries
 
 REPO_DIGEST = "io.lamina.repo.digest"
 
@@ -57,7 +58,12 @@ class IndexFile:
         try:
             with open(path, "rb") as f:
                 doc = json.load(f)
+        except NotADirectoryError:
+            raise StoreError(f"store root {self.paths.root} is not a directory (use --root or LAMINA_ROOT "
+                             "to name the store)") from None
         except FileNotFoundError:
+            if not (self.paths.root / "oci-layout").exists():
+                return self._no_store()
             raise StoreError(f"{path} is missing; run lamina fsck") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise StoreError(f"{path}: invalid JSON ({e}); run lamina fsck") from None
@@ -70,6 +76,20 @@ class IndexFile:
                 raise StoreError(f"{path}: manifests[{i}] is not a valid descriptor")
             entries.append(e)
         return entries
+
+    def _no_store(self):
+        """No store at the root yet (writers create it): no images, unless the root is something else."""
+        root = self.paths.root
+        try:
+            names = foreign_entries(root)
+        except FileNotFoundError:
+            return []
+        except NotADirectoryError:
+            raise StoreError(f"store root {root} is not a directory") from None
+        if names:
+            raise StoreError(f"{root} is not a lamina store (no oci-layout, and it holds other files);"
+                             " use --root or LAMINA_ROOT to name the store")
+        return []
 
     def write(self, entries):
         doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}

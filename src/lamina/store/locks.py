@@ -8,12 +8,19 @@ Per-item lock files are unlinked by their holder when it is done, so locks/
 does not grow with every blob ever stored.  That is safe because acquire()
 checks, after locking, that the path still names the inode it locked; a waiter
 that locked an unlinked inode simply opens the path again.
+
+Readers of a store they cannot write (mounted read-only, another user's) still
+lock: a lock file that exists is opened read-only (flock needs no write access),
+and one that cannot be created is taken in a per-user runtime directory keyed
+by the store, so lamina processes of this machine still exclude each other.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
+import tempfile
 
 from ..errors import LaminaError
 
@@ -29,13 +36,14 @@ class FileLock:
         self.path = os.fspath(path)
         self.shared = shared
         self.fd = None
+        self._where = self.path   # the file really locked (a stand-in when the store is read-only)
 
     def acquire(self, blocking=True):
         op = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         if not blocking:
             op |= fcntl.LOCK_NB
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd, where = _open_lock_file(self.path)
             try:
                 fcntl.flock(fd, op)
             except OSError as e:
@@ -44,13 +52,13 @@ class FileLock:
                     raise LockBusy(f"{self.path} is locked by another process") from None
                 raise
             try:
-                st = os.stat(self.path)
+                st = os.stat(where)
             except FileNotFoundError:
                 os.close(fd)
                 continue
             fst = os.fstat(fd)
             if (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino):
-                self.fd = fd
+                self.fd, self._where = fd, where
                 return self
             os.close(fd)  # the holder we waited for unlinked it: lock the new file
 
@@ -68,9 +76,12 @@ class FileLock:
             return
         if unlink and not self.shared:
             try:
-                os.unlink(self.path)
+                os.unlink(self._where)
             except FileNotFoundError:
                 pass
+            except OSError as e:
+                if e.errno not in _UNWRITABLE:  # a read-only store keeps its lock files
+                    raise
         os.close(self.fd)  # closing the last fd drops the flock
         self.fd = None
 
@@ -89,6 +100,41 @@ class FileLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _open_lock_file(path):
+    """(fd to flock, the path it has) for ``path``: the file itself (created if needed),
+    opened read-only when the store cannot be written, or a stand-in outside the store
+    when it cannot even be created there."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), path
+    except OSError as e:
+        if e.errno not in _UNWRITABLE:
+            raise
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC), path
+    except FileNotFoundError:
+        pass
+    where = _stand_in(path)
+    return os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600), where
+
+
+def _stand_in(path):
+    """$XDG_RUNTIME_DIR/lamina-locks/<id of the lock dir>/<name> (or under the temp dir):
+    where a lock lives when the store's own locks/ cannot be written."""
+    parent, name = os.path.split(os.path.abspath(path))
+    try:
+        st = os.stat(parent)
+        key = f"{st.st_dev}-{st.st_ino}"
+    except OSError:
+        key = hashlib.sha256(os.fsencode(parent)).hexdigest()[:16]
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(tempfile.gettempdir(), f"lamina-{os.geteuid()}")
+    d = os.path.join(base, "lamina-locks", key)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    return os.path.join(d, name)
 
 
 def is_locked(path):

@@ -39,6 +39,12 @@ def default_root():
     return Path(data) / "lamina"
 
 
+def foreign_entries(root):
+    """Names in ``root`` that a store being created has no business with (lamina's own
+    entries may be there already: another process is creating the store right now)."""
+    return [n for n in os.listdir(root) if n not in _OWN and ".tmp-" not in n]
+
+
 class Paths:
     def __init__(self, root):
         self.root = Path(os.path.abspath(os.fspath(root)))
@@ -85,9 +91,7 @@ class Paths:
             if root.exists() and not (root / "oci-layout").exists():
                 if not root.is_dir():
                     raise StoreError(f"store root {root} is not a directory")
-                # Only lamina's own entries: another process is creating this store right now.
-                foreign = [n for n in os.listdir(root) if n not in _OWN and ".tmp-" not in n]
-                if foreign:
+                if foreign_entries(root):
                     raise StoreError(f"{root} is not empty and is not an OCI image layout; refusing to use it as a store")
             root.mkdir(parents=True, exist_ok=True)
             write_if_absent(root / "oci-layout", OCI_LAYOUT)

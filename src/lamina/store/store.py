@@ -7,6 +7,10 @@ Concurrency model (all fcntl.flock, see locks.py):
     write until close() (or process exit).  gc and fsck --repair take it *exclusive*,
     so they never delete a blob that an import has written but not yet named.
 Readers take no lock: blobs are immutable and index.json is only ever renamed over.
+Only writers create the store: ``Store(root)`` and every read of a store that does not
+exist yet (no images) leave the disk alone, and a store that cannot be written
+(mounted read-only, another user's) serves every read, including unpacking an image
+whose snapshots are all there.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import re
 import threading
 
 from .. import digest as _digest
+from .. import mediatypes as mt
 from ..errors import (AmbiguousImageError, BlobNotFoundError, ImageError, ImageNotFoundError,
                       InvalidReferenceError, StoreError)
 from ..oci.model import ANNOTATION_REF_NAME
@@ -49,14 +54,32 @@ def name_of(ref):
 class Store:
     def __init__(self, root=None):
         self.paths = Paths(root if root is not None else default_root())
-        self.paths.create()
         self.root = self.paths.root
         self.index = IndexFile(self.paths)
         self._lease = None
+        self._created = False
         self._lease_mutex = threading.Lock()
 
     def __repr__(self):
         return f"Store({str(self.root)!r})"
+
+    @property
+    def exists(self):
+        """True once something was written to the store (its oci-layout file is there)."""
+        return (self.root / "oci-layout").is_file()
+
+    @property
+    def writable(self):
+        """False for a store on a read-only mount or one this user may not write."""
+        root = self.root
+        while not root.exists() and root != root.parent:
+            root = root.parent  # a store that does not exist yet is created in the first existing parent
+        return os.access(root, os.W_OK)
+
+    def _check_writable(self, what):
+        if not self.writable:
+            raise StoreError(f"{what}: the store at {self.root} is read-only (a read-only mount, or another "
+                             "user's store); use --root or LAMINA_ROOT for a store of your own")
 
     # --- the gc lease -------------------------------------------------------------
 
@@ -65,9 +88,14 @@ class Store:
         write or stage is collected, and fsck --repair waits, until close()."""
         self._take_lease()
 
-    def _take_lease(self):
+    def _take_lease(self, create=True):
+        """The shared gc lock; writers (``create``) first create the store if it is not there."""
+        if create and not self._created:  # once per Store: writes come by the thousand in a pull
+            self._check_writable("cannot write")
+            self.paths.create()
+            self._created = True
         with self._lease_mutex:
-            if self._lease is None:
+            if self._lease is None and (create or self.exists):
                 self._lease = FileLock(self.paths.gc_lock, shared=True).acquire()
 
     def _drop_lease(self):
@@ -188,6 +216,23 @@ class Store:
                 raise StoreError(f"image {names} is broken: {err}; run lamina fsck") from None
         return out
 
+    def platforms(self, image):
+        """(index digest, [Image]) of a multi-arch image: the image index its tag was pulled
+        from and every platform's image stored under it (``pull --all-platforms``), this
+        one included.  (None, [image]) for an image without a stored index."""
+        from .gc import stored_index_children
+        for index_digest in {rd.split("@", 1)[1] for rd in image.repo_digests}:
+            children = [(d, t) for d, t in stored_index_children(self, index_digest) if not mt.is_index(t or "")]
+            if any(d == image.manifest_digest for d, _ in children):
+                out = []
+                for d, t in children:
+                    try:
+                        out.append(image if d == image.manifest_digest else load_image(self.open_blob, d, t))
+                    except (ImageError, OSError):
+                        continue  # only partly there (a platform whose config was never fetched)
+                return index_digest, out
+        return None, [image]
+
     def resolve(self, ref_or_id):
         """An image by name[:tag], full reference, name@digest, image ID (``sha256:…``) or unique ID prefix."""
         if isinstance(ref_or_id, Reference):
@@ -302,6 +347,9 @@ class Store:
         Like ``docker rmi NAME``; blobs and snapshots stay until gc().
         """
         name = name_of(ref)
+        if not any(entry_name(e) == name for e in self.index.read()):
+            raise ImageNotFoundError(f"no such image: {_as_reference(ref).familiar()}")
+        self._check_writable(f"cannot untag {_as_reference(ref).familiar()}")
         with self.index.update() as entries:
             old = next((e for e in entries if entry_name(e) == name), None)
             if old is None:
@@ -312,6 +360,9 @@ class Store:
     def remove_image(self, image):
         """Remove every name of an image (Image or manifest digest). Returns the names removed."""
         digest = image.manifest_digest if isinstance(image, Image) else _digest.validate(image, "manifest digest")
+        if not any(e["digest"] == digest for e in self.index.read()):
+            raise ImageNotFoundError(f"no image with manifest {digest} in the store")
+        self._check_writable(f"cannot remove image {digest}")
         with self.index.update() as entries:
             removed = [entry_name(e) for e in entries if e["digest"] == digest]
             if not removed:
@@ -328,10 +379,26 @@ class Store:
         return _snapshots.ensure(self.paths, layer_digest, diff_id, parent_chain_id, media_type, defer=defer)
 
     def snapshots_for(self, image):
-        """Layer dirs of an image, bottom first, extracting the missing ones (in parallel)."""
-        self._take_lease()
+        """Layer dirs of an image, bottom first, extracting the missing ones (in parallel).
+
+        An image whose snapshots are all there is only read (a read-only store serves it)."""
+        complete = all(self._snapshot_complete(c) for c in image.chain_ids)
+        if not complete:
+            self._check_writable(f"image {image.config_digest[7:19]} has layers not extracted yet")
+        self._take_lease(create=not complete)
         return _snapshots.ensure_all(self.paths, [layer.digest for layer in image.layers], image.diff_ids,
                                      [layer.media_type for layer in image.layers])
+
+    def _snapshot_complete(self, chain_id):
+        try:
+            info = self.snapshot_info(chain_id)
+        except StoreError:
+            return False
+        return info is not None and info.inherited and info.fs.is_dir()
+
+    def snapshot_dir(self, chain_id):
+        """The extracted tree of a layer (an overlayfs lowerdir), whether or not it exists yet."""
+        return self.paths.snapshot(chain_id) / "fs"
 
     def snapshot_info(self, chain_id):
         """SnapshotInfo (sizes, source blob) or None if that snapshot was not extracted yet."""
@@ -380,16 +447,25 @@ class Store:
 
     def gc(self, dry_run=False):
         """Delete blobs and snapshots that no name, dangling image or hold reaches. Returns GCResult."""
-        from .gc import collect
+        from .gc import GCResult, collect
         self._drop_lease()  # flock on a second fd of ours would wait for ourselves
+        if not self.exists:
+            return GCResult(dry_run=dry_run)
+        if not dry_run:
+            self._check_writable("cannot remove unused content")
         return collect(self, dry_run=dry_run)
 
     def fsck(self, repair=False, waiting=None):
         """Check (and with ``repair`` fix) the whole store. Returns FsckReport.
 
         Repairs wait until no other Store is writing; ``waiting()`` is called first if they must."""
-        from .fsck import check
+        from .fsck import FsckReport, check
         self._drop_lease()
+        if not self.exists:  # nothing written yet: nothing to check (unless the root is something else)
+            self.index.read()
+            return FsckReport(checked={"blobs": 0, "images": 0, "snapshots": 0}, repair=repair)
+        if repair:
+            self._check_writable("cannot repair")
         return check(self, repair=repair, waiting=waiting)
 
 

@@ -95,6 +95,33 @@ def load(path, *, store, platform=None, report=None):
     return out
 
 
+def load_stream(stream, *, store, platform=None, report=None):
+    """``lamina load`` from a pipe: an archive on a binary stream (read to its end).
+
+    Archives need random access, so the stream is spooled next to the store (same
+    filesystem, removed after), under the gc lease so that fsck --repair does not take
+    the spool file for debris.  Errors speak of "the archive on stdin", not the spool."""
+    import shutil
+    import tempfile
+    from ..errors import LaminaError
+    store.lease()
+    fd, spooled = tempfile.mkstemp(prefix="load-", suffix=".tmp", dir=store.paths.ingest)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(stream, f, 1 << 20)
+            empty = f.tell() == 0
+        if empty:
+            raise InvalidReferenceError("nothing to load: stdin was empty (give the archive with -i FILE "
+                                        "or lamina load < FILE)")
+        try:
+            return load(spooled, store=store, platform=platform, report=report)
+        except LaminaError as e:
+            e.args = (str(e).replace(spooled, "the archive on stdin"),)
+            raise
+    finally:
+        os.unlink(spooled)
+
+
 def _save_set(store, refs):
     """[(ImageData, [Reference])] for ``save``: a name without a tag means every tag of that repository."""
     chosen = {}
@@ -114,7 +141,7 @@ def _save_set(store, refs):
         for image, names in picked:
             entry = chosen.setdefault(image.manifest_digest, (image, []))
             entry[1].extend(n for n in names if n not in entry[1])
-    return [(from_store(store, image.manifest_digest), names) for image, names in chosen.values()]
+    return [(from_store(store, image.manifest_digest), names, image) for image, names in chosen.values()]
 
 
 def save(refs, output=None, *, store, format="docker-archive"):
@@ -124,14 +151,20 @@ def save(refs, output=None, *, store, format="docker-archive"):
         raise InvalidReferenceError(f"unknown archive format {format!r}; use one of {', '.join(ARCHIVE_FORMATS)}")
     if not refs:
         raise InvalidReferenceError("nothing to save: name at least one image")
-    images = _save_set(store, refs)
+    picked = _save_set(store, refs)
+    images = [(data, names) for data, names, _ in picked]
     if format == "docker-archive":
+        # docker's archive format has one image per tag: a multi-arch image saves the tagged platform
         from .docker_write import write_archive, write_archive_file
         items = images
     else:
+        # an oci-archive keeps a multi-arch image whole: its index under the tag, every platform in it
         from .oci_write import write_archive, write_archive_file
-        items = [(data, str(n)) for data, names in images for n in names] + \
-                [(data, None) for data, names in images if not names]
+        from .sources import multi_arch_from_store
+        items = []
+        for data, names, image in picked:
+            data = multi_arch_from_store(store, image) or data
+            items += [(data, str(n)) for n in names] or [(data, None)]
     if output is None:
         import sys
         write_archive(items, sys.stdout.buffer)
@@ -141,4 +174,4 @@ def save(refs, output=None, *, store, format="docker-archive"):
     return images
 
 
-__all__ = ["CopyResult", "ImageData", "ImageSpec", "LoadedImage", "copy", "load", "parse", "save"]
+__all__ = ["CopyResult", "ImageData", "ImageSpec", "LoadedImage", "copy", "load", "load_stream", "parse", "save"]

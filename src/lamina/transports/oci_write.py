@@ -17,6 +17,7 @@ from ..errors import ImageError
 from ..oci.model import ANNOTATION_REF_NAME
 from ..store.fsutil import atomic_write, fsync_dir, tmp_name
 from .output import CHUNK, VerifyingReader, add_bytes, add_dir, add_stream, atomic_output, stream_tar
+from .sources import IndexData
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -30,8 +31,18 @@ def _blobs(data):
     return out
 
 
+def _index_blobs(index):
+    """_blobs() of every platform of an IndexData, then the index itself."""
+    out = [b for child in index.children for b in _blobs(child)]
+    out.append((index.digest, len(index.data), lambda: io.BytesIO(index.data), f"index {index.digest}"))
+    return out
+
+
 def _entry(data, ref):
-    entry = {"mediaType": data.media_type, "digest": data.manifest_digest, "size": len(data.manifest)}
+    if isinstance(data, IndexData):
+        entry = {"mediaType": data.media_type, "digest": data.digest, "size": len(data.data)}
+    else:
+        entry = {"mediaType": data.media_type, "digest": data.manifest_digest, "size": len(data.manifest)}
     if ref:
         entry["annotations"] = {ANNOTATION_REF_NAME: ref}
     return entry
@@ -110,7 +121,7 @@ def _copy_blob(opener, dest, digest, size, what):
 # --- archive --------------------------------------------------------------------------------
 
 def write_archive(images, fileobj):
-    """An oci-archive of [(ImageData, ref-or-None)] onto a binary stream."""
+    """An oci-archive of [(ImageData or IndexData, ref-or-None)] onto a binary stream."""
     for _, ref in images:
         _check_ref(ref)
     tar = stream_tar(fileobj)
@@ -119,7 +130,7 @@ def write_archive(images, fileobj):
     add_dir(tar, "blobs/sha256")
     written, entries = set(), []
     for data, ref in images:
-        for digest, size, opener, what in _blobs(data):
+        for digest, size, opener, what in (_index_blobs(data) if isinstance(data, IndexData) else _blobs(data)):
             if digest in written:
                 continue
             with opener() as f:

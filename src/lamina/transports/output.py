@@ -55,6 +55,8 @@ def add_stream(tar, name, size, fileobj, expected, what, mode=0o644):
     reader = VerifyingReader(fileobj, expected, what)
     try:
         tar.addfile(info, reader)
+    except BrokenPipeError:
+        raise  # the reader of our output went away (save | head): not a fault of the layer
     except OSError as e:
         # tarfile says "unexpected end of data" when the stream is short
         raise ImageError(f"{what}: {e} (expected {size} bytes)") from None

@@ -20,6 +20,7 @@ from ..errors import BlobNotFoundError, ImageError, InvalidReferenceError
 from ..oci.blobs import MAX_DOCUMENT_SIZE, TarBlobStore, read_verified
 from ..oci.dockerarchive import DockerArchive
 from ..oci.layout import OCILayout, open_layout_dir
+from ..oci.model import document_media_type
 from ..reference import Reference
 from .output import open_uncompressed
 
@@ -60,6 +61,11 @@ class ImageData:
 
 def from_store(store, ref):
     image = store.resolve(ref)
+    return image_data(store, image, _store_names(image, ref), str(ref))
+
+
+def image_data(store, image, names=(), description=""):
+    """ImageData of an image in the store (its blobs read, and verified, as they are written out)."""
     with store.open_blob(image.manifest_digest) as f:
         manifest = read_verified(f, image.manifest_digest, None, f"manifest {image.manifest_digest}")
     with store.open_blob(image.config_digest) as f:
@@ -70,9 +76,33 @@ def from_store(store, ref):
         tar_size = info.tar_bytes if info else (desc.size if mt.layer_compression(desc.media_type) == "none" else None)
         layers.append(LayerData(desc.digest, desc.size, desc.media_type, diff_id,
                                 functools.partial(store.open_blob, desc.digest), tar_size))
-    names = _store_names(image, ref)
     return ImageData(manifest, image.manifest_digest, image.media_type, config, image.config_digest, layers,
-                     names, description=str(ref))
+                     list(names), description=description or image.manifest_digest)
+
+
+@dataclass
+class IndexData:
+    """A multi-arch image of the store: its image index and every platform's ImageData."""
+    data: bytes
+    digest: str
+    media_type: str
+    children: list
+
+
+def multi_arch_from_store(store, image):
+    """IndexData when ``image`` is one platform of a multi-arch image whose every platform is
+    stored (pull --all-platforms), else None."""
+    index_digest, images = store.platforms(image)
+    if index_digest is None:
+        return None
+    with store.open_blob(index_digest) as f:
+        data = read_verified(f, index_digest, None, f"index {index_digest}")
+    doc = json.loads(data)
+    wanted = {m.get("digest") for m in doc.get("manifests", []) if isinstance(m, dict)}
+    if wanted - {i.manifest_digest for i in images}:
+        return None  # some platform is missing (or nested): save what is there, the tagged one
+    return IndexData(data, index_digest, document_media_type(doc, None, f"index {index_digest}"),
+                     [image_data(store, i) for i in images])
 
 
 def _store_names(image, asked):

@@ -1,0 +1,51 @@
+"""``apply_layer`` all-or-nothing: ``lamina apply --atomic``.
+
+apply works in place, like ``tar -x``: a layer that fails half-way leaves DEST partly
+applied.  apply_layer_atomic applies onto a staged copy of DEST (``cp -a``, with reflinks
+where the filesystem has them, so ownership, modes, xattrs, devices and hardlinks are
+kept) and puts the copy in DEST's place only once the whole layer applied and verified.
+The cost is the copy; DEST's parent must be writable.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+
+from .errors import LaminaError
+
+
+def _sibling(dest, what):
+    parent, name = os.path.split(dest.rstrip("/"))
+    return os.path.join(parent, f".{name}.lamina-{what}-{secrets.token_hex(4)}")
+
+
+def apply_layer_atomic(layer, dest, **kw):
+    """apply_layer(layer, dest, **kw) that leaves DEST untouched unless it succeeds.
+
+    DEST appears (or is replaced) by rename: readers see the old tree or the new one."""
+    from .layer import apply_layer
+    from .tree import remove_tree
+    dest = os.path.abspath(os.fspath(dest))
+    staging = _sibling(dest, "staging")
+    try:
+        if os.path.lexists(dest):
+            if not os.path.isdir(dest) or os.path.islink(dest):
+                raise LaminaError(f"{dest} exists and is not a directory")
+            proc = subprocess.run(["cp", "-a", "--reflink=auto", "--", dest, staging],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise LaminaError(f"--atomic: cannot copy {dest} to stage the layer: "
+                                  f"{proc.stderr.strip() or 'cp failed'}")
+        stats = apply_layer(layer, staging, **kw)
+        if os.path.lexists(dest):
+            old = _sibling(dest, "old")
+            os.rename(dest, old)
+            os.rename(staging, dest)
+            remove_tree(old)
+        else:
+            os.rename(staging, dest)
+        return stats
+    finally:
+        if os.path.lexists(staging):
+            remove_tree(staging)

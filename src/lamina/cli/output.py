@@ -1,0 +1,62 @@
+"""One output convention for every verb, docker's: text by default, ``--format json`` for
+the machine-readable document, ``--format TEMPLATE`` for a Go template over it (``--json``
+is kept as an alias of ``--format json``).
+
+The JSON of lamina's own verbs (apply, unpack, fsck, pull, push, load, save, copy, tag,
+rmi, prune) is a stable interface: one object carrying ``"version": JSON_VERSION``; fields
+are only ever added within a version.  The docker-shaped verbs (images, inspect, history,
+system df) print what docker prints, so tools written for docker read them unchanged.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+JSON_VERSION = 1
+
+
+def add_format_option(p, *, text_values=()):
+    """--format FORMAT and its alias --json.  ``text_values``: more spellings of the default
+    text output that older command lines used (``--format text``)."""
+    p.add_argument("--format", metavar="FORMAT", default=None,
+                   help="'json' for the documented JSON (see the README), or a Go template over it, "
+                        "e.g. '{{.manifest_digest}}'")
+    p.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
+    p.set_defaults(_text_formats=("text", "table", *text_values))
+
+
+def wants_text(args):
+    return args.format is None or args.format in getattr(args, "_text_formats", ("text", "table"))
+
+
+def check_format(args):
+    """Parse a template before any work is done, so a typo costs nothing (docker does the same)."""
+    if wants_text(args) or args.format == "json":
+        return None
+    from .gotemplate import parse
+    return parse(args.format)
+
+
+def document(doc):
+    """The versioned JSON document of a verb (a dict, or a list wrapped as ``items``)."""
+    if isinstance(doc, list):
+        doc = {"items": doc}
+    return {"version": JSON_VERSION, **doc}
+
+
+def emit(args, doc, text=None, *, out=None):
+    """Print ``doc`` (a dict) the way --format asks: ``text()`` prints the default output."""
+    out = out or sys.stdout
+    if wants_text(args):
+        if text is not None:
+            text()
+        return
+    doc = document(doc)
+    if args.format == "json":
+        json.dump(doc, out, indent=2)
+        out.write("\n")
+        return
+    from .gotemplate import parse
+    from .images import _raw_for_template
+    out.write(parse(args.format).execute(_raw_for_template(doc)) + "\n")
+

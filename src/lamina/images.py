@@ -1,0 +1,701 @@
+"""The docker image verbs as an API: what ``lamina images``, ``inspect``, ``history``,
+``rmi``, ``image prune`` and ``system df`` show or do, as plain data.
+
+    import lamina
+    from lamina import images as I
+
+    store = lamina.Store()
+    for row in I.ls(store, filters={"dangling": ["true"]}):     # lamina images --filter dangling=true
+        print(row.id, row.repo_tags, row.size)
+    details = I.inspect(store, "app:1")                         # lamina inspect app:1
+    for item in I.history(store, "app:1"): ...                  # lamina history app:1
+    I.tag(store, "app:1", "app:latest")                         # lamina tag
+    result = I.remove(store, "app:1")                           # lamina rmi app:1
+    result = I.prune(store, all=True)                           # lamina image prune -a -f
+    usage = I.disk_usage(store)                                 # lamina system df
+
+The CLI (cli/images.py) only formats these.  Sizes mean what docker's do: an image's
+size is its unpacked content (the sum of its layers' snapshots, bytes on disk; a layer
+not extracted yet counts its compressed size), so every tag of an image shows the same
+size and ``history`` adds up to it.  Layers used by several images are their shared
+size; the compressed blobs lamina also keeps (for push and save) are counted by
+``disk_usage`` on their own line.
+
+Mounts (``lamina mount``) and bundles (``lamina unpack --bundle``) play the part of
+docker's containers: they keep their image in use (remove needs force, prune skips it).
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .errors import ImageNotFoundError, InvalidReferenceError, LaminaError
+from .reference import Reference
+
+# --- what is in use, and how big ------------------------------------------------------------
+
+
+def created_ts(image):
+    """The image's creation time (unix seconds), None if its config does not say."""
+    from .timefmt import parse_rfc3339
+    parsed = parse_rfc3339((image.config or {}).get("created"))
+    return parsed[0] if parsed else None
+
+
+def in_use(store):
+    """{manifest digest: [records]} of the mounts and bundles that keep an image in use."""
+    from .store.materialize import in_use as records
+    out = {}
+    for rec in records(store):
+        out.setdefault(rec["manifest_digest"], []).append(rec)
+    return out
+
+
+class Sizes:
+    """Sizes of the images of a store, docker's way (see the module docstring)."""
+
+    def __init__(self, store, images=None):
+        self.store = store
+        self.images = store.images() if images is None else images
+        self._snap = {}
+        self.users = {}   # chainID -> number of images whose layers include it
+        for img in self.images:
+            for c in set(img.chain_ids):
+                self.users[c] = self.users.get(c, 0) + 1
+
+    def snapshot_size(self, chain):
+        """Bytes on disk of an extracted snapshot, None if it was not extracted."""
+        if chain not in self._snap:
+            try:
+                info = self.store.snapshot_info(chain)
+            except LaminaError:  # a broken snapshot counts as absent here; fsck reports it
+                info = None
+            self._snap[chain] = info.size if info is not None else None
+        return self._snap[chain]
+
+    def layer_sizes(self, image):
+        """Each layer's size, bottom first: its snapshot, or its compressed blob if not extracted."""
+        out = []
+        for chain, layer in zip(image.chain_ids, image.layers):
+            s = self.snapshot_size(chain)
+            out.append(s if s is not None else layer.size)
+        return out
+
+    def _by_chain(self, image):
+        return dict(zip(image.chain_ids, self.layer_sizes(image)))
+
+    def size(self, image):
+        return sum(self._by_chain(image).values())
+
+    def shared(self, image):
+        return sum(s for c, s in self._by_chain(image).items() if self.users.get(c, 0) > 1)
+
+    def total(self, images=None):
+        """The images' layers, each counted once."""
+        chains = {}
+        for img in (self.images if images is None else images):
+            chains.update(self._by_chain(img))
+        return sum(chains.values())
+
+
+# --- filters (docker's --filter) ---------------------------------------------------------------
+
+IMAGE_FILTERS = ("dangling", "reference", "label", "before", "since", "until")
+PRUNE_FILTERS = ("until", "label", "label!")
+
+
+def parse_filters(values, allowed=IMAGE_FILTERS):
+    """docker's --filter key=value (repeatable) -> {key: [values]}; unknown keys are an error."""
+    out = {}
+    for v in values or []:
+        key, sep, val = v.partition("=")
+        key = key.strip().lower()
+        if not sep:
+            raise LaminaError(f"bad format of filter (expected name=value): {v}")
+        if key not in allowed:
+            raise LaminaError(f"invalid filter '{key}'")
+        out.setdefault(key, []).append(val)
+    return out
+
+
+def _check_filters(filters, allowed):
+    for key in filters or {}:
+        if key not in allowed:
+            raise LaminaError(f"invalid filter '{key}'")
+    return {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in (filters or {}).items()}
+
+
+def _bool_filter(vals, name):
+    out = set()
+    for v in vals:
+        lv = str(v).lower()
+        if lv in ("true", "1"):
+            out.add(True)
+        elif lv in ("false", "0"):
+            out.add(False)
+        else:
+            raise LaminaError(f"invalid filter '{name}={v}': expected true or false")
+    if len(out) > 1:
+        raise LaminaError(f"conflicting {name} filters")
+    return out.pop()
+
+
+def _path_match(pattern, text):
+    """Go's path.Match: '*' and '?' do not cross '/'."""
+    rx = ""
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            rx += "[^/]*"
+        elif c == "?":
+            rx += "[^/]"
+        elif c == "[":
+            j = pattern.find("]", i + 1)
+            if j < 0:
+                return False
+            body = pattern[i + 1:j]
+            if body.startswith("^"):
+                body = "!" + body[1:]
+            rx += fnmatch.translate("[" + body + "]")[4:-3]
+            i = j
+        elif c == "\\" and i + 1 < len(pattern):
+            i += 1
+            rx += re.escape(pattern[i])
+        else:
+            rx += re.escape(c)
+        i += 1
+    return re.fullmatch(rx, text) is not None
+
+
+def _ref_match(pattern, ref):
+    return _path_match(pattern, ref.familiar()) or _path_match(pattern, ref.familiar_name)
+
+
+def matching_names(patterns, image):
+    """(tags, repo digests) of the image that docker's reference filter (FamiliarMatch) keeps."""
+    refs = [r for r in image.refs if any(_ref_match(p, r) for p in patterns)]
+    rds = []
+    for rd in image.repo_digests:
+        try:
+            r = Reference.parse(rd, default_tag=False)
+        except InvalidReferenceError:
+            continue
+        if any(_ref_match(p, r) for p in patterns):
+            rds.append(rd)
+    return refs, rds
+
+
+def label_match(image, spec):
+    """docker's label=KEY, label=KEY=VALUE (and prune's label!=...) on the image config's Labels."""
+    labels = ((image.config or {}).get("config") or {}).get("Labels") or {}
+    key, sep, val = spec.partition("=")
+    if key.endswith("!"):
+        return labels.get(key[:-1]) != val
+    if not sep:
+        return key in labels
+    return labels.get(key) == val
+
+
+def parse_until(value):
+    """docker's until filter: a Go duration (10m, 1h30m), a unix timestamp or an RFC 3339 time -> unix seconds."""
+    from .timefmt import parse_rfc3339
+    m = re.fullmatch(r"((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+)", value)
+    if m:
+        units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+        total = sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", value))
+        return time.time() - total
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    parsed = parse_rfc3339(value) or parse_rfc3339(value + "T00:00:00Z")
+    if parsed:
+        return parsed[0]
+    raise LaminaError(f"invalid filter 'until={value}': expected a duration (24h), a timestamp or a date")
+
+
+def filter_images(store, images, filters):
+    out = list(images)
+    if "dangling" in filters:
+        want = _bool_filter(filters["dangling"], "dangling")
+        out = [i for i in out if (not i.refs) == want]
+    if "reference" in filters:
+        pats = filters["reference"]
+        out = [i for i in out if any(matching_names(pats, i))]
+    if "label" in filters:
+        out = [i for i in out if all(label_match(i, spec) for spec in filters["label"])]
+    for key in ("before", "since"):
+        for v in filters.get(key, []):
+            try:
+                ref_img = store.resolve(v)
+            except LaminaError as e:
+                raise LaminaError(f"invalid filter '{key}={v}': {e}") from None
+            t0 = created_ts(ref_img)
+            if t0 is None:
+                continue
+            if key == "before":
+                out = [i for i in out if (created_ts(i) or 0) < t0]
+            else:
+                out = [i for i in out if (created_ts(i) or 0) > t0]
+    for v in filters.get("until", []):
+        limit = parse_until(v)
+        out = [i for i in out if (created_ts(i) or 0) < limit]
+    return out
+
+
+def newest_first(images):
+    """The daemon's order: newest first, images without a creation time last."""
+    return sorted(images, key=lambda i: -(created_ts(i) or float("-inf")))
+
+
+# --- ls ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageSummary:
+    """One image as ``lamina images`` lists it (docker's image.Summary)."""
+    id: str                              # the config digest
+    manifest_digest: str
+    repo_tags: list                      # familiar "name:tag" strings the filters kept
+    repo_digests: list                   # familiar "name@sha256:..." strings the filters kept
+    created: Optional[float]             # unix seconds, None if the config does not say
+    size: int                            # unpacked content (see the module docstring)
+    shared_size: int                     # the part of it in layers other images use too
+    containers: int                      # mounts and bundles using it
+    labels: dict = field(default_factory=dict)
+    image: object = field(default=None, repr=False, compare=False)   # the store.Image
+
+    @property
+    def unique_size(self):
+        return self.size - self.shared_size
+
+    @property
+    def dangling(self):
+        return not self.image.refs if self.image is not None else not self.repo_tags
+
+    def to_dict(self):
+        return {"id": self.id, "manifest_digest": self.manifest_digest, "repo_tags": self.repo_tags,
+                "repo_digests": self.repo_digests, "created": self.created, "size": self.size,
+                "shared_size": self.shared_size, "unique_size": self.unique_size, "containers": self.containers,
+                "labels": self.labels}
+
+
+def ls(store, filters=None, *, sizes=None, use=None):
+    """The images ``lamina images`` lists, newest first.  ``filters``: {key: [values]} or a
+    list of docker's "key=value" strings (dangling, reference, label, before, since, until)."""
+    if isinstance(filters, (list, tuple)):
+        filters = parse_filters(filters)
+    filters = _check_filters(filters, IMAGE_FILTERS)
+    images = newest_first(filter_images(store, store.images(), filters))
+    sizes = sizes or Sizes(store)
+    use = in_use(store) if use is None else use
+    out = []
+    for img in images:
+        refs, rds = (matching_names(filters["reference"], img) if "reference" in filters
+                     else (img.refs, img.repo_digests))
+        labels = ((img.config or {}).get("config") or {}).get("Labels") or {}
+        out.append(ImageSummary(
+            id=img.config_digest, manifest_digest=img.manifest_digest, repo_tags=[r.familiar() for r in refs],
+            repo_digests=[familiar(rd) for rd in rds], created=created_ts(img), size=sizes.size(img),
+            shared_size=sizes.shared(img), containers=len(use.get(img.manifest_digest, [])),
+            labels=dict(labels) if isinstance(labels, dict) else {}, image=img))
+    return out
+
+
+def familiar(name):
+    """``name`` as docker shows it (docker.io/library/ dropped); a name that is not a reference as is."""
+    try:
+        return Reference.parse(name, default_tag=False).familiar()
+    except InvalidReferenceError:
+        return name
+
+
+# --- inspect -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageDetails:
+    """Everything ``lamina inspect`` shows of one image."""
+    image: object                      # store.Image: manifest, config (dict), layers, diff_ids, platform
+    size: int
+    snapshot_dirs: list                # each layer's extracted tree, bottom first (overlayfs lowerdirs)
+    index_digest: Optional[str] = None  # a multi-arch image: the index its platforms are stored under
+    platforms: list = field(default_factory=list)   # "os/arch[/variant]" of each stored platform
+
+    @property
+    def id(self):
+        return self.image.config_digest
+
+    def to_dict(self):
+        img = self.image
+        return {"id": img.config_digest, "manifest_digest": img.manifest_digest, "media_type": img.media_type,
+                "repo_tags": [r.familiar() for r in img.refs], "repo_digests": [familiar(d) for d in img.repo_digests],
+                "config": img.config, "diff_ids": list(img.diff_ids), "size": self.size,
+                "snapshot_dirs": self.snapshot_dirs, "index_digest": self.index_digest, "platforms": self.platforms}
+
+
+def inspect(store, ref, *, sizes=None):
+    """ImageDetails of the image ``ref`` names (name[:tag], name@digest, ID or ID prefix)."""
+    image = store.resolve(ref)
+    sizes = sizes or Sizes(store)
+    index_digest, stored = store.platforms(image)
+    platforms = [str(i.platform) for i in stored if i.platform is not None] if index_digest else []
+    return ImageDetails(image=image, size=sizes.size(image),
+                        snapshot_dirs=[str(store.snapshot_dir(c)) for c in image.chain_ids],
+                        index_digest=index_digest, platforms=platforms)
+
+
+# --- history -------------------------------------------------------------------------------------
+
+
+@dataclass
+class HistoryItem:
+    """One row of ``lamina history``, newest first (docker's image.HistoryResponseItem)."""
+    id: str                 # the image ID on the newest row, "<missing>" below it (as docker shows)
+    created: float
+    created_by: str
+    size: int               # the layer's size (0 for an empty_layer step); the rows add up to the image's
+    comment: str
+    empty_layer: bool = False
+
+    def to_dict(self):
+        return {"id": self.id, "created": self.created, "created_by": self.created_by, "size": self.size,
+                "comment": self.comment, "empty_layer": self.empty_layer}
+
+
+def history(store, ref, *, sizes=None):
+    """The image's build steps, newest first; an image whose config has no history gets one
+    row per layer (docker shows none)."""
+    from .timefmt import parse_rfc3339
+    image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
+    sizes = list((sizes or Sizes(store, [image])).layer_sizes(image))
+    hist = (image.config or {}).get("history")
+    items = []
+    if isinstance(hist, list) and hist:
+        for h in hist:
+            if not isinstance(h, dict):
+                continue
+            empty = bool(h.get("empty_layer"))
+            size = 0 if empty else (sizes.pop(0) if sizes else 0)
+            parsed = parse_rfc3339(h.get("created"))
+            items.insert(0, HistoryItem("", parsed[0] if parsed else 0, str(h.get("created_by") or ""), size,
+                                        str(h.get("comment") or ""), empty))
+    else:
+        ts = created_ts(image) or 0
+        for s in sizes:
+            items.insert(0, HistoryItem("", ts, "", s, ""))
+    for i, it in enumerate(items):
+        it.id = image.config_digest if i == 0 else "<missing>"
+    return items
+
+
+# --- tag, remove, prune ----------------------------------------------------------------------------
+
+
+def tag(store, source, target):
+    """Give the image ``source`` names the name ``target`` (docker tag).  Returns the store.Image."""
+    image = store.resolve(source)
+    parsed = Reference.parse(target)
+    if parsed.digest:
+        raise InvalidReferenceError(f"refusing to create a tag with a digest reference: {target}")
+    return store.add_image(image.manifest_digest, parsed)
+
+
+@dataclass
+class RemoveResult:
+    """What ``lamina rmi`` did: names untagged, image IDs deleted, unused snapshots removed."""
+    untagged: list = field(default_factory=list)     # familiar names
+    deleted: list = field(default_factory=list)      # image IDs that left the store
+    snapshots: list = field(default_factory=list)    # chainIDs of the layers removed with them
+    reclaimed: int = 0                               # bytes
+    busy: bool = False                               # another writer ran: the layers stay until the next prune
+
+    def to_dict(self):
+        return {"untagged": self.untagged, "deleted": self.deleted, "snapshots": self.snapshots,
+                "reclaimed": self.reclaimed, "busy": self.busy}
+
+
+def _use_text(recs):
+    return ", ".join(("mount " if r["kind"] == "mount" else "bundle ") + r["path"] for r in recs)
+
+
+def _short(image_id):
+    return image_id.split(":", 1)[-1][:12]
+
+
+def no_such_message(ref, exc):
+    """docker's "No such image: nginx:latest" (the name as docker normalizes it)."""
+    from .errors import AmbiguousImageError
+    if isinstance(exc, (AmbiguousImageError, InvalidReferenceError)):
+        return str(exc)
+    shown = ref
+    if not re.fullmatch(r"(sha256:)?[0-9a-f]{1,64}", ref):
+        try:
+            shown = Reference.parse(ref).familiar()
+        except InvalidReferenceError:
+            pass
+    return f"No such image: {shown}"
+
+
+def _parses(name):
+    try:
+        Reference.parse(name, default_tag=False)
+        return True
+    except InvalidReferenceError:
+        return False
+
+
+def _id_still_there(store, image_id):
+    return any(i.config_digest == image_id for i in store.images(skip_broken=True))
+
+
+def remove(store, ref, *, force=False, prune=True):
+    """docker's ImageDelete for one reference: untag a name, or remove an image by ID.
+
+    Refuses (LaminaError, docker's "conflict: ...") an image in use by a mount or bundle,
+    or an ID several repositories name, unless ``force``.  With ``prune`` the layers no
+    image needs any more are deleted now.  Returns RemoveResult."""
+    from .store.store import name_of
+    try:
+        image = store.resolve(ref)
+    except ImageNotFoundError as e:
+        raise ImageNotFoundError(no_such_message(ref, e)) from None
+    use = in_use(store).get(image.manifest_digest, [])
+    result = RemoveResult()
+    by_id = ref.startswith("sha256:") or re.fullmatch(r"[0-9a-f]{64}", ref) is not None
+    if not by_id:
+        try:
+            wanted = name_of(Reference.parse(ref))
+            # a name that is also a hex prefix of the ID: docker prefers the name when it exists
+            by_id = wanted not in image.names and re.fullmatch(r"[0-9a-f]{1,64}", ref) is not None
+        except InvalidReferenceError:
+            by_id = True
+    gone = False
+    if not by_id:
+        full = Reference.parse(ref)
+        others = [n for n in image.names if n != name_of(full)]
+        if use and not others and not force:
+            raise LaminaError(f'conflict: unable to remove repository reference "{ref}" (must force) - image '
+                              f"{_short(image.config_digest)} is in use by {_use_text(use)}")
+        gone = store.untag(full)
+        result.untagged.append(full.familiar())
+    else:
+        repos = {Reference.parse(n, default_tag=False).name for n in image.names if _parses(n)}
+        if len(repos) > 1 and not force:
+            raise LaminaError(f"conflict: unable to delete {_short(image.config_digest)} (must be forced) - image "
+                              "is referenced in multiple repositories")
+        if use and not force:
+            raise LaminaError(f"conflict: unable to delete {_short(image.config_digest)} (must be forced) - image "
+                              f"is in use by {_use_text(use)}")
+        result.untagged += [familiar(n) for n in store.remove_image(image)]
+        gone = True
+    if gone and not use and not _id_still_there(store, image.config_digest):
+        result.deleted.append(image.config_digest)
+    if gone and not use and prune:
+        collect_unused(store, result)
+    return result
+
+
+def collect_unused(store, result):
+    """gc now, unless another lamina process is writing (then the next prune does it)."""
+    from .store.locks import is_locked
+    if is_locked(store.paths.gc_lock):
+        result.busy = True
+        return
+    gc = store.gc()
+    result.snapshots += [c for c, _ in gc.snapshots]
+    result.reclaimed += gc.reclaimed
+
+
+def prune(store, *, all=False, filters=None):
+    """docker's image prune: remove dangling images (``all``: every image no mount or bundle
+    uses), then the content nothing needs.  ``filters``: until, label, label!.  RemoveResult."""
+    if isinstance(filters, (list, tuple)):
+        filters = parse_filters(filters, PRUNE_FILTERS)
+    filters = _check_filters(filters, PRUNE_FILTERS)
+    use = in_use(store)
+    victims = [i for i in store.images() if i.manifest_digest not in use and (all or not i.refs)]
+    for v in filters.get("until", []):
+        limit = parse_until(v)
+        victims = [i for i in victims if (created_ts(i) or 0) < limit]
+    for spec in filters.get("label", []):
+        victims = [i for i in victims if label_match(i, spec)]
+    for spec in filters.get("label!", []):
+        victims = [i for i in victims if not label_match(i, spec)]
+    result = RemoveResult()
+    for image in victims:
+        result.untagged += [familiar(n) for n in store.remove_image(image)]
+        if not _id_still_there(store, image.config_digest):  # another manifest of the same image keeps its ID
+            result.deleted.append(image.config_digest)
+    if store.exists:
+        collect_unused(store, result)
+    return result
+
+
+# --- disk usage ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SnapshotUsage:
+    chain_id: str
+    size: int
+    images: int             # how many images' layers include it
+    in_use: bool            # by a mount or bundle (also one whose image was removed with force)
+
+
+@dataclass
+class DiskUsage:
+    """What ``lamina system df`` shows, in bytes."""
+    images: list                  # ImageSummary of every image
+    active: int                   # images in use by a mount or bundle
+    images_size: int              # the images' layers (snapshots), each counted once
+    images_reclaimable: int       # the part no mount or bundle needs
+    blobs: int                    # compressed blobs of the images (kept for push and save)
+    blobs_size: int
+    mounts: list                  # mount records (dicts: path, image_id, rw, mounted, upper, ...)
+    mounts_size: int              # their upper dirs (writes of --rw mounts)
+    mounts_reclaimable: int       # upper dirs of mounts whose kernel mount is gone
+    snapshots: list               # SnapshotUsage
+    unreferenced_blobs: int
+    unreferenced_snapshots: int
+    partials: int                 # bytes of interrupted downloads
+    unreferenced_size: int        # what prune frees (blobs, snapshots, partial downloads)
+
+    def to_dict(self):
+        from dataclasses import asdict
+        d = asdict(self)
+        d["images"] = [i.to_dict() for i in self.images]
+        return d
+
+
+def directory_usage(path):
+    """Bytes on disk under ``path`` (0 if it is gone)."""
+    from .store.fsutil import disk_usage as du
+    try:
+        return du(path)[0]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+
+
+def disk_usage(store):
+    """DiskUsage of the store (``lamina system df``)."""
+    from .store.gc import unreferenced
+    images = store.images()
+    sizes = Sizes(store, images)
+    use = in_use(store)
+    active = [i for i in images if i.manifest_digest in use]
+    mounts = [r for recs in use.values() for r in recs if r["kind"] == "mount"]
+    blobs, chains = unreferenced(store) if store.exists else ([], [])
+    garbage = sum(_blob_size(store, d) for d in blobs)
+    for c in chains:
+        try:
+            info = store.snapshot_info(c)
+        except LaminaError:  # a broken snapshot: measure it
+            info = None
+        garbage += info.size if info is not None else directory_usage(store.snapshot_dir(c).parent)
+    partials = 0
+    try:
+        for n in os.listdir(store.paths.ingest):
+            try:
+                partials += os.stat(os.path.join(store.paths.ingest, n)).st_blocks * 512
+            except OSError:
+                pass
+    except FileNotFoundError:
+        pass
+    image_blobs = {d for img in images for d in img.blobs}
+    users = {}
+    for img in images:
+        for c in img.chain_ids:
+            users.setdefault(c, []).append(img)
+    held = {c for record in store.holds().values() for c in record.get("chain_ids", [])}
+    snapshots = []
+    for info in store.snapshots():
+        if info.chain_id in chains:
+            continue
+        imgs = users.get(info.chain_id, [])
+        # in use: by a mount or bundle of one of its images, or held by one whose image is gone (rmi -f)
+        snapshots.append(SnapshotUsage(info.chain_id, info.size, len(imgs),
+                                       info.chain_id in held or any(i.manifest_digest in use for i in imgs)))
+    total = sizes.total()
+    return DiskUsage(
+        images=ls(store, sizes=sizes, use=use), active=len(active), images_size=total,
+        images_reclaimable=total - sizes.total(active),
+        blobs=len(image_blobs), blobs_size=sum(_blob_size(store, d) for d in image_blobs),
+        mounts=mounts, mounts_size=sum(directory_usage(r["upper"]) for r in mounts if r.get("upper")),
+        mounts_reclaimable=sum(directory_usage(r["upper"]) for r in mounts if r.get("upper") and not r.get("mounted")),
+        snapshots=snapshots, unreferenced_blobs=len(blobs), unreferenced_snapshots=len(chains),
+        partials=partials, unreferenced_size=garbage + partials)
+
+
+def _blob_size(store, digest):
+    try:
+        return os.stat(store.blob_path(digest)).st_blocks * 512
+    except OSError:
+        return 0
+
+
+# --- unpack, mounts ----------------------------------------------------------------------------------------
+
+
+def mounts(store):
+    """The mount records (each with ``mounted``: whether the kernel mount is present)."""
+    from .store.materialize import mounts as records
+    return records(store)
+
+
+def mount(store, ref, target, *, rw=False):
+    """Mount the image with overlayfs at ``target`` (read-only unless ``rw``). Returns the record."""
+    from .store.materialize import mount as do_mount
+    return do_mount(store, ref, target, rw=rw)
+
+
+def umount(store, target, *, lazy=False):
+    from .store.materialize import umount as do_umount
+    return do_umount(store, target, lazy=lazy)
+
+
+def unpack(store, ref, dest, *, bundle=False, link=False, platform=None):
+    """An image of the store as a rootfs at ``dest`` (or an OCI runtime bundle).
+    Returns (store.Image, stats)."""
+    from .store import materialize as M
+    image = store.resolve(ref)
+    if bundle:
+        image, stats, _spec = M.make_bundle(store, image, dest, link=link, platform=platform)
+    else:
+        image, stats = M.materialize(store, image, dest, link=link, platform=platform)
+    return image, stats
+
+
+TRANSPORTS = ("oci:", "docker-archive:", "oci-archive:")
+
+
+def is_store_source(source, root=None):
+    """True if ``lamina unpack SOURCE`` means an image in the store rather than a layout or archive path."""
+    if source.startswith(TRANSPORTS):
+        return False
+    if source in (".", "..") or source.startswith(("/", "./", "../", "~")):
+        return False
+    id_like = re.fullmatch(r"(sha256:)?[0-9a-f]{1,64}", source) is not None
+    try:
+        Reference.parse(source)
+        is_ref = True
+    except InvalidReferenceError:
+        is_ref = False
+    if not (is_ref or id_like):
+        return False
+    if not os.path.exists(source):
+        return True
+    # both a path and a valid reference: the store wins if it has that image
+    from .store.paths import default_root
+    store_root = root or default_root()
+    if not os.path.exists(os.path.join(store_root, "index.json")):
+        return False
+    from .store import Store
+    try:
+        Store(store_root).resolve(source)
+        return True
+    except LaminaError:
+        return False

@@ -1,0 +1,28 @@
+"""RFC 3339 times as image configs write them ("created"), read without dateutil."""
+from __future__ import annotations
+
+import datetime as _dt
+import re
+
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|z|[+-]\d{2}:\d{2})$")
+
+
+def parse_rfc3339(text):
+    """(unix seconds, nanoseconds, utc offset seconds) of an RFC 3339 time, or None."""
+    if not isinstance(text, str):
+        return None
+    m = _RFC3339.match(text.strip())
+    if not m:
+        return None
+    y, mo, d, h, mi, s, frac, tz = m.groups()
+    try:
+        base = _dt.datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=_dt.timezone.utc)
+    except ValueError:
+        return None
+    offset = 0
+    if tz not in ("Z", "z"):
+        sign = -1 if tz[0] == "-" else 1
+        offset = sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    nanos = int((frac or "0")[:9].ljust(9, "0"))
+    secs = int((base - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)).total_seconds()) - offset
+    return secs, nanos, offset

@@ -1,0 +1,79 @@
+"""A store mounted read-only serves every read, writers say why they cannot write,
+and no command creates a store as a side effect (only writers do)."""
+import os
+import subprocess
+
+import pytest
+
+import ocibuild as ob
+from storekit import fingerprint, lamina
+from test_store_badinput import fails
+
+
+@pytest.fixture
+def ro_root(tmp_path):
+    """(read-only bind mount of a store holding app:1 with its snapshots, the writable original)."""
+    rw = tmp_path / "rw"
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"first\n"}, {"b": b"second\n"}]), "app:1")
+    lamina(rw, "copy", f"oci:{lay.root}:app:1", "app:1")
+    lamina(rw, "unpack", "app:1", str(tmp_path / "warm"))  # extracts the snapshots
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "--bind", str(rw), str(ro)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+        yield ro, rw
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_readers_work_on_a_read_only_store(ro_root, tmp_path):
+    ro, rw = ro_root
+    before = fingerprint(rw)
+    assert "app" in lamina(ro, "images").stdout
+    assert '"Id"' in lamina(ro, "inspect", "app:1").stdout
+    assert lamina(ro, "history", "app:1").stdout.count("\n") >= 3
+    lamina(ro, "unpack", "app:1", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "a").read_bytes() == b"first\n"
+    assert (tmp_path / "out" / "b").read_bytes() == b"second\n"
+    assert fingerprint(rw) == before
+
+
+def test_writers_say_the_store_is_read_only(ro_root, tmp_path):
+    ro, rw = ro_root
+    before = fingerprint(rw)
+    for verb in (["rmi", "app:1"], ["tag", "app:1", "app:2"], ["image", "prune", "-af"]):
+        fails(ro, *verb, match="read-only")
+    assert fingerprint(rw) == before
+
+
+def test_reads_do_not_create_the_store(tmp_path):
+    root = tmp_path / "nothing-here"
+    for verb in (["images"], ["fsck"], ["system", "df"], ["image", "prune", "-f"]):
+        lamina(root, *verb)
+        assert not root.exists(), verb
+
+
+def test_messages_name_the_users_path_not_our_staging(ro_root, tmp_path):
+    ro, _ = ro_root
+    sample = os.path.join(os.path.dirname(__file__), "..", "sample", "image")
+    for source in (f"oci:{sample}", "app:1"):
+        msg = fails(ro, "unpack", source, str(ro / "rootfs"), match="Read-only file system")
+        assert msg == f"lamina: error: cannot write {ro / 'rootfs'}: Read-only file system", msg
+
+
+def test_load_from_stdin_speaks_of_stdin(tmp_path):
+    root = tmp_path / "s"
+    proc = lamina(root, "load", check=False, input="")
+    assert proc.returncode == 1 and "stdin was empty" in proc.stderr, proc.stderr
+    proc = lamina(root, "load", check=False, input="not an archive\n")
+    assert proc.returncode == 1 and "the archive on stdin: " in proc.stderr and "ingest" not in proc.stderr
+
+
+def test_a_store_root_that_is_a_file_is_named_as_such(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    for verb in (["images"], ["copy", f"oci:{os.path.join(os.path.dirname(__file__), '..', 'sample', 'image')}",
+                              "s:1"]):
+        fails(f, *verb, match=f"store root {f} is not a directory")
