@@ -11,35 +11,23 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 from .. import mediatypes as mt
-from ..errors import (BlobNotFoundError, DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError,
-                      RegistryError)
+from ..errors import DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError, RegistryError
 from ..oci.model import document_media_type, parse_config, parse_index, parse_manifest
 from ..platform import Platform
 from ..reference import Reference
 from .client import RegistryClient
 from .progress import Reporter
-from .transport import CONNECTION_ERRORS, describe_error
+from .blobstream import BlobStream
 
 DEFAULT_CONCURRENCY = 3
 MAX_CONFIG_SIZE = 8 << 20
-_CHUNK = 1 << 20
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 MAX_INDEX_DEPTH = 4
-
-
-class _Cancelled(Exception):
-    pass
-
-
-class _ShortBody(Exception):
-    pass
 
 
 @dataclass
@@ -187,88 +175,30 @@ class Puller:
                     raise DigestMismatchError(f"blob from {repos[0].name}", e.expected, e.actual) from None
                 mismatch_retries -= 1
 
-    def _download(self, repos, desc, w, result):
+    def blob_stream(self, repos, desc, result, offset=0):
+        """The blob as a resuming stream, counted into ``result`` and the progress display."""
         digest, size = desc.digest, desc.size
-        transport = self.client.transport
-        budget = transport.retries + 1
-        failures = 0
-        endpoint = 0
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        self.reporter.state(digest, "Downloading")
-        while w.offset < size:
-            if self._cancel.is_set():
-                raise _Cancelled()
-            repo = repos[endpoint]
-            start = w.offset
-            try:
-                result.attempts += 1
-                resp = repo.open_blob(digest, start)
-                try:
-                    skip = self._check_range(resp, digest, start, size)
-                    self._copy(resp, w, view, skip, size, digest, result)
-                finally:
-                    resp.close(reuse=w.offset >= size)
-            except (BlobNotFoundError, RegistryError):
-                # The transport already retried statuses and connection failures: this endpoint
-                # is done.  A mirror falls back to the next endpoint (resuming from w.offset).
-                if endpoint + 1 < len(repos):
-                    endpoint, failures = endpoint + 1, 0
-                    continue
-                raise
-            except CONNECTION_ERRORS + (_ShortBody,) as e:
-                # Cut connection, timeout, short body: keep what was verified, resume with Range.
-                failures = 0 if w.offset > start else failures + 1
-                if failures >= budget:
-                    if endpoint + 1 < len(repos):
-                        endpoint, failures = endpoint + 1, 0
-                        continue
-                    raise RegistryError(f"blob {digest} from {repo.name}: download failed at byte "
-                                        f"{w.offset} of {size}: {describe_error(e)} "
-                                        f"(after {result.attempts} attempts)") from None
-                self.reporter.state(digest, "Retrying")
-                transport.sleep_backoff(max(failures, 1))
-        self.reporter.state(digest, "Verifying Checksum")
-
-    @staticmethod
-    def _check_range(resp, digest, start, size):
-        """Bytes to skip at the head of the body (a registry that ignored Range sends it all)."""
-        if resp.status == 206:
-            m = _CONTENT_RANGE.fullmatch((resp.header("Content-Range") or "").strip())
-            if not m or int(m.group(1)) != start:
-                raise RegistryError(f"blob {digest}: asked for bytes from {start}, got Content-Range "
-                                    f"{resp.header('Content-Range')!r}")
-            if m.group(3) != "*" and int(m.group(3)) != size:
-                raise RegistryError(f"blob {digest}: registry has {m.group(3)} bytes, the manifest says {size}")
-            return 0
-        length = resp.length
-        if length is not None and length != size:
-            raise RegistryError(f"blob {digest}: registry sent {length} bytes, the manifest says {size}")
-        return start
-
-    def _copy(self, resp, w, view, skip, size, digest, result):
         reporter = self.reporter
-        while skip:
-            n = resp.readinto(view[:min(len(view), skip)])
-            if not n:
-                raise _ShortBody(f"body ended after {n} bytes")
-            skip -= n
-            with self._lock:
-                self.downloaded += n
-            result.downloaded_bytes += n
-        remaining = size - w.offset
-        while remaining > 0:
-            if self._cancel.is_set():
-                raise _Cancelled()
-            n = resp.readinto(view[:min(len(view), remaining)])
-            if not n:
-                raise _ShortBody(f"connection closed at byte {w.offset} of {size}")
-            w.write(view[:n])
-            remaining -= n
+
+        def on_data(n):
             result.downloaded_bytes += n
             with self._lock:
                 self.downloaded += n
-            reporter.progress(digest, w.offset, size)
+            reporter.progress(digest, stream.offset, size)
+
+        stream = BlobStream(repos, digest, size, offset=offset, on_data=on_data, cancel=self._cancel,
+                            on_retry=lambda: reporter.state(digest, "Retrying"))
+        return stream
+
+    def _download(self, repos, desc, w, result):
+        self.reporter.state(desc.digest, "Downloading")
+        stream = self.blob_stream(repos, desc, result, w.offset)
+        try:
+            w.write_from(stream)
+        finally:
+            result.attempts += stream.attempts
+            stream.close()
+        self.reporter.state(desc.digest, "Verifying Checksum")
 
     # --- the whole pull ------------------------------------------------------------------------------
 
