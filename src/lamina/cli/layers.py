@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..errors import LaminaError
 from .images import human_size  # the verbs print sizes one way, docker's
 
 FORMATS = ("dir", "overlay")
@@ -32,12 +33,30 @@ def cmd_apply(args):
         _print_layer(stats, f"applied {args.layer} onto {args.dest} ({args.format})", sys.stdout)
 
 
+def _registry_source(args):
+    """``docker://REF``: the image streams from the registry, nothing is kept in the store."""
+    from ..registry.progress import reporter_for
+    from ..registry.source import PREFIX, RegistrySource
+    from .registry import _insecure
+    ref = args.source[len(PREFIX):]
+    return RegistrySource(ref, insecure=_insecure(args, ref), reporter=reporter_for("json" if args.json else "auto"))
+
+
 def cmd_unpack(args):
     from .images import _closing, is_store_source, unpack_from_store
-    if args.bundle or args.link or is_store_source(args.source, args.root):
-        return _closing(unpack_from_store)(args)  # a bare image reference: materialize from the store's snapshots
     from ..unpacker import unpack
-    stats = unpack(args.source, args.dest, platform=args.platform, format=args.format)
+    if args.source.startswith("docker://"):
+        if args.bundle or args.link:
+            raise LaminaError("--bundle and --link unpack images from the store; pull the image first")
+        with _registry_source(args) as source:
+            try:
+                stats = unpack(source, args.dest, platform=args.platform, format=args.format)
+            finally:
+                source.reporter.close()
+    elif args.bundle or args.link or is_store_source(args.source, args.root):
+        return _closing(unpack_from_store)(args)  # a bare image reference: materialize from the store's snapshots
+    else:
+        stats = unpack(args.source, args.dest, platform=args.platform, format=args.format)
     if args.json:
         json.dump(stats.to_dict(), sys.stdout, indent=2)
         print()
@@ -69,7 +88,8 @@ def register(sub):
     a.set_defaults(func=cmd_apply)
 
     u = sub.add_parser("unpack", help="unpack an image into a root filesystem (or overlay layer dirs)")
-    u.add_argument("source", metavar="SOURCE", help="oci:PATH[:REF], docker-archive:PATH, or an image in the store")
+    u.add_argument("source", metavar="SOURCE", help="oci:PATH[:REF], docker-archive:PATH, an image in the store, "
+                   "or docker://REF (straight from a registry, nothing kept)")
     u.add_argument("dest", metavar="DEST")
     u.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick from a multi-arch index")
     u.add_argument("--format", choices=FORMATS, default="dir")
@@ -78,4 +98,6 @@ def register(sub):
                    "(DEST/config.json + DEST/rootfs)")
     u.add_argument("--link", action="store_true", help="store images: hardlink files from the store's snapshots "
                    "instead of copying (read-only use: writing to a file changes the store)")
+    u.add_argument("--insecure", action="store_true",
+                   help="docker://: allow plain HTTP and skip TLS verification for this registry")
     u.set_defaults(func=cmd_unpack)

@@ -113,6 +113,91 @@ def choose_platform(index, want, fetch, depth=0):
 
 
 # --------------------------------------------------------------------------------------------
+# from a reference to one manifest
+
+
+@dataclass
+class Resolved:
+    repos: list          # endpoints to fetch blobs from: the one that answered first, then the others
+    repo: object         # the Repository that served the manifest
+    top: object          # ManifestResponse for the reference (an index or a manifest)
+    manifest: object     # ManifestResponse of the chosen platform's manifest
+    chosen: object       # the Platform the index named for it, or None
+    children: dict       # nested indexes fetched on the way, digest -> ManifestResponse
+    others: list         # the other platforms' manifests (all_platforms)
+
+
+def _first_answer(client, ref):
+    """(repositories, the one that answered, ManifestResponse), trying mirrors first."""
+    repos = client.repositories(ref, ("pull",))
+    for i, repo in enumerate(repos):
+        try:
+            return repos, repo, repo.get_manifest(ref.digest or ref.tag)
+        except LaminaError:
+            if i + 1 == len(repos):
+                raise   # the registry's own answer (mirrors are best effort)
+    raise RegistryError(f"no endpoint for {ref}")  # pragma: no cover
+
+
+def _child(repo, desc):
+    mr = repo.get_manifest(desc.digest)
+    if len(mr.data) != desc.size:
+        raise ImageError(f"manifest {desc.digest}: {len(mr.data)} bytes but the index says {desc.size}")
+    return mr
+
+
+def resolve(client, ref, want, *, all_platforms=False) -> Resolved:
+    """The manifest ``ref`` names for platform ``want`` (None: this host), every digest checked."""
+    repos, repo, top = _first_answer(client, ref)
+    repos = [repo] + [r for r in repos if r is not repo]
+    children = {}
+
+    def fetch_index(desc):
+        mr = _child(repo, desc)
+        if not mr.is_index:
+            raise ImageError(f"{desc.digest}: expected an index, got {mr.media_type}")
+        children[desc.digest] = mr
+        return parse_index(mr.document, mr.media_type, f"index {desc.digest}")
+
+    if not top.is_index:
+        return Resolved(repos, repo, top, top, None, children, [])
+    index = parse_index(top.document, top.media_type, f"index {top.digest}")
+    desc, chosen = choose_platform(index, want, fetch_index)
+    mr = _child(repo, desc)
+    if not mt.is_manifest(mr.media_type):
+        raise ImageError(f"{desc.digest}: expected a manifest, got {mr.media_type}")
+    others = []
+    if all_platforms:
+        others = [_child(repo, d) for d in index.manifests
+                  if d.digest != desc.digest and mt.is_manifest(d.media_type)]
+    return Resolved(repos, repo, top, mr, chosen, children, others)
+
+
+def fetch_config(repos, cdesc):
+    """An image config's bytes (digest and size checked), from the first endpoint that has it."""
+    what = f"config {cdesc.digest}"
+    if cdesc.size > MAX_CONFIG_SIZE:
+        raise ImageError(f"{what}: {cdesc.size} bytes is larger than the {MAX_CONFIG_SIZE}-byte limit")
+    for i, repo in enumerate(repos):
+        try:
+            data = repo.get_blob(cdesc.digest, limit=max(cdesc.size, 1))
+            break
+        except LaminaError:
+            if i + 1 == len(repos):
+                raise
+    if len(data) != cdesc.size:
+        raise ImageError(f"{what}: {len(data)} bytes but the manifest says {cdesc.size}")
+    return data
+
+
+def image_platform(want, chosen, config):
+    """The platform of the image: the index's word for it, else its config's (checked against ``want``)."""
+    if want is not None and chosen is None and config.platform is not None and config.platform != want:
+        raise PlatformNotFoundError(str(want), [str(config.platform)])
+    return chosen or config.platform
+
+
+# --------------------------------------------------------------------------------------------
 
 
 class Puller:
@@ -131,26 +216,6 @@ class Puller:
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self.downloaded = 0
-
-    # --- manifests ----------------------------------------------------------------------------
-
-    def _resolve(self):
-        """(repository that answered, ManifestResponse) trying mirrors first."""
-        repos = self.client.repositories(self.ref, ("pull",))
-        wanted = self.ref.digest or self.ref.tag
-        for i, repo in enumerate(repos):
-            try:
-                return repos, repo, repo.get_manifest(wanted)
-            except LaminaError:
-                if i + 1 == len(repos):
-                    raise   # the registry's own answer (mirrors are best effort)
-        raise RegistryError(f"no endpoint for {self.ref}")  # pragma: no cover
-
-    def _child(self, repo, desc):
-        mr = repo.get_manifest(desc.digest)
-        if len(mr.data) != desc.size:
-            raise ImageError(f"manifest {desc.digest}: {len(mr.data)} bytes but the index says {desc.size}")
-        return mr
 
     # --- one blob ---------------------------------------------------------------------------------
 
@@ -222,42 +287,16 @@ class Puller:
     def _run(self, t0):
         ref = self.ref
         previous = self._previous_manifest()
-        repos, repo, top = self._resolve()
-        # The repository that answered serves the blobs; the others stay as fallbacks.
-        repos = [repo] + [r for r in repos if r is not repo]
+        r = resolve(self.client, ref, self.want, all_platforms=self.all_platforms)
+        repos, repo, top, mr, chosen, children, others = (r.repos, r.repo, r.top, r.manifest, r.chosen,
+                                                          r.children, r.others)
         self.reporter.line(f"{ref.digest or ref.tag}: Pulling from {ref.path}")
         repo_digest = top.digest
-
-        children = {}   # digest -> ManifestResponse, for --all-platforms
-
-        def fetch_index(desc):
-            mr = self._child(repo, desc)
-            if not mr.is_index:
-                raise ImageError(f"{desc.digest}: expected an index, got {mr.media_type}")
-            children[desc.digest] = mr
-            return parse_index(mr.document, mr.media_type, f"index {desc.digest}")
-
-        if top.is_index:
-            index = parse_index(top.document, top.media_type, f"index {top.digest}")
-            desc, chosen = choose_platform(index, self.want, fetch_index)
-            mr = self._child(repo, desc)
-            if not mt.is_manifest(mr.media_type):
-                raise ImageError(f"{desc.digest}: expected a manifest, got {mr.media_type}")
-            others = []
-            if self.all_platforms:
-                for d in index.manifests:
-                    if d.digest != desc.digest and mt.is_manifest(d.media_type):
-                        others.append(self._child(repo, d))
-        else:
-            mr, chosen, others = top, None, []
 
         media_type = document_media_type(mr.document, mr.media_type, f"manifest {mr.digest}")
         manifest = parse_manifest(mr.document, media_type, f"manifest {mr.digest}")
         config_data, config = self._config(repos, manifest, mr.digest)
-        if self.want is not None and chosen is None and config.platform is not None \
-                and config.platform != self.want:
-            raise PlatformNotFoundError(str(self.want), [str(config.platform)])
-        platform = chosen or config.platform
+        platform = image_platform(self.want, chosen, config)
 
         # Blobs of the other platforms (--all-platforms) are fetched but not extracted.
         extra_layers = []
@@ -308,16 +347,7 @@ class Puller:
             with self.store.open_blob(cdesc.digest) as f:
                 data = f.read(MAX_CONFIG_SIZE + 1)
         else:
-            data = None
-            for i, repo in enumerate(repos):
-                try:
-                    data = repo.get_blob(cdesc.digest, limit=max(cdesc.size, 1))
-                    break
-                except LaminaError:
-                    if i + 1 == len(repos):
-                        raise
-            if len(data) != cdesc.size:
-                raise ImageError(f"{what}: {len(data)} bytes but the manifest says {cdesc.size}")
+            data = fetch_config(repos, cdesc)
             self.store.put_blob(data, cdesc.digest)
             self._config_fetched += 1
         return data, parse_config(data, what, len(manifest.layers))
