@@ -23,7 +23,8 @@ from ..platform import Platform
 from ..reference import Reference
 from .client import RegistryClient
 from .progress import Reporter
-from .blobstream import BlobStream
+from ..store.streaming import IngestTee, ensure_streaming
+from .blobstream import BlobStream, Cancelled
 
 DEFAULT_CONCURRENCY = 3
 MAX_CONFIG_SIZE = 8 << 20
@@ -213,6 +214,8 @@ class Puller:
         self._own_client = client is None
         self.client = client or RegistryClient(insecure=insecure)
         self.reporter = reporter or Reporter()
+        # Extract each layer from its bytes as they arrive (LAMINA_PULL_STREAM=0: download, then extract).
+        self.stream_extract = os.environ.get("LAMINA_PULL_STREAM", "1") != "0"
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self.downloaded = 0
@@ -240,7 +243,59 @@ class Puller:
                     raise DigestMismatchError(f"blob from {repos[0].name}", e.expected, e.actual) from None
                 mismatch_retries -= 1
 
-    def blob_stream(self, repos, desc, result, offset=0):
+    def fetch_and_extract(self, repos, desc, result, diff_id, parent_chain_id):
+        """Download a blob into the store while extracting its snapshot from the same bytes.
+
+        Returns the snapshot's fs dir, or None if the snapshot existed already (then only the
+        blob was fetched).  A blob digest mismatch discards both and retries once, like fetch_blob.
+        """
+        digest, size = desc.digest, desc.size
+        partial = self.store.paths.partial(digest)
+        mismatch_retries = 1
+        while True:
+            try:
+                with self.store.ingest(digest, size=size) as w:
+                    if w.exists:   # another pull committed it meanwhile: extract the usual way
+                        result.status = "exists"
+                        return None
+                    result.status = "downloaded"
+                    result.resumed_from = result.resumed_from or w.offset
+                    self.reporter.state(digest, "Downloading")
+                    stream = self.blob_stream(repos, desc, result, w.offset, at_end="Extracting")
+                    tee = IngestTee(w, partial, stream)
+                    checked = []   # the ingest's commit ran (and checked the blob's digest)
+
+                    def commit():
+                        checked.append(True)
+                        w.commit()
+
+                    try:
+                        path = ensure_streaming(self.store.paths, tee, digest, diff_id, parent_chain_id,
+                                                desc.media_type, before_commit=commit)
+                        if path is None:
+                            w.write_from(stream)
+                            w.commit()
+                        return path
+                    except (Cancelled, RegistryError):
+                        raise
+                    except Exception:
+                        if not checked:
+                            # Corrupt bytes usually fail the extraction (or the diffID) before the
+                            # blob's digest can be checked: finish the download and let the digest
+                            # say whether the registry sent a bad blob (retried) or the image is bad.
+                            tee.drain()
+                            w.commit()
+                        raise
+                    finally:
+                        result.attempts += stream.attempts
+                        tee.close()
+                        stream.close()
+            except DigestMismatchError as e:
+                if e.expected != digest or mismatch_retries <= 0:
+                    raise   # a diffID mismatch (the blob itself verified), or corrupt twice
+                mismatch_retries -= 1
+
+    def blob_stream(self, repos, desc, result, offset=0, at_end="Verifying Checksum"):
         """The blob as a resuming stream, counted into ``result`` and the progress display."""
         digest, size = desc.digest, desc.size
         reporter = self.reporter
@@ -250,6 +305,8 @@ class Puller:
             with self._lock:
                 self.downloaded += n
             reporter.progress(digest, stream.offset, size)
+            if stream.offset >= size:
+                reporter.state(digest, at_end)
 
         stream = BlobStream(repos, digest, size, offset=offset, on_data=on_data, cancel=self._cancel,
                             on_retry=lambda: reporter.state(digest, "Retrying"))
@@ -263,7 +320,6 @@ class Puller:
         finally:
             result.attempts += stream.attempts
             stream.close()
-        self.reporter.state(desc.digest, "Verifying Checksum")
 
     # --- the whole pull ------------------------------------------------------------------------------
 
@@ -372,27 +428,36 @@ class Puller:
         ready = [False] * len(layer_descs)
         next_submit = [0]
 
+        streamed = set()   # layers whose snapshot was extracted while their blob arrived
+
         def extract(i):
             d = layer_descs[i]
-            self.reporter.state(d.digest, "Extracting")
-            path = self.store.ensure_snapshot(d.digest, diff_ids[i], chains[i - 1] if i else None,
-                                              media_type=d.media_type)
-            results[i].snapshot = str(path)
+            if i not in streamed:
+                self.reporter.state(d.digest, "Extracting")
+                path = self.store.ensure_snapshot(d.digest, diff_ids[i], chains[i - 1] if i else None,
+                                                  media_type=d.media_type)
+                results[i].snapshot = str(path)
             if results[i].status != "exists":
                 self.reporter.state(d.digest, "Pull complete")
             return i
 
         def fetch(digest, desc, rs, indexes):
             existed = self.store.has_blob(digest)
-            if not existed:
-                self.fetch_blob(repos, desc, rs[0])
-            else:
+            if existed:
                 rs[0].status = "exists"
+            elif indexes and self.stream_extract:
+                i = indexes[0]
+                path = self.fetch_and_extract(repos, desc, rs[0], diff_ids[i], chains[i - 1] if i else None)
+                if path is not None:
+                    results[i].snapshot = str(path)
+                    streamed.add(i)
+            else:
+                self.fetch_blob(repos, desc, rs[0])
             for r in rs[1:]:
                 r.status = rs[0].status
             if rs[0].status == "exists":
                 self.reporter.state(digest, "Already exists")
-            else:
+            elif indexes[:1] and indexes[0] not in streamed:
                 self.reporter.state(digest, "Download complete")
             with efl:
                 # Submitted in layer order, so a snapshot whose commit needs its parent's (overlay
