@@ -58,6 +58,9 @@ def test_flat_rootfs_matches_a_local_unpack(reg, images, registry_env, tmp_path)
     dest = tmp_path / "rootfs"
     out = lamina_cli("unpack", f"docker://{reg.host}/app:1", dest).stdout
     assert f"manifest: {images['manifest']['digest']}" in out
+    lines = out.splitlines()
+    assert lines[0] == "1: Unpacking from app"
+    assert lines[1:4] == [f"{d['digest'][7:19]}: Pull complete" for d in images["layers"]]
     treecmp.assert_same(treecmp.snapshot(_expected(images, tmp_path)), treecmp.snapshot(dest))
     assert not (dest / "doomed").exists() and (dest / "etc" / "cleaned").read_bytes() == b"yes\n"
     assert not (registry_env / "home" / ".local" / "share" / "lamina").exists()   # nothing stored

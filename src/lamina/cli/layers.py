@@ -51,6 +51,7 @@ def cmd_unpack(args):
         with _registry_source(args) as source:
             try:
                 stats = unpack(source, args.dest, platform=args.platform, format=args.format)
+                source.finished(source.image)
             finally:
                 source.reporter.close()
     elif args.bundle or args.link or is_store_source(args.source, args.root):

@@ -129,9 +129,10 @@ class LayerProgress:
         else:   # Extracting, Verifying Checksum, Retrying...: how long it has been at it
             pieces = [[f"{now - self.since:.1f}s"]]
         for extra in pieces:
-            text = "  ".join([f"{head:<32}"] + [p for p in extra if p]).rstrip()
-            if len(text) <= width:
-                return text
+            for h in (f"{head:<32}", head):   # aligned columns if they fit, else just the facts
+                text = "  ".join([h] + [p for p in extra if p]).rstrip()
+                if len(text) <= width:
+                    return text
         if len(head) <= width:
             return head
         return head[:max(width, len(self.short) + 1)]

@@ -43,6 +43,7 @@ class RegistrySource(Source):
         self.client = client or RegistryClient(insecure=insecure)
         self.reporter = reporter or Reporter()
         self._spool_dir = None
+        self.image = None       # the ResolvedImage, once resolve() ran
         self.downloaded = 0
         self._lock = threading.Lock()
 
@@ -63,9 +64,15 @@ class RegistrySource(Source):
             opener = _Opener(self, r.repos, d, spool=self._may_be_scanned(i, d.size, below))
             layers.append(LayerRef(i, config.diff_ids[i], d.digest, d.size, d.media_type, opener))
             below += d.size
-        return ResolvedImage(config=config.raw, config_digest=cdesc.digest, layers=layers,
-                             manifest_digest=mr.digest, manifest=mr.document,
-                             platform=image_platform(want, r.chosen, config), ref=str(self.ref))
+        self.image = ResolvedImage(config=config.raw, config_digest=cdesc.digest, layers=layers,
+                                   manifest_digest=mr.digest, manifest=mr.document,
+                                   platform=image_platform(want, r.chosen, config), ref=str(self.ref))
+        return self.image
+
+    def finished(self, image):
+        """Report every layer complete (the unpack verified and committed them all)."""
+        for layer in image.layers:
+            self.reporter.state(layer.digest, "Pull complete")
 
     @staticmethod
     def _may_be_scanned(index, size, below):
