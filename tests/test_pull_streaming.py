@@ -127,3 +127,43 @@ def test_wrong_diffid_keeps_the_good_blob_but_no_snapshot(reg, registry_env, tmp
     assert e.value.expected == "sha256:" + "1" * 64
     assert store.has_blob(layer["digest"])   # the blob verified: a later pull need not fetch it again
     assert store.snapshots() == [] and _tmp_snapshots(root) == []
+
+
+def test_killed_pull_restarts_the_extraction_cleanly(proxy, image, registry_env):  # noqa: F811
+    """kill -9 mid-blob leaves a partial blob and a half-written snapshot dir; the next pull resumes
+    the download with Range, replays the partial into a fresh extraction and removes the debris."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    big = image["big"]
+    held = 3 * MiB
+    proxy.add("hang", path=f"/blobs/{big['digest']}", after=held)
+    root = registry_env / "root"
+    ref = f"{proxy.host}/stream:1"
+    child = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "pull", ref],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert proxy.hang_reached.wait(60), "the pull never reached the blob"
+        deadline = time.monotonic() + 30
+        while not any((p / "fs" / "etc" / "big.bin").exists() for p in _tmp_snapshots(root)):
+            assert time.monotonic() < deadline and child.poll() is None, "no extraction in progress"
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        proxy.release_hang.set()
+    debris = _tmp_snapshots(root)
+    assert debris and (root / "ingest" / f"{big['digest'][7:]}.partial").stat().st_size == held
+    proxy.clear()
+    store = Store(root)
+    pull(ref, store=store)
+    assert proxy.requests_for(f"/blobs/{big['digest']}", "GET")[-1][2]["Range"] == f"bytes={held}-"
+    assert proxy.bytes_for(big["digest"]) == big["size"]
+    img = store.resolve(ref)
+    assert (store.snapshots_for(img)[1] / "etc" / "big.bin").read_bytes() == fast_random(BIG, 5)
+    assert _tmp_snapshots(root) == []
