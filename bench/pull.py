@@ -26,8 +26,9 @@ reverse proxy whose blob bodies share one token bucket of RATE MB/s (10^6 bytes)
 would be shared by concurrent downloads; 0 means unlimited (the registry directly).  For each rate
 and repetition, in a fresh directory:
 
-  transfer        the blob bytes (layers + config) / RATE; for unlimited, measured: the blobs
-                  fetched 3 at a time by this process and thrown away
+  transfer        the blob bytes (layers + config) / RATE; for unlimited, measured
+  measured        the blobs fetched 3 at a time by this process through the same proxy and
+                  thrown away (what the proxy really delivers on this machine)
   pull            lamina pull REF
   pull+unpack     that, then lamina unpack REF DEST from the store (flat rootfs)
   unpack docker   lamina unpack docker://REF DEST (nothing kept)
@@ -154,13 +155,14 @@ def link_main(args):
                 proxy = LinkProxy(reg.host, rate * 1e6) if rate else None
                 host = proxy.host if proxy else reg.host
                 ref = f"{host}/bench:latest"
-                runs = {k: [] for k in ("transfer",) + LINK_TOOLS}
+                runs = {k: [] for k in ("transfer", "measured") + LINK_TOOLS}
                 rss = {k: 0 for k in LINK_TOOLS}
                 for rep in range(args.reps + 1):
                     paths = {k: os.path.join(scratch.path, k) for k in ("store", "flat", "direct", "oci", "rootfs")}
                     for p in paths.values():
                         clean(p)
-                    transfer = total / (rate * 1e6) if rate else measure_transfer(reg.host, "bench", blobs)
+                    measured = measure_transfer(host, "bench", blobs)
+                    transfer = total / (rate * 1e6) if rate else measured
                     w_pull, r_pull, _, _ = run_child(lamina + ["--root", paths["store"], "pull", "-q", ref])
                     w_flat, r_flat, _, _ = run_child(lamina + ["--root", paths["store"], "unpack", ref, paths["flat"]])
                     clean(paths["store"])
@@ -174,7 +176,8 @@ def link_main(args):
                                                   paths["rootfs"]])
                     for p in (paths["oci"], paths["rootfs"]):
                         clean(p)
-                    row = {"transfer": transfer, "pull": w_pull, "pull+unpack": w_pull + w_flat,
+                    row = {"transfer": transfer, "measured": measured, "pull": w_pull,
+                           "pull+unpack": w_pull + w_flat,
                            "unpack docker": w_direct, "skopeo+umoci": w_sk + w_um}
                     label = f"run {rep}/{args.reps}" if rep else "warm-up"
                     print(f"  {rate or 'unlimited'} MB/s {label}: " +
@@ -193,12 +196,15 @@ def link_main(args):
             reg.stop()
 
     print(f"\nmedians over {args.reps} runs (shared 2-core machine: noisy); ratio = wall / transfer time")
-    print(f"{'link':>10} {'transfer':>9} " + " ".join(f"{k:>21}" for k in LINK_TOOLS))
+    print("transfer = blob bytes / rate (unlimited: measured); measured = this process fetching the blobs "
+          "3 at a time through the same proxy")
+    print(f"{'link':>10} {'transfer':>9} {'measured':>9} " + " ".join(f"{k:>21}" for k in LINK_TOOLS))
     for rate, t in table.items():
         med = t["median"]
         cells = " ".join(f"{med[k]:>7.2f}s {med[k] / med['transfer']:>5.2f}x {t['peak_rss_kib'][k] // 1024:>3}MiB"
                          for k in LINK_TOOLS)
-        print(f"{(f'{rate:g} MB/s' if rate else 'unlimited'):>10} {med['transfer']:>8.2f}s {cells}")
+        print(f"{(f'{rate:g} MB/s' if rate else 'unlimited'):>10} {med['transfer']:>8.2f}s {med['measured']:>8.2f}s "
+              f"{cells}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"image": args.image, "bytes": total, "reps": args.reps,
