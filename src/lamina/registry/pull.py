@@ -1,10 +1,12 @@
-"""``lamina pull``: registry -> store, blobs verified while streaming, layers extracted as they land.
+"""``lamina pull``: registry -> store, each layer extracted from its bytes as they arrive.
 
     reference --(mirrors, then the registry)--> manifest or index --platform--> manifest
-        --> config (diffIDs) --> layers, ``concurrency`` at a time:
-            store.ingest(digest, size): resume at w.offset with Range, retry cut/failed transfers,
-            commit verifies size + digest (a mismatch discards the partial, one fresh retry)
-            --> store.ensure_snapshot(...) on the extraction pool while other layers download
+        --> config (diffIDs) --> layers, ``concurrency`` at a time, each one:
+            BlobStream (resume with Range at w.offset, retry cut/failed transfers, next endpoint)
+            --> IngestTee --> store.ingest(digest, size), and the same bytes --> the layer's
+            snapshot extraction (store/streaming.py); the blob is committed once the diffID verified (commit checks
+            size + digest, a mismatch discards both and retries once), then the snapshot.
+            Blobs already in the store: store.ensure_snapshot(...) on the extraction pool.
         --> store.put_blob(manifest[, index]) --> store.add_image(manifest, ref, repo_digest)
 """
 from __future__ import annotations
