@@ -4,8 +4,9 @@
         --> config (diffIDs) --> layers, ``concurrency`` at a time, each one:
             BlobStream (resume with Range at w.offset, retry cut/failed transfers, next endpoint)
             --> IngestTee --> store.ingest(digest, size), and the same bytes --> the layer's
-            snapshot extraction (store/streaming.py); the blob is committed once the diffID verified (commit checks
-            size + digest, a mismatch discards both and retries once), then the snapshot.
+            snapshot extraction (store/streaming.py); the blob is committed once the diffID
+            verified (commit checks size + digest, a mismatch discards both and retries once),
+            then the snapshot.
             Blobs already in the store: store.ensure_snapshot(...) on the extraction pool.
         --> store.put_blob(manifest[, index]) --> store.add_image(manifest, ref, repo_digest)
 """
