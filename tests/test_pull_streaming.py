@@ -9,7 +9,7 @@ import pytest
 
 import ocibuild
 import treecmp
-from registryfixture import FaultProxy, fast_random, reg, registry_env, skopeo_push  # noqa: F401
+from registryfixture import FaultProxy, fast_random, kill9_when, reg, registry_env, skopeo_push  # noqa: F401
 
 from lamina import errors
 from lamina.registry import pull
@@ -132,11 +132,8 @@ def test_wrong_diffid_keeps_the_good_blob_but_no_snapshot(reg, registry_env, tmp
 def test_killed_pull_restarts_the_extraction_cleanly(proxy, image, registry_env):  # noqa: F811
     """kill -9 mid-blob leaves a partial blob and a half-written snapshot dir; the next pull resumes
     the download with Range, replays the partial into a fresh extraction and removes the debris."""
-    import os
-    import signal
     import subprocess
     import sys
-    import time
     big = image["big"]
     held = 3 * MiB
     proxy.add("hang", path=f"/blobs/{big['digest']}", after=held)
@@ -144,19 +141,8 @@ def test_killed_pull_restarts_the_extraction_cleanly(proxy, image, registry_env)
     ref = f"{proxy.host}/stream:1"
     child = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "pull", ref],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        assert proxy.hang_reached.wait(60), "the pull never reached the blob"
-        deadline = time.monotonic() + 30
-        while not any((p / "fs" / "etc" / "big.bin").exists() for p in _tmp_snapshots(root)):
-            assert time.monotonic() < deadline and child.poll() is None, "no extraction in progress"
-            time.sleep(0.02)
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        proxy.release_hang.set()
+    kill9_when(proxy, child, lambda: any((p / "fs" / "etc" / "big.bin").exists() for p in _tmp_snapshots(root)),
+               "no extraction in progress")
     debris = _tmp_snapshots(root)
     assert debris and (root / "ingest" / f"{big['digest'][7:]}.partial").stat().st_size == held
     proxy.clear()
