@@ -20,6 +20,24 @@ cache.  Everything lands on a fresh tmpfs (root) or under --dest-dir.
 
     sudo python bench/pull.py                 # 5 repetitions, table on stdout
     sudo python bench/pull.py -n 3 --json out.json
+
+Link-limited mode (--link RATES): the registry is reached through bench/linkproxy.py, a loopback
+reverse proxy whose blob bodies share one token bucket of RATE MB/s (10^6 bytes), as a real link
+would be shared by concurrent downloads; 0 means unlimited (the registry directly).  For each rate
+and repetition, in a fresh directory:
+
+  transfer        the blob bytes (layers + config) / RATE; for unlimited, measured
+  measured        the blobs fetched 3 at a time by this process through the same proxy and
+                  thrown away (what the proxy really delivers on this machine)
+  pull            lamina pull REF
+  pull+unpack     that, then lamina unpack REF DEST from the store (flat rootfs)
+  unpack docker   lamina unpack docker://REF DEST (nothing kept)
+  skopeo+umoci    skopeo copy docker://REF oci:DIR then umoci raw unpack
+
+each reported as the median wall time over the repetitions and as a ratio to the transfer time,
+with the peak RSS (max over the repetitions).
+
+    sudo python bench/pull.py --link 20,40,100,0 -n 3
 """
 from __future__ import annotations
 
@@ -85,6 +103,115 @@ class LoopbackRegistry:
         self.log.close()
 
 
+def _layout_blobs(image):
+    """(layout dir, total bytes of the layer and config blobs) of oci:DIR:TAG."""
+    layout, tag = image[len("oci:"):].rsplit(":", 1)
+    with open(os.path.join(layout, "index.json")) as f:
+        index = json.load(f)
+    desc = next(m for m in index["manifests"]
+                if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
+    with open(os.path.join(layout, "blobs", *desc["digest"].split(":"))) as f:
+        manifest = json.load(f)
+    blobs = manifest["layers"] + [manifest["config"]]
+    return blobs, sum(b["size"] for b in blobs)
+
+
+def measure_transfer(host, repo, blobs, concurrency=3):
+    """Seconds to fetch every blob (``concurrency`` at a time) and throw the bytes away."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import urllib3
+    pool = urllib3.HTTPConnectionPool(*host.split(":"), maxsize=concurrency)
+
+    def get(b):
+        r = pool.request("GET", f"/v2/{repo}/blobs/{b['digest']}", preload_content=False)
+        n = sum(len(c) for c in r.stream(1 << 20))
+        r.release_conn()
+        assert n == b["size"], (b, n)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as ex:
+        list(ex.map(get, blobs))
+    return time.perf_counter() - t0
+
+
+LINK_TOOLS = ("pull", "pull+unpack", "unpack docker", "skopeo+umoci")
+
+
+def link_main(args):
+    from linkproxy import LinkProxy
+    rates = [float(r) for r in args.link.split(",")]
+    blobs, total = _layout_blobs(args.image)
+    print(f"{args.image}: {len(blobs)} blobs, {total / 1e6:.1f} MB; rates {rates} MB/s (0 = unlimited), "
+          f"{args.reps} reps + 1 warm-up per rate", flush=True)
+    lamina = lamina_cli()
+    table = {}
+    with Scratch(args.dest_dir) as scratch:
+        reg = LoopbackRegistry(scratch.path)
+        try:
+            run_child(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", args.image,
+                       f"docker://{reg.host}/bench:latest"])
+            for rate in rates:
+                proxy = LinkProxy(reg.host, rate * 1e6) if rate else None
+                host = proxy.host if proxy else reg.host
+                ref = f"{host}/bench:latest"
+                runs = {k: [] for k in ("transfer", "measured") + LINK_TOOLS}
+                rss = {k: 0 for k in LINK_TOOLS}
+                for rep in range(args.reps + 1):
+                    paths = {k: os.path.join(scratch.path, k) for k in ("store", "flat", "direct", "oci", "rootfs")}
+                    for p in paths.values():
+                        clean(p)
+                    measured = measure_transfer(host, "bench", blobs)
+                    transfer = total / (rate * 1e6) if rate else measured
+                    w_pull, r_pull, _, _ = run_child(lamina + ["--root", paths["store"], "pull", "-q", ref])
+                    w_flat, r_flat, _, _ = run_child(lamina + ["--root", paths["store"], "unpack", ref, paths["flat"]])
+                    clean(paths["store"])
+                    clean(paths["flat"])
+                    w_direct, r_direct, _, _ = run_child(lamina + ["unpack", "--json", f"docker://{ref}",
+                                                                   paths["direct"]])
+                    clean(paths["direct"])
+                    w_sk, r_sk, _, _ = run_child(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+                                                  f"docker://{ref}", f"oci:{paths['oci']}:bench"])
+                    w_um, r_um, _, _ = run_child(["umoci", "raw", "unpack", "--image", f"{paths['oci']}:bench",
+                                                  paths["rootfs"]])
+                    for p in (paths["oci"], paths["rootfs"]):
+                        clean(p)
+                    row = {"transfer": transfer, "measured": measured, "pull": w_pull,
+                           "pull+unpack": w_pull + w_flat,
+                           "unpack docker": w_direct, "skopeo+umoci": w_sk + w_um}
+                    label = f"run {rep}/{args.reps}" if rep else "warm-up"
+                    print(f"  {rate or 'unlimited'} MB/s {label}: " +
+                          ", ".join(f"{k} {v:.2f}s" for k, v in row.items()), flush=True)
+                    if rep:
+                        for k, v in row.items():
+                            runs[k].append(v)
+                        for k, r in (("pull", r_pull), ("pull+unpack", max(r_pull, r_flat)),
+                                     ("unpack docker", r_direct), ("skopeo+umoci", max(r_sk, r_um))):
+                            rss[k] = max(rss[k], r)
+                if proxy:
+                    proxy.stop()
+                table[rate] = {"runs": runs, "median": {k: statistics.median(v) for k, v in runs.items()},
+                               "peak_rss_kib": rss}
+        finally:
+            reg.stop()
+
+    print(f"\nmedians over {args.reps} runs (shared 2-core machine: noisy); ratio = wall / transfer time")
+    print("transfer = blob bytes / rate (unlimited: measured); measured = this process fetching the blobs "
+          "3 at a time through the same proxy")
+    print(f"{'link':>10} {'transfer':>9} {'measured':>9} " + " ".join(f"{k:>21}" for k in LINK_TOOLS))
+    for rate, t in table.items():
+        med = t["median"]
+        cells = " ".join(f"{med[k]:>7.2f}s {med[k] / med['transfer']:>5.2f}x {t['peak_rss_kib'][k] // 1024:>3}MiB"
+                         for k in LINK_TOOLS)
+        print(f"{(f'{rate:g} MB/s' if rate else 'unlimited'):>10} {med['transfer']:>8.2f}s {med['measured']:>8.2f}s "
+              f"{cells}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"image": args.image, "bytes": total, "reps": args.reps,
+                       "rates": {str(k): v for k, v in table.items()}}, f, indent=2)
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--reps", type=int, default=5, help="timed repetitions per tool (default 5)")
@@ -92,6 +219,8 @@ def main(argv=None):
     ap.add_argument("--dest-dir", metavar="DIR", help="work under DIR instead of a fresh tmpfs mount")
     ap.add_argument("--image", default=f"oci:{CACHE}/image:bench", help="OCI layout image to push and pull")
     ap.add_argument("--no-flat", action="store_true", help="skip the lamina pull + flat unpack variant")
+    ap.add_argument("--link", metavar="RATES", help="link-limited mode: comma-separated MB/s, 0 = unlimited "
+                    "(e.g. 20,40,100,0)")
     args = ap.parse_args(argv)
 
     layout = args.image[len("oci:"):].rsplit(":", 1)[0] if args.image.startswith("oci:") else None
@@ -100,6 +229,8 @@ def main(argv=None):
     for tool in ("skopeo", "umoci"):
         if shutil.which(tool) is None:
             sys.exit(f"bench/pull.py: {tool} is not installed")
+    if args.link:
+        return link_main(args)
 
     results = {"lamina": [], "lamina+flat": [], "skopeo": [], "umoci": [], "skopeo+umoci": []}
     with Scratch(args.dest_dir) as scratch:

@@ -537,6 +537,25 @@ class FaultProxy:
         self.server.server_close()
 
 
+def kill9_when(proxy, child, ready, what, timeout=60):
+    """Once ``child`` (a pull) reached the blob the proxy holds and ``ready()`` holds, kill -9 it.
+    The proxy's hang is released whatever happens."""
+    try:
+        assert proxy.hang_reached.wait(60), "the pull never reached the blob"
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert time.monotonic() < deadline, what
+            assert child.poll() is None, child.stderr.read()
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        proxy.release_hang.set()
+
+
 # ------------------------------------------------------------------------------------------
 # images
 

@@ -5,17 +5,14 @@ counts the body bytes it serves, so "resumed" means "those bytes were not sent t
 """
 import base64
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 import ocibuild
-from registryfixture import (FaultProxy, Registry, fast_random, reg, registry_env, skopeo_push,  # noqa: F401
-                             skopeo_raw)
+from registryfixture import (FaultProxy, Registry, fast_random, kill9_when, reg, registry_env,  # noqa: F401
+                             skopeo_push, skopeo_raw)
 
 from lamina import errors
 from lamina.registry import RegistryClient, Transport, pull
@@ -168,21 +165,9 @@ def test_kill9_then_pull_again_downloads_the_rest_only(reg, tmp_path, registry_e
         ref = f"{proxy.host}/huge:1"
         child = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "pull", ref],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            assert proxy.hang_reached.wait(60), "the pull never reached the blob"
-            partial = root / "ingest" / f"{blob['digest'][7:]}.partial"
-            deadline = time.monotonic() + 60
-            while not (partial.exists() and partial.stat().st_size >= held):
-                assert time.monotonic() < deadline, "the partial never got the bytes sent"
-                assert child.poll() is None, child.stderr.read()
-                time.sleep(0.02)
-            os.kill(child.pid, signal.SIGKILL)
-            child.wait()
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-            proxy.release_hang.set()
+        partial = root / "ingest" / f"{blob['digest'][7:]}.partial"
+        kill9_when(proxy, child, lambda: partial.exists() and partial.stat().st_size >= held,
+                   "the partial never got the bytes sent")
         assert partial.stat().st_size == held
         first = proxy.bytes_for(blob["digest"])
         assert first == held

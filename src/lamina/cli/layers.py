@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..errors import LaminaError
 from .images import human_size  # the verbs print sizes one way, docker's
 from .output import add_format_option, check_format, emit
 
@@ -53,13 +54,33 @@ def cmd_apply(args):
                                                        sys.stdout))
 
 
+def _registry_source(args):
+    """``docker://REF``: the image streams from the registry, nothing is kept in the store."""
+    from ..registry.progress import reporter_for
+    from ..registry.source import PREFIX, RegistrySource
+    from .registry import _insecure
+    ref = args.source[len(PREFIX):]
+    return RegistrySource(ref, insecure=_insecure(args, ref), reporter=reporter_for("json" if args.format == "json" else "auto"))
+
+
 def cmd_unpack(args):
     from .images import _closing, is_store_source, unpack_from_store
-    if args.bundle or args.link or is_store_source(args.source, args.root):
-        return _closing(unpack_from_store)(args)  # a bare image reference: materialize from the store's snapshots
     from ..unpacker import unpack
-    check_format(args)
-    stats = unpack(args.source, args.dest, platform=args.platform, format=disk_format(args))
+    if args.source.startswith("docker://"):
+        if args.bundle or args.link:
+            raise LaminaError("--bundle and --link unpack images from the store; pull the image first")
+        check_format(args)
+        with _registry_source(args) as source:
+            try:
+                stats = unpack(source, args.dest, platform=args.platform, format=disk_format(args))
+                source.finished(source.image)
+            finally:
+                source.reporter.close()
+    elif args.bundle or args.link or is_store_source(args.source, args.root):
+        return _closing(unpack_from_store)(args)  # a bare image reference: materialize from the store's snapshots
+    else:
+        check_format(args)
+        stats = unpack(args.source, args.dest, platform=args.platform, format=disk_format(args))
     emit(args, stats.to_dict(), lambda: _print_unpack(args, stats))
 
 
@@ -94,7 +115,8 @@ def register(sub):
 
     u = sub.add_parser("unpack", help="unpack an image into a root filesystem (or overlay layer dirs)")
     u.add_argument("source", metavar="SOURCE", help="an image in the store (NAME[:TAG], ID), oci:PATH[:REF], "
-                   "oci-archive:PATH[:REF] or docker-archive:PATH[:REF]")
+                   "oci-archive:PATH[:REF], docker-archive:PATH[:REF], or docker://REF (straight from a "
+                   "registry, nothing kept)")
     u.add_argument("dest", metavar="DEST")
     u.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick from a multi-arch index")
     u.add_argument("--overlay", action="store_true", help="oci:/archive sources: one overlayfs layer dir per "
@@ -104,4 +126,6 @@ def register(sub):
                    "(DEST/config.json + DEST/rootfs)")
     u.add_argument("--link", action="store_true", help="store images: hardlink files from the store's snapshots "
                    "instead of copying (read-only use: writing to a file changes the store)")
+    u.add_argument("--insecure", action="store_true",
+                   help="docker://: allow plain HTTP and skip TLS verification for this registry")
     u.set_defaults(func=cmd_unpack)

@@ -1,45 +1,37 @@
-"""``lamina pull``: registry -> store, blobs verified while streaming, layers extracted as they land.
+"""``lamina pull``: registry -> store, each layer extracted from its bytes as they arrive.
 
     reference --(mirrors, then the registry)--> manifest or index --platform--> manifest
-        --> config (diffIDs) --> layers, ``concurrency`` at a time:
-            store.ingest(digest, size): resume at w.offset with Range, retry cut/failed transfers,
-            commit verifies size + digest (a mismatch discards the partial, one fresh retry)
-            --> store.ensure_snapshot(...) on the extraction pool while other layers download
+        --> config (diffIDs) --> layers, ``concurrency`` at a time, each one:
+            BlobStream (resume with Range at w.offset, retry cut/failed transfers, next endpoint)
+            --> IngestTee --> store.ingest(digest, size), and the same bytes --> the layer's
+            snapshot extraction (store/streaming.py); the blob is committed once the diffID
+            verified (commit checks size + digest, a mismatch discards both and retries once),
+            then the snapshot.
+            Blobs already in the store: store.ensure_snapshot(...) on the extraction pool.
         --> store.put_blob(manifest[, index]) --> store.add_image(manifest, ref, repo_digest)
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 from .. import errors, mediatypes as mt
-from ..errors import (BlobNotFoundError, DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError,
-                      RegistryError)
+from ..errors import DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError, RegistryError
 from ..oci.model import document_media_type, parse_config, parse_index, parse_manifest
 from ..platform import Platform
 from ..reference import Reference
 from .client import RegistryClient
 from .progress import Reporter
-from .transport import CONNECTION_ERRORS, describe_error
+from ..store.streaming import IngestTee, ensure_streaming
+from .blobstream import BlobStream, Cancelled
 
 DEFAULT_CONCURRENCY = 3
 MAX_CONFIG_SIZE = 8 << 20
-_CHUNK = 1 << 20
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 MAX_INDEX_DEPTH = 4
-
-
-class _Cancelled(Exception):
-    pass
-
-
-class _ShortBody(Exception):
-    pass
 
 
 @dataclass
@@ -125,6 +117,91 @@ def choose_platform(index, want, fetch, depth=0):
 
 
 # --------------------------------------------------------------------------------------------
+# from a reference to one manifest
+
+
+@dataclass
+class Resolved:
+    repos: list          # endpoints to fetch blobs from: the one that answered first, then the others
+    repo: object         # the Repository that served the manifest
+    top: object          # ManifestResponse for the reference (an index or a manifest)
+    manifest: object     # ManifestResponse of the chosen platform's manifest
+    chosen: object       # the Platform the index named for it, or None
+    children: dict       # nested indexes fetched on the way, digest -> ManifestResponse
+    others: list         # the other platforms' manifests (all_platforms)
+
+
+def _first_answer(client, ref):
+    """(repositories, the one that answered, ManifestResponse), trying mirrors first."""
+    repos = client.repositories(ref, ("pull",))
+    for i, repo in enumerate(repos):
+        try:
+            return repos, repo, repo.get_manifest(ref.digest or ref.tag)
+        except LaminaError:
+            if i + 1 == len(repos):
+                raise   # the registry's own answer (mirrors are best effort)
+    raise RegistryError(f"no endpoint for {ref}")  # pragma: no cover
+
+
+def _child(repo, desc):
+    mr = repo.get_manifest(desc.digest)
+    if len(mr.data) != desc.size:
+        raise ImageError(f"manifest {desc.digest}: {len(mr.data)} bytes but the index says {desc.size}")
+    return mr
+
+
+def resolve(client, ref, want, *, all_platforms=False) -> Resolved:
+    """The manifest ``ref`` names for platform ``want`` (None: this host), every digest checked."""
+    repos, repo, top = _first_answer(client, ref)
+    repos = [repo] + [r for r in repos if r is not repo]
+    children = {}
+
+    def fetch_index(desc):
+        mr = _child(repo, desc)
+        if not mr.is_index:
+            raise ImageError(f"{desc.digest}: expected an index, got {mr.media_type}")
+        children[desc.digest] = mr
+        return parse_index(mr.document, mr.media_type, f"index {desc.digest}")
+
+    if not top.is_index:
+        return Resolved(repos, repo, top, top, None, children, [])
+    index = parse_index(top.document, top.media_type, f"index {top.digest}")
+    desc, chosen = choose_platform(index, want, fetch_index)
+    mr = _child(repo, desc)
+    if not mt.is_manifest(mr.media_type):
+        raise ImageError(f"{desc.digest}: expected a manifest, got {mr.media_type}")
+    others = []
+    if all_platforms:
+        others = [_child(repo, d) for d in index.manifests
+                  if d.digest != desc.digest and mt.is_manifest(d.media_type)]
+    return Resolved(repos, repo, top, mr, chosen, children, others)
+
+
+def fetch_config(repos, cdesc):
+    """An image config's bytes (digest and size checked), from the first endpoint that has it."""
+    what = f"config {cdesc.digest}"
+    if cdesc.size > MAX_CONFIG_SIZE:
+        raise ImageError(f"{what}: {cdesc.size} bytes is larger than the {MAX_CONFIG_SIZE}-byte limit")
+    for i, repo in enumerate(repos):
+        try:
+            data = repo.get_blob(cdesc.digest, limit=max(cdesc.size, 1))
+            break
+        except LaminaError:
+            if i + 1 == len(repos):
+                raise
+    if len(data) != cdesc.size:
+        raise ImageError(f"{what}: {len(data)} bytes but the manifest says {cdesc.size}")
+    return data
+
+
+def image_platform(want, chosen, config):
+    """The platform of the image: the index's word for it, else its config's (checked against ``want``)."""
+    if want is not None and chosen is None and config.platform is not None and config.platform != want:
+        raise PlatformNotFoundError(str(want), [str(config.platform)])
+    return chosen or config.platform
+
+
+# --------------------------------------------------------------------------------------------
 
 
 class Puller:
@@ -140,29 +217,11 @@ class Puller:
         self._own_client = client is None
         self.client = client or RegistryClient(insecure=insecure)
         self.reporter = reporter or Reporter()
+        # Extract each layer from its bytes as they arrive (LAMINA_PULL_STREAM=0: download, then extract).
+        self.stream_extract = os.environ.get("LAMINA_PULL_STREAM", "1") != "0"
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self.downloaded = 0
-
-    # --- manifests ----------------------------------------------------------------------------
-
-    def _resolve(self):
-        """(repository that answered, ManifestResponse) trying mirrors first."""
-        repos = self.client.repositories(self.ref, ("pull",))
-        wanted = self.ref.digest or self.ref.tag
-        for i, repo in enumerate(repos):
-            try:
-                return repos, repo, repo.get_manifest(wanted)
-            except LaminaError:
-                if i + 1 == len(repos):
-                    raise   # the registry's own answer (mirrors are best effort)
-        raise RegistryError(f"no endpoint for {self.ref}")  # pragma: no cover
-
-    def _child(self, repo, desc):
-        mr = repo.get_manifest(desc.digest)
-        if len(mr.data) != desc.size:
-            raise ImageError(f"manifest {desc.digest}: {len(mr.data)} bytes but the index says {desc.size}")
-        return mr
 
     # --- one blob ---------------------------------------------------------------------------------
 
@@ -187,88 +246,83 @@ class Puller:
                     raise DigestMismatchError(f"blob from {repos[0].name}", e.expected, e.actual) from None
                 mismatch_retries -= 1
 
-    def _download(self, repos, desc, w, result):
+    def fetch_and_extract(self, repos, desc, result, diff_id, parent_chain_id):
+        """Download a blob into the store while extracting its snapshot from the same bytes.
+
+        Returns the snapshot's fs dir, or None if the snapshot existed already (then only the
+        blob was fetched).  A blob digest mismatch discards both and retries once, like fetch_blob.
+        """
         digest, size = desc.digest, desc.size
-        transport = self.client.transport
-        budget = transport.retries + 1
-        failures = 0
-        endpoint = 0
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        self.reporter.state(digest, "Downloading")
-        while w.offset < size:
-            if self._cancel.is_set():
-                raise _Cancelled()
-            repo = repos[endpoint]
-            start = w.offset
+        partial = self.store.paths.partial(digest)
+        mismatch_retries = 1
+        while True:
             try:
-                result.attempts += 1
-                resp = repo.open_blob(digest, start)
-                try:
-                    skip = self._check_range(resp, digest, start, size)
-                    self._copy(resp, w, view, skip, size, digest, result)
-                finally:
-                    resp.close(reuse=w.offset >= size)
-            except (BlobNotFoundError, RegistryError):
-                # The transport already retried statuses and connection failures: this endpoint
-                # is done.  A mirror falls back to the next endpoint (resuming from w.offset).
-                if endpoint + 1 < len(repos):
-                    endpoint, failures = endpoint + 1, 0
-                    continue
-                raise
-            except CONNECTION_ERRORS + (_ShortBody,) as e:
-                # Cut connection, timeout, short body: keep what was verified, resume with Range.
-                failures = 0 if w.offset > start else failures + 1
-                if failures >= budget:
-                    if endpoint + 1 < len(repos):
-                        endpoint, failures = endpoint + 1, 0
-                        continue
-                    raise RegistryError(f"blob {digest} from {repo.name}: download failed at byte "
-                                        f"{w.offset} of {size}: {describe_error(e)} "
-                                        f"(after {result.attempts} attempts)") from None
-                self.reporter.state(digest, "Retrying")
-                transport.sleep_backoff(max(failures, 1))
-        self.reporter.state(digest, "Verifying Checksum")
+                with self.store.ingest(digest, size=size) as w:
+                    if w.exists:   # another pull committed it meanwhile: extract the usual way
+                        result.status = "exists"
+                        return None
+                    result.status = "downloaded"
+                    result.resumed_from = result.resumed_from or w.offset
+                    self.reporter.state(digest, "Downloading")
+                    stream = self.blob_stream(repos, desc, result, w.offset, at_end="Extracting")
+                    tee = IngestTee(w, partial, stream)
+                    checked = []   # the ingest's commit ran (and checked the blob's digest)
 
-    @staticmethod
-    def _check_range(resp, digest, start, size):
-        """Bytes to skip at the head of the body (a registry that ignored Range sends it all)."""
-        if resp.status == 206:
-            m = _CONTENT_RANGE.fullmatch((resp.header("Content-Range") or "").strip())
-            if not m or int(m.group(1)) != start:
-                raise RegistryError(f"blob {digest}: asked for bytes from {start}, got Content-Range "
-                                    f"{resp.header('Content-Range')!r}")
-            if m.group(3) != "*" and int(m.group(3)) != size:
-                raise RegistryError(f"blob {digest}: registry has {m.group(3)} bytes, the manifest says {size}")
-            return 0
-        length = resp.length
-        if length is not None and length != size:
-            raise RegistryError(f"blob {digest}: registry sent {length} bytes, the manifest says {size}")
-        return start
+                    def commit():
+                        checked.append(True)
+                        w.commit()
 
-    def _copy(self, resp, w, view, skip, size, digest, result):
+                    try:
+                        path = ensure_streaming(self.store.paths, tee, digest, diff_id, parent_chain_id,
+                                                desc.media_type, before_commit=commit)
+                        if path is None:
+                            w.write_from(stream)
+                            w.commit()
+                        return path
+                    except (Cancelled, RegistryError):
+                        raise
+                    except Exception:
+                        if not checked:
+                            # Corrupt bytes usually fail the extraction (or the diffID) before the
+                            # blob's digest can be checked: finish the download and let the digest
+                            # say whether the registry sent a bad blob (retried) or the image is bad.
+                            tee.drain()
+                            w.commit()
+                        raise
+                    finally:
+                        result.attempts += stream.attempts
+                        tee.close()
+                        stream.close()
+            except DigestMismatchError as e:
+                if e.expected != digest or mismatch_retries <= 0:
+                    raise   # a diffID mismatch (the blob itself verified), or corrupt twice
+                mismatch_retries -= 1
+
+    def blob_stream(self, repos, desc, result, offset=0, at_end="Verifying Checksum"):
+        """The blob as a resuming stream, counted into ``result`` and the progress display."""
+        digest, size = desc.digest, desc.size
         reporter = self.reporter
-        while skip:
-            n = resp.readinto(view[:min(len(view), skip)])
-            if not n:
-                raise _ShortBody(f"body ended after {n} bytes")
-            skip -= n
-            with self._lock:
-                self.downloaded += n
-            result.downloaded_bytes += n
-        remaining = size - w.offset
-        while remaining > 0:
-            if self._cancel.is_set():
-                raise _Cancelled()
-            n = resp.readinto(view[:min(len(view), remaining)])
-            if not n:
-                raise _ShortBody(f"connection closed at byte {w.offset} of {size}")
-            w.write(view[:n])
-            remaining -= n
+
+        def on_data(n):
             result.downloaded_bytes += n
             with self._lock:
                 self.downloaded += n
-            reporter.progress(digest, w.offset, size)
+            reporter.progress(digest, stream.offset, size)
+            if stream.offset >= size:
+                reporter.state(digest, at_end)
+
+        stream = BlobStream(repos, digest, size, offset=offset, on_data=on_data, cancel=self._cancel,
+                            on_retry=lambda: reporter.state(digest, "Retrying"))
+        return stream
+
+    def _download(self, repos, desc, w, result):
+        self.reporter.state(desc.digest, "Downloading")
+        stream = self.blob_stream(repos, desc, result, w.offset)
+        try:
+            w.write_from(stream)
+        finally:
+            result.attempts += stream.attempts
+            stream.close()
 
     # --- the whole pull ------------------------------------------------------------------------------
 
@@ -292,42 +346,16 @@ class Puller:
     def _run(self, t0):
         ref = self.ref
         previous = self._previous_manifest()
-        repos, repo, top = self._resolve()
-        # The repository that answered serves the blobs; the others stay as fallbacks.
-        repos = [repo] + [r for r in repos if r is not repo]
+        r = resolve(self.client, ref, self.want, all_platforms=self.all_platforms)
+        repos, repo, top, mr, chosen, children, others = (r.repos, r.repo, r.top, r.manifest, r.chosen,
+                                                          r.children, r.others)
         self.reporter.line(f"{ref.digest or ref.tag}: Pulling from {ref.path}")
         repo_digest = top.digest
-
-        children = {}   # digest -> ManifestResponse, for --all-platforms
-
-        def fetch_index(desc):
-            mr = self._child(repo, desc)
-            if not mr.is_index:
-                raise ImageError(f"{desc.digest}: expected an index, got {mr.media_type}")
-            children[desc.digest] = mr
-            return parse_index(mr.document, mr.media_type, f"index {desc.digest}")
-
-        if top.is_index:
-            index = parse_index(top.document, top.media_type, f"index {top.digest}")
-            desc, chosen = choose_platform(index, self.want, fetch_index)
-            mr = self._child(repo, desc)
-            if not mt.is_manifest(mr.media_type):
-                raise ImageError(f"{desc.digest}: expected a manifest, got {mr.media_type}")
-            others = []
-            if self.all_platforms:
-                for d in index.manifests:
-                    if d.digest != desc.digest and mt.is_manifest(d.media_type):
-                        others.append(self._child(repo, d))
-        else:
-            mr, chosen, others = top, None, []
 
         media_type = document_media_type(mr.document, mr.media_type, f"manifest {mr.digest}")
         manifest = parse_manifest(mr.document, media_type, f"manifest {mr.digest}")
         config_data, config = self._config(repos, manifest, mr.digest)
-        if self.want is not None and chosen is None and config.platform is not None \
-                and config.platform != self.want:
-            raise PlatformNotFoundError(str(self.want), [str(config.platform)])
-        platform = chosen or config.platform
+        platform = image_platform(self.want, chosen, config)
 
         # Blobs of the other platforms (--all-platforms) are fetched but not extracted.
         extra_layers = []
@@ -378,16 +406,7 @@ class Puller:
             with self.store.open_blob(cdesc.digest) as f:
                 data = f.read(MAX_CONFIG_SIZE + 1)
         else:
-            data = None
-            for i, repo in enumerate(repos):
-                try:
-                    data = repo.get_blob(cdesc.digest, limit=max(cdesc.size, 1))
-                    break
-                except LaminaError:
-                    if i + 1 == len(repos):
-                        raise
-            if len(data) != cdesc.size:
-                raise ImageError(f"{what}: {len(data)} bytes but the manifest says {cdesc.size}")
+            data = fetch_config(repos, cdesc)
             self.store.put_blob(data, cdesc.digest)
             self._config_fetched += 1
         return data, parse_config(data, what, len(manifest.layers))
@@ -413,41 +432,52 @@ class Puller:
         next_submit = [0]
 
         committed = [threading.Event() for _ in layer_descs]
+        streamed = set()   # layers whose snapshot was extracted while their blob arrived
 
         def extract(i):
             d = layer_descs[i]
-            self.reporter.state(d.digest, "Extracting")
             parent = chains[i - 1] if i else None
             try:
-                try:
-                    path = self.store.ensure_snapshot(d.digest, diff_ids[i], parent, media_type=d.media_type,
-                                                      defer=True)
-                except errors.NeedsLowers:
-                    # this layer resolves paths through the ones below: wait for them (submitted
-                    # earlier in layer order, so already running or done), then extract over them
-                    for j in range(i):
-                        while not committed[j].wait(0.2):
-                            if self._cancel.is_set():
-                                raise errors.Interrupted(f"layer {d.digest}: interrupted")
-                    path = self.store.ensure_snapshot(d.digest, diff_ids[i], parent, media_type=d.media_type)
+                if i not in streamed:
+                    self.reporter.state(d.digest, "Extracting")
+                    try:
+                        path = self.store.ensure_snapshot(d.digest, diff_ids[i], parent, media_type=d.media_type,
+                                                          defer=True)
+                    except errors.NeedsLowers:
+                        # this layer resolves paths through the ones below: wait for them (submitted
+                        # earlier in layer order, so already running or done), then extract over them
+                        for j in range(i):
+                            while not committed[j].wait(0.2):
+                                if self._cancel.is_set():
+                                    raise errors.Interrupted(f"layer {d.digest}: interrupted")
+                        path = self.store.ensure_snapshot(d.digest, diff_ids[i], parent, media_type=d.media_type)
+                    results[i].snapshot = str(path)
             finally:
                 committed[i].set()
-            results[i].snapshot = str(path)
             if results[i].status != "exists":
                 self.reporter.state(d.digest, "Pull complete")
             return i
 
         def fetch(digest, desc, rs, indexes):
             existed = self.store.has_blob(digest)
-            if not existed:
-                self.fetch_blob(repos, desc, rs[0])
-            else:
+            if existed:
                 rs[0].status = "exists"
+            elif indexes and self.stream_extract:
+                i = indexes[0]
+                try:
+                    path = self.fetch_and_extract(repos, desc, rs[0], diff_ids[i], chains[i - 1] if i else None)
+                except errors.NeedsLowers:
+                    path = None  # the blob is stored; extract(i) extracts it over the layers below
+                if path is not None:
+                    results[i].snapshot = str(path)
+                    streamed.add(i)
+            else:
+                self.fetch_blob(repos, desc, rs[0])
             for r in rs[1:]:
                 r.status = rs[0].status
             if rs[0].status == "exists":
                 self.reporter.state(digest, "Already exists")
-            else:
+            elif indexes[:1] and indexes[0] not in streamed:
                 self.reporter.state(digest, "Download complete")
             with efl:
                 # Submitted in layer order, so a layer that needs the snapshots below it

@@ -1,25 +1,23 @@
-"""HTTP transport for registries: pooled keep-alive connections, TLS, retries, redirects.
+"""HTTP transport for registries: urllib3 underneath, registry rules on top.
 
-Built on ``http.client`` (no third-party HTTP stack): a registry pull is a
-handful of requests to one or two hosts, which a small per-origin pool of
-keep-alive connections serves as well as urllib3 would, and we need exact
-control over three things libraries tend to hide:
+urllib3 does the generic HTTP work: keep-alive connection pools, proxies
+(``CONNECT`` tunnels for HTTPS, absolute-form requests for plain HTTP), TLS,
+and the low-level retries (connection failures, 429/5xx with ``Retry-After``)
+through a ``Retry`` that sleeps with our backoff and jitter.  What stays here
+is what a registry client needs on top of that:
 
-* retries: 429/5xx and connection failures are retried with exponential
-  backoff and jitter (``Retry-After`` honoured, capped), only for requests
-  whose body can be replayed;
-* redirects: followed (blob GETs are often redirected to object storage), and
-  the ``Authorization`` header is dropped as soon as scheme, host or port
-  changes, so credentials never reach another origin;
-* TLS: the system CAs plus the docker ``certs.d`` convention
-  (``DIR/HOST[:PORT]/*.crt`` extra CAs, ``*.cert``/``*.key`` client pairs),
-  and plain HTTP only where the caller allowed it (loopback / insecure).
-
-Proxies come from the environment as docker and curl read them
-(``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``, either case): HTTPS goes
-through a ``CONNECT`` tunnel, so TLS is still end to end with the registry;
-plain HTTP is sent in absolute form.  Credentials in the proxy URL become
-``Proxy-Authorization``.
+* redirects are followed here, not by urllib3, because each hop may need
+  another proxy and another TLS context (blob GETs are often redirected to
+  object storage), and ``Authorization`` is dropped as soon as scheme, host or
+  port changes, so credentials never reach another origin;
+* TLS contexts per registry: the system CAs plus the docker ``certs.d``
+  convention (``DIR/HOST[:PORT]/*.crt`` extra CAs, ``*.cert``/``*.key`` client
+  pairs), or no verification for hosts the user marked insecure;
+* proxies as docker and curl read them from the environment (``HTTPS_PROXY``,
+  ``HTTP_PROXY``, ``NO_PROXY``, either case; credentials in the proxy URL
+  become ``Proxy-Authorization``) -- urllib3 does not read the environment;
+* a connection refused (or an unknown host) is retried once, not with the
+  whole budget: nothing listening is a certain answer.
 """
 from __future__ import annotations
 
@@ -36,6 +34,11 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+import urllib3
+from urllib3.exceptions import (HTTPError as Urllib3Error, MaxRetryError, ProtocolError, ProxyError,
+                                ReadTimeoutError, SSLError as Urllib3SSLError)
+from urllib3.util.retry import Retry
+
 from ..errors import RegistryError
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -46,15 +49,16 @@ DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF = 0.5
 MAX_BACKOFF = 10.0
 MAX_RETRY_AFTER = 30.0
-_BLOCK = 1 << 20
 USER_AGENT = "lamina/0.1"
+POOL_SIZE = 8          # keep-alive connections kept per origin (pull runs 3 downloads at once)
 
 # docker's per-registry TLS directory, then the containers one.  Overridable (tests) with
 # LAMINA_CERTS_D, a colon-separated list of directories.
 DEFAULT_CERTS_DIRS = ("/etc/docker/certs.d", "/etc/containers/certs.d")
 
-# Errors that mean "the connection broke", worth a retry on a fresh one.
-CONNECTION_ERRORS = (OSError, http.client.HTTPException, ssl.SSLError)
+# Errors that mean "the connection broke", worth a retry on a fresh one (urllib3 raises its
+# own while reading a body: ProtocolError, ReadTimeoutError).
+CONNECTION_ERRORS = (OSError, http.client.HTTPException, ssl.SSLError, Urllib3Error)
 
 
 def certs_dirs():
@@ -168,10 +172,10 @@ class TLSPolicy:
 
 
 class Response:
-    """A response whose body may still be streaming; close() returns the connection to the pool."""
+    """A response whose body may still be streaming; close() gives the connection back to its pool."""
 
-    def __init__(self, transport, origin, conn, resp, url, method):
-        self._transport, self._origin, self._conn, self._resp = transport, origin, conn, resp
+    def __init__(self, resp, url, method):
+        self._resp = resp
         self.url, self.method = url, method
         self.status = resp.status
         self.reason = resp.reason
@@ -215,17 +219,12 @@ class Response:
         self.close()
 
     def close(self, reuse=True):
-        conn, self._conn = self._conn, None
-        if conn is None:
+        resp, self._resp = self._resp, _CLOSED
+        if resp is _CLOSED:
             return
-        resp = self._resp
-        if reuse and resp.isclosed() and not resp.will_close:
-            self._transport._release(self._origin, conn)
-        else:
-            try:
-                resp.close()
-            finally:
-                conn.close()
+        if not (reuse and resp.isclosed()):
+            resp.close()       # unread body (or a broken one): the connection cannot be reused
+        resp.release_conn()
 
     def __enter__(self):
         return self
@@ -233,18 +232,18 @@ class Response:
     def __exit__(self, *exc):
         self.close(reuse=exc[0] is None)
 
-    def __del__(self):
-        if getattr(self, "_conn", None) is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
+
+class _Closed:
+    def __getattr__(self, name):
+        raise ValueError("I/O operation on a closed registry response")
+
+
+_CLOSED = _Closed()
 
 
 @dataclass(frozen=True)
 class Proxy:
-    host: str
-    port: int
+    url: str         # http://host:port, without credentials
     headers: tuple   # (("Proxy-Authorization", "Basic ..."),) or ()
 
     @classmethod
@@ -262,24 +261,49 @@ class Proxy:
         if u.username is not None:
             cred = f"{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or '')}"
             headers = (("Proxy-Authorization", "Basic " + base64.b64encode(cred.encode()).decode()),)
-        return cls(u.hostname, u.port or 80, headers)
+        host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
+        return cls(f"http://{host}:{u.port or 80}", headers)
+
+
+class _Retry(Retry):
+    """urllib3's Retry, sleeping through the transport (our backoff, jitter, Retry-After cap) and
+    counting the attempts for the error message."""
+
+    transport = None
+
+    def new(self, **kw):
+        r = super().new(**kw)
+        r.transport = self.transport
+        return r
+
+    def failures(self):
+        return sum(1 for h in self.history if h.redirect_location is None)
+
+    def increment(self, *args, **kw):
+        try:
+            return super().increment(*args, **kw)
+        except MaxRetryError as e:
+            e.attempts = self.failures() + 1
+            raise
+
+    def sleep(self, response=None):
+        retry_after = response.headers.get("Retry-After") if response is not None else None
+        self.transport._sleep(self.transport._delay(self.failures(), retry_after))
 
 
 class Transport:
-    """Thread-safe HTTP client with a keep-alive pool per origin."""
+    """Thread-safe HTTP client: one urllib3 pool manager per (proxy, TLS context)."""
 
-    def __init__(self, *, timeout=None, retries=None, backoff=None, tls=None, max_idle=8, sleep=time.sleep):
+    def __init__(self, *, timeout=None, retries=None, backoff=None, tls=None, max_idle=POOL_SIZE, sleep=time.sleep):
         self.timeout = timeout if timeout is not None else env_float("LAMINA_REGISTRY_TIMEOUT", DEFAULT_TIMEOUT)
         self.retries = retries if retries is not None else env_int("LAMINA_REGISTRY_RETRIES", DEFAULT_RETRIES)
         self.backoff = backoff if backoff is not None else env_float("LAMINA_REGISTRY_BACKOFF", DEFAULT_BACKOFF)
         self.tls = tls or TLSPolicy()
         self.max_idle = max_idle
         self._sleep = sleep
-        self._idle = {}
+        self._managers = {}
         self._proxies = {}
         self._lock = threading.Lock()
-
-    # --- connections ---------------------------------------------------------------
 
     def _proxy(self, origin):
         with self._lock:
@@ -287,110 +311,73 @@ class Transport:
                 self._proxies[origin] = Proxy.for_origin(origin)
             return self._proxies[origin]
 
-    def _new_conn(self, origin):
+    def _manager(self, origin):
+        """The pool manager for ``origin``: its proxy, and for HTTPS its TLS context."""
         proxy = self._proxy(origin)
-        if origin.scheme == "https":
-            if proxy is None:
-                return http.client.HTTPSConnection(origin.host, origin.port, timeout=self.timeout,
-                                                   context=self.tls.context(origin), blocksize=_BLOCK)
-            conn = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=self.timeout,
-                                               context=self.tls.context(origin), blocksize=_BLOCK)
-            conn.set_tunnel(origin.host, origin.port, headers=dict(proxy.headers))
-            return conn
+        tls_key = origin.hostport if origin.scheme == "https" else None
+        key = (proxy, tls_key, tls_key is not None and self.tls.is_insecure(origin.hostport))
+        with self._lock:
+            manager = self._managers.get(key)
+            if manager is not None:
+                return manager
+        kw = {"maxsize": self.max_idle, "block": False,
+              "timeout": urllib3.Timeout(connect=self.timeout, read=self.timeout)}
+        if tls_key is not None:
+            kw["ssl_context"] = self.tls.context(origin)
+            if key[2]:
+                kw.update(cert_reqs="CERT_NONE", assert_hostname=False)
         if proxy is not None:
-            return http.client.HTTPConnection(proxy.host, proxy.port, timeout=self.timeout, blocksize=_BLOCK)
-        return http.client.HTTPConnection(origin.host, origin.port, timeout=self.timeout, blocksize=_BLOCK)
-
-    def _acquire(self, origin):
+            manager = urllib3.ProxyManager(proxy.url, proxy_headers=dict(proxy.headers), **kw)
+        else:
+            manager = urllib3.PoolManager(**kw)
         with self._lock:
-            idle = self._idle.get(origin)
-            if idle:
-                return idle.pop(), True
-        return self._new_conn(origin), False
-
-    def _release(self, origin, conn):
-        with self._lock:
-            idle = self._idle.setdefault(origin, [])
-            if len(idle) < self.max_idle:
-                idle.append(conn)
-                return
-        conn.close()
+            return self._managers.setdefault(key, manager)
 
     def close(self):
         with self._lock:
-            idle, self._idle = self._idle, {}
-        for conns in idle.values():
-            for c in conns:
-                c.close()
+            managers, self._managers = self._managers, {}
+        for m in managers.values():
+            m.clear()
 
-    # --- one exchange -----------------------------------------------------------------
-
-    def _send(self, method, url, headers, body):
-        """One request/response on a pooled connection (a stale keep-alive connection is
-        replaced transparently once)."""
-        origin = Origin.of(url)
-        u = urllib.parse.urlsplit(url)
-        target = (u.path or "/") + (f"?{u.query}" if u.query else "")
-        hdrs = {"User-Agent": USER_AGENT}
-        proxy = self._proxy(origin) if origin.scheme == "http" else None
-        if proxy is not None:  # plain HTTP through a proxy: absolute-form target
-            target = f"{origin.scheme}://{origin.hostport}{target}"
-            hdrs.update(proxy.headers)
-        hdrs.update(headers or {})
-        if body is None and method in ("POST", "PUT", "PATCH"):
-            hdrs.setdefault("Content-Length", "0")
-        for attempt in (0, 1):
-            conn, reused = self._acquire(origin)
-            payload = body() if callable(body) else body
-            try:
-                conn.request(method, target, body=payload, headers=hdrs)
-                resp = conn.getresponse()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
-                    ConnectionAbortedError) as e:
-                conn.close()
-                if reused and attempt == 0:
-                    continue  # the server closed an idle keep-alive connection: not a real failure
-                raise e
-            except BaseException:
-                conn.close()
-                raise
-            return Response(self, origin, conn, resp, url, method)
-        raise AssertionError("unreachable")
-
-    # --- the public entry point ---------------------------------------------------------
+    def _retry(self, retry):
+        if not retry:
+            r = _Retry(total=0, redirect=False, raise_on_status=False)
+        else:
+            r = _Retry(total=None, connect=min(self.retries, 1), read=self.retries, status=self.retries,
+                       other=0, redirect=False, status_forcelist=RETRY_STATUSES, allowed_methods=None,
+                       raise_on_status=False, respect_retry_after_header=True)
+        r.transport = self
+        return r
 
     def request(self, method, url, *, headers=None, body=None, retry=True, follow_redirects=True,
                 ok_statuses=None):
         """Send a request; returns a Response whose body is not read yet.
 
         ``body`` is None, bytes, or a zero-argument callable returning a fresh body (bytes
-        or a file object) for each attempt.  With ``retry`` connection failures and
-        RETRY_STATUSES are retried with backoff; after the last attempt a connection
-        failure raises RegistryError and a status response is returned as is.
-        Redirects are followed; ``Authorization`` is dropped when the origin changes.
+        or a seekable file object, which urllib3 rewinds for a retry).  With ``retry``
+        connection failures and RETRY_STATUSES are retried with backoff; after the last
+        attempt a connection failure raises RegistryError and a status response is returned
+        as is.  Redirects are followed; ``Authorization`` is dropped when the origin changes.
         """
-        headers = dict(headers or {})
-        attempts = self.retries + 1 if retry else 1
+        headers = {"User-Agent": USER_AGENT, **(headers or {})}
         redirects = 0
-        failures = 0
         while True:
+            origin = Origin.of(url)
+            payload = body() if callable(body) else body
+            if payload is None and method in ("POST", "PUT", "PATCH"):
+                headers.setdefault("Content-Length", "0")
             try:
-                resp = self._send(method, url, headers, body)
+                raw = self._manager(origin).urlopen(
+                    method, url, body=payload, headers=headers, retries=self._retry(retry), redirect=False,
+                    preload_content=False, decode_content=False, assert_same_host=False)
+            except MaxRetryError as e:
+                self._fail(method, url, e.reason, getattr(e, "attempts", 1))
             except CONNECTION_ERRORS as e:
-                if isinstance(e, ssl.SSLCertVerificationError):
-                    raise RegistryError(
-                        f"{method} {url}: TLS certificate verification failed: {e.verify_message or e}"
-                        f" (put the registry's CA in {certs_dirs()[0] if certs_dirs() else 'certs.d'}"
-                        f"/{Origin.of(url).hostport}/ca.crt, or mark the registry insecure)") from None
-                failures += 1
-                # Nothing listening, or no such host: one more try covers a restart,
-                # five would only make the user wait for a certain answer.
-                hopeless = isinstance(e, (ConnectionRefusedError, socket.gaierror)) and failures >= 2
-                if failures >= attempts or hopeless:
-                    raise RegistryError(f"{method} {url}: {describe_error(e)}"
-                                        + (f" (after {failures} attempts)" if failures > 1 else "")) from e
-                self._sleep(self._delay(failures, None))
-                continue
+                self._fail(method, url, e, 1)
+            finally:
+                if hasattr(payload, "close"):
+                    payload.close()
+            resp = Response(raw, url, method)
             if resp.status in REDIRECT_STATUSES and follow_redirects and (ok_statuses is None or
                                                                           resp.status not in ok_statuses):
                 location = resp.header("Location")
@@ -401,7 +388,7 @@ class Transport:
                 if redirects > MAX_REDIRECTS:
                     raise RegistryError(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
                 new_url = urllib.parse.urljoin(url, location)
-                if Origin.of(new_url) != Origin.of(url):
+                if Origin.of(new_url) != origin:
                     # Never hand credentials to another origin (object storage, CDN, attacker).
                     headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                 if resp.status == 303 or (resp.status in (301, 302) and method not in ("GET", "HEAD")):
@@ -410,21 +397,28 @@ class Transport:
                                if k.lower() not in ("content-length", "content-type", "content-range")}
                 url = new_url
                 continue
-            if retry and resp.status in RETRY_STATUSES:
-                failures += 1
-                if failures < attempts:
-                    delay = self._delay(failures, resp.header("Retry-After"))
-                    resp.drain()
-                    self._sleep(delay)
-                    continue
             return resp
+
+    @staticmethod
+    def _fail(method, url, error, attempts):
+        if isinstance(error, ProxyError) and error.original_error is not None:
+            error = error.original_error
+        if isinstance(error, Urllib3SSLError) and error.args and isinstance(error.args[0], ssl.SSLError):
+            error = error.args[0]   # urllib3 wraps the ssl module's error
+        if isinstance(error, ssl.SSLCertVerificationError):
+            raise RegistryError(
+                f"{method} {url}: TLS certificate verification failed: {error.verify_message or error}"
+                f" (put the registry's CA in {certs_dirs()[0] if certs_dirs() else 'certs.d'}"
+                f"/{Origin.of(url).hostport}/ca.crt, or mark the registry insecure)") from None
+        raise RegistryError(f"{method} {url}: {describe_error(error)}"
+                            + (f" (after {attempts} attempts)" if attempts > 1 else "")) from error
 
     def _delay(self, failures, retry_after):
         if retry_after:
             seconds = _parse_retry_after(retry_after)
             if seconds is not None:
                 return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-        base = self.backoff * (2 ** (failures - 1))
+        base = self.backoff * (2 ** (max(failures, 1) - 1))
         return min(base, MAX_BACKOFF) * (0.5 + random.random() / 2)
 
     def sleep_backoff(self, failures):
@@ -447,14 +441,19 @@ def _parse_retry_after(value):
 
 
 def describe_error(e):
-    if isinstance(e, socket.timeout) or isinstance(e, TimeoutError):
+    if isinstance(e, Urllib3Error) and isinstance(e.__cause__, OSError):
+        e = e.__cause__                         # urllib3 wraps the socket's error
+    if isinstance(e, ProtocolError) and e.args and isinstance(e.args[-1], BaseException):
+        e = e.args[-1]                          # ("Connection broken: ...", the real error)
+    if isinstance(e, (socket.timeout, TimeoutError, ReadTimeoutError)):
         return "timed out"
     if isinstance(e, ConnectionRefusedError):
         return "connection refused"
     if isinstance(e, socket.gaierror):
         return f"cannot resolve host: {e.strerror or e}"
     if isinstance(e, http.client.IncompleteRead):
-        return f"connection closed after {len(e.partial)} bytes of the body"
+        got = e.partial if isinstance(e.partial, int) else len(e.partial)
+        return f"connection closed after {got} bytes of the body"
     if isinstance(e, http.client.RemoteDisconnected):
         return "server closed the connection without a response"
     if isinstance(e, ConnectionResetError):

@@ -34,7 +34,7 @@ from .. import digest as _digest
 from ..errors import BlobNotFoundError, StoreError
 from ..tree import discard, is_interrupt, remove_tree
 from ..errors import NeedsLowers
-from .fsutil import atomic_write, disk_usage, fsync_dir, syncfs
+from .fsutil import disk_usage, fsync_dir, syncfs
 from .image import chain_ids
 from .locks import FileLock
 
@@ -113,9 +113,9 @@ def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lower
     A separate function so that tests can count how often extraction really happens.
     """
     from ..layer import apply_layer  # the native core, imported only when extracting
-    # The blob was verified when it was ingested; the diffID check below still
-    # catches any change to it since, so hashing it again would only cost CPU.
-    return apply_layer(os.fspath(blob), os.fspath(fs), format="overlay", diff_id=diff_id, hash_blob=False,
+    # The blob was verified when it was ingested (or is, as it streams in); the
+    # diffID check below still catches any change, so hashing it here would only cost CPU.
+    return apply_layer(blob if hasattr(blob, "read") else os.fspath(blob), os.fspath(fs), format="overlay", diff_id=diff_id, hash_blob=False,
                        media_type=media_type, name=f"layer {digest}", lower_dirs=lower_dirs,
                        defer_lowers=defer_lowers)
 
@@ -133,26 +133,32 @@ def _present(paths, chain):
     return info is not None and info.fs.is_dir()
 
 
-def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, *, defer=False):
+def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, *, defer=False,
+           source=None, before_commit=None):
     """Extract the layer into ``snapshots/<chainID>`` unless it is there; return its ``fs`` dir.
 
     The snapshots below must exist, unless ``defer``: then the layer is
     extracted on its own and NeedsLowers raised (nothing kept) if it needs
     them.  Safe to call from many threads and processes at once: one
     extracts, the others wait on the snapshot's lock and then find it done.
+
+    ``source``: read the blob from this stream instead of the store (a pull
+    extracting while it downloads); returns None without reading it if the
+    snapshot exists.  ``before_commit()`` runs once the diffID verified,
+    before the snapshot is published; raising aborts it.
     """
     _digest.validate(layer_digest, "layer digest")
     chain = chain_id_of(diff_id, parent_chain_id)
     final = paths.snapshot(chain)
     if _present(paths, chain):
-        return final / "fs"
+        return final / "fs" if source is None else None
     blob = paths.blob(layer_digest)
     lock = FileLock(paths.snapshot_lock(chain))
     lock.acquire()
     try:
         if _present(paths, chain):
-            return final / "fs"
-        if not blob.exists():
+            return final / "fs" if source is None else None
+        if source is None and not blob.exists():
             raise BlobNotFoundError(f"layer {layer_digest} (diffID {diff_id}): blob is not in the store")
         lower = lower_chain(paths, parent_chain_id) if parent_chain_id else []
         if lower is None and not defer:
@@ -163,10 +169,13 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
         if final.exists():  # a snapshot dir without fs/ or of an old format: never a usable snapshot
             _discard(paths, final, hexid)
         tmp = paths.snapshots / f"{TMP_PREFIX}{hexid}-{os.getpid()}-{secrets.token_hex(4)}"
+        os.makedirs(paths.snapshots, exist_ok=True)
         os.mkdir(tmp, 0o755)
         try:
-            stats = _extract(blob, tmp / "fs", layer_digest, diff_id, media_type,
+            stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id, media_type,
                              lower_dirs=lower or None, defer_lowers=lower is None)
+            if before_commit is not None:
+                before_commit()
             size, inodes = disk_usage(tmp / "fs")
             meta = {"format": FORMAT, "chain_id": chain, "diff_id": diff_id, "parent": parent_chain_id,
                     "digest": layer_digest, "media_type": media_type, "size": size, "inodes": inodes,

@@ -1,0 +1,147 @@
+"""A registry blob as a readable stream that survives cut connections.
+
+``BlobStream`` is what both ``pull`` (into the store) and ``unpack docker://``
+(straight into a directory) read: a binary file object over one blob that
+hides resumption.  A cut connection, a timeout or a short body re-opens the
+blob with ``Range: bytes=OFFSET-`` (the reader just sees its bytes continue);
+an endpoint that keeps failing hands over to the next one (mirrors first,
+then the registry).  The bytes are not verified here: the consumer hashes
+them (the store's ingest, or apply_layer) and decides what a mismatch means.
+"""
+from __future__ import annotations
+
+import io
+import re
+
+from ..errors import BlobNotFoundError, RegistryError
+from .transport import CONNECTION_ERRORS, describe_error
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class Cancelled(Exception):
+    """The pull was cancelled (another layer failed); not an error of this blob."""
+
+
+class _ShortBody(Exception):
+    pass
+
+
+class BlobStream(io.RawIOBase):
+    """Blob ``digest`` of ``size`` bytes from ``repos`` (tried in order), starting at ``offset``.
+
+    ``on_data(n)`` is called for every chunk received (progress, byte counts),
+    ``on_retry()`` before a resumption; ``cancel`` (a threading.Event) stops the
+    transfer with Cancelled at the next chunk.
+    """
+
+    def __init__(self, repos, digest, size, *, offset=0, on_data=None, on_retry=None, cancel=None):
+        super().__init__()
+        self.repos, self.digest, self.size = list(repos), digest, size
+        self.offset = offset
+        self.attempts = 0
+        self._on_data = on_data or (lambda n: None)
+        self._on_retry = on_retry or (lambda: None)
+        self._cancel = cancel
+        self._endpoint = 0
+        self._failures = 0
+        self._resp = None
+        self._skip = 0
+
+    def readable(self):
+        return True
+
+    @property
+    def repo(self):
+        return self.repos[self._endpoint]
+
+    def readinto(self, buf):
+        view = memoryview(buf).cast("B")
+        while self.offset < self.size:
+            if self._cancel is not None and self._cancel.is_set():
+                raise Cancelled()
+            try:
+                if self._resp is None:
+                    self._open()
+                while self._skip:   # a registry that ignored Range re-sends the head
+                    n = self._resp.readinto(view[:min(len(view), self._skip)])
+                    if not n:
+                        raise _ShortBody(f"body ended before byte {self.offset}")
+                    self._skip -= n
+                    self._on_data(n)
+                n = self._resp.readinto(view[:min(len(view), self.size - self.offset)])
+                if not n:
+                    raise _ShortBody(f"connection closed at byte {self.offset} of {self.size}")
+            except (BlobNotFoundError, RegistryError):
+                # The transport already retried statuses and connection failures: this endpoint
+                # is done.  A mirror falls back to the next endpoint (resuming from the offset).
+                self._drop()
+                if not self._next_endpoint():
+                    raise
+                continue
+            except CONNECTION_ERRORS + (_ShortBody,) as e:
+                self._failed(e)
+                continue
+            self.offset += n
+            self._failures = 0
+            self._on_data(n)
+            if self.offset >= self.size:
+                self._drop(reuse=True)
+            return n
+        return 0
+
+    def _open(self):
+        self.attempts += 1
+        resp = self.repo.open_blob(self.digest, self.offset)
+        try:
+            self._skip = self._check_range(resp)
+        except BaseException:
+            resp.close(reuse=False)
+            raise
+        self._resp = resp
+
+    def _check_range(self, resp):
+        """Bytes to skip at the head of the body (a registry that ignored Range sends it all)."""
+        start, size, digest = self.offset, self.size, self.digest
+        if resp.status == 206:
+            m = _CONTENT_RANGE.fullmatch((resp.header("Content-Range") or "").strip())
+            if not m or int(m.group(1)) != start:
+                raise RegistryError(f"blob {digest}: asked for bytes from {start}, got Content-Range "
+                                    f"{resp.header('Content-Range')!r}")
+            if m.group(3) != "*" and int(m.group(3)) != size:
+                raise RegistryError(f"blob {digest}: registry has {m.group(3)} bytes, the manifest says {size}")
+            return 0
+        length = resp.length
+        if length is not None and length != size:
+            raise RegistryError(f"blob {digest}: registry sent {length} bytes, the manifest says {size}")
+        return start
+
+    def _failed(self, error):
+        """Cut connection, timeout, short body: keep the offset, resume with Range after a backoff."""
+        self._drop()
+        self._failures += 1
+        transport = self.repo.session.transport
+        if self._failures >= transport.retries + 1:
+            if self._next_endpoint():
+                return
+            raise RegistryError(f"blob {self.digest} from {self.repo.name}: download failed at byte "
+                                f"{self.offset} of {self.size}: {describe_error(error)} "
+                                f"(after {self.attempts} attempts)") from None
+        self._on_retry()
+        transport.sleep_backoff(self._failures)
+
+    def _next_endpoint(self):
+        if self._endpoint + 1 < len(self.repos):
+            self._endpoint += 1
+            self._failures = 0
+            return True
+        return False
+
+    def _drop(self, reuse=False):
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            resp.close(reuse=reuse)
+
+    def close(self):
+        self._drop()
+        super().close()

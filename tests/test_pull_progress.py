@@ -1,0 +1,94 @@
+"""What pull prints: per-layer lines in manifest order, rates that fall when a transfer stalls,
+lines that fit a narrow terminal without cutting or wrapping a layer id."""
+import io
+import re
+
+import pytest
+
+import ocibuild
+from registryfixture import fast_random, lamina_cli, reg, registry_env, skopeo_push  # noqa: F401
+
+from lamina.registry import pull
+from lamina.registry.progress import RATE_WINDOW, LayerProgress, PlainReporter, RichReporter
+from lamina.store import Store
+
+MiB = 1 << 20
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@pytest.fixture(scope="module")
+def image(reg, tmp_path_factory):  # noqa: F811
+    """order:1 = a 4 MiB bottom layer and two tiny ones above (they finish first)."""
+    lay = ocibuild.Layout(tmp_path_factory.mktemp("lay") / "oci")
+    m = lay.image([{"big.bin": fast_random(4 * MiB, 2)}, {"a": b"a"}, {"b": b"b"}], compress=False)
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "order:1", extra=("--preserve-digests",))
+    return [d["digest"] for d in lay.read_json(m["digest"])["layers"]]
+
+
+def test_plain_lines_come_in_manifest_order():
+    out = io.StringIO()
+    r = PlainReporter(out)
+    a, b, c = ("sha256:" + x * 64 for x in "abc")
+    for d in (a, b, c):
+        r.layer(d, 10)
+    r.state(c, "Pull complete")
+    r.state(a, "Extracting")
+    assert out.getvalue() == ""          # c waits for a and b
+    r.state(a, "Pull complete")
+    assert out.getvalue() == "aaaaaaaaaaaa: Pull complete\n"
+    r.state(b, "Already exists")
+    assert out.getvalue().splitlines() == ["aaaaaaaaaaaa: Pull complete", "bbbbbbbbbbbb: Already exists",
+                                           "cccccccccccc: Pull complete"]
+
+
+def test_cli_pull_not_a_terminal_one_clean_line_per_layer(reg, image, registry_env):  # noqa: F811
+    out = lamina_cli("pull", f"{reg.host}/order:1", root=registry_env / "root").stdout
+    lines = out.splitlines()
+    assert "\x1b" not in out and "\r" not in out
+    assert lines[1:4] == [f"{d[7:19]}: Pull complete" for d in image]
+    assert lines[4].startswith("Digest: sha256:")
+
+
+def test_rate_falls_to_zero_when_the_transfer_stalls():
+    layer = LayerProgress("sha256:" + "d" * 64, 100 * MiB, now=0.0)
+    layer.set_status("Downloading", 0.0)
+    for i in range(1, 11):
+        layer.set_done(i * MiB, i / 10)        # 10 MB/s for one second
+    assert layer.rate(1.0) == pytest.approx(10 * MiB, rel=0.05)
+    assert layer.rate(1.0 + RATE_WINDOW + 0.1) == 0   # nothing came since: not the last rate, frozen
+    layer.set_status("Extracting", 5.0)
+    assert layer.rate(5.5) is None
+    assert layer.render(80, 6.5).split() == ["dddddddddddd:", "Extracting", "1.5s"]
+
+
+@pytest.mark.parametrize("width", [20, 32, 40, 60, 100])
+def test_lines_fit_the_terminal_and_keep_the_id_whole(width):
+    layer = LayerProgress("sha256:" + "e" * 64, 123_456_789, now=0.0)
+    layer.set_status("Downloading", 0.0)
+    layer.set_done(50_000_000, 1.0)
+    text = layer.render(width, 1.5)
+    assert len(text) <= width and text.startswith("eeeeeeeeeeee:")
+    if width >= 100:
+        assert "[" in text and "MB/s" in text and "50MB/123MB" in text
+
+
+def test_live_pull_on_a_narrow_terminal(reg, image, registry_env):  # noqa: F811
+    from rich.console import Console
+    buf = io.StringIO()
+    reporter = RichReporter(console=Console(file=buf, force_terminal=True, width=36))
+    pull(f"{reg.host}/order:1", store=Store(registry_env / "root"), reporter=reporter)
+    lines = [ANSI.sub("", line) for line in re.split(r"\r|\n", buf.getvalue())]
+    # Layer lines fit; the summary lines are printed whole (the terminal may wrap them, we never
+    # break a digest with a newline of our own).
+    summary = ("Digest: ", "Status: ", f"{reg.host}/order:1")
+    assert all(len(line) <= 36 for line in lines if not line.startswith(summary)), lines
+    assert any(line == f"{reg.host}/order:1" for line in lines)
+    final = [line.strip() for line in lines if line.strip()]
+    # the last frame: every layer complete, in manifest order, then the summary lines
+    want = [f"{d[7:19]}: Pull complete" for d in image]
+    i = max(k for k in range(len(final)) if final[k:k + 3] == want)
+    assert final[i + 3].startswith("Digest: ")
+    for line in final:
+        m = re.match(r"([0-9a-f]{6,}):", line)
+        assert m is None or len(m.group(1)) in (12, 64) or line.startswith(("Digest", "Status")), line

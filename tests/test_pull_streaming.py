@@ -1,0 +1,155 @@
+"""``lamina pull`` extracts each layer from its bytes as they arrive (store/streaming.py).
+
+A FaultProxy in front of a real docker-registry holds a blob half-sent, so the test can look
+at the store mid-transfer: the snapshot is being written already, yet nothing looks complete.
+"""
+import threading
+
+import pytest
+
+import ocibuild
+import treecmp
+from registryfixture import FaultProxy, fast_random, kill9_when, reg, registry_env, skopeo_push  # noqa: F401
+
+from lamina import errors
+from lamina.registry import pull
+from lamina.store import Store
+
+MiB = 1 << 20
+BIG = 6 * MiB
+
+
+@pytest.fixture(scope="module")
+def image(reg, tmp_path_factory):  # noqa: F811
+    """stream:1 = a gzip base layer + an uncompressed 6 MiB layer of random bytes."""
+    lay = ocibuild.Layout(tmp_path_factory.mktemp("lay") / "oci")
+    m = lay.image([{"etc/": None, "etc/os-release": b"ID=stream\n"}, {"etc/big.bin": fast_random(BIG, 5)}],
+                  compress=False)
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "stream:1", extra=("--preserve-digests",))
+    layers = lay.read_json(m["digest"])["layers"]
+    return {"manifest": m["digest"], "big": layers[1], "base": layers[0]}
+
+
+@pytest.fixture
+def proxy(reg):  # noqa: F811
+    p = FaultProxy(reg.host)
+    yield p
+    p.stop()
+
+
+def _tmp_snapshots(root):
+    return sorted((root / "snapshots").glob(".tmp-*"))
+
+
+def test_snapshot_is_written_while_the_blob_downloads(proxy, image, registry_env):  # noqa: F811
+    big = image["big"]
+    held = 3 * MiB
+    proxy.add("hang", path=f"/blobs/{big['digest']}", after=held)
+    root = registry_env / "root"
+    store = Store(root)
+    failure = []
+
+    def run():
+        try:
+            pull(f"{proxy.host}/stream:1", store=store)
+        except BaseException as e:  # reported below
+            failure.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        assert proxy.hang_reached.wait(60), "the pull never reached the blob"
+        # The extractor is writing big.bin from the 3 MiB that arrived; the download is not over.
+        import time
+        deadline = time.monotonic() + 30
+        while True:
+            written = [p / "fs" / "etc" / "big.bin" for p in _tmp_snapshots(root)]
+            written = [p for p in written if p.exists() and p.stat().st_size >= 2 * MiB]
+            if written:
+                break
+            assert time.monotonic() < deadline, "nothing was extracted before the download finished"
+            time.sleep(0.02)
+        assert not store.has_blob(big["digest"])
+        assert store.snapshots() == [] or all(s.digest != big["digest"] for s in store.snapshots())
+    finally:
+        proxy.release_hang.set()   # the proxy then cuts the connection: the rest comes with Range
+        t.join(60)
+    assert not failure, failure
+    img = store.resolve(f"{proxy.host}/stream:1")
+    assert (store.snapshots_for(img)[1] / "etc" / "big.bin").read_bytes() == fast_random(BIG, 5)
+    assert proxy.bytes_for(big["digest"]) == big["size"]   # resumed, not restarted
+    gets = proxy.requests_for(f"/blobs/{big['digest']}", "GET")
+    assert gets[-1][2]["Range"] == f"bytes={held}-"
+    assert _tmp_snapshots(root) == []
+
+
+def test_streamed_snapshots_equal_extract_after_download(reg, image, registry_env, monkeypatch):  # noqa: F811
+    ref = f"{reg.host}/stream:1"
+    streamed = Store(registry_env / "streamed")
+    pull(ref, store=streamed)
+    monkeypatch.setenv("LAMINA_PULL_STREAM", "0")
+    plain = Store(registry_env / "plain")
+    pull(ref, store=plain)
+    a = streamed.snapshots_for(streamed.resolve(ref))
+    b = plain.snapshots_for(plain.resolve(ref))
+    for i, (x, y) in enumerate(zip(a, b)):
+        treecmp.assert_same(treecmp.snapshot(y), treecmp.snapshot(x), labels=("after download", "streamed"),
+                            context=f"layer {i}")
+    assert [s.to_dict()["implicit_dirs"] for s in streamed.snapshots()] == \
+           [s.to_dict()["implicit_dirs"] for s in plain.snapshots()]
+
+
+def test_corrupt_blob_leaves_no_snapshot_and_no_blob(proxy, image, registry_env):  # noqa: F811
+    big = image["big"]
+    proxy.add("corrupt", path=f"/blobs/{big['digest']}", offset=BIG // 2, times=None)
+    root = registry_env / "root"
+    store = Store(root)
+    with pytest.raises(errors.DigestMismatchError) as e:
+        pull(f"{proxy.host}/stream:1", store=store)
+    assert e.value.expected == big["digest"]   # the blob's digest, not a confusing diffID error
+    assert len(proxy.requests_for(f"/blobs/{big['digest']}", "GET")) == 2   # one fresh retry
+    assert not store.has_blob(big["digest"])
+    assert all(s.digest != big["digest"] for s in store.snapshots())
+    assert _tmp_snapshots(root) == []
+
+
+def test_wrong_diffid_keeps_the_good_blob_but_no_snapshot(reg, registry_env, tmp_path):  # noqa: F811
+    lay = ocibuild.Layout(tmp_path / "oci")
+    m = lay.image([{"f": b"content"}], diff_ids=["sha256:" + "1" * 64])
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "baddiff:1", extra=("--preserve-digests",))
+    layer = lay.read_json(m["digest"])["layers"][0]
+    root = registry_env / "root"
+    store = Store(root)
+    with pytest.raises(errors.DigestMismatchError, match="diffID") as e:
+        pull(f"{reg.host}/baddiff:1", store=store)
+    assert e.value.expected == "sha256:" + "1" * 64
+    assert store.has_blob(layer["digest"])   # the blob verified: a later pull need not fetch it again
+    assert store.snapshots() == [] and _tmp_snapshots(root) == []
+
+
+def test_killed_pull_restarts_the_extraction_cleanly(proxy, image, registry_env):  # noqa: F811
+    """kill -9 mid-blob leaves a partial blob and a half-written snapshot dir; the next pull resumes
+    the download with Range, replays the partial into a fresh extraction and removes the debris."""
+    import subprocess
+    import sys
+    big = image["big"]
+    held = 3 * MiB
+    proxy.add("hang", path=f"/blobs/{big['digest']}", after=held)
+    root = registry_env / "root"
+    ref = f"{proxy.host}/stream:1"
+    child = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "pull", ref],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    kill9_when(proxy, child, lambda: any((p / "fs" / "etc" / "big.bin").exists() for p in _tmp_snapshots(root)),
+               "no extraction in progress")
+    debris = _tmp_snapshots(root)
+    assert debris and (root / "ingest" / f"{big['digest'][7:]}.partial").stat().st_size == held
+    proxy.clear()
+    store = Store(root)
+    pull(ref, store=store)
+    assert proxy.requests_for(f"/blobs/{big['digest']}", "GET")[-1][2]["Range"] == f"bytes={held}-"
+    assert proxy.bytes_for(big["digest"]) == big["size"]
+    img = store.resolve(ref)
+    assert (store.snapshots_for(img)[1] / "etc" / "big.bin").read_bytes() == fast_random(BIG, 5)
+    assert _tmp_snapshots(root) == []

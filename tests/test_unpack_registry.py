@@ -1,0 +1,143 @@
+"""``lamina unpack docker://REF DEST``: a registry image straight into a directory, nothing in the store.
+
+The reference result is ``lamina unpack oci:LAYOUT`` of the very layout that was pushed; the
+registry is a real docker-registry on loopback, with a FaultProxy in front where the test
+needs to cut, corrupt or count bytes.
+"""
+import json
+import os
+
+import pytest
+
+import ocibuild
+import treecmp
+from registryfixture import FaultProxy, fast_random, lamina_cli, reg, registry_env, skopeo_push  # noqa: F401
+
+from lamina import errors
+from lamina.registry.source import RegistrySource
+from lamina.unpacker import unpack
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def images(reg, tmp_path_factory):  # noqa: F811
+    """app:1 = base (etc, a 3 MiB random file, a doomed dir) + an app layer + a small layer that
+    deletes the doomed dir (small enough for top-down skipping); multi:1 = amd64 + arm64 index."""
+    lay = ocibuild.Layout(tmp_path_factory.mktemp("lay") / "oci")
+    base = {"etc/": None, "etc/os-release": b"ID=lamina-test\n", "big.bin": fast_random(3 * MiB, 7),
+            "doomed/": None, "doomed/cache.bin": fast_random(1 * MiB, 8)}
+    app = {"app/": None, "app/run.sh": b"#!/bin/sh\necho hi\n", "etc/app.conf": b"x=1\n"}
+    cleanup = {".wh.doomed": b"", "etc/cleaned": b"yes\n"}
+    m = lay.image([base, app, cleanup])
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "app:1", extra=("--preserve-digests",))
+    ms = []
+    for arch in ("amd64", "arm64"):
+        d = lay.image([{"arch": f"linux/{arch}\n".encode()}], arch=arch)
+        ms.append(ocibuild.with_platform(d, "linux", arch, None))
+    lay.add(lay.index(ms), "multi")
+    skopeo_push(f"oci:{lay.root}:multi", reg.host, "multi:1", all_images=True, extra=("--preserve-digests",))
+    return {"layout": lay, "manifest": m, "layers": lay.read_json(m["digest"])["layers"]}
+
+
+@pytest.fixture
+def proxy(reg):  # noqa: F811
+    p = FaultProxy(reg.host)
+    yield p
+    p.stop()
+
+
+def _expected(images, tmp_path, fmt="dir", ref="1"):
+    out = tmp_path / f"expected-{fmt}-{ref}"
+    unpack(f"oci:{images['layout'].root}:{ref}", out, format=fmt)
+    return out
+
+
+def test_flat_rootfs_matches_a_local_unpack(reg, images, registry_env, tmp_path):  # noqa: F811
+    dest = tmp_path / "rootfs"
+    out = lamina_cli("unpack", f"docker://{reg.host}/app:1", dest).stdout
+    assert f"manifest: {images['manifest']['digest']}" in out
+    lines = out.splitlines()
+    assert lines[0] == "1: Unpacking from app"
+    assert lines[1:4] == [f"{d['digest'][7:19]}: Pull complete" for d in images["layers"]]
+    treecmp.assert_same(treecmp.snapshot(_expected(images, tmp_path)), treecmp.snapshot(dest))
+    assert not (dest / "doomed").exists() and (dest / "etc" / "cleaned").read_bytes() == b"yes\n"
+    assert not (registry_env / "home" / ".local" / "share" / "lamina").exists()   # nothing stored
+
+
+def test_overlay_layer_dirs_match_a_local_unpack(reg, images, registry_env, tmp_path):  # noqa: F811
+    dest = tmp_path / "layers"
+    stats = unpack(RegistrySource(f"{reg.host}/app:1"), dest, format="overlay")
+    assert len(stats.layer_dirs) == 3
+    want = _expected(images, tmp_path, "overlay")
+    for i in range(3):
+        treecmp.assert_same(treecmp.snapshot(want / "layers" / str(i)), treecmp.snapshot(dest / "layers" / str(i)),
+                            context=f"layer {i}")
+
+
+def test_platform_is_chosen_from_the_index(reg, images, registry_env, tmp_path):  # noqa: F811
+    dest = tmp_path / "arm"
+    lamina_cli("unpack", "--platform", "linux/arm64", f"docker://{reg.host}/multi:1", dest)
+    assert (dest / "arch").read_bytes() == b"linux/arm64\n"
+    p = lamina_cli("unpack", "--platform", "linux/s390x", f"docker://{reg.host}/multi:1", tmp_path / "no",
+                   check=False)
+    assert p.returncode == 1 and p.stderr.startswith("lamina: error: ") and "linux/arm64" in p.stderr
+    assert not (tmp_path / "no").exists()
+
+
+def test_each_blob_crosses_the_wire_once_even_when_scanned_top_down(proxy, images, registry_env, tmp_path):
+    """The small deleting layer is read first (top-down scan) and again when applied: from a spool."""
+    source = RegistrySource(f"{proxy.host}/app:1")
+    with source:
+        stats = unpack(source, tmp_path / "rootfs")
+    assert stats.layers[0].hidden, "top-down skipping did not happen (the doomed dir was written)"
+    for layer in images["layers"]:
+        assert proxy.bytes_for(layer["digest"]) == layer["size"], layer
+    assert source.downloaded == sum(layer["size"] for layer in images["layers"])
+    assert not os.path.exists(source._spool_dir or "/nonexistent")   # spool removed on close
+
+
+def test_cut_connection_resumes_with_range_mid_extraction(proxy, images, registry_env, tmp_path):
+    big = images["layers"][0]
+    proxy.add("cut", method="GET", path=f"/blobs/{big['digest']}", after=1 * MiB, times=2)
+    dest = tmp_path / "rootfs"
+    unpack(RegistrySource(f"{proxy.host}/app:1"), dest)
+    gets = proxy.requests_for(f"/blobs/{big['digest']}", "GET")
+    assert [g[2].get("Range") for g in gets] == [None, f"bytes={1 * MiB}-", f"bytes={2 * MiB}-"]
+    assert proxy.bytes_for(big["digest"]) == big["size"]
+    treecmp.assert_same(treecmp.snapshot(_expected(images, tmp_path)), treecmp.snapshot(dest))
+
+
+def test_corrupt_blob_fails_and_leaves_no_dest(reg, proxy, registry_env, tmp_path):  # noqa: F811
+    lay = ocibuild.Layout(tmp_path / "lay")
+    m = lay.image([{"blob.bin": fast_random(2 * MiB, 3)}], compress=False)
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "corrupt:1", extra=("--preserve-digests",))
+    layer = lay.read_json(m["digest"])["layers"][0]
+    proxy.add("corrupt", path=f"/blobs/{layer['digest']}", offset=layer["size"] - 5000, times=None)
+    out = tmp_path / "out"
+    p = lamina_cli("unpack", f"docker://{proxy.host}/corrupt:1", out / "rootfs", check=False)
+    assert p.returncode == 1, p.stdout
+    assert p.stderr.startswith("lamina: error: ") and layer["digest"] in p.stderr, p.stderr
+    assert "digest" in p.stderr and len(p.stderr.splitlines()) == 1
+    assert os.listdir(out) == []   # neither DEST nor a staging dir left behind
+
+
+def test_diffid_mismatch_fails_and_leaves_no_dest(reg, registry_env, tmp_path):  # noqa: F811
+    lay = ocibuild.Layout(tmp_path / "bad")
+    m = lay.image([{"f": b"one"}], diff_ids=["sha256:" + "0" * 64])
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "baddiff:1", extra=("--preserve-digests",))
+    dest = tmp_path / "out" / "rootfs"
+    with pytest.raises(errors.DigestMismatchError, match="diffID"):
+        unpack(RegistrySource(f"{reg.host}/baddiff:1"), dest)
+    assert not dest.exists() and os.listdir(tmp_path / "out") == []
+
+
+def test_json_output_and_store_untouched(reg, images, registry_env, tmp_path):  # noqa: F811
+    root = tmp_path / "store"
+    out = lamina_cli("unpack", "--json", f"docker://{reg.host}/app:1", tmp_path / "r", root=root).stdout
+    doc = json.loads(out)
+    assert doc["manifest_digest"] == images["manifest"]["digest"] and doc["source"] == f"docker://{reg.host}/app:1"
+    assert not root.exists()
