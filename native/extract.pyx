@@ -524,6 +524,7 @@ cdef class Extractor:
     cdef set created_ino           # dir format: (dev, ino) of what this layer wrote, wherever it landed
     cdef list lower_fds            # overlay: root fds of the finished layers below, topmost first
     cdef bint defer_lowers         # overlay: the layers below are unknown yet; ask for them (NeedsLowers)
+    cdef object lowers_provider    # overlay, deferred: () -> lower dirs once finished, or None
     cdef object cache_phys         # overlay: where the cached parent really is in the layer
     cdef object last_phys          # overlay: where the last _union_dir result really is
     cdef dict restore_modes        # rootless: dirs opened up (u+wx) for this layer, to restore at the end
@@ -536,7 +537,7 @@ cdef class Extractor:
         self.cache_fd = -1
 
     def __init__(self, root, *, str format="dir", limits=None, use_openat2=None, hidden=None,
-                 lowers=None, bint defer_lowers=False):
+                 lowers=None, bint defer_lowers=False, lowers_provider=None):
         """``root=None`` scans instead of extracting: headers are parsed and
         checked, nothing is written, and ``scan_at`` / ``scan_below`` collect
         what this layer hides in the layers below it (whiteouts and non-directory
@@ -552,8 +553,10 @@ cdef class Extractor:
         this layer implies are copied up with the metadata they have below, and
         a hardlink to a lower file copies that file up first.  With
         ``defer_lowers`` the layers below are not ready: any entry that needs
-        them raises NeedsLowers, so the caller can extract layers in parallel
-        and redo only those layers in order."""
+        them calls ``lowers_provider()`` (which waits for them and returns
+        their dirs, bottom first) or, without one or if it returns None, raises
+        NeedsLowers: so layers extract in parallel, each one waiting for those
+        below it only once it meets an entry that needs them."""
         if format not in ("dir", "overlay"):
             raise ValueError(f"unknown format {format!r} (expected 'dir' or 'overlay')")
         self.overlay = format == "overlay"
@@ -581,6 +584,7 @@ cdef class Extractor:
         self.use_openat2 = use_openat2
         self.lower_fds = []
         self.defer_lowers = defer_lowers and self.overlay
+        self.lowers_provider = lowers_provider
         if lowers and not self.scan_only:
             if not self.overlay:
                 raise ValueError("lowers only apply to the overlay format")
@@ -1444,7 +1448,8 @@ cdef class Extractor:
                         self._parent_error(path, name)
                 if found == -2:
                     if unknown_below:
-                        raise NeedsLowers(f"entry {_show(name)}: {_show(path)} is not in this layer")
+                        self._load_lowers(f"entry {_show(name)}: {_show(path)} is not in this layer")
+                        return self._union_walk(path, create, name, lowers_out)
                     for i in range(nl):
                         if <int>lf[i] < 0:
                             continue
@@ -1521,7 +1526,8 @@ cdef class Extractor:
                 phys.append(c)
                 source.append(found)
             if lowers_out is not None and unknown_below:
-                raise NeedsLowers(f"entry {_show(name)}: needs the layers below {_show(path)}")
+                self._load_lowers(f"entry {_show(name)}: needs the layers below {_show(path)}")
+                return self._union_walk(path, create, name, lowers_out)
             self.last_phys = b"/".join(phys)
             if ufd < 0:
                 ufd = self._copy_up_dirs(phys, source, name)
@@ -1955,6 +1961,22 @@ cdef class Extractor:
         finally:
             close(tfd)
 
+    cdef int _load_lowers(self, str why) except -1:
+        """The layers below are needed now: get them from ``lowers_provider``
+        (which waits until they are finished), or raise NeedsLowers.  What was
+        written so far needed nothing from below, so it stays valid."""
+        cdef int fd
+        dirs = self.lowers_provider() if self.lowers_provider is not None else None
+        if dirs is None:
+            raise NeedsLowers(why)
+        for d in reversed(list(dirs)):
+            fd = openat(AT_FDCWD, os.fsencode(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if fd < 0:
+                raise _errors.ExtractError(f"cannot open lower layer {os.fsdecode(d)!r}: {os.strerror(errno)}")
+            self.lower_fds.append(fd)
+        self.defer_lowers = False
+        return 0
+
     cdef bint _visible_below(self, bytes parent, bytes hidden, object name) except -1:
         """Does a layer below show ``parent/hidden`` (overlay format)?  Raises
         NeedsLowers when that depends on layers that are not ready."""
@@ -1979,7 +2001,7 @@ cdef class Extractor:
         cdef int tfd = -1
         cdef stat st
         if self.defer_lowers:
-            raise NeedsLowers(f"entry {_show(name)}: hardlink to {_show(link)}, not in this layer")
+            self._load_lowers(f"entry {_show(name)}: hardlink to {_show(link)}, not in this layer")
         lowers = []
         try:
             tfd = self._union_walk(tparent, True, name, lowers)

@@ -115,7 +115,8 @@ def _check_digest(what, expected, actual):
 
 
 def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_type=None, limits=None,
-                name=None, lower_dirs=None, hash_blob=True, hidden=None, defer_lowers=False) -> ApplyStats:
+                name=None, lower_dirs=None, hash_blob=True, hidden=None, defer_lowers=False,
+                lowers_provider=None) -> ApplyStats:
     """Apply one layer blob (gzip, zstd or plain tar) onto ``dest``.
 
     ``layer`` is a path or a binary file object.  ``digest`` / ``diff_id``,
@@ -128,7 +129,8 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     the layer does not list copied up with their metadata from below and
     hardlinks to lower files copied up, so that a mount shows what a flat
     unpack shows.  ``defer_lowers=True`` (overlay, layers below not ready)
-    raises NeedsLowers at the first entry that needs them instead.  ``hash_blob=False``
+    calls ``lowers_provider()`` at the first entry that needs them (it waits
+    for them and returns their dirs, or None), else raises NeedsLowers.  ``hash_blob=False``
     skips hashing a compressed blob whose digest the caller has verified
     already (the store's ingest does); the diffID is always computed.
     ``hidden`` (dir format) is what the layers above hide, as returned by
@@ -139,7 +141,8 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     os.makedirs(dest, exist_ok=True)
     limits = limits or DEFAULT_LIMITS
     extractor = Extractor(dest, format=format, limits=limits, hidden=hidden,
-                          lowers=[os.fspath(d) for d in lower_dirs or ()], defer_lowers=defer_lowers)
+                          lowers=[os.fspath(d) for d in lower_dirs or ()], defer_lowers=defer_lowers,
+                          lowers_provider=lowers_provider)
     return _run(layer, extractor, diff_id, digest, media_type, name, hash_blob)
 
 

@@ -13,7 +13,6 @@ import tempfile
 import time
 
 from ._extract import HiddenLinkTarget
-from .errors import NeedsLowers
 from .errors import ExtractError, InvalidArchiveError
 from .oci import open_source
 from .stats import UnpackStats
@@ -89,13 +88,13 @@ def _layer_name(layer):
     return f"layer {layer.index} ({layer.digest or layer.diff_id})"
 
 
-def _apply(layer, target, format, limits, hidden=None, lower_dirs=None, defer_lowers=False):
+def _apply(layer, target, format, limits, hidden=None, lower_dirs=None, defer_lowers=False, lowers_provider=None):
     from .layer import apply_layer  # imported late: the native core is only needed to extract
 
     with layer.open() as f:
         return apply_layer(f, target, format=format, digest=layer.digest, diff_id=layer.diff_id,
                            media_type=layer.media_type, limits=limits, name=_layer_name(layer), hidden=hidden,
-                           lower_dirs=lower_dirs, defer_lowers=defer_lowers)
+                           lower_dirs=lower_dirs, defer_lowers=defer_lowers, lowers_provider=lowers_provider)
 
 
 def _apply_flat(layers, root, limits):
@@ -147,30 +146,43 @@ def _apply_overlay(layers, root, limits):
 
 
 def apply_overlay_layers(layers, targets, apply):
-    """Extract overlay-format layers: all at once, each assuming it needs
-    nothing from below (most layers list every directory they write into);
-    then, bottom-up, again with the finished layers below those that did
-    need them (NeedsLowers), so that every layer resolves paths as the mount will.
+    """Extract overlay-format layers all at once: a layer that meets an entry
+    needing the layers below it (an implied directory, a path through a lower
+    symlink, a whiteout, a hardlink to a lower file) waits there until they are
+    finished, then goes on over them.
 
-    ``apply(i, lower_dirs=..., defer_lowers=...)`` extracts layer ``i`` into ``targets[i]``."""
+    ``apply(i, lower_dirs=..., defer_lowers=..., lowers_provider=...)`` extracts layer ``i`` into ``targets[i]``."""
+    import threading
     if not layers:
         return []
-    results = [None] * len(layers)
-    workers = min(MAX_PARALLEL_LAYERS, len(layers), os.cpu_count() or 1)
+    done = [threading.Event() for _ in layers]
+    failed = []
+
+    def provider(i):
+        def wait():
+            for j in range(i):
+                done[j].wait()
+            return None if failed else targets[:i]
+        return wait
+
+    def one(i):
+        try:
+            return apply(i, lower_dirs=None, defer_lowers=i > 0, lowers_provider=provider(i))
+        except BaseException:
+            failed.append(i)
+            raise
+        finally:
+            done[i].set()
+
+    # started bottom-up: a layer only ever waits for the ones below it, which started before it
+    workers = min(MAX_PARALLEL_LAYERS, len(layers))
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="lamina-layer") as pool:
-        futures = [pool.submit(apply, i, lower_dirs=None, defer_lowers=i > 0) for i in range(len(layers))]
+        futures = [pool.submit(one, i) for i in range(len(layers))]
         concurrent.futures.wait(futures)
-    for i, f in enumerate(futures):  # the lowest failing layer's error, so the report is stable
-        if isinstance(f.exception(), NeedsLowers):
-            continue
+    for f in futures:  # the lowest failing layer's error, so the report is stable
         if f.exception() is not None:
             raise f.exception()
-        results[i] = f.result()
-    for i in range(len(layers)):
-        if results[i] is None:
-            clear_dir(targets[i])
-            results[i] = apply(i, lower_dirs=targets[:i], defer_lowers=False)
-    return results
+    return [f.result() for f in futures]
 
 
 def mount_options(layer_dirs):

@@ -246,7 +246,7 @@ class Puller:
                     raise DigestMismatchError(f"blob from {repos[0].name}", e.expected, e.actual) from None
                 mismatch_retries -= 1
 
-    def fetch_and_extract(self, repos, desc, result, diff_id, parent_chain_id):
+    def fetch_and_extract(self, repos, desc, result, diff_id, parent_chain_id, wait_lowers=None):
         """Download a blob into the store while extracting its snapshot from the same bytes.
 
         Returns the snapshot's fs dir, or None if the snapshot existed already (then only the
@@ -274,7 +274,7 @@ class Puller:
 
                     try:
                         path = ensure_streaming(self.store.paths, tee, digest, diff_id, parent_chain_id,
-                                                desc.media_type, before_commit=commit)
+                                                desc.media_type, before_commit=commit, wait_lowers=wait_lowers)
                         if path is None:
                             w.write_from(stream)
                             w.commit()
@@ -434,23 +434,24 @@ class Puller:
         committed = [threading.Event() for _ in layer_descs]
         streamed = set()   # layers whose snapshot was extracted while their blob arrived
 
+        def wait_lowers(i):
+            def wait():
+                # submitted (and fetched) in layer order: the ones below are running or done
+                for j in range(i):
+                    while not committed[j].wait(0.2):
+                        if self._cancel.is_set():
+                            raise errors.Interrupted(f"layer {layer_descs[i].digest}: interrupted")
+                return True
+            return wait
+
         def extract(i):
             d = layer_descs[i]
             parent = chains[i - 1] if i else None
             try:
                 if i not in streamed:
                     self.reporter.state(d.digest, "Extracting")
-                    try:
-                        path = self.store.ensure_snapshot(d.digest, diff_ids[i], parent, media_type=d.media_type,
-                                                          defer=True)
-                    except errors.NeedsLowers:
-                        # this layer resolves paths through the ones below: wait for them (submitted
-                        # earlier in layer order, so already running or done), then extract over them
-                        for j in range(i):
-                            while not committed[j].wait(0.2):
-                                if self._cancel.is_set():
-                                    raise errors.Interrupted(f"layer {d.digest}: interrupted")
-                        path = self.store.ensure_snapshot(d.digest, diff_ids[i], parent, media_type=d.media_type)
+                    path = self.store.ensure_snapshot(d.digest, diff_ids[i], parent, media_type=d.media_type,
+                                                      defer=True, wait_lowers=wait_lowers(i))
                     results[i].snapshot = str(path)
             finally:
                 committed[i].set()
@@ -465,7 +466,8 @@ class Puller:
             elif indexes and self.stream_extract:
                 i = indexes[0]
                 try:
-                    path = self.fetch_and_extract(repos, desc, rs[0], diff_ids[i], chains[i - 1] if i else None)
+                    path = self.fetch_and_extract(repos, desc, rs[0], diff_ids[i], chains[i - 1] if i else None,
+                                                  wait_lowers=wait_lowers(i))
                 except errors.NeedsLowers:
                     path = None  # the blob is stored; extract(i) extracts it over the layers below
                 if path is not None:

@@ -11,10 +11,10 @@ A layer is extracted through the union view of the snapshots below it (see
 lamina._extract): its paths resolve as the mount will show them, directories
 it implies are copied up with their metadata from below, hardlinks to lower
 files copy them up.  A chainID fixes the layers below, so the result is a
-function of the chainID.  Most layers need nothing from below, so
-ensure_all() first extracts every layer at once, each one stopping with
-NeedsLowers at the first entry that does need the layers below, and then
-extracts those, bottom-up, over their finished lowers.
+function of the chainID.  Most entries need nothing from below, so
+ensure_all() extracts every layer at once, and a layer that meets an entry
+that does need the layers below waits there until they are committed, then
+goes on over them (what it wrote before needed nothing from below).
 
 ``meta.json`` carries ``"format": 2``; snapshots of older lamina versions
 (implicit directories fixed up afterwards by path) are extracted again.
@@ -25,6 +25,7 @@ import concurrent.futures
 import json
 import os
 import secrets
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -107,7 +108,7 @@ def list_chain_ids(paths):
     return [f"sha256:{n}" for n in names if _digest.is_valid(f"sha256:{n}")]
 
 
-def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lowers=False):
+def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lowers=False, lowers_provider=None):
     """Apply one layer blob into ``fs`` (overlay format), verifying digest and diffID.
 
     A separate function so that tests can count how often extraction really happens.
@@ -117,7 +118,7 @@ def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lower
     # diffID check below still catches any change, so hashing it here would only cost CPU.
     return apply_layer(blob if hasattr(blob, "read") else os.fspath(blob), os.fspath(fs), format="overlay", diff_id=diff_id, hash_blob=False,
                        media_type=media_type, name=f"layer {digest}", lower_dirs=lower_dirs,
-                       defer_lowers=defer_lowers)
+                       defer_lowers=defer_lowers, lowers_provider=lowers_provider)
 
 
 def _stale_dirs(paths, hexid, prefix):
@@ -134,7 +135,7 @@ def _present(paths, chain):
 
 
 def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, *, defer=False,
-           source=None, before_commit=None):
+           source=None, before_commit=None, wait_lowers=None):
     """Extract the layer into ``snapshots/<chainID>`` unless it is there; return its ``fs`` dir.
 
     The snapshots below must exist, unless ``defer``: then the layer is
@@ -145,7 +146,10 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
     ``source``: read the blob from this stream instead of the store (a pull
     extracting while it downloads); returns None without reading it if the
     snapshot exists.  ``before_commit()`` runs once the diffID verified,
-    before the snapshot is published; raising aborts it.
+    before the snapshot is published; raising aborts it.  ``wait_lowers()``
+    (with ``defer``): called when the layer turns out to need the snapshots
+    below it; blocks until they are committed, True if they were (the
+    extraction then goes on over them), False to give up with NeedsLowers.
     """
     _digest.validate(layer_digest, "layer digest")
     chain = chain_id_of(diff_id, parent_chain_id)
@@ -172,8 +176,11 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
         os.makedirs(paths.snapshots, exist_ok=True)
         os.mkdir(tmp, 0o755)
         try:
+            def provider():
+                return lower_chain(paths, parent_chain_id) if wait_lowers is not None and wait_lowers() else None
+
             stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id, media_type,
-                             lower_dirs=lower or None, defer_lowers=lower is None)
+                             lower_dirs=lower or None, defer_lowers=lower is None, lowers_provider=provider)
             if before_commit is not None:
                 before_commit()
             size, inodes = disk_usage(tmp / "fs")
@@ -209,19 +216,36 @@ def lower_chain(paths, parent_chain_id):
 
 
 def ensure_all(paths, layers, diff_ids, media_types=None):
-    """Snapshots for a whole image (bottom first): all missing layers at once,
-    then, bottom-up, those that need the layers below them (NeedsLowers)."""
+    """Snapshots for a whole image (bottom first), all missing layers at once:
+    a layer that needs the snapshots below it waits for them at that entry."""
     ids = chain_ids(diff_ids)
     parents = [None] + ids[:-1]
     media_types = media_types or [None] * len(layers)
     jobs = list(zip(layers, diff_ids, parents, media_types))
     if not jobs:
         return []
-    missing = [j for j, c in zip(jobs, ids) if not _present(paths, c)]
+    missing = [k for k, c in enumerate(ids) if not _present(paths, c)]
     if len(missing) > 1:
+        done = {k: threading.Event() for k in missing}
+
+        def lowers_of(k):
+            def wait():
+                for j in range(k):
+                    if j in done:
+                        done[j].wait()
+                return all(_present(paths, c) for c in ids[:k])
+            return wait
+
+        def one(k):
+            try:
+                return ensure(paths, *jobs[k], defer=True, wait_lowers=lowers_of(k))
+            finally:
+                done[k].set()
+
         workers = min(MAX_PARALLEL, len(missing), max(os.cpu_count() or 1, 2))
+        # submitted bottom-up and started in that order, so a layer only ever waits for running ones
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="lamina-snapshot") as pool:
-            futures = [pool.submit(ensure, paths, *j, defer=True) for j in missing]
+            futures = [pool.submit(one, k) for k in missing]
             concurrent.futures.wait(futures)
         for f in futures:  # report the lowest failing layer, so errors are stable
             if f.exception() is not None and not isinstance(f.exception(), NeedsLowers):

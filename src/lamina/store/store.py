@@ -372,11 +372,14 @@ class Store:
 
     # --- snapshots ------------------------------------------------------------------
 
-    def ensure_snapshot(self, layer_digest, diff_id, parent_chain_id=None, media_type=None, *, defer=False):
+    def ensure_snapshot(self, layer_digest, diff_id, parent_chain_id=None, media_type=None, *, defer=False,
+                        wait_lowers=None):
         """The layer's snapshot dir, extracted if missing.  The snapshots below must exist,
-        unless ``defer``: then NeedsLowers is raised if the layer turns out to need them."""
+        unless ``defer``: then, should the layer need them, ``wait_lowers()`` is called to
+        wait for them (see snapshots.ensure), or NeedsLowers raised."""
         self._take_lease()
-        return _snapshots.ensure(self.paths, layer_digest, diff_id, parent_chain_id, media_type, defer=defer)
+        return _snapshots.ensure(self.paths, layer_digest, diff_id, parent_chain_id, media_type, defer=defer,
+                                 wait_lowers=wait_lowers)
 
     def snapshots_for(self, image):
         """Layer dirs of an image, bottom first, extracting the missing ones (in parallel).
@@ -394,7 +397,7 @@ class Store:
             info = self.snapshot_info(chain_id)
         except StoreError:
             return False
-        return info is not None and info.inherited and info.fs.is_dir()
+        return info is not None and info.fs.is_dir()
 
     def snapshot_dir(self, chain_id):
         """The extracted tree of a layer (an overlayfs lowerdir), whether or not it exists yet."""

@@ -11,8 +11,8 @@ any point leaves nothing that looks complete.  A resumed download (the ingest
 holds a partial) restarts the extraction cleanly: the tee replays the partial
 from disk, then continues with the network bytes.
 
-A layer that needs the snapshots below it (NeedsLowers) is left to the
-ordinary extraction from the committed blob, once those are there.
+A layer that needs the snapshots below it waits for them at the first entry
+that does (see snapshots.ensure).
 """
 from __future__ import annotations
 
@@ -64,14 +64,15 @@ class IngestTee(io.RawIOBase):
 
 
 def ensure_streaming(paths, source, layer_digest, diff_id, parent_chain_id=None, media_type=None, *,
-                     before_commit):
+                     before_commit, wait_lowers=None):
     """Extract the blob read from ``source`` into ``snapshots/<chainID>``; return its ``fs`` dir.
 
     ``before_commit()`` runs once the diffID verified, before the snapshot is
     published (it commits the blob, which verifies its digest; raising aborts).
     Returns None, without reading ``source``, if the snapshot already exists.
-    Raises NeedsLowers (having read part of ``source``) when the layer needs
-    snapshots below it that are not there yet.
+    When the layer needs snapshots below it that are not there yet, waits for
+    them with ``wait_lowers()`` (the download of this layer pauses meanwhile),
+    or raises NeedsLowers (having read part of ``source``) without it.
     """
     return _snap.ensure(paths, layer_digest, diff_id, parent_chain_id, media_type, defer=True,
-                        source=source, before_commit=before_commit)
+                        source=source, before_commit=before_commit, wait_lowers=wait_lowers)
