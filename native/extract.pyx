@@ -522,6 +522,7 @@ cdef class Extractor:
     cdef set created
     cdef int64_t headers
     cdef set created_ino           # dir format: (dev, ino) of what this layer wrote, wherever it landed
+    cdef object root_key
     cdef list lower_fds            # overlay: root fds of the finished layers below, topmost first
     cdef bint defer_lowers         # overlay: the layers below are unknown yet; ask for them (NeedsLowers)
     cdef object lowers_provider    # overlay, deferred: () -> lower dirs once finished, or None
@@ -579,6 +580,9 @@ cdef class Extractor:
             if self.rootfd < 0:
                 raise _errors.ExtractError(
                     f"cannot open destination {os.fsdecode(root_b)!r}: {os.strerror(errno)}")
+        if self.rootfd >= 0:
+            rst = os.fstat(self.rootfd)
+            self.root_key = (rst.st_dev, rst.st_ino)
         if use_openat2 is None:
             use_openat2 = not os.environ.get("LAMINA_NO_OPENAT2") and openat2_available()
         self.use_openat2 = use_openat2
@@ -1360,8 +1364,10 @@ cdef class Extractor:
             fd = self._resolve_dir(parent, True, name)
             self.cache_phys = self.last_phys
         self._keep_times(fd, parent)
-        if not self.is_root and not self.overlay:
-            self._open_up(fd, parent)
+        if not self.overlay:
+            self._record_ancestors(fd)
+            if not self.is_root:
+                self._open_up(fd, parent)
         if self.cache_fd >= 0:
             close(self.cache_fd)
         self.cache_fd = fd
@@ -1737,6 +1743,27 @@ cdef class Extractor:
             self._mknod(pfd, base, name, kind, major, minor)
         if not self.overlay:
             self._record_inode(pfd, base)
+
+    cdef void _record_ancestors(self, int fd):
+        """The directories this layer writes into, up to the root, by inode: an
+        opaque marker or whiteout reached through a symlink must spare them.
+        Stops at the first one already known, so the cost stays linear."""
+        cdef stat st
+        cdef int cur = dup(fd), up
+        while cur >= 0:
+            if fstat(cur, &st) < 0:
+                break
+            key = (st.st_dev, st.st_ino)
+            if key in self.created_ino:
+                break
+            self.created_ino.add(key)
+            if key == self.root_key:
+                break
+            up = openat(cur, b"..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            close(cur)
+            cur = up
+        if cur >= 0:
+            close(cur)
 
     cdef void _record_inode(self, int pfd, bytes base):
         """Whiteouts and opaque markers of this layer must spare what it wrote,
