@@ -996,11 +996,14 @@ def cmd_system_df(args):
     mounted = [m for m in rep["mounts"] if m.get("mounted")]
     stale = [m for m in rep["mounts"] if not m.get("mounted")]
     un = rep["unreferenced"]
+    files = store.file_usage()
     rows = [
         _df_row("Images", len(rep["images"]), len(rep["active"]), rep["total"], rep["reclaimable"]),
         _df_row("Mounts", len(rep["mounts"]), len(mounted), rep["mounts_size"],
                 sum(_du(m["upper"]) for m in stale if m.get("upper"))),
         _df_row("Unreferenced", un["blobs"] + un["snapshots"], 0, un["size"], un["size"]),
+        # file objects (store/objects.py): TOTAL objects, ACTIVE = shared by several names
+        _df_row("Files", files.objects, files.shared_objects, files.size, files.unused),
     ]
     if not args.verbose:
         fmt = args.format or "table"
@@ -1048,6 +1051,8 @@ def cmd_system_df(args):
     out.write("\nMounts space usage:\n\n")
     out.write(render_rows("table {{.Target}}\t{{.Image}}\t{{.Mode}}\t{{.Size}}\t{{.Mounted}}", m_rows,
                           {"Target": "TARGET", "Image": "IMAGE", "Mode": "MODE", "Size": "SIZE", "Mounted": "MOUNTED"}))
+    out.write(f"\nFile objects: {files.objects} ({files.shared_objects} shared), {human_size(files.size)} on disk "
+              f"for {human_size(files.logical)} of snapshot files: sharing saves {human_size(files.saved)}\n")
     out.write(f"\nUnreferenced content: {human_size(un['size'])} ({un['blobs']} blobs, {un['snapshots']} snapshots, "
               f"{human_size(un['partials'])} partial downloads; removed by `lamina image prune`)\n")
     return 0

@@ -323,13 +323,54 @@ class Store:
 
     def ensure_snapshot(self, layer_digest, diff_id, parent_chain_id=None, media_type=None):
         self._take_lease()
-        return _snapshots.ensure(self.paths, layer_digest, diff_id, parent_chain_id, media_type)
+        fs = _snapshots.ensure(self.paths, layer_digest, diff_id, parent_chain_id, media_type)
+        self._dedup(_snapshots.chain_id_of(diff_id, parent_chain_id))
+        return fs
 
     def snapshots_for(self, image):
         """Layer dirs of an image, bottom first, extracting the missing ones (in parallel)."""
         self._take_lease()
-        return _snapshots.ensure_all(self.paths, [layer.digest for layer in image.layers], image.diff_ids,
+        dirs = _snapshots.ensure_all(self.paths, [layer.digest for layer in image.layers], image.diff_ids,
                                      [layer.media_type for layer in image.layers])
+        for chain in image.chain_ids:
+            self._dedup(chain)
+        return dirs
+
+    # --- settings and file objects ----------------------------------------------------
+
+    def config(self):
+        """{setting: value} (see store/config.py)."""
+        from . import config
+        return config.read(self.paths)
+
+    def set_config(self, key, value):
+        from . import config
+        return config.write(self.paths, key, value, self.paths.index_lock)
+
+    def _dedup(self, chain_id):
+        """Share a committed snapshot's files with the store's objects, once (store/objects.py)."""
+        from . import objects
+        path = self.paths.snapshot(chain_id)
+        if objects.is_deduplicated(path) or not self.config()["dedup"]:
+            return None
+        lock = FileLock(self.paths.snapshot_lock(chain_id))
+        lock.acquire()
+        try:
+            if objects.is_deduplicated(path) or not (path / "fs").is_dir():
+                return None
+            return objects.dedup_snapshot(self.paths, path)
+        finally:
+            lock.release(unlink=True)
+
+    def file_usage(self):
+        """objects.FileUsage: what file-level sharing saves."""
+        from . import objects
+        return objects.usage(self.paths)
+
+    def find_files(self, blake3=None, path=None):
+        """[(Image, chainID, FileEntry)]: which images hold a file with this content and/or path."""
+        from . import objects
+        return objects.find_files(self, blake3=blake3, path=path)
 
     def snapshot_info(self, chain_id):
         """SnapshotInfo (sizes, source blob) or None if that snapshot was not extracted yet."""
@@ -386,9 +427,13 @@ class Store:
         """Check (and with ``repair`` fix) the whole store. Returns FsckReport.
 
         Repairs wait until no other Store is writing; ``waiting()`` is called first if they must."""
+        from . import objects
         from .fsck import check
         self._drop_lease()
-        return check(self, repair=repair, waiting=waiting)
+        report = check(self, repair=repair, waiting=waiting)
+        with FileLock(self.paths.gc_lock, shared=not repair):
+            objects.check(self, report, repair)
+        return report
 
 
 def _keep_reachable(entries, old):
