@@ -498,9 +498,10 @@ def check(store, report, repair):
     """fsck for objects and file lists; adds Findings to ``report`` (store.fsck calls it).
 
     Repairs (under the gc lock): unused objects, stray names and stage debris are removed;
-    a changed object loses its name (no new snapshot will share it) and the snapshots that
-    share it are reported, so that fsck's snapshot check re-extracts them; an unreadable
-    file list is removed (the next use of the snapshot deduplicates it again).
+    a changed object loses its name (no new snapshot will share it); the snapshots sharing
+    it are named in the finding, and fsck's own snapshot check (which runs first) finds
+    them different from their layer and re-extracts them.  An unreadable file list is
+    removed (the next use of the snapshot deduplicates it again).
     """
     from . import snapshots as _snapshots
     paths = store.paths
@@ -510,19 +511,11 @@ def check(store, report, repair):
     for o in objs:
         problem = verify_object(paths, o.name)
         if problem:
-            changed[o.name] = problem
-            f = report.add("error", "bad-object", o.name, f"object {o.name}: {problem}; "
-                           f"{o.names} snapshot file(s) share it")
-            _fix(f, repair, lambda o=o: os.unlink(object_path(paths, o.name)))
+            changed[o.name] = (o, problem)
         elif o.names == 0:
             f = report.add("warning", "unused-object", o.name, f"object {o.name}: not used by any snapshot")
             _fix(f, repair, lambda o=o: os.unlink(object_path(paths, o.name)))
-    for rel, why in strays:
-        f = report.add("warning", "stray-object", rel, f"objects/{rel}: {why}")
-        _fix(f, repair, lambda rel=rel: os.unlink(objects_dir(paths) / rel))
-    for n in stage_debris(paths):
-        f = report.add("warning", "object-stage", n, f"objects/stage/{n}: left by an interrupted dedup")
-        _fix(f, repair, lambda n=n: os.unlink(stage_dir(paths) / n))
+    users = {}
     for chain in _snapshots.list_chain_ids(paths):
         sdir = paths.snapshot(chain)
         try:
@@ -533,8 +526,17 @@ def check(store, report, repair):
             continue
         for e in entries or ():
             if e.object in changed:
-                report.add("error", "bad-snapshot", chain,
-                           f"snapshot {chain}: {e.path} shares object {e.object}, which {changed[e.object]}")
+                users.setdefault(e.object, []).append(f"{chain} ({e.path})")
+    for name, (o, problem) in sorted(changed.items()):
+        where = f"shared by snapshot {', '.join(users[name])}" if name in users else f"{o.names} name(s) use it"
+        f = report.add("error", "bad-object", name, f"object {name}: {problem}; {where}")
+        _fix(f, repair, lambda name=name: os.unlink(object_path(paths, name)))
+    for rel, why in strays:
+        f = report.add("warning", "stray-object", rel, f"objects/{rel}: {why}")
+        _fix(f, repair, lambda rel=rel: os.unlink(objects_dir(paths) / rel))
+    for n in stage_debris(paths):
+        f = report.add("warning", "object-stage", n, f"objects/stage/{n}: left by an interrupted dedup")
+        _fix(f, repair, lambda n=n: os.unlink(stage_dir(paths) / n))
 
 
 def _fix(finding, repair, action):
