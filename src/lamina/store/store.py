@@ -266,8 +266,8 @@ class Store:
         if repo_digest is not None:
             _digest.validate(repo_digest, "repo digest")
         image = load_image(self.open_blob, manifest_digest)
-        for layer in image.layers:
-            if not self.has_blob(layer.digest):
+        for layer, chain in zip(image.layers, image.chain_ids):
+            if not self.has_blob(layer.digest) and not self.layer_is_compact(chain):
                 raise BlobNotFoundError(f"manifest {manifest_digest}: layer {layer.digest} is not in the store")
         parsed = _as_reference(ref) if ref is not None else None
         name = name_of(parsed) if parsed is not None else None
@@ -334,6 +334,8 @@ class Store:
                                      [layer.media_type for layer in image.layers])
         for chain in image.chain_ids:
             self._dedup(chain)
+        if not self.config()["keep-blobs"]:
+            self.compact(image)
         return dirs
 
     # --- settings and file objects ----------------------------------------------------
@@ -361,6 +363,65 @@ class Store:
             return objects.dedup_snapshot(self.paths, path)
         finally:
             lock.release(unlink=True)
+
+    # --- compact store: layer blobs replaced by tar-split sidecars ------------------------
+
+    def layer_is_compact(self, chain_id):
+        """True if this layer's tar is rebuilt from its snapshot (its blob may be gone)."""
+        from .sidecar import has_sidecar
+        return has_sidecar(self.paths.snapshot(chain_id))
+
+    def compact(self, image):
+        """Give every layer of ``image`` a sidecar proven to rebuild its tar bit-exact, then drop
+        its compressed blob (``keep-blobs false``).  Returns the digests of the blobs dropped."""
+        from . import sidecar
+        from ..transports.output import open_uncompressed
+        self._take_lease()
+        dropped = []
+        for layer, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids):
+            sdir = self.paths.snapshot(chain)
+            what = f"layer {layer.digest} (diffID {diff_id})"
+            lock = FileLock(self.paths.snapshot_lock(chain))
+            lock.acquire()
+            try:
+                if not (sdir / "fs").is_dir():
+                    continue
+                if not sidecar.has_sidecar(sdir):
+                    if not self.has_blob(layer.digest):
+                        continue
+                    with open_uncompressed(lambda: self.open_blob(layer.digest), what) as tar:
+                        sidecar.build(tar, os.fspath(sdir / "fs"), sidecar.sidecar_path(sdir))
+                    try:
+                        sidecar.verify(sdir, diff_id, what)  # never drop a blob the sidecar cannot replace
+                    except BaseException:
+                        os.unlink(sidecar.sidecar_path(sdir))
+                        raise
+            finally:
+                lock.release(unlink=True)
+            if self.has_blob(layer.digest):
+                self._mark_compact()
+                blob_lock = FileLock(self.paths.blob_lock(layer.digest)).acquire()
+                try:
+                    os.unlink(self.paths.blob(layer.digest))
+                    dropped.append(layer.digest)
+                except FileNotFoundError:
+                    pass
+                finally:
+                    blob_lock.release(unlink=True)
+        return dropped
+
+    def _mark_compact(self):
+        """Say in oci-layout (extra fields are allowed there) why layer blobs are missing."""
+        from .paths import OCI_LAYOUT_COMPACT
+        path = self.paths.root / "oci-layout"
+        with open(path, "rb") as f:
+            if f.read() != OCI_LAYOUT_COMPACT:
+                atomic_write(path, OCI_LAYOUT_COMPACT)
+
+    def layer_reader(self, layer, diff_id, chain_id):
+        """The layer's uncompressed tar: rebuilt from a compact snapshot, verified against the diffID."""
+        from .sidecar import open_layer
+        return open_layer(self.paths.snapshot(chain_id), diff_id, f"layer {layer.digest} (diffID {diff_id})")
 
     def file_usage(self):
         """objects.FileUsage: what file-level sharing saves."""
@@ -430,9 +491,11 @@ class Store:
         from . import objects
         from .fsck import check
         self._drop_lease()
+        from . import sidecar
         report = check(self, repair=repair, waiting=waiting)
         with FileLock(self.paths.gc_lock, shared=not repair):
             objects.check(self, report, repair)
+            sidecar.check(self, report)
         return report
 
 
