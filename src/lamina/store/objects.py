@@ -255,17 +255,17 @@ class _Pass:
         return self.stats
 
     def one(self, dfd, name, rel):
-        fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+        fd = [os.open(name, _FILE_FLAGS, dir_fd=dfd)]  # share() may close it early (see there)
         try:
-            st = os.fstat(fd)
+            st = os.fstat(fd[0])
             if not stat.S_ISREG(st.st_mode):
                 return
             self.stats.files += 1
             self.stats.bytes += st.st_size
             key = (st.st_dev, st.st_ino)
             if key not in self.inodes:  # else: another name of an inode already handled
-                digest, _ = _hash_fd(fd)
-                xattrs = _xattrs(fd)
+                digest, _ = _hash_fd(fd[0])
+                xattrs = _xattrs(fd[0])
                 obj = f"{digest}.{metadata_key(st, xattrs)}"
                 self.inodes[key] = (self.share(dfd, name, fd, st, obj, digest, xattrs), digest)
             obj, digest = self.inodes[key]
@@ -273,7 +273,8 @@ class _Pass:
                 self.stats.private += 1
             self.entries.append(FileEntry(rel, digest, st.st_size, obj))
         finally:
-            os.close(fd)
+            if fd[0] >= 0:
+                os.close(fd[0])
 
     def share(self, dfd, name, fd, st, obj, digest, xattrs):
         """Make this inode share ``obj``; the object's name, or None if the inode stays private.
@@ -295,6 +296,10 @@ class _Pass:
                         return obj  # already the object (a rerun after a crash)
                     if st.st_nlink > 1 or not _same_inode_metadata(ost, st):
                         return None  # a hardlink of the layer, or an object changed behind lamina's back
+                    # Close the file first: the rename then frees its inode at once, instead of
+                    # putting it on the filesystem's orphan list until the close.
+                    os.close(fd[0])
+                    fd[0] = -1
                     if not self.swap(dfd, name, ofd):
                         return None
                 finally:
@@ -307,7 +312,7 @@ class _Pass:
             if self.reflink:
                 self.clone_from_sibling(dfd, name, st, digest, ffd, xattrs)
             try:
-                os.link(f"/proc/self/fd/{fd}", obj, dst_dir_fd=ffd, follow_symlinks=True)
+                os.link(f"/proc/self/fd/{fd[0]}", obj, dst_dir_fd=ffd, follow_symlinks=True)
             except FileExistsError:
                 continue
             except OSError as e:
@@ -380,13 +385,14 @@ def dedup_snapshot(paths, snapshot_dir, reflink=True):
     not renamed into place yet) and the gc lease.  Idempotent: a rerun after a crash finishes
     the job.  Returns DedupStats.
     """
-    from .fsutil import syncfs
     p = _Pass(paths, snapshot_dir, reflink)
     try:
         stats = p.run()
     finally:
         p.close()
-    syncfs(p.snapshot_dir)  # the swapped names reach the disk before the list says they were swapped
+    # No syncfs: a swap lost in a power cut leaves the name on its original inode, with the
+    # same bytes and metadata; the list then calls it shared when it is not, which costs
+    # nothing but a missed saving (singletons() stays true: it was alone on its inode).
     write_file_list(p.snapshot_dir, p.entries)
     return stats
 

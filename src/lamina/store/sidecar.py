@@ -161,12 +161,28 @@ def _read_exact(stream, n):
     return data
 
 
-def build(tar_stream, fs_dir, out_path):
+class _Hashing:
+    """Reads through, hashing: build() checks the tar it split is the one the diffID names."""
+
+    def __init__(self, raw):
+        self.raw, self.hash = raw, hashlib.sha256()
+
+    def read(self, n):
+        data = self.raw.read(n)
+        self.hash.update(data)
+        return data
+
+
+def build(tar_stream, fs_dir, out_path, diff_id, what):
     """Write the sidecar of the uncompressed tar ``tar_stream`` for the snapshot tree ``fs_dir``.
 
+    Raw records are the tar's own bytes and every referenced payload was compared byte for
+    byte with its snapshot file, so once the tar's sha256 is ``diff_id`` the sidecar rebuilds
+    it exactly (as long as the snapshot is not changed: rebuilding checks xxh3 and diffID).
     Returns (entries, referenced payload bytes, tar length).
     """
     import lz4.frame
+    tar_stream = _Hashing(tar_stream)
     root_fd = os.open(fs_dir, _DIR_FLAGS)
     entries = referenced = total = 0
     tmp = f"{out_path}.tmp-{os.getpid()}"
@@ -233,6 +249,9 @@ def build(tar_stream, fs_dir, out_path):
                 w.add_raw(pad)
             w.flush()
             out.write(b"E" + _U64.pack(total))
+        actual = "sha256:" + tar_stream.hash.hexdigest()
+        if actual != diff_id:
+            raise SidecarError(f"{what}: the layer tar has sha256 {actual}, not its diffID {diff_id}")
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.rename(tmp, out_path)

@@ -389,13 +389,9 @@ class Store:
                 if not sidecar.has_sidecar(sdir):
                     if not self.has_blob(layer.digest):
                         continue
+                    # build() proves the sidecar replaces the blob (tar bytes vs diffID, payloads vs files)
                     with open_uncompressed(lambda: self.open_blob(layer.digest), what) as tar:
-                        sidecar.build(tar, os.fspath(sdir / "fs"), sidecar.sidecar_path(sdir))
-                    try:
-                        sidecar.verify(sdir, diff_id, what)  # never drop a blob the sidecar cannot replace
-                    except BaseException:
-                        os.unlink(sidecar.sidecar_path(sdir))
-                        raise
+                        sidecar.build(tar, os.fspath(sdir / "fs"), sidecar.sidecar_path(sdir), diff_id, what)
             finally:
                 lock.release(unlink=True)
             if self.has_blob(layer.digest):
