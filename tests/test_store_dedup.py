@@ -107,6 +107,14 @@ def _copy(root, layout, ref):
     lamina_subprocess(root, "copy", f"oci:{layout}:{ref}", f"{ref}:1")
 
 
+def _store_with_a_and_b(tmp_path, images):
+    """A store holding image a and its rebuild b; (root, a's chainIDs)."""
+    root = tmp_path / "root"
+    _copy(root, images, "a")
+    _copy(root, images, "b")
+    return root, _chains(root, "a:1")
+
+
 def test_native_blake3_matches_the_reference(tmp_path):
     from lamina import _objects
     for n in (0, 1, 1024, 1025, 64 << 10, (1 << 20) + 3, 3 << 20):
@@ -123,10 +131,8 @@ def test_native_blake3_matches_the_reference(tmp_path):
 
 
 def test_rebuilt_image_shares_its_unchanged_files(tmp_path, images):
-    root = tmp_path / "root"
-    _copy(root, images, "a")
-    _copy(root, images, "b")
-    a, b = _chains(root, "a:1"), _chains(root, "b:1")
+    root, a = _store_with_a_and_b(tmp_path, images)
+    b = _chains(root, "b:1")
     assert set(a).isdisjoint(b), "the rebuild must change every chainID for this test to mean anything"
     for rel in list(BASE)[1:]:
         assert _ino(root, a[0], rel) == _ino(root, b[0], rel), rel
@@ -161,9 +167,7 @@ def test_rebuilt_image_shares_its_unchanged_files(tmp_path, images):
 
 
 def test_system_df_shows_what_sharing_saves(tmp_path, images):
-    root = tmp_path / "root"
-    _copy(root, images, "a")
-    _copy(root, images, "b")
+    root, _ = _store_with_a_and_b(tmp_path, images)
     out = lamina_subprocess(root, "system", "df").stdout
     files_row = next(line for line in out.splitlines() if line.startswith("Files"))
     total, active = files_row.split()[1:3]
@@ -191,10 +195,7 @@ def test_dedup_can_be_switched_off(tmp_path, images):
 
 
 def test_gc_removes_objects_no_snapshot_uses(tmp_path, images):
-    root = tmp_path / "root"
-    _copy(root, images, "a")
-    _copy(root, images, "b")
-    a = _chains(root, "a:1")
+    root, a = _store_with_a_and_b(tmp_path, images)
     shared = os.path.join(_fs(root, a[0]), "usr/share/pkgbase/f005")
     only_a = os.path.join(_fs(root, a[0]), "usr/share/pkgbase/f000")
     ino_only_a = os.lstat(only_a).st_ino
@@ -212,10 +213,7 @@ def test_gc_removes_objects_no_snapshot_uses(tmp_path, images):
 
 
 def test_fsck_catches_an_object_changed_behind_lamina(tmp_path, images):
-    root = tmp_path / "root"
-    _copy(root, images, "a")
-    _copy(root, images, "b")
-    a = _chains(root, "a:1")
+    root, a = _store_with_a_and_b(tmp_path, images)
     victim = os.path.join(_fs(root, a[0]), "usr/share/pkgbase/f007")
     st = os.lstat(victim)
     with open(victim, "r+b") as f:  # what a user writing through `unpack --link` would do

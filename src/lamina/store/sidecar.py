@@ -182,12 +182,12 @@ def build(tar_stream, fs_dir, out_path, diff_id, what):
     Returns (entries, referenced payload bytes, tar length).
     """
     import lz4.frame
+    from ..transports.output import atomic_output
     tar_stream = _Hashing(tar_stream)
     root_fd = os.open(fs_dir, _DIR_FLAGS)
     entries = referenced = total = 0
-    tmp = f"{out_path}.tmp-{os.getpid()}"
     try:
-        with lz4.frame.open(tmp, "wb", compression_level=0) as out:
+        with atomic_output(out_path) as f, lz4.frame.open(f, "wb", compression_level=0) as out:
             w = _Writer(out)
             out.write(MAGIC)
             pax, gpax, longname = {}, {}, None
@@ -249,18 +249,9 @@ def build(tar_stream, fs_dir, out_path, diff_id, what):
                 w.add_raw(pad)
             w.flush()
             out.write(b"E" + _U64.pack(total))
-        actual = "sha256:" + tar_stream.hash.hexdigest()
-        if actual != diff_id:
-            raise SidecarError(f"{what}: the layer tar has sha256 {actual}, not its diffID {diff_id}")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.rename(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            actual = "sha256:" + tar_stream.hash.hexdigest()
+            if actual != diff_id:  # inside the with: the sidecar never appears
+                raise SidecarError(f"{what}: the layer tar has sha256 {actual}, not its diffID {diff_id}")
     finally:
         os.close(root_fd)
     return entries, referenced, total
