@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(umoci skopeo tar gzip pigz zstd attr libarchive-tools docker-registry util-linux kmod)
+DEBS=(umoci skopeo tar gzip pigz zstd attr libarchive-tools docker-registry util-linux kmod xfsprogs e2fsprogs)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

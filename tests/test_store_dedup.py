@@ -315,3 +315,46 @@ def test_unpack_does_not_hardlink_files_that_only_share_an_object(tmp_path):
     lamina_subprocess(root, "unpack", "twins:1", str(dest))
     assert os.lstat(dest / "pair-a").st_ino == os.lstat(dest / "pair-b").st_ino  # the image's own hardlink
     assert os.lstat(dest / "x").st_ino != os.lstat(dest / "y").st_ino, "x and y are not hardlinked in the image"
+
+
+@pytest.fixture
+def xfs_dir(tmp_path):
+    """A fresh XFS (reflinks on by default) on a loop device, unmounted afterwards."""
+    from conftest import require_root, require_tool, run
+    require_root()
+    require_tool("mkfs.xfs")
+    img, mnt = tmp_path / "xfs.img", tmp_path / "xfs"
+    with open(img, "wb") as f:
+        f.truncate(300 << 20)
+    run("mkfs.xfs", "-q", img)
+    mnt.mkdir()
+    run("mount", "-o", "loop", img, mnt)
+    try:
+        yield mnt
+    finally:
+        run("umount", mnt)
+
+
+def test_same_content_other_metadata_is_reflinked_where_the_filesystem_can(tmp_path, xfs_dir):
+    from conftest import run
+    big = os.urandom(2 << 20)
+    lay = ocibuild.Layout(tmp_path / "layout")
+    for ref, mtime in (("a", MTIME), ("b", MTIME + 60)):
+        raw = tarfile_bytes([(ti("data/big", mtime=mtime), big), (ti("data/small", mtime=mtime), b"x" * 100)])
+        lay.blob(raw)
+        cdesc = lay.json_blob({"architecture": "amd64", "os": "linux", "config": {},
+                               "rootfs": {"type": "layers", "diff_ids": [ocibuild.sha256(raw)]}}, ocibuild.OCI_CONFIG)
+        lay.add(lay.json_blob({"schemaVersion": 2, "mediaType": ocibuild.OCI_MANIFEST, "config": cdesc,
+                               "layers": [ocibuild.desc(ocibuild.OCI_LAYER, raw)]}, ocibuild.OCI_MANIFEST), ref)
+    root = xfs_dir / "root"
+    _copy(root, tmp_path / "layout", "a")
+    _copy(root, tmp_path / "layout", "b")
+    a, b = _chains(root, "a:1")[0], _chains(root, "b:1")[0]
+    fa, fb = (os.path.join(_fs(root, c), "data/big") for c in (a, b))
+    sa, sb = os.lstat(fa), os.lstat(fb)
+    assert sa.st_ino != sb.st_ino and sb.st_mtime == MTIME + 60  # other metadata: never hardlinked
+    with open(fb, "rb") as f:
+        assert f.read() == big
+    extents = run("filefrag", "-v", fb).stdout
+    assert "shared" in extents, f"b's copy should share a's blocks (FICLONE):\n{extents}"
+    _fsck_clean(root)
