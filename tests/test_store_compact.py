@@ -10,7 +10,9 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import tarfile
+import time
 
 import pytest
 
@@ -160,3 +162,31 @@ def test_odd_tars_rebuild_bit_exact(tmp_path):
     assert b"first version\n" * 100 in side and b"second\n" not in side
     assert len(side) < len(raw) - 300_000  # d/big is referenced, not copied
     _fsck_clean(root)
+
+
+def test_kill_9_during_compaction_then_fsck_clean_and_rerun(tmp_path):
+    from test_store_dedup import _big_layout
+    raw_digest = _big_layout(tmp_path / "layout", files=6000)
+    root = tmp_path / "root"
+    lamina_subprocess(root, "copy", f"oci:{tmp_path / 'layout'}:big", "big:1")
+    lamina_subprocess(root, "config", "set", "keep-blobs", "false")
+    blob = root / "blobs" / "sha256" / raw_digest.split(":")[1]
+    for delay in (0.25, 0.4, 0.55, 0.7, 0.85, 1.0):
+        if not blob.exists():
+            break
+        proc = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "unpack", "big:1",
+                                 str(tmp_path / f"d{delay}")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        report = json.loads(lamina_subprocess(root, "fsck", "--json", check=False).stdout)
+        assert report["ok"], [f for f in report["findings"] if f["severity"] == "error"]
+    lamina_subprocess(root, "fsck", "--repair")
+    lamina_subprocess(root, "unpack", "big:1", str(tmp_path / "final"))
+    assert not blob.exists()
+    _fsck_clean(root)
+    archive = tmp_path / "big.tar"
+    lamina_subprocess(root, "save", "big:1", "-o", archive)
+    with tarfile.open(archive) as t:
+        layer = json.load(t.extractfile("manifest.json"))[0]["Layers"][0]
+        assert "sha256:" + hashlib.sha256(t.extractfile(layer).read()).hexdigest() == raw_digest

@@ -524,6 +524,10 @@ def check(store, report, repair):
     users = {}
     for chain in _snapshots.list_chain_ids(paths):
         sdir = paths.snapshot(chain)
+        for n in _temp_files(sdir):
+            f = report.add("warning", "stale-temp", n, f"snapshots/{sdir.name}/{n}: left by an interrupted "
+                           "dedup pass or compaction")
+            _fix(f, repair, lambda n=n, sdir=sdir: os.unlink(sdir / n))
         try:
             entries = read_file_list(sdir)
         except StoreError as e:
@@ -543,6 +547,16 @@ def check(store, report, repair):
     for n in stage_debris(paths):
         f = report.add("warning", "object-stage", n, f"objects/stage/{n}: left by an interrupted dedup")
         _fix(f, repair, lambda n=n: os.unlink(stage_dir(paths) / n))
+
+
+def _temp_files(snapshot_dir):
+    """Temp files of the file list and the sidecar (``<name>.tmp-<pid>-<random>``, fsutil.tmp_name)."""
+    from .sidecar import SIDECAR
+    try:
+        names = os.listdir(snapshot_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(n for n in names if n.startswith((f"{FILES_LIST}.tmp-", f"{SIDECAR}.tmp-")))
 
 
 def _fix(finding, repair, action):
