@@ -161,8 +161,9 @@ class DedupStats:
     new_objects: int = 0    # inodes of this snapshot that became objects
     reflinked: int = 0      # files whose data is now shared through a reflink
     reflinked_bytes: int = 0
-    private: int = 0        # names left with an inode of their own (link limit, changed object)
+    private: int = 0        # names left with an inode of their own (layer hardlinks, link limit, changed object)
     seconds: float = 0.0
+    hash_seconds: float = 0.0  # of which reading and hashing (blake3)
 
     def to_dict(self):
         return asdict(self)
@@ -264,7 +265,9 @@ class _Pass:
             self.stats.bytes += st.st_size
             key = (st.st_dev, st.st_ino)
             if key not in self.inodes:  # else: another name of an inode already handled
+                t = time.perf_counter()
                 digest, _ = _hash_fd(fd[0])
+                self.stats.hash_seconds += time.perf_counter() - t
                 xattrs = _xattrs(fd[0])
                 obj = f"{digest}.{metadata_key(st, xattrs)}"
                 self.inodes[key] = (self.share(dfd, name, fd, st, obj, digest, xattrs), digest)
