@@ -9,6 +9,9 @@ extra = ["-O2", "-fno-strict-aliasing"]
 if os.environ.get("LAMINA_DEBUG_BUILD"):
     extra = ["-O0", "-g"]
 
+BLAKE3_C = ["blake3", "blake3_dispatch", "blake3_portable",
+            "simd_sse2", "simd_sse41", "simd_avx2", "simd_avx512", "simd_neon"]
+
 extensions = [
     Extension(
         "lamina._extract",
@@ -16,6 +19,13 @@ extensions = [
         include_dirs=["native"],
         extra_compile_args=extra,
         define_macros=[("_GNU_SOURCE", "1")],
+    ),
+    # BLAKE3 of store file objects: the official C sources, SIMD back ends chosen at run time.
+    Extension(
+        "lamina._objects",
+        ["native/objects.pyx"] + [f"native/vendor/blake3/{n}.c" for n in BLAKE3_C],
+        include_dirs=["native/vendor/blake3"],
+        extra_compile_args=extra,
     ),
 ]
 

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 # python3-venv, python3-dev and gcc: the venv, and the C extension the install compiles
 DEBS=(python3-venv python3-dev gcc umoci skopeo tar gzip pigz zstd attr libarchive-tools docker-registry
-      util-linux kmod)
+      util-linux kmod xfsprogs e2fsprogs)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -36,7 +36,7 @@ def test_clean_store(loaded):
     root, _, image = loaded
     report = fsck(root)
     assert report["ok"] and report["findings"] == []
-    assert report["checked"] == {"blobs": 4, "images": 1, "snapshots": 2}
+    assert report["checked"] == {"blobs": 4, "images": 1, "snapshots": 2, "objects": 3}  # 3 files, all distinct
     out = lamina(root, "fsck").stdout
     assert out.strip() == "checked 4 blobs, 1 image, 2 snapshots: 0 errors, 0 warnings"
 
@@ -68,9 +68,13 @@ def test_tampered_snapshot_is_re_extracted(loaded, tmp_path):
     (fs / "etc" / "conf").write_bytes(b"tampered\n")
     os.chmod(fs / "bin" / "tool", 0o4755)
     report = fsck(root)
-    assert kinds(report) == [("error", "bad-snapshot", False)]
-    assert "etc/conf" in report["findings"][0]["message"] or "bin/tool" in report["findings"][0]["message"]
-    assert kinds(fsck(root, "--repair")) == [("error", "bad-snapshot", True)]
+    # the snapshot's files are store objects (dedup): changing them changes the objects too
+    assert kinds(report) == [("error", "bad-object", False)] * 2 + [("error", "bad-snapshot", False)]
+    snap = next(f for f in report["findings"] if f["kind"] == "bad-snapshot")
+    assert "etc/conf" in snap["message"] or "bin/tool" in snap["message"]
+    objs = [f["message"] for f in report["findings"] if f["kind"] == "bad-object"]
+    assert any("etc/conf" in m for m in objs) and any("bin/tool" in m for m in objs)
+    assert kinds(fsck(root, "--repair")) == [("error", "bad-object", True)] * 2 + [("error", "bad-snapshot", True)]
     assert_same(pristine, snapshot(fs), labels=("original", "repaired"))
     assert fsck(root)["findings"] == []
 
@@ -80,7 +84,8 @@ def test_incomplete_snapshot_is_dropped_and_rebuilt(loaded):
     store = Store(root)
     os.unlink(store.paths.snapshot(image.chain_ids[1]) / "meta.json")
     assert kinds(fsck(root)) == [("error", "bad-snapshot", False)]
-    assert kinds(fsck(root, "--repair")) == [("error", "bad-snapshot", True)]
+    # removing the snapshot leaves its file object (etc/extra) unused: collected too
+    assert kinds(fsck(root, "--repair")) == [("error", "bad-snapshot", True), ("warning", "unused-object", True)]
     assert (store.snapshots_for(image)[1] / "etc" / "extra").read_bytes() == b"top\n"
     store.close()
     assert fsck(root)["findings"] == []

@@ -156,7 +156,7 @@ def test_system_df_agrees_with_du(store, tmp_path):
     assert images_row[:4] == ["Images", "2", "0", human_size(rep["total"])]
     assert images_row[4] == f"{human_size(rep['total'])} (100%)"
     rows = [json.loads(x) for x in ok(store.root, "system", "df", "--format", "json").splitlines()]
-    assert [r["Type"] for r in rows] == ["Images", "Layer blobs", "Mounts", "Unreferenced"]
+    assert [r["Type"] for r in rows] == ["Images", "Layer blobs", "Mounts", "Unreferenced", "Files"]
     assert sorted(rows[0]) == ["Active", "Reclaimable", "Size", "TotalCount", "Type"]
     verbose = ok(store.root, "system", "df", "-v")
     assert "Images space usage:" in verbose and "SHARED SIZE" in verbose and "UNIQUE SIZE" in verbose

@@ -562,6 +562,7 @@ def cmd_system_df(args):
     from .gotemplate import render_rows
     store = _open_store(args)
     du = api.disk_usage(store)
+    files = store.file_usage()
     mounted = [m for m in du.mounts if m.get("mounted")]
     unreferenced = du.unreferenced_blobs + du.unreferenced_snapshots
     rows = [
@@ -569,6 +570,8 @@ def cmd_system_df(args):
         _df_row("Layer blobs", du.blobs, du.blobs, du.blobs_size, 0),
         _df_row("Mounts", len(du.mounts), len(mounted), du.mounts_size, du.mounts_reclaimable),
         _df_row("Unreferenced", unreferenced, 0, du.unreferenced_size, du.unreferenced_size),
+        # file objects (store/objects.py): TOTAL objects, ACTIVE = shared by several names
+        _df_row("Files", files.objects, files.shared_objects, files.size, files.unused),
     ]
     if not args.verbose:
         fmt = args.format or "table"
@@ -617,6 +620,8 @@ def cmd_system_df(args):
     out.write(render_rows("table {{.Target}}\t{{.Image}}\t{{.Mode}}\t{{.Size}}\t{{.Mounted}}", m_rows,
                           {"Target": "TARGET", "Image": "IMAGE", "Mode": "MODE", "Size": "SIZE", "Mounted": "MOUNTED"}))
     out.write(f"\nLayer blobs (compressed, kept for push and save): {human_size(du.blobs_size)} ({du.blobs} blobs)\n")
+    out.write(f"\nFile objects: {files.objects} ({files.shared_objects} shared), {human_size(files.size)} on disk "
+              f"for {human_size(files.logical)} of snapshot files: sharing saves {human_size(files.saved)}\n")
     out.write(f"\nUnreferenced content: {human_size(du.unreferenced_size)} ({du.unreferenced_blobs} blobs, "
               f"{du.unreferenced_snapshots} snapshots, {human_size(du.partials)} partial downloads; removed by "
               "`lamina image prune`)\n")

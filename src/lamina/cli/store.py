@@ -134,6 +134,19 @@ def _print_fsck(args, report):
     if not report.ok and not args.repair:
         print("run lamina fsck --repair to fix what can be fixed", file=sys.stderr)
 
+def cmd_config(args):
+    with _store(args) as store:
+        if args.key is None:
+            for key, value in sorted(store.config().items()):
+                print(f"{key}\t{json.dumps(value)}")
+        elif args.value is None:
+            from ..store.config import parse_value
+            parse_value(args.key, "true")  # names the setting in the error if it is unknown
+            print(json.dumps(store.config()[args.key]))
+        else:
+            store.set_config(args.key, args.value)
+    return 0
+
 
 def register(sub):
     p = sub.add_parser("load", help="load images from a docker-archive or oci-archive tar (like docker load)")
@@ -164,3 +177,9 @@ def register(sub):
     p.add_argument("--repair", action="store_true", help="fix what can be fixed (waits for other lamina writers)")
     add_format_option(p)
     p.set_defaults(func=cmd_fsck)
+
+    p = sub.add_parser("config", help="show or change the store's settings (dedup, keep-blobs)")
+    p.add_argument("action", nargs="?", choices=("get", "set"), help="without: list every setting")
+    p.add_argument("key", nargs="?", metavar="KEY")
+    p.add_argument("value", nargs="?", metavar="VALUE")
+    p.set_defaults(func=cmd_config)

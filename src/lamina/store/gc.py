@@ -14,6 +14,7 @@ from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import ImageError, StoreError
 from ..oci.model import document_media_type, parse_manifest
+from . import objects as _objects
 from . import snapshots as _snapshots
 from .image import chain_ids
 from .index import entry_repo_digest
@@ -24,15 +25,17 @@ from .locks import FileLock
 class GCResult:
     blobs: list = field(default_factory=list)       # (digest, bytes) removed (or that would be)
     snapshots: list = field(default_factory=list)   # (chainID, bytes on disk)
+    objects: list = field(default_factory=list)     # (object name, bytes on disk) no snapshot uses any more
     dry_run: bool = False
 
     @property
     def reclaimed(self):
-        return sum(n for _, n in self.blobs) + sum(n for _, n in self.snapshots)
+        return sum(n for _, n in self.blobs) + sum(n for _, n in self.snapshots) + sum(n for _, n in self.objects)
 
     def to_dict(self):
         return {"blobs": [{"digest": d, "size": n} for d, n in self.blobs],
                 "snapshots": [{"chain_id": c, "size": n} for c, n in self.snapshots],
+                "objects": [{"name": o, "size": n} for o, n in self.objects],
                 "reclaimed": self.reclaimed, "dry_run": self.dry_run}
 
 
@@ -144,4 +147,7 @@ def collect(store, dry_run=False):
             size = _snapshot_size(store, c)
             if dry_run or _snapshots.remove(store.paths, c):
                 result.snapshots.append((c, size))
+        # After the snapshots: their names were what kept these objects in use.  A dry run
+        # cannot tell which objects the snapshots it would remove are the last users of.
+        result.objects = _objects.collect(store.paths, dry_run=dry_run).objects
     return result

@@ -4,7 +4,9 @@
     ROOT/ingest/<hex>.partial                                   blobs being written (resumable)
     ROOT/locks/                                                 flock files
     ROOT/snapshots/<chainID hex>/{fs,meta.json}                 extracted layers (overlay format)
+    ROOT/objects/blake3/<2 hex>/<blake3>.<meta key>              file objects shared by snapshots (objects.py)
     ROOT/lamina/holds/<key>.json                                content kept alive by mounts etc.
+    ROOT/lamina/config.json                                     store settings (config.py)
 
 Every digest is validated before it becomes a path (digest.hex_of raises on
 anything but sha256 + 64 lowercase hex), so ``sha256:../../x`` never reaches
@@ -23,8 +25,12 @@ from ..errors import StoreError
 from .fsutil import write_if_absent
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+# A compact store (keep-blobs false) lacks the layer blobs it rebuilds from snapshots; the
+# layout stays valid, and says so to whoever reads it (see README, "Compact store").
+OCI_LAYOUT_COMPACT = (b'{"imageLayoutVersion":"1.0.0","lamina.compact":"layer blobs are not kept in this store;'
+                      b' export images with: lamina copy REF oci:DIR"}')
 EMPTY_INDEX = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}).encode()
-_OWN = {"blobs", "ingest", "locks", "snapshots", "lamina", "index.json"}
+_OWN = {"blobs", "ingest", "locks", "snapshots", "objects", "lamina", "index.json"}
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 

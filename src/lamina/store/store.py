@@ -311,8 +311,8 @@ class Store:
         if repo_digest is not None:
             _digest.validate(repo_digest, "repo digest")
         image = load_image(self.open_blob, manifest_digest)
-        for layer in image.layers:
-            if not self.has_blob(layer.digest):
+        for layer, chain in zip(image.layers, image.chain_ids):
+            if not self.has_blob(layer.digest) and not self.layer_is_compact(chain):
                 raise BlobNotFoundError(f"manifest {manifest_digest}: layer {layer.digest} is not in the store")
         parsed = _as_reference(ref) if ref is not None else None
         name = name_of(parsed) if parsed is not None else None
@@ -378,8 +378,10 @@ class Store:
         unless ``defer``: then, should the layer need them, ``wait_lowers()`` is called to
         wait for them (see snapshots.ensure), or NeedsLowers raised."""
         self._take_lease()
-        return _snapshots.ensure(self.paths, layer_digest, diff_id, parent_chain_id, media_type, defer=defer,
-                                 wait_lowers=wait_lowers)
+        fs = _snapshots.ensure(self.paths, layer_digest, diff_id, parent_chain_id, media_type, defer=defer,
+                               wait_lowers=wait_lowers)
+        self._dedup(_snapshots.chain_id_of(diff_id, parent_chain_id))
+        return fs
 
     def snapshots_for(self, image):
         """Layer dirs of an image, bottom first, extracting the missing ones (in parallel).
@@ -389,8 +391,105 @@ class Store:
         if not complete:
             self._check_writable(f"image {image.config_digest[7:19]} has layers not extracted yet")
         self._take_lease(create=not complete)
-        return _snapshots.ensure_all(self.paths, [layer.digest for layer in image.layers], image.diff_ids,
+        dirs = _snapshots.ensure_all(self.paths, [layer.digest for layer in image.layers], image.diff_ids,
                                      [layer.media_type for layer in image.layers])
+        if self.writable:
+            for chain in image.chain_ids:
+                self._dedup(chain)
+            if not self.config()["keep-blobs"]:
+                self.compact(image)
+        return dirs
+
+    # --- settings and file objects ----------------------------------------------------
+
+    def config(self):
+        """{setting: value} (see store/config.py)."""
+        from . import config
+        return config.read(self.paths)
+
+    def set_config(self, key, value):
+        from . import config
+        return config.write(self.paths, key, value, self.paths.index_lock)
+
+    def _dedup(self, chain_id):
+        """Share a committed snapshot's files with the store's objects, once (store/objects.py)."""
+        from . import objects
+        path = self.paths.snapshot(chain_id)
+        if objects.is_deduplicated(path) or not self.config()["dedup"]:
+            return None
+        lock = FileLock(self.paths.snapshot_lock(chain_id))
+        lock.acquire()
+        try:
+            if objects.is_deduplicated(path) or not (path / "fs").is_dir():
+                return None
+            return objects.dedup_snapshot(self.paths, path)
+        finally:
+            lock.release(unlink=True)
+
+    # --- compact store: layer blobs replaced by tar-split sidecars ------------------------
+
+    def layer_is_compact(self, chain_id):
+        """True if this layer's tar is rebuilt from its snapshot (its blob may be gone)."""
+        from .sidecar import has_sidecar
+        return has_sidecar(self.paths.snapshot(chain_id))
+
+    def compact(self, image):
+        """Give every layer of ``image`` a sidecar proven to rebuild its tar bit-exact, then drop
+        its compressed blob (``keep-blobs false``).  Returns the digests of the blobs dropped."""
+        from . import sidecar
+        from ..transports.output import open_uncompressed
+        self._take_lease()
+        dropped = []
+        for layer, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids):
+            sdir = self.paths.snapshot(chain)
+            what = f"layer {layer.digest} (diffID {diff_id})"
+            lock = FileLock(self.paths.snapshot_lock(chain))
+            lock.acquire()
+            try:
+                if not (sdir / "fs").is_dir():
+                    continue
+                if not sidecar.has_sidecar(sdir):
+                    if not self.has_blob(layer.digest):
+                        continue
+                    # build() proves the sidecar replaces the blob (tar bytes vs diffID, payloads vs files)
+                    with open_uncompressed(lambda: self.open_blob(layer.digest), what) as tar:
+                        sidecar.build(tar, os.fspath(sdir / "fs"), sidecar.sidecar_path(sdir), diff_id, what)
+            finally:
+                lock.release(unlink=True)
+            if self.has_blob(layer.digest):
+                self._mark_compact()
+                blob_lock = FileLock(self.paths.blob_lock(layer.digest)).acquire()
+                try:
+                    os.unlink(self.paths.blob(layer.digest))
+                    dropped.append(layer.digest)
+                except FileNotFoundError:
+                    pass
+                finally:
+                    blob_lock.release(unlink=True)
+        return dropped
+
+    def _mark_compact(self):
+        """Say in oci-layout (extra fields are allowed there) why layer blobs are missing."""
+        from .paths import OCI_LAYOUT_COMPACT
+        path = self.paths.root / "oci-layout"
+        with open(path, "rb") as f:
+            if f.read() != OCI_LAYOUT_COMPACT:
+                atomic_write(path, OCI_LAYOUT_COMPACT)
+
+    def layer_reader(self, layer, diff_id, chain_id):
+        """The layer's uncompressed tar: rebuilt from a compact snapshot, verified against the diffID."""
+        from .sidecar import open_layer
+        return open_layer(self.paths.snapshot(chain_id), diff_id, f"layer {layer.digest} (diffID {diff_id})")
+
+    def file_usage(self):
+        """objects.FileUsage: what file-level sharing saves."""
+        from . import objects
+        return objects.usage(self.paths)
+
+    def find_files(self, blake3=None, path=None):
+        """[(Image, chainID, FileEntry)]: which images hold a file with this content and/or path."""
+        from . import objects
+        return objects.find_files(self, blake3=blake3, path=path)
 
     def _snapshot_complete(self, chain_id):
         try:
@@ -462,6 +561,7 @@ class Store:
         """Check (and with ``repair`` fix) the whole store. Returns FsckReport.
 
         Repairs wait until no other Store is writing; ``waiting()`` is called first if they must."""
+        from . import objects, sidecar
         from .fsck import FsckReport, check
         self._drop_lease()
         if not self.exists:  # nothing written yet: nothing to check (unless the root is something else)
@@ -469,7 +569,11 @@ class Store:
             return FsckReport(checked={"blobs": 0, "images": 0, "snapshots": 0}, repair=repair)
         if repair:
             self._check_writable("cannot repair")
-        return check(self, repair=repair, waiting=waiting)
+        report = check(self, repair=repair, waiting=waiting)
+        with FileLock(self.paths.gc_lock, shared=not repair):
+            objects.check(self, report, repair)
+            sidecar.check(self, report)
+        return report
 
 
 def _keep_reachable(entries, old):

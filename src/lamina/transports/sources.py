@@ -71,13 +71,24 @@ def image_data(store, image, names=(), description=""):
     with store.open_blob(image.config_digest) as f:
         config = read_verified(f, image.config_digest, None, f"config {image.config_digest}")
     layers = []
+    rebuilt = False
     for desc, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids):
         info = store.snapshot_info(chain)
         tar_size = info.tar_bytes if info else (desc.size if mt.layer_compression(desc.media_type) == "none" else None)
+        if not store.has_blob(desc.digest) and info is not None and store.layer_is_compact(chain):
+            # A compact store keeps no blob: the layer leaves as the tar rebuilt from its snapshot,
+            # uncompressed, so its digest is its diffID (a gzip stream cannot be reproduced bit-exact).
+            layers.append(LayerData(diff_id, info.tar_bytes, _uncompressed_type(desc.media_type), diff_id,
+                                    functools.partial(store.layer_reader, desc, diff_id, chain), info.tar_bytes))
+            rebuilt = True
+            continue
         layers.append(LayerData(desc.digest, desc.size, desc.media_type, diff_id,
                                 functools.partial(store.open_blob, desc.digest), tar_size))
-    return ImageData(manifest, image.manifest_digest, image.media_type, config, image.config_digest, layers,
-                     list(names), description=description or image.manifest_digest)
+    media_type, digest = image.media_type, image.manifest_digest
+    if rebuilt:
+        manifest, digest = _with_layers(manifest, layers)
+    return ImageData(manifest, digest, media_type, config, image.config_digest, layers,
+                     list(names), description=description or image.manifest_digest, synthesized=rebuilt)
 
 
 @dataclass
@@ -103,6 +114,20 @@ def multi_arch_from_store(store, image):
         return None  # some platform is missing (or nested): save what is there, the tagged one
     return IndexData(data, index_digest, document_media_type(doc, None, f"index {index_digest}"),
                      [image_data(store, i) for i in images])
+
+
+def _uncompressed_type(media_type):
+    return mt.DOCKER_LAYER if media_type.startswith("application/vnd.docker.") else mt.OCI_LAYER
+
+
+def _with_layers(manifest, layers):
+    """The manifest with new layer descriptors (same order, same config): (bytes, digest)."""
+    doc = json.loads(manifest)
+    for d, layer in zip(doc["layers"], layers):
+        d["mediaType"], d["digest"], d["size"] = layer.media_type, layer.digest, layer.size
+        d.pop("urls", None)  # a foreign layer's URLs name the original blob, not this tar
+    data = json.dumps(doc, indent=3).encode()
+    return data, _digest.sha256_bytes(data)
 
 
 def _store_names(image, asked):

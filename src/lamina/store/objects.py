@@ -1,0 +1,621 @@
+"""File objects: regular files shared across snapshots by content (blake3) and inode metadata.
+
+    objects/blake3/<2 hex>/<64 hex blake3>.<16 hex metadata key>   one object inode per (content, metadata)
+    objects/stage/                                                 one link name at a time while a name is swapped
+    snapshots/<chainID hex>/files.lz4                              the snapshot's file list (see FileList)
+
+An object *is* the inode of the snapshot files that share it: ``dedup_snapshot``
+replaces each regular file of a snapshot by a hardlink to the object with the same
+blake3 **and** the same inode metadata, so the snapshot reads exactly as the layer
+wrote it (fsck's tree comparison cannot tell the difference).  The metadata that
+must match is everything an inode carries for a tar entry: the full ``st_mode``
+(type, permissions, setuid/setgid/sticky), uid, gid, mtime (ns) and every xattr
+(name and value).  atime and ctime are not: no layer format preserves ctime, and
+atime is not part of an image (docker, containerd and umoci ignore it too).  This
+is stricter than ostree, which hardlinks on (uid, gid, mode, xattrs) and zeroes
+mtime in its checkouts: a lamina snapshot must keep the layer's mtimes.
+
+When no object has the same metadata but one has the same content, the file is
+reflinked from it (``FICLONE``; btrfs, XFS) so the data blocks are shared, and it
+becomes the object for its own metadata.  Where reflinks are not supported the
+private copy stays (it still becomes an object, for the next layer with the same
+file and metadata).  Files with setuid/setgid bits or a ``security.capability``
+xattr are never reflinked: the kernel strips those when a file is cloned into.
+
+Objects are immutable once shared: nothing in lamina writes to a snapshot file
+after extraction.  ``unpack --link`` and ``mount`` hand out these inodes
+read-only; writing through them (as root, against the docs) changes every image
+sharing the file, and ``fsck`` reports it (the object no longer hashes to its name).
+
+Every operation on a snapshot tree goes through directory fds anchored at the
+snapshot root (``openat`` with ``O_NOFOLLOW`` per component); objects are linked
+from an fd (``/proc/self/fd/N``), so the inode hashed is the inode shared.  A name
+is swapped with ``rename(2)`` from ``objects/stage``, outside every image tree:
+a ``kill -9`` at any point leaves each name pointing at either its original
+inode or an object with the same bytes and metadata, plus at most a stage name
+that gc/fsck remove.  Objects whose only name is their own (``st_nlink == 1``)
+are unused; gc removes them while holding the gc lock, so no writer is running.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import stat
+import time
+from dataclasses import asdict, dataclass, field
+
+from ..errors import StoreError
+
+FILES_LIST = "files.lz4"
+FICLONE = 0x40049409
+# Reflinking into these would make the kernel drop them (file_remove_privs).
+_PRIVILEGED_MODE = stat.S_ISUID | stat.S_ISGID
+_CAPABILITY_XATTR = "security.capability"
+_OBJECT_RE = re.compile(r"([0-9a-f]{64})\.([0-9a-f]{16})")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_NOT_SUPPORTED = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS}
+
+
+def _hash_fd(fd):
+    from .._objects import hash_fd  # the native BLAKE3, imported only when hashing
+    return hash_fd(fd)
+
+
+def _hash_bytes(data):
+    from .._objects import hash_bytes
+    return hash_bytes(data)
+
+
+# --- where objects live -------------------------------------------------------------------
+
+def objects_dir(paths):
+    return paths.root / "objects"
+
+
+def stage_dir(paths):
+    return objects_dir(paths) / "stage"
+
+
+def object_relpath(name):
+    """``blake3/<2 hex>/<name>`` for a well-formed object name, else StoreError."""
+    if not isinstance(name, str) or not _OBJECT_RE.fullmatch(name):
+        raise StoreError(f"invalid object name {name!r}")
+    return f"blake3/{name[:2]}/{name}"
+
+
+def object_path(paths, name):
+    return objects_dir(paths) / object_relpath(name)
+
+
+def metadata_key(st, xattrs):
+    """16 hex of blake3 over the inode metadata that hardlinked names must agree on."""
+    parts = [f"{st.st_mode:o}:{st.st_uid}:{st.st_gid}:{st.st_mtime_ns}".encode()]
+    for name, value in sorted(xattrs):
+        parts.append(b"\0" + name.encode("utf-8", "surrogateescape") + b"\0%d\0" % len(value) + value)
+    return _hash_bytes(b"".join(parts))[:16]
+
+
+def _xattrs(fd):
+    try:
+        names = os.listxattr(fd)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []
+        raise
+    out = []
+    for n in names:
+        try:
+            out.append((n, os.getxattr(fd, n)))
+        except OSError as e:
+            if e.errno != errno.ENODATA:  # removed since listxattr
+                raise
+    return out
+
+
+# --- the per-snapshot file list -------------------------------------------------------------
+
+@dataclass
+class FileEntry:
+    path: str            # relative to the snapshot's fs/, '/'-separated (surrogateescape for non-UTF-8 names)
+    blake3: str
+    size: int
+    object: str | None   # the object it shares, None if it kept a private inode (e.g. EMLINK)
+
+
+def write_file_list(snapshot_dir, entries):
+    import lz4.frame
+    from .fsutil import atomic_write
+    doc = {"version": 1, "files": [[e.path, e.blake3, e.size, e.object] for e in entries]}
+    atomic_write(os.path.join(snapshot_dir, FILES_LIST), lz4.frame.compress(json.dumps(doc).encode()))
+
+
+def read_file_list(snapshot_dir):
+    """[FileEntry] of a deduplicated snapshot, None if it has no list (not deduplicated yet)."""
+    import lz4.frame
+    path = os.path.join(snapshot_dir, FILES_LIST)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        doc = json.loads(lz4.frame.decompress(raw))
+        return [FileEntry(p, b, int(s), o) for p, b, s, o in doc["files"]]
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise StoreError(f"{path}: unreadable file list ({e}); run lamina fsck --repair") from None
+
+
+# --- the dedup pass ---------------------------------------------------------------------------
+
+@dataclass
+class DedupStats:
+    files: int = 0          # regular files (names) seen
+    bytes: int = 0          # their apparent size
+    linked: int = 0         # names now sharing an object another snapshot made
+    linked_bytes: int = 0
+    new_objects: int = 0    # inodes of this snapshot that became objects
+    reflinked: int = 0      # files whose data is now shared through a reflink
+    reflinked_bytes: int = 0
+    private: int = 0        # names left with an inode of their own (layer hardlinks, link limit, changed object)
+    seconds: float = 0.0
+    hash_seconds: float = 0.0  # of which reading and hashing (blake3)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class _Dir:
+    """A directory fd kept open while subdirectories below it wait to be opened."""
+    __slots__ = ("fd", "waiting", "done")
+
+    def __init__(self, fd):
+        self.fd, self.waiting, self.done = fd, 0, False
+
+    def settle(self):
+        if self.done and self.waiting == 0:
+            os.close(self.fd)
+
+
+def _walk_files(root_fd):
+    """Yield (dir fd, name, relative path) for every regular file, iteratively, never following a link.
+
+    Each directory is opened with openat(parent fd, name, O_NOFOLLOW|O_DIRECTORY), so the
+    walk cannot leave the tree whatever its symlinks say.  Open fds stay linear in depth.
+    """
+    root = _Dir(os.dup(root_fd))
+    stack = [(root, "")]
+    while stack:
+        d, rel = stack.pop()
+        subdirs = []
+        try:
+            with os.scandir(d.fd) as it:
+                entries = list(it)
+            for e in entries:
+                crel = f"{rel}/{e.name}" if rel else e.name
+                if e.is_dir(follow_symlinks=False):
+                    subdirs.append((e.name, crel))
+                elif e.is_file(follow_symlinks=False):
+                    yield d.fd, e.name, crel
+            for name, crel in reversed(subdirs):
+                child = _Dir(os.open(name, _DIR_FLAGS, dir_fd=d.fd))
+                stack.append((child, crel))
+        finally:
+            d.done = True
+            d.settle()
+
+
+class _Pass:
+    def __init__(self, paths, snapshot_dir, reflink):
+        self.paths = paths
+        self.snapshot_dir = os.fspath(snapshot_dir)
+        self.reflink = reflink
+        self.stats = DedupStats()
+        self.entries = []
+        self.inodes = {}      # (dev, ino) of a snapshot inode -> (object name or None, blake3)
+        self.dirs = {}        # fan-out dir name -> fd
+        objects = objects_dir(paths)
+        for d in (objects, objects / "blake3", stage_dir(paths)):
+            try:
+                os.mkdir(d, 0o700)  # objects hold setuid binaries of every image, like snapshots/
+            except FileExistsError:
+                pass
+        self.blake3_fd = os.open(objects / "blake3", _DIR_FLAGS)
+        self.stage_fd = os.open(stage_dir(paths), _DIR_FLAGS)
+
+    def close(self):
+        for fd in self.dirs.values():
+            os.close(fd)
+        os.close(self.blake3_fd)
+        os.close(self.stage_fd)
+
+    def fanout(self, name):
+        sub = name[:2]
+        fd = self.dirs.get(sub)
+        if fd is None:
+            try:
+                os.mkdir(sub, 0o700, dir_fd=self.blake3_fd)
+            except FileExistsError:
+                pass
+            fd = self.dirs[sub] = os.open(sub, _DIR_FLAGS, dir_fd=self.blake3_fd)
+        return fd
+
+    def run(self):
+        start = time.perf_counter()
+        root_fd = os.open(os.path.join(self.snapshot_dir, "fs"), _DIR_FLAGS)
+        try:
+            for dfd, name, rel in _walk_files(root_fd):
+                self.one(dfd, name, rel)
+        finally:
+            os.close(root_fd)
+        self.stats.seconds = time.perf_counter() - start
+        return self.stats
+
+    def one(self, dfd, name, rel):
+        fd = [os.open(name, _FILE_FLAGS, dir_fd=dfd)]  # share() may close it early (see there)
+        try:
+            st = os.fstat(fd[0])
+            if not stat.S_ISREG(st.st_mode):
+                return
+            self.stats.files += 1
+            self.stats.bytes += st.st_size
+            key = (st.st_dev, st.st_ino)
+            if key not in self.inodes:  # else: another name of an inode already handled
+                t = time.perf_counter()
+                digest, _ = _hash_fd(fd[0])
+                self.stats.hash_seconds += time.perf_counter() - t
+                xattrs = _xattrs(fd[0])
+                obj = f"{digest}.{metadata_key(st, xattrs)}"
+                self.inodes[key] = (self.share(dfd, name, fd, st, obj, digest, xattrs), digest)
+            obj, digest = self.inodes[key]
+            if obj is None:
+                self.stats.private += 1
+            self.entries.append(FileEntry(rel, digest, st.st_size, obj))
+        finally:
+            if fd[0] >= 0:
+                os.close(fd[0])
+
+    def share(self, dfd, name, fd, st, obj, digest, xattrs):
+        """Make this inode share ``obj``; the object's name, or None if the inode stays private.
+
+        Only names that are alone on their inode are shared: a hardlink group of the layer keeps
+        its own inode, so that "same inode" keeps meaning "hardlinked in the image" for every
+        inode that is not an object (materialize relies on it, see singletons()).
+        """
+        ffd = self.fanout(obj)
+        for _ in range(3):  # a race with another pass creating the same object: at most a retry
+            try:
+                ofd = os.open(obj, _FILE_FLAGS, dir_fd=ffd)
+            except FileNotFoundError:
+                ofd = None
+            if ofd is not None:
+                try:
+                    ost = os.fstat(ofd)
+                    if (ost.st_dev, ost.st_ino) == (st.st_dev, st.st_ino):
+                        return obj  # already the object (a rerun after a crash)
+                    if st.st_nlink > 1 or not _same_inode_metadata(ost, st):
+                        return None  # a hardlink of the layer, or an object changed behind lamina's back
+                    # Close the file first: the rename then frees its inode at once, instead of
+                    # putting it on the filesystem's orphan list until the close.
+                    os.close(fd[0])
+                    fd[0] = -1
+                    if not self.swap(dfd, name, ofd):
+                        return None
+                finally:
+                    os.close(ofd)
+                self.stats.linked += 1
+                self.stats.linked_bytes += st.st_size
+                return obj
+            if st.st_nlink > 1:
+                return None
+            if self.reflink:
+                self.clone_from_sibling(dfd, name, st, digest, ffd, xattrs)
+            try:
+                os.link(f"/proc/self/fd/{fd[0]}", obj, dst_dir_fd=ffd, follow_symlinks=True)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                if e.errno != errno.EMLINK:
+                    raise
+                return None
+            self.stats.new_objects += 1
+            return obj
+        raise StoreError(f"object {obj}: keeps appearing and disappearing; is gc running without its lock?")
+
+    def swap(self, dfd, name, ofd):
+        """Replace the snapshot's ``name`` by a hardlink to the object open as ``ofd``, atomically."""
+        tmp = f"{os.getpid()}-{secrets.token_hex(8)}"
+        try:
+            os.link(f"/proc/self/fd/{ofd}", tmp, dst_dir_fd=self.stage_fd, follow_symlinks=True)
+        except OSError as e:
+            if e.errno in (errno.EMLINK, errno.ENOENT):  # link limit, or the object was just unlinked
+                return False
+            raise
+        try:
+            os.rename(tmp, name, src_dir_fd=self.stage_fd, dst_dir_fd=dfd)
+        except BaseException:
+            os.unlink(tmp, dir_fd=self.stage_fd)
+            raise
+        return True
+
+    def clone_from_sibling(self, dfd, name, st, digest, ffd, xattrs):
+        """Share data blocks with an object of the same content and other metadata, if the fs can."""
+        if st.st_mode & _PRIVILEGED_MODE or any(n == _CAPABILITY_XATTR for n, _ in xattrs) or st.st_size == 0:
+            return
+        siblings = [n for n in os.listdir(ffd) if n.startswith(digest)]
+        if not siblings:
+            return
+        try:
+            src = os.open(siblings[0], _FILE_FLAGS, dir_fd=ffd)
+        except FileNotFoundError:
+            return
+        try:
+            wfd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except PermissionError:
+            os.close(src)
+            return
+        try:
+            if os.fstat(wfd).st_ino != st.st_ino or os.fstat(src).st_size != st.st_size:
+                return
+            try:
+                fcntl.ioctl(wfd, FICLONE, src)
+            except OSError as e:
+                if e.errno in _NOT_SUPPORTED:
+                    self.reflink = False  # same filesystem for the whole pass: stop trying
+                    return
+                raise
+            os.utime(wfd, ns=(st.st_atime_ns, st.st_mtime_ns))  # cloning into a file touches its mtime
+            self.stats.reflinked += 1
+            self.stats.reflinked_bytes += st.st_size
+        finally:
+            os.close(wfd)
+            os.close(src)
+
+
+def _same_inode_metadata(a, b):
+    return (a.st_mode, a.st_uid, a.st_gid, a.st_mtime_ns, a.st_size) == (b.st_mode, b.st_uid, b.st_gid,
+                                                                        b.st_mtime_ns, b.st_size)
+
+
+def dedup_snapshot(paths, snapshot_dir, reflink=True):
+    """Share the regular files of ``snapshot_dir/fs`` with the store's objects; write its file list.
+
+    The caller holds the snapshot's lock (or owns ``snapshot_dir``, e.g. a ``.tmp-`` snapshot
+    not renamed into place yet) and the gc lease.  Idempotent: a rerun after a crash finishes
+    the job.  Returns DedupStats.
+    """
+    p = _Pass(paths, snapshot_dir, reflink)
+    try:
+        stats = p.run()
+    finally:
+        p.close()
+    # No syncfs: a swap lost in a power cut leaves the name on its original inode, with the
+    # same bytes and metadata; the list then calls it shared when it is not, which costs
+    # nothing but a missed saving (singletons() stays true: it was alone on its inode).
+    write_file_list(p.snapshot_dir, p.entries)
+    return stats
+
+
+def is_deduplicated(snapshot_dir):
+    return os.path.exists(os.path.join(snapshot_dir, FILES_LIST))
+
+
+def singletons(snapshot_dir):
+    """Paths (relative to fs/) of the snapshot's files that share an object inode.
+
+    Each was alone on its inode in the layer, so when flattening, a name from this set must
+    never be hardlinked to another name with the same inode (that is sharing, not a hardlink
+    of the image).  Every other inode of the snapshot is private to it, so grouping those by
+    inode still finds exactly the layer's hardlinks.  Empty for a snapshot not deduplicated.
+    """
+    return frozenset(e.path for e in read_file_list(snapshot_dir) or () if e.object is not None)
+
+
+# --- objects: listing, gc, fsck, usage ------------------------------------------------------------
+
+@dataclass
+class ObjectInfo:
+    name: str
+    size: int        # bytes on disk (st_blocks)
+    names: int       # hardlinks besides the object's own name (snapshot names, --link copies)
+
+
+def list_objects(paths):
+    """[ObjectInfo] of every well-named object, plus [(relative path, why)] of strays."""
+    root = objects_dir(paths) / "blake3"
+    objs, strays = [], []
+    try:
+        subs = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return objs, strays
+    for sub in subs:
+        try:
+            names = os.listdir(root / sub)
+        except NotADirectoryError:
+            strays.append((f"blake3/{sub}", "not a directory"))
+            continue
+        for n in names:
+            rel = f"blake3/{sub}/{n}"
+            st = os.lstat(root / sub / n)
+            if not _OBJECT_RE.fullmatch(n) or n[:2] != sub or not stat.S_ISREG(st.st_mode):
+                strays.append((rel, "not an object (bad name or type)"))
+                continue
+            objs.append(ObjectInfo(n, st.st_blocks * 512, st.st_nlink - 1))
+    return objs, strays
+
+
+def stage_debris(paths):
+    try:
+        return sorted(os.listdir(stage_dir(paths)))
+    except FileNotFoundError:
+        return []
+
+
+@dataclass
+class ObjectGC:
+    objects: list = field(default_factory=list)   # (name, bytes on disk)
+    stage: int = 0
+
+    @property
+    def reclaimed(self):
+        return sum(n for _, n in self.objects)
+
+
+def collect(paths, dry_run=False):
+    """Remove objects no snapshot uses any more and stage debris. The caller holds the gc lock."""
+    result = ObjectGC()
+    objs, _ = list_objects(paths)
+    for o in objs:
+        if o.names == 0:
+            if not dry_run:
+                try:
+                    os.unlink(object_path(paths, o.name))
+                except FileNotFoundError:
+                    continue
+            result.objects.append((o.name, o.size))
+    for n in stage_debris(paths):
+        if not dry_run:
+            try:
+                os.unlink(stage_dir(paths) / n)
+            except FileNotFoundError:
+                continue
+        result.stage += 1
+    return result
+
+
+def verify_object(paths, name):
+    """None if the object hashes to its name and its metadata to its key, else what is wrong."""
+    m = _OBJECT_RE.fullmatch(name)
+    fd = os.open(object_path(paths, name), _FILE_FLAGS)
+    try:
+        st = os.fstat(fd)
+        digest, _ = _hash_fd(fd)
+        if digest != m.group(1):
+            return f"content changed (blake3 {digest})"
+        if metadata_key(st, _xattrs(fd)) != m.group(2):
+            return "inode metadata changed (mode, owner, mtime or xattrs)"
+    finally:
+        os.close(fd)
+    return None
+
+
+def check(store, report, repair):
+    """fsck for objects and file lists; adds Findings to ``report`` (store.fsck calls it).
+
+    Repairs (under the gc lock): unused objects, stray names and stage debris are removed;
+    a changed object loses its name (no new snapshot will share it); the snapshots sharing
+    it are named in the finding, and fsck's own snapshot check (which runs first) finds
+    them different from their layer and re-extracts them.  An unreadable file list is
+    removed (the next use of the snapshot deduplicates it again).
+    """
+    from . import snapshots as _snapshots
+    paths = store.paths
+    objs, strays = list_objects(paths)
+    report.checked["objects"] = len(objs)
+    changed = {}
+    for o in objs:
+        problem = verify_object(paths, o.name)
+        if problem:
+            changed[o.name] = (o, problem)
+        elif o.names == 0:
+            f = report.add("warning", "unused-object", o.name, f"object {o.name}: not used by any snapshot")
+            _fix(f, repair, lambda o=o: os.unlink(object_path(paths, o.name)))
+    users = {}
+    for chain in _snapshots.list_chain_ids(paths):
+        sdir = paths.snapshot(chain)
+        for n in _temp_files(sdir):
+            f = report.add("warning", "stale-temp", n, f"snapshots/{sdir.name}/{n}: left by an interrupted "
+                           "dedup pass or compaction")
+            _fix(f, repair, lambda n=n, sdir=sdir: os.unlink(sdir / n))
+        try:
+            entries = read_file_list(sdir)
+        except StoreError as e:
+            f = report.add("error", "bad-file-list", chain, str(e))
+            _fix(f, repair, lambda sdir=sdir: os.unlink(os.path.join(sdir, FILES_LIST)))
+            continue
+        for e in entries or ():
+            if e.object in changed:
+                users.setdefault(e.object, []).append(f"{chain} ({e.path})")
+    for name, (o, problem) in sorted(changed.items()):
+        where = f"shared by snapshot {', '.join(users[name])}" if name in users else f"{o.names} name(s) use it"
+        f = report.add("error", "bad-object", name, f"object {name}: {problem}; {where}")
+        _fix(f, repair, lambda name=name: os.unlink(object_path(paths, name)))
+    for rel, why in strays:
+        f = report.add("warning", "stray-object", rel, f"objects/{rel}: {why}")
+        _fix(f, repair, lambda rel=rel: os.unlink(objects_dir(paths) / rel))
+    for n in stage_debris(paths):
+        f = report.add("warning", "object-stage", n, f"objects/stage/{n}: left by an interrupted dedup")
+        _fix(f, repair, lambda n=n: os.unlink(stage_dir(paths) / n))
+
+
+def _temp_files(snapshot_dir):
+    """Temp files of the file list and the sidecar (``<name>.tmp-<pid>-<random>``, fsutil.tmp_name)."""
+    from .sidecar import SIDECAR
+    try:
+        names = os.listdir(snapshot_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(n for n in names if n.startswith((f"{FILES_LIST}.tmp-", f"{SIDECAR}.tmp-")))
+
+
+def _fix(finding, repair, action):
+    if not repair:
+        return
+    try:
+        action()
+        finding.repaired = True
+    except OSError as e:
+        finding.message += f"; repair failed: {e}"
+
+
+# --- what sharing saves, and who has a file ---------------------------------------------------------
+
+@dataclass
+class FileUsage:
+    objects: int = 0
+    shared_objects: int = 0       # used by more than one name
+    size: int = 0                 # bytes on disk of all objects (each counted once)
+    logical: int = 0              # what the names would take without sharing
+    unused: int = 0               # bytes of objects nothing uses (gc removes them)
+
+    @property
+    def saved(self):
+        return self.logical - self.size + self.unused
+
+
+def usage(paths):
+    u = FileUsage()
+    objs, _ = list_objects(paths)
+    for o in objs:
+        u.objects += 1
+        u.size += o.size
+        u.logical += o.size * o.names
+        if o.names > 1:
+            u.shared_objects += 1
+        if o.names == 0:
+            u.unused += o.size
+    return u
+
+
+def find_files(store, blake3=None, path=None):
+    """[(image, chainID, FileEntry)] of the files with this content and/or path in the images of the store.
+
+    ``path`` is matched against the path in the layer (leading '/' optional).
+    """
+    if blake3 is None and path is None:
+        raise ValueError("give blake3, path or both")
+    want_path = path.lstrip("/") if path is not None else None
+    lists = {}
+    out = []
+    for image in store.images(skip_broken=True):
+        for chain in image.chain_ids:
+            if chain not in lists:
+                lists[chain] = read_file_list(store.paths.snapshot(chain)) or []
+            for e in lists[chain]:
+                if (blake3 is None or e.blake3 == blake3) and (want_path is None or e.path == want_path):
+                    out.append((image, chain, e))
+    return out

@@ -1,0 +1,192 @@
+"""Compact store (``lamina config set keep-blobs false``): layers rebuilt bit-exact from snapshots.
+
+Oracles: the original layer tars' sha256 (diffIDs) and bytes, skopeo and umoci reading what
+``save`` / ``copy`` write and failing on the compact store itself, and umoci's unpack of the
+original image for tree equality.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+
+import ocibuild
+from conftest import require_tool, run
+from tarbuild import Tar
+from test_store_dedup import _chains, _fs, _fsck_clean, build_images
+from treecmp import assert_same, snapshot
+from verbkit import lamina_subprocess
+
+
+def _compact_store(tmp_path, layout, refs=("a", "b")):
+    root = tmp_path / "root"
+    lamina_subprocess(root, "config", "set", "keep-blobs", "false")
+    for ref in refs:
+        lamina_subprocess(root, "copy", f"oci:{layout}:{ref}", f"{ref}:1")
+    return root
+
+
+def _layer_blobs(layout, ref):
+    lay = ocibuild.Layout.existing(layout)
+    entry = next(e for e in lay.entries if e["annotations"]["org.opencontainers.image.ref.name"] == ref)
+    manifest = lay.read_json(entry["digest"])
+    config = lay.read_json(manifest["config"]["digest"])
+    return [l["digest"] for l in manifest["layers"]], config["rootfs"]["diff_ids"]
+
+
+def _umoci_tree(tmp_path, layout, ref, name):
+    require_tool("umoci")
+    bundle = tmp_path / name
+    run("umoci", "unpack", "--rootless", "--image", f"{layout}:{ref}", str(bundle))
+    return snapshot(bundle / "rootfs")
+
+
+@pytest.fixture
+def layout(tmp_path):
+    build_images(tmp_path / "layout")
+    return tmp_path / "layout"
+
+
+def test_compact_store_drops_layer_blobs_and_saves_bit_exact(tmp_path, layout):
+    root = _compact_store(tmp_path, layout)
+    present = set(os.listdir(root / "blobs" / "sha256"))
+    for ref in ("a", "b"):
+        blobs, diff_ids = _layer_blobs(layout, ref)
+        assert not present & {d.split(":")[1] for d in blobs}, "compressed layer blobs must be gone"
+    assert len(present) == 4  # two manifests, two configs
+    report = _fsck_clean(root)
+    assert report["checked"]["sidecars"] == 4
+
+    # docker-archive: each layer tar's sha256 is its original diffID, and skopeo + umoci unpack it
+    # to the tree umoci unpacks from the original image
+    archive = tmp_path / "a.tar"
+    lamina_subprocess(root, "save", "a:1", "-o", archive)
+    _, diff_ids = _layer_blobs(layout, "a")
+    with tarfile.open(archive) as t:
+        manifest = json.load(t.extractfile("manifest.json"))[0]
+        layer_sums = ["sha256:" + hashlib.sha256(t.extractfile(n).read()).hexdigest() for n in manifest["Layers"]]
+    assert layer_sums == diff_ids
+    require_tool("skopeo")
+    run("skopeo", "copy", f"docker-archive:{archive}", f"oci:{tmp_path / 'from-archive'}:a")
+    expected = _umoci_tree(tmp_path, layout, "a", "orig")
+    assert_same(expected, _umoci_tree(tmp_path, tmp_path / "from-archive", "a", "saved"),
+                labels=("original", "saved from compact store"))
+
+    # copy to oci: gives a complete layout; config (and so the image ID) is unchanged
+    out = tmp_path / "out"
+    lamina_subprocess(root, "copy", "a:1", f"oci:{out}:a")
+    inspect = json.loads(run("skopeo", "inspect", f"oci:{out}:a").stdout)
+    assert inspect["Layers"] == diff_ids
+    config = json.loads(run("skopeo", "inspect", "--config", f"oci:{out}:a").stdout)
+    assert config["rootfs"]["diff_ids"] == diff_ids
+    assert_same(expected, _umoci_tree(tmp_path, out, "a", "copied"), labels=("original", "copied"))
+
+
+def _may_fail(*cmd):
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120)
+
+
+def test_tools_reading_the_compact_store_fail_clearly(tmp_path, layout):
+    root = _compact_store(tmp_path, layout, refs=("a",))
+    with open(root / "oci-layout") as f:
+        assert "lamina copy REF oci:DIR" in json.load(f)["lamina.compact"]
+    blobs, _ = _layer_blobs(layout, "a")
+    require_tool("skopeo")
+    require_tool("umoci")
+    sk = _may_fail("skopeo", "copy", f"oci:{root}:docker.io/library/a:1", f"dir:{tmp_path / 'x'}")
+    assert sk.returncode != 0 and blobs[0].split(":")[1] in sk.stderr
+    um = _may_fail("umoci", "unpack", "--rootless", "--image", f"{root}:docker.io/library/a:1", tmp_path / "b")
+    assert um.returncode != 0 and blobs[0].split(":")[1] in um.stderr + um.stdout
+
+
+def test_a_file_changed_behind_lamina_is_caught_on_save(tmp_path, layout):
+    root = _compact_store(tmp_path, layout, refs=("a",))
+    chain = _chains(root, "a:1")[1]
+    victim = os.path.join(_fs(root, chain), "usr/share/pkgapp/f003")
+    st = os.lstat(victim)
+    with open(victim, "r+b") as f:
+        f.write(b"Z")
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    proc = lamina_subprocess(root, "save", "a:1", "-o", tmp_path / "a.tar", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("lamina: error: layer ") and "usr/share/pkgapp/f003" in proc.stderr
+    assert "xxh3" in proc.stderr
+    assert not os.path.exists(tmp_path / "a.tar")
+    report = json.loads(lamina_subprocess(root, "fsck", "--json", check=False).stdout)
+    assert any(f["kind"] == "bad-sidecar" and f["subject"] == chain for f in report["findings"])
+
+
+def _odd_layer():
+    """A layer whose bytes no tar writer would reproduce: PAX and GNU long names, the same path
+    twice (the second wins in the snapshot), a hardlink, a symlink, big padding, trailing zeros."""
+    long = "d/" + "x" * 150
+    t = Tar()
+    t.dir("d")
+    t.pax({"path": long, "mtime": "1700000000.5"}).file("ignored-name", b"pax long name\n" * 40)
+    t.gnu_longname("d/" + "y" * 120).file("gnu-ignored", b"gnu long name\n" * 30)
+    t.file("d/dup", b"first version\n" * 100)
+    t.file("d/dup", b"second\n")
+    t.hardlink("d/link", "d/dup")
+    t.symlink("d/sym", "dup")
+    t.file("d/empty", b"")
+    t.file("d/big", os.urandom(300_000))
+    return t.bytes(end=False) + b"\0" * 10240  # a blocking factor's worth of end blocks
+
+
+def test_odd_tars_rebuild_bit_exact(tmp_path):
+    raw = _odd_layer()
+    lay = ocibuild.Layout(tmp_path / "layout")
+    lay.blob(ocibuild.gz(raw))
+    cdesc = lay.json_blob({"architecture": "amd64", "os": "linux", "config": {},
+                           "rootfs": {"type": "layers", "diff_ids": [ocibuild.sha256(raw)]}}, ocibuild.OCI_CONFIG)
+    lay.add(lay.json_blob({"schemaVersion": 2, "mediaType": ocibuild.OCI_MANIFEST, "config": cdesc,
+                           "layers": [ocibuild.desc(ocibuild.OCI_LAYER_GZIP, ocibuild.gz(raw))]},
+                          ocibuild.OCI_MANIFEST), "odd")
+    root = _compact_store(tmp_path, tmp_path / "layout", refs=("odd",))
+    from lamina.store import Store
+    store = Store(root)
+    image = store.resolve("odd:1")
+    assert not store.has_blob(image.layers[0].digest)
+    with store.layer_reader(image.layers[0], image.diff_ids[0], image.chain_ids[0]) as f:
+        assert f.read() == raw
+    # only payloads the snapshot holds are referenced: the first d/dup is kept raw in the sidecar
+    import lz4.frame
+    with lz4.frame.open(os.path.join(store.paths.snapshot(image.chain_ids[0]), "tarsplit.lz4")) as f:
+        side = f.read()
+    assert b"first version\n" * 100 in side and b"second\n" not in side
+    assert len(side) < len(raw) - 300_000  # d/big is referenced, not copied
+    _fsck_clean(root)
+
+
+def test_kill_9_during_compaction_then_fsck_clean_and_rerun(tmp_path):
+    from test_store_dedup import _big_layout
+    raw_digest = _big_layout(tmp_path / "layout", files=6000)
+    root = tmp_path / "root"
+    lamina_subprocess(root, "copy", f"oci:{tmp_path / 'layout'}:big", "big:1")
+    lamina_subprocess(root, "config", "set", "keep-blobs", "false")
+    blob = root / "blobs" / "sha256" / raw_digest.split(":")[1]
+    for delay in (0.25, 0.4, 0.55, 0.7, 0.85, 1.0):
+        if not blob.exists():
+            break
+        proc = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "unpack", "big:1",
+                                 str(tmp_path / f"d{delay}")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        report = json.loads(lamina_subprocess(root, "fsck", "--json", check=False).stdout)
+        assert report["ok"], [f for f in report["findings"] if f["severity"] == "error"]
+    lamina_subprocess(root, "fsck", "--repair")
+    lamina_subprocess(root, "unpack", "big:1", str(tmp_path / "final"))
+    assert not blob.exists()
+    _fsck_clean(root)
+    archive = tmp_path / "big.tar"
+    lamina_subprocess(root, "save", "big:1", "-o", archive)
+    with tarfile.open(archive) as t:
+        layer = json.load(t.extractfile("manifest.json"))[0]["Layers"][0]
+        assert "sha256:" + hashlib.sha256(t.extractfile(layer).read()).hexdigest() == raw_digest
