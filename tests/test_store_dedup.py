@@ -294,8 +294,6 @@ def test_parallel_pulls_share_files(tmp_path, images):
     _fsck_clean(root)
 
 
-@pytest.mark.xfail(strict=True, reason="materialize groups hardlinks by inode alone; it must skip the names "
-                   "store.objects.singletons() lists (change requested from the owner of materialize.py)")
 def test_unpack_does_not_hardlink_files_that_only_share_an_object(tmp_path):
     lay = ocibuild.Layout(tmp_path / "layout")
     raw = tarfile_bytes([(ti("x"), b"same bytes" * 50), (ti("y"), b"same bytes" * 50),

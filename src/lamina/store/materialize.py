@@ -172,6 +172,11 @@ class _Flattener:
         self.lock = threading.Lock()
         self.workers = workers if workers is not None else min(2, os.cpu_count() or 1)
         self.umask = _current_umask()
+        # per layer: files that share a store object's inode (file-level dedup) without being
+        # hardlinked in the image; never grouped as hardlinks when copying
+        from .objects import singletons
+        self.singles = [singletons(os.path.dirname(d)) for d in self.layer_dirs]
+        self.layer = 0          # the layer the entry being copied comes from
 
     # -- entry point --
     def run(self):
@@ -286,6 +291,7 @@ class _Flattener:
             if self.link:
                 link, stats = os.link, self.stats
                 for e in entries:
+                    self.layer = chain[0][0]  # other levels ran while this one was suspended
                     if e.is_dir(follow_symlinks=False):
                         yield self._dir(e.name, 0, chain, None, dfd, rel)
                     elif e.is_file(follow_symlinks=False):
@@ -320,6 +326,7 @@ class _Flattener:
                     yield job
 
     def _entry(self, name, e, k, chain, listings, sfd, dfd, rel):
+        self.layer = chain[k][0]
         if e.is_dir(follow_symlinks=False):
             return self._dir(name, k, chain, listings, dfd, rel)
         elif e.is_file(follow_symlinks=False):
@@ -490,7 +497,7 @@ class _Flattener:
         dst = -1
         try:
             st = os.fstat(src)
-            if st.st_nlink > 1:
+            if st.st_nlink > 1 and _join(rel, name) not in self.singles[self.layer]:
                 key = (st.st_dev, st.st_ino)
                 first = self.inodes.get(key)
                 if first is None:
