@@ -1308,11 +1308,12 @@ cdef class Extractor:
         fd = self._open_in_root(b"/".join(parts[:lo])) if lo else dup(self.rootfd)
         if fd < 0:
             self._parent_error(path, name)
+        self._keep_times(fd, b"/".join(parts[:lo]))  # the dirs made below it are new: nothing to keep
+        if not self.overlay:
+            self._record_ancestors(fd)
         for i in range(lo, len(parts)):
-            prefix = b"/".join(parts[:i])
-            self._keep_times(fd, prefix)
             if mkdirat(fd, <bytes>parts[i], 0o755) < 0 and errno != EEXIST:
-                if errno == EACCES and self._open_up(fd, prefix):
+                if errno == EACCES and self._open_up(fd, b"/".join(parts[:i])):
                     if mkdirat(fd, <bytes>parts[i], 0o755) < 0 and errno != EEXIST:
                         close(fd)
                         self._parent_error(path, name)
@@ -1324,6 +1325,8 @@ cdef class Extractor:
             if nfd < 0:
                 self._parent_error(b"/".join(parts[:i + 1]), name)
             fd = nfd
+            if not self.overlay:
+                self._record_inode(fd, b"")
         return fd
 
     cdef bint _open_up(self, int fd, bytes key) except -1:
@@ -1767,9 +1770,10 @@ cdef class Extractor:
 
     cdef void _record_inode(self, int pfd, bytes base):
         """Whiteouts and opaque markers of this layer must spare what it wrote,
-        also when it was written through a symlink (its path then differs)."""
+        also when it was written through a symlink (its path then differs).
+        ``base`` empty: ``pfd`` itself."""
         cdef stat st
-        if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0:
+        if (fstat(pfd, &st) if not base else fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW)) == 0:
             self.created_ino.add((st.st_dev, st.st_ino))
 
     cdef _open_file(self, int pfd, bytes base, bytes name, int64_t size):
