@@ -162,7 +162,7 @@ def apply_overlay_layers(layers, targets, apply):
         def wait():
             for j in range(i):
                 done[j].wait()
-            return None if failed else targets[:i]
+            return None if any(j < i for j in failed) else targets[:i]
         return wait
 
     def one(i):
