@@ -592,11 +592,7 @@ cdef class Extractor:
         if lowers and not self.scan_only:
             if not self.overlay:
                 raise ValueError("lowers only apply to the overlay format")
-            for d in reversed(list(lowers)):
-                fd = openat(AT_FDCWD, os.fsencode(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-                if fd < 0:
-                    raise _errors.ExtractError(f"cannot open lower layer {os.fsdecode(d)!r}: {os.strerror(errno)}")
-                self.lower_fds.append(fd)
+            self._add_lowers(lowers)
         lim = limits if limits is not None else DEFAULT_LIMITS
         self.max_entries = lim.max_entries
         self.max_bytes = lim.max_bytes
@@ -2000,13 +1996,18 @@ cdef class Extractor:
         dirs = self.lowers_provider() if self.lowers_provider is not None else None
         if dirs is None:
             raise NeedsLowers(why)
+        self._add_lowers(dirs)
+        self.defer_lowers = False
+        return 0
+
+    cdef _add_lowers(self, dirs):
+        """Open the layer dirs below (given bottom first), kept topmost first."""
+        cdef int fd
         for d in reversed(list(dirs)):
             fd = openat(AT_FDCWD, os.fsencode(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             if fd < 0:
                 raise _errors.ExtractError(f"cannot open lower layer {os.fsdecode(d)!r}: {os.strerror(errno)}")
             self.lower_fds.append(fd)
-        self.defer_lowers = False
-        return 0
 
     cdef bint _visible_below(self, bytes parent, bytes hidden, object name) except -1:
         """Does a layer below show ``parent/hidden`` (overlay format)?  Raises

@@ -4,17 +4,16 @@ the layer dirs themselves hold char 0/0 whiteouts and trusted.overlay.opaque=y.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import subprocess
 
 import pytest
 
-from conftest import require_root, require_tool, run
+from conftest import require_root, run
+from everypath import overlay_mount
 from layerkit import apply, read_layout, sha256, write
 from tarbuild import Tar
-from treecmp import assert_same, listing, snapshot
+from treecmp import assert_same, snapshot
 from umoci_images import TAGS
 
 pytestmark = pytest.mark.usefixtures("_root")
@@ -23,21 +22,6 @@ pytestmark = pytest.mark.usefixtures("_root")
 @pytest.fixture
 def _root():
     require_root()
-
-
-@contextlib.contextmanager
-def overlay_mount(layer_dirs, mnt):
-    """Mount layer_dirs (bottom first) read-only with kernel overlayfs at mnt."""
-    require_tool("mount")
-    os.makedirs(mnt, exist_ok=True)
-    bottom = os.path.join(os.path.dirname(os.fspath(mnt)), "empty-bottom")
-    os.makedirs(bottom, exist_ok=True)       # lower-only mounts want >= 2 lowers on some kernels
-    lower = ":".join([os.fspath(d) for d in reversed(layer_dirs)] + [bottom])
-    run("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower}", mnt)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", os.fspath(mnt)], check=True)
 
 
 def overlay_layers(blobs, base):

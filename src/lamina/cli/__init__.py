@@ -77,7 +77,7 @@ def _raise_fd_limit():
 def _on_sigint(signum, frame):
     # worker threads never see KeyboardInterrupt: tell running extractions to
     # stop at their next chunk, then interrupt the main thread as usual
-    from .._extract import cancelled
+    from ..layer import cancelled
     cancelled.set()
     raise KeyboardInterrupt
 

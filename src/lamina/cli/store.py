@@ -1,6 +1,7 @@
 """``lamina load``, ``lamina save``, ``lamina copy``, ``lamina fsck``: images in and out of the store."""
 from __future__ import annotations
 
+import json
 import sys
 
 from ..errors import InvalidReferenceError
@@ -140,9 +141,7 @@ def cmd_config(args):
             for key, value in sorted(store.config().items()):
                 print(f"{key}\t{json.dumps(value)}")
         elif args.value is None:
-            from ..store.config import parse_value
-            parse_value(args.key, "true")  # names the setting in the error if it is unknown
-            print(json.dumps(store.config()[args.key]))
+            print(json.dumps(store.config_value(args.key)))
         else:
             store.set_config(args.key, args.value)
     return 0

@@ -407,8 +407,15 @@ class Store:
         from . import config
         return config.read(self.paths)
 
+    def config_value(self, key):
+        """One setting's value; an unknown name is a StoreError naming it."""
+        from . import config
+        config.parse_value(key, "true")
+        return self.config()[key]
+
     def set_config(self, key, value):
         from . import config
+        self._take_lease()  # a writer: creates the store if it is not there yet
         return config.write(self.paths, key, value, self.paths.index_lock)
 
     def _dedup(self, chain_id):
