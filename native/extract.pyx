@@ -1408,7 +1408,7 @@ cdef class Extractor:
             self._parent_error(path, name)
         return self._union_walk(path, create, name, None)
 
-    cdef int _union_walk(self, bytes path, bint create, object name, list lowers_out) except -2:
+    cdef int _union_walk(self, bytes path, bint create, object name, list lowers_out, bint copy_up=True) except -4:
         """Resolve ``path`` through this layer and the layers below, the way
         overlayfs merges them: per component the topmost layer that has it
         decides; a whiteout hides it; a non-directory or an opaque directory
@@ -1454,7 +1454,7 @@ cdef class Extractor:
                 if found == -2:
                     if unknown_below:
                         self._load_lowers(f"entry {_show(name)}: {_show(path)} is not in this layer")
-                        return self._union_walk(path, create, name, lowers_out)
+                        return self._union_walk(path, create, name, lowers_out, copy_up)
                     for i in range(nl):
                         if <int>lf[i] < 0:
                             continue
@@ -1532,9 +1532,14 @@ cdef class Extractor:
                 source.append(found)
             if lowers_out is not None and unknown_below:
                 self._load_lowers(f"entry {_show(name)}: needs the layers below {_show(path)}")
-                return self._union_walk(path, create, name, lowers_out)
+                return self._union_walk(path, create, name, lowers_out, copy_up)
             self.last_phys = b"/".join(phys)
             if ufd < 0:
+                if not copy_up:
+                    if lowers_out is not None:
+                        lowers_out.extend(lf)
+                        lf = []
+                    return -3  # only the layers below have it (a lookup: nothing copied up)
                 ufd = self._copy_up_dirs(phys, source, name)
             if lowers_out is not None:
                 lowers_out.extend(lf)
@@ -2016,10 +2021,11 @@ cdef class Extractor:
         cdef int fd
         lowers = []
         try:
-            fd = self._union_walk(parent, False, name, lowers)
-            if fd < 0:
+            fd = self._union_walk(parent, False, name, lowers, False)
+            if fd == -1:
                 return False
-            close(fd)
+            if fd >= 0:
+                close(fd)
             for x in lowers:
                 if <int>x >= 0 and fstatat(<int>x, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
                     return not (S_ISCHR(st.st_mode) and st.st_rdev == 0)
