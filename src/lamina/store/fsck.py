@@ -18,8 +18,10 @@ import concurrent.futures
 import json
 import os
 import secrets
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .. import digest as _digest
 from ..errors import LaminaError, StoreError
@@ -243,7 +245,10 @@ class Checker:
             self.report.add("warning", "unverifiable-snapshot", chain,
                             f"snapshot {chain}: its layer blob {info.digest} is missing or corrupt; cannot verify it")
             return
-        fresh = self.paths.snapshots / f"{_snapshots.TMP_PREFIX}{_digest.hex_of(chain)}-fsck-{secrets.token_hex(4)}"
+        if self.store.writable:
+            fresh = self.paths.snapshots / f"{_snapshots.TMP_PREFIX}{_digest.hex_of(chain)}-fsck-{secrets.token_hex(4)}"
+        else:  # a read-only store is still checked: the fresh extraction goes to a temp dir of ours
+            fresh = Path(tempfile.mkdtemp(prefix="lamina-fsck-")) / "snapshot"
         try:
             os.mkdir(fresh, 0o755)
             lower = _snapshots.lower_chain(self.paths, info.parent) if info.parent else []
@@ -263,8 +268,7 @@ class Checker:
             self.report.add("error", "bad-layer", info.digest, f"snapshot {chain}: layer {info.digest}"
                             f" does not extract: {e}")
         finally:
-            if fresh.exists():
-                _snapshots.remove_tree(fresh)
+            _snapshots.remove_tree(fresh if self.store.writable else fresh.parent)
 
     def _replace_snapshot(self, chain, fresh):
         """Swap in the fresh extraction, keeping the original meta.json (sizes are recomputed)."""
