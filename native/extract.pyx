@@ -520,6 +520,7 @@ cdef class Extractor:
     cdef readonly int64_t hidden
     cdef object plain_parent      # last parent found free of symlinks (None: unknown)
     cdef set created
+    cdef set provided              # overlay format: physical paths this layer wrote, and their parents
     cdef int64_t headers
     cdef set created_ino           # dir format: (dev, ino) of what this layer wrote, wherever it landed
     cdef object root_key
@@ -609,6 +610,7 @@ cdef class Extractor:
         self.dir_fixups = {}
         self.parent_times = {}
         self.created = set()
+        self.provided = set()
         self.created_ino = set()
         self.restore_modes = {}
         self.skipped = []
@@ -1735,6 +1737,8 @@ cdef class Extractor:
         pfd = self._parent(path, slash, name)
         if not self.overlay:
             self._record(path)
+        else:
+            self._provide(self.cache_phys + b"/" + base if self.cache_phys else base)
         if kind == K_REG:
             self._open_file(pfd, base, name, size)
         elif kind == K_DIR:
@@ -1747,6 +1751,15 @@ cdef class Extractor:
             self._mknod(pfd, base, name, kind, major, minor)
         if not self.overlay:
             self._record_inode(pfd, base)
+
+    cdef void _provide(self, bytes phys):
+        """Overlay format: this layer writes ``phys`` (and so into its parents)."""
+        cdef Py_ssize_t i
+        provided = self.provided
+        while phys and phys not in provided:
+            provided.add(phys)
+            i = phys.rfind(b"/")
+            phys = phys[:i] if i > 0 else b""
 
     cdef void _record_ancestors(self, int fd):
         """The directories this layer writes into, up to the root, by inode: an
@@ -2044,6 +2057,7 @@ cdef class Extractor:
         try:
             tfd = self._union_walk(tparent, True, name, lowers)
             if fstatat(tfd, tbase, &st, AT_SYMLINK_NOFOLLOW) < 0 and self._copy_up_node(tfd, tbase, lowers, name):
+                self._provide(self.last_phys + b"/" + tbase if self.last_phys else tbase)
                 return tfd
             close(tfd)  # a whiteout of this layer, or nowhere below
         finally:
@@ -2120,8 +2134,13 @@ cdef class Extractor:
                 # only in merged directories)
                 return
             pfd = self._parent(path, slash, name)
-            if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+            phys = self.cache_phys + b"/" + hidden if self.cache_phys else hidden
+            if phys in self.provided:
                 return  # provided by this same layer: a whiteout only hides lower layers
+            if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                if S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    return
+                self._remove(pfd, hidden, name)  # only copied up (or whited out inside) by this layer
             # Linux >= 5.8 lets unprivileged users make 0/0 whiteout nodes
             if mknodat(pfd, hidden, S_IFCHR, makedev(0, 0)) < 0:
                 if errno == EPERM:

@@ -259,3 +259,26 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
         again = subprocess.run([*LAMINA, "--root", str(store), "copy", f"oci:{layout}:img", "slow:1"],
                                capture_output=True, text=True, timeout=600)
         assert again.returncode == 0, again.stderr
+
+
+# --- found by the differential fuzzer (test_fuzz_paths.py) ---
+
+@pytest.mark.parametrize("layers", [
+    # a whiteout inside a dir copies it up; a whiteout of that dir must still hide it
+    [Tar().dir("a").symlink("a/c", "a"), Tar().whiteout("a/c").whiteout("a")],
+    # a dir replacing a file of the same layer hides what was below (opaque in overlay)
+    [Tar().file("a").file("b/a"), Tar().file("b").dir("b")],
+    # an opaque marker reached through a symlink spares what the layer wrote
+    [Tar().file("a").file("b/a").symlink("a", ".").opaque("a")],
+    # a whiteout under a dir implied in the same layer: nothing below, no whiteout node
+    [Tar().symlink("a/b", ".").whiteout("a/a")],
+    # a whiteout through a symlink of the same layer spares the symlink
+    [Tar().symlink("a", ".").symlink("b", ".").whiteout("a/a")],
+    # a hardlink to a directory, skipped as hidden or not, fails everywhere
+    [Tar().dir("a"), Tar().hardlink("b", "a"), Tar().whiteout("b")],
+    # an entry under a file skipped as hidden fails as if written
+    [Tar().file("a").file("a/a"), Tar().file("x"), Tar().file("y"), Tar().file("a")],
+], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
+        "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file"])
+def test_fuzzer_findings(g, layers):
+    agree(g, layers)
