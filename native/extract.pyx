@@ -2176,10 +2176,11 @@ cdef class Extractor:
                 finally:
                     close(fd)
             return
-        self._record(parent)
         fd = self._resolve_dir(parent, False, name)
         if fd < 0:
             return
+        # the marker alone does not make the dir this layer's: a whiteout of it still
+        # removes it (as umoci does); the overlay format agrees (see _provide)
         self._invalidate()
         self._keep_times(fd, parent)
         try:
@@ -2253,6 +2254,18 @@ cdef class Extractor:
 
     # ------------------------------------------------------------- finishing
 
+    cdef int _open_last_nofollow(self, bytes path) except -2:
+        """Directory ``path`` with its parent resolved in the root (symlinks
+        re-rooted) but its last component never followed."""
+        cdef int pfd, fd
+        cdef Py_ssize_t slash = path.rfind(b"/")
+        pfd = self._open_in_root(path[:slash]) if slash > 0 else dup(self.rootfd)
+        if pfd < 0:
+            return -1
+        fd = openat(pfd, <bytes>path[slash + 1:], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        close(pfd)
+        return fd
+
     cdef _fixup_dirs(self):
         """Directory modes and times, set once the layer is written, deepest
         first, through a stack of open parents so each costs one openat()."""
@@ -2274,9 +2287,9 @@ cdef class Extractor:
                 if fd < 0:
                     if self.overlay or (errno != ELOOP and errno != ENOTDIR):
                         continue  # removed or replaced by a non-directory later in the layer
-                    fd = self._open_in_root(path)  # dir format: named through a symlink
+                    fd = self._open_last_nofollow(path)  # dir format: named through a symlinked parent
                     if fd < 0:
-                        continue
+                        continue  # replaced (by a symlink, a file) later in the layer
                 else:
                     fd = dup(fd)
                 try:
