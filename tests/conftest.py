@@ -126,3 +126,33 @@ def pytest_report_header(config):
                 f"(resolvers tested: {', '.join(resolvers())}); fsopen "
                 f"{'works' if fsopen_usable() else 'is ENOSYS (mount(2) fallback)'}")
     return None
+
+
+def _claims_openat2(item):
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("resolver") == "openat2"
+
+
+def pytest_collection_modifyitems(config, items):
+    # Under emulation without openat2, the "openat2" variants of resolver-parametrized tests
+    # (test_security.py) would silently run the walk a second time: deselect them, and say so.
+    if not EMULATION or openat2_usable():
+        return
+    dropped = [item for item in items if _claims_openat2(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not _claims_openat2(item)]
+        config._lamina_resolver_note = (f"{len(dropped)} openat2 variants deselected: {EMULATION} has no openat2;"
+                                        " the o_nofollow walk ran instead")
+
+
+def pytest_runtest_setup(item):
+    # Natively, a test that claims openat2 on a machine without it fails (see use_resolver).
+    if _claims_openat2(item) and not openat2_usable():
+        pytest.fail("this test claims the openat2 resolver but openat2(RESOLVE_IN_ROOT) is unavailable here")
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    note = getattr(config, "_lamina_resolver_note", None)
+    if note:
+        terminalreporter.write_line(f"resolvers: {note}")
