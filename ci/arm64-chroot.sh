@@ -102,15 +102,18 @@ in_chroot() {
     ' in_chroot "$ROOT" "$@"
 }
 
-copy_pip_config() {
+copy_host_trust() {
+    # pip in the chroot talks to the same package index as the host, so it needs the same
+    # configuration and the same CA bundle (an index behind a TLS proxy has a local CA).
     local root=$1 f
-    for f in /etc/pip.conf /root/.config/pip/pip.conf /root/.pip/pip.conf /etc/xdg/pip/pip.conf; do
+    for f in /etc/pip.conf /root/.config/pip/pip.conf /root/.pip/pip.conf; do
         [ -f "$f" ] || continue
         mkdir -p "$root$(dirname "$f")"
         cp "$f" "$root$f"
     done
     # pip.conf may name a constraints file; copy what it points at.
     if [ -d /etc/xdg/pip ]; then mkdir -p "$root/etc/xdg"; cp -r /etc/xdg/pip "$root/etc/xdg/"; fi
+    cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 }
 
 build() {
@@ -121,28 +124,34 @@ build() {
     ensure_host_tools
     ensure_binfmt
     mkdir -p "$CACHE"
-    local work=$CACHE/building-$KEY-$$ mirror
+    # One builder at a time; an interrupted build resumes after its last finished phase
+    # (debootstrap and the Debian packages are the slow part under emulation).
+    exec 9>"$CACHE/build-$KEY.lock"
+    flock 9
+    if [ -f "$ROOT/.lamina-complete" ]; then echo "$ROOT"; return 0; fi
+    local work=$CACHE/building-$KEY mirror
     mirror=$(debian_mirror)
-    trap 'rm -rf --one-file-system "$work"' EXIT
-    trap 'exit 130' INT TERM
-    log "building $ROOT from $mirror (cold build: debootstrap + packages under qemu)"
-    retry 3 debootstrap --arch=arm64 --foreign --variant=minbase "$SUITE" "$work" "$mirror" >&2 ||
-        exit $INFRA_FAILURE
-    # dpkg under emulation is slow enough without fsyncs; this chroot is disposable.
-    mkdir -p "$work/etc/dpkg/dpkg.cfg.d"
-    echo force-unsafe-io > "$work/etc/dpkg/dpkg.cfg.d/unsafe-io"
-    ROOT=$work in_chroot /debootstrap/debootstrap --second-stage >&2 || exit $INFRA_FAILURE
-    # shellcheck disable=SC2086
-    ROOT=$work retry 3 in_chroot bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "$@" >/dev/null' apt $CHROOT_DEBS >&2 ||
-        exit $INFRA_FAILURE
-    ROOT=$work in_chroot apt-get clean >&2
-    copy_pip_config "$work"
-    ROOT=$work in_chroot python3 -m venv /opt/venv >&2 || exit $INFRA_FAILURE
+    if [ ! -f "$work/.lamina-debs-done" ]; then
+        rm -rf --one-file-system "$work"
+        log "building $ROOT from $mirror (cold build: debootstrap + packages under qemu)"
+        retry 3 debootstrap --arch=arm64 --foreign --variant=minbase "$SUITE" "$work" "$mirror" >&2 ||
+            exit $INFRA_FAILURE
+        # dpkg under emulation is slow enough without fsyncs; this chroot is disposable.
+        mkdir -p "$work/etc/dpkg/dpkg.cfg.d"
+        echo force-unsafe-io > "$work/etc/dpkg/dpkg.cfg.d/unsafe-io"
+        ROOT=$work in_chroot /debootstrap/debootstrap --second-stage >&2 || exit $INFRA_FAILURE
+        # shellcheck disable=SC2086
+        ROOT=$work retry 3 in_chroot bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends "$@" >/dev/null' apt $CHROOT_DEBS >&2 ||
+            exit $INFRA_FAILURE
+        ROOT=$work in_chroot apt-get clean >&2
+        touch "$work/.lamina-debs-done"
+    fi
+    copy_host_trust "$work"
+    [ -x "$work/opt/venv/bin/pip" ] || ROOT=$work in_chroot python3 -m venv /opt/venv >&2 || exit $INFRA_FAILURE
     # shellcheck disable=SC2086
     ROOT=$work retry 3 in_chroot pip install -q --retries 5 $CHROOT_PIP >&2 || exit $INFRA_FAILURE
     touch "$work/.lamina-complete"
-    trap - EXIT
     mv "$work" "$ROOT"
     # Chroots of other recipes nobody used for a week are dead weight.
     find "$CACHE" -maxdepth 2 -path "$CACHE/rootfs-*/.lamina-complete" -mtime +7 -printf '%h\0' |
@@ -169,7 +178,7 @@ run_tests() {
     ' run_tests "$@"
 }
 
-KEY=$({ declare -f build ensure_binfmt copy_pip_config; echo "$SUITE $CHROOT_DEBS $CHROOT_PIP"; } |
+KEY=$({ declare -f build ensure_binfmt; echo "$SUITE $CHROOT_DEBS $CHROOT_PIP"; } |
       sha256sum | cut -c1-16)
 ROOT=$CACHE/rootfs-$KEY
 
