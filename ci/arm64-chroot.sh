@@ -10,8 +10,9 @@
 #
 # The chroot is cached under $LAMINA_ARM64_CACHE (default /var/cache/lamina-arm64), keyed by a
 # hash of its recipe (package lists and the build functions below), so a change to the recipe
-# rebuilds it and anything else reuses it.  It is
-# built in a scratch directory and renamed into place only when complete.
+# rebuilds it and anything else reuses it.  It is built in a scratch directory (a build cut short
+# resumes after debootstrap and the Debian packages, its slow part) and renamed into place only
+# when complete.
 #
 # Mirrors are the machine's own: the Debian mirror apt uses (/etc/apt/sources.list*) and pip's
 # configuration (pip.conf files and PIP_* variables), copied into the chroot.
