@@ -70,3 +70,89 @@ def skopeo_archives(tmp_path_factory):
     oci_archive = out / "sample-oci.tar"
     run("skopeo", "copy", "-q", f"oci:{sample}:latest", f"oci-archive:{oci_archive}:latest")
     return plain, gz_path, oci_archive
+
+
+# --- which kernel paths this machine really offers -----------------------------------------------
+# Under qemu-user (ci/arm64-chroot.sh sets LAMINA_TEST_EMULATION=qemu-user) openat2 and fsopen answer
+# ENOSYS, so lamina runs its fallbacks there.  Tests that claim a path use these helpers, so a
+# claim the machine cannot honour fails instead of quietly testing the fallback twice.
+
+EMULATION = os.environ.get("LAMINA_TEST_EMULATION", "")
+
+
+def openat2_usable():
+    """True if openat2(RESOLVE_IN_ROOT) works here (the extractor's own probe)."""
+    from lamina import _extract
+    return bool(_extract.openat2_available())
+
+
+def resolvers():
+    """The path resolvers the hostile-layer tests run: both natively; under emulation without
+    openat2 passthrough only the O_NOFOLLOW walk (explicitly, and the session summary says so)."""
+    if EMULATION and not openat2_usable():
+        return ["o_nofollow-walk"]
+    return ["openat2", "o_nofollow-walk"]
+
+
+def use_resolver(name, monkeypatch):
+    """Make the extractor use resolver ``name``; fail if that is "openat2" and openat2 does not work."""
+    if name == "openat2":
+        if not openat2_usable():
+            pytest.fail("this test claims the openat2 resolver but openat2(RESOLVE_IN_ROOT) is unavailable"
+                        " here (ENOSYS/EPERM): it would only test the fallback walk")
+        monkeypatch.delenv("LAMINA_NO_OPENAT2", raising=False)
+    elif name == "o_nofollow-walk":
+        monkeypatch.setenv("LAMINA_NO_OPENAT2", "1")
+    else:
+        raise ValueError(name)
+    return name
+
+
+def fsopen_usable():
+    """True if the new mount API (fsopen) exists here; False means mount(2) is lamina's only path."""
+    import ctypes
+    import errno
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(430, b"overlay", 1)   # SYS_fsopen (unified table: every architecture), FSOPEN_CLOEXEC
+    if fd >= 0:
+        os.close(fd)
+        return True
+    return ctypes.get_errno() not in (errno.ENOSYS, errno.EPERM)
+
+
+def pytest_report_header(config):
+    if EMULATION:
+        return (f"emulation: {EMULATION}; openat2 {'works' if openat2_usable() else 'is ENOSYS'} "
+                f"(resolvers tested: {', '.join(resolvers())}); fsopen "
+                f"{'works' if fsopen_usable() else 'is ENOSYS (mount(2) fallback)'}")
+    return None
+
+
+def _claims_openat2(item):
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("resolver") == "openat2"
+
+
+def pytest_collection_modifyitems(config, items):
+    # Under emulation without openat2, the "openat2" variants of resolver-parametrized tests
+    # (test_security.py) would silently run the walk a second time: deselect them, and say so.
+    if not EMULATION or openat2_usable():
+        return
+    dropped = [item for item in items if _claims_openat2(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not _claims_openat2(item)]
+        config._lamina_resolver_note = (f"{len(dropped)} openat2 variants deselected: {EMULATION} has no openat2;"
+                                        " the o_nofollow walk ran instead")
+
+
+def pytest_runtest_setup(item):
+    # Natively, a test that claims openat2 on a machine without it fails (see use_resolver).
+    if _claims_openat2(item) and not openat2_usable():
+        pytest.fail("this test claims the openat2 resolver but openat2(RESOLVE_IN_ROOT) is unavailable here")
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    note = getattr(config, "_lamina_resolver_note", None)
+    if note:
+        terminalreporter.write_line(f"resolvers: {note}")

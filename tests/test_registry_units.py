@@ -144,8 +144,11 @@ def test_plain_reporter():
     assert out.getvalue() == "abababababab: Pull complete\nDigest: x\n"
 
 
-def test_rich_reporter():
+def test_rich_reporter(monkeypatch):
     pytest.importorskip("rich")   # optional: without it a terminal gets the plain lines
+    # rich draws nothing live on TERM=dumb (CI shells, chroots): this test sets the terminal it needs.
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("NO_COLOR", raising=False)
     from rich.console import Console
     d = "sha256:" + "ab" * 32
     buf = io.StringIO()

@@ -87,7 +87,9 @@ def is_schema1(media_type=None, document=None):
     """
     if media_type in SCHEMA1_TYPES:
         return True
-    return isinstance(document, dict) and document.get("schemaVersion") == 1
+    # type(...) is int: a schemaVersion of true is malformed, not schema1.
+    return isinstance(document, dict) and type(document.get("schemaVersion")) is int \
+        and document["schemaVersion"] == 1
 
 
 SCHEMA1_MESSAGE = (

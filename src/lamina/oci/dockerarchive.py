@@ -14,7 +14,6 @@ Legacy layers have no manifest digest: they are verified by their diffID
 from __future__ import annotations
 
 import functools
-import json
 import re
 
 from .. import digest as _digest
@@ -23,7 +22,7 @@ from ..platform import Platform
 from .blobs import MAX_DOCUMENT_SIZE, TarArchive, TarBlobStore, member_name
 from .image import LayerRef, ResolvedImage, Source
 from .layout import OCILayout
-from .model import parse_config
+from .model import decode_json, parse_config
 from .refs import names_match
 
 # Member names that carry the blob's digest: "blobs/sha256/<hex>" or "<hex>.json".
@@ -62,10 +61,7 @@ class DockerArchive(Source):
         what = f"{self.description}: manifest.json"
         if not self.archive.has("manifest.json"):
             raise ImageError(f"{self.description}: not a docker archive (no manifest.json) nor an OCI archive")
-        try:
-            doc = json.loads(self.archive.read("manifest.json", what))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ImageError(f"{what}: invalid JSON: {e}") from None
+        doc = decode_json(self.archive.read("manifest.json", what), what)
         if not isinstance(doc, list) or not doc:
             raise ImageError(f"{what}: expected a non-empty list of images")
         for i, entry in enumerate(doc):

@@ -5,7 +5,10 @@ store; the parsers only check structure and say which blob was wrong.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -62,28 +65,98 @@ class Config:
     platform: Optional[Platform]
 
 
-def load_json(data, what):
-    """Decode a JSON object, naming ``what`` if it is not one."""
+# Descriptor sizes are int64 in the image-spec (Go's encoding/json refuses anything larger).
+MAX_SIZE = (1 << 63) - 1
+# RFC 6838 type/subtype, which the image-spec requires of every mediaType and artifactType.
+_MEDIA_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
+
+# The fields of each document lamina reads.  Go's encoding/json matches object keys to struct
+# fields case-insensitively, so a "MediaType" or "LAYERS" key is the real field to containerd and
+# docker but an unknown extra to lamina: refused, so both sides read the same document.
+DESCRIPTOR_FIELDS = ("mediaType", "digest", "size", "urls", "annotations", "data", "platform", "artifactType")
+MANIFEST_FIELDS = ("schemaVersion", "mediaType", "artifactType", "config", "layers", "subject", "annotations",
+                   "manifests")
+CONFIG_FIELDS = ("rootfs", "os", "architecture", "variant")
+ROOTFS_FIELDS = ("type", "diff_ids")
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _unique_keys(pairs):
+    # Duplicate keys are a parser differential (Go keeps the last, others the first): refuse them.
+    doc = {}
+    for key, value in pairs:
+        if key in doc:
+            raise _Refused(f"duplicate key {key!r}")
+        doc[key] = value
+    return doc
+
+
+def _no_constant(name):
+    raise _Refused(f"{name} is not JSON")
+
+
+def decode_json(data, what):
+    """Decode a JSON document strictly: UTF-8 only (no BOM), no duplicate keys, no NaN/Infinity."""
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+        text = bytes(data).decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except UnicodeDecodeError as e:
+        raise ImageError(f"{what}: invalid JSON: not UTF-8 ({e.reason} at byte {e.start})") from None
+    except ValueError as e:
         raise ImageError(f"{what}: invalid JSON: {e}") from None
+    except RecursionError:
+        raise ImageError(f"{what}: invalid JSON: nested too deeply") from None
+
+
+def load_json(data, what):
+    """Decode a JSON object (strictly, see decode_json), naming ``what`` if it is not one."""
+    doc = decode_json(data, what)
     if not isinstance(doc, dict):
         raise ImageError(f"{what}: expected a JSON object, got {type(doc).__name__}")
     return doc
 
 
+def check_field_spelling(obj, fields, what):
+    """Refuse keys that only differ in case from a field lamina reads (see MANIFEST_FIELDS)."""
+    folded = {f.casefold(): f for f in fields}
+    for key in obj:
+        field_name = folded.get(key.casefold())
+        if field_name is not None and key != field_name:
+            raise ImageError(f"{what}: key {key!r} is not {field_name!r} (keys are case-sensitive here,"
+                             f" but Go readers would take it as {field_name!r})")
+
+
+def _string_map(value, what, name):
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ImageError(f"{what}: {name} must be a map of strings")
+    return value
+
+
+def _media_type(value, what, name="mediaType"):
+    if not isinstance(value, str) or not _MEDIA_TYPE_RE.fullmatch(value):
+        raise ImageError(f"{what}: invalid {name} {value!r}")
+    return value
+
+
 def parse_descriptor(obj, what):
     if not isinstance(obj, dict):
         raise ImageError(f"{what}: descriptor is not a JSON object")
+    check_field_spelling(obj, DESCRIPTOR_FIELDS, what)
     media_type = obj.get("mediaType")
-    if not isinstance(media_type, str) or not media_type:
+    if media_type is None or media_type == "":
         raise ImageError(f"{what}: descriptor has no mediaType")
+    _media_type(media_type, what)
     digest = _digest.validate(obj.get("digest"), what)
+    what = f"{what} ({digest})"
     size = obj.get("size")
     # bool is an int subclass; a size of true is still malformed.
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ImageError(f"{what}: descriptor {digest} has invalid size {size!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
+        raise ImageError(f"{what}: invalid size {size!r} (expected an integer from 0 to 2^63-1)")
     platform = None
     if obj.get("platform") is not None:
         p = obj["platform"]
@@ -92,44 +165,80 @@ def parse_descriptor(obj, what):
         except ValueError:
             platform = None
         if platform is None:
-            raise ImageError(f"{what}: descriptor {digest} has an invalid platform {p!r}")
-    annotations = obj.get("annotations") or {}
-    if not isinstance(annotations, dict):
-        raise ImageError(f"{what}: descriptor {digest} has invalid annotations")
-    urls = obj.get("urls") or []
-    if not isinstance(urls, list):
-        raise ImageError(f"{what}: descriptor {digest} has invalid urls")
-    return Descriptor(media_type, digest, size, platform, annotations, tuple(u for u in urls if isinstance(u, str)))
+            raise ImageError(f"{what}: invalid platform {p!r}")
+    annotations = _string_map(obj.get("annotations"), what, "annotations")
+    urls = obj.get("urls")
+    if urls is not None and not (isinstance(urls, list) and all(isinstance(u, str) for u in urls)):
+        raise ImageError(f"{what}: urls must be a list of strings")
+    if obj.get("artifactType") is not None:
+        _media_type(obj["artifactType"], what, "artifactType")
+    if obj.get("data") is not None:
+        _check_embedded_data(obj["data"], digest, size, what)
+    return Descriptor(media_type, digest, size, platform, annotations, tuple(urls or ()))
+
+
+def _check_embedded_data(data, digest, size, what):
+    # image-spec 1.1: embedded content MUST be verified against the digest and size before use.
+    # lamina never uses it, but a descriptor that lies about its own bytes is not a valid one.
+    try:
+        raw = base64.b64decode(data, validate=True) if isinstance(data, str) else None
+    except binascii.Error:
+        raw = None
+    if raw is None:
+        raise ImageError(f"{what}: data is not base64")
+    if len(raw) != size:
+        raise ImageError(f"{what}: data is {len(raw)} bytes but the descriptor says {size}")
+    actual = _digest.sha256_bytes(raw)
+    if actual != digest:
+        raise ImageError(f"{what}: data has digest {actual}")
 
 
 def document_media_type(doc, declared, what):
     """The media type of a manifest-or-index document, checked against its descriptor.
 
-    Refuses schema1 with a clear message. ``declared`` is the descriptor's
-    media type (None for index.json, which has no descriptor).
+    Refuses schema1 with a clear message, and any document whose kind is ambiguous: a manifest
+    that also carries ``manifests`` or an index that carries ``config``/``layers`` reads as a
+    different image to different clients (CVE-2021-41190).  ``declared`` is the media type the
+    document was announced with (descriptor or Content-Type; None for index.json).
     """
     if mt.is_schema1(declared, doc):
         raise UnsupportedMediaTypeError(f"{what}: {mt.SCHEMA1_MESSAGE}")
+    check_field_spelling(doc, MANIFEST_FIELDS, what)
     version = doc.get("schemaVersion")
-    if version != 2:
+    if version != 2 or isinstance(version, (bool, float)):
         raise ImageError(f"{what}: unsupported schemaVersion {version!r} (expected 2)")
     inner = doc.get("mediaType")
-    if inner is not None and not isinstance(inner, str):
-        raise ImageError(f"{what}: invalid mediaType {inner!r}")
+    if inner is not None:
+        _media_type(inner, what)
     if inner and declared and inner != declared:
         # image-spec: the descriptor and the content must agree, or the blob was swapped.
         raise ImageError(f"{what}: descriptor says {declared} but the document says {inner}")
     media_type = inner or declared
+    is_index_shaped = "manifests" in doc
+    is_manifest_shaped = "config" in doc or "layers" in doc
+    if is_index_shaped and is_manifest_shaped:
+        raise ImageError(f"{what}: carries both 'manifests' and 'config'/'layers': ambiguous between an index"
+                         " and a manifest (CVE-2021-41190)")
     if not media_type:
         # OCI allows omitting mediaType; guess from the shape like containerd does.
-        if "manifests" in doc:
+        if is_index_shaped:
             media_type = mt.OCI_INDEX
-        elif "config" in doc or "layers" in doc:
+        elif is_manifest_shaped:
             media_type = mt.OCI_MANIFEST
         else:
             raise ImageError(f"{what}: neither an image index nor a manifest")
     if media_type not in mt.INDEX_TYPES and media_type not in mt.MANIFEST_TYPES:
         raise UnsupportedMediaTypeError(f"{what}: unsupported media type {media_type!r}")
+    if mt.is_manifest(media_type) and is_index_shaped:
+        raise ImageError(f"{what}: a {media_type} that carries 'manifests' is ambiguous (CVE-2021-41190)")
+    if mt.is_index(media_type) and is_manifest_shaped:
+        raise ImageError(f"{what}: a {media_type} that carries 'config'/'layers' is ambiguous (CVE-2021-41190)")
+    # Fields every reader of either kind may look at; they must be well-formed whatever lamina uses.
+    if doc.get("artifactType") is not None:
+        _media_type(doc["artifactType"], what, "artifactType")
+    if doc.get("subject") is not None:
+        parse_descriptor(doc["subject"], f"{what} subject")
+    _string_map(doc.get("annotations"), what, "annotations")
     return media_type
 
 
@@ -163,9 +272,11 @@ def parse_manifest(doc, media_type, what):
 def parse_config(data, what, layer_count):
     """Parse an image config and check rootfs.diff_ids against the manifest's layer count."""
     doc = load_json(data, what)
+    check_field_spelling(doc, CONFIG_FIELDS, what)
     rootfs = doc.get("rootfs")
     if not isinstance(rootfs, dict):
         raise ImageError(f"{what}: missing rootfs")
+    check_field_spelling(rootfs, ROOTFS_FIELDS, f"{what} rootfs")
     if rootfs.get("type") != "layers":
         raise ImageError(f"{what}: unsupported rootfs.type {rootfs.get('type')!r} (expected 'layers')")
     diff_ids = rootfs.get("diff_ids")

@@ -28,6 +28,7 @@ from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import (AuthenticationError, BlobNotFoundError, ImageNotFoundError, RegistryError,
                       UnsupportedMediaTypeError)
+from ..oci.model import document_media_type, load_json
 from ..reference import Reference
 from . import credentials as _creds
 from .config import Endpoint, RegistryConfig, is_loopback
@@ -367,26 +368,14 @@ class Repository:
             raise RegistryError(f"manifest {what}: content digest {actual} does not match the "
                                 f"Docker-Content-Digest header {header_digest}")
         content_type = (resp.header("Content-Type") or "").split(";")[0].strip()
-        try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            if content_type in mt.SCHEMA1_TYPES:
-                raise UnsupportedMediaTypeError(f"{what}: {mt.SCHEMA1_MESSAGE}") from None
-            raise RegistryError(f"manifest {what}: invalid JSON") from None
-        if not isinstance(doc, dict):
-            raise RegistryError(f"manifest {what}: expected a JSON object")
-        if mt.is_schema1(content_type, doc):
+        if content_type in mt.SCHEMA1_TYPES:
             raise UnsupportedMediaTypeError(f"{what}: {mt.SCHEMA1_MESSAGE}")
-        media_type = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else None
-        if media_type is None:
-            if content_type in mt.INDEX_TYPES or content_type in mt.MANIFEST_TYPES:
-                media_type = content_type
-            elif "manifests" in doc:
-                media_type = mt.OCI_INDEX
-            elif "layers" in doc:
-                media_type = mt.OCI_MANIFEST
-        if media_type not in mt.INDEX_TYPES and media_type not in mt.MANIFEST_TYPES:
-            raise UnsupportedMediaTypeError(f"{what}: unsupported manifest media type {media_type or content_type!r}")
+        doc = load_json(data, f"manifest {what}")
+        # The Content-Type is the registry's descriptor of the document: when it names a manifest or
+        # index type, the document must agree with it (a generic type such as application/json
+        # says nothing and the document's own mediaType or shape decides).
+        announced = content_type if content_type in mt.INDEX_TYPES or content_type in mt.MANIFEST_TYPES else None
+        media_type = document_media_type(doc, announced, f"manifest {what}")
         return ManifestResponse(data, media_type, actual, doc)
 
     def head_manifest(self, reference):

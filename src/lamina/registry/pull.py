@@ -147,6 +147,10 @@ def _child(repo, desc):
     mr = repo.get_manifest(desc.digest)
     if len(mr.data) != desc.size:
         raise ImageError(f"manifest {desc.digest}: {len(mr.data)} bytes but the index says {desc.size}")
+    if mr.media_type != desc.media_type:
+        # The index and the document must name the same kind (CVE-2021-41190).
+        raise ImageError(f"manifest {desc.digest}: descriptor says {desc.media_type} but the document says"
+                         f" {mr.media_type}")
     return mr
 
 

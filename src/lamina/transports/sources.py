@@ -20,7 +20,7 @@ from ..errors import BlobNotFoundError, ImageError, InvalidReferenceError
 from ..oci.blobs import MAX_DOCUMENT_SIZE, TarBlobStore, read_verified
 from ..oci.dockerarchive import DockerArchive
 from ..oci.layout import OCILayout, open_layout_dir
-from ..oci.model import document_media_type
+from ..oci.model import decode_json, document_media_type
 from ..reference import Reference
 from .output import open_uncompressed
 
@@ -283,10 +283,7 @@ def _layout_images(layout, platform):
 
 def _legacy_images(archive, platform):
     what = f"{archive.description}: manifest.json"
-    try:
-        entries = json.loads(archive.archive.read("manifest.json", what))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ImageError(f"{what}: invalid JSON: {e}") from None
+    entries = decode_json(archive.archive.read("manifest.json", what), what)
     if not isinstance(entries, list):
         raise ImageError(f"{what}: expected a list of images")
     out = []

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Compile the extension's generated C against headers without SYS_openat2 (what manylinux2014's
+# CentOS 7 headers look like), so a wheel build for hosted CI cannot break unnoticed here.
+#   ci/compile-old-headers.sh [HEADER_DIR]   HEADER_DIR defaults to native/ (its lamina_sys.h is used)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+native=${1:-native}
+python=${PYTHON:-python3}
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+# The shim must really hide the syscall, or this check proves nothing.
+printf '#include <sys/syscall.h>\n#ifdef SYS_openat2\n#error SYS_openat2 still defined\n#endif\n' > "$out/probe.c"
+gcc -Ici/old-headers -fsyntax-only "$out/probe.c"
+
+"$python" -m cython -3 --directive boundscheck=False,wraparound=False,cdivision=True \
+    -I "$native" -o "$out/extract.c" native/extract.pyx
+pyinc=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+gcc -Ici/old-headers -I"$native" -I"$pyinc" -D_GNU_SOURCE=1 -O2 -fno-strict-aliasing -fPIC \
+    -Wall -Werror=implicit-function-declaration -Wno-unused-function -Wno-unreachable-code \
+    -c "$out/extract.c" -o "$out/extract.o"
+echo "old headers: native/extract.pyx compiles without SYS_openat2 ($native/lamina_sys.h)"

@@ -1,0 +1,473 @@
+"""Image documents (index.json, indexes, manifests, configs, descriptors) read the way tests/DOCUMENTS.md says.
+
+Three levels: the parser itself (lamina.oci.model, every rule with a minimal document), `lamina load`
+of OCI layouts built byte by byte (tests/ocibuild.py), and `lamina pull` from the real loopback
+docker-registry, with documents PUT there as raw bytes (skopeo would rewrite them).
+"""
+import base64
+import http.client
+import json
+import re
+
+import pytest
+
+import ocibuild as ob
+from registryfixture import FaultProxy, lamina_cli, reg, registry_env  # noqa: F401
+from storekit import lamina
+
+from lamina import errors
+from lamina.oci import model
+from lamina.registry import pull
+from lamina.store import Store
+
+DIGEST = "sha256:" + "a" * 64
+CONFIG_DESC = {"mediaType": ob.OCI_CONFIG, "digest": DIGEST, "size": 2}
+LAYER_DESC = {"mediaType": ob.OCI_LAYER_GZIP, "digest": "sha256:" + "b" * 64, "size": 10}
+
+
+def manifest_doc(**extra):
+    doc = {"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "config": dict(CONFIG_DESC), "layers": [dict(LAYER_DESC)]}
+    doc.update(extra)
+    return doc
+
+
+def index_doc(**extra):
+    doc = {"schemaVersion": 2, "mediaType": ob.OCI_INDEX,
+           "manifests": [{"mediaType": ob.OCI_MANIFEST, "digest": DIGEST, "size": 300}]}
+    doc.update(extra)
+    return doc
+
+
+def read_document(data, declared):
+    """What a layout or pull does with a document's bytes: decode, classify, parse."""
+    doc = model.load_json(data, "manifest X")
+    media_type = model.document_media_type(doc, declared, "manifest X")
+    if media_type in (ob.OCI_INDEX, ob.DOCKER_LIST):
+        return model.parse_index(doc, media_type, "manifest X")
+    return model.parse_manifest(doc, media_type, "manifest X")
+
+
+def refused(data, declared=ob.OCI_MANIFEST, match=None):
+    with pytest.raises(errors.LaminaError, match=match) as e:
+        read_document(data if isinstance(data, bytes) else json.dumps(data).encode(), declared)
+    assert "manifest X" in str(e.value)
+    return str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# the parser: kinds (CVE-2021-41190)
+
+
+def test_manifest_carrying_manifests_is_refused():
+    doc = manifest_doc(manifests=index_doc()["manifests"])
+    refused(doc, match="carries both 'manifests' and 'config'/'layers'")
+    # Without config/layers but still a manifest by its mediaType: the index-shaped half is refused too.
+    doc = {"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "manifests": index_doc()["manifests"]}
+    refused(doc, declared=None, match="CVE-2021-41190")
+
+
+@pytest.mark.parametrize("field", ["config", "layers"])
+@pytest.mark.parametrize("kind", [ob.OCI_INDEX, ob.DOCKER_LIST])
+def test_index_carrying_config_or_layers_is_refused(field, kind):
+    extra = {"config": CONFIG_DESC} if field == "config" else {"layers": [LAYER_DESC]}
+    doc = index_doc(mediaType=kind, **extra)
+    doc.pop("manifests") if field == "config" else None
+    refused(doc, declared=kind, match="ambiguous")
+
+
+def test_index_json_carrying_layers_is_refused():
+    doc = index_doc(layers=[LAYER_DESC])
+    with pytest.raises(errors.ImageError, match="CVE-2021-41190"):
+        model.document_media_type(doc, None, "index.json")
+
+
+@pytest.mark.parametrize("declared, doc", [
+    (ob.OCI_MANIFEST, manifest_doc(mediaType=ob.DOCKER_MANIFEST)),      # swapped for another manifest kind
+    (ob.DOCKER_MANIFEST, manifest_doc()),
+    (ob.OCI_INDEX, manifest_doc()),                                     # index descriptor, manifest content
+    (ob.OCI_MANIFEST, index_doc()),
+])
+def test_descriptor_media_type_must_match_the_document(declared, doc):
+    refused(doc, declared=declared, match="descriptor says .* but the document says")
+
+
+@pytest.mark.parametrize("declared, doc", [
+    (ob.OCI_INDEX, {k: v for k, v in manifest_doc().items() if k != "mediaType"}),
+    (ob.OCI_MANIFEST, {k: v for k, v in index_doc().items() if k != "mediaType"}),
+])
+def test_document_without_media_type_must_have_the_announced_shape(declared, doc):
+    refused(doc, declared=declared, match="ambiguous")
+
+
+def test_unlabelled_documents_are_classified_by_shape():
+    bare_manifest = {k: v for k, v in manifest_doc().items() if k != "mediaType"}
+    assert read_document(json.dumps(bare_manifest).encode(), None).media_type == ob.OCI_MANIFEST
+    bare_index = {k: v for k, v in index_doc().items() if k != "mediaType"}
+    assert read_document(json.dumps(bare_index).encode(), None).media_type == ob.OCI_INDEX
+
+
+# ---------------------------------------------------------------------------------------------
+# the parser: JSON
+
+
+@pytest.mark.parametrize("data, match", [
+    (b'{"schemaVersion": 2, "schemaVersion": 2, "config": {}, "layers": []}', "duplicate key 'schemaVersion'"),
+    (json.dumps(manifest_doc()).replace('"size": 2', '"size": 2, "size": 3').encode(), "duplicate key 'size'"),
+    (b'\xef\xbb\xbf' + json.dumps(manifest_doc()).encode(), "invalid JSON"),                 # UTF-8 BOM
+    (json.dumps(manifest_doc()).encode("utf-16"), "not UTF-8"),
+    (json.dumps(manifest_doc()).encode().replace(b"linux", b"lin\xffux") + b'{"x": "\xff"}', "invalid JSON"),
+    (json.dumps(manifest_doc()).replace('"size": 2', '"size": NaN').encode(), "NaN is not JSON"),
+    (json.dumps(manifest_doc()).replace('"size": 2', '"size": Infinity').encode(), "Infinity is not JSON"),
+    (b'{"a": ' * 100_000 + b'1' + b'}' * 100_000, "nested too deeply|invalid JSON"),
+    (b'[]', "expected a JSON object"),
+])
+def test_json_is_read_strictly(data, match):
+    refused(data, match=match)
+
+
+@pytest.mark.parametrize("where, key, field", [
+    ("top", "MediaType", "mediaType"),
+    ("top", "LAYERS", "layers"),
+    ("top", "Manifests", "manifests"),
+    ("config", "Digest", "digest"),
+    ("layer", "sIZE", "size"),
+])
+def test_keys_that_go_would_fold_onto_a_field_are_refused(where, key, field):
+    doc = manifest_doc()
+    target = {"top": doc, "config": doc["config"], "layer": doc["layers"][0]}[where]
+    target[key] = target.get(field, [])
+    refused(doc, match=f"key '{key}' is not '{field}'")
+
+
+def test_config_keys_are_read_strictly():
+    good = {"os": "linux", "architecture": "amd64", "rootfs": {"type": "layers", "diff_ids": [DIGEST]}}
+    assert model.parse_config(json.dumps(good).encode(), "config C", 1).diff_ids == [DIGEST]
+    for bad in (json.dumps(good).replace('"os": "linux"', '"os": "linux", "os": "windows"'),
+                json.dumps(dict(good, Architecture="arm64")),
+                json.dumps(dict(good, rootfs={"type": "layers", "diff_ids": [DIGEST], "Diff_IDs": []}))):
+        with pytest.raises(errors.ImageError, match="config C"):
+            model.parse_config(bad.encode(), "config C", 1)
+
+
+def test_unknown_fields_subject_and_artifact_type_are_tolerated():
+    subject = {"mediaType": ob.OCI_MANIFEST, "digest": "sha256:" + "c" * 64, "size": 123}
+    doc = manifest_doc(subject=subject, artifactType="application/vnd.example.thing",
+                       annotations={"org.example": "x"}, **{"x-vendor-extension": {"anything": [1, 2]}})
+    doc["layers"][0]["x-extra"] = True
+    doc["config"]["artifactType"] = "application/vnd.example.other"
+    m = read_document(json.dumps(doc).encode(), ob.OCI_MANIFEST)
+    assert [d.digest for d in m.layers] == [LAYER_DESC["digest"]]
+    idx = read_document(json.dumps(index_doc(subject=subject, artifactType="application/x.y")).encode(), ob.OCI_INDEX)
+    assert [d.digest for d in idx.manifests] == [DIGEST]
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"subject": {"mediaType": ob.OCI_MANIFEST, "digest": "sha256:1234", "size": 1}}, "subject: invalid digest"),
+    ({"subject": {"mediaType": ob.OCI_MANIFEST, "digest": DIGEST, "size": -1}}, "subject .*invalid size"),
+    ({"subject": "sha256:" + "c" * 64}, "subject: descriptor is not a JSON object"),
+    ({"artifactType": 7}, "invalid artifactType"),
+    ({"artifactType": "not a media type"}, "invalid artifactType"),
+    ({"annotations": {"a": 1}}, "annotations must be a map of strings"),
+    ({"annotations": ["a"]}, "annotations must be a map of strings"),
+    ({"mediaType": "application/vnd.oci.image.manifest.v1+json; charset=utf-8"}, "invalid mediaType"),
+    ({"schemaVersion": 2.0}, "unsupported schemaVersion"),
+    ({"schemaVersion": True}, "unsupported schemaVersion"),
+    ({"schemaVersion": "2"}, "unsupported schemaVersion"),
+])
+def test_optional_fields_must_be_well_formed(extra, match):
+    refused(manifest_doc(**extra), match=match)
+
+
+# ---------------------------------------------------------------------------------------------
+# the parser: descriptors
+
+
+@pytest.mark.parametrize("size", [-1, 1.0, 2.5, True, "10", None, 1 << 63, 10 ** 30])
+def test_descriptor_size_must_be_an_int64(size):
+    d = dict(LAYER_DESC, size=size)
+    message = refused(manifest_doc(layers=[d]), match="invalid size")
+    assert LAYER_DESC["digest"] in message
+
+
+def test_largest_int64_size_is_a_valid_descriptor():
+    d = model.parse_descriptor(dict(LAYER_DESC, size=(1 << 63) - 1), "layer")
+    assert d.size == (1 << 63) - 1
+
+
+@pytest.mark.parametrize("digest, match", [
+    ("sha256:" + "A" * 64, "invalid digest"),                 # the encoding is lowercase hex
+    ("sha256:" + "a" * 63, "invalid digest"),
+    ("sha256:" + "a" * 65, "invalid digest"),
+    ("sha512:" + "a" * 128, "unsupported digest algorithm 'sha512'"),
+    ("SHA256:" + "a" * 64, "invalid digest"),
+    ("a" * 64, "invalid digest"),
+    ("sha256:" + "a" * 62 + "/.", "invalid digest"),
+    (123, "expected a digest string"),
+])
+def test_descriptor_digest_rules(digest, match):
+    refused(manifest_doc(layers=[dict(LAYER_DESC, digest=digest)]), match=match)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("mediaType", "", "no mediaType"),
+    ("mediaType", 5, "invalid mediaType"),
+    ("mediaType", "tar", "invalid mediaType"),
+    ("urls", "http://127.0.0.1/x", "urls must be a list of strings"),
+    ("urls", [1], "urls must be a list of strings"),
+    ("platform", {"os": "linux"}, "invalid platform"),
+    ("annotations", {"k": None}, "annotations must be a map of strings"),
+])
+def test_descriptor_fields(field, value, match):
+    refused(manifest_doc(layers=[dict(LAYER_DESC, **{field: value})]), match=match)
+
+
+def test_embedded_data_is_checked_against_digest_and_size():
+    payload = b"{}"
+    good = {"mediaType": ob.OCI_CONFIG, "digest": ob.sha256(payload), "size": 2,
+            "data": base64.b64encode(payload).decode()}
+    assert model.parse_descriptor(good, "config").size == 2
+    for bad, match in ((dict(good, data="!!not base64"), "data is not base64"),
+                       (dict(good, data=base64.b64encode(b"{ }").decode()), "data is 3 bytes"),
+                       (dict(good, data=base64.b64encode(b"[]").decode()), "data has digest")):
+        with pytest.raises(errors.ImageError, match=match):
+            model.parse_descriptor(bad, "config")
+
+
+# ---------------------------------------------------------------------------------------------
+# lamina load: OCI layouts on disk
+
+
+def _layout(tmp_path, **manifest_changes):
+    """A one-image layout; manifest_changes edit the manifest JSON before it is stored."""
+    lay = ob.Layout(tmp_path / "layout")
+    mdesc = lay.image([{"hello.txt": b"hi\n"}])
+    doc = lay.read_json(mdesc["digest"])
+    doc.update(manifest_changes)
+    return lay, doc
+
+
+def _store_manifest(lay, data, media_type=ob.OCI_MANIFEST, **desc_changes):
+    lay.blob(data)
+    d = dict(ob.desc(media_type, data), **desc_changes)
+    lay.add(d, "latest")
+    return d
+
+
+def _load_fails(tmp_path, lay, match):
+    proc = lamina(tmp_path / "root", "load", "-i", lay.root, check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stderr.startswith("lamina: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert match in proc.stderr, proc.stderr
+    images = lamina(tmp_path / "root", "images", "-q", check=False)
+    assert images.stdout.strip() == ""
+    return proc.stderr
+
+
+def test_load_accepts_unknown_fields_subject_and_artifact_type(tmp_path):
+    lay, doc = _layout(tmp_path, subject={"mediaType": ob.OCI_MANIFEST, "digest": DIGEST, "size": 9},
+                       annotations={"org.opencontainers.image.created": "2024-01-01T00:00:00Z"},
+                       **{"x-unknown": [1, {"nested": True}]})
+    data = json.dumps(doc, indent=1).encode()
+    d = _store_manifest(lay, data)
+    lamina(tmp_path / "root", "load", "-i", lay.root)
+    assert [image.manifest_digest for image in Store(tmp_path / "root").images()] == [d["digest"]]
+    # The manifest is kept byte for byte (its digest is the image's identity).
+    with Store(tmp_path / "root").open_blob(d["digest"]) as f:
+        assert f.read() == data
+
+
+def test_load_refuses_a_manifest_carrying_manifests(tmp_path):
+    lay, doc = _layout(tmp_path, manifests=[{"mediaType": ob.OCI_MANIFEST, "digest": DIGEST, "size": 9}])
+    d = _store_manifest(lay, ob.dumps(doc))
+    err = _load_fails(tmp_path, lay, "CVE-2021-41190")
+    assert d["digest"] in err
+
+
+def test_load_refuses_an_index_carrying_layers(tmp_path):
+    lay, doc = _layout(tmp_path)
+    mdesc = lay.json_blob(doc, ob.OCI_MANIFEST)
+    index = {"schemaVersion": 2, "mediaType": ob.OCI_INDEX, "manifests": [ob.with_platform(mdesc, "linux", "amd64")],
+             "layers": doc["layers"]}
+    d = _store_manifest(lay, ob.dumps(index), ob.OCI_INDEX)
+    err = _load_fails(tmp_path, lay, "CVE-2021-41190")
+    assert d["digest"] in err
+
+
+def test_load_refuses_a_descriptor_that_disagrees_with_its_document(tmp_path):
+    # index.json says Docker manifest, the blob is an OCI manifest (mediaType inside says so).
+    lay, doc = _layout(tmp_path)
+    d = _store_manifest(lay, ob.dumps(doc), ob.DOCKER_MANIFEST)
+    err = _load_fails(tmp_path, lay, f"descriptor says {ob.DOCKER_MANIFEST} but the document says {ob.OCI_MANIFEST}")
+    assert d["digest"] in err
+
+
+def test_load_refuses_an_index_entry_naming_a_manifest_as_an_index(tmp_path):
+    lay, doc = _layout(tmp_path)
+    doc.pop("mediaType")
+    d = _store_manifest(lay, ob.dumps(doc), ob.OCI_INDEX)
+    err = _load_fails(tmp_path, lay, "ambiguous")
+    assert d["digest"] in err
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_load_checks_the_manifest_size(tmp_path, delta):
+    lay, doc = _layout(tmp_path)
+    data = ob.dumps(doc)
+    d = _store_manifest(lay, data, size=len(data) + delta)
+    err = _load_fails(tmp_path, lay, f"blob is {len(data)} bytes but its descriptor says {len(data) + delta}")
+    assert d["digest"] in err
+
+
+def test_load_checks_the_layer_size(tmp_path):
+    lay, doc = _layout(tmp_path)
+    doc["layers"][0]["size"] += 1
+    _store_manifest(lay, ob.dumps(doc))
+    _load_fails(tmp_path, lay, f"{doc['layers'][0]['digest']}): blob is {doc['layers'][0]['size'] - 1} bytes")
+
+
+def test_load_refuses_duplicate_keys(tmp_path):
+    lay, doc = _layout(tmp_path)
+    text = json.dumps(doc)
+    data = text.replace('"schemaVersion": 2', '"schemaVersion": 2, "layers": []', 1).encode()
+    d = _store_manifest(lay, data)
+    err = _load_fails(tmp_path, lay, "duplicate key 'layers'")
+    assert d["digest"] in err
+
+
+def test_load_refuses_a_config_with_duplicate_keys(tmp_path):
+    lay, doc = _layout(tmp_path)
+    config = lay.read_json(doc["config"]["digest"])
+    raw = json.dumps(config).replace('"os": "linux"', '"os": "linux", "os": "windows"').encode()
+    doc["config"] = ob.desc(ob.OCI_CONFIG, raw)
+    lay.blob(raw)
+    _store_manifest(lay, ob.dumps(doc))
+    err = _load_fails(tmp_path, lay, "duplicate key 'os'")
+    assert doc["config"]["digest"] in err
+
+
+def test_load_refuses_a_negative_size(tmp_path):
+    lay, doc = _layout(tmp_path)
+    doc["layers"][0]["size"] = -1
+    _store_manifest(lay, ob.dumps(doc))
+    _load_fails(tmp_path, lay, f"({doc['layers'][0]['digest']}): invalid size -1")
+
+
+# ---------------------------------------------------------------------------------------------
+# lamina pull: the real registry
+
+
+def _push_blob(host, repo, data):
+    digest = ob.sha256(data)
+    conn = http.client.HTTPConnection(host, timeout=30)
+    conn.request("POST", f"/v2/{repo}/blobs/uploads/")
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 202, resp.status
+    location = resp.getheader("Location")
+    sep = "&" if "?" in location else "?"
+    path = location.split(host, 1)[-1] + f"{sep}digest={digest}"
+    conn.request("PUT", path, body=data, headers={"Content-Type": "application/octet-stream"})
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 201, resp.status
+    return digest
+
+
+def _push_manifest(host, repo, ref, data, media_type):
+    conn = http.client.HTTPConnection(host, timeout=30)
+    conn.request("PUT", f"/v2/{repo}/manifests/{ref}", body=data, headers={"Content-Type": media_type})
+    resp = conn.getresponse()
+    body = resp.read()
+    return resp.status, body
+
+
+@pytest.fixture(scope="module")
+def pushed(reg, tmp_path_factory):
+    """One small image's blobs in the registry, plus its manifest as an OCI and as a Docker document."""
+    lay = ob.Layout(tmp_path_factory.mktemp("docs"))
+    mdesc = lay.image([{"hello.txt": b"hi\n"}])
+    doc = lay.read_json(mdesc["digest"])
+    for d in [doc["config"], *doc["layers"]]:
+        with open(lay.path(d["digest"]), "rb") as f:
+            _push_blob(reg.host, "docs", f.read())
+    return doc
+
+
+def test_pull_tolerates_unknown_fields_subject_and_artifact_type(reg, pushed, registry_env):  # noqa: F811
+    doc = dict(pushed, subject={"mediaType": ob.OCI_MANIFEST, "digest": DIGEST, "size": 9},
+               **{"x-unknown": {"a": 1}})
+    data = json.dumps(doc, indent=2).encode()
+    status, body = _push_manifest(reg.host, "docs", "extras", data, ob.OCI_MANIFEST)
+    assert status == 201, body
+    result = pull(f"{reg.host}/docs:extras", store=registry_env / "root")
+    assert result.manifest_digest == ob.sha256(data)
+
+
+def test_pull_refuses_an_index_whose_descriptor_disagrees_with_the_manifest(reg, pushed, registry_env):  # noqa: F811
+    docker = dict(pushed, mediaType=ob.DOCKER_MANIFEST,
+                  config=dict(pushed["config"], mediaType=ob.DOCKER_CONFIG),
+                  layers=[dict(ld, mediaType=ob.DOCKER_LAYER_GZIP) for ld in pushed["layers"]])
+    data = ob.dumps(docker)
+    status, body = _push_manifest(reg.host, "docs", ob.sha256(data), data, ob.DOCKER_MANIFEST)
+    assert status == 201, body
+    # The index names the Docker manifest as an OCI one: what a swapped blob would look like.
+    index = {"schemaVersion": 2, "mediaType": ob.OCI_INDEX,
+             "manifests": [ob.with_platform(ob.desc(ob.OCI_MANIFEST, data), "linux", "amd64")]}
+    status, body = _push_manifest(reg.host, "docs", "swapped", ob.dumps(index), ob.OCI_INDEX)
+    assert status == 201, body
+    proc = lamina_cli("pull", "--platform", "linux/amd64", f"{reg.host}/docs:swapped",
+                      root=registry_env / "root", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"lamina: error: manifest {ob.sha256(data)}: descriptor says {ob.OCI_MANIFEST} but the document says"
+        f" {ob.DOCKER_MANIFEST}")
+
+
+@pytest.mark.parametrize("kind", ["manifest-with-manifests", "index-with-layers"])
+def test_pull_refuses_ambiguous_documents(reg, pushed, registry_env, kind):  # noqa: F811
+    """The registry itself refuses to store these (distribution >= 2.7.2), so a proxy serves them."""
+    if kind == "manifest-with-manifests":
+        doc = dict(pushed, manifests=[{"mediaType": ob.OCI_MANIFEST, "digest": DIGEST, "size": 9}])
+        content_type = ob.OCI_MANIFEST
+    else:
+        doc = {"schemaVersion": 2, "mediaType": ob.OCI_INDEX, "layers": pushed["layers"],
+               "manifests": [ob.with_platform(ob.desc(ob.OCI_MANIFEST, ob.dumps(pushed)), "linux", "amd64")]}
+        content_type = ob.OCI_INDEX
+    data = ob.dumps(doc)
+    status, _ = _push_manifest(reg.host, "docs", "ambiguous", data, content_type)
+    assert status == 400    # the registry's own CVE-2021-41190 check
+    proxy = FaultProxy(reg.host)
+    try:
+        proxy.add("respond", path="/manifests/ambiguous", times=None, body=data,
+                  headers={"Content-Type": content_type, "Docker-Content-Digest": ob.sha256(data)})
+        with pytest.raises(errors.ImageError, match="CVE-2021-41190") as e:
+            pull(f"{proxy.host}/docs:ambiguous", store=registry_env / "root")
+        assert "docs:ambiguous" in str(e.value)
+    finally:
+        proxy.stop()
+
+
+def test_pull_refuses_content_type_disagreeing_with_the_document(reg, pushed, registry_env):  # noqa: F811
+    data = ob.dumps(pushed)
+    proxy = FaultProxy(reg.host)
+    try:
+        proxy.add("respond", path="/manifests/liar", times=None, body=data,
+                  headers={"Content-Type": ob.OCI_INDEX})
+        with pytest.raises(errors.ImageError, match=re.escape(f"descriptor says {ob.OCI_INDEX} but the document says")):
+            pull(f"{proxy.host}/docs:liar", store=registry_env / "root")
+        # A generic Content-Type says nothing: the document's own mediaType decides.
+        proxy.clear()
+        proxy.add("respond", path="/manifests/generic", times=None, body=data,
+                  headers={"Content-Type": "application/json"})
+        assert pull(f"{proxy.host}/docs:generic", store=registry_env / "root").manifest_digest == ob.sha256(data)
+    finally:
+        proxy.stop()
+
+
+def test_pull_refuses_duplicate_keys(reg, pushed, registry_env):  # noqa: F811
+    data = json.dumps(pushed).replace('"schemaVersion": 2', '"schemaVersion": 2, "schemaVersion": 2').encode()
+    status, body = _push_manifest(reg.host, "docs", "dupkeys", data, ob.OCI_MANIFEST)
+    assert status == 201, body     # the registry's Go decoder keeps the last key; lamina refuses the document
+    with pytest.raises(errors.ImageError, match="duplicate key 'schemaVersion'") as e:
+        pull(f"{reg.host}/docs:dupkeys", store=registry_env / "root")
+    assert "docs:dupkeys" in str(e.value)
