@@ -1034,8 +1034,10 @@ cdef class Extractor:
             self._skip_then_header(size + _pad(size))
             return
         else:
-            raise _errors.UnsupportedEntryError(
-                f"entry {_show(name)}: unsupported tar entry type {bytes([tf])!r}")
+            # POSIX: an unknown type is read as a regular file; GNU tar and bsdtar do so
+            kind = K_REG
+            self.skipped.append(f"{os.fsdecode(name)}: unknown tar entry type {bytes([tf])!r}, "
+                                "extracted as a regular file")
         skip_after = 0
         if tf >= c'1' and tf <= c'6':
             # header-only types carry no data even when their size field says
