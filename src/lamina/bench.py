@@ -37,6 +37,7 @@ _HEAD_BYTES = 8  # enough for compression.detect
 TOOLS = ("tar", "pigz", "bsdtar", "umoci")
 SYNTHETIC_KINDS = ("small-files", "huge-files", "deep", "whiteouts", "hardlinks")
 DEFAULT_SIZES = (1000, 10000, 100000)
+DEFAULT_HUGE_MIB = (8, 32, 128)  # huge-files sizes are MiB per file
 # What each tool checks and does, printed with the comparison: the plain tar extractors
 # are a lower bound for "just write the bytes", not the same work as lamina's.
 VERIFIES = {
@@ -448,10 +449,11 @@ def synthetic_layers(kind, size):
     entries in the top layer (small-files, deep, whiteouts, hardlinks) or MiB per file (huge-files)."""
     if kind not in SYNTHETIC_KINDS:
         raise BenchError(f"unknown synthetic kind {kind!r} (known: {', '.join(SYNTHETIC_KINDS)})")
-    if kind == "whiteouts":  # a lower layer of files, an upper one deleting each of them
-        lower = _tar(lambda tf: _small_files(tf, size, "f"))
-        return [lower, _tar(lambda tf: _small_files(tf, size, "f", whiteout=True))]
-    build = {"small-files": lambda tf: _small_files(tf, size, "f"),
+    if kind == "whiteouts":
+        return _whiteout_pair(size)
+    if kind == "hardlinks" and size < 4:
+        raise BenchError("hardlinks: sizes must be at least 4 entries (a directory, files, links to them)")
+    build = {"small-files": lambda tf: _small_files(tf, size),
              "huge-files": lambda tf: _huge_files(tf, size),
              "deep": lambda tf: _deep(tf, size),
              "hardlinks": lambda tf: _hardlinks(tf, size)}[kind]
@@ -465,24 +467,44 @@ def _tar(build):
     return buf.getvalue()
 
 
-def _small_files(tf, n, prefix, whiteout=False):
-    """``n`` entries: directories of FILES_PER_DIR files each (the directories count)."""
-    payload = (b"lamina synthetic file\n" * (SMALL_FILE // 22 + 1))[:SMALL_FILE]
+def _small_files(tf, n):
+    """``n`` entries: directories of FILES_PER_DIR files each (the directories count).
+    Returns the names of the files."""
+    files = []
     made = d = 0
     while made < n:
         dname = f"d{d:05d}"
-        if not whiteout:
-            tf.addfile(_entry(dname, tarfile.DIRTYPE))
-            made += 1
+        tf.addfile(_entry(dname, tarfile.DIRTYPE))
+        made += 1
         for i in range(min(FILES_PER_DIR, n - made)):
-            if whiteout:
-                tf.addfile(_entry(f"{dname}/.wh.{prefix}{i:05d}"), io.BytesIO(b""))
-            else:
-                tf.addfile(_entry(f"{dname}/{prefix}{i:05d}", size=len(payload)), io.BytesIO(payload))
+            files.append(f"{dname}/f{i:05d}")
+            _add_file(tf, files[-1])
             made += 1
         d += 1
-        if whiteout and made < n and d * (FILES_PER_DIR + 1) >= n:
-            break  # every lower file deleted: the lower layer has fewer files than entries
+    return files
+
+
+_PAYLOAD = (b"lamina synthetic file\n" * (SMALL_FILE // 22 + 1))[:SMALL_FILE]
+
+
+def _add_file(tf, name):
+    tf.addfile(_entry(name, size=len(_PAYLOAD)), io.BytesIO(_PAYLOAD))
+
+
+def _whiteout_pair(n):
+    """A lower layer of ``n`` files (in directories), an upper one of ``n`` whiteouts deleting them."""
+    names = [f"d{i // FILES_PER_DIR:05d}/f{i % FILES_PER_DIR:05d}" for i in range(n)]
+
+    def lower(tf):
+        for i, name in enumerate(names):
+            if i % FILES_PER_DIR == 0:
+                tf.addfile(_entry(os.path.dirname(name), tarfile.DIRTYPE))
+            _add_file(tf, name)
+
+    def upper(tf):
+        for name in names:
+            tf.addfile(_entry(f"{os.path.dirname(name)}/.wh.{os.path.basename(name)}"), io.BytesIO(b""))
+    return [_tar(lower), _tar(upper)]
 
 
 def _huge_files(tf, mib):
@@ -527,23 +549,11 @@ def _deep(tf, n):
 
 
 def _hardlinks(tf, n):
-    """Half files, half hardlinks to them (``n`` entries, directories included)."""
-    files = n // 2
-    payload = b"x" * SMALL_FILE
-    made = d = 0
-    names = []
-    while len(names) < files and made < n:
-        dname = f"d{d:05d}"
-        tf.addfile(_entry(dname, tarfile.DIRTYPE))
-        made += 1
-        for i in range(min(FILES_PER_DIR, files - len(names))):
-            tf.addfile(_entry(f"{dname}/f{i:05d}", size=len(payload)), io.BytesIO(payload))
-            names.append(f"{dname}/f{i:05d}")
-            made += 1
-        d += 1
-    for i in range(n - made):
-        tf.addfile(_entry(f"{names[i % len(names)]}.link{i // len(names)}", tarfile.LNKTYPE,
-                          linkname=names[i % len(names)]))
+    """Half files (in directories, which count), half hardlinks to them: ``n`` entries."""
+    names = _small_files(tf, n - n // 2)
+    for i in range(n // 2):
+        target = names[i % len(names)]
+        tf.addfile(_entry(f"{target}.link{i // len(names)}", tarfile.LNKTYPE, linkname=target))
 
 
 def write_layout(path, tars, tag="bench"):
@@ -579,9 +589,12 @@ def _host_arch():
     return Platform.host().architecture
 
 
-def run_synthetic(kind, sizes=DEFAULT_SIZES, *, format="dir", runs=3, compare=(), target=None, progress=None):
+def run_synthetic(kind, sizes=None, *, format="dir", runs=3, compare=(), target=None, progress=None):
     """Benchmark ``kind`` layers at each size: cost per entry and per byte, to see the curve."""
     say = progress or (lambda msg: None)
+    if kind not in SYNTHETIC_KINDS:
+        raise BenchError(f"unknown synthetic kind {kind!r} (known: {', '.join(SYNTHETIC_KINDS)})")
+    sizes = sizes or (DEFAULT_HUGE_MIB if kind == "huge-files" else DEFAULT_SIZES)
     points = []
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix="lamina-bench-synthetic-") as tmp:
@@ -648,12 +661,12 @@ def report_tables(doc):
     """[(title, [header, row, ...])]: what the text output and the HTML page show."""
     tables = []
     if doc.get("kind") == "synthetic":
-        rows = [["entries", "MB", "wall s", "cpu s", "µs/entry", "ns/byte", "peak RSS MB"]]
+        rows = [["size", "entries", "MB", "wall s", "cpu s", "µs/entry", "ns/byte", "peak RSS MB"]]
         for p in doc["points"]:
-            rows.append([p["entries"], _fmt(p["bytes"] / 1e6, 1), _fmt(p["wall"]), _fmt(p["cpu"]),
+            rows.append([p["size"], p["entries"], _fmt(p["bytes"] / 1e6, 1), _fmt(p["wall"]), _fmt(p["cpu"]),
                          _fmt(p["us_per_entry"], 2), _fmt(p["ns_per_byte"], 2), _fmt(p["peak_rss_bytes"] / 1e6, 1)])
         tables.append((f"synthetic {doc['synthetic']}: cost per entry and per byte", rows))
-        compare = [(p["entries"], c) for p in doc["points"] for c in p["compare"]]
+        compare = [(p["size"], c) for p in doc["points"] for c in p["compare"]]
     else:
         rows = [["layer", "comp", "entries", "MB", "comp MB"] + [f"{s} s" for s in STAGES]
                 + ["MB/s", "comp MB/s", "entries/s"]]
@@ -672,7 +685,7 @@ def report_tables(doc):
              _fmt(med["entries_per_s"], 0)] + [_fmt(v) for v in med["seconds"].values()]]))
         compare = [(None, c) for c in doc["compare"]]
     if compare:
-        rows = [(["entries"] if doc.get("kind") == "synthetic" else [])
+        rows = [(["size"] if doc.get("kind") == "synthetic" else [])
                 + ["tool", "median s", "x lamina", "cpu s", "tree entries", "tree ok", "what it checks"]]
         for size, c in compare:
             lead = [size] if doc.get("kind") == "synthetic" else []

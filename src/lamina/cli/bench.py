@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ..bench import DEFAULT_SIZES, SYNTHETIC_KINDS, TOOLS, parse_sizes, report_tables, run, run_synthetic, \
-    write_report
+from ..bench import SYNTHETIC_KINDS, TOOLS, parse_sizes, report_tables, run, run_synthetic, write_report
 from ..errors import LaminaError
 from .output import add_format_option, check_format, emit
 
@@ -17,7 +16,7 @@ def cmd_bench(args):
     if args.synthetic:
         if args.source:
             raise LaminaError("give either SOURCE or --synthetic KIND, not both")
-        sizes = parse_sizes(args.sizes) if args.sizes else list(DEFAULT_SIZES)
+        sizes = parse_sizes(args.sizes) if args.sizes else None
         doc = run_synthetic(args.synthetic, sizes, format=fmt, runs=args.runs, compare=compare,
                             target=args.target, progress=progress)
     elif args.source:
@@ -37,8 +36,10 @@ def _print(doc, written):
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
             print("  " + "  ".join(str(c).rjust(w) for c, w in zip(row, widths)).rstrip())
+    if written:
+        print()
     for path in written:
-        print(f"\nwrote {path}")
+        print(f"wrote {path}")
 
 
 def register(sub):
@@ -53,7 +54,7 @@ def register(sub):
     b.add_argument("--synthetic", metavar="KIND", choices=SYNTHETIC_KINDS,
                    help=f"generated layers probing one dimension: {', '.join(SYNTHETIC_KINDS)}")
     b.add_argument("--sizes", metavar="N,N,...", help="synthetic sizes: entries (MiB per file for huge-files), "
-                   "like 1k,10k,100k")
+                   "like 1k,10k,100k (default 1k,10k,100k; huge-files 8,32,128)")
     b.add_argument("--report", metavar="DIR", help="write bench.json and index.html (charts with lamina[plot])")
     b.add_argument("-v", "--verbose", action="store_true", help="say what runs, on stderr")
     add_format_option(b)
