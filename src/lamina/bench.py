@@ -668,14 +668,15 @@ def report_tables(doc):
         tables.append((f"synthetic {doc['synthetic']}: cost per entry and per byte", rows))
         compare = [(p["size"], c) for p in doc["points"] for c in p["compare"]]
     else:
-        rows = [["layer", "comp", "entries", "MB", "comp MB"] + [f"{s} s" for s in STAGES]
+        rows = [["layer", "comp", "entries", "MB", "comp MB"] + [f"{s} ms" for s in STAGES]
                 + ["MB/s", "comp MB/s", "entries/s"]]
         for layer in doc["layers"]:
-            rows.append([layer["index"], layer["compression"], layer["entries"], _fmt(layer["bytes"] / 1e6, 1),
-                         _fmt(layer["compressed_bytes"] / 1e6, 1)] + [_fmt(layer["seconds"][s]) for s in STAGES]
+            rows.append([layer["index"], layer["compression"], layer["entries"], _fmt(layer["bytes"] / 1e6, 2),
+                         _fmt(layer["compressed_bytes"] / 1e6, 2)] + [_fmt(layer["seconds"][s] * 1e3, 1) for s in STAGES]
                         + [_fmt(layer["mb_per_s"], 1), _fmt(layer["compressed_mb_per_s"], 1),
                            _fmt(layer["entries_per_s"], 0)])
-        tables.append(("per layer (median seconds per stage)", rows))
+        tables.append(("per layer (median milliseconds per stage; read+inflate on one thread, hash on another, "
+                       "extract+wait on the caller's)", rows))
         med = doc["lamina"]["median"]
         tables.append(("whole unpack (median)", [
             ["wall s", "cpu s", "main thread cpu s", "cores busy", "peak RSS MB", "MB/s", "comp MB/s", "entries/s"]
