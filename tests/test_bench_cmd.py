@@ -104,6 +104,8 @@ def test_comparison_really_ran_gnu_tar_and_umoci():
     assert tar["entries"] == tar["expected_entries"] == len(tar_listing([b for b, _ in sample_layers()]))
     assert tar["tree_ok"] and tar["ratio_to_lamina"] == pytest.approx(
         tar["median_wall"] / doc["lamina"]["median"]["wall"], rel=0.01)
+    # tar's own peak, not the Python process's that started it (which a forked child inherits)
+    assert 0 < tar["peak_rss_bytes"] < doc["lamina"]["median"]["peak_rss_bytes"]
     umoci = by_tool["umoci"]
     assert "error" not in umoci, umoci
     # umoci applies the whiteouts: its tree is lamina's, smaller than tar's

@@ -209,24 +209,34 @@ def tool_commands(tool, subject, dest):
     raise BenchError(f"unknown tool {tool!r} (known: {', '.join(TOOLS)})")
 
 
+# A child forked from this process starts with our memory counted in its peak RSS (Linux keeps
+# the pre-exec high-water mark), so a tool's peak is read by GNU time, a small process, instead.
+GNU_TIME = "/usr/bin/time"
+
+
 def run_tool(commands, dest):
-    """Run the commands one after another; {wall, cpu, peak_rss_bytes} of the children."""
+    """Run the commands one after another; {wall, cpu, peak_rss_bytes (None without GNU time)}."""
     os.makedirs(dest, exist_ok=True)
     wall = cpu = 0.0
-    rss = 0
-    for argv in commands:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        stderr = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall += time.perf_counter() - t0
-        proc.stderr.close()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        cpu += usage.ru_utime + usage.ru_stime
-        rss = max(rss, usage.ru_maxrss * 1024)
-        if proc.returncode != 0:
-            tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            raise BenchError(f"{os.path.basename(argv[0])} exited {proc.returncode}: {tail[0]}")
+    rss = None
+    timed = os.access(GNU_TIME, os.X_OK)
+    with tempfile.NamedTemporaryFile(prefix="lamina-bench-rss-") as rss_file:
+        for argv in commands:
+            full = [GNU_TIME, "-f", "%M", "-o", rss_file.name, "--", *argv] if timed else argv
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stderr = proc.stderr.read()
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall += time.perf_counter() - t0
+            proc.stderr.close()
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            cpu += usage.ru_utime + usage.ru_stime
+            if proc.returncode != 0:
+                tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+                raise BenchError(f"{os.path.basename(argv[0])} exited {proc.returncode}: {tail[0]}")
+            if timed:
+                with open(rss_file.name) as f:
+                    rss = max(rss or 0, int(f.read().split()[-1]) * 1024)
     return {"wall": round(wall, 6), "cpu": round(cpu, 6), "peak_rss_bytes": rss}
 
 
@@ -362,7 +372,7 @@ def _bench_subject(subject, ws, *, format, runs, compare, progress):
             med = statistics.median(walls)
             entry.update(walls=walls, median_wall=round(med, 6),
                          median_cpu=round(statistics.median(r["cpu"] for r in tool_runs[tool]), 6),
-                         peak_rss_bytes=max(r["peak_rss_bytes"] for r in tool_runs[tool]),
+                         peak_rss_bytes=max((r["peak_rss_bytes"] or 0 for r in tool_runs[tool]), default=0) or None,
                          ratio_to_lamina=round(med / base, 3) if base else None, **tool_checks[tool])
         doc["compare"].append(entry)
     return doc
@@ -687,14 +697,16 @@ def report_tables(doc):
         compare = [(None, c) for c in doc["compare"]]
     if compare:
         rows = [(["size"] if doc.get("kind") == "synthetic" else [])
-                + ["tool", "median s", "x lamina", "cpu s", "tree entries", "tree ok", "what it checks"]]
+                + ["tool", "median s", "x lamina", "cpu s", "peak RSS MB", "tree entries", "tree ok", "what it checks"]]
         for size, c in compare:
             lead = [size] if doc.get("kind") == "synthetic" else []
             if "error" in c:
-                rows.append(lead + [c["tool"], "", "", "", "", "", f"not run: {c['error']}"])
+                rows.append(lead + [c["tool"], "", "", "", "", "", "", f"not run: {c['error']}"])
             else:
                 rows.append(lead + [c["tool"], _fmt(c["median_wall"]), _fmt(c["ratio_to_lamina"], 2),
-                                    _fmt(c["median_cpu"]), f"{c['entries']}/{c['expected_entries']}",
+                                    _fmt(c["median_cpu"]),
+                                    _fmt(c["peak_rss_bytes"] / 1e6, 1) if c["peak_rss_bytes"] else "?",
+                                    f"{c['entries']}/{c['expected_entries']}",
                                     "yes" if c["tree_ok"] else "NO", c["verifies"]])
         tables.append(("comparison (ratio = tool time / lamina time; >1: lamina is faster)", rows))
     return tables
