@@ -732,25 +732,45 @@ def _charts(doc):
     if doc.get("kind") == "synthetic":
         pts = doc["points"]
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot([p["entries"] for p in pts], [p["us_per_entry"] for p in pts], marker="o")
+        ax.plot([p["entries"] for p in pts], [p["us_per_entry"] for p in pts], marker="o", label="lamina")
+        for tool in dict.fromkeys(c["tool"] for p in pts for c in p["compare"] if "error" not in c):
+            ran = [(p["entries"], c["median_wall"]) for p in pts for c in p["compare"]
+                   if c["tool"] == tool and "error" not in c]
+            ax.plot([n for n, _ in ran], [w / n * 1e6 for n, w in ran], marker="s", label=tool)
         ax.set_xscale("log")
         ax.set_xlabel("entries in the layer")
-        ax.set_ylabel("µs per entry")
+        ax.set_ylabel("µs per entry (wall)")
         ax.set_ylim(bottom=0)
+        ax.legend(fontsize="small")
         ax.set_title(f"{doc['synthetic']}: cost per entry")
         charts.append(("scaling: cost per entry", svg(fig)))
         return charts
-    stages = ("read", "inflate", "hash", "extract", "wait")
+    # One bar per thread of each layer: the threads overlap in time, so their stages are
+    # shown side by side against the layer's wall time, not stacked into one sum.
+    threads = (("inflate thread", ("read", "inflate")), ("hash thread", ("hash",)),
+               ("main thread", ("extract", "wait")))
     layers = doc["layers"]
-    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(layers)))
-    left = [0.0] * len(layers)
-    for s in stages:
-        vals = [layer["seconds"][s] for layer in layers]
-        ax.barh([f"layer {layer['index']}" for layer in layers], vals, left=left, label=s)
-        left = [a + b for a, b in zip(left, vals)]
-    ax.set_xlabel("seconds (read+inflate: inflate thread; hash: hash thread; extract+wait: main thread)")
-    ax.legend(fontsize="small")
-    charts.append(("stage shares per layer", svg(fig)))
+    fig, ax = plt.subplots(figsize=(6.5, 0.8 + 1.0 * len(layers)))
+    colors = dict(zip(STAGES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    labels, seen = [], set()
+    for layer in layers:
+        for tname, stages in threads:
+            y = len(labels)
+            labels.append(f"layer {layer['index']} {tname}")
+            left = 0.0
+            for stage in stages:
+                v = layer["seconds"][stage]
+                ax.barh(y, v, left=left, color=colors[stage], label=None if stage in seen else stage)
+                seen.add(stage)
+                left += v
+        ax.plot([layer["seconds"]["total"]] * 2, [len(labels) - 3.4, len(labels) - 0.6], color="black",
+                label=None if "total" in seen else "layer wall time")
+        seen.add("total")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    charts.append(("stage seconds per layer and thread", svg(fig)))
     ran = [c for c in doc["compare"] if "error" not in c]
     if ran:
         fig, ax = plt.subplots(figsize=(6, 0.8 + 0.4 * len(ran)))
