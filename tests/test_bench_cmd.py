@@ -119,7 +119,9 @@ def test_a_tool_that_cannot_run_says_why(tmp_path):
     proc = cli(SAMPLE_SRC, "--compare", "cpio", check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("lamina: error: unknown tool 'cpio'")
     proc = cli(f"oci:{tmp_path}/nothing:latest", check=False)
-    assert proc.returncode == 1 and proc.stderr.startswith("lamina: error:") and "nothing" in proc.stderr
+    assert proc.returncode == 1 and proc.stderr.startswith(f"lamina: error: oci:{tmp_path}/nothing:latest: no such")
+    proc = cli("debian:12", check=False)  # a store or registry reference: say how to measure it
+    assert proc.returncode == 1 and "lamina save -o FILE REF" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 def _tar_members(data):

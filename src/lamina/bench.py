@@ -279,11 +279,20 @@ def run(source, *, format="dir", runs=3, compare=(), target=None, progress=None)
     for tool in compare:
         if tool not in TOOLS:
             raise BenchError(f"unknown tool {tool!r} for --compare (known: {', '.join(TOOLS)})")
+    _check_source(source)
     with _Workspace(target) as ws:
         subject = Subject(source, ws.scratch)
         doc = _bench_subject(subject, ws, format=format, runs=runs, compare=compare, progress=progress)
     doc.update(kind=subject.kind, source=str(source))
     return doc
+
+
+def _check_source(source):
+    """Images in the store or a registry are measured from a file: say how, not just "no such file"."""
+    if isinstance(source, str) and (source.startswith("docker://") or not os.path.exists(parse_source(source)[1])):
+        raise BenchError(f"{source}: no such image file or layout; lamina bench reads oci:PATH[:REF], "
+                         "oci-archive:PATH[:REF], docker-archive:PATH[:REF] or a layer file (for an image in "
+                         "the store: lamina save -o FILE REF, then lamina bench docker-archive:FILE)")
 
 
 class _Workspace:
