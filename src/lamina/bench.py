@@ -187,7 +187,7 @@ def _is_layer_file(source):
 def tool_commands(tool, subject, dest):
     """The argv lists that unpack ``subject`` into ``dest`` with ``tool``, run in order, or a
     string saying why the tool cannot run on it."""
-    exe = shutil.which("umoci" if tool == "umoci" else tool)
+    exe = shutil.which(tool)
     if exe is None:
         return f"{tool} is not on PATH"
     if tool == "umoci":
