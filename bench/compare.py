@@ -35,6 +35,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import corpus  # noqa: E402
+from lamina.bench import count_entries  # noqa: E402
 
 LAMINA_API_CHILD = r"""
 import json, sys, time
@@ -252,13 +253,6 @@ def clean(path):
     for name in os.listdir(parent):
         if name.startswith(base + ".lamina-tmp"):
             subprocess.run(["rm", "-rf", "--one-file-system", os.path.join(parent, name)], check=False)
-
-
-def count_entries(path):
-    n = 0
-    for _, dirs, files in os.walk(path):
-        n += len(dirs) + len(files)
-    return n
 
 
 def warm(paths):

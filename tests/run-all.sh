@@ -27,7 +27,7 @@ modprobe overlay 2>/dev/null || true
 
 venv="$(realpath -m "${LAMINA_VENV:-.venv}")"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check ".[test]"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check ".[test,plot]"
 # Run from outside the source tree so the installed, compiled lamina is what gets imported.
 if [ $# -gt 0 ]; then
     cd tests && exec "$venv/bin/python" -m pytest -p no:cacheprovider -q "$@" .

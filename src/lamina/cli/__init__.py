@@ -15,7 +15,7 @@ import sys
 from .. import errors
 
 # Modules that contribute verbs, in help order.  Each has register(subparsers).
-_VERB_MODULES = ("layers", "images", "store", "registry")
+_VERB_MODULES = ("layers", "images", "store", "registry", "bench")
 
 
 def build_parser():

@@ -2,7 +2,7 @@
 the machine-readable document, ``--format TEMPLATE`` for a Go template over it (``--json``
 is kept as an alias of ``--format json``).
 
-The JSON of lamina's own verbs (apply, unpack, fsck, pull, push, load, save, copy, tag,
+The JSON of lamina's own verbs (apply, unpack, bench, fsck, pull, push, load, save, copy, tag,
 rmi, prune) is a stable interface: one object carrying ``"version": JSON_VERSION``; fields
 are only ever added within a version.  The docker-shaped verbs (images, inspect, history,
 system df) print what docker prints, so tools written for docker read them unchanged.

@@ -1,0 +1,790 @@
+"""Extraction benchmarks: how fast an image (or one layer) unpacks here, per stage and per
+layer, next to the other tools on PATH, and how the cost grows with the layer (synthetic mode).
+
+``run(source)`` and ``run_synthetic(kind, sizes)`` return one JSON-ready dict (the document
+``lamina bench --format json`` prints); ``write_report(doc, dir)`` turns it into bench.json and
+a self-contained index.html (with SVG charts when matplotlib is installed: ``lamina[plot]``).
+
+lamina runs in this process, through the same ``unpack`` / ``apply_layer`` the user calls; the
+other tools run as child processes.  Every tool gets a fresh destination per run, removed
+outside the timing, the runs are interleaved (lamina, tar, ..., lamina, tar, ...) so that a
+noisy neighbour hurts every tool alike, and each tool's tree is counted so that a tool that
+silently did nothing cannot look fast.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import tarfile
+import tempfile
+import time
+
+from . import __version__, compression
+from .errors import LaminaError
+from .layer import apply_layer
+from .oci import open_source
+from .oci.source import parse_source
+from .unpacker import unpack
+
+_HEAD_BYTES = 8  # enough for compression.detect
+TOOLS = ("tar", "pigz", "bsdtar", "umoci")
+SYNTHETIC_KINDS = ("small-files", "huge-files", "deep", "whiteouts", "hardlinks")
+DEFAULT_SIZES = (1000, 10000, 100000)
+DEFAULT_HUGE_MIB = (8, 32, 128)  # huge-files sizes are MiB per file
+# What each tool checks and does, printed with the comparison: the plain tar extractors
+# are a lower bound for "just write the bytes", not the same work as lamina's.
+VERIFIES = {
+    "lamina": "verifies blob digests and diffIDs, applies whiteouts",
+    "tar": "no digest checks; whiteouts left as .wh. files",
+    "pigz": "no digest checks; whiteouts left as .wh. files (gzip layers only)",
+    "bsdtar": "no digest checks; whiteouts left as .wh. files",
+    "umoci": "verifies blob digests, applies whiteouts (needs an OCI layout)",
+}
+# Tools that apply whiteouts leave lamina's tree; the others leave every name of every layer.
+APPLIES_WHITEOUTS = {"lamina", "umoci"}
+
+
+class BenchError(LaminaError):
+    """A benchmark that cannot run as asked (a tool missing, a source it cannot measure)."""
+
+
+# --- the target filesystem ----------------------------------------------------
+
+def default_target_parent():
+    """tmpfs when there is one: file creation on a VM's disk can cost ~1 ms and hide the rest."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+def filesystem_of(path):
+    """{"mount_point", "fstype", "mount_source"} of the mount holding ``path`` (/proc/self/mountinfo)."""
+    path = os.path.realpath(path)
+    best = {"mount_point": "", "fstype": "unknown", "mount_source": ""}
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return best
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 2:
+            continue
+        point = fields[4].encode().decode("unicode_escape")  # mountinfo octal-escapes spaces
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best["mount_point"]):
+            best = {"mount_point": point, "fstype": tail[0], "mount_source": tail[1]}
+    return best
+
+
+# --- measuring one call in this process ------------------------------------------
+
+def _reset_peak_rss():
+    """Linux lets a process reset its own high-water mark, so each run reports its own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(call):
+    """Run ``call()``; (its result, {wall, cpu_user, cpu_system, cpu_main_thread, cores_busy,
+    peak_rss_bytes, peak_rss_scope})."""
+    scope = "run" if _reset_peak_rss() else "process"
+    s0, th0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_THREAD)
+    t0 = time.perf_counter()
+    result = call()
+    wall = time.perf_counter() - t0
+    s1, th1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_THREAD)
+    user, system = s1.ru_utime - s0.ru_utime, s1.ru_stime - s0.ru_stime
+    main = (th1.ru_utime - th0.ru_utime) + (th1.ru_stime - th0.ru_stime)
+    return result, {
+        "wall": round(wall, 6), "cpu_user": round(user, 6), "cpu_system": round(system, 6),
+        "cpu_main_thread": round(main, 6), "cores_busy": round((user + system) / wall, 3) if wall else 0.0,
+        "peak_rss_bytes": _peak_rss_bytes(), "peak_rss_scope": scope,
+    }
+
+
+# --- what is measured: an image or one layer ---------------------------------------
+
+class Subject:
+    """The thing benchmarked: lamina's way to unpack it, and its layers as files for other tools."""
+
+    def __init__(self, source, workdir):
+        self.source = source
+        self.layer_file = None
+        self.layout = None  # (dir, ref) for umoci, when the source is an OCI layout
+        self.layers = []    # [{"index", "path", "digest", "diff_id", "media_type", "compression"}]
+        if _is_layer_file(source):
+            self.kind = "layer"
+            self.layer_file = os.path.abspath(source)
+            with open(source, "rb") as f:
+                kind = compression.detect(f.read(_HEAD_BYTES))
+            self.layers = [{"index": 0, "path": self.layer_file, "digest": None, "diff_id": None,
+                            "media_type": None, "compression": kind}]
+            return
+        self.kind = "image"
+        transport, path, ref = parse_source(source)
+        with open_source(source) as src:
+            image = src.resolve(None)
+            on_disk = transport == "oci" or (transport is None and os.path.isdir(path))
+            if on_disk:
+                self.layout = (os.path.abspath(path), ref or image.ref)
+            for layer in image.layers:
+                blob = os.path.join(path, "blobs", *layer.digest.split(":", 1)) if on_disk and layer.digest else None
+                if blob is None or not os.path.isfile(blob):
+                    blob = os.path.join(workdir, f"layer-{layer.index}")
+                    with layer.open() as f, open(blob, "wb") as out:
+                        shutil.copyfileobj(f, out, 1 << 20)
+                with open(blob, "rb") as f:
+                    kind = compression.detect(f.read(_HEAD_BYTES))
+                self.layers.append({"index": layer.index, "path": blob, "digest": layer.digest,
+                                    "diff_id": layer.diff_id, "media_type": layer.media_type, "compression": kind})
+
+    def run_lamina(self, dest, format):
+        """Unpack into ``dest``; a dict of stats (ApplyStats per layer, stage seconds)."""
+        if self.kind == "layer":
+            stats = apply_layer(self.layer_file, dest, format=format)
+            return {"layers": [stats.to_dict()], "seconds": {"layers": stats.seconds["total"],
+                                                             "total": stats.seconds["total"]}}
+        stats = unpack(self.source, dest, format=format)
+        return {"layers": [layer.to_dict() for layer in stats.layers], "seconds": dict(stats.seconds)}
+
+
+def _is_layer_file(source):
+    """A file that is not an image archive: a layer blob (gzip, zstd or plain tar)."""
+    if not isinstance(source, str) or not os.path.isfile(source):
+        return False
+    try:
+        with open_source(source) as src:
+            src.resolve(None)
+        return False
+    except LaminaError:
+        return True
+
+
+# --- the other tools ---------------------------------------------------------------
+
+def tool_commands(tool, subject, dest):
+    """The argv lists that unpack ``subject`` into ``dest`` with ``tool``, run in order, or a
+    string saying why the tool cannot run on it."""
+    exe = shutil.which(tool)
+    if exe is None:
+        return f"{tool} is not on PATH"
+    if tool == "umoci":
+        if subject.layout is None or not subject.layout[1]:
+            return "umoci unpacks OCI layouts with a tag only (oci:PATH:TAG)"
+        argv = [exe, "raw", "unpack", "--image", f"{subject.layout[0]}:{subject.layout[1]}", dest]
+        return [argv if os.geteuid() == 0 else argv[:3] + ["--rootless"] + argv[3:]]
+    if tool == "pigz":
+        if any(layer["compression"] != "gzip" for layer in subject.layers):
+            return "pigz inflates gzip layers only"
+        tar = shutil.which("tar")
+        if tar is None:
+            return "pigz needs tar on PATH"
+        return [[tar, "--numeric-owner", "-I", exe, "-xf", layer["path"], "-C", dest] for layer in subject.layers]
+    if tool == "tar":
+        return [[exe, "--numeric-owner", "-xf", layer["path"], "-C", dest] for layer in subject.layers]
+    if tool == "bsdtar":
+        return [[exe, "--numeric-owner", "-xf", layer["path"], "-C", dest] for layer in subject.layers]
+    raise BenchError(f"unknown tool {tool!r} (known: {', '.join(TOOLS)})")
+
+
+# A child forked from this process starts with our memory counted in its peak RSS (Linux keeps
+# the pre-exec high-water mark), so a tool's peak is read by GNU time, a small process, instead.
+GNU_TIME = "/usr/bin/time"
+
+
+def run_tool(commands, dest):
+    """Run the commands one after another; {wall, cpu, peak_rss_bytes (None without GNU time)}."""
+    os.makedirs(dest, exist_ok=True)
+    wall = cpu = 0.0
+    rss = None
+    timed = os.access(GNU_TIME, os.X_OK)
+    with tempfile.NamedTemporaryFile(prefix="lamina-bench-rss-") as rss_file:
+        for argv in commands:
+            full = [GNU_TIME, "-f", "%M", "-o", rss_file.name, "--", *argv] if timed else argv
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stderr = proc.stderr.read()
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall += time.perf_counter() - t0
+            proc.stderr.close()
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            cpu += usage.ru_utime + usage.ru_stime
+            if proc.returncode != 0:
+                tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+                raise BenchError(f"{os.path.basename(argv[0])} exited {proc.returncode}: {tail[0]}")
+            if timed:
+                with open(rss_file.name) as f:
+                    rss = max(rss or 0, int(f.read().split()[-1]) * 1024)
+    return {"wall": round(wall, 6), "cpu": round(cpu, 6), "peak_rss_bytes": rss}
+
+
+def count_entries(path):
+    """Every name under ``path`` (dirs, files, links, devices), not counting ``path`` itself."""
+    n = 0
+    for _, dirs, files in os.walk(path):
+        n += len(dirs) + len(files)
+    return n
+
+
+def tar_names(layer_paths):
+    """The distinct paths a plain tar extractor leaves for these layers (their implied parents
+    included): what ``tar -x`` of each layer in turn must produce."""
+    names = set()
+    for blob in layer_paths:
+        with open(blob, "rb") as raw:
+            kind = compression.detect(raw.read(_HEAD_BYTES))
+            raw.seek(0)
+            stream = compression.open_decompressed(raw, kind, blob)
+            with tarfile.open(fileobj=stream, mode="r|") as tf:
+                for member in tf:
+                    parts = [p for p in member.name.split("/") if p not in ("", ".")]
+                    for i in range(1, len(parts) + 1):
+                        names.add("/".join(parts[:i]))
+    return names
+
+
+def _remove(path):
+    if os.path.lexists(path):
+        subprocess.run(["rm", "-rf", "--one-file-system", path], check=False)
+
+
+# --- the benchmark -----------------------------------------------------------------
+
+def run(source, *, format="dir", runs=3, compare=(), target=None, progress=None):
+    """Benchmark unpacking ``source`` (anything ``unpack`` accepts, or a layer file)."""
+    if runs < 1:
+        raise BenchError("--runs must be at least 1")
+    for tool in compare:
+        if tool not in TOOLS:
+            raise BenchError(f"unknown tool {tool!r} for --compare (known: {', '.join(TOOLS)})")
+    _check_source(source)
+    with _Workspace(target) as ws:
+        subject = Subject(source, ws.scratch)
+        doc = _bench_subject(subject, ws, format=format, runs=runs, compare=compare, progress=progress)
+    doc.update(kind=subject.kind, source=str(source))
+    return doc
+
+
+def _check_source(source):
+    """Images in the store or a registry are measured from a file: say how, not just "no such file"."""
+    if isinstance(source, str) and (source.startswith("docker://") or not os.path.exists(parse_source(source)[1])):
+        raise BenchError(f"{source}: no such image file or layout; lamina bench reads oci:PATH[:REF], "
+                         "oci-archive:PATH[:REF], docker-archive:PATH[:REF] or a layer file (for an image in "
+                         "the store: lamina save -o FILE REF, then lamina bench docker-archive:FILE)")
+
+
+class _Workspace:
+    """A fresh directory for the destinations (on the target filesystem) and one for copies of
+    blobs that are not files already; both removed at the end."""
+
+    def __init__(self, target):
+        self.parent = os.path.abspath(target) if target else default_target_parent()
+
+    def __enter__(self):
+        os.makedirs(self.parent, exist_ok=True)
+        self.dir = tempfile.mkdtemp(prefix="lamina-bench-", dir=self.parent)
+        self.scratch = tempfile.mkdtemp(prefix="lamina-bench-blobs-")
+        self.n = 0
+        return self
+
+    def fresh(self, label):
+        self.n += 1
+        return os.path.join(self.dir, f"{self.n}-{label}")
+
+    def __exit__(self, *exc):
+        _remove(self.dir)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _bench_subject(subject, ws, *, format, runs, compare, progress):
+    say = progress or (lambda msg: None)
+    # Untimed warm-up: reads every blob into the page cache, and its flat tree is the
+    # reference for the tools that apply whiteouts.
+    dest = ws.fresh("warmup")
+    subject.run_lamina(dest, "dir")
+    expected = {"lamina-tree": count_entries(dest)}
+    _remove(dest)
+    plans = {}
+    for tool in compare:
+        plan = tool_commands(tool, subject, ws.fresh(tool))
+        plans[tool] = plan
+        if not isinstance(plan, str) and tool not in APPLIES_WHITEOUTS and "tar-names" not in expected:
+            expected["tar-names"] = len(tar_names([layer["path"] for layer in subject.layers]))
+
+    lamina_runs = []
+    tool_runs = {tool: [] for tool in compare}
+    tool_checks = {}
+    for i in range(runs):
+        dest = ws.fresh("lamina")
+        stats, m = measure(lambda: subject.run_lamina(dest, format))
+        lamina_runs.append({**m, **stats})
+        _remove(dest)
+        say(f"run {i + 1}/{runs}: lamina {m['wall']:.3f}s")
+        for tool in compare:
+            if isinstance(plans[tool], str):
+                continue
+            dest = ws.fresh(tool)
+            try:
+                r = run_tool(tool_commands(tool, subject, dest), dest)
+            except BenchError as e:
+                plans[tool] = str(e)
+                _remove(dest)
+                continue
+            if tool not in tool_checks:  # its tree, once: the comparison really ran
+                want = expected["lamina-tree" if tool in APPLIES_WHITEOUTS else "tar-names"]
+                got = count_entries(dest)
+                tool_checks[tool] = {"entries": got, "expected_entries": want, "tree_ok": got == want}
+            tool_runs[tool].append(r)
+            _remove(dest)
+            say(f"run {i + 1}/{runs}: {tool} {r['wall']:.3f}s")
+
+    doc = {
+        "lamina_version": __version__,
+        "format": format,
+        "runs": runs,
+        "target": {"path": ws.parent, **filesystem_of(ws.dir)},
+        "host": {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]},
+        "lamina": {"runs": lamina_runs, "median": _median_run(lamina_runs), "verifies": VERIFIES["lamina"],
+                   "entries_in_tree": expected["lamina-tree"]},
+        "layers": _layer_table(lamina_runs),
+        "compare": [],
+    }
+    base = doc["lamina"]["median"]["wall"]
+    for tool in compare:
+        entry = {"tool": tool, "verifies": VERIFIES[tool]}
+        if isinstance(plans[tool], str):
+            entry["error"] = plans[tool]
+        else:
+            walls = [r["wall"] for r in tool_runs[tool]]
+            med = statistics.median(walls)
+            entry.update(walls=walls, median_wall=round(med, 6),
+                         median_cpu=round(statistics.median(r["cpu"] for r in tool_runs[tool]), 6),
+                         peak_rss_bytes=max((r["peak_rss_bytes"] or 0 for r in tool_runs[tool]), default=0) or None,
+                         ratio_to_lamina=round(med / base, 3) if base else None, **tool_checks[tool])
+        doc["compare"].append(entry)
+    return doc
+
+
+def _median_run(runs):
+    """The median of every number over the runs (each field on its own)."""
+    med = {k: round(statistics.median(r[k] for r in runs), 6)
+           for k in ("wall", "cpu_user", "cpu_system", "cpu_main_thread", "cores_busy")}
+    med["cpu"] = round(med["cpu_user"] + med["cpu_system"], 6)
+    med["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in runs)
+    first = runs[0]
+    med["entries"] = sum(layer["entries"] for layer in first["layers"])
+    med["bytes"] = sum(layer["bytes"] for layer in first["layers"])
+    med["compressed_bytes"] = sum(layer["compressed_bytes"] for layer in first["layers"])
+    med["seconds"] = {k: round(statistics.median(r["seconds"].get(k, 0.0) for r in runs), 6)
+                      for k in first["seconds"]}
+    wall = med["wall"]
+    med["mb_per_s"] = round(med["bytes"] / wall / 1e6, 2) if wall else None
+    med["compressed_mb_per_s"] = round(med["compressed_bytes"] / wall / 1e6, 2) if wall else None
+    med["entries_per_s"] = round(med["entries"] / wall, 1) if wall else None
+    return med
+
+
+# The stages apply_layer reports (ApplyStats.seconds): read and inflate run on the inflate
+# thread, hash on the hashing thread, extract and wait (for the next chunk) on the caller's.
+STAGES = ("read", "inflate", "hash", "extract", "wait", "total")
+
+
+def _layer_table(runs):
+    """Per layer: the median of each stage over the runs, and its throughputs."""
+    table = []
+    for i, first in enumerate(runs[0]["layers"]):
+        seconds = {s: round(statistics.median(r["layers"][i]["seconds"].get(s, 0.0) for r in runs), 6)
+                   for s in STAGES}
+        total = seconds["total"]
+        table.append({
+            "index": i, "digest": first["digest"], "diff_id": first["diff_id"],
+            "compression": first["compression"], "entries": first["entries"], "bytes": first["bytes"],
+            "compressed_bytes": first["compressed_bytes"], "whiteouts": first["whiteouts"],
+            "hidden": first["hidden"], "seconds": seconds,
+            "mb_per_s": round(first["bytes"] / total / 1e6, 2) if total else None,
+            "compressed_mb_per_s": round(first["compressed_bytes"] / total / 1e6, 2) if total else None,
+            "entries_per_s": round(first["entries"] / total, 1) if total else None,
+        })
+    return table
+
+
+# --- synthetic layers: one dimension at growing sizes ----------------------------------
+
+def parse_sizes(text):
+    """"1k,10k,200k" -> [1000, 10000, 200000]."""
+    sizes = []
+    for part in filter(None, (p.strip().lower() for p in text.split(","))):
+        mult = {"k": 1000, "m": 1000 ** 2}.get(part[-1], 1)
+        try:
+            n = int(float(part[:-1] if mult > 1 else part) * mult)
+        except ValueError:
+            raise BenchError(f"--sizes: {part!r} is not a count (like 1000, 10k, 1M)") from None
+        if n < 1:
+            raise BenchError(f"--sizes: {part!r} must be at least 1")
+        sizes.append(n)
+    if not sizes:
+        raise BenchError("--sizes: no size given")
+    return sizes
+
+
+SMALL_FILE = 512          # bytes in each small file
+FILES_PER_DIR = 1000
+CHAIN_DEPTH = 100         # deep: directories per chain
+HUGE_FILES = 2            # huge-files: the size is MiB per file, in this many files
+
+
+def _entry(name, type=tarfile.REGTYPE, size=0, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname = type, size, linkname
+    info.mode = 0o755 if type == tarfile.DIRTYPE else 0o644
+    info.mtime = 1700000000
+    return info
+
+
+def synthetic_layers(kind, size):
+    """The tar streams (bytes, bottom first) of a synthetic image probing ``kind`` at ``size``:
+    entries in the top layer (small-files, deep, whiteouts, hardlinks) or MiB per file (huge-files)."""
+    if kind not in SYNTHETIC_KINDS:
+        raise BenchError(f"unknown synthetic kind {kind!r} (known: {', '.join(SYNTHETIC_KINDS)})")
+    if kind == "whiteouts":
+        return _whiteout_pair(size)
+    if kind == "hardlinks" and size < 4:
+        raise BenchError("hardlinks: sizes must be at least 4 entries (a directory, files, links to them)")
+    build = {"small-files": lambda tf: _small_files(tf, size),
+             "huge-files": lambda tf: _huge_files(tf, size),
+             "deep": lambda tf: _deep(tf, size),
+             "hardlinks": lambda tf: _hardlinks(tf, size)}[kind]
+    return [_tar(build)]
+
+
+def _tar(build):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        build(tf)
+    return buf.getvalue()
+
+
+def _small_files(tf, n):
+    """``n`` entries: directories of FILES_PER_DIR files each (the directories count).
+    Returns the names of the files."""
+    files = []
+    made = d = 0
+    while made < n:
+        dname = f"d{d:05d}"
+        tf.addfile(_entry(dname, tarfile.DIRTYPE))
+        made += 1
+        for i in range(min(FILES_PER_DIR, n - made)):
+            files.append(f"{dname}/f{i:05d}")
+            _add_file(tf, files[-1])
+            made += 1
+        d += 1
+    return files
+
+
+_PAYLOAD = (b"lamina synthetic file\n" * (SMALL_FILE // 22 + 1))[:SMALL_FILE]
+
+
+def _add_file(tf, name):
+    tf.addfile(_entry(name, size=len(_PAYLOAD)), io.BytesIO(_PAYLOAD))
+
+
+def _whiteout_pair(n):
+    """A lower layer of ``n`` files (in directories), an upper one of ``n`` whiteouts deleting them."""
+    names = [f"d{i // FILES_PER_DIR:05d}/f{i % FILES_PER_DIR:05d}" for i in range(n)]
+
+    def lower(tf):
+        for i, name in enumerate(names):
+            if i % FILES_PER_DIR == 0:
+                tf.addfile(_entry(os.path.dirname(name), tarfile.DIRTYPE))
+            _add_file(tf, name)
+
+    def upper(tf):
+        for name in names:
+            tf.addfile(_entry(f"{os.path.dirname(name)}/.wh.{os.path.basename(name)}"), io.BytesIO(b""))
+    return [_tar(lower), _tar(upper)]
+
+
+def _huge_files(tf, mib):
+    # base64 of random bytes: compresses about like real binaries, so inflate does real work
+    import base64
+    block = base64.b64encode(os.urandom(3 << 18))  # 1 MiB
+    for i in range(HUGE_FILES):
+        tf.addfile(_entry(f"huge{i}", size=mib * len(block)), _Repeat(block, mib))
+
+
+class _Repeat(io.RawIOBase):
+    def __init__(self, block, times):
+        self.block, self.left, self.pos = block, times, 0
+
+    def readable(self):
+        return True
+
+    def read(self, n=-1):
+        if not self.left:
+            return b""
+        out = self.block[self.pos:self.pos + (n if n >= 0 else len(self.block))]
+        self.pos += len(out)
+        if self.pos == len(self.block):
+            self.pos, self.left = 0, self.left - 1
+        return out
+
+
+def _deep(tf, n):
+    """Chains of CHAIN_DEPTH nested directories with a file at the bottom, ``n`` entries."""
+    made = c = 0
+    while made < n:
+        path = f"c{c:05d}"
+        for depth in range(min(CHAIN_DEPTH, n - made)):
+            if depth:
+                path += f"/d{depth:03d}"
+            tf.addfile(_entry(path, tarfile.DIRTYPE))
+            made += 1
+        if made < n:
+            tf.addfile(_entry(path + "/leaf", size=4), io.BytesIO(b"leaf"))
+            made += 1
+        c += 1
+
+
+def _hardlinks(tf, n):
+    """Half files (in directories, which count), half hardlinks to them: ``n`` entries."""
+    names = _small_files(tf, n - n // 2)
+    for i in range(n // 2):
+        target = names[i % len(names)]
+        tf.addfile(_entry(f"{target}.link{i // len(names)}", tarfile.LNKTYPE, linkname=target))
+
+
+def write_layout(path, tars, tag="bench"):
+    """An OCI image layout at ``path`` holding one image with these tar layers (gzip level 1)."""
+    blobs = os.path.join(path, "blobs", "sha256")
+    os.makedirs(blobs)
+
+    def put(data):
+        digest = hashlib.sha256(data).hexdigest()
+        with open(os.path.join(blobs, digest), "wb") as f:
+            f.write(data)
+        return {"digest": "sha256:" + digest, "size": len(data)}
+
+    layers = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+               **put(gzip.compress(t, compresslevel=1, mtime=0))} for t in tars]
+    config = {"architecture": _host_arch(), "os": "linux", "config": {},
+              "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in tars]}}
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           **put(json.dumps(config).encode())}, "layers": layers}
+    index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                                **put(json.dumps(manifest).encode()),
+                                                "annotations": {"org.opencontainers.image.ref.name": tag}}]}
+    with open(os.path.join(path, "index.json"), "w") as f:
+        json.dump(index, f)
+    with open(os.path.join(path, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    return f"oci:{path}:{tag}"
+
+
+def _host_arch():
+    from .platform import Platform
+    return Platform.host().architecture
+
+
+def run_synthetic(kind, sizes=None, *, format="dir", runs=3, compare=(), target=None, progress=None):
+    """Benchmark ``kind`` layers at each size: cost per entry and per byte, to see the curve."""
+    say = progress or (lambda msg: None)
+    if kind not in SYNTHETIC_KINDS:
+        raise BenchError(f"unknown synthetic kind {kind!r} (known: {', '.join(SYNTHETIC_KINDS)})")
+    sizes = sizes or (DEFAULT_HUGE_MIB if kind == "huge-files" else DEFAULT_SIZES)
+    points = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="lamina-bench-synthetic-") as tmp:
+            say(f"{kind} {size}: generating")
+            source = write_layout(os.path.join(tmp, "image"), synthetic_layers(kind, size))
+            doc = run(source, format=format, runs=runs, compare=compare, target=target, progress=progress)
+        med = doc["lamina"]["median"]
+        layers_wall = med["seconds"].get("layers", med["wall"])
+        points.append({
+            "size": size, "entries": med["entries"], "bytes": med["bytes"],
+            "compressed_bytes": med["compressed_bytes"], "wall": med["wall"], "cpu": med["cpu"],
+            "peak_rss_bytes": med["peak_rss_bytes"],
+            "us_per_entry": round(layers_wall / med["entries"] * 1e6, 3) if med["entries"] else None,
+            "ns_per_byte": round(layers_wall / med["bytes"] * 1e9, 3) if med["bytes"] else None,
+            "entries_in_tree": doc["lamina"]["entries_in_tree"],
+            "compare": doc["compare"], "target": doc["target"],
+        })
+    return {"kind": "synthetic", "synthetic": kind, "lamina_version": __version__, "format": format,
+            "runs": runs, "target": points[0]["target"] if points else filesystem_of(target or default_target_parent()),
+            "host": {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]},
+            "points": points}
+
+
+# --- the report: JSON, and an HTML page with charts ---------------------------------------
+
+def write_report(doc, directory):
+    """bench.json and index.html in ``directory``; the page embeds SVG charts when matplotlib
+    is installed (``pip install lamina[plot]``), else tables only.  Returns the files written."""
+    import html
+    os.makedirs(directory, exist_ok=True)
+    json_path = os.path.join(directory, "bench.json")
+    with open(json_path, "w") as f:
+        json.dump({"version": 1, **doc}, f, indent=2)
+    charts = _charts(doc)
+    esc = html.escape
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>lamina bench</title>",
+             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style></head><body>",
+             f"<h1>lamina bench: {esc(str(doc.get('source') or doc.get('synthetic')))}</h1>",
+             f"<p>lamina {esc(doc['lamina_version'])}, format {esc(doc['format'])}, {doc['runs']} run(s), "
+             f"target {esc(doc['target'].get('path', ''))} ({esc(doc['target']['fstype'])})</p>"]
+    for title, rows in report_tables(doc):
+        parts.append(f"<h2>{esc(title)}</h2><table>")
+        parts.append("<tr>" + "".join(f"<th>{esc(str(c))}</th>" for c in rows[0]) + "</tr>")
+        for row in rows[1:]:
+            parts.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>")
+        parts.append("</table>")
+    if charts is None:
+        parts.append("<p>No charts: matplotlib is not installed (pip install lamina[plot]).</p>")
+    for title, svg in charts or ():
+        parts.append(f"<h2>{esc(title)}</h2><figure class='chart'>{svg}</figure>")
+    parts.append("</body></html>")
+    html_path = os.path.join(directory, "index.html")
+    with open(html_path, "w") as f:
+        f.write("\n".join(parts))
+    return [json_path, html_path]
+
+
+def _fmt(x, digits=3):
+    return "" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def report_tables(doc):
+    """[(title, [header, row, ...])]: what the text output and the HTML page show."""
+    tables = []
+    if doc.get("kind") == "synthetic":
+        rows = [["size", "entries", "MB", "wall s", "cpu s", "µs/entry", "ns/byte", "peak RSS MB"]]
+        for p in doc["points"]:
+            rows.append([p["size"], p["entries"], _fmt(p["bytes"] / 1e6, 1), _fmt(p["wall"]), _fmt(p["cpu"]),
+                         _fmt(p["us_per_entry"], 2), _fmt(p["ns_per_byte"], 2), _fmt(p["peak_rss_bytes"] / 1e6, 1)])
+        tables.append((f"synthetic {doc['synthetic']}: cost per entry and per byte", rows))
+        compare = [(p["size"], c) for p in doc["points"] for c in p["compare"]]
+    else:
+        rows = [["layer", "comp", "entries", "MB", "comp MB"] + [f"{s} ms" for s in STAGES]
+                + ["MB/s", "comp MB/s", "entries/s"]]
+        for layer in doc["layers"]:
+            rows.append([layer["index"], layer["compression"], layer["entries"], _fmt(layer["bytes"] / 1e6, 2),
+                         _fmt(layer["compressed_bytes"] / 1e6, 2)] + [_fmt(layer["seconds"][s] * 1e3, 1) for s in STAGES]
+                        + [_fmt(layer["mb_per_s"], 1), _fmt(layer["compressed_mb_per_s"], 1),
+                           _fmt(layer["entries_per_s"], 0)])
+        tables.append(("per layer (median milliseconds per stage; read+inflate on one thread, hash on another, "
+                       "extract+wait on the caller's)", rows))
+        med = doc["lamina"]["median"]
+        tables.append(("whole unpack (median)", [
+            ["wall s", "cpu s", "main thread cpu s", "cores busy", "peak RSS MB", "MB/s", "comp MB/s", "entries/s"]
+            + [f"{k} s" for k in med["seconds"]],
+            [_fmt(med["wall"]), _fmt(med["cpu"]), _fmt(med["cpu_main_thread"]), _fmt(med["cores_busy"], 2),
+             _fmt(med["peak_rss_bytes"] / 1e6, 1), _fmt(med["mb_per_s"], 1), _fmt(med["compressed_mb_per_s"], 1),
+             _fmt(med["entries_per_s"], 0)] + [_fmt(v) for v in med["seconds"].values()]]))
+        compare = [(None, c) for c in doc["compare"]]
+    if compare:
+        rows = [(["size"] if doc.get("kind") == "synthetic" else [])
+                + ["tool", "median s", "x lamina", "cpu s", "peak RSS MB", "tree entries", "tree ok", "what it checks"]]
+        for size, c in compare:
+            lead = [size] if doc.get("kind") == "synthetic" else []
+            if "error" in c:
+                rows.append(lead + [c["tool"], "", "", "", "", "", "", f"not run: {c['error']}"])
+            else:
+                rows.append(lead + [c["tool"], _fmt(c["median_wall"]), _fmt(c["ratio_to_lamina"], 2),
+                                    _fmt(c["median_cpu"]),
+                                    _fmt(c["peak_rss_bytes"] / 1e6, 1) if c["peak_rss_bytes"] else "?",
+                                    f"{c['entries']}/{c['expected_entries']}",
+                                    "yes" if c["tree_ok"] else "NO", c["verifies"]])
+        tables.append(("comparison (ratio = tool time / lamina time; >1: lamina is faster)", rows))
+    return tables
+
+
+def _charts(doc):
+    """[(title, svg text)], or None without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        from matplotlib import pyplot as plt
+    except ImportError:
+        return None
+    charts = []
+
+    def svg(fig):
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", bbox_inches="tight")
+        plt.close(fig)
+        text = buf.getvalue()
+        return text[text.index("<svg"):]  # drop the XML prolog: the page inlines it
+
+    if doc.get("kind") == "synthetic":
+        pts = doc["points"]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([p["entries"] for p in pts], [p["us_per_entry"] for p in pts], marker="o", label="lamina")
+        for tool in dict.fromkeys(c["tool"] for p in pts for c in p["compare"] if "error" not in c):
+            ran = [(p["entries"], c["median_wall"]) for p in pts for c in p["compare"]
+                   if c["tool"] == tool and "error" not in c]
+            ax.plot([n for n, _ in ran], [w / n * 1e6 for n, w in ran], marker="s", label=tool)
+        ax.set_xscale("log")
+        ax.set_xlabel("entries in the layer")
+        ax.set_ylabel("µs per entry (wall)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize="small")
+        ax.set_title(f"{doc['synthetic']}: cost per entry")
+        charts.append(("scaling: cost per entry", svg(fig)))
+        return charts
+    # One bar per thread of each layer: the threads overlap in time, so their stages are
+    # shown side by side against the layer's wall time, not stacked into one sum.
+    threads = (("inflate thread", ("read", "inflate")), ("hash thread", ("hash",)),
+               ("main thread", ("extract", "wait")))
+    layers = doc["layers"]
+    fig, ax = plt.subplots(figsize=(6.5, 0.8 + 1.0 * len(layers)))
+    colors = dict(zip(STAGES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    labels, seen = [], set()
+    for layer in layers:
+        for tname, stages in threads:
+            y = len(labels)
+            labels.append(f"layer {layer['index']} {tname}")
+            left = 0.0
+            for stage in stages:
+                v = layer["seconds"][stage]
+                ax.barh(y, v, left=left, color=colors[stage], label=None if stage in seen else stage)
+                seen.add(stage)
+                left += v
+        ax.plot([layer["seconds"]["total"]] * 2, [len(labels) - 3.4, len(labels) - 0.6], color="black",
+                label=None if "total" in seen else "layer wall time")
+        seen.add("total")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    charts.append(("stage seconds per layer and thread", svg(fig)))
+    ran = [c for c in doc["compare"] if "error" not in c]
+    if ran:
+        fig, ax = plt.subplots(figsize=(6, 0.8 + 0.4 * len(ran)))
+        names = ["lamina"] + [c["tool"] for c in ran]
+        ax.barh(names, [doc["lamina"]["median"]["wall"]] + [c["median_wall"] for c in ran])
+        ax.set_xlabel("median wall seconds")
+        charts.append(("comparison", svg(fig)))
+    return charts
