@@ -112,13 +112,16 @@ def test_concurrent_ingests_of_one_digest_write_it_once(store):
 
     def worker():
         started.wait()
-        with store.ingest(DIGEST, len(DATA)) as w:
-            if w.exists:
-                results.append("exists")
-                return
-            w.write(DATA)
-            w.commit()
-            results.append("wrote")
+        try:
+            with store.ingest(DIGEST, len(DATA)) as w:
+                if w.exists:
+                    results.append("exists")
+                    return
+                w.write(DATA)
+                w.commit()
+                results.append("wrote")
+        except Exception as e:  # shown in the assertion, not lost in the thread
+            results.append(f"error: {e!r}")
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:

@@ -90,11 +90,11 @@ class Store:
 
     def _take_lease(self, create=True):
         """The shared gc lock; writers (``create``) first create the store if it is not there."""
-        if create and not self._created:  # once per Store: writes come by the thousand in a pull
-            self._check_writable("cannot write")
-            self.paths.create()
-            self._created = True
-        with self._lease_mutex:
+        with self._lease_mutex:  # threads of one Store: one creates, the others wait for it
+            if create and not self._created:  # once per Store: writes come by the thousand in a pull
+                self._check_writable("cannot write")
+                self.paths.create()
+                self._created = True
             if self._lease is None and (create or self.exists):
                 self._lease = FileLock(self.paths.gc_lock, shared=True).acquire()
 
