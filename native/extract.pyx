@@ -570,7 +570,9 @@ cdef class Extractor:
         if hidden is not None:
             if self.overlay:
                 raise ValueError("hidden paths only apply to the dir format")
-            if len(hidden) == 3:
+            if len(hidden) == 4:  # + the set of non-directories skipped so far, shared by the layers
+                self.hide_at, self.hide_below, self.hide_level, self.hidden_files = hidden
+            elif len(hidden) == 3:
                 self.hide_at, self.hide_below, self.hide_level = hidden
             else:
                 self.hide_at, self.hide_below = hidden
@@ -1737,6 +1739,8 @@ cdef class Extractor:
                 self._check_skipped_link(link, name)
             return
         pfd = self._parent(path, slash, name)
+        if self.hidden_files:
+            self.hidden_files.discard(path)  # written here now: no longer a skipped non-directory
         if not self.overlay:
             self._record(path)
         else:

@@ -282,3 +282,12 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
         "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
+
+
+def test_entry_under_a_file_skipped_in_a_lower_layer_fails_everywhere(g):
+    """Layer 0's file a is skipped (layer 3 replaces a); layer 1's a/a/a would have failed
+    on it, unskipped: so it fails on every path (found by the fuzzer)."""
+    layers = [Tar().file("a"), Tar().file("a/a/a"),
+              Tar().file("a/a/a").symlink("a/b", "a/a/a").dir("a/a").file("a"), Tar().file("a")]
+    results = run_paths(g.dest, [t.bytes() for t in layers])
+    assert all(isinstance(v, Exception) for v in results.values()), results

@@ -103,7 +103,8 @@ def _apply_flat(layers, root, limits):
     if not at and not below:
         return [_apply(layer, root, "dir", limits) for layer in layers]
     try:
-        return [_apply(layer, root, "dir", limits, hidden=(at, below, i)) for i, layer in enumerate(layers)]
+        skipped = set()  # non-directories skipped in any layer: what lies under them is an error, as unskipped
+        return [_apply(layer, root, "dir", limits, hidden=(at, below, i, skipped)) for i, layer in enumerate(layers)]
     except (HiddenLinkTarget, InvalidArchiveError, ExtractError):
         # A hardlink to a skipped file, or any other failure: do it the plain way,
         # which is always right (and reports a real error as it is).
