@@ -1738,6 +1738,8 @@ cdef class Extractor:
             if kind == K_LINK:
                 self._check_skipped_link(link, name)
             return
+        if self.hidden_files:
+            self._check_skipped_parents(path, name)  # e.g. a symlink (never skipped) under a skipped file
         pfd = self._parent(path, slash, name)
         if self.hidden_files:
             self.hidden_files.discard(path)  # written here now: no longer a skipped non-directory

@@ -291,3 +291,10 @@ def test_entry_under_a_file_skipped_in_a_lower_layer_fails_everywhere(g):
               Tar().file("a/a/a").symlink("a/b", "a/a/a").dir("a/a").file("a"), Tar().file("a")]
     results = run_paths(g.dest, [t.bytes() for t in layers])
     assert all(isinstance(v, Exception) for v in results.values()), results
+
+
+def test_symlink_under_a_file_skipped_in_a_lower_layer_fails_everywhere(g):
+    """Symlinks are never skipped; one under a file skipped below still fails as unskipped."""
+    layers = [Tar().file("b").file("a"), Tar().file("a"), Tar().symlink("a/a", "."), Tar().file("a")]
+    results = run_paths(g.dest, [t.bytes() for t in layers])
+    assert all(isinstance(v, Exception) for v in results.values()), results
