@@ -30,18 +30,7 @@ TAG = "img"
 
 def write_image(layout_dir, layer_tars, tag=TAG):
     """An OCI layout holding one image whose layers are the given raw tars (gzipped)."""
-    lay = ob.Layout(layout_dir)
-    descs, ids = [], []
-    for raw in layer_tars:
-        blob = ob.gz(raw)
-        lay.blob(blob)
-        descs.append(ob.desc(ob.OCI_LAYER_GZIP, blob))
-        ids.append(ob.sha256(raw))
-    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": ids},
-              "config": {}}
-    cdesc = lay.json_blob(config, ob.OCI_CONFIG)
-    manifest = {"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "config": cdesc, "layers": descs}
-    lay.add(lay.json_blob(manifest, ob.OCI_MANIFEST), ref=tag)
+    ob.Layout(layout_dir).image_of_tars(layer_tars, tag)
     return os.fspath(layout_dir)
 
 

@@ -119,6 +119,20 @@ class Layout:
         manifest = {"schemaVersion": 2, "mediaType": mtype, "config": cdesc, "layers": layer_descs}
         return self.json_blob(manifest, mtype)
 
+    def image_of_tars(self, tars, ref=None):
+        """Add an amd64 image whose layers are these raw tars (gzipped); return its manifest descriptor."""
+        descs, ids = [], []
+        for raw in tars:
+            blob = gz(raw)
+            self.blob(blob)
+            descs.append(desc(OCI_LAYER_GZIP, blob))
+            ids.append(sha256(raw))
+        cdesc = self.json_blob({"architecture": "amd64", "os": "linux", "config": {},
+                                "rootfs": {"type": "layers", "diff_ids": ids}}, OCI_CONFIG)
+        manifest = self.json_blob({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cdesc,
+                                   "layers": descs}, OCI_MANIFEST)
+        return self.add(manifest, ref=ref)
+
     def index(self, manifests, *, docker=False):
         mtype = DOCKER_LIST if docker else OCI_INDEX
         return self.json_blob({"schemaVersion": 2, "mediaType": mtype, "manifests": manifests}, mtype)

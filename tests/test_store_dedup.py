@@ -6,7 +6,6 @@ comparison of every snapshot with a fresh extraction of its layer.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -62,16 +61,7 @@ def build_images(layout_dir):
               _layer(app_b, [(ti("usr/share/touched", mtime=MTIME + 60), APP["usr/share/pkgapp/f001"])])],
     }
     for ref, tars in layers.items():
-        descs, ids = [], []
-        for raw in tars:
-            blob = ocibuild.gz(raw)
-            lay.blob(blob)
-            descs.append(ocibuild.desc(ocibuild.OCI_LAYER_GZIP, blob))
-            ids.append(ocibuild.sha256(raw))
-        cdesc = lay.json_blob({"architecture": "amd64", "os": "linux", "config": {},
-                               "rootfs": {"type": "layers", "diff_ids": ids}}, ocibuild.OCI_CONFIG)
-        lay.add(lay.json_blob({"schemaVersion": 2, "mediaType": ocibuild.OCI_MANIFEST, "config": cdesc,
-                               "layers": descs}, ocibuild.OCI_MANIFEST), ref)
+        lay.image_of_tars(tars, ref)
     return lay
 
 
