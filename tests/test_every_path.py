@@ -278,8 +278,14 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
     [Tar().dir("a"), Tar().hardlink("b", "a"), Tar().whiteout("b")],
     # an entry under a file skipped as hidden fails as if written
     [Tar().file("a").file("a/a"), Tar().file("x"), Tar().file("y"), Tar().file("a")],
+    # an opaque marker alone does not make a dir the layer's: a whiteout of it removes it (umoci)
+    [Tar().dir("a").file("a/x"), Tar().opaque("a").whiteout("a")],
+    [Tar().file("a"), Tar().opaque("a").whiteout("a")],
+    # a dir replaced by a symlink later in its layer: its mode must not land on the link's target
+    [Tar().dir("c").dir("a/b/a", mode=0o700).symlink("a/b/a", "/c")],
 ], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
-        "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file"])
+        "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file", "opaque-then-whiteout",
+        "opaque-on-file-then-whiteout", "dir-replaced-by-symlink-keeps-target-mode"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
 
