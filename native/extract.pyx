@@ -238,19 +238,25 @@ class HiddenLinkTarget(Exception):
     the layers again without skipping."""
 
 
+cdef int _descend(int fd, bytes name):
+    """The directory ``name`` under ``fd``, never following a symlink; ``fd``
+    is closed either way.  -1 with errno set on failure."""
+    cdef int nfd = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+    cdef int e = errno
+    close(fd)
+    if nfd < 0:
+        lamina_set_errno(e)
+    return nfd
+
+
 cdef int _walk_plain(int root, bytes path) except -2:
     """openat() one component at a time, never following a symlink."""
-    cdef int fd = dup(root), nfd, e
+    cdef int fd = dup(root)
     for c in path.split(b"/"):
-        if not c:
-            continue
-        nfd = openat(fd, <bytes>c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        e = errno
-        close(fd)
-        if nfd < 0:
-            lamina_set_errno(e)
-            return -1
-        fd = nfd
+        if c:
+            fd = _descend(fd, <bytes>c)
+            if fd < 0:
+                return -1
     return fd
 
 
@@ -1205,7 +1211,7 @@ cdef class Extractor:
     cdef int _walk_in_root(self, bytes path) except -2:
         """RESOLVE_IN_ROOT by hand: component by component with O_NOFOLLOW,
         expanding symlinks ourselves so that ".." and absolute targets stop at the root."""
-        cdef int fd = dup(self.rootfd), nfd, links = 0, e
+        cdef int fd = dup(self.rootfd), links = 0, e
         cdef stat st
         cdef char buf[4096]
         cdef Py_ssize_t ln
@@ -1219,7 +1225,7 @@ cdef class Extractor:
                 if stack:
                     stack.pop()
                     close(fd)
-                    fd = self._reopen_stack(stack)
+                    fd = _walk_plain(self.rootfd, b"/".join(stack))
                     if fd < 0:
                         return -1
                 continue
@@ -1242,24 +1248,10 @@ cdef class Extractor:
                     fd = dup(self.rootfd)
                 todo.extend(target.split(b"/")[::-1])
                 continue
-            nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            e = errno
-            close(fd)
-            if nfd < 0:
-                lamina_set_errno(e)
+            fd = _descend(fd, <bytes>c)
+            if fd < 0:
                 return -1
-            fd = nfd
             stack.append(c)
-        return fd
-
-    cdef int _reopen_stack(self, list stack) except -2:
-        cdef int fd = dup(self.rootfd), nfd
-        for c in stack:
-            nfd = openat(fd, <bytes>c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            close(fd)
-            if nfd < 0:
-                return -1
-            fd = nfd
         return fd
 
     cdef int _resolve_dir(self, bytes path, bint create, object name) except -2:
@@ -1322,11 +1314,9 @@ cdef class Extractor:
                 else:
                     close(fd)
                     self._parent_error(path, name)
-            nfd = openat(fd, <bytes>parts[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            close(fd)
-            if nfd < 0:
+            fd = _descend(fd, <bytes>parts[i])
+            if fd < 0:
                 self._parent_error(b"/".join(parts[:i + 1]), name)
-            fd = nfd
             if not self.overlay:
                 self._record_inode(fd, b"")
         return fd
@@ -1540,16 +1530,13 @@ cdef class Extractor:
                 self._load_lowers(f"entry {_show(name)}: needs the layers below {_show(path)}")
                 return self._union_walk(path, create, name, lowers_out, copy_up)
             self.last_phys = b"/".join(phys)
-            if ufd < 0:
-                if not copy_up:
-                    if lowers_out is not None:
-                        lowers_out.extend(lf)
-                        lf = []
-                    return -3  # only the layers below have it (a lookup: nothing copied up)
-                ufd = self._copy_up_dirs(phys, source, name)
             if lowers_out is not None:
                 lowers_out.extend(lf)
                 lf = []
+            if ufd < 0:
+                if not copy_up:
+                    return -3  # only the layers below have it (a lookup: nothing copied up)
+                ufd = self._copy_up_dirs(phys, source, name)
             fd, ufd = ufd, -1
             return fd
         finally:
