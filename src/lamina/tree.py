@@ -9,7 +9,7 @@ import os
 
 from ._extract import clear_dir, remove_tree
 
-__all__ = ["clear_dir", "discard", "remove_tree"]
+__all__ = ["abandon", "clear_dir", "discard", "remove_tree"]
 
 
 def discard(path, trash_name=None):
@@ -34,6 +34,11 @@ def discard(path, trash_name=None):
         remove_tree(trash)
 
 
-def is_interrupt(exc):
+def abandon(path, exc, trash_name=None):
+    """Remove a half-made tree that ``exc`` left behind: in the background when
+    the user pressed Ctrl-C (see discard), else here and now."""
     from .errors import Interrupted
-    return isinstance(exc, (KeyboardInterrupt, Interrupted))
+    if isinstance(exc, (KeyboardInterrupt, Interrupted)):
+        discard(path, trash_name)
+    else:
+        remove_tree(path)

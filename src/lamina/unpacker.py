@@ -14,9 +14,10 @@ import time
 
 from ._extract import HiddenLinkTarget
 from .errors import ExtractError, InvalidArchiveError
+from .lowers import LayersBelow
 from .oci import open_source
 from .stats import UnpackStats
-from .tree import clear_dir, discard, is_interrupt, remove_tree
+from .tree import abandon, clear_dir
 
 FORMATS = ("dir", "overlay")
 # Overlay layers are independent, and apply_layer keeps about two cores busy by itself
@@ -68,10 +69,7 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
             _commit(staging, dest)
             seconds["commit"] = time.perf_counter() - t
         except BaseException as e:  # includes KeyboardInterrupt: never leave a half-made tree
-            if is_interrupt(e):
-                discard(staging)  # stop now; the files go in the background
-            else:
-                remove_tree(staging)
+            abandon(staging, e)
             raise
     seconds["total"] = time.perf_counter() - t_start
     stats.seconds = {k: round(v, 6) for k, v in seconds.items()}
@@ -153,27 +151,21 @@ def apply_overlay_layers(layers, targets, apply):
     finished, then goes on over them.
 
     ``apply(i, lower_dirs=..., defer_lowers=..., lowers_provider=...)`` extracts layer ``i`` into ``targets[i]``."""
-    import threading
     if not layers:
         return []
-    done = [threading.Event() for _ in layers]
-    failed = []
+    below = LayersBelow(len(layers))
 
     def provider(i):
-        def wait():
-            for j in range(i):
-                done[j].wait()
-            return None if any(j < i for j in failed) else targets[:i]
-        return wait
+        return lambda: targets[:i] if below.wait(i) else None
 
     def one(i):
+        ok = False
         try:
-            return apply(i, lower_dirs=None, defer_lowers=i > 0, lowers_provider=provider(i))
-        except BaseException:
-            failed.append(i)
-            raise
+            result = apply(i, lower_dirs=None, defer_lowers=i > 0, lowers_provider=provider(i))
+            ok = True
+            return result
         finally:
-            done[i].set()
+            below.finished(i, ok)
 
     # started bottom-up: a layer only ever waits for the ones below it, which started before it
     workers = min(MAX_PARALLEL_LAYERS, len(layers))

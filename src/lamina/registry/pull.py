@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from .. import errors, mediatypes as mt
 from ..errors import DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError, RegistryError
 from ..oci.model import document_media_type, parse_config, parse_index, parse_manifest
+from ..lowers import LayersBelow
 from ..platform import Platform
 from ..reference import Reference
 from .client import RegistryClient
@@ -381,8 +382,8 @@ class Puller:
         tagged = ref if ref.tag is not None and ref.digest is None else None
         image = self.store.add_image(mr.digest, ref=tagged if tagged is not None else ref,
                                      repo_digest=repo_digest)
-        # Every snapshot exists by now; this finishes, bottom-up, the ones extracted before their
-        # parent was committed (directories a layer implies inherit their metadata from below).
+        # Every snapshot exists by now; this shares their files (dedup) or compacts the layers,
+        # as the store's settings say.
         self.store.snapshots_for(image)
         fetched = sum(1 for layer in layers if layer.status == "downloaded") + self._config_fetched
         status = "up to date" if previous == mr.digest and fetched == 0 else "downloaded"
@@ -435,30 +436,26 @@ class Puller:
         ready = [False] * len(layer_descs)
         next_submit = [0]
 
-        committed = [threading.Event() for _ in layer_descs]
+        # submitted (and fetched) in layer order: a layer waits only for running or finished ones
+        below = LayersBelow(len(layer_descs), cancel=self._cancel)
         streamed = set()   # layers whose snapshot was extracted while their blob arrived
 
         def wait_lowers(i):
-            def wait():
-                # submitted (and fetched) in layer order: the ones below are running or done
-                for j in range(i):
-                    while not committed[j].wait(0.2):
-                        if self._cancel.is_set():
-                            raise errors.Interrupted(f"layer {layer_descs[i].digest}: interrupted")
-                return True
-            return wait
+            return lambda: below.wait(i)
 
         def extract(i):
             d = layer_descs[i]
             parent = chains[i - 1] if i else None
+            ok = False
             try:
                 if i not in streamed:
                     self.reporter.state(d.digest, "Extracting")
                     path = self.store.ensure_snapshot(d.digest, diff_ids[i], parent, media_type=d.media_type,
                                                       defer=True, wait_lowers=wait_lowers(i))
                     results[i].snapshot = str(path)
+                ok = True
             finally:
-                committed[i].set()
+                below.finished(i, ok)
             if results[i].status != "exists":
                 self.reporter.state(d.digest, "Pull complete")
             return i

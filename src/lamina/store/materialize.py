@@ -52,7 +52,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ExtractError, ImageError
-from ..tree import discard, is_interrupt, remove_tree
+from ..tree import abandon, remove_tree
 
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
@@ -582,10 +582,7 @@ def _staged(dest, fill):
         result = fill(staging)
         _commit(staging, dest)
     except BaseException as e:
-        if is_interrupt(e):
-            discard(staging)  # stop now; the files go in the background
-        else:
-            remove_tree(staging)
+        abandon(staging, e)
         raise
     return result
 

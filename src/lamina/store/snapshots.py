@@ -25,15 +25,15 @@ import concurrent.futures
 import json
 import os
 import secrets
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 from .. import digest as _digest
+from ..lowers import LayersBelow
 from ..errors import BlobNotFoundError, StoreError
-from ..tree import discard, is_interrupt, remove_tree
+from ..tree import abandon, remove_tree
 from ..errors import NeedsLowers
 from .fsutil import disk_usage, fsync_dir, syncfs
 from .image import chain_ids
@@ -193,10 +193,7 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
             os.rename(tmp, final)
             fsync_dir(paths.snapshots)
         except BaseException as e:
-            if is_interrupt(e):
-                discard(tmp, f"{TRASH_PREFIX}{hexid}-{secrets.token_hex(4)}")
-            else:
-                remove_tree(tmp)
+            abandon(tmp, e, f"{TRASH_PREFIX}{hexid}-{secrets.token_hex(4)}")
             raise
         return final / "fs"
     finally:
@@ -226,21 +223,18 @@ def ensure_all(paths, layers, diff_ids, media_types=None):
         return []
     missing = [k for k, c in enumerate(ids) if not _present(paths, c)]
     if len(missing) > 1:
-        done = {k: threading.Event() for k in missing}
-
-        def lowers_of(k):
-            def wait():
-                for j in range(k):
-                    if j in done:
-                        done[j].wait()
-                return all(_present(paths, c) for c in ids[:k])
-            return wait
+        below = LayersBelow(len(jobs))
+        for k in set(range(len(jobs))) - set(missing):
+            below.finished(k)
 
         def one(k):
+            ok = False
             try:
-                return ensure(paths, *jobs[k], defer=True, wait_lowers=lowers_of(k))
+                result = ensure(paths, *jobs[k], defer=True, wait_lowers=lambda: below.wait(k))
+                ok = True
+                return result
             finally:
-                done[k].set()
+                below.finished(k, ok)
 
         workers = min(MAX_PARALLEL, len(missing), max(os.cpu_count() or 1, 2))
         # submitted bottom-up and started in that order, so a layer only ever waits for running ones

@@ -1,0 +1,38 @@
+"""Waiting for the layers below.
+
+Overlay-format layers extract all at once; one that meets an entry needing
+the finished layers below it (an implied directory, a path through a lower
+symlink, a whiteout, a hardlink to a lower file) waits for them there (see
+``lowers_provider`` in lamina._extract).  unpack, the store's snapshots and
+pull all start their layers bottom-up, so a layer only ever waits for ones
+that are running or done.
+"""
+from __future__ import annotations
+
+import threading
+
+from .errors import Interrupted
+
+
+class LayersBelow:
+    """``finished(i, ok)`` as each of ``n`` layers ends (whether or not it worked);
+    ``wait(i)`` blocks until every layer below ``i`` has ended and says whether all
+    of them worked.  Ctrl-C (or ``cancel``, an Event) stops the wait."""
+
+    def __init__(self, n, cancel=None):
+        self._done = [threading.Event() for _ in range(n)]
+        self._failed = set()
+        self._cancel = cancel
+
+    def finished(self, i, ok=True):
+        if not ok:
+            self._failed.add(i)
+        self._done[i].set()
+
+    def wait(self, i):
+        from ._extract import cancelled
+        for j in range(i):
+            while not self._done[j].wait(0.2):
+                if cancelled.is_set() or (self._cancel is not None and self._cancel.is_set()):
+                    raise Interrupted(f"layer {i}: interrupted while waiting for the layers below")
+        return not any(j < i for j in self._failed)
