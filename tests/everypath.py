@@ -65,7 +65,7 @@ def run_paths(work, layer_tars, paths=PATHS):
     """{path name: Snapshot or LaminaError} for the image made of ``layer_tars``."""
     import lamina
     from lamina.store import Store
-    from lamina.store import materialize as mat
+    from lamina.store import materialize as mat, mounts
     from verbkit import load_layout
 
     work = os.fspath(work)
@@ -95,11 +95,11 @@ def run_paths(work, layer_tars, paths=PATHS):
                 out[p] = _attempt(lambda: (mat.materialize(store, "img:1", dest, link=True), _tree(dest))[1])
             else:
                 def mounted():
-                    mat.mount(store, "img:1", dest)
+                    mounts.mount(store, "img:1", dest)
                     try:
                         return _tree(dest)
                     finally:
-                        mat.umount(store, dest)
+                        mounts.umount(store, dest)
                 out[p] = _attempt(mounted)
     return out
 

@@ -16,7 +16,7 @@ from verbkit import load_layout
 
 from lamina.errors import LaminaError
 from lamina.store import Store
-from lamina.store.materialize import mount, umount
+from lamina.store.mounts import mount, umount
 
 
 def _kernel_at_least(major, minor):

@@ -40,6 +40,10 @@ class ExtractError(LaminaError):
     """The filesystem refused an operation while applying an entry."""
 
 
+class MaterializeError(ExtractError):
+    """The store's snapshots could not be materialized into the destination (flatten, bundle, mount)."""
+
+
 # --- content and images ---------------------------------------------------
 
 class InvalidDigestError(LaminaError, ValueError):

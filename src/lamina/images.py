@@ -48,7 +48,7 @@ def created_ts(image):
 
 def in_use(store):
     """{manifest digest: [records]} of the mounts and bundles that keep an image in use."""
-    from .store.materialize import in_use as records
+    from .store.inuse import in_use as records
     out = {}
     for rec in records(store):
         out.setdefault(rec["manifest_digest"], []).append(rec)
@@ -642,30 +642,31 @@ def _blob_size(store, digest):
 
 def mounts(store):
     """The mount records (each with ``mounted``: whether the kernel mount is present)."""
-    from .store.materialize import mounts as records
+    from .store.mounts import mounts as records
     return records(store)
 
 
 def mount(store, ref, target, *, rw=False):
     """Mount the image with overlayfs at ``target`` (read-only unless ``rw``). Returns the record."""
-    from .store.materialize import mount as do_mount
+    from .store.mounts import mount as do_mount
     return do_mount(store, ref, target, rw=rw)
 
 
 def umount(store, target, *, lazy=False):
-    from .store.materialize import umount as do_umount
+    from .store.mounts import umount as do_umount
     return do_umount(store, target, lazy=lazy)
 
 
 def unpack(store, ref, dest, *, bundle=False, link=False, platform=None):
     """An image of the store as a rootfs at ``dest`` (or an OCI runtime bundle).
     Returns (store.Image, stats)."""
-    from .store import materialize as M
+    from .store.bundles import make_bundle
+    from .store.materialize import materialize
     image = store.resolve(ref)
     if bundle:
-        image, stats, _spec = M.make_bundle(store, image, dest, link=link, platform=platform)
+        image, stats, _spec = make_bundle(store, image, dest, link=link, platform=platform)
     else:
-        image, stats = M.materialize(store, image, dest, link=link, platform=platform)
+        image, stats = materialize(store, image, dest, link=link, platform=platform)
     return image, stats
 
 

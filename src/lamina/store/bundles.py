@@ -1,0 +1,277 @@
+"""OCI runtime bundles: ``lamina unpack --bundle REF DIR`` writes DIR/rootfs and DIR/config.json.
+
+config.json follows the image-spec's conversion rules (conversion.md) on top of
+the runtime-spec example configuration, as ``umoci unpack`` does; the image's
+User is resolved in the rootfs' own /etc/passwd and /etc/group, read without
+ever leaving the rootfs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from ..errors import ImageError
+from .flatten import _is_root, flatten
+from .inuse import record_use
+from .materialize import _check_link, _check_platform, _snapshots, _staged
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+
+
+def _default_spec(rootless):
+    """The runtime-spec example configuration (what ``runc spec`` and umoci start from)."""
+    mounts = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] + ([] if rootless else ["gid=5"])},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+    ]
+    if rootless:
+        mounts.append({"destination": "/sys", "type": "none", "source": "/sys",
+                       "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]})
+    else:
+        mounts += [
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+        ]
+    namespaces = [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
+    linux = {
+        "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+        "namespaces": namespaces,
+        "maskedPaths": ["/proc/kcore", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                        "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+        "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+    }
+    if rootless:
+        # like `runc spec --rootless`: a user namespace mapping root to the caller, no network namespace,
+        # no cgroup device rules (an unprivileged runtime cannot set them)
+        namespaces[:] = [n for n in namespaces if n["type"] != "network"] + [{"type": "user"}]
+        linux["uidMappings"] = [{"containerID": 0, "hostID": os.geteuid(), "size": 1}]
+        linux["gidMappings"] = [{"containerID": 0, "hostID": os.getegid(), "size": 1}]
+        del linux["resources"]
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": True,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh"],
+            "env": [f"PATH={DEFAULT_PATH}", "TERM=xterm"],
+            "cwd": "/",
+            "capabilities": {k: list(_CAPS) for k in ("bounding", "effective", "inheritable", "permitted", "ambient")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs"},
+        "hostname": "lamina",
+        "mounts": mounts,
+        "linux": linux,
+    }
+
+
+def _read_in_root(root, relpath, limit=1 << 20):
+    """Read a file of the rootfs, resolving symlinks inside ``root`` (never outside); None if absent."""
+    root_fd = os.open(root, _DIR_FLAGS)
+    try:
+        parts = [p for p in relpath.split("/") if p not in ("", ".")]
+        hops = 0
+        stack = []           # fds of the directories walked, root first (not including root_fd)
+        cur = root_fd
+        try:
+            while parts:
+                name = parts.pop(0)
+                if name == "..":
+                    if stack:
+                        os.close(stack.pop())
+                    cur = stack[-1] if stack else root_fd
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=cur, follow_symlinks=False)
+                except (FileNotFoundError, NotADirectoryError):
+                    return None
+                if stat.S_ISLNK(st.st_mode):
+                    hops += 1
+                    if hops > 40:
+                        return None
+                    target = os.readlink(name, dir_fd=cur)
+                    if target.startswith("/"):
+                        while stack:
+                            os.close(stack.pop())
+                        cur = root_fd
+                    parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+                    continue
+                if parts:
+                    if not stat.S_ISDIR(st.st_mode):
+                        return None
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=cur)
+                    stack.append(fd)
+                    cur = fd
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    return None
+                fd = os.open(name, _READ_FLAGS, dir_fd=cur)
+                try:
+                    return os.read(fd, limit)
+                finally:
+                    os.close(fd)
+            return None
+        finally:
+            for fd in stack:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
+
+
+def _parse_colon_file(data, fields):
+    out = []
+    if data is None:
+        return out
+    for line in data.decode("utf-8", "replace").splitlines():
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(":")
+        if len(parts) >= fields:
+            out.append(parts)
+    return out
+
+
+def resolve_user(user, rootfs):
+    """(OCI process user {uid, gid[, additionalGids]}, home dir) for an image config's User.
+
+    ``user``, ``uid``, ``user:group``, ``uid:gid``, like docker and umoci (moby/sys/user):
+    names are looked up in the rootfs' /etc/passwd and /etc/group (read without ever
+    leaving the rootfs); a numeric uid also picks up its passwd entry (primary group,
+    home); supplementary groups come from /etc/group membership unless a group is
+    given; an unknown name is an error, the home defaults to "/".
+    """
+    user = (user or "").strip()
+    name, _, group = user.partition(":")
+    passwd = _parse_colon_file(_read_in_root(rootfs, "etc/passwd"), 6)
+    uid, gid, home, username = 0, 0, "/", None
+    entry = None
+    if name == "" or name.isdigit():
+        uid = int(name) if name else 0
+        entry = next((p for p in passwd if p[2].isdigit() and int(p[2]) == uid), None)
+    else:
+        entry = next((p for p in passwd if p[0] == name), None)
+        if entry is None or not entry[2].isdigit():
+            raise ImageError(f"image config User {user!r}: no user {name!r} in the image's /etc/passwd")
+        uid = int(entry[2])
+    if entry is not None:
+        username = entry[0]
+        if entry[3].isdigit():
+            gid = int(entry[3])
+        home = entry[5] or "/"
+    groups = None
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            groups = _parse_colon_file(_read_in_root(rootfs, "etc/group"), 3)
+            g = next((g for g in groups if g[0] == group and g[2].isdigit()), None)
+            if g is None:
+                raise ImageError(f"image config User {user!r}: no group {group!r} in the image's /etc/group")
+            gid = int(g[2])
+    out = {"uid": uid, "gid": gid}
+    if not group and username:
+        groups = _parse_colon_file(_read_in_root(rootfs, "etc/group"), 3)
+        extra = []
+        for g in groups:
+            members = g[3].split(",") if len(g) > 3 and g[3] else []
+            if username in members and g[2].isdigit() and int(g[2]) not in extra:
+                extra.append(int(g[2]))
+        if extra:
+            out["additionalGids"] = extra
+    return out, home
+
+
+def runtime_config(image, rootfs, *, rootless=None):
+    """config.json for an OCI runtime bundle from an image config (image-spec conversion.md)."""
+    if rootless is None:
+        rootless = not _is_root()
+    spec = _default_spec(rootless)
+    cfg = (image.config or {}).get("config") or {}
+    proc = spec["process"]
+    proc["user"], home = resolve_user(cfg.get("User"), rootfs)
+    env = list(proc["env"])
+    for item in cfg.get("Env") or []:
+        if not isinstance(item, str):
+            continue
+        key = item.split("=", 1)[0]
+        for i, e in enumerate(env):
+            if e.split("=", 1)[0] == key:
+                env[i] = item
+                break
+        else:
+            env.append(item)
+    if not any(e.startswith("HOME=") for e in env):
+        env.append(f"HOME={home}")  # docker and umoci give the process its user's home
+    proc["env"] = env
+    args = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
+    if args:
+        proc["args"] = [a for a in args if isinstance(a, str)]
+    proc["cwd"] = cfg.get("WorkingDir") or "/"
+    for vol in sorted(cfg.get("Volumes") or {}):
+        spec["mounts"].append({"destination": vol, "type": "tmpfs", "source": "none",
+                               "options": ["rw", "nosuid", "nodev", "noexec", "relatime"]})
+    annotations = {}
+    labels = cfg.get("Labels") or {}
+    if isinstance(labels, dict):
+        annotations.update({k: v for k, v in labels.items() if isinstance(v, str)})
+    c = image.config or {}
+    annotations["org.opencontainers.image.os"] = c.get("os", "")
+    annotations["org.opencontainers.image.architecture"] = c.get("architecture", "")
+    if c.get("variant"):
+        annotations["org.opencontainers.image.variant"] = c["variant"]
+    if c.get("os.version"):
+        annotations["org.opencontainers.image.os.version"] = c["os.version"]
+    annotations["org.opencontainers.image.author"] = c.get("author", "") or ""
+    if c.get("created"):
+        annotations["org.opencontainers.image.created"] = c["created"]
+    ports = cfg.get("ExposedPorts") if isinstance(cfg.get("ExposedPorts"), dict) else {}
+    annotations["org.opencontainers.image.exposedPorts"] = ",".join(sorted(ports))
+    annotations["org.opencontainers.image.stopSignal"] = cfg.get("StopSignal") or ""
+    spec["annotations"] = dict(sorted(annotations.items()))
+    # keep the key order of runc/umoci: annotations before linux
+    linux = spec.pop("linux")
+    spec["linux"] = linux
+    return spec
+
+
+def make_bundle(store, ref, bundle, *, link=False, platform=None):
+    """``lamina unpack --bundle REF DIR``: DIR/config.json + DIR/rootfs. Returns (Image, FlattenStats, config)."""
+    image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
+    _check_platform(image, platform)
+    layer_dirs, t_extract, extracted = _snapshots(store, image)
+    bundle = os.path.abspath(os.fspath(bundle))
+    if link:
+        _check_link(layer_dirs, bundle)
+
+    def fill(staging):
+        rootfs = os.path.join(staging, "rootfs")
+        os.mkdir(rootfs, 0o700)
+        stats = flatten(layer_dirs, rootfs, link=link)
+        spec = runtime_config(image, rootfs)
+        data = (json.dumps(spec, indent="\t") + "\n").encode()
+        fd = os.open(os.path.join(staging, "config.json"), _CREATE_FLAGS, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        return stats, spec
+
+    stats, spec = _staged(bundle, fill)
+    stats.dest = bundle
+    stats.extract_seconds, stats.extracted = t_extract, extracted
+    record_use(store, "bundle", bundle, image, {"link": link})
+    return image, stats, spec

@@ -1,0 +1,94 @@
+"""In-use records: ROOT/lamina-mounts/<key>.json and ROOT/lamina-bundles/<key>.json.
+
+Each lists a mounted or bundled image and holds it in the store, so that
+``image prune -a`` and gc keep its blobs and snapshots until ``lamina umount``
+(or until the bundle directory is deleted).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import time
+
+def records_dir(store, kind):
+    return os.path.join(store.paths.meta, kind + "s")
+
+
+def key_for(kind, path):
+    return f"{kind}-" + hashlib.sha256(os.fsencode(path)).hexdigest()[:24]
+
+
+def record_use(store, kind, path, image, extra=None):
+    key = key_for(kind, path)
+    record = {"kind": kind, "key": key, "path": path, "manifest_digest": image.manifest_digest,
+              "image_id": image.config_digest, "names": [r.familiar() for r in image.refs], "created": time.time()}
+    record.update(extra or {})
+    store.hold(key, image)  # gc keeps the image's blobs and snapshots while the record exists
+    d = records_dir(store, kind)
+    os.makedirs(d, exist_ok=True)
+    from .fsutil import atomic_write
+    atomic_write(os.path.join(d, key + ".json"), json.dumps(record, indent=2).encode())
+    return record
+
+
+def drop_record(store, record, *, best_effort=False):
+    try:
+        try:
+            os.unlink(os.path.join(records_dir(store, record["kind"]), record["key"] + ".json"))
+        except FileNotFoundError:
+            pass
+        store.release(record["key"])
+    except OSError:
+        if not best_effort:  # e.g. a read-only listing by a user who cannot write the store
+            raise
+
+
+def load_records(store, kind):
+    d = records_dir(store, kind)
+    try:
+        names = sorted(os.listdir(d))
+    except FileNotFoundError:
+        return []
+    out = []
+    for n in names:
+        if not n.endswith(".json") or ".tmp-" in n:
+            continue
+        try:
+            with open(os.path.join(d, n), "rb") as f:
+                rec = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("key") == n[:-5]:
+            out.append(rec)
+    return out
+
+
+def _bundle_alive(rec):
+    path = rec.get("path", "")
+    try:
+        st = os.stat(os.path.join(path, "config.json"))
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and os.path.isdir(os.path.join(path, "rootfs"))
+
+
+def in_use(store, *, prune_stale=True):
+    """Records of mounts and bundles that keep images in use: [{kind, path, manifest_digest, image_id, ...}].
+
+    A bundle whose directory was deleted no longer counts (and its record and hold
+    are dropped when ``prune_stale``).  A mount counts until ``lamina umount``, even
+    if the kernel mount is gone (e.g. after a reboot): its upper dir may hold writes.
+    """
+    from .mounts import is_mountpoint
+    out = []
+    for rec in load_records(store, "bundle"):
+        if _bundle_alive(rec):
+            out.append(rec)
+        elif prune_stale:
+            drop_record(store, rec, best_effort=True)
+    for rec in load_records(store, "mount"):
+        rec["mounted"] = is_mountpoint(rec.get("path", ""))
+        out.append(rec)
+    return out

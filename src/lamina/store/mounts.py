@@ -1,0 +1,232 @@
+"""``lamina mount`` / ``lamina umount``: kernel overlayfs over an image's snapshots.
+
+The snapshots are overlay-format already, so they are the lower layers as
+they are.  The new mount API (fsopen/fsconfig with one ``lowerdir+`` per
+layer) is used where the kernel has it; mount(2) with escaped options
+otherwise.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+from ..errors import MaterializeError
+from ..tree import remove_tree
+from .flatten import _is_root
+from .inuse import drop_record, in_use, key_for, load_records, record_use, records_dir
+from .materialize import _check_platform
+
+_libc = None
+
+
+def _libc_fn(name):
+    global _libc
+    import ctypes
+    import ctypes.util
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return getattr(_libc, name)
+
+
+# New mount API (unified syscall numbers on every architecture since 5.2)
+_SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 429, 430, 431, 432
+_FSOPEN_CLOEXEC = 1
+_FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 0, 1, 6
+_FSMOUNT_CLOEXEC = 1
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NODEV = 0x1, 0x4
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_AT_FDCWD = -100
+_MS_RDONLY, _MS_NODEV = 1, 4
+_MNT_DETACH = 2
+_MAX_MOUNT_DATA = 4095  # mount(2) copies at most one page of options
+
+
+def _syscall(*args):
+    import ctypes
+    fn = _libc_fn("syscall")
+    fn.restype = ctypes.c_long
+    conv = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    r = fn(*conv)
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+
+
+def _mount_new_api(lowers, upper, work, target, readonly):
+    """overlayfs through fsopen/fsconfig: one ``lowerdir+`` per layer, so neither the page-size limit
+    of mount(2) options nor ':' and ',' in paths matter (Linux >= 6.8)."""
+    import ctypes
+    fsfd = _syscall(_SYS_FSOPEN, ctypes.c_char_p(b"overlay"), _FSOPEN_CLOEXEC)
+    try:
+        def setstr(key, value):
+            try:
+                _syscall(_SYS_FSCONFIG, fsfd, _FSCONFIG_SET_STRING, ctypes.c_char_p(key.encode()),
+                         ctypes.c_char_p(os.fsencode(value)), 0)
+            except OSError as e:
+                raise OSError(e.errno, f"overlay option {key}={value}: {e.strerror}") from None
+        setstr("source", "lamina")
+        for d in lowers:  # top first
+            setstr("lowerdir+", d)
+        if upper:
+            setstr("upperdir", upper)
+            setstr("workdir", work)
+        _syscall(_SYS_FSCONFIG, fsfd, _FSCONFIG_CMD_CREATE, None, None, 0)
+        attrs = _MOUNT_ATTR_NODEV | (_MOUNT_ATTR_RDONLY if readonly else 0)
+        mfd = _syscall(_SYS_FSMOUNT, fsfd, _FSMOUNT_CLOEXEC, attrs)
+        try:
+            _syscall(_SYS_MOVE_MOUNT, mfd, ctypes.c_char_p(b""), _AT_FDCWD, ctypes.c_char_p(os.fsencode(target)),
+                     _MOVE_MOUNT_F_EMPTY_PATH)
+        finally:
+            os.close(mfd)
+    finally:
+        os.close(fsfd)
+
+
+def _escape(path):
+    return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
+
+
+def _mount_legacy(lowers, upper, work, target, readonly):
+    opts = "lowerdir=" + ":".join(_escape(d) for d in lowers)
+    if upper:
+        opts += f",upperdir={_escape(upper)},workdir={_escape(work)}"
+    import ctypes
+    data = opts.encode()
+    if len(data) > _MAX_MOUNT_DATA:
+        raise MaterializeError(f"{len(lowers)} layers make overlay options of {len(data)} bytes, more than mount(2)"
+                               f" accepts, and this kernel lacks fsconfig lowerdir+ (Linux 6.8)")
+    fn = _libc_fn("mount")
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    flags = _MS_NODEV | (_MS_RDONLY if readonly else 0)
+    if fn(b"lamina", os.fsencode(target), b"overlay", flags, data) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def _kernel_mount(lowers, upper, work, target, readonly):
+    try:
+        _mount_new_api(lowers, upper, work, target, readonly)
+        return "fsconfig"
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        if e.errno == errno.EINVAL and "lowerdir+" not in str(e):
+            raise
+    _mount_legacy(lowers, upper, work, target, readonly)
+    return "mount"
+
+
+def _mountinfo():
+    """[(mount point, fstype, source)] from /proc/self/mountinfo (octal escapes decoded)."""
+    out = []
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    unesc = lambda s: re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), s)  # noqa: E731
+    for line in lines:
+        left, _, right = line.partition(b" - ")
+        fields = left.split(b" ")
+        rfields = right.split(b" ")
+        if len(fields) < 5 or len(rfields) < 2:
+            continue
+        out.append((os.fsdecode(unesc(fields[4])), os.fsdecode(rfields[0]), os.fsdecode(unesc(rfields[1]))))
+    return out
+
+
+def is_mountpoint(path):
+    return any(mp == path and fs == "overlay" and src == "lamina" for mp, fs, src in _mountinfo())
+
+
+def _lock(store, key):
+    from .locks import FileLock
+    return FileLock(store.paths.locks / f"{key}.lock")
+
+
+def mount(store, ref, target, *, rw=False, platform=None):
+    """``lamina mount REF TARGET [--rw]``: overlayfs over the image's snapshots. Returns the mount record.
+
+    Read-only: the snapshots are the lower layers and nothing else.  ``rw``: an
+    upper and a work dir under ROOT/lamina/mounts/<key>/ take the writes (removed
+    by umount).  The image counts as in use until umount.
+    """
+    if not _is_root():
+        raise MaterializeError("lamina mount needs root (overlayfs mounts need CAP_SYS_ADMIN); "
+                               "use lamina unpack for a private copy instead")
+    image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
+    _check_platform(image, platform)
+    target = os.path.realpath(os.fspath(target))
+    os.makedirs(target, exist_ok=True)
+    if not os.path.isdir(target):
+        raise MaterializeError(f"mount target {target} is not a directory")
+    key = key_for("mount", target)
+    lock = _lock(store, key)
+    lock.acquire()
+    try:
+        if is_mountpoint(target) or any(r["key"] == key for r in load_records(store, "mount")):
+            raise MaterializeError(f"{target} is already a lamina mount (lamina umount {target} first)")
+        layer_dirs = [os.fspath(p) for p in store.snapshots_for(image)]
+        lowers = list(reversed(layer_dirs))  # overlayfs wants the top layer first
+        base = os.path.join(records_dir(store, "mount"), key)
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        # overlayfs needs two lower layers without an upper one, and one with it: pad with empty dirs
+        for i in range(max(0, (1 if rw else 2) - len(lowers))):
+            empty = os.path.join(base, f"empty{i}")
+            os.makedirs(empty, exist_ok=True)
+            lowers.append(empty)
+        upper = work = None
+        if rw:
+            upper, work = os.path.join(base, "upper"), os.path.join(base, "work")
+            for d in (upper, work):
+                if os.path.exists(d):
+                    remove_tree(d)
+                os.mkdir(d, 0o755)
+        # record (and hold) first: a crash after the mount leaves a record umount can clean up
+        record = record_use(store, "mount", target, image,
+                             {"rw": rw, "upper": upper, "work": work, "layers": len(layer_dirs)})
+        try:
+            record["api"] = _kernel_mount(lowers, upper, work, target, readonly=not rw)
+        except OSError as e:
+            drop_record(store, record)
+            remove_tree(base)
+            raise MaterializeError(f"cannot mount {image.config_digest[7:19]} on {target}: {e.strerror or e}") from None
+        record["mounted"] = True
+        return record
+    finally:
+        lock.release(unlink=True)
+
+
+def umount(store, target, *, lazy=False):
+    """``lamina umount TARGET``: unmount and remove the mount's upper/work dirs and in-use record."""
+    target_abs = os.path.abspath(os.fspath(target))
+    real = os.path.realpath(target_abs)
+    records = {r["key"]: r for r in load_records(store, "mount")}
+    key = next((k for k in (key_for("mount", real), key_for("mount", target_abs)) if k in records), None)
+    if key is None:
+        raise MaterializeError(f"{target_abs} is not a lamina mount of the store {store.root}")
+    record = records[key]
+    path = record["path"]
+    lock = _lock(store, key)
+    lock.acquire()
+    try:
+        if is_mountpoint(path):
+            import ctypes
+            fn = _libc_fn("umount2")
+            fn.argtypes = [ctypes.c_char_p, ctypes.c_int]
+            if fn(os.fsencode(path), _MNT_DETACH if lazy else 0) != 0:
+                e = ctypes.get_errno()
+                hint = " (still in use; close what uses it or pass --lazy)" if e == errno.EBUSY else ""
+                raise MaterializeError(f"cannot unmount {path}: {os.strerror(e)}{hint}")
+        remove_tree(os.path.join(records_dir(store, "mount"), key))
+        drop_record(store, record)
+    finally:
+        lock.release(unlink=True)
+    return record
+
+
+def mounts(store):
+    """The mount records (each with ``mounted``: whether the kernel mount is present)."""
+    return [r for r in in_use(store, prune_stale=False) if r["kind"] == "mount"]
