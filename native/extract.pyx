@@ -260,6 +260,31 @@ cdef int _walk_plain(int root, bytes path) except -2:
     return fd
 
 
+cdef dict _multiply_linked(int root, shared):
+    """{(dev, ino): [paths]} of the non-directories with more than one link
+    under ``root`` (a finished layer dir), except the ``shared`` paths."""
+    out = {}
+    todo = [b""]
+    while todo:
+        rel = todo.pop()
+        fd = _walk_plain(root, rel) if rel else dup(root)
+        if fd < 0:
+            continue
+        try:
+            with os.scandir(fd) as it:
+                for e in it:
+                    path = rel + b"/" + os.fsencode(e.name) if rel else os.fsencode(e.name)
+                    if e.is_dir(follow_symlinks=False):
+                        todo.append(path)
+                        continue
+                    st = e.stat(follow_symlinks=False)
+                    if st.st_nlink > 1 and path not in shared:
+                        out.setdefault((st.st_dev, st.st_ino), []).append(path)
+        finally:
+            close(fd)
+    return out
+
+
 cdef int _reset(int fd, int root):
     if fd >= 0:
         close(fd)
@@ -528,11 +553,16 @@ cdef class Extractor:
     cdef set created
     cdef set provided              # overlay format: physical paths this layer wrote, and their parents
     cdef int64_t headers
-    cdef set created_ino           # dir format: (dev, ino) of what this layer wrote, wherever it landed
+    cdef set created_ino           # dir format: what this layer wrote, wherever it landed (see _record_inode)
     cdef object root_key
     cdef list lower_fds            # overlay: root fds of the finished layers below, topmost first
     cdef bint defer_lowers         # overlay: the layers below are unknown yet; ask for them (NeedsLowers)
     cdef object lowers_provider    # overlay, deferred: () -> lower dirs once finished, or None
+    cdef list lower_dirs           # overlay: the dirs of lower_fds, topmost first
+    cdef object lower_shared       # overlay: lower dir -> names sharing an inode only by the store's dedup
+    cdef dict lower_links          # overlay: lower index -> {(dev, ino): [paths]} of its multiply linked files
+    cdef int up_layer              # overlay: the lower layer the last _copy_up_node copied from
+    cdef stat up_st                #          and what it copied
     cdef object cache_phys         # overlay: where the cached parent really is in the layer
     cdef object last_phys          # overlay: where the last _union_dir result really is
     cdef dict restore_modes        # rootless: dirs opened up (u+wx) for this layer, to restore at the end
@@ -545,7 +575,7 @@ cdef class Extractor:
         self.cache_fd = -1
 
     def __init__(self, root, *, str format="dir", limits=None, use_openat2=None, hidden=None,
-                 lowers=None, bint defer_lowers=False, lowers_provider=None):
+                 lowers=None, bint defer_lowers=False, lowers_provider=None, lower_shared=None):
         """``root=None`` scans instead of extracting: headers are parsed and
         checked, nothing is written, and ``scan_at`` / ``scan_below`` collect
         what this layer hides in the layers below it (whiteouts and non-directory
@@ -564,7 +594,11 @@ cdef class Extractor:
         them calls ``lowers_provider()`` (which waits for them and returns
         their dirs, bottom first) or, without one or if it returns None, raises
         NeedsLowers: so layers extract in parallel, each one waiting for those
-        below it only once it meets an entry that needs them."""
+        below it only once it meets an entry that needs them.
+        ``lower_shared(lower_dir)``: the names (relative paths) of that lower
+        layer whose inode is shared by the store's file dedup rather than
+        hardlinked in the image, so a copy-up never takes them for the copied
+        file's hardlinks."""
         if format not in ("dir", "overlay"):
             raise ValueError(f"unknown format {format!r} (expected 'dir' or 'overlay')")
         self.overlay = format == "overlay"
@@ -596,6 +630,9 @@ cdef class Extractor:
             use_openat2 = not os.environ.get("LAMINA_NO_OPENAT2") and openat2_available()
         self.use_openat2 = use_openat2
         self.lower_fds = []
+        self.lower_dirs = []
+        self.lower_shared = lower_shared
+        self.lower_links = {}
         self.defer_lowers = defer_lowers and self.overlay
         self.lowers_provider = lowers_provider
         if lowers and not self.scan_only:
@@ -1625,6 +1662,8 @@ cdef class Extractor:
         lfd = <int>lowers[i]
         if S_ISCHR(st.st_mode) and st.st_rdev == 0:
             return False  # whited out
+        self.up_layer = i
+        self.up_st = st
         if S_ISDIR(st.st_mode):
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target is a directory")
         ts[0] = st.st_atim
@@ -1780,10 +1819,23 @@ cdef class Extractor:
     cdef void _record_inode(self, int pfd, bytes base):
         """Whiteouts and opaque markers of this layer must spare what it wrote,
         also when it was written through a symlink (its path then differs).
-        ``base`` empty: ``pfd`` itself."""
+        ``base`` empty: ``pfd`` itself.  A directory is known by its inode; a
+        non-directory by its name in its directory's inode, since a hardlink
+        to a lower file shares that file's inode with the file's other names,
+        which this layer did not write."""
         cdef stat st
         if (fstat(pfd, &st) if not base else fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW)) == 0:
-            self.created_ino.add((st.st_dev, st.st_ino))
+            if S_ISDIR(st.st_mode):
+                self.created_ino.add((st.st_dev, st.st_ino))
+            elif fstat(pfd, &st) == 0:
+                self.created_ino.add((st.st_dev, st.st_ino, base))
+
+    cdef bint _written_here(self, int pfd, bytes base, stat *st):
+        """Did this layer write ``base`` of ``pfd`` (see _record_inode)?  ``st``: its lstat."""
+        cdef stat pst
+        if S_ISDIR(st.st_mode):
+            return (st.st_dev, st.st_ino) in self.created_ino
+        return fstat(pfd, &pst) == 0 and (pst.st_dev, pst.st_ino, base) in self.created_ino
 
     cdef _open_file(self, int pfd, bytes base, bytes name, int64_t size):
         cdef int fd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
@@ -2021,6 +2073,7 @@ cdef class Extractor:
             if fd < 0:
                 raise _errors.ExtractError(f"cannot open lower layer {os.fsdecode(d)!r}: {os.strerror(errno)}")
             self.lower_fds.append(fd)
+            self.lower_dirs.append(os.fsdecode(d))
 
     cdef bint _visible_below(self, bytes parent, bytes hidden, object name) except -1:
         """Does a layer below show ``parent/hidden`` (overlay format)?  Raises
@@ -2052,7 +2105,11 @@ cdef class Extractor:
         try:
             tfd = self._union_walk(tparent, True, name, lowers)
             if fstatat(tfd, tbase, &st, AT_SYMLINK_NOFOLLOW) < 0 and self._copy_up_node(tfd, tbase, lowers, name):
-                self._provide(self.last_phys + b"/" + tbase if self.last_phys else tbase)
+                # not provided: a copy-up is not an entry of this layer, so its
+                # whiteout later in the layer still hides it (the link keeps the data)
+                tphys = self.last_phys + b"/" + tbase if self.last_phys else tbase
+                if self.up_st.st_nlink > 1 and not S_ISDIR(self.up_st.st_mode):
+                    self._copy_up_links(tfd, tbase, tphys, name)
                 return tfd
             close(tfd)  # a whiteout of this layer, or nowhere below
         finally:
@@ -2061,6 +2118,55 @@ cdef class Extractor:
                     close(<int>x)
         raise _errors.InvalidArchiveError(
             f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
+
+    cdef _copy_up_links(self, int tfd, bytes tbase, bytes tphys, object name):
+        """The file just copied up (``tphys``) had other names in its lower
+        layer (hardlinks of the image): link the ones the merged view still
+        shows to the copy, as a flat unpack (and umoci) keeps them one inode
+        with the names this layer links to it.  Names that only share the
+        inode through the store's dedup are not hardlinks of the image."""
+        cdef int i = self.up_layer, pfd
+        cdef stat st
+        key = (self.up_st.st_dev, self.up_st.st_ino)
+        links = self.lower_links.get(i)
+        if links is None:
+            shared = ()
+            if self.lower_shared is not None:
+                shared = {os.fsencode(p) for p in self.lower_shared(self.lower_dirs[i]) or ()}
+            links = self.lower_links[i] = _multiply_linked(<int>self.lower_fds[i], shared)
+        for p in links.get(key, ()):
+            if p == tphys:
+                continue
+            slash = p.rfind(b"/")
+            pparent, pbase = (p[:slash], p[slash + 1:]) if slash > 0 else (b"", p)
+            lowers = []
+            try:
+                pfd = self._union_walk(pparent, False, name, lowers, False)
+                if pfd == -1 or self.last_phys != pparent:
+                    continue  # hidden, or shown somewhere else through a symlink of a layer above
+                if pfd >= 0:
+                    found = fstatat(pfd, <bytes>pbase, &st, AT_SYMLINK_NOFOLLOW) == 0
+                    close(pfd)
+                    if found:
+                        continue  # this layer has its own entry (or whiteout) there
+                for x in lowers:
+                    if <int>x >= 0 and fstatat(<int>x, <bytes>pbase, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                        break
+                else:
+                    continue
+                if st.st_ino != self.up_st.st_ino or st.st_dev != self.up_st.st_dev:
+                    continue  # a layer in between replaced it
+            finally:
+                for x in lowers:
+                    if <int>x >= 0:
+                        close(<int>x)
+            pfd = self._union_walk(pparent, True, name, None)
+            try:
+                if linkat(tfd, tbase, pfd, <bytes>pbase, 0) < 0:
+                    self._oserror("copy up hardlink of", name)
+            finally:
+                close(pfd)
+        self._invalidate()
 
     cdef _mknod(self, int pfd, bytes base, bytes name, Kind kind, int64_t major, int64_t minor):
         cdef mode_t fmt = S_IFIFO
@@ -2151,7 +2257,7 @@ cdef class Extractor:
             return  # nothing below to hide
         try:
             if (fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0
-                    and (st.st_dev, st.st_ino) not in self.created_ino):
+                    and not self._written_here(pfd, hidden, &st)):
                 self._keep_times(pfd, parent)
                 if not self.is_root:
                     self._open_up(pfd, parent)
@@ -2185,7 +2291,7 @@ cdef class Extractor:
 
     cdef bint _created_here(self, int dfd, bytes child):
         cdef stat st
-        return fstatat(dfd, child, &st, AT_SYMLINK_NOFOLLOW) == 0 and (st.st_dev, st.st_ino) in self.created_ino
+        return fstatat(dfd, child, &st, AT_SYMLINK_NOFOLLOW) == 0 and self._written_here(dfd, child, &st)
 
     cdef _clear_lower(self, int dfd, bytes dpath, bytes name):
         """Remove everything under ``dpath`` that this layer did not provide."""

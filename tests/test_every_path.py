@@ -144,6 +144,56 @@ def test_hardlink_to_a_lower_layer_file(g):
     assert tree.entries["bin/sh"].uid == 3 and tree.entries["bin/sh"].mode == 0o755
 
 
+@pytest.mark.parametrize("upper", [
+    Tar().hardlink("b", "c"),                                   # the link's target has a lower sibling
+    Tar().hardlink("b", "a/a"),                                 # ... linked by its other name
+    Tar().file("a/a", b"new").hardlink("b", "c"),               # the sibling replaced first: not grouped
+    Tar().whiteout("a/a").hardlink("b", "c"),                   # the sibling whited out first
+    Tar().opaque("a").hardlink("b", "c"),                       # ... or hidden by an opaque dir
+    Tar().hardlink("b", "c").file("a/a", b"new"),               # the sibling replaced afterwards
+    Tar().hardlink("b", "c").whiteout("a/a"),                   # ... or whited out afterwards
+    Tar().hardlink("b", "c").whiteout("c"),                     # the target itself whited out afterwards
+    Tar().hardlink("b", "c").symlink("s", ".").whiteout("s/b"),  # the link is the layer's, whatever the path
+], ids=["target", "other-name", "replaced-first", "whited-out-first", "opaque-first", "replaced-after",
+        "whited-out-after", "target-whited-out-after", "own-link-through-symlink"])
+def test_hardlink_to_a_lower_file_keeps_its_lower_hardlinks(g, upper):
+    """Layer 0: c and a/a are one inode.  A flat unpack (and umoci) links the upper
+    layer's b to that inode, so c, a/a and b stay one group; the overlay formats
+    must copy up the whole group the merged view still shows (found by the fuzzer)."""
+    base = Tar().dir("a", mode=0o750, uid=7).file("c", b"shared", mode=0o640, uid=5).hardlink("a/a", "c")
+    tree = agree(g, [base, upper])
+    group = next((x for x in tree.links if "b" in x), {"b"})
+    assert ("c" in group) == ("c" in tree.entries)
+    assert "b" in tree.entries
+    import hashlib
+    shared = hashlib.sha256(b"shared").hexdigest()
+    sibling_kept = "a/a" in tree.entries and tree.entries["a/a"].sha256 == shared
+    assert ("a/a" in group) == sibling_kept
+    if "a" in tree.entries:
+        assert tree.entries["a"].mode == 0o750 and tree.entries["a"].uid == 7  # copied up with its lower metadata
+
+
+def test_hardlink_to_a_deduplicated_lower_file_groups_only_the_image_hardlinks(tmp_path):
+    """In the store, files with the same content and metadata share one inode
+    (file dedup).  A hardlink in an upper layer to one of them must not pull the
+    others into its hardlink group: they are not hardlinks of the image."""
+    require_root()
+    from lamina.store import Store
+    from lamina.store.materialize import materialize
+    from verbkit import load_layout
+    base = Tar().file("x", b"same", mtime=1).file("y", b"same", mtime=1).file("z", b"same", mtime=1)
+    store = Store(tmp_path / "store")
+    load_layout(store, write_image(tmp_path / "base", [base.bytes()]), "img", "base:1")  # deduplicated now
+    assert os.stat(next((tmp_path / "store").rglob("snapshots/*/fs/y"))).st_nlink > 1, "no file dedup?"
+    load_layout(store, write_image(tmp_path / "top", [base.bytes(), Tar().hardlink("b", "x").bytes()]),
+                "img", "top:1")
+    out = tmp_path / "out"
+    materialize(store, "top:1", out)
+    ino = {n: os.stat(out / n).st_ino for n in "bxyz"}
+    assert ino["b"] == ino["x"]
+    assert len({ino["x"], ino["y"], ino["z"]}) == 3, ino
+
+
 def test_hardlink_to_a_lower_file_through_a_lower_symlinked_dir(g):
     base = Tar().dir("usr").dir("usr/bin").file("usr/bin/tool", b"t").symlink("bin", "usr/bin")
     top = Tar().hardlink("usr/bin/alias", "bin/tool")

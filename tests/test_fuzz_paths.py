@@ -10,6 +10,8 @@ Seeded and bounded in CI (LAMINA_FUZZ_EXAMPLES, default 150 per test);
 run more on demand, e.g.:
 
     LAMINA_FUZZ_EXAMPLES=20000 python -m pytest tests/test_fuzz_paths.py
+
+and LAMINA_FUZZ_SEED=N to explore other stacks than CI's.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from layerkit import Guard
 from tarbuild import Tar
 
 EXAMPLES = int(os.environ.get("LAMINA_FUZZ_EXAMPLES", "150"))
+SEED = int(os.environ.get("LAMINA_FUZZ_SEED", "0"))
 NAMES = ["a", "b", "c"]
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=False, database=None,
                     suppress_health_check=list(HealthCheck))
@@ -119,7 +122,7 @@ def _fingerprint(d):
     return sorted(out)
 
 
-@seed(20261203)
+@seed(20261203 + SEED)
 @SETTINGS
 @given(data=st.data())
 def test_lamina_paths_agree(host, data):
@@ -133,7 +136,7 @@ def test_lamina_paths_agree(host, data):
         box.close()
 
 
-@seed(20261204)
+@seed(20261204 + SEED)
 @SETTINGS
 @given(data=st.data())
 def test_lamina_agrees_with_umoci(host, data):

@@ -116,7 +116,7 @@ def _check_digest(what, expected, actual):
 
 def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_type=None, limits=None,
                 name=None, lower_dirs=None, hash_blob=True, hidden=None, defer_lowers=False,
-                lowers_provider=None) -> ApplyStats:
+                lowers_provider=None, lower_shared=None) -> ApplyStats:
     """Apply one layer blob (gzip, zstd or plain tar) onto ``dest``.
 
     ``layer`` is a path or a binary file object.  ``digest`` / ``diff_id``,
@@ -130,7 +130,9 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     hardlinks to lower files copied up, so that a mount shows what a flat
     unpack shows.  ``defer_lowers=True`` (overlay, layers below not ready)
     calls ``lowers_provider()`` at the first entry that needs them (it waits
-    for them and returns their dirs, or None), else raises NeedsLowers.  ``hash_blob=False``
+    for them and returns their dirs, or None), else raises NeedsLowers.
+    ``lower_shared(dir)`` names a lower dir's files whose inode the store's
+    file dedup shares (not hardlinks of the image).  ``hash_blob=False``
     skips hashing a compressed blob whose digest the caller has verified
     already (the store's ingest does); the diffID is always computed.
     ``hidden`` (dir format) is what the layers above hide, as returned by
@@ -142,7 +144,7 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     limits = limits or DEFAULT_LIMITS
     extractor = Extractor(dest, format=format, limits=limits, hidden=hidden,
                           lowers=[os.fspath(d) for d in lower_dirs or ()], defer_lowers=defer_lowers,
-                          lowers_provider=lowers_provider)
+                          lowers_provider=lowers_provider, lower_shared=lower_shared)
     return _run(layer, extractor, diff_id, digest, media_type, name, hash_blob)
 
 

@@ -118,7 +118,13 @@ def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lower
     # diffID check below still catches any change, so hashing it here would only cost CPU.
     return apply_layer(blob if hasattr(blob, "read") else os.fspath(blob), os.fspath(fs), format="overlay", diff_id=diff_id, hash_blob=False,
                        media_type=media_type, name=f"layer {digest}", lower_dirs=lower_dirs,
-                       defer_lowers=defer_lowers, lowers_provider=lowers_provider)
+                       defer_lowers=defer_lowers, lowers_provider=lowers_provider, lower_shared=_dedup_shared)
+
+
+def _dedup_shared(fs):
+    """Names of a lower snapshot whose inode its file dedup shares (see objects.singletons)."""
+    from .objects import singletons
+    return singletons(os.path.dirname(fs))
 
 
 def _stale_dirs(paths, hexid, prefix):
