@@ -20,6 +20,14 @@ extensions = [
         extra_compile_args=extra,
         define_macros=[("_GNU_SOURCE", "1")],
     ),
+    # Merging the store's snapshots into a rootfs (store/flatten.py)
+    Extension(
+        "lamina._flatten",
+        ["native/flatten.pyx"],
+        include_dirs=["native"],
+        extra_compile_args=extra,
+        define_macros=[("_GNU_SOURCE", "1")],
+    ),
     # BLAKE3 of store file objects: the official C sources, SIMD back ends chosen at run time.
     Extension(
         "lamina._objects",

@@ -55,4 +55,28 @@ static inline int lamina_write_all(int fd, const char *buf, size_t len)
 /* Cython cannot assign to errno without making it a local. */
 static inline void lamina_set_errno(int e) { errno = e; }
 
+/* copy_file_range through syscall(2): manylinux2014's glibc (2.17) has no wrapper. */
+#ifndef SYS_copy_file_range
+# if defined(__x86_64__)
+#  define SYS_copy_file_range 326
+# elif defined(__aarch64__)
+#  define SYS_copy_file_range 285
+# endif
+#endif
+
+static inline long lamina_copy_file_range(int in, int out, size_t len)
+{
+#ifdef SYS_copy_file_range
+    return syscall(SYS_copy_file_range, in, (void *)0, out, (void *)0, len, 0U);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* Flags several threads set: relaxed atomics (a GCC/Clang builtin on every architecture). */
+static inline void lamina_atomic_or(int *p, int v) { __atomic_fetch_or(p, v, __ATOMIC_RELAXED); }
+static inline int lamina_atomic_load(int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void lamina_atomic_store(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+
 #endif

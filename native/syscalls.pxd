@@ -46,6 +46,7 @@ cdef extern from "<sys/stat.h>" nogil:
         off_t st_size
         timespec st_atim
         timespec st_mtim
+        timespec st_ctim
     int fstatat(int dirfd, const char *path, stat *buf, int flags)
     int fstat(int fd, stat *buf)
     int mkdirat(int dirfd, const char *path, mode_t mode)
@@ -74,6 +75,9 @@ cdef extern from "<sys/xattr.h>" nogil:
     int fsetxattr(int fd, const char *name, const void *value, size_t size, int flags)
     int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)
     ssize_t fgetxattr(int fd, const char *name, void *value, size_t size)
+    ssize_t flistxattr(int fd, char *list, size_t size)
+    ssize_t llistxattr(const char *path, char *list, size_t size)
+    ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size)
 
 cdef extern from "<dirent.h>" nogil:
     ctypedef struct DIR:
@@ -86,12 +90,19 @@ cdef extern from "<dirent.h>" nogil:
     int closedir(DIR *d)
     enum:
         DT_DIR
+        DT_REG
+        DT_LNK
+        DT_CHR
         DT_UNKNOWN
 
 cdef extern from "lamina_sys.h" nogil:
     int lamina_openat2(int dirfd, const char *path, int flags, int resolve)
     int lamina_write_all(int fd, const char *buf, size_t len)
     void lamina_set_errno(int e)
+    long lamina_copy_file_range(int infd, int outfd, size_t length)
+    void lamina_atomic_or(int *p, int v)
+    int lamina_atomic_load(int *p)
+    void lamina_atomic_store(int *p, int v)
     enum:
         LAMINA_RESOLVE_NO_MAGICLINKS
         LAMINA_RESOLVE_NO_SYMLINKS
