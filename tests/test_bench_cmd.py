@@ -165,6 +165,7 @@ def test_synthetic_scaling_run_reports_each_size(tmp_path):
     for p in doc["points"]:
         assert p["entries"] == p["entries_in_tree"] == p["size"]
         assert p["us_per_entry"] > 0 and p["ns_per_byte"] > 0
+        assert p["cpu_us_per_entry"] == pytest.approx(p["cpu"] / p["entries"] * 1e6, rel=0.01, abs=0.01)
         assert p["compare"][0]["tree_ok"] and p["compare"][0]["entries"] == p["size"]
     assert os.listdir(tmp_path) == []  # every destination removed
 

@@ -48,17 +48,11 @@ def test_the_checker_sees_a_broken_page(chromium, tmp_path):
 
 
 def test_report_renders_in_chromium(chromium, tmp_path):
-    from PIL import Image
     require_tool("tar")
     out = tmp_path / "report"
     subprocess.run([sys.executable, "-m", "lamina", "bench", f"oci:{SAMPLE}:latest", "--runs", "1",
                     "--compare", "tar", "--report", out], check=True, capture_output=True, timeout=120)
-    with Browser(chromium) as browser:
-        page = browser.open((out / "index.html").as_uri())
-        assert page.problems() == []
-        found = json.loads(page.evaluate(CHARTS_JS))
-        png = page.screenshot()
-    (out / "screenshot.png").write_bytes(png)
+    found, png = render(chromium, out)
     # the four charts, each laid out at a readable size and with something drawn in it
     assert [c["title"] for c in found["charts"]] == [
         "timeline: which thread did what, when", "stage seconds per layer and thread",
@@ -68,10 +62,39 @@ def test_report_renders_in_chromium(chromium, tmp_path):
         assert chart["width"] > 300 and chart["height"] > 100 and chart["drawn"] > 10, chart
     assert all(img["complete"] and img["width"] > 0 for img in found["images"])
     assert found["tables"] >= 5
+    check_screenshot(png, min_height=1500)
+
+
+def test_scaling_report_renders_in_chromium(chromium, tmp_path):
+    out = tmp_path / "report"
+    subprocess.run([sys.executable, "-m", "lamina", "bench", "--synthetic", "small-files", "--sizes", "100,2k",
+                    "--runs", "1", "--target", tmp_path, "--report", out], check=True, capture_output=True,
+                   timeout=120)
+    found, png = render(chromium, out)
+    (chart,) = found["charts"]
+    assert chart["title"] == "scaling: cost per entry" and chart["width"] > 300 and chart["drawn"] > 10, chart
+    check_screenshot(png, min_height=500)
+
+
+def render(chromium, report):
+    """Open report/index.html: (what CHARTS_JS found, the screenshot, also kept as
+    report/screenshot.png), once the page rendered without a console error or failed load."""
+    with Browser(chromium) as browser:
+        page = browser.open((report / "index.html").as_uri())
+        assert page.problems() == []
+        found = json.loads(page.evaluate(CHARTS_JS))
+        png = page.screenshot()
+    (report / "screenshot.png").write_bytes(png)
+    return found, png
+
+
+def check_screenshot(png, min_height):
+    """A real PNG of the whole page: a width the page was laid out at, ink on white, many colours."""
+    from PIL import Image
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     img = Image.open(io.BytesIO(png)).convert("RGB")
     width, height = img.size
-    assert width == 1200 and 1500 < height < 20000  # the whole page: tables, then four charts
+    assert width == 1200 and min_height < height < 20000  # the whole page, not only the first screen
     small = img.resize((width // 4, height // 4))
     raw = small.tobytes()
     pixels = [raw[i:i + 3] for i in range(0, len(raw), 3)]

@@ -5,11 +5,20 @@ layer, next to the other tools on PATH, and how the cost grows with the layer (s
 ``lamina bench --format json`` prints); ``write_report(doc, dir)`` turns it into bench.json and
 a self-contained index.html (with SVG charts when matplotlib is installed: ``lamina[plot]``).
 
+The source is anything ``unpack`` reads: an image in the store (measured from the store's
+blobs, as the store extracts them into snapshots), ``docker://REF`` (fetched from the registry
+in every run), ``oci:``, ``oci-archive:``, ``docker-archive:``; or a single layer file.
+
 lamina runs in this process, through the same ``unpack`` / ``apply_layer`` the user calls; the
 other tools run as child processes.  Every tool gets a fresh destination per run, removed
 outside the timing, the runs are interleaved (lamina, tar, ..., lamina, tar, ...) so that a
 noisy neighbour hurts every tool alike, and each tool's tree is counted so that a tool that
 silently did nothing cannot look fast.
+
+What the pipeline does not report itself is measured from outside it: the layer blobs are
+opened through a Recorder (when each layer was open, on which thread, and every read from
+it), process and main-thread CPU from getrusage, each core's busy share from /proc/stat.  A
+pipeline whose ApplyStats carry ``timeline`` and ``cpu`` has those shown as well.
 """
 from __future__ import annotations
 
@@ -321,13 +330,15 @@ def source_kind(source, root=None):
     if _is_layer_file(source):
         return "layer"
     transport, path, _ = parse_source(source)
-    if transport is not None or os.path.exists(path):
+    if transport is not None:
         if not os.path.exists(path):
             raise BenchError(f"{source}: no such image file or layout")
         return "image"
     from .images import is_store_source
-    if is_store_source(source, root):
+    if is_store_source(source, root):  # as for unpack: a name the store has wins over a path
         return "store"
+    if os.path.exists(path):
+        return "image"
     raise BenchError(f"{source}: no such image, file or layout; lamina bench measures an image in the store "
                      "(NAME[:TAG], ID), docker://REF, oci:PATH[:REF], oci-archive:PATH[:REF], "
                      "docker-archive:PATH[:REF] or a layer file")
@@ -391,7 +402,7 @@ class Subject:
         """Unpack into ``dest``; a dict of stats (ApplyStats per layer, stage seconds)."""
         if self.kind == "layer":
             with recorder.wrap(open(self.layer_file, "rb", buffering=0), 0) as f:
-                stats = apply_layer(f, dest, format=format)
+                stats = apply_layer(f, dest, format=format, name=f"layer {self.layer_file}")
             return {"layers": [stats.to_dict()], "seconds": {"layers": stats.seconds["total"],
                                                              "total": stats.seconds["total"]}}
         with _TimedSource(self.open(), recorder) as src:
@@ -922,6 +933,8 @@ def run_synthetic(kind, sizes=None, *, format="dir", runs=3, compare=(), target=
             "compressed_bytes": med["compressed_bytes"], "wall": med["wall"], "cpu": med["cpu"],
             "peak_rss_bytes": med["peak_rss_bytes"],
             "us_per_entry": round(layers_wall / med["entries"] * 1e6, 3) if med["entries"] else None,
+            # CPU per entry: on a loaded machine the wall time waits for a core, the CPU time does not
+            "cpu_us_per_entry": round(med["cpu"] / med["entries"] * 1e6, 3) if med["entries"] else None,
             "ns_per_byte": round(layers_wall / med["bytes"] * 1e9, 3) if med["bytes"] else None,
             "entries_in_tree": doc["lamina"]["entries_in_tree"],
             "compare": doc["compare"], "target": doc["target"],
@@ -975,10 +988,11 @@ def report_tables(doc):
     """[(title, [header, row, ...])]: what the text output and the HTML page show."""
     tables = []
     if doc.get("kind") == "synthetic":
-        rows = [["size", "entries", "MB", "wall s", "cpu s", "µs/entry", "ns/byte", "peak RSS MB"]]
+        rows = [["size", "entries", "MB", "wall s", "cpu s", "µs/entry", "cpu µs/entry", "ns/byte", "peak RSS MB"]]
         for p in doc["points"]:
             rows.append([p["size"], p["entries"], _fmt(p["bytes"] / 1e6, 1), _fmt(p["wall"]), _fmt(p["cpu"]),
-                         _fmt(p["us_per_entry"], 2), _fmt(p["ns_per_byte"], 2), _fmt(p["peak_rss_bytes"] / 1e6, 1)])
+                         _fmt(p["us_per_entry"], 2), _fmt(p["cpu_us_per_entry"], 2), _fmt(p["ns_per_byte"], 2),
+                         _fmt(p["peak_rss_bytes"] / 1e6, 1)])
         tables.append((f"synthetic {doc['synthetic']}: cost per entry and per byte", rows))
         compare = [(p["size"], c) for p in doc["points"] for c in p["compare"]]
     else:
@@ -1066,13 +1080,17 @@ def _charts(doc):
         pts = doc["points"]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot([p["entries"] for p in pts], [p["us_per_entry"] for p in pts], marker="o", label="lamina")
+        ax.plot([p["entries"] for p in pts], [p["cpu_us_per_entry"] for p in pts], marker="o", linestyle="--",
+                label="lamina, CPU")
         for tool in dict.fromkeys(c["tool"] for p in pts for c in p["compare"] if "error" not in c):
-            ran = [(p["entries"], c["median_wall"]) for p in pts for c in p["compare"]
+            ran = [(p["entries"], c["median_wall"], c["median_cpu"]) for p in pts for c in p["compare"]
                    if c["tool"] == tool and "error" not in c]
-            ax.plot([n for n, _ in ran], [w / n * 1e6 for n, w in ran], marker="s", label=tool)
+            line, = ax.plot([n for n, _, _ in ran], [w / n * 1e6 for n, w, _ in ran], marker="s", label=tool)
+            ax.plot([n for n, _, _ in ran], [c / n * 1e6 for n, _, c in ran], marker="s", linestyle="--",
+                    color=line.get_color(), label=f"{tool}, CPU")
         ax.set_xscale("log")
         ax.set_xlabel("entries in the layer")
-        ax.set_ylabel("µs per entry (wall)")
+        ax.set_ylabel("µs per entry (wall; dashed: CPU)")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize="small")
         ax.set_title(f"{doc['synthetic']}: cost per entry")
