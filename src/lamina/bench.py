@@ -1015,7 +1015,7 @@ def report_tables(doc):
             [_fmt(med["wall"]), _fmt(med["cpu"]), _fmt(med["cpu_main_thread"]), _fmt(med["cores_busy"], 2),
              _fmt(med["peak_rss_bytes"] / 1e6, 1), _fmt(med["mb_per_s"], 1), _fmt(med["compressed_mb_per_s"], 1),
              _fmt(med["entries_per_s"], 0)] + [_fmt(v) for v in med["seconds"].values()]]))
-        tables.append(_cpu_table(med))
+        tables.append(_cpu_table(med, doc["format"]))
         dedup = doc["lamina"]["dedup"]
         if dedup["ran"]:
             tables.append(("store dedup after the unpack (median; blake3 = reading and hashing every file)", [
@@ -1042,7 +1042,7 @@ def report_tables(doc):
     return tables
 
 
-def _cpu_table(med):
+def _cpu_table(med, format):
     """CPU seconds per stage (when the pipeline reports them), else per thread as far as the
     process can tell; and each core's busy share during the run."""
     rows = [["what", "cpu s or busy"]]
@@ -1051,8 +1051,11 @@ def _cpu_table(med):
         note = "per stage, from the pipeline"
     else:
         note = "per stage: n/a (this lamina's pipeline does not report stage CPU); per thread instead"
-        rows += [["main thread (parse, write)", _fmt(med["cpu_main_thread"])],
-                 ["other threads (read, inflate, hash)", _fmt(max(med["cpu"] - med["cpu_main_thread"], 0.0))]]
+        # dir: the caller's thread parses and writes; overlay: layers run on a pool, it waits
+        main, other = (("main thread (parse, write)", "other threads (read, inflate, hash)") if format == "dir"
+                       else ("main thread (waits for the layers)", "other threads (every stage, layers in parallel)"))
+        rows += [[main, _fmt(med["cpu_main_thread"])],
+                 [other, _fmt(max(med["cpu"] - med["cpu_main_thread"], 0.0))]]
     rows += [["process user", _fmt(med["cpu_user"])], ["process system", _fmt(med["cpu_system"])]]
     for i, busy in enumerate(med.get("per_core_busy") or ()):
         rows.append([f"core {i} busy (whole machine)", "run too short" if busy is None else f"{busy * 100:.0f}%"])
@@ -1143,14 +1146,20 @@ def _timeline_figure(plt, doc):
         name = f"{thread}: layers" if stage in ("apply", "scan") else thread
         if name not in names:
             names.append(name)
-    stages = list(dict.fromkeys(r[1] for r in rows))
+    # the known stages keep their colours from one report to the next
+    order = ("apply", "scan", "read", "inflate", "hash", "parse", "extract", "write", "wait")
+    stages = [s for s in order if any(r[1] == s for r in rows)] + list(dict.fromkeys(
+        r[1] for r in rows if r[1] not in order))
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colors = {stage: palette[i % len(palette)] for i, stage in enumerate(stages)}
+    colors = {stage: palette[i % len(palette)] for i, stage in enumerate(order + tuple(s for s in stages
+                                                                                        if s not in order))}
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.45 * max(len(names), 1)))
     for thread, stage, layer, start, end in rows:
         y = names.index(f"{thread}: layers" if stage in ("apply", "scan") else thread)
-        ax.broken_barh([(start, max(end - start, 1e-5))], (y - 0.38, 0.76), color=colors[stage])
-        if stage in ("apply", "scan"):
+        span = stage in ("apply", "scan")  # one bar per layer, outlined so that neighbours stay apart
+        ax.broken_barh([(start, max(end - start, 1e-5))], (y - 0.38, 0.76), facecolor=colors[stage],
+                       edgecolor="black" if span else "none", linewidth=0.6 if span else 0)
+        if span:
             ax.text(start, y, f" {stage} {layer}", va="center", fontsize="x-small")
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
