@@ -324,6 +324,18 @@ def test_timeline_marks_scans_and_coalesces_reads():
     assert [r[3] for r in rows] == sorted(r[3] for r in rows)
 
 
+def test_cpu_table_names_what_each_thread_did():
+    med = {"cpu": 1.0, "cpu_user": 0.8, "cpu_system": 0.2, "cpu_main_thread": 0.25, "per_core_busy": [0.5, None]}
+    title, rows = bench._cpu_table(med, "dir")
+    assert "per stage: n/a" in title
+    assert rows[1:3] == [["main thread (parse, write)", "0.250"], ["other threads (read, inflate, hash)", "0.750"]]
+    assert rows[-2:] == [["core 0 busy (whole machine)", "50%"], ["core 1 busy (whole machine)", "run too short"]]
+    _, rows = bench._cpu_table(med, "overlay")  # layers on a pool: the caller only waits
+    assert rows[1][0] == "main thread (waits for the layers)"
+    _, rows = bench._cpu_table({**med, "cpu_stages": {"inflate": 0.5, "write": 0.3}}, "dir")
+    assert rows[1:3] == [["stage inflate", "0.500"], ["stage write", "0.300"]]
+
+
 def test_per_core_busy_comes_from_proc_stat():
     before = bench.core_ticks()
     assert len(before) == os.cpu_count()

@@ -1182,7 +1182,7 @@ def _cpu_figure(plt, doc):
         values = [med["cpu_main_thread"], max(med["cpu"] - med["cpu_main_thread"], 0.0)]
         left.set_title("CPU seconds per thread (no stage CPU reported)", fontsize="medium")
     if doc["lamina"]["dedup"]["ran"]:
-        names.append("blake3 (dedup)")
+        names.append("blake3 (dedup pass, one thread)")
         values.append(doc["lamina"]["dedup"]["blake3"])
     left.barh(names, values)
     left.invert_yaxis()
