@@ -54,7 +54,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from compare import ChildError, Scratch, clean, lamina_cli, run_child  # noqa: E402
+from children import ChildError, Scratch, clean, lamina_cli, run_child  # noqa: E402
 
 CACHE = os.environ.get("LAMINA_BENCH_CACHE", "/var/tmp/lamina-bench")
 

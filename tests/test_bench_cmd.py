@@ -120,8 +120,10 @@ def test_a_tool_that_cannot_run_says_why(tmp_path):
     assert proc.returncode == 1 and proc.stderr.startswith("lamina: error: unknown tool 'cpio'")
     proc = cli(f"oci:{tmp_path}/nothing:latest", check=False)
     assert proc.returncode == 1 and proc.stderr.startswith(f"lamina: error: oci:{tmp_path}/nothing:latest: no such")
-    proc = cli("debian:12", check=False)  # a store or registry reference: say how to measure it
-    assert proc.returncode == 1 and "lamina save -o FILE REF" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = cli("--root", tmp_path / "store", "debian:12", check=False)  # an image reference: the store's
+    assert proc.returncode == 1 and proc.stderr == "lamina: error: no such image: debian:12\n"
+    proc = cli("./nothing.tar", check=False)  # a path: not the store's
+    assert proc.returncode == 1 and proc.stderr.startswith("lamina: error: ./nothing.tar: no such image, file or")
 
 
 def _tar_members(data):
@@ -163,6 +165,7 @@ def test_synthetic_scaling_run_reports_each_size(tmp_path):
     for p in doc["points"]:
         assert p["entries"] == p["entries_in_tree"] == p["size"]
         assert p["us_per_entry"] > 0 and p["ns_per_byte"] > 0
+        assert p["cpu_us_per_entry"] == pytest.approx(p["cpu"] / p["entries"] * 1e6, rel=0.01, abs=0.01)
         assert p["compare"][0]["tree_ok"] and p["compare"][0]["entries"] == p["size"]
     assert os.listdir(tmp_path) == []  # every destination removed
 
@@ -189,6 +192,155 @@ def test_report_files(tmp_path):
     except ImportError:
         assert "<svg" not in page and "matplotlib is not installed" in page
     else:
-        assert page.count("<svg") == 2  # stage shares and the comparison
+        assert page.count("<svg") == 4  # timeline, stage shares, CPU, the comparison
         # self-contained: nothing fetched from elsewhere
         assert not any(ref in page for ref in ('src="http', "href='http", 'href="http', "<link", "<script"))
+
+
+# --- an image in the store: its layers from the store's blobs, and the blake3 stage -------------
+
+def _tree(root):
+    """relative path -> (type, size) of everything under root: to see that bench left it alone."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for name in dirs + files:
+            st = os.lstat(os.path.join(d, name))
+            out[os.path.relpath(os.path.join(d, name), root)] = (st.st_mode, st.st_size, st.st_nlink)
+    return out
+
+
+def _regular_files(root):
+    return sum(1 for d, _, files in os.walk(root) for f in files if os.path.isfile(os.path.join(d, f))
+               and not os.path.islink(os.path.join(d, f)))
+
+
+def test_store_image_with_dedup_has_a_blake3_stage(tmp_path):
+    root = tmp_path / "store"
+    subprocess.run([sys.executable, "-m", "lamina", "--root", root, "copy", SAMPLE_SRC, "sample:1"], check=True,
+                   capture_output=True)
+    before = _tree(root)
+    doc = json.loads(cli("--root", root, "sample:1", "--runs", "2", "--compare", "tar", "--format", "json").stdout)
+    assert doc["kind"] == "store" and doc["source"] == "sample:1"
+    layers = sample_layers()
+    assert [r["digest"] for r in doc["layers"]] == [d["digest"] for _, d in layers]
+    assert [r["compressed_bytes"] for r in doc["layers"]] == [d["size"] for _, d in layers]
+    tar = doc["compare"][0]
+    assert tar["tree_ok"] and tar["entries"] == len(tar_listing([b for b, _ in layers]))
+    dedup = doc["lamina"]["dedup"]
+    subprocess.run([sys.executable, "-m", "lamina", "unpack", SAMPLE_SRC, tmp_path / "rootfs"], check=True,
+                   capture_output=True)
+    assert dedup["ran"] and dedup["files"] == _regular_files(tmp_path / "rootfs") > 0
+    assert 0 < dedup["blake3"] <= dedup["seconds"] <= dedup["wall"] * 1.01 + 0.001
+    assert all(run["dedup"]["blake3"] > 0 for run in doc["lamina"]["runs"])
+    assert _tree(root) == before  # measured in a scratch store: the real one is untouched
+    # overlay format: one snapshot per layer, as in the store, so blake3 per layer
+    doc = json.loads(cli("--root", root, "sample:1", "--runs", "1", "--overlay", "--format", "json").stdout)
+    assert all(layer["blake3"] is not None and layer["blake3"] >= 0 for layer in doc["layers"])
+    per_layer = doc["lamina"]["runs"][0]["dedup"]["layers"]
+    assert [p["index"] for p in per_layer] == list(range(len(layers)))
+    assert sum(p["files"] for p in per_layer) == doc["lamina"]["dedup"]["files"]
+    # dedup off: no blake3 stage, and the report says why
+    subprocess.run([sys.executable, "-m", "lamina", "--root", root, "config", "set", "dedup", "false"], check=True,
+                   capture_output=True)
+    text = cli("--root", root, "sample:1", "--runs", "1").stdout
+    assert "n/a: the store's dedup is off" in text
+    doc = json.loads(cli("--root", root, "sample:1", "--runs", "1", "--format", "json").stdout)
+    assert not doc["lamina"]["dedup"]["ran"] and all(layer["blake3"] is None for layer in doc["layers"])
+    doc = json.loads(cli(SAMPLE_SRC, "--runs", "1", "--format", "json").stdout)
+    assert doc["lamina"]["dedup"]["why"].startswith("n/a: the source is not an image in the store")
+
+
+# --- docker://REF: fetched from a real registry on loopback, every run ---------------------------
+
+def test_registry_image_is_fetched_every_run(tmp_path, monkeypatch):
+    from registryfixture import FaultProxy, Registry, skopeo_push
+    require_tool("skopeo")
+    require_tool("docker-registry")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no registry config or credentials of this machine
+    monkeypatch.setenv("LAMINA_REGISTRIES_CONFIG", "")
+    reg = Registry(tmp_path / "reg")
+    proxy = FaultProxy(reg.host)  # counts the blob bytes the registry served
+    try:
+        skopeo_push(SAMPLE_SRC, reg.host, "sample:1", extra=("--preserve-digests",))
+        doc = json.loads(cli(f"docker://{proxy.host}/sample:1", "--runs", "2", "--compare", "tar",
+                             "--format", "json").stdout)
+        layers = sample_layers()
+        assert doc["kind"] == "registry"
+        assert [r["digest"] for r in doc["layers"]] == [d["digest"] for _, d in layers]
+        assert doc["compare"][0]["tree_ok"]
+        # each layer crossed the link for the files the other tools read, the warm-up and both runs
+        for _, desc in layers:
+            assert proxy.bytes_for(desc["digest"]) >= 4 * desc["size"]
+    finally:
+        proxy.stop()
+        reg.stop()
+
+
+# --- a pipeline that reports its own timeline and stage CPU (issue 14's ApplyStats fields) -------
+
+def test_pipeline_timeline_and_stage_cpu_are_rendered(tmp_path, monkeypatch):
+    """ApplyStats with ``timeline`` ([thread, stage, start, end] from the layer's start) and
+    ``cpu`` ({stage: seconds}): the timeline places them at the layer's apply, the CPU table
+    sums them over the layers, and the report shows both."""
+    import dataclasses
+    from lamina.stats import ApplyStats
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["timeline"] = [["lamina-inflate", "inflate", 0.0, 0.002], ["lamina-write", "write", 0.001, 0.003]]
+        d["cpu"] = {"inflate": 0.002, "write": 0.0015}
+        return d
+    monkeypatch.setattr(ApplyStats, "to_dict", to_dict)
+    doc = bench.run(SAMPLE_SRC, runs=1, target=str(tmp_path))
+    n = len(sample_layers())
+    run = doc["lamina"]["runs"][0]
+    assert run["cpu_stages"] == {"inflate": pytest.approx(0.002 * n), "write": pytest.approx(0.0015 * n)}
+    assert doc["lamina"]["median"]["cpu_stages"] == run["cpu_stages"]
+    applied = {row[2]: row[3] for row in run["timeline"] if row[1] == "apply"}
+    assert sorted(applied) == list(range(n))
+    for i, start in applied.items():
+        (write,) = [row for row in run["timeline"] if row[1] == "write" and row[2] == i]
+        assert write[0] == "lamina-write" and write[3] == pytest.approx(start + 0.001, abs=2e-6)
+    assert doc["layers"][0]["cpu"] == {"inflate": 0.002, "write": 0.0015}
+    tables = dict(bench.report_tables(doc))
+    cpu = next(rows for title, rows in tables.items() if title.startswith("CPU (median; per stage, from the pipeline"))
+    (write,) = [row for row in cpu if row[0] == "stage write"]
+    assert float(write[1]) == pytest.approx(0.0015 * n, abs=0.001)
+    bench.write_report(doc, tmp_path / "report")
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "lamina-write" in page and "stage inflate" in page
+
+
+def test_timeline_marks_scans_and_coalesces_reads():
+    rec = [["MainThread", "layer", 2, 0.0, 0.1], ["MainThread", "layer", 0, 0.2, 0.5],
+           ["MainThread", "layer", 2, 0.6, 0.7],
+           ["lamina-inflate", "read", 0, 0.21, 0.22], ["lamina-inflate", "read", 0, 0.2205, 0.23],
+           ["lamina-inflate", "read", 0, 0.3, 0.31]]
+    rows = bench.timeline(rec, [{}, {}, {}])
+    assert ["MainThread", "scan", 2, 0.0, 0.1] in rows and ["MainThread", "apply", 2, 0.6, 0.7] in rows
+    assert ["MainThread", "apply", 0, 0.2, 0.5] in rows
+    reads = [r for r in rows if r[1] == "read"]
+    assert reads == [["lamina-inflate", "read", 0, 0.21, 0.23], ["lamina-inflate", "read", 0, 0.3, 0.31]]
+    assert [r[3] for r in rows] == sorted(r[3] for r in rows)
+
+
+def test_cpu_table_names_what_each_thread_did():
+    med = {"cpu": 1.0, "cpu_user": 0.8, "cpu_system": 0.2, "cpu_main_thread": 0.25, "per_core_busy": [0.5, None]}
+    title, rows = bench._cpu_table(med, "dir")
+    assert "per stage: n/a" in title
+    assert rows[1:3] == [["main thread (parse, write)", "0.250"], ["other threads (read, inflate, hash)", "0.750"]]
+    assert rows[-2:] == [["core 0 busy (whole machine)", "50%"], ["core 1 busy (whole machine)", "run too short"]]
+    _, rows = bench._cpu_table(med, "overlay")  # layers on a pool: the caller only waits
+    assert rows[1][0] == "main thread (waits for the layers)"
+    _, rows = bench._cpu_table({**med, "cpu_stages": {"inflate": 0.5, "write": 0.3}}, "dir")
+    assert rows[1:3] == [["stage inflate", "0.500"], ["stage write", "0.300"]]
+
+
+def test_per_core_busy_comes_from_proc_stat():
+    before = bench.core_ticks()
+    assert len(before) == os.cpu_count()
+    busy = [(b + 1000, t + 1000) for b, t in before]  # every tick busy
+    idle = [(b, t + 1000) for b, t in before]
+    assert bench.cores_busy_between(before, busy) == [1.0] * len(before)
+    assert bench.cores_busy_between(before, idle) == [0.0] * len(before)
+    assert bench.cores_busy_between(before, before) == [None] * len(before)  # too short to tell

@@ -5,14 +5,25 @@ layer, next to the other tools on PATH, and how the cost grows with the layer (s
 ``lamina bench --format json`` prints); ``write_report(doc, dir)`` turns it into bench.json and
 a self-contained index.html (with SVG charts when matplotlib is installed: ``lamina[plot]``).
 
+The source is anything ``unpack`` reads: an image in the store (measured from the store's
+blobs, as the store extracts them into snapshots), ``docker://REF`` (fetched from the registry
+in every run), ``oci:``, ``oci-archive:``, ``docker-archive:``; or a single layer file.
+
 lamina runs in this process, through the same ``unpack`` / ``apply_layer`` the user calls; the
 other tools run as child processes.  Every tool gets a fresh destination per run, removed
 outside the timing, the runs are interleaved (lamina, tar, ..., lamina, tar, ...) so that a
 noisy neighbour hurts every tool alike, and each tool's tree is counted so that a tool that
 silently did nothing cannot look fast.
+
+What the pipeline does not report itself is measured from outside it: the layer blobs are
+opened through a Recorder (when each layer was open, on which thread, and every read from
+it), process and main-thread CPU from getrusage, each core's busy share from /proc/stat.  A
+pipeline whose ApplyStats carry ``timeline`` and ``cpu`` has those shown as well.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gzip
 import hashlib
 import io
@@ -24,12 +35,14 @@ import statistics
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 
 from . import __version__, compression
 from .errors import LaminaError
 from .layer import apply_layer
 from .oci import open_source
+from .oci.image import LayerRef, ResolvedImage, Source
 from .oci.source import parse_source
 from .unpacker import unpack
 
@@ -106,52 +119,266 @@ def _peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def core_ticks():
+    """[(busy, total)] clock ticks of each core since boot (/proc/stat), or [] where unreadable.
+    System-wide: a neighbour's work counts too, which is why the report says so."""
+    ticks = []
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("cpu") and line[3:4].isdigit():
+                    v = [int(x) for x in line.split()[1:9]]  # user nice system idle iowait irq softirq steal
+                    idle = v[3] + v[4]
+                    ticks.append((sum(v) - idle, sum(v)))
+    except (OSError, ValueError, IndexError):
+        return []
+    return ticks
+
+
+# /proc/stat counts in clock ticks (10 ms): fewer than this many per core say nothing.
+MIN_CORE_TICKS = 5
+
+
+def cores_busy_between(before, after):
+    """Each core's busy fraction between two core_ticks() readings; None for a core that saw
+    too few ticks to tell (a run shorter than about 50 ms)."""
+    return [round((b1 - b0) / (t1 - t0), 3) if t1 - t0 >= MIN_CORE_TICKS else None
+            for (b0, t0), (b1, t1) in zip(before, after)]
+
+
 def measure(call):
     """Run ``call()``; (its result, {wall, cpu_user, cpu_system, cpu_main_thread, cores_busy,
-    peak_rss_bytes, peak_rss_scope})."""
+    per_core_busy, peak_rss_bytes, peak_rss_scope})."""
     scope = "run" if _reset_peak_rss() else "process"
     s0, th0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_THREAD)
+    c0 = core_ticks()
     t0 = time.perf_counter()
     result = call()
     wall = time.perf_counter() - t0
+    c1 = core_ticks()
     s1, th1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_THREAD)
     user, system = s1.ru_utime - s0.ru_utime, s1.ru_stime - s0.ru_stime
     main = (th1.ru_utime - th0.ru_utime) + (th1.ru_stime - th0.ru_stime)
     return result, {
         "wall": round(wall, 6), "cpu_user": round(user, 6), "cpu_system": round(system, 6),
         "cpu_main_thread": round(main, 6), "cores_busy": round((user + system) / wall, 3) if wall else 0.0,
+        "per_core_busy": cores_busy_between(c0, c1),
         "peak_rss_bytes": _peak_rss_bytes(), "peak_rss_scope": scope,
     }
 
 
-# --- what is measured: an image or one layer ---------------------------------------
+# --- the timeline: which thread did what, when ------------------------------------------------
+
+# Reads of one blob closer together than this are one bar: a layer of 400 MB is read in
+# hundreds of chunks, and the gaps between them say nothing at the scale of a chart.
+COALESCE_GAP = 0.001
+
+
+class Recorder:
+    """What the benchmark sees of the pipeline from outside it: when each layer blob was open
+    and on which thread, and the reads the pipeline made from it (which thread, when).  Rows
+    are [thread, stage, layer, start, end], seconds from the start of the run."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.rows = []
+        self._lock = threading.Lock()
+
+    def add(self, thread, stage, layer, start, end):
+        with self._lock:
+            self.rows.append([thread, stage, layer, start - self.t0, end - self.t0])
+
+    def wrap(self, raw, layer):
+        return _TimedBlob(raw, self, layer)
+
+
+class _TimedBlob:
+    """A layer blob's file object that tells the Recorder when it was open and each read."""
+
+    def __init__(self, raw, recorder, layer):
+        self._raw, self._rec, self._layer = raw, recorder, layer
+        self._thread = threading.current_thread().name
+        self._opened = time.perf_counter()
+        self._closed = False
+
+    def read(self, n=-1):
+        t = time.perf_counter()
+        data = self._raw.read(n)
+        self._rec.add(threading.current_thread().name, "read", self._layer, t, time.perf_counter())
+        return data
+
+    def readinto(self, buf):
+        t = time.perf_counter()
+        n = self._raw.readinto(buf)
+        self._rec.add(threading.current_thread().name, "read", self._layer, t, time.perf_counter())
+        return n
+
+    def close(self):
+        if not self._closed:
+            self._closed = True
+            self._rec.add(self._thread, "layer", self._layer, self._opened, time.perf_counter())
+        self._raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __getattr__(self, name):  # seek, tell, fileno...: the blob's own
+        return getattr(self._raw, name)
+
+
+class _TimedSource(Source):
+    """An unpack source whose layers are opened through a Recorder."""
+
+    def __init__(self, inner, recorder):
+        self.inner, self.recorder = inner, recorder
+        self.description = getattr(inner, "description", "?")
+
+    def resolve(self, platform=None):
+        image = self.inner.resolve(platform)
+        layers = [dataclasses.replace(layer, _opener=functools.partial(self._open, layer)) for layer in image.layers]
+        return dataclasses.replace(image, layers=layers)
+
+    def _open(self, layer):
+        return self.recorder.wrap(layer.open(), layer.index)
+
+    def close(self):
+        self.inner.close()
+
+
+def timeline(recorded, layers):
+    """The run's timeline rows [thread, stage, layer, start, end], sorted by start.
+
+    ``recorded``: the Recorder's rows.  A layer blob opened more than once was read ahead
+    first (top-down skipping scans small upper layers before the layers below are written):
+    its earlier opens are the "scan" stage, the last one "apply".  ``layers``: the runs's
+    ApplyStats dicts; a pipeline that reports its own ``timeline`` ([thread, stage, start,
+    end] from the layer's start) has those rows placed at the layer's apply."""
+    opens = {}
+    for row in recorded:
+        if row[1] == "layer":
+            opens.setdefault(row[2], []).append(row)
+    rows, applied_at = [], {}
+    for index, spans in opens.items():
+        spans.sort(key=lambda r: r[3])
+        for span in spans[:-1]:
+            rows.append([span[0], "scan", index, span[3], span[4]])
+        rows.append([spans[-1][0], "apply", index, spans[-1][3], spans[-1][4]])
+        applied_at[index] = spans[-1][3]
+    reads = sorted((r for r in recorded if r[1] == "read"), key=lambda r: (r[0], r[2], r[3]))
+    for r in reads:
+        last = rows[-1] if rows else None
+        if last and last[:3] == r[:3] and r[3] - last[4] < COALESCE_GAP:
+            last[4] = max(last[4], r[4])
+        else:
+            rows.append(list(r))
+    for i, layer in enumerate(layers):
+        for thread, stage, start, end in layer.get("timeline") or ():
+            at = applied_at.get(i, 0.0)
+            rows.append([thread, stage, i, at + start, at + end])
+    rows.sort(key=lambda r: (r[3], r[0]))
+    return [[t, s, i, round(a, 6), round(b, 6)] for t, s, i, a, b in rows]
+
+
+def stage_cpu(layers):
+    """{stage: CPU seconds} summed over the layers, from the pipeline's own ``cpu`` figures;
+    None when the pipeline does not report them."""
+    if not layers or not all(isinstance(layer.get("cpu"), dict) for layer in layers):
+        return None
+    total = {}
+    for layer in layers:
+        for stage, secs in layer["cpu"].items():
+            total[stage] = total.get(stage, 0.0) + secs
+    return {k: round(v, 6) for k, v in total.items()}
+
+
+# --- what is measured: an image (a file, a layout, the store, a registry) or one layer --------
+
+REGISTRY_PREFIX = "docker://"
+
+
+class StoreImageSource(Source):
+    """An image of the lamina store as an unpack source: its layers read from the store's
+    blobs, the bytes a store unpack extracts into its snapshots."""
+
+    def __init__(self, store, ref):
+        self.store, self.ref = store, ref
+        self.description = ref
+
+    def resolve(self, platform=None):
+        image = self.store.resolve(self.ref)
+        layers = []
+        for i, (desc, diff_id) in enumerate(zip(image.layers, image.diff_ids)):
+            if not self.store.has_blob(desc.digest):
+                raise BenchError(f"{self.ref}: layer {i} ({desc.digest}) has no blob in the store {self.store.root} "
+                                 "(keep-blobs false); measure the image it rebuilds: lamina save -o FILE "
+                                 f"{self.ref}, then lamina bench docker-archive:FILE")
+            layers.append(LayerRef(i, diff_id, desc.digest, desc.size, desc.media_type,
+                                   functools.partial(self.store.open_blob, desc.digest)))
+        return ResolvedImage(config=image.config, config_digest=image.config_digest, layers=layers,
+                             manifest_digest=image.manifest_digest, manifest=image.manifest,
+                             platform=image.platform, ref=self.ref)
+
+
+def source_kind(source, root=None):
+    """"layer" (a layer file), "image" (oci:, docker-archive:, oci-archive:, a path),
+    "registry" (docker://REF) or "store" (an image in the store at ``root``)."""
+    if source.startswith(REGISTRY_PREFIX):
+        return "registry"
+    if _is_layer_file(source):
+        return "layer"
+    transport, path, _ = parse_source(source)
+    if transport is not None:
+        if not os.path.exists(path):
+            raise BenchError(f"{source}: no such image file or layout")
+        return "image"
+    from .images import is_store_source
+    if is_store_source(source, root):  # as for unpack: a name the store has wins over a path
+        return "store"
+    if os.path.exists(path):
+        return "image"
+    raise BenchError(f"{source}: no such image, file or layout; lamina bench measures an image in the store "
+                     "(NAME[:TAG], ID), docker://REF, oci:PATH[:REF], oci-archive:PATH[:REF], "
+                     "docker-archive:PATH[:REF] or a layer file")
+
 
 class Subject:
     """The thing benchmarked: lamina's way to unpack it, and its layers as files for other tools."""
 
-    def __init__(self, source, workdir):
+    def __init__(self, source, workdir, *, root=None, insecure=False):
         self.source = source
+        self.kind = source_kind(source, root)
+        self.insecure = insecure
         self.layer_file = None
         self.layout = None  # (dir, ref) for umoci, when the source is an OCI layout
         self.layers = []    # [{"index", "path", "digest", "diff_id", "media_type", "compression"}]
-        if _is_layer_file(source):
-            self.kind = "layer"
+        self.dedup = None   # a store image: does the store share files across snapshots (blake3)?
+        if self.kind == "layer":
             self.layer_file = os.path.abspath(source)
             with open(source, "rb") as f:
                 kind = compression.detect(f.read(_HEAD_BYTES))
             self.layers = [{"index": 0, "path": self.layer_file, "digest": None, "diff_id": None,
                             "media_type": None, "compression": kind}]
             return
-        self.kind = "image"
-        transport, path, ref = parse_source(source)
-        with open_source(source) as src:
+        if self.kind == "store":
+            from .store import Store
+            self.store = Store(root)
+            self.dedup = bool(self.store.config()["dedup"])
+        transport, path, ref = parse_source(source) if self.kind == "image" else (None, None, None)
+        on_disk = self.kind == "image" and (transport == "oci" or (transport is None and os.path.isdir(path)))
+        with self.open() as src:
             image = src.resolve(None)
-            on_disk = transport == "oci" or (transport is None and os.path.isdir(path))
             if on_disk:
                 self.layout = (os.path.abspath(path), ref or image.ref)
             for layer in image.layers:
-                blob = os.path.join(path, "blobs", *layer.digest.split(":", 1)) if on_disk and layer.digest else None
-                if blob is None or not os.path.isfile(blob):
+                blob = None
+                if on_disk and layer.digest:
+                    blob = os.path.join(path, "blobs", *layer.digest.split(":", 1))
+                elif self.kind == "store":
+                    blob = str(self.store.blob_path(layer.digest))
+                if blob is None or not os.path.isfile(blob):  # inside an archive, or in a registry
                     blob = os.path.join(workdir, f"layer-{layer.index}")
                     with layer.open() as f, open(blob, "wb") as out:
                         shutil.copyfileobj(f, out, 1 << 20)
@@ -160,13 +387,26 @@ class Subject:
                 self.layers.append({"index": layer.index, "path": blob, "digest": layer.digest,
                                     "diff_id": layer.diff_id, "media_type": layer.media_type, "compression": kind})
 
-    def run_lamina(self, dest, format):
+    def open(self):
+        """A fresh unpack source for one run (a registry source fetches every layer again)."""
+        if self.kind == "store":
+            return StoreImageSource(self.store, self.source)
+        if self.kind == "registry":
+            from .reference import Reference
+            from .registry.source import RegistrySource
+            ref = self.source[len(REGISTRY_PREFIX):]
+            return RegistrySource(ref, insecure=(Reference.parse(ref).domain,) if self.insecure else ())
+        return open_source(self.source)
+
+    def run_lamina(self, dest, format, recorder):
         """Unpack into ``dest``; a dict of stats (ApplyStats per layer, stage seconds)."""
         if self.kind == "layer":
-            stats = apply_layer(self.layer_file, dest, format=format)
+            with recorder.wrap(open(self.layer_file, "rb", buffering=0), 0) as f:
+                stats = apply_layer(f, dest, format=format, name=f"layer {self.layer_file}")
             return {"layers": [stats.to_dict()], "seconds": {"layers": stats.seconds["total"],
                                                              "total": stats.seconds["total"]}}
-        stats = unpack(self.source, dest, format=format)
+        with _TimedSource(self.open(), recorder) as src:
+            stats = unpack(src, dest, format=format)
         return {"layers": [layer.to_dict() for layer in stats.layers], "seconds": dict(stats.seconds)}
 
 
@@ -180,6 +420,36 @@ def _is_layer_file(source):
         return False
     except LaminaError:
         return True
+
+
+# --- the store's file-level dedup: the blake3 stage ---------------------------------------
+
+def dedup_pass(tree_parent, format, scratch_store):
+    """Run the store's dedup (store/objects.py: blake3 of every regular file, then links to
+    shared objects) over what one run unpacked, as a pull into a store with ``dedup true``
+    does to each new snapshot.  ``tree_parent/fs`` is the run's tree; the objects go to a fresh
+    ``scratch_store`` on the same filesystem.  {seconds, blake3, files, bytes, linked, layers}:
+    per layer for the overlay format (one snapshot per layer, as in the store), else one tree."""
+    from .store import objects
+    from .store.paths import Paths
+    paths = Paths(scratch_store)
+    os.makedirs(scratch_store)
+    snapshots = [(None, tree_parent)]
+    if format == "overlay":  # each layer dir becomes a snapshot dir's fs/, as in the store
+        layers_dir = os.path.join(tree_parent, "fs", "layers")
+        snapshots = []
+        for name in sorted(os.listdir(layers_dir), key=int):
+            snap = os.path.join(scratch_store, "snapshots", name)
+            os.makedirs(snap)
+            os.rename(os.path.join(layers_dir, name), os.path.join(snap, "fs"))
+            snapshots.append((int(name), snap))
+    per_layer = []
+    for index, snap in snapshots:
+        st = objects.dedup_snapshot(paths, snap)
+        per_layer.append({"index": index, "seconds": round(st.seconds, 6), "blake3": round(st.hash_seconds, 6),
+                          "files": st.files, "bytes": st.bytes, "linked": st.linked})
+    return {**{k: round(sum(p[k] for p in per_layer), 6) for k in ("seconds", "blake3", "files", "bytes", "linked")},
+            "layers": per_layer if format == "overlay" else []}
 
 
 # --- the other tools ---------------------------------------------------------------
@@ -272,27 +542,19 @@ def _remove(path):
 
 # --- the benchmark -----------------------------------------------------------------
 
-def run(source, *, format="dir", runs=3, compare=(), target=None, progress=None):
-    """Benchmark unpacking ``source`` (anything ``unpack`` accepts, or a layer file)."""
+def run(source, *, format="dir", runs=3, compare=(), target=None, progress=None, root=None, insecure=False):
+    """Benchmark unpacking ``source``: anything ``unpack`` accepts (an image in the store at
+    ``root``, docker://REF, oci:, oci-archive:, docker-archive:) or a layer file."""
     if runs < 1:
         raise BenchError("--runs must be at least 1")
     for tool in compare:
         if tool not in TOOLS:
             raise BenchError(f"unknown tool {tool!r} for --compare (known: {', '.join(TOOLS)})")
-    _check_source(source)
     with _Workspace(target) as ws:
-        subject = Subject(source, ws.scratch)
+        subject = Subject(source, ws.scratch, root=root, insecure=insecure)
         doc = _bench_subject(subject, ws, format=format, runs=runs, compare=compare, progress=progress)
     doc.update(kind=subject.kind, source=str(source))
     return doc
-
-
-def _check_source(source):
-    """Images in the store or a registry are measured from a file: say how, not just "no such file"."""
-    if isinstance(source, str) and (source.startswith("docker://") or not os.path.exists(parse_source(source)[1])):
-        raise BenchError(f"{source}: no such image file or layout; lamina bench reads oci:PATH[:REF], "
-                         "oci-archive:PATH[:REF], docker-archive:PATH[:REF] or a layer file (for an image in "
-                         "the store: lamina save -o FILE REF, then lamina bench docker-archive:FILE)")
 
 
 class _Workspace:
@@ -318,12 +580,28 @@ class _Workspace:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
+def _lamina_run(subject, ws, format, dedup):
+    """One timed unpack (and, for a store image with dedup on, the dedup pass after it, timed
+    on its own): the run's record."""
+    run_dir = ws.fresh("lamina")
+    os.mkdir(run_dir)
+    recorder = Recorder()
+    stats, m = measure(lambda: subject.run_lamina(os.path.join(run_dir, "fs"), format, recorder))
+    record = {**m, **stats, "timeline": timeline(recorder.rows, stats["layers"]),
+              "cpu_stages": stage_cpu(stats["layers"])}
+    if dedup:
+        record["dedup"], dm = measure(lambda: dedup_pass(run_dir, format, ws.fresh("store")))
+        record["dedup"]["wall"] = dm["wall"]
+    _remove(run_dir)
+    return record
+
+
 def _bench_subject(subject, ws, *, format, runs, compare, progress):
     say = progress or (lambda msg: None)
     # Untimed warm-up: reads every blob into the page cache, and its flat tree is the
     # reference for the tools that apply whiteouts.
     dest = ws.fresh("warmup")
-    subject.run_lamina(dest, "dir")
+    subject.run_lamina(dest, "dir", Recorder())
     expected = {"lamina-tree": count_entries(dest)}
     _remove(dest)
     plans = {}
@@ -337,11 +615,8 @@ def _bench_subject(subject, ws, *, format, runs, compare, progress):
     tool_runs = {tool: [] for tool in compare}
     tool_checks = {}
     for i in range(runs):
-        dest = ws.fresh("lamina")
-        stats, m = measure(lambda: subject.run_lamina(dest, format))
-        lamina_runs.append({**m, **stats})
-        _remove(dest)
-        say(f"run {i + 1}/{runs}: lamina {m['wall']:.3f}s")
+        lamina_runs.append(_lamina_run(subject, ws, format, subject.dedup))
+        say(f"run {i + 1}/{runs}: lamina {lamina_runs[-1]['wall']:.3f}s")
         for tool in compare:
             if isinstance(plans[tool], str):
                 continue
@@ -360,14 +635,18 @@ def _bench_subject(subject, ws, *, format, runs, compare, progress):
             _remove(dest)
             say(f"run {i + 1}/{runs}: {tool} {r['wall']:.3f}s")
 
+    median = _median_run(lamina_runs)
     doc = {
         "lamina_version": __version__,
         "format": format,
         "runs": runs,
         "target": {"path": ws.parent, **filesystem_of(ws.dir)},
         "host": {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]},
-        "lamina": {"runs": lamina_runs, "median": _median_run(lamina_runs), "verifies": VERIFIES["lamina"],
-                   "entries_in_tree": expected["lamina-tree"]},
+        "lamina": {"runs": lamina_runs, "median": median, "verifies": VERIFIES["lamina"],
+                   "entries_in_tree": expected["lamina-tree"],
+                   # the timeline of the run whose wall time is the median: a real run, not a mix
+                   "timeline": min(lamina_runs, key=lambda r: abs(r["wall"] - median["wall"]))["timeline"],
+                   "dedup": _dedup_summary(subject, lamina_runs)},
         "layers": _layer_table(lamina_runs),
         "compare": [],
     }
@@ -387,23 +666,45 @@ def _bench_subject(subject, ws, *, format, runs, compare, progress):
     return doc
 
 
+def _dedup_summary(subject, runs):
+    """The blake3 stage: medians of the dedup passes, or why there is none ("n/a")."""
+    if subject.kind != "store":
+        return {"ran": False, "why": "n/a: the source is not an image in the store (dedup runs on store snapshots)"}
+    if not subject.dedup:
+        return {"ran": False, "why": "n/a: the store's dedup is off (lamina config set dedup true)"}
+    passes = [r["dedup"] for r in runs]
+    out = {"ran": True, **{k: round(statistics.median(p[k] for p in passes), 6) for k in ("wall", "seconds", "blake3")}}
+    out.update(files=passes[0]["files"], bytes=passes[0]["bytes"], linked=passes[0]["linked"])
+    return out
+
+
 def _median_run(runs):
     """The median of every number over the runs (each field on its own)."""
     med = {k: round(statistics.median(r[k] for r in runs), 6)
            for k in ("wall", "cpu_user", "cpu_system", "cpu_main_thread", "cores_busy")}
     med["cpu"] = round(med["cpu_user"] + med["cpu_system"], 6)
     med["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in runs)
+    cores = [r["per_core_busy"] for r in runs if r["per_core_busy"]]
+    med["per_core_busy"] = [_median_of([c[i] for c in cores]) for i in range(len(cores[0]))] if cores else []
     first = runs[0]
     med["entries"] = sum(layer["entries"] for layer in first["layers"])
     med["bytes"] = sum(layer["bytes"] for layer in first["layers"])
     med["compressed_bytes"] = sum(layer["compressed_bytes"] for layer in first["layers"])
     med["seconds"] = {k: round(statistics.median(r["seconds"].get(k, 0.0) for r in runs), 6)
                       for k in first["seconds"]}
+    cpu_stages = [r["cpu_stages"] for r in runs if r["cpu_stages"]]
+    med["cpu_stages"] = {k: _median_of([c.get(k, 0.0) for c in cpu_stages]) for k in cpu_stages[0]} \
+        if len(cpu_stages) == len(runs) else None
     wall = med["wall"]
     med["mb_per_s"] = round(med["bytes"] / wall / 1e6, 2) if wall else None
     med["compressed_mb_per_s"] = round(med["compressed_bytes"] / wall / 1e6, 2) if wall else None
     med["entries_per_s"] = round(med["entries"] / wall, 1) if wall else None
     return med
+
+
+def _median_of(values):
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 6) if values else None
 
 
 # The stages apply_layer reports (ApplyStats.seconds): read and inflate run on the inflate
@@ -412,17 +713,22 @@ STAGES = ("read", "inflate", "hash", "extract", "wait", "total")
 
 
 def _layer_table(runs):
-    """Per layer: the median of each stage over the runs, and its throughputs."""
+    """Per layer: the median of each stage over the runs, its throughputs, and its blake3
+    seconds where the dedup pass ran per layer (overlay format; else None)."""
     table = []
     for i, first in enumerate(runs[0]["layers"]):
         seconds = {s: round(statistics.median(r["layers"][i]["seconds"].get(s, 0.0) for r in runs), 6)
                    for s in STAGES}
         total = seconds["total"]
+        dedup = [layer for r in runs for layer in (r.get("dedup") or {}).get("layers", ()) if layer["index"] == i]
         table.append({
             "index": i, "digest": first["digest"], "diff_id": first["diff_id"],
             "compression": first["compression"], "entries": first["entries"], "bytes": first["bytes"],
             "compressed_bytes": first["compressed_bytes"], "whiteouts": first["whiteouts"],
             "hidden": first["hidden"], "seconds": seconds,
+            "blake3": _median_of([d["blake3"] for d in dedup]) if dedup else None,
+            "cpu": {k: _median_of([(r["layers"][i].get("cpu") or {}).get(k) for r in runs])
+                    for k in first["cpu"]} if isinstance(first.get("cpu"), dict) else None,
             "mb_per_s": round(first["bytes"] / total / 1e6, 2) if total else None,
             "compressed_mb_per_s": round(first["compressed_bytes"] / total / 1e6, 2) if total else None,
             "entries_per_s": round(first["entries"] / total, 1) if total else None,
@@ -627,6 +933,8 @@ def run_synthetic(kind, sizes=None, *, format="dir", runs=3, compare=(), target=
             "compressed_bytes": med["compressed_bytes"], "wall": med["wall"], "cpu": med["cpu"],
             "peak_rss_bytes": med["peak_rss_bytes"],
             "us_per_entry": round(layers_wall / med["entries"] * 1e6, 3) if med["entries"] else None,
+            # CPU per entry: on a loaded machine the wall time waits for a core, the CPU time does not
+            "cpu_us_per_entry": round(med["cpu"] / med["entries"] * 1e6, 3) if med["entries"] else None,
             "ns_per_byte": round(layers_wall / med["bytes"] * 1e9, 3) if med["bytes"] else None,
             "entries_in_tree": doc["lamina"]["entries_in_tree"],
             "compare": doc["compare"], "target": doc["target"],
@@ -680,22 +988,26 @@ def report_tables(doc):
     """[(title, [header, row, ...])]: what the text output and the HTML page show."""
     tables = []
     if doc.get("kind") == "synthetic":
-        rows = [["size", "entries", "MB", "wall s", "cpu s", "µs/entry", "ns/byte", "peak RSS MB"]]
+        rows = [["size", "entries", "MB", "wall s", "cpu s", "µs/entry", "cpu µs/entry", "ns/byte", "peak RSS MB"]]
         for p in doc["points"]:
             rows.append([p["size"], p["entries"], _fmt(p["bytes"] / 1e6, 1), _fmt(p["wall"]), _fmt(p["cpu"]),
-                         _fmt(p["us_per_entry"], 2), _fmt(p["ns_per_byte"], 2), _fmt(p["peak_rss_bytes"] / 1e6, 1)])
+                         _fmt(p["us_per_entry"], 2), _fmt(p["cpu_us_per_entry"], 2), _fmt(p["ns_per_byte"], 2),
+                         _fmt(p["peak_rss_bytes"] / 1e6, 1)])
         tables.append((f"synthetic {doc['synthetic']}: cost per entry and per byte", rows))
         compare = [(p["size"], c) for p in doc["points"] for c in p["compare"]]
     else:
+        blake3_na = "n/a" if not doc["lamina"]["dedup"]["ran"] else "-"  # "-": dir format, one tree
         rows = [["layer", "comp", "entries", "MB", "comp MB"] + [f"{s} ms" for s in STAGES]
-                + ["MB/s", "comp MB/s", "entries/s"]]
+                + ["blake3 ms", "MB/s", "comp MB/s", "entries/s"]]
         for layer in doc["layers"]:
             rows.append([layer["index"], layer["compression"], layer["entries"], _fmt(layer["bytes"] / 1e6, 2),
                          _fmt(layer["compressed_bytes"] / 1e6, 2)] + [_fmt(layer["seconds"][s] * 1e3, 1) for s in STAGES]
-                        + [_fmt(layer["mb_per_s"], 1), _fmt(layer["compressed_mb_per_s"], 1),
+                        + [blake3_na if layer.get("blake3") is None else _fmt(layer["blake3"] * 1e3, 1),
+                           _fmt(layer["mb_per_s"], 1), _fmt(layer["compressed_mb_per_s"], 1),
                            _fmt(layer["entries_per_s"], 0)])
-        tables.append(("per layer (median milliseconds per stage; read+inflate on one thread, hash on another, "
-                       "extract+wait on the caller's)", rows))
+        read = "fetch" if doc.get("kind") == "registry" else "read"
+        tables.append((f"per layer (median milliseconds per stage; {read}+inflate on one thread, hash on another, "
+                       "extract+wait on the caller's; blake3 is the store's dedup pass, after the unpack)", rows))
         med = doc["lamina"]["median"]
         tables.append(("whole unpack (median)", [
             ["wall s", "cpu s", "main thread cpu s", "cores busy", "peak RSS MB", "MB/s", "comp MB/s", "entries/s"]
@@ -703,6 +1015,15 @@ def report_tables(doc):
             [_fmt(med["wall"]), _fmt(med["cpu"]), _fmt(med["cpu_main_thread"]), _fmt(med["cores_busy"], 2),
              _fmt(med["peak_rss_bytes"] / 1e6, 1), _fmt(med["mb_per_s"], 1), _fmt(med["compressed_mb_per_s"], 1),
              _fmt(med["entries_per_s"], 0)] + [_fmt(v) for v in med["seconds"].values()]]))
+        tables.append(_cpu_table(med, doc["format"]))
+        dedup = doc["lamina"]["dedup"]
+        if dedup["ran"]:
+            tables.append(("store dedup after the unpack (median; blake3 = reading and hashing every file)", [
+                ["blake3 s", "dedup pass s", "files", "MB", "linked"],
+                [_fmt(dedup["blake3"]), _fmt(dedup["seconds"]), dedup["files"], _fmt(dedup["bytes"] / 1e6, 1),
+                 dedup["linked"]]]))
+        else:
+            tables.append(("store dedup (blake3 stage)", [["blake3 s"], [dedup["why"]]]))
         compare = [(None, c) for c in doc["compare"]]
     if compare:
         rows = [(["size"] if doc.get("kind") == "synthetic" else [])
@@ -719,6 +1040,26 @@ def report_tables(doc):
                                     "yes" if c["tree_ok"] else "NO", c["verifies"]])
         tables.append(("comparison (ratio = tool time / lamina time; >1: lamina is faster)", rows))
     return tables
+
+
+def _cpu_table(med, format):
+    """CPU seconds per stage (when the pipeline reports them), else per thread as far as the
+    process can tell; and each core's busy share during the run."""
+    rows = [["what", "cpu s or busy"]]
+    if med.get("cpu_stages"):
+        rows += [[f"stage {k}", _fmt(v)] for k, v in med["cpu_stages"].items()]
+        note = "per stage, from the pipeline"
+    else:
+        note = "per stage: n/a (this lamina's pipeline does not report stage CPU); per thread instead"
+        # dir: the caller's thread parses and writes; overlay: layers run on a pool, it waits
+        main, other = (("main thread (parse, write)", "other threads (read, inflate, hash)") if format == "dir"
+                       else ("main thread (waits for the layers)", "other threads (every stage, layers in parallel)"))
+        rows += [[main, _fmt(med["cpu_main_thread"])],
+                 [other, _fmt(max(med["cpu"] - med["cpu_main_thread"], 0.0))]]
+    rows += [["process user", _fmt(med["cpu_user"])], ["process system", _fmt(med["cpu_system"])]]
+    for i, busy in enumerate(med.get("per_core_busy") or ()):
+        rows.append([f"core {i} busy (whole machine)", "run too short" if busy is None else f"{busy * 100:.0f}%"])
+    return (f"CPU (median; {note})", rows)
 
 
 def _charts(doc):
@@ -742,18 +1083,23 @@ def _charts(doc):
         pts = doc["points"]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot([p["entries"] for p in pts], [p["us_per_entry"] for p in pts], marker="o", label="lamina")
+        ax.plot([p["entries"] for p in pts], [p["cpu_us_per_entry"] for p in pts], marker="o", linestyle="--",
+                label="lamina, CPU")
         for tool in dict.fromkeys(c["tool"] for p in pts for c in p["compare"] if "error" not in c):
-            ran = [(p["entries"], c["median_wall"]) for p in pts for c in p["compare"]
+            ran = [(p["entries"], c["median_wall"], c["median_cpu"]) for p in pts for c in p["compare"]
                    if c["tool"] == tool and "error" not in c]
-            ax.plot([n for n, _ in ran], [w / n * 1e6 for n, w in ran], marker="s", label=tool)
+            line, = ax.plot([n for n, _, _ in ran], [w / n * 1e6 for n, w, _ in ran], marker="s", label=tool)
+            ax.plot([n for n, _, _ in ran], [c / n * 1e6 for n, _, c in ran], marker="s", linestyle="--",
+                    color=line.get_color(), label=f"{tool}, CPU")
         ax.set_xscale("log")
         ax.set_xlabel("entries in the layer")
-        ax.set_ylabel("µs per entry (wall)")
+        ax.set_ylabel("µs per entry (wall; dashed: CPU)")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize="small")
         ax.set_title(f"{doc['synthetic']}: cost per entry")
         charts.append(("scaling: cost per entry", svg(fig)))
         return charts
+    charts.append(("timeline: which thread did what, when", svg(_timeline_figure(plt, doc))))
     # One bar per thread of each layer: the threads overlap in time, so their stages are
     # shown side by side against the layer's wall time, not stacked into one sum.
     threads = (("inflate thread", ("read", "inflate")), ("hash thread", ("hash",)),
@@ -780,6 +1126,7 @@ def _charts(doc):
     ax.set_xlabel("seconds")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     charts.append(("stage seconds per layer and thread", svg(fig)))
+    charts.append(("CPU: seconds per stage, and how busy each core was", svg(_cpu_figure(plt, doc))))
     ran = [c for c in doc["compare"] if "error" not in c]
     if ran:
         fig, ax = plt.subplots(figsize=(6, 0.8 + 0.4 * len(ran)))
@@ -788,3 +1135,63 @@ def _charts(doc):
         ax.set_xlabel("median wall seconds")
         charts.append(("comparison", svg(fig)))
     return charts
+
+
+def _timeline_figure(plt, doc):
+    """One row per thread: when it read, inflated, hashed, parsed, wrote (what the pipeline
+    reports), and a row of the layer blobs each thread had open (scan, then apply)."""
+    rows = doc["lamina"]["timeline"]
+    names = []
+    for thread, stage, *_ in rows:
+        name = f"{thread}: layers" if stage in ("apply", "scan") else thread
+        if name not in names:
+            names.append(name)
+    # the known stages keep their colours from one report to the next
+    order = ("apply", "scan", "read", "inflate", "hash", "parse", "extract", "write", "wait")
+    stages = [s for s in order if any(r[1] == s for r in rows)] + list(dict.fromkeys(
+        r[1] for r in rows if r[1] not in order))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {stage: palette[i % len(palette)] for i, stage in enumerate(order + tuple(s for s in stages
+                                                                                        if s not in order))}
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.45 * max(len(names), 1)))
+    for thread, stage, layer, start, end in rows:
+        y = names.index(f"{thread}: layers" if stage in ("apply", "scan") else thread)
+        span = stage in ("apply", "scan")  # one bar per layer, outlined so that neighbours stay apart
+        ax.broken_barh([(start, max(end - start, 1e-5))], (y - 0.38, 0.76), facecolor=colors[stage],
+                       edgecolor="black" if span else "none", linewidth=0.6 if span else 0)
+        if span:
+            ax.text(start, y, f" {stage} {layer}", va="center", fontsize="x-small")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds from the start of the run")
+    ax.set_xlim(left=0)
+    from matplotlib.patches import Patch
+    ax.legend(handles=[Patch(color=colors[s], label=s) for s in stages], fontsize="small",
+              loc="upper left", bbox_to_anchor=(1.01, 1))
+    return fig
+
+
+def _cpu_figure(plt, doc):
+    med = doc["lamina"]["median"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 2.8), gridspec_kw={"width_ratios": [3, 2]})
+    if med.get("cpu_stages"):
+        names, values = list(med["cpu_stages"]), list(med["cpu_stages"].values())
+        left.set_title("CPU seconds per stage", fontsize="medium")
+    else:
+        names = ["main thread", "other threads"]
+        values = [med["cpu_main_thread"], max(med["cpu"] - med["cpu_main_thread"], 0.0)]
+        left.set_title("CPU seconds per thread (no stage CPU reported)", fontsize="medium")
+    if doc["lamina"]["dedup"]["ran"]:
+        names.append("blake3 (dedup pass, one thread)")
+        values.append(doc["lamina"]["dedup"]["blake3"])
+    left.barh(names, values)
+    left.invert_yaxis()
+    left.set_xlabel("CPU seconds")
+    cores = med.get("per_core_busy") or []
+    right.bar([str(i) for i in range(len(cores))], [(c or 0) * 100 for c in cores])
+    right.set_ylim(0, 100)
+    right.set_xlabel("core")
+    right.set_ylabel("% busy (whole machine)")
+    right.set_title("cores during the run", fontsize="medium")
+    fig.tight_layout()
+    return fig

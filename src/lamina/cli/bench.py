@@ -20,7 +20,8 @@ def cmd_bench(args):
         doc = run_synthetic(args.synthetic, sizes, format=fmt, runs=args.runs, compare=compare,
                             target=args.target, progress=progress)
     elif args.source:
-        doc = run(args.source, format=fmt, runs=args.runs, compare=compare, target=args.target, progress=progress)
+        doc = run(args.source, format=fmt, runs=args.runs, compare=compare, target=args.target, progress=progress,
+                  root=getattr(args, "root", None), insecure=args.insecure)
     else:
         raise LaminaError("nothing to measure: give SOURCE or --synthetic KIND")
     written = write_report(doc, args.report) if args.report else []
@@ -45,7 +46,8 @@ def _print(doc, written):
 def register(sub):
     b = sub.add_parser("bench", help="measure unpacking an image or layer here, per stage, next to other tools")
     b.add_argument("source", metavar="SOURCE", nargs="?",
-                   help="oci:PATH[:REF], oci-archive:PATH[:REF], docker-archive:PATH[:REF], or a layer file")
+                   help="an image in the store (NAME[:TAG], ID), docker://REF, oci:PATH[:REF], oci-archive:PATH[:REF], "
+                   "docker-archive:PATH[:REF], or a layer file")
     b.add_argument("--overlay", action="store_true", help="measure the overlay format (one dir per layer)")
     b.add_argument("--runs", type=int, default=3, metavar="N", help="timed runs per tool; medians are reported "
                    "(default 3)")
@@ -56,6 +58,8 @@ def register(sub):
     b.add_argument("--sizes", metavar="N,N,...", help="synthetic sizes: entries (MiB per file for huge-files), "
                    "like 1k,10k,100k (default 1k,10k,100k; huge-files 8,32,128)")
     b.add_argument("--report", metavar="DIR", help="write bench.json and index.html (charts with lamina[plot])")
+    b.add_argument("--insecure", action="store_true",
+                   help="docker://: allow plain HTTP and skip TLS verification for this registry")
     b.add_argument("-v", "--verbose", action="store_true", help="say what runs, on stderr")
     add_format_option(b)
-    b.set_defaults(func=cmd_bench, _no_store=True)
+    b.set_defaults(func=cmd_bench)

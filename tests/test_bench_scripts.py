@@ -1,0 +1,51 @@
+"""A short smoke run of the project's own benchmarks (bench/), so they cannot rot: the scripts
+that measure through ``lamina bench``, and the pytest-benchmark micro benches run once each
+(``--benchmark-disable``: every bench body and its result checks, no timing rounds)."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+from conftest import require_tool
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+SAMPLE_SRC = f"oci:{REPO}/sample/image:latest"
+
+
+def script(name, *args, cwd=None):
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", name), *map(str, args)], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_compare_runs_lamina_bench(tmp_path):
+    require_tool("tar")
+    require_tool("umoci")
+    out = script("compare.py", "--image", SAMPLE_SRC, "-n", "1", "--tools", "tar,umoci", "--json",
+                 tmp_path / "all.json", "--report", tmp_path / "report")
+    assert f"$ lamina bench {SAMPLE_SRC} --runs 1" in out and "comparison" in out
+    doc = json.load(open(tmp_path / "all.json"))["image"]
+    assert doc == json.load(open(tmp_path / "report" / "image" / "bench.json"))
+    assert [c["tool"] for c in doc["compare"]] == ["tar", "umoci"] and all(c["tree_ok"] for c in doc["compare"])
+
+
+def test_deep_runs_lamina_bench(tmp_path):
+    require_tool("tar")
+    require_tool("bsdtar")
+    out = script("deep.py", "--entries", "20", "--depth", "40", "--runs", "1", "--dir", tmp_path)
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\s+(tar|bsdtar)\s+\S+\s+\S+\s+\S+\s+\S+\s+(\S+)", out, re.M)}
+    # 20 leaves, each at the end of its own chain of 40 directories: 820 names in every tool's tree
+    assert rows == {"tar": "820/820", "bsdtar": "820/820"}, out
+    assert os.listdir(tmp_path) == []
+
+
+def test_micro_benches_run_once_each(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--benchmark-disable",
+                           os.path.join(REPO, "bench", "test_micro.py")], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert re.match(r"\d+ passed", summary) and "skipped" not in summary, summary
+    assert int(summary.split()[0]) >= 10
