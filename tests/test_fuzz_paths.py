@@ -11,7 +11,8 @@ run more on demand, e.g.:
 
     LAMINA_FUZZ_EXAMPLES=20000 python -m pytest tests/test_fuzz_paths.py
 
-and LAMINA_FUZZ_SEED=N to explore other stacks than CI's.
+and LAMINA_FUZZ_SEED=N to explore other stacks than CI's
+(LAMINA_FUZZ_PROGRESS=FILE counts the cases run in FILE, for long runs).
 """
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ from tarbuild import Tar
 
 EXAMPLES = int(os.environ.get("LAMINA_FUZZ_EXAMPLES", "150"))
 SEED = int(os.environ.get("LAMINA_FUZZ_SEED", "0"))
+PROGRESS = os.environ.get("LAMINA_FUZZ_PROGRESS")
+
+
+def _count_case():
+    if PROGRESS:
+        with open(PROGRESS, "a") as f:
+            f.write(".")
 NAMES = ["a", "b", "c"]
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=False, database=None,
                     suppress_health_check=list(HealthCheck))
@@ -128,6 +136,7 @@ def _fingerprint(d):
 def test_lamina_paths_agree(host, data):
     layers = data.draw(stacks(str(host)))
     tars = build(layers)
+    _count_case()
     box = Sandbox(host)
     try:
         results = run_paths(box.guard.dest, tars)
@@ -145,6 +154,7 @@ def test_lamina_agrees_with_umoci(host, data):
     Deliberate differences are excluded from the stacks (none so far)."""
     layers = data.draw(stacks(str(host)))
     tars = build(layers)
+    _count_case()
     box = Sandbox(host)
     try:
         results = run_paths(box.guard.dest, tars, paths=("dir",))
