@@ -285,6 +285,20 @@ cdef dict _multiply_linked(int root, shared):
     return out
 
 
+def _current_umask():
+    """The process umask, read without changing it (/proc), else by the set-and-restore dance."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 cdef int _reset(int fd, int root):
     if fd >= 0:
         close(fd)
@@ -521,6 +535,7 @@ cdef class Extractor:
 
     cdef int rootfd, outfd, cache_fd
     cdef bint overlay, is_root, use_openat2, cache_valid
+    cdef int64_t umask             # the process umask: new files need a chmod only where it strips bits
     cdef State state
     cdef unsigned char hdr[BLOCK]
     cdef Py_ssize_t hdr_len
@@ -603,6 +618,7 @@ cdef class Extractor:
             raise ValueError(f"unknown format {format!r} (expected 'dir' or 'overlay')")
         self.overlay = format == "overlay"
         self.is_root = geteuid() == 0
+        self.umask = _current_umask()
         self.scan_only = root is None
         self.scan_at = set()
         self.scan_below = set()
@@ -1838,10 +1854,14 @@ cdef class Extractor:
         return fstat(pfd, &pst) == 0 and (pst.st_dev, pst.st_ino, base) in self.created_ino
 
     cdef _open_file(self, int pfd, bytes base, bytes name, int64_t size):
-        cdef int fd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        # Created with its final permissions (the fd is writable whatever they are), so
+        # that _finish_file needs no chmod unless the umask or setuid/setgid/sticky bits
+        # are in the way.
+        cdef mode_t create_mode = <mode_t>self.cur_mode & 0o777
+        cdef int fd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, create_mode)
         if fd < 0 and errno == EEXIST:
             self._remove(pfd, base, name)
-            fd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            fd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, create_mode)
         if fd < 0:
             self._oserror("create", name)
         self.outfd = fd
@@ -1856,7 +1876,8 @@ cdef class Extractor:
             self._sparse_truncate(fd)
             if self.is_root and fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
                 self._oserror("chown", self.cur_name)
-            if fchmod(fd, <mode_t>self.cur_mode) < 0:
+            if ((self.cur_mode & 0o7000 or self.cur_mode & self.umask & 0o777)
+                    and fchmod(fd, <mode_t>self.cur_mode) < 0):  # after chown, which clears setuid/setgid
                 self._oserror("chmod", self.cur_name)
             if self.cur_xattrs:
                 self._set_xattrs(fd, None, self.cur_name)

@@ -33,6 +33,8 @@ from syscalls cimport *
 
 import os
 
+from lamina._extract import _current_umask
+
 cdef extern from "<sys/ioctl.h>" nogil:
     int ioctl(int fd, unsigned long request, ...)
 
@@ -988,21 +990,3 @@ cdef char *_join(const char *a, const char *b) noexcept nogil:
         memcpy(out, a, n)
         memcpy(out + n, b, m + 1)
     return out
-
-
-cdef extern from "<sys/stat.h>" nogil:
-    mode_t umask(mode_t mask)
-
-
-def _current_umask():
-    """The process umask, read without changing it (/proc), else by the set-and-restore dance."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    old = umask(0o022)
-    umask(old)
-    return old

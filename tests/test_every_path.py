@@ -358,3 +358,21 @@ def test_symlink_under_a_file_skipped_in_a_lower_layer_fails_everywhere(g):
     layers = [Tar().file("b").file("a"), Tar().file("a"), Tar().symlink("a/a", "."), Tar().file("a")]
     results = run_paths(g.dest, [t.bytes() for t in layers])
     assert all(isinstance(v, Exception) for v in results.values()), results
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o000, 0o027])
+def test_modes_are_the_images_whatever_the_umask(g, umask):
+    """Files are created with their final permissions and chmod-ed only where the
+    umask (or a setuid/setgid/sticky bit) is in the way: the modes must still be
+    exactly the image's, on every path."""
+    t = Tar()
+    for i, mode in enumerate([0o644, 0o755, 0o666, 0o600, 0o444, 0o000, 0o4755, 0o2750, 0o1777, 0o777]):
+        t.file(f"f{i}", b"x", mode=mode, uid=i, gid=i)
+    old = os.umask(umask)
+    try:
+        tree = agree(g, [t, Tar().file("top", b"y", mode=0o664)])
+    finally:
+        os.umask(old)
+    assert tree.entries["f2"].mode == 0o666 and tree.entries["f5"].mode == 0o000
+    assert tree.entries["f6"].mode == 0o4755 and tree.entries["f8"].mode == 0o1777
+    assert tree.entries["top"].mode == 0o664
