@@ -7,19 +7,11 @@ threads hash several files on several cores.
 """
 from libc.stdint cimport uint8_t
 from libc.stdlib cimport malloc, free
-from libc.errno cimport errno, EINTR
+from libc.errno cimport errno, EINTR, EEXIST
 from posix.types cimport off_t
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
-cdef extern from "blake3.h" nogil:
-    ctypedef struct blake3_hasher:
-        pass
-    const char *blake3_version()
-    void blake3_hasher_init(blake3_hasher *self)
-    void blake3_hasher_update(blake3_hasher *self, const void *input, size_t input_len)
-    void blake3_hasher_finalize(const blake3_hasher *self, uint8_t *out, size_t out_len)
-    enum:
-        BLAKE3_OUT_LEN
+from blake3_c cimport *
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t pread(int fd, void *buf, size_t count, off_t offset)
@@ -76,3 +68,24 @@ def hash_bytes(const unsigned char[::1] data):
             blake3_hasher_update(&hasher, &data[0], n)
     blake3_hasher_finalize(&hasher, out, BLAKE3_OUT_LEN)
     return PyBytes_FromStringAndSize(<char *>out, BLAKE3_OUT_LEN).hex()
+
+
+cdef extern from "lamina_sys.h" nogil:
+    int lamina_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+
+
+def rename_noreplace(int src_dir_fd, src, int dst_dir_fd, dst):
+    """renameat2(RENAME_NOREPLACE): True if renamed, False if ``dst`` exists; OSError otherwise
+    (EINVAL or ENOSYS where the filesystem or kernel cannot do it without replacing)."""
+    cdef bytes s = __import__("os").fsencode(src), d = __import__("os").fsencode(dst)
+    cdef const char *sp = s
+    cdef const char *dp = d
+    cdef int rc, err
+    with nogil:
+        rc = lamina_rename_noreplace(src_dir_fd, sp, dst_dir_fd, dp)
+    if rc == 0:
+        return True
+    err = errno
+    if err == EEXIST:
+        return False
+    raise OSError(err, __import__("os").strerror(err), src)

@@ -74,6 +74,7 @@ cdef extern from "<sys/xattr.h>" nogil:
     int fsetxattr(int fd, const char *name, const void *value, size_t size, int flags)
     int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)
     ssize_t fgetxattr(int fd, const char *name, void *value, size_t size)
+    ssize_t flistxattr(int fd, char *list, size_t size)
 
 cdef extern from "<dirent.h>" nogil:
     ctypedef struct DIR:
