@@ -228,6 +228,45 @@ def test_system_df_shows_what_sharing_saves(tmp_path, images):
     assert usage.saved >= (39 + 29) * 20_000
 
 
+def test_system_df_per_image_shared_and_unique_sizes_count_shared_files(tmp_path, images):
+    """a and its rebuild b share no layer, but all their unchanged files: docker's SHARED SIZE /
+    UNIQUE SIZE columns count those files (each shared inode once, at its size on disk)."""
+    root, a = _store_with_a_and_b(tmp_path, images)
+    b = _chains(root, "b:1")
+    shared_inodes = {}
+    for ca, cb in zip(a, b):
+        for dirpath, _, names in os.walk(_fs(root, ca)):
+            for n in names:
+                rel = os.path.relpath(os.path.join(dirpath, n), _fs(root, ca))
+                sa = os.lstat(os.path.join(dirpath, n))
+                try:
+                    sb = os.lstat(os.path.join(_fs(root, cb), rel))
+                except FileNotFoundError:
+                    continue
+                if sa.st_ino == sb.st_ino:
+                    shared_inodes[sa.st_ino] = sa.st_blocks * 512
+    assert len(shared_inodes) == 39 + 29 + 2  # unchanged files, su and capped
+    expected = sum(shared_inodes.values())
+
+    from lamina import images as api
+    from lamina.store import Store
+    du = api.disk_usage(Store(root))
+    rows = {s.repo_tags[0]: s for s in du.images}
+    for ref in ("a:1", "b:1"):
+        assert rows[ref].shared_size == expected, ref
+        assert rows[ref].unique_size == rows[ref].size - expected > 0, ref
+    verbose = lamina_subprocess(root, "system", "df", "-v").stdout.splitlines()
+    header = next(line for line in verbose if line.startswith("REPOSITORY"))
+    row = next(line for line in verbose if line.startswith("a "))
+    shared_col = header.index("SHARED SIZE")
+    from lamina.cli.images import human_size
+    assert row[shared_col:].split()[0] == human_size(expected)
+    # without b, a shares nothing any more: all of it is unique
+    lamina_subprocess(root, "rmi", "b:1")
+    rows = {s.repo_tags[0]: s for s in api.disk_usage(Store(root)).images}
+    assert rows["a:1"].shared_size == 0 and rows["a:1"].unique_size == rows["a:1"].size
+
+
 def test_dedup_can_be_switched_off(tmp_path, images):
     root = tmp_path / "root"
     lamina_subprocess(root, "config", "set", "dedup", "false")

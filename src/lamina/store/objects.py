@@ -755,6 +755,48 @@ def usage(paths):
     return u
 
 
+def shared_file_bytes(store, images):
+    """{manifest digest: bytes on disk of the image's files that another image shares}, at file level.
+
+    Only layers no other image uses are looked at (a layer several images use is shared as a
+    whole, docker's way).  In those, a file counts as shared when its object is also used by a
+    snapshot of another image; each object counts once per image, at its size on disk.  An
+    image's UNIQUE SIZE is then what removing it alone would free.
+    """
+    layer_users, image_chains = {}, {}
+    for img in images:
+        chains = set(img.chain_ids)
+        image_chains[img.manifest_digest] = chains
+        for c in chains:
+            layer_users.setdefault(c, set()).add(img.manifest_digest)
+    objects_of, users = {}, {}    # chain -> its objects; object -> images whose snapshots use it
+    for chain, imgs in layer_users.items():
+        try:
+            entries = read_file_list(store.paths.snapshot(chain)) or ()
+        except StoreError:
+            entries = ()  # an unreadable list: no file-level sharing known (fsck reports it)
+        objs = objects_of[chain] = {e.object for e in entries if e.object is not None}
+        for o in objs:
+            users.setdefault(o, set()).update(imgs)
+    sizes = {}
+    out = {}
+    for digest, chains in image_chains.items():
+        shared = set()
+        for c in chains:
+            if len(layer_users[c]) == 1:
+                shared.update(o for o in objects_of[c] if len(users[o]) > 1)
+        total = 0
+        for o in shared:
+            if o not in sizes:
+                try:
+                    sizes[o] = os.stat(object_path(store.paths, o)).st_blocks * 512
+                except OSError:
+                    sizes[o] = 0
+            total += sizes[o]
+        out[digest] = total
+    return out
+
+
 def find_files(store, blake3=None, path=None):
     """[(image, chainID, FileEntry)] of the files with this content and/or path in the images of the store.
 
