@@ -299,6 +299,7 @@ class _Pass:
         self.entries = []
         self.inodes = {}      # (dev, ino) of a snapshot inode -> (object name or None, blake3)
         self.dirs = {}        # fan-out dir name -> fd
+        self.keys = {}        # (mode, uid, gid, mtime) -> metadata key of a file without xattrs
         self.hashed_path = os.path.join(self.snapshot_dir, HASHED)
         objects = objects_dir(paths)
         for d in (objects, objects / "blake3", stage_dir(paths)):
@@ -375,8 +376,16 @@ class _Pass:
         if key not in self.inodes:
             hold, digest = held
             self.stats.prehashed += 1
-            xattrs = _xattrs(f"{self.hashed_path}/{hold}") if hold[65] == "x" else []
-            obj = f"{digest}.{metadata_key(st, xattrs)}"
+            if hold[65] == "x":
+                xattrs = _xattrs(f"{self.hashed_path}/{hold}")
+                meta = metadata_key(st, xattrs)
+            else:  # most files: no xattrs, and many share mode, owner and mtime
+                xattrs = []
+                k = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
+                meta = self.keys.get(k)
+                if meta is None:
+                    meta = self.keys[k] = metadata_key(st, xattrs)
+            obj = f"{digest}.{meta}"
             self.inodes[key] = (self.share(dfd, entry.name, None, st, obj, digest, xattrs, hold=hold), digest)
         self.record(rel, st, key)
 
