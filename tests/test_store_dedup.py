@@ -388,6 +388,20 @@ def test_kill_9_during_dedup_then_fsck_clean_and_rerun(tmp_path, hashed_while_ex
     assert len(inodes) == 700
 
 
+def test_fsck_removes_hashed_names_left_beside_a_file_list(tmp_path, images):
+    root = tmp_path / "root"
+    _copy(root, images, "a")
+    chain = _chains(root, "a:1")[0]
+    sdir = os.path.dirname(_fs(root, chain))
+    os.mkdir(os.path.join(sdir, "hashed"))  # as if the pass had died between its last two steps
+    os.link(os.path.join(_fs(root, chain), "usr/share/pkgbase/f001"), os.path.join(sdir, "hashed", "x" * 64 + "-0"))
+    report = json.loads(lamina_subprocess(root, "fsck", "--json", check=False).stdout)
+    assert [(f["kind"], f["subject"]) for f in report["findings"]] == [("stale-hashed", chain)]
+    lamina_subprocess(root, "fsck", "--repair")
+    assert not os.path.exists(os.path.join(sdir, "hashed"))
+    _fsck_clean(root)
+
+
 def _chains_of_layout(layout, ref):
     """ChainIDs of an image in an OCI layout, read from its config (the store has not seen it yet)."""
     from lamina.store.image import chain_ids

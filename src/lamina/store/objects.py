@@ -700,6 +700,11 @@ def check(store, report, repair):
             f = report.add("error", "bad-file-list", chain, str(e))
             _fix(f, repair, lambda sdir=sdir: os.unlink(os.path.join(sdir, FILES_LIST)))
             continue
+        if entries is not None and os.path.isdir(os.path.join(sdir, HASHED)):
+            # the pass removes hashed/ before it writes the list; names left there keep inodes alive
+            f = report.add("warning", "stale-hashed", chain, f"snapshots/{sdir.name}/{HASHED}: left after "
+                           "the dedup pass")
+            _fix(f, repair, lambda sdir=sdir: drop_hashed(sdir))
         for e in entries or ():
             if e.object in changed:
                 users.setdefault(e.object, []).append(f"{chain} ({e.path})")
