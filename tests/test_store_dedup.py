@@ -177,6 +177,24 @@ def test_dedup_uses_the_extractors_hashes_and_never_trusts_a_reused_name(tmp_pat
     _fsck_clean(root)
 
 
+def test_native_object_names_match_the_python_metadata_key(tmp_path):
+    """New objects are named natively in the common case; fsck recomputes every name from the
+    inode in Python (metadata_key): odd modes, owners and mtimes (negative, sub-second) must agree."""
+    members = [(ti(f"m/{i}", mode=mode, uid=uid, gid=gid, mtime=mtime), b"body %d" % i)
+               for i, (mode, uid, gid, mtime) in enumerate([
+                   (0o644, 0, 0, MTIME), (0o4755, 0, 0, MTIME), (0o2711, 1000, 50, 1), (0o1777, 65534, 65534, 0),
+                   (0o600, 123456, 7, -86400), (0o755, 0, 0, 2_000_000_000)])]
+    members.append((ti("m/subsecond", pax_headers={"mtime": "1700000000.123456789"}), b"subsecond"))
+    lay = ocibuild.Layout(tmp_path / "layout")
+    lay.image_of_tars([tarfile_bytes(members)], "odd")
+    root = tmp_path / "root"
+    _copy(root, tmp_path / "layout", "odd")
+    from lamina.store.objects import read_file_list
+    sdir = os.path.dirname(_fs(root, _chains(root, "odd:1")[0]))
+    assert all(e.object is not None for e in read_file_list(sdir))
+    assert _fsck_clean(root)["checked"]["objects"] == len(members)
+
+
 def test_rebuilt_image_shares_its_unchanged_files(tmp_path, images):
     root, a = _store_with_a_and_b(tmp_path, images)
     b = _chains(root, "b:1")

@@ -263,7 +263,8 @@ class _Dir:
 
 
 def _walk_files(root_fd):
-    """Yield (dir fd, DirEntry, relative path) for every regular file, iteratively, never following a link.
+    """Yield (dir fd, [(DirEntry, relative path)]) of the regular files of each directory,
+    iteratively, never following a link.
 
     Each directory is opened with openat(parent fd, name, O_NOFOLLOW|O_DIRECTORY), so the
     walk cannot leave the tree whatever its symlinks say.  Open fds stay linear in depth.
@@ -272,7 +273,7 @@ def _walk_files(root_fd):
     stack = [(root, "")]
     while stack:
         d, rel = stack.pop()
-        subdirs = []
+        subdirs, files = [], []
         try:
             with os.scandir(d.fd) as it:
                 entries = list(it)
@@ -281,7 +282,9 @@ def _walk_files(root_fd):
                 if e.is_dir(follow_symlinks=False):
                     subdirs.append((e.name, crel))
                 elif e.is_file(follow_symlinks=False):
-                    yield d.fd, e, crel
+                    files.append((e, crel))
+            if files:
+                yield d.fd, files
             for name, crel in reversed(subdirs):
                 child = _Dir(os.open(name, _DIR_FLAGS, dir_fd=d.fd))
                 stack.append((child, crel))
@@ -298,7 +301,6 @@ class _Pass:
         self.stats = DedupStats()
         self.entries = []
         self.inodes = {}      # (dev, ino) of a snapshot inode -> (object name or None, blake3)
-        self.dirs = {}        # fan-out dir name -> fd
         self.keys = {}        # (mode, uid, gid, mtime) -> metadata key of a file without xattrs
         self.hashed_path = os.path.join(self.snapshot_dir, HASHED)
         objects = objects_dir(paths)
@@ -308,14 +310,14 @@ class _Pass:
             except FileExistsError:
                 pass
         self.blake3_fd = os.open(objects / "blake3", _DIR_FLAGS)
+        self.fan = _native().FanOut(self.blake3_fd)  # objects/blake3/<2 hex>/ fds
         self.stage_fd = os.open(stage_dir(paths), _DIR_FLAGS)
         self.held, self.hashed_fd = _held(self.hashed_path)
         if self.reflink:  # else every new object would look for siblings to clone from in vain
             self.reflink = _can_reflink(self.stage_fd)
 
     def close(self):
-        for fd in self.dirs.values():
-            os.close(fd)
+        self.fan.close()
         os.close(self.blake3_fd)
         os.close(self.stage_fd)
         if self.hashed_fd is not None:
@@ -337,31 +339,44 @@ class _Pass:
                 raise
             drop_hashed(self.snapshot_dir)  # not the extractor's names only: remove whatever it is
 
-    def fanout(self, name):
-        sub = name[:2]
-        fd = self.dirs.get(sub)
-        if fd is None:
-            try:
-                os.mkdir(sub, 0o700, dir_fd=self.blake3_fd)
-            except FileExistsError:
-                pass
-            fd = self.dirs[sub] = os.open(sub, _DIR_FLAGS, dir_fd=self.blake3_fd)
-        return fd
-
     def run(self):
         start = time.perf_counter()
         root_fd = os.open(os.path.join(self.snapshot_dir, "fs"), _DIR_FLAGS)
         try:
-            for dfd, entry, rel in _walk_files(root_fd):
-                held = self.held.get(entry.inode())
-                if held is not None:
-                    self.one_held(dfd, entry, rel, held)
-                else:
-                    self.one(dfd, entry.name, rel)
+            for dfd, files in _walk_files(root_fd):
+                fast = []
+                for entry, rel in files:
+                    held = self.held.get(entry.inode())
+                    if held is None:
+                        self.one(dfd, entry.name, rel)
+                    elif held[0][65] != "x" and not self.reflink:
+                        fast.append((entry, rel, held))
+                    else:
+                        self.one_held(dfd, entry, rel, held)
+                if fast:
+                    self.new_objects(dfd, fast)
         finally:
             os.close(root_fd)
         self.stats.seconds = time.perf_counter() - start
         return self.stats
+
+    def new_objects(self, dfd, files):
+        """The common case in one native call per directory: files the extractor hashed, alone on
+        their inode, without xattrs, whose object does not exist yet take over their hashed/ name
+        as the object's.  Whatever it leaves (None) goes the general way (one_held)."""
+        results = _native().new_objects(dfd, [e.name for e, _, _ in files], [e.inode() for e, _, _ in files],
+                                        self.hashed_fd, [h[0] for _, _, h in files], self.fan)
+        for (entry, rel, held), done in zip(files, results):
+            if done is None:
+                self.one_held(dfd, entry, rel, held)
+                continue
+            obj, size = done
+            del self.held[entry.inode()]
+            self.stats.files += 1
+            self.stats.bytes += size
+            self.stats.prehashed += 1
+            self.stats.new_objects += 1
+            self.entries.append(FileEntry(rel, held[1], size, obj))
 
     def one_held(self, dfd, entry, rel, held):
         """A file the extractor hashed: its blake3 is known, and ``hashed/<hold>`` is the same inode."""
@@ -425,7 +440,7 @@ class _Pass:
         its own inode, so that "same inode" keeps meaning "hardlinked in the image" for every
         inode that is not an object (materialize relies on it, see singletons()).
         """
-        ffd = self.fanout(obj)
+        ffd = self.fan.get(obj)
         hardlinked = st.st_nlink - (hold is not None) > 1
         for _ in range(3):  # a race with another pass creating the same object: at most a retry
             if hold is not None and not hardlinked and not self.reflink:
