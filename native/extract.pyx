@@ -579,9 +579,9 @@ cdef class Extractor:
         ``hash_files_into`` (an existing directory on the same filesystem as
         ``root``): the blake3 of every regular file's data is computed as it is
         written (GIL released, no second read), and the finished file gets a
-        second name there, ``<64 hex blake3>-<n>`` (``-x<n>`` if it has xattrs).  That name keeps the inode
-        alive, so its inode number cannot be reused by another file while the
-        name exists: a tree walk may match files to hashes by ``d_ino`` (the
+        second name there, ``<64 hex blake3>-<n>`` (``-x<n>`` if it has
+        xattrs).  That name keeps the inode alive, so its inode number cannot
+        be reused by another file while the name exists: a tree walk may match files to hashes by ``d_ino`` (the
         store's dedup pass does, lamina.store.objects).  Sparse files are not
         hashed (their holes are never written); nor is anything not written
         through the data path (e.g. a file copied up from a lower layer)."""
