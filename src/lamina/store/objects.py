@@ -34,7 +34,14 @@ snapshot's ``fs/``.  That name keeps the inode alive, so no other file can take 
 number: the pass matches tree entries to hashes by ``d_ino`` from the directory listing, no
 read and no stat needed to identify them, and a new object simply takes over that name (one
 ``rename``).  Files without such a name (copied up from a lower layer, sparse, or hashed by
-an older lamina) are read and hashed here.
+an older lamina) are read and hashed here.  The common case (a hashed file alone on its inode,
+no xattrs, no object yet) is done natively, a directory at a time (``_objects.new_objects``).
+
+Small files are shared like big ones, on purpose: what a file costs the pass is its two name
+operations (the extractor's link, then one rename), not its size, and a small file left out
+would still need its ``hashed/`` name removed (the same cost) while keeping a block of its own
+in every image that has it (measured on the bench image: 9.3k files, 4 syscalls each, about
+0.25 s of CPU for the whole pass, a third of it the walk and the file list).
 
 Every operation on a snapshot tree goes through directory fds anchored at the
 snapshot root (``openat`` with ``O_NOFOLLOW`` per component); objects are linked
