@@ -13,10 +13,11 @@ BLAKE3_C = ["blake3", "blake3_dispatch", "blake3_portable",
             "simd_sse2", "simd_sse41", "simd_avx2", "simd_avx512", "simd_neon"]
 
 extensions = [
+    # The extractor hashes file data with BLAKE3 as it writes it (store dedup).
     Extension(
         "lamina._extract",
-        ["native/extract.pyx"],
-        include_dirs=["native"],
+        ["native/extract.pyx"] + [f"native/vendor/blake3/{n}.c" for n in BLAKE3_C],
+        include_dirs=["native", "native/vendor/blake3"],
         extra_compile_args=extra,
         define_macros=[("_GNU_SOURCE", "1")],
     ),
@@ -32,7 +33,7 @@ extensions = [
     Extension(
         "lamina._objects",
         ["native/objects.pyx"] + [f"native/vendor/blake3/{n}.c" for n in BLAKE3_C],
-        include_dirs=["native/vendor/blake3"],
+        include_dirs=["native", "native/vendor/blake3"],
         extra_compile_args=extra,
     ),
 ]

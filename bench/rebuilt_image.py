@@ -141,7 +141,7 @@ def lamina(root, *args):
 def run_mode(work, layout, name, settings):
     root = os.path.join(work, f"store-{name}")
     shutil.rmtree(root, ignore_errors=True)
-    lamina(root, "images")  # creates the store
+    lamina(root, "config", "set", "dedup", settings.get("dedup", "true"))  # creates the store (`images` does not)
     for k, v in settings.items():
         lamina(root, "config", "set", k, v)
     empty = du(root)

@@ -30,6 +30,9 @@ from posix.types cimport mode_t, uid_t, gid_t, off_t
 from posix.unistd cimport lseek, SEEK_SET
 
 from syscalls cimport *
+from blake3_c cimport *
+from libc.stdint cimport uint8_t
+from libc.stdio cimport snprintf
 
 from lamina import errors as _errors
 from lamina.limits import DEFAULT_LIMITS
@@ -583,14 +586,22 @@ cdef class Extractor:
     cdef dict restore_modes        # rootless: dirs opened up (u+wx) for this layer, to restore at the end
     cdef readonly int64_t entries, total, whiteouts, trailing
     cdef readonly list skipped
+    # hash_files_into: blake3 of each regular file's data as it is written (store dedup, see
+    # _hold_hashed); the file being written is hashed while cur_hashing
+    cdef int hold_fd
+    cdef bint cur_hashing, hold_empty_path
+    cdef blake3_hasher hasher
+    cdef readonly int64_t hashed
 
     def __cinit__(self):
         self.rootfd = -1
         self.outfd = -1
         self.cache_fd = -1
+        self.hold_fd = -1
 
     def __init__(self, root, *, str format="dir", limits=None, use_openat2=None, hidden=None,
-                 lowers=None, bint defer_lowers=False, lowers_provider=None, lower_shared=None):
+                 lowers=None, bint defer_lowers=False, lowers_provider=None, lower_shared=None,
+                 hash_files_into=None):
         """``root=None`` scans instead of extracting: headers are parsed and
         checked, nothing is written, and ``scan_at`` / ``scan_below`` collect
         what this layer hides in the layers below it (whiteouts and non-directory
@@ -613,7 +624,17 @@ cdef class Extractor:
         ``lower_shared(lower_dir)``: the names (relative paths) of that lower
         layer whose inode is shared by the store's file dedup rather than
         hardlinked in the image, so a copy-up never takes them for the copied
-        file's hardlinks."""
+        file's hardlinks.
+
+        ``hash_files_into`` (an existing directory on the same filesystem as
+        ``root``): the blake3 of every regular file's data is computed as it is
+        written (GIL released, no second read), and the finished file gets a
+        second name there, ``<64 hex blake3>-<n>`` (``-x<n>`` if it has
+        xattrs).  That name keeps the inode alive, so its inode number cannot
+        be reused by another file while the name exists: a tree walk may match files to hashes by ``d_ino`` (the
+        store's dedup pass does, lamina.store.objects).  Sparse files are not
+        hashed (their holes are never written); nor is anything not written
+        through the data path (e.g. a file copied up from a lower layer)."""
         if format not in ("dir", "overlay"):
             raise ValueError(f"unknown format {format!r} (expected 'dir' or 'overlay')")
         self.overlay = format == "overlay"
@@ -655,6 +676,12 @@ cdef class Extractor:
             if not self.overlay:
                 raise ValueError("lowers only apply to the overlay format")
             self._add_lowers(lowers)
+        if hash_files_into is not None and not self.scan_only:
+            self.hold_fd = openat(AT_FDCWD, os.fsencode(hash_files_into), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if self.hold_fd < 0:
+                raise _errors.ExtractError(
+                    f"cannot open {os.fsdecode(hash_files_into)!r}: {os.strerror(errno)}")
+            self.hold_empty_path = True
         lim = limits if limits is not None else DEFAULT_LIMITS
         self.max_entries = lim.max_entries
         self.max_bytes = lim.max_bytes
@@ -680,6 +707,8 @@ cdef class Extractor:
     def __dealloc__(self):
         if self.outfd >= 0:
             close(self.outfd)
+        if self.hold_fd >= 0:
+            close(self.hold_fd)
         if self.cache_fd >= 0:
             close(self.cache_fd)
         if self.rootfd >= 0:
@@ -712,6 +741,8 @@ cdef class Extractor:
                 else:
                     with nogil:
                         rc = lamina_write_all(fd, <const char *>(p + pos), take)
+                        if self.cur_hashing:
+                            blake3_hasher_update(&self.hasher, p + pos, <size_t>take)
                     if rc < 0:
                         self._oserror("write", self.cur_name)
                 pos += take
@@ -771,7 +802,7 @@ cdef class Extractor:
             self._fixup_dirs()
         self._close_cache()
         return {"entries": self.entries, "bytes": self.total, "whiteouts": self.whiteouts, "hidden": self.hidden,
-                "skipped": list(self.skipped), "trailing": self.trailing}
+                "skipped": list(self.skipped), "trailing": self.trailing, "hashed": self.hashed}
 
     def close(self):
         if self.outfd >= 0:
@@ -785,6 +816,9 @@ cdef class Extractor:
             for fd in self.lower_fds:
                 close(<int>fd)
         self.lower_fds = []
+        if self.hold_fd >= 0:
+            close(self.hold_fd)
+            self.hold_fd = -1
 
     # --------------------------------------------------------------- headers
 
@@ -1865,6 +1899,9 @@ cdef class Extractor:
         if fd < 0:
             self._oserror("create", name)
         self.outfd = fd
+        self.cur_hashing = self.hold_fd >= 0 and self.sparse is None
+        if self.cur_hashing:
+            blake3_hasher_init(&self.hasher)
         if size == 0:
             self._finish_file()
 
@@ -1884,8 +1921,35 @@ cdef class Extractor:
             self._entry_times(ts)
             if futimens(fd, ts) < 0:
                 self._oserror("set times of", self.cur_name)
+            if self.cur_hashing:
+                self._hold_hashed(fd)
         finally:
+            self.cur_hashing = False
             close(fd)
+
+    cdef _hold_hashed(self, int fd):
+        """Name the finished file ``<blake3 hex>-<n>`` in the hash_files_into dir.  A file
+        that cannot be named there is simply not reported (the dedup pass hashes it itself)."""
+        cdef uint8_t out[BLAKE3_OUT_LEN]
+        cdef char name[96]
+        cdef char proc[48]
+        cdef int i, k
+        blake3_hasher_finalize(&self.hasher, out, BLAKE3_OUT_LEN)
+        for i in range(BLAKE3_OUT_LEN):
+            k = out[i]
+            name[2 * i] = b"0123456789abcdef"[k >> 4]
+            name[2 * i + 1] = b"0123456789abcdef"[k & 15]
+        # "-x<n>": the inode has xattrs (the pass reads them), "-<n>": it has none
+        snprintf(name + 2 * BLAKE3_OUT_LEN, 32, "-x%lld" if flistxattr(fd, NULL, 0) != 0 else "-%lld",
+                 <long long>self.hashed)
+        # AT_EMPTY_PATH links the fd itself but needs CAP_DAC_READ_SEARCH; /proc/self/fd does not
+        if self.hold_empty_path and linkat(fd, b"", self.hold_fd, name, AT_EMPTY_PATH) == 0:
+            self.hashed += 1
+            return
+        self.hold_empty_path = False
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd)
+        if linkat(AT_FDCWD, proc, self.hold_fd, name, AT_SYMLINK_FOLLOW) == 0:
+            self.hashed += 1
 
     cdef _mkdir(self, int pfd, bytes base, bytes path, bytes name):
         cdef stat st

@@ -52,6 +52,24 @@ static inline int lamina_write_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
+/* renameat2(RENAME_NOREPLACE); ENOSYS where the headers do not know the syscall. */
+static inline int lamina_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+{
+#ifdef SYS_renameat2
+    return (int)syscall(SYS_renameat2, olddirfd, oldpath, newdirfd, newpath, 1u /* RENAME_NOREPLACE */);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* st_mtime in nanoseconds, as Python's os.stat().st_mtime_ns. */
+#include <sys/stat.h>
+static inline long long lamina_mtime_ns(const struct stat *st)
+{
+    return (long long)st->st_mtim.tv_sec * 1000000000LL + (long long)st->st_mtim.tv_nsec;
+}
+
 /* Cython cannot assign to errno without making it a local. */
 static inline void lamina_set_errno(int e) { errno = e; }
 

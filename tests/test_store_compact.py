@@ -17,7 +17,9 @@ import time
 import pytest
 
 import ocibuild
+from lamina import mediatypes as mt
 from conftest import require_tool, run
+from registryfixture import lamina_cli, reg, registry_env, skopeo_raw  # noqa: F401
 from tarbuild import Tar
 from test_store_dedup import _chains, _fs, _fsck_clean, build_images
 from treecmp import assert_same, snapshot
@@ -190,3 +192,55 @@ def test_kill_9_during_compaction_then_fsck_clean_and_rerun(tmp_path):
     with tarfile.open(archive) as t:
         layer = json.load(t.extractfile("manifest.json"))[0]["Layers"][0]
         assert "sha256:" + hashlib.sha256(t.extractfile(layer).read()).hexdigest() == raw_digest
+
+
+def test_push_from_a_compact_store_rebuilds_gzips_and_pulls_back_the_same_tree(tmp_path, layout, reg,
+                                                                                registry_env):
+    """push rebuilds each dropped layer (diffID checked), gzips it and pushes a manifest naming the
+    new blobs; the config and diffIDs are the original ones, and a pull gives umoci's tree."""
+    root = registry_env / "root"
+    lamina_subprocess(root, "config", "set", "keep-blobs", "false")
+    lamina_subprocess(root, "copy", f"oci:{layout}:a", "a:1")
+    ref = f"{reg.host}/compact/a:1"
+    lamina_cli("tag", "a:1", ref, root=root)
+    out = lamina_cli("push", ref, root=root).stdout.splitlines()
+    blobs, diff_ids = _layer_blobs(layout, "a")
+    raw, digest = skopeo_raw(reg.host, "compact/a:1")
+    pushed = json.loads(raw)
+    assert out[-1] == f"1: digest: {digest} size: {len(raw)}"
+    assert [l["mediaType"] for l in pushed["layers"]] == [mt.OCI_LAYER_GZIP] * 2
+    assert not {l["digest"] for l in pushed["layers"]} & set(blobs)  # new gzip blobs, not the originals
+    original = ocibuild.Layout.existing(layout)
+    entry = next(e for e in original.entries if e["annotations"]["org.opencontainers.image.ref.name"] == "a")
+    assert pushed["config"] == original.read_json(entry["digest"])["config"]
+    for layer, diff_id in zip(pushed["layers"], diff_ids):
+        assert reg.has_blob(layer["digest"])
+    # pull it back into a fresh store: the pull checks every blob digest and diffID
+    back = tmp_path / "back"
+    lamina_cli("pull", "-q", ref, root=back)
+    info = json.loads(lamina_cli("inspect", ref, root=back).stdout)[0]
+    assert info["RootFS"]["Layers"] == diff_ids
+    lamina_cli("unpack", ref, tmp_path / "pulled", root=back)
+    assert_same(_umoci_tree(tmp_path, layout, "a", "orig"), snapshot(tmp_path / "pulled"),
+                labels=("original", "pushed from a compact store and pulled back"))
+    # the store is still compact: nothing was written back into it
+    assert not set(os.listdir(root / "blobs" / "sha256")) & {b.split(":")[1] for b in blobs}
+
+
+def test_push_from_a_compact_store_catches_a_changed_file(tmp_path, layout, reg, registry_env):
+    root = registry_env / "root"
+    lamina_subprocess(root, "config", "set", "keep-blobs", "false")
+    lamina_subprocess(root, "copy", f"oci:{layout}:a", "a:1")
+    victim = os.path.join(_fs(root, _chains(root, "a:1")[1]), "usr/share/pkgapp/f003")
+    st = os.lstat(victim)
+    with open(victim, "r+b") as f:
+        f.write(b"Z")
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    ref = f"{reg.host}/compact/changed:1"
+    lamina_cli("tag", "a:1", ref, root=root)
+    proc = lamina_cli("push", ref, root=root, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("lamina: error: layer ") and "usr/share/pkgapp/f003" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
+                          capture_output=True).returncode != 0, "nothing may be tagged after a failed push"

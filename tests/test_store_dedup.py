@@ -6,6 +6,7 @@ comparison of every snapshot with a fresh extraction of its layer.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -120,6 +121,80 @@ def test_native_blake3_matches_the_reference(tmp_path):
         assert _objects.hash_bytes(data) == blake3.blake3(data).hexdigest()
 
 
+def test_extractor_hashes_each_file_as_it_writes_it(tmp_path):
+    """hash_files_into: every regular file written gets a second name <blake3>-<n> (-x<n>: xattrs)."""
+    from lamina.layer import apply_layer
+    from tarvectors import archive, sparse_pax_10
+    big = os.urandom((3 << 20) + 5)  # spans many feed() chunks
+    raw = tarfile_bytes([
+        (ti("big"), big), (ti("empty"), b""), (ti("dir/small"), b"small"),
+        (ti("noted", pax_headers={"SCHILY.xattr.user.note": "hi"}), b"with an xattr"),
+        (ti("replaced"), b"first version"), (ti("replaced"), b"second version"),
+        (ti("twin", tarfile.LNKTYPE, linkname="dir/small"), None)])
+    raw = raw[:-1024] + archive(sparse_pax_10("sparse", 1 << 20, [(500_000, b"z" * 100)]))
+    dest, hashed = tmp_path / "fs", tmp_path / "hashed"
+    stats = apply_layer(io.BytesIO(raw), os.fspath(dest), format="overlay", hash_files_into=os.fspath(hashed))
+    assert stats.entries == 8
+    held = {}
+    for e in os.scandir(hashed):
+        digest, _, seq = e.name.partition("-")
+        held.setdefault(e.inode(), []).append((digest, seq))
+    want = {"big": big, "empty": b"", "dir/small": b"small", "noted": b"with an xattr", "replaced": b"second version"}
+    for rel, data in want.items():
+        (digest, seq), = held.pop(os.lstat(dest / rel).st_ino)
+        assert digest == blake3.blake3(data).hexdigest(), rel
+        assert seq.startswith("x") == (rel == "noted"), (rel, seq)
+    # the replaced first version: still named, so no later file can take its inode number
+    [(digest, _)], = held.values()
+    assert digest == blake3.blake3(b"first version").hexdigest()
+    assert os.lstat(dest / "dir/small").st_nlink == 3  # small, its layer hardlink twin, its hashed name
+    assert os.lstat(dest / "sparse").st_nlink == 1  # sparse files are hashed by the dedup pass instead
+
+
+def test_dedup_uses_the_extractors_hashes_and_never_trusts_a_reused_name(tmp_path):
+    """A copy-up (not hashed while written) that ends up alone at a path the layer wrote before is
+    hashed by the pass itself: its object is named after its own content."""
+    lay = ocibuild.Layout(tmp_path / "layout")
+    lower = tarfile_bytes([(ti("lower"), b"content below")])
+    upper = tarfile_bytes([
+        (ti("p"), b"content above"),
+        (ti("p", tarfile.LNKTYPE, linkname="lower"), None),  # p: the copied-up lower file
+        (ti("lower"), b"lower replaced"),                      # p is now alone on the copy-up inode
+        (ti("plain"), b"plain file")])
+    lay.image_of_tars([lower, upper], "up")
+    root = tmp_path / "root"
+    _copy(root, tmp_path / "layout", "up")
+    chain = _chains(root, "up:1")[1]
+    sdir = os.path.dirname(_fs(root, chain))
+    assert not os.path.exists(os.path.join(sdir, "hashed")), "the pass removes the extractor's names"
+    from lamina.store.objects import read_file_list
+    entries = {e.path: e for e in read_file_list(sdir)}
+    for rel, data in (("p", b"content below"), ("lower", b"lower replaced"), ("plain", b"plain file")):
+        with open(os.path.join(_fs(root, chain), rel), "rb") as f:
+            assert f.read() == data
+        assert entries[rel].blake3 == blake3.blake3(data).hexdigest(), rel
+        assert entries[rel].object.startswith(entries[rel].blake3), rel
+    _fsck_clean(root)
+
+
+def test_native_object_names_match_the_python_metadata_key(tmp_path):
+    """New objects are named natively in the common case; fsck recomputes every name from the
+    inode in Python (metadata_key): odd modes, owners and mtimes (negative, sub-second) must agree."""
+    members = [(ti(f"m/{i}", mode=mode, uid=uid, gid=gid, mtime=mtime), b"body %d" % i)
+               for i, (mode, uid, gid, mtime) in enumerate([
+                   (0o644, 0, 0, MTIME), (0o4755, 0, 0, MTIME), (0o2711, 1000, 50, 1), (0o1777, 65534, 65534, 0),
+                   (0o600, 123456, 7, -86400), (0o755, 0, 0, 2_000_000_000)])]
+    members.append((ti("m/subsecond", pax_headers={"mtime": "1700000000.123456789"}), b"subsecond"))
+    lay = ocibuild.Layout(tmp_path / "layout")
+    lay.image_of_tars([tarfile_bytes(members)], "odd")
+    root = tmp_path / "root"
+    _copy(root, tmp_path / "layout", "odd")
+    from lamina.store.objects import read_file_list
+    sdir = os.path.dirname(_fs(root, _chains(root, "odd:1")[0]))
+    assert all(e.object is not None for e in read_file_list(sdir))
+    assert _fsck_clean(root)["checked"]["objects"] == len(members)
+
+
 def test_rebuilt_image_shares_its_unchanged_files(tmp_path, images):
     root, a = _store_with_a_and_b(tmp_path, images)
     b = _chains(root, "b:1")
@@ -169,6 +244,45 @@ def test_system_df_shows_what_sharing_saves(tmp_path, images):
     usage = Store(root).file_usage()
     # b's shared files cost nothing more: saved is about one copy of each shared 20 kB file
     assert usage.saved >= (39 + 29) * 20_000
+
+
+def test_system_df_per_image_shared_and_unique_sizes_count_shared_files(tmp_path, images):
+    """a and its rebuild b share no layer, but all their unchanged files: docker's SHARED SIZE /
+    UNIQUE SIZE columns count those files (each shared inode once, at its size on disk)."""
+    root, a = _store_with_a_and_b(tmp_path, images)
+    b = _chains(root, "b:1")
+    shared_inodes = {}
+    for ca, cb in zip(a, b):
+        for dirpath, _, names in os.walk(_fs(root, ca)):
+            for n in names:
+                rel = os.path.relpath(os.path.join(dirpath, n), _fs(root, ca))
+                sa = os.lstat(os.path.join(dirpath, n))
+                try:
+                    sb = os.lstat(os.path.join(_fs(root, cb), rel))
+                except FileNotFoundError:
+                    continue
+                if sa.st_ino == sb.st_ino:
+                    shared_inodes[sa.st_ino] = sa.st_blocks * 512
+    assert len(shared_inodes) == 39 + 29 + 2  # unchanged files, su and capped
+    expected = sum(shared_inodes.values())
+
+    from lamina import images as api
+    from lamina.store import Store
+    du = api.disk_usage(Store(root))
+    rows = {s.repo_tags[0]: s for s in du.images}
+    for ref in ("a:1", "b:1"):
+        assert rows[ref].shared_size == expected, ref
+        assert rows[ref].unique_size == rows[ref].size - expected > 0, ref
+    verbose = lamina_subprocess(root, "system", "df", "-v").stdout.splitlines()
+    header = next(line for line in verbose if line.startswith("REPOSITORY"))
+    row = next(line for line in verbose if line.startswith("a "))
+    shared_col = header.index("SHARED SIZE")
+    from lamina.cli.images import human_size
+    assert row[shared_col:].split()[0] == human_size(expected)
+    # without b, a shares nothing any more: all of it is unique
+    lamina_subprocess(root, "rmi", "b:1")
+    rows = {s.repo_tags[0]: s for s in api.disk_usage(Store(root)).images}
+    assert rows["a:1"].shared_size == 0 and rows["a:1"].unique_size == rows["a:1"].size
 
 
 def test_dedup_can_be_switched_off(tmp_path, images):
@@ -235,38 +349,84 @@ def _big_layout(layout_dir, files=3000):
     return blob
 
 
-def test_kill_9_during_dedup_then_fsck_clean_and_rerun(tmp_path):
-    """Kill the dedup pass at many points; fsck finds no error and a rerun finishes the job."""
+@pytest.mark.parametrize("hashed_while_extracting", [False, True])
+def test_kill_9_during_dedup_then_fsck_clean_and_rerun(tmp_path, hashed_while_extracting):
+    """Kill the dedup pass at many points; fsck finds no error and a rerun finishes the job.
+
+    Either dedup is switched on after the snapshot was made (the pass reads and hashes every
+    file), or it was on all along (the pass takes the extractor's hashes from ``hashed/``)."""
     root = tmp_path / "root"
     _big_layout(tmp_path / "layout")
-    lamina_subprocess(root, "config", "set", "dedup", "false")
-    _copy(root, tmp_path / "layout", "big")
-    lamina_subprocess(root, "config", "set", "dedup", "true")
-    chain = _chains(root, "big:1")[0]
+    if hashed_while_extracting:
+        lamina_subprocess(root, "images")  # creates the store
+        chain = _chains_of_layout(tmp_path / "layout", "big")[0]
+        command = ["copy", f"oci:{tmp_path / 'layout'}:big", "big:1"]
+    else:
+        lamina_subprocess(root, "config", "set", "dedup", "false")
+        _copy(root, tmp_path / "layout", "big")
+        lamina_subprocess(root, "config", "set", "dedup", "true")
+        chain = _chains(root, "big:1")[0]
+        command = ["unpack", "big:1"]
     sdir = os.path.dirname(_fs(root, chain))
+    objects = root / "objects" / "blake3"
+
+    def mid_pass():
+        return (os.path.isdir(os.path.join(sdir, "fs")) and not os.path.exists(os.path.join(sdir, "files.lz4"))
+                and os.path.isdir(objects) and any(os.scandir(objects)))
+
     killed_mid_pass = 0
-    for delay in (0.3, 0.45, 0.6, 0.75, 0.9, 1.1):
-        if os.path.exists(os.path.join(sdir, "files.lz4")):
+    for attempt in range(6):
+        if killed_mid_pass >= 3 or os.path.exists(os.path.join(sdir, "files.lz4")):
             break
-        dest = tmp_path / f"dest-{delay}"
-        proc = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "unpack", "big:1", str(dest)],
+        extra = [] if hashed_while_extracting else [str(tmp_path / f"dest-{attempt}")]
+        proc = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), *command, *extra],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
+        # watch the store and kill as soon as the pass has shared a few files (more each attempt)
+        while proc.poll() is None:
+            if mid_pass() and sum(1 for d in os.scandir(objects) for _ in os.scandir(d.path)) > 20 * attempt:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.0005)
         proc.wait()
-        if os.path.isdir(root / "objects" / "blake3") and not os.path.exists(os.path.join(sdir, "files.lz4")):
+        if mid_pass():
             killed_mid_pass += 1
-        report = json.loads(lamina_subprocess(root, "fsck", "--json", check=False).stdout)
-        assert report["ok"], [f for f in report["findings"] if f["severity"] == "error"]
+            report = json.loads(lamina_subprocess(root, "fsck", "--json", check=False).stdout)
+            assert report["ok"], [f for f in report["findings"] if f["severity"] == "error"]
     assert killed_mid_pass, "no kill landed inside the dedup pass; the test proves nothing"
     lamina_subprocess(root, "fsck", "--repair")
+    if hashed_while_extracting:
+        lamina_subprocess(root, *command)
     lamina_subprocess(root, "unpack", "big:1", str(tmp_path / "final"))
     assert os.path.exists(os.path.join(sdir, "files.lz4"))
+    assert not os.path.exists(os.path.join(sdir, "hashed"))
     _fsck_clean(root)
     # 700 distinct contents: the rerun shared every duplicate
     fs = _fs(root, chain)
     inodes = {os.lstat(os.path.join(fs, f"d{i % 50}", f"f{i}")).st_ino for i in range(3000)}
     assert len(inodes) == 700
+
+
+def test_fsck_removes_hashed_names_left_beside_a_file_list(tmp_path, images):
+    root = tmp_path / "root"
+    _copy(root, images, "a")
+    chain = _chains(root, "a:1")[0]
+    sdir = os.path.dirname(_fs(root, chain))
+    os.mkdir(os.path.join(sdir, "hashed"))  # as if the pass had died between its last two steps
+    os.link(os.path.join(_fs(root, chain), "usr/share/pkgbase/f001"), os.path.join(sdir, "hashed", "x" * 64 + "-0"))
+    report = json.loads(lamina_subprocess(root, "fsck", "--json", check=False).stdout)
+    assert [(f["kind"], f["subject"]) for f in report["findings"]] == [("stale-hashed", chain)]
+    lamina_subprocess(root, "fsck", "--repair")
+    assert not os.path.exists(os.path.join(sdir, "hashed"))
+    _fsck_clean(root)
+
+
+def _chains_of_layout(layout, ref):
+    """ChainIDs of an image in an OCI layout, read from its config (the store has not seen it yet)."""
+    from lamina.store.image import chain_ids
+    index = json.loads((layout / "index.json").read_text())
+    desc = next(m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref)
+    blob = lambda d: json.loads((layout / "blobs" / "sha256" / d.split(":")[1]).read_text())  # noqa: E731
+    return chain_ids(blob(blob(desc["digest"])["config"]["digest"])["rootfs"]["diff_ids"])
 
 
 def test_parallel_pulls_share_files(tmp_path, images):

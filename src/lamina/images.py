@@ -18,7 +18,9 @@ The CLI (cli/images.py) only formats these.  Sizes mean what docker's do: an ima
 size is its unpacked content (the sum of its layers' snapshots, bytes on disk; a layer
 not extracted yet counts its compressed size), so every tag of an image shows the same
 size and ``history`` adds up to it.  Layers used by several images are their shared
-size; the compressed blobs lamina also keeps (for push and save) are counted by
+size; ``system df`` also counts as shared the files of an image's other layers that
+share a file object (dedup) with another image, so UNIQUE SIZE is what removing that
+image alone frees.  The compressed blobs lamina also keeps (for push and save) are counted by
 ``disk_usage`` on their own line.
 
 Mounts (``lamina mount``) and bundles (``lamina unpack --bundle``) play the part of
@@ -58,10 +60,17 @@ def in_use(store):
 class Sizes:
     """Sizes of the images of a store, docker's way (see the module docstring)."""
 
-    def __init__(self, store, images=None):
+    def __init__(self, store, images=None, *, file_level=False):
+        """``file_level``: shared sizes also count files shared with other images through the
+        store's file objects (dedup), not only whole layers (``system df`` does; it reads every
+        snapshot's file list)."""
         self.store = store
         self.images = store.images() if images is None else images
         self._snap = {}
+        self._files = None
+        if file_level and store.exists:
+            from .store.objects import shared_file_bytes
+            self._files = shared_file_bytes(store, self.images)
         self.users = {}   # chainID -> number of images whose layers include it
         for img in self.images:
             for c in set(img.chain_ids):
@@ -92,7 +101,9 @@ class Sizes:
         return sum(self._by_chain(image).values())
 
     def shared(self, image):
-        return sum(s for c, s in self._by_chain(image).items() if self.users.get(c, 0) > 1)
+        layers = sum(s for c, s in self._by_chain(image).items() if self.users.get(c, 0) > 1)
+        files = self._files.get(image.manifest_digest, 0) if self._files is not None else 0
+        return min(layers + files, self.size(image))
 
     def total(self, images=None):
         """The images' layers, each counted once."""
@@ -584,7 +595,7 @@ def disk_usage(store):
     """DiskUsage of the store (``lamina system df``)."""
     from .store.gc import unreferenced
     images = store.images()
-    sizes = Sizes(store, images)
+    sizes = Sizes(store, images, file_level=True)
     use = in_use(store)
     active = [i for i in images if i.manifest_digest in use]
     mounts = [r for recs in use.values() for r in recs if r["kind"] == "mount"]

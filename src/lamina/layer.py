@@ -116,7 +116,7 @@ def _check_digest(what, expected, actual):
 
 def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_type=None, limits=None,
                 name=None, lower_dirs=None, hash_blob=True, hidden=None, defer_lowers=False,
-                lowers_provider=None, lower_shared=None) -> ApplyStats:
+                lowers_provider=None, lower_shared=None, hash_files_into=None) -> ApplyStats:
     """Apply one layer blob (gzip, zstd or plain tar) onto ``dest``.
 
     ``layer`` is a path or a binary file object.  ``digest`` / ``diff_id``,
@@ -137,14 +137,19 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     already (the store's ingest does); the diffID is always computed.
     ``hidden`` (dir format) is what the layers above hide, as returned by
     ``scan_layer``: entries under it are skipped, since nobody will see them.
+    ``hash_files_into`` (a directory, created if missing): each regular file
+    written gets a second name there carrying its blake3 (see Extractor).
     """
     if not hash_blob and digest is not None:
         raise ValueError("apply_layer: digest given but hash_blob=False")
     os.makedirs(dest, exist_ok=True)
+    if hash_files_into is not None:
+        os.makedirs(hash_files_into, exist_ok=True)
     limits = limits or DEFAULT_LIMITS
     extractor = Extractor(dest, format=format, limits=limits, hidden=hidden,
                           lowers=[os.fspath(d) for d in lower_dirs or ()], defer_lowers=defer_lowers,
-                          lowers_provider=lowers_provider, lower_shared=lower_shared)
+                          lowers_provider=lowers_provider, lower_shared=lower_shared,
+                          hash_files_into=hash_files_into)
     return _run(layer, extractor, diff_id, digest, media_type, name, hash_blob)
 
 

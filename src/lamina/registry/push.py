@@ -10,12 +10,15 @@ index or the manifest under the tag), and the digest is printed like docker.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import tempfile
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import ImageError, LaminaError, RegistryError
 from ..oci.model import document_media_type, parse_index, parse_manifest
@@ -58,10 +61,13 @@ class Pusher:
         self.reporter = reporter or Reporter()
         self.chunk_size = int(chunk_size or os.environ.get("LAMINA_PUSH_CHUNK_SIZE") or DEFAULT_CHUNK_SIZE)
         self.concurrency = max(1, int(concurrency or DEFAULT_CONCURRENCY))
+        self._rebuilt = {}   # digest -> path of a layer blob rebuilt from a compact store
 
     def run(self):
         try:
-            return self._run()
+            with tempfile.TemporaryDirectory(prefix="lamina-push-") as tmp:
+                self._tmp = tmp
+                return self._run()
         finally:
             self.reporter.close()
             if self._own_client:
@@ -117,6 +123,32 @@ class Pusher:
                 return d, data, media_type, children
         return None
 
+    def _rebuild_compact(self, image, data, descs, layers):
+        """A compact store dropped layer blobs (``keep-blobs false``): rebuild those layers from
+        snapshot + sidecar (diffID checked while streaming), gzip them, and rewrite the manifest
+        to name the new blobs.  Returns (manifest bytes, descs, layers) unchanged otherwise."""
+        from ..store.sidecar import gzip_layer
+        from ..transports.sources import _with_layers
+        new = {}
+        for desc, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids):
+            if self.store.has_blob(desc.digest) or not self.store.layer_is_compact(chain):
+                continue
+            gz_type = mt.DOCKER_LAYER_GZIP if desc.media_type.startswith("application/vnd.docker.") else mt.OCI_LAYER_GZIP
+            path = os.path.join(self._tmp, f"layer-{len(self._rebuilt)}.gz")
+            with open(path, "wb") as out:
+                digest, size = gzip_layer(self.store.paths.snapshot(chain), diff_id,
+                                          f"layer {desc.digest} (diffID {diff_id})", out)
+            self._rebuilt[digest] = path
+            new[desc.digest] = dataclasses.replace(desc, media_type=gz_type, digest=digest, size=size, urls=())
+        if not new:
+            return data, descs, layers
+        layers = [new.get(d.digest, d) for d in layers]
+        data, _ = _with_layers(data, layers)
+        return data, [new.get(d.digest, d) for d in descs], layers
+
+    def _blob_path(self, digest):
+        return self._rebuilt.get(digest) or self.store.blob_path(digest)
+
     def _mount_sources(self, image):
         """Other repositories of the target registry the image is known by (cross-repo mount)."""
         out = []
@@ -142,7 +174,10 @@ class Pusher:
             repo.extra_scopes.add(f"repository:{s}:pull")
         self.reporter.line(f"The push refers to repository [{ref.name}]")
 
-        index = self._complete_index(image)
+        compact = any(not self.store.has_blob(d.digest) and self.store.layer_is_compact(c)
+                      for d, c in zip(image.layers, image.chain_ids))
+        # a compact image's manifest changes (new layer blobs): the stored index no longer names it
+        index = None if compact else self._complete_index(image)
         manifests = []   # (digest, data, media_type)
         blobs = {}
         layer_digests = []
@@ -155,11 +190,13 @@ class Pusher:
                 layer_digests += [layer.digest for layer in layers]
         else:
             data, mtype, descs, layers = self._manifest_blobs(image.manifest_digest)
+            if compact:
+                data, descs, layers = self._rebuild_compact(image, data, descs, layers)
             for b in descs:
                 blobs.setdefault(b.digest, b)
             layer_digests += [layer.digest for layer in layers]
         for d in blobs:
-            if not self.store.has_blob(d):
+            if d not in self._rebuilt and not self.store.has_blob(d):
                 raise ImageError(f"cannot push {ref}: blob {d} is not in the store")
 
         for d in dict.fromkeys(layer_digests):
@@ -177,7 +214,8 @@ class Pusher:
         if index is not None:
             top_digest, top_data, top_type = index[0], index[1], index[2]
         else:
-            top_digest, top_data, top_type = image.manifest_digest, data, mtype
+            top_digest = _digest.sha256_bytes(data) if compact else image.manifest_digest
+            top_data, top_type = data, mtype
         if ref.digest and ref.digest != top_digest:
             raise ImageError(f"cannot push {top_digest} as {ref}: the digests differ")
         self._put_manifest(repo, top_digest, top_data, top_type, tag)
@@ -224,7 +262,7 @@ class Pusher:
         return "pushed"
 
     def _monolithic(self, repo, location, desc):
-        path = self.store.blob_path(desc.digest)
+        path = self._blob_path(desc.digest)
 
         def body():
             return open(path, "rb")
@@ -261,7 +299,7 @@ class Pusher:
         return end + 1, location
 
     def _chunked(self, repo, location, desc):
-        path = self.store.blob_path(desc.digest)
+        path = self._blob_path(desc.digest)
         size = desc.size
         offset = 0
         failures = 0

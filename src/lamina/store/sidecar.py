@@ -22,8 +22,9 @@ caught and named), and checks the sha256 of the whole tar against the diffID.
 
 The compressed blob itself cannot be rebuilt: gzip output depends on the
 compressor, its version and its settings.  Images leave a compact store with
-uncompressed layers whose digest is their diffID (transports.sources.from_store):
-config and diffIDs are unchanged, the manifest is new.
+uncompressed layers whose digest is their diffID (transports.sources.from_store), or,
+pushed to a registry, with new gzip blobs (gzip_layer): config and diffIDs are unchanged,
+the manifest is new.
 """
 from __future__ import annotations
 
@@ -395,6 +396,27 @@ class RebuiltLayer(io.RawIOBase):
 def open_layer(snapshot_dir, diff_id, what):
     """A buffered reader of the rebuilt layer tar (verified against ``diff_id`` at its end)."""
     return io.BufferedReader(RebuiltLayer(snapshot_dir, diff_id, what), _CHUNK)
+
+
+def gzip_layer(snapshot_dir, diff_id, what, out):
+    """Rebuild the layer tar (checked against ``diff_id`` as it streams) and write it gzipped
+    (ISA-L, level 1) to the binary file ``out``.  Returns (sha256 digest of the gzip stream, size).
+
+    For ``push``: a registry wants compressed layers, and the original blob cannot be
+    reproduced, so the pushed layer is a new gzip blob with the same diffID."""
+    from isal import isal_zlib
+    sha, size = hashlib.sha256(), 0
+    z = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)  # wbits 31: a gzip member
+    with open_layer(snapshot_dir, diff_id, what) as tar:
+        while True:
+            data = tar.read(_CHUNK)
+            block = z.compress(data) if data else z.flush()
+            out.write(block)
+            sha.update(block)
+            size += len(block)
+            if not data:
+                break
+    return "sha256:" + sha.hexdigest(), size
 
 
 def verify(snapshot_dir, diff_id, what):

@@ -38,6 +38,7 @@ from ..errors import NeedsLowers
 from .fsutil import disk_usage, fsync_dir, syncfs
 from .image import chain_ids
 from .locks import FileLock
+from . import objects as _objects
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
@@ -108,7 +109,8 @@ def list_chain_ids(paths):
     return [f"sha256:{n}" for n in names if _digest.is_valid(f"sha256:{n}")]
 
 
-def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lowers=False, lowers_provider=None):
+def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lowers=False, lowers_provider=None,
+             hash_files_into=None):
     """Apply one layer blob into ``fs`` (overlay format), verifying digest and diffID.
 
     A separate function so that tests can count how often extraction really happens.
@@ -118,7 +120,8 @@ def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lower
     # diffID check below still catches any change, so hashing it here would only cost CPU.
     return apply_layer(blob if hasattr(blob, "read") else os.fspath(blob), os.fspath(fs), format="overlay", diff_id=diff_id, hash_blob=False,
                        media_type=media_type, name=f"layer {digest}", lower_dirs=lower_dirs,
-                       defer_lowers=defer_lowers, lowers_provider=lowers_provider, lower_shared=_dedup_shared)
+                       defer_lowers=defer_lowers, lowers_provider=lowers_provider, lower_shared=_dedup_shared,
+                       hash_files_into=hash_files_into)
 
 
 def _dedup_shared(fs):
@@ -186,7 +189,8 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                 return lower_chain(paths, parent_chain_id) if wait_lowers is not None and wait_lowers() else None
 
             stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id, media_type,
-                             lower_dirs=lower or None, defer_lowers=lower is None, lowers_provider=provider)
+                             lower_dirs=lower or None, defer_lowers=lower is None, lowers_provider=provider,
+                             hash_files_into=_objects.hashed_dir(paths, tmp))
             if before_commit is not None:
                 before_commit()
             size, inodes = disk_usage(tmp / "fs")

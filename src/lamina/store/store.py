@@ -422,12 +422,18 @@ class Store:
         """Share a committed snapshot's files with the store's objects, once (store/objects.py)."""
         from . import objects
         path = self.paths.snapshot(chain_id)
-        if objects.is_deduplicated(path) or not self.config()["dedup"]:
+        if objects.is_deduplicated(path):
+            return None
+        dedup = self.config()["dedup"]
+        if not dedup and not (path / objects.HASHED).exists():
             return None
         lock = FileLock(self.paths.snapshot_lock(chain_id))
         lock.acquire()
         try:
             if objects.is_deduplicated(path) or not (path / "fs").is_dir():
+                return None
+            if not dedup:  # extracted while dedup was on, switched off since: drop the extractor's names
+                objects.drop_hashed(path)
                 return None
             return objects.dedup_snapshot(self.paths, path)
         finally:
