@@ -11,8 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# python3-venv, python3-dev and gcc: the venv, and the C extension the install compiles
-DEBS=(python3-venv python3-dev gcc umoci skopeo tar gzip pigz zstd attr libarchive-tools docker-registry
+# python3-venv, python3-dev and gcc: the venv, and the C extension the install compiles;
+# libisal-dev and libzstd-dev: the native inflate of lamina._pipeline (without them: the Python one)
+DEBS=(python3-venv python3-dev gcc libisal-dev libzstd-dev umoci skopeo tar gzip pigz zstd attr libarchive-tools docker-registry
       util-linux kmod xfsprogs e2fsprogs debootstrap qemu-user-static)
 missing=()
 for p in "${DEBS[@]}"; do
