@@ -258,6 +258,10 @@ class _Hasher:
             self._thread.join()
 
 
+class _BlobReadError(Exception):
+    """Reading the blob failed (its cause says how)."""
+
+
 class _HashingReader:
     """A raw file wrapper that hashes every byte the decompressor pulls."""
 
@@ -272,7 +276,10 @@ class _HashingReader:
 
     def read(self, n=-1):
         t = time.perf_counter()
-        data = self.raw.read(n if n is not None and n >= 0 else CHUNK)
+        try:
+            data = self.raw.read(n if n is not None and n >= 0 else CHUNK)
+        except OSError as e:  # a broken stream, not a corrupt one: the decompressor must not relabel it
+            raise _BlobReadError() from e
         self.hasher.blob_bytes(data)
         self.count += len(data)
         self.seconds += time.perf_counter() - t
@@ -285,8 +292,11 @@ class _HashingReader:
 
     def drain(self):
         """Hash whatever the decompressor left unread, so the digest covers the whole blob."""
-        while self.read(CHUNK):
-            pass
+        try:
+            while self.read(CHUNK):
+                pass
+        except _BlobReadError as e:
+            raise e.__cause__ from None
 
 
 def _check_digest(what, expected, actual):
@@ -317,6 +327,8 @@ def _python(raw, head, kind, extractor, what, t0, hash_blob):
                 t = time.perf_counter()
                 try:
                     data = stream.read(CHUNK)
+                except _BlobReadError as e:
+                    raise e.__cause__ from None
                 except compression.decompress_errors() as e:
                     raise errors.CompressionError(f"{what}: corrupt {kind} stream: {e}") from e
                 reader_tl.step("inflate", t)  # includes the reads it triggered
@@ -324,7 +336,8 @@ def _python(raw, head, kind, extractor, what, t0, hash_blob):
                     break
                 _put(data)
             t = time.perf_counter()
-            reader.drain()
+            if not stop.is_set() and not cancelled.is_set():
+                reader.drain()
             reader_tl.step("read", t)
             _put(_DONE)
         except BaseException as e:  # handed to the caller's thread
