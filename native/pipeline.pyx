@@ -6,8 +6,11 @@ thread hands to the extractor (stage 2, ``Extractor.feed``).
 No ``bytes`` object is made per chunk: the ring's buffers are allocated once
 per layer and handed out as memoryviews.  Python is only entered to read
 from a Python file object (an HTTP stream); files are read with ``pread``.
-Where the tar's sha256 runs (this stage, or the caller's just before it
-feeds the chunk) is a choice made by layer.py.
+The tar's sha256 is done by whichever stage would otherwise wait
+(``tar_hash="auto"``): stage 1 when the ring is full (the extractor is the
+slower stage), the consumer when the ring is empty (inflate is).  It is a job
+per chunk, done strictly in chunk order by one thread at a time, and a slot is
+reused only once it is both fed and hashed.
 """
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from libc.stdint cimport int64_t, uint8_t
@@ -86,9 +89,10 @@ cdef enum:
 STAGES = ("read", "inflate", "hash", "extract", "wait")
 cdef dict _STAGE_INDEX = {name: i for i, name in enumerate(STAGES)}
 
-# A wait shorter than this is not worth a span of its own: it is absorbed into
-# the busy span around it, which keeps the timeline a few entries per stall.
-cdef double MIN_WAIT = 0.0005
+# A wait shorter than this is not worth a span of its own (a 1 s unpack drawn
+# 1000 px wide would not show it): it is absorbed into the busy span around
+# it, which keeps the timeline to a few entries per real stall.
+cdef double MIN_WAIT = 0.002
 
 
 cdef inline double _clock(clockid_t which) noexcept nogil:
@@ -233,6 +237,13 @@ cdef class _Sha256:
 # ------------------------------------------------------------------ stage 1
 
 cdef enum:
+    TAR_STAGE1 = 0
+    TAR_STAGE2 = 1
+    TAR_AUTO = 2
+
+cdef dict _TAR_HASH = {"stage1": TAR_STAGE1, "stage2": TAR_STAGE2, "auto": TAR_AUTO}
+
+cdef enum:
     SLOT = 1 << 20      # bytes per ring buffer (one extractor feed)
     INBUF = 1 << 20     # bytes per read of the blob
     MAX_SLOTS = 16
@@ -258,7 +269,8 @@ cdef class Stage1:
     cdef bytes head
     cdef const char *head_ptr
     cdef Py_ssize_t head_pos, head_len
-    cdef bint hash_blob, tar_here
+    cdef bint hash_blob
+    cdef int tar_hash         # TAR_STAGE1, TAR_STAGE2 or TAR_AUTO
     cdef _Sha256 sha_blob, sha_tar
     cdef lamina_inflater z
     cdef bint z_ready
@@ -268,8 +280,11 @@ cdef class Stage1:
     cdef list slots
     cdef uint8_t *slot_ptr[MAX_SLOTS]
     cdef size_t slot_len[MAX_SLOTS]
-    cdef int nslots, fill_i, take_i, filled
-    cdef bint held
+    cdef int nslots
+    # chunk sequence numbers (chunk k lives in slot k % nslots): published by
+    # stage 1, taken and released (fed) by the consumer, tar-hashed (by either)
+    cdef int64_t published, taken, released, hashed
+    cdef bint held, hashing
     cdef pthread_mutex_t mu
     cdef pthread_cond_t cv
     cdef bint done, stop
@@ -283,7 +298,7 @@ cdef class Stage1:
         pthread_cond_init(&self.cv, NULL)
 
     def __init__(self, str kind, *, int fd=-1, int64_t offset=0, fileobj=None, bytes head=b"",
-                 bint hash_blob=True, bint tar_here=True, int slots=4, Timeline timeline=None,
+                 bint hash_blob=True, str tar_hash="auto", int slots=4, Timeline timeline=None,
                  Timeline consumer=None):
         if not available(kind):
             raise ValueError(f"no native stage 1 for {kind!r} layers in this build")
@@ -298,7 +313,7 @@ cdef class Stage1:
             self.readinto = getattr(fileobj, "readinto", None)
             self.read = fileobj.read
         self.hash_blob = hash_blob and self.kind != LAMINA_NONE  # a plain tar's digest is its diffID
-        self.tar_here = tar_here
+        self.tar_hash = _TAR_HASH[tar_hash]
         self.sha_blob, self.sha_tar = _Sha256(), _Sha256()
         if self.kind != LAMINA_NONE:
             if lamina_inflater_init(&self.z, self.kind) < 0:
@@ -339,9 +354,13 @@ cdef class Stage1:
         cdef double t = _clock(CLOCK_MONOTONIC)
         while not finished:
             pthread_mutex_lock(&self.mu)
-            while self.filled == self.nslots and not self.stop:
-                pthread_cond_wait(&self.cv, &self.mu)
-            slot = self.fill_i
+            while not self.stop and self.published - min(self.released, self.hashed) >= self.nslots:
+                if self.tar_hash == TAR_AUTO and not self.hashing and self.hashed < self.published:
+                    t = self.timeline._step(S_WAIT, t)  # the ring is full: hash instead of waiting
+                    t = self._hash_next(self.timeline, t)
+                else:
+                    pthread_cond_wait(&self.cv, &self.mu)
+            slot = self.published % self.nslots
             pthread_mutex_unlock(&self.mu)
             t = self.timeline._step(S_WAIT, t)
             if self.stop:
@@ -386,15 +405,30 @@ cdef class Stage1:
                     break
             if out_pos == 0:
                 break
-            if self.tar_here:
+            if self.tar_hash == TAR_STAGE1:  # every chunk, in order: nobody else hashes
                 lamina_sha_update(self.sha_tar.ctx, out, out_pos)
                 t = self.timeline._step(S_HASH, t)
             pthread_mutex_lock(&self.mu)
             self.slot_len[slot] = out_pos
-            self.fill_i = (slot + 1) % self.nslots
-            self.filled += 1
+            self.published += 1
+            if self.tar_hash == TAR_STAGE1:
+                self.hashed += 1
             pthread_cond_broadcast(&self.cv)
             pthread_mutex_unlock(&self.mu)
+
+    cdef double _hash_next(self, Timeline tl, double t) noexcept nogil:
+        """Tar-hash chunk ``hashed`` (called with the lock held and nobody hashing;
+        the lock is released while hashing).  Returns the time now."""
+        cdef int slot = self.hashed % self.nslots
+        self.hashing = True
+        pthread_mutex_unlock(&self.mu)
+        lamina_sha_update(self.sha_tar.ctx, self.slot_ptr[slot], self.slot_len[slot])
+        t = tl._step(S_HASH, t)
+        pthread_mutex_lock(&self.mu)
+        self.hashed += 1
+        self.hashing = False
+        pthread_cond_broadcast(&self.cv)
+        return t
 
     cdef ssize_t _read(self, void *buf, size_t size) noexcept nogil:
         """Up to ``size`` bytes of the blob (the sniffed head first); 0 at its end, -1 on error."""
@@ -458,21 +492,27 @@ cdef class Stage1:
                 deadline.tv_nsec -= 1_000_000_000
             pthread_mutex_lock(&self.mu)
             if self.held:
-                self.take_i = (self.take_i + 1) % self.nslots
-                self.filled -= 1
+                self.released += 1
                 self.held = False
                 pthread_cond_broadcast(&self.cv)
-            while self.filled == 0 and not self.done and not timed_out:
-                timed_out = pthread_cond_timedwait(&self.cv, &self.mu, &deadline) != 0
-            if self.filled:
-                slot = self.take_i
+            while self.tar_hash == TAR_STAGE2 and self.hashed < self.released:
+                t = self.consumer._step(S_WAIT, t)
+                t = self._hash_next(self.consumer, t)
+            while self.published == self.taken and not timed_out:
+                if self.hashed < self.released and not self.hashing:  # nothing to feed: hash instead of waiting
+                    t = self.consumer._step(S_WAIT, t)
+                    t = self._hash_next(self.consumer, t)
+                elif self.done and not self.hashing:
+                    break
+                else:
+                    timed_out = pthread_cond_timedwait(&self.cv, &self.mu, &deadline) != 0
+            if self.published > self.taken:
+                slot = self.taken % self.nslots
                 n = self.slot_len[slot]
+                self.taken += 1
                 self.held = True
             pthread_mutex_unlock(&self.mu)
-            t = self.consumer._step(S_WAIT, t)
-            if slot >= 0 and not self.tar_here:
-                lamina_sha_update(self.sha_tar.ctx, self.slot_ptr[slot], n)
-                self.consumer._step(S_HASH, t)
+            self.consumer._step(S_WAIT, t)
         if slot >= 0:
             return memoryview(self.slots[slot])[:n]
         if not self.done:

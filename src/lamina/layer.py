@@ -6,8 +6,8 @@ Two stages on two cores (the native pipeline, lamina._pipeline):
                                   -> ring of reusable 1 MiB buffers ->
     caller thread:            [sha256(tar) ->] native Extractor.feed (parse + write)
 
-Where sha256(tar) runs is chosen per compression (TAR_HASH_IN_STAGE1) so that
-the two stages take about the same time.  When the native stage 1 cannot
+sha256(tar) runs in whichever stage has time for it, chunk by chunk, so that
+the two stages take about the same time (TAR_HASH).  When the native stage 1 cannot
 handle a layer (a codec not built in, no OpenSSL), or LAMINA_PIPELINE=python,
 the Python pipeline runs instead: three threads, a reader+inflate thread
 (isal / zstandard), a hasher thread (hashlib) and the caller's feeding
@@ -35,11 +35,10 @@ QUEUE_DEPTH = 8       # chunks in flight between the threads (Python pipeline)
 RING_SLOTS = 4        # 1 MiB buffers between the native stage 1 and the extractor
 HEAD = 8              # bytes enough to recognise the compression
 
-# Which stage hashes the tar, so that the two take about the same time
-# (measured on the bench image, see the issue-14 notes in the final report):
-# gzip inflate is the heaviest single step, so the tar hash goes to the
-# extractor's side; zstd inflates ~3x faster and a plain tar only reads.
-TAR_HASH_IN_STAGE1 = {"gzip": False, "zstd": True, "none": True}
+# Which stage hashes the tar: "auto" moves it chunk by chunk to the stage that
+# waits ("stage1" / "stage2" pin it; measured on the bench image, auto was the
+# fastest for gzip, where inflate alone is about the extractor's whole work).
+TAR_HASH = "auto"
 
 _DONE = object()
 
@@ -173,7 +172,7 @@ def _native(raw, head, kind, extractor, what, t0, hash_blob):
     stage2.begin()
     fd = _blob_fd(raw)
     source = {"fd": fd[0], "offset": fd[1]} if fd else {"fileobj": raw}
-    stage = _pipeline.Stage1(kind, head=bytes(head), hash_blob=hash_blob, tar_here=TAR_HASH_IN_STAGE1[kind],
+    stage = _pipeline.Stage1(kind, head=bytes(head), hash_blob=hash_blob, tar_hash=TAR_HASH,
                              slots=RING_SLOTS, timeline=stage1, consumer=stage2, **source)
     thread = threading.Thread(target=stage.run, name="lamina-inflate", daemon=True)
     thread.start()
