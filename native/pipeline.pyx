@@ -84,7 +84,7 @@ cdef enum:
     S_EXTRACT = 3
     S_WAIT = 4
     N_STAGES = 5
-    MAX_SPANS = 2048
+    MAX_SPANS = 128     # per thread: past that, the timeline coarsens (see Timeline._compact)
 
 STAGES = ("read", "inflate", "hash", "extract", "wait")
 cdef dict _STAGE_INDEX = {name: i for i, name in enumerate(STAGES)}
@@ -109,11 +109,15 @@ cdef class Timeline:
     extends the thread's timeline: spans of ``busy`` (the thread's own stage
     name) and of ``wait``, relative to the layer start ``t0``
     (``time.perf_counter()``, CLOCK_MONOTONIC), adjacent spans of one stage
-    coalesced.  ``begin()`` must run on the thread being measured.
+    coalesced, and waits shorter than ``min_wait`` (2 ms at first) absorbed
+    into the busy span around them.  A thread that stalls more often than
+    MAX_SPANS times doubles ``min_wait`` and coarsens its spans accordingly, so
+    the list stays short on a busy machine too.  ``begin()`` must run on the
+    thread being measured.
     """
     cdef readonly str thread
     cdef int busy
-    cdef double t0, cpu_mark
+    cdef double t0, cpu_mark, min_wait
     cdef double cpu_s[N_STAGES]
     cdef double wall_s[N_STAGES]
     cdef int n
@@ -125,6 +129,7 @@ cdef class Timeline:
         self.thread = thread
         self.busy = _STAGE_INDEX[busy]
         self.t0 = t0
+        self.min_wait = MIN_WAIT
 
     def begin(self):
         self.cpu_mark = _clock(CLOCK_THREAD_CPUTIME_ID)
@@ -134,26 +139,43 @@ cdef class Timeline:
         self.wall_s[stage] += now - since
         self.cpu_s[stage] += cpu - self.cpu_mark
         self.cpu_mark = cpu
-        if stage == S_WAIT:
-            if now - since >= MIN_WAIT:
-                self._span(S_WAIT, since, now)
-        else:
-            self._span(self.busy, since, now)
+        if stage != S_WAIT:
+            self._span(self.busy, since - self.t0, now - self.t0)
+        elif now - since >= self.min_wait:
+            self._span(S_WAIT, since - self.t0, now - self.t0)
         return now
 
     cdef void _span(self, int stage, double start, double end) noexcept nogil:
         cdef int last = self.n - 1
-        start -= self.t0
-        end -= self.t0
-        if last >= 0 and self.span_stage[last] == stage and start - self.span_end[last] < 2 * MIN_WAIT:
+        if last >= 0 and self.span_stage[last] == stage and start - self.span_end[last] < 2 * self.min_wait:
             self.span_end[last] = end
-        elif self.n == MAX_SPANS:  # a pathological layer: stop splitting, keep the ends right
-            self.span_end[last] = end
-        else:
-            self.span_stage[self.n] = stage
-            self.span_start[self.n] = start
-            self.span_end[self.n] = end
-            self.n += 1
+            return
+        while self.n == MAX_SPANS:
+            self._compact()
+        if self.n and self.span_stage[self.n - 1] == stage:  # its neighbour went in the compaction
+            self.span_end[self.n - 1] = end
+            return
+        self.span_stage[self.n] = stage
+        self.span_start[self.n] = start
+        self.span_end[self.n] = end
+        self.n += 1
+
+    cdef void _compact(self) noexcept nogil:
+        """Double min_wait and apply it to the spans so far: shorter waits go, the
+        busy spans they separated merge."""
+        cdef int i, n = self.n
+        self.min_wait *= 2
+        self.n = 0
+        for i in range(n):
+            if self.span_stage[i] == S_WAIT and self.span_end[i] - self.span_start[i] < self.min_wait:
+                continue
+            if self.n and self.span_stage[self.n - 1] == self.span_stage[i]:
+                self.span_end[self.n - 1] = self.span_end[i]
+            else:
+                self.span_stage[self.n] = self.span_stage[i]
+                self.span_start[self.n] = self.span_start[i]
+                self.span_end[self.n] = self.span_end[i]
+                self.n += 1
 
     def step(self, str stage, double since):
         """Account the work (or wait) since ``since``; returns the time now."""
