@@ -105,7 +105,7 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob):
     t0 = time.perf_counter()
     raw = open(layer, "rb", buffering=0) if owned else layer
     try:
-        head = _read_head(raw)
+        head = compression.read_exact(raw, HEAD)
         kind = compression.detect(head)
         compression.check_media_type(kind, media_type, what)
         run = _native if _use_native(kind) else _python
@@ -130,17 +130,6 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob):
     _check_digest(f"{what}: blob", digest, stats.digest)
     _check_digest(f"{what}: diffID (uncompressed tar)", diff_id, stats.diff_id)
     return stats
-
-
-def _read_head(raw):
-    """The first HEAD bytes of the blob (fewer only if it is shorter): a stream may return short reads."""
-    head = b""
-    while len(head) < HEAD:
-        data = raw.read(HEAD - len(head))
-        if not data:
-            break
-        head += data
-    return head
 
 
 def _use_native(kind):
