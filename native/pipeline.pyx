@@ -12,7 +12,9 @@ slower stage), the consumer when the ring is empty (inflate is).  It is a job
 per chunk, done strictly in chunk order by one thread at a time, and a slot is
 reused only once it is both fed and hashed.
 """
+from cpython.buffer cimport PyBUF_WRITE
 from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memcpy
 from libc.errno cimport errno, EINTR
@@ -476,16 +478,21 @@ cdef class Stage1:
         return n
 
     cdef ssize_t _read_python(self, void *buf, size_t size) noexcept with gil:
-        cdef uint8_t[::1] view = <uint8_t[:size]> buf
         try:
             if self.readinto is not None:
-                n = self.readinto(view)
+                n = self.readinto(PyMemoryView_FromMemory(<char *>buf, size, PyBUF_WRITE))
                 if n is None:
                     raise OSError("the blob stream returned no data (non-blocking?)")
-                return n
-            data = self.read(size)
-            memcpy(buf, <const char *>data, len(data))
-            return len(data)
+            else:
+                data = self.read(size)
+                if not isinstance(data, bytes):
+                    data = bytes(data)
+                n = len(data)
+                if n <= <Py_ssize_t>size:
+                    memcpy(buf, <const char *>data, n)
+            if not 0 <= n <= <Py_ssize_t>size:
+                raise OSError(f"the blob stream returned {n} bytes for a read of {size}")
+            return n
         except BaseException as e:
             self.py_exc = e
             self.err_kind = E_PYTHON

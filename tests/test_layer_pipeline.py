@@ -157,6 +157,22 @@ def test_a_failing_stream_is_an_error_naming_the_layer(tmp_path, plain, pipeline
         apply(_FailingStream(blob, len(blob) // 2), tmp_path / "d", name="layer z")
 
 
+class _Overlong:
+    """A broken read()-only stream that returns more than it was asked for."""
+
+    def __init__(self, data):
+        self._b = io.BytesIO(data)
+
+    def read(self, n=-1):
+        return bytearray(self._b.read(n + 100 if n >= 0 else n))
+
+
+def test_a_stream_returning_too_much_is_an_error_not_an_overflow(tmp_path, plain, monkeypatch):
+    monkeypatch.setenv("LAMINA_PIPELINE", "native")
+    with pytest.raises(errors.ExtractError, match="^layer o: .*returned 1048676 bytes for a read of 1048576"):
+        apply(_Overlong(gz(plain)), tmp_path / "d", name="layer o")
+
+
 class _CancellingStream(io.RawIOBase):
     """Sets the global ``cancelled`` event (what Ctrl-C does) after a few reads."""
 
