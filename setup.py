@@ -1,5 +1,8 @@
 """Build the native extension; all metadata lives in pyproject.toml."""
 import os
+import subprocess
+import sysconfig
+import tempfile
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -11,6 +14,30 @@ if os.environ.get("LAMINA_DEBUG_BUILD"):
 
 BLAKE3_C = ["blake3", "blake3_dispatch", "blake3_portable",
             "simd_sse2", "simd_sse41", "simd_avx2", "simd_avx512", "simd_neon"]
+
+
+def _links(header, symbol, lib):
+    """Whether a program using ``symbol`` from ``header`` compiles and links with ``-l<lib>``."""
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(f"#include <{header}>\nint main(void) {{ return (int)(long)&{symbol}; }}\n")
+        try:
+            return subprocess.run(cc + [src, "-o", os.path.join(tmp, "probe"), f"-l{lib}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+        except OSError:
+            return False
+
+
+# The native stage 1 of the layer pipeline inflates with ISA-L (gzip) and libzstd when they are
+# there at build time (Debian: libisal-dev, libzstd-dev); a codec that is not falls back to the
+# Python pipeline (isal / zstandard packages) at run time.  LAMINA_NO_NATIVE_CODECS=1 builds neither.
+codecs = [] if os.environ.get("LAMINA_NO_NATIVE_CODECS") else [
+    (macro, lib) for macro, header, symbol, lib in (
+        ("LAMINA_HAVE_ISAL", "isa-l/igzip_lib.h", "isal_inflate", "isal"),
+        ("LAMINA_HAVE_ZSTD", "zstd.h", "ZSTD_decompressStream", "zstd"),
+    ) if _links(header, symbol, lib)]
 
 extensions = [
     # The extractor hashes file data with BLAKE3 as it writes it (store dedup).
@@ -28,6 +55,15 @@ extensions = [
         include_dirs=["native"],
         extra_compile_args=extra,
         define_macros=[("_GNU_SOURCE", "1")],
+    ),
+    # Stage 1 of the layer pipeline: read, sha256, inflate without the GIL (layer.py).
+    Extension(
+        "lamina._pipeline",
+        ["native/pipeline.pyx"],
+        include_dirs=["native"],
+        extra_compile_args=extra,
+        define_macros=[(macro, "1") for macro, _ in codecs],
+        libraries=[lib for _, lib in codecs] + ["dl"],
     ),
     # BLAKE3 of store file objects: the official C sources, SIMD back ends chosen at run time.
     Extension(

@@ -29,7 +29,7 @@ INFRA_FAILURE=3
 
 # Debian packages inside the chroot: the build toolchain plus every tool the test subset uses
 # (installed with apt inside the chroot, which resolves virtual packages; debootstrap does not).
-CHROOT_DEBS="python3 python3-venv python3-dev python3-pip gcc libc6-dev ca-certificates
+CHROOT_DEBS="python3 python3-venv python3-dev python3-pip gcc libc6-dev libisal-dev libzstd-dev ca-certificates
 umoci skopeo tar gzip pigz zstd attr libarchive-tools docker-registry util-linux patchelf"
 # Python packages baked into the chroot's venv (lamina's own deps are resolved again by
 # `pip install .[test]`, which only downloads what is missing).

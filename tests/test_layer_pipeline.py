@@ -1,0 +1,316 @@
+"""The two pipelines of apply_layer: the native stage 1 (lamina._pipeline) and the
+Python one (LAMINA_PIPELINE=python) give the same trees, digests and errors, on
+every way a blob reaches them (path, file, stream without fileno, read()-only);
+and the per-stage CPU and timeline stats have the shape `lamina bench` reads."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from lamina import _pipeline, errors
+from lamina._extract import cancelled
+from layerkit import OnlyRead, apply, gz, gz_multimember, sha256, write, zst
+from tarbuild import Tar
+from treecmp import assert_same, snapshot
+
+STAGES = {"read", "inflate", "hash", "extract", "wait"}
+
+
+@pytest.fixture(scope="module")
+def plain():
+    rnd = random.Random(14)
+    t = Tar().dir("d").file("d/big.bin", rnd.randbytes(3_000_000)).symlink("d/l", "big.bin")
+    for i in range(300):  # many small entries: chunks end inside headers and file data
+        t.file(f"d/small/{i:03d}", rnd.randbytes(rnd.randrange(0, 9000)))
+    return t.file("d/zeros", bytes(2_500_000)).bytes()
+
+
+def _skippable_zst(data):
+    """A zstd skippable frame first (as pzstd writes), then the data."""
+    return (0x184D2A50).to_bytes(4, "little") + (4).to_bytes(4, "little") + b"skip" + zst(data)
+
+
+BLOBS = {
+    "gzip": gz,
+    "gzip-multimember": gz_multimember,
+    "gzip-zero-padded": lambda d: gz(d) + bytes(1000),
+    "zstd": zst,
+    "zstd-frames": lambda d: zst(d, frames=5),
+    "zstd-no-size": lambda d: zst(d, content_size=False),
+    "zstd-skippable": _skippable_zst,
+    "none": lambda d: d,
+}
+
+
+@pytest.fixture(params=["native", "python"])
+def pipeline(request, monkeypatch):
+    monkeypatch.setenv("LAMINA_PIPELINE", request.param)
+    return request.param
+
+
+def test_this_build_has_the_native_stage():
+    """CI installs libisal-dev and libzstd-dev: the native stage must be built with both."""
+    assert _pipeline.sha256_available()
+    assert all(_pipeline.available(k) for k in ("gzip", "zstd", "none"))
+    assert not _pipeline.available("bzip2")
+
+
+@pytest.mark.parametrize("how", ["path", "file", "stream", "read-only"])
+@pytest.mark.parametrize("blob_kind", sorted(BLOBS))
+def test_native_and_python_give_the_same_tree_and_digests(tmp_path, plain, blob_kind, how, monkeypatch):
+    blob = BLOBS[blob_kind](plain)
+    path = write(tmp_path / "blob", blob)
+    results = {}
+    for mode in ("native", "python"):
+        monkeypatch.setenv("LAMINA_PIPELINE", mode)
+        dest = tmp_path / mode
+        if how == "path":
+            st = apply(path, dest)
+        elif how == "file":
+            with open(path, "rb") as f:
+                st = apply(f, dest)
+        elif how == "stream":  # no fileno: read with readinto
+            st = apply(io.BytesIO(blob), dest)
+        else:
+            st = apply(OnlyRead(blob), dest)
+        assert st.pipeline == mode
+        results[mode] = st
+    nat, py = results["native"], results["python"]
+    assert nat.digest == py.digest == sha256(blob)
+    assert nat.diff_id == py.diff_id == sha256(plain)
+    assert nat.compressed_bytes == py.compressed_bytes == len(blob)
+    assert nat.bytes == py.bytes == len(plain)
+    assert (nat.entries, nat.compression) == (py.entries, py.compression)
+    assert_same(snapshot(tmp_path / "python"), snapshot(tmp_path / "native"), labels=("python", "native"))
+
+
+def test_a_file_object_is_read_from_its_position(tmp_path, plain):
+    """A buffered file already read past a prefix: the blob starts where the file stands."""
+    blob = gz(plain)
+    path = write(tmp_path / "blob", b"prefix-not-part-of-the-blob" + blob)
+    with open(path, "rb") as f:
+        f.read(len(b"prefix-not-part-of-the-blob"))
+        st = apply(f, tmp_path / "d", digest=sha256(blob), diff_id=sha256(plain))
+    assert st.pipeline == "native" and st.compressed_bytes == len(blob)
+
+
+def test_hash_blob_false_skips_the_blob_hash_only(tmp_path, plain, pipeline):
+    st = apply(write(tmp_path / "b", gz(plain)), tmp_path / "d", hash_blob=False, diff_id=sha256(plain))
+    assert st.digest == "" and st.diff_id == sha256(plain)
+    st = apply(write(tmp_path / "t", plain), tmp_path / "e", hash_blob=False)
+    assert st.digest == st.diff_id == sha256(plain)  # a plain tar's digest is its diffID
+
+
+@pytest.mark.parametrize("comp", ["gzip", "zstd"])
+@pytest.mark.parametrize("cut", [0.5, 0.999])
+def test_truncated_stream_names_the_layer(tmp_path, plain, pipeline, comp, cut):
+    blob = (gz if comp == "gzip" else zst)(plain)
+    with pytest.raises(errors.InvalidArchiveError) as ei:
+        apply(write(tmp_path / "b", blob[:int(len(blob) * cut)]), tmp_path / "d", name="layer 7 (cut)")
+    assert str(ei.value).startswith("layer 7 (cut): ")
+    if pipeline == "native":  # the native stage says what it met
+        assert isinstance(ei.value, errors.CompressionError) and "truncated" in str(ei.value)
+
+
+@pytest.mark.parametrize("comp", ["gzip", "zstd"])
+def test_garbage_after_the_stream_is_a_compression_error(tmp_path, plain, pipeline, comp):
+    blob = (gz if comp == "gzip" else zst)(plain) + b"GARBAGE!" * 10
+    with pytest.raises(errors.CompressionError, match=f"^layer x: corrupt {comp} stream: "):
+        apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer x")
+
+
+def test_corrupt_deflate_data(tmp_path, plain, pipeline):
+    blob = bytearray(gz(plain))
+    blob[20:60] = bytes(range(40))
+    with pytest.raises(errors.CompressionError, match="^layer y: corrupt gzip stream: "):
+        apply(write(tmp_path / "b", bytes(blob)), tmp_path / "d", name="layer y")
+
+
+class _FailingStream(io.RawIOBase):
+    """A stream that breaks (like a dropped connection) after ``after`` bytes."""
+
+    def __init__(self, data, after):
+        self._b, self._after = io.BytesIO(data), after
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        if self._b.tell() >= self._after:
+            raise ConnectionResetError(104, "connection reset by peer")
+        data = self._b.read(min(len(buf), self._after - self._b.tell()))
+        buf[:len(data)] = data
+        return len(data)
+
+
+def test_a_failing_stream_is_an_error_naming_the_layer(tmp_path, plain, pipeline):
+    blob = gz(plain)
+    with pytest.raises(errors.ExtractError, match="^layer z: .*connection reset"):
+        apply(_FailingStream(blob, len(blob) // 2), tmp_path / "d", name="layer z")
+
+
+class _Overlong:
+    """A broken read()-only stream that returns more than it was asked for."""
+
+    def __init__(self, data):
+        self._b = io.BytesIO(data)
+
+    def read(self, n=-1):
+        return bytearray(self._b.read(n + 100 if n >= 0 else n))
+
+
+def test_a_stream_returning_too_much_is_an_error_not_an_overflow(tmp_path, plain, monkeypatch):
+    monkeypatch.setenv("LAMINA_PIPELINE", "native")
+    with pytest.raises(errors.ExtractError, match="^layer o: .*returned 1048676 bytes for a read of 1048576"):
+        apply(_Overlong(gz(plain)), tmp_path / "d", name="layer o")
+
+
+class _CancellingStream(io.RawIOBase):
+    """Sets the global ``cancelled`` event (what Ctrl-C does) after a few reads."""
+
+    def __init__(self, data):
+        self._b, self.reads = io.BytesIO(data), 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        self.reads += 1
+        if self.reads == 3:
+            cancelled.set()
+        data = self._b.read(min(len(buf), 65536))
+        buf[:len(data)] = data
+        return len(data)
+
+
+def test_cancellation_stops_the_layer(tmp_path, plain, pipeline):
+    stream = _CancellingStream(gz(plain) * 8)  # multimember: eight times the entries, ~540 reads
+    try:
+        with pytest.raises(errors.Interrupted, match="^layer c: "):
+            apply(stream, tmp_path / "d", name="layer c")
+    finally:
+        cancelled.clear()
+    # stage 1 may have read ahead by its ring (4 MiB of tar + 1 MiB of blob: ~100 reads)
+    assert stream.reads < 150, "the layer went on after cancellation"
+
+
+def test_stats_cpu_and_timeline(tmp_path, plain, pipeline):
+    st = apply(write(tmp_path / "b", gz(plain) * 3), tmp_path / "d")
+    assert {"read", "inflate", "hash", "extract", "wait", "total"} <= set(st.seconds)
+    assert set(st.cpu) <= STAGES and {"inflate", "hash", "extract"} <= set(st.cpu)
+    assert all(isinstance(v, float) and v >= 0 for v in st.cpu.values())
+    assert 0 < sum(st.cpu.values()) < 10 * st.seconds["total"]
+    assert st.timeline and len(st.timeline) < 200
+    threads = {}
+    for span in st.timeline:
+        thread, stage, start, end = span
+        assert isinstance(thread, str) and stage in STAGES
+        assert 0 <= start <= end <= st.seconds["total"] + 0.01
+        threads.setdefault(thread, []).append((stage, start, end))
+    assert "lamina-inflate" in threads and len(threads) >= 2
+    for spans in threads.values():
+        spans.sort(key=lambda s: s[1])
+        for (stage_a, _, end_a), (stage_b, start_b, _) in zip(spans, spans[1:]):
+            assert end_a <= start_b + 1e-6, "one thread's spans overlap"
+            assert not (stage_a == stage_b and start_b - end_a < 1e-4), "adjacent spans not coalesced"
+    assert st.to_dict()["timeline"] == st.timeline
+
+
+def test_timeline_coalesces_and_drops_short_waits():
+    tl = _pipeline.Timeline("t", "inflate", 100.0)
+    tl.begin()
+    t = tl.step("read", 100.0)  # work since the layer start (t = now, long after 100.0)
+    tl.step("wait", t)          # a wait of microseconds: absorbed
+    t2 = tl.step("inflate", t)
+    spans = tl.spans()
+    assert len(spans) == 1 and spans[0][:2] == ["t", "inflate"] and spans[0][2] == 0.0
+    assert spans[0][3] >= t2 - 100.0 - 1e-6
+    assert set(tl.cpu()) == {"read", "inflate", "wait"} and set(tl.seconds()) == {"read", "inflate", "wait"}
+
+
+def test_timeline_of_a_thread_that_stalls_all_the_time_stays_short():
+    """Thousands of short (3 ms) stalls and a few long ones: the spans coarsen (the short
+    stalls go) instead of growing without end, and the long stalls stay."""
+    import time
+    t0 = time.perf_counter()
+    tl = _pipeline.Timeline("t", "extract", t0)
+    tl.begin()
+    t = t0
+    for i in range(3000):
+        t = tl.step("extract", t)
+        t = tl.step("wait", t - (0.5 if i % 100 == 99 else 0.003))  # as if it had waited that long
+    spans = tl.spans()
+    assert 60 <= len(spans) <= 128
+    assert sum(s[1] == "wait" and s[3] - s[2] >= 0.5 for s in spans) == 30
+    assert spans[0][2] == 0.0 and abs(spans[-1][3] - (t - t0)) < 1e-5
+    assert all(a[1] != b[1] for a, b in zip(spans, spans[1:])), "neighbours of one stage not merged"
+
+
+@pytest.mark.parametrize("comp", ["gzip", "zstd"])
+def test_peak_rss_stays_small_for_a_big_layer(tmp_path, comp):
+    """A 400 MB tar (one file of zeros, a few hundred KB compressed) read through the
+    native stage: the ring is reused, so the peak RSS is that of a small layer."""
+    size = 400 << 20
+    blob = tmp_path / "blob"
+    tar = Tar().entry("zeros", size=size).bytes(end=False)  # the header only; the data is streamed
+    with open(blob, "wb") as f:
+        if comp == "gzip":
+            import zlib
+            c = zlib.compressobj(1, zlib.DEFLATED, 31)
+            f.write(c.compress(tar))
+            for _ in range(size >> 20):
+                f.write(c.compress(bytes(1 << 20)))
+            f.write(c.compress(bytes(1024)) + c.flush())
+        else:
+            import zstandard
+            with zstandard.ZstdCompressor(level=1).stream_writer(f, closefd=False) as w:
+                w.write(tar)
+                for _ in range(size >> 20):
+                    w.write(bytes(1 << 20))
+                w.write(bytes(1024))
+    code = textwrap.dedent(f"""
+        from lamina.layer import scan_layer
+        stats, _ = scan_layer({os.fspath(blob)!r})
+        assert stats.pipeline == "native" and stats.bytes == {size + 512 + 1024}, stats
+        with open("/proc/self/status") as f:
+            print(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.split()[-1]) < 64 * 1024, f"peak RSS {proc.stdout.split()[-1]} KiB"
+
+
+@pytest.mark.parametrize("tar_hash", ["stage1", "stage2", "auto"])
+@pytest.mark.parametrize("kind", ["none", "gzip"])
+def test_the_tar_hash_is_right_whichever_stage_does_it(kind, tar_hash):
+    """Chunks hashed by either stage, in whatever mix a consumer's pace makes
+    (slow on some chunks, fast on others), still hash in order: hashlib's digest."""
+    import time
+    data = random.Random(5).randbytes(9 * (1 << 20) + 12345)
+    blob = data if kind == "none" else gz(data, level=1)
+    stage1 = _pipeline.Timeline("s1", "inflate", 0.0)
+    st = _pipeline.Stage1(kind, fileobj=io.BytesIO(blob), head=b"", tar_hash=tar_hash, timeline=stage1,
+                          consumer=_pipeline.Timeline("s2", "extract", 0.0))
+    th = threading.Thread(target=st.run)
+    th.start()
+    got, n = bytearray(), 0
+    while (chunk := st.next()) is not None:
+        if chunk is not False:
+            got += chunk
+            n += 1
+            if n % 4 < 2:
+                time.sleep(0.02)  # a slow stretch: the ring fills, stage 1 takes the hash over
+    th.join()
+    assert bytes(got) == data
+    assert st.digests() == (hashlib.sha256(blob).hexdigest() if kind == "gzip" else hashlib.sha256(data).hexdigest(),
+                            hashlib.sha256(data).hexdigest())
+    if tar_hash == "stage1" or (tar_hash == "auto" and kind == "none"):
+        assert "hash" in stage1.seconds()
