@@ -37,6 +37,8 @@ def test_readers_work_on_a_read_only_store(ro_root, tmp_path):
     lamina(ro, "unpack", "app:1", str(tmp_path / "out"))
     assert (tmp_path / "out" / "a").read_bytes() == b"first\n"
     assert (tmp_path / "out" / "b").read_bytes() == b"second\n"
+    lamina(ro, "unpack", "--bundle", "app:1", str(tmp_path / "bundle"))
+    assert (tmp_path / "bundle" / "rootfs" / "a").read_bytes() == b"first\n"
     assert fingerprint(rw) == before
 
 
