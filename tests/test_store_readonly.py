@@ -28,7 +28,7 @@ def ro_root(tmp_path):
         subprocess.run(["umount", str(ro)], check=True)
 
 
-def test_readers_work_on_a_read_only_store(ro_root, tmp_path):
+def test_readers_work_on_a_read_only_store(ro_root, runtime_dir, tmp_path):
     ro, rw = ro_root
     before = fingerprint(rw)
     assert "app" in lamina(ro, "images").stdout
