@@ -111,8 +111,9 @@ def main(argv=None):
     return rc or 0
 
 
-# Staging names lamina gives a file or directory before renaming it to the one the user named.
-_STAGING = re.compile(r"\.(lamina-tmp-[^/]*|tmp-\d+-[0-9a-f]+)$")
+# Staging names lamina gives a file or directory before renaming it to the one the user named
+# (a sibling: DEST.lamina-tmp-*), or inside the DEST it fills in place (DEST/.lamina-tmp-*/...).
+_STAGING = re.compile(r"\.(lamina-tmp-[^/]*|tmp-\d+-[0-9a-f]+)$|/\.lamina-tmp-[^/]*(?=/|$)")
 
 
 def os_error_message(e):
