@@ -151,7 +151,7 @@ def register(sub):
     p = sub.add_parser("load", help="load images from a docker-archive or oci-archive tar (like docker load)")
     p.add_argument("-i", "--input", metavar="FILE", help="archive to read (default: stdin)")
     p.add_argument("-q", "--quiet", action="store_true", help="only print the loaded image names")
-    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", 
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                    help="the platform a multi-platform image is tagged as and extracted for "
                         "(every platform the archive holds is kept)")
     add_format_option(p)
