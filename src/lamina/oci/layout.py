@@ -233,6 +233,9 @@ def open_layout_dir(path, ref=None):
             raise ImageError(f"{path}/{name}: larger than the {MAX_DOCUMENT_SIZE}-byte limit")
         return data
 
+    if os.path.isfile(path):
+        raise ImageNotFoundError(f"{path} is a file, not an OCI layout directory: use oci-archive:{path} or "
+                                 f"docker-archive:{path}")
     if not os.path.isdir(path):
         raise ImageNotFoundError(f"{path}: no such directory")
     return OCILayout(DirBlobStore(path), read_meta, ref, description=path)

@@ -165,9 +165,9 @@ def mount(store, ref, target, *, rw=False, platform=None):
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     _check_platform(image, platform)
     target = os.path.realpath(os.fspath(target))
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise MaterializeError(f"mount target {target} exists and is not a directory")
     os.makedirs(target, exist_ok=True)
-    if not os.path.isdir(target):
-        raise MaterializeError(f"mount target {target} is not a directory")
     key = key_for("mount", target)
     lock = _lock(store, key)
     lock.acquire()
