@@ -99,3 +99,11 @@ def test_prune_prompt_without_an_answer(store):
                           capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.endswith("[y/N] \n"), repr(proc.stdout)
     assert "69f1fa1fadb5" in lamina(store, "images").stdout  # no answer is no
+
+
+def test_copy_of_a_bare_path_names_the_transports(tmp_path, store, docker_archive):
+    msg = fails(store, "copy", SAMPLE, "x:1", match="is a path, not an image name")
+    assert f"(oci:{SAMPLE})" in msg, msg
+    msg = fails(store, "copy", "s:1", str(tmp_path / "out.tar"), match="is a path, not an image name")
+    assert f"(docker-archive:{tmp_path / 'out.tar'} or oci-archive:{tmp_path / 'out.tar'})" in msg, msg
+    assert not (tmp_path / "out.tar").exists()
