@@ -28,7 +28,7 @@ def ro_root(tmp_path):
         subprocess.run(["umount", str(ro)], check=True)
 
 
-def test_readers_work_on_a_read_only_store(ro_root, tmp_path):
+def test_readers_work_on_a_read_only_store(ro_root, runtime_dir, tmp_path):
     ro, rw = ro_root
     before = fingerprint(rw)
     assert "app" in lamina(ro, "images").stdout
@@ -37,6 +37,8 @@ def test_readers_work_on_a_read_only_store(ro_root, tmp_path):
     lamina(ro, "unpack", "app:1", str(tmp_path / "out"))
     assert (tmp_path / "out" / "a").read_bytes() == b"first\n"
     assert (tmp_path / "out" / "b").read_bytes() == b"second\n"
+    lamina(ro, "unpack", "--bundle", "app:1", str(tmp_path / "bundle"))
+    assert (tmp_path / "bundle" / "rootfs" / "a").read_bytes() == b"first\n"
     assert fingerprint(rw) == before
 
 
@@ -77,3 +79,73 @@ def test_a_store_root_that_is_a_file_is_named_as_such(tmp_path):
     for verb in (["images"], ["copy", f"oci:{os.path.join(os.path.dirname(__file__), '..', 'sample', 'image')}",
                               "s:1"]):
         fails(f, *verb, match=f"store root {f} is not a directory")
+
+
+@pytest.fixture
+def runtime_dir(tmp_path, monkeypatch):
+    """A private XDG_RUNTIME_DIR for the commands this test runs: where a read-only store's
+    mount records go."""
+    d = tmp_path / "run"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
+    return d
+
+
+def _is_mounted(path):
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == os.fspath(path) for line in f)
+
+
+def test_check_only_fsck_of_a_read_only_store(ro_root):
+    ro, rw = ro_root
+    before = fingerprint(rw)
+    out = lamina(ro, "fsck").stdout
+    assert "1 image" in out and "0 errors" in out, out
+    fails(ro, "fsck", "--repair", match="read-only")
+    assert fingerprint(rw) == before
+
+
+@pytest.mark.parametrize("rw_mount", [False, True], ids=["ro", "rw"])
+def test_mount_of_a_read_only_store(ro_root, runtime_dir, tmp_path, rw_mount):
+    """The store is not written at all: the mount record (and a --rw mount's upper and work
+    dirs) live in the runtime dir, listed and unmounted like any other mount."""
+    ro, rw = ro_root
+    before = fingerprint(rw)
+    meta_before = sorted(os.listdir(rw / "lamina")) if (rw / "lamina").is_dir() else []
+    mnt = tmp_path / "mnt"
+    lamina(ro, "mount", *(["--rw"] if rw_mount else []), "app:1", mnt)
+    try:
+        assert _is_mounted(mnt)
+        assert (mnt / "a").read_bytes() == b"first\n" and (mnt / "b").read_bytes() == b"second\n"
+        listing = lamina(ro, "mount").stdout
+        assert str(mnt) in listing and "app:1" in listing and ("rw" if rw_mount else "ro") in listing, listing
+        records = list(runtime_dir.glob("lamina-stores/*/mounts/*.json"))
+        assert len(records) == 1, records
+        if rw_mount:
+            (mnt / "new").write_bytes(b"written\n")
+            assert [p.name for p in runtime_dir.glob("lamina-stores/*/mounts/*/upper/*")] == ["new"]
+        else:
+            with pytest.raises(OSError):
+                (mnt / "new").write_bytes(b"x")
+        # the same store seen through its writable path knows the mount too
+        assert str(mnt) in lamina(rw, "mount").stdout
+    finally:
+        lamina(ro, "umount", mnt, check=False)
+    assert not _is_mounted(mnt)
+    assert list(runtime_dir.glob("lamina-stores/*/mounts/*")) == []
+    assert fingerprint(rw) == before
+    assert (sorted(os.listdir(rw / "lamina")) if (rw / "lamina").is_dir() else []) == meta_before
+    fails(ro, "umount", mnt, match=f"{mnt} is not a lamina mount")
+
+
+def test_mount_of_a_read_only_store_needs_its_layers_extracted(ro_root, runtime_dir, tmp_path):
+    """Extracting is writing: an image whose snapshots are gone (a cold image) cannot be
+    mounted from a read-only store, and the error says why."""
+    ro, rw = ro_root
+    import shutil
+    for snap in (rw / "snapshots").iterdir():
+        shutil.rmtree(snap)
+    msg = fails(ro, "mount", "app:1", tmp_path / "mnt", match="read-only")
+    assert "not extracted" in msg, msg
+    assert not _is_mounted(tmp_path / "mnt")
+    assert list(runtime_dir.glob("lamina-stores/*/mounts/*")) == []

@@ -20,6 +20,12 @@ _KNOWN_OS = frozenset({
     "aix", "android", "darwin", "dragonfly", "freebsd", "illumos", "ios", "js",
     "linux", "netbsd", "openbsd", "plan9", "solaris", "wasip1", "windows",
 })
+# Values of GOARCH (after normalization: aarch64, x86_64, armhf... are spellings of these).
+_KNOWN_ARCH = frozenset({
+    "386", "amd64", "amd64p32", "arm", "armbe", "arm64", "arm64be", "loong64", "mips", "mipsle", "mips64",
+    "mips64le", "mips64p32", "mips64p32le", "ppc", "ppc64", "ppc64le", "riscv", "riscv64", "s390", "s390x",
+    "sparc", "sparc64", "wasm",
+})
 
 
 def _normalize_os(os_name):
@@ -96,7 +102,11 @@ class Platform:
             if parts[0].lower() in _KNOWN_OS:
                 host = cls.host()
                 return cls(parts[0], host.architecture, host.variant)
-            return cls("linux", parts[0])
+            lone = cls("linux", parts[0])
+            if lone.architecture not in _KNOWN_ARCH:  # containerd refuses it too, rather than guess
+                raise InvalidReferenceError(f"invalid platform {spec!r}: not a known operating system or "
+                                            "architecture (expected os/arch[/variant], e.g. linux/arm64)")
+            return lone
         return cls(*parts)
 
     @classmethod

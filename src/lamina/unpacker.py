@@ -1,12 +1,15 @@
 """unpack(): a whole image from a source into a rootfs (``dir``) or per-layer dirs (``overlay``).
 
-Everything is written into a sibling staging directory that is renamed onto
-``dest`` only when every layer applied and verified, so a failed or
-interrupted unpack never leaves ``dest`` looking complete.
+Everything is written into a staging directory that becomes ``dest`` only
+when every layer applied and verified (a sibling renamed onto it, or, for an
+existing empty ``dest`` that cannot be replaced, a hidden dir inside it whose
+entries move up: see "destination handling"), so a failed or interrupted unpack
+never leaves ``dest`` looking complete.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import os
 import stat
 import tempfile
@@ -17,7 +20,7 @@ from .errors import ExtractError, InvalidArchiveError
 from .lowers import LayersBelow
 from .oci import open_source
 from .stats import UnpackStats
-from .tree import abandon, clear_dir
+from .tree import abandon, clear_dir, remove_tree
 
 FORMATS = ("dir", "overlay")
 # Overlay layers are independent, and apply_layer keeps about two cores busy by itself
@@ -191,6 +194,20 @@ def _escape_lowerdir(path):
 
 
 # --- destination handling ------------------------------------------------------
+#
+# DEST never looks complete before it is.  As a rule the image is staged in a
+# sibling of DEST and renamed onto it in one rename(2) (which replaces an empty
+# directory atomically).  An existing empty DEST whose parent lamina cannot
+# write (a read-only parent, another user's) or that is a mount point (rename
+# cannot replace it) is filled in place instead: the image is staged in a hidden
+# DEST/.lamina-tmp-* and its entries are moved up one by one only once all of
+# it applied and verified, the staging dir going last.  So DEST holds a
+# .lamina-tmp-* entry until it is complete; an error or Ctrl-C while moving up
+# takes back what was moved, and only a crash there (kill -9, power loss) leaves
+# DEST part-filled, with that entry in it, which the next unpack names.
+
+_STAGING_PREFIX = ".lamina-tmp-"
+
 
 def _check_dest(dest):
     try:
@@ -199,24 +216,100 @@ def _check_dest(dest):
         return
     if not stat.S_ISDIR(st.st_mode):
         raise ExtractError(f"destination {dest} exists and is not a directory")
-    if os.listdir(dest):
+    names = os.listdir(dest)
+    left = sorted(n for n in names if n.startswith(_STAGING_PREFIX))
+    if left:
+        raise ExtractError(f"destination {dest} holds an unpack that did not finish ({left[0]}); "
+                           f"empty it and unpack again")
+    if names:
         raise ExtractError(f"destination {dest} exists and is not empty")
 
 
 def _make_staging(dest):
+    """The staging dir for ``dest``: a sibling, or a hidden dir inside an existing empty
+    ``dest`` when a sibling cannot be renamed onto it (see above)."""
     parent, name = os.path.split(dest)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f"{name}.lamina-tmp-", dir=parent)
+    if _fill_in_place(dest, parent):
+        staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=dest)
+    else:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f"{name}{_STAGING_PREFIX}", dir=parent)
     # mkdtemp makes it 0700; a rootfs (or the overlay container dir) is normally 0755.
     # A layer's own "./" entry may still set the root's mode.
     os.chmod(staging, 0o755)
     return staging
 
 
+def _fill_in_place(dest, parent):
+    try:
+        st = os.stat(dest)
+    except FileNotFoundError:
+        return False  # it must be made anyway, in its parent
+    if os.path.ismount(dest):
+        return True
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return True
+    try:  # writable by its permissions, but maybe not by its filesystem (a read-only mount)
+        return os.statvfs(parent).f_flag & os.ST_RDONLY != 0 or os.stat(parent).st_dev != st.st_dev
+    except OSError:
+        return True
+
+
 def _commit(staging, dest):
+    if os.path.dirname(staging) == dest:
+        _move_up(staging, dest)
+        return
     try:
         # rename(2) replaces an empty directory atomically and refuses a non-empty one,
         # so a dest filled by someone else meanwhile is never clobbered.
         os.rename(staging, dest)
     except OSError as e:
         raise ExtractError(f"cannot move the unpacked image into {dest}: {e.strerror}") from None
+
+
+def _move_up(staging, dest):
+    """Fill ``dest`` from the staging dir inside it (see above): every entry, then the
+    root's own metadata; on failure, take back what was moved."""
+    own = os.path.basename(staging)
+    others = [n for n in os.listdir(dest) if n != own]
+    if others:  # as rename(2) would: never mix our tree with what someone else put there
+        raise ExtractError(f"cannot move the unpacked image into {dest}: it is not empty any more ({others[0]})")
+    names = os.listdir(staging)
+    if own in names:  # the image has an entry named like our staging dir (a 1 in 62**8 chance)
+        raise ExtractError(f"cannot unpack into {dest}: the image has an entry named {own}; unpack again")
+    st = os.lstat(staging)  # before the moves change its mtime
+    if stat.S_IMODE(st.st_mode) & 0o300 != 0o300:
+        os.chmod(staging, stat.S_IMODE(st.st_mode) | 0o700)  # an image's 0555 root: moving out needs write
+    moved = []
+    try:
+        for n in names:
+            os.rename(os.path.join(staging, n), os.path.join(dest, n))
+            moved.append(n)
+        _copy_root_metadata(st, staging, dest)
+        os.rmdir(staging)
+        os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
+    except BaseException:
+        for n in moved:  # back into staging, which the caller then abandons as a whole
+            try:
+                os.rename(os.path.join(dest, n), os.path.join(staging, n))
+            except OSError:
+                remove_tree(os.path.join(dest, n))
+        raise
+
+
+def _copy_root_metadata(st, src, dst):
+    """What the layers gave the staging root ``src`` (owner and mode from ``st``, xattrs) onto
+    ``dst``; what this user may not change (another's directory) stays as it was.  The mtime
+    is the caller's: removing the staging dir changes it."""
+    steps = []
+    if os.geteuid() == 0:
+        steps.append(lambda: os.chown(dst, st.st_uid, st.st_gid))
+    steps.append(lambda: os.chmod(dst, stat.S_IMODE(st.st_mode)))
+    for attr in os.listxattr(src):
+        steps.append(lambda attr=attr: os.setxattr(dst, attr, os.getxattr(src, attr)))
+    for step in steps:
+        try:
+            step()
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EROFS):
+                raise

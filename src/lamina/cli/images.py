@@ -29,6 +29,7 @@ import sys
 import time
 
 from .. import images as api
+from . import path_arg
 from .output import add_format_option
 
 # --- docker's units ------------------------------------------------------------------
@@ -511,6 +512,8 @@ def _confirm(message, force):
     sys.stdout.write(message + "\nAre you sure you want to continue? [y/N] ")
     sys.stdout.flush()
     answer = sys.stdin.readline()
+    if not answer.endswith("\n"):
+        print()  # stdin ended (no terminal, nothing piped): end the prompt's line, it means no
     return answer.strip().lower() in ("y", "yes")
 
 
@@ -761,13 +764,13 @@ def register(sub):
 
     m = sub.add_parser("mount", help="mount an image with overlayfs (read-only unless --rw); no arguments: list mounts")
     m.add_argument("ref", nargs="?", metavar="IMAGE")
-    m.add_argument("target", nargs="?", metavar="TARGET")
+    m.add_argument("target", nargs="?", metavar="TARGET", type=path_arg)
     m.add_argument("--rw", action="store_true", help="writable: changes go to an upper dir that umount removes")
     m.add_argument("--format", metavar="FORMAT", help="template for the listing")
     m.set_defaults(func=_closing(cmd_mount))
 
     u = sub.add_parser("umount", aliases=["unmount"], help="unmount an image mounted by lamina mount and clean up")
-    u.add_argument("targets", nargs="+", metavar="TARGET")
+    u.add_argument("targets", nargs="+", metavar="TARGET", type=path_arg)
     u.add_argument("-l", "--lazy", action="store_true", help="detach now even if busy (MNT_DETACH)")
     u.set_defaults(func=_closing(cmd_umount))
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import LaminaError
+from ..errors import ExtractError, LaminaError
+from . import path_arg
 from .images import human_size  # the verbs print sizes one way, docker's
 from .output import add_format_option, check_format, emit
 
@@ -36,6 +37,8 @@ def cmd_apply(args):
     fmt = disk_format(args)
     apply = apply_layer_atomic if args.atomic else apply_layer
     existed = os.path.lexists(args.dest)
+    if existed and not os.path.isdir(args.dest):
+        raise ExtractError(f"destination {args.dest} exists and is not a directory")
     try:
         stats = apply(args.layer, args.dest, format=fmt, diff_id=args.diff_id, digest=args.digest,
                       media_type=args.media_type)
@@ -87,7 +90,8 @@ def cmd_unpack(args):
 def _print_unpack(args, stats):
     out = sys.stdout
     print(f"unpacking {args.source} ({stats.platform}) into {args.dest} ({disk_format(args)})", file=out)
-    print(f"manifest: {stats.manifest_digest}", file=out)
+    # a legacy docker archive has no manifest (its layers are known by their diffIDs only)
+    print(f"manifest: {stats.manifest_digest or 'none (legacy docker archive)'}", file=out)
     print(f"config:   {stats.config_digest}", file=out)
     for i, layer in enumerate(stats.layers):
         _print_layer(layer, f"layer {i + 1}/{len(stats.layers)}", out)
@@ -101,8 +105,8 @@ def _print_unpack(args, stats):
 
 def register(sub):
     a = sub.add_parser("apply", help="apply one layer blob (gzip, zstd or tar) onto a directory")
-    a.add_argument("layer", metavar="LAYER_FILE")
-    a.add_argument("dest", metavar="DEST")
+    a.add_argument("layer", metavar="LAYER_FILE", type=path_arg)
+    a.add_argument("dest", metavar="DEST", type=path_arg)
     a.add_argument("--overlay", action="store_true",
                    help="write overlayfs whiteouts (character devices, opaque xattrs) instead of deleting")
     a.add_argument("--diff-id", metavar="sha256:HEX", help="expected sha256 of the uncompressed tar")
@@ -114,10 +118,10 @@ def register(sub):
     a.set_defaults(func=cmd_apply, _no_store=True)
 
     u = sub.add_parser("unpack", help="unpack an image into a root filesystem (or overlay layer dirs)")
-    u.add_argument("source", metavar="SOURCE", help="an image in the store (NAME[:TAG], ID), oci:PATH[:REF], "
+    u.add_argument("source", metavar="SOURCE", type=path_arg, help="an image in the store (NAME[:TAG], ID), oci:PATH[:REF], "
                    "oci-archive:PATH[:REF], docker-archive:PATH[:REF], or docker://REF (straight from a "
                    "registry, nothing kept)")
-    u.add_argument("dest", metavar="DEST")
+    u.add_argument("dest", metavar="DEST", type=path_arg)
     u.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick from a multi-arch index")
     u.add_argument("--overlay", action="store_true", help="oci:/archive sources: one overlayfs layer dir per "
                    "layer (DEST/layers/N) and the mount options, instead of one merged rootfs")

@@ -5,6 +5,7 @@ import json
 import sys
 
 from ..errors import InvalidReferenceError
+from . import path_arg
 from .output import add_format_option, check_format, emit
 
 
@@ -149,24 +150,26 @@ def cmd_config(args):
 
 def register(sub):
     p = sub.add_parser("load", help="load images from a docker-archive or oci-archive tar (like docker load)")
-    p.add_argument("-i", "--input", metavar="FILE", help="archive to read (default: stdin)")
+    p.add_argument("-i", "--input", metavar="FILE", type=path_arg, help="archive to read (default: stdin)")
     p.add_argument("-q", "--quiet", action="store_true", help="only print the loaded image names")
-    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to load from a multi-platform archive")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="the platform a multi-platform image is tagged as and extracted for "
+                        "(every platform the archive holds is kept)")
     add_format_option(p)
     p.set_defaults(func=cmd_load)
 
     p = sub.add_parser("save", help="save images to a tar archive (like docker save)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    p.add_argument("-o", "--output", metavar="FILE", type=path_arg, help="write to FILE (default: stdout)")
     # save writes an archive, not a report: its --format names the archive's (as skopeo's does)
     p.add_argument("--format", choices=("docker-archive", "oci-archive"), default="docker-archive",
                    help="archive format (default: docker-archive, what docker load reads)")
     p.set_defaults(func=cmd_save)
 
     p = sub.add_parser("copy", help="copy an image between oci:, docker-archive:, oci-archive: and the store")
-    p.add_argument("source", metavar="SOURCE", help="oci:PATH[:REF], docker-archive:PATH[:REF], "
+    p.add_argument("source", metavar="SOURCE", type=path_arg, help="oci:PATH[:REF], docker-archive:PATH[:REF], "
                    "oci-archive:PATH[:REF] or an image in the store")
-    p.add_argument("destination", metavar="DEST", help="same forms; a plain name means the store")
+    p.add_argument("destination", metavar="DEST", type=path_arg, help="same forms; a plain name means the store")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to copy from a multi-platform source")
     p.add_argument("-q", "--quiet", action="store_true")
     add_format_option(p)

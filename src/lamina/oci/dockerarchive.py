@@ -36,6 +36,9 @@ class DockerArchive(Source):
         self.description = self.archive.path
         self._layout = None
         try:
+            if oci_only and not self.archive.has("oci-layout") and self.archive.has("manifest.json"):
+                raise ImageError(f"{self.description} is a docker-archive (manifest.json, no oci-layout), not an "
+                                 f"oci-archive: use docker-archive:{path}")
             if self.archive.has("oci-layout") or oci_only:
                 layout = OCILayout(TarBlobStore(self.archive), self._read_meta, self.ref, self.description)
                 # docker save of an untagged image writes an empty index.json: use manifest.json then.

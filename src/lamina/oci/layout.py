@@ -173,6 +173,23 @@ class OCILayout(Source):
             desc, chosen = self._choose(descs, want, 0)
         return self._image(desc, want, chosen)
 
+    def selected_index(self):
+        """(descriptor, exact bytes, [manifest descriptors]) when the ref names one image index
+        (a multi-arch image, as ``docker save`` and ``skopeo copy --all`` write it), else None.
+        The manifests are the index's own (attestations included, as a registry serves them),
+        whether or not the layout holds their blobs."""
+        descs = self._select()
+        if len(descs) != 1 or not mt.is_index(descs[0].media_type):
+            return None
+        desc = descs[0]
+        _, index, _ = self._document(desc)
+        data = self.store.read(desc, f"index {desc.digest}")
+        return desc, data, [d for d in index.manifests if mt.is_manifest(d.media_type)]
+
+    def image_of(self, desc):
+        """The ResolvedImage of one manifest descriptor (a platform of ``selected_index``)."""
+        return self._image(desc, None, desc.platform)
+
     def _image(self, desc, want, chosen):
         # desc has a manifest media type here, and _read_document made the content agree.
         _, manifest, doc = self._document(desc)
@@ -216,6 +233,9 @@ def open_layout_dir(path, ref=None):
             raise ImageError(f"{path}/{name}: larger than the {MAX_DOCUMENT_SIZE}-byte limit")
         return data
 
+    if os.path.isfile(path):
+        raise ImageNotFoundError(f"{path} is a file, not an OCI layout directory: use oci-archive:{path} or "
+                                 f"docker-archive:{path}")
     if not os.path.isdir(path):
         raise ImageNotFoundError(f"{path}: no such directory")
     return OCILayout(DirBlobStore(path), read_meta, ref, description=path)

@@ -86,27 +86,41 @@ def import_image(store, data, names=(), report=None):
         return result
     created_blobs, created_snaps = [], []
     try:
-        for layer in data.layers:
-            if ingest_stream(store, layer.digest, layer.size, layer.open):
-                created_blobs.append(layer.digest)
-                report("blob", layer.digest, "copied")
-            else:
-                report("blob", layer.digest, "exists")
-        for blob, digest in ((data.config, data.config_digest), (data.manifest, data.manifest_digest)):
-            if not store.has_blob(digest):
-                store.put_blob(blob, digest)
-                created_blobs.append(digest)
+        _put_blobs(store, data, created_blobs, report)
+        # A multi-arch image keeps every platform under its name, as pull --all-platforms does:
+        # the index is its repo digest, the other platforms' blobs stored but not extracted.
+        index = data.index
+        others = [c for c in index.children if c.manifest_digest != data.manifest_digest] if index else []
+        for child in others:
+            _put_blobs(store, child, created_blobs, report)
+        if index is not None and not store.has_blob(index.digest):
+            store.put_blob(index.data, index.digest)
+            created_blobs.append(index.digest)
         image = load_image(store.open_blob, data.manifest_digest)
         created_snaps = [c for c in image.chain_ids if store.snapshot_info(c) is None]
         store.snapshots_for(image)
         result = None
         for ref in names or [None]:
-            result = store.add_image(data.manifest_digest, ref)
+            result = store.add_image(data.manifest_digest, ref, repo_digest=index.digest if index else None)
         report("manifest", data.manifest_digest, "written")
         return result
     except BaseException:
         _rollback(store, created_blobs, created_snaps)
         raise
+
+
+def _put_blobs(store, data, created, report):
+    """Layers, config and manifest of one ImageData into the store (``created``: what was new)."""
+    for layer in data.layers:
+        if ingest_stream(store, layer.digest, layer.size, layer.open):
+            created.append(layer.digest)
+            report("blob", layer.digest, "copied")
+        else:
+            report("blob", layer.digest, "exists")
+    for blob, digest in ((data.config, data.config_digest), (data.manifest, data.manifest_digest)):
+        if not store.has_blob(digest):
+            store.put_blob(blob, digest)
+            created.append(digest)
 
 
 def _rollback(store, blobs, chains):

@@ -1,8 +1,15 @@
-"""In-use records: ROOT/lamina-mounts/<key>.json and ROOT/lamina-bundles/<key>.json.
+"""In-use records: ROOT/lamina/mounts/<key>.json and ROOT/lamina/bundles/<key>.json.
 
 Each lists a mounted or bundled image and holds it in the store, so that
 ``image prune -a`` and gc keep its blobs and snapshots until ``lamina umount``
 (or until the bundle directory is deleted).
+
+A store that cannot be written (mounted read-only, another user's) can neither
+take the record nor the hold: its mounts are recorded outside it, in this
+user's runtime directory keyed by the store (see ``outside_dir``), and hold
+nothing; whoever can write the store may remove the image while it is mounted
+(the README says so).  Readers look in both places, so ``umount`` finds a
+mount whatever became of the store's writability in between.
 """
 from __future__ import annotations
 
@@ -12,21 +19,49 @@ import os
 import stat
 import time
 
-def records_dir(store, kind):
+def records_dir(store, kind, *, outside=False, create=False):
+    """Where ``kind`` records live: in the store, or (``outside``) in the runtime directory
+    (whose safe creation ``create`` asks for: readers leave the disk alone)."""
+    if outside:
+        return os.path.join(outside_dir(store, create=create), kind + "s")
     return os.path.join(store.paths.meta, kind + "s")
+
+
+def outside_dir(store, *, create=False):
+    """<runtime dir>/lamina-stores/<device-inode of the store root>: the records of a store
+    this user cannot write.  Keyed by the root's inode so that every path to one store
+    (a read-only bind mount of it, say) finds the same records."""
+    from .locks import runtime_dir
+    try:
+        st = os.stat(store.root)
+        key = f"{st.st_dev}-{st.st_ino}"
+    except OSError:
+        key = hashlib.sha256(os.fsencode(os.fspath(store.root))).hexdigest()[:16]
+    return os.path.join(runtime_dir(create=create), "lamina-stores", key)
+
+
+def record_dir_of(store, record):
+    return records_dir(store, record["kind"], outside=record.get("outside", False))
 
 
 def key_for(kind, path):
     return f"{kind}-" + hashlib.sha256(os.fsencode(path)).hexdigest()[:24]
 
 
-def record_use(store, kind, path, image, extra=None):
+def record_use(store, kind, path, image, extra=None, *, outside=None):
+    """Write the record (and the hold) of ``image`` used at ``path``.  ``outside`` (by default:
+    when the store cannot be written): the record goes to the runtime directory and holds nothing."""
+    if outside is None:
+        outside = not store.writable
     key = key_for(kind, path)
     record = {"kind": kind, "key": key, "path": path, "manifest_digest": image.manifest_digest,
               "image_id": image.config_digest, "names": [r.familiar() for r in image.refs], "created": time.time()}
     record.update(extra or {})
-    store.hold(key, image)  # gc keeps the image's blobs and snapshots while the record exists
-    d = records_dir(store, kind)
+    if outside:
+        record["outside"] = True
+    else:
+        store.hold(key, image)  # gc keeps the image's blobs and snapshots while the record exists
+    d = records_dir(store, kind, outside=outside, create=True)
     os.makedirs(d, exist_ok=True)
     from .fsutil import atomic_write
     atomic_write(os.path.join(d, key + ".json"), json.dumps(record, indent=2).encode())
@@ -36,32 +71,35 @@ def record_use(store, kind, path, image, extra=None):
 def drop_record(store, record, *, best_effort=False):
     try:
         try:
-            os.unlink(os.path.join(records_dir(store, record["kind"]), record["key"] + ".json"))
+            os.unlink(os.path.join(record_dir_of(store, record), record["key"] + ".json"))
         except FileNotFoundError:
             pass
-        store.release(record["key"])
+        if not record.get("outside"):
+            store.release(record["key"])
     except OSError:
         if not best_effort:  # e.g. a read-only listing by a user who cannot write the store
             raise
 
 
 def load_records(store, kind):
-    d = records_dir(store, kind)
-    try:
-        names = sorted(os.listdir(d))
-    except FileNotFoundError:
-        return []
+    """The records of ``kind``, those in the store first, then those kept outside it."""
     out = []
-    for n in names:
-        if not n.endswith(".json") or ".tmp-" in n:
-            continue
+    for outside in (False, True):
+        d = records_dir(store, kind, outside=outside)
         try:
-            with open(os.path.join(d, n), "rb") as f:
-                rec = json.load(f)
-        except (OSError, ValueError):
+            names = sorted(os.listdir(d))
+        except (FileNotFoundError, NotADirectoryError):
             continue
-        if isinstance(rec, dict) and rec.get("key") == n[:-5]:
-            out.append(rec)
+        for n in names:
+            if not n.endswith(".json") or ".tmp-" in n:
+                continue
+            try:
+                with open(os.path.join(d, n), "rb") as f:
+                    rec = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if isinstance(rec, dict) and rec.get("key") == n[:-5] and bool(rec.get("outside")) == outside:
+                out.append(rec)
     return out
 
 

@@ -20,6 +20,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 
 from ..errors import LaminaError
@@ -131,10 +132,31 @@ def _stand_in(path):
         key = f"{st.st_dev}-{st.st_ino}"
     except OSError:
         key = hashlib.sha256(os.fsencode(parent)).hexdigest()[:16]
-    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(tempfile.gettempdir(), f"lamina-{os.geteuid()}")
-    d = os.path.join(base, "lamina-locks", key)
+    d = os.path.join(runtime_dir(create=True), "lamina-locks", key)
     os.makedirs(d, mode=0o700, exist_ok=True)
     return os.path.join(d, name)
+
+
+def runtime_dir(*, create=False):
+    """This user's directory for what lamina keeps outside a store it cannot write (lock
+    stand-ins, mount records): $XDG_RUNTIME_DIR, else /run/lamina for root, else
+    <temp dir>/lamina-<uid>.  With ``create``, it is made if missing, and one in a shared
+    directory must be a real directory of ours that nobody else may write, or we refuse it
+    (a planted symlink there would steer root's writes)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base:
+        return base
+    uid = os.geteuid()
+    d = "/run/lamina" if uid == 0 and os.path.isdir("/run") else os.path.join(tempfile.gettempdir(), f"lamina-{uid}")
+    if create:
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o022:
+            raise LaminaError(f"{d} is not a private directory of user {uid}; set XDG_RUNTIME_DIR to one")
+    return d
 
 
 def is_locked(path):

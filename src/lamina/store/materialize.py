@@ -21,7 +21,8 @@ from .flatten import flatten
 
 
 def _staged(dest, fill):
-    """Create ``dest`` atomically: ``fill(staging_dir)`` then rename (dest must be absent or empty)."""
+    """Make ``dest`` (absent or empty) complete or not at all: ``fill(staging_dir)``, then commit
+    the staging dir as unpacker._commit does (a rename, or a move up from inside ``dest``)."""
     from ..unpacker import _check_dest, _commit, _make_staging
     dest = os.path.abspath(os.fspath(dest))
     _check_dest(dest)

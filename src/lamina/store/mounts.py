@@ -14,7 +14,7 @@ import re
 from ..errors import MaterializeError
 from ..tree import remove_tree
 from .flatten import _is_root
-from .inuse import drop_record, in_use, key_for, load_records, record_use, records_dir
+from .inuse import drop_record, in_use, key_for, load_records, record_dir_of, record_use, records_dir
 from .materialize import _check_platform
 
 _libc = None
@@ -152,6 +152,12 @@ def mount(store, ref, target, *, rw=False, platform=None):
     Read-only: the snapshots are the lower layers and nothing else.  ``rw``: an
     upper and a work dir under ROOT/lamina/mounts/<key>/ take the writes (removed
     by umount).  The image counts as in use until umount.
+
+    A store this user cannot write (a read-only mount) is mounted all the same,
+    if its snapshots are all extracted: the record, and a ``rw`` mount's upper and
+    work dirs, then live in the runtime directory (inuse.outside_dir; a tmpfs
+    as a rule, so a ``rw`` mount's writes take memory), and nothing holds the
+    image in the store.
     """
     if not _is_root():
         raise MaterializeError("lamina mount needs root (overlayfs mounts need CAP_SYS_ADMIN); "
@@ -159,9 +165,9 @@ def mount(store, ref, target, *, rw=False, platform=None):
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     _check_platform(image, platform)
     target = os.path.realpath(os.fspath(target))
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise MaterializeError(f"mount target {target} exists and is not a directory")
     os.makedirs(target, exist_ok=True)
-    if not os.path.isdir(target):
-        raise MaterializeError(f"mount target {target} is not a directory")
     key = key_for("mount", target)
     lock = _lock(store, key)
     lock.acquire()
@@ -170,7 +176,8 @@ def mount(store, ref, target, *, rw=False, platform=None):
             raise MaterializeError(f"{target} is already a lamina mount (lamina umount {target} first)")
         layer_dirs = [os.fspath(p) for p in store.snapshots_for(image)]
         lowers = list(reversed(layer_dirs))  # overlayfs wants the top layer first
-        base = os.path.join(records_dir(store, "mount"), key)
+        outside = not store.writable
+        base = os.path.join(records_dir(store, "mount", outside=outside, create=outside), key)
         os.makedirs(base, mode=0o700, exist_ok=True)
         # overlayfs needs two lower layers without an upper one, and one with it: pad with empty dirs
         for i in range(max(0, (1 if rw else 2) - len(lowers))):
@@ -186,7 +193,7 @@ def mount(store, ref, target, *, rw=False, platform=None):
                 os.mkdir(d, 0o755)
         # record (and hold) first: a crash after the mount leaves a record umount can clean up
         record = record_use(store, "mount", target, image,
-                             {"rw": rw, "upper": upper, "work": work, "layers": len(layer_dirs)})
+                            {"rw": rw, "upper": upper, "work": work, "layers": len(layer_dirs)}, outside=outside)
         try:
             record["api"] = _kernel_mount(lowers, upper, work, target, readonly=not rw)
         except OSError as e:
@@ -220,7 +227,7 @@ def umount(store, target, *, lazy=False):
                 e = ctypes.get_errno()
                 hint = " (still in use; close what uses it or pass --lazy)" if e == errno.EBUSY else ""
                 raise MaterializeError(f"cannot unmount {path}: {os.strerror(e)}{hint}")
-        remove_tree(os.path.join(records_dir(store, "mount"), key))
+        remove_tree(os.path.join(record_dir_of(store, record), key))
         drop_record(store, record)
     finally:
         lock.release(unlink=True)

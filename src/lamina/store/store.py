@@ -44,6 +44,19 @@ def _as_reference(ref):
     return Reference.parse(ref)
 
 
+_OUTSIDE = {"oci:": "lamina copy {s} NAME", "oci-archive:": "lamina copy {s} NAME",
+            "docker-archive:": "lamina copy {s} NAME", "docker://": "lamina pull {rest}"}
+
+
+def _refuse_outside_image(s):
+    """An image outside the store (a layout, an archive, a registry) named where one in the store
+    is meant (mount, tag, inspect...): say how to bring it in, not "invalid reference format"."""
+    for prefix, how in _OUTSIDE.items():
+        if s.startswith(prefix):
+            raise InvalidReferenceError(f"{s} is not an image in the store; bring it in first: "
+                                        + how.format(s=s, rest=s[len(prefix):]))
+
+
 def name_of(ref):
     """The index.json name of a reference: ``repo:tag``, or ``repo@digest`` when it has a digest
     (a digest pins the content, so docker drops the tag then too)."""
@@ -243,6 +256,13 @@ class Store:
         s = ref_or_id
         if not isinstance(s, str) or not s:
             raise InvalidReferenceError(f"invalid image reference {s!r}")
+        try:
+            return self._resolve_string(s)
+        except (InvalidReferenceError, ImageNotFoundError):
+            _refuse_outside_image(s)  # "oci:1" may name a store image too: only when it does not
+            raise
+
+    def _resolve_string(self, s):
         if s.startswith("sha256:"):
             return self._by_id(_digest.validate(s, "image ID"), s)
         if re.fullmatch(r"[0-9a-f]{64}", s):

@@ -51,6 +51,7 @@ class ImageData:
     names: list = field(default_factory=list)    # references (Reference) the source names it by
     description: str = ""
     synthesized: bool = False                    # manifest made up for a legacy docker archive
+    index: Optional["IndexData"] = None          # the multi-arch image this one is a platform of (load)
 
     @property
     def config_doc(self):
@@ -169,7 +170,10 @@ def open_layout(spec):
 
 
 def from_layout(layout, platform=None, names=()):
-    image = layout.resolve(platform)
+    return _image_data(layout, layout.resolve(platform), names)
+
+
+def _image_data(layout, image, names=()):
     store = layout.store
     manifest = _read(store, image.manifest_digest, f"manifest {image.manifest_digest}")
     media_type = image.manifest.get("mediaType") or mt.OCI_MANIFEST
@@ -179,6 +183,27 @@ def from_layout(layout, platform=None, names=()):
               for l in image.layers]
     return ImageData(manifest, image.manifest_digest, media_type, config, image.config_digest, layers,
                      list(names), description=layout.description)
+
+
+def _with_platforms(layout, data):
+    """``data`` (the chosen platform) with ``index`` set when the layout's image is a multi-arch
+    index: every platform whose manifest, config and layers the layout holds (a partial export,
+    e.g. docker save of one platform, lists platforms it has no blobs for: they are left out)."""
+    selected = layout.selected_index()
+    if selected is None:
+        return data
+    desc, raw, manifests = selected
+    children = []
+    for m in manifests:
+        if m.digest == data.manifest_digest:
+            children.append(data)
+            continue
+        try:
+            children.append(_image_data(layout, layout.image_of(m)))  # every blob there, or:
+        except BlobNotFoundError:
+            continue
+    data.index = IndexData(raw, desc.digest, desc.media_type, children)
+    return data
 
 
 def _read(blob_store, digest, what):
@@ -265,11 +290,11 @@ def _layout_images(layout, platform):
     descs = layout.index.manifests
     named = [d for d in descs if d.ref_names]
     if not named:
-        return [from_layout(layout, platform)]
+        return [_with_platforms(layout, from_layout(layout, platform))]
     for d in named:
         layout.ref = d.annotations.get("org.opencontainers.image.ref.name") or d.annotations.get(
             "io.containerd.image.name")
-        data = from_layout(layout, platform)
+        data = _with_platforms(layout, from_layout(layout, platform))
         names = _oci_names(d)
         if data.manifest_digest in by_digest:
             kept = by_digest[data.manifest_digest]

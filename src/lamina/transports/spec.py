@@ -45,4 +45,9 @@ def parse(spec):
     if sep and (rest.startswith("//") or transport in ("dir", "docker-daemon", "containers-storage", "sif", "tarball")):
         raise InvalidReferenceError(f"unsupported transport in {spec!r}: lamina copies between oci:,"
                                     " docker-archive:, oci-archive: and its store")
+    if spec.startswith(("/", "./", "../", "~")):
+        # a path where a store name is expected: say which prefixes make it an image
+        kinds = ["oci"] if os.path.isdir(spec) else ["docker-archive", "oci-archive"]
+        raise InvalidReferenceError(f"{spec} is a path, not an image name: name it with its transport ("
+                                    + " or ".join(f"{k}:{spec}" for k in kinds) + "), or give a name in the store")
     return ImageSpec(STORE, None, spec)

@@ -1,0 +1,170 @@
+"""``unpack`` into an existing empty DEST that cannot be replaced by a rename: its parent
+is not writable (another user's, a read-only filesystem) or DEST is a mount point.
+
+The image is staged in a hidden DEST/.lamina-tmp-* and moved up only once all of it
+verified, so DEST still never looks complete before it is (see unpacker.py)."""
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+
+import pytest
+
+import lamina
+import ocibuild as ob
+from conftest import require_tool
+from layerkit import rmtree, run_as_nobody, world_tmpdir
+from storekit import lamina as lamina_cli
+from treecmp import assert_same, snapshot
+
+SAMPLE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "sample", "image"))
+ROOT_MTIME = 1_600_000_000
+
+
+def tree(path):
+    return snapshot(path, include_root=True)
+
+
+def _root_tar():
+    """A layer whose "./" entry gives the rootfs mode 0750, an mtime and an xattr."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        root = tarfile.TarInfo("./")
+        root.type, root.mode, root.mtime = tarfile.DIRTYPE, 0o750, ROOT_MTIME
+        root.pax_headers = {"SCHILY.xattr.user.lamina.root": "yes"}
+        tar.addfile(root)
+        f = tarfile.TarInfo("hello")
+        f.size, f.mode, f.mtime = 6, 0o644, ROOT_MTIME
+        tar.addfile(f, io.BytesIO(b"hello\n"))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def mount_point(tmp_path):
+    """An empty tmpfs mounted on DEST (rename(2) can never replace a mount point)."""
+    require_tool("mount")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(dest)], check=True)
+    try:
+        yield dest
+    finally:
+        subprocess.run(["umount", "-l", str(dest)], check=True)
+
+
+def test_unpack_onto_a_mount_point_is_the_same_tree(tmp_path, mount_point):
+    lay = ob.Layout(tmp_path / "lay")
+    lay.image_of_tars([_root_tar()], ref="root:1")
+    lamina.unpack(f"oci:{lay.root}:root:1", tmp_path / "renamed")
+    lamina.unpack(f"oci:{lay.root}:root:1", mount_point)
+    assert_same(tree(tmp_path / "renamed"), tree(mount_point), labels=("renamed", "in place"))
+    st = os.lstat(mount_point)
+    # the root's own metadata came from the layer's "./" entry, as with a rename
+    assert stat.S_IMODE(st.st_mode) == 0o750 and st.st_mtime == ROOT_MTIME
+    assert os.getxattr(mount_point, "user.lamina.root") == b"yes"
+    assert sorted(os.listdir(mount_point)) == ["hello"]
+    assert os.path.ismount(mount_point)  # filled, not replaced
+
+
+@pytest.mark.parametrize("fmt", ["dir", "overlay"])
+def test_store_unpack_and_overlay_onto_a_mount_point(tmp_path, mount_point, fmt):
+    root = tmp_path / "store"
+    lamina_cli(root, "copy", f"oci:{SAMPLE}:latest", "sample:1")
+    if fmt == "dir":
+        lamina_cli(root, "unpack", "sample:1", tmp_path / "renamed")
+        lamina_cli(root, "unpack", "sample:1", mount_point)
+    else:
+        lamina_cli(root, "unpack", "--overlay", f"oci:{SAMPLE}:latest", tmp_path / "renamed")
+        lamina_cli(root, "unpack", "--overlay", f"oci:{SAMPLE}:latest", mount_point)
+        renamed_opts = (tmp_path / "renamed" / "mount-options").read_text()
+        assert (mount_point / "mount-options").read_text() == renamed_opts.replace(
+            str(tmp_path / "renamed"), str(mount_point))
+        # whiteouts are made at extraction time, so their mtimes differ between two unpacks
+        assert_same(snapshot(tmp_path / "renamed" / "layers"), snapshot(mount_point / "layers"),
+                    ignore=("mtime",), labels=("renamed", "in place"))
+        return
+    assert_same(tree(tmp_path / "renamed"), tree(mount_point), labels=("renamed", "in place"))
+
+
+def test_a_failed_in_place_unpack_leaves_dest_empty(tmp_path, mount_point):
+    shutil.copytree(SAMPLE, tmp_path / "image")
+    lay = ob.Layout.existing(tmp_path / "image")
+    manifest = lay.read_json(lay.entries[0]["digest"])
+    with open(lay.path(manifest["layers"][2]["digest"]), "r+b") as f:
+        f.seek(4)  # gzip header MTIME: the blob no longer matches its digest
+        f.write(b"\x01\x02\x03\x04")
+    with pytest.raises(lamina.errors.DigestMismatchError):
+        lamina.unpack(f"oci:{tmp_path / 'image'}", mount_point)
+    assert os.listdir(mount_point) == []
+    lamina.unpack(f"oci:{SAMPLE}", mount_point)  # and it can be used again at once
+    assert (mount_point / "opt" / "app" / "README").is_file()
+
+
+def test_an_unfinished_unpack_is_named(tmp_path):
+    """What a crash while moving up leaves (part of the tree and the staging dir) is not
+    mistaken for a DEST someone else filled, nor unpacked over."""
+    dest = tmp_path / "dest"
+    (dest / ".lamina-tmp-k2x8q1ab" / "usr").mkdir(parents=True)
+    (dest / "etc").mkdir()
+    proc = lamina_cli(tmp_path / "store", "unpack", f"oci:{SAMPLE}", dest, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"lamina: error: destination {dest} holds an unpack that did not finish "
+                                   f"(.lamina-tmp-k2x8q1ab); empty it and unpack again"), proc.stderr
+
+
+NOBODY = r"""
+from lamina.cli import main
+from lamina.store import Store
+from lamina.store.materialize import materialize
+from lamina.transports import copy
+layout, store_root, parent = sys.argv[1:4]
+lamina.unpack("oci:" + layout, os.path.join(parent, "from-layout"))
+store = Store(store_root)
+copy("oci:" + layout, "sample:1", store=store)
+materialize(store, "sample:1", os.path.join(parent, "from-store"))
+# a DEST that does not exist must be made in its parent: that one error names the user's path
+rc = main(["--root", store_root, "unpack", "sample:1", os.path.join(parent, "new")])
+print(json.dumps({"uid": os.geteuid(), "rc": rc}))
+"""
+
+
+def test_unpack_into_an_empty_dest_of_a_parent_nobody_may_write(tmp_path):
+    """As user nobody: DEST (nobody's, empty) sits in root's 0755 directory."""
+    base = world_tmpdir()
+    try:
+        layout, store_root, parent = (os.path.join(base, n) for n in ("image", "store", "parent"))
+        shutil.copytree(SAMPLE, layout)
+        os.mkdir(store_root)
+        os.mkdir(parent, 0o755)
+        for d in (store_root, os.path.join(parent, "from-layout"), os.path.join(parent, "from-store")):
+            os.makedirs(d, exist_ok=True)
+            os.chown(d, 65534, 65534)
+        proc = run_as_nobody(NOBODY, layout, store_root, parent,
+                             preload=["lamina.cli", "lamina.cli.layers", "lamina.cli.images", "lamina.cli.store",
+                                      "lamina.cli.registry", "lamina.cli.bench", "lamina.transports",
+                                      "lamina.store.materialize", "lamina.store.flatten", "concurrent.futures.thread",
+                                      "isal.igzip", "tempfile", "shutil", "ctypes.util"])
+        assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert out["uid"] == 65534 and out["rc"] == 1
+        assert proc.stderr.strip().splitlines()[-1] == \
+            f"lamina: error: cannot write {os.path.join(parent, 'new')}: Permission denied", proc.stderr
+        assert sorted(os.listdir(parent)) == ["from-layout", "from-store"]  # nothing staged beside them
+
+        lamina.unpack(f"oci:{SAMPLE}", tmp_path / "as-root")
+        for d, _, files in os.walk(tmp_path / "as-root"):  # what only root may do: setuid/setgid bits
+            for f in files:
+                p = os.path.join(d, f)
+                mode = os.lstat(p).st_mode
+                if mode & 0o6000 and not os.path.islink(p):
+                    os.chmod(p, mode & 0o1777)
+        for made in ("from-layout", "from-store"):
+            dest = os.path.join(parent, made)
+            assert_same(snapshot(tmp_path / "as-root"), snapshot(dest), ignore=("uid", "gid"),
+                        labels=("root", f"nobody {made}"))
+            assert os.lstat(dest).st_uid == 65534
+    finally:
+        rmtree(base)
