@@ -2293,6 +2293,7 @@ cdef class Extractor:
     cdef _whiteout(self, bytes path, Py_ssize_t slash, bytes base, bytes name):
         cdef int pfd
         cdef stat st
+        cdef timespec ts[2]
         parent = path[:slash] if slash > 0 else b""
         if base == WH_OPAQUE:
             if self.scan_only:
@@ -2334,6 +2335,10 @@ cdef class Extractor:
                         f"entry {_show(name)}: this kernel refuses overlay whiteout nodes (0/0) to "
                         "unprivileged users (Linux >= 5.8 allows them); use format='dir' or run as root")
                 self._oserror("create whiteout", name)
+            # the .wh. entry's times, not the extraction's: the same layer gives the same snapshot
+            self._entry_times(ts)
+            if utimensat(pfd, hidden, ts, AT_SYMLINK_NOFOLLOW) < 0:
+                self._oserror("set times of", name)
             return
         if target in self.created:
             return

@@ -242,3 +242,16 @@ def test_overlay_unlisted_parent_dirs_inherit_lower_metadata(tmp_path):
     assert dict(merged["p"].xattrs) == {"user.keep": b"me", "trusted.t": b"tt"}
     assert merged["p/q"].mode == 0o700 and (merged["p/q"].uid, merged["p/q"].gid) == (7, 8)
     assert "p/q/old" in merged and "p/q/new" in merged
+
+
+def test_whiteout_nodes_carry_the_entrys_time(tmp_path):
+    """The same layer gives the same snapshot: a whiteout node gets the .wh. entry's
+    mtime, not the time of the extraction."""
+    require_root()
+    lower, upper = tmp_path / "l0", tmp_path / "l1"
+    import io
+    apply(io.BytesIO(Tar().file("f", b"x").bytes()), lower, format="overlay")
+    apply(io.BytesIO(Tar().whiteout("f", mtime=1234567890).bytes()), upper, format="overlay", lower_dirs=[lower])
+    st = os.lstat(upper / "f")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    assert st.st_mtime == 1234567890

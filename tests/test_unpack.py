@@ -411,3 +411,15 @@ def test_public_unpack_stays_a_function(tmp_path):
     lamina.unpack(f"oci:{SAMPLE}", tmp_path / "one")
     assert callable(lamina.unpack) and not isinstance(lamina.unpack, type(os))
     lamina.unpack(f"oci:{SAMPLE}", tmp_path / "two")
+
+
+def test_apply_layer_onto_a_file_names_it(tmp_path):
+    from lamina.layer import apply_layer
+    from tarbuild import Tar
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(Tar().file("a", b"x").bytes())
+    target = tmp_path / "file"
+    target.write_bytes(b"mine")
+    with pytest.raises(ExtractError, match=r"file exists and is not a directory"):
+        apply_layer(str(layer), str(target))
+    assert target.read_bytes() == b"mine"

@@ -81,7 +81,10 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     """
     if not hash_blob and digest is not None:
         raise ValueError("apply_layer: digest given but hash_blob=False")
-    os.makedirs(dest, exist_ok=True)
+    try:
+        os.makedirs(dest, exist_ok=True)
+    except FileExistsError:
+        raise errors.ExtractError(f"destination {os.fsdecode(dest)} exists and is not a directory") from None
     if hash_files_into is not None:
         os.makedirs(hash_files_into, exist_ok=True)
     limits = limits or DEFAULT_LIMITS

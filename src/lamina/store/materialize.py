@@ -3,8 +3,8 @@
 materialize(store, ref, dest, link=False)
     Resolve the image in the store, make sure its snapshots exist (a "cold"
     unpack extracts them first), flatten them (store/flatten.py) into a staging
-    directory next to ``dest`` and rename it into place (``dest`` never looks
-    complete before it is).
+    directory and move it into place (``dest`` never looks complete before it
+    is; see unpacker._make_staging for where the staging directory goes).
 
 Bundles (``--bundle``) are in store/bundles.py, overlayfs mounts in
 store/mounts.py, and the records that keep mounted and bundled images in use
@@ -73,7 +73,7 @@ def _snapshots(store, image):
 def _check_link(layer_dirs, dest):
     if not layer_dirs:
         return
-    parent = os.path.dirname(dest)
+    parent = dest  # an existing DEST may be a mount point of another filesystem than its parent
     while parent and not os.path.isdir(parent):
         parent = os.path.dirname(parent)
     if os.stat(layer_dirs[0]).st_dev != os.stat(parent or "/").st_dev:
