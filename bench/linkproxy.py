@@ -27,11 +27,14 @@ class TokenBucket:
         self.burst = burst / self.rate
         self._free_at = 0.0
         self._lock = threading.Lock()
+        self.idle = 0.0     # seconds the link sat unused between its first and its latest byte
 
     def take(self, n):
         with self._lock:
             now = time.monotonic()
             start = max(now - self.burst, self._free_at)
+            if self._free_at:
+                self.idle += start - self._free_at
             self._free_at = start + n / self.rate
             due = self._free_at
         delay = due - time.monotonic()
@@ -58,6 +61,9 @@ class LinkProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes: with Nagle, every small response
+            # (manifest, config, token) would wait ~40 ms for the client's delayed ACK.
+            disable_nagle_algorithm = True
 
             def log_message(self, *a):
                 pass
