@@ -2,16 +2,23 @@
 
 ``RegistrySource`` resolves a reference like ``pull`` does (mirrors first,
 platform choice, every manifest digest checked) and hands the unpacker layers
-whose ``open()`` is the blob streaming from the registry (a BlobStream, which
-resumes a cut transfer with Range).  The unpacker then runs its usual single
-pass per layer -- inflate, verify blob digest and diffID, write -- straight
-from the network into its staging directory, which becomes DEST only once
-every layer verified.  Nothing is kept in the store.
+whose ``open()`` reads the blob as it arrives from the registry (a BlobStream,
+which resumes a cut transfer with Range).  The unpacker then runs its usual
+single pass per layer -- inflate, verify blob digest and diffID, write --
+into its staging directory, which becomes DEST only once every layer
+verified.  Nothing is kept in the store.
 
-Top-down skipping reads the small upper layers before the lower ones are
-written.  A registry layer read twice would cross the link twice, so the
-layers the unpacker may scan (unpacker.SCAN_FRACTION) are spooled to a
-temporary file as they stream the first time, and read back from it after.
+Read-ahead: the link must stay busy while a layer is extracted, so each blob
+downloads into a spool file (a temporary directory) that its reader follows
+as it grows, and when one download ends the next layer the unpacker will open
+starts downloading, before its turn comes.  The expected order is the one of
+a flat unpack: the small upper layers it scans top-down first
+(unpacker.SCAN_FRACTION), then the layers bottom-up; a layer opened out of
+that order (overlay unpacks open several at once) starts downloading at once.
+One read-ahead download at a time: the bottom layer gets the whole link.
+Spool files cost disk, not memory (peak RSS stays that of one extraction);
+each is removed once read, except those of scanned layers, which are read
+twice (and so cross the link once).
 """
 from __future__ import annotations
 
@@ -25,10 +32,12 @@ from ..oci.image import LayerRef, ResolvedImage, Source
 from ..oci.model import document_media_type, parse_config, parse_manifest
 from ..platform import Platform
 from ..reference import Reference
-from .blobstream import BlobStream
+from .blobstream import BlobStream, Cancelled
 from .client import RegistryClient
 from .progress import Reporter
 from .pull import fetch_config, image_platform, resolve
+
+_CHUNK = 1 << 20
 
 PREFIX = "docker://"
 
@@ -46,6 +55,12 @@ class RegistrySource(Source):
         self.image = None       # the ResolvedImage, once resolve() ran
         self.downloaded = 0
         self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._repos = []
+        self._descs = []
+        self._plan = []         # layer indexes in the order a flat unpack opens them
+        self._scanned = set()   # layers the unpacker may read twice: their spool files stay
+        self._downloads = {}    # layer index -> its _Download (running or ended)
 
     def resolve(self, platform=None):
         want = Platform.parse(platform) if isinstance(platform, str) else platform
@@ -61,12 +76,18 @@ class RegistrySource(Source):
         below = 0
         for i, d in enumerate(manifest.layers):
             self.reporter.layer(d.digest, d.size)
-            opener = _Opener(self, r.repos, d, spool=self._may_be_scanned(i, d.size, below))
-            layers.append(LayerRef(i, config.diff_ids[i], d.digest, d.size, d.media_type, opener))
+            if self._may_be_scanned(i, d.size, below):
+                self._scanned.add(i)
+            layers.append(LayerRef(i, config.diff_ids[i], d.digest, d.size, d.media_type,
+                                   lambda i=i: self._open(i)))
             below += d.size
+        self._repos, self._descs = r.repos, manifest.layers
+        self._plan = sorted(self._scanned, reverse=True) + [i for i in range(len(layers)) if i not in self._scanned]
         self.image = ResolvedImage(config=config.raw, config_digest=cdesc.digest, layers=layers,
                                    manifest_digest=mr.digest, manifest=mr.document,
                                    platform=image_platform(want, r.chosen, config), ref=str(self.ref))
+        with self._lock:
+            self._read_ahead()
         return self.image
 
     def finished(self, image):
@@ -79,13 +100,52 @@ class RegistrySource(Source):
         from ..unpacker import SCAN_FRACTION
         return index > 0 and below > 0 and size <= SCAN_FRACTION * below
 
-    def spool_dir(self):
+    # --- downloads into spool files ---------------------------------------------------------
+
+    def _open(self, i):
         with self._lock:
-            if self._spool_dir is None:
-                self._spool_dir = tempfile.mkdtemp(prefix="lamina-unpack-")
-            return self._spool_dir
+            download = self._downloads.get(i)
+            if download is None or download.removed:
+                download = self._start(i)
+        return _SpoolReader(download, self)
+
+    def _start(self, i):
+        """Start downloading layer ``i`` (the lock is held)."""
+        if self._spool_dir is None:
+            self._spool_dir = tempfile.mkdtemp(prefix="lamina-unpack-")
+        d = self._descs[i]
+        path = os.path.join(self._spool_dir, d.digest.replace(":", "-"))
+        download = self._downloads[i] = _Download(self, i, d, path)
+        download.start()
+        return download
+
+    def _read_ahead(self):
+        """With no download running, start the next layer of the plan (the lock is held)."""
+        if self._cancel.is_set() or any(not d.ended for d in self._downloads.values()):
+            return
+        for i in self._plan:
+            if i not in self._downloads:
+                self._start(i)
+                return
+
+    def _ended(self, download):
+        with self._lock:
+            self._read_ahead()
+
+    def _consumed(self, download):
+        """A reader read the whole blob: its spool file goes unless the layer may be read again."""
+        if download.index in self._scanned:
+            return
+        self.reporter.state(download.desc.digest, "Pull complete")
+        with self._lock:
+            download.remove()
 
     def close(self):
+        self._cancel.set()
+        with self._lock:
+            downloads = list(self._downloads.values())
+        for d in downloads:
+            d.join()
         if self._spool_dir is not None:
             shutil.rmtree(self._spool_dir, ignore_errors=True)
             self._spool_dir = None
@@ -93,56 +153,118 @@ class RegistrySource(Source):
             self.client.close()
 
 
-class _Opener:
-    """LayerRef's opener: the blob from the registry, or from its spool file once one was completed."""
+class _Download:
+    """One blob arriving into a spool file, on its own thread; readers follow the file as it grows."""
 
-    def __init__(self, source, repos, desc, *, spool):
-        self.source, self.repos, self.desc, self.spool = source, repos, desc, spool
-        self.spooled = None   # path of a complete copy
+    def __init__(self, source, index, desc, path):
+        self.source, self.index, self.desc, self.path = source, index, desc, path
+        self.written = 0
+        self.ended = False        # the thread is done (complete, failed or cancelled)
+        self.error = None         # why it failed
+        self.removed = False      # its spool file is gone (read once and not needed again)
+        self.reading = 0          # readers open on it
+        self.cond = threading.Condition()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._thread = threading.Thread(target=self._run, name=f"lamina-download-{index}", daemon=True)
 
-    def __call__(self):
-        if self.spooled is not None:
-            return open(self.spooled, "rb")
-        d, source, reporter = self.desc, self.source, self.source.reporter
+    def start(self):
+        self.source.reporter.state(self.desc.digest, "Downloading")
+        self._thread.start()
+
+    def join(self):
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self):
+        source, d = self.source, self.desc
+        reporter = source.reporter
 
         def on_data(n):
             with source._lock:
                 source.downloaded += n
             reporter.progress(d.digest, stream.offset, d.size)
-            if stream.offset >= d.size:
-                reporter.state(d.digest, "Verifying Checksum")
 
-        reporter.state(d.digest, "Downloading")
-        stream = BlobStream(self.repos, d.digest, d.size, on_data=on_data,
+        stream = BlobStream(source._repos, d.digest, d.size, on_data=on_data, cancel=source._cancel,
                             on_retry=lambda: reporter.state(d.digest, "Retrying"))
-        if not self.spool:
-            return stream
-        return _SpoolingReader(stream, os.path.join(source.spool_dir(), d.digest.replace(":", "-")), self)
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        try:
+            while True:
+                n = stream.readinto(view)
+                if not n:
+                    break
+                chunk = view[:n]
+                while chunk:
+                    chunk = chunk[os.write(self._fd, chunk):]
+                with self.cond:
+                    self.written += n
+                    self.cond.notify_all()
+        except BaseException as e:   # handed to the reader, which raises it in the unpack
+            with self.cond:
+                self.error = e
+        finally:
+            stream.close()
+            os.close(self._fd)
+            with self.cond:
+                self.ended = True
+                self.cond.notify_all()
+                reading = self.reading
+            if self.error is None:
+                reporter.state(d.digest, "Extracting" if reading else "Download complete")
+            source._ended(self)
+
+    def wait_past(self, pos):
+        """Bytes readable from ``pos`` on, waiting for them; 0 at the end of the blob."""
+        with self.cond:
+            while pos >= self.written and not self.ended:
+                self.cond.wait()
+            if self.error is not None and not isinstance(self.error, Cancelled):
+                raise self.error
+            if self.error is not None or pos > self.written:
+                raise Cancelled()
+            return self.written - pos
+
+    def remove(self):
+        self.removed = True
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 
 
-class _SpoolingReader(io.RawIOBase):
-    """Passes a BlobStream through, keeping a copy; a copy of the whole blob is used by later opens."""
+class _SpoolReader(io.RawIOBase):
+    """A layer blob read from its spool file, as far as it has arrived."""
 
-    def __init__(self, stream, path, opener):
+    def __init__(self, download, source):
         super().__init__()
-        self._stream, self._path, self._opener = stream, path, opener
-        self._file = open(path + ".part", "wb")
+        self._download, self._source = download, source
+        self._file = open(download.path, "rb", buffering=0)
+        self._pos = 0
+        with download.cond:
+            download.reading += 1
+            arrived = download.ended and download.error is None
+        if arrived:
+            source.reporter.state(download.desc.digest, "Extracting")
 
     def readable(self):
         return True
 
     def readinto(self, buf):
-        n = self._stream.readinto(buf)
-        if n:
-            self._file.write(memoryview(buf)[:n])
-        elif not self._file.closed:
-            self._file.close()
-            os.rename(self._path + ".part", self._path)
-            self._opener.spooled = self._path
+        ready = self._download.wait_past(self._pos)
+        if not ready:
+            return 0
+        view = memoryview(buf).cast("B")
+        n = self._file.readinto(view[:min(len(view), ready)])
+        self._pos += n
         return n
 
     def close(self):
-        if not self._file.closed:
+        if not self.closed:
             self._file.close()
-        self._stream.close()
+            download = self._download
+            with download.cond:
+                download.reading -= 1
+                whole = download.ended and download.error is None and self._pos == download.written
+            if whole:
+                self._source._consumed(download)
         super().close()
