@@ -4,8 +4,10 @@ The reference result is ``lamina unpack oci:LAYOUT`` of the very layout that was
 registry is a real docker-registry on loopback, with a FaultProxy in front where the test
 needs to cut, corrupt or count bytes.
 """
+import hashlib
 import json
 import os
+import time
 
 import pytest
 
@@ -96,6 +98,32 @@ def test_each_blob_crosses_the_wire_once_even_when_scanned_top_down(proxy, image
         assert proxy.bytes_for(layer["digest"]) == layer["size"], layer
     assert source.downloaded == sum(layer["size"] for layer in images["layers"])
     assert not os.path.exists(source._spool_dir or "/nonexistent")   # spool removed on close
+
+
+def test_layers_download_ahead_of_the_reader_in_unpack_order(proxy, images, registry_env):
+    """Read-ahead: with nothing read yet, every blob arrives (into spool files), one download after
+    the other, in the order a flat unpack reads them: the small top layers it scans, top-down,
+    then the rest bottom-up (here both upper layers are small enough to be scanned)."""
+    layers = images["layers"]
+    source = RegistrySource(f"{proxy.host}/app:1")
+    with source:
+        image = source.resolve()
+        deadline = time.monotonic() + 30
+        while source.downloaded < sum(d["size"] for d in layers):
+            assert time.monotonic() < deadline, "the layers were not fetched ahead of the reader"
+            time.sleep(0.01)
+        gets = [s[1] for s in proxy.seen if s[0] == "GET" and "/blobs/" in s[1]]
+        assert [g.rsplit("/", 1)[1] for g in gets[-3:]] == [layers[2]["digest"], layers[1]["digest"],
+                                                             layers[0]["digest"]]
+        spool = source._spool_dir
+        assert len(os.listdir(spool)) == 3
+        with image.layers[0].open() as f:
+            assert hashlib.sha256(f.read()).hexdigest() == layers[0]["digest"][7:]
+        # read once and not needed again: its spool file is gone; the scanned layers' stay
+        assert sorted(os.listdir(spool)) == sorted(d["digest"].replace(":", "-") for d in layers[1:])
+    assert not os.path.exists(spool)
+    for layer in layers:
+        assert proxy.bytes_for(layer["digest"]) == layer["size"], layer
 
 
 def test_cut_connection_resumes_with_range_mid_extraction(proxy, images, registry_env, tmp_path):
