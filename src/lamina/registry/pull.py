@@ -6,7 +6,8 @@
             --> IngestTee --> store.ingest(digest, size), and the same bytes --> the layer's
             snapshot extraction (store/streaming.py); the blob is committed once the diffID
             verified (commit checks size + digest, a mismatch discards both and retries once),
-            then the snapshot.
+            then the snapshot, whose files are then shared with the store's objects (dedup)
+            while the other layers still download.
             Blobs already in the store: store.ensure_snapshot(...) on the extraction pool.
         --> store.put_blob(manifest[, index]) --> store.add_image(manifest, ref, repo_digest)
 """
