@@ -84,6 +84,38 @@ def test_snapshot_is_written_while_the_blob_downloads(proxy, image, registry_env
     assert _tmp_snapshots(root) == []
 
 
+def test_a_finished_layer_is_deduplicated_while_a_later_one_downloads(proxy, image, registry_env):  # noqa: F811
+    """The dedup pass of a streamed layer runs once its snapshot is committed, not after the whole
+    pull: the base layer's file list (written by the pass) is there while the big blob is held."""
+    import time
+    big = image["big"]
+    proxy.add("hang", path=f"/blobs/{big['digest']}", after=3 * MiB)
+    root = registry_env / "root"
+    store = Store(root)
+    failure = []
+
+    def run():
+        try:
+            pull(f"{proxy.host}/stream:1", store=store)
+        except BaseException as e:  # reported below
+            failure.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        assert proxy.hang_reached.wait(60), "the pull never reached the blob"
+        deadline = time.monotonic() + 30
+        while not list((root / "snapshots").glob("[0-9a-f]*/files.lz4")):
+            assert time.monotonic() < deadline, "the base layer was not deduplicated during the download"
+            time.sleep(0.02)
+        assert not store.has_blob(big["digest"])
+    finally:
+        proxy.release_hang.set()
+        t.join(60)
+    assert not failure, failure
+    assert len(list((root / "snapshots").glob("[0-9a-f]*/files.lz4"))) == 2
+
+
 def test_streamed_snapshots_equal_extract_after_download(reg, image, registry_env, monkeypatch):  # noqa: F811
     ref = f"{reg.host}/stream:1"
     streamed = Store(registry_env / "streamed")
