@@ -9,19 +9,21 @@ into its staging directory, which becomes DEST only once every layer
 verified.  Nothing is kept in the store.
 
 Read-ahead: the link must stay busy while a layer is extracted, so each blob
-downloads into a spool file (a temporary directory) that its reader follows
-as it grows, and when one download ends the next layer the unpacker will open
-starts downloading, before its turn comes.  The expected order is the one of
-a flat unpack: the small upper layers it scans top-down first
-(unpacker.SCAN_FRACTION), then the layers bottom-up; a layer opened out of
-that order (overlay unpacks open several at once) starts downloading at once.
-One read-ahead download at a time: the bottom layer gets the whole link.
-Spool files cost disk, not memory (peak RSS stays that of one extraction);
-each is removed once read, except those of scanned layers, which are read
-twice (and so cross the link once).
+downloads on its own thread, and when one download ends the next layer the
+unpacker will open starts downloading, before its turn comes.  The expected
+order is the one of a flat unpack: the small upper layers it scans top-down
+first (unpacker.SCAN_FRACTION), then the layers bottom-up; a layer opened out
+of that order (overlay unpacks open several at once) starts downloading at
+once.  One read-ahead download at a time: the bottom layer gets the whole link.
+A layer read once arrives into a buffer of at most READ_AHEAD bytes (a spool
+file on a busy disk measured slower, and more would cost memory for nothing:
+extraction keeps up with a link); a layer the unpacker may scan is read twice,
+so it arrives into a spool file in a temporary directory that its readers
+follow as it grows (and crosses the link once).
 """
 from __future__ import annotations
 
+import collections
 import io
 import os
 import shutil
@@ -38,6 +40,9 @@ from .progress import Reporter
 from .pull import fetch_config, image_platform, resolve
 
 _CHUNK = 1 << 20
+# bytes a layer read once may arrive ahead of its reader: covers the end of the previous layer's
+# extraction at link speed (0.1 s at 40 MB/s), costs little memory when the link is faster
+READ_AHEAD = 4 << 20
 
 PREFIX = "docker://"
 
@@ -100,21 +105,23 @@ class RegistrySource(Source):
         from ..unpacker import SCAN_FRACTION
         return index > 0 and below > 0 and size <= SCAN_FRACTION * below
 
-    # --- downloads into spool files ---------------------------------------------------------
+    # --- downloads, ahead of their readers -------------------------------------------------
 
     def _open(self, i):
         with self._lock:
             download = self._downloads.get(i)
-            if download is None or download.removed:
+            if download is None or not download.readable_again():
                 download = self._start(i)
-        return _SpoolReader(download, self)
+        return download.reader()
 
     def _start(self, i):
         """Start downloading layer ``i`` (the lock is held)."""
-        if self._spool_dir is None:
-            self._spool_dir = tempfile.mkdtemp(prefix="lamina-unpack-")
         d = self._descs[i]
-        path = os.path.join(self._spool_dir, d.digest.replace(":", "-"))
+        path = None
+        if i in self._scanned:
+            if self._spool_dir is None:
+                self._spool_dir = tempfile.mkdtemp(prefix="lamina-unpack-")
+            path = os.path.join(self._spool_dir, d.digest.replace(":", "-"))
         download = self._downloads[i] = _Download(self, i, d, path)
         download.start()
         return download
@@ -133,12 +140,9 @@ class RegistrySource(Source):
             self._read_ahead()
 
     def _consumed(self, download):
-        """A reader read the whole blob: its spool file goes unless the layer may be read again."""
-        if download.index in self._scanned:
-            return
-        self.reporter.state(download.desc.digest, "Pull complete")
-        with self._lock:
-            download.remove()
+        """A reader read the whole blob (a scanned layer is read again: complete when applied)."""
+        if download.index not in self._scanned:
+            self.reporter.state(download.desc.digest, "Pull complete")
 
     def close(self):
         self._cancel.set()
@@ -154,17 +158,23 @@ class RegistrySource(Source):
 
 
 class _Download:
-    """One blob arriving into a spool file, on its own thread; readers follow the file as it grows."""
+    """One blob arriving on its own thread, into a spool file (``path``; a layer read twice) that
+    readers follow as it grows, or else into a buffer of at most READ_AHEAD bytes for one reader."""
 
-    def __init__(self, source, index, desc, path):
+    def __init__(self, source, index, desc, path=None):
         self.source, self.index, self.desc, self.path = source, index, desc, path
         self.written = 0
         self.ended = False        # the thread is done (complete, failed or cancelled)
         self.error = None         # why it failed
-        self.removed = False      # its spool file is gone (read once and not needed again)
         self.reading = 0          # readers open on it
+        self.opened = False       # a reader was opened (a buffer serves only one)
+        self.abandoned = False    # its buffer's reader stopped early: nobody will read the rest
         self.cond = threading.Condition()
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._chunks = collections.deque()   # buffer: what arrived and was not read yet
+        self._buffered = 0
+        self._fd = None
+        if path is not None:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._thread = threading.Thread(target=self._run, name=f"lamina-download-{index}", daemon=True)
 
     def start(self):
@@ -174,6 +184,18 @@ class _Download:
     def join(self):
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
+
+    def readable_again(self):
+        return self.path is not None or not self.opened
+
+    def reader(self):
+        with self.cond:
+            self.opened = True
+            self.reading += 1
+            arrived = self.ended and self.error is None
+        if arrived:
+            self.source.reporter.state(self.desc.digest, "Extracting")
+        return _SpoolReader(self) if self.path is not None else _BufferReader(self)
 
     def _run(self):
         source, d = self.source, self.desc
@@ -186,25 +208,21 @@ class _Download:
 
         stream = BlobStream(source._repos, d.digest, d.size, on_data=on_data, cancel=source._cancel,
                             on_retry=lambda: reporter.state(d.digest, "Retrying"))
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
+        view = memoryview(bytearray(_CHUNK))
         try:
             while True:
                 n = stream.readinto(view)
                 if not n:
                     break
-                chunk = view[:n]
-                while chunk:
-                    chunk = chunk[os.write(self._fd, chunk):]
-                with self.cond:
-                    self.written += n
-                    self.cond.notify_all()
+                # the buffer keeps a copy of the exact size; partial reads slice it without copying
+                self._put(view[:n] if self.path is not None else memoryview(bytes(view[:n])))
         except BaseException as e:   # handed to the reader, which raises it in the unpack
             with self.cond:
                 self.error = e
         finally:
             stream.close()
-            os.close(self._fd)
+            if self._fd is not None:
+                os.close(self._fd)
             with self.cond:
                 self.ended = True
                 self.cond.notify_all()
@@ -213,44 +231,62 @@ class _Download:
                 reporter.state(d.digest, "Extracting" if reading else "Download complete")
             source._ended(self)
 
-    def wait_past(self, pos):
-        """Bytes readable from ``pos`` on, waiting for them; 0 at the end of the blob."""
+    def _put(self, data):
+        if self.path is not None:
+            view = data
+            while view:
+                view = view[os.write(self._fd, view):]
         with self.cond:
-            while pos >= self.written and not self.ended:
-                self.cond.wait()
-            if self.error is not None and not isinstance(self.error, Cancelled):
-                raise self.error
-            if self.error is not None or pos > self.written:
-                raise Cancelled()
-            return self.written - pos
+            if self.path is None:
+                # Wait for room: the reader is behind by READ_AHEAD bytes (or gone).
+                while self._buffered >= READ_AHEAD and not self.abandoned:
+                    self.cond.wait(0.2)
+                    if self.source._cancel.is_set():
+                        raise Cancelled()
+                if self.abandoned:
+                    raise Cancelled()
+                self._chunks.append(data)
+                self._buffered += len(data)
+            self.written += len(data)
+            self.cond.notify_all()
 
-    def remove(self):
-        self.removed = True
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+    def wait_past(self, pos):
+        """Bytes readable from ``pos`` on, waiting for them; 0 at the end of the blob (cond held)."""
+        while pos >= self.written and not self.ended:
+            self.cond.wait()
+        if self.error is not None and not isinstance(self.error, Cancelled):
+            raise self.error
+        if self.error is not None or pos > self.written:
+            raise Cancelled()
+        return self.written - pos
+
+    def closed_reader(self, pos):
+        with self.cond:
+            self.reading -= 1
+            whole = self.ended and self.error is None and pos == self.written
+            if not whole and self.path is None:
+                self.abandoned = True
+                self._chunks.clear()
+                self.cond.notify_all()
+        if whole:
+            self.source._consumed(self)
 
 
 class _SpoolReader(io.RawIOBase):
     """A layer blob read from its spool file, as far as it has arrived."""
 
-    def __init__(self, download, source):
+    def __init__(self, download):
         super().__init__()
-        self._download, self._source = download, source
+        self._download = download
         self._file = open(download.path, "rb", buffering=0)
         self._pos = 0
-        with download.cond:
-            download.reading += 1
-            arrived = download.ended and download.error is None
-        if arrived:
-            source.reporter.state(download.desc.digest, "Extracting")
 
     def readable(self):
         return True
 
     def readinto(self, buf):
-        ready = self._download.wait_past(self._pos)
+        with self._download.cond:
+            ready = self._download.wait_past(self._pos)
         if not ready:
             return 0
         view = memoryview(buf).cast("B")
@@ -261,10 +297,40 @@ class _SpoolReader(io.RawIOBase):
     def close(self):
         if not self.closed:
             self._file.close()
-            download = self._download
-            with download.cond:
-                download.reading -= 1
-                whole = download.ended and download.error is None and self._pos == download.written
-            if whole:
-                self._source._consumed(download)
+            self._download.closed_reader(self._pos)
+        super().close()
+
+
+class _BufferReader(io.RawIOBase):
+    """A layer blob read from its download's buffer, as it arrives."""
+
+    def __init__(self, download):
+        super().__init__()
+        self._download = download
+        self._pos = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        d = self._download
+        view = memoryview(buf).cast("B")
+        with d.cond:
+            if not d.wait_past(self._pos):
+                return 0
+            chunk = d._chunks[0]
+            n = min(len(view), len(chunk))
+            view[:n] = chunk[:n]
+            if n == len(chunk):
+                d._chunks.popleft()
+            else:
+                d._chunks[0] = chunk[n:]
+            d._buffered -= n
+            d.cond.notify_all()
+        self._pos += n
+        return n
+
+    def close(self):
+        if not self.closed:
+            self._download.closed_reader(self._pos)
         super().close()
