@@ -39,10 +39,10 @@ from .client import RegistryClient
 from .progress import Reporter
 from .pull import fetch_config, image_platform, resolve
 
-_CHUNK = 1 << 20
+_CHUNK = 256 << 10
 # bytes a layer read once may arrive ahead of its reader: covers the end of the previous layer's
 # extraction at link speed (0.1 s at 40 MB/s), costs little memory when the link is faster
-READ_AHEAD = 4 << 20
+READ_AHEAD = 2 << 20
 
 PREFIX = "docker://"
 
@@ -150,6 +150,7 @@ class RegistrySource(Source):
             downloads = list(self._downloads.values())
         for d in downloads:
             d.join()
+            d.finish(Cancelled())   # a transfer parked for a reader that never came
         if self._spool_dir is not None:
             shutil.rmtree(self._spool_dir, ignore_errors=True)
             self._spool_dir = None
@@ -158,23 +159,34 @@ class RegistrySource(Source):
 
 
 class _Download:
-    """One blob arriving on its own thread, into a spool file (``path``; a layer read twice) that
-    readers follow as it grows, or else into a buffer of at most READ_AHEAD bytes for one reader."""
+    """One blob arriving ahead of its readers: into a spool file (``path``; a layer read twice),
+    on its own thread, that readers follow as it grows; or else, for the one reader of a layer
+    read once, into a buffer of at most READ_AHEAD bytes until that reader comes, which then
+    reads what is left of the transfer itself (no hand-off between threads per chunk)."""
 
     def __init__(self, source, index, desc, path=None):
         self.source, self.index, self.desc, self.path = source, index, desc, path
-        self.written = 0
-        self.ended = False        # the thread is done (complete, failed or cancelled)
+        self.written = 0          # bytes the thread received (spool file or buffer)
+        self.ended = False        # the transfer is over (complete, failed or cancelled)
         self.error = None         # why it failed
         self.reading = 0          # readers open on it
         self.opened = False       # a reader was opened (a buffer serves only one)
-        self.abandoned = False    # its buffer's reader stopped early: nobody will read the rest
+        self.prefetching = True   # the thread is receiving
         self.cond = threading.Condition()
         self._chunks = collections.deque()   # buffer: what arrived and was not read yet
         self._buffered = 0
         self._fd = None
         if path is not None:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        reporter = source.reporter
+
+        def on_data(n):
+            with source._lock:
+                source.downloaded += n
+            reporter.progress(desc.digest, self.stream.offset, desc.size)
+
+        self.stream = BlobStream(source._repos, desc.digest, desc.size, on_data=on_data, cancel=source._cancel,
+                                 on_retry=lambda: reporter.state(desc.digest, "Retrying"))
         self._thread = threading.Thread(target=self._run, name=f"lamina-download-{index}", daemon=True)
 
     def start(self):
@@ -193,83 +205,70 @@ class _Download:
             self.opened = True
             self.reading += 1
             arrived = self.ended and self.error is None
+            self.cond.notify_all()   # a prefetching thread hands the transfer over
         if arrived:
             self.source.reporter.state(self.desc.digest, "Extracting")
         return _SpoolReader(self) if self.path is not None else _BufferReader(self)
 
     def _run(self):
-        source, d = self.source, self.desc
-        reporter = source.reporter
-
-        def on_data(n):
-            with source._lock:
-                source.downloaded += n
-            reporter.progress(d.digest, stream.offset, d.size)
-
-        stream = BlobStream(source._repos, d.digest, d.size, on_data=on_data, cancel=source._cancel,
-                            on_retry=lambda: reporter.state(d.digest, "Retrying"))
         view = memoryview(bytearray(_CHUNK))
         try:
             while True:
-                n = stream.readinto(view)
+                if self.path is None:
+                    with self.cond:
+                        if self.opened or self._buffered >= READ_AHEAD:
+                            return   # the reader goes on with the stream (finally: not ended)
+                n = self.stream.readinto(view)
                 if not n:
                     break
-                # the buffer keeps a copy of the exact size; partial reads slice it without copying
-                self._put(view[:n] if self.path is not None else memoryview(bytes(view[:n])))
+                if self.path is not None:
+                    chunk = view[:n]
+                    while chunk:
+                        chunk = chunk[os.write(self._fd, chunk):]
+                with self.cond:
+                    if self.path is None:   # a copy of the exact size; readers slice it, no copying
+                        self._chunks.append(memoryview(bytes(view[:n])))
+                        self._buffered += n
+                    self.written += n
+                    self.cond.notify_all()
+            self.finish()
         except BaseException as e:   # handed to the reader, which raises it in the unpack
-            with self.cond:
-                self.error = e
+            self.finish(e)
         finally:
-            stream.close()
             if self._fd is not None:
                 os.close(self._fd)
             with self.cond:
-                self.ended = True
+                self.prefetching = False
                 self.cond.notify_all()
-                reading = self.reading
-            if self.error is None:
-                reporter.state(d.digest, "Extracting" if reading else "Download complete")
-            source._ended(self)
 
-    def _put(self, data):
-        if self.path is not None:
-            view = data
-            while view:
-                view = view[os.write(self._fd, view):]
+    def finish(self, error=None):
+        """The transfer is over (idempotent): say so, and let the next read-ahead start."""
         with self.cond:
-            if self.path is None:
-                # Wait for room: the reader is behind by READ_AHEAD bytes (or gone).
-                while self._buffered >= READ_AHEAD and not self.abandoned:
-                    self.cond.wait(0.2)
-                    if self.source._cancel.is_set():
-                        raise Cancelled()
-                if self.abandoned:
-                    raise Cancelled()
-                self._chunks.append(data)
-                self._buffered += len(data)
-            self.written += len(data)
+            if self.ended:
+                return
+            self.ended, self.error = True, error
             self.cond.notify_all()
+            reading = self.reading
+        self.stream.close()
+        if error is None:
+            self.source.reporter.state(self.desc.digest, "Extracting" if reading else "Download complete")
+        self.source._ended(self)
 
-    def wait_past(self, pos):
-        """Bytes readable from ``pos`` on, waiting for them; 0 at the end of the blob (cond held)."""
-        while pos >= self.written and not self.ended:
-            self.cond.wait()
-        if self.error is not None and not isinstance(self.error, Cancelled):
-            raise self.error
-        if self.error is not None or pos > self.written:
-            raise Cancelled()
-        return self.written - pos
+    def check(self):
+        """Raise what ended the transfer, if it failed (cond held)."""
+        if self.error is not None:
+            raise self.error if not isinstance(self.error, Cancelled) else Cancelled()
 
     def closed_reader(self, pos):
         with self.cond:
             self.reading -= 1
-            whole = self.ended and self.error is None and pos == self.written
-            if not whole and self.path is None:
-                self.abandoned = True
-                self._chunks.clear()
-                self.cond.notify_all()
+            whole = self.ended and self.error is None and pos == self.desc.size
+            self._chunks.clear()
         if whole:
             self.source._consumed(self)
+        elif self.path is None:
+            self.join()   # a reader that stopped early: nobody will read the rest
+            self.finish(Cancelled())
 
 
 class _SpoolReader(io.RawIOBase):
@@ -285,8 +284,12 @@ class _SpoolReader(io.RawIOBase):
         return True
 
     def readinto(self, buf):
-        with self._download.cond:
-            ready = self._download.wait_past(self._pos)
+        d = self._download
+        with d.cond:
+            while self._pos >= d.written and not d.ended:
+                d.cond.wait()
+            d.check()
+            ready = d.written - self._pos
         if not ready:
             return 0
         view = memoryview(buf).cast("B")
@@ -302,7 +305,7 @@ class _SpoolReader(io.RawIOBase):
 
 
 class _BufferReader(io.RawIOBase):
-    """A layer blob read from its download's buffer, as it arrives."""
+    """A layer blob: what arrived ahead in its download's buffer, then the rest of the transfer."""
 
     def __init__(self, download):
         super().__init__()
@@ -316,17 +319,29 @@ class _BufferReader(io.RawIOBase):
         d = self._download
         view = memoryview(buf).cast("B")
         with d.cond:
-            if not d.wait_past(self._pos):
+            while d.prefetching and not d._chunks:
+                d.cond.wait()
+            d.check()
+            if d._chunks:
+                chunk = d._chunks[0]
+                n = min(len(view), len(chunk))
+                view[:n] = chunk[:n]
+                if n == len(chunk):
+                    d._chunks.popleft()
+                else:
+                    d._chunks[0] = chunk[n:]
+                d._buffered -= n
+                self._pos += n
+                return n
+            if d.ended:
                 return 0
-            chunk = d._chunks[0]
-            n = min(len(view), len(chunk))
-            view[:n] = chunk[:n]
-            if n == len(chunk):
-                d._chunks.popleft()
-            else:
-                d._chunks[0] = chunk[n:]
-            d._buffered -= n
-            d.cond.notify_all()
+        try:
+            n = d.stream.readinto(view)
+        except BaseException as e:
+            d.finish(e)
+            raise
+        if not n:
+            d.finish()
         self._pos += n
         return n
 
