@@ -15,11 +15,13 @@ order is the one of a flat unpack: the small upper layers it scans top-down
 first (unpacker.SCAN_FRACTION), then the layers bottom-up; a layer opened out
 of that order (overlay unpacks open several at once) starts downloading at
 once.  One read-ahead download at a time: the bottom layer gets the whole link.
-A layer read once arrives into a buffer of at most READ_AHEAD bytes (a spool
-file on a busy disk measured slower, and more would cost memory for nothing:
-extraction keeps up with a link); a layer the unpacker may scan is read twice,
-so it arrives into a spool file in a temporary directory that its readers
-follow as it grows (and crosses the link once).
+A layer read once arrives into a buffer of at most READ_AHEAD bytes until its
+reader comes, which then reads the rest of the transfer itself (a spool file on
+a busy disk, and a hand-off between threads per chunk, both measured slower;
+a bigger buffer would cost memory for nothing: extraction keeps up with a
+link).  A layer the unpacker may scan is read twice, so it arrives into a
+spool file in a temporary directory that its readers follow as it grows (and
+crosses the link once).
 """
 from __future__ import annotations
 
@@ -40,8 +42,8 @@ from .progress import Reporter
 from .pull import fetch_config, image_platform, resolve
 
 _CHUNK = 256 << 10
-# bytes a layer read once may arrive ahead of its reader: covers the end of the previous layer's
-# extraction at link speed (0.1 s at 40 MB/s), costs little memory when the link is faster
+# bytes a layer read once may arrive ahead of its reader: the request and the first 50 ms at
+# 40 MB/s, while the layer before it finishes extracting; little memory on a faster link
 READ_AHEAD = 2 << 20
 
 PREFIX = "docker://"
