@@ -1,7 +1,9 @@
-"""What pull prints: per-layer lines in manifest order, rates that fall when a transfer stalls,
-lines that fit a narrow terminal without cutting or wrapping a layer id."""
+"""What pull and unpack docker:// print: per-layer lines in manifest order, each layer going
+Downloading -> Extracting -> Pull complete, rates that fall when a transfer stalls, lines that fit
+a narrow terminal without cutting or wrapping a layer id."""
 import io
 import re
+import threading
 
 import pytest
 
@@ -9,8 +11,10 @@ import ocibuild
 from registryfixture import fast_random, lamina_cli, reg, registry_env, skopeo_push  # noqa: F401
 
 from lamina.registry import pull
-from lamina.registry.progress import RATE_WINDOW, LayerProgress, PlainReporter, RichReporter
+from lamina.registry.progress import RATE_WINDOW, LayerProgress, PlainReporter, Reporter, RichReporter
+from lamina.registry.source import RegistrySource
 from lamina.store import Store
+from lamina.unpacker import unpack
 
 MiB = 1 << 20
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -92,3 +96,43 @@ def test_live_pull_on_a_narrow_terminal(reg, image, registry_env):  # noqa: F811
     for line in final:
         m = re.match(r"([0-9a-f]{6,}):", line)
         assert m is None or len(m.group(1)) in (12, 64) or line.startswith(("Digest", "Status")), line
+
+
+class _Recorder(Reporter):
+    """Every layer's states, in the order they were reported."""
+
+    def __init__(self):
+        self.states = {}
+        self._lock = threading.Lock()
+
+    def state(self, digest, status):
+        with self._lock:
+            self.states.setdefault(digest, []).append(status)
+
+
+def _phases(states):
+    """The states with repeats and docker's in-between 'Download complete' dropped."""
+    out = []
+    for s in states:
+        if s != "Download complete" and (not out or out[-1] != s):
+            out.append(s)
+    return out
+
+
+def test_pull_reports_download_extract_complete_per_layer(reg, image, registry_env):  # noqa: F811
+    rec = _Recorder()
+    pull(f"{reg.host}/order:1", store=Store(registry_env / "root"), reporter=rec)
+    assert {d: _phases(rec.states.get(d, [])) for d in image} == \
+           {d: ["Downloading", "Extracting", "Pull complete"] for d in image}
+
+
+def test_unpack_docker_reports_download_extract_complete_per_layer(reg, image, registry_env, tmp_path):  # noqa: F811
+    """The top layers are read twice (top-down scan, then applied) and cross the link once: still one
+    Downloading, then Extracting, then Pull complete, never back."""
+    rec = _Recorder()
+    with RegistrySource(f"{reg.host}/order:1", reporter=rec) as source:
+        stats = unpack(source, tmp_path / "rootfs")
+        source.finished(source.image)
+    assert stats.layers[0].entries == 1
+    assert {d: _phases(rec.states.get(d, [])) for d in image} == \
+           {d: ["Downloading", "Extracting", "Pull complete"] for d in image}

@@ -3,7 +3,9 @@
 A FaultProxy in front of a real docker-registry holds a blob half-sent, so the test can look
 at the store mid-transfer: the snapshot is being written already, yet nothing looks complete.
 """
+import contextlib
 import threading
+import time
 
 import pytest
 
@@ -42,12 +44,11 @@ def _tmp_snapshots(root):
     return sorted((root / "snapshots").glob(".tmp-*"))
 
 
-def test_snapshot_is_written_while_the_blob_downloads(proxy, image, registry_env):  # noqa: F811
-    big = image["big"]
-    held = 3 * MiB
-    proxy.add("hang", path=f"/blobs/{big['digest']}", after=held)
-    root = registry_env / "root"
-    store = Store(root)
+@contextlib.contextmanager
+def _pull_held_at(proxy, store, blob, held):
+    """Pull stream:1 on a thread while ``blob`` stops after ``held`` bytes; the body of the with
+    block looks at the store mid-transfer, then the rest comes (with Range) and the pull must work."""
+    proxy.add("hang", path=f"/blobs/{blob['digest']}", after=held)
     failure = []
 
     def run():
@@ -60,28 +61,54 @@ def test_snapshot_is_written_while_the_blob_downloads(proxy, image, registry_env
     t.start()
     try:
         assert proxy.hang_reached.wait(60), "the pull never reached the blob"
-        # The extractor is writing big.bin from the 3 MiB that arrived; the download is not over.
-        import time
-        deadline = time.monotonic() + 30
-        while True:
-            written = [p / "fs" / "etc" / "big.bin" for p in _tmp_snapshots(root)]
-            written = [p for p in written if p.exists() and p.stat().st_size >= 2 * MiB]
-            if written:
-                break
-            assert time.monotonic() < deadline, "nothing was extracted before the download finished"
-            time.sleep(0.02)
-        assert not store.has_blob(big["digest"])
-        assert store.snapshots() == [] or all(s.digest != big["digest"] for s in store.snapshots())
+        yield
     finally:
         proxy.release_hang.set()   # the proxy then cuts the connection: the rest comes with Range
         t.join(60)
     assert not failure, failure
+
+
+def _wait_for(found, failure, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not found():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.02)
+
+
+def test_snapshot_is_written_while_the_blob_downloads(proxy, image, registry_env):  # noqa: F811
+    big = image["big"]
+    held = 3 * MiB
+    root = registry_env / "root"
+    store = Store(root)
+    with _pull_held_at(proxy, store, big, held):
+        # The extractor is writing big.bin from the 3 MiB that arrived; the download is not over.
+        _wait_for(lambda: [p for p in (s / "fs" / "etc" / "big.bin" for s in _tmp_snapshots(root))
+                           if p.exists() and p.stat().st_size >= 2 * MiB],
+                  "nothing was extracted before the download finished")
+        assert not store.has_blob(big["digest"])
+        assert store.snapshots() == [] or all(s.digest != big["digest"] for s in store.snapshots())
     img = store.resolve(f"{proxy.host}/stream:1")
     assert (store.snapshots_for(img)[1] / "etc" / "big.bin").read_bytes() == fast_random(BIG, 5)
     assert proxy.bytes_for(big["digest"]) == big["size"]   # resumed, not restarted
     gets = proxy.requests_for(f"/blobs/{big['digest']}", "GET")
     assert gets[-1][2]["Range"] == f"bytes={held}-"
     assert _tmp_snapshots(root) == []
+
+
+def test_a_finished_layer_is_deduplicated_while_a_later_one_downloads(proxy, image, registry_env):  # noqa: F811
+    """The dedup pass of a streamed layer runs once its snapshot is committed, not after the whole
+    pull: the base layer's file list (written by the pass) is there while the big blob is held."""
+    big = image["big"]
+    root = registry_env / "root"
+    store = Store(root)
+
+    def lists():   # written by the dedup pass of a committed snapshot
+        return list((root / "snapshots").glob("[0-9a-f]*/files.lz4"))
+
+    with _pull_held_at(proxy, store, big, 3 * MiB):
+        _wait_for(lists, "the base layer was not deduplicated during the download")
+        assert not store.has_blob(big["digest"])
+    assert len(lists()) == 2
 
 
 def test_streamed_snapshots_equal_extract_after_download(reg, image, registry_env, monkeypatch):  # noqa: F811

@@ -221,6 +221,17 @@ def test_tls_with_ca_from_certs_d(tls_reg, registry_env):  # noqa: F811
     assert r.endpoint == reg.host
 
 
+def test_tls_loopback_registry_vouched_for_by_the_system_cas(tls_reg, registry_env, monkeypatch):  # noqa: F811
+    """A loopback endpoint is first tried over TLS without the system's CAs (it may well speak
+    plain HTTP); one that speaks TLS with a certificate only the system's CAs vouch for must
+    still verify, over TLS, not fall back to plain HTTP."""
+    reg, ca = tls_reg
+    monkeypatch.setenv("SSL_CERT_FILE", ca["cert_path"])   # OpenSSL's system CA bundle
+    store = Store(registry_env / "root")
+    pull(f"{reg.host}/tls:1", store=store)
+    _pulled_ok(store, f"{reg.host}/tls:1")
+
+
 def test_tls_with_a_ca_without_key_identifiers(tmp_path, registry_env):  # noqa: F811
     """Home-made CAs often lack key identifiers. docker accepts them; Python >= 3.13's
     default verification would not, so lamina relaxes exactly that (this test is the

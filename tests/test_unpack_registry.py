@@ -4,8 +4,10 @@ The reference result is ``lamina unpack oci:LAYOUT`` of the very layout that was
 registry is a real docker-registry on loopback, with a FaultProxy in front where the test
 needs to cut, corrupt or count bytes.
 """
+import hashlib
 import json
 import os
+import time
 
 import pytest
 
@@ -14,7 +16,7 @@ import treecmp
 from registryfixture import FaultProxy, fast_random, lamina_cli, reg, registry_env, skopeo_push  # noqa: F401
 
 from lamina import errors
-from lamina.registry.source import RegistrySource
+from lamina.registry.source import READ_AHEAD, RegistrySource
 from lamina.unpacker import unpack
 
 MiB = 1 << 20
@@ -96,6 +98,34 @@ def test_each_blob_crosses_the_wire_once_even_when_scanned_top_down(proxy, image
         assert proxy.bytes_for(layer["digest"]) == layer["size"], layer
     assert source.downloaded == sum(layer["size"] for layer in images["layers"])
     assert not os.path.exists(source._spool_dir or "/nonexistent")   # spool removed on close
+
+
+def test_layers_download_ahead_of_the_reader_in_unpack_order(proxy, images, registry_env):
+    """Read-ahead: with nothing read yet, the blobs arrive one download after the other, in the
+    order a flat unpack reads them: the small top layers it scans, top-down (both upper layers
+    here), into spool files (they are read twice), then the bottom layer, into memory (as much of
+    it as READ_AHEAD allows)."""
+    layers = images["layers"]
+    source = RegistrySource(f"{proxy.host}/app:1")
+    with source:
+        image = source.resolve()
+        deadline = time.monotonic() + 30
+        ahead = sum(d["size"] for d in layers[1:]) + min(layers[0]["size"], READ_AHEAD)
+        while source.downloaded < ahead:
+            assert time.monotonic() < deadline, "the layers were not fetched ahead of the reader"
+            time.sleep(0.01)
+        gets = [s[1] for s in proxy.seen if s[0] == "GET" and "/blobs/" in s[1]]
+        assert [g.rsplit("/", 1)[1] for g in gets[-3:]] == [layers[2]["digest"], layers[1]["digest"],
+                                                             layers[0]["digest"]]
+        spool = source._spool_dir
+        spooled = sorted(d["digest"].replace(":", "-") for d in layers[1:])
+        assert sorted(os.listdir(spool)) == spooled
+        for layer in (image.layers[0], image.layers[2], image.layers[2]):   # a scanned layer: twice
+            with layer.open() as f:
+                assert hashlib.sha256(f.read()).hexdigest() == layer.digest[7:]
+    assert not os.path.exists(spool)
+    for layer in layers:
+        assert proxy.bytes_for(layer["digest"]) == layer["size"], layer
 
 
 def test_cut_connection_resumes_with_range_mid_extraction(proxy, images, registry_env, tmp_path):

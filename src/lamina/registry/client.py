@@ -154,7 +154,7 @@ class Session:
             base = f"{scheme}://{ep.host}"
             fallback_left = i + 1 < len(schemes)
             try:
-                resp = self.transport.request("GET", base + "/v2/", retry=not fallback_left)
+                resp = self._get_v2(base, retry=not fallback_left, probe=scheme == "https" and fallback_left)
             except RegistryError as e:
                 last = e
                 if fallback_left and "certificate verification failed" not in str(e):
@@ -174,6 +174,19 @@ class Session:
             self.base = base
             return
         raise last  # pragma: no cover
+
+    def _get_v2(self, base, *, retry, probe):
+        """GET /v2/.  ``probe``: HTTPS that may fall back to plain HTTP, tried first without the
+        system's CAs (most such endpoints do not speak TLS at all; loading the CAs would cost
+        more than the request); an endpoint that does speak TLS and that certs.d does not vouch
+        for gets the usual verification with the system's CAs."""
+        if probe:
+            try:
+                return self.transport.request("GET", base + "/v2/", retry=retry, tls_probe=True)
+            except RegistryError as e:
+                if "certificate verification failed" not in str(e):
+                    raise
+        return self.transport.request("GET", base + "/v2/", retry=retry)
 
     # --- authorization ------------------------------------------------------------------
 

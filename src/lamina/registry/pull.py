@@ -6,7 +6,8 @@
             --> IngestTee --> store.ingest(digest, size), and the same bytes --> the layer's
             snapshot extraction (store/streaming.py); the blob is committed once the diffID
             verified (commit checks size + digest, a mismatch discards both and retries once),
-            then the snapshot.
+            then the snapshot, whose files are then shared with the store's objects (dedup)
+            while the other layers still download.
             Blobs already in the store: store.ensure_snapshot(...) on the extraction pool.
         --> store.put_blob(manifest[, index]) --> store.add_image(manifest, ref, repo_digest)
 """
@@ -448,16 +449,22 @@ class Puller:
             parent = chains[i - 1] if i else None
             ok = False
             try:
-                if i not in streamed:
-                    self.reporter.state(d.digest, "Extracting")
-                    path = self.store.ensure_snapshot(d.digest, diff_ids[i], parent, media_type=d.media_type,
-                                                      defer=True, wait_lowers=wait_lowers(i))
-                    results[i].snapshot = str(path)
+                self.reporter.state(d.digest, "Extracting")
+                path = self.store.ensure_snapshot(d.digest, diff_ids[i], parent, media_type=d.media_type,
+                                                  defer=True, wait_lowers=wait_lowers(i))
+                results[i].snapshot = str(path)
                 ok = True
             finally:
                 below.finished(i, ok)
             if results[i].status != "exists":
                 self.reporter.state(d.digest, "Pull complete")
+            return i
+
+        def share_files(i):
+            # A streamed layer's snapshot is committed: share its files with the store's objects
+            # now, while the other layers still download, not all at the end (snapshots_for).
+            self.store._dedup(chains[i])
+            self.reporter.state(layer_descs[i].digest, "Pull complete")
             return i
 
         def fetch(digest, desc, rs, indexes):
@@ -474,6 +481,7 @@ class Puller:
                 if path is not None:
                     results[i].snapshot = str(path)
                     streamed.add(i)
+                    below.finished(i)
             else:
                 self.fetch_blob(repos, desc, rs[0])
             for r in rs[1:]:
@@ -487,8 +495,11 @@ class Puller:
                 # (NeedsLowers) never waits on a job queued behind it; extraction still overlaps downloads.
                 for i in indexes:
                     ready[i] = True
+                    if i in streamed:
+                        extract_futures.append(extract_pool.submit(share_files, i))
                 while next_submit[0] < len(layer_descs) and ready[next_submit[0]]:
-                    extract_futures.append(extract_pool.submit(extract, next_submit[0]))
+                    if next_submit[0] not in streamed:
+                        extract_futures.append(extract_pool.submit(extract, next_submit[0]))
                     next_submit[0] += 1
             return digest
 

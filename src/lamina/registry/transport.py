@@ -123,21 +123,23 @@ class TLSPolicy:
     def is_insecure(self, hostport):
         return hostport in self._insecure
 
-    def context(self, origin):
-        key = origin.hostport
+    def context(self, origin, probe=False):
+        """``probe``: without the system's CAs, whose loading costs more than a loopback request
+        (only certs.d vouches); for a first try at an endpoint that may turn out not to speak TLS."""
+        key = (origin.hostport, probe)
         with self._lock:
             ctx = self._cache.get(key)
             if ctx is None:
-                ctx = self._cache[key] = self._build(origin)
+                ctx = self._cache[key] = self._build(origin, probe)
             return ctx
 
-    def _build(self, origin):
+    def _build(self, origin, probe):
         if self.is_insecure(origin.hostport):
-            ctx = ssl.create_default_context()
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)   # verifies nothing: no CAs to load
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         else:
-            ctx = ssl.create_default_context()
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT) if probe else ssl.create_default_context()
             # Python >= 3.13 verifies with VERIFY_X509_STRICT, which rejects certificates
             # without key identifiers; docker (Go) accepts them, and registries with a
             # home-made CA often have none.
@@ -311,11 +313,12 @@ class Transport:
                 self._proxies[origin] = Proxy.for_origin(origin)
             return self._proxies[origin]
 
-    def _manager(self, origin):
+    def _manager(self, origin, tls_probe=False):
         """The pool manager for ``origin``: its proxy, and for HTTPS its TLS context."""
         proxy = self._proxy(origin)
         tls_key = origin.hostport if origin.scheme == "https" else None
-        key = (proxy, tls_key, tls_key is not None and self.tls.is_insecure(origin.hostport))
+        key = (proxy, tls_key, tls_key is not None and self.tls.is_insecure(origin.hostport),
+               tls_key is not None and tls_probe)
         with self._lock:
             manager = self._managers.get(key)
             if manager is not None:
@@ -323,7 +326,7 @@ class Transport:
         kw = {"maxsize": self.max_idle, "block": False,
               "timeout": urllib3.Timeout(connect=self.timeout, read=self.timeout)}
         if tls_key is not None:
-            kw["ssl_context"] = self.tls.context(origin)
+            kw["ssl_context"] = self.tls.context(origin, probe=tls_probe)
             if key[2]:
                 kw.update(cert_reqs="CERT_NONE", assert_hostname=False)
         if proxy is not None:
@@ -350,7 +353,7 @@ class Transport:
         return r
 
     def request(self, method, url, *, headers=None, body=None, retry=True, follow_redirects=True,
-                ok_statuses=None):
+                ok_statuses=None, tls_probe=False):
         """Send a request; returns a Response whose body is not read yet.
 
         ``body`` is None, bytes, or a zero-argument callable returning a fresh body (bytes
@@ -358,6 +361,7 @@ class Transport:
         connection failures and RETRY_STATUSES are retried with backoff; after the last
         attempt a connection failure raises RegistryError and a status response is returned
         as is.  Redirects are followed; ``Authorization`` is dropped when the origin changes.
+        ``tls_probe``: see TLSPolicy.context.
         """
         headers = {"User-Agent": USER_AGENT, **(headers or {})}
         redirects = 0
@@ -367,7 +371,7 @@ class Transport:
             if payload is None and method in ("POST", "PUT", "PATCH"):
                 headers.setdefault("Content-Length", "0")
             try:
-                raw = self._manager(origin).urlopen(
+                raw = self._manager(origin, tls_probe).urlopen(
                     method, url, body=payload, headers=headers, retries=self._retry(retry), redirect=False,
                     preload_content=False, decode_content=False, assert_same_host=False)
             except MaxRetryError as e:
