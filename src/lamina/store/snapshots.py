@@ -110,7 +110,7 @@ def list_chain_ids(paths):
 
 
 def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lowers=False, lowers_provider=None,
-             hash_files_into=None):
+             hash_files_into=None, lower_shared=None):
     """Apply one layer blob into ``fs`` (overlay format), verifying digest and diffID.
 
     A separate function so that tests can count how often extraction really happens.
@@ -120,14 +120,23 @@ def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lower
     # diffID check below still catches any change, so hashing it here would only cost CPU.
     return apply_layer(blob if hasattr(blob, "read") else os.fspath(blob), os.fspath(fs), format="overlay", diff_id=diff_id, hash_blob=False,
                        media_type=media_type, name=f"layer {digest}", lower_dirs=lower_dirs,
-                       defer_lowers=defer_lowers, lowers_provider=lowers_provider, lower_shared=_dedup_shared,
+                       defer_lowers=defer_lowers, lowers_provider=lowers_provider, lower_shared=lower_shared,
                        hash_files_into=hash_files_into)
 
 
-def _dedup_shared(fs):
-    """Names of a lower snapshot whose inode its file dedup shares (see objects.singletons)."""
-    from .objects import singletons
-    return singletons(os.path.dirname(fs))
+def _dedup_shared(paths, fs):
+    """Names of a lower snapshot whose inode its file dedup shares (see objects.singletons).
+
+    A pull deduplicates a layer while the layers above it extract: taking the
+    snapshot's lock waits for a dedup pass under way, whose names are shared
+    before its file list says so."""
+    snapshot = os.path.dirname(os.fspath(fs))
+    lock = FileLock(paths.snapshot_lock("sha256:" + os.path.basename(snapshot)))
+    lock.acquire()
+    try:
+        return _objects.singletons(snapshot)
+    finally:
+        lock.release(unlink=True)
 
 
 def _stale_dirs(paths, hexid, prefix):
@@ -190,7 +199,8 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
 
             stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id, media_type,
                              lower_dirs=lower or None, defer_lowers=lower is None, lowers_provider=provider,
-                             hash_files_into=_objects.hashed_dir(paths, tmp))
+                             hash_files_into=_objects.hashed_dir(paths, tmp),
+                             lower_shared=lambda fs: _dedup_shared(paths, fs))
             if before_commit is not None:
                 before_commit()
             size, inodes = disk_usage(tmp / "fs")
