@@ -559,6 +559,7 @@ cdef class Extractor:
     cdef object cur_name, cur_xattrs
     cdef int64_t cur_mode, cur_uid, cur_gid, cur_sec, cur_nsec
     cdef dict dir_fixups
+    cdef dict fixup_ino             # path -> (dev, ino) of the directory a fixup was recorded for
     cdef dict parent_times
     # top-down skipping (dir format): what upper layers hide, and what was skipped
     cdef bint scan_only
@@ -696,6 +697,7 @@ cdef class Extractor:
         self.sparse_realsize = -1
         self.state = ST_HEADER
         self.dir_fixups = {}
+        self.fixup_ino = {}
         self.parent_times = {}
         self.created = set()
         self.provided = set()
@@ -1421,6 +1423,7 @@ cdef class Extractor:
             return False
         if key not in self.restore_modes:
             self.restore_modes[key] = st.st_mode & 0o7777
+            self.fixup_ino.setdefault(key, (st.st_dev, st.st_ino))
         return True
 
     cdef int _parent(self, bytes path, Py_ssize_t slash, object name) except -2:
@@ -1689,6 +1692,7 @@ cdef class Extractor:
             self._oserror("chown", name)
         _copy_xattrs(src, dst)
         self.dir_fixups[phys] = (st.st_mode & 0o7777, st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
+        self._fixup_for(dst, phys)
 
     cdef _set_opaque(self, int fd, object name):
         key = b"trusted.overlay.opaque" if self.is_root else b"user.overlay.opaque"
@@ -1760,6 +1764,7 @@ cdef class Extractor:
             return
         if fstat(fd, &st) == 0:
             self.parent_times[path] = (st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
+            self.fixup_ino.setdefault(path, (st.st_dev, st.st_ino))
 
     cdef void _close_cache(self):
         if self.cache_fd >= 0:
@@ -1987,6 +1992,15 @@ cdef class Extractor:
         if self.cur_xattrs:
             self._set_xattrs(fd, None, name)
         self.dir_fixups[path] = (self.cur_mode, self.cur_sec, self.cur_nsec)
+        self._fixup_for(fd, path)
+
+    cdef void _fixup_for(self, int fd, bytes path):
+        """Remember which directory ``path`` names now: if the layer later replaces
+        it or a parent (by a symlink, say), its fixup must not land on whatever
+        the path names then."""
+        cdef stat st
+        if fstat(fd, &st) == 0:
+            self.fixup_ino[path] = (st.st_dev, st.st_ino)
 
     cdef _symlink(self, int pfd, bytes base, bytes name, bytes target):
         if not target:
@@ -2364,6 +2378,8 @@ cdef class Extractor:
             if fd >= 0:
                 try:
                     self._set_opaque(fd, name)
+                    self._invalidate()
+                    self._clear_unprovided(fd, self.last_phys, name)
                 finally:
                     close(fd)
             return
@@ -2382,6 +2398,29 @@ cdef class Extractor:
     cdef bint _created_here(self, int dfd, bytes child):
         cdef stat st
         return fstatat(dfd, child, &st, AT_SYMLINK_NOFOLLOW) == 0 and self._written_here(dfd, child, &st)
+
+    cdef _clear_unprovided(self, int dfd, bytes phys, bytes name):
+        """Overlay format, a directory just made opaque: what this layer only
+        copied up or whited out in it hides nothing now, and a whiteout in a
+        directory that merges with nothing shows in the mount's readdir; keep
+        only what the layer provides (the dir format clears the same)."""
+        cdef int sub
+        cdef stat st
+        todo = [b""]
+        while todo:
+            rel = todo.pop()
+            sub = _walk_plain(dfd, rel) if rel else dup(dfd)
+            if sub < 0:
+                continue
+            try:
+                for child in self._listdir(sub, name):
+                    crel = rel + b"/" + child if rel else child
+                    if (phys + b"/" + crel if phys else crel) not in self.provided:
+                        self._remove(sub, child, name)
+                    elif fstatat(sub, <bytes>child, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
+                        todo.append(crel)
+            finally:
+                close(sub)
 
     cdef _clear_lower(self, int dfd, bytes dpath, bytes name):
         """Remove everything under ``dpath`` that this layer did not provide."""
@@ -2462,6 +2501,7 @@ cdef class Extractor:
         first, through a stack of open parents so each costs one openat()."""
         cdef int fd
         cdef timespec ts[2]
+        cdef stat st
         todo = {}
         for path, (sec, nsec) in self.parent_times.items():
             todo[path] = (None, sec, nsec)
@@ -2483,6 +2523,10 @@ cdef class Extractor:
                         continue  # replaced (by a symlink, a file) later in the layer
                 else:
                     fd = dup(fd)
+                want = self.fixup_ino.get(path)
+                if want is not None and (fstat(fd, &st) < 0 or (st.st_dev, st.st_ino) != want):
+                    close(fd)  # the layer replaced it, or a directory above it, later on
+                    continue
                 try:
                     if mode is not None and fchmod(fd, <mode_t>mode) < 0:
                         self._oserror("chmod", path)
@@ -2497,6 +2541,7 @@ cdef class Extractor:
         finally:
             stack.close()
         self.dir_fixups.clear()
+        self.fixup_ino.clear()
         self.parent_times.clear()
         self.restore_modes.clear()
 

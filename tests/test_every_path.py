@@ -337,9 +337,15 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
     [Tar().file("a"), Tar().opaque("a").whiteout("a")],
     # a dir replaced by a symlink later in its layer: its mode must not land on the link's target
     [Tar().dir("c").dir("a/b/a", mode=0o700).symlink("a/b/a", "/c")],
+    # ... nor the mode of a dir under it
+    [Tar().dir("a/b", mode=0o700).dir("b/b", mode=0o755).symlink("a", "b")],
+    # a whiteout, then an opaque marker for its dir: the whiteout must not show in the mount
+    [Tar().file("a/a").dir("a"), Tar().whiteout("a/a").opaque("a")],
+    [Tar().file("a/b/c").file("a/d"), Tar().whiteout("a/b/c").hardlink("e", "a/d").opaque("a")],
 ], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
         "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file", "opaque-then-whiteout",
-        "opaque-on-file-then-whiteout", "dir-replaced-by-symlink-keeps-target-mode"])
+        "opaque-on-file-then-whiteout", "dir-replaced-by-symlink-keeps-target-mode",
+        "parent-replaced-by-symlink-keeps-target-mode", "whiteout-then-opaque", "copy-ups-then-opaque"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
 
