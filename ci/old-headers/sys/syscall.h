@@ -11,3 +11,5 @@
 #undef __NR_fsmount
 #undef SYS_move_mount
 #undef __NR_move_mount
+#undef SYS_copy_file_range
+#undef __NR_copy_file_range
