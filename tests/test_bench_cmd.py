@@ -92,6 +92,19 @@ def test_stages_add_up_to_the_measured_time(tmp_path):
     assert run["cpu_main_thread"] <= run["cpu_user"] + run["cpu_system"] + 0.01
 
 
+def test_stage_cpu_adds_up_to_the_process_cpu(tmp_path):
+    """Each pipeline thread's CPU, per stage (CLOCK_THREAD_CPUTIME_ID), is part of the
+    process's CPU: never more, and most of it once the layers are big enough to matter."""
+    source = bench.write_layout(str(tmp_path / "img"), bench.synthetic_layers("huge-files", 4))
+    doc = bench.run(source, runs=1, target=str(tmp_path))
+    run = doc["lamina"]["runs"][0]
+    process = run["cpu_user"] + run["cpu_system"]
+    busy = sum(v for k, v in run["cpu_stages"].items() if k != "wait")
+    assert run["cpu_stages"]["inflate"] > 0 and run["cpu_stages"]["extract"] > 0, run["cpu_stages"]
+    assert busy <= process * 1.05 + 0.02, (busy, process)
+    assert busy >= process * 0.5, (busy, process)
+
+
 def test_comparison_really_ran_gnu_tar_and_umoci():
     require_tool("tar")
     require_tool("umoci")
