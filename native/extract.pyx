@@ -2337,7 +2337,11 @@ cdef class Extractor:
             pfd = self._parent(path, slash, name)
             phys = self.cache_phys + b"/" + hidden if self.cache_phys else hidden
             if phys in self.provided:
-                return  # provided by this same layer: a whiteout only hides lower layers
+                # a whiteout only hides lower layers: a directory of this layer keeps
+                # what the layer put in it and shows nothing from below (as umoci)
+                if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
+                    self._opaque(target, name)
+                return
             if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
                 if S_ISCHR(st.st_mode) and st.st_rdev == 0:
                     return
@@ -2355,17 +2359,20 @@ cdef class Extractor:
                 self._oserror("set times of", name)
             return
         if target in self.created:
+            self._opaque(target, name)  # a dir of this layer loses only what is below (a file: nothing)
             return
         pfd = self._resolve_dir(parent, False, name)
         if pfd < 0:
             return  # nothing below to hide
         try:
-            if (fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0
-                    and not self._written_here(pfd, hidden, &st)):
-                self._keep_times(pfd, parent)
-                if not self.is_root:
-                    self._open_up(pfd, parent)
-                self._remove(pfd, hidden, name)
+            if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                if not self._written_here(pfd, hidden, &st):
+                    self._keep_times(pfd, parent)
+                    if not self.is_root:
+                        self._open_up(pfd, parent)
+                    self._remove(pfd, hidden, name)
+                elif S_ISDIR(st.st_mode):
+                    self._opaque(target, name)
         finally:
             close(pfd)
 
