@@ -2359,7 +2359,17 @@ cdef class Extractor:
                 self._oserror("set times of", name)
             return
         if target in self.created:
-            self._opaque(target, name)  # a dir of this layer loses only what is below (a file: nothing)
+            # a dir of this layer loses only what is below it; anything else of the layer stays
+            try:
+                pfd = self._resolve_dir(parent, False, name)
+            except _errors.ExtractError:
+                return  # its parent is no directory now: nothing below shows there
+            if pfd >= 0:
+                try:
+                    if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
+                        self._opaque(target, name)
+                finally:
+                    close(pfd)
             return
         pfd = self._resolve_dir(parent, False, name)
         if pfd < 0:
