@@ -2396,7 +2396,7 @@ cdef class Extractor:
                 try:
                     self._set_opaque(fd, name)
                     self._invalidate()
-                    self._clear_unprovided(fd, self.last_phys, name)
+                    self._clear_lower(fd, self.last_phys, name)
                 finally:
                     close(fd)
             return
@@ -2416,31 +2416,12 @@ cdef class Extractor:
         cdef stat st
         return fstatat(dfd, child, &st, AT_SYMLINK_NOFOLLOW) == 0 and self._written_here(dfd, child, &st)
 
-    cdef _clear_unprovided(self, int dfd, bytes phys, bytes name):
-        """Overlay format, a directory just made opaque: what this layer only
-        copied up or whited out in it hides nothing now, and a whiteout in a
-        directory that merges with nothing shows in the mount's readdir; keep
-        only what the layer provides (the dir format clears the same)."""
-        cdef int sub
-        cdef stat st
-        todo = [b""]
-        while todo:
-            rel = todo.pop()
-            sub = _walk_plain(dfd, rel) if rel else dup(dfd)
-            if sub < 0:
-                continue
-            try:
-                for child in self._listdir(sub, name):
-                    crel = rel + b"/" + child if rel else child
-                    if (phys + b"/" + crel if phys else crel) not in self.provided:
-                        self._remove(sub, child, name)
-                    elif fstatat(sub, <bytes>child, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
-                        todo.append(crel)
-            finally:
-                close(sub)
-
     cdef _clear_lower(self, int dfd, bytes dpath, bytes name):
-        """Remove everything under ``dpath`` that this layer did not provide."""
+        """Remove everything under ``dpath`` that this layer did not provide (an
+        opaque marker, or a whiteout of a directory the layer wrote into).  In the
+        overlay format ``dpath`` is where the directory really is, and what the
+        layer only copied up or whited out there goes: it hides nothing now, and a
+        whiteout in a directory that merges with nothing shows in the mount's readdir."""
         cdef int sub
         cdef stat st
         todo = [b""]   # directories below dpath still to clear, relative to it
@@ -2453,7 +2434,8 @@ cdef class Extractor:
                 for child in self._listdir(sub, name):
                     crel = rel + b"/" + child if rel else child
                     cpath = dpath + b"/" + crel if dpath else crel
-                    if cpath not in self.created and not self._created_here(sub, child):
+                    if (cpath not in self.provided if self.overlay
+                            else cpath not in self.created and not self._created_here(sub, child)):
                         if not self.is_root:
                             self._open_up(sub, dpath + b"/" + rel if dpath and rel else dpath or rel)
                         self._remove(sub, child, name)
