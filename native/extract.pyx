@@ -574,6 +574,7 @@ cdef class Extractor:
     cdef int64_t headers
     cdef set created_ino           # dir format: what this layer wrote, wherever it landed (see _record_inode)
     cdef object root_key
+    cdef bytes root_real           # dir format: the root's path as the kernel names it (/proc/self/fd)
     cdef list lower_fds            # overlay: root fds of the finished layers below, topmost first
     cdef bint defer_lowers         # overlay: the layers below are unknown yet; ask for them (NeedsLowers)
     cdef object lowers_provider    # overlay, deferred: () -> lower dirs once finished, or None
@@ -664,6 +665,10 @@ cdef class Extractor:
         if self.rootfd >= 0:
             rst = os.fstat(self.rootfd)
             self.root_key = (rst.st_dev, rst.st_ino)
+            try:
+                self.root_real = os.readlink(b"/proc/self/fd/%d" % self.rootfd)
+            except OSError:
+                self.root_real = None
         if use_openat2 is None:
             use_openat2 = not os.environ.get("LAMINA_NO_OPENAT2") and openat2_available()
         self.use_openat2 = use_openat2
@@ -1991,8 +1996,25 @@ cdef class Extractor:
             self._oserror("chown", name)
         if self.cur_xattrs:
             self._set_xattrs(fd, None, name)
+        if not self.overlay:
+            path = self._real_path(fd, path)
         self.dir_fixups[path] = (self.cur_mode, self.cur_sec, self.cur_nsec)
         self._fixup_for(fd, path)
+
+    cdef bytes _real_path(self, int fd, bytes path):
+        """Where directory ``fd`` really is under the root (no symlinks), as the
+        kernel names it: a dir made through a symlink (``c/a`` with ``c -> a``)
+        keeps its fixup when the layer later replaces the symlink.  ``path`` if
+        /proc cannot tell."""
+        if self.root_real is None:
+            return path
+        try:
+            real = os.readlink(b"/proc/self/fd/%d" % fd)
+        except OSError:
+            return path
+        if real.startswith(self.root_real + b"/"):
+            return real[len(self.root_real) + 1:]
+        return path
 
     cdef void _fixup_for(self, int fd, bytes path):
         """Remember which directory ``path`` names now: if the layer later replaces

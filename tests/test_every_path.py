@@ -345,13 +345,17 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
     # a whiteout of a dir the layer wrote into hides only what is below (umoci; the spec)
     [Tar().file("b/a"), Tar().file("a").file("b/b").whiteout("b")],
     [Tar().file("b/a").file("b/c/d"), Tar().dir("b").file("b/b").whiteout("b").file("b/e")],
+    # a dir made through a symlink the layer replaces later keeps its mode (where it really is)
+    [Tar().file("a").symlink("c", "a").dir("a").dir("c/a").dir("c")],
+    [Tar().file("a").symlink("a", ".").hardlink("b", "a").dir("a/a")],
     # ... and a whiteout of a symlink the layer wrote does not follow it (here into a loop)
     [Tar().symlink("a/a/a", "a").whiteout("a/a/a")],
 ], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
         "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file", "opaque-then-whiteout",
         "opaque-on-file-then-whiteout", "dir-replaced-by-symlink-keeps-target-mode",
         "parent-replaced-by-symlink-keeps-target-mode", "whiteout-then-opaque", "copy-ups-then-opaque",
-        "whiteout-of-own-dir", "whiteout-of-own-listed-dir", "whiteout-of-own-symlink-loop"])
+        "whiteout-of-own-dir", "whiteout-of-own-listed-dir", "dir-through-replaced-symlink",
+        "dir-through-symlink-to-root", "whiteout-of-own-symlink-loop"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
 
