@@ -2419,6 +2419,8 @@ cdef class Extractor:
                     self._set_opaque(fd, name)
                     self._invalidate()
                     self._clear_lower(fd, self.last_phys, name)
+                    if not self.last_phys:
+                        self._whiteout_root_below(fd, name)
                 finally:
                     close(fd)
             return
@@ -2437,6 +2439,31 @@ cdef class Extractor:
     cdef bint _created_here(self, int dfd, bytes child):
         cdef stat st
         return fstatat(dfd, child, &st, AT_SYMLINK_NOFOLLOW) == 0 and self._written_here(dfd, child, &st)
+
+    cdef _whiteout_root_below(self, int rootfd, bytes name):
+        """An opaque root (a marker reached through a symlink to the root):
+        overlayfs always merges the layers' roots, whatever their xattrs, so
+        every name the layers below show there gets a whiteout instead."""
+        cdef stat st
+        cdef timespec ts[2]
+        if self.defer_lowers:
+            self._load_lowers(f"entry {_show(name)}: an opaque root hides the layers below")
+        self._entry_times(ts)
+        seen = set()
+        for lfd in self.lower_fds:
+            for n in self._listdir(<int>lfd, name):
+                if n in seen:
+                    continue
+                seen.add(n)
+                if fstatat(<int>lfd, <bytes>n, &st, AT_SYMLINK_NOFOLLOW) < 0:
+                    continue
+                if (S_ISCHR(st.st_mode) and st.st_rdev == 0) or n in self.provided:
+                    continue  # already hidden below, or this layer's own
+                if fstatat(rootfd, <bytes>n, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                    continue
+                if mknodat(rootfd, <bytes>n, S_IFCHR, makedev(0, 0)) < 0:
+                    self._oserror("create whiteout", name)
+                utimensat(rootfd, <bytes>n, ts, AT_SYMLINK_NOFOLLOW)
 
     cdef _clear_lower(self, int dfd, bytes dpath, bytes name):
         """Remove everything under ``dpath`` that this layer did not provide (an

@@ -348,6 +348,9 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
     # a dir made through a symlink the layer replaces later keeps its mode (where it really is)
     [Tar().file("a").symlink("c", "a").dir("a").dir("c/a").dir("c")],
     [Tar().file("a").symlink("a", ".").hardlink("b", "a").dir("a/a")],
+    # an opaque marker reached through a symlink to the root hides every lower entry there
+    [Tar().dir("b"), Tar().dir("a").symlink("a", ".").opaque("a")],
+    [Tar().dir("b").file("c").file("d"), Tar().whiteout("c"), Tar().file("e").symlink("a", ".").opaque("a")],
     # ... and a whiteout of a symlink the layer wrote does not follow it (here into a loop)
     [Tar().symlink("a/a/a", "a").whiteout("a/a/a")],
 ], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
@@ -355,7 +358,8 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
         "opaque-on-file-then-whiteout", "dir-replaced-by-symlink-keeps-target-mode",
         "parent-replaced-by-symlink-keeps-target-mode", "whiteout-then-opaque", "copy-ups-then-opaque",
         "whiteout-of-own-dir", "whiteout-of-own-listed-dir", "dir-through-replaced-symlink",
-        "dir-through-symlink-to-root", "whiteout-of-own-symlink-loop"])
+        "dir-through-symlink-to-root", "opaque-root", "opaque-root-over-whiteouts",
+        "whiteout-of-own-symlink-loop"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
 
