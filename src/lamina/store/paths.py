@@ -100,13 +100,14 @@ class Paths:
                 if foreign_entries(root):
                     raise StoreError(f"{root} is not empty and is not an OCI image layout; refusing to use it as a store")
             root.mkdir(parents=True, exist_ok=True)
-            write_if_absent(root / "oci-layout", OCI_LAYOUT)
             for d in (self.blobs, self.ingest, self.locks, self.holds):
                 d.mkdir(parents=True, exist_ok=True)
             # Snapshots hold setuid binaries and device nodes of every image; keep other users out
             # of the tree (containers reach it through overlay mounts, not through this path).
             self.snapshots.mkdir(mode=0o700, exist_ok=True)
             write_if_absent(self.index, EMPTY_INDEX)
+            # last: oci-layout says the store exists, so whoever sees it finds everything else
+            write_if_absent(root / "oci-layout", OCI_LAYOUT)
         except PermissionError as e:
             raise StoreError(f"cannot create the store at {root}: {e.strerror} (use --root or LAMINA_ROOT)") from None
         except OSError as e:
