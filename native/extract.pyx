@@ -1248,7 +1248,8 @@ cdef class Extractor:
             self.sparse_left = 0
         cdef int64_t t = _now_ns()
         self._apply(kind, path, name, link, size, major, minor)
-        self.write_ns += _now_ns() - t
+        if not self.scan_only:  # a scan's _apply only records what the layer hides
+            self.write_ns += _now_ns() - t
         if skip_after:
             self._skip_then_header(skip_after)
         elif size and self.outfd >= 0:
@@ -2024,15 +2025,18 @@ cdef class Extractor:
         kernel names it: a dir made through a symlink (``c/a`` with ``c -> a``)
         keeps its fixup when the layer later replaces the symlink.  ``path`` if
         /proc cannot tell."""
+        cdef char proc[32]
+        cdef char buf[4096]
+        cdef ssize_t n
+        cdef Py_ssize_t k
         if self.root_real is None:
             return path
-        try:
-            real = os.readlink(b"/proc/self/fd/%d" % fd)
-        except OSError:
-            return path
-        if real.startswith(self.root_real + b"/"):
-            return real[len(self.root_real) + 1:]
-        return path
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd)
+        n = readlinkat(AT_FDCWD, proc, buf, sizeof(buf))
+        k = len(self.root_real)
+        if n <= k + 1 or n >= <ssize_t>sizeof(buf) or buf[k] != b'/' or memcmp(buf, <const char *>self.root_real, k) != 0:
+            return path  # /proc cannot tell (or says the dir is no longer under the root)
+        return buf[k + 1:n]
 
     cdef void _fixup_for(self, int fd, bytes path):
         """Remember which directory ``path`` names now: if the layer later replaces

@@ -14,7 +14,8 @@ import stat
 from ..errors import ImageError
 from .flatten import _is_root, flatten
 from .inuse import record_use
-from .materialize import _check_link, _check_platform, _snapshots, _staged
+from .flatten import check_link
+from .materialize import _check_platform, _snapshots, _staged
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -255,7 +256,7 @@ def make_bundle(store, ref, bundle, *, link=False, platform=None):
     layer_dirs, t_extract, extracted = _snapshots(store, image)
     bundle = os.path.abspath(os.fspath(bundle))
     if link:
-        _check_link(layer_dirs, bundle)
+        check_link(layer_dirs, bundle)
 
     def fill(staging):
         rootfs = os.path.join(staging, "rootfs")

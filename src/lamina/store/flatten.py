@@ -63,6 +63,20 @@ def _is_root():
     return os.geteuid() == 0
 
 
+def check_link(layer_dirs, dest):
+    """--link hands out the store's inodes: DEST (or, while it does not exist,
+    its nearest existing parent) must be on the snapshots' filesystem."""
+    if not layer_dirs:
+        return
+    parent = dest  # an existing DEST may be a mount point of another filesystem than its parent
+    while parent and not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    if os.stat(layer_dirs[0]).st_dev != os.stat(parent or "/").st_dev:
+        raise MaterializeError(f"--link needs {dest} on the store's filesystem (the store is at "
+                               f"{os.path.dirname(os.path.dirname(os.path.dirname(layer_dirs[0])))}); "
+                               f"unpack without --link for a copy")
+
+
 def flatten(layer_dirs, dest, *, link=False, workers=None) -> FlattenStats:
     """Merge overlay-format ``layer_dirs`` (bottom first) into the existing empty directory ``dest``."""
     from .._extract import cancelled
@@ -73,10 +87,8 @@ def flatten(layer_dirs, dest, *, link=False, workers=None) -> FlattenStats:
     if workers is None:
         workers = 2 if (os.cpu_count() or 1) > 1 else 0  # big files copy on workers meanwhile
     try:
-        if link and layer_dirs and os.stat(layer_dirs[0]).st_dev != os.stat(dest).st_dev:
-            raise MaterializeError(
-                f"--link needs the destination on the store's filesystem ({layer_dirs[0]}"
-                f" and {dest} are on different filesystems); unpack without --link to copy")
+        if link:
+            check_link(layer_dirs, dest)
         # files sharing an inode only through file dedup are never grouped as hardlinks
         # (a --link unpack hands out the store's inodes anyway)
         from .objects import singletons

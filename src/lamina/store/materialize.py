@@ -17,7 +17,7 @@ import time
 
 from ..errors import ImageError, MaterializeError
 from ..tree import abandon
-from .flatten import flatten
+from .flatten import check_link, flatten
 
 
 def _staged(dest, fill):
@@ -56,7 +56,7 @@ def materialize(store, ref, dest, *, link=False, platform=None):
     dest = os.path.abspath(os.fspath(dest))
     layer_dirs, t_extract, extracted = _snapshots(store, image)
     if link:
-        _check_link(layer_dirs, dest)
+        check_link(layer_dirs, dest)
     stats = _staged(dest, lambda staging: flatten(layer_dirs, staging, link=link))
     stats.dest = dest
     stats.extract_seconds, stats.extracted = t_extract, extracted
@@ -68,15 +68,3 @@ def _snapshots(store, image):
     missing = sum(1 for c in image.chain_ids if store.snapshot_info(c) is None)
     dirs = [os.fspath(p) for p in store.snapshots_for(image)]
     return dirs, round(time.perf_counter() - t0, 6) if missing else 0.0, missing
-
-
-def _check_link(layer_dirs, dest):
-    if not layer_dirs:
-        return
-    parent = dest  # an existing DEST may be a mount point of another filesystem than its parent
-    while parent and not os.path.isdir(parent):
-        parent = os.path.dirname(parent)
-    if os.stat(layer_dirs[0]).st_dev != os.stat(parent or "/").st_dev:
-        raise MaterializeError(f"--link needs {dest} on the store's filesystem (the store is at "
-                               f"{os.path.dirname(os.path.dirname(os.path.dirname(layer_dirs[0])))}); "
-                               f"unpack without --link for a copy")
