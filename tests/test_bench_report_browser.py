@@ -55,7 +55,7 @@ def test_report_renders_in_chromium(chromium, tmp_path):
     found, png = render(chromium, out)
     # the four charts, each laid out at a readable size and with something drawn in it
     assert [c["title"] for c in found["charts"]] == [
-        "timeline: which thread did what, when", "stage seconds per layer and thread",
+        "timeline: which thread did what, when", "stage shares per layer: seconds and CPU",
         "CPU: seconds per stage, and how busy each core was", "comparison"]
     assert len(found["charts"]) == 4
     for chart in found["charts"]:

@@ -1013,7 +1013,7 @@ def write_report(doc, directory):
     esc = html.escape
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>lamina bench</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style></head><body>",
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>",
              f"<h1>lamina bench: {esc(str(doc.get('source') or doc.get('synthetic')))}</h1>",
              f"<p>lamina {esc(doc['lamina_version'])}, format {esc(doc['format'])}, {doc['runs']} run(s), "
              f"target {esc(doc['target'].get('path', ''))} ({esc(doc['target']['fstype'])})</p>"]
@@ -1074,7 +1074,7 @@ def report_tables(doc):
                        "blob sha256 on one thread, parse and write on the caller's, diffID sha256 on whichever "
                        "waits; blake3 is the store's dedup pass, after the unpack)", rows))
         if all(isinstance(layer.get("cpu"), dict) for layer in doc["layers"]):
-            shown = _shown_stages([s for layer in doc["layers"] for s in layer["cpu"]])
+            shown = _shown_stages([s for layer in doc["layers"] for key in ("seconds", "cpu") for s in layer[key]])
             rows = [["layer", "comp"] + [f"{stage_label(s, kind)} ms" for s in shown] + ["busy ms"]]
             for layer in doc["layers"]:
                 rows.append([layer["index"], layer["compression"]]

@@ -115,11 +115,12 @@ def scan_layer(layer, *, diff_id=None, digest=None, media_type=None, limits=None
     this layer hides in the layers under it, for ``apply_layer(hidden=...)``.
     """
     extractor = Extractor(None, limits=limits or DEFAULT_LIMITS)
-    stats = _run(layer, extractor, diff_id, digest, media_type, name, True)
+    stats = _run(layer, extractor, diff_id, digest, media_type, name, True, writes=False)
     return stats, (extractor.scan_at, extractor.scan_below)
 
 
-def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob):
+def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=True):
+    """``writes=False``: the extractor only scans (its bookkeeping is parse, not write)."""
     for d, label in ((digest, "digest"), (diff_id, "diff_id")):
         if d is not None:
             validate(d, label)
@@ -133,7 +134,7 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob):
         compression.check_media_type(kind, media_type, what)
         run = _native if _use_native(kind) else _python
         try:
-            stats, counts = run(raw, head, kind, extractor, what, t0, hash_blob)
+            stats, counts = run(raw, head, kind, _TimedFeed(extractor, writes), what, t0, hash_blob)
         except (errors.InvalidArchiveError, errors.ExtractError) as e:
             if str(e).startswith(what):
                 raise
@@ -177,12 +178,11 @@ def _blob_fd(raw):
         return None
 
 
-def _native(raw, head, kind, extractor, what, t0, hash_blob):
-    """Stage 1 in lamina._pipeline's thread, the extractor on the caller's thread."""
+def _native(raw, head, kind, feed, what, t0, hash_blob):
+    """Stage 1 in lamina._pipeline's thread, the extractor (``feed``) on the caller's thread."""
     stage1 = _pipeline.Timeline("lamina-inflate", "inflate", t0)
-    stage2 = _pipeline.Timeline(threading.current_thread().name, "parse", t0)
+    stage2 = feed.timeline = _pipeline.Timeline(threading.current_thread().name, "parse", t0)
     stage2.begin()
-    feed = _TimedFeed(extractor, stage2)
     fd = _blob_fd(raw)
     source = {"fd": fd[0], "offset": fd[1]} if fd else {"fileobj": raw}
     stage = _pipeline.Stage1(kind, head=bytes(head), hash_blob=hash_blob, tar_hash=TAR_HASH,
@@ -213,21 +213,24 @@ def _native(raw, head, kind, extractor, what, t0, hash_blob):
 
 
 class _TimedFeed:
-    """The extractor on the caller's thread, its time split into parse and write.
+    """The extractor on the caller's thread (whose ``timeline`` the pipeline sets), its
+    time split into parse and write.
 
     The extractor times its own writes (``write_ns``: creating entries, writing their
     data and metadata, the final directory fixups); the rest of feed() / finish() is
     parsing.  Each call's thread CPU is shared between the two in the proportion of
     their wall times in that call (they alternate entry by entry, too finely for a
-    CPU clock reading at each switch)."""
+    CPU clock reading at each switch).  A scan (``writes=False``) writes nothing: what
+    its extractor times is bookkeeping, all parse."""
 
-    def __init__(self, extractor, timeline):
-        self.extractor, self.timeline = extractor, timeline
+    def __init__(self, extractor, writes=True):
+        self.extractor, self.writes, self.timeline = extractor, writes, None
         self.write_ns = extractor.write_ns
 
     def _step(self, t):
         now = self.extractor.write_ns
-        self.timeline.step("parse", t, "write", (now - self.write_ns) * 1e-9)
+        written = (now - self.write_ns) * 1e-9 if self.writes else 0.0
+        self.timeline.step("parse", t, "write", written)
         self.write_ns = now
 
     def __call__(self, chunk):
@@ -351,13 +354,12 @@ def _check_digest(what, expected, actual):
         raise errors.DigestMismatchError(what, expected, actual)
 
 
-def _python(raw, head, kind, extractor, what, t0, hash_blob):
-    """Reader+inflate thread, hasher thread, and the extractor on the caller's thread."""
+def _python(raw, head, kind, feed, what, t0, hash_blob):
+    """Reader+inflate thread, hasher thread, and the extractor (``feed``) on the caller's thread."""
     reader_tl = _pipeline.Timeline("lamina-inflate", "inflate", t0)
     hasher_tl = _pipeline.Timeline("lamina-hash", "hash_tar", t0)
-    caller_tl = _pipeline.Timeline(threading.current_thread().name, "parse", t0)
+    caller_tl = feed.timeline = _pipeline.Timeline(threading.current_thread().name, "parse", t0)
     caller_tl.begin()
-    feed = _TimedFeed(extractor, caller_tl)
     hasher = _Hasher(hasher_tl, "hash_tar" if kind == "none" else "hash_blob")
     hasher.hash_blob = hash_blob or kind == "none"  # a plain tar's blob hash is its diffID
     reader = _HashingReader(raw, hasher)
@@ -422,7 +424,7 @@ def _python(raw, head, kind, extractor, what, t0, hash_blob):
     finally:
         stop.set()
         thread.join()
-        extractor.close()
+        feed.extractor.close()
         hasher.close()
     caller_tl.step("wait", t)  # for the hasher to finish
 
