@@ -746,10 +746,13 @@ def _shown_stages(stages):
                                                           and s not in coarse and s != "total"]
 
 
+_MORE_COLORS = ("#bcbd22", "#7f7f7f", "#dbdb8d", "#9edae5", "#c49c94", "#f7b6d2")
+
+
 def _stage_colors(stages):
-    palette = [c for c in ("#bcbd22", "#7f7f7f", "#dbdb8d", "#9edae5", "#c49c94", "#f7b6d2")]
+    """STAGE_COLORS, and one of _MORE_COLORS for each other stage of ``stages``."""
     extra = [s for s in stages if s not in STAGE_COLORS]
-    return {**STAGE_COLORS, **{s: palette[i % len(palette)] for i, s in enumerate(extra)}}
+    return {**STAGE_COLORS, **{s: _MORE_COLORS[i % len(_MORE_COLORS)] for i, s in enumerate(extra)}}
 
 
 def _layer_table(runs):
