@@ -1057,7 +1057,9 @@ def report_tables(doc):
                 rows = [["size", "entries"] + [f"{stage_label(s)} µs" for s in shown]]
                 rows += [[p["size"], p["entries"]] + [_fmt(p[field].get(s, 0.0), 3) for s in shown]
                          for p in doc["points"]]
-                tables.append((f"synthetic {doc['synthetic']}: {what} µs per entry in each stage (median)", rows))
+                tables.append((f"synthetic {doc['synthetic']}: {what} µs per entry in each stage (median; summed "
+                               "over the pipeline's threads, which overlap: wait is mostly stage 1 waiting for "
+                               "room in the ring)", rows))
         compare = [(p["size"], c) for p in doc["points"] for c in p["compare"]]
     else:
         blake3_na = "n/a" if not doc["lamina"]["dedup"]["ran"] else "-"  # "-": dir format, one tree
@@ -1075,7 +1077,7 @@ def report_tables(doc):
                            _fmt(layer["entries_per_s"], 0)])
         tables.append((f"per layer (median wall milliseconds per stage; {stage_label('read', kind)}, inflate and "
                        "blob sha256 on one thread, parse and write on the caller's, diffID sha256 on whichever "
-                       "waits; blake3 is the store's dedup pass, after the unpack)", rows))
+                       "waits; wait is both threads'; blake3 is the store's dedup pass, after the unpack)", rows))
         if all(isinstance(layer.get("cpu"), dict) for layer in doc["layers"]):
             shown = _shown_stages([s for layer in doc["layers"] for key in ("seconds", "cpu") for s in layer[key]])
             rows = [["layer", "comp"] + [f"{stage_label(s, kind)} ms" for s in shown] + ["busy ms"]]
