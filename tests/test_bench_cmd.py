@@ -300,6 +300,11 @@ def test_scaling_points_have_a_cost_per_entry_per_stage(tmp_path):
     titles = [title for title, _ in bench.report_tables(doc)]
     assert any(t.startswith("synthetic small-files: wall µs per entry in each stage (median") for t in titles)
     assert any(t.startswith("synthetic small-files: thread CPU µs per entry in each stage (median") for t in titles)
+    pytest.importorskip("matplotlib")
+    bench.write_report(doc, tmp_path / "report")
+    svg = _chart((tmp_path / "report" / "index.html").read_text(), "scaling: CPU per entry in each stage")
+    for stage in ("inflate", "hash_tar", "parse", "write"):
+        assert f"fill: {bench.STAGE_COLORS[stage]}" in svg, stage
 
 
 # --- an image in the store: its layers from the store's blobs, and the blake3 stage -------------

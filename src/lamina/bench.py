@@ -1185,6 +1185,8 @@ def _charts(doc):
         ax.legend(fontsize="small")
         ax.set_title(f"{doc['synthetic']}: cost per entry")
         charts.append(("scaling: cost per entry", svg(fig)))
+        if all(p.get("stage_cpu_us_per_entry") for p in pts):
+            charts.append(("scaling: CPU per entry in each stage", svg(_scaling_shares_figure(plt, doc))))
         return charts
     charts.append(("timeline: which thread did what, when", svg(_timeline_figure(plt, doc))))
     charts.append(("stage shares per layer: seconds and CPU", svg(_shares_figure(plt, doc))))
@@ -1197,6 +1199,25 @@ def _charts(doc):
         ax.set_xlabel("median wall seconds")
         charts.append(("comparison", svg(fig)))
     return charts
+
+
+def _scaling_shares_figure(plt, doc):
+    """One stacked bar per size: the thread CPU µs per entry of each stage (waits left out)."""
+    pts = doc["points"]
+    shown = [s for s in _shown_stages([s for p in pts for s in p["stage_cpu_us_per_entry"]]) if s != "wait"]
+    colors = _stage_colors(shown)
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.4 * len(pts)))
+    for y, p in enumerate(pts):
+        left = 0.0
+        for stage in shown:
+            v = p["stage_cpu_us_per_entry"].get(stage, 0.0)
+            ax.barh(y, v, left=left, color=colors[stage], label=stage_label(stage) if y == 0 else None)
+            left += v
+    ax.set_yticks(range(len(pts)), [f"{p['entries']} entries" for p in pts])
+    ax.invert_yaxis()
+    ax.set_xlabel("thread CPU µs per entry")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    return fig
 
 
 def _shares_figure(plt, doc):
