@@ -82,13 +82,17 @@ cdef extern from "pipeline_codecs.h" nogil:
 cdef enum:
     S_READ = 0
     S_INFLATE = 1
-    S_HASH = 2
-    S_EXTRACT = 3
-    S_WAIT = 4
-    N_STAGES = 5
+    S_HASH_BLOB = 2     # sha256 of the blob as read (its digest)
+    S_HASH_TAR = 3      # sha256 of the uncompressed tar (its diffID), on whichever thread waits
+    S_PARSE = 4         # the extractor's feed()/finish() but for its writes
+    S_WRITE = 5         # the extractor writing: entries, data, metadata, directory fixups
+    S_WAIT = 6
+    N_STAGES = 7
+    S_BUSY = N_STAGES   # a span of work: which stages, and for how long, is in span_wall
     MAX_SPANS = 128     # per thread: past that, the timeline coarsens (see Timeline._compact)
 
-STAGES = ("read", "inflate", "hash", "extract", "wait")
+# Disjoint: their seconds (and CPU seconds) add up to what the threads did.
+STAGES = ("read", "inflate", "hash_blob", "hash_tar", "parse", "write", "wait")
 cdef dict _STAGE_INDEX = {name: i for i, name in enumerate(STAGES)}
 
 # A wait shorter than this is not worth a span of its own (a 1 s unpack drawn
@@ -108,14 +112,20 @@ cdef class Timeline:
 
     ``step(stage, since)`` after each piece of work (or wait) adds its wall
     time and the thread's CPU time (CLOCK_THREAD_CPUTIME_ID) to ``stage``, and
-    extends the thread's timeline: spans of ``busy`` (the thread's own stage
-    name) and of ``wait``, relative to the layer start ``t0``
-    (``time.perf_counter()``, CLOCK_MONOTONIC), adjacent spans of one stage
-    coalesced, and waits shorter than ``min_wait`` (2 ms at first) absorbed
-    into the busy span around them.  A thread that stalls more often than
-    MAX_SPANS times doubles ``min_wait`` and coarsens its spans accordingly, so
-    the list stays short on a busy machine too.  ``begin()`` must run on the
-    thread being measured.
+    extends the thread's timeline: spans of work and of ``wait``, relative to
+    the layer start ``t0`` (``time.perf_counter()``, CLOCK_MONOTONIC),
+    adjacent spans of one kind coalesced, and waits shorter than ``min_wait``
+    (2 ms at first) absorbed into the work span around them.  A thread that
+    stalls more often than MAX_SPANS times doubles ``min_wait`` and coarsens
+    its spans accordingly, so the list stays short on a busy machine too.
+    ``begin()`` must run on the thread being measured.
+
+    A work span keeps how long each stage took in it: its stages alternate
+    chunk by chunk (read, blob sha256, inflate every 1 MiB; parse and write
+    every entry), far faster than a chart can show, so ``spans()`` lays each
+    work span out as consecutive pieces, one per stage, in proportion to the
+    time the stage took in it (``busy``, the thread's main stage, names a span
+    whose pieces were too short for the clock).
     """
     cdef readonly str thread
     cdef int busy
@@ -123,9 +133,10 @@ cdef class Timeline:
     cdef double cpu_s[N_STAGES]
     cdef double wall_s[N_STAGES]
     cdef int n
-    cdef int span_stage[MAX_SPANS]
+    cdef int span_stage[MAX_SPANS]        # S_BUSY or S_WAIT
     cdef double span_start[MAX_SPANS]
     cdef double span_end[MAX_SPANS]
+    cdef double span_wall[MAX_SPANS][N_STAGES]
 
     def __init__(self, str thread, str busy, double t0):
         self.thread = thread
@@ -137,35 +148,57 @@ cdef class Timeline:
         self.cpu_mark = _clock(CLOCK_THREAD_CPUTIME_ID)
 
     cdef double _step(self, int stage, double since) noexcept nogil:
+        return self._step_part(stage, since, stage, 0.0)
+
+    cdef double _step_part(self, int stage, double since, int part, double part_s) noexcept nogil:
+        """The work since ``since``: ``part_s`` seconds of it (measured inside it) were
+        ``part``, the rest ``stage``.  The thread's CPU over it is shared in the same
+        proportion: the two alternate too finely to read the CPU clock at each switch."""
         cdef double now = _clock(CLOCK_MONOTONIC), cpu = _clock(CLOCK_THREAD_CPUTIME_ID)
-        self.wall_s[stage] += now - since
-        self.cpu_s[stage] += cpu - self.cpu_mark
+        cdef double wall = now - since, dcpu = cpu - self.cpu_mark, share = 0.0
         self.cpu_mark = cpu
+        if part != stage and wall > 0:
+            part_s = min(max(part_s, 0.0), wall)
+            share = part_s / wall
+        else:
+            part_s = 0.0
+        self.wall_s[stage] += wall - part_s
+        self.cpu_s[stage] += dcpu * (1 - share)
+        if part_s:
+            self.wall_s[part] += part_s
+            self.cpu_s[part] += dcpu * share
         if stage != S_WAIT:
-            self._span(self.busy, since - self.t0, now - self.t0)
-        elif now - since >= self.min_wait:
-            self._span(S_WAIT, since - self.t0, now - self.t0)
+            self._span(S_BUSY, since - self.t0, now - self.t0, stage, wall - part_s)
+            if part_s:
+                self.span_wall[self.n - 1][part] += part_s
+        elif wall >= self.min_wait:
+            self._span(S_WAIT, since - self.t0, now - self.t0, S_WAIT, wall)
         return now
 
-    cdef void _span(self, int stage, double start, double end) noexcept nogil:
-        cdef int last = self.n - 1
-        if last >= 0 and self.span_stage[last] == stage and start - self.span_end[last] < 2 * self.min_wait:
+    cdef void _span(self, int kind, double start, double end, int stage, double secs) noexcept nogil:
+        cdef int i, last = self.n - 1
+        if last >= 0 and self.span_stage[last] == kind and start - self.span_end[last] < 2 * self.min_wait:
             self.span_end[last] = end
+            self.span_wall[last][stage] += secs
             return
         while self.n == MAX_SPANS:
             self._compact()
-        if self.n and self.span_stage[self.n - 1] == stage:  # its neighbour went in the compaction
+        if self.n and self.span_stage[self.n - 1] == kind:  # its neighbour went in the compaction
             self.span_end[self.n - 1] = end
+            self.span_wall[self.n - 1][stage] += secs
             return
-        self.span_stage[self.n] = stage
+        self.span_stage[self.n] = kind
         self.span_start[self.n] = start
         self.span_end[self.n] = end
+        for i in range(N_STAGES):
+            self.span_wall[self.n][i] = 0.0
+        self.span_wall[self.n][stage] = secs
         self.n += 1
 
     cdef void _compact(self) noexcept nogil:
         """Double min_wait and apply it to the spans so far: shorter waits go, the
-        busy spans they separated merge."""
-        cdef int i, n = self.n
+        work spans they separated merge."""
+        cdef int i, j, n = self.n
         self.min_wait *= 2
         self.n = 0
         for i in range(n):
@@ -173,20 +206,46 @@ cdef class Timeline:
                 continue
             if self.n and self.span_stage[self.n - 1] == self.span_stage[i]:
                 self.span_end[self.n - 1] = self.span_end[i]
+                for j in range(N_STAGES):
+                    self.span_wall[self.n - 1][j] += self.span_wall[i][j]
             else:
                 self.span_stage[self.n] = self.span_stage[i]
                 self.span_start[self.n] = self.span_start[i]
                 self.span_end[self.n] = self.span_end[i]
+                for j in range(N_STAGES):
+                    self.span_wall[self.n][j] = self.span_wall[i][j]
                 self.n += 1
 
-    def step(self, str stage, double since):
-        """Account the work (or wait) since ``since``; returns the time now."""
-        return self._step(_STAGE_INDEX[stage], since)
+    def step(self, str stage, double since, str part=None, double part_seconds=0.0):
+        """Account the work (or wait) since ``since``; returns the time now.  With
+        ``part``: ``part_seconds`` of it were that stage (say the extractor's writes,
+        timed inside feed()), the rest ``stage``, and the CPU is shared in proportion."""
+        cdef int s = _STAGE_INDEX[stage]
+        return self._step_part(s, since, s if part is None else _STAGE_INDEX[part], part_seconds)
 
     def spans(self):
-        """[[thread, stage, start_s, end_s], ...]"""
-        return [[self.thread, STAGES[self.span_stage[i]], round(self.span_start[i], 6), round(self.span_end[i], 6)]
-                for i in range(self.n)]
+        """[[thread, stage, start_s, end_s], ...]: waits, and each work span as
+        consecutive pieces per stage in proportion to their time in it (STAGES order)."""
+        cdef int i, j
+        cdef double start, end, busy, at
+        cdef list out = [], parts
+        for i in range(self.n):
+            start, end = self.span_start[i], self.span_end[i]
+            if self.span_stage[i] == S_WAIT:
+                out.append([self.thread, "wait", round(start, 6), round(end, 6)])
+                continue
+            parts = [j for j in range(N_STAGES) if j != S_WAIT and self.span_wall[i][j] > 0]
+            busy = sum([self.span_wall[i][j] for j in parts])
+            if not parts:
+                out.append([self.thread, STAGES[self.busy], round(start, 6), round(end, 6)])
+                continue
+            at = start
+            last = parts[len(parts) - 1]  # (built without wraparound: no [-1])
+            for j in parts:
+                piece_end = end if j == last else at + (end - start) * self.span_wall[i][j] / busy
+                out.append([self.thread, STAGES[j], round(at, 6), round(piece_end, 6)])
+                at = piece_end
+        return out
 
     def cpu(self):
         """{stage: thread CPU seconds} of the stages this thread did."""
@@ -411,7 +470,7 @@ cdef class Stage1:
                     eof = n == 0
                     if self.hash_blob and n:
                         lamina_sha_update(self.sha_blob.ctx, self.in_ptr, n)
-                        t = self.timeline._step(S_HASH, t)
+                        t = self.timeline._step(S_HASH_BLOB, t)
                 before, in_before = out_pos, self.in_pos
                 if lamina_inflate(&self.z, self.in_ptr, self.in_len, &self.in_pos, out, SLOT, &out_pos) < 0:
                     self.err_kind = E_CORRUPT
@@ -431,7 +490,7 @@ cdef class Stage1:
                 break
             if self.tar_hash == TAR_STAGE1:  # every chunk, in order: nobody else hashes
                 lamina_sha_update(self.sha_tar.ctx, out, out_pos)
-                t = self.timeline._step(S_HASH, t)
+                t = self.timeline._step(S_HASH_TAR, t)
             pthread_mutex_lock(&self.mu)
             self.slot_len[slot] = out_pos
             self.published += 1
@@ -447,7 +506,7 @@ cdef class Stage1:
         self.hashing = True
         pthread_mutex_unlock(&self.mu)
         lamina_sha_update(self.sha_tar.ctx, self.slot_ptr[slot], self.slot_len[slot])
-        t = tl._step(S_HASH, t)
+        t = tl._step(S_HASH_TAR, t)
         pthread_mutex_lock(&self.mu)
         self.hashed += 1
         self.hashing = False

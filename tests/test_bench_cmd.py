@@ -15,7 +15,10 @@ from lamina import bench
 
 SAMPLE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "sample", "image"))
 SAMPLE_SRC = f"oci:{SAMPLE}:latest"
-STAGES = {"read", "inflate", "hash", "extract", "wait", "total"}
+# the disjoint stages, in the order the tables show them, and the coarse ones kept as their sums
+PARTS = ["read", "inflate", "hash_blob", "hash_tar", "parse", "write", "wait"]
+SUMS = {"hash": ["hash_blob", "hash_tar"], "extract": ["parse", "write"]}
+STAGES = set(PARTS) | set(SUMS) | {"total"}
 
 
 def cli(*args, check=True):
@@ -47,7 +50,10 @@ def tar_listing(blobs):
 
 def test_json_document_of_the_sample_image(tmp_path):
     doc = json.loads(cli(SAMPLE_SRC, "--runs", "2", "--format", "json").stdout)
+    # version 1: the stages were split by adding fields; "hash" and "extract" are still there
     assert doc["version"] == 1 and doc["kind"] == "image" and doc["runs"] == 2
+    assert doc["stages"]["parts"] == PARTS and doc["stages"]["sums"] == SUMS
+    assert doc["stages"]["labels"]["hash_blob"] == "blob sha256" and "proportion" in doc["stages"]["parse_write_cpu"]
     assert doc["target"]["fstype"] == bench.filesystem_of(bench.default_target_parent())["fstype"]
     if os.path.isdir("/dev/shm"):
         assert doc["target"]["fstype"] == "tmpfs"
@@ -58,6 +64,15 @@ def test_json_document_of_the_sample_image(tmp_path):
         assert row["compressed_bytes"] == os.path.getsize(blob) == desc["size"]
         assert set(row["seconds"]) == STAGES and row["seconds"]["total"] > 0
         assert row["entries_per_s"] == pytest.approx(row["entries"] / row["seconds"]["total"], rel=0.01)
+        # the sample's layers are gzip, of a few hundred bytes: each split stage is reported (a
+        # sha256 of 300 bytes may round to 0 µs), and writing a file takes some microseconds
+        assert set(PARTS) - {"wait"} <= set(row["cpu"]), row["cpu"]
+        assert row["seconds"]["write"] > 0 and row["cpu"]["write"] > 0, row
+    for run in doc["lamina"]["runs"]:  # medians are taken per stage; within one run, the sums hold
+        for layer in run["layers"]:
+            for coarse, parts in SUMS.items():
+                for d in (layer["seconds"], layer["cpu"]):
+                    assert d[coarse] == pytest.approx(sum(d.get(p, 0.0) for p in parts), abs=2e-6)
     med = doc["lamina"]["median"]
     assert med["entries"] == sum(r["entries"] for r in doc["layers"])
     assert med["peak_rss_bytes"] > 1 << 20 and med["cpu"] > 0 and med["wall"] > 0
@@ -81,10 +96,11 @@ def test_stages_add_up_to_the_measured_time(tmp_path):
     run = doc["lamina"]["runs"][0]
     for layer in run["layers"]:
         s = layer["seconds"]
-        # the caller's thread either extracts or waits for the next chunk: little else
-        assert s["extract"] + s["wait"] <= s["total"] * 1.01 + 0.001
-        assert s["extract"] + s["wait"] >= s["total"] * 0.6 - 0.02, s
-        assert s["read"] + s["inflate"] <= s["total"] * 1.01 + 0.001
+        # the caller's thread parses, writes or waits for the next chunk: little else
+        assert s["parse"] + s["write"] <= s["total"] * 1.01 + 0.001
+        assert s["parse"] + s["write"] + s["wait"] >= s["total"] * 0.6 - 0.02, s
+        assert s["read"] + s["inflate"] + s["hash_blob"] <= s["total"] * 1.01 + 0.001
+        assert s["write"] > 0 and s["parse"] > 0
     sec = run["seconds"]
     assert sum(layer["seconds"]["total"] for layer in run["layers"]) <= sec["layers"] * 1.01 + 0.001
     assert sec["resolve"] + sec["layers"] + sec["commit"] == pytest.approx(sec["total"], rel=0.1, abs=0.01)
@@ -99,8 +115,12 @@ def test_stage_cpu_adds_up_to_the_process_cpu(tmp_path):
     doc = bench.run(source, runs=1, target=str(tmp_path))
     run = doc["lamina"]["runs"][0]
     process = run["cpu_user"] + run["cpu_system"]
-    busy = sum(v for k, v in run["cpu_stages"].items() if k != "wait")
-    assert run["cpu_stages"]["inflate"] > 0 and run["cpu_stages"]["extract"] > 0, run["cpu_stages"]
+    stages = run["cpu_stages"]
+    busy = sum(v for k, v in stages.items() if k in PARTS and k != "wait")  # the parts, not their sums
+    for stage in ("inflate", "hash_blob", "hash_tar", "parse", "write"):
+        assert stages[stage] > 0, stages
+    assert stages["hash"] == pytest.approx(stages["hash_blob"] + stages["hash_tar"], abs=1e-5)
+    assert stages["extract"] == pytest.approx(stages["parse"] + stages["write"], abs=1e-5)
     assert busy <= process * 1.05 + 0.02, (busy, process)
     assert busy >= process * 0.5, (busy, process)
 
@@ -208,6 +228,83 @@ def test_report_files(tmp_path):
         assert page.count("<svg") == 4  # timeline, stage shares, CPU, the comparison
         # self-contained: nothing fetched from elsewhere
         assert not any(ref in page for ref in ('src="http', "href='http", 'href="http', "<link", "<script"))
+
+
+def _chart(page, title):
+    """The SVG of the chart titled ``title`` in a report page (up to the next heading)."""
+    at = page.index(f"<h2>{title}</h2>")
+    end = page.find("<h2>", at + 1)
+    return page[at:end if end >= 0 else len(page)]
+
+
+def test_split_stages_in_tables_and_charts(tmp_path):
+    """blob sha256, diffID sha256, parse and write: a column each in the per-layer tables (wall
+    and CPU), a row each in the CPU table, a colour each in the timeline and the stage shares;
+    the scaling table has their cost per entry."""
+    source = bench.write_layout(str(tmp_path / "img"), bench.synthetic_layers("small-files", 2000))
+    doc = bench.run(source, runs=1, target=str(tmp_path))
+    tables = dict(bench.report_tables(doc))
+    wall = next(rows for title, rows in tables.items() if title.startswith("per layer (median wall"))
+    cpu = next(rows for title, rows in tables.items() if title.startswith("per layer, CPU"))
+    for rows in (wall, cpu):
+        header = rows[0]
+        stages = ["read ms", "inflate ms", "blob sha256 ms", "diffID sha256 ms", "parse ms", "write ms", "wait ms"]
+        assert [h for h in header if h in stages] == stages
+        assert "hash ms" not in header and "extract ms" not in header  # the sums are for the JSON's readers
+        row = dict(zip(header, rows[1]))
+        assert float(row["write ms"]) > 0 and float(row["parse ms"]) > 0, row
+    cpu_rows = next(rows for title, rows in tables.items() if title.startswith("CPU (median; per stage"))
+    assert [r[0] for r in cpu_rows if r[0].startswith("stage ")] == [
+        "stage read", "stage inflate", "stage blob sha256", "stage diffID sha256", "stage parse", "stage write",
+        "stage wait"]
+    pytest.importorskip("matplotlib")
+    bench.write_report(doc, tmp_path / "report")
+    page = (tmp_path / "report" / "index.html").read_text()
+    for title in ("timeline: which thread did what, when", "stage shares per layer: seconds and CPU"):
+        svg = _chart(page, title)
+        for stage in ("inflate", "hash_tar", "parse", "write"):  # drawn, in the stage's own colour
+            assert f"fill: {bench.STAGE_COLORS[stage]}" in svg, (title, stage)
+        for label in ("blob sha256", "diffID sha256", "parse", "write"):  # and named in the legend
+            assert f"<!-- {label} -->" in svg, (title, label)
+    # the timeline's pieces: the caller's thread parsed and wrote, stage 1 inflated
+    rows = doc["lamina"]["timeline"]
+    assert {r[1] for r in rows if r[0] == "MainThread"} >= {"parse", "write"}
+    assert {r[1] for r in rows if r[0] == "lamina-inflate"} >= {"inflate", "hash_blob"}
+
+
+def test_a_plain_tar_layer_hashes_once_in_the_report(tmp_path):
+    (tar,) = bench.synthetic_layers("small-files", 500)
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(tar)
+    doc = bench.run(str(layer), runs=1, target=str(tmp_path))
+    (row,) = doc["layers"]
+    import hashlib
+    assert row["compression"] == "none"
+    assert row["digest"] == row["diff_id"] == "sha256:" + hashlib.sha256(tar).hexdigest()
+    assert row["seconds"]["hash_blob"] == 0 and row["seconds"]["hash_tar"] > 0  # one sha256, the diffID's
+    assert "hash_blob" not in row["cpu"] and row["cpu"]["hash_tar"] > 0
+    tables = dict(bench.report_tables(doc))
+    for title, rows in tables.items():
+        if title.startswith("per layer"):
+            assert dict(zip(rows[0], rows[1]))["blob sha256 ms"] == "= diffID"
+
+
+def test_scaling_points_have_a_cost_per_entry_per_stage(tmp_path):
+    doc = bench.run_synthetic("small-files", [300, 3000], runs=1, target=str(tmp_path))
+    for p in doc["points"]:
+        for field in ("stage_us_per_entry", "stage_cpu_us_per_entry"):
+            per = p[field]
+            assert list(per)[:7] == PARTS and per["write"] > 0 and per["parse"] > 0, per
+        # the stages of the caller's thread fit in the layer's time per entry
+        assert per["parse"] + per["write"] <= p["us_per_entry"] * 1.01 + 0.01
+    titles = [title for title, _ in bench.report_tables(doc)]
+    assert any(t.startswith("synthetic small-files: wall µs per entry in each stage (median") for t in titles)
+    assert any(t.startswith("synthetic small-files: thread CPU µs per entry in each stage (median") for t in titles)
+    pytest.importorskip("matplotlib")
+    bench.write_report(doc, tmp_path / "report")
+    svg = _chart((tmp_path / "report" / "index.html").read_text(), "scaling: CPU per entry in each stage")
+    for stage in ("inflate", "hash_tar", "parse", "write"):
+        assert f"fill: {bench.STAGE_COLORS[stage]}" in svg, stage
 
 
 # --- an image in the store: its layers from the store's blobs, and the blake3 stage -------------

@@ -21,7 +21,9 @@ from layerkit import OnlyRead, apply, gz, gz_multimember, sha256, write, zst
 from tarbuild import Tar
 from treecmp import assert_same, snapshot
 
-STAGES = {"read", "inflate", "hash", "extract", "wait"}
+# read, inflate, hash_blob, hash_tar, parse, write, wait: disjoint, they add up
+STAGES = set(_pipeline.STAGES)
+COARSE = {"hash": ("hash_blob", "hash_tar"), "extract": ("parse", "write")}  # sums, as before the split
 
 
 @pytest.fixture(scope="module")
@@ -204,11 +206,18 @@ def test_cancellation_stops_the_layer(tmp_path, plain, pipeline):
 
 def test_stats_cpu_and_timeline(tmp_path, plain, pipeline):
     st = apply(write(tmp_path / "b", gz(plain) * 3), tmp_path / "d")
-    assert {"read", "inflate", "hash", "extract", "wait", "total"} <= set(st.seconds)
-    assert set(st.cpu) <= STAGES and {"inflate", "hash", "extract"} <= set(st.cpu)
+    assert set(st.seconds) == STAGES | set(COARSE) | {"total"}
+    assert set(st.cpu) <= STAGES | set(COARSE)
+    assert {"inflate", "hash_blob", "hash_tar", "parse", "write"} <= set(st.cpu)
+    for coarse, parts in COARSE.items():  # kept for the readers of the coarse stages, as sums
+        for d in (st.seconds, st.cpu):
+            assert d[coarse] == pytest.approx(sum(d.get(p, 0.0) for p in parts), abs=2e-6)
     assert all(isinstance(v, float) and v >= 0 for v in st.cpu.values())
-    assert 0 < sum(st.cpu.values()) < 10 * st.seconds["total"]
-    assert st.timeline and len(st.timeline) < 200
+    assert 0 < sum(st.cpu[s] for s in STAGES if s in st.cpu) < 10 * st.seconds["total"]
+    # the caller's thread parses, writes, sometimes hashes the tar, and waits: within the layer's time
+    assert st.seconds["parse"] + st.seconds["write"] <= st.seconds["total"] * 1.01 + 0.001
+    # per thread: at most 128 spans, a work span drawn as up to 6 pieces (its stages)
+    assert st.timeline and len(st.timeline) < 3 * 128 * 4
     threads = {}
     for span in st.timeline:
         thread, stage, start, end = span
@@ -216,12 +225,73 @@ def test_stats_cpu_and_timeline(tmp_path, plain, pipeline):
         assert 0 <= start <= end <= st.seconds["total"] + 0.01
         threads.setdefault(thread, []).append((stage, start, end))
     assert "lamina-inflate" in threads and len(threads) >= 2
+    drawn = {stage for spans in threads.values() for stage, _, _ in spans}
+    assert {"inflate", "parse", "write", "hash_tar"} <= drawn, drawn  # the new stages have their colours
+    assert {stage for stage, _, _ in threads[threading.current_thread().name]} >= {"parse", "write"}
     for spans in threads.values():
         spans.sort(key=lambda s: s[1])
         for (stage_a, _, end_a), (stage_b, start_b, _) in zip(spans, spans[1:]):
             assert end_a <= start_b + 1e-6, "one thread's spans overlap"
             assert not (stage_a == stage_b and start_b - end_a < 1e-4), "adjacent spans not coalesced"
     assert st.to_dict()["timeline"] == st.timeline
+
+
+# --- the stages, one by one: present and plausible --------------------------------------------
+
+def test_tiny_files_are_parsed_and_written(tmp_path, pipeline):
+    """A layer of 3000 tiny files: the extractor's time is mostly writing (a create per
+    file), but parsing its 6000 headers is not nothing; both in seconds and in CPU."""
+    t = Tar().dir("d")
+    for i in range(3000):
+        t.file(f"d/f{i:04d}", b"x" * (i % 7))
+    st = apply(write(tmp_path / "b", gz(t.bytes())), tmp_path / "d")
+    for d in (st.seconds, st.cpu):
+        assert d["write"] > 0 and d["parse"] > 0, d
+        assert d["write"] > d["parse"] / 20, d  # a create per file is not free next to a header
+    assert st.seconds["write"] + st.seconds["parse"] <= st.seconds["total"] * 1.01 + 0.001
+
+
+def test_a_scan_writes_nothing(tmp_path, plain, pipeline):
+    """scan_layer parses every header and writes no file: all of its extractor time is parse."""
+    from lamina.layer import scan_layer
+    st, _ = scan_layer(write(tmp_path / "b", gz(plain)))
+    assert st.seconds["parse"] > 0 and st.seconds["write"] == 0 and "write" not in st.cpu
+    assert st.seconds["extract"] == st.seconds["parse"]
+
+
+def _big_file_layer(mib):
+    """One file, a quarter random (incompressible), the rest zeros: the gzip blob is about a
+    quarter of the tar, so hashing it takes about a quarter of hashing the tar."""
+    rnd = random.Random(12)
+    data = rnd.randbytes(mib << 18) + bytes(3 * (mib << 18))
+    return Tar().file("big", data).bytes()
+
+
+def test_blob_and_diffid_hashes_cost_their_bytes(tmp_path, pipeline):
+    tar = _big_file_layer(48)
+    blob = gz(tar, level=1)
+    assert 3.5 < len(tar) / len(blob) < 4.5
+    st = apply(write(tmp_path / "b", blob), tmp_path / "d", digest=sha256(blob), diff_id=sha256(tar))
+    assert st.seconds["hash_blob"] > 0 and st.seconds["hash_tar"] > 0
+    # thread CPU, not wall: a neighbour on the machine delays a thread, it does not add CPU to it
+    ratio = st.cpu["hash_tar"] / st.cpu["hash_blob"]
+    assert 2 < ratio < 8, (ratio, st.cpu)
+    # the same sha256 on 48 MiB: far less than inflating them is not expected, but less than a second
+    assert st.cpu["hash_tar"] < 1.0
+
+
+def test_a_plain_tar_is_hashed_once(tmp_path, pipeline):
+    """An uncompressed layer's digest is its diffID: one sha256, reported as the diffID's
+    (hash_tar), none as the blob's; and it costs what the diffID hash of the same tar
+    costs when the layer is gzipped, not twice that."""
+    tar = _big_file_layer(32)
+    plain = apply(write(tmp_path / "t", tar), tmp_path / "p", digest=sha256(tar), diff_id=sha256(tar))
+    assert plain.digest == plain.diff_id == sha256(tar) and plain.compression == "none"
+    assert plain.seconds["hash_blob"] == 0 and "hash_blob" not in plain.cpu
+    assert plain.seconds["hash_tar"] > 0 and plain.cpu["hash"] == plain.cpu["hash_tar"]
+    gzipped = apply(write(tmp_path / "g", gz(tar, level=1)), tmp_path / "z")
+    ratio = plain.cpu["hash_tar"] / gzipped.cpu["hash_tar"]
+    assert 0.5 < ratio < 1.6, (plain.cpu, gzipped.cpu)
 
 
 def test_timeline_coalesces_and_drops_short_waits():
@@ -231,9 +301,39 @@ def test_timeline_coalesces_and_drops_short_waits():
     tl.step("wait", t)          # a wait of microseconds: absorbed
     t2 = tl.step("inflate", t)
     spans = tl.spans()
-    assert len(spans) == 1 and spans[0][:2] == ["t", "inflate"] and spans[0][2] == 0.0
-    assert spans[0][3] >= t2 - 100.0 - 1e-6
+    # one span of work, drawn as a piece per stage: read took almost all of it (since 100.0)
+    assert [s[:2] for s in spans] == [["t", "read"], ["t", "inflate"]]
+    assert spans[0][2] == 0.0 and spans[0][3] == spans[1][2] and spans[1][3] >= t2 - 100.0 - 1e-6
+    assert spans[1][3] - spans[1][2] < 0.01 * (spans[1][3] - spans[0][2])
     assert set(tl.cpu()) == {"read", "inflate", "wait"} and set(tl.seconds()) == {"read", "inflate", "wait"}
+
+
+def test_timeline_step_with_a_part_splits_wall_and_cpu():
+    """step(stage, since, part, part_seconds): the part's seconds as measured inside the
+    work (the extractor's write_ns), the rest to stage, the CPU shared in that proportion."""
+    import time
+    t0 = time.perf_counter()
+    tl = _pipeline.Timeline("t", "parse", t0)
+    tl.begin()
+    end = time.thread_time() + 0.05
+    while time.thread_time() < end:  # 50 ms of CPU
+        pass
+    wall = time.perf_counter() - t0
+    tl.step("parse", t0, "write", wall / 4)
+    sec, cpu = tl.seconds(), tl.cpu()
+    assert sec["write"] == pytest.approx(wall / 4, rel=1e-6)
+    assert sec["parse"] == pytest.approx(wall * 3 / 4, rel=0.05)
+    assert cpu["parse"] + cpu["write"] >= 0.045
+    assert cpu["write"] / (cpu["parse"] + cpu["write"]) == pytest.approx(sec["write"] / (sec["parse"] + sec["write"]),
+                                                                         rel=0.02)
+    parse, write_ = tl.spans()
+    assert parse[1:3] == ["parse", 0.0] and write_[1] == "write" and parse[3] == write_[2]
+    assert (write_[3] - write_[2]) / write_[3] == pytest.approx(0.25, abs=0.01)
+    # a part longer than the work (clocks read at other moments) is capped at it
+    tl2 = _pipeline.Timeline("t", "parse", t0)
+    tl2.begin()
+    tl2.step("parse", time.perf_counter() - 0.01, "write", 5.0)
+    assert tl2.seconds().get("parse", 0.0) < 1e-6 and tl2.seconds()["write"] < 1.0
 
 
 def test_timeline_of_a_thread_that_stalls_all_the_time_stays_short():
@@ -241,11 +341,11 @@ def test_timeline_of_a_thread_that_stalls_all_the_time_stays_short():
     stalls go) instead of growing without end, and the long stalls stay."""
     import time
     t0 = time.perf_counter()
-    tl = _pipeline.Timeline("t", "extract", t0)
+    tl = _pipeline.Timeline("t", "parse", t0)
     tl.begin()
     t = t0
     for i in range(3000):
-        t = tl.step("extract", t)
+        t = tl.step("parse", t)
         t = tl.step("wait", t - (0.5 if i % 100 == 99 else 0.003))  # as if it had waited that long
     spans = tl.spans()
     assert 60 <= len(spans) <= 128
@@ -298,7 +398,7 @@ def test_the_tar_hash_is_right_whichever_stage_does_it(kind, tar_hash):
     blob = data if kind == "none" else gz(data, level=1)
     stage1 = _pipeline.Timeline("s1", "inflate", 0.0)
     st = _pipeline.Stage1(kind, fileobj=io.BytesIO(blob), head=b"", tar_hash=tar_hash, timeline=stage1,
-                          consumer=_pipeline.Timeline("s2", "extract", 0.0))
+                          consumer=_pipeline.Timeline("s2", "parse", 0.0))
     th = threading.Thread(target=st.run)
     th.start()
     got, n = bytearray(), 0
@@ -313,4 +413,6 @@ def test_the_tar_hash_is_right_whichever_stage_does_it(kind, tar_hash):
     assert st.digests() == (hashlib.sha256(blob).hexdigest() if kind == "gzip" else hashlib.sha256(data).hexdigest(),
                             hashlib.sha256(data).hexdigest())
     if tar_hash == "stage1" or (tar_hash == "auto" and kind == "none"):
-        assert "hash" in stage1.seconds()
+        assert "hash_tar" in stage1.seconds()
+    # the blob's own hash is stage 1's; a plain tar has one hash, its diffID's
+    assert ("hash_blob" in stage1.seconds()) == (kind == "gzip")

@@ -40,7 +40,7 @@ import time
 
 from . import __version__, compression
 from .errors import LaminaError
-from .layer import apply_layer
+from .layer import COARSE_STAGES, STAGES as PIPELINE_STAGES, apply_layer
 from .oci import open_source
 from .oci.image import LayerRef, ResolvedImage, Source
 from .oci.source import parse_source
@@ -642,6 +642,7 @@ def _bench_subject(subject, ws, *, format, runs, compare, progress):
         "runs": runs,
         "target": {"path": ws.parent, **filesystem_of(ws.dir)},
         "host": {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]},
+        "stages": stages_doc(),
         "lamina": {"runs": lamina_runs, "median": median, "verifies": VERIFIES["lamina"],
                    "entries_in_tree": expected["lamina-tree"],
                    # the timeline of the run whose wall time is the median: a real run, not a mix
@@ -707,9 +708,51 @@ def _median_of(values):
     return round(statistics.median(values), 6) if values else None
 
 
-# The stages apply_layer reports (ApplyStats.seconds): read and inflate run on the inflate
-# thread, hash on the hashing thread, extract and wait (for the next chunk) on the caller's.
-STAGES = ("read", "inflate", "hash", "extract", "wait", "total")
+# The stages apply_layer reports (ApplyStats.seconds and .cpu, lamina.layer.STAGES): read,
+# inflate and the blob's sha256 on the inflate thread; the tar's sha256 (the diffID) on
+# whichever thread would otherwise wait; parse and write (the extractor) on the caller's,
+# with its waits for the next chunk.  The coarse "hash" and "extract" (sums of their parts)
+# stay in the JSON for its readers; the tables and charts show the parts.
+STAGES = PIPELINE_STAGES + tuple(COARSE_STAGES) + ("total",)
+STAGE_LABELS = {"hash_blob": "blob sha256", "hash_tar": "diffID sha256"}
+# One colour per stage in every chart (the timeline, the stage shares, the CPU bars), the
+# same from one report to the next; stages of an older pipeline get the palette's next ones.
+STAGE_COLORS = {"read": "#1f77b4", "inflate": "#ff7f0e", "hash_blob": "#2ca02c", "hash_tar": "#98df8a",
+                "parse": "#9467bd", "write": "#d62728", "wait": "#c7c7c7", "hash": "#17becf",
+                "extract": "#e377c2", "apply": "#aec7e8", "scan": "#ffbb78", "blake3": "#8c564b"}
+
+
+def stages_doc():
+    """What the stage names of the JSON mean (its "stages" field)."""
+    return {"parts": list(PIPELINE_STAGES), "sums": {k: list(v) for k, v in COARSE_STAGES.items()},
+            "labels": {s: STAGE_LABELS.get(s, s) for s in PIPELINE_STAGES},
+            "parse_write_cpu": "the extractor times its writes; the caller thread's CPU over each chunk it "
+                               "is fed is shared between parse and write in the proportion of their wall times",
+            "plain_tar": "a plain (uncompressed) tar is hashed once, as hash_tar: its digest is its diffID"}
+
+
+def stage_label(stage, kind=None):
+    """What the tables and charts call a stage ("fetch" for the reads of a registry source)."""
+    if stage == "read" and kind == "registry":
+        return "fetch"
+    return STAGE_LABELS.get(stage, stage)
+
+
+def _shown_stages(stages):
+    """The stages to show of ``stages`` (names a pipeline reported): the disjoint ones, in
+    pipeline order, then any other that is not a sum of them."""
+    coarse = set(COARSE_STAGES) if any(p in stages for parts in COARSE_STAGES.values() for p in parts) else set()
+    return [s for s in PIPELINE_STAGES if s in stages] + [s for s in stages if s not in PIPELINE_STAGES
+                                                          and s not in coarse and s != "total"]
+
+
+_MORE_COLORS = ("#bcbd22", "#7f7f7f", "#dbdb8d", "#9edae5", "#c49c94", "#f7b6d2")
+
+
+def _stage_colors(stages):
+    """STAGE_COLORS, and one of _MORE_COLORS for each other stage of ``stages``."""
+    extra = [s for s in stages if s not in STAGE_COLORS]
+    return {**STAGE_COLORS, **{s: _MORE_COLORS[i % len(_MORE_COLORS)] for i, s in enumerate(extra)}}
 
 
 def _layer_table(runs):
@@ -727,8 +770,9 @@ def _layer_table(runs):
             "compressed_bytes": first["compressed_bytes"], "whiteouts": first["whiteouts"],
             "hidden": first["hidden"], "seconds": seconds,
             "blake3": _median_of([d["blake3"] for d in dedup]) if dedup else None,
-            "cpu": {k: _median_of([(r["layers"][i].get("cpu") or {}).get(k) for r in runs])
-                    for k in first["cpu"]} if isinstance(first.get("cpu"), dict) else None,
+            "cpu": {k: _median_of([(r["layers"][i].get("cpu") or {}).get(k, 0.0) for r in runs])
+                    for k in dict.fromkeys(k for r in runs for k in r["layers"][i]["cpu"])}
+            if isinstance(first.get("cpu"), dict) else None,
             "mb_per_s": round(first["bytes"] / total / 1e6, 2) if total else None,
             "compressed_mb_per_s": round(first["compressed_bytes"] / total / 1e6, 2) if total else None,
             "entries_per_s": round(first["entries"] / total, 1) if total else None,
@@ -936,13 +980,26 @@ def run_synthetic(kind, sizes=None, *, format="dir", runs=3, compare=(), target=
             # CPU per entry: on a loaded machine the wall time waits for a core, the CPU time does not
             "cpu_us_per_entry": round(med["cpu"] / med["entries"] * 1e6, 3) if med["entries"] else None,
             "ns_per_byte": round(layers_wall / med["bytes"] * 1e9, 3) if med["bytes"] else None,
+            # where the cost per entry goes: each stage's median (wall, CPU) over the layers
+            "stage_us_per_entry": _per_entry(doc["layers"], "seconds", med["entries"]),
+            "stage_cpu_us_per_entry": _per_entry(doc["layers"], "cpu", med["entries"]),
             "entries_in_tree": doc["lamina"]["entries_in_tree"],
             "compare": doc["compare"], "target": doc["target"],
         })
     return {"kind": "synthetic", "synthetic": kind, "lamina_version": __version__, "format": format,
             "runs": runs, "target": points[0]["target"] if points else filesystem_of(target or default_target_parent()),
             "host": {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]},
+            "stages": stages_doc(),
             "points": points}
+
+
+def _per_entry(layers, field, entries):
+    """{stage: µs per entry} of the layers' ``field`` ("seconds" or "cpu"), the disjoint
+    stages only; None when the pipeline does not report them."""
+    if not entries or not all(isinstance(layer.get(field), dict) for layer in layers):
+        return None
+    stages = _shown_stages([s for layer in layers for s in layer[field]])
+    return {s: round(sum(layer[field].get(s, 0.0) for layer in layers) / entries * 1e6, 3) for s in stages}
 
 
 # --- the report: JSON, and an HTML page with charts ---------------------------------------
@@ -959,7 +1016,7 @@ def write_report(doc, directory):
     esc = html.escape
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>lamina bench</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style></head><body>",
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>",
              f"<h1>lamina bench: {esc(str(doc.get('source') or doc.get('synthetic')))}</h1>",
              f"<p>lamina {esc(doc['lamina_version'])}, format {esc(doc['format'])}, {doc['runs']} run(s), "
              f"target {esc(doc['target'].get('path', ''))} ({esc(doc['target']['fstype'])})</p>"]
@@ -994,20 +1051,42 @@ def report_tables(doc):
                          _fmt(p["us_per_entry"], 2), _fmt(p["cpu_us_per_entry"], 2), _fmt(p["ns_per_byte"], 2),
                          _fmt(p["peak_rss_bytes"] / 1e6, 1)])
         tables.append((f"synthetic {doc['synthetic']}: cost per entry and per byte", rows))
+        for field, what in (("stage_us_per_entry", "wall"), ("stage_cpu_us_per_entry", "thread CPU")):
+            if all(p.get(field) for p in doc["points"]):
+                shown = _shown_stages([s for p in doc["points"] for s in p[field]])
+                rows = [["size", "entries"] + [f"{stage_label(s)} µs" for s in shown]]
+                rows += [[p["size"], p["entries"]] + [_fmt(p[field].get(s, 0.0), 3) for s in shown]
+                         for p in doc["points"]]
+                tables.append((f"synthetic {doc['synthetic']}: {what} µs per entry in each stage (median; summed "
+                               "over the pipeline's threads, which overlap: wait is mostly stage 1 waiting for "
+                               "room in the ring)", rows))
         compare = [(p["size"], c) for p in doc["points"] for c in p["compare"]]
     else:
         blake3_na = "n/a" if not doc["lamina"]["dedup"]["ran"] else "-"  # "-": dir format, one tree
-        rows = [["layer", "comp", "entries", "MB", "comp MB"] + [f"{s} ms" for s in STAGES]
-                + ["blake3 ms", "MB/s", "comp MB/s", "entries/s"]]
+        kind = doc.get("kind")
+        shown = _shown_stages([s for layer in doc["layers"] for s in layer["seconds"]])
+        rows = [["layer", "comp", "entries", "MB", "comp MB"] + [f"{stage_label(s, kind)} ms" for s in shown]
+                + ["total ms", "blake3 ms", "MB/s", "comp MB/s", "entries/s"]]
         for layer in doc["layers"]:
             rows.append([layer["index"], layer["compression"], layer["entries"], _fmt(layer["bytes"] / 1e6, 2),
-                         _fmt(layer["compressed_bytes"] / 1e6, 2)] + [_fmt(layer["seconds"][s] * 1e3, 1) for s in STAGES]
-                        + [blake3_na if layer.get("blake3") is None else _fmt(layer["blake3"] * 1e3, 1),
+                         _fmt(layer["compressed_bytes"] / 1e6, 2)]
+                        + [_stage_cell(layer, s, layer["seconds"].get(s, 0.0)) for s in shown]
+                        + [_fmt(layer["seconds"]["total"] * 1e3, 1),
+                           blake3_na if layer.get("blake3") is None else _fmt(layer["blake3"] * 1e3, 1),
                            _fmt(layer["mb_per_s"], 1), _fmt(layer["compressed_mb_per_s"], 1),
                            _fmt(layer["entries_per_s"], 0)])
-        read = "fetch" if doc.get("kind") == "registry" else "read"
-        tables.append((f"per layer (median milliseconds per stage; {read}+inflate on one thread, hash on another, "
-                       "extract+wait on the caller's; blake3 is the store's dedup pass, after the unpack)", rows))
+        tables.append((f"per layer (median wall milliseconds per stage; {stage_label('read', kind)}, inflate and "
+                       "blob sha256 on one thread, parse and write on the caller's, diffID sha256 on whichever "
+                       "waits; wait is both threads'; blake3 is the store's dedup pass, after the unpack)", rows))
+        if all(isinstance(layer.get("cpu"), dict) for layer in doc["layers"]):
+            shown = _shown_stages([s for layer in doc["layers"] for key in ("seconds", "cpu") for s in layer[key]])
+            rows = [["layer", "comp"] + [f"{stage_label(s, kind)} ms" for s in shown] + ["busy ms"]]
+            for layer in doc["layers"]:
+                rows.append([layer["index"], layer["compression"]]
+                            + [_stage_cell(layer, s, layer["cpu"].get(s, 0.0)) for s in shown]
+                            + [_fmt(sum(layer["cpu"].get(s, 0.0) for s in shown if s != "wait") * 1e3, 1)])
+            tables.append(("per layer, CPU (median thread CPU milliseconds per stage; parse and write share the "
+                           "caller thread's CPU of each chunk in the proportion of their wall times in it)", rows))
         med = doc["lamina"]["median"]
         tables.append(("whole unpack (median)", [
             ["wall s", "cpu s", "main thread cpu s", "cores busy", "peak RSS MB", "MB/s", "comp MB/s", "entries/s"]
@@ -1042,12 +1121,20 @@ def report_tables(doc):
     return tables
 
 
+def _stage_cell(layer, stage, seconds):
+    """A stage's milliseconds in a per-layer table: a plain tar is hashed once, as the diffID
+    (its digest is the same sha256), so its blob sha256 is that one."""
+    if stage == "hash_blob" and layer["compression"] == "none" and not seconds:
+        return "= diffID"
+    return _fmt(seconds * 1e3, 1)
+
+
 def _cpu_table(med, format):
     """CPU seconds per stage (when the pipeline reports them), else per thread as far as the
     process can tell; and each core's busy share during the run."""
     rows = [["what", "cpu s or busy"]]
     if med.get("cpu_stages"):
-        rows += [[f"stage {k}", _fmt(v)] for k, v in med["cpu_stages"].items()]
+        rows += [[f"stage {stage_label(k)}", _fmt(med["cpu_stages"][k])] for k in _shown_stages(med["cpu_stages"])]
         note = "per stage, from the pipeline"
     else:
         note = "per stage: n/a (this lamina's pipeline does not report stage CPU); per thread instead"
@@ -1098,34 +1185,11 @@ def _charts(doc):
         ax.legend(fontsize="small")
         ax.set_title(f"{doc['synthetic']}: cost per entry")
         charts.append(("scaling: cost per entry", svg(fig)))
+        if all(p.get("stage_cpu_us_per_entry") for p in pts):
+            charts.append(("scaling: CPU per entry in each stage", svg(_scaling_shares_figure(plt, doc))))
         return charts
     charts.append(("timeline: which thread did what, when", svg(_timeline_figure(plt, doc))))
-    # One bar per thread of each layer: the threads overlap in time, so their stages are
-    # shown side by side against the layer's wall time, not stacked into one sum.
-    threads = (("inflate thread", ("read", "inflate")), ("hash thread", ("hash",)),
-               ("main thread", ("extract", "wait")))
-    layers = doc["layers"]
-    fig, ax = plt.subplots(figsize=(6.5, 0.8 + 1.0 * len(layers)))
-    colors = dict(zip(STAGES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    labels, seen = [], set()
-    for layer in layers:
-        for tname, stages in threads:
-            y = len(labels)
-            labels.append(f"layer {layer['index']} {tname}")
-            left = 0.0
-            for stage in stages:
-                v = layer["seconds"][stage]
-                ax.barh(y, v, left=left, color=colors[stage], label=None if stage in seen else stage)
-                seen.add(stage)
-                left += v
-        ax.plot([layer["seconds"]["total"]] * 2, [len(labels) - 3.4, len(labels) - 0.6], color="black",
-                label=None if "total" in seen else "layer wall time")
-        seen.add("total")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
-    charts.append(("stage seconds per layer and thread", svg(fig)))
+    charts.append(("stage shares per layer: seconds and CPU", svg(_shares_figure(plt, doc))))
     charts.append(("CPU: seconds per stage, and how busy each core was", svg(_cpu_figure(plt, doc))))
     ran = [c for c in doc["compare"] if "error" not in c]
     if ran:
@@ -1137,22 +1201,75 @@ def _charts(doc):
     return charts
 
 
+def _scaling_shares_figure(plt, doc):
+    """One stacked bar per size: the thread CPU µs per entry of each stage (waits left out)."""
+    pts = doc["points"]
+    shown = [s for s in _shown_stages([s for p in pts for s in p["stage_cpu_us_per_entry"]]) if s != "wait"]
+    colors = _stage_colors(shown)
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.4 * len(pts)))
+    for y, p in enumerate(pts):
+        left = 0.0
+        for stage in shown:
+            v = p["stage_cpu_us_per_entry"].get(stage, 0.0)
+            ax.barh(y, v, left=left, color=colors[stage], label=stage_label(stage) if y == 0 else None)
+            left += v
+    ax.set_yticks(range(len(pts)), [f"{p['entries']} entries" for p in pts])
+    ax.invert_yaxis()
+    ax.set_xlabel("thread CPU µs per entry")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    return fig
+
+
+def _shares_figure(plt, doc):
+    """Two stacked bars per layer: the wall seconds of each stage (the threads overlap, so the
+    bar can pass the layer's wall time, the black tick) and the CPU seconds of each."""
+    kind = doc.get("kind")
+    layers = doc["layers"]
+    with_cpu = all(isinstance(layer.get("cpu"), dict) for layer in layers)
+    bars = [("seconds", "seconds")] + ([("CPU", "cpu")] if with_cpu else [])
+    shown = [s for s in _shown_stages([s for layer in layers for _, f in bars for s in layer[f]]) if s != "wait"]
+    colors = _stage_colors(shown)
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.45 * len(bars) * len(layers)))
+    labels, seen = [], set()
+    for layer in layers:
+        for what, field in bars:
+            y = len(labels)
+            labels.append(f"layer {layer['index']} {what}")
+            left = 0.0
+            for stage in shown:
+                v = layer[field].get(stage, 0.0)
+                if v <= 0:
+                    continue
+                ax.barh(y, v, left=left, color=colors[stage],
+                        label=None if stage in seen else stage_label(stage, kind))
+                seen.add(stage)
+                left += v
+        ax.plot([layer["seconds"]["total"]] * 2, [len(labels) - len(bars) - 0.4, len(labels) - 0.6],
+                color="black", label=None if "total" in seen else "layer wall time")
+        seen.add("total")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds (wall, summed over the threads; CPU)")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    return fig
+
+
 def _timeline_figure(plt, doc):
     """One row per thread: when it read, inflated, hashed, parsed, wrote (what the pipeline
-    reports), and a row of the layer blobs each thread had open (scan, then apply)."""
+    reports: its stages alternate chunk by chunk, so each stretch of work is drawn as one
+    piece per stage, as long as the stage's share of it), and a row of the layer blobs each
+    thread had open (scan, then apply)."""
     rows = doc["lamina"]["timeline"]
+    kind = doc.get("kind")
     names = []
     for thread, stage, *_ in rows:
         name = f"{thread}: layers" if stage in ("apply", "scan") else thread
         if name not in names:
             names.append(name)
-    # the known stages keep their colours from one report to the next
-    order = ("apply", "scan", "read", "inflate", "hash", "parse", "extract", "write", "wait")
+    order = ("apply", "scan") + PIPELINE_STAGES + tuple(COARSE_STAGES)
     stages = [s for s in order if any(r[1] == s for r in rows)] + list(dict.fromkeys(
         r[1] for r in rows if r[1] not in order))
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colors = {stage: palette[i % len(palette)] for i, stage in enumerate(order + tuple(s for s in stages
-                                                                                        if s not in order))}
+    colors = _stage_colors(stages)
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.45 * max(len(names), 1)))
     for thread, stage, layer, start, end in rows:
         y = names.index(f"{thread}: layers" if stage in ("apply", "scan") else thread)
@@ -1166,7 +1283,7 @@ def _timeline_figure(plt, doc):
     ax.set_xlabel("seconds from the start of the run")
     ax.set_xlim(left=0)
     from matplotlib.patches import Patch
-    ax.legend(handles=[Patch(color=colors[s], label=s) for s in stages], fontsize="small",
+    ax.legend(handles=[Patch(color=colors[s], label=stage_label(s, kind)) for s in stages], fontsize="small",
               loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
@@ -1175,16 +1292,21 @@ def _cpu_figure(plt, doc):
     med = doc["lamina"]["median"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 2.8), gridspec_kw={"width_ratios": [3, 2]})
     if med.get("cpu_stages"):
-        names, values = list(med["cpu_stages"]), list(med["cpu_stages"].values())
+        stages = _shown_stages(med["cpu_stages"])
+        names = [stage_label(k, doc.get("kind")) for k in stages]
+        values = [med["cpu_stages"][k] for k in stages]
         left.set_title("CPU seconds per stage", fontsize="medium")
     else:
+        stages = [None, None]
         names = ["main thread", "other threads"]
         values = [med["cpu_main_thread"], max(med["cpu"] - med["cpu_main_thread"], 0.0)]
         left.set_title("CPU seconds per thread (no stage CPU reported)", fontsize="medium")
     if doc["lamina"]["dedup"]["ran"]:
+        stages.append("blake3")
         names.append("blake3 (dedup pass, one thread)")
         values.append(doc["lamina"]["dedup"]["blake3"])
-    left.barh(names, values)
+    colors = _stage_colors([s for s in stages if s])
+    left.barh(names, values, color=[colors[s] if s else "#1f77b4" for s in stages])
     left.invert_yaxis()
     left.set_xlabel("CPU seconds")
     cores = med.get("per_core_busy") or []

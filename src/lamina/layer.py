@@ -6,6 +6,13 @@ Two stages on two cores (the native pipeline, lamina._pipeline):
                                   -> ring of reusable 1 MiB buffers ->
     caller thread:            [sha256(tar) ->] native Extractor.feed (parse + write)
 
+Both report the seconds and thread CPU seconds of each stage (ApplyStats.seconds /
+.cpu, STAGES): read, inflate, hash_blob (the digest), hash_tar (the diffID; a plain
+tar is hashed once, as hash_tar: its digest is its diffID), parse, write, wait.
+parse and write alternate entry by entry inside Extractor.feed, which times its
+writes (``write_ns``): write is that, parse the rest of feed()/finish(), and the
+caller thread's CPU over each feed() is shared between them in the same proportion.
+
 sha256(tar) runs in whichever stage has time for it, chunk by chunk, so that
 the two stages take about the same time (TAR_HASH).  When the native stage 1 cannot
 handle a layer (a codec not built in, no OpenSSL), or LAMINA_PIPELINE=python,
@@ -39,6 +46,12 @@ HEAD = 8              # bytes enough to recognise the compression
 # waits ("stage1" / "stage2" pin it; measured on the bench image, auto was the
 # fastest for gzip, where inflate alone is about the extractor's whole work).
 TAR_HASH = "auto"
+
+# The stages of ApplyStats.seconds and .cpu: disjoint, they add up to what the threads did.
+STAGES = _pipeline.STAGES
+# The coarser stages reported before hashing and extracting were split, kept (as sums of
+# their parts) so that readers of ApplyStats and of `apply --format json` still find them.
+COARSE_STAGES = {"hash": ("hash_blob", "hash_tar"), "extract": ("parse", "write")}
 
 _DONE = object()
 
@@ -102,11 +115,12 @@ def scan_layer(layer, *, diff_id=None, digest=None, media_type=None, limits=None
     this layer hides in the layers under it, for ``apply_layer(hidden=...)``.
     """
     extractor = Extractor(None, limits=limits or DEFAULT_LIMITS)
-    stats = _run(layer, extractor, diff_id, digest, media_type, name, True)
+    stats = _run(layer, extractor, diff_id, digest, media_type, name, True, writes=False)
     return stats, (extractor.scan_at, extractor.scan_below)
 
 
-def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob):
+def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=True):
+    """``writes=False``: the extractor only scans (its bookkeeping is parse, not write)."""
     for d, label in ((digest, "digest"), (diff_id, "diff_id")):
         if d is not None:
             validate(d, label)
@@ -120,7 +134,7 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob):
         compression.check_media_type(kind, media_type, what)
         run = _native if _use_native(kind) else _python
         try:
-            stats, counts = run(raw, head, kind, extractor, what, t0, hash_blob)
+            stats, counts = run(raw, head, kind, _TimedFeed(extractor, writes), what, t0, hash_blob)
         except (errors.InvalidArchiveError, errors.ExtractError) as e:
             if str(e).startswith(what):
                 raise
@@ -164,10 +178,10 @@ def _blob_fd(raw):
         return None
 
 
-def _native(raw, head, kind, extractor, what, t0, hash_blob):
-    """Stage 1 in lamina._pipeline's thread, the extractor on the caller's thread."""
+def _native(raw, head, kind, feed, what, t0, hash_blob):
+    """Stage 1 in lamina._pipeline's thread, the extractor (``feed``) on the caller's thread."""
     stage1 = _pipeline.Timeline("lamina-inflate", "inflate", t0)
-    stage2 = _pipeline.Timeline(threading.current_thread().name, "extract", t0)
+    stage2 = feed.timeline = _pipeline.Timeline(threading.current_thread().name, "parse", t0)
     stage2.begin()
     fd = _blob_fd(raw)
     source = {"fd": fd[0], "offset": fd[1]} if fd else {"fileobj": raw}
@@ -186,12 +200,8 @@ def _native(raw, head, kind, extractor, what, t0, hash_blob):
                 break
             if chunk is False:  # a slow stream: nothing for 0.1 s
                 continue
-            t = time.perf_counter()
-            extractor.feed(chunk)
-            stage2.step("extract", t)
-        t = time.perf_counter()
-        counts = extractor.finish()
-        stage2.step("extract", t)
+            feed(chunk)
+        counts = feed.finish()
     finally:
         stage.close()
         thread.join()
@@ -202,15 +212,54 @@ def _native(raw, head, kind, extractor, what, t0, hash_blob):
     return stats, counts
 
 
+class _TimedFeed:
+    """The extractor on the caller's thread (whose ``timeline`` the pipeline sets), its
+    time split into parse and write.
+
+    The extractor times its own writes (``write_ns``: creating entries, writing their
+    data and metadata, the final directory fixups); the rest of feed() / finish() is
+    parsing.  Each call's thread CPU is shared between the two in the proportion of
+    their wall times in that call (they alternate entry by entry, too finely for a
+    CPU clock reading at each switch).  A scan (``writes=False``) writes nothing: what
+    its extractor times is bookkeeping, all parse."""
+
+    def __init__(self, extractor, writes=True):
+        self.extractor, self.writes, self.timeline = extractor, writes, None
+        self.write_ns = extractor.write_ns
+
+    def _step(self, t):
+        now = self.extractor.write_ns
+        written = (now - self.write_ns) * 1e-9 if self.writes else 0.0
+        self.timeline.step("parse", t, "write", written)
+        self.write_ns = now
+
+    def __call__(self, chunk):
+        t = time.perf_counter()
+        self.extractor.feed(chunk)
+        self._step(t)
+
+    def finish(self):
+        t = time.perf_counter()
+        counts = self.extractor.finish()
+        self._step(t)
+        return counts
+
+
 def _timings(stats, timelines):
-    """seconds / cpu / timeline of ApplyStats from the threads' Timelines."""
+    """seconds / cpu / timeline of ApplyStats from the threads' Timelines: every stage of
+    STAGES in seconds (0.0 when it did not run), those that ran in cpu, and the
+    COARSE_STAGES sums in both."""
     seconds, cpu = {}, {}
     for tl in timelines:
         for d, part in ((seconds, tl.seconds()), (cpu, tl.cpu())):
             for stage, s in part.items():
                 d[stage] = d.get(stage, 0.0) + s
-    seconds.setdefault("wait", 0.0)
-    stats.seconds = {stage: round(seconds.get(stage, 0.0), 6) for stage in ("read", "inflate", "hash", "extract", "wait")}
+    seconds = {stage: seconds.get(stage, 0.0) for stage in STAGES}
+    for d in (seconds, cpu):
+        for coarse, parts in COARSE_STAGES.items():
+            if any(p in d for p in parts):
+                d[coarse] = sum(d.get(p, 0.0) for p in parts)
+    stats.seconds = {stage: round(s, 6) for stage, s in seconds.items()}
     stats.cpu = {stage: round(s, 6) for stage, s in cpu.items()}
     stats.timeline = sorted((span for tl in timelines for span in tl.spans()), key=lambda span: span[2])
 
@@ -219,12 +268,15 @@ def _timings(stats, timelines):
 
 
 class _Hasher:
-    """sha256 of the blob and of the tar, computed off the critical path."""
+    """sha256 of the blob and of the tar, computed off the critical path.  ``blob_stage``:
+    the stage the blob's hash is timed as ("hash_tar" for a plain tar, whose one hash is
+    its diffID, as the native pipeline reports it)."""
 
-    def __init__(self, timeline):
+    def __init__(self, timeline, blob_stage="hash_blob"):
         self.blob = hashlib.sha256()
         self.tar = hashlib.sha256()
         self.hash_blob = True
+        self.blob_stage = blob_stage
         self.timeline = timeline
         self._queue = queue.Queue(16)
         self._thread = threading.Thread(target=self._run, name="lamina-hash", daemon=True)
@@ -240,14 +292,14 @@ class _Hasher:
             if item is None:
                 return
             item[0].update(item[1])
-            step("hash", t)
+            step(item[2], t)
 
     def blob_bytes(self, data):
         if self.hash_blob:
-            self._queue.put((self.blob, data))
+            self._queue.put((self.blob, data, self.blob_stage))
 
     def tar_bytes(self, data):
-        self._queue.put((self.tar, data))
+        self._queue.put((self.tar, data, "hash_tar"))
 
     def close(self):
         """Wait until every queued byte is hashed (idempotent)."""
@@ -302,13 +354,13 @@ def _check_digest(what, expected, actual):
         raise errors.DigestMismatchError(what, expected, actual)
 
 
-def _python(raw, head, kind, extractor, what, t0, hash_blob):
-    """Reader+inflate thread, hasher thread, and the extractor on the caller's thread."""
+def _python(raw, head, kind, feed, what, t0, hash_blob):
+    """Reader+inflate thread, hasher thread, and the extractor (``feed``) on the caller's thread."""
     reader_tl = _pipeline.Timeline("lamina-inflate", "inflate", t0)
-    hasher_tl = _pipeline.Timeline("lamina-hash", "hash", t0)
-    caller_tl = _pipeline.Timeline(threading.current_thread().name, "extract", t0)
+    hasher_tl = _pipeline.Timeline("lamina-hash", "hash_tar", t0)
+    caller_tl = feed.timeline = _pipeline.Timeline(threading.current_thread().name, "parse", t0)
     caller_tl.begin()
-    hasher = _Hasher(hasher_tl)
+    hasher = _Hasher(hasher_tl, "hash_tar" if kind == "none" else "hash_blob")
     hasher.hash_blob = hash_blob or kind == "none"  # a plain tar's blob hash is its diffID
     reader = _HashingReader(raw, hasher)
     hasher.blob_bytes(head)
@@ -364,16 +416,15 @@ def _python(raw, head, kind, extractor, what, t0, hash_blob):
             if isinstance(item, BaseException):
                 raise item
             if kind != "none":  # a plain tar's diffID is its blob digest: hash it once
-                hasher.tar_bytes(item)
-            extractor.feed(item)
-            caller_tl.step("extract", t)
+                hasher.tar_bytes(item)  # waits while the hasher's queue is full
+                caller_tl.step("wait", t)
+            feed(item)
+        counts = feed.finish()
         t = time.perf_counter()
-        counts = extractor.finish()
-        t = caller_tl.step("extract", t)
     finally:
         stop.set()
         thread.join()
-        extractor.close()
+        feed.extractor.close()
         hasher.close()
     caller_tl.step("wait", t)  # for the hasher to finish
 

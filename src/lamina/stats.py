@@ -17,12 +17,15 @@ class ApplyStats:
     whiteouts: int = 0
     hidden: int = 0               # entries skipped: an upper layer hides them (dir format)
     skipped: list = field(default_factory=list)   # entries not applied, with why
-    seconds: dict = field(default_factory=dict)   # stage -> seconds
-    # stage -> CPU seconds of the threads doing it (CLOCK_THREAD_CPUTIME_ID):
-    # "read", "inflate", "hash", "extract", "wait"
+    # stage -> seconds: "read", "inflate", "hash_blob", "hash_tar", "parse", "write", "wait"
+    # (layer.STAGES, disjoint), their sums "hash" (hash_blob + hash_tar) and "extract"
+    # (parse + write) as before the split, and "total"
+    seconds: dict = field(default_factory=dict)
+    # the same stages -> CPU seconds of the threads doing them (CLOCK_THREAD_CPUTIME_ID)
     cpu: dict = field(default_factory=dict)
     # [thread_name, stage, start_s, end_s] relative to the layer's start: each thread's
-    # busy spans (stage: what the thread does) and "wait" spans, adjacent ones coalesced
+    # work spans, laid out as one piece per stage in proportion to its time in the span,
+    # and its "wait" spans, adjacent ones coalesced
     timeline: list = field(default_factory=list)
     pipeline: str = ""            # "native" (lamina._pipeline stage 1) or "python" (three threads)
 
