@@ -341,3 +341,11 @@ def test_a_full_disk_names_the_archive(tmp_path, store, argv):
         assert os.listdir(small) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_unpack_of_what_is_neither_a_path_nor_an_image_name(tmp_path, store):
+    """`unpack Debian:12 DEST` once said only "Debian:12: no such file or directory"."""
+    msg = fails(store, "unpack", "Debian:12", tmp_path / "out", match="no such file or directory")
+    assert msg == ("lamina: error: Debian:12: no such file or directory, and not an image name: invalid reference "
+                   "format: repository name (library/Debian) must be lowercase"), msg
+    assert not (tmp_path / "out").exists()

@@ -669,6 +669,18 @@ def unpack(store, ref, dest, *, bundle=False, link=False, platform=None):
 TRANSPORTS = ("oci:", "docker-archive:", "oci-archive:")
 
 
+def check_path_source(source):
+    """A SOURCE ``is_store_source`` did not take for a store image is a path: one that is not
+    there and is not an image name either (``Debian:12``: names are lowercase) is both, and
+    saying only "no such file or directory" would hide the second."""
+    if source.startswith(TRANSPORTS) or os.path.lexists(source):
+        return
+    try:
+        Reference.parse(source)
+    except InvalidReferenceError as e:
+        raise InvalidReferenceError(f"{source}: no such file or directory, and not an image name: {e}") from None
+
+
 def is_store_source(source, root=None):
     """True if ``lamina unpack SOURCE`` means an image in the store rather than a layout or archive path."""
     if source.startswith(TRANSPORTS):

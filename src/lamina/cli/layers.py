@@ -76,6 +76,7 @@ def _registry_source(args):
 
 
 def cmd_unpack(args):
+    from ..images import check_path_source
     from .images import _closing, is_store_source, unpack_from_store
     from ..unpacker import unpack
     if args.source.startswith("docker://"):
@@ -92,6 +93,7 @@ def cmd_unpack(args):
         return _closing(unpack_from_store)(args)  # a bare image reference: materialize from the store's snapshots
     else:
         check_format(args)
+        check_path_source(args.source)
         stats = unpack(args.source, args.dest, platform=args.platform, format=disk_format(args))
     emit(args, stats.to_dict(), lambda: _print_unpack(args, stats))
 
