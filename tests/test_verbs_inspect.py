@@ -100,9 +100,9 @@ def test_inspect_errors_are_clear(store):
     assert rc != 0 and "index out of range" in err
     # a missing image is reported, the others still printed, exit 1
     rc, out, err = lamina(store.root, "inspect", "--format", "{{.Os}}", "nosuch", "app:v2")
-    assert rc == 1 and out == "linux\n" and "No such image: nosuch:latest" in err
+    assert rc == 1 and out == "linux\n" and "no such image: nosuch:latest" in err
     rc, out, err = lamina(store.root, "inspect", "nosuch")
-    assert rc == 1 and json.loads(out) == [] and err.startswith("lamina: error: No such image")
+    assert rc == 1 and json.loads(out) == [] and err.startswith("lamina: error: no such image")
 
 
 # --- the template engine -------------------------------------------------------------------------------

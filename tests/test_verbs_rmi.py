@@ -44,7 +44,7 @@ def test_rmi_keeps_shared_layers_until_the_last_image(store):
     # the survivor is intact: it still unpacks
     ok(store.root, "unpack", "base:1.0", store.root.parent / "dest")
     out, err = fails(store.root, "rmi", "base")
-    assert "No such image: base:latest" in err, "a bare name means :latest"
+    assert "no such image: base:latest" in err, "a bare name means :latest"
     out = ok(store.root, "rmi", "base:1.0")
     assert out.splitlines()[:2] == ["Untagged: base:1.0", f"Deleted: {base.config_digest}"]
     assert _on_disk(store) == (set(), set())
@@ -77,7 +77,7 @@ def test_rmi_by_manifest_digest_and_errors(store):
     out = ok(store.root, "rmi", app.manifest_digest)
     assert "Untagged: app:v2" in out
     rc, out, err = lamina(store.root, "rmi", "nosuch", "base:1.0")
-    assert rc == 1 and "No such image: nosuch:latest" in err and "Untagged: base:1.0" in out, \
+    assert rc == 1 and "no such image: nosuch:latest" in err and "Untagged: base:1.0" in out, \
         "docker goes on with the other arguments and fails at the end"
 
 

@@ -8,11 +8,22 @@ The cost is the copy; DEST's parent must be writable.
 """
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import subprocess
 
 from .errors import LaminaError
+
+
+def why_unwritable(directory):
+    """Why no entry can be made in ``directory``, in the system's words (None: it can)."""
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return os.strerror(errno.EROFS)  # root too: access(2) alone would not say which
+    except OSError as e:
+        return e.strerror
+    return None if os.access(directory, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
 
 
 def _sibling(dest, what):
@@ -32,6 +43,10 @@ def apply_layer_atomic(layer, dest, **kw):
         if os.path.lexists(dest):
             if not os.path.isdir(dest) or os.path.islink(dest):
                 raise LaminaError(f"{dest} exists and is not a directory")
+            parent = os.path.dirname(dest)
+            reason = why_unwritable(parent)
+            if reason:  # else cp's own words, about a staging name the user never gave
+                raise LaminaError(f"cannot write {parent}: {reason} (--atomic stages a copy of {dest} beside it)")
             proc = subprocess.run(["cp", "-a", "--reflink=auto", "--", dest, staging],
                                   capture_output=True, text=True)
             if proc.returncode != 0:

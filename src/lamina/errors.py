@@ -83,6 +83,15 @@ class ImageNotFoundError(ImageError):
     """No image with the given reference in the source."""
 
 
+class NoSuchImageError(ImageNotFoundError):
+    """A name or ID the store does not hold: every verb and the API say it in these words, with
+    the name as docker normalizes it (``nginx`` is ``nginx:latest``, without ``docker.io/library/``)."""
+
+    def __init__(self, name):
+        self.name = name
+        super().__init__(f"no such image: {name}")
+
+
 class InvalidReferenceError(LaminaError, ValueError):
     """A malformed image reference or transport string."""
 

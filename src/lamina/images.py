@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .errors import ImageNotFoundError, InvalidReferenceError, LaminaError
+from .errors import InvalidReferenceError, LaminaError
 from .reference import Reference
 
 # --- what is in use, and how big ------------------------------------------------------------
@@ -437,20 +437,6 @@ def _short(image_id):
     return image_id.split(":", 1)[-1][:12]
 
 
-def no_such_message(ref, exc):
-    """docker's "No such image: nginx:latest" (the name as docker normalizes it)."""
-    from .errors import AmbiguousImageError
-    if isinstance(exc, (AmbiguousImageError, InvalidReferenceError)):
-        return str(exc)
-    shown = ref
-    if not re.fullmatch(r"(sha256:)?[0-9a-f]{1,64}", ref):
-        try:
-            shown = Reference.parse(ref).familiar()
-        except InvalidReferenceError:
-            pass
-    return f"No such image: {shown}"
-
-
 def _parses(name):
     try:
         Reference.parse(name, default_tag=False)
@@ -470,10 +456,7 @@ def remove(store, ref, *, force=False, prune=True):
     or an ID several repositories name, unless ``force``.  With ``prune`` the layers no
     image needs any more are deleted now.  Returns RemoveResult."""
     from .store.store import name_of
-    try:
-        image = store.resolve(ref)
-    except ImageNotFoundError as e:
-        raise ImageNotFoundError(no_such_message(ref, e)) from None
+    image = store.resolve(ref)
     use = in_use(store).get(image.manifest_digest, [])
     result = RemoveResult()
     by_id = ref.startswith("sha256:") or re.fullmatch(r"[0-9a-f]{64}", ref) is not None
@@ -513,6 +496,8 @@ def remove(store, ref, *, force=False, prune=True):
 def collect_unused(store, result):
     """gc now, unless another lamina process is writing (then the next prune does it)."""
     from .store.locks import is_locked
+    # the lease this Store took when it read the images is ours, not another writer's (gc drops it too)
+    store._drop_lease()
     if is_locked(store.paths.gc_lock):
         result.busy = True
         return
@@ -682,6 +667,18 @@ def unpack(store, ref, dest, *, bundle=False, link=False, platform=None):
 
 
 TRANSPORTS = ("oci:", "docker-archive:", "oci-archive:")
+
+
+def check_path_source(source):
+    """A SOURCE ``is_store_source`` did not take for a store image is a path: one that is not
+    there and is not an image name either (``Debian:12``: names are lowercase) is both, and
+    saying only "no such file or directory" would hide the second."""
+    if source.startswith(TRANSPORTS) or os.path.lexists(source):
+        return
+    try:
+        Reference.parse(source)
+    except InvalidReferenceError as e:
+        raise InvalidReferenceError(f"{source}: no such file or directory, and not an image name: {e}") from None
 
 
 def is_store_source(source, root=None):

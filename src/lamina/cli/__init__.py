@@ -23,8 +23,8 @@ def build_parser():
     from .. import __version__
     p = argparse.ArgumentParser(prog="lamina", description="Fast, safe OCI/Docker image layer store and unpacker.")
     p.add_argument("--version", action="version", version=f"lamina version {__version__}")
-    p.add_argument("--root", metavar="DIR", help="store directory (default: $LAMINA_ROOT, /var/lib/lamina as root, "
-                   "else $XDG_DATA_HOME/lamina)")
+    p.add_argument("--root", metavar="DIR", type=path_arg, help="store directory (default: $LAMINA_ROOT, "
+                   "/var/lib/lamina as root, else $XDG_DATA_HOME/lamina)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _VERB_MODULES:
@@ -39,7 +39,18 @@ def build_parser():
     c.add_argument("shell", choices=("bash", "zsh", "tcsh"))
     c.set_defaults(func=_completion, _no_store=True)
     _accept_root_anywhere(sub)
+    _know_own_parser(p)
     return p
+
+
+def _know_own_parser(parser):
+    """Each verb's namespace carries its own parser (``args._parser``), so that a usage error
+    found after parsing (``lamina fsck extra``) shows that verb's usage, not the top level's."""
+    parser.set_defaults(_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _know_own_parser(child)
 
 
 def path_arg(value):
@@ -64,7 +75,7 @@ def _accept_root_anywhere(subparsers):
         if parser.get_default("_no_store"):
             continue  # apply works on files only: a --root there would mean nothing
         if not any("--root" in a.option_strings for a in parser._actions):
-            parser.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
+            parser.add_argument("--root", metavar="DIR", type=path_arg, default=argparse.SUPPRESS,
                                 help="store directory (same as the global --root)")
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
@@ -100,7 +111,10 @@ def main(argv=None):
         signal.signal(signal.SIGINT, _on_sigint)
     _raise_fd_limit()
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
         rc = args.func(args)
         sys.stdout.flush()  # inside the try: a reader that left must not cost a traceback at exit
     except BrokenPipeError:
@@ -110,8 +124,9 @@ def main(argv=None):
             return _stdout_gone()
         print(f"lamina: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("lamina: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # a verb may say what the interruption left (apply: DEST partly applied)
+        print("lamina: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130
     except OSError as e:
         print(f"lamina: error: {os_error_message(e)}", file=sys.stderr)

@@ -378,7 +378,7 @@ def cmd_inspect(args):
             sizes = sizes or api.Sizes(store)
             details = api.inspect(store, ref, sizes=sizes)
         except LaminaError as e:
-            errors.append(_no_such(ref, e))
+            errors.append(str(e))
             continue
         results.append(inspect_struct(details))
     out = sys.stdout
@@ -416,9 +416,6 @@ def _raw_for_template(raw):
     if isinstance(raw, (int, float)):
         return json.dumps(raw)
     return raw
-
-
-_no_such = api.no_such_message
 
 
 HISTORY_HEADERS = {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "CreatedBy": "CREATED BY",
@@ -725,7 +722,7 @@ def _rmi_parser(p):
     p.add_argument("-f", "--force", action="store_true", help="remove an image referenced by several repositories "
                    "or in use (its content stays until the mount or bundle goes)")
     p.add_argument("--no-prune", action="store_true", help="do not delete unused layers now (image prune does)")
-    add_format_option(p)
+    add_format_option(p, example="{{.reclaimed}}")
     p.set_defaults(func=_closing(cmd_rmi))
 
 
@@ -733,7 +730,7 @@ def _prune_parser(p):
     p.add_argument("-a", "--all", action="store_true", help="remove all images not in use, not just dangling ones")
     p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
     p.add_argument("--filter", action="append", metavar="FILTER", help="until=DURATION|TIME, label=KEY[=VALUE]")
-    add_format_option(p)
+    add_format_option(p, example="{{.reclaimed}}")
     p.set_defaults(func=_closing(cmd_image_prune))
 
 

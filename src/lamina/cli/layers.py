@@ -29,8 +29,13 @@ def _print_layer(stats, label: str, out):
         print(f"  skipped: {s}", file=out)
 
 
+def _partly_applied(dest):
+    return (f"{dest} is now partly applied (apply works in place, like tar -x: the entries before the failure "
+            "were written); --atomic applies all or nothing")
+
+
 def cmd_apply(args):
-    from ..atomic import apply_layer_atomic
+    from ..atomic import apply_layer_atomic, why_unwritable
     from ..errors import LaminaError
     from ..layer import apply_layer
     check_format(args)
@@ -39,19 +44,23 @@ def cmd_apply(args):
     existed = os.path.lexists(args.dest)
     if existed and not os.path.isdir(args.dest):
         raise ExtractError(f"destination {args.dest} exists and is not a directory")
+    reason = why_unwritable(args.dest) if existed and not args.atomic else None
+    if reason:  # else the first entry fails, and the error would say DEST is partly applied
+        raise ExtractError(f"cannot write {args.dest}: {reason}")
     try:
         stats = apply(args.layer, args.dest, format=fmt, diff_id=args.diff_id, digest=args.digest,
                       media_type=args.media_type)
-    except (LaminaError, OSError) as e:
+    except (KeyboardInterrupt, LaminaError, OSError) as e:
         if args.atomic or not os.path.isdir(args.dest):
             raise
         if not existed and not os.listdir(args.dest):
             os.rmdir(args.dest)  # nothing was written: leave no trace of a DEST the user never had
             raise
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C leaves DEST as a failure does: say so
+            raise KeyboardInterrupt(_partly_applied(args.dest)) from None
         if not isinstance(e, LaminaError):
             raise
-        e.args = (f"{e}; {args.dest} is now partly applied (apply works in place, like tar -x: the entries "
-                  "before the failure were written); --atomic applies all or nothing",)
+        e.args = (f"{e}; {_partly_applied(args.dest)}",)
         raise
     emit(args, stats.to_dict(), lambda: _print_layer(stats, f"applied {args.layer} onto {args.dest} ({fmt})",
                                                        sys.stdout))
@@ -67,6 +76,7 @@ def _registry_source(args):
 
 
 def cmd_unpack(args):
+    from ..images import check_path_source
     from .images import _closing, is_store_source, unpack_from_store
     from ..unpacker import unpack
     if args.source.startswith("docker://"):
@@ -83,6 +93,7 @@ def cmd_unpack(args):
         return _closing(unpack_from_store)(args)  # a bare image reference: materialize from the store's snapshots
     else:
         check_format(args)
+        check_path_source(args.source)
         stats = unpack(args.source, args.dest, platform=args.platform, format=disk_format(args))
     emit(args, stats.to_dict(), lambda: _print_unpack(args, stats))
 
@@ -114,7 +125,7 @@ def register(sub):
     a.add_argument("--media-type", help="the layer's media type; must agree with the content")
     a.add_argument("--atomic", action="store_true", help="apply to a copy of DEST and rename it into place only "
                    "if the whole layer applies and verifies (without it, a failure leaves DEST partly applied)")
-    add_format_option(a, text_values=FORMATS)
+    add_format_option(a, example="{{.diff_id}}", text_values=FORMATS)
     a.set_defaults(func=cmd_apply, _no_store=True)
 
     u = sub.add_parser("unpack", help="unpack an image into a root filesystem (or overlay layer dirs)")
@@ -125,7 +136,7 @@ def register(sub):
     u.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick from a multi-arch index")
     u.add_argument("--overlay", action="store_true", help="oci:/archive sources: one overlayfs layer dir per "
                    "layer (DEST/layers/N) and the mount options, instead of one merged rootfs")
-    add_format_option(u, text_values=FORMATS)
+    add_format_option(u, example="{{.manifest_digest}}", text_values=FORMATS)
     u.add_argument("--bundle", action="store_true", help="store images: write an OCI runtime bundle "
                    "(DEST/config.json + DEST/rootfs)")
     u.add_argument("--link", action="store_true", help="store images: hardlink files from the store's snapshots "

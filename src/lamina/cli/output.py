@@ -15,12 +15,13 @@ import sys
 JSON_VERSION = 1
 
 
-def add_format_option(p, *, text_values=()):
-    """--format FORMAT and its alias --json.  ``text_values``: more spellings of the default
+def add_format_option(p, *, example=None, text_values=()):
+    """--format FORMAT and its alias --json.  ``example``: a template over this verb's own JSON
+    (the help shows it, and a test runs it).  ``text_values``: more spellings of the default
     text output that older command lines used (``--format text``)."""
     p.add_argument("--format", metavar="FORMAT", default=None,
-                   help="'json' for the documented JSON (see the README), or a Go template over it, "
-                        "e.g. '{{.manifest_digest}}'")
+                   help="'json' for the documented JSON (see the README), or a Go template over it"
+                        + (f", e.g. '{example}'" if example else ""))
     p.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
     p.set_defaults(_text_formats=("text", "table", *text_values))
 

@@ -24,7 +24,7 @@ def register(sub):
                    help="keep every platform of a multi-platform image under the tag (the chosen one is "
                    "extracted; save as oci-archive and push keep them all)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image reference")
-    add_format_option(p)
+    add_format_option(p, example="{{.image_id}}")
     p.add_argument("--max-concurrent-downloads", type=int, metavar="N", default=None,
                    help="layers downloaded at once (default 3, or $LAMINA_MAX_CONCURRENT_DOWNLOADS)")
     _add_common(p)
@@ -33,7 +33,7 @@ def register(sub):
     p = sub.add_parser("push", help="push an image from the store to a registry")
     p.add_argument("ref", metavar="NAME[:TAG]")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the pushed digest")
-    add_format_option(p)
+    add_format_option(p, example="{{.digest}}")
     p.add_argument("--chunk-size", type=int, metavar="BYTES", default=None,
                    help="upload blobs larger than this in chunks of this size (default 64 MiB)")
     _add_common(p)

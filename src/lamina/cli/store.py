@@ -121,9 +121,22 @@ def _fsck(args, store):
     return 0 if report.ok else 1
 
 
+# Findings of one kind shown in full; a store an interrupted prune left holds thousands of unused
+# objects, and a screen of them hides everything else (--format json lists every one).
+FSCK_SHOWN_PER_KIND = 5
+_UNUSED_KINDS = ("orphan-blob", "orphan-snapshot", "unused-object")
+
+
 def _print_fsck(args, report):
+    groups = {}
     for f in report.findings:
-        print(f)
+        groups.setdefault((f.severity, f.kind, f.repaired), []).append(f)
+    for (severity, kind, repaired), found in groups.items():
+        for f in found[:FSCK_SHOWN_PER_KIND]:
+            print(f)
+        if len(found) > FSCK_SHOWN_PER_KIND:
+            print(f"{severity}: {len(found) - FSCK_SHOWN_PER_KIND} more {kind} findings like these"
+                  + (" (repaired)" if repaired else "") + "; lamina fsck --format json lists every one")
     c = report.checked
     summary = (f"checked {_count(c.get('blobs', 0), 'blob')}, {_count(c.get('images', 0), 'image')}, "
                f"{_count(c.get('snapshots', 0), 'snapshot')}: ")
@@ -135,8 +148,17 @@ def _print_fsck(args, report):
     print(summary)
     if not report.ok and not args.repair:
         print("run lamina fsck --repair to fix what can be fixed", file=sys.stderr)
+    elif not args.repair and any(f.kind in _UNUSED_KINDS for f in report.findings):
+        print("unused content (what an interrupted rmi or prune leaves): lamina image prune removes it",
+              file=sys.stderr)
+
 
 def cmd_config(args):
+    # `config set dedup` once printed the value, and `config get dedup false` set it
+    if args.action == "set" and args.value is None:
+        args._parser.error("config set needs KEY and VALUE")
+    if args.action != "set" and args.value is not None:
+        args._parser.error(f"unexpected VALUE {args.value!r}: to change a setting, use config set KEY VALUE")
     with _store(args) as store:
         if args.key is None:
             for key, value in sorted(store.config().items()):
@@ -155,7 +177,7 @@ def register(sub):
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                    help="the platform a multi-platform image is tagged as and extracted for "
                         "(every platform the archive holds is kept)")
-    add_format_option(p)
+    add_format_option(p, example="{{range .images}}{{.id}} {{end}}")
     p.set_defaults(func=cmd_load)
 
     p = sub.add_parser("save", help="save images to a tar archive (like docker save)")
@@ -171,13 +193,13 @@ def register(sub):
                    "oci-archive:PATH[:REF] or an image in the store")
     p.add_argument("destination", metavar="DEST", type=path_arg, help="same forms; a plain name means the store")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to copy from a multi-platform source")
-    p.add_argument("-q", "--quiet", action="store_true")
-    add_format_option(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no output but errors")
+    add_format_option(p, example="{{.manifest_digest}}")
     p.set_defaults(func=cmd_copy)
 
     p = sub.add_parser("fsck", help="check the store: blob digests, snapshots against their layers, leftovers")
     p.add_argument("--repair", action="store_true", help="fix what can be fixed (waits for other lamina writers)")
-    add_format_option(p)
+    add_format_option(p, example="{{.ok}}")
     p.set_defaults(func=cmd_fsck)
 
     p = sub.add_parser("config", help="show or change the store's settings (dedup, keep-blobs)")

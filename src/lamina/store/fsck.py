@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .. import digest as _digest
 from ..errors import LaminaError, StoreError
+from ..images import familiar
 from . import snapshots as _snapshots
 from .fsutil import atomic_write, disk_usage, syncfs
 from .gc import reachable
@@ -169,7 +170,9 @@ class Checker:
             return f.repaired
         digests = list(dict.fromkeys(e["digest"] for e in entries))
         for d in digests:
-            names = ", ".join(filter(None, (entry_name(e) for e in entries if e["digest"] == d))) or "<none>"
+            # named as `lamina images` shows them (s:1, not docker.io/library/s:1)
+            named = (entry_name(e) for e in entries if e["digest"] == d)
+            names = ", ".join(familiar(n) for n in named if n) or "<none>"
             advice = "re-load or re-pull it, or remove it with lamina rmi"
             try:
                 image = load_image(self._open_good, d)

@@ -22,7 +22,7 @@ import threading
 from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import (AmbiguousImageError, BlobNotFoundError, ImageError, ImageNotFoundError,
-                      InvalidReferenceError, StoreError)
+                      InvalidReferenceError, NoSuchImageError, StoreError)
 from ..oci.model import ANNOTATION_REF_NAME
 from ..reference import Reference
 from . import snapshots as _snapshots
@@ -252,7 +252,7 @@ class Store:
             found = self._by_reference(ref_or_id)
             if found:
                 return found
-            raise ImageNotFoundError(f"no such image: {ref_or_id.familiar()}")
+            raise NoSuchImageError(ref_or_id.familiar())
         s = ref_or_id
         if not isinstance(s, str) or not s:
             raise InvalidReferenceError(f"invalid image reference {s!r}")
@@ -278,7 +278,7 @@ class Store:
             return found
         if _HEX_PREFIX_RE.fullmatch(s):
             return self._by_id_prefix(s)
-        raise ImageNotFoundError(f"no such image: {s}")
+        raise NoSuchImageError(ref.familiar())
 
     def _by_reference(self, ref):
         entries = self.index.read()
@@ -307,13 +307,13 @@ class Store:
         for image in self.images(skip_broken=True):
             if image.config_digest == digest:
                 return image
-        raise ImageNotFoundError(f"no such image: {shown}")
+        raise NoSuchImageError(shown)
 
     def _by_id_prefix(self, prefix):
         matches = [i for i in self.images(skip_broken=True) if i.config_digest[len("sha256:"):].startswith(prefix)]
         ids = {i.config_digest for i in matches}
         if not matches:
-            raise ImageNotFoundError(f"no such image: {prefix}")
+            raise NoSuchImageError(prefix)
         if len(ids) > 1:
             raise AmbiguousImageError(f"image ID prefix {prefix!r} is ambiguous: it matches {len(ids)} images")
         return matches[0]
@@ -368,12 +368,12 @@ class Store:
         """
         name = name_of(ref)
         if not any(entry_name(e) == name for e in self.index.read()):
-            raise ImageNotFoundError(f"no such image: {_as_reference(ref).familiar()}")
+            raise NoSuchImageError(_as_reference(ref).familiar())
         self._check_writable(f"cannot untag {_as_reference(ref).familiar()}")
         with self.index.update() as entries:
             old = next((e for e in entries if entry_name(e) == name), None)
             if old is None:
-                raise ImageNotFoundError(f"no such image: {_as_reference(ref).familiar()}")
+                raise NoSuchImageError(_as_reference(ref).familiar())
             entries.remove(old)
             return not any(e["digest"] == old["digest"] for e in entries)
 

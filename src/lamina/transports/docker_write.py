@@ -46,41 +46,40 @@ def _v1_ids(data):
 
 def write_archive(images, fileobj):
     """A docker-archive of [(ImageData, [Reference])] onto a binary stream."""
-    tar = stream_tar(fileobj)
-    manifest, repositories, written = [], {}, set()
-    for data, refs in images:
-        layer_names = []
-        v1_ids = _v1_ids(data)
-        for i, (layer, v1) in enumerate(zip(data.layers, v1_ids)):
-            name = f"{_digest.hex_of(layer.diff_id)}.tar"
-            if name not in written:
-                size = _tar_size(layer)
-                with _uncompressed(layer) as f:
-                    add_stream(tar, name, size, f, layer.diff_id, f"layer {layer.digest} (diffID {layer.diff_id})")
-                written.add(name)
-            if v1 not in written:
-                add_dir(tar, f"{v1}/")
-                add_bytes(tar, f"{v1}/VERSION", b"1.0")
-                legacy = {"id": v1, "created": "1970-01-01T00:00:00Z"}
-                if i:
-                    legacy["parent"] = v1_ids[i - 1]
-                add_bytes(tar, f"{v1}/json", json.dumps(legacy).encode())
-                add_symlink(tar, f"{v1}/layer.tar", f"../{name}")
-                written.add(v1)
-            layer_names.append(name)
-        config_name = f"{_digest.hex_of(data.config_digest)}.json"
-        if config_name not in written:
-            add_bytes(tar, config_name, data.config)
-            written.add(config_name)
-        tags = [r.familiar() for r in refs if r.tag and not r.digest]
-        manifest.append({"Config": config_name, "RepoTags": tags or None, "Layers": layer_names})
-        for r in refs:
-            if r.tag and not r.digest and v1_ids:
-                repositories.setdefault(r.familiar_name, {})[r.tag] = v1_ids[-1]
-    add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
-    if repositories:
-        add_bytes(tar, "repositories", json.dumps(repositories).encode())
-    tar.close()
+    with stream_tar(fileobj) as tar:
+        manifest, repositories, written = [], {}, set()
+        for data, refs in images:
+            layer_names = []
+            v1_ids = _v1_ids(data)
+            for i, (layer, v1) in enumerate(zip(data.layers, v1_ids)):
+                name = f"{_digest.hex_of(layer.diff_id)}.tar"
+                if name not in written:
+                    size = _tar_size(layer)
+                    with _uncompressed(layer) as f:
+                        add_stream(tar, name, size, f, layer.diff_id, f"layer {layer.digest} (diffID {layer.diff_id})")
+                    written.add(name)
+                if v1 not in written:
+                    add_dir(tar, f"{v1}/")
+                    add_bytes(tar, f"{v1}/VERSION", b"1.0")
+                    legacy = {"id": v1, "created": "1970-01-01T00:00:00Z"}
+                    if i:
+                        legacy["parent"] = v1_ids[i - 1]
+                    add_bytes(tar, f"{v1}/json", json.dumps(legacy).encode())
+                    add_symlink(tar, f"{v1}/layer.tar", f"../{name}")
+                    written.add(v1)
+                layer_names.append(name)
+            config_name = f"{_digest.hex_of(data.config_digest)}.json"
+            if config_name not in written:
+                add_bytes(tar, config_name, data.config)
+                written.add(config_name)
+            tags = [r.familiar() for r in refs if r.tag and not r.digest]
+            manifest.append({"Config": config_name, "RepoTags": tags or None, "Layers": layer_names})
+            for r in refs:
+                if r.tag and not r.digest and v1_ids:
+                    repositories.setdefault(r.familiar_name, {})[r.tag] = v1_ids[-1]
+        add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
+        if repositories:
+            add_bytes(tar, "repositories", json.dumps(repositories).encode())
 
 
 def write_archive_file(images, path):

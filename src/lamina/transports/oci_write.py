@@ -124,22 +124,21 @@ def write_archive(images, fileobj):
     """An oci-archive of [(ImageData or IndexData, ref-or-None)] onto a binary stream."""
     for _, ref in images:
         _check_ref(ref)
-    tar = stream_tar(fileobj)
-    add_bytes(tar, "oci-layout", OCI_LAYOUT)
-    add_dir(tar, "blobs")
-    add_dir(tar, "blobs/sha256")
-    written, entries = set(), []
-    for data, ref in images:
-        for digest, size, opener, what in (_index_blobs(data) if isinstance(data, IndexData) else _blobs(data)):
-            if digest in written:
-                continue
-            with opener() as f:
-                add_stream(tar, f"blobs/sha256/{_digest.hex_of(digest)}", size, f, digest, what, mode=0o444)
-            written.add(digest)
-        entries.append(_entry(data, ref))
-    doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
-    add_bytes(tar, "index.json", json.dumps(doc, indent=2).encode() + b"\n")
-    tar.close()
+    with stream_tar(fileobj) as tar:
+        add_bytes(tar, "oci-layout", OCI_LAYOUT)
+        add_dir(tar, "blobs")
+        add_dir(tar, "blobs/sha256")
+        written, entries = set(), []
+        for data, ref in images:
+            for digest, size, opener, what in (_index_blobs(data) if isinstance(data, IndexData) else _blobs(data)):
+                if digest in written:
+                    continue
+                with opener() as f:
+                    add_stream(tar, f"blobs/sha256/{_digest.hex_of(digest)}", size, f, digest, what, mode=0o444)
+                written.add(digest)
+            entries.append(_entry(data, ref))
+        doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
+        add_bytes(tar, "index.json", json.dumps(doc, indent=2).encode() + b"\n")
 
 
 def write_archive_file(images, path):

@@ -1,6 +1,7 @@
 """Shared by the writers: verify bytes while copying them, and publish output files atomically."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -81,6 +82,9 @@ def add_symlink(tar, name, target):
     tar.addfile(info)
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only a write fails with
+
+
 @contextmanager
 def atomic_output(path):
     """A binary file that appears at ``path`` only if the block succeeds (else nothing is left)."""
@@ -99,20 +103,35 @@ def atomic_output(path):
         f.close()
         os.rename(tmp, path)
         fsync_dir(parent)
-    except BaseException:
-        f.close()
+    except BaseException as e:
+        try:
+            f.close()
+        except OSError:
+            pass  # flushing what the failed write left buffered fails the same way
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno in _FULL and e.filename is None:
+            # a write to the archive: name the file the user gave (else "No space left on device" alone)
+            raise OSError(e.errno, e.strerror, path) from None
         raise
 
 
+@contextmanager
 def stream_tar(fileobj):
-    """A streaming tar writer (no seeking, so stdout works), with 1 MiB copies."""
+    """A streaming tar writer (no seeking, so stdout works), with 1 MiB copies; the archive is
+    finished (end blocks written) only when the block succeeds."""
     tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK)
     tar.copybufsize = CHUNK
-    return tar
+    try:
+        yield tar
+    except BaseException:
+        # abandoned half-way (an error, Ctrl-C): left to the garbage collector, tarfile would write
+        # its end blocks into a file already closed and print a traceback
+        tar.fileobj.closed = tar.closed = True
+        raise
+    tar.close()
 
 
 def open_uncompressed(open_raw, what):
