@@ -2465,9 +2465,12 @@ cdef class Extractor:
     cdef _whiteout_root_below(self, int rootfd, bytes name):
         """An opaque root (a marker reached through a symlink to the root):
         overlayfs always merges the layers' roots, whatever their xattrs, so
-        every name the layers below show there gets a whiteout instead."""
+        every name the layers below show there gets a whiteout instead, and a
+        directory of this layer's own there turns opaque (the mount would merge
+        it with the one below, which the opaque root hides)."""
         cdef stat st
         cdef timespec ts[2]
+        cdef int sub
         if self.defer_lowers:
             self._load_lowers(f"entry {_show(name)}: an opaque root hides the layers below")
         self._entry_times(ts)
@@ -2479,8 +2482,17 @@ cdef class Extractor:
                 seen.add(n)
                 if fstatat(<int>lfd, <bytes>n, &st, AT_SYMLINK_NOFOLLOW) < 0:
                     continue
-                if (S_ISCHR(st.st_mode) and st.st_rdev == 0) or n in self.provided:
-                    continue  # already hidden below, or this layer's own
+                if S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    continue  # already hidden below
+                if n in self.provided:
+                    if S_ISDIR(st.st_mode):
+                        sub = openat(rootfd, <bytes>n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                        if sub >= 0:  # else not a directory here: it merges with nothing
+                            try:
+                                self._set_opaque(sub, name)
+                            finally:
+                                close(sub)
+                    continue
                 if fstatat(rootfd, <bytes>n, &st, AT_SYMLINK_NOFOLLOW) == 0:
                     continue
                 if mknodat(rootfd, <bytes>n, S_IFCHR, makedev(0, 0)) < 0:

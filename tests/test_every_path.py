@@ -351,6 +351,9 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
     # an opaque marker reached through a symlink to the root hides every lower entry there
     [Tar().dir("b"), Tar().dir("a").symlink("a", ".").opaque("a")],
     [Tar().dir("b").file("c").file("d"), Tar().whiteout("c"), Tar().file("e").symlink("a", ".").opaque("a")],
+    # ... and a dir the layer wrote there before or after the marker shows nothing from below
+    [Tar().file("a").file("b/a"), Tar().file("a").symlink("a", ".").file("b/b").opaque("a")],
+    [Tar().file("b/a").dir("c/d"), Tar().symlink("a", ".").opaque("a").file("b/c").dir("c")],
     # ... and a whiteout of a symlink the layer wrote does not follow it (here into a loop)
     [Tar().symlink("a/a/a", "a").whiteout("a/a/a")],
 ], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
@@ -359,6 +362,7 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
         "parent-replaced-by-symlink-keeps-target-mode", "whiteout-then-opaque", "copy-ups-then-opaque",
         "whiteout-of-own-dir", "whiteout-of-own-listed-dir", "dir-through-replaced-symlink",
         "dir-through-symlink-to-root", "opaque-root", "opaque-root-over-whiteouts",
+        "opaque-root-own-dir-before", "opaque-root-own-dir-after",
         "whiteout-of-own-symlink-loop"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
