@@ -354,7 +354,8 @@ def test_kill_9_during_dedup_then_fsck_clean_and_rerun(tmp_path, hashed_while_ex
     """Kill the dedup pass at many points; fsck finds no error and a rerun finishes the job.
 
     Either dedup is switched on after the snapshot was made (the pass reads and hashes every
-    file), or it was on all along (the pass takes the extractor's hashes from ``hashed/``)."""
+    file, in the committed snapshot), or it was on all along (the pass takes the extractor's
+    hashes from ``hashed/`` and runs in the snapshot's temp dir, before it is synced)."""
     root = tmp_path / "root"
     _big_layout(tmp_path / "layout")
     if hashed_while_extracting:
@@ -371,21 +372,35 @@ def test_kill_9_during_dedup_then_fsck_clean_and_rerun(tmp_path, hashed_while_ex
     objects = root / "objects" / "blake3"
 
     def mid_pass():
+        if hashed_while_extracting:  # the pass has begun (objects/stage) in a temp snapshot not committed
+            snapshots = os.path.dirname(sdir)
+            temps = os.path.isdir(snapshots) and [e for e in os.scandir(snapshots) if e.name.startswith(".tmp-" + chain[7:])]
+            return bool(temps) and not os.path.exists(sdir) and os.path.isdir(root / "objects" / "stage")
         return (os.path.isdir(os.path.join(sdir, "fs")) and not os.path.exists(os.path.join(sdir, "files.lz4"))
                 and os.path.isdir(objects) and any(os.scandir(objects)))
 
+    def far_enough(attempt, since):
+        """Kill later each attempt: after more objects, or (in a temp snapshot, which makes its
+        objects only at the end) after more time."""
+        if hashed_while_extracting:
+            return time.monotonic() - since > 0.004 * attempt
+        return sum(1 for d in os.scandir(objects) for _ in os.scandir(d.path)) > 20 * attempt
+
     killed_mid_pass = 0
-    for attempt in range(6):
+    for attempt in range(8):
         if killed_mid_pass >= 3 or os.path.exists(os.path.join(sdir, "files.lz4")):
             break
         extra = [] if hashed_while_extracting else [str(tmp_path / f"dest-{attempt}")]
         proc = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), *command, *extra],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # watch the store and kill as soon as the pass has shared a few files (more each attempt)
+        # watch the store and kill once the pass is under way (later each attempt)
+        since = None
         while proc.poll() is None:
-            if mid_pass() and sum(1 for d in os.scandir(objects) for _ in os.scandir(d.path)) > 20 * attempt:
-                proc.send_signal(signal.SIGKILL)
-                break
+            if mid_pass():
+                since = since or time.monotonic()
+                if far_enough(attempt, since):
+                    proc.send_signal(signal.SIGKILL)
+                    break
             time.sleep(0.0005)
         proc.wait()
         if mid_pass():

@@ -301,10 +301,21 @@ def _walk_files(root_fd):
 
 
 class _Pass:
-    def __init__(self, paths, snapshot_dir, reflink):
+    """One dedup pass over a snapshot.
+
+    ``defer``: the snapshot is a temp dir not synced yet (snapshots.ensure), so no inode of it
+    may become an object before the sync (an object's name must never outlive its data in a
+    power cut).  Its duplicates are still swapped for existing objects at once, so their data
+    is freed before it is ever written; a file that would make a new object is *planned*
+    (``planned``: object -> its name in hashed/), later names with the same object are swapped
+    for that inode, and claim() renames the planned names into objects/ after the sync.
+    """
+    def __init__(self, paths, snapshot_dir, reflink, defer=False):
         self.paths = paths
         self.snapshot_dir = os.fspath(snapshot_dir)
         self.reflink = reflink
+        self.defer = defer
+        self.planned = {}
         self.stats = DedupStats()
         self.entries = []
         self.inodes = {}      # (dev, ino) of a snapshot inode -> (object name or None, blake3)
@@ -330,8 +341,8 @@ class _Pass:
         if self.hashed_fd is not None:
             os.close(self.hashed_fd)
 
-    def drop_held(self):
-        """Remove the extractor's names not renamed into objects, and their directory."""
+    def drop_held(self, rmdir=True):
+        """Remove the extractor's names not renamed into objects (nor planned), and their directory."""
         if self.hashed_fd is None:
             return
         for name, _ in self.held.values():
@@ -339,6 +350,9 @@ class _Pass:
                 os.unlink(name, dir_fd=self.hashed_fd)
             except FileNotFoundError:
                 pass
+        self.held = {}
+        if not rmdir:
+            return
         try:
             os.rmdir(self.hashed_path)
         except OSError as e:
@@ -370,20 +384,61 @@ class _Pass:
     def new_objects(self, dfd, files):
         """The common case in one native call per directory: files the extractor hashed, alone on
         their inode, without xattrs, whose object does not exist yet take over their hashed/ name
-        as the object's.  Whatever it leaves (None) goes the general way (one_held)."""
+        as the object's (or are planned to, see ``defer``).  Whatever it leaves (None) goes the
+        general way (one_held)."""
         results = _native().new_objects(dfd, [e.name for e, _, _ in files], [e.inode() for e, _, _ in files],
-                                        self.hashed_fd, [h[0] for _, _, h in files], self.fan)
+                                        self.hashed_fd, [h[0] for _, _, h in files], self.fan, not self.defer)
         for (entry, rel, held), done in zip(files, results):
-            if done is None:
+            if done is None or done[0] in self.planned:  # the latter: a duplicate within this layer
                 self.one_held(dfd, entry, rel, held)
                 continue
             obj, size = done
             del self.held[entry.inode()]
+            if self.defer:
+                self.planned[obj] = held[0]
+            else:
+                self.stats.new_objects += 1
             self.stats.files += 1
             self.stats.bytes += size
             self.stats.prehashed += 1
-            self.stats.new_objects += 1
             self.entries.append(FileEntry(rel, held[1], size, obj))
+
+    def plan(self, obj, fd, hold, st):
+        """``defer``: this inode becomes ``obj`` once claim() runs; False if it cannot be named."""
+        if hold is None:  # not hashed by the extractor: give it a name in hashed/ to claim
+            if self.hashed_fd is None:
+                os.makedirs(self.hashed_path, exist_ok=True)
+                self.hashed_fd = os.open(self.hashed_path, _DIR_FLAGS)
+            hold = f"{obj[:64]}-p{len(self.planned)}"
+            try:
+                os.link(f"/proc/self/fd/{fd[0]}", hold, dst_dir_fd=self.hashed_fd, follow_symlinks=True)
+            except OSError as e:
+                if e.errno != errno.EMLINK:
+                    raise
+                return False
+        else:
+            del self.held[st.st_ino]
+        self.planned[obj] = hold
+        return True
+
+    def claim(self):
+        """``defer``, after the sync: the planned names become objects.  One that another pass
+        made meanwhile keeps its inode, shared by this snapshot's names of it only (the file
+        list still names the object: a missed saving, see dedup_snapshot)."""
+        items = list(self.planned.items())
+        self.planned = {}
+        if not items:
+            return
+        codes = _native().claim_objects(self.hashed_fd, [h for _, h in items], [o for o, _ in items], self.fan)
+        for (obj, hold), code in zip(items, codes):
+            if code in (errno.EINVAL, errno.ENOSYS):  # no RENAME_NOREPLACE here
+                code = 0 if _rename_noreplace(self.hashed_fd, hold, self.fan.get(obj), obj) else errno.EEXIST
+            if code == 0:
+                self.stats.new_objects += 1
+            elif code == errno.EEXIST:
+                os.unlink(hold, dir_fd=self.hashed_fd)
+            else:
+                raise OSError(code, os.strerror(code), f"{self.hashed_path}/{hold}")
 
     def one_held(self, dfd, entry, rel, held):
         """A file the extractor hashed: its blake3 is known, and ``hashed/<hold>`` is the same inode."""
@@ -450,14 +505,17 @@ class _Pass:
         ffd = self.fan.get(obj)
         hardlinked = st.st_nlink - (hold is not None) > 1
         for _ in range(3):  # a race with another pass creating the same object: at most a retry
-            if hold is not None and not hardlinked and not self.reflink:
+            if hold is not None and not hardlinked and not self.reflink and not self.defer:
                 # the common case first: a new object takes over the extractor's name (one rename)
                 if _rename_noreplace(self.hashed_fd, hold, ffd, obj):
                     del self.held[st.st_ino]
                     self.stats.new_objects += 1
                     return obj
             try:
-                ofd = os.open(obj, _FILE_FLAGS, dir_fd=ffd)
+                if obj in self.planned:  # to be claimed after the sync: its inode is the object
+                    ofd = os.open(self.planned[obj], _FILE_FLAGS, dir_fd=self.hashed_fd)
+                else:
+                    ofd = os.open(obj, _FILE_FLAGS, dir_fd=ffd)
             except FileNotFoundError:
                 ofd = None
             if ofd is not None:
@@ -483,6 +541,8 @@ class _Pass:
                 return None
             if self.reflink:
                 self.clone_from_sibling(dfd, name, st, digest, ffd, xattrs)
+            if self.defer:
+                return obj if self.plan(obj, fd, hold, st) else None
             try:
                 if hold is not None:
                     if not _rename_noreplace(self.hashed_fd, hold, ffd, obj):
@@ -555,21 +615,35 @@ def _same_inode_metadata(a, b):
                                                                         b.st_mtime_ns, b.st_size)
 
 
-def dedup_snapshot(paths, snapshot_dir, reflink=True):
+def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None):
     """Share the regular files of ``snapshot_dir/fs`` with the store's objects; write its file list.
 
     The caller holds the snapshot's lock (or owns ``snapshot_dir``, e.g. a ``.tmp-`` snapshot
     not renamed into place yet) and the gc lease.  Idempotent: a rerun after a crash finishes
     the job.  Returns DedupStats.
+
+    ``sync``: the snapshot is a temp dir whose files are not on disk yet (snapshots.ensure
+    passes its syncfs).  Duplicates are swapped for objects first, and their extractor names
+    dropped, so the sync never writes their data (on ext4 that write and sync was most of the
+    cost of a rebuilt image); then ``sync()`` runs, and only then do this snapshot's own
+    inodes become objects, so no object name can outlive its data in a power cut.  A crash
+    before the snapshot is committed leaves a temp dir, removed by the next extraction, and
+    at most objects nothing uses (gc).
     """
-    p = _Pass(paths, snapshot_dir, reflink)
+    start = time.perf_counter()
+    p = _Pass(paths, snapshot_dir, reflink, defer=sync is not None)
     try:
         stats = p.run()
+        if sync is not None:
+            p.drop_held(rmdir=False)
+            sync()
+            p.claim()
         # Before the list: once the list exists the pass never reruns, and a name left in
         # hashed/ would keep a replaced inode alive for good.
         p.drop_held()
     finally:
         p.close()
+    stats.seconds = time.perf_counter() - start
     # No syncfs: a swap lost in a power cut leaves the name on its original inode, with the
     # same bytes and metadata; the list then calls it shared when it is not, which costs
     # nothing but a missed saving (singletons() stays true: it was alone on its inode).

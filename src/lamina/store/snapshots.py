@@ -4,8 +4,9 @@
     snapshots/<chainID hex>/meta.json  chainID, diffID, parent, blob digest, sizes
 
 A snapshot is built in ``snapshots/.tmp-<hex>-…`` under the per-snapshot lock and
-renamed into place only after the blob digest and the diffID verified and the
-filesystem was synced: if ``snapshots/<hex>`` exists, it is complete.
+renamed into place only after the blob digest and the diffID verified, its files
+were shared with the store's objects (dedup, objects.py) and the filesystem was
+synced: if ``snapshots/<hex>`` exists, it is complete.
 
 A layer is extracted through the union view of the snapshots below it (see
 lamina._extract): its paths resolve as the mount will show them, directories
@@ -197,9 +198,10 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
             def provider():
                 return lower_chain(paths, parent_chain_id) if wait_lowers is not None and wait_lowers() else None
 
+            hashed = _objects.hashed_dir(paths, tmp)
             stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id, media_type,
                              lower_dirs=lower or None, defer_lowers=lower is None, lowers_provider=provider,
-                             hash_files_into=_objects.hashed_dir(paths, tmp),
+                             hash_files_into=hashed,
                              lower_shared=lambda fs: _dedup_shared(paths, fs))
             if before_commit is not None:
                 before_commit()
@@ -209,7 +211,13 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                     "tar_bytes": stats.bytes, "entries": stats.entries, "created": time.time()}
             with open(tmp / "meta.json", "w") as f:
                 json.dump(meta, f, indent=2)
-            syncfs(tmp)
+            if hashed is None:
+                syncfs(tmp)
+            else:
+                # Deduplicated here, before the sync: a duplicate is swapped for the shared
+                # object before its data is ever written (see objects.dedup_snapshot).  This also
+                # runs in the layer's own thread, beside the other layers' extraction.
+                _objects.dedup_snapshot(paths, tmp, sync=lambda: syncfs(tmp))
             os.rename(tmp, final)
             fsync_dir(paths.snapshots)
         except BaseException as e:
