@@ -279,6 +279,18 @@ def test_system_df_per_image_shared_and_unique_sizes_count_shared_files(tmp_path
     shared_col = header.index("SHARED SIZE")
     from lamina.cli.images import human_size
     assert row[shared_col:].split()[0] == human_size(expected)
+    # df reads each snapshot's objects list, not its file list: the same sizes without the file
+    # lists; and a snapshot of an older lamina (file list only) gives the same sizes too
+    sdirs = [os.path.dirname(_fs(root, c)) for c in a + b]
+    for sdir in sdirs:
+        os.rename(os.path.join(sdir, "files.lz4"), os.path.join(sdir, "files.lz4.away"))
+    assert {s.repo_tags[0]: s.shared_size for s in api.disk_usage(Store(root)).images} == {"a:1": expected,
+                                                                                          "b:1": expected}
+    for sdir in sdirs:
+        os.rename(os.path.join(sdir, "files.lz4.away"), os.path.join(sdir, "files.lz4"))
+        os.unlink(os.path.join(sdir, "objects.lz4"))
+    assert {s.repo_tags[0]: s.shared_size for s in api.disk_usage(Store(root)).images} == {"a:1": expected,
+                                                                                          "b:1": expected}
     # without b, a shares nothing any more: all of it is unique
     lamina_subprocess(root, "rmi", "b:1")
     rows = {s.repo_tags[0]: s for s in api.disk_usage(Store(root)).images}

@@ -67,6 +67,7 @@ from dataclasses import asdict, dataclass, field
 from ..errors import StoreError
 
 FILES_LIST = "files.lz4"
+OBJECTS_LIST = "objects.lz4"   # the distinct objects a snapshot uses, for system df (snapshot_objects)
 HASHED = "hashed"
 FICLONE = 0x40049409
 # Reflinking into these would make the kernel drop them (file_remove_privs).
@@ -190,8 +191,31 @@ class FileEntry:
 def write_file_list(snapshot_dir, entries):
     import lz4.frame
     from .fsutil import atomic_write
+    # The objects list first: the file list says the pass is done (is_deduplicated), and a
+    # snapshot without an objects list is read through its file list (snapshot_objects).
+    objs = sorted({e.object for e in entries if e.object is not None})
+    atomic_write(os.path.join(snapshot_dir, OBJECTS_LIST),
+                 lz4.frame.compress(b"".join(bytes.fromhex(o[:64] + o[65:]) for o in objs)))
     doc = {"version": 1, "files": [[e.path, e.blake3, e.size, e.object] for e in entries]}
     atomic_write(os.path.join(snapshot_dir, FILES_LIST), lz4.frame.compress(json.dumps(doc).encode()))
+
+
+_OBJECT_BYTES = 40   # an object name in the objects list: blake3 (32 bytes), metadata key (8)
+
+
+def snapshot_objects(snapshot_dir):
+    """The names of the objects a deduplicated snapshot's files use (a set; empty if it is not
+    deduplicated).  Read from its objects list, 40 bytes an object, not from the file list (a
+    JSON document of every file): ``system df`` reads this for every snapshot."""
+    import lz4.frame
+    try:
+        with open(os.path.join(snapshot_dir, OBJECTS_LIST), "rb") as f:
+            data = lz4.frame.decompress(f.read())
+    except (FileNotFoundError, RuntimeError):
+        data = None  # written by an older lamina, or damaged: the file list says the same
+    if data is not None and len(data) % _OBJECT_BYTES == 0:
+        return {f"{data[i:i + 32].hex()}.{data[i + 32:i + 40].hex()}" for i in range(0, len(data), _OBJECT_BYTES)}
+    return {e.object for e in read_file_list(snapshot_dir) or () if e.object is not None}
 
 
 def read_file_list(snapshot_dir):
@@ -794,7 +818,7 @@ def check(store, report, repair):
             entries = read_file_list(sdir)
         except StoreError as e:
             f = report.add("error", "bad-file-list", chain, str(e))
-            _fix(f, repair, lambda sdir=sdir: os.unlink(os.path.join(sdir, FILES_LIST)))
+            _fix(f, repair, lambda sdir=sdir: _drop_lists(sdir))
             continue
         if entries is not None and os.path.isdir(os.path.join(sdir, HASHED)):
             # the pass removes hashed/ before it writes the list; names left there keep inodes alive
@@ -816,6 +840,15 @@ def check(store, report, repair):
         _fix(f, repair, lambda n=n: os.unlink(stage_dir(paths) / n))
 
 
+def _drop_lists(snapshot_dir):
+    """Forget a snapshot's dedup pass (its next use runs it again and writes both lists)."""
+    os.unlink(os.path.join(snapshot_dir, FILES_LIST))
+    try:
+        os.unlink(os.path.join(snapshot_dir, OBJECTS_LIST))
+    except FileNotFoundError:
+        pass
+
+
 def _temp_files(snapshot_dir):
     """Temp files of the file list and the sidecar (``<name>.tmp-<pid>-<random>``, fsutil.tmp_name)."""
     from .sidecar import SIDECAR
@@ -823,7 +856,7 @@ def _temp_files(snapshot_dir):
         names = os.listdir(snapshot_dir)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(n for n in names if n.startswith((f"{FILES_LIST}.tmp-", f"{SIDECAR}.tmp-")))
+    return sorted(n for n in names if n.startswith((f"{FILES_LIST}.tmp-", f"{OBJECTS_LIST}.tmp-", f"{SIDECAR}.tmp-")))
 
 
 def _fix(finding, repair, action):
@@ -882,10 +915,10 @@ def shared_file_bytes(store, images):
     objects_of, users = {}, {}    # chain -> its objects; object -> images whose snapshots use it
     for chain, imgs in layer_users.items():
         try:
-            entries = read_file_list(store.paths.snapshot(chain)) or ()
+            objs = snapshot_objects(store.paths.snapshot(chain))
         except StoreError:
-            entries = ()  # an unreadable list: no file-level sharing known (fsck reports it)
-        objs = objects_of[chain] = {e.object for e in entries if e.object is not None}
+            objs = set()  # an unreadable list: no file-level sharing known (fsck reports it)
+        objects_of[chain] = objs
         for o in objs:
             users.setdefault(o, set()).update(imgs)
     sizes = {}
