@@ -54,6 +54,7 @@ are unused; gc removes them while holding the gc lock, so no writer is running.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import fcntl
 import json
@@ -207,6 +208,15 @@ def snapshot_objects(snapshot_dir):
     """The names of the objects a deduplicated snapshot's files use (a set; empty if it is not
     deduplicated).  Read from its objects list, 40 bytes an object, not from the file list (a
     JSON document of every file): ``system df`` reads this for every snapshot."""
+    return {_object_name(k) for k in _object_keys(snapshot_dir)}
+
+
+def _object_name(key):
+    return f"{key[:32].hex()}.{key[32:].hex()}"
+
+
+def _object_keys(snapshot_dir):
+    """snapshot_objects() as 40-byte keys (blake3, metadata key), without making names of them."""
     import lz4.frame
     try:
         with open(os.path.join(snapshot_dir, OBJECTS_LIST), "rb") as f:
@@ -214,8 +224,9 @@ def snapshot_objects(snapshot_dir):
     except (FileNotFoundError, RuntimeError):
         data = None  # written by an older lamina, or damaged: the file list says the same
     if data is not None and len(data) % _OBJECT_BYTES == 0:
-        return {f"{data[i:i + 32].hex()}.{data[i + 32:i + 40].hex()}" for i in range(0, len(data), _OBJECT_BYTES)}
-    return {e.object for e in read_file_list(snapshot_dir) or () if e.object is not None}
+        return {data[i:i + _OBJECT_BYTES] for i in range(0, len(data), _OBJECT_BYTES)}
+    return {bytes.fromhex(e.object[:64] + e.object[65:]) for e in read_file_list(snapshot_dir) or ()
+            if e.object is not None}
 
 
 def read_file_list(snapshot_dir):
@@ -912,30 +923,31 @@ def shared_file_bytes(store, images):
         image_chains[img.manifest_digest] = chains
         for c in chains:
             layer_users.setdefault(c, set()).add(img.manifest_digest)
-    objects_of, users = {}, {}    # chain -> its objects; object -> images whose snapshots use it
-    for chain, imgs in layer_users.items():
+    objects_of = {}   # chain -> its objects (40-byte keys)
+    for chain in layer_users:
         try:
-            objs = snapshot_objects(store.paths.snapshot(chain))
+            objects_of[chain] = _object_keys(store.paths.snapshot(chain))
         except StoreError:
-            objs = set()  # an unreadable list: no file-level sharing known (fsck reports it)
-        objects_of[chain] = objs
-        for o in objs:
-            users.setdefault(o, set()).update(imgs)
+            objects_of[chain] = set()  # an unreadable list: no file-level sharing known (fsck reports it)
+    images_using = collections.Counter()   # object -> how many images' snapshots use it
+    for chains in image_chains.values():
+        images_using.update(set().union(*(objects_of[c] for c in chains)))
+    blake3_dir = os.path.join(objects_dir(store.paths), "blake3")
     sizes = {}
     out = {}
     for digest, chains in image_chains.items():
-        shared = set()
-        for c in chains:
-            if len(layer_users[c]) == 1:
-                shared.update(o for o in objects_of[c] if len(users[o]) > 1)
+        own = set().union(*(objects_of[c] for c in chains if len(layer_users[c]) == 1))
         total = 0
-        for o in shared:
-            if o not in sizes:
+        for key in own:
+            if images_using[key] < 2:
+                continue
+            if key not in sizes:
+                name = _object_name(key)
                 try:
-                    sizes[o] = os.stat(object_path(store.paths, o)).st_blocks * 512
+                    sizes[key] = os.stat(f"{blake3_dir}/{name[:2]}/{name}").st_blocks * 512
                 except OSError:
-                    sizes[o] = 0
-            total += sizes[o]
+                    sizes[key] = 0
+            total += sizes[key]
         out[digest] = total
     return out
 
