@@ -3,7 +3,13 @@
     objects/blake3/<2 hex>/<64 hex blake3>.<16 hex metadata key>   one object inode per (content, metadata)
     objects/stage/                                                 one link name at a time while a name is swapped
     snapshots/<chainID hex>/files.lz4                              the snapshot's file list (see FileList)
+    snapshots/<chainID hex>/objects.lz4                            the objects it uses, 40 bytes each (system df)
     snapshots/<chainID hex>/hashed/<blake3>-<n>                    files the extractor hashed, until the pass
+
+The pass runs when a snapshot is extracted, before it is synced and committed
+(snapshots.ensure, ``dedup_snapshot(sync=...)``): duplicates are swapped for objects
+before their data is written, and new objects are named only after the sync.
+``Store.dedup`` runs it on snapshots committed without it (dedup switched on later).
 
 An object *is* the inode of the snapshot files that share it: ``dedup_snapshot``
 replaces each regular file of a snapshot by a hardlink to the object with the same
