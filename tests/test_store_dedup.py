@@ -533,3 +533,38 @@ def test_same_content_other_metadata_is_reflinked_where_the_filesystem_can(tmp_p
     extents = run("filefrag", "-v", fb).stdout
     assert "shared" in extents, f"b's copy should share a's blocks (FICLONE):\n{extents}"
     _fsck_clean(root)
+
+
+def test_an_object_made_by_another_pass_between_plan_and_claim_is_shared(tmp_path):
+    """A snapshot being extracted names its new objects only after its sync; a parallel pull may
+    make the same object in between.  Its files (the planned inode and a duplicate swapped to it)
+    then become names of that object, not a private pair the file list calls shared."""
+    from lamina.store.objects import dedup_snapshot, metadata_key, object_path, read_file_list
+    from lamina.store.paths import Paths
+    paths = Paths(tmp_path / "root")
+    paths.create()
+    sdir = tmp_path / "root" / "snapshots" / ".tmp-test"
+    os.makedirs(sdir / "fs" / "d")
+    for rel in ("d/x", "y"):
+        (sdir / "fs" / rel).write_bytes(b"same bytes" * 100)
+        os.utime(sdir / "fs" / rel, ns=(MTIME * 10**9, MTIME * 10**9))
+    other = tmp_path / "other"
+    other.write_bytes(b"same bytes" * 100)
+    os.utime(other, ns=(MTIME * 10**9, MTIME * 10**9))
+    os.chmod(other, os.lstat(sdir / "fs" / "y").st_mode & 0o7777)
+    name = f"{blake3.blake3(b'same bytes' * 100).hexdigest()}.{metadata_key(os.lstat(other), [])}"
+    synced = []
+
+    def sync():  # "another pass" makes the object now
+        assert os.lstat(sdir / "fs" / "d" / "x").st_ino == os.lstat(sdir / "fs" / "y").st_ino  # planned, shared
+        assert not object_path(paths, name).exists()
+        os.makedirs(object_path(paths, name).parent, exist_ok=True)
+        os.link(other, object_path(paths, name))
+        synced.append(True)
+
+    stats = dedup_snapshot(paths, sdir, reflink=False, sync=sync)
+    assert synced and stats.new_objects == 0
+    obj = os.lstat(object_path(paths, name)).st_ino
+    assert os.lstat(sdir / "fs" / "d" / "x").st_ino == obj and os.lstat(sdir / "fs" / "y").st_ino == obj
+    assert {e.path: e.object for e in read_file_list(sdir)} == {"d/x": name, "y": name}
+    assert not (sdir / "hashed").exists()

@@ -463,11 +463,12 @@ class _Pass:
         return True
 
     def claim(self):
-        """``defer``, after the sync: the planned names become objects.  One that another pass
-        made meanwhile keeps its inode, shared by this snapshot's names of it only (the file
-        list still names the object: a missed saving, see dedup_snapshot)."""
+        """``defer``, after the sync: the planned names become objects.  Where another pass made
+        the same object meanwhile (a parallel pull of the same files), this snapshot's names of
+        the planned inode are swapped for that object instead (share_lost)."""
         items = list(self.planned.items())
         self.planned = {}
+        lost = set()
         if not items:
             return
         codes = _native().claim_objects(self.hashed_fd, [h for _, h in items], [o for o, _ in items], self.fan)
@@ -478,8 +479,37 @@ class _Pass:
                 self.stats.new_objects += 1
             elif code == errno.EEXIST:
                 os.unlink(hold, dir_fd=self.hashed_fd)
+                lost.add(obj)
             else:
                 raise OSError(code, os.strerror(code), f"{self.hashed_path}/{hold}")
+        if lost:
+            self.share_lost(lost)
+
+    def share_lost(self, objs):
+        """Swap the names of planned inodes whose object another pass made first for that object
+        (a name whose inode is not like the object's keeps its inode: see share())."""
+        root_fd = os.open(os.path.join(self.snapshot_dir, "fs"), _DIR_FLAGS)
+        try:
+            for e in self.entries:
+                if e.object not in objs:
+                    continue
+                try:
+                    ofd = os.open(e.object, _FILE_FLAGS, dir_fd=self.fan.get(e.object))
+                except FileNotFoundError:
+                    continue
+                parent, name = e.path.rpartition("/")[::2]
+                dfd = _open_dir(root_fd, parent)
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    ost = os.fstat(ofd)
+                    if st.st_ino != ost.st_ino and _same_inode_metadata(ost, st) and self.swap(dfd, name, ofd):
+                        self.stats.linked += 1
+                        self.stats.linked_bytes += st.st_size
+                finally:
+                    os.close(dfd)
+                    os.close(ofd)
+        finally:
+            os.close(root_fd)
 
     def one_held(self, dfd, entry, rel, held):
         """A file the extractor hashed: its blake3 is known, and ``hashed/<hold>`` is the same inode."""
@@ -649,6 +679,19 @@ class _Pass:
         finally:
             os.close(wfd)
             os.close(src)
+
+
+def _open_dir(root_fd, rel):
+    """A directory below ``root_fd`` (``rel``: '/'-separated, '' for the root itself), one
+    component at a time, never following a link."""
+    fd = os.dup(root_fd)
+    for part in filter(None, rel.split("/")):
+        try:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
 
 
 def _same_inode_metadata(a, b):
