@@ -7,7 +7,7 @@ threads hash several files on several cores.
 """
 from libc.stdint cimport uint8_t
 from libc.stdlib cimport malloc, free
-from libc.errno cimport errno, EINTR, EEXIST
+from libc.errno cimport errno, EINTR, EEXIST, ENOENT
 from posix.types cimport off_t
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
@@ -100,7 +100,7 @@ cdef extern from "<stdio.h>" nogil:
 
 
 cdef class FanOut:
-    """fds of objects/blake3/<2 hex>/, opened (and made) on first use, for new_objects()."""
+    """fds of objects/blake3/<2 hex>/, opened (and made) on first use, for new_objects() and claim_objects()."""
     cdef int root
     cdef int fds[256]
 
@@ -137,17 +137,19 @@ cdef class FanOut:
         return self.fds[i]
 
 
-def new_objects(int dir_fd, list names, list inos, int hashed_fd, list holds, FanOut fanout):
+def new_objects(int dir_fd, list names, list inos, int hashed_fd, list holds, FanOut fanout, bint claim=True):
     """The dedup pass's common case, for files of one directory the extractor hashed (lamina.store.objects).
 
     For each ``names[i]``: if it is still the regular file ``inos[i]`` with no other name than
     its ``hashed/holds[i]`` (and the hold says it has no xattrs), its object name is
-    ``<blake3>.<metadata key>`` and the hold is renamed to it unless that object exists.
-    Returns, per file, (object name, size) once it is the new object, else None: the caller
-    handles that file the general way (an existing object, a hardlink, xattrs, ...).
+    ``<blake3>.<metadata key>``; with ``claim`` the hold is renamed to it unless that object
+    exists, without it the object is only looked up (the caller claims it later, claim_objects).
+    Returns, per file, (object name, size) once it is (or may become) the new object, else None:
+    the caller handles that file the general way (an existing object, a hardlink, xattrs, ...).
     The metadata key is metadata_key()'s for a file without xattrs.
     """
     cdef stat st
+    cdef stat ost
     cdef blake3_hasher hasher
     cdef uint8_t out[BLAKE3_OUT_LEN]
     cdef char text[96]
@@ -174,7 +176,25 @@ def new_objects(int dir_fd, list names, list inos, int hashed_fd, list holds, Fa
         key[16] = 0
         obj = f"{(<str>hold)[:64]}.{key[:16].decode()}"
         bobj = obj.encode()
-        bhold = (<str>hold).encode()
-        rc = lamina_rename_noreplace(hashed_fd, bhold, fanout.fd(bobj), bobj)
+        if claim:
+            bhold = (<str>hold).encode()
+            rc = lamina_rename_noreplace(hashed_fd, bhold, fanout.fd(bobj), bobj)
+        else:
+            rc = 0 if fstatat(fanout.fd(bobj), bobj, &ost, AT_SYMLINK_NOFOLLOW) < 0 and errno == ENOENT else -1
         results.append((obj, st.st_size) if rc == 0 else None)
     return results
+
+
+def claim_objects(int hashed_fd, list holds, list objs, FanOut fanout):
+    """Rename each ``hashed/holds[i]`` to object ``objs[i]`` unless that object exists (RENAME_NOREPLACE):
+    per name 0 if renamed, else the errno (EEXIST: the object exists; EINVAL: not supported here)."""
+    cdef Py_ssize_t i
+    cdef int dir_fd, rc
+    out = []
+    for i in range(len(holds)):
+        bobj = (<str>objs[i]).encode()
+        bhold = (<str>holds[i]).encode()
+        dir_fd = fanout.fd(bobj)
+        rc = lamina_rename_noreplace(hashed_fd, bhold, dir_fd, bobj)
+        out.append(0 if rc == 0 else errno)
+    return out

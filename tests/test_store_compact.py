@@ -244,3 +244,46 @@ def test_push_from_a_compact_store_catches_a_changed_file(tmp_path, layout, reg,
     assert proc.stderr.count("\n") == 1
     assert subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
                           capture_output=True).returncode != 0, "nothing may be tagged after a failed push"
+
+
+def test_push_of_one_compact_platform_pushes_the_whole_index(tmp_path, reg, registry_env):
+    """A multi-arch archive loaded into a compact store: only the tagged platform is extracted and
+    compacted (its blobs dropped), the others keep their blobs.  push sends one index naming every
+    platform: the compact one with rebuilt layers, the others byte for byte as stored."""
+    require_tool("skopeo")
+    lay = ocibuild.multiarch(tmp_path / "lay", ref="1")
+    archive = tmp_path / "multi.tar"
+    run("skopeo", "copy", "-q", "--all", f"oci:{lay.root}:1", f"oci-archive:{archive}:example.com/multi:1")
+    entry, = lay.entries
+    original = lay.read_json(entry["digest"])
+    by_arch = {m["platform"]["architecture"]: m for m in original["manifests"]}
+    root = registry_env / "root"
+    lamina_subprocess(root, "config", "set", "keep-blobs", "false")
+    lamina_subprocess(root, "load", "-i", archive)
+    amd64_layers = lay.read_json(by_arch["amd64"]["digest"])["layers"]
+    assert not (root / "blobs" / "sha256" / amd64_layers[0]["digest"][7:]).exists(), "the store is not compact"
+    ref = f"{reg.host}/compact/multi:1"
+    lamina_cli("tag", "example.com/multi:1", ref, root=root)
+    out = lamina_cli("push", ref, root=root).stdout.splitlines()
+    raw, digest = skopeo_raw(reg.host, "compact/multi:1")
+    assert out[-1] == f"1: digest: {digest} size: {len(raw)}"
+    pushed = json.loads(raw)
+    assert pushed["mediaType"] == original["mediaType"]
+    assert [m["platform"] for m in pushed["manifests"]] == [m["platform"] for m in original["manifests"]]
+    for old, new in zip(original["manifests"], pushed["manifests"]):
+        child_raw, child_digest = skopeo_raw(reg.host, f"compact/multi@{new['digest']}")
+        assert child_digest == new["digest"] and len(child_raw) == new["size"]
+        if old["platform"]["architecture"] == "amd64":  # rebuilt: new gzip layer, same config
+            child = json.loads(child_raw)
+            assert child["config"] == lay.read_json(old["digest"])["config"]
+            assert child["layers"][0]["digest"] != amd64_layers[0]["digest"]
+            assert reg.has_blob(child["layers"][0]["digest"])
+        else:  # kept its blobs: pushed byte for byte
+            assert new == old
+    # every platform pulls back with its own tree (the pull checks digests and diffIDs)
+    back = tmp_path / "back"
+    for platform in ("linux/amd64", "linux/arm64/v8", "linux/arm/v7"):
+        lamina_cli("pull", "-q", "--platform", platform, ref, root=back)
+        dest = tmp_path / f"pulled-{platform.replace('/', '-')}"
+        lamina_cli("unpack", ref, dest, root=back)
+        assert (dest / "arch").read_bytes() == platform.encode()

@@ -279,6 +279,18 @@ def test_system_df_per_image_shared_and_unique_sizes_count_shared_files(tmp_path
     shared_col = header.index("SHARED SIZE")
     from lamina.cli.images import human_size
     assert row[shared_col:].split()[0] == human_size(expected)
+    # df reads each snapshot's objects list, not its file list: the same sizes without the file
+    # lists; and a snapshot of an older lamina (file list only) gives the same sizes too
+    sdirs = [os.path.dirname(_fs(root, c)) for c in a + b]
+    for sdir in sdirs:
+        os.rename(os.path.join(sdir, "files.lz4"), os.path.join(sdir, "files.lz4.away"))
+    assert {s.repo_tags[0]: s.shared_size for s in api.disk_usage(Store(root)).images} == {"a:1": expected,
+                                                                                          "b:1": expected}
+    for sdir in sdirs:
+        os.rename(os.path.join(sdir, "files.lz4.away"), os.path.join(sdir, "files.lz4"))
+        os.unlink(os.path.join(sdir, "objects.lz4"))
+    assert {s.repo_tags[0]: s.shared_size for s in api.disk_usage(Store(root)).images} == {"a:1": expected,
+                                                                                          "b:1": expected}
     # without b, a shares nothing any more: all of it is unique
     lamina_subprocess(root, "rmi", "b:1")
     rows = {s.repo_tags[0]: s for s in api.disk_usage(Store(root)).images}
@@ -354,7 +366,8 @@ def test_kill_9_during_dedup_then_fsck_clean_and_rerun(tmp_path, hashed_while_ex
     """Kill the dedup pass at many points; fsck finds no error and a rerun finishes the job.
 
     Either dedup is switched on after the snapshot was made (the pass reads and hashes every
-    file), or it was on all along (the pass takes the extractor's hashes from ``hashed/``)."""
+    file, in the committed snapshot), or it was on all along (the pass takes the extractor's
+    hashes from ``hashed/`` and runs in the snapshot's temp dir, before it is synced)."""
     root = tmp_path / "root"
     _big_layout(tmp_path / "layout")
     if hashed_while_extracting:
@@ -371,21 +384,35 @@ def test_kill_9_during_dedup_then_fsck_clean_and_rerun(tmp_path, hashed_while_ex
     objects = root / "objects" / "blake3"
 
     def mid_pass():
+        if hashed_while_extracting:  # the pass has begun (objects/stage) in a temp snapshot not committed
+            snapshots = os.path.dirname(sdir)
+            temps = os.path.isdir(snapshots) and [e for e in os.scandir(snapshots) if e.name.startswith(".tmp-" + chain[7:])]
+            return bool(temps) and not os.path.exists(sdir) and os.path.isdir(root / "objects" / "stage")
         return (os.path.isdir(os.path.join(sdir, "fs")) and not os.path.exists(os.path.join(sdir, "files.lz4"))
                 and os.path.isdir(objects) and any(os.scandir(objects)))
 
+    def far_enough(attempt, since):
+        """Kill later each attempt: after more objects, or (in a temp snapshot, which makes its
+        objects only at the end) after more time."""
+        if hashed_while_extracting:
+            return time.monotonic() - since > 0.004 * attempt
+        return sum(1 for d in os.scandir(objects) for _ in os.scandir(d.path)) > 20 * attempt
+
     killed_mid_pass = 0
-    for attempt in range(6):
+    for attempt in range(8):
         if killed_mid_pass >= 3 or os.path.exists(os.path.join(sdir, "files.lz4")):
             break
         extra = [] if hashed_while_extracting else [str(tmp_path / f"dest-{attempt}")]
         proc = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), *command, *extra],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # watch the store and kill as soon as the pass has shared a few files (more each attempt)
+        # watch the store and kill once the pass is under way (later each attempt)
+        since = None
         while proc.poll() is None:
-            if mid_pass() and sum(1 for d in os.scandir(objects) for _ in os.scandir(d.path)) > 20 * attempt:
-                proc.send_signal(signal.SIGKILL)
-                break
+            if mid_pass():
+                since = since or time.monotonic()
+                if far_enough(attempt, since):
+                    proc.send_signal(signal.SIGKILL)
+                    break
             time.sleep(0.0005)
         proc.wait()
         if mid_pass():
@@ -506,3 +533,38 @@ def test_same_content_other_metadata_is_reflinked_where_the_filesystem_can(tmp_p
     extents = run("filefrag", "-v", fb).stdout
     assert "shared" in extents, f"b's copy should share a's blocks (FICLONE):\n{extents}"
     _fsck_clean(root)
+
+
+def test_an_object_made_by_another_pass_between_plan_and_claim_is_shared(tmp_path):
+    """A snapshot being extracted names its new objects only after its sync; a parallel pull may
+    make the same object in between.  Its files (the planned inode and a duplicate swapped to it)
+    then become names of that object, not a private pair the file list calls shared."""
+    from lamina.store.objects import dedup_snapshot, metadata_key, object_path, read_file_list
+    from lamina.store.paths import Paths
+    paths = Paths(tmp_path / "root")
+    paths.create()
+    sdir = tmp_path / "root" / "snapshots" / ".tmp-test"
+    os.makedirs(sdir / "fs" / "d")
+    for rel in ("d/x", "y"):
+        (sdir / "fs" / rel).write_bytes(b"same bytes" * 100)
+        os.utime(sdir / "fs" / rel, ns=(MTIME * 10**9, MTIME * 10**9))
+    other = tmp_path / "other"
+    other.write_bytes(b"same bytes" * 100)
+    os.utime(other, ns=(MTIME * 10**9, MTIME * 10**9))
+    os.chmod(other, os.lstat(sdir / "fs" / "y").st_mode & 0o7777)
+    name = f"{blake3.blake3(b'same bytes' * 100).hexdigest()}.{metadata_key(os.lstat(other), [])}"
+    synced = []
+
+    def sync():  # "another pass" makes the object now
+        assert os.lstat(sdir / "fs" / "d" / "x").st_ino == os.lstat(sdir / "fs" / "y").st_ino  # planned, shared
+        assert not object_path(paths, name).exists()
+        os.makedirs(object_path(paths, name).parent, exist_ok=True)
+        os.link(other, object_path(paths, name))
+        synced.append(True)
+
+    stats = dedup_snapshot(paths, sdir, reflink=False, sync=sync)
+    assert synced and stats.new_objects == 0
+    obj = os.lstat(object_path(paths, name)).st_ino
+    assert os.lstat(sdir / "fs" / "d" / "x").st_ino == obj and os.lstat(sdir / "fs" / "y").st_ino == obj
+    assert {e.path: e.object for e in read_file_list(sdir)} == {"d/x": name, "y": name}
+    assert not (sdir / "hashed").exists()

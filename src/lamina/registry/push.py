@@ -123,6 +123,34 @@ class Pusher:
                 return d, data, media_type, children
         return None
 
+    def _compact_index(self, image):
+        """A compact image that is one platform of a stored index: (index doc, its media type,
+        [Image] of the platforms in the store that can be pushed), else None.  Platforms not in
+        the store are left out of the index pushed (their blobs could not be pushed anyway)."""
+        index_digest, platforms = self.store.platforms(image)
+        if index_digest is None or len(platforms) < 2:
+            return None
+        data, doc = self._document(index_digest)
+        media_type = document_media_type(doc, None, f"index {index_digest}")
+        if not mt.is_index(media_type):
+            return None
+        index = parse_index(doc, media_type, f"index {index_digest}")
+        if not all(mt.is_manifest(c.media_type) for c in index.manifests):
+            return None  # nested indexes: push the platform alone, as before
+        present = [i for i in platforms if self.store.has_blob(i.config_digest) and all(
+            self.store.has_blob(d.digest) or self.store.layer_is_compact(c) for d, c in zip(i.layers, i.chain_ids))]
+        return doc, media_type, present
+
+    def _compact_manifests(self, images):
+        """Each image's manifest, rebuilt where its layers are compact: [(old digest, digest, data,
+        media type, descs, layers)]."""
+        out = []
+        for image in images:
+            data, mtype, descs, layers = self._manifest_blobs(image.manifest_digest)
+            data, descs, layers = self._rebuild_compact(image, data, descs, layers)
+            out.append((image.manifest_digest, _digest.sha256_bytes(data), data, mtype, descs, layers))
+        return out
+
     def _rebuild_compact(self, image, data, descs, layers):
         """A compact store dropped layer blobs (``keep-blobs false``): rebuild those layers from
         snapshot + sidecar (diffID checked while streaming), gzip them, and rewrite the manifest
@@ -176,25 +204,40 @@ class Pusher:
 
         compact = any(not self.store.has_blob(d.digest) and self.store.layer_is_compact(c)
                       for d, c in zip(image.layers, image.chain_ids))
-        # a compact image's manifest changes (new layer blobs): the stored index no longer names it
+        # a compact image's manifest changes (new layer blobs): the stored index no longer names it,
+        # so it is pushed with a new index naming the new manifests (_compact_index)
         index = None if compact else self._complete_index(image)
         manifests = []   # (digest, data, media_type)
         blobs = {}
         layer_digests = []
-        if index is not None:
+
+        def add_blobs(descs, layers):
+            for b in descs:
+                blobs.setdefault(b.digest, b)
+            layer_digests.extend(layer.digest for layer in layers)
+
+        compact_index = self._compact_index(image) if compact else None
+        if compact_index is not None:
+            doc, index_type, platforms = compact_index
+            new = {}
+            for old, digest, data, mtype, descs, layers in self._compact_manifests(platforms):
+                manifests.append((digest, data, mtype))
+                new[old] = (digest, len(data))
+                add_blobs(descs, layers)
+            doc = dict(doc, manifests=[dict(m, digest=new[m["digest"]][0], size=new[m["digest"]][1])
+                                       for m in doc["manifests"] if m.get("digest") in new])
+            data = json.dumps(doc, indent=3).encode()
+            index = (_digest.sha256_bytes(data), data, index_type, None)
+        elif index is not None:
             for c in index[3]:
                 data, mtype, descs, layers = self._manifest_blobs(c.digest)
                 manifests.append((c.digest, data, mtype))
-                for b in descs:
-                    blobs.setdefault(b.digest, b)
-                layer_digests += [layer.digest for layer in layers]
+                add_blobs(descs, layers)
         else:
             data, mtype, descs, layers = self._manifest_blobs(image.manifest_digest)
             if compact:
                 data, descs, layers = self._rebuild_compact(image, data, descs, layers)
-            for b in descs:
-                blobs.setdefault(b.digest, b)
-            layer_digests += [layer.digest for layer in layers]
+            add_blobs(descs, layers)
         for d in blobs:
             if d not in self._rebuilt and not self.store.has_blob(d):
                 raise ImageError(f"cannot push {ref}: blob {d} is not in the store")

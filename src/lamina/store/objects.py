@@ -3,7 +3,13 @@
     objects/blake3/<2 hex>/<64 hex blake3>.<16 hex metadata key>   one object inode per (content, metadata)
     objects/stage/                                                 one link name at a time while a name is swapped
     snapshots/<chainID hex>/files.lz4                              the snapshot's file list (see FileList)
+    snapshots/<chainID hex>/objects.lz4                            the objects it uses, 40 bytes each (system df)
     snapshots/<chainID hex>/hashed/<blake3>-<n>                    files the extractor hashed, until the pass
+
+The pass runs when a snapshot is extracted, before it is synced and committed
+(snapshots.ensure, ``dedup_snapshot(sync=...)``): duplicates are swapped for objects
+before their data is written, and new objects are named only after the sync.
+``Store.dedup`` runs it on snapshots committed without it (dedup switched on later).
 
 An object *is* the inode of the snapshot files that share it: ``dedup_snapshot``
 replaces each regular file of a snapshot by a hardlink to the object with the same
@@ -54,6 +60,7 @@ are unused; gc removes them while holding the gc lock, so no writer is running.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import fcntl
 import json
@@ -67,6 +74,7 @@ from dataclasses import asdict, dataclass, field
 from ..errors import StoreError
 
 FILES_LIST = "files.lz4"
+OBJECTS_LIST = "objects.lz4"   # the distinct objects a snapshot uses, for system df (snapshot_objects)
 HASHED = "hashed"
 FICLONE = 0x40049409
 # Reflinking into these would make the kernel drop them (file_remove_privs).
@@ -190,8 +198,41 @@ class FileEntry:
 def write_file_list(snapshot_dir, entries):
     import lz4.frame
     from .fsutil import atomic_write
+    # The objects list first: the file list says the pass is done (is_deduplicated), and a
+    # snapshot without an objects list is read through its file list (snapshot_objects).
+    objs = sorted({e.object for e in entries if e.object is not None})
+    atomic_write(os.path.join(snapshot_dir, OBJECTS_LIST),
+                 lz4.frame.compress(b"".join(bytes.fromhex(o[:64] + o[65:]) for o in objs)))
     doc = {"version": 1, "files": [[e.path, e.blake3, e.size, e.object] for e in entries]}
     atomic_write(os.path.join(snapshot_dir, FILES_LIST), lz4.frame.compress(json.dumps(doc).encode()))
+
+
+_OBJECT_BYTES = 40   # an object name in the objects list: blake3 (32 bytes), metadata key (8)
+
+
+def snapshot_objects(snapshot_dir):
+    """The names of the objects a deduplicated snapshot's files use (a set; empty if it is not
+    deduplicated).  Read from its objects list, 40 bytes an object, not from the file list (a
+    JSON document of every file): ``system df`` reads this for every snapshot."""
+    return {_object_name(k) for k in _object_keys(snapshot_dir)}
+
+
+def _object_name(key):
+    return f"{key[:32].hex()}.{key[32:].hex()}"
+
+
+def _object_keys(snapshot_dir):
+    """snapshot_objects() as 40-byte keys (blake3, metadata key), without making names of them."""
+    import lz4.frame
+    try:
+        with open(os.path.join(snapshot_dir, OBJECTS_LIST), "rb") as f:
+            data = lz4.frame.decompress(f.read())
+    except (FileNotFoundError, RuntimeError):
+        data = None  # written by an older lamina, or damaged: the file list says the same
+    if data is not None and len(data) % _OBJECT_BYTES == 0:
+        return {data[i:i + _OBJECT_BYTES] for i in range(0, len(data), _OBJECT_BYTES)}
+    return {bytes.fromhex(e.object[:64] + e.object[65:]) for e in read_file_list(snapshot_dir) or ()
+            if e.object is not None}
 
 
 def read_file_list(snapshot_dir):
@@ -301,10 +342,21 @@ def _walk_files(root_fd):
 
 
 class _Pass:
-    def __init__(self, paths, snapshot_dir, reflink):
+    """One dedup pass over a snapshot.
+
+    ``defer``: the snapshot is a temp dir not synced yet (snapshots.ensure), so no inode of it
+    may become an object before the sync (an object's name must never outlive its data in a
+    power cut).  Its duplicates are still swapped for existing objects at once, so their data
+    is freed before it is ever written; a file that would make a new object is *planned*
+    (``planned``: object -> its name in hashed/), later names with the same object are swapped
+    for that inode, and claim() renames the planned names into objects/ after the sync.
+    """
+    def __init__(self, paths, snapshot_dir, reflink, defer=False):
         self.paths = paths
         self.snapshot_dir = os.fspath(snapshot_dir)
         self.reflink = reflink
+        self.defer = defer
+        self.planned = {}
         self.stats = DedupStats()
         self.entries = []
         self.inodes = {}      # (dev, ino) of a snapshot inode -> (object name or None, blake3)
@@ -330,8 +382,8 @@ class _Pass:
         if self.hashed_fd is not None:
             os.close(self.hashed_fd)
 
-    def drop_held(self):
-        """Remove the extractor's names not renamed into objects, and their directory."""
+    def drop_held(self, rmdir=True):
+        """Remove the extractor's names not renamed into objects (nor planned), and their directory."""
         if self.hashed_fd is None:
             return
         for name, _ in self.held.values():
@@ -339,6 +391,9 @@ class _Pass:
                 os.unlink(name, dir_fd=self.hashed_fd)
             except FileNotFoundError:
                 pass
+        self.held = {}
+        if not rmdir:
+            return
         try:
             os.rmdir(self.hashed_path)
         except OSError as e:
@@ -370,20 +425,91 @@ class _Pass:
     def new_objects(self, dfd, files):
         """The common case in one native call per directory: files the extractor hashed, alone on
         their inode, without xattrs, whose object does not exist yet take over their hashed/ name
-        as the object's.  Whatever it leaves (None) goes the general way (one_held)."""
+        as the object's (or are planned to, see ``defer``).  Whatever it leaves (None) goes the
+        general way (one_held)."""
         results = _native().new_objects(dfd, [e.name for e, _, _ in files], [e.inode() for e, _, _ in files],
-                                        self.hashed_fd, [h[0] for _, _, h in files], self.fan)
+                                        self.hashed_fd, [h[0] for _, _, h in files], self.fan, not self.defer)
         for (entry, rel, held), done in zip(files, results):
-            if done is None:
+            if done is None or done[0] in self.planned:  # the latter: a duplicate within this layer
                 self.one_held(dfd, entry, rel, held)
                 continue
             obj, size = done
             del self.held[entry.inode()]
+            if self.defer:
+                self.planned[obj] = held[0]
+            else:
+                self.stats.new_objects += 1
             self.stats.files += 1
             self.stats.bytes += size
             self.stats.prehashed += 1
-            self.stats.new_objects += 1
             self.entries.append(FileEntry(rel, held[1], size, obj))
+
+    def plan(self, obj, fd, hold, st):
+        """``defer``: this inode becomes ``obj`` once claim() runs; False if it cannot be named."""
+        if hold is None:  # not hashed by the extractor: give it a name in hashed/ to claim
+            if self.hashed_fd is None:
+                os.makedirs(self.hashed_path, exist_ok=True)
+                self.hashed_fd = os.open(self.hashed_path, _DIR_FLAGS)
+            hold = f"{obj[:64]}-p{len(self.planned)}"
+            try:
+                os.link(f"/proc/self/fd/{fd[0]}", hold, dst_dir_fd=self.hashed_fd, follow_symlinks=True)
+            except OSError as e:
+                if e.errno != errno.EMLINK:
+                    raise
+                return False
+        else:
+            del self.held[st.st_ino]
+        self.planned[obj] = hold
+        return True
+
+    def claim(self):
+        """``defer``, after the sync: the planned names become objects.  Where another pass made
+        the same object meanwhile (a parallel pull of the same files), this snapshot's names of
+        the planned inode are swapped for that object instead (share_lost)."""
+        items = list(self.planned.items())
+        self.planned = {}
+        lost = set()
+        if not items:
+            return
+        codes = _native().claim_objects(self.hashed_fd, [h for _, h in items], [o for o, _ in items], self.fan)
+        for (obj, hold), code in zip(items, codes):
+            if code in (errno.EINVAL, errno.ENOSYS):  # no RENAME_NOREPLACE here
+                code = 0 if _rename_noreplace(self.hashed_fd, hold, self.fan.get(obj), obj) else errno.EEXIST
+            if code == 0:
+                self.stats.new_objects += 1
+            elif code == errno.EEXIST:
+                os.unlink(hold, dir_fd=self.hashed_fd)
+                lost.add(obj)
+            else:
+                raise OSError(code, os.strerror(code), f"{self.hashed_path}/{hold}")
+        if lost:
+            self.share_lost(lost)
+
+    def share_lost(self, objs):
+        """Swap the names of planned inodes whose object another pass made first for that object
+        (a name whose inode is not like the object's keeps its inode: see share())."""
+        root_fd = os.open(os.path.join(self.snapshot_dir, "fs"), _DIR_FLAGS)
+        try:
+            for e in self.entries:
+                if e.object not in objs:
+                    continue
+                try:
+                    ofd = os.open(e.object, _FILE_FLAGS, dir_fd=self.fan.get(e.object))
+                except FileNotFoundError:
+                    continue
+                parent, name = e.path.rpartition("/")[::2]
+                dfd = _open_dir(root_fd, parent)
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    ost = os.fstat(ofd)
+                    if st.st_ino != ost.st_ino and _same_inode_metadata(ost, st) and self.swap(dfd, name, ofd):
+                        self.stats.linked += 1
+                        self.stats.linked_bytes += st.st_size
+                finally:
+                    os.close(dfd)
+                    os.close(ofd)
+        finally:
+            os.close(root_fd)
 
     def one_held(self, dfd, entry, rel, held):
         """A file the extractor hashed: its blake3 is known, and ``hashed/<hold>`` is the same inode."""
@@ -450,14 +576,17 @@ class _Pass:
         ffd = self.fan.get(obj)
         hardlinked = st.st_nlink - (hold is not None) > 1
         for _ in range(3):  # a race with another pass creating the same object: at most a retry
-            if hold is not None and not hardlinked and not self.reflink:
+            if hold is not None and not hardlinked and not self.reflink and not self.defer:
                 # the common case first: a new object takes over the extractor's name (one rename)
                 if _rename_noreplace(self.hashed_fd, hold, ffd, obj):
                     del self.held[st.st_ino]
                     self.stats.new_objects += 1
                     return obj
             try:
-                ofd = os.open(obj, _FILE_FLAGS, dir_fd=ffd)
+                if obj in self.planned:  # to be claimed after the sync: its inode is the object
+                    ofd = os.open(self.planned[obj], _FILE_FLAGS, dir_fd=self.hashed_fd)
+                else:
+                    ofd = os.open(obj, _FILE_FLAGS, dir_fd=ffd)
             except FileNotFoundError:
                 ofd = None
             if ofd is not None:
@@ -483,6 +612,8 @@ class _Pass:
                 return None
             if self.reflink:
                 self.clone_from_sibling(dfd, name, st, digest, ffd, xattrs)
+            if self.defer:
+                return obj if self.plan(obj, fd, hold, st) else None
             try:
                 if hold is not None:
                     if not _rename_noreplace(self.hashed_fd, hold, ffd, obj):
@@ -550,26 +681,53 @@ class _Pass:
             os.close(src)
 
 
+def _open_dir(root_fd, rel):
+    """A directory below ``root_fd`` (``rel``: '/'-separated, '' for the root itself), one
+    component at a time, never following a link."""
+    fd = os.dup(root_fd)
+    for part in filter(None, rel.split("/")):
+        try:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
 def _same_inode_metadata(a, b):
     return (a.st_mode, a.st_uid, a.st_gid, a.st_mtime_ns, a.st_size) == (b.st_mode, b.st_uid, b.st_gid,
                                                                         b.st_mtime_ns, b.st_size)
 
 
-def dedup_snapshot(paths, snapshot_dir, reflink=True):
+def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None):
     """Share the regular files of ``snapshot_dir/fs`` with the store's objects; write its file list.
 
     The caller holds the snapshot's lock (or owns ``snapshot_dir``, e.g. a ``.tmp-`` snapshot
     not renamed into place yet) and the gc lease.  Idempotent: a rerun after a crash finishes
     the job.  Returns DedupStats.
+
+    ``sync``: the snapshot is a temp dir whose files are not on disk yet (snapshots.ensure
+    passes its syncfs).  Duplicates are swapped for objects first, and their extractor names
+    dropped, so the sync never writes their data (on ext4 that write and sync was most of the
+    cost of a rebuilt image); then ``sync()`` runs, and only then do this snapshot's own
+    inodes become objects, so no object name can outlive its data in a power cut.  A crash
+    before the snapshot is committed leaves a temp dir, removed by the next extraction, and
+    at most objects nothing uses (gc).
     """
-    p = _Pass(paths, snapshot_dir, reflink)
+    start = time.perf_counter()
+    p = _Pass(paths, snapshot_dir, reflink, defer=sync is not None)
     try:
         stats = p.run()
+        if sync is not None:
+            p.drop_held(rmdir=False)
+            sync()
+            p.claim()
         # Before the list: once the list exists the pass never reruns, and a name left in
         # hashed/ would keep a replaced inode alive for good.
         p.drop_held()
     finally:
         p.close()
+    stats.seconds = time.perf_counter() - start
     # No syncfs: a swap lost in a power cut leaves the name on its original inode, with the
     # same bytes and metadata; the list then calls it shared when it is not, which costs
     # nothing but a missed saving (singletons() stays true: it was alone on its inode).
@@ -720,7 +878,7 @@ def check(store, report, repair):
             entries = read_file_list(sdir)
         except StoreError as e:
             f = report.add("error", "bad-file-list", chain, str(e))
-            _fix(f, repair, lambda sdir=sdir: os.unlink(os.path.join(sdir, FILES_LIST)))
+            _fix(f, repair, lambda sdir=sdir: _drop_lists(sdir))
             continue
         if entries is not None and os.path.isdir(os.path.join(sdir, HASHED)):
             # the pass removes hashed/ before it writes the list; names left there keep inodes alive
@@ -742,6 +900,15 @@ def check(store, report, repair):
         _fix(f, repair, lambda n=n: os.unlink(stage_dir(paths) / n))
 
 
+def _drop_lists(snapshot_dir):
+    """Forget a snapshot's dedup pass (its next use runs it again and writes both lists)."""
+    os.unlink(os.path.join(snapshot_dir, FILES_LIST))
+    try:
+        os.unlink(os.path.join(snapshot_dir, OBJECTS_LIST))
+    except FileNotFoundError:
+        pass
+
+
 def _temp_files(snapshot_dir):
     """Temp files of the file list and the sidecar (``<name>.tmp-<pid>-<random>``, fsutil.tmp_name)."""
     from .sidecar import SIDECAR
@@ -749,7 +916,7 @@ def _temp_files(snapshot_dir):
         names = os.listdir(snapshot_dir)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(n for n in names if n.startswith((f"{FILES_LIST}.tmp-", f"{SIDECAR}.tmp-")))
+    return sorted(n for n in names if n.startswith((f"{FILES_LIST}.tmp-", f"{OBJECTS_LIST}.tmp-", f"{SIDECAR}.tmp-")))
 
 
 def _fix(finding, repair, action):
@@ -805,30 +972,31 @@ def shared_file_bytes(store, images):
         image_chains[img.manifest_digest] = chains
         for c in chains:
             layer_users.setdefault(c, set()).add(img.manifest_digest)
-    objects_of, users = {}, {}    # chain -> its objects; object -> images whose snapshots use it
-    for chain, imgs in layer_users.items():
+    objects_of = {}   # chain -> its objects (40-byte keys)
+    for chain in layer_users:
         try:
-            entries = read_file_list(store.paths.snapshot(chain)) or ()
+            objects_of[chain] = _object_keys(store.paths.snapshot(chain))
         except StoreError:
-            entries = ()  # an unreadable list: no file-level sharing known (fsck reports it)
-        objs = objects_of[chain] = {e.object for e in entries if e.object is not None}
-        for o in objs:
-            users.setdefault(o, set()).update(imgs)
+            objects_of[chain] = set()  # an unreadable list: no file-level sharing known (fsck reports it)
+    images_using = collections.Counter()   # object -> how many images' snapshots use it
+    for chains in image_chains.values():
+        images_using.update(set().union(*(objects_of[c] for c in chains)))
+    blake3_dir = os.path.join(objects_dir(store.paths), "blake3")
     sizes = {}
     out = {}
     for digest, chains in image_chains.items():
-        shared = set()
-        for c in chains:
-            if len(layer_users[c]) == 1:
-                shared.update(o for o in objects_of[c] if len(users[o]) > 1)
+        own = set().union(*(objects_of[c] for c in chains if len(layer_users[c]) == 1))
         total = 0
-        for o in shared:
-            if o not in sizes:
+        for key in own:
+            if images_using[key] < 2:
+                continue
+            if key not in sizes:
+                name = _object_name(key)
                 try:
-                    sizes[o] = os.stat(object_path(store.paths, o)).st_blocks * 512
+                    sizes[key] = os.stat(f"{blake3_dir}/{name[:2]}/{name}").st_blocks * 512
                 except OSError:
-                    sizes[o] = 0
-            total += sizes[o]
+                    sizes[key] = 0
+            total += sizes[key]
         out[digest] = total
     return out
 

@@ -4,8 +4,9 @@
     snapshots/<chainID hex>/meta.json  chainID, diffID, parent, blob digest, sizes
 
 A snapshot is built in ``snapshots/.tmp-<hex>-…`` under the per-snapshot lock and
-renamed into place only after the blob digest and the diffID verified and the
-filesystem was synced: if ``snapshots/<hex>`` exists, it is complete.
+renamed into place only after the blob digest and the diffID verified, its files
+were shared with the store's objects (dedup, objects.py) and the filesystem was
+synced: if ``snapshots/<hex>`` exists, it is complete.
 
 A layer is extracted through the union view of the snapshots below it (see
 lamina._extract): its paths resolve as the mount will show them, directories
@@ -25,6 +26,7 @@ import concurrent.futures
 import json
 import os
 import secrets
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -139,6 +141,38 @@ def _dedup_shared(paths, fs):
         lock.release(unlink=True)
 
 
+class _Writers:
+    """Layers of this process still writing files that their dedup pass may yet drop.
+
+    syncfs flushes the whole filesystem: a layer committing while another still extracts
+    would write that layer's duplicates to disk just before its pass frees them (on ext4,
+    most of a rebuilt image's copy time).  So a deduplicating layer syncs only once no
+    other layer of this process is writing.  A layer waiting for the layers below it is
+    not writing (they may be the ones syncing); a layer streamed from a registry never
+    waits or counts (its commit must not wait for other downloads).
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._count = 0
+
+    def enter(self):
+        with self._cond:
+            self._count += 1
+
+    def leave(self):
+        with self._cond:
+            self._count -= 1
+            self._cond.notify_all()
+
+    def wait_idle(self):
+        with self._cond:
+            self._cond.wait_for(lambda: self._count == 0)
+
+
+_WRITERS = _Writers()
+
+
 def _stale_dirs(paths, hexid, prefix):
     start = f"{prefix}{hexid}-"
     try:
@@ -193,13 +227,36 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
         tmp = paths.snapshots / f"{TMP_PREFIX}{hexid}-{os.getpid()}-{secrets.token_hex(4)}"
         os.makedirs(paths.snapshots, exist_ok=True)
         os.mkdir(tmp, 0o755)
+        hashed = _objects.hashed_dir(paths, tmp)
+        writing = [hashed is not None and source is None]  # counted in _WRITERS
+        if writing[0]:
+            _WRITERS.enter()
+
+        def pause_writing(wait):
+            if not writing[0]:
+                return wait()
+            _WRITERS.leave()
+            try:
+                return wait()
+            finally:
+                _WRITERS.enter()
+
+        def sync():
+            if writing[0]:
+                writing[0] = False
+                _WRITERS.leave()
+                _WRITERS.wait_idle()
+            syncfs(tmp)
+
         try:
             def provider():
-                return lower_chain(paths, parent_chain_id) if wait_lowers is not None and wait_lowers() else None
+                if wait_lowers is None or not pause_writing(wait_lowers):
+                    return None
+                return lower_chain(paths, parent_chain_id)
 
             stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id, media_type,
                              lower_dirs=lower or None, defer_lowers=lower is None, lowers_provider=provider,
-                             hash_files_into=_objects.hashed_dir(paths, tmp),
+                             hash_files_into=hashed,
                              lower_shared=lambda fs: _dedup_shared(paths, fs))
             if before_commit is not None:
                 before_commit()
@@ -209,12 +266,21 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                     "tar_bytes": stats.bytes, "entries": stats.entries, "created": time.time()}
             with open(tmp / "meta.json", "w") as f:
                 json.dump(meta, f, indent=2)
-            syncfs(tmp)
+            if hashed is None:
+                syncfs(tmp)
+            else:
+                # Deduplicated here, before the sync: a duplicate is swapped for the shared
+                # object before its data is ever written (see objects.dedup_snapshot).  This also
+                # runs in the layer's own thread, beside the other layers' extraction.
+                _objects.dedup_snapshot(paths, tmp, sync=sync)
             os.rename(tmp, final)
             fsync_dir(paths.snapshots)
         except BaseException as e:
             abandon(tmp, e, f"{TRASH_PREFIX}{hexid}-{secrets.token_hex(4)}")
             raise
+        finally:
+            if writing[0]:
+                _WRITERS.leave()
         return final / "fs"
     finally:
         lock.release(unlink=True)

@@ -400,7 +400,7 @@ class Store:
         self._take_lease()
         fs = _snapshots.ensure(self.paths, layer_digest, diff_id, parent_chain_id, media_type, defer=defer,
                                wait_lowers=wait_lowers)
-        self._dedup(_snapshots.chain_id_of(diff_id, parent_chain_id))
+        self.dedup(_snapshots.chain_id_of(diff_id, parent_chain_id))
         return fs
 
     def snapshots_for(self, image):
@@ -415,7 +415,7 @@ class Store:
                                      [layer.media_type for layer in image.layers])
         if self.writable:
             for chain in image.chain_ids:
-                self._dedup(chain)
+                self.dedup(chain)
             if not self.config()["keep-blobs"]:
                 self.compact(image)
         return dirs
@@ -438,8 +438,12 @@ class Store:
         self._take_lease()  # a writer: creates the store if it is not there yet
         return config.write(self.paths, key, value, self.paths.index_lock)
 
-    def _dedup(self, chain_id):
-        """Share a committed snapshot's files with the store's objects, once (store/objects.py)."""
+    def dedup(self, chain_id):
+        """Share a committed snapshot's files with the store's objects, once (store/objects.py).
+
+        Snapshots extracted with dedup on are shared before they are committed (snapshots.ensure);
+        this does it for the others (extracted with dedup off, or by an older lamina) once dedup
+        is on.  Returns objects.DedupStats, or None if there was nothing to do."""
         from . import objects
         path = self.paths.snapshot(chain_id)
         if objects.is_deduplicated(path):
@@ -458,6 +462,8 @@ class Store:
             return objects.dedup_snapshot(self.paths, path)
         finally:
             lock.release(unlink=True)
+
+    _dedup = dedup  # its name before it was public (kept for callers outside the store package)
 
     # --- compact store: layer blobs replaced by tar-split sidecars ------------------------
 
