@@ -44,6 +44,11 @@ SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=False, dat
                     suppress_health_check=list(HealthCheck))
 
 paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
+# how an entry spells its name: tar writers differ, and a name must mean one path however spelled
+SPELLINGS = [lambda p: p, lambda p: "./" + p, lambda p: "/" + p, lambda p: p.replace("/", "//"),
+             lambda p: "b/../" + p, lambda p: "../" + p, lambda p: p + "/."]
+names = st.tuples(paths, st.sampled_from(range(len(SPELLINGS))), st.integers(0, 3)).map(
+    lambda t: SPELLINGS[t[1]](t[0]) if t[2] == 0 else t[0])  # mostly plain
 
 
 def symlink_targets(host):
@@ -53,12 +58,13 @@ def symlink_targets(host):
 
 def ops(host):
     return st.one_of(
-        st.tuples(st.just("file"), paths, st.sampled_from([b"", b"1", b"22"]), st.sampled_from([0o644, 0o600])),
-        st.tuples(st.just("dir"), paths, st.sampled_from([0o755, 0o700, 0o555])),
-        st.tuples(st.just("symlink"), paths, symlink_targets(host)),
-        st.tuples(st.just("hardlink"), paths, paths),
-        st.tuples(st.just("whiteout"), paths),
-        st.tuples(st.just("opaque"), paths),
+        st.tuples(st.just("file"), names, st.sampled_from([b"", b"1", b"22"]), st.sampled_from([0o644, 0o600])),
+        st.tuples(st.just("dir"), names, st.sampled_from([0o755, 0o700, 0o555])),
+        st.tuples(st.just("symlink"), names, symlink_targets(host)),
+        st.tuples(st.just("hardlink"), names, names),
+        st.tuples(st.just("fifo"), names),
+        st.tuples(st.just("whiteout"), names),
+        st.tuples(st.just("opaque"), names),
     )
 
 
@@ -80,6 +86,8 @@ def build(layers):
                 t.symlink(path, op[2])
             elif kind == "hardlink":
                 t.hardlink(path, op[2])
+            elif kind == "fifo":
+                t.fifo(path)
             elif kind == "whiteout":
                 t.whiteout(path)
             else:
