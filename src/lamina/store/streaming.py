@@ -9,7 +9,9 @@ The snapshot is renamed into place only after the diffID verified *and* the
 blob was committed (size and digest verified by the ingest), so a failure at
 any point leaves nothing that looks complete.  A resumed download (the ingest
 holds a partial) restarts the extraction cleanly: the tee replays the partial
-from disk, then continues with the network bytes.
+from disk, then continues with the network bytes.  While the extraction waits
+for the layers below, the download goes on into the partial (download_while) and
+the extraction reads those bytes back from it.
 
 A layer that needs the snapshots below it waits for them at the first entry
 that does (see snapshots.ensure).
@@ -17,47 +19,109 @@ that does (see snapshots.ensure).
 from __future__ import annotations
 
 import io
+import threading
 
 from . import snapshots as _snap
 
-_CHUNK = 1 << 20
+_SPOOL_CHUNK = 128 << 10
 
 
 class IngestTee(io.RawIOBase):
-    """The blob for the extractor: the ingest's partial first (a resumed download), then ``stream``,
-    whose bytes are written into the ingest as they pass."""
+    """The blob for the extractor: ``stream``'s bytes, written into the ingest as they pass.
+
+    Bytes the ingest holds that the extractor has not read yet come from the ingest's partial:
+    a resumed download's head, and what a spooler thread wrote while the extractor waited
+    (``download_while``).  The stream and the ingest are used under one lock: the extractor's
+    reads (one thread: the inflate stage's) and the spooler's take turns a chunk at a time."""
 
     def __init__(self, writer, partial_path, stream):
         super().__init__()
         self._writer, self._stream = writer, stream
-        self._replay = writer.offset
-        self._partial = open(partial_path, "rb") if self._replay else None
+        self._partial_path = partial_path
+        self._partial = None
+        self._pos = 0          # bytes the extractor has read
+        self._net = threading.Lock()
+        self._spooler = None
+        self._spool_stop = threading.Event()
+        self._spool_error = None
 
     def readable(self):
         return True
 
     def readinto(self, buf):
         view = memoryview(buf).cast("B")
-        if self._replay:
-            n = self._partial.readinto(view[:min(len(view), self._replay)])
-            if not n:   # the partial shrank under us: cannot happen while we hold the ingest lock
-                raise OSError(f"ingest partial {self._partial.name} ended early")
-            self._replay -= n
-            if not self._replay:
-                self._partial.close()
-            return n
-        n = self._stream.readinto(view)
-        if n:
-            self._writer.write(view[:n])
+        while True:
+            behind = self._writer.offset - self._pos
+            if behind:   # no lock: the spooler may be stuck in a read from a slow network
+                if self._partial is None:
+                    self._partial = open(self._partial_path, "rb", buffering=0)
+                self._partial.seek(self._pos)
+                n = self._partial.readinto(view[:min(len(view), behind)])
+                if not n:   # the partial shrank under us: cannot happen while we hold the ingest lock
+                    raise OSError(f"ingest partial {self._partial_path} ended early")
+                break
+            with self._net:
+                if self._writer.offset != self._pos:
+                    continue   # the spooler wrote meanwhile
+                if self._spool_error is not None:
+                    raise self._spool_error
+                n = self._stream.readinto(view)
+                if n:
+                    self._writer.write(view[:n])
+                break
+        self._pos += n
         return n
 
+    def download_while(self, wait):
+        """``wait()`` (the extractor waits for the layers below) while a thread goes on
+        downloading into the ingest: the link need not wait too."""
+        with self._net:
+            if self._spooler is None:
+                self._spool_stop.clear()
+                self._spooler = threading.Thread(target=self._spool, name="lamina-spool", daemon=True)
+                self._spooler.start()
+        try:
+            return wait()
+        finally:
+            self._spool_stop.set()   # the extractor goes on: the stream is its own again
+
+    def _spool(self):
+        buf = bytearray(_SPOOL_CHUNK)
+        while not self._spool_stop.is_set():
+            with self._net:
+                if self._spool_stop.is_set() or self._spool_error is not None:
+                    return
+                try:
+                    n = self._stream.readinto(buf)
+                    if n:
+                        self._writer.write(memoryview(buf)[:n])
+                except BaseException as e:   # raised to the extractor once it has read what came
+                    self._spool_error = e
+                    return
+            if not n:
+                return
+
     def drain(self):
-        """Read what is left (the extractor stopped early): the ingest must see every byte."""
-        buf = bytearray(_CHUNK)
-        while self.readinto(buf):
-            pass
+        """Download what is left into the ingest (the extractor stopped early): it must see every byte."""
+        self._stop_spooler()
+        if self._spool_error is not None:
+            raise self._spool_error
+        buf = bytearray(_SPOOL_CHUNK)
+        while True:
+            n = self._stream.readinto(buf)
+            if not n:
+                return
+            self._writer.write(memoryview(buf)[:n])
+
+    def _stop_spooler(self):
+        # The spooler writes into the ingest: it must be done before the ingest closes.
+        self._spool_stop.set()
+        if self._spooler is not None:
+            self._spooler.join()
+            self._spooler = None
 
     def close(self):
+        self._stop_spooler()
         if self._partial is not None:
             self._partial.close()
         super().close()
