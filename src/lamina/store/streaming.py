@@ -9,9 +9,10 @@ The snapshot is renamed into place only after the diffID verified *and* the
 blob was committed (size and digest verified by the ingest), so a failure at
 any point leaves nothing that looks complete.  A resumed download (the ingest
 holds a partial) restarts the extraction cleanly: the tee replays the partial
-from disk, then continues with the network bytes.  While the extraction waits
-for the layers below, the download goes on into the partial (download_while) and
-the extraction reads those bytes back from it.
+from disk, then continues with the network bytes.  The download runs ahead
+of the extraction on a thread of its own (download_ahead), into the partial,
+and the extraction reads those bytes back from it: a pull that waits for the
+layers below, the disk or a core does not stall its connection meanwhile.
 
 A layer that needs the snapshots below it waits for them at the first entry
 that does (see snapshots.ensure).
@@ -30,8 +31,7 @@ class IngestTee(io.RawIOBase):
     """The blob for the extractor: ``stream``'s bytes, written into the ingest as they pass.
 
     Bytes the ingest holds that the extractor has not read yet come from the ingest's partial:
-    a resumed download's head, and what a spooler thread wrote while the extractor waited
-    (``download_while``).  The stream and the ingest are used under one lock: the extractor's
+    a resumed download's head, and what the spooler thread (``download_ahead``) wrote.  The stream and the ingest are used under one lock: the extractor's
     reads (one thread: the inflate stage's) and the spooler's take turns a chunk at a time."""
 
     def __init__(self, writer, partial_path, stream):
@@ -72,18 +72,14 @@ class IngestTee(io.RawIOBase):
         self._pos += n
         return n
 
-    def download_while(self, wait):
-        """``wait()`` (the extractor waits for the layers below) while a thread goes on
-        downloading into the ingest: the link need not wait too."""
+    def download_ahead(self):
+        """Download the blob into the ingest on a thread of its own, at the link's pace: the
+        extractor reads the bytes back from the partial at its pace, and waits (for the layers
+        below, for the disk, for a core) without stalling the connection."""
         with self._net:
             if self._spooler is None:
-                self._spool_stop.clear()
                 self._spooler = threading.Thread(target=self._spool, name="lamina-spool", daemon=True)
                 self._spooler.start()
-        try:
-            return wait()
-        finally:
-            self._spool_stop.set()   # the extractor goes on: the stream is its own again
 
     def _spool(self):
         buf = bytearray(_SPOOL_CHUNK)
