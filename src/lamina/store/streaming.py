@@ -31,8 +31,9 @@ class IngestTee(io.RawIOBase):
     """The blob for the extractor: ``stream``'s bytes, written into the ingest as they pass.
 
     Bytes the ingest holds that the extractor has not read yet come from the ingest's partial:
-    a resumed download's head, and what the spooler thread (``download_ahead``) wrote.  The stream and the ingest are used under one lock: the extractor's
-    reads (one thread: the inflate stage's) and the spooler's take turns a chunk at a time."""
+    a resumed download's head, and what the spooler thread (``download_ahead``) wrote.  While
+    the spooler runs it alone reads the stream; the extractor (one thread: the inflate stage)
+    waits for its bytes, and reads the stream itself only once the spooler has stopped."""
 
     def __init__(self, writer, partial_path, stream):
         super().__init__()
@@ -40,8 +41,9 @@ class IngestTee(io.RawIOBase):
         self._partial_path = partial_path
         self._partial = None
         self._pos = 0          # bytes the extractor has read
-        self._net = threading.Lock()
+        self._arrived = threading.Condition()
         self._spooler = None
+        self._spooling = False
         self._spool_stop = threading.Event()
         self._spool_error = None
 
@@ -52,7 +54,7 @@ class IngestTee(io.RawIOBase):
         view = memoryview(buf).cast("B")
         while True:
             behind = self._writer.offset - self._pos
-            if behind:   # no lock: the spooler may be stuck in a read from a slow network
+            if behind:
                 if self._partial is None:
                     self._partial = open(self._partial_path, "rb", buffering=0)
                 self._partial.seek(self._pos)
@@ -60,15 +62,17 @@ class IngestTee(io.RawIOBase):
                 if not n:   # the partial shrank under us: cannot happen while we hold the ingest lock
                     raise OSError(f"ingest partial {self._partial_path} ended early")
                 break
-            with self._net:
+            with self._arrived:
+                while self._spooling and self._writer.offset == self._pos:
+                    self._arrived.wait()
                 if self._writer.offset != self._pos:
-                    continue   # the spooler wrote meanwhile
-                if self._spool_error is not None:
-                    raise self._spool_error
-                n = self._stream.readinto(view)
-                if n:
-                    self._writer.write(view[:n])
-                break
+                    continue
+            if self._spool_error is not None:
+                raise self._spool_error
+            n = self._stream.readinto(view)   # the spooler has stopped: the stream is ours
+            if n:
+                self._writer.write(view[:n])
+            break
         self._pos += n
         return n
 
@@ -76,26 +80,27 @@ class IngestTee(io.RawIOBase):
         """Download the blob into the ingest on a thread of its own, at the link's pace: the
         extractor reads the bytes back from the partial at its pace, and waits (for the layers
         below, for the disk, for a core) without stalling the connection."""
-        with self._net:
-            if self._spooler is None:
-                self._spooler = threading.Thread(target=self._spool, name="lamina-spool", daemon=True)
-                self._spooler.start()
+        if self._spooler is None:
+            self._spooling = True
+            self._spooler = threading.Thread(target=self._spool, name="lamina-spool", daemon=True)
+            self._spooler.start()
 
     def _spool(self):
         buf = bytearray(_SPOOL_CHUNK)
-        while not self._spool_stop.is_set():
-            with self._net:
-                if self._spool_stop.is_set() or self._spool_error is not None:
+        try:
+            while not self._spool_stop.is_set():
+                n = self._stream.readinto(buf)
+                if not n:
                     return
-                try:
-                    n = self._stream.readinto(buf)
-                    if n:
-                        self._writer.write(memoryview(buf)[:n])
-                except BaseException as e:   # raised to the extractor once it has read what came
-                    self._spool_error = e
-                    return
-            if not n:
-                return
+                with self._arrived:
+                    self._writer.write(memoryview(buf)[:n])
+                    self._arrived.notify_all()
+        except BaseException as e:   # raised to the extractor once it has read what came
+            self._spool_error = e
+        finally:
+            with self._arrived:
+                self._spooling = False
+                self._arrived.notify_all()
 
     def drain(self):
         """Download what is left into the ingest (the extractor stopped early): it must see every byte."""
