@@ -35,9 +35,12 @@ and repetition, in a fresh directory:
   skopeo+umoci    skopeo copy docker://REF oci:DIR then umoci raw unpack
 
 each reported as the median wall time over the repetitions and as a ratio to the transfer time,
-with the peak RSS (max over the repetitions).
+with the peak RSS (max over the repetitions).  --baseline PYTHON also runs the three lamina
+rows with another installation's lamina (e.g. the main branch's venv), interleaved with these
+in every repetition, as "base pull" etc.
 
     sudo python bench/pull.py --link 20,40,100,0 -n 3
+    sudo python bench/pull.py --link 40 -n 5 --baseline /path/to/main-venv/bin/python
 """
 from __future__ import annotations
 
@@ -135,7 +138,25 @@ def measure_transfer(host, repo, blobs, concurrency=3):
     return time.perf_counter() - t0
 
 
-LINK_TOOLS = ("pull", "pull+unpack", "unpack docker", "skopeo+umoci")
+LAMINA_TOOLS = ("pull", "pull+unpack", "unpack docker")
+
+
+def cli_of(python):
+    """The lamina console script next to ``python`` (a venv's), else ``python -m lamina``."""
+    exe = os.path.join(os.path.dirname(python), "lamina")
+    return [exe] if os.access(exe, os.X_OK) else [python, "-m", "lamina"]
+
+
+def lamina_rows(lamina, ref, paths, prefix=""):
+    """{row: (wall, peak RSS KiB)} of pull, pull + unpack REF and unpack docker://, each from scratch."""
+    w_pull, r_pull, _, _ = run_child(lamina + ["--root", paths["store"], "pull", "-q", ref])
+    w_flat, r_flat, _, _ = run_child(lamina + ["--root", paths["store"], "unpack", ref, paths["flat"]])
+    clean(paths["store"])
+    clean(paths["flat"])
+    w_direct, r_direct, _, _ = run_child(lamina + ["unpack", "--json", f"docker://{ref}", paths["direct"]])
+    clean(paths["direct"])
+    return {prefix + "pull": (w_pull, r_pull), prefix + "pull+unpack": (w_pull + w_flat, max(r_pull, r_flat)),
+            prefix + "unpack docker": (w_direct, r_direct)}
 
 
 def link_main(args):
@@ -145,6 +166,8 @@ def link_main(args):
     print(f"{args.image}: {len(blobs)} blobs, {total / 1e6:.1f} MB; rates {rates} MB/s (0 = unlimited), "
           f"{args.reps} reps + 1 warm-up per rate", flush=True)
     lamina = lamina_cli()
+    base = cli_of(args.baseline) if args.baseline else None
+    tools = LAMINA_TOOLS + (tuple("base " + k for k in LAMINA_TOOLS) if base else ()) + ("skopeo+umoci",)
     table = {}
     with Scratch(args.dest_dir) as scratch:
         reg = LoopbackRegistry(scratch.path)
@@ -155,39 +178,35 @@ def link_main(args):
                 proxy = LinkProxy(reg.host, rate * 1e6) if rate else None
                 host = proxy.host if proxy else reg.host
                 ref = f"{host}/bench:latest"
-                runs = {k: [] for k in ("transfer", "measured") + LINK_TOOLS}
-                rss = {k: 0 for k in LINK_TOOLS}
+                runs = {k: [] for k in ("transfer", "measured") + tools}
+                rss = {k: 0 for k in tools}
                 for rep in range(args.reps + 1):
                     paths = {k: os.path.join(scratch.path, k) for k in ("store", "flat", "direct", "oci", "rootfs")}
                     for p in paths.values():
                         clean(p)
                     measured = measure_transfer(host, "bench", blobs)
                     transfer = total / (rate * 1e6) if rate else measured
-                    w_pull, r_pull, _, _ = run_child(lamina + ["--root", paths["store"], "pull", "-q", ref])
-                    w_flat, r_flat, _, _ = run_child(lamina + ["--root", paths["store"], "unpack", ref, paths["flat"]])
-                    clean(paths["store"])
-                    clean(paths["flat"])
-                    w_direct, r_direct, _, _ = run_child(lamina + ["unpack", "--json", f"docker://{ref}",
-                                                                   paths["direct"]])
-                    clean(paths["direct"])
+                    rows = {}
+                    # this lamina and the baseline take turns going first
+                    order = [(lamina, ""), (base, "base ")] if base else [(lamina, "")]
+                    for cli, prefix in (order if rep % 2 else order[::-1]):
+                        rows.update(lamina_rows(cli, ref, paths, prefix))
                     w_sk, r_sk, _, _ = run_child(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
                                                   f"docker://{ref}", f"oci:{paths['oci']}:bench"])
                     w_um, r_um, _, _ = run_child(["umoci", "raw", "unpack", "--image", f"{paths['oci']}:bench",
                                                   paths["rootfs"]])
                     for p in (paths["oci"], paths["rootfs"]):
                         clean(p)
-                    row = {"transfer": transfer, "measured": measured, "pull": w_pull,
-                           "pull+unpack": w_pull + w_flat,
-                           "unpack docker": w_direct, "skopeo+umoci": w_sk + w_um}
+                    rows["skopeo+umoci"] = (w_sk + w_um, max(r_sk, r_um))
+                    row = {"transfer": transfer, "measured": measured, **{k: rows[k][0] for k in tools}}
                     label = f"run {rep}/{args.reps}" if rep else "warm-up"
                     print(f"  {rate or 'unlimited'} MB/s {label}: " +
                           ", ".join(f"{k} {v:.2f}s" for k, v in row.items()), flush=True)
                     if rep:
                         for k, v in row.items():
                             runs[k].append(v)
-                        for k, r in (("pull", r_pull), ("pull+unpack", max(r_pull, r_flat)),
-                                     ("unpack docker", r_direct), ("skopeo+umoci", max(r_sk, r_um))):
-                            rss[k] = max(rss[k], r)
+                        for k in tools:
+                            rss[k] = max(rss[k], rows[k][1])
                 if proxy:
                     proxy.stop()
                 table[rate] = {"runs": runs, "median": {k: statistics.median(v) for k, v in runs.items()},
@@ -198,11 +217,11 @@ def link_main(args):
     print(f"\nmedians over {args.reps} runs (shared 2-core machine: noisy); ratio = wall / transfer time")
     print("transfer = blob bytes / rate (unlimited: measured); measured = this process fetching the blobs "
           "3 at a time through the same proxy")
-    print(f"{'link':>10} {'transfer':>9} {'measured':>9} " + " ".join(f"{k:>21}" for k in LINK_TOOLS))
+    print(f"{'link':>10} {'transfer':>9} {'measured':>9} " + " ".join(f"{k:>21}" for k in tools))
     for rate, t in table.items():
         med = t["median"]
         cells = " ".join(f"{med[k]:>7.2f}s {med[k] / med['transfer']:>5.2f}x {t['peak_rss_kib'][k] // 1024:>3}MiB"
-                         for k in LINK_TOOLS)
+                         for k in tools)
         print(f"{(f'{rate:g} MB/s' if rate else 'unlimited'):>10} {med['transfer']:>8.2f}s {med['measured']:>8.2f}s "
               f"{cells}")
     if args.json:
@@ -219,6 +238,8 @@ def main(argv=None):
     ap.add_argument("--dest-dir", metavar="DIR", help="work under DIR instead of a fresh tmpfs mount")
     ap.add_argument("--image", default=f"oci:{CACHE}/image:bench", help="OCI layout image to push and pull")
     ap.add_argument("--no-flat", action="store_true", help="skip the lamina pull + flat unpack variant")
+    ap.add_argument("--baseline", metavar="PYTHON", help="link-limited mode: also run the lamina rows with "
+                    "the lamina of this interpreter (another venv), interleaved")
     ap.add_argument("--link", metavar="RATES", help="link-limited mode: comma-separated MB/s, 0 = unlimited "
                     "(e.g. 20,40,100,0)")
     args = ap.parse_args(argv)

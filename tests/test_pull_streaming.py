@@ -45,7 +45,7 @@ def _tmp_snapshots(root):
 
 
 @contextlib.contextmanager
-def _pull_held_at(proxy, store, blob, held):
+def _pull_held_at(proxy, store, blob, held, ref="stream:1"):
     """Pull stream:1 on a thread while ``blob`` stops after ``held`` bytes; the body of the with
     block looks at the store mid-transfer, then the rest comes (with Range) and the pull must work."""
     proxy.add("hang", path=f"/blobs/{blob['digest']}", after=held)
@@ -53,7 +53,7 @@ def _pull_held_at(proxy, store, blob, held):
 
     def run():
         try:
-            pull(f"{proxy.host}/stream:1", store=store)
+            pull(f"{proxy.host}/{ref}", store=store)
         except BaseException as e:  # reported below
             failure.append(e)
 
@@ -179,4 +179,28 @@ def test_killed_pull_restarts_the_extraction_cleanly(proxy, image, registry_env)
     assert proxy.bytes_for(big["digest"]) == big["size"]
     img = store.resolve(ref)
     assert (store.snapshots_for(img)[1] / "etc" / "big.bin").read_bytes() == fast_random(BIG, 5)
+    assert _tmp_snapshots(root) == []
+
+
+def test_a_layer_waiting_for_the_layers_below_keeps_downloading(reg, proxy, registry_env, tmp_path):  # noqa: F811
+    """The top layer's etc/huge.bin needs etc/ from the base layer, whose blob the proxy holds:
+    the extraction waits, the download does not (the link would idle, then carry the rest later).
+    The proxy's write of the 32 MiB body completes only once the client read nearly all of it
+    (socket buffers hold a few MiB); a paused download stops at the extractor's buffers."""
+    huge = 32 * MiB
+    lay = ocibuild.Layout(tmp_path / "oci")
+    m = lay.image([{"etc/": None, "etc/os-release": b"ID=wait\n"}, {"etc/huge.bin": fast_random(huge, 9)}],
+                  compress=False)
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "wait:1", extra=("--preserve-digests",))
+    base, top = lay.read_json(m["digest"])["layers"]
+    root = registry_env / "root"
+    store = Store(root)
+    with _pull_held_at(proxy, store, base, 1024, ref="wait:1"):
+        _wait_for(lambda: proxy.bytes_for(top["digest"]) == top["size"],
+                  "the top layer's download paused while its extraction waited for the base layer")
+        assert store.snapshots() == []   # nothing committed: the base is still held
+    img = store.resolve(f"{proxy.host}/wait:1")
+    assert (store.snapshots_for(img)[1] / "etc" / "huge.bin").read_bytes() == fast_random(huge, 9)
+    assert proxy.bytes_for(top["digest"]) == top["size"]   # downloaded once
     assert _tmp_snapshots(root) == []

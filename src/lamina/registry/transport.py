@@ -195,7 +195,11 @@ class Response:
             return None
 
     def readinto(self, buf):
-        return self._resp.readinto(buf)
+        # What has arrived (at most len(buf)), not len(buf) bytes: a reader that downloads ahead
+        # of its consumer must not sit on received bytes while waiting for the rest of a chunk.
+        data = self._resp.read1(len(buf))
+        memoryview(buf)[:len(data)] = data
+        return len(data)
 
     def read(self, amt=None):
         return self._resp.read(amt)
