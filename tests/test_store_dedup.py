@@ -568,3 +568,39 @@ def test_an_object_made_by_another_pass_between_plan_and_claim_is_shared(tmp_pat
     assert os.lstat(sdir / "fs" / "d" / "x").st_ino == obj and os.lstat(sdir / "fs" / "y").st_ino == obj
     assert {e.path: e.object for e in read_file_list(sdir)} == {"d/x": name, "y": name}
     assert not (sdir / "hashed").exists()
+
+
+def test_duplicates_within_one_pull_share_an_object_right_after_the_copy(tmp_path):
+    """One cold copy, nothing in the store before it: a file repeated in the same layer and in a
+    later layer is, as soon as the copy returns, a name of the object's inode (the pass ran before
+    the snapshot was committed); a copy whose inode metadata differs (mtime, mode, owner, an
+    xattr) keeps an inode of its own, since a hardlink would give it the object's metadata."""
+    from lamina.store.objects import metadata_key, object_path, read_file_list
+    from lamina.store.paths import Paths
+    body = b"repeated body" * 300
+    lay = ocibuild.Layout(tmp_path / "layout")
+    lower = tarfile_bytes([(ti("a/one"), body), (ti("a/two"), body), (ti("a/later-mtime", mtime=MTIME + 1), body),
+                           (ti("a/other-mode", mode=0o600), body)])
+    upper = tarfile_bytes([(ti("b/three"), body), (ti("b/other-owner", uid=1000, gid=1000), body),
+                           (ti("b/xattr", pax_headers={"SCHILY.xattr.user.note": "x"}), body)])
+    lay.image_of_tars([lower, upper], "dups")
+    root = tmp_path / "root"
+    _copy(root, tmp_path / "layout", "dups")
+    low, up = _chains(root, "dups:1")
+    names = {e.path: e.object for e in read_file_list(os.path.dirname(_fs(root, low)))}
+    names.update({e.path: e.object for e in read_file_list(os.path.dirname(_fs(root, up)))})
+    st = os.lstat(os.path.join(_fs(root, low), "a/one"))
+    obj = f"{blake3.blake3(body).hexdigest()}.{metadata_key(st, [])}"
+    ost = os.lstat(object_path(Paths(root), obj))
+    shared = [(low, "a/one"), (low, "a/two"), (up, "b/three")]
+    for chain, rel in shared:
+        assert os.lstat(os.path.join(_fs(root, chain), rel)).st_ino == ost.st_ino, rel
+        assert names[rel] == obj, rel
+    assert ost.st_nlink == 1 + len(shared)  # the object's own name and the three snapshot names
+    for chain, rel in [(low, "a/later-mtime"), (low, "a/other-mode"), (up, "b/other-owner"), (up, "b/xattr")]:
+        st = os.lstat(os.path.join(_fs(root, chain), rel))
+        assert st.st_ino != ost.st_ino, rel
+        assert names[rel] not in (None, obj), rel  # an object of its own metadata
+        assert os.lstat(object_path(Paths(root), names[rel])).st_ino == st.st_ino, rel
+    assert not any(os.path.exists(os.path.join(os.path.dirname(_fs(root, c)), "hashed")) for c in (low, up))
+    _fsck_clean(root)
