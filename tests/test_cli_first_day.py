@@ -349,3 +349,38 @@ def test_unpack_of_what_is_neither_a_path_nor_an_image_name(tmp_path, store):
     assert msg == ("lamina: error: Debian:12: no such file or directory, and not an image name: invalid reference "
                    "format: repository name (library/Debian) must be lowercase"), msg
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["tar", "gzip"])
+def test_ctrl_c_while_the_layer_stalls_ends_apply_at_once(tmp_path, compress):
+    """The native reader thread sat in read(2) of the FIFO, and apply waited for it
+    until the writer wrote more or went away: Ctrl-C did nothing."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w:gz" if compress else "w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(40):
+            info = tarfile.TarInfo(f"f{i}")
+            info.size = 4096
+            tar.addfile(info, io.BytesIO(os.urandom(4096)))
+    fifo, dest = tmp_path / "layer", tmp_path / "dest"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([*LAMINA, "apply", str(fifo), str(dest)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    fd = os.open(fifo, os.O_WRONLY)  # the writer stays, and stalls: it is closed only at the end
+    try:
+        os.write(fd, layer.getvalue()[:len(layer.getvalue()) // 3])
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        t = time.monotonic()
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"apply went on for 10 s after Ctrl-C: {proc.communicate()[1]}") from None
+        waited = time.monotonic() - t
+    finally:
+        os.close(fd)
+    # stage 1 fills a whole ring buffer before the extractor sees a chunk: nothing was written
+    assert proc.returncode == 130 and err == "lamina: interrupted\n", err
+    assert not dest.exists()
+    assert waited < 2, f"Ctrl-C took {waited:.1f} s"
