@@ -384,3 +384,19 @@ def test_ctrl_c_while_the_layer_stalls_ends_apply_at_once(tmp_path, compress):
     assert proc.returncode == 130 and err == "lamina: interrupted\n", err
     assert not dest.exists()
     assert waited < 2, f"Ctrl-C took {waited:.1f} s"
+
+
+@pytest.mark.parametrize("argv", [["images", "BAD NAME"], ["images", "Upper:1"], ["images", "-f", "reference=a b"]],
+                         ids=lambda a: a[-1])
+def test_images_of_a_name_no_image_can_have_is_an_error(store, argv):
+    """It printed an empty table and exited 0, as if the name were only absent; docker says
+    "invalid reference format"."""
+    r = lamina(store, *argv, check=False)
+    assert r.returncode == 1 and r.stdout == "", r
+    assert r.stderr.startswith(f"lamina: error: invalid reference format: {argv[-1].removeprefix('reference=')!r}"), r.stderr
+
+
+@pytest.mark.parametrize("pattern", ["busy*", "s:[23]", "nothere/at-all:v1.0"])
+def test_images_of_a_valid_name_or_pattern_with_no_match_is_an_empty_table(store, pattern):
+    r = lamina(store, "images", pattern)
+    assert r.stdout.split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -237,12 +238,29 @@ def image_rows(summary, *, trunc, need_digest, show_digest_rows, now=None):
     return rows
 
 
+_GLOB = re.compile(r"\[[^]]*\]|[*?]")
+
+
+def _check_reference_pattern(pattern):
+    """A name no image can have is a typo, not an empty match: say so as docker does
+    ("invalid reference format"); the glob parts (*, ?, [..]) stand for any valid name."""
+    from ..errors import InvalidReferenceError
+    from ..reference import Reference
+    try:
+        Reference.parse(_GLOB.sub("x", pattern), default_tag=False)
+    except InvalidReferenceError:
+        raise InvalidReferenceError(f"invalid reference format: {pattern!r} (a repository is lowercase letters, "
+                                    "digits and . _ - /, with an optional :TAG; * and ? match any)") from None
+
+
 def cmd_images(args):
     from .gotemplate import render_rows
     store = _open_store(args)
     filters = api.parse_filters(args.filter)
     if args.repository:
         filters.setdefault("reference", []).append(args.repository)
+    for pattern in filters.get("reference", []):
+        _check_reference_pattern(pattern)
     summaries = api.ls(store, filters)
     fmt = args.format or "table"
     if fmt == "table":  # docker's NewImageFormat: -q and --digests only shape the default table
