@@ -400,3 +400,28 @@ def test_images_of_a_name_no_image_can_have_is_an_error(store, argv):
 def test_images_of_a_valid_name_or_pattern_with_no_match_is_an_empty_table(store, pattern):
     r = lamina(store, "images", pattern)
     assert r.stdout.split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
+
+
+def test_apply_of_a_missing_or_directory_layer_names_the_argument(tmp_path):
+    """It said "/nonexist: No such file or directory", not which of the two paths was missing."""
+    dest = tmp_path / "dest"
+    r = subprocess.run([*LAMINA, "apply", str(tmp_path / "nonexist"), str(dest)], capture_output=True, text=True)
+    assert (r.returncode, r.stderr) == (1, f"lamina: error: layer {tmp_path / 'nonexist'}: no such file\n"), r.stderr
+    r = subprocess.run([*LAMINA, "apply", str(tmp_path), str(dest)], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith(f"lamina: error: layer {tmp_path}: is a directory"), r.stderr
+    assert not dest.exists()
+
+
+def test_mount_list_as_json_is_a_document_even_when_empty(store, tmp_path):
+    """With no mounts it printed nothing at all: not JSON a tool could read."""
+    assert json.loads(lamina(store, "mount", "--format", "json").stdout) == {"version": 1, "mounts": []}
+    require_root()
+    mnt = tmp_path / "mnt"
+    lamina(store, "mount", "s:1", mnt)
+    try:
+        doc = json.loads(lamina(store, "mount", "--format", "json").stdout)
+    finally:
+        lamina(store, "umount", mnt)
+    image_id = json.loads(lamina(store, "inspect", "s:1").stdout)[0]["Id"]
+    assert doc == {"version": 1, "mounts": [{"target": str(mnt), "image_id": image_id, "names": ["s:1"],
+                                             "rw": False, "mounted": True}]}

@@ -653,8 +653,14 @@ def cmd_mount(args):
     store = _open_store(args)
     if args.ref is None:
         from .gotemplate import GoStruct, render_rows
+        records = api.mounts(store)
+        if args.format == "json":  # lamina's own document, even with nothing mounted
+            from .output import emit
+            emit(args, {"mounts": [{"target": m["path"], "image_id": m["image_id"], "names": m.get("names") or [],
+                                    "rw": bool(m.get("rw")), "mounted": bool(m.get("mounted"))} for m in records]})
+            return 0
         rows = []
-        for m in api.mounts(store):
+        for m in records:
             rows.append(GoStruct("mount", methods={
                 "Target": lambda m=m: m["path"],
                 "Image": lambda m=m: (m.get("names") or [truncate_id(m["image_id"])])[0],
