@@ -425,3 +425,19 @@ def test_mount_list_as_json_is_a_document_even_when_empty(store, tmp_path):
     image_id = json.loads(lamina(store, "inspect", "s:1").stdout)[0]["Id"]
     assert doc == {"version": 1, "mounts": [{"target": str(mnt), "image_id": image_id, "names": ["s:1"],
                                              "rw": False, "mounted": True}]}
+
+
+@pytest.mark.parametrize("argv", [["login"], ["login", "127.0.0.1:5999"], ["login", "-u", "me"]],
+                         ids=lambda a: " ".join(a))
+def test_login_that_cannot_prompt_says_what_to_type(tmp_path, argv):
+    """It said "no username given (use --username)": not that SERVER defaults to docker.io (as in
+    docker), nor that the password then has to come on stdin."""
+    r = subprocess.run([*LAMINA, *argv, "--authfile", str(tmp_path / "auth.json")], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL)
+    server = argv[1] if len(argv) == 2 else None
+    host = server or "docker.io"
+    assert r.returncode == 1 and r.stderr.startswith(f"lamina: error: login to {host}"), r.stderr
+    assert ("(no SERVER: docker.io, as in docker)" in r.stderr) == (server is None), r.stderr
+    assert r.stderr.rstrip().endswith(
+        f'type echo "$PASSWORD" | lamina login{" " + server if server else ""} -u USERNAME --password-stdin'), r.stderr
+    assert not (tmp_path / "auth.json").exists()
