@@ -175,9 +175,7 @@ def _interrupt_while_reading(argv, fifo, data):
         os.write(fd, data)
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
-        # apply's reader thread sits in read(2) until data or EOF comes (see the report of this
-        # pass); save's main thread is interrupted at once
-        time.sleep(1)
+        time.sleep(1)  # the writer stays a while: lamina must stop without its EOF (see the test below)
     finally:
         os.close(fd)
     out, err = proc.communicate(timeout=60)
