@@ -17,13 +17,29 @@ from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memcpy
-from libc.errno cimport errno, EINTR
+from libc.errno cimport errno, EINTR, EAGAIN
 from posix.types cimport off_t
 
 import os
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t pread(int fd, void *buf, size_t count, off_t offset)
+    ssize_t read(int fd, void *buf, size_t count)
+    int close(int fd)
+
+cdef extern from "<poll.h>" nogil:
+    cdef struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum:
+        POLLIN
+
+# How long a read of a pipe or FIFO waits for data before it looks whether the
+# consumer closed the stage (Ctrl-C while the writer stalls), in milliseconds.
+cdef enum:
+    STREAM_POLL_MS = 100
 
 cdef extern from "<time.h>" nogil:
     ctypedef int clockid_t
@@ -343,10 +359,14 @@ cdef class Stage1:
     for each chunk of tar and ``close()`` when it stops (early or not).
 
     The blob is either ``fd`` read with pread from ``offset`` (a regular
-    file), or ``fileobj`` read with its ``readinto`` (a stream); ``head`` is
-    what was already read from it to recognise the compression.
+    file), ``fd`` with ``stream=True`` (a pipe, FIFO or socket: read(2) after a
+    short poll(2), so that close() stops a reader whose writer stalls; the stage
+    owns that fd and closes it when its thread ends), or ``fileobj`` read with
+    its ``readinto`` (a Python stream); ``head`` is what was already read from
+    it to recognise the compression.
     """
     cdef int kind, fd
+    cdef bint stream
     cdef int64_t offset
     cdef object readinto, read
     cdef bytes head
@@ -380,9 +400,10 @@ cdef class Stage1:
         pthread_mutex_init(&self.mu, NULL)
         pthread_cond_init(&self.cv, NULL)
 
-    def __init__(self, str kind, *, int fd=-1, int64_t offset=0, fileobj=None, bytes head=b"",
-                 bint hash_blob=True, str tar_hash="auto", int slots=4, Timeline timeline=None,
+    def __init__(self, str kind, *, int fd=-1, int64_t offset=0, bint stream=False, fileobj=None,
+                 bytes head=b"", bint hash_blob=True, str tar_hash="auto", int slots=4, Timeline timeline=None,
                  Timeline consumer=None):
+        self.fd, self.stream = fd, stream and fd >= 0  # first: a stream's fd is ours to close, even on error
         if not available(kind):
             raise ValueError(f"no native stage 1 for {kind!r} layers in this build")
         if (fd < 0) == (fileobj is None):
@@ -390,7 +411,7 @@ cdef class Stage1:
         self.kind = _KINDS[kind]
         if timeline is None or consumer is None:
             raise ValueError("Stage1 needs a timeline for each side")
-        self.fd, self.offset, self.head = fd, offset, head
+        self.offset, self.head = offset, head
         self.head_ptr, self.head_len = head, len(head)
         if fileobj is not None:
             self.readinto = getattr(fileobj, "readinto", None)
@@ -411,6 +432,7 @@ cdef class Stage1:
         self.timeline, self.consumer = timeline, consumer
 
     def __dealloc__(self):
+        self._close_stream()
         if self.z_ready:
             lamina_inflater_free(&self.z)
         pthread_cond_destroy(&self.cv)
@@ -423,6 +445,7 @@ cdef class Stage1:
         self.timeline.begin()
         with nogil:
             self._produce()
+            self._close_stream()
             pthread_mutex_lock(&self.mu)
             self.done = True
             pthread_cond_broadcast(&self.cv)
@@ -513,6 +536,33 @@ cdef class Stage1:
         pthread_cond_broadcast(&self.cv)
         return t
 
+    cdef void _close_stream(self) noexcept nogil:
+        if self.stream and self.fd >= 0:
+            close(self.fd)
+            self.fd = -1
+
+    cdef ssize_t _read_stream(self, void *buf, size_t size) noexcept nogil:
+        """read(2) of a pipe-like fd, polling first so that a stalled writer cannot keep
+        the thread from seeing close(); -1 on error or once closed."""
+        cdef pollfd p
+        cdef ssize_t n
+        cdef int ready
+        while not self.stop:
+            p.fd, p.events, p.revents = self.fd, POLLIN, 0
+            ready = poll(&p, 1, STREAM_POLL_MS)
+            if ready == 0 or (ready < 0 and errno == EINTR):
+                continue
+            if ready < 0:
+                self.err_kind, self.err_errno = E_OS, errno
+                return -1
+            n = read(self.fd, buf, size)
+            if n >= 0:
+                return n
+            if errno != EINTR and errno != EAGAIN:  # EAGAIN: an O_NONBLOCK fd another reader drained
+                self.err_kind, self.err_errno = E_OS, errno
+                return -1
+        return -1
+
     cdef ssize_t _read(self, void *buf, size_t size) noexcept nogil:
         """Up to ``size`` bytes of the blob (the sniffed head first); 0 at its end, -1 on error."""
         cdef ssize_t n
@@ -520,6 +570,10 @@ cdef class Stage1:
             n = min(<ssize_t>size, self.head_len - self.head_pos)
             memcpy(buf, self.head_ptr + self.head_pos, n)
             self.head_pos += n
+        elif self.stream:
+            n = self._read_stream(buf, size)
+            if n < 0:
+                return -1
         elif self.fd >= 0:
             while True:
                 n = pread(self.fd, buf, size, self.offset)

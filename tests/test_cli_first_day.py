@@ -175,9 +175,7 @@ def _interrupt_while_reading(argv, fifo, data):
         os.write(fd, data)
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
-        # apply's reader thread sits in read(2) until data or EOF comes (see the report of this
-        # pass); save's main thread is interrupted at once
-        time.sleep(1)
+        time.sleep(1)  # the writer stays a while: lamina must stop without its EOF (see the test below)
     finally:
         os.close(fd)
     out, err = proc.communicate(timeout=60)
@@ -349,3 +347,95 @@ def test_unpack_of_what_is_neither_a_path_nor_an_image_name(tmp_path, store):
     assert msg == ("lamina: error: Debian:12: no such file or directory, and not an image name: invalid reference "
                    "format: repository name (library/Debian) must be lowercase"), msg
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["tar", "gzip"])
+def test_ctrl_c_while_the_layer_stalls_ends_apply_at_once(tmp_path, compress):
+    """The native reader thread sat in read(2) of the FIFO, and apply waited for it
+    until the writer wrote more or went away: Ctrl-C did nothing."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w:gz" if compress else "w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(40):
+            info = tarfile.TarInfo(f"f{i}")
+            info.size = 4096
+            tar.addfile(info, io.BytesIO(os.urandom(4096)))
+    fifo, dest = tmp_path / "layer", tmp_path / "dest"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([*LAMINA, "apply", str(fifo), str(dest)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    fd = os.open(fifo, os.O_WRONLY)  # the writer stays, and stalls: it is closed only at the end
+    try:
+        os.write(fd, layer.getvalue()[:len(layer.getvalue()) // 3])
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        t = time.monotonic()
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"apply went on for 10 s after Ctrl-C: {proc.communicate()[1]}") from None
+        waited = time.monotonic() - t
+    finally:
+        os.close(fd)
+    # stage 1 fills a whole ring buffer before the extractor sees a chunk: nothing was written
+    assert proc.returncode == 130 and err == "lamina: interrupted\n", err
+    assert not dest.exists()
+    assert waited < 2, f"Ctrl-C took {waited:.1f} s"
+
+
+@pytest.mark.parametrize("argv", [["images", "BAD NAME"], ["images", "Upper:1"], ["images", "-f", "reference=a b"]],
+                         ids=lambda a: a[-1])
+def test_images_of_a_name_no_image_can_have_is_an_error(store, argv):
+    """It printed an empty table and exited 0, as if the name were only absent; docker says
+    "invalid reference format"."""
+    r = lamina(store, *argv, check=False)
+    assert r.returncode == 1 and r.stdout == "", r
+    assert r.stderr.startswith(f"lamina: error: invalid reference format: {argv[-1].removeprefix('reference=')!r}"), r.stderr
+
+
+@pytest.mark.parametrize("pattern", ["busy*", "s:[23]", "nothere/at-all:v1.0"])
+def test_images_of_a_valid_name_or_pattern_with_no_match_is_an_empty_table(store, pattern):
+    r = lamina(store, "images", pattern)
+    assert r.stdout.split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
+
+
+def test_apply_of_a_missing_or_directory_layer_names_the_argument(tmp_path):
+    """It said "/nonexist: No such file or directory", not which of the two paths was missing."""
+    dest = tmp_path / "dest"
+    r = subprocess.run([*LAMINA, "apply", str(tmp_path / "nonexist"), str(dest)], capture_output=True, text=True)
+    assert (r.returncode, r.stderr) == (1, f"lamina: error: layer {tmp_path / 'nonexist'}: no such file\n"), r.stderr
+    r = subprocess.run([*LAMINA, "apply", str(tmp_path), str(dest)], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith(f"lamina: error: layer {tmp_path}: is a directory"), r.stderr
+    assert not dest.exists()
+
+
+def test_mount_list_as_json_is_a_document_even_when_empty(store, tmp_path):
+    """With no mounts it printed nothing at all: not JSON a tool could read."""
+    assert json.loads(lamina(store, "mount", "--format", "json").stdout) == {"version": 1, "mounts": []}
+    require_root()
+    mnt = tmp_path / "mnt"
+    lamina(store, "mount", "s:1", mnt)
+    try:
+        doc = json.loads(lamina(store, "mount", "--format", "json").stdout)
+    finally:
+        lamina(store, "umount", mnt)
+    image_id = json.loads(lamina(store, "inspect", "s:1").stdout)[0]["Id"]
+    assert doc == {"version": 1, "mounts": [{"target": str(mnt), "image_id": image_id, "names": ["s:1"],
+                                             "rw": False, "mounted": True}]}
+
+
+@pytest.mark.parametrize("argv", [["login"], ["login", "127.0.0.1:5999"], ["login", "-u", "me"]],
+                         ids=lambda a: " ".join(a))
+def test_login_that_cannot_prompt_says_what_to_type(tmp_path, argv):
+    """It said "no username given (use --username)": not that SERVER defaults to docker.io (as in
+    docker), nor that the password then has to come on stdin."""
+    r = subprocess.run([*LAMINA, *argv, "--authfile", str(tmp_path / "auth.json")], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL)
+    server = argv[1] if len(argv) == 2 else None
+    host = server or "docker.io"
+    assert r.returncode == 1 and r.stderr.startswith(f"lamina: error: login to {host}"), r.stderr
+    assert ("(no SERVER: docker.io, as in docker)" in r.stderr) == (server is None), r.stderr
+    assert r.stderr.rstrip().endswith(
+        f'type echo "$PASSWORD" | lamina login{" " + server if server else ""} -u USERNAME --password-stdin'), r.stderr
+    assert not (tmp_path / "auth.json").exists()

@@ -64,6 +64,10 @@ _DONE = object()
 # whole layers to finish).
 
 
+# Seconds a failing _native waits for its stage-1 thread before it leaves it behind.
+ABANDON_READER_AFTER = 0.5
+
+
 def _check_cancelled(what):
     if cancelled.is_set():
         raise errors.Interrupted(f"{what}: interrupted")
@@ -167,18 +171,22 @@ def _use_native(kind):
 
 
 def _blob_fd(raw):
-    """``(fd, offset)`` to pread the rest of ``raw`` from, when it is a regular
-    file read through its fd (the common case: a blob of an image directory);
-    else None, and the native stage reads it with ``readinto``."""
+    """Stage1's source for ``raw`` when it is read through its fd: ``{"fd", "offset"}`` to
+    pread the rest of a regular file (the common case: a blob of an image directory), or
+    ``{"fd", "stream"}`` for an unbuffered pipe or FIFO: a dup of its fd, which the stage
+    polls so that Ctrl-C stops it while the writer stalls, and which the caller closing
+    its own fd cannot turn into someone else's.  None: Stage1 reads ``raw`` with ``readinto``."""
     base = raw.raw if isinstance(raw, io.BufferedReader) else raw
     if not isinstance(base, io.FileIO):
         return None
     try:
-        if not stat.S_ISREG(os.fstat(base.fileno()).st_mode):
-            return None
-        return base.fileno(), raw.tell()  # the buffered reader's position, not its raw file's
+        if stat.S_ISREG(os.fstat(base.fileno()).st_mode):
+            return {"fd": base.fileno(), "offset": raw.tell()}  # the buffered reader's position, not its raw file's
+        if raw is base:  # a buffered reader may hold bytes its fd no longer has
+            return {"fd": os.dup(base.fileno()), "stream": True}
     except (OSError, ValueError):
-        return None
+        pass
+    return None
 
 
 def _native(raw, head, kind, feed, what, t0, hash_blob):
@@ -186,10 +194,11 @@ def _native(raw, head, kind, feed, what, t0, hash_blob):
     stage1 = _pipeline.Timeline("lamina-inflate", "inflate", t0)
     stage2 = feed.timeline = _pipeline.Timeline(threading.current_thread().name, "parse", t0)
     stage2.begin()
-    fd = _blob_fd(raw)
-    source = {"fd": fd[0], "offset": fd[1]} if fd else {"fileobj": raw}
+    source = _blob_fd(raw) or {"fileobj": raw}
     stage = _pipeline.Stage1(kind, head=bytes(head), hash_blob=hash_blob, tar_hash=TAR_HASH,
-                             slots=RING_SLOTS if fd else STREAM_RING_SLOTS, timeline=stage1, consumer=stage2, **source)
+                             slots=RING_SLOTS if "offset" in source else STREAM_RING_SLOTS, timeline=stage1,
+                             consumer=stage2, **source)
+    # the thread's bound method keeps the stage (its ring, its fd) alive as long as it runs
     thread = threading.Thread(target=stage.run, name="lamina-inflate", daemon=True)
     thread.start()
     try:
@@ -205,9 +214,14 @@ def _native(raw, head, kind, feed, what, t0, hash_blob):
                 continue
             feed(chunk)
         counts = feed.finish()
-    finally:
+    except BaseException:
+        # a reader stuck in a Python stream's read (its writer stalled) must not keep an
+        # interrupted or failed caller waiting: leave the daemon thread to end on its own
         stage.close()
-        thread.join()
+        thread.join(ABANDON_READER_AFTER)
+        raise
+    stage.close()
+    thread.join()
     blob, tar = stage.digests()
     stats = ApplyStats(compression=kind, pipeline="native", compressed_bytes=stage.compressed_bytes,
                        digest="sha256:" + blob if blob else "", diff_id="sha256:" + tar)

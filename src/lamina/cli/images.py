@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -237,12 +238,29 @@ def image_rows(summary, *, trunc, need_digest, show_digest_rows, now=None):
     return rows
 
 
+_GLOB = re.compile(r"\[[^]]*\]|[*?]")
+
+
+def _check_reference_pattern(pattern):
+    """A name no image can have is a typo, not an empty match: say so as docker does
+    ("invalid reference format"); the glob parts (*, ?, [..]) stand for any valid name."""
+    from ..errors import InvalidReferenceError
+    from ..reference import Reference
+    try:
+        Reference.parse(_GLOB.sub("x", pattern), default_tag=False)
+    except InvalidReferenceError:
+        raise InvalidReferenceError(f"invalid reference format: {pattern!r} (a repository is lowercase letters, "
+                                    "digits and . _ - /, with an optional :TAG; * and ? match any)") from None
+
+
 def cmd_images(args):
     from .gotemplate import render_rows
     store = _open_store(args)
     filters = api.parse_filters(args.filter)
     if args.repository:
         filters.setdefault("reference", []).append(args.repository)
+    for pattern in filters.get("reference", []):
+        _check_reference_pattern(pattern)
     summaries = api.ls(store, filters)
     fmt = args.format or "table"
     if fmt == "table":  # docker's NewImageFormat: -q and --digests only shape the default table
@@ -635,8 +653,14 @@ def cmd_mount(args):
     store = _open_store(args)
     if args.ref is None:
         from .gotemplate import GoStruct, render_rows
+        records = api.mounts(store)
+        if args.format == "json":  # lamina's own document, even with nothing mounted
+            from .output import emit
+            emit(args, {"mounts": [{"target": m["path"], "image_id": m["image_id"], "names": m.get("names") or [],
+                                    "rw": bool(m.get("rw")), "mounted": bool(m.get("mounted"))} for m in records]})
+            return 0
         rows = []
-        for m in api.mounts(store):
+        for m in records:
             rows.append(GoStruct("mount", methods={
                 "Target": lambda m=m: m["path"],
                 "Image": lambda m=m: (m.get("names") or [truncate_id(m["image_id"])])[0],

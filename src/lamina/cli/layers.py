@@ -41,6 +41,10 @@ def cmd_apply(args):
     check_format(args)
     fmt = disk_format(args)
     apply = apply_layer_atomic if args.atomic else apply_layer
+    if not os.path.exists(args.layer):  # before DEST is made; say which argument, as load -i does
+        raise LaminaError(f"layer {args.layer}: no such file")
+    if os.path.isdir(args.layer):
+        raise LaminaError(f"layer {args.layer}: is a directory (apply takes one layer blob; unpack takes an image)")
     existed = os.path.lexists(args.dest)
     if existed and not os.path.isdir(args.dest):
         raise ExtractError(f"destination {args.dest} exists and is not a directory")

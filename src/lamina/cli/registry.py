@@ -148,6 +148,14 @@ def _finish(args, result, quiet_line):
     return 0
 
 
+def _how_to_login(args, host, missing):
+    """What to type when login cannot prompt (stdin is no terminal); like docker, no SERVER means docker.io."""
+    server = f" {args.server}" if args.server else ""
+    default = "" if args.server else f" (no SERVER: {host}, as in docker)"
+    return (f"login to {host}{default} needs {missing} and cannot ask for it (stdin is not a terminal): "
+            f"type echo \"$PASSWORD\" | lamina login{server} -u USERNAME --password-stdin")
+
+
 def cmd_login(args):
     from ..errors import AuthenticationError
     from ..registry.login import login, normalize_server
@@ -166,11 +174,11 @@ def cmd_login(args):
         print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", file=sys.stderr)
     if not username:
         if not sys.stdin.isatty():
-            raise AuthenticationError("no username given (use --username)")
+            raise AuthenticationError(_how_to_login(args, host, "a username"))
         username = input(f"Username for {host}: ").strip()
     if not password:
         if not sys.stdin.isatty():
-            raise AuthenticationError("no password given (use --password-stdin)")
+            raise AuthenticationError(_how_to_login(args, host, "a password"))
         password = getpass.getpass("Password: ")
     _, where = login(args.server, username, password, authfile=args.authfile,
                      insecure=(host,) if args.insecure else ())
