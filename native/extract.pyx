@@ -1842,6 +1842,9 @@ cdef class Extractor:
             self._check_skipped_parents(path, name)
             if kind == K_LINK:
                 self._check_skipped_link(link, name)
+            visible = self._visible_parent(path)
+            if visible:  # the dirs the entry implies that nothing above hides still show
+                self._parent(visible + b"/.", len(visible), name)
             return
         if self.hidden_files:
             self._check_skipped_parents(path, name)  # e.g. a symlink (never skipped) under a skipped file
@@ -2108,6 +2111,20 @@ cdef class Extractor:
                 return True
             i = path.rfind(b"/", 0, i)
         return False
+
+    cdef bytes _visible_parent(self, bytes path):
+        """The longest ancestor of hidden ``path`` that no upper layer hides: a
+        skipped entry still implies it (an opaque marker above hides only what
+        is under it, and may be the dir's only other entry)."""
+        cdef Py_ssize_t i = path.find(b"/")
+        visible = b""
+        while i > 0:
+            ancestor = path[:i]
+            if self._hides(self.hide_at, ancestor) or self._hides(self.hide_below, visible):
+                break
+            visible = ancestor
+            i = path.find(b"/", i + 1)
+        return visible
 
     cdef _check_skipped_parents(self, bytes path, object name):
         """Skipping must not hide an error: an entry under a non-directory that

@@ -356,6 +356,11 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
     [Tar().file("b/a").dir("c/d"), Tar().symlink("a", ".").opaque("a").file("b/c").dir("c")],
     # ... and a whiteout of a symlink the layer wrote does not follow it (here into a loop)
     [Tar().symlink("a/a/a", "a").whiteout("a/a/a")],
+    # entries skipped top-down (hidden by an opaque marker above) still imply their visible parents
+    [Tar().file("a/a/a", b"1"), Tar().dir("a/a/a").dir("b").file("a/a").opaque("a/a/a"),
+     Tar().whiteout("b").dir("b").file("b", b"1", mode=0o600), Tar().opaque("a")],
+    [Tar().fifo("a").fifo("a").whiteout("a").whiteout("./a"), Tar().fifo("a").fifo("b/a").file("b/b/a"),
+     Tar().file("b/a").dir("a").file("a").dir("a", mode=0o700), Tar().opaque("b")],
 ], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
         "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file", "opaque-then-whiteout",
         "opaque-on-file-then-whiteout", "dir-replaced-by-symlink-keeps-target-mode",
@@ -363,7 +368,8 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
         "whiteout-of-own-dir", "whiteout-of-own-listed-dir", "dir-through-replaced-symlink",
         "dir-through-symlink-to-root", "opaque-root", "opaque-root-over-whiteouts",
         "opaque-root-own-dir-before", "opaque-root-own-dir-after",
-        "whiteout-of-own-symlink-loop"])
+        "whiteout-of-own-symlink-loop", "skipped-entries-imply-visible-parent",
+        "skipped-entries-imply-visible-parent-2"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
 
