@@ -1835,13 +1835,13 @@ cdef class Extractor:
         if (self.hide_at is not None and kind != K_SYMLINK and self._is_hidden(path)
                 and self._no_symlinks_to(path[:slash] if slash > 0 else b"")):
             self.hidden += 1
+            self._check_skipped_parents(path, name)
+            if kind == K_LINK:  # before the entry counts as a skipped file: a link to itself names what is there
+                self._check_skipped_link(link, name)
             if kind != K_DIR:  # a later hardlink may name it, directly or through another link
                 self.hidden_files.add(path)
             else:
                 self.hidden_files.discard(path)
-            self._check_skipped_parents(path, name)
-            if kind == K_LINK:
-                self._check_skipped_link(link, name)
             visible = self._visible_parent(path)
             if visible:  # the dirs the entry implies that nothing above hides still show
                 self._parent(visible + b"/.", len(visible), name)

@@ -361,6 +361,9 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
      Tar().whiteout("b").dir("b").file("b", b"1", mode=0o600), Tar().opaque("a")],
     [Tar().fifo("a").fifo("a").whiteout("a").whiteout("./a"), Tar().fifo("a").fifo("b/a").file("b/b/a"),
      Tar().file("b/a").dir("a").file("a").dir("a", mode=0o700), Tar().opaque("b")],
+    # a skipped hardlink to itself names what is there (here a directory: an error everywhere)
+    [Tar().file("a/a").file("a").symlink("b", "a/a/a").dir("a").whiteout("a/a").hardlink("a", "a"),
+     Tar().file("a"), Tar().file("a"), Tar().file("a")],
 ], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
         "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file", "opaque-then-whiteout",
         "opaque-on-file-then-whiteout", "dir-replaced-by-symlink-keeps-target-mode",
@@ -369,7 +372,7 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
         "dir-through-symlink-to-root", "opaque-root", "opaque-root-over-whiteouts",
         "opaque-root-own-dir-before", "opaque-root-own-dir-after",
         "whiteout-of-own-symlink-loop", "skipped-entries-imply-visible-parent",
-        "skipped-entries-imply-visible-parent-2"])
+        "skipped-entries-imply-visible-parent-2", "skipped-self-hardlink-to-dir"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
 
