@@ -10,10 +10,13 @@ The tar's sha256 is done by whichever stage would otherwise wait
 (``tar_hash="auto"``): stage 1 when the ring is full (the extractor is the
 slower stage), the consumer when the ring is empty (inflate is).  It is a job
 per chunk, done strictly in chunk order by one thread at a time, and a slot is
-reused only once it is both fed and hashed.
+reused only once it is both fed and hashed.  The blob's sha256 follows the same
+rule over a second ring, of the blob's reads: stage 1 hashes a read itself
+only when it needs that buffer again, or when the ring of tar is full, so an
+extractor waiting for inflate takes the blob's hash off the slower stage.
 """
 from cpython.buffer cimport PyBUF_WRITE
-from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memcpy
@@ -377,7 +380,13 @@ cdef class Stage1:
     cdef _Sha256 sha_blob, sha_tar
     cdef lamina_inflater z
     cdef bint z_ready
-    cdef bytearray inbuf
+    # the blob's reads: read k lives in in_buf[k % nin], reused once blob-hashed
+    cdef list inbufs
+    cdef uint8_t *in_buf[MAX_SLOTS]
+    cdef size_t in_lens[MAX_SLOTS]
+    cdef int nin
+    cdef int64_t reads, blob_hashed
+    cdef bint blob_hashing
     cdef uint8_t *in_ptr
     cdef size_t in_len, in_pos
     cdef list slots
@@ -423,10 +432,13 @@ cdef class Stage1:
             if lamina_inflater_init(&self.z, self.kind) < 0:
                 raise MemoryError()
             self.z_ready = True
-            self.inbuf = bytearray(INBUF)
-            self.in_ptr = <uint8_t *>PyByteArray_AS_STRING(self.inbuf)
         self.nslots = max(2, min(slots, MAX_SLOTS))
-        self.slots = [bytearray(SLOT) for _ in range(self.nslots)]
+        self.nin = self.nslots if self.kind != LAMINA_NONE else 0
+        # not zero-filled: a buffer's pages become resident when the stream first reaches it
+        self.inbufs = [_buffer(INBUF) for _ in range(self.nin)]
+        for i in range(self.nin):
+            self.in_buf[i] = <uint8_t *>PyByteArray_AS_STRING(self.inbufs[i])
+        self.slots = [_buffer(SLOT) for _ in range(self.nslots)]
         for i in range(self.nslots):
             self.slot_ptr[i] = <uint8_t *>PyByteArray_AS_STRING(self.slots[i])
         self.timeline, self.consumer = timeline, consumer
@@ -444,14 +456,16 @@ cdef class Stage1:
         """The stage-1 thread: fill the ring until the blob ends, an error, or close()."""
         self.timeline.begin()
         with nogil:
-            self._produce()
+            if self._produce() and self.err_kind == E_NONE:
+                self._finish_blob_hash()
             self._close_stream()
             pthread_mutex_lock(&self.mu)
             self.done = True
             pthread_cond_broadcast(&self.cv)
             pthread_mutex_unlock(&self.mu)
 
-    cdef void _produce(self) noexcept nogil:
+    cdef bint _produce(self) noexcept nogil:
+        """Fill the ring; True once the whole blob went through it."""
         cdef int slot
         cdef uint8_t *out
         cdef size_t out_pos, before, in_before
@@ -464,13 +478,16 @@ cdef class Stage1:
                 if self.tar_hash == TAR_AUTO and not self.hashing and self.hashed < self.published:
                     t = self.timeline._step(S_WAIT, t)  # the ring is full: hash instead of waiting
                     t = self._hash_next(self.timeline, t)
+                elif self.blob_hashed < self.reads and not self.blob_hashing:
+                    t = self.timeline._step(S_WAIT, t)
+                    t = self._hash_blob_next(self.timeline, t)
                 else:
                     pthread_cond_wait(&self.cv, &self.mu)
             slot = self.published % self.nslots
             pthread_mutex_unlock(&self.mu)
             t = self.timeline._step(S_WAIT, t)
             if self.stop:
-                return
+                return False
             out = self.slot_ptr[slot]
             out_pos = 0
             while out_pos < SLOT:
@@ -478,35 +495,44 @@ cdef class Stage1:
                     n = self._read(out + out_pos, SLOT - out_pos)
                     t = self.timeline._step(S_READ, t)
                     if n < 0:
-                        return
+                        return False
                     if n == 0:
                         finished = True
                         break
                     out_pos += n
                     continue
                 if self.in_pos == self.in_len and not eof:
+                    t = self._free_read_buffer(t)
+                    if self.stop:
+                        return False
+                    self.in_ptr = self.in_buf[self.reads % self.nin]
                     n = self._read(self.in_ptr, INBUF)
                     t = self.timeline._step(S_READ, t)
                     if n < 0:
-                        return
+                        return False
                     self.in_pos, self.in_len = 0, n
                     eof = n == 0
-                    if self.hash_blob and n:
-                        lamina_sha_update(self.sha_blob.ctx, self.in_ptr, n)
-                        t = self.timeline._step(S_HASH_BLOB, t)
+                    if n:
+                        pthread_mutex_lock(&self.mu)
+                        self.in_lens[self.reads % self.nin] = n
+                        self.reads += 1
+                        if not self.hash_blob:
+                            self.blob_hashed = self.reads
+                        pthread_cond_broadcast(&self.cv)  # a consumer waiting for tar may hash it
+                        pthread_mutex_unlock(&self.mu)
                 before, in_before = out_pos, self.in_pos
                 if lamina_inflate(&self.z, self.in_ptr, self.in_len, &self.in_pos, out, SLOT, &out_pos) < 0:
                     self.err_kind = E_CORRUPT
-                    return
+                    return False
                 t = self.timeline._step(S_INFLATE, t)
                 if out_pos == before and self.in_pos == in_before and self.in_pos < self.in_len:
                     self.err_kind = E_CORRUPT  # a codec that neither reads nor writes would spin
                     memcpy(self.z.err, b"inflate makes no progress", 26)
-                    return
+                    return False
                 if eof and out_pos == before:  # nothing left to flush
                     if lamina_inflate_end(&self.z) < 0:
                         self.err_kind = E_CORRUPT
-                        return
+                        return False
                     finished = True
                     break
             if out_pos == 0:
@@ -521,6 +547,46 @@ cdef class Stage1:
                 self.hashed += 1
             pthread_cond_broadcast(&self.cv)
             pthread_mutex_unlock(&self.mu)
+        return True
+
+    cdef double _free_read_buffer(self, double t) noexcept nogil:
+        """Wait until the buffer of the next read is blob-hashed, hashing it here if
+        nobody else is.  Returns the time now."""
+        pthread_mutex_lock(&self.mu)
+        while not self.stop and self.reads - self.blob_hashed >= self.nin:
+            if not self.blob_hashing:
+                t = self._hash_blob_next(self.timeline, t)
+            else:
+                pthread_cond_wait(&self.cv, &self.mu)
+                t = self.timeline._step(S_WAIT, t)
+        pthread_mutex_unlock(&self.mu)
+        return t
+
+    cdef void _finish_blob_hash(self) noexcept nogil:
+        """Hash the reads nobody has hashed yet (the end of the blob)."""
+        cdef double t = _clock(CLOCK_MONOTONIC)
+        pthread_mutex_lock(&self.mu)
+        while self.blob_hashed < self.reads:
+            if not self.blob_hashing:
+                t = self._hash_blob_next(self.timeline, t)
+            else:
+                pthread_cond_wait(&self.cv, &self.mu)
+                t = self.timeline._step(S_WAIT, t)
+        pthread_mutex_unlock(&self.mu)
+
+    cdef double _hash_blob_next(self, Timeline tl, double t) noexcept nogil:
+        """Blob-hash read ``blob_hashed`` (called with the lock held and nobody
+        blob-hashing; the lock is released while hashing).  Returns the time now."""
+        cdef int k = self.blob_hashed % self.nin
+        self.blob_hashing = True
+        pthread_mutex_unlock(&self.mu)
+        lamina_sha_update(self.sha_blob.ctx, self.in_buf[k], self.in_lens[k])
+        t = tl._step(S_HASH_BLOB, t)
+        pthread_mutex_lock(&self.mu)
+        self.blob_hashed += 1
+        self.blob_hashing = False
+        pthread_cond_broadcast(&self.cv)
+        return t
 
     cdef double _hash_next(self, Timeline tl, double t) noexcept nogil:
         """Tar-hash chunk ``hashed`` (called with the lock held and nobody hashing;
@@ -644,6 +710,9 @@ cdef class Stage1:
                 if self.hashed < self.released and not self.hashing:  # nothing to feed: hash instead of waiting
                     t = self.consumer._step(S_WAIT, t)
                     t = self._hash_next(self.consumer, t)
+                elif self.blob_hashed < self.reads and not self.blob_hashing:
+                    t = self.consumer._step(S_WAIT, t)
+                    t = self._hash_blob_next(self.consumer, t)
                 elif self.done and not self.hashing:
                     break
                 else:
@@ -681,6 +750,12 @@ cdef class Stage1:
         if self.kind == LAMINA_NONE:
             return tar, tar
         return (self.sha_blob.hexdigest() if self.hash_blob else ""), tar
+
+
+cdef bytearray _buffer(Py_ssize_t size):
+    """A bytearray of ``size`` bytes left uninitialised (``bytearray(size)`` zero-fills, which
+    makes every page resident at once)."""
+    return PyByteArray_FromStringAndSize(NULL, size)
 
 
 class CorruptStream(Exception):

@@ -266,10 +266,12 @@ def test_split_stages_in_tables_and_charts(tmp_path):
             assert f"fill: {bench.STAGE_COLORS[stage]}" in svg, (title, stage)
         for label in ("blob sha256", "diffID sha256", "parse", "write"):  # and named in the legend
             assert f"<!-- {label} -->" in svg, (title, label)
-    # the timeline's pieces: the caller's thread parsed and wrote, stage 1 inflated
+    # the timeline's pieces: the caller's thread parsed and wrote, stage 1 inflated, and
+    # the blob's hash went to whichever of them had time
     rows = doc["lamina"]["timeline"]
     assert {r[1] for r in rows if r[0] == "MainThread"} >= {"parse", "write"}
-    assert {r[1] for r in rows if r[0] == "lamina-inflate"} >= {"inflate", "hash_blob"}
+    assert "inflate" in {r[1] for r in rows if r[0] == "lamina-inflate"}
+    assert "hash_blob" in {r[1] for r in rows if r[0] in ("MainThread", "lamina-inflate")}
 
 
 def test_a_plain_tar_layer_hashes_once_in_the_report(tmp_path):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -396,9 +397,9 @@ def test_the_tar_hash_is_right_whichever_stage_does_it(kind, tar_hash):
     import time
     data = random.Random(5).randbytes(9 * (1 << 20) + 12345)
     blob = data if kind == "none" else gz(data, level=1)
-    stage1 = _pipeline.Timeline("s1", "inflate", 0.0)
+    stage1, stage2 = _pipeline.Timeline("s1", "inflate", 0.0), _pipeline.Timeline("s2", "parse", 0.0)
     st = _pipeline.Stage1(kind, fileobj=io.BytesIO(blob), head=b"", tar_hash=tar_hash, timeline=stage1,
-                          consumer=_pipeline.Timeline("s2", "parse", 0.0))
+                          consumer=stage2)
     th = threading.Thread(target=st.run)
     th.start()
     got, n = bytearray(), 0
@@ -414,5 +415,47 @@ def test_the_tar_hash_is_right_whichever_stage_does_it(kind, tar_hash):
                             hashlib.sha256(data).hexdigest())
     if tar_hash == "stage1" or (tar_hash == "auto" and kind == "none"):
         assert "hash_tar" in stage1.seconds()
-    # the blob's own hash is stage 1's; a plain tar has one hash, its diffID's
-    assert ("hash_blob" in stage1.seconds()) == (kind == "gzip")
+    # a plain tar has one hash, its diffID's
+    hashed_blob = "hash_blob" in stage1.seconds() or "hash_blob" in stage2.seconds()
+    assert hashed_blob == (kind == "gzip")
+
+
+class _SlowReads(io.RawIOBase):
+    """A blob that arrives slowly (a network stream): each read waits first."""
+
+    def __init__(self, data, delay):
+        self.f, self.delay = io.BytesIO(data), delay
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        time.sleep(self.delay)
+        return self.f.readinto(b)
+
+
+@pytest.mark.parametrize("slow", ["reads", "consumer"])
+def test_the_blob_hash_is_taken_by_the_stage_that_waits(slow):
+    """The blob's sha256 is done by whichever stage would otherwise wait: while stage 1
+    waits for the blob's bytes, the consumer (waiting for tar) hashes what was read; a
+    slow consumer leaves it to stage 1.  Either way every read is hashed once, in order."""
+    data = random.Random(7).randbytes(6 * (1 << 20) + 777)
+    blob = gz(data, level=1)
+    stage1, stage2 = _pipeline.Timeline("s1", "inflate", 0.0), _pipeline.Timeline("s2", "parse", 0.0)
+    source = _SlowReads(blob, 0.03 if slow == "reads" else 0.0)
+    st = _pipeline.Stage1("gzip", fileobj=source, head=b"", tar_hash="stage1", timeline=stage1, consumer=stage2)
+    th = threading.Thread(target=st.run)
+    th.start()
+    got = bytearray()
+    while (chunk := st.next()) is not None:
+        if chunk is not False:
+            got += chunk
+            if slow == "consumer":
+                time.sleep(0.03)
+    th.join()
+    assert bytes(got) == data
+    assert st.digests() == (hashlib.sha256(blob).hexdigest(), hashlib.sha256(data).hexdigest())
+    if slow == "reads":
+        assert stage2.seconds().get("hash_blob", 0) > 0, stage2.seconds()
+    else:
+        assert stage1.seconds()["hash_blob"] > 0  # the ring fills: stage 1 hashes while it waits

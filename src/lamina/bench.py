@@ -708,8 +708,8 @@ def _median_of(values):
     return round(statistics.median(values), 6) if values else None
 
 
-# The stages apply_layer reports (ApplyStats.seconds and .cpu, lamina.layer.STAGES): read,
-# inflate and the blob's sha256 on the inflate thread; the tar's sha256 (the diffID) on
+# The stages apply_layer reports (ApplyStats.seconds and .cpu, lamina.layer.STAGES): read
+# and inflate on the inflate thread; the blob's sha256 and the tar's (the diffID) on
 # whichever thread would otherwise wait; parse and write (the extractor) on the caller's,
 # with its waits for the next chunk.  The coarse "hash" and "extract" (sums of their parts)
 # stay in the JSON for its readers; the tables and charts show the parts.
@@ -1075,8 +1075,8 @@ def report_tables(doc):
                            blake3_na if layer.get("blake3") is None else _fmt(layer["blake3"] * 1e3, 1),
                            _fmt(layer["mb_per_s"], 1), _fmt(layer["compressed_mb_per_s"], 1),
                            _fmt(layer["entries_per_s"], 0)])
-        tables.append((f"per layer (median wall milliseconds per stage; {stage_label('read', kind)}, inflate and "
-                       "blob sha256 on one thread, parse and write on the caller's, diffID sha256 on whichever "
+        tables.append((f"per layer (median wall milliseconds per stage; {stage_label('read', kind)}, inflate on one thread, "
+                       "parse and write on the caller's, blob and diffID sha256 on whichever "
                        "waits; wait is both threads'; blake3 is the store's dedup pass, after the unpack)", rows))
         if all(isinstance(layer.get("cpu"), dict) for layer in doc["layers"]):
             shown = _shown_stages([s for layer in doc["layers"] for key in ("seconds", "cpu") for s in layer[key]])

@@ -14,7 +14,8 @@ writes (``write_ns``): write is that, parse the rest of feed()/finish(), and the
 caller thread's CPU over each feed() is shared between them in the same proportion.
 
 sha256(tar) runs in whichever stage has time for it, chunk by chunk, so that
-the two stages take about the same time (TAR_HASH).  When the native stage 1 cannot
+the two stages take about the same time (TAR_HASH); so does sha256(blob), read by
+read, in the native pipeline.  When the native stage 1 cannot
 handle a layer (a codec not built in, no OpenSSL), or LAMINA_PIPELINE=python,
 the Python pipeline runs instead: three threads, a reader+inflate thread
 (isal / zstandard), a hasher thread (hashlib) and the caller's feeding
