@@ -590,6 +590,7 @@ cdef class Extractor:
     cdef int up_layer              # overlay: the lower layer the last _copy_up_node copied from
     cdef stat up_st                #          and what it copied
     cdef object cache_phys         # overlay: where the cached parent really is in the layer
+    cdef object cache_real         # dir: where the cached parent really is (None: not read yet)
     cdef object last_phys          # overlay: where the last _union_dir result really is
     cdef dict restore_modes        # rootless: dirs opened up (u+wx) for this layer, to restore at the end
     cdef readonly int64_t entries, total, whiteouts, trailing
@@ -1481,6 +1482,7 @@ cdef class Extractor:
             close(self.cache_fd)
         self.cache_fd = fd
         self.cache_path = parent
+        self.cache_real = None
         self.cache_valid = True
         return fd
 
@@ -1850,6 +1852,8 @@ cdef class Extractor:
             self._check_skipped_parents(path, name)  # e.g. a symlink (never skipped) under a skipped file
         pfd = self._parent(path, slash, name)
         if self.hidden_files:
+            if slash > 0 and not self.overlay:
+                self._check_skipped_real_parent(pfd, path[:slash], name)
             self.hidden_files.discard(path)  # written here now: no longer a skipped non-directory
         if not self.overlay:
             self._record(path)
@@ -2138,6 +2142,14 @@ cdef class Extractor:
                 raise _errors.ExtractError(
                     f"entry {_show(name)}: a component of {_show(path[:i])} is not a directory")
             i = path.rfind(b"/", 0, i)
+
+    cdef _check_skipped_real_parent(self, int pfd, bytes parent, object name):
+        """The same for an entry reached through a symlink: it lands where the link
+        leads (``c -> a``, then ``c/x``), and a skipped file there would have failed it."""
+        if self.cache_real is None:
+            self.cache_real = self._real_path(pfd, parent)
+        if self.cache_real != parent:
+            self._check_skipped_parents(self.cache_real + b"/.", name)
 
     cdef _check_skipped_link(self, bytes link, object name):
         """A skipped hardlink must still name a file that is there (as a written one would)."""

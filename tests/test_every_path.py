@@ -364,6 +364,9 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
     # a skipped hardlink to itself names what is there (here a directory: an error everywhere)
     [Tar().file("a/a").file("a").symlink("b", "a/a/a").dir("a").whiteout("a/a").hardlink("a", "a"),
      Tar().file("a"), Tar().file("a"), Tar().file("a")],
+    # an entry through a symlink to a file the layer wrote but skipped fails as if written
+    [Tar().file("a"), Tar().file("a").dir("a"),
+     Tar().dir("a").symlink("a/a", "a").file("a").file("a").symlink("c", "a").file("c/a"), Tar().file("a")],
 ], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
         "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file", "opaque-then-whiteout",
         "opaque-on-file-then-whiteout", "dir-replaced-by-symlink-keeps-target-mode",
@@ -372,7 +375,8 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
         "dir-through-symlink-to-root", "opaque-root", "opaque-root-over-whiteouts",
         "opaque-root-own-dir-before", "opaque-root-own-dir-after",
         "whiteout-of-own-symlink-loop", "skipped-entries-imply-visible-parent",
-        "skipped-entries-imply-visible-parent-2", "skipped-self-hardlink-to-dir"])
+        "skipped-entries-imply-visible-parent-2", "skipped-self-hardlink-to-dir",
+        "entry-through-symlink-to-skipped-file"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
 
