@@ -266,6 +266,13 @@ class DedupStats:
     prehashed: int = 0      # inodes whose blake3 the extractor computed while writing them
     seconds: float = 0.0
     hash_seconds: float = 0.0  # of which reading and hashing (blake3) the files the extractor did not hash
+    # where ``seconds`` went (wall, for bench/dedup_cost.py): the walk that swaps duplicates and
+    # plans new objects, the sync (including the wait for this process's other writers), the
+    # claim renames after it, and dropping the extractor's names plus writing the file list
+    plan_seconds: float = 0.0
+    sync_seconds: float = 0.0
+    claim_seconds: float = 0.0
+    finish_seconds: float = 0.0
 
     def to_dict(self):
         return asdict(self)
@@ -718,20 +725,26 @@ def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None):
     p = _Pass(paths, snapshot_dir, reflink, defer=sync is not None)
     try:
         stats = p.run()
+        stats.plan_seconds = time.perf_counter() - start
         if sync is not None:
             p.drop_held(rmdir=False)
+            t = time.perf_counter()
             sync()
+            stats.sync_seconds = time.perf_counter() - t
+            t = time.perf_counter()
             p.claim()
+            stats.claim_seconds = time.perf_counter() - t
         # Before the list: once the list exists the pass never reruns, and a name left in
         # hashed/ would keep a replaced inode alive for good.
         p.drop_held()
     finally:
         p.close()
-    stats.seconds = time.perf_counter() - start
     # No syncfs: a swap lost in a power cut leaves the name on its original inode, with the
     # same bytes and metadata; the list then calls it shared when it is not, which costs
     # nothing but a missed saving (singletons() stays true: it was alone on its inode).
     write_file_list(p.snapshot_dir, p.entries)
+    stats.seconds = time.perf_counter() - start
+    stats.finish_seconds = stats.seconds - stats.plan_seconds - stats.sync_seconds - stats.claim_seconds
     return stats
 
 
