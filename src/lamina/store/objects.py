@@ -195,16 +195,24 @@ class FileEntry:
     object: str | None   # the object it shares, None if it kept a private inode (e.g. EMLINK)
 
 
-def write_file_list(snapshot_dir, entries):
+def write_file_list(snapshot_dir, entries, durable=True):
+    """Write the snapshot's file list and objects list.  ``durable=False``: the snapshot is a temp
+    dir that a syncfs will cover before it is published (dedup_snapshot's ``sync``), so the lists
+    are plain writes, without the fsyncs and renames of atomic_write."""
     import lz4.frame
     from .fsutil import atomic_write
     # The objects list first: the file list says the pass is done (is_deduplicated), and a
     # snapshot without an objects list is read through its file list (snapshot_objects).
     objs = sorted({e.object for e in entries if e.object is not None})
-    atomic_write(os.path.join(snapshot_dir, OBJECTS_LIST),
-                 lz4.frame.compress(b"".join(bytes.fromhex(o[:64] + o[65:]) for o in objs)))
     doc = {"version": 1, "files": [[e.path, e.blake3, e.size, e.object] for e in entries]}
-    atomic_write(os.path.join(snapshot_dir, FILES_LIST), lz4.frame.compress(json.dumps(doc).encode()))
+    for name, data in ((OBJECTS_LIST, b"".join(bytes.fromhex(o[:64] + o[65:]) for o in objs)),
+                       (FILES_LIST, json.dumps(doc).encode())):
+        path = os.path.join(snapshot_dir, name)
+        if durable:
+            atomic_write(path, lz4.frame.compress(data))
+        else:
+            with open(path, "wb") as f:
+                f.write(lz4.frame.compress(data))
 
 
 _OBJECT_BYTES = 40   # an object name in the objects list: blake3 (32 bytes), metadata key (8)
@@ -436,20 +444,25 @@ class _Pass:
         general way (one_held)."""
         results = _native().new_objects(dfd, [e.name for e, _, _ in files], [e.inode() for e, _, _ in files],
                                         self.hashed_fd, [h[0] for _, _, h in files], self.fan, not self.defer)
-        for (entry, rel, held), done in zip(files, results):
-            if done is None or done[0] in self.planned:  # the latter: a duplicate within this layer
-                self.one_held(dfd, entry, rel, held)
+        held, planned, entries = self.held, self.planned, self.entries
+        done_files = done_bytes = 0
+        for (entry, rel, hold), done in zip(files, results):
+            if done is None or done[0] in planned:  # the latter: a duplicate within this layer
+                self.one_held(dfd, entry, rel, hold)
                 continue
             obj, size = done
-            del self.held[entry.inode()]
+            del held[entry.inode()]
             if self.defer:
-                self.planned[obj] = held[0]
-            else:
-                self.stats.new_objects += 1
-            self.stats.files += 1
-            self.stats.bytes += size
-            self.stats.prehashed += 1
-            self.entries.append(FileEntry(rel, held[1], size, obj))
+                planned[obj] = hold[0]
+            done_files += 1
+            done_bytes += size
+            entries.append(FileEntry(rel, hold[1], size, obj))
+        st = self.stats
+        st.files += done_files
+        st.bytes += done_bytes
+        st.prehashed += done_files
+        if not self.defer:
+            st.new_objects += done_files
 
     def plan(self, obj, fd, hold, st):
         """``defer``: this inode becomes ``obj`` once claim() runs; False if it cannot be named."""
@@ -728,21 +741,27 @@ def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None):
         stats.plan_seconds = time.perf_counter() - start
         if sync is not None:
             p.drop_held(rmdir=False)
+            # The lists are final already (claim changes which inode a name has, not its object),
+            # and the sync covers them: written now, while the other layers of the pull may still
+            # be extracting, rather than after the wait, with fsyncs of their own.  A crash
+            # before the commit drops the temp dir, lists and all.
+            write_file_list(p.snapshot_dir, p.entries, durable=False)
             t = time.perf_counter()
             sync()
             stats.sync_seconds = time.perf_counter() - t
             t = time.perf_counter()
             p.claim()
             stats.claim_seconds = time.perf_counter() - t
-        # Before the list: once the list exists the pass never reruns, and a name left in
-        # hashed/ would keep a replaced inode alive for good.
+        # Before the list of a snapshot in place: once that list exists the pass never reruns,
+        # and a name left in hashed/ would keep a replaced inode alive for good.
         p.drop_held()
     finally:
         p.close()
-    # No syncfs: a swap lost in a power cut leaves the name on its original inode, with the
-    # same bytes and metadata; the list then calls it shared when it is not, which costs
-    # nothing but a missed saving (singletons() stays true: it was alone on its inode).
-    write_file_list(p.snapshot_dir, p.entries)
+    if sync is None:
+        # No syncfs: a swap lost in a power cut leaves the name on its original inode, with the
+        # same bytes and metadata; the list then calls it shared when it is not, which costs
+        # nothing but a missed saving (singletons() stays true: it was alone on its inode).
+        write_file_list(p.snapshot_dir, p.entries)
     stats.seconds = time.perf_counter() - start
     stats.finish_seconds = stats.seconds - stats.plan_seconds - stats.sync_seconds - stats.claim_seconds
     return stats
