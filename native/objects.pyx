@@ -293,3 +293,93 @@ def claim_objects(int hashed_fd, list holds, list objs, FanOut fanout):
         free(chold)
         free(cobj)
         free(codes)
+
+
+cdef extern from "<dirent.h>" nogil:
+    ctypedef struct DIR:
+        pass
+    cdef struct dirent:
+        unsigned long d_ino
+        unsigned char d_type
+        char d_name[256]
+    DIR *fdopendir(int fd)
+    dirent *readdir(DIR *d)
+    int closedir(DIR *d)
+    enum:
+        DT_DIR
+        DT_REG
+        DT_UNKNOWN
+
+cdef extern from "<unistd.h>" nogil:
+    int dup(int fd)
+
+cdef inline void errno_reset() noexcept nogil:
+    global errno
+    errno = 0
+
+from syscalls cimport S_ISDIR
+
+
+def scan_dir(int dir_fd, dict held, int hashed_fd, FanOut fanout, bint claim, bint fast):
+    """One directory of the dedup pass (lamina.store.objects._Pass.run): its listing, and the
+    common case done at once.
+
+    Returns (subdirectory names, [(name, inode, hold or None)] of the regular files left to the
+    general way, [(name, inode, hold, object, size)] of those new_objects() took).  ``held``
+    maps an inode number to the extractor's (hashed/ name, blake3); with ``fast``, files with a
+    hold that says "no xattrs" go through new_objects() (``claim`` as there).  Names are
+    decoded as os.scandir does (UTF-8, surrogateescape); nothing is followed.
+    """
+    cdef int fd = dup(dir_fd)
+    cdef DIR *d
+    cdef dirent *e
+    cdef stat st
+    cdef unsigned char kind
+    cdef list subdirs = [], slow = [], names = [], inos = [], holds = [], holdnames = []
+    if fd < 0:
+        raise OSError(errno, __import__("os").strerror(errno))
+    d = fdopendir(fd)
+    if d == NULL:
+        close(fd)
+        raise OSError(errno, __import__("os").strerror(errno))
+    try:
+        while True:
+            errno_reset()
+            e = readdir(d)
+            if e == NULL:
+                if errno:
+                    raise OSError(errno, __import__("os").strerror(errno))
+                break
+            if e.d_name[0] == 46 and (e.d_name[1] == 0 or (e.d_name[1] == 46 and e.d_name[2] == 0)):
+                continue  # "." and ".."
+            kind = e.d_type
+            if kind == DT_UNKNOWN:  # a filesystem that does not say: ask the inode
+                if fstatat(dir_fd, e.d_name, &st, AT_SYMLINK_NOFOLLOW) < 0:
+                    continue
+                kind = DT_DIR if S_ISDIR(st.st_mode) else DT_REG if S_ISREG(st.st_mode) else 0
+            if kind != DT_DIR and kind != DT_REG:
+                continue
+            name = (<bytes>e.d_name).decode("utf-8", "surrogateescape")
+            if kind == DT_DIR:
+                subdirs.append(name)
+                continue
+            ino = e.d_ino
+            hold = held.get(ino)
+            if hold is not None and fast and (<str>hold[0])[65] != "x":
+                names.append(name)
+                inos.append(ino)
+                holds.append(hold)
+                holdnames.append(hold[0])
+            else:
+                slow.append((name, ino, hold))
+    finally:
+        closedir(d)
+    done = []
+    if names:
+        for name, ino, hold, result in zip(names, inos, holds,
+                                           new_objects(dir_fd, names, inos, hashed_fd, holdnames, fanout, claim)):
+            if result is None:
+                slow.append((name, ino, hold))
+            else:
+                done.append((name, ino, hold, result[0], result[1]))
+    return subdirs, slow, done

@@ -261,6 +261,28 @@ def test_native_new_objects_and_claim_report_each_file(tmp_path):
             os.close(fd)
 
 
+def test_the_pass_lists_every_regular_file_whatever_its_name(tmp_path):
+    """The pass lists directories natively (scan_dir): dot files, names like '..x', a name that is
+    not UTF-8 and deep directories are shared and listed; symlinks, fifos and directories are not
+    files; and the file list names each path as os.fsdecode would."""
+    body = b"shared body" * 50
+    names = [".hidden", "..x", "...", "d/e/f/deep", "caf\udce9", "d/plain"]
+    members = [(ti(n), body) for n in names]
+    members += [(ti("link", tarfile.SYMTYPE, linkname="d/plain"), None), (ti("fifo", tarfile.FIFOTYPE), None)]
+    lay = ocibuild.Layout(tmp_path / "layout")
+    lay.image_of_tars([tarfile_bytes(members, fmt=tarfile.GNU_FORMAT)], "names")
+    root = tmp_path / "root"
+    _copy(root, tmp_path / "layout", "names")
+    from lamina.store.objects import read_file_list
+    fs = _fs(root, _chains(root, "names:1")[0])
+    entries = {e.path: e for e in read_file_list(os.path.dirname(fs))}
+    assert set(entries) == set(names)
+    assert os.path.exists(os.path.join(os.fsencode(fs), b"caf\xe9"))
+    assert len({e.object for e in entries.values()}) == 1 and None not in {e.object for e in entries.values()}
+    assert len({os.lstat(os.path.join(fs, n)).st_ino for n in names}) == 1
+    _fsck_clean(root)
+
+
 def test_a_deferred_pass_writes_its_lists_before_the_sync(tmp_path):
     """In a pull the snapshot is a temp dir whose lists get no fsync of their own: they must be
     written before the sync that makes the snapshot durable (and already be complete then)."""

@@ -41,7 +41,8 @@ number: the pass matches tree entries to hashes by ``d_ino`` from the directory 
 read and no stat needed to identify them, and a new object simply takes over that name (one
 ``rename``).  Files without such a name (copied up from a lower layer, sparse, or hashed by
 an older lamina) are read and hashed here.  The common case (a hashed file alone on its inode,
-no xattrs, no object yet) is done natively, a directory at a time (``_objects.new_objects``).
+no xattrs, no object yet) is done natively, a directory at a time and
+without the GIL for its syscalls (``_objects.scan_dir``, ``new_objects``, ``claim_objects``).
 
 Small files are shared like big ones, on purpose: what a file costs the pass is its two name
 operations (the extractor's link, then one rename), not its size, and a small file left out
@@ -313,49 +314,6 @@ def _held(hashed_path):
     return held, fd
 
 
-class _Dir:
-    """A directory fd kept open while subdirectories below it wait to be opened."""
-    __slots__ = ("fd", "waiting", "done")
-
-    def __init__(self, fd):
-        self.fd, self.waiting, self.done = fd, 0, False
-
-    def settle(self):
-        if self.done and self.waiting == 0:
-            os.close(self.fd)
-
-
-def _walk_files(root_fd):
-    """Yield (dir fd, [(DirEntry, relative path)]) of the regular files of each directory,
-    iteratively, never following a link.
-
-    Each directory is opened with openat(parent fd, name, O_NOFOLLOW|O_DIRECTORY), so the
-    walk cannot leave the tree whatever its symlinks say.  Open fds stay linear in depth.
-    """
-    root = _Dir(os.dup(root_fd))
-    stack = [(root, "")]
-    while stack:
-        d, rel = stack.pop()
-        subdirs, files = [], []
-        try:
-            with os.scandir(d.fd) as it:
-                entries = list(it)
-            for e in entries:
-                crel = f"{rel}/{e.name}" if rel else e.name
-                if e.is_dir(follow_symlinks=False):
-                    subdirs.append((e.name, crel))
-                elif e.is_file(follow_symlinks=False):
-                    files.append((e, crel))
-            if files:
-                yield d.fd, files
-            for name, crel in reversed(subdirs):
-                child = _Dir(os.open(name, _DIR_FLAGS, dir_fd=d.fd))
-                stack.append((child, crel))
-        finally:
-            d.done = True
-            d.settle()
-
-
 class _Pass:
     """One dedup pass over a snapshot.
 
@@ -417,46 +375,53 @@ class _Pass:
             drop_hashed(self.snapshot_dir)  # not the extractor's names only: remove whatever it is
 
     def run(self):
+        """Walk the snapshot's tree, iteratively, never following a link: each directory is
+        opened with openat(parent fd, name, O_NOFOLLOW|O_DIRECTORY), so the walk cannot leave
+        the tree whatever its symlinks say.  A directory's listing and its common case (files
+        the extractor hashed, alone on their inode, without xattrs, whose object does not exist
+        yet) are one native call (``_objects.scan_dir``); what it leaves goes the general way."""
         start = time.perf_counter()
-        root_fd = os.open(os.path.join(self.snapshot_dir, "fs"), _DIR_FLAGS)
+        scan, fast = _native().scan_dir, not self.reflink  # reflink: every new object looks for siblings
+        hashed_fd = -1 if self.hashed_fd is None else self.hashed_fd
+        stack = [(os.open(os.path.join(self.snapshot_dir, "fs"), _DIR_FLAGS), "")]
         try:
-            for dfd, files in _walk_files(root_fd):
-                fast = []
-                for entry, rel in files:
-                    held = self.held.get(entry.inode())
-                    if held is None:
-                        self.one(dfd, entry.name, rel)
-                    elif held[0][65] != "x" and not self.reflink:
-                        fast.append((entry, rel, held))
-                    else:
-                        self.one_held(dfd, entry, rel, held)
-                if fast:
-                    self.new_objects(dfd, fast)
+            while stack:
+                fd, prefix = stack.pop()
+                try:
+                    subdirs, slow, done = scan(fd, self.held, hashed_fd, self.fan, not self.defer, fast)
+                    if done:
+                        self.took(fd, prefix, done)
+                    for name, ino, held in slow:
+                        if held is None:
+                            self.one(fd, name, prefix + name)
+                        else:
+                            self.one_held(fd, name, ino, prefix + name, held)
+                    for name in reversed(subdirs):
+                        stack.append((os.open(name, _DIR_FLAGS, dir_fd=fd), f"{prefix}{name}/"))
+                finally:
+                    os.close(fd)
         finally:
-            os.close(root_fd)
+            for fd, _ in stack:
+                os.close(fd)
         self.stats.seconds = time.perf_counter() - start
         return self.stats
 
-    def new_objects(self, dfd, files):
-        """The common case in one native call per directory: files the extractor hashed, alone on
-        their inode, without xattrs, whose object does not exist yet take over their hashed/ name
-        as the object's (or are planned to, see ``defer``).  Whatever it leaves (None) goes the
-        general way (one_held)."""
-        results = _native().new_objects(dfd, [e.name for e, _, _ in files], [e.inode() for e, _, _ in files],
-                                        self.hashed_fd, [h[0] for _, _, h in files], self.fan, not self.defer)
+    def took(self, dfd, prefix, done):
+        """Files of one directory that scan_dir took: each is (or, ``defer``, is planned to
+        become) a new object under its hashed/ name.  One whose object this pass has planned
+        already (a duplicate within the layer) goes the general way and is swapped for it."""
         held, planned, entries = self.held, self.planned, self.entries
         done_files = done_bytes = 0
-        for (entry, rel, hold), done in zip(files, results):
-            if done is None or done[0] in planned:  # the latter: a duplicate within this layer
-                self.one_held(dfd, entry, rel, hold)
+        for name, ino, hold, obj, size in done:
+            if obj in planned:
+                self.one_held(dfd, name, ino, prefix + name, hold)
                 continue
-            obj, size = done
-            del held[entry.inode()]
+            del held[ino]
             if self.defer:
                 planned[obj] = hold[0]
             done_files += 1
             done_bytes += size
-            entries.append(FileEntry(rel, hold[1], size, obj))
+            entries.append(FileEntry(prefix + name, hold[1], size, obj))
         st = self.stats
         st.files += done_files
         st.bytes += done_bytes
@@ -531,11 +496,12 @@ class _Pass:
         finally:
             os.close(root_fd)
 
-    def one_held(self, dfd, entry, rel, held):
-        """A file the extractor hashed: its blake3 is known, and ``hashed/<hold>`` is the same inode."""
-        st = entry.stat(follow_symlinks=False)
-        if st.st_ino != entry.inode():  # a filesystem whose listings disagree with stat: no shortcut
-            return self.one(dfd, entry.name, rel)
+    def one_held(self, dfd, name, ino, rel, held):
+        """A file the extractor hashed: its blake3 is known, and ``hashed/<hold>`` is the same inode
+        (``ino``: its inode number in the directory listing)."""
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if st.st_ino != ino:  # a filesystem whose listings disagree with stat: no shortcut
+            return self.one(dfd, name, rel)
         if not stat.S_ISREG(st.st_mode):
             return
         self.stats.files += 1
@@ -554,7 +520,7 @@ class _Pass:
                 if meta is None:
                     meta = self.keys[k] = metadata_key(st, xattrs)
             obj = f"{digest}.{meta}"
-            self.inodes[key] = (self.share(dfd, entry.name, None, st, obj, digest, xattrs, hold=hold), digest)
+            self.inodes[key] = (self.share(dfd, name, None, st, obj, digest, xattrs, hold=hold), digest)
         self.record(rel, st, key)
 
     def one(self, dfd, name, rel):
