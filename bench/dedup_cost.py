@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 
 CACHE = os.environ.get("LAMINA_BENCH_CACHE", "/var/tmp/lamina-bench")
@@ -40,14 +41,16 @@ LAMINA = [sys.executable, "-m", "lamina"]
 
 
 def timed(cmd, env):
-    """(wall s, CPU s of the child) of one command; its output is dropped."""
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode:
-        raise SystemExit(f"{' '.join(cmd)}: exit {p.returncode}")
+    """(wall s, CPU s of the child) of one command; its output is dropped (shown if it fails)."""
+    with tempfile.TemporaryFile() as err:
+        t = time.perf_counter()
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(cmd)}: exit {p.returncode}\n{err.read().decode(errors='replace')}")
     return wall, ru.ru_utime + ru.ru_stime
 
 
@@ -116,9 +119,10 @@ def pass_phases(work, image):
                        stderr=subprocess.PIPE, check=True)
     shutil.rmtree(work, ignore_errors=True)
     doc = json.loads(p.stderr.decode().strip().splitlines()[-1])
-    for lay in doc["layers"]:
-        print(f"  layer pass: {lay['files']} files, {lay['seconds']:.3f} s = plan {lay['plan_seconds']:.3f} "
-              f"+ sync {lay['sync_seconds']:.3f} + claim {lay['claim_seconds']:.3f} + finish {lay['finish_seconds']:.3f}")
+    for lay in doc["layers"]:  # in the order the passes finished; a lamina before the split has no phases
+        phases = " + ".join(f"{k} {lay[f'{k}_seconds']:.3f}" for k in ("plan", "sync", "claim", "finish")
+                            if f"{k}_seconds" in lay)
+        print(f"  layer pass: {lay['files']} files, {lay['seconds']:.3f} s" + (f" = {phases}" if phases else ""))
     return doc
 
 

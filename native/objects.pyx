@@ -295,21 +295,6 @@ def claim_objects(int hashed_fd, list holds, list objs, FanOut fanout):
         free(codes)
 
 
-cdef extern from "<dirent.h>" nogil:
-    ctypedef struct DIR:
-        pass
-    cdef struct dirent:
-        unsigned long d_ino
-        unsigned char d_type
-        char d_name[256]
-    DIR *fdopendir(int fd)
-    dirent *readdir(DIR *d)
-    int closedir(DIR *d)
-    enum:
-        DT_DIR
-        DT_REG
-        DT_UNKNOWN
-
 cdef extern from "<unistd.h>" nogil:
     int dup(int fd)
 
@@ -317,7 +302,7 @@ cdef inline void errno_reset() noexcept nogil:
     global errno
     errno = 0
 
-from syscalls cimport S_ISDIR
+from syscalls cimport S_ISDIR, DIR, dirent, fdopendir, readdir, closedir, DT_DIR, DT_REG, DT_UNKNOWN
 
 
 def scan_dir(int dir_fd, dict held, int hashed_fd, FanOut fanout, bint claim, bint fast):
