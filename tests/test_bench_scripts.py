@@ -59,7 +59,8 @@ def test_dedup_cost_measures_runs_pass_and_inline(tmp_path):
         r = doc["runs"][mode]
         assert 0 < r["copy_wall"] < r["both_wall"] and 0 < r["copy_cpu"] < r["both_cpu"], r
     layers = doc["pass"]["layers"]
-    assert layers and sum(lay["files"] for lay in layers) == doc["inline"]["files"] > 0
+    # the pass sees each layer's final files; the tars may hold more (a path written twice)
+    assert layers and 0 < sum(lay["files"] for lay in layers) <= doc["inline"]["files"]
     for lay in layers:  # the phases add up to the pass
         parts = lay["plan_seconds"] + lay["sync_seconds"] + lay["claim_seconds"] + lay["finish_seconds"]
         assert abs(parts - lay["seconds"]) < 1e-6, lay
