@@ -7,7 +7,8 @@ threads hash several files on several cores.
 """
 from libc.stdint cimport uint8_t
 from libc.stdlib cimport malloc, free
-from libc.errno cimport errno, EINTR, EEXIST, ENOENT
+from libc.errno cimport errno, EINTR, EEXIST, ENOENT, EINVAL
+from libc.string cimport memcpy
 from posix.types cimport off_t
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
@@ -99,6 +100,14 @@ cdef extern from "<stdio.h>" nogil:
     int snprintf(char *s, size_t n, const char *fmt, ...)
 
 
+cdef inline int _hex_nibble(char c) noexcept nogil:
+    if 48 <= c <= 57:       # '0'..'9'
+        return c - 48
+    if 97 <= c <= 102:      # 'a'..'f'
+        return c - 87
+    return -1
+
+
 cdef class FanOut:
     """fds of objects/blake3/<2 hex>/, opened (and made) on first use, for new_objects() and claim_objects()."""
     cdef int root
@@ -122,19 +131,59 @@ cdef class FanOut:
 
     def get(self, name):
         """The fd of the fan-out directory of object ``name``."""
-        return self.fd(name[:2].encode())
+        cdef bytes b = name[:2].encode()
+        cdef int fd = self.fd_of(b) if len(b) == 2 else -2
+        if fd == -2:
+            raise ValueError(f"not an object name: {name!r}")
+        if fd < 0:
+            raise OSError(errno, __import__("os").strerror(errno), name[:2])
+        return fd
 
-    cdef int fd(self, const char *hex2) except -2:
-        cdef int i = int(hex2[:2].decode(), 16)
+    cdef int fd_of(self, const char *hex2) noexcept nogil:
+        """The fd for the first two hex digits of ``hex2``; -1 with errno set, -2 if they are not hex."""
+        cdef int hi = _hex_nibble(hex2[0]), lo = _hex_nibble(hex2[1]) if hi >= 0 else -1
+        cdef int i = hi * 16 + lo
         cdef char name[3]
+        if hi < 0 or lo < 0:
+            return -2
         if self.fds[i] < 0:
             name[0], name[1], name[2] = hex2[0], hex2[1], 0
             if mkdirat(self.root, name, 0o700) < 0 and errno != EEXIST:
-                raise OSError(errno, __import__("os").strerror(errno), name[:2].decode())
+                return -1
             self.fds[i] = openat(self.root, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            if self.fds[i] < 0:
-                raise OSError(errno, __import__("os").strerror(errno), name[:2].decode())
         return self.fds[i]
+
+
+cdef struct _Meta:
+    unsigned int mode, uid, gid
+    long long mtime_ns
+    char key[17]
+
+
+cdef void _metadata_key(stat *st, _Meta *last) noexcept nogil:
+    """metadata_key() of a file without xattrs into ``last.key``, computed again only when the
+    inode's mode, owner or mtime differ from the previous file's (most files of a layer agree)."""
+    cdef blake3_hasher hasher
+    cdef uint8_t out[BLAKE3_OUT_LEN]
+    cdef char text[96]
+    cdef int n, k
+    cdef long long mtime = lamina_mtime_ns(st)
+    if (last.key[0] != 0 and last.mode == <unsigned int>st.st_mode and last.uid == <unsigned int>st.st_uid
+            and last.gid == <unsigned int>st.st_gid and last.mtime_ns == mtime):
+        return
+    n = snprintf(text, sizeof(text), "%o:%u:%u:%lld", <unsigned int>st.st_mode, <unsigned int>st.st_uid,
+                 <unsigned int>st.st_gid, mtime)
+    blake3_hasher_init(&hasher)
+    blake3_hasher_update(&hasher, text, n)
+    blake3_hasher_finalize(&hasher, out, BLAKE3_OUT_LEN)
+    for k in range(8):
+        last.key[2 * k] = b"0123456789abcdef"[out[k] >> 4]
+        last.key[2 * k + 1] = b"0123456789abcdef"[out[k] & 15]
+    last.key[16] = 0
+    last.mode, last.uid, last.gid, last.mtime_ns = st.st_mode, st.st_uid, st.st_gid, mtime
+
+
+DEF OBJ_LEN = 82   # <64 hex blake3>.<16 hex metadata key> and a NUL
 
 
 def new_objects(int dir_fd, list names, list inos, int hashed_fd, list holds, FanOut fanout, bint claim=True):
@@ -147,54 +196,175 @@ def new_objects(int dir_fd, list names, list inos, int hashed_fd, list holds, Fa
     Returns, per file, (object name, size) once it is (or may become) the new object, else None:
     the caller handles that file the general way (an existing object, a hardlink, xattrs, ...).
     The metadata key is metadata_key()'s for a file without xattrs.
+
+    The syscalls run without the GIL (the other layers' extractors go on meanwhile).
     """
+    cdef Py_ssize_t count = len(names), i
+    cdef list bnames = [(<str>n).encode("utf-8", "surrogateescape") for n in names]
+    cdef list bholds = [(<str>h).encode() for h in holds]
+    cdef const char **cname = <const char **>malloc(count * sizeof(char *) + 1)
+    cdef const char **chold = <const char **>malloc(count * sizeof(char *) + 1)
+    cdef unsigned long *cino = <unsigned long *>malloc(count * sizeof(unsigned long) + 1)
+    cdef long long *size = <long long *>malloc(count * sizeof(long long) + 1)
+    cdef char *objs = <char *>malloc(count * OBJ_LEN + 1)
     cdef stat st
     cdef stat ost
-    cdef blake3_hasher hasher
-    cdef uint8_t out[BLAKE3_OUT_LEN]
-    cdef char text[96]
-    cdef char key[17]
-    cdef int n, k, rc
-    cdef Py_ssize_t i
-    results = []
-    for i in range(len(names)):
-        name = names[i]
-        hold = holds[i]
-        bname = (<str>name).encode("utf-8", "surrogateescape")
-        if (fstatat(dir_fd, bname, &st, AT_SYMLINK_NOFOLLOW) < 0 or not S_ISREG(st.st_mode)
-                or st.st_ino != <unsigned long>inos[i] or st.st_nlink != 2):
-            results.append(None)
-            continue
-        n = snprintf(text, sizeof(text), "%o:%u:%u:%lld", <unsigned int>st.st_mode, <unsigned int>st.st_uid,
-                     <unsigned int>st.st_gid, lamina_mtime_ns(&st))
-        blake3_hasher_init(&hasher)
-        blake3_hasher_update(&hasher, text, n)
-        blake3_hasher_finalize(&hasher, out, BLAKE3_OUT_LEN)
-        for k in range(8):
-            key[2 * k] = b"0123456789abcdef"[out[k] >> 4]
-            key[2 * k + 1] = b"0123456789abcdef"[out[k] & 15]
-        key[16] = 0
-        obj = f"{(<str>hold)[:64]}.{key[:16].decode()}"
-        bobj = obj.encode()
-        if claim:
-            bhold = (<str>hold).encode()
-            rc = lamina_rename_noreplace(hashed_fd, bhold, fanout.fd(bobj), bobj)
-        else:
-            rc = 0 if fstatat(fanout.fd(bobj), bobj, &ost, AT_SYMLINK_NOFOLLOW) < 0 and errno == ENOENT else -1
-        results.append((obj, st.st_size) if rc == 0 else None)
-    return results
+    cdef _Meta last
+    cdef char *obj
+    cdef int rc, ffd
+    try:
+        if cname == NULL or chold == NULL or cino == NULL or size == NULL or objs == NULL:
+            raise MemoryError()
+        for i in range(count):
+            cname[i] = <bytes>bnames[i]
+            chold[i] = <bytes>bholds[i]
+            cino[i] = inos[i]
+            if len(<bytes>bholds[i]) < 64:
+                raise ValueError(f"not a hashed/ name: {holds[i]!r}")
+        last.key[0] = 0
+        with nogil:
+            for i in range(count):
+                size[i] = -1
+                if (fstatat(dir_fd, cname[i], &st, AT_SYMLINK_NOFOLLOW) < 0 or not S_ISREG(st.st_mode)
+                        or st.st_ino != cino[i] or st.st_nlink != 2):
+                    continue
+                _metadata_key(&st, &last)
+                obj = objs + i * OBJ_LEN
+                memcpy(obj, chold[i], 64)
+                obj[64] = 46  # '.'
+                memcpy(obj + 65, last.key, 16)
+                ffd = fanout.fd_of(obj)
+                if ffd < 0:
+                    continue  # the general way reports it
+                obj[OBJ_LEN - 1] = 0
+                if claim:
+                    rc = lamina_rename_noreplace(hashed_fd, chold[i], ffd, obj)
+                else:
+                    rc = 0 if fstatat(ffd, obj, &ost, AT_SYMLINK_NOFOLLOW) < 0 and errno == ENOENT else -1
+                if rc == 0:
+                    size[i] = st.st_size
+        results = []
+        for i in range(count):
+            if size[i] < 0:
+                results.append(None)
+            else:
+                results.append(((objs + i * OBJ_LEN)[:OBJ_LEN - 1].decode(), size[i]))
+        return results
+    finally:
+        free(cname)
+        free(chold)
+        free(cino)
+        free(size)
+        free(objs)
 
 
 def claim_objects(int hashed_fd, list holds, list objs, FanOut fanout):
     """Rename each ``hashed/holds[i]`` to object ``objs[i]`` unless that object exists (RENAME_NOREPLACE):
-    per name 0 if renamed, else the errno (EEXIST: the object exists; EINVAL: not supported here)."""
-    cdef Py_ssize_t i
-    cdef int dir_fd, rc
-    out = []
-    for i in range(len(holds)):
-        bobj = (<str>objs[i]).encode()
-        bhold = (<str>holds[i]).encode()
-        dir_fd = fanout.fd(bobj)
-        rc = lamina_rename_noreplace(hashed_fd, bhold, dir_fd, bobj)
-        out.append(0 if rc == 0 else errno)
-    return out
+    per name 0 if renamed, else the errno (EEXIST: the object exists; EINVAL: not supported here).
+    The renames run without the GIL."""
+    cdef Py_ssize_t count = len(holds), i
+    cdef list bholds = [(<str>h).encode() for h in holds]
+    cdef list bobjs = [(<str>o).encode() for o in objs]
+    cdef const char **chold = <const char **>malloc(count * sizeof(char *) + 1)
+    cdef const char **cobj = <const char **>malloc(count * sizeof(char *) + 1)
+    cdef int *codes = <int *>malloc(count * sizeof(int) + 1)
+    cdef int dir_fd
+    try:
+        if chold == NULL or cobj == NULL or codes == NULL:
+            raise MemoryError()
+        if len(bobjs) != count:
+            raise ValueError("claim_objects: as many holds as objects")
+        for i in range(count):
+            chold[i] = <bytes>bholds[i]
+            cobj[i] = <bytes>bobjs[i]
+            if len(<bytes>bobjs[i]) < 2:
+                raise ValueError(f"not an object name: {objs[i]!r}")
+        with nogil:
+            for i in range(count):
+                dir_fd = fanout.fd_of(cobj[i])
+                if dir_fd == -2:
+                    codes[i] = EINVAL
+                elif dir_fd < 0 or lamina_rename_noreplace(hashed_fd, chold[i], dir_fd, cobj[i]) < 0:
+                    codes[i] = errno
+                else:
+                    codes[i] = 0
+        return [codes[i] for i in range(count)]
+    finally:
+        free(chold)
+        free(cobj)
+        free(codes)
+
+
+cdef extern from "<unistd.h>" nogil:
+    int dup(int fd)
+
+cdef inline void errno_reset() noexcept nogil:
+    global errno
+    errno = 0
+
+from syscalls cimport S_ISDIR, DIR, dirent, fdopendir, readdir, closedir, DT_DIR, DT_REG, DT_UNKNOWN
+
+
+def scan_dir(int dir_fd, dict held, int hashed_fd, FanOut fanout, bint claim, bint fast):
+    """One directory of the dedup pass (lamina.store.objects._Pass.run): its listing, and the
+    common case done at once.
+
+    Returns (subdirectory names, [(name, inode, hold or None)] of the regular files left to the
+    general way, [(name, inode, hold, object, size)] of those new_objects() took).  ``held``
+    maps an inode number to the extractor's (hashed/ name, blake3); with ``fast``, files with a
+    hold that says "no xattrs" go through new_objects() (``claim`` as there).  Names are
+    decoded as os.scandir does (UTF-8, surrogateescape); nothing is followed.
+    """
+    cdef int fd = dup(dir_fd)
+    cdef DIR *d
+    cdef dirent *e
+    cdef stat st
+    cdef unsigned char kind
+    cdef list subdirs = [], slow = [], names = [], inos = [], holds = [], holdnames = []
+    if fd < 0:
+        raise OSError(errno, __import__("os").strerror(errno))
+    d = fdopendir(fd)
+    if d == NULL:
+        close(fd)
+        raise OSError(errno, __import__("os").strerror(errno))
+    try:
+        while True:
+            errno_reset()
+            e = readdir(d)
+            if e == NULL:
+                if errno:
+                    raise OSError(errno, __import__("os").strerror(errno))
+                break
+            if e.d_name[0] == 46 and (e.d_name[1] == 0 or (e.d_name[1] == 46 and e.d_name[2] == 0)):
+                continue  # "." and ".."
+            kind = e.d_type
+            if kind == DT_UNKNOWN:  # a filesystem that does not say: ask the inode
+                if fstatat(dir_fd, e.d_name, &st, AT_SYMLINK_NOFOLLOW) < 0:
+                    continue
+                kind = DT_DIR if S_ISDIR(st.st_mode) else DT_REG if S_ISREG(st.st_mode) else 0
+            if kind != DT_DIR and kind != DT_REG:
+                continue
+            name = (<bytes>e.d_name).decode("utf-8", "surrogateescape")
+            if kind == DT_DIR:
+                subdirs.append(name)
+                continue
+            ino = e.d_ino
+            hold = held.get(ino)
+            if hold is not None and fast and (<str>hold[0])[65] != "x":
+                names.append(name)
+                inos.append(ino)
+                holds.append(hold)
+                holdnames.append(hold[0])
+            else:
+                slow.append((name, ino, hold))
+    finally:
+        closedir(d)
+    done = []
+    if names:
+        for name, ino, hold, result in zip(names, inos, holds,
+                                           new_objects(dir_fd, names, inos, hashed_fd, holdnames, fanout, claim)):
+            if result is None:
+                slow.append((name, ino, hold))
+            else:
+                done.append((name, ino, hold, result[0], result[1]))
+    return subdirs, slow, done

@@ -83,6 +83,7 @@ cdef extern from "<dirent.h>" nogil:
     ctypedef struct DIR:
         pass
     cdef struct dirent:
+        unsigned long long d_ino
         unsigned char d_type
         char d_name[256]
     DIR *fdopendir(int fd)

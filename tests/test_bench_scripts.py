@@ -49,3 +49,20 @@ def test_micro_benches_run_once_each(tmp_path):
     summary = proc.stdout.strip().splitlines()[-1]
     assert re.match(r"\d+ passed", summary) and "skipped" not in summary, summary
     assert int(summary.split()[0]) >= 10
+
+
+def test_dedup_cost_measures_runs_pass_and_inline(tmp_path):
+    out = script("dedup_cost.py", "--image", SAMPLE_SRC, "--runs", "1", "--work", tmp_path / "work",
+                 "--json", tmp_path / "cost.json")
+    doc = json.load(open(tmp_path / "cost.json"))
+    for mode in ("on", "off"):
+        r = doc["runs"][mode]
+        assert 0 < r["copy_wall"] < r["both_wall"] and 0 < r["copy_cpu"] < r["both_cpu"], r
+    layers = doc["pass"]["layers"]
+    # the pass sees each layer's final files; the tars may hold more (a path written twice)
+    assert layers and 0 < sum(lay["files"] for lay in layers) <= doc["inline"]["files"]
+    for lay in layers:  # the phases add up to the pass
+        parts = lay["plan_seconds"] + lay["sync_seconds"] + lay["claim_seconds"] + lay["finish_seconds"]
+        assert abs(parts - lay["seconds"]) < 1e-6, lay
+    assert doc["inline"]["blake3"] > 0 and doc["inline"]["hashed"] > 0
+    assert "dedup costs" in out and not os.path.exists(tmp_path / "work" / "on")

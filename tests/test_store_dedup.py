@@ -6,6 +6,7 @@ comparison of every snapshot with a fresh extraction of its layer.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -193,6 +194,120 @@ def test_native_object_names_match_the_python_metadata_key(tmp_path):
     sdir = os.path.dirname(_fs(root, _chains(root, "odd:1")[0]))
     assert all(e.object is not None for e in read_file_list(sdir))
     assert _fsck_clean(root)["checked"]["objects"] == len(members)
+
+
+def test_native_metadata_keys_follow_every_change_of_mode_owner_and_mtime(tmp_path):
+    """The native pass reuses a directory's last metadata key while mode, uid, gid and mtime stay
+    the same: a change of any one of them, alone, between neighbours must give the file its own
+    key (a cache that compares too little names an object after another file's metadata)."""
+    from lamina.store.objects import metadata_key, read_file_list
+    # each directory: two files that differ in one field only, so they are neighbours in any listing order
+    changes = {"mode": dict(mode=0o600), "uid": dict(uid=7), "gid": dict(gid=8), "mtime": dict(mtime=MTIME + 1)}
+    members = [(ti(f"{field}/{n}", **kw), b"%s %s" % (field.encode(), n.encode()))
+               for field, change in changes.items() for n, kw in (("a", {}), ("b", change))]
+    lay = ocibuild.Layout(tmp_path / "layout")
+    lay.image_of_tars([tarfile_bytes(members)], "keys")
+    root = tmp_path / "root"
+    _copy(root, tmp_path / "layout", "keys")
+    fs = _fs(root, _chains(root, "keys:1")[0])
+    entries = {e.path: e for e in read_file_list(os.path.dirname(fs))}
+    for (member, data) in members:
+        st = os.lstat(os.path.join(fs, member.name))
+        assert entries[member.name].object == f"{blake3.blake3(data).hexdigest()}.{metadata_key(st, [])}", member.name
+    assert len({metadata_key(os.lstat(os.path.join(fs, m.name)), []) for m, _ in members}) == 5  # a + 4 others
+    _fsck_clean(root)
+
+
+def test_native_new_objects_and_claim_report_each_file(tmp_path):
+    """new_objects (the pass's batch, without the GIL): a file alone with its hashed/ name gets its
+    object name; a hardlinked one, a name whose inode changed and a missing name get None; with
+    claim the hold is renamed, and an existing object is left alone (claim_objects: EEXIST)."""
+    from lamina import _objects
+    from lamina.store.objects import metadata_key
+    fs, hashed, objs = tmp_path / "fs", tmp_path / "hashed", tmp_path / "blake3"
+    for d in (fs, hashed, objs):
+        d.mkdir()
+    names, holds, digests = ["alone", "linked", "swapped", "gone", "exists"], [], []
+    for n in names:
+        (fs / n).write_bytes(n.encode())
+        digests.append(blake3.blake3(n.encode()).hexdigest())
+        holds.append(f"{digests[-1]}-{len(holds)}")
+        os.link(fs / n, hashed / holds[-1])
+    inos = [os.lstat(fs / n).st_ino for n in names]
+    os.link(fs / "linked", tmp_path / "layer-hardlink")
+    os.rename(fs / "swapped", tmp_path / "old")
+    (fs / "swapped").write_bytes(b"swapped")
+    os.unlink(fs / "gone")
+    want = {n: f"{d}.{metadata_key(os.lstat(fs / n), [])}" for n, d in zip(names, digests) if (fs / n).exists()}
+    os.makedirs(objs / want["exists"][:2], exist_ok=True)
+    (objs / want["exists"][:2] / want["exists"]).write_bytes(b"made by another pass")
+    dfd, hfd, bfd = (os.open(d, os.O_RDONLY | os.O_DIRECTORY) for d in (fs, hashed, objs))
+    fan = _objects.FanOut(bfd)
+    try:
+        looked_up = _objects.new_objects(dfd, names, inos, hfd, holds, fan, False)
+        assert looked_up == [(want["alone"], 5), None, None, None, None]
+        assert sorted(os.listdir(hashed)) == sorted(holds), "looking up renames nothing"
+        assert _objects.claim_objects(hfd, [holds[0], holds[4]], [want["alone"], want["exists"]], fan) == \
+            [0, errno.EEXIST]
+        assert os.lstat(objs / want["alone"][:2] / want["alone"]).st_ino == inos[0]
+        os.rename(objs / want["alone"][:2] / want["alone"], hashed / holds[0])
+        assert _objects.new_objects(dfd, names, inos, hfd, holds, fan, True)[0] == (want["alone"], 5)
+        assert not (hashed / holds[0]).exists() and (objs / want["alone"][:2] / want["alone"]).exists()
+        with pytest.raises(ValueError):
+            fan.get("zz" + want["alone"][2:])
+    finally:
+        fan.close()
+        for fd in (dfd, hfd, bfd):
+            os.close(fd)
+
+
+def test_the_pass_lists_every_regular_file_whatever_its_name(tmp_path):
+    """The pass lists directories natively (scan_dir): dot files, names like '..x', a name that is
+    not UTF-8 and deep directories are shared and listed; symlinks, fifos and directories are not
+    files; and the file list names each path as os.fsdecode would."""
+    body = b"shared body" * 50
+    names = [".hidden", "..x", "...", "d/e/f/deep", "caf\udce9", "d/plain"]
+    members = [(ti(n), body) for n in names]
+    members += [(ti("link", tarfile.SYMTYPE, linkname="d/plain"), None), (ti("fifo", tarfile.FIFOTYPE), None)]
+    lay = ocibuild.Layout(tmp_path / "layout")
+    lay.image_of_tars([tarfile_bytes(members, fmt=tarfile.GNU_FORMAT)], "names")
+    root = tmp_path / "root"
+    _copy(root, tmp_path / "layout", "names")
+    from lamina.store.objects import read_file_list
+    fs = _fs(root, _chains(root, "names:1")[0])
+    entries = {e.path: e for e in read_file_list(os.path.dirname(fs))}
+    assert set(entries) == set(names)
+    assert os.path.exists(os.path.join(os.fsencode(fs), b"caf\xe9"))
+    assert len({e.object for e in entries.values()}) == 1 and None not in {e.object for e in entries.values()}
+    assert len({os.lstat(os.path.join(fs, n)).st_ino for n in names}) == 1
+    _fsck_clean(root)
+
+
+def test_a_deferred_pass_writes_its_lists_before_the_sync(tmp_path):
+    """In a pull the snapshot is a temp dir whose lists get no fsync of their own: they must be
+    written before the sync that makes the snapshot durable (and already be complete then)."""
+    from lamina.store.objects import FILES_LIST, OBJECTS_LIST, dedup_snapshot, read_file_list, snapshot_objects
+    from lamina.store.paths import Paths
+    paths = Paths(tmp_path / "root")
+    paths.create()
+    sdir = tmp_path / "root" / "snapshots" / ".tmp-lists"
+    os.makedirs(sdir / "fs" / "d")
+    for rel, body in (("d/a", b"one"), ("d/b", b"one"), ("c", b"two")):
+        (sdir / "fs" / rel).write_bytes(body * 100)
+        os.utime(sdir / "fs" / rel, ns=(MTIME * 10**9, MTIME * 10**9))
+    at_sync = {}
+
+    def sync():
+        at_sync["files"] = {e.path: e.object for e in read_file_list(sdir)}
+        at_sync["objects"] = snapshot_objects(sdir)
+        assert (sdir / OBJECTS_LIST).exists() and (sdir / FILES_LIST).exists()
+
+    stats = dedup_snapshot(paths, sdir, reflink=False, sync=sync)
+    assert stats.new_objects == 2 and stats.linked == 1
+    after = {e.path: e.object for e in read_file_list(sdir)}
+    assert at_sync["files"] == after and set(after) == {"d/a", "d/b", "c"}
+    assert at_sync["objects"] == set(after.values()) == snapshot_objects(sdir)
+    assert os.lstat(sdir / "fs" / "d" / "a").st_ino == os.lstat(sdir / "fs" / "d" / "b").st_ino
 
 
 def test_rebuilt_image_shares_its_unchanged_files(tmp_path, images):

@@ -41,7 +41,8 @@ number: the pass matches tree entries to hashes by ``d_ino`` from the directory 
 read and no stat needed to identify them, and a new object simply takes over that name (one
 ``rename``).  Files without such a name (copied up from a lower layer, sparse, or hashed by
 an older lamina) are read and hashed here.  The common case (a hashed file alone on its inode,
-no xattrs, no object yet) is done natively, a directory at a time (``_objects.new_objects``).
+no xattrs, no object yet) is done natively, a directory at a time and
+without the GIL for its syscalls (``_objects.scan_dir``, ``new_objects``, ``claim_objects``).
 
 Small files are shared like big ones, on purpose: what a file costs the pass is its two name
 operations (the extractor's link, then one rename), not its size, and a small file left out
@@ -195,16 +196,24 @@ class FileEntry:
     object: str | None   # the object it shares, None if it kept a private inode (e.g. EMLINK)
 
 
-def write_file_list(snapshot_dir, entries):
+def write_file_list(snapshot_dir, entries, durable=True):
+    """Write the snapshot's file list and objects list.  ``durable=False``: the snapshot is a temp
+    dir that a syncfs will cover before it is published (dedup_snapshot's ``sync``), so the lists
+    are plain writes, without the fsyncs and renames of atomic_write."""
     import lz4.frame
     from .fsutil import atomic_write
     # The objects list first: the file list says the pass is done (is_deduplicated), and a
     # snapshot without an objects list is read through its file list (snapshot_objects).
     objs = sorted({e.object for e in entries if e.object is not None})
-    atomic_write(os.path.join(snapshot_dir, OBJECTS_LIST),
-                 lz4.frame.compress(b"".join(bytes.fromhex(o[:64] + o[65:]) for o in objs)))
     doc = {"version": 1, "files": [[e.path, e.blake3, e.size, e.object] for e in entries]}
-    atomic_write(os.path.join(snapshot_dir, FILES_LIST), lz4.frame.compress(json.dumps(doc).encode()))
+    for name, data in ((OBJECTS_LIST, b"".join(bytes.fromhex(o[:64] + o[65:]) for o in objs)),
+                       (FILES_LIST, json.dumps(doc).encode())):
+        path = os.path.join(snapshot_dir, name)
+        if durable:
+            atomic_write(path, lz4.frame.compress(data))
+        else:
+            with open(path, "wb") as f:
+                f.write(lz4.frame.compress(data))
 
 
 _OBJECT_BYTES = 40   # an object name in the objects list: blake3 (32 bytes), metadata key (8)
@@ -266,6 +275,13 @@ class DedupStats:
     prehashed: int = 0      # inodes whose blake3 the extractor computed while writing them
     seconds: float = 0.0
     hash_seconds: float = 0.0  # of which reading and hashing (blake3) the files the extractor did not hash
+    # where ``seconds`` went (wall, for bench/dedup_cost.py): the walk that swaps duplicates and
+    # plans new objects, the sync (including the wait for this process's other writers), the
+    # claim renames after it, and dropping the extractor's names plus writing the file list
+    plan_seconds: float = 0.0
+    sync_seconds: float = 0.0
+    claim_seconds: float = 0.0
+    finish_seconds: float = 0.0
 
     def to_dict(self):
         return asdict(self)
@@ -296,49 +312,6 @@ def _held(hashed_path):
             if len(e.name) > 65 and e.name[64] == "-" and e.is_file(follow_symlinks=False):
                 held[e.inode()] = (e.name, e.name[:64])
     return held, fd
-
-
-class _Dir:
-    """A directory fd kept open while subdirectories below it wait to be opened."""
-    __slots__ = ("fd", "waiting", "done")
-
-    def __init__(self, fd):
-        self.fd, self.waiting, self.done = fd, 0, False
-
-    def settle(self):
-        if self.done and self.waiting == 0:
-            os.close(self.fd)
-
-
-def _walk_files(root_fd):
-    """Yield (dir fd, [(DirEntry, relative path)]) of the regular files of each directory,
-    iteratively, never following a link.
-
-    Each directory is opened with openat(parent fd, name, O_NOFOLLOW|O_DIRECTORY), so the
-    walk cannot leave the tree whatever its symlinks say.  Open fds stay linear in depth.
-    """
-    root = _Dir(os.dup(root_fd))
-    stack = [(root, "")]
-    while stack:
-        d, rel = stack.pop()
-        subdirs, files = [], []
-        try:
-            with os.scandir(d.fd) as it:
-                entries = list(it)
-            for e in entries:
-                crel = f"{rel}/{e.name}" if rel else e.name
-                if e.is_dir(follow_symlinks=False):
-                    subdirs.append((e.name, crel))
-                elif e.is_file(follow_symlinks=False):
-                    files.append((e, crel))
-            if files:
-                yield d.fd, files
-            for name, crel in reversed(subdirs):
-                child = _Dir(os.open(name, _DIR_FLAGS, dir_fd=d.fd))
-                stack.append((child, crel))
-        finally:
-            d.done = True
-            d.settle()
 
 
 class _Pass:
@@ -402,47 +375,59 @@ class _Pass:
             drop_hashed(self.snapshot_dir)  # not the extractor's names only: remove whatever it is
 
     def run(self):
+        """Walk the snapshot's tree, iteratively, never following a link: each directory is
+        opened with openat(parent fd, name, O_NOFOLLOW|O_DIRECTORY), so the walk cannot leave
+        the tree whatever its symlinks say.  A directory's listing and its common case (files
+        the extractor hashed, alone on their inode, without xattrs, whose object does not exist
+        yet) are one native call (``_objects.scan_dir``); what it leaves goes the general way."""
         start = time.perf_counter()
-        root_fd = os.open(os.path.join(self.snapshot_dir, "fs"), _DIR_FLAGS)
+        scan, fast = _native().scan_dir, not self.reflink  # reflink: every new object looks for siblings
+        hashed_fd = -1 if self.hashed_fd is None else self.hashed_fd
+        stack = [(os.open(os.path.join(self.snapshot_dir, "fs"), _DIR_FLAGS), "")]
         try:
-            for dfd, files in _walk_files(root_fd):
-                fast = []
-                for entry, rel in files:
-                    held = self.held.get(entry.inode())
-                    if held is None:
-                        self.one(dfd, entry.name, rel)
-                    elif held[0][65] != "x" and not self.reflink:
-                        fast.append((entry, rel, held))
-                    else:
-                        self.one_held(dfd, entry, rel, held)
-                if fast:
-                    self.new_objects(dfd, fast)
+            while stack:
+                fd, prefix = stack.pop()
+                try:
+                    subdirs, slow, done = scan(fd, self.held, hashed_fd, self.fan, not self.defer, fast)
+                    if done:
+                        self.took(fd, prefix, done)
+                    for name, ino, held in slow:
+                        if held is None:
+                            self.one(fd, name, prefix + name)
+                        else:
+                            self.one_held(fd, name, ino, prefix + name, held)
+                    for name in reversed(subdirs):
+                        stack.append((os.open(name, _DIR_FLAGS, dir_fd=fd), f"{prefix}{name}/"))
+                finally:
+                    os.close(fd)
         finally:
-            os.close(root_fd)
+            for fd, _ in stack:
+                os.close(fd)
         self.stats.seconds = time.perf_counter() - start
         return self.stats
 
-    def new_objects(self, dfd, files):
-        """The common case in one native call per directory: files the extractor hashed, alone on
-        their inode, without xattrs, whose object does not exist yet take over their hashed/ name
-        as the object's (or are planned to, see ``defer``).  Whatever it leaves (None) goes the
-        general way (one_held)."""
-        results = _native().new_objects(dfd, [e.name for e, _, _ in files], [e.inode() for e, _, _ in files],
-                                        self.hashed_fd, [h[0] for _, _, h in files], self.fan, not self.defer)
-        for (entry, rel, held), done in zip(files, results):
-            if done is None or done[0] in self.planned:  # the latter: a duplicate within this layer
-                self.one_held(dfd, entry, rel, held)
+    def took(self, dfd, prefix, done):
+        """Files of one directory that scan_dir took: each is (or, ``defer``, is planned to
+        become) a new object under its hashed/ name.  One whose object this pass has planned
+        already (a duplicate within the layer) goes the general way and is swapped for it."""
+        held, planned, entries = self.held, self.planned, self.entries
+        done_files = done_bytes = 0
+        for name, ino, hold, obj, size in done:
+            if obj in planned:
+                self.one_held(dfd, name, ino, prefix + name, hold)
                 continue
-            obj, size = done
-            del self.held[entry.inode()]
+            del held[ino]
             if self.defer:
-                self.planned[obj] = held[0]
-            else:
-                self.stats.new_objects += 1
-            self.stats.files += 1
-            self.stats.bytes += size
-            self.stats.prehashed += 1
-            self.entries.append(FileEntry(rel, held[1], size, obj))
+                planned[obj] = hold[0]
+            done_files += 1
+            done_bytes += size
+            entries.append(FileEntry(prefix + name, hold[1], size, obj))
+        st = self.stats
+        st.files += done_files
+        st.bytes += done_bytes
+        st.prehashed += done_files
+        if not self.defer:
+            st.new_objects += done_files
 
     def plan(self, obj, fd, hold, st):
         """``defer``: this inode becomes ``obj`` once claim() runs; False if it cannot be named."""
@@ -511,11 +496,12 @@ class _Pass:
         finally:
             os.close(root_fd)
 
-    def one_held(self, dfd, entry, rel, held):
-        """A file the extractor hashed: its blake3 is known, and ``hashed/<hold>`` is the same inode."""
-        st = entry.stat(follow_symlinks=False)
-        if st.st_ino != entry.inode():  # a filesystem whose listings disagree with stat: no shortcut
-            return self.one(dfd, entry.name, rel)
+    def one_held(self, dfd, name, ino, rel, held):
+        """A file the extractor hashed: its blake3 is known, and ``hashed/<hold>`` is the same inode
+        (``ino``: its inode number in the directory listing)."""
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if st.st_ino != ino:  # a filesystem whose listings disagree with stat: no shortcut
+            return self.one(dfd, name, rel)
         if not stat.S_ISREG(st.st_mode):
             return
         self.stats.files += 1
@@ -534,7 +520,7 @@ class _Pass:
                 if meta is None:
                     meta = self.keys[k] = metadata_key(st, xattrs)
             obj = f"{digest}.{meta}"
-            self.inodes[key] = (self.share(dfd, entry.name, None, st, obj, digest, xattrs, hold=hold), digest)
+            self.inodes[key] = (self.share(dfd, name, None, st, obj, digest, xattrs, hold=hold), digest)
         self.record(rel, st, key)
 
     def one(self, dfd, name, rel):
@@ -718,20 +704,32 @@ def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None):
     p = _Pass(paths, snapshot_dir, reflink, defer=sync is not None)
     try:
         stats = p.run()
+        stats.plan_seconds = time.perf_counter() - start
         if sync is not None:
             p.drop_held(rmdir=False)
+            # The lists are final already (claim changes which inode a name has, not its object),
+            # and the sync covers them: written now, while the other layers of the pull may still
+            # be extracting, rather than after the wait, with fsyncs of their own.  A crash
+            # before the commit drops the temp dir, lists and all.
+            write_file_list(p.snapshot_dir, p.entries, durable=False)
+            t = time.perf_counter()
             sync()
+            stats.sync_seconds = time.perf_counter() - t
+            t = time.perf_counter()
             p.claim()
-        # Before the list: once the list exists the pass never reruns, and a name left in
-        # hashed/ would keep a replaced inode alive for good.
+            stats.claim_seconds = time.perf_counter() - t
+        # Before the list of a snapshot in place: once that list exists the pass never reruns,
+        # and a name left in hashed/ would keep a replaced inode alive for good.
         p.drop_held()
     finally:
         p.close()
+    if sync is None:
+        # No syncfs: a swap lost in a power cut leaves the name on its original inode, with the
+        # same bytes and metadata; the list then calls it shared when it is not, which costs
+        # nothing but a missed saving (singletons() stays true: it was alone on its inode).
+        write_file_list(p.snapshot_dir, p.entries)
     stats.seconds = time.perf_counter() - start
-    # No syncfs: a swap lost in a power cut leaves the name on its original inode, with the
-    # same bytes and metadata; the list then calls it shared when it is not, which costs
-    # nothing but a missed saving (singletons() stays true: it was alone on its inode).
-    write_file_list(p.snapshot_dir, p.entries)
+    stats.finish_seconds = stats.seconds - stats.plan_seconds - stats.sync_seconds - stats.claim_seconds
     return stats
 
 
