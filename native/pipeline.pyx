@@ -13,7 +13,7 @@ per chunk, done strictly in chunk order by one thread at a time, and a slot is
 reused only once it is both fed and hashed.
 """
 from cpython.buffer cimport PyBUF_WRITE
-from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memcpy
@@ -352,6 +352,14 @@ cdef enum:
     E_PYTHON = 3
 
 
+cdef bytearray _unfilled(Py_ssize_t size):
+    """A bytearray of ``size`` bytes as malloc returns them: ``bytearray(size)`` zero-fills,
+    which makes every page of a ring resident at once, though stage 1 writes each byte before
+    anyone reads it (a chunk is read only up to the length stage 1 wrote).  Owned like any
+    bytearray: a memoryview handed out keeps it alive."""
+    return PyByteArray_FromStringAndSize(NULL, size)
+
+
 cdef class Stage1:
     """Read + sha256(blob) + inflate [+ sha256(tar)] of one layer blob.
 
@@ -423,10 +431,10 @@ cdef class Stage1:
             if lamina_inflater_init(&self.z, self.kind) < 0:
                 raise MemoryError()
             self.z_ready = True
-            self.inbuf = bytearray(INBUF)
+            self.inbuf = _unfilled(INBUF)
             self.in_ptr = <uint8_t *>PyByteArray_AS_STRING(self.inbuf)
         self.nslots = max(2, min(slots, MAX_SLOTS))
-        self.slots = [bytearray(SLOT) for _ in range(self.nslots)]
+        self.slots = [_unfilled(SLOT) for _ in range(self.nslots)]
         for i in range(self.nslots):
             self.slot_ptr[i] = <uint8_t *>PyByteArray_AS_STRING(self.slots[i])
         self.timeline, self.consumer = timeline, consumer
