@@ -355,6 +355,14 @@ cdef enum:
     E_PYTHON = 3
 
 
+cdef bytearray _unfilled(Py_ssize_t size):
+    """A bytearray of ``size`` bytes as malloc returns them: ``bytearray(size)`` zero-fills,
+    which makes every page of a ring resident at once, though stage 1 writes each byte before
+    anyone reads it (a chunk is read only up to the length stage 1 wrote).  Owned like any
+    bytearray: a memoryview handed out keeps it alive."""
+    return PyByteArray_FromStringAndSize(NULL, size)
+
+
 cdef class Stage1:
     """Read + sha256(blob) + inflate [+ sha256(tar)] of one layer blob.
 
@@ -435,10 +443,10 @@ cdef class Stage1:
         self.nslots = max(2, min(slots, MAX_SLOTS))
         self.nin = self.nslots if self.kind != LAMINA_NONE else 0
         # not zero-filled: a buffer's pages become resident when the stream first reaches it
-        self.inbufs = [_buffer(INBUF) for _ in range(self.nin)]
+        self.inbufs = [_unfilled(INBUF) for _ in range(self.nin)]
         for i in range(self.nin):
             self.in_buf[i] = <uint8_t *>PyByteArray_AS_STRING(self.inbufs[i])
-        self.slots = [_buffer(SLOT) for _ in range(self.nslots)]
+        self.slots = [_unfilled(SLOT) for _ in range(self.nslots)]
         for i in range(self.nslots):
             self.slot_ptr[i] = <uint8_t *>PyByteArray_AS_STRING(self.slots[i])
         self.timeline, self.consumer = timeline, consumer
@@ -750,12 +758,6 @@ cdef class Stage1:
         if self.kind == LAMINA_NONE:
             return tar, tar
         return (self.sha_blob.hexdigest() if self.hash_blob else ""), tar
-
-
-cdef bytearray _buffer(Py_ssize_t size):
-    """A bytearray of ``size`` bytes left uninitialised (``bytearray(size)`` zero-fills, which
-    makes every page resident at once)."""
-    return PyByteArray_FromStringAndSize(NULL, size)
 
 
 class CorruptStream(Exception):

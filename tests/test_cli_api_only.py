@@ -11,7 +11,7 @@ PUBLIC_API = {
     "lamina", "lamina.errors", "lamina.reference", "lamina.images", "lamina.store", "lamina.transports",
     "lamina.layer", "lamina.unpacker", "lamina.atomic", "lamina.timefmt",
     "lamina.registry", "lamina.registry.pull", "lamina.registry.push", "lamina.registry.login",
-    "lamina.registry.progress", "lamina.registry.source", "lamina.bench",
+    "lamina.registry.progress", "lamina.registry.source", "lamina.bench", "lamina.bench_choices",
 }
 # From lamina.store only the Store class: its layout, locks and gc are the library's business.
 STORE_NAMES = {"Store"}

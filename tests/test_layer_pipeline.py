@@ -459,3 +459,31 @@ def test_the_blob_hash_is_taken_by_the_stage_that_waits(slow):
         assert stage2.seconds().get("hash_blob", 0) > 0, stage2.seconds()
     else:
         assert stage1.seconds()["hash_blob"] > 0  # the ring fills: stage 1 hashes while it waits
+
+
+def test_a_stage_1_ring_is_not_resident_before_it_is_written():
+    """A layer's ring and read buffer (several MiB) become resident as stage 1 fills them, not
+    all at once when it is made: a tiny layer costs what it uses (``bytearray(n)`` zero-fills)."""
+    code = textwrap.dedent("""
+        import io, gzip
+        from lamina import _pipeline
+
+        def rss_kib():
+            with open("/proc/self/status") as f:
+                return int(next(line.split()[1] for line in f if line.startswith("VmRSS:")))
+
+        blob = gzip.compress(b"x" * 1000)
+        before = rss_kib()
+        stages = [_pipeline.Stage1("gzip", fileobj=io.BytesIO(blob), head=b"", slots=4,
+                                   timeline=_pipeline.Timeline("s1", "inflate", 0.0),
+                                   consumer=_pipeline.Timeline("s2", "parse", 0.0)) for _ in range(20)]
+        grown = rss_kib() - before
+        st = stages[0]   # and each still delivers exactly what was written
+        st.run()
+        assert bytes(st.next()) == b"x" * 1000 and st.next() is None
+        print(grown)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # 20 stages of 4 slots + the read buffer, 1 MiB each: 100 MiB if they were filled
+    assert int(proc.stdout.split()[-1]) < 10 * 1024, f"RSS grew by {proc.stdout.split()[-1]} KiB"

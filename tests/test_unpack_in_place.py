@@ -144,7 +144,7 @@ def test_unpack_into_an_empty_dest_of_a_parent_nobody_may_write(tmp_path):
             os.chown(d, 65534, 65534)
         proc = run_as_nobody(NOBODY, layout, store_root, parent,
                              preload=["lamina.cli", "lamina.cli.layers", "lamina.cli.images", "lamina.cli.store",
-                                      "lamina.cli.registry", "lamina.cli.bench", "lamina.transports",
+                                      "lamina.cli.registry", "lamina.cli.bench", "lamina.images", "lamina.transports",
                                       "lamina.store.materialize", "lamina.store.flatten", "concurrent.futures.thread",
                                       "isal.igzip", "tempfile", "shutil", "ctypes.util"])
         assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"

@@ -39,6 +39,7 @@ import threading
 import time
 
 from . import __version__, compression
+from .bench_choices import SYNTHETIC_KINDS, TOOLS
 from .errors import LaminaError
 from .layer import COARSE_STAGES, STAGES as PIPELINE_STAGES, apply_layer
 from .oci import open_source
@@ -47,8 +48,6 @@ from .oci.source import parse_source
 from .unpacker import unpack
 
 _HEAD_BYTES = 8  # enough for compression.detect
-TOOLS = ("tar", "pigz", "bsdtar", "umoci")
-SYNTHETIC_KINDS = ("small-files", "huge-files", "deep", "whiteouts", "hardlinks")
 DEFAULT_SIZES = (1000, 10000, 100000)
 DEFAULT_HUGE_MIB = (8, 32, 128)  # huge-files sizes are MiB per file
 # What each tool checks and does, printed with the comparison: the plain tar extractors

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import sys
 
-from ..bench import SYNTHETIC_KINDS, TOOLS, parse_sizes, report_tables, run, run_synthetic, write_report
+from ..bench_choices import SYNTHETIC_KINDS, TOOLS
 from ..errors import LaminaError
 from .output import add_format_option, check_format, emit
 
 
 def cmd_bench(args):
+    from ..bench import parse_sizes, run, run_synthetic, write_report
     check_format(args)
     fmt = "overlay" if args.overlay else "dir"
     compare = [t for t in (args.compare or "").split(",") if t]
@@ -29,6 +30,7 @@ def cmd_bench(args):
 
 
 def _print(doc, written):
+    from ..bench import report_tables
     target = doc["target"]
     print(f"lamina bench {doc.get('source') or doc.get('synthetic')}: format {doc['format']}, {doc['runs']} run(s), "
           f"target {target.get('path', '')} on {target['fstype']} ({target['mount_source']})")

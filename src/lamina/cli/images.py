@@ -29,7 +29,6 @@ import re
 import sys
 import time
 
-from .. import images as api
 from . import path_arg
 from .output import add_format_option
 
@@ -254,6 +253,7 @@ def _check_reference_pattern(pattern):
 
 
 def cmd_images(args):
+    from .. import images as api
     from .gotemplate import render_rows
     store = _open_store(args)
     filters = api.parse_filters(args.filter)
@@ -330,6 +330,7 @@ def _config_struct(cfg):
 
 def inspect_struct(details):
     """(typed GoStruct, raw JSON dict) of docker's image inspect for one api.ImageDetails."""
+    from .. import images as api
     from .gotemplate import GoMap, GoStruct, GoTime
     image = details.image
     c = image.config or {}
@@ -382,6 +383,7 @@ def inspect_struct(details):
 
 
 def cmd_inspect(args):
+    from .. import images as api
     from ..errors import LaminaError
     from .gotemplate import TemplateError, go_json, parse
     store = _open_store(args)
@@ -463,6 +465,7 @@ def history_row(item, *, trunc, human, now=None):
 
 
 def cmd_history(args):
+    from .. import images as api
     from .gotemplate import render_rows
     store = _open_store(args)
     items = api.history(store, args.ref)
@@ -477,6 +480,7 @@ def cmd_history(args):
 # --- tag / rmi / prune ------------------------------------------------------------------------------
 
 def cmd_tag(args):
+    from .. import images as api
     api.tag(_open_store(args), args.source, args.target)
 
 
@@ -485,6 +489,7 @@ def _busy_note(what):
 
 
 def cmd_rmi(args):
+    from .. import images as api
     from ..errors import LaminaError
     from .output import check_format, emit, wants_text
     check_format(args)
@@ -533,6 +538,7 @@ def _confirm(message, force):
 
 
 def cmd_image_prune(args):
+    from .. import images as api
     from .output import check_format, emit
     check_format(args)
     store = _open_store(args)
@@ -577,6 +583,7 @@ def _df_row(kind, total, active, size, reclaimable):
 
 
 def cmd_system_df(args):
+    from .. import images as api
     from .gotemplate import render_rows
     store = _open_store(args)
     du = api.disk_usage(store)
@@ -649,6 +656,7 @@ def cmd_system_df(args):
 # --- mount / umount ------------------------------------------------------------------------------------
 
 def cmd_mount(args):
+    from .. import images as api
     from ..errors import LaminaError
     store = _open_store(args)
     if args.ref is None:
@@ -679,6 +687,7 @@ def cmd_mount(args):
 
 
 def cmd_umount(args):
+    from .. import images as api
     store = _open_store(args)
     failures = 0
     from ..errors import LaminaError
@@ -798,11 +807,8 @@ def register(sub):
 
 # --- lamina unpack from the store (called by cli/layers.py) ---------------------------------------------
 
-_TRANSPORTS = api.TRANSPORTS
-is_store_source = api.is_store_source
-
-
 def unpack_from_store(args):
+    from .. import images as api
     from ..errors import LaminaError
     from .layers import disk_format
     from .output import check_format, emit
@@ -810,7 +816,7 @@ def unpack_from_store(args):
     if disk_format(args) != "dir":
         raise LaminaError("--overlay is for oci:/docker-archive: sources; an image in the store already has "
                           "its layers as snapshots: use `lamina mount IMAGE TARGET`")
-    if args.source.startswith(_TRANSPORTS):
+    if args.source.startswith(api.TRANSPORTS):
         raise LaminaError("--bundle and --link unpack images from the store; import the image first "
                           f"(lamina copy {args.source} NAME) or drop the option")
     store = _open_store(args)

@@ -79,9 +79,12 @@ def _registry_source(args):
     return RegistrySource(ref, insecure=_insecure(args, ref), reporter=reporter_for("json" if args.format == "json" else "auto"))
 
 
+def _is_store_source(args):
+    from ..images import is_store_source
+    return is_store_source(args.source, args.root)
+
+
 def cmd_unpack(args):
-    from ..images import check_path_source
-    from .images import _closing, is_store_source, unpack_from_store
     from ..unpacker import unpack
     if args.source.startswith("docker://"):
         if args.bundle or args.link:
@@ -93,9 +96,11 @@ def cmd_unpack(args):
                 source.finished(source.image)
             finally:
                 source.reporter.close()
-    elif args.bundle or args.link or is_store_source(args.source, args.root):
+    elif args.bundle or args.link or _is_store_source(args):
+        from .images import _closing, unpack_from_store
         return _closing(unpack_from_store)(args)  # a bare image reference: materialize from the store's snapshots
     else:
+        from ..images import check_path_source
         check_format(args)
         check_path_source(args.source)
         stats = unpack(args.source, args.dest, platform=args.platform, format=disk_format(args))

@@ -1,7 +1,6 @@
 """``lamina pull`` / ``push`` / ``login`` / ``logout`` / ``manifest inspect``: the registry verbs."""
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 
@@ -179,6 +178,7 @@ def cmd_login(args):
     if not password:
         if not sys.stdin.isatty():
             raise AuthenticationError(_how_to_login(args, host, "a password"))
+        import getpass
         password = getpass.getpass("Password: ")
     _, where = login(args.server, username, password, authfile=args.authfile,
                      insecure=(host,) if args.insecure else ())
