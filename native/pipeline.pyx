@@ -465,7 +465,7 @@ cdef class Stage1:
         self.timeline.begin()
         with nogil:
             if self._produce() and self.err_kind == E_NONE:
-                self._finish_blob_hash()
+                self._blob_hash_until(1, _clock(CLOCK_MONOTONIC))  # the end of the blob: hash what is left
             self._close_stream()
             pthread_mutex_lock(&self.mu)
             self.done = True
@@ -510,7 +510,7 @@ cdef class Stage1:
                     out_pos += n
                     continue
                 if self.in_pos == self.in_len and not eof:
-                    t = self._free_read_buffer(t)
+                    t = self._blob_hash_until(self.nin, t)  # the buffer of this read must be hashed
                     if self.stop:
                         return False
                     self.in_ptr = self.in_buf[self.reads % self.nin]
@@ -557,11 +557,11 @@ cdef class Stage1:
             pthread_mutex_unlock(&self.mu)
         return True
 
-    cdef double _free_read_buffer(self, double t) noexcept nogil:
-        """Wait until the buffer of the next read is blob-hashed, hashing it here if
-        nobody else is.  Returns the time now."""
+    cdef double _blob_hash_until(self, int64_t pending, double t) noexcept nogil:
+        """Wait until fewer than ``pending`` reads are left to blob-hash, hashing them
+        here while nobody else is.  Returns the time now."""
         pthread_mutex_lock(&self.mu)
-        while not self.stop and self.reads - self.blob_hashed >= self.nin:
+        while not self.stop and self.reads - self.blob_hashed >= pending:
             if not self.blob_hashing:
                 t = self._hash_blob_next(self.timeline, t)
             else:
@@ -569,44 +569,31 @@ cdef class Stage1:
                 t = self.timeline._step(S_WAIT, t)
         pthread_mutex_unlock(&self.mu)
         return t
-
-    cdef void _finish_blob_hash(self) noexcept nogil:
-        """Hash the reads nobody has hashed yet (the end of the blob)."""
-        cdef double t = _clock(CLOCK_MONOTONIC)
-        pthread_mutex_lock(&self.mu)
-        while self.blob_hashed < self.reads:
-            if not self.blob_hashing:
-                t = self._hash_blob_next(self.timeline, t)
-            else:
-                pthread_cond_wait(&self.cv, &self.mu)
-                t = self.timeline._step(S_WAIT, t)
-        pthread_mutex_unlock(&self.mu)
 
     cdef double _hash_blob_next(self, Timeline tl, double t) noexcept nogil:
-        """Blob-hash read ``blob_hashed`` (called with the lock held and nobody
-        blob-hashing; the lock is released while hashing).  Returns the time now."""
+        """Blob-hash read ``blob_hashed`` (lock held, nobody blob-hashing)."""
         cdef int k = self.blob_hashed % self.nin
-        self.blob_hashing = True
-        pthread_mutex_unlock(&self.mu)
-        lamina_sha_update(self.sha_blob.ctx, self.in_buf[k], self.in_lens[k])
-        t = tl._step(S_HASH_BLOB, t)
-        pthread_mutex_lock(&self.mu)
-        self.blob_hashed += 1
-        self.blob_hashing = False
-        pthread_cond_broadcast(&self.cv)
-        return t
+        return self._hash_in_order(tl, t, self.sha_blob.ctx, self.in_buf[k], self.in_lens[k], S_HASH_BLOB,
+                                   &self.blob_hashed, &self.blob_hashing)
 
     cdef double _hash_next(self, Timeline tl, double t) noexcept nogil:
-        """Tar-hash chunk ``hashed`` (called with the lock held and nobody hashing;
-        the lock is released while hashing).  Returns the time now."""
+        """Tar-hash chunk ``hashed`` (lock held, nobody tar-hashing)."""
         cdef int slot = self.hashed % self.nslots
-        self.hashing = True
+        return self._hash_in_order(tl, t, self.sha_tar.ctx, self.slot_ptr[slot], self.slot_len[slot], S_HASH_TAR,
+                                   &self.hashed, &self.hashing)
+
+    cdef double _hash_in_order(self, Timeline tl, double t, void *ctx, const uint8_t *data, size_t n, int stage,
+                               int64_t *done, bint *busy) noexcept nogil:
+        """Hash the next buffer of one ring (called with the lock held; released while
+        hashing, which ``busy`` tells the other thread), then count it ``done``.
+        Returns the time now."""
+        busy[0] = True
         pthread_mutex_unlock(&self.mu)
-        lamina_sha_update(self.sha_tar.ctx, self.slot_ptr[slot], self.slot_len[slot])
-        t = tl._step(S_HASH_TAR, t)
+        lamina_sha_update(ctx, data, n)
+        t = tl._step(stage, t)
         pthread_mutex_lock(&self.mu)
-        self.hashed += 1
-        self.hashing = False
+        done[0] += 1
+        busy[0] = False
         pthread_cond_broadcast(&self.cv)
         return t
 
