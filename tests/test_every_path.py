@@ -287,7 +287,10 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
         cmd = [*LAMINA, "--root", str(store), "unpack", "slow:1", str(dest)]
     else:
         cmd = [*LAMINA, "--root", str(store), "copy", f"oci:{layout}:img", "slow:1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal delivers it, even when the suite runs as a background job (which
+    # inherits SIGINT ignored, and so would lamina)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(1.5)
     assert proc.poll() is None, "the image is meant to take longer than this to extract"
     sent = time.monotonic()
