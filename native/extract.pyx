@@ -34,6 +34,9 @@ from blake3_c cimport *
 from libc.stdint cimport uint8_t
 from libc.stdio cimport snprintf
 
+cdef extern from "<stdio.h>" nogil:
+    int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+
 from lamina import errors as _errors
 from lamina.limits import DEFAULT_LIMITS
 
@@ -601,20 +604,35 @@ cdef class Extractor:
     cdef bint cur_hashing, hold_empty_path
     cdef blake3_hasher hasher
     cdef readonly int64_t hashed
+    # link_objects: objects/blake3 of the store, and its <2 hex>/ dirs (O_PATH, opened on first
+    # use); a file whose payload is in the chunk being fed when its header is read is hashed
+    # first, and named by a link to the object with its content and metadata if there is one
+    # (see _link_object).  feed_p/feed_avail: the rest of that chunk, while _header() runs.
+    cdef int obj_fd
+    cdef int obj_fan[256]
+    cdef const unsigned char *feed_p
+    cdef int64_t feed_avail
+    cdef set obj_inodes             # inode numbers this layer named by linking an object
+    cdef int64_t privatized
+    cdef readonly int64_t linked, linked_bytes
     # time spent writing (creating entries, their data and metadata, the final
     # directory fixups); the rest of feed() is parsing: lamina bench splits the
     # extract stage with it (monotonic clock, a vDSO call: cheap per entry)
     cdef readonly int64_t write_ns
 
     def __cinit__(self):
+        cdef int i
         self.rootfd = -1
         self.outfd = -1
         self.cache_fd = -1
         self.hold_fd = -1
+        self.obj_fd = -1
+        for i in range(256):
+            self.obj_fan[i] = -1
 
     def __init__(self, root, *, str format="dir", limits=None, use_openat2=None, hidden=None,
                  lowers=None, bint defer_lowers=False, lowers_provider=None, lower_shared=None,
-                 hash_files_into=None):
+                 hash_files_into=None, link_objects=None):
         """``root=None`` scans instead of extracting: headers are parsed and
         checked, nothing is written, and ``scan_at`` / ``scan_below`` collect
         what this layer hides in the layers below it (whiteouts and non-directory
@@ -647,7 +665,20 @@ cdef class Extractor:
         be reused by another file while the name exists: a tree walk may match files to hashes by ``d_ino`` (the
         store's dedup pass does, lamina.store.objects).  Sparse files are not
         hashed (their holes are never written); nor is anything not written
-        through the data path (e.g. a file copied up from a lower layer)."""
+        through the data path (e.g. a file copied up from a lower layer).
+
+        ``link_objects`` (with ``hash_files_into``, as root: the store's
+        ``objects/blake3`` directory): a regular file without xattrs whose whole
+        payload is in the chunk being fed is hashed before anything is created,
+        and if the store has an object with that content and exactly the inode
+        metadata the entry asks for (mode, owner, mtime, size), the file's name
+        is a hardlink to that object and its data is never written: on a disk
+        filesystem, creating and then freeing an inode costs far more than a
+        link.  The object gets one name ``<blake3>-o<metadata key>-<size>`` in
+        ``hash_files_into`` (the dedup pass reads the object's name from it).  A
+        hardlink entry of the layer that names such a file first gives the file
+        a private inode (a copy), so that names sharing an object never pass for
+        a hardlink group of the image."""
         if format not in ("dir", "overlay"):
             raise ValueError(f"unknown format {format!r} (expected 'dir' or 'overlay')")
         self.overlay = format == "overlay"
@@ -699,6 +730,9 @@ cdef class Extractor:
                 raise _errors.ExtractError(
                     f"cannot open {os.fsdecode(hash_files_into)!r}: {os.strerror(errno)}")
             self.hold_empty_path = True
+            if link_objects is not None and self.is_root:
+                self.obj_fd = openat(AT_FDCWD, os.fsencode(link_objects), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                self.obj_inodes = set()
         lim = limits if limits is not None else DEFAULT_LIMITS
         self.max_entries = lim.max_entries
         self.max_bytes = lim.max_bytes
@@ -778,7 +812,12 @@ cdef class Extractor:
                 pos += take
                 if self.hdr_len == BLOCK:
                     self.hdr_len = 0
-                    self._header()
+                    self.feed_p = p + pos
+                    self.feed_avail = n - pos
+                    try:
+                        self._header()
+                    finally:
+                        self.feed_avail = 0
             elif self.state == ST_SKIP:
                 take = min(<int64_t>(n - pos), self.remaining)
                 pos += take
@@ -829,6 +868,7 @@ cdef class Extractor:
                 "write_ns": self.write_ns}
 
     def close(self):
+        cdef int i
         if self.outfd >= 0:
             close(self.outfd)
             self.outfd = -1
@@ -843,6 +883,13 @@ cdef class Extractor:
         if self.hold_fd >= 0:
             close(self.hold_fd)
             self.hold_fd = -1
+        if self.obj_fd >= 0:
+            close(self.obj_fd)
+            self.obj_fd = -1
+        for i in range(256):
+            if self.obj_fan[i] >= 0:
+                close(self.obj_fan[i])
+                self.obj_fan[i] = -1
 
     # --------------------------------------------------------------- headers
 
@@ -1928,7 +1975,11 @@ cdef class Extractor:
         # that _finish_file needs no chmod unless the umask or setuid/setgid/sticky bits
         # are in the way.
         cdef mode_t create_mode = <mode_t>self.cur_mode & 0o777
-        cdef int fd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, create_mode)
+        cdef int fd
+        if (self.obj_fd >= 0 and self.sparse is None and self.cur_xattrs is None and size <= self.feed_avail
+                and self._link_object(pfd, base, name, size)):
+            return  # named by a link to the store's object: the payload is consumed unwritten
+        fd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, create_mode)
         if fd < 0 and errno == EEXIST:
             self._remove(pfd, base, name)
             fd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, create_mode)
@@ -1940,6 +1991,99 @@ cdef class Extractor:
             blake3_hasher_init(&self.hasher)
         if size == 0:
             self._finish_file()
+
+    cdef bint _link_object(self, int pfd, bytes base, bytes name, int64_t size) except -1:
+        """Name the entry by a hardlink to the store's object with its payload (in the chunk
+        being fed) and the inode metadata it asks for; False (nothing done) if there is none.
+        Objects are immutable and gc never runs beside an extraction (the store's lease), so the
+        object checked is the object linked; the link is still checked to be that inode."""
+        cdef uint8_t digest[BLAKE3_OUT_LEN]
+        cdef uint8_t key[BLAKE3_OUT_LEN]
+        cdef blake3_hasher h
+        cdef char rel[96]       # <2 hex>/<64 hex blake3>.<16 hex metadata key>
+        cdef char hold[112]
+        cdef char text[96]
+        cdef stat ost, lst
+        cdef int i, n
+        cdef unsigned int mode = S_IFREG | <unsigned int>self.cur_mode
+        cdef const unsigned char *data = self.feed_p
+        cdef long long mtime
+        if self.cur_sec < -9000000000 or self.cur_sec > 9000000000:
+            return False  # its mtime in ns would not fit the key's 64 bits
+        mtime = <long long>self.cur_sec * 1000000000 + self.cur_nsec
+        with nogil:
+            blake3_hasher_init(&h)
+            blake3_hasher_update(&h, data, <size_t>size)
+            blake3_hasher_finalize(&h, digest, BLAKE3_OUT_LEN)
+        # objects.metadata_key() of a file without xattrs
+        n = snprintf(text, sizeof(text), "%o:%u:%u:%lld", mode, <unsigned int>self.cur_uid,
+                     <unsigned int>self.cur_gid, mtime)
+        blake3_hasher_init(&h)
+        blake3_hasher_update(&h, text, <size_t>n)
+        blake3_hasher_finalize(&h, key, BLAKE3_OUT_LEN)
+        for i in range(BLAKE3_OUT_LEN):
+            rel[3 + 2 * i] = b"0123456789abcdef"[digest[i] >> 4]
+            rel[3 + 2 * i + 1] = b"0123456789abcdef"[digest[i] & 15]
+        rel[0], rel[1], rel[2], rel[67] = rel[3], rel[4], b"/", b"."
+        for i in range(8):
+            rel[68 + 2 * i] = b"0123456789abcdef"[key[i] >> 4]
+            rel[68 + 2 * i + 1] = b"0123456789abcdef"[key[i] & 15]
+        rel[84] = 0
+        if (fstatat(self.obj_fd, rel, &ost, AT_SYMLINK_NOFOLLOW) < 0 or ost.st_mode != mode
+                or ost.st_uid != self.cur_uid or ost.st_gid != self.cur_gid or ost.st_size != size
+                or ost.st_mtim.tv_sec != self.cur_sec or ost.st_mtim.tv_nsec != self.cur_nsec):
+            return False
+        if linkat(self.obj_fd, rel, pfd, base, 0) < 0:
+            if errno != EEXIST:
+                return False  # e.g. EMLINK: the object has all the names it can take
+            self._remove(pfd, base, name)
+            if linkat(self.obj_fd, rel, pfd, base, 0) < 0:
+                return False
+        if fstatat(pfd, base, &lst, AT_SYMLINK_NOFOLLOW) < 0 or lst.st_ino != ost.st_ino or lst.st_dev != ost.st_dev:
+            if unlinkat(pfd, base, 0) < 0:
+                self._oserror("unlink", name)
+            return False
+        if ost.st_ino not in self.obj_inodes:  # its one hashed/ name: the pass reads the object's name there
+            self.obj_inodes.add(ost.st_ino)
+            snprintf(hold, sizeof(hold), "%.64s-o%.16s-%lld", rel + 3, rel + 68, <long long>size)
+            linkat(self.obj_fd, rel, self.hold_fd, hold, 0)  # if not, the pass hashes the file itself
+        self.linked += 1
+        self.linked_bytes += size
+        return True
+
+    cdef _privatize(self, int tfd, bytes tbase, bytes name):
+        """Give ``tbase`` (a name this layer linked to a store object) a private inode with the
+        same data and metadata: a hardlink entry is about to name it, and names sharing an
+        object must never look like a hardlink group of the image."""
+        cdef stat st
+        cdef timespec ts[2]
+        cdef int sfd = openat(tfd, tbase, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), dfd = -1
+        cdef bytes tmp = b""
+        if sfd < 0:
+            self._oserror("open", name)
+        try:
+            if fstat(sfd, &st) < 0:
+                self._oserror("stat", name)
+            while dfd < 0:
+                tmp = b".lamina-private-%d" % self.privatized
+                self.privatized += 1
+                dfd = openat(tfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+                if dfd < 0 and (errno != EEXIST or self.privatized > 1000000):
+                    self._oserror("copy", name)
+            try:
+                _copy_data(sfd, dfd, st.st_size)
+                ts[0] = st.st_mtim
+                ts[1] = st.st_mtim
+                if (fchown(dfd, st.st_uid, st.st_gid) < 0 or fchmod(dfd, st.st_mode & 0o7777) < 0
+                        or futimens(dfd, ts) < 0 or renameat(tfd, tmp, tfd, tbase) < 0):
+                    self._oserror("copy", name)
+            except BaseException:
+                unlinkat(tfd, tmp, 0)
+                raise
+        finally:
+            close(sfd)
+            if dfd >= 0:
+                close(dfd)
 
     cdef _finish_file(self):
         cdef int fd = self.outfd
@@ -2203,9 +2347,12 @@ cdef class Extractor:
             tfd = self._copy_up_target(tparent, tbase, link, name)
             self._invalidate()
         try:
-            if fstatat(tfd, tbase, &a, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(a.st_mode):
-                raise _errors.InvalidArchiveError(
-                    f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
+            if fstatat(tfd, tbase, &a, AT_SYMLINK_NOFOLLOW) == 0:
+                if S_ISDIR(a.st_mode):
+                    raise _errors.InvalidArchiveError(
+                        f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
+                if self.obj_inodes and S_ISREG(a.st_mode) and a.st_ino in self.obj_inodes:
+                    self._privatize(tfd, tbase, name)
             if linkat(tfd, tbase, pfd, base, 0) < 0:
                 if errno == EEXIST:
                     if (fstatat(tfd, tbase, &a, AT_SYMLINK_NOFOLLOW) == 0

@@ -5,6 +5,9 @@
     store-copy     image copied into a store (snapshots), then materialize() (flatten, copy mode)
     store-link     the same, --link mode
     store-mount    the store's overlay mount of the image
+    store-relink   the image rebuilt on an empty bottom layer (every chainID new), copied into
+                   the store that holds it already, then materialize(): its files are named by
+                   links to the store's objects as they extract (the extractor's link_objects)
 
 Each returns a treecmp.Snapshot, or the error (a LaminaError) it raised.  The
 security tests and the differential fuzzer run every image through all of
@@ -23,7 +26,8 @@ import ocibuild as ob
 from conftest import require_tool, run
 from treecmp import compare, snapshot
 
-PATHS = ("dir", "overlay-mount", "store-copy", "store-link", "store-mount")
+PATHS = ("dir", "overlay-mount", "store-copy", "store-link", "store-mount", "store-relink")
+EMPTY_LAYER = bytes(1024)  # a tar of nothing: its end-of-archive blocks
 SHARED_INODES = ("store-link", "store-mount")
 TAG = "img"
 
@@ -93,6 +97,13 @@ def run_paths(work, layer_tars, paths=PATHS):
                 out[p] = _attempt(lambda: (mat.materialize(store, "img:1", dest), _tree(dest))[1])
             elif p == "store-link":
                 out[p] = _attempt(lambda: (mat.materialize(store, "img:1", dest, link=True), _tree(dest))[1])
+            elif p == "store-relink":
+                def relinked():
+                    rebuilt = write_image(os.path.join(work, "layout-rebuilt"), [EMPTY_LAYER] + list(layer_tars))
+                    load_layout(store, rebuilt, TAG, "img:2")
+                    mat.materialize(store, "img:2", dest)
+                    return _tree(dest)
+                out[p] = _attempt(relinked)
             else:
                 def mounted():
                     mounts.mount(store, "img:1", dest)

@@ -310,6 +310,104 @@ def test_a_deferred_pass_writes_its_lists_before_the_sync(tmp_path):
     assert os.lstat(sdir / "fs" / "d" / "a").st_ino == os.lstat(sdir / "fs" / "d" / "b").st_ino
 
 
+def _objects_by_inode(root):
+    out = {}
+    top = os.path.join(root, "objects", "blake3")
+    for fan in os.listdir(top):
+        for name in os.listdir(os.path.join(top, fan)):
+            out[os.lstat(os.path.join(top, fan, name)).st_ino] = name
+    return out
+
+
+def test_a_file_the_store_has_is_linked_to_its_object_not_written(tmp_path, images):
+    """link_objects: a file whose payload and inode metadata the store has an object for is named
+    by a link to that object as it extracts; anything that differs (mode, owner, mtime, xattrs)
+    is written as usual; a hardlink entry naming a linked file gives it a private copy first;
+    a later entry replacing a linked name never touches the object."""
+    from lamina.layer import apply_layer
+    root = tmp_path / "root"
+    _copy(root, images, "a")
+    objects = _objects_by_inode(root)
+    body = BASE["usr/share/pkgbase/f001"]
+    big = os.urandom((2 << 20) + 7)  # spans feed() chunks: hashed while written instead
+    lay = ocibuild.Layout(tmp_path / "big")
+    lay.image_of_tars([_layer({"big": big})], "big")
+    _copy(root, tmp_path / "big", "big")
+    objects = _objects_by_inode(root)
+    raw = tarfile_bytes([
+        (ti("same"), body),
+        (ti("twice"), body),
+        (ti("other-mode", mode=0o600), body),
+        (ti("other-mtime", mtime=ti("x").mtime + 1), body),
+        (ti("other-owner", uid=1000), body),
+        (ti("with-xattr", pax_headers={"SCHILY.xattr.user.note": "x"}), body),
+        (ti("replaced"), BASE["usr/share/pkgbase/f002"]),
+        (ti("replaced"), b"another version"),
+        (ti("pair"), BASE["usr/share/pkgbase/f003"]),
+        (ti("pair-twin", tarfile.LNKTYPE, linkname="pair"), None),
+        (ti("su", mode=0o4755, mtime=MTIME), b"setuid body" * 100),
+        (ti("big"), big)])
+    dest, hashed = tmp_path / "fs", tmp_path / "hashed"
+    apply_layer(io.BytesIO(raw), os.fspath(dest), format="overlay", hash_files_into=os.fspath(hashed),
+                link_objects=os.path.join(root, "objects", "blake3"))
+
+    def obj(rel):
+        return objects.get(os.lstat(dest / rel).st_ino)
+
+    key = obj("same")
+    assert key is not None and key.startswith(blake3.blake3(body).hexdigest())
+    assert obj("twice") == key
+    assert obj("su") is not None and os.lstat(dest / "su").st_mode & 0o7777 == 0o4755
+    for rel in ("other-mode", "other-mtime", "other-owner", "with-xattr", "replaced", "big"):
+        assert obj(rel) is None, rel
+        assert (dest / rel).read_bytes() == (b"another version" if rel == "replaced" else big if rel == "big" else body)
+    # the image's hardlink pair: a private inode of its own, the object untouched
+    pa, pb = os.lstat(dest / "pair"), os.lstat(dest / "pair-twin")
+    assert pa.st_ino == pb.st_ino and pa.st_nlink == 2 and obj("pair") is None
+    assert (dest / "pair").read_bytes() == BASE["usr/share/pkgbase/f003"] and pa.st_mtime == ti("x").mtime
+    assert not any(n.startswith(".lamina-private") for n in os.listdir(dest))
+    # one -o name per object linked (same, twice: one object), and the objects still hash to their names
+    linked = sorted(n for n in os.listdir(hashed) if n[65] == "o")
+    assert len(linked) == 4, linked  # body, f002 (replaced later), f003 (privatized later), su
+    assert f"{key[:64]}-o{key[65:]}-{len(body)}" in linked
+    _fsck_clean(root)
+
+
+def test_a_rebuilt_image_is_extracted_by_links(tmp_path, images):
+    """Copying b into a store holding a: b's unchanged files are links made by the extractor
+    (the pass finds them done), and b unpacks exactly as from a store that never saw a."""
+    from lamina.store import objects as store_objects
+    seen = []
+    root = tmp_path / "root"
+    _copy(root, images, "a")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import json, sys\n"
+         "from lamina.store import objects\n"
+         "orig = objects.dedup_snapshot\n"
+         "def wrapped(*a, **k):\n"
+         "    st = orig(*a, **k)\n"
+         "    print(json.dumps(st.to_dict()), file=sys.stderr)\n"
+         "    return st\n"
+         "objects.dedup_snapshot = wrapped\n"
+         "from lamina.cli import main\n"
+         f"main(['--root', {str(root)!r}, 'copy', 'oci:{images}:b', 'b:1'])\n"],
+        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    passes = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert len(passes) == 2
+    # every unchanged plain file of b was linked, none of them hashed and swapped by the pass
+    assert sum(p["linked"] for p in passes) >= len(BASE) - 1 + len(APP) - 1
+    assert sum(p["prehashed"] for p in passes) <= 6, passes  # the changed files, the pair, the xattr file
+    _fsck_clean(root)
+    fresh = tmp_path / "fresh"
+    _copy(fresh, images, "b")
+    from treecmp import compare, snapshot
+    lamina_subprocess(root, "unpack", "b:1", str(tmp_path / "from-shared"))
+    lamina_subprocess(fresh, "unpack", "b:1", str(tmp_path / "from-fresh"))
+    diff = compare(snapshot(tmp_path / "from-fresh"), snapshot(tmp_path / "from-shared"))
+    assert not diff, diff
+
+
 def test_rebuilt_image_shares_its_unchanged_files(tmp_path, images):
     root, a = _store_with_a_and_b(tmp_path, images)
     b = _chains(root, "b:1")

@@ -76,7 +76,7 @@ def _check_cancelled(what):
 
 def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_type=None, limits=None,
                 name=None, lower_dirs=None, hash_blob=True, hidden=None, defer_lowers=False,
-                lowers_provider=None, lower_shared=None, hash_files_into=None) -> ApplyStats:
+                lowers_provider=None, lower_shared=None, hash_files_into=None, link_objects=None) -> ApplyStats:
     """Apply one layer blob (gzip, zstd or plain tar) onto ``dest``.
 
     ``layer`` is a path or a binary file object.  ``digest`` / ``diff_id``,
@@ -99,6 +99,8 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     ``scan_layer``: entries under it are skipped, since nobody will see them.
     ``hash_files_into`` (a directory, created if missing): each regular file
     written gets a second name there carrying its blake3 (see Extractor).
+    ``link_objects`` (with it: the store's ``objects/blake3``): a file the store
+    has an object for is named by a link to that object, not written (see Extractor).
     """
     if not hash_blob and digest is not None:
         raise ValueError("apply_layer: digest given but hash_blob=False")
@@ -112,7 +114,7 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     extractor = Extractor(dest, format=format, limits=limits, hidden=hidden,
                           lowers=[os.fspath(d) for d in lower_dirs or ()], defer_lowers=defer_lowers,
                           lowers_provider=lowers_provider, lower_shared=lower_shared,
-                          hash_files_into=hash_files_into)
+                          hash_files_into=hash_files_into, link_objects=link_objects)
     return _run(layer, extractor, diff_id, digest, media_type, name, hash_blob)
 
 

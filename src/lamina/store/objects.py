@@ -40,7 +40,10 @@ snapshot's ``fs/``.  That name keeps the inode alive, so no other file can take 
 number: the pass matches tree entries to hashes by ``d_ino`` from the directory listing, no
 read and no stat needed to identify them, and a new object simply takes over that name (one
 ``rename``).  Files without such a name (copied up from a lower layer, sparse, or hashed by
-an older lamina) are read and hashed here.  The common case (a hashed file alone on its inode,
+an older lamina) are read and hashed here.  A file whose object the store already has is
+not even written: the extractor hashes a payload it holds whole before creating anything, and
+names the file by a link to the object (``link_objects``, see Extractor), which on a disk
+filesystem is far cheaper than creating an inode and freeing it again in the pass.  The common case (a hashed file alone on its inode,
 no xattrs, no object yet) is done natively, a directory at a time and
 without the GIL for its syscalls (``_objects.scan_dir``, ``new_objects``, ``claim_objects``).
 
@@ -294,11 +297,21 @@ def hashed_dir(paths, snapshot_dir):
     return os.path.join(snapshot_dir, HASHED) if read(paths)["dedup"] else None
 
 
+def linkable_dir(paths, hashed):
+    """``objects/blake3`` for the extractor's ``link_objects`` (files the store has an object for
+    are named by a link to it), when it deduplicates into ``hashed`` and has objects at all."""
+    if hashed is None:
+        return None
+    path = objects_dir(paths) / "blake3"
+    return os.fspath(path) if path.is_dir() else None
+
+
 def _held(hashed_path):
     """{inode number: (name, blake3)} of the extractor's names in ``hashed/``, and its fd (or None).
 
     A name ``<blake3>-x<n>`` says the file has xattrs, ``<blake3>-<n>`` that it has none
-    (the extractor asked the inode itself once it was complete).
+    (the extractor asked the inode itself once it was complete), ``<blake3>-o<key>-<size>``
+    that the inode is the existing object ``<blake3>.<key>`` (the extractor linked it).
     Each name keeps its inode alive, so while it exists no other file can have that inode
     number: a tree entry whose ``d_ino`` is in the map *is* that inode, with that content.
     """
@@ -394,6 +407,8 @@ class _Pass:
                     for name, ino, held in slow:
                         if held is None:
                             self.one(fd, name, prefix + name)
+                        elif held[0][65] == "o":
+                            self.linked_by_extractor(name, ino, prefix + name, held)
                         else:
                             self.one_held(fd, name, ino, prefix + name, held)
                     for name in reversed(subdirs):
@@ -428,6 +443,20 @@ class _Pass:
         st.prehashed += done_files
         if not self.defer:
             st.new_objects += done_files
+
+    def linked_by_extractor(self, name, ino, rel, held):
+        """A name the extractor made a link to an existing object (``<blake3>-o<key>-<size>``
+        in hashed/, a name of the object's inode): matched by ``d_ino``, it *is* that object."""
+        hold, digest = held
+        key, _, size = hold[66:].partition("-")
+        size = int(size)
+        obj = f"{digest}.{key}"
+        st = self.stats
+        st.files += 1
+        st.bytes += size
+        st.linked += 1
+        st.linked_bytes += size
+        self.entries.append(FileEntry(rel, digest, size, obj))
 
     def plan(self, obj, fd, hold, st):
         """``defer``: this inode becomes ``obj`` once claim() runs; False if it cannot be named."""

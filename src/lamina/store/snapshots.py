@@ -112,7 +112,7 @@ def list_chain_ids(paths):
 
 
 def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lowers=False, lowers_provider=None,
-             hash_files_into=None, lower_shared=None):
+             hash_files_into=None, lower_shared=None, link_objects=None):
     """Apply one layer blob into ``fs`` (overlay format), verifying digest and diffID.
 
     A separate function so that tests can count how often extraction really happens.
@@ -123,7 +123,7 @@ def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lower
     return apply_layer(blob if hasattr(blob, "read") else os.fspath(blob), os.fspath(fs), format="overlay", diff_id=diff_id, hash_blob=False,
                        media_type=media_type, name=f"layer {digest}", lower_dirs=lower_dirs,
                        defer_lowers=defer_lowers, lowers_provider=lowers_provider, lower_shared=lower_shared,
-                       hash_files_into=hash_files_into)
+                       hash_files_into=hash_files_into, link_objects=link_objects)
 
 
 def _dedup_shared(paths, fs):
@@ -256,7 +256,7 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
 
             stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id, media_type,
                              lower_dirs=lower or None, defer_lowers=lower is None, lowers_provider=provider,
-                             hash_files_into=hashed,
+                             hash_files_into=hashed, link_objects=_objects.linkable_dir(paths, hashed),
                              lower_shared=lambda fs: _dedup_shared(paths, fs))
             if before_commit is not None:
                 before_commit()
