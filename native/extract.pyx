@@ -602,6 +602,9 @@ cdef class Extractor:
     # _hold_hashed); the file being written is hashed while cur_hashing
     cdef int hold_fd
     cdef bint cur_hashing, hold_empty_path
+    # _link_object hashed the payload and found no object: the write takes that digest
+    cdef bint cur_prehashed
+    cdef uint8_t pre_digest[BLAKE3_OUT_LEN]
     cdef blake3_hasher hasher
     cdef readonly int64_t hashed
     # link_objects: objects/blake3 of the store, and its <2 hex>/ dirs (O_PATH, opened on first
@@ -667,8 +670,8 @@ cdef class Extractor:
         hashed (their holes are never written); nor is anything not written
         through the data path (e.g. a file copied up from a lower layer).
 
-        ``link_objects`` (with ``hash_files_into``, as root: the store's
-        ``objects/blake3`` directory): a regular file without xattrs whose whole
+        ``link_objects`` (overlay format, with ``hash_files_into``, as root: the
+        store's ``objects/blake3`` directory): a regular file without xattrs whose whole
         payload is in the chunk being fed is hashed before anything is created,
         and if the store has an object with that content and exactly the inode
         metadata the entry asks for (mode, owner, mtime, size), the file's name
@@ -730,7 +733,7 @@ cdef class Extractor:
                 raise _errors.ExtractError(
                     f"cannot open {os.fsdecode(hash_files_into)!r}: {os.strerror(errno)}")
             self.hold_empty_path = True
-            if link_objects is not None and self.is_root:
+            if link_objects is not None and self.is_root and self.overlay:  # as the store extracts
                 self.obj_fd = openat(AT_FDCWD, os.fsencode(link_objects), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                 self.obj_inodes = set()
         lim = limits if limits is not None else DEFAULT_LIMITS
@@ -1976,6 +1979,7 @@ cdef class Extractor:
         # are in the way.
         cdef mode_t create_mode = <mode_t>self.cur_mode & 0o777
         cdef int fd
+        self.cur_prehashed = False
         if (self.obj_fd >= 0 and self.sparse is None and self.cur_xattrs is None and size <= self.feed_avail
                 and self._link_object(pfd, base, name, size)):
             return  # named by a link to the store's object: the payload is consumed unwritten
@@ -1986,7 +1990,7 @@ cdef class Extractor:
         if fd < 0:
             self._oserror("create", name)
         self.outfd = fd
-        self.cur_hashing = self.hold_fd >= 0 and self.sparse is None
+        self.cur_hashing = self.hold_fd >= 0 and self.sparse is None and not self.cur_prehashed
         if self.cur_hashing:
             blake3_hasher_init(&self.hasher)
         if size == 0:
@@ -2015,6 +2019,8 @@ cdef class Extractor:
             blake3_hasher_init(&h)
             blake3_hasher_update(&h, data, <size_t>size)
             blake3_hasher_finalize(&h, digest, BLAKE3_OUT_LEN)
+        memcpy(self.pre_digest, digest, BLAKE3_OUT_LEN)
+        self.cur_prehashed = True  # until the link is made: a file written after all is not hashed twice
         # objects.metadata_key() of a file without xattrs
         n = snprintf(text, sizeof(text), "%o:%u:%u:%lld", mode, <unsigned int>self.cur_uid,
                      <unsigned int>self.cur_gid, mtime)
@@ -2047,6 +2053,7 @@ cdef class Extractor:
             self.obj_inodes.add(ost.st_ino)
             snprintf(hold, sizeof(hold), "%.64s-o%.16s-%lld", rel + 3, rel + 68, <long long>size)
             linkat(self.obj_fd, rel, self.hold_fd, hold, 0)  # if not, the pass hashes the file itself
+        self.cur_prehashed = False
         self.linked += 1
         self.linked_bytes += size
         return True
@@ -2101,10 +2108,10 @@ cdef class Extractor:
             self._entry_times(ts)
             if futimens(fd, ts) < 0:
                 self._oserror("set times of", self.cur_name)
-            if self.cur_hashing:
+            if self.cur_hashing or self.cur_prehashed:
                 self._hold_hashed(fd)
         finally:
-            self.cur_hashing = False
+            self.cur_hashing = self.cur_prehashed = False
             close(fd)
 
     cdef _hold_hashed(self, int fd):
@@ -2114,7 +2121,10 @@ cdef class Extractor:
         cdef char name[96]
         cdef char proc[48]
         cdef int i, k
-        blake3_hasher_finalize(&self.hasher, out, BLAKE3_OUT_LEN)
+        if self.cur_prehashed:
+            memcpy(out, self.pre_digest, BLAKE3_OUT_LEN)
+        else:
+            blake3_hasher_finalize(&self.hasher, out, BLAKE3_OUT_LEN)
         for i in range(BLAKE3_OUT_LEN):
             k = out[i]
             name[2 * i] = b"0123456789abcdef"[k >> 4]
