@@ -2589,15 +2589,23 @@ cdef class Extractor:
                 self._oserror("set times of", name)
             return
         if target in self.created:
-            # a dir of this layer loses only what is below it; anything else of the layer stays
+            # a dir of this layer loses only what is below it; anything else of the layer stays.
+            # ``created`` is lexical: a layer that wrote ``a/x`` through a lower symlink ``a``
+            # did not write ``a``, and its whiteout removes that symlink (as the mount shows).
             try:
                 pfd = self._resolve_dir(parent, False, name)
             except _errors.ExtractError:
                 return  # its parent is no directory now: nothing below shows there
             if pfd >= 0:
                 try:
-                    if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
-                        self._opaque(target, name)
+                    if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                        if S_ISDIR(st.st_mode):
+                            self._opaque(target, name)
+                        elif not self._written_here(pfd, hidden, &st):
+                            self._keep_times(pfd, parent)
+                            if not self.is_root:
+                                self._open_up(pfd, parent)
+                            self._remove(pfd, hidden, name)
                 finally:
                     close(pfd)
             return

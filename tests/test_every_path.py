@@ -370,6 +370,11 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
     # an entry through a symlink to a file the layer wrote but skipped fails as if written
     [Tar().file("a"), Tar().file("a").dir("a"),
      Tar().dir("a").symlink("a/a", "a").file("a").file("a").symlink("c", "a").file("c/a"), Tar().file("a")],
+    # a whiteout of a lower symlink the layer wrote through removes the symlink (the layer
+    # did not write the name itself, only through it)
+    [Tar().file("a").symlink("a", "b").dir("b"), Tar().file("a/a").whiteout("a")],
+    [Tar().symlink("a", "c").file("c/a").file("b/a/a").fifo("a/a").whiteout("a").whiteout("a").dir("b"),
+     Tar().fifo("a/c/a").dir("c").file("a/a").file("a/b", mode=0o600).dir("c").whiteout("a").fifo("a/b/c/.")],
 ], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
         "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file", "opaque-then-whiteout",
         "opaque-on-file-then-whiteout", "dir-replaced-by-symlink-keeps-target-mode",
@@ -379,7 +384,8 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
         "opaque-root-own-dir-before", "opaque-root-own-dir-after",
         "whiteout-of-own-symlink-loop", "skipped-entries-imply-visible-parent",
         "skipped-entries-imply-visible-parent-2", "skipped-self-hardlink-to-dir",
-        "entry-through-symlink-to-skipped-file"])
+        "entry-through-symlink-to-skipped-file", "whiteout-of-lower-symlink-written-through",
+        "whiteout-of-lower-symlink-written-through-2"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
 
