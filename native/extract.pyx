@@ -2711,12 +2711,17 @@ cdef class Extractor:
                 for child in self._listdir(sub, name):
                     crel = rel + b"/" + child if rel else child
                     cpath = dpath + b"/" + crel if dpath else crel
+                    if fstatat(sub, <bytes>child, &st, AT_SYMLINK_NOFOLLOW) < 0:
+                        continue  # gone meanwhile
+                    # dir format: ``created`` is lexical, so it vouches only for directories; a
+                    # lower symlink the layer wrote through is not the layer's (_written_here)
                     if (cpath not in self.provided if self.overlay
-                            else cpath not in self.created and not self._created_here(sub, child)):
+                            else not self._written_here(sub, child, &st)
+                            and not (S_ISDIR(st.st_mode) and cpath in self.created)):
                         if not self.is_root:
                             self._open_up(sub, dpath + b"/" + rel if dpath and rel else dpath or rel)
                         self._remove(sub, child, name)
-                    elif fstatat(sub, <bytes>child, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
+                    elif S_ISDIR(st.st_mode):
                         todo.append(crel)
             finally:
                 close(sub)
