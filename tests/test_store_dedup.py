@@ -646,6 +646,51 @@ def test_kill_9_during_dedup_then_fsck_clean_and_rerun(tmp_path, hashed_while_ex
     assert len(inodes) == 700
 
 
+def test_kill_9_while_a_rebuilt_image_extracts_by_links_then_fsck_clean_and_rerun(tmp_path):
+    """The store holds "big"; "big2" is the same layer over an empty one (a new chainID), so its
+    files are named by links to big's objects as they extract.  Killed at several points of that
+    extraction, the store stays consistent (fsck: no errors, every object still hashes to its
+    name) and a rerun finishes with every file on big's objects."""
+    root = tmp_path / "root"
+    lay = ocibuild.Layout(tmp_path / "layout")
+    _big_layout(tmp_path / "layout")
+    _copy(root, tmp_path / "layout", "big")
+    raw = _layer({f"d{i % 50}/f{i}": (b"%d" % (i % 700)) * 300 for i in range(3000)})
+    lay.image_of_tars([bytes(1024), raw], "big2")
+    big = _chains(root, "big:1")[0]
+    big2 = _chains_of_layout(tmp_path / "layout", "big2")[1]
+    snapshots = root / "snapshots"
+    temp = ".tmp-" + big2[7:]
+    kills = 0
+    for attempt in range(6):
+        proc = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "copy",
+                                 f"oci:{tmp_path / 'layout'}:big2", "big2:1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        since = None
+        while proc.poll() is None:
+            if any(e.name.startswith(temp) for e in os.scandir(snapshots)):
+                since = since or time.monotonic()
+                if time.monotonic() - since > 0.003 * attempt:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            time.sleep(0.0005)
+        if proc.wait() == -signal.SIGKILL:
+            kills += 1
+            report = json.loads(lamina_subprocess(root, "fsck", "--json", check=False).stdout)
+            assert report["ok"], [f for f in report["findings"] if f["severity"] == "error"]
+        if (snapshots / big2[7:]).exists():
+            break
+    assert kills, "no kill landed during the extraction; the test proves nothing"
+    lamina_subprocess(root, "fsck", "--repair")
+    _copy(root, tmp_path / "layout", "big2")
+    _fsck_clean(root)
+    for i in (0, 1, 699, 2999):
+        rel = f"d{i % 50}/f{i}"
+        assert _ino(root, big, rel) == _ino(root, big2, rel), rel
+    assert not any(n.startswith(".lamina-private") for d in os.listdir(_fs(root, big2))
+                   for n in os.listdir(os.path.join(_fs(root, big2), d)))
+
+
 def test_fsck_removes_hashed_names_left_beside_a_file_list(tmp_path, images):
     root = tmp_path / "root"
     _copy(root, images, "a")
