@@ -66,3 +66,15 @@ def test_dedup_cost_measures_runs_pass_and_inline(tmp_path):
         assert abs(parts - lay["seconds"]) < 1e-6, lay
     assert doc["inline"]["blake3"] > 0 and doc["inline"]["hashed"] > 0
     assert "dedup costs" in out and not os.path.exists(tmp_path / "work" / "on")
+
+
+def test_rebuilt_ab_times_the_rebuilt_copy_for_each_build(tmp_path):
+    """rebuilt_ab.py on a tiny tree (one file per layer of rebuilt_image's split), one round."""
+    rootfs = tmp_path / "rootfs"
+    for rel in ("usr/lib/libx.so", "usr/share/doc/y", "etc/z", "etc/w"):
+        (rootfs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (rootfs / rel).write_bytes(rel.encode() * 100)
+    out = script("rebuilt_ab.py", f"one={sys.executable}", f"two={sys.executable}", "-n", "1", "--work",
+                 tmp_path / "work", "--rootfs", rootfs, "--changes", "1", "--settle", "0")
+    for name in ("one", "two"):
+        assert re.search(rf"^{name}: copy b median \d+\.\d+ s wall, \d+\.\d+ CPU-s over 1 runs$", out, re.M), out
