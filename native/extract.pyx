@@ -591,6 +591,7 @@ cdef class Extractor:
     cdef stat up_st                #          and what it copied
     cdef object cache_phys         # overlay: where the cached parent really is in the layer
     cdef object cache_real         # dir: where the cached parent really is (None: not read yet)
+    cdef object cache_realp        # dir: the cached parent's real path as /proc names it, None: unknown
     cdef stat cache_st             # fstat of cache_fd when it became the cache; its owner and mode
     cdef bint cache_st_fresh       # are stale once a directory's owner changed (refreshed on demand)
     cdef bint cache_st_ok          # its dev and ino are known (the fstat worked)
@@ -1468,6 +1469,7 @@ cdef class Extractor:
         cdef int fd = -1
         cdef Py_ssize_t n
         parent = path[:slash] if slash > 0 else b""
+        realp = None
         if self.cache_valid and self.cache_fd >= 0:
             if self.cache_path == parent:
                 return self.cache_fd
@@ -1481,14 +1483,20 @@ cdef class Extractor:
                 if fd >= 0 and self.overlay:
                     leaf = parent[n + 1 if n else 0:]
                     self.cache_phys = self.cache_phys + b"/" + leaf if self.cache_phys else leaf
+                elif fd >= 0 and self.cache_realp is not None:  # reached by one name, no symlink
+                    leaf = parent[n + 1 if n else 0:]
+                    realp = self.cache_realp + b"/" + leaf if self.cache_realp else leaf
         if fd < 0:
             fd = self._resolve_dir(parent, True, name)
             self.cache_phys = self.last_phys
+            if not parent:
+                realp = b""  # dup(root)
         if self.cache_fd >= 0:
             close(self.cache_fd)
         self.cache_fd = fd
         self.cache_path = parent
         self.cache_real = None
+        self.cache_realp = realp
         self.cache_valid = True
         self.owner_checked = False
         self.cache_st_fresh = self.cache_st_ok = fstat(fd, &self.cache_st) == 0
@@ -2060,6 +2068,18 @@ cdef class Extractor:
                 self._remove(pfd, base, name)
                 if mkdirat(pfd, base, 0o700) < 0:
                     self._oserror("mkdir", name)
+        if not opaque and not self.cur_xattrs:
+            # the common case needs no fd: a stat by name gives the ids (no chown
+            # when it has the entry's) and the inode; the cached parent's real path
+            # gives this one's (what _real_path reads in /proc)
+            real = path if self.overlay else self._real_child(pfd, base, path)
+            if (real is not None and fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode)
+                    and (not self.is_root or (st.st_uid == self.cur_uid and st.st_gid == self.cur_gid))):
+                self.dir_fixups[real] = (self.cur_mode, self.cur_sec, self.cur_nsec)
+                self.fixup_ino[real] = (st.st_dev, st.st_ino)
+                if not self.overlay:
+                    self.created_ino.add((st.st_dev, st.st_ino))
+                return
         fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         if fd < 0:
             self._oserror("open", name)
@@ -2092,6 +2112,34 @@ cdef class Extractor:
             self.fixup_ino[path] = (st.st_dev, st.st_ino)
         else:
             self._fixup_for(fd, path)
+
+    cdef object _real_child(self, int pfd, bytes base, bytes path):
+        """What _real_path would say of directory ``base`` just made in the cached
+        parent ``pfd``, from the parent's real path (read once per parent, or
+        carried down from the one above); None if it is not known that way."""
+        cdef char proc[32]
+        cdef char buf[4096]
+        cdef ssize_t n
+        cdef Py_ssize_t k
+        if self.root_real is None:
+            return path
+        if pfd != self.cache_fd or not self.cache_valid:
+            return None
+        k = len(self.root_real)
+        if self.cache_realp is None:
+            snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd)
+            n = readlinkat(AT_FDCWD, proc, buf, sizeof(buf))
+            if n == k and memcmp(buf, <const char *>self.root_real, k) == 0:
+                self.cache_realp = b""
+            elif (k + 1 < n < <ssize_t>sizeof(buf) and buf[k] == b'/'
+                    and memcmp(buf, <const char *>self.root_real, k) == 0):
+                self.cache_realp = buf[k + 1:n]
+            else:
+                return None
+        real = self.cache_realp + b"/" + base if self.cache_realp else base
+        if k + 1 + len(real) >= <Py_ssize_t>sizeof(buf) - 1:
+            return None  # where /proc might not tell: ask it the slow way
+        return real
 
     cdef bytes _real_path(self, int fd, bytes path):
         """Where directory ``fd`` really is under the root (no symlinks), as the
@@ -2683,6 +2731,7 @@ cdef class Extractor:
         """Directory modes and times, set once the layer is written, deepest
         first, through a stack of open parents so each costs one openat()."""
         cdef int fd
+        cdef bint owned
         cdef timespec ts[2]
         cdef stat st
         todo = {}
@@ -2697,18 +2746,19 @@ cdef class Extractor:
         try:
             for path in sorted(todo, key=_components, reverse=True):
                 mode, sec, nsec = todo[path]
-                fd = stack.open(path)
+                fd = stack.open(path)  # borrowed: the stack closes it
+                owned = False
                 if fd < 0:
                     if self.overlay or (errno != ELOOP and errno != ENOTDIR):
                         continue  # removed or replaced by a non-directory later in the layer
                     fd = self._open_last_nofollow(path)  # dir format: named through a symlinked parent
                     if fd < 0:
                         continue  # replaced (by a symlink, a file) later in the layer
-                else:
-                    fd = dup(fd)
+                    owned = True
                 want = self.fixup_ino.get(path)
                 if want is not None and (fstat(fd, &st) < 0 or (st.st_dev, st.st_ino) != want):
-                    close(fd)  # the layer replaced it, or a directory above it, later on
+                    if owned:
+                        close(fd)  # the layer replaced it, or a directory above it, later on
                     continue
                 try:
                     if mode is not None and fchmod(fd, <mode_t>mode) < 0:
@@ -2720,7 +2770,8 @@ cdef class Extractor:
                         if futimens(fd, ts) < 0:
                             self._oserror("set times of", path)
                 finally:
-                    close(fd)
+                    if owned:
+                        close(fd)
         finally:
             stack.close()
         self.dir_fixups.clear()
