@@ -18,6 +18,7 @@ Same corpus image, same ``--entries``: same bytes.  Then ``lamina bench`` runs o
 
     python bench/smallfiles.py [-n 5] [--tools tar,pigz,bsdtar,umoci] [--entries 66000]
                                [--target DIR] [--json FILE] [--report DIR] [--build-only]
+                               [--rootfs DIR --cache DIR]   # the trees of DIR instead (a smoke run)
 
 Prints the layer's make-up (entries, files, dirs, symlinks, hardlinks, sizes) before the
 bench; ``lamina bench`` reports entries/s.  The same fairness notes as compare.py apply.
@@ -59,6 +60,8 @@ def rootfs_trees(rootfs):
     for pattern in TREES:
         parent, _, leaf = pattern.rpartition("/")
         if leaf.endswith("*"):
+            if not os.path.isdir(os.path.join(rootfs, parent)):
+                continue
             names = sorted(n for n in os.listdir(os.path.join(rootfs, parent)) if n.startswith(leaf[:-1]))
         else:
             names = [leaf]
@@ -149,16 +152,19 @@ def write_blob(layout, data):
     return {"digest": digest, "size": len(data)}
 
 
-def build(cache, image, entries):
-    """CACHE/smallfiles (OCI layout, tag smallfiles) from ``image``; its summary."""
+def build(cache, image, entries, rootfs=None):
+    """CACHE/smallfiles (OCI layout, tag smallfiles) from ``image`` (or the
+    directory ``rootfs``); its summary."""
     out = os.path.join(cache, "smallfiles")
     work = out + ".build"
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(os.path.join(work, "blobs", "sha256"))
-    rootfs = os.path.join(work, "rootfs")
-    log(f"unpacking {image} into {rootfs}")
-    subprocess.run([sys.executable, "-m", "lamina", "unpack", image, rootfs], check=True)
+    unpacked = rootfs is None
+    if unpacked:
+        rootfs = os.path.join(work, "rootfs")
+        log(f"unpacking {image} into {rootfs}")
+        subprocess.run([sys.executable, "-m", "lamina", "unpack", image, rootfs], check=True)
     tar = os.path.join(work, "layer.tar")
     log(f"writing {tar} ({entries} entries)")
     with open(tar, "wb") as f:
@@ -173,7 +179,8 @@ def build(cache, image, entries):
     os.unlink(tar)
     layer = {"mediaType": MT_LAYER, "digest": sha256_file(gz), "size": os.path.getsize(gz)}
     os.rename(gz, os.path.join(work, "blobs", "sha256", layer["digest"][7:]))
-    shutil.rmtree(rootfs)
+    if unpacked:
+        shutil.rmtree(rootfs)
     config = {"architecture": "amd64", "os": "linux", "config": {},
               "rootfs": {"type": "layers", "diff_ids": [summary["diff_id"]]},
               "history": [{"created_by": f"bench/smallfiles.py --entries {entries}"}]}
@@ -196,19 +203,27 @@ def build(cache, image, entries):
     return summary
 
 
-def ensure(entries=DEFAULT_ENTRIES, rebuild=False):
-    """Build what is missing (the corpus image included) and return the summary."""
-    sys.path.insert(0, HERE)
-    import corpus
-    image = corpus.ensure(quiet=True)["image"]
-    cache = corpus.cache_dir()
+def ensure(entries=DEFAULT_ENTRIES, rebuild=False, rootfs=None, cache=None):
+    """Build what is missing (the corpus image included, unless the trees come
+    from ``rootfs``) and return the summary."""
+    if rootfs is not None:
+        image = "dir:" + os.path.abspath(rootfs)
+        rebuild = True  # a directory has no digest to tell it changed
+    else:
+        sys.path.insert(0, HERE)
+        import corpus
+        image = corpus.ensure(quiet=True)["image"]
+    if cache is None:
+        sys.path.insert(0, HERE)
+        import corpus
+        cache = corpus.cache_dir()
     path = os.path.join(cache, "smallfiles", "summary.json")
     if not rebuild and os.path.exists(path):
         with open(path) as f:
             summary = json.load(f)
         if (summary.get("version"), summary.get("source"), summary.get("requested_entries")) == (VERSION, image, entries):
             return summary
-    return build(cache, image, entries)
+    return build(cache, image, entries, rootfs)
 
 
 def print_summary(s):
@@ -228,10 +243,12 @@ def main(argv=None):
     ap.add_argument("--rebuild", action="store_true", help="build the layer again")
     ap.add_argument("--build-only", action="store_true", help="build (if needed) and print the summary, no bench")
     ap.add_argument("--target", metavar="DIR", help="unpack under DIR (default: a fresh dir under /dev/shm)")
+    ap.add_argument("--rootfs", metavar="DIR", help="take the trees from DIR, not from the corpus image")
+    ap.add_argument("--cache", metavar="DIR", help="build under DIR (default: the corpus cache)")
     ap.add_argument("--json", metavar="FILE", help="also write lamina bench's document here")
     ap.add_argument("--report", metavar="DIR", help="keep lamina bench's HTML report here")
     args = ap.parse_args(argv)
-    summary = ensure(args.entries, args.rebuild)
+    summary = ensure(args.entries, args.rebuild, args.rootfs, args.cache)
     print_summary(summary)
     if args.build_only:
         return 0
