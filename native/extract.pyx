@@ -594,6 +594,14 @@ cdef class Extractor:
     cdef stat up_st                #          and what it copied
     cdef object cache_phys         # overlay: where the cached parent really is in the layer
     cdef object cache_real         # dir: where the cached parent really is (None: not read yet)
+    cdef object cache_realp        # dir: the cached parent's real path as /proc names it, None: unknown
+    cdef stat cache_st             # fstat of cache_fd when it became the cache; its owner and mode
+    cdef bint cache_st_fresh       # are stale once a directory's owner changed (refreshed on demand)
+    cdef bint cache_st_ok          # its dev and ino are known (the fstat worked)
+    cdef bint owner_checked        # an inode created under the cached parent was fstat'ed against the rule
+    cdef bint predict_owner        # root: new inodes get (euid, egid or a setgid parent's gid), so a chown
+    cdef uid_t euid                # to those ids is skipped; off for the rest of the layer once an fstat
+    cdef gid_t egid                # disagrees (idmapped or grpid mounts, squashing NFS...)
     cdef object last_phys          # overlay: where the last _union_dir result really is
     cdef dict restore_modes        # rootless: dirs opened up (u+wx) for this layer, to restore at the end
     cdef readonly int64_t entries, total, whiteouts, trailing
@@ -605,6 +613,7 @@ cdef class Extractor:
     # _link_object hashed the payload and found no object: the write takes that digest
     cdef bint cur_prehashed
     cdef uint8_t pre_digest[BLAKE3_OUT_LEN]
+    cdef bint cur_new_owner         # the file being written was created with the entry's owner (_owner_is)
     cdef blake3_hasher hasher
     cdef readonly int64_t hashed
     # link_objects: objects/blake3 of the store, and its <2 hex>/ dirs (O_PATH, opened on first
@@ -686,6 +695,9 @@ cdef class Extractor:
             raise ValueError(f"unknown format {format!r} (expected 'dir' or 'overlay')")
         self.overlay = format == "overlay"
         self.is_root = geteuid() == 0
+        self.euid = geteuid()
+        self.egid = getegid()
+        self.predict_owner = self.is_root
         self.umask = _current_umask()
         self.scan_only = root is None
         self.scan_at = set()
@@ -1507,6 +1519,7 @@ cdef class Extractor:
         cdef int fd = -1
         cdef Py_ssize_t n
         parent = path[:slash] if slash > 0 else b""
+        realp = None
         if self.cache_valid and self.cache_fd >= 0:
             if self.cache_path == parent:
                 return self.cache_fd
@@ -1520,21 +1533,59 @@ cdef class Extractor:
                 if fd >= 0 and self.overlay:
                     leaf = parent[n + 1 if n else 0:]
                     self.cache_phys = self.cache_phys + b"/" + leaf if self.cache_phys else leaf
+                elif fd >= 0 and self.cache_realp is not None:  # reached by one name, no symlink
+                    leaf = parent[n + 1 if n else 0:]
+                    realp = self.cache_realp + b"/" + leaf if self.cache_realp else leaf
         if fd < 0:
             fd = self._resolve_dir(parent, True, name)
             self.cache_phys = self.last_phys
-        self._keep_times(fd, parent)
-        if not self.overlay:
-            self._record_ancestors(fd)
-            if not self.is_root:
-                self._open_up(fd, parent)
+            if not parent:
+                realp = b""  # dup(root)
         if self.cache_fd >= 0:
             close(self.cache_fd)
         self.cache_fd = fd
         self.cache_path = parent
         self.cache_real = None
+        self.cache_realp = realp
         self.cache_valid = True
+        self.owner_checked = False
+        self.cache_st_fresh = self.cache_st_ok = fstat(fd, &self.cache_st) == 0
+        if self.cache_st_fresh:
+            if not self.overlay and parent not in self.parent_times:
+                self.parent_times[parent] = (self.cache_st.st_mtim.tv_sec, self.cache_st.st_mtim.tv_nsec)
+                self.fixup_ino.setdefault(parent, (self.cache_st.st_dev, self.cache_st.st_ino))
+        else:
+            self._keep_times(fd, parent)
+        if not self.overlay:
+            if not self.cache_st_fresh or (self.cache_st.st_dev, self.cache_st.st_ino) not in self.created_ino:
+                self._record_ancestors(fd)
+            if not self.is_root:
+                self._open_up(fd, parent)
+                self.cache_st_fresh = False
         return fd
+
+    cdef bint _owner_is(self, int pfd):
+        """Does an inode just created under ``pfd`` (the cached parent) already have
+        the entry's owner?  Then its chown would change nothing.  The rule (root: the
+        creator's ids, a setgid parent's group) is checked by fstat on the first
+        inode under each cached parent (``_owner_seen``) until it fails once."""
+        if not self.predict_owner or pfd != self.cache_fd or self.cur_uid != self.euid:
+            return False
+        if not self.cache_st_fresh:
+            if fstat(pfd, &self.cache_st) < 0:
+                return False
+            self.cache_st_fresh = self.cache_st_ok = True
+        if self.cache_st.st_mode & 0o2000:
+            return self.cur_gid == self.cache_st.st_gid
+        return self.cur_gid == self.egid
+
+    cdef bint _owner_seen(self, stat *st):
+        """Whether the rule held for the inode of ``st``; if not, never predict again."""
+        self.owner_checked = True
+        if st.st_uid == self.cur_uid and st.st_gid == self.cur_gid:
+            return True
+        self.predict_owner = False
+        return False
 
     # ------------------------------------------------ overlay: the union view
 
@@ -1847,6 +1898,7 @@ cdef class Extractor:
             close(self.cache_fd)
         self.cache_fd = -1
         self.cache_valid = False
+        self.cache_st_ok = self.cache_st_fresh = False
 
     cdef void _record(self, bytes path):
         """Remember that this layer provides ``path`` and its parents: whiteouts
@@ -1920,7 +1972,13 @@ cdef class Extractor:
         else:
             self._mknod(pfd, base, name, kind, major, minor)
         if not self.overlay:
-            self._record_inode(pfd, base)
+            if kind == K_DIR:
+                pass  # recorded by _mkdir, from its fstat
+            elif (kind == K_REG or kind == K_SYMLINK) and pfd == self.cache_fd and self.cache_st_ok:
+                # just created by name in the cached parent: its (dev, ino) is known
+                self.created_ino.add((self.cache_st.st_dev, self.cache_st.st_ino, base))
+            else:
+                self._record_inode(pfd, base)
 
     cdef void _provide(self, bytes phys):
         """Overlay format: this layer writes ``phys`` (and so into its parents)."""
@@ -1990,6 +2048,7 @@ cdef class Extractor:
         if fd < 0:
             self._oserror("create", name)
         self.outfd = fd
+        self.cur_new_owner = self.is_root and self._owner_is(pfd)
         self.cur_hashing = self.hold_fd >= 0 and self.sparse is None and not self.cur_prehashed
         if self.cur_hashing:
             blake3_hasher_init(&self.hasher)
@@ -2095,10 +2154,14 @@ cdef class Extractor:
     cdef _finish_file(self):
         cdef int fd = self.outfd
         cdef timespec ts[2]
+        cdef stat st
+        cdef bint owned = self.cur_new_owner
         self.outfd = -1
         try:
             self._sparse_truncate(fd)
-            if self.is_root and fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
+            if owned and not self.owner_checked:
+                owned = fstat(fd, &st) == 0 and self._owner_seen(&st)
+            if self.is_root and not owned and fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
                 self._oserror("chown", self.cur_name)
             if ((self.cur_mode & 0o7000 or self.cur_mode & self.umask & 0o777)
                     and fchmod(fd, <mode_t>self.cur_mode) < 0):  # after chown, which clears setuid/setgid
@@ -2159,27 +2222,78 @@ cdef class Extractor:
                 self._remove(pfd, base, name)
                 if mkdirat(pfd, base, 0o700) < 0:
                     self._oserror("mkdir", name)
+        if not opaque and not self.cur_xattrs:
+            # the common case needs no fd: a stat by name gives the ids (no chown
+            # when it has the entry's) and the inode; the cached parent's real path
+            # gives this one's (what _real_path reads in /proc)
+            real = path if self.overlay else self._real_child(pfd, base, path)
+            if (real is not None and fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode)
+                    and (not self.is_root or (st.st_uid == self.cur_uid and st.st_gid == self.cur_gid))):
+                self.dir_fixups[real] = (self.cur_mode, self.cur_sec, self.cur_nsec)
+                self.fixup_ino[real] = (st.st_dev, st.st_ino)
+                if not self.overlay:
+                    self.created_ino.add((st.st_dev, st.st_ino))
+                return
         fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         if fd < 0:
             self._oserror("open", name)
         try:
             if opaque:
                 self._set_opaque(fd, name)
-            self._dir_metadata(fd, path, name)
+            if fstat(fd, &st) < 0:
+                self._oserror("stat", name)
+            self._dir_metadata(fd, path, name, &st)
+            if not self.overlay:
+                self.created_ino.add((st.st_dev, st.st_ino))  # what _record_inode would record
         finally:
             close(fd)
 
-    cdef _dir_metadata(self, int fd, bytes path, bytes name):
+    cdef _dir_metadata(self, int fd, bytes path, bytes name, stat *st=NULL):
         """Owner and xattrs now; mode and mtime once the layer is done, since
-        creating children changes mtime and a read-only mode would stop them."""
-        if self.is_root and fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
-            self._oserror("chown", name)
+        creating children changes mtime and a read-only mode would stop them.
+        ``st``: the directory's fstat, if taken (a chown to the ids it has is skipped:
+        on a directory it changes nothing else, unlike on a file)."""
+        if self.is_root and (st == NULL or st.st_uid != self.cur_uid or st.st_gid != self.cur_gid):
+            if fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
+                self._oserror("chown", name)
+            self.cache_st_fresh = False  # it may be the cached parent, whose owner rules new inodes
         if self.cur_xattrs:
             self._set_xattrs(fd, None, name)
         if not self.overlay:
             path = self._real_path(fd, path)
         self.dir_fixups[path] = (self.cur_mode, self.cur_sec, self.cur_nsec)
-        self._fixup_for(fd, path)
+        if st != NULL:
+            self.fixup_ino[path] = (st.st_dev, st.st_ino)
+        else:
+            self._fixup_for(fd, path)
+
+    cdef object _real_child(self, int pfd, bytes base, bytes path):
+        """What _real_path would say of directory ``base`` just made in the cached
+        parent ``pfd``, from the parent's real path (read once per parent, or
+        carried down from the one above); None if it is not known that way."""
+        cdef char proc[32]
+        cdef char buf[4096]
+        cdef ssize_t n
+        cdef Py_ssize_t k
+        if self.root_real is None:
+            return path
+        if pfd != self.cache_fd or not self.cache_valid:
+            return None
+        k = len(self.root_real)
+        if self.cache_realp is None:
+            snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd)
+            n = readlinkat(AT_FDCWD, proc, buf, sizeof(buf))
+            if n == k and memcmp(buf, <const char *>self.root_real, k) == 0:
+                self.cache_realp = b""
+            elif (k + 1 < n < <ssize_t>sizeof(buf) and buf[k] == b'/'
+                    and memcmp(buf, <const char *>self.root_real, k) == 0):
+                self.cache_realp = buf[k + 1:n]
+            else:
+                return None
+        real = self.cache_realp + b"/" + base if self.cache_realp else base
+        if k + 1 + len(real) >= <Py_ssize_t>sizeof(buf) - 1:
+            return None  # where /proc might not tell: ask it the slow way
+        return real
 
     cdef bytes _real_path(self, int fd, bytes path):
         """Where directory ``fd`` really is under the root (no symlinks), as the
@@ -2208,6 +2322,8 @@ cdef class Extractor:
             self.fixup_ino[path] = (st.st_dev, st.st_ino)
 
     cdef _symlink(self, int pfd, bytes base, bytes name, bytes target):
+        cdef stat st
+        cdef bint owned
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: symlink with an empty target")
         self.plain_parent = None  # a new symlink may sit on a path checked before
@@ -2217,13 +2333,17 @@ cdef class Extractor:
             self._remove(pfd, base, name)
             if symlinkat(target, pfd, base) < 0:
                 self._oserror("symlink", name)
-        self._metadata_at(pfd, base, name)
+        owned = self.is_root and self._owner_is(pfd)
+        if owned and not self.owner_checked:
+            owned = fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and self._owner_seen(&st)
+        self._metadata_at(pfd, base, name, owned)
 
-    cdef _metadata_at(self, int pfd, bytes base, bytes name):
+    cdef _metadata_at(self, int pfd, bytes base, bytes name, bint owned=False):
         """Owner, xattrs and times of a node that cannot be opened (symlink,
-        device), acted on by name under its parent without following it."""
+        device), acted on by name under its parent without following it.
+        ``owned``: it was just created with the entry's owner."""
         cdef timespec ts[2]
-        if self.is_root and fchownat(pfd, base, <uid_t>self.cur_uid, <gid_t>self.cur_gid, AT_SYMLINK_NOFOLLOW) < 0:
+        if self.is_root and not owned and fchownat(pfd, base, <uid_t>self.cur_uid, <gid_t>self.cur_gid, AT_SYMLINK_NOFOLLOW) < 0:
             self._oserror("chown", name)
         if self.cur_xattrs:
             # no *at() xattr call before Linux 6.13: reach the node through the
@@ -2781,6 +2901,7 @@ cdef class Extractor:
         """Directory modes and times, set once the layer is written, deepest
         first, through a stack of open parents so each costs one openat()."""
         cdef int fd
+        cdef bint owned
         cdef timespec ts[2]
         cdef stat st
         todo = {}
@@ -2795,18 +2916,19 @@ cdef class Extractor:
         try:
             for path in sorted(todo, key=_components, reverse=True):
                 mode, sec, nsec = todo[path]
-                fd = stack.open(path)
+                fd = stack.open(path)  # borrowed: the stack closes it
+                owned = False
                 if fd < 0:
                     if self.overlay or (errno != ELOOP and errno != ENOTDIR):
                         continue  # removed or replaced by a non-directory later in the layer
                     fd = self._open_last_nofollow(path)  # dir format: named through a symlinked parent
                     if fd < 0:
                         continue  # replaced (by a symlink, a file) later in the layer
-                else:
-                    fd = dup(fd)
+                    owned = True
                 want = self.fixup_ino.get(path)
                 if want is not None and (fstat(fd, &st) < 0 or (st.st_dev, st.st_ino) != want):
-                    close(fd)  # the layer replaced it, or a directory above it, later on
+                    if owned:
+                        close(fd)  # the layer replaced it, or a directory above it, later on
                     continue
                 try:
                     if mode is not None and fchmod(fd, <mode_t>mode) < 0:
@@ -2818,7 +2940,8 @@ cdef class Extractor:
                         if futimens(fd, ts) < 0:
                             self._oserror("set times of", path)
                 finally:
-                    close(fd)
+                    if owned:
+                        close(fd)
         finally:
             stack.close()
         self.dir_fixups.clear()

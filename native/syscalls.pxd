@@ -32,6 +32,7 @@ cdef extern from "<unistd.h>" nogil:
     int fchown(int fd, uid_t owner, gid_t group)
     ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t size)
     uid_t geteuid()
+    gid_t getegid()
     int ftruncate(int fd, off_t length)
 
 cdef extern from "<sys/stat.h>" nogil:

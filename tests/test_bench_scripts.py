@@ -78,3 +78,26 @@ def test_rebuilt_ab_times_the_rebuilt_copy_for_each_build(tmp_path):
                  tmp_path / "work", "--rootfs", rootfs, "--changes", "1", "--settle", "0")
     for name in ("one", "two"):
         assert re.search(rf"^{name}: copy b median \d+\.\d+ s wall, \d+\.\d+ CPU-s over 1 runs$", out, re.M), out
+
+
+def test_smallfiles_builds_a_padded_layer_and_runs_lamina_bench(tmp_path):
+    require_tool("tar")
+    root = tmp_path / "rootfs"
+    for rel in ("usr/share/a/b", "usr/share/c", "usr/lib/python3.11/json", "usr/lib/other"):
+        os.makedirs(root / rel)
+    for i in range(5):
+        (root / "usr/share/a/b" / f"f{i}").write_bytes(b"x" * i)
+        (root / "usr/lib/python3.11/json" / f"m{i}.py").write_text(f"# {i}\n")
+    (root / "usr/lib/other/not-taken").write_text("no\n")
+    os.symlink("../a/b/f1", root / "usr/share/c/link")
+    os.link(root / "usr/share/a/b/f2", root / "usr/share/c/hard")
+    args = ["--rootfs", root, "--cache", tmp_path / "cache", "--entries", 50, "-n", 1, "--tools", "tar",
+            "--target", tmp_path, "--json", tmp_path / "doc.json"]
+    out = script("smallfiles.py", *args)
+    # 18 entries per copy (usr/share and usr/lib/python3.11 with their contents): copies 0, 1, 2 (cut at 50)
+    assert "50 entries (3 copies of usr/share, usr/lib/python3*)" in out, out
+    doc = json.load(open(tmp_path / "doc.json"))
+    assert [lay["entries"] for lay in doc["layers"]] == [50] and doc["layers"][0]["entries_per_s"] > 0
+    assert [c["tool"] for c in doc["compare"]] == ["tar"] and all(c["tree_ok"] for c in doc["compare"]), doc["compare"]
+    again = script("smallfiles.py", *args[:6], "--build-only")  # same trees, same entries: same bytes
+    assert out.splitlines()[0] == again.splitlines()[0], (out, again)

@@ -20,7 +20,7 @@ import pytest
 from lamina import errors
 from lamina._extract import Extractor
 from conftest import require_root, require_tool, run
-from layerkit import apply, sha256_file, write, zst
+from layerkit import apply, gnu_tar_extract, sha256_file, write, zst
 from tarbuild import BLOCK, B256, MTIME, Tar, header, pad, tarfile_bytes, ti
 from tarvectors import (SPARSE_BUILDERS, archive, data_map, extract_with, sparse_old_gnu, sparse_pax_01,
                         sparse_pax_10)
@@ -642,3 +642,29 @@ def test_random_header_mutations_raise_only_lamina_errors(tmp_path_factory):
             pass
 
     check()
+
+
+def test_owners_under_setgid_dirs_match_gnu_tar_layer_after_layer(tmp_path):
+    """lamina skips a chown to the ids a new inode already has (root's, or a setgid
+    parent's group); the owners must stay what the headers say, as GNU tar sets them.
+    The root dir changes group half-way through the second layer while it is the
+    cached parent, so a stale idea of its group would leave "b" in group 50."""
+    lower = (Tar().dir("./", mode=0o2775).dir("sg/", mode=0o2775, gid=50)
+             .file("sg/old", b"x", gid=50).bytes())
+    upper = (Tar().file("a", b"a").dir("./", mode=0o2775, gid=50).file("b", b"b").file("c", b"c", gid=50)
+             .file("e", b"e", uid=7, gid=8).symlink("l0", "a").symlink("l50", "a", gid=50)
+             .file("sg/x", b"x").file("sg/y", b"y", gid=50).symlink("sg/l0", "x").symlink("sg/l50", "x", gid=50)
+             .dir("sg/d0/").file("sg/d0/f", b"f").file("sg/d0/g", b"g", gid=50).dir("sg/d0/e/", gid=50)
+             .dir("sg/d50/", gid=50).file("sg/d50/f", b"f").file("sg/d50/g", b"g", gid=50)
+             .dir("d0/", gid=0).file("d0/f", b"f", uid=3).file("d0/g", b"g").bytes())
+    for name in ("gnu", "lamina"):
+        os.makedirs(tmp_path / name)
+    for i, data in enumerate((lower, upper)):
+        layer = write(tmp_path / f"layer{i}.tar", data)
+        gnu_tar_extract(layer, tmp_path / "gnu")
+        apply(layer, tmp_path / "lamina")
+    got = snapshot(tmp_path / "lamina", include_root=True)
+    assert_same(snapshot(tmp_path / "gnu", include_root=True), got, labels=("gnu-tar", "lamina"))
+    owners = {p: (e.uid, e.gid) for p, e in got.entries.items()}
+    assert owners["b"] == (0, 0) and owners["sg/x"] == (0, 0) and owners["sg/l0"] == (0, 0)
+    assert owners["sg/d0/f"] == (0, 0) and owners["sg/d50/f"] == (0, 0) and owners["e"] == (7, 8)
