@@ -20,7 +20,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
-from .. import errors, mediatypes as mt
+from .. import errors, mediatypes as mt, trace
 from ..errors import DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError, RegistryError
 from ..oci.model import document_media_type, parse_config, parse_index, parse_manifest
 from ..lowers import LayersBelow
@@ -316,11 +316,14 @@ class Puller:
         reporter = self.reporter
 
         def on_data(n):
+            if not result.downloaded_bytes:
+                trace.event("blob-first-byte", digest=digest[7:19])
             result.downloaded_bytes += n
             with self._lock:
                 self.downloaded += n
             reporter.progress(digest, stream.offset, size)
             if stream.offset >= size:
+                trace.event("blob-last-byte", digest=digest[7:19])
                 reporter.state(digest, at_end)
 
         stream = BlobStream(repos, digest, size, offset=offset, on_data=on_data, cancel=self._cancel,
@@ -377,7 +380,9 @@ class Puller:
             self._config(repos, om, other.digest)
             extra_layers.extend(om.layers)
 
+        trace.event("layers-start")
         layers = self._layers(repos, manifest.layers, config.diff_ids, extra_layers)
+        trace.event("layers-done")
 
         for other in others:
             self.store.put_blob(other.data, other.digest)
@@ -391,7 +396,9 @@ class Puller:
                                      repo_digest=repo_digest)
         # Every snapshot exists by now; this shares their files (dedup) or compacts the layers,
         # as the store's settings say.
+        trace.event("snapshots-for")
         self.store.snapshots_for(image)
+        trace.event("snapshots-for-done")
         fetched = sum(1 for layer in layers if layer.status == "downloaded") + self._config_fetched
         status = "up to date" if previous == mr.digest and fetched == 0 else "downloaded"
         self.reporter.line(f"Digest: {repo_digest}")
@@ -469,7 +476,9 @@ class Puller:
         def share_files(i):
             # A streamed layer's snapshot is committed: share its files with the store's objects
             # now, while the other layers still download, not all at the end (snapshots_for).
+            trace.event("share-files", layer=i)
             self.store._dedup(chains[i])
+            trace.event("share-files-done", layer=i)
             self.reporter.state(layer_descs[i].digest, "Pull complete")
             return i
 

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from .. import digest as _digest
+from .. import digest as _digest, trace
 from ..lowers import LayersBelow
 from ..errors import BlobNotFoundError, StoreError
 from ..tree import abandon, remove_tree
@@ -250,17 +250,26 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
 
         try:
             def provider():
-                if wait_lowers is None or not pause_writing(wait_lowers):
-                    return None
-                return lower_chain(paths, parent_chain_id)
+                trace.event("wait-lowers", chain=hexid[:12])
+                try:
+                    if wait_lowers is None or not pause_writing(wait_lowers):
+                        return None
+                    return lower_chain(paths, parent_chain_id)
+                finally:
+                    trace.event("wait-lowers-done", chain=hexid[:12])
+
+            trace.event("extract", chain=hexid[:12], streaming=source is not None)
 
             stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id, media_type,
                              lower_dirs=lower or None, defer_lowers=lower is None, lowers_provider=provider,
                              hash_files_into=hashed,
                              lower_shared=lambda fs: _dedup_shared(paths, fs))
+            trace.event("extracted", chain=hexid[:12])
             if before_commit is not None:
                 before_commit()
+                trace.event("blob-committed", chain=hexid[:12])
             size, inodes = disk_usage(tmp / "fs")
+            trace.event("disk-usage", chain=hexid[:12])
             meta = {"format": FORMAT, "chain_id": chain, "diff_id": diff_id, "parent": parent_chain_id,
                     "digest": layer_digest, "media_type": media_type, "size": size, "inodes": inodes,
                     "tar_bytes": stats.bytes, "entries": stats.entries, "created": time.time()}
@@ -272,9 +281,12 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                 # Deduplicated here, before the sync: a duplicate is swapped for the shared
                 # object before its data is ever written (see objects.dedup_snapshot).  This also
                 # runs in the layer's own thread, beside the other layers' extraction.
-                _objects.dedup_snapshot(paths, tmp, sync=sync)
+                ds = _objects.dedup_snapshot(paths, tmp, sync=sync)
+                trace.event("dedup", chain=hexid[:12], plan=f"{ds.plan_seconds:.3f}", sync=f"{ds.sync_seconds:.3f}",
+                            claim=f"{ds.claim_seconds:.3f}", finish=f"{ds.finish_seconds:.3f}")
             os.rename(tmp, final)
             fsync_dir(paths.snapshots)
+            trace.event("committed", chain=hexid[:12])
         except BaseException as e:
             abandon(tmp, e, f"{TRASH_PREFIX}{hexid}-{secrets.token_hex(4)}")
             raise
