@@ -4,6 +4,7 @@ A FaultProxy in front of a real docker-registry holds a blob half-sent, so the t
 at the store mid-transfer: the snapshot is being written already, yet nothing looks complete.
 """
 import contextlib
+import importlib
 import threading
 import time
 
@@ -15,7 +16,10 @@ from registryfixture import FaultProxy, fast_random, kill9_when, reg, registry_e
 
 from lamina import errors
 from lamina.registry import pull
+from lamina.registry.progress import Reporter
 from lamina.store import Store
+
+pull_module = importlib.import_module("lamina.registry.pull")   # lamina.registry.pull is also the function
 
 MiB = 1 << 20
 BIG = 6 * MiB
@@ -204,3 +208,62 @@ def test_a_layer_waiting_for_the_layers_below_keeps_downloading(reg, proxy, regi
     assert (store.snapshots_for(img)[1] / "etc" / "huge.bin").read_bytes() == fast_random(huge, 9)
     assert proxy.bytes_for(top["digest"]) == top["size"]   # downloaded once
     assert _tmp_snapshots(root) == []
+
+
+class _Arrivals(Reporter):
+    """Every progress report of every blob, in the order they came (one list for all blobs)."""
+
+    def __init__(self):
+        self.events = []
+        self._lock = threading.Lock()
+
+    def progress(self, digest, done, total):
+        with self._lock:
+            self.events.append((digest, done))
+
+
+@pytest.fixture(scope="module")
+def tall(reg, tmp_path_factory):  # noqa: F811
+    """turns:1 = three 6 MiB layers of random bytes (uncompressed), each one directory deeper."""
+    lay = ocibuild.Layout(tmp_path_factory.mktemp("lay") / "oci")
+    m = lay.image([{"a/": None, "a/one.bin": fast_random(BIG, 11)},
+                   {"a/b/": None, "a/b/two.bin": fast_random(BIG, 12)},
+                   {"a/b/c/": None, "a/b/c/three.bin": fast_random(BIG, 13)}], compress=False)
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "turns:1", extra=("--preserve-digests",))
+    return lay.read_json(m["digest"])["layers"]
+
+
+def test_layers_take_the_link_in_turns_bottom_first(reg, tall, registry_env, monkeypatch):  # noqa: F811
+    """Over a shared link, concurrent downloads all end at its end, and every extraction tail
+    comes after that (an upper layer even waits for the snapshots below while its bytes pile
+    up).  So each blob starts only once the one below it has at most TURN_OVERLAP bytes left:
+    the first byte of a layer arrives after the layer below it has nearly all arrived."""
+    overlap = 1 * MiB
+    monkeypatch.setattr(pull_module, "TURN_OVERLAP", overlap)
+    monkeypatch.setattr(pull_module, "TURN_STALL", 600.0)   # no stall on a loaded machine lets one through
+    rec = _Arrivals()
+    store = Store(registry_env / "root")
+    pull(f"{reg.host}/turns:1", store=store, reporter=rec)
+    for below, above in zip(tall, tall[1:]):
+        first = next(k for k, (d, _) in enumerate(rec.events) if d == above["digest"])
+        arrived = max((done for d, done in rec.events[:first] if d == below["digest"]), default=0)
+        assert arrived >= below["size"] - overlap, (below["digest"], arrived, below["size"])
+    img = store.resolve(f"{reg.host}/turns:1")
+    dirs = store.snapshots_for(img)
+    assert (dirs[2] / "a" / "b" / "c" / "three.bin").read_bytes() == fast_random(BIG, 13)
+
+
+def test_a_stalled_blob_lets_the_next_ones_take_the_link(proxy, tall, registry_env, monkeypatch):  # noqa: F811
+    """The bottom blob held mid-transfer (a stalled connection): after TURN_STALL seconds without
+    a byte the next layers download meanwhile, rather than leave the link idle."""
+    monkeypatch.setattr(pull_module, "TURN_OVERLAP", 1 * MiB)
+    monkeypatch.setattr(pull_module, "TURN_STALL", 0.2)
+    store = Store(registry_env / "root")
+    bottom, middle, top = tall
+    with _pull_held_at(proxy, store, bottom, 2 * MiB, ref="turns:1"):
+        _wait_for(lambda: proxy.bytes_for(middle["digest"]) == middle["size"]
+                  and proxy.bytes_for(top["digest"]) == top["size"],
+                  "the layers above a stalled blob never downloaded")
+    img = store.resolve(f"{proxy.host}/turns:1")
+    assert (store.snapshots_for(img)[0] / "a" / "one.bin").read_bytes() == fast_random(BIG, 11)

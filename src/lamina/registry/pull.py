@@ -35,6 +35,9 @@ DEFAULT_CONCURRENCY = 3
 # The next blob's request goes out when the one before it has this much left to arrive, so the
 # link never idles between two blobs (a request's round trip at 40 MB/s is well under 0.1 s).
 TURN_OVERLAP = 4 << 20
+# A blob that received nothing for this long (a stalled connection, a retry's backoff) lets the
+# next ones start meanwhile: the link would idle otherwise.
+TURN_STALL = 2.0
 MAX_CONFIG_SIZE = 8 << 20
 MAX_INDEX_DEPTH = 4
 
@@ -221,25 +224,37 @@ class LinkTurns:
     what it receives meanwhile piles up.  In turns, the bottom layer arrives at the link's
     full rate and is extracted as it arrives, each next layer arrives once the ones below it
     are nearly there, and only the last blob's tail is left at the end.  Blob ``k`` may start
-    when every blob before it has at most ``overlap`` bytes left to arrive (or has ended)."""
+    when every blob before it has at most ``overlap`` bytes left to arrive, has ended, or has
+    received nothing for ``stall`` seconds since its start."""
 
-    def __init__(self, sizes, overlap=TURN_OVERLAP, cancel=None):
+    def __init__(self, sizes, overlap=None, stall=None, cancel=None):
         self._left = list(sizes)
-        self._overlap = overlap
+        self._overlap = TURN_OVERLAP if overlap is None else overlap
+        self._stall = TURN_STALL if stall is None else stall
+        self._heard = [None] * len(self._left)   # when each started or last received bytes
         self._cancel = cancel
         self._cond = threading.Condition()
+
+    def _holds(self, j, now):
+        heard = self._heard[j]
+        return self._left[j] > self._overlap and (heard is None or now - heard < self._stall)
 
     def wait(self, k):
         from .._extract import cancelled
         with self._cond:
-            while any(left > self._overlap for left in self._left[:k]):
+            while True:
+                now = time.monotonic()
+                if not any(self._holds(j, now) for j in range(k)):
+                    self._heard[k] = now
+                    return
                 if cancelled.is_set() or (self._cancel is not None and self._cancel.is_set()):
                     raise Cancelled()
-                self._cond.wait(0.2)
+                self._cond.wait(min(0.2, self._stall))
 
     def left(self, k, n):
         with self._cond:
             self._left[k] = n
+            self._heard[k] = time.monotonic()
             if n <= self._overlap:
                 self._cond.notify_all()
 
