@@ -5,6 +5,7 @@ at the store mid-transfer: the snapshot is being written already, yet nothing lo
 """
 import contextlib
 import importlib
+import os
 import threading
 import time
 
@@ -267,3 +268,77 @@ def test_a_stalled_blob_lets_the_next_ones_take_the_link(proxy, tall, registry_e
                   "the layers above a stalled blob never downloaded")
     img = store.resolve(f"{proxy.host}/turns:1")
     assert (store.snapshots_for(img)[0] / "a" / "one.bin").read_bytes() == fast_random(BIG, 11)
+
+
+@pytest.fixture(scope="module")
+def early(reg, tmp_path_factory):  # noqa: F811
+    """early:1 = a base layer with etc/, then a layer whose etc/late.bin needs that etc/ (its
+    directory comes from below): the upper layer cannot write it before it has the base's tree."""
+    lay = ocibuild.Layout(tmp_path_factory.mktemp("lay") / "oci")
+    m = lay.image([{"etc/": None, "etc/os-release": b"ID=early\n"}, {"etc/late.bin": fast_random(MiB, 21)}])
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "early:1", extra=("--preserve-digests",))
+    manifest = lay.read_json(m["digest"])
+    diff_ids = lay.read_json(manifest["config"]["digest"])["rootfs"]["diff_ids"]
+    return {"layers": manifest["layers"], "chains": pull_module.chain_ids(diff_ids)}
+
+
+def _gate_commit_of(monkeypatch, root, chain, until, then=None):
+    """Hold the dedup pass (hence the commit) of snapshot ``chain`` until ``until()`` is true
+    (a failure after 30 s), then run ``then()`` (which may raise) or the real pass."""
+    from lamina.store import objects
+    real = objects.dedup_snapshot
+
+    def gated(paths, snapshot_dir, *a, **kw):
+        if os.path.basename(snapshot_dir).startswith(f".tmp-{chain[7:]}-"):
+            deadline = time.monotonic() + 30
+            while not until():
+                if time.monotonic() > deadline:
+                    raise AssertionError("the layer above never went on before this layer's commit")
+                time.sleep(0.02)
+            if then is not None:
+                then()
+        return real(paths, snapshot_dir, *a, **kw)
+
+    monkeypatch.setattr(objects, "dedup_snapshot", gated)
+
+
+def _late_written(root, chain):
+    return any(p.exists() and p.stat().st_size == MiB
+               for p in (root / "snapshots").glob(f".tmp-{chain[7:]}-*/fs/etc/late.bin"))
+
+
+def test_an_upper_layer_goes_on_over_a_final_tree_before_its_commit(reg, early, registry_env, monkeypatch):  # noqa: F811
+    """A streamed layer hands its tree to the layers above once it is final (diffID and blob
+    verified), before its dedup pass and commit: at the end of a pull the top layers no longer
+    wait for the dedup pass of the one below them.  Its own commit still comes after theirs."""
+    root = registry_env / "root"
+    base, upper = early["chains"]
+    _gate_commit_of(monkeypatch, root, base, lambda: _late_written(root, upper))
+    store = Store(root)
+    pull(f"{reg.host}/early:1", store=store)
+    img = store.resolve(f"{reg.host}/early:1")
+    dirs = store.snapshots_for(img)
+    assert (dirs[1] / "etc" / "late.bin").read_bytes() == fast_random(MiB, 21)
+    assert (dirs[0] / "etc" / "os-release").read_bytes() == b"ID=early\n"
+    assert {s.chain_id for s in store.snapshots()} == {base, upper}
+    assert _tmp_snapshots(root) == []
+
+
+def test_a_lower_failing_after_handing_its_tree_over_commits_nothing_above(reg, early, registry_env,
+                                                                            monkeypatch):  # noqa: F811
+    """The base fails after the upper layer extracted over its tree: the upper is never committed
+    (a snapshot is only ever committed over committed snapshots), and no temp dir is left."""
+    import errno
+    root = registry_env / "root"
+    base, upper = early["chains"]
+
+    def fail():
+        raise OSError(errno.EIO, "disk gone")
+
+    _gate_commit_of(monkeypatch, root, base, lambda: _late_written(root, upper), then=fail)
+    store = Store(root)
+    with pytest.raises(OSError, match="disk gone"):
+        pull(f"{reg.host}/early:1", store=store)
+    assert store.snapshots() == []
+    assert _tmp_snapshots(root) == []

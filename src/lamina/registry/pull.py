@@ -306,7 +306,8 @@ class Puller:
                     raise DigestMismatchError(f"blob from {repos[0].name}", e.expected, e.actual) from None
                 mismatch_retries -= 1
 
-    def fetch_and_extract(self, repos, desc, result, diff_id, parent_chain_id, wait_lowers=None, turn=None):
+    def fetch_and_extract(self, repos, desc, result, diff_id, parent_chain_id, wait_lowers=None, turn=None,
+                          tree_ready=None, before_publish=None):
         """Download a blob into the store while extracting its snapshot from the same bytes.
 
         Returns the snapshot's fs dir, or None if the snapshot existed already (then only the
@@ -338,7 +339,8 @@ class Puller:
 
                     try:
                         path = ensure_streaming(self.store.paths, tee, digest, diff_id, parent_chain_id,
-                                                desc.media_type, before_commit=commit, wait_lowers=wait_lowers)
+                                                desc.media_type, before_commit=commit, wait_lowers=wait_lowers,
+                                                tree_ready=tree_ready, before_publish=before_publish)
                         if path is None:
                             w.write_from(stream)
                             w.commit()
@@ -512,6 +514,16 @@ class Puller:
         def wait_lowers(i):
             return lambda: below.wait(i)
 
+        def lower_trees(i):
+            # A streamed layer goes on over the layers below once their trees are final, not
+            # committed: their dedup passes (and an upper layer's wait for them) no longer add
+            # up at the end of the pull.  Its own commit still waits for theirs (before_publish).
+            def wait():
+                if not below.wait_trees(i):
+                    return False
+                return [(chains[j], below.tree_of(j)) for j in range(i)]
+            return wait
+
         def extract(i):
             d = layer_descs[i]
             parent = chains[i - 1] if i else None
@@ -553,10 +565,14 @@ class Puller:
                     i = indexes[0]
                     try:
                         path = self.fetch_and_extract(repos, desc, rs[0], diff_ids[i],
-                                                      chains[i - 1] if i else None, wait_lowers=wait_lowers(i),
-                                                      turn=turn)
+                                                      chains[i - 1] if i else None, wait_lowers=lower_trees(i),
+                                                      turn=turn, tree_ready=lambda fs: below.tree(i, fs),
+                                                      before_publish=wait_lowers(i))
                     except errors.NeedsLowers:
                         path = None  # the blob is stored; extract(i) extracts it over the layers below
+                    except BaseException:
+                        below.finished(i, False)
+                        raise
                     if path is not None:
                         results[i].snapshot = str(path)
                         streamed.add(i)
