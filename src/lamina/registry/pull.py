@@ -32,9 +32,13 @@ from ..store.streaming import IngestTee, ensure_streaming
 from .blobstream import BlobStream, Cancelled
 
 DEFAULT_CONCURRENCY = 3
-# The next blob's request goes out when the one before it has this much left to arrive, so the
-# link never idles between two blobs (a request's round trip at 40 MB/s is well under 0.1 s).
-TURN_OVERLAP = 4 << 20
+# The next blob's request goes out when the one before it has about a request's latency of
+# bytes left to arrive (twice the longest latency seen, at the link's rate so far), so the link
+# never idles between two blobs, yet the last blob ends alone rather than with the one before
+# it: its short tail then overlaps the other's.  At most TURN_OVERLAP (also the value until
+# both are measured), at least TURN_OVERLAP_MIN.
+TURN_OVERLAP = 8 << 20
+TURN_OVERLAP_MIN = 256 << 10
 # A blob that received nothing for this long (a stalled connection, a retry's backoff) lets the
 # next ones start meanwhile: the link would idle otherwise.
 TURN_STALL = 2.0
@@ -227,11 +231,15 @@ class LinkTurns:
     when every blob before it has at most ``overlap`` bytes left to arrive, has ended, or has
     received nothing for ``stall`` seconds since its start."""
 
-    def __init__(self, sizes, overlap=None, stall=None, cancel=None):
+    def __init__(self, sizes, stall=None, cancel=None):
         self._left = list(sizes)
-        self._overlap = TURN_OVERLAP if overlap is None else overlap
         self._stall = TURN_STALL if stall is None else stall
         self._heard = [None] * len(self._left)   # when each started or last received bytes
+        self._started = [None] * len(self._left)
+        self._latency = None   # the longest from a turn to its first byte
+        self._since = None     # the first byte of all
+        self._received = 0
+        self._overlap = TURN_OVERLAP
         self._cancel = cancel
         self._cond = threading.Condition()
 
@@ -245,7 +253,8 @@ class LinkTurns:
             while True:
                 now = time.monotonic()
                 if not any(self._holds(j, now) for j in range(k)):
-                    self._heard[k] = now
+                    self._heard[k] = self._started[k] = now
+                    trace.event("turn", blob=k, overlap=self._overlap)
                     return
                 if cancelled.is_set() or (self._cancel is not None and self._cancel.is_set()):
                     raise Cancelled()
@@ -253,8 +262,18 @@ class LinkTurns:
 
     def left(self, k, n):
         with self._cond:
+            now = time.monotonic()
+            if self._started[k] is not None:   # its first byte
+                latency, self._started[k] = now - self._started[k], None
+                self._latency = max(latency, self._latency or 0.0)
+            if self._since is None:
+                self._since = now
+            self._received += max(0, self._left[k] - n)
             self._left[k] = n
-            self._heard[k] = time.monotonic()
+            self._heard[k] = now
+            if self._latency is not None and now - self._since > 0.05:
+                rate = self._received / (now - self._since)
+                self._overlap = min(TURN_OVERLAP, max(TURN_OVERLAP_MIN, int(2 * rate * self._latency)))
             if n <= self._overlap:
                 self._cond.notify_all()
 
