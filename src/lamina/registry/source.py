@@ -32,6 +32,7 @@ import shutil
 import tempfile
 import threading
 
+from .. import trace
 from ..oci.image import LayerRef, ResolvedImage, Source
 from ..oci.model import document_media_type, parse_config, parse_manifest
 from ..platform import Platform
@@ -185,7 +186,12 @@ class _Download:
         def on_data(n):
             with source._lock:
                 source.downloaded += n
-            reporter.progress(desc.digest, self.stream.offset, desc.size)
+            offset = self.stream.offset
+            if offset == n:
+                trace.event("blob-first-byte", digest=desc.digest[7:19])
+            if offset >= desc.size:
+                trace.event("blob-last-byte", digest=desc.digest[7:19])
+            reporter.progress(desc.digest, offset, desc.size)
 
         self.stream = BlobStream(source._repos, desc.digest, desc.size, on_data=on_data, cancel=source._cancel,
                                  on_retry=lambda: reporter.state(desc.digest, "Retrying"))
