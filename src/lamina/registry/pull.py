@@ -298,6 +298,11 @@ class Puller:
         self.stream_extract = os.environ.get("LAMINA_PULL_STREAM", "1") != "0"
         # Download each streamed blob ahead of its extraction (LAMINA_PULL_AHEAD=0: at its pace).
         self.download_ahead = os.environ.get("LAMINA_PULL_AHEAD", "1") != "0"
+        # Blobs take the link in turns (LAMINA_PULL_TURNS=0: all at once, as before; for benches).
+        self.turns = os.environ.get("LAMINA_PULL_TURNS", "1") != "0"
+        # A streamed layer goes on over the trees below before their commits
+        # (LAMINA_PULL_EARLY_LOWERS=0: after them, as before; for benches).
+        self.early_lowers = os.environ.get("LAMINA_PULL_EARLY_LOWERS", "1") != "0"
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self.downloaded = 0
@@ -571,7 +576,7 @@ class Puller:
         def fetch(k, digest, desc, rs, indexes):
             try:
                 existed = self.store.has_blob(digest)
-                if not existed:
+                if not existed and self.turns:
                     turns.wait(k)
             except BaseException:
                 turns.ended(k)
@@ -584,9 +589,10 @@ class Puller:
                     i = indexes[0]
                     try:
                         path = self.fetch_and_extract(repos, desc, rs[0], diff_ids[i],
-                                                      chains[i - 1] if i else None, wait_lowers=lower_trees(i),
+                                                      chains[i - 1] if i else None,
+                                                      wait_lowers=lower_trees(i) if self.early_lowers else wait_lowers(i),
                                                       turn=turn, tree_ready=lambda fs: below.tree(i, fs),
-                                                      before_publish=wait_lowers(i))
+                                                      before_publish=wait_lowers(i) if self.early_lowers else None)
                     except errors.NeedsLowers:
                         path = None  # the blob is stored; extract(i) extracts it over the layers below
                     except BaseException:
