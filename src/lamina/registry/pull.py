@@ -441,7 +441,9 @@ class Puller:
 
     def _run(self, t0):
         ref = self.ref
+        trace.event("run")
         previous = self._previous_manifest()
+        trace.event("previous")
         r = resolve(self.client, ref, self.want, all_platforms=self.all_platforms)
         repos, repo, top, mr, chosen, children, others = (r.repos, r.repo, r.top, r.manifest, r.chosen,
                                                           r.children, r.others)
