@@ -1,13 +1,16 @@
 """``lamina pull``: registry -> store, each layer extracted from its bytes as they arrive.
 
     reference --(mirrors, then the registry)--> manifest or index --platform--> manifest
-        --> config (diffIDs) --> layers, ``concurrency`` at a time, each one:
+        --> config (diffIDs) --> layers, ``concurrency`` at a time, taking the link in turns
+            bottom first (LinkTurns: each blob starts as the one below it nearly ended), each one:
             BlobStream (resume with Range at w.offset, retry cut/failed transfers, next endpoint)
             --> IngestTee --> store.ingest(digest, size), and the same bytes --> the layer's
             snapshot extraction (store/streaming.py); the blob is committed once the diffID
             verified (commit checks size + digest, a mismatch discards both and retries once),
             then the snapshot, whose files are then shared with the store's objects (dedup)
-            while the other layers still download.
+            while the other layers still download.  A layer needing the layers below goes on
+            over their trees once final (diffID verified), before their dedup passes and
+            commits; it is committed after them.
             Blobs already in the store: store.ensure_snapshot(...) on the extraction pool.
         --> store.put_blob(manifest[, index]) --> store.add_image(manifest, ref, repo_digest)
 """

@@ -15,7 +15,11 @@ files copy them up.  A chainID fixes the layers below, so the result is a
 function of the chainID.  Most entries need nothing from below, so
 ensure_all() extracts every layer at once, and a layer that meets an entry
 that does need the layers below waits there until they are committed, then
-goes on over them (what it wrote before needed nothing from below).
+goes on over them (what it wrote before needed nothing from below).  A pull
+hands a streamed layer's tree over as soon as it is final (diffID and blob
+verified), before its dedup pass and commit; the layer above then waits for
+that commit before its own, so a committed snapshot only ever lies over
+committed ones.
 
 ``meta.json`` carries ``"format": 2``; snapshots of older lamina versions
 (implicit directories fixed up afterwards by path) are extracted again.
