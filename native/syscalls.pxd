@@ -45,6 +45,7 @@ cdef extern from "<sys/stat.h>" nogil:
         gid_t st_gid
         dev_t st_rdev
         off_t st_size
+        long long st_blocks
         timespec st_atim
         timespec st_mtim
         timespec st_ctim
@@ -88,6 +89,7 @@ cdef extern from "<dirent.h>" nogil:
         unsigned char d_type
         char d_name[256]
     DIR *fdopendir(int fd)
+    int dirfd(DIR *d)
     dirent *readdir(DIR *d)
     int closedir(DIR *d)
     enum:

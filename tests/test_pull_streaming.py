@@ -4,6 +4,8 @@ A FaultProxy in front of a real docker-registry holds a blob half-sent, so the t
 at the store mid-transfer: the snapshot is being written already, yet nothing looks complete.
 """
 import contextlib
+import importlib
+import os
 import threading
 import time
 
@@ -15,7 +17,10 @@ from registryfixture import FaultProxy, fast_random, kill9_when, reg, registry_e
 
 from lamina import errors
 from lamina.registry import pull
+from lamina.registry.progress import Reporter
 from lamina.store import Store
+
+pull_module = importlib.import_module("lamina.registry.pull")   # lamina.registry.pull is also the function
 
 MiB = 1 << 20
 BIG = 6 * MiB
@@ -203,4 +208,137 @@ def test_a_layer_waiting_for_the_layers_below_keeps_downloading(reg, proxy, regi
     img = store.resolve(f"{proxy.host}/wait:1")
     assert (store.snapshots_for(img)[1] / "etc" / "huge.bin").read_bytes() == fast_random(huge, 9)
     assert proxy.bytes_for(top["digest"]) == top["size"]   # downloaded once
+    assert _tmp_snapshots(root) == []
+
+
+class _Arrivals(Reporter):
+    """Every progress report of every blob, in the order they came (one list for all blobs)."""
+
+    def __init__(self):
+        self.events = []
+        self._lock = threading.Lock()
+
+    def progress(self, digest, done, total):
+        with self._lock:
+            self.events.append((digest, done))
+
+
+@pytest.fixture(scope="module")
+def tall(reg, tmp_path_factory):  # noqa: F811
+    """turns:1 = three 6 MiB layers of random bytes (uncompressed), each one directory deeper."""
+    lay = ocibuild.Layout(tmp_path_factory.mktemp("lay") / "oci")
+    m = lay.image([{"a/": None, "a/one.bin": fast_random(BIG, 11)},
+                   {"a/b/": None, "a/b/two.bin": fast_random(BIG, 12)},
+                   {"a/b/c/": None, "a/b/c/three.bin": fast_random(BIG, 13)}], compress=False)
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "turns:1", extra=("--preserve-digests",))
+    return lay.read_json(m["digest"])["layers"]
+
+
+def test_layers_take_the_link_in_turns_bottom_first(reg, tall, registry_env, monkeypatch):  # noqa: F811
+    """Over a shared link, concurrent downloads all end at its end, and every extraction tail
+    comes after that (an upper layer even waits for the snapshots below while its bytes pile
+    up).  So each blob starts only once the one below it has at most TURN_OVERLAP bytes left:
+    the first byte of a layer arrives after the layer below it has nearly all arrived."""
+    overlap = 1 * MiB
+    monkeypatch.setattr(pull_module, "TURN_OVERLAP", overlap)
+    monkeypatch.setattr(pull_module, "TURN_STALL", 600.0)   # no stall on a loaded machine lets one through
+    rec = _Arrivals()
+    store = Store(registry_env / "root")
+    pull(f"{reg.host}/turns:1", store=store, reporter=rec)
+    for below, above in zip(tall, tall[1:]):
+        first = next(k for k, (d, _) in enumerate(rec.events) if d == above["digest"])
+        arrived = max((done for d, done in rec.events[:first] if d == below["digest"]), default=0)
+        assert arrived >= below["size"] - overlap, (below["digest"], arrived, below["size"])
+    img = store.resolve(f"{reg.host}/turns:1")
+    dirs = store.snapshots_for(img)
+    assert (dirs[2] / "a" / "b" / "c" / "three.bin").read_bytes() == fast_random(BIG, 13)
+
+
+def test_a_stalled_blob_lets_the_next_ones_take_the_link(proxy, tall, registry_env, monkeypatch):  # noqa: F811
+    """The bottom blob held mid-transfer (a stalled connection): after TURN_STALL seconds without
+    a byte the next layers download meanwhile, rather than leave the link idle."""
+    monkeypatch.setattr(pull_module, "TURN_OVERLAP", 1 * MiB)
+    monkeypatch.setattr(pull_module, "TURN_STALL", 0.2)
+    store = Store(registry_env / "root")
+    bottom, middle, top = tall
+    with _pull_held_at(proxy, store, bottom, 2 * MiB, ref="turns:1"):
+        _wait_for(lambda: proxy.bytes_for(middle["digest"]) == middle["size"]
+                  and proxy.bytes_for(top["digest"]) == top["size"],
+                  "the layers above a stalled blob never downloaded")
+    img = store.resolve(f"{proxy.host}/turns:1")
+    assert (store.snapshots_for(img)[0] / "a" / "one.bin").read_bytes() == fast_random(BIG, 11)
+
+
+@pytest.fixture(scope="module")
+def early(reg, tmp_path_factory):  # noqa: F811
+    """early:1 = a base layer with etc/, then a layer whose etc/late.bin needs that etc/ (its
+    directory comes from below): the upper layer cannot write it before it has the base's tree."""
+    lay = ocibuild.Layout(tmp_path_factory.mktemp("lay") / "oci")
+    m = lay.image([{"etc/": None, "etc/os-release": b"ID=early\n"}, {"etc/late.bin": fast_random(MiB, 21)}])
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "early:1", extra=("--preserve-digests",))
+    manifest = lay.read_json(m["digest"])
+    diff_ids = lay.read_json(manifest["config"]["digest"])["rootfs"]["diff_ids"]
+    return {"layers": manifest["layers"], "chains": pull_module.chain_ids(diff_ids)}
+
+
+def _gate_commit_of(monkeypatch, root, chain, until, then=None):
+    """Hold the dedup pass (hence the commit) of snapshot ``chain`` until ``until()`` is true
+    (a failure after 30 s), then run ``then()`` (which may raise) or the real pass."""
+    from lamina.store import objects
+    real = objects.dedup_snapshot
+
+    def gated(paths, snapshot_dir, *a, **kw):
+        if os.path.basename(snapshot_dir).startswith(f".tmp-{chain[7:]}-"):
+            deadline = time.monotonic() + 30
+            while not until():
+                if time.monotonic() > deadline:
+                    raise AssertionError("the layer above never went on before this layer's commit")
+                time.sleep(0.02)
+            if then is not None:
+                then()
+        return real(paths, snapshot_dir, *a, **kw)
+
+    monkeypatch.setattr(objects, "dedup_snapshot", gated)
+
+
+def _late_written(root, chain):
+    return any(p.exists() and p.stat().st_size == MiB
+               for p in (root / "snapshots").glob(f".tmp-{chain[7:]}-*/fs/etc/late.bin"))
+
+
+def test_an_upper_layer_goes_on_over_a_final_tree_before_its_commit(reg, early, registry_env, monkeypatch):  # noqa: F811
+    """A streamed layer hands its tree to the layers above once it is final (diffID and blob
+    verified), before its dedup pass and commit: at the end of a pull the top layers no longer
+    wait for the dedup pass of the one below them.  Its own commit still comes after theirs."""
+    root = registry_env / "root"
+    base, upper = early["chains"]
+    _gate_commit_of(monkeypatch, root, base, lambda: _late_written(root, upper))
+    store = Store(root)
+    pull(f"{reg.host}/early:1", store=store)
+    img = store.resolve(f"{reg.host}/early:1")
+    dirs = store.snapshots_for(img)
+    assert (dirs[1] / "etc" / "late.bin").read_bytes() == fast_random(MiB, 21)
+    assert (dirs[0] / "etc" / "os-release").read_bytes() == b"ID=early\n"
+    assert {s.chain_id for s in store.snapshots()} == {base, upper}
+    assert _tmp_snapshots(root) == []
+
+
+def test_a_lower_failing_after_handing_its_tree_over_commits_nothing_above(reg, early, registry_env,
+                                                                            monkeypatch):  # noqa: F811
+    """The base fails after the upper layer extracted over its tree: the upper is never committed
+    (a snapshot is only ever committed over committed snapshots), and no temp dir is left."""
+    import errno
+    root = registry_env / "root"
+    base, upper = early["chains"]
+
+    def fail():
+        raise OSError(errno.EIO, "disk gone")
+
+    _gate_commit_of(monkeypatch, root, base, lambda: _late_written(root, upper), then=fail)
+    store = Store(root)
+    with pytest.raises(OSError, match="disk gone"):
+        pull(f"{reg.host}/early:1", store=store)
+    assert store.snapshots() == []
     assert _tmp_snapshots(root) == []

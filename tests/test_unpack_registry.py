@@ -171,3 +171,33 @@ def test_json_output_and_store_untouched(reg, images, registry_env, tmp_path):  
     doc = json.loads(out)
     assert doc["manifest_digest"] == images["manifest"]["digest"] and doc["source"] == f"docker://{reg.host}/app:1"
     assert not root.exists()
+
+
+def test_next_download_starts_as_the_running_one_nearly_ends(reg, proxy, registry_env):  # noqa: F811
+    """Read-ahead takes one blob at a time, but the next request goes out once the running blob has
+    at most NEXT_AHEAD bytes left: its round trip overlaps the end of the other transfer, and the
+    link does not idle between two blobs.  The bottom blob is held just before its end here: the
+    next one is requested meanwhile."""
+    from lamina.registry.source import NEXT_AHEAD
+    lay = ocibuild.Layout(registry_env / "lay-next")
+    m = lay.image([{"base.bin": fast_random(NEXT_AHEAD + NEXT_AHEAD // 2, 31)},
+                   {"top.bin": fast_random(NEXT_AHEAD, 32)}], compress=False)
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "next:1", extra=("--preserve-digests",))
+    base, top = lay.read_json(m["digest"])["layers"]
+    proxy.add("hang", path=f"/blobs/{base['digest']}", after=base["size"] - NEXT_AHEAD // 4)
+    source = RegistrySource(f"{proxy.host}/next:1")
+    try:
+        with source:
+            image = source.resolve()
+            assert proxy.hang_reached.wait(30), "the bottom blob was never fetched"
+            deadline = time.monotonic() + 30
+            while not proxy.requests_for(f"/blobs/{top['digest']}", "GET"):
+                assert time.monotonic() < deadline, "the next blob waited for the held one to end"
+                time.sleep(0.01)
+            proxy.release_hang.set()
+            for layer in image.layers:
+                with layer.open() as f:
+                    assert hashlib.sha256(f.read()).hexdigest() == layer.digest[7:]
+    finally:
+        proxy.release_hang.set()

@@ -17,22 +17,43 @@ from .errors import Interrupted
 class LayersBelow:
     """``finished(i, ok)`` as each of ``n`` layers ends (whether or not it worked);
     ``wait(i)`` blocks until every layer below ``i`` has ended and says whether all
-    of them worked.  Ctrl-C (or ``cancel``, an Event) stops the wait."""
+    of them worked.  Ctrl-C (or ``cancel``, an Event) stops the wait.
+
+    ``tree(i, fs)``: layer ``i``'s tree is final (extracted, blob and diffID verified) in
+    ``fs``, though not committed yet (its dedup pass, sync and rename are still to come);
+    ``wait_trees(i)`` blocks until every layer below ``i`` is that far (or has ended), and
+    ``tree_of(j)`` is that dir, or None once it ended or if it never said."""
 
     def __init__(self, n, cancel=None):
         self._done = [threading.Event() for _ in range(n)]
+        self._tree = [threading.Event() for _ in range(n)]
+        self._trees = [None] * n
         self._failed = set()
         self._cancel = cancel
+
+    def tree(self, i, fs):
+        self._trees[i] = fs
+        self._tree[i].set()
+
+    def tree_of(self, j):
+        return None if self._done[j].is_set() else self._trees[j]
 
     def finished(self, i, ok=True):
         if not ok:
             self._failed.add(i)
         self._done[i].set()
+        self._tree[i].set()
 
     def wait(self, i):
+        return self._wait(i, self._done)
+
+    def wait_trees(self, i):
+        return self._wait(i, self._tree)
+
+    def _wait(self, i, events):
         from ._extract import cancelled
         for j in range(i):
-            while not self._done[j].wait(0.2):
+            while not events[j].wait(0.2):
                 if cancelled.is_set() or (self._cancel is not None and self._cancel.is_set()):
                     raise Interrupted(f"layer {i}: interrupted while waiting for the layers below")
         return not any(j < i for j in self._failed)

@@ -16,6 +16,7 @@ import tempfile
 import time
 
 from ._extract import HiddenLinkTarget
+from . import trace
 from .errors import ExtractError, InvalidArchiveError
 from .lowers import LayersBelow
 from .oci import open_source
@@ -69,7 +70,9 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
             seconds["layers"] = time.perf_counter() - t
 
             t = time.perf_counter()
+            trace.event("commit")
             _commit(staging, dest)
+            trace.event("committed")
             seconds["commit"] = time.perf_counter() - t
         except BaseException as e:  # includes KeyboardInterrupt: never leave a half-made tree
             abandon(staging, e)
@@ -92,10 +95,13 @@ def _layer_name(layer):
 def _apply(layer, target, format, limits, hidden=None, lower_dirs=None, defer_lowers=False, lowers_provider=None):
     from .layer import apply_layer  # imported late: the native core is only needed to extract
 
+    trace.event("apply", layer=layer.index, format=format, scan_hidden=hidden is not None)
     with layer.open() as f:
-        return apply_layer(f, target, format=format, digest=layer.digest, diff_id=layer.diff_id,
-                           media_type=layer.media_type, limits=limits, name=_layer_name(layer), hidden=hidden,
-                           lower_dirs=lower_dirs, defer_lowers=defer_lowers, lowers_provider=lowers_provider)
+        stats = apply_layer(f, target, format=format, digest=layer.digest, diff_id=layer.diff_id,
+                            media_type=layer.media_type, limits=limits, name=_layer_name(layer), hidden=hidden,
+                            lower_dirs=lower_dirs, defer_lowers=defer_lowers, lowers_provider=lowers_provider)
+    trace.event("applied", layer=layer.index)
+    return stats
 
 
 def _apply_flat(layers, root, limits):
@@ -124,10 +130,12 @@ def _scan_upper_layers(layers, limits):
         under = sum(lower.size or 0 for lower in layers[:k])
         if layer.size is None or not under or layer.size > SCAN_FRACTION * under:
             continue
+        trace.event("scan", layer=k)
         with layer.open() as f:
             _, (layer_at, layer_below) = scan_layer(f, digest=layer.digest, diff_id=layer.diff_id,
                                                     media_type=layer.media_type, limits=limits,
                                                     name=_layer_name(layer))
+        trace.event("scanned", layer=k)
         for p in layer_at:  # top-down: the first layer to hide a path is the highest
             at.setdefault(p, k)
         for p in layer_below:

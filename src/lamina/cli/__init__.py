@@ -110,12 +110,16 @@ def main(argv=None):
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
     _raise_fd_limit()
+    from ..trace import event
+    event("main")
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         if extra:
             args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        event("parsed", command=args.command)
         rc = args.func(args)
+        event("done")
         sys.stdout.flush()  # inside the try: a reader that left must not cost a traceback at exit
     except BrokenPipeError:
         return _stdout_gone()

@@ -77,6 +77,8 @@ def _store(args):
 def cmd_pull(args):
     from ..registry.progress import reporter_for
     from ..registry.pull import pull
+    from ..trace import event
+    event("imported")
     if args.all_tags:
         return _pull_all_tags(args)
     mode = _start(args)

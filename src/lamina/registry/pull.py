@@ -1,13 +1,16 @@
 """``lamina pull``: registry -> store, each layer extracted from its bytes as they arrive.
 
     reference --(mirrors, then the registry)--> manifest or index --platform--> manifest
-        --> config (diffIDs) --> layers, ``concurrency`` at a time, each one:
+        --> config (diffIDs) --> layers, ``concurrency`` at a time, taking the link in turns
+            bottom first (LinkTurns: each blob starts as the one below it nearly ended), each one:
             BlobStream (resume with Range at w.offset, retry cut/failed transfers, next endpoint)
             --> IngestTee --> store.ingest(digest, size), and the same bytes --> the layer's
             snapshot extraction (store/streaming.py); the blob is committed once the diffID
             verified (commit checks size + digest, a mismatch discards both and retries once),
             then the snapshot, whose files are then shared with the store's objects (dedup)
-            while the other layers still download.
+            while the other layers still download.  A layer needing the layers below goes on
+            over their trees once final (diffID verified), before their dedup passes and
+            commits; it is committed after them.
             Blobs already in the store: store.ensure_snapshot(...) on the extraction pool.
         --> store.put_blob(manifest[, index]) --> store.add_image(manifest, ref, repo_digest)
 """
@@ -20,7 +23,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
-from .. import errors, mediatypes as mt
+from .. import errors, mediatypes as mt, trace
 from ..errors import DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError, RegistryError
 from ..oci.model import document_media_type, parse_config, parse_index, parse_manifest
 from ..lowers import LayersBelow
@@ -32,6 +35,16 @@ from ..store.streaming import IngestTee, ensure_streaming
 from .blobstream import BlobStream, Cancelled
 
 DEFAULT_CONCURRENCY = 3
+# The next blob's request goes out when the one before it has about a request's latency of
+# bytes left to arrive (twice the longest latency seen, at the link's rate so far), so the link
+# never idles between two blobs, yet the last blob ends alone rather than with the one before
+# it: its short tail then overlaps the other's.  At most TURN_OVERLAP (also the value until
+# both are measured), at least TURN_OVERLAP_MIN.
+TURN_OVERLAP = 8 << 20
+TURN_OVERLAP_MIN = 256 << 10
+# A blob that received nothing for this long (a stalled connection, a retry's backoff) lets the
+# next ones start meanwhile: the link would idle otherwise.
+TURN_STALL = 2.0
 MAX_CONFIG_SIZE = 8 << 20
 MAX_INDEX_DEPTH = 4
 
@@ -210,6 +223,67 @@ def image_platform(want, chosen, config):
 # --------------------------------------------------------------------------------------------
 
 
+class LinkTurns:
+    """Blobs take the link in turns, in the order given (bottom layer first).
+
+    Downloads that share a link finish together, at its end, and every layer's extraction
+    tail comes after that; worse, an upper layer soon waits for the snapshots below it, so
+    what it receives meanwhile piles up.  In turns, the bottom layer arrives at the link's
+    full rate and is extracted as it arrives, each next layer arrives once the ones below it
+    are nearly there, and only the last blob's tail is left at the end.  Blob ``k`` may start
+    when every blob before it has at most ``overlap`` bytes left to arrive, has ended, or has
+    received nothing for ``stall`` seconds since its start."""
+
+    def __init__(self, sizes, stall=None, cancel=None):
+        self._left = list(sizes)
+        self._stall = TURN_STALL if stall is None else stall
+        self._heard = [None] * len(self._left)   # when each started or last received bytes
+        self._started = [None] * len(self._left)
+        self._latency = None   # the longest from a turn to its first byte
+        self._since = None     # the first byte of all
+        self._received = 0
+        self._overlap = TURN_OVERLAP
+        self._cancel = cancel
+        self._cond = threading.Condition()
+
+    def _holds(self, j, now):
+        heard = self._heard[j]
+        return self._left[j] > self._overlap and (heard is None or now - heard < self._stall)
+
+    def wait(self, k):
+        from .._extract import cancelled
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if not any(self._holds(j, now) for j in range(k)):
+                    self._heard[k] = self._started[k] = now
+                    trace.event("turn", blob=k, overlap=self._overlap)
+                    return
+                if cancelled.is_set() or (self._cancel is not None and self._cancel.is_set()):
+                    raise Cancelled()
+                self._cond.wait(min(0.2, self._stall))
+
+    def left(self, k, n):
+        with self._cond:
+            now = time.monotonic()
+            if self._started[k] is not None:   # its first byte
+                latency, self._started[k] = now - self._started[k], None
+                self._latency = max(latency, self._latency or 0.0)
+            if self._since is None:
+                self._since = now
+            self._received += max(0, self._left[k] - n)
+            self._left[k] = n
+            self._heard[k] = now
+            if self._latency is not None and now - self._since > 0.05:
+                rate = self._received / (now - self._since)
+                self._overlap = min(TURN_OVERLAP, max(TURN_OVERLAP_MIN, int(2 * rate * self._latency)))
+            if n <= self._overlap:
+                self._cond.notify_all()
+
+    def ended(self, k):
+        self.left(k, 0)
+
+
 class Puller:
     def __init__(self, ref, *, store=None, platform=None, all_platforms=False, concurrency=None,
                  extract_workers=None, client=None, reporter=None, insecure=()):
@@ -227,13 +301,18 @@ class Puller:
         self.stream_extract = os.environ.get("LAMINA_PULL_STREAM", "1") != "0"
         # Download each streamed blob ahead of its extraction (LAMINA_PULL_AHEAD=0: at its pace).
         self.download_ahead = os.environ.get("LAMINA_PULL_AHEAD", "1") != "0"
+        # Blobs take the link in turns (LAMINA_PULL_TURNS=0: all at once, as before; for benches).
+        self.turns = os.environ.get("LAMINA_PULL_TURNS", "1") != "0"
+        # A streamed layer goes on over the trees below before their commits
+        # (LAMINA_PULL_EARLY_LOWERS=0: after them, as before; for benches).
+        self.early_lowers = os.environ.get("LAMINA_PULL_EARLY_LOWERS", "1") != "0"
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self.downloaded = 0
 
     # --- one blob ---------------------------------------------------------------------------------
 
-    def fetch_blob(self, repos, desc, result: LayerResult):
+    def fetch_blob(self, repos, desc, result: LayerResult, turn=None):
         """Download one blob into the store (resume, retries, one fresh retry on a digest mismatch)."""
         digest, size = desc.digest, desc.size
         mismatch_retries = 1
@@ -246,7 +325,7 @@ class Puller:
                         return
                     result.status = "downloaded"
                     result.resumed_from = result.resumed_from or w.offset
-                    self._download(repos, desc, w, result)
+                    self._download(repos, desc, w, result, turn)
                     w.commit()
                     return
             except DigestMismatchError as e:
@@ -254,7 +333,8 @@ class Puller:
                     raise DigestMismatchError(f"blob from {repos[0].name}", e.expected, e.actual) from None
                 mismatch_retries -= 1
 
-    def fetch_and_extract(self, repos, desc, result, diff_id, parent_chain_id, wait_lowers=None):
+    def fetch_and_extract(self, repos, desc, result, diff_id, parent_chain_id, wait_lowers=None, turn=None,
+                          tree_ready=None, before_publish=None):
         """Download a blob into the store while extracting its snapshot from the same bytes.
 
         Returns the snapshot's fs dir, or None if the snapshot existed already (then only the
@@ -272,7 +352,7 @@ class Puller:
                     result.status = "downloaded"
                     result.resumed_from = result.resumed_from or w.offset
                     self.reporter.state(digest, "Downloading")
-                    stream = self.blob_stream(repos, desc, result, w.offset, at_end="Extracting")
+                    stream = self.blob_stream(repos, desc, result, w.offset, at_end="Extracting", turn=turn)
                     tee = IngestTee(w, partial, stream)
                     if self.download_ahead:
                         # An extraction that waits (for the layers below, the disk, a core) does not
@@ -286,7 +366,8 @@ class Puller:
 
                     try:
                         path = ensure_streaming(self.store.paths, tee, digest, diff_id, parent_chain_id,
-                                                desc.media_type, before_commit=commit, wait_lowers=wait_lowers)
+                                                desc.media_type, before_commit=commit, wait_lowers=wait_lowers,
+                                                tree_ready=tree_ready, before_publish=before_publish)
                         if path is None:
                             w.write_from(stream)
                             w.commit()
@@ -310,26 +391,32 @@ class Puller:
                     raise   # a diffID mismatch (the blob itself verified), or corrupt twice
                 mismatch_retries -= 1
 
-    def blob_stream(self, repos, desc, result, offset=0, at_end="Verifying Checksum"):
-        """The blob as a resuming stream, counted into ``result`` and the progress display."""
+    def blob_stream(self, repos, desc, result, offset=0, at_end="Verifying Checksum", turn=None):
+        """The blob as a resuming stream, counted into ``result`` and the progress display;
+        ``turn(bytes left)`` follows its arrival (LinkTurns)."""
         digest, size = desc.digest, desc.size
         reporter = self.reporter
 
         def on_data(n):
+            if turn is not None:
+                turn(size - stream.offset)
+            if not result.downloaded_bytes:
+                trace.event("blob-first-byte", digest=digest[7:19])
             result.downloaded_bytes += n
             with self._lock:
                 self.downloaded += n
             reporter.progress(digest, stream.offset, size)
             if stream.offset >= size:
+                trace.event("blob-last-byte", digest=digest[7:19])
                 reporter.state(digest, at_end)
 
         stream = BlobStream(repos, digest, size, offset=offset, on_data=on_data, cancel=self._cancel,
                             on_retry=lambda: reporter.state(digest, "Retrying"))
         return stream
 
-    def _download(self, repos, desc, w, result):
+    def _download(self, repos, desc, w, result, turn=None):
         self.reporter.state(desc.digest, "Downloading")
-        stream = self.blob_stream(repos, desc, result, w.offset)
+        stream = self.blob_stream(repos, desc, result, w.offset, turn=turn)
         try:
             w.write_from(stream)
         finally:
@@ -357,7 +444,9 @@ class Puller:
 
     def _run(self, t0):
         ref = self.ref
+        trace.event("run")
         previous = self._previous_manifest()
+        trace.event("previous")
         r = resolve(self.client, ref, self.want, all_platforms=self.all_platforms)
         repos, repo, top, mr, chosen, children, others = (r.repos, r.repo, r.top, r.manifest, r.chosen,
                                                           r.children, r.others)
@@ -377,7 +466,9 @@ class Puller:
             self._config(repos, om, other.digest)
             extra_layers.extend(om.layers)
 
+        trace.event("layers-start")
         layers = self._layers(repos, manifest.layers, config.diff_ids, extra_layers)
+        trace.event("layers-done")
 
         for other in others:
             self.store.put_blob(other.data, other.digest)
@@ -391,7 +482,9 @@ class Puller:
                                      repo_digest=repo_digest)
         # Every snapshot exists by now; this shares their files (dedup) or compacts the layers,
         # as the store's settings say.
+        trace.event("snapshots-for")
         self.store.snapshots_for(image)
+        trace.event("snapshots-for-done")
         fetched = sum(1 for layer in layers if layer.status == "downloaded") + self._config_fetched
         status = "up to date" if previous == mr.digest and fetched == 0 else "downloaded"
         self.reporter.line(f"Digest: {repo_digest}")
@@ -450,6 +543,16 @@ class Puller:
         def wait_lowers(i):
             return lambda: below.wait(i)
 
+        def lower_trees(i):
+            # A streamed layer goes on over the layers below once their trees are final, not
+            # committed: their dedup passes (and an upper layer's wait for them) no longer add
+            # up at the end of the pull.  Its own commit still waits for theirs (before_publish).
+            def wait():
+                if not below.wait_trees(i):
+                    return False
+                return [(chains[j], below.tree_of(j)) for j in range(i)]
+            return wait
+
         def extract(i):
             d = layer_descs[i]
             parent = chains[i - 1] if i else None
@@ -469,27 +572,45 @@ class Puller:
         def share_files(i):
             # A streamed layer's snapshot is committed: share its files with the store's objects
             # now, while the other layers still download, not all at the end (snapshots_for).
+            trace.event("share-files", layer=i)
             self.store._dedup(chains[i])
+            trace.event("share-files-done", layer=i)
             self.reporter.state(layer_descs[i].digest, "Pull complete")
             return i
 
-        def fetch(digest, desc, rs, indexes):
-            existed = self.store.has_blob(digest)
-            if existed:
-                rs[0].status = "exists"
-            elif indexes and self.stream_extract:
-                i = indexes[0]
-                try:
-                    path = self.fetch_and_extract(repos, desc, rs[0], diff_ids[i], chains[i - 1] if i else None,
-                                                  wait_lowers=wait_lowers(i))
-                except errors.NeedsLowers:
-                    path = None  # the blob is stored; extract(i) extracts it over the layers below
-                if path is not None:
-                    results[i].snapshot = str(path)
-                    streamed.add(i)
-                    below.finished(i)
-            else:
-                self.fetch_blob(repos, desc, rs[0])
+        def fetch(k, digest, desc, rs, indexes):
+            try:
+                existed = self.store.has_blob(digest)
+                if not existed and self.turns:
+                    turns.wait(k)
+            except BaseException:
+                turns.ended(k)
+                raise
+            turn = lambda left: turns.left(k, left)
+            try:
+                if existed:
+                    rs[0].status = "exists"
+                elif indexes and self.stream_extract:
+                    i = indexes[0]
+                    try:
+                        path = self.fetch_and_extract(repos, desc, rs[0], diff_ids[i],
+                                                      chains[i - 1] if i else None,
+                                                      wait_lowers=lower_trees(i) if self.early_lowers else wait_lowers(i),
+                                                      turn=turn, tree_ready=lambda fs: below.tree(i, fs),
+                                                      before_publish=wait_lowers(i) if self.early_lowers else None)
+                    except errors.NeedsLowers:
+                        path = None  # the blob is stored; extract(i) extracts it over the layers below
+                    except BaseException:
+                        below.finished(i, False)
+                        raise
+                    if path is not None:
+                        results[i].snapshot = str(path)
+                        streamed.add(i)
+                        below.finished(i)
+                else:
+                    self.fetch_blob(repos, desc, rs[0], turn)
+            finally:
+                turns.ended(k)
             for r in rs[1:]:
                 r.status = rs[0].status
             if rs[0].status == "exists":
@@ -512,12 +633,13 @@ class Puller:
         indexes_of = {}
         for i, d in enumerate(layer_descs):
             indexes_of.setdefault(d.digest, []).append(i)
+        # the link in turns: bottom layer first, then up, then other platforms' blobs
+        order = list(by_digest.items()) + list(extra.items())
+        turns = LinkTurns([d.size for _, (d, _) in order], cancel=self._cancel)
         try:
             pending = set()
-            for digest, (d, rs) in by_digest.items():
-                pending.add(fetch_pool.submit(fetch, digest, d, rs, indexes_of[digest]))
-            for digest, (d, rs) in extra.items():
-                pending.add(fetch_pool.submit(fetch, digest, d, rs, []))
+            for k, (digest, (d, rs)) in enumerate(order):
+                pending.add(fetch_pool.submit(fetch, k, digest, d, rs, indexes_of.get(digest, [])))
             seen = 0
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)

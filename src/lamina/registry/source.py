@@ -32,6 +32,7 @@ import shutil
 import tempfile
 import threading
 
+from .. import trace
 from ..oci.image import LayerRef, ResolvedImage, Source
 from ..oci.model import document_media_type, parse_config, parse_manifest
 from ..platform import Platform
@@ -45,6 +46,10 @@ _CHUNK = 256 << 10
 # bytes a layer read once may arrive ahead of its reader: the request and the first 50 ms at
 # 40 MB/s, while the layer before it finishes extracting; little memory on a faster link
 READ_AHEAD = 2 << 20
+# The next read-ahead download starts when the running one has this much left to arrive: its
+# request's round trip then overlaps the end of the other's transfer, and the link does not idle
+# between two blobs (7-11 ms each time at 40 MB/s on loopback, more over a real link).
+NEXT_AHEAD = 1 << 20
 
 PREFIX = "docker://"
 
@@ -129,8 +134,9 @@ class RegistrySource(Source):
         return download
 
     def _read_ahead(self):
-        """With no download running, start the next layer of the plan (the lock is held)."""
-        if self._cancel.is_set() or any(not d.ended for d in self._downloads.values()):
+        """With no download running (or only one nearly done), start the next layer of the plan
+        (the lock is held)."""
+        if self._cancel.is_set() or any(not d.ended and not d.nearly_done for d in self._downloads.values()):
             return
         for i in self._plan:
             if i not in self._downloads:
@@ -174,6 +180,7 @@ class _Download:
         self.reading = 0          # readers open on it
         self.opened = False       # a reader was opened (a buffer serves only one)
         self.prefetching = True   # the thread is receiving
+        self.nearly_done = False  # at most NEXT_AHEAD bytes left to arrive: the next one may start
         self.cond = threading.Condition()
         self._chunks = collections.deque()   # buffer: what arrived and was not read yet
         self._buffered = 0
@@ -185,7 +192,15 @@ class _Download:
         def on_data(n):
             with source._lock:
                 source.downloaded += n
-            reporter.progress(desc.digest, self.stream.offset, desc.size)
+            offset = self.stream.offset
+            if offset == n:
+                trace.event("blob-first-byte", digest=desc.digest[7:19])
+            if offset >= desc.size:
+                trace.event("blob-last-byte", digest=desc.digest[7:19])
+            reporter.progress(desc.digest, offset, desc.size)
+            if not self.nearly_done and desc.size - offset <= NEXT_AHEAD:
+                self.nearly_done = True
+                source._ended(self)
 
         self.stream = BlobStream(source._repos, desc.digest, desc.size, on_data=on_data, cancel=source._cancel,
                                  on_retry=lambda: reporter.state(desc.digest, "Retrying"))

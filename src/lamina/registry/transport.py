@@ -39,6 +39,7 @@ from urllib3.exceptions import (HTTPError as Urllib3Error, MaxRetryError, Protoc
                                 ReadTimeoutError, SSLError as Urllib3SSLError)
 from urllib3.util.retry import Retry
 
+from .. import trace
 from ..errors import RegistryError
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -374,6 +375,7 @@ class Transport:
             payload = body() if callable(body) else body
             if payload is None and method in ("POST", "PUT", "PATCH"):
                 headers.setdefault("Content-Length", "0")
+            trace.event("http", method=method, url=url)
             try:
                 raw = self._manager(origin, tls_probe).urlopen(
                     method, url, body=payload, headers=headers, retries=self._retry(retry), redirect=False,
@@ -386,6 +388,7 @@ class Transport:
                 if hasattr(payload, "close"):
                     payload.close()
             resp = Response(raw, url, method)
+            trace.event("http-response", method=method, url=url, status=resp.status)
             if resp.status in REDIRECT_STATUSES and follow_redirects and (ok_statuses is None or
                                                                           resp.status not in ok_statuses):
                 location = resp.header("Location")

@@ -15,7 +15,11 @@ files copy them up.  A chainID fixes the layers below, so the result is a
 function of the chainID.  Most entries need nothing from below, so
 ensure_all() extracts every layer at once, and a layer that meets an entry
 that does need the layers below waits there until they are committed, then
-goes on over them (what it wrote before needed nothing from below).
+goes on over them (what it wrote before needed nothing from below).  A pull
+hands a streamed layer's tree over as soon as it is final (diffID and blob
+verified), before its dedup pass and commit; the layer above then waits for
+that commit before its own, so a committed snapshot only ever lies over
+committed ones.
 
 ``meta.json`` carries ``"format": 2``; snapshots of older lamina versions
 (implicit directories fixed up afterwards by path) are extracted again.
@@ -32,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from .. import digest as _digest
+from .. import digest as _digest, trace
 from ..lowers import LayersBelow
 from ..errors import BlobNotFoundError, StoreError
 from ..tree import abandon, remove_tree
@@ -126,19 +130,45 @@ def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lower
                        hash_files_into=hash_files_into, link_objects=link_objects)
 
 
-def _dedup_shared(paths, fs):
+def _dedup_shared(paths, fs, chain=None):
     """Names of a lower snapshot whose inode its file dedup shares (see objects.singletons).
 
     A pull deduplicates a layer while the layers above it extract: taking the
     snapshot's lock waits for a dedup pass under way, whose names are shared
-    before its file list says so."""
-    snapshot = os.path.dirname(os.fspath(fs))
-    lock = FileLock(paths.snapshot_lock("sha256:" + os.path.basename(snapshot)))
+    before its file list says so.  ``chain``: the lower's chainID, for a lower
+    handed over before its commit (``fs`` is then not under its final name);
+    its lock is held until that commit, so the list is read from there."""
+    if chain is None:
+        chain = "sha256:" + os.path.basename(os.path.dirname(os.fspath(fs)))
+    lock = FileLock(paths.snapshot_lock(chain))
     lock.acquire()
     try:
-        return _objects.singletons(snapshot)
+        return _objects.singletons(paths.snapshot(chain))
     finally:
         lock.release(unlink=True)
+
+
+def _open_lowers(paths, lowers, opened):
+    """Dirs for the extractor of the lowers ``[(chainID, fs dir or None)]`` (bottom first)
+    that a pull hands over once their trees are final, some maybe not committed yet: each is
+    opened here and named ``/proc/self/fd/N``, so that a commit renaming it meanwhile does
+    not matter.  ``opened``: {name: chainID}, the fds to close.  None if one is gone (a
+    lower that failed: its temp dir was removed, and it was never committed)."""
+    dirs = []
+    for chain, fs in lowers:
+        fd = None
+        for d in ([fs] if fs is not None else []) + [paths.snapshot(chain) / "fs"]:
+            try:
+                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                break
+            except FileNotFoundError:
+                continue   # committed meanwhile (renamed), or failed
+        if fd is None:
+            return None
+        name = f"/proc/self/fd/{fd}"
+        opened[name] = chain
+        dirs.append(name)
+    return dirs
 
 
 class _Writers:
@@ -187,7 +217,7 @@ def _present(paths, chain):
 
 
 def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, *, defer=False,
-           source=None, before_commit=None, wait_lowers=None):
+           source=None, before_commit=None, wait_lowers=None, tree_ready=None, before_publish=None):
     """Extract the layer into ``snapshots/<chainID>`` unless it is there; return its ``fs`` dir.
 
     The snapshots below must exist, unless ``defer``: then the layer is
@@ -201,7 +231,18 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
     before the snapshot is published; raising aborts it.  ``wait_lowers()``
     (with ``defer``): called when the layer turns out to need the snapshots
     below it; blocks until they are committed, True if they were (the
-    extraction then goes on over them), False to give up with NeedsLowers.
+    extraction then goes on over them), False to give up with NeedsLowers,
+    or ``[(chainID, fs dir or None)]`` of the layers below (bottom first)
+    whose trees are final though maybe not committed: the extraction goes
+    on over those (their dedup pass may still swap a file for an object
+    with the same bytes and metadata, which reads the same).
+
+    ``tree_ready(fs)``: this layer's tree is final (diffID verified, blob
+    committed) in ``fs``, a temp dir until the commit.  ``before_publish()``:
+    called before the commit; False aborts it with NeedsLowers (a layer
+    below, handed over before its commit, failed).  A snapshot is never
+    committed before the snapshots below it: a pull that hands lowers over
+    early waits for their commits there.
     """
     _digest.validate(layer_digest, "layer digest")
     chain = chain_id_of(diff_id, parent_chain_id)
@@ -248,19 +289,37 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                 _WRITERS.wait_idle()
             syncfs(tmp)
 
+        opened = {}   # lowers handed over before their commit: /proc/self/fd/N -> chainID
         try:
             def provider():
-                if wait_lowers is None or not pause_writing(wait_lowers):
-                    return None
-                return lower_chain(paths, parent_chain_id)
+                trace.event("wait-lowers", chain=hexid[:12])
+                try:
+                    got = pause_writing(wait_lowers) if wait_lowers is not None else None
+                    if not got:
+                        return None
+                    if got is True:
+                        return lower_chain(paths, parent_chain_id)
+                    return _open_lowers(paths, got, opened)
+                finally:
+                    trace.event("wait-lowers-done", chain=hexid[:12])
 
-            stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id, media_type,
-                             lower_dirs=lower or None, defer_lowers=lower is None, lowers_provider=provider,
-                             hash_files_into=hashed, link_objects=_objects.linkable_dir(paths, hashed),
-                             lower_shared=lambda fs: _dedup_shared(paths, fs))
+            trace.event("extract", chain=hexid[:12], streaming=source is not None)
+            try:
+                stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id, media_type,
+                                 lower_dirs=lower or None, defer_lowers=lower is None, lowers_provider=provider,
+                                 hash_files_into=hashed, link_objects=_objects.linkable_dir(paths, hashed),
+                                 lower_shared=lambda fs: _dedup_shared(paths, fs, opened.get(fs)))
+            finally:
+                for name in opened:
+                    os.close(int(name.rsplit("/", 1)[1]))
+            trace.event("extracted", chain=hexid[:12])
             if before_commit is not None:
                 before_commit()
+                trace.event("blob-committed", chain=hexid[:12])
+            if tree_ready is not None:
+                tree_ready(tmp / "fs")
             size, inodes = disk_usage(tmp / "fs")
+            trace.event("disk-usage", chain=hexid[:12])
             meta = {"format": FORMAT, "chain_id": chain, "diff_id": diff_id, "parent": parent_chain_id,
                     "digest": layer_digest, "media_type": media_type, "size": size, "inodes": inodes,
                     "tar_bytes": stats.bytes, "entries": stats.entries, "created": time.time()}
@@ -272,9 +331,16 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                 # Deduplicated here, before the sync: a duplicate is swapped for the shared
                 # object before its data is ever written (see objects.dedup_snapshot).  This also
                 # runs in the layer's own thread, beside the other layers' extraction.
-                _objects.dedup_snapshot(paths, tmp, sync=sync)
+                ds = _objects.dedup_snapshot(paths, tmp, sync=sync)
+                trace.event("dedup", chain=hexid[:12], plan=f"{ds.plan_seconds:.3f}", sync=f"{ds.sync_seconds:.3f}",
+                            claim=f"{ds.claim_seconds:.3f}", finish=f"{ds.finish_seconds:.3f}")
+            if before_publish is not None:
+                trace.event("wait-lowers-commit", chain=hexid[:12])
+                if not before_publish():
+                    raise NeedsLowers(f"layer {layer_digest}: a layer below it failed")
             os.rename(tmp, final)
             fsync_dir(paths.snapshots)
+            trace.event("committed", chain=hexid[:12])
         except BaseException as e:
             abandon(tmp, e, f"{TRASH_PREFIX}{hexid}-{secrets.token_hex(4)}")
             raise
