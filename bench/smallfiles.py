@@ -39,6 +39,8 @@ import sys
 import tarfile
 import tempfile
 
+from lamina.digest import sha256_file
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAG = "smallfiles"
 DEFAULT_TOOLS = "tar,pigz,bsdtar,umoci"
@@ -135,14 +137,6 @@ def build_tar(rootfs, out, entries):
     counts["entries"] = n
     counts["copies"] = copy
     return dict(counts)
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return "sha256:" + h.hexdigest()
 
 
 def write_blob(layout, data):
