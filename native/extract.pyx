@@ -49,6 +49,7 @@ cdef enum Kind:
     K_REG, K_LINK, K_SYMLINK, K_CHR, K_BLK, K_DIR, K_FIFO
 
 DEF BLOCK = 512
+DEF PROC_PATH_MAX = 4096   # what a /proc/self/fd readlink is read into
 
 cdef bytes WH_PREFIX = b".wh."
 cdef bytes WH_OPAQUE = b".wh..wh..opq"
@@ -2271,47 +2272,45 @@ cdef class Extractor:
         """What _real_path would say of directory ``base`` just made in the cached
         parent ``pfd``, from the parent's real path (read once per parent, or
         carried down from the one above); None if it is not known that way."""
-        cdef char proc[32]
-        cdef char buf[4096]
-        cdef ssize_t n
-        cdef Py_ssize_t k
         if self.root_real is None:
             return path
         if pfd != self.cache_fd or not self.cache_valid:
             return None
-        k = len(self.root_real)
         if self.cache_realp is None:
-            snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd)
-            n = readlinkat(AT_FDCWD, proc, buf, sizeof(buf))
-            if n == k and memcmp(buf, <const char *>self.root_real, k) == 0:
-                self.cache_realp = b""
-            elif (k + 1 < n < <ssize_t>sizeof(buf) and buf[k] == b'/'
-                    and memcmp(buf, <const char *>self.root_real, k) == 0):
-                self.cache_realp = buf[k + 1:n]
-            else:
+            self.cache_realp = self._proc_rel(pfd)
+            if self.cache_realp is None:
                 return None
         real = self.cache_realp + b"/" + base if self.cache_realp else base
-        if k + 1 + len(real) >= <Py_ssize_t>sizeof(buf) - 1:
+        if len(self.root_real) + 1 + len(real) >= PROC_PATH_MAX - 1:
             return None  # where /proc might not tell: ask it the slow way
         return real
+
+    cdef object _proc_rel(self, int fd):
+        """Where ``fd`` is under the root as /proc names it: b"" for the root itself, a
+        relative path below it, or None if /proc cannot tell (or says it is not below)."""
+        cdef char proc[32]
+        cdef char buf[PROC_PATH_MAX]
+        cdef ssize_t n
+        cdef Py_ssize_t k = len(self.root_real)
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd)
+        n = readlinkat(AT_FDCWD, proc, buf, sizeof(buf))
+        if n < k or n >= <ssize_t>sizeof(buf) or memcmp(buf, <const char *>self.root_real, k) != 0:
+            return None
+        if n == k:
+            return b""
+        if n == k + 1 or buf[k] != b'/':
+            return None
+        return buf[k + 1:n]
 
     cdef bytes _real_path(self, int fd, bytes path):
         """Where directory ``fd`` really is under the root (no symlinks), as the
         kernel names it: a dir made through a symlink (``c/a`` with ``c -> a``)
         keeps its fixup when the layer later replaces the symlink.  ``path`` if
         /proc cannot tell."""
-        cdef char proc[32]
-        cdef char buf[4096]
-        cdef ssize_t n
-        cdef Py_ssize_t k
         if self.root_real is None:
             return path
-        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd)
-        n = readlinkat(AT_FDCWD, proc, buf, sizeof(buf))
-        k = len(self.root_real)
-        if n <= k + 1 or n >= <ssize_t>sizeof(buf) or buf[k] != b'/' or memcmp(buf, <const char *>self.root_real, k) != 0:
-            return path  # /proc cannot tell (or says the dir is no longer under the root)
-        return buf[k + 1:n]
+        real = self._proc_rel(fd)
+        return real if real else path  # /proc cannot tell (or says the dir is no longer under the root)
 
     cdef void _fixup_for(self, int fd, bytes path):
         """Remember which directory ``path`` names now: if the layer later replaces
