@@ -2702,6 +2702,9 @@ cdef class Extractor:
                         f"entry {_show(name)}: this kernel refuses overlay whiteout nodes (0/0) to "
                         "unprivileged users (Linux >= 5.8 allows them); use format='dir' or run as root")
                 self._oserror("create whiteout", name)
+            # the name may be a lower symlink the cached parent was reached through (a whiteout
+            # b/.wh.b with b -> .): later entries must resolve it as the mount will, hidden
+            self._invalidate()
             # the .wh. entry's times, not the extraction's: the same layer gives the same snapshot
             self._entry_times(ts)
             if utimensat(pfd, hidden, ts, AT_SYMLINK_NOFOLLOW) < 0:

@@ -377,6 +377,8 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
      Tar().fifo("a/c/a").dir("c").file("a/a").file("a/b", mode=0o600).dir("c").whiteout("a").fifo("a/b/c/.")],
     # ... nor does an opaque marker keep it
     [Tar().dir("D").symlink("D/c", "/e").dir("e"), Tar().file("D/c/z").opaque("D")],
+    # a whiteout of the lower symlink a later entry's parent went through: that entry no longer goes through it
+    [Tar().file("a").fifo("a").file("a").symlink("b", "."), Tar().whiteout("b/b").dir("b/a")],
 ], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
         "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file", "opaque-then-whiteout",
         "opaque-on-file-then-whiteout", "dir-replaced-by-symlink-keeps-target-mode",
@@ -387,7 +389,8 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
         "whiteout-of-own-symlink-loop", "skipped-entries-imply-visible-parent",
         "skipped-entries-imply-visible-parent-2", "skipped-self-hardlink-to-dir",
         "entry-through-symlink-to-skipped-file", "whiteout-of-lower-symlink-written-through",
-        "whiteout-of-lower-symlink-written-through-2", "opaque-over-lower-symlink-written-through"])
+        "whiteout-of-lower-symlink-written-through-2", "opaque-over-lower-symlink-written-through",
+        "whiteout-of-the-symlink-the-cached-parent-went-through"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
 
