@@ -173,10 +173,17 @@ def test_killed_pull_restarts_the_extraction_cleanly(proxy, image, registry_env)
     ref = f"{proxy.host}/stream:1"
     child = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "pull", ref],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    kill9_when(proxy, child, lambda: any((p / "fs" / "etc" / "big.bin").exists() for p in _tmp_snapshots(root)),
-               "no extraction in progress")
+    partial = root / "ingest" / f"{big['digest'][7:]}.partial"
+
+    def extracting_with_all_held_bytes_saved():
+        # the proxy has *sent* the held bytes; the kill comes once the pull has saved them all
+        # (else the resume would rightly start earlier) and its extraction is under way
+        return (partial.exists() and partial.stat().st_size == held
+                and any((p / "fs" / "etc" / "big.bin").exists() for p in _tmp_snapshots(root)))
+
+    kill9_when(proxy, child, extracting_with_all_held_bytes_saved, "no extraction in progress")
     debris = _tmp_snapshots(root)
-    assert debris and (root / "ingest" / f"{big['digest'][7:]}.partial").stat().st_size == held
+    assert debris and partial.stat().st_size == held
     proxy.clear()
     store = Store(root)
     pull(ref, store=store)
