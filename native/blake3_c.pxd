@@ -10,3 +10,7 @@ cdef extern from "blake3.h" nogil:
     void blake3_hasher_finalize(const blake3_hasher *self, uint8_t *out, size_t out_len)
     enum:
         BLAKE3_OUT_LEN
+
+cdef extern from "metadata_key.h" nogil:
+    # objects.metadata_key() of an inode without xattrs: 16 hex digits and a NUL into ``out``
+    void lamina_metadata_key(unsigned int mode, unsigned int uid, unsigned int gid, long long mtime_ns, char *out)

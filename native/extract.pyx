@@ -56,6 +56,14 @@ cdef bytes WH_OPAQUE = b".wh..wh..opq"
 cdef tuple OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
 
 
+cdef inline void _hex(char *dst, const uint8_t *src, int n) noexcept nogil:
+    """``n`` bytes as 2n lowercase hex digits (no NUL)."""
+    cdef int i
+    for i in range(n):
+        dst[2 * i] = b"0123456789abcdef"[src[i] >> 4]
+        dst[2 * i + 1] = b"0123456789abcdef"[src[i] & 15]
+
+
 cdef inline int64_t _now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -617,31 +625,26 @@ cdef class Extractor:
     cdef bint cur_new_owner         # the file being written was created with the entry's owner (_owner_is)
     cdef blake3_hasher hasher
     cdef readonly int64_t hashed
-    # link_objects: objects/blake3 of the store, and its <2 hex>/ dirs (O_PATH, opened on first
-    # use); a file whose payload is in the chunk being fed when its header is read is hashed
+    # link_objects: objects/blake3 of the store (O_PATH; objects are reached as "<2 hex>/<name>"
+    # from it); a file whose payload is in the chunk being fed when its header is read is hashed
     # first, and named by a link to the object with its content and metadata if there is one
     # (see _link_object).  feed_p/feed_avail: the rest of that chunk, while _header() runs.
     cdef int obj_fd
-    cdef int obj_fan[256]
     cdef const unsigned char *feed_p
     cdef int64_t feed_avail
     cdef set obj_inodes             # inode numbers this layer named by linking an object
-    cdef int64_t privatized
-    cdef readonly int64_t linked, linked_bytes
+    cdef int64_t privatized         # names tried for _privatize's copies
     # time spent writing (creating entries, their data and metadata, the final
     # directory fixups); the rest of feed() is parsing: lamina bench splits the
     # extract stage with it (monotonic clock, a vDSO call: cheap per entry)
     cdef readonly int64_t write_ns
 
     def __cinit__(self):
-        cdef int i
         self.rootfd = -1
         self.outfd = -1
         self.cache_fd = -1
         self.hold_fd = -1
         self.obj_fd = -1
-        for i in range(256):
-            self.obj_fan[i] = -1
 
     def __init__(self, root, *, str format="dir", limits=None, use_openat2=None, hidden=None,
                  lowers=None, bint defer_lowers=False, lowers_provider=None, lower_shared=None,
@@ -884,7 +887,6 @@ cdef class Extractor:
                 "write_ns": self.write_ns}
 
     def close(self):
-        cdef int i
         if self.outfd >= 0:
             close(self.outfd)
             self.outfd = -1
@@ -902,10 +904,6 @@ cdef class Extractor:
         if self.obj_fd >= 0:
             close(self.obj_fd)
             self.obj_fd = -1
-        for i in range(256):
-            if self.obj_fan[i] >= 0:
-                close(self.obj_fan[i])
-                self.obj_fan[i] = -1
 
     # --------------------------------------------------------------- headers
 
@@ -2062,13 +2060,10 @@ cdef class Extractor:
         Objects are immutable and gc never runs beside an extraction (the store's lease), so the
         object checked is the object linked; the link is still checked to be that inode."""
         cdef uint8_t digest[BLAKE3_OUT_LEN]
-        cdef uint8_t key[BLAKE3_OUT_LEN]
         cdef blake3_hasher h
         cdef char rel[96]       # <2 hex>/<64 hex blake3>.<16 hex metadata key>
         cdef char hold[112]
-        cdef char text[96]
         cdef stat ost, lst
-        cdef int i, n
         cdef unsigned int mode = S_IFREG | <unsigned int>self.cur_mode
         cdef const unsigned char *data = self.feed_p
         cdef long long mtime
@@ -2081,20 +2076,9 @@ cdef class Extractor:
             blake3_hasher_finalize(&h, digest, BLAKE3_OUT_LEN)
         memcpy(self.pre_digest, digest, BLAKE3_OUT_LEN)
         self.cur_prehashed = True  # until the link is made: a file written after all is not hashed twice
-        # objects.metadata_key() of a file without xattrs
-        n = snprintf(text, sizeof(text), "%o:%u:%u:%lld", mode, <unsigned int>self.cur_uid,
-                     <unsigned int>self.cur_gid, mtime)
-        blake3_hasher_init(&h)
-        blake3_hasher_update(&h, text, <size_t>n)
-        blake3_hasher_finalize(&h, key, BLAKE3_OUT_LEN)
-        for i in range(BLAKE3_OUT_LEN):
-            rel[3 + 2 * i] = b"0123456789abcdef"[digest[i] >> 4]
-            rel[3 + 2 * i + 1] = b"0123456789abcdef"[digest[i] & 15]
+        _hex(rel + 3, digest, BLAKE3_OUT_LEN)
         rel[0], rel[1], rel[2], rel[67] = rel[3], rel[4], b"/", b"."
-        for i in range(8):
-            rel[68 + 2 * i] = b"0123456789abcdef"[key[i] >> 4]
-            rel[68 + 2 * i + 1] = b"0123456789abcdef"[key[i] & 15]
-        rel[84] = 0
+        lamina_metadata_key(mode, <unsigned int>self.cur_uid, <unsigned int>self.cur_gid, mtime, rel + 68)
         if (fstatat(self.obj_fd, rel, &ost, AT_SYMLINK_NOFOLLOW) < 0 or ost.st_mode != mode
                 or ost.st_uid != self.cur_uid or ost.st_gid != self.cur_gid or ost.st_size != size
                 or ost.st_mtim.tv_sec != self.cur_sec or ost.st_mtim.tv_nsec != self.cur_nsec):
@@ -2114,8 +2098,6 @@ cdef class Extractor:
             snprintf(hold, sizeof(hold), "%.64s-o%.16s-%lld", rel + 3, rel + 68, <long long>size)
             linkat(self.obj_fd, rel, self.hold_fd, hold, 0)  # if not, the pass hashes the file itself
         self.cur_prehashed = False
-        self.linked += 1
-        self.linked_bytes += size
         return True
 
     cdef _privatize(self, int tfd, bytes tbase, bytes name):
@@ -2184,15 +2166,11 @@ cdef class Extractor:
         cdef uint8_t out[BLAKE3_OUT_LEN]
         cdef char name[96]
         cdef char proc[48]
-        cdef int i, k
         if self.cur_prehashed:
             memcpy(out, self.pre_digest, BLAKE3_OUT_LEN)
         else:
             blake3_hasher_finalize(&self.hasher, out, BLAKE3_OUT_LEN)
-        for i in range(BLAKE3_OUT_LEN):
-            k = out[i]
-            name[2 * i] = b"0123456789abcdef"[k >> 4]
-            name[2 * i + 1] = b"0123456789abcdef"[k & 15]
+        _hex(name, out, BLAKE3_OUT_LEN)
         # "-x<n>": the inode has xattrs (the pass reads them), "-<n>": it has none
         snprintf(name + 2 * BLAKE3_OUT_LEN, 32, "-x%lld" if flistxattr(fd, NULL, 0) != 0 else "-%lld",
                  <long long>self.hashed)

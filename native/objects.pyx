@@ -163,23 +163,11 @@ cdef struct _Meta:
 cdef void _metadata_key(stat *st, _Meta *last) noexcept nogil:
     """metadata_key() of a file without xattrs into ``last.key``, computed again only when the
     inode's mode, owner or mtime differ from the previous file's (most files of a layer agree)."""
-    cdef blake3_hasher hasher
-    cdef uint8_t out[BLAKE3_OUT_LEN]
-    cdef char text[96]
-    cdef int n, k
     cdef long long mtime = lamina_mtime_ns(st)
     if (last.key[0] != 0 and last.mode == <unsigned int>st.st_mode and last.uid == <unsigned int>st.st_uid
             and last.gid == <unsigned int>st.st_gid and last.mtime_ns == mtime):
         return
-    n = snprintf(text, sizeof(text), "%o:%u:%u:%lld", <unsigned int>st.st_mode, <unsigned int>st.st_uid,
-                 <unsigned int>st.st_gid, mtime)
-    blake3_hasher_init(&hasher)
-    blake3_hasher_update(&hasher, text, n)
-    blake3_hasher_finalize(&hasher, out, BLAKE3_OUT_LEN)
-    for k in range(8):
-        last.key[2 * k] = b"0123456789abcdef"[out[k] >> 4]
-        last.key[2 * k + 1] = b"0123456789abcdef"[out[k] & 15]
-    last.key[16] = 0
+    lamina_metadata_key(<unsigned int>st.st_mode, <unsigned int>st.st_uid, <unsigned int>st.st_gid, mtime, last.key)
     last.mode, last.uid, last.gid, last.mtime_ns = st.st_mode, st.st_uid, st.st_gid, mtime
 
 

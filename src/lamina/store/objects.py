@@ -43,9 +43,10 @@ read and no stat needed to identify them, and a new object simply takes over tha
 an older lamina) are read and hashed here.  A file whose object the store already has is
 not even written: the extractor hashes a payload it holds whole before creating anything, and
 names the file by a link to the object (``link_objects``, see Extractor), which on a disk
-filesystem is far cheaper than creating an inode and freeing it again in the pass.  The common case (a hashed file alone on its inode,
-no xattrs, no object yet) is done natively, a directory at a time and
-without the GIL for its syscalls (``_objects.scan_dir``, ``new_objects``, ``claim_objects``).
+filesystem is far cheaper than creating an inode and freeing it again in the pass.  The
+common case (a hashed file alone on its inode, no xattrs, no object yet) is done natively, a
+directory at a time and without the GIL for its syscalls (``_objects.scan_dir``,
+``new_objects``, ``claim_objects``).
 
 Small files are shared like big ones, on purpose: what a file costs the pass is its two name
 operations (the extractor's link, then one rename), not its size, and a small file left out
@@ -408,7 +409,7 @@ class _Pass:
                         if held is None:
                             self.one(fd, name, prefix + name)
                         elif held[0][65] == "o":
-                            self.linked_by_extractor(name, ino, prefix + name, held)
+                            self.linked_by_extractor(prefix + name, held)
                         else:
                             self.one_held(fd, name, ino, prefix + name, held)
                     for name in reversed(subdirs):
@@ -444,7 +445,7 @@ class _Pass:
         if not self.defer:
             st.new_objects += done_files
 
-    def linked_by_extractor(self, name, ino, rel, held):
+    def linked_by_extractor(self, rel, held):
         """A name the extractor made a link to an existing object (``<blake3>-o<key>-<size>``
         in hashed/, a name of the object's inode): matched by ``d_ino``, it *is* that object."""
         hold, digest = held
