@@ -43,6 +43,22 @@ def test_store_refuses_a_non_empty_foreign_directory(tmp_path):
     assert os.listdir(tmp_path / "x") == ["precious.txt"]
 
 
+def test_a_reader_racing_the_stores_creation_sees_an_empty_store(tmp_path, monkeypatch):
+    # The reader finds neither index.json nor oci-layout, then lists the root after the
+    # creating process has finished: every name there is the store's own (CI caught this
+    # with eight processes loading one image into a new store at once).
+    s = Store(tmp_path / "s")
+    s.put_blob(DATA, DIGEST)
+    real_exists = type(s.root).exists
+    monkeypatch.setattr(type(s.root), "exists",
+                        lambda p: False if p.name == "oci-layout" else real_exists(p))
+    (s.root / "index.json").unlink()
+    assert s.images() == []
+    (s.root / "precious.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not a lamina store"):
+        s.images()
+
+
 def test_default_root_follows_lamina_root(tmp_path, monkeypatch):
     monkeypatch.setenv("LAMINA_ROOT", str(tmp_path / "envroot"))
     assert Store().root == tmp_path / "envroot"

@@ -30,7 +30,9 @@ OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 OCI_LAYOUT_COMPACT = (b'{"imageLayoutVersion":"1.0.0","lamina.compact":"layer blobs are not kept in this store;'
                       b' export images with: lamina copy REF oci:DIR"}')
 EMPTY_INDEX = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}).encode()
-_OWN = {"blobs", "ingest", "locks", "snapshots", "objects", "lamina", "index.json"}
+# oci-layout is among them: a reader that found no oci-layout lists the root a moment later, when
+# the creating process may have written it (the store is complete then, so it is not foreign).
+_OWN = {"blobs", "ingest", "locks", "snapshots", "objects", "lamina", "index.json", "oci-layout"}
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
