@@ -862,3 +862,37 @@ def test_duplicates_within_one_pull_share_an_object_right_after_the_copy(tmp_pat
         assert os.lstat(object_path(Paths(root), names[rel])).st_ino == st.st_ino, rel
     assert not any(os.path.exists(os.path.join(os.path.dirname(_fs(root, c)), "hashed")) for c in (low, up))
     _fsck_clean(root)
+
+
+def test_upper_layers_of_a_first_image_link_the_files_of_the_layers_below(tmp_path):
+    """A fresh store, one image whose upper layer repeats files of the layer below (same bytes and
+    metadata, other names).  The upper layer waits for the one below at its first entry (its
+    parent dirs come from there) and then names each repeated file by a link to the object
+    the layer below made, as it extracts: the pass finds them done, none written and swapped.
+    It used to write all of them: objects/ did not exist yet when the upper layer started."""
+    lay = ocibuild.Layout(tmp_path / "layout")
+    again = {name.replace("pkgbase", "again"): data for name, data in BASE.items()}
+    lay.image_of_tars([_layer(BASE), _layer(again)], "dup")
+    root = tmp_path / "root"
+    proc = subprocess.run(
+        [sys.executable, "-c", "import json, sys\n"
+         "from lamina.store import objects\n"
+         "orig = objects.dedup_snapshot\n"
+         "def wrapped(*a, **k):\n"
+         "    st = orig(*a, **k)\n"
+         "    print(json.dumps(st.to_dict()), file=sys.stderr)\n"
+         "    return st\n"
+         "objects.dedup_snapshot = wrapped\n"
+         "from lamina.cli import main\n"
+         f"main(['--root', {str(root)!r}, 'copy', 'oci:{lay.root}:dup', 'dup:1'])\n"],
+        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    passes = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert len(passes) == 2
+    upper = max(passes, key=lambda p: p["linked"])
+    assert upper["files"] == len(again) and upper["linked"] == len(again), passes
+    assert upper["prehashed"] == 0, passes  # none hashed by the extractor and swapped by the pass
+    a, b = _chains(root, "dup:1")
+    for name in BASE:
+        assert _ino(root, a, name) == _ino(root, b, name.replace("pkgbase", "again")), name
+    _fsck_clean(root)

@@ -300,11 +300,25 @@ def hashed_dir(paths, snapshot_dir):
 
 def linkable_dir(paths, hashed):
     """``objects/blake3`` for the extractor's ``link_objects`` (files the store has an object for
-    are named by a link to it), when it deduplicates into ``hashed`` and has objects at all."""
+    are named by a link to it), when it deduplicates into ``hashed``.
+
+    Made if missing: the extractor opens it once, at its start, and then sees the objects the
+    layers below make meanwhile.  In a fresh store the first image's upper layers start beside
+    its bottom one, before any object exists; without the directory they could link nothing,
+    and wrote every file they share with the layers below, for their pass to swap and free."""
     if hashed is None:
         return None
-    path = objects_dir(paths) / "blake3"
-    return os.fspath(path) if path.is_dir() else None
+    _make_objects_dirs(paths)
+    return os.fspath(objects_dir(paths) / "blake3")
+
+
+def _make_objects_dirs(paths):
+    objects = objects_dir(paths)
+    for d in (objects, objects / "blake3", stage_dir(paths)):
+        try:
+            os.mkdir(d, 0o700)  # objects hold setuid binaries of every image, like snapshots/
+        except FileExistsError:
+            pass
 
 
 def _held(hashed_path):
@@ -349,12 +363,8 @@ class _Pass:
         self.inodes = {}      # (dev, ino) of a snapshot inode -> (object name or None, blake3)
         self.keys = {}        # (mode, uid, gid, mtime) -> metadata key of a file without xattrs
         self.hashed_path = os.path.join(self.snapshot_dir, HASHED)
+        _make_objects_dirs(paths)
         objects = objects_dir(paths)
-        for d in (objects, objects / "blake3", stage_dir(paths)):
-            try:
-                os.mkdir(d, 0o700)  # objects hold setuid binaries of every image, like snapshots/
-            except FileExistsError:
-                pass
         self.blake3_fd = os.open(objects / "blake3", _DIR_FLAGS)
         self.fan = _native().FanOut(self.blake3_fd)  # objects/blake3/<2 hex>/ fds
         self.stage_fd = os.open(stage_dir(paths), _DIR_FLAGS)
