@@ -1960,6 +1960,12 @@ cdef class Extractor:
             self._record(path)
         else:
             self._provide(self.cache_phys + b"/" + base if self.cache_phys else base)
+            if self.cache_phys != (path[:slash] if slash > 0 else b""):
+                # The parent was reached through a symlink, which this very entry may hide
+                # (``b -> .`` below, then ``b/b/`` and ``b/a/``: ``b/a`` goes into the new
+                # ``b``): the next entry resolves its parent again.  Writing through
+                # symlinks is rare; a real image's runs of entries keep their cache.
+                self._invalidate()
         if kind == K_REG:
             self._open_file(pfd, base, name, size)
         elif kind == K_DIR:
@@ -2851,9 +2857,11 @@ cdef class Extractor:
 
     cdef _remove(self, int pfd, bytes base, object name):
         """Remove ``base`` under ``pfd`` whatever it is, a directory with all
-        it holds (never following symlinks)."""
+        it holds (never following symlinks).  Removing a symlink invalidates the cached
+        parent too: it may have been resolved through that very link (``b -> .``, then
+        ``b/b/`` replaces ``b`` by a directory: ``b/a`` must land in the new ``b``)."""
         cdef stat st
-        if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
+        if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and (S_ISDIR(st.st_mode) or S_ISLNK(st.st_mode)):
             self._invalidate()
         if _remove_at(pfd, base) < 0:
             self._oserror("remove", name)

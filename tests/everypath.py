@@ -150,6 +150,12 @@ def assert_agree(results, *, context=""):
     return ref
 
 
+def _odd_metadata(m):
+    if not (m.isreg() or m.isdir()) or ((m.uid, m.gid) == (0, 0) and m.mode in (0o644, 0o755)):
+        return ""
+    return f" [{m.mode:o} {m.uid}:{m.gid}]"
+
+
 def describe(layer_tars):
     """The entries of each layer, for failure messages."""
     import io
@@ -160,7 +166,7 @@ def describe(layer_tars):
             with tarfile.open(fileobj=io.BytesIO(raw)) as t:
                 names = [f"{m.name}{'/' if m.isdir() else ''}"
                          f"{' -> ' + m.linkname if m.issym() else ''}{' => ' + m.linkname if m.islnk() else ''}"
-                         for m in t.getmembers()]
+                         f"{_odd_metadata(m)}" for m in t.getmembers()]
         except tarfile.TarError as e:
             names = [f"<unreadable: {e}>"]
         lines.append(f"layer {i}: " + json.dumps(names))

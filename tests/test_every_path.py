@@ -379,6 +379,12 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
     [Tar().dir("D").symlink("D/c", "/e").dir("e"), Tar().file("D/c/z").opaque("D")],
     # a whiteout of the lower symlink a later entry's parent went through: that entry no longer goes through it
     [Tar().file("a").fifo("a").file("a").symlink("b", "."), Tar().whiteout("b/b").dir("b/a")],
+    # an entry replacing the symlink the cached parent went through (b/b is b itself, through b -> .):
+    # the next entry's b is the new one, in the same layer and over a lower layer's symlink
+    [Tar().symlink("b", ".").file("a").fifo("a").dir("b/b").dir("b/a")],
+    [Tar().symlink("b", "."), Tar().dir("b/b").dir("b/a")],
+    [Tar().symlink("b", ".").dir("c"), Tar().symlink("b/b", "c").file("b/a")],
+    [Tar().symlink("b", ".").dir("c").symlink("b/b", "c").file("b/a")],
 ], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
         "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file", "opaque-then-whiteout",
         "opaque-on-file-then-whiteout", "dir-replaced-by-symlink-keeps-target-mode",
@@ -390,9 +396,25 @@ def test_ctrl_c_stops_quickly_and_leaves_nothing_complete(tmp_path, verb):
         "skipped-entries-imply-visible-parent-2", "skipped-self-hardlink-to-dir",
         "entry-through-symlink-to-skipped-file", "whiteout-of-lower-symlink-written-through",
         "whiteout-of-lower-symlink-written-through-2", "opaque-over-lower-symlink-written-through",
-        "whiteout-of-the-symlink-the-cached-parent-went-through"])
+        "whiteout-of-the-symlink-the-cached-parent-went-through",
+        "dir-replaces-the-symlink-the-cached-parent-went-through",
+        "dir-over-the-lower-symlink-the-cached-parent-went-through",
+        "symlink-over-the-lower-symlink-the-cached-parent-went-through",
+        "symlink-replaces-the-symlink-the-cached-parent-went-through"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
+
+
+@pytest.mark.parametrize("layers", [
+    [Tar().symlink("b", ".").file("b/b").file("b/a")],
+    [Tar().symlink("b", "."), Tar().file("b/b").file("b/a")],
+], ids=["same-layer", "over-a-lower-layer"])
+def test_a_file_replacing_the_symlink_the_parent_went_through_fails_everywhere(g, layers):
+    """b/b is b itself (through b -> .): once it is a file, b/a has no directory to go into,
+    on every path, as umoci says too (the cached parent used to put a at the root)."""
+    results = run_paths(g.dest, [t.bytes() for t in layers])
+    assert all(isinstance(v, Exception) and "not a directory" in str(v) for v in results.values()), results
+    g.check()
 
 
 def test_entry_under_a_file_skipped_in_a_lower_layer_fails_everywhere(g):

@@ -56,10 +56,16 @@ def symlink_targets(host):
                      st.sampled_from([".", "..", "/", host, host + "/sub", "../" * 6 + host.lstrip("/")]))
 
 
+# Mostly root's; other owners make every path chown, and a chown that follows a symlink (or
+# lands on an inherited or copied-up dir) shows as a disagreement or a changed host dir.
+owners = st.sampled_from([(0, 0), (0, 0), (1000, 1000), (0, 42)])
+
+
 def ops(host):
     return st.one_of(
-        st.tuples(st.just("file"), names, st.sampled_from([b"", b"1", b"22"]), st.sampled_from([0o644, 0o600])),
-        st.tuples(st.just("dir"), names, st.sampled_from([0o755, 0o700, 0o555])),
+        st.tuples(st.just("file"), names, st.sampled_from([b"", b"1", b"22"]), st.sampled_from([0o644, 0o600, 0o4755]),
+                  owners),
+        st.tuples(st.just("dir"), names, st.sampled_from([0o755, 0o700, 0o555, 0o1777]), owners),
         st.tuples(st.just("symlink"), names, symlink_targets(host)),
         st.tuples(st.just("hardlink"), names, names),
         st.tuples(st.just("fifo"), names),
@@ -79,9 +85,9 @@ def build(layers):
         for op in layer:
             kind, path = op[0], op[1]
             if kind == "file":
-                t.file(path, op[2], mode=op[3])
+                t.file(path, op[2], mode=op[3], uid=op[4][0], gid=op[4][1])
             elif kind == "dir":
-                t.dir(path, mode=op[2])
+                t.dir(path, mode=op[2], uid=op[3][0], gid=op[3][1])
             elif kind == "symlink":
                 t.symlink(path, op[2])
             elif kind == "hardlink":
