@@ -373,13 +373,8 @@ def test_a_file_the_store_has_is_linked_to_its_object_not_written(tmp_path, imag
     _fsck_clean(root)
 
 
-def test_a_rebuilt_image_is_extracted_by_links(tmp_path, images):
-    """Copying b into a store holding a: b's unchanged files are links made by the extractor
-    (the pass finds them done), and b unpacks exactly as from a store that never saw a."""
-    from lamina.store import objects as store_objects
-    seen = []
-    root = tmp_path / "root"
-    _copy(root, images, "a")
+def _copy_with_pass_stats(root, layout, ref):
+    """``lamina copy oci:LAYOUT:REF REF:1`` in a child process; the DedupStats of each layer's pass."""
     proc = subprocess.run(
         [sys.executable, "-c", "import json, sys\n"
          "from lamina.store import objects\n"
@@ -390,10 +385,20 @@ def test_a_rebuilt_image_is_extracted_by_links(tmp_path, images):
          "    return st\n"
          "objects.dedup_snapshot = wrapped\n"
          "from lamina.cli import main\n"
-         f"main(['--root', {str(root)!r}, 'copy', 'oci:{images}:b', 'b:1'])\n"],
+         f"main(['--root', {str(root)!r}, 'copy', 'oci:{layout}:{ref}', '{ref}:1'])\n"],
         capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    passes = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+
+
+def test_a_rebuilt_image_is_extracted_by_links(tmp_path, images):
+    """Copying b into a store holding a: b's unchanged files are links made by the extractor
+    (the pass finds them done), and b unpacks exactly as from a store that never saw a."""
+    from lamina.store import objects as store_objects
+    seen = []
+    root = tmp_path / "root"
+    _copy(root, images, "a")
+    passes = _copy_with_pass_stats(root, images, "b")
     assert len(passes) == 2
     # every unchanged plain file of b was linked, none of them hashed and swapped by the pass
     assert sum(p["linked"] for p in passes) >= len(BASE) - 1 + len(APP) - 1
@@ -874,20 +879,7 @@ def test_upper_layers_of_a_first_image_link_the_files_of_the_layers_below(tmp_pa
     again = {name.replace("pkgbase", "again"): data for name, data in BASE.items()}
     lay.image_of_tars([_layer(BASE), _layer(again)], "dup")
     root = tmp_path / "root"
-    proc = subprocess.run(
-        [sys.executable, "-c", "import json, sys\n"
-         "from lamina.store import objects\n"
-         "orig = objects.dedup_snapshot\n"
-         "def wrapped(*a, **k):\n"
-         "    st = orig(*a, **k)\n"
-         "    print(json.dumps(st.to_dict()), file=sys.stderr)\n"
-         "    return st\n"
-         "objects.dedup_snapshot = wrapped\n"
-         "from lamina.cli import main\n"
-         f"main(['--root', {str(root)!r}, 'copy', 'oci:{lay.root}:dup', 'dup:1'])\n"],
-        capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    passes = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    passes = _copy_with_pass_stats(root, lay.root, "dup")
     assert len(passes) == 2
     upper = max(passes, key=lambda p: p["linked"])
     assert upper["files"] == len(again) and upper["linked"] == len(again), passes
