@@ -89,19 +89,6 @@ def test_unpack_from_a_registry_imports_neither_the_bench_nor_the_docker_verbs(r
     assert {m for m in modules if m == "lamina.store" or m.startswith("lamina.store.")} == set()
 
 
-def test_unpack_from_the_store_imports_none_of_the_other_sources(reg, image, registry_env, tmp_path):  # noqa: F811
-    """``unpack REF`` flattens snapshots: the oci/docker-archive readers are another verb's start-up."""
-    import os
-    store = tmp_path / "store"
-    rc, _ = lamina_modules("--root", store, "pull", "-q", f"{reg.host}/startup:1", env=dict(os.environ))
-    assert rc == 0
-    rc, modules = lamina_modules("--root", store, "unpack", f"{reg.host}/startup:1", tmp_path / "rootfs",
-                                 env=dict(os.environ))
-    assert rc == 0
-    assert (tmp_path / "rootfs" / "app" / "run").read_bytes() == b"#!/bin/sh\n"
-    assert {"lamina.oci.source", "lamina.oci.dockerarchive", "lamina.oci.layout"} & modules == set()
-
-
 # A cycle that only the collector can free: reachable from __main__ until finalization clears it.
 CYCLE_AT_EXIT = r"""
 import sys

@@ -8,6 +8,7 @@ never leaves ``dest`` looking complete.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import os
 import stat
@@ -18,6 +19,7 @@ from ._extract import HiddenLinkTarget
 from . import trace
 from .errors import ExtractError, InvalidArchiveError
 from .lowers import LayersBelow
+from .oci import open_source
 from .stats import UnpackStats
 from .tree import abandon, clear_dir, remove_tree
 
@@ -46,7 +48,6 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
     dest = os.path.abspath(os.fspath(dest))
 
     t = time.perf_counter()
-    from .oci import open_source   # here: materialize (unpack REF from the store) needs none of the sources
     with open_source(source) as src:
         image = src.resolve(platform)
         seconds["resolve"] = time.perf_counter() - t
@@ -179,7 +180,6 @@ def apply_overlay_layers(layers, targets, apply):
 
     # started bottom-up: a layer only ever waits for the ones below it, which started before it
     workers = min(MAX_PARALLEL_LAYERS, len(layers))
-    import concurrent.futures
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="lamina-layer") as pool:
         futures = [pool.submit(one, i) for i in range(len(layers))]
         concurrent.futures.wait(futures)

@@ -85,8 +85,8 @@ def _is_store_source(args):
 
 
 def cmd_unpack(args):
+    from ..unpacker import unpack
     if args.source.startswith("docker://"):
-        from ..unpacker import unpack
         if args.bundle or args.link:
             raise LaminaError("--bundle and --link unpack images from the store; pull the image first")
         check_format(args)
@@ -101,7 +101,6 @@ def cmd_unpack(args):
         return _closing(unpack_from_store)(args)  # a bare image reference: materialize from the store's snapshots
     else:
         from ..images import check_path_source
-        from ..unpacker import unpack
         check_format(args)
         check_path_source(args.source)
         stats = unpack(args.source, args.dest, platform=args.platform, format=disk_format(args))
