@@ -35,7 +35,9 @@ and repetition, in a fresh directory:
   skopeo+umoci    skopeo copy docker://REF oci:DIR then umoci raw unpack
 
 each reported as the median wall time over the repetitions and as a ratio to the transfer time,
-with the peak RSS (max over the repetitions).  --baseline PYTHON also runs the three lamina
+with the peak RSS (max over the repetitions); then each one's median CPU seconds (user + system
+of the process and its children: what an A/B on a loaded machine can compare) and, unlimited,
+its wall time as a ratio to skopeo+umoci's (the issue's unlimited targets).  --baseline PYTHON also runs the three lamina
 rows with another installation's lamina (e.g. the main branch's venv), interleaved with these
 in every repetition, as "base pull" etc.
 
@@ -148,15 +150,17 @@ def cli_of(python):
 
 
 def lamina_rows(lamina, ref, paths, prefix=""):
-    """{row: (wall, peak RSS KiB)} of pull, pull + unpack REF and unpack docker://, each from scratch."""
-    w_pull, r_pull, _, _ = run_child(lamina + ["--root", paths["store"], "pull", "-q", ref])
-    w_flat, r_flat, _, _ = run_child(lamina + ["--root", paths["store"], "unpack", ref, paths["flat"]])
+    """{row: (wall, peak RSS KiB, CPU seconds)} of pull, pull + unpack REF and unpack docker://, each
+    from scratch."""
+    w_pull, r_pull, c_pull, _ = run_child(lamina + ["--root", paths["store"], "pull", "-q", ref])
+    w_flat, r_flat, c_flat, _ = run_child(lamina + ["--root", paths["store"], "unpack", ref, paths["flat"]])
     clean(paths["store"])
     clean(paths["flat"])
-    w_direct, r_direct, _, _ = run_child(lamina + ["unpack", "--json", f"docker://{ref}", paths["direct"]])
+    w_direct, r_direct, c_direct, _ = run_child(lamina + ["unpack", "--json", f"docker://{ref}", paths["direct"]])
     clean(paths["direct"])
-    return {prefix + "pull": (w_pull, r_pull), prefix + "pull+unpack": (w_pull + w_flat, max(r_pull, r_flat)),
-            prefix + "unpack docker": (w_direct, r_direct)}
+    return {prefix + "pull": (w_pull, r_pull, c_pull),
+            prefix + "pull+unpack": (w_pull + w_flat, max(r_pull, r_flat), c_pull + c_flat),
+            prefix + "unpack docker": (w_direct, r_direct, c_direct)}
 
 
 def link_main(args):
@@ -179,6 +183,7 @@ def link_main(args):
                 host = proxy.host if proxy else reg.host
                 ref = f"{host}/bench:latest"
                 runs = {k: [] for k in ("transfer", "measured") + tools}
+                cpu = {k: [] for k in tools}
                 rss = {k: 0 for k in tools}
                 for rep in range(args.reps + 1):
                     paths = {k: os.path.join(scratch.path, k) for k in ("store", "flat", "direct", "oci", "rootfs")}
@@ -191,13 +196,13 @@ def link_main(args):
                     order = [(lamina, ""), (base, "base ")] if base else [(lamina, "")]
                     for cli, prefix in (order if rep % 2 else order[::-1]):
                         rows.update(lamina_rows(cli, ref, paths, prefix))
-                    w_sk, r_sk, _, _ = run_child(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
-                                                  f"docker://{ref}", f"oci:{paths['oci']}:bench"])
-                    w_um, r_um, _, _ = run_child(["umoci", "raw", "unpack", "--image", f"{paths['oci']}:bench",
-                                                  paths["rootfs"]])
+                    w_sk, r_sk, c_sk, _ = run_child(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+                                                     f"docker://{ref}", f"oci:{paths['oci']}:bench"])
+                    w_um, r_um, c_um, _ = run_child(["umoci", "raw", "unpack", "--image", f"{paths['oci']}:bench",
+                                                     paths["rootfs"]])
                     for p in (paths["oci"], paths["rootfs"]):
                         clean(p)
-                    rows["skopeo+umoci"] = (w_sk + w_um, max(r_sk, r_um))
+                    rows["skopeo+umoci"] = (w_sk + w_um, max(r_sk, r_um), c_sk + c_um)
                     row = {"transfer": transfer, "measured": measured, **{k: rows[k][0] for k in tools}}
                     label = f"run {rep}/{args.reps}" if rep else "warm-up"
                     print(f"  {rate or 'unlimited'} MB/s {label}: " +
@@ -207,10 +212,12 @@ def link_main(args):
                             runs[k].append(v)
                         for k in tools:
                             rss[k] = max(rss[k], rows[k][1])
+                            cpu[k].append(rows[k][2])
                 if proxy:
                     proxy.stop()
                 table[rate] = {"runs": runs, "median": {k: statistics.median(v) for k, v in runs.items()},
-                               "peak_rss_kib": rss}
+                               "peak_rss_kib": rss, "cpu_seconds": cpu,
+                               "median_cpu_seconds": {k: statistics.median(v) for k, v in cpu.items()}}
         finally:
             reg.stop()
 
@@ -224,6 +231,16 @@ def link_main(args):
                          for k in tools)
         print(f"{(f'{rate:g} MB/s' if rate else 'unlimited'):>10} {med['transfer']:>8.2f}s {med['measured']:>8.2f}s "
               f"{cells}")
+    # Other processes' load moves every wall time of a CPU-bound run; what the processes
+    # themselves burned (user + system, children included) is what an A/B can compare then.
+    # Unlimited, the issue's targets are ratios to skopeo + umoci, not to the transfer.
+    print("\nCPU seconds (user + system), medians; unlimited: wall / skopeo+umoci wall in brackets")
+    print(f"{'link':>10} " + " ".join(f"{k:>21}" for k in tools))
+    for rate, t in table.items():
+        med, mcpu = t["median"], t["median_cpu_seconds"]
+        cells = " ".join(f"{mcpu[k]:>9.2f} CPU-s" + (f" [{med[k] / med['skopeo+umoci']:.2f}x]" if not rate else " " * 8)
+                         for k in tools)
+        print(f"{(f'{rate:g} MB/s' if rate else 'unlimited'):>10} {cells}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"image": args.image, "bytes": total, "reps": args.reps,

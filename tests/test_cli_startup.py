@@ -85,6 +85,8 @@ def test_unpack_from_a_registry_imports_neither_the_bench_nor_the_docker_verbs(r
     assert rc == 0
     assert (tmp_path / "rootfs" / "app" / "run").read_bytes() == b"#!/bin/sh\n"
     assert (BENCH | DOCKER_VERBS_API) & modules == set()
+    # nothing is kept: the store's modules are not worth their import before the first request
+    assert {m for m in modules if m == "lamina.store" or m.startswith("lamina.store.")} == set()
 
 
 # A cycle that only the collector can free: reachable from __main__ until finalization clears it.

@@ -114,9 +114,10 @@ def test_layers_download_ahead_of_the_reader_in_unpack_order(proxy, images, regi
         while source.downloaded < ahead:
             assert time.monotonic() < deadline, "the layers were not fetched ahead of the reader"
             time.sleep(0.01)
-        gets = [s[1] for s in proxy.seen if s[0] == "GET" and "/blobs/" in s[1]]
-        assert [g.rsplit("/", 1)[1] for g in gets[-3:]] == [layers[2]["digest"], layers[1]["digest"],
-                                                             layers[0]["digest"]]
+        digests = {d["digest"] for d in layers}   # the config's GET may come between them
+        gets = [s[1].rsplit("/", 1)[1] for s in proxy.seen if s[0] == "GET" and "/blobs/" in s[1]]
+        assert [g for g in gets if g in digests][-3:] == [layers[2]["digest"], layers[1]["digest"],
+                                                          layers[0]["digest"]]
         spool = source._spool_dir
         spooled = sorted(d["digest"].replace(":", "-") for d in layers[1:])
         assert sorted(os.listdir(spool)) == spooled
@@ -201,3 +202,38 @@ def test_next_download_starts_as_the_running_one_nearly_ends(reg, proxy, registr
                     assert hashlib.sha256(f.read()).hexdigest() == layer.digest[7:]
     finally:
         proxy.release_hang.set()
+
+
+def test_first_layer_is_requested_while_the_config_arrives(proxy, images, registry_env, tmp_path):
+    """The config's round trip overlaps the first layer's transfer: with the config dripping out of
+    the proxy (a slow link, a far registry), the first blob the unpack reads is asked for before
+    resolve() has the config; the unpack then completes and verifies as usual."""
+    import threading
+    config = images["layout"].read_json(images["manifest"]["digest"])["config"]
+    proxy.add("slow", path=f"/blobs/{config['digest']}", chunk=max(config["size"] // 8, 1), delay=0.25)
+    layers = {d["digest"] for d in images["layers"]}
+    source = RegistrySource(f"{proxy.host}/app:1")
+    resolved, failed = threading.Event(), []
+
+    def run():
+        try:
+            source.resolve()
+        except BaseException as e:   # raised in the test below
+            failed.append(e)
+        resolved.set()
+
+    with source:
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        requested = False
+        while not resolved.is_set() and not requested:
+            requested = any(s[1].rsplit("/", 1)[1] in layers for s in proxy.requests_for("/blobs/", "GET"))
+            time.sleep(0.005)
+        config_done = resolved.is_set()
+        t.join(60)
+        assert not failed, failed
+        assert requested and not config_done, "the layers waited for the config"
+    dest = tmp_path / "rootfs"
+    with RegistrySource(f"{proxy.host}/app:1") as again:
+        unpack(again, dest)
+    treecmp.assert_same(treecmp.snapshot(_expected(images, tmp_path)), treecmp.snapshot(dest))

@@ -31,7 +31,6 @@ from ..platform import Platform
 from ..reference import Reference
 from .client import RegistryClient
 from .progress import Reporter
-from ..store.streaming import IngestTee, ensure_streaming
 from .blobstream import BlobStream, Cancelled
 
 DEFAULT_CONCURRENCY = 3
@@ -340,6 +339,7 @@ class Puller:
         Returns the snapshot's fs dir, or None if the snapshot existed already (then only the
         blob was fetched).  A blob digest mismatch discards both and retries once, like fetch_blob.
         """
+        from ..store.streaming import IngestTee, ensure_streaming   # not at the top: unpack docker:// needs no store
         digest, size = desc.digest, desc.size
         partial = self.store.paths.partial(digest)
         mismatch_retries = 1

@@ -82,24 +82,27 @@ class RegistrySource(Source):
                                                                    f"manifest {mr.digest}"),
                                   f"manifest {mr.digest}")
         cdesc = manifest.config
-        config = parse_config(fetch_config(r.repos, cdesc), f"config {cdesc.digest}", len(manifest.layers))
         self.reporter.line(f"{self.ref.digest or self.ref.tag}: Unpacking from {self.ref.path}")
-        layers = []
         below = 0
         for i, d in enumerate(manifest.layers):
             self.reporter.layer(d.digest, d.size)
             if self._may_be_scanned(i, d.size, below):
                 self._scanned.add(i)
-            layers.append(LayerRef(i, config.diff_ids[i], d.digest, d.size, d.media_type,
-                                   lambda i=i: self._open(i)))
             below += d.size
         self._repos, self._descs = r.repos, manifest.layers
-        self._plan = sorted(self._scanned, reverse=True) + [i for i in range(len(layers)) if i not in self._scanned]
+        self._plan = sorted(self._scanned, reverse=True) + [i for i in range(len(manifest.layers))
+                                                            if i not in self._scanned]
+        # The first layer starts downloading before the config is asked for: the config's round
+        # trip then overlaps that transfer instead of delaying its first byte (close() stops the
+        # download if the config turns out bad).
+        with self._lock:
+            self._read_ahead()
+        config = parse_config(fetch_config(r.repos, cdesc), f"config {cdesc.digest}", len(manifest.layers))
+        layers = [LayerRef(i, config.diff_ids[i], d.digest, d.size, d.media_type, lambda i=i: self._open(i))
+                  for i, d in enumerate(manifest.layers)]
         self.image = ResolvedImage(config=config.raw, config_digest=cdesc.digest, layers=layers,
                                    manifest_digest=mr.digest, manifest=mr.document,
                                    platform=image_platform(want, r.chosen, config), ref=str(self.ref))
-        with self._lock:
-            self._read_ahead()
         return self.image
 
     def finished(self, image):
