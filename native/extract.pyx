@@ -26,7 +26,7 @@ from libc.string cimport memcpy, memcmp
 from libc.errno cimport errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES, ESTALE, EIO
 from libc.stdint cimport int64_t, uint64_t
 from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
-from posix.types cimport mode_t, uid_t, gid_t, off_t
+from posix.types cimport mode_t, uid_t, gid_t, off_t, dev_t
 from posix.unistd cimport lseek, SEEK_SET
 
 from syscalls cimport *
@@ -1378,13 +1378,17 @@ cdef class Extractor:
         """Open directory ``path`` (normalized) inside the root, symlinks re-rooted.
 
         Returns a new fd, or -1 with errno set."""
-        cdef int fd
+        cdef int fd, e, root = self.rootfd
+        cdef const char *cpath = path
         if not path:
             return dup(self.rootfd)
         if self.use_openat2:
-            fd = lamina_openat2(self.rootfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
-                                LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_MAGICLINKS)
-            if fd >= 0 or (errno != ENOSYS and errno != EPERM):
+            with nogil:  # a resolution from the root: the costly syscall of a change of parent
+                fd = lamina_openat2(root, cpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+                                    LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_MAGICLINKS)
+                e = errno
+            if fd >= 0 or (e != ENOSYS and e != EPERM):
+                lamina_set_errno(e)
                 return fd
             self.use_openat2 = False  # seccomp or an old kernel: walk by hand from now on
         return self._walk_in_root(path)
@@ -1616,13 +1620,17 @@ cdef class Extractor:
     cdef int _plain_dir(self, int root, bytes path) except -2:
         """fd of directory ``path`` under ``root`` reached without following
         any symlink, or -1 with errno set (ELOOP/ENOTDIR: something else is on the way)."""
-        cdef int fd
+        cdef int fd, e
+        cdef const char *cpath = path
         if not path:
             return dup(root)
         if self.use_openat2:
-            fd = lamina_openat2(root, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
-                                LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_SYMLINKS | LAMINA_RESOLVE_NO_MAGICLINKS)
-            if fd >= 0 or (errno != ENOSYS and errno != EPERM):
+            with nogil:
+                fd = lamina_openat2(root, cpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+                                    LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_SYMLINKS | LAMINA_RESOLVE_NO_MAGICLINKS)
+                e = errno
+            if fd >= 0 or (e != ENOSYS and e != EPERM):
+                lamina_set_errno(e)
                 return fd
             self.use_openat2 = False
         return _walk_plain(root, path)
@@ -3031,8 +3039,11 @@ cdef class Extractor:
     cdef _fixup_dirs(self):
         """Directory modes and times, set once the layer is written, deepest
         first, through a stack of open parents so each costs one openat()."""
-        cdef int fd
-        cdef bint owned
+        cdef int fd, step, e
+        cdef bint owned, check, same, has_mode, has_time
+        cdef mode_t cmode
+        cdef dev_t wdev = 0
+        cdef unsigned long wino = 0
         cdef timespec ts[2]
         cdef stat st
         todo = {}
@@ -3057,22 +3068,31 @@ cdef class Extractor:
                         continue  # replaced (by a symlink, a file) later in the layer
                     owned = True
                 want = self.fixup_ino.get(path)
-                if want is not None and (fstat(fd, &st) < 0 or (st.st_dev, st.st_ino) != want):
-                    if owned:
-                        close(fd)  # the layer replaced it, or a directory above it, later on
-                    continue
-                try:
-                    if mode is not None and fchmod(fd, <mode_t>mode) < 0:
-                        self._oserror("chmod", path)
-                    if sec is not None:
-                        ts[0].tv_sec = sec
-                        ts[0].tv_nsec = nsec
-                        ts[1] = ts[0]
-                        if futimens(fd, ts) < 0:
-                            self._oserror("set times of", path)
-                finally:
+                check = want is not None
+                if check:
+                    wdev, wino = want
+                has_mode = mode is not None
+                cmode = <mode_t>mode if has_mode else 0
+                has_time = sec is not None
+                if has_time:
+                    ts[0].tv_sec = sec
+                    ts[0].tv_nsec = nsec
+                    ts[1] = ts[0]
+                with nogil:  # one block per directory, as for an entry
+                    # not the directory the fixup was recorded for: the layer replaced it,
+                    # or a directory above it, later on
+                    same = not check or (fstat(fd, &st) == 0 and st.st_dev == wdev and st.st_ino == wino)
+                    step = SC_OK
+                    if same:
+                        if has_mode and fchmod(fd, cmode) < 0:
+                            step = SC_CHMOD
+                        elif has_time and futimens(fd, ts) < 0:
+                            step = SC_TIMES
+                    e = errno
                     if owned:
                         close(fd)
+                if step != SC_OK:
+                    self._step_error(step, e, path)
         finally:
             stack.close()
         self.dir_fixups.clear()
