@@ -13,6 +13,7 @@ feed() for such entries, so the second thread's counter could not move at all;
 the new one lets go once per entry, and the second thread, waiting on the GIL,
 gets it on some of those thousands of chances.
 """
+import functools
 import sys
 import tarfile
 import threading
@@ -24,6 +25,7 @@ from tarbuild import tarfile_bytes, ti
 ENTRIES = 3000  # directories, each with an empty file and a symlink: 9000 entries
 
 
+@functools.lru_cache(maxsize=1)  # both tests read the same bytes: built once
 def _layer():
     members = []
     for i in range(ENTRIES):
