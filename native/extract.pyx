@@ -26,7 +26,7 @@ from libc.string cimport memcpy, memcmp
 from libc.errno cimport errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES, ESTALE, EIO
 from libc.stdint cimport int64_t, uint64_t
 from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
-from posix.types cimport mode_t, uid_t, gid_t, off_t
+from posix.types cimport mode_t, uid_t, gid_t, off_t, dev_t
 from posix.unistd cimport lseek, SEEK_SET
 
 from syscalls cimport *
@@ -47,6 +47,11 @@ cdef enum State:
 
 cdef enum Kind:
     K_REG, K_LINK, K_SYMLINK, K_CHR, K_BLK, K_DIR, K_FIFO
+
+# Which syscall of an entry failed, when its syscalls run in one block without the GIL
+# (errno is kept beside it and the error raised once the GIL is back).
+cdef enum Step:
+    SC_OK, SC_CREATE, SC_WRITE, SC_CHOWN, SC_CHMOD, SC_TIMES, SC_SYMLINK, SC_MKDIR
 
 DEF BLOCK = 512
 DEF PROC_PATH_MAX = 4096   # what a /proc/self/fd readlink is read into
@@ -638,6 +643,7 @@ cdef class Extractor:
     # directory fixups); the rest of feed() is parsing: lamina bench splits the
     # extract stage with it (monotonic clock, a vDSO call: cheap per entry)
     cdef readonly int64_t write_ns
+    cdef readonly int64_t nogil_entries   # entries whose syscalls all ran in one block without the GIL
 
     def __cinit__(self):
         self.rootfd = -1
@@ -884,7 +890,7 @@ cdef class Extractor:
         self.write_ns += _now_ns() - t
         return {"entries": self.entries, "bytes": self.total, "whiteouts": self.whiteouts, "hidden": self.hidden,
                 "skipped": list(self.skipped), "trailing": self.trailing, "hashed": self.hashed,
-                "write_ns": self.write_ns}
+                "write_ns": self.write_ns, "nogil_entries": self.nogil_entries}
 
     def close(self):
         if self.outfd >= 0:
@@ -1372,13 +1378,17 @@ cdef class Extractor:
         """Open directory ``path`` (normalized) inside the root, symlinks re-rooted.
 
         Returns a new fd, or -1 with errno set."""
-        cdef int fd
+        cdef int fd, e, root = self.rootfd
+        cdef const char *cpath = path
         if not path:
             return dup(self.rootfd)
         if self.use_openat2:
-            fd = lamina_openat2(self.rootfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
-                                LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_MAGICLINKS)
-            if fd >= 0 or (errno != ENOSYS and errno != EPERM):
+            with nogil:  # a resolution from the root: the costly syscall of a change of parent
+                fd = lamina_openat2(root, cpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+                                    LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_MAGICLINKS)
+                e = errno
+            if fd >= 0 or (e != ENOSYS and e != EPERM):
+                lamina_set_errno(e)
                 return fd
             self.use_openat2 = False  # seccomp or an old kernel: walk by hand from now on
         return self._walk_in_root(path)
@@ -1515,8 +1525,10 @@ cdef class Extractor:
     cdef int _parent(self, bytes path, Py_ssize_t slash, object name) except -2:
         """fd of the parent directory of ``path`` (created if missing), cached
         for the run of entries in one directory; callers do not close it."""
-        cdef int fd = -1
+        cdef int fd = -1, old = self.cache_fd, sr = -2
         cdef Py_ssize_t n
+        cdef const char *cleaf
+        cdef stat nst
         parent = path[:slash] if slash > 0 else b""
         realp = None
         if self.cache_valid and self.cache_fd >= 0:
@@ -1527,8 +1539,15 @@ cdef class Extractor:
             n = len(self.cache_path)
             if (len(parent) > n and parent.startswith(self.cache_path)
                     and (n == 0 or parent[n] == 47) and parent.find(b"/", n + 1) < 0):
-                fd = openat(self.cache_fd, <bytes>parent[n + 1 if n else 0:],
-                            O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                leaf = parent[n + 1 if n else 0:]
+                cleaf = leaf
+                with nogil:  # open, stat, and drop the old parent in one block without the GIL
+                    fd = openat(old, cleaf, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                    if fd >= 0:
+                        sr = fstat(fd, &nst)
+                        close(old)
+                if fd >= 0:
+                    self.cache_fd = -1  # closed above
                 if fd >= 0 and self.overlay:
                     leaf = parent[n + 1 if n else 0:]
                     self.cache_phys = self.cache_phys + b"/" + leaf if self.cache_phys else leaf
@@ -1548,7 +1567,11 @@ cdef class Extractor:
         self.cache_realp = realp
         self.cache_valid = True
         self.owner_checked = False
-        self.cache_st_fresh = self.cache_st_ok = fstat(fd, &self.cache_st) == 0
+        if sr == -2:
+            sr = fstat(fd, &nst)
+        if sr == 0:
+            self.cache_st = nst
+        self.cache_st_fresh = self.cache_st_ok = sr == 0
         if self.cache_st_fresh:
             if not self.overlay and parent not in self.parent_times:
                 self.parent_times[parent] = (self.cache_st.st_mtim.tv_sec, self.cache_st.st_mtim.tv_nsec)
@@ -1563,7 +1586,7 @@ cdef class Extractor:
                 self.cache_st_fresh = False
         return fd
 
-    cdef bint _owner_is(self, int pfd):
+    cdef bint _owner_is(self, int pfd) noexcept nogil:
         """Does an inode just created under ``pfd`` (the cached parent) already have
         the entry's owner?  Then its chown would change nothing.  The rule (root: the
         creator's ids, a setgid parent's group) is checked by fstat on the first
@@ -1578,7 +1601,7 @@ cdef class Extractor:
             return self.cur_gid == self.cache_st.st_gid
         return self.cur_gid == self.egid
 
-    cdef bint _owner_seen(self, stat *st):
+    cdef bint _owner_seen(self, stat *st) noexcept nogil:
         """Whether the rule held for the inode of ``st``; if not, never predict again."""
         self.owner_checked = True
         if st.st_uid == self.cur_uid and st.st_gid == self.cur_gid:
@@ -1597,13 +1620,17 @@ cdef class Extractor:
     cdef int _plain_dir(self, int root, bytes path) except -2:
         """fd of directory ``path`` under ``root`` reached without following
         any symlink, or -1 with errno set (ELOOP/ENOTDIR: something else is on the way)."""
-        cdef int fd
+        cdef int fd, e
+        cdef const char *cpath = path
         if not path:
             return dup(root)
         if self.use_openat2:
-            fd = lamina_openat2(root, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
-                                LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_SYMLINKS | LAMINA_RESOLVE_NO_MAGICLINKS)
-            if fd >= 0 or (errno != ENOSYS and errno != EPERM):
+            with nogil:
+                fd = lamina_openat2(root, cpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+                                    LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_SYMLINKS | LAMINA_RESOLVE_NO_MAGICLINKS)
+                e = errno
+            if fd >= 0 or (e != ENOSYS and e != EPERM):
+                lamina_set_errno(e)
                 return fd
             self.use_openat2 = False
         return _walk_plain(root, path)
@@ -2046,19 +2073,87 @@ cdef class Extractor:
         if (self.obj_fd >= 0 and self.sparse is None and self.cur_xattrs is None and size <= self.feed_avail
                 and self._link_object(pfd, base, name, size)):
             return  # named by a link to the store's object: the payload is consumed unwritten
+        self.cur_hashing = self.hold_fd >= 0 and self.sparse is None and not self.cur_prehashed
+        if self.cur_hashing:
+            blake3_hasher_init(&self.hasher)
+        if self.sparse is None and not self.cur_xattrs and size <= self.feed_avail:
+            self._write_whole(pfd, base, name, size)
+            return
         fd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, create_mode)
         if fd < 0 and errno == EEXIST:
             self._remove(pfd, base, name)
             fd = openat(pfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, create_mode)
         if fd < 0:
+            self.cur_hashing = False
             self._oserror("create", name)
         self.outfd = fd
         self.cur_new_owner = self.is_root and self._owner_is(pfd)
-        self.cur_hashing = self.hold_fd >= 0 and self.sparse is None and not self.cur_prehashed
-        if self.cur_hashing:
-            blake3_hasher_init(&self.hasher)
         if size == 0:
             self._finish_file()
+
+    cdef _write_whole(self, int pfd, bytes base, bytes name, int64_t size):
+        """A file without xattrs whose payload is all in the chunk being fed (most files of
+        a layer): created, written and finished in one block without the GIL, so that other
+        threads (inflate, hashing, other layers) run meanwhile.  The payload is then
+        consumed unwritten (outfd stays -1)."""
+        cdef const char *cbase = base
+        cdef const char *data = <const char *>self.feed_p
+        cdef mode_t create_mode = <mode_t>self.cur_mode & 0o777
+        cdef bint keep = self.cur_hashing or self.cur_prehashed  # _hold_hashed needs the fd
+        cdef bint owned
+        cdef int fd = -1, e = 0, step = SC_OK, tries
+        for tries in range(2):
+            with nogil:
+                fd = openat(pfd, cbase, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, create_mode)
+                if fd < 0:
+                    step = SC_CREATE
+                else:
+                    owned = self.is_root and self._owner_is(pfd)
+                    if size and lamina_write_all(fd, data, <size_t>size) < 0:
+                        step = SC_WRITE
+                    else:
+                        if self.cur_hashing:
+                            blake3_hasher_update(&self.hasher, <const uint8_t *>data, <size_t>size)
+                        step = self._finish_meta(fd, owned)
+                e = errno
+                if fd >= 0 and (step != SC_OK or not keep):
+                    close(fd)
+            if step != SC_CREATE or e != EEXIST or tries:
+                break
+            self._remove(pfd, base, name)  # under the GIL: rare, and it may drop the cached parent
+            step = SC_OK
+        self.nogil_entries += 1
+        if step != SC_OK:
+            self.cur_hashing = self.cur_prehashed = False
+            self._step_error(step, e, name)
+        if keep:
+            try:
+                self._hold_hashed(fd)
+            finally:
+                self.cur_hashing = self.cur_prehashed = False
+                close(fd)
+
+    cdef int _finish_meta(self, int fd, bint owned) noexcept nogil:
+        """What _finish_file does to a file without xattrs or holes (owner, mode, times),
+        callable without the GIL: SC_OK, or the step that failed with errno set."""
+        cdef stat st
+        cdef timespec ts[2]
+        if owned and not self.owner_checked:
+            owned = fstat(fd, &st) == 0 and self._owner_seen(&st)
+        if self.is_root and not owned and fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
+            return SC_CHOWN
+        if ((self.cur_mode & 0o7000 or self.cur_mode & self.umask & 0o777)
+                and fchmod(fd, <mode_t>self.cur_mode) < 0):  # after chown, which clears setuid/setgid
+            return SC_CHMOD
+        self._entry_times(ts)
+        if futimens(fd, ts) < 0:
+            return SC_TIMES
+        return SC_OK
+
+    cdef _step_error(self, int step, int e, object name):
+        """The error a nogil block's failed ``step`` stands for, as _oserror words it."""
+        op = ("create", "write", "chown", "chmod", "set times of", "symlink", "mkdir")[step - 1]
+        raise _errors.ExtractError(f"entry {_show(name)}: {op} failed: {os.strerror(e)}")
 
     cdef bint _link_object(self, int pfd, bytes base, bytes name, int64_t size) except -1:
         """Name the entry by a hardlink to the store's object with its payload (in the chunk
@@ -2145,7 +2240,26 @@ cdef class Extractor:
         cdef timespec ts[2]
         cdef stat st
         cdef bint owned = self.cur_new_owner
+        cdef bint keep
+        cdef int step, e
         self.outfd = -1
+        if self.sparse is None and self.sparse_realsize < 0 and not self.cur_xattrs:  # a large file: its last chunk was just written
+            keep = self.cur_hashing or self.cur_prehashed
+            with nogil:
+                step = self._finish_meta(fd, owned)
+                e = errno
+                if step != SC_OK or not keep:
+                    close(fd)
+            if step != SC_OK:
+                self.cur_hashing = self.cur_prehashed = False
+                self._step_error(step, e, self.cur_name)
+            if keep:
+                try:
+                    self._hold_hashed(fd)
+                finally:
+                    self.cur_hashing = self.cur_prehashed = False
+                    close(fd)
+            return
         try:
             self._sparse_truncate(fd)
             if owned and not self.owner_checked:
@@ -2193,12 +2307,22 @@ cdef class Extractor:
         cdef stat st
         cdef int fd
         cdef bint opaque = False
+        cdef const char *cbase = base
+        cdef int r, e, sr = -1, se = 0
         if self.overlay:
             path = self.cache_phys + b"/" + base if self.cache_phys else base
-        if mkdirat(pfd, base, 0o700) < 0:
-            if errno != EEXIST:
+        with nogil:  # the syscalls of the common case, in one block without the GIL
+            r = mkdirat(pfd, cbase, 0o700)
+            e = errno
+            if r == 0 or e == EEXIST:
+                sr = fstatat(pfd, cbase, &st, AT_SYMLINK_NOFOLLOW)
+                se = errno
+        if r < 0:
+            if e != EEXIST:
+                lamina_set_errno(e)
                 self._oserror("mkdir", name)
-            if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0:
+            if sr < 0:
+                lamina_set_errno(se)
                 self._oserror("stat", name)
             if not S_ISDIR(st.st_mode):
                 # a whiteout or a non-directory of this same layer hid what is below
@@ -2207,17 +2331,20 @@ cdef class Extractor:
                 self._remove(pfd, base, name)
                 if mkdirat(pfd, base, 0o700) < 0:
                     self._oserror("mkdir", name)
+                sr = -1  # a new inode: st no longer tells
         if not opaque and not self.cur_xattrs:
             # the common case needs no fd: a stat by name gives the ids (no chown
             # when it has the entry's) and the inode; the cached parent's real path
             # gives this one's (what _real_path reads in /proc)
             real = path if self.overlay else self._real_child(pfd, base, path)
-            if (real is not None and fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode)
+            if (real is not None and (sr == 0 or fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0)
+                    and S_ISDIR(st.st_mode)
                     and (not self.is_root or (st.st_uid == self.cur_uid and st.st_gid == self.cur_gid))):
                 self.dir_fixups[real] = (self.cur_mode, self.cur_sec, self.cur_nsec)
                 self.fixup_ino[real] = (st.st_dev, st.st_ino)
                 if not self.overlay:
                     self.created_ino.add((st.st_dev, st.st_ino))
+                self.nogil_entries += 1
                 return
         fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         if fd < 0:
@@ -2307,11 +2434,27 @@ cdef class Extractor:
     cdef _symlink(self, int pfd, bytes base, bytes name, bytes target):
         cdef stat st
         cdef bint owned
+        cdef const char *cbase = base
+        cdef const char *ctarget = target
+        cdef bint whole = not self.cur_xattrs
+        cdef int r, e, step = SC_OK
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: symlink with an empty target")
         self.plain_parent = None  # a new symlink may sit on a path checked before
-        if symlinkat(target, pfd, base) < 0:
-            if errno != EEXIST:
+        with nogil:  # the common case: link, owner and times in one block without the GIL
+            r = symlinkat(ctarget, pfd, cbase)
+            e = errno
+            if r == 0 and whole:
+                step = self._link_meta(pfd, cbase)
+                e = errno
+        if r == 0 and whole:
+            self.nogil_entries += 1
+            if step != SC_OK:
+                self._step_error(step, e, name)
+            return
+        if r < 0:
+            if e != EEXIST:
+                lamina_set_errno(e)
                 self._oserror("symlink", name)
             self._remove(pfd, base, name)
             if symlinkat(target, pfd, base) < 0:
@@ -2320,6 +2463,22 @@ cdef class Extractor:
         if owned and not self.owner_checked:
             owned = fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and self._owner_seen(&st)
         self._metadata_at(pfd, base, name, owned)
+
+    cdef int _link_meta(self, int pfd, const char *base) noexcept nogil:
+        """What _symlink does after symlinkat for an entry without xattrs (its owner,
+        as _metadata_at sets it, and times), without the GIL: SC_OK, or the failed step."""
+        cdef stat st
+        cdef timespec ts[2]
+        cdef bint owned = self.is_root and self._owner_is(pfd)
+        if owned and not self.owner_checked:
+            owned = fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and self._owner_seen(&st)
+        if self.is_root and not owned and fchownat(pfd, base, <uid_t>self.cur_uid, <gid_t>self.cur_gid,
+                                                   AT_SYMLINK_NOFOLLOW) < 0:
+            return SC_CHOWN
+        self._entry_times(ts)
+        if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
+            return SC_TIMES
+        return SC_OK
 
     cdef _metadata_at(self, int pfd, bytes base, bytes name, bint owned=False):
         """Owner, xattrs and times of a node that cannot be opened (symlink,
@@ -2336,7 +2495,7 @@ cdef class Extractor:
         if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
             self._oserror("set times of", name)
 
-    cdef inline void _entry_times(self, timespec *ts):
+    cdef inline void _entry_times(self, timespec *ts) noexcept nogil:
         ts[0].tv_sec = self.cur_sec
         ts[0].tv_nsec = self.cur_nsec
         ts[1] = ts[0]
@@ -2888,8 +3047,11 @@ cdef class Extractor:
     cdef _fixup_dirs(self):
         """Directory modes and times, set once the layer is written, deepest
         first, through a stack of open parents so each costs one openat()."""
-        cdef int fd
-        cdef bint owned
+        cdef int fd, step, e
+        cdef bint owned, check, same, has_mode, has_time
+        cdef mode_t cmode
+        cdef dev_t wdev = 0
+        cdef unsigned long wino = 0
         cdef timespec ts[2]
         cdef stat st
         todo = {}
@@ -2914,22 +3076,31 @@ cdef class Extractor:
                         continue  # replaced (by a symlink, a file) later in the layer
                     owned = True
                 want = self.fixup_ino.get(path)
-                if want is not None and (fstat(fd, &st) < 0 or (st.st_dev, st.st_ino) != want):
-                    if owned:
-                        close(fd)  # the layer replaced it, or a directory above it, later on
-                    continue
-                try:
-                    if mode is not None and fchmod(fd, <mode_t>mode) < 0:
-                        self._oserror("chmod", path)
-                    if sec is not None:
-                        ts[0].tv_sec = sec
-                        ts[0].tv_nsec = nsec
-                        ts[1] = ts[0]
-                        if futimens(fd, ts) < 0:
-                            self._oserror("set times of", path)
-                finally:
+                check = want is not None
+                if check:
+                    wdev, wino = want
+                has_mode = mode is not None
+                cmode = <mode_t>mode if has_mode else 0
+                has_time = sec is not None
+                if has_time:
+                    ts[0].tv_sec = sec
+                    ts[0].tv_nsec = nsec
+                    ts[1] = ts[0]
+                with nogil:  # one block per directory, as for an entry
+                    # not the directory the fixup was recorded for: the layer replaced it,
+                    # or a directory above it, later on
+                    same = not check or (fstat(fd, &st) == 0 and st.st_dev == wdev and st.st_ino == wino)
+                    step = SC_OK
+                    if same:
+                        if has_mode and fchmod(fd, cmode) < 0:
+                            step = SC_CHMOD
+                        elif has_time and futimens(fd, ts) < 0:
+                            step = SC_TIMES
+                    e = errno
                     if owned:
                         close(fd)
+                if step != SC_OK:
+                    self._step_error(step, e, path)
         finally:
             stack.close()
         self.dir_fixups.clear()

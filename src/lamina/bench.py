@@ -767,7 +767,7 @@ def _layer_table(runs):
             "index": i, "digest": first["digest"], "diff_id": first["diff_id"],
             "compression": first["compression"], "entries": first["entries"], "bytes": first["bytes"],
             "compressed_bytes": first["compressed_bytes"], "whiteouts": first["whiteouts"],
-            "hidden": first["hidden"], "seconds": seconds,
+            "hidden": first["hidden"], "nogil_entries": first.get("nogil_entries"), "seconds": seconds,
             "blake3": _median_of([d["blake3"] for d in dedup]) if dedup else None,
             "cpu": {k: _median_of([(r["layers"][i].get("cpu") or {}).get(k, 0.0) for r in runs])
                     for k in dict.fromkeys(k for r in runs for k in r["layers"][i]["cpu"])}

@@ -28,6 +28,7 @@ class ApplyStats:
     # and its "wait" spans, adjacent ones coalesced
     timeline: list = field(default_factory=list)
     pipeline: str = ""            # "native" (lamina._pipeline stage 1) or "python" (three threads)
+    nogil_entries: int = 0        # entries whose syscalls all ran in one block without the GIL
 
     def to_dict(self):
         return dataclasses.asdict(self)
