@@ -321,15 +321,16 @@ def test_timeline_step_with_a_part_splits_wall_and_cpu():
         pass
     wall = time.perf_counter() - t0
     tl.step("parse", t0, "write", wall / 4)
-    sec, cpu = tl.seconds(), tl.cpu()
+    after = time.perf_counter() - t0  # the step reads its clock in between: a preemption there
+    sec, cpu = tl.seconds(), tl.cpu()  # makes the stage longer than `wall`, never shorter
     assert sec["write"] == pytest.approx(wall / 4, rel=1e-6)
-    assert sec["parse"] == pytest.approx(wall * 3 / 4, rel=0.05)
+    assert wall * 3 / 4 - 1e-6 <= sec["parse"] <= after - wall / 4 + 1e-6
     assert cpu["parse"] + cpu["write"] >= 0.045
     assert cpu["write"] / (cpu["parse"] + cpu["write"]) == pytest.approx(sec["write"] / (sec["parse"] + sec["write"]),
                                                                          rel=0.02)
     parse, write_ = tl.spans()
     assert parse[1:3] == ["parse", 0.0] and write_[1] == "write" and parse[3] == write_[2]
-    assert (write_[3] - write_[2]) / write_[3] == pytest.approx(0.25, abs=0.01)
+    assert wall / 4 / after - 1e-4 <= (write_[3] - write_[2]) / write_[3] <= 0.25 + 1e-4  # spans are rounded to µs
     # a part longer than the work (clocks read at other moments) is capped at it
     tl2 = _pipeline.Timeline("t", "parse", t0)
     tl2.begin()
