@@ -9,9 +9,13 @@ an untimed warm-up unpack, then one timed unpack of SOURCE (default: the corpus 
 wall time and the median process CPU time of the timed unpack (start-up not included).
 
 ``--tar FILE`` (an uncompressed layer tar, e.g. ``gzip -dc`` of a layer blob) times the
-extractor alone instead: ``lamina._extract.Extractor`` fed FILE in 1 MiB reads, on one thread,
-no inflate and no hashing -- the parse + write stage, whose CPU time moves least with the
-machine's load.
+extractor alone instead: ``lamina._extract.Extractor`` fed FILE in 1 MiB reads, no inflate and
+no hashing -- the parse + write stage, whose CPU time moves least with the machine's load.
+Given several times, the tars are extracted at once, one thread each, as a pull or a store copy
+extracts its layers.  ``--spin python`` adds a pure-Python thread counting loop turns meanwhile;
+``--spin reader`` a thread reading /dev/zero in 64 KiB ``readinto`` calls (the GIL released in
+each read, needed between them: a stand-in for a pull's HTTP reader).  With ``--spin`` it also
+prints that thread's median turns per second: how much the extractors let other Python run.
 """
 import argparse
 import json
@@ -34,13 +38,14 @@ print(json.dumps([wall, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime]))
 '''
 
 CHILD_TAR = r'''
-import json, os, resource, shutil, sys, time
+import json, os, resource, shutil, sys, threading, time
 from lamina._extract import Extractor
-tar, dest = sys.argv[1], sys.argv[2]
-buf = bytearray(1 << 20)
-def extract():
-    os.mkdir(dest)
-    e = Extractor(dest)
+spin, dest, tars = sys.argv[1], sys.argv[2], sys.argv[3:]
+
+def extract(tar, d):
+    os.mkdir(d)
+    buf = bytearray(1 << 20)
+    e = Extractor(d)
     with open(tar, "rb", buffering=0) as f:
         while True:
             n = f.readinto(buf)
@@ -49,13 +54,35 @@ def extract():
             e.feed(memoryview(buf)[:n])
     e.finish()
     e.close()
-extract()
-shutil.rmtree(dest)
-r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-extract()
-wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
-shutil.rmtree(dest)
-print(json.dumps([wall, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime]))
+
+def run():
+    os.mkdir(dest)
+    turns, stop = [0], []
+    def spinner():
+        while not stop:
+            turns[0] += 1
+    def reader():
+        b = bytearray(65536)
+        with open("/dev/zero", "rb", buffering=0) as f:
+            while not stop:
+                f.readinto(b)
+                turns[0] += 1
+    threads = [threading.Thread(target=extract, args=(t, f"{dest}/{i}")) for i, t in enumerate(tars)]
+    s = threading.Thread(target=spinner if spin == "python" else reader) if spin != "-" else None
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for t in ([s] if s else []) + threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    stop.append(1)
+    if s:
+        s.join()
+    shutil.rmtree(dest)
+    return [wall, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, turns[0]]
+
+run()  # warm-up
+print(json.dumps(run()))
 '''
 
 
@@ -64,7 +91,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=9, help="runs per installation (default 9)")
     ap.add_argument("--image", default=f"oci:{cache}/image:bench")
-    ap.add_argument("--tar", metavar="FILE", help="time the extractor alone on this uncompressed layer tar")
+    ap.add_argument("--tar", metavar="FILE", action="append",
+                    help="time the extractor alone on this uncompressed layer tar (several: in parallel threads)")
+    ap.add_argument("--spin", choices=("python", "reader"), help="with --tar: a Python thread beside the extractors")
     ap.add_argument("installs", nargs="+", metavar="NAME=PYTHON")
     args = ap.parse_args()
     installs = [spec.split("=", 1) for spec in args.installs]
@@ -72,16 +101,22 @@ def main():
     for _ in range(args.n):
         for name, python in installs:
             dest = f"/dev/shm/lamina-unpack-ab-{os.getpid()}"
-            child, source = (CHILD_TAR, os.path.abspath(args.tar)) if args.tar else (CHILD, args.image)
-            out = subprocess.run([python, "-c", child, source, dest], capture_output=True, text=True,
+            if args.tar:
+                argv = [CHILD_TAR, args.spin or "-", dest, *map(os.path.abspath, args.tar)]
+            else:
+                argv = [CHILD, args.image, dest]
+            out = subprocess.run([python, "-c", *argv], capture_output=True, text=True,
                                  cwd="/tmp")  # not the checkout: each PYTHON imports its own lamina
             if out.returncode:
                 sys.exit(f"{name}: {out.stderr.strip()}")
             results[name].append(json.loads(out.stdout.splitlines()[-1]))
     for name, runs in results.items():
-        walls, cpus = [w for w, _ in runs], [c for _, c in runs]
-        print(f"{name:12s} wall median {statistics.median(walls):.3f} s  min {min(walls):.3f} s  "
-              f"CPU median {statistics.median(cpus):.3f} s  ({len(runs)} runs)")
+        walls, cpus = [r[0] for r in runs], [r[1] for r in runs]
+        line = (f"{name:12s} wall median {statistics.median(walls):.3f} s  min {min(walls):.3f} s  "
+                f"CPU median {statistics.median(cpus):.3f} s  ({len(runs)} runs)")
+        if args.spin:
+            line += f"  {args.spin} thread turns/s {statistics.median(r[2] / r[0] for r in runs):,.0f}"
+        print(line)
 
 
 if __name__ == "__main__":

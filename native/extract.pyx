@@ -2123,6 +2123,11 @@ cdef class Extractor:
             self._remove(pfd, base, name)  # under the GIL: rare, and it may drop the cached parent
             step = SC_OK
         self.nogil_entries += 1
+        self._after_nogil_file(fd, step, e, keep, name)
+
+    cdef _after_nogil_file(self, int fd, int step, int e, bint keep, object name):
+        """A file finished without the GIL: raise its error (its fd is closed then), or give it
+        its hashed/ name (``keep``: the fd was left open for that) and close it."""
         if step != SC_OK:
             self.cur_hashing = self.cur_prehashed = False
             self._step_error(step, e, name)
@@ -2250,15 +2255,7 @@ cdef class Extractor:
                 e = errno
                 if step != SC_OK or not keep:
                     close(fd)
-            if step != SC_OK:
-                self.cur_hashing = self.cur_prehashed = False
-                self._step_error(step, e, self.cur_name)
-            if keep:
-                try:
-                    self._hold_hashed(fd)
-                finally:
-                    self.cur_hashing = self.cur_prehashed = False
-                    close(fd)
+            self._after_nogil_file(fd, step, e, keep, self.cur_name)
             return
         try:
             self._sparse_truncate(fd)
