@@ -1549,10 +1549,8 @@ cdef class Extractor:
                 if fd >= 0:
                     self.cache_fd = -1  # closed above
                 if fd >= 0 and self.overlay:
-                    leaf = parent[n + 1 if n else 0:]
                     self.cache_phys = self.cache_phys + b"/" + leaf if self.cache_phys else leaf
                 elif fd >= 0 and self.cache_realp is not None:  # reached by one name, no symlink
-                    leaf = parent[n + 1 if n else 0:]
                     realp = self.cache_realp + b"/" + leaf if self.cache_realp else leaf
         if fd < 0:
             fd = self._resolve_dir(parent, True, name)
@@ -2138,11 +2136,10 @@ cdef class Extractor:
                 self.cur_hashing = self.cur_prehashed = False
                 close(fd)
 
-    cdef int _finish_meta(self, int fd, bint owned) noexcept nogil:
-        """What _finish_file does to a file without xattrs or holes (owner, mode, times),
-        callable without the GIL: SC_OK, or the step that failed with errno set."""
+    cdef int _owner_and_mode(self, int fd, bint owned) noexcept nogil:
+        """A new file's owner and mode, with or without the GIL (``owned``: it was created
+        with the entry's owner, if the rule holds): SC_OK, or the failed step with errno set."""
         cdef stat st
-        cdef timespec ts[2]
         if owned and not self.owner_checked:
             owned = fstat(fd, &st) == 0 and self._owner_seen(&st)
         if self.is_root and not owned and fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
@@ -2150,6 +2147,15 @@ cdef class Extractor:
         if ((self.cur_mode & 0o7000 or self.cur_mode & self.umask & 0o777)
                 and fchmod(fd, <mode_t>self.cur_mode) < 0):  # after chown, which clears setuid/setgid
             return SC_CHMOD
+        return SC_OK
+
+    cdef int _finish_meta(self, int fd, bint owned) noexcept nogil:
+        """What _finish_file does to a file without xattrs or holes (owner, mode, times),
+        callable without the GIL: SC_OK, or the step that failed with errno set."""
+        cdef timespec ts[2]
+        cdef int step = self._owner_and_mode(fd, owned)
+        if step != SC_OK:
+            return step
         self._entry_times(ts)
         if futimens(fd, ts) < 0:
             return SC_TIMES
@@ -2243,7 +2249,6 @@ cdef class Extractor:
     cdef _finish_file(self):
         cdef int fd = self.outfd
         cdef timespec ts[2]
-        cdef stat st
         cdef bint owned = self.cur_new_owner
         cdef bint keep
         cdef int step, e
@@ -2259,13 +2264,9 @@ cdef class Extractor:
             return
         try:
             self._sparse_truncate(fd)
-            if owned and not self.owner_checked:
-                owned = fstat(fd, &st) == 0 and self._owner_seen(&st)
-            if self.is_root and not owned and fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
-                self._oserror("chown", self.cur_name)
-            if ((self.cur_mode & 0o7000 or self.cur_mode & self.umask & 0o777)
-                    and fchmod(fd, <mode_t>self.cur_mode) < 0):  # after chown, which clears setuid/setgid
-                self._oserror("chmod", self.cur_name)
+            step = self._owner_and_mode(fd, owned)
+            if step != SC_OK:
+                self._step_error(step, errno, self.cur_name)
             if self.cur_xattrs:
                 self._set_xattrs(fd, None, self.cur_name)
             self._entry_times(ts)
@@ -2429,8 +2430,6 @@ cdef class Extractor:
             self.fixup_ino[path] = (st.st_dev, st.st_ino)
 
     cdef _symlink(self, int pfd, bytes base, bytes name, bytes target):
-        cdef stat st
-        cdef bint owned
         cdef const char *cbase = base
         cdef const char *ctarget = target
         cdef bint whole = not self.cur_xattrs
@@ -2456,21 +2455,22 @@ cdef class Extractor:
             self._remove(pfd, base, name)
             if symlinkat(target, pfd, base) < 0:
                 self._oserror("symlink", name)
-        owned = self.is_root and self._owner_is(pfd)
+        self._metadata_at(pfd, base, name, self._symlink_owned(pfd, cbase))
+
+    cdef bint _symlink_owned(self, int pfd, const char *base) noexcept nogil:
+        """Whether the symlink just made as ``base`` has the entry's owner already (no chown)."""
+        cdef stat st
+        cdef bint owned = self.is_root and self._owner_is(pfd)
         if owned and not self.owner_checked:
             owned = fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and self._owner_seen(&st)
-        self._metadata_at(pfd, base, name, owned)
+        return owned
 
     cdef int _link_meta(self, int pfd, const char *base) noexcept nogil:
         """What _symlink does after symlinkat for an entry without xattrs (its owner,
         as _metadata_at sets it, and times), without the GIL: SC_OK, or the failed step."""
-        cdef stat st
         cdef timespec ts[2]
-        cdef bint owned = self.is_root and self._owner_is(pfd)
-        if owned and not self.owner_checked:
-            owned = fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and self._owner_seen(&st)
-        if self.is_root and not owned and fchownat(pfd, base, <uid_t>self.cur_uid, <gid_t>self.cur_gid,
-                                                   AT_SYMLINK_NOFOLLOW) < 0:
+        if (self.is_root and not self._symlink_owned(pfd, base)
+                and fchownat(pfd, base, <uid_t>self.cur_uid, <gid_t>self.cur_gid, AT_SYMLINK_NOFOLLOW) < 0):
             return SC_CHOWN
         self._entry_times(ts)
         if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
