@@ -332,16 +332,34 @@ cdef int _reset(int fd, int root):
 
 
 cdef _copy_data(int src, int dst, int64_t size):
+    """A lower file's data into a new file; only its data regions, so a sparse file keeps its holes."""
+    cdef long long pos = 0, start, end
+    cdef int r
+    while pos < size:
+        r = lamina_next_data(src, pos, size, &start, &end)
+        if r < 0:
+            raise OSError(errno, os.strerror(errno), "copy (SEEK_DATA)")
+        if r == 0:
+            break
+        _copy_range(src, dst, start, end - start)
+        pos = end
+    if os.fstat(dst).st_size != size:
+        os.ftruncate(dst, size)
+
+
+cdef _copy_range(int src, int dst, long long offset, long long size):
     # copy_file_range shares extents where the filesystem can (reflink, NFS server-side)
     left = size
     while left > 0:
         try:
-            n = os.copy_file_range(src, dst, min(left, 1 << 30))
+            n = os.copy_file_range(src, dst, min(left, 1 << 30), offset, offset)
         except OSError:
-            n = os.sendfile(dst, src, None, min(left, 1 << 30))
+            os.lseek(dst, offset, os.SEEK_SET)
+            n = os.sendfile(dst, src, offset, min(left, 1 << 30))
         if n <= 0:
             break
         left -= n
+        offset += n
 
 
 cdef _copy_xattrs(int src, int dst):

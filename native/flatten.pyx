@@ -27,7 +27,8 @@ from libc.stdint cimport uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from libc.string cimport strlen, memcpy, strcmp, strncmp, strerror
 from posix.time cimport timespec
-from posix.types cimport mode_t, uid_t, gid_t, dev_t
+from posix.types cimport mode_t, uid_t, gid_t, dev_t, off_t
+from posix.unistd cimport lseek, SEEK_SET
 
 from syscalls cimport *
 
@@ -231,22 +232,11 @@ cdef int _copy_xattrs(Shared *sh, int src, int dst, const char *spath, const cha
     return 0
 
 
-cdef int _copy_data(Shared *sh, int src, int dst, int64_t size) noexcept nogil:
-    """FICLONE where the filesystem shares extents, else copy_file_range, else sendfile."""
+cdef int _copy_range(Shared *sh, int src, int dst, int64_t size) noexcept nogil:
+    """``size`` bytes from the current offsets: copy_file_range, else sendfile."""
     cdef long n
     cdef int64_t done = 0
     cdef int e
-    if size == 0:
-        return 0
-    if lamina_atomic_load(&sh.reflink):
-        if ioctl(dst, LAMINA_FICLONE, src) == 0:
-            lamina_atomic_or(&sh.used, M_REFLINK)
-            return 0
-        e = errno
-        if not (e == EOPNOTSUPP or e == ENOTTY or e == EXDEV or e == EINVAL or e == ENOSYS
-                or e == EPERM or e == ETXTBSY):
-            return -1
-        lamina_atomic_store(&sh.reflink, 0)
     if lamina_atomic_load(&sh.cfr):
         while done < size:
             n = lamina_copy_file_range(src, dst, <size_t>min(size - done, CHUNK))
@@ -279,12 +269,44 @@ cdef int _copy_data(Shared *sh, int src, int dst, int64_t size) noexcept nogil:
     return 0
 
 
+cdef int _copy_data(Shared *sh, int src, int dst, int64_t size, bint sparse) noexcept nogil:
+    """FICLONE where the filesystem shares extents, else copy_file_range, else sendfile; a
+    ``sparse`` file (fewer blocks than bytes) region by region, keeping its holes."""
+    cdef int e, r
+    cdef long long pos = 0, start, end
+    if size == 0:
+        return 0
+    if lamina_atomic_load(&sh.reflink):
+        if ioctl(dst, LAMINA_FICLONE, src) == 0:
+            lamina_atomic_or(&sh.used, M_REFLINK)
+            return 0
+        e = errno
+        if not (e == EOPNOTSUPP or e == ENOTTY or e == EXDEV or e == EINVAL or e == ENOSYS
+                or e == EPERM or e == ETXTBSY):
+            return -1
+        lamina_atomic_store(&sh.reflink, 0)
+    if not sparse:
+        return _copy_range(sh, src, dst, size)
+    while pos < size:
+        r = lamina_next_data(src, pos, size, &start, &end)
+        if r < 0:
+            return -1
+        if r == 0:
+            break
+        if lseek(src, <off_t>start, SEEK_SET) < 0 or lseek(dst, <off_t>start, SEEK_SET) < 0:
+            return -1
+        if _copy_range(sh, src, dst, end - start) < 0:
+            return -1
+        pos = end
+    return ftruncate(dst, <off_t>size)
+
+
 cdef const char *_finish_file(Shared *sh, int src, int dst, stat *st, mode_t create_mode,
                               const char *rel) noexcept nogil:
     """Data, xattrs, owner, mode, times of one regular file; NULL, or what failed (errno set)."""
     cdef timespec ts[2]
     cdef mode_t mode = st.st_mode & 0o7777
-    if _copy_data(sh, src, dst, st.st_size) < 0:
+    if _copy_data(sh, src, dst, st.st_size, st.st_blocks * 512 < st.st_size) < 0:
         return b"copy"
     _copy_xattrs(sh, src, dst, NULL, NULL, rel)
     if sh.is_root and fchown(dst, st.st_uid, st.st_gid) < 0:

@@ -92,6 +92,40 @@ static inline long lamina_copy_file_range(int in, int out, size_t len)
 #endif
 }
 
+/* The next data region of fd at or after pos and below size: 1 with [*start, *end), 0 if
+ * only a hole is left, -1 on error.  Copies walk these so a sparse file keeps its holes (an
+ * image's terabyte lastlog is a few blocks; written out whole it fills the disk).  Where the
+ * filesystem has no SEEK_DATA (EINVAL), all of [pos, size) is data. */
+#ifndef SEEK_DATA
+# define SEEK_DATA 3
+# define SEEK_HOLE 4
+#endif
+#ifndef ENXIO
+# define ENXIO 6
+#endif
+static inline int lamina_next_data(int fd, long long pos, long long size,
+                                   long long *start, long long *end)
+{
+    off_t s = lseek(fd, (off_t)pos, SEEK_DATA), e;
+    if (s < 0) {
+        if (errno == ENXIO)
+            return 0;
+        if (errno != EINVAL)
+            return -1;
+        *start = pos;
+        *end = size;
+        return 1;
+    }
+    if ((long long)s >= size)
+        return 0;
+    e = lseek(fd, s, SEEK_HOLE);
+    if (e < 0)
+        return -1;
+    *start = (long long)s;
+    *end = (long long)e < size ? (long long)e : size;
+    return 1;
+}
+
 /* Flags several threads set: relaxed atomics (a GCC/Clang builtin on every architecture). */
 static inline void lamina_atomic_or(int *p, int v) { __atomic_fetch_or(p, v, __ATOMIC_RELAXED); }
 static inline int lamina_atomic_load(int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }

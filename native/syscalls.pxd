@@ -104,6 +104,7 @@ cdef extern from "lamina_sys.h" nogil:
     int lamina_write_all(int fd, const char *buf, size_t len)
     void lamina_set_errno(int e)
     long lamina_copy_file_range(int infd, int outfd, size_t length)
+    int lamina_next_data(int fd, long long pos, long long size, long long *start, long long *end)
     void lamina_atomic_or(int *p, int v)
     int lamina_atomic_load(int *p)
     void lamina_atomic_store(int *p, int v)

@@ -50,7 +50,7 @@ def _num(value, width):
         return raw
     s = b"%0*o" % (width - 1, value) + b"\0"
     if len(s) > width:
-        raise ValueError(f"{value} does not fit an octal field of {width}")
+        return _num(B256(value), width)  # as GNU tar writes what octal cannot hold
     return s
 
 

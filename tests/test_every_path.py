@@ -20,6 +20,7 @@ from everypath import assert_agree, describe, run_paths, umoci_tree, write_image
 from layerkit import Guard, run_as_nobody
 from storekit import LAMINA, seeded_bytes
 from tarbuild import Tar, tarfile_bytes, ti
+from tarvectors import archive, data_map, sparse_old_gnu, sparse_pax_10
 
 
 @pytest.fixture
@@ -165,8 +166,8 @@ def test_hardlink_to_a_lower_file_keeps_its_lower_hardlinks(g, upper):
     group = next((x for x in tree.links if "b" in x), {"b"})
     assert ("c" in group) == ("c" in tree.entries)
     assert "b" in tree.entries
-    import hashlib
-    shared = hashlib.sha256(b"shared").hexdigest()
+    from treecmp import content_digest
+    shared = content_digest(b"shared")
     sibling_kept = "a/a" in tree.entries and tree.entries["a/a"].sha256 == shared
     assert ("a/a" in group) == sibling_kept
     if "a" in tree.entries:
@@ -449,3 +450,47 @@ def test_modes_are_the_images_whatever_the_umask(g, umask):
     assert tree.entries["f2"].mode == 0o666 and tree.entries["f5"].mode == 0o000
     assert tree.entries["f6"].mode == 0o4755 and tree.entries["f8"].mode == 0o1777
     assert tree.entries["top"].mode == 0o664
+
+
+# --- sparse files: a terabyte of holes stays a few blocks on every path ---
+
+BIG = 64 << 30  # 256 times the work's tmpfs; a regression that hashes the holes reads it in seconds
+
+
+@pytest.fixture
+def small_fs(g):
+    """A 256 MiB tmpfs for the work: a path that writes a sparse file's holes out fails on it
+    (ENOSPC) instead of filling the machine."""
+    os.makedirs(g.dest, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", os.fspath(g.dest)], check=True)
+    try:
+        yield g
+    finally:
+        subprocess.run(["umount", "-l", os.fspath(g.dest)], check=True)
+
+
+def _lastlog(build=sparse_pax_10):
+    # useradd's lastlog for a high uid: gigabytes (up to terabytes) of holes around two blocks of data
+    return build("var/log/lastlog", BIG, [(0, b"head" * 1024), (BIG - 4096, b"tail" * 1024)])
+
+
+@pytest.mark.parametrize("upper", [None, "hardlink", "hardlink-twice"])
+@pytest.mark.parametrize("build", [sparse_pax_10, sparse_old_gnu], ids=["pax-1.0", "oldgnu-S"])
+def test_a_huge_sparse_file_keeps_its_holes_on_every_path(small_fs, build, upper):
+    """Copies of a file (store snapshot to flat tree, copy-up of a lower file an upper layer
+    hardlinks) walk its data regions; the dedup pass does not hash the holes.  Each path's
+    tree must fit in 256 MiB, with the same data map as the archive's."""
+    layers = [archive(Tar().dir("var").dir("var/log").bytes(end=False), _lastlog(build))]
+    if upper:
+        t = Tar().hardlink("var/log/lastlog.link", "var/log/lastlog")
+        if upper == "hardlink-twice":
+            t.hardlink("lastlog", "var/log/lastlog")
+        layers.append(t.bytes())
+    results = run_paths(small_fs.dest, layers)
+    tree = assert_agree(results, context=f"sparse {build.__name__} {upper}")
+    assert tree is not None, results
+    assert tree.entries["var/log/lastlog"].size == BIG
+    maps = {}
+    for path in ("dir", "store-copy", "store-relink"):
+        maps[path] = data_map(os.path.join(small_fs.dest, path, "var/log/lastlog"))
+    assert all(m == [(0, 4096), (BIG - 4096, BIG)] for m in maps.values()), maps

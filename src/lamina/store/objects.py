@@ -107,6 +107,17 @@ def _hash_fd(fd):
     return _native().hash_fd(fd)
 
 
+def _has_holes(fd, st):
+    """Whether the file has a hole: fewer blocks than bytes (compression, inline data) and a hole
+    before its end."""
+    if st.st_blocks * 512 >= st.st_size:
+        return False
+    try:
+        return os.lseek(fd, 0, os.SEEK_HOLE) < st.st_size
+    except OSError:  # no SEEK_HOLE here
+        return False
+
+
 def _hash_bytes(data):
     return _native().hash_bytes(data)
 
@@ -195,7 +206,7 @@ def _xattrs(fd):
 @dataclass
 class FileEntry:
     path: str            # relative to the snapshot's fs/, '/'-separated (surrogateescape for non-UTF-8 names)
-    blake3: str
+    blake3: str          # "" for a sparse file: private, never hashed (see _Pass.one)
     size: int
     object: str | None   # the object it shares, None if it kept a private inode (e.g. EMLINK)
 
@@ -572,7 +583,11 @@ class _Pass:
             self.stats.files += 1
             self.stats.bytes += st.st_size
             key = (st.st_dev, st.st_ino)
-            if key not in self.inodes:  # else: another name of an inode already handled
+            if key not in self.inodes and _has_holes(fd[0], st):
+                # a sparse file stays private and unhashed, as the extractor leaves it: hashing
+                # (and sharing) its holes would read every byte of an image's terabyte lastlog
+                self.inodes[key] = (None, "")
+            elif key not in self.inodes:  # else: another name of an inode already handled
                 t = time.perf_counter()
                 digest, _ = _hash_fd(fd[0])
                 self.stats.hash_seconds += time.perf_counter() - t
