@@ -14,8 +14,10 @@ cd "$(dirname "$0")/.."
 # python3-venv, python3-dev and gcc: the venv, and the C extension the install compiles;
 # libisal-dev and libzstd-dev: the native inflate of lamina._pipeline (without them: the Python one)
 # chromium: the bench report is opened headless in a test (tests/test_bench_report_browser.py)
+# golang-src, libpython3.11-testsuite: Go's and CPython's tar test archives (tests/test_tar_corpora.py)
 DEBS=(python3-venv python3-dev gcc libisal-dev libzstd-dev umoci skopeo tar gzip pigz zstd attr libarchive-tools
-      docker-registry util-linux kmod xfsprogs e2fsprogs debootstrap qemu-user-static chromium)
+      docker-registry util-linux kmod xfsprogs e2fsprogs debootstrap qemu-user-static chromium
+      golang-src libpython3.11-testsuite)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,6 +28,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 modprobe overlay 2>/dev/null || true
+# libarchive's test archives, from its Debian source package (cached)
+bash ci/fetch-corpora.sh || echo "WARNING: libarchive's test archives could not be fetched" >&2
 
 venv="$(realpath -m "${LAMINA_VENV:-.venv}")"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"

@@ -1,0 +1,110 @@
+"""Other projects' tar test archives, as installed or fetched by tests/run-all.sh.
+
+    go/NAME          Go's archive/tar testdata (Debian golang-src)
+    cpython/NAME     CPython's tarfile test archives (Debian libpython3.11-testsuite)
+    libarchive/NAME  libarchive's test archives, uuencoded in its source package
+                     (ci/fetch-corpora.sh puts them in /var/cache/lamina-corpora)
+
+``archive(key)`` returns (layer bytes as the project ships them, the plain tar or
+None where it has no plain form).  Compressed forms: ``.tgz``/``.gz`` and ``.zst``
+stay compressed as layers (lamina reads them); ``.Z`` and ``.bz2`` (which lamina
+does not read) are inflated here.
+"""
+from __future__ import annotations
+
+import binascii
+import bz2
+import glob
+import gzip
+import os
+import subprocess
+
+from conftest import IN_CI
+
+LIBARCHIVE = os.path.join(os.environ.get("LAMINA_CORPORA", "/var/cache/lamina-corpora"), "libarchive")
+
+
+def _go_dir():
+    found = sorted(glob.glob("/usr/share/go-*/src/archive/tar/testdata"))
+    return found[-1] if found else None
+
+
+def _cpython_dir():
+    found = sorted(glob.glob("/usr/lib/python3*/test/testtar.tar"))
+    return os.path.dirname(found[-1]) if found else None
+
+
+def corpus_dir(corpus):
+    path = {"go": _go_dir(), "cpython": _cpython_dir(),
+            "libarchive": LIBARCHIVE if os.path.isdir(LIBARCHIVE) else None}[corpus]
+    return path
+
+
+def require_corpus(corpus):
+    import pytest
+    path = corpus_dir(corpus)
+    if path is None:
+        msg = (f"the {corpus} test archives are not here (tests/run-all.sh installs golang-src and "
+               "libpython3.11-testsuite, and runs ci/fetch-corpora.sh)")
+        if IN_CI:
+            pytest.fail(msg + " (CI must provide them)")
+        pytest.skip(msg)
+    return path
+
+
+def uudecode(path):
+    """The payload of a uuencoded file (libarchive's test archives are kept this way)."""
+    out = bytearray()
+    inside = False
+    with open(path, "rb") as f:
+        for line in f:
+            if line.startswith(b"begin "):
+                inside = True
+                continue
+            if line.strip() == b"end":
+                break
+            if inside and line.strip():
+                try:
+                    out += binascii.a2b_uu(line)
+                except binascii.Error:  # trailing garbage after the counted bytes
+                    n = (((line[0] - 32) & 63) * 4 + 5) // 3
+                    out += binascii.a2b_uu(line[:n])
+    return bytes(out)
+
+
+def _unZ(data):
+    return subprocess.run(["gzip", "-dc"], input=data, capture_output=True, check=True).stdout
+
+
+def _unzstd(data):
+    return subprocess.run(["zstd", "-dc"], input=data, capture_output=True, check=True).stdout
+
+
+def archive(key):
+    """(layer bytes, plain tar bytes or None) of ``corpus/name``."""
+    corpus, name = key.split("/", 1)
+    base = require_corpus(corpus)
+    if corpus == "libarchive":
+        data = uudecode(os.path.join(base, name + ".uu"))
+    else:
+        with open(os.path.join(base, name), "rb") as f:
+            data = f.read()
+    if name.endswith(".Z"):
+        data = _unZ(data)
+    elif name.endswith(".bz2"):
+        data = bz2.decompress(data)
+    if name.endswith((".tgz", ".gz")):
+        try:
+            return data, gzip.decompress(data)
+        except (OSError, EOFError):
+            return data, None
+    if name.endswith(".zst"):
+        return data, _unzstd(data)
+    return data, data
+
+
+def other_libarchive_archives(known):
+    """Every libarchive test archive not in ``known``: zip, rar, 7z, cpio, iso, xar..., and tars
+    compressed in ways a layer never is."""
+    base = require_corpus("libarchive")
+    return sorted(n[:-3] for n in os.listdir(base) if n.endswith(".uu") and f"libarchive/{n[:-3]}" not in known)

@@ -1,0 +1,183 @@
+"""Other projects' tar test archives (tests/corpora.py): lamina reads each as the references do.
+
+Go's archive/tar, CPython's tarfile and libarchive each keep archives written to
+catch a reader's mistake.  For each one, as a single layer:
+
+- where GNU tar and bsdtar both extract it and agree, lamina's tree is theirs;
+- where they disagree, lamina's tree is the one EXPECT names (the reason beside it,
+  and in tests/CONFORMANCE.md);
+- where EXPECT says refused, lamina refuses it with that lamina error, saying what is wrong;
+- every path (dir, overlay + kernel mount, store snapshots + flatten, store mount) gives
+  the same tree, or every path refuses; nothing outside the work directory changes.
+
+Every other libarchive test archive (zip, rar, 7z, cpio, iso..., and tars compressed in
+ways no layer is) is refused with a lamina error.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import corpora
+from conftest import require_root
+from everypath import assert_agree, run_paths
+from layerkit import Guard, apply, write
+from tarvectors import extract_with
+from treecmp import assert_same, snapshot
+
+REFS = "references"     # GNU tar and bsdtar extract it and agree
+GNU = "gnu"             # only GNU tar's tree (bsdtar fails or differs: why in the comment)
+BSD = "bsd"
+
+
+def refused(error, words):
+    return ("refused", error, words)
+
+
+EXPECT = {
+    # --- Go's archive/tar testdata ---
+    "go/file-and-dir.tar": REFS, "go/gnu-incremental.tar": REFS, "go/gnu-long-nul.tar": REFS,
+    "go/gnu-multi-hdrs.tar": REFS, "go/gnu-nil-sparse-data.tar": REFS, "go/gnu-nil-sparse-hole.tar": REFS,
+    "go/gnu-not-utf8.tar": REFS, "go/gnu-sparse-big.tar": REFS, "go/gnu-utf8.tar": REFS, "go/gnu.tar": REFS,
+    "go/hardlink.tar": REFS, "go/hdr-only.tar": REFS,
+    "go/invalid-go17.tar": REFS,  # Go reads the GNU atime/ctime bytes as a ustar prefix (its 1.7 writer's bug)
+    "go/issue10968.tar": refused("InvalidArchiveError", "size field does not fit 64 bits"),
+    "go/issue11169.tar": refused("InvalidArchiveError", "malformed PAX record"),
+    "go/issue12435.tar": refused("InvalidArchiveError", "size field does not fit 64 bits"),
+    "go/neg-size.tar": refused("InvalidArchiveError", "size field does not fit 64 bits"),
+    "go/nil-uid.tar": GNU,  # and Go: a 14-byte file; bsdtar reads 2176 bytes
+    "go/pax-bad-hdr-file.tar": refused("InvalidArchiveError", "malformed PAX record"),
+    "go/pax-bad-hdr-large.tar.bz2": refused("LimitExceededError", "exceeds the limit of 1048576"),
+    "go/pax-bad-mtime-file.tar": refused("InvalidArchiveError", "invalid PAX mtime"),  # as Go; GNU, bsd guess
+    "go/pax-global-records.tar": BSD,  # GNU tar applies the global records (an empty path: fails)
+    "go/pax-multi-hdrs.tar": GNU,  # bsdtar warns on consecutive 'x' headers and exits 1
+    "go/pax-nil-sparse-data.tar": REFS, "go/pax-nil-sparse-hole.tar": REFS,
+    "go/pax-nul-path.tar": refused("InvalidArchiveError", "NUL"),  # as Go; GNU and bsd cut the path
+    "go/pax-nul-xattrs.tar": refused("InvalidArchiveError", "NUL byte in PAX record key"),
+    "go/pax-path-hdr.tar": refused("InvalidArchiveError", "archive ends after an extended header"),
+    "go/pax-pos-size-file.tar": REFS, "go/pax-records.tar": REFS, "go/pax-sparse-big.tar": REFS,
+    "go/pax.tar": REFS,
+    "go/sparse-formats.tar": BSD,  # GNU tar stops at one of the sparse maps ("Unexpected EOF")
+    "go/star.tar": REFS, "go/trailing-slash.tar": REFS, "go/ustar-file-devs.tar": REFS,
+    "go/ustar-file-reg.tar": REFS, "go/ustar.tar": REFS, "go/v7.tar": REFS, "go/writer.tar": REFS,
+    "go/writer-big.tar": refused("InvalidArchiveError", "archive ends inside entry 'tmp/16gig.txt'"),
+    "go/writer-big-long.tar": refused("InvalidArchiveError", "archive ends inside entry 'longname/"),
+    "go/xattrs.tar": REFS,
+    # --- CPython's tarfile tests ---
+    "cpython/testtar.tar": GNU,  # bsdtar cannot convert a non-UTF-8 name to this locale
+    "cpython/recursion.tar": refused("InvalidArchiveError", "stream ends inside the first tar header"),
+    # --- libarchive's tests ---
+    "libarchive/test_acl_pax_nfs4.tar": REFS,
+    "libarchive/test_acl_pax_posix1e.tar": GNU,  # bsdtar fails to set the ACLs here (exit 1)
+    "libarchive/test_compat_gtar_1.tar": REFS, "libarchive/test_compat_gtar_2.tar": REFS,
+    "libarchive/test_compat_gzip_1.tgz": REFS,
+    # gzip members then garbage: bsdtar ignores it, gzip (GNU tar) and Go fail
+    "libarchive/test_compat_gzip_2.tgz": refused("CompressionError", "not a gzip member"),
+    "libarchive/test_compat_mac-1.tar.Z": REFS, "libarchive/test_compat_mac-2.tar.Z": REFS,
+    "libarchive/test_compat_perl_archive_tar.tar": REFS, "libarchive/test_compat_plexus_archiver_tar.tar": REFS,
+    "libarchive/test_compat_solaris_pax_sparse_1.pax.Z": REFS,
+    "libarchive/test_compat_solaris_pax_sparse_2.pax.Z": REFS,
+    "libarchive/test_compat_solaris_tar_acl.tar": GNU,  # bsdtar turns Solaris ACL entries into ACL xattrs
+    "libarchive/test_compat_star_acl_nfs4.tar": REFS,
+    "libarchive/test_compat_star_acl_posix1e.tar": GNU,  # bsdtar fails to set the ACLs here (exit 1)
+    "libarchive/test_compat_tar_directory_1.tar": REFS, "libarchive/test_compat_tar_hardlink_1.tar": REFS,
+    "libarchive/test_compat_uudecode_large.tar.Z": REFS,
+    "libarchive/test_compat_zstd_1.tar.zst": REFS,
+    "libarchive/test_compat_zstd_2.tar.zst": BSD,  # a skippable frame first: GNU tar's detection misses it
+    "libarchive/test_pax_filename_encoding.tar": GNU,  # bsdtar cannot convert a name to this locale
+    "libarchive/test_pax_xattr_header_all.tar": REFS,
+    "libarchive/test_pax_xattr_header_libarchive.tar": BSD,  # LIBARCHIVE.xattr.*: GNU tar ignores them
+    "libarchive/test_pax_xattr_header_schily.tar": REFS,
+    "libarchive/test_read_format_gtar_filename_cp866.tar.Z": REFS,
+    "libarchive/test_read_format_gtar_filename_eucjp.tar.Z": REFS,
+    "libarchive/test_read_format_gtar_filename_koi8r.tar.Z": REFS,
+    "libarchive/test_read_format_gtar_sparse_1_13.tar": REFS,
+    "libarchive/test_read_format_gtar_sparse_1_17.tar": REFS,
+    "libarchive/test_read_format_gtar_sparse_1_17_posix00.tar": REFS,
+    "libarchive/test_read_format_gtar_sparse_1_17_posix01.tar": REFS,
+    "libarchive/test_read_format_gtar_sparse_1_17_posix10.tar": REFS,
+    # its map's data does not add up; GNU tar refuses it too ("malformed sparse archive member")
+    "libarchive/test_read_format_gtar_sparse_1_17_posix10_modified.tar": refused("InvalidArchiveError",
+                                                                                 "invalid sparse map"),
+    # a PAX size record of the real size (old GNU tar): GNU tar and Go run off the end
+    "libarchive/test_read_format_gtar_sparse_skip_entry.tar.Z": refused(
+        "InvalidArchiveError", "sparse map names 4100 bytes but the entry stores"),
+    "libarchive/test_read_format_tar_concatenated.tar": REFS,
+    "libarchive/test_read_format_tar_empty_filename.tar": GNU,  # bsdtar skips the entry (exit 1)
+    "libarchive/test_read_format_tar_empty_pax.tar.Z": REFS,
+    "libarchive/test_read_format_tar_empty_with_gnulabel.tar": REFS,
+    "libarchive/test_read_format_tar_filename_koi8r.tar.Z": REFS,
+    "libarchive/test_read_format_tar_invalid_pax_size.tar": refused("InvalidArchiveError", "malformed PAX record"),
+    "libarchive/test_read_format_ustar_filename_cp866.tar.Z": REFS,
+    "libarchive/test_read_format_ustar_filename_eucjp.tar.Z": REFS,
+    "libarchive/test_read_format_ustar_filename_koi8r.tar.Z": REFS,
+    "libarchive/test_read_pax_xattr_rht_security_selinux.tar": GNU,  # bsdtar maps RHT.security.selinux
+    "libarchive/test_read_pax_xattr_schily.tar": REFS,
+    "libarchive/test_write_disk_hfs_compression.tgz": REFS,
+    "libarchive/test_write_disk_mac_metadata.tar.gz": REFS,
+    "libarchive/test_write_disk_no_hfs_compression.tgz": REFS,
+}
+
+
+@pytest.fixture
+def g(tmp_path):
+    require_root()
+    guard = Guard(tmp_path)
+    yield guard
+    guard.check()
+
+
+def _reference(tool, tarpath, dest, *, must_succeed):
+    rc, err = extract_with(tool, tarpath, dest, check=False)
+    if must_succeed:
+        assert rc == 0, f"{tool} tar failed on it: {err}"
+    return snapshot(dest) if rc == 0 else None
+
+
+@pytest.mark.parametrize("key", sorted(EXPECT))
+def test_other_projects_archive(g, key):
+    layer, plain = corpora.archive(key)
+    expect = EXPECT[key]
+    layer_path = write(g.dest / "layer", layer)
+    if isinstance(expect, tuple):
+        _, error, words = expect
+        with pytest.raises(Exception) as info:
+            apply(layer_path, g.dest / "lamina")
+        import lamina.errors
+        assert isinstance(info.value, lamina.errors.LaminaError), repr(info.value)
+        assert type(info.value).__name__ == error and words in str(info.value), str(info.value)
+    else:
+        apply(layer_path, g.dest / "lamina")
+        got = snapshot(g.dest / "lamina")
+        tar_path = write(g.dest / "plain.tar", plain)
+        want = {tool: _reference(tool, tar_path, g.dest / tool, must_succeed=expect in (REFS, tool))
+                for tool in ("gnu", "bsd")}
+        if expect == REFS:
+            assert_same(want["gnu"], want["bsd"], labels=("gnu-tar", "bsdtar"), context="references disagree")
+        assert_same(want["gnu" if expect in (REFS, GNU) else "bsd"], got,
+                    labels=(expect, "lamina"), context=key)
+    if plain is not None:
+        results = run_paths(g.dest / "paths", [plain])
+        tree = assert_agree(results, context=key)
+        assert (tree is None) == isinstance(expect, tuple), results
+    g.check()
+
+
+def test_every_other_libarchive_archive_is_refused(tmp_path):
+    """zip, rar, 7z, cpio, iso, xar, lha, cab, warc..., and tars in compressions no layer uses
+    (bzip2, xz, lzip, lz4, lzop, compress): a lamina error for each, nothing else."""
+    import lamina.errors
+    names = corpora.other_libarchive_archives(EXPECT)
+    assert len(names) > 200, names  # the corpus is really there
+    wrong = []
+    for name in names:
+        path = write(tmp_path / "layer", corpora.uudecode(os.path.join(corpora.LIBARCHIVE, name + ".uu")))
+        try:
+            apply(path, tmp_path / f"out-{len(wrong)}-{name[:40]}")
+            wrong.append(f"{name}: accepted")
+        except lamina.errors.LaminaError:
+            pass
+        except Exception as e:  # noqa: BLE001 - the point is what kind of error it is
+            wrong.append(f"{name}: {e!r}")
+    assert not wrong, "\n".join(wrong)
