@@ -160,3 +160,37 @@ def test_unreadable_index_is_rebuilt_with_unnamed_images(loaded):
     assert rebuilt.dangling and rebuilt.config_digest == image.config_digest
     lamina(root, "fsck", "--repair")  # the corrupt copy stays for the user; nothing else to do
     assert fsck(root)["ok"]
+
+
+def _bytes_read():
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def test_a_sparse_file_is_checked_without_reading_its_holes(tmp_path):
+    """fsck compares each snapshot with a fresh extraction of its layer: a 64 GiB sparse file (a
+    high uid's lastlog) is compared by its data regions, not by 64 GiB of zeros read twice; a
+    byte changed inside it, or written into one of its holes, is still found."""
+    from everypath import write_image
+    from tarbuild import Tar
+    from tarvectors import archive, sparse_pax_10
+    big = 64 << 30
+    layer = archive(Tar().dir("var").bytes(end=False),
+                    sparse_pax_10("var/lastlog", big, [(0, b"head" * 1024), (big - 4096, b"tail" * 1024)]))
+    layout = write_image(tmp_path / "src", [layer])
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{layout}:img", "app:1")
+    store = Store(root)
+    before = _bytes_read()
+    assert store.fsck().findings == []
+    assert _bytes_read() - before < 64 << 20
+    fs = store.snapshots_for(store.resolve("app:1"))[0]
+    for at, data in ((1, b"X"), (big // 2, b"Y")):  # inside the data, then inside a hole
+        with open(fs / "var" / "lastlog", "r+b") as f:
+            f.seek(at)
+            f.write(data)
+        report = store.fsck()
+        assert [f.kind for f in report.findings] == ["bad-snapshot"], report.findings
+        assert "var/lastlog" in report.findings[0].message
+        store.fsck(repair=True)
+        assert store.fsck().findings == []
