@@ -30,6 +30,17 @@ def require_root():
         pytest.skip("needs root")
 
 
+@pytest.fixture
+def g(tmp_path):
+    """As root: a layerkit.Guard over tmp_path, checked after the test (nothing outside its
+    ``dest`` changed)."""
+    require_root()
+    from layerkit import Guard
+    guard = Guard(tmp_path)
+    yield guard
+    guard.check()
+
+
 def run(*cmd, **kw):
     """Run a command, failing the test with its stderr when it fails."""
     kw.setdefault("capture_output", True)

@@ -17,18 +17,10 @@ import pytest
 
 from conftest import require_root
 from everypath import assert_agree, describe, run_paths, umoci_tree, write_image
-from layerkit import Guard, run_as_nobody
+from layerkit import run_as_nobody
 from storekit import LAMINA, seeded_bytes
 from tarbuild import Tar, tarfile_bytes, ti
 from tarvectors import archive, data_map, sparse_old_gnu, sparse_pax_10
-
-
-@pytest.fixture
-def g(tmp_path):
-    require_root()
-    guard = Guard(tmp_path)
-    yield guard
-    guard.check()
 
 
 def agree(g, tars, *, umoci=True):

@@ -20,9 +20,8 @@ import os
 import pytest
 
 import corpora
-from conftest import require_root
 from everypath import assert_agree, run_paths
-from layerkit import Guard, apply, write
+from layerkit import apply, write
 from tarvectors import extract_with
 from treecmp import assert_same, snapshot
 
@@ -118,14 +117,6 @@ EXPECT = {
     "libarchive/test_write_disk_mac_metadata.tar.gz": REFS,
     "libarchive/test_write_disk_no_hfs_compression.tgz": REFS,
 }
-
-
-@pytest.fixture
-def g(tmp_path):
-    require_root()
-    guard = Guard(tmp_path)
-    yield guard
-    guard.check()
 
 
 def _reference(tool, tarpath, dest, *, must_succeed):
