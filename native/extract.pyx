@@ -2312,10 +2312,15 @@ cdef class Extractor:
         cdef bint opaque = False
         cdef const char *cbase = base
         cdef int r, e, sr = -1, se = 0
+        # Made with its final permissions (the fixup's chmod is skipped then) where they
+        # let no one but the owner write and do not lock the owner out; else with no more
+        # than them for anyone but the owner (a 1777 dir is not writable by all, a 0555 dir
+        # not closed to its owner, before the fixup).
+        cdef mode_t create_mode = (<mode_t>self.cur_mode & 0o755) | 0o700
         if self.overlay:
             path = self.cache_phys + b"/" + base if self.cache_phys else base
         with nogil:  # the syscalls of the common case, in one block without the GIL
-            r = mkdirat(pfd, cbase, 0o700)
+            r = mkdirat(pfd, cbase, create_mode)
             e = errno
             if r == 0 or e == EEXIST:
                 sr = fstatat(pfd, cbase, &st, AT_SYMLINK_NOFOLLOW)
@@ -2332,7 +2337,7 @@ cdef class Extractor:
                 # (in the dir format it was deleted): the new dir must not show it
                 opaque = self.overlay
                 self._remove(pfd, base, name)
-                if mkdirat(pfd, base, 0o700) < 0:
+                if mkdirat(pfd, base, create_mode) < 0:
                     self._oserror("mkdir", name)
                 sr = -1  # a new inode: st no longer tells
         if not opaque and not self.cur_xattrs:
@@ -3204,7 +3209,11 @@ cdef class Extractor:
                     same = not check or (fstat(fd, &st) == 0 and st.st_dev == wdev and st.st_ino == wino)
                     step = SC_OK
                     if same:
-                        if has_mode and fchmod(fd, cmode) < 0:
+                        # a mode the directory has already (made with it, or a lower layer's)
+                        # needs no chmod; with setuid/setgid/sticky it is always set, since
+                        # a chmod may clear setgid, which a skipped one would keep
+                        if (has_mode and not (check and (st.st_mode & 0o7777) == cmode and not (cmode & 0o7000))
+                                and fchmod(fd, cmode) < 0):
                             step = SC_CHMOD
                         elif has_time and futimens(fd, ts) < 0:
                             step = SC_TIMES

@@ -265,3 +265,51 @@ def test_overlay_hardlinks_run_gil_free_and_match_gnu_tar(tmp_path):
     assert st.nogil_entries == len(members)
     want = gnu_tar_extract(str(tmp_path / "blob"), str(tmp_path / "tar"))
     assert_same(snapshot(want), snapshot(layer), labels=("GNU tar", "lamina"), context="overlay hardlinks")
+
+
+# --- syscalls that change nothing --------------------------------------------
+
+_CHILD = r'''
+import os, sys
+from lamina._extract import Extractor
+os.umask(0o022)
+ex = Extractor(sys.argv[1])
+ex.feed(open(sys.argv[2], "rb").read())
+ex.finish()
+ex.close()
+'''
+
+
+def test_directories_made_with_their_mode_get_no_chmod(tmp_path):
+    """A directory is made with its final mode when that is safe early (no write for
+    others, not closed to its owner): the fixup's chmod would change nothing and is
+    skipped.  Counted with strace; the tree is GNU tar's, modes and times included."""
+    require_root()
+    from conftest import require_tool
+    require_tool("strace")
+    members = []
+    for d in range(200):
+        members.append((ti(f"d{d:03d}", tarfile.DIRTYPE, mode=(0o755, 0o750, 0o711, 0o700)[d % 4]), None))
+        members.append((ti(f"d{d:03d}/f"), b"f"))
+    # these do need it: sticky, setgid, read-only, and a dir that inherits the setgid bit
+    # of its parent (a lower layer's) which it should not have
+    for name, mode in (("t", 0o1777), ("g", 0o2755), ("ro", 0o555), ("lower/child", 0o755)):
+        members.append((ti(name, tarfile.DIRTYPE, mode=mode), None))
+    blob = write(tmp_path / "blob", tarfile_bytes(members, fmt=tarfile.USTAR_FORMAT))
+    lower = write(tmp_path / "lower", tarfile_bytes([(ti("lower", tarfile.DIRTYPE, mode=0o2755), None)]))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    _extract(dest, open(lower, "rb").read())
+    trace = tmp_path / "trace"
+    run("strace", "-f", "-qq", "-e", "trace=chmod,fchmod,fchmodat", "-o", str(trace),
+        sys.executable, "-c", _CHILD, str(dest), str(blob))
+    chmods = [ln for ln in trace.read_text().splitlines() if "chmod" in ln]
+    assert len(chmods) == 4, "\n".join(chmods)
+    gnu_tar_extract(str(lower), str(tmp_path / "tar"))
+    want = gnu_tar_extract(str(blob), str(tmp_path / "tar"))
+    assert_same(snapshot(want), snapshot(dest), labels=("GNU tar", "lamina"), context="directory modes")
+    # GNU tar leaves an unlisted parent with the time its new child gave it; lamina keeps
+    # the lower layer's (as umoci): only the listed directories' times compare
+    listed = lambda p, e: p != "lower"  # noqa: E731
+    assert_same(snapshot(want, dir_mtime=True).filtered(listed), snapshot(dest, dir_mtime=True).filtered(listed),
+                labels=("GNU tar", "lamina"), context="directory times")
