@@ -15,6 +15,7 @@ the new one lets go once per entry, and the second thread, waiting on the GIL,
 gets it on some of those thousands of chances.
 """
 import functools
+import json
 import os
 import sys
 import tarfile
@@ -313,3 +314,38 @@ def test_directories_made_with_their_mode_get_no_chmod(tmp_path):
     listed = lambda p, e: p != "lower"  # noqa: E731
     assert_same(snapshot(want, dir_mtime=True).filtered(listed), snapshot(dest, dir_mtime=True).filtered(listed),
                 labels=("GNU tar", "lamina"), context="directory times")
+
+
+def test_rootless_whiteouts_in_read_only_lower_dirs(tmp_path):
+    """Without root, a whiteout in a directory a lower layer left read-only opens it up
+    (u+wx) in its GIL-free block, and the end of the layer restores its mode and time."""
+    require_root()  # to become nobody
+    from layerkit import rmtree, run_as_nobody, world_tmpdir
+    from tarbuild import Tar
+    work = world_tmpdir()
+    try:
+        lower = Tar().dir("ro", mode=0o555, mtime=1_500_000_000)
+        top = Tar()
+        for i in range(50):
+            lower.file(f"ro/f{i}", b"x")
+            if i % 2:
+                top.whiteout(f"ro/f{i}")
+        for name, data in (("lower", lower.bytes()), ("top", top.bytes())):
+            write(os.path.join(work, name), data)
+        os.system(f"chmod -R a+rX {work}")
+        os.chmod(work, 0o777)
+        dest = os.path.join(work, "out")
+        r = run_as_nobody(
+            "os.mkdir(sys.argv[1])\n"
+            "lamina.apply_layer(sys.argv[2], sys.argv[1])\n"
+            "st = lamina.apply_layer(sys.argv[3], sys.argv[1])\n"
+            "print(json.dumps([st.entries, st.whiteouts, st.nogil_entries]))\n",
+            dest, os.path.join(work, "lower"), os.path.join(work, "top"))
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout.splitlines()[-1]) == [25, 25, 25]
+        assert sorted(os.listdir(os.path.join(dest, "ro"))) == sorted(f"f{i}" for i in range(0, 50, 2))
+        st = os.stat(os.path.join(dest, "ro"))
+        assert st.st_mode & 0o7777 == 0o555, "mode restored after the layer"
+        assert st.st_mtime == 1_500_000_000, "the lower layer's time kept: the layer does not list ro"
+    finally:
+        rmtree(work)
