@@ -2844,6 +2844,7 @@ cdef class Extractor:
 
     cdef _whiteout(self, bytes path, Py_ssize_t slash, bytes base, bytes name):
         cdef int pfd
+        cdef bint found
         cdef stat st
         cdef timespec ts[2]
         parent = path[:slash] if slash > 0 else b""
@@ -2920,13 +2921,18 @@ cdef class Extractor:
                 finally:
                     close(pfd)
             return
-        if self._whiteout_nogil(parent, hidden, name):
+        pfd = self._whiteout_nogil(parent, hidden, name, &st)
+        if pfd == -2:
             return
-        pfd = self._resolve_dir(parent, False, name)
-        if pfd < 0:
-            return  # nothing below to hide
+        if pfd >= 0:
+            found = True  # a directory, its parent resolved and its lstat in st
+        else:
+            pfd = self._resolve_dir(parent, False, name)
+            if pfd < 0:
+                return  # nothing below to hide
+            found = fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0
         try:
-            if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+            if found:
                 if not self._written_here(pfd, hidden, &st):
                     self._keep_times(pfd, parent)
                     if not self.is_root:
@@ -2937,30 +2943,31 @@ cdef class Extractor:
         finally:
             close(pfd)
 
-    cdef bint _whiteout_nogil(self, bytes parent, bytes hidden, object name) except -1:
+    cdef int _whiteout_nogil(self, bytes parent, bytes hidden, object name, stat *st) except -3:
         """The common whiteout of the dir format, of a non-directory from a layer below
         (or of nothing), in one block without the GIL: what the general path below does
         (resolve the parent, keep its times, open it up, remove), without its stats
         that change nothing.  Whether this layer wrote the name is known beforehand
-        when no non-directory it wrote has that name (``created_names``).  False
-        when the general path must decide (a directory, which may be this layer's
-        and is removed with all it holds; errors): nothing was changed then."""
+        when no non-directory it wrote has that name (``created_names``).  -2: done.
+        Else the general path decides, nothing changed: from scratch (-1: errors, no
+        openat2...), or with the fd returned, of the parent, when the name is a directory
+        (lstat in ``st``: which may be this layer's; removed with all it holds)."""
         cdef int pfd = self.rootfd, r = -1, e = 0, sr = -1, root = self.rootfd
         cdef bint own = len(parent) > 0, need_times, is_root = self.is_root, opened = False
         cdef bint found = False, slow = False
         cdef uid_t euid = self.euid
-        cdef stat st, pst
+        cdef stat pst
         cdef const char *cparent = parent
         cdef const char *chidden = hidden
         if self.overlay or not self.use_openat2 or hidden in self.created_names:
-            return False
+            return -1
         need_times = parent not in self.parent_times
         with nogil:
             if own:
                 pfd = lamina_openat2(root, cparent, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
                                      LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_MAGICLINKS)
                 e = errno
-            if pfd >= 0 and fstatat(pfd, chidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+            if pfd >= 0 and fstatat(pfd, chidden, st, AT_SYMLINK_NOFOLLOW) == 0:
                 found = True
                 if S_ISDIR(st.st_mode):
                     slow = True
@@ -2973,20 +2980,20 @@ cdef class Extractor:
                     r = unlinkat(pfd, chidden, 0)
                     if r < 0 and errno == ENOENT:
                         r = 0
-            if own and pfd >= 0 and not (found and not slow and r < 0):  # kept for _remove
+            if own and pfd >= 0 and not slow and not (found and r < 0):  # else kept for the caller
                 close(pfd)
         if pfd < 0:
             # the parent is absent, or under a non-directory: nothing to hide (as _resolve_dir
             # says); else the general path raises or walks by hand
             if e == ENOENT or e == ENOTDIR:
                 self.nogil_entries += 1
-                return True
-            return False
+                return -2
+            return -1
         if slow:
-            return False
+            return pfd if own else -1  # the root is the caller's to dup
         if not found:
             self.nogil_entries += 1
-            return True
+            return -2
         if sr == 0:
             if need_times:
                 self.parent_times[parent] = (pst.st_mtim.tv_sec, pst.st_mtim.tv_nsec)
@@ -3000,11 +3007,11 @@ cdef class Extractor:
             finally:
                 if own:
                     close(pfd)
-            return True
+            return -2
         if S_ISLNK(st.st_mode):
             self._invalidate()  # as _remove: the cached parent may have been reached through it
         self.nogil_entries += 1
-        return True
+        return -2
 
     cdef _opaque(self, bytes parent, bytes name):
         cdef int fd
