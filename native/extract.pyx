@@ -614,6 +614,7 @@ cdef class Extractor:
     cdef set provided              # overlay format: physical paths this layer wrote, and their parents
     cdef int64_t headers
     cdef set created_ino           # dir format: what this layer wrote, wherever it landed (see _record_inode)
+    cdef set created_names         # dir format: the names of the non-directories in created_ino
     cdef object root_key
     cdef bytes root_real           # dir format: the root's path as the kernel names it (/proc/self/fd)
     cdef list lower_fds            # overlay: root fds of the finished layers below, topmost first
@@ -795,6 +796,7 @@ cdef class Extractor:
         self.created = set()
         self.provided = set()
         self.created_ino = set()
+        self.created_names = set()
         self.restore_modes = {}
         self.skipped = []
         self.prev_name = None
@@ -2022,9 +2024,11 @@ cdef class Extractor:
         if not self.overlay:
             if kind == K_DIR:
                 pass  # recorded by _mkdir, from its fstat
-            elif (kind == K_REG or kind == K_SYMLINK) and pfd == self.cache_fd and self.cache_st_ok:
-                # just created by name in the cached parent: its (dev, ino) is known
+            elif (kind == K_REG or kind == K_SYMLINK or kind == K_LINK) and pfd == self.cache_fd and self.cache_st_ok:
+                # just created by name in the cached parent (a hardlink is never a directory):
+                # its (dev, ino) is known
                 self.created_ino.add((self.cache_st.st_dev, self.cache_st.st_ino, base))
+                self.created_names.add(base)
             else:
                 self._record_inode(pfd, base)
 
@@ -2071,6 +2075,7 @@ cdef class Extractor:
                 self.created_ino.add((st.st_dev, st.st_ino))
             elif fstat(pfd, &st) == 0:
                 self.created_ino.add((st.st_dev, st.st_ino, base))
+                self.created_names.add(base)
 
     cdef bint _written_here(self, int pfd, bytes base, stat *st):
         """Did this layer write ``base`` of ``pfd`` (see _record_inode)?  ``st``: its lstat."""
@@ -2325,10 +2330,15 @@ cdef class Extractor:
         cdef bint opaque = False
         cdef const char *cbase = base
         cdef int r, e, sr = -1, se = 0
+        # Made with its final permissions (the fixup's chmod is skipped then) where they
+        # let no one but the owner write and do not lock the owner out; else with no more
+        # than them for anyone but the owner (a 1777 dir is not writable by all, a 0555 dir
+        # not closed to its owner, before the fixup).
+        cdef mode_t create_mode = (<mode_t>self.cur_mode & 0o755) | 0o700
         if self.overlay:
             path = self.cache_phys + b"/" + base if self.cache_phys else base
         with nogil:  # the syscalls of the common case, in one block without the GIL
-            r = mkdirat(pfd, cbase, 0o700)
+            r = mkdirat(pfd, cbase, create_mode)
             e = errno
             if r == 0 or e == EEXIST:
                 sr = fstatat(pfd, cbase, &st, AT_SYMLINK_NOFOLLOW)
@@ -2345,7 +2355,7 @@ cdef class Extractor:
                 # (in the dir format it was deleted): the new dir must not show it
                 opaque = self.overlay
                 self._remove(pfd, base, name)
-                if mkdirat(pfd, base, 0o700) < 0:
+                if mkdirat(pfd, base, create_mode) < 0:
                     self._oserror("mkdir", name)
                 sr = -1  # a new inode: st no longer tells
         if not opaque and not self.cur_xattrs:
@@ -2622,6 +2632,8 @@ cdef class Extractor:
         tslash = target.rfind(b"/")
         tbase = target[tslash + 1:]
         tparent = target[:tslash] if tslash > 0 else b""
+        if self._hardlink_nogil(pfd, base, tparent, tbase):
+            return
         tfd = self._resolve_dir(tparent, False, name)
         if tfd < 0 and not self.overlay:
             raise _errors.InvalidArchiveError(
@@ -2658,6 +2670,43 @@ cdef class Extractor:
                 self._oserror("hardlink", name)
         finally:
             close(tfd)
+
+    cdef bint _hardlink_nogil(self, int pfd, bytes base, bytes tparent, bytes tbase):
+        """The common hardlink, to a file this layer's tree has where the target's path
+        resolves (in the overlay format: reached without a symlink), linked in one block
+        without the GIL: the target's directory resolved as _resolve_dir does (or the
+        cached parent, which is where it resolves to), the target checked, the link made.
+        False when anything is out of the ordinary: nothing was changed then, and
+        _hardlink's general path decides (copy-up, errors, an existing name, store objects)."""
+        cdef int tfd = -1, r = -1, root = self.rootfd
+        cdef int how = LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_MAGICLINKS
+        cdef bint own = False, overlay = self.overlay
+        cdef stat a
+        cdef const char *ctparent = tparent
+        cdef const char *ctbase = tbase
+        cdef const char *cbase = base
+        if self.obj_inodes or not self.use_openat2:
+            return False  # a target may be a store object to privatize; or no openat2 here
+        if not overlay and self.cache_valid and self.cache_fd >= 0 and tparent == self.cache_path:
+            tfd = self.cache_fd
+        elif not tparent:
+            tfd = root
+        else:
+            own = True
+            if overlay:
+                how = how | LAMINA_RESOLVE_NO_SYMLINKS  # as _plain_dir: else the union view decides
+        with nogil:
+            if own:
+                tfd = lamina_openat2(root, ctparent, O_RDONLY | O_DIRECTORY | O_CLOEXEC, how)
+            if (tfd >= 0 and fstatat(tfd, ctbase, &a, AT_SYMLINK_NOFOLLOW) == 0 and not S_ISDIR(a.st_mode)
+                    and not (overlay and S_ISCHR(a.st_mode) and a.st_rdev == 0)):
+                r = linkat(tfd, ctbase, pfd, cbase, 0)
+            if own and tfd >= 0:
+                close(tfd)
+        if r < 0:
+            return False
+        self.nogil_entries += 1
+        return True
 
     cdef int _load_lowers(self, str why) except -1:
         """The layers below are needed now: get them from ``lowers_provider``
@@ -2813,6 +2862,7 @@ cdef class Extractor:
 
     cdef _whiteout(self, bytes path, Py_ssize_t slash, bytes base, bytes name):
         cdef int pfd
+        cdef bint found
         cdef stat st
         cdef timespec ts[2]
         parent = path[:slash] if slash > 0 else b""
@@ -2889,11 +2939,18 @@ cdef class Extractor:
                 finally:
                     close(pfd)
             return
-        pfd = self._resolve_dir(parent, False, name)
-        if pfd < 0:
-            return  # nothing below to hide
+        pfd = self._whiteout_nogil(parent, hidden, name, &st)
+        if pfd == -2:
+            return
+        if pfd >= 0:
+            found = True  # a directory, its parent resolved and its lstat in st
+        else:
+            pfd = self._resolve_dir(parent, False, name)
+            if pfd < 0:
+                return  # nothing below to hide
+            found = fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0
         try:
-            if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+            if found:
                 if not self._written_here(pfd, hidden, &st):
                     self._keep_times(pfd, parent)
                     if not self.is_root:
@@ -2903,6 +2960,76 @@ cdef class Extractor:
                     self._opaque(target, name)
         finally:
             close(pfd)
+
+    cdef int _whiteout_nogil(self, bytes parent, bytes hidden, object name, stat *st) except -3:
+        """The common whiteout of the dir format, of a non-directory from a layer below
+        (or of nothing), in one block without the GIL: what the general path below does
+        (resolve the parent, keep its times, open it up, remove), without its stats
+        that change nothing.  Whether this layer wrote the name is known beforehand
+        when no non-directory it wrote has that name (``created_names``).  -2: done.
+        Else the general path decides, nothing changed: from scratch (-1: errors, no
+        openat2...), or with the fd returned, of the parent, when the name is a directory
+        (lstat in ``st``: which may be this layer's; removed with all it holds)."""
+        cdef int pfd = self.rootfd, r = -1, e = 0, sr = -1, root = self.rootfd
+        cdef bint own = len(parent) > 0, need_times, is_root = self.is_root, opened = False
+        cdef bint found = False, slow = False
+        cdef uid_t euid = self.euid
+        cdef stat pst
+        cdef const char *cparent = parent
+        cdef const char *chidden = hidden
+        if self.overlay or not self.use_openat2 or hidden in self.created_names:
+            return -1
+        need_times = parent not in self.parent_times
+        with nogil:
+            if own:
+                pfd = lamina_openat2(root, cparent, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+                                     LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_MAGICLINKS)
+                e = errno
+            if pfd >= 0 and fstatat(pfd, chidden, st, AT_SYMLINK_NOFOLLOW) == 0:
+                found = True
+                if S_ISDIR(st.st_mode):
+                    slow = True
+                else:
+                    if need_times or not is_root:
+                        sr = fstat(pfd, &pst)  # _keep_times, _open_up
+                    if (not is_root and sr == 0 and pst.st_uid == euid and (pst.st_mode & 0o700) != 0o700
+                            and fchmod(pfd, (pst.st_mode & 0o7777) | 0o700) == 0):
+                        opened = True
+                    r = unlinkat(pfd, chidden, 0)
+                    if r < 0 and errno == ENOENT:
+                        r = 0
+            if own and pfd >= 0 and not slow and not (found and r < 0):  # else kept for the caller
+                close(pfd)
+        if pfd < 0:
+            # the parent is absent, or under a non-directory: nothing to hide (as _resolve_dir
+            # says); else the general path raises or walks by hand
+            if e == ENOENT or e == ENOTDIR:
+                self.nogil_entries += 1
+                return -2
+            return -1
+        if slow:
+            return pfd if own else -1  # the root is the caller's to dup
+        if not found:
+            self.nogil_entries += 1
+            return -2
+        if sr == 0:
+            if need_times:
+                self.parent_times[parent] = (pst.st_mtim.tv_sec, pst.st_mtim.tv_nsec)
+                self.fixup_ino.setdefault(parent, (pst.st_dev, pst.st_ino))
+            if opened and parent not in self.restore_modes:
+                self.restore_modes[parent] = pst.st_mode & 0o7777
+                self.fixup_ino.setdefault(parent, (pst.st_dev, pst.st_ino))
+        if r < 0:  # the general removal, its retries and its error
+            try:
+                self._remove(pfd, hidden, name)
+            finally:
+                if own:
+                    close(pfd)
+            return -2
+        if S_ISLNK(st.st_mode):
+            self._invalidate()  # as _remove: the cached parent may have been reached through it
+        self.nogil_entries += 1
+        return -2
 
     cdef _opaque(self, bytes parent, bytes name):
         cdef int fd
@@ -3107,7 +3234,11 @@ cdef class Extractor:
                     same = not check or (fstat(fd, &st) == 0 and st.st_dev == wdev and st.st_ino == wino)
                     step = SC_OK
                     if same:
-                        if has_mode and fchmod(fd, cmode) < 0:
+                        # a mode the directory has already (made with it, or a lower layer's)
+                        # needs no chmod; with setuid/setgid/sticky it is always set, since
+                        # a chmod may clear setgid, which a skipped one would keep
+                        if (has_mode and not (check and (st.st_mode & 0o7777) == cmode and not (cmode & 0o7000))
+                                and fchmod(fd, cmode) < 0):
                             step = SC_CHMOD
                         elif has_time and futimens(fd, ts) < 0:
                             step = SC_TIMES
