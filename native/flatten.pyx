@@ -286,12 +286,13 @@ cdef const char *_finish_file(Shared *sh, int src, int dst, stat *st, mode_t cre
     cdef mode_t mode = st.st_mode & 0o7777
     if _copy_data(sh, src, dst, st.st_size) < 0:
         return b"copy"
-    _copy_xattrs(sh, src, dst, NULL, NULL, rel)
     if sh.is_root and fchown(dst, st.st_uid, st.st_gid) < 0:
         return b"chown"
     if mode != (create_mode & ~sh.umask) or mode & 0o7000:
         if fchmod(dst, mode) < 0:  # after chown, which clears setuid/setgid
             return b"chmod"
+    # after chown, which removes security.capability (and after the data: so does a write)
+    _copy_xattrs(sh, src, dst, NULL, NULL, rel)
     ts[0] = st.st_atim
     ts[1] = st.st_mtim
     if futimens(dst, ts) < 0:
@@ -953,6 +954,9 @@ cdef class Flattener:
                 return self._fail(b"create device node", name)
             self.other += 1
         self.entries += 1
+        if self.sh.is_root and fchownat(dfd, name, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0:
+            return self._fail(b"chown", name)
+        # after chown, which removes security.capability from anything but a directory
         snprintf(spath, sizeof(spath), b"/proc/self/fd/%d/", sfd)
         snprintf(dpath, sizeof(dpath), b"/proc/self/fd/%d/", dfd)
         where = self._path_of(name)
@@ -963,8 +967,6 @@ cdef class Flattener:
         free(sp)
         free(dp)
         free(where)
-        if self.sh.is_root and fchownat(dfd, name, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0:
-            return self._fail(b"chown", name)
         if fmt != S_IFLNK and fchmodat(dfd, name, st.st_mode & 0o7777, 0) < 0:
             return self._fail(b"chmod", name)
         ts[0] = st.st_atim
