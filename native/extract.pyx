@@ -1470,8 +1470,10 @@ cdef class Extractor:
         The deepest existing prefix is found by bisection and the rest made
         one openat() at a time from there, so a deep new chain costs linear
         time, not one resolution from the root per level."""
-        cdef int fd = -1, nfd
+        cdef int fd = -1, nfd, rc, e
         cdef Py_ssize_t lo = 0, hi, mid, i
+        cdef stat st
+        cdef bint sgid
         parts = path.split(b"/")
         hi = len(parts) - 1            # the whole path is known to be missing
         while lo < hi:                 # invariant: parts[:lo] exists, parts[:hi + 1] does not
@@ -1490,10 +1492,17 @@ cdef class Extractor:
         self._keep_times(fd, b"/".join(parts[:lo]))  # the dirs made below it are new: nothing to keep
         if not self.overlay:
             self._record_ancestors(fd)
+        # A directory made under a setgid one (of a lower layer: this layer's modes are set
+        # at its end) would take its group and setgid bit; the overlay formats make it in a
+        # layer of its own, where it does not, and an implied directory is the extractor's
+        # anyway: the same 0755 and owner on every path.
+        sgid = fstat(fd, &st) == 0 and (st.st_mode & 0o2000) != 0
         for i in range(lo, len(parts)):
-            if mkdirat(fd, <bytes>parts[i], 0o755) < 0 and errno != EEXIST:
+            rc = mkdirat(fd, <bytes>parts[i], 0o755)
+            if rc < 0 and errno != EEXIST:
                 if errno == EACCES and self._open_up(fd, b"/".join(parts[:i])):
-                    if mkdirat(fd, <bytes>parts[i], 0o755) < 0 and errno != EEXIST:
+                    rc = mkdirat(fd, <bytes>parts[i], 0o755)
+                    if rc < 0 and errno != EEXIST:
                         close(fd)
                         self._parent_error(path, name)
                 else:
@@ -1502,6 +1511,14 @@ cdef class Extractor:
             fd = _descend(fd, <bytes>parts[i])
             if fd < 0:
                 self._parent_error(b"/".join(parts[:i + 1]), name)
+            if sgid and rc == 0:
+                if (fchown(fd, <uid_t>-1, <gid_t>self.egid) < 0 or fstat(fd, &st) < 0
+                        or fchmod(fd, st.st_mode & 0o777) < 0):
+                    e = errno
+                    close(fd)
+                    lamina_set_errno(e)
+                    self._oserror("set the owner and mode of", name)
+                sgid = False
             if not self.overlay:
                 self._record_inode(fd, b"")
         return fd

@@ -70,3 +70,23 @@ def test_file_capabilities_survive_every_path(g, size, uid, mode):
         assert (e.uid, e.mode) == (uid, mode)
     if not isinstance(oracle, Exception):
         assert dict(oracle.entries["bin/ping"].xattrs).get("security.capability") == CAP
+
+
+# --- setgid directories: an implied directory is the extractor's on every path ---
+
+@pytest.mark.parametrize("layers", [
+    [Tar().dir("d", mode=0o2775, gid=42), Tar().file("d/i/j/k", b"y")],
+    [Tar().dir("d", mode=0o2775, gid=42).file("d/x", b"1"), Tar().symlink("d/s", "x").file("d/z/q", b"3")],
+    [Tar().dir("d", mode=0o2775, gid=42), Tar().dir("d/e", mode=0o755).fifo("d/p").file("d/f", b"f")
+     .symlink("d/s", "f").file("d/n/f", b"n")],
+], ids=["implied-chain", "implied-beside-others", "explicit-and-implied"])
+def test_nothing_inherits_a_lower_setgid_dir(g, layers):
+    """The dir format made an implied directory under a lower layer's setgid directory
+    with mkdir(2), which gave it that directory's group and setgid bit; the overlay
+    formats make it in a layer of its own (0755, the extractor's group), as the dir
+    format does in the setgid directory's own layer."""
+    tree, _ = agree(g, layers)
+    assert tree.entries["d"].mode == 0o2775 and tree.entries["d"].gid == 42
+    for p, e in tree.entries.items():
+        if p != "d" and e.type != "symlink":
+            assert e.mode & 0o2000 == 0 and e.gid == 0, f"{p} inherited from d: {e.describe()}"
