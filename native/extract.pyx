@@ -1241,6 +1241,12 @@ cdef class Extractor:
             minor = _parse_number(h + 337, 8, "devminor", where)
             if major < 0 or major > UINT32_MAX or minor < 0 or minor > UINT32_MAX:
                 raise _errors.InvalidArchiveError(f"entry {_show(name)}: device number out of range")
+            if kind == K_CHR and major == 0 and minor == 0:
+                # overlayfs reads a 0/0 character device in a layer as a whiteout: the overlay
+                # formats (and the store) would delete what the dir format shows as a node
+                raise _errors.UnsupportedEntryError(
+                    f"entry {_show(name)}: a character device 0/0 is overlayfs's whiteout "
+                    "(layers mark deletions with .wh. files)")
         if uid < 0 or uid > UINT32_MAX or gid < 0 or gid > UINT32_MAX:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: uid/gid out of range ({uid}/{gid})")
         if (self.sparse is not None or sparse_version) and kind != K_REG:

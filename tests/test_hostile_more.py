@@ -90,3 +90,105 @@ def test_nothing_inherits_a_lower_setgid_dir(g, layers):
     for p, e in tree.entries.items():
         if p != "d" and e.type != "symlink":
             assert e.mode & 0o2000 == 0 and e.gid == 0, f"{p} inherited from d: {e.describe()}"
+
+
+# --- a 0/0 character device is overlayfs's whiteout ---
+
+@pytest.mark.parametrize("layers,victim", [
+    ([Tar().file("x", b"lower"), Tar().chardev("x", 0, 0)], "x"),
+    ([Tar().dir("d").chardev("d/y", 0, 0)], "d/y"),
+    ([Tar().dir("d").file("d/a", b"a"), Tar().pax({"path": "d/a"}).chardev("ignored", 0, 0, mode=0o600)], "d/a"),
+], ids=["over-a-lower-file", "new", "pax-named"])
+def test_a_whiteout_device_in_a_layer_is_refused_everywhere(g, layers, victim):
+    """The dir format made the node; in the overlay formats (and the store's snapshots)
+    it is a whiteout, so the lower x vanished there, and a new one was listed by readdir
+    but could not be looked up.  Every path refuses it now."""
+    refused_everywhere(g, layers, "UnsupportedEntryError", f"'{victim}'")
+
+
+def test_block_device_0_0_and_char_device_0_1_are_plain_nodes(g):
+    tree, _ = agree(g, [Tar().file("x", b"x"), Tar().blockdev("x", 0, 0).chardev("c", 0, 1)])
+    assert tree.entries["x"].type == "blk" and tree.entries["x"].rdev == (0, 0)
+    assert tree.entries["c"].type == "chr" and tree.entries["c"].rdev == (0, 1)
+
+
+# --- names overlayfs or a whiteout reader could take for markers ---
+
+OPAQUE = ["d", "d/new"]
+GONE = ["d", "d/keep"]
+
+
+@pytest.mark.parametrize("upper,listing", [
+    (Tar().dir("d/.wh..wh..opq").file("d/new", b"n"), OPAQUE),          # an opaque marker as a dir
+    (Tar().symlink("d/.wh..wh..opq", "/").file("d/new", b"n"), OPAQUE),  # ... as a symlink
+    (Tar().dir("d/.wh.old"), GONE),                                      # a whiteout as a dir
+    (Tar().symlink("d/.wh.old", "../../.."), GONE),                     # ... as a symlink
+    (Tar().file("t", b"t").hardlink("d/.wh.old", "t"), GONE + ["t"]),    # ... as a hardlink
+    (Tar().fifo("d/.wh.old"), GONE),                                     # ... as a fifo
+    (Tar().file("d/.wh.old", b"a whiteout with data"), GONE),           # ... with data
+    (Tar().chardev("d/.wh.old", 1, 3), GONE),                            # ... as a device
+], ids=["opaque-dir", "opaque-symlink", "whiteout-dir", "whiteout-symlink", "whiteout-hardlink",
+        "whiteout-fifo", "whiteout-with-data", "whiteout-chardev"])
+def test_whiteout_names_of_any_type_agree(g, upper, listing):
+    """A .wh. name is a whiteout (and .wh..wh..opq an opaque marker) whatever its entry
+    type says, on every path, as umoci reads it: never a node of that name."""
+    base = Tar().dir("d").file("d/old", b"o").file("d/keep", b"k")
+    tree, oracle = agree(g, [base, upper])
+    assert sorted(tree.entries) == sorted(listing)
+    if not isinstance(oracle, Exception):
+        assert sorted(oracle.entries) == sorted(listing)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+    ("SCHILY.xattr.user.overlay.opaque", b"y"),
+    ("LIBARCHIVE.xattr.trusted%2Eoverlay%2Eopaque", b"eQ=="),
+    ("SCHILY.xattr.trusted.overlay.redirect", b"/e"),
+    ("SCHILY.xattr.trusted.overlay.opaque", b"x"),
+])
+def test_overlay_xattrs_from_a_layer_mean_nothing(g, key, value):
+    """A layer cannot make a directory opaque or redirected for the overlay formats
+    by carrying overlayfs's own xattrs."""
+    base = Tar().dir("d").file("d/old", b"o").dir("e").file("e/x", b"x")
+    top = Tar().pax([(key, value)]).dir("d").file("d/new", b"n")
+    top.pax([("SCHILY.xattr.trusted.overlay.whiteout", b"")]).file("d/gone", b"")
+    tree, _ = agree(g, [base, top])
+    assert {"d/old", "d/new", "d/gone", "e/x"} <= set(tree.entries)
+    assert not any("overlay" in k for e in tree.entries.values() for k, _ in e.xattrs)
+
+
+# --- owners at the edge of uid_t: (uid_t)-1 means "leave it" to chown(2) ---
+
+def test_largest_owners(g):
+    t = Tar().file("f", b"x", uid=B256(4294967294), gid=B256(4294967294)).dir("d", uid=B256(4294967294))
+    tree, _ = agree(g, [t])
+    assert tree.entries["f"].uid == 4294967294 and tree.entries["d"].uid == 4294967294
+
+
+# --- a refused layer leaves the store as it was ---
+
+def test_refused_layer_leaves_the_store_clean_and_reusable(g):
+    """Two images share a base; the second's top layer is refused.  The store must
+    fsck clean, keep serving the first, refuse the second again the same way, and
+    accept the second once its bad layer is fixed."""
+    tmp_path = g.dest
+    base = Tar().dir("etc").file("etc/os-release", b"ID=x\n").dir("bin").file("bin/sh", b"sh", mode=0o755)
+    good = write_image(tmp_path / "good", [base.bytes(), Tar().file("app", b"app").bytes()])
+    bad = write_image(tmp_path / "bad", [base.bytes(), Tar().file("ok", b"ok").chardev("etc/os-release", 0, 0)
+                                         .file("after", b"a").bytes()])
+    fixed = write_image(tmp_path / "fixed", [base.bytes(), Tar().file("ok", b"ok").whiteout("etc/os-release")
+                                             .file("after", b"a").bytes()])
+    root = tmp_path / "store"
+    lamina(root, "copy", f"oci:{good}:img", "good:1")
+    for _ in range(2):
+        r = lamina(root, "copy", f"oci:{bad}:img", "bad:1", check=False)
+        assert r.returncode != 0 and "etc/os-release" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        report = json.loads(lamina(root, "fsck", "--json", check=False).stdout)
+        assert report["findings"] == [], report
+    lamina(root, "unpack", "good:1", tmp_path / "out-good")
+    assert sorted(os.listdir(tmp_path / "out-good")) == ["app", "bin", "etc"]
+    lamina(root, "copy", f"oci:{fixed}:img", "bad:1")
+    lamina(root, "unpack", "bad:1", tmp_path / "out-fixed")
+    assert sorted(os.listdir(tmp_path / "out-fixed")) == ["after", "bin", "etc", "ok"]
+    assert os.listdir(tmp_path / "out-fixed" / "etc") == []
+    assert json.loads(lamina(root, "fsck", "--json", check=False).stdout)["findings"] == []
