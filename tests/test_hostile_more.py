@@ -192,3 +192,55 @@ def test_refused_layer_leaves_the_store_clean_and_reusable(g):
     assert sorted(os.listdir(tmp_path / "out-fixed")) == ["after", "bin", "etc", "ok"]
     assert os.listdir(tmp_path / "out-fixed" / "etc") == []
     assert json.loads(lamina(root, "fsck", "--json", check=False).stdout)["findings"] == []
+
+
+# --- a compact store rebuilds every layer the extractor accepts ---
+
+def _sized(typ, name, size, **kw):
+    """A header-only entry whose size field claims a payload (Go's archive/tar, and the
+    extractor, read none)."""
+    from tarbuild import header
+    return header(name, type=typ, size=size, **kw)
+
+
+def _compact_cases():
+    t = lambda: Tar().file("a", b"A" * 700)  # noqa: E731
+    tail = lambda x: x.file("b", b"B" * 2000).file("c", b"C" * 100).bytes()  # noqa: E731
+    return {
+        "symlink-with-size": tail(t().raw(_sized(b"2", "s", 1024, linkname=b"a", mode=0o777))),
+        "hardlink-with-size": tail(t().raw(_sized(b"1", "h", 600, linkname=b"a"))),
+        "dir-with-size": tail(t().raw(_sized(b"5", "d", 513, mode=0o755))),
+        "fifo-with-size": tail(t().raw(_sized(b"6", "p", 5000))),
+        "file-slash-with-size": tail(t().raw(_sized(b"0", "e/", 1000, mode=0o755))),
+        "pax-size-on-symlink": tail(t().pax({"size": "100"}).symlink("s", "a")),
+        "pax-empty-size": tail(t().pax({"size": ""}).file("z", b"Z" * 600)),
+        "global-pax-size-and-path": tail(t().pax({"size": "5000", "path": "zz"}, type=b"g")),
+        "solaris-X-path": tail(t().pax({"path": "renamed", "size": "600"}, type=b"X").file("orig", b"R" * 600)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_compact_cases()))
+def test_compact_store_keeps_layers_the_extractor_accepts(g, case):
+    """The sidecar's tar reader read a payload after header-only entries (a symlink with
+    a size field), applied global PAX records and failed on an empty PAX size: copy into a
+    compact store died with a ValueError traceback (or a SidecarError) on layers that every
+    other path accepts, leaving unused objects behind."""
+    import hashlib
+    import tarfile
+    raw = _compact_cases()[case]
+    layout = write_image(g.dest / "layout", [raw])
+    root = g.dest / "store"
+    lamina(root, "config", "set", "keep-blobs", "false")
+    r = lamina(root, "copy", f"oci:{layout}:img", "x:1", check=False)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(lamina(root, "fsck", "--json", check=False).stdout)
+    assert report["findings"] == [] and report["checked"]["sidecars"] == 1, report
+    archive = g.dest / "x.tar"
+    lamina(root, "save", "x:1", "-o", archive)
+    with tarfile.open(archive) as t:
+        manifest = json.load(t.extractfile("manifest.json"))[0]
+        (layer,) = manifest["Layers"]
+        rebuilt = t.extractfile(layer).read()
+    assert hashlib.sha256(rebuilt).digest() == hashlib.sha256(raw).digest(), "the layer is not bit-exact"
+    lamina(root, "unpack", "x:1", g.dest / "out")
+    assert (g.dest / "out" / "c").read_bytes() == b"C" * 100
