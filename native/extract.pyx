@@ -594,6 +594,7 @@ cdef class Extractor:
     cdef object plain_parent      # last parent found free of symlinks (None: unknown)
     cdef set created
     cdef set provided              # overlay format: physical paths this layer wrote, and their parents
+    cdef set cleared               # (path, dev, ino) of the directories an opaque marker cleared (see _opaque)
     cdef int64_t headers
     cdef set created_ino           # dir format: what this layer wrote, wherever it landed (see _record_inode)
     cdef object root_key
@@ -776,6 +777,7 @@ cdef class Extractor:
         self.parent_times = {}
         self.created = set()
         self.provided = set()
+        self.cleared = set()
         self.created_ino = set()
         self.restore_modes = {}
         self.skipped = []
@@ -2909,6 +2911,21 @@ cdef class Extractor:
         finally:
             close(pfd)
 
+    cdef bint _cleared_before(self, int fd, bytes path) except -1:
+        """True if an opaque marker (or a whiteout of a directory the layer wrote into) of this
+        layer already cleared this directory: all it holds since is the layer's, so clearing it
+        again changes nothing.  Without this, a layer repeating the marker after each of its
+        entries in one directory cost time quadratic in its size.  The path is part of the key:
+        an inode number freed by a removal may come back as another directory."""
+        cdef stat st
+        if fstat(fd, &st) < 0:
+            return False
+        key = (path, st.st_dev, st.st_ino)
+        if key in self.cleared:
+            return True
+        self.cleared.add(key)
+        return False
+
     cdef _opaque(self, bytes parent, bytes name):
         cdef int fd
         # a marker for a directory the image does not have (or not as a
@@ -2917,6 +2934,8 @@ cdef class Extractor:
             fd = self._resolve_dir(parent, False, name)
             if fd >= 0:
                 try:
+                    if self._cleared_before(fd, self.last_phys):
+                        return
                     self._set_opaque(fd, name)
                     self._invalidate()
                     self._clear_lower(fd, self.last_phys, name)
@@ -2933,7 +2952,8 @@ cdef class Extractor:
         self._invalidate()
         self._keep_times(fd, parent)
         try:
-            self._clear_lower(fd, parent, name)
+            if not self._cleared_before(fd, parent):
+                self._clear_lower(fd, parent, name)
         finally:
             close(fd)
 

@@ -106,6 +106,12 @@ def test_a_whiteout_device_in_a_layer_is_refused_everywhere(g, layers, victim):
     refused_everywhere(g, layers, "UnsupportedEntryError", f"'{victim}'")
 
 
+@pytest.mark.parametrize("major,minor", [(4096, 0), (0, 1 << 20)])
+def test_device_numbers_that_would_wrap_to_0_0_are_refused_everywhere(g, major, minor):
+    """dev_t is 32 bits to mknod(2): numbers past 12/20 bits must not wrap to a whiteout."""
+    refused_everywhere(g, [Tar().file("x", b"lower"), Tar().chardev("x", major, minor)], "LaminaError", "'x'")
+
+
 def test_block_device_0_0_and_char_device_0_1_are_plain_nodes(g):
     tree, _ = agree(g, [Tar().file("x", b"x"), Tar().blockdev("x", 0, 0).chardev("c", 0, 1)])
     assert tree.entries["x"].type == "blk" and tree.entries["x"].rdev == (0, 0)
@@ -244,3 +250,54 @@ def test_compact_store_keeps_layers_the_extractor_accepts(g, case):
     assert hashlib.sha256(rebuilt).digest() == hashlib.sha256(raw).digest(), "the layer is not bit-exact"
     lamina(root, "unpack", "x:1", g.dest / "out")
     assert (g.dest / "out" / "c").read_bytes() == b"C" * 100
+
+
+# --- resources: repeating a marker costs no more than the entry itself ---
+
+APPLY_SCRIPT = ("import sys, lamina; lamina.apply_layer(sys.argv[1], sys.argv[2], format=sys.argv[3], "
+                "lower_dirs=sys.argv[4:] or None)")
+
+
+@pytest.mark.parametrize("fmt", ["dir", "overlay"])
+@pytest.mark.parametrize("marker", ["opaque", "whiteout-of-own-dir"])
+def test_a_repeated_marker_does_not_list_the_directory_again(tmp_path, fmt, marker):
+    """Every opaque marker (and every whiteout of a directory the layer wrote into)
+    listed and walked the whole directory again, to remove what was not the layer's:
+    a layer alternating d/gN and d/.wh..wh..opq took time quadratic in its size
+    (4000 pairs: ~40 s a path; 50k pairs: over an hour).  Counted in directory reads
+    (getdents64) rather than seconds: once the directory is cleared, all it holds is
+    the layer's, and clearing it again changes nothing."""
+    import subprocess
+    import sys
+    from conftest import require_tool
+    from layerkit import apply
+    require_root()
+    strace = require_tool("strace")
+    n = 1500
+    base = Tar().dir("d")
+    for i in range(50):
+        base.file(f"d/old{i}", b"o")
+    top = Tar()
+    for i in range(n):
+        top.file(f"d/g{i}", b"x")
+        top.opaque("d") if marker == "opaque" else top.whiteout("d")
+    base_p, top_p = tmp_path / "base.tar", tmp_path / "top.tar"
+    base_p.write_bytes(base.bytes())
+    top_p.write_bytes(top.bytes())
+    if fmt == "dir":
+        dest, lowers = tmp_path / "dest", []
+        apply(base_p, dest)
+    else:
+        dest, lowers = tmp_path / "layer", [tmp_path / "lower"]
+        apply(base_p, lowers[0], format="overlay")
+        dest.mkdir()
+    trace = tmp_path / "trace"
+    subprocess.run([strace, "-f", "-qq", "-e", "trace=getdents64", "-o", trace, sys.executable, "-c", APPLY_SCRIPT,
+                    top_p, dest, fmt, *lowers], check=True, cwd="/")
+    reads = sum(1 for line in open(trace) if "getdents64(" in line)
+    assert reads < n // 4, f"{reads} directory reads for {n} markers"  # each one listed d: > 2 n
+    names = os.listdir(dest / "d")
+    assert len([x for x in names if x.startswith("g")]) == n
+    assert not [x for x in names if x.startswith("old") or x.startswith(".wh.")], names
+    if fmt == "overlay":
+        assert os.getxattr(dest / "d", "trusted.overlay.opaque") == b"y"
