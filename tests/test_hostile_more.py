@@ -301,3 +301,46 @@ def test_a_repeated_marker_does_not_list_the_directory_again(tmp_path, fmt, mark
     assert not [x for x in names if x.startswith("old") or x.startswith(".wh.")], names
     if fmt == "overlay":
         assert os.getxattr(dest / "d", "trusted.overlay.opaque") == b"y"
+
+
+# --- a deep image: the store's own path in front of it goes past PATH_MAX ---
+
+def _open_deep(root, parts, flags=os.O_RDONLY):
+    """An fd of root/parts... walked one directory at a time (the path is too long for one call)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for p in parts[:-1]:
+            nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def test_fsck_of_an_image_deeper_than_path_max_from_the_store(g):
+    """A layer path of ~4 KB is within the limits, but the snapshot's path in front of it
+    is past PATH_MAX: fsck compared the trees by path strings and died with an
+    ENAMETOOLONG traceback.  It must find the store clean, and find damage deep down."""
+    parts = ["d" * 250] * 16
+    deep = "/".join(parts)
+    t = Tar().pax({"path": deep + "/f"}).file("x", b"deep" * 1000)
+    t.pax({"path": deep + "/s", "linkpath": "t" * 4000}).symlink("x", "y")
+    t.pax({"path": deep + "/x", "SCHILY.xattr.user.k": "v"}).file("x", b"x")
+    layout = write_image(g.dest / "layout", [t.bytes(), Tar().pax({"path": deep + "/h"}).file("x", b"h").bytes()])
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{layout}:img", "x:1")
+    r = lamina(root, "fsck", "--json", check=False)
+    assert r.returncode == 0 and json.loads(r.stdout)["findings"] == [], r.stdout + r.stderr
+    snaps = [p for p in (root / "snapshots").iterdir() if not p.name.startswith(".")]
+    bottom = next(p for p in snaps if json.load(open(p / "meta.json")).get("parent") is None)
+    fd = _open_deep(bottom / "fs", parts + ["x"], os.O_RDONLY)
+    try:
+        os.setxattr(fd, "user.k", b"changed")
+    finally:
+        os.close(fd)
+    r = lamina(root, "fsck", "--json", check=False)
+    findings = json.loads(r.stdout)["findings"]
+    bad = [f for f in findings if f["kind"] == "bad-snapshot"]  # (and the file's object: bad-object)
+    assert len(bad) == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert "xattrs differ" in bad[0]["message"] and deep + "/x" in bad[0]["message"]
