@@ -15,6 +15,7 @@ first, so ``..`` and absolute names are re-rooted, never rejected.
 Two on-disk formats share all of this: ``dir`` applies whiteouts by deleting
 lower content; ``overlay`` records them the way overlayfs reads them.
 """
+import errno as _errno
 import os
 import re
 import threading
@@ -332,6 +333,28 @@ cdef int _reset(int fd, int root):
 
 
 cdef _copy_data(int src, int dst, int64_t size):
+    # the runs of data only: a hole stays a hole (a layer's sparse file may claim terabytes)
+    off = 0
+    while off < size:
+        try:
+            data = os.lseek(src, off, os.SEEK_DATA)
+            hole = min(os.lseek(src, data, os.SEEK_HOLE), size)
+        except OSError as e:
+            if e.errno == _errno.ENXIO:
+                break  # a hole to the end
+            if e.errno != _errno.EINVAL:
+                raise
+            data, hole = off, size  # no SEEK_DATA here: all of it
+        if data >= size:
+            break
+        os.lseek(src, data, os.SEEK_SET)
+        os.lseek(dst, data, os.SEEK_SET)
+        _copy_run(src, dst, hole - data)
+        off = hole
+    os.ftruncate(dst, size)
+
+
+cdef _copy_run(int src, int dst, int64_t size):
     # copy_file_range shares extents where the filesystem can (reflink, NFS server-side)
     left = size
     while left > 0:

@@ -27,13 +27,25 @@ from libc.stdint cimport uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from libc.string cimport strlen, memcpy, strcmp, strncmp, strerror
 from posix.time cimport timespec
-from posix.types cimport mode_t, uid_t, gid_t, dev_t
+from posix.types cimport mode_t, uid_t, gid_t, dev_t, off_t
+from posix.unistd cimport lseek, SEEK_SET
 
 from syscalls cimport *
 
 import os
 
 from lamina._extract import _current_umask
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <unistd.h>
+    #define LAMINA_SEEK_DATA 3  /* SEEK_DATA, SEEK_HOLE: Linux values, whatever the libc exposes */
+    #define LAMINA_SEEK_HOLE 4
+    """
+    int LAMINA_SEEK_DATA
+    int LAMINA_SEEK_HOLE
+    int ENXIO
 
 cdef extern from "<sys/ioctl.h>" nogil:
     int ioctl(int fd, unsigned long request, ...)
@@ -232,10 +244,11 @@ cdef int _copy_xattrs(Shared *sh, int src, int dst, const char *spath, const cha
 
 
 cdef int _copy_data(Shared *sh, int src, int dst, int64_t size) noexcept nogil:
-    """FICLONE where the filesystem shares extents, else copy_file_range, else sendfile."""
-    cdef long n
-    cdef int64_t done = 0
+    """FICLONE where the filesystem shares extents, else the data of ``src`` run by run
+    (copy_file_range, else sendfile), its holes left holes: a layer's sparse file may
+    claim terabytes that are not there (the extractor leaves them holes too)."""
     cdef int e
+    cdef off_t off = 0, data, hole
     if size == 0:
         return 0
     if lamina_atomic_load(&sh.reflink):
@@ -247,6 +260,37 @@ cdef int _copy_data(Shared *sh, int src, int dst, int64_t size) noexcept nogil:
                 or e == EPERM or e == ETXTBSY):
             return -1
         lamina_atomic_store(&sh.reflink, 0)
+    hole = lseek(src, 0, LAMINA_SEEK_HOLE)
+    if lseek(src, 0, SEEK_SET) < 0:
+        return -1
+    if hole < 0 or hole >= size:  # no hole before the end (or no SEEK_HOLE here): one run
+        return _copy_run(sh, src, dst, size)
+    while off < size:
+        data = lseek(src, off, LAMINA_SEEK_DATA)
+        if data < 0:
+            if errno == ENXIO:
+                break  # a hole to the end
+            return -1
+        if data >= size:
+            break
+        hole = lseek(src, data, LAMINA_SEEK_HOLE)
+        if hole < 0:
+            return -1
+        if hole > size:
+            hole = size
+        if lseek(src, data, SEEK_SET) < 0 or lseek(dst, data, SEEK_SET) < 0:
+            return -1
+        if _copy_run(sh, src, dst, hole - data) < 0:
+            return -1
+        off = hole
+    return ftruncate(dst, size)
+
+
+cdef int _copy_run(Shared *sh, int src, int dst, int64_t size) noexcept nogil:
+    """``size`` bytes from the offset of ``src`` to that of ``dst``: copy_file_range, else sendfile."""
+    cdef long n
+    cdef int64_t done = 0
+    cdef int e
     if lamina_atomic_load(&sh.cfr):
         while done < size:
             n = lamina_copy_file_range(src, dst, <size_t>min(size - done, CHUNK))

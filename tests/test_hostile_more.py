@@ -344,3 +344,30 @@ def test_fsck_of_an_image_deeper_than_path_max_from_the_store(g):
     bad = [f for f in findings if f["kind"] == "bad-snapshot"]  # (and the file's object: bad-object)
     assert len(bad) == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
     assert "xattrs differ" in bad[0]["message"] and deep + "/x" in bad[0]["message"]
+
+
+# --- a sparse file's holes are never written out ---
+
+def test_sparse_file_stays_sparse_on_every_path(g):
+    """A layer's sparse file claims a size it does not store (up to Limits.max_sparse_size,
+    4 TiB).  The store's copy (materialize) and the overlay format's copy-up of a lower file
+    (ahead of a hardlink to it) copied it with copy_file_range from start to end, writing
+    every hole out as zeros: a 4 KiB layer made them write 256 MiB here, and terabytes at
+    the limit."""
+    real = 256 << 20
+    big = Tar().pax({"GNU.sparse.major": "0", "GNU.sparse.minor": "1", "GNU.sparse.size": str(real),
+                     "GNU.sparse.map": f"{1 << 20},4096,{real - 4096},4096", "GNU.sparse.name": "big"})
+    big.file("big.sparse", b"Z" * 8192)
+    tree, oracle = agree(g, [big, Tar().hardlink("alias", "big")])
+    assert tree.entries["big"].size == real
+    if not isinstance(oracle, Exception):
+        assert oracle.entries["big"].sha256 == tree.entries["big"].sha256
+    allocated = {}
+    for dirpath, dirnames, filenames in os.walk(g.dest):
+        for n in filenames:
+            st = os.lstat(os.path.join(dirpath, n))
+            if st.st_size == real:
+                allocated[os.path.relpath(os.path.join(dirpath, n), g.dest)] = st.st_blocks * 512
+    assert len(allocated) >= 6, allocated
+    dense = {p: b for p, b in allocated.items() if b > 4 << 20}
+    assert not dense, f"holes written out: {dense}"
