@@ -3,10 +3,12 @@
 What test_security.py and test_every_path.py do not cover: things a layer can
 carry that mean something to overlayfs or the kernel besides the tar entry
 itself (0/0 character devices, overlay xattrs, security.capability, setgid
-directories), names a whiteout or an opaque marker could be read from, and a
-store left behind by a refused layer.  Every case runs the image through every
-path (and umoci where it accepts it), requires one tree or one kind of error
-everywhere, and checks that nothing outside the work directory changed.
+directories, sparse files), names a whiteout or an opaque marker could be read
+from, a store left behind by a refused layer, the compact store's own tar reader,
+fsck on trees deeper than PATH_MAX from the store, and markers repeated to make
+the work quadratic.  Every case runs the image through every path (and umoci
+where it accepts it), requires one tree or one kind of error everywhere, and
+checks that nothing outside the work directory changed.
 """
 from __future__ import annotations
 
