@@ -305,6 +305,25 @@ def test_a_repeated_marker_does_not_list_the_directory_again(tmp_path, fmt, mark
         assert os.getxattr(dest / "d", "trusted.overlay.opaque") == b"y"
 
 
+
+@pytest.mark.parametrize("layers", [
+    [Tar().dir("d/sub").file("d/sub/x", b"x"),
+     Tar().opaque("d").dir("d/sub").opaque("d").file("d/sub/y", b"y").opaque("d/sub")],
+    [Tar().dir("d").file("d/x", b"x"), Tar().opaque("d").whiteout("d").dir("d").opaque("d").file("d/y", b"y")],
+    [Tar().dir("a").file("a/x", b"1").dir("b").file("b/y", b"2").symlink("l", "a"),
+     Tar().opaque("l").symlink("l", "b").opaque("l").file("l/z", b"3")],
+    [Tar().dir("b").file("b/x", b"1").file("c", b"c"), Tar().symlink("r", ".").opaque("r").dir("b").opaque("r")],
+], ids=["again-after-own-entries", "again-after-whiteout-and-new-dir", "again-through-a-swapped-symlink",
+        "again-at-the-root"])
+def test_a_repeated_marker_still_hides_what_it_must(g, layers):
+    """Markers repeated around the changes that could make a directory another one (or
+    bring lower content back): every path and umoci agree."""
+    from treecmp import compare
+    tree, oracle = agree(g, layers)
+    if not isinstance(oracle, Exception):
+        assert not compare(tree, oracle, labels=("lamina", "umoci"))
+
+
 # --- a deep image: the store's own path in front of it goes past PATH_MAX ---
 
 def _open_deep(root, parts, flags=os.O_RDONLY):
