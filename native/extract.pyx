@@ -15,6 +15,7 @@ first, so ``..`` and absolute names are re-rooted, never rejected.
 Two on-disk formats share all of this: ``dir`` applies whiteouts by deleting
 lower content; ``overlay`` records them the way overlayfs reads them.
 """
+import errno as _errno
 import os
 import re
 import threading
@@ -612,6 +613,7 @@ cdef class Extractor:
     cdef object plain_parent      # last parent found free of symlinks (None: unknown)
     cdef set created
     cdef set provided              # overlay format: physical paths this layer wrote, and their parents
+    cdef set cleared               # (path, dev, ino) of the directories an opaque marker cleared (see _opaque)
     cdef int64_t headers
     cdef set created_ino           # dir format: what this layer wrote, wherever it landed (see _record_inode)
     cdef set created_names         # dir format: the names of the non-directories in created_ino
@@ -795,6 +797,7 @@ cdef class Extractor:
         self.parent_times = {}
         self.created = set()
         self.provided = set()
+        self.cleared = set()
         self.created_ino = set()
         self.created_names = set()
         self.restore_modes = {}
@@ -1261,6 +1264,12 @@ cdef class Extractor:
             minor = _parse_number(h + 337, 8, "devminor", where)
             if major < 0 or major > UINT32_MAX or minor < 0 or minor > UINT32_MAX:
                 raise _errors.InvalidArchiveError(f"entry {_show(name)}: device number out of range")
+            if kind == K_CHR and major == 0 and minor == 0:
+                # overlayfs reads a 0/0 character device in a layer as a whiteout: the overlay
+                # formats (and the store) would delete what the dir format shows as a node
+                raise _errors.UnsupportedEntryError(
+                    f"entry {_show(name)}: a character device 0/0 is overlayfs's whiteout "
+                    "(layers mark deletions with .wh. files)")
         if uid < 0 or uid > UINT32_MAX or gid < 0 or gid > UINT32_MAX:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: uid/gid out of range ({uid}/{gid})")
         if (self.sparse is not None or sparse_version) and kind != K_REG:
@@ -1490,8 +1499,10 @@ cdef class Extractor:
         The deepest existing prefix is found by bisection and the rest made
         one openat() at a time from there, so a deep new chain costs linear
         time, not one resolution from the root per level."""
-        cdef int fd = -1, nfd
+        cdef int fd = -1, nfd, rc, e
         cdef Py_ssize_t lo = 0, hi, mid, i
+        cdef stat st
+        cdef bint sgid
         parts = path.split(b"/")
         hi = len(parts) - 1            # the whole path is known to be missing
         while lo < hi:                 # invariant: parts[:lo] exists, parts[:hi + 1] does not
@@ -1510,10 +1521,17 @@ cdef class Extractor:
         self._keep_times(fd, b"/".join(parts[:lo]))  # the dirs made below it are new: nothing to keep
         if not self.overlay:
             self._record_ancestors(fd)
+        # A directory made under a setgid one (of a lower layer: this layer's modes are set
+        # at its end) would take its group and setgid bit; the overlay formats make it in a
+        # layer of its own, where it does not, and an implied directory is the extractor's
+        # anyway: the same 0755 and owner on every path.
+        sgid = fstat(fd, &st) == 0 and (st.st_mode & 0o2000) != 0
         for i in range(lo, len(parts)):
-            if mkdirat(fd, <bytes>parts[i], 0o755) < 0 and errno != EEXIST:
+            rc = mkdirat(fd, <bytes>parts[i], 0o755)
+            if rc < 0 and errno != EEXIST:
                 if errno == EACCES and self._open_up(fd, b"/".join(parts[:i])):
-                    if mkdirat(fd, <bytes>parts[i], 0o755) < 0 and errno != EEXIST:
+                    rc = mkdirat(fd, <bytes>parts[i], 0o755)
+                    if rc < 0 and errno != EEXIST:
                         close(fd)
                         self._parent_error(path, name)
                 else:
@@ -1522,6 +1540,14 @@ cdef class Extractor:
             fd = _descend(fd, <bytes>parts[i])
             if fd < 0:
                 self._parent_error(b"/".join(parts[:i + 1]), name)
+            if sgid and rc == 0:
+                if (fchown(fd, <uid_t>-1, <gid_t>self.egid) < 0 or fstat(fd, &st) < 0
+                        or fchmod(fd, st.st_mode & 0o777) < 0):
+                    e = errno
+                    close(fd)
+                    lamina_set_errno(e)
+                    self._oserror("set the owner and mode of", name)
+                sgid = False
             if not self.overlay:
                 self._record_inode(fd, b"")
         return fd
@@ -3031,6 +3057,21 @@ cdef class Extractor:
         self.nogil_entries += 1
         return -2
 
+    cdef bint _cleared_before(self, int fd, bytes path) except -1:
+        """True if an opaque marker (or a whiteout of a directory the layer wrote into) of this
+        layer already cleared this directory: all it holds since is the layer's, so clearing it
+        again changes nothing.  Without this, a layer repeating the marker after each of its
+        entries in one directory cost time quadratic in its size.  The path is part of the key:
+        an inode number freed by a removal may come back as another directory."""
+        cdef stat st
+        if fstat(fd, &st) < 0:
+            return False
+        key = (path, st.st_dev, st.st_ino)
+        if key in self.cleared:
+            return True
+        self.cleared.add(key)
+        return False
+
     cdef _opaque(self, bytes parent, bytes name):
         cdef int fd
         # a marker for a directory the image does not have (or not as a
@@ -3039,6 +3080,8 @@ cdef class Extractor:
             fd = self._resolve_dir(parent, False, name)
             if fd >= 0:
                 try:
+                    if self._cleared_before(fd, self.last_phys):
+                        return
                     self._set_opaque(fd, name)
                     self._invalidate()
                     self._clear_lower(fd, self.last_phys, name)
@@ -3055,7 +3098,8 @@ cdef class Extractor:
         self._invalidate()
         self._keep_times(fd, parent)
         try:
-            self._clear_lower(fd, parent, name)
+            if not self._cleared_before(fd, parent):
+                self._clear_lower(fd, parent, name)
         finally:
             close(fd)
 

@@ -36,6 +36,17 @@ import os
 
 from lamina._extract import _current_umask
 
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <unistd.h>
+    #define LAMINA_SEEK_DATA 3  /* SEEK_DATA, SEEK_HOLE: Linux values, whatever the libc exposes */
+    #define LAMINA_SEEK_HOLE 4
+    """
+    int LAMINA_SEEK_DATA
+    int LAMINA_SEEK_HOLE
+    int ENXIO
+
 cdef extern from "<sys/ioctl.h>" nogil:
     int ioctl(int fd, unsigned long request, ...)
 
@@ -308,9 +319,11 @@ cdef const char *_finish_file(Shared *sh, int src, int dst, stat *st, mode_t cre
     cdef mode_t mode = st.st_mode & 0o7777
     if _copy_data(sh, src, dst, st.st_size, st.st_blocks * 512 < st.st_size) < 0:
         return b"copy"
-    _copy_xattrs(sh, src, dst, NULL, NULL, rel)
     if sh.is_root and fchown(dst, st.st_uid, st.st_gid) < 0:
         return b"chown"
+    # after chown, which removes security.capability (and after the data: so does a write);
+    # before chmod, which may take away the owner's write bit that user.* xattrs need
+    _copy_xattrs(sh, src, dst, NULL, NULL, rel)
     if mode != (create_mode & ~sh.umask) or mode & 0o7000:
         if fchmod(dst, mode) < 0:  # after chown, which clears setuid/setgid
             return b"chmod"
@@ -975,6 +988,9 @@ cdef class Flattener:
                 return self._fail(b"create device node", name)
             self.other += 1
         self.entries += 1
+        if self.sh.is_root and fchownat(dfd, name, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0:
+            return self._fail(b"chown", name)
+        # after chown, which removes security.capability from anything but a directory
         snprintf(spath, sizeof(spath), b"/proc/self/fd/%d/", sfd)
         snprintf(dpath, sizeof(dpath), b"/proc/self/fd/%d/", dfd)
         where = self._path_of(name)
@@ -985,8 +1001,6 @@ cdef class Flattener:
         free(sp)
         free(dp)
         free(where)
-        if self.sh.is_root and fchownat(dfd, name, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0:
-            return self._fail(b"chown", name)
         if fmt != S_IFLNK and fchmodat(dfd, name, st.st_mode & 0o7777, 0) < 0:
             return self._fail(b"chmod", name)
         ts[0] = st.st_atim

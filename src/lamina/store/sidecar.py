@@ -47,6 +47,8 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 # Header types whose payload is metadata for the next entry (kept raw with the header).
 _META_TYPES = {b"x", b"g", b"L", b"K", b"X"}
 _FILE_TYPES = {b"0", b"\0", b"7"}
+# Types that carry no payload whatever their size field says (the extractor's rule).
+_HEADER_ONLY_TYPES = {b"1", b"2", b"3", b"4", b"5", b"6"}
 
 
 class SidecarError(StoreError):
@@ -62,6 +64,13 @@ def has_sidecar(snapshot_dir):
 
 
 # --- tar headers (the layer was verified when it was extracted; anything odd is kept raw) -----
+
+def _header_number(field, what, base=8):
+    try:
+        return _number(field) if base == 8 else int(field)
+    except ValueError:
+        raise SidecarError(f"{what}: unreadable tar number {bytes(field)[:20]!r}") from None
+
 
 def _number(field):
     if field[:1] in (b"\x80", b"\xff"):  # base-256 (GNU), for sizes of 8 GiB and more
@@ -182,7 +191,7 @@ def build(tar_stream, fs_dir, out_path, diff_id, what):
         with atomic_output(out_path) as f, lz4.frame.open(f, "wb", compression_level=0) as out:
             w = _Writer(out)
             out.write(MAGIC)
-            pax, gpax, longname = {}, {}, None
+            pax, longname = {}, None
             while True:
                 hdr = _read_exact(tar_stream, _BLOCK)
                 total += len(hdr)
@@ -193,28 +202,37 @@ def build(tar_stream, fs_dir, out_path, diff_id, what):
                         w.add_raw(chunk)
                     break
                 typ = hdr[156:157]
-                size = _number(hdr[124:136])
+                size = _header_number(hdr[124:136], what)
                 w.add_raw(hdr)
                 if typ in _META_TYPES:
                     data = _read_exact(tar_stream, size + _padding(size))
                     total += len(data)
                     w.add_raw(data)
-                    if typ == b"x":
+                    # the extractor's rules: 'X' is PAX 'x', and global records ('g') never apply
+                    if typ in (b"x", b"X"):
                         pax = _pax(data[:size])
-                    elif typ == b"g":
-                        gpax.update(_pax(data[:size]))
                     elif typ == b"L":
                         longname = data[:size].split(b"\0", 1)[0]
                     continue
+                if typ == b"S" and hdr[482]:  # old GNU sparse map continued before the data
+                    ext = hdr
+                    while ext[482 if ext is hdr else 504]:
+                        ext = _read_exact(tar_stream, _BLOCK)
+                        total += len(ext)
+                        w.add_raw(ext)
+                        if len(ext) < _BLOCK:
+                            raise SidecarError(f"{what}: the layer tar ends inside a sparse map")
                 entries += 1
-                fields = dict(gpax, **pax)
+                fields = {k: v for k, v in pax.items() if v}  # an empty record unsets its key
                 if "size" in fields:
-                    size = int(fields["size"])
+                    size = _header_number(fields["size"], what, base=10)
                 name = fields.get("path") or longname
                 if name is None:
                     name = hdr[0:100].split(b"\0", 1)[0]
                     if hdr[257:263] == b"ustar\0" and hdr[345:500].strip(b"\0"):
                         name = hdr[345:500].split(b"\0", 1)[0] + b"/" + name
+                if typ in _HEADER_ONLY_TYPES or (typ in _FILE_TYPES and name.endswith(b"/")):
+                    size = 0  # no payload whatever the size says (Go's archive/tar; a "file/" is a dir)
                 sparse = typ == b"S" or any(k.startswith("GNU.sparse") for k in fields)
                 pax, longname = {}, None
                 if size <= 0:

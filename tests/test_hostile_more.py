@@ -1,0 +1,394 @@
+"""More hostile and awkward layers through every path to a rootfs (see everypath.py).
+
+What test_security.py and test_every_path.py do not cover: things a layer can
+carry that mean something to overlayfs or the kernel besides the tar entry
+itself (0/0 character devices, overlay xattrs, security.capability, setgid
+directories, sparse files), names a whiteout or an opaque marker could be read
+from, a store left behind by a refused layer, the compact store's own tar reader,
+fsck on trees deeper than PATH_MAX from the store, and markers repeated to make
+the work quadratic.  Every case runs the image through every path (and umoci
+where it accepts it), requires one tree or one kind of error everywhere, and
+checks that nothing outside the work directory changed.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from conftest import require_root
+from everypath import assert_agree, describe, run_paths, umoci_tree, write_image
+from layerkit import Guard
+from storekit import lamina
+from tarbuild import B256, Tar
+
+# security.capability, VFS_CAP_REVISION_2, cap_net_bind_service permitted
+CAP = bytes.fromhex("01000002" "00040000" "00000000" "00000000" "00000000")
+
+
+@pytest.fixture
+def g(tmp_path):
+    require_root()
+    guard = Guard(tmp_path)
+    yield guard
+    guard.check()
+
+
+def agree(g, tars, *, umoci=True):
+    raws = [t if isinstance(t, bytes) else t.bytes() for t in tars]
+    results = run_paths(g.dest, raws)
+    oracle = umoci_tree(g.dest, raws) if umoci else None
+    tree = assert_agree(results, context=describe(raws))
+    g.check()
+    return tree, oracle
+
+
+def refused_everywhere(g, tars, error, *names):
+    """Every path refuses the image with ``error`` naming one of ``names``."""
+    from lamina import errors
+    raws = [t.bytes() for t in tars]
+    results = run_paths(g.dest, raws)
+    for path, r in results.items():
+        assert isinstance(r, getattr(errors, error)), f"{path}: {r!r}\n{describe(raws)}"
+        assert any(n in str(r) for n in names), f"{path}: the error does not name the entry: {r}"
+    g.check()
+
+
+# --- security.capability: chown removes it, so it must be set after the owner ---
+
+@pytest.mark.parametrize("size,uid,mode", [(5000, 0, 0o755), (5000, 1000, 0o750), (400_000, 5, 0o4755)],
+                         ids=["root-owned", "other-owner", "big-setuid"])
+def test_file_capabilities_survive_every_path(g, size, uid, mode):
+    """The store's copy (flatten) set a file's xattrs and then its owner; chown(2) drops
+    security.capability, so store-copy and store-relink lost the file's capabilities
+    that dir, overlay and --link kept."""
+    t = Tar().pax([("SCHILY.xattr.security.capability", CAP)]).file("bin/ping", b"x" * size, uid=uid,
+                                                                      gid=uid, mode=mode)
+    tree, oracle = agree(g, [t, Tar().hardlink("bin/ping6", "bin/ping")])
+    for n in ("bin/ping", "bin/ping6"):
+        e = tree.entries[n]
+        assert dict(e.xattrs).get("security.capability") == CAP, f"{n}: {e.xattrs}"
+        assert (e.uid, e.mode) == (uid, mode)
+    if not isinstance(oracle, Exception):
+        assert dict(oracle.entries["bin/ping"].xattrs).get("security.capability") == CAP
+
+
+# --- setgid directories: an implied directory is the extractor's on every path ---
+
+@pytest.mark.parametrize("layers", [
+    [Tar().dir("d", mode=0o2775, gid=42), Tar().file("d/i/j/k", b"y")],
+    [Tar().dir("d", mode=0o2775, gid=42).file("d/x", b"1"), Tar().symlink("d/s", "x").file("d/z/q", b"3")],
+    [Tar().dir("d", mode=0o2775, gid=42), Tar().dir("d/e", mode=0o755).fifo("d/p").file("d/f", b"f")
+     .symlink("d/s", "f").file("d/n/f", b"n")],
+], ids=["implied-chain", "implied-beside-others", "explicit-and-implied"])
+def test_nothing_inherits_a_lower_setgid_dir(g, layers):
+    """The dir format made an implied directory under a lower layer's setgid directory
+    with mkdir(2), which gave it that directory's group and setgid bit; the overlay
+    formats make it in a layer of its own (0755, the extractor's group), as the dir
+    format does in the setgid directory's own layer."""
+    tree, _ = agree(g, layers)
+    assert tree.entries["d"].mode == 0o2775 and tree.entries["d"].gid == 42
+    for p, e in tree.entries.items():
+        if p != "d" and e.type != "symlink":
+            assert e.mode & 0o2000 == 0 and e.gid == 0, f"{p} inherited from d: {e.describe()}"
+
+
+# --- a 0/0 character device is overlayfs's whiteout ---
+
+@pytest.mark.parametrize("layers,victim", [
+    ([Tar().file("x", b"lower"), Tar().chardev("x", 0, 0)], "x"),
+    ([Tar().dir("d").chardev("d/y", 0, 0)], "d/y"),
+    ([Tar().dir("d").file("d/a", b"a"), Tar().pax({"path": "d/a"}).chardev("ignored", 0, 0, mode=0o600)], "d/a"),
+], ids=["over-a-lower-file", "new", "pax-named"])
+def test_a_whiteout_device_in_a_layer_is_refused_everywhere(g, layers, victim):
+    """The dir format made the node; in the overlay formats (and the store's snapshots)
+    it is a whiteout, so the lower x vanished there, and a new one was listed by readdir
+    but could not be looked up.  Every path refuses it now."""
+    refused_everywhere(g, layers, "UnsupportedEntryError", f"'{victim}'")
+
+
+@pytest.mark.parametrize("major,minor", [(4096, 0), (0, 1 << 20)])
+def test_device_numbers_that_would_wrap_to_0_0_are_refused_everywhere(g, major, minor):
+    """dev_t is 32 bits to mknod(2): numbers past 12/20 bits must not wrap to a whiteout."""
+    refused_everywhere(g, [Tar().file("x", b"lower"), Tar().chardev("x", major, minor)], "LaminaError", "'x'")
+
+
+def test_block_device_0_0_and_char_device_0_1_are_plain_nodes(g):
+    tree, _ = agree(g, [Tar().file("x", b"x"), Tar().blockdev("x", 0, 0).chardev("c", 0, 1)])
+    assert tree.entries["x"].type == "blk" and tree.entries["x"].rdev == (0, 0)
+    assert tree.entries["c"].type == "chr" and tree.entries["c"].rdev == (0, 1)
+
+
+# --- names overlayfs or a whiteout reader could take for markers ---
+
+OPAQUE = ["d", "d/new"]
+GONE = ["d", "d/keep"]
+
+
+@pytest.mark.parametrize("upper,listing", [
+    (Tar().dir("d/.wh..wh..opq").file("d/new", b"n"), OPAQUE),          # an opaque marker as a dir
+    (Tar().symlink("d/.wh..wh..opq", "/").file("d/new", b"n"), OPAQUE),  # ... as a symlink
+    (Tar().dir("d/.wh.old"), GONE),                                      # a whiteout as a dir
+    (Tar().symlink("d/.wh.old", "../../.."), GONE),                     # ... as a symlink
+    (Tar().file("t", b"t").hardlink("d/.wh.old", "t"), GONE + ["t"]),    # ... as a hardlink
+    (Tar().fifo("d/.wh.old"), GONE),                                     # ... as a fifo
+    (Tar().file("d/.wh.old", b"a whiteout with data"), GONE),           # ... with data
+    (Tar().chardev("d/.wh.old", 1, 3), GONE),                            # ... as a device
+], ids=["opaque-dir", "opaque-symlink", "whiteout-dir", "whiteout-symlink", "whiteout-hardlink",
+        "whiteout-fifo", "whiteout-with-data", "whiteout-chardev"])
+def test_whiteout_names_of_any_type_agree(g, upper, listing):
+    """A .wh. name is a whiteout (and .wh..wh..opq an opaque marker) whatever its entry
+    type says, on every path, as umoci reads it: never a node of that name."""
+    base = Tar().dir("d").file("d/old", b"o").file("d/keep", b"k")
+    tree, oracle = agree(g, [base, upper])
+    assert sorted(tree.entries) == sorted(listing)
+    if not isinstance(oracle, Exception):
+        assert sorted(oracle.entries) == sorted(listing)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+    ("SCHILY.xattr.user.overlay.opaque", b"y"),
+    ("LIBARCHIVE.xattr.trusted%2Eoverlay%2Eopaque", b"eQ=="),
+    ("SCHILY.xattr.trusted.overlay.redirect", b"/e"),
+    ("SCHILY.xattr.trusted.overlay.opaque", b"x"),
+])
+def test_overlay_xattrs_from_a_layer_mean_nothing(g, key, value):
+    """A layer cannot make a directory opaque or redirected for the overlay formats
+    by carrying overlayfs's own xattrs."""
+    base = Tar().dir("d").file("d/old", b"o").dir("e").file("e/x", b"x")
+    top = Tar().pax([(key, value)]).dir("d").file("d/new", b"n")
+    top.pax([("SCHILY.xattr.trusted.overlay.whiteout", b"")]).file("d/gone", b"")
+    tree, _ = agree(g, [base, top])
+    assert {"d/old", "d/new", "d/gone", "e/x"} <= set(tree.entries)
+    assert not any("overlay" in k for e in tree.entries.values() for k, _ in e.xattrs)
+
+
+# --- owners at the edge of uid_t: (uid_t)-1 means "leave it" to chown(2) ---
+
+def test_largest_owners(g):
+    t = Tar().file("f", b"x", uid=B256(4294967294), gid=B256(4294967294)).dir("d", uid=B256(4294967294))
+    tree, _ = agree(g, [t])
+    assert tree.entries["f"].uid == 4294967294 and tree.entries["d"].uid == 4294967294
+
+
+# --- a refused layer leaves the store as it was ---
+
+def test_refused_layer_leaves_the_store_clean_and_reusable(g):
+    """Two images share a base; the second's top layer is refused.  The store must
+    fsck clean, keep serving the first, refuse the second again the same way, and
+    accept the second once its bad layer is fixed."""
+    tmp_path = g.dest
+    base = Tar().dir("etc").file("etc/os-release", b"ID=x\n").dir("bin").file("bin/sh", b"sh", mode=0o755)
+    good = write_image(tmp_path / "good", [base.bytes(), Tar().file("app", b"app").bytes()])
+    bad = write_image(tmp_path / "bad", [base.bytes(), Tar().file("ok", b"ok").chardev("etc/os-release", 0, 0)
+                                         .file("after", b"a").bytes()])
+    fixed = write_image(tmp_path / "fixed", [base.bytes(), Tar().file("ok", b"ok").whiteout("etc/os-release")
+                                             .file("after", b"a").bytes()])
+    root = tmp_path / "store"
+    lamina(root, "copy", f"oci:{good}:img", "good:1")
+    for _ in range(2):
+        r = lamina(root, "copy", f"oci:{bad}:img", "bad:1", check=False)
+        assert r.returncode != 0 and "etc/os-release" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        report = json.loads(lamina(root, "fsck", "--json", check=False).stdout)
+        assert report["findings"] == [], report
+    lamina(root, "unpack", "good:1", tmp_path / "out-good")
+    assert sorted(os.listdir(tmp_path / "out-good")) == ["app", "bin", "etc"]
+    lamina(root, "copy", f"oci:{fixed}:img", "bad:1")
+    lamina(root, "unpack", "bad:1", tmp_path / "out-fixed")
+    assert sorted(os.listdir(tmp_path / "out-fixed")) == ["after", "bin", "etc", "ok"]
+    assert os.listdir(tmp_path / "out-fixed" / "etc") == []
+    assert json.loads(lamina(root, "fsck", "--json", check=False).stdout)["findings"] == []
+
+
+# --- a compact store rebuilds every layer the extractor accepts ---
+
+def _sized(typ, name, size, **kw):
+    """A header-only entry whose size field claims a payload (Go's archive/tar, and the
+    extractor, read none)."""
+    from tarbuild import header
+    return header(name, type=typ, size=size, **kw)
+
+
+def _compact_cases():
+    t = lambda: Tar().file("a", b"A" * 700)  # noqa: E731
+    tail = lambda x: x.file("b", b"B" * 2000).file("c", b"C" * 100).bytes()  # noqa: E731
+    return {
+        "symlink-with-size": tail(t().raw(_sized(b"2", "s", 1024, linkname=b"a", mode=0o777))),
+        "hardlink-with-size": tail(t().raw(_sized(b"1", "h", 600, linkname=b"a"))),
+        "dir-with-size": tail(t().raw(_sized(b"5", "d", 513, mode=0o755))),
+        "fifo-with-size": tail(t().raw(_sized(b"6", "p", 5000))),
+        "file-slash-with-size": tail(t().raw(_sized(b"0", "e/", 1000, mode=0o755))),
+        "pax-size-on-symlink": tail(t().pax({"size": "100"}).symlink("s", "a")),
+        "pax-empty-size": tail(t().pax({"size": ""}).file("z", b"Z" * 600)),
+        "global-pax-size-and-path": tail(t().pax({"size": "5000", "path": "zz"}, type=b"g")),
+        "solaris-X-path": tail(t().pax({"path": "renamed", "size": "600"}, type=b"X").file("orig", b"R" * 600)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_compact_cases()))
+def test_compact_store_keeps_layers_the_extractor_accepts(g, case):
+    """The sidecar's tar reader read a payload after header-only entries (a symlink with
+    a size field), applied global PAX records and failed on an empty PAX size: copy into a
+    compact store died with a ValueError traceback (or a SidecarError) on layers that every
+    other path accepts, leaving unused objects behind."""
+    import hashlib
+    import tarfile
+    raw = _compact_cases()[case]
+    layout = write_image(g.dest / "layout", [raw])
+    root = g.dest / "store"
+    lamina(root, "config", "set", "keep-blobs", "false")
+    r = lamina(root, "copy", f"oci:{layout}:img", "x:1", check=False)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(lamina(root, "fsck", "--json", check=False).stdout)
+    assert report["findings"] == [] and report["checked"]["sidecars"] == 1, report
+    archive = g.dest / "x.tar"
+    lamina(root, "save", "x:1", "-o", archive)
+    with tarfile.open(archive) as t:
+        manifest = json.load(t.extractfile("manifest.json"))[0]
+        (layer,) = manifest["Layers"]
+        rebuilt = t.extractfile(layer).read()
+    assert hashlib.sha256(rebuilt).digest() == hashlib.sha256(raw).digest(), "the layer is not bit-exact"
+    lamina(root, "unpack", "x:1", g.dest / "out")
+    assert (g.dest / "out" / "c").read_bytes() == b"C" * 100
+
+
+# --- resources: repeating a marker costs no more than the entry itself ---
+
+APPLY_SCRIPT = ("import sys, lamina; lamina.apply_layer(sys.argv[1], sys.argv[2], format=sys.argv[3], "
+                "lower_dirs=sys.argv[4:] or None)")
+
+
+@pytest.mark.parametrize("fmt", ["dir", "overlay"])
+@pytest.mark.parametrize("marker", ["opaque", "whiteout-of-own-dir"])
+def test_a_repeated_marker_does_not_list_the_directory_again(tmp_path, fmt, marker):
+    """Every opaque marker (and every whiteout of a directory the layer wrote into)
+    listed and walked the whole directory again, to remove what was not the layer's:
+    a layer alternating d/gN and d/.wh..wh..opq took time quadratic in its size
+    (4000 pairs: ~40 s a path; 50k pairs: over an hour).  Counted in directory reads
+    (getdents64) rather than seconds: once the directory is cleared, all it holds is
+    the layer's, and clearing it again changes nothing."""
+    import subprocess
+    import sys
+    from conftest import require_tool
+    from layerkit import apply
+    require_root()
+    strace = require_tool("strace")
+    n = 1500
+    base = Tar().dir("d")
+    for i in range(50):
+        base.file(f"d/old{i}", b"o")
+    top = Tar()
+    for i in range(n):
+        top.file(f"d/g{i}", b"x")
+        top.opaque("d") if marker == "opaque" else top.whiteout("d")
+    base_p, top_p = tmp_path / "base.tar", tmp_path / "top.tar"
+    base_p.write_bytes(base.bytes())
+    top_p.write_bytes(top.bytes())
+    if fmt == "dir":
+        dest, lowers = tmp_path / "dest", []
+        apply(base_p, dest)
+    else:
+        dest, lowers = tmp_path / "layer", [tmp_path / "lower"]
+        apply(base_p, lowers[0], format="overlay")
+        dest.mkdir()
+    trace = tmp_path / "trace"
+    subprocess.run([strace, "-f", "-qq", "-e", "trace=getdents64", "-o", trace, sys.executable, "-c", APPLY_SCRIPT,
+                    top_p, dest, fmt, *lowers], check=True, cwd="/")
+    reads = sum(1 for line in open(trace) if "getdents64(" in line)
+    assert reads < n // 4, f"{reads} directory reads for {n} markers"  # each one listed d: > 2 n
+    names = os.listdir(dest / "d")
+    assert len([x for x in names if x.startswith("g")]) == n
+    assert not [x for x in names if x.startswith("old") or x.startswith(".wh.")], names
+    if fmt == "overlay":
+        assert os.getxattr(dest / "d", "trusted.overlay.opaque") == b"y"
+
+
+
+@pytest.mark.parametrize("layers", [
+    [Tar().dir("d/sub").file("d/sub/x", b"x"),
+     Tar().opaque("d").dir("d/sub").opaque("d").file("d/sub/y", b"y").opaque("d/sub")],
+    [Tar().dir("d").file("d/x", b"x"), Tar().opaque("d").whiteout("d").dir("d").opaque("d").file("d/y", b"y")],
+    [Tar().dir("a").file("a/x", b"1").dir("b").file("b/y", b"2").symlink("l", "a"),
+     Tar().opaque("l").symlink("l", "b").opaque("l").file("l/z", b"3")],
+    [Tar().dir("b").file("b/x", b"1").file("c", b"c"), Tar().symlink("r", ".").opaque("r").dir("b").opaque("r")],
+], ids=["again-after-own-entries", "again-after-whiteout-and-new-dir", "again-through-a-swapped-symlink",
+        "again-at-the-root"])
+def test_a_repeated_marker_still_hides_what_it_must(g, layers):
+    """Markers repeated around the changes that could make a directory another one (or
+    bring lower content back): every path and umoci agree."""
+    from treecmp import compare
+    tree, oracle = agree(g, layers)
+    if not isinstance(oracle, Exception):
+        assert not compare(tree, oracle, labels=("lamina", "umoci"))
+
+
+# --- a deep image: the store's own path in front of it goes past PATH_MAX ---
+
+def _open_deep(root, parts, flags=os.O_RDONLY):
+    """An fd of root/parts... walked one directory at a time (the path is too long for one call)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for p in parts[:-1]:
+            nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def test_fsck_of_an_image_deeper_than_path_max_from_the_store(g):
+    """A layer path of ~4 KB is within the limits, but the snapshot's path in front of it
+    is past PATH_MAX: fsck compared the trees by path strings and died with an
+    ENAMETOOLONG traceback.  It must find the store clean, and find damage deep down."""
+    parts = ["d" * 250] * 16
+    deep = "/".join(parts)
+    t = Tar().pax({"path": deep + "/f"}).file("x", b"deep" * 1000)
+    t.pax({"path": deep + "/s", "linkpath": "t" * 4000}).symlink("x", "y")
+    t.pax({"path": deep + "/x", "SCHILY.xattr.user.k": "v"}).file("x", b"x")
+    layout = write_image(g.dest / "layout", [t.bytes(), Tar().pax({"path": deep + "/h"}).file("x", b"h").bytes()])
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{layout}:img", "x:1")
+    r = lamina(root, "fsck", "--json", check=False)
+    assert r.returncode == 0 and json.loads(r.stdout)["findings"] == [], r.stdout + r.stderr
+    snaps = [p for p in (root / "snapshots").iterdir() if not p.name.startswith(".")]
+    bottom = next(p for p in snaps if json.load(open(p / "meta.json")).get("parent") is None)
+    fd = _open_deep(bottom / "fs", parts + ["x"], os.O_RDONLY)
+    try:
+        os.setxattr(fd, "user.k", b"changed")
+    finally:
+        os.close(fd)
+    r = lamina(root, "fsck", "--json", check=False)
+    findings = json.loads(r.stdout)["findings"]
+    bad = [f for f in findings if f["kind"] == "bad-snapshot"]  # (and the file's object: bad-object)
+    assert len(bad) == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert "xattrs differ" in bad[0]["message"] and deep + "/x" in bad[0]["message"]
+
+
+# --- a sparse file's holes are never written out ---
+
+def test_sparse_file_stays_sparse_on_every_path(g):
+    """A layer's sparse file claims a size it does not store (up to Limits.max_sparse_size,
+    4 TiB).  The store's copy (materialize) and the overlay format's copy-up of a lower file
+    (ahead of a hardlink to it) copied it with copy_file_range from start to end, writing
+    every hole out as zeros: a 4 KiB layer made them write 256 MiB here, and terabytes at
+    the limit."""
+    real = 256 << 20
+    big = Tar().pax({"GNU.sparse.major": "0", "GNU.sparse.minor": "1", "GNU.sparse.size": str(real),
+                     "GNU.sparse.map": f"{1 << 20},4096,{real - 4096},4096", "GNU.sparse.name": "big"})
+    big.file("big.sparse", b"Z" * 8192)
+    tree, oracle = agree(g, [big, Tar().hardlink("alias", "big")])
+    assert tree.entries["big"].size == real
+    if not isinstance(oracle, Exception):
+        assert oracle.entries["big"].sha256 == tree.entries["big"].sha256
+    allocated = {}
+    for dirpath, dirnames, filenames in os.walk(g.dest):
+        for n in filenames:
+            st = os.lstat(os.path.join(dirpath, n))
+            if st.st_size == real:
+                allocated[os.path.relpath(os.path.join(dirpath, n), g.dest)] = st.st_blocks * 512
+    assert len(allocated) >= 6, allocated
+    dense = {p: b for p, b in allocated.items() if b > 4 << 20}
+    assert not dense, f"holes written out: {dense}"
