@@ -4,10 +4,32 @@
 #   libarchive/  the uuencoded test archives of libarchive's Debian source package
 #                (libarchive/test/*.uu, decoded by the test); apt-get source through a
 #                private deb-src list made from this machine's own apt sources.
+#   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
+#                tarsum and archive tests) and of tar-split (golang-github-vbatts-tar-split-dev:
+#                the archives it must reassemble bit-exact); the .debs are only unpacked here,
+#                installing them would pull in a Go toolchain.
 # Go's archive/tar testdata and CPython's tarfile test archive come as binary packages
 # (golang-1.19-src, libpython3.11-testsuite), installed by tests/run-all.sh.
 set -euo pipefail
-dest="${LAMINA_CORPORA:-/var/cache/lamina-corpora}/libarchive"
+cache="${LAMINA_CORPORA:-/var/cache/lamina-corpora}"
+
+gocode="$cache/gocode"
+if [ ! -e "$gocode/COMPLETE" ]; then
+    work="$(mktemp -d)"
+    (cd "$work" && for i in 1 2 3; do
+         apt-get -o APT::Sandbox::User=root download -qq \
+             golang-github-docker-docker-dev golang-github-vbatts-tar-split-dev && break
+         sleep $((i * 5))
+     done)
+    mkdir -p "$work/x"
+    for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$work/x"; done
+    rm -rf "$gocode.tmp" && mkdir -p "$gocode.tmp"
+    cp -a "$work/x/usr/share/gocode/src/github.com/." "$gocode.tmp/"
+    (cd "$work" && ls *.deb) > "$gocode.tmp/COMPLETE"
+    rm -rf "$gocode" "$work" && mv "$gocode.tmp" "$gocode"
+fi
+
+dest="$cache/libarchive"
 [ -n "$(ls "$dest"/*.uu 2>/dev/null | head -1)" ] && exit 0
 
 work="$(mktemp -d)"

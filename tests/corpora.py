@@ -4,6 +4,9 @@
     cpython/NAME     CPython's tarfile test archives (Debian libpython3.11-testsuite)
     libarchive/NAME  libarchive's test archives, uuencoded in its source package
                      (ci/fetch-corpora.sh puts them in /var/cache/lamina-corpora)
+    moby/NAME        Docker's layers for its tarsum and archive tests (pkg/...), and
+    tarsplit/NAME    the archives tar-split must reassemble bit-exact (tar/asm/testdata),
+                     both from Debian's Go source packages (also fetched by ci/fetch-corpora.sh)
 
 ``archive(key)`` returns (layer bytes as the project ships them, the plain tar or
 None where it has no plain form).  Compressed forms: ``.tgz``/``.gz`` and ``.zst``
@@ -21,7 +24,9 @@ import subprocess
 
 from conftest import IN_CI
 
-LIBARCHIVE = os.path.join(os.environ.get("LAMINA_CORPORA", "/var/cache/lamina-corpora"), "libarchive")
+CACHE = os.environ.get("LAMINA_CORPORA", "/var/cache/lamina-corpora")
+LIBARCHIVE = os.path.join(CACHE, "libarchive")
+_GOCODE = {"moby": "docker/docker/pkg", "tarsplit": "vbatts/tar-split/tar/asm/testdata"}
 
 
 def _go_dir():
@@ -35,9 +40,11 @@ def _cpython_dir():
 
 
 def corpus_dir(corpus):
-    path = {"go": _go_dir(), "cpython": _cpython_dir(),
-            "libarchive": LIBARCHIVE if os.path.isdir(LIBARCHIVE) else None}[corpus]
-    return path
+    if corpus in _GOCODE:
+        path = os.path.join(CACHE, "gocode", _GOCODE[corpus])
+    else:
+        path = {"go": _go_dir(), "cpython": _cpython_dir(), "libarchive": LIBARCHIVE}[corpus]
+    return path if path and os.path.isdir(path) else None
 
 
 def require_corpus(corpus):
@@ -45,7 +52,7 @@ def require_corpus(corpus):
     path = corpus_dir(corpus)
     if path is None:
         msg = (f"the {corpus} test archives are not here (tests/run-all.sh installs golang-src and "
-               "libpython3.11-testsuite, and runs ci/fetch-corpora.sh)")
+               "libpython3.11-testsuite, and runs ci/fetch-corpora.sh for the others)")
         if IN_CI:
             pytest.fail(msg + " (CI must provide them)")
         pytest.skip(msg)
