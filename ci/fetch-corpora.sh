@@ -13,21 +13,24 @@
 set -euo pipefail
 cache="${LAMINA_CORPORA:-/var/cache/lamina-corpora}"
 
-gocode="$cache/gocode"
-if [ ! -e "$gocode/COMPLETE" ]; then
+fetch_gocode() {
+    local gocode="$cache/gocode" work ok=0 i
+    [ -e "$gocode/COMPLETE" ] && return 0
     work="$(mktemp -d)"
-    (cd "$work" && for i in 1 2 3; do
-         apt-get -o APT::Sandbox::User=root download -qq \
-             golang-github-docker-docker-dev golang-github-vbatts-tar-split-dev && break
-         sleep $((i * 5))
-     done)
+    for i in 1 2 3; do
+        (cd "$work" && apt-get -o APT::Sandbox::User=root download -qq \
+             golang-github-docker-docker-dev golang-github-vbatts-tar-split-dev) && { ok=1; break; }
+        sleep $((i * 5))
+    done
+    [ $ok = 1 ] || { rm -rf "$work"; return 1; }
     mkdir -p "$work/x"
     for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$work/x"; done
     rm -rf "$gocode.tmp" && mkdir -p "$gocode.tmp"
     cp -a "$work/x/usr/share/gocode/src/github.com/." "$gocode.tmp/"
     (cd "$work" && ls *.deb) > "$gocode.tmp/COMPLETE"
     rm -rf "$gocode" "$work" && mv "$gocode.tmp" "$gocode"
-fi
+}
+fetch_gocode || echo "WARNING: Docker's and tar-split's test archives could not be fetched" >&2
 
 dest="$cache/libarchive"
 [ -n "$(ls "$dest"/*.uu 2>/dev/null | head -1)" ] && exit 0
