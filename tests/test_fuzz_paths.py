@@ -1,6 +1,7 @@
 """Differential fuzzer: random layer stacks through every path must agree.
 
-Random stacks of files, dirs, symlinks (relative, absolute, pointing out of
+Random stacks of files and dirs (some owned by others, setuid, setgid or sticky,
+some with a user xattr), symlinks (relative, absolute, pointing out of
 the root and at the host), hardlinks (same layer and lower layers),
 whiteouts, opaque dirs and dir/file/symlink replacements go through every
 path of everypath.py; all must give the same tree (or all fail), umoci must
@@ -59,13 +60,15 @@ def symlink_targets(host):
 # Mostly root's; other owners make every path chown, and a chown that follows a symlink (or
 # lands on an inherited or copied-up dir) shows as a disagreement or a changed host dir.
 owners = st.sampled_from([(0, 0), (0, 0), (1000, 1000), (0, 42)])
+# Mostly none; an xattr must survive every copy (flatten, copy-up) and every chown after it.
+xattrs = st.sampled_from([None, None, None, b"1", b"22"])
 
 
 def ops(host):
     return st.one_of(
         st.tuples(st.just("file"), names, st.sampled_from([b"", b"1", b"22"]), st.sampled_from([0o644, 0o600, 0o4755]),
-                  owners),
-        st.tuples(st.just("dir"), names, st.sampled_from([0o755, 0o700, 0o555, 0o1777]), owners),
+                  owners, xattrs),
+        st.tuples(st.just("dir"), names, st.sampled_from([0o755, 0o700, 0o555, 0o1777, 0o2775]), owners, xattrs),
         st.tuples(st.just("symlink"), names, symlink_targets(host)),
         st.tuples(st.just("hardlink"), names, names),
         st.tuples(st.just("fifo"), names),
@@ -84,6 +87,8 @@ def build(layers):
         t = Tar()
         for op in layer:
             kind, path = op[0], op[1]
+            if kind in ("file", "dir") and op[-1] is not None:
+                t.pax({"SCHILY.xattr.user.fuzz": op[-1]})
             if kind == "file":
                 t.file(path, op[2], mode=op[3], uid=op[4][0], gid=op[4][1])
             elif kind == "dir":
