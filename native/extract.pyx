@@ -2356,6 +2356,8 @@ cdef class Extractor:
         cdef bint opaque = False
         cdef const char *cbase = base
         cdef int r, e, sr = -1, se = 0
+        cdef ssize_t xl = 0
+        cdef char proc[320]
         # Made with its final permissions (the fixup's chmod is skipped then) where they
         # let no one but the owner write and do not lock the owner out; else with no more
         # than them for anyone but the owner (a 1777 dir is not writable by all, a 0555 dir
@@ -2369,6 +2371,11 @@ cdef class Extractor:
             if r == 0 or e == EEXIST:
                 sr = fstatat(pfd, cbase, &st, AT_SYMLINK_NOFOLLOW)
                 se = errno
+                if (r < 0 and sr == 0 and S_ISDIR(st.st_mode)
+                        and snprintf(proc, sizeof(proc), "/proc/self/fd/%d/%s", pfd, cbase) < <int>sizeof(proc)):
+                    xl = llistxattr(proc, NULL, 0)  # > 0: the existing dir has xattrs
+        if xl > 0:
+            self._drop_other_xattrs(pfd, base, name)
         if r < 0:
             if e != EEXIST:
                 lamina_set_errno(e)
@@ -2411,6 +2418,29 @@ cdef class Extractor:
                 self.created_ino.add((st.st_dev, st.st_ino))  # what _record_inode would record
         finally:
             close(fd)
+
+    cdef _drop_other_xattrs(self, int pfd, bytes base, bytes name):
+        """A directory entry over a directory that exists (a lower layer's, or this layer's
+        own from an earlier entry) leaves it the entry's xattrs only, as it does its owner and
+        mode: in the overlay formats the upper layer's directory hides the lower one's, and
+        umoci clears a directory's xattrs before it sets the entry's.  Kept: the overlay
+        markers this extraction set (an opaque directory stays opaque) and the host's
+        security label."""
+        lpath = b"/proc/self/fd/%d/%s" % (pfd, base)  # l*xattr: base itself, never followed
+        keep = self.cur_xattrs or {}
+        for k in os.listxattr(lpath, follow_symlinks=False):
+            kb = os.fsencode(k)
+            if kb in keep or kb.startswith((b"trusted.overlay.", b"user.overlay.")) or kb == b"security.selinux":
+                continue
+            try:
+                os.removexattr(lpath, kb, follow_symlinks=False)
+            except OSError as e:
+                if e.errno in (EPERM, EOPNOTSUPP, _errno.ENODATA):  # trusted.* without root; gone meanwhile
+                    self.skipped.append(f"{os.fsdecode(name)}: xattr {k} of the existing directory kept "
+                                        f"({os.strerror(e.errno)})")
+                    continue
+                raise _errors.ExtractError(f"entry {_show(name)}: remove xattr {k} of the existing directory "
+                                           f"failed: {os.strerror(e.errno)}") from None
 
     cdef _dir_metadata(self, int fd, bytes path, bytes name, stat *st=NULL):
         """Owner and xattrs now; mode and mtime once the layer is done, since

@@ -75,6 +75,39 @@ def test_implicit_dirs_keep_lower_metadata(g):
     assert (e.mode, e.uid, e.gid) == (0o711, 12, 34)
 
 
+def _xattr(t, value, key="user.k"):
+    return t.pax({f"SCHILY.xattr.{key}": value})
+
+
+REDECLARED_DIRS = {
+    # the umoci fuzzer's finding (seed 8383): the later entry's xattrs are the dir's
+    "same-layer": [_xattr(Tar().dir("a"), "1").dir("a/a").dir("a/a")],
+    "lower-layer": [_xattr(Tar(), "1").dir("a").file("a/f", b"f"), Tar().dir("a")],
+    "lower-layer-other-key": [_xattr(Tar(), "1").dir("a"), _xattr(Tar(), "3", "user.other").dir("a")],
+    "lower-layer-same-key": [_xattr(Tar(), "1").dir("a"), _xattr(Tar(), "2").dir("a")],
+    # an opaque marker between the two entries: the dir must stay opaque
+    "opaque-between": [Tar().dir("a").file("a/x", b"x"),
+                       _xattr(Tar(), "1").dir("a").opaque("a").dir("a").file("a/y", b"y")],
+    "only-implied": [_xattr(Tar(), "1").dir("a"), Tar().file("a/b", b"b")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(REDECLARED_DIRS))
+def test_a_redeclared_directory_has_the_entrys_xattrs_only(g, case):
+    """A dir entry over a dir that exists gives it the entry's xattrs and no others, as it
+    gives its owner and mode: the overlay formats show the upper layer's dir, umoci clears
+    before it sets.  The dir format kept a lower layer's (and an earlier entry's) xattrs."""
+    tree = agree(g, REDECLARED_DIRS[case])
+    want = {"same-layer": ("a/a", ()), "lower-layer": ("a", ()),
+            "lower-layer-other-key": ("a", (("user.other", b"3"),)),
+            "lower-layer-same-key": ("a", (("user.k", b"2"),)),
+            "opaque-between": ("a", ()), "only-implied": ("a", (("user.k", b"1"),))}[case]
+    got = tuple(x for x in tree.entries[want[0]].xattrs if not x[0].startswith("trusted.overlay."))
+    assert got == want[1], tree.entries[want[0]]
+    if case == "opaque-between":
+        assert "a/x" not in tree.entries and "a/y" in tree.entries
+
+
 # --- defect 2 and 3: top-down skipping with hardlinks ---
 
 def _big_base(*extra):
