@@ -2117,6 +2117,7 @@ cdef class Extractor:
     cdef _apply(self, Kind kind, bytes path, bytes name, bytes link, int64_t size, int64_t major, int64_t minor):
         cdef Py_ssize_t slash
         cdef int pfd
+        cdef bint made = False   # a device node or fifo was made
         if not path:
             if kind != K_DIR:
                 raise _errors.UnsafeEntryError(
@@ -2178,13 +2179,14 @@ cdef class Extractor:
         elif kind == K_LINK:
             self._hardlink(pfd, base, name, link)
         else:
-            self._mknod(pfd, base, name, kind, major, minor)
+            made = self._mknod(pfd, base, name, kind, major, minor)
         if not self.overlay:
             if kind == K_DIR:
                 pass  # recorded by _mkdir, from its fstat
-            elif (kind == K_REG or kind == K_SYMLINK or kind == K_LINK) and pfd == self.cache_fd and self.cache_st_ok:
-                # just created by name in the cached parent (a hardlink is never a directory):
-                # its (dev, ino) is known
+            elif ((kind == K_REG or kind == K_SYMLINK or kind == K_LINK or made)
+                    and pfd == self.cache_fd and self.cache_st_ok):
+                # just created by name in the cached parent (a hardlink is never a directory,
+                # nor a node): its (dev, ino) is known
                 self.created_ino.add((self.cache_st.st_dev, self.cache_st.st_ino, base))
                 self.created_names.add(base)
             else:
@@ -2981,15 +2983,32 @@ cdef class Extractor:
                 close(pfd)
         self._invalidate()
 
-    cdef _mknod(self, int pfd, bytes base, bytes name, Kind kind, int64_t major, int64_t minor):
+    cdef bint _mknod(self, int pfd, bytes base, bytes name, Kind kind, int64_t major, int64_t minor) except -1:
+        """A device node or fifo; False if not made (a device without root)."""
         cdef mode_t fmt = S_IFIFO
+        cdef const char *cbase = base
+        cdef bint whole = not self.cur_xattrs
+        cdef int r, e, step = SC_OK
+        cdef dev_t dev = makedev(<unsigned>major, <unsigned>minor)
         if kind == K_CHR or kind == K_BLK:
             if not self.is_root:
                 self.skipped.append(f"{os.fsdecode(name)}: device node not created (needs root)")
-                return
+                return False
             fmt = S_IFCHR if kind == K_CHR else S_IFBLK
-        if mknodat(pfd, base, fmt | <mode_t>self.cur_mode, makedev(<unsigned>major, <unsigned>minor)) < 0:
-            if errno != EEXIST:
+        with nogil:  # the common case: node, owner, times and mode in one block without the GIL
+            r = mknodat(pfd, cbase, fmt | <mode_t>self.cur_mode, dev)
+            e = errno
+            if r == 0 and whole:
+                step = self._node_meta(pfd, cbase)
+                e = errno
+        if r == 0 and whole:
+            self.nogil_entries += 1
+            if step != SC_OK:
+                self._step_error(step, e, name)
+            return True
+        if r < 0:
+            if e != EEXIST:
+                lamina_set_errno(e)
                 self._oserror("mknod", name)
             self._remove(pfd, base, name)
             if mknodat(pfd, base, fmt | <mode_t>self.cur_mode, makedev(<unsigned>major, <unsigned>minor)) < 0:
@@ -2999,6 +3018,20 @@ cdef class Extractor:
         # The node was just made here, so chmod cannot hit a symlink.
         if fchmodat(pfd, base, <mode_t>self.cur_mode, 0) < 0:
             self._oserror("chmod", name)
+        return True
+
+    cdef int _node_meta(self, int pfd, const char *base) noexcept nogil:
+        """What _mknod does after mknodat for an entry without xattrs (owner as _metadata_at
+        sets it, times, then the mode), without the GIL: SC_OK, or the failed step."""
+        cdef timespec ts[2]
+        if self.is_root and fchownat(pfd, base, <uid_t>self.cur_uid, <gid_t>self.cur_gid, AT_SYMLINK_NOFOLLOW) < 0:
+            return SC_CHOWN
+        self._entry_times(ts)
+        if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
+            return SC_TIMES
+        if fchmodat(pfd, base, <mode_t>self.cur_mode, 0) < 0:
+            return SC_CHMOD
+        return SC_OK
 
     cdef _set_xattrs(self, int fd, bytes lpath, bytes name):
         cdef int rc
