@@ -472,3 +472,43 @@ def test_dir_whiteouts_and_opaque_markers_are_counted_as_gil_free(tmp_path):
         assert os.listdir(root / f"o{i}") == [] and os.listdir(root / f"n{i}") == []
         assert not (root / f"r{i}").exists()
         assert os.stat(root / f"d{i}").st_mode & 0o777 == 0o750
+
+
+# --- device nodes and fifos ------------------------------------------------------
+
+NODES = 1000
+
+
+@functools.lru_cache(maxsize=1)
+def _node_layer():
+    """Fifos (and, for root, char and block devices) at the root, where the old extractor
+    resolved nothing from the root and so held the GIL through each node; owners, modes
+    (setuid, sticky) and times that differ."""
+    members = []
+    for i in range(NODES):
+        kind = (tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE)[i % 3]
+        t = ti(f"node{i:05d}", kind, mode=(0o644, 0o4755, 0o1600, 0o660)[i % 4], uid=i % 5, gid=i % 7)
+        t.devmajor, t.devminor = (1, 3) if kind == tarfile.CHRTYPE else (7, i % 256)
+        t.mtime = 1_500_000_000 + i
+        members.append((t, None))
+    return tarfile_bytes(members, fmt=tarfile.USTAR_FORMAT)
+
+
+def test_device_nodes_and_fifos_release_the_gil_and_match_gnu_tar(tmp_path):
+    require_root()
+    data = _node_layer()
+    root = tmp_path / "root"
+    root.mkdir()
+    ex = Extractor(str(root))
+    try:
+        during = _runs_beside(lambda: ex.feed(data))
+        stats = ex.finish()
+    finally:
+        ex.close()
+    assert stats["entries"] == NODES
+    assert during > 0, f"another thread never ran while {NODES} device nodes and fifos were made: they held the GIL"
+    assert stats["nogil_entries"] == NODES
+    want = gnu_tar_extract(str(write(tmp_path / "blob", data)), str(tmp_path / "tar"))
+    assert_same(snapshot(want), snapshot(root), labels=("GNU tar", "lamina"), context="device nodes and fifos")
+    assert_same(snapshot(want, dir_mtime=True), snapshot(root, dir_mtime=True), labels=("GNU tar", "lamina"),
+                context="device nodes' times")
