@@ -16,6 +16,9 @@ extracts its layers.  ``--spin python`` adds a pure-Python thread counting loop 
 ``--spin reader`` a thread reading /dev/zero in 64 KiB ``readinto`` calls (the GIL released in
 each read, needed between them: a stand-in for a pull's HTTP reader).  With ``--spin`` it also
 prints that thread's median turns per second: how much the extractors let other Python run.
+``--lower FILE`` extracts a layer tar first, untimed, below each ``--tar`` (into its dir, or
+with ``--format overlay`` as its lower layer dir): whiteouts and opaque markers then hide
+something.  ``--format overlay`` unpacks an image (or extracts the tars) in the overlay format.
 """
 import argparse
 import json
@@ -27,11 +30,11 @@ import sys
 CHILD = r'''
 import json, os, resource, shutil, sys, time
 import lamina
-source, dest = sys.argv[1], sys.argv[2]
-lamina.unpack(source, dest)
+source, dest, fmt = sys.argv[1], sys.argv[2], sys.argv[3]
+lamina.unpack(source, dest, format=fmt)
 shutil.rmtree(dest)
 r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-lamina.unpack(source, dest)
+lamina.unpack(source, dest, format=fmt)
 wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
 shutil.rmtree(dest)
 print(json.dumps([wall, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime]))
@@ -40,12 +43,13 @@ print(json.dumps([wall, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime]))
 CHILD_TAR = r'''
 import json, os, resource, shutil, sys, threading, time
 from lamina._extract import Extractor
-spin, dest, tars = sys.argv[1], sys.argv[2], sys.argv[3:]
+spin, dest, fmt, lower, tars = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
 
-def extract(tar, d):
-    os.mkdir(d)
+def extract(tar, d, lowers=None, make=True):
+    if make:
+        os.mkdir(d)
     buf = bytearray(1 << 20)
-    e = Extractor(d)
+    e = Extractor(d, format=fmt, lowers=lowers) if fmt == "overlay" else Extractor(d)
     with open(tar, "rb", buffering=0) as f:
         while True:
             n = f.readinto(buf)
@@ -67,7 +71,17 @@ def run():
             while not stop:
                 f.readinto(b)
                 turns[0] += 1
-    threads = [threading.Thread(target=extract, args=(t, f"{dest}/{i}")) for i, t in enumerate(tars)]
+    args = [(t, f"{dest}/{i}") for i, t in enumerate(tars)]
+    if lower != "-":  # untimed: the layer below each, its own dir (overlay) or the dir itself
+        for i, (t, d) in enumerate(args):
+            if fmt == "overlay":
+                extract(lower, f"{dest}/lower{i}", [])
+                os.mkdir(d)
+                args[i] = (t, d, [f"{dest}/lower{i}"], False)
+            else:
+                extract(lower, d)
+                args[i] = (t, d, None, False)
+    threads = [threading.Thread(target=extract, args=a) for a in args]
     s = threading.Thread(target=spinner if spin == "python" else reader) if spin != "-" else None
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for t in ([s] if s else []) + threads:
@@ -94,6 +108,9 @@ def main():
     ap.add_argument("--tar", metavar="FILE", action="append",
                     help="time the extractor alone on this uncompressed layer tar (several: in parallel threads)")
     ap.add_argument("--spin", choices=("python", "reader"), help="with --tar: a Python thread beside the extractors")
+    ap.add_argument("--format", choices=("dir", "overlay"), default="dir", help="the on-disk format (default dir)")
+    ap.add_argument("--lower", metavar="FILE",
+                    help="with --tar: a layer tar extracted first, untimed, below each (overlay: as its lower dir)")
     ap.add_argument("installs", nargs="+", metavar="NAME=PYTHON")
     args = ap.parse_args()
     installs = [spec.split("=", 1) for spec in args.installs]
@@ -102,9 +119,10 @@ def main():
         for name, python in installs:
             dest = f"/dev/shm/lamina-unpack-ab-{os.getpid()}"
             if args.tar:
-                argv = [CHILD_TAR, args.spin or "-", dest, *map(os.path.abspath, args.tar)]
+                argv = [CHILD_TAR, args.spin or "-", dest, args.format,
+                        os.path.abspath(args.lower) if args.lower else "-", *map(os.path.abspath, args.tar)]
             else:
-                argv = [CHILD, args.image, dest]
+                argv = [CHILD, args.image, dest, args.format]
             out = subprocess.run([python, "-c", *argv], capture_output=True, text=True,
                                  cwd="/tmp")  # not the checkout: each PYTHON imports its own lamina
             if out.returncode:

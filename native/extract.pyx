@@ -52,10 +52,11 @@ cdef enum Kind:
 # Which syscall of an entry failed, when its syscalls run in one block without the GIL
 # (errno is kept beside it and the error raised once the GIL is back).
 cdef enum Step:
-    SC_OK, SC_CREATE, SC_WRITE, SC_CHOWN, SC_CHMOD, SC_TIMES, SC_SYMLINK, SC_MKDIR
+    SC_OK, SC_CREATE, SC_WRITE, SC_CHOWN, SC_CHMOD, SC_TIMES, SC_SYMLINK, SC_MKDIR, SC_OPAQUE
 
 DEF BLOCK = 512
 DEF PROC_PATH_MAX = 4096   # what a /proc/self/fd readlink is read into
+DEF NOGIL_LOWERS = 128     # overlay: whiteouts over more layers below take the general path
 
 cdef bytes WH_PREFIX = b".wh."
 cdef bytes WH_OPAQUE = b".wh..wh..opq"
@@ -567,6 +568,138 @@ def clear_dir(path):
         close(fd)
 
 
+cdef inline bint _opaque_fd(int fd) noexcept nogil:
+    """Is directory ``fd`` marked opaque (trusted.overlay.* or user.overlay.*)?"""
+    cdef char v[2]
+    if fgetxattr(fd, "trusted.overlay.opaque", v, 2) == 1 and v[0] == b'y':
+        return True
+    return fgetxattr(fd, "user.overlay.opaque", v, 2) == 1 and v[0] == b'y'
+
+
+cdef int _dir_empty(int fd) noexcept nogil:
+    """1 if directory ``fd`` holds nothing, 0 if it holds something, -1 on an error."""
+    cdef int dfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), res = 1
+    cdef DIR *d
+    cdef dirent *ent
+    if dfd < 0:
+        return -1
+    d = fdopendir(dfd)
+    if d == NULL:
+        close(dfd)
+        return -1
+    while True:
+        lamina_set_errno(0)
+        ent = readdir(d)
+        if ent == NULL:
+            if errno != 0:
+                res = -1
+            break
+        if not (ent.d_name[0] == 46 and (ent.d_name[1] == 0 or (ent.d_name[1] == 46 and ent.d_name[2] == 0))):
+            res = 0
+            break
+    closedir(d)
+    return res
+
+
+cdef int _union_visible(int root, int *lf, int nl, const char *parent, Py_ssize_t n, const char *hidden,
+                        int *ufd_out, bint *owned_out) noexcept nogil:
+    """Extractor._visible_below without the GIL, for the common case: the component walk of
+    ``_union_walk`` (per component the topmost layer that has it decides; a whiteout or a
+    non-directory hides it; an opaque directory, a non-directory or a whiteout ends the merge
+    with the layers under it), where no layer that decides a component has a symlink there.
+    ``parent`` is normalized (no empty, ``.`` or ``..`` component).  ``lf``: the lower
+    layers' root fds, topmost first (overwritten).  1: a layer below shows ``parent/hidden``;
+    0: none does; -1: something unusual (a symlink on the way, an error), nothing known: the
+    general path decides.  On 1, ``*ufd_out`` is this layer's fd of the parent (-1: only the
+    layers below have it), to close if ``*owned_out``."""
+    cdef int ufd = root, fd, nfd, i, found, res = -2
+    cdef bint owned = False, stop
+    cdef stat st
+    cdef char comp[256]
+    cdef Py_ssize_t a = 0, b
+    while a < n:
+        b = a
+        while b < n and parent[b] != 47:
+            b += 1
+        if b == a or b - a > 255:
+            res = -1
+            break
+        memcpy(comp, parent + a, b - a)
+        comp[b - a] = 0
+        a = b + 1
+        if comp[0] == 46 and (comp[1] == 0 or (comp[1] == 46 and comp[2] == 0)):
+            res = -1
+            break
+        found = -2
+        if ufd >= 0:
+            if fstatat(ufd, comp, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                found = -1
+            elif errno != ENOENT:
+                res = -1
+                break
+        if found == -2:
+            for i in range(nl):
+                if lf[i] < 0:
+                    continue
+                if fstatat(lf[i], comp, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                    found = i
+                    break
+                if errno != ENOENT:
+                    found = -3
+                    break
+            if found == -3:
+                res = -1
+                break
+        if found == -2 or (S_ISCHR(st.st_mode) and st.st_rdev == 0):
+            res = 0  # absent from the merged view: nothing below shows there
+            break
+        if S_ISLNK(st.st_mode):
+            res = -1
+            break
+        if not S_ISDIR(st.st_mode):
+            res = 0
+            break
+        nfd = -1
+        if found == -1:
+            nfd = openat(ufd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if nfd < 0:
+                res = -1
+                break
+        stop = nfd >= 0 and _opaque_fd(nfd)
+        if owned and ufd >= 0:
+            close(ufd)
+        ufd = nfd
+        for i in range(nl):
+            fd = lf[i]
+            nfd = -1
+            if fd >= 0 and not stop and i >= found:
+                nfd = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                if nfd < 0:
+                    stop = errno != ENOENT  # a file or whiteout here hides the layers below
+                elif _opaque_fd(nfd):
+                    stop = True
+            if owned and fd >= 0:
+                close(fd)
+            lf[i] = nfd
+        owned = True
+    if res == -2:
+        res = 0
+        for i in range(nl):
+            if lf[i] >= 0 and fstatat(lf[i], hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                res = 0 if S_ISCHR(st.st_mode) and st.st_rdev == 0 else 1
+                break
+    if owned:
+        for i in range(nl):
+            if lf[i] >= 0:
+                close(lf[i])
+        if res != 1 and ufd >= 0:
+            close(ufd)
+            ufd = -1
+    ufd_out[0] = ufd
+    owned_out[0] = owned
+    return res
+
+
 def openat2_available():
     cdef int fd = lamina_openat2(AT_FDCWD, b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, LAMINA_RESOLVE_IN_ROOT)
     if fd >= 0:
@@ -614,6 +747,7 @@ cdef class Extractor:
     cdef set created
     cdef set provided              # overlay format: physical paths this layer wrote, and their parents
     cdef set cleared               # (path, dev, ino) of the directories an opaque marker cleared (see _opaque)
+    cdef set cleared_paths         # and their paths (a marker there takes the general path)
     cdef int64_t headers
     cdef set created_ino           # dir format: what this layer wrote, wherever it landed (see _record_inode)
     cdef set created_names         # dir format: the names of the non-directories in created_ino
@@ -798,6 +932,7 @@ cdef class Extractor:
         self.created = set()
         self.provided = set()
         self.cleared = set()
+        self.cleared_paths = set()
         self.created_ino = set()
         self.created_names = set()
         self.restore_modes = {}
@@ -1656,10 +1791,7 @@ cdef class Extractor:
     # ------------------------------------------------ overlay: the union view
 
     cdef bint _is_opaque(self, int fd):
-        cdef char v[2]
-        if fgetxattr(fd, b"trusted.overlay.opaque", v, 2) == 1 and v[0] == b'y':
-            return True
-        return fgetxattr(fd, b"user.overlay.opaque", v, 2) == 1 and v[0] == b'y'
+        return _opaque_fd(fd)
 
     cdef int _plain_dir(self, int root, bytes path) except -2:
         """fd of directory ``path`` under ``root`` reached without following
@@ -1985,6 +2117,7 @@ cdef class Extractor:
     cdef _apply(self, Kind kind, bytes path, bytes name, bytes link, int64_t size, int64_t major, int64_t minor):
         cdef Py_ssize_t slash
         cdef int pfd
+        cdef bint made = False   # a device node or fifo was made
         if not path:
             if kind != K_DIR:
                 raise _errors.UnsafeEntryError(
@@ -2046,13 +2179,14 @@ cdef class Extractor:
         elif kind == K_LINK:
             self._hardlink(pfd, base, name, link)
         else:
-            self._mknod(pfd, base, name, kind, major, minor)
+            made = self._mknod(pfd, base, name, kind, major, minor)
         if not self.overlay:
             if kind == K_DIR:
                 pass  # recorded by _mkdir, from its fstat
-            elif (kind == K_REG or kind == K_SYMLINK or kind == K_LINK) and pfd == self.cache_fd and self.cache_st_ok:
-                # just created by name in the cached parent (a hardlink is never a directory):
-                # its (dev, ino) is known
+            elif ((kind == K_REG or kind == K_SYMLINK or kind == K_LINK or made)
+                    and pfd == self.cache_fd and self.cache_st_ok):
+                # just created by name in the cached parent (a hardlink is never a directory,
+                # nor a node): its (dev, ino) is known
                 self.created_ino.add((self.cache_st.st_dev, self.cache_st.st_ino, base))
                 self.created_names.add(base)
             else:
@@ -2212,7 +2346,7 @@ cdef class Extractor:
 
     cdef _step_error(self, int step, int e, object name):
         """The error a nogil block's failed ``step`` stands for, as _oserror words it."""
-        op = ("create", "write", "chown", "chmod", "set times of", "symlink", "mkdir")[step - 1]
+        op = ("create", "write", "chown", "chmod", "set times of", "symlink", "mkdir", "mark opaque")[step - 1]
         raise _errors.ExtractError(f"entry {_show(name)}: {op} failed: {os.strerror(e)}")
 
     cdef bint _link_object(self, int pfd, bytes base, bytes name, int64_t size) except -1:
@@ -2879,15 +3013,32 @@ cdef class Extractor:
                 close(pfd)
         self._invalidate()
 
-    cdef _mknod(self, int pfd, bytes base, bytes name, Kind kind, int64_t major, int64_t minor):
+    cdef bint _mknod(self, int pfd, bytes base, bytes name, Kind kind, int64_t major, int64_t minor) except -1:
+        """A device node or fifo; False if not made (a device without root)."""
         cdef mode_t fmt = S_IFIFO
+        cdef const char *cbase = base
+        cdef bint whole = not self.cur_xattrs
+        cdef int r, e, step = SC_OK
+        cdef dev_t dev = makedev(<unsigned>major, <unsigned>minor)
         if kind == K_CHR or kind == K_BLK:
             if not self.is_root:
                 self.skipped.append(f"{os.fsdecode(name)}: device node not created (needs root)")
-                return
+                return False
             fmt = S_IFCHR if kind == K_CHR else S_IFBLK
-        if mknodat(pfd, base, fmt | <mode_t>self.cur_mode, makedev(<unsigned>major, <unsigned>minor)) < 0:
-            if errno != EEXIST:
+        with nogil:  # the common case: node, owner, times and mode in one block without the GIL
+            r = mknodat(pfd, cbase, fmt | <mode_t>self.cur_mode, dev)
+            e = errno
+            if r == 0 and whole:
+                step = self._node_meta(pfd, cbase)
+                e = errno
+        if r == 0 and whole:
+            self.nogil_entries += 1
+            if step != SC_OK:
+                self._step_error(step, e, name)
+            return True
+        if r < 0:
+            if e != EEXIST:
+                lamina_set_errno(e)
                 self._oserror("mknod", name)
             self._remove(pfd, base, name)
             if mknodat(pfd, base, fmt | <mode_t>self.cur_mode, makedev(<unsigned>major, <unsigned>minor)) < 0:
@@ -2897,6 +3048,20 @@ cdef class Extractor:
         # The node was just made here, so chmod cannot hit a symlink.
         if fchmodat(pfd, base, <mode_t>self.cur_mode, 0) < 0:
             self._oserror("chmod", name)
+        return True
+
+    cdef int _node_meta(self, int pfd, const char *base) noexcept nogil:
+        """What _mknod does after mknodat for an entry without xattrs (owner as _metadata_at
+        sets it, times, then the mode), without the GIL: SC_OK, or the failed step."""
+        cdef timespec ts[2]
+        if self.is_root and fchownat(pfd, base, <uid_t>self.cur_uid, <gid_t>self.cur_gid, AT_SYMLINK_NOFOLLOW) < 0:
+            return SC_CHOWN
+        self._entry_times(ts)
+        if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
+            return SC_TIMES
+        if fchmodat(pfd, base, <mode_t>self.cur_mode, 0) < 0:
+            return SC_CHMOD
+        return SC_OK
 
     cdef _set_xattrs(self, int fd, bytes lpath, bytes name):
         cdef int rc
@@ -2942,6 +3107,8 @@ cdef class Extractor:
             self.scan_at.add(target)
             return
         if self.overlay:
+            if self._overlay_whiteout_nogil(parent, hidden, target, name):
+                return
             if not self._visible_below(parent, hidden, name):
                 # nothing to hide; and a whiteout in a directory that no lower layer
                 # has would show up in the mount's readdir (overlayfs filters them
@@ -3087,6 +3254,105 @@ cdef class Extractor:
         self.nogil_entries += 1
         return -2
 
+    cdef bint _overlay_whiteout_nogil(self, bytes parent, bytes hidden, bytes target, object name) except -1:
+        """The common whiteout of the overlay format in one block without the GIL: what the
+        general path below does (is the name visible below?  then a 0/0 node with the entry's
+        times in this layer's parent), when the parent is reached without a symlink in every
+        layer that decides one of its components, this layer has it already (no copy-up), and
+        this layer did not write the name itself.  True: done.  False: nothing changed, the
+        general path decides (and words any error of the node's creation)."""
+        cdef int nl = len(self.lower_fds), i, ufd = -1, res, e = 0, step = SC_OK, root = self.rootfd
+        cdef int lf[NOGIL_LOWERS]
+        cdef bint owned = False, made = False
+        cdef const char *cparent = parent
+        cdef const char *chidden = hidden
+        cdef Py_ssize_t n = len(parent)
+        cdef stat st
+        cdef timespec ts[2]
+        if self.defer_lowers or nl > NOGIL_LOWERS or target in self.provided:
+            return False
+        for i in range(nl):
+            lf[i] = <int>self.lower_fds[i]
+        with nogil:
+            res = _union_visible(root, lf, nl, cparent, n, chidden, &ufd, &owned)
+            if res == 1:
+                if ufd < 0:
+                    res = -1  # only the layers below have the parent: copied up on the general path
+                elif fstatat(ufd, chidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                    if not (S_ISCHR(st.st_mode) and st.st_rdev == 0):
+                        res = -1  # a copy-up of this layer's to remove first
+                elif mknodat(ufd, chidden, S_IFCHR, makedev(0, 0)) < 0:
+                    res = -1  # nothing made: the general path tries again and says why it fails
+                else:
+                    made = True
+                    self._entry_times(ts)
+                    if utimensat(ufd, chidden, ts, AT_SYMLINK_NOFOLLOW) < 0:
+                        step = SC_TIMES
+                        e = errno
+                if owned and ufd >= 0:
+                    close(ufd)
+        if res < 0:
+            return False
+        if made:
+            # the name may be a lower symlink the cached parent was reached through (see below)
+            self._invalidate()
+            if step != SC_OK:
+                self._step_error(step, e, name)
+        self.nogil_entries += 1
+        return True
+
+    cdef int _opaque_nogil(self, bytes parent, object name) except -3:
+        """An opaque marker in one block without the GIL, when the directory it marks holds
+        nothing yet (the overlay format's common case: the marker follows the directory's
+        entry; in the dir format, a directory new to the image): what ``_opaque`` does then
+        (resolve it; overlay: mark it opaque; dir: keep its times) with no clearing to do.
+        -2: done.  -1: nothing done, the general path from scratch (the root, a marker
+        repeated in the layer, a parent the overlay format reaches through a symlink or
+        only below, an error...).  Else the directory's fd, resolved as the general path
+        resolves it (overlay: ``last_phys`` is its path): it holds something, the general
+        path goes on with it."""
+        cdef int fd = -1, root = self.rootfd, e = 0, sr = -1, empty = -1, step = SC_OK
+        cdef bint overlay = self.overlay
+        cdef int how = LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_MAGICLINKS
+        cdef const char *cparent = parent
+        cdef const char *key = "trusted.overlay.opaque" if self.is_root else "user.overlay.opaque"
+        cdef stat st
+        if not self.use_openat2 or not parent or parent in self.cleared_paths:
+            return -1
+        if overlay:
+            how |= LAMINA_RESOLVE_NO_SYMLINKS  # as _plain_dir: this layer's own directories all the way
+        with nogil:
+            fd = lamina_openat2(root, cparent, O_RDONLY | O_DIRECTORY | O_CLOEXEC, how)
+            e = errno
+            if fd >= 0:
+                sr = fstat(fd, &st)
+                if sr == 0:
+                    empty = _dir_empty(fd)
+                if empty == 1:
+                    if overlay and fsetxattr(fd, key, "y", 1, 0) < 0:
+                        step = SC_OPAQUE
+                        e = errno
+                    close(fd)
+        if fd < 0:
+            if not overlay and (e == ENOENT or e == ENOTDIR):
+                self.nogil_entries += 1  # absent, or under a non-directory: nothing to hide
+                return -2
+            return -1
+        if overlay:
+            self.last_phys = parent
+        if empty != 1:
+            return fd
+        self.cleared.add((parent, st.st_dev, st.st_ino))
+        self.cleared_paths.add(parent)
+        if step != SC_OK:
+            self._step_error(step, e, name)
+        self._invalidate()
+        if not overlay and parent not in self.parent_times:  # _keep_times
+            self.parent_times[parent] = (st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
+            self.fixup_ino.setdefault(parent, (st.st_dev, st.st_ino))
+        self.nogil_entries += 1
+        return -2
+
     cdef bint _cleared_before(self, int fd, bytes path) except -1:
         """True if an opaque marker (or a whiteout of a directory the layer wrote into) of this
         layer already cleared this directory: all it holds since is the layer's, so clearing it
@@ -3100,14 +3366,19 @@ cdef class Extractor:
         if key in self.cleared:
             return True
         self.cleared.add(key)
+        self.cleared_paths.add(path)
         return False
 
     cdef _opaque(self, bytes parent, bytes name):
         cdef int fd
         # a marker for a directory the image does not have (or not as a
         # directory) has nothing to hide: ignored in both formats
+        fd = self._opaque_nogil(parent, name)
+        if fd == -2:
+            return
         if self.overlay:
-            fd = self._resolve_dir(parent, False, name)
+            if fd == -1:
+                fd = self._resolve_dir(parent, False, name)
             if fd >= 0:
                 try:
                     if self._cleared_before(fd, self.last_phys):
@@ -3120,7 +3391,8 @@ cdef class Extractor:
                 finally:
                     close(fd)
             return
-        fd = self._resolve_dir(parent, False, name)
+        if fd == -1:
+            fd = self._resolve_dir(parent, False, name)
         if fd < 0:
             return
         # the marker alone does not make the dir this layer's: a whiteout of it still
