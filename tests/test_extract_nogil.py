@@ -72,16 +72,26 @@ def _runs_beside(fn):
     return during
 
 
+def _extract(root, *chunks, beside=None, **kw):
+    """One layer fed in ``chunks`` into ``root``: its stats, or with ``beside`` (e.g.
+    _runs_beside, given the last feed to run) (stats, what ``beside`` returned)."""
+    ex = Extractor(str(root), **kw)
+    try:
+        for chunk in chunks[:-1]:
+            ex.feed(chunk)
+        last = lambda: ex.feed(chunks[-1])  # noqa: E731
+        seen = beside(last) if beside else last()
+        stats = ex.finish()
+    finally:
+        ex.close()
+    return (stats, seen) if beside else stats
+
+
 def test_entries_without_payload_release_the_gil(tmp_path):
     data = _layer()
     root = tmp_path / "root"
     root.mkdir()
-    ex = Extractor(str(root))
-    try:
-        during = _runs_beside(lambda: ex.feed(data))
-        stats = ex.finish()
-    finally:
-        ex.close()
+    stats, during = _extract(root, data, beside=_runs_beside)
     assert stats["entries"] == 3 * ENTRIES
     assert (root / "d00007" / "link").readlink().as_posix() == "empty"
     assert during > 0, "another thread never ran while 9000 entries were created: their syscalls held the GIL"
@@ -91,12 +101,7 @@ def test_entries_without_payload_are_counted_as_gil_free(tmp_path):
     """The stat lamina bench shows: entries whose syscalls all ran in one block without the GIL."""
     root = tmp_path / "root"
     root.mkdir()
-    ex = Extractor(str(root))
-    try:
-        ex.feed(_layer())
-        stats = ex.finish()
-    finally:
-        ex.close()
+    stats = _extract(root, _layer())
     assert stats["nogil_entries"] == 3 * ENTRIES
 
 
@@ -120,13 +125,6 @@ def _link_layers():
     return (tarfile_bytes(lower, fmt=tarfile.USTAR_FORMAT), tarfile_bytes(upper, fmt=tarfile.USTAR_FORMAT))
 
 
-def _extract(root, data):
-    ex = Extractor(str(root))
-    try:
-        ex.feed(data)
-        return ex.finish()
-    finally:
-        ex.close()
 
 
 def test_hardlinks_and_whiteouts_release_the_gil(tmp_path):
@@ -134,12 +132,7 @@ def test_hardlinks_and_whiteouts_release_the_gil(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     _extract(root, lower)
-    ex = Extractor(str(root))
-    try:
-        during = _runs_beside(lambda: ex.feed(upper))
-        stats = ex.finish()
-    finally:
-        ex.close()
+    stats, during = _extract(root, upper, beside=_runs_beside)
     assert stats["whiteouts"] == LINKED
     assert os.path.samefile(root / "h00007", root / "f00007") and not (root / "g00007").exists()
     assert during > 0, f"another thread never ran while {LINKED} hardlinks and whiteouts were made: they held the GIL"
@@ -382,20 +375,9 @@ def _overlay_upper(tmp_path, during_tail=None, tail=None):
     l0, l1 = tmp_path / "layers" / "0", tmp_path / "layers" / "1"
     l0.mkdir(parents=True)
     l1.mkdir()
-    ex = Extractor(str(l0), format="overlay", lowers=[])
-    try:
-        ex.feed(lower)
-        ex.finish()
-    finally:
-        ex.close()
-    ex = Extractor(str(l1), format="overlay", lowers=[str(l0)])
-    try:
-        ex.feed(head)
-        feed = lambda: ex.feed(tail)  # noqa: E731
-        seen = during_tail(feed) if during_tail else feed()
-        stats = ex.finish()
-    finally:
-        ex.close()
+    _extract(l0, lower, format="overlay", lowers=[])
+    stats, seen = _extract(l1, head, tail, beside=during_tail or (lambda feed: feed()),
+                           format="overlay", lowers=[str(l0)])
     return stats, seen, [l0, l1]
 
 
@@ -450,14 +432,7 @@ def _dir_upper(tmp_path, during_tail=None, tail=None):
     root = tmp_path / "root"
     root.mkdir()
     _extract(root, lower)
-    ex = Extractor(str(root))
-    try:
-        ex.feed(head)
-        feed = lambda: ex.feed(tail or default_tail)  # noqa: E731
-        seen = during_tail(feed) if during_tail else feed()
-        stats = ex.finish()
-    finally:
-        ex.close()
+    stats, seen = _extract(root, head, tail or default_tail, beside=during_tail or (lambda feed: feed()))
     return stats, seen, root
 
 
@@ -499,12 +474,7 @@ def test_device_nodes_and_fifos_release_the_gil_and_match_gnu_tar(tmp_path):
     data = _node_layer()
     root = tmp_path / "root"
     root.mkdir()
-    ex = Extractor(str(root))
-    try:
-        during = _runs_beside(lambda: ex.feed(data))
-        stats = ex.finish()
-    finally:
-        ex.close()
+    stats, during = _extract(root, data, beside=_runs_beside)
     assert stats["entries"] == NODES
     assert during > 0, f"another thread never ran while {NODES} device nodes and fifos were made: they held the GIL"
     assert stats["nogil_entries"] == NODES
