@@ -4,7 +4,8 @@ Random stacks of files and dirs (some owned by others, setuid, setgid or sticky,
 some with a user xattr), symlinks (relative, absolute, pointing out of
 the root and at the host), hardlinks (same layer and lower layers),
 whiteouts, opaque dirs and dir/file/symlink replacements go through every
-path of everypath.py; all must give the same tree (or all fail), umoci must
+path of everypath.py (names and links in the header, in PAX records or in GNU long
+name headers); all must give the same tree (or all fail), umoci must
 agree where it accepts the image, and nothing outside the work dir may change.
 
 Seeded and bounded in CI (LAMINA_FUZZ_EXAMPLES, default 150 per test);
@@ -78,18 +79,49 @@ def ops(host):
     )
 
 
+# Where the header's name and link come from: the header itself (mostly), a PAX record
+# (path, linkpath) or a GNU long name / long link header; the header's own fields then hold
+# a decoy that must be ignored.
+carriers = st.sampled_from(["", "", "", "", "pax", "gnu"])
+DECOY = "decoy/x"
+
+
 def stacks(host):
-    return st.lists(st.lists(ops(host), min_size=1, max_size=7), min_size=1, max_size=4)
+    return st.lists(st.lists(st.tuples(ops(host), carriers), min_size=1, max_size=7), min_size=1, max_size=4)
+
+
+def _carry(t, op, carrier):
+    """Write the records that carry ``op``'s name (and link) by ``carrier``; returns the op
+    with the decoys the header then holds."""
+    kind = op[0]
+    if not carrier or kind in ("whiteout", "opaque"):
+        if kind in ("file", "dir") and op[-1] is not None:
+            t.pax({"SCHILY.xattr.user.fuzz": op[-1]})
+        return op
+    link = kind in ("symlink", "hardlink")
+    if carrier == "pax":
+        records = {"path": op[1]}
+        if link:
+            records["linkpath"] = op[2]
+        if kind in ("file", "dir") and op[-1] is not None:
+            records["SCHILY.xattr.user.fuzz"] = op[-1]
+        t.pax(records)
+    else:
+        if kind in ("file", "dir") and op[-1] is not None:
+            t.pax({"SCHILY.xattr.user.fuzz": op[-1]})
+        if link:
+            t.gnu_longlink(op[2])
+        t.gnu_longname(op[1] + ("/" if kind == "dir" else ""))
+    return (kind, DECOY, DECOY) + op[3:] if link else (kind, DECOY) + op[2:]
 
 
 def build(layers):
     tars = []
     for layer in layers:
         t = Tar()
-        for op in layer:
+        for op, carrier in layer:
+            op = _carry(t, op, carrier)
             kind, path = op[0], op[1]
-            if kind in ("file", "dir") and op[-1] is not None:
-                t.pax({"SCHILY.xattr.user.fuzz": op[-1]})
             if kind == "file":
                 t.file(path, op[2], mode=op[3], uid=op[4][0], gid=op[4][1])
             elif kind == "dir":
