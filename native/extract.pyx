@@ -24,7 +24,8 @@ from array import array
 from cpython.exc cimport PyErr_CheckSignals
 
 from libc.string cimport memcpy, memcmp
-from libc.errno cimport errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES, ESTALE, EIO
+from libc.errno cimport (errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES,
+                         ESTALE, EIO, EMLINK)
 from libc.stdint cimport int64_t, uint64_t
 from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
 from posix.types cimport mode_t, uid_t, gid_t, off_t, dev_t
@@ -2261,6 +2262,43 @@ cdef class Extractor:
         self.cur_prehashed = False
         return True
 
+    cdef bint _drop_hold(self, int tfd, bytes tbase):
+        """Remove the name ``hash_files_into`` holds for the file ``tbase`` (found by its inode
+        number), so a hardlink entry gets the link it is refused (EMLINK: ext4 allows 65000) for
+        it.  A file hardlinked in its layer keeps a private inode anyway, so the dedup pass loses
+        nothing by it.  False if the file has no such name (the image itself names it too often).
+        Runs only on EMLINK, so a readdir of the whole directory costs nothing in the common case."""
+        cdef stat a, h
+        cdef int dfd
+        cdef DIR *d
+        cdef dirent *ent
+        if self.hold_fd < 0 or fstatat(tfd, tbase, &a, AT_SYMLINK_NOFOLLOW) < 0 or not S_ISREG(a.st_mode):
+            lamina_set_errno(EMLINK)
+            return False
+        dfd = openat(self.hold_fd, b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        d = fdopendir(dfd) if dfd >= 0 else NULL
+        if d == NULL:
+            if dfd >= 0:
+                close(dfd)
+            lamina_set_errno(EMLINK)
+            return False
+        found = None
+        try:
+            while True:
+                ent = readdir(d)
+                if ent == NULL:
+                    break
+                if ent.d_ino == a.st_ino and ent.d_name[0] != b'.':
+                    found = <bytes>ent.d_name
+                    break
+        finally:
+            closedir(d)
+        if (found is None or fstatat(self.hold_fd, <bytes>found, &h, AT_SYMLINK_NOFOLLOW) < 0
+                or h.st_ino != a.st_ino or h.st_dev != a.st_dev or unlinkat(self.hold_fd, <bytes>found, 0) < 0):
+            lamina_set_errno(EMLINK)
+            return False
+        return True
+
     cdef _privatize(self, int tfd, bytes tbase, bytes name):
         """Give ``tbase`` (a name this layer linked to a store object) a private inode with the
         same data and metadata: a hardlink entry is about to name it, and names sharing an
@@ -2679,6 +2717,8 @@ cdef class Extractor:
                 if self.obj_inodes and S_ISREG(a.st_mode) and a.st_ino in self.obj_inodes:
                     self._privatize(tfd, tbase, name)
             if linkat(tfd, tbase, pfd, base, 0) < 0:
+                if errno == EMLINK and self._drop_hold(tfd, tbase) and linkat(tfd, tbase, pfd, base, 0) == 0:
+                    return  # the file's hashed/ name took the link the image needed
                 if errno == EEXIST:
                     if (fstatat(tfd, tbase, &a, AT_SYMLINK_NOFOLLOW) == 0
                             and fstatat(pfd, base, &b, AT_SYMLINK_NOFOLLOW) == 0
@@ -2693,6 +2733,10 @@ cdef class Extractor:
                 if errno == EPERM or errno == EISDIR:
                     raise _errors.InvalidArchiveError(
                         f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
+                if errno == EMLINK:
+                    raise _errors.ExtractError(
+                        f"entry {_show(name)}: hardlink to {_show(link)}: that file has as many names as the "
+                        f"filesystem allows ({os.strerror(EMLINK)})")
                 self._oserror("hardlink", name)
         finally:
             close(tfd)
