@@ -415,6 +415,19 @@ cdef class _DirStack:
         self.names = []
 
 
+cdef _one_reading(object entry, object gnu, object paxv, str what, bytes key):
+    """An entry with both a GNU long name (or link) and a PAX path (or linkpath) that differ is
+    read differently by each reference reader: GNU tar takes the PAX record, Go's archive/tar
+    (docker, containerd, umoci) the GNU header, bsdtar whichever came last.  A hostile layer
+    could show a scanner one tree and lamina another (a harmless name to one, a whiteout to
+    the other), so such an entry is refused."""
+    if gnu is None or not paxv or (<bytes>gnu).rstrip(b"/") == (<bytes>paxv).rstrip(b"/"):
+        return
+    raise _errors.InvalidArchiveError(
+        f"entry {_show(entry)}: its GNU long {what} {_show(gnu)} and its PAX {key.decode()} {_show(paxv)} differ "
+        f"(tar readers disagree on which applies: GNU tar reads the PAX one, Go's archive/tar the GNU one)")
+
+
 cdef list _scan_and_unlink(int fd):
     """Unlink every non-directory in ``fd``; return the names of its subdirectories.
 
@@ -1165,15 +1178,19 @@ cdef class Extractor:
         uid = _parse_number(h + 108, 8, "uid", where)
         gid = _parse_number(h + 116, 8, "gid", where)
         sec = _parse_number(h + 136, 12, "mtime", where)
-        if self.long_name is not None:
-            name = self.long_name
+        gnu_name, gnu_link = self.long_name, self.long_link
+        if gnu_name is not None:
+            name = gnu_name
             self.long_name = None
-        if self.long_link is not None:
-            link = self.long_link
+        if gnu_link is not None:
+            link = gnu_link
             self.long_link = None
         xattrs = None
         pax = self.pax
         self.pax = None
+        if pax and (gnu_name is not None or gnu_link is not None):
+            _one_reading(gnu_name, gnu_name, pax.get(b"path"), "name", b"path")
+            _one_reading(pax.get(b"path") or name, gnu_link, pax.get(b"linkpath"), "link name", b"linkpath")
         if pax:
             for k, v in pax.items():
                 if not v and not _is_xattr_key(k):

@@ -6,7 +6,8 @@ directory, and for the store's paths a clean fsck (its objects still hash to the
 Hardlinks to entries a layer whited out, made opaque, or replaced by a symlink or a
 directory; link names through lower symlinks (absolute, ``..``, loops); PAX records and GNU
 long names that rename an entry into a whiteout or out of the root; a name linked to a
-store object and then rewritten in the same layer.
+store object and then rewritten in the same layer; a GNU long name and a PAX path that
+disagree (each reference reader takes another: refused).
 """
 from __future__ import annotations
 
@@ -198,3 +199,30 @@ def test_a_name_linked_to_a_store_object_then_rewritten_never_writes_into_the_ob
     assert tree.entries["f"].type == "file"
     assert _content(g, "f") != b"A" * 100 and _content(g, "f") != b"A" * 3000
 
+
+# --- one entry, two names: GNU long name vs PAX path ----------------------------------------
+
+@pytest.mark.parametrize("build,entry", [
+    (lambda: Tar().gnu_longname("first" * 40).pax([("path", ".wh.victim")]).file("harmless", b""), "first"),
+    (lambda: Tar().pax([("path", ".wh.victim")]).gnu_longname("long/" + "n" * 120).file("harmless", b""), "long/"),
+    (lambda: Tar().gnu_longlink("keep").pax([("linkpath", "victim")]).hardlink("h", "x"), "h"),
+    (lambda: Tar().pax([("path", "s"), ("linkpath", "/etc")]).gnu_longlink("keep").symlink("u", "x"), "s"),
+], ids=["longname-then-pax-path", "pax-path-then-longname", "longlink-vs-linkpath", "linkpath-vs-longlink"])
+def test_a_gnu_long_name_and_a_pax_path_that_differ_are_refused_everywhere(g, build, entry):
+    """GNU tar reads the PAX record, Go's archive/tar (docker, containerd, umoci, most
+    scanners) the GNU header, bsdtar the last of the two: an entry that is a harmless file to
+    one reader and a whiteout of victim to the other.  lamina read the PAX one (so a layer Go
+    tools list as "firstfirst..." deleted victim); it now refuses the entry, naming it."""
+    raws = [Tar().file("victim", b"v").file("keep", b"k").bytes(), build().bytes()]
+    results = run_paths(g.dest, raws)
+    for path, r in results.items():
+        assert isinstance(r, Exception), (path, r)
+        assert "entry '" + entry in str(r) and "PAX" in str(r), (path, str(r))
+    g.check()
+
+
+def test_a_gnu_long_name_and_a_pax_path_that_agree_are_read(g):
+    name = "d/" + "n" * 150
+    tree = agree(g, [Tar().dir("d").gnu_longname(name + "/").pax([("path", name)]).dir("zz")
+                     .gnu_longname(name + "/f").pax([("path", name + "/f")]).file("zz/f", b"f")])
+    assert tree.entries[name].type == "dir" and tree.entries[name + "/f"].type == "file"
