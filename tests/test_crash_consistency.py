@@ -14,6 +14,7 @@ the named function is entered or left (or once the extraction has written N entr
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -251,16 +252,20 @@ KILLER = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGKILL)
 
     if spec.startswith("entries:"):
-        # once a layer being extracted (a temp snapshot) holds N entries
+        # once a layer being extracted (a temp snapshot) holds N entries; or, with a third
+        # field, once a staging dir "DEST<that>*" beside DEST (argv's last) does
         n, root = int(spec.split(":")[1]), argv[argv.index("--root") + 1]
-        snaps = os.path.join(root, "snapshots")
+        staging = spec.split(":")[2] if spec.count(":") > 1 else None
+        snaps = os.path.join(root, "snapshots") if staging is None else os.path.dirname(argv[-1])
+        prefix = os.path.basename(argv[-1]) + staging if staging else None
 
         def watch():
             while True:
                 try:
                     for t in os.listdir(snaps):
-                        if t.startswith(".tmp-") or len(t) == 64:
-                            count = sum(len(d) + len(f) for _, d, f in os.walk(os.path.join(snaps, t, "fs")))
+                        if (t.startswith(prefix) if prefix else t.startswith(".tmp-") or len(t) == 64):
+                            top = os.path.join(snaps, t) if prefix else os.path.join(snaps, t, "fs")
+                            count = sum(len(d) + len(f) for _, d, f in os.walk(top))
                             if count >= n:
                                 die()
                 except OSError:
@@ -336,3 +341,46 @@ def test_sigkill_during_a_layers_extraction_or_commit(layout, expected, tmp_path
         assert lamina(root, "fsck").returncode == 0
         blobs = os.listdir(os.path.join(root, "blobs", "sha256"))
         assert not any(d["digest"][7:] in blobs for d in images["good"]["layers"]), "compact: layer blobs dropped"
+
+
+UNPACK_KILL_POINTS = [
+    ("mid-flatten", "entries:800:.lamina-tmp-", False),
+    ("mid-flatten-link", "entries:800:.lamina-tmp-", True),
+    ("flattened-not-moved", "lamina.store.flatten:flatten:after:1", False),
+    ("flattened-not-moved-link", "lamina.store.flatten:flatten:after:1", True),
+]
+
+
+@pytest.mark.parametrize("point,spec,link", UNPACK_KILL_POINTS, ids=[p[0] for p in UNPACK_KILL_POINTS])
+def test_sigkill_during_an_unpack_from_the_store(layout, expected, tmp_path, point, spec, link):
+    """``lamina unpack good:1 DEST`` (copy or --link) killed while flattening, or once the
+    staging tree is complete but not yet moved: DEST does not exist (never half a rootfs), the
+    store is unchanged and fsck finds no error (a --link staging tree holds names of the
+    store's objects: they still hash to their names), and the same unpack then succeeds."""
+    lay, _ = layout
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:good", "good:1")
+    before = fingerprint(root)
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    dest = tmp_path / "out" / "rootfs"
+    dest.parent.mkdir()
+    extra = ["--link"] if link else []
+    assert extra or "--link" not in spec
+    proc = subprocess.run([sys.executable, script, spec, "--root", root, "unpack", *extra, "good:1", dest],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, \
+        f"{point}: the kill point was never reached (exit {proc.returncode}):\n{proc.stderr}"
+    assert not os.path.lexists(dest), "a killed unpack left DEST looking complete"
+    leftovers = os.listdir(dest.parent)
+    assert all(n.startswith("rootfs.lamina-tmp-") for n in leftovers), leftovers
+    assert fingerprint(root) == before
+    assert_consistent(root, tmp_path, expected, named=("good:1",))
+    lamina(root, "unpack", *extra, "good:1", dest)
+    got = snapshot(dest, include_root=False)
+    if link:   # --link hands out the store's inodes, which dedup shares: hardlink groups are not the image's
+        got = dataclasses.replace(got, links=expected.links)
+    diff = compare(expected, got, labels=("expected", "unpack after the kill"))
+    assert not diff, diff
+    errors, _ = fsck_errors(root)
+    assert errors == [], errors
