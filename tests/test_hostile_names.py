@@ -125,6 +125,26 @@ def test_hardlinks_to_nothing_a_layer_shows_are_refused_everywhere(g, layers, en
     refused(g, layers, entry)
 
 
+
+CAP = b"\x01\x00\x00\x02\x00\x20\x00\x00" + bytes(12)   # cap_sys_admin, permitted+effective
+
+
+@pytest.mark.parametrize("same_layer", [False, True], ids=["over-a-lower-file", "in-the-same-layer"])
+def test_a_hardlink_entrys_own_metadata_never_reaches_the_file(g, same_layer):
+    """A hardlink entry's mode (setuid), owner, mtime and PAX xattrs (security.capability)
+    are not the file's: GNU tar, Go and umoci ignore them.  Applied to the shared inode they
+    would make the image's f a setuid-1234 binary with CAP_SYS_ADMIN."""
+    base = Tar().file("f", b"x", mode=0o644)
+    link = Tar().pax([("SCHILY.xattr.security.capability", CAP), ("SCHILY.xattr.user.evil", b"1"),
+                      ("mtime", "5")]).hardlink("h", "f", mode=0o6755, uid=1234, gid=99)
+    layers = [Tar().raw(base.bytes(end=False)).raw(link.bytes())] if same_layer else [base, link]
+    tree = agree(g, layers)
+    for name in ("f", "h"):
+        e = tree.entries[name]
+        assert (e.mode, e.uid, e.gid, e.xattrs) == (0o644, 0, 0, ()), (name, e)
+        assert e.mtime != 5, (name, e)
+    assert frozenset({"f", "h"}) in tree.links
+
 # --- link names and names through lower symlinks ----------------------------------------------
 
 def test_hardlink_through_an_absolute_lower_symlink_stays_in_the_root(g):
