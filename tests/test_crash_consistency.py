@@ -384,3 +384,32 @@ def test_sigkill_during_an_unpack_from_the_store(layout, expected, tmp_path, poi
     assert not diff, diff
     errors, _ = fsck_errors(root)
     assert errors == [], errors
+
+
+RMI_KILL_POINTS = [
+    # the first unreferenced snapshot renamed to its trash name, not yet removed
+    ("snapshot-in-trash", "lamina.store.snapshots:remove_tree:before:1"),
+    # halfway through removing that snapshot's tree
+    ("snapshot-half-removed", "lamina.store.snapshots:remove_tree:after:1"),
+    # the snapshots gone, the objects only they used not yet collected
+    ("before-object-gc", "lamina.store.objects:collect:before:1"),
+]
+
+
+@pytest.mark.parametrize("point,spec", RMI_KILL_POINTS, ids=[p[0] for p in RMI_KILL_POINTS])
+def test_sigkill_during_rmi_then_fsck_and_reload(layout, expected, tmp_path, point, spec):
+    """``lamina rmi good:1`` (its top layer and the objects only that layer used go) killed
+    while it removes them: base:1 (sharing the bottom layer) still unpacks, fsck finds no
+    error, --repair takes the rest, and good:1 loads again."""
+    lay, _ = layout
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:base", "base:1")
+    lamina(root, "copy", f"oci:{lay.root}:good", "good:1")
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    proc = subprocess.run([sys.executable, script, spec, "--root", root, "rmi", "good:1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, \
+        f"{point}: the kill point was never reached (exit {proc.returncode}):\n{proc.stderr}"
+    assert_consistent(root, tmp_path, expected, named=("base:1",))
+    rerun_good(root, tmp_path, expected, f"oci:{lay.root}:good")
