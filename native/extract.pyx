@@ -24,7 +24,8 @@ from array import array
 from cpython.exc cimport PyErr_CheckSignals
 
 from libc.string cimport memcpy, memcmp
-from libc.errno cimport errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES, ESTALE, EIO
+from libc.errno cimport (errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES,
+                         ESTALE, EIO, EMLINK)
 from libc.stdint cimport int64_t, uint64_t
 from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
 from posix.types cimport mode_t, uid_t, gid_t, off_t, dev_t
@@ -413,6 +414,19 @@ cdef class _DirStack:
         while self.fds:
             close(<int>self.fds.pop())
         self.names = []
+
+
+cdef _one_reading(object entry, object gnu, object paxv, str what, bytes key):
+    """An entry with both a GNU long name (or link) and a PAX path (or linkpath) that differ is
+    read differently by each reference reader: GNU tar takes the PAX record, Go's archive/tar
+    (docker, containerd, umoci) the GNU header, bsdtar whichever came last.  A hostile layer
+    could show a scanner one tree and lamina another (a harmless name to one, a whiteout to
+    the other), so such an entry is refused."""
+    if gnu is None or not paxv or (<bytes>gnu).rstrip(b"/") == (<bytes>paxv).rstrip(b"/"):
+        return
+    raise _errors.InvalidArchiveError(
+        f"entry {_show(entry)}: its GNU long {what} {_show(gnu)} and its PAX {key.decode()} {_show(paxv)} differ "
+        f"(tar readers disagree on which applies: GNU tar reads the PAX one, Go's archive/tar the GNU one)")
 
 
 cdef list _scan_and_unlink(int fd):
@@ -1299,15 +1313,19 @@ cdef class Extractor:
         uid = _parse_number(h + 108, 8, "uid", where)
         gid = _parse_number(h + 116, 8, "gid", where)
         sec = _parse_number(h + 136, 12, "mtime", where)
-        if self.long_name is not None:
-            name = self.long_name
+        gnu_name, gnu_link = self.long_name, self.long_link
+        if gnu_name is not None:
+            name = gnu_name
             self.long_name = None
-        if self.long_link is not None:
-            link = self.long_link
+        if gnu_link is not None:
+            link = gnu_link
             self.long_link = None
         xattrs = None
         pax = self.pax
         self.pax = None
+        if pax and (gnu_name is not None or gnu_link is not None):
+            _one_reading(gnu_name, gnu_name, pax.get(b"path"), "name", b"path")
+            _one_reading(pax.get(b"path") or name, gnu_link, pax.get(b"linkpath"), "link name", b"linkpath")
         if pax:
             for k, v in pax.items():
                 if not v and not _is_xattr_key(k):
@@ -2395,6 +2413,43 @@ cdef class Extractor:
         self.cur_prehashed = False
         return True
 
+    cdef bint _drop_hold(self, int tfd, bytes tbase):
+        """Remove the name ``hash_files_into`` holds for the file ``tbase`` (found by its inode
+        number), so a hardlink entry gets the link it is refused (EMLINK: ext4 allows 65000) for
+        it.  A file hardlinked in its layer keeps a private inode anyway, so the dedup pass loses
+        nothing by it.  False if the file has no such name (the image itself names it too often).
+        Runs only on EMLINK, so a readdir of the whole directory costs nothing in the common case."""
+        cdef stat a, h
+        cdef int dfd
+        cdef DIR *d
+        cdef dirent *ent
+        if self.hold_fd < 0 or fstatat(tfd, tbase, &a, AT_SYMLINK_NOFOLLOW) < 0 or not S_ISREG(a.st_mode):
+            lamina_set_errno(EMLINK)
+            return False
+        dfd = openat(self.hold_fd, b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        d = fdopendir(dfd) if dfd >= 0 else NULL
+        if d == NULL:
+            if dfd >= 0:
+                close(dfd)
+            lamina_set_errno(EMLINK)
+            return False
+        found = None
+        try:
+            while True:
+                ent = readdir(d)
+                if ent == NULL:
+                    break
+                if ent.d_ino == a.st_ino and ent.d_name[0] != b'.':
+                    found = <bytes>ent.d_name
+                    break
+        finally:
+            closedir(d)
+        if (found is None or fstatat(self.hold_fd, <bytes>found, &h, AT_SYMLINK_NOFOLLOW) < 0
+                or h.st_ino != a.st_ino or h.st_dev != a.st_dev or unlinkat(self.hold_fd, <bytes>found, 0) < 0):
+            lamina_set_errno(EMLINK)
+            return False
+        return True
+
     cdef _privatize(self, int tfd, bytes tbase, bytes name):
         """Give ``tbase`` (a name this layer linked to a store object) a private inode with the
         same data and metadata: a hardlink entry is about to name it, and names sharing an
@@ -2843,6 +2898,8 @@ cdef class Extractor:
                 if self.obj_inodes and S_ISREG(a.st_mode) and a.st_ino in self.obj_inodes:
                     self._privatize(tfd, tbase, name)
             if linkat(tfd, tbase, pfd, base, 0) < 0:
+                if errno == EMLINK and self._drop_hold(tfd, tbase) and linkat(tfd, tbase, pfd, base, 0) == 0:
+                    return  # the file's hashed/ name took the link the image needed
                 if errno == EEXIST:
                     if (fstatat(tfd, tbase, &a, AT_SYMLINK_NOFOLLOW) == 0
                             and fstatat(pfd, base, &b, AT_SYMLINK_NOFOLLOW) == 0
@@ -2857,6 +2914,10 @@ cdef class Extractor:
                 if errno == EPERM or errno == EISDIR:
                     raise _errors.InvalidArchiveError(
                         f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
+                if errno == EMLINK:
+                    raise _errors.ExtractError(
+                        f"entry {_show(name)}: hardlink to {_show(link)}: that file has as many names as the "
+                        f"filesystem allows ({os.strerror(EMLINK)})")
                 self._oserror("hardlink", name)
         finally:
             close(tfd)
