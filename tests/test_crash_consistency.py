@@ -356,7 +356,9 @@ def test_sigkill_during_an_unpack_from_the_store(layout, expected, tmp_path, poi
     """``lamina unpack good:1 DEST`` (copy or --link) killed while flattening, or once the
     staging tree is complete but not yet moved: DEST does not exist (never half a rootfs), the
     store is unchanged and fsck finds no error (a --link staging tree holds names of the
-    store's objects: they still hash to their names), and the same unpack then succeeds."""
+    store's objects: they still hash to their names), and the same unpack then succeeds and
+    removes the killed one's staging dir (nothing else would: its names of store objects
+    would keep them from gc for ever)."""
     lay, _ = layout
     root = tmp_path / "root"
     lamina(root, "copy", f"oci:{lay.root}:good", "good:1")
@@ -377,6 +379,7 @@ def test_sigkill_during_an_unpack_from_the_store(layout, expected, tmp_path, poi
     assert fingerprint(root) == before
     assert_consistent(root, tmp_path, expected, named=("good:1",))
     lamina(root, "unpack", *extra, "good:1", dest)
+    assert os.listdir(dest.parent) == ["rootfs"], "the killed unpack's staging dir is still there"
     got = snapshot(dest, include_root=False)
     if link:   # --link hands out the store's inodes, which dedup shares: hardlink groups are not the image's
         got = dataclasses.replace(got, links=expected.links)
@@ -384,6 +387,30 @@ def test_sigkill_during_an_unpack_from_the_store(layout, expected, tmp_path, poi
     assert not diff, diff
     errors, _ = fsck_errors(root)
     assert errors == [], errors
+
+
+def test_an_unpack_removes_killed_staging_dirs_but_not_a_running_ones(layout, tmp_path):
+    """A DEST.lamina-tmp-* dir nobody holds locked is a killed unpack's: the next unpack to DEST
+    removes it.  One whose lock is held belongs to an unpack still running: it stays."""
+    import fcntl
+    lay, _ = layout
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:good", "good:1")
+    out = tmp_path / "out"
+    killed, running = out / "rootfs.lamina-tmp-killed1", out / "rootfs.lamina-tmp-running"
+    for d in (killed, running):
+        (d / "etc").mkdir(parents=True)
+        (d / "etc" / "f").write_bytes(b"x")
+    other = out / "other.lamina-tmp-killed2"  # another DEST's: not this unpack's business
+    other.mkdir()
+    fd = os.open(running, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        lamina(root, "unpack", "good:1", out / "rootfs")
+        assert sorted(os.listdir(out)) == ["other.lamina-tmp-killed2", "rootfs", "rootfs.lamina-tmp-running"]
+        assert (running / "etc" / "f").read_bytes() == b"x"
+    finally:
+        os.close(fd)
 
 
 RMI_KILL_POINTS = [

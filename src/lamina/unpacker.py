@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import fcntl
 import os
 import stat
 import tempfile
@@ -77,6 +78,8 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
         except BaseException as e:  # includes KeyboardInterrupt: never leave a half-made tree
             abandon(staging, e)
             raise
+        finally:
+            release_staging(staging)
     seconds["total"] = time.perf_counter() - t_start
     stats.seconds = {k: round(v, 6) for k, v in seconds.items()}
     return stats
@@ -215,6 +218,11 @@ def _escape_lowerdir(path):
 # DEST part-filled, with that entry in it, which the next unpack names.
 
 _STAGING_PREFIX = ".lamina-tmp-"
+# A sibling staging dir is made under this name, locked (flock), then renamed to its staging
+# name: so a DEST.lamina-tmp-* dir nobody holds locked is one a killed unpack left, which the
+# next unpack to DEST removes (a --link one holds names of store objects gc could never free).
+_NEWBORN_PREFIX = ".lamina-new-"
+_held = {}  # staging dir -> the fd holding its lock
 
 
 def _check_dest(dest):
@@ -241,11 +249,47 @@ def _make_staging(dest):
         staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=dest)
     else:
         os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f"{name}{_STAGING_PREFIX}", dir=parent)
+        _sweep_killed_siblings(parent, name)
+        newborn = tempfile.mkdtemp(prefix=f"{name}{_NEWBORN_PREFIX}", dir=parent)
+        fd = os.open(newborn, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        staging = os.path.join(parent, name + _STAGING_PREFIX + newborn[len(os.path.join(parent, name + _NEWBORN_PREFIX)):])
+        os.rename(newborn, staging)
+        _held[staging] = fd
     # mkdtemp makes it 0700; a rootfs (or the overlay container dir) is normally 0755.
     # A layer's own "./" entry may still set the root's mode.
     os.chmod(staging, 0o755)
     return staging
+
+
+def release_staging(staging):
+    """Let go of the lock on a staging dir (after its commit or its removal)."""
+    fd = _held.pop(staging, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _sweep_killed_siblings(parent, name):
+    """Remove the DEST.lamina-tmp-* dirs of unpacks that were killed (nobody holds their lock)."""
+    prefix = name + _STAGING_PREFIX
+    try:
+        found = [n for n in os.listdir(parent) if n.startswith(prefix)]
+    except OSError:
+        return
+    for n in found:
+        path = os.path.join(parent, n)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            trace.event("sweep-killed-staging", path=path)
+            remove_tree(path)
+        except OSError:
+            pass  # held: another unpack to DEST is working in it (or it is not ours to remove)
+        finally:
+            os.close(fd)
 
 
 def _fill_in_place(dest, parent):
