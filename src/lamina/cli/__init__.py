@@ -156,8 +156,9 @@ def run():
 
 
 # Staging names lamina gives a file or directory before renaming it to the one the user named
-# (a sibling: DEST.lamina-tmp-*), or inside the DEST it fills in place (DEST/.lamina-tmp-*/...).
-_STAGING = re.compile(r"\.(lamina-tmp-[^/]*|tmp-\d+-[0-9a-f]+)$|/\.lamina-tmp-[^/]*(?=/|$)")
+# (a sibling: DEST.lamina-tmp-*, first made as DEST.lamina-new-*), or inside the DEST it fills
+# in place (DEST/.lamina-tmp-*/...).
+_STAGING = re.compile(r"\.(lamina-(?:tmp|new)-[^/]*|tmp-\d+-[0-9a-f]+)$|/\.lamina-tmp-[^/]*(?=/|$)")
 
 
 def os_error_message(e):
