@@ -3,7 +3,7 @@
 Random stacks of files and dirs (some owned by others, setuid, setgid or sticky,
 some with a user xattr), symlinks (relative, absolute, pointing out of
 the root and at the host), hardlinks (same layer and lower layers),
-whiteouts, opaque dirs and dir/file/symlink replacements go through every
+sparse files (every GNU sparse format), device nodes, fifos, whiteouts, opaque dirs and dir/file/symlink replacements go through every
 path of everypath.py (names and links in the header, in PAX records or in GNU long
 name headers); all must give the same tree (or all fail), umoci must
 agree where it accepts the image, and nothing outside the work dir may change.
@@ -32,6 +32,7 @@ from conftest import require_root, require_tool
 from everypath import assert_agree, describe, run_paths, umoci_tree
 from layerkit import Guard
 from tarbuild import Tar
+from tarvectors import SPARSE_BUILDERS
 
 EXAMPLES = int(os.environ.get("LAMINA_FUZZ_EXAMPLES", "150"))
 SEED = int(os.environ.get("LAMINA_FUZZ_SEED", "0"))
@@ -74,6 +75,9 @@ def ops(host):
         st.tuples(st.just("symlink"), names, symlink_targets(host)),
         st.tuples(st.just("hardlink"), names, names),
         st.tuples(st.just("fifo"), names),
+        # a file with holes, in each GNU sparse format (umoci reads them all, through Go)
+        st.tuples(st.just("sparse"), names, st.sampled_from(sorted(SPARSE_BUILDERS))),
+        st.tuples(st.just("node"), names, st.sampled_from([(b"3", 1, 3), (b"4", 7, 0)])),
         st.tuples(st.just("whiteout"), names),
         st.tuples(st.just("opaque"), names),
     )
@@ -84,6 +88,9 @@ def ops(host):
 # a decoy that must be ignored.
 carriers = st.sampled_from(["", "", "", "", "pax", "gnu"])
 DECOY = "decoy/x"
+# data, a hole, data, and a trailing hole: what a copy must keep and what it must not write
+SPARSE_SEGMENTS = [(0, b"s" * 5), (8192, b"t" * 3)]
+SPARSE_SIZE = 16384
 
 
 def stacks(host):
@@ -94,7 +101,7 @@ def _carry(t, op, carrier):
     """Write the records that carry ``op``'s name (and link) by ``carrier``; returns the op
     with the decoys the header then holds."""
     kind = op[0]
-    if not carrier or kind in ("whiteout", "opaque"):
+    if not carrier or kind in ("whiteout", "opaque", "sparse"):
         if kind in ("file", "dir") and op[-1] is not None:
             t.pax({"SCHILY.xattr.user.fuzz": op[-1]})
         return op
@@ -132,6 +139,10 @@ def build(layers):
                 t.hardlink(path, op[2])
             elif kind == "fifo":
                 t.fifo(path)
+            elif kind == "sparse":
+                t.raw(SPARSE_BUILDERS[op[2]](path, SPARSE_SIZE, SPARSE_SEGMENTS))
+            elif kind == "node":
+                t.entry(path, b"", type=op[2][0], devmajor=op[2][1], devminor=op[2][2])
             elif kind == "whiteout":
                 t.whiteout(path)
             else:
