@@ -513,6 +513,10 @@ cdef int _remove_at(int pfd, bytes base) except -2:
                 n = subs.pop()
                 if unlinkat(fd, <bytes>n, AT_REMOVEDIR) == 0 or errno == ENOENT:
                     continue
+                # a read-only directory holding only directories: _scan_and_unlink had no
+                # file to unlink in it, so it is still closed to the removal of its subdirs
+                if errno == EACCES and fchmod(fd, 0o700) == 0 and unlinkat(fd, <bytes>n, AT_REMOVEDIR) == 0:
+                    continue
                 nfd = _open_subdir(fd, <bytes>n)
                 if nfd < 0:
                     return -1
@@ -536,8 +540,10 @@ cdef int _remove_at(int pfd, bytes base) except -2:
             if fstat(fd, &up) < 0 or (up.st_dev, up.st_ino) != inodes[len(inodes) - 1]:
                 lamina_set_errno(ESTALE)
                 return -1  # moved under us: stop rather than remove elsewhere
-            if unlinkat(fd, <bytes>names.pop(), AT_REMOVEDIR) < 0 and errno != ENOENT:
-                return -1
+            n = names.pop()
+            if unlinkat(fd, <bytes>n, AT_REMOVEDIR) < 0 and errno != ENOENT:
+                if errno != EACCES or fchmod(fd, 0o700) < 0 or unlinkat(fd, <bytes>n, AT_REMOVEDIR) < 0:
+                    return -1
     except OSError as e:
         lamina_set_errno(e.errno or EIO)
         return -1

@@ -1,0 +1,134 @@
+"""Hostile and odd layers unpacked by an unprivileged user, on every path it has.
+
+lamina run as nobody (no mount: overlayfs needs root) turns an image into a tree
+by ``unpack`` (dir format), ``unpack --format overlay``, and a store of its own
+(copy, then a flatten by copy or --link); the store must then check clean (fsck)
+and give everything back (rmi, prune).  Every path must give the same tree, touch
+nothing outside its work directory, and fail, when it fails, with a lamina error.
+"""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from everypath import write_image
+from layerkit import run_as_nobody, world_tmpdir
+from tarbuild import Tar
+from treecmp import compare, snapshot
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="drops to nobody: needs root")
+
+PATHS = ("dir", "overlay", "store-copy", "store-link")
+
+SCRIPT = r"""
+import lamina.images
+from lamina.store import Store
+from lamina.store.fsck import check
+from lamina.store.materialize import materialize
+from lamina.transports import copy
+src, work = sys.argv[1], sys.argv[2]
+out = {}
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "ok"
+    except lamina.errors.LaminaError as e:
+        out[name] = "error: " + str(e)
+attempt("dir", lambda: lamina.unpack(src, os.path.join(work, "dir")))
+attempt("overlay", lambda: lamina.unpack(src, os.path.join(work, "overlay"), format="overlay"))
+store = Store(os.path.join(work, "store"))
+attempt("copy", lambda: copy(src, "img:1", store=store))
+if out["copy"] == "ok":
+    attempt("store-copy", lambda: materialize(store, "img:1", os.path.join(work, "store-copy")))
+    attempt("store-link", lambda: materialize(store, "img:1", os.path.join(work, "store-link"), link=True))
+    try:
+        out["fsck"] = [f"{f.severity}: {f.subject}: {f.message}" for f in check(store).findings]
+    except (lamina.errors.LaminaError, OSError) as e:
+        out["fsck"] = [f"raised {type(e).__name__}: {e}"]
+    try:
+        lamina.images.remove(store, "img:1")
+        lamina.images.prune(store, all=True)
+        out["left"] = sorted(os.listdir(os.path.join(work, "store", "snapshots")))
+    except (lamina.errors.LaminaError, OSError) as e:
+        out["left"] = [f"raised {type(e).__name__}: {e}"]
+print(json.dumps(out))
+"""
+
+
+def _preload():
+    import pkgutil
+
+    import lamina
+    own = [m.name for m in pkgutil.walk_packages(lamina.__path__, "lamina.") if not m.name.endswith("__main__")]
+    return own + ["concurrent.futures.thread", "isal.igzip", "isal.isal_zlib", "zstandard", "base64",
+                  "ctypes.util", "datetime", "functools", "gzip", "ipaddress", "shutil", "tempfile",
+                  "urllib.parse", "zlib", "lamina._objects", "lamina._flatten"]
+
+
+def _chmod_tree(path, how):
+    subprocess.run(["chmod", "-R", how, path], check=True)
+
+
+def run_rootless(layer_tars):
+    """{path: Snapshot or 'error: ...'} plus the store's fsck errors and what rmi + prune left."""
+    base = world_tmpdir()
+    try:
+        layout = write_image(os.path.join(base, "layout"), layer_tars)
+        _chmod_tree(layout, "a+rX")
+        work = os.path.join(base, "work")
+        os.mkdir(work)
+        os.chown(work, 65534, 65534)
+        sentinel = os.path.join(base, "sentinel")
+        os.makedirs(os.path.join(sentinel, "sub"))
+        with open(os.path.join(sentinel, "sub", "f"), "w") as f:
+            f.write("outside")
+        _chmod_tree(sentinel, "a+rwX")  # writable by nobody: only lamina's care keeps it as it is
+        before = snapshot(sentinel, include_root=True, dir_mtime=True)
+        proc = run_as_nobody(SCRIPT, f"oci:{layout}:img", work, preload=_preload(), timeout=300)
+        assert proc.returncode == 0, f"lamina as nobody crashed (not a lamina error):\n{proc.stderr[-3000:]}"
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        diff = compare(before, snapshot(sentinel, include_root=True, dir_mtime=True), labels=("before", "after"))
+        assert not diff, f"outside the work dir changed:\n{diff}"
+        trees = {}
+        for p in PATHS:
+            if out.get(p) == "ok" and p != "overlay":
+                trees[p] = snapshot(os.path.join(work, p))
+            else:
+                trees[p] = out.get(p, out.get("copy"))
+        return trees, out
+    finally:
+        _chmod_tree(base, "u+rwx")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def assert_all_agree(trees, out):
+    bad = {p: v for p, v in trees.items() if isinstance(v, str) and v != "ok"}
+    assert not bad, f"paths failed as nobody: {bad}"
+    assert out["fsck"] == [], f"fsck of the rootless store: {out['fsck']}"
+    assert out["left"] == [], f"rmi + prune left snapshots: {out['left']}"
+    ref = trees["dir"]
+    for p in ("store-copy", "store-link"):
+        links = trees[p].links if p == "store-copy" else ref.links
+        import dataclasses
+        diff = compare(ref, dataclasses.replace(trees[p], links=links), labels=("dir", p))
+        assert not diff, f"dir and {p} differ as nobody:\n{diff}"
+    return ref
+
+
+def test_read_only_directories_holding_only_directories_are_removed():
+    """A tree of 0555 directories with no file directly in the outer one (Fedora's
+    /usr/lib, /boot, a layer's 0555 dir of subdirs), replaced or whited out by a
+    later layer, removed by fsck's scratch extraction, rmi and prune.  As nobody on
+    2dfdebc the removal opened up a read-only directory only when it had a file to
+    unlink there, so its subdirectory could not be removed: the dir-format unpack
+    failed, and a rootless store could neither check nor drop the image."""
+    low = (Tar().dir("r", mode=0o555).dir("r/s", mode=0o555).dir("r/s/t", mode=0o555)
+           .file("r/s/t/f", b"f\n").dir("q", mode=0o555).dir("q/e", mode=0o555)
+           .dir("keep", mode=0o555).dir("keep/sub", mode=0o555))
+    up = Tar().whiteout("r").file("q", b"now a file\n")
+    trees, out = run_rootless([low.bytes(), up.bytes()])
+    ref = assert_all_agree(trees, out)
+    assert sorted(ref.paths()) == ["keep", "keep/sub", "q"]
+    assert ref["keep"].mode == 0o555 and ref["q"].type == "file"
