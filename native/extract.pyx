@@ -1438,6 +1438,15 @@ cdef class Extractor:
         self.cur_mode = mode & 0o7777
         if not self.is_root:
             self.cur_mode &= 0o1777  # no setuid/setgid without root
+            # Rootless, every inode is the extracting user's, and a bundle maps that user to
+            # the container's root, for whom owner bits are moot (DAC override).  Without them
+            # the user could not read their own tree: a mode 0000 file (/etc/shadow of Fedora
+            # and UBI images) or directory broke the store's commit, flatten, fsck and save,
+            # and the next layer's entries under such a directory.
+            if kind == K_DIR:
+                self.cur_mode |= 0o500
+            elif kind == K_REG:
+                self.cur_mode |= 0o400
         self.cur_uid = uid
         self.cur_gid = gid
         self.cur_sec = sec

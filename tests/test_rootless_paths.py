@@ -117,6 +117,30 @@ def assert_all_agree(trees, out):
     return ref
 
 
+def test_modes_that_shut_out_the_owner_still_give_a_tree_it_can_use():
+    """Fedora and UBI images ship /etc/shadow as mode 0000; layers also hold 0000 and
+    0100 directories.  As nobody on 2dfdebc: the store's commit crashed with a bare
+    PermissionError traceback (its size walk could not open the directory), a later
+    layer's entries under a 0000 directory failed ("cannot open 'a'"), and a flatten,
+    fsck or save could not read a 0000 file.  Rootless, the owner is the container's
+    root (the bundle maps it so), for whom owner bits are moot: the owner keeps read
+    (and search on directories), on every path alike."""
+    low = (Tar().dir("etc").file("etc/shadow", b"root:*:1::::::\n", mode=0o000)
+           .file("etc/wo", b"write-only\n", mode=0o200)
+           .dir("a", mode=0o000).file("a/f", b"f\n").dir("a/b", mode=0o000).file("a/b/g", b"g\n")
+           .dir("x", mode=0o100).file("x/y", b"y\n", mode=0o640))
+    up = (Tar().file("a/new", b"new\n").whiteout("a/f").file("a/b/h", b"h\n")
+          .dir("x", mode=0o300).opaque("x").file("x/z", b"z\n"))
+    trees, out = run_rootless([low.bytes(), up.bytes()])
+    ref = assert_all_agree(trees, out)
+    assert sorted(ref.paths()) == ["a", "a/b", "a/b/g", "a/b/h", "a/new", "etc", "etc/shadow", "etc/wo",
+                                   "x", "x/z"]
+    assert ref["etc/shadow"].mode == 0o400 and ref["etc/wo"].mode == 0o600
+    assert ref["a"].mode == 0o500 and ref["a/b"].mode == 0o500
+    assert ref["x"].mode == 0o700, "0300 plus the owner's read and search"
+    assert ref["x/z"].mode == 0o644
+
+
 def test_read_only_directories_holding_only_directories_are_removed():
     """A tree of 0555 directories with no file directly in the outer one (Fedora's
     /usr/lib, /boot, a layer's 0555 dir of subdirs), replaced or whited out by a
