@@ -149,7 +149,9 @@ cdef class _Where:
 
 
 def _show(name):
-    """Entry names in messages: readable, never raising on odd bytes."""
+    """Entry names in messages: readable, never raising on odd bytes, and quoted with
+    control characters escaped: a name is the layer's, and a newline or an escape
+    sequence in it must not make a line of lamina's output (or a terminal command)."""
     if isinstance(name, bytes):
         return repr(name.decode("utf-8", "backslashreplace"))
     return repr(name)
@@ -1404,7 +1406,7 @@ cdef class Extractor:
         else:
             # POSIX: an unknown type is read as a regular file; GNU tar and bsdtar do so
             kind = K_REG
-            self.skipped.append(f"{os.fsdecode(name)}: unknown tar entry type {bytes([tf])!r}, "
+            self.skipped.append(f"{_show(name)}: unknown tar entry type {bytes([tf])!r}, "
                                 "extracted as a regular file")
         skip_after = 0
         if tf >= c'1' and tf <= c'6':
@@ -2640,7 +2642,7 @@ cdef class Extractor:
                 os.removexattr(lpath, kb, follow_symlinks=False)
             except OSError as e:
                 if e.errno in (EPERM, EOPNOTSUPP, _errno.ENODATA):  # trusted.* without root; gone meanwhile
-                    self.skipped.append(f"{os.fsdecode(name)}: xattr {k} of the existing directory kept "
+                    self.skipped.append(f"{_show(name)}: xattr {_show(k)} of the existing directory kept "
                                         f"({os.strerror(e.errno)})")
                     continue
                 raise _errors.ExtractError(f"entry {_show(name)}: remove xattr {k} of the existing directory "
@@ -3098,7 +3100,7 @@ cdef class Extractor:
         cdef dev_t dev = makedev(<unsigned>major, <unsigned>minor)
         if kind == K_CHR or kind == K_BLK:
             if not self.is_root:
-                self.skipped.append(f"{os.fsdecode(name)}: device node not created (needs root)")
+                self.skipped.append(f"{_show(name)}: device node not created (needs root)")
                 return False
             fmt = S_IFCHR if kind == K_CHR else S_IFBLK
         with nogil:  # the common case: node, owner, times and mode in one block without the GIL
@@ -3151,9 +3153,9 @@ cdef class Extractor:
                     # e.g. trusted.* without root, user.* on a symlink, or a
                     # filesystem without xattrs: report, do not fail the layer
                     self.skipped.append(
-                        f"{os.fsdecode(name)}: xattr {os.fsdecode(k)} not set ({os.strerror(errno)})")
+                        f"{_show(name)}: xattr {_show(k)} not set ({os.strerror(errno)})")
                     continue
-                self._oserror(f"set xattr {os.fsdecode(k)} on", name)
+                self._oserror(f"set xattr {_show(k)} on", name)
 
     # ------------------------------------------------------------ whiteouts
 
@@ -3172,7 +3174,7 @@ cdef class Extractor:
         hidden = base[4:]
         if hidden.startswith(WH_PREFIX):
             # other .wh..wh.* names are AUFS bookkeeping (hardlink dirs), not whiteouts
-            self.skipped.append(f"{os.fsdecode(name)}: AUFS metadata entry ignored")
+            self.skipped.append(f"{_show(name)}: AUFS metadata entry ignored")
             return
         if hidden in (b"", b".", b".."):
             raise _errors.InvalidWhiteoutError(
