@@ -3638,6 +3638,11 @@ cdef class Extractor:
                     if self.overlay or (errno != ELOOP and errno != ENOTDIR):
                         continue  # removed or replaced by a non-directory later in the layer
                     fd = self._open_last_nofollow(path)  # dir format: named through a symlinked parent
+                    if fd < 0 and path not in self.dir_fixups and path in self.fixup_ino:
+                        # a parent opened up or touched, not an entry: its name was resolved
+                        # following symlinks (ln/f with ln -> real), so is its fixup; the inode
+                        # check below makes sure it is that directory still
+                        fd = self._open_in_root(path)
                     if fd < 0:
                         continue  # replaced (by a symlink, a file) later in the layer
                     owned = True
