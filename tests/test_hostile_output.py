@@ -116,3 +116,28 @@ def test_a_registrys_error_text_stays_on_the_error_line(tmp_path, registry_env):
     assert err.count(b"\n") == 0 and err.startswith(b"lamina: error: "), err
     _assert_not_forged(r.stdout + r.stderr, "pull")
     assert b"\\nlamina: error: forged\\x1b[2J" in err, err
+
+
+def test_a_changed_file_with_a_hostile_name_is_named_on_one_line(tmp_path):
+    """A compact store rebuilds a layer from its snapshot; a file changed behind lamina's
+    back is named in save's error and in fsck's findings.  That name is the layer's: on
+    2dfdebc its newline forged lines of both outputs."""
+    name = b"d/x\n" + FORGED
+    layout = write_image(tmp_path / "layout", [Tar().dir("d").file(name, b"payload\n" * 100).bytes()])
+    root = tmp_path / "store"
+    assert _cli("--root", root, "config", "set", "keep-blobs", "false").returncode == 0
+    r = _cli("--root", root, "copy", f"oci:{layout}:img", "img:1")
+    assert r.returncode == 0, r.stderr
+    victims = [os.path.join(d, f) for d, _, fs in os.walk(root / "snapshots") for f in fs
+               if os.fsencode(f).startswith(b"x\n")]
+    assert len(victims) == 1, victims
+    with open(victims[0], "r+b") as f:
+        f.write(b"Z")
+    r = _cli("--root", root, "save", "img:1", "-o", tmp_path / "saved.tar")
+    assert r.returncode != 0
+    err = r.stderr.rstrip(b"\n")
+    assert err.count(b"\n") == 0 and b"xxh3" in err and b"'d/x\\nlamina: error: forged\\x1b[2J" in err, err
+    _assert_not_forged(r.stdout + r.stderr, "save")
+    r = _cli("--root", root, "fsck")
+    assert r.returncode != 0 and b"d/x\\nlamina: error: forged" in r.stdout, r.stdout
+    _assert_not_forged(r.stdout + r.stderr, "fsck")
