@@ -134,7 +134,7 @@ def _user_markers(image, layer_dirs):
         return True
     raise MaterializeError(f"image {image.config_digest[7:19]} has snapshots extracted by root and by another user "
                            "(opaque directories marked in trusted.overlay.* and user.overlay.*): overlayfs reads one "
-                           "kind only; use lamina unpack, or extract them again as one user (lamina fsck --repair)")
+                           "kind only; lamina unpack gives its tree")
 
 
 def _mountinfo():
