@@ -149,7 +149,9 @@ cdef class _Where:
 
 
 def _show(name):
-    """Entry names in messages: readable, never raising on odd bytes."""
+    """Entry names in messages: readable, never raising on odd bytes, and quoted with
+    control characters escaped: a name is the layer's, and a newline or an escape
+    sequence in it must not make a line of lamina's output (or a terminal command)."""
     if isinstance(name, bytes):
         return repr(name.decode("utf-8", "backslashreplace"))
     return repr(name)
@@ -513,6 +515,10 @@ cdef int _remove_at(int pfd, bytes base) except -2:
                 n = subs.pop()
                 if unlinkat(fd, <bytes>n, AT_REMOVEDIR) == 0 or errno == ENOENT:
                     continue
+                # a read-only directory holding only directories: _scan_and_unlink had no
+                # file to unlink in it, so it is still closed to the removal of its subdirs
+                if errno == EACCES and fchmod(fd, 0o700) == 0 and unlinkat(fd, <bytes>n, AT_REMOVEDIR) == 0:
+                    continue
                 nfd = _open_subdir(fd, <bytes>n)
                 if nfd < 0:
                     return -1
@@ -536,8 +542,10 @@ cdef int _remove_at(int pfd, bytes base) except -2:
             if fstat(fd, &up) < 0 or (up.st_dev, up.st_ino) != inodes[len(inodes) - 1]:
                 lamina_set_errno(ESTALE)
                 return -1  # moved under us: stop rather than remove elsewhere
-            if unlinkat(fd, <bytes>names.pop(), AT_REMOVEDIR) < 0 and errno != ENOENT:
-                return -1
+            n = names.pop()
+            if unlinkat(fd, <bytes>n, AT_REMOVEDIR) < 0 and errno != ENOENT:
+                if errno != EACCES or fchmod(fd, 0o700) < 0 or unlinkat(fd, <bytes>n, AT_REMOVEDIR) < 0:
+                    return -1
     except OSError as e:
         lamina_set_errno(e.errno or EIO)
         return -1
@@ -1398,7 +1406,7 @@ cdef class Extractor:
         else:
             # POSIX: an unknown type is read as a regular file; GNU tar and bsdtar do so
             kind = K_REG
-            self.skipped.append(f"{os.fsdecode(name)}: unknown tar entry type {bytes([tf])!r}, "
+            self.skipped.append(f"{_show(name)}: unknown tar entry type {bytes([tf])!r}, "
                                 "extracted as a regular file")
         skip_after = 0
         if tf >= c'1' and tf <= c'6':
@@ -1432,6 +1440,15 @@ cdef class Extractor:
         self.cur_mode = mode & 0o7777
         if not self.is_root:
             self.cur_mode &= 0o1777  # no setuid/setgid without root
+            # Rootless, every inode is the extracting user's, and a bundle maps that user to
+            # the container's root, for whom owner bits are moot (DAC override).  Without them
+            # the user could not read their own tree: a mode 0000 file (/etc/shadow of Fedora
+            # and UBI images) or directory broke the store's commit, flatten, fsck and save,
+            # and the next layer's entries under such a directory.
+            if kind == K_DIR:
+                self.cur_mode |= 0o500
+            elif kind == K_REG:
+                self.cur_mode |= 0o400
         self.cur_uid = uid
         self.cur_gid = gid
         self.cur_sec = sec
@@ -2625,7 +2642,7 @@ cdef class Extractor:
                 os.removexattr(lpath, kb, follow_symlinks=False)
             except OSError as e:
                 if e.errno in (EPERM, EOPNOTSUPP, _errno.ENODATA):  # trusted.* without root; gone meanwhile
-                    self.skipped.append(f"{os.fsdecode(name)}: xattr {k} of the existing directory kept "
+                    self.skipped.append(f"{_show(name)}: xattr {_show(k)} of the existing directory kept "
                                         f"({os.strerror(e.errno)})")
                     continue
                 raise _errors.ExtractError(f"entry {_show(name)}: remove xattr {k} of the existing directory "
@@ -3083,7 +3100,7 @@ cdef class Extractor:
         cdef dev_t dev = makedev(<unsigned>major, <unsigned>minor)
         if kind == K_CHR or kind == K_BLK:
             if not self.is_root:
-                self.skipped.append(f"{os.fsdecode(name)}: device node not created (needs root)")
+                self.skipped.append(f"{_show(name)}: device node not created (needs root)")
                 return False
             fmt = S_IFCHR if kind == K_CHR else S_IFBLK
         with nogil:  # the common case: node, owner, times and mode in one block without the GIL
@@ -3136,9 +3153,9 @@ cdef class Extractor:
                     # e.g. trusted.* without root, user.* on a symlink, or a
                     # filesystem without xattrs: report, do not fail the layer
                     self.skipped.append(
-                        f"{os.fsdecode(name)}: xattr {os.fsdecode(k)} not set ({os.strerror(errno)})")
+                        f"{_show(name)}: xattr {_show(k)} not set ({os.strerror(errno)})")
                     continue
-                self._oserror(f"set xattr {os.fsdecode(k)} on", name)
+                self._oserror(f"set xattr {_show(k)} on", name)
 
     # ------------------------------------------------------------ whiteouts
 
@@ -3157,7 +3174,7 @@ cdef class Extractor:
         hidden = base[4:]
         if hidden.startswith(WH_PREFIX):
             # other .wh..wh.* names are AUFS bookkeeping (hardlink dirs), not whiteouts
-            self.skipped.append(f"{os.fsdecode(name)}: AUFS metadata entry ignored")
+            self.skipped.append(f"{_show(name)}: AUFS metadata entry ignored")
             return
         if hidden in (b"", b".", b".."):
             raise _errors.InvalidWhiteoutError(
@@ -3621,6 +3638,11 @@ cdef class Extractor:
                     if self.overlay or (errno != ELOOP and errno != ENOTDIR):
                         continue  # removed or replaced by a non-directory later in the layer
                     fd = self._open_last_nofollow(path)  # dir format: named through a symlinked parent
+                    if fd < 0 and path not in self.dir_fixups and path in self.fixup_ino:
+                        # a parent opened up or touched, not an entry: its name was resolved
+                        # following symlinks (ln/f with ln -> real), so is its fixup; the inode
+                        # check below makes sure it is that directory still
+                        fd = self._open_in_root(path)
                     if fd < 0:
                         continue  # replaced (by a symlink, a file) later in the layer
                     owned = True

@@ -196,9 +196,10 @@ cdef char *_dup_str(const char *s) noexcept nogil:
 
 cdef void _skip(Shared *sh, const char *path, const char *what, const char *detail, int err) noexcept nogil:
     with gil:
-        msg = f"{path.decode('utf-8', 'surrogateescape')}: {what.decode()}"
+        # quoted, control characters escaped: a name from a layer must not make a line of output
+        msg = f"{path.decode('utf-8', 'backslashreplace')!r}: {what.decode()}"
         if detail != NULL:
-            msg += f" {detail.decode('utf-8', 'surrogateescape')}"
+            msg += f" {detail.decode('utf-8', 'backslashreplace')!r}"
         if err:
             msg += f" not copied: {os.strerror(err)}"
         (<object>sh.skipped).append(msg)

@@ -126,14 +126,14 @@ def main(argv=None):
     except errors.LaminaError as e:
         if _caused_by_broken_pipe(e):
             return _stdout_gone()
-        print(f"lamina: error: {e}", file=sys.stderr)
+        print(f"lamina: error: {one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         # a verb may say what the interruption left (apply: DEST partly applied)
         print("lamina: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130
     except OSError as e:
-        print(f"lamina: error: {os_error_message(e)}", file=sys.stderr)
+        print(f"lamina: error: {one_line(os_error_message(e))}", file=sys.stderr)
         return 1
     return rc or 0
 
@@ -159,6 +159,17 @@ def run():
 # (a sibling: DEST.lamina-tmp-*, first made as DEST.lamina-new-*), or inside the DEST it fills
 # in place (DEST/.lamina-tmp-*/...).
 _STAGING = re.compile(r"\.(lamina-(?:tmp|new)-[^/]*|tmp-\d+-[0-9a-f]+)$|/\.lamina-tmp-[^/]*(?=/|$)")
+
+
+# C0 and C1 controls and DEL, but not the tab: written as escapes
+_CONTROLS = {c: repr(chr(c))[1:-1] for c in (*range(0x09), *range(0x0a, 0x20), *range(0x7f, 0xa0))}
+
+
+def one_line(message):
+    """An error is one line: a message quotes names from layers and text from registries,
+    and a newline or escape sequence there must not forge a line of output or drive the
+    terminal."""
+    return message.translate(_CONTROLS)
 
 
 def os_error_message(e):

@@ -5,7 +5,7 @@ import json
 import sys
 
 from ..errors import InvalidReferenceError
-from . import path_arg
+from . import one_line, path_arg
 from .output import add_format_option, check_format, emit
 
 
@@ -133,7 +133,7 @@ def _print_fsck(args, report):
         groups.setdefault((f.severity, f.kind, f.repaired), []).append(f)
     for (severity, kind, repaired), found in groups.items():
         for f in found[:FSCK_SHOWN_PER_KIND]:
-            print(f)
+            print(one_line(str(f)))  # a finding may name a file of a snapshot: the layer's bytes
         if len(found) > FSCK_SHOWN_PER_KIND:
             print(f"{severity}: {len(found) - FSCK_SHOWN_PER_KIND} more {kind} findings like these"
                   + (" (repaired)" if repaired else "") + "; lamina fsck --format json lists every one")

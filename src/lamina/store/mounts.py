@@ -54,7 +54,7 @@ def _syscall(*args):
     return r
 
 
-def _mount_new_api(lowers, upper, work, target, readonly):
+def _mount_new_api(lowers, upper, work, target, readonly, userxattr=False):
     """overlayfs through fsopen/fsconfig: one ``lowerdir+`` per layer, so neither the page-size limit
     of mount(2) options nor ':' and ',' in paths matter (Linux >= 6.8)."""
     import ctypes
@@ -72,6 +72,8 @@ def _mount_new_api(lowers, upper, work, target, readonly):
         if upper:
             setstr("upperdir", upper)
             setstr("workdir", work)
+        if userxattr:
+            _syscall(_SYS_FSCONFIG, fsfd, _FSCONFIG_SET_FLAG, ctypes.c_char_p(b"userxattr"), None, 0)
         _syscall(_SYS_FSCONFIG, fsfd, _FSCONFIG_CMD_CREATE, None, None, 0)
         attrs = _MOUNT_ATTR_NODEV | (_MOUNT_ATTR_RDONLY if readonly else 0)
         mfd = _syscall(_SYS_FSMOUNT, fsfd, _FSMOUNT_CLOEXEC, attrs)
@@ -88,10 +90,12 @@ def _escape(path):
     return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
 
 
-def _mount_legacy(lowers, upper, work, target, readonly):
+def _mount_legacy(lowers, upper, work, target, readonly, userxattr=False):
     opts = "lowerdir=" + ":".join(_escape(d) for d in lowers)
     if upper:
         opts += f",upperdir={_escape(upper)},workdir={_escape(work)}"
+    if userxattr:
+        opts += ",userxattr"
     import ctypes
     data = opts.encode()
     if len(data) > _MAX_MOUNT_DATA:
@@ -105,17 +109,32 @@ def _mount_legacy(lowers, upper, work, target, readonly):
         raise OSError(e, os.strerror(e))
 
 
-def _kernel_mount(lowers, upper, work, target, readonly):
+def _kernel_mount(lowers, upper, work, target, readonly, userxattr=False):
     try:
-        _mount_new_api(lowers, upper, work, target, readonly)
+        _mount_new_api(lowers, upper, work, target, readonly, userxattr)
         return "fsconfig"
     except OSError as e:
         if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
         if e.errno == errno.EINVAL and "lowerdir+" not in str(e):
             raise
-    _mount_legacy(lowers, upper, work, target, readonly)
+    _mount_legacy(lowers, upper, work, target, readonly, userxattr)
     return "mount"
+
+
+def _user_markers(image, layer_dirs):
+    """Do the snapshots mark opaque directories with user.overlay.* (made by an unprivileged
+    lamina) rather than trusted.overlay.*?  The snapshot's own directory (beside fs/, never
+    an image's inode) belongs to whoever extracted it.  A mount reads one namespace only:
+    mixed snapshots cannot be mounted as the flatten reads them."""
+    owners = {os.stat(os.path.dirname(os.path.normpath(d))).st_uid for d in layer_dirs}
+    if not layer_dirs or owners == {0}:
+        return False
+    if 0 not in owners:
+        return True
+    raise MaterializeError(f"image {image.config_digest[7:19]} has snapshots extracted by root and by another user "
+                           "(opaque directories marked in trusted.overlay.* and user.overlay.*): overlayfs reads one "
+                           "kind only; lamina unpack gives its tree")
 
 
 def _mountinfo():
@@ -175,6 +194,7 @@ def mount(store, ref, target, *, rw=False, platform=None):
         if is_mountpoint(target) or any(r["key"] == key for r in load_records(store, "mount")):
             raise MaterializeError(f"{target} is already a lamina mount (lamina umount {target} first)")
         layer_dirs = [os.fspath(p) for p in store.snapshots_for(image)]
+        userxattr = _user_markers(image, layer_dirs)
         lowers = list(reversed(layer_dirs))  # overlayfs wants the top layer first
         outside = not store.writable
         base = os.path.join(records_dir(store, "mount", outside=outside, create=outside), key)
@@ -195,7 +215,7 @@ def mount(store, ref, target, *, rw=False, platform=None):
         record = record_use(store, "mount", target, image,
                             {"rw": rw, "upper": upper, "work": work, "layers": len(layer_dirs)}, outside=outside)
         try:
-            record["api"] = _kernel_mount(lowers, upper, work, target, readonly=not rw)
+            record["api"] = _kernel_mount(lowers, upper, work, target, readonly=not rw, userxattr=userxattr)
         except OSError as e:
             drop_record(store, record)
             remove_tree(base)

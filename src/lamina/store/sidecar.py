@@ -351,7 +351,7 @@ class RebuiltLayer(io.RawIOBase):
             elif kind == b"F":
                 path = self.src.read(self._u64())
                 size, want = self._u64(), self._u64()
-                shown = path.decode("utf-8", "backslashreplace")
+                shown = repr(path.decode("utf-8", "backslashreplace"))  # the layer's bytes: quoted, escaped
                 fd = open_in_tree(self.root_fd, path)
                 if fd is None:
                     raise SidecarError(f"{self.what}: entry {shown} is missing from the snapshot; "

@@ -1,0 +1,143 @@
+"""Names from a layer and text from a registry never make lines of lamina's output.
+
+A layer's entry names are arbitrary bytes (newlines, escape sequences, bytes that
+are not UTF-8), and a registry's error body says what it likes.  lamina quotes
+them in what it prints, so ``lamina: error: ...`` stays one line and a line that
+starts ``lamina:`` or an escape sequence for the terminal cannot be forged.
+"""
+import http.server
+import json
+import os
+import socketserver
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from everypath import write_image
+from layerkit import run_as_nobody, world_tmpdir
+from registryfixture import registry_env  # noqa: F401  (fixture)
+from tarbuild import Tar
+
+FORGED = b"lamina: error: forged\x1b[2J\x1b[31m"
+LAMINA = [sys.executable, "-m", "lamina"]
+
+
+def _cli(*args, env=None):
+    return subprocess.run(LAMINA + [str(a) for a in args], capture_output=True, env=env, timeout=300)
+
+
+def _assert_not_forged(out, context):
+    lines = out.split(b"\n")
+    assert not [ln for ln in lines if ln.startswith(b"lamina: error: forged")], \
+        f"{context}: a name from the layer made a line of its own:\n{out.decode('utf-8', 'replace')}"
+    assert b"\x1b" not in out, f"{context}: an escape sequence from the layer reached the terminal"
+
+
+@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])
+def test_skipped_entry_names_are_quoted_in_every_output(tmp_path, locale):
+    """As root an entry of an unknown type is extracted as a file and reported in
+    ``skipped``.  On 2dfdebc its name was printed as it was: the newline in it forged
+    a ``lamina: error:`` line on stdout, and its escape sequences reached the terminal."""
+    name = b"odd\xff\n" + FORGED
+    t = Tar().file("ok", b"1").entry(name, b"data", type=b"A")
+    layout = write_image(tmp_path / "layout", [t.bytes()])
+    env = {**os.environ, "LC_ALL": locale, "LANG": locale}
+    for fmt in ("dir", "overlay"):
+        r = _cli("unpack", "--format", fmt, f"oci:{layout}:img", tmp_path / f"{fmt}-{locale}", env=env)
+        assert r.returncode == 0, r.stderr
+        _assert_not_forged(r.stdout + r.stderr, f"unpack --format {fmt}")
+        assert b"skipped: 'odd\\\\xff\\nlamina: error: forged\\x1b[2J" in r.stdout, r.stdout
+    r = _cli("unpack", "--json", f"oci:{layout}:img", tmp_path / f"json-{locale}", env=env)
+    assert r.returncode == 0, r.stderr
+    skipped = json.loads(r.stdout)["layers"][0]["skipped"]
+    assert len(skipped) == 1 and "\n" not in skipped[0] and "\x1b" not in skipped[0], skipped
+    assert "odd\\\\xff\\nlamina: error: forged" in skipped[0]
+
+
+def test_a_device_skipped_without_root_is_named_quoted(tmp_path):
+    """The same for the node an unprivileged extraction cannot make."""
+    base = world_tmpdir()
+    try:
+        t = Tar().chardev(b"dev/null\n" + FORGED, 1, 3)
+        path = os.path.join(base, "layer.tar")
+        with open(path, "wb") as f:
+            f.write(t.bytes())
+        dest = os.path.join(base, "dest")
+        os.mkdir(dest)
+        os.chown(dest, 65534, 65534)
+        r = run_as_nobody("st = lamina.apply_layer(sys.argv[1], sys.argv[2])\n"
+                          "print(json.dumps(st.skipped))\n", path, dest)
+        assert r.returncode == 0, r.stderr
+        skipped = json.loads(r.stdout.strip().splitlines()[-1])
+        assert len(skipped) == 1 and "\n" not in skipped[0] and "\x1b" not in skipped[0], skipped
+        assert skipped[0].startswith("'dev/null\\nlamina: error: forged"), skipped
+    finally:
+        subprocess.run(["rm", "-rf", base])
+
+
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path.rstrip("/") == "/v2":
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+            return
+        body = json.dumps({"errors": [{"code": "MANIFEST_UNKNOWN",
+                                       "message": "no\n" + FORGED.decode() + "\r\nlamina: error: more"}]}).encode()
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *a):
+        pass
+
+
+def test_a_registrys_error_text_stays_on_the_error_line(tmp_path, registry_env):  # noqa: F811
+    """A registry's JSON error message goes into lamina's error; on 2dfdebc its newlines
+    and escape sequences went to stderr as they were."""
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Hostile)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        host = f"127.0.0.1:{srv.server_address[1]}"
+        r = _cli("--root", tmp_path / "store", "pull", "--insecure", f"{host}/x/y:1")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert r.returncode != 0
+    err = r.stderr.rstrip(b"\n")
+    assert err.count(b"\n") == 0 and err.startswith(b"lamina: error: "), err
+    _assert_not_forged(r.stdout + r.stderr, "pull")
+    assert b"\\nlamina: error: forged\\x1b[2J" in err, err
+
+
+def test_a_changed_file_with_a_hostile_name_is_named_on_one_line(tmp_path):
+    """A compact store rebuilds a layer from its snapshot; a file changed behind lamina's
+    back is named in save's error and in fsck's findings.  That name is the layer's: on
+    2dfdebc its newline forged lines of both outputs."""
+    name = b"d/x\n" + FORGED
+    layout = write_image(tmp_path / "layout", [Tar().dir("d").file(name, b"payload\n" * 100).bytes()])
+    root = tmp_path / "store"
+    assert _cli("--root", root, "config", "set", "keep-blobs", "false").returncode == 0
+    r = _cli("--root", root, "copy", f"oci:{layout}:img", "img:1")
+    assert r.returncode == 0, r.stderr
+    victims = [os.path.join(d, f) for d, _, fs in os.walk(root / "snapshots") for f in fs
+               if os.fsencode(f).startswith(b"x\n")]
+    assert len(victims) == 1, victims
+    with open(victims[0], "r+b") as f:
+        f.write(b"Z")
+    r = _cli("--root", root, "save", "img:1", "-o", tmp_path / "saved.tar")
+    assert r.returncode != 0
+    err = r.stderr.rstrip(b"\n")
+    assert err.count(b"\n") == 0 and b"xxh3" in err and b"'d/x\\nlamina: error: forged\\x1b[2J" in err, err
+    _assert_not_forged(r.stdout + r.stderr, "save")
+    r = _cli("--root", root, "fsck")
+    assert r.returncode != 0 and b"d/x\\nlamina: error: forged" in r.stdout, r.stdout
+    _assert_not_forged(r.stdout + r.stderr, "fsck")

@@ -1,0 +1,240 @@
+"""Hostile and odd layers unpacked by an unprivileged user, on every path it has.
+
+lamina run as nobody (no mount: overlayfs needs root) turns an image into a tree
+by ``unpack`` (dir format), ``unpack --format overlay``, and a store of its own
+(copy, then a flatten by copy or --link); the store must then check clean (fsck)
+and give everything back (rmi, prune).  Every path must give the same tree, touch
+nothing outside its work directory, and fail, when it fails, with a lamina error.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from everypath import write_image
+from layerkit import run_as_nobody, world_tmpdir
+from tarbuild import Tar
+from treecmp import compare, snapshot
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="drops to nobody: needs root")
+
+PATHS = ("dir", "overlay", "store-copy", "store-link")
+
+SCRIPT = r"""
+import lamina.images
+from lamina.store import Store
+from lamina.store.fsck import check
+from lamina.store.materialize import materialize
+from lamina.transports import copy
+src, work = sys.argv[1], sys.argv[2]
+out = {}
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "ok"
+    except lamina.errors.LaminaError as e:
+        out[name] = "error: " + str(e)
+attempt("dir", lambda: lamina.unpack(src, os.path.join(work, "dir")))
+attempt("overlay", lambda: lamina.unpack(src, os.path.join(work, "overlay"), format="overlay"))
+store = Store(os.path.join(work, "store"))
+attempt("copy", lambda: copy(src, "img:1", store=store))
+if out["copy"] == "ok":
+    attempt("store-copy", lambda: materialize(store, "img:1", os.path.join(work, "store-copy")))
+    attempt("store-link", lambda: materialize(store, "img:1", os.path.join(work, "store-link"), link=True))
+    try:
+        out["fsck"] = [f"{f.severity}: {f.subject}: {f.message}" for f in check(store).findings]
+    except (lamina.errors.LaminaError, OSError) as e:
+        out["fsck"] = [f"raised {type(e).__name__}: {e}"]
+    try:
+        lamina.images.remove(store, "img:1")
+        lamina.images.prune(store, all=True)
+        out["left"] = sorted(os.listdir(os.path.join(work, "store", "snapshots")))
+    except (lamina.errors.LaminaError, OSError) as e:
+        out["left"] = [f"raised {type(e).__name__}: {e}"]
+# a compact store (keep-blobs false): save rebuilds each layer from its snapshot and sidecar
+from lamina.cli import main as cli
+from lamina.transports import save
+croot = os.path.join(work, "compact")
+if cli(["--root", croot, "config", "set", "keep-blobs", "false"]) == 0:
+    cstore = Store(croot)
+    attempt("compact-save", lambda: (copy(src, "img:1", store=cstore),
+                                     save(["img:1"], os.path.join(work, "saved.tar"), store=cstore)))
+print(json.dumps(out))
+"""
+
+
+def _preload():
+    import pkgutil
+
+    import lamina
+    own = [m.name for m in pkgutil.walk_packages(lamina.__path__, "lamina.") if not m.name.endswith("__main__")]
+    return own + ["concurrent.futures.thread", "isal.igzip", "isal.isal_zlib", "zstandard", "base64",
+                  "ctypes.util", "datetime", "functools", "gzip", "ipaddress", "shutil", "tempfile",
+                  "urllib.parse", "zlib", "lamina._objects", "lamina._flatten", "lz4.frame", "xxhash", "tarfile"]
+
+
+def _chmod_tree(path, how):
+    subprocess.run(["chmod", "-R", how, path], check=True)
+
+
+def run_rootless(layer_tars):
+    """{path: Snapshot or 'error: ...'} plus the store's fsck errors and what rmi + prune left."""
+    base = world_tmpdir()
+    try:
+        layout = write_image(os.path.join(base, "layout"), layer_tars)
+        _chmod_tree(layout, "a+rX")
+        work = os.path.join(base, "work")
+        os.mkdir(work)
+        os.chown(work, 65534, 65534)
+        sentinel = os.path.join(base, "sentinel")
+        os.makedirs(os.path.join(sentinel, "sub"))
+        with open(os.path.join(sentinel, "sub", "f"), "w") as f:
+            f.write("outside")
+        _chmod_tree(sentinel, "a+rwX")  # writable by nobody: only lamina's care keeps it as it is
+        before = snapshot(sentinel, include_root=True, dir_mtime=True)
+        proc = run_as_nobody(SCRIPT, f"oci:{layout}:img", work, preload=_preload(), timeout=300)
+        assert proc.returncode == 0, f"lamina as nobody crashed (not a lamina error):\n{proc.stderr[-3000:]}"
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        diff = compare(before, snapshot(sentinel, include_root=True, dir_mtime=True), labels=("before", "after"))
+        assert not diff, f"outside the work dir changed:\n{diff}"
+        trees = {}
+        for p in PATHS:
+            if out.get(p) == "ok" and p != "overlay":
+                trees[p] = snapshot(os.path.join(work, p))
+            else:
+                trees[p] = out.get(p, out.get("copy"))
+        return trees, out
+    finally:
+        _chmod_tree(base, "u+rwx")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def assert_all_agree(trees, out):
+    bad = {p: v for p, v in trees.items() if isinstance(v, str) and v != "ok"}
+    assert not bad, f"paths failed as nobody: {bad}"
+    assert out.get("compact-save") == "ok", f"save from a compact rootless store: {out.get('compact-save')}"
+    assert out["fsck"] == [], f"fsck of the rootless store: {out['fsck']}"
+    assert out["left"] == [], f"rmi + prune left snapshots: {out['left']}"
+    ref = trees["dir"]
+    for p in ("store-copy", "store-link"):
+        links = trees[p].links if p == "store-copy" else ref.links
+        import dataclasses
+        diff = compare(ref, dataclasses.replace(trees[p], links=links), labels=("dir", p))
+        assert not diff, f"dir and {p} differ as nobody:\n{diff}"
+    return ref
+
+
+def test_modes_that_shut_out_the_owner_still_give_a_tree_it_can_use():
+    """Fedora and UBI images ship /etc/shadow as mode 0000; layers also hold 0000 and
+    0100 directories.  As nobody on 2dfdebc: the store's commit crashed with a bare
+    PermissionError traceback (its size walk could not open the directory), a later
+    layer's entries under a 0000 directory failed ("cannot open 'a'"), and a flatten,
+    fsck or save could not read a 0000 file.  Rootless, the owner is the container's
+    root (the bundle maps it so), for whom owner bits are moot: the owner keeps read
+    (and search on directories), on every path alike."""
+    low = (Tar().dir("etc").file("etc/shadow", b"root:*:1::::::\n", mode=0o000)
+           .file("etc/wo", b"write-only\n", mode=0o200)
+           .dir("a", mode=0o000).file("a/f", b"f\n").dir("a/b", mode=0o000).file("a/b/g", b"g\n")
+           .dir("x", mode=0o100).file("x/y", b"y\n", mode=0o640))
+    up = (Tar().file("a/new", b"new\n").whiteout("a/f").file("a/b/h", b"h\n")
+          .dir("x", mode=0o300).opaque("x").file("x/z", b"z\n"))
+    trees, out = run_rootless([low.bytes(), up.bytes()])
+    ref = assert_all_agree(trees, out)
+    assert sorted(ref.paths()) == ["a", "a/b", "a/b/g", "a/b/h", "a/new", "etc", "etc/shadow", "etc/wo",
+                                   "x", "x/z"]
+    assert ref["etc/shadow"].mode == 0o400 and ref["etc/wo"].mode == 0o600
+    assert ref["a"].mode == 0o500 and ref["a/b"].mode == 0o500
+    assert ref["x"].mode == 0o700, "0300 plus the owner's read and search"
+    assert ref["x/z"].mode == 0o644
+
+
+def test_read_only_directories_holding_only_directories_are_removed():
+    """A tree of 0555 directories with no file directly in the outer one (Fedora's
+    /usr/lib, /boot, a layer's 0555 dir of subdirs), replaced or whited out by a
+    later layer, removed by fsck's scratch extraction, rmi and prune.  As nobody on
+    2dfdebc the removal opened up a read-only directory only when it had a file to
+    unlink there, so its subdirectory could not be removed: the dir-format unpack
+    failed, and a rootless store could neither check nor drop the image."""
+    low = (Tar().dir("r", mode=0o555).dir("r/s", mode=0o555).dir("r/s/t", mode=0o555)
+           .file("r/s/t/f", b"f\n").dir("q", mode=0o555).dir("q/e", mode=0o555)
+           .dir("keep", mode=0o555).dir("keep/sub", mode=0o555))
+    up = Tar().whiteout("r").file("q", b"now a file\n")
+    trees, out = run_rootless([low.bytes(), up.bytes()])
+    ref = assert_all_agree(trees, out)
+    assert sorted(ref.paths()) == ["keep", "keep/sub", "q"]
+    assert ref["keep"].mode == 0o555 and ref["q"].type == "file"
+
+
+@pytest.mark.parametrize("mode", [0o555, 0o500])
+def test_a_read_only_directory_written_through_a_symlink_gets_its_mode_back(mode):
+    """The next layer writes and whites out in a read-only directory through a symlink to
+    it (ln/g with ln -> real).  As nobody the dir format opens the directory up for the
+    layer and restores its mode at the end; on 2dfdebc the restore looked for it under
+    the name it was reached by, found a symlink there and gave up: ``real`` stayed
+    0755 (0700), writable, where the store's paths show the image's mode."""
+    low = Tar().dir("real", mode=mode).file("real/f", b"f\n").file("real/k", b"k\n").symlink("ln", "real")
+    up = Tar().file("ln/g", b"g\n").whiteout("ln/f").file("real/h", b"h\n")
+    trees, out = run_rootless([low.bytes(), up.bytes()])
+    ref = assert_all_agree(trees, out)
+    assert sorted(ref.paths()) == ["ln", "real", "real/g", "real/h", "real/k"]
+    assert ref["real"].mode == mode
+
+
+def _lamina(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "lamina", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+    if check:
+        assert proc.returncode == 0, f"lamina {args}: {proc.stderr}"
+    return proc
+
+
+def test_roots_mount_of_a_store_an_unprivileged_user_filled_hides_what_opaque_dirs_hide(tmp_path):
+    """An unprivileged store marks opaque directories with user.overlay.opaque (trusted.*
+    needs root); root may still mount its images.  On 2dfdebc the mount read trusted.*
+    only: the lower layer's d/old showed through the opaque d/, which lamina unpack of the
+    same image hides.  Snapshots made by root and by another user in one image cannot be
+    mounted as the flatten reads them: refused, naming the image."""
+    from everypath import overlay_mount  # noqa: F401  (mount and umount present)
+    from treecmp import snapshot
+    base = world_tmpdir()
+    try:
+        low = Tar().dir("d").file("d/old", b"o\n").file("gone", b"g\n").dir("e").file("e/x", b"x\n")
+        up = Tar().opaque("d").file("d/new", b"n\n").whiteout("gone").dir("e").opaque("e")
+        low = low.bytes()
+        layout = write_image(os.path.join(base, "layout"), [low, up.bytes()])
+        _chmod_tree(layout, "a+rX")
+        root = os.path.join(base, "store")
+        os.mkdir(root)
+        os.chown(root, 65534, 65534)
+        proc = run_as_nobody("from lamina.transports import copy\nfrom lamina.store import Store\n"
+                             "copy('oci:' + sys.argv[1] + ':img', 'img:1', store=Store(sys.argv[2]))\n",
+                             layout, root, preload=_preload())
+        assert proc.returncode == 0, proc.stderr
+        _lamina("--root", root, "unpack", "img:1", tmp_path / "flat")
+        want = snapshot(tmp_path / "flat")
+        assert sorted(want.paths()) == ["d", "d/new", "e"]
+        for rw in (False, True):
+            mnt = tmp_path / f"mnt-{rw}"
+            _lamina("--root", root, "mount", *(["--rw"] if rw else []), "img:1", mnt)
+            try:
+                got = snapshot(mnt)
+            finally:
+                _lamina("--root", root, "umount", mnt)
+            diff = compare(want, got, labels=("unpack", f"mount{' --rw' if rw else ''}"), ignore=("uid", "gid"))
+            assert not diff, diff
+        # a layer on top extracted by root, on the unprivileged user's base
+        layout2 = write_image(os.path.join(base, "layout2"), [low, Tar().opaque("d").bytes()])
+        _lamina("--root", root, "copy", f"oci:{layout2}:img", "img:2")
+        proc = _lamina("--root", root, "mount", "img:2", tmp_path / "mnt-mixed", check=False)
+        assert proc.returncode == 1 and proc.stderr.startswith("lamina: error: image ") \
+            and "extracted by root and by another user" in proc.stderr, proc.stderr
+        assert "mnt-mixed" not in _lamina("--root", root, "mount").stdout, "a refused mount left its record"
+    finally:
+        for d in os.listdir(tmp_path):
+            if d.startswith("mnt-"):
+                subprocess.run(["umount", str(tmp_path / d)], capture_output=True)
+        _chmod_tree(base, "u+rwx")
+        shutil.rmtree(base, ignore_errors=True)
