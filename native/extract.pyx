@@ -23,7 +23,7 @@ from array import array
 
 from cpython.exc cimport PyErr_CheckSignals
 
-from libc.string cimport memcpy, memcmp
+from libc.string cimport memcpy, memcmp, memchr
 from libc.errno cimport (errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES,
                          ESTALE, EIO, EMLINK)
 from libc.stdint cimport int64_t, uint64_t
@@ -120,6 +120,24 @@ cdef int64_t _parse_number(const unsigned char *f, int n, str field, object wher
     if i < n and f[i] != c' ' and f[i] != 0:
         raise _errors.InvalidArchiveError(f"{where}: invalid {field} field in tar header")
     return <int64_t>v
+
+
+cdef inline bint _has_byte(bytes b, char c):
+    return memchr(<const char *>b, c, len(b)) != NULL
+
+
+cdef inline bint _has_wh_component(bytes b, Py_ssize_t n):
+    """Whether ``b[:n]`` holds "/.wh." (a component after the first starting with .wh.)."""
+    cdef const char *s = b
+    cdef const char *p = s
+    cdef const char *end = s + n
+    while True:
+        p = <const char *>memchr(p, c'/', end - p)
+        if p == NULL or end - p < 5:
+            return False
+        if memcmp(p, b"/.wh.", 5) == 0:
+            return True
+        p += 1
 
 
 cdef bytes _cstr(const unsigned char *f, int n):
@@ -763,8 +781,13 @@ cdef class Extractor:
     cdef set cleared               # (path, dev, ino) of the directories an opaque marker cleared (see _opaque)
     cdef set cleared_paths         # and their paths (a marker there takes the general path)
     cdef int64_t headers
-    cdef set created_ino           # dir format: what this layer wrote, wherever it landed (see _record_inode)
-    cdef set created_names         # dir format: the names of the non-directories in created_ino
+    cdef set created_ino           # dir format: the (dev, ino) of the directories this layer wrote or wrote into
+    cdef dict created_in           # dir format: (dev, ino) of a directory -> the names of the non-directories
+                                   # this layer wrote in it, wherever it landed (see _record_inode)
+    cdef set cache_names           # created_in's set of the cached parent (None: not looked up yet)
+    cdef set created_names         # dir format: the names of the non-directories in created_in
+    cdef bytes recorded_parent     # the parent of the last path _record added: known to be in created
+    cdef _Where header_where       # reused for each header: formatted only when an error is raised
     cdef object root_key
     cdef bytes root_real           # dir format: the root's path as the kernel names it (/proc/self/fd)
     cdef list lower_fds            # overlay: root fds of the finished layers below, topmost first
@@ -948,7 +971,9 @@ cdef class Extractor:
         self.cleared = set()
         self.cleared_paths = set()
         self.created_ino = set()
+        self.created_in = {}
         self.created_names = set()
+        self.header_where = _Where("header", None)
         self.restore_modes = {}
         self.skipped = []
         self.prev_name = None
@@ -1096,7 +1121,8 @@ cdef class Extractor:
                 raise KeyboardInterrupt
             if cancelled.is_set():
                 raise _errors.Interrupted(f"interrupted at entry {_show(self.prev_name)}")
-        where = _Where("header", self.prev_name)
+        where = self.header_where
+        where.prev = self.prev_name  # no object per header
         for i in range(BLOCK):
             if h[i]:
                 break
@@ -1369,7 +1395,7 @@ cdef class Extractor:
         elif gnu_sparse is not None:
             name, sparse_version = self._pax_sparse(gnu_sparse, name, size, where)
         self.prev_name = name
-        if b"\0" in name or b"\0" in link:
+        if _has_byte(name, 0) or _has_byte(link, 0):  # not ``in``: bytes.__contains__ formats a TypeError first
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: NUL byte in name")
 
         if tf == c'0' or tf == 0 or tf == c'7':
@@ -1521,10 +1547,31 @@ cdef class Extractor:
         """
         cdef Py_ssize_t n = len(raw), i = 0, start, clen
         cdef const char *s = raw
-        cdef bytearray out = bytearray(n)
-        cdef char *o = out
+        cdef bytearray out
+        cdef char *o
         cdef Py_ssize_t olen = 0
         cdef int64_t depth = 0
+        # Most names are clean already ("a/b/c", a directory's with a trailing "/"): return
+        # them as they are, or less that slash, without building a copy.
+        while True:
+            start = i
+            while i < n and s[i] != c'/':
+                i += 1
+            clen = i - start
+            if clen == 0 or (s[start] == c'.' and (clen == 1 or (clen == 2 and s[start + 1] == c'.'))):
+                break  # "", "/..", "a//b", "./a", "a/../b": the general loop below
+            depth += 1
+            if i >= n - 1:  # the end, or a trailing slash
+                olen = i
+                if olen > self.max_path or depth > self.max_depth:
+                    break  # the general loop raises the error
+                return raw if i == n else raw[:i]
+            i += 1
+        i = 0
+        depth = 0
+        olen = 0
+        out = bytearray(n)
+        o = out
         while i < n:
             while i < n and s[i] == c'/':
                 i += 1
@@ -1728,11 +1775,13 @@ cdef class Extractor:
         cdef Py_ssize_t n
         cdef const char *cleaf
         cdef stat nst
+        cdef bytes cp = self.cache_path
+        if (self.cache_valid and self.cache_fd >= 0 and len(cp) == (slash if slash > 0 else 0)
+                and memcmp(<const char *>path, <const char *>cp, len(cp)) == 0):
+            return self.cache_fd  # the common case, without slicing ``path``
         parent = path[:slash] if slash > 0 else b""
         realp = None
         if self.cache_valid and self.cache_fd >= 0:
-            if self.cache_path == parent:
-                return self.cache_fd
             # one level below the cached parent (tars list trees depth first):
             # a real directory there is where the full resolution would lead
             n = len(self.cache_path)
@@ -1759,6 +1808,7 @@ cdef class Extractor:
         if self.cache_fd >= 0:
             close(self.cache_fd)
         self.cache_fd = fd
+        self.cache_names = None
         self.cache_path = parent
         self.cache_real = None
         self.cache_realp = realp
@@ -2117,14 +2167,24 @@ cdef class Extractor:
         if self.cache_fd >= 0:
             close(self.cache_fd)
         self.cache_fd = -1
+        self.cache_names = None
         self.cache_valid = False
         self.cache_st_ok = self.cache_st_fresh = False
 
-    cdef void _record(self, bytes path):
+    cdef void _record(self, bytes path, Py_ssize_t slash):
         """Remember that this layer provides ``path`` and its parents: whiteouts
-        and opaque markers only hide what lies below the layer."""
+        and opaque markers only hide what lies below the layer.  ``slash``: where
+        ``path``'s last "/" is (-1: none)."""
         cdef Py_ssize_t i
+        cdef bytes rp = self.recorded_parent
         created = self.created
+        # A run of entries in one directory: their parent went in with the first of them, and
+        # ``created`` only grows, always with a path's parents: no slice, hash or lookup of it.
+        if slash > 0 and rp is not None and len(rp) == slash and memcmp(<const char *>path, <const char *>rp, slash) == 0:
+            created.add(path)
+            return
+        if slash > 0:
+            self.recorded_parent = path[:slash]
         while path and path not in created:
             created.add(path)
             i = path.rfind(b"/")
@@ -2145,8 +2205,9 @@ cdef class Extractor:
             return
         slash = path.rfind(b"/")
         base = path[slash + 1:]
-        if path.startswith(WH_PREFIX) or b"/.wh." in path:
-            if not base.startswith(WH_PREFIX) or b"/.wh." in path[:slash + 1] or path[:slash + 1].startswith(WH_PREFIX):
+        if path.startswith(WH_PREFIX) or _has_wh_component(path, len(path)):
+            if (not base.startswith(WH_PREFIX) or _has_wh_component(path, slash + 1)
+                    or path[:slash + 1].startswith(WH_PREFIX)):
                 raise _errors.InvalidWhiteoutError(
                     f"entry {_show(name)}: whiteout-named directory in path")
             self._whiteout(path, slash, base, name)
@@ -2179,7 +2240,7 @@ cdef class Extractor:
                 self._check_skipped_real_parent(pfd, path[:slash], name)
             self.hidden_files.discard(path)  # written here now: no longer a skipped non-directory
         if not self.overlay:
-            self._record(path)
+            self._record(path, slash)
         else:
             self._provide(self.cache_phys + b"/" + base if self.cache_phys else base)
             if self.cache_phys != (path[:slash] if slash > 0 else b""):
@@ -2205,7 +2266,10 @@ cdef class Extractor:
                     and pfd == self.cache_fd and self.cache_st_ok):
                 # just created by name in the cached parent (a hardlink is never a directory,
                 # nor a node): its (dev, ino) is known
-                self.created_ino.add((self.cache_st.st_dev, self.cache_st.st_ino, base))
+                names = self.cache_names
+                if names is None:
+                    names = self.cache_names = self._created_in(self.cache_st.st_dev, self.cache_st.st_ino)
+                names.add(base)
                 self.created_names.add(base)
             else:
                 self._record_inode(pfd, base)
@@ -2252,15 +2316,27 @@ cdef class Extractor:
             if S_ISDIR(st.st_mode):
                 self.created_ino.add((st.st_dev, st.st_ino))
             elif fstat(pfd, &st) == 0:
-                self.created_ino.add((st.st_dev, st.st_ino, base))
+                self._created_in(st.st_dev, st.st_ino).add(base)
                 self.created_names.add(base)
+
+    cdef set _created_in(self, dev_t dev, unsigned long ino):
+        """The set of names this layer wrote in directory (dev, ino): one per directory,
+        so that an entry costs a name in a set, not a (dev, ino, name) tuple of its own."""
+        key = (dev, ino)
+        names = self.created_in.get(key)
+        if names is None:
+            names = self.created_in[key] = set()
+        return names
 
     cdef bint _written_here(self, int pfd, bytes base, stat *st):
         """Did this layer write ``base`` of ``pfd`` (see _record_inode)?  ``st``: its lstat."""
         cdef stat pst
         if S_ISDIR(st.st_mode):
             return (st.st_dev, st.st_ino) in self.created_ino
-        return fstat(pfd, &pst) == 0 and (pst.st_dev, pst.st_ino, base) in self.created_ino
+        if fstat(pfd, &pst) < 0:
+            return False
+        names = self.created_in.get((pst.st_dev, pst.st_ino))
+        return names is not None and base in names
 
     cdef _open_file(self, int pfd, bytes base, bytes name, int64_t size):
         # Created with its final permissions (the fd is writable whatever they are), so
@@ -2589,9 +2665,10 @@ cdef class Extractor:
                     and S_ISDIR(st.st_mode)
                     and (not self.is_root or (st.st_uid == self.cur_uid and st.st_gid == self.cur_gid))):
                 self.dir_fixups[real] = (self.cur_mode, self.cur_sec, self.cur_nsec)
-                self.fixup_ino[real] = (st.st_dev, st.st_ino)
+                key = (st.st_dev, st.st_ino)
+                self.fixup_ino[real] = key
                 if not self.overlay:
-                    self.created_ino.add((st.st_dev, st.st_ino))
+                    self.created_ino.add(key)
                 self.nogil_entries += 1
                 return
         fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
