@@ -58,6 +58,7 @@ cdef enum Step:
 DEF BLOCK = 512
 DEF PROC_PATH_MAX = 4096   # what a /proc/self/fd readlink is read into
 DEF NOGIL_LOWERS = 128     # overlay: whiteouts over more layers below take the general path
+DEF PAR_MAX = 32           # dir format: cached parents kept open above the current one (_parent)
 
 cdef bytes WH_PREFIX = b".wh."
 cdef bytes WH_OPAQUE = b".wh..wh..opq"
@@ -138,6 +139,19 @@ cdef inline bint _has_wh_component(bytes b, Py_ssize_t n):
         if memcmp(p, b"/.wh.", 5) == 0:
             return True
         p += 1
+
+
+cdef inline bint _one_below(bytes path, bytes top):
+    """Whether ``path`` is ``top`` and one more component ("" is the root)."""
+    cdef Py_ssize_t n = len(top), m = len(path)
+    cdef const char *p = path
+    if m <= n or memcmp(p, <const char *>top, n) != 0:
+        return False
+    if n:
+        if p[n] != c'/':
+            return False
+        n += 1
+    return m > n and memchr(p + n, c'/', m - n) == NULL
 
 
 cdef bytes _cstr(const unsigned char *f, int n):
@@ -804,6 +818,15 @@ cdef class Extractor:
     cdef stat cache_st             # fstat of cache_fd when it became the cache; its owner and mode
     cdef bint cache_st_fresh       # are stale once a directory's owner changed (refreshed on demand)
     cdef bint cache_st_ok          # its dev and ino are known (the fstat worked)
+    # dir format: the cached parents the current one was reached from by one name each (tars list
+    # trees depth first), outermost first, still open: an entry back up in one of them reuses its
+    # fd, stat and real path instead of resolving it from the root (and asking /proc where it is).
+    # Valid as long as the cache is (emptied by _invalidate, as it is).
+    cdef int par_n
+    cdef int par_fd[PAR_MAX]
+    cdef stat par_st[PAR_MAX]
+    cdef bint par_st_ok[PAR_MAX]
+    cdef list par_paths, par_realps
     cdef bint owner_checked        # an inode created under the cached parent was fstat'ed against the rule
     cdef bint predict_owner        # root: new inodes get (euid, egid or a setgid parent's gid), so a chown
     cdef uid_t euid                # to those ids is skipped; off for the rest of the layer once an fstat
@@ -841,6 +864,9 @@ cdef class Extractor:
         self.rootfd = -1
         self.outfd = -1
         self.cache_fd = -1
+        self.par_n = 0
+        self.par_paths = []
+        self.par_realps = []
         self.hold_fd = -1
         self.obj_fd = -1
 
@@ -985,6 +1011,9 @@ cdef class Extractor:
             close(self.hold_fd)
         if self.cache_fd >= 0:
             close(self.cache_fd)
+        while self.par_n > 0:
+            self.par_n -= 1
+            close(self.par_fd[self.par_n])
         if self.rootfd >= 0:
             close(self.rootfd)
         if self.lower_fds:
@@ -1777,10 +1806,11 @@ cdef class Extractor:
     cdef int _parent(self, bytes path, Py_ssize_t slash, object name) except -2:
         """fd of the parent directory of ``path`` (created if missing), cached
         for the run of entries in one directory; callers do not close it."""
-        cdef int fd = -1, old = self.cache_fd, sr = -2
+        cdef int fd = -1, old = self.cache_fd, base_fd = -1, sr = -2, k
         cdef Py_ssize_t n
         cdef const char *cleaf
         cdef stat nst
+        cdef bint reused = False, push = False
         cdef bytes cp = self.cache_path
         if (self.cache_valid and self.cache_fd >= 0 and len(cp) == (slash if slash > 0 else 0)
                 and memcmp(<const char *>path, <const char *>cp, len(cp)) == 0):
@@ -1788,31 +1818,59 @@ cdef class Extractor:
         parent = path[:slash] if slash > 0 else b""
         realp = None
         if self.cache_valid and self.cache_fd >= 0:
-            # one level below the cached parent (tars list trees depth first):
-            # a real directory there is where the full resolution would lead
-            n = len(self.cache_path)
-            if (len(parent) > n and parent.startswith(self.cache_path)
-                    and (n == 0 or parent[n] == 47) and parent.find(b"/", n + 1) < 0):
+            # one level below the cached parent (tars list trees depth first), or below or at
+            # one of the parents kept above it: a real directory there is where the full
+            # resolution would lead
+            base_path, base_realp, base_fd = cp, self.cache_realp, old
+            if not self.overlay and not _one_below(parent, cp):
+                base_fd = -1
+                k = self.par_n - 1
+                while k >= 0:
+                    up = <bytes>self.par_paths[k]
+                    if up == parent or _one_below(parent, up):
+                        base_path, base_realp, base_fd = up, self.par_realps[k], self.par_fd[k]
+                        break
+                    k -= 1
+                if base_fd >= 0 and base_path == parent:  # back up in a parent kept open
+                    fd, realp, reused = base_fd, base_realp, True
+                    nst = self.par_st[k]
+                    sr = 0 if self.par_st_ok[k] else -2
+                    self._drop_pars(k + 1)  # closes those above it
+                    self.par_n = k         # and takes it off, open
+                    del self.par_paths[k:]
+                    del self.par_realps[k:]
+                elif base_fd >= 0:
+                    self._drop_pars(k + 1)  # those above it are not on the new parent's way
+            if fd < 0 and base_fd >= 0 and _one_below(parent, base_path):
+                n = len(base_path)
                 leaf = parent[n + 1 if n else 0:]
                 cleaf = leaf
-                with nogil:  # open, stat, and drop the old parent in one block without the GIL
-                    fd = openat(old, cleaf, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                with nogil:  # open and stat in one block without the GIL
+                    fd = openat(base_fd, cleaf, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                     if fd >= 0:
                         sr = fstat(fd, &nst)
-                        close(old)
                 if fd >= 0:
-                    self.cache_fd = -1  # closed above
+                    push = base_fd == old  # the old parent stays open above the new one
                 if fd >= 0 and self.overlay:
                     self.cache_phys = self.cache_phys + b"/" + leaf if self.cache_phys else leaf
-                elif fd >= 0 and self.cache_realp is not None:  # reached by one name, no symlink
-                    realp = self.cache_realp + b"/" + leaf if self.cache_realp else leaf
+                elif fd >= 0 and base_realp is not None:  # reached by one name, no symlink
+                    realp = base_realp + b"/" + leaf if base_realp else leaf
         if fd < 0:
             fd = self._resolve_dir(parent, True, name)
             self.cache_phys = self.last_phys
             if not parent:
                 realp = b""  # dup(root)
+            self._drop_pars(0)
         if self.cache_fd >= 0:
-            close(self.cache_fd)
+            if push and not self.overlay and self.par_n < PAR_MAX:
+                self.par_fd[self.par_n] = self.cache_fd
+                self.par_st[self.par_n] = self.cache_st
+                self.par_st_ok[self.par_n] = self.cache_st_ok
+                self.par_paths.append(self.cache_path)
+                self.par_realps.append(self.cache_realp)
+                self.par_n += 1
+            else:
+                close(self.cache_fd)
         self.cache_fd = fd
         self.cache_names = None
         self.cache_path = parent
@@ -1825,6 +1883,13 @@ cdef class Extractor:
         if sr == 0:
             self.cache_st = nst
         self.cache_st_fresh = self.cache_st_ok = sr == 0
+        if reused:
+            # its times, inode and ancestors were recorded when it was first the cached parent;
+            # its owner and mode are fstat'ed again when a new inode's owner is predicted
+            self.cache_st_fresh = False
+            if not self.is_root:
+                self._open_up(fd, parent)
+            return fd
         if self.cache_st_fresh:
             if not self.overlay and parent not in self.parent_times:
                 self.parent_times[parent] = (self.cache_st.st_mtim.tv_sec, self.cache_st.st_mtim.tv_nsec)
@@ -2176,6 +2241,15 @@ cdef class Extractor:
         self.cache_names = None
         self.cache_valid = False
         self.cache_st_ok = self.cache_st_fresh = False
+        self._drop_pars(0)
+
+    cdef void _drop_pars(self, int keep):
+        """Close the parents kept above the cached one, all but the outermost ``keep``."""
+        while self.par_n > keep:
+            self.par_n -= 1
+            close(self.par_fd[self.par_n])
+        del self.par_paths[keep:]
+        del self.par_realps[keep:]
 
     cdef void _record(self, bytes path, Py_ssize_t slash):
         """Remember that this layer provides ``path`` and its parents: whiteouts
@@ -3661,6 +3735,7 @@ cdef class Extractor:
         # keep the fd open: the caller may still be using it as its parent
         self.cache_valid = False
         self.plain_parent = None
+        self._drop_pars(0)  # nobody uses these: what they were reached by may be gone
 
     # ------------------------------------------------------------- finishing
 
