@@ -23,10 +23,10 @@ from array import array
 
 from cpython.exc cimport PyErr_CheckSignals
 
-from libc.string cimport memcpy, memcmp
+from libc.string cimport memcpy, memcmp, memchr
 from libc.errno cimport (errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES,
                          ESTALE, EIO, EMLINK)
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint64_t, uint32_t
 from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
 from posix.types cimport mode_t, uid_t, gid_t, off_t, dev_t
 from posix.unistd cimport lseek, SEEK_SET
@@ -58,6 +58,7 @@ cdef enum Step:
 DEF BLOCK = 512
 DEF PROC_PATH_MAX = 4096   # what a /proc/self/fd readlink is read into
 DEF NOGIL_LOWERS = 128     # overlay: whiteouts over more layers below take the general path
+DEF PAR_MAX = 32           # dir format: cached parents kept open above the current one (_parent)
 
 cdef bytes WH_PREFIX = b".wh."
 cdef bytes WH_OPAQUE = b".wh..wh..opq"
@@ -120,6 +121,37 @@ cdef int64_t _parse_number(const unsigned char *f, int n, str field, object wher
     if i < n and f[i] != c' ' and f[i] != 0:
         raise _errors.InvalidArchiveError(f"{where}: invalid {field} field in tar header")
     return <int64_t>v
+
+
+cdef inline bint _has_byte(bytes b, char c):
+    return memchr(<const char *>b, c, len(b)) != NULL
+
+
+cdef inline bint _has_wh_component(bytes b, Py_ssize_t n):
+    """Whether ``b[:n]`` holds "/.wh." (a component after the first starting with .wh.)."""
+    cdef const char *s = b
+    cdef const char *p = s
+    cdef const char *end = s + n
+    while True:
+        p = <const char *>memchr(p, c'/', end - p)
+        if p == NULL or end - p < 5:
+            return False
+        if memcmp(p, b"/.wh.", 5) == 0:
+            return True
+        p += 1
+
+
+cdef inline bint _one_below(bytes path, bytes top):
+    """Whether ``path`` is ``top`` and one more component ("" is the root)."""
+    cdef Py_ssize_t n = len(top), m = len(path)
+    cdef const char *p = path
+    if m <= n or memcmp(p, <const char *>top, n) != 0:
+        return False
+    if n:
+        if p[n] != c'/':
+            return False
+        n += 1
+    return m > n and memchr(p + n, c'/', m - n) == NULL
 
 
 cdef bytes _cstr(const unsigned char *f, int n):
@@ -771,8 +803,13 @@ cdef class Extractor:
     cdef set cleared               # (path, dev, ino) of the directories an opaque marker cleared (see _opaque)
     cdef set cleared_paths         # and their paths (a marker there takes the general path)
     cdef int64_t headers
-    cdef set created_ino           # dir format: what this layer wrote, wherever it landed (see _record_inode)
-    cdef set created_names         # dir format: the names of the non-directories in created_ino
+    cdef set created_ino           # dir format: the (dev, ino) of the directories this layer wrote or wrote into
+    cdef dict created_in           # dir format: (dev, ino) of a directory -> the names of the non-directories
+                                   # this layer wrote in it, wherever it landed (see _record_inode)
+    cdef set cache_names           # created_in's set of the cached parent (None: not looked up yet)
+    cdef set created_names         # dir format: the names of the non-directories in created_in
+    cdef bytes recorded_parent     # the parent of the last path _record added: known to be in created
+    cdef _Where header_where       # reused for each header: formatted only when an error is raised
     cdef object root_key
     cdef bytes root_real           # dir format: the root's path as the kernel names it (/proc/self/fd)
     cdef list lower_fds            # overlay: root fds of the finished layers below, topmost first
@@ -789,6 +826,15 @@ cdef class Extractor:
     cdef stat cache_st             # fstat of cache_fd when it became the cache; its owner and mode
     cdef bint cache_st_fresh       # are stale once a directory's owner changed (refreshed on demand)
     cdef bint cache_st_ok          # its dev and ino are known (the fstat worked)
+    # dir format: the cached parents the current one was reached from by one name each (tars list
+    # trees depth first), outermost first, still open: an entry back up in one of them reuses its
+    # fd, stat and real path instead of resolving it from the root (and asking /proc where it is).
+    # Valid as long as the cache is (emptied by _invalidate, as it is).
+    cdef int par_n
+    cdef int par_fd[PAR_MAX]
+    cdef stat par_st[PAR_MAX]
+    cdef bint par_st_ok[PAR_MAX]
+    cdef list par_paths, par_realps
     cdef bint owner_checked        # an inode created under the cached parent was fstat'ed against the rule
     cdef bint predict_owner        # root: new inodes get (euid, egid or a setgid parent's gid), so a chown
     cdef uid_t euid                # to those ids is skipped; off for the rest of the layer once an fstat
@@ -826,6 +872,9 @@ cdef class Extractor:
         self.rootfd = -1
         self.outfd = -1
         self.cache_fd = -1
+        self.par_n = 0
+        self.par_paths = []
+        self.par_realps = []
         self.hold_fd = -1
         self.obj_fd = -1
 
@@ -956,7 +1005,9 @@ cdef class Extractor:
         self.cleared = set()
         self.cleared_paths = set()
         self.created_ino = set()
+        self.created_in = {}
         self.created_names = set()
+        self.header_where = _Where("header", None)
         self.restore_modes = {}
         self.skipped = []
         self.prev_name = None
@@ -968,6 +1019,9 @@ cdef class Extractor:
             close(self.hold_fd)
         if self.cache_fd >= 0:
             close(self.cache_fd)
+        while self.par_n > 0:
+            self.par_n -= 1
+            close(self.par_fd[self.par_n])
         if self.rootfd >= 0:
             close(self.rootfd)
         if self.lower_fds:
@@ -1097,6 +1151,7 @@ cdef class Extractor:
         cdef const unsigned char *h = self.hdr
         cdef int i
         cdef int64_t stored, usum = 0, ssum = 0, size
+        cdef uint32_t u, hi
         cdef unsigned char tf
         self.headers += 1
         if self.headers & 31 == 0:  # small files on a slow disk: a chunk can take a second
@@ -1104,20 +1159,26 @@ cdef class Extractor:
                 raise KeyboardInterrupt
             if cancelled.is_set():
                 raise _errors.Interrupted(f"interrupted at entry {_show(self.prev_name)}")
-        where = _Where("header", self.prev_name)
+        where = self.header_where
+        where.prev = self.prev_name  # no object per header
         for i in range(BLOCK):
             if h[i]:
                 break
         else:
             self.state = ST_END
             return
+        # The checksum field counts as 8 spaces.  One branch-free loop over the block, which
+        # the compiler vectorizes (a test for the field inside it cost as much as the rest of
+        # the header): the signed sum is the unsigned one less 256 per byte >= 0x80.
+        u = hi = 0
         for i in range(BLOCK):
-            if 148 <= i < 156:
-                usum += 32
-                ssum += 32
-            else:
-                usum += h[i]
-                ssum += <signed char>h[i]
+            u += h[i]
+            hi += h[i] >> 7
+        for i in range(148, 156):
+            u -= h[i]
+            hi -= h[i] >> 7
+        usum = <int64_t>u + 8 * 32
+        ssum = usum - 256 * <int64_t>hi
         stored = _parse_number(h + 148, 8, "checksum", where)
         if stored != usum and stored != ssum:
             raise _errors.InvalidArchiveError(f"{where}: bad header checksum (not a tar stream, or corrupt)")
@@ -1377,7 +1438,7 @@ cdef class Extractor:
         elif gnu_sparse is not None:
             name, sparse_version = self._pax_sparse(gnu_sparse, name, size, where)
         self.prev_name = name
-        if b"\0" in name or b"\0" in link:
+        if _has_byte(name, 0) or _has_byte(link, 0):  # not ``in``: bytes.__contains__ formats a TypeError first
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: NUL byte in name")
 
         if tf == c'0' or tf == 0 or tf == c'7':
@@ -1538,10 +1599,31 @@ cdef class Extractor:
         """
         cdef Py_ssize_t n = len(raw), i = 0, start, clen
         cdef const char *s = raw
-        cdef bytearray out = bytearray(n)
-        cdef char *o = out
+        cdef bytearray out
+        cdef char *o
         cdef Py_ssize_t olen = 0
         cdef int64_t depth = 0
+        # Most names are clean already ("a/b/c", a directory's with a trailing "/"): return
+        # them as they are, or less that slash, without building a copy.
+        while True:
+            start = i
+            while i < n and s[i] != c'/':
+                i += 1
+            clen = i - start
+            if clen == 0 or (s[start] == c'.' and (clen == 1 or (clen == 2 and s[start + 1] == c'.'))):
+                break  # "", "/..", "a//b", "./a", "a/../b": the general loop below
+            depth += 1
+            if i >= n - 1:  # the end, or a trailing slash
+                olen = i
+                if olen > self.max_path or depth > self.max_depth:
+                    break  # the general loop raises the error
+                return raw if i == n else raw[:i]
+            i += 1
+        i = 0
+        depth = 0
+        olen = 0
+        out = bytearray(n)
+        o = out
         while i < n:
             while i < n and s[i] == c'/':
                 i += 1
@@ -1741,41 +1823,73 @@ cdef class Extractor:
     cdef int _parent(self, bytes path, Py_ssize_t slash, object name) except -2:
         """fd of the parent directory of ``path`` (created if missing), cached
         for the run of entries in one directory; callers do not close it."""
-        cdef int fd = -1, old = self.cache_fd, sr = -2
+        cdef int fd = -1, old = self.cache_fd, base_fd = -1, sr = -2, k
         cdef Py_ssize_t n
         cdef const char *cleaf
         cdef stat nst
+        cdef bint reused = False, push = False
+        cdef bytes cp = self.cache_path
+        if (self.cache_valid and self.cache_fd >= 0 and len(cp) == (slash if slash > 0 else 0)
+                and memcmp(<const char *>path, <const char *>cp, len(cp)) == 0):
+            return self.cache_fd  # the common case, without slicing ``path``
         parent = path[:slash] if slash > 0 else b""
         realp = None
         if self.cache_valid and self.cache_fd >= 0:
-            if self.cache_path == parent:
-                return self.cache_fd
-            # one level below the cached parent (tars list trees depth first):
-            # a real directory there is where the full resolution would lead
-            n = len(self.cache_path)
-            if (len(parent) > n and parent.startswith(self.cache_path)
-                    and (n == 0 or parent[n] == 47) and parent.find(b"/", n + 1) < 0):
+            # one level below the cached parent (tars list trees depth first), or below or at
+            # one of the parents kept above it: a real directory there is where the full
+            # resolution would lead
+            base_path, base_realp, base_fd = cp, self.cache_realp, old
+            if not self.overlay and not _one_below(parent, cp):
+                base_fd = -1
+                k = self.par_n - 1
+                while k >= 0:
+                    up = <bytes>self.par_paths[k]
+                    if up == parent or _one_below(parent, up):
+                        base_path, base_realp, base_fd = up, self.par_realps[k], self.par_fd[k]
+                        break
+                    k -= 1
+                if base_fd >= 0 and base_path == parent:  # back up in a parent kept open
+                    fd, realp, reused = base_fd, base_realp, True
+                    nst = self.par_st[k]
+                    sr = 0 if self.par_st_ok[k] else -2
+                    self._drop_pars(k + 1)  # closes those above it
+                    self.par_n = k         # and takes it off, open
+                    del self.par_paths[k:]
+                    del self.par_realps[k:]
+                elif base_fd >= 0:
+                    self._drop_pars(k + 1)  # those above it are not on the new parent's way
+            if fd < 0 and base_fd >= 0 and _one_below(parent, base_path):
+                n = len(base_path)
                 leaf = parent[n + 1 if n else 0:]
                 cleaf = leaf
-                with nogil:  # open, stat, and drop the old parent in one block without the GIL
-                    fd = openat(old, cleaf, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                with nogil:  # open and stat in one block without the GIL
+                    fd = openat(base_fd, cleaf, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                     if fd >= 0:
                         sr = fstat(fd, &nst)
-                        close(old)
                 if fd >= 0:
-                    self.cache_fd = -1  # closed above
+                    push = base_fd == old  # the old parent stays open above the new one
                 if fd >= 0 and self.overlay:
                     self.cache_phys = self.cache_phys + b"/" + leaf if self.cache_phys else leaf
-                elif fd >= 0 and self.cache_realp is not None:  # reached by one name, no symlink
-                    realp = self.cache_realp + b"/" + leaf if self.cache_realp else leaf
+                elif fd >= 0 and base_realp is not None:  # reached by one name, no symlink
+                    realp = base_realp + b"/" + leaf if base_realp else leaf
         if fd < 0:
             fd = self._resolve_dir(parent, True, name)
             self.cache_phys = self.last_phys
             if not parent:
                 realp = b""  # dup(root)
+            self._drop_pars(0)
         if self.cache_fd >= 0:
-            close(self.cache_fd)
+            if push and not self.overlay and self.par_n < PAR_MAX:
+                self.par_fd[self.par_n] = self.cache_fd
+                self.par_st[self.par_n] = self.cache_st
+                self.par_st_ok[self.par_n] = self.cache_st_ok
+                self.par_paths.append(self.cache_path)
+                self.par_realps.append(self.cache_realp)
+                self.par_n += 1
+            else:
+                close(self.cache_fd)
         self.cache_fd = fd
+        self.cache_names = None
         self.cache_path = parent
         self.cache_real = None
         self.cache_realp = realp
@@ -1786,6 +1900,13 @@ cdef class Extractor:
         if sr == 0:
             self.cache_st = nst
         self.cache_st_fresh = self.cache_st_ok = sr == 0
+        if reused:
+            # its times, inode and ancestors were recorded when it was first the cached parent;
+            # its owner and mode are fstat'ed again when a new inode's owner is predicted
+            self.cache_st_fresh = False
+            if not self.is_root:
+                self._open_up(fd, parent)
+            return fd
         if self.cache_st_fresh:
             if not self.overlay and parent not in self.parent_times:
                 self.parent_times[parent] = (self.cache_st.st_mtim.tv_sec, self.cache_st.st_mtim.tv_nsec)
@@ -2134,14 +2255,33 @@ cdef class Extractor:
         if self.cache_fd >= 0:
             close(self.cache_fd)
         self.cache_fd = -1
+        self.cache_names = None
         self.cache_valid = False
         self.cache_st_ok = self.cache_st_fresh = False
+        self._drop_pars(0)
 
-    cdef void _record(self, bytes path):
+    cdef void _drop_pars(self, int keep):
+        """Close the parents kept above the cached one, all but the outermost ``keep``."""
+        while self.par_n > keep:
+            self.par_n -= 1
+            close(self.par_fd[self.par_n])
+        del self.par_paths[keep:]
+        del self.par_realps[keep:]
+
+    cdef void _record(self, bytes path, Py_ssize_t slash):
         """Remember that this layer provides ``path`` and its parents: whiteouts
-        and opaque markers only hide what lies below the layer."""
+        and opaque markers only hide what lies below the layer.  ``slash``: where
+        ``path``'s last "/" is (-1: none)."""
         cdef Py_ssize_t i
+        cdef bytes rp = self.recorded_parent
         created = self.created
+        # A run of entries in one directory: their parent went in with the first of them, and
+        # ``created`` only grows, always with a path's parents: no slice, hash or lookup of it.
+        if slash > 0 and rp is not None and len(rp) == slash and memcmp(<const char *>path, <const char *>rp, slash) == 0:
+            created.add(path)
+            return
+        if slash > 0:
+            self.recorded_parent = path[:slash]
         while path and path not in created:
             created.add(path)
             i = path.rfind(b"/")
@@ -2162,8 +2302,9 @@ cdef class Extractor:
             return
         slash = path.rfind(b"/")
         base = path[slash + 1:]
-        if path.startswith(WH_PREFIX) or b"/.wh." in path:
-            if not base.startswith(WH_PREFIX) or b"/.wh." in path[:slash + 1] or path[:slash + 1].startswith(WH_PREFIX):
+        if path.startswith(WH_PREFIX) or _has_wh_component(path, len(path)):
+            if (not base.startswith(WH_PREFIX) or _has_wh_component(path, slash + 1)
+                    or path[:slash + 1].startswith(WH_PREFIX)):
                 raise _errors.InvalidWhiteoutError(
                     f"entry {_show(name)}: whiteout-named directory in path")
             self._whiteout(path, slash, base, name)
@@ -2196,7 +2337,7 @@ cdef class Extractor:
                 self._check_skipped_real_parent(pfd, path[:slash], name)
             self.hidden_files.discard(path)  # written here now: no longer a skipped non-directory
         if not self.overlay:
-            self._record(path)
+            self._record(path, slash)
         else:
             self._provide(self.cache_phys + b"/" + base if self.cache_phys else base)
             if self.cache_phys != (path[:slash] if slash > 0 else b""):
@@ -2222,7 +2363,10 @@ cdef class Extractor:
                     and pfd == self.cache_fd and self.cache_st_ok):
                 # just created by name in the cached parent (a hardlink is never a directory,
                 # nor a node): its (dev, ino) is known
-                self.created_ino.add((self.cache_st.st_dev, self.cache_st.st_ino, base))
+                names = self.cache_names
+                if names is None:
+                    names = self.cache_names = self._created_in(self.cache_st.st_dev, self.cache_st.st_ino)
+                names.add(base)
                 self.created_names.add(base)
             else:
                 self._record_inode(pfd, base)
@@ -2269,15 +2413,27 @@ cdef class Extractor:
             if S_ISDIR(st.st_mode):
                 self.created_ino.add((st.st_dev, st.st_ino))
             elif fstat(pfd, &st) == 0:
-                self.created_ino.add((st.st_dev, st.st_ino, base))
+                self._created_in(st.st_dev, st.st_ino).add(base)
                 self.created_names.add(base)
+
+    cdef set _created_in(self, dev_t dev, unsigned long ino):
+        """The set of names this layer wrote in directory (dev, ino): one per directory,
+        so that an entry costs a name in a set, not a (dev, ino, name) tuple of its own."""
+        key = (dev, ino)
+        names = self.created_in.get(key)
+        if names is None:
+            names = self.created_in[key] = set()
+        return names
 
     cdef bint _written_here(self, int pfd, bytes base, stat *st):
         """Did this layer write ``base`` of ``pfd`` (see _record_inode)?  ``st``: its lstat."""
         cdef stat pst
         if S_ISDIR(st.st_mode):
             return (st.st_dev, st.st_ino) in self.created_ino
-        return fstat(pfd, &pst) == 0 and (pst.st_dev, pst.st_ino, base) in self.created_ino
+        if fstat(pfd, &pst) < 0:
+            return False
+        names = self.created_in.get((pst.st_dev, pst.st_ino))
+        return names is not None and base in names
 
     cdef _open_file(self, int pfd, bytes base, bytes name, int64_t size):
         # Created with its final permissions (the fd is writable whatever they are), so
@@ -2606,9 +2762,10 @@ cdef class Extractor:
                     and S_ISDIR(st.st_mode)
                     and (not self.is_root or (st.st_uid == self.cur_uid and st.st_gid == self.cur_gid))):
                 self.dir_fixups[real] = (self.cur_mode, self.cur_sec, self.cur_nsec)
-                self.fixup_ino[real] = (st.st_dev, st.st_ino)
+                key = (st.st_dev, st.st_ino)
+                self.fixup_ino[real] = key
                 if not self.overlay:
-                    self.created_ino.add((st.st_dev, st.st_ino))
+                    self.created_ino.add(key)
                 self.nogil_entries += 1
                 return
         fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
@@ -3595,6 +3752,7 @@ cdef class Extractor:
         # keep the fd open: the caller may still be using it as its parent
         self.cache_valid = False
         self.plain_parent = None
+        self._drop_pars(0)  # nobody uses these: what they were reached by may be gone
 
     # ------------------------------------------------------------- finishing
 
