@@ -514,11 +514,12 @@ cdef int _open_subdir(int fd, bytes name) except -2:
     return nfd
 
 
-cdef int _remove_at(int pfd, bytes base) except -2:
+cdef int _remove_at(int pfd, bytes base, list gone=None) except -2:
     """Remove ``base`` under ``pfd`` whatever it is; a directory tree is
     removed iteratively with two fds open whatever its depth (moving up
     through "..", checked against the inode it came from).  Symlinks are
-    never followed.  0, or -1 with errno set."""
+    never followed.  ``gone``: gets the path of each directory removed,
+    relative to ``base`` (b"" for ``base`` itself).  0, or -1 with errno set."""
     cdef int fd, nfd
     cdef stat st, up
     if unlinkat(pfd, base, 0) == 0 or errno == ENOENT:
@@ -528,6 +529,8 @@ cdef int _remove_at(int pfd, bytes base) except -2:
     if errno != EISDIR and errno != EPERM:
         return -1
     if unlinkat(pfd, base, AT_REMOVEDIR) == 0:
+        if gone is not None:
+            gone.append(b"")
         return 0
     if errno != ENOTEMPTY and errno != EEXIST and errno != EACCES:
         return -1
@@ -545,6 +548,8 @@ cdef int _remove_at(int pfd, bytes base) except -2:
             subs = pending[len(pending) - 1]
             if subs:
                 n = subs.pop()
+                if gone is not None:
+                    gone.append(b"/".join(names + [n]))
                 if unlinkat(fd, <bytes>n, AT_REMOVEDIR) == 0 or errno == ENOENT:
                     continue
                 # a read-only directory holding only directories: _scan_and_unlink had no
@@ -586,6 +591,8 @@ cdef int _remove_at(int pfd, bytes base) except -2:
             close(fd)
     if unlinkat(pfd, base, AT_REMOVEDIR) < 0 and errno != ENOENT:
         return -1
+    if gone is not None:
+        gone.append(b"")
     return 0
 
 
@@ -3743,10 +3750,30 @@ cdef class Extractor:
         parent too: it may have been resolved through that very link (``b -> .``, then
         ``b/b/`` replaces ``b`` by a directory: ``b/a`` must land in the new ``b``)."""
         cdef stat st
+        gone = None
         if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and (S_ISDIR(st.st_mode) or S_ISLNK(st.st_mode)):
             self._invalidate()
-        if _remove_at(pfd, base) < 0:
+            if S_ISDIR(st.st_mode) and (self.dir_fixups or self.parent_times or self.restore_modes):
+                gone = []
+        if _remove_at(pfd, base, gone) < 0:
             self._oserror("remove", name)
+        if gone:
+            self._forget_fixups(pfd, base, gone)
+
+    cdef _forget_fixups(self, int pfd, bytes base, list gone):
+        """The fixups of directories just removed: a directory the layer makes later at the
+        same path (or reaches there through a new symlink) is another one, though the
+        filesystem may give it the same inode number, so the inode check would pass."""
+        parent = self._proc_rel(pfd) if self.root_real is not None else None
+        if parent is None:
+            return  # the inode checks still catch what is not on a reused inode
+        top = parent + b"/" + base if parent else base
+        for rel in gone:
+            path = top + b"/" + rel if rel else top
+            self.dir_fixups.pop(path, None)
+            self.parent_times.pop(path, None)
+            self.restore_modes.pop(path, None)
+            self.fixup_ino.pop(path, None)
 
     cdef void _invalidate(self):
         # keep the fd open: the caller may still be using it as its parent
@@ -3768,6 +3795,41 @@ cdef class Extractor:
         close(pfd)
         return fd
 
+    cdef dict _fixups_by_directory(self):
+        """path -> (mode or None, sec or None, nsec): one fixup per directory.
+        A directory the layer reached under several names (``t``, and ``l/`` with
+        ``l -> t``) has a record under each; the entry's own mode and time
+        (dir_fixups) win, else the first time and mode recorded, which are from
+        before the layer touched it under any name.  A later record may hold this
+        layer's own changes (t's time once files went in through l)."""
+        todo = {}
+        owner = {}  # (dev, ino) -> the path whose record stands for that directory
+        for path in self.dir_fixups:
+            key = self.fixup_ino.get(path)
+            if key is not None:
+                owner[key] = path
+        for path, (sec, nsec) in self.parent_times.items():
+            key = self.fixup_ino.get(path)
+            if path in self.dir_fixups or (key is not None and owner.setdefault(key, path) != path):
+                continue
+            todo[path] = (None, sec, nsec)
+        for path, mode in self.restore_modes.items():
+            if path in self.dir_fixups:
+                continue
+            key = self.fixup_ino.get(path)
+            if key is not None:
+                first = owner.setdefault(key, path)
+                if first in self.dir_fixups:
+                    continue
+                path = first  # the time recorded under another name, and this mode
+            old = todo.get(path)
+            if old is None:
+                todo[path] = (mode, None, None)
+            elif old[0] is None:
+                todo[path] = (mode, old[1], old[2])
+        todo.update(self.dir_fixups)
+        return todo
+
     cdef _fixup_dirs(self):
         """Directory modes and times, set once the layer is written, deepest
         first, through a stack of open parents so each costs one openat()."""
@@ -3778,14 +3840,7 @@ cdef class Extractor:
         cdef unsigned long wino = 0
         cdef timespec ts[2]
         cdef stat st
-        todo = {}
-        for path, (sec, nsec) in self.parent_times.items():
-            todo[path] = (None, sec, nsec)
-        for path, mode in self.restore_modes.items():
-            if path not in self.dir_fixups:
-                old = todo.get(path)
-                todo[path] = (mode, old[1], old[2]) if old else (mode, None, None)
-        todo.update(self.dir_fixups)
+        todo = self._fixups_by_directory()
         stack = _DirStack(self.rootfd)
         try:
             for path in sorted(todo, key=_components, reverse=True):
@@ -3795,6 +3850,11 @@ cdef class Extractor:
                 if fd < 0:
                     if self.overlay or (errno != ELOOP and errno != ENOTDIR):
                         continue  # removed or replaced by a non-directory later in the layer
+                    if path in self.dir_fixups and self.root_real is not None:
+                        # recorded where it really was (_real_path): a symlink on the way there
+                        # now means the layer removed it, and what the path reaches through
+                        # that symlink is another directory, maybe on the reused inode
+                        continue
                     fd = self._open_last_nofollow(path)  # dir format: named through a symlinked parent
                     if fd < 0 and path not in self.dir_fixups and path in self.fixup_ino:
                         # a parent opened up or touched, not an entry: its name was resolved

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -53,8 +54,8 @@ def overlay_mount(layer_dirs, mnt):
         subprocess.run(["umount", os.fspath(mnt)], check=True)
 
 
-def _tree(path):
-    return snapshot(path, include_root=False)
+def _tree(path, dir_mtime=False):
+    return snapshot(path, include_root=False, dir_mtime=dir_mtime)
 
 
 def _attempt(fn):
@@ -65,24 +66,26 @@ def _attempt(fn):
         return e
 
 
-def run_paths(work, layer_tars, paths=PATHS):
-    """{path name: Snapshot or LaminaError} for the image made of ``layer_tars``."""
+def run_paths(work, layer_tars, paths=PATHS, *, dir_mtime=False):
+    """{path name: Snapshot or LaminaError} for the image made of ``layer_tars``
+    (``dir_mtime``: directory times recorded too)."""
     import lamina
     from lamina.store import Store
     from lamina.store import materialize as mat, mounts
     from verbkit import load_layout
 
     work = os.fspath(work)
+    tree = functools.partial(_tree, dir_mtime=dir_mtime)
     layout = write_image(os.path.join(work, "layout"), layer_tars)
     src = f"oci:{layout}:{TAG}"
     out = {}
     if "dir" in paths:
-        out["dir"] = _attempt(lambda: _tree(lamina.unpack(src, os.path.join(work, "dir")).dest))
+        out["dir"] = _attempt(lambda: tree(lamina.unpack(src, os.path.join(work, "dir")).dest))
     if "overlay-mount" in paths:
         def overlay():
             stats = lamina.unpack(src, os.path.join(work, "ovl"), format="overlay")
             with overlay_mount(stats.layer_dirs, os.path.join(work, "ovl-mnt")) as mnt:
-                return _tree(mnt)
+                return tree(mnt)
         out["overlay-mount"] = _attempt(overlay)
     store_paths = [p for p in paths if p.startswith("store-")]
     if store_paths:
@@ -94,28 +97,28 @@ def run_paths(work, layer_tars, paths=PATHS):
                 continue
             dest = os.path.join(work, p)
             if p == "store-copy":
-                out[p] = _attempt(lambda: (mat.materialize(store, "img:1", dest), _tree(dest))[1])
+                out[p] = _attempt(lambda: (mat.materialize(store, "img:1", dest), tree(dest))[1])
             elif p == "store-link":
-                out[p] = _attempt(lambda: (mat.materialize(store, "img:1", dest, link=True), _tree(dest))[1])
+                out[p] = _attempt(lambda: (mat.materialize(store, "img:1", dest, link=True), tree(dest))[1])
             elif p == "store-relink":
                 def relinked():
                     rebuilt = write_image(os.path.join(work, "layout-rebuilt"), [EMPTY_LAYER] + list(layer_tars))
                     load_layout(store, rebuilt, TAG, "img:2")
                     mat.materialize(store, "img:2", dest)
-                    return _tree(dest)
+                    return tree(dest)
                 out[p] = _attempt(relinked)
             else:
                 def mounted():
                     mounts.mount(store, "img:1", dest)
                     try:
-                        return _tree(dest)
+                        return tree(dest)
                     finally:
                         mounts.umount(store, dest)
                 out[p] = _attempt(mounted)
     return out
 
 
-def umoci_tree(work, layer_tars):
+def umoci_tree(work, layer_tars, *, dir_mtime=False):
     """umoci raw unpack of the same image: a Snapshot, or the CalledProcessError."""
     require_tool("umoci")
     layout = write_image(os.path.join(work, "umoci-layout"), layer_tars)
@@ -125,7 +128,7 @@ def umoci_tree(work, layer_tars):
                        check=True, capture_output=True, text=True)
     except subprocess.CalledProcessError as e:
         return e
-    return _tree(dest)
+    return _tree(dest, dir_mtime)
 
 
 def assert_agree(results, *, context=""):
