@@ -383,6 +383,22 @@ def test_a_directory_named_through_a_symlink_keeps_its_listed_time(g, case):
     g.check()
 
 
+def test_duplicate_files_leave_their_directory_its_time(g):
+    """The store's dedup pass swaps a duplicate file for a link to its object with a rename
+    into the directory, which moved the directory's time to now in every store path
+    (snapshots, copy, --link, mount) while dir unpack and the overlay format kept the
+    layer's.  Two identical files in a listed directory, and one matching a lower file."""
+    layers = [Tar().dir("d", mtime=_T).file("d/a", b"same").file("d/b", b"same").dir("e", mtime=_LOW)
+              .file("e/x", b"lower"),
+              Tar().dir("e", mtime=_T + 1).file("e/y", b"lower").file("e/z", b"same")]
+    raws = [t.bytes() for t in layers]
+    results = run_paths(g.dest, raws, dir_mtime=True)
+    results["umoci"] = umoci_tree(g.dest, raws, dir_mtime=True)
+    tree = assert_agree(results, context=describe(raws))
+    assert (tree.entries["d"].mtime, tree.entries["e"].mtime) == (_T, _T + 1)
+    g.check()
+
+
 def test_a_single_layer_through_a_symlinked_parent_matches_gnu_tar(tmp_path):
     """The same in one layer against GNU tar, which extracts it with every time set."""
     from layerkit import gnu_tar_extract

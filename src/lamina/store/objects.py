@@ -673,7 +673,10 @@ class _Pass:
         raise StoreError(f"object {obj}: keeps appearing and disappearing; is gc running without its lock?")
 
     def swap(self, dfd, name, ofd):
-        """Replace the snapshot's ``name`` by a hardlink to the object open as ``ofd``, atomically."""
+        """Replace the snapshot's ``name`` by a hardlink to the object open as ``ofd``, atomically.
+        The directory keeps the time the layer gave it: the rename moves it to now, which every
+        other path (dir unpack, the overlay format, umoci) would not show."""
+        before = os.fstat(dfd)
         tmp = f"{os.getpid()}-{secrets.token_hex(8)}"
         try:
             os.link(f"/proc/self/fd/{ofd}", tmp, dst_dir_fd=self.stage_fd, follow_symlinks=True)
@@ -686,6 +689,7 @@ class _Pass:
         except BaseException:
             os.unlink(tmp, dir_fd=self.stage_fd)
             raise
+        os.utime(dfd, ns=(before.st_atime_ns, before.st_mtime_ns))
         return True
 
     def clone_from_sibling(self, dfd, name, st, digest, ffd, xattrs):
