@@ -80,7 +80,7 @@ def _chmod_tree(path, how):
     subprocess.run(["chmod", "-R", how, path], check=True)
 
 
-def run_rootless(layer_tars):
+def run_rootless(layer_tars, *, dir_mtime=False):
     """{path: Snapshot or 'error: ...'} plus the store's fsck errors and what rmi + prune left."""
     base = world_tmpdir()
     try:
@@ -103,7 +103,7 @@ def run_rootless(layer_tars):
         trees = {}
         for p in PATHS:
             if out.get(p) == "ok" and p != "overlay":
-                trees[p] = snapshot(os.path.join(work, p))
+                trees[p] = snapshot(os.path.join(work, p), dir_mtime=dir_mtime)
             else:
                 trees[p] = out.get(p, out.get("copy"))
         return trees, out
@@ -238,3 +238,19 @@ def test_roots_mount_of_a_store_an_unprivileged_user_filled_hides_what_opaque_di
                 subprocess.run(["umount", str(tmp_path / d)], capture_output=True)
         _chmod_tree(base, "u+rwx")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_identical_files_in_a_read_only_directory_are_shared_without_root():
+    """The store's dedup pass swaps a duplicate file for a link to its object with a rename
+    into its directory.  As nobody, in a directory the layer made read-only, that rename was
+    refused and the copy into the store died with a PermissionError traceback (e77a40d).
+    Now the directory is opened to its owner for the rename and gets its mode and time back:
+    the same tree, directory times included, on every path."""
+    low = (Tar().dir("ro", mode=0o555, mtime=1_500_000_000).file("ro/a", b"same").file("ro/b", b"same")
+           .dir("ro/sub", mode=0o500, mtime=1_500_000_002).file("ro/sub/c", b"same")
+           .dir("rw", mtime=1_500_000_001).file("rw/x", b"up"))
+    up = Tar().dir("ro", mode=0o500, mtime=1_600_000_000).file("ro/d", b"same").file("rw/y", b"up")
+    trees, out = run_rootless([low.bytes(), up.bytes()], dir_mtime=True)
+    ref = assert_all_agree(trees, out)
+    assert ref["ro"].mode == 0o500 and ref["ro"].mtime == 1_600_000_000, ref["ro"]
+    assert ref["ro/sub"].mtime == 1_500_000_002 and ref["rw"].mtime == 1_500_000_001

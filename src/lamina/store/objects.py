@@ -685,7 +685,17 @@ class _Pass:
                 return False
             raise
         try:
-            os.rename(tmp, name, src_dir_fd=self.stage_fd, dst_dir_fd=dfd)
+            try:
+                os.rename(tmp, name, src_dir_fd=self.stage_fd, dst_dir_fd=dfd)
+            except PermissionError:
+                # without root, a directory the layer made read-only (0555, 0500) is opened to
+                # its owner (this user) for the rename, then given its mode back
+                mode = stat.S_IMODE(before.st_mode)
+                os.chmod(dfd, mode | 0o300)
+                try:
+                    os.rename(tmp, name, src_dir_fd=self.stage_fd, dst_dir_fd=dfd)
+                finally:
+                    os.chmod(dfd, mode)
         except BaseException:
             os.unlink(tmp, dir_fd=self.stage_fd)
             raise
