@@ -435,6 +435,44 @@ def test_a_removed_directory_leaves_no_mode_for_what_its_name_reaches_later(g, l
     g.check()
 
 
+def test_a_listed_directory_keeps_its_time_when_an_entry_implies_a_directory_in_it(g):
+    """b/, then b/a/a (b/a made implied): b keeps its entry's time on every path, as bsdtar
+    does; GNU tar and umoci leave it the time of the run (CONFORMANCE.md)."""
+    from conftest import require_tool, run
+    from treecmp import snapshot
+    require_tool("bsdtar")
+    tar = Tar().dir("b", mtime=_LOW).file("a").file("b/a/a", b"x").dir("c", mtime=_T).dir("c/d/e", mtime=_LOW)
+    blob = os.path.join(g.dest, "layer.tar")
+    with open(blob, "wb") as f:
+        f.write(tar.bytes())
+    ref = os.path.join(g.dest, "bsdtar")
+    os.mkdir(ref)
+    run("bsdtar", "-xpf", blob, "-C", ref)
+    want = snapshot(ref, dir_mtime=True)
+    tree = assert_agree(run_paths(g.dest, [tar.bytes()], dir_mtime=True))
+    for d in ("b", "c", "c/d/e"):
+        assert tree[d].mtime == want[d].mtime, (d, tree[d], want[d])
+    assert (tree["b"].mtime, tree["c"].mtime) == (_LOW, _T)
+    g.check()
+
+
+@pytest.mark.parametrize("entry,refused", [(Tar().file(".wh..wh.aufs"), False), (Tar().dir(".wh..wh.plnk"), False),
+                                           (Tar().dir(".wh..wh.plnk").file(".wh..wh.plnk/1234.56", b"x"), True)],
+                         ids=["aufs-file", "plnk-dir", "file-under-plnk"])
+def test_aufs_bookkeeping_is_ignored_and_what_it_holds_refused(g, entry, refused):
+    """AUFS-backed docker wrote .wh..wh.aufs and .wh..wh.plnk/ (hardlink targets) into
+    layers.  The names themselves are ignored on every path; an entry under .wh..wh.plnk/
+    is refused, naming it: a .wh. name is never a path component (CONFORMANCE.md)."""
+    layers = [Tar().file("a", b"a"), entry]
+    results = run_paths(g.dest, [t.bytes() for t in layers])
+    if refused:
+        assert all(isinstance(v, Exception) and "1234.56" in str(v) for v in results.values()), results
+    else:
+        tree = assert_agree(results)
+        assert sorted(tree.entries) == ["a"], sorted(tree.entries)
+    g.check()
+
+
 # --- found by the differential fuzzer (test_fuzz_paths.py) ---
 
 @pytest.mark.parametrize("layers", [
