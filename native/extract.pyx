@@ -41,6 +41,7 @@ cdef extern from "<stdio.h>" nogil:
 
 from lamina import errors as _errors
 from lamina.limits import DEFAULT_LIMITS
+from lamina.quoting import quote_name as _show
 
 _PAX_TIME = re.compile(rb"(-?)([0-9]+)(?:\.([0-9]*))?")
 
@@ -178,15 +179,6 @@ cdef class _Where:
 
     def __format__(self, spec):
         return format(str(self), spec)
-
-
-def _show(name):
-    """Entry names in messages: readable, never raising on odd bytes, and quoted with
-    control characters escaped: a name is the layer's, and a newline or an escape
-    sequence in it must not make a line of lamina's output (or a terminal command)."""
-    if isinstance(name, bytes):
-        return repr(name.decode("utf-8", "backslashreplace"))
-    return repr(name)
 
 
 def parse_pax(bytes data, where):
