@@ -65,16 +65,23 @@ def test_the_extractor_quotes_it(tmp_path):
     assert str(e.value).endswith(f": entry {quote_name(HOSTILE)}: hardlink target 'd' is a directory"), str(e.value)
 
 
+def _parent_fd(top, name):
+    """Makes the directories of ``name`` below ``top``, each through its parent's fd; the
+    last one's fd."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for part in name.split(b"/")[:-1]:
+        os.mkdir(part, dir_fd=fd)
+        nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    return fd
+
+
 def _layer_dir_with_socket(top, name):
     """An overlay-format layer directory (as a snapshot's fs/) holding a socket at ``name``."""
     os.mkdir(top)
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    fd = _parent_fd(top, name)
     try:
-        for part in name.split(b"/")[:-1]:
-            os.mkdir(part, dir_fd=fd)
-            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
         # bind() takes a path: reach the directory by its fd through /proc, with a short name,
         # then give the socket its hostile name by rename
         with socket.socket(socket.AF_UNIX) as s:
@@ -102,13 +109,8 @@ def test_the_flatteners_errors_quote_it(tmp_path):
     from lamina.store.flatten import flatten
     layer = tmp_path / "snap" / "fs"
     os.makedirs(layer)
-    fd = os.open(layer, os.O_RDONLY | os.O_DIRECTORY)
+    fd = _parent_fd(layer, HOSTILE)
     try:
-        for part in HOSTILE.split(b"/")[:-1]:
-            os.mkdir(part, dir_fd=fd)
-            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
         ffd = os.open(os.path.basename(HOSTILE), os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
         os.write(ffd, os.urandom(1 << 20) * 4)
         os.close(ffd)
