@@ -487,9 +487,7 @@ cdef list _scan_and_unlink(int fd):
         if t == DT_DIR:
             subdirs.append(n)
             continue
-        if unlinkat(fd, <bytes>n, 0) == 0 or errno == ENOENT:
-            continue
-        if errno == EACCES and fchmod(fd, 0o700) == 0 and unlinkat(fd, <bytes>n, 0) == 0:
+        if _unlink_opening(fd, <bytes>n, 0) == 0 or errno == ENOENT:
             continue
         if (errno == EISDIR or errno == EPERM) and fstatat(fd, <bytes>n, &st, AT_SYMLINK_NOFOLLOW) == 0 \
                 and S_ISDIR(st.st_mode):
@@ -497,6 +495,17 @@ cdef list _scan_and_unlink(int fd):
             continue
         raise OSError(errno, os.strerror(errno), os.fsdecode(n))
     return subdirs
+
+
+cdef int _unlink_opening(int fd, const char *name, int flags) noexcept nogil:
+    """unlinkat, tried once more after opening directory ``fd`` to its owner (0700) when
+    its mode refused it: a layer may leave a directory read-only, and removing its tree
+    must not need root.  0, or -1 with errno set (by the last call that failed)."""
+    if unlinkat(fd, name, flags) == 0:
+        return 0
+    if errno != EACCES or fchmod(fd, 0o700) < 0:
+        return -1
+    return unlinkat(fd, name, flags)
 
 
 cdef int _open_subdir(int fd, bytes name) except -2:
@@ -514,9 +523,7 @@ cdef int _remove_at(int pfd, bytes base, list gone=None) except -2:
     relative to ``base`` (b"" for ``base`` itself).  0, or -1 with errno set."""
     cdef int fd, nfd
     cdef stat st, up
-    if unlinkat(pfd, base, 0) == 0 or errno == ENOENT:
-        return 0
-    if errno == EACCES and fchmod(pfd, 0o700) == 0 and unlinkat(pfd, base, 0) == 0:
+    if _unlink_opening(pfd, base, 0) == 0 or errno == ENOENT:
         return 0
     if errno != EISDIR and errno != EPERM:
         return -1
@@ -542,11 +549,9 @@ cdef int _remove_at(int pfd, bytes base, list gone=None) except -2:
                 n = subs.pop()
                 if gone is not None:
                     gone.append(b"/".join(names + [n]))
-                if unlinkat(fd, <bytes>n, AT_REMOVEDIR) == 0 or errno == ENOENT:
-                    continue
-                # a read-only directory holding only directories: _scan_and_unlink had no
-                # file to unlink in it, so it is still closed to the removal of its subdirs
-                if errno == EACCES and fchmod(fd, 0o700) == 0 and unlinkat(fd, <bytes>n, AT_REMOVEDIR) == 0:
+                # (a read-only directory holding only directories: _scan_and_unlink had no
+                # file to unlink in it, so it may still be closed to the removal of its subdirs)
+                if _unlink_opening(fd, <bytes>n, AT_REMOVEDIR) == 0 or errno == ENOENT:
                     continue
                 nfd = _open_subdir(fd, <bytes>n)
                 if nfd < 0:
@@ -572,9 +577,8 @@ cdef int _remove_at(int pfd, bytes base, list gone=None) except -2:
                 lamina_set_errno(ESTALE)
                 return -1  # moved under us: stop rather than remove elsewhere
             n = names.pop()
-            if unlinkat(fd, <bytes>n, AT_REMOVEDIR) < 0 and errno != ENOENT:
-                if errno != EACCES or fchmod(fd, 0o700) < 0 or unlinkat(fd, <bytes>n, AT_REMOVEDIR) < 0:
-                    return -1
+            if _unlink_opening(fd, <bytes>n, AT_REMOVEDIR) < 0 and errno != ENOENT:
+                return -1
     except OSError as e:
         lamina_set_errno(e.errno or EIO)
         return -1
