@@ -817,6 +817,7 @@ cdef class Extractor:
     cdef bytes root_real           # dir format: the root's path as the kernel names it (/proc/self/fd)
     cdef list lower_fds            # overlay: root fds of the finished layers below, topmost first
     cdef bint defer_lowers         # overlay: the layers below are unknown yet; ask for them (NeedsLowers)
+    cdef bint root_named           # the layer has an entry for the root ("./")
     cdef object lowers_provider    # overlay, deferred: () -> lower dirs once finished, or None
     cdef list lower_dirs           # overlay: the dirs of lower_fds, topmost first
     cdef object lower_shared       # overlay: lower dir -> names sharing an inode only by the store's dedup
@@ -973,6 +974,7 @@ cdef class Extractor:
         self.lower_shared = lower_shared
         self.lower_links = {}
         self.defer_lowers = defer_lowers and self.overlay
+        self.root_named = False
         self.lowers_provider = lowers_provider
         if lowers and not self.scan_only:
             if not self.overlay:
@@ -1122,6 +1124,8 @@ cdef class Extractor:
                 f"truncated layer: archive ends after an extended header (after entry {_show(self.prev_name)})")
         cdef int64_t t = _now_ns()
         if not self.scan_only:
+            if self.overlay and not self.root_named:
+                self._root_from_below()
             self._fixup_dirs()
         self._close_cache()
         self.write_ns += _now_ns() - t
@@ -2171,6 +2175,17 @@ cdef class Extractor:
             if fd >= 0:
                 close(fd)
 
+    cdef _root_from_below(self):
+        """A layer that does not name the root leaves it as the layers below have it (the
+        dir format never touches it).  overlayfs shows the topmost layer's root instead, so
+        this layer's root gets the metadata of the one below (which got it the same way
+        from further down, or from a layer naming it): a mount then shows what a copy
+        does."""
+        if self.defer_lowers:
+            self._load_lowers("the root takes its metadata from the layers below")
+        if self.lower_fds:
+            self._copy_dir_metadata(<int>self.lower_fds[0], self.rootfd, b"", b"./")
+
     cdef _copy_dir_metadata(self, int src, int dst, bytes phys, object name):
         """A copied-up directory: owner and xattrs now, mode and times at the end."""
         cdef stat st
@@ -2300,6 +2315,7 @@ cdef class Extractor:
             if kind != K_DIR:
                 raise _errors.UnsafeEntryError(
                     f"entry {_show(name)}: refusing to replace the root directory with a non-directory")
+            self.root_named = True
             if not self.scan_only:
                 self._dir_metadata(self.rootfd, b"", name)
             return
