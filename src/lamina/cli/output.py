@@ -39,10 +39,13 @@ def check_format(args):
 
 
 def document(doc):
-    """The versioned JSON document of a verb (a dict, or a list wrapped as ``items``)."""
+    """The versioned JSON document of a verb (a dict, or a list wrapped as ``items``).  Its
+    strings are UTF-8 text: the bytes of a path or name that are not UTF-8 are written
+    ``\\xNN`` (lamina.quoting.utf8_text), never as lone surrogates."""
+    from ..quoting import utf8_document
     if isinstance(doc, list):
         doc = {"items": doc}
-    return {"version": JSON_VERSION, **doc}
+    return utf8_document({"version": JSON_VERSION, **doc})
 
 
 def emit(args, doc, text=None, *, out=None):
