@@ -310,7 +310,7 @@ def go_json(v, indent=None):
     Map keys sorted, struct fields in order, floats like Go (exponent only below 1e-6 or
     from 1e21 on), U+2028/U+2029 escaped; ``indent`` gives json.Indent's layout.
     """
-    from ..quoting import utf8_document
+    from .output import utf8_document
     out = []
     # an image's config may escape a lone surrogate ("\\udc80"): UTF-8 output cannot carry it
     _encode(utf8_document(_to_jsonable(v)), out, indent, 0)
@@ -820,7 +820,7 @@ class Template:
             st.walk(self.root, data, out)
         except _LoopSignal:  # pragma: no cover - parser forbids it
             pass
-        from ..quoting import utf8_text
+        from .output import utf8_text
         return utf8_text("".join(out))  # a config's lone surrogate would stop the output midway
 
 
