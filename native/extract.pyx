@@ -41,6 +41,7 @@ cdef extern from "<stdio.h>" nogil:
 
 from lamina import errors as _errors
 from lamina.limits import DEFAULT_LIMITS
+from lamina.quoting import quote_name as _show
 
 _PAX_TIME = re.compile(rb"(-?)([0-9]+)(?:\.([0-9]*))?")
 
@@ -178,15 +179,6 @@ cdef class _Where:
 
     def __format__(self, spec):
         return format(str(self), spec)
-
-
-def _show(name):
-    """Entry names in messages: readable, never raising on odd bytes, and quoted with
-    control characters escaped: a name is the layer's, and a newline or an escape
-    sequence in it must not make a line of lamina's output (or a terminal command)."""
-    if isinstance(name, bytes):
-        return repr(name.decode("utf-8", "backslashreplace"))
-    return repr(name)
 
 
 def parse_pax(bytes data, where):
@@ -495,9 +487,7 @@ cdef list _scan_and_unlink(int fd):
         if t == DT_DIR:
             subdirs.append(n)
             continue
-        if unlinkat(fd, <bytes>n, 0) == 0 or errno == ENOENT:
-            continue
-        if errno == EACCES and fchmod(fd, 0o700) == 0 and unlinkat(fd, <bytes>n, 0) == 0:
+        if _unlink_opening(fd, <bytes>n, 0) == 0 or errno == ENOENT:
             continue
         if (errno == EISDIR or errno == EPERM) and fstatat(fd, <bytes>n, &st, AT_SYMLINK_NOFOLLOW) == 0 \
                 and S_ISDIR(st.st_mode):
@@ -505,6 +495,17 @@ cdef list _scan_and_unlink(int fd):
             continue
         raise OSError(errno, os.strerror(errno), os.fsdecode(n))
     return subdirs
+
+
+cdef int _unlink_opening(int fd, const char *name, int flags) noexcept nogil:
+    """unlinkat, tried once more after opening directory ``fd`` to its owner (0700) when
+    its mode refused it: a layer may leave a directory read-only, and removing its tree
+    must not need root.  0, or -1 with errno set (by the last call that failed)."""
+    if unlinkat(fd, name, flags) == 0:
+        return 0
+    if errno != EACCES or fchmod(fd, 0o700) < 0:
+        return -1
+    return unlinkat(fd, name, flags)
 
 
 cdef int _open_subdir(int fd, bytes name) except -2:
@@ -522,9 +523,7 @@ cdef int _remove_at(int pfd, bytes base, list gone=None) except -2:
     relative to ``base`` (b"" for ``base`` itself).  0, or -1 with errno set."""
     cdef int fd, nfd
     cdef stat st, up
-    if unlinkat(pfd, base, 0) == 0 or errno == ENOENT:
-        return 0
-    if errno == EACCES and fchmod(pfd, 0o700) == 0 and unlinkat(pfd, base, 0) == 0:
+    if _unlink_opening(pfd, base, 0) == 0 or errno == ENOENT:
         return 0
     if errno != EISDIR and errno != EPERM:
         return -1
@@ -550,11 +549,9 @@ cdef int _remove_at(int pfd, bytes base, list gone=None) except -2:
                 n = subs.pop()
                 if gone is not None:
                     gone.append(b"/".join(names + [n]))
-                if unlinkat(fd, <bytes>n, AT_REMOVEDIR) == 0 or errno == ENOENT:
-                    continue
-                # a read-only directory holding only directories: _scan_and_unlink had no
-                # file to unlink in it, so it is still closed to the removal of its subdirs
-                if errno == EACCES and fchmod(fd, 0o700) == 0 and unlinkat(fd, <bytes>n, AT_REMOVEDIR) == 0:
+                # (a read-only directory holding only directories: _scan_and_unlink had no
+                # file to unlink in it, so it may still be closed to the removal of its subdirs)
+                if _unlink_opening(fd, <bytes>n, AT_REMOVEDIR) == 0 or errno == ENOENT:
                     continue
                 nfd = _open_subdir(fd, <bytes>n)
                 if nfd < 0:
@@ -580,9 +577,8 @@ cdef int _remove_at(int pfd, bytes base, list gone=None) except -2:
                 lamina_set_errno(ESTALE)
                 return -1  # moved under us: stop rather than remove elsewhere
             n = names.pop()
-            if unlinkat(fd, <bytes>n, AT_REMOVEDIR) < 0 and errno != ENOENT:
-                if errno != EACCES or fchmod(fd, 0o700) < 0 or unlinkat(fd, <bytes>n, AT_REMOVEDIR) < 0:
-                    return -1
+            if _unlink_opening(fd, <bytes>n, AT_REMOVEDIR) < 0 and errno != ENOENT:
+                return -1
     except OSError as e:
         lamina_set_errno(e.errno or EIO)
         return -1
@@ -821,6 +817,7 @@ cdef class Extractor:
     cdef bytes root_real           # dir format: the root's path as the kernel names it (/proc/self/fd)
     cdef list lower_fds            # overlay: root fds of the finished layers below, topmost first
     cdef bint defer_lowers         # overlay: the layers below are unknown yet; ask for them (NeedsLowers)
+    cdef bint root_named           # the layer has an entry for the root ("./")
     cdef object lowers_provider    # overlay, deferred: () -> lower dirs once finished, or None
     cdef list lower_dirs           # overlay: the dirs of lower_fds, topmost first
     cdef object lower_shared       # overlay: lower dir -> names sharing an inode only by the store's dedup
@@ -977,6 +974,7 @@ cdef class Extractor:
         self.lower_shared = lower_shared
         self.lower_links = {}
         self.defer_lowers = defer_lowers and self.overlay
+        self.root_named = False
         self.lowers_provider = lowers_provider
         if lowers and not self.scan_only:
             if not self.overlay:
@@ -1126,6 +1124,8 @@ cdef class Extractor:
                 f"truncated layer: archive ends after an extended header (after entry {_show(self.prev_name)})")
         cdef int64_t t = _now_ns()
         if not self.scan_only:
+            if self.overlay and not self.root_named:
+                self._root_from_below()
             self._fixup_dirs()
         self._close_cache()
         self.write_ns += _now_ns() - t
@@ -2175,6 +2175,17 @@ cdef class Extractor:
             if fd >= 0:
                 close(fd)
 
+    cdef _root_from_below(self):
+        """A layer that does not name the root leaves it as the layers below have it (the
+        dir format never touches it).  overlayfs shows the topmost layer's root instead, so
+        this layer's root gets the metadata of the one below (which got it the same way
+        from further down, or from a layer naming it): a mount then shows what a copy
+        does."""
+        if self.defer_lowers:
+            self._load_lowers("the root takes its metadata from the layers below")
+        if self.lower_fds:
+            self._copy_dir_metadata(<int>self.lower_fds[0], self.rootfd, b"", b"./")
+
     cdef _copy_dir_metadata(self, int src, int dst, bytes phys, object name):
         """A copied-up directory: owner and xattrs now, mode and times at the end."""
         cdef stat st
@@ -2304,6 +2315,7 @@ cdef class Extractor:
             if kind != K_DIR:
                 raise _errors.UnsafeEntryError(
                     f"entry {_show(name)}: refusing to replace the root directory with a non-directory")
+            self.root_named = True
             if not self.scan_only:
                 self._dir_metadata(self.rootfd, b"", name)
             return

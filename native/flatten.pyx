@@ -35,6 +35,7 @@ from syscalls cimport *
 import os
 
 from lamina._extract import _current_umask
+from lamina.quoting import quote_name
 
 cdef extern from *:
     """
@@ -196,10 +197,9 @@ cdef char *_dup_str(const char *s) noexcept nogil:
 
 cdef void _skip(Shared *sh, const char *path, const char *what, const char *detail, int err) noexcept nogil:
     with gil:
-        # quoted, control characters escaped: a name from a layer must not make a line of output
-        msg = f"{path.decode('utf-8', 'backslashreplace')!r}: {what.decode()}"
+        msg = f"{quote_name(<bytes>path)}: {what.decode()}"
         if detail != NULL:
-            msg += f" {detail.decode('utf-8', 'backslashreplace')!r}"
+            msg += f" {quote_name(<bytes>detail)}"
         if err:
             msg += f" not copied: {os.strerror(err)}"
         (<object>sh.skipped).append(msg)

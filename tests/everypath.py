@@ -54,8 +54,9 @@ def overlay_mount(layer_dirs, mnt):
         subprocess.run(["umount", os.fspath(mnt)], check=True)
 
 
-def _tree(path, dir_mtime=False):
-    return snapshot(path, include_root=False, dir_mtime=dir_mtime)
+def _tree(path, dir_mtime=False, root=False):
+    # root: the root directory itself too, its mtime included when dir_mtime
+    return snapshot(path, include_root=root, dir_mtime=dir_mtime)
 
 
 def _attempt(fn):
@@ -66,16 +67,16 @@ def _attempt(fn):
         return e
 
 
-def run_paths(work, layer_tars, paths=PATHS, *, dir_mtime=False):
+def run_paths(work, layer_tars, paths=PATHS, *, dir_mtime=False, root=False):
     """{path name: Snapshot or LaminaError} for the image made of ``layer_tars``
-    (``dir_mtime``: directory times recorded too)."""
+    (``dir_mtime``: directory times recorded too; ``root``: the root directory too)."""
     import lamina
     from lamina.store import Store
     from lamina.store import materialize as mat, mounts
     from verbkit import load_layout
 
     work = os.fspath(work)
-    tree = functools.partial(_tree, dir_mtime=dir_mtime)
+    tree = functools.partial(_tree, dir_mtime=dir_mtime, root=root)
     layout = write_image(os.path.join(work, "layout"), layer_tars)
     src = f"oci:{layout}:{TAG}"
     out = {}
@@ -118,7 +119,7 @@ def run_paths(work, layer_tars, paths=PATHS, *, dir_mtime=False):
     return out
 
 
-def umoci_tree(work, layer_tars, *, dir_mtime=False):
+def umoci_tree(work, layer_tars, *, dir_mtime=False, root=False):
     """umoci raw unpack of the same image: a Snapshot, or the CalledProcessError."""
     require_tool("umoci")
     layout = write_image(os.path.join(work, "umoci-layout"), layer_tars)
@@ -128,7 +129,7 @@ def umoci_tree(work, layer_tars, *, dir_mtime=False):
                        check=True, capture_output=True, text=True)
     except subprocess.CalledProcessError as e:
         return e
-    return _tree(dest, dir_mtime)
+    return _tree(dest, dir_mtime, root)
 
 
 def assert_agree(results, *, context=""):

@@ -79,6 +79,35 @@ def _xattr(t, value, key="user.k"):
     return t.pax({f"SCHILY.xattr.{key}": value})
 
 
+ROOT_STACKS = {
+    # the root named below only: the upper layers leave it as it is
+    "named-below": [_xattr(Tar(), "r").dir("./", mode=0o700, uid=1000, gid=1001, mtime=1234567).file("a", b"1"),
+                    Tar().file("b", b"2"), Tar().file("c", b"3")],
+    "named-in-the-middle": [Tar().file("a", b"1"),
+                            Tar().dir("./", mode=0o750, uid=7, gid=8, mtime=7654321).file("b", b"2"),
+                            Tar().file("c", b"3")],
+    "named-on-top": [Tar().dir("./", mode=0o700, mtime=1234567).file("a", b"1"),
+                     Tar().dir("./", mode=0o751, uid=5, gid=6, mtime=7654321).file("b", b"2")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROOT_STACKS))
+def test_the_roots_metadata_is_the_last_layer_naming_it(g, case):
+    """The root's mode, owner, xattrs and mtime, when the upper layers do not name "./":
+    the dir format and the copies keep what the layer below gave it; on e77a40d the
+    overlay mounts (overlay unpack, store mount) showed the top layer's own root dir
+    instead (0755 root, the time it was made)."""
+    raws = [t.bytes() for t in ROOT_STACKS[case]]
+    results = run_paths(g.dest, raws, dir_mtime=True, root=True)
+    results["umoci"] = umoci_tree(g.dest, raws, dir_mtime=True, root=True)
+    tree = assert_agree(results, context=describe(raws))
+    g.check()
+    assert tree.entries["."].mtime in (1234567, 7654321), tree.entries["."]
+    if case == "named-below":
+        assert (tree.entries["."].mode, tree.entries["."].uid) == (0o700, 1000), tree.entries["."]
+        assert dict(tree.entries["."].xattrs).get("user.k") in ("r", b"r"), tree.entries["."]
+
+
 REDECLARED_DIRS = {
     # the umoci fuzzer's finding (seed 8383): the later entry's xattrs are the dir's
     "same-layer": [_xattr(Tar().dir("a"), "1").dir("a/a").dir("a/a")],

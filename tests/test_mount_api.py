@@ -70,3 +70,52 @@ def test_many_layers(store, tmp_path):
             mount(store, "many", mnt)
         assert not os.path.ismount(mnt)
         assert subprocess.run(["findmnt", str(mnt)], capture_output=True).returncode != 0
+
+
+def _opaque_image_store(tmp_path):
+    from everypath import write_image
+    from tarbuild import Tar
+    low = Tar().dir("d").file("d/old", b"o\n")
+    up = Tar().opaque("d").file("d/new", b"n\n")
+    layout = write_image(tmp_path / "opaque-layout", [low.bytes(), up.bytes()])
+    store = Store(tmp_path / "opaque-store")
+    load_layout(store, layout, "img", "img:1")
+    return store
+
+
+def _mounted_names(store, mnt):
+    mount(store, "img:1", mnt)
+    try:
+        return sorted(os.listdir(mnt / "d"))
+    finally:
+        umount(store, mnt)
+
+
+def test_the_marker_kind_is_the_snapshots_not_its_directorys_owner(tmp_path):
+    """Root's snapshots mark opaque dirs with trusted.overlay.*; a snapshot directory chowned
+    since (a store handed over, restored from a backup) does not change that.  On e77a40d the
+    mount guessed the kind from that owner: it mounted with userxattr and d/old showed through
+    the opaque d/ (or, with one snapshot chowned, refused the image as mixed)."""
+    require_root()
+    store = _opaque_image_store(tmp_path)
+    image = store.resolve("img:1")
+    snaps = [store.paths.snapshot(c) for c in image.chain_ids]
+    os.chown(snaps[-1], 65534, 65534)  # one of them: "mixed" by owner
+    assert _mounted_names(store, tmp_path / "mnt1") == ["new"]
+    for s in snaps:
+        os.chown(s, 65534, 65534)
+    assert _mounted_names(store, tmp_path / "mnt2") == ["new"]
+
+
+def test_snapshots_from_before_the_marker_kind_was_kept_still_mount(tmp_path):
+    """A store whose meta.json files have no "markers": the owner of each snapshot's
+    directory still says it."""
+    import json
+    require_root()
+    store = _opaque_image_store(tmp_path)
+    for c in store.resolve("img:1").chain_ids:
+        meta_path = store.paths.snapshot(c) / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        assert meta.pop("markers") == "trusted"
+        meta_path.write_text(json.dumps(meta))
+    assert _mounted_names(store, tmp_path / "mnt") == ["new"]

@@ -66,8 +66,9 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
                 stats.layers = _apply_overlay(image.layers, staging, limits)
                 stats.layer_dirs = [os.path.join(dest, "layers", str(i)) for i in range(len(image.layers))]
                 stats.mount_options = mount_options(stats.layer_dirs)
-                with open(os.path.join(staging, "mount-options"), "w") as f:
-                    f.write(stats.mount_options + "\n")
+                # the path's own bytes (DEST need not be UTF-8), as mount -o wants them
+                with open(os.path.join(staging, "mount-options"), "wb") as f:
+                    f.write(os.fsencode(stats.mount_options) + b"\n")
             seconds["layers"] = time.perf_counter() - t
 
             t = time.perf_counter()

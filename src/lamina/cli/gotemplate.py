@@ -310,8 +310,10 @@ def go_json(v, indent=None):
     Map keys sorted, struct fields in order, floats like Go (exponent only below 1e-6 or
     from 1e21 on), U+2028/U+2029 escaped; ``indent`` gives json.Indent's layout.
     """
+    from .output import utf8_document
     out = []
-    _encode(_to_jsonable(v), out, indent, 0)
+    # an image's config may escape a lone surrogate ("\\udc80"): UTF-8 output cannot carry it
+    _encode(utf8_document(_to_jsonable(v)), out, indent, 0)
     return "".join(out)
 
 
@@ -818,7 +820,8 @@ class Template:
             st.walk(self.root, data, out)
         except _LoopSignal:  # pragma: no cover - parser forbids it
             pass
-        return "".join(out)
+        from .output import utf8_text
+        return utf8_text("".join(out))  # a config's lone surrogate would stop the output midway
 
 
 def _end_pos(tok):

@@ -10,9 +10,11 @@ system df) print what docker prints, so tools written for docker read them uncha
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 JSON_VERSION = 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def add_format_option(p, *, example=None, text_values=()):
@@ -39,10 +41,12 @@ def check_format(args):
 
 
 def document(doc):
-    """The versioned JSON document of a verb (a dict, or a list wrapped as ``items``)."""
+    """The versioned JSON document of a verb (a dict, or a list wrapped as ``items``).  Its
+    strings are UTF-8 text: the bytes of a path or name that are not UTF-8 are written
+    ``\\xNN`` (utf8_text), never as lone surrogates."""
     if isinstance(doc, list):
         doc = {"items": doc}
-    return {"version": JSON_VERSION, **doc}
+    return utf8_document({"version": JSON_VERSION, **doc})
 
 
 def emit(args, doc, text=None, *, out=None):
@@ -61,3 +65,32 @@ def emit(args, doc, text=None, *, out=None):
     from .images import _raw_for_template
     out.write(parse(args.format).execute(_raw_for_template(doc)) + "\n")
 
+
+def utf8_text(s):
+    """``s`` as text that encodes to UTF-8: a name or path that is not UTF-8 reaches Python as
+    a str with lone surrogates (``os.fsdecode``'s surrogateescape), which UTF-8 output cannot
+    carry (and strict JSON readers refuse, even escaped).  Each byte that is not UTF-8
+    (U+DC80..U+DCFF) is written ``\\xNN`` (four characters), as lamina.quoting.quote_name
+    writes it; any other lone surrogate (from a JSON document that escaped one) ``\\udXXX``."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return _SURROGATE.sub(_escape_surrogate, s)
+
+
+def _escape_surrogate(m):
+    c = ord(m.group())
+    return f"\\x{c - 0xdc00:02x}" if 0xdc80 <= c <= 0xdcff else f"\\u{c:04x}"
+
+
+def utf8_document(doc):
+    """``doc`` (dicts, lists, tuples, strings, numbers) with every string, keys included,
+    passed through utf8_text: a document json.dump writes as valid UTF-8 JSON."""
+    if isinstance(doc, str):
+        return utf8_text(doc)
+    if isinstance(doc, dict):
+        return {utf8_text(k) if isinstance(k, str) else k: utf8_document(v) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [utf8_document(v) for v in doc]
+    return doc

@@ -279,6 +279,7 @@ class Checker:
         meta = {k: v for k, v in info.to_dict().items() if k != "path"}
         meta["size"], meta["inodes"] = disk_usage(fresh / "fs")
         meta["format"] = _snapshots.FORMAT
+        meta["markers"] = _snapshots.marker_kind()  # the fresh extraction's, not the original's
         with open(fresh / "meta.json", "w") as f:
             json.dump(meta, f, indent=2)
         syncfs(fresh)

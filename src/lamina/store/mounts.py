@@ -122,15 +122,26 @@ def _kernel_mount(lowers, upper, work, target, readonly, userxattr=False):
     return "mount"
 
 
-def _user_markers(image, layer_dirs):
-    """Do the snapshots mark opaque directories with user.overlay.* (made by an unprivileged
-    lamina) rather than trusted.overlay.*?  The snapshot's own directory (beside fs/, never
-    an image's inode) belongs to whoever extracted it.  A mount reads one namespace only:
+def _marker_kind(store, chain):
+    """"trusted" or "user": the xattrs snapshot ``chain`` marks opaque directories with.
+    Its meta.json says so since lamina kept it there; before that, the snapshot's own
+    directory (beside fs/, never an image's inode) was the clue: it belongs to whoever
+    extracted it, unless it was chowned since (a store handed to another user)."""
+    from . import snapshots as _snapshots
+    info = _snapshots.read_info(store.paths, chain)
+    if info is not None and info.markers is not None:
+        return info.markers
+    return "trusted" if os.stat(store.paths.snapshot(chain)).st_uid == 0 else "user"
+
+
+def _user_markers(store, image):
+    """Do the image's snapshots mark opaque directories with user.overlay.* (made by an
+    unprivileged lamina) rather than trusted.overlay.*?  A mount reads one namespace only:
     mixed snapshots cannot be mounted as the flatten reads them."""
-    owners = {os.stat(os.path.dirname(os.path.normpath(d))).st_uid for d in layer_dirs}
-    if not layer_dirs or owners == {0}:
+    kinds = {_marker_kind(store, c) for c in image.chain_ids}
+    if kinds <= {"trusted"}:
         return False
-    if 0 not in owners:
+    if kinds == {"user"}:
         return True
     raise MaterializeError(f"image {image.config_digest[7:19]} has snapshots extracted by root and by another user "
                            "(opaque directories marked in trusted.overlay.* and user.overlay.*): overlayfs reads one "
@@ -194,7 +205,7 @@ def mount(store, ref, target, *, rw=False, platform=None):
         if is_mountpoint(target) or any(r["key"] == key for r in load_records(store, "mount")):
             raise MaterializeError(f"{target} is already a lamina mount (lamina umount {target} first)")
         layer_dirs = [os.fspath(p) for p in store.snapshots_for(image)]
-        userxattr = _user_markers(image, layer_dirs)
+        userxattr = _user_markers(store, image)
         lowers = list(reversed(layer_dirs))  # overlayfs wants the top layer first
         outside = not store.writable
         base = os.path.join(records_dir(store, "mount", outside=outside, create=outside), key)

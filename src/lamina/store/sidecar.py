@@ -36,6 +36,7 @@ import struct
 
 from ..compression import read_exact as _read_exact
 from ..errors import StoreError
+from ..quoting import quote_name
 
 SIDECAR = "tarsplit.lz4"
 MAGIC = b"LAMINA-TARSPLIT/1\n"
@@ -351,7 +352,7 @@ class RebuiltLayer(io.RawIOBase):
             elif kind == b"F":
                 path = self.src.read(self._u64())
                 size, want = self._u64(), self._u64()
-                shown = repr(path.decode("utf-8", "backslashreplace"))  # the layer's bytes: quoted, escaped
+                shown = quote_name(path)
                 fd = open_in_tree(self.root_fd, path)
                 if fd is None:
                     raise SidecarError(f"{self.what}: entry {shown} is missing from the snapshot; "

@@ -1,7 +1,7 @@
 """Snapshots: each layer extracted once, in overlay format, keyed by its chainID.
 
     snapshots/<chainID hex>/fs         the layer dir (overlayfs lowerdir)
-    snapshots/<chainID hex>/meta.json  chainID, diffID, parent, blob digest, sizes
+    snapshots/<chainID hex>/meta.json  chainID, diffID, parent, blob digest, sizes, marker xattrs
 
 A snapshot is built in ``snapshots/.tmp-<hex>-…`` under the per-snapshot lock and
 renamed into place only after the blob digest and the diffID verified, its files
@@ -22,7 +22,11 @@ that commit before its own, so a committed snapshot only ever lies over
 committed ones.
 
 ``meta.json`` carries ``"format": 2``; snapshots of older lamina versions
-(implicit directories fixed up afterwards by path) are extracted again.
+(implicit directories fixed up afterwards by path) are extracted again.  Its
+``"markers"`` says which xattrs mark the snapshot's opaque directories:
+``"trusted"`` (trusted.overlay.*, extracted by root) or ``"user"``
+(user.overlay.*, by anyone else), which a mount must tell overlayfs.  Snapshots
+from before it have none: their directory's owner says it (mounts.py).
 """
 from __future__ import annotations
 
@@ -66,6 +70,7 @@ class SnapshotInfo:
     tar_bytes: int = 0          # uncompressed layer size (what the diffID covers)
     entries: int = 0
     created: float = 0.0
+    markers: Optional[str] = None  # "trusted" or "user" (see marker_kind); None: from before it was kept
 
     @property
     def fs(self):
@@ -75,6 +80,12 @@ class SnapshotInfo:
         d = asdict(self)
         d["path"] = str(self.path)
         return d
+
+
+def marker_kind():
+    """The xattrs an extraction by this process marks opaque directories with: the
+    extractor's own rule (lamina._extract: trusted.overlay.* as root, else user.overlay.*)."""
+    return "trusted" if os.geteuid() == 0 else "user"
 
 
 def chain_id_of(diff_id, parent_chain_id=None):
@@ -101,7 +112,8 @@ def read_info(paths, chain_id):
         return SnapshotInfo(
             chain_id=meta["chain_id"], diff_id=meta["diff_id"], parent=meta.get("parent"), digest=meta["digest"],
             media_type=meta.get("media_type"), path=path, size=meta.get("size", 0), inodes=meta.get("inodes", 0),
-            tar_bytes=meta.get("tar_bytes", 0), entries=meta.get("entries", 0), created=meta.get("created", 0.0))
+            tar_bytes=meta.get("tar_bytes", 0), entries=meta.get("entries", 0), created=meta.get("created", 0.0),
+            markers=meta.get("markers") if meta.get("markers") in ("trusted", "user") else None)
     except (KeyError, TypeError):
         raise StoreError(f"snapshot {chain_id}: incomplete meta.json; run lamina fsck --repair") from None
 
@@ -322,7 +334,8 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
             trace.event("disk-usage", chain=hexid[:12])
             meta = {"format": FORMAT, "chain_id": chain, "diff_id": diff_id, "parent": parent_chain_id,
                     "digest": layer_digest, "media_type": media_type, "size": size, "inodes": inodes,
-                    "tar_bytes": stats.bytes, "entries": stats.entries, "created": time.time()}
+                    "tar_bytes": stats.bytes, "entries": stats.entries, "created": time.time(),
+                    "markers": marker_kind()}
             with open(tmp / "meta.json", "w") as f:
                 json.dump(meta, f, indent=2)
             if hashed is None:

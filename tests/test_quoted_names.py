@@ -1,0 +1,154 @@
+"""One hostile entry name reads the same in every message that names it.
+
+The extractor's errors, the flattener's notes on what it did not copy (and its
+errors) and the rebuild of a layer from its sidecar each name entries of a layer.
+They used to quote them with three copies of the same code; one that drifted
+would show one name two ways (or let a newline through).  Here one name with a
+newline, an escape sequence, bytes that are not UTF-8 and well past 255 bytes
+goes through each of them, and each message must hold exactly
+``lamina.quoting.quote_name`` of it.
+"""
+import errno
+import os
+import socket
+import subprocess
+
+import pytest
+
+import lamina
+from everypath import write_image
+from lamina.errors import LaminaError
+from lamina.quoting import quote_name
+from tarbuild import Tar
+
+# three directory levels, so that the whole name is long but every component fits NAME_MAX
+SEG = b"seg\n\x1b[2J\xff\xfe" + b"y" * 150
+HOSTILE = b"d/" + SEG + b"/" + SEG + b"/" + SEG + b"/leaf\n\x1b]0;title\x07\xc3("
+
+
+def _with_pax_path(tar, name, make):
+    """``make(tar, short)`` writes an entry whose real name ``name`` is in a PAX path record."""
+    tar.pax({"path": name})
+    return make(tar, b"placeholder")
+
+
+def _dirs_of(name):
+    parts = name.split(b"/")[:-1]
+    return [b"/".join(parts[:i + 1]) for i in range(len(parts))]
+
+
+def _tar_with_file(name, data):
+    t = Tar()
+    for d in _dirs_of(name):
+        _with_pax_path(t, d, lambda t, s: t.dir(s))
+    return _with_pax_path(t, name, lambda t, s: t.file(s, data))
+
+
+def test_the_rendering():
+    shown = quote_name(HOSTILE)
+    assert "\n" not in shown and "\x1b" not in shown and "\x07" not in shown
+    assert shown.startswith("'d/seg\\n\\x1b[2J\\\\xff\\\\xfe") and shown.endswith("\\x07\\\\xc3('")
+    assert quote_name(bytearray(HOSTILE)) == shown
+
+
+def test_the_extractor_quotes_it(tmp_path):
+    t = Tar().dir("d")
+    for d in _dirs_of(HOSTILE)[1:]:
+        _with_pax_path(t, d, lambda t, s: t.dir(s))
+    _with_pax_path(t, HOSTILE, lambda t, s: t.hardlink(s, "d"))
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(t.bytes())
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(LaminaError) as e:
+        lamina.apply_layer(str(layer), str(dest))
+    assert str(e.value).endswith(f": entry {quote_name(HOSTILE)}: hardlink target 'd' is a directory"), str(e.value)
+
+
+def _parent_fd(top, name):
+    """Makes the directories of ``name`` below ``top``, each through its parent's fd; the
+    last one's fd."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for part in name.split(b"/")[:-1]:
+        os.mkdir(part, dir_fd=fd)
+        nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    return fd
+
+
+def _layer_dir_with_socket(top, name):
+    """An overlay-format layer directory (as a snapshot's fs/) holding a socket at ``name``."""
+    os.mkdir(top)
+    fd = _parent_fd(top, name)
+    try:
+        # bind() takes a path: reach the directory by its fd through /proc, with a short name,
+        # then give the socket its hostile name by rename
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(f"/proc/self/fd/{fd}/s")
+        os.rename(b"s", os.path.basename(name), src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def test_the_flattener_quotes_it(tmp_path):
+    from lamina.store.flatten import flatten
+    layer = tmp_path / "snap" / "fs"
+    os.mkdir(tmp_path / "snap")
+    _layer_dir_with_socket(layer, HOSTILE)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    st = flatten([layer], dest)
+    assert st.skipped == [f"{quote_name(HOSTILE)}: socket not materialized"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs: needs root")
+def test_the_flatteners_errors_quote_it(tmp_path):
+    """A file the destination has no room for fails the flatten; its name is the layer's."""
+    from lamina.errors import MaterializeError
+    from lamina.store.flatten import flatten
+    layer = tmp_path / "snap" / "fs"
+    os.makedirs(layer)
+    fd = _parent_fd(layer, HOSTILE)
+    try:
+        ffd = os.open(os.path.basename(HOSTILE), os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(ffd, os.urandom(1 << 20) * 4)
+        os.close(ffd)
+    finally:
+        os.close(fd)
+    dest = tmp_path / "small"
+    dest.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dest], check=True)
+    try:
+        try:
+            flatten([layer], dest, workers=0)
+            message = None
+        except MaterializeError as e:
+            message = str(e)  # not the exception: its traceback holds the flattener's fds on dest
+    finally:
+        subprocess.run(["umount", dest], check=True)
+    assert message is not None, "4 MiB flattened into a 1 MiB tmpfs"
+    assert message.startswith(f"{quote_name(HOSTILE)}: cannot "), message
+    assert message.endswith(os.strerror(errno.ENOSPC)), message
+
+
+def test_the_sidecar_rebuild_quotes_it(tmp_path):
+    from lamina.cli import main as cli
+    from lamina.store import Store
+    from lamina.transports import copy, save
+    layout = write_image(tmp_path / "layout", [_tar_with_file(HOSTILE, b"payload\n" * 100).bytes()])
+    root = tmp_path / "store"
+    assert cli(["--root", str(root), "config", "set", "keep-blobs", "false"]) == 0
+    store = Store(root)
+    copy(f"oci:{layout}:img", "img:1", store=store)
+    base = os.path.basename(HOSTILE)
+    victims = [(d, f) for d, _, fs in os.walk(os.fsencode(root / "snapshots")) for f in fs if f == base]
+    assert len(victims) == 1, victims
+    fd = os.open(victims[0][0], os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.unlink(base, dir_fd=fd)
+    finally:
+        os.close(fd)
+    with pytest.raises(LaminaError) as e:
+        save(["img:1"], str(tmp_path / "saved.tar"), store=store)
+    assert f"entry {quote_name(HOSTILE)} is missing from the snapshot" in str(e.value), str(e.value)
