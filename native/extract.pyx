@@ -3923,10 +3923,26 @@ cdef class Extractor:
         cdef timespec ts[2]
         cdef stat st
         todo = {}
-        for path, (sec, nsec) in self.parent_times.items():
-            todo[path] = (None, sec, nsec)
+        # A directory reached by several names (through symlinks: l/f with l -> t) has a record
+        # under each, and the names are fixed up in path order: the entry that listed it decides
+        # its mode and times, else the first record, taken before this layer changed it; a
+        # later one (taken after, so holding the time of a write of this layer) never wins.
+        fixup_ino = self.fixup_ino
+        listed = set()
+        for path in self.dir_fixups:
+            key = fixup_ino.get(path)
+            if key is not None:
+                listed.add(key)
+        first = {}
+        for path, times in self.parent_times.items():
+            key = fixup_ino.get(path)
+            if key is not None and path not in self.dir_fixups:
+                if key in listed:
+                    continue
+                times = first.setdefault(key, times)
+            todo[path] = (None, times[0], times[1])
         for path, mode in self.restore_modes.items():
-            if path not in self.dir_fixups:
+            if path not in self.dir_fixups and fixup_ino.get(path) not in listed:
                 old = todo.get(path)
                 todo[path] = (mode, old[1], old[2]) if old else (mode, None, None)
         todo.update(self.dir_fixups)
