@@ -845,7 +845,10 @@ cdef class Extractor:
     cdef set created               # dir format: the directories this layer wrote or wrote into, by path
     cdef dict created_leaves       # dir format: the path of a directory -> the _Names of the non-directories
                                    # this layer wrote by a path in it (``created`` with them: _created_path)
-    cdef set provided              # overlay format: physical paths this layer wrote, and their parents
+    cdef set provided              # overlay format: physical paths of the directories this layer wrote or
+                                   # wrote into (every entry's parents)
+    cdef dict provided_leaves      # and the physical path of a directory -> the _Names of the non-directories
+                                   # this layer wrote in it (_provided checks both)
     cdef set cleared               # (path, dev, ino) of the directories an opaque marker cleared (see _opaque)
     cdef set cleared_paths         # and their paths (a marker there takes the general path)
     cdef int64_t headers
@@ -1051,6 +1054,7 @@ cdef class Extractor:
         self.parent_times = {}
         self.created = set()
         self.provided = set()
+        self.provided_leaves = {}
         self.cleared = set()
         self.cleared_paths = set()
         self.created_ino = set()
@@ -1101,6 +1105,7 @@ cdef class Extractor:
             ("parent_times", self.parent_times), ("restore_modes", self.restore_modes),
             ("provided", self.provided), ("hidden_files", self.hidden_files))}
         out["created_leaves"] = (names(self.created_leaves), size(self.created_leaves))
+        out["provided_leaves"] = (names(self.provided_leaves), size(self.provided_leaves))
         out["created_in"] = (names(self.created_in), size(self.created_in))
         out["name_bits"] = (0, NAME_BITS // 8 if self.name_bits != NULL else 0)
         return out
@@ -1212,6 +1217,8 @@ cdef class Extractor:
         self.created_leaves = {}
         self.created_in = {}
         self.created_ino = set()
+        self.provided = set()
+        self.provided_leaves = {}
         self.cache_names = None
         self.recorded_parent = None
         self.recorded_leaves = None
@@ -2483,7 +2490,7 @@ cdef class Extractor:
         if not self.overlay:
             self._record(path, slash, base, kind == K_DIR)
         else:
-            self._provide(self.cache_phys + b"/" + base if self.cache_phys else base)
+            self._provide(self.cache_phys or b"", base, kind == K_DIR)
             if self.cache_phys != (path[:slash] if slash > 0 else b""):
                 # The parent was reached through a symlink, which this very entry may hide
                 # (``b -> .`` below, then ``b/b/`` and ``b/a/``: ``b/a`` goes into the new
@@ -2515,14 +2522,34 @@ cdef class Extractor:
             else:
                 self._record_inode(pfd, base)
 
-    cdef void _provide(self, bytes phys):
-        """Overlay format: this layer writes ``phys`` (and so into its parents)."""
+    cdef void _provide(self, bytes parent, bytes base, bint is_dir):
+        """Overlay format: this layer writes ``base`` in the physical directory ``parent``
+        ("": the root), and so into the directories above it.  A directory goes into
+        ``provided`` by its path, a non-directory by its name in its parent's
+        ``provided_leaves`` (as _record does: ~125 B an entry for a path kept to the end)."""
         cdef Py_ssize_t i
         provided = self.provided
+        if is_dir:
+            phys = parent + b"/" + base if parent else base
+        else:
+            leaves = self.provided_leaves.get(parent)
+            if leaves is None:
+                leaves = self.provided_leaves[parent] = _Names()
+            (<_Names>leaves).add(base)
+            phys = parent
         while phys and phys not in provided:
             provided.add(phys)
             i = phys.rfind(b"/")
             phys = phys[:i] if i > 0 else b""
+
+    cdef bint _provided(self, bytes phys):
+        """Overlay format: did this layer write ``phys``, or into it (see _provide)?"""
+        cdef Py_ssize_t i
+        if phys in self.provided:
+            return True
+        i = phys.rfind(b"/")
+        leaves = self.provided_leaves.get(phys[:i] if i > 0 else b"")
+        return leaves is not None and (<_Names>leaves).has(phys[i + 1:])
 
     cdef void _record_ancestors(self, int fd):
         """The directories this layer writes into, up to the root, by inode: an
@@ -3495,7 +3522,7 @@ cdef class Extractor:
                 return
             pfd = self._parent(path, slash, name)
             phys = self.cache_phys + b"/" + hidden if self.cache_phys else hidden
-            if phys in self.provided:
+            if self._provided(phys):
                 # a whiteout only hides lower layers: a directory of this layer keeps
                 # what the layer put in it and shows nothing from below (as umoci)
                 if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
@@ -3648,7 +3675,7 @@ cdef class Extractor:
         cdef Py_ssize_t n = len(parent)
         cdef stat st
         cdef timespec ts[2]
-        if self.defer_lowers or nl > NOGIL_LOWERS or target in self.provided:
+        if self.defer_lowers or nl > NOGIL_LOWERS or self._provided(target):
             return False
         for i in range(nl):
             lf[i] = <int>self.lower_fds[i]
@@ -3810,7 +3837,7 @@ cdef class Extractor:
                     continue
                 if S_ISCHR(st.st_mode) and st.st_rdev == 0:
                     continue  # already hidden below
-                if n in self.provided:
+                if self._provided(<bytes>n):
                     if S_ISDIR(st.st_mode):
                         sub = openat(rootfd, <bytes>n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                         if sub >= 0:  # else not a directory here: it merges with nothing
@@ -3847,7 +3874,7 @@ cdef class Extractor:
                         continue  # gone meanwhile
                     # dir format: ``created`` is lexical, so it vouches only for directories; a
                     # lower symlink the layer wrote through is not the layer's (_written_here)
-                    if (cpath not in self.provided if self.overlay
+                    if (not self._provided(cpath) if self.overlay
                             else not self._written_here(sub, child, &st)
                             and not (S_ISDIR(st.st_mode) and cpath in self.created)):
                         if not self.is_root:
