@@ -679,17 +679,22 @@ def test_a_huge_sparse_file_keeps_its_holes_on_every_path(small_fs, build, upper
     assert all(m == [(0, 4096), (BIG - 4096, BIG)] for m in maps.values()), maps
 
 
-@pytest.mark.parametrize("upper", ["write", "whiteout", "opaque"])
+@pytest.mark.parametrize("upper", ["write", "whiteout", "opaque", "both-names", "listed"])
 def test_a_lower_dirs_time_is_kept_when_a_layer_writes_through_a_symlink_to_it(g, upper):
     """The next layer writes in a lower directory through a symlink to it (ln/g with
     ln -> real).  Its time is the lower layer's on every path: the overlay formats copy it
     up with it, and the dir format puts it back at the end of the layer.  On 2dfdebc the
     dir format looked for it under the name it was reached by, met the symlink and left
-    the time of the write."""
+    the time of the write.  ``both-names``: written by its name first, then through the
+    symlink (whose record is taken after that write); ``listed``: the layer lists it with a
+    new time, then writes through the symlink.  On e77a40d the dir format gave both the
+    time of the write: each name's record was applied, the symlink's last."""
     low = Tar().dir("real", mtime=1_500_000_000).file("real/f", b"f\n").dir("real/sub").symlink("ln", "real")
     up = {"write": Tar().file("ln/g", b"g\n"), "whiteout": Tar().whiteout("ln/f"),
-          "opaque": Tar().opaque("ln/sub").file("ln/sub/n", b"n\n")}[upper]
+          "opaque": Tar().opaque("ln/sub").file("ln/sub/n", b"n\n"),
+          "both-names": Tar().file("real/a", b"a\n").file("ln/g", b"g\n"),
+          "listed": Tar().dir("real", mtime=1_600_000_000).file("ln/g", b"g\n")}[upper]
     raws = [low.bytes(), up.bytes()]
     tree = assert_agree(run_paths(g.dest, raws, dir_mtime=True), context=describe(raws))
     g.check()
-    assert tree["real"].mtime == 1_500_000_000
+    assert tree["real"].mtime == (1_600_000_000 if upper == "listed" else 1_500_000_000)
