@@ -254,3 +254,15 @@ def test_identical_files_in_a_read_only_directory_are_shared_without_root():
     ref = assert_all_agree(trees, out)
     assert ref["ro"].mode == 0o500 and ref["ro"].mtime == 1_600_000_000, ref["ro"]
     assert ref["ro/sub"].mtime == 1_500_000_002 and ref["rw"].mtime == 1_500_000_001
+
+
+def test_an_image_holding_one_layer_twice_is_saved_from_a_compact_store():
+    """Two layers of one image may be the same blob (identical layers, a repeated empty
+    layer): one digest, two chainIDs.  A compact store builds each chain's sidecar from that
+    blob and then drops it; on 6a27a26 it dropped the blob as soon as the first chain had its
+    sidecar, so the second had nothing to be built from and the copy into the store failed
+    ("layer ... is not in the store"), as nobody and as root alike."""
+    layer = Tar().file("a", b"").dir("d", mode=0o555).file("d/f", b"same").bytes()
+    trees, out = run_rootless([layer, layer], dir_mtime=True)
+    ref = assert_all_agree(trees, out)
+    assert sorted(ref.paths()) == ["a", "d", "d/f"]
