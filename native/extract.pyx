@@ -2448,6 +2448,8 @@ cdef class Extractor:
         # are in the way.
         cdef mode_t create_mode = <mode_t>self.cur_mode & 0o777
         cdef int fd
+        if self.cur_xattrs and not self.is_root:
+            create_mode |= 0o200  # user.* xattrs need it, the owner's too: _finish_file sets the mode after them
         self.cur_prehashed = False
         if (self.obj_fd >= 0 and self.sparse is None and self.cur_xattrs is None and size <= self.feed_avail
                 and self._link_object(pfd, base, name, size)):
@@ -2682,10 +2684,17 @@ cdef class Extractor:
             return
         try:
             self._sparse_truncate(fd)
+            # user.* xattrs need write permission on the inode, even for its owner: without
+            # root they go on before a read-only mode does (root's go after the chown, which
+            # would drop security.capability)
+            if self.cur_xattrs and not self.is_root:
+                self._set_xattrs(fd, None, self.cur_name)
+                if fchmod(fd, <mode_t>self.cur_mode) < 0:
+                    self._oserror("chmod", self.cur_name)
             step = self._owner_and_mode(fd, owned)
             if step != SC_OK:
                 self._step_error(step, errno, self.cur_name)
-            if self.cur_xattrs:
+            if self.cur_xattrs and self.is_root:
                 self._set_xattrs(fd, None, self.cur_name)
             self._entry_times(ts)
             if futimens(fd, ts) < 0:
@@ -2743,6 +2752,11 @@ cdef class Extractor:
                 if (r < 0 and sr == 0 and S_ISDIR(st.st_mode)
                         and snprintf(proc, sizeof(proc), "/proc/self/fd/%d/%s", pfd, cbase) < <int>sizeof(proc)):
                     xl = llistxattr(proc, NULL, 0)  # > 0: the existing dir has xattrs
+        if (not self.is_root and r < 0 and sr == 0 and S_ISDIR(st.st_mode) and (xl > 0 or self.cur_xattrs)
+                and not (st.st_mode & 0o200) and st.st_uid == geteuid()):
+            # a lower layer's read-only directory: its user.* xattrs can be changed only with
+            # write permission, even by its owner; the entry's mode is set at the end (fixups)
+            fchmodat(pfd, base, (st.st_mode & 0o7777) | 0o700, 0)
         if xl > 0:
             self._drop_other_xattrs(pfd, base, name)
         if r < 0:
