@@ -2343,6 +2343,12 @@ cdef class Extractor:
             if slash > 0 and not self.overlay:
                 self._check_skipped_real_parent(pfd, path[:slash], name)
             self.hidden_files.discard(path)  # written here now: no longer a skipped non-directory
+        if (kind == K_CHR or kind == K_BLK) and not self.is_root:
+            # Not made, on every path as if the layer did not list it: recorded as this layer's
+            # (provided), it made a whiteout of the name later in the layer spare what is below
+            # in the overlay format and empty it in the dir format
+            self.skipped.append(f"{_show(name)}: device node not created (needs root)")
+            return
         if not self.overlay:
             self._record(path, slash)
         else:

@@ -302,3 +302,17 @@ def test_a_read_only_directory_listed_again_gets_the_entrys_xattrs():
     assert (ref["d"].mode, ref["d"].xattrs, ref["d"].mtime) == (0o500, (("user.y", b"up"),), 1_600_000_000)
     assert (ref["e"].mode, ref["e"].xattrs, ref["e"].mtime) == (0o555, (), 1_600_000_000)
     assert (ref["g"].mode, ref["g"].xattrs, ref["g"].mtime) == (0o555, (("user.z", b"up"),), 1_600_000_000)
+
+
+def test_a_whiteout_of_a_device_node_nobody_could_make_hides_what_is_below():
+    """Without root a device node is not made, on every path as if the layer did not list it
+    (a lower file of that name stays).  A whiteout of that name later in the same layer must
+    then hide what is below, as it would with no device entry.  On 6a27a26 the skipped node
+    still counted as the layer's own: the dir format kept an empty ``b`` (the whiteout taken
+    as one of the layer's own directory), the overlay format and the store showed all of the
+    lower ``b``."""
+    low = Tar().dir("b").dir("b/b").file("b/b/f", b"f\n").file("keep", b"k\n").file("c", b"c\n")
+    up = (Tar().blockdev("b", 7, 0).whiteout("b").chardev("c", 1, 3).file("new", b"n\n"))
+    trees, out = run_rootless([low.bytes(), up.bytes()])
+    ref = assert_all_agree(trees, out)
+    assert sorted(ref.paths()) == ["c", "keep", "new"], "the lower c stays: its device replacement was not made"
