@@ -2317,7 +2317,8 @@ cdef class Extractor:
             self._whiteout(path, slash, base, name)
             return
         if self.scan_only:
-            if kind != K_DIR:
+            # a device node without root is not made, so it replaces nothing below (see below)
+            if kind != K_DIR and not ((kind == K_CHR or kind == K_BLK) and not self.is_root):
                 self.scan_at.add(path)
             if kind == K_LINK:
                 self._normalize(link)  # the same checks as a real extraction

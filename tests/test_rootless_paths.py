@@ -316,3 +316,16 @@ def test_a_whiteout_of_a_device_node_nobody_could_make_hides_what_is_below():
     trees, out = run_rootless([low.bytes(), up.bytes()])
     ref = assert_all_agree(trees, out)
     assert sorted(ref.paths()) == ["c", "keep", "new"], "the lower c stays: its device replacement was not made"
+
+
+def test_a_device_node_nobody_could_make_hides_nothing_from_a_flat_unpack():
+    """A flat unpack reads small upper layers first and never writes what they replace.
+    Without root a device node is not made (as if the layer did not list it), so what it
+    would have replaced must be written: on 6a27a26 the top-down scan still counted the node,
+    and the dir format lost the lower ``d`` (and ``e/f``) that the store's paths show."""
+    low = (Tar().dir("d").file("d/f", b"x" * 300_000).dir("d/sub").file("d/sub/g", b"g\n")
+           .dir("e").file("e/f", b"y" * 300_000).file("keep", b"k\n"))
+    up = Tar().chardev("d", 1, 3).blockdev("e/f", 7, 0)
+    trees, out = run_rootless([low.bytes(), up.bytes()])
+    ref = assert_all_agree(trees, out)
+    assert sorted(ref.paths()) == ["d", "d/f", "d/sub", "d/sub/g", "e", "e/f", "keep"]
