@@ -2347,7 +2347,13 @@ cdef class Extractor:
         if (kind == K_CHR or kind == K_BLK) and not self.is_root:
             # Not made, on every path as if the layer did not list it: recorded as this layer's
             # (provided), it made a whiteout of the name later in the layer spare what is below
-            # in the overlay format and empty it in the dir format
+            # in the overlay format and empty it in the dir format.  The directories it implies
+            # are the layer's, as in root's tree (an opaque marker of the layer spares them).
+            if not self.overlay:
+                if slash > 0:
+                    self._record(path[:slash], path.rfind(b"/", 0, slash))
+            elif self.cache_phys:
+                self._provide(self.cache_phys)
             self.skipped.append(f"{_show(name)}: device node not created (needs root)")
             return
         if not self.overlay:

@@ -329,3 +329,15 @@ def test_a_device_node_nobody_could_make_hides_nothing_from_a_flat_unpack():
     trees, out = run_rootless([low.bytes(), up.bytes()])
     ref = assert_all_agree(trees, out)
     assert sorted(ref.paths()) == ["d", "d/f", "d/sub", "d/sub/g", "e", "e/f", "keep"]
+
+
+def test_the_directories_a_device_node_nobody_could_make_implies_stay():
+    """A device node not made without root still implies its directories, as in root's tree:
+    an opaque marker of the same layer hides only what is below and spares them.  With the
+    node no longer the layer's own (2ff2474), the dir format kept ``a/a`` and the overlay
+    format (so the store) dropped it, until its parents were recorded as the layer's."""
+    low = Tar().dir("a").dir("a/b").file("a/b/f", b"f\n")
+    up = Tar().chardev("a/a/c", 1, 3).opaque("a").file("x", b"x\n")
+    trees, out = run_rootless([low.bytes(), up.bytes()])
+    ref = assert_all_agree(trees, out)
+    assert sorted(ref.paths()) == ["a", "a/a", "x"]
