@@ -2480,7 +2480,8 @@ cdef class Extractor:
             self._whiteout(path, slash, base, name)
             return
         if self.scan_only:
-            if kind != K_DIR:
+            # a device node without root is not made, so it replaces nothing below (see below)
+            if kind != K_DIR and not ((kind == K_CHR or kind == K_BLK) and not self.is_root):
                 self.scan_at.add(path)
             if kind == K_LINK:
                 self._normalize(link)  # the same checks as a real extraction
@@ -2506,6 +2507,18 @@ cdef class Extractor:
             if slash > 0 and not self.overlay:
                 self._check_skipped_real_parent(pfd, path[:slash], name)
             self.hidden_files.discard(path)  # written here now: no longer a skipped non-directory
+        if (kind == K_CHR or kind == K_BLK) and not self.is_root:
+            # Not made, on every path as if the layer did not list it: recorded as this layer's
+            # (provided), it made a whiteout of the name later in the layer spare what is below
+            # in the overlay format and empty it in the dir format.  The directories it implies
+            # are the layer's, as in root's tree (an opaque marker of the layer spares them).
+            if not self.overlay:
+                if slash > 0:
+                    self._record(path[:slash], path.rfind(b"/", 0, slash))
+            elif self.cache_phys:
+                self._provide(self.cache_phys)
+            self.skipped.append(f"{_show(name)}: device node not created (needs root)")
+            return
         if not self.overlay:
             self._record(path, slash, base, kind == K_DIR)
         else:
@@ -2631,6 +2644,8 @@ cdef class Extractor:
         # are in the way.
         cdef mode_t create_mode = <mode_t>self.cur_mode & 0o777
         cdef int fd
+        if self.cur_xattrs and not self.is_root:
+            create_mode |= 0o200  # user.* xattrs need it, the owner's too: _finish_file sets the mode after them
         self.cur_prehashed = False
         if (self.obj_fd >= 0 and self.sparse is None and self.cur_xattrs is None and size <= self.feed_avail
                 and self._link_object(pfd, base, name, size)):
@@ -2865,10 +2880,17 @@ cdef class Extractor:
             return
         try:
             self._sparse_truncate(fd)
+            # user.* xattrs need write permission on the inode, even for its owner: without
+            # root they go on before a read-only mode does (root's go after the chown, which
+            # would drop security.capability)
+            if self.cur_xattrs and not self.is_root:
+                self._set_xattrs(fd, None, self.cur_name)
+                if fchmod(fd, <mode_t>self.cur_mode) < 0:
+                    self._oserror("chmod", self.cur_name)
             step = self._owner_and_mode(fd, owned)
             if step != SC_OK:
                 self._step_error(step, errno, self.cur_name)
-            if self.cur_xattrs:
+            if self.cur_xattrs and self.is_root:
                 self._set_xattrs(fd, None, self.cur_name)
             self._entry_times(ts)
             if futimens(fd, ts) < 0:
@@ -2926,6 +2948,11 @@ cdef class Extractor:
                 if (r < 0 and sr == 0 and S_ISDIR(st.st_mode)
                         and snprintf(proc, sizeof(proc), "/proc/self/fd/%d/%s", pfd, cbase) < <int>sizeof(proc)):
                     xl = llistxattr(proc, NULL, 0)  # > 0: the existing dir has xattrs
+        if (not self.is_root and r < 0 and sr == 0 and S_ISDIR(st.st_mode) and (xl > 0 or self.cur_xattrs)
+                and not (st.st_mode & 0o200) and st.st_uid == geteuid()):
+            # a lower layer's read-only directory: its user.* xattrs can be changed only with
+            # write permission, even by its owner; the entry's mode is set at the end (fixups)
+            fchmodat(pfd, base, (st.st_mode & 0o7777) | 0o700, 0)
         if xl > 0:
             self._drop_other_xattrs(pfd, base, name)
         if r < 0:

@@ -899,6 +899,10 @@ cdef class Flattener:
             close(src)
             return -1 if g < 0 else 0
         create_mode = st.st_mode & 0o777  # the fd is writable whatever the mode (O_CREAT)
+        if not self.sh.is_root:
+            # but user.* xattrs need the owner's write bit on the inode: _finish_file's chmod
+            # takes it back after them
+            create_mode |= 0o200
         dst = openat(dfd, name, CREATE_FLAGS, create_mode)
         if dst < 0:
             close(src)

@@ -495,7 +495,12 @@ class Store:
                         sidecar.build(tar, os.fspath(sdir / "fs"), sidecar.sidecar_path(sdir), diff_id, what)
             finally:
                 lock.release(unlink=True)
-            if self.has_blob(layer.digest):
+        # Blobs go only once every layer has its sidecar: an image may hold one blob at two
+        # places (identical layers, two chainIDs), and each place's sidecar is built from it.
+        for layer in image.layers:
+            if self.has_blob(layer.digest) and all(
+                    sidecar.has_sidecar(self.paths.snapshot(c)) for l2, c in zip(image.layers, image.chain_ids)
+                    if l2.digest == layer.digest):
                 self._mark_compact()
                 blob_lock = FileLock(self.paths.blob_lock(layer.digest)).acquire()
                 try:

@@ -1,0 +1,320 @@
+"""Differential fuzzer of the unprivileged paths: random layer stacks unpacked as nobody.
+
+The stacks of test_fuzz_paths.py (odd modes, owners and xattrs, read-only, sticky and
+setgid directories, symlinks out of the root and at the host, hardlinks, sparse files,
+devices, fifos, whiteouts and opaque markers) go, as user nobody, through every path
+nobody has: ``unpack`` (dir), ``unpack --format overlay`` (mounted afterwards by root
+with overlayfs ``userxattr``, as lamina's own mount of a rootless store does), a store
+of nobody's own (copy, then flatten by copy and by --link, and the same image rebuilt
+on an empty bottom layer copied into it: files named by links to the store's objects
+as they extract), fsck of that store, rmi + prune (nothing may be left), and a compact
+store (keep-blobs false) that must save the image back.
+
+All paths must give the same tree, or all fail with a lamina error; nothing outside the
+work directory (a sentinel and a host directory the layers aim at, both writable by
+nobody) may change.  What nobody cannot do is the same on every path, whatever lamina
+decides: files are nobody's (owners are not compared), only user.* xattrs exist, device
+nodes cannot be made.  Directory times compare with the made-now normalization of
+test_fuzz_paths.py.
+
+Root's dir unpack is the reference where it applies: the rootless tree must be root's,
+but for ownership, setuid/setgid (stripped), the owner's read (and search) added,
+and (stacks with device nodes are not compared) device nodes.
+
+Several stacks go to one nobody process (start-up would dominate).  Seeded and bounded
+for CI (LAMINA_FUZZ_EXAMPLES counts stacks, default 24: CI's run lasts well under a
+minute; LAMINA_FUZZ_BATCH stacks per nobody process, default 6); LAMINA_FUZZ_SEED=N
+explores other stacks, LAMINA_FUZZ_SHRINK=0 skips shrinking (slow: a process per
+attempt) in long runs, e.g.:
+
+    LAMINA_FUZZ_EXAMPLES=3000 LAMINA_FUZZ_SEED=7 LAMINA_FUZZ_SHRINK=0 python -m pytest tests/test_fuzz_rootless.py
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+from hypothesis import given, seed, settings
+from hypothesis import strategies as st
+
+import test_fuzz_paths as fz
+from conftest import require_root, require_tool
+from everypath import EMPTY_LAYER, assert_agree, describe, overlay_mount, write_image
+from layerkit import run_as_nobody, world_tmpdir
+from test_rootless_paths import _chmod_tree, _preload
+from treecmp import Snapshot, compare, snapshot
+
+BATCH = int(os.environ.get("LAMINA_FUZZ_BATCH", "6"))
+# CI: 4 batches of 6 stacks; LAMINA_FUZZ_EXAMPLES counts stacks, as in test_fuzz_paths.py
+EXAMPLES = max(1, int(os.environ.get("LAMINA_FUZZ_EXAMPLES", "24")) // BATCH)
+SEED = fz.SEED
+SETTINGS = settings(fz.SETTINGS, max_examples=EXAMPLES)
+if os.environ.get("LAMINA_FUZZ_SHRINK") == "0":
+    # long runs: a failing batch is reported as drawn (the message names its failing stack),
+    # not shrunk one nobody process per attempt
+    from hypothesis import Phase
+    SETTINGS = settings(SETTINGS, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+
+
+def ops(host):
+    """test_fuzz_paths.py's entries, with the modes that matter without root besides its own:
+    files and directories that shut their owner out (0000, 0200; 0100, 0300, 0000), which
+    nobody's paths open up (CONFORMANCE.md), and read-only directories a later layer writes in."""
+    return st.one_of(
+        st.tuples(st.just("file"), fz.names, st.sampled_from([b"", b"1", b"22"]),
+                  st.sampled_from([0o644, 0o600, 0o4755, 0o000, 0o200, 0o2711]), fz.owners, fz.xattrs),
+        st.tuples(st.just("dir"), fz.names,
+                  st.sampled_from([0o755, 0o700, 0o555, 0o1777, 0o2775, 0o500, 0o000, 0o100, 0o300]),
+                  fz.owners, fz.xattrs),
+        fz.ops(host))
+
+
+def stacks(host):
+    return st.lists(st.lists(st.tuples(ops(host), fz.carriers), min_size=1, max_size=7), min_size=1, max_size=4)
+
+SCRIPT = r"""
+import time, traceback
+import lamina.images
+from lamina.cli import main as cli
+from lamina.store import Store
+from lamina.store.fsck import check
+from lamina.store.materialize import materialize
+from lamina.transports import copy, save
+results = []
+for case in json.loads(sys.argv[1]):
+    work, src, rebuilt = case["work"], case["src"], case["rebuilt"]
+    out = {"since": time.time()}
+    def attempt(name, fn):
+        try:
+            r = fn()
+            out[name] = "ok"
+            return r
+        except lamina.errors.LaminaError as e:
+            out[name] = "error: " + str(e)
+        except BaseException as e:  # a crash: named, and the other cases still run
+            out[name] = "crash: " + "".join(traceback.format_exception(e))[-3000:]
+    attempt("dir", lambda: lamina.unpack(src, os.path.join(work, "dir")))
+    st = attempt("overlay", lambda: lamina.unpack(src, os.path.join(work, "overlay"), format="overlay"))
+    if st is not None:
+        out["layer_dirs"] = [os.fspath(d) for d in st.layer_dirs]
+    store = Store(os.path.join(work, "store"))
+    attempt("copy", lambda: copy(src, "img:1", store=store))
+    if out["copy"] == "ok":
+        attempt("store-copy", lambda: materialize(store, "img:1", os.path.join(work, "store-copy")))
+        attempt("store-link", lambda: materialize(store, "img:1", os.path.join(work, "store-link"), link=True))
+        attempt("store-relink", lambda: (copy(rebuilt, "img:2", store=store),
+                                         materialize(store, "img:2", os.path.join(work, "store-relink"))))
+        try:
+            out["fsck"] = [f"{f.severity}: {f.subject}: {f.message}" for f in check(store).findings]
+        except BaseException as e:
+            out["fsck"] = [f"raised {type(e).__name__}: {e}"]
+        try:
+            for ref in ("img:1", "img:2"):
+                try:
+                    lamina.images.remove(store, ref)
+                except lamina.errors.NoSuchImageError:
+                    pass
+            lamina.images.prune(store, all=True)
+            left = sorted(os.listdir(os.path.join(work, "store", "snapshots")))
+            objs = os.path.join(work, "store", "objects", "blake3")
+            if os.path.isdir(objs):
+                # an object still linked from elsewhere (the --link flatten's tree) is in use
+                left += [f"object {n}" for d in os.listdir(objs) for n in os.listdir(os.path.join(objs, d))
+                         if os.lstat(os.path.join(objs, d, n)).st_nlink == 1]
+            out["left"] = left
+        except BaseException as e:
+            out["left"] = [f"raised {type(e).__name__}: {e}"]
+    croot = os.path.join(work, "compact")
+    if cli(["--root", croot, "config", "set", "keep-blobs", "false"]) == 0:
+        cstore = Store(croot)
+        attempt("compact-save", lambda: (copy(src, "img:1", store=cstore),
+                                         save(["img:1"], os.path.join(work, "saved.tar"), store=cstore)))
+    else:
+        out["compact-save"] = "crash: config set keep-blobs false failed"
+    results.append(out)
+print(json.dumps(results))
+"""
+
+TREE_PATHS = ("dir", "overlay-mount", "store-copy", "store-link", "store-relink")
+
+
+def _fingerprint(d):
+    out = []
+    for dirpath, dirnames, filenames in os.walk(d):
+        for n in sorted(dirnames + filenames) + ["."]:
+            s = os.lstat(os.path.join(dirpath, n))
+            out.append((dirpath, n, s.st_mode, s.st_uid, s.st_gid, s.st_mtime_ns, s.st_nlink))
+    return sorted(out)
+
+
+def _made_now(tree, since):
+    if not isinstance(tree, Snapshot):
+        return tree
+    return dataclasses.replace(tree, entries={
+        p: (dataclasses.replace(e, mtime=fz.MADE_NOW) if e.type == "dir" and e.mtime >= since else e)
+        for p, e in tree.entries.items()})
+
+
+def _as_nobody_would(tree):
+    """Root's tree with what only root may do taken out: owners (everything is nobody's),
+    setuid/setgid (stripped, from directories too), the owner's read, and search on directories (added,
+    CONFORMANCE.md), xattrs outside user.* (none are drawn but overlay markers)."""
+    def fix(e):
+        mode = e.mode
+        if e.type == "file":
+            mode = (mode & ~0o6000) | 0o400
+        elif e.type == "dir":
+            mode = (mode & ~0o6000) | 0o500
+        xattrs = tuple((k, v) for k, v in e.xattrs if k.startswith("user."))
+        return dataclasses.replace(e, uid=0, gid=0, mode=mode, xattrs=xattrs)
+    return dataclasses.replace(tree, entries={p: fix(e) for p, e in tree.entries.items()})
+
+
+def _unowned(tree):
+    if not isinstance(tree, Snapshot):
+        return tree
+    return dataclasses.replace(tree, entries={p: dataclasses.replace(e, uid=0, gid=0)
+                                              for p, e in tree.entries.items()})
+
+
+class _Failed(Exception):
+    """A path's lamina error, as assert_agree expects errors."""
+
+
+def _mounted(layer_dirs, mnt):
+    """Root's view of nobody's overlay layers through overlayfs, reading user.overlay.*
+    markers (``userxattr``) as lamina's mount of a rootless store does."""
+    bottom = mnt + "-empty-bottom"
+    os.makedirs(mnt)
+    os.makedirs(bottom)
+    lower = ":".join(list(reversed(layer_dirs)) + [bottom])
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},userxattr", mnt],
+                   check=True, capture_output=True, text=True)
+    try:
+        return snapshot(mnt, dir_mtime=True, xattr_filter=lambda n: not n.startswith("user.overlay."))
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+
+
+def run_batch(host, batch):
+    """[(tars, {path: Snapshot or error text}, out)] for each stack of ``batch``, all of it
+    run in one nobody process; checks that nothing outside the work dirs changed."""
+    base = world_tmpdir()
+    try:
+        sentinel = os.path.join(base, "sentinel")
+        os.makedirs(os.path.join(sentinel, "sub"))
+        with open(os.path.join(sentinel, "sub", "f"), "w") as f:
+            f.write("outside")
+        _chmod_tree(sentinel, "a+rwX")
+        before = snapshot(sentinel, include_root=True, dir_mtime=True)
+        host_before = _fingerprint(host)
+        cases = []
+        for i, tars in enumerate(batch):
+            layout = write_image(os.path.join(base, f"layout{i}"), tars)
+            rebuilt = write_image(os.path.join(base, f"rebuilt{i}"), [EMPTY_LAYER] + list(tars))
+            work = os.path.join(base, f"work{i}")
+            os.mkdir(work)
+            os.chown(work, 65534, 65534)
+            cases.append({"work": work, "src": f"oci:{layout}:img", "rebuilt": f"oci:{rebuilt}:img"})
+        _chmod_tree(base, "a+rX")
+        proc = run_as_nobody(SCRIPT, json.dumps(cases), preload=_preload(), timeout=60 + 60 * len(batch))
+        assert proc.returncode == 0, f"lamina as nobody died:\n{proc.stderr[-3000:]}"
+        outs = json.loads(proc.stdout.strip().splitlines()[-1])
+        diff = compare(before, snapshot(sentinel, include_root=True, dir_mtime=True), labels=("before", "after"))
+        assert not diff, f"outside the work dirs changed:\n{diff}\n" + "\n".join(describe(t) for t in batch)
+        assert _fingerprint(host) == host_before, "the host directory the layers point at was changed:\n" + \
+            "\n".join(describe(t) for t in batch)
+        results = []
+        for case, tars, out in zip(cases, batch, outs):
+            since = int(out["since"]) - 1
+            trees = {}
+            for p in TREE_PATHS:
+                src = "overlay" if p == "overlay-mount" else p
+                status = out.get(src, out.get("copy"))
+                if status != "ok":
+                    trees[p] = status
+                elif p == "overlay-mount":
+                    trees[p] = _mounted(out["layer_dirs"], os.path.join(case["work"], "mnt"))
+                else:
+                    trees[p] = snapshot(os.path.join(case["work"], p), dir_mtime=True)
+                trees[p] = _made_now(trees[p], since)
+            results.append((tars, trees, out))
+        return results
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwx", base], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def check_case(tars, trees, out):
+    context = describe(tars)
+    crashes = {k: v for k, v in out.items() if isinstance(v, str) and v.startswith("crash: ")}
+    assert not crashes, f"{context}\nnot a lamina error as nobody: {crashes}"
+    # every path gives the same tree or a lamina error
+    results = {p: (_Failed(v) if isinstance(v, str) else _unowned(v)) for p, v in trees.items()}
+    ref = assert_agree(results, context=context)
+    if ref is not None:
+        assert out.get("compact-save") == "ok", f"{context}\nsave from a compact store: {out.get('compact-save')}"
+        assert out["fsck"] == [], f"{context}\nfsck of nobody's store: {out['fsck']}"
+        assert out["left"] == [], f"{context}\nrmi + prune left: {out['left']}"
+    return ref
+
+
+@pytest.fixture(scope="module")
+def host():
+    """A host directory the layers aim symlinks at, writable by nobody: only lamina's care
+    keeps it as it is."""
+    require_root()
+    require_tool("setpriv")
+    d = world_tmpdir()
+    os.makedirs(os.path.join(d, "sub"))
+    with open(os.path.join(d, "sub", "f"), "w") as f:
+        f.write("host\n")
+    _chmod_tree(d, "a+rwX")
+    yield d
+    shutil.rmtree(d)
+
+
+def _root_dir_tree(tars, since_fn):
+    """Root's dir unpack of the stack (the reference), made-now normalized."""
+    import lamina
+    base = world_tmpdir()
+    try:
+        layout = write_image(os.path.join(base, "layout"), tars)
+        since = int(time.time()) - 1
+        try:
+            lamina.unpack(f"oci:{layout}:img", os.path.join(base, "dir"))
+        except lamina.errors.LaminaError as e:
+            return _Failed(str(e))
+        return _made_now(snapshot(os.path.join(base, "dir"), dir_mtime=True), since)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _has_nodes(layers):
+    return any(op[0] == "node" for layer in layers for op, _ in layer)
+
+
+@seed(20261205 + SEED)
+@SETTINGS
+@given(data=st.data())
+def test_rootless_paths_agree(host, data):
+    batch = data.draw(st.lists(stacks(host), min_size=BATCH, max_size=BATCH))
+    tars = [fz.build(layers) for layers in batch]
+    for _ in batch:
+        fz._count_case()
+    for (t, trees, out), layers in zip(run_batch(host, tars), batch):
+        ref = check_case(t, trees, out)
+        if _has_nodes(layers):
+            continue  # root makes device nodes; nobody makes none, on every path alike
+        root = _root_dir_tree(t, None)
+        if isinstance(root, _Failed) or ref is None:
+            assert isinstance(root, _Failed) == (ref is None), \
+                f"{describe(t)}\nroot's unpack: {root!r}; nobody's paths: {'failed' if ref is None else 'ok'}"
+            continue
+        diff = compare(_as_nobody_would(root), ref, labels=("root", "nobody"))
+        assert not diff, f"{describe(t)}\nroot's dir unpack and nobody's differ:\n{diff}"
