@@ -2514,9 +2514,11 @@ cdef class Extractor:
             # are the layer's, as in root's tree (an opaque marker of the layer spares them).
             if not self.overlay:
                 if slash > 0:
-                    self._record(path[:slash], path.rfind(b"/", 0, slash))
+                    up = path.rfind(b"/", 0, slash)
+                    self._record(path[:slash], up, path[up + 1:slash], True)
             elif self.cache_phys:
-                self._provide(self.cache_phys)
+                up = self.cache_phys.rfind(b"/")
+                self._provide(self.cache_phys[:up] if up > 0 else b"", self.cache_phys[up + 1:], True)
             self.skipped.append(f"{_show(name)}: device node not created (needs root)")
             return
         if not self.overlay:
