@@ -23,6 +23,18 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="drops to nobody: need
 
 PATHS = ("dir", "overlay", "store-copy", "store-link")
 
+# a compact store (keep-blobs false): save rebuilds each layer from its snapshot and sidecar;
+# the nobody scripts here and in test_fuzz_rootless.py run it after their other paths
+COMPACT_SAVE = r"""
+croot = os.path.join(work, "compact")
+if cli(["--root", croot, "config", "set", "keep-blobs", "false"]) == 0:
+    cstore = Store(croot)
+    attempt("compact-save", lambda: (copy(src, "img:1", store=cstore),
+                                     save(["img:1"], os.path.join(work, "saved.tar"), store=cstore)))
+else:
+    out["compact-save"] = "crash: config set keep-blobs false failed"
+"""
+
 SCRIPT = r"""
 import lamina.images
 from lamina.store import Store
@@ -54,14 +66,9 @@ if out["copy"] == "ok":
         out["left"] = sorted(os.listdir(os.path.join(work, "store", "snapshots")))
     except (lamina.errors.LaminaError, OSError) as e:
         out["left"] = [f"raised {type(e).__name__}: {e}"]
-# a compact store (keep-blobs false): save rebuilds each layer from its snapshot and sidecar
 from lamina.cli import main as cli
 from lamina.transports import save
-croot = os.path.join(work, "compact")
-if cli(["--root", croot, "config", "set", "keep-blobs", "false"]) == 0:
-    cstore = Store(croot)
-    attempt("compact-save", lambda: (copy(src, "img:1", store=cstore),
-                                     save(["img:1"], os.path.join(work, "saved.tar"), store=cstore)))
+""" + COMPACT_SAVE + """
 print(json.dumps(out))
 """
 
