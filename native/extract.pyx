@@ -2487,7 +2487,10 @@ cdef class Extractor:
                 self._normalize(link)  # the same checks as a real extraction
             return
         if (self.hide_at is not None and kind != K_SYMLINK and self._is_hidden(path)
-                and self._no_symlinks_to(path[:slash] if slash > 0 else b"")):
+                and self._no_symlinks_to(path[:slash] if slash > 0 else b"")
+                # a directory entry replaces a symlink at its path (the layer's own ``b -> .``,
+                # then ``b/``): skipped, the link would stay and lead the entries under it elsewhere
+                and (kind != K_DIR or self._no_symlinks_to(path))):
             self.hidden += 1
             self._check_skipped_parents(path, name)
             if kind == K_LINK:  # before the entry counts as a skipped file: a link to itself names what is there
