@@ -2520,8 +2520,7 @@ cdef class Extractor:
                     up = path.rfind(b"/", 0, slash)
                     self._record(path[:slash], up, path[up + 1:slash], True)
             elif self.cache_phys:
-                up = self.cache_phys.rfind(b"/")
-                self._provide(self.cache_phys[:up] if up > 0 else b"", self.cache_phys[up + 1:], True)
+                self._provide_dir(self.cache_phys)
             self.skipped.append(f"{_show(name)}: device node not created (needs root)")
             return
         if not self.overlay:
@@ -2564,16 +2563,19 @@ cdef class Extractor:
         ("": the root), and so into the directories above it.  A directory goes into
         ``provided`` by its path, a non-directory by its name in its parent's
         ``provided_leaves`` (as _record does: ~125 B an entry for a path kept to the end)."""
+        if is_dir:
+            self._provide_dir(parent + b"/" + base if parent else base)
+            return
+        leaves = self.provided_leaves.get(parent)
+        if leaves is None:
+            leaves = self.provided_leaves[parent] = _Names()
+        (<_Names>leaves).add(base)
+        self._provide_dir(parent)
+
+    cdef void _provide_dir(self, bytes phys):
+        """Overlay format: this layer has the physical directory ``phys``, and those above it."""
         cdef Py_ssize_t i
         provided = self.provided
-        if is_dir:
-            phys = parent + b"/" + base if parent else base
-        else:
-            leaves = self.provided_leaves.get(parent)
-            if leaves is None:
-                leaves = self.provided_leaves[parent] = _Names()
-            (<_Names>leaves).add(base)
-            phys = parent
         while phys and phys not in provided:
             provided.add(phys)
             i = phys.rfind(b"/")
