@@ -394,16 +394,6 @@ cdef _copy_range(int src, int dst, long long offset, long long size):
         offset += n
 
 
-cdef _copy_xattrs(int src, int dst):
-    for k in os.listxattr(src):
-        if k.startswith(("trusted.overlay.", "user.overlay.")):
-            continue
-        try:
-            os.setxattr(dst, k, os.getxattr(src, k))
-        except OSError:
-            pass  # trusted.* without root: the unprivileged extract skipped it too
-
-
 def _components(bytes path):
     return path.split(b"/") if path else []
 
@@ -2293,9 +2283,31 @@ cdef class Extractor:
             self._oserror("stat lower directory of", name)
         if self.is_root and fchown(dst, st.st_uid, st.st_gid) < 0:
             self._oserror("chown", name)
-        _copy_xattrs(src, dst)
+        self._copy_xattrs(src, dst, name)
         self.dir_fixups[phys] = (st.st_mode & 0o7777, st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
         self._fixup_for(dst, phys)
+
+    cdef _copy_xattrs(self, int src, int dst, object name):
+        """A lower layer's xattrs onto this layer's copy (copy-up), as _set_xattrs sets an entry's:
+        one the kernel refuses here (trusted.* without root) is reported in ``skipped``."""
+        try:
+            keys = os.listxattr(src)
+        except OSError as e:
+            raise _errors.ExtractError(f"entry {_show(name)}: list xattrs of the lower copy failed: "
+                                       f"{os.strerror(e.errno)}") from None
+        for k in keys:
+            if k.startswith(("trusted.overlay.", "user.overlay.")):
+                continue
+            try:
+                os.setxattr(dst, k, os.getxattr(src, k))
+            except OSError as e:
+                if e.errno == _errno.ENODATA:
+                    continue  # gone from the lower copy meanwhile
+                if e.errno == EPERM or e.errno == EOPNOTSUPP:
+                    self.skipped.append(f"{_show(name)}: xattr {_show(k)} not set ({os.strerror(e.errno)})")
+                    continue
+                raise _errors.ExtractError(f"entry {_show(name)}: copy xattr {_show(k)} failed: "
+                                           f"{os.strerror(e.errno)}") from None
 
     cdef _set_opaque(self, int fd, object name):
         key = b"trusted.overlay.opaque" if self.is_root else b"user.overlay.opaque"
@@ -2336,7 +2348,7 @@ cdef class Extractor:
                 _copy_data(sfd, dfd, st.st_size)
                 if self.is_root and fchown(dfd, st.st_uid, st.st_gid) < 0:
                     self._oserror("chown", name)
-                _copy_xattrs(sfd, dfd)
+                self._copy_xattrs(sfd, dfd, name)
                 if fchmod(dfd, st.st_mode & 0o7777) < 0 or futimens(dfd, ts) < 0:
                     self._oserror("copy up", name)
             finally:
