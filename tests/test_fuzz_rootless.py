@@ -47,7 +47,7 @@ import test_fuzz_paths as fz
 from conftest import require_root, require_tool
 from everypath import EMPTY_LAYER, assert_agree, describe, overlay_mount, write_image
 from layerkit import run_as_nobody, world_tmpdir
-from test_rootless_paths import COMPACT_SAVE, _chmod_tree, _preload
+from test_rootless_paths import COMPACT_SAVE, _chmod_tree, _preload, mount_rootless_layers
 from treecmp import Snapshot, compare, snapshot
 
 BATCH = int(os.environ.get("LAMINA_FUZZ_BATCH", "6"))
@@ -163,21 +163,6 @@ class _Failed(Exception):
     """A path's lamina error, as assert_agree expects errors."""
 
 
-def _mounted(layer_dirs, mnt):
-    """Root's view of nobody's overlay layers through overlayfs, reading user.overlay.*
-    markers (``userxattr``) as lamina's mount of a rootless store does."""
-    bottom = mnt + "-empty-bottom"
-    os.makedirs(mnt)
-    os.makedirs(bottom)
-    lower = ":".join(list(reversed(layer_dirs)) + [bottom])
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},userxattr", mnt],
-                   check=True, capture_output=True, text=True)
-    try:
-        return snapshot(mnt, dir_mtime=True, xattr_filter=lambda n: not n.startswith("user.overlay."))
-    finally:
-        subprocess.run(["umount", mnt], check=True)
-
-
 def run_batch(host, batch):
     """[(tars, {path: Snapshot or error text}, out)] for each stack of ``batch``, all of it
     run in one nobody process; checks that nothing outside the work dirs changed."""
@@ -216,7 +201,7 @@ def run_batch(host, batch):
                 if status != "ok":
                     trees[p] = status
                 elif p == "overlay-mount":
-                    trees[p] = _mounted(out["layer_dirs"], os.path.join(case["work"], "mnt"))
+                    trees[p] = mount_rootless_layers(out["layer_dirs"], os.path.join(case["work"], "mnt"))
                 else:
                     trees[p] = snapshot(os.path.join(case["work"], p), dir_mtime=True)
                 trees[p] = fz.made_now(trees[p], since)
