@@ -67,6 +67,7 @@ DEF PAR_MAX = 32           # dir format: cached parents kept open above the curr
 cdef bytes WH_PREFIX = b".wh."
 cdef bytes WH_OPAQUE = b".wh..wh..opq"
 cdef tuple OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+cdef bytes ACL_ACCESS = b"system.posix_acl_access"
 
 
 cdef inline void _hex(char *dst, const uint8_t *src, int n) noexcept nogil:
@@ -2894,6 +2895,11 @@ cdef class Extractor:
                 self._step_error(step, errno, self.cur_name)
             if self.cur_xattrs and self.is_root:
                 self._set_xattrs(fd, None, self.cur_name)
+                # an access ACL rewrites the group bits to its mask: the header's mode wins,
+                # as for GNU tar, docker and containerd (chmod after the xattrs, which the
+                # kernel mirrors back into the ACL's mask)
+                if ACL_ACCESS in self.cur_xattrs and fchmod(fd, <mode_t>self.cur_mode) < 0:
+                    self._oserror("chmod", self.cur_name)
             self._entry_times(ts)
             if futimens(fd, ts) < 0:
                 self._oserror("set times of", self.cur_name)

@@ -1,0 +1,65 @@
+"""Header forms the reference readers read apart, and metadata a layer can carry that
+changes other metadata, through every path (see everypath.py).
+
+What test_tar_conformance.py and test_hostile_*.py do not cover: an extended header
+left pending across a global header, GNU.sparse.name on an entry that is not sparse,
+PAX ``size`` on entries that carry no data, and an access ACL among the xattrs of a
+file (the kernel rewrites the mode's group bits from it).  Where GNU tar, bsdtar and
+Go's archive/tar (docker, containerd, umoci) give different trees, lamina refuses the
+layer or follows the two that agree with Go (tests/CONFORMANCE.md).
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from layerkit import gnu_tar_extract, write
+from tarbuild import Tar
+from tarvectors import extract_with
+from test_hostile_more import agree, refused_everywhere
+from treecmp import snapshot
+
+
+def _acl(*entries):
+    """A system.posix_acl_access value: (tag, perm, id) entries."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, i) for t, p, i in entries)
+
+
+USER_OBJ, USER, GROUP_OBJ, MASK, OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+NOID = 0xFFFFFFFF
+# user 1000 rwx, mask rwx: set after the mode, it would turn 0644 into 0674
+WIDE_ACL = _acl((USER_OBJ, 6, NOID), (USER, 7, 1000), (GROUP_OBJ, 4, NOID), (MASK, 7, NOID), (OTHER, 4, NOID))
+
+
+def _mask(acl):
+    for off in range(4, len(acl), 8):
+        tag, perm, _ = struct.unpack_from("<HHI", acl, off)
+        if tag == MASK:
+            return perm
+    return None
+
+
+def test_an_access_acl_never_changes_the_entrys_mode(g):
+    """The header's mode wins over the mask of an access ACL among the entry's xattrs (the
+    kernel keeps the two in step: the mask becomes the mode's group bits), as docker and
+    containerd leave it (GNU tar: for regular files only); lamina once set the ACL after the mode on regular
+    files as root and gave 0674 for 0644 (directories and other nodes were already right)."""
+    modes = {"small": 0o644, "large": 0o4750, "d": 0o750, "p": 0o640}
+    layer = Tar()
+    for name, size in (("small", 5), ("large", 300_000)):
+        layer.pax([("SCHILY.xattr.system.posix_acl_access", WIDE_ACL)])
+        layer.file(name, b"x" * size, mode=modes[name], uid=1000)
+    layer.pax([("SCHILY.xattr.system.posix_acl_access", WIDE_ACL)]).dir("d", mode=modes["d"])
+    layer.pax([("SCHILY.xattr.system.posix_acl_access", WIDE_ACL)]).fifo("p", mode=modes["p"])
+    tree, _ = agree(g, [layer], umoci=False)
+    gnu = snapshot(gnu_tar_extract(write(g.dest / "layer.tar", layer.bytes()), g.dest / "gnu"))
+    for name, want in modes.items():
+        e = tree.entries[name]
+        assert e.mode == want, f"{name}: mode {e.mode:o}, the entry says {want:o}"
+        acl = dict(e.xattrs)["system.posix_acl_access"]
+        assert _mask(acl) == (want >> 3) & 7
+        if name in ("small", "large"):  # GNU tar sets other nodes' xattrs after their mode
+            assert e.mode == gnu.entries[name].mode
+            assert acl == dict(gnu.entries[name].xattrs)["system.posix_acl_access"]
