@@ -1300,6 +1300,13 @@ cdef class Extractor:
             # over as an entry of their own, which docker and containerd skip,
             # so the tree every Go-based tool sees ignores them.  Skipped
             # unread: O(1) per later entry, bounded in size and number.
+            if self.pax is not None or self.long_name is not None or self.long_link is not None:
+                # Go drops the pending records with the global header; GNU tar and bsdtar
+                # apply them to the next entry: a name one tool reads as a whiteout and
+                # another as a harmless file.  No writer puts an entry's headers there.
+                raise _errors.InvalidArchiveError(
+                    f"{_Where('global header', self.prev_name)}: a global header between an extended "
+                    f"header and its entry (tar readers disagree on what the extended header names)")
             self.global_headers += 1
             if self.global_headers > self.max_global_headers:
                 raise _errors.LimitExceededError(

@@ -63,3 +63,26 @@ def test_an_access_acl_never_changes_the_entrys_mode(g):
         if name in ("small", "large"):  # GNU tar sets other nodes' xattrs after their mode
             assert e.mode == gnu.entries[name].mode
             assert acl == dict(gnu.entries[name].xattrs)["system.posix_acl_access"]
+
+
+@pytest.mark.parametrize("pending", [
+    lambda t: t.pax({"path": ".wh.victim"}),
+    lambda t: t.gnu_longname(".wh.victim"),
+    lambda t: t.gnu_longlink("victim"),
+], ids=["pax", "gnu-L", "gnu-K"])
+def test_an_extended_header_left_pending_across_a_global_header_is_refused(g, pending):
+    """``x`` (or ``L``, ``K``), then ``g``, then the entry: GNU tar and bsdtar apply the
+    extended header to the entry, Go's archive/tar drops it with the global header (which
+    docker and containerd then skip).  The same layer hid a file as a whiteout from one
+    and showed it to the other; lamina read it as GNU tar does.  Now refused."""
+    base = Tar().file("victim", b"v")
+    top = Tar().file("a", b"a")
+    pending(top).pax({"comment": "global"}, type=b"g").file("harmless", b"h")
+    refused_everywhere(g, [base, top], "InvalidArchiveError", "global header after entry 'a'")
+
+
+def test_a_global_header_before_an_extended_header_is_read(g):
+    """The ordinary order (git archive: ``g`` first, then each entry's ``x``) still reads."""
+    t = Tar().pax({"comment": "global"}, type=b"g").pax({"path": "long/name"}).file("short", b"x")
+    tree, _ = agree(g, [t])
+    assert "long/name" in tree.entries and "short" not in tree.entries
