@@ -487,6 +487,15 @@ cdef class _DirStack:
         self.names = []
 
 
+cdef _one_name(bytes name, object sparse_name):
+    """GNU.sparse.name on an entry that is not sparse renames it for GNU tar and bsdtar and
+    not for Go's archive/tar: refused when it differs from the name, as _one_reading."""
+    if not sparse_name or name.rstrip(b"/") == (<bytes>sparse_name).rstrip(b"/"):
+        return
+    raise _errors.InvalidArchiveError(
+        f"entry {_show(name)}: GNU.sparse.name {_show(sparse_name)} on an entry that is not sparse "
+        f"(tar readers disagree on its name: GNU tar and bsdtar read the record, Go's archive/tar the header)")
+
 cdef _one_reading(object entry, object gnu, object paxv, str what, bytes key):
     """An entry with both a GNU long name (or link) and a PAX path (or linkpath) that differ is
     read differently by each reference reader: GNU tar takes the PAX record, Go's archive/tar
@@ -1661,6 +1670,8 @@ cdef class Extractor:
         elif gs.get(b"map"):
             version = 1
         else:
+            # Not sparse: Go ignores GNU.sparse.name, GNU tar and bsdtar rename the entry
+            _one_name(name, gs.get(b"name"))
             return name, 0
         if gs.get(b"name"):
             name = gs[b"name"]

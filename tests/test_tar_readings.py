@@ -86,3 +86,22 @@ def test_a_global_header_before_an_extended_header_is_read(g):
     t = Tar().pax({"comment": "global"}, type=b"g").pax({"path": "long/name"}).file("short", b"x")
     tree, _ = agree(g, [t])
     assert "long/name" in tree.entries and "short" not in tree.entries
+
+
+def test_gnu_sparse_name_on_an_entry_that_is_not_sparse_is_refused(g):
+    """GNU.sparse.name without a sparse map: GNU tar and bsdtar rename the entry, Go's
+    archive/tar keeps the header's name.  lamina kept the header's; the references
+    extract another name, so a scanner and the extractor could see different files.
+    Refused when the two names differ."""
+    layer = Tar().pax({"GNU.sparse.name": ".wh.victim"}).file("harmless", b"x")
+    raw = write(g.dest / "ref.tar", layer.bytes())
+    for tool in ("gnu", "bsd"):
+        extract_with(tool, raw, g.dest / tool)
+        assert os.listdir(g.dest / tool) == [".wh.victim"], tool
+    refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "entry 'harmless'")
+
+
+def test_gnu_sparse_name_equal_to_the_name_is_read(g):
+    t = Tar().pax({"GNU.sparse.name": "d/f"}).file("d/f", b"x")
+    tree, _ = agree(g, [t])
+    assert tree.entries["d/f"].size == 1
