@@ -105,3 +105,22 @@ def test_gnu_sparse_name_equal_to_the_name_is_read(g):
     t = Tar().pax({"GNU.sparse.name": "d/f"}).file("d/f", b"x")
     tree, _ = agree(g, [t])
     assert tree.entries["d/f"].size == 1
+
+
+@pytest.mark.parametrize("entry", [
+    lambda t, data: t.entry("d", data, size=0, type=b"5", mode=0o755),
+    lambda t, data: t.entry("s", data, size=0, type=b"2", linkname="target", mode=0o777),
+    lambda t, data: t.entry("h", data, size=0, type=b"1", linkname="f"),
+], ids=["dir", "symlink", "hardlink"])
+def test_pax_size_on_an_entry_without_data_is_ignored(g, entry):
+    """PAX ``size`` on a directory, symlink or hardlink: GNU tar and Go's archive/tar give
+    such entries no data whatever the size says, so the bytes after the header are the next
+    header; bsdtar skips them as data.  lamina reads as GNU tar and Go (CONFORMANCE.md)."""
+    hidden = Tar().file("hidden", b"HIDDEN").bytes(end=False)
+    t = Tar().file("f", b"f").pax({"size": str(len(hidden))})
+    entry(t, hidden)
+    t.file("after", b"a")
+    tree, _ = agree(g, [t])
+    gnu = snapshot(gnu_tar_extract(write(g.dest / "ref.tar", t.bytes()), g.dest / "gnu"))
+    assert "hidden" in tree.entries and "after" in tree.entries
+    assert sorted(gnu.entries) == sorted(tree.entries)
