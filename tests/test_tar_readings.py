@@ -3,8 +3,9 @@ changes other metadata, through every path (see everypath.py).
 
 What test_tar_conformance.py and test_hostile_*.py do not cover: an extended header
 left pending across a global header, GNU.sparse.name on an entry that is not sparse,
-PAX ``size`` on entries that carry no data, and an access ACL among the xattrs of a
-file (the kernel rewrites the mode's group bits from it).  Where GNU tar, bsdtar and
+PAX ``size`` on entries that carry no data, an access ACL among the xattrs of a
+file (the kernel rewrites the mode's group bits from it), and gzip members whose header
+has a header checksum (FHCRC).  Where GNU tar, bsdtar and
 Go's archive/tar (docker, containerd, umoci) give different trees, lamina refuses the
 layer or follows the two that agree with Go (tests/CONFORMANCE.md).
 """
@@ -15,7 +16,8 @@ import struct
 
 import pytest
 
-from layerkit import gnu_tar_extract, write
+import ocibuild
+from layerkit import gnu_tar_extract, gz_all_header_fields, write
 from tarbuild import Tar
 from tarvectors import extract_with
 from test_hostile_more import agree, refused_everywhere
@@ -124,3 +126,23 @@ def test_pax_size_on_an_entry_without_data_is_ignored(g, entry):
     gnu = snapshot(gnu_tar_extract(write(g.dest / "ref.tar", t.bytes()), g.dest / "gnu"))
     assert "hidden" in tree.entries and "after" in tree.entries
     assert sorted(gnu.entries) == sorted(tree.entries)
+
+
+def test_a_gzip_header_with_every_optional_field_is_read_everywhere(g, monkeypatch):
+    """A gzip member with FEXTRA, FNAME, FCOMMENT and FHCRC (zlib's gzsetheader; gzip(1) and
+    Go read it): ISA-L checked the header CRC16 over the bytes of its last read only, and
+    the sniffed first bytes are a read of their own, so every path refused the layer
+    ("CRC32 or length check failed")."""
+    monkeypatch.setattr(ocibuild, "gz", gz_all_header_fields)
+    big = bytes(range(256)) * 4000
+    tree, _ = agree(g, [Tar().dir("d").file("d/f", b"x"), Tar().file("d/big", big).whiteout("d/f")])
+    assert sorted(tree.entries) == ["d", "d/big"] and tree.entries["d/big"].size == len(big)
+
+
+def test_a_gzip_header_checksum_that_does_not_match_is_refused(tmp_path):
+    from lamina import errors
+    from layerkit import apply
+    blob = bytearray(gz_all_header_fields(Tar().file("f", b"x").bytes()))
+    blob[33] ^= 0xFF  # the CRC16 after the 10 fixed bytes, FEXTRA (2+6), FNAME (10), FCOMMENT (10)
+    with pytest.raises(errors.CompressionError, match="gzip header CRC16"):
+        apply(write(tmp_path / "layer.tar.gz", bytes(blob)), tmp_path / "dest")
