@@ -496,6 +496,23 @@ cdef _one_name(bytes name, object sparse_name):
         f"entry {_show(name)}: GNU.sparse.name {_show(sparse_name)} on an entry that is not sparse "
         f"(tar readers disagree on its name: GNU tar and bsdtar read the record, Go's archive/tar the header)")
 
+cdef dict _entry_xattrs(bytes name, dict schily, dict lib):
+    """The entry's xattrs from its SCHILY.xattr and LIBARCHIVE.xattr records.  bsdtar writes
+    both forms, alike; where they differ Go-based tools (which read SCHILY only) and bsdtar
+    (the last record) set different values: refused, as is a name that is empty or holds a
+    NUL (a url-encoded %00, which setxattr would cut the name at)."""
+    out = dict(schily) if schily else {}
+    for k, v in (lib or {}).items():
+        if out.get(k, v) != v:
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: its SCHILY.xattr and LIBARCHIVE.xattr records for {_show(k)} differ "
+                "(tar readers disagree on which applies)")
+        out[k] = v
+    for k in out:
+        if not k or _has_byte(k, 0):
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: xattr name {_show(k)} is empty or holds a NUL byte")
+    return out
+
 cdef _one_reading(object entry, object gnu, object paxv, str what, bytes key):
     """An entry with both a GNU long name (or link) and a PAX path (or linkpath) that differ is
     read differently by each reference reader: GNU tar takes the PAX record, Go's archive/tar
@@ -1512,7 +1529,7 @@ cdef class Extractor:
         if gnu_link is not None:
             link = gnu_link
             self.long_link = None
-        xattrs = None
+        xattrs = lib_xattrs = None
         pax = self.pax
         self.pax = None
         if pax and (gnu_name is not None or gnu_link is not None):
@@ -1538,9 +1555,9 @@ cdef class Extractor:
                     xattrs = xattrs or {}
                     xattrs[k[13:]] = v
                 elif k.startswith(b"LIBARCHIVE.xattr."):
-                    xattrs = xattrs or {}
+                    lib_xattrs = lib_xattrs or {}
                     xn, xv = _libarchive_xattr(k[17:], v, where)
-                    xattrs[xn] = xv
+                    lib_xattrs[xn] = xv
                 elif k.startswith(b"GNU.sparse."):
                     gnu_sparse = gnu_sparse or {}
                     gnu_sparse[k[11:]] = v
@@ -1563,6 +1580,8 @@ cdef class Extractor:
         self.prev_name = name
         if _has_byte(name, 0) or _has_byte(link, 0):  # not ``in``: bytes.__contains__ formats a TypeError first
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: NUL byte in name")
+        if xattrs or lib_xattrs:
+            xattrs = _entry_xattrs(name, xattrs, lib_xattrs)
 
         if tf == c'0' or tf == 0 or tf == c'7':
             # a "file" named with a trailing slash is an old-style directory,

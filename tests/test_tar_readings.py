@@ -3,7 +3,8 @@ changes other metadata, through every path (see everypath.py).
 
 What test_tar_conformance.py and test_hostile_*.py do not cover: an extended header
 left pending across a global header, GNU.sparse.name on an entry that is not sparse,
-PAX ``size`` on entries that carry no data, an access ACL among the xattrs of a
+PAX ``size`` on entries that carry no data, SCHILY.xattr and LIBARCHIVE.xattr records
+that disagree, an access ACL among the xattrs of a
 file (the kernel rewrites the mode's group bits from it), and gzip members whose header
 has a header checksum (FHCRC).  Where GNU tar, bsdtar and
 Go's archive/tar (docker, containerd, umoci) give different trees, lamina refuses the
@@ -11,6 +12,7 @@ layer or follows the two that agree with Go (tests/CONFORMANCE.md).
 """
 from __future__ import annotations
 
+import base64
 import os
 import struct
 
@@ -127,6 +129,31 @@ def test_pax_size_on_an_entry_without_data_is_ignored(g, entry):
     assert "hidden" in tree.entries and "after" in tree.entries
     assert sorted(gnu.entries) == sorted(tree.entries)
 
+
+@pytest.mark.parametrize("records", [
+    [("SCHILY.xattr.security.capability", b"\x00" * 20),
+     ("LIBARCHIVE.xattr.security.capability", base64.b64encode(bytes.fromhex("01000002" "00200000" + "00" * 12)))],
+    [("SCHILY.xattr.user.a", b"one"), ("LIBARCHIVE.xattr.user.a", base64.b64encode(b"two"))],
+    [("LIBARCHIVE.xattr.user.a%00b", base64.b64encode(b"v"))],
+    [("LIBARCHIVE.xattr.", base64.b64encode(b"v"))],
+    [("SCHILY.xattr.", b"v")],
+], ids=["schily-vs-libarchive-capability", "schily-vs-libarchive", "libarchive-%00", "libarchive-empty", "schily-empty"])
+def test_xattr_records_that_disagree_or_name_nothing_are_refused(g, records):
+    """Go-based tools read SCHILY.xattr only, bsdtar also LIBARCHIVE.xattr (the last one
+    applies): a capability that differs between the two forms was set by lamina as bsdtar
+    sets it, unseen by a Go-based scanner.  A url-encoded %00 in a LIBARCHIVE name cut the
+    name at the NUL (user.a set for user.a%00b), and an empty name failed only after the
+    file was written.  All refused before anything of the entry is written, naming it."""
+    layer = Tar().file("before", b"b").pax(records).file("f", b"x").file("after", b"a")
+    refused_everywhere(g, [layer], "InvalidArchiveError", "entry 'f'")
+
+
+def test_xattr_records_of_both_forms_that_agree_are_read(g):
+    """bsdtar's default: every xattr in both forms, alike."""
+    layer = Tar().pax([("SCHILY.xattr.user.a", b"one"), ("LIBARCHIVE.xattr.user.a", base64.b64encode(b"one")),
+                       ("LIBARCHIVE.xattr.user.b", base64.b64encode(b"two"))]).file("f", b"x")
+    tree, _ = agree(g, [layer])
+    assert dict(tree.entries["f"].xattrs) == {"user.a": b"one", "user.b": b"two"}
 
 def test_a_gzip_header_with_every_optional_field_is_read_everywhere(g, monkeypatch):
     """A gzip member with FEXTRA, FNAME, FCOMMENT and FHCRC (zlib's gzsetheader; gzip(1) and
