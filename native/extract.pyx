@@ -1604,6 +1604,12 @@ cdef class Extractor:
         elif tf == c'S':
             kind = K_REG
         elif tf == c'V':  # volume label: not a file
+            if pax is not None or gnu_name is not None or gnu_link is not None:
+                # GNU tar lets the label take the extended header, bsdtar hands it on to
+                # the next entry (a whiteout name to one, a harmless file to the other)
+                raise _errors.InvalidArchiveError(
+                    f"entry {_show(name)}: an extended header before a volume label "
+                    "(tar readers disagree on which entry it names)")
             self._skip_then_header(size + _pad(size))
             return
         else:

@@ -85,6 +85,26 @@ def test_an_extended_header_left_pending_across_a_global_header_is_refused(g, pe
     refused_everywhere(g, [base, top], "InvalidArchiveError", "global header after entry 'a'")
 
 
+@pytest.mark.parametrize("pending", [
+    lambda t: t.pax({"path": ".wh.victim"}),
+    lambda t: t.gnu_longname(".wh.victim"),
+], ids=["pax", "gnu-L"])
+def test_an_extended_header_before_a_volume_label_is_refused(g, pending):
+    """``x`` (or ``L``), then a GNU volume label ``V``, then the entry: GNU tar gives the
+    extended header to the label (the entry stays ``harmless``), bsdtar hands it on to the
+    entry (a whiteout of ``victim``); lamina read it as GNU tar.  Go-based tools refuse the
+    label's type.  Refused."""
+    top = Tar().file("a", b"a")
+    pending(top).entry("VOLUME", b"", type=b"V", fmt="gnu").file("harmless", b"h")
+    refused_everywhere(g, [Tar().file("victim", b"v"), top], "InvalidArchiveError", "before a volume label")
+
+
+def test_a_volume_label_alone_is_skipped(g):
+    t = Tar().entry("VOLUME", b"label data", type=b"V", fmt="gnu").file("f", b"x")
+    tree, _ = agree(g, [t], umoci=False)
+    assert sorted(tree.entries) == ["f"]
+
+
 def test_a_global_header_before_an_extended_header_is_read(g):
     """The ordinary order (git archive: ``g`` first, then each entry's ``x``) still reads."""
     t = Tar().pax({"comment": "global"}, type=b"g").pax({"path": "long/name"}).file("short", b"x")
