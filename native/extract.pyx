@@ -488,8 +488,9 @@ cdef class _DirStack:
 
 
 cdef _one_name(bytes name, object sparse_name):
-    """GNU.sparse.name on an entry that is not sparse renames it for GNU tar and bsdtar and
-    not for Go's archive/tar: refused when it differs from the name, as _one_reading."""
+    """GNU.sparse.name on an entry that is not sparse (or an old GNU 'S' one, whose map is in
+    its header) renames it for GNU tar and bsdtar and not for Go's archive/tar: refused when
+    it differs from the name, as _one_reading."""
     if not sparse_name or name.rstrip(b"/") == (<bytes>sparse_name).rstrip(b"/"):
         return
     raise _errors.InvalidArchiveError(
@@ -1563,6 +1564,8 @@ cdef class Extractor:
                     gnu_sparse[k[11:]] = v
         sparse_version = 0
         if tf == c'S':
+            if gnu_sparse is not None:  # the old map applies, as for Go: the records do not rename
+                _one_name(name, gnu_sparse.get(b"name"))
             self.sparse = array("q", [])
             for i in range(4):  # the header's own slots come first
                 if h[386 + 24 * i] == 0:

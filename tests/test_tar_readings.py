@@ -21,7 +21,7 @@ import pytest
 import ocibuild
 from layerkit import gnu_tar_extract, gz_all_header_fields, write
 from tarbuild import Tar
-from tarvectors import extract_with
+from tarvectors import extract_with, sparse_old_gnu
 from test_hostile_more import agree, refused_everywhere
 from treecmp import snapshot
 
@@ -123,6 +123,13 @@ def test_gnu_sparse_name_on_an_entry_that_is_not_sparse_is_refused(g):
         extract_with(tool, raw, g.dest / tool)
         assert os.listdir(g.dest / tool) == [".wh.victim"], tool
     refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "entry 'harmless'")
+
+
+def test_gnu_sparse_name_on_an_old_gnu_sparse_entry_is_refused(g):
+    """An old GNU sparse entry (type 'S', its map in the header) with a PAX GNU.sparse.name:
+    GNU tar and bsdtar rename it, Go reads the old map and keeps the header's name."""
+    layer = Tar().pax({"GNU.sparse.name": ".wh.victim"}).raw(sparse_old_gnu("s", 8192, [(0, b"a" * 512)]))
+    refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "entry 's'")
 
 
 def test_gnu_sparse_name_equal_to_the_name_is_read(g):
