@@ -524,7 +524,7 @@ cdef _one_reading(object entry, object gnu, object paxv, str what, bytes key):
         return
     raise _errors.InvalidArchiveError(
         f"entry {_show(entry)}: its GNU long {what} {_show(gnu)} and its PAX {key.decode()} {_show(paxv)} differ "
-        f"(tar readers disagree on which applies: GNU tar reads the PAX one, Go's archive/tar the GNU one)")
+        f"(tar readers disagree on which applies)")
 
 
 cdef list _scan_and_unlink(int fd):
@@ -1580,6 +1580,9 @@ cdef class Extractor:
             self.sparse_realsize = _parse_number(h + 483, 12, "sparse real size", where)
         elif gnu_sparse is not None:
             name, sparse_version = self._pax_sparse(gnu_sparse, name, size, where)
+            if sparse_version and gnu_name is not None and gnu_sparse.get(b"name"):
+                # bsdtar names a sparse file by its GNU long name, Go by GNU.sparse.name
+                _one_reading(gnu_name, gnu_name, gnu_sparse[b"name"], "name", b"GNU.sparse.name")
         self.prev_name = name
         if _has_byte(name, 0) or _has_byte(link, 0):  # not ``in``: bytes.__contains__ formats a TypeError first
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: NUL byte in name")

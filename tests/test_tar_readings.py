@@ -132,6 +132,15 @@ def test_gnu_sparse_name_on_an_old_gnu_sparse_entry_is_refused(g):
     refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "entry 's'")
 
 
+def test_a_gnu_long_name_and_a_gnu_sparse_name_that_differ_are_refused(g):
+    """A PAX 0.1 sparse entry behind a GNU long name: bsdtar names it by the long name, Go by
+    GNU.sparse.name (GNU tar fails on it).  lamina read it as Go.  Refused."""
+    recs = [("GNU.sparse.size", "8192"), ("GNU.sparse.numblocks", "1"), ("GNU.sparse.name", ".wh.victim"),
+            ("GNU.sparse.map", "0,512")]
+    layer = Tar().gnu_longname("harmless").pax(recs).file("GNUSparseFile.0/x", b"a" * 512)
+    refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "entry 'harmless'")
+
+
 def test_gnu_sparse_name_equal_to_the_name_is_read(g):
     t = Tar().pax({"GNU.sparse.name": "d/f"}).file("d/f", b"x")
     tree, _ = agree(g, [t])
