@@ -209,3 +209,12 @@ def test_a_gzip_header_checksum_that_does_not_match_is_refused(tmp_path):
     blob[33] ^= 0xFF  # the CRC16 after the 10 fixed bytes, FEXTRA (2+6), FNAME (10), FCOMMENT (10)
     with pytest.raises(errors.CompressionError, match="gzip header CRC16"):
         apply(write(tmp_path / "layer.tar.gz", bytes(blob)), tmp_path / "dest")
+
+
+def test_a_hardlink_target_with_a_trailing_slash_or_dot_names_the_file(g):
+    """``h`` -> ``d/f/`` (or ``d/f/.``) where ``d/f`` is a file: GNU tar and bsdtar fail on
+    the entry (ENOTDIR), Go-based tools clean the name (filepath.Join) and link ``d/f``;
+    lamina links it as they do, on every path (CONFORMANCE.md)."""
+    tree, oracle = agree(g, [Tar().dir("d").file("d/f", b"x"), Tar().hardlink("h", "d/f/").hardlink("h2", "d/f/.")])
+    assert tree.entries["h"].size == 1 and tree.entries["h2"].size == 1
+    assert {"h", "h2", "d/f"} in tree.links
