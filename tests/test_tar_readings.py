@@ -191,6 +191,17 @@ def test_xattr_records_of_both_forms_that_agree_are_read(g):
     tree, _ = agree(g, [layer])
     assert dict(tree.entries["f"].xattrs) == {"user.a": b"one", "user.b": b"two"}
 
+def test_schily_acl_records_are_not_applied(g):
+    """SCHILY.acl.access / SCHILY.acl.default (star, GNU tar --acls): bsdtar as root sets them,
+    GNU tar without --acls and Go-based tools do not; lamina does not (CONFORMANCE.md)."""
+    layer = (Tar().pax({"SCHILY.acl.access": "user::rw-,user:1000:rwx,group::r--,mask::rwx,other::r--"})
+             .file("f", b"x", mode=0o644)
+             .pax({"SCHILY.acl.default": "user::rwx,group::r-x,other::r-x"}).dir("d", mode=0o755))
+    tree, _ = agree(g, [layer])
+    gnu = snapshot(gnu_tar_extract(write(g.dest / "ref.tar", layer.bytes()), g.dest / "gnu"))
+    for name in ("f", "d"):
+        assert tree.entries[name].xattrs == () and tree.entries[name].mode == gnu.entries[name].mode
+
 def test_a_gzip_header_with_every_optional_field_is_read_everywhere(g, monkeypatch):
     """A gzip member with FEXTRA, FNAME, FCOMMENT and FHCRC (zlib's gzsetheader; gzip(1) and
     Go read it): ISA-L checked the header CRC16 over the bytes of its last read only, and
