@@ -2,13 +2,14 @@
 changes other metadata, through every path (see everypath.py).
 
 What test_tar_conformance.py and test_hostile_*.py do not cover: an extended header
-left pending across a global header, GNU.sparse.name on an entry that is not sparse,
-PAX ``size`` on entries that carry no data, SCHILY.xattr and LIBARCHIVE.xattr records
-that disagree, an access ACL among the xattrs of a
-file (the kernel rewrites the mode's group bits from it), and gzip members whose header
-has a header checksum (FHCRC).  Where GNU tar, bsdtar and
+left pending across a global header or a volume label; GNU.sparse.name on an entry that
+is not sparse, on an old GNU sparse entry, or against a GNU long name; PAX ``size`` on
+entries that carry no data; SCHILY.xattr and LIBARCHIVE.xattr records that disagree or
+name nothing; SCHILY.acl records; an access ACL among the xattrs of a file (the kernel
+rewrites the mode's group bits from it); hardlink targets with a trailing slash; and
+gzip members whose header has a header checksum (FHCRC).  Where GNU tar, bsdtar and
 Go's archive/tar (docker, containerd, umoci) give different trees, lamina refuses the
-layer or follows the two that agree with Go (tests/CONFORMANCE.md).
+layer or reads as Go and one of the two C readers (tests/CONFORMANCE.md).
 """
 from __future__ import annotations
 
