@@ -67,6 +67,7 @@ DEF PAR_MAX = 32           # dir format: cached parents kept open above the curr
 cdef bytes WH_PREFIX = b".wh."
 cdef bytes WH_OPAQUE = b".wh..wh..opq"
 cdef tuple OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+cdef bytes ACL_ACCESS = b"system.posix_acl_access"
 
 
 cdef inline void _hex(char *dst, const uint8_t *src, int n) noexcept nogil:
@@ -476,6 +477,33 @@ cdef class _DirStack:
         self.names = []
 
 
+cdef _one_name(bytes name, object sparse_name):
+    """GNU.sparse.name on an entry that is not sparse (or an old GNU 'S' one, whose map is in
+    its header) renames it for GNU tar and bsdtar and not for Go's archive/tar: refused when
+    it differs from the name, as _one_reading."""
+    if not sparse_name or name.rstrip(b"/") == (<bytes>sparse_name).rstrip(b"/"):
+        return
+    raise _errors.InvalidArchiveError(
+        f"entry {_show(name)}: GNU.sparse.name {_show(sparse_name)} on an entry that is not sparse "
+        f"(tar readers disagree on its name: GNU tar and bsdtar read the record, Go's archive/tar the header)")
+
+cdef dict _entry_xattrs(bytes name, dict schily, dict lib):
+    """The entry's xattrs from its SCHILY.xattr and LIBARCHIVE.xattr records.  bsdtar writes
+    both forms, alike; where they differ Go-based tools (which read SCHILY only) and bsdtar
+    (the last record) set different values: refused, as is a name that is empty or holds a
+    NUL (a url-encoded %00, which setxattr would cut the name at)."""
+    out = dict(schily) if schily else {}
+    for k, v in (lib or {}).items():
+        if out.get(k, v) != v:
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: its SCHILY.xattr and LIBARCHIVE.xattr records for {_show(k)} differ "
+                "(tar readers disagree on which applies)")
+        out[k] = v
+    for k in out:
+        if not k or _has_byte(k, 0):
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: xattr name {_show(k)} is empty or holds a NUL byte")
+    return out
+
 cdef _one_reading(object entry, object gnu, object paxv, str what, bytes key):
     """An entry with both a GNU long name (or link) and a PAX path (or linkpath) that differ is
     read differently by each reference reader: GNU tar takes the PAX record, Go's archive/tar
@@ -486,7 +514,7 @@ cdef _one_reading(object entry, object gnu, object paxv, str what, bytes key):
         return
     raise _errors.InvalidArchiveError(
         f"entry {_show(entry)}: its GNU long {what} {_show(gnu)} and its PAX {key.decode()} {_show(paxv)} differ "
-        f"(tar readers disagree on which applies: GNU tar reads the PAX one, Go's archive/tar the GNU one)")
+        f"(tar readers disagree on which applies)")
 
 
 cdef list _scan_and_unlink(int fd):
@@ -1289,6 +1317,13 @@ cdef class Extractor:
             # over as an entry of their own, which docker and containerd skip,
             # so the tree every Go-based tool sees ignores them.  Skipped
             # unread: O(1) per later entry, bounded in size and number.
+            if self.pax is not None or self.long_name is not None or self.long_link is not None:
+                # Go drops the pending records with the global header; GNU tar and bsdtar
+                # apply them to the next entry: a name one tool reads as a whiteout and
+                # another as a harmless file.  No writer puts an entry's headers there.
+                raise _errors.InvalidArchiveError(
+                    f"{_Where('global header', self.prev_name)}: a global header between an extended "
+                    f"header and its entry (tar readers disagree on what the extended header names)")
             self.global_headers += 1
             if self.global_headers > self.max_global_headers:
                 raise _errors.LimitExceededError(
@@ -1485,7 +1520,7 @@ cdef class Extractor:
         if gnu_link is not None:
             link = gnu_link
             self.long_link = None
-        xattrs = None
+        xattrs = lib_xattrs = None
         pax = self.pax
         self.pax = None
         if pax and (gnu_name is not None or gnu_link is not None):
@@ -1511,14 +1546,16 @@ cdef class Extractor:
                     xattrs = xattrs or {}
                     xattrs[k[13:]] = v
                 elif k.startswith(b"LIBARCHIVE.xattr."):
-                    xattrs = xattrs or {}
+                    lib_xattrs = lib_xattrs or {}
                     xn, xv = _libarchive_xattr(k[17:], v, where)
-                    xattrs[xn] = xv
+                    lib_xattrs[xn] = xv
                 elif k.startswith(b"GNU.sparse."):
                     gnu_sparse = gnu_sparse or {}
                     gnu_sparse[k[11:]] = v
         sparse_version = 0
         if tf == c'S':
+            if gnu_sparse is not None:  # the old map applies, as for Go: the records do not rename
+                _one_name(name, gnu_sparse.get(b"name"))
             self.sparse = array("q", [])
             for i in range(4):  # the header's own slots come first
                 if h[386 + 24 * i] == 0:
@@ -1533,9 +1570,14 @@ cdef class Extractor:
             self.sparse_realsize = _parse_number(h + 483, 12, "sparse real size", where)
         elif gnu_sparse is not None:
             name, sparse_version = self._pax_sparse(gnu_sparse, name, size, where)
+            if sparse_version and gnu_name is not None and gnu_sparse.get(b"name"):
+                # bsdtar names a sparse file by its GNU long name, Go by GNU.sparse.name
+                _one_reading(gnu_name, gnu_name, gnu_sparse[b"name"], "name", b"GNU.sparse.name")
         self.prev_name = name
         if _has_byte(name, 0) or _has_byte(link, 0):  # not ``in``: bytes.__contains__ formats a TypeError first
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: NUL byte in name")
+        if xattrs or lib_xattrs:
+            xattrs = _entry_xattrs(name, xattrs, lib_xattrs)
 
         if tf == c'0' or tf == 0 or tf == c'7':
             # a "file" named with a trailing slash is an old-style directory,
@@ -1558,6 +1600,12 @@ cdef class Extractor:
         elif tf == c'S':
             kind = K_REG
         elif tf == c'V':  # volume label: not a file
+            if pax is not None or gnu_name is not None or gnu_link is not None:
+                # GNU tar lets the label take the extended header, bsdtar hands it on to
+                # the next entry (a whiteout name to one, a harmless file to the other)
+                raise _errors.InvalidArchiveError(
+                    f"entry {_show(name)}: an extended header before a volume label "
+                    "(tar readers disagree on which entry it names)")
             self._skip_then_header(size + _pad(size))
             return
         else:
@@ -1643,6 +1691,8 @@ cdef class Extractor:
         elif gs.get(b"map"):
             version = 1
         else:
+            # Not sparse: Go ignores GNU.sparse.name, GNU tar and bsdtar rename the entry
+            _one_name(name, gs.get(b"name"))
             return name, 0
         if gs.get(b"name"):
             name = gs[b"name"]
@@ -2911,6 +2961,11 @@ cdef class Extractor:
                 self._step_error(step, errno, self.cur_name)
             if self.cur_xattrs and self.is_root:
                 self._set_xattrs(fd, None, self.cur_name)
+                # an access ACL rewrites the group bits to its mask: the header's mode wins,
+                # as for GNU tar, docker and containerd (chmod after the xattrs, which the
+                # kernel mirrors back into the ACL's mask)
+                if ACL_ACCESS in self.cur_xattrs and fchmod(fd, <mode_t>self.cur_mode) < 0:
+                    self._oserror("chmod", self.cur_name)
             self._entry_times(ts)
             if futimens(fd, ts) < 0:
                 self._oserror("set times of", self.cur_name)

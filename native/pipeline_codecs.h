@@ -104,6 +104,10 @@ typedef struct {
     int kind;
     void *state;      /* struct inflate_state * or ZSTD_DCtx * */
     int in_frame;     /* a gzip member / zstd frame is started and not finished */
+    int in_header;    /* gzip: the member's header is not read to its end yet */
+#if LAMINA_HAVE_ISAL
+    struct isal_gzip_header gz;
+#endif
     char err[160];
 } lamina_inflater;
 
@@ -172,14 +176,31 @@ static int lamina_gunzip(lamina_inflater *z, const uint8_t *in, size_t in_len, s
             if (*in_pos == in_len)
                 return 0;
             isal_inflate_reset(s);
-            s->crc_flag = ISAL_GZIP;  /* parse the header, verify CRC32 and ISIZE */
-            z->in_frame = 1;
+            isal_gzip_header_init(&z->gz);
+            z->in_frame = z->in_header = 1;
         }
         size_t ai = in_len - *in_pos, ao = out_cap - *out_pos;
         if (ai > UINT32_MAX) ai = UINT32_MAX;
         if (ao > UINT32_MAX) ao = UINT32_MAX;
         s->next_in = (uint8_t *)in + *in_pos;
         s->avail_in = (uint32_t)ai;
+        if (z->in_header) {
+            /* The header on its own: isal_inflate(ISAL_GZIP) checks an FHCRC header's
+             * CRC16 over the bytes of the last call only, so a valid member whose header
+             * spans two reads (the sniffed head is one) failed as "CRC32 or length". */
+            int hr = isal_read_gzip_header(s, &z->gz);
+            *in_pos += ai - s->avail_in;
+            if (hr == ISAL_END_INPUT)
+                return 0;  /* needs more input */
+            if (hr != ISAL_DECOMP_OK) {
+                snprintf(z->err, sizeof z->err, "%s",
+                         hr == ISAL_INCORRECT_CHECKSUM ? "gzip header CRC16 check failed" : lamina_isal_error(hr));
+                return -1;
+            }
+            z->in_header = 0;
+            s->crc_flag = ISAL_GZIP_NO_HDR_VER;  /* the data, then its CRC32 and ISIZE verified */
+            continue;
+        }
         s->next_out = out + *out_pos;
         s->avail_out = (uint32_t)ao;
         int rc = isal_inflate(s);

@@ -21,7 +21,8 @@ import pytest
 import lamina
 from lamina import errors
 from conftest import require_root, require_tool, run
-from layerkit import (OnlyRead, apply, gnu_tar_extract, gz, gz_multimember, sha256, write, zst)
+from layerkit import (OnlyRead, apply, gnu_tar_extract, gz, gz_all_header_fields, gz_multimember, sha256,
+                      write, zst)
 from tarbuild import B256, MTIME, Tar, tarfile_bytes, ti
 from treecmp import assert_same, snapshot
 
@@ -533,6 +534,7 @@ BLOBS = {
     "gzip": lambda d: (gz(d), "gzip"),
     "gzip-1": lambda d: (gz(d, 1), "gzip"),
     "gzip-multimember": lambda d: (gz_multimember(d), "gzip"),
+    "gzip-header-fields": lambda d: (gz_all_header_fields(d), "gzip"),
     "zstd": lambda d: (zst(d), "zstd"),
     "zstd-nosize": lambda d: (zst(d, content_size=False), "zstd"),
     "zstd-multiframe": lambda d: (zst(d, frames=3), "zstd"),

@@ -1,0 +1,232 @@
+"""Header forms the reference readers read apart, and metadata a layer can carry that
+changes other metadata, through every path (see everypath.py).
+
+What test_tar_conformance.py and test_hostile_*.py do not cover: an extended header
+left pending across a global header or a volume label; GNU.sparse.name on an entry that
+is not sparse, on an old GNU sparse entry, or against a GNU long name; PAX ``size`` on
+entries that carry no data; SCHILY.xattr and LIBARCHIVE.xattr records that disagree or
+name nothing; SCHILY.acl records; an access ACL among the xattrs of a file (the kernel
+rewrites the mode's group bits from it); hardlink targets with a trailing slash; and
+gzip members whose header has a header checksum (FHCRC).  Where GNU tar, bsdtar and
+Go's archive/tar (docker, containerd, umoci) give different trees, lamina refuses the
+layer or reads as Go and one of the two C readers (tests/CONFORMANCE.md).
+"""
+from __future__ import annotations
+
+import base64
+import os
+import struct
+
+import pytest
+
+import ocibuild
+from layerkit import gnu_tar_extract, gz_all_header_fields, write
+from tarbuild import Tar
+from tarvectors import extract_with, sparse_old_gnu
+from test_hostile_more import agree, refused_everywhere
+from treecmp import snapshot
+
+
+def _acl(*entries):
+    """A system.posix_acl_access value: (tag, perm, id) entries."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, i) for t, p, i in entries)
+
+
+USER_OBJ, USER, GROUP_OBJ, MASK, OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+NOID = 0xFFFFFFFF
+# user 1000 rwx, mask rwx: set after the mode, it would turn 0644 into 0674
+WIDE_ACL = _acl((USER_OBJ, 6, NOID), (USER, 7, 1000), (GROUP_OBJ, 4, NOID), (MASK, 7, NOID), (OTHER, 4, NOID))
+
+
+def _mask(acl):
+    for off in range(4, len(acl), 8):
+        tag, perm, _ = struct.unpack_from("<HHI", acl, off)
+        if tag == MASK:
+            return perm
+    return None
+
+
+def test_an_access_acl_never_changes_the_entrys_mode(g):
+    """The header's mode wins over the mask of an access ACL among the entry's xattrs (the
+    kernel keeps the two in step: the mask becomes the mode's group bits), as docker and
+    containerd leave it (GNU tar: for regular files only); lamina once set the ACL after the mode on regular
+    files as root and gave 0674 for 0644 (directories and other nodes were already right)."""
+    modes = {"small": 0o644, "large": 0o4750, "d": 0o750, "p": 0o640}
+    layer = Tar()
+    for name, size in (("small", 5), ("large", 300_000)):
+        layer.pax([("SCHILY.xattr.system.posix_acl_access", WIDE_ACL)])
+        layer.file(name, b"x" * size, mode=modes[name], uid=1000)
+    layer.pax([("SCHILY.xattr.system.posix_acl_access", WIDE_ACL)]).dir("d", mode=modes["d"])
+    layer.pax([("SCHILY.xattr.system.posix_acl_access", WIDE_ACL)]).fifo("p", mode=modes["p"])
+    tree, _ = agree(g, [layer], umoci=False)
+    gnu = snapshot(gnu_tar_extract(write(g.dest / "layer.tar", layer.bytes()), g.dest / "gnu"))
+    for name, want in modes.items():
+        e = tree.entries[name]
+        assert e.mode == want, f"{name}: mode {e.mode:o}, the entry says {want:o}"
+        acl = dict(e.xattrs)["system.posix_acl_access"]
+        assert _mask(acl) == (want >> 3) & 7
+        if name in ("small", "large"):  # GNU tar sets other nodes' xattrs after their mode
+            assert e.mode == gnu.entries[name].mode
+            assert acl == dict(gnu.entries[name].xattrs)["system.posix_acl_access"]
+
+
+@pytest.mark.parametrize("pending", [
+    lambda t: t.pax({"path": ".wh.victim"}),
+    lambda t: t.gnu_longname(".wh.victim"),
+    lambda t: t.gnu_longlink("victim"),
+], ids=["pax", "gnu-L", "gnu-K"])
+def test_an_extended_header_left_pending_across_a_global_header_is_refused(g, pending):
+    """``x`` (or ``L``, ``K``), then ``g``, then the entry: GNU tar and bsdtar apply the
+    extended header to the entry, Go's archive/tar drops it with the global header (which
+    docker and containerd then skip).  The same layer hid a file as a whiteout from one
+    and showed it to the other; lamina read it as GNU tar does.  Now refused."""
+    base = Tar().file("victim", b"v")
+    top = Tar().file("a", b"a")
+    pending(top).pax({"comment": "global"}, type=b"g").file("harmless", b"h")
+    refused_everywhere(g, [base, top], "InvalidArchiveError", "global header after entry 'a'")
+
+
+@pytest.mark.parametrize("pending", [
+    lambda t: t.pax({"path": ".wh.victim"}),
+    lambda t: t.gnu_longname(".wh.victim"),
+], ids=["pax", "gnu-L"])
+def test_an_extended_header_before_a_volume_label_is_refused(g, pending):
+    """``x`` (or ``L``), then a GNU volume label ``V``, then the entry: GNU tar gives the
+    extended header to the label (the entry stays ``harmless``), bsdtar hands it on to the
+    entry (a whiteout of ``victim``); lamina read it as GNU tar.  Go-based tools refuse the
+    label's type.  Refused."""
+    top = Tar().file("a", b"a")
+    pending(top).entry("VOLUME", b"", type=b"V", fmt="gnu").file("harmless", b"h")
+    refused_everywhere(g, [Tar().file("victim", b"v"), top], "InvalidArchiveError", "before a volume label")
+
+
+def test_a_volume_label_alone_is_skipped(g):
+    t = Tar().entry("VOLUME", b"label data", type=b"V", fmt="gnu").file("f", b"x")
+    tree, _ = agree(g, [t], umoci=False)
+    assert sorted(tree.entries) == ["f"]
+
+
+def test_a_global_header_before_an_extended_header_is_read(g):
+    """The ordinary order (git archive: ``g`` first, then each entry's ``x``) still reads."""
+    t = Tar().pax({"comment": "global"}, type=b"g").pax({"path": "long/name"}).file("short", b"x")
+    tree, _ = agree(g, [t])
+    assert "long/name" in tree.entries and "short" not in tree.entries
+
+
+def test_gnu_sparse_name_on_an_entry_that_is_not_sparse_is_refused(g):
+    """GNU.sparse.name without a sparse map: GNU tar and bsdtar rename the entry, Go's
+    archive/tar keeps the header's name.  lamina kept the header's; the references
+    extract another name, so a scanner and the extractor could see different files.
+    Refused when the two names differ."""
+    layer = Tar().pax({"GNU.sparse.name": ".wh.victim"}).file("harmless", b"x")
+    raw = write(g.dest / "ref.tar", layer.bytes())
+    for tool in ("gnu", "bsd"):
+        extract_with(tool, raw, g.dest / tool)
+        assert os.listdir(g.dest / tool) == [".wh.victim"], tool
+    refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "entry 'harmless'")
+
+
+def test_gnu_sparse_name_on_an_old_gnu_sparse_entry_is_refused(g):
+    """An old GNU sparse entry (type 'S', its map in the header) with a PAX GNU.sparse.name:
+    GNU tar and bsdtar rename it, Go reads the old map and keeps the header's name."""
+    layer = Tar().pax({"GNU.sparse.name": ".wh.victim"}).raw(sparse_old_gnu("s", 8192, [(0, b"a" * 512)]))
+    refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "entry 's'")
+
+
+def test_a_gnu_long_name_and_a_gnu_sparse_name_that_differ_are_refused(g):
+    """A PAX 0.1 sparse entry behind a GNU long name: bsdtar names it by the long name, Go by
+    GNU.sparse.name (GNU tar fails on it).  lamina read it as Go.  Refused."""
+    recs = [("GNU.sparse.size", "8192"), ("GNU.sparse.numblocks", "1"), ("GNU.sparse.name", ".wh.victim"),
+            ("GNU.sparse.map", "0,512")]
+    layer = Tar().gnu_longname("harmless").pax(recs).file("GNUSparseFile.0/x", b"a" * 512)
+    refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "entry 'harmless'")
+
+
+def test_gnu_sparse_name_equal_to_the_name_is_read(g):
+    t = Tar().pax({"GNU.sparse.name": "d/f"}).file("d/f", b"x")
+    tree, _ = agree(g, [t])
+    assert tree.entries["d/f"].size == 1
+
+
+@pytest.mark.parametrize("entry", [
+    lambda t, data: t.entry("d", data, size=0, type=b"5", mode=0o755),
+    lambda t, data: t.entry("s", data, size=0, type=b"2", linkname="target", mode=0o777),
+    lambda t, data: t.entry("h", data, size=0, type=b"1", linkname="f"),
+], ids=["dir", "symlink", "hardlink"])
+def test_pax_size_on_an_entry_without_data_is_ignored(g, entry):
+    """PAX ``size`` on a directory, symlink or hardlink: GNU tar and Go's archive/tar give
+    such entries no data whatever the size says, so the bytes after the header are the next
+    header; bsdtar skips them as data.  lamina reads as GNU tar and Go (CONFORMANCE.md)."""
+    hidden = Tar().file("hidden", b"HIDDEN").bytes(end=False)
+    t = Tar().file("f", b"f").pax({"size": str(len(hidden))})
+    entry(t, hidden)
+    t.file("after", b"a")
+    tree, _ = agree(g, [t])
+    gnu = snapshot(gnu_tar_extract(write(g.dest / "ref.tar", t.bytes()), g.dest / "gnu"))
+    assert "hidden" in tree.entries and "after" in tree.entries
+    assert sorted(gnu.entries) == sorted(tree.entries)
+
+
+@pytest.mark.parametrize("records", [
+    [("SCHILY.xattr.security.capability", b"\x00" * 20),
+     ("LIBARCHIVE.xattr.security.capability", base64.b64encode(bytes.fromhex("01000002" "00200000" + "00" * 12)))],
+    [("SCHILY.xattr.user.a", b"one"), ("LIBARCHIVE.xattr.user.a", base64.b64encode(b"two"))],
+    [("LIBARCHIVE.xattr.user.a%00b", base64.b64encode(b"v"))],
+    [("LIBARCHIVE.xattr.", base64.b64encode(b"v"))],
+    [("SCHILY.xattr.", b"v")],
+], ids=["schily-vs-libarchive-capability", "schily-vs-libarchive", "libarchive-%00", "libarchive-empty", "schily-empty"])
+def test_xattr_records_that_disagree_or_name_nothing_are_refused(g, records):
+    """Go-based tools read SCHILY.xattr only, bsdtar also LIBARCHIVE.xattr (the last one
+    applies): a capability that differs between the two forms was set by lamina as bsdtar
+    sets it, unseen by a Go-based scanner.  A url-encoded %00 in a LIBARCHIVE name cut the
+    name at the NUL (user.a set for user.a%00b), and an empty name failed only after the
+    file was written.  All refused before anything of the entry is written, naming it."""
+    layer = Tar().file("before", b"b").pax(records).file("f", b"x").file("after", b"a")
+    refused_everywhere(g, [layer], "InvalidArchiveError", "entry 'f'")
+
+
+def test_xattr_records_of_both_forms_that_agree_are_read(g):
+    """bsdtar's default: every xattr in both forms, alike."""
+    layer = Tar().pax([("SCHILY.xattr.user.a", b"one"), ("LIBARCHIVE.xattr.user.a", base64.b64encode(b"one")),
+                       ("LIBARCHIVE.xattr.user.b", base64.b64encode(b"two"))]).file("f", b"x")
+    tree, _ = agree(g, [layer])
+    assert dict(tree.entries["f"].xattrs) == {"user.a": b"one", "user.b": b"two"}
+
+def test_schily_acl_records_are_not_applied(g):
+    """SCHILY.acl.access / SCHILY.acl.default (star, GNU tar --acls): bsdtar as root sets them,
+    GNU tar without --acls and Go-based tools do not; lamina does not (CONFORMANCE.md)."""
+    layer = (Tar().pax({"SCHILY.acl.access": "user::rw-,user:1000:rwx,group::r--,mask::rwx,other::r--"})
+             .file("f", b"x", mode=0o644)
+             .pax({"SCHILY.acl.default": "user::rwx,group::r-x,other::r-x"}).dir("d", mode=0o755))
+    tree, _ = agree(g, [layer])
+    gnu = snapshot(gnu_tar_extract(write(g.dest / "ref.tar", layer.bytes()), g.dest / "gnu"))
+    for name in ("f", "d"):
+        assert tree.entries[name].xattrs == () and tree.entries[name].mode == gnu.entries[name].mode
+
+def test_a_gzip_header_with_every_optional_field_is_read_everywhere(g, monkeypatch):
+    """A gzip member with FEXTRA, FNAME, FCOMMENT and FHCRC (zlib's gzsetheader; gzip(1) and
+    Go read it): ISA-L checked the header CRC16 over the bytes of its last read only, and
+    the sniffed first bytes are a read of their own, so every path refused the layer
+    ("CRC32 or length check failed")."""
+    monkeypatch.setattr(ocibuild, "gz", gz_all_header_fields)
+    big = bytes(range(256)) * 4000
+    tree, _ = agree(g, [Tar().dir("d").file("d/f", b"x"), Tar().file("d/big", big).whiteout("d/f")])
+    assert sorted(tree.entries) == ["d", "d/big"] and tree.entries["d/big"].size == len(big)
+
+
+def test_a_gzip_header_checksum_that_does_not_match_is_refused(tmp_path):
+    from lamina import errors
+    from layerkit import apply
+    blob = bytearray(gz_all_header_fields(Tar().file("f", b"x").bytes()))
+    blob[33] ^= 0xFF  # the CRC16 after the 10 fixed bytes, FEXTRA (2+6), FNAME (10), FCOMMENT (10)
+    with pytest.raises(errors.CompressionError, match="gzip header CRC16"):
+        apply(write(tmp_path / "layer.tar.gz", bytes(blob)), tmp_path / "dest")
+
+
+def test_a_hardlink_target_with_a_trailing_slash_or_dot_names_the_file(g):
+    """``h`` -> ``d/f/`` (or ``d/f/.``) where ``d/f`` is a file: GNU tar and bsdtar fail on
+    the entry (ENOTDIR), Go-based tools clean the name (filepath.Join) and link ``d/f``;
+    lamina links it as they do, on every path (CONFORMANCE.md)."""
+    tree, oracle = agree(g, [Tar().dir("d").file("d/f", b"x"), Tar().hardlink("h", "d/f/").hardlink("h2", "d/f/.")])
+    assert tree.entries["h"].size == 1 and tree.entries["h2"].size == 1
+    assert {"h", "h2", "d/f"} in tree.links
