@@ -843,6 +843,8 @@ cdef class Extractor:
     cdef int64_t hide_level       # hide_* map a path to the highest layer hiding it; -1: plain sets
     cdef set hidden_files
     cdef readonly set scan_at, scan_below
+    cdef int64_t scan_max          # scan: most paths scan_at and scan_below may hold together (-1: no limit)
+    cdef readonly bint scan_overflow   # scan: more than scan_max: the sets were dropped (see __init__)
     cdef readonly int64_t hidden
     cdef object plain_parent      # last parent found free of symlinks (None: unknown)
     cdef set created               # dir format: the directories this layer wrote or wrote into, by path
@@ -936,7 +938,7 @@ cdef class Extractor:
 
     def __init__(self, root, *, str format="dir", limits=None, use_openat2=None, hidden=None,
                  lowers=None, bint defer_lowers=False, lowers_provider=None, lower_shared=None,
-                 hash_files_into=None, link_objects=None):
+                 hash_files_into=None, link_objects=None, int64_t scan_max=-1):
         """``root=None`` scans instead of extracting: headers are parsed and
         checked, nothing is written, and ``scan_at`` / ``scan_below`` collect
         what this layer hides in the layers below it (whiteouts and non-directory
@@ -944,7 +946,12 @@ cdef class Extractor:
         under a directory).  ``hidden=(at, below)``, two such sets from the layers
         above, makes a ``dir`` extraction skip entries nobody will ever see;
         ``hidden=(at, below, level)`` takes dicts mapping a path to the highest
-        layer hiding it, and skips what a layer above ``level`` hides.
+        layer hiding it, and skips what a layer above ``level`` hides.  ``scan_max``:
+        a scan that would hold more than that many paths in ``scan_at`` and
+        ``scan_below`` together stops collecting them (``scan_overflow``, both
+        sets emptied): each costs ~150 B until the layers below are written, so a
+        layer of millions of entries is better not skipped over (its whiteouts
+        then apply as it is written).
 
         ``lowers`` (overlay format): the finished layer directories below this
         one, bottom first.  Paths then resolve as the overlay mount will show
@@ -992,6 +999,7 @@ cdef class Extractor:
         self.predict_owner = self.is_root
         self.umask = _current_umask()
         self.scan_only = root is None
+        self.scan_max = scan_max
         self.scan_at = set()
         self.scan_below = set()
         self.hidden_files = set()
@@ -2482,7 +2490,7 @@ cdef class Extractor:
         if self.scan_only:
             # a device node without root is not made, so it replaces nothing below (see below)
             if kind != K_DIR and not ((kind == K_CHR or kind == K_BLK) and not self.is_root):
-                self.scan_at.add(path)
+                self._scan_hides(self.scan_at, path)
             if kind == K_LINK:
                 self._normalize(link)  # the same checks as a real extraction
             return
@@ -3535,6 +3543,16 @@ cdef class Extractor:
 
     # ------------------------------------------------------------ whiteouts
 
+    cdef void _scan_hides(self, set paths, bytes path):
+        """A scan: this layer hides ``path`` (scan_at) or what is under it (scan_below)."""
+        if self.scan_overflow:
+            return
+        paths.add(path)
+        if self.scan_max >= 0 and len(self.scan_at) + len(self.scan_below) > self.scan_max:
+            self.scan_overflow = True
+            self.scan_at = set()
+            self.scan_below = set()
+
     cdef _whiteout(self, bytes path, Py_ssize_t slash, bytes base, bytes name):
         cdef int pfd
         cdef bint found
@@ -3543,7 +3561,7 @@ cdef class Extractor:
         parent = path[:slash] if slash > 0 else b""
         if base == WH_OPAQUE:
             if self.scan_only:
-                self.scan_below.add(parent)
+                self._scan_hides(self.scan_below, parent)
                 return
             self._opaque(parent, name)
             return
@@ -3558,7 +3576,7 @@ cdef class Extractor:
         self.whiteouts += 1
         target = parent + b"/" + hidden if parent else hidden
         if self.scan_only:
-            self.scan_at.add(target)
+            self._scan_hides(self.scan_at, target)
             return
         if self.overlay:
             if self._overlay_whiteout_nogil(parent, hidden, target, name):
