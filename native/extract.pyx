@@ -413,40 +413,127 @@ def _sort_key(bytes path):
     return path.replace(b"/", b"\0")
 
 
-cdef class _Names:
-    """The names of the non-directories a layer wrote in one directory (``Extractor.created_in``,
-    ``created_leaves``).  Kept packed (NUL-separated: a tar name has no NUL) while names are only
-    added, which is all most directories ever see: a name then costs its bytes, not a bytes object
-    and a set slot (~120 B an entry, 7 MiB of a 66k-entry layer's peak RSS).  The first lookup
-    turns them into a set, so that a directory checked entry by entry (an opaque marker clearing
-    it, whiteouts) costs a hash per check, not a scan."""
-    cdef bytearray packed
-    cdef set names
-    cdef Py_ssize_t n          # names added (a name added twice counts twice)
+# bytes of names _Names may hold in memory, all directories together (LAMINA_NAMES_HELD: tests
+# make it tiny, so that every lookup reads spilled names back)
+cdef int64_t NAMES_HELD = int(os.environ.get("LAMINA_NAMES_HELD") or 4 << 20)
+
+
+cdef class _NameSpill:
+    """Where the _Names of one extraction go once they hold more than NAMES_HELD bytes: an
+    unlinked temp file (TMPDIR), written in one block per spill.  A name kept in memory cost
+    ~31 B twice (by path and by inode) until the layer ended: 62 MiB of a million-file layer's
+    peak RSS.  Spilled names are read back only for a lookup (whiteouts and opaque markers of
+    names the layer may have written, see _maybe_written), a directory at a time."""
+    cdef list users            # every _Names made (one per directory, in created_in or *_leaves)
+    cdef int64_t held          # bytes their packed buffers and lookup sets hold in memory
+    cdef int64_t end           # bytes written to the file
+    cdef object f              # the temp file (None until the first spill)
 
     def __cinit__(self):
-        self.packed = bytearray()
+        self.users = []
 
-    cdef inline void add(self, bytes name):
+    cdef _Names new(self):
+        n = _Names()
+        n.spill = self
+        self.users.append(n)
+        return n
+
+    cdef int account(self, Py_ssize_t nbytes, _Names keep=None) except -1:
+        """``nbytes`` more held; past NAMES_HELD, spill all (``keep``'s lookup set stays)."""
+        self.held += nbytes
+        if self.held > NAMES_HELD:
+            self.spill_all(keep)
+        return 0
+
+    cdef int spill_all(self, _Names keep) except -1:
+        """Every directory's names to the file; lookup sets dropped, all but ``keep``'s (just built
+        for a lookup: a directory bigger than NAMES_HELD checked name by name must not read its
+        names back for each check)."""
+        cdef _Names u
+        cdef list parts = []
+        cdef int64_t at = self.end
+        if self.f is None:
+            import tempfile
+            self.f = tempfile.TemporaryFile(prefix="lamina-names-")
+        for u in self.users:
+            if u is not keep:
+                u.names = None  # rebuilt by the next lookup
+            if u.packed is not None and len(u.packed):
+                if u.chunks is None:
+                    u.chunks = array("q")
+                u.chunks.append(at)
+                u.chunks.append(len(u.packed))
+                at += len(u.packed)
+                parts.append(u.packed)
+                u.packed = None
+        data = b"".join(parts)
+        os.pwrite(self.f.fileno(), data, self.end)
+        self.end += len(data)
+        self.held = 0  # not keep's set: a directory bigger than NAMES_HELD would spill at every add
+        return 0
+
+    cdef bytes read(self, int64_t offset, int64_t length):
+        data = os.pread(self.f.fileno(), length, offset)
+        if len(data) != length:
+            raise _errors.ExtractError("the temp file of the names written so far is short")
+        return data
+
+    cdef void close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        self.users = []
+        self.held = 0
+
+
+cdef class _Names:
+    """The names of the non-directories a layer wrote in one directory (``Extractor.created_in``,
+    ``created_leaves``).  Kept packed (NUL-separated: a tar name has no NUL): a name costs its
+    bytes, not a bytes object and a set slot (~120 B an entry, 7 MiB of a 66k-entry layer's peak
+    RSS), and beyond NAMES_HELD bytes for all directories together they go to the extraction's
+    temp file (_NameSpill).  A lookup builds a set of the directory's names (what it spilled
+    and what it holds), kept until the next spill, so that a directory checked entry by entry
+    (an opaque marker clearing it, whiteouts) costs a hash per check, not a scan."""
+    cdef bytearray packed      # names added since the last spill (None: none)
+    cdef set names             # all its names, while a lookup needs them (None: not built)
+    cdef object chunks         # array("q") of (offset, length) pairs of its names in the spill file
+    cdef _NameSpill spill
+    cdef Py_ssize_t n          # names added (a name added twice counts twice)
+    cdef Py_ssize_t set_cost   # what ``names`` costs, roughly, as _NameSpill counts it
+
+    cdef inline int add(self, bytes name) except -1:
         self.n += 1
+        if self.packed is None:
+            self.packed = bytearray()
+        self.packed += name
+        self.packed += b"\0"
         if self.names is not None:
             self.names.add(name)
-        else:
-            self.packed += name
-            self.packed += b"\0"
+        return self.spill.account(len(name) + 1)
 
-    cdef bint has(self, bytes name):
+    cdef bint has(self, bytes name) except -1:
+        cdef Py_ssize_t i
         if self.names is None:
-            self.names = set(bytes(self.packed).split(b"\0"))
-            self.names.discard(b"")
-            self.packed = None
+            parts = []
+            if self.chunks is not None:
+                for i in range(0, len(self.chunks), 2):
+                    parts.append(self.spill.read(self.chunks[i], self.chunks[i + 1]))
+            if self.packed is not None:
+                parts.append(bytes(self.packed))
+            data = b"".join(parts)
+            names = set(data.split(b"\0"))
+            names.discard(b"")
+            self.names = names
+            self.set_cost = 3 * len(data) + 64 * len(names)  # the set's slots and its bytes objects
+            self.spill.account(self.set_cost, self)
         return name in self.names
 
     cdef Py_ssize_t retained(self):
-        """Bytes held (its buffer or its set and names), for Extractor.retained()."""
-        if self.names is None:
-            return sys.getsizeof(self.packed)
-        return sys.getsizeof(self.names) + sum([sys.getsizeof(n) for n in self.names])
+        """Bytes held in memory (its buffer and its lookup set), for Extractor.retained()."""
+        cdef Py_ssize_t n = sys.getsizeof(self.packed) if self.packed is not None else 0
+        if self.names is not None:
+            n += sys.getsizeof(self.names) + sum([sys.getsizeof(x) for x in self.names])
+        return n
 
 
 cdef class _DirStack:
@@ -861,6 +948,7 @@ cdef class Extractor:
     cdef dict created_in           # dir format: (dev, ino) of a directory -> the _Names of the non-directories
                                    # this layer wrote in it, wherever it landed (see _record_inode)
     cdef _Names cache_names        # created_in's names of the cached parent (None: not looked up yet)
+    cdef _NameSpill name_spill     # where the _Names of created_in, created_leaves, provided_leaves spill
     # dir format: a Bloom filter (2 bits a name, calloc'ed at the first) of the names of the
     # non-directories in created_in: a name it has not seen was written nowhere by this layer
     cdef uint64_t *name_bits
@@ -1073,6 +1161,7 @@ cdef class Extractor:
         self.created_ino = set()
         self.created_in = {}
         self.created_leaves = {}
+        self.name_spill = _NameSpill()
         self.header_where = _Where("header", None)
         self.restore_modes = {}
         self.skipped = []
@@ -1234,6 +1323,7 @@ cdef class Extractor:
         self.created_ino = set()
         self.provided = set()
         self.provided_leaves = {}
+        self.name_spill.close()
         self.cache_names = None
         self.recorded_parent = None
         self.recorded_leaves = None
@@ -2394,7 +2484,7 @@ cdef class Extractor:
         del self.par_paths[keep:]
         del self.par_realps[keep:]
 
-    cdef void _record(self, bytes path, Py_ssize_t slash, bytes base, bint is_dir):
+    cdef void _record(self, bytes path, Py_ssize_t slash, bytes base, bint is_dir) except *:
         """Remember that this layer provides ``path`` and its parents: whiteouts
         and opaque markers only hide what lies below the layer.  ``slash``: where
         ``path``'s last "/" is (-1: none); ``base``: what follows it.  A directory goes
@@ -2431,7 +2521,7 @@ cdef class Extractor:
     cdef _Names _leaves_of(self, bytes parent):
         leaves = self.created_leaves.get(parent)
         if leaves is None:
-            leaves = self.created_leaves[parent] = _Names()
+            leaves = self.created_leaves[parent] = self.name_spill.new()
         return leaves
 
     cdef bint _created_path(self, bytes path, bytes parent, bytes base):
@@ -2564,7 +2654,7 @@ cdef class Extractor:
             else:
                 self._record_inode(pfd, base)
 
-    cdef void _provide(self, bytes parent, bytes base, bint is_dir):
+    cdef void _provide(self, bytes parent, bytes base, bint is_dir) except *:
         """Overlay format: this layer writes ``base`` in the physical directory ``parent``
         ("": the root), and so into the directories above it.  A directory goes into
         ``provided`` by its path, a non-directory by its name in its parent's
@@ -2576,7 +2666,7 @@ cdef class Extractor:
         else:
             leaves = self.provided_leaves.get(parent)
             if leaves is None:
-                leaves = self.provided_leaves[parent] = _Names()
+                leaves = self.provided_leaves[parent] = self.name_spill.new()
             (<_Names>leaves).add(base)
             phys = parent
         while phys and phys not in provided:
@@ -2614,7 +2704,7 @@ cdef class Extractor:
         if cur >= 0:
             close(cur)
 
-    cdef void _record_inode(self, int pfd, bytes base):
+    cdef void _record_inode(self, int pfd, bytes base) except *:
         """Whiteouts and opaque markers of this layer must spare what it wrote,
         also when it was written through a symlink (its path then differs).
         ``base`` empty: ``pfd`` itself.  A directory is known by its inode; a
@@ -2635,7 +2725,7 @@ cdef class Extractor:
         key = (dev, ino)
         names = self.created_in.get(key)
         if names is None:
-            names = self.created_in[key] = _Names()
+            names = self.created_in[key] = self.name_spill.new()
         return names
 
     cdef bint _written_here(self, int pfd, bytes base, stat *st):
