@@ -394,16 +394,6 @@ cdef _copy_range(int src, int dst, long long offset, long long size):
         offset += n
 
 
-cdef _copy_xattrs(int src, int dst):
-    for k in os.listxattr(src):
-        if k.startswith(("trusted.overlay.", "user.overlay.")):
-            continue
-        try:
-            os.setxattr(dst, k, os.getxattr(src, k))
-        except OSError:
-            pass  # trusted.* without root: the unprivileged extract skipped it too
-
-
 def _components(bytes path):
     return path.split(b"/") if path else []
 
@@ -2391,9 +2381,31 @@ cdef class Extractor:
             self._oserror("stat lower directory of", name)
         if self.is_root and fchown(dst, st.st_uid, st.st_gid) < 0:
             self._oserror("chown", name)
-        _copy_xattrs(src, dst)
+        self._copy_xattrs(src, dst, name)
         self.dir_fixups[phys] = (st.st_mode & 0o7777, st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
         self._fixup_for(dst, phys)
+
+    cdef _copy_xattrs(self, int src, int dst, object name):
+        """A lower layer's xattrs onto this layer's copy (copy-up), as _set_xattrs sets an entry's:
+        one the kernel refuses here (trusted.* without root) is reported in ``skipped``."""
+        try:
+            keys = os.listxattr(src)
+        except OSError as e:
+            raise _errors.ExtractError(f"entry {_show(name)}: list xattrs of the lower copy failed: "
+                                       f"{os.strerror(e.errno)}") from None
+        for k in keys:
+            if k.startswith(("trusted.overlay.", "user.overlay.")):
+                continue
+            try:
+                os.setxattr(dst, k, os.getxattr(src, k))
+            except OSError as e:
+                if e.errno == _errno.ENODATA:
+                    continue  # gone from the lower copy meanwhile
+                if e.errno == EPERM or e.errno == EOPNOTSUPP:
+                    self.skipped.append(f"{_show(name)}: xattr {_show(k)} not set ({os.strerror(e.errno)})")
+                    continue
+                raise _errors.ExtractError(f"entry {_show(name)}: copy xattr {_show(k)} failed: "
+                                           f"{os.strerror(e.errno)}") from None
 
     cdef _set_opaque(self, int fd, object name):
         key = b"trusted.overlay.opaque" if self.is_root else b"user.overlay.opaque"
@@ -2434,7 +2446,7 @@ cdef class Extractor:
                 _copy_data(sfd, dfd, st.st_size)
                 if self.is_root and fchown(dfd, st.st_uid, st.st_gid) < 0:
                     self._oserror("chown", name)
-                _copy_xattrs(sfd, dfd)
+                self._copy_xattrs(sfd, dfd, name)
                 if fchmod(dfd, st.st_mode & 0o7777) < 0 or futimens(dfd, ts) < 0:
                     self._oserror("copy up", name)
             finally:
@@ -2585,7 +2597,10 @@ cdef class Extractor:
                 self._normalize(link)  # the same checks as a real extraction
             return
         if (self.hide_at is not None and kind != K_SYMLINK and self._is_hidden(path)
-                and self._no_symlinks_to(path[:slash] if slash > 0 else b"")):
+                and self._no_symlinks_to(path[:slash] if slash > 0 else b"")
+                # a directory entry replaces a symlink at its path (the layer's own ``b -> .``,
+                # then ``b/``): skipped, the link would stay and lead the entries under it elsewhere
+                and (kind != K_DIR or self._no_symlinks_to(path))):
             self.hidden += 1
             self._check_skipped_parents(path, name)
             if kind == K_LINK:  # before the entry counts as a skipped file: a link to itself names what is there
@@ -2615,8 +2630,7 @@ cdef class Extractor:
                     up = path.rfind(b"/", 0, slash)
                     self._record(path[:slash], up, path[up + 1:slash], True)
             elif self.cache_phys:
-                up = self.cache_phys.rfind(b"/")
-                self._provide(self.cache_phys[:up] if up > 0 else b"", self.cache_phys[up + 1:], True)
+                self._provide_dir(self.cache_phys)
             self.skipped.append(f"{_show(name)}: device node not created (needs root)")
             return
         if not self.overlay:
@@ -2659,16 +2673,19 @@ cdef class Extractor:
         ("": the root), and so into the directories above it.  A directory goes into
         ``provided`` by its path, a non-directory by its name in its parent's
         ``provided_leaves`` (as _record does: ~125 B an entry for a path kept to the end)."""
+        if is_dir:
+            self._provide_dir(parent + b"/" + base if parent else base)
+            return
+        leaves = self.provided_leaves.get(parent)
+        if leaves is None:
+            leaves = self.provided_leaves[parent] = self.name_spill.new()
+        (<_Names>leaves).add(base)
+        self._provide_dir(parent)
+
+    cdef void _provide_dir(self, bytes phys):
+        """Overlay format: this layer has the physical directory ``phys``, and those above it."""
         cdef Py_ssize_t i
         provided = self.provided
-        if is_dir:
-            phys = parent + b"/" + base if parent else base
-        else:
-            leaves = self.provided_leaves.get(parent)
-            if leaves is None:
-                leaves = self.provided_leaves[parent] = self.name_spill.new()
-            (<_Names>leaves).add(base)
-            phys = parent
         while phys and phys not in provided:
             provided.add(phys)
             i = phys.rfind(b"/")

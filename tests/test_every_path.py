@@ -137,6 +137,16 @@ def test_a_redeclared_directory_has_the_entrys_xattrs_only(g, case):
         assert "a/x" not in tree.entries and "a/y" in tree.entries
 
 
+def test_a_hardlink_to_a_lower_file_keeps_its_xattrs(g):
+    """The overlay format copies the lower file up before linking to it: the copy carries
+    the lower file's xattrs (user.* and trusted.*, not its overlay markers), as both names
+    of the one inode show them on every other path."""
+    lower = Tar().pax({"SCHILY.xattr.user.k": "u", "SCHILY.xattr.trusted.t": "t"}).file("d/f", b"data")
+    tree = agree(g, [lower, Tar().hardlink("d/g", "d/f")])
+    for name in ("d/f", "d/g"):
+        assert dict(tree.entries[name].xattrs) == {"user.k": b"u", "trusted.t": b"t"}, tree.entries[name]
+
+
 # --- defect 2 and 3: top-down skipping with hardlinks ---
 
 def _big_base(*extra):

@@ -34,6 +34,7 @@ from everypath import assert_agree, describe, run_paths, umoci_tree
 from layerkit import Guard
 from tarbuild import Tar
 from tarvectors import SPARSE_BUILDERS
+from treecmp import Snapshot
 
 EXAMPLES = int(os.environ.get("LAMINA_FUZZ_EXAMPLES", "150"))
 SEED = int(os.environ.get("LAMINA_FUZZ_SEED", "0"))
@@ -164,7 +165,7 @@ class Sandbox:
 
     def __init__(self, host):
         self.host = host
-        self.host_before = _fingerprint(host)
+        self.host_before = fingerprint(host)
         # two private levels above the case: the Guard watches them for strays
         self.base = pathlib.Path(tempfile.mkdtemp(prefix="lamina-fuzz-"))
         top = self.base / "up" / "case"
@@ -173,7 +174,7 @@ class Sandbox:
 
     def close(self):
         self.guard.check()
-        assert _fingerprint(self.host) == self.host_before, "the host directory the layers point at was changed"
+        assert fingerprint(self.host) == self.host_before, "the host directory the layers point at was changed"
         shutil.rmtree(self.base)
 
 
@@ -191,7 +192,9 @@ def host():
     shutil.rmtree(d)
 
 
-def _fingerprint(d):
+def fingerprint(d):
+    """Every name under ``d`` with its mode, owner, time and link count: a host directory
+    the layers point at must come out of a run the same."""
     out = []
     for dirpath, dirnames, filenames in os.walk(d):
         for n in sorted(dirnames + filenames) + ["."]:
@@ -200,16 +203,14 @@ def _fingerprint(d):
     return sorted(out)
 
 
-def _made_now(results, since):
-    """Each tree's directory times from ``since`` on (made during the run) as MADE_NOW."""
-    out = {}
-    for name, tree in results.items():
-        if not isinstance(tree, Exception):
-            tree = dataclasses.replace(tree, entries={
-                p: (dataclasses.replace(e, mtime=MADE_NOW) if e.type == "dir" and e.mtime >= since else e)
-                for p, e in tree.entries.items()})
-        out[name] = tree
-    return out
+def made_now(tree, since):
+    """``tree``'s directory times from ``since`` on (made during the run) as MADE_NOW;
+    anything else (a path's error) as it is."""
+    if not isinstance(tree, Snapshot):
+        return tree
+    return dataclasses.replace(tree, entries={
+        p: (dataclasses.replace(e, mtime=MADE_NOW) if e.type == "dir" and e.mtime >= since else e)
+        for p, e in tree.entries.items()})
 
 
 @seed(20261203 + SEED)
@@ -222,7 +223,7 @@ def test_lamina_paths_agree(host, data):
     box = Sandbox(host)
     since = int(time.time()) - 1
     try:
-        results = _made_now(run_paths(box.guard.dest, tars, dir_mtime=True), since)
+        results = {p: made_now(t, since) for p, t in run_paths(box.guard.dest, tars, dir_mtime=True).items()}
         assert_agree(results, context=describe(tars))
     finally:
         box.close()

@@ -36,6 +36,7 @@ import json
 import os
 import shutil
 import subprocess
+import textwrap
 import time
 
 import pytest
@@ -46,7 +47,7 @@ import test_fuzz_paths as fz
 from conftest import require_root, require_tool
 from everypath import EMPTY_LAYER, assert_agree, describe, overlay_mount, write_image
 from layerkit import run_as_nobody, world_tmpdir
-from test_rootless_paths import _chmod_tree, _preload
+from test_rootless_paths import COMPACT_SAVE, _chmod_tree, _preload, mount_rootless_layers
 from treecmp import Snapshot, compare, snapshot
 
 BATCH = int(os.environ.get("LAMINA_FUZZ_BATCH", "6"))
@@ -129,35 +130,11 @@ for case in json.loads(sys.argv[1]):
             out["left"] = left
         except BaseException as e:
             out["left"] = [f"raised {type(e).__name__}: {e}"]
-    croot = os.path.join(work, "compact")
-    if cli(["--root", croot, "config", "set", "keep-blobs", "false"]) == 0:
-        cstore = Store(croot)
-        attempt("compact-save", lambda: (copy(src, "img:1", store=cstore),
-                                         save(["img:1"], os.path.join(work, "saved.tar"), store=cstore)))
-    else:
-        out["compact-save"] = "crash: config set keep-blobs false failed"
-    results.append(out)
+""" + textwrap.indent(COMPACT_SAVE, "    ") + """    results.append(out)
 print(json.dumps(results))
 """
 
 TREE_PATHS = ("dir", "overlay-mount", "store-copy", "store-link", "store-relink")
-
-
-def _fingerprint(d):
-    out = []
-    for dirpath, dirnames, filenames in os.walk(d):
-        for n in sorted(dirnames + filenames) + ["."]:
-            s = os.lstat(os.path.join(dirpath, n))
-            out.append((dirpath, n, s.st_mode, s.st_uid, s.st_gid, s.st_mtime_ns, s.st_nlink))
-    return sorted(out)
-
-
-def _made_now(tree, since):
-    if not isinstance(tree, Snapshot):
-        return tree
-    return dataclasses.replace(tree, entries={
-        p: (dataclasses.replace(e, mtime=fz.MADE_NOW) if e.type == "dir" and e.mtime >= since else e)
-        for p, e in tree.entries.items()})
 
 
 def _as_nobody_would(tree):
@@ -186,21 +163,6 @@ class _Failed(Exception):
     """A path's lamina error, as assert_agree expects errors."""
 
 
-def _mounted(layer_dirs, mnt):
-    """Root's view of nobody's overlay layers through overlayfs, reading user.overlay.*
-    markers (``userxattr``) as lamina's mount of a rootless store does."""
-    bottom = mnt + "-empty-bottom"
-    os.makedirs(mnt)
-    os.makedirs(bottom)
-    lower = ":".join(list(reversed(layer_dirs)) + [bottom])
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},userxattr", mnt],
-                   check=True, capture_output=True, text=True)
-    try:
-        return snapshot(mnt, dir_mtime=True, xattr_filter=lambda n: not n.startswith("user.overlay."))
-    finally:
-        subprocess.run(["umount", mnt], check=True)
-
-
 def run_batch(host, batch):
     """[(tars, {path: Snapshot or error text}, out)] for each stack of ``batch``, all of it
     run in one nobody process; checks that nothing outside the work dirs changed."""
@@ -212,7 +174,7 @@ def run_batch(host, batch):
             f.write("outside")
         _chmod_tree(sentinel, "a+rwX")
         before = snapshot(sentinel, include_root=True, dir_mtime=True)
-        host_before = _fingerprint(host)
+        host_before = fz.fingerprint(host)
         cases = []
         for i, tars in enumerate(batch):
             layout = write_image(os.path.join(base, f"layout{i}"), tars)
@@ -227,7 +189,7 @@ def run_batch(host, batch):
         outs = json.loads(proc.stdout.strip().splitlines()[-1])
         diff = compare(before, snapshot(sentinel, include_root=True, dir_mtime=True), labels=("before", "after"))
         assert not diff, f"outside the work dirs changed:\n{diff}\n" + "\n".join(describe(t) for t in batch)
-        assert _fingerprint(host) == host_before, "the host directory the layers point at was changed:\n" + \
+        assert fz.fingerprint(host) == host_before, "the host directory the layers point at was changed:\n" + \
             "\n".join(describe(t) for t in batch)
         results = []
         for case, tars, out in zip(cases, batch, outs):
@@ -239,10 +201,10 @@ def run_batch(host, batch):
                 if status != "ok":
                     trees[p] = status
                 elif p == "overlay-mount":
-                    trees[p] = _mounted(out["layer_dirs"], os.path.join(case["work"], "mnt"))
+                    trees[p] = mount_rootless_layers(out["layer_dirs"], os.path.join(case["work"], "mnt"))
                 else:
                     trees[p] = snapshot(os.path.join(case["work"], p), dir_mtime=True)
-                trees[p] = _made_now(trees[p], since)
+                trees[p] = fz.made_now(trees[p], since)
             results.append((tars, trees, out))
         return results
     finally:
@@ -290,7 +252,7 @@ def _root_dir_tree(tars, since_fn):
             lamina.unpack(f"oci:{layout}:img", os.path.join(base, "dir"))
         except lamina.errors.LaminaError as e:
             return _Failed(str(e))
-        return _made_now(snapshot(os.path.join(base, "dir"), dir_mtime=True), since)
+        return fz.made_now(snapshot(os.path.join(base, "dir"), dir_mtime=True), since)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

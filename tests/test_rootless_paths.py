@@ -23,6 +23,18 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="drops to nobody: need
 
 PATHS = ("dir", "overlay", "store-copy", "store-link")
 
+# a compact store (keep-blobs false): save rebuilds each layer from its snapshot and sidecar;
+# the nobody scripts here and in test_fuzz_rootless.py run it after their other paths
+COMPACT_SAVE = r"""
+croot = os.path.join(work, "compact")
+if cli(["--root", croot, "config", "set", "keep-blobs", "false"]) == 0:
+    cstore = Store(croot)
+    attempt("compact-save", lambda: (copy(src, "img:1", store=cstore),
+                                     save(["img:1"], os.path.join(work, "saved.tar"), store=cstore)))
+else:
+    out["compact-save"] = "crash: config set keep-blobs false failed"
+"""
+
 SCRIPT = r"""
 import lamina.images
 from lamina.store import Store
@@ -38,7 +50,12 @@ def attempt(name, fn):
     except lamina.errors.LaminaError as e:
         out[name] = "error: " + str(e)
 attempt("dir", lambda: lamina.unpack(src, os.path.join(work, "dir")))
-attempt("overlay", lambda: lamina.unpack(src, os.path.join(work, "overlay"), format="overlay"))
+try:
+    out["layer_dirs"] = [os.fspath(d) for d in
+                         lamina.unpack(src, os.path.join(work, "overlay"), format="overlay").layer_dirs]
+    out["overlay"] = "ok"
+except lamina.errors.LaminaError as e:
+    out["overlay"] = "error: " + str(e)
 store = Store(os.path.join(work, "store"))
 attempt("copy", lambda: copy(src, "img:1", store=store))
 if out["copy"] == "ok":
@@ -54,14 +71,9 @@ if out["copy"] == "ok":
         out["left"] = sorted(os.listdir(os.path.join(work, "store", "snapshots")))
     except (lamina.errors.LaminaError, OSError) as e:
         out["left"] = [f"raised {type(e).__name__}: {e}"]
-# a compact store (keep-blobs false): save rebuilds each layer from its snapshot and sidecar
 from lamina.cli import main as cli
 from lamina.transports import save
-croot = os.path.join(work, "compact")
-if cli(["--root", croot, "config", "set", "keep-blobs", "false"]) == 0:
-    cstore = Store(croot)
-    attempt("compact-save", lambda: (copy(src, "img:1", store=cstore),
-                                     save(["img:1"], os.path.join(work, "saved.tar"), store=cstore)))
+""" + COMPACT_SAVE + """
 print(json.dumps(out))
 """
 
@@ -102,14 +114,31 @@ def run_rootless(layer_tars, *, dir_mtime=False):
         assert not diff, f"outside the work dir changed:\n{diff}"
         trees = {}
         for p in PATHS:
-            if out.get(p) == "ok" and p != "overlay":
-                trees[p] = snapshot(os.path.join(work, p), dir_mtime=dir_mtime)
-            else:
+            if out.get(p) != "ok":
                 trees[p] = out.get(p, out.get("copy"))
+            elif p == "overlay":
+                trees[p] = mount_rootless_layers(out["layer_dirs"], os.path.join(work, "mnt"), dir_mtime=dir_mtime)
+            else:
+                trees[p] = snapshot(os.path.join(work, p), dir_mtime=dir_mtime)
         return trees, out
     finally:
         _chmod_tree(base, "u+rwx")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def mount_rootless_layers(layer_dirs, mnt, *, dir_mtime=True):
+    """Root's view of nobody's overlay layers through overlayfs, reading user.overlay.*
+    markers (``userxattr``) as lamina's mount of a rootless store does."""
+    bottom = mnt + "-empty-bottom"
+    os.makedirs(mnt)
+    os.makedirs(bottom)
+    lower = ":".join(list(reversed(layer_dirs)) + [bottom])
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},userxattr", mnt],
+                   check=True, capture_output=True, text=True)
+    try:
+        return snapshot(mnt, dir_mtime=dir_mtime, xattr_filter=lambda n: not n.startswith("user.overlay."))
+    finally:
+        subprocess.run(["umount", mnt], check=True)
 
 
 def assert_all_agree(trees, out):
@@ -119,7 +148,7 @@ def assert_all_agree(trees, out):
     assert out["fsck"] == [], f"fsck of the rootless store: {out['fsck']}"
     assert out["left"] == [], f"rmi + prune left snapshots: {out['left']}"
     ref = trees["dir"]
-    for p in ("store-copy", "store-link"):
+    for p in ("overlay", "store-copy", "store-link"):
         links = trees[p].links if p == "store-copy" else ref.links
         import dataclasses
         diff = compare(ref, dataclasses.replace(trees[p], links=links), labels=("dir", p))

@@ -133,6 +133,16 @@ SYMLINK_CASES = {
         {"T/": None, "A": ("symlink", "T"), "A/x": _noise(200_000, 12)},
         {"A/": None, "A/.wh..wh..opq": b"", "A/new": b"new\n"},
         "T/x"),
+    # a hidden directory entry replaces a symlink of its own layer: what the layer puts under
+    # it goes into the new directory, not through the link that skipping it would leave
+    "hidden-dir-replaces-a-link": (
+        {"a": _noise(200_000, 13), "b": ("symlink", "."), "b/": None, "b/a/": None},
+        {"b": b"now a file\n"},
+        "a"),
+    "hidden-dir-replaces-a-link-to-a-dir": (
+        {"real/": None, "real/x": _noise(200_000, 14), "b": ("symlink", "real"), "b/": None, "b/x": b"new\n"},
+        {".wh.b": b""},
+        "real/x"),
 }
 
 
