@@ -404,40 +404,127 @@ def _sort_key(bytes path):
     return path.replace(b"/", b"\0")
 
 
-cdef class _Names:
-    """The names of the non-directories a layer wrote in one directory (``Extractor.created_in``,
-    ``created_leaves``).  Kept packed (NUL-separated: a tar name has no NUL) while names are only
-    added, which is all most directories ever see: a name then costs its bytes, not a bytes object
-    and a set slot (~120 B an entry, 7 MiB of a 66k-entry layer's peak RSS).  The first lookup
-    turns them into a set, so that a directory checked entry by entry (an opaque marker clearing
-    it, whiteouts) costs a hash per check, not a scan."""
-    cdef bytearray packed
-    cdef set names
-    cdef Py_ssize_t n          # names added (a name added twice counts twice)
+# bytes of names _Names may hold in memory, all directories together (LAMINA_NAMES_HELD: tests
+# make it tiny, so that every lookup reads spilled names back)
+cdef int64_t NAMES_HELD = int(os.environ.get("LAMINA_NAMES_HELD") or 4 << 20)
+
+
+cdef class _NameSpill:
+    """Where the _Names of one extraction go once they hold more than NAMES_HELD bytes: an
+    unlinked temp file (TMPDIR), written in one block per spill.  A name kept in memory cost
+    ~31 B twice (by path and by inode) until the layer ended: 62 MiB of a million-file layer's
+    peak RSS.  Spilled names are read back only for a lookup (whiteouts and opaque markers of
+    names the layer may have written, see _maybe_written), a directory at a time."""
+    cdef list users            # every _Names made (one per directory, in created_in or *_leaves)
+    cdef int64_t held          # bytes their packed buffers and lookup sets hold in memory
+    cdef int64_t end           # bytes written to the file
+    cdef object f              # the temp file (None until the first spill)
 
     def __cinit__(self):
-        self.packed = bytearray()
+        self.users = []
 
-    cdef inline void add(self, bytes name):
+    cdef _Names new(self):
+        n = _Names()
+        n.spill = self
+        self.users.append(n)
+        return n
+
+    cdef int account(self, Py_ssize_t nbytes, _Names keep=None) except -1:
+        """``nbytes`` more held; past NAMES_HELD, spill all (``keep``'s lookup set stays)."""
+        self.held += nbytes
+        if self.held > NAMES_HELD:
+            self.spill_all(keep)
+        return 0
+
+    cdef int spill_all(self, _Names keep) except -1:
+        """Every directory's names to the file; lookup sets dropped, all but ``keep``'s (just built
+        for a lookup: a directory bigger than NAMES_HELD checked name by name must not read its
+        names back for each check)."""
+        cdef _Names u
+        cdef list parts = []
+        cdef int64_t at = self.end
+        if self.f is None:
+            import tempfile
+            self.f = tempfile.TemporaryFile(prefix="lamina-names-")
+        for u in self.users:
+            if u is not keep:
+                u.names = None  # rebuilt by the next lookup
+            if u.packed is not None and len(u.packed):
+                if u.chunks is None:
+                    u.chunks = array("q")
+                u.chunks.append(at)
+                u.chunks.append(len(u.packed))
+                at += len(u.packed)
+                parts.append(u.packed)
+                u.packed = None
+        data = b"".join(parts)
+        os.pwrite(self.f.fileno(), data, self.end)
+        self.end += len(data)
+        self.held = 0  # not keep's set: a directory bigger than NAMES_HELD would spill at every add
+        return 0
+
+    cdef bytes read(self, int64_t offset, int64_t length):
+        data = os.pread(self.f.fileno(), length, offset)
+        if len(data) != length:
+            raise _errors.ExtractError("the temp file of the names written so far is short")
+        return data
+
+    cdef void close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        self.users = []
+        self.held = 0
+
+
+cdef class _Names:
+    """The names of the non-directories a layer wrote in one directory (``Extractor.created_in``,
+    ``created_leaves``).  Kept packed (NUL-separated: a tar name has no NUL): a name costs its
+    bytes, not a bytes object and a set slot (~120 B an entry, 7 MiB of a 66k-entry layer's peak
+    RSS), and beyond NAMES_HELD bytes for all directories together they go to the extraction's
+    temp file (_NameSpill).  A lookup builds a set of the directory's names (what it spilled
+    and what it holds), kept until the next spill, so that a directory checked entry by entry
+    (an opaque marker clearing it, whiteouts) costs a hash per check, not a scan."""
+    cdef bytearray packed      # names added since the last spill (None: none)
+    cdef set names             # all its names, while a lookup needs them (None: not built)
+    cdef object chunks         # array("q") of (offset, length) pairs of its names in the spill file
+    cdef _NameSpill spill
+    cdef Py_ssize_t n          # names added (a name added twice counts twice)
+    cdef Py_ssize_t set_cost   # what ``names`` costs, roughly, as _NameSpill counts it
+
+    cdef inline int add(self, bytes name) except -1:
         self.n += 1
+        if self.packed is None:
+            self.packed = bytearray()
+        self.packed += name
+        self.packed += b"\0"
         if self.names is not None:
             self.names.add(name)
-        else:
-            self.packed += name
-            self.packed += b"\0"
+        return self.spill.account(len(name) + 1)
 
-    cdef bint has(self, bytes name):
+    cdef bint has(self, bytes name) except -1:
+        cdef Py_ssize_t i
         if self.names is None:
-            self.names = set(bytes(self.packed).split(b"\0"))
-            self.names.discard(b"")
-            self.packed = None
+            parts = []
+            if self.chunks is not None:
+                for i in range(0, len(self.chunks), 2):
+                    parts.append(self.spill.read(self.chunks[i], self.chunks[i + 1]))
+            if self.packed is not None:
+                parts.append(bytes(self.packed))
+            data = b"".join(parts)
+            names = set(data.split(b"\0"))
+            names.discard(b"")
+            self.names = names
+            self.set_cost = 3 * len(data) + 64 * len(names)  # the set's slots and its bytes objects
+            self.spill.account(self.set_cost, self)
         return name in self.names
 
     cdef Py_ssize_t retained(self):
-        """Bytes held (its buffer or its set and names), for Extractor.retained()."""
-        if self.names is None:
-            return sys.getsizeof(self.packed)
-        return sys.getsizeof(self.names) + sum([sys.getsizeof(n) for n in self.names])
+        """Bytes held in memory (its buffer and its lookup set), for Extractor.retained()."""
+        cdef Py_ssize_t n = sys.getsizeof(self.packed) if self.packed is not None else 0
+        if self.names is not None:
+            n += sys.getsizeof(self.names) + sum([sys.getsizeof(x) for x in self.names])
+        return n
 
 
 cdef class _DirStack:
@@ -861,6 +948,8 @@ cdef class Extractor:
     cdef int64_t hide_level       # hide_* map a path to the highest layer hiding it; -1: plain sets
     cdef set hidden_files
     cdef readonly set scan_at, scan_below
+    cdef int64_t scan_max          # scan: most paths scan_at and scan_below may hold together (-1: no limit)
+    cdef readonly bint scan_overflow   # scan: more than scan_max: the sets were dropped (see __init__)
     cdef readonly int64_t hidden
     cdef object plain_parent      # last parent found free of symlinks (None: unknown)
     cdef set created               # dir format: the directories this layer wrote or wrote into, by path
@@ -877,6 +966,7 @@ cdef class Extractor:
     cdef dict created_in           # dir format: (dev, ino) of a directory -> the _Names of the non-directories
                                    # this layer wrote in it, wherever it landed (see _record_inode)
     cdef _Names cache_names        # created_in's names of the cached parent (None: not looked up yet)
+    cdef _NameSpill name_spill     # where the _Names of created_in, created_leaves, provided_leaves spill
     # dir format: a Bloom filter (2 bits a name, calloc'ed at the first) of the names of the
     # non-directories in created_in: a name it has not seen was written nowhere by this layer
     cdef uint64_t *name_bits
@@ -954,7 +1044,7 @@ cdef class Extractor:
 
     def __init__(self, root, *, str format="dir", limits=None, use_openat2=None, hidden=None,
                  lowers=None, bint defer_lowers=False, lowers_provider=None, lower_shared=None,
-                 hash_files_into=None, link_objects=None):
+                 hash_files_into=None, link_objects=None, int64_t scan_max=-1):
         """``root=None`` scans instead of extracting: headers are parsed and
         checked, nothing is written, and ``scan_at`` / ``scan_below`` collect
         what this layer hides in the layers below it (whiteouts and non-directory
@@ -962,7 +1052,12 @@ cdef class Extractor:
         under a directory).  ``hidden=(at, below)``, two such sets from the layers
         above, makes a ``dir`` extraction skip entries nobody will ever see;
         ``hidden=(at, below, level)`` takes dicts mapping a path to the highest
-        layer hiding it, and skips what a layer above ``level`` hides.
+        layer hiding it, and skips what a layer above ``level`` hides.  ``scan_max``:
+        a scan that would hold more than that many paths in ``scan_at`` and
+        ``scan_below`` together stops collecting them (``scan_overflow``, both
+        sets emptied): each costs ~150 B until the layers below are written, so a
+        layer of millions of entries is better not skipped over (its whiteouts
+        then apply as it is written).
 
         ``lowers`` (overlay format): the finished layer directories below this
         one, bottom first.  Paths then resolve as the overlay mount will show
@@ -1010,6 +1105,7 @@ cdef class Extractor:
         self.predict_owner = self.is_root
         self.umask = _current_umask()
         self.scan_only = root is None
+        self.scan_max = scan_max
         self.scan_at = set()
         self.scan_below = set()
         self.hidden_files = set()
@@ -1083,6 +1179,7 @@ cdef class Extractor:
         self.created_ino = set()
         self.created_in = {}
         self.created_leaves = {}
+        self.name_spill = _NameSpill()
         self.header_where = _Where("header", None)
         self.restore_modes = {}
         self.skipped = []
@@ -1244,6 +1341,7 @@ cdef class Extractor:
         self.created_ino = set()
         self.provided = set()
         self.provided_leaves = {}
+        self.name_spill.close()
         self.cache_names = None
         self.recorded_parent = None
         self.recorded_leaves = None
@@ -2448,7 +2546,7 @@ cdef class Extractor:
         del self.par_paths[keep:]
         del self.par_realps[keep:]
 
-    cdef void _record(self, bytes path, Py_ssize_t slash, bytes base, bint is_dir):
+    cdef void _record(self, bytes path, Py_ssize_t slash, bytes base, bint is_dir) except *:
         """Remember that this layer provides ``path`` and its parents: whiteouts
         and opaque markers only hide what lies below the layer.  ``slash``: where
         ``path``'s last "/" is (-1: none); ``base``: what follows it.  A directory goes
@@ -2485,7 +2583,7 @@ cdef class Extractor:
     cdef _Names _leaves_of(self, bytes parent):
         leaves = self.created_leaves.get(parent)
         if leaves is None:
-            leaves = self.created_leaves[parent] = _Names()
+            leaves = self.created_leaves[parent] = self.name_spill.new()
         return leaves
 
     cdef bint _created_path(self, bytes path, bytes parent, bytes base):
@@ -2544,7 +2642,7 @@ cdef class Extractor:
         if self.scan_only:
             # a device node without root is not made, so it replaces nothing below (see below)
             if kind != K_DIR and not ((kind == K_CHR or kind == K_BLK) and not self.is_root):
-                self.scan_at.add(path)
+                self._scan_hides(self.scan_at, path)
             if kind == K_LINK:
                 self._normalize(link)  # the same checks as a real extraction
             return
@@ -2620,7 +2718,7 @@ cdef class Extractor:
             else:
                 self._record_inode(pfd, base)
 
-    cdef void _provide(self, bytes parent, bytes base, bint is_dir):
+    cdef void _provide(self, bytes parent, bytes base, bint is_dir) except *:
         """Overlay format: this layer writes ``base`` in the physical directory ``parent``
         ("": the root), and so into the directories above it.  A directory goes into
         ``provided`` by its path, a non-directory by its name in its parent's
@@ -2630,7 +2728,7 @@ cdef class Extractor:
             return
         leaves = self.provided_leaves.get(parent)
         if leaves is None:
-            leaves = self.provided_leaves[parent] = _Names()
+            leaves = self.provided_leaves[parent] = self.name_spill.new()
         (<_Names>leaves).add(base)
         self._provide_dir(parent)
 
@@ -2673,7 +2771,7 @@ cdef class Extractor:
         if cur >= 0:
             close(cur)
 
-    cdef void _record_inode(self, int pfd, bytes base):
+    cdef void _record_inode(self, int pfd, bytes base) except *:
         """Whiteouts and opaque markers of this layer must spare what it wrote,
         also when it was written through a symlink (its path then differs).
         ``base`` empty: ``pfd`` itself.  A directory is known by its inode; a
@@ -2694,7 +2792,7 @@ cdef class Extractor:
         key = (dev, ino)
         names = self.created_in.get(key)
         if names is None:
-            names = self.created_in[key] = _Names()
+            names = self.created_in[key] = self.name_spill.new()
         return names
 
     cdef bint _written_here(self, int pfd, bytes base, stat *st):
@@ -3607,6 +3705,16 @@ cdef class Extractor:
 
     # ------------------------------------------------------------ whiteouts
 
+    cdef void _scan_hides(self, set paths, bytes path):
+        """A scan: this layer hides ``path`` (scan_at) or what is under it (scan_below)."""
+        if self.scan_overflow:
+            return
+        paths.add(path)
+        if self.scan_max >= 0 and len(self.scan_at) + len(self.scan_below) > self.scan_max:
+            self.scan_overflow = True
+            self.scan_at = set()
+            self.scan_below = set()
+
     cdef _whiteout(self, bytes path, Py_ssize_t slash, bytes base, bytes name):
         cdef int pfd
         cdef bint found
@@ -3615,7 +3723,7 @@ cdef class Extractor:
         parent = path[:slash] if slash > 0 else b""
         if base == WH_OPAQUE:
             if self.scan_only:
-                self.scan_below.add(parent)
+                self._scan_hides(self.scan_below, parent)
                 return
             self._opaque(parent, name)
             return
@@ -3630,7 +3738,7 @@ cdef class Extractor:
         self.whiteouts += 1
         target = parent + b"/" + hidden if parent else hidden
         if self.scan_only:
-            self.scan_at.add(target)
+            self._scan_hides(self.scan_at, target)
             return
         if self.overlay:
             if self._overlay_whiteout_nogil(parent, hidden, target, name):

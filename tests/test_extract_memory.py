@@ -90,3 +90,70 @@ def test_peak_rss_of_a_100k_file_layer(tmp_path):
     got = json.loads(out.stdout)
     assert got["entries"] == 100 * 1001
     assert got["growth"] < 14 << 20, f"peak RSS grew {got['growth'] / 2**20:.1f} MiB over 100k entries"
+
+
+SPILLED = r'''
+import json, os, sys
+from lamina._extract import Extractor
+
+def tree(root):
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(d, n)
+            out[os.path.relpath(p, root)] = os.path.isdir(p)
+    return out
+
+out = {}
+for label, fmt in (("dir", "dir"), ("overlay", "overlay")):
+    base = os.path.join(sys.argv[1], label)
+    os.mkdir(base)
+    roots = []
+    for i, path in enumerate(sys.argv[2:]):
+        root = os.path.join(base, str(i))
+        os.mkdir(root)
+        ex = Extractor(base + "/0" if fmt == "dir" else root, format=fmt,
+                       lowers=roots[:] if fmt == "overlay" and roots else None)
+        with open(path, "rb") as f:
+            ex.feed(f.read())
+        ex.finish()
+        roots.append(root)
+    out[label] = tree(base + "/0") if fmt == "dir" else {str(i): tree(r) for i, r in enumerate(roots)}
+print(json.dumps(out, sort_keys=True))
+'''
+
+
+def test_names_read_back_from_the_spill_file_decide_as_kept_ones(tmp_path):
+    """Beyond a budget (LAMINA_NAMES_HELD, 4 MiB by default) the names of what the layer wrote
+    go to a temp file: whiteouts and opaque markers of names the layer wrote itself, read back
+    from it, spare them as before, and still remove the layers' below.  The same layers with a
+    256-byte budget (a spill every few names) and the default one give the same trees."""
+    lower = bytearray()
+    upper = bytearray()
+    for d in range(6):
+        lower += header(f"d{d}/", type=b"5", mode=0o755)
+        upper += header(f"d{d}/", type=b"5", mode=0o755)
+        for f in range(40):
+            lower += header(f"d{d}/low-{f:03d}", size=0)
+            upper += header(f"d{d}/up-{f:03d}", size=0)
+    for d in range(6):
+        for f in range(0, 40, 3):  # its own names stay, the lower ones go
+            upper += header(f"d{d}/.wh.up-{f:03d}", size=0)
+            upper += header(f"d{d}/.wh.low-{f:03d}", size=0)
+    upper += header("d2/.wh..wh..opq", size=0)  # clears d2 of what is below, keeps its own
+    upper += header("d4/.wh..wh..opq", size=0)
+    tars = []
+    for i, data in enumerate((lower, upper)):
+        tars.append(tmp_path / f"{i}.tar")
+        tars[-1].write_bytes(bytes(data + bytes(1024)))
+    got = {}
+    for budget in ("256", ""):
+        work = tmp_path / f"w{budget or 'default'}"
+        work.mkdir()
+        env = dict(os.environ, LAMINA_NAMES_HELD=budget)
+        got[budget] = json.loads(run(sys.executable, "-c", SPILLED, str(work), *map(str, tars), env=env).stdout)
+    assert got["256"] == got[""]
+    flat = got[""]["dir"]
+    assert flat["d0/up-001"] is False and "d0/low-001" in flat and "d0/low-003" not in flat
+    assert "d0/up-000" in flat and "d0/up-003" in flat  # whited out in the layer that wrote them
+    assert "d2/up-001" in flat and not any(p.startswith("d2/low") for p in flat)

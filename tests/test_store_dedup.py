@@ -888,3 +888,39 @@ def test_upper_layers_of_a_first_image_link_the_files_of_the_layers_below(tmp_pa
     for name in BASE:
         assert _ino(root, a, name) == _ino(root, b, name.replace("pkgbase", "again")), name
     _fsck_clean(root)
+
+
+def _many_files_tar(n, dirs=100):
+    """``n`` small files of distinct contents (each its own object) over ``dirs`` directories."""
+    from tarbuild import header, pad
+    out = bytearray()
+    for d in range(dirs):
+        out += header(f"usr/share/some-package-{d:03d}/", type=b"5", mode=0o755)
+        for i in range(n // dirs):
+            data = b"%d:%d\n" % (d, i)
+            out += header(f"usr/share/some-package-{d:03d}/a-module-file-name-{i:05d}.py", size=len(data)) + pad(data)
+    return bytes(out + bytes(1024))
+
+
+def test_the_pass_keeps_its_file_list_on_disk(tmp_path):
+    """Issue 14 (peak RSS <= 64 MiB whatever the layer size): the dedup pass of a copy writes each
+    file's row of the snapshot's lists to a temp file as it goes, rather than holding a FileEntry
+    per file and then the whole JSON document (~1.25 KB a file, 50 MB over these 40k files;
+    now ~0.43 KB: the extractor's names in hashed/ and the objects planned for after the sync
+    are what is left).  Peak RSS (VmHWM of the CLI) of a 41k-file layer's copy against a
+    1k-file one's; the lists it wrote are those of every file."""
+    from test_pull_memory import _peak_rss_kib
+    peaks = {}
+    for n in (1000, 41000):
+        lay = ocibuild.Layout(tmp_path / f"oci{n}")
+        lay.image_of_tars([_many_files_tar(n)], ref="1")
+        root = tmp_path / f"store{n}"
+        peaks[n] = _peak_rss_kib(["--root", str(root), "copy", f"oci:{lay.root}:1", f"many:{n}"], tmp_path)
+    growth = (peaks[41000] - peaks[1000]) / 1024
+    assert growth < 32, f"peak RSS grew {growth:.1f} MiB over 40k more files ({peaks})"
+    from lamina.store.objects import read_file_list, snapshot_objects
+    (snap,) = [p.parent for p in (root / "snapshots").glob("*/fs")]
+    files = read_file_list(snap)
+    assert len(files) == 41000 and len({f.path for f in files}) == 41000
+    assert len(snapshot_objects(snap)) == 41000 == len({f.object for f in files})
+    assert sorted(snapshot_objects(snap)) == sorted({f.object for f in files})

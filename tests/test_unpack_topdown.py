@@ -59,6 +59,28 @@ def test_hidden_entries_are_skipped_and_the_tree_is_exact(tmp_path, monkeypatch)
     assert_same(snapshot(tmp_path / "plain", dir_mtime=True), got, labels=("plain", "top-down"))
 
 
+def test_an_upper_layer_hiding_too_many_paths_is_not_skipped_over(tmp_path, monkeypatch):
+    """The paths the scanned layers hide are kept until the layers below are written (~150 B
+    each): past SCAN_MAX_PATHS a layer counts as not scanned (its whiteouts apply as it is
+    written, issue 14), and the layers scanned within the budget still skip what they hide.
+    Same tree either way."""
+    base = {"a/": None, "b/": None, "c": _noise(300_000, 1)}
+    base.update({f"a/f{i}": _noise(1000, 10 + i) for i in range(10)})
+    base.update({f"b/f{i}": _noise(1000, 30 + i) for i in range(10)})
+    middle = {".wh.c": b""}                                        # hides 1 path
+    top = {f"a/.wh.f{i}": b"" for i in range(10)} | {"b/": None}    # hides 10
+    root = _image(tmp_path, [base, middle, top])
+    stats = lamina.unpack(f"oci:{root}", tmp_path / "all")
+    assert [layer.hidden for layer in stats.layers] == [11, 0, 0]
+    monkeypatch.setattr(unpacker, "SCAN_MAX_PATHS", 5)  # top's 10 overflow; middle's 1 fits
+    capped = lamina.unpack(f"oci:{root}", tmp_path / "capped")
+    assert [layer.hidden for layer in capped.layers] == [1, 0, 0]
+    assert_same(snapshot(tmp_path / "all", dir_mtime=True), snapshot(tmp_path / "capped", dir_mtime=True),
+                labels=("scanned", "capped"))
+    assert_same(snapshot(_oracle(tmp_path, root), dir_mtime=True), snapshot(tmp_path / "capped", dir_mtime=True),
+                labels=("umoci", "capped"))
+
+
 @pytest.mark.parametrize("where", ["same-layer", "next-layer"])
 def test_hardlink_to_a_hidden_file_falls_back_to_the_plain_way(tmp_path, where):
     """cache/big is hidden by the top layer, but a link outside cache/ keeps its inode alive."""

@@ -118,14 +118,17 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     return _run(layer, extractor, diff_id, digest, media_type, name, hash_blob)
 
 
-def scan_layer(layer, *, diff_id=None, digest=None, media_type=None, limits=None, name=None):
+def scan_layer(layer, *, diff_id=None, digest=None, media_type=None, limits=None, name=None, max_paths=-1):
     """Read a layer through the same parser and checks without writing anything.
 
     Returns ``(stats, hides)``, where ``hides`` is ``(at, below)``: the paths
-    this layer hides in the layers under it, for ``apply_layer(hidden=...)``.
+    this layer hides in the layers under it, for ``apply_layer(hidden=...)``;
+    None if they are more than ``max_paths`` (see Extractor's ``scan_max``).
     """
-    extractor = Extractor(None, limits=limits or DEFAULT_LIMITS)
+    extractor = Extractor(None, limits=limits or DEFAULT_LIMITS, scan_max=max_paths)
     stats = _run(layer, extractor, diff_id, digest, media_type, name, True, writes=False)
+    if extractor.scan_overflow:
+        return stats, None
     return stats, (extractor.scan_at, extractor.scan_below)
 
 

@@ -33,6 +33,11 @@ MAX_PARALLEL_LAYERS = 4
 # lower layers need not write what it deletes or replaces.  Images that delete in
 # a late layer (apt caches, build trees) often hide half of what lies below.
 SCAN_FRACTION = 0.25
+# ... and while the paths the scanned layers hide (kept until the layers below are written,
+# ~150 B each) are at most this many: past it, a layer's whiteouts apply as it is written,
+# as if it had not been scanned, so that a flat unpack's peak RSS does not grow with an upper
+# layer of millions of entries (issue 14)
+SCAN_MAX_PATHS = 1 << 16
 
 
 def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackStats:
@@ -136,10 +141,13 @@ def _scan_upper_layers(layers, limits):
             continue
         trace.event("scan", layer=k)
         with layer.open() as f:
-            _, (layer_at, layer_below) = scan_layer(f, digest=layer.digest, diff_id=layer.diff_id,
-                                                    media_type=layer.media_type, limits=limits,
-                                                    name=_layer_name(layer))
-        trace.event("scanned", layer=k)
+            _, hides = scan_layer(f, digest=layer.digest, diff_id=layer.diff_id, media_type=layer.media_type,
+                                  limits=limits, name=_layer_name(layer),
+                                  max_paths=max(0, SCAN_MAX_PATHS - len(at) - len(below)))
+        trace.event("scanned", layer=k, overflow=hides is None)
+        if hides is None:
+            continue  # too many paths to keep: its whiteouts apply as it is written
+        layer_at, layer_below = hides
         for p in layer_at:  # top-down: the first layer to hide a path is the highest
             at.setdefault(p, k)
         for p in layer_below:

@@ -49,6 +49,7 @@ def tmp_name(prefix):
 def atomic_write(path, data, mode=0o644):
     """Replace ``path`` with ``data``: write a temp file, fsync, rename, fsync the directory.
 
+    ``data``: bytes, or an iterable of bytes chunks (a document too big to hold whole).
     Readers see the old or the new content, never a mix; a crash leaves at most
     a ``*.tmp-*`` file that fsck removes.
     """
@@ -56,9 +57,10 @@ def atomic_write(path, data, mode=0o644):
     tmp = tmp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        for chunk in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -68,11 +68,14 @@ from __future__ import annotations
 import collections
 import errno
 import fcntl
+import heapq
+import itertools
 import json
 import os
 import re
 import secrets
 import stat
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -211,24 +214,127 @@ class FileEntry:
     object: str | None   # the object it shares, None if it kept a private inode (e.g. EMLINK)
 
 
-def write_file_list(snapshot_dir, entries, durable=True):
-    """Write the snapshot's file list and objects list.  ``durable=False``: the snapshot is a temp
+class FileRows:
+    """A dedup pass's file list as it is made, kept out of memory: each file's row (the JSON
+    array the file list holds) is one line of an unlinked temp file beside the snapshot's tree,
+    and the objects' 40-byte keys go in sorted runs of at most ``RUN`` keys to another.  A
+    FileEntry per file, then the whole JSON document and its compressed copy, took ~1.3 KB a
+    file at the pass's end: most of a big layer's peak RSS in the store (``bench/rss.py``)."""
+
+    RUN = 1 << 14   # ~2 MiB of keys in a set
+
+    def __init__(self, snapshot_dir):
+        self.dir = snapshot_dir
+        self.rows = tempfile.TemporaryFile(dir=snapshot_dir)
+        self.runs = None
+        self.bounds = []     # (offset, keys) of each run written
+        self.keys = set()    # the keys of the run being made
+
+    def close(self):
+        self.rows.close()
+        if self.runs is not None:
+            self.runs.close()
+
+    def add(self, path, blake3, size, obj):
+        self.rows.write(json.dumps([path, blake3, size, obj]).encode() + b"\n")
+        if obj is not None:
+            self.keys.add(bytes.fromhex(obj[:64] + obj[65:]))
+            if len(self.keys) >= self.RUN:
+                self._spill()
+
+    def _spill(self):
+        if self.runs is None:
+            self.runs = tempfile.TemporaryFile(dir=self.dir)
+        self.runs.seek(0, os.SEEK_END)
+        self.bounds.append((self.runs.tell(), len(self.keys)))
+        self.runs.write(b"".join(sorted(self.keys)))
+        self.keys = set()
+
+    def entries(self):
+        """The rows added so far, as FileEntry, read back from the temp file."""
+        self.rows.flush()
+        with open(os.dup(self.rows.fileno()), "rb", closefd=True) as f:
+            f.seek(0)
+            for line in f:
+                p, b, s, o = json.loads(line)
+                yield FileEntry(p, b, s, o)
+
+    def _run(self, offset, count):
+        fd = self.runs.fileno()
+        left = count * _OBJECT_BYTES
+        while left:
+            buf = os.pread(fd, min(left, 1024 * _OBJECT_BYTES), offset)
+            if not buf:
+                raise StoreError("the dedup pass's temp file of object keys is short")
+            offset += len(buf)
+            left -= len(buf)
+            for i in range(0, len(buf), _OBJECT_BYTES):
+                yield buf[i:i + _OBJECT_BYTES]
+
+    def object_keys(self):
+        """The distinct object keys, sorted (as their names sort: lowercase hex, one '.')."""
+        if not self.bounds:
+            yield from sorted(self.keys)
+            return
+        if self.keys:
+            self._spill()
+        self.runs.flush()
+        last = None
+        for key in heapq.merge(*(self._run(o, n) for o, n in self.bounds)):
+            if key != last:
+                yield key
+                last = key
+
+    def document(self):
+        """The file list's JSON text in chunks: what json.dumps of the whole document writes."""
+        self.rows.flush()
+        yield b'{"version": 1, "files": ['
+        sep = b""
+        with open(os.dup(self.rows.fileno()), "rb", closefd=True) as f:
+            f.seek(0)
+            batch = []
+            for line in f:
+                batch.append(sep + line[:-1])
+                sep = b", "
+                if len(batch) >= 4096:
+                    yield b"".join(batch)
+                    batch = []
+            yield b"".join(batch)
+        yield b"]}"
+
+
+def _lz4_chunks(chunks):
+    import lz4.frame
+    with lz4.frame.LZ4FrameCompressor() as c:
+        yield c.begin()
+        buf = []
+        size = 0
+        for chunk in chunks:
+            buf.append(chunk)
+            size += len(chunk)
+            if size >= 1 << 20:
+                yield c.compress(b"".join(buf))
+                buf, size = [], 0
+        yield c.compress(b"".join(buf))
+        yield c.flush()
+
+
+def write_file_list(snapshot_dir, rows, durable=True):
+    """Write the snapshot's file list and objects list from ``rows`` (FileRows), streamed: neither
+    document is ever whole in memory.  ``durable=False``: the snapshot is a temp
     dir that a syncfs will cover before it is published (dedup_snapshot's ``sync``), so the lists
     are plain writes, without the fsyncs and renames of atomic_write."""
-    import lz4.frame
     from .fsutil import atomic_write
     # The objects list first: the file list says the pass is done (is_deduplicated), and a
     # snapshot without an objects list is read through its file list (snapshot_objects).
-    objs = sorted({e.object for e in entries if e.object is not None})
-    doc = {"version": 1, "files": [[e.path, e.blake3, e.size, e.object] for e in entries]}
-    for name, data in ((OBJECTS_LIST, b"".join(bytes.fromhex(o[:64] + o[65:]) for o in objs)),
-                       (FILES_LIST, json.dumps(doc).encode())):
+    for name, chunks in ((OBJECTS_LIST, rows.object_keys()), (FILES_LIST, rows.document())):
         path = os.path.join(snapshot_dir, name)
         if durable:
-            atomic_write(path, lz4.frame.compress(data))
+            atomic_write(path, _lz4_chunks(chunks))
         else:
             with open(path, "wb") as f:
-                f.write(lz4.frame.compress(data))
+                for chunk in _lz4_chunks(chunks):
+                    f.write(chunk)
 
 
 _OBJECT_BYTES = 40   # an object name in the objects list: blake3 (32 bytes), metadata key (8)
@@ -333,7 +439,7 @@ def _make_objects_dirs(paths):
 
 
 def _held(hashed_path):
-    """{inode number: (name, blake3)} of the extractor's names in ``hashed/``, and its fd (or None).
+    """{inode number: name} of the extractor's names in ``hashed/``, and its fd (or None).
 
     A name ``<blake3>-x<n>`` says the file has xattrs, ``<blake3>-<n>`` that it has none
     (the extractor asked the inode itself once it was complete), ``<blake3>-o<key>-<size>``
@@ -349,7 +455,7 @@ def _held(hashed_path):
     with os.scandir(fd) as it:
         for e in it:
             if len(e.name) > 65 and e.name[64] == "-" and e.is_file(follow_symlinks=False):
-                held[e.inode()] = (e.name, e.name[:64])
+                held[e.inode()] = e.name  # not a (name, blake3) tuple: ~170 B a file less (scan_dir)
     return held, fd
 
 
@@ -370,8 +476,10 @@ class _Pass:
         self.defer = defer
         self.planned = {}
         self.stats = DedupStats()
-        self.entries = []
-        self.inodes = {}      # (dev, ino) of a snapshot inode -> (object name or None, blake3)
+        self.files = FileRows(self.snapshot_dir)
+        # (dev, ino) of a snapshot inode with more names than the one met -> (object name or None,
+        # blake3): an inode alone on its name is met once, and is not kept
+        self.inodes = {}
         self.keys = {}        # (mode, uid, gid, mtime) -> metadata key of a file without xattrs
         self.hashed_path = os.path.join(self.snapshot_dir, HASHED)
         _make_objects_dirs(paths)
@@ -384,6 +492,7 @@ class _Pass:
             self.reflink = _can_reflink(self.stage_fd)
 
     def close(self):
+        self.files.close()
         self.fan.close()
         os.close(self.blake3_fd)
         os.close(self.stage_fd)
@@ -394,7 +503,7 @@ class _Pass:
         """Remove the extractor's names not renamed into objects (nor planned), and their directory."""
         if self.hashed_fd is None:
             return
-        for name, _ in self.held.values():
+        for name in self.held.values():
             try:
                 os.unlink(name, dir_fd=self.hashed_fd)
             except FileNotFoundError:
@@ -447,7 +556,7 @@ class _Pass:
         """Files of one directory that scan_dir took: each is (or, ``defer``, is planned to
         become) a new object under its hashed/ name.  One whose object this pass has planned
         already (a duplicate within the layer) goes the general way and is swapped for it."""
-        held, planned, entries = self.held, self.planned, self.entries
+        held, planned, add = self.held, self.planned, self.files.add
         done_files = done_bytes = 0
         for name, ino, hold, obj, size in done:
             if obj in planned:
@@ -458,7 +567,7 @@ class _Pass:
                 planned[obj] = hold[0]
             done_files += 1
             done_bytes += size
-            entries.append(FileEntry(prefix + name, hold[1], size, obj))
+            add(prefix + name, hold[1], size, obj)
         st = self.stats
         st.files += done_files
         st.bytes += done_bytes
@@ -478,7 +587,7 @@ class _Pass:
         st.bytes += size
         st.linked += 1
         st.linked_bytes += size
-        self.entries.append(FileEntry(rel, digest, size, obj))
+        self.files.add(rel, digest, size, obj)
 
     def plan(self, obj, fd, hold, st):
         """``defer``: this inode becomes ``obj`` once claim() runs; False if it cannot be named."""
@@ -502,22 +611,26 @@ class _Pass:
         """``defer``, after the sync: the planned names become objects.  Where another pass made
         the same object meanwhile (a parallel pull of the same files), this snapshot's names of
         the planned inode are swapped for that object instead (share_lost)."""
-        items = list(self.planned.items())
+        planned = iter(self.planned.items())
         self.planned = {}
         lost = set()
-        if not items:
-            return
-        codes = _native().claim_objects(self.hashed_fd, [h for _, h in items], [o for o, _ in items], self.fan)
-        for (obj, hold), code in zip(items, codes):
-            if code in (errno.EINVAL, errno.ENOSYS):  # no RENAME_NOREPLACE here
-                code = 0 if _rename_noreplace(self.hashed_fd, hold, self.fan.get(obj), obj) else errno.EEXIST
-            if code == 0:
-                self.stats.new_objects += 1
-            elif code == errno.EEXIST:
-                os.unlink(hold, dir_fd=self.hashed_fd)
-                lost.add(obj)
-            else:
-                raise OSError(code, os.strerror(code), f"{self.hashed_path}/{hold}")
+        while True:
+            # in batches: a copy of the whole plan (a tuple and two list slots an object) was the
+            # pass's peak on a big layer
+            items = list(itertools.islice(planned, 4096))
+            if not items:
+                break
+            codes = _native().claim_objects(self.hashed_fd, [h for _, h in items], [o for o, _ in items], self.fan)
+            for (obj, hold), code in zip(items, codes):
+                if code in (errno.EINVAL, errno.ENOSYS):  # no RENAME_NOREPLACE here
+                    code = 0 if _rename_noreplace(self.hashed_fd, hold, self.fan.get(obj), obj) else errno.EEXIST
+                if code == 0:
+                    self.stats.new_objects += 1
+                elif code == errno.EEXIST:
+                    os.unlink(hold, dir_fd=self.hashed_fd)
+                    lost.add(obj)
+                else:
+                    raise OSError(code, os.strerror(code), f"{self.hashed_path}/{hold}")
         if lost:
             self.share_lost(lost)
 
@@ -526,7 +639,7 @@ class _Pass:
         (a name whose inode is not like the object's keeps its inode: see share())."""
         root_fd = os.open(os.path.join(self.snapshot_dir, "fs"), _DIR_FLAGS)
         try:
-            for e in self.entries:
+            for e in self.files.entries():
                 if e.object not in objs:
                     continue
                 try:
@@ -558,7 +671,8 @@ class _Pass:
         self.stats.files += 1
         self.stats.bytes += st.st_size
         key = (st.st_dev, st.st_ino)
-        if key not in self.inodes:
+        known = self.inodes.get(key)
+        if known is None:
             hold, digest = held
             self.stats.prehashed += 1
             if hold[65] == "x":
@@ -571,8 +685,10 @@ class _Pass:
                 if meta is None:
                     meta = self.keys[k] = metadata_key(st, xattrs)
             obj = f"{digest}.{meta}"
-            self.inodes[key] = (self.share(dfd, name, None, st, obj, digest, xattrs, hold=hold), digest)
-        self.record(rel, st, key)
+            known = (self.share(dfd, name, None, st, obj, digest, xattrs, hold=hold), digest)
+            if st.st_nlink > 2:  # names besides this one and its hold: the layer's hardlinks
+                self.inodes[key] = known
+        self.record(rel, st, known)
 
     def one(self, dfd, name, rel):
         fd = [os.open(name, _FILE_FLAGS, dir_fd=dfd)]  # share() may close it early (see there)
@@ -583,27 +699,30 @@ class _Pass:
             self.stats.files += 1
             self.stats.bytes += st.st_size
             key = (st.st_dev, st.st_ino)
-            if key not in self.inodes and _has_holes(fd[0], st):
+            known = self.inodes.get(key)  # else: another name of an inode already handled
+            if known is None and _has_holes(fd[0], st):
                 # a sparse file stays private and unhashed, as the extractor leaves it: hashing
                 # (and sharing) its holes would read every byte of an image's terabyte lastlog
-                self.inodes[key] = (None, "")
-            elif key not in self.inodes:  # else: another name of an inode already handled
+                known = (None, "")
+            elif known is None:
                 t = time.perf_counter()
                 digest, _ = _hash_fd(fd[0])
                 self.stats.hash_seconds += time.perf_counter() - t
                 xattrs = _xattrs(fd[0])
                 obj = f"{digest}.{metadata_key(st, xattrs)}"
-                self.inodes[key] = (self.share(dfd, name, fd, st, obj, digest, xattrs), digest)
-            self.record(rel, st, key)
+                known = (self.share(dfd, name, fd, st, obj, digest, xattrs), digest)
+            if st.st_nlink > 1 and key not in self.inodes:
+                self.inodes[key] = known
+            self.record(rel, st, known)
         finally:
             if fd[0] >= 0:
                 os.close(fd[0])
 
-    def record(self, rel, st, key):
-        obj, digest = self.inodes[key]
+    def record(self, rel, st, known):
+        obj, digest = known
         if obj is None:
             self.stats.private += 1
-        self.entries.append(FileEntry(rel, digest, st.st_size, obj))
+        self.files.add(rel, digest, st.st_size, obj)
 
     def share(self, dfd, name, fd, st, obj, digest, xattrs, hold=None):
         """Make this inode share ``obj``; the object's name, or None if the inode stays private.
@@ -780,7 +899,7 @@ def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None):
             # and the sync covers them: written now, while the other layers of the pull may still
             # be extracting, rather than after the wait, with fsyncs of their own.  A crash
             # before the commit drops the temp dir, lists and all.
-            write_file_list(p.snapshot_dir, p.entries, durable=False)
+            write_file_list(p.snapshot_dir, p.files, durable=False)
             t = time.perf_counter()
             sync()
             stats.sync_seconds = time.perf_counter() - t
@@ -790,13 +909,13 @@ def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None):
         # Before the list of a snapshot in place: once that list exists the pass never reruns,
         # and a name left in hashed/ would keep a replaced inode alive for good.
         p.drop_held()
+        if sync is None:
+            # No syncfs: a swap lost in a power cut leaves the name on its original inode, with the
+            # same bytes and metadata; the list then calls it shared when it is not, which costs
+            # nothing but a missed saving (singletons() stays true: it was alone on its inode).
+            write_file_list(p.snapshot_dir, p.files)
     finally:
         p.close()
-    if sync is None:
-        # No syncfs: a swap lost in a power cut leaves the name on its original inode, with the
-        # same bytes and metadata; the list then calls it shared when it is not, which costs
-        # nothing but a missed saving (singletons() stays true: it was alone on its inode).
-        write_file_list(p.snapshot_dir, p.entries)
     stats.seconds = time.perf_counter() - start
     stats.finish_seconds = stats.seconds - stats.plan_seconds - stats.sync_seconds - stats.claim_seconds
     return stats
