@@ -26,7 +26,7 @@ import subprocess
 
 import ocibuild as ob
 from conftest import require_tool, run
-from treecmp import compare, snapshot
+from treecmp import Snapshot, compare, snapshot
 
 # dir-topdown: the dir format with every upper layer scanned first and what it hides skipped
 # below (a real unpack does that only for upper layers much smaller than the ones below)
@@ -68,6 +68,21 @@ def _attempt(fn):
         return fn()
     except lamina.errors.LaminaError as e:
         return e
+
+
+# a directory made during the run (no entry names it, or its time is the extraction's):
+# paths run seconds apart, so its time compares as this
+MADE_NOW = -1
+
+
+def made_now(tree, since):
+    """``tree``'s directory times from ``since`` on as MADE_NOW; anything else (a path's
+    error) as it is."""
+    if not isinstance(tree, Snapshot):
+        return tree
+    return dataclasses.replace(tree, entries={
+        p: (dataclasses.replace(e, mtime=MADE_NOW) if e.type == "dir" and e.mtime >= since else e)
+        for p, e in tree.entries.items()})
 
 
 def _unpack_top_down(src, dest):

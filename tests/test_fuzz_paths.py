@@ -30,11 +30,10 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from conftest import require_root, require_tool
-from everypath import assert_agree, describe, run_paths, umoci_tree
+from everypath import assert_agree, describe, made_now, run_paths, umoci_tree
 from layerkit import Guard
 from tarbuild import Tar
 from tarvectors import SPARSE_BUILDERS
-from treecmp import Snapshot
 
 EXAMPLES = int(os.environ.get("LAMINA_FUZZ_EXAMPLES", "150"))
 SEED = int(os.environ.get("LAMINA_FUZZ_SEED", "0"))
@@ -95,9 +94,8 @@ SPARSE_SEGMENTS = [(0, b"s" * 5), (8192, b"t" * 3)]
 SPARSE_SIZE = 16384
 # Directory times compare too: a listed directory keeps the time of the last listing (or the
 # lower one's when a layer only writes into it); one no entry names has the time it was made
-# (now), on every path.  Times that recent compare as MADE_NOW: paths run seconds apart.
+# (now), on every path.  Times that recent compare as everypath.MADE_NOW: paths run seconds apart.
 DIR_MTIME = 1_550_000_000
-MADE_NOW = -1
 
 
 def stacks(host):
@@ -201,16 +199,6 @@ def fingerprint(d):
             st_ = os.lstat(os.path.join(dirpath, n))
             out.append((dirpath, n, st_.st_mode, st_.st_uid, st_.st_gid, st_.st_mtime_ns, st_.st_nlink))
     return sorted(out)
-
-
-def made_now(tree, since):
-    """``tree``'s directory times from ``since`` on (made during the run) as MADE_NOW;
-    anything else (a path's error) as it is."""
-    if not isinstance(tree, Snapshot):
-        return tree
-    return dataclasses.replace(tree, entries={
-        p: (dataclasses.replace(e, mtime=MADE_NOW) if e.type == "dir" and e.mtime >= since else e)
-        for p, e in tree.entries.items()})
 
 
 @seed(20261203 + SEED)
