@@ -15,8 +15,8 @@ from ..errors import (BlobNotFoundError, ImageError, ImageNotFoundError, Platfor
 from ..platform import Platform
 from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE
 from .image import LayerRef, ResolvedImage, Source
-from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, document_media_type, load_json,
-                    parse_config, parse_index, parse_manifest)
+from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, document_media_type, index_entries,
+                    load_json, parse_config, parse_index, parse_manifest)
 from .refs import names_match
 
 # Indexes nest (index.json -> image index -> ...); real images use two levels.
@@ -136,24 +136,9 @@ class OCILayout(Source):
 
     # --- platform choice ------------------------------------------------------
 
-    def _entries(self, descs, depth):
-        """(descriptor, platform) candidates; unplatformed nested indexes are flattened."""
-        if depth > MAX_INDEX_DEPTH:
-            raise ImageError(f"{self.description}: image indexes nested deeper than {MAX_INDEX_DEPTH}")
-        out = []
-        for d in descs:
-            if d.is_attestation:
-                continue
-            if mt.is_index(d.media_type) and d.platform is None:
-                _, sub, _ = self._document(d)
-                out.extend(self._entries(sub.manifests, depth + 1))
-            elif mt.is_index(d.media_type) or mt.is_manifest(d.media_type):
-                out.append((d, self._platform_of(d)))
-            # Anything else in an index (artifacts, signatures) is not a runnable image: skip it.
-        return out
-
     def _choose(self, descs, want, depth):
-        entries = self._entries(descs, depth)
+        entries = index_entries(descs, lambda d: self._document(d)[1], self._platform_of, MAX_INDEX_DEPTH,
+                                self.description, depth)
         wanted = [want] if want is not None else Platform.host().compatible()
         for w in wanted:
             for d, p in entries:
@@ -184,7 +169,12 @@ class OCILayout(Source):
         desc = descs[0]
         _, index, _ = self._document(desc)
         data = self.store.read(desc, f"index {desc.digest}")
-        return desc, data, [d for d in index.manifests if mt.is_manifest(d.media_type)]
+        manifests, seen = [], set()
+        for d in index.manifests:
+            if mt.is_manifest(d.media_type) and d.digest not in seen:  # each once, however often listed
+                seen.add(d.digest)
+                manifests.append(d)
+        return desc, data, manifests
 
     def image_of(self, desc):
         """The ResolvedImage of one manifest descriptor (a platform of ``selected_index``)."""

@@ -249,6 +249,33 @@ def parse_index(doc, media_type, what):
     return Index(media_type, [parse_descriptor(d, f"{what} manifests[{i}]") for i, d in enumerate(manifests)])
 
 
+def index_entries(descs, open_index, platform_of, max_depth, what, depth=0):
+    """(descriptor, platform) of each image an index offers, attestations left out and nested
+    indexes without a platform walked into (``open_index(desc)`` parses one).
+
+    Each digest is walked once (and each manifest listed once per platform): an index may list
+    the same child index thousands of times, and walking every listing would cost that number
+    to the power of the nesting depth, in memory and, from a registry, in requests."""
+    out, seen = [], set()
+
+    def walk(descs, depth):
+        if depth > max_depth:
+            raise ImageError(f"{what}: image indexes nested deeper than {max_depth}")
+        for d in descs:
+            key = (d.digest, d.platform)
+            if d.is_attestation or key in seen:
+                continue
+            seen.add(key)
+            if mt.is_index(d.media_type) and d.platform is None:
+                walk(open_index(d).manifests, depth + 1)
+            elif mt.is_index(d.media_type) or mt.is_manifest(d.media_type):
+                out.append((d, platform_of(d)))
+            # Anything else in an index (artifacts, signatures) is not a runnable image: skip it.
+
+    walk(descs, depth)
+    return out
+
+
 def parse_manifest(doc, media_type, what):
     config = parse_descriptor(doc.get("config"), f"{what} config")
     if config.media_type not in mt.CONFIG_TYPES:
@@ -293,3 +320,4 @@ def parse_config(data, what, layer_count):
         except ValueError:
             platform = None
     return Config(doc, diff_ids, platform)
+

@@ -1,0 +1,118 @@
+"""Hostile images around the tar reader: indexes, configs, layouts, archives and registries
+built to make lamina hang, exhaust memory, crash or name the wrong content.
+
+Each case goes through every way an image reaches lamina that reads the document at fault:
+``unpack`` of a layout (dir and overlay), ``load`` into a store, and for registries ``pull``
+and ``unpack docker://`` (tests/registryfixture.py: a real docker-registry on loopback).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import ocibuild as ob
+import treecmp
+from conftest import require_tool
+from registryfixture import FaultProxy, lamina_cli, reg, registry_env  # noqa: F401
+from test_documents import _push_blob, _push_manifest
+
+ROOT_ENV = {k: v for k, v in os.environ.items() if k != "LAMINA_ROOT"}
+
+
+def cli(*args, root=None, timeout=120, limit_memory=False):
+    """The lamina CLI in a child; ``limit_memory``: at most 1 GiB of address space, so a
+    document that makes lamina build a huge structure fails with MemoryError, not the machine."""
+    cmd = [sys.executable, "-m", "lamina"] + (["--root", str(root)] if root else []) + [str(a) for a in args]
+    if limit_memory:
+        cmd = ["prlimit", f"--as={1 << 30}", "--"] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ROOT_ENV)
+
+
+def one_line_error(proc):
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# an index listing one child index thousands of times
+
+
+def _fan_out_layout(root, fan=2000):
+    """index.json -> index (fan x) -> index (fan x) -> index -> one amd64 manifest: fan**2 listings
+    of the one image, a few hundred KiB of JSON.  Walked listing by listing (as lamina did, before
+    every digest was walked once) that is 4 million paths, each a list entry."""
+    lay = ob.Layout(root)
+    m = ob.with_platform(lay.image([{"hello": b"fan\n"}]), "linux", "amd64")
+    inner = lay.index([m])
+    mid = lay.index([inner] * fan)
+    top = lay.index([mid] * fan)
+    outer = lay.index([top] * fan)
+    lay.add(outer, "latest", **{"io.containerd.image.name": "fan:1"})
+    return lay
+
+
+@pytest.mark.parametrize("how", ["unpack", "unpack --overlay", "load"])
+def test_an_index_listing_a_child_many_times_is_walked_once(tmp_path, how):
+    lay = _fan_out_layout(tmp_path / "fan")
+    if how == "load":
+        proc = cli("load", "--platform", "linux/amd64", "-i", lay.root, root=tmp_path / "store", limit_memory=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        proc = cli("unpack", "fan:1", tmp_path / "out", root=tmp_path / "store")
+    else:
+        args = how.split() + [f"oci:{lay.root}", tmp_path / "out", "--platform", "linux/amd64"]
+        proc = cli(*args, limit_memory=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hello = tmp_path / "out" / ("layers/0/hello" if "overlay" in how else "hello")
+    assert hello.read_bytes() == b"fan\n"
+
+
+def _push_image(host, repo, tag, layer_blobs, diff_ids):
+    """Push gzip layer blobs (each once, however often listed) and an OCI manifest listing them."""
+    for blob in dict.fromkeys(layer_blobs):
+        _push_blob(host, repo, blob)
+    config = ob.dumps({"architecture": "amd64", "os": "linux",
+                       "rootfs": {"type": "layers", "diff_ids": diff_ids}})
+    _push_blob(host, repo, config)
+    manifest = ob.dumps({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST,
+                         "config": ob.desc(ob.OCI_CONFIG, config),
+                         "layers": [ob.desc(ob.OCI_LAYER_GZIP, b) for b in layer_blobs]})
+    status, body = _push_manifest(host, repo, tag, manifest, ob.OCI_MANIFEST)
+    assert status == 201, body
+    return manifest
+
+
+def _push_index(host, repo, tag, manifests):
+    data = ob.dumps({"schemaVersion": 2, "mediaType": ob.OCI_INDEX, "manifests": manifests})
+    status, body = _push_manifest(host, repo, tag or ob.sha256(data), data, ob.OCI_INDEX)
+    assert status == 201, body
+    return ob.desc(ob.OCI_INDEX, data)
+
+
+def test_a_registry_index_listing_a_child_many_times_fetches_it_once(reg, registry_env, tmp_path):  # noqa: F811
+    """Each child index listed ten times, two levels deep: lamina fetched 10 + 10**2 documents
+    (a registry serving bigger indexes kept it fetching for hours); each digest once now."""
+    import lamina
+    raw = ob.tar_bytes({"hello": b"fan\n"})
+    manifest = _push_image(reg.host, "fan", "image", [ob.gz(raw)], [ob.sha256(raw)])
+    inner = _push_index(reg.host, "fan", None,
+                        [ob.with_platform(ob.desc(ob.OCI_MANIFEST, manifest), "linux", "amd64")])
+    mid = _push_index(reg.host, "fan", None, [inner] * 10)
+    _push_index(reg.host, "fan", "t", [mid] * 10)
+    proxy = FaultProxy(reg.host)
+    try:
+        result = lamina.pull(f"{proxy.host}/fan:t", store=tmp_path / "store", platform="linux/amd64")
+        assert result.manifest_digest == ob.sha256(manifest)
+        # the tag, the two nested indexes and the manifest
+        assert len(proxy.requests_for("/manifests/", "GET")) == 4, proxy.requests_for("/manifests/")
+        proxy.seen.clear()
+        proc = lamina_cli("unpack", "--platform", "linux/amd64", f"docker://{proxy.host}/fan:t", tmp_path / "out")
+        assert (tmp_path / "out" / "hello").read_bytes() == b"fan\n", proc.stdout
+        assert len(proxy.requests_for("/manifests/", "GET")) == 4, proxy.requests_for("/manifests/")
+    finally:
+        proxy.stop()
+
