@@ -116,3 +116,34 @@ def test_a_registry_index_listing_a_child_many_times_fetches_it_once(reg, regist
     finally:
         proxy.stop()
 
+
+# --------------------------------------------------------------------------------------------
+# one blob listed as several layers
+
+
+def test_one_blob_listed_as_several_upper_layers_unpacks_from_a_registry(reg, registry_env, tmp_path):  # noqa: F811
+    """A big bottom layer and one small blob listed twice above it (a whiteout of the bottom's
+    file and a file).  ``unpack docker://`` reads small upper layers ahead into spool files,
+    which were named by digest: the second listing failed with FileExistsError.  The tree must
+    be umoci's of the same layers, on the registry path and on every local one."""
+    from everypath import assert_agree, run_paths, umoci_tree
+    big = ob.tar_bytes({"big": bytes(range(256)) * 2048, "keep": b"kept\n"})
+    small = ob.tar_bytes({".wh.big": b"", "small": b"small\n"})
+    tars = [big, small, small]
+    expected = umoci_tree(tmp_path / "umoci", tars)
+    assert not isinstance(expected, Exception), expected
+    assert sorted(expected.paths()) == ["keep", "small"]
+    local = assert_agree(run_paths(tmp_path / "paths", tars), context="repeated layer")
+    assert not treecmp.compare(expected, local, labels=("umoci", "lamina"))
+    _push_image(reg.host, "repeat", "t", [ob.gz(t) for t in tars], [ob.sha256(t) for t in tars])
+    out = tmp_path / "out"
+    lamina_cli("unpack", f"docker://{reg.host}/repeat:t", out)
+    diff = treecmp.compare(expected, treecmp.snapshot(out), labels=("umoci", "docker://"))
+    assert not diff, diff
+    lamina_cli("unpack", "--overlay", f"docker://{reg.host}/repeat:t", tmp_path / "over")
+    assert sorted(os.listdir(tmp_path / "over" / "layers")) == ["0", "1", "2"]
+    lamina_cli("pull", f"{reg.host}/repeat:t", root=tmp_path / "store")
+    lamina_cli("unpack", f"{reg.host}/repeat:t", tmp_path / "from-store", root=tmp_path / "store")
+    diff = treecmp.compare(expected, treecmp.snapshot(tmp_path / "from-store"), labels=("umoci", "pull"))
+    assert not diff, diff
+
