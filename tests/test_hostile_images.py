@@ -147,3 +147,28 @@ def test_one_blob_listed_as_several_upper_layers_unpacks_from_a_registry(reg, re
     diff = treecmp.compare(expected, treecmp.snapshot(tmp_path / "from-store"), labels=("umoci", "pull"))
     assert not diff, diff
 
+
+# --------------------------------------------------------------------------------------------
+# a layout's index.json or oci-layout that is not a regular file
+
+
+@pytest.mark.parametrize("name", ["index.json", "oci-layout"])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_layout_files_that_are_not_regular_files_are_refused(tmp_path, name, kind):
+    """A FIFO there made every reader of the layout wait forever for a writer (blobs were
+    already opened non-blocking); /dev/zero was read up to the document limit first."""
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"x"}]), "latest")
+    path = os.path.join(lay.root, name)
+    os.unlink(path)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink(kind, path)
+    for args, root in ((["unpack", f"oci:{lay.root}", tmp_path / "out"], None),
+                       (["load", "-i", lay.root], tmp_path / "store")):
+        line = one_line_error(cli(*args, root=root, timeout=60))
+        assert line == f"lamina: error: {path} is not a regular file", line
+        assert not (tmp_path / "out").exists()
+    assert cli("images", "-q", root=tmp_path / "store").stdout == ""
+

@@ -13,7 +13,7 @@ from .. import mediatypes as mt
 from ..errors import (BlobNotFoundError, ImageError, ImageNotFoundError, PlatformNotFoundError,
                       UnsupportedMediaTypeError)
 from ..platform import Platform
-from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE
+from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_regular
 from .image import LayerRef, ResolvedImage, Source
 from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, document_media_type, index_entries,
                     load_json, parse_config, parse_index, parse_manifest)
@@ -212,13 +212,11 @@ def open_layout_dir(path, ref=None):
     path = os.fspath(path)
 
     def read_meta(name):
-        try:
-            with open(os.path.join(path, name), "rb") as f:
-                data = f.read(MAX_DOCUMENT_SIZE + 1)
-        except FileNotFoundError:
+        fd = open_regular(os.path.join(path, name), f"{path}/{name}")
+        if fd is None:
             return None
-        except OSError as e:
-            raise ImageError(f"{path}/{name}: {e.strerror}") from None
+        with open(fd, "rb") as f:
+            data = f.read(MAX_DOCUMENT_SIZE + 1)
         if len(data) > MAX_DOCUMENT_SIZE:
             raise ImageError(f"{path}/{name}: larger than the {MAX_DOCUMENT_SIZE}-byte limit")
         return data
