@@ -172,3 +172,55 @@ def test_layout_files_that_are_not_regular_files_are_refused(tmp_path, name, kin
         assert not (tmp_path / "out").exists()
     assert cli("images", "-q", root=tmp_path / "store").stdout == ""
 
+
+# --------------------------------------------------------------------------------------------
+# a name with a digest, given to other content
+
+
+def _legacy_archive(path, repo_tags):
+    layer = ob.tar_bytes({"a": b"x"})
+    config = ob.dumps({"architecture": "amd64", "os": "linux",
+                       "rootfs": {"type": "layers", "diff_ids": [ob.sha256(layer)]}})
+    manifest = [{"Config": f"{ob.sha256(config)[7:]}.json", "RepoTags": repo_tags, "Layers": ["l/layer.tar"]}]
+    members = {"manifest.json": json.dumps(manifest).encode(), f"{ob.sha256(config)[7:]}.json": config,
+               "l/layer.tar": layer}
+    with open(path, "wb") as f:
+        f.write(ob.tar_of(members))
+    return path
+
+
+PINNED = "docker.io/library/debian@sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize("source", ["docker-archive", "oci-layout"])
+def test_load_refuses_a_name_whose_digest_is_not_the_image(tmp_path, source):
+    """``RepoTags: ["debian@sha256:<debian's digest>"]`` (or containerd's name annotation) named
+    the archive's own image by debian's digest: ``unpack debian@sha256:…`` then gave it.  docker
+    load refuses any RepoTag with a digest; lamina refuses one that is not the image's."""
+    if source == "docker-archive":
+        path = _legacy_archive(tmp_path / "a.tar", ["ok:1", PINNED])
+    else:
+        lay = ob.Layout(tmp_path / "lay")
+        lay.add(lay.image([{"a": b"x"}]), "latest", **{"io.containerd.image.name": PINNED})
+        path = lay.root
+    store = tmp_path / "store"
+    line = one_line_error(cli("load", "-i", path, root=store))
+    assert PINNED in line and "must name this image" in line, line
+    assert cli("images", "-q", "--no-trunc", root=store).stdout == ""
+    proc = cli("inspect", PINNED, root=store)
+    assert proc.returncode == 1 and "no such image" in proc.stderr
+    fsck = cli("fsck", root=store)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_load_keeps_a_name_whose_digest_is_the_image(tmp_path):
+    """containerd names an image pulled by digest NAME@DIGEST and exports it so: that one is true."""
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"a": b"x"}])
+    name = f"docker.io/library/pinned@{m['digest']}"
+    lay.add(m, "latest", **{"io.containerd.image.name": name})
+    proc = cli("load", "-i", lay.root, root=tmp_path / "store")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("inspect", "--format", "{{.RepoDigests}}", f"pinned@{m['digest']}", root=tmp_path / "store")
+    assert proc.stdout.strip() == f"[pinned@{m['digest']}]", proc.stdout + proc.stderr
+

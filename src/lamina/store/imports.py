@@ -12,6 +12,7 @@ from . import snapshots as _snapshots
 from .gc import reachable
 from .image import load_image
 from .locks import FileLock
+from .store import check_digest_name
 
 
 def _skip(f, n):
@@ -73,9 +74,16 @@ def _same_image(store, data):
     return None
 
 
+def check_names(data, names):
+    """Refuse names an ImageData cannot be given (a ``name@digest`` of other content)."""
+    for ref in names:
+        check_digest_name(ref, data.manifest_digest, data.index.digest if data.index else None)
+
+
 def import_image(store, data, names=(), report=None):
     """Store an ImageData and give it ``names`` (References; none: recorded dangling). Returns the Image."""
     report = report or (lambda *a: None)
+    check_names(data, names)  # before any work: an import refused stores nothing
     existing = _same_image(store, data)
     if existing is not None:
         store.snapshots_for(existing)

@@ -64,6 +64,16 @@ def name_of(ref):
     return f"{ref.name}@{ref.digest}" if ref.digest else f"{ref.name}:{ref.tag}"
 
 
+def check_digest_name(ref, manifest_digest, repo_digest=None):
+    """Refuse a ``name@digest`` for an image that digest does not name (its manifest, or the
+    index it was pulled or loaded by): the name resolves by that digest, so given to other
+    content (an archive's RepoTags, an index annotation) it would pin the name to the wrong image."""
+    if ref.digest and ref.digest not in (manifest_digest, repo_digest):
+        raise InvalidReferenceError(
+            f"{ref}: a name with a digest must name this image ({manifest_digest}"
+            f"{' or ' + repo_digest if repo_digest else ''}), not {ref.digest}")
+
+
 class Store:
     def __init__(self, root=None):
         self.paths = Paths(root if root is not None else default_root())
@@ -337,6 +347,7 @@ class Store:
         parsed = _as_reference(ref) if ref is not None else None
         name = name_of(parsed) if parsed is not None else None
         if parsed is not None and parsed.digest:
+            check_digest_name(parsed, manifest_digest, repo_digest)
             repo_digest = None  # the name itself is the repo digest
         platform = None
         if image.platform is not None:
