@@ -224,3 +224,42 @@ def test_load_keeps_a_name_whose_digest_is_the_image(tmp_path):
     proc = cli("inspect", "--format", "{{.RepoDigests}}", f"pinned@{m['digest']}", root=tmp_path / "store")
     assert proc.stdout.strip() == f"[pinned@{m['digest']}]", proc.stdout + proc.stderr
 
+
+# --------------------------------------------------------------------------------------------
+# config fields of another JSON type than the image-spec's
+
+
+BAD_CONFIGS = [
+    ({"config": ["x"]}, "config must be an object"),
+    ({"config": {"Entrypoint": "sh"}}, " config: Entrypoint must be a list of strings"),
+    ({"config": {"Env": "PATH=/bin"}}, " config: Env must be a list of strings"),
+    ({"config": {"User": 1000}}, " config: User must be a string"),
+    ({"config": {"Labels": {"a": 1}}}, " config: Labels must be a map of strings"),
+    ({"history": {"created_by": "x"}}, "history must be a list"),
+    ({"history": [1]}, "history[0] must be an object"),
+    ({"history": [{"empty_layer": "false"}]}, "history[0]: empty_layer must be a boolean"),
+    ({"created": 1700000000}, "created must be a string"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_CONFIGS)
+def test_config_fields_of_another_type_are_refused(tmp_path, extra, message):
+    """Go readers (containerd, umoci) refuse these configs; lamina loaded them, then
+    ``images`` failed on every image of the store (a "config" list), ``unpack --bundle`` ran an
+    Entrypoint "sh" as the program "s" with argument "h", and ``history`` took
+    ``"empty_layer": "false"`` as true."""
+    require_tool("umoci")
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"a": b"x"}], config_extra=extra)
+    lay.add(m, "latest", **{"io.containerd.image.name": "bad:1"})
+    config = lay.read_json(m["digest"])["config"]["digest"]
+    umoci = subprocess.run(["umoci", "raw", "unpack", "--image", f"{lay.root}:latest", tmp_path / "umoci"],
+                           capture_output=True, text=True)
+    assert umoci.returncode != 0, "umoci accepts this config"
+    for args, root in ((["unpack", f"oci:{lay.root}", tmp_path / "out"], None),
+                       (["unpack", "--overlay", f"oci:{lay.root}", tmp_path / "out"], None),
+                       (["load", "-i", lay.root], tmp_path / "store")):
+        line = one_line_error(cli(*args, root=root))
+        assert line.startswith(f"lamina: error: config {config}") and message in line, line
+        assert not (tmp_path / "out").exists()
+    assert cli("images", "-q", root=tmp_path / "store").stdout == ""

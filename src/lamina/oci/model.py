@@ -313,6 +313,7 @@ def parse_config(data, what, layer_count):
     if len(diff_ids) != layer_count:
         raise ImageError(
             f"{what}: rootfs.diff_ids has {len(diff_ids)} entries but the image has {layer_count} layers")
+    _check_config_types(doc, what)
     platform = None
     if isinstance(doc.get("os"), str) and isinstance(doc.get("architecture"), str):
         try:
@@ -321,3 +322,53 @@ def parse_config(data, what, layer_count):
             platform = None
     return Config(doc, diff_ids, platform)
 
+
+# The config fields lamina acts on (inspect, history, images, bundles) and the JSON type each has
+# in the image-spec.  Go readers (containerd, umoci) refuse a config whose field has another type;
+# lamina would otherwise act on it in its own way (an Entrypoint "sh" run as "s" "h", a User 0 that
+# is no user name, a "config" list that no verb can read).
+_STRING, _STRINGS, _STRING_MAP, _OBJECT, _BOOL = "a string", "a list of strings", "a map of strings", \
+    "an object", "a boolean"
+_CONFIG_TYPES = {"created": _STRING, "author": _STRING, "os": _STRING, "architecture": _STRING,
+                 "variant": _STRING, "os.version": _STRING, "os.features": _STRINGS}
+_EXEC_TYPES = {"User": _STRING, "WorkingDir": _STRING, "StopSignal": _STRING, "Env": _STRINGS,
+               "Entrypoint": _STRINGS, "Cmd": _STRINGS, "Labels": _STRING_MAP, "ExposedPorts": _OBJECT,
+               "Volumes": _OBJECT}
+_HISTORY_TYPES = {"created": _STRING, "author": _STRING, "created_by": _STRING, "comment": _STRING,
+                  "empty_layer": _BOOL}
+
+
+def _has_type(value, kind):
+    if kind == _STRING:
+        return isinstance(value, str)
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if kind == _STRINGS:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == _STRING_MAP:
+        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    return isinstance(value, dict)
+
+
+def _check_types(obj, types, what):
+    for key, kind in types.items():
+        value = obj.get(key)
+        if value is not None and not _has_type(value, kind):
+            raise ImageError(f"{what}: {key} must be {kind}, not {json.dumps(value)[:60]}")
+
+
+def _check_config_types(doc, what):
+    _check_types(doc, _CONFIG_TYPES, what)
+    execution = doc.get("config")
+    if execution is not None:
+        if not isinstance(execution, dict):
+            raise ImageError(f"{what}: config must be an object, not {json.dumps(execution)[:60]}")
+        _check_types(execution, _EXEC_TYPES, f"{what} config")
+    history = doc.get("history")
+    if history is not None:
+        if not isinstance(history, list):
+            raise ImageError(f"{what}: history must be a list, not {json.dumps(history)[:60]}")
+        for i, step in enumerate(history):
+            if not isinstance(step, dict):
+                raise ImageError(f"{what}: history[{i}] must be an object, not {json.dumps(step)[:60]}")
+            _check_types(step, _HISTORY_TYPES, f"{what} history[{i}]")
