@@ -263,3 +263,26 @@ def test_config_fields_of_another_type_are_refused(tmp_path, extra, message):
         assert line.startswith(f"lamina: error: config {config}") and message in line, line
         assert not (tmp_path / "out").exists()
     assert cli("images", "-q", root=tmp_path / "store").stdout == ""
+
+
+# --------------------------------------------------------------------------------------------
+# names docker's grammar refuses
+
+
+@pytest.mark.parametrize("bad", ["app:ТЕГ", "app:١", "app:v1\n"])
+def test_names_outside_dockers_grammar_are_refused(tmp_path, bad):
+    """The tag grammar is Go's ``[\\w][\\w.-]{0,127}``, whose \\w is ASCII; Python's matched any
+    Unicode letter or digit, and ``$`` let a final newline through (``app:v1\\n`` became app:v1).
+    Such names were loaded from RepoTags and given by ``tag``; skopeo (the same Go grammar) refuses
+    them, and an OCI layout's ref.name may not hold them."""
+    require_tool("skopeo")
+    skopeo = subprocess.run(["skopeo", "inspect", f"docker://127.0.0.1:9/{bad}"], capture_output=True, text=True)
+    assert "invalid reference format" in skopeo.stderr, skopeo.stderr
+    store = tmp_path / "store"
+    line = one_line_error(cli("load", "-i", _legacy_archive(tmp_path / "a.tar", [bad]), root=store))
+    assert "RepoTags" in line and "invalid reference format" in line, line
+    assert cli("images", "-q", root=store).stdout == ""
+    assert cli("load", "-i", _legacy_archive(tmp_path / "b.tar", ["app:1"]), root=store).returncode == 0
+    line = one_line_error(cli("tag", "app:1", bad, root=store))
+    assert "invalid reference format" in line, line
+    assert cli("images", "--format", "{{.Repository}}:{{.Tag}}", root=store).stdout == "app:1\n"
