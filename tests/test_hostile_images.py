@@ -20,16 +20,14 @@ from conftest import require_tool
 from registryfixture import FaultProxy, lamina_cli, reg, registry_env  # noqa: F401
 from test_documents import _push_blob, _push_manifest
 
-ROOT_ENV = {k: v for k, v in os.environ.items() if k != "LAMINA_ROOT"}
-
-
 def cli(*args, root=None, timeout=120, limit_memory=False):
     """The lamina CLI in a child; ``limit_memory``: at most 1 GiB of address space, so a
     document that makes lamina build a huge structure fails with MemoryError, not the machine."""
     cmd = [sys.executable, "-m", "lamina"] + (["--root", str(root)] if root else []) + [str(a) for a in args]
     if limit_memory:
         cmd = ["prlimit", f"--as={1 << 30}", "--"] + cmd
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ROOT_ENV)
+    env = {k: v for k, v in os.environ.items() if k != "LAMINA_ROOT"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def one_line_error(proc):
@@ -286,3 +284,23 @@ def test_names_outside_dockers_grammar_are_refused(tmp_path, bad):
     line = one_line_error(cli("tag", "app:1", bad, root=store))
     assert "invalid reference format" in line, line
     assert cli("images", "--format", "{{.Repository}}:{{.Tag}}", root=store).stdout == "app:1\n"
+
+
+# --------------------------------------------------------------------------------------------
+# a registry whose tag list pages forever
+
+
+def test_a_tag_list_whose_next_page_loops_is_refused(reg, registry_env, tmp_path):  # noqa: F811
+    """``pull -a`` follows tags/list's Link: rel="next" pages; a registry linking back to a page
+    already read kept lamina requesting it forever (653 requests in 30 s, and counting)."""
+    proxy = FaultProxy(reg.host)
+    try:
+        body = json.dumps({"name": "loop", "tags": ["a"]}).encode()
+        proxy.add("respond", path="/tags/list", times=None, body=body,
+                  headers={"Content-Type": "application/json", "Link": '</v2/loop/tags/list?n=1&last=a>; rel="next"'})
+        line = one_line_error(cli("pull", "-a", f"{proxy.host}/loop", root=tmp_path / "store", timeout=60))
+        assert line == (f"lamina: error: tags of {proxy.host}/loop: the registry's next page is page 2 again"
+                        f" (http://{proxy.host}/v2/loop/tags/list?n=1&last=a): its pagination loops"), line
+        assert len(proxy.requests_for("/tags/list")) == 2
+    finally:
+        proxy.stop()
