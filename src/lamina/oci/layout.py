@@ -17,7 +17,7 @@ from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_regular
 from .image import LayerRef, ResolvedImage, Source
 from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, document_media_type, index_entries,
                     load_json, parse_config, parse_index, parse_manifest)
-from .refs import names_match
+from .refs import normalize_docker_name
 
 # Indexes nest (index.json -> image index -> ...); real images use two levels.
 MAX_INDEX_DEPTH = 8
@@ -31,6 +31,7 @@ class OCILayout(Source):
         self.store = store
         self.ref = ref or None
         self._docs, self._configs = {}, {}  # by digest: documents are read and verified once
+        self._by_name = None                 # see _named
         self.description = description or store.name
         layout = read_meta("oci-layout")
         if layout is None:
@@ -72,8 +73,7 @@ class OCILayout(Source):
         if not descs:
             raise ImageNotFoundError(f"{self.description}: the layout holds no images")
         if self.ref:
-            picked = [d for d in descs if d.annotations.get(ANNOTATION_REF_NAME) == self.ref
-                      or names_match(self.ref, d.annotations.get(ANNOTATION_CONTAINERD_NAME) or "")]
+            picked = self._named(self.ref)
             if not picked:
                 raise ImageNotFoundError(
                     f"{self.description}: no image named {self.ref!r}; available: {self._available()}")
@@ -91,6 +91,21 @@ class OCILayout(Source):
         for d in picked:
             unique.setdefault(d.digest, d)
         return list(unique.values())
+
+    def _named(self, ref):
+        """index.json's descriptors named ``ref`` (OCI ref name, or a containerd name that
+        names_match it), in order.  Looked up in a dict made once: load resolves every name of
+        the layout, and a scan per name cost the square of their number."""
+        if self._by_name is None:
+            self._by_name = {}
+            for i, d in enumerate(self.index.manifests):
+                keys = {("ref", d.annotations.get(ANNOTATION_REF_NAME)),
+                        ("containerd", normalize_docker_name(d.annotations.get(ANNOTATION_CONTAINERD_NAME) or ""))}
+                for key in keys:
+                    self._by_name.setdefault(key, []).append(i)
+        found = set(self._by_name.get(("ref", ref), ())) | set(
+            self._by_name.get(("containerd", normalize_docker_name(ref)), ()))
+        return [self.index.manifests[i] for i in sorted(found)]
 
     # --- reading documents --------------------------------------------------
 

@@ -87,9 +87,7 @@ def import_image(store, data, names=(), report=None):
     existing = _same_image(store, data)
     if existing is not None:
         store.snapshots_for(existing)
-        result = existing
-        for ref in names or [None]:
-            result = store.add_image(existing.manifest_digest, ref)
+        result = store.add_names(existing.manifest_digest, list(names) or [None])
         report("manifest", existing.manifest_digest, "exists")
         return result
     created_blobs, created_snaps = [], []
@@ -107,9 +105,8 @@ def import_image(store, data, names=(), report=None):
         image = load_image(store.open_blob, data.manifest_digest)
         created_snaps = [c for c in image.chain_ids if store.snapshot_info(c) is None]
         store.snapshots_for(image)
-        result = None
-        for ref in names or [None]:
-            result = store.add_image(data.manifest_digest, ref, repo_digest=index.digest if index else None)
+        result = store.add_names(data.manifest_digest, list(names) or [None],
+                                 repo_digest=index.digest if index else None)
         report("manifest", data.manifest_digest, "written")
         return result
     except BaseException:

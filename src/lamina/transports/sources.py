@@ -297,11 +297,12 @@ def _layout_images(layout, platform):
         data = _with_platforms(layout, from_layout(layout, platform))
         names = _oci_names(d)
         if data.manifest_digest in by_digest:
-            kept = by_digest[data.manifest_digest]
-            kept.names.extend(n for n in names if n not in kept.names)
+            kept, known = by_digest[data.manifest_digest]   # known: kept.names as a set
+            kept.names.extend(n for n in names if n not in known)
+            known.update(names)
             continue
         data.names = names
-        by_digest[data.manifest_digest] = data
+        by_digest[data.manifest_digest] = data, set(names)
         out.append(data)
     return out
 
