@@ -334,3 +334,36 @@ def test_a_layout_giving_an_image_thousands_of_names_loads_in_one_index_update(t
     assert sorted(names) == sorted(f"many:{i}" for i in range(n))
     assert cli("unpack", "many:1234", tmp_path / "out", root=store).returncode == 0
     assert (tmp_path / "out" / "a").read_bytes() == b"x"
+
+
+# --------------------------------------------------------------------------------------------
+# an artifact beside the image in an index
+
+
+@pytest.mark.parametrize("how", ["unpack", "unpack --overlay", "load"])
+def test_an_artifact_without_a_platform_beside_the_image_is_skipped(tmp_path, how):
+    """image-spec 1.1 puts artifacts (an SBOM with ``artifactType`` and the empty config, whose
+    ``subject`` is the image) in the image's index without a platform.  lamina read each
+    unplatformed manifest's config for its platform and stopped at the artifact's ("is this an
+    artifact?"): the index could not be unpacked at all.  containerd skips it (its empty config
+    names no platform); so does lamina's registry path, which only reads descriptor platforms."""
+    lay = ob.Layout(tmp_path / "lay")
+    image = ob.with_platform(lay.image([{"a": b"x"}]), "linux", "amd64")
+    empty = lay.json_blob({}, "application/vnd.oci.empty.v1+json")
+    sbom = lay.json_blob({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "artifactType": "application/spdx+json",
+                          "config": empty, "layers": [empty], "subject": image}, ob.OCI_MANIFEST,
+                         artifactType="application/spdx+json")
+    lay.add(lay.index([sbom, image]), "latest", **{"io.containerd.image.name": "with-sbom:1"})
+    if how == "load":
+        proc = cli("load", "-i", lay.root, root=tmp_path / "store")
+        assert proc.returncode == 0, proc.stderr
+        proc = cli("unpack", "with-sbom:1", tmp_path / "out", root=tmp_path / "store")
+    else:
+        proc = cli(*how.split(), "--platform", "linux/amd64", f"oci:{lay.root}", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / ("layers/0/a" if "overlay" in how else "a")).read_bytes() == b"x"
+    # named on its own, the artifact is still refused, naming itself
+    lay.entries = []
+    lay.add(sbom, "sbom")
+    line = one_line_error(cli("unpack", f"oci:{lay.root}:sbom", tmp_path / "sbom-out"))
+    assert sbom["digest"] in line and "is this an artifact?" in line, line

@@ -10,7 +10,7 @@ import functools
 import os
 
 from .. import mediatypes as mt
-from ..errors import (BlobNotFoundError, ImageError, ImageNotFoundError, PlatformNotFoundError,
+from ..errors import (ArtifactError, BlobNotFoundError, ImageError, ImageNotFoundError, PlatformNotFoundError,
                       UnsupportedMediaTypeError)
 from ..platform import Platform
 from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_regular
@@ -147,6 +147,10 @@ class OCILayout(Source):
             return self._config(desc).platform
         except BlobNotFoundError:
             # Partial exports (docker save of one platform) omit the other platforms' blobs.
+            return None
+        except ArtifactError:
+            # An artifact beside the images (an SBOM, a signature: image-spec 1.1 puts them in
+            # indexes without a platform) runs on none: not a candidate, as containerd reads it.
             return None
 
     # --- platform choice ------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Optional
 
 from .. import digest as _digest
 from .. import mediatypes as mt
-from ..errors import ImageError, UnsupportedMediaTypeError
+from ..errors import ArtifactError, ImageError, UnsupportedMediaTypeError
 from ..platform import Platform
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
@@ -280,7 +280,7 @@ def parse_manifest(doc, media_type, what):
     config = parse_descriptor(doc.get("config"), f"{what} config")
     if config.media_type not in mt.CONFIG_TYPES:
         # Artifacts (Helm charts, signatures, SBOMs) use image manifests with other config types.
-        raise UnsupportedMediaTypeError(
+        raise ArtifactError(
             f"{what}: config media type {config.media_type!r} is not a container image config"
             " (is this an artifact?)")
     layers = doc.get("layers")

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from .. import compression
 from .. import digest as _digest
 from .. import mediatypes as mt
-from ..errors import BlobNotFoundError, ImageError, InvalidReferenceError
+from ..errors import ArtifactError, BlobNotFoundError, ImageError, InvalidReferenceError
 from ..oci.blobs import MAX_DOCUMENT_SIZE, TarBlobStore, read_verified
 from ..oci.dockerarchive import DockerArchive
 from ..oci.layout import OCILayout, open_layout_dir
@@ -200,7 +200,7 @@ def _with_platforms(layout, data):
             continue
         try:
             children.append(_image_data(layout, layout.image_of(m)))  # every blob there, or:
-        except BlobNotFoundError:
+        except (BlobNotFoundError, ArtifactError):  # ... not an image (an SBOM, a signature)
             continue
     data.index = IndexData(raw, desc.digest, desc.media_type, children)
     return data
