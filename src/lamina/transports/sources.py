@@ -312,17 +312,30 @@ def _legacy_images(archive, platform):
     entries = decode_json(archive.archive.read("manifest.json", what), what)
     if not isinstance(entries, list):
         raise ImageError(f"{what}: expected a list of images")
-    out = []
+    # An image listed again (under other tags) is read, and imported, once: read per entry, a
+    # manifest.json repeating one image thousands of times cost that many reads of its layers
+    # and the square of it in store updates.  A name goes to the last entry giving it, as when
+    # the entries are loaded one after another.
+    images, claims = {}, []   # (Config, Layers) -> ImageData; [(that key, names)] in entry order
     for i, entry in enumerate(entries):
-        archive.ref = f"@{i}"
         names = []
         for tag in (entry.get("RepoTags") or []) if isinstance(entry, dict) else []:
             try:
                 names.append(Reference.parse(tag))
             except InvalidReferenceError as e:
                 raise InvalidReferenceError(f"{what}: RepoTags {tag!r}: {e}") from None
-        out.append(from_legacy(archive, platform, names))
-    return out
+        key = (entry["Config"], tuple(entry["Layers"]))
+        if key not in images:
+            archive.ref = f"@{i}"
+            images[key] = from_legacy(archive, platform)
+        claims.append((key, names))
+    last = {name: key for key, names in claims for name in names}
+    for key, names in claims:
+        for n in names:
+            if last.get(n) == key:
+                images[key].names.append(n)
+                del last[n]   # given once
+    return list(images.values())
 
 
 def open_image(spec, platform=None, store=None):
