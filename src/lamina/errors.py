@@ -66,6 +66,10 @@ class UnsupportedMediaTypeError(ImageError):
     """A manifest, index, config or layer media type lamina does not handle."""
 
 
+class ArtifactError(UnsupportedMediaTypeError):
+    """A manifest whose config is not an image config (an artifact: SBOM, signature, chart)."""
+
+
 class PlatformNotFoundError(ImageError):
     """No manifest in an index matches the requested platform."""
 

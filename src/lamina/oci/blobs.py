@@ -35,6 +35,22 @@ def read_verified(fileobj, digest, size, what, limit=MAX_DOCUMENT_SIZE):
     return data
 
 
+def open_regular(path, what):
+    """An fd of the regular file at ``path`` (a layout's blob, index.json, oci-layout), None if
+    there is none; anything else there (a FIFO, a device, a directory) is an ImageError."""
+    try:
+        # O_NONBLOCK so a FIFO planted in a layout cannot hang us; no effect on regular files.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ImageError(f"{what}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImageError(f"{what} is not a regular file")
+    return fd
+
+
 class BlobStore:
     """Content-addressed blobs: ``open(digest)`` and ``size(digest)``."""
 
@@ -62,19 +78,10 @@ class DirBlobStore(BlobStore):
         self.name = self.root
 
     def _stat_open(self, digest):
-        path = _digest.blob_path(self.root, digest)
-        try:
-            # O_NONBLOCK so a FIFO planted in blobs/ cannot hang us; no effect on regular files.
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
-            raise BlobNotFoundError(f"blob {digest} not found in {self.root}") from None
-        except OSError as e:
-            raise ImageError(f"blob {digest} in {self.root}: {e.strerror}") from None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise ImageError(f"blob {digest} in {self.root} is not a regular file")
-        return fd, st.st_size
+        fd = open_regular(_digest.blob_path(self.root, digest), f"blob {digest} in {self.root}")
+        if fd is None:
+            raise BlobNotFoundError(f"blob {digest} not found in {self.root}")
+        return fd, os.fstat(fd).st_size
 
     def open(self, digest):
         fd, _ = self._stat_open(digest)

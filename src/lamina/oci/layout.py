@@ -10,14 +10,14 @@ import functools
 import os
 
 from .. import mediatypes as mt
-from ..errors import (BlobNotFoundError, ImageError, ImageNotFoundError, PlatformNotFoundError,
+from ..errors import (ArtifactError, BlobNotFoundError, ImageError, ImageNotFoundError, PlatformNotFoundError,
                       UnsupportedMediaTypeError)
 from ..platform import Platform
-from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE
+from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_regular
 from .image import LayerRef, ResolvedImage, Source
-from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, document_media_type, load_json,
-                    parse_config, parse_index, parse_manifest)
-from .refs import names_match
+from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, document_media_type, index_entries,
+                    load_json, parse_config, parse_index, parse_manifest)
+from .refs import normalize_docker_name
 
 # Indexes nest (index.json -> image index -> ...); real images use two levels.
 MAX_INDEX_DEPTH = 8
@@ -31,6 +31,7 @@ class OCILayout(Source):
         self.store = store
         self.ref = ref or None
         self._docs, self._configs = {}, {}  # by digest: documents are read and verified once
+        self._by_name = None                 # see _named
         self.description = description or store.name
         layout = read_meta("oci-layout")
         if layout is None:
@@ -72,8 +73,7 @@ class OCILayout(Source):
         if not descs:
             raise ImageNotFoundError(f"{self.description}: the layout holds no images")
         if self.ref:
-            picked = [d for d in descs if d.annotations.get(ANNOTATION_REF_NAME) == self.ref
-                      or names_match(self.ref, d.annotations.get(ANNOTATION_CONTAINERD_NAME) or "")]
+            picked = self._named(self.ref)
             if not picked:
                 raise ImageNotFoundError(
                     f"{self.description}: no image named {self.ref!r}; available: {self._available()}")
@@ -91,6 +91,21 @@ class OCILayout(Source):
         for d in picked:
             unique.setdefault(d.digest, d)
         return list(unique.values())
+
+    def _named(self, ref):
+        """index.json's descriptors named ``ref`` (OCI ref name, or a containerd name that
+        names_match it), in order.  Looked up in a dict made once: load resolves every name of
+        the layout, and a scan per name cost the square of their number."""
+        if self._by_name is None:
+            self._by_name = {}
+            for i, d in enumerate(self.index.manifests):
+                keys = {("ref", d.annotations.get(ANNOTATION_REF_NAME)),
+                        ("containerd", normalize_docker_name(d.annotations.get(ANNOTATION_CONTAINERD_NAME) or ""))}
+                for key in keys:
+                    self._by_name.setdefault(key, []).append(i)
+        found = set(self._by_name.get(("ref", ref), ())) | set(
+            self._by_name.get(("containerd", normalize_docker_name(ref)), ()))
+        return [self.index.manifests[i] for i in sorted(found)]
 
     # --- reading documents --------------------------------------------------
 
@@ -133,27 +148,16 @@ class OCILayout(Source):
         except BlobNotFoundError:
             # Partial exports (docker save of one platform) omit the other platforms' blobs.
             return None
+        except ArtifactError:
+            # An artifact beside the images (an SBOM, a signature: image-spec 1.1 puts them in
+            # indexes without a platform) runs on none: not a candidate, as containerd reads it.
+            return None
 
     # --- platform choice ------------------------------------------------------
 
-    def _entries(self, descs, depth):
-        """(descriptor, platform) candidates; unplatformed nested indexes are flattened."""
-        if depth > MAX_INDEX_DEPTH:
-            raise ImageError(f"{self.description}: image indexes nested deeper than {MAX_INDEX_DEPTH}")
-        out = []
-        for d in descs:
-            if d.is_attestation:
-                continue
-            if mt.is_index(d.media_type) and d.platform is None:
-                _, sub, _ = self._document(d)
-                out.extend(self._entries(sub.manifests, depth + 1))
-            elif mt.is_index(d.media_type) or mt.is_manifest(d.media_type):
-                out.append((d, self._platform_of(d)))
-            # Anything else in an index (artifacts, signatures) is not a runnable image: skip it.
-        return out
-
     def _choose(self, descs, want, depth):
-        entries = self._entries(descs, depth)
+        entries = index_entries(descs, lambda d: self._document(d)[1], self._platform_of, MAX_INDEX_DEPTH,
+                                self.description, depth)
         wanted = [want] if want is not None else Platform.host().compatible()
         for w in wanted:
             for d, p in entries:
@@ -184,7 +188,12 @@ class OCILayout(Source):
         desc = descs[0]
         _, index, _ = self._document(desc)
         data = self.store.read(desc, f"index {desc.digest}")
-        return desc, data, [d for d in index.manifests if mt.is_manifest(d.media_type)]
+        manifests, seen = [], set()
+        for d in index.manifests:
+            if mt.is_manifest(d.media_type) and d.digest not in seen:  # each once, however often listed
+                seen.add(d.digest)
+                manifests.append(d)
+        return desc, data, manifests
 
     def image_of(self, desc):
         """The ResolvedImage of one manifest descriptor (a platform of ``selected_index``)."""
@@ -222,13 +231,11 @@ def open_layout_dir(path, ref=None):
     path = os.fspath(path)
 
     def read_meta(name):
-        try:
-            with open(os.path.join(path, name), "rb") as f:
-                data = f.read(MAX_DOCUMENT_SIZE + 1)
-        except FileNotFoundError:
+        fd = open_regular(os.path.join(path, name), f"{path}/{name}")
+        if fd is None:
             return None
-        except OSError as e:
-            raise ImageError(f"{path}/{name}: {e.strerror}") from None
+        with open(fd, "rb") as f:
+            data = f.read(MAX_DOCUMENT_SIZE + 1)
         if len(data) > MAX_DOCUMENT_SIZE:
             raise ImageError(f"{path}/{name}: larger than the {MAX_DOCUMENT_SIZE}-byte limit")
         return data

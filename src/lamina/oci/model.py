@@ -14,7 +14,7 @@ from typing import Optional
 
 from .. import digest as _digest
 from .. import mediatypes as mt
-from ..errors import ImageError, UnsupportedMediaTypeError
+from ..errors import ArtifactError, ImageError, UnsupportedMediaTypeError
 from ..platform import Platform
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
@@ -249,11 +249,38 @@ def parse_index(doc, media_type, what):
     return Index(media_type, [parse_descriptor(d, f"{what} manifests[{i}]") for i, d in enumerate(manifests)])
 
 
+def index_entries(descs, open_index, platform_of, max_depth, what, depth=0):
+    """(descriptor, platform) of each image an index offers, attestations left out and nested
+    indexes without a platform walked into (``open_index(desc)`` parses one).
+
+    Each digest is walked once (and each manifest listed once per platform): an index may list
+    the same child index thousands of times, and walking every listing would cost that number
+    to the power of the nesting depth, in memory and, from a registry, in requests."""
+    out, seen = [], set()
+
+    def walk(descs, depth):
+        if depth > max_depth:
+            raise ImageError(f"{what}: image indexes nested deeper than {max_depth}")
+        for d in descs:
+            key = (d.digest, d.platform)
+            if d.is_attestation or key in seen:
+                continue
+            seen.add(key)
+            if mt.is_index(d.media_type) and d.platform is None:
+                walk(open_index(d).manifests, depth + 1)
+            elif mt.is_index(d.media_type) or mt.is_manifest(d.media_type):
+                out.append((d, platform_of(d)))
+            # Anything else in an index (artifacts, signatures) is not a runnable image: skip it.
+
+    walk(descs, depth)
+    return out
+
+
 def parse_manifest(doc, media_type, what):
     config = parse_descriptor(doc.get("config"), f"{what} config")
     if config.media_type not in mt.CONFIG_TYPES:
         # Artifacts (Helm charts, signatures, SBOMs) use image manifests with other config types.
-        raise UnsupportedMediaTypeError(
+        raise ArtifactError(
             f"{what}: config media type {config.media_type!r} is not a container image config"
             " (is this an artifact?)")
     layers = doc.get("layers")
@@ -286,6 +313,7 @@ def parse_config(data, what, layer_count):
     if len(diff_ids) != layer_count:
         raise ImageError(
             f"{what}: rootfs.diff_ids has {len(diff_ids)} entries but the image has {layer_count} layers")
+    _check_config_types(doc, what)
     platform = None
     if isinstance(doc.get("os"), str) and isinstance(doc.get("architecture"), str):
         try:
@@ -293,3 +321,54 @@ def parse_config(data, what, layer_count):
         except ValueError:
             platform = None
     return Config(doc, diff_ids, platform)
+
+
+# The config fields lamina acts on (inspect, history, images, bundles) and the JSON type each has
+# in the image-spec.  Go readers (containerd, umoci) refuse a config whose field has another type;
+# lamina would otherwise act on it in its own way (an Entrypoint "sh" run as "s" "h", a User 0 that
+# is no user name, a "config" list that no verb can read).
+_STRING, _STRINGS, _STRING_MAP, _OBJECT, _BOOL = "a string", "a list of strings", "a map of strings", \
+    "an object", "a boolean"
+_CONFIG_TYPES = {"created": _STRING, "author": _STRING, "os": _STRING, "architecture": _STRING,
+                 "variant": _STRING, "os.version": _STRING, "os.features": _STRINGS}
+_EXEC_TYPES = {"User": _STRING, "WorkingDir": _STRING, "StopSignal": _STRING, "Env": _STRINGS,
+               "Entrypoint": _STRINGS, "Cmd": _STRINGS, "Labels": _STRING_MAP, "ExposedPorts": _OBJECT,
+               "Volumes": _OBJECT}
+_HISTORY_TYPES = {"created": _STRING, "author": _STRING, "created_by": _STRING, "comment": _STRING,
+                  "empty_layer": _BOOL}
+
+
+def _has_type(value, kind):
+    if kind == _STRING:
+        return isinstance(value, str)
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if kind == _STRINGS:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == _STRING_MAP:
+        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    return isinstance(value, dict)
+
+
+def _check_types(obj, types, what):
+    for key, kind in types.items():
+        value = obj.get(key)
+        if value is not None and not _has_type(value, kind):
+            raise ImageError(f"{what}: {key} must be {kind}, not {json.dumps(value)[:60]}")
+
+
+def _check_config_types(doc, what):
+    _check_types(doc, _CONFIG_TYPES, what)
+    execution = doc.get("config")
+    if execution is not None:
+        if not isinstance(execution, dict):
+            raise ImageError(f"{what}: config must be an object, not {json.dumps(execution)[:60]}")
+        _check_types(execution, _EXEC_TYPES, f"{what} config")
+    history = doc.get("history")
+    if history is not None:
+        if not isinstance(history, list):
+            raise ImageError(f"{what}: history must be a list, not {json.dumps(history)[:60]}")
+        for i, step in enumerate(history):
+            if not isinstance(step, dict):
+                raise ImageError(f"{what}: history[{i}] must be an object, not {json.dumps(step)[:60]}")
+            _check_types(step, _HISTORY_TYPES, f"{what} history[{i}]")

@@ -41,6 +41,8 @@ MANIFEST_ACCEPT = ", ".join([
 ])
 MAX_MANIFEST_SIZE = 4 << 20   # distribution's own limit
 MAX_ERROR_BODY = 1 << 16
+# tags/list pages one repository may take (docker hub serves 100 tags a page: a million tags)
+MAX_TAG_PAGES = 10_000
 MAX_TOKEN_BODY = 1 << 20
 TOKEN_DEFAULT_EXPIRY = 60     # seconds, per the token spec
 
@@ -412,8 +414,15 @@ class Repository:
 
     def list_tags(self):
         """Every tag of the repository (the registry's tags/list, all pages), sorted."""
-        tags, url = [], self.url("tags/list")
+        tags, url, fetched = [], self.url("tags/list"), {}   # url -> its page number
         while url:
+            # a next link back to a page already read (or an endless chain of them) would page forever
+            if url in fetched:
+                raise RegistryError(f"tags of {self.name}: the registry's next page is page {fetched[url]}"
+                                    f" again ({url}): its pagination loops")
+            if len(fetched) == MAX_TAG_PAGES:
+                raise RegistryError(f"tags of {self.name}: more than {MAX_TAG_PAGES} pages")
+            fetched[url] = len(fetched) + 1
             resp = self.request("GET", url)
             if resp.status == 404:
                 data = resp.content(limit=MAX_ERROR_BODY)

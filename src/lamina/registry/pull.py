@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 from .. import errors, mediatypes as mt, trace
 from ..errors import DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError, RegistryError
-from ..oci.model import document_media_type, parse_config, parse_index, parse_manifest
+from ..oci.model import document_media_type, index_entries, parse_config, parse_index, parse_manifest
 from ..lowers import LayersBelow
 from ..platform import Platform
 from ..reference import Reference
@@ -98,24 +98,9 @@ def _open_store(store):
 # platform choice
 
 
-def _entries(index, fetch, depth):
-    """(descriptor, platform) candidates; nested unplatformed indexes are flattened."""
-    if depth > MAX_INDEX_DEPTH:
-        raise ImageError(f"image indexes nested deeper than {MAX_INDEX_DEPTH}")
-    out = []
-    for d in index.manifests:
-        if d.is_attestation:
-            continue
-        if mt.is_index(d.media_type) and d.platform is None:
-            out.extend(_entries(fetch(d), fetch, depth + 1))
-        elif mt.is_index(d.media_type) or mt.is_manifest(d.media_type):
-            out.append((d, d.platform))
-    return out
-
-
 def choose_platform(index, want, fetch, depth=0):
     """The manifest descriptor for ``want`` (Platform or None = host, with compatible fallbacks)."""
-    entries = _entries(index, fetch, depth)
+    entries = index_entries(index.manifests, fetch, lambda d: d.platform, MAX_INDEX_DEPTH, "image index", depth)
     wanted = [want] if want is not None else Platform.host().compatible()
     for w in wanted:
         for d, p in entries:
@@ -190,8 +175,8 @@ def resolve(client, ref, want, *, all_platforms=False) -> Resolved:
         raise ImageError(f"{desc.digest}: expected a manifest, got {mr.media_type}")
     others = []
     if all_platforms:
-        others = [_child(repo, d) for d in index.manifests
-                  if d.digest != desc.digest and mt.is_manifest(d.media_type)]
+        listed = {d.digest: d for d in index.manifests if mt.is_manifest(d.media_type)}  # each one once
+        others = [_child(repo, d) for digest, d in listed.items() if digest != desc.digest]
     return Resolved(repos, repo, top, mr, chosen, children, others)
 
 

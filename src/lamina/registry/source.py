@@ -131,7 +131,8 @@ class RegistrySource(Source):
         if i in self._scanned:
             if self._spool_dir is None:
                 self._spool_dir = tempfile.mkdtemp(prefix="lamina-unpack-")
-            path = os.path.join(self._spool_dir, d.digest.replace(":", "-"))
+            # by position: a manifest may list one blob as several layers, each with its own download
+            path = os.path.join(self._spool_dir, f"{i}-{d.digest.replace(':', '-')}")
         download = self._downloads[i] = _Download(self, i, d, path)
         download.start()
         return download

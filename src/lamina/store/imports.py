@@ -12,6 +12,7 @@ from . import snapshots as _snapshots
 from .gc import reachable
 from .image import load_image
 from .locks import FileLock
+from .store import check_digest_name
 
 
 def _skip(f, n):
@@ -73,15 +74,20 @@ def _same_image(store, data):
     return None
 
 
+def check_names(data, names):
+    """Refuse names an ImageData cannot be given (a ``name@digest`` of other content)."""
+    for ref in names:
+        check_digest_name(ref, data.manifest_digest, data.index.digest if data.index else None)
+
+
 def import_image(store, data, names=(), report=None):
     """Store an ImageData and give it ``names`` (References; none: recorded dangling). Returns the Image."""
     report = report or (lambda *a: None)
+    check_names(data, names)  # before any work: an import refused stores nothing
     existing = _same_image(store, data)
     if existing is not None:
         store.snapshots_for(existing)
-        result = existing
-        for ref in names or [None]:
-            result = store.add_image(existing.manifest_digest, ref)
+        result = store.add_names(existing.manifest_digest, list(names) or [None])
         report("manifest", existing.manifest_digest, "exists")
         return result
     created_blobs, created_snaps = [], []
@@ -99,9 +105,8 @@ def import_image(store, data, names=(), report=None):
         image = load_image(store.open_blob, data.manifest_digest)
         created_snaps = [c for c in image.chain_ids if store.snapshot_info(c) is None]
         store.snapshots_for(image)
-        result = None
-        for ref in names or [None]:
-            result = store.add_image(data.manifest_digest, ref, repo_digest=index.digest if index else None)
+        result = store.add_names(data.manifest_digest, list(names) or [None],
+                                 repo_digest=index.digest if index else None)
         report("manifest", data.manifest_digest, "written")
         return result
     except BaseException:

@@ -64,6 +64,16 @@ def name_of(ref):
     return f"{ref.name}@{ref.digest}" if ref.digest else f"{ref.name}:{ref.tag}"
 
 
+def check_digest_name(ref, manifest_digest, repo_digest=None):
+    """Refuse a ``name@digest`` for an image that digest does not name (its manifest, or the
+    index it was pulled or loaded by): the name resolves by that digest, so given to other
+    content (an archive's RepoTags, an index annotation) it would pin the name to the wrong image."""
+    if ref.digest and ref.digest not in (manifest_digest, repo_digest):
+        raise InvalidReferenceError(
+            f"{ref}: a name with a digest must name this image ({manifest_digest}"
+            f"{' or ' + repo_digest if repo_digest else ''}), not {ref.digest}")
+
+
 class Store:
     def __init__(self, root=None):
         self.paths = Paths(root if root is not None else default_root())
@@ -326,6 +336,12 @@ class Store:
         keeping its repo digest as ``repo@digest`` the way docker does.  Without
         ``ref`` the image is recorded dangling unless it already has a name.
         """
+        return self.add_names(manifest_digest, [ref], repo_digest)
+
+    def add_names(self, manifest_digest, refs, repo_digest=None):
+        """``add_image`` for each of ``refs`` (None: dangling), in one update of index.json: an
+        archive may give one image thousands of names, and an update per name rewrote the whole
+        index each time."""
         self._take_lease()
         _digest.validate(manifest_digest, "manifest digest")
         if repo_digest is not None:
@@ -334,31 +350,22 @@ class Store:
         for layer, chain in zip(image.layers, image.chain_ids):
             if not self.has_blob(layer.digest) and not self.layer_is_compact(chain):
                 raise BlobNotFoundError(f"manifest {manifest_digest}: layer {layer.digest} is not in the store")
-        parsed = _as_reference(ref) if ref is not None else None
-        name = name_of(parsed) if parsed is not None else None
-        if parsed is not None and parsed.digest:
-            repo_digest = None  # the name itself is the repo digest
         platform = None
         if image.platform is not None:
             platform = {"architecture": image.platform.architecture, "os": image.platform.os}
             if image.platform.variant:
                 platform["variant"] = image.platform.variant
-        new = make_entry(image.media_type, manifest_digest, image.manifest_size, name, repo_digest, platform)
+        news = []
+        for ref in refs:
+            parsed = _as_reference(ref) if ref is not None else None
+            name, rd = (name_of(parsed) if parsed is not None else None), repo_digest
+            if parsed is not None and parsed.digest:
+                check_digest_name(parsed, manifest_digest, repo_digest)
+                rd = None  # the name itself is the repo digest
+            news.append((name, rd, make_entry(image.media_type, manifest_digest, image.manifest_size, name, rd,
+                                              platform)))
         with self.index.update() as entries:
-            if name is None:
-                if not any(e["digest"] == manifest_digest for e in entries):
-                    entries.append(new)
-            else:
-                old = next((e for e in entries if entry_name(e) == name), None)
-                if old is not None and old["digest"] == manifest_digest:
-                    if repo_digest and entry_repo_digest(old) != repo_digest:
-                        entries[entries.index(old)] = new
-                else:
-                    if old is not None:
-                        entries.remove(old)
-                        _keep_reachable(entries, old)
-                    entries[:] = [e for e in entries if not (e["digest"] == manifest_digest and entry_name(e) is None)]
-                    entries.append(new)
+            _name_entries(entries, manifest_digest, news)
         return self.image(manifest_digest)
 
     def untag(self, ref):
@@ -618,6 +625,37 @@ class Store:
             objects.check(self, report, repair)
             sidecar.check(self, report)
         return report
+
+
+def _name_entries(entries, manifest_digest, news):
+    """Give the image ``manifest_digest`` each (name, repo digest, entry) of ``news`` in the
+    index's ``entries`` (see Store.add_image); names are looked up in a dict, so a new name
+    costs the same however many the index holds."""
+    by_name = {}
+    for e in entries:
+        by_name.setdefault(entry_name(e), e)
+    unnamed_dropped = False
+    for name, repo_digest, new in news:
+        if name is None:
+            if not any(e["digest"] == manifest_digest for e in entries):
+                entries.append(new)
+            continue
+        old = by_name.get(name)
+        if old is not None and old["digest"] == manifest_digest:
+            if repo_digest and entry_repo_digest(old) != repo_digest:
+                entries[entries.index(old)] = by_name[name] = new
+            continue
+        if old is not None:
+            entries.remove(old)
+            kept = len(entries)
+            _keep_reachable(entries, old)
+            for e in entries[kept:]:
+                by_name.setdefault(entry_name(e), e)
+        if not unnamed_dropped:  # named now: its dangling record goes (once; none comes back below)
+            entries[:] = [e for e in entries if not (e["digest"] == manifest_digest and entry_name(e) is None)]
+            unnamed_dropped = True
+        entries.append(new)
+        by_name[name] = new
 
 
 def _keep_reachable(entries, old):

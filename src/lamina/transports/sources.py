@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from .. import compression
 from .. import digest as _digest
 from .. import mediatypes as mt
-from ..errors import BlobNotFoundError, ImageError, InvalidReferenceError
+from ..errors import ArtifactError, BlobNotFoundError, ImageError, InvalidReferenceError
 from ..oci.blobs import MAX_DOCUMENT_SIZE, TarBlobStore, read_verified
 from ..oci.dockerarchive import DockerArchive
 from ..oci.layout import OCILayout, open_layout_dir
@@ -200,7 +200,7 @@ def _with_platforms(layout, data):
             continue
         try:
             children.append(_image_data(layout, layout.image_of(m)))  # every blob there, or:
-        except BlobNotFoundError:
+        except (BlobNotFoundError, ArtifactError):  # ... not an image (an SBOM, a signature)
             continue
     data.index = IndexData(raw, desc.digest, desc.media_type, children)
     return data
@@ -297,11 +297,12 @@ def _layout_images(layout, platform):
         data = _with_platforms(layout, from_layout(layout, platform))
         names = _oci_names(d)
         if data.manifest_digest in by_digest:
-            kept = by_digest[data.manifest_digest]
-            kept.names.extend(n for n in names if n not in kept.names)
+            kept, known = by_digest[data.manifest_digest]   # known: kept.names as a set
+            kept.names.extend(n for n in names if n not in known)
+            known.update(names)
             continue
         data.names = names
-        by_digest[data.manifest_digest] = data
+        by_digest[data.manifest_digest] = data, set(names)
         out.append(data)
     return out
 
@@ -311,17 +312,30 @@ def _legacy_images(archive, platform):
     entries = decode_json(archive.archive.read("manifest.json", what), what)
     if not isinstance(entries, list):
         raise ImageError(f"{what}: expected a list of images")
-    out = []
+    # An image listed again (under other tags) is read, and imported, once: read per entry, a
+    # manifest.json repeating one image thousands of times cost that many reads of its layers
+    # and the square of it in store updates.  A name goes to the last entry giving it, as when
+    # the entries are loaded one after another.
+    images, claims = {}, []   # (Config, Layers) -> ImageData; [(that key, names)] in entry order
     for i, entry in enumerate(entries):
-        archive.ref = f"@{i}"
         names = []
         for tag in (entry.get("RepoTags") or []) if isinstance(entry, dict) else []:
             try:
                 names.append(Reference.parse(tag))
             except InvalidReferenceError as e:
                 raise InvalidReferenceError(f"{what}: RepoTags {tag!r}: {e}") from None
-        out.append(from_legacy(archive, platform, names))
-    return out
+        key = (entry["Config"], tuple(entry["Layers"]))
+        if key not in images:
+            archive.ref = f"@{i}"
+            images[key] = from_legacy(archive, platform)
+        claims.append((key, names))
+    last = {name: key for key, names in claims for name in names}
+    for key, names in claims:
+        for n in names:
+            if last.get(n) == key:
+                images[key].names.append(n)
+                del last[n]   # given once
+    return list(images.values())
 
 
 def open_image(spec, platform=None, store=None):

@@ -1,0 +1,414 @@
+"""Hostile images around the tar reader: indexes, configs, layouts, archives and registries
+built to make lamina hang, exhaust memory, crash or name the wrong content.
+
+Each case goes through every way an image reaches lamina that reads the document at fault:
+``unpack`` of a layout (dir and overlay), ``load`` into a store, and for registries ``pull``
+and ``unpack docker://`` (tests/registryfixture.py: a real docker-registry on loopback).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import ocibuild as ob
+import treecmp
+from conftest import require_tool
+from registryfixture import FaultProxy, lamina_cli, reg, registry_env  # noqa: F401
+from test_documents import _push_blob, _push_manifest
+
+def cli(*args, root=None, timeout=120, limit_memory=False):
+    """The lamina CLI in a child; ``limit_memory``: at most 1 GiB of address space, so a
+    document that makes lamina build a huge structure fails with MemoryError, not the machine."""
+    cmd = [sys.executable, "-m", "lamina"] + (["--root", str(root)] if root else []) + [str(a) for a in args]
+    if limit_memory:
+        cmd = ["prlimit", f"--as={1 << 30}", "--"] + cmd
+    env = {k: v for k, v in os.environ.items() if k != "LAMINA_ROOT"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def one_line_error(proc):
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# an index listing one child index thousands of times
+
+
+def _fan_out_layout(root, fan=2000):
+    """index.json -> index (fan x) -> index (fan x) -> index -> one amd64 manifest: fan**2 listings
+    of the one image, a few hundred KiB of JSON.  Walked listing by listing (as lamina did, before
+    every digest was walked once) that is 4 million paths, each a list entry."""
+    lay = ob.Layout(root)
+    m = ob.with_platform(lay.image([{"hello": b"fan\n"}]), "linux", "amd64")
+    inner = lay.index([m])
+    mid = lay.index([inner] * fan)
+    top = lay.index([mid] * fan)
+    outer = lay.index([top] * fan)
+    lay.add(outer, "latest", **{"io.containerd.image.name": "fan:1"})
+    return lay
+
+
+@pytest.mark.parametrize("how", ["unpack", "unpack --overlay", "load"])
+def test_an_index_listing_a_child_many_times_is_walked_once(tmp_path, how):
+    lay = _fan_out_layout(tmp_path / "fan")
+    if how == "load":
+        proc = cli("load", "--platform", "linux/amd64", "-i", lay.root, root=tmp_path / "store", limit_memory=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        proc = cli("unpack", "fan:1", tmp_path / "out", root=tmp_path / "store")
+    else:
+        args = how.split() + [f"oci:{lay.root}", tmp_path / "out", "--platform", "linux/amd64"]
+        proc = cli(*args, limit_memory=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hello = tmp_path / "out" / ("layers/0/hello" if "overlay" in how else "hello")
+    assert hello.read_bytes() == b"fan\n"
+
+
+def _push_image(host, repo, tag, layer_blobs, diff_ids):
+    """Push gzip layer blobs (each once, however often listed) and an OCI manifest listing them."""
+    for blob in dict.fromkeys(layer_blobs):
+        _push_blob(host, repo, blob)
+    config = ob.dumps({"architecture": "amd64", "os": "linux",
+                       "rootfs": {"type": "layers", "diff_ids": diff_ids}})
+    _push_blob(host, repo, config)
+    manifest = ob.dumps({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST,
+                         "config": ob.desc(ob.OCI_CONFIG, config),
+                         "layers": [ob.desc(ob.OCI_LAYER_GZIP, b) for b in layer_blobs]})
+    status, body = _push_manifest(host, repo, tag, manifest, ob.OCI_MANIFEST)
+    assert status == 201, body
+    return manifest
+
+
+def _push_index(host, repo, tag, manifests):
+    data = ob.dumps({"schemaVersion": 2, "mediaType": ob.OCI_INDEX, "manifests": manifests})
+    status, body = _push_manifest(host, repo, tag or ob.sha256(data), data, ob.OCI_INDEX)
+    assert status == 201, body
+    return ob.desc(ob.OCI_INDEX, data)
+
+
+def test_a_registry_index_listing_a_child_many_times_fetches_it_once(reg, registry_env, tmp_path):  # noqa: F811
+    """Each child index listed ten times, two levels deep: lamina fetched 10 + 10**2 documents
+    (a registry serving bigger indexes kept it fetching for hours); each digest once now."""
+    import lamina
+    raw = ob.tar_bytes({"hello": b"fan\n"})
+    manifest = _push_image(reg.host, "fan", "image", [ob.gz(raw)], [ob.sha256(raw)])
+    inner = _push_index(reg.host, "fan", None,
+                        [ob.with_platform(ob.desc(ob.OCI_MANIFEST, manifest), "linux", "amd64")])
+    mid = _push_index(reg.host, "fan", None, [inner] * 10)
+    _push_index(reg.host, "fan", "t", [mid] * 10)
+    proxy = FaultProxy(reg.host)
+    try:
+        result = lamina.pull(f"{proxy.host}/fan:t", store=tmp_path / "store", platform="linux/amd64")
+        assert result.manifest_digest == ob.sha256(manifest)
+        # the tag, the two nested indexes and the manifest
+        assert len(proxy.requests_for("/manifests/", "GET")) == 4, proxy.requests_for("/manifests/")
+        proxy.seen.clear()
+        proc = lamina_cli("unpack", "--platform", "linux/amd64", f"docker://{proxy.host}/fan:t", tmp_path / "out")
+        assert (tmp_path / "out" / "hello").read_bytes() == b"fan\n", proc.stdout
+        assert len(proxy.requests_for("/manifests/", "GET")) == 4, proxy.requests_for("/manifests/")
+    finally:
+        proxy.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# one blob listed as several layers
+
+
+def test_one_blob_listed_as_several_upper_layers_unpacks_from_a_registry(reg, registry_env, tmp_path):  # noqa: F811
+    """A big bottom layer and one small blob listed twice above it (a whiteout of the bottom's
+    file and a file).  ``unpack docker://`` reads small upper layers ahead into spool files,
+    which were named by digest: the second listing failed with FileExistsError.  The tree must
+    be umoci's of the same layers, on the registry path and on every local one."""
+    from everypath import assert_agree, run_paths, umoci_tree
+    big = ob.tar_bytes({"big": bytes(range(256)) * 2048, "keep": b"kept\n"})
+    small = ob.tar_bytes({".wh.big": b"", "small": b"small\n"})
+    tars = [big, small, small]
+    expected = umoci_tree(tmp_path / "umoci", tars)
+    assert not isinstance(expected, Exception), expected
+    assert sorted(expected.paths()) == ["keep", "small"]
+    local = assert_agree(run_paths(tmp_path / "paths", tars), context="repeated layer")
+    assert not treecmp.compare(expected, local, labels=("umoci", "lamina"))
+    _push_image(reg.host, "repeat", "t", [ob.gz(t) for t in tars], [ob.sha256(t) for t in tars])
+    out = tmp_path / "out"
+    lamina_cli("unpack", f"docker://{reg.host}/repeat:t", out)
+    diff = treecmp.compare(expected, treecmp.snapshot(out), labels=("umoci", "docker://"))
+    assert not diff, diff
+    lamina_cli("unpack", "--overlay", f"docker://{reg.host}/repeat:t", tmp_path / "over")
+    assert sorted(os.listdir(tmp_path / "over" / "layers")) == ["0", "1", "2"]
+    lamina_cli("pull", f"{reg.host}/repeat:t", root=tmp_path / "store")
+    lamina_cli("unpack", f"{reg.host}/repeat:t", tmp_path / "from-store", root=tmp_path / "store")
+    diff = treecmp.compare(expected, treecmp.snapshot(tmp_path / "from-store"), labels=("umoci", "pull"))
+    assert not diff, diff
+
+
+# --------------------------------------------------------------------------------------------
+# a layout's index.json or oci-layout that is not a regular file
+
+
+@pytest.mark.parametrize("name", ["index.json", "oci-layout"])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_layout_files_that_are_not_regular_files_are_refused(tmp_path, name, kind):
+    """A FIFO there made every reader of the layout wait forever for a writer (blobs were
+    already opened non-blocking); /dev/zero was read up to the document limit first."""
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"x"}]), "latest")
+    path = os.path.join(lay.root, name)
+    os.unlink(path)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink(kind, path)
+    for args, root in ((["unpack", f"oci:{lay.root}", tmp_path / "out"], None),
+                       (["load", "-i", lay.root], tmp_path / "store")):
+        line = one_line_error(cli(*args, root=root, timeout=60))
+        assert line == f"lamina: error: {path} is not a regular file", line
+        assert not (tmp_path / "out").exists()
+    assert cli("images", "-q", root=tmp_path / "store").stdout == ""
+
+
+# --------------------------------------------------------------------------------------------
+# a name with a digest, given to other content
+
+
+def _legacy_archive(path, repo_tags):
+    layer = ob.tar_bytes({"a": b"x"})
+    config = ob.dumps({"architecture": "amd64", "os": "linux",
+                       "rootfs": {"type": "layers", "diff_ids": [ob.sha256(layer)]}})
+    manifest = [{"Config": f"{ob.sha256(config)[7:]}.json", "RepoTags": repo_tags, "Layers": ["l/layer.tar"]}]
+    members = {"manifest.json": json.dumps(manifest).encode(), f"{ob.sha256(config)[7:]}.json": config,
+               "l/layer.tar": layer}
+    with open(path, "wb") as f:
+        f.write(ob.tar_of(members))
+    return path
+
+
+PINNED = "docker.io/library/debian@sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize("source", ["docker-archive", "oci-layout"])
+def test_load_refuses_a_name_whose_digest_is_not_the_image(tmp_path, source):
+    """``RepoTags: ["debian@sha256:<debian's digest>"]`` (or containerd's name annotation) named
+    the archive's own image by debian's digest: ``unpack debian@sha256:…`` then gave it.  docker
+    load refuses any RepoTag with a digest; lamina refuses one that is not the image's."""
+    if source == "docker-archive":
+        path = _legacy_archive(tmp_path / "a.tar", ["ok:1", PINNED])
+    else:
+        lay = ob.Layout(tmp_path / "lay")
+        lay.add(lay.image([{"a": b"x"}]), "latest", **{"io.containerd.image.name": PINNED})
+        path = lay.root
+    store = tmp_path / "store"
+    line = one_line_error(cli("load", "-i", path, root=store))
+    assert PINNED in line and "must name this image" in line, line
+    assert cli("images", "-q", "--no-trunc", root=store).stdout == ""
+    proc = cli("inspect", PINNED, root=store)
+    assert proc.returncode == 1 and "no such image" in proc.stderr
+    fsck = cli("fsck", root=store)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_load_keeps_a_name_whose_digest_is_the_image(tmp_path):
+    """containerd names an image pulled by digest NAME@DIGEST and exports it so: that one is true."""
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"a": b"x"}])
+    name = f"docker.io/library/pinned@{m['digest']}"
+    lay.add(m, "latest", **{"io.containerd.image.name": name})
+    proc = cli("load", "-i", lay.root, root=tmp_path / "store")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("inspect", "--format", "{{.RepoDigests}}", f"pinned@{m['digest']}", root=tmp_path / "store")
+    assert proc.stdout.strip() == f"[pinned@{m['digest']}]", proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# config fields of another JSON type than the image-spec's
+
+
+BAD_CONFIGS = [
+    ({"config": ["x"]}, "config must be an object"),
+    ({"config": {"Entrypoint": "sh"}}, " config: Entrypoint must be a list of strings"),
+    ({"config": {"Env": "PATH=/bin"}}, " config: Env must be a list of strings"),
+    ({"config": {"User": 1000}}, " config: User must be a string"),
+    ({"config": {"Labels": {"a": 1}}}, " config: Labels must be a map of strings"),
+    ({"history": {"created_by": "x"}}, "history must be a list"),
+    ({"history": [1]}, "history[0] must be an object"),
+    ({"history": [{"empty_layer": "false"}]}, "history[0]: empty_layer must be a boolean"),
+    ({"created": 1700000000}, "created must be a string"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_CONFIGS)
+def test_config_fields_of_another_type_are_refused(tmp_path, extra, message):
+    """Go readers (containerd, umoci) refuse these configs; lamina loaded them, then
+    ``images`` failed on every image of the store (a "config" list), ``unpack --bundle`` ran an
+    Entrypoint "sh" as the program "s" with argument "h", and ``history`` took
+    ``"empty_layer": "false"`` as true."""
+    require_tool("umoci")
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"a": b"x"}], config_extra=extra)
+    lay.add(m, "latest", **{"io.containerd.image.name": "bad:1"})
+    config = lay.read_json(m["digest"])["config"]["digest"]
+    umoci = subprocess.run(["umoci", "raw", "unpack", "--image", f"{lay.root}:latest", tmp_path / "umoci"],
+                           capture_output=True, text=True)
+    assert umoci.returncode != 0, "umoci accepts this config"
+    for args, root in ((["unpack", f"oci:{lay.root}", tmp_path / "out"], None),
+                       (["unpack", "--overlay", f"oci:{lay.root}", tmp_path / "out"], None),
+                       (["load", "-i", lay.root], tmp_path / "store")):
+        line = one_line_error(cli(*args, root=root))
+        assert line.startswith(f"lamina: error: config {config}") and message in line, line
+        assert not (tmp_path / "out").exists()
+    assert cli("images", "-q", root=tmp_path / "store").stdout == ""
+
+
+# --------------------------------------------------------------------------------------------
+# names docker's grammar refuses
+
+
+@pytest.mark.parametrize("bad", ["app:ТЕГ", "app:١", "app:v1\n"])
+def test_names_outside_dockers_grammar_are_refused(tmp_path, bad):
+    """The tag grammar is Go's ``[\\w][\\w.-]{0,127}``, whose \\w is ASCII; Python's matched any
+    Unicode letter or digit, and ``$`` let a final newline through (``app:v1\\n`` became app:v1).
+    Such names were loaded from RepoTags and given by ``tag``; skopeo (the same Go grammar) refuses
+    them, and an OCI layout's ref.name may not hold them."""
+    require_tool("skopeo")
+    skopeo = subprocess.run(["skopeo", "inspect", f"docker://127.0.0.1:9/{bad}"], capture_output=True, text=True)
+    assert "invalid reference format" in skopeo.stderr, skopeo.stderr
+    store = tmp_path / "store"
+    line = one_line_error(cli("load", "-i", _legacy_archive(tmp_path / "a.tar", [bad]), root=store))
+    assert "RepoTags" in line and "invalid reference format" in line, line
+    assert cli("images", "-q", root=store).stdout == ""
+    assert cli("load", "-i", _legacy_archive(tmp_path / "b.tar", ["app:1"]), root=store).returncode == 0
+    line = one_line_error(cli("tag", "app:1", bad, root=store))
+    assert "invalid reference format" in line, line
+    assert cli("images", "--format", "{{.Repository}}:{{.Tag}}", root=store).stdout == "app:1\n"
+
+
+# --------------------------------------------------------------------------------------------
+# a registry whose tag list pages forever
+
+
+def test_a_tag_list_whose_next_page_loops_is_refused(reg, registry_env, tmp_path):  # noqa: F811
+    """``pull -a`` follows tags/list's Link: rel="next" pages; a registry linking back to a page
+    already read kept lamina requesting it forever (653 requests in 30 s, and counting)."""
+    proxy = FaultProxy(reg.host)
+    try:
+        body = json.dumps({"name": "loop", "tags": ["a"]}).encode()
+        proxy.add("respond", path="/tags/list", times=None, body=body,
+                  headers={"Content-Type": "application/json", "Link": '</v2/loop/tags/list?n=1&last=a>; rel="next"'})
+        line = one_line_error(cli("pull", "-a", f"{proxy.host}/loop", root=tmp_path / "store", timeout=60))
+        assert line == (f"lamina: error: tags of {proxy.host}/loop: the registry's next page is page 2 again"
+                        f" (http://{proxy.host}/v2/loop/tags/list?n=1&last=a): its pagination loops"), line
+        assert len(proxy.requests_for("/tags/list")) == 2
+    finally:
+        proxy.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# one image under thousands of names
+
+
+def index_replacements(store, *args):
+    """Run lamina on ``store``; how many times it replaced the store's index.json (strace)."""
+    require_tool("strace")
+    trace = store.parent / "strace.txt"
+    proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=rename,renameat,renameat2", "-o", trace,
+                           sys.executable, "-m", "lamina", "--root", store, *args],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return sum(1 for line in trace.read_text().splitlines() if f'"{store}/index.json")' in line)
+
+
+def test_a_layout_giving_an_image_thousands_of_names_loads_in_one_index_update(tmp_path):
+    """Every name was one rewrite of the store's whole index.json, each name of the layout was
+    looked up by a scan of index.json, and kept in a list checked by scans: 1000 names took 40 s,
+    4000 more than two minutes (a 16 MiB index.json holds 100,000).  The store's index.json is
+    now replaced once (counted with strace), whatever the number of names."""
+    n = 2000
+    lay = ob.Layout(tmp_path / "many")
+    m = lay.image([{"a": b"x"}])
+    lay.entries = [dict(m, annotations={"org.opencontainers.image.ref.name": f"r{i}",
+                                        "io.containerd.image.name": f"many:{i}"}) for i in range(n)]
+    lay.write_index()
+    store = tmp_path / "store"
+    assert index_replacements(store, "load", "-i", lay.root) == 1
+    names = cli("images", "--format", "{{.Repository}}:{{.Tag}}", root=store).stdout.split()
+    assert sorted(names) == sorted(f"many:{i}" for i in range(n))
+    assert cli("unpack", "many:1234", tmp_path / "out", root=store).returncode == 0
+    assert (tmp_path / "out" / "a").read_bytes() == b"x"
+
+
+# --------------------------------------------------------------------------------------------
+# an artifact beside the image in an index
+
+
+@pytest.mark.parametrize("how", ["unpack", "unpack --overlay", "load"])
+def test_an_artifact_without_a_platform_beside_the_image_is_skipped(tmp_path, how):
+    """image-spec 1.1 puts artifacts (an SBOM with ``artifactType`` and the empty config, whose
+    ``subject`` is the image) in the image's index without a platform.  lamina read each
+    unplatformed manifest's config for its platform and stopped at the artifact's ("is this an
+    artifact?"): the index could not be unpacked at all.  containerd skips it (its empty config
+    names no platform); so does lamina's registry path, which only reads descriptor platforms."""
+    lay = ob.Layout(tmp_path / "lay")
+    image = ob.with_platform(lay.image([{"a": b"x"}]), "linux", "amd64")
+    empty = lay.json_blob({}, "application/vnd.oci.empty.v1+json")
+    sbom = lay.json_blob({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "artifactType": "application/spdx+json",
+                          "config": empty, "layers": [empty], "subject": image}, ob.OCI_MANIFEST,
+                         artifactType="application/spdx+json")
+    lay.add(lay.index([sbom, image]), "latest", **{"io.containerd.image.name": "with-sbom:1"})
+    if how == "load":
+        proc = cli("load", "-i", lay.root, root=tmp_path / "store")
+        assert proc.returncode == 0, proc.stderr
+        proc = cli("unpack", "with-sbom:1", tmp_path / "out", root=tmp_path / "store")
+    else:
+        proc = cli(*how.split(), "--platform", "linux/amd64", f"oci:{lay.root}", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / ("layers/0/a" if "overlay" in how else "a")).read_bytes() == b"x"
+    # named on its own, the artifact is still refused, naming itself
+    lay.entries = []
+    lay.add(sbom, "sbom")
+    line = one_line_error(cli("unpack", f"oci:{lay.root}:sbom", tmp_path / "sbom-out"))
+    assert sbom["digest"] in line and "is this an artifact?" in line, line
+
+
+def test_a_docker_archive_listing_one_image_thousands_of_times_reads_and_stores_it_once(tmp_path):
+    """manifest.json entries are read and imported one by one: the same image listed 2000 times
+    (under 2000 tags) was read 2000 times (a compressed layer inflated each time to count its
+    bytes) and stored with 2000 index updates, each scanning every image stored for one with
+    the same config: 400 entries took 10 s, 4000 more than 5 minutes."""
+    n = 2000
+    layer = ob.tar_bytes({"a": b"x"})
+    config = ob.dumps({"architecture": "amd64", "os": "linux",
+                       "rootfs": {"type": "layers", "diff_ids": [ob.sha256(layer)]}})
+    entry = {"Config": f"{ob.sha256(config)[7:]}.json", "Layers": ["l/layer.tar"]}
+    manifest = [dict(entry, RepoTags=[f"many:{i}"]) for i in range(n)]
+    archive = tmp_path / "many.tar"
+    archive.write_bytes(ob.tar_of({"manifest.json": json.dumps(manifest).encode(),
+                                   f"{ob.sha256(config)[7:]}.json": config, "l/layer.tar": ob.gz(layer)}))
+    store = tmp_path / "store"
+    assert index_replacements(store, "load", "-i", archive) == 1
+    names = cli("images", "--format", "{{.Repository}}:{{.Tag}}", root=store).stdout.split()
+    assert sorted(names) == sorted(f"many:{i}" for i in range(n))
+
+
+def test_a_name_two_entries_of_a_docker_archive_give_goes_to_the_last(tmp_path):
+    """As docker load, which loads the entries in order: x:1 is the third entry's (image A)."""
+    def image(content):
+        layer = ob.tar_bytes({"v": content})
+        config = ob.dumps({"architecture": "amd64", "os": "linux",
+                           "rootfs": {"type": "layers", "diff_ids": [ob.sha256(layer)]}})
+        return config, layer
+    (ca, la), (cb, lb) = image(b"A"), image(b"B")
+    a = {"Config": f"{ob.sha256(ca)[7:]}.json", "Layers": ["a/layer.tar"]}
+    b = {"Config": f"{ob.sha256(cb)[7:]}.json", "Layers": ["b/layer.tar"]}
+    manifest = [dict(a, RepoTags=["x:1", "x:2"]), dict(b, RepoTags=["x:1", "y:1"]), dict(a, RepoTags=["x:1", "z:1"])]
+    archive = tmp_path / "two.tar"
+    archive.write_bytes(ob.tar_of({"manifest.json": json.dumps(manifest).encode(), a["Config"]: ca, "a/layer.tar": la,
+                                   b["Config"]: cb, "b/layer.tar": lb}))
+    store = tmp_path / "store"
+    assert cli("load", "-i", archive, root=store).returncode == 0
+    rows = cli("images", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", root=store).stdout.split("\n")
+    assert sorted(filter(None, rows)) == sorted([f"x:1 {ob.sha256(ca)}", f"x:2 {ob.sha256(ca)}",
+                                                 f"z:1 {ob.sha256(ca)}", f"y:1 {ob.sha256(cb)}"])
