@@ -952,6 +952,9 @@ cdef class Extractor:
     cdef readonly bint scan_overflow   # scan: more than scan_max: the sets were dropped (see __init__)
     cdef readonly int64_t hidden
     cdef object plain_parent      # last parent found free of symlinks (None: unknown)
+    cdef object hid_parent        # last parent _is_hidden looked at (None: none), and whether
+    cdef bint hid_parent_hides    # an upper layer hides what is in it (hide_* are fixed per layer)
+    cdef object unskipped_parent  # a parent with no skipped non-directory on its way (None: unknown)
     cdef set created               # dir format: the directories this layer wrote or wrote into, by path
     cdef dict created_leaves       # dir format: the path of a directory -> the _Names of the non-directories
                                    # this layer wrote by a path in it (``created`` with them: _created_path)
@@ -2657,6 +2660,7 @@ cdef class Extractor:
                 self._check_skipped_link(link, name)
             if kind != K_DIR:  # a later hardlink may name it, directly or through another link
                 self.hidden_files.add(path)
+                self.unskipped_parent = None  # it may be on the way of the one checked
             else:
                 self.hidden_files.discard(path)
             visible = self._visible_parent(path)
@@ -3247,6 +3251,35 @@ cdef class Extractor:
             return None
         return buf[k + 1:n]
 
+    cdef bytes _cached_real_path(self, int pfd, bytes parent):
+        """_real_path of the cached parent from its real path, carried down from the one above
+        or read once per parent (_real_child's), rather than from /proc for each run of
+        entries in it."""
+        if self.root_real is None or pfd != self.cache_fd or not self.cache_valid:
+            return self._real_path(pfd, parent)
+        if self.cache_realp is None:
+            self.cache_realp = self._proc_rel(pfd)
+            if self.cache_realp is None:
+                return parent  # /proc cannot tell: what _real_path says then
+        if len(self.root_real) + 1 + len(self.cache_realp) >= PROC_PATH_MAX - 1:
+            return self._real_path(pfd, parent)  # where /proc might not tell: ask it
+        return self.cache_realp if self.cache_realp else parent
+
+    cdef void _new_name_at(self, int pfd, bytes base):
+        """A symlink is about to be made as ``base`` in ``pfd`` (or a hardlink, which may
+        name one): the parent last found free of symlinks stays so unless the new name
+        lies on its way.  Where the new name is really is known from the cached parent's
+        real path; when it is not, the check is forgotten."""
+        pp = self.plain_parent
+        if pp is None:
+            return
+        if (pfd == self.cache_fd and self.cache_valid and self.cache_realp is not None
+                and self.root_real is not None):
+            real = self.cache_realp + b"/" + base if self.cache_realp else base
+            if not (pp == real or pp.startswith(real + b"/")):
+                return
+        self.plain_parent = None
+
     cdef bytes _real_path(self, int fd, bytes path):
         """Where directory ``fd`` really is under the root (no symlinks), as the
         kernel names it: a dir made through a symlink (``c/a`` with ``c -> a``)
@@ -3272,7 +3305,7 @@ cdef class Extractor:
         cdef int r, e, step = SC_OK
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: symlink with an empty target")
-        self.plain_parent = None  # a new symlink may sit on a path checked before
+        self._new_name_at(pfd, base)  # a new symlink may sit on a path checked before
         with nogil:  # the common case: link, owner and times in one block without the GIL
             r = symlinkat(ctarget, pfd, cbase)
             e = errno
@@ -3355,15 +3388,21 @@ cdef class Extractor:
         """Does an upper layer hide ``path`` (it or an ancestor whited out or
         replaced by a non-directory, or an ancestor made opaque)?"""
         cdef Py_ssize_t i
-        if self._hides(self.hide_at, path) or self._hides(self.hide_below, b""):
+        if self._hides(self.hide_at, path):
             return True
+        # what the ancestors say depends on the parent alone, and a layer lists its
+        # entries directory by directory: looked up once per run of one parent
         i = path.rfind(b"/")
-        while i > 0:
+        cp = self.hid_parent
+        if cp is not None and len(cp) == (i if i > 0 else 0) and memcmp(<const char *>path, <const char *>cp, len(cp)) == 0:
+            return self.hid_parent_hides
+        self.hid_parent = path[:i] if i > 0 else b""
+        self.hid_parent_hides = self._hides(self.hide_below, b"")
+        while i > 0 and not self.hid_parent_hides:
             ancestor = path[:i]
-            if self._hides(self.hide_at, ancestor) or self._hides(self.hide_below, ancestor):
-                return True
+            self.hid_parent_hides = self._hides(self.hide_at, ancestor) or self._hides(self.hide_below, ancestor)
             i = path.rfind(b"/", 0, i)
-        return False
+        return self.hid_parent_hides
 
     cdef bytes _visible_parent(self, bytes path):
         """The longest ancestor of hidden ``path`` that no upper layer hides: a
@@ -3386,17 +3425,22 @@ cdef class Extractor:
         if not self.hidden_files:
             return
         i = path.rfind(b"/")
+        cp = self.unskipped_parent  # checked for the entry before, in the same directory
+        if i <= 0 or (cp is not None and len(cp) == i and memcmp(<const char *>path, <const char *>cp, i) == 0):
+            return
+        parent = path[:i]
         while i > 0:
             if path[:i] in self.hidden_files:
                 raise _errors.ExtractError(
                     f"entry {_show(name)}: a component of {_show(path[:i])} is not a directory")
             i = path.rfind(b"/", 0, i)
+        self.unskipped_parent = parent
 
     cdef _check_skipped_real_parent(self, int pfd, bytes parent, object name):
         """The same for an entry reached through a symlink: it lands where the link
         leads (``c -> a``, then ``c/x``), and a skipped file there would have failed it."""
         if self.cache_real is None:
-            self.cache_real = self._real_path(pfd, parent)
+            self.cache_real = self._cached_real_path(pfd, parent)
         if self.cache_real != parent:
             self._check_skipped_parents(self.cache_real + b"/.", name)
 
@@ -3436,7 +3480,7 @@ cdef class Extractor:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
         if target in self.hidden_files:
             raise HiddenLinkTarget(f"entry {_show(name)}: hardlink to {_show(link)}, which was skipped as hidden")
-        self.plain_parent = None  # the link may be one more name of a symlink
+        self._new_name_at(pfd, base)  # the link may be one more name of a symlink
         tslash = target.rfind(b"/")
         tbase = target[tslash + 1:]
         tparent = target[:tslash] if tslash > 0 else b""
