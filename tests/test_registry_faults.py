@@ -17,6 +17,7 @@ from registryfixture import (FaultProxy, Registry, fast_random, kill9_when, reg,
 from lamina import errors
 from lamina.registry import RegistryClient, Transport, pull
 from lamina.store import Store
+from lamina.store.fsck import check
 
 MiB = 1 << 20
 
@@ -82,6 +83,16 @@ def test_status_bursts_are_retried(proxy, image, registry_env):  # noqa: F811
     assert [r.hits for r in rules] == [2, 3, 2, 1]
 
 
+def _assert_consistent(store):
+    """A failed pull leaves a store fsck finds no error in (the verified blobs it kept, for
+    a rerun to resume from, are at most unused), and image prune gives them back."""
+    from lamina.images import prune
+    assert check(store).errors == [], check(store).findings
+    prune(store, all=True)
+    report = check(store)
+    assert report.findings == [], report.findings
+
+
 def test_persistent_errors_fail_clearly_and_store_nothing(proxy, image, registry_env):  # noqa: F811
     big = image["big"]
     proxy.add("status", code=500, path=f"/blobs/{big['digest']}", times=None)
@@ -92,6 +103,7 @@ def test_persistent_errors_fail_clearly_and_store_nothing(proxy, image, registry
     assert not store.has_blob(big["digest"])
     with pytest.raises(errors.ImageNotFoundError):
         store.resolve(f"{proxy.host}/faults:1")
+    _assert_consistent(store)
     p = subprocess.run([sys.executable, "-m", "lamina", "--root", str(registry_env / "root"), "pull",
                         f"{proxy.host}/faults:1"], capture_output=True, text=True)
     assert p.returncode == 1
@@ -139,6 +151,7 @@ def test_corrupt_bytes_always_fail_and_store_nothing(proxy, image, registry_env)
     assert not list((root / "ingest").glob(big["digest"][7:] + "*"))
     with pytest.raises(errors.ImageNotFoundError):
         store.resolve(f"{proxy.host}/faults:1")
+    _assert_consistent(store)
 
 
 def test_wrong_length_fails_clearly(proxy, image, registry_env):  # noqa: F811

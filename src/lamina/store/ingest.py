@@ -58,6 +58,13 @@ class IngestWriter:
 
     def _close(self):
         if self._fd is not None:
+            if not self.committed and os.fstat(self._fd).st_size == 0:
+                # nothing to resume from (the server failed before the first byte): kept, it
+                # would only show as a stale partial download until the next prune
+                try:
+                    os.unlink(self._partial)
+                except FileNotFoundError:
+                    pass
             os.close(self._fd)
             self._fd = None
         # Waiters re-open the lock path after we unlink it (see locks.py), so removing it is safe.
