@@ -147,6 +147,38 @@ def test_one_blob_listed_as_several_upper_layers_unpacks_from_a_registry(reg, re
 
 
 # --------------------------------------------------------------------------------------------
+# a layer descriptor saying size 0 for a blob that is not empty
+
+
+def test_a_layer_descriptor_of_size_0_for_content_is_refused_by_name(reg, registry_env, tmp_path):  # noqa: F811
+    """No 0-byte content has another digest than sha256 of nothing.  ``unpack docker://``
+    printed "Pull complete" and then blamed the media type ("announces gzip but the content
+    is none"); every way in now names the blob and its size before reading anything."""
+    raw = ob.tar_bytes({"hello": b"zero\n"})
+    blob = ob.gz(raw)
+    _push_blob(reg.host, "zero", blob)
+    config = ob.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [ob.sha256(raw)]}})
+    _push_blob(reg.host, "zero", config)
+    layer = dict(ob.desc(ob.OCI_LAYER_GZIP, blob), size=0)
+    manifest = ob.dumps({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST,
+                         "config": ob.desc(ob.OCI_CONFIG, config), "layers": [layer]})
+    status, body = _push_manifest(reg.host, "zero", "t", manifest, ob.OCI_MANIFEST)
+    assert status == 201, body
+    lay = ob.Layout(tmp_path / "layout")
+    lay.blob(blob)
+    lay.blob(config)
+    lay.blob(manifest)
+    lay.add(ob.desc(ob.OCI_MANIFEST, manifest), "latest")
+    for args, root in ((["pull", f"{reg.host}/zero:t"], tmp_path / "store"),
+                       (["unpack", f"docker://{reg.host}/zero:t", tmp_path / "out"], None),
+                       (["unpack", f"oci:{lay.root}:latest", tmp_path / "out2"], None)):
+        line = one_line_error(cli(*args, root=root))
+        assert ob.sha256(blob) in line and "size 0" in line, (args, line)
+        assert "Pull complete" not in line
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+
+
+# --------------------------------------------------------------------------------------------
 # a layout's index.json or oci-layout that is not a regular file
 
 

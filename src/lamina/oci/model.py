@@ -65,6 +65,7 @@ class Config:
     platform: Optional[Platform]
 
 
+EMPTY_DIGEST = _digest.sha256_bytes(b"")
 # Descriptor sizes are int64 in the image-spec (Go's encoding/json refuses anything larger).
 MAX_SIZE = (1 << 63) - 1
 # RFC 6838 type/subtype, which the image-spec requires of every mediaType and artifactType.
@@ -157,6 +158,10 @@ def parse_descriptor(obj, what):
     # bool is an int subclass; a size of true is still malformed.
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
         raise ImageError(f"{what}: invalid size {size!r} (expected an integer from 0 to 2^63-1)")
+    if size == 0 and digest != EMPTY_DIGEST:
+        # no content of 0 bytes has this digest: said now, the read would only find "no data"
+        # (unpack docker:// sniffed the compression of nothing and blamed the media type)
+        raise ImageError(f"{what}: size 0, but that is not the digest of 0 bytes")
     platform = None
     if obj.get("platform") is not None:
         p = obj["platform"]
