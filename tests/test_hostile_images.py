@@ -255,6 +255,26 @@ def test_load_keeps_a_name_whose_digest_is_the_image(tmp_path):
     assert proc.stdout.strip() == f"[pinned@{m['digest']}]", proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("created", ["\u0662\u0660\u0662\u0660-01-01T00:00:00Z",   # Arabic-Indic digits
+                                     "2020-01-01T00:00:\uff10\uff10Z",                 # fullwidth zeros
+                                     "2020-01-01T00:00:00\uff3a"])
+def test_a_created_time_in_digits_go_does_not_read_is_no_time(tmp_path, created):
+    """Python's \\d matches every script's digits, and int() reads them: ``created`` written in
+    Arabic-Indic digits was 2020 to lamina and no time at all to Go's time.Parse (docker,
+    containerd).  ``images`` shows such an image as created at no known time, as for a bad one."""
+    from lamina import images as I
+    from lamina.store import Store
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"x"}], config_extra={"created": created}), "latest")
+    assert cli("load", "-i", lay.root, root=tmp_path / "store").returncode == 0
+    store = Store(tmp_path / "store")
+    [row] = I.ls(store)
+    [image] = [I.inspect(store, row.id).image]
+    assert I.created_ts(image) is None, created
+    until = one_line_error(cli("images", "--filter", f"until={created}", root=tmp_path / "store"))
+    assert "until" in until, until
+
+
 # --------------------------------------------------------------------------------------------
 # config fields of another JSON type than the image-spec's
 

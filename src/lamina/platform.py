@@ -153,5 +153,5 @@ class Platform:
 
 
 def _variant_number(variant):
-    m = re.fullmatch(r"v(\d+)", variant)
+    m = re.fullmatch(r"v(\d+)", variant, re.ASCII)
     return int(m.group(1)) if m else None

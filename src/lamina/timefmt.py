@@ -4,7 +4,9 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|z|[+-]\d{2}:\d{2})$")
+# ASCII digits only, as Go's time.Parse reads them (Python's \d and int() take every script's)
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|z|[+-]\d{2}:\d{2})$",
+                      re.ASCII)
 
 
 def parse_rfc3339(text):

@@ -80,7 +80,7 @@ class DockerArchive(Source):
         entries = self._entries
         tags = [t for e in entries for t in (e.get("RepoTags") or []) if isinstance(t, str)]
         if self.ref:
-            if re.fullmatch(r"@\d+", self.ref):  # skopeo's docker-archive:PATH:@N
+            if re.fullmatch(r"@\d+", self.ref, re.ASCII):  # skopeo's docker-archive:PATH:@N
                 n = int(self.ref[1:])
                 if n < len(entries):
                     return entries[n]

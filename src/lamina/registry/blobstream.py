@@ -16,7 +16,7 @@ import re
 from ..errors import BlobNotFoundError, RegistryError
 from .transport import CONNECTION_ERRORS, describe_error
 
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)", re.ASCII)
 
 
 # At most this many bytes per read from the connection, whatever the reader asks for (the
