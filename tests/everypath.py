@@ -43,14 +43,15 @@ def write_image(layout_dir, layer_tars, tag=TAG):
 
 
 @contextlib.contextmanager
-def overlay_mount(layer_dirs, mnt):
-    """Mount layer_dirs (bottom first) read-only with kernel overlayfs at mnt."""
+def overlay_mount(layer_dirs, mnt, *, userxattr=False):
+    """Mount layer_dirs (bottom first) read-only with kernel overlayfs at mnt (``userxattr``:
+    reading user.overlay.* markers, as an unprivileged user's layers have them)."""
     require_tool("mount")
     os.makedirs(mnt, exist_ok=True)
     bottom = os.fspath(mnt) + "-empty-bottom"
     os.makedirs(bottom, exist_ok=True)  # lower-only mounts want >= 2 lowers
     lower = ":".join([os.fspath(d) for d in reversed(layer_dirs)] + [bottom])
-    run("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower}", mnt)
+    run("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower}" + (",userxattr" if userxattr else ""), mnt)
     try:
         yield mnt
     finally:

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from everypath import write_image
+from everypath import overlay_mount, write_image
 from layerkit import run_as_nobody, world_tmpdir
 from tarbuild import Tar
 from treecmp import compare, snapshot
@@ -129,16 +129,8 @@ def run_rootless(layer_tars, *, dir_mtime=False):
 def mount_rootless_layers(layer_dirs, mnt, *, dir_mtime=True):
     """Root's view of nobody's overlay layers through overlayfs, reading user.overlay.*
     markers (``userxattr``) as lamina's mount of a rootless store does."""
-    bottom = mnt + "-empty-bottom"
-    os.makedirs(mnt)
-    os.makedirs(bottom)
-    lower = ":".join(list(reversed(layer_dirs)) + [bottom])
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},userxattr", mnt],
-                   check=True, capture_output=True, text=True)
-    try:
+    with overlay_mount(layer_dirs, mnt, userxattr=True):
         return snapshot(mnt, dir_mtime=dir_mtime, xattr_filter=lambda n: not n.startswith("user.overlay."))
-    finally:
-        subprocess.run(["umount", mnt], check=True)
 
 
 def assert_all_agree(trees, out):
