@@ -2452,11 +2452,8 @@ cdef class Extractor:
             try:
                 os.setxattr(dst, k, os.getxattr(src, k))
             except OSError as e:
-                if e.errno == _errno.ENODATA:
-                    continue  # gone from the lower copy meanwhile
-                if e.errno == EPERM or e.errno == EOPNOTSUPP:
-                    self.skipped.append(f"{_show(name)}: xattr {_show(k)} not set ({os.strerror(e.errno)})")
-                    continue
+                if e.errno == _errno.ENODATA or self._xattr_refused(name, k, e.errno):
+                    continue  # ENODATA: gone from the lower copy meanwhile
                 raise _errors.ExtractError(f"entry {_show(name)}: copy xattr {_show(k)} failed: "
                                            f"{os.strerror(e.errno)}") from None
 
@@ -3739,13 +3736,17 @@ cdef class Extractor:
             else:
                 rc = lsetxattr(lpath, <bytes>k, <const char *>(<bytes>v), len(v), 0)
             if rc < 0:
-                if errno == EOPNOTSUPP or errno == EPERM:
-                    # e.g. trusted.* without root, user.* on a symlink, or a
-                    # filesystem without xattrs: report, do not fail the layer
-                    self.skipped.append(
-                        f"{_show(name)}: xattr {_show(k)} not set ({os.strerror(errno)})")
+                if self._xattr_refused(name, k, errno):
                     continue
                 self._oserror(f"set xattr {_show(k)} on", name)
+
+    cdef bint _xattr_refused(self, object name, object k, int e) except -1:
+        """An xattr the kernel will not set here (trusted.* without root, user.* on a symlink,
+        a filesystem without xattrs): reported in ``skipped``, the layer goes on."""
+        if e != EOPNOTSUPP and e != EPERM:
+            return False
+        self.skipped.append(f"{_show(name)}: xattr {_show(k)} not set ({os.strerror(e)})")
+        return True
 
     # ------------------------------------------------------------ whiteouts
 
