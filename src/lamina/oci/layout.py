@@ -87,10 +87,7 @@ class OCILayout(Source):
                     f"{self.description} holds several images and none is 'latest'; "
                     f"name one (oci:PATH:REF); available: {self._available()}")
         # The same digest listed twice under one name is still one image.
-        unique = {}
-        for d in picked:
-            unique.setdefault(d.digest, d)
-        return list(unique.values())
+        return _each_digest_once(picked)
 
     def _named(self, ref):
         """index.json's descriptors named ``ref`` (OCI ref name, or a containerd name that
@@ -188,12 +185,8 @@ class OCILayout(Source):
         desc = descs[0]
         _, index, _ = self._document(desc)
         data = self.store.read(desc, f"index {desc.digest}")
-        manifests, seen = [], set()
-        for d in index.manifests:
-            if mt.is_manifest(d.media_type) and d.digest not in seen:  # each once, however often listed
-                seen.add(d.digest)
-                manifests.append(d)
-        return desc, data, manifests
+        # each manifest once, however often the index lists it
+        return desc, data, _each_digest_once(d for d in index.manifests if mt.is_manifest(d.media_type))
 
     def image_of(self, desc):
         """The ResolvedImage of one manifest descriptor (a platform of ``selected_index``)."""
@@ -225,6 +218,14 @@ class OCILayout(Source):
                     f"layer {i} ({ldesc.digest}) is a non-distributable layer absent from {self.description};"
                     " lamina does not download layer urls") from None
             raise BlobNotFoundError(f"layer {i}: blob {ldesc.digest} not found in {self.description}") from None
+
+
+def _each_digest_once(descs):
+    """``descs`` in order, each digest's first descriptor only."""
+    unique = {}
+    for d in descs:
+        unique.setdefault(d.digest, d)
+    return list(unique.values())
 
 
 def open_layout_dir(path, ref=None):
