@@ -198,3 +198,16 @@ def test_login_with_empty_stdin_says_so(tmp_path):
                           input="", capture_output=True, text=True, timeout=60,
                           env={**os.environ, "DOCKER_CONFIG": str(tmp_path)})
     assert proc.returncode == 1 and "stdin was empty" in proc.stderr, proc.stderr
+
+
+def test_unpack_of_an_image_without_layers_says_what_it_did(tmp_path):
+    """An image of no layers (a config-only image, as `FROM scratch` with only ENV gives) unpacks
+    to an empty rootfs; its summary read "0B via  in 0.000s", an empty copy method."""
+    lay = ob.Layout(str(tmp_path / "lay"))
+    lay.add(lay.image([]), "latest")
+    root = tmp_path / "store"
+    lamina(root, "copy", f"oci:{lay.root}:latest", "empty:1")
+    out = lamina(root, "unpack", "empty:1", tmp_path / "out").stdout
+    done = [line for line in out.splitlines() if line.startswith("done:")]
+    assert done and " via " not in done[0] and "  " not in done[0], out
+    assert os.listdir(tmp_path / "out") == []

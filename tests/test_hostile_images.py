@@ -219,6 +219,16 @@ def _legacy_archive(path, repo_tags):
     return path
 
 
+@pytest.mark.parametrize("tag", [5, None, ["a:1"], {"a": 1}])
+def test_load_names_a_repo_tag_that_is_not_a_string(tmp_path, tag):
+    """``RepoTags: [5]`` was refused as an "empty reference", which sends one looking for an
+    empty string that is not there."""
+    store = tmp_path / "store"
+    line = one_line_error(cli("load", "-i", _legacy_archive(tmp_path / "a.tar", ["ok:1", tag]), root=store))
+    assert f"RepoTags {tag!r}" in line and "is not a string" in line, line
+    assert cli("images", "-q", root=store).stdout == ""
+
+
 PINNED = "docker.io/library/debian@sha256:" + "ab" * 32
 
 

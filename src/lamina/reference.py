@@ -52,7 +52,9 @@ class Reference:
         A reference with neither tag nor digest gets ``:latest`` unless
         ``default_tag`` is false.
         """
-        if not isinstance(text, str) or not text:
+        if not isinstance(text, str):
+            raise InvalidReferenceError(f"invalid reference format: {text!r} is not a string")
+        if not text:
             raise InvalidReferenceError("invalid reference format: empty reference")
         if _ANCHORED_ID.match(text):
             raise InvalidReferenceError(

@@ -839,7 +839,7 @@ def _print_store_unpack(args, image, stats, name):
     if stats.extracted:
         print(f"extracted {stats.extracted} missing snapshot(s) in {stats.extract_seconds:.3f}s")
     print(f"done: {stats.entries} entries ({stats.files} files, {stats.dirs} dirs, {stats.symlinks} symlinks), "
-          f"{human_size(stats.bytes)} via {stats.method} in {stats.seconds:.3f}s")
+          f"{human_size(stats.bytes)}{f' via {stats.method}' if stats.method else ''} in {stats.seconds:.3f}s")
     for s in stats.skipped:
         print(f"  skipped: {s}")
     if args.link:
