@@ -1404,6 +1404,9 @@ cdef class Extractor:
             hi -= h[i] >> 7
         usum = <int64_t>u + 8 * 32
         ssum = usum - 256 * <int64_t>hi
+        if h[148] & 0x80:
+            # GNU tar, bsdtar and Go read the checksum in octal only
+            raise _errors.InvalidArchiveError(f"{where}: header checksum in base-256 (no tar reader takes it)")
         stored = _parse_number(h + 148, 8, "checksum", where)
         if stored != usum and stored != ssum:
             raise _errors.InvalidArchiveError(f"{where}: bad header checksum (not a tar stream, or corrupt)")
