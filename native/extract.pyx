@@ -65,6 +65,7 @@ DEF NAME_BITS = 1 << 21    # dir format: bits of the filter of the names of the 
 DEF PAR_MAX = 32           # dir format: cached parents kept open above the current one (_parent)
 
 cdef bytes WH_PREFIX = b".wh."
+cdef const char *GNU_MAGIC = b"ustar  \0"  # magic and version of a GNU header, as GNU tar tells it
 cdef bytes WH_OPAQUE = b".wh..wh..opq"
 cdef tuple OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
 cdef bytes ACL_ACCESS = b"system.posix_acl_access"
@@ -1449,7 +1450,7 @@ cdef class Extractor:
                     f"{where}: extended headers of more than {self.max_extended} bytes for one entry")
             self._read_meta(tf, size)
             return
-        if tf == c'S' and h[482]:
+        if tf == c'S' and h[482] and memcmp(h + 257, GNU_MAGIC, 8) == 0:
             # old GNU sparse map continued in extension blocks before the data
             self.sparse = array("q", [])
             self._read_meta(c'S', BLOCK)
@@ -1601,6 +1602,7 @@ cdef class Extractor:
     cdef _entry(self, unsigned char tf, int64_t size, where):
         cdef const unsigned char *h = self.hdr
         cdef bint ustar = memcmp(h + 257, b"ustar\0", 6) == 0
+        cdef bint gnu = memcmp(h + 257, GNU_MAGIC, 8) == 0
         cdef int64_t mode, uid, gid, sec, nsec = 0, major = 0, minor = 0
         cdef int i
         cdef Kind kind
@@ -1611,7 +1613,19 @@ cdef class Extractor:
         gnu_sparse = None
         name = _cstr(h, 100)
         if ustar and h[345]:
+            if h[476] and memcmp(h + 508, b"tar\0", 4) == 0 and memchr(h + 345, 0, 131) == NULL:
+                # star's prefix is 131 bytes, its atime follows: Go cuts the name there,
+                # GNU tar and bsdtar read on into the atime (lib/x to one, lib64/x to the others)
+                raise _errors.InvalidArchiveError(
+                    f"{where}: star header whose name prefix fills its 131 bytes and runs into the "
+                    "atime field (tar readers disagree on the name)")
             name = _cstr(h + 345, 155) + b"/" + name
+        elif h[345] and not gnu and memcmp(h + 257, b"ustar", 5) == 0:
+            # another version of the magic: bsdtar still reads a ustar header (prefix and
+            # name), GNU tar and Go a v7 one (the name alone)
+            raise _errors.InvalidArchiveError(
+                f"{where}: header whose magic {bytes(h[257:265])!r} is neither ustar's nor GNU tar's, "
+                "with a name prefix (tar readers disagree on the name)")
         link = _cstr(h + 157, 100)
         mode = _parse_number(h + 100, 8, "mode", where)
         uid = _parse_number(h + 108, 8, "uid", where)
@@ -1657,7 +1671,8 @@ cdef class Extractor:
                     gnu_sparse = gnu_sparse or {}
                     gnu_sparse[k[11:]] = v
         sparse_version = 0
-        if tf == c'S':
+        if tf == c'S' and gnu:
+            # (in another format 'S' is a plain file to GNU tar and bsdtar, its data dense)
             if gnu_sparse is not None:  # the old map applies, as for Go: the records do not rename
                 _one_name(name, gnu_sparse.get(b"name"))
             self.sparse = array("q", [])
@@ -1729,9 +1744,12 @@ cdef class Extractor:
         self.entries += 1
         if self.entries > self.max_entries:
             raise _errors.LimitExceededError(f"entry {_show(name)}: more than {self.max_entries} entries in layer")
-        if kind == K_CHR or kind == K_BLK:
+        if (kind == K_CHR or kind == K_BLK) and (ustar or gnu):
+            # a header without the ustar or GNU magic (v7) has no device fields: GNU tar, bsdtar
+            # and Go read 0/0 whatever those bytes hold
             major = _parse_number(h + 329, 8, "devmajor", where)
             minor = _parse_number(h + 337, 8, "devminor", where)
+        if kind == K_CHR or kind == K_BLK:
             if major < 0 or major > UINT32_MAX or minor < 0 or minor > UINT32_MAX:
                 raise _errors.InvalidArchiveError(f"entry {_show(name)}: device number out of range")
             if kind == K_CHR and major == 0 and minor == 0:

@@ -61,3 +61,91 @@ def test_a_header_checksum_in_base256_is_refused(g):
     raw = bytes(blk) + pad(b"x") + bytes(1024)
     references_refuse(g, raw)
     refused_everywhere(g, [Raw(raw)], "InvalidArchiveError", "checksum in base-256")
+
+
+@pytest.mark.parametrize("magic", [b"\0" * 8, b"ustar xx"], ids=["v7", "gnu-magic-bad-version"])
+def test_device_numbers_of_a_header_without_the_ustar_magic_are_not_read(g, magic):
+    """A v7 header (no ustar magic, or GNU's magic with another version) has no device
+    fields: GNU tar and Go read a device 0/0 whatever those bytes hold (bsdtar too for v7;
+    it reads GNU's magic whatever the version).  lamina read them: a block device 1/3
+    where the references make 0/0, and a character device 1/3 where Go-based tools make
+    0/0, overlayfs's whiteout."""
+    blk = bytearray(header("dev/b", type=b"4", devmajor=1, devminor=3, mode=0o600))
+    blk[257:265] = magic
+    layer = Tar().dir("dev").raw(_with_checksum(blk)).bytes()
+    if magic == b"\0" * 8:
+        tree = as_references(g, layer)
+    else:
+        tree, _ = agree(g, [layer], umoci=False)
+        extract_with("gnu", write(g.dest / "ref.tar", layer), g.dest / "gnu")
+        assert not compare(snapshot(g.dest / "gnu"), tree, labels=("gnu", "lamina"))
+    assert tree.entries["dev/b"].rdev == (0, 0)
+
+
+def test_a_character_device_of_a_v7_header_is_refused_as_a_whiteout(g):
+    """A v7 character device is 0/0 to every reader: overlayfs's whiteout, refused as one."""
+    blk = bytearray(header("c", type=b"3", devmajor=1, devminor=3))
+    blk[257:265] = bytes(8)
+    refused_everywhere(g, [Raw(Tar().raw(_with_checksum(blk)).bytes())], "UnsupportedEntryError", "entry 'c'")
+
+
+def _star_header(name, prefix, atime):
+    blk = bytearray(header(name, prefix=prefix))
+    blk[476:488] = atime
+    blk[488:500] = b"00000000000 "
+    blk[508:512] = b"tar\0"
+    return _with_checksum(blk)
+
+
+def test_a_star_prefix_that_runs_into_its_atime_is_refused(g):
+    """star's name prefix is 131 bytes, its atime follows.  When the prefix fills all 131,
+    Go (which knows star by the "tar\\0" at 508) cuts the name there, GNU tar and bsdtar
+    read on into the atime: ``.../lib`` + atime "64" was ``lib/evil.so`` to Go-based
+    scanners and ``lib64/evil.so`` to lamina, GNU tar and bsdtar."""
+    prefix = b"p" * 127 + b"/lib"
+    full = Tar().raw(_star_header("evil.so", prefix, b"64".ljust(12, b"\0"))).raw(pad(b"")).bytes()
+    tree = None
+    for tool in ("gnu", "bsd"):
+        extract_with(tool, write(g.dest / "ref.tar", full), g.dest / tool)
+        tree = snapshot(g.dest / tool)
+        assert "p" * 127 + "/lib64/evil.so" in tree.entries, tool
+    refused_everywhere(g, [Raw(full)], "InvalidArchiveError", "star header")
+
+
+def test_a_star_prefix_shorter_than_131_bytes_is_read(g):
+    """star's own headers (prefix NUL-terminated inside its 131 bytes): every reader agrees."""
+    raw = Tar().raw(_star_header("f", b"p" * 60 + b"/lib", b"14567777777 ")).bytes()
+    tree = as_references(g, raw)
+    assert "p" * 60 + "/lib/f" in tree.entries
+
+
+@pytest.mark.parametrize("magic", [b"ustar\x0000", b"\0" * 8, b"ustar xx"], ids=["ustar", "v7", "gnu-magic-bad-version"])
+def test_an_old_gnu_sparse_type_outside_a_gnu_header_is_a_plain_file(g, magic):
+    """Type 'S' is GNU's old sparse format only in a GNU header (star's own 'S' lays its map
+    out otherwise): GNU tar and bsdtar extract it as a plain file of the stored bytes (Go
+    refuses the layer).  lamina read the map at the GNU offsets anyway and wrote 8192
+    bytes with a hole for the references' 1024 bytes of data."""
+    entry = bytearray(sparse_old_gnu("s", 8192, [(0, b"a" * 512), (4096, b"b" * 512)]))
+    entry[257:265] = magic
+    entry[:512] = _with_checksum(entry[:512])
+    tree = as_references(g, Tar().raw(bytes(entry)).file("after", b"x"))
+    assert tree.entries["s"].size == 1024 and "after" in tree.entries
+
+
+@pytest.mark.parametrize("magic", [b"ustar xx", b"ustar \0\0", b"ustarXX\0"])
+def test_a_name_prefix_under_a_magic_of_neither_ustar_nor_gnu_is_refused(g, magic):
+    """A magic that starts "ustar" but is neither ustar's (``ustar\\0``) nor GNU's
+    (``ustar  \\0``): bsdtar reads a ustar header and puts the prefix before the name
+    (``x/.wh.victim``), GNU tar and Go read a v7 header without one (``.wh.victim``, a
+    whiteout), as lamina did.  Refused when there is a prefix; without one all agree."""
+    blk = bytearray(header(".wh.victim", prefix=b"x"))
+    blk[257:265] = magic
+    bad = Tar().raw(_with_checksum(blk))
+    refused_everywhere(g, [Tar().file("victim", b"v"), bad], "InvalidArchiveError", "neither ustar's nor GNU tar's")
+
+
+def test_a_magic_of_neither_ustar_nor_gnu_without_a_prefix_is_read(g):
+    blk = bytearray(header("f", size=1))
+    blk[257:265] = b"ustar xx"
+    tree = as_references(g, Tar().raw(_with_checksum(blk)).raw(pad(b"x")).bytes())
+    assert tree.entries["f"].size == 1
