@@ -930,6 +930,7 @@ cdef class Extractor:
     cdef bytearray meta
     cdef unsigned char meta_kind
     cdef object pax, long_name, long_link, cache_path, prev_name
+    cdef object acl_name           # the name of a Solaris ACL header ('A'), until its entry
     cdef int64_t ext_total, global_headers
     # GNU sparse: the map of the entry being read (offset, length pairs flat in
     # an int64 array), the region being written, and the file's real size
@@ -1320,7 +1321,8 @@ cdef class Extractor:
                 raise _errors.InvalidArchiveError(
                     f"not a tar archive: the stream ends inside the first tar header ({self.total} bytes)")
             raise _errors.InvalidArchiveError(f"truncated layer: archive ends inside entry {_show(where)}")
-        if self.pax is not None or self.long_name is not None or self.long_link is not None:
+        if (self.pax is not None or self.long_name is not None or self.long_link is not None
+                or self.acl_name is not None):
             raise _errors.InvalidArchiveError(
                 f"truncated layer: archive ends after an extended header (after entry {_show(self.prev_name)})")
         cdef int64_t t = _now_ns()
@@ -1693,6 +1695,8 @@ cdef class Extractor:
                 # bsdtar names a sparse file by its GNU long name, Go by GNU.sparse.name
                 _one_reading(gnu_name, gnu_name, gnu_sparse[b"name"], "name", b"GNU.sparse.name")
         self.prev_name = name
+        if self.acl_name is not None:
+            self._check_acl_entry(name, tf)
         if _has_byte(name, 0) or _has_byte(link, 0):  # not ``in``: bytes.__contains__ formats a TypeError first
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: NUL byte in name")
         if xattrs or lib_xattrs:
@@ -1727,6 +1731,21 @@ cdef class Extractor:
                     "(tar readers disagree on which entry it names)")
             self._skip_then_header(size + _pad(size))
             return
+        elif tf == c'A':
+            # Solaris tar's ACL of the entry that follows, named as it: bsdtar reads it so, GNU
+            # tar extracts it as a file that entry then replaces; ACLs are not applied (as for
+            # SCHILY.acl.*).  The name is checked against the next entry's (_check_acl_entry).
+            if pax is not None or gnu_name is not None or gnu_link is not None:
+                raise _errors.InvalidArchiveError(
+                    f"entry {_show(name)}: an extended header before a Solaris ACL header "
+                    "(tar readers disagree on which entry it names)")
+            self.acl_name = name
+            self._skip_then_header(size + _pad(size))
+            return
+        elif tf == c'M':
+            # GNU tar refuses a continuation of another volume's file, bsdtar extracts it
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: type 'M' (a file continued from another volume of a multivolume archive)")
         else:
             # POSIX: an unknown type is read as a regular file; GNU tar and bsdtar do so
             kind = K_REG
@@ -1797,6 +1816,15 @@ cdef class Extractor:
             self._read_meta(c'M', BLOCK)
             return
         self._start_entry(kind, path, name, link, size, major, minor, skip_after)
+
+    cdef _check_acl_entry(self, bytes name, unsigned char tf):
+        """The entry after a Solaris ACL header ('A') must bear its name: GNU tar leaves the
+        'A' header as a file where bsdtar sees nothing unless that entry replaces it."""
+        acl_name, self.acl_name = self.acl_name, None
+        if tf == c'A' or self._normalize(acl_name) != self._normalize(name):
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: follows a Solaris ACL header of {_show(acl_name)} "
+                "(GNU tar extracts that header as a file, bsdtar as this entry's ACL)")
 
     cdef _pax_sparse(self, dict gs, bytes name, int64_t size, where):
         """GNU.sparse.* records -> (name, version): 1 for the 0.0/0.1 forms (map

@@ -119,6 +119,41 @@ def test_a_star_prefix_shorter_than_131_bytes_is_read(g):
     assert "p" * 60 + "/lib/f" in tree.entries
 
 
+def test_solaris_acl_headers_before_their_entries_are_read(g):
+    """Solaris tar writes an 'A' header named as the entry that follows it, its data the
+    ACL: bsdtar reads it as that entry's ACL, GNU tar extracts it as a file the entry then
+    replaces; the trees agree (libarchive's test_compat_solaris_tar_acl.tar), and lamina
+    does not apply the ACL (as for SCHILY.acl.*)."""
+    # POSIX draft ACLs (type 01000000) of 3 entries, as the modes say (bsdtar sets them as root)
+    layer = (Tar().entry("f", b"1000003\0user::rw-,group::r--,other:---\0", type=b"A").file("f", b"data", mode=0o640)
+             .entry("d/", b"1000003\0user::rwx,group::r-x,other:---\0", type=b"A").dir("d", mode=0o750)
+             .file("after", b"a"))
+    tree = as_references(g, layer)
+    assert tree.entries["f"].size == 4 and tree.entries["d"].type == "dir"
+
+
+@pytest.mark.parametrize("build", [
+    lambda t: t.entry(".wh.victim", b"user::rw-\0", type=b"A").file("harmless", b"h"),
+    lambda t: t.entry("a", b"user::rw-\0", type=b"A").entry("a", b"user::rw-\0", type=b"A").file("a", b"h"),
+    lambda t: t.pax({"path": ".wh.victim"}).entry("x", b"user::rw-\0", type=b"A").file("x", b"h"),
+    lambda t: t.entry("victim", b"user::rw-\0", type=b"A"),
+], ids=["other-name", "two-in-a-row", "extended-header-before", "at-the-end"])
+def test_a_solaris_acl_header_not_followed_by_its_entry_is_refused(g, build):
+    """An 'A' header named otherwise than the next entry is a file to GNU tar and nothing to
+    bsdtar (Go-based tools refuse its type): lamina extracted it as a file, here a whiteout
+    of ``victim``.  Refused, naming it."""
+    refused_everywhere(g, [Tar().file("victim", b"v"), build(Tar().file("a", b"a"))],
+                       "InvalidArchiveError", "Solaris ACL", "after entry 'victim'")
+
+
+def test_a_multivolume_continuation_is_refused(g):
+    """Type 'M' (the rest of a file begun in another volume): GNU tar refuses the entry,
+    bsdtar extracts it as a file, docker and containerd refuse the type; lamina extracted
+    it.  Refused."""
+    raw = Tar().file("a", b"a").entry("m", b"tail of a file", type=b"M", fmt="gnu").file("b", b"b")
+    refused_everywhere(g, [raw], "InvalidArchiveError", "entry 'm'")
+
+
 @pytest.mark.parametrize("magic", [b"ustar\x0000", b"\0" * 8, b"ustar xx"], ids=["ustar", "v7", "gnu-magic-bad-version"])
 def test_an_old_gnu_sparse_type_outside_a_gnu_header_is_a_plain_file(g, magic):
     """Type 'S' is GNU's old sparse format only in a GNU header (star's own 'S' lays its map
