@@ -1640,7 +1640,7 @@ cdef class Extractor:
         if gnu_link is not None:
             link = gnu_link
             self.long_link = None
-        xattrs = lib_xattrs = None
+        xattrs = lib_xattrs = schily = None
         pax = self.pax
         self.pax = None
         if pax and (gnu_name is not None or gnu_link is not None):
@@ -1672,6 +1672,9 @@ cdef class Extractor:
                 elif k.startswith(b"GNU.sparse."):
                     gnu_sparse = gnu_sparse or {}
                     gnu_sparse[k[11:]] = v
+                elif k == b"SCHILY.devmajor" or k == b"SCHILY.devminor" or k == b"SCHILY.realsize":
+                    schily = schily or {}
+                    schily[k[7:]] = v
         sparse_version = 0
         if tf == c'S' and gnu:
             # (in another format 'S' is a plain file to GNU tar and bsdtar, its data dense)
@@ -1777,6 +1780,8 @@ cdef class Extractor:
                 raise _errors.UnsupportedEntryError(
                     f"entry {_show(name)}: a character device 0/0 is overlayfs's whiteout "
                     "(layers mark deletions with .wh. files)")
+        if schily is not None:
+            self._check_schily(name, kind, schily, size, major, minor)
         if uid < 0 or uid > UINT32_MAX or gid < 0 or gid > UINT32_MAX:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: uid/gid out of range ({uid}/{gid})")
         if (self.sparse is not None or sparse_version) and kind != K_REG:
@@ -1825,6 +1830,25 @@ cdef class Extractor:
             raise _errors.InvalidArchiveError(
                 f"entry {_show(name)}: follows a Solaris ACL header of {_show(acl_name)} "
                 "(GNU tar extracts that header as a file, bsdtar as this entry's ACL)")
+
+    cdef _check_schily(self, bytes name, Kind kind, dict schily, int64_t size, int64_t major, int64_t minor):
+        """star's SCHILY.devmajor, SCHILY.devminor and SCHILY.realsize: bsdtar applies them over
+        the header's numbers, GNU tar and Go ignore them (a device 0/0, overlayfs's whiteout, or a
+        file, or a hardlink's target, cut or stretched to another size for bsdtar alone).  They
+        must say what the header says."""
+        checks = []
+        if kind == K_CHR or kind == K_BLK:
+            checks = [(b"devmajor", major), (b"devminor", minor)]
+        elif kind == K_REG:
+            checks = [(b"realsize", self.sparse_realsize if self.sparse_realsize >= 0 else size)]
+        elif kind == K_LINK:
+            checks = [(b"realsize", 0)]
+        for key, want in checks:
+            v = schily.get(key)
+            if v is not None and _decimal(v) != want:
+                raise _errors.InvalidArchiveError(
+                    f"entry {_show(name)}: SCHILY.{key.decode()} {v[:40]!r} is not the header's {want} "
+                    "(bsdtar applies it, GNU tar and Go do not)")
 
     cdef _pax_sparse(self, dict gs, bytes name, int64_t size, where):
         """GNU.sparse.* records -> (name, version): 1 for the 0.0/0.1 forms (map

@@ -184,3 +184,32 @@ def test_a_magic_of_neither_ustar_nor_gnu_without_a_prefix_is_read(g):
     blk[257:265] = b"ustar xx"
     tree = as_references(g, Tar().raw(_with_checksum(blk)).raw(pad(b"x")).bytes())
     assert tree.entries["f"].size == 1
+
+
+@pytest.mark.parametrize("records,entry", [
+    ({"SCHILY.devmajor": "0", "SCHILY.devminor": "0"}, lambda t: t.chardev("dev/c", 1, 3)),
+    ({"SCHILY.devmajor": "1", "SCHILY.devminor": "3"}, lambda t: t.blockdev("dev/c", 7, 9)),
+    ({"SCHILY.realsize": "100000"}, lambda t: t.file("dev/c", b"hello")),
+    ({"SCHILY.realsize": "2"}, lambda t: t.hardlink("dev/c", "victim")),
+], ids=["chardev-to-whiteout", "blockdev", "file-stretched", "hardlink-cuts-its-target"])
+def test_schily_records_bsdtar_applies_over_the_header_are_refused(g, records, entry):
+    """star's SCHILY.devmajor/devminor/realsize: bsdtar takes them over the header's numbers,
+    GNU tar and Go ignore them; lamina ignored them.  A character device 1/3 was 0/0 to a
+    libarchive-based tool (a whiteout), a 5-byte file 100000 bytes of which all but 5 are
+    zeros, and a hardlink with a SCHILY.realsize cut its target.  Refused unless they say
+    what the header says."""
+    layer = entry(Tar().file("victim", b"hello").dir("dev").pax(records)).bytes()
+    tarpath = write(g.dest / "ref.tar", layer)
+    trees = {}
+    for tool in ("gnu", "bsd"):
+        extract_with(tool, tarpath, g.dest / tool, check=False)
+        trees[tool] = snapshot(g.dest / tool)
+    assert compare(trees["gnu"], trees["bsd"], labels=("gnu", "bsd"))
+    refused_everywhere(g, [Raw(layer)], "InvalidArchiveError", "entry 'dev/c': SCHILY.")
+
+
+def test_schily_records_that_say_what_the_header_says_are_read(g):
+    layer = (Tar().dir("dev").pax({"SCHILY.devmajor": "7", "SCHILY.devminor": "9"}).blockdev("dev/b", 7, 9)
+             .pax({"SCHILY.realsize": "5"}).file("f", b"hello").hardlink("h", "f"))
+    tree = as_references(g, layer)
+    assert tree.entries["dev/b"].rdev == (7, 9) and tree.entries["f"].size == 5
