@@ -1867,6 +1867,13 @@ cdef class Extractor:
         else:
             # Not sparse: Go ignores GNU.sparse.name, GNU tar and bsdtar rename the entry
             _one_name(name, gs.get(b"name"))
+            for key in (b"size", b"realsize"):
+                # bsdtar makes the file that size (zeros after the data), GNU tar reads a
+                # sparse map out of the data, Go ignores the record
+                if gs.get(key) is not None and _decimal(gs[key]) != size:
+                    raise _errors.InvalidArchiveError(
+                        f"entry {_show(name)}: GNU.sparse.{key.decode()} {gs[key][:40]!r} on an entry that is "
+                        f"not sparse, of {size} bytes (tar readers disagree on its size)")
             return name, 0
         if gs.get(b"name"):
             name = gs[b"name"]

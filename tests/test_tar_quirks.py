@@ -213,3 +213,18 @@ def test_schily_records_that_say_what_the_header_says_are_read(g):
              .pax({"SCHILY.realsize": "5"}).file("f", b"hello").hardlink("h", "f"))
     tree = as_references(g, layer)
     assert tree.entries["dev/b"].rdev == (7, 9) and tree.entries["f"].size == 5
+
+
+@pytest.mark.parametrize("key", ["GNU.sparse.size", "GNU.sparse.realsize"])
+def test_a_gnu_sparse_size_on_an_entry_that_is_not_sparse_is_refused(g, key):
+    """A GNU.sparse.size (or .realsize) record without a map or version: bsdtar makes the file
+    that size, GNU tar reads a sparse map out of its data and fails, Go and lamina kept the
+    5 bytes.  Refused when it is not the entry's size."""
+    refused_everywhere(g, [Tar().pax({key: "100000"}).file("f", b"hello").file("after", b"a")],
+                       "InvalidArchiveError", "entry 'f'")
+
+
+@pytest.mark.parametrize("key", ["GNU.sparse.size", "GNU.sparse.realsize"])
+def test_a_gnu_sparse_size_of_the_entrys_size_is_read(g, key):
+    tree = as_references(g, Tar().pax({key: "5"}).file("f", b"hello").file("after", b"a"))
+    assert tree.entries["f"].size == 5
