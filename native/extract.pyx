@@ -1771,6 +1771,12 @@ cdef class Extractor:
             # and Go read 0/0 whatever those bytes hold
             major = _parse_number(h + 329, 8, "devmajor", where)
             minor = _parse_number(h + 337, 8, "devminor", where)
+        elif (kind == K_CHR or kind == K_BLK) and memcmp(h + 257, b"ustar", 5) == 0 and (
+                _parse_number(h + 329, 8, "devmajor", where) or _parse_number(h + 337, 8, "devminor", where)):
+            # bsdtar reads them under any magic starting "ustar"
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: device numbers in a header whose magic {bytes(h[257:265])!r} is neither "
+                "ustar's nor GNU tar's (bsdtar reads them, GNU tar and Go read 0/0)")
         if kind == K_CHR or kind == K_BLK:
             if major < 0 or major > UINT32_MAX or minor < 0 or minor > UINT32_MAX:
                 raise _errors.InvalidArchiveError(f"entry {_show(name)}: device number out of range")
