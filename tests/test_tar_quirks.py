@@ -236,3 +236,19 @@ def test_a_gnu_sparse_size_on_an_entry_that_is_not_sparse_is_refused(g, key):
 def test_a_gnu_sparse_size_of_the_entrys_size_is_read(g, key):
     tree = as_references(g, Tar().pax({key: "5"}).file("f", b"hello").file("after", b"a"))
     assert tree.entries["f"].size == 5
+
+
+@pytest.mark.parametrize("media", ["gzip", "zstd"])
+def test_a_layer_blob_of_0_bytes_is_the_empty_layer_whatever_its_media_type(g, monkeypatch, media):
+    """A 0-byte blob announced as gzip or zstd: docker and containerd sniff no compression
+    and read a tar of no entries (bsdtar too; GNU tar, gzip and zstd fail on 0 bytes); lamina
+    refused it ("announces gzip but the content is none").  Read as the empty layer, on
+    every path (an uncompressed 0-byte layer already was)."""
+    import ocibuild
+    from layerkit import zst
+    compress = zst if media == "zstd" else ocibuild.gz
+    monkeypatch.setattr(ocibuild, "gz", lambda data: b"" if data == b"" else compress(data))
+    if media == "zstd":
+        monkeypatch.setattr(ocibuild, "OCI_LAYER_GZIP", "application/vnd.oci.image.layer.v1.tar+zstd")
+    tree, _ = agree(g, [Tar().file("a", b"a").bytes(), b"", Tar().file("b", b"b").bytes()], umoci=False)
+    assert sorted(tree.entries) == ["a", "b"]
