@@ -199,8 +199,10 @@ def parse_pax(bytes data, where):
     out = {}
     sparse = []
     while pos < n:
-        if data[pos] == 0:  # some writers NUL-pad the record block
-            break
+        if data[pos] == 0:
+            # GNU tar applies the records before the NULs, bsdtar drops them all, Go refuses
+            raise _errors.InvalidArchiveError(
+                f"{where}: NUL bytes after the PAX records, at offset {pos} (tar readers disagree on the records)")
         sp = data.find(b" ", pos, min(n, pos + 24))
         if sp < 0 or not data[pos:sp].isdigit():
             raise _errors.InvalidArchiveError(f"{where}: malformed PAX record at offset {pos}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from layerkit import write
-from tarbuild import Tar, header, pad
+from tarbuild import Tar, header, pad, pax_records
 from tarvectors import extract_with, sparse_old_gnu
 from test_hostile_more import agree, refused_everywhere
 from treecmp import compare, snapshot
@@ -252,3 +252,19 @@ def test_a_layer_blob_of_0_bytes_is_the_empty_layer_whatever_its_media_type(g, m
         monkeypatch.setattr(ocibuild, "OCI_LAYER_GZIP", "application/vnd.oci.image.layer.v1.tar+zstd")
     tree, _ = agree(g, [Tar().file("a", b"a").bytes(), b"", Tar().file("b", b"b").bytes()], umoci=False)
     assert sorted(tree.entries) == ["a", "b"]
+
+
+@pytest.mark.parametrize("tail", [bytes(30), b"\0\0" + pax_records({"path": "other"})], ids=["nul-padded", "record-after-nuls"])
+def test_nul_bytes_after_the_pax_records_are_refused(g, tail):
+    """A PAX header whose data goes on with NULs after its records: GNU tar applies the
+    records before the NULs (a whiteout ``.wh.victim``), bsdtar ignores them all (the
+    entry is ``harmless``), Go refuses the header; lamina stopped at the NUL as GNU tar
+    does.  No writer pads the records (none of the corpora).  Refused."""
+    layer = Tar().pax(pax_records({"path": ".wh.victim"}) + tail).file("harmless", b"h")
+    tarpath = write(g.dest / "ref.tar", layer.bytes())
+    names = {}
+    for tool in ("gnu", "bsd"):
+        extract_with(tool, tarpath, g.dest / tool, check=False)
+        names[tool] = sorted(snapshot(g.dest / tool).entries)
+    assert names == {"gnu": [".wh.victim"], "bsd": ["harmless"]}
+    refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "NUL")
