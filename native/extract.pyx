@@ -216,6 +216,10 @@ def parse_pax(bytes data, where):
         key = rec[:eq]
         if b"\0" in key:
             raise _errors.InvalidArchiveError(f"{where}: NUL byte in PAX record key {_show(key)}")
+        if key[0] == 32:
+            # GNU tar skips every space after the length (" path" is "path" to it); bsdtar
+            # and Go read the key with them, a key they do not know
+            raise _errors.InvalidArchiveError(f"{where}: PAX record key {_show(key)} starts with a space")
         if key == b"GNU.sparse.offset" or key == b"GNU.sparse.numbytes":
             if (key == b"GNU.sparse.offset") != (len(sparse) % 2 == 0) or b"," in rec[eq + 1:]:
                 raise _errors.InvalidArchiveError(f"{where}: GNU sparse 0.0 records out of order")

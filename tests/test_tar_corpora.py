@@ -107,7 +107,7 @@ EXPECT = {
     "libarchive/test_read_format_tar_empty_pax.tar.Z": REFS,
     "libarchive/test_read_format_tar_empty_with_gnulabel.tar": REFS,
     "libarchive/test_read_format_tar_filename_koi8r.tar.Z": REFS,
-    "libarchive/test_read_format_tar_invalid_pax_size.tar": refused("InvalidArchiveError", "malformed PAX record"),
+    "libarchive/test_read_format_tar_invalid_pax_size.tar": refused("InvalidArchiveError", "starts with a space"),  # keys of spaces, then a negative size
     "libarchive/test_read_format_ustar_filename_cp866.tar.Z": REFS,
     "libarchive/test_read_format_ustar_filename_eucjp.tar.Z": REFS,
     "libarchive/test_read_format_ustar_filename_koi8r.tar.Z": REFS,

@@ -268,3 +268,19 @@ def test_nul_bytes_after_the_pax_records_are_refused(g, tail):
         names[tool] = sorted(snapshot(g.dest / tool).entries)
     assert names == {"gnu": [".wh.victim"], "bsd": ["harmless"]}
     refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "NUL")
+
+
+def test_a_pax_key_after_two_spaces_is_refused(g):
+    """``NN  path=.wh.victim``: GNU tar skips every space after the length and renames the
+    entry (a whiteout), bsdtar and Go keep the key " path", which they do not know, as
+    lamina did (the entry stays ``harmless``).  Refused."""
+    body = b"  path=.wh.victim\n"
+    record = b"%d" % (len(body) + 2) + body
+    layer = Tar().pax(record).file("harmless", b"h")
+    tarpath = write(g.dest / "ref.tar", layer.bytes())
+    names = {}
+    for tool in ("gnu", "bsd"):
+        extract_with(tool, tarpath, g.dest / tool)
+        names[tool] = sorted(snapshot(g.dest / tool).entries)
+    assert names == {"gnu": [".wh.victim"], "bsd": ["harmless"]}
+    refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "starts with a space")
