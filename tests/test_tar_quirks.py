@@ -1,7 +1,10 @@
 """Header quirks of other writers and readers, through every path (everypath.py) and
 against GNU tar and bsdtar (tarvectors.extract_with): fields a format does not have (a v7
-header's device numbers), star's shorter name prefix, a checksum in base-256, and the
-type flags bsdtar reads otherwise than GNU tar (Solaris ACL 'A', multivolume 'M').
+header's device numbers and name prefix, GNU's old sparse map outside a GNU header),
+star's shorter name prefix and its SCHILY.devmajor/devminor/realsize records, a checksum
+in base-256, the type flags bsdtar reads otherwise than GNU tar (Solaris ACL 'A',
+multivolume 'M'), PAX records that one reader applies and another drops (NULs after
+them, spaces before a key, GNU.sparse.size without a map), and a 0-byte layer blob.
 What lamina chose where the readers disagree is in CONFORMANCE.md.
 """
 from __future__ import annotations
