@@ -65,6 +65,7 @@ DEF NAME_BITS = 1 << 21    # dir format: bits of the filter of the names of the 
 DEF PAR_MAX = 32           # dir format: cached parents kept open above the current one (_parent)
 
 cdef bytes WH_PREFIX = b".wh."
+cdef const char *GNU_MAGIC = b"ustar  \0"  # magic and version of a GNU header, as GNU tar tells it
 cdef bytes WH_OPAQUE = b".wh..wh..opq"
 cdef tuple OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
 cdef bytes ACL_ACCESS = b"system.posix_acl_access"
@@ -198,8 +199,10 @@ def parse_pax(bytes data, where):
     out = {}
     sparse = []
     while pos < n:
-        if data[pos] == 0:  # some writers NUL-pad the record block
-            break
+        if data[pos] == 0:
+            # GNU tar applies the records before the NULs, bsdtar drops them all, Go refuses
+            raise _errors.InvalidArchiveError(
+                f"{where}: NUL bytes after the PAX records, at offset {pos} (tar readers disagree on the records)")
         sp = data.find(b" ", pos, min(n, pos + 24))
         if sp < 0 or not data[pos:sp].isdigit():
             raise _errors.InvalidArchiveError(f"{where}: malformed PAX record at offset {pos}")
@@ -213,6 +216,10 @@ def parse_pax(bytes data, where):
         key = rec[:eq]
         if b"\0" in key:
             raise _errors.InvalidArchiveError(f"{where}: NUL byte in PAX record key {_show(key)}")
+        if key[0] == 32:
+            # GNU tar skips every space after the length (" path" is "path" to it); bsdtar
+            # and Go read the key with them, a key they do not know
+            raise _errors.InvalidArchiveError(f"{where}: PAX record key {_show(key)} starts with a space")
         if key == b"GNU.sparse.offset" or key == b"GNU.sparse.numbytes":
             if (key == b"GNU.sparse.offset") != (len(sparse) % 2 == 0) or b"," in rec[eq + 1:]:
                 raise _errors.InvalidArchiveError(f"{where}: GNU sparse 0.0 records out of order")
@@ -929,6 +936,7 @@ cdef class Extractor:
     cdef bytearray meta
     cdef unsigned char meta_kind
     cdef object pax, long_name, long_link, cache_path, prev_name
+    cdef object acl_name           # the name of a Solaris ACL header ('A'), until its entry
     cdef int64_t ext_total, global_headers
     # GNU sparse: the map of the entry being read (offset, length pairs flat in
     # an int64 array), the region being written, and the file's real size
@@ -1319,7 +1327,8 @@ cdef class Extractor:
                 raise _errors.InvalidArchiveError(
                     f"not a tar archive: the stream ends inside the first tar header ({self.total} bytes)")
             raise _errors.InvalidArchiveError(f"truncated layer: archive ends inside entry {_show(where)}")
-        if self.pax is not None or self.long_name is not None or self.long_link is not None:
+        if (self.pax is not None or self.long_name is not None or self.long_link is not None
+                or self.acl_name is not None):
             raise _errors.InvalidArchiveError(
                 f"truncated layer: archive ends after an extended header (after entry {_show(self.prev_name)})")
         cdef int64_t t = _now_ns()
@@ -1404,6 +1413,9 @@ cdef class Extractor:
             hi -= h[i] >> 7
         usum = <int64_t>u + 8 * 32
         ssum = usum - 256 * <int64_t>hi
+        if h[148] & 0x80:
+            # GNU tar, bsdtar and Go read the checksum in octal only
+            raise _errors.InvalidArchiveError(f"{where}: header checksum in base-256 (no tar reader takes it)")
         stored = _parse_number(h + 148, 8, "checksum", where)
         if stored != usum and stored != ssum:
             raise _errors.InvalidArchiveError(f"{where}: bad header checksum (not a tar stream, or corrupt)")
@@ -1446,7 +1458,7 @@ cdef class Extractor:
                     f"{where}: extended headers of more than {self.max_extended} bytes for one entry")
             self._read_meta(tf, size)
             return
-        if tf == c'S' and h[482]:
+        if tf == c'S' and h[482] and memcmp(h + 257, GNU_MAGIC, 8) == 0:
             # old GNU sparse map continued in extension blocks before the data
             self.sparse = array("q", [])
             self._read_meta(c'S', BLOCK)
@@ -1598,6 +1610,7 @@ cdef class Extractor:
     cdef _entry(self, unsigned char tf, int64_t size, where):
         cdef const unsigned char *h = self.hdr
         cdef bint ustar = memcmp(h + 257, b"ustar\0", 6) == 0
+        cdef bint gnu = memcmp(h + 257, GNU_MAGIC, 8) == 0
         cdef int64_t mode, uid, gid, sec, nsec = 0, major = 0, minor = 0
         cdef int i
         cdef Kind kind
@@ -1608,7 +1621,19 @@ cdef class Extractor:
         gnu_sparse = None
         name = _cstr(h, 100)
         if ustar and h[345]:
+            if h[476] and memcmp(h + 508, b"tar\0", 4) == 0 and memchr(h + 345, 0, 131) == NULL:
+                # star's prefix is 131 bytes, its atime follows: Go cuts the name there,
+                # GNU tar and bsdtar read on into the atime (lib/x to one, lib64/x to the others)
+                raise _errors.InvalidArchiveError(
+                    f"{where}: star header whose name prefix fills its 131 bytes and runs into the "
+                    "atime field (tar readers disagree on the name)")
             name = _cstr(h + 345, 155) + b"/" + name
+        elif h[345] and not gnu and memcmp(h + 257, b"ustar", 5) == 0:
+            # another version of the magic: bsdtar still reads a ustar header (prefix and
+            # name), GNU tar and Go a v7 one (the name alone)
+            raise _errors.InvalidArchiveError(
+                f"{where}: header whose magic {bytes(h[257:265])!r} is neither ustar's nor GNU tar's, "
+                "with a name prefix (tar readers disagree on the name)")
         link = _cstr(h + 157, 100)
         mode = _parse_number(h + 100, 8, "mode", where)
         uid = _parse_number(h + 108, 8, "uid", where)
@@ -1621,7 +1646,7 @@ cdef class Extractor:
         if gnu_link is not None:
             link = gnu_link
             self.long_link = None
-        xattrs = lib_xattrs = None
+        xattrs = lib_xattrs = schily = None
         pax = self.pax
         self.pax = None
         if pax and (gnu_name is not None or gnu_link is not None):
@@ -1653,8 +1678,12 @@ cdef class Extractor:
                 elif k.startswith(b"GNU.sparse."):
                     gnu_sparse = gnu_sparse or {}
                     gnu_sparse[k[11:]] = v
+                elif k == b"SCHILY.devmajor" or k == b"SCHILY.devminor" or k == b"SCHILY.realsize":
+                    schily = schily or {}
+                    schily[k[7:]] = v
         sparse_version = 0
-        if tf == c'S':
+        if tf == c'S' and gnu:
+            # (in another format 'S' is a plain file to GNU tar and bsdtar, its data dense)
             if gnu_sparse is not None:  # the old map applies, as for Go: the records do not rename
                 _one_name(name, gnu_sparse.get(b"name"))
             self.sparse = array("q", [])
@@ -1675,6 +1704,8 @@ cdef class Extractor:
                 # bsdtar names a sparse file by its GNU long name, Go by GNU.sparse.name
                 _one_reading(gnu_name, gnu_name, gnu_sparse[b"name"], "name", b"GNU.sparse.name")
         self.prev_name = name
+        if self.acl_name is not None:
+            self._check_acl_entry(name, tf)
         if _has_byte(name, 0) or _has_byte(link, 0):  # not ``in``: bytes.__contains__ formats a TypeError first
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: NUL byte in name")
         if xattrs or lib_xattrs:
@@ -1709,6 +1740,21 @@ cdef class Extractor:
                     "(tar readers disagree on which entry it names)")
             self._skip_then_header(size + _pad(size))
             return
+        elif tf == c'A':
+            # Solaris tar's ACL of the entry that follows, named as it: bsdtar reads it so, GNU
+            # tar extracts it as a file that entry then replaces; ACLs are not applied (as for
+            # SCHILY.acl.*).  The name is checked against the next entry's (_check_acl_entry).
+            if pax is not None or gnu_name is not None or gnu_link is not None:
+                raise _errors.InvalidArchiveError(
+                    f"entry {_show(name)}: an extended header before a Solaris ACL header "
+                    "(tar readers disagree on which entry it names)")
+            self.acl_name = name
+            self._skip_then_header(size + _pad(size))
+            return
+        elif tf == c'M':
+            # GNU tar refuses a continuation of another volume's file, bsdtar extracts it
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: type 'M' (a file continued from another volume of a multivolume archive)")
         else:
             # POSIX: an unknown type is read as a regular file; GNU tar and bsdtar do so
             kind = K_REG
@@ -1726,9 +1772,18 @@ cdef class Extractor:
         self.entries += 1
         if self.entries > self.max_entries:
             raise _errors.LimitExceededError(f"entry {_show(name)}: more than {self.max_entries} entries in layer")
-        if kind == K_CHR or kind == K_BLK:
+        if (kind == K_CHR or kind == K_BLK) and (ustar or gnu):
+            # a header without the ustar or GNU magic (v7) has no device fields: GNU tar, bsdtar
+            # and Go read 0/0 whatever those bytes hold
             major = _parse_number(h + 329, 8, "devmajor", where)
             minor = _parse_number(h + 337, 8, "devminor", where)
+        elif (kind == K_CHR or kind == K_BLK) and memcmp(h + 257, b"ustar", 5) == 0 and (
+                _parse_number(h + 329, 8, "devmajor", where) or _parse_number(h + 337, 8, "devminor", where)):
+            # bsdtar reads them under any magic starting "ustar"
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: device numbers in a header whose magic {bytes(h[257:265])!r} is neither "
+                "ustar's nor GNU tar's (bsdtar reads them, GNU tar and Go read 0/0)")
+        if kind == K_CHR or kind == K_BLK:
             if major < 0 or major > UINT32_MAX or minor < 0 or minor > UINT32_MAX:
                 raise _errors.InvalidArchiveError(f"entry {_show(name)}: device number out of range")
             if kind == K_CHR and major == 0 and minor == 0:
@@ -1737,6 +1792,8 @@ cdef class Extractor:
                 raise _errors.UnsupportedEntryError(
                     f"entry {_show(name)}: a character device 0/0 is overlayfs's whiteout "
                     "(layers mark deletions with .wh. files)")
+        if schily is not None:
+            self._check_schily(name, kind, schily, size, major, minor)
         if uid < 0 or uid > UINT32_MAX or gid < 0 or gid > UINT32_MAX:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: uid/gid out of range ({uid}/{gid})")
         if (self.sparse is not None or sparse_version) and kind != K_REG:
@@ -1777,6 +1834,34 @@ cdef class Extractor:
             return
         self._start_entry(kind, path, name, link, size, major, minor, skip_after)
 
+    cdef _check_acl_entry(self, bytes name, unsigned char tf):
+        """The entry after a Solaris ACL header ('A') must bear its name: GNU tar leaves the
+        'A' header as a file where bsdtar sees nothing unless that entry replaces it."""
+        acl_name, self.acl_name = self.acl_name, None
+        if tf == c'A' or self._normalize(acl_name) != self._normalize(name):
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: follows a Solaris ACL header of {_show(acl_name)} "
+                "(GNU tar extracts that header as a file, bsdtar as this entry's ACL)")
+
+    cdef _check_schily(self, bytes name, Kind kind, dict schily, int64_t size, int64_t major, int64_t minor):
+        """star's SCHILY.devmajor, SCHILY.devminor and SCHILY.realsize: bsdtar applies them over
+        the header's numbers, GNU tar and Go ignore them (a device 0/0, overlayfs's whiteout, or a
+        file, or a hardlink's target, cut or stretched to another size for bsdtar alone).  They
+        must say what the header says."""
+        checks = []
+        if kind == K_CHR or kind == K_BLK:
+            checks = [(b"devmajor", major), (b"devminor", minor)]
+        elif kind == K_REG:
+            checks = [(b"realsize", self.sparse_realsize if self.sparse_realsize >= 0 else size)]
+        elif kind == K_LINK:
+            checks = [(b"realsize", 0)]
+        for key, want in checks:
+            v = schily.get(key)
+            if v is not None and _decimal(v) != want:
+                raise _errors.InvalidArchiveError(
+                    f"entry {_show(name)}: SCHILY.{key.decode()} {v[:40]!r} is not the header's {want} "
+                    "(bsdtar applies it, GNU tar and Go do not)")
+
     cdef _pax_sparse(self, dict gs, bytes name, int64_t size, where):
         """GNU.sparse.* records -> (name, version): 1 for the 0.0/0.1 forms (map
         in the records, read here), 10 for 1.0 (map leads the data), 0 when the
@@ -1794,6 +1879,13 @@ cdef class Extractor:
         else:
             # Not sparse: Go ignores GNU.sparse.name, GNU tar and bsdtar rename the entry
             _one_name(name, gs.get(b"name"))
+            for key in (b"size", b"realsize"):
+                # bsdtar makes the file that size (zeros after the data), GNU tar reads a
+                # sparse map out of the data, Go ignores the record
+                if gs.get(key) is not None and _decimal(gs[key]) != size:
+                    raise _errors.InvalidArchiveError(
+                        f"entry {_show(name)}: GNU.sparse.{key.decode()} {gs[key][:40]!r} on an entry that is "
+                        f"not sparse, of {size} bytes (tar readers disagree on its size)")
             return name, 0
         if gs.get(b"name"):
             name = gs[b"name"]

@@ -144,7 +144,8 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=
     try:
         head = compression.read_exact(raw, HEAD)
         kind = compression.detect(head)
-        compression.check_media_type(kind, media_type, what)
+        if head:  # 0 bytes are the empty layer whatever the media type (docker and containerd)
+            compression.check_media_type(kind, media_type, what)
         run = _native if _use_native(kind) else _python
         try:
             stats, counts = run(raw, head, kind, _TimedFeed(extractor, writes), what, t0, hash_blob)
