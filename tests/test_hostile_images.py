@@ -464,3 +464,122 @@ def test_a_name_two_entries_of_a_docker_archive_give_goes_to_the_last(tmp_path):
     rows = cli("images", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", root=store).stdout.split("\n")
     assert sorted(filter(None, rows)) == sorted([f"x:1 {ob.sha256(ca)}", f"x:2 {ob.sha256(ca)}",
                                                  f"z:1 {ob.sha256(ca)}", f"y:1 {ob.sha256(cb)}"])
+
+
+# --------------------------------------------------------------------------------------------
+# archive headers that say gigabytes (docker-archive, oci-archive, load -i)
+
+import gzip  # noqa: E402
+import tarbuild as tb  # noqa: E402
+
+_GZ_ZEROS_1M = gzip.compress(bytes(1 << 20), 1)
+
+
+def _pax_record(key, value):
+    rec = b" %s=%s\n" % (key, value)
+    n = len(rec) + 1
+    while len(str(n)) + len(rec) != n:
+        n += 1
+    return str(n).encode() + rec
+
+
+def _pax(records, name="PaxHeaders/x", type=b"x"):
+    body = b"".join(_pax_record(k, v) for k, v in records)
+    return tb.header(name, type=type, size=len(body)) + body + bytes(-len(body) % tb.BLOCK)
+
+
+def _gz_bomb_header(path, type, mib):
+    """A gzip (multi-member, as gzip(1) concatenates) archive whose first member is an extended
+    header of ``mib`` MiB of zeros: about 1 KiB on disk per MiB it says."""
+    with open(path, "wb") as f:
+        f.write(gzip.compress(tb.header("PaxHeaders/x", type=type, size=mib << 20), 1))
+        for _ in range(mib):
+            f.write(_GZ_ZEROS_1M)
+        f.write(gzip.compress(bytes(1024), 1))
+    return path
+
+
+def _archive_readers(tmp_path, path):
+    """(args, store) for every command that reads an archive's members: unpack of a
+    docker-archive and of an oci-archive, load."""
+    return [(["unpack", f"docker-archive:{path}", tmp_path / "out"], None),
+            (["unpack", f"oci-archive:{path}", tmp_path / "out"], None),
+            (["load", "-i", path], tmp_path / "store")]
+
+
+def _refused_everywhere(tmp_path, path, expect):
+    for args, root in _archive_readers(tmp_path, path):
+        line = one_line_error(cli(*args, root=root, limit_memory=True))
+        assert line == f"lamina: error: {path}: {expect}", line
+        assert not (tmp_path / "out").exists()
+    assert cli("images", "-q", root=tmp_path / "store").stdout == ""
+    fsck = cli("fsck", root=tmp_path / "store")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+@pytest.mark.parametrize("type", [b"x", b"g", b"L", b"K"])
+def test_an_archive_header_of_gigabytes_is_refused_before_it_is_read(tmp_path, type):
+    """A 2 MiB gzip archive whose first PAX (or GNU long-name) header says 2 GiB: tarfile read
+    it into memory whole to index the archive (2 GiB of RSS; under 1 GiB of address space a
+    MemoryError).  The extractor's own limit for one header (Limits.max_header) applies."""
+    path = _gz_bomb_header(tmp_path / "bomb.tar.gz", type, 2048)
+    _refused_everywhere(tmp_path, path, f"an extended header of {2048 << 20} bytes at offset 0 "
+                                        f"(limit {1 << 20}): not a docker or OCI archive")
+
+
+def test_archive_headers_of_a_mib_each_add_up_to_a_limit(tmp_path):
+    """Each header under the limit, but 1,500 of them: every member's PAX records were kept
+    (tarfile's TarInfo and its pax_headers, once in tarfile's list and once in lamina's index),
+    1.5 GiB for a 2 MiB file."""
+    comment = _pax_record(b"comment", b"a" * ((1 << 20) - 32))
+    comment_gz = gzip.compress(comment + bytes(-len(comment) % tb.BLOCK), 1)
+    path = tmp_path / "many.tar.gz"
+    with open(path, "wb") as f:
+        for i in range(1500):
+            f.write(gzip.compress(tb.header(f"PaxHeaders/{i}", type=b"x", size=len(comment)), 1))
+            f.write(comment_gz)
+            f.write(gzip.compress(tb.header(f"m{i}", size=0), 1))
+        f.write(gzip.compress(bytes(1024), 1))
+    for args, root in _archive_readers(tmp_path, path):
+        line = one_line_error(cli(*args, root=root, limit_memory=True))
+        assert line.startswith(f"lamina: error: {path}: more than {64 << 20} bytes of member headers and names"
+                               " (at member m"), line
+    assert cli("images", "-q", root=tmp_path / "store").stdout == ""
+
+
+@pytest.mark.parametrize("sparse, expect", [
+    # PAX 0.1: a map tarfile reads with int()
+    ([(b"GNU.sparse.map", b"a,b"), (b"GNU.sparse.numblocks", b"1")],
+     "not a readable tar archive: invalid literal for int() with base 10: 'a'"),
+    # PAX 1.0: the map is read from the data, number by number, as long as its count says
+    ([(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.name", b"x")],
+     "member x: a sparse file with a PAX 1.0 map: not a docker or OCI archive"),
+])
+def test_a_malformed_sparse_map_in_an_archive_is_a_clear_error(tmp_path, sparse, expect):
+    """tarfile raised ValueError for these, which lamina let through as a traceback."""
+    path = tmp_path / "sparse.tar"
+    path.write_bytes(_pax(sparse) + tb.header("x", size=512) + b"99999999\n1\n".ljust(512, b"\0") + bytes(1024))
+    _refused_everywhere(tmp_path, path, expect)
+
+
+def test_a_gnu_sparse_map_continued_for_gigabytes_is_refused(tmp_path):
+    """A GNU 'S' member whose map goes on in extension blocks: tarfile kept reading them (21
+    regions each) into a list, a few GiB of Python tuples for a few MiB of gzip."""
+    hdr = bytearray(tb.header("x", type=b"S", size=0, fmt="gnu"))
+    hdr[386:398] = b"%011o\0" % 0    # sp[0].offset
+    hdr[398:410] = b"%011o\0" % 512  # sp[0].numbytes
+    hdr[482] = 1                      # isextended
+    hdr[148:156] = b"        "
+    hdr[148:156] = b"%06o\0 " % sum(hdr)
+    ext = bytearray(b"".join(b"%011o\0%011o\0" % (i * 1024, 512) for i in range(1, 22)).ljust(512, b"\0"))
+    ext[504] = 1
+    block_gz = gzip.compress(bytes(ext) * 2048, 1)   # 1 MiB of extension blocks
+    path = tmp_path / "sparse.tar.gz"
+    with open(path, "wb") as f:
+        f.write(gzip.compress(bytes(hdr), 1))
+        for _ in range(2048):
+            f.write(block_gz)
+        f.write(gzip.compress(bytes(1024), 1))
+    _refused_everywhere(tmp_path, path, "member x: a sparse file whose map continues past its header: "
+                                        "not a docker or OCI archive")
+

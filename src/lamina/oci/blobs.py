@@ -6,6 +6,7 @@ several threads at once (overlay unpack applies layers in parallel).
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import posixpath
 import stat
@@ -13,6 +14,7 @@ import tarfile
 
 from .. import digest as _digest
 from ..errors import BlobNotFoundError, DigestMismatchError, ImageError
+from ..limits import DEFAULT_LIMITS
 
 # Manifests and configs are read into memory; a descriptor pointing at a
 # multi-GB layer must not be slurped. Real ones are a few KB (configs with
@@ -158,6 +160,57 @@ def _open_gzip(path):
         return gzip.open(path, "rb")
 
 
+class _ArchiveTooBig(Exception):
+    """An archive whose headers would take more memory to index than any real one."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a member's extended headers (PAX, GNU long names) and sparse map into memory
+    whole before it returns the member: a few KiB of gzip can say gigabytes.  Bounded here, by the
+    extractor's own limit for one header; a sparse map that continues past the header (GNU
+    extension blocks, PAX 1.0 maps) is not read at all: no member lamina reads is sparse."""
+
+    def _proc_member(self, tar):
+        if self.type in _EXTENDED_TYPES and self.size > DEFAULT_LIMITS.max_header:
+            raise _ArchiveTooBig(f"an extended header of {self.size} bytes at offset {self.offset} (limit "
+                                 f"{DEFAULT_LIMITS.max_header})")
+        return super()._proc_member(tar)
+
+    def _proc_sparse(self, tar):
+        if self._sparse_structs[1]:
+            raise _ArchiveTooBig(f"member {self.name}: a sparse file whose map continues past its header")
+        return super()._proc_sparse(tar)
+
+    def _proc_gnusparse_10(self, next, pax_headers, tar):
+        raise _ArchiveTooBig(f"member {next.name}: a sparse file with a PAX 1.0 map")
+
+
+_EXTENDED_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                   tarfile.SOLARIS_XHDTYPE)
+
+
+class _Member:
+    """What the index keeps of a member (a TarInfo and its PAX dict cost ~0.5 KiB each)."""
+
+    __slots__ = ("type", "size", "offset_data", "linkname")
+
+    def __init__(self, info):
+        self.type = b"S" if info.issparse() else info.type
+        self.size, self.offset_data, self.linkname = info.size, info.offset_data, info.linkname
+
+    def issym(self):
+        return self.type == tarfile.SYMTYPE
+
+    def islnk(self):
+        return self.type == tarfile.LNKTYPE
+
+    def isreg(self):
+        return self.type in tarfile.REGULAR_TYPES
+
+    def issparse(self):
+        return self.type == b"S"
+
+
 class TarArchive:
     """Random access to the members of a (possibly gzip-compressed) tar file.
 
@@ -169,6 +222,7 @@ class TarArchive:
 
     MAX_MEMBERS = 1_000_000
     MAX_LINK_HOPS = 16
+    MAX_HEADER_BYTES = 64 << 20   # all members' extended headers read, names and link targets kept
 
     def __init__(self, path):
         self.path = os.fspath(path)
@@ -185,14 +239,26 @@ class TarArchive:
             # A plain tar is indexed by seeking over member data (a multi-GB archive costs
             # a few reads); a compressed one has to be inflated once, as a stream.
             with self._open_stream() as raw, tarfile.open(
-                    fileobj=raw, mode="r|" if self.compressed else "r:") as tar:
-                for i, info in enumerate(tar):
+                    fileobj=raw, mode="r|" if self.compressed else "r:", tarinfo=_BoundedTarInfo) as tar:
+                header_bytes = 0
+                for i in itertools.count():
+                    info = tar.next()
+                    if info is None:
+                        break
+                    tar.members.clear()  # tarfile keeps every member it read: we keep _Members
                     if i >= self.MAX_MEMBERS:
                         raise ImageError(f"{self.path}: more than {self.MAX_MEMBERS} members")
+                    header_bytes += info.offset_data - info.offset - tarfile.BLOCKSIZE + len(info.name) + len(info.linkname)
+                    if header_bytes > self.MAX_HEADER_BYTES:
+                        raise ImageError(f"{self.path}: more than {self.MAX_HEADER_BYTES} bytes of member "
+                                         f"headers and names (at member {info.name})")
                     name = member_name(info.name)
                     if name:
-                        self.members[name] = info
-        except (tarfile.TarError, EOFError, OSError) as e:
+                        self.members[name] = _Member(info)
+        except _ArchiveTooBig as e:
+            raise ImageError(f"{self.path}: {e}: not a docker or OCI archive") from None
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            # ValueError: tarfile's own reading of malformed PAX records (GNU.sparse.map=a,b)
             raise ImageError(f"{self.path}: not a readable tar archive: {e}") from None
 
     def _open_stream(self):
