@@ -5,12 +5,15 @@ several threads at once (overlay unpack applies layers in parallel).
 """
 from __future__ import annotations
 
+import bisect
 import io
 import itertools
 import os
 import posixpath
 import stat
 import tarfile
+import threading
+import zlib
 
 from .. import digest as _digest
 from ..errors import BlobNotFoundError, DigestMismatchError, ImageError
@@ -125,29 +128,104 @@ class _Section(io.RawIOBase):
         super().close()
 
 
-class _Limited(io.RawIOBase):
-    """The next ``size`` bytes of a stream (for members of a compressed archive)."""
+class _Checkpoints:
+    """Places where inflating a gzip-compressed archive can start again: (uncompressed offset,
+    zlib inflater, compressed input not yet inflated, file offset of the input after it).
 
-    def __init__(self, raw, size):
-        self._raw, self._left = raw, size
+    Every member read used to inflate the archive from its start: for an archive whose
+    manifest lists a layer near its end N times (or N layers), N times the archive, hours for
+    a few MiB of gzip.  A read now starts at the nearest checkpoint at or before its member;
+    one is made where each read reached its member and where it stopped (and every 4 MiB of a
+    skip), so reading the layers in any order, or one layer again, inflates about the
+    archive once.  zlib, not ISA-L: only zlib's inflater state can be copied."""
+
+    MAX = 512        # each holds a 32 KiB window and up to one input chunk: 25 MiB at most
+    SPACING = 4 << 20
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._offsets, self._states = [0], [(zlib.decompressobj(31), b"", 0)]
+
+    def nearest(self, offset):
+        with self._lock:
+            k = bisect.bisect_right(self._offsets, offset) - 1
+            d, pending, raw = self._states[k]
+            return self._offsets[k], d.copy(), pending, raw
+
+    def add(self, offset, d, pending, raw):
+        with self._lock:
+            k = bisect.bisect_left(self._offsets, offset)
+            if len(self._offsets) >= self.MAX or (k < len(self._offsets) and self._offsets[k] == offset):
+                return
+            self._offsets.insert(k, offset)
+            self._states.insert(k, (d.copy(), pending, raw))
+
+
+class _GzipMember(io.RawIOBase):
+    """``size`` bytes at uncompressed ``offset`` of a gzip-compressed archive (see _Checkpoints)."""
+
+    _CHUNK = 1 << 14
+
+    def __init__(self, path, checkpoints, offset, size, what):
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._checkpoints, self._what = checkpoints, what
+        try:
+            self._pos, self._d, self._in, self._raw = checkpoints.nearest(offset)
+            mark = self._pos
+            while self._pos < offset:
+                if not self._inflate(min(offset - self._pos, 1 << 18)):
+                    raise ImageError(f"{what} is truncated")
+                if self._pos - mark >= checkpoints.SPACING:
+                    mark = self._pos
+                    self._checkpoint()
+            self._checkpoint()
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._end = offset + size
+
+    def _checkpoint(self):
+        self._checkpoints.add(self._pos, self._d, self._in, self._raw)
+
+    def _inflate(self, n):
+        """Up to ``n`` bytes from the current offset; b"" at the end of the archive."""
+        try:
+            while True:
+                if not self._in:
+                    self._in = os.pread(self._fd, self._CHUNK, self._raw)
+                    self._raw += len(self._in)
+                    if not self._in:
+                        return b""
+                if self._d.eof:  # gzip members concatenate (gzip -c a b); zero bytes may pad the end
+                    if not self._in.strip(b"\0"):
+                        self._in = b""
+                        continue
+                    self._d = zlib.decompressobj(31)
+                out = self._d.decompress(self._in, n)
+                self._in = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
+                if out:
+                    self._pos += len(out)
+                    return out
+        except zlib.error as e:
+            raise ImageError(f"{self._what}: {e}") from None
 
     def readable(self):
         return True
 
     def readinto(self, buf):
-        n = min(len(buf), self._left)
+        n = min(len(buf), self._end - self._pos)
         if n <= 0:
             return 0
-        data = self._raw.read(n)
+        data = self._inflate(n)
         if not data:
-            raise ImageError("archive member is truncated")
+            raise ImageError(f"{self._what} is truncated")
         buf[:len(data)] = data
-        self._left -= len(data)
         return len(data)
 
     def close(self):
         if not self.closed:
-            self._raw.close()
+            self._checkpoint()
+            os.close(self._fd)
         super().close()
 
 
@@ -215,9 +293,9 @@ class TarArchive:
     """Random access to the members of a (possibly gzip-compressed) tar file.
 
     Members of a plain tar are read in place with pread. Members of a
-    gzip-compressed tar are read by decompressing from the start of the file
-    up to the member, once per open(): correct, but slower for big archives
-    with many layers; ``compressed`` tells the caller so.
+    gzip-compressed tar are inflated from the nearest checkpoint before them
+    (_Checkpoints): the archive is inflated once to index it, and about once more
+    for all the members read, in whatever order.
     """
 
     MAX_MEMBERS = 1_000_000
@@ -234,6 +312,7 @@ class TarArchive:
         except IsADirectoryError:
             raise ImageError(f"{self.path}: is a directory, not an archive") from None
         self.compressed = magic == b"\x1f\x8b"
+        self._checkpoints = _Checkpoints() if self.compressed else None
         self.members = {}
         try:
             # A plain tar is indexed by seeking over member data (a multi-GB archive costs
@@ -301,13 +380,8 @@ class TarArchive:
         info = self.member(name)
         if not self.compressed:
             return io.BufferedReader(_Section(self.path, info.offset_data, info.size), 1 << 20)
-        stream = self._open_stream()
-        try:
-            stream.seek(info.offset_data)
-        except (OSError, EOFError) as e:
-            stream.close()
-            raise ImageError(f"{self.path}: member {name}: {e}") from None
-        return io.BufferedReader(_Limited(stream, info.size), 1 << 20)
+        return io.BufferedReader(_GzipMember(self.path, self._checkpoints, info.offset_data, info.size,
+                                             f"{self.path}: member {name}"), 1 << 20)
 
     def read(self, name, what, digest=None, limit=MAX_DOCUMENT_SIZE):
         with self.open(name) as f:

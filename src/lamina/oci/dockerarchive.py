@@ -53,7 +53,7 @@ class DockerArchive(Source):
 
     @property
     def compressed(self):
-        """True when layers are read by re-inflating the archive (slower than a plain tar)."""
+        """True when the archive is gzip-compressed (its members are inflated to be read)."""
         return self.archive.compressed
 
     def _read_meta(self, name):
