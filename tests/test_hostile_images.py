@@ -666,3 +666,55 @@ def test_layers_listed_many_times_at_the_end_of_a_gzipped_archive_inflate_it_abo
         assert (out / "layers" / "40" / "x").read_bytes() == b"hello"
     else:
         assert sorted(os.listdir(out)) == ["x"]
+
+
+def _legacy_members(tag, content):
+    """({member: bytes} of a one-layer legacy image whose file ``who`` holds ``content``, its manifest.json)."""
+    layer = ob.tar_bytes({"who": content})
+    config = ob.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                       "rootfs": {"type": "layers", "diff_ids": [ob.sha256(layer)]}})
+    h = ob.sha256(config)[7:]
+    manifest = json.dumps([{"Config": f"{h}.json", "RepoTags": [tag], "Layers": [f"{h[:8]}/layer.tar"]}]).encode()
+    return {f"{h}.json": config, f"{h[:8]}/layer.tar": layer}, manifest
+
+
+def _raw_members(members):
+    return b"".join(tb.header(n, size=len(d)) + d + bytes(-len(d) % tb.BLOCK) for n, d in members.items())
+
+
+def test_a_global_header_in_an_archive_renames_no_member(tmp_path):
+    """A PAX global header ``path=manifest.json`` between manifest.json (image A) and a member
+    holding image B's manifest: tarfile applied it to every later member, so lamina read B's
+    manifest where docker and skopeo (Go's archive/tar returns the header as an entry) read
+    A's, and its own layer extractor ignores such headers (CONFORMANCE.md)."""
+    skopeo, umoci = require_tool("skopeo"), require_tool("umoci")
+    a, manifest_a = _legacy_members("seen:1", b"A")
+    b, manifest_b = _legacy_members("seen:1", b"B")
+    path = tmp_path / "g.tar"
+    path.write_bytes(_raw_members({**a, **b, "manifest.json": manifest_a})
+                     + _pax([(b"path", b"manifest.json")], name="pax_global_header", type=b"g")
+                     + _raw_members({"notes.json": manifest_b}) + bytes(1024))
+    subprocess.run([skopeo, "copy", "-q", f"docker-archive:{path}", f"oci:{tmp_path / 'sk'}:x"], check=True)
+    subprocess.run([umoci, "unpack", "--image", f"{tmp_path / 'sk'}:x", tmp_path / "bundle"], check=True,
+                   capture_output=True)
+    assert (tmp_path / "bundle" / "rootfs" / "who").read_bytes() == b"A"
+    proc = cli("unpack", f"docker-archive:{path}", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "who").read_bytes() == b"A"
+    store = tmp_path / "store"
+    assert cli("load", "-i", path, root=store).returncode == 0
+    proc = cli("unpack", "seen:1", tmp_path / "out2", root=store)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out2" / "who").read_bytes() == b"A"
+
+
+@pytest.mark.parametrize("type", [b"x", b"L"])
+def test_a_long_run_of_extended_headers_in_an_archive_is_a_clear_error(tmp_path, type):
+    """5,000 PAX (or GNU long-name) headers in a row before one member: tarfile recursed once
+    per header, a RecursionError traceback."""
+    body = b"ab".ljust(tb.BLOCK, b"\0")
+    run = (_pax([(b"comment", b"x")]) if type == b"x" else tb.header("././@LongLink", type=b"L", size=2) + body)
+    path = tmp_path / "run.tar"
+    path.write_bytes(run * 5000 + _raw_members({"manifest.json": b"[]"}) + bytes(1024))
+    _refused_everywhere(tmp_path, path, f"more than 32 extended headers for one member at offset {32 * len(run)}: "
+                                        "not a docker or OCI archive")

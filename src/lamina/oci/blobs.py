@@ -248,10 +248,20 @@ class _BoundedTarInfo(tarfile.TarInfo):
     extractor's own limit for one header; a sparse map that continues past the header (GNU
     extension blocks, PAX 1.0 maps) is not read at all: no member lamina reads is sparse."""
 
+    MAX_RUN = 32   # extended headers for one member (tarfile recurses once per header)
+
     def _proc_member(self, tar):
         if self.type in _EXTENDED_TYPES and self.size > DEFAULT_LIMITS.max_header:
             raise _ArchiveTooBig(f"an extended header of {self.size} bytes at offset {self.offset} (limit "
                                  f"{DEFAULT_LIMITS.max_header})")
+        run = tar.lamina_extended_run = getattr(tar, "lamina_extended_run", 0) + 1 if (
+            self.type in _EXTENDED_TYPES and self.type != tarfile.XGLTYPE) else 0
+        if run > self.MAX_RUN:
+            raise _ArchiveTooBig(f"more than {self.MAX_RUN} extended headers for one member at offset {self.offset}")
+        if self.type == tarfile.XGLTYPE:
+            # Read past, never applied to later members (tarfile would: a global "path" renamed
+            # them all, so lamina read another manifest.json than docker, skopeo or its extractor)
+            return self._proc_builtin(tar)
         return super()._proc_member(tar)
 
     def _proc_sparse(self, tar):
@@ -332,7 +342,7 @@ class TarArchive:
                         raise ImageError(f"{self.path}: more than {self.MAX_HEADER_BYTES} bytes of member "
                                          f"headers and names (at member {info.name})")
                     name = member_name(info.name)
-                    if name:
+                    if name and info.type != tarfile.XGLTYPE:
                         self.members[name] = _Member(info)
         except _ArchiveTooBig as e:
             raise ImageError(f"{self.path}: {e}: not a docker or OCI archive") from None
