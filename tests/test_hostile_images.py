@@ -718,3 +718,15 @@ def test_a_long_run_of_extended_headers_in_an_archive_is_a_clear_error(tmp_path,
     path.write_bytes(run * 5000 + _raw_members({"manifest.json": b"[]"}) + bytes(1024))
     _refused_everywhere(tmp_path, path, f"more than 32 extended headers for one member at offset {32 * len(run)}: "
                                         "not a docker or OCI archive")
+
+
+def test_an_archive_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    """``docker-archive:FIFO``, ``oci-archive:FIFO``, ``load -i FIFO``: the archive was opened
+    (blocking) to read its magic bytes, waiting forever for a writer; and an archive is read at
+    random, so a pipe could never have worked (``lamina load < FILE`` spools one)."""
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    for args, root in _archive_readers(tmp_path, path):
+        line = one_line_error(cli(*args, root=root, timeout=30))
+        assert line == f"lamina: error: {path} is not a regular file", line
+    assert not (tmp_path / "out").exists()

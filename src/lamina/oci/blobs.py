@@ -6,6 +6,7 @@ several threads at once (overlay unpack applies layers in parallel).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import io
 import itertools
 import os
@@ -105,7 +106,7 @@ class _Section(io.RawIOBase):
     """
 
     def __init__(self, path, offset, size):
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd = _open_archive(path)
         self._start, self._end, self._pos = offset, offset + size, offset
 
     def readable(self):
@@ -167,7 +168,7 @@ class _GzipMember(io.RawIOBase):
     _CHUNK = 1 << 14
 
     def __init__(self, path, checkpoints, offset, size, what):
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd = _open_archive(path)
         self._checkpoints, self._what = checkpoints, what
         try:
             self._pos, self._d, self._in, self._raw = checkpoints.nearest(offset)
@@ -229,13 +230,22 @@ class _GzipMember(io.RawIOBase):
         super().close()
 
 
-def _open_gzip(path):
+def _open_gzip(f):
     try:
         from isal import igzip  # ISA-L: several times faster than zlib for this
-        return igzip.open(path, "rb")
+        return igzip.open(f, "rb")
     except ImportError:
         import gzip
-        return gzip.open(path, "rb")
+        return gzip.open(f, "rb")
+
+
+def _open_archive(path):
+    """An fd of the archive at ``path``, read at random and so a regular file: a FIFO there (or
+    put there between two reads) is refused at once, never waited on."""
+    fd = open_regular(path, path)
+    if fd is None:
+        raise ImageError(f"{path}: no such file")
+    return fd
 
 
 class _ArchiveTooBig(Exception):
@@ -314,20 +324,20 @@ class TarArchive:
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        try:
-            with open(self.path, "rb") as f:
-                magic = f.read(2)
-        except FileNotFoundError:
-            raise ImageError(f"{self.path}: no such file") from None
-        except IsADirectoryError:
-            raise ImageError(f"{self.path}: is a directory, not an archive") from None
-        self.compressed = magic == b"\x1f\x8b"
-        self._checkpoints = _Checkpoints() if self.compressed else None
+        if os.path.isdir(self.path):
+            raise ImageError(f"{self.path}: is a directory, not an archive")
         self.members = {}
+        with os.fdopen(_open_archive(self.path), "rb") as f:
+            self.compressed = f.read(2) == b"\x1f\x8b"
+            self._checkpoints = _Checkpoints() if self.compressed else None
+            f.seek(0)
+            self._index(f)
+
+    def _index(self, f):
         try:
             # A plain tar is indexed by seeking over member data (a multi-GB archive costs
             # a few reads); a compressed one has to be inflated once, as a stream.
-            with self._open_stream() as raw, tarfile.open(
+            with _open_gzip(f) if self.compressed else contextlib.nullcontext(f) as raw, tarfile.open(
                     fileobj=raw, mode="r|" if self.compressed else "r:", tarinfo=_BoundedTarInfo) as tar:
                 header_bytes = 0
                 for i in itertools.count():
@@ -337,7 +347,8 @@ class TarArchive:
                     tar.members.clear()  # tarfile keeps every member it read: we keep _Members
                     if i >= self.MAX_MEMBERS:
                         raise ImageError(f"{self.path}: more than {self.MAX_MEMBERS} members")
-                    header_bytes += info.offset_data - info.offset - tarfile.BLOCKSIZE + len(info.name) + len(info.linkname)
+                    extended = info.offset_data - info.offset - tarfile.BLOCKSIZE
+                    header_bytes += extended + len(info.name) + len(info.linkname)
                     if header_bytes > self.MAX_HEADER_BYTES:
                         raise ImageError(f"{self.path}: more than {self.MAX_HEADER_BYTES} bytes of member "
                                          f"headers and names (at member {info.name})")
@@ -349,9 +360,6 @@ class TarArchive:
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             # ValueError: tarfile's own reading of malformed PAX records (GNU.sparse.map=a,b)
             raise ImageError(f"{self.path}: not a readable tar archive: {e}") from None
-
-    def _open_stream(self):
-        return _open_gzip(self.path) if self.compressed else open(self.path, "rb")
 
     def _lookup(self, name):
         """The regular-file member a name refers to, following links inside the archive."""
