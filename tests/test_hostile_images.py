@@ -770,3 +770,44 @@ def test_an_image_of_many_layers_reads_each_snapshots_metadata_a_few_times(tmp_p
     assert len(os.listdir(store / "snapshots")) == n
     fsck = cli("fsck", root=store)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+_BIG = "9" * 5000
+_PASSWD = (f"root:x:0:0::/root:/bin/sh\nbig:x:{_BIG}:0::/:/bin/sh\n"
+           "arab:x:\u0661\u0660\u0660\u0660:0::/:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n").encode()
+
+
+@pytest.mark.parametrize("user, expect", [
+    ("root", {"uid": 0, "gid": 0}),
+    ("user", {"uid": 1000, "gid": 1000}),
+    ("1000:7", {"uid": 1000, "gid": 7}),
+    ("2147483647", {"uid": 2147483647, "gid": 0}),
+    ("2147483648", "uids and gids must be in range 0-2147483647"),
+    (_BIG, "uids and gids must be in range 0-2147483647"),
+    ("0:" + _BIG, "uids and gids must be in range 0-2147483647"),
+    ("\u0661\u0660\u0660\u0660", "no user '\u0661\u0660\u0660\u0660' in the image's /etc/passwd"),
+    ("big", "the image's /etc/passwd gives 'big' the uid"),
+    ("arab", "the image's /etc/passwd gives 'arab' the uid '\u0661\u0660\u0660\u0660', not a number"),
+])
+def test_a_bundles_user_reads_ids_as_go_does(tmp_path, user, expect):
+    """``unpack --bundle``: a uid of 5,000 digits anywhere in the image's /etc/passwd (or in
+    the config's User) made int() raise ValueError, a traceback, whatever the User; digits of
+    other scripts were numbers (User "١٠٠٠" ran as uid 1000, where moby/sys/user's Atoi finds no
+    such number), and uids past 2^31-1 went into config.json.  Now ASCII digits in moby's range."""
+    lay = ob.Layout(tmp_path / "lay")
+    files = {"etc/": None, "etc/passwd": _PASSWD, "etc/group": b"root:x:0:\n"}
+    lay.add(lay.image([files], config_extra={"config": {"User": user, "Cmd": ["/bin/sh"]}}), "latest",
+            **{"io.containerd.image.name": "docker.io/library/who:1"})
+    store = tmp_path / "store"
+    assert cli("load", "-i", lay.root, root=store).returncode == 0
+    proc = cli("unpack", "--bundle", "who:1", tmp_path / "b", root=store)
+    if isinstance(expect, dict):
+        assert proc.returncode == 0, proc.stderr
+        with open(tmp_path / "b" / "config.json") as f:
+            assert json.load(f)["process"]["user"] == expect
+    else:
+        line = one_line_error(proc)
+        assert line.startswith(f"lamina: error: image config User {user[:80]!r}: ") and expect in line, line
+        assert not (tmp_path / "b").exists()
+    fsck = cli("fsck", root=store)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
