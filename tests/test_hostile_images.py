@@ -474,3 +474,350 @@ def test_a_name_two_entries_of_a_docker_archive_give_goes_to_the_last(tmp_path):
     rows = cli("images", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", root=store).stdout.split("\n")
     assert sorted(filter(None, rows)) == sorted([f"x:1 {ob.sha256(ca)}", f"x:2 {ob.sha256(ca)}",
                                                  f"z:1 {ob.sha256(ca)}", f"y:1 {ob.sha256(cb)}"])
+
+
+# --------------------------------------------------------------------------------------------
+# archive headers that say gigabytes (docker-archive, oci-archive, load -i)
+
+import gzip  # noqa: E402
+import tarbuild as tb  # noqa: E402
+
+_GZ_ZEROS_1M = gzip.compress(bytes(1 << 20), 1)
+
+
+def _pax_record(key, value):
+    rec = b" %s=%s\n" % (key, value)
+    n = len(rec) + 1
+    while len(str(n)) + len(rec) != n:
+        n += 1
+    return str(n).encode() + rec
+
+
+def _pax(records, name="PaxHeaders/x", type=b"x"):
+    body = b"".join(_pax_record(k, v) for k, v in records)
+    return tb.header(name, type=type, size=len(body)) + body + bytes(-len(body) % tb.BLOCK)
+
+
+def _gz_bomb_header(path, type, mib):
+    """A gzip (multi-member, as gzip(1) concatenates) archive whose first member is an extended
+    header of ``mib`` MiB of zeros: about 1 KiB on disk per MiB it says."""
+    with open(path, "wb") as f:
+        f.write(gzip.compress(tb.header("PaxHeaders/x", type=type, size=mib << 20), 1))
+        for _ in range(mib):
+            f.write(_GZ_ZEROS_1M)
+        f.write(gzip.compress(bytes(1024), 1))
+    return path
+
+
+def _archive_readers(tmp_path, path):
+    """(args, store) for every command that reads an archive's members: unpack of a
+    docker-archive and of an oci-archive, load."""
+    return [(["unpack", f"docker-archive:{path}", tmp_path / "out"], None),
+            (["unpack", f"oci-archive:{path}", tmp_path / "out"], None),
+            (["load", "-i", path], tmp_path / "store")]
+
+
+def _refused_everywhere(tmp_path, path, expect):
+    for args, root in _archive_readers(tmp_path, path):
+        line = one_line_error(cli(*args, root=root, limit_memory=True))
+        assert line == f"lamina: error: {path}: {expect}", line
+        assert not (tmp_path / "out").exists()
+    assert cli("images", "-q", root=tmp_path / "store").stdout == ""
+    fsck = cli("fsck", root=tmp_path / "store")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+@pytest.mark.parametrize("type", [b"x", b"g", b"L", b"K"])
+def test_an_archive_header_of_gigabytes_is_refused_before_it_is_read(tmp_path, type):
+    """A 2 MiB gzip archive whose first PAX (or GNU long-name) header says 2 GiB: tarfile read
+    it into memory whole to index the archive (2 GiB of RSS; under 1 GiB of address space a
+    MemoryError).  The extractor's own limit for one header (Limits.max_header) applies."""
+    path = _gz_bomb_header(tmp_path / "bomb.tar.gz", type, 2048)
+    _refused_everywhere(tmp_path, path, f"an extended header of {2048 << 20} bytes at offset 0 "
+                                        f"(limit {1 << 20}): not a docker or OCI archive")
+
+
+def test_archive_headers_of_a_mib_each_add_up_to_a_limit(tmp_path):
+    """Each header under the limit, but 1,500 of them: every member's PAX records were kept
+    (tarfile's TarInfo and its pax_headers, once in tarfile's list and once in lamina's index),
+    1.5 GiB for a 2 MiB file."""
+    comment = _pax_record(b"comment", b"a" * ((1 << 20) - 32))
+    comment_gz = gzip.compress(comment + bytes(-len(comment) % tb.BLOCK), 1)
+    path = tmp_path / "many.tar.gz"
+    with open(path, "wb") as f:
+        for i in range(1500):
+            f.write(gzip.compress(tb.header(f"PaxHeaders/{i}", type=b"x", size=len(comment)), 1))
+            f.write(comment_gz)
+            f.write(gzip.compress(tb.header(f"m{i}", size=0), 1))
+        f.write(gzip.compress(bytes(1024), 1))
+    for args, root in _archive_readers(tmp_path, path):
+        line = one_line_error(cli(*args, root=root, limit_memory=True))
+        assert line.startswith(f"lamina: error: {path}: more than {64 << 20} bytes of member headers and names"
+                               " (at member m"), line
+    assert cli("images", "-q", root=tmp_path / "store").stdout == ""
+
+
+@pytest.mark.parametrize("sparse, expect", [
+    # PAX 0.1: a map tarfile reads with int()
+    ([(b"GNU.sparse.map", b"a,b"), (b"GNU.sparse.numblocks", b"1")],
+     "not a readable tar archive: invalid literal for int() with base 10: 'a'"),
+    # PAX 1.0: the map is read from the data, number by number, as long as its count says
+    ([(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.name", b"x")],
+     "member x: a sparse file with a PAX 1.0 map: not a docker or OCI archive"),
+])
+def test_a_malformed_sparse_map_in_an_archive_is_a_clear_error(tmp_path, sparse, expect):
+    """tarfile raised ValueError for these, which lamina let through as a traceback."""
+    path = tmp_path / "sparse.tar"
+    path.write_bytes(_pax(sparse) + tb.header("x", size=512) + b"99999999\n1\n".ljust(512, b"\0") + bytes(1024))
+    _refused_everywhere(tmp_path, path, expect)
+
+
+def test_a_gnu_sparse_map_continued_for_gigabytes_is_refused(tmp_path):
+    """A GNU 'S' member whose map goes on in extension blocks: tarfile kept reading them (21
+    regions each) into a list, a few GiB of Python tuples for a few MiB of gzip."""
+    hdr = bytearray(tb.header("x", type=b"S", size=0, fmt="gnu"))
+    hdr[386:398] = b"%011o\0" % 0    # sp[0].offset
+    hdr[398:410] = b"%011o\0" % 512  # sp[0].numbytes
+    hdr[482] = 1                      # isextended
+    hdr[148:156] = b"        "
+    hdr[148:156] = b"%06o\0 " % sum(hdr)
+    ext = bytearray(b"".join(b"%011o\0%011o\0" % (i * 1024, 512) for i in range(1, 22)).ljust(512, b"\0"))
+    ext[504] = 1
+    block_gz = gzip.compress(bytes(ext) * 2048, 1)   # 1 MiB of extension blocks
+    path = tmp_path / "sparse.tar.gz"
+    with open(path, "wb") as f:
+        f.write(gzip.compress(bytes(hdr), 1))
+        for _ in range(2048):
+            f.write(block_gz)
+        f.write(gzip.compress(bytes(1024), 1))
+    _refused_everywhere(tmp_path, path, "member x: a sparse file whose map continues past its header: "
+                                        "not a docker or OCI archive")
+
+
+def test_a_legacy_config_is_read_from_its_member_not_searched_for(tmp_path):
+    """``Config: "config.json"`` (not named by its digest) after many other .json members of a
+    gzipped docker-archive: the config was looked for among every .json member, each read
+    inflating the archive from its start, quadratic (6,000 members, 150 KiB: 23 s; 100 times
+    as many, days).  manifest.json names the member: it is read once, as resolve hashed it.
+    Counted in archive opens (an audit hook in the child), not in time."""
+    layer = ob.tar_bytes({"a": b"x"})
+    config = ob.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                       "rootfs": {"type": "layers", "diff_ids": [ob.sha256(layer)]}})
+    members = {f"a{i:04d}.json": b"{}" for i in range(300)}
+    members.update({"config.json": config, "l/layer.tar": layer, "manifest.json": json.dumps(
+        [{"Config": "config.json", "RepoTags": ["ok:1"], "Layers": ["l/layer.tar"]}]).encode()})
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(ob.gz(ob.tar_of(members)))
+    code = ("import sys, runpy\n"
+            "opens, path = [0], sys.argv[1]\n"
+            "def hook(event, args):\n"
+            "    if event == 'open' and isinstance(args[0], str) and args[0] == path: opens[0] += 1\n"
+            "sys.addaudithook(hook)\n"
+            "sys.argv = ['lamina', '--root', sys.argv[2], 'load', '-i', sys.argv[1]]\n"
+            "try:\n"
+            "    runpy.run_module('lamina', run_name='__main__')\n"
+            "finally:\n"
+            "    print('opens', opens[0], file=sys.stderr)\n")
+    store = tmp_path / "store"
+    proc = subprocess.run([sys.executable, "-c", code, str(path), str(store)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    opens = int(proc.stderr.split("opens")[-1])
+    assert opens <= 10, proc.stderr
+    assert cli("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", "--no-trunc", root=store).stdout \
+        == f"ok:1 {ob.sha256(config)}\n"
+
+
+def _read_bytes_of_cli(args):
+    """(CompletedProcess, bytes the child read through syscalls: /proc/self/io rchar)."""
+    code = ("import sys, runpy\n"
+            "sys.argv = ['lamina'] + sys.argv[1:]\n"
+            "try:\n"
+            "    runpy.run_module('lamina', run_name='__main__')\n"
+            "finally:\n"
+            "    with open('/proc/self/io') as f:\n"
+            "        print('rchar', next(l.split()[1] for l in f if l.startswith('rchar:')), file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code] + [str(a) for a in args], capture_output=True, text=True,
+                          timeout=600)
+    return proc, int(proc.stderr.split("rchar")[-1])
+
+
+@pytest.mark.parametrize("how", ["unpack", "unpack-overlay", "load"])
+def test_layers_listed_many_times_at_the_end_of_a_gzipped_archive_inflate_it_about_once(tmp_path, how):
+    """manifest.json lists two layers at the end of a gzipped docker-archive 41 times (A B A B …
+    A): each read of a member inflated the archive from its start, 41 times the archive or
+    more (a few MiB of gzip saying a GiB made that hours).  Reads start at checkpoints now; the
+    duplicates are still extracted each in its place (x is there: the last A wrote it again).
+    Counted in bytes the child read (rchar), not in time."""
+    add, remove = ob.tar_bytes({"x": b"hello"}), ob.tar_bytes({".wh.x": b""})
+    layers = [add, remove] * 20 + [add]
+    config = ob.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                       "rootfs": {"type": "layers", "diff_ids": [ob.sha256(t) for t in layers]}})
+    members = {f"{ob.sha256(config)[7:]}.json": config, "filler": os.urandom(8 << 20), "a/layer.tar": add,
+               "b/layer.tar": remove, "manifest.json": json.dumps(
+                   [{"Config": f"{ob.sha256(config)[7:]}.json", "RepoTags": ["dup:1"],
+                     "Layers": ["a/layer.tar", "b/layer.tar"] * 20 + ["a/layer.tar"]}]).encode()}
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(ob.gz(ob.tar_of(members)))
+    store, out = tmp_path / "store", tmp_path / "out"
+    args = {"unpack": ["unpack", f"docker-archive:{path}", out],
+            "unpack-overlay": ["unpack", "--overlay", f"docker-archive:{path}", out],
+            "load": ["--root", store, "load", "-i", path]}[how]
+    proc, read = _read_bytes_of_cli(args)
+    assert proc.returncode == 0, proc.stderr
+    # index pass, the reads (the overlay's parallel workers may each start from the top before
+    # there is a checkpoint), the interpreter's own files: 2.8 to 4.3 archives; 43 to 80 before
+    assert read < 8 * path.stat().st_size, (read, path.stat().st_size)
+    if how == "load":
+        proc = cli("unpack", "dup:1", out, root=store)
+        assert proc.returncode == 0, proc.stderr
+    if how == "unpack-overlay":
+        assert len(os.listdir(out / "layers")) == 41
+        assert (out / "layers" / "40" / "x").read_bytes() == b"hello"
+    else:
+        assert sorted(os.listdir(out)) == ["x"]
+
+
+def _legacy_members(tag, content):
+    """({member: bytes} of a one-layer legacy image whose file ``who`` holds ``content``, its manifest.json)."""
+    layer = ob.tar_bytes({"who": content})
+    config = ob.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                       "rootfs": {"type": "layers", "diff_ids": [ob.sha256(layer)]}})
+    h = ob.sha256(config)[7:]
+    manifest = json.dumps([{"Config": f"{h}.json", "RepoTags": [tag], "Layers": [f"{h[:8]}/layer.tar"]}]).encode()
+    return {f"{h}.json": config, f"{h[:8]}/layer.tar": layer}, manifest
+
+
+def _raw_members(members):
+    return b"".join(tb.header(n, size=len(d)) + d + bytes(-len(d) % tb.BLOCK) for n, d in members.items())
+
+
+def test_a_global_header_in_an_archive_renames_no_member(tmp_path):
+    """A PAX global header ``path=manifest.json`` between manifest.json (image A) and a member
+    holding image B's manifest: tarfile applied it to every later member, so lamina read B's
+    manifest where docker and skopeo (Go's archive/tar returns the header as an entry) read
+    A's, and its own layer extractor ignores such headers (CONFORMANCE.md)."""
+    skopeo, umoci = require_tool("skopeo"), require_tool("umoci")
+    a, manifest_a = _legacy_members("seen:1", b"A")
+    b, manifest_b = _legacy_members("seen:1", b"B")
+    path = tmp_path / "g.tar"
+    path.write_bytes(_raw_members({**a, **b, "manifest.json": manifest_a})
+                     + _pax([(b"path", b"manifest.json")], name="pax_global_header", type=b"g")
+                     + _raw_members({"notes.json": manifest_b}) + bytes(1024))
+    subprocess.run([skopeo, "copy", "-q", f"docker-archive:{path}", f"oci:{tmp_path / 'sk'}:x"], check=True)
+    subprocess.run([umoci, "unpack", "--image", f"{tmp_path / 'sk'}:x", tmp_path / "bundle"], check=True,
+                   capture_output=True)
+    assert (tmp_path / "bundle" / "rootfs" / "who").read_bytes() == b"A"
+    proc = cli("unpack", f"docker-archive:{path}", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "who").read_bytes() == b"A"
+    store = tmp_path / "store"
+    assert cli("load", "-i", path, root=store).returncode == 0
+    proc = cli("unpack", "seen:1", tmp_path / "out2", root=store)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out2" / "who").read_bytes() == b"A"
+
+
+@pytest.mark.parametrize("type", [b"x", b"L"])
+def test_a_long_run_of_extended_headers_in_an_archive_is_a_clear_error(tmp_path, type):
+    """5,000 PAX (or GNU long-name) headers in a row before one member: tarfile recursed once
+    per header, a RecursionError traceback."""
+    body = b"ab".ljust(tb.BLOCK, b"\0")
+    run = (_pax([(b"comment", b"x")]) if type == b"x" else tb.header("././@LongLink", type=b"L", size=2) + body)
+    path = tmp_path / "run.tar"
+    path.write_bytes(run * 5000 + _raw_members({"manifest.json": b"[]"}) + bytes(1024))
+    _refused_everywhere(tmp_path, path, f"more than 32 extended headers for one member at offset {32 * len(run)}: "
+                                        "not a docker or OCI archive")
+
+
+def test_an_archive_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    """``docker-archive:FIFO``, ``oci-archive:FIFO``, ``load -i FIFO``: the archive was opened
+    (blocking) to read its magic bytes, waiting forever for a writer; and an archive is read at
+    random, so a pipe could never have worked (``lamina load < FILE`` spools one)."""
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    for args, root in _archive_readers(tmp_path, path):
+        line = one_line_error(cli(*args, root=root, timeout=30))
+        assert line == f"lamina: error: {path} is not a regular file", line
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_of_many_layers_reads_each_snapshots_metadata_a_few_times(tmp_path):
+    """A layout of one 1 KiB blob listed as 150 layers: extracting layer k walked the chain
+    below it reading k meta.json files, the square of the layer count in all (11,000 reads
+    here; 1,000 layers, 500,000 reads: 44 s of a 60 KiB layout's load, 2,000 layers 105 s).
+    A chainID fixes its parent's, so the walk reads each snapshot's once.  Counted in opens
+    of meta.json (an audit hook in the child), not in time; the tree is still the image's."""
+    n = 150
+    lay = ob.Layout(tmp_path / "lay")
+    raw = ob.tar_bytes({"x": b"hi"})
+    blob = ob.gz(raw)
+    lay.blob(blob)
+    cdesc = lay.json_blob({"architecture": "amd64", "os": "linux", "config": {},
+                           "rootfs": {"type": "layers", "diff_ids": [ob.sha256(raw)] * n}}, ob.OCI_CONFIG)
+    lay.add(lay.json_blob({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "config": cdesc,
+                           "layers": [ob.desc(ob.OCI_LAYER_GZIP, blob)] * n}, ob.OCI_MANIFEST), "latest",
+            **{"io.containerd.image.name": "docker.io/library/many:1"})
+    store = tmp_path / "store"
+    code = ("import sys, runpy\n"
+            "opens = [0]\n"
+            "def hook(event, args):\n"
+            "    if event == 'open' and isinstance(args[0], str) and args[0].endswith('/meta.json'): opens[0] += 1\n"
+            "sys.addaudithook(hook)\n"
+            "sys.argv = ['lamina', '--root', sys.argv[2], 'load', '-q', '-i', sys.argv[1]]\n"
+            "try:\n"
+            "    runpy.run_module('lamina', run_name='__main__')\n"
+            "finally:\n"
+            "    print('opens', opens[0], file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(lay.root), str(store)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    opens = int(proc.stderr.split("opens")[-1])
+    assert opens <= 20 * n, proc.stderr   # 8 a layer; 81 before
+    proc = cli("unpack", "many:1", tmp_path / "out", root=store)
+    assert proc.returncode == 0, proc.stderr
+    assert os.listdir(tmp_path / "out") == ["x"]
+    assert len(os.listdir(store / "snapshots")) == n
+    fsck = cli("fsck", root=store)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+_BIG = "9" * 5000
+_PASSWD = (f"root:x:0:0::/root:/bin/sh\nbig:x:{_BIG}:0::/:/bin/sh\n"
+           "arab:x:\u0661\u0660\u0660\u0660:0::/:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n").encode()
+
+
+@pytest.mark.parametrize("user, expect", [
+    ("root", {"uid": 0, "gid": 0}),
+    ("user", {"uid": 1000, "gid": 1000}),
+    ("1000:7", {"uid": 1000, "gid": 7}),
+    ("2147483647", {"uid": 2147483647, "gid": 0}),
+    ("2147483648", "uids and gids must be in range 0-2147483647"),
+    (_BIG, "uids and gids must be in range 0-2147483647"),
+    ("0:" + _BIG, "uids and gids must be in range 0-2147483647"),
+    ("\u0661\u0660\u0660\u0660", "no user '\u0661\u0660\u0660\u0660' in the image's /etc/passwd"),
+    ("big", "the image's /etc/passwd gives 'big' the uid"),
+    ("arab", "the image's /etc/passwd gives 'arab' the uid '\u0661\u0660\u0660\u0660', not a number"),
+])
+def test_a_bundles_user_reads_ids_as_go_does(tmp_path, user, expect):
+    """``unpack --bundle``: a uid of 5,000 digits anywhere in the image's /etc/passwd (or in
+    the config's User) made int() raise ValueError, a traceback, whatever the User; digits of
+    other scripts were numbers (User "١٠٠٠" ran as uid 1000, where moby/sys/user's Atoi finds no
+    such number), and uids past 2^31-1 went into config.json.  Now ASCII digits in moby's range."""
+    lay = ob.Layout(tmp_path / "lay")
+    files = {"etc/": None, "etc/passwd": _PASSWD, "etc/group": b"root:x:0:\n"}
+    lay.add(lay.image([files], config_extra={"config": {"User": user, "Cmd": ["/bin/sh"]}}), "latest",
+            **{"io.containerd.image.name": "docker.io/library/who:1"})
+    store = tmp_path / "store"
+    assert cli("load", "-i", lay.root, root=store).returncode == 0
+    proc = cli("unpack", "--bundle", "who:1", tmp_path / "b", root=store)
+    if isinstance(expect, dict):
+        assert proc.returncode == 0, proc.stderr
+        with open(tmp_path / "b" / "config.json") as f:
+            assert json.load(f)["process"]["user"] == expect
+    else:
+        line = one_line_error(proc)
+        assert line.startswith(f"lamina: error: image config User {user[:80]!r}: ") and expect in line, line
+        assert not (tmp_path / "b").exists()
+    fsck = cli("fsck", root=store)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr

@@ -5,14 +5,20 @@ several threads at once (overlay unpack applies layers in parallel).
 """
 from __future__ import annotations
 
+import bisect
+import contextlib
 import io
+import itertools
 import os
 import posixpath
 import stat
 import tarfile
+import threading
+import zlib
 
 from .. import digest as _digest
 from ..errors import BlobNotFoundError, DigestMismatchError, ImageError
+from ..limits import DEFAULT_LIMITS
 
 # Manifests and configs are read into memory; a descriptor pointing at a
 # multi-GB layer must not be slurped. Real ones are a few KB (configs with
@@ -100,7 +106,7 @@ class _Section(io.RawIOBase):
     """
 
     def __init__(self, path, offset, size):
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd = _open_archive(path)
         self._start, self._end, self._pos = offset, offset + size, offset
 
     def readable(self):
@@ -123,80 +129,237 @@ class _Section(io.RawIOBase):
         super().close()
 
 
-class _Limited(io.RawIOBase):
-    """The next ``size`` bytes of a stream (for members of a compressed archive)."""
+class _Checkpoints:
+    """Places where inflating a gzip-compressed archive can start again: (uncompressed offset,
+    zlib inflater, compressed input not yet inflated, file offset of the input after it).
 
-    def __init__(self, raw, size):
-        self._raw, self._left = raw, size
+    Every member read used to inflate the archive from its start: for an archive whose
+    manifest lists a layer near its end N times (or N layers), N times the archive, hours for
+    a few MiB of gzip.  A read now starts at the nearest checkpoint at or before its member;
+    one is made where each read reached its member and where it stopped (and every 4 MiB of a
+    skip), so reading the layers in any order, or one layer again, inflates about the
+    archive once.  zlib, not ISA-L: only zlib's inflater state can be copied."""
+
+    MAX = 512        # each holds a 32 KiB window and up to one input chunk: 25 MiB at most
+    SPACING = 4 << 20
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._offsets, self._states = [0], [(zlib.decompressobj(31), b"", 0)]
+
+    def nearest(self, offset):
+        with self._lock:
+            k = bisect.bisect_right(self._offsets, offset) - 1
+            d, pending, raw = self._states[k]
+            return self._offsets[k], d.copy(), pending, raw
+
+    def add(self, offset, d, pending, raw):
+        with self._lock:
+            k = bisect.bisect_left(self._offsets, offset)
+            if len(self._offsets) >= self.MAX or (k < len(self._offsets) and self._offsets[k] == offset):
+                return
+            self._offsets.insert(k, offset)
+            self._states.insert(k, (d.copy(), pending, raw))
+
+
+class _GzipMember(io.RawIOBase):
+    """``size`` bytes at uncompressed ``offset`` of a gzip-compressed archive (see _Checkpoints)."""
+
+    _CHUNK = 1 << 14
+
+    def __init__(self, path, checkpoints, offset, size, what):
+        self._fd = _open_archive(path)
+        self._checkpoints, self._what = checkpoints, what
+        try:
+            self._pos, self._d, self._in, self._raw = checkpoints.nearest(offset)
+            mark = self._pos
+            while self._pos < offset:
+                if not self._inflate(min(offset - self._pos, 1 << 18)):
+                    raise ImageError(f"{what} is truncated")
+                if self._pos - mark >= checkpoints.SPACING:
+                    mark = self._pos
+                    self._checkpoint()
+            self._checkpoint()
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._end = offset + size
+
+    def _checkpoint(self):
+        self._checkpoints.add(self._pos, self._d, self._in, self._raw)
+
+    def _inflate(self, n):
+        """Up to ``n`` bytes from the current offset; b"" at the end of the archive."""
+        try:
+            while True:
+                if not self._in:
+                    self._in = os.pread(self._fd, self._CHUNK, self._raw)
+                    self._raw += len(self._in)
+                    if not self._in:
+                        return b""
+                if self._d.eof:  # gzip members concatenate (gzip -c a b); zero bytes may pad the end
+                    if not self._in.strip(b"\0"):
+                        self._in = b""
+                        continue
+                    self._d = zlib.decompressobj(31)
+                out = self._d.decompress(self._in, n)
+                self._in = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
+                if out:
+                    self._pos += len(out)
+                    return out
+        except zlib.error as e:
+            raise ImageError(f"{self._what}: {e}") from None
 
     def readable(self):
         return True
 
     def readinto(self, buf):
-        n = min(len(buf), self._left)
+        n = min(len(buf), self._end - self._pos)
         if n <= 0:
             return 0
-        data = self._raw.read(n)
+        data = self._inflate(n)
         if not data:
-            raise ImageError("archive member is truncated")
+            raise ImageError(f"{self._what} is truncated")
         buf[:len(data)] = data
-        self._left -= len(data)
         return len(data)
 
     def close(self):
         if not self.closed:
-            self._raw.close()
+            self._checkpoint()
+            os.close(self._fd)
         super().close()
 
 
-def _open_gzip(path):
+def _open_gzip(f):
     try:
         from isal import igzip  # ISA-L: several times faster than zlib for this
-        return igzip.open(path, "rb")
+        return igzip.open(f, "rb")
     except ImportError:
         import gzip
-        return gzip.open(path, "rb")
+        return gzip.open(f, "rb")
+
+
+def _open_archive(path):
+    """An fd of the archive at ``path``, read at random and so a regular file: a FIFO there (or
+    put there between two reads) is refused at once, never waited on."""
+    fd = open_regular(path, path)
+    if fd is None:
+        raise ImageError(f"{path}: no such file")
+    return fd
+
+
+class _ArchiveTooBig(Exception):
+    """An archive whose headers would take more memory to index than any real one."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a member's extended headers (PAX, GNU long names) and sparse map into memory
+    whole before it returns the member: a few KiB of gzip can say gigabytes.  Bounded here, by the
+    extractor's own limit for one header; a sparse map that continues past the header (GNU
+    extension blocks, PAX 1.0 maps) is not read at all: no member lamina reads is sparse."""
+
+    MAX_RUN = 32   # extended headers for one member (tarfile recurses once per header)
+
+    def _proc_member(self, tar):
+        if self.type in _EXTENDED_TYPES and self.size > DEFAULT_LIMITS.max_header:
+            raise _ArchiveTooBig(f"an extended header of {self.size} bytes at offset {self.offset} (limit "
+                                 f"{DEFAULT_LIMITS.max_header})")
+        run = tar.lamina_extended_run = getattr(tar, "lamina_extended_run", 0) + 1 if (
+            self.type in _EXTENDED_TYPES and self.type != tarfile.XGLTYPE) else 0
+        if run > self.MAX_RUN:
+            raise _ArchiveTooBig(f"more than {self.MAX_RUN} extended headers for one member at offset {self.offset}")
+        if self.type == tarfile.XGLTYPE:
+            # Read past, never applied to later members (tarfile would: a global "path" renamed
+            # them all, so lamina read another manifest.json than docker, skopeo or its extractor)
+            return self._proc_builtin(tar)
+        return super()._proc_member(tar)
+
+    def _proc_sparse(self, tar):
+        if self._sparse_structs[1]:
+            raise _ArchiveTooBig(f"member {self.name}: a sparse file whose map continues past its header")
+        return super()._proc_sparse(tar)
+
+    def _proc_gnusparse_10(self, next, pax_headers, tar):
+        raise _ArchiveTooBig(f"member {next.name}: a sparse file with a PAX 1.0 map")
+
+
+_EXTENDED_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                   tarfile.SOLARIS_XHDTYPE)
+
+
+class _Member:
+    """What the index keeps of a member (a TarInfo and its PAX dict cost ~0.5 KiB each)."""
+
+    __slots__ = ("type", "size", "offset_data", "linkname")
+
+    def __init__(self, info):
+        self.type = b"S" if info.issparse() else info.type
+        self.size, self.offset_data, self.linkname = info.size, info.offset_data, info.linkname
+
+    def issym(self):
+        return self.type == tarfile.SYMTYPE
+
+    def islnk(self):
+        return self.type == tarfile.LNKTYPE
+
+    def isreg(self):
+        return self.type in tarfile.REGULAR_TYPES
+
+    def issparse(self):
+        return self.type == b"S"
 
 
 class TarArchive:
     """Random access to the members of a (possibly gzip-compressed) tar file.
 
     Members of a plain tar are read in place with pread. Members of a
-    gzip-compressed tar are read by decompressing from the start of the file
-    up to the member, once per open(): correct, but slower for big archives
-    with many layers; ``compressed`` tells the caller so.
+    gzip-compressed tar are inflated from the nearest checkpoint before them
+    (_Checkpoints): the archive is inflated once to index it, and about once more
+    for all the members read, in whatever order.
     """
 
     MAX_MEMBERS = 1_000_000
     MAX_LINK_HOPS = 16
+    MAX_HEADER_BYTES = 64 << 20   # all members' extended headers read, names and link targets kept
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        try:
-            with open(self.path, "rb") as f:
-                magic = f.read(2)
-        except FileNotFoundError:
-            raise ImageError(f"{self.path}: no such file") from None
-        except IsADirectoryError:
-            raise ImageError(f"{self.path}: is a directory, not an archive") from None
-        self.compressed = magic == b"\x1f\x8b"
+        if os.path.isdir(self.path):
+            raise ImageError(f"{self.path}: is a directory, not an archive")
         self.members = {}
+        with os.fdopen(_open_archive(self.path), "rb") as f:
+            self.compressed = f.read(2) == b"\x1f\x8b"
+            self._checkpoints = _Checkpoints() if self.compressed else None
+            f.seek(0)
+            self._index(f)
+
+    def _index(self, f):
         try:
             # A plain tar is indexed by seeking over member data (a multi-GB archive costs
             # a few reads); a compressed one has to be inflated once, as a stream.
-            with self._open_stream() as raw, tarfile.open(
-                    fileobj=raw, mode="r|" if self.compressed else "r:") as tar:
-                for i, info in enumerate(tar):
+            with _open_gzip(f) if self.compressed else contextlib.nullcontext(f) as raw, tarfile.open(
+                    fileobj=raw, mode="r|" if self.compressed else "r:", tarinfo=_BoundedTarInfo) as tar:
+                header_bytes = 0
+                for i in itertools.count():
+                    info = tar.next()
+                    if info is None:
+                        break
+                    tar.members.clear()  # tarfile keeps every member it read: we keep _Members
                     if i >= self.MAX_MEMBERS:
                         raise ImageError(f"{self.path}: more than {self.MAX_MEMBERS} members")
+                    extended = info.offset_data - info.offset - tarfile.BLOCKSIZE
+                    header_bytes += extended + len(info.name) + len(info.linkname)
+                    if header_bytes > self.MAX_HEADER_BYTES:
+                        raise ImageError(f"{self.path}: more than {self.MAX_HEADER_BYTES} bytes of member "
+                                         f"headers and names (at member {info.name})")
                     name = member_name(info.name)
-                    if name:
-                        self.members[name] = info
-        except (tarfile.TarError, EOFError, OSError) as e:
+                    if name and info.type != tarfile.XGLTYPE:
+                        self.members[name] = _Member(info)
+        except _ArchiveTooBig as e:
+            raise ImageError(f"{self.path}: {e}: not a docker or OCI archive") from None
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            # ValueError: tarfile's own reading of malformed PAX records (GNU.sparse.map=a,b)
             raise ImageError(f"{self.path}: not a readable tar archive: {e}") from None
-
-    def _open_stream(self):
-        return _open_gzip(self.path) if self.compressed else open(self.path, "rb")
 
     def _lookup(self, name):
         """The regular-file member a name refers to, following links inside the archive."""
@@ -235,13 +398,8 @@ class TarArchive:
         info = self.member(name)
         if not self.compressed:
             return io.BufferedReader(_Section(self.path, info.offset_data, info.size), 1 << 20)
-        stream = self._open_stream()
-        try:
-            stream.seek(info.offset_data)
-        except (OSError, EOFError) as e:
-            stream.close()
-            raise ImageError(f"{self.path}: member {name}: {e}") from None
-        return io.BufferedReader(_Limited(stream, info.size), 1 << 20)
+        return io.BufferedReader(_GzipMember(self.path, self._checkpoints, info.offset_data, info.size,
+                                             f"{self.path}: member {name}"), 1 << 20)
 
     def read(self, name, what, digest=None, limit=MAX_DOCUMENT_SIZE):
         with self.open(name) as f:

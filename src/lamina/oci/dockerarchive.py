@@ -35,6 +35,7 @@ class DockerArchive(Source):
         self.ref = ref or None
         self.description = self.archive.path
         self._layout = None
+        self._configs = {}   # Config member name -> its bytes
         try:
             if oci_only and not self.archive.has("oci-layout") and self.archive.has("manifest.json"):
                 raise ImageError(f"{self.description} is a docker-archive (manifest.json, no oci-layout), not an "
@@ -52,7 +53,7 @@ class DockerArchive(Source):
 
     @property
     def compressed(self):
-        """True when layers are read by re-inflating the archive (slower than a plain tar)."""
+        """True when the archive is gzip-compressed (its members are inflated to be read)."""
         return self.archive.compressed
 
     def _read_meta(self, name):
@@ -102,14 +103,9 @@ class DockerArchive(Source):
             return self._layout.resolve(platform)
         want = Platform.parse(platform) if platform is not None else None
         entry = self._select()
-        config_name = entry["Config"]
-        what = f"config {config_name}"
-        data = self.archive.read(config_name, what, limit=MAX_DOCUMENT_SIZE)
+        what = f"config {entry['Config']}"
+        data = self.config_data()
         config_digest = _digest.sha256_bytes(data)
-        m = _DIGEST_NAME_RE.fullmatch(member_name(config_name))
-        if m and config_digest != f"sha256:{m.group(1)}":
-            # The config file is named by its digest (the image ID): a mismatch means tampering.
-            raise DigestMismatchError(what, f"sha256:{m.group(1)}", config_digest)
         layer_names = entry["Layers"]
         config = parse_config(data, what, len(layer_names))
         if want is not None and config.platform is not None and config.platform != want:
@@ -122,6 +118,19 @@ class DockerArchive(Source):
                                    size, None, functools.partial(self.archive.open, name)))
         return ResolvedImage(config=config.raw, config_digest=config_digest, layers=layers,
                              platform=config.platform, ref=self.ref)
+
+    def config_data(self):
+        """The exact bytes of the chosen image's config (legacy archives: the member its Config names)."""
+        config_name = self._select()["Config"]
+        if config_name not in self._configs:  # read once: resolve hashes what load then stores
+            what = f"config {config_name}"
+            data = self.archive.read(config_name, what, limit=MAX_DOCUMENT_SIZE)
+            m = _DIGEST_NAME_RE.fullmatch(member_name(config_name))
+            if m and _digest.sha256_bytes(data) != f"sha256:{m.group(1)}":
+                # The config file is named by its digest (the image ID): a mismatch means tampering.
+                raise DigestMismatchError(what, f"sha256:{m.group(1)}", _digest.sha256_bytes(data))
+            self._configs[config_name] = data
+        return self._configs[config_name]
 
     def close(self):
         pass  # TarArchive keeps no file open between reads

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 
 from ..errors import ImageError
@@ -146,6 +147,26 @@ def _parse_colon_file(data, fields):
     return out
 
 
+# uids and gids as moby/sys/user reads them: strconv.Atoi (ASCII digits; Python's isdigit() and
+# int() take every script's, and int() refuses past 4,300 digits with a ValueError) and its range.
+_NUMBER = re.compile(r"[0-9]+")
+_MAX_ID = (1 << 31) - 1
+
+
+def _file_id(field):
+    """A uid/gid field of the image's /etc/passwd or /etc/group, None if not one."""
+    if not _NUMBER.fullmatch(field) or len(field) > 10 or int(field) > _MAX_ID:
+        return None
+    return int(field)
+
+
+def _given_id(text, user):
+    """The number the config's User gives (ASCII digits)."""
+    if len(text) > 10 or int(text) > _MAX_ID:
+        raise ImageError(f"image config User {user[:80]!r}: uids and gids must be in range 0-{_MAX_ID}")
+    return int(text)
+
+
 def resolve_user(user, rootfs):
     """(OCI process user {uid, gid[, additionalGids]}, home dir) for an image config's User.
 
@@ -160,37 +181,40 @@ def resolve_user(user, rootfs):
     passwd = _parse_colon_file(_read_in_root(rootfs, "etc/passwd"), 6)
     uid, gid, home, username = 0, 0, "/", None
     entry = None
-    if name == "" or name.isdigit():
-        uid = int(name) if name else 0
-        entry = next((p for p in passwd if p[2].isdigit() and int(p[2]) == uid), None)
+    if name == "" or _NUMBER.fullmatch(name):
+        uid = _given_id(name, user) if name else 0
+        entry = next((p for p in passwd if _file_id(p[2]) == uid), None)
     else:
         entry = next((p for p in passwd if p[0] == name), None)
-        if entry is None or not entry[2].isdigit():
+        if entry is None:
             raise ImageError(f"image config User {user!r}: no user {name!r} in the image's /etc/passwd")
-        uid = int(entry[2])
+        if _file_id(entry[2]) is None:
+            raise ImageError(f"image config User {user!r}: the image's /etc/passwd gives {name!r} the uid "
+                             f"{entry[2][:80]!r}, not a number from 0 to {_MAX_ID}")
+        uid = _file_id(entry[2])
     if entry is not None:
         username = entry[0]
-        if entry[3].isdigit():
-            gid = int(entry[3])
+        if _file_id(entry[3]) is not None:
+            gid = _file_id(entry[3])
         home = entry[5] or "/"
     groups = None
     if group:
-        if group.isdigit():
-            gid = int(group)
+        if _NUMBER.fullmatch(group):
+            gid = _given_id(group, user)
         else:
             groups = _parse_colon_file(_read_in_root(rootfs, "etc/group"), 3)
-            g = next((g for g in groups if g[0] == group and g[2].isdigit()), None)
+            g = next((g for g in groups if g[0] == group and _file_id(g[2]) is not None), None)
             if g is None:
                 raise ImageError(f"image config User {user!r}: no group {group!r} in the image's /etc/group")
-            gid = int(g[2])
+            gid = _file_id(g[2])
     out = {"uid": uid, "gid": gid}
     if not group and username:
         groups = _parse_colon_file(_read_in_root(rootfs, "etc/group"), 3)
         extra = []
         for g in groups:
             members = g[3].split(",") if len(g) > 3 and g[3] else []
-            if username in members and g[2].isdigit() and int(g[2]) not in extra:
-                extra.append(int(g[2]))
+            if username in members and _file_id(g[2]) is not None and _file_id(g[2]) not in extra:
+                extra.append(_file_id(g[2]))
         if extra:
             out["additionalGids"] = extra
     return out, home

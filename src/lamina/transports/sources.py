@@ -214,7 +214,9 @@ def _read(blob_store, digest, what):
 def from_legacy(archive, platform=None, names=()):
     """A classic docker save / skopeo docker-archive image (``archive.ref`` picks which)."""
     image = archive.resolve(platform)
-    config = _legacy_config(archive.archive, image.config_digest)
+    # The bytes resolve hashed.  Looking for them among the archive's .json members cost a read
+    # of the whole archive per member when it is gzipped: hours for a few MiB of members.
+    config = archive.config_data()
     layers = []
     for l in image.layers:
         opener = functools.partial(open_uncompressed, l.open, f"{archive.description}: layer {l.index}")
@@ -231,20 +233,6 @@ def from_legacy(archive, platform=None, names=()):
     data = json.dumps(manifest, separators=(",", ":")).encode()
     return ImageData(data, _digest.sha256_bytes(data), mt.OCI_MANIFEST, config, image.config_digest, layers,
                      list(names), description=archive.description, synthesized=True)
-
-
-def _legacy_config(tar, config_digest):
-    """The config's exact bytes: ``<hex>.json`` by convention, else the .json member that hashes right."""
-    hexid = _digest.hex_of(config_digest)
-    candidates = [f"{hexid}.json"] + sorted(n for n in tar.members if n.endswith(".json") and n != f"{hexid}.json"
-                                            and n != "manifest.json")
-    for name in candidates:
-        if not tar.has(name) or tar.size(name) > MAX_DOCUMENT_SIZE:
-            continue
-        data = tar.read(name, f"{tar.path}: {name}")
-        if _digest.sha256_bytes(data) == config_digest:
-            return data
-    raise BlobNotFoundError(f"{tar.path}: config {config_digest} not found")
 
 
 def _count(opener):
