@@ -579,6 +579,8 @@ def test_docker_archive_several_images_must_be_named(tmp_path):
         resolve(f"docker-archive:{path}")
     assert resolve(f"docker-archive:{path}:b:2").layers == []
     assert resolve(f"docker-archive:{path}:@1").layers == []
+    with pytest.raises(ImageNotFoundError, match=r"or @0\.\.@1"):   # was int()'s ValueError traceback
+        resolve(f"docker-archive:{path}:@{'1' * 5000}")
 
 
 @pytest.mark.parametrize("members, error", [

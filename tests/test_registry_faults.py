@@ -228,3 +228,22 @@ def test_redirect_to_another_host_gets_no_credentials(tmp_path, registry_env):  
         front.stop()
         storage.stop()
         reg.stop()
+
+
+@pytest.mark.parametrize("content_range", [f"bytes {MiB}-{'9' * 5000}/*", f"bytes {'1' * 5000}-2/3",
+                                           f"bytes {MiB}-{MiB + 1}/{'7' * 5000}"])
+def test_a_resume_answer_with_a_number_of_thousands_of_digits_is_a_clear_error(proxy, image, registry_env,  # noqa: F811
+                                                                                content_range):
+    """A hostile registry's Content-Range of 5000 digits made int() raise a ValueError traceback
+    (Python refuses to convert more than 4300 digits) instead of the RegistryError naming the blob."""
+    big = image["big"]
+    proxy.add("cut", method="GET", path=f"/blobs/{big['digest']}", after=1 * MiB, times=1)
+    proxy.add("respond", method="GET", path=f"/blobs/{big['digest']}", code=206, body=b"x" * 100,
+              headers={"Content-Range": content_range}, times=None)
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.RegistryError) as e:
+        pull(f"{proxy.host}/faults:1", store=store)
+    assert big["digest"] in str(e.value) and "Content-Range" in str(e.value)
+    assert not store.has_blob(big["digest"])
+    # the 1 MiB before the cut stays as a .partial for the next pull to resume (a warning)
+    assert check(store).errors == [], check(store).findings

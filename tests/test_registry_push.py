@@ -122,6 +122,23 @@ def test_chunked_upload_resumes(reg, proxy, tmp_path, registry_env):  # noqa: F8
         assert "sha256:" + hashlib.sha256(f.read()).hexdigest() == big["digest"]
 
 
+@pytest.mark.parametrize("repo, upload_range", [("badrange-long", "0-" + "9" * 5000), ("badrange-nan", "0-abc")])
+def test_a_malformed_upload_range_starts_the_upload_again(reg, proxy, tmp_path, registry_env, repo,  # noqa: F811
+                                                          upload_range):
+    """After a failed PATCH lamina asks where to resume; a Range of 5000 digits (or not a number)
+    in the answer made int() raise a ValueError traceback.  Now it is the registry's error, and
+    the upload starts over in a fresh session as for any other one."""
+    lay, m = _image(tmp_path, big=300_000)
+    store = Store(registry_env / "root")
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/{repo}:1")
+    proxy.add("status", code=500, method="PATCH", times=1)
+    asked = proxy.add("respond", method="GET", path="/blobs/uploads/", code=204, headers={"Range": upload_range},
+                      times=None)
+    push(f"{proxy.host}/{repo}:1", store=store, chunk_size=65536)
+    assert asked.hits == 1
+    assert skopeo_inspect(reg.host, f"{repo}:1")["Digest"] == m["digest"]
+
+
 def test_push_multiplatform_index(reg, tmp_path, registry_env):  # noqa: F811
     lay = ocibuild.Layout(tmp_path / "oci")
     ms = []

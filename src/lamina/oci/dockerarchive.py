@@ -82,7 +82,8 @@ class DockerArchive(Source):
         tags = [t for e in entries for t in (e.get("RepoTags") or []) if isinstance(t, str)]
         if self.ref:
             if re.fullmatch(r"@\d+", self.ref, re.ASCII):  # skopeo's docker-archive:PATH:@N
-                n = int(self.ref[1:])
+                # a number of thousands of digits is out of range, not a traceback from int()
+                n = int(self.ref[1:]) if len(self.ref) <= 19 else len(entries)
                 if n < len(entries):
                     return entries[n]
             else:

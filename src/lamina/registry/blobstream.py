@@ -16,7 +16,8 @@ import re
 from ..errors import BlobNotFoundError, RegistryError
 from .transport import CONNECTION_ERRORS, describe_error
 
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)", re.ASCII)
+# At most 19 digits (any 64-bit size): int() of thousands of digits raises, of millions takes seconds
+_CONTENT_RANGE = re.compile(r"bytes (\d{1,19})-(\d{1,19})/(\d{1,19}|\*)", re.ASCII)
 
 
 # At most this many bytes per read from the connection, whatever the reader asks for (the

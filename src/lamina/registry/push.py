@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,10 @@ from .client import MAX_ERROR_BODY, RegistryClient, error_message
 from .progress import Reporter
 from .pull import _open_store
 from .transport import CONNECTION_ERRORS, describe_error
+
+# The upload status's "Range: 0-<last byte>" (some registries write "bytes=0-..."); at most 19
+# digits, so that a hostile registry's thousands of digits are a clear error, not int()'s traceback
+_UPLOAD_RANGE = re.compile(r"(?:bytes=)?\d{1,19}-(\d{1,19})", re.ASCII)
 
 DEFAULT_CHUNK_SIZE = 64 << 20    # blobs above this go up in PATCH chunks of this size
 DEFAULT_CONCURRENCY = 3
@@ -338,8 +343,10 @@ class Pusher:
             location = urllib.parse.urljoin(location, new_loc)
         if not rng or "-" not in rng:
             return 0, location
-        end = int(rng.split("-", 1)[1])
-        return end + 1, location
+        m = _UPLOAD_RANGE.fullmatch(rng.strip())
+        if not m:
+            raise RegistryError(f"upload status of {repo.name}: malformed Range {rng!r}")
+        return int(m.group(1)) + 1, location
 
     def _chunked(self, repo, location, desc):
         path = self._blob_path(desc.digest)
