@@ -873,7 +873,7 @@ def _same_inode_metadata(a, b):
                                                                         b.st_mtime_ns, b.st_size)
 
 
-def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None):
+def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None, tree_final=None):
     """Share the regular files of ``snapshot_dir/fs`` with the store's objects; write its file list.
 
     The caller holds the snapshot's lock (or owns ``snapshot_dir``, e.g. a ``.tmp-`` snapshot
@@ -887,6 +887,13 @@ def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None):
     inodes become objects, so no object name can outlive its data in a power cut.  A crash
     before the snapshot is committed leaves a temp dir, removed by the next extraction, and
     at most objects nothing uses (gc).
+
+    ``tree_final()`` (with ``sync``): called once the pass changes no name of ``fs/`` any more
+    (the swaps and reflinks are done; claim() renames names in hashed/ only), before the sync:
+    the layers above may read the tree from then on.  Not before: a swap's rename moves its
+    directory's mtime until the pass puts it back, and a layer above copying that directory
+    up meanwhile would keep the wrong time.  (share_lost() still swaps after the claim, when
+    another process made one of this pass's new objects in between: rare, and left as is.)
     """
     start = time.perf_counter()
     p = _Pass(paths, snapshot_dir, reflink, defer=sync is not None)
@@ -900,6 +907,8 @@ def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None):
             # be extracting, rather than after the wait, with fsyncs of their own.  A crash
             # before the commit drops the temp dir, lists and all.
             write_file_list(p.snapshot_dir, p.files, durable=False)
+            if tree_final is not None:
+                tree_final()
             t = time.perf_counter()
             sync()
             stats.sync_seconds = time.perf_counter() - t
