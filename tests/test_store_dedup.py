@@ -387,12 +387,12 @@ def _copy_with_pass_stats(root, layout, ref, prelude=""):
     """``lamina copy oci:LAYOUT:REF REF:1`` in a child process (``prelude``: Python code run in it
     first); the DedupStats of each layer's pass."""
     proc = subprocess.run(
-        [sys.executable, "-c", "import json, sys\n" + prelude +
+        [sys.executable, "-c", "import json, os, sys\n" + prelude +
          "from lamina.store import objects\n"
          "orig = objects.dedup_snapshot\n"
          "def wrapped(*a, **k):\n"
          "    st = orig(*a, **k)\n"
-         "    print(json.dumps(st.to_dict()), file=sys.stderr)\n"
+         "    os.write(2, json.dumps(st.to_dict()).encode() + b'\\n')  # one write: passes end in parallel\n"
          "    return st\n"
          "objects.dedup_snapshot = wrapped\n"
          "from lamina.cli import main\n"
