@@ -92,6 +92,7 @@ _OBJECT_RE = re.compile(r"([0-9a-f]{64})\.([0-9a-f]{16})")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _NOT_SUPPORTED = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS}
+_json_string = json.encoder.encode_basestring_ascii  # a str as json.dumps writes it (ensure_ascii)
 
 
 def _native():
@@ -236,7 +237,10 @@ class FileRows:
             self.runs.close()
 
     def add(self, path, blake3, size, obj):
-        self.rows.write(json.dumps([path, blake3, size, obj]).encode() + b"\n")
+        # the text json.dumps([path, blake3, size, obj]) writes, without its per-call cost (a
+        # third of the pass's Python time per file): the same escaping of each string
+        null = "null" if obj is None else _json_string(obj)
+        self.rows.write(f"[{_json_string(path)}, {_json_string(blake3)}, {size:d}, {null}]\n".encode())
         if obj is not None:
             self.keys.add(bytes.fromhex(obj[:64] + obj[65:]))
             if len(self.keys) >= self.RUN:
