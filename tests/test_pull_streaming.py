@@ -291,21 +291,27 @@ def early(reg, tmp_path_factory):  # noqa: F811
 
 
 def _gate_commit_of(monkeypatch, root, chain, until, then=None):
-    """Hold the dedup pass (hence the commit) of snapshot ``chain`` until ``until()`` is true
-    (a failure after 30 s), then run ``then()`` (which may raise) or the real pass."""
+    """Hold the sync of snapshot ``chain``'s dedup pass (hence its claim and commit; the swaps
+    of the pass, before it, may not be held: the tree is handed over after them) until
+    ``until()`` is true (a failure after 30 s), then run ``then()`` (which may raise) or the
+    real sync."""
     from lamina.store import objects
     real = objects.dedup_snapshot
 
-    def gated(paths, snapshot_dir, *a, **kw):
-        if os.path.basename(snapshot_dir).startswith(f".tmp-{chain[7:]}-"):
-            deadline = time.monotonic() + 30
-            while not until():
-                if time.monotonic() > deadline:
-                    raise AssertionError("the layer above never went on before this layer's commit")
-                time.sleep(0.02)
-            if then is not None:
-                then()
-        return real(paths, snapshot_dir, *a, **kw)
+    def gated(paths, snapshot_dir, *a, sync=None, **kw):
+        if sync is not None and os.path.basename(snapshot_dir).startswith(f".tmp-{chain[7:]}-"):
+            real_sync = sync
+
+            def sync():
+                deadline = time.monotonic() + 30
+                while not until():
+                    if time.monotonic() > deadline:
+                        raise AssertionError("the layer above never went on before this layer's commit")
+                    time.sleep(0.02)
+                if then is not None:
+                    then()
+                real_sync()
+        return real(paths, snapshot_dir, *a, sync=sync, **kw)
 
     monkeypatch.setattr(objects, "dedup_snapshot", gated)
 
@@ -317,8 +323,9 @@ def _late_written(root, chain):
 
 def test_an_upper_layer_goes_on_over_a_final_tree_before_its_commit(reg, early, registry_env, monkeypatch):  # noqa: F811
     """A streamed layer hands its tree to the layers above once it is final (diffID and blob
-    verified), before its dedup pass and commit: at the end of a pull the top layers no longer
-    wait for the dedup pass of the one below them.  Its own commit still comes after theirs."""
+    verified, the swaps of its dedup pass done), before the rest of that pass (sync, claim) and
+    its commit: at the end of a pull the top layers no longer wait for the dedup pass of the
+    one below them.  Its own commit still comes after theirs."""
     root = registry_env / "root"
     base, upper = early["chains"]
     _gate_commit_of(monkeypatch, root, base, lambda: _late_written(root, upper))

@@ -373,15 +373,26 @@ def test_a_file_the_store_has_is_linked_to_its_object_not_written(tmp_path, imag
     _fsck_clean(root)
 
 
-def _copy_with_pass_stats(root, layout, ref):
-    """``lamina copy oci:LAYOUT:REF REF:1`` in a child process; the DedupStats of each layer's pass."""
+# A layer that needs the layers below waits for their commits (their objects claimed), not only
+# for their trees to be final: how a copy ran before upper layers went on over uncommitted trees.
+_AFTER_COMMITS = ("from lamina import lowers\n"
+                  "final_trees = lowers.LayersBelow.final_trees\n"
+                  "def after_commits(self, i, chains):\n"
+                  "    self.wait(i)\n"
+                  "    return final_trees(self, i, chains)\n"
+                  "lowers.LayersBelow.final_trees = after_commits\n")
+
+
+def _copy_with_pass_stats(root, layout, ref, prelude=""):
+    """``lamina copy oci:LAYOUT:REF REF:1`` in a child process (``prelude``: Python code run in it
+    first); the DedupStats of each layer's pass."""
     proc = subprocess.run(
-        [sys.executable, "-c", "import json, sys\n"
+        [sys.executable, "-c", "import json, os, sys\n" + prelude +
          "from lamina.store import objects\n"
          "orig = objects.dedup_snapshot\n"
          "def wrapped(*a, **k):\n"
          "    st = orig(*a, **k)\n"
-         "    print(json.dumps(st.to_dict()), file=sys.stderr)\n"
+         "    os.write(2, json.dumps(st.to_dict()).encode() + b'\\n')  # one write: passes end in parallel\n"
          "    return st\n"
          "objects.dedup_snapshot = wrapped\n"
          "from lamina.cli import main\n"
@@ -874,12 +885,15 @@ def test_upper_layers_of_a_first_image_link_the_files_of_the_layers_below(tmp_pa
     metadata, other names).  The upper layer waits for the one below at its first entry (its
     parent dirs come from there) and then names each repeated file by a link to the object
     the layer below made, as it extracts: the pass finds them done, none written and swapped.
-    It used to write all of them: objects/ did not exist yet when the upper layer started."""
+    It used to write all of them: objects/ did not exist yet when the upper layer started.
+    The upper layer is held here until the layer below has committed: a copy now hands it the
+    tree below before that layer's new objects are claimed (after its sync), and files it
+    meets before then are written and swapped by its pass (before its own sync)."""
     lay = ocibuild.Layout(tmp_path / "layout")
     again = {name.replace("pkgbase", "again"): data for name, data in BASE.items()}
     lay.image_of_tars([_layer(BASE), _layer(again)], "dup")
     root = tmp_path / "root"
-    passes = _copy_with_pass_stats(root, lay.root, "dup")
+    passes = _copy_with_pass_stats(root, lay.root, "dup", prelude=_AFTER_COMMITS)
     assert len(passes) == 2
     upper = max(passes, key=lambda p: p["linked"])
     assert upper["files"] == len(again) and upper["linked"] == len(again), passes
@@ -924,3 +938,91 @@ def test_the_pass_keeps_its_file_list_on_disk(tmp_path):
     assert len(files) == 41000 and len({f.path for f in files}) == 41000
     assert len(snapshot_objects(snap)) == 41000 == len({f.object for f in files})
     assert sorted(snapshot_objects(snap)) == sorted({f.object for f in files})
+
+
+
+def _copy_holding_the_first_sync(root, layout, ref, monkeypatch):
+    """Copy ``ref`` in this process, the first layer to sync (the bottom one) waiting before it
+    until a layer above has gone on over an uncommitted tree below it (snapshots._open_lowers
+    with a tree that is not committed yet); returns whether that happened.  The layer above is
+    then writing (snapshots._WRITERS), so the bottom layer's sync waits for it.  The copy runs
+    in a thread: a deadlock fails the test instead of hanging it."""
+    import threading
+    from lamina.store import Store, snapshots
+    from lamina.transports import copy as lamina_copy
+    resumed = threading.Event()
+    real_open, real_idle = snapshots._open_lowers, snapshots._WRITERS.wait_idle
+    first = []
+
+    def open_lowers(paths, lowers, opened):
+        if any(fs is not None for _, fs in lowers):
+            resumed.set()
+        return real_open(paths, lowers, opened)
+
+    def wait_idle():
+        if not first:
+            first.append(True)
+            resumed.wait(20)
+        real_idle()
+
+    monkeypatch.setattr(snapshots, "_open_lowers", open_lowers)
+    monkeypatch.setattr(snapshots._WRITERS, "wait_idle", wait_idle)
+    failed = []
+
+    def copy():
+        try:
+            with Store(root) as store:
+                lamina_copy(f"oci:{layout}:{ref}", f"{ref}:1", store=store)
+        except BaseException as e:
+            failed.append(e)
+
+    t = threading.Thread(target=copy, daemon=True)
+    t.start()
+    t.join(120)
+    assert not t.is_alive(), "the copy deadlocked"
+    assert not failed, failed
+    return resumed.is_set()
+
+
+def test_an_upper_layer_goes_on_over_the_tree_below_before_its_commit(tmp_path, monkeypatch):
+    """A copy (snapshots.ensure_all) hands a layer's tree to the layers above once the swaps of
+    its dedup pass are done, as a pull does: the rest of that pass (sync, claim of its new
+    objects, commit) then runs beside their extraction instead of before it (issue 9: an upper
+    layer's pass waited for the lower layers').  Before, the layer above waited for the bottom
+    layer's commit, so it never went on over its uncommitted tree.  The tree it goes on over
+    is final: the bottom layer swaps a duplicate in ``a/`` (its rename moves the directory's
+    mtime for a moment), and the layer above copies ``a/`` up with the layer's mtime; fsck
+    compares every snapshot with a fresh extraction."""
+    body = b"twice in the bottom layer" * 200
+    lay = ocibuild.Layout(tmp_path / "layout")
+    bottom = tarfile_bytes([(ti("a/", tarfile.DIRTYPE, mode=0o755), None), (ti("a/one"), body), (ti("a/two"), body)]
+                           + [(ti(f"a/f{i}"), b"%d" % i * 100) for i in range(50)])
+    upper = tarfile_bytes([(ti("a/three"), b"upper file")])  # a/ implied: needs the layer below
+    lay.image_of_tars([bottom, upper], "early")
+    root = tmp_path / "root"
+    assert _copy_holding_the_first_sync(root, tmp_path / "layout", "early", monkeypatch), \
+        "the layer above did not go on over the bottom layer's tree before its commit"
+    low, up = _chains(root, "early:1")
+    assert _ino(root, low, "a/one") == _ino(root, low, "a/two")
+    assert os.lstat(os.path.join(_fs(root, up), "a")).st_mtime_ns == os.lstat(os.path.join(_fs(root, low), "a")).st_mtime_ns
+    _fsck_clean(root)
+
+
+def test_a_hardlink_to_a_lower_file_while_that_layer_finishes_its_pass(tmp_path, monkeypatch):
+    """The layer above copies up a lower file with other names (a hardlink group of the layer
+    below) and asks which of its names share an inode only by dedup (snapshots._dedup_shared):
+    that waits for the lower layer's commit, whose sync waits for this process's writers to be
+    idle, so the asking layer must not count as writing meanwhile (a deadlock, now that the
+    layers above go on before the commits below them)."""
+    lay = ocibuild.Layout(tmp_path / "layout")
+    bottom = tarfile_bytes([(ti("d/pair-a"), b"pair body" * 100),
+                            (ti("d/pair-b", tarfile.LNKTYPE, linkname="d/pair-a"), None)]
+                           + [(ti(f"d/f{i}"), b"%d" % i * 100) for i in range(50)])
+    upper = tarfile_bytes([(ti("e/link", tarfile.LNKTYPE, linkname="d/pair-a"), None)])
+    lay.image_of_tars([bottom, upper], "links")
+    root = tmp_path / "root"
+    assert _copy_holding_the_first_sync(root, tmp_path / "layout", "links", monkeypatch)
+    low, up = _chains(root, "links:1")
+    ups = {n: os.lstat(os.path.join(_fs(root, up), n)).st_ino for n in ("d/pair-a", "d/pair-b", "e/link")}
+    assert len(set(ups.values())) == 1, ups  # copied up as one inode, as the layer's hardlinks
+    _fsck_clean(root)

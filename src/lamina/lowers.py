@@ -50,6 +50,14 @@ class LayersBelow:
     def wait_trees(self, i):
         return self._wait(i, self._tree)
 
+    def final_trees(self, i, chains):
+        """A ``wait_lowers`` for layer ``i`` (see snapshots.ensure) that goes on over the layers
+        below once their trees are final, not committed: False if one of them failed, else
+        ``[(chainID, tree dir or None)]`` bottom first (``chains``: every layer's chainID)."""
+        if not self.wait_trees(i):
+            return False
+        return [(chains[j], self.tree_of(j)) for j in range(i)]
+
     def _wait(self, i, events):
         from ._extract import cancelled
         for j in range(i):

@@ -532,11 +532,7 @@ class Puller:
             # A streamed layer goes on over the layers below once their trees are final, not
             # committed: their dedup passes (and an upper layer's wait for them) no longer add
             # up at the end of the pull.  Its own commit still waits for theirs (before_publish).
-            def wait():
-                if not below.wait_trees(i):
-                    return False
-                return [(chains[j], below.tree_of(j)) for j in range(i)]
-            return wait
+            return lambda: below.final_trees(i, chains)
 
         def extract(i):
             d = layer_descs[i]

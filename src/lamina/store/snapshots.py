@@ -15,9 +15,10 @@ files copy them up.  A chainID fixes the layers below, so the result is a
 function of the chainID.  Most entries need nothing from below, so
 ensure_all() extracts every layer at once, and a layer that meets an entry
 that does need the layers below waits there until they are committed, then
-goes on over them (what it wrote before needed nothing from below).  A pull
-hands a streamed layer's tree over as soon as it is final (diffID and blob
-verified), before its dedup pass and commit; the layer above then waits for
+goes on over them (what it wrote before needed nothing from below).
+ensure_all() and a pull hand a layer's tree over to the layers above as soon
+as it is final (diffID and blob verified, the swaps of its dedup pass done),
+before the rest of that pass and its commit; the layer above then waits for
 that commit before its own, so a committed snapshot only ever lies over
 committed ones.
 
@@ -250,7 +251,8 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
     with the same bytes and metadata, which reads the same).
 
     ``tree_ready(fs)``: this layer's tree is final (diffID verified, blob
-    committed) in ``fs``, a temp dir until the commit.  ``before_publish()``:
+    committed, the dedup pass changes no name in it any more) in ``fs``, a
+    temp dir until the commit.  ``before_publish()``:
     called before the commit; False aborts it with NeedsLowers (a layer
     below, handed over before its commit, failed).  A snapshot is never
     committed before the snapshots below it: a pull that hands lowers over
@@ -320,7 +322,8 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                 stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id, media_type,
                                  lower_dirs=lower or None, defer_lowers=lower is None, lowers_provider=provider,
                                  hash_files_into=hashed, link_objects=_objects.linkable_dir(paths, hashed),
-                                 lower_shared=lambda fs: _dedup_shared(paths, fs, opened.get(fs)))
+                                 lower_shared=lambda fs: pause_writing(
+                                     lambda: _dedup_shared(paths, fs, opened.get(fs))))
             finally:
                 for name in opened:
                     os.close(int(name.rsplit("/", 1)[1]))
@@ -328,8 +331,8 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
             if before_commit is not None:
                 before_commit()
                 trace.event("blob-committed", chain=hexid[:12])
-            if tree_ready is not None:
-                tree_ready(tmp / "fs")
+            if tree_ready is not None and hashed is None:
+                tree_ready(tmp / "fs")  # else once the dedup pass has swapped its names (tree_final)
             size, inodes = disk_usage(tmp / "fs")
             trace.event("disk-usage", chain=hexid[:12])
             meta = {"format": FORMAT, "chain_id": chain, "diff_id": diff_id, "parent": parent_chain_id,
@@ -344,7 +347,8 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                 # Deduplicated here, before the sync: a duplicate is swapped for the shared
                 # object before its data is ever written (see objects.dedup_snapshot).  This also
                 # runs in the layer's own thread, beside the other layers' extraction.
-                ds = _objects.dedup_snapshot(paths, tmp, sync=sync)
+                final_tree = None if tree_ready is None else (lambda: tree_ready(tmp / "fs"))
+                ds = _objects.dedup_snapshot(paths, tmp, sync=sync, tree_final=final_tree)
                 trace.event("dedup", chain=hexid[:12], plan=f"{ds.plan_seconds:.3f}", sync=f"{ds.sync_seconds:.3f}",
                             claim=f"{ds.claim_seconds:.3f}", finish=f"{ds.finish_seconds:.3f}")
             if before_publish is not None:
@@ -399,7 +403,8 @@ def lower_chain(paths, parent_chain_id):
 
 def ensure_all(paths, layers, diff_ids, media_types=None):
     """Snapshots for a whole image (bottom first), all missing layers at once:
-    a layer that needs the snapshots below it waits for them at that entry."""
+    a layer that needs the snapshots below it waits at that entry for their
+    trees to be final (not for their commits)."""
     ids = chain_ids(diff_ids)
     parents = [None] + ids[:-1]
     media_types = media_types or [None] * len(layers)
@@ -415,7 +420,10 @@ def ensure_all(paths, layers, diff_ids, media_types=None):
         def one(k):
             ok = False
             try:
-                result = ensure(paths, *jobs[k], defer=True, wait_lowers=lambda: below.wait(k))
+                # As a pull does: go on over the layers below once their trees are final, so
+                # that their dedup passes run beside this layer's extraction, not before it.
+                result = ensure(paths, *jobs[k], defer=True, wait_lowers=lambda: below.final_trees(k, ids),
+                                tree_ready=lambda fs: below.tree(k, fs), before_publish=lambda: below.wait(k))
                 ok = True
                 return result
             finally:
