@@ -16,6 +16,8 @@ Two on-disk formats share all of this: ``dir`` applies whiteouts by deleting
 lower content; ``overlay`` records them the way overlayfs reads them.
 """
 import errno as _errno
+import heapq
+import marshal
 import os
 import re
 import sys
@@ -527,6 +529,273 @@ cdef class _Names:
         return n
 
 
+# directory fixup records (and their resolutions at the layer's end) one sort holds in memory;
+# past it they go, sorted, to an unlinked temp file (LAMINA_FIXUPS_HELD: tests make it tiny, so
+# that every record goes through the file and the merge of its runs)
+cdef Py_ssize_t FIXUPS_HELD = int(os.environ.get("LAMINA_FIXUPS_HELD") or 1 << 15)
+# records a spilled run is written and read back in (what each run costs in memory while merged)
+cdef Py_ssize_t SPILL_BLOCK = 256
+
+
+cdef class _SpillSort:
+    """Tuples sorted by their natural order: up to FIXUPS_HELD in memory, beyond that in sorted
+    runs in an unlinked temp file (TMPDIR), merged when read back (``sorted``).  A directory's
+    fixup cost ~430 B in dicts until the layer ended (a fixup by path, its inode by path): 82 MiB
+    of a 200k-directory layer's peak RSS, and its sort at the end as much again."""
+    cdef list items
+    cdef list runs             # per run, array("q") of (offset, length) of its marshalled blocks
+    cdef object f
+    cdef int64_t end
+    cdef bint reverse
+
+    def __cinit__(self, bint reverse=False):
+        self.items = []
+        self.runs = []
+        self.reverse = reverse
+
+    cdef inline int add(self, tuple item) except -1:
+        self.items.append(item)
+        if len(self.items) >= FIXUPS_HELD:
+            self._spill()
+        return 0
+
+    cdef int _spill(self) except -1:
+        cdef Py_ssize_t i
+        items = self.items
+        self.items = []
+        items.sort(reverse=self.reverse)
+        if self.f is None:
+            import tempfile
+            self.f = tempfile.TemporaryFile(prefix="lamina-fixups-")
+        blocks = array("q")
+        for i in range(0, len(items), SPILL_BLOCK):
+            data = marshal.dumps(items[i:i + SPILL_BLOCK])
+            if os.pwrite(self.f.fileno(), data, self.end) != len(data):
+                raise _errors.ExtractError("short write to the temp file of the directory fixups")
+            blocks.append(self.end)
+            blocks.append(len(data))
+            self.end += len(data)
+        self.runs.append(blocks)
+        return 0
+
+    def _run(self, blocks):
+        fd = self.f.fileno()
+        for i in range(0, len(blocks), 2):
+            data = os.pread(fd, blocks[i + 1], blocks[i])
+            if len(data) != blocks[i + 1]:
+                raise _errors.ExtractError("the temp file of the directory fixups is short")
+            yield from marshal.loads(data)
+
+    def sorted(self):
+        """All items, in order (once: the sort is emptied)."""
+        if not self.runs:
+            items = self.items
+            self.items = []
+            items.sort(reverse=self.reverse)
+            return iter(items)
+        if self.items:
+            self._spill()
+        runs = self.runs
+        self.runs = []
+        return heapq.merge(*[self._run(b) for b in runs], reverse=self.reverse)
+
+    cdef void close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        self.items = []
+        self.runs = []
+        self.end = 0
+
+
+# kinds of fixup records (_Fixups), as the dicts they replaced were written
+cdef enum:
+    FX_DIR = 0      # dir_fixups[path] = (mode, sec, nsec) (and fixup_ino[path] = (dev, ino) if given)
+    FX_INO = 1      # fixup_ino[path] = (dev, ino)
+    FX_TIME = 2     # parent_times.setdefault(path, (sec, nsec)); fixup_ino.setdefault(path, (dev, ino))
+    FX_MODE = 3     # restore_modes.setdefault(path, mode); fixup_ino.setdefault(path, (dev, ino))
+    FX_FORGET = 4   # all of them popped (a directory removed: one made there later is another)
+
+
+cdef class _Fixups:
+    """What the directories of a layer get once it is written (mode, times), and which inode each
+    record is for: records appended as the layer goes (a later one overrides or yields as a dict
+    assignment or setdefault would), resolved at the end by three sorts that spill (_SpillSort):
+    by path (the records of one directory), by inode (a directory reached under several names:
+    ``t``, and ``l/`` with ``l -> t``, see ``resolved``), by path deepest first (to apply them)."""
+    cdef _SpillSort records
+    cdef int64_t seq
+    cdef readonly int64_t n        # records since the last reset (0: nothing to fix up)
+    cdef bytes last_time           # the path of the last FX_TIME: a run of entries in one
+                                   # directory records its time once, not once an entry
+
+    def __cinit__(self):
+        self.records = _SpillSort()
+
+    cdef inline int _add(self, bytes path, int kind, object a, object b, object c, object dev, object ino) except -1:
+        self.seq += 1
+        self.n += 1
+        return self.records.add((path, self.seq, kind, a, b, c, dev, ino))
+
+    cdef int dir(self, bytes path, int64_t mode, int64_t sec, int64_t nsec, stat *st) except -1:
+        if st == NULL:
+            return self._add(path, FX_DIR, mode, sec, nsec, None, None)
+        return self._add(path, FX_DIR, mode, sec, nsec, st.st_dev, st.st_ino)
+
+    cdef int ino(self, bytes path, stat *st) except -1:
+        return self._add(path, FX_INO, None, None, None, st.st_dev, st.st_ino)
+
+    cdef inline bint has_time(self, bytes path):
+        """A time is recorded for ``path`` already (False: maybe not; another record is harmless)."""
+        return self.last_time is not None and self.last_time == path
+
+    cdef int time(self, bytes path, stat *st) except -1:
+        if self.has_time(path):
+            return 0
+        self.last_time = path
+        return self._add(path, FX_TIME, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, None, st.st_dev, st.st_ino)
+
+    cdef int mode(self, bytes path, stat *st) except -1:
+        return self._add(path, FX_MODE, st.st_mode & 0o7777, None, None, st.st_dev, st.st_ino)
+
+    cdef int forget(self, bytes path) except -1:
+        self.last_time = None
+        return self._add(path, FX_FORGET, None, None, None, None, None)
+
+    def resolved(self):
+        """(sort key, mode or None, sec or None, nsec, dev, ino, listed) per directory, deepest
+        first (the sort key is the path with "/" as NUL, see _sort_key; dev and ino None: no
+        inode known; listed: an entry of the layer (or a copy-up) gave its mode and time)."""
+        by_inode = _SpillSort()
+        todo = _SpillSort(reverse=True)
+        try:
+            for path, d, dseq, t, tseq, m, mseq, key in _by_path(self.records.sorted()):
+                if key is None:  # no other name can share its record
+                    _own(todo, [(None, None, path, d, dseq, t, tseq, m, mseq)])
+                else:
+                    by_inode.add((key[0], key[1], path, d, dseq, t, tseq, m, mseq))
+            self.reset()
+            group = []
+            for rec in by_inode.sorted():
+                if group and (group[0][0] != rec[0] or group[0][1] != rec[1]):
+                    _own(todo, group)
+                    group = []
+                group.append(rec)
+            if group:
+                _own(todo, group)
+            by_inode.close()
+            yield from todo.sorted()
+        finally:
+            by_inode.close()
+            todo.close()
+
+    cdef void reset(self):
+        self.records.close()
+        self.seq = 0
+        self.n = 0
+        self.last_time = None
+
+
+def _by_path(records):
+    """Records sorted by (path, seq) -> per path (path, (mode, sec, nsec) or None and the seq it
+    was first recorded with since the last forget (a dict keeps the first insertion's place),
+    (sec, nsec) or None and its seq, restore mode or None and its seq, (dev, ino) or None):
+    what dir_fixups, parent_times, restore_modes and fixup_ino held for it."""
+    cur = None
+    d = t = m = key = first_key = None
+    dseq = tseq = mseq = 0
+    for path, seq, kind, a, b, c, dev, ino in records:
+        if path != cur:
+            if cur is not None and (d is not None or t is not None or m is not None):
+                yield cur, d, dseq, t, tseq, m, mseq, key if key is not None else first_key
+            cur = path
+            d = t = m = key = first_key = None
+        if kind == FX_DIR:
+            if d is None:
+                dseq = seq
+            d = (a, b, c)
+            if dev is not None:
+                key = (dev, ino)
+        elif kind == FX_INO:
+            key = (dev, ino)
+        elif kind == FX_TIME:
+            if t is None:
+                t = (a, b)
+                tseq = seq
+            if first_key is None:
+                first_key = (dev, ino)
+        elif kind == FX_MODE:
+            if m is None:
+                m = a
+                mseq = seq
+            if first_key is None:
+                first_key = (dev, ino)
+        else:  # FX_FORGET
+            d = t = m = key = first_key = None
+    if cur is not None and (d is not None or t is not None or m is not None):
+        yield cur, d, dseq, t, tseq, m, mseq, key if key is not None else first_key
+
+
+cdef int _own(_SpillSort todo, list group) except -1:
+    """One fixup per directory, from the per-path records of the names that reached one inode
+    (``group``: (dev, ino, path, dir, its seq, time, its seq, mode, its seq)): the entry's own
+    mode and time (a ``dir``) win, else the first time and mode recorded, which are from before
+    the layer touched it under any name.  A later record may hold this layer's own changes (t's
+    time once files went in through l).  The paths' records are taken in the order they were
+    first made, as the dicts of dir_fixups, parent_times and restore_modes were iterated."""
+    cdef dict out = {}
+    owner = None
+    listed = set()
+    best = -1
+    for rec in group:
+        if rec[3] is not None:
+            listed.add(rec[2])
+            if rec[4] > best:  # the last listed name to claim the inode
+                best = rec[4]
+                owner = rec[2]
+    if len(group) > 1:
+        group = sorted(group, key=_time_order)
+    for rec in group:
+        if rec[5] is None or rec[2] in listed:
+            continue
+        if owner is None:
+            owner = rec[2]
+        elif owner != rec[2]:
+            continue
+        out[rec[2]] = (None, rec[5][0], rec[5][1])
+    if len(group) > 1:
+        group = sorted(group, key=_mode_order)
+    for rec in group:
+        if rec[7] is None or rec[2] in listed:
+            continue
+        path = rec[2]
+        if rec[0] is not None:
+            if owner is None:
+                owner = path
+            if owner in listed:
+                continue
+            path = owner
+        old = out.get(path)
+        if old is None:
+            out[path] = (rec[7], None, None)
+        elif old[0] is None:
+            out[path] = (rec[7], old[1], old[2])
+    for rec in group:
+        if rec[3] is not None:
+            out[rec[2]] = rec[3]
+    for path, (mode, sec, nsec) in out.items():
+        todo.add((_sort_key(path), mode, sec, nsec, group[0][0], group[0][1], path in listed))
+    return 0
+
+
+def _time_order(rec):
+    return rec[6]
+
+
+def _mode_order(rec):
+    return rec[8]
+
+
 cdef class _DirStack:
     """Open directories along the last path asked for, so that walking a
     sorted list of paths opens each directory once (no symlinks followed)."""
@@ -939,9 +1208,7 @@ cdef class Extractor:
     # the entry being written (regular files span feed() calls)
     cdef object cur_name, cur_xattrs
     cdef int64_t cur_mode, cur_uid, cur_gid, cur_sec, cur_nsec
-    cdef dict dir_fixups
-    cdef dict fixup_ino             # path -> (dev, ino) of the directory a fixup was recorded for
-    cdef dict parent_times
+    cdef _Fixups fixups             # directory modes and times to set at the end, and their inodes
     # top-down skipping (dir format): what upper layers hide, and what was skipped
     cdef bint scan_only
     cdef object hide_at, hide_below
@@ -1007,7 +1274,6 @@ cdef class Extractor:
     cdef uid_t euid                # to those ids is skipped; off for the rest of the layer once an fstat
     cdef gid_t egid                # disagrees (idmapped or grpid mounts, squashing NFS...)
     cdef object last_phys          # overlay: where the last _union_dir result really is
-    cdef dict restore_modes        # rootless: dirs opened up (u+wx) for this layer, to restore at the end
     cdef readonly int64_t entries, total, whiteouts, trailing
     cdef readonly list skipped
     # hash_files_into: blake3 of each regular file's data as it is written (store dedup, see
@@ -1171,9 +1437,7 @@ cdef class Extractor:
         self.max_sparse_size = lim.max_sparse_size
         self.sparse_realsize = -1
         self.state = ST_HEADER
-        self.dir_fixups = {}
-        self.fixup_ino = {}
-        self.parent_times = {}
+        self.fixups = _Fixups()
         self.created = set()
         self.provided = set()
         self.provided_leaves = {}
@@ -1184,7 +1448,6 @@ cdef class Extractor:
         self.created_leaves = {}
         self.name_spill = _NameSpill()
         self.header_where = _Where("header", None)
-        self.restore_modes = {}
         self.skipped = []
         self.prev_name = None
 
@@ -1224,9 +1487,8 @@ cdef class Extractor:
             return sum([(<_Names>v).n for v in d.values()])
         out = {name: (len(obj), size(obj)) for name, obj in (
             ("created", self.created), ("created_ino", self.created_ino),
-            ("dir_fixups", self.dir_fixups), ("fixup_ino", self.fixup_ino),
-            ("parent_times", self.parent_times), ("restore_modes", self.restore_modes),
             ("provided", self.provided), ("hidden_files", self.hidden_files))}
+        out["fixups"] = (len(self.fixups.records.items), size(self.fixups.records.items))
         out["created_leaves"] = (names(self.created_leaves), size(self.created_leaves))
         out["provided_leaves"] = (names(self.provided_leaves), size(self.provided_leaves))
         out["created_in"] = (names(self.created_in), size(self.created_in))
@@ -1356,6 +1618,7 @@ cdef class Extractor:
             close(self.outfd)
             self.outfd = -1
         self._close_cache()
+        self.fixups.reset()
         if self.rootfd >= 0:
             close(self.rootfd)
             self.rootfd = -1
@@ -2062,9 +2325,7 @@ cdef class Extractor:
             return False
         if fchmod(fd, (st.st_mode & 0o7777) | 0o700) < 0:
             return False
-        if key not in self.restore_modes:
-            self.restore_modes[key] = st.st_mode & 0o7777
-            self.fixup_ino.setdefault(key, (st.st_dev, st.st_ino))
+        self.fixups.mode(key, &st)  # the first one recorded wins
         return True
 
     cdef int _parent(self, bytes path, Py_ssize_t slash, object name) except -2:
@@ -2155,10 +2416,9 @@ cdef class Extractor:
                 self._open_up(fd, parent)
             return fd
         if self.cache_st_fresh:
-            # (a directory this layer listed has its times in dir_fixups, which take precedence)
-            if not self.overlay and parent not in self.parent_times and parent not in self.dir_fixups:
-                self.parent_times[parent] = (self.cache_st.st_mtim.tv_sec, self.cache_st.st_mtim.tv_nsec)
-                self.fixup_ino.setdefault(parent, (self.cache_st.st_dev, self.cache_st.st_ino))
+            # (a directory this layer listed has its own times, which take precedence)
+            if not self.overlay:
+                self.fixups.time(parent, &self.cache_st)
         else:
             self._keep_times(fd, parent)
         if not self.overlay:
@@ -2435,7 +2695,7 @@ cdef class Extractor:
         if self.is_root and fchown(dst, st.st_uid, st.st_gid) < 0:
             self._oserror("chown", name)
         self._copy_xattrs(src, dst, name)
-        self.dir_fixups[phys] = (st.st_mode & 0o7777, st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
+        self.fixups.dir(phys, st.st_mode & 0o7777, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, NULL)
         self._fixup_for(dst, phys)
 
     cdef _copy_xattrs(self, int src, int dst, object name):
@@ -2523,11 +2783,10 @@ cdef class Extractor:
         that a directory the layer does not list keeps its lower mtime (as
         umoci and docker do) although entries were added or removed in it."""
         cdef stat st
-        if self.overlay or path in self.parent_times:
+        if self.overlay or self.fixups.has_time(path):
             return
         if fstat(fd, &st) == 0:
-            self.parent_times[path] = (st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
-            self.fixup_ino.setdefault(path, (st.st_dev, st.st_ino))
+            self.fixups.time(path, &st)  # the first one recorded wins
 
     cdef void _close_cache(self):
         if self.cache_fd >= 0:
@@ -3151,11 +3410,9 @@ cdef class Extractor:
             if (real is not None and (sr == 0 or fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0)
                     and S_ISDIR(st.st_mode)
                     and (not self.is_root or (st.st_uid == self.cur_uid and st.st_gid == self.cur_gid))):
-                self.dir_fixups[real] = (self.cur_mode, self.cur_sec, self.cur_nsec)
-                key = (st.st_dev, st.st_ino)
-                self.fixup_ino[real] = key
+                self.fixups.dir(real, self.cur_mode, self.cur_sec, self.cur_nsec, &st)
                 if not self.overlay:
-                    self.created_ino.add(key)
+                    self.created_ino.add((st.st_dev, st.st_ino))
                 self.nogil_entries += 1
                 return
         fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
@@ -3208,10 +3465,8 @@ cdef class Extractor:
             self._set_xattrs(fd, None, name)
         if not self.overlay:
             path = self._real_path(fd, path)
-        self.dir_fixups[path] = (self.cur_mode, self.cur_sec, self.cur_nsec)
-        if st != NULL:
-            self.fixup_ino[path] = (st.st_dev, st.st_ino)
-        else:
+        self.fixups.dir(path, self.cur_mode, self.cur_sec, self.cur_nsec, st)
+        if st == NULL:
             self._fixup_for(fd, path)
 
     cdef object _real_child(self, int pfd, bytes base, bytes path):
@@ -3293,7 +3548,7 @@ cdef class Extractor:
         the path names then."""
         cdef stat st
         if fstat(fd, &st) == 0:
-            self.fixup_ino[path] = (st.st_dev, st.st_ino)
+            self.fixups.ino(path, &st)
 
     cdef _symlink(self, int pfd, bytes base, bytes name, bytes target):
         cdef const char *cbase = base
@@ -3881,7 +4136,7 @@ cdef class Extractor:
         cdef const char *chidden = hidden
         if self.overlay or not self.use_openat2 or self._maybe_written(hidden):
             return -1
-        need_times = parent not in self.parent_times
+        need_times = not self.fixups.has_time(parent)
         with nogil:
             if own:
                 pfd = lamina_openat2(root, cparent, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
@@ -3916,11 +4171,9 @@ cdef class Extractor:
             return -2
         if sr == 0:
             if need_times:
-                self.parent_times[parent] = (pst.st_mtim.tv_sec, pst.st_mtim.tv_nsec)
-                self.fixup_ino.setdefault(parent, (pst.st_dev, pst.st_ino))
-            if opened and parent not in self.restore_modes:
-                self.restore_modes[parent] = pst.st_mode & 0o7777
-                self.fixup_ino.setdefault(parent, (pst.st_dev, pst.st_ino))
+                self.fixups.time(parent, &pst)
+            if opened:
+                self.fixups.mode(parent, &pst)
         if r < 0:  # the general removal, its retries and its error
             try:
                 self._remove(pfd, hidden, name)
@@ -4026,9 +4279,8 @@ cdef class Extractor:
         if step != SC_OK:
             self._step_error(step, e, name)
         self._invalidate()
-        if not overlay and parent not in self.parent_times:  # _keep_times
-            self.parent_times[parent] = (st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
-            self.fixup_ino.setdefault(parent, (st.st_dev, st.st_ino))
+        if not overlay:  # _keep_times
+            self.fixups.time(parent, &st)
         self.nogil_entries += 1
         return -2
 
@@ -4190,7 +4442,7 @@ cdef class Extractor:
         gone = None
         if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and (S_ISDIR(st.st_mode) or S_ISLNK(st.st_mode)):
             self._invalidate()
-            if S_ISDIR(st.st_mode) and (self.dir_fixups or self.parent_times or self.restore_modes):
+            if S_ISDIR(st.st_mode) and self.fixups.n:
                 gone = []
         if _remove_at(pfd, base, gone) < 0:
             self._oserror("remove", name)
@@ -4207,10 +4459,7 @@ cdef class Extractor:
         top = parent + b"/" + base if parent else base
         for rel in gone:
             path = top + b"/" + rel if rel else top
-            self.dir_fixups.pop(path, None)
-            self.parent_times.pop(path, None)
-            self.restore_modes.pop(path, None)
-            self.fixup_ino.pop(path, None)
+            self.fixups.forget(path)
 
     cdef void _invalidate(self):
         # keep the fd open: the caller may still be using it as its parent
@@ -4232,41 +4481,6 @@ cdef class Extractor:
         close(pfd)
         return fd
 
-    cdef dict _fixups_by_directory(self):
-        """path -> (mode or None, sec or None, nsec): one fixup per directory.
-        A directory the layer reached under several names (``t``, and ``l/`` with
-        ``l -> t``) has a record under each; the entry's own mode and time
-        (dir_fixups) win, else the first time and mode recorded, which are from
-        before the layer touched it under any name.  A later record may hold this
-        layer's own changes (t's time once files went in through l)."""
-        todo = {}
-        owner = {}  # (dev, ino) -> the path whose record stands for that directory
-        for path in self.dir_fixups:
-            key = self.fixup_ino.get(path)
-            if key is not None:
-                owner[key] = path
-        for path, (sec, nsec) in self.parent_times.items():
-            key = self.fixup_ino.get(path)
-            if path in self.dir_fixups or (key is not None and owner.setdefault(key, path) != path):
-                continue
-            todo[path] = (None, sec, nsec)
-        for path, mode in self.restore_modes.items():
-            if path in self.dir_fixups:
-                continue
-            key = self.fixup_ino.get(path)
-            if key is not None:
-                first = owner.setdefault(key, path)
-                if first in self.dir_fixups:
-                    continue
-                path = first  # the time recorded under another name, and this mode
-            old = todo.get(path)
-            if old is None:
-                todo[path] = (mode, None, None)
-            elif old[0] is None:
-                todo[path] = (mode, old[1], old[2])
-        todo.update(self.dir_fixups)
-        return todo
-
     cdef _fixup_dirs(self):
         """Directory modes and times, set once the layer is written, deepest
         first, through a stack of open parents so each costs one openat()."""
@@ -4277,26 +4491,22 @@ cdef class Extractor:
         cdef unsigned long wino = 0
         cdef timespec ts[2]
         cdef stat st
-        todo = self._fixups_by_directory()
         stack = _DirStack(self.rootfd)
         try:
-            # components compare as the path with "/" below every other byte does: one bytes
-            # object a directory as the key, not a list of its components (a 66k-entry layer's
-            # 6k directories: ~2 MiB at the layer's end, where its RSS peaked)
-            for path in sorted(todo, key=_sort_key, reverse=True):
-                mode, sec, nsec = todo[path]
+            for skey, mode, sec, nsec, dev, ino, listed in self.fixups.resolved():
+                path = (<bytes>skey).replace(b"\0", b"/")
                 fd = stack.open(path)  # borrowed: the stack closes it
                 owned = False
                 if fd < 0:
                     if self.overlay or (errno != ELOOP and errno != ENOTDIR):
                         continue  # removed or replaced by a non-directory later in the layer
-                    if path in self.dir_fixups and self.root_real is not None:
+                    if listed and self.root_real is not None:
                         # recorded where it really was (_real_path): a symlink on the way there
                         # now means the layer removed it, and what the path reaches through
                         # that symlink is another directory, maybe on the reused inode
                         continue
                     fd = self._open_last_nofollow(path)  # dir format: named through a symlinked parent
-                    if fd < 0 and path not in self.dir_fixups and path in self.fixup_ino:
+                    if fd < 0 and not listed and dev is not None:
                         # a parent opened up or touched, not an entry: its name was resolved
                         # following symlinks (ln/f with ln -> real), so is its fixup; the inode
                         # check below makes sure it is that directory still
@@ -4304,10 +4514,9 @@ cdef class Extractor:
                     if fd < 0:
                         continue  # replaced (by a symlink, a file) later in the layer
                     owned = True
-                want = self.fixup_ino.get(path)
-                check = want is not None
+                check = dev is not None
                 if check:
-                    wdev, wino = want
+                    wdev, wino = dev, ino
                 has_mode = mode is not None
                 cmode = <mode_t>mode if has_mode else 0
                 has_time = sec is not None
@@ -4336,10 +4545,7 @@ cdef class Extractor:
                     self._step_error(step, e, path)
         finally:
             stack.close()
-        self.dir_fixups.clear()
-        self.fixup_ino.clear()
-        self.parent_times.clear()
-        self.restore_modes.clear()
+            self.fixups.reset()
 
     cdef _oserror(self, str op, object name):
         e = errno
