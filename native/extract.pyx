@@ -26,8 +26,8 @@ from array import array
 
 from cpython.exc cimport PyErr_CheckSignals
 
-from libc.string cimport memcpy, memcmp, memchr
-from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memcmp, memchr, memset
+from libc.stdlib cimport calloc, malloc, free
 from libc.errno cimport (errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES,
                          ESTALE, EIO, EMLINK)
 from libc.stdint cimport int64_t, uint64_t, uint32_t
@@ -796,6 +796,84 @@ def _mode_order(rec):
     return rec[8]
 
 
+cdef struct _Ino:
+    uint64_t dev
+    uint64_t ino
+
+
+cdef inline object _ino_key(uint64_t dev, uint64_t ino):
+    """(dev, ino) as one int: ~36 B where a tuple of two ints costs ~120 (a dict key per directory)."""
+    return (<object>dev << 64) | ino
+
+
+cdef class _InodeSet:
+    """A set of (dev, ino) pairs in one open-addressed table: 16 B a slot, at most half full,
+    where a set of tuples cost ~217 B a directory (its tuple, two ints and its slot)."""
+    cdef _Ino *slots
+    cdef size_t cap            # slots (a power of two); 0: none allocated yet
+    cdef readonly size_t n
+
+    def __dealloc__(self):
+        free(self.slots)
+
+    cdef inline size_t _find(self, uint64_t dev, uint64_t ino) noexcept:
+        """The slot of (dev, ino), or the empty one where it would go (all ones: empty, a
+        pair no filesystem hands out)."""
+        cdef size_t mask = self.cap - 1
+        cdef size_t i = <size_t>((ino * <uint64_t>0x9E3779B97F4A7C15ULL) ^ (dev * <uint64_t>0xC2B2AE3D27D4EB4FULL)) >> 7
+        i &= mask
+        while True:
+            if (self.slots[i].dev == dev and self.slots[i].ino == ino) or (
+                    self.slots[i].dev == <uint64_t>-1 and self.slots[i].ino == <uint64_t>-1):
+                return i
+            i = (i + 1) & mask
+
+    cdef bint has(self, uint64_t dev, uint64_t ino) noexcept:
+        if self.n == 0:
+            return False
+        cdef size_t i = self._find(dev, ino)
+        return self.slots[i].dev == dev and self.slots[i].ino == ino and not (
+            dev == <uint64_t>-1 and ino == <uint64_t>-1)
+
+    cdef int add(self, uint64_t dev, uint64_t ino) except -1:
+        """1 if (dev, ino) is new, 0 if it was there."""
+        cdef size_t i
+        if 2 * (self.n + 1) > self.cap:
+            self._grow()
+        i = self._find(dev, ino)
+        if self.slots[i].dev == dev and self.slots[i].ino == ino:
+            return 0
+        self.slots[i].dev = dev
+        self.slots[i].ino = ino
+        self.n += 1
+        return 1
+
+    cdef int _grow(self) except -1:
+        cdef _Ino *old = self.slots
+        cdef size_t old_cap = self.cap, j
+        cdef size_t cap = old_cap * 2 if old_cap else 1024
+        new = <_Ino *>malloc(cap * sizeof(_Ino))
+        if new == NULL:
+            raise MemoryError()
+        memset(new, 0xff, cap * sizeof(_Ino))
+        self.slots = new
+        self.cap = cap
+        for j in range(old_cap):
+            if not (old[j].dev == <uint64_t>-1 and old[j].ino == <uint64_t>-1):
+                self.slots[self._find(old[j].dev, old[j].ino)] = old[j]
+        free(old)
+        return 0
+
+    cdef void clear(self):
+        free(self.slots)
+        self.slots = NULL
+        self.cap = 0
+        self.n = 0
+
+    cdef size_t nbytes(self):
+        return self.cap * sizeof(_Ino)
+
+
 cdef class _DirStack:
     """Open directories along the last path asked for, so that walking a
     sorted list of paths opens each directory once (no symlinks followed)."""
@@ -1232,8 +1310,8 @@ cdef class Extractor:
     cdef set cleared               # (path, dev, ino) of the directories an opaque marker cleared (see _opaque)
     cdef set cleared_paths         # and their paths (a marker there takes the general path)
     cdef int64_t headers
-    cdef set created_ino           # dir format: the (dev, ino) of the directories this layer wrote or wrote into
-    cdef dict created_in           # dir format: (dev, ino) of a directory -> the _Names of the non-directories
+    cdef _InodeSet created_ino     # dir format: the (dev, ino) of the directories this layer wrote or wrote into
+    cdef dict created_in           # dir format: _ino_key of a directory -> the _Names of the non-directories
                                    # this layer wrote in it, wherever it landed (see _record_inode)
     cdef _Names cache_names        # created_in's names of the cached parent (None: not looked up yet)
     cdef _NameSpill name_spill     # where the _Names of created_in, created_leaves, provided_leaves spill
@@ -1443,7 +1521,7 @@ cdef class Extractor:
         self.provided_leaves = {}
         self.cleared = set()
         self.cleared_paths = set()
-        self.created_ino = set()
+        self.created_ino = _InodeSet()
         self.created_in = {}
         self.created_leaves = {}
         self.name_spill = _NameSpill()
@@ -1486,8 +1564,9 @@ cdef class Extractor:
         def names(d):
             return sum([(<_Names>v).n for v in d.values()])
         out = {name: (len(obj), size(obj)) for name, obj in (
-            ("created", self.created), ("created_ino", self.created_ino),
+            ("created", self.created),
             ("provided", self.provided), ("hidden_files", self.hidden_files))}
+        out["created_ino"] = (self.created_ino.n, self.created_ino.nbytes())
         out["fixups"] = (len(self.fixups.records.items), size(self.fixups.records.items))
         out["created_leaves"] = (names(self.created_leaves), size(self.created_leaves))
         out["provided_leaves"] = (names(self.provided_leaves), size(self.provided_leaves))
@@ -1603,7 +1682,7 @@ cdef class Extractor:
         self.created = set()
         self.created_leaves = {}
         self.created_in = {}
-        self.created_ino = set()
+        self.created_ino = _InodeSet()
         self.provided = set()
         self.provided_leaves = {}
         self.name_spill.close()
@@ -2422,7 +2501,7 @@ cdef class Extractor:
         else:
             self._keep_times(fd, parent)
         if not self.overlay:
-            if not self.cache_st_fresh or (self.cache_st.st_dev, self.cache_st.st_ino) not in self.created_ino:
+            if not self.cache_st_fresh or not self.created_ino.has(self.cache_st.st_dev, self.cache_st.st_ino):
                 self._record_ancestors(fd)
             if not self.is_root:
                 self._open_up(fd, parent)
@@ -3019,11 +3098,9 @@ cdef class Extractor:
         while cur >= 0:
             if fstat(cur, &st) < 0:
                 break
-            key = (st.st_dev, st.st_ino)
-            if key in self.created_ino:
+            if not self.created_ino.add(st.st_dev, st.st_ino):
                 break
-            self.created_ino.add(key)
-            if key == self.root_key:
+            if (st.st_dev, st.st_ino) == self.root_key:
                 break
             up = openat(cur, b"..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             close(cur)
@@ -3041,7 +3118,7 @@ cdef class Extractor:
         cdef stat st
         if (fstat(pfd, &st) if not base else fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW)) == 0:
             if S_ISDIR(st.st_mode):
-                self.created_ino.add((st.st_dev, st.st_ino))
+                self.created_ino.add(st.st_dev, st.st_ino)
             elif fstat(pfd, &st) == 0:
                 self._created_in(st.st_dev, st.st_ino).add(base)
                 self._note_name(base)
@@ -3049,7 +3126,7 @@ cdef class Extractor:
     cdef _Names _created_in(self, dev_t dev, unsigned long ino):
         """The names this layer wrote in directory (dev, ino): one _Names per directory,
         so that an entry costs its name's bytes, not a (dev, ino, name) tuple of its own."""
-        key = (dev, ino)
+        key = _ino_key(dev, ino)
         names = self.created_in.get(key)
         if names is None:
             names = self.created_in[key] = self.name_spill.new()
@@ -3059,10 +3136,10 @@ cdef class Extractor:
         """Did this layer write ``base`` of ``pfd`` (see _record_inode)?  ``st``: its lstat."""
         cdef stat pst
         if S_ISDIR(st.st_mode):
-            return (st.st_dev, st.st_ino) in self.created_ino
+            return self.created_ino.has(st.st_dev, st.st_ino)
         if fstat(pfd, &pst) < 0:
             return False
-        names = self.created_in.get((pst.st_dev, pst.st_ino))
+        names = self.created_in.get(_ino_key(pst.st_dev, pst.st_ino))
         return names is not None and (<_Names>names).has(base)
 
     cdef _open_file(self, int pfd, bytes base, bytes name, int64_t size):
@@ -3412,7 +3489,7 @@ cdef class Extractor:
                     and (not self.is_root or (st.st_uid == self.cur_uid and st.st_gid == self.cur_gid))):
                 self.fixups.dir(real, self.cur_mode, self.cur_sec, self.cur_nsec, &st)
                 if not self.overlay:
-                    self.created_ino.add((st.st_dev, st.st_ino))
+                    self.created_ino.add(st.st_dev, st.st_ino)
                 self.nogil_entries += 1
                 return
         fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
@@ -3425,7 +3502,7 @@ cdef class Extractor:
                 self._oserror("stat", name)
             self._dir_metadata(fd, path, name, &st)
             if not self.overlay:
-                self.created_ino.add((st.st_dev, st.st_ino))  # what _record_inode would record
+                self.created_ino.add(st.st_dev, st.st_ino)  # what _record_inode would record
         finally:
             close(fd)
 
