@@ -197,7 +197,7 @@ def _fixup_layers():
 
 
 def test_directory_fixups_spilled_to_disk_give_the_same_trees(tmp_path):
-    """Beyond LAMINA_FIXUPS_HELD records (32k by default) the directory fixups (modes and
+    """Beyond LAMINA_FIXUPS_HELD records (16k by default) the directory fixups (modes and
     times set once the layer is written) go, sorted, to a temp file, and are resolved at the
     end by merging its runs.  With one record held (every record its own run, merged back) the
     trees, directory times and modes included, are those of the default budget, through every
