@@ -548,6 +548,13 @@ cdef Py_ssize_t FIXUPS_HELD = int(os.environ.get("LAMINA_FIXUPS_HELD") or 1 << 1
 cdef Py_ssize_t SPILL_BLOCK = 128
 
 
+def _drain(list items):
+    """``items`` from the last, each let go as it is handed out: the next sort fills as this one
+    empties, so that the layer's end does not hold all three."""
+    while items:
+        yield items.pop()
+
+
 cdef class _SpillSort:
     """Tuples sorted by their natural order: up to FIXUPS_HELD in memory, beyond that in sorted
     runs in an unlinked temp file (TMPDIR), merged when read back (``sorted``).  A directory's
@@ -602,8 +609,8 @@ cdef class _SpillSort:
         if not self.runs:
             items = self.items
             self.items = []
-            items.sort(reverse=self.reverse)
-            return iter(items)
+            items.sort(reverse=not self.reverse)
+            return _drain(items)
         if self.items:
             self._spill()
         runs = self.runs
@@ -639,6 +646,7 @@ cdef class _Fixups:
     cdef readonly int64_t n        # records since the last reset (0: nothing to fix up)
     cdef bytes last_time           # the path of the last FX_TIME: a run of entries in one
                                    # directory records its time once, not once an entry
+    cdef bytes last_dir            # the path of the last FX_DIR: its entries need no FX_TIME
 
     def __cinit__(self):
         self.records = _SpillSort()
@@ -649,6 +657,7 @@ cdef class _Fixups:
         return self.records.add((path, self.seq, kind, a, b, c, dev, ino))
 
     cdef int dir(self, bytes path, int64_t mode, int64_t sec, int64_t nsec, stat *st) except -1:
+        self.last_dir = path
         if st == NULL:
             return self._add(path, FX_DIR, mode, sec, nsec, None, None)
         return self._add(path, FX_DIR, mode, sec, nsec, st.st_dev, st.st_ino)
@@ -657,8 +666,10 @@ cdef class _Fixups:
         return self._add(path, FX_INO, None, None, None, st.st_dev, st.st_ino)
 
     cdef inline bint has_time(self, bytes path):
-        """A time is recorded for ``path`` already (False: maybe not; another record is harmless)."""
-        return self.last_time is not None and self.last_time == path
+        """A time is recorded for ``path`` already, or needs none (its FX_DIR wins over any):
+        False: maybe not; another record is harmless."""
+        return ((self.last_time is not None and self.last_time == path)
+                or (self.last_dir is not None and self.last_dir == path))
 
     cdef int time(self, bytes path, stat *st) except -1:
         if self.has_time(path):
@@ -670,7 +681,7 @@ cdef class _Fixups:
         return self._add(path, FX_MODE, st.st_mode & 0o7777, None, None, st.st_dev, st.st_ino)
 
     cdef int forget(self, bytes path) except -1:
-        self.last_time = None
+        self.last_time = self.last_dir = None
         return self._add(path, FX_FORGET, None, None, None, None, None)
 
     def resolved(self):
@@ -704,7 +715,7 @@ cdef class _Fixups:
         self.records.close()
         self.seq = 0
         self.n = 0
-        self.last_time = None
+        self.last_time = self.last_dir = None
 
 
 def _by_path(records):
