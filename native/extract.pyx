@@ -16,6 +16,8 @@ Two on-disk formats share all of this: ``dir`` applies whiteouts by deleting
 lower content; ``overlay`` records them the way overlayfs reads them.
 """
 import errno as _errno
+import heapq
+import marshal
 import os
 import re
 import sys
@@ -24,8 +26,8 @@ from array import array
 
 from cpython.exc cimport PyErr_CheckSignals
 
-from libc.string cimport memcpy, memcmp, memchr
-from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memcmp, memchr, memset
+from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.errno cimport (errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES,
                          ESTALE, EIO, EMLINK)
 from libc.stdint cimport int64_t, uint64_t, uint32_t
@@ -426,9 +428,14 @@ cdef class _NameSpill:
     cdef int64_t held          # bytes their packed buffers and lookup sets hold in memory
     cdef int64_t end           # bytes written to the file
     cdef object f              # the temp file (None until the first spill)
+    # where each spill put each directory's names: (offset, length, the index of the directory's
+    # previous chunk or -1) triples, one array for all (an array a _Names cost ~80 B more, 16 MiB
+    # of a 200k-directory layer's peak RSS: two _Names a directory)
+    cdef object chunks
 
     def __cinit__(self):
         self.users = []
+        self.chunks = array("q")
 
     cdef _Names new(self):
         n = _Names()
@@ -457,10 +464,10 @@ cdef class _NameSpill:
             if u is not keep:
                 u.names = None  # rebuilt by the next lookup
             if u.packed is not None and len(u.packed):
-                if u.chunks is None:
-                    u.chunks = array("q")
-                u.chunks.append(at)
-                u.chunks.append(len(u.packed))
+                self.chunks.append(at)
+                self.chunks.append(len(u.packed))
+                self.chunks.append(u.last)
+                u.last = len(self.chunks) - 3
                 at += len(u.packed)
                 parts.append(u.packed)
                 u.packed = None
@@ -481,6 +488,7 @@ cdef class _NameSpill:
             self.f.close()
             self.f = None
         self.users = []
+        self.chunks = array("q")
         self.held = 0
 
 
@@ -494,10 +502,13 @@ cdef class _Names:
     (an opaque marker clearing it, whiteouts) costs a hash per check, not a scan."""
     cdef bytearray packed      # names added since the last spill (None: none)
     cdef set names             # all its names, while a lookup needs them (None: not built)
-    cdef object chunks         # array("q") of (offset, length) pairs of its names in the spill file
+    cdef int64_t last          # the index of its last chunk in spill.chunks (-1: none spilled)
     cdef _NameSpill spill
     cdef Py_ssize_t n          # names added (a name added twice counts twice)
     cdef Py_ssize_t set_cost   # what ``names`` costs, roughly, as _NameSpill counts it
+
+    def __cinit__(self):
+        self.last = -1
 
     cdef inline int add(self, bytes name) except -1:
         self.n += 1
@@ -510,12 +521,14 @@ cdef class _Names:
         return self.spill.account(len(name) + 1)
 
     cdef bint has(self, bytes name) except -1:
-        cdef Py_ssize_t i
+        cdef int64_t i
         if self.names is None:
             parts = []
-            if self.chunks is not None:
-                for i in range(0, len(self.chunks), 2):
-                    parts.append(self.spill.read(self.chunks[i], self.chunks[i + 1]))
+            chunks = self.spill.chunks
+            i = self.last
+            while i >= 0:
+                parts.append(self.spill.read(chunks[i], chunks[i + 1]))
+                i = chunks[i + 2]
             if self.packed is not None:
                 parts.append(bytes(self.packed))
             data = b"".join(parts)
@@ -532,6 +545,448 @@ cdef class _Names:
         if self.names is not None:
             n += sys.getsizeof(self.names) + sum([sys.getsizeof(x) for x in self.names])
         return n
+
+
+# directory fixup records (and their resolutions at the layer's end) one sort holds in memory;
+# past it they go, sorted, to an unlinked temp file (LAMINA_FIXUPS_HELD: tests make it tiny, so
+# that every record goes through the file and the merge of its runs)
+cdef Py_ssize_t FIXUPS_HELD = int(os.environ.get("LAMINA_FIXUPS_HELD") or 1 << 14)
+# records a spilled run is written and read back in (what each run costs in memory while merged)
+cdef Py_ssize_t SPILL_BLOCK = 128
+
+
+def _drain(list items):
+    """``items`` from the last, each let go as it is handed out: the next sort fills as this one
+    empties, so that the layer's end does not hold all three."""
+    while items:
+        yield items.pop()
+
+
+cdef class _SpillSort:
+    """Tuples sorted by their natural order: up to FIXUPS_HELD in memory, beyond that in sorted
+    runs in an unlinked temp file (TMPDIR), merged when read back (``sorted``).  A directory's
+    fixup cost ~430 B in dicts until the layer ended (a fixup by path, its inode by path): 82 MiB
+    of a 200k-directory layer's peak RSS, and its sort at the end as much again."""
+    cdef list items
+    cdef list runs             # per run, array("q") of (offset, length) of its marshalled blocks
+    cdef object f
+    cdef int64_t end
+    cdef bint reverse
+
+    def __cinit__(self, bint reverse=False):
+        self.items = []
+        self.runs = []
+        self.reverse = reverse
+
+    cdef inline int add(self, tuple item) except -1:
+        self.items.append(item)
+        if len(self.items) >= FIXUPS_HELD:
+            self._spill()
+        return 0
+
+    cdef int _spill(self) except -1:
+        cdef Py_ssize_t i
+        items = self.items
+        self.items = []
+        items.sort(reverse=self.reverse)
+        if self.f is None:
+            import tempfile
+            self.f = tempfile.TemporaryFile(prefix="lamina-fixups-")
+        blocks = array("q")
+        for i in range(0, len(items), SPILL_BLOCK):
+            data = marshal.dumps(items[i:i + SPILL_BLOCK])
+            if os.pwrite(self.f.fileno(), data, self.end) != len(data):
+                raise _errors.ExtractError("short write to the temp file of the directory fixups")
+            blocks.append(self.end)
+            blocks.append(len(data))
+            self.end += len(data)
+        self.runs.append(blocks)
+        return 0
+
+    def _run(self, blocks):
+        fd = self.f.fileno()
+        for i in range(0, len(blocks), 2):
+            data = os.pread(fd, blocks[i + 1], blocks[i])
+            if len(data) != blocks[i + 1]:
+                raise _errors.ExtractError("the temp file of the directory fixups is short")
+            yield from marshal.loads(data)
+
+    def sorted(self):
+        """All items, in order (once: the sort is emptied)."""
+        if not self.runs:
+            items = self.items
+            self.items = []
+            items.sort(reverse=not self.reverse)
+            return _drain(items)
+        if self.items:
+            self._spill()
+        runs = self.runs
+        self.runs = []
+        return heapq.merge(*[self._run(b) for b in runs], reverse=self.reverse)
+
+    cdef void close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        self.items = []
+        self.runs = []
+        self.end = 0
+
+
+# kinds of fixup records (_Fixups), as the dicts they replaced were written
+cdef enum:
+    FX_DIR = 0      # dir_fixups[path] = (mode, sec, nsec) (and fixup_ino[path] = (dev, ino) if given)
+    FX_INO = 1      # fixup_ino[path] = (dev, ino)
+    FX_TIME = 2     # parent_times.setdefault(path, (sec, nsec)); fixup_ino.setdefault(path, (dev, ino))
+    FX_MODE = 3     # restore_modes.setdefault(path, mode); fixup_ino.setdefault(path, (dev, ino))
+    FX_FORGET = 4   # all of them popped (a directory removed: one made there later is another)
+
+
+cdef class _Fixups:
+    """What the directories of a layer get once it is written (mode, times), and which inode each
+    record is for: records appended as the layer goes (a later one overrides or yields as a dict
+    assignment or setdefault would), resolved at the end by three sorts that spill (_SpillSort):
+    by path (the records of one directory), by inode (a directory reached under several names:
+    ``t``, and ``l/`` with ``l -> t``, see ``resolved``), by path deepest first (to apply them)."""
+    cdef _SpillSort records
+    cdef int64_t seq
+    cdef readonly int64_t n        # records since the last reset (0: nothing to fix up)
+    cdef bytes last_time           # the path of the last FX_TIME: a run of entries in one
+                                   # directory records its time once, not once an entry
+    cdef bytes last_dir            # the path of the last FX_DIR: its entries need no FX_TIME
+
+    def __cinit__(self):
+        self.records = _SpillSort()
+
+    cdef inline int _add(self, bytes path, int kind, object a, object b, object c, object dev, object ino) except -1:
+        self.seq += 1
+        self.n += 1
+        return self.records.add((path, self.seq, kind, a, b, c, dev, ino))
+
+    cdef int dir(self, bytes path, int64_t mode, int64_t sec, int64_t nsec, stat *st) except -1:
+        self.last_dir = path
+        if st == NULL:
+            return self._add(path, FX_DIR, mode, sec, nsec, None, None)
+        return self._add(path, FX_DIR, mode, sec, nsec, st.st_dev, st.st_ino)
+
+    cdef int ino(self, bytes path, stat *st) except -1:
+        return self._add(path, FX_INO, None, None, None, st.st_dev, st.st_ino)
+
+    cdef inline bint has_time(self, bytes path):
+        """A time is recorded for ``path`` already, or needs none (its FX_DIR wins over any):
+        False: maybe not; another record is harmless."""
+        return ((self.last_time is not None and self.last_time == path)
+                or (self.last_dir is not None and self.last_dir == path))
+
+    cdef int time(self, bytes path, stat *st) except -1:
+        if self.has_time(path):
+            return 0
+        self.last_time = path
+        return self._add(path, FX_TIME, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, None, st.st_dev, st.st_ino)
+
+    cdef int mode(self, bytes path, stat *st) except -1:
+        return self._add(path, FX_MODE, st.st_mode & 0o7777, None, None, st.st_dev, st.st_ino)
+
+    cdef int forget(self, bytes path) except -1:
+        self.last_time = self.last_dir = None
+        return self._add(path, FX_FORGET, None, None, None, None, None)
+
+    def resolved(self):
+        """(sort key, mode or None, sec or None, nsec, dev, ino, listed) per directory, deepest
+        first (the sort key is the path with "/" as NUL, see _sort_key; dev and ino None: no
+        inode known; listed: an entry of the layer (or a copy-up) gave its mode and time)."""
+        by_inode = _SpillSort()
+        todo = _SpillSort(reverse=True)
+        try:
+            for path, d, dseq, t, tseq, m, mseq, key in _by_path(self.records.sorted()):
+                if key is None:  # no other name can share its record
+                    _own(todo, [(None, None, path, d, dseq, t, tseq, m, mseq)])
+                else:
+                    by_inode.add((key[0], key[1], path, d, dseq, t, tseq, m, mseq))
+            self.reset()
+            group = []
+            for rec in by_inode.sorted():
+                if group and (group[0][0] != rec[0] or group[0][1] != rec[1]):
+                    _own(todo, group)
+                    group = []
+                group.append(rec)
+            if group:
+                _own(todo, group)
+            by_inode.close()
+            yield from todo.sorted()
+        finally:
+            by_inode.close()
+            todo.close()
+
+    cdef void reset(self):
+        self.records.close()
+        self.seq = 0
+        self.n = 0
+        self.last_time = self.last_dir = None
+
+
+def _by_path(records):
+    """Records sorted by (path, seq) -> per path (path, (mode, sec, nsec) or None and the seq it
+    was first recorded with since the last forget (a dict keeps the first insertion's place),
+    (sec, nsec) or None and its seq, restore mode or None and its seq, (dev, ino) or None):
+    what dir_fixups, parent_times, restore_modes and fixup_ino held for it."""
+    cur = None
+    d = t = m = key = first_key = None
+    dseq = tseq = mseq = 0
+    for path, seq, kind, a, b, c, dev, ino in records:
+        if path != cur:
+            if cur is not None and (d is not None or t is not None or m is not None):
+                yield cur, d, dseq, t, tseq, m, mseq, key if key is not None else first_key
+            cur = path
+            d = t = m = key = first_key = None
+        if kind == FX_DIR:
+            if d is None:
+                dseq = seq
+            d = (a, b, c)
+            if dev is not None:
+                key = (dev, ino)
+        elif kind == FX_INO:
+            key = (dev, ino)
+        elif kind == FX_TIME:
+            if t is None:
+                t = (a, b)
+                tseq = seq
+            if first_key is None:
+                first_key = (dev, ino)
+        elif kind == FX_MODE:
+            if m is None:
+                m = a
+                mseq = seq
+            if first_key is None:
+                first_key = (dev, ino)
+        else:  # FX_FORGET
+            d = t = m = key = first_key = None
+    if cur is not None and (d is not None or t is not None or m is not None):
+        yield cur, d, dseq, t, tseq, m, mseq, key if key is not None else first_key
+
+
+cdef int _own(_SpillSort todo, list group) except -1:
+    """One fixup per directory, from the per-path records of the names that reached one inode
+    (``group``: (dev, ino, path, dir, its seq, time, its seq, mode, its seq)): the entry's own
+    mode and time (a ``dir``) win, else the first time and mode recorded, which are from before
+    the layer touched it under any name.  A later record may hold this layer's own changes (t's
+    time once files went in through l).  The paths' records are taken in the order they were
+    first made, as the dicts of dir_fixups, parent_times and restore_modes were iterated."""
+    cdef dict out = {}
+    owner = None
+    listed = set()
+    best = -1
+    for rec in group:
+        if rec[3] is not None:
+            listed.add(rec[2])
+            if rec[4] > best:  # the last listed name to claim the inode
+                best = rec[4]
+                owner = rec[2]
+    if len(group) > 1:
+        group = sorted(group, key=_time_order)
+    for rec in group:
+        if rec[5] is None or rec[2] in listed:
+            continue
+        if owner is None:
+            owner = rec[2]
+        elif owner != rec[2]:
+            continue
+        out[rec[2]] = (None, rec[5][0], rec[5][1])
+    if len(group) > 1:
+        group = sorted(group, key=_mode_order)
+    for rec in group:
+        if rec[7] is None or rec[2] in listed:
+            continue
+        path = rec[2]
+        if rec[0] is not None:
+            if owner is None:
+                owner = path
+            if owner in listed:
+                continue
+            path = owner
+        old = out.get(path)
+        if old is None:
+            out[path] = (rec[7], None, None)
+        elif old[0] is None:
+            out[path] = (rec[7], old[1], old[2])
+    for rec in group:
+        if rec[3] is not None:
+            out[rec[2]] = rec[3]
+    for path, (mode, sec, nsec) in out.items():
+        todo.add((_sort_key(path), mode, sec, nsec, group[0][0], group[0][1], path in listed))
+    return 0
+
+
+def _time_order(rec):
+    return rec[6]
+
+
+def _mode_order(rec):
+    return rec[8]
+
+
+cdef struct _Ino:
+    uint64_t dev
+    uint64_t ino
+
+
+cdef inline object _ino_key(uint64_t dev, uint64_t ino):
+    """(dev, ino) as one int: ~36 B where a tuple of two ints costs ~120 (a dict key per directory)."""
+    return (<object>dev << 64) | ino
+
+
+cdef class _InodeSet:
+    """A set of (dev, ino) pairs in one open-addressed table: 16 B a slot, at most half full,
+    where a set of tuples cost ~217 B a directory (its tuple, two ints and its slot)."""
+    cdef _Ino *slots
+    cdef size_t cap            # slots (a power of two); 0: none allocated yet
+    cdef readonly size_t n
+
+    def __dealloc__(self):
+        free(self.slots)
+
+    cdef inline size_t _find(self, uint64_t dev, uint64_t ino) noexcept:
+        """The slot of (dev, ino), or the empty one where it would go (all ones: empty, a
+        pair no filesystem hands out)."""
+        cdef size_t mask = self.cap - 1
+        cdef size_t i = <size_t>((ino * <uint64_t>0x9E3779B97F4A7C15ULL) ^ (dev * <uint64_t>0xC2B2AE3D27D4EB4FULL)) >> 7
+        i &= mask
+        while True:
+            if (self.slots[i].dev == dev and self.slots[i].ino == ino) or (
+                    self.slots[i].dev == <uint64_t>-1 and self.slots[i].ino == <uint64_t>-1):
+                return i
+            i = (i + 1) & mask
+
+    cdef bint has(self, uint64_t dev, uint64_t ino) noexcept:
+        if self.n == 0:
+            return False
+        cdef size_t i = self._find(dev, ino)
+        return self.slots[i].dev == dev and self.slots[i].ino == ino and not (
+            dev == <uint64_t>-1 and ino == <uint64_t>-1)
+
+    cdef int add(self, uint64_t dev, uint64_t ino) except -1:
+        """1 if (dev, ino) is new, 0 if it was there."""
+        cdef size_t i
+        if 2 * (self.n + 1) > self.cap:
+            self._grow()
+        i = self._find(dev, ino)
+        if self.slots[i].dev == dev and self.slots[i].ino == ino:
+            return 0
+        self.slots[i].dev = dev
+        self.slots[i].ino = ino
+        self.n += 1
+        return 1
+
+    cdef int _grow(self) except -1:
+        cdef _Ino *old = self.slots
+        cdef size_t old_cap = self.cap, j
+        cdef size_t cap = old_cap * 2 if old_cap else 1024
+        new = <_Ino *>malloc(cap * sizeof(_Ino))
+        if new == NULL:
+            raise MemoryError()
+        memset(new, 0xff, cap * sizeof(_Ino))
+        self.slots = new
+        self.cap = cap
+        for j in range(old_cap):
+            if not (old[j].dev == <uint64_t>-1 and old[j].ino == <uint64_t>-1):
+                self.slots[self._find(old[j].dev, old[j].ino)] = old[j]
+        free(old)
+        return 0
+
+    cdef void clear(self):
+        free(self.slots)
+        self.slots = NULL
+        self.cap = 0
+        self.n = 0
+
+    cdef size_t nbytes(self):
+        return self.cap * sizeof(_Ino)
+
+
+cdef struct _PathSlot:
+    uint64_t h
+    uint64_t off               # where the path is in the arena (all ones: an empty slot)
+
+
+cdef class _PathSet:
+    """A set of paths (bytes): each path's bytes once in an arena, and a slot of 16 B (its hash
+    and where it is) in an open-addressed table at most half full: ~65 B a directory where a
+    set cost ~160 (a bytes object and its slot), 30 MiB of a 200k-directory layer's peak RSS."""
+    cdef _PathSlot *slots
+    cdef size_t cap
+    cdef readonly size_t n
+    cdef char *arena           # per path: its length (uint32_t), then its bytes
+    cdef size_t used, size
+
+    def __dealloc__(self):
+        free(self.slots)
+        free(self.arena)
+
+    cdef inline size_t _find(self, uint64_t h, const char *p, uint32_t length) noexcept:
+        cdef size_t mask = self.cap - 1
+        cdef size_t i = <size_t>(h * <uint64_t>0x9E3779B97F4A7C15ULL >> 7) & mask
+        cdef uint32_t have
+        while self.slots[i].off != <uint64_t>-1:
+            if self.slots[i].h == h:
+                memcpy(&have, self.arena + self.slots[i].off, sizeof(uint32_t))
+                if have == length and memcmp(self.arena + self.slots[i].off + sizeof(uint32_t), p, length) == 0:
+                    return i
+            i = (i + 1) & mask
+        return i
+
+    cdef bint has(self, bytes path) except -1:
+        if self.n == 0:
+            return False
+        return self.slots[self._find(<uint64_t>hash(path), path, <uint32_t>len(path))].off != <uint64_t>-1
+
+    cdef int add(self, bytes path) except -1:
+        """1 if ``path`` is new, 0 if it was there."""
+        cdef uint64_t h = <uint64_t>hash(path)
+        cdef uint32_t length = <uint32_t>len(path)
+        cdef size_t i, need
+        cdef char *grown
+        if 2 * (self.n + 1) > self.cap:
+            self._grow()
+        i = self._find(h, path, length)
+        if self.slots[i].off != <uint64_t>-1:
+            return 0
+        need = self.used + sizeof(uint32_t) + length
+        if need > self.size:
+            grown = <char *>realloc(self.arena, max(need, 2 * self.size, 4096))
+            if grown == NULL:
+                raise MemoryError()
+            self.arena = grown
+            self.size = max(need, 2 * self.size, 4096)
+        memcpy(self.arena + self.used, &length, sizeof(uint32_t))
+        memcpy(self.arena + self.used + sizeof(uint32_t), <const char *>path, length)
+        self.slots[i].h = h
+        self.slots[i].off = self.used
+        self.used = need
+        self.n += 1
+        return 1
+
+    cdef int _grow(self) except -1:
+        cdef _PathSlot *old = self.slots
+        cdef size_t old_cap = self.cap, j, i
+        cdef size_t cap = old_cap * 2 if old_cap else 1024
+        cdef size_t mask = cap - 1
+        new = <_PathSlot *>malloc(cap * sizeof(_PathSlot))
+        if new == NULL:
+            raise MemoryError()
+        memset(new, 0xff, cap * sizeof(_PathSlot))
+        for j in range(old_cap):
+            if old[j].off != <uint64_t>-1:
+                i = <size_t>(old[j].h * <uint64_t>0x9E3779B97F4A7C15ULL >> 7) & mask
+                while new[i].off != <uint64_t>-1:
+                    i = (i + 1) & mask
+                new[i] = old[j]
+        free(old)
+        self.slots = new
+        self.cap = cap
+        return 0
+
+    cdef size_t nbytes(self):
+        return self.cap * sizeof(_PathSlot) + self.size
 
 
 cdef class _DirStack:
@@ -947,9 +1402,7 @@ cdef class Extractor:
     # the entry being written (regular files span feed() calls)
     cdef object cur_name, cur_xattrs
     cdef int64_t cur_mode, cur_uid, cur_gid, cur_sec, cur_nsec
-    cdef dict dir_fixups
-    cdef dict fixup_ino             # path -> (dev, ino) of the directory a fixup was recorded for
-    cdef dict parent_times
+    cdef _Fixups fixups             # directory modes and times to set at the end, and their inodes
     # top-down skipping (dir format): what upper layers hide, and what was skipped
     cdef bint scan_only
     cdef object hide_at, hide_below
@@ -963,18 +1416,18 @@ cdef class Extractor:
     cdef object hid_parent        # last parent _is_hidden looked at (None: none), and whether
     cdef bint hid_parent_hides    # an upper layer hides what is in it (hide_* are fixed per layer)
     cdef object unskipped_parent  # a parent with no skipped non-directory on its way (None: unknown)
-    cdef set created               # dir format: the directories this layer wrote or wrote into, by path
+    cdef _PathSet created          # dir format: the directories this layer wrote or wrote into, by path
     cdef dict created_leaves       # dir format: the path of a directory -> the _Names of the non-directories
                                    # this layer wrote by a path in it (``created`` with them: _created_path)
-    cdef set provided              # overlay format: physical paths of the directories this layer wrote or
+    cdef _PathSet provided         # overlay format: physical paths of the directories this layer wrote or
                                    # wrote into (every entry's parents)
     cdef dict provided_leaves      # and the physical path of a directory -> the _Names of the non-directories
                                    # this layer wrote in it (_provided checks both)
     cdef set cleared               # (path, dev, ino) of the directories an opaque marker cleared (see _opaque)
     cdef set cleared_paths         # and their paths (a marker there takes the general path)
     cdef int64_t headers
-    cdef set created_ino           # dir format: the (dev, ino) of the directories this layer wrote or wrote into
-    cdef dict created_in           # dir format: (dev, ino) of a directory -> the _Names of the non-directories
+    cdef _InodeSet created_ino     # dir format: the (dev, ino) of the directories this layer wrote or wrote into
+    cdef dict created_in           # dir format: _ino_key of a directory -> the _Names of the non-directories
                                    # this layer wrote in it, wherever it landed (see _record_inode)
     cdef _Names cache_names        # created_in's names of the cached parent (None: not looked up yet)
     cdef _NameSpill name_spill     # where the _Names of created_in, created_leaves, provided_leaves spill
@@ -1015,7 +1468,6 @@ cdef class Extractor:
     cdef uid_t euid                # to those ids is skipped; off for the rest of the layer once an fstat
     cdef gid_t egid                # disagrees (idmapped or grpid mounts, squashing NFS...)
     cdef object last_phys          # overlay: where the last _union_dir result really is
-    cdef dict restore_modes        # rootless: dirs opened up (u+wx) for this layer, to restore at the end
     cdef readonly int64_t entries, total, whiteouts, trailing
     cdef readonly list skipped
     # hash_files_into: blake3 of each regular file's data as it is written (store dedup, see
@@ -1179,20 +1631,17 @@ cdef class Extractor:
         self.max_sparse_size = lim.max_sparse_size
         self.sparse_realsize = -1
         self.state = ST_HEADER
-        self.dir_fixups = {}
-        self.fixup_ino = {}
-        self.parent_times = {}
-        self.created = set()
-        self.provided = set()
+        self.fixups = _Fixups()
+        self.created = _PathSet()
+        self.provided = _PathSet()
         self.provided_leaves = {}
         self.cleared = set()
         self.cleared_paths = set()
-        self.created_ino = set()
+        self.created_ino = _InodeSet()
         self.created_in = {}
         self.created_leaves = {}
         self.name_spill = _NameSpill()
         self.header_where = _Where("header", None)
-        self.restore_modes = {}
         self.skipped = []
         self.prev_name = None
 
@@ -1231,10 +1680,11 @@ cdef class Extractor:
         def names(d):
             return sum([(<_Names>v).n for v in d.values()])
         out = {name: (len(obj), size(obj)) for name, obj in (
-            ("created", self.created), ("created_ino", self.created_ino),
-            ("dir_fixups", self.dir_fixups), ("fixup_ino", self.fixup_ino),
-            ("parent_times", self.parent_times), ("restore_modes", self.restore_modes),
-            ("provided", self.provided), ("hidden_files", self.hidden_files))}
+            ("hidden_files", self.hidden_files),)}
+        out["created"] = (self.created.n, self.created.nbytes())
+        out["provided"] = (self.provided.n, self.provided.nbytes())
+        out["created_ino"] = (self.created_ino.n, self.created_ino.nbytes())
+        out["fixups"] = (len(self.fixups.records.items), size(self.fixups.records.items))
         out["created_leaves"] = (names(self.created_leaves), size(self.created_leaves))
         out["provided_leaves"] = (names(self.provided_leaves), size(self.provided_leaves))
         out["created_in"] = (names(self.created_in), size(self.created_in))
@@ -1347,11 +1797,11 @@ cdef class Extractor:
         """What only whiteouts and opaque markers read (what this layer wrote), freed once the
         stream ends: the directory fixups then build their own list, and the layer's peak RSS
         need not hold both."""
-        self.created = set()
+        self.created = _PathSet()
         self.created_leaves = {}
         self.created_in = {}
-        self.created_ino = set()
-        self.provided = set()
+        self.created_ino = _InodeSet()
+        self.provided = _PathSet()
         self.provided_leaves = {}
         self.name_spill.close()
         self.cache_names = None
@@ -1365,6 +1815,7 @@ cdef class Extractor:
             close(self.outfd)
             self.outfd = -1
         self._close_cache()
+        self.fixups.reset()
         if self.rootfd >= 0:
             close(self.rootfd)
             self.rootfd = -1
@@ -2154,9 +2605,7 @@ cdef class Extractor:
             return False
         if fchmod(fd, (st.st_mode & 0o7777) | 0o700) < 0:
             return False
-        if key not in self.restore_modes:
-            self.restore_modes[key] = st.st_mode & 0o7777
-            self.fixup_ino.setdefault(key, (st.st_dev, st.st_ino))
+        self.fixups.mode(key, &st)  # the first one recorded wins
         return True
 
     cdef int _parent(self, bytes path, Py_ssize_t slash, object name) except -2:
@@ -2247,14 +2696,13 @@ cdef class Extractor:
                 self._open_up(fd, parent)
             return fd
         if self.cache_st_fresh:
-            # (a directory this layer listed has its times in dir_fixups, which take precedence)
-            if not self.overlay and parent not in self.parent_times and parent not in self.dir_fixups:
-                self.parent_times[parent] = (self.cache_st.st_mtim.tv_sec, self.cache_st.st_mtim.tv_nsec)
-                self.fixup_ino.setdefault(parent, (self.cache_st.st_dev, self.cache_st.st_ino))
+            # (a directory this layer listed has its own times, which take precedence)
+            if not self.overlay:
+                self.fixups.time(parent, &self.cache_st)
         else:
             self._keep_times(fd, parent)
         if not self.overlay:
-            if not self.cache_st_fresh or (self.cache_st.st_dev, self.cache_st.st_ino) not in self.created_ino:
+            if not self.cache_st_fresh or not self.created_ino.has(self.cache_st.st_dev, self.cache_st.st_ino):
                 self._record_ancestors(fd)
             if not self.is_root:
                 self._open_up(fd, parent)
@@ -2527,7 +2975,7 @@ cdef class Extractor:
         if self.is_root and fchown(dst, st.st_uid, st.st_gid) < 0:
             self._oserror("chown", name)
         self._copy_xattrs(src, dst, name)
-        self.dir_fixups[phys] = (st.st_mode & 0o7777, st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
+        self.fixups.dir(phys, st.st_mode & 0o7777, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, NULL)
         self._fixup_for(dst, phys)
 
     cdef _copy_xattrs(self, int src, int dst, object name):
@@ -2615,11 +3063,10 @@ cdef class Extractor:
         that a directory the layer does not list keeps its lower mtime (as
         umoci and docker do) although entries were added or removed in it."""
         cdef stat st
-        if self.overlay or path in self.parent_times:
+        if self.overlay or self.fixups.has_time(path):
             return
         if fstat(fd, &st) == 0:
-            self.parent_times[path] = (st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
-            self.fixup_ino.setdefault(path, (st.st_dev, st.st_ino))
+            self.fixups.time(path, &st)  # the first one recorded wins
 
     cdef void _close_cache(self):
         if self.cache_fd >= 0:
@@ -2647,7 +3094,7 @@ cdef class Extractor:
         layer, were its largest structure (~125 B an entry)."""
         cdef Py_ssize_t i
         cdef bytes rp = self.recorded_parent
-        created = self.created
+        cdef _PathSet created = self.created
         # A run of entries in one directory: their parent went in with the first of them, and
         # ``created`` only grows, always with a path's parents: no slice, hash or lookup of it.
         if slash > 0 and rp is not None and len(rp) == slash and memcmp(<const char *>path, <const char *>rp, slash) == 0:
@@ -2667,8 +3114,7 @@ cdef class Extractor:
         if slash > 0:
             self.recorded_parent = parent
             self.recorded_leaves = leaves
-        while path and path not in created:
-            created.add(path)
+        while path and created.add(path):
             i = path.rfind(b"/")
             path = path[:i] if i > 0 else b""
 
@@ -2680,7 +3126,7 @@ cdef class Extractor:
 
     cdef bint _created_path(self, bytes path, bytes parent, bytes base):
         """Did this layer write ``path`` (``base`` in ``parent``), or into it (see _record)?"""
-        if path in self.created:
+        if self.created.has(path):
             return True
         leaves = self.created_leaves.get(parent)
         return leaves is not None and (<_Names>leaves).has(base)
@@ -2825,19 +3271,18 @@ cdef class Extractor:
         (<_Names>leaves).add(base)
         self._provide_dir(parent)
 
-    cdef void _provide_dir(self, bytes phys):
+    cdef void _provide_dir(self, bytes phys) except *:
         """Overlay format: this layer has the physical directory ``phys``, and those above it."""
         cdef Py_ssize_t i
-        provided = self.provided
-        while phys and phys not in provided:
-            provided.add(phys)
+        cdef _PathSet provided = self.provided
+        while phys and provided.add(phys):
             i = phys.rfind(b"/")
             phys = phys[:i] if i > 0 else b""
 
     cdef bint _provided(self, bytes phys):
         """Overlay format: did this layer write ``phys``, or into it (see _provide)?"""
         cdef Py_ssize_t i
-        if phys in self.provided:
+        if self.provided.has(phys):
             return True
         i = phys.rfind(b"/")
         leaves = self.provided_leaves.get(phys[:i] if i > 0 else b"")
@@ -2852,11 +3297,9 @@ cdef class Extractor:
         while cur >= 0:
             if fstat(cur, &st) < 0:
                 break
-            key = (st.st_dev, st.st_ino)
-            if key in self.created_ino:
+            if not self.created_ino.add(st.st_dev, st.st_ino):
                 break
-            self.created_ino.add(key)
-            if key == self.root_key:
+            if (st.st_dev, st.st_ino) == self.root_key:
                 break
             up = openat(cur, b"..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             close(cur)
@@ -2874,7 +3317,7 @@ cdef class Extractor:
         cdef stat st
         if (fstat(pfd, &st) if not base else fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW)) == 0:
             if S_ISDIR(st.st_mode):
-                self.created_ino.add((st.st_dev, st.st_ino))
+                self.created_ino.add(st.st_dev, st.st_ino)
             elif fstat(pfd, &st) == 0:
                 self._created_in(st.st_dev, st.st_ino).add(base)
                 self._note_name(base)
@@ -2882,7 +3325,7 @@ cdef class Extractor:
     cdef _Names _created_in(self, dev_t dev, unsigned long ino):
         """The names this layer wrote in directory (dev, ino): one _Names per directory,
         so that an entry costs its name's bytes, not a (dev, ino, name) tuple of its own."""
-        key = (dev, ino)
+        key = _ino_key(dev, ino)
         names = self.created_in.get(key)
         if names is None:
             names = self.created_in[key] = self.name_spill.new()
@@ -2892,10 +3335,10 @@ cdef class Extractor:
         """Did this layer write ``base`` of ``pfd`` (see _record_inode)?  ``st``: its lstat."""
         cdef stat pst
         if S_ISDIR(st.st_mode):
-            return (st.st_dev, st.st_ino) in self.created_ino
+            return self.created_ino.has(st.st_dev, st.st_ino)
         if fstat(pfd, &pst) < 0:
             return False
-        names = self.created_in.get((pst.st_dev, pst.st_ino))
+        names = self.created_in.get(_ino_key(pst.st_dev, pst.st_ino))
         return names is not None and (<_Names>names).has(base)
 
     cdef _open_file(self, int pfd, bytes base, bytes name, int64_t size):
@@ -3243,11 +3686,9 @@ cdef class Extractor:
             if (real is not None and (sr == 0 or fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0)
                     and S_ISDIR(st.st_mode)
                     and (not self.is_root or (st.st_uid == self.cur_uid and st.st_gid == self.cur_gid))):
-                self.dir_fixups[real] = (self.cur_mode, self.cur_sec, self.cur_nsec)
-                key = (st.st_dev, st.st_ino)
-                self.fixup_ino[real] = key
+                self.fixups.dir(real, self.cur_mode, self.cur_sec, self.cur_nsec, &st)
                 if not self.overlay:
-                    self.created_ino.add(key)
+                    self.created_ino.add(st.st_dev, st.st_ino)
                 self.nogil_entries += 1
                 return
         fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
@@ -3260,7 +3701,7 @@ cdef class Extractor:
                 self._oserror("stat", name)
             self._dir_metadata(fd, path, name, &st)
             if not self.overlay:
-                self.created_ino.add((st.st_dev, st.st_ino))  # what _record_inode would record
+                self.created_ino.add(st.st_dev, st.st_ino)  # what _record_inode would record
         finally:
             close(fd)
 
@@ -3300,10 +3741,8 @@ cdef class Extractor:
             self._set_xattrs(fd, None, name)
         if not self.overlay:
             path = self._real_path(fd, path)
-        self.dir_fixups[path] = (self.cur_mode, self.cur_sec, self.cur_nsec)
-        if st != NULL:
-            self.fixup_ino[path] = (st.st_dev, st.st_ino)
-        else:
+        self.fixups.dir(path, self.cur_mode, self.cur_sec, self.cur_nsec, st)
+        if st == NULL:
             self._fixup_for(fd, path)
 
     cdef object _real_child(self, int pfd, bytes base, bytes path):
@@ -3385,7 +3824,7 @@ cdef class Extractor:
         the path names then."""
         cdef stat st
         if fstat(fd, &st) == 0:
-            self.fixup_ino[path] = (st.st_dev, st.st_ino)
+            self.fixups.ino(path, &st)
 
     cdef _symlink(self, int pfd, bytes base, bytes name, bytes target):
         cdef const char *cbase = base
@@ -3973,7 +4412,7 @@ cdef class Extractor:
         cdef const char *chidden = hidden
         if self.overlay or not self.use_openat2 or self._maybe_written(hidden):
             return -1
-        need_times = parent not in self.parent_times
+        need_times = not self.fixups.has_time(parent)
         with nogil:
             if own:
                 pfd = lamina_openat2(root, cparent, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
@@ -4008,11 +4447,9 @@ cdef class Extractor:
             return -2
         if sr == 0:
             if need_times:
-                self.parent_times[parent] = (pst.st_mtim.tv_sec, pst.st_mtim.tv_nsec)
-                self.fixup_ino.setdefault(parent, (pst.st_dev, pst.st_ino))
-            if opened and parent not in self.restore_modes:
-                self.restore_modes[parent] = pst.st_mode & 0o7777
-                self.fixup_ino.setdefault(parent, (pst.st_dev, pst.st_ino))
+                self.fixups.time(parent, &pst)
+            if opened:
+                self.fixups.mode(parent, &pst)
         if r < 0:  # the general removal, its retries and its error
             try:
                 self._remove(pfd, hidden, name)
@@ -4118,9 +4555,8 @@ cdef class Extractor:
         if step != SC_OK:
             self._step_error(step, e, name)
         self._invalidate()
-        if not overlay and parent not in self.parent_times:  # _keep_times
-            self.parent_times[parent] = (st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
-            self.fixup_ino.setdefault(parent, (st.st_dev, st.st_ino))
+        if not overlay:  # _keep_times
+            self.fixups.time(parent, &st)
         self.nogil_entries += 1
         return -2
 
@@ -4241,7 +4677,7 @@ cdef class Extractor:
                     # lower symlink the layer wrote through is not the layer's (_written_here)
                     if (not self._provided(cpath) if self.overlay
                             else not self._written_here(sub, child, &st)
-                            and not (S_ISDIR(st.st_mode) and cpath in self.created)):
+                            and not (S_ISDIR(st.st_mode) and self.created.has(cpath))):
                         if not self.is_root:
                             self._open_up(sub, dpath + b"/" + rel if dpath and rel else dpath or rel)
                         self._remove(sub, child, name)
@@ -4282,7 +4718,7 @@ cdef class Extractor:
         gone = None
         if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and (S_ISDIR(st.st_mode) or S_ISLNK(st.st_mode)):
             self._invalidate()
-            if S_ISDIR(st.st_mode) and (self.dir_fixups or self.parent_times or self.restore_modes):
+            if S_ISDIR(st.st_mode) and self.fixups.n:
                 gone = []
         if _remove_at(pfd, base, gone) < 0:
             self._oserror("remove", name)
@@ -4299,10 +4735,7 @@ cdef class Extractor:
         top = parent + b"/" + base if parent else base
         for rel in gone:
             path = top + b"/" + rel if rel else top
-            self.dir_fixups.pop(path, None)
-            self.parent_times.pop(path, None)
-            self.restore_modes.pop(path, None)
-            self.fixup_ino.pop(path, None)
+            self.fixups.forget(path)
 
     cdef void _invalidate(self):
         # keep the fd open: the caller may still be using it as its parent
@@ -4324,41 +4757,6 @@ cdef class Extractor:
         close(pfd)
         return fd
 
-    cdef dict _fixups_by_directory(self):
-        """path -> (mode or None, sec or None, nsec): one fixup per directory.
-        A directory the layer reached under several names (``t``, and ``l/`` with
-        ``l -> t``) has a record under each; the entry's own mode and time
-        (dir_fixups) win, else the first time and mode recorded, which are from
-        before the layer touched it under any name.  A later record may hold this
-        layer's own changes (t's time once files went in through l)."""
-        todo = {}
-        owner = {}  # (dev, ino) -> the path whose record stands for that directory
-        for path in self.dir_fixups:
-            key = self.fixup_ino.get(path)
-            if key is not None:
-                owner[key] = path
-        for path, (sec, nsec) in self.parent_times.items():
-            key = self.fixup_ino.get(path)
-            if path in self.dir_fixups or (key is not None and owner.setdefault(key, path) != path):
-                continue
-            todo[path] = (None, sec, nsec)
-        for path, mode in self.restore_modes.items():
-            if path in self.dir_fixups:
-                continue
-            key = self.fixup_ino.get(path)
-            if key is not None:
-                first = owner.setdefault(key, path)
-                if first in self.dir_fixups:
-                    continue
-                path = first  # the time recorded under another name, and this mode
-            old = todo.get(path)
-            if old is None:
-                todo[path] = (mode, None, None)
-            elif old[0] is None:
-                todo[path] = (mode, old[1], old[2])
-        todo.update(self.dir_fixups)
-        return todo
-
     cdef _fixup_dirs(self):
         """Directory modes and times, set once the layer is written, deepest
         first, through a stack of open parents so each costs one openat()."""
@@ -4369,26 +4767,22 @@ cdef class Extractor:
         cdef unsigned long wino = 0
         cdef timespec ts[2]
         cdef stat st
-        todo = self._fixups_by_directory()
         stack = _DirStack(self.rootfd)
         try:
-            # components compare as the path with "/" below every other byte does: one bytes
-            # object a directory as the key, not a list of its components (a 66k-entry layer's
-            # 6k directories: ~2 MiB at the layer's end, where its RSS peaked)
-            for path in sorted(todo, key=_sort_key, reverse=True):
-                mode, sec, nsec = todo[path]
+            for skey, mode, sec, nsec, dev, ino, listed in self.fixups.resolved():
+                path = (<bytes>skey).replace(b"\0", b"/")
                 fd = stack.open(path)  # borrowed: the stack closes it
                 owned = False
                 if fd < 0:
                     if self.overlay or (errno != ELOOP and errno != ENOTDIR):
                         continue  # removed or replaced by a non-directory later in the layer
-                    if path in self.dir_fixups and self.root_real is not None:
+                    if listed and self.root_real is not None:
                         # recorded where it really was (_real_path): a symlink on the way there
                         # now means the layer removed it, and what the path reaches through
                         # that symlink is another directory, maybe on the reused inode
                         continue
                     fd = self._open_last_nofollow(path)  # dir format: named through a symlinked parent
-                    if fd < 0 and path not in self.dir_fixups and path in self.fixup_ino:
+                    if fd < 0 and not listed and dev is not None:
                         # a parent opened up or touched, not an entry: its name was resolved
                         # following symlinks (ln/f with ln -> real), so is its fixup; the inode
                         # check below makes sure it is that directory still
@@ -4396,10 +4790,9 @@ cdef class Extractor:
                     if fd < 0:
                         continue  # replaced (by a symlink, a file) later in the layer
                     owned = True
-                want = self.fixup_ino.get(path)
-                check = want is not None
+                check = dev is not None
                 if check:
-                    wdev, wino = want
+                    wdev, wino = dev, ino
                 has_mode = mode is not None
                 cmode = <mode_t>mode if has_mode else 0
                 has_time = sec is not None
@@ -4428,10 +4821,7 @@ cdef class Extractor:
                     self._step_error(step, e, path)
         finally:
             stack.close()
-        self.dir_fixups.clear()
-        self.fixup_ino.clear()
-        self.parent_times.clear()
-        self.restore_modes.clear()
+            self.fixups.reset()
 
     cdef _oserror(self, str op, object name):
         e = errno

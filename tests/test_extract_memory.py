@@ -157,3 +157,71 @@ def test_names_read_back_from_the_spill_file_decide_as_kept_ones(tmp_path):
     assert flat["d0/up-001"] is False and "d0/low-001" in flat and "d0/low-003" not in flat
     assert "d0/up-000" in flat and "d0/up-003" in flat  # whited out in the layer that wrote them
     assert "d2/up-001" in flat and not any(p.startswith("d2/low") for p in flat)
+
+
+EVERY_PATH = r'''
+import os, pickle, sys
+sys.path.insert(0, os.getcwd())
+from everypath import run_paths, umoci_tree
+raws = pickle.load(open(sys.argv[2], "rb"))
+results = run_paths(sys.argv[1], raws, dir_mtime=True, root=True)
+results["umoci"] = umoci_tree(sys.argv[1], raws, dir_mtime=True, root=True)
+pickle.dump(results, open(sys.argv[3], "wb"))
+'''
+
+_LOW, _T = 1_500_000_000, 1_600_000_000
+
+
+def _fixup_layers():
+    """Every kind of directory fixup record, in many directories: listed again with a new mode
+    and time, written into unlisted (the lower time stays), whiteouts and an opaque marker in
+    unlisted ones, a directory reached through a symlink and by its name, one removed and made
+    again at the same path in the layer."""
+    from tarbuild import Tar
+    low, up = Tar().dir("./", mode=0o755, mtime=_LOW - 1), Tar()
+    for d in range(16):
+        low.dir(f"d{d:02d}", mode=0o750 + (d % 8), mtime=_LOW + d).dir(f"d{d:02d}/s", mtime=_LOW + 100 + d)
+        for f in range(3):
+            low.file(f"d{d:02d}/f{f}", b"x").file(f"d{d:02d}/s/g{f}", b"y")
+        if d % 2 == 0:
+            up.dir(f"d{d:02d}", mode=0o700 + (d % 8), mtime=_T + d).file(f"d{d:02d}/new", b"n")
+        else:
+            up.file(f"d{d:02d}/s/new", b"n").whiteout(f"d{d:02d}/f1").whiteout(f"d{d:02d}/s/g2")
+    up.opaque("d03/s")
+    low.dir("t", mtime=_LOW + 500).symlink("l", "t").dir("gone", mtime=_LOW + 600)
+    up.file("l/x", b"x").file("t/y", b"y").dir("t", mode=0o711, mtime=_T + 500)
+    up.dir("gone", mode=0o701, mtime=_T + 600).dir("gone/in", mtime=_T + 601).file("gone/in/f", b"f")
+    up.file("gone", b"now a file").whiteout("gone").dir("gone", mode=0o705, mtime=_T + 602)
+    up.dir("gone/in", mode=0o704, mtime=_T + 603)
+    return [low.bytes(), up.bytes()]
+
+
+def test_directory_fixups_spilled_to_disk_give_the_same_trees(tmp_path):
+    """Beyond LAMINA_FIXUPS_HELD records (16k by default) the directory fixups (modes and
+    times set once the layer is written) go, sorted, to a temp file, and are resolved at the
+    end by merging its runs.  With one record held (every record its own run, merged back) the
+    trees, directory times and modes included, are those of the default budget, through every
+    path, and umoci's."""
+    import pickle
+    from everypath import assert_agree
+    from treecmp import compare
+    layers = tmp_path / "layers.pickle"
+    layers.write_bytes(pickle.dumps(_fixup_layers()))
+    got = {}
+    for held in ("1", ""):
+        work = tmp_path / f"w{held or 'default'}"
+        work.mkdir()
+        out = tmp_path / f"out{held}.pickle"
+        run(sys.executable, "-c", EVERY_PATH, str(work), str(layers), str(out),
+            env=dict(os.environ, LAMINA_FIXUPS_HELD=held), cwd=os.path.dirname(os.path.abspath(__file__)))
+        got[held] = pickle.loads(out.read_bytes())
+    tree = assert_agree(got[""])
+    assert tree is not None and assert_agree(got["1"]) is not None
+    for path, spilled in got["1"].items():
+        assert not compare(got[""][path], spilled, labels=(path, f"{path} (spilled)"))
+    assert (tree.entries["d00"].mode, tree.entries["d00"].mtime) == (0o700, _T)
+    assert (tree.entries["d01"].mode, tree.entries["d01"].mtime) == (0o751, _LOW + 1)
+    assert tree.entries["d01/s"].mtime == _LOW + 101
+    assert (tree.entries["t"].mode, tree.entries["t"].mtime) == (0o711, _T + 500)
+    assert (tree.entries["gone"].mode, tree.entries["gone"].mtime) == (0o705, _T + 602)
+    assert (tree.entries["gone/in"].mode, tree.entries["gone/in"].mtime) == (0o704, _T + 603)
