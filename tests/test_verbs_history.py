@@ -86,3 +86,7 @@ def test_history_without_config_history(tmp_path):
     rows = ok(store.root, "history", "--format", "{{.ID}}|{{.CreatedBy}}|{{.Size}}", "plain").splitlines()
     assert [r.split("|")[0] for r in rows] == [image.config_digest[7:19], "<missing>"]
     assert all(r.split("|")[1] == "" for r in rows)
+    # no `created` (and an ocibuild config has none at the top either): docker leaves CREATED
+    # empty for anything before 2000; "56 years ago" was the Unix epoch
+    since = ok(store.root, "history", "--format", "{{.CreatedSince}}|{{.CreatedAt}}", "plain").splitlines()
+    assert [s.split("|")[0] for s in since] == ["", ""], since

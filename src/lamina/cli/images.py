@@ -444,6 +444,11 @@ DEFAULT_HISTORY_TABLE = "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Si
 NONHUMAN_HISTORY_TABLE = "table {{.ID}}\t{{.CreatedAt}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
 
 
+# docker history leaves CREATED empty for a step made before 2000 (a config without `created`
+# gives the epoch, which it would call "56 years ago")
+HISTORY_EPOCH = 946684800
+
+
 def history_row(item, *, trunc, human, now=None):
     """docker's historyContext over an api.HistoryItem."""
     from .gotemplate import GoStruct
@@ -455,7 +460,8 @@ def history_row(item, *, trunc, human, now=None):
     methods = {
         "ID": lambda: (truncate_id(item["id"]) if trunc and item["id"] != "<missing>" else item["id"]),
         "CreatedAt": created_at,
-        "CreatedSince": lambda: (since(created, now) if human else created_at()),
+        "CreatedSince": lambda: ((since(created, now) if created and created > HISTORY_EPOCH else "")
+                                 if human else created_at()),
         "CreatedBy": lambda: (ellipsis(item["created_by"].replace("\t", " "), 45) if trunc
                               else item["created_by"].replace("\t", " ")),
         "Size": lambda: human_size(item["size"], 3) if human else str(item["size"]),
