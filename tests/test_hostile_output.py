@@ -41,7 +41,7 @@ def test_skipped_entry_names_are_quoted_in_every_output(tmp_path, locale):
     ``skipped``.  On 2dfdebc its name was printed as it was: the newline in it forged
     a ``lamina: error:`` line on stdout, and its escape sequences reached the terminal."""
     name = b"odd\xff\n" + FORGED
-    t = Tar().file("ok", b"1").entry(name, b"data", type=b"A")
+    t = Tar().file("ok", b"1").entry(name, b"data", type=b"Y")
     layout = write_image(tmp_path / "layout", [t.bytes()])
     env = {**os.environ, "LC_ALL": locale, "LANG": locale}
     for fmt in ("dir", "overlay"):

@@ -70,7 +70,7 @@ NAME = b"d/f\xff"
 
 def _layer():
     # an unknown entry type: extracted as a file and reported in "skipped" by its name
-    return Tar().dir("d").file(NAME, b"x").entry(b"u\xfe", b"data", type=b"A").bytes()
+    return Tar().dir("d").file(NAME, b"x").entry(b"u\xfe", b"data", type=b"Y").bytes()
 
 
 def test_lamina_verbs_report_odd_paths_as_utf8(odd):
