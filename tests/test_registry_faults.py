@@ -117,6 +117,31 @@ def test_slow_body(proxy, image, registry_env):  # noqa: F811
     _check_pulled(store, f"{proxy.host}/faults:1", image)
 
 
+@pytest.mark.parametrize("document", ["manifest", "config"])
+@pytest.mark.parametrize("how", ["pull", "unpack"])
+def test_a_document_dripped_byte_by_byte_hits_the_document_deadline(proxy, image, registry_env, monkeypatch,  # noqa: F811
+                                                                    document, how):
+    """A registry sending the manifest (or config) 8 bytes every 0.1 s: each read is far inside
+    the read timeout, so the pull took as long as the server liked (here ~9 s; 4 MiB that way:
+    two weeks).  The document's body has an overall deadline (1.5 s here) and the error names
+    its URL."""
+    from lamina.registry.source import RegistrySource
+    monkeypatch.setenv("LAMINA_REGISTRY_DOCUMENT_DEADLINE", "1.5")
+    path = "/manifests/1" if document == "manifest" else f"/blobs/{image['config']['digest']}"
+    proxy.add("slow", path=path, chunk=8, delay=0.1, times=None)
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.RegistryError) as e:
+        if how == "pull":
+            pull(f"{proxy.host}/faults:1", store=store)
+        else:
+            with RegistrySource(f"{proxy.host}/faults:1") as source:
+                source.resolve()
+    assert f"http://{proxy.host}/v2/faults{path}: body not received within 1.5 s" in str(e.value), str(e.value)
+    assert all(not store.has_blob(d["digest"]) for d in image["layers"])
+    with pytest.raises(errors.ImageNotFoundError):
+        store.resolve(f"{proxy.host}/faults:1")
+
+
 def test_stalled_body_times_out_and_resumes(proxy, image, registry_env):  # noqa: F811
     big = image["big"]
     proxy.add("stall", path=f"/blobs/{big['digest']}", after=3 * MiB, seconds=4)
