@@ -52,6 +52,10 @@ DEFAULT_TIMEOUT = 60.0
 # Generous: a 4 MiB manifest at 20 KiB/s.  Go clients (docker, containerd, containers/image) set
 # no overall deadline of their own and leave it to the caller's context; lamina has no caller to.
 DEFAULT_DOCUMENT_DEADLINE = 300.0
+# A blob body slower than this over a minute of waiting is resumed on a new connection, as a
+# stall is (a few such windows in a row fail the download): a dripping server never times out.
+DEFAULT_MIN_RATE = 1024.0      # bytes per second
+DEFAULT_RATE_WINDOW = 60.0     # seconds spent waiting for the network
 DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF = 0.5
 MAX_BACKOFF = 10.0
@@ -339,6 +343,8 @@ class Transport:
         self.backoff = backoff if backoff is not None else env_float("LAMINA_REGISTRY_BACKOFF", DEFAULT_BACKOFF)
         self.document_deadline = (document_deadline if document_deadline is not None
                                   else env_float("LAMINA_REGISTRY_DOCUMENT_DEADLINE", DEFAULT_DOCUMENT_DEADLINE))
+        self.min_rate = env_float("LAMINA_REGISTRY_MIN_RATE", DEFAULT_MIN_RATE)
+        self.rate_window = env_float("LAMINA_REGISTRY_RATE_WINDOW", DEFAULT_RATE_WINDOW)
         self.tls = tls or TLSPolicy()
         self.max_idle = max_idle
         self._sleep = sleep
