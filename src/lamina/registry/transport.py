@@ -336,8 +336,8 @@ class _Retry(Retry):
 class Transport:
     """Thread-safe HTTP client: one urllib3 pool manager per (proxy, TLS context)."""
 
-    def __init__(self, *, timeout=None, retries=None, backoff=None, document_deadline=None, tls=None, max_idle=POOL_SIZE,
-                 sleep=time.sleep):
+    def __init__(self, *, timeout=None, retries=None, backoff=None, document_deadline=None, tls=None,
+                 max_idle=POOL_SIZE, sleep=time.sleep):
         self.timeout = timeout if timeout is not None else env_float("LAMINA_REGISTRY_TIMEOUT", DEFAULT_TIMEOUT)
         self.retries = retries if retries is not None else env_int("LAMINA_REGISTRY_RETRIES", DEFAULT_RETRIES)
         self.backoff = backoff if backoff is not None else env_float("LAMINA_REGISTRY_BACKOFF", DEFAULT_BACKOFF)
