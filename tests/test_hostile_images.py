@@ -821,3 +821,61 @@ def test_a_bundles_user_reads_ids_as_go_does(tmp_path, user, expect):
         assert not (tmp_path / "b").exists()
     fsck = cli("fsck", root=store)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# an image of more layers than Limits.max_layers
+
+
+def test_an_image_of_more_layers_than_the_cap_is_refused_before_any_layer_is_read(reg, registry_env,  # noqa: F811
+                                                                                     tmp_path):
+    """501 layers (one 20-byte blob listed over and over): lamina loaded thousands of layers in
+    time worse than linear (2,000: 42 s) and stacked more lowers than overlayfs takes (500).
+    Refused from the manifest (or manifest.json) alone, on every source: the layer blob and
+    the config are absent from the layout and the archives, and the registry proxy must see
+    no blob request, so reading any of them would fail otherwise or show."""
+    from lamina.limits import DEFAULT_LIMITS
+    n = DEFAULT_LIMITS.max_layers + 1
+    raw = ob.tar_bytes({"x": b"hi"})
+    blob = ob.gz(raw)
+    config = ob.dumps({"architecture": "amd64", "os": "linux",
+                       "rootfs": {"type": "layers", "diff_ids": [ob.sha256(raw)] * n}})
+    manifest = ob.dumps({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "config": ob.desc(ob.OCI_CONFIG, config),
+                         "layers": [ob.desc(ob.OCI_LAYER_GZIP, blob)] * n})
+    expect = f"{n} layers, more than the {n - 1} an image may have"
+
+    lay = ob.Layout(tmp_path / "lay")
+    lay.blob(manifest)
+    lay.add(ob.desc(ob.OCI_MANIFEST, manifest), "latest",
+            **{"io.containerd.image.name": "docker.io/library/deep:1"})
+    assert sorted(os.listdir(tmp_path / "lay" / "blobs" / "sha256")) == [ob.sha256(manifest).split(":")[1]]
+    oci_archive = tmp_path / "oci.tar"
+    subprocess.run(["tar", "-C", lay.root, "-cf", oci_archive, "."], check=True)
+    docker_archive = tmp_path / "docker.tar"
+    with open(docker_archive, "wb") as f:
+        f.write(ob.tar_of({"manifest.json": json.dumps([{"Config": "c.json", "RepoTags": ["deep:1"],
+                                                          "Layers": ["l/layer.tar"] * n}]).encode()}))
+
+    _push_blob(reg.host, "deep", blob)
+    _push_blob(reg.host, "deep", config)
+    status, body = _push_manifest(reg.host, "deep", "t", manifest, ob.OCI_MANIFEST)
+    assert status == 201, body
+    proxy = FaultProxy(reg.host)
+
+    runs = [(["unpack", f"oci:{lay.root}", tmp_path / "out"], None, "manifest"),
+            (["unpack", "--overlay", f"oci:{lay.root}", tmp_path / "out"], None, "manifest"),
+            (["load", "-i", lay.root], tmp_path / "store", "manifest"),
+            (["unpack", f"oci-archive:{oci_archive}", tmp_path / "out"], None, "manifest"),
+            (["load", "-i", oci_archive], tmp_path / "store", "manifest"),
+            (["unpack", f"docker-archive:{docker_archive}", tmp_path / "out"], None, "image deep:1"),
+            (["load", "-i", docker_archive], tmp_path / "store", "image deep:1"),
+            (["pull", f"{proxy.host}/deep:t"], tmp_path / "store", "manifest"),
+            (["unpack", f"docker://{proxy.host}/deep:t", tmp_path / "out"], None, "manifest")]
+    for args, root, names in runs:
+        line = one_line_error(cli(*args, root=root))
+        assert expect in line and names in line, (args, line)
+        assert not (tmp_path / "out").exists()
+    assert proxy.requests_for("/blobs/") == [], proxy.seen
+    assert cli("images", "-q", root=tmp_path / "store").stdout == ""
+    fsck = cli("fsck", root=tmp_path / "store")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr

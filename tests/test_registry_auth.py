@@ -177,6 +177,33 @@ def test_token_with_credentials_and_identity_token(token_reg, registry_env):  # 
         pull(f"{reg.host}/public/app:1", store=registry_env / "root3")
 
 
+def test_a_token_dripped_byte_by_byte_hits_the_document_deadline(token_reg, registry_env, monkeypatch):  # noqa: F811
+    """The token server sends its answer 8 bytes per 0.1 s: every read is inside the read timeout,
+    so the pull waited as long as the server liked (a token of a few KiB: about a minute here).
+    A token's body has the document deadline (1.5 s here) and the error names the token URL."""
+    import time
+    reg, token = token_reg
+
+    def dripping_reply(h, status, doc):
+        body = json.dumps(doc).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        for i in range(0, len(body), 8):
+            h.wfile.write(body[i:i + 8])
+            time.sleep(0.1)
+
+    monkeypatch.setattr(token, "_reply", dripping_reply)
+    monkeypatch.setenv("LAMINA_REGISTRY_DOCUMENT_DEADLINE", "1.5")
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.RegistryError) as e:
+        pull(f"{reg.host}/public/app:1", store=store)
+    assert f"GET {token.realm}?" in str(e.value) and "body not received within 1.5 s" in str(e.value), str(e.value)
+    with pytest.raises(errors.ImageNotFoundError):
+        store.resolve(f"{reg.host}/public/app:1")
+
+
 def test_token_private_repo(tmp_path, registry_env):  # noqa: F811
     token = TokenServer(tmp_path, users=USERS, anonymous_pull=False)
     reg = Registry(tmp_path, token=token)

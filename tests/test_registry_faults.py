@@ -117,6 +117,68 @@ def test_slow_body(proxy, image, registry_env):  # noqa: F811
     _check_pulled(store, f"{proxy.host}/faults:1", image)
 
 
+@pytest.mark.parametrize("document", ["manifest", "config"])
+@pytest.mark.parametrize("how", ["pull", "unpack"])
+def test_a_document_dripped_byte_by_byte_hits_the_document_deadline(proxy, image, registry_env, monkeypatch,  # noqa: F811
+                                                                    document, how):
+    """A registry sending the manifest (or config) 8 bytes every 0.1 s: each read is far inside
+    the read timeout, so the pull took as long as the server liked (here ~9 s; 4 MiB that way:
+    two weeks).  The document's body has an overall deadline (1.5 s here) and the error names
+    its URL."""
+    from lamina.registry.source import RegistrySource
+    monkeypatch.setenv("LAMINA_REGISTRY_DOCUMENT_DEADLINE", "1.5")
+    path = "/manifests/1" if document == "manifest" else f"/blobs/{image['config']['digest']}"
+    proxy.add("slow", path=path, chunk=8, delay=0.1, times=None)
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.RegistryError) as e:
+        if how == "pull":
+            pull(f"{proxy.host}/faults:1", store=store)
+        else:
+            with RegistrySource(f"{proxy.host}/faults:1") as source:
+                source.resolve()
+    assert f"http://{proxy.host}/v2/faults{path}: body not received within 1.5 s" in str(e.value), str(e.value)
+    assert all(not store.has_blob(d["digest"]) for d in image["layers"])
+    with pytest.raises(errors.ImageNotFoundError):
+        store.resolve(f"{proxy.host}/faults:1")
+
+
+def test_a_blob_dripped_slower_than_the_minimum_rate_resumes_on_a_new_connection(proxy, image, registry_env,  # noqa: F811
+                                                                                     monkeypatch):
+    """The small layer at 16 bytes per 0.1 s on its first GET: every read arrives inside the read
+    timeout, so the download took as long as the server dripped (a few KiB: ~15 s here; a GiB:
+    years).  Below the minimum rate (4 KiB/s over 1 s of waiting here) it is resumed with Range,
+    as a stall is, and what was received is not fetched again."""
+    small = image["small"]
+    monkeypatch.setenv("LAMINA_REGISTRY_MIN_RATE", "4096")
+    monkeypatch.setenv("LAMINA_REGISTRY_RATE_WINDOW", "1")
+    proxy.add("slow", path=f"/blobs/{small['digest']}", chunk=16, delay=0.1)
+    store = Store(registry_env / "root")
+    pull(f"{proxy.host}/faults:1", store=store)
+    _check_pulled(store, f"{proxy.host}/faults:1", image)
+    gets = _blob_gets(proxy, small["digest"])
+    assert len(gets) == 2, gets
+    assert gets[-1][2]["Range"].startswith("bytes="), gets[-1][2]
+    assert int(gets[-1][2]["Range"][len("bytes="):-1]) > 0
+    # sent twice at most: what the proxy had written into the socket and lamina not yet read
+    assert small["size"] <= proxy.bytes_for(small["digest"]) <= small["size"] + 16
+
+
+def test_a_blob_dripped_on_every_connection_fails_by_name(proxy, image, registry_env, monkeypatch):  # noqa: F811
+    """A server that drips on every connection is not resumed forever: a few windows below the
+    rate in a row fail the download, naming the blob, though every window made some progress."""
+    small = image["small"]
+    monkeypatch.setenv("LAMINA_REGISTRY_MIN_RATE", "4096")
+    monkeypatch.setenv("LAMINA_REGISTRY_RATE_WINDOW", "0.5")
+    monkeypatch.setenv("LAMINA_REGISTRY_RETRIES", "2")
+    proxy.add("slow", path=f"/blobs/{small['digest']}", chunk=16, delay=0.1, times=None)
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.RegistryError) as e:
+        pull(f"{proxy.host}/faults:1", store=store)
+    assert f"blob {small['digest']}" in str(e.value) and "less than 4096 bytes/s" in str(e.value), str(e.value)
+    assert len(_blob_gets(proxy, small["digest"])) == 3
+    assert not store.has_blob(small["digest"])
+
+
 def test_stalled_body_times_out_and_resumes(proxy, image, registry_env):  # noqa: F811
     big = image["big"]
     proxy.add("stall", path=f"/blobs/{big['digest']}", after=3 * MiB, seconds=4)

@@ -19,6 +19,7 @@ import time
 from ._extract import HiddenLinkTarget
 from . import trace
 from .errors import ExtractError, InvalidArchiveError
+from .limits import check_layer_count
 from .lowers import LayersBelow
 from .oci import open_source
 from .stats import UnpackStats
@@ -57,6 +58,8 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
     with open_source(source) as src:
         image = src.resolve(platform)
         seconds["resolve"] = time.perf_counter() - t
+        # the sources refused more than the default already; a caller's lower cap applies here
+        check_layer_count(len(image.layers), f"{_describe(source)}: manifest {image.manifest_digest}", limits)
         _check_dest(dest)
         stats = UnpackStats(
             source=_describe(source), dest=dest, format=format, manifest_digest=image.manifest_digest,

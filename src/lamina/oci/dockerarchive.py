@@ -18,6 +18,7 @@ import re
 
 from .. import digest as _digest
 from ..errors import DigestMismatchError, ImageError, ImageNotFoundError, PlatformNotFoundError
+from ..limits import check_layer_count
 from ..platform import Platform
 from .blobs import MAX_DOCUMENT_SIZE, TarArchive, TarBlobStore, member_name
 from .image import LayerRef, ResolvedImage, Source
@@ -104,6 +105,8 @@ class DockerArchive(Source):
             return self._layout.resolve(platform)
         want = Platform.parse(platform) if platform is not None else None
         entry = self._select()
+        name = ", ".join(t for t in entry.get("RepoTags") or [] if isinstance(t, str)) or entry["Config"]
+        check_layer_count(len(entry["Layers"]), f"{self.description}: image {name}")
         what = f"config {entry['Config']}"
         data = self.config_data()
         config_digest = _digest.sha256_bytes(data)

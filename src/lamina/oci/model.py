@@ -15,6 +15,7 @@ from typing import Optional
 from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import ArtifactError, ImageError, UnsupportedMediaTypeError
+from ..limits import DEFAULT_LIMITS, check_layer_count
 from ..platform import Platform
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
@@ -281,7 +282,8 @@ def index_entries(descs, open_index, platform_of, max_depth, what, depth=0):
     return out
 
 
-def parse_manifest(doc, media_type, what):
+def parse_manifest(doc, media_type, what, limits=DEFAULT_LIMITS):
+    """``limits``: None for a manifest already in the store (gc must still see every blob of it)."""
     config = parse_descriptor(doc.get("config"), f"{what} config")
     if config.media_type not in mt.CONFIG_TYPES:
         # Artifacts (Helm charts, signatures, SBOMs) use image manifests with other config types.
@@ -291,6 +293,8 @@ def parse_manifest(doc, media_type, what):
     layers = doc.get("layers")
     if not isinstance(layers, list):
         raise ImageError(f"{what}: 'layers' must be a list")
+    if limits is not None:
+        check_layer_count(len(layers), what, limits)
     parsed = []
     for i, obj in enumerate(layers):
         desc = parse_descriptor(obj, f"{what} layers[{i}]")

@@ -2,8 +2,9 @@
 
 ``BlobStream`` is what both ``pull`` (into the store) and ``unpack docker://``
 (straight into a directory) read: a binary file object over one blob that
-hides resumption.  A cut connection, a timeout or a short body re-opens the
-blob with ``Range: bytes=OFFSET-`` (the reader just sees its bytes continue);
+hides resumption.  A cut connection, a timeout, a short body or a connection
+slower than the transport's minimum rate re-opens the blob with
+``Range: bytes=OFFSET-`` (the reader just sees its bytes continue);
 an endpoint that keeps failing hands over to the next one (mirrors first,
 then the registry).  The bytes are not verified here: the consumer hashes
 them (the store's ingest, or apply_layer) and decides what a mismatch means.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 
 from ..errors import BlobNotFoundError, RegistryError
 from .transport import CONNECTION_ERRORS, describe_error
@@ -35,6 +37,11 @@ class _ShortBody(Exception):
     pass
 
 
+class _TooSlow(_ShortBody):
+    """Fewer bytes than the minimum rate over a window of time spent waiting for the network: a
+    server dripping a byte a second stays inside every read timeout."""
+
+
 class BlobStream(io.RawIOBase):
     """Blob ``digest`` of ``size`` bytes from ``repos`` (tried in order), starting at ``offset``.
 
@@ -55,6 +62,9 @@ class BlobStream(io.RawIOBase):
         self._failures = 0
         self._resp = None
         self._skip = 0
+        self._slow = 0           # windows in a row below the minimum rate (progress does not reset it)
+        self._waited = 0.0       # seconds spent in reads since the window began, not the consumer's time
+        self._window_bytes = 0
 
     def readable(self):
         return True
@@ -72,12 +82,12 @@ class BlobStream(io.RawIOBase):
                 if self._resp is None:
                     self._open()
                 while self._skip:   # a registry that ignored Range re-sends the head
-                    n = self._resp.readinto(view[:min(len(view), self._skip, READ_MAX)])
+                    n = self._read(view[:min(len(view), self._skip, READ_MAX)])
                     if not n:
                         raise _ShortBody(f"body ended before byte {self.offset}")
                     self._skip -= n
                     self._on_data(n)
-                n = self._resp.readinto(view[:min(len(view), self.size - self.offset, READ_MAX)])
+                n = self._read(view[:min(len(view), self.size - self.offset, READ_MAX)])
                 if not n:
                     raise _ShortBody(f"connection closed at byte {self.offset} of {self.size}")
             except (BlobNotFoundError, RegistryError):
@@ -86,6 +96,11 @@ class BlobStream(io.RawIOBase):
                 self._drop()
                 if not self._next_endpoint():
                     raise
+                continue
+            except _TooSlow as e:
+                self._slow += 1
+                self._failures = max(self._failures, self._slow - 1)   # a drip's progress buys no retries
+                self._failed(e)
                 continue
             except CONNECTION_ERRORS + (_ShortBody,) as e:
                 self._failed(e)
@@ -97,6 +112,21 @@ class BlobStream(io.RawIOBase):
                 self._drop(reuse=True)
             return n
         return 0
+
+    def _read(self, view):
+        # judged before the read, so that no byte received is dropped with the connection
+        transport = self.repo.session.transport
+        if self._waited >= transport.rate_window:
+            got, waited = self._window_bytes, self._waited
+            self._waited, self._window_bytes = 0.0, 0
+            if got < transport.min_rate * waited:
+                raise _TooSlow(f"{got} bytes in {waited:.0f} s (less than {transport.min_rate:g} bytes/s)")
+            self._slow = 0
+        t = time.monotonic()
+        n = self._resp.readinto(view)
+        self._waited += time.monotonic() - t
+        self._window_bytes += n
+        return n
 
     def _open(self):
         self.attempts += 1
@@ -127,13 +157,15 @@ class BlobStream(io.RawIOBase):
     def _failed(self, error):
         """Cut connection, timeout, short body: keep the offset, resume with Range after a backoff."""
         self._drop()
+        self._waited, self._window_bytes = 0.0, 0
         self._failures += 1
         transport = self.repo.session.transport
         if self._failures >= transport.retries + 1:
             if self._next_endpoint():
                 return
             raise RegistryError(f"blob {self.digest} from {self.repo.name}: download failed at byte "
-                                f"{self.offset} of {self.size}: {describe_error(error)} "
+                                f"{self.offset} of {self.size}: "
+                                f"{error if isinstance(error, _ShortBody) else describe_error(error)} "
                                 f"(after {self.attempts} attempts)") from None
         self._on_retry()
         transport.sleep_backoff(self._failures)
@@ -141,7 +173,7 @@ class BlobStream(io.RawIOBase):
     def _next_endpoint(self):
         if self._endpoint + 1 < len(self.repos):
             self._endpoint += 1
-            self._failures = 0
+            self._failures = self._slow = 0
             return True
         return False
 

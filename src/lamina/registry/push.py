@@ -95,7 +95,7 @@ class Pusher:
         media_type = document_media_type(doc, None, f"manifest {digest}")
         if not mt.is_manifest(media_type):
             raise ImageError(f"{digest} is not an image manifest")
-        m = parse_manifest(doc, media_type, f"manifest {digest}")
+        m = parse_manifest(doc, media_type, f"manifest {digest}", limits=None)   # a stored image
         return data, media_type, [m.config] + list(m.layers), m.layers
 
     def _complete_index(self, image):

@@ -17,7 +17,10 @@ is what a registry client needs on top of that:
   ``HTTP_PROXY``, ``NO_PROXY``, either case; credentials in the proxy URL
   become ``Proxy-Authorization``) -- urllib3 does not read the environment;
 * a connection refused (or an unknown host) is retried once, not with the
-  whole budget: nothing listening is a certain answer.
+  whole budget: nothing listening is a certain answer;
+* a document's body (manifest, index, config, token, error) must arrive whole
+  within a deadline: the read timeout is per socket read, and a server sending
+  a byte every few seconds would otherwise hold a 4 MiB manifest for days.
 """
 from __future__ import annotations
 
@@ -46,6 +49,13 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
 DEFAULT_TIMEOUT = 60.0
+# Generous: a 4 MiB manifest at 20 KiB/s.  Go clients (docker, containerd, containers/image) set
+# no overall deadline of their own and leave it to the caller's context; lamina has no caller to.
+DEFAULT_DOCUMENT_DEADLINE = 300.0
+# A blob body slower than this over a minute of waiting is resumed on a new connection, as a
+# stall is (a few such windows in a row fail the download): a dripping server never times out.
+DEFAULT_MIN_RATE = 1024.0      # bytes per second
+DEFAULT_RATE_WINDOW = 60.0     # seconds spent waiting for the network
 DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF = 0.5
 MAX_BACKOFF = 10.0
@@ -177,8 +187,9 @@ class TLSPolicy:
 class Response:
     """A response whose body may still be streaming; close() gives the connection back to its pool."""
 
-    def __init__(self, resp, url, method):
+    def __init__(self, resp, url, method, deadline=DEFAULT_DOCUMENT_DEADLINE, timeout=DEFAULT_TIMEOUT):
         self._resp = resp
+        self._deadline, self._timeout = deadline, timeout
         self.url, self.method = url, method
         self.status = resp.status
         self.reason = resp.reason
@@ -206,16 +217,40 @@ class Response:
         return self._resp.read(amt)
 
     def content(self, limit=None):
-        """The whole body (at most ``limit`` bytes, else RegistryError)."""
-        if limit is None:
-            data = self._resp.read()
-        else:
-            data = self._resp.read(limit + 1)
-            if len(data) > limit:
+        """The whole body (at most ``limit`` bytes, else RegistryError), within the document deadline."""
+        end = time.monotonic() + self._deadline
+        sock = getattr(getattr(self._resp, "connection", None), "sock", None)
+        chunks, got = [], 0
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                self.close(reuse=False)
+                raise RegistryError(f"{self.method} {self.url}: body not received within {self._deadline:g} s "
+                                    f"({got} bytes so far; LAMINA_REGISTRY_DOCUMENT_DEADLINE)")
+            capped = sock is not None and remaining < self._timeout
+            if capped:
+                # this read may wait only for what is left of the deadline (urllib3 sets the
+                # socket's timeout again for the connection's next request)
+                try:
+                    sock.settimeout(remaining)
+                except OSError:
+                    sock, capped = None, False
+            try:
+                data = self._resp.read1(1 << 16 if limit is None else min(1 << 16, limit + 1 - got))
+            except CONNECTION_ERRORS as e:
+                if not capped or describe_error(e) != "timed out":
+                    raise
+                end = time.monotonic()   # the deadline, not the server, cut this read: say so above
+                continue
+            if not data:
+                break
+            chunks.append(data)
+            got += len(data)
+            if limit is not None and got > limit:
                 self.close(reuse=False)
                 raise RegistryError(f"{self.method} {self.url}: response larger than {limit} bytes")
         self.close()
-        return data
+        return b"".join(chunks)
 
     def drain(self, limit=1 << 16):
         """Read and drop a small body so the connection can be reused."""
@@ -301,10 +336,15 @@ class _Retry(Retry):
 class Transport:
     """Thread-safe HTTP client: one urllib3 pool manager per (proxy, TLS context)."""
 
-    def __init__(self, *, timeout=None, retries=None, backoff=None, tls=None, max_idle=POOL_SIZE, sleep=time.sleep):
+    def __init__(self, *, timeout=None, retries=None, backoff=None, document_deadline=None, tls=None,
+                 max_idle=POOL_SIZE, sleep=time.sleep):
         self.timeout = timeout if timeout is not None else env_float("LAMINA_REGISTRY_TIMEOUT", DEFAULT_TIMEOUT)
         self.retries = retries if retries is not None else env_int("LAMINA_REGISTRY_RETRIES", DEFAULT_RETRIES)
         self.backoff = backoff if backoff is not None else env_float("LAMINA_REGISTRY_BACKOFF", DEFAULT_BACKOFF)
+        self.document_deadline = (document_deadline if document_deadline is not None
+                                  else env_float("LAMINA_REGISTRY_DOCUMENT_DEADLINE", DEFAULT_DOCUMENT_DEADLINE))
+        self.min_rate = env_float("LAMINA_REGISTRY_MIN_RATE", DEFAULT_MIN_RATE)
+        self.rate_window = env_float("LAMINA_REGISTRY_RATE_WINDOW", DEFAULT_RATE_WINDOW)
         self.tls = tls or TLSPolicy()
         self.max_idle = max_idle
         self._sleep = sleep
@@ -387,7 +427,7 @@ class Transport:
             finally:
                 if hasattr(payload, "close"):
                     payload.close()
-            resp = Response(raw, url, method)
+            resp = Response(raw, url, method, self.document_deadline, self.timeout)
             trace.event("http-response", method=method, url=url, status=resp.status)
             if resp.status in REDIRECT_STATUSES and follow_redirects and (ok_statuses is None or
                                                                           resp.status not in ok_statuses):

@@ -80,7 +80,7 @@ def _reach_manifest(paths, m, media_type, blobs, chains):
     if not isinstance(doc, dict):
         return
     try:
-        manifest = parse_manifest(doc, document_media_type(doc, media_type, m), m)
+        manifest = parse_manifest(doc, document_media_type(doc, media_type, m), m, limits=None)
     except (ImageError, ValueError):
         return
     blobs.add(manifest.config.digest)

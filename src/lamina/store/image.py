@@ -78,7 +78,7 @@ def load_image(open_blob, manifest_digest, media_type=None, size=None):
     media_type = document_media_type(doc, media_type, what)
     if mt.is_index(media_type):
         raise ImageError(f"{what} is an image index; the store keeps platform-specific manifests")
-    manifest = parse_manifest(doc, media_type, what)
+    manifest = parse_manifest(doc, media_type, what, limits=None)   # its source checked the layer count
     cwhat = f"config {manifest.config.digest}"
     cdata = read_document(open_blob, manifest.config.digest, cwhat, manifest.config.size)
     config = parse_config(cdata, cwhat, len(manifest.layers))
