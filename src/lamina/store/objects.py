@@ -65,6 +65,7 @@ are unused; gc removes them while holding the gc lock, so no writer is running.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import errno
 import fcntl
@@ -412,6 +413,143 @@ class DedupStats:
         return asdict(self)
 
 
+class SpilledNames:
+    """A map of the dedup pass (inode -> extractor's hashed/ name, object -> planned name) whose
+    size is bounded: at most ``LAMINA_NAMES_HELD`` entries (default ``BUDGET``) in a dict, the
+    rest in sorted runs of an unlinked temp file beside the snapshot's tree, found through an
+    in-memory index of every ``BLOCK``-th key.  As dicts, the two maps took ~0.43 KB a file:
+    most of a big layer's peak RSS in the store (``bench/rss.py``).
+
+    A run's record is ``+<key>\\0<name>\\0`` (neither holds a NUL); a removal overwrites its
+    ``+`` with ``-``.  ``encode`` turns a key into the text the runs sort by: for inode numbers,
+    fixed-width hex, so that text order is number order."""
+
+    BUDGET = 1 << 16
+    BLOCK = 32
+
+    def __init__(self, directory, encode=str, decode=str):
+        self.dir = directory
+        self.encode, self.decode = encode, decode
+        self.front = {}
+        self.budget = max(1, int(os.environ.get("LAMINA_NAMES_HELD") or self.BUDGET))
+        self.file = None
+        self.runs = []      # per run: (first key of each block, offsets of the blocks and the run's end)
+        self.spilled = 0    # records in the runs, removed ones included
+        self.removed = 0
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def __len__(self):
+        return len(self.front) + self.spilled - self.removed
+
+    def __setitem__(self, key, name):
+        self.front[key] = name
+        if len(self.front) >= self.budget:
+            self._spill()
+
+    def _spill(self):
+        if self.file is None:
+            self.file = tempfile.TemporaryFile(dir=self.dir)
+        records = sorted((self.encode(k), v) for k, v in self.front.items())
+        self.front = {}
+        fd = self.file.fileno()
+        at = os.lseek(fd, 0, os.SEEK_END)
+        keys, offsets, chunk = [], [], []
+        for i, (key, name) in enumerate(records):
+            record = b"+%s\0%s\0" % (key.encode(), name.encode(errors="surrogateescape"))
+            if i % self.BLOCK == 0:
+                keys.append(key)
+                offsets.append(at)
+            at += len(record)
+            chunk.append(record)
+        offsets.append(at)
+        self.file.write(b"".join(chunk))
+        self.file.flush()
+        self.runs.append((keys, offsets))
+        self.spilled += len(records)
+
+    def _find(self, key):
+        """(name, offset of its record) of ``key`` in the runs, or None."""
+        text = self.encode(key)
+        fd = self.file.fileno()
+        for keys, offsets in self.runs:
+            i = bisect.bisect_right(keys, text) - 1
+            if i < 0:
+                continue
+            at = offsets[i]
+            block = os.pread(fd, offsets[i + 1] - at, at).split(b"\0")
+            want = text.encode()
+            for j in range(0, len(block) - 1, 2):
+                flagged = block[j]
+                if flagged[1:] == want:
+                    if flagged[0] == 0x2B:  # '+': not removed
+                        return block[j + 1].decode(errors="surrogateescape"), at
+                    break  # removed: a key is in one run at most
+                at += len(flagged) + len(block[j + 1]) + 2
+        return None
+
+    def get(self, key):
+        name = self.front.get(key)
+        if name is None and self.runs:
+            found = self._find(key)
+            if found is not None:
+                return found[0]
+        return name
+
+    def __getitem__(self, key):
+        name = self.get(key)
+        if name is None:
+            raise KeyError(key)
+        return name
+
+    def __contains__(self, key):
+        return self.get(key) is not None
+
+    def spilled_get(self):
+        """For scan_dir: the lookup of keys past the dict, or None while everything is in it."""
+        return self.get_spilled if self.runs else None
+
+    def get_spilled(self, key):
+        found = self._find(key)
+        return None if found is None else found[0]
+
+    def remove(self, key):
+        if self.front.pop(key, None) is None and self.runs:
+            found = self._find(key)
+            if found is not None:
+                os.pwrite(self.file.fileno(), b"-", found[1])
+                self.removed += 1
+
+    def items(self):
+        """(key, name) of every entry: the dict's, then the runs', read back in chunks."""
+        yield from list(self.front.items())
+        if not self.runs:
+            return
+        fd = self.file.fileno()
+        for keys, offsets in self.runs:
+            for b in range(0, len(keys), 128):
+                at, end = offsets[b], offsets[min(b + 128, len(keys))]
+                block = os.pread(fd, end - at, at).split(b"\0")
+                for j in range(0, len(block) - 1, 2):
+                    if block[j][0] == 0x2B:
+                        yield self.decode(block[j][1:].decode()), block[j + 1].decode(errors="surrogateescape")
+
+    def values(self):
+        for _, name in self.items():
+            yield name
+
+
+def _inode_key(ino):
+    return "%016x" % ino
+
+
+def _inode(text):
+    return int(text, 16)
+
+
 def hashed_dir(paths, snapshot_dir):
     """Where the extractor names the files it hashes while writing a snapshot (``Extractor``'s
     ``hash_files_into``): ``<snapshot>/hashed``, or None when the store does not deduplicate."""
@@ -442,8 +580,8 @@ def _make_objects_dirs(paths):
             pass
 
 
-def _held(hashed_path):
-    """{inode number: name} of the extractor's names in ``hashed/``, and its fd (or None).
+def _held(hashed_path, snapshot_dir):
+    """{inode number: name} (SpilledNames) of the extractor's names in ``hashed/``, and its fd (or None).
 
     A name ``<blake3>-x<n>`` says the file has xattrs, ``<blake3>-<n>`` that it has none
     (the extractor asked the inode itself once it was complete), ``<blake3>-o<key>-<size>``
@@ -454,8 +592,8 @@ def _held(hashed_path):
     try:
         fd = os.open(hashed_path, _DIR_FLAGS)
     except FileNotFoundError:
-        return {}, None
-    held = {}
+        return SpilledNames(snapshot_dir, _inode_key, _inode), None
+    held = SpilledNames(snapshot_dir, _inode_key, _inode)
     with os.scandir(fd) as it:
         for e in it:
             if len(e.name) > 65 and e.name[64] == "-" and e.is_file(follow_symlinks=False):
@@ -478,7 +616,7 @@ class _Pass:
         self.snapshot_dir = os.fspath(snapshot_dir)
         self.reflink = reflink
         self.defer = defer
-        self.planned = {}
+        self.planned = SpilledNames(self.snapshot_dir)
         self.stats = DedupStats()
         self.files = FileRows(self.snapshot_dir)
         # (dev, ino) of a snapshot inode with more names than the one met -> (object name or None,
@@ -491,12 +629,14 @@ class _Pass:
         self.blake3_fd = os.open(objects / "blake3", _DIR_FLAGS)
         self.fan = _native().FanOut(self.blake3_fd)  # objects/blake3/<2 hex>/ fds
         self.stage_fd = os.open(stage_dir(paths), _DIR_FLAGS)
-        self.held, self.hashed_fd = _held(self.hashed_path)
+        self.held, self.hashed_fd = _held(self.hashed_path, self.snapshot_dir)
         if self.reflink:  # else every new object would look for siblings to clone from in vain
             self.reflink = _can_reflink(self.stage_fd)
 
     def close(self):
         self.files.close()
+        self.held.close()
+        self.planned.close()
         self.fan.close()
         os.close(self.blake3_fd)
         os.close(self.stage_fd)
@@ -512,7 +652,8 @@ class _Pass:
                 os.unlink(name, dir_fd=self.hashed_fd)
             except FileNotFoundError:
                 pass
-        self.held = {}
+        self.held.close()
+        self.held = SpilledNames(self.snapshot_dir, _inode_key, _inode)
         if not rmdir:
             return
         try:
@@ -536,7 +677,7 @@ class _Pass:
             while stack:
                 fd, prefix = stack.pop()
                 try:
-                    subdirs, slow, done = scan(fd, self.held, hashed_fd, self.fan, not self.defer, fast)
+                    subdirs, slow, done = scan(fd, self.held.front, self.held.spilled_get(), hashed_fd, self.fan, not self.defer, fast)
                     if done:
                         self.took(fd, prefix, done)
                     for name, ino, held in slow:
@@ -566,7 +707,7 @@ class _Pass:
             if obj in planned:
                 self.one_held(dfd, name, ino, prefix + name, hold)
                 continue
-            del held[ino]
+            held.remove(ino)
             if self.defer:
                 planned[obj] = hold[0]
             done_files += 1
@@ -607,7 +748,7 @@ class _Pass:
                     raise
                 return False
         else:
-            del self.held[st.st_ino]
+            self.held.remove(st.st_ino)
         self.planned[obj] = hold
         return True
 
@@ -615,8 +756,9 @@ class _Pass:
         """``defer``, after the sync: the planned names become objects.  Where another pass made
         the same object meanwhile (a parallel pull of the same files), this snapshot's names of
         the planned inode are swapped for that object instead (share_lost)."""
-        planned = iter(self.planned.items())
-        self.planned = {}
+        plan = self.planned
+        planned = plan.items()
+        self.planned = SpilledNames(self.snapshot_dir)
         lost = set()
         while True:
             # in batches: a copy of the whole plan (a tuple and two list slots an object) was the
@@ -635,6 +777,7 @@ class _Pass:
                     lost.add(obj)
                 else:
                     raise OSError(code, os.strerror(code), f"{self.hashed_path}/{hold}")
+        plan.close()
         if lost:
             self.share_lost(lost)
 
@@ -743,12 +886,13 @@ class _Pass:
             if hold is not None and not hardlinked and not self.reflink and not self.defer:
                 # the common case first: a new object takes over the extractor's name (one rename)
                 if _rename_noreplace(self.hashed_fd, hold, ffd, obj):
-                    del self.held[st.st_ino]
+                    self.held.remove(st.st_ino)
                     self.stats.new_objects += 1
                     return obj
             try:
-                if obj in self.planned:  # to be claimed after the sync: its inode is the object
-                    ofd = os.open(self.planned[obj], _FILE_FLAGS, dir_fd=self.hashed_fd)
+                planned = self.planned.get(obj)
+                if planned is not None:  # to be claimed after the sync: its inode is the object
+                    ofd = os.open(planned, _FILE_FLAGS, dir_fd=self.hashed_fd)
                 else:
                     ofd = os.open(obj, _FILE_FLAGS, dir_fd=ffd)
             except FileNotFoundError:
@@ -782,7 +926,7 @@ class _Pass:
                 if hold is not None:
                     if not _rename_noreplace(self.hashed_fd, hold, ffd, obj):
                         continue
-                    del self.held[st.st_ino]
+                    self.held.remove(st.st_ino)
                 else:
                     os.link(f"/proc/self/fd/{fd[0]}", obj, dst_dir_fd=ffd, follow_symlinks=True)
             except FileExistsError:
