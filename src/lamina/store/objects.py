@@ -413,37 +413,52 @@ class DedupStats:
         return asdict(self)
 
 
+class _Run:
+    """A sorted run of SpilledNames records in a temp file of its own (a merge frees it)."""
+    __slots__ = ("file", "keys", "offsets", "count", "removed", "bits", "nbits")
+
+    def __init__(self, file, keys, offsets, count, bits):
+        self.file, self.keys, self.offsets, self.count = file, keys, offsets, count
+        self.removed = 0
+        # a one-hash filter of 16 bits a key (~6% false hits): most lookups of new objects miss
+        # every run, and a hit is in one run; the filter saves the other block reads
+        self.bits, self.nbits = bits, len(bits) * 8
+
+
 class SpilledNames:
     """A map of the dedup pass (inode -> extractor's hashed/ name, object -> planned name) whose
     size is bounded: at most ``LAMINA_NAMES_HELD`` entries (default ``BUDGET``) in a dict, the
-    rest in sorted runs of an unlinked temp file beside the snapshot's tree, found through an
-    in-memory index of every ``BLOCK``-th key.  As dicts, the two maps took ~0.43 KB a file:
-    most of a big layer's peak RSS in the store (``bench/rss.py``).
+    rest in sorted runs of unlinked temp files beside the snapshot's tree, found through an
+    in-memory index of every ``BLOCK``-th key and a filter of the keys (2 bytes a key).  As
+    dicts, the two maps took ~0.43 KB a file: most of a big layer's peak RSS in the store
+    (``bench/rss.py``).
 
-    A run's record is ``+<key>\\0<name>\\0`` (neither holds a NUL); a removal overwrites its
-    ``+`` with ``-``.  ``encode`` turns a key into the text the runs sort by: for inode numbers,
-    fixed-width hex, so that text order is number order."""
+    A run is a NUL, then per record ``<key>\\0+<name>\\0``; a removal overwrites the ``+`` with
+    ``-``.  Keys are lowercase hex (``encode``: for inode numbers fixed-width, so that text order
+    is number order) and a name follows a ``+`` or ``-``, so ``\\0<key>\\0`` only matches a key.
+    A lookup reads one block of each run whose filter may hold the key; past ``RUNS`` runs they
+    are merged into one (rarely: a run holds ``budget`` entries, or the merge of all before)."""
 
-    BUDGET = 1 << 16
-    BLOCK = 32
+    BUDGET = 1 << 15
+    BLOCK = 16
+    RUNS = 8
 
     def __init__(self, directory, encode=str, decode=str):
         self.dir = directory
         self.encode, self.decode = encode, decode
         self.front = {}
         self.budget = max(1, int(os.environ.get("LAMINA_NAMES_HELD") or self.BUDGET))
-        self.file = None
-        self.runs = []      # per run: (first key of each block, offsets of the blocks and the run's end)
-        self.spilled = 0    # records in the runs, removed ones included
-        self.removed = 0
+        self.runs = []
+        self.found = {}     # key -> (run, offset of its flag) of lookups since forget()
 
     def close(self):
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        for run in self.runs:
+            run.file.close()
+        self.runs = []
+        self.found = {}
 
     def __len__(self):
-        return len(self.front) + self.spilled - self.removed
+        return len(self.front) + sum(run.count - run.removed for run in self.runs)
 
     def __setitem__(self, key, name):
         self.front[key] = name
@@ -451,45 +466,77 @@ class SpilledNames:
             self._spill()
 
     def _spill(self):
-        if self.file is None:
-            self.file = tempfile.TemporaryFile(dir=self.dir)
-        records = sorted((self.encode(k), v) for k, v in self.front.items())
+        records = sorted((self.encode(k).encode(), v.encode(errors="surrogateescape")) for k, v in self.front.items())
         self.front = {}
-        fd = self.file.fileno()
-        at = os.lseek(fd, 0, os.SEEK_END)
-        keys, offsets, chunk = [], [], []
-        for i, (key, name) in enumerate(records):
-            record = b"+%s\0%s\0" % (key.encode(), name.encode(errors="surrogateescape"))
-            if i % self.BLOCK == 0:
+        self.runs.append(self._write(records, len(records)))
+        if len(self.runs) > self.RUNS:
+            runs = self.runs
+            self.runs = [self._write(heapq.merge(*map(self._records, runs)), sum(r.count - r.removed for r in runs))]
+            for run in runs:
+                run.file.close()
+        self.found = {}
+
+    def _write(self, records, most):
+        """A run of (key, name) bytes pairs, sorted by key (``most`` of them at most)."""
+        file = tempfile.TemporaryFile(dir=self.dir)
+        keys, offsets, chunk = [], [], [b"\0"]
+        at, count = 1, 0
+        bits = bytearray(2 * max(1, most))
+        nbits = len(bits) * 8
+        for key, name in records:
+            h = hash(key) % nbits
+            bits[h >> 3] |= 1 << (h & 7)
+            record = b"%s\0+%s\0" % (key, name)
+            if count % self.BLOCK == 0:
                 keys.append(key)
                 offsets.append(at)
             at += len(record)
+            count += 1
             chunk.append(record)
+            if len(chunk) >= 4096:
+                file.write(b"".join(chunk))
+                chunk = []
         offsets.append(at)
-        self.file.write(b"".join(chunk))
-        self.file.flush()
-        self.runs.append((keys, offsets))
-        self.spilled += len(records)
+        file.write(b"".join(chunk))
+        file.flush()
+        return _Run(file, keys, offsets, count, bits)
+
+    def _records(self, run):
+        """(key, name) bytes of the run's records not removed, in order, read in chunks."""
+        fd = run.file.fileno()
+        for b in range(0, len(run.keys), 128):
+            at, end = run.offsets[b], run.offsets[min(b + 128, len(run.keys))]
+            block = os.pread(fd, end - at, at).split(b"\0")
+            for j in range(0, len(block) - 1, 2):
+                if block[j + 1][0] == 0x2B:  # '+'
+                    yield block[j], block[j + 1][1:]
 
     def _find(self, key):
-        """(name, offset of its record) of ``key`` in the runs, or None."""
-        text = self.encode(key)
-        fd = self.file.fileno()
-        for keys, offsets in self.runs:
-            i = bisect.bisect_right(keys, text) - 1
+        """(name, its run, offset of its flag) of ``key`` in the runs, or None."""
+        want = self.encode(key).encode()
+        h = hash(want)
+        for run in self.runs:
+            b = h % run.nbits
+            if not run.bits[b >> 3] & (1 << (b & 7)):
+                continue
+            i = bisect.bisect_right(run.keys, want) - 1
             if i < 0:
                 continue
-            at = offsets[i]
-            block = os.pread(fd, offsets[i + 1] - at, at).split(b"\0")
-            want = text.encode()
-            for j in range(0, len(block) - 1, 2):
-                flagged = block[j]
-                if flagged[1:] == want:
-                    if flagged[0] == 0x2B:  # '+': not removed
-                        return block[j + 1].decode(errors="surrogateescape"), at
-                    break  # removed: a key is in one run at most
-                at += len(flagged) + len(block[j + 1]) + 2
+            at = run.offsets[i] - 1  # from the NUL before the block's first key
+            block = os.pread(run.file.fileno(), run.offsets[i + 1] - at, at)
+            j = block.find(b"\0%s\0" % want)
+            if j < 0:
+                continue
+            j += len(want) + 2
+            if block[j] != 0x2B:  # '-': removed, and a key is in one run at most
+                return None
+            return block[j + 1:block.index(b"\0", j)].decode(errors="surrogateescape"), run, at + j
         return None
+
+    def forget(self):
+        """Drop the places of earlier lookups (kept for remove(): one directory's at a time)."""
+        if self.found:
+            self.found = {}
 
     def get(self, key):
         name = self.front.get(key)
@@ -514,28 +561,30 @@ class SpilledNames:
 
     def get_spilled(self, key):
         found = self._find(key)
-        return None if found is None else found[0]
+        if found is None:
+            return None
+        self.found[key] = found[1:]  # remove() follows for most
+        return found[0]
 
     def remove(self, key):
-        if self.front.pop(key, None) is None and self.runs:
+        if self.front.pop(key, None) is not None or not self.runs:
+            return
+        found = self.found.pop(key, None)
+        if found is None:
             found = self._find(key)
-            if found is not None:
-                os.pwrite(self.file.fileno(), b"-", found[1])
-                self.removed += 1
+            if found is None:
+                return
+            found = found[1:]
+        run, at = found
+        os.pwrite(run.file.fileno(), b"-", at)
+        run.removed += 1
 
     def items(self):
-        """(key, name) of every entry: the dict's, then the runs', read back in chunks."""
+        """(key, name) of every entry: the dict's, then the runs'."""
         yield from list(self.front.items())
-        if not self.runs:
-            return
-        fd = self.file.fileno()
-        for keys, offsets in self.runs:
-            for b in range(0, len(keys), 128):
-                at, end = offsets[b], offsets[min(b + 128, len(keys))]
-                block = os.pread(fd, end - at, at).split(b"\0")
-                for j in range(0, len(block) - 1, 2):
-                    if block[j][0] == 0x2B:
-                        yield self.decode(block[j][1:].decode()), block[j + 1].decode(errors="surrogateescape")
+        for run in list(self.runs):
+            for key, name in self._records(run):
+                yield self.decode(key.decode()), name.decode(errors="surrogateescape")
 
     def values(self):
         for _, name in self.items():
@@ -676,6 +725,7 @@ class _Pass:
         try:
             while stack:
                 fd, prefix = stack.pop()
+                self.held.forget()
                 try:
                     subdirs, slow, done = scan(fd, self.held.front, self.held.spilled_get(), hashed_fd, self.fan, not self.defer, fast)
                     if done:
