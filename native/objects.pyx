@@ -293,13 +293,13 @@ cdef inline void errno_reset() noexcept nogil:
 from syscalls cimport S_ISDIR, DIR, dirent, fdopendir, readdir, closedir, DT_DIR, DT_REG, DT_UNKNOWN
 
 
-def scan_dir(int dir_fd, dict held, int hashed_fd, FanOut fanout, bint claim, bint fast):
+def scan_dir(int dir_fd, dict held, object spilled, int hashed_fd, FanOut fanout, bint claim, bint fast):
     """One directory of the dedup pass (lamina.store.objects._Pass.run): its listing, and the
     common case done at once.
 
     Returns (subdirectory names, [(name, inode, hold or None)] of the regular files left to the
     general way, [(name, inode, hold, object, size)] of those new_objects() took).  ``held``
-    maps an inode number to the extractor's hashed/ name (a hold is (that name, its blake3):
+    maps an inode number to the extractor's hashed/ name (``spilled(inode)``, if not None, has those past it: SpilledNames) (a hold is (that name, its blake3):
     made here, for this directory's files only, since ``held`` has every file of the layer); with ``fast``, files with a
     hold that says "no xattrs" go through new_objects() (``claim`` as there); a hold that says
     "already an object" (``-o``) is left to the caller like the general way.  Names are
@@ -340,6 +340,8 @@ def scan_dir(int dir_fd, dict held, int hashed_fd, FanOut fanout, bint claim, bi
                 continue
             ino = e.d_ino
             hold = held.get(ino)
+            if hold is None and spilled is not None:
+                hold = spilled(ino)
             if hold is not None:
                 hold = (hold, (<str>hold)[:64])
             if hold is not None and fast and (<str>hold[0])[65] != "x" and (<str>hold[0])[65] != "o":

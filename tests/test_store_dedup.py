@@ -920,8 +920,8 @@ def test_the_pass_keeps_its_file_list_on_disk(tmp_path):
     """Issue 14 (peak RSS <= 64 MiB whatever the layer size): the dedup pass of a copy writes each
     file's row of the snapshot's lists to a temp file as it goes, rather than holding a FileEntry
     per file and then the whole JSON document (~1.25 KB a file, 50 MB over these 40k files;
-    now ~0.43 KB: the extractor's names in hashed/ and the objects planned for after the sync
-    are what is left).  Peak RSS (VmHWM of the CLI) of a 41k-file layer's copy against a
+    then ~0.43 KB: the extractor's names in hashed/ and the objects planned for after the sync,
+    now bounded too: test_store_dedup_spill.py).  Peak RSS (VmHWM of the CLI) of a 41k-file layer's copy against a
     1k-file one's; the lists it wrote are those of every file."""
     from test_pull_memory import _peak_rss_kib
     peaks = {}

@@ -65,6 +65,7 @@ are unused; gc removes them while holding the gc lock, so no writer is running.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import errno
 import fcntl
@@ -412,6 +413,192 @@ class DedupStats:
         return asdict(self)
 
 
+class _Run:
+    """A sorted run of SpilledNames records in a temp file of its own (a merge frees it)."""
+    __slots__ = ("file", "keys", "offsets", "count", "removed", "bits", "nbits")
+
+    def __init__(self, file, keys, offsets, count, bits):
+        self.file, self.keys, self.offsets, self.count = file, keys, offsets, count
+        self.removed = 0
+        # a one-hash filter of 16 bits a key (~6% false hits): most lookups of new objects miss
+        # every run, and a hit is in one run; the filter saves the other block reads
+        self.bits, self.nbits = bits, len(bits) * 8
+
+
+class SpilledNames:
+    """A map of the dedup pass (inode -> extractor's hashed/ name, object -> planned name) whose
+    size is bounded: at most ``LAMINA_NAMES_HELD`` entries (default ``BUDGET``) in a dict, the
+    rest in sorted runs of unlinked temp files beside the snapshot's tree, found through an
+    in-memory index of every ``BLOCK``-th key and a filter of the keys (2 bytes a key).  As
+    dicts, the two maps took ~0.43 KB a file: most of a big layer's peak RSS in the store
+    (``bench/rss.py``).
+
+    A run is a NUL, then per record ``<key>\\0+<name>\\0``; a removal overwrites the ``+`` with
+    ``-``.  Keys are lowercase hex (``encode``: for inode numbers fixed-width, so that text order
+    is number order) and a name follows a ``+`` or ``-``, so ``\\0<key>\\0`` only matches a key.
+    A lookup reads one block of each run whose filter may hold the key; past ``RUNS`` runs they
+    are merged into one (rarely: a run holds ``budget`` entries, or the merge of all before)."""
+
+    BUDGET = 1 << 15
+    BLOCK = 16
+    RUNS = 8
+
+    def __init__(self, directory, encode=str, decode=str):
+        self.dir = directory
+        self.encode, self.decode = encode, decode
+        self.front = {}
+        self.budget = max(1, int(os.environ.get("LAMINA_NAMES_HELD") or self.BUDGET))
+        self.runs = []
+        self.found = {}     # key -> (run, offset of its flag) of lookups since forget()
+
+    def close(self):
+        for run in self.runs:
+            run.file.close()
+        self.runs = []
+        self.found = {}
+
+    def __len__(self):
+        return len(self.front) + sum(run.count - run.removed for run in self.runs)
+
+    def __setitem__(self, key, name):
+        self.front[key] = name
+        if len(self.front) >= self.budget:
+            self._spill()
+
+    def _spill(self):
+        records = sorted((self.encode(k).encode(), v.encode(errors="surrogateescape")) for k, v in self.front.items())
+        self.front = {}
+        self.runs.append(self._write(records, len(records)))
+        if len(self.runs) > self.RUNS:
+            runs = self.runs
+            self.runs = [self._write(heapq.merge(*map(self._records, runs)), sum(r.count - r.removed for r in runs))]
+            for run in runs:
+                run.file.close()
+        self.found = {}
+
+    def _write(self, records, most):
+        """A run of (key, name) bytes pairs, sorted by key (``most`` of them at most)."""
+        file = tempfile.TemporaryFile(dir=self.dir)
+        keys, offsets, chunk = [], [], [b"\0"]
+        at, count = 1, 0
+        bits = bytearray(2 * max(1, most))
+        nbits = len(bits) * 8
+        for key, name in records:
+            h = hash(key) % nbits
+            bits[h >> 3] |= 1 << (h & 7)
+            record = b"%s\0+%s\0" % (key, name)
+            if count % self.BLOCK == 0:
+                keys.append(key)
+                offsets.append(at)
+            at += len(record)
+            count += 1
+            chunk.append(record)
+            if len(chunk) >= 4096:
+                file.write(b"".join(chunk))
+                chunk = []
+        offsets.append(at)
+        file.write(b"".join(chunk))
+        file.flush()
+        return _Run(file, keys, offsets, count, bits)
+
+    def _records(self, run):
+        """(key, name) bytes of the run's records not removed, in order, read in chunks."""
+        fd = run.file.fileno()
+        for b in range(0, len(run.keys), 128):
+            at, end = run.offsets[b], run.offsets[min(b + 128, len(run.keys))]
+            block = os.pread(fd, end - at, at).split(b"\0")
+            for j in range(0, len(block) - 1, 2):
+                if block[j + 1][0] == 0x2B:  # '+'
+                    yield block[j], block[j + 1][1:]
+
+    def _find(self, key):
+        """(name, its run, offset of its flag) of ``key`` in the runs, or None."""
+        want = self.encode(key).encode()
+        h = hash(want)
+        for run in self.runs:
+            b = h % run.nbits
+            if not run.bits[b >> 3] & (1 << (b & 7)):
+                continue
+            i = bisect.bisect_right(run.keys, want) - 1
+            if i < 0:
+                continue
+            at = run.offsets[i] - 1  # from the NUL before the block's first key
+            block = os.pread(run.file.fileno(), run.offsets[i + 1] - at, at)
+            j = block.find(b"\0%s\0" % want)
+            if j < 0:
+                continue
+            j += len(want) + 2
+            if block[j] != 0x2B:  # '-': removed, and a key is in one run at most
+                return None
+            return block[j + 1:block.index(b"\0", j)].decode(errors="surrogateescape"), run, at + j
+        return None
+
+    def forget(self):
+        """Drop the places of earlier lookups (kept for remove(): one directory's at a time)."""
+        if self.found:
+            self.found = {}
+
+    def get(self, key):
+        name = self.front.get(key)
+        if name is None and self.runs:
+            found = self._find(key)
+            if found is not None:
+                return found[0]
+        return name
+
+    def __getitem__(self, key):
+        name = self.get(key)
+        if name is None:
+            raise KeyError(key)
+        return name
+
+    def __contains__(self, key):
+        return self.get(key) is not None
+
+    def spilled_get(self):
+        """For scan_dir: the lookup of keys past the dict, or None while everything is in it."""
+        return self.get_spilled if self.runs else None
+
+    def get_spilled(self, key):
+        found = self._find(key)
+        if found is None:
+            return None
+        self.found[key] = found[1:]  # remove() follows for most
+        return found[0]
+
+    def remove(self, key):
+        if self.front.pop(key, None) is not None or not self.runs:
+            return
+        found = self.found.pop(key, None)
+        if found is None:
+            found = self._find(key)
+            if found is None:
+                return
+            found = found[1:]
+        run, at = found
+        os.pwrite(run.file.fileno(), b"-", at)
+        run.removed += 1
+
+    def items(self):
+        """(key, name) of every entry: the dict's, then the runs'."""
+        yield from list(self.front.items())
+        for run in list(self.runs):
+            for key, name in self._records(run):
+                yield self.decode(key.decode()), name.decode(errors="surrogateescape")
+
+    def values(self):
+        for _, name in self.items():
+            yield name
+
+
+def _inode_key(ino):
+    return "%016x" % ino
+
+
+def _inode(text):
+    return int(text, 16)
+
+
 def hashed_dir(paths, snapshot_dir):
     """Where the extractor names the files it hashes while writing a snapshot (``Extractor``'s
     ``hash_files_into``): ``<snapshot>/hashed``, or None when the store does not deduplicate."""
@@ -442,8 +629,8 @@ def _make_objects_dirs(paths):
             pass
 
 
-def _held(hashed_path):
-    """{inode number: name} of the extractor's names in ``hashed/``, and its fd (or None).
+def _held(hashed_path, snapshot_dir):
+    """{inode number: name} (SpilledNames) of the extractor's names in ``hashed/``, and its fd (or None).
 
     A name ``<blake3>-x<n>`` says the file has xattrs, ``<blake3>-<n>`` that it has none
     (the extractor asked the inode itself once it was complete), ``<blake3>-o<key>-<size>``
@@ -454,8 +641,8 @@ def _held(hashed_path):
     try:
         fd = os.open(hashed_path, _DIR_FLAGS)
     except FileNotFoundError:
-        return {}, None
-    held = {}
+        return SpilledNames(snapshot_dir, _inode_key, _inode), None
+    held = SpilledNames(snapshot_dir, _inode_key, _inode)
     with os.scandir(fd) as it:
         for e in it:
             if len(e.name) > 65 and e.name[64] == "-" and e.is_file(follow_symlinks=False):
@@ -478,7 +665,7 @@ class _Pass:
         self.snapshot_dir = os.fspath(snapshot_dir)
         self.reflink = reflink
         self.defer = defer
-        self.planned = {}
+        self.planned = SpilledNames(self.snapshot_dir)
         self.stats = DedupStats()
         self.files = FileRows(self.snapshot_dir)
         # (dev, ino) of a snapshot inode with more names than the one met -> (object name or None,
@@ -491,12 +678,14 @@ class _Pass:
         self.blake3_fd = os.open(objects / "blake3", _DIR_FLAGS)
         self.fan = _native().FanOut(self.blake3_fd)  # objects/blake3/<2 hex>/ fds
         self.stage_fd = os.open(stage_dir(paths), _DIR_FLAGS)
-        self.held, self.hashed_fd = _held(self.hashed_path)
+        self.held, self.hashed_fd = _held(self.hashed_path, self.snapshot_dir)
         if self.reflink:  # else every new object would look for siblings to clone from in vain
             self.reflink = _can_reflink(self.stage_fd)
 
     def close(self):
         self.files.close()
+        self.held.close()
+        self.planned.close()
         self.fan.close()
         os.close(self.blake3_fd)
         os.close(self.stage_fd)
@@ -512,7 +701,8 @@ class _Pass:
                 os.unlink(name, dir_fd=self.hashed_fd)
             except FileNotFoundError:
                 pass
-        self.held = {}
+        self.held.close()
+        self.held = SpilledNames(self.snapshot_dir, _inode_key, _inode)
         if not rmdir:
             return
         try:
@@ -535,8 +725,9 @@ class _Pass:
         try:
             while stack:
                 fd, prefix = stack.pop()
+                self.held.forget()
                 try:
-                    subdirs, slow, done = scan(fd, self.held, hashed_fd, self.fan, not self.defer, fast)
+                    subdirs, slow, done = scan(fd, self.held.front, self.held.spilled_get(), hashed_fd, self.fan, not self.defer, fast)
                     if done:
                         self.took(fd, prefix, done)
                     for name, ino, held in slow:
@@ -566,7 +757,7 @@ class _Pass:
             if obj in planned:
                 self.one_held(dfd, name, ino, prefix + name, hold)
                 continue
-            del held[ino]
+            held.remove(ino)
             if self.defer:
                 planned[obj] = hold[0]
             done_files += 1
@@ -607,7 +798,7 @@ class _Pass:
                     raise
                 return False
         else:
-            del self.held[st.st_ino]
+            self.held.remove(st.st_ino)
         self.planned[obj] = hold
         return True
 
@@ -615,8 +806,9 @@ class _Pass:
         """``defer``, after the sync: the planned names become objects.  Where another pass made
         the same object meanwhile (a parallel pull of the same files), this snapshot's names of
         the planned inode are swapped for that object instead (share_lost)."""
-        planned = iter(self.planned.items())
-        self.planned = {}
+        plan = self.planned
+        planned = plan.items()
+        self.planned = SpilledNames(self.snapshot_dir)
         lost = set()
         while True:
             # in batches: a copy of the whole plan (a tuple and two list slots an object) was the
@@ -635,6 +827,7 @@ class _Pass:
                     lost.add(obj)
                 else:
                     raise OSError(code, os.strerror(code), f"{self.hashed_path}/{hold}")
+        plan.close()
         if lost:
             self.share_lost(lost)
 
@@ -743,12 +936,13 @@ class _Pass:
             if hold is not None and not hardlinked and not self.reflink and not self.defer:
                 # the common case first: a new object takes over the extractor's name (one rename)
                 if _rename_noreplace(self.hashed_fd, hold, ffd, obj):
-                    del self.held[st.st_ino]
+                    self.held.remove(st.st_ino)
                     self.stats.new_objects += 1
                     return obj
             try:
-                if obj in self.planned:  # to be claimed after the sync: its inode is the object
-                    ofd = os.open(self.planned[obj], _FILE_FLAGS, dir_fd=self.hashed_fd)
+                planned = self.planned.get(obj)
+                if planned is not None:  # to be claimed after the sync: its inode is the object
+                    ofd = os.open(planned, _FILE_FLAGS, dir_fd=self.hashed_fd)
                 else:
                     ofd = os.open(obj, _FILE_FLAGS, dir_fd=ffd)
             except FileNotFoundError:
@@ -782,7 +976,7 @@ class _Pass:
                 if hold is not None:
                     if not _rename_noreplace(self.hashed_fd, hold, ffd, obj):
                         continue
-                    del self.held[st.st_ino]
+                    self.held.remove(st.st_ino)
                 else:
                     os.link(f"/proc/self/fd/{fd[0]}", obj, dst_dir_fd=ffd, follow_symlinks=True)
             except FileExistsError:
