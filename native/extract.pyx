@@ -2062,6 +2062,9 @@ cdef class Extractor:
         cdef const unsigned char *h = self.hdr
         cdef bint ustar = memcmp(h + 257, b"ustar\0", 6) == 0
         cdef bint gnu = memcmp(h + 257, GNU_MAGIC, 8) == 0
+        # another version of the magic ("ustar" then other bytes): bsdtar still reads a ustar
+        # header, GNU tar and Go a v7 one
+        cdef bint odd_ustar = not ustar and not gnu and memcmp(h + 257, b"ustar", 5) == 0
         cdef int64_t mode, uid, gid, sec, nsec = 0, major = 0, minor = 0
         cdef int i
         cdef Kind kind
@@ -2079,9 +2082,7 @@ cdef class Extractor:
                     f"{where}: star header whose name prefix fills its 131 bytes and runs into the "
                     "atime field (tar readers disagree on the name)")
             name = _cstr(h + 345, 155) + b"/" + name
-        elif h[345] and not gnu and memcmp(h + 257, b"ustar", 5) == 0:
-            # another version of the magic: bsdtar still reads a ustar header (prefix and
-            # name), GNU tar and Go a v7 one (the name alone)
+        elif h[345] and odd_ustar:  # bsdtar reads prefix and name, GNU tar and Go the name alone
             raise _errors.InvalidArchiveError(
                 f"{where}: header whose magic {bytes(h[257:265])!r} is neither ustar's nor GNU tar's, "
                 "with a name prefix (tar readers disagree on the name)")
@@ -2228,7 +2229,7 @@ cdef class Extractor:
             # and Go read 0/0 whatever those bytes hold
             major = _parse_number(h + 329, 8, "devmajor", where)
             minor = _parse_number(h + 337, 8, "devminor", where)
-        elif (kind == K_CHR or kind == K_BLK) and memcmp(h + 257, b"ustar", 5) == 0 and (
+        elif (kind == K_CHR or kind == K_BLK) and odd_ustar and (
                 _parse_number(h + 329, 8, "devmajor", where) or _parse_number(h + 337, 8, "devminor", where)):
             # bsdtar reads them under any magic starting "ustar"
             raise _errors.InvalidArchiveError(
