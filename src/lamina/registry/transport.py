@@ -238,7 +238,7 @@ class Response:
             try:
                 data = self._resp.read1(1 << 16 if limit is None else min(1 << 16, limit + 1 - got))
             except CONNECTION_ERRORS as e:
-                if not capped or describe_error(e) != "timed out":
+                if not capped or not is_timeout(e):
                     raise
                 end = time.monotonic()   # the deadline, not the server, cut this read: say so above
                 continue
@@ -491,12 +491,21 @@ def _parse_retry_after(value):
     return when.timestamp() - time.time()
 
 
-def describe_error(e):
+def _underlying(e):
     if isinstance(e, Urllib3Error) and isinstance(e.__cause__, OSError):
         e = e.__cause__                         # urllib3 wraps the socket's error
     if isinstance(e, ProtocolError) and e.args and isinstance(e.args[-1], BaseException):
         e = e.args[-1]                          # ("Connection broken: ...", the real error)
-    if isinstance(e, (socket.timeout, TimeoutError, ReadTimeoutError)):
+    return e
+
+
+def is_timeout(e):
+    return isinstance(_underlying(e), (socket.timeout, TimeoutError, ReadTimeoutError))
+
+
+def describe_error(e):
+    e = _underlying(e)
+    if is_timeout(e):
         return "timed out"
     if isinstance(e, ConnectionRefusedError):
         return "connection refused"
