@@ -396,7 +396,7 @@ def lower_chain(paths, parent_chain_id):
             if info is None:
                 return None
             parent = _PARENTS[chain] = info.parent
-        dirs.append(os.path.join(paths.snapshots, hexid, "fs"))
+        dirs.append(os.fspath(paths.snapshot(chain) / "fs"))
         chain = parent
     return dirs[::-1]
 
