@@ -299,7 +299,8 @@ def scan_dir(int dir_fd, dict held, object spilled, int hashed_fd, FanOut fanout
 
     Returns (subdirectory names, [(name, inode, hold or None)] of the regular files left to the
     general way, [(name, inode, hold, object, size)] of those new_objects() took).  ``held``
-    maps an inode number to the extractor's hashed/ name (``spilled(inode)``, if not None, has those past it: SpilledNames) (a hold is (that name, its blake3):
+    maps an inode number to the extractor's hashed/ name, and ``spilled(inode)`` (if not None)
+    the inodes past it (SpilledNames); a hold is (that name, its blake3):
     made here, for this directory's files only, since ``held`` has every file of the layer); with ``fast``, files with a
     hold that says "no xattrs" go through new_objects() (``claim`` as there); a hold that says
     "already an object" (``-o``) is left to the caller like the general way.  Names are

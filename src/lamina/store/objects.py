@@ -599,6 +599,11 @@ def _inode(text):
     return int(text, 16)
 
 
+def _inode_names(directory):
+    """An empty {inode number: hashed/ name} of the pass, spilling beside ``directory``."""
+    return SpilledNames(directory, _inode_key, _inode)
+
+
 def hashed_dir(paths, snapshot_dir):
     """Where the extractor names the files it hashes while writing a snapshot (``Extractor``'s
     ``hash_files_into``): ``<snapshot>/hashed``, or None when the store does not deduplicate."""
@@ -641,8 +646,8 @@ def _held(hashed_path, snapshot_dir):
     try:
         fd = os.open(hashed_path, _DIR_FLAGS)
     except FileNotFoundError:
-        return SpilledNames(snapshot_dir, _inode_key, _inode), None
-    held = SpilledNames(snapshot_dir, _inode_key, _inode)
+        return _inode_names(snapshot_dir), None
+    held = _inode_names(snapshot_dir)
     with os.scandir(fd) as it:
         for e in it:
             if len(e.name) > 65 and e.name[64] == "-" and e.is_file(follow_symlinks=False):
@@ -702,7 +707,7 @@ class _Pass:
             except FileNotFoundError:
                 pass
         self.held.close()
-        self.held = SpilledNames(self.snapshot_dir, _inode_key, _inode)
+        self.held = _inode_names(self.snapshot_dir)
         if not rmdir:
             return
         try:
@@ -727,7 +732,8 @@ class _Pass:
                 fd, prefix = stack.pop()
                 self.held.forget()
                 try:
-                    subdirs, slow, done = scan(fd, self.held.front, self.held.spilled_get(), hashed_fd, self.fan, not self.defer, fast)
+                    subdirs, slow, done = scan(fd, self.held.front, self.held.spilled_get(), hashed_fd, self.fan,
+                                               not self.defer, fast)
                     if done:
                         self.took(fd, prefix, done)
                     for name, ino, held in slow:
