@@ -130,9 +130,9 @@ class DockerArchive(Source):
             what = f"config {config_name}"
             data = self.archive.read(config_name, what, limit=MAX_DOCUMENT_SIZE)
             m = _DIGEST_NAME_RE.fullmatch(member_name(config_name))
-            if m and _digest.sha256_bytes(data) != f"sha256:{m.group(1)}":
+            if m and (actual := _digest.sha256_bytes(data)) != f"sha256:{m.group(1)}":
                 # The config file is named by its digest (the image ID): a mismatch means tampering.
-                raise DigestMismatchError(what, f"sha256:{m.group(1)}", _digest.sha256_bytes(data))
+                raise DigestMismatchError(what, f"sha256:{m.group(1)}", actual)
             self._configs[config_name] = data
         return self._configs[config_name]
 

@@ -188,14 +188,14 @@ def resolve_user(user, rootfs):
         entry = next((p for p in passwd if p[0] == name), None)
         if entry is None:
             raise ImageError(f"image config User {user!r}: no user {name!r} in the image's /etc/passwd")
-        if _file_id(entry[2]) is None:
+        uid = _file_id(entry[2])
+        if uid is None:
             raise ImageError(f"image config User {user!r}: the image's /etc/passwd gives {name!r} the uid "
                              f"{entry[2][:80]!r}, not a number from 0 to {_MAX_ID}")
-        uid = _file_id(entry[2])
     if entry is not None:
         username = entry[0]
-        if _file_id(entry[3]) is not None:
-            gid = _file_id(entry[3])
+        if (file_gid := _file_id(entry[3])) is not None:
+            gid = file_gid
         home = entry[5] or "/"
     groups = None
     if group:
@@ -213,8 +213,8 @@ def resolve_user(user, rootfs):
         extra = []
         for g in groups:
             members = g[3].split(",") if len(g) > 3 and g[3] else []
-            if username in members and _file_id(g[2]) is not None and _file_id(g[2]) not in extra:
-                extra.append(_file_id(g[2]))
+            if username in members and (extra_gid := _file_id(g[2])) is not None and extra_gid not in extra:
+                extra.append(extra_gid)
         if extra:
             out["additionalGids"] = extra
     return out, home
