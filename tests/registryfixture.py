@@ -383,7 +383,8 @@ class FaultProxy:
 
     Actions: status (code, retry_after), cut (after bytes of body, then close), stall (after bytes,
     sleep seconds, close), slow (chunk, delay), corrupt (offset), redirect (to base URL), hang (after
-    bytes, then wait for release()).  ``served[path]`` counts body bytes sent; ``seen`` logs
+    bytes, then wait for release()), drip_headers (status line and ~19 KB of headers, chunk bytes
+    every delay, for at most seconds, then close).  ``served[path]`` counts body bytes sent; ``seen`` logs
     (method, path, headers dict, status).
     """
 
@@ -471,6 +472,20 @@ class FaultProxy:
             h.end_headers()
             if method != "HEAD":
                 h.wfile.write(body_out)
+            return
+        if action == "drip_headers":
+            self.seen.append((method, path, headers, 200))
+            head = b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"x" * 200) for i in range(90))
+            chunk, delay = rule.kw.get("chunk", 8), rule.kw.get("delay", 0.1)
+            end = time.monotonic() + rule.kw.get("seconds", 30)
+            h.close_connection = True
+            with contextlib.suppress(OSError):
+                for i in range(0, len(head), chunk):
+                    if time.monotonic() > end:
+                        break
+                    h.wfile.write(head[i:i + chunk])
+                    h.wfile.flush()
+                    time.sleep(delay)
             return
         if action == "redirect":
             self.seen.append((method, path, headers, 307))

@@ -142,6 +142,31 @@ def test_a_document_dripped_byte_by_byte_hits_the_document_deadline(proxy, image
         store.resolve(f"{proxy.host}/faults:1")
 
 
+@pytest.mark.parametrize("document,how", [("manifest", "pull"), ("manifest", "unpack"), ("big", "pull")])
+def test_response_headers_dripped_byte_by_byte_hit_the_deadline(proxy, image, registry_env, monkeypatch,  # noqa: F811
+                                                                document, how):
+    """A registry dripping its status line and headers 8 bytes every 0.1 s: http.client reads
+    up to 100 header lines of 64 KiB, one socket read at a time, each inside the read timeout,
+    so the pull lasted as long as the server went on (here until the proxy gave up after 30 s;
+    6.5 MB of headers that way: three weeks).  Headers get the document deadline too, and the
+    error names the request."""
+    from lamina.registry.source import RegistrySource
+    monkeypatch.setenv("LAMINA_REGISTRY_DOCUMENT_DEADLINE", "1.5")
+    path = "/manifests/1" if document == "manifest" else f"/blobs/{image[document]['digest']}"
+    proxy.add("drip_headers", method="GET", path=path, chunk=8, delay=0.1, times=None)
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.RegistryError) as e:
+        if how == "pull":
+            pull(f"{proxy.host}/faults:1", store=store)
+        else:
+            with RegistrySource(f"{proxy.host}/faults:1") as source:
+                source.resolve()
+    assert f"/v2/faults{path}: response headers not received within 1.5 s" in str(e.value), str(e.value)
+    assert not store.has_blob(image["big"]["digest"])
+    with pytest.raises(errors.ImageNotFoundError):
+        store.resolve(f"{proxy.host}/faults:1")
+
+
 def test_a_blob_dripped_slower_than_the_minimum_rate_resumes_on_a_new_connection(proxy, image, registry_env,  # noqa: F811
                                                                                      monkeypatch):
     """The small layer at 16 bytes per 0.1 s on its first GET: every read arrives inside the read

@@ -20,11 +20,15 @@ is what a registry client needs on top of that:
   whole budget: nothing listening is a certain answer;
 * a document's body (manifest, index, config, token, error) must arrive whole
   within a deadline: the read timeout is per socket read, and a server sending
-  a byte every few seconds would otherwise hold a 4 MiB manifest for days.
+  a byte every few seconds would otherwise hold a 4 MiB manifest for days;
+  every response's status line and headers get the same deadline (http.client
+  reads up to 100 header lines of 64 KiB each, one socket read at a time).
 """
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import email.utils
 import http.client
 import os
@@ -70,6 +74,67 @@ DEFAULT_CERTS_DIRS = ("/etc/docker/certs.d", "/etc/containers/certs.d")
 # Errors that mean "the connection broke", worth a retry on a fresh one (urllib3 raises its
 # own while reading a body: ProtocolError, ReadTimeoutError).
 CONNECTION_ERRORS = (OSError, http.client.HTTPException, ssl.SSLError, Urllib3Error)
+
+
+class _HeadersTooSlow(Exception):
+    """Raised out of urllib3 on purpose: not an OSError or HTTPException, so it is not retried
+    (a server that drips its headers would drip them again), and request() names the URL."""
+
+
+def _raw_socket(sock):
+    while sock is not None and not isinstance(sock, socket.socket):
+        sock = getattr(sock, "socket", None)    # urllib3's SSLTransport (TLS inside a TLS proxy)
+    return sock
+
+
+def _with_header_deadline(connection_cls, deadline):
+    """``connection_cls`` whose getresponse() gets status line and headers within ``deadline``
+    seconds, else shuts the socket down (which wakes the blocked read) and raises _HeadersTooSlow."""
+
+    class DeadlineConnection(connection_cls):
+        def getresponse(self):
+            sock, lock, state = _raw_socket(self.sock), threading.Lock(), []
+            if sock is None:
+                return super().getresponse()
+
+            def expire():
+                with lock:
+                    if state:
+                        return
+                    state.append("expired")
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+            def finish():
+                with lock:
+                    expired = bool(state)
+                    state.append("done")
+                timer.cancel()
+                if expired:
+                    raise _HeadersTooSlow(f"response headers not received within {deadline:g} s "
+                                          "(LAMINA_REGISTRY_DOCUMENT_DEADLINE)") from None
+
+            timer = threading.Timer(deadline, expire)
+            timer.daemon = True
+            timer.start()
+            try:
+                response = super().getresponse()
+            except Exception:
+                finish()
+                raise
+            finish()
+            return response
+
+    return DeadlineConnection
+
+
+@functools.lru_cache(maxsize=None)
+def _pool_classes(deadline):
+    """urllib3's pool classes per scheme, their connections under the header deadline."""
+    return {"http": type("HTTPConnectionPool", (urllib3.HTTPConnectionPool,), {
+                "ConnectionCls": _with_header_deadline(urllib3.connection.HTTPConnection, deadline)}),
+            "https": type("HTTPSConnectionPool", (urllib3.HTTPSConnectionPool,), {
+                "ConnectionCls": _with_header_deadline(urllib3.connection.HTTPSConnection, deadline)})}
 
 
 def certs_dirs():
@@ -378,6 +443,7 @@ class Transport:
             manager = urllib3.ProxyManager(proxy.url, proxy_headers=dict(proxy.headers), **kw)
         else:
             manager = urllib3.PoolManager(**kw)
+        manager.pool_classes_by_scheme = _pool_classes(self.document_deadline)
         with self._lock:
             return self._managers.setdefault(key, manager)
 
@@ -424,6 +490,8 @@ class Transport:
                 self._fail(method, url, e.reason, getattr(e, "attempts", 1))
             except CONNECTION_ERRORS as e:
                 self._fail(method, url, e, 1)
+            except _HeadersTooSlow as e:
+                raise RegistryError(f"{method} {url}: {e}") from None
             finally:
                 if hasattr(payload, "close"):
                     payload.close()
