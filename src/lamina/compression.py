@@ -38,6 +38,33 @@ def detect(head: bytes) -> str:
     return "none"
 
 
+# What a layer that is not a tar may be instead (magic bytes that fit in HEAD): named in the
+# error when its first tar header does not parse, rather than the parser's complaint about
+# a checksum that xz's or bzip2's bytes happened to spell.
+_FOREIGN_COMPRESSIONS = (
+    ("bzip2", b"BZh"), ("xz", b"\xfd7zXZ\x00"), ("lzma", b"\x5d\x00\x00"), ("lz4", b"\x04\x22\x4d\x18"),
+    ("lz4 (legacy frame)", b"\x02\x21\x4c\x18"), ("compress (.Z)", b"\x1f\x9d"), ("lzip", b"LZIP"),
+    ("lzop", b"\x89LZO\x00"), ("snappy", b"\xff\x06\x00\x00sNaP"),
+    ("zlib", b"\x78\x01"), ("zlib", b"\x78\x5e"), ("zlib", b"\x78\x9c"), ("zlib", b"\x78\xda"),
+)
+_FOREIGN_ARCHIVES = (
+    ("zip", b"PK\x03\x04"), ("7z", b"7z\xbc\xaf\x27\x1c"), ("rar", b"Rar!\x1a\x07"), ("cpio", b"070701"),
+    ("cpio", b"070702"), ("cpio", b"070707"), ("cpio", b"\xc7\x71"), ("cpio", b"\x71\xc7"),
+    ("ar", b"!<arch>\n"), ("xar", b"xar!"), ("cab", b"MSCF\x00\x00\x00\x00"),
+)
+
+
+def foreign(head: bytes):
+    """``(name, "compression" or "archive")`` when ``head`` (a layer's first bytes, neither
+    gzip nor zstd) is the magic of a compression or an archive format lamina does not read;
+    None when it says nothing."""
+    for table, kind in ((_FOREIGN_COMPRESSIONS, "compression"), (_FOREIGN_ARCHIVES, "archive")):
+        for name, magic in table:
+            if head.startswith(magic):
+                return name, kind
+    return None
+
+
 def check_media_type(kind: str, media_type, what: str):
     if media_type is None:
         return
