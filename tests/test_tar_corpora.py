@@ -1,7 +1,7 @@
 """Other projects' tar test archives (tests/corpora.py): lamina reads each as the references do.
 
-Go's archive/tar, CPython's tarfile and libarchive each keep archives written to
-catch a reader's mistake.  For each one, as a single layer:
+Go's archive/tar, CPython's tarfile, libarchive, node-tar, Commons Compress and busybox
+each keep archives written to catch a reader's mistake.  For each one, as a single layer:
 
 - where GNU tar and bsdtar both extract it and agree, lamina's tree is theirs;
 - where they disagree, lamina's tree is the one EXPECT names (the reason beside it,
@@ -132,6 +132,83 @@ EXPECT = {
     "tarsplit/longlink.tar.gz": REFS,
     "tarsplit/notenoughnils.tar.gz": REFS,
     "tarsplit/t.tar.gz": REFS,
+    # --- node-tar's fixtures ---
+    "nodetar/dir-normalization.tar": REFS, "nodetar/fixtures/parses.tar": REFS,
+    "nodetar/fixtures/sync-gzip-fail.tgz": REFS,
+    # a header whose checksum is wrong after the first entry: GNU tar fails, bsdtar skips the header
+    "nodetar/fixtures/tars/bad-cksum.tar": refused("InvalidArchiveError",
+                                                    "header after entry 'one-byte.txt': bad header checksum"),
+    "nodetar/fixtures/tars/body-byte-counts.tar": REFS, "nodetar/fixtures/tars/dir.tar": REFS,
+    "nodetar/fixtures/tars/emptypax.tar": REFS, "nodetar/fixtures/tars/file.tar": REFS,
+    "nodetar/fixtures/tars/global-header.tar": BSD,  # GNU tar applies the global 'path' (as Go's pax-global-records)
+    # a hardlink with an empty target: GNU tar links '.' (fails), bsdtar skips it
+    "nodetar/fixtures/tars/links-invalid.tar": refused("InvalidArchiveError",
+                                                        "entry 'hardlink-2': hardlink to the root directory"),
+    "nodetar/fixtures/tars/links-strip.tar": REFS, "nodetar/fixtures/tars/links.tar": REFS,
+    "nodetar/fixtures/tars/long-paths.tar": REFS, "nodetar/fixtures/tars/long-pax.tar": REFS,
+    "nodetar/fixtures/tars/next-file-has-long.tar": REFS, "nodetar/fixtures/tars/null-byte.tar": REFS,
+    # a file with an empty name: GNU tar makes it '.' (fails), bsdtar skips it (exit 1)
+    "nodetar/fixtures/tars/path-missing.tar": refused("UnsafeEntryError",
+                                                       "entry '': refusing to replace the root directory"),
+    "nodetar/fixtures/tars/trailing-slash-corner-case.tar": REFS, "nodetar/fixtures/tars/utf8.tar": REFS,
+    # --- Apache Commons Compress's tar resources (8.posix/8.star.tar.gz, one 8 GiB file each, left out) ---
+    "commons/COMPRESS-114.tar": REFS, "commons/COMPRESS-117.tar": REFS,
+    "commons/COMPRESS-178.tar": refused("InvalidArchiveError", "first tar header: bad header checksum"),
+    "commons/COMPRESS-197.tar": REFS, "commons/COMPRESS-245.tar.gz": REFS,
+    "commons/COMPRESS-279.tar": refused("InvalidArchiveError", "archive ends inside entry 'RELEASE-NOTES.txt'"),
+    "commons/COMPRESS-324.tar": REFS, "commons/COMPRESS-335.tar": REFS, "commons/COMPRESS-355.tar": REFS,
+    "commons/COMPRESS-356.tar": refused("InvalidArchiveError", "first tar header: bad header checksum"),
+    "commons/COMPRESS-417.tar": GNU,  # checksum field '012766\0 ': bsdtar does not take it for a tar (Go does)
+    "commons/COMPRESS-529.tar": refused("InvalidArchiveError", "invalid PAX mtime"),  # the references run off the end
+    "commons/COMPRESS-530.tar": refused("InvalidArchiveError", "first tar header: bad header checksum"),
+    "commons/COMPRESS-544_truncated_in_content.tar": refused("InvalidArchiveError",
+                                                             "archive ends inside entry 'test/bar'"),
+    "commons/COMPRESS-544_truncated_in_padding.tar": refused("InvalidArchiveError",
+                                                             "archive ends inside entry 'test/bar'"),
+    "commons/COMPRESS-553.tar": refused("InvalidArchiveError", "uid/gid out of range"),  # a negative base-256 uid
+    "commons/COMPRESS-554.tar": refused("InvalidArchiveError", "first tar header: bad header checksum"),
+    "commons/COMPRESS-569.tar": refused("InvalidArchiveError", "invalid checksum field"),
+    **{f"commons/COMPRESS-612/test-times-{v}.tar": REFS for v in (
+        "bsd-folder", "epax-folder", "exustar-folder", "gnu-incremental", "gnu", "gnutar", "oldbsdtar",
+        "oldgnu-incremental", "oldgnu", "pax-folder", "posix-linux", "posix", "star-folder", "ustar", "v7",
+        "xstar-folder", "xstar-incremental", "xstar", "xustar-folder", "xustar-incremental", "xustar")},
+    "commons/archive_with_trailer.tar": REFS,
+    **{f"commons/archives/{n}.tar": REFS for n in ("FreeBSD_", "FreeBSD_pax", "FreeBSD_ustar", "SunOS_cAEf",
+                                                    "SunOS_cEf", "SunOS_cf")},
+    "commons/bla.tar": REFS, "commons/bla.tar.Z": REFS, "commons/bla.tar.bz2": REFS, "commons/bla.tgz": REFS,
+    # compressions no layer uses (bsdtar reads lz4, lzma and xz): refused naming the format where it has
+    # a magic; brotli, raw deflate and LZ4 blocks have none
+    "commons/bla.tar.block_lz4": refused("InvalidArchiveError", "first tar header: invalid checksum field"),
+    "commons/bla.tar.br": refused("InvalidArchiveError", "the stream ends inside the first tar header"),
+    "commons/bla.tar.deflate": refused("InvalidArchiveError", "the stream ends inside the first tar header"),
+    "commons/bla.tar.deflatez": refused("CompressionError", "zlib-compressed"),
+    "commons/bla.tar.lz4": refused("CompressionError", "lz4-compressed"),
+    "commons/bla.tar.lzma": refused("CompressionError", "lzma-compressed"),
+    "commons/bla.tar.sz": refused("CompressionError", "snappy-compressed"),
+    "commons/bla.tar.xz": refused("CompressionError", "xz-compressed"),
+    "commons/directory.tar": REFS,
+    **{f"commons/longpath/{n}.tar": REFS for n in (
+        "cygwin_gnu", "cygwin_oldgnu", "cygwin_pax", "cygwin_posix", "cygwin_ustar", "hudson-E", "hudson",
+        "minotaur_pax", "minotaur_posix", "minotaur_ustar", "vmgump_gnu", "vmgump_oldgnu", "vmgump_pax",
+        "vmgump_posix", "vmgump_ustar", "winXP_antgnu")},
+    "commons/longsymlink/gnu.tar": REFS,
+    "commons/oldgnu_extended_sparse.tar": REFS, "commons/oldgnu_sparse.tar": REFS,
+    "commons/pax_gnu_sparse.tar": REFS, "commons/posix00_sparse.tar": REFS, "commons/posix01_sparse.tar": REFS,
+    "commons/posix10_sparse.tar": REFS, "commons/preepoch-posix.tar": REFS, "commons/preepoch-star.tar": REFS,
+    "commons/simple-aix-native-tar.tar": GNU,  # mtime '\01722000726 ': bsdtar stops at the leading NUL (0)
+    "commons/zip64support.tar.bz2": REFS, "commons/zstd-tests.tar": REFS,
+    # --- busybox's tar tests ---
+    # a symlink 'passwd' -> /tmp/passwd, then a file 'passwd': GNU tar makes an absolute symlink last
+    # (a placeholder first), so the symlink wins; bsdtar, Go-based tools and lamina: the later file
+    "busybox/tar.tests:attack.tar.bz2": BSD,
+    "busybox/tar.tests:hello_world.txz": refused("CompressionError", "xz-compressed"),
+    # a symlink 'symlink' -> /tmp, then 'symlink/bb_test_evilfile': both references fail that entry
+    "busybox/tar.tests:tar_symlink_attack.tar.bz2": refused("ExtractError",
+                                                            "entry 'symlink/bb_test_evilfile': a component"),
+    "busybox/tar.utf8.tar.bz2": GNU,  # bsdtar cannot convert the UTF-8 names of the PAX records to this locale
+    "busybox/tar/tar_with_link_with_size:tar1_bz2": REFS,  # a symlink whose size field is not 0
+    "busybox/tar/tar_with_prefix_fields:tar1_bz2": REFS,
+    "busybox/tar/tar_with_prefix_fields:tar2_bz2": REFS,
 }
 
 
