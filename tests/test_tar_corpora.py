@@ -319,6 +319,10 @@ def _crafted():
                               refused("InvalidArchiveError", "entry 'l': hardlink to the root directory")),
         "hardlink-to-itself": (Tar().hardlink("l", "l").bytes(),
                                refused("InvalidArchiveError", "entry 'l': hardlink target 'l' not found")),
+        # GNU tar's link04: 'tar cf a dir dir' stores dir/file again as a hardlink to itself; bsdtar
+        # skips such a link (exit 1), the tree the same
+        "hardlink-to-itself-after-the-file": (Tar().file("f", b"x").hardlink("f", "f").bytes(), GNU),
+        "hardlink-to-itself-after-a-symlink": (Tar().symlink("s", "t").hardlink("./s", "s").bytes(), GNU),
         "hardlink-to-a-later-entry": (Tar().hardlink("l", "t").file("t", b"x").bytes(),
                                       refused("InvalidArchiveError", "entry 'l': hardlink target 't' not found")),
         "hardlink-to-a-dir": (Tar().dir("d").hardlink("l", "d").bytes(),
