@@ -488,3 +488,23 @@ def test_a_stage_1_ring_is_not_resident_before_it_is_written():
     assert proc.returncode == 0, proc.stderr
     # 20 stages of 4 slots + the read buffer, 1 MiB each: 100 MiB if they were filled
     assert int(proc.stdout.split()[-1]) < 10 * 1024, f"RSS grew by {proc.stdout.split()[-1]} KiB"
+
+
+@pytest.mark.parametrize("padding", [1, 16, 1 << 20])
+def test_a_gzip_member_after_zero_padding_is_refused(tmp_path, pipeline, padding):
+    """gzip(1) (so GNU tar) and bsdtar stop at zero padding after a member and Go's reader fails
+    there; lamina read the member after it, so a tar carried on in it ('b' here, a whiteout as
+    well) was extracted by lamina alone.  Zero padding at the end stays fine (BLOBS)."""
+    first = Tar().file("a", b"1").bytes(end=False)
+    blob = gz(first) + bytes(padding) + gz(Tar().file("b", b"2").bytes())
+    with pytest.raises(errors.CompressionError, match="^layer p: corrupt gzip stream: a gzip member after zero padding"):
+        apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer p")
+    assert not (tmp_path / "d" / "b").exists()
+    proc = subprocess.run(["gzip", "-dc"], input=blob, capture_output=True)
+    assert proc.stdout == first and "trailing garbage ignored" in proc.stderr.decode()  # what GNU tar reads
+    if pipeline == "native" and padding == 16:  # every path reads it through the native stage
+        from everypath import run_paths
+        from ocibuild import Shipped
+        results = run_paths(tmp_path / "paths", [Shipped(blob, first + Tar().file("b", b"2").bytes())])
+        assert all(isinstance(r, errors.CompressionError) and "after zero padding" in str(r)
+                   for r in results.values()), results

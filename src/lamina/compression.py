@@ -4,6 +4,7 @@ Detection is by magic bytes; a media type, when the caller has one, must
 agree with them.  Inflate is ISA-L (``isal``) for gzip and ``zstandard`` for
 zstd; both release the GIL, which is what lets inflate overlap with writing.
 """
+import gzip
 import io
 
 from . import errors
@@ -77,12 +78,61 @@ def check_media_type(kind: str, media_type, what: str):
 def open_decompressed(raw, kind: str, what: str):
     """A readable binary stream of the uncompressed bytes of ``raw``."""
     if kind == "gzip":
-        from isal import igzip
-        return igzip.IGzipFile(fileobj=raw, mode="rb")
+        return io.BufferedReader(_GzipMembers(raw), buffer_size=_GZIP_READ)
     if kind == "zstd":
         import zstandard
         return zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20, read_across_frames=True)
     return raw
+
+
+_GZIP_READ = 1 << 20
+# the native stage's words (pipeline_codecs.h), for the same layer on either pipeline
+GZIP_AFTER_PADDING = "a gzip member after zero padding (gzip(1) and bsdtar stop at the padding, Go's reader fails)"
+
+
+class _GzipMembers(io.RawIOBase):
+    """gzip members one after another, read as the native stage reads them: zero padding
+    after the last member is skipped, but a member after zero padding is an error (gzip(1)
+    and bsdtar stop at the padding, Go's reader fails; Python's gzip module and isal's
+    IGzipFile read on, so a tar carried on there was seen by lamina alone)."""
+
+    def __init__(self, raw):
+        super().__init__()
+        self._raw, self._member, self._pending = raw, None, b""
+        self._members, self._padded = 0, False
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        from isal import isal_zlib
+        while True:
+            if self._member is None:
+                data = self._pending or self._raw.read(_GZIP_READ)
+                self._pending = b""
+                if not data:
+                    return 0
+                rest = data.lstrip(b"\0")
+                self._padded |= len(rest) < len(data) and self._members > 0
+                if not rest:
+                    continue
+                if self._padded:
+                    raise gzip.BadGzipFile(GZIP_AFTER_PADDING)
+                self._member, self._pending = isal_zlib.decompressobj(wbits=31), rest
+                self._members += 1
+            m = self._member
+            if m.unconsumed_tail:
+                data = m.unconsumed_tail
+            else:
+                data, self._pending = self._pending or self._raw.read(_GZIP_READ), b""
+                if not data:
+                    raise EOFError("truncated (the stream ends inside a gzip member)")
+            out = m.decompress(data, len(buf))
+            if m.eof:
+                self._pending, self._member = m.unused_data, None
+            if out:
+                buf[:len(out)] = out
+                return len(out)
 
 
 def decompress_errors():
