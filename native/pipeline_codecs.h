@@ -107,6 +107,7 @@ typedef struct {
     int in_header;    /* gzip: the member's header is not read to its end yet */
     int padded;       /* gzip: zero padding followed a member (only more zeros may follow) */
     int members;      /* gzip: members started */
+    int hdr_pos;      /* gzip: bytes of the member's header seen, up to its FLG byte */
 #if LAMINA_HAVE_ISAL
     struct isal_gzip_header gz;
 #endif
@@ -154,6 +155,9 @@ static void lamina_inflater_free(lamina_inflater *z) {
 #define LAMINA_GZIP_AFTER_PADDING \
     "a gzip member after zero padding (gzip(1) and bsdtar stop at the padding, Go's reader fails)"
 
+#define LAMINA_GZIP_RESERVED_FLAGS \
+    "reserved flag bits set in a gzip member's header (gzip(1) and bsdtar refuse it)"
+
 #if LAMINA_HAVE_ISAL
 static const char *lamina_isal_error(int rc) {
     switch (rc) {
@@ -190,6 +194,7 @@ static int lamina_gunzip(lamina_inflater *z, const uint8_t *in, size_t in_len, s
                 return -1;
             }
             z->members++;
+            z->hdr_pos = 0;
             isal_inflate_reset(s);
             isal_gzip_header_init(&z->gz);
             z->in_frame = z->in_header = 1;
@@ -200,6 +205,11 @@ static int lamina_gunzip(lamina_inflater *z, const uint8_t *in, size_t in_len, s
         s->next_in = (uint8_t *)in + *in_pos;
         s->avail_in = (uint32_t)ai;
         if (z->in_header) {
+            for (size_t i = *in_pos; i < in_len && z->hdr_pos < 4; i++, z->hdr_pos++)
+                if (z->hdr_pos == 3 && (in[i] & 0xE0)) {
+                    snprintf(z->err, sizeof z->err, "%s", LAMINA_GZIP_RESERVED_FLAGS);
+                    return -1;
+                }
             /* The header on its own: isal_inflate(ISAL_GZIP) checks an FHCRC header's
              * CRC16 over the bytes of the last call only, so a valid member whose header
              * spans two reads (the sniffed head is one) failed as "CRC32 or length". */

@@ -508,3 +508,17 @@ def test_a_gzip_member_after_zero_padding_is_refused(tmp_path, pipeline, padding
         results = run_paths(tmp_path / "paths", [Shipped(blob, first + Tar().file("b", b"2").bytes())])
         assert all(isinstance(r, errors.CompressionError) and "after zero padding" in str(r)
                    for r in results.values()), results
+
+
+@pytest.mark.parametrize("flag", [0x20, 0x40, 0x80])
+@pytest.mark.parametrize("member", ["first", "second"])
+def test_reserved_gzip_flag_bits_are_refused(tmp_path, pipeline, flag, member):
+    """gzip(1) (so GNU tar: "encrypted", "has flags 0x80 -- not supported") and bsdtar (not a gzip
+    stream) refuse a member whose FLG byte has a reserved bit; lamina read it (isal ignores them)."""
+    plain = Tar().file("f", b"x" * 5000).bytes()
+    odd = bytearray(gz(plain[:1024]))
+    odd[3] |= flag
+    blob = bytes(odd) + gz(plain[1024:]) if member == "first" else gz(plain[:1024]) + bytes(odd)
+    with pytest.raises(errors.CompressionError, match="^layer r: corrupt gzip stream: reserved flag bits"):
+        apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer r")
+    assert subprocess.run(["gzip", "-dc"], input=blob, capture_output=True).returncode != 0

@@ -88,13 +88,15 @@ def open_decompressed(raw, kind: str, what: str):
 _GZIP_READ = 1 << 20
 # the native stage's words (pipeline_codecs.h), for the same layer on either pipeline
 GZIP_AFTER_PADDING = "a gzip member after zero padding (gzip(1) and bsdtar stop at the padding, Go's reader fails)"
+GZIP_RESERVED_FLAGS = "reserved flag bits set in a gzip member's header (gzip(1) and bsdtar refuse it)"
 
 
 class _GzipMembers(io.RawIOBase):
     """gzip members one after another, read as the native stage reads them: zero padding
     after the last member is skipped, but a member after zero padding is an error (gzip(1)
     and bsdtar stop at the padding, Go's reader fails; Python's gzip module and isal's
-    IGzipFile read on, so a tar carried on there was seen by lamina alone)."""
+    IGzipFile read on, so a tar carried on there was seen by lamina alone), and so are
+    reserved FLG bits (gzip(1) and bsdtar refuse them; isal ignores them)."""
 
     def __init__(self, raw):
         super().__init__()
@@ -118,6 +120,10 @@ class _GzipMembers(io.RawIOBase):
                     continue
                 if self._padded:
                     raise gzip.BadGzipFile(GZIP_AFTER_PADDING)
+                while len(rest) < 4 and (more := self._raw.read(_GZIP_READ)):
+                    rest += more
+                if len(rest) >= 4 and rest[3] & 0xE0:
+                    raise gzip.BadGzipFile(GZIP_RESERVED_FLAGS)
                 self._member, self._pending = isal_zlib.decompressobj(wbits=31), rest
                 self._members += 1
             m = self._member
