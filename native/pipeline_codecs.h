@@ -205,8 +205,11 @@ static int lamina_gunzip(lamina_inflater *z, const uint8_t *in, size_t in_len, s
         s->next_in = (uint8_t *)in + *in_pos;
         s->avail_in = (uint32_t)ai;
         if (z->in_header) {
+            /* (not gzip's magic: isal's "bad header" says it) */
             for (size_t i = *in_pos; i < in_len && z->hdr_pos < 4; i++, z->hdr_pos++)
-                if (z->hdr_pos == 3 && (in[i] & 0xE0)) {
+                if ((z->hdr_pos == 0 && in[i] != 0x1f) || (z->hdr_pos == 1 && in[i] != 0x8b))
+                    z->hdr_pos = 4;
+                else if (z->hdr_pos == 3 && (in[i] & 0xE0)) {
                     snprintf(z->err, sizeof z->err, "%s", LAMINA_GZIP_RESERVED_FLAGS);
                     return -1;
                 }

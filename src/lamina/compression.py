@@ -122,7 +122,7 @@ class _GzipMembers(io.RawIOBase):
                     raise gzip.BadGzipFile(GZIP_AFTER_PADDING)
                 while len(rest) < 4 and (more := self._raw.read(_GZIP_READ)):
                     rest += more
-                if len(rest) >= 4 and rest[3] & 0xE0:
+                if len(rest) >= 4 and rest.startswith(GZIP_MAGIC) and rest[3] & 0xE0:
                     raise gzip.BadGzipFile(GZIP_RESERVED_FLAGS)
                 self._member, self._pending = isal_zlib.decompressobj(wbits=31), rest
                 self._members += 1
