@@ -524,6 +524,20 @@ def test_reserved_gzip_flag_bits_are_refused(tmp_path, pipeline, flag, member):
     assert subprocess.run(["gzip", "-dc"], input=blob, capture_output=True).returncode != 0
 
 
+@pytest.mark.parametrize("tail", ["cut-frame", "cut-skippable-frame", "one-byte"])
+def test_a_cut_zstd_frame_after_a_whole_tar_is_truncated(tmp_path, plain, pipeline, tail):
+    """zstd -d fails on these ("premature end"), the native stage too; the Python pipeline's
+    stream reader ended quietly after the last whole frame, so the same layer was refused by
+    one pipeline and extracted (with another diffID) by the other."""
+    cut = {"cut-frame": zst(b"more data " * 50)[:-3],
+           "cut-skippable-frame": (0x184D2A50).to_bytes(4, "little") + (4).to_bytes(4, "little")[:2],
+           "one-byte": b"\x28"}[tail]
+    blob = zst(plain) + cut
+    assert subprocess.run(["zstd", "-dc"], input=blob, capture_output=True).returncode != 0
+    with pytest.raises(errors.CompressionError, match="^layer z: corrupt zstd stream: .*truncated"):
+        apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer z")
+
+
 def test_garbage_after_a_member_is_not_taken_for_reserved_flags(tmp_path, plain, pipeline):
     """'GARBAGE!' has 0x42 where a member's FLG byte would be: without gzip's magic it is no
     member at all (libarchive's test_compat_gzip_2.tgz), and the error says so."""

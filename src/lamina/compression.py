@@ -81,8 +81,79 @@ def open_decompressed(raw, kind: str, what: str):
         return io.BufferedReader(_GzipMembers(raw), buffer_size=_GZIP_READ)
     if kind == "zstd":
         import zstandard
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20, read_across_frames=True)
+        return zstandard.ZstdDecompressor().stream_reader(_ZstdFrames(raw), read_size=1 << 20,
+                                                          read_across_frames=True)
     return raw
+
+
+class _ZstdFrames(io.RawIOBase):
+    """``raw`` passed through while its zstd frames are walked (headers and block sizes only):
+    at its end a frame left unfinished is "truncated", as in the native stage (libzstd's
+    stream reader in python-zstandard ends quietly on a cut frame after a whole one)."""
+
+    def __init__(self, raw):
+        super().__init__()
+        self._raw = raw
+        self._buf = b""      # bytes of the next header not complete yet
+        self._skip = 0       # payload bytes to pass before the next header
+        self._state = "frame"  # the next header: "frame", "block" or "checksum"
+        self._checksum = False
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        data = self._raw.read(len(buf))
+        if not data:
+            if self._buf or self._skip or self._state != "frame":
+                raise EOFError("truncated (the stream ends inside a zstd frame)")
+            return 0
+        self._walk(memoryview(data))
+        buf[:len(data)] = data
+        return len(data)
+
+    def _walk(self, data):
+        pos = 0
+        while pos < len(data):
+            if self._skip:
+                n = min(self._skip, len(data) - pos)
+                self._skip -= n
+                pos += n
+                continue
+            need = self._need()
+            take = min(need - len(self._buf), len(data) - pos)
+            self._buf += bytes(data[pos:pos + take])
+            pos += take
+            if len(self._buf) == self._need():  # _need grows once the frame header's flags are in
+                self._header()
+
+    def _need(self):
+        if self._state == "block":
+            return 3
+        if self._state == "checksum":
+            return 4
+        b = self._buf
+        if len(b) < 5 or b[1:4] == b"\x2a\x4d\x18":
+            return 8 if len(b) >= 4 and b[1:4] == b"\x2a\x4d\x18" else 5
+        fhd = b[4]
+        single, fcs = fhd >> 5 & 1, fhd >> 6
+        return 5 + (not single) + (0, 1, 2, 4)[fhd & 3] + ((1 if single else 0), 2, 4, 8)[fcs]
+
+    def _header(self):
+        b, self._buf = self._buf, b""
+        if self._state == "block":
+            h = int.from_bytes(b, "little")
+            kind, size = h >> 1 & 3, h >> 3
+            self._skip = 1 if kind == 1 else size  # RLE: one byte; reserved (3): libzstd refuses it
+            if h & 1:
+                self._state = "checksum" if self._checksum else "frame"
+        elif self._state == "checksum":
+            self._state = "frame"
+        elif b[1:4] == b"\x2a\x4d\x18":  # skippable frame
+            self._skip = int.from_bytes(b[4:8], "little")
+        else:  # a frame header (a bad magic is libzstd's to refuse)
+            self._checksum = bool(b[4] >> 2 & 1)
+            self._state = "block"
 
 
 _GZIP_READ = 1 << 20
