@@ -4,6 +4,14 @@
 #   libarchive/  the uuencoded test archives of libarchive's Debian source package
 #                (libarchive/test/*.uu, decoded by the test); apt-get source through a
 #                private deb-src list made from this machine's own apt sources.
+#   nodetar/     node-tar's test fixtures (test/...: fixtures/tars/*.tar and the others)
+#   commons-compress/  Apache Commons Compress's tar test resources (src/test/resources/...:
+#                its COMPRESS-NNN bug archives, long paths of many tars, star/xstar/xustar
+#                times, sparse files) and its tars in compressions no layer uses
+#   busybox/     busybox's tar tests (testsuite/tar.tests with its base64 archives,
+#                testsuite/tar/* with archives written as printf escapes; decoded by the test)
+#                these four: upstream sources from Debian source packages (apt-get source
+#                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests) and of tar-split (golang-github-vbatts-tar-split-dev:
 #                the archives it must reassemble bit-exact); the .debs are only unpacked here,
@@ -32,28 +40,57 @@ fetch_gocode() {
 }
 fetch_gocode || echo "WARNING: Docker's and tar-split's test archives could not be fetched" >&2
 
-dest="$cache/libarchive"
-[ -n "$(ls "$dest"/*.uu 2>/dev/null | head -1)" ] && exit 0
-
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/parts" "$work/lists/partial"
-for f in /etc/apt/sources.list.d/*.sources; do  # deb822
-    [ -e "$f" ] && sed 's/^Types:.*/Types: deb-src/' "$f" > "$work/parts/$(basename "$f")"
-done
-for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do  # one-line style
-    [ -e "$f" ] && sed -n 's/^deb /deb-src /p' "$f" >> "$work/parts/oneline.list"
-done
 apt_src=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$work/parts"
          -o "Dir::State::Lists=$work/lists" -o APT::Sandbox::User=root)
-for i in 1 2 3; do
-    apt-get "${apt_src[@]}" update -qq && break
-    sleep $((i * 5))
-done
-(cd "$work" && apt-get "${apt_src[@]}" source --download-only -qq libarchive)
-orig="$(ls "$work"/libarchive_*.orig.tar.* | head -1)"
-mkdir -p "$work/x" "$dest.tmp"
-tar -xf "$orig" -C "$work/x" --wildcards '*/libarchive/test/*.uu'
-mv "$work"/x/*/libarchive/test/*.uu "$dest.tmp/"
-basename "$orig" > "$dest.tmp/SOURCE"
-rm -rf "$dest" && mv "$dest.tmp" "$dest"
+sources_ready=0
+
+deb_src_lists() {
+    [ $sources_ready = 1 ] && return 0
+    local f i
+    mkdir -p "$work/parts" "$work/lists/partial"
+    for f in /etc/apt/sources.list.d/*.sources; do  # deb822
+        [ -e "$f" ] && sed 's/^Types:.*/Types: deb-src/' "$f" > "$work/parts/$(basename "$f")"
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do  # one-line style
+        [ -e "$f" ] && sed -n 's/^deb /deb-src /p' "$f" >> "$work/parts/oneline.list"
+    done
+    for i in 1 2 3; do
+        apt-get "${apt_src[@]}" update -qq && { sources_ready=1; return 0; }
+        sleep $((i * 5))
+    done
+    return 1
+}
+
+# fetch_source PACKAGE DEST SUBDIR PATTERN...: the files under SUBDIR of PACKAGE's upstream
+# source that match a PATTERN, into $cache/DEST keeping their paths below SUBDIR
+fetch_source() {
+    local pkg="$1" dest="$cache/$2" sub="$3" i orig dl pat
+    shift 3
+    [ -e "$dest/SOURCE" ] && return 0
+    deb_src_lists || return 1
+    dl="$work/$pkg" && mkdir -p "$dl/x"
+    for i in 1 2 3; do
+        (cd "$dl" && apt-get "${apt_src[@]}" source --download-only -qq "$pkg") && break
+        sleep $((i * 5))
+    done
+    orig="$(ls "$dl/${pkg}"_*.orig.tar.* 2>/dev/null | grep -v '\.asc$' | head -1)"
+    [ -n "$orig" ] || return 1
+    local pats=()
+    for pat in "$@"; do pats+=("*/$sub/$pat"); done
+    tar -xf "$orig" -C "$dl/x" --wildcards "${pats[@]}" || return 1
+    rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
+    cp -a "$dl"/x/*/"$sub"/. "$dest.tmp/"
+    basename "$orig" > "$dest.tmp/SOURCE"
+    rm -rf "$dest" "$dl" && mv "$dest.tmp" "$dest"
+}
+
+fetch_source libarchive libarchive libarchive/test '*.uu' \
+    || echo "WARNING: libarchive's test archives could not be fetched" >&2
+fetch_source node-tar nodetar test 'fixtures/tars/*.tar' fixtures/parses.tar fixtures/sync-gzip-fail.tgz \
+    dir-normalization.tar || echo "WARNING: node-tar's test archives could not be fetched" >&2
+fetch_source libcommons-compress-java commons-compress src/test/resources '*.tar' '*.tar.*' '*.tgz' \
+    || echo "WARNING: Commons Compress's test archives could not be fetched" >&2
+fetch_source busybox busybox testsuite tar.tests 'tar/tar_with_*' tar.utf8.tar.bz2 \
+    || echo "WARNING: busybox's tar tests could not be fetched" >&2

@@ -254,7 +254,8 @@ def _pax_time(bytes value, where):
     """PAX time "sec[.frac]" -> (sec, nsec), negative times included; strictly
     decimal (no "+", "_" or spaces that Python's int() would take)."""
     m = _PAX_TIME.fullmatch(value)
-    sec = _decimal(m.group(2)) if m is not None else None
+    # a negative one may be -2^63 (GNU tar's time01 test writes it; Go reads it)
+    sec = _decimal(m.group(2), INT64_MAX + bool(m.group(1))) if m is not None else None
     if sec is None:
         raise _errors.InvalidArchiveError(f"{where}: invalid PAX mtime {value!r}")
     frac = m.group(3) or b""
@@ -263,6 +264,8 @@ def _pax_time(bytes value, where):
         sec, nsec = -sec, -nsec
         if nsec < 0:
             sec, nsec = sec - 1, nsec + 1000000000
+            if sec < -INT64_MAX - 1:  # -2^63 and a fraction
+                raise _errors.InvalidArchiveError(f"{where}: invalid PAX mtime {value!r}")
     return sec, nsec
 
 

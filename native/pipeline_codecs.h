@@ -105,6 +105,9 @@ typedef struct {
     void *state;      /* struct inflate_state * or ZSTD_DCtx * */
     int in_frame;     /* a gzip member / zstd frame is started and not finished */
     int in_header;    /* gzip: the member's header is not read to its end yet */
+    int padded;       /* gzip: zero padding followed a member (only more zeros may follow) */
+    int members;      /* gzip: members started */
+    int hdr_pos;      /* gzip: bytes of the member's header seen, up to its FLG byte */
 #if LAMINA_HAVE_ISAL
     struct isal_gzip_header gz;
 #endif
@@ -149,6 +152,12 @@ static void lamina_inflater_free(lamina_inflater *z) {
     z->state = NULL;
 }
 
+#define LAMINA_GZIP_AFTER_PADDING \
+    "a gzip member after zero padding (gzip(1) and bsdtar stop at the padding, Go's reader fails)"
+
+#define LAMINA_GZIP_RESERVED_FLAGS \
+    "reserved flag bits set in a gzip member's header (gzip(1) and bsdtar refuse it)"
+
 #if LAMINA_HAVE_ISAL
 static const char *lamina_isal_error(int rc) {
     switch (rc) {
@@ -162,8 +171,10 @@ static const char *lamina_isal_error(int rc) {
     }
 }
 
-/* gzip members one after another (pigz, concatenation), zero padding between
- * and after them skipped: what Python's gzip module accepts. */
+/* gzip members one after another (pigz, concatenation), zero padding after the
+ * last one skipped.  A member after zero padding is an error: gzip(1) and bsdtar
+ * stop at the padding and Go's reader fails there, so the tar it carries on would
+ * be seen by lamina alone (Python's gzip module reads it). */
 static int lamina_gunzip(lamina_inflater *z, const uint8_t *in, size_t in_len, size_t *in_pos,
                          uint8_t *out, size_t out_cap, size_t *out_pos) {
     struct inflate_state *s = (struct inflate_state *)z->state;
@@ -171,10 +182,19 @@ static int lamina_gunzip(lamina_inflater *z, const uint8_t *in, size_t in_len, s
         if (*out_pos == out_cap)
             return 0;
         if (!z->in_frame) {
+            size_t start = *in_pos;
             while (*in_pos < in_len && in[*in_pos] == 0)
                 (*in_pos)++;
+            if (*in_pos > start && z->members)
+                z->padded = 1;
             if (*in_pos == in_len)
                 return 0;
+            if (z->padded) {
+                snprintf(z->err, sizeof z->err, "%s", LAMINA_GZIP_AFTER_PADDING);
+                return -1;
+            }
+            z->members++;
+            z->hdr_pos = 0;
             isal_inflate_reset(s);
             isal_gzip_header_init(&z->gz);
             z->in_frame = z->in_header = 1;
@@ -185,6 +205,14 @@ static int lamina_gunzip(lamina_inflater *z, const uint8_t *in, size_t in_len, s
         s->next_in = (uint8_t *)in + *in_pos;
         s->avail_in = (uint32_t)ai;
         if (z->in_header) {
+            /* (not gzip's magic: isal's "bad header" says it) */
+            for (size_t i = *in_pos; i < in_len && z->hdr_pos < 4; i++, z->hdr_pos++)
+                if ((z->hdr_pos == 0 && in[i] != 0x1f) || (z->hdr_pos == 1 && in[i] != 0x8b))
+                    z->hdr_pos = 4;
+                else if (z->hdr_pos == 3 && (in[i] & 0xE0)) {
+                    snprintf(z->err, sizeof z->err, "%s", LAMINA_GZIP_RESERVED_FLAGS);
+                    return -1;
+                }
             /* The header on its own: isal_inflate(ISAL_GZIP) checks an FHCRC header's
              * CRC16 over the bytes of the last call only, so a valid member whose header
              * spans two reads (the sniffed head is one) failed as "CRC32 or length". */

@@ -7,6 +7,12 @@
     moby/NAME        Docker's layers for its tarsum and archive tests (pkg/...), and
     tarsplit/NAME    the archives tar-split must reassemble bit-exact (tar/asm/testdata),
                      both from Debian's Go source packages (also fetched by ci/fetch-corpora.sh)
+    nodetar/NAME     node-tar's test fixtures (test/fixtures/tars/..., from its source package)
+    commons/NAME     Apache Commons Compress's tar test resources (src/test/resources/...)
+    busybox/NAME     busybox's tar test archives: NAME is a file of its testsuite, or
+                     ``FILE:BLOCK`` for an archive written inside a test script (a
+                     ``begin-base64 644 BLOCK`` block of tar.tests, or the printf escapes of
+                     the shell function BLOCK in tar/tar_with_*)
 
 ``archive(key)`` returns (layer bytes as the project ships them, the plain tar or
 None where it has no plain form).  Compressed forms: ``.tgz``/``.gz`` and ``.zst``
@@ -15,11 +21,13 @@ does not read) are inflated here.
 """
 from __future__ import annotations
 
+import base64
 import binascii
 import bz2
 import glob
 import gzip
 import os
+import re
 import subprocess
 
 from conftest import IN_CI
@@ -27,6 +35,8 @@ from conftest import IN_CI
 CACHE = os.environ.get("LAMINA_CORPORA", "/var/cache/lamina-corpora")
 LIBARCHIVE = os.path.join(CACHE, "libarchive")
 _GOCODE = {"moby": "docker/docker/pkg", "tarsplit": "vbatts/tar-split/tar/asm/testdata"}
+_SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "commons-compress",
+            "busybox": "busybox"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
 
 
 def _go_dir():
@@ -43,7 +53,7 @@ def corpus_dir(corpus):
     if corpus in _GOCODE:
         path = os.path.join(CACHE, "gocode", _GOCODE[corpus])
     else:
-        path = {"go": _go_dir(), "cpython": _cpython_dir(), "libarchive": LIBARCHIVE}[corpus]
+        path = {"go": _go_dir(), "cpython": _cpython_dir()}.get(corpus) or os.path.join(CACHE, _SOURCES[corpus])
     return path if path and os.path.isdir(path) else None
 
 
@@ -79,6 +89,21 @@ def uudecode(path):
     return bytes(out)
 
 
+def _script_archive(path, block):
+    """An archive a busybox test script spells inline: a ``begin-base64 644 BLOCK`` block
+    (the first of that name), or the ``$ECHO -ne "\\x.."`` lines of the shell function BLOCK."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if f"{block}()" in lines:
+        body = lines[lines.index(f"{block}()") + 1:]
+        body = body[:body.index("}")]
+        escapes = "".join(re.findall(r'\$ECHO -ne "([^"]*)"', "\n".join(body)))
+        return bytes(int(h, 16) for h in re.findall(r"\\x([0-9a-fA-F]{2})", escapes))
+    start = lines.index(f"begin-base64 644 {block}") + 1
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("===="))
+    return base64.b64decode("".join(lines[start:end]))
+
+
 def _unZ(data):
     return subprocess.run(["gzip", "-dc"], input=data, capture_output=True, check=True).stdout
 
@@ -93,12 +118,14 @@ def archive(key):
     base = require_corpus(corpus)
     if corpus == "libarchive":
         data = uudecode(os.path.join(base, name + ".uu"))
+    elif corpus == "busybox" and ":" in name:
+        data = _script_archive(os.path.join(base, name.split(":")[0]), name.split(":")[1])
     else:
         with open(os.path.join(base, name), "rb") as f:
             data = f.read()
     if name.endswith(".Z"):
         data = _unZ(data)
-    elif name.endswith(".bz2"):
+    elif name.endswith((".bz2", "_bz2")):
         data = bz2.decompress(data)
     if name.endswith((".tgz", ".gz")):
         try:

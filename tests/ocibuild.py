@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tarfile
+import typing
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -48,6 +49,13 @@ def tar_bytes(files):
                 info.size, info.mode = len(data), 0o644
                 tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+class Shipped(typing.NamedTuple):
+    """A layer given as its gzip blob, byte for byte (padded, multi-member, odd headers...),
+    with the tar it holds (its diffID)."""
+    blob: bytes
+    tar: bytes
 
 
 def gz(data):
@@ -120,10 +128,11 @@ class Layout:
         return self.json_blob(manifest, mtype)
 
     def image_of_tars(self, tars, ref=None):
-        """Add an amd64 image whose layers are these raw tars (gzipped); return its manifest descriptor."""
+        """Add an amd64 image whose layers are these raw tars (gzipped; a ``Shipped`` as its blob
+        is); return its manifest descriptor."""
         descs, ids = [], []
         for raw in tars:
-            blob = gz(raw)
+            blob, raw = (raw.blob, raw.tar) if isinstance(raw, Shipped) else (gz(raw), raw)
             self.blob(blob)
             descs.append(desc(OCI_LAYER_GZIP, blob))
             ids.append(sha256(raw))

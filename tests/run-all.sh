@@ -29,8 +29,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 modprobe overlay 2>/dev/null || true
-# libarchive's test archives, from its Debian source package (cached)
-bash ci/fetch-corpora.sh || echo "WARNING: libarchive's test archives could not be fetched" >&2
+# other projects' tar test archives (libarchive, node-tar, Commons Compress, busybox, Docker, tar-split), cached
+bash ci/fetch-corpora.sh || echo "WARNING: some test archives could not be fetched" >&2
 
 venv="$(realpath -m "${LAMINA_VENV:-.venv}")"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"

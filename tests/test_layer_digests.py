@@ -154,3 +154,59 @@ def test_hash_blob_false_still_checks_the_diff_id(tmp_path, plain):
     # a plain tar's blob digest is its diffID, so it is computed anyway
     tar = write(tmp_path / "t", plain)
     assert apply(tar, tmp_path / "plain", hash_blob=False).digest == sha256(plain)
+
+
+def _ar(plain):
+    return b"!<arch>\n" + b"layer.tar/      0           0     0     644     " + b"%-10d`\n" % len(plain) + plain
+
+
+def _zip(plain):
+    import io
+    import zipfile
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("layer.tar", plain)
+    return out.getvalue()
+
+
+def _cpio(plain):
+    name = b"layer.tar\0"
+    fields = [1, 0o100644, 0, 0, 1, 0, len(plain), 0, 0, 0, 0, len(name), 0]
+    head = b"070701" + b"".join(b"%08X" % v for v in fields) + name
+    return head + bytes(-len(head) % 4) + plain
+
+
+def _foreign_layers():
+    import bz2
+    import lzma
+    import zlib
+    return {
+        "bzip2": (bz2.compress, "CompressionError", "bzip2-compressed"),
+        "xz": (lzma.compress, "CompressionError", "xz-compressed"),
+        "lzma": (lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE), "CompressionError", "lzma-compressed"),
+        "zlib": (zlib.compress, "CompressionError", "zlib-compressed"),
+        "zip": (_zip, "InvalidArchiveError", "in the zip archive format"),
+        "ar": (_ar, "InvalidArchiveError", "in the ar archive format"),
+        "cpio": (_cpio, "InvalidArchiveError", "in the cpio archive format"),
+    }
+
+
+@pytest.mark.parametrize("pipeline", ["native", "python"])
+@pytest.mark.parametrize("form", sorted(_foreign_layers()))
+def test_a_layer_in_a_foreign_compression_or_format_is_named(tmp_path, plain, form, pipeline, monkeypatch):
+    """Commons Compress's bla.tar.xz / .lzma / .lz4 / .sz and libarchive's xz, bzip2, zip, cpio
+    archives: the error says what the layer is.  It said what the tar parser made of those bytes
+    ("header checksum in base-256" for xz, "the stream ends inside the first tar header" for a
+    small lzma stream), which sent the reader looking for a corrupt tar."""
+    monkeypatch.setenv("LAMINA_PIPELINE", pipeline)
+    make, error, words = _foreign_layers()[form]
+    with pytest.raises(errors.InvalidArchiveError) as info:
+        apply(write(tmp_path / "b", make(plain)), tmp_path / "d", name="layer f")
+    assert type(info.value).__name__ == error and str(info.value).startswith(f"layer f: {words}"), str(info.value)
+
+
+@pytest.mark.parametrize("name", ["BZh91AY", "PK\x03\x04", "070701", "x\x9c"])
+def test_a_tar_whose_first_name_looks_like_a_magic_is_a_tar(tmp_path, name):
+    """The magic is looked at only when the first tar header does not parse."""
+    apply(write(tmp_path / "b", Tar().file(name, b"data").bytes()), tmp_path / "d")
+    assert (tmp_path / "d" / name).read_bytes() == b"data"

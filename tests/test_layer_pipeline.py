@@ -488,3 +488,61 @@ def test_a_stage_1_ring_is_not_resident_before_it_is_written():
     assert proc.returncode == 0, proc.stderr
     # 20 stages of 4 slots + the read buffer, 1 MiB each: 100 MiB if they were filled
     assert int(proc.stdout.split()[-1]) < 10 * 1024, f"RSS grew by {proc.stdout.split()[-1]} KiB"
+
+
+@pytest.mark.parametrize("padding", [1, 16, 1 << 20])
+def test_a_gzip_member_after_zero_padding_is_refused(tmp_path, pipeline, padding):
+    """gzip(1) (so GNU tar) and bsdtar stop at zero padding after a member and Go's reader fails
+    there; lamina read the member after it, so a tar carried on in it ('b' here, a whiteout as
+    well) was extracted by lamina alone.  Zero padding at the end stays fine (BLOBS)."""
+    first = Tar().file("a", b"1").bytes(end=False)
+    blob = gz(first) + bytes(padding) + gz(Tar().file("b", b"2").bytes())
+    with pytest.raises(errors.CompressionError, match="^layer p: corrupt gzip stream: a gzip member after zero padding"):
+        apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer p")
+    assert not (tmp_path / "d" / "b").exists()
+    proc = subprocess.run(["gzip", "-dc"], input=blob, capture_output=True)
+    assert proc.stdout == first and "trailing garbage ignored" in proc.stderr.decode()  # what GNU tar reads
+    if pipeline == "native" and padding == 16:  # every path reads it through the native stage
+        from everypath import run_paths
+        from ocibuild import Shipped
+        results = run_paths(tmp_path / "paths", [Shipped(blob, first + Tar().file("b", b"2").bytes())])
+        assert all(isinstance(r, errors.CompressionError) and "after zero padding" in str(r)
+                   for r in results.values()), results
+
+
+@pytest.mark.parametrize("flag", [0x20, 0x40, 0x80])
+@pytest.mark.parametrize("member", ["first", "second"])
+def test_reserved_gzip_flag_bits_are_refused(tmp_path, pipeline, flag, member):
+    """gzip(1) (so GNU tar: "encrypted", "has flags 0x80 -- not supported") and bsdtar (not a gzip
+    stream) refuse a member whose FLG byte has a reserved bit; lamina read it (isal ignores them)."""
+    plain = Tar().file("f", b"x" * 5000).bytes()
+    odd = bytearray(gz(plain[:1024]))
+    odd[3] |= flag
+    blob = bytes(odd) + gz(plain[1024:]) if member == "first" else gz(plain[:1024]) + bytes(odd)
+    with pytest.raises(errors.CompressionError, match="^layer r: corrupt gzip stream: reserved flag bits"):
+        apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer r")
+    assert subprocess.run(["gzip", "-dc"], input=blob, capture_output=True).returncode != 0
+
+
+@pytest.mark.parametrize("tail", ["cut-frame", "cut-skippable-frame", "one-byte"])
+def test_a_cut_zstd_frame_after_a_whole_tar_is_truncated(tmp_path, plain, pipeline, tail):
+    """zstd -d fails on these ("premature end"), the native stage too; the Python pipeline's
+    stream reader ended quietly after the last whole frame, so the same layer was refused by
+    one pipeline and extracted (with another diffID) by the other."""
+    cut = {"cut-frame": zst(b"more data " * 50)[:-3],
+           "cut-skippable-frame": (0x184D2A50).to_bytes(4, "little") + (4).to_bytes(4, "little")[:2],
+           "one-byte": b"\x28"}[tail]
+    blob = zst(plain) + cut
+    assert subprocess.run(["zstd", "-dc"], input=blob, capture_output=True).returncode != 0
+    with pytest.raises(errors.CompressionError, match="^layer z: corrupt zstd stream: .*truncated"):
+        apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer z")
+
+
+def test_garbage_after_a_member_is_not_taken_for_reserved_flags(tmp_path, plain, pipeline):
+    """'GARBAGE!' has 0x42 where a member's FLG byte would be: without gzip's magic it is no
+    member at all (libarchive's test_compat_gzip_2.tgz), and the error says so."""
+    with pytest.raises(errors.CompressionError) as info:
+        apply(write(tmp_path / "b", gz(plain) + b"GARBAGE!" * 10), tmp_path / "d", name="layer x")
+    assert "reserved flag" not in str(info.value), str(info.value)
+    if pipeline == "native":
+        assert "not a gzip member" in str(info.value), str(info.value)

@@ -4,6 +4,7 @@ Detection is by magic bytes; a media type, when the caller has one, must
 agree with them.  Inflate is ISA-L (``isal``) for gzip and ``zstandard`` for
 zstd; both release the GIL, which is what lets inflate overlap with writing.
 """
+import gzip
 import io
 
 from . import errors
@@ -38,6 +39,33 @@ def detect(head: bytes) -> str:
     return "none"
 
 
+# What a layer that is not a tar may be instead (magic bytes that fit in HEAD): named in the
+# error when its first tar header does not parse, rather than the parser's complaint about
+# a checksum that xz's or bzip2's bytes happened to spell.
+_FOREIGN_COMPRESSIONS = (
+    ("bzip2", b"BZh"), ("xz", b"\xfd7zXZ\x00"), ("lzma", b"\x5d\x00\x00"), ("lz4", b"\x04\x22\x4d\x18"),
+    ("lz4 (legacy frame)", b"\x02\x21\x4c\x18"), ("compress (.Z)", b"\x1f\x9d"), ("lzip", b"LZIP"),
+    ("lzop", b"\x89LZO\x00"), ("snappy", b"\xff\x06\x00\x00sNaP"),
+    ("zlib", b"\x78\x01"), ("zlib", b"\x78\x5e"), ("zlib", b"\x78\x9c"), ("zlib", b"\x78\xda"),
+)
+_FOREIGN_ARCHIVES = (
+    ("zip", b"PK\x03\x04"), ("7z", b"7z\xbc\xaf\x27\x1c"), ("rar", b"Rar!\x1a\x07"), ("cpio", b"070701"),
+    ("cpio", b"070702"), ("cpio", b"070707"), ("cpio", b"\xc7\x71"), ("cpio", b"\x71\xc7"),
+    ("ar", b"!<arch>\n"), ("xar", b"xar!"), ("cab", b"MSCF\x00\x00\x00\x00"),
+)
+
+
+def foreign(head: bytes):
+    """``(name, "compression" or "archive")`` when ``head`` (a layer's first bytes, neither
+    gzip nor zstd) is the magic of a compression or an archive format lamina does not read;
+    None when it says nothing."""
+    for table, kind in ((_FOREIGN_COMPRESSIONS, "compression"), (_FOREIGN_ARCHIVES, "archive")):
+        for name, magic in table:
+            if head.startswith(magic):
+                return name, kind
+    return None
+
+
 def check_media_type(kind: str, media_type, what: str):
     if media_type is None:
         return
@@ -50,12 +78,138 @@ def check_media_type(kind: str, media_type, what: str):
 def open_decompressed(raw, kind: str, what: str):
     """A readable binary stream of the uncompressed bytes of ``raw``."""
     if kind == "gzip":
-        from isal import igzip
-        return igzip.IGzipFile(fileobj=raw, mode="rb")
+        return io.BufferedReader(_GzipMembers(raw), buffer_size=_GZIP_READ)
     if kind == "zstd":
         import zstandard
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20, read_across_frames=True)
+        return zstandard.ZstdDecompressor().stream_reader(_ZstdFrames(raw), read_size=1 << 20,
+                                                          read_across_frames=True)
     return raw
+
+
+class _ZstdFrames(io.RawIOBase):
+    """``raw`` passed through while its zstd frames are walked (headers and block sizes only):
+    at its end a frame left unfinished is "truncated", as in the native stage (libzstd's
+    stream reader in python-zstandard ends quietly on a cut frame after a whole one)."""
+
+    def __init__(self, raw):
+        super().__init__()
+        self._raw = raw
+        self._buf = b""      # bytes of the next header not complete yet
+        self._skip = 0       # payload bytes to pass before the next header
+        self._state = "frame"  # the next header: "frame", "block" or "checksum"
+        self._checksum = False
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        data = self._raw.read(len(buf))
+        if not data:
+            if self._buf or self._skip or self._state != "frame":
+                raise EOFError("truncated (the stream ends inside a zstd frame)")
+            return 0
+        self._walk(memoryview(data))
+        buf[:len(data)] = data
+        return len(data)
+
+    def _walk(self, data):
+        pos = 0
+        while pos < len(data):
+            if self._skip:
+                n = min(self._skip, len(data) - pos)
+                self._skip -= n
+                pos += n
+                continue
+            need = self._need()
+            take = min(need - len(self._buf), len(data) - pos)
+            self._buf += bytes(data[pos:pos + take])
+            pos += take
+            if len(self._buf) == self._need():  # _need grows once the frame header's flags are in
+                self._header()
+
+    def _need(self):
+        if self._state == "block":
+            return 3
+        if self._state == "checksum":
+            return 4
+        b = self._buf
+        if len(b) < 5 or b[1:4] == b"\x2a\x4d\x18":
+            return 8 if len(b) >= 4 and b[1:4] == b"\x2a\x4d\x18" else 5
+        fhd = b[4]
+        single, fcs = fhd >> 5 & 1, fhd >> 6
+        return 5 + (not single) + (0, 1, 2, 4)[fhd & 3] + ((1 if single else 0), 2, 4, 8)[fcs]
+
+    def _header(self):
+        b, self._buf = self._buf, b""
+        if self._state == "block":
+            h = int.from_bytes(b, "little")
+            kind, size = h >> 1 & 3, h >> 3
+            self._skip = 1 if kind == 1 else size  # RLE: one byte; reserved (3): libzstd refuses it
+            if h & 1:
+                self._state = "checksum" if self._checksum else "frame"
+        elif self._state == "checksum":
+            self._state = "frame"
+        elif b[1:4] == b"\x2a\x4d\x18":  # skippable frame
+            self._skip = int.from_bytes(b[4:8], "little")
+        else:  # a frame header (a bad magic is libzstd's to refuse)
+            self._checksum = bool(b[4] >> 2 & 1)
+            self._state = "block"
+
+
+_GZIP_READ = 1 << 20
+# the native stage's words (pipeline_codecs.h), for the same layer on either pipeline
+GZIP_AFTER_PADDING = "a gzip member after zero padding (gzip(1) and bsdtar stop at the padding, Go's reader fails)"
+GZIP_RESERVED_FLAGS = "reserved flag bits set in a gzip member's header (gzip(1) and bsdtar refuse it)"
+
+
+class _GzipMembers(io.RawIOBase):
+    """gzip members one after another, read as the native stage reads them: zero padding
+    after the last member is skipped, but a member after zero padding is an error (gzip(1)
+    and bsdtar stop at the padding, Go's reader fails; Python's gzip module and isal's
+    IGzipFile read on, so a tar carried on there was seen by lamina alone), and so are
+    reserved FLG bits (gzip(1) and bsdtar refuse them; isal ignores them)."""
+
+    def __init__(self, raw):
+        super().__init__()
+        self._raw, self._member, self._pending = raw, None, b""
+        self._members, self._padded = 0, False
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        from isal import isal_zlib
+        while True:
+            if self._member is None:
+                data = self._pending or self._raw.read(_GZIP_READ)
+                self._pending = b""
+                if not data:
+                    return 0
+                rest = data.lstrip(b"\0")
+                self._padded |= len(rest) < len(data) and self._members > 0
+                if not rest:
+                    continue
+                if self._padded:
+                    raise gzip.BadGzipFile(GZIP_AFTER_PADDING)
+                while len(rest) < 4 and (more := self._raw.read(_GZIP_READ)):
+                    rest += more
+                if len(rest) >= 4 and rest.startswith(GZIP_MAGIC) and rest[3] & 0xE0:
+                    raise gzip.BadGzipFile(GZIP_RESERVED_FLAGS)
+                self._member, self._pending = isal_zlib.decompressobj(wbits=31), rest
+                self._members += 1
+            m = self._member
+            if m.unconsumed_tail:
+                data = m.unconsumed_tail
+            else:
+                data, self._pending = self._pending or self._raw.read(_GZIP_READ), b""
+                if not data:
+                    raise EOFError("truncated (the stream ends inside a gzip member)")
+            out = m.decompress(data, len(buf))
+            if m.eof:
+                self._pending, self._member = m.unused_data, None
+            if out:
+                buf[:len(out)] = out
+                return len(out)
 
 
 def decompress_errors():

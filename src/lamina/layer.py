@@ -150,6 +150,8 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=
         try:
             stats, counts = run(raw, head, kind, _TimedFeed(extractor, writes), what, t0, hash_blob)
         except (errors.InvalidArchiveError, errors.ExtractError) as e:
+            if kind == "none" and extractor.entries == 0 and isinstance(e, errors.InvalidArchiveError):
+                _refuse_foreign(head, what, e)
             if str(e).startswith(what):
                 raise
             raise type(e)(f"{what}: {e}") from e  # say which layer, not only which entry
@@ -169,6 +171,20 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=
     _check_digest(f"{what}: blob", digest, stats.digest)
     _check_digest(f"{what}: diffID (uncompressed tar)", diff_id, stats.diff_id)
     return stats
+
+
+def _refuse_foreign(head, what, error):
+    """The first tar header did not parse: if the layer's magic says what it is instead (xz,
+    bzip2, zip...), say that rather than what the tar parser made of those bytes."""
+    found = compression.foreign(head)
+    if found is None:
+        return
+    name, kind = found
+    said = f"(read as a tar: {error})"
+    if kind == "compression":
+        raise errors.CompressionError(f"{what}: {name}-compressed, which a layer never is (a layer is a tar, "
+                                      f"plain or compressed with gzip or zstd) {said}") from error
+    raise errors.InvalidArchiveError(f"{what}: in the {name} archive format, not a tar {said}") from error
 
 
 def _use_native(kind):
