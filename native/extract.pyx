@@ -413,8 +413,8 @@ def _sort_key(bytes path):
     return path.replace(b"/", b"\0")
 
 
-# bytes of names a _NameStore holds in memory (an extraction has at most two; LAMINA_NAMES_HELD
-# is for both: tests make it tiny, so that every lookup reads spilled names back)
+# bytes the _NameStores of an extraction hold in memory (it has up to four, a quarter each:
+# LAMINA_NAMES_HELD; tests make it tiny, so that every lookup reads spilled names back)
 cdef int64_t NAMES_HELD = int(os.environ.get("LAMINA_NAMES_HELD") or 4 << 20)
 DEF NAME_BLOCK = 4096          # bytes of spilled records a lookup reads at once (a block of a run)
 DEF NAME_WRITE = 1 << 16       # bytes of spilled records written at once
@@ -544,7 +544,7 @@ cdef class _NameStore:
     wrote in each directory (``Extractor.created_leaves``, ``created_in``, ``provided_leaves``).
     In memory a directory's key is kept once for a run of names added in it (tar order), each
     name by its bytes (a lookup table of 16 B a name is built only once a lookup comes); beyond
-    NAMES_HELD / 2 bytes (names and table) they are sorted into a run of an unlinked temp file
+    NAMES_HELD / 4 bytes (names and table) they are sorted into a run of an unlinked temp file
     (TMPDIR), of which only a block's first record in ~4 KiB and the run's last record stay in
     memory.  One _Names object and a dict entry a directory, twice over, cost ~0.6 KB a
     directory: 100 MiB of a 200k-directory layer's RSS.  A lookup reads at most one block a run
@@ -571,7 +571,7 @@ cdef class _NameStore:
 
     def __cinit__(self):
         self.runs = []
-        self.budget = <size_t>min(max(NAMES_HELD // 2, 1), 1 << 30)
+        self.budget = <size_t>min(max(NAMES_HELD // 4, 1), 1 << 30)
 
     def __dealloc__(self):
         free(self.arena)
@@ -1166,157 +1166,54 @@ cdef inline bytes _ino_bytes(uint64_t dev, uint64_t ino):
 
 
 cdef class _InodeSet:
-    """A set of (dev, ino) pairs in one open-addressed table: 16 B a slot, at most half full,
-    where a set of tuples cost ~217 B a directory (its tuple, two ints and its slot)."""
-    cdef _Ino *slots
-    cdef size_t cap            # slots (a power of two); 0: none allocated yet
+    """A set of (dev, ino) pairs, bounded in memory: a _NameStore of their _ino_bytes.  An
+    open-addressed table of them all cost 32-64 B a directory (8 MiB of a 200k-directory layer's
+    peak RSS, 16 MiB while it grew)."""
+    cdef _NameStore keys
     cdef readonly size_t n
 
-    def __dealloc__(self):
-        free(self.slots)
+    def __cinit__(self):
+        self.keys = _NameStore()
 
-    cdef inline size_t _find(self, uint64_t dev, uint64_t ino) noexcept:
-        """The slot of (dev, ino), or the empty one where it would go (all ones: empty, a
-        pair no filesystem hands out)."""
-        cdef size_t mask = self.cap - 1
-        cdef size_t i = <size_t>((ino * <uint64_t>0x9E3779B97F4A7C15ULL) ^ (dev * <uint64_t>0xC2B2AE3D27D4EB4FULL)) >> 7
-        i &= mask
-        while True:
-            if (self.slots[i].dev == dev and self.slots[i].ino == ino) or (
-                    self.slots[i].dev == <uint64_t>-1 and self.slots[i].ino == <uint64_t>-1):
-                return i
-            i = (i + 1) & mask
-
-    cdef bint has(self, uint64_t dev, uint64_t ino) noexcept:
-        if self.n == 0:
-            return False
-        cdef size_t i = self._find(dev, ino)
-        return self.slots[i].dev == dev and self.slots[i].ino == ino and not (
-            dev == <uint64_t>-1 and ino == <uint64_t>-1)
+    cdef bint has(self, uint64_t dev, uint64_t ino) except -1:
+        return self.n > 0 and self.keys.has(_ino_bytes(dev, ino), b"")
 
     cdef int add(self, uint64_t dev, uint64_t ino) except -1:
         """1 if (dev, ino) is new, 0 if it was there."""
-        cdef size_t i
-        if 2 * (self.n + 1) > self.cap:
-            self._grow()
-        i = self._find(dev, ino)
-        if self.slots[i].dev == dev and self.slots[i].ino == ino:
+        key = _ino_bytes(dev, ino)
+        if self.n > 0 and self.keys.has(key, b""):
             return 0
-        self.slots[i].dev = dev
-        self.slots[i].ino = ino
+        self.keys.add(key, b"")
         self.n += 1
         return 1
 
-    cdef int _grow(self) except -1:
-        cdef _Ino *old = self.slots
-        cdef size_t old_cap = self.cap, j
-        cdef size_t cap = old_cap * 2 if old_cap else 1024
-        new = <_Ino *>malloc(cap * sizeof(_Ino))
-        if new == NULL:
-            raise MemoryError()
-        memset(new, 0xff, cap * sizeof(_Ino))
-        self.slots = new
-        self.cap = cap
-        for j in range(old_cap):
-            if not (old[j].dev == <uint64_t>-1 and old[j].ino == <uint64_t>-1):
-                self.slots[self._find(old[j].dev, old[j].ino)] = old[j]
-        free(old)
-        return 0
-
-    cdef void clear(self):
-        free(self.slots)
-        self.slots = NULL
-        self.cap = 0
-        self.n = 0
-
     cdef size_t nbytes(self):
-        return self.cap * sizeof(_Ino)
-
-
-cdef struct _PathSlot:
-    uint64_t h
-    uint64_t off               # where the path is in the arena (all ones: an empty slot)
+        return self.keys.nbytes()
 
 
 cdef class _PathSet:
-    """A set of paths (bytes): each path's bytes once in an arena, and a slot of 16 B (its hash
-    and where it is) in an open-addressed table at most half full: ~65 B a directory where a
-    set cost ~160 (a bytes object and its slot), 30 MiB of a 200k-directory layer's peak RSS."""
-    cdef _PathSlot *slots
-    cdef size_t cap
+    """A set of paths (bytes), bounded in memory: a _NameStore of (path, b"").  Each path in an
+    arena and a slot of an open-addressed table cost ~75 B a directory (15 MiB of a
+    200k-directory layer's peak RSS)."""
+    cdef _NameStore keys
     cdef readonly size_t n
-    cdef char *arena           # per path: its length (uint32_t), then its bytes
-    cdef size_t used, size
 
-    def __dealloc__(self):
-        free(self.slots)
-        free(self.arena)
-
-    cdef inline size_t _find(self, uint64_t h, const char *p, uint32_t length) noexcept:
-        cdef size_t mask = self.cap - 1
-        cdef size_t i = <size_t>(h * <uint64_t>0x9E3779B97F4A7C15ULL >> 7) & mask
-        cdef uint32_t have
-        while self.slots[i].off != <uint64_t>-1:
-            if self.slots[i].h == h:
-                memcpy(&have, self.arena + self.slots[i].off, sizeof(uint32_t))
-                if have == length and memcmp(self.arena + self.slots[i].off + sizeof(uint32_t), p, length) == 0:
-                    return i
-            i = (i + 1) & mask
-        return i
+    def __cinit__(self):
+        self.keys = _NameStore()
 
     cdef bint has(self, bytes path) except -1:
-        if self.n == 0:
-            return False
-        return self.slots[self._find(<uint64_t>hash(path), path, <uint32_t>len(path))].off != <uint64_t>-1
+        return self.n > 0 and self.keys.has(path, b"")
 
     cdef int add(self, bytes path) except -1:
         """1 if ``path`` is new, 0 if it was there."""
-        cdef uint64_t h = <uint64_t>hash(path)
-        cdef uint32_t length = <uint32_t>len(path)
-        cdef size_t i, need
-        cdef char *grown
-        if 2 * (self.n + 1) > self.cap:
-            self._grow()
-        i = self._find(h, path, length)
-        if self.slots[i].off != <uint64_t>-1:
+        if self.n > 0 and self.keys.has(path, b""):
             return 0
-        need = self.used + sizeof(uint32_t) + length
-        if need > self.size:
-            grown = <char *>realloc(self.arena, max(need, 2 * self.size, 4096))
-            if grown == NULL:
-                raise MemoryError()
-            self.arena = grown
-            self.size = max(need, 2 * self.size, 4096)
-        memcpy(self.arena + self.used, &length, sizeof(uint32_t))
-        memcpy(self.arena + self.used + sizeof(uint32_t), <const char *>path, length)
-        self.slots[i].h = h
-        self.slots[i].off = self.used
-        self.used = need
+        self.keys.add(path, b"")
         self.n += 1
         return 1
 
-    cdef int _grow(self) except -1:
-        cdef _PathSlot *old = self.slots
-        cdef size_t old_cap = self.cap, j, i
-        cdef size_t cap = old_cap * 2 if old_cap else 1024
-        cdef size_t mask = cap - 1
-        new = <_PathSlot *>malloc(cap * sizeof(_PathSlot))
-        if new == NULL:
-            raise MemoryError()
-        memset(new, 0xff, cap * sizeof(_PathSlot))
-        for j in range(old_cap):
-            if old[j].off != <uint64_t>-1:
-                i = <size_t>(old[j].h * <uint64_t>0x9E3779B97F4A7C15ULL >> 7) & mask
-                while new[i].off != <uint64_t>-1:
-                    i = (i + 1) & mask
-                new[i] = old[j]
-        free(old)
-        self.slots = new
-        self.cap = cap
-        return 0
-
     cdef size_t nbytes(self):
-        return self.cap * sizeof(_PathSlot) + self.size
+        return self.keys.nbytes()
 
 
 cdef class _DirStack:
