@@ -508,12 +508,12 @@ cdef class _NameRun:
     cdef int start_block(self, int64_t at, const char *rec, size_t length) except -1:
         cdef size_t cap
         if self.nblocks + 2 > self.cap:
-            cap = self.cap * 2 if self.cap else 64
+            cap = self.cap * 2 if self.cap else 8
             self.boff = <int64_t *>_grown(self.boff, cap * sizeof(int64_t))
             self.koff = <size_t *>_grown(self.koff, cap * sizeof(size_t))
             self.cap = cap
         if self.kused + length > self.ksize:
-            self.ksize = max(self.kused + length, 2 * self.ksize, 4096)
+            self.ksize = max(self.kused + length, 2 * self.ksize, 256)
             self.keys = <char *>_grown(self.keys, self.ksize)
         memcpy(self.keys + self.kused, rec, length)
         self.boff[self.nblocks] = at
@@ -621,7 +621,7 @@ cdef class _NameStore:
     cdef int _grow(self) except -1:
         cdef _NameSlot *old = self.slots
         cdef size_t old_cap = self.cap, j, i, mask
-        cdef size_t cap = old_cap * 2 if old_cap else 1024
+        cdef size_t cap = old_cap * 2 if old_cap else 16  # small: the table counts in the budget
         while cap < 2 * (self.held + 1):
             cap *= 2
         new = <_NameSlot *>malloc(cap * sizeof(_NameSlot))
