@@ -33,7 +33,7 @@ from libc.errno cimport (errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, E
 from libc.stdint cimport int64_t, uint64_t, uint32_t
 from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
 from posix.types cimport mode_t, uid_t, gid_t, off_t, dev_t
-from posix.unistd cimport lseek, SEEK_SET
+from posix.unistd cimport lseek, SEEK_SET, pread, pwrite
 
 from syscalls cimport *
 from blake3_c cimport *
@@ -416,139 +416,464 @@ def _sort_key(bytes path):
     return path.replace(b"/", b"\0")
 
 
-# bytes of names _Names may hold in memory, all directories together (LAMINA_NAMES_HELD: tests
-# make it tiny, so that every lookup reads spilled names back)
+# bytes the _NameStores of an extraction hold in memory (it has up to four, a quarter each:
+# LAMINA_NAMES_HELD; tests make it tiny, so that every lookup reads spilled names back)
 cdef int64_t NAMES_HELD = int(os.environ.get("LAMINA_NAMES_HELD") or 4 << 20)
+DEF NAME_BLOCK = 4096          # bytes of spilled records a lookup reads at once (a block of a run)
+DEF NAME_WRITE = 1 << 16       # bytes of spilled records written at once
+cdef extern from "<endian.h>" nogil:
+    uint64_t htobe64(uint64_t)
+
+cdef extern from *:
+    """
+    #define LAMINA_GROUP_BIT 0x80000000u
+    #define LAMINA_NO_NAME 0xFFFFFFFFu
+    """
+    const uint32_t GROUP_BIT "LAMINA_GROUP_BIT"  # in the memory arena: this length word starts a directory's key
+    const uint32_t NO_NAME "LAMINA_NO_NAME"      # an empty slot of the memory table
+
+cdef extern from "<stdlib.h>" nogil:
+    void qsort_r(void *base, size_t nmemb, size_t size,
+                 int (*compar)(const void *, const void *, void *) noexcept nogil, void *arg)
 
 
-cdef class _NameSpill:
-    """Where the _Names of one extraction go once they hold more than NAMES_HELD bytes: an
-    unlinked temp file (TMPDIR), written in one block per spill.  A name kept in memory cost
-    ~31 B twice (by path and by inode) until the layer ended: 62 MiB of a million-file layer's
-    peak RSS.  Spilled names are read back only for a lookup (whiteouts and opaque markers of
-    names the layer may have written, see _maybe_written), a directory at a time."""
-    cdef list users            # every _Names made (one per directory, in created_in or *_leaves)
-    cdef int64_t held          # bytes their packed buffers and lookup sets hold in memory
-    cdef int64_t end           # bytes written to the file
-    cdef object f              # the temp file (None until the first spill)
-    # where each spill put each directory's names: (offset, length, the index of the directory's
-    # previous chunk or -1) triples, one array for all (an array a _Names cost ~80 B more, 16 MiB
-    # of a 200k-directory layer's peak RSS: two _Names a directory)
-    cdef object chunks
+cdef struct _NameSlot:
+    uint64_t h
+    uint32_t g                 # where the directory's key is in the arena
+    uint32_t o                 # where the name is (NO_NAME: an empty slot)
+
+
+cdef inline int _cmp_pair(const char *d1, size_t dl1, const char *n1, size_t nl1,
+                          const char *d2, size_t dl2, const char *n2, size_t nl2) noexcept nogil:
+    """(directory key, name) pairs in the order of Python's tuples of bytes (heapq.merge of runs)."""
+    cdef int c = memcmp(d1, d2, dl1 if dl1 < dl2 else dl2)
+    if c == 0 and dl1 != dl2:
+        c = -1 if dl1 < dl2 else 1
+    if c != 0:
+        return c
+    c = memcmp(n1, n2, nl1 if nl1 < nl2 else nl2)
+    if c == 0 and nl1 != nl2:
+        c = -1 if nl1 < nl2 else 1
+    return c
+
+
+cdef inline uint32_t _word(const char *p) noexcept nogil:
+    cdef uint32_t w
+    memcpy(&w, p, 4)
+    return w
+
+
+cdef int _cmp_mem(const void *a, const void *b, void *arena) noexcept nogil:
+    """Two names of the memory arena, as (group offset << 32 | name offset)."""
+    cdef const char *base = <const char *>arena
+    cdef uint64_t x = (<const uint64_t *>a)[0], y = (<const uint64_t *>b)[0]
+    cdef const char *g1 = base + (x >> 32)
+    cdef const char *g2 = base + (y >> 32)
+    cdef const char *n1 = base + <uint32_t>x
+    cdef const char *n2 = base + <uint32_t>y
+    return _cmp_pair(g1 + 4, _word(g1) & ~GROUP_BIT, n1 + 4, _word(n1), g2 + 4, _word(g2) & ~GROUP_BIT, n2 + 4, _word(n2))
+
+
+cdef inline uint64_t _pair_hash(bytes d, bytes n):
+    # Python's hashes of bytes: keyed per process, so an image cannot aim names at one slot
+    return (<uint64_t>hash(d)) * <uint64_t>0x9E3779B97F4A7C15ULL ^ <uint64_t>hash(n)
+
+
+cdef void *_grown(void *p, size_t size) except NULL:
+    cdef void *q = realloc(p, size)
+    if q == NULL:
+        raise MemoryError()
+    return q
+
+
+cdef class _NameRun:
+    """One sorted run of a _NameStore's temp file: records (u32 key length, u32 name length,
+    key, name) in blocks of about NAME_BLOCK bytes, and in memory each block's first record
+    (~1% of the run) to find the one block a lookup reads."""
+    cdef int64_t *boff         # where each block starts in the file, and the run's end (nblocks + 1)
+    cdef size_t *koff          # where each block's first record is in ``keys``
+    cdef char *keys
+    cdef size_t nblocks, cap, kused, ksize
+    cdef bytes last_d, last_n      # the run's last record: a lookup past it reads no block
+    cdef char *block           # the block read last (a run of lookups in one directory reads it once)
+    cdef size_t bsize
+    cdef int64_t cached
 
     def __cinit__(self):
-        self.users = []
-        self.chunks = array("q")
+        self.cached = -1
 
-    cdef _Names new(self):
-        n = _Names()
-        n.spill = self
-        self.users.append(n)
-        return n
+    def __dealloc__(self):
+        free(self.boff)
+        free(self.koff)
+        free(self.keys)
+        free(self.block)
 
-    cdef int account(self, Py_ssize_t nbytes, _Names keep=None) except -1:
-        """``nbytes`` more held; past NAMES_HELD, spill all (``keep``'s lookup set stays)."""
-        self.held += nbytes
-        if self.held > NAMES_HELD:
-            self.spill_all(keep)
+    cdef int start_block(self, int64_t at, const char *rec, size_t length) except -1:
+        cdef size_t cap
+        if self.nblocks + 2 > self.cap:
+            cap = self.cap * 2 if self.cap else 8
+            self.boff = <int64_t *>_grown(self.boff, cap * sizeof(int64_t))
+            self.koff = <size_t *>_grown(self.koff, cap * sizeof(size_t))
+            self.cap = cap
+        if self.kused + length > self.ksize:
+            self.ksize = max(self.kused + length, 2 * self.ksize, 256)
+            self.keys = <char *>_grown(self.keys, self.ksize)
+        memcpy(self.keys + self.kused, rec, length)
+        self.boff[self.nblocks] = at
+        self.koff[self.nblocks] = self.kused
+        self.kused += length
+        self.nblocks += 1
         return 0
 
-    cdef int spill_all(self, _Names keep) except -1:
-        """Every directory's names to the file; lookup sets dropped, all but ``keep``'s (just built
-        for a lookup: a directory bigger than NAMES_HELD checked name by name must not read its
-        names back for each check)."""
-        cdef _Names u
-        cdef list parts = []
-        cdef int64_t at = self.end
+    cdef const char *read(self, int fd, size_t i, size_t *length) except NULL:
+        cdef size_t n = <size_t>(self.boff[i + 1] - self.boff[i])
+        if <int64_t>i != self.cached:
+            if n > self.bsize:
+                self.block = <char *>_grown(self.block, n)
+                self.bsize = n
+            self.cached = -1
+            if pread(fd, self.block, n, self.boff[i]) != <ssize_t>n:
+                raise _errors.ExtractError("the temp file of the names written so far is short")
+            self.cached = i
+        length[0] = n
+        return self.block
+
+    cdef size_t nbytes(self):
+        return self.cap * (sizeof(int64_t) + sizeof(size_t)) + self.ksize + self.bsize
+
+
+cdef class _NameStore:
+    """A set of (directory key, name) pairs of bytes: the names of the non-directories a layer
+    wrote in each directory (``Extractor.created_leaves``, ``created_in``, ``provided_leaves``).
+    In memory a directory's key is kept once for a run of names added in it (tar order), each
+    name by its bytes (a lookup table of 16 B a name is built only once a lookup comes); beyond
+    NAMES_HELD / 4 bytes (names and table) they are sorted into a run of an unlinked temp file
+    (TMPDIR), of which only a block's first record in ~4 KiB and the run's last record stay in
+    memory.  One _Names object and a dict entry a directory, twice over, cost ~0.6 KB a
+    directory: 100 MiB of a 200k-directory layer's RSS.  A lookup reads at most one block a run
+    (none past its last record); once lookups have read more blocks than the runs hold (a layer
+    checking its own names over and over, in no order), the runs are merged into one."""
+    cdef char *arena           # u32 words: GROUP_BIT | key length, then the key; a name's length, then it
+    cdef size_t used, size, budget
+    cdef uint32_t group        # where the current directory's key is in the arena
+    cdef bytes cur             # and that key (None: no name held)
+    cdef size_t held           # names in the arena
+    cdef _NameSlot *slots      # lookup table of the arena's names (NULL: not built since the last spill)
+    cdef size_t cap
+    cdef list runs
+    cdef object f              # the temp file (None until the first spill)
+    cdef int fd                # and its fd
+    cdef int64_t end           # bytes written to it
+    cdef int64_t on_disk       # blocks in the runs
+    cdef int64_t reads         # blocks read by lookups since the runs were last merged
+    cdef char *wbuf            # records being written
+    cdef size_t wused, wsize
+    cdef int64_t fill          # bytes in the block being written (-1: start a block at the next record)
+    cdef _NameRun wrun
+    cdef readonly int64_t n    # names added (a name added twice counts twice)
+
+    def __cinit__(self):
+        self.runs = []
+        self.budget = <size_t>min(max(NAMES_HELD // 4, 1), 1 << 30)
+
+    def __dealloc__(self):
+        free(self.arena)
+        free(self.slots)
+        free(self.wbuf)
+
+    cdef int _put(self, uint32_t word, const char *p, size_t length) except -1:
+        cdef size_t need = self.used + 4 + length
+        if need > self.size:
+            self.size = max(need, 2 * self.size, 4096)
+            self.arena = <char *>_grown(self.arena, self.size)
+        memcpy(self.arena + self.used, &word, 4)
+        memcpy(self.arena + self.used + 4, p, length)
+        self.used = need
+        return 0
+
+    cdef int add(self, bytes d, bytes n) except -1:
+        cdef uint32_t at
+        if d is not self.cur:
+            if self.cur is None or self.cur != d:
+                self.group = <uint32_t>self.used
+                self._put(GROUP_BIT | <uint32_t>len(d), d, len(d))
+            self.cur = d
+        at = <uint32_t>self.used
+        self._put(<uint32_t>len(n), n, len(n))
+        self.n += 1
+        self.held += 1
+        if self.slots != NULL:
+            self._insert(_pair_hash(d, n), self.group, at)
+        if self.used + self.cap * sizeof(_NameSlot) > self.budget:
+            self._spill()
+        return 0
+
+    cdef int _insert(self, uint64_t h, uint32_t g, uint32_t o) except -1:
+        cdef size_t i, mask
+        if 2 * (self.held + 1) > self.cap:
+            self._grow()
+        mask = self.cap - 1
+        i = <size_t>(h * <uint64_t>0x9E3779B97F4A7C15ULL >> 7) & mask
+        while self.slots[i].o != NO_NAME:
+            i = (i + 1) & mask
+        self.slots[i].h = h
+        self.slots[i].g = g
+        self.slots[i].o = o
+        return 0
+
+    cdef int _grow(self) except -1:
+        cdef _NameSlot *old = self.slots
+        cdef size_t old_cap = self.cap, j, i, mask
+        cdef size_t cap = old_cap * 2 if old_cap else 16  # small: the table counts in the budget
+        while cap < 2 * (self.held + 1):
+            cap *= 2
+        new = <_NameSlot *>malloc(cap * sizeof(_NameSlot))
+        if new == NULL:
+            raise MemoryError()
+        memset(new, 0xff, cap * sizeof(_NameSlot))
+        mask = cap - 1
+        for j in range(old_cap):
+            if old[j].o != NO_NAME:
+                i = <size_t>(old[j].h * <uint64_t>0x9E3779B97F4A7C15ULL >> 7) & mask
+                while new[i].o != NO_NAME:
+                    i = (i + 1) & mask
+                new[i] = old[j]
+        free(old)
+        self.slots = new
+        self.cap = cap
+        return 0
+
+    cdef int _build(self) except -1:
+        """The lookup table of the names in the arena (kept in step by add until the next spill)."""
+        cdef size_t at = 0
+        cdef uint32_t w, g = 0
+        cdef bytes d = b""
+        self._grow()
+        while at < self.used:
+            w = _word(self.arena + at)
+            if w & GROUP_BIT:
+                g = <uint32_t>at
+                d = self.arena[at + 4:at + 4 + (w & ~GROUP_BIT)]
+            else:
+                self._insert(_pair_hash(d, self.arena[at + 4:at + 4 + w]), g, <uint32_t>at)
+            at += 4 + (w & ~GROUP_BIT)
+        return 0
+
+    cdef bint _held(self, bytes d, bytes n) except -1:
+        cdef uint64_t h = _pair_hash(d, n)
+        cdef size_t mask, i
+        cdef const char *p
+        if self.held == 0:
+            return False
+        if self.slots == NULL:
+            self._build()
+        mask = self.cap - 1
+        i = <size_t>(h * <uint64_t>0x9E3779B97F4A7C15ULL >> 7) & mask
+        while self.slots[i].o != NO_NAME:
+            if self.slots[i].h == h:
+                p = self.arena + self.slots[i].o
+                if _word(p) == <uint32_t>len(n) and memcmp(p + 4, <const char *>n, len(n)) == 0:
+                    p = self.arena + self.slots[i].g
+                    if (_word(p) & ~GROUP_BIT) == <uint32_t>len(d) and memcmp(p + 4, <const char *>d, len(d)) == 0:
+                        return True
+            i = (i + 1) & mask
+        return False
+
+    cdef bint has(self, bytes d, bytes n) except -1:
+        """Was ``n`` added in ``d``?"""
+        cdef _NameRun run
+        if self.n == 0:
+            return False
+        if self.reads > self.on_disk and len(self.runs) > 1:
+            self._merge()
+        if self._held(d, n):
+            return True
+        for run in self.runs:
+            if self._in_run(run, d, n):
+                return True
+        return False
+
+    cdef bint _in_run(self, _NameRun run, bytes d, bytes n) except -1:
+        cdef size_t lo = 0, hi = run.nblocks, mid, length, at = 0
+        cdef const char *p
+        cdef const char *blk
+        cdef uint32_t dl, nl
+        cdef int c
+        cdef int64_t before = run.cached
+        if _cmp_pair(run.last_d, len(run.last_d), run.last_n, len(run.last_n), d, len(d), n, len(n)) < 0:
+            return False
+        while lo < hi:  # the first block whose first record is after (d, n)
+            mid = (lo + hi) // 2
+            p = run.keys + run.koff[mid]
+            dl = _word(p)
+            nl = _word(p + 4)
+            if _cmp_pair(p + 8, dl, p + 8 + dl, nl, d, len(d), n, len(n)) <= 0:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == 0:
+            return False
+        blk = run.read(self.fd, lo - 1, &length)
+        if run.cached != before:
+            self.reads += 1
+        while at < length:
+            dl = _word(blk + at)
+            nl = _word(blk + at + 4)
+            c = _cmp_pair(blk + at + 8, dl, blk + at + 8 + dl, nl, d, len(d), n, len(n))
+            if c == 0:
+                return True
+            if c > 0:
+                return False
+            at += 8 + dl + nl
+        return False
+
+    cdef int _write(self, const char *d, uint32_t dl, const char *n, uint32_t nl) except -1:
+        """One record to the run being written (self.wrun), in order."""
+        cdef size_t length = 8 + dl + nl
+        cdef char *p
+        if self.wused + length > self.wsize:
+            self._flush()
+            if length > self.wsize:
+                self.wsize = max(length, NAME_WRITE)
+                self.wbuf = <char *>_grown(self.wbuf, self.wsize)
+        p = self.wbuf + self.wused
+        memcpy(p, &dl, 4)
+        memcpy(p + 4, &nl, 4)
+        memcpy(p + 8, d, dl)
+        memcpy(p + 8 + dl, n, nl)
+        if self.fill < 0 or self.fill >= NAME_BLOCK:
+            self.wrun.start_block(self.end + <int64_t>self.wused, p, length)
+            self.on_disk += 1
+            self.fill = 0
+        self.fill += length
+        self.wused += length
+        return 0
+
+    cdef int _flush(self) except -1:
+        if self.wused:
+            if pwrite(self.fd, self.wbuf, self.wused, self.end) != <ssize_t>self.wused:
+                raise _errors.ExtractError("short write to the temp file of the names written so far")
+            self.end += self.wused
+            self.wused = 0
+        return 0
+
+    cdef int _begin_run(self) except -1:
         if self.f is None:
             import tempfile
             self.f = tempfile.TemporaryFile(prefix="lamina-names-")
-        for u in self.users:
-            if u is not keep:
-                u.names = None  # rebuilt by the next lookup
-            if u.packed is not None and len(u.packed):
-                self.chunks.append(at)
-                self.chunks.append(len(u.packed))
-                self.chunks.append(u.last)
-                u.last = len(self.chunks) - 3
-                at += len(u.packed)
-                parts.append(u.packed)
-                u.packed = None
-        data = b"".join(parts)
-        os.pwrite(self.f.fileno(), data, self.end)
-        self.end += len(data)
-        self.held = 0  # not keep's set: a directory bigger than NAMES_HELD would spill at every add
+            self.fd = self.f.fileno()
+        if self.wbuf == NULL:
+            self.wsize = NAME_WRITE
+            self.wbuf = <char *>_grown(NULL, self.wsize)
+        self.wrun = _NameRun()
+        self.fill = -1
         return 0
 
-    cdef bytes read(self, int64_t offset, int64_t length):
-        data = os.pread(self.f.fileno(), length, offset)
-        if len(data) != length:
-            raise _errors.ExtractError("the temp file of the names written so far is short")
-        return data
+    cdef int _end_run(self, bytes last_d, bytes last_n) except -1:
+        self._flush()
+        run = self.wrun
+        self.wrun = None
+        run.last_d = last_d
+        run.last_n = last_n
+        run.boff[run.nblocks] = self.end  # start_block keeps a spare entry
+        self.runs.append(run)
+        return 0
+
+    cdef int _spill(self) except -1:
+        """The arena's names, sorted and without repeats, as a new run."""
+        cdef uint64_t *order = <uint64_t *>malloc(self.held * sizeof(uint64_t) + 8)
+        cdef size_t at = 0, k = 0, i
+        cdef uint32_t w, g = 0
+        cdef const char *pg
+        cdef const char *pn
+        if order == NULL:
+            raise MemoryError()
+        try:
+            while at < self.used:
+                w = _word(self.arena + at)
+                if w & GROUP_BIT:
+                    g = <uint32_t>at
+                else:
+                    order[k] = (<uint64_t>g << 32) | at
+                    k += 1
+                at += 4 + (w & ~GROUP_BIT)
+            qsort_r(order, k, sizeof(uint64_t), _cmp_mem, self.arena)
+            self._begin_run()
+            for i in range(k):
+                if i and _cmp_mem(&order[i - 1], &order[i], self.arena) == 0:
+                    continue
+                pg = self.arena + (order[i] >> 32)
+                pn = self.arena + <uint32_t>order[i]
+                self._write(pg + 4, _word(pg) & ~GROUP_BIT, pn + 4, _word(pn))
+            pg = self.arena + (order[k - 1] >> 32)
+            pn = self.arena + <uint32_t>order[k - 1]
+            self._end_run(pg[4:4 + (_word(pg) & ~GROUP_BIT)], pn[4:4 + _word(pn)])
+        finally:
+            free(order)
+        self.used = 0
+        self.held = 0
+        self.cur = None
+        free(self.slots)
+        self.slots = NULL
+        self.cap = 0
+        return 0
+
+    def _records(self, _NameRun run, int fd):
+        cdef size_t i, at, length
+        cdef uint32_t dl, nl
+        for i in range(run.nblocks):
+            length = <size_t>(run.boff[i + 1] - run.boff[i])
+            data = os.pread(fd, length, run.boff[i])
+            if len(data) != length:
+                raise _errors.ExtractError("the temp file of the names written so far is short")
+            at = 0
+            while at < length:
+                dl = _word(<const char *>data + at)
+                nl = _word(<const char *>data + at + 4)
+                yield data[at + 8:at + 8 + dl], data[at + 8 + dl:at + 8 + dl + nl]
+                at += 8 + dl + nl
+
+    cdef int _merge(self) except -1:
+        """All runs as one, in a new temp file: a lookup then reads one block, not one a run."""
+        old, runs = self.f, self.runs
+        fd = old.fileno()
+        self.f = None
+        self.runs = []
+        self.end = self.on_disk = self.reads = 0
+        self._begin_run()
+        prev = None
+        for rec in heapq.merge(*[self._records(r, fd) for r in runs]):
+            if rec != prev:
+                self._write(<bytes>rec[0], len(rec[0]), <bytes>rec[1], len(rec[1]))
+                prev = rec
+        self._end_run(prev[0], prev[1])
+        old.close()
+        return 0
 
     cdef void close(self):
         if self.f is not None:
             self.f.close()
             self.f = None
-        self.users = []
-        self.chunks = array("q")
-        self.held = 0
+        self.runs = []
+        self.wrun = None
+        free(self.arena)
+        free(self.slots)
+        free(self.wbuf)
+        self.arena = NULL
+        self.slots = NULL
+        self.wbuf = NULL
+        self.used = self.size = self.cap = self.held = self.wused = self.wsize = 0
+        self.end = self.on_disk = self.reads = self.n = 0
+        self.cur = None
 
-
-cdef class _Names:
-    """The names of the non-directories a layer wrote in one directory (``Extractor.created_in``,
-    ``created_leaves``).  Kept packed (NUL-separated: a tar name has no NUL): a name costs its
-    bytes, not a bytes object and a set slot (~120 B an entry, 7 MiB of a 66k-entry layer's peak
-    RSS), and beyond NAMES_HELD bytes for all directories together they go to the extraction's
-    temp file (_NameSpill).  A lookup builds a set of the directory's names (what it spilled
-    and what it holds), kept until the next spill, so that a directory checked entry by entry
-    (an opaque marker clearing it, whiteouts) costs a hash per check, not a scan."""
-    cdef bytearray packed      # names added since the last spill (None: none)
-    cdef set names             # all its names, while a lookup needs them (None: not built)
-    cdef int64_t last          # the index of its last chunk in spill.chunks (-1: none spilled)
-    cdef _NameSpill spill
-    cdef Py_ssize_t n          # names added (a name added twice counts twice)
-    cdef Py_ssize_t set_cost   # what ``names`` costs, roughly, as _NameSpill counts it
-
-    def __cinit__(self):
-        self.last = -1
-
-    cdef inline int add(self, bytes name) except -1:
-        self.n += 1
-        if self.packed is None:
-            self.packed = bytearray()
-        self.packed += name
-        self.packed += b"\0"
-        if self.names is not None:
-            self.names.add(name)
-        return self.spill.account(len(name) + 1)
-
-    cdef bint has(self, bytes name) except -1:
-        cdef int64_t i
-        if self.names is None:
-            parts = []
-            chunks = self.spill.chunks
-            i = self.last
-            while i >= 0:
-                parts.append(self.spill.read(chunks[i], chunks[i + 1]))
-                i = chunks[i + 2]
-            if self.packed is not None:
-                parts.append(bytes(self.packed))
-            data = b"".join(parts)
-            names = set(data.split(b"\0"))
-            names.discard(b"")
-            self.names = names
-            self.set_cost = 3 * len(data) + 64 * len(names)  # the set's slots and its bytes objects
-            self.spill.account(self.set_cost, self)
-        return name in self.names
-
-    cdef Py_ssize_t retained(self):
-        """Bytes held in memory (its buffer and its lookup set), for Extractor.retained()."""
-        cdef Py_ssize_t n = sys.getsizeof(self.packed) if self.packed is not None else 0
-        if self.names is not None:
-            n += sys.getsizeof(self.names) + sum([sys.getsizeof(x) for x in self.names])
-        return n
-
+    cdef size_t nbytes(self):
+        """Bytes held in memory (arena, lookup table, the runs' indexes and cached blocks): of the
+        arena what it uses, the pages of its allocation beyond that are not touched yet."""
+        cdef _NameRun run
+        cdef size_t total = self.used + self.cap * sizeof(_NameSlot) + self.wsize
+        for run in self.runs:
+            total += run.nbytes()
+        return total
 
 # directory fixup records (and their resolutions at the layer's end) one sort holds in memory;
 # past it they go, sorted, to an unlinked temp file (LAMINA_FIXUPS_HELD: tests make it tiny, so
@@ -833,163 +1158,65 @@ cdef struct _Ino:
     uint64_t ino
 
 
-cdef inline object _ino_key(uint64_t dev, uint64_t ino):
-    """(dev, ino) as one int: ~36 B where a tuple of two ints costs ~120 (a dict key per directory)."""
-    return (<object>dev << 64) | ino
+cdef inline bytes _ino_bytes(uint64_t dev, uint64_t ino):
+    """(dev, ino) of a directory as the key of its names in a _NameStore, big-endian: keys sort
+    as inode numbers, which a filesystem hands out mostly in creation order, so that each run
+    of the store covers its own range of them (see _NameStore._in_run)."""
+    cdef _Ino k
+    k.dev = htobe64(dev)
+    k.ino = htobe64(ino)
+    return (<char *>&k)[:sizeof(_Ino)]
 
 
 cdef class _InodeSet:
-    """A set of (dev, ino) pairs in one open-addressed table: 16 B a slot, at most half full,
-    where a set of tuples cost ~217 B a directory (its tuple, two ints and its slot)."""
-    cdef _Ino *slots
-    cdef size_t cap            # slots (a power of two); 0: none allocated yet
+    """A set of (dev, ino) pairs, bounded in memory: a _NameStore of their _ino_bytes.  An
+    open-addressed table of them all cost 32-64 B a directory (8 MiB of a 200k-directory layer's
+    peak RSS, 16 MiB while it grew)."""
+    cdef _NameStore keys
     cdef readonly size_t n
 
-    def __dealloc__(self):
-        free(self.slots)
+    def __cinit__(self):
+        self.keys = _NameStore()
 
-    cdef inline size_t _find(self, uint64_t dev, uint64_t ino) noexcept:
-        """The slot of (dev, ino), or the empty one where it would go (all ones: empty, a
-        pair no filesystem hands out)."""
-        cdef size_t mask = self.cap - 1
-        cdef size_t i = <size_t>((ino * <uint64_t>0x9E3779B97F4A7C15ULL) ^ (dev * <uint64_t>0xC2B2AE3D27D4EB4FULL)) >> 7
-        i &= mask
-        while True:
-            if (self.slots[i].dev == dev and self.slots[i].ino == ino) or (
-                    self.slots[i].dev == <uint64_t>-1 and self.slots[i].ino == <uint64_t>-1):
-                return i
-            i = (i + 1) & mask
-
-    cdef bint has(self, uint64_t dev, uint64_t ino) noexcept:
-        if self.n == 0:
-            return False
-        cdef size_t i = self._find(dev, ino)
-        return self.slots[i].dev == dev and self.slots[i].ino == ino and not (
-            dev == <uint64_t>-1 and ino == <uint64_t>-1)
+    cdef bint has(self, uint64_t dev, uint64_t ino) except -1:
+        return self.n > 0 and self.keys.has(_ino_bytes(dev, ino), b"")
 
     cdef int add(self, uint64_t dev, uint64_t ino) except -1:
         """1 if (dev, ino) is new, 0 if it was there."""
-        cdef size_t i
-        if 2 * (self.n + 1) > self.cap:
-            self._grow()
-        i = self._find(dev, ino)
-        if self.slots[i].dev == dev and self.slots[i].ino == ino:
+        key = _ino_bytes(dev, ino)
+        if self.n > 0 and self.keys.has(key, b""):
             return 0
-        self.slots[i].dev = dev
-        self.slots[i].ino = ino
+        self.keys.add(key, b"")
         self.n += 1
         return 1
 
-    cdef int _grow(self) except -1:
-        cdef _Ino *old = self.slots
-        cdef size_t old_cap = self.cap, j
-        cdef size_t cap = old_cap * 2 if old_cap else 1024
-        new = <_Ino *>malloc(cap * sizeof(_Ino))
-        if new == NULL:
-            raise MemoryError()
-        memset(new, 0xff, cap * sizeof(_Ino))
-        self.slots = new
-        self.cap = cap
-        for j in range(old_cap):
-            if not (old[j].dev == <uint64_t>-1 and old[j].ino == <uint64_t>-1):
-                self.slots[self._find(old[j].dev, old[j].ino)] = old[j]
-        free(old)
-        return 0
-
-    cdef void clear(self):
-        free(self.slots)
-        self.slots = NULL
-        self.cap = 0
-        self.n = 0
-
     cdef size_t nbytes(self):
-        return self.cap * sizeof(_Ino)
-
-
-cdef struct _PathSlot:
-    uint64_t h
-    uint64_t off               # where the path is in the arena (all ones: an empty slot)
+        return self.keys.nbytes()
 
 
 cdef class _PathSet:
-    """A set of paths (bytes): each path's bytes once in an arena, and a slot of 16 B (its hash
-    and where it is) in an open-addressed table at most half full: ~65 B a directory where a
-    set cost ~160 (a bytes object and its slot), 30 MiB of a 200k-directory layer's peak RSS."""
-    cdef _PathSlot *slots
-    cdef size_t cap
+    """A set of paths (bytes), bounded in memory: a _NameStore of (path, b"").  Each path in an
+    arena and a slot of an open-addressed table cost ~75 B a directory (15 MiB of a
+    200k-directory layer's peak RSS)."""
+    cdef _NameStore keys
     cdef readonly size_t n
-    cdef char *arena           # per path: its length (uint32_t), then its bytes
-    cdef size_t used, size
 
-    def __dealloc__(self):
-        free(self.slots)
-        free(self.arena)
-
-    cdef inline size_t _find(self, uint64_t h, const char *p, uint32_t length) noexcept:
-        cdef size_t mask = self.cap - 1
-        cdef size_t i = <size_t>(h * <uint64_t>0x9E3779B97F4A7C15ULL >> 7) & mask
-        cdef uint32_t have
-        while self.slots[i].off != <uint64_t>-1:
-            if self.slots[i].h == h:
-                memcpy(&have, self.arena + self.slots[i].off, sizeof(uint32_t))
-                if have == length and memcmp(self.arena + self.slots[i].off + sizeof(uint32_t), p, length) == 0:
-                    return i
-            i = (i + 1) & mask
-        return i
+    def __cinit__(self):
+        self.keys = _NameStore()
 
     cdef bint has(self, bytes path) except -1:
-        if self.n == 0:
-            return False
-        return self.slots[self._find(<uint64_t>hash(path), path, <uint32_t>len(path))].off != <uint64_t>-1
+        return self.n > 0 and self.keys.has(path, b"")
 
     cdef int add(self, bytes path) except -1:
         """1 if ``path`` is new, 0 if it was there."""
-        cdef uint64_t h = <uint64_t>hash(path)
-        cdef uint32_t length = <uint32_t>len(path)
-        cdef size_t i, need
-        cdef char *grown
-        if 2 * (self.n + 1) > self.cap:
-            self._grow()
-        i = self._find(h, path, length)
-        if self.slots[i].off != <uint64_t>-1:
+        if self.n > 0 and self.keys.has(path, b""):
             return 0
-        need = self.used + sizeof(uint32_t) + length
-        if need > self.size:
-            grown = <char *>realloc(self.arena, max(need, 2 * self.size, 4096))
-            if grown == NULL:
-                raise MemoryError()
-            self.arena = grown
-            self.size = max(need, 2 * self.size, 4096)
-        memcpy(self.arena + self.used, &length, sizeof(uint32_t))
-        memcpy(self.arena + self.used + sizeof(uint32_t), <const char *>path, length)
-        self.slots[i].h = h
-        self.slots[i].off = self.used
-        self.used = need
+        self.keys.add(path, b"")
         self.n += 1
         return 1
 
-    cdef int _grow(self) except -1:
-        cdef _PathSlot *old = self.slots
-        cdef size_t old_cap = self.cap, j, i
-        cdef size_t cap = old_cap * 2 if old_cap else 1024
-        cdef size_t mask = cap - 1
-        new = <_PathSlot *>malloc(cap * sizeof(_PathSlot))
-        if new == NULL:
-            raise MemoryError()
-        memset(new, 0xff, cap * sizeof(_PathSlot))
-        for j in range(old_cap):
-            if old[j].off != <uint64_t>-1:
-                i = <size_t>(old[j].h * <uint64_t>0x9E3779B97F4A7C15ULL >> 7) & mask
-                while new[i].off != <uint64_t>-1:
-                    i = (i + 1) & mask
-                new[i] = old[j]
-        free(old)
-        self.slots = new
-        self.cap = cap
-        return 0
-
     cdef size_t nbytes(self):
-        return self.cap * sizeof(_PathSlot) + self.size
+        return self.keys.nbytes()
 
 
 cdef class _DirStack:
@@ -1420,25 +1647,23 @@ cdef class Extractor:
     cdef bint hid_parent_hides    # an upper layer hides what is in it (hide_* are fixed per layer)
     cdef object unskipped_parent  # a parent with no skipped non-directory on its way (None: unknown)
     cdef _PathSet created          # dir format: the directories this layer wrote or wrote into, by path
-    cdef dict created_leaves       # dir format: the path of a directory -> the _Names of the non-directories
+    cdef _NameStore created_leaves # dir format: (the path of a directory, name) of the non-directories
                                    # this layer wrote by a path in it (``created`` with them: _created_path)
     cdef _PathSet provided         # overlay format: physical paths of the directories this layer wrote or
                                    # wrote into (every entry's parents)
-    cdef dict provided_leaves      # and the physical path of a directory -> the _Names of the non-directories
+    cdef _NameStore provided_leaves  # and (the physical path of a directory, name) of the non-directories
                                    # this layer wrote in it (_provided checks both)
     cdef set cleared               # (path, dev, ino) of the directories an opaque marker cleared (see _opaque)
     cdef set cleared_paths         # and their paths (a marker there takes the general path)
     cdef int64_t headers
     cdef _InodeSet created_ino     # dir format: the (dev, ino) of the directories this layer wrote or wrote into
-    cdef dict created_in           # dir format: _ino_key of a directory -> the _Names of the non-directories
+    cdef _NameStore created_in     # dir format: (_ino_bytes of a directory, name) of the non-directories
                                    # this layer wrote in it, wherever it landed (see _record_inode)
-    cdef _Names cache_names        # created_in's names of the cached parent (None: not looked up yet)
-    cdef _NameSpill name_spill     # where the _Names of created_in, created_leaves, provided_leaves spill
+    cdef bytes cache_ino           # the _ino_bytes of the cached parent (None: not made yet)
     # dir format: a Bloom filter (2 bits a name, calloc'ed at the first) of the names of the
     # non-directories in created_in: a name it has not seen was written nowhere by this layer
     cdef uint64_t *name_bits
     cdef bytes recorded_parent     # the parent of the last path _record added: known to be in created
-    cdef _Names recorded_leaves    # and its created_leaves names
     cdef _Where header_where       # reused for each header: formatted only when an error is raised
     cdef object root_key
     cdef bytes root_real           # dir format: the root's path as the kernel names it (/proc/self/fd)
@@ -1637,13 +1862,12 @@ cdef class Extractor:
         self.fixups = _Fixups()
         self.created = _PathSet()
         self.provided = _PathSet()
-        self.provided_leaves = {}
+        self.provided_leaves = _NameStore()
         self.cleared = set()
         self.cleared_paths = set()
         self.created_ino = _InodeSet()
-        self.created_in = {}
-        self.created_leaves = {}
-        self.name_spill = _NameSpill()
+        self.created_in = _NameStore()
+        self.created_leaves = _NameStore()
         self.header_where = _Where("header", None)
         self.skipped = []
         self.prev_name = None
@@ -1672,25 +1896,21 @@ cdef class Extractor:
         layer's entries, so it is most of a big layer's peak RSS: for tests and memory
         measurements, not for the hot path."""
         def size(obj):
-            if isinstance(obj, _Names):
-                return (<_Names>obj).retained()
             n = sys.getsizeof(obj)
             if isinstance(obj, dict):
                 return n + sum([size(k) + size(v) for k, v in obj.items()])
             if isinstance(obj, (set, frozenset, tuple, list)):
                 return n + sum([size(x) for x in obj])
             return n
-        def names(d):
-            return sum([(<_Names>v).n for v in d.values()])
         out = {name: (len(obj), size(obj)) for name, obj in (
             ("hidden_files", self.hidden_files),)}
         out["created"] = (self.created.n, self.created.nbytes())
         out["provided"] = (self.provided.n, self.provided.nbytes())
         out["created_ino"] = (self.created_ino.n, self.created_ino.nbytes())
         out["fixups"] = (len(self.fixups.records.items), size(self.fixups.records.items))
-        out["created_leaves"] = (names(self.created_leaves), size(self.created_leaves))
-        out["provided_leaves"] = (names(self.provided_leaves), size(self.provided_leaves))
-        out["created_in"] = (names(self.created_in), size(self.created_in))
+        out["created_leaves"] = (self.created_leaves.n, self.created_leaves.nbytes())
+        out["provided_leaves"] = (self.provided_leaves.n, self.provided_leaves.nbytes())
+        out["created_in"] = (self.created_in.n, self.created_in.nbytes())
         out["name_bits"] = (0, NAME_BITS // 8 if self.name_bits != NULL else 0)
         return out
 
@@ -1801,15 +2021,13 @@ cdef class Extractor:
         stream ends: the directory fixups then build their own list, and the layer's peak RSS
         need not hold both."""
         self.created = _PathSet()
-        self.created_leaves = {}
-        self.created_in = {}
+        self.created_leaves.close()
+        self.created_in.close()
         self.created_ino = _InodeSet()
         self.provided = _PathSet()
-        self.provided_leaves = {}
-        self.name_spill.close()
-        self.cache_names = None
+        self.provided_leaves.close()
+        self.cache_ino = None
         self.recorded_parent = None
-        self.recorded_leaves = None
         free(self.name_bits)
         self.name_bits = NULL
 
@@ -2681,7 +2899,7 @@ cdef class Extractor:
             else:
                 close(self.cache_fd)
         self.cache_fd = fd
-        self.cache_names = None
+        self.cache_ino = None
         self.cache_path = parent
         self.cache_real = None
         self.cache_realp = realp
@@ -3076,7 +3294,7 @@ cdef class Extractor:
         if self.cache_fd >= 0:
             close(self.cache_fd)
         self.cache_fd = -1
-        self.cache_names = None
+        self.cache_ino = None
         self.cache_valid = False
         self.cache_st_ok = self.cache_st_fresh = False
         self._drop_pars(0)
@@ -3105,35 +3323,21 @@ cdef class Extractor:
             if is_dir:
                 created.add(path)
             else:
-                if self.recorded_leaves is None:
-                    self.recorded_leaves = self._leaves_of(rp)
-                self.recorded_leaves.add(base)
+                self.created_leaves.add(rp, base)
             return
         parent = path[:slash] if slash > 0 else b""
-        leaves = None
         if not is_dir:
-            leaves = self._leaves_of(parent)
-            leaves.add(base)
+            self.created_leaves.add(parent, base)
             path = parent
         if slash > 0:
             self.recorded_parent = parent
-            self.recorded_leaves = leaves
         while path and created.add(path):
             i = path.rfind(b"/")
             path = path[:i] if i > 0 else b""
 
-    cdef _Names _leaves_of(self, bytes parent):
-        leaves = self.created_leaves.get(parent)
-        if leaves is None:
-            leaves = self.created_leaves[parent] = self.name_spill.new()
-        return leaves
-
     cdef bint _created_path(self, bytes path, bytes parent, bytes base):
         """Did this layer write ``path`` (``base`` in ``parent``), or into it (see _record)?"""
-        if self.created.has(path):
-            return True
-        leaves = self.created_leaves.get(parent)
-        return leaves is not None and (<_Names>leaves).has(base)
+        return self.created.has(path) or self.created_leaves.has(parent, base)
 
     cdef int _note_name(self, bytes base) except -1:
         """``base`` names a non-directory this layer wrote (the filter of _maybe_written)."""
@@ -3253,10 +3457,10 @@ cdef class Extractor:
                     and pfd == self.cache_fd and self.cache_st_ok):
                 # just created by name in the cached parent (a hardlink is never a directory,
                 # nor a node): its (dev, ino) is known
-                names = self.cache_names
-                if names is None:
-                    names = self.cache_names = self._created_in(self.cache_st.st_dev, self.cache_st.st_ino)
-                names.add(base)
+                key = self.cache_ino
+                if key is None:
+                    key = self.cache_ino = _ino_bytes(self.cache_st.st_dev, self.cache_st.st_ino)
+                self.created_in.add(key, base)
                 self._note_name(base)
             else:
                 self._record_inode(pfd, base)
@@ -3269,10 +3473,7 @@ cdef class Extractor:
         if is_dir:
             self._provide_dir(parent + b"/" + base if parent else base)
             return
-        leaves = self.provided_leaves.get(parent)
-        if leaves is None:
-            leaves = self.provided_leaves[parent] = self.name_spill.new()
-        (<_Names>leaves).add(base)
+        self.provided_leaves.add(parent, base)
         self._provide_dir(parent)
 
     cdef void _provide_dir(self, bytes phys) except *:
@@ -3289,8 +3490,7 @@ cdef class Extractor:
         if self.provided.has(phys):
             return True
         i = phys.rfind(b"/")
-        leaves = self.provided_leaves.get(phys[:i] if i > 0 else b"")
-        return leaves is not None and (<_Names>leaves).has(phys[i + 1:])
+        return self.provided_leaves.has(phys[:i] if i > 0 else b"", phys[i + 1:])
 
     cdef void _record_ancestors(self, int fd):
         """The directories this layer writes into, up to the root, by inode: an
@@ -3323,17 +3523,8 @@ cdef class Extractor:
             if S_ISDIR(st.st_mode):
                 self.created_ino.add(st.st_dev, st.st_ino)
             elif fstat(pfd, &st) == 0:
-                self._created_in(st.st_dev, st.st_ino).add(base)
+                self.created_in.add(_ino_bytes(st.st_dev, st.st_ino), base)
                 self._note_name(base)
-
-    cdef _Names _created_in(self, dev_t dev, unsigned long ino):
-        """The names this layer wrote in directory (dev, ino): one _Names per directory,
-        so that an entry costs its name's bytes, not a (dev, ino, name) tuple of its own."""
-        key = _ino_key(dev, ino)
-        names = self.created_in.get(key)
-        if names is None:
-            names = self.created_in[key] = self.name_spill.new()
-        return names
 
     cdef bint _written_here(self, int pfd, bytes base, stat *st):
         """Did this layer write ``base`` of ``pfd`` (see _record_inode)?  ``st``: its lstat."""
@@ -3342,8 +3533,7 @@ cdef class Extractor:
             return self.created_ino.has(st.st_dev, st.st_ino)
         if fstat(pfd, &pst) < 0:
             return False
-        names = self.created_in.get(_ino_key(pst.st_dev, pst.st_ino))
-        return names is not None and (<_Names>names).has(base)
+        return self.created_in.has(_ino_bytes(pst.st_dev, pst.st_ino), base)
 
     cdef _open_file(self, int pfd, bytes base, bytes name, int64_t size):
         # Created with its final permissions (the fd is writable whatever they are), so

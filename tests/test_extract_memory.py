@@ -5,7 +5,7 @@ The dir format remembers what the layer wrote (so that its whiteouts and opaque 
 it) and which directories need their mode and times fixed up at the end: that grows with the
 layer's entries and was most of a 66k-entry layer's peak RSS.  The old extractor kept every
 entry's path in a set, and its name in its directory's set besides (~250 B a file); now a
-directory's files are only their names packed in one buffer.  Counted two ways, no timing:
+file is its name in the extraction's name stores, which spill to a temp file past a budget.  Counted two ways, no timing:
 ``Extractor.retained()`` (what each structure holds, by sys.getsizeof), and the peak RSS
 (VmHWM) of a child process extracting a generated layer of 100k empty files, with a bound
 halfway between the old extractor's growth (23 MiB) and the new one's (6.4 MiB).
@@ -58,8 +58,10 @@ def test_a_file_costs_its_name_not_its_path(tmp_path):
     assert len(os.listdir(dest / "usr/share/some-package-0007")) == PER_DIR
 
 
+# a child extracting tars (mode: dir, overlay, flat: the dir format, all in one tree): the growth
+# of its peak RSS
 CHILD = r'''
-import json, sys
+import json, os, sys
 from lamina._extract import Extractor
 
 def vm(key):
@@ -68,17 +70,25 @@ def vm(key):
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
 
-ex = Extractor(sys.argv[1])
+mode, scratch, tars = sys.argv[1], sys.argv[2], sys.argv[3:]
 buf = bytearray(1 << 20)
-with open(sys.argv[2], "rb", buffering=0) as f:
-    base = vm("VmRSS:")
-    while True:
-        n = f.readinto(buf)
-        if not n:
-            break
-        ex.feed(memoryview(buf)[:n])
-ex.finish()
-print(json.dumps({"growth": vm("VmHWM:") - base, "entries": ex.entries}))
+base = vm("VmRSS:")
+roots, entries = [], 0
+for i, tar in enumerate(tars):
+    root = os.path.join(scratch, "0" if mode != "overlay" else str(i))
+    os.makedirs(root, exist_ok=True)
+    ex = Extractor(root, format="overlay" if mode == "overlay" else "dir",
+                   lowers=roots[::-1] if mode == "overlay" and roots else None)
+    with open(tar, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            ex.feed(memoryview(buf)[:n])
+    ex.finish()
+    entries += ex.entries
+    roots.append(root)
+print(json.dumps({"growth": vm("VmHWM:") - base, "entries": entries}))
 '''
 
 
@@ -86,7 +96,7 @@ def test_peak_rss_of_a_100k_file_layer(tmp_path):
     tar = tmp_path / "layer.tar"
     tar.write_bytes(_layer(100, 1000))
     with _scratch(tmp_path) as scratch:
-        out = run(sys.executable, "-c", CHILD, scratch, str(tar))
+        out = run(sys.executable, "-c", CHILD, "dir", scratch, str(tar))
     got = json.loads(out.stdout)
     assert got["entries"] == 100 * 1001
     assert got["growth"] < 14 << 20, f"peak RSS grew {got['growth'] / 2**20:.1f} MiB over 100k entries"
@@ -225,3 +235,38 @@ def test_directory_fixups_spilled_to_disk_give_the_same_trees(tmp_path):
     assert (tree.entries["t"].mode, tree.entries["t"].mtime) == (0o711, _T + 500)
     assert (tree.entries["gone"].mode, tree.entries["gone"].mtime) == (0o705, _T + 602)
     assert (tree.entries["gone/in"].mode, tree.entries["gone/in"].mtime) == (0o704, _T + 603)
+
+
+def _many_dirs(dirs, upper=False):
+    """A file in each of ``dirs`` directories; ``upper``: in each, a whiteout of that file and
+    a new one (whiteouts look up what the layer wrote)."""
+    out = bytearray()
+    for d in range(dirs):
+        out += header(f"d{d:06d}/", type=b"5", mode=0o755)
+        if upper:
+            out += header(f"d{d:06d}/.wh.a-module-file-name.py", size=0)
+            out += header(f"d{d:06d}/another-module-file-name.py", size=0)
+        else:
+            out += header(f"d{d:06d}/a-module-file-name.py", size=0)
+    return bytes(out + bytes(1024))
+
+
+def test_peak_rss_of_a_layer_of_many_directories(tmp_path):
+    """What the extractor keeps of the names a layer wrote is bounded whatever the number of
+    directories they are in, on every path: dir, overlay and flat (two layers in one tree, the
+    upper one's whiteouts looking up what it wrote).  One _Names object and a dict entry a
+    directory, twice over, grew ~0.6 KB a directory (~18 MiB here); now the names over
+    LAMINA_NAMES_HELD bytes are in a temp file, the directories' paths and inodes with them.  Small budgets for the names and the directory fixups, so that the fixed part is
+    small beside what grows."""
+    dirs = 30_000
+    lower, upper = tmp_path / "lower.tar", tmp_path / "upper.tar"
+    lower.write_bytes(_many_dirs(dirs))
+    upper.write_bytes(_many_dirs(dirs, upper=True))
+    env = dict(os.environ, LAMINA_NAMES_HELD=str(1 << 20), LAMINA_FIXUPS_HELD="2048")
+    got = {}
+    for mode, tars in (("dir", [lower]), ("overlay", [lower, upper]), ("flat", [lower, upper])):
+        with _scratch(tmp_path) as scratch:
+            out = run(sys.executable, "-c", CHILD, mode, scratch, *map(str, tars), env=env)
+        got[mode] = json.loads(out.stdout)["growth"] / 2**20
+    # main grew 25, 14 and 25 MiB; this extractor 4, 4 and 5
+    assert all(growth < 10 for growth in got.values()), {m: f"{g:.1f} MiB" for m, g in got.items()}
