@@ -1445,7 +1445,6 @@ cdef class Extractor:
     cdef object lowers_provider    # overlay, deferred: () -> lower dirs once finished, or None
     cdef list lower_dirs           # overlay: the dirs of lower_fds, topmost first
     cdef object lower_shared       # overlay: lower dir -> names sharing an inode only by the store's dedup
-    cdef object lower_lock         # overlay: held while reading a lower's metadata that a dedup pass may be changing
     cdef dict lower_links          # overlay: lower index -> {(dev, ino): [paths]} of its multiply linked files
     cdef int up_layer              # overlay: the lower layer the last _copy_up_node copied from
     cdef stat up_st                #          and what it copied
@@ -1508,7 +1507,7 @@ cdef class Extractor:
 
     def __init__(self, root, *, str format="dir", limits=None, use_openat2=None, hidden=None,
                  lowers=None, bint defer_lowers=False, lowers_provider=None, lower_shared=None,
-                 lower_lock=None, hash_files_into=None, link_objects=None, int64_t scan_max=-1):
+                 hash_files_into=None, link_objects=None, int64_t scan_max=-1):
         """``root=None`` scans instead of extracting: headers are parsed and
         checked, nothing is written, and ``scan_at`` / ``scan_below`` collect
         what this layer hides in the layers below it (whiteouts and non-directory
@@ -1536,10 +1535,7 @@ cdef class Extractor:
         ``lower_shared(lower_dir)``: the names (relative paths) of that lower
         layer whose inode is shared by the store's file dedup rather than
         hardlinked in the image, so a copy-up never takes them for the copied
-        file's hardlinks.  ``lower_lock`` (a lock): held while a copy-up reads
-        the metadata of a lower directory or file, which the store's dedup pass
-        of a lower handed over before its pass holds while a swap has moved
-        that directory's mtime (see lamina.store.objects.TREE_LOCK).
+        file's hardlinks.
 
         ``hash_files_into`` (an existing directory on the same filesystem as
         ``root``): the blake3 of every regular file's data is computed as it is
@@ -1605,7 +1601,6 @@ cdef class Extractor:
         self.lower_fds = []
         self.lower_dirs = []
         self.lower_shared = lower_shared
-        self.lower_lock = lower_lock
         self.lower_links = {}
         self.defer_lowers = defer_lowers and self.overlay
         self.root_named = False
@@ -2976,13 +2971,7 @@ cdef class Extractor:
     cdef _copy_dir_metadata(self, int src, int dst, bytes phys, object name):
         """A copied-up directory: owner and xattrs now, mode and times at the end."""
         cdef stat st
-        cdef int r
-        if self.lower_lock is None:
-            r = fstat(src, &st)
-        else:
-            with self.lower_lock:
-                r = fstat(src, &st)
-        if r < 0:
+        if fstat(src, &st) < 0:
             self._oserror("stat lower directory of", name)
         if self.is_root and fchown(dst, st.st_uid, st.st_gid) < 0:
             self._oserror("chown", name)
@@ -3023,18 +3012,10 @@ cdef class Extractor:
         cdef char buf[4096]
         cdef Py_ssize_t ln
         cdef timespec ts[2]
-        cdef bint found = False
-        if self.lower_lock is not None:  # its mtime: a reflink by a lower's dedup pass moves it until put back
-            self.lower_lock.acquire()
-        try:
-            for i in range(len(lowers)):
-                if <int>lowers[i] >= 0 and fstatat(<int>lowers[i], base, &st, AT_SYMLINK_NOFOLLOW) == 0:
-                    found = True
-                    break
-        finally:
-            if self.lower_lock is not None:
-                self.lower_lock.release()
-        if not found:
+        for i in range(len(lowers)):
+            if <int>lowers[i] >= 0 and fstatat(<int>lowers[i], base, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                break
+        else:
             return False
         lfd = <int>lowers[i]
         if S_ISCHR(st.st_mode) and st.st_rdev == 0:

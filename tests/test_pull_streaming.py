@@ -291,7 +291,8 @@ def early(reg, tmp_path_factory):  # noqa: F811
 
 
 def _gate_commit_of(monkeypatch, root, chain, until, then=None):
-    """Hold the sync of snapshot ``chain``'s dedup pass (hence its claim and commit) until
+    """Hold the sync of snapshot ``chain``'s dedup pass (hence its claim and commit; the swaps
+    of the pass, before it, may not be held: the tree is handed over after them) until
     ``until()`` is true (a failure after 30 s), then run ``then()`` (which may raise) or the
     real sync."""
     from lamina.store import objects
@@ -322,7 +323,8 @@ def _late_written(root, chain):
 
 def test_an_upper_layer_goes_on_over_a_final_tree_before_its_commit(reg, early, registry_env, monkeypatch):  # noqa: F811
     """A streamed layer hands its tree to the layers above once it is final (diffID and blob
-    verified), before its dedup pass (swaps, sync, claim) and its commit: at the end of a pull the top layers no longer wait for the dedup pass of the
+    verified, the swaps of its dedup pass done), before the rest of that pass (sync, claim) and
+    its commit: at the end of a pull the top layers no longer wait for the dedup pass of the
     one below them.  Its own commit still comes after theirs."""
     root = registry_env / "root"
     base, upper = early["chains"]

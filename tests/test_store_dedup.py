@@ -941,18 +941,17 @@ def test_the_pass_keeps_its_file_list_on_disk(tmp_path):
 
 
 
-def _copy_holding_the_first_sync(root, layout, ref, monkeypatch, hold_pass=False):
+def _copy_holding_the_first_sync(root, layout, ref, monkeypatch):
     """Copy ``ref`` in this process, the first layer to sync (the bottom one) waiting before it
     until a layer above has gone on over an uncommitted tree below it (snapshots._open_lowers
-    with a tree that is not committed yet); returns whether that happened.  ``hold_pass``: the
-    first dedup pass (the bottom layer's: its walk and swaps too) waits instead, and what is
-    returned is whether the layer above went on before that pass began.  The copy runs in a
-    thread: a deadlock fails the test instead of hanging it."""
+    with a tree that is not committed yet); returns whether that happened.  The layer above is
+    then writing (snapshots._WRITERS), so the bottom layer's sync waits for it.  The copy runs
+    in a thread: a deadlock fails the test instead of hanging it."""
     import threading
-    from lamina.store import Store, objects, snapshots
+    from lamina.store import Store, snapshots
     from lamina.transports import copy as lamina_copy
     resumed = threading.Event()
-    real_open, real_idle, real_pass = snapshots._open_lowers, snapshots._WRITERS.wait_idle, objects.dedup_snapshot
+    real_open, real_idle = snapshots._open_lowers, snapshots._WRITERS.wait_idle
     first = []
 
     def open_lowers(paths, lowers, opened):
@@ -966,16 +965,8 @@ def _copy_holding_the_first_sync(root, layout, ref, monkeypatch, hold_pass=False
             resumed.wait(20)
         real_idle()
 
-    def dedup_snapshot(*a, **kw):
-        if not first:
-            first.append(resumed.wait(20))
-        return real_pass(*a, **kw)
-
     monkeypatch.setattr(snapshots, "_open_lowers", open_lowers)
-    if hold_pass:
-        monkeypatch.setattr(objects, "dedup_snapshot", dedup_snapshot)
-    else:
-        monkeypatch.setattr(snapshots._WRITERS, "wait_idle", wait_idle)
+    monkeypatch.setattr(snapshots._WRITERS, "wait_idle", wait_idle)
     failed = []
 
     def copy():
@@ -990,29 +981,24 @@ def _copy_holding_the_first_sync(root, layout, ref, monkeypatch, hold_pass=False
     t.join(120)
     assert not t.is_alive(), "the copy deadlocked"
     assert not failed, failed
-    return first[0] if hold_pass else resumed.is_set()
+    return resumed.is_set()
 
 
-def _early_image(tmp_path):
-    """A bottom layer with a duplicate in ``a/`` (its dedup pass swaps one name there) and an
-    upper layer whose one entry implies ``a/`` (copied up from the layer below)."""
+def test_an_upper_layer_goes_on_over_the_tree_below_before_its_commit(tmp_path, monkeypatch):
+    """A copy (snapshots.ensure_all) hands a layer's tree to the layers above once the swaps of
+    its dedup pass are done, as a pull does: the rest of that pass (sync, claim of its new
+    objects, commit) then runs beside their extraction instead of before it (issue 9: an upper
+    layer's pass waited for the lower layers').  Before, the layer above waited for the bottom
+    layer's commit, so it never went on over its uncommitted tree.  The tree it goes on over
+    is final: the bottom layer swaps a duplicate in ``a/`` (its rename moves the directory's
+    mtime for a moment), and the layer above copies ``a/`` up with the layer's mtime; fsck
+    compares every snapshot with a fresh extraction."""
     body = b"twice in the bottom layer" * 200
     lay = ocibuild.Layout(tmp_path / "layout")
     bottom = tarfile_bytes([(ti("a/", tarfile.DIRTYPE, mode=0o755), None), (ti("a/one"), body), (ti("a/two"), body)]
                            + [(ti(f"a/f{i}"), b"%d" % i * 100) for i in range(50)])
     upper = tarfile_bytes([(ti("a/three"), b"upper file")])  # a/ implied: needs the layer below
     lay.image_of_tars([bottom, upper], "early")
-
-
-def test_an_upper_layer_goes_on_over_the_tree_below_before_its_commit(tmp_path, monkeypatch):
-    """A copy (snapshots.ensure_all) hands a layer's tree to the layers above before its commit,
-    as a pull does: the rest of its dedup pass (sync, claim of its new objects, commit) then
-    runs beside their extraction instead of before it (issue 9: an upper layer's pass waited
-    for the lower layers').  Before, the layer above waited for the bottom layer's commit, so
-    it never went on over its uncommitted tree.  The bottom layer swaps a duplicate in ``a/``
-    (its rename moves the directory's mtime for a moment), and the layer above copies ``a/``
-    up with the layer's mtime; fsck compares every snapshot with a fresh extraction."""
-    _early_image(tmp_path)
     root = tmp_path / "root"
     assert _copy_holding_the_first_sync(root, tmp_path / "layout", "early", monkeypatch), \
         "the layer above did not go on over the bottom layer's tree before its commit"
@@ -1039,58 +1025,4 @@ def test_a_hardlink_to_a_lower_file_while_that_layer_finishes_its_pass(tmp_path,
     low, up = _chains(root, "links:1")
     ups = {n: os.lstat(os.path.join(_fs(root, up), n)).st_ino for n in ("d/pair-a", "d/pair-b", "e/link")}
     assert len(set(ups.values())) == 1, ups  # copied up as one inode, as the layer's hardlinks
-    _fsck_clean(root)
-
-
-def test_an_upper_layer_goes_on_over_the_tree_below_before_its_dedup_pass(tmp_path, monkeypatch):
-    """A copy hands a layer's tree to the layers above as soon as it is extracted, before its
-    dedup pass: the pass's walk and swaps then run beside their extraction, not on the copy's
-    critical path between the two layers (issue 9).  Before, the layer above waited for the
-    swaps of the bottom layer's pass, so it never went on while that pass was held.  The swap
-    in ``a/`` reads the same from above: same bytes and metadata, and the upper copies ``a/``
-    up with the layer's mtime."""
-    _early_image(tmp_path)
-    root = tmp_path / "root"
-    assert _copy_holding_the_first_sync(root, tmp_path / "layout", "early", monkeypatch, hold_pass=True), \
-        "the layer above did not go on over the bottom layer's tree before its dedup pass"
-    low, up = _chains(root, "early:1")
-    assert _ino(root, low, "a/one") == _ino(root, low, "a/two")
-    assert os.lstat(os.path.join(_fs(root, up), "a")).st_mtime_ns == os.lstat(os.path.join(_fs(root, low), "a")).st_mtime_ns
-    _fsck_clean(root)
-
-
-def test_a_copy_up_never_reads_a_directory_time_a_swap_below_has_moved(tmp_path, monkeypatch):
-    """The bottom layer's pass swaps ``a/two`` while the layer above may be copying ``a/`` up
-    (it goes on over the tree below before that pass): the swap's rename moves ``a/``'s mtime
-    until the pass puts it back, and a copy-up reading it in between would keep the wrong time
-    for good.  objects.TREE_LOCK closes that window.  Here the pass holds it open (1 s, inside
-    the swap) and lets the layer above go on only then: without the lock the upper's ``a/``
-    got the time of the swap.  (On a very slow machine the upper may not reach its copy-up
-    within that second: then this test cannot fail, it never fails wrongly.)"""
-    import threading
-    from lamina.store import Store, snapshots
-    from lamina.transports import copy as lamina_copy
-    _early_image(tmp_path)
-    in_window = threading.Event()
-    real_utime, real_open = os.utime, snapshots._open_lowers
-
-    def utime(path, *a, **kw):
-        if isinstance(path, int) and not in_window.is_set() and threading.current_thread().name.startswith("lamina-snapshot"):
-            in_window.set()  # the pass's first swap: renamed, its directory's time not put back yet
-            time.sleep(1)
-        return real_utime(path, *a, **kw)
-
-    def open_lowers(paths, lowers, opened):
-        in_window.wait(20)
-        return real_open(paths, lowers, opened)
-
-    monkeypatch.setattr(os, "utime", utime)
-    monkeypatch.setattr(snapshots, "_open_lowers", open_lowers)
-    root = tmp_path / "root"
-    with Store(root) as store:
-        lamina_copy(f"oci:{tmp_path / 'layout'}:early", "early:1", store=store)
-    assert in_window.is_set()
-    low, up = _chains(root, "early:1")
-    assert _ino(root, low, "a/one") == _ino(root, low, "a/two")
-    assert os.lstat(os.path.join(_fs(root, up), "a")).st_mtime_ns == os.lstat(os.path.join(_fs(root, low), "a")).st_mtime_ns
     _fsck_clean(root)

@@ -76,8 +76,7 @@ def _check_cancelled(what):
 
 def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_type=None, limits=None,
                 name=None, lower_dirs=None, hash_blob=True, hidden=None, defer_lowers=False,
-                lowers_provider=None, lower_shared=None, lower_lock=None, hash_files_into=None,
-                link_objects=None) -> ApplyStats:
+                lowers_provider=None, lower_shared=None, hash_files_into=None, link_objects=None) -> ApplyStats:
     """Apply one layer blob (gzip, zstd or plain tar) onto ``dest``.
 
     ``layer`` is a path or a binary file object.  ``digest`` / ``diff_id``,
@@ -93,9 +92,7 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     calls ``lowers_provider()`` at the first entry that needs them (it waits
     for them and returns their dirs, or None), else raises NeedsLowers.
     ``lower_shared(dir)`` names a lower dir's files whose inode the store's
-    file dedup shares (not hardlinks of the image); ``lower_lock``: held while
-    a copy-up reads a lower's metadata (the store's dedup pass of a lower holds
-    it while it changes that).  ``hash_blob=False``
+    file dedup shares (not hardlinks of the image).  ``hash_blob=False``
     skips hashing a compressed blob whose digest the caller has verified
     already (the store's ingest does); the diffID is always computed.
     ``hidden`` (dir format) is what the layers above hide, as returned by
@@ -116,7 +113,7 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     limits = limits or DEFAULT_LIMITS
     extractor = Extractor(dest, format=format, limits=limits, hidden=hidden,
                           lowers=[os.fspath(d) for d in lower_dirs or ()], defer_lowers=defer_lowers,
-                          lowers_provider=lowers_provider, lower_shared=lower_shared, lower_lock=lower_lock,
+                          lowers_provider=lowers_provider, lower_shared=lower_shared,
                           hash_files_into=hash_files_into, link_objects=link_objects)
     return _run(layer, extractor, diff_id, digest, media_type, name, hash_blob)
 

@@ -77,7 +77,6 @@ import re
 import secrets
 import stat
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -95,13 +94,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _NOT_SUPPORTED = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS}
 _json_string = json.encoder.encode_basestring_ascii  # a str as json.dumps writes it (ensure_ascii)
-
-# Held while a pass has moved a snapshot directory's mtime (a swap's rename, until the pass puts
-# the time back) or a file's (a reflink, likewise), and by the extractor of a layer above while
-# it reads a lower's metadata to copy it up (Extractor's ``lower_lock``).  A layer's tree is
-# handed to the layers above it as soon as it is extracted, before its pass (snapshots.ensure),
-# and only within this process (/proc/self/fd), so a process-wide lock is enough.
-TREE_LOCK = threading.Lock()
 
 
 def _native():
@@ -1015,23 +1007,22 @@ class _Pass:
             if e.errno in (errno.EMLINK, errno.ENOENT):  # link limit, or the object was just unlinked
                 return False
             raise
-        with TREE_LOCK:
+        try:
             try:
+                os.rename(tmp, name, src_dir_fd=self.stage_fd, dst_dir_fd=dfd)
+            except PermissionError:
+                # without root, a directory the layer made read-only (0555, 0500) is opened to
+                # its owner (this user) for the rename, then given its mode back
+                mode = stat.S_IMODE(before.st_mode)
+                os.chmod(dfd, mode | 0o300)
                 try:
                     os.rename(tmp, name, src_dir_fd=self.stage_fd, dst_dir_fd=dfd)
-                except PermissionError:
-                    # without root, a directory the layer made read-only (0555, 0500) is opened to
-                    # its owner (this user) for the rename, then given its mode back
-                    mode = stat.S_IMODE(before.st_mode)
-                    os.chmod(dfd, mode | 0o300)
-                    try:
-                        os.rename(tmp, name, src_dir_fd=self.stage_fd, dst_dir_fd=dfd)
-                    finally:
-                        os.chmod(dfd, mode)
-            except BaseException:
-                os.unlink(tmp, dir_fd=self.stage_fd)
-                raise
-            os.utime(dfd, ns=(before.st_atime_ns, before.st_mtime_ns))
+                finally:
+                    os.chmod(dfd, mode)
+        except BaseException:
+            os.unlink(tmp, dir_fd=self.stage_fd)
+            raise
+        os.utime(dfd, ns=(before.st_atime_ns, before.st_mtime_ns))
         return True
 
     def clone_from_sibling(self, dfd, name, st, digest, ffd, xattrs):
@@ -1053,15 +1044,14 @@ class _Pass:
         try:
             if os.fstat(wfd).st_ino != st.st_ino or os.fstat(src).st_size != st.st_size:
                 return
-            with TREE_LOCK:
-                try:
-                    fcntl.ioctl(wfd, FICLONE, src)
-                except OSError as e:
-                    if e.errno in _NOT_SUPPORTED:
-                        self.reflink = False  # same filesystem for the whole pass: stop trying
-                        return
-                    raise
-                os.utime(wfd, ns=(st.st_atime_ns, st.st_mtime_ns))  # cloning into a file touches its mtime
+            try:
+                fcntl.ioctl(wfd, FICLONE, src)
+            except OSError as e:
+                if e.errno in _NOT_SUPPORTED:
+                    self.reflink = False  # same filesystem for the whole pass: stop trying
+                    return
+                raise
+            os.utime(wfd, ns=(st.st_atime_ns, st.st_mtime_ns))  # cloning into a file touches its mtime
             self.stats.reflinked += 1
             self.stats.reflinked_bytes += st.st_size
         finally:
@@ -1087,7 +1077,7 @@ def _same_inode_metadata(a, b):
                                                                         b.st_mtime_ns, b.st_size)
 
 
-def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None):
+def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None, tree_final=None):
     """Share the regular files of ``snapshot_dir/fs`` with the store's objects; write its file list.
 
     The caller holds the snapshot's lock (or owns ``snapshot_dir``, e.g. a ``.tmp-`` snapshot
@@ -1102,11 +1092,12 @@ def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None):
     before the snapshot is committed leaves a temp dir, removed by the next extraction, and
     at most objects nothing uses (gc).
 
-    The layers above may be reading ``fs/`` meanwhile (snapshots.ensure hands a tree over as
-    soon as it is extracted): a swap or reflink replaces a name's inode by one with the same
-    bytes and metadata, which reads the same, and the one thing it moves for a moment (the
-    directory's or file's mtime, until the pass puts it back) is changed under TREE_LOCK, which
-    their copy-ups hold while they read that metadata.
+    ``tree_final()`` (with ``sync``): called once the pass changes no name of ``fs/`` any more
+    (the swaps and reflinks are done; claim() renames names in hashed/ only), before the sync:
+    the layers above may read the tree from then on.  Not before: a swap's rename moves its
+    directory's mtime until the pass puts it back, and a layer above copying that directory
+    up meanwhile would keep the wrong time.  (share_lost() still swaps after the claim, when
+    another process made one of this pass's new objects in between: rare, and left as is.)
     """
     start = time.perf_counter()
     p = _Pass(paths, snapshot_dir, reflink, defer=sync is not None)
@@ -1120,6 +1111,8 @@ def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None):
             # be extracting, rather than after the wait, with fsyncs of their own.  A crash
             # before the commit drops the temp dir, lists and all.
             write_file_list(p.snapshot_dir, p.files, durable=False)
+            if tree_final is not None:
+                tree_final()
             t = time.perf_counter()
             sync()
             stats.sync_seconds = time.perf_counter() - t

@@ -17,9 +17,8 @@ ensure_all() extracts every layer at once, and a layer that meets an entry
 that does need the layers below waits there until they are committed, then
 goes on over them (what it wrote before needed nothing from below).
 ensure_all() and a pull hand a layer's tree over to the layers above as soon
-as it is final (diffID and blob verified), before its dedup pass and its
-commit (the pass's swaps read the same: see objects.dedup_snapshot, TREE_LOCK);
-the layer above then waits for
+as it is final (diffID and blob verified, the swaps of its dedup pass done),
+before the rest of that pass and its commit; the layer above then waits for
 that commit before its own, so a committed snapshot only ever lies over
 committed ones.
 
@@ -141,7 +140,7 @@ def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lower
     return apply_layer(blob if hasattr(blob, "read") else os.fspath(blob), os.fspath(fs), format="overlay", diff_id=diff_id, hash_blob=False,
                        media_type=media_type, name=f"layer {digest}", lower_dirs=lower_dirs,
                        defer_lowers=defer_lowers, lowers_provider=lowers_provider, lower_shared=lower_shared,
-                       lower_lock=_objects.TREE_LOCK, hash_files_into=hash_files_into, link_objects=link_objects)
+                       hash_files_into=hash_files_into, link_objects=link_objects)
 
 
 def _dedup_shared(paths, fs, chain=None):
@@ -252,8 +251,8 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
     with the same bytes and metadata, which reads the same).
 
     ``tree_ready(fs)``: this layer's tree is final (diffID verified, blob
-    committed) in ``fs``, a temp dir until the commit; its dedup pass runs
-    after, beside the layers above (see objects.dedup_snapshot).  ``before_publish()``:
+    committed, the dedup pass changes no name in it any more) in ``fs``, a
+    temp dir until the commit.  ``before_publish()``:
     called before the commit; False aborts it with NeedsLowers (a layer
     below, handed over before its commit, failed).  A snapshot is never
     committed before the snapshots below it: a pull that hands lowers over
@@ -284,48 +283,32 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
         os.makedirs(paths.snapshots, exist_ok=True)
         os.mkdir(tmp, 0o755)
         hashed = _objects.hashed_dir(paths, tmp)
-        waits_idle = hashed is not None and source is None  # its sync waits for idle writers
-        writing = [waits_idle]  # counted in _WRITERS
+        writing = [hashed is not None and source is None]  # counted in _WRITERS
         if writing[0]:
             _WRITERS.enter()
 
-        def pause_writing(wait, stays_out=lambda got: False):
-            """``wait()`` not counted as writing; nor after it, if ``stays_out(what it returned)``."""
+        def pause_writing(wait):
             if not writing[0]:
                 return wait()
             _WRITERS.leave()
-            got = None
             try:
-                got = wait()
-                return got
+                return wait()
             finally:
-                if stays_out(got):
-                    writing[0] = False
-                else:
-                    _WRITERS.enter()
+                _WRITERS.enter()
 
         def sync():
             if writing[0]:
                 writing[0] = False
                 _WRITERS.leave()
-            if waits_idle:
                 _WRITERS.wait_idle()
             syncfs(tmp)
-
-        def over_uncommitted(got):
-            # Going on over trees below that are not committed yet (their dedup passes run
-            # beside this extraction): this layer no longer counts as writing, or their syncs,
-            # hence their claims and commits (which its own commit waits for), would wait for
-            # its whole extraction and pass.  Its files are still written either way; a sync
-            # below may only flush some of them earlier.
-            return isinstance(got, list) and any(fs is not None for _, fs in got)
 
         opened = {}   # lowers handed over before their commit: /proc/self/fd/N -> chainID
         try:
             def provider():
                 trace.event("wait-lowers", chain=hexid[:12])
                 try:
-                    got = pause_writing(wait_lowers, over_uncommitted) if wait_lowers is not None else None
+                    got = pause_writing(wait_lowers) if wait_lowers is not None else None
                     if not got:
                         return None
                     if got is True:
@@ -348,9 +331,8 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
             if before_commit is not None:
                 before_commit()
                 trace.event("blob-committed", chain=hexid[:12])
-            if tree_ready is not None:
-                # the layers above go on over it now, beside its dedup pass (see dedup_snapshot)
-                tree_ready(tmp / "fs")
+            if tree_ready is not None and hashed is None:
+                tree_ready(tmp / "fs")  # else once the dedup pass has swapped its names (tree_final)
             size, inodes = disk_usage(tmp / "fs")
             trace.event("disk-usage", chain=hexid[:12])
             meta = {"format": FORMAT, "chain_id": chain, "diff_id": diff_id, "parent": parent_chain_id,
@@ -365,7 +347,8 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                 # Deduplicated here, before the sync: a duplicate is swapped for the shared
                 # object before its data is ever written (see objects.dedup_snapshot).  This also
                 # runs in the layer's own thread, beside the other layers' extraction.
-                ds = _objects.dedup_snapshot(paths, tmp, sync=sync)
+                final_tree = None if tree_ready is None else (lambda: tree_ready(tmp / "fs"))
+                ds = _objects.dedup_snapshot(paths, tmp, sync=sync, tree_final=final_tree)
                 trace.event("dedup", chain=hexid[:12], plan=f"{ds.plan_seconds:.3f}", sync=f"{ds.sync_seconds:.3f}",
                             claim=f"{ds.claim_seconds:.3f}", finish=f"{ds.finish_seconds:.3f}")
             if before_publish is not None:
