@@ -37,6 +37,18 @@ from posix.unistd cimport lseek, SEEK_SET
 
 from syscalls cimport *
 from blake3_c cimport *
+
+cdef extern from "hash_worker.h" nogil:
+    ctypedef struct lamina_hash_worker:
+        int started
+    int lamina_hw_start(lamina_hash_worker *w)
+    void lamina_hw_post(lamina_hash_worker *w, blake3_hasher *hasher, const void *data, size_t len)
+    void lamina_hw_wait(lamina_hash_worker *w)
+    void lamina_hw_stop(lamina_hash_worker *w)
+
+# A write of at least this much (a large file's part of a chunk) is hashed by the extractor's
+# hash thread while it is written; a smaller one costs less to hash than to hand over.
+DEF HASH_OFFLOAD_MIN = 65536
 from libc.stdint cimport uint8_t
 from libc.stdio cimport snprintf
 
@@ -1479,6 +1491,7 @@ cdef class Extractor:
     cdef uint8_t pre_digest[BLAKE3_OUT_LEN]
     cdef bint cur_new_owner         # the file being written was created with the entry's owner (_owner_is)
     cdef blake3_hasher hasher
+    cdef lamina_hash_worker hash_worker  # hashes large writes beside them (hash_worker.h); zeroed: not started
     cdef readonly int64_t hashed
     # link_objects: objects/blake3 of the store (O_PATH; objects are reached as "<2 hex>/<name>"
     # from it); a file whose payload is in the chunk being fed when its header is read is hashed
@@ -1646,6 +1659,7 @@ cdef class Extractor:
         self.prev_name = None
 
     def __dealloc__(self):
+        lamina_hw_stop(&self.hash_worker)
         free(self.name_bits)
         if self.outfd >= 0:
             close(self.outfd)
@@ -1716,9 +1730,17 @@ cdef class Extractor:
                     self._write_sparse(p + pos, take)
                 else:
                     with nogil:
-                        rc = lamina_write_all(fd, <const char *>(p + pos), take)
-                        if self.cur_hashing:
-                            blake3_hasher_update(&self.hasher, p + pos, <size_t>take)
+                        if (self.cur_hashing and take >= HASH_OFFLOAD_MIN
+                                and lamina_hw_start(&self.hash_worker) == 0):
+                            # hashed on the other core while written; waited for before this
+                            # chunk (the caller's buffer) is let go or the hash is finalized
+                            lamina_hw_post(&self.hash_worker, &self.hasher, p + pos, <size_t>take)
+                            rc = lamina_write_all(fd, <const char *>(p + pos), take)
+                            lamina_hw_wait(&self.hash_worker)
+                        else:
+                            rc = lamina_write_all(fd, <const char *>(p + pos), take)
+                            if self.cur_hashing:
+                                blake3_hasher_update(&self.hasher, p + pos, <size_t>take)
                     if rc < 0:
                         self._oserror("write", self.cur_name)
                 pos += take
@@ -1771,6 +1793,8 @@ cdef class Extractor:
 
     def finish(self):
         """End of stream: check completeness, fix up directories, return counters."""
+        with nogil:
+            lamina_hw_stop(&self.hash_worker)  # nothing left to hash (and it is idle: see feed)
         if self.state == ST_DATA or self.state == ST_META or self.state == ST_SKIP or self.hdr_len:
             where = self.cur_name if self.state == ST_DATA else self.prev_name
             if where is None:
@@ -1811,6 +1835,8 @@ cdef class Extractor:
         self.name_bits = NULL
 
     def close(self):
+        with nogil:
+            lamina_hw_stop(&self.hash_worker)
         if self.outfd >= 0:
             close(self.outfd)
             self.outfd = -1
