@@ -1712,7 +1712,7 @@ cdef class Extractor:
         cdef const unsigned char[::1] mv = data
         cdef Py_ssize_t n = mv.shape[0], pos = 0, take
         cdef const unsigned char *p
-        cdef int rc, fd
+        cdef int rc, fd, e
         cdef int64_t t
         if n == 0:
             return
@@ -1736,7 +1736,9 @@ cdef class Extractor:
                             # chunk (the caller's buffer) is let go or the hash is finalized
                             lamina_hw_post(&self.hash_worker, &self.hasher, p + pos, <size_t>take)
                             rc = lamina_write_all(fd, <const char *>(p + pos), take)
+                            e = errno
                             lamina_hw_wait(&self.hash_worker)
+                            lamina_set_errno(e)  # the write's, for _oserror
                         else:
                             rc = lamina_write_all(fd, <const char *>(p + pos), take)
                             if self.cur_hashing:
@@ -3407,7 +3409,7 @@ cdef class Extractor:
         cdef const char *data = <const char *>self.feed_p
         cdef mode_t create_mode = <mode_t>self.cur_mode & 0o777
         cdef bint keep = self.cur_hashing or self.cur_prehashed  # _hold_hashed needs the fd
-        cdef bint owned
+        cdef bint owned, offload
         cdef int fd = -1, e = 0, step = SC_OK, tries
         for tries in range(2):
             with nogil:
@@ -3416,12 +3418,20 @@ cdef class Extractor:
                     step = SC_CREATE
                 else:
                     owned = self.is_root and self._owner_is(pfd)
+                    offload = (self.cur_hashing and size >= HASH_OFFLOAD_MIN
+                               and lamina_hw_start(&self.hash_worker) == 0)
+                    if offload:  # hashed on the other core while written (see feed)
+                        lamina_hw_post(&self.hash_worker, &self.hasher, data, <size_t>size)
                     if size and lamina_write_all(fd, data, <size_t>size) < 0:
                         step = SC_WRITE
                     else:
-                        if self.cur_hashing:
+                        if self.cur_hashing and not offload:
                             blake3_hasher_update(&self.hasher, <const uint8_t *>data, <size_t>size)
                         step = self._finish_meta(fd, owned)
+                    if offload:
+                        e = errno
+                        lamina_hw_wait(&self.hash_worker)
+                        lamina_set_errno(e)  # the step's, for the error below
                 e = errno
                 if fd >= 0 and (step != SC_OK or not keep):
                     close(fd)
