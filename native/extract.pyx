@@ -37,6 +37,18 @@ from posix.unistd cimport lseek, SEEK_SET, pread, pwrite
 
 from syscalls cimport *
 from blake3_c cimport *
+
+cdef extern from "hash_worker.h" nogil:
+    ctypedef struct lamina_hash_worker:
+        int started
+    int lamina_hw_start(lamina_hash_worker *w)
+    void lamina_hw_post(lamina_hash_worker *w, blake3_hasher *hasher, const void *data, size_t len)
+    void lamina_hw_wait(lamina_hash_worker *w)
+    void lamina_hw_stop(lamina_hash_worker *w)
+
+# A write of at least this much (a large file's part of a chunk) is hashed by the extractor's
+# hash thread while it is written; a smaller one costs less to hash than to hand over.
+DEF HASH_OFFLOAD_MIN = 65536
 from libc.stdint cimport uint8_t
 from libc.stdio cimport snprintf
 
@@ -1707,6 +1719,7 @@ cdef class Extractor:
     cdef uint8_t pre_digest[BLAKE3_OUT_LEN]
     cdef bint cur_new_owner         # the file being written was created with the entry's owner (_owner_is)
     cdef blake3_hasher hasher
+    cdef lamina_hash_worker hash_worker  # hashes large writes beside them (hash_worker.h); zeroed: not started
     cdef readonly int64_t hashed
     # link_objects: objects/blake3 of the store (O_PATH; objects are reached as "<2 hex>/<name>"
     # from it); a file whose payload is in the chunk being fed when its header is read is hashed
@@ -1873,6 +1886,7 @@ cdef class Extractor:
         self.prev_name = None
 
     def __dealloc__(self):
+        lamina_hw_stop(&self.hash_worker)
         free(self.name_bits)
         if self.outfd >= 0:
             close(self.outfd)
@@ -1921,7 +1935,7 @@ cdef class Extractor:
         cdef const unsigned char[::1] mv = data
         cdef Py_ssize_t n = mv.shape[0], pos = 0, take
         cdef const unsigned char *p
-        cdef int rc, fd
+        cdef int rc, fd, e
         cdef int64_t t
         if n == 0:
             return
@@ -1939,9 +1953,19 @@ cdef class Extractor:
                     self._write_sparse(p + pos, take)
                 else:
                     with nogil:
-                        rc = lamina_write_all(fd, <const char *>(p + pos), take)
-                        if self.cur_hashing:
-                            blake3_hasher_update(&self.hasher, p + pos, <size_t>take)
+                        if (self.cur_hashing and take >= HASH_OFFLOAD_MIN
+                                and lamina_hw_start(&self.hash_worker) == 0):
+                            # hashed on the other core while written; waited for before this
+                            # chunk (the caller's buffer) is let go or the hash is finalized
+                            lamina_hw_post(&self.hash_worker, &self.hasher, p + pos, <size_t>take)
+                            rc = lamina_write_all(fd, <const char *>(p + pos), take)
+                            e = errno
+                            lamina_hw_wait(&self.hash_worker)
+                            lamina_set_errno(e)  # the write's, for _oserror
+                        else:
+                            rc = lamina_write_all(fd, <const char *>(p + pos), take)
+                            if self.cur_hashing:
+                                blake3_hasher_update(&self.hasher, p + pos, <size_t>take)
                     if rc < 0:
                         self._oserror("write", self.cur_name)
                 pos += take
@@ -1994,6 +2018,8 @@ cdef class Extractor:
 
     def finish(self):
         """End of stream: check completeness, fix up directories, return counters."""
+        with nogil:
+            lamina_hw_stop(&self.hash_worker)  # nothing left to hash (and it is idle: see feed)
         if self.state == ST_DATA or self.state == ST_META or self.state == ST_SKIP or self.hdr_len:
             where = self.cur_name if self.state == ST_DATA else self.prev_name
             if where is None:
@@ -2032,6 +2058,8 @@ cdef class Extractor:
         self.name_bits = NULL
 
     def close(self):
+        with nogil:
+            lamina_hw_stop(&self.hash_worker)
         if self.outfd >= 0:
             close(self.outfd)
             self.outfd = -1
@@ -3574,7 +3602,7 @@ cdef class Extractor:
         cdef const char *data = <const char *>self.feed_p
         cdef mode_t create_mode = <mode_t>self.cur_mode & 0o777
         cdef bint keep = self.cur_hashing or self.cur_prehashed  # _hold_hashed needs the fd
-        cdef bint owned
+        cdef bint owned, offload
         cdef int fd = -1, e = 0, step = SC_OK, tries
         for tries in range(2):
             with nogil:
@@ -3583,12 +3611,20 @@ cdef class Extractor:
                     step = SC_CREATE
                 else:
                     owned = self.is_root and self._owner_is(pfd)
+                    offload = (self.cur_hashing and size >= HASH_OFFLOAD_MIN
+                               and lamina_hw_start(&self.hash_worker) == 0)
+                    if offload:  # hashed on the other core while written (see feed)
+                        lamina_hw_post(&self.hash_worker, &self.hasher, data, <size_t>size)
                     if size and lamina_write_all(fd, data, <size_t>size) < 0:
                         step = SC_WRITE
                     else:
-                        if self.cur_hashing:
+                        if self.cur_hashing and not offload:
                             blake3_hasher_update(&self.hasher, <const uint8_t *>data, <size_t>size)
                         step = self._finish_meta(fd, owned)
+                    if offload:
+                        e = errno
+                        lamina_hw_wait(&self.hash_worker)
+                        lamina_set_errno(e)  # the step's, for the error below
                 e = errno
                 if fd >= 0 and (step != SC_OK or not keep):
                     close(fd)

@@ -152,6 +152,43 @@ def test_extractor_hashes_each_file_as_it_writes_it(tmp_path):
     assert os.lstat(dest / "sparse").st_nlink == 1  # sparse files are hashed by the dedup pass instead
 
 
+def _thread_names():
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:
+            pass  # a thread that just ended
+    return names
+
+
+def test_the_extractor_hashes_large_writes_on_a_second_thread(tmp_path):
+    """A large file's data is hashed by the extractor's hash thread while the extractor writes it
+    (on two cores the hash no longer adds to the write on the copy's critical path, issue 9); the
+    thread ends with the layer, and the names in hash_files_into are the files' blake3 as before.
+    On main the extractor hashed inline: there was no such thread."""
+    from lamina._extract import Extractor
+    big, other = os.urandom((3 << 20) + 5), os.urandom(200_000)
+    raw = tarfile_bytes([(ti("big"), big), (ti("small"), b"small"), (ti("other"), other)])
+    dest, hashed = tmp_path / "fs", tmp_path / "hashed"
+    dest.mkdir()
+    hashed.mkdir()
+    ex = Extractor(os.fspath(dest), format="overlay", hash_files_into=os.fspath(hashed))
+    try:
+        ex.feed(raw[:1 << 20])  # the header and the first MiB of big
+        assert "lamina-blake3" in _thread_names()
+        for off in range(1 << 20, len(raw), 1 << 20):
+            ex.feed(raw[off:off + (1 << 20)])
+        ex.finish()
+        assert "lamina-blake3" not in _thread_names()
+    finally:
+        ex.close()
+    names = {e.inode(): e.name.partition("-")[0] for e in os.scandir(hashed)}
+    for rel, data in (("big", big), ("small", b"small"), ("other", other)):
+        assert names[os.lstat(dest / rel).st_ino] == blake3.blake3(data).hexdigest(), rel
+
+
 def test_dedup_uses_the_extractors_hashes_and_never_trusts_a_reused_name(tmp_path):
     """A copy-up (not hashed while written) that ends up alone at a path the layer wrote before is
     hashed by the pass itself: its object is named after its own content."""
