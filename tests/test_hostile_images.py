@@ -368,6 +368,38 @@ def test_a_tag_list_whose_next_page_loops_is_refused(reg, registry_env, tmp_path
         proxy.stop()
 
 
+_DEEP = b"[" * 60_000  # within the error body limit (64 KiB), far past json's recursion limit
+
+
+@pytest.mark.parametrize("path,code,body,args,error", [
+    ("/manifests/", 404, _DEEP, ("pull", "{h}/deep:1"),
+     "lamina: error: manifest for {h}/deep:1 not found: 404 Not Found: " + "[" * 200),
+    ("/manifests/", 400, b'{"errors": [{"code": ' + _DEEP, ("pull", "{h}/deep:1"),
+     'lamina: error: GET manifest {h}/deep:1: 400 Bad Request: {{"errors": [{{"code": ' + "[" * 179),
+    ("/manifests/", 400, json.dumps({"errors": [{"code": [[["X"]]], "message": {"a": 1}}]}).encode(),
+     ("pull", "{h}/deep:1"), 'lamina: error: GET manifest {h}/deep:1: 400 Bad Request: {{"errors": [{{"code": '
+     '[[["X"]]], "message": {{"a": 1}}}}]}}'),
+    ("/tags/list", 200, _DEEP, ("pull", "-a", "{h}/deep"), "lamina: error: tags of {h}/deep: invalid JSON"),
+    ("/tags/list", 200, b'{"tags": 5}', ("pull", "-a", "{h}/deep"),
+     'lamina: error: tags of {h}/deep: "tags" is a int, not a list'),
+    ("/tags/list", 200, b'{"tags": "latest"}', ("pull", "-a", "{h}/deep"),
+     'lamina: error: tags of {h}/deep: "tags" is a str, not a list'),
+], ids=["404-deep", "400-deep-code", "400-code-not-text", "tags-deep", "tags-int", "tags-str"])
+def test_a_registry_answer_nested_deep_or_of_another_shape_is_a_clear_error(reg, registry_env, tmp_path,  # noqa: F811
+                                                                             path, code, body, args, error):
+    """A registry's error body, or a tag list, nested 60,000 arrays deep made json.loads raise
+    RecursionError, which no except clause took: a traceback.  A tag list whose "tags" was a
+    number was a TypeError traceback, and a string gave its letters as tags."""
+    proxy = FaultProxy(reg.host)
+    try:
+        proxy.add("respond", path=path, times=None, code=code, body=body,
+                  headers={"Content-Type": "application/json"})
+        line = one_line_error(cli(*[a.format(h=proxy.host) for a in args], root=tmp_path / "store", timeout=60))
+        assert line == error.format(h=proxy.host), line
+    finally:
+        proxy.stop()
+
+
 # --------------------------------------------------------------------------------------------
 # one image under thousands of names
 
