@@ -1,5 +1,6 @@
 """Bad input is refused with one clear line, and the store is left exactly as it was."""
 import gzip
+import json
 import os
 
 import pytest
@@ -143,3 +144,32 @@ def test_store_root_that_is_not_a_store(tmp_path):
     fails(foreign, "fsck", match="not a lamina store")
     fails(foreign, "images", match="not a lamina store")
     assert os.listdir(foreign) == ["data"]
+
+
+@pytest.mark.parametrize("verb", ["umount", "image prune"])
+def test_a_record_naming_another_kind_never_sends_lamina_out_of_its_records(root, tmp_path, verb):
+    """A mount or bundle record is a file in the store (ROOT/lamina/mounts/KEY.json), which whoever
+    owns the store can write, also when root mounts or prunes that user's store.  Its "kind" made
+    the directory that umount removes (<kind>s/KEY) and the record file that a dead bundle's prune
+    unlinks: "kind": "../../victim" removed tmp_path/victims/KEY, a tree outside the store.  A
+    record is now only read as the kind its directory holds."""
+    from lamina.store.inuse import key_for
+    target = tmp_path / "mnt"
+    target.mkdir()
+    kind = "mount" if verb == "umount" else "bundle"
+    key = key_for(kind, os.path.realpath(target))
+    victim = tmp_path / "victims" / key
+    victim.mkdir(parents=True)
+    (victim / "precious").write_bytes(b"not lamina's\n")
+    (tmp_path / "victims" / f"{key}.json").write_bytes(b"{}")
+    records = root / "lamina" / f"{kind}s"
+    records.mkdir(parents=True, exist_ok=True)
+    forged = {"kind": os.path.relpath(tmp_path / "victim", root / "lamina"), "key": key, "path": str(target),
+              "manifest_digest": "sha256:" + "0" * 64, "image_id": "sha256:" + "0" * 64, "names": []}
+    (records / f"{key}.json").write_text(json.dumps(forged))
+    if verb == "umount":
+        fails(root, "umount", target, match="is not a lamina mount")
+    else:
+        lamina(root, "image", "prune", "-f")
+    assert (victim / "precious").read_bytes() == b"not lamina's\n"
+    assert (tmp_path / "victims" / f"{key}.json").exists()

@@ -98,7 +98,10 @@ def load_records(store, kind):
                     rec = json.load(f)
             except (OSError, ValueError):
                 continue
-            if isinstance(rec, dict) and rec.get("key") == n[:-5] and bool(rec.get("outside")) == outside:
+            # whoever owns the store can write its records: a record is read as what its place says
+            # it is, since its kind and key name the directories umount and prune remove
+            if (isinstance(rec, dict) and rec.get("kind") == kind and rec.get("key") == n[:-5]
+                    and bool(rec.get("outside")) == outside):
                 out.append(rec)
     return out
 
