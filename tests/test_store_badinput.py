@@ -173,3 +173,37 @@ def test_a_record_naming_another_kind_never_sends_lamina_out_of_its_records(root
         lamina(root, "image", "prune", "-f")
     assert (victim / "precious").read_bytes() == b"not lamina's\n"
     assert (tmp_path / "victims" / f"{key}.json").exists()
+
+
+def test_a_destination_layout_whose_index_is_nested_deep_is_refused_by_name(root, tmp_path):
+    """copy into an existing OCI layout reads its index.json to add the image; one nested 60,000
+    arrays deep raised RecursionError out of json.load, which no except clause took: a traceback."""
+    lay = tmp_path / "out"
+    lay.mkdir()
+    (lay / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (lay / "index.json").write_bytes(b"[" * 60_000)
+    fails(root, "copy", "keep:1", f"oci:{lay}:x", match=f"{lay}/index.json: not a valid image index")
+    assert (lay / "index.json").read_bytes() == b"[" * 60_000
+
+
+@pytest.mark.parametrize("where,args,match", [
+    ("index.json", ("images",), "index.json: invalid JSON"),
+    ("snapshots/*/meta.json", ("unpack", "keep:1", "{tmp}/dest"), "unreadable meta.json"),
+    ("lamina/mounts/mount-0.json", ("mount",), None),
+])
+def test_store_files_nested_deep_are_clear_errors(root, tmp_path, where, args, match):
+    """The store's own JSON files are only as trustworthy as whoever can write the store: one
+    nested 60,000 arrays deep raised RecursionError out of json.load, a traceback.  Now the
+    file is named as unreadable (a record is skipped, as an unreadable one always was)."""
+    import glob
+    paths = glob.glob(os.path.join(root, where))
+    path = paths[0] if paths else os.path.join(root, where)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"[" * 60_000)
+    args = [a.format(tmp=tmp_path) for a in args]
+    if match is None:
+        proc = lamina(root, *args)
+        assert "Traceback" not in proc.stderr
+    else:
+        fails(root, *args, match=match)

@@ -96,7 +96,7 @@ def load_records(store, kind):
             try:
                 with open(os.path.join(d, n), "rb") as f:
                     rec = json.load(f)
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):  # RecursionError: nested deep
                 continue
             # whoever owns the store can write its records: a record is read as what its place says
             # it is, since its kind and key name the directories umount and prune remove
