@@ -299,6 +299,7 @@ BAD_CONFIGS = [
     ({"history": [1]}, "history[0] must be an object"),
     ({"history": [{"empty_layer": "false"}]}, "history[0]: empty_layer must be a boolean"),
     ({"created": 1700000000}, "created must be a string"),
+    ({"config": {"ArgsEscaped": "false"}}, " config: ArgsEscaped must be a boolean"),
 ]
 
 
@@ -323,6 +324,22 @@ def test_config_fields_of_another_type_are_refused(tmp_path, extra, message):
         assert line.startswith(f"lamina: error: config {config}") and message in line, line
         assert not (tmp_path / "out").exists()
     assert cli("images", "-q", root=tmp_path / "store").stdout == ""
+
+
+def test_healthcheck_numbers_of_another_type_are_shown_absent_not_a_traceback(tmp_path):
+    """A Healthcheck is docker's alone (umoci and containerd ignore it, and unpack such an image);
+    inspect read its durations with int(): "Interval": "abc" was a ValueError traceback,
+    "Retries": [1] a TypeError one, and 1.5 or true became numbers no Go reader would take."""
+    lay = ob.Layout(tmp_path / "lay")
+    hc = {"Test": ["CMD", "true"], "Interval": "abc", "Retries": [1], "Timeout": 1.5, "StartPeriod": True,
+          "StartInterval": 5_000_000_000}
+    lay.add(lay.image([{"a": b"x"}], config_extra={"config": {"Healthcheck": hc}}), "latest",
+            **{"io.containerd.image.name": "hc:1"})
+    store = tmp_path / "store"
+    assert cli("load", "-i", lay.root, root=store).returncode == 0
+    p = cli("inspect", "--format", "{{json .Config.Healthcheck}}", "hc:1", root=store)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert json.loads(p.stdout) == {"Test": ["CMD", "true"], "StartInterval": 5_000_000_000}
 
 
 # --------------------------------------------------------------------------------------------
