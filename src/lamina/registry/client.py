@@ -45,6 +45,7 @@ MAX_ERROR_BODY = 1 << 16
 MAX_TAG_PAGES = 10_000
 MAX_TOKEN_BODY = 1 << 20
 TOKEN_DEFAULT_EXPIRY = 60     # seconds, per the token spec
+TOKEN_MAX_EXPIRY = 86400      # a token is asked for again after a day, whatever its server said
 
 
 def parse_challenge(header):
@@ -278,9 +279,9 @@ class Session:
         if not isinstance(token, str) or not token:
             raise AuthenticationError(f"{self.host}: token server sent no token")
         ttl = doc.get("expires_in")
-        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl <= 0:
-            ttl = TOKEN_DEFAULT_EXPIRY
-        return token, float(ttl)
+        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl < float("inf"):
+            ttl = TOKEN_DEFAULT_EXPIRY  # also NaN, and a number of 400 digits that no float holds
+        return token, float(min(ttl, TOKEN_MAX_EXPIRY))
 
     def forget_tokens(self):
         with self._lock:
