@@ -138,7 +138,8 @@ def ellipsis(s, width):
 
 
 def _err(msg):
-    print(f"lamina: error: {msg}", file=sys.stderr)
+    from . import one_line  # a template's error quotes the image's values, as others quote names
+    print(f"lamina: error: {one_line(str(msg))}", file=sys.stderr)
 
 
 class _StoreArg:
