@@ -1409,6 +1409,7 @@ cdef class Extractor:
     cdef int64_t hide_level       # hide_* map a path to the highest layer hiding it; -1: plain sets
     cdef set hidden_files
     cdef readonly set scan_at, scan_below
+    cdef set scan_dirs             # scan: the directories the layer's entries so far list or imply
     cdef int64_t scan_max          # scan: most paths scan_at and scan_below may hold together (-1: no limit)
     cdef readonly bint scan_overflow   # scan: more than scan_max: the sets were dropped (see __init__)
     cdef readonly int64_t hidden
@@ -1571,6 +1572,7 @@ cdef class Extractor:
         self.scan_max = scan_max
         self.scan_at = set()
         self.scan_below = set()
+        self.scan_dirs = set()
         self.hidden_files = set()
         if hidden is not None:
             if self.overlay:
@@ -3179,6 +3181,7 @@ cdef class Extractor:
             self._whiteout(path, slash, base, name)
             return
         if self.scan_only:
+            self._scan_dirs(path, slash, kind == K_DIR)
             # a device node without root is not made, so it replaces nothing below (see below)
             if kind != K_DIR and not ((kind == K_CHR or kind == K_BLK) and not self.is_root):
                 self._scan_hides(self.scan_at, path)
@@ -4287,10 +4290,32 @@ cdef class Extractor:
         if self.scan_overflow:
             return
         paths.add(path)
-        if self.scan_max >= 0 and len(self.scan_at) + len(self.scan_below) > self.scan_max:
+        self._scan_check_max()
+
+    cdef void _scan_dirs(self, bytes path, Py_ssize_t slash, bint is_dir):
+        """A scan: the directories an entry of the layer lists or implies (``path`` and its
+        ancestors), which a whiteout later in the layer does not remove (see _whiteout)."""
+        if self.scan_overflow:
+            return
+        if not is_dir:
+            if slash <= 0:
+                return
+            path = path[:slash]
+        while path not in self.scan_dirs:  # an ancestor already there has its own ancestors there
+            self.scan_dirs.add(path)
+            slash = path.rfind(b"/")
+            if slash <= 0:
+                break
+            path = path[:slash]
+        self._scan_check_max()
+
+    cdef void _scan_check_max(self):
+        # the directories count too: a layer of millions of them must not hold them all
+        if self.scan_max >= 0 and len(self.scan_at) + len(self.scan_below) + len(self.scan_dirs) > self.scan_max:
             self.scan_overflow = True
             self.scan_at = set()
             self.scan_below = set()
+            self.scan_dirs = set()
 
     cdef _whiteout(self, bytes path, Py_ssize_t slash, bytes base, bytes name):
         cdef int pfd
@@ -4315,7 +4340,9 @@ cdef class Extractor:
         self.whiteouts += 1
         target = parent + b"/" + hidden if parent else hidden
         if self.scan_only:
-            self._scan_hides(self.scan_at, target)
+            # a directory this layer listed or implied before its whiteout stays, with what the layer
+            # put in it (see below): the whiteout hides only what is below it, as an opaque marker
+            self._scan_hides(self.scan_below if target in self.scan_dirs else self.scan_at, target)
             return
         if self.overlay:
             if self._overlay_whiteout_nogil(parent, hidden, target, name):
