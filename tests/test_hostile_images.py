@@ -888,6 +888,21 @@ def test_a_bundles_user_reads_ids_as_go_does(tmp_path, user, expect):
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
+def test_a_bundles_passwd_behind_a_name_too_long_is_named(tmp_path):
+    """``unpack --bundle`` reads the image's /etc/passwd through its symlinks, inside the rootfs;
+    an etc symlink whose target has a 300-byte name failed with the system's 'File name too
+    long' naming only those 300 bytes, not what lamina was reading, nor why."""
+    from everypath import write_image
+    from tarbuild import Tar
+    lay = write_image(tmp_path / "lay", [Tar().pax([("linkpath", "A" * 300 + "/x")]).symlink("etc", "p").bytes()])
+    store = tmp_path / "store"
+    assert cli("copy", f"oci:{lay}:img", "long:1", root=store).returncode == 0
+    line = one_line_error(cli("unpack", "--bundle", "long:1", tmp_path / "b", root=store))
+    assert line == ("lamina: error: cannot read the image's /etc/passwd for its config's User: "
+                    f"File name too long ('{'A' * 300}')"), line
+    assert not (tmp_path / "b").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # an image of more layers than Limits.max_layers
 
