@@ -207,3 +207,25 @@ def test_store_files_nested_deep_are_clear_errors(root, tmp_path, where, args, m
         assert "Traceback" not in proc.stderr
     else:
         fails(root, *args, match=match)
+
+
+def test_a_record_naming_another_path_never_unmounts_it(root, tmp_path):
+    """A mount record's path is what umount unmounts: a record written into the store under
+    the key of one target (mnt) but naming another lamina mount (real) made ``lamina umount
+    mnt`` unmount real.  A record's path must be the one its key was made from."""
+    from conftest import require_root
+    from lamina.store.inuse import key_for
+    from lamina.store.mounts import is_mountpoint
+    require_root()
+    real, target = tmp_path / "real", tmp_path / "mnt"
+    target.mkdir()
+    lamina(root, "mount", "keep:1", real)
+    try:
+        key = key_for("mount", os.path.realpath(target))
+        forged = {"kind": "mount", "key": key, "path": str(real), "manifest_digest": "sha256:" + "0" * 64,
+                  "image_id": "sha256:" + "0" * 64, "names": []}
+        (root / "lamina" / "mounts" / f"{key}.json").write_text(json.dumps(forged))
+        fails(root, "umount", target, match="is not a lamina mount")
+        assert is_mountpoint(str(real))
+    finally:
+        lamina(root, "umount", real, check=False)
