@@ -2700,8 +2700,8 @@ cdef class Extractor:
             return fd
         if self.cache_st_fresh:
             # (a directory this layer listed has its own times, which take precedence)
-            if not self.overlay:
-                self.fixups.time(parent, &self.cache_st)
+            if not self.overlay and not self.fixups.has_time(parent):
+                self.fixups.time(self._cached_real_path(fd, parent), &self.cache_st)
         else:
             self._keep_times(fd, parent)
         if not self.overlay:
@@ -3069,7 +3069,9 @@ cdef class Extractor:
         if self.overlay or self.fixups.has_time(path):
             return
         if fstat(fd, &st) == 0:
-            self.fixups.time(path, &st)  # the first one recorded wins
+            # where it really is: a name through a symlink may be gone by the end of the layer
+            # (a/y written through a -> b, then .wh.a), and b must still get its time back
+            self.fixups.time(self._cached_real_path(fd, path), &st)  # the first one recorded wins
 
     cdef void _close_cache(self):
         if self.cache_fd >= 0:

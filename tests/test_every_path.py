@@ -738,3 +738,16 @@ def test_a_whiteout_after_its_own_layers_entries_keeps_the_lower_directory_top_d
     assert (e.mode & 0o7777, e.uid, e.gid, e.mtime) == (0o750, 5, 6, _LOW), e
     assert f"{d}/x" not in tree.entries
     g.check()
+
+
+def test_a_directory_written_through_a_symlink_the_layer_then_removes_keeps_its_time(g):
+    """b/y written through a -> b, then .wh.a in the same layer: the dir format recorded b's
+    time to restore under the name a, which was gone by the end of the layer, so b kept the
+    time of the extraction while the overlay formats, the store's paths and umoci keep b's."""
+    layers = [Tar().dir("b", mtime=_LOW).symlink("a", "b"), Tar().file("a/y").whiteout("a")]
+    raws = [t.bytes() for t in layers]
+    results = run_paths(g.dest, raws, dir_mtime=True)
+    results["umoci"] = umoci_tree(g.dest, raws, dir_mtime=True)
+    tree = assert_agree(results, context=describe(raws))
+    assert tree.entries["b"].mtime == _LOW and "a" not in tree.entries, tree.entries
+    g.check()
