@@ -1410,7 +1410,7 @@ cdef class Extractor:
     cdef set hidden_files
     cdef readonly set scan_at, scan_below
     cdef set scan_dirs             # scan: the directories the layer's entries so far list or imply
-    cdef int64_t scan_max          # scan: most paths scan_at and scan_below may hold together (-1: no limit)
+    cdef int64_t scan_max          # scan: most paths scan_at, scan_below and scan_dirs may hold (-1: no limit)
     cdef readonly bint scan_overflow   # scan: more than scan_max: the sets were dropped (see __init__)
     cdef readonly int64_t hidden
     cdef object plain_parent      # last parent found free of symlinks (None: unknown)
@@ -1518,8 +1518,10 @@ cdef class Extractor:
         ``hidden=(at, below, level)`` takes dicts mapping a path to the highest
         layer hiding it, and skips what a layer above ``level`` hides.  ``scan_max``:
         a scan that would hold more than that many paths in ``scan_at`` and
-        ``scan_below`` together stops collecting them (``scan_overflow``, both
-        sets emptied): each costs ~150 B until the layers below are written, so a
+        ``scan_below`` together, with the directories the layer lists or implies
+        (whose whiteout later in the layer hides only what is under them), stops
+        collecting them (``scan_overflow``, the sets emptied): each costs ~150 B
+        until the layers below are written, so a
         layer of millions of entries is better not skipped over (its whiteouts
         then apply as it is written).
 
