@@ -267,7 +267,11 @@ def test_load_keeps_a_name_whose_digest_is_the_image(tmp_path):
 
 @pytest.mark.parametrize("created", ["\u0662\u0660\u0662\u0660-01-01T00:00:00Z",   # Arabic-Indic digits
                                      "2020-01-01T00:00:\uff10\uff10Z",                 # fullwidth zeros
-                                     "2020-01-01T00:00:00\uff3a"])
+                                     "2020-01-01T00:00:00\uff3a",
+                                     # no Python time zone holds 24 hours or more (inspect's traceback)
+                                     "2020-01-01T00:00:00+99:99", "2020-01-01T00:00:00+24:00",
+                                     # in years 10000 and 0 once in UTC (inspect's traceback)
+                                     "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"])
 def test_a_created_time_in_digits_go_does_not_read_is_no_time(tmp_path, created):
     """Python's \\d matches every script's digits, and int() reads them: ``created`` written in
     Arabic-Indic digits was 2020 to lamina and no time at all to Go's time.Parse (docker,
@@ -283,6 +287,8 @@ def test_a_created_time_in_digits_go_does_not_read_is_no_time(tmp_path, created)
     assert I.created_ts(image) is None, created
     until = one_line_error(cli("images", "--filter", f"until={created}", root=tmp_path / "store"))
     assert "until" in until, until
+    shown = cli("inspect", "--format", "{{.Created}}", row.id, root=tmp_path / "store")
+    assert shown.returncode == 0 and shown.stdout == "\n", shown.stdout + shown.stderr
 
 
 # --------------------------------------------------------------------------------------------
