@@ -965,3 +965,22 @@ def test_an_image_of_more_layers_than_the_cap_is_refused_before_any_layer_is_rea
     assert cli("images", "-q", root=tmp_path / "store").stdout == ""
     fsck = cli("fsck", root=tmp_path / "store")
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_a_created_time_before_year_1000_is_written_with_four_digits(tmp_path):
+    """Go writes a year with 4 digits at least (0500-01-02T03:04:05Z); glibc's %Y wrote 500, so
+    inspect, history and images gave another time string than docker's for the same image."""
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"x"}], config_extra={"created": "0500-01-02T03:04:05Z", "history": [
+        {"created": "0500-01-02T03:04:05Z", "created_by": "x"}]}), "latest",
+        **{"io.containerd.image.name": "old:1"})
+    store = tmp_path / "store"
+    assert cli("load", "-i", lay.root, root=store).returncode == 0
+    env = dict(os.environ, TZ="UTC")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "lamina", "--root", store, *args], capture_output=True,
+                              text=True, env=env).stdout
+    assert run("inspect", "--format", "{{.Created}}", "old:1") == "0500-01-02T03:04:05Z\n"
+    assert run("images", "--format", "{{.CreatedAt}}") == "0500-01-02 03:04:05 +0000 UTC\n"
+    assert run("history", "--human=false", "--format", "{{.CreatedAt}}", "old:1") == "0500-01-02T03:04:05Z\n"

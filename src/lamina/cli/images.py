@@ -103,11 +103,16 @@ def go_local_time(ts):
     zone = lt.tm_zone or ""
     if off == 0 and zone in ("", "GMT", "UTC"):
         zone = "UTC"
-    return time.strftime("%Y-%m-%d %H:%M:%S", lt) + f" {sign}{off // 3600:02d}{off % 3600 // 60:02d} {zone}"
+    # the year as Go writes it, 4 digits at least (glibc's %Y writes year 500 as "500")
+    return (f"{lt.tm_year:04d}" + time.strftime("-%m-%d %H:%M:%S", lt)
+            + f" {sign}{off // 3600:02d}{off % 3600 // 60:02d} {zone}")
 
 
 def rfc3339_utc(ts):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if ts is not None else ""
+    if ts is None:
+        return ""
+    t = time.gmtime(ts)
+    return f"{t.tm_year:04d}" + time.strftime("-%m-%dT%H:%M:%SZ", t)  # 4 digits, as go_local_time
 
 
 def truncate_id(image_id):
