@@ -1651,7 +1651,8 @@ cdef class Extractor:
     cdef int64_t hide_level       # hide_* map a path to the highest layer hiding it; -1: plain sets
     cdef set hidden_files
     cdef readonly set scan_at, scan_below
-    cdef int64_t scan_max          # scan: most paths scan_at and scan_below may hold together (-1: no limit)
+    cdef set scan_dirs             # scan: the directories the layer's entries so far list or imply
+    cdef int64_t scan_max          # scan: most paths scan_at, scan_below and scan_dirs may hold (-1: no limit)
     cdef readonly bint scan_overflow   # scan: more than scan_max: the sets were dropped (see __init__)
     cdef readonly int64_t hidden
     cdef object plain_parent      # last parent found free of symlinks (None: unknown)
@@ -1758,8 +1759,10 @@ cdef class Extractor:
         ``hidden=(at, below, level)`` takes dicts mapping a path to the highest
         layer hiding it, and skips what a layer above ``level`` hides.  ``scan_max``:
         a scan that would hold more than that many paths in ``scan_at`` and
-        ``scan_below`` together stops collecting them (``scan_overflow``, both
-        sets emptied): each costs ~150 B until the layers below are written, so a
+        ``scan_below`` together, with the directories the layer lists or implies
+        (whose whiteout later in the layer hides only what is under them), stops
+        collecting them (``scan_overflow``, the sets emptied): each costs ~150 B
+        until the layers below are written, so a
         layer of millions of entries is better not skipped over (its whiteouts
         then apply as it is written).
 
@@ -1812,6 +1815,7 @@ cdef class Extractor:
         self.scan_max = scan_max
         self.scan_at = set()
         self.scan_below = set()
+        self.scan_dirs = set()
         self.hidden_files = set()
         if hidden is not None:
             if self.overlay:
@@ -2947,8 +2951,8 @@ cdef class Extractor:
             return fd
         if self.cache_st_fresh:
             # (a directory this layer listed has its own times, which take precedence)
-            if not self.overlay:
-                self.fixups.time(parent, &self.cache_st)
+            if not self.overlay and not self.fixups.has_time(parent):
+                self.fixups.time(self._cached_real_path(fd, parent), &self.cache_st)
         else:
             self._keep_times(fd, parent)
         if not self.overlay:
@@ -3316,7 +3320,9 @@ cdef class Extractor:
         if self.overlay or self.fixups.has_time(path):
             return
         if fstat(fd, &st) == 0:
-            self.fixups.time(path, &st)  # the first one recorded wins
+            # where it really is: a name through a symlink may be gone by the end of the layer
+            # (a/y written through a -> b, then .wh.a), and b must still get its time back
+            self.fixups.time(self._cached_real_path(fd, path), &st)  # the first one recorded wins
 
     cdef void _close_cache(self):
         if self.cache_fd >= 0:
@@ -3414,6 +3420,7 @@ cdef class Extractor:
             self._whiteout(path, slash, base, name)
             return
         if self.scan_only:
+            self._scan_dirs(path, slash, kind == K_DIR)
             # a device node without root is not made, so it replaces nothing below (see below)
             if kind != K_DIR and not ((kind == K_CHR or kind == K_BLK) and not self.is_root):
                 self._scan_hides(self.scan_at, path)
@@ -4516,10 +4523,32 @@ cdef class Extractor:
         if self.scan_overflow:
             return
         paths.add(path)
-        if self.scan_max >= 0 and len(self.scan_at) + len(self.scan_below) > self.scan_max:
+        self._scan_check_max()
+
+    cdef void _scan_dirs(self, bytes path, Py_ssize_t slash, bint is_dir):
+        """A scan: the directories an entry of the layer lists or implies (``path`` and its
+        ancestors), which a whiteout later in the layer does not remove (see _whiteout)."""
+        if self.scan_overflow:
+            return
+        if not is_dir:
+            if slash <= 0:
+                return
+            path = path[:slash]
+        while path not in self.scan_dirs:  # an ancestor already there has its own ancestors there
+            self.scan_dirs.add(path)
+            slash = path.rfind(b"/")
+            if slash <= 0:
+                break
+            path = path[:slash]
+        self._scan_check_max()
+
+    cdef void _scan_check_max(self):
+        # the directories count too: a layer of millions of them must not hold them all
+        if self.scan_max >= 0 and len(self.scan_at) + len(self.scan_below) + len(self.scan_dirs) > self.scan_max:
             self.scan_overflow = True
             self.scan_at = set()
             self.scan_below = set()
+            self.scan_dirs = set()
 
     cdef _whiteout(self, bytes path, Py_ssize_t slash, bytes base, bytes name):
         cdef int pfd
@@ -4544,7 +4573,9 @@ cdef class Extractor:
         self.whiteouts += 1
         target = parent + b"/" + hidden if parent else hidden
         if self.scan_only:
-            self._scan_hides(self.scan_at, target)
+            # a directory this layer listed or implied before its whiteout stays, with what the layer
+            # put in it (see below): the whiteout hides only what is below it, as an opaque marker
+            self._scan_hides(self.scan_below if target in self.scan_dirs else self.scan_at, target)
             return
         if self.overlay:
             if self._overlay_whiteout_nogil(parent, hidden, target, name):

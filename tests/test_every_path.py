@@ -710,3 +710,44 @@ def test_a_lower_dirs_time_is_kept_when_a_layer_writes_through_a_symlink_to_it(g
     tree = assert_agree(run_paths(g.dest, raws, dir_mtime=True), context=describe(raws))
     g.check()
     assert tree["real"].mtime == (1_600_000_000 if upper == "listed" else 1_500_000_000)
+
+
+# A whiteout after entries of its own layer under the name it hides: the layer's directory
+# stays (a whiteout hides lower layers only), it merely shows nothing from below.
+_LISTED_LOW = dict(mode=0o750, uid=5, gid=6, mtime=_LOW)
+WHITEOUT_AFTER_CASES = {
+    "implied-dir": ([Tar().dir("a", **_LISTED_LOW).file("a/x"), Tar().dir("a/a").whiteout("a")], "a"),
+    "implied-by-a-file": ([Tar().dir("a", **_LISTED_LOW).file("a/x"), Tar().file("a/y").whiteout("a")], "a"),
+    "implied-two-deep": ([Tar().dir("a", **_LISTED_LOW).file("a/x"), Tar().file("a/b/c").whiteout("a")], "a"),
+    "in-a-subdir": ([Tar().dir("a").dir("a/b", **_LISTED_LOW).file("a/b/x"), Tar().file("a/b/c").whiteout("a/b")],
+                    "a/b"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WHITEOUT_AFTER_CASES))
+def test_a_whiteout_after_its_own_layers_entries_keeps_the_lower_directory_top_down(g, case):
+    """The top-down scan took the whiteout as hiding the directory itself, so the unpack skipped
+    the lower layer's directory entry, and the upper layer's entries made the directory anew:
+    it lost its owner, mode and time there (found by test_fuzz_paths, seed 2929), while every
+    other path keeps the lower directory, as the overlay mount shows it."""
+    layers, d = WHITEOUT_AFTER_CASES[case]
+    raws = [t.bytes() for t in layers]
+    results = run_paths(g.dest, raws, dir_mtime=True)
+    tree = assert_agree(results, context=describe(raws))
+    e = tree.entries[d]
+    assert (e.mode & 0o7777, e.uid, e.gid, e.mtime) == (0o750, 5, 6, _LOW), e
+    assert f"{d}/x" not in tree.entries
+    g.check()
+
+
+def test_a_directory_written_through_a_symlink_the_layer_then_removes_keeps_its_time(g):
+    """b/y written through a -> b, then .wh.a in the same layer: the dir format recorded b's
+    time to restore under the name a, which was gone by the end of the layer, so b kept the
+    time of the extraction while the overlay formats, the store's paths and umoci keep b's."""
+    layers = [Tar().dir("b", mtime=_LOW).symlink("a", "b"), Tar().file("a/y").whiteout("a")]
+    raws = [t.bytes() for t in layers]
+    results = run_paths(g.dest, raws, dir_mtime=True)
+    results["umoci"] = umoci_tree(g.dest, raws, dir_mtime=True)
+    tree = assert_agree(results, context=describe(raws))
+    assert tree.entries["b"].mtime == _LOW and "a" not in tree.entries, tree.entries
+    g.check()

@@ -267,7 +267,11 @@ def test_load_keeps_a_name_whose_digest_is_the_image(tmp_path):
 
 @pytest.mark.parametrize("created", ["\u0662\u0660\u0662\u0660-01-01T00:00:00Z",   # Arabic-Indic digits
                                      "2020-01-01T00:00:\uff10\uff10Z",                 # fullwidth zeros
-                                     "2020-01-01T00:00:00\uff3a"])
+                                     "2020-01-01T00:00:00\uff3a",
+                                     # no Python time zone holds 24 hours or more (inspect's traceback)
+                                     "2020-01-01T00:00:00+99:99", "2020-01-01T00:00:00+24:00",
+                                     # in years 10000 and 0 once in UTC (inspect's traceback)
+                                     "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"])
 def test_a_created_time_in_digits_go_does_not_read_is_no_time(tmp_path, created):
     """Python's \\d matches every script's digits, and int() reads them: ``created`` written in
     Arabic-Indic digits was 2020 to lamina and no time at all to Go's time.Parse (docker,
@@ -283,6 +287,8 @@ def test_a_created_time_in_digits_go_does_not_read_is_no_time(tmp_path, created)
     assert I.created_ts(image) is None, created
     until = one_line_error(cli("images", "--filter", f"until={created}", root=tmp_path / "store"))
     assert "until" in until, until
+    shown = cli("inspect", "--format", "{{.Created}}", row.id, root=tmp_path / "store")
+    assert shown.returncode == 0 and shown.stdout == "\n", shown.stdout + shown.stderr
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,6 +305,7 @@ BAD_CONFIGS = [
     ({"history": [1]}, "history[0] must be an object"),
     ({"history": [{"empty_layer": "false"}]}, "history[0]: empty_layer must be a boolean"),
     ({"created": 1700000000}, "created must be a string"),
+    ({"config": {"ArgsEscaped": "false"}}, " config: ArgsEscaped must be a boolean"),
 ]
 
 
@@ -323,6 +330,22 @@ def test_config_fields_of_another_type_are_refused(tmp_path, extra, message):
         assert line.startswith(f"lamina: error: config {config}") and message in line, line
         assert not (tmp_path / "out").exists()
     assert cli("images", "-q", root=tmp_path / "store").stdout == ""
+
+
+def test_healthcheck_numbers_of_another_type_are_shown_absent_not_a_traceback(tmp_path):
+    """A Healthcheck is docker's alone (umoci and containerd ignore it, and unpack such an image);
+    inspect read its durations with int(): "Interval": "abc" was a ValueError traceback,
+    "Retries": [1] a TypeError one, and 1.5 or true became numbers no Go reader would take."""
+    lay = ob.Layout(tmp_path / "lay")
+    hc = {"Test": ["CMD", "true"], "Interval": "abc", "Retries": [1], "Timeout": 1.5, "StartPeriod": True,
+          "StartInterval": 5_000_000_000}
+    lay.add(lay.image([{"a": b"x"}], config_extra={"config": {"Healthcheck": hc}}), "latest",
+            **{"io.containerd.image.name": "hc:1"})
+    store = tmp_path / "store"
+    assert cli("load", "-i", lay.root, root=store).returncode == 0
+    p = cli("inspect", "--format", "{{json .Config.Healthcheck}}", "hc:1", root=store)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert json.loads(p.stdout) == {"Test": ["CMD", "true"], "StartInterval": 5_000_000_000}
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,6 +387,54 @@ def test_a_tag_list_whose_next_page_loops_is_refused(reg, registry_env, tmp_path
         assert line == (f"lamina: error: tags of {proxy.host}/loop: the registry's next page is page 2 again"
                         f" (http://{proxy.host}/v2/loop/tags/list?n=1&last=a): its pagination loops"), line
         assert len(proxy.requests_for("/tags/list")) == 2
+    finally:
+        proxy.stop()
+
+
+_DEEP = b"[" * 60_000  # within the error body limit (64 KiB), far past json's recursion limit
+
+
+@pytest.mark.parametrize("path,code,body,args,error", [
+    ("/manifests/", 404, _DEEP, ("pull", "{h}/deep:1"),
+     "lamina: error: manifest for {h}/deep:1 not found: 404 Not Found: " + "[" * 200),
+    ("/manifests/", 400, b'{"errors": [{"code": ' + _DEEP, ("pull", "{h}/deep:1"),
+     'lamina: error: GET manifest {h}/deep:1: 400 Bad Request: {{"errors": [{{"code": ' + "[" * 179),
+    ("/manifests/", 400, json.dumps({"errors": [{"code": [[["X"]]], "message": {"a": 1}}]}).encode(),
+     ("pull", "{h}/deep:1"), 'lamina: error: GET manifest {h}/deep:1: 400 Bad Request: {{"errors": [{{"code": '
+     '[[["X"]]], "message": {{"a": 1}}}}]}}'),
+    ("/tags/list", 200, _DEEP, ("pull", "-a", "{h}/deep"), "lamina: error: tags of {h}/deep: invalid JSON"),
+    ("/tags/list", 200, b'{"tags": 5}', ("pull", "-a", "{h}/deep"),
+     'lamina: error: tags of {h}/deep: "tags" is a int, not a list'),
+    ("/tags/list", 200, b'{"tags": "latest"}', ("pull", "-a", "{h}/deep"),
+     'lamina: error: tags of {h}/deep: "tags" is a str, not a list'),
+], ids=["404-deep", "400-deep-code", "400-code-not-text", "tags-deep", "tags-int", "tags-str"])
+def test_a_registry_answer_nested_deep_or_of_another_shape_is_a_clear_error(reg, registry_env, tmp_path,  # noqa: F811
+                                                                             path, code, body, args, error):
+    """A registry's error body, or a tag list, nested 60,000 arrays deep made json.loads raise
+    RecursionError, which no except clause took: a traceback.  A tag list whose "tags" was a
+    number was a TypeError traceback, and a string gave its letters as tags."""
+    proxy = FaultProxy(reg.host)
+    try:
+        proxy.add("respond", path=path, times=None, code=code, body=body,
+                  headers={"Content-Type": "application/json"})
+        line = one_line_error(cli(*[a.format(h=proxy.host) for a in args], root=tmp_path / "store", timeout=60))
+        assert line == error.format(h=proxy.host), line
+    finally:
+        proxy.stop()
+
+
+def test_a_token_lifetime_no_float_holds_is_the_default(reg, registry_env, tmp_path):  # noqa: F811
+    """A token server's expires_in of 400 digits is a valid JSON number: float() of it raised
+    OverflowError, a traceback before the first request with the token."""
+    proxy = FaultProxy(reg.host)
+    try:
+        proxy.add("respond", path="/manifests/", times=1, code=401, headers={
+            "WWW-Authenticate": f'Bearer realm="http://{proxy.host}/token",service="s",scope="repository:t:pull"'})
+        body = b'{"token": "t", "expires_in": 1' + b"0" * 400 + b"}"
+        proxy.add("respond", path="/token", times=None, body=body, headers={"Content-Type": "application/json"})
+        line = one_line_error(cli("pull", f"{proxy.host}/t:1", root=tmp_path / "store", timeout=60))
+        assert line.startswith(f"lamina: error: manifest for {proxy.host}/t:1 not found"), line
+        assert len(proxy.requests_for("/token")) == 1
     finally:
         proxy.stop()
 
@@ -823,6 +894,21 @@ def test_a_bundles_user_reads_ids_as_go_does(tmp_path, user, expect):
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
+def test_a_bundles_passwd_behind_a_name_too_long_is_named(tmp_path):
+    """``unpack --bundle`` reads the image's /etc/passwd through its symlinks, inside the rootfs;
+    an etc symlink whose target has a 300-byte name failed with the system's 'File name too
+    long' naming only those 300 bytes, not what lamina was reading, nor why."""
+    from everypath import write_image
+    from tarbuild import Tar
+    lay = write_image(tmp_path / "lay", [Tar().pax([("linkpath", "A" * 300 + "/x")]).symlink("etc", "p").bytes()])
+    store = tmp_path / "store"
+    assert cli("copy", f"oci:{lay}:img", "long:1", root=store).returncode == 0
+    line = one_line_error(cli("unpack", "--bundle", "long:1", tmp_path / "b", root=store))
+    assert line == ("lamina: error: cannot read the image's /etc/passwd for its config's User: "
+                    f"File name too long ('{'A' * 300}')"), line
+    assert not (tmp_path / "b").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # an image of more layers than Limits.max_layers
 
@@ -879,3 +965,22 @@ def test_an_image_of_more_layers_than_the_cap_is_refused_before_any_layer_is_rea
     assert cli("images", "-q", root=tmp_path / "store").stdout == ""
     fsck = cli("fsck", root=tmp_path / "store")
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_a_created_time_before_year_1000_is_written_with_four_digits(tmp_path):
+    """Go writes a year with 4 digits at least (0500-01-02T03:04:05Z); glibc's %Y wrote 500, so
+    inspect, history and images gave another time string than docker's for the same image."""
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"x"}], config_extra={"created": "0500-01-02T03:04:05Z", "history": [
+        {"created": "0500-01-02T03:04:05Z", "created_by": "x"}]}), "latest",
+        **{"io.containerd.image.name": "old:1"})
+    store = tmp_path / "store"
+    assert cli("load", "-i", lay.root, root=store).returncode == 0
+    env = dict(os.environ, TZ="UTC")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "lamina", "--root", store, *args], capture_output=True,
+                              text=True, env=env).stdout
+    assert run("inspect", "--format", "{{.Created}}", "old:1") == "0500-01-02T03:04:05Z\n"
+    assert run("images", "--format", "{{.CreatedAt}}") == "0500-01-02 03:04:05 +0000 UTC\n"
+    assert run("history", "--human=false", "--format", "{{.CreatedAt}}", "old:1") == "0500-01-02T03:04:05Z\n"

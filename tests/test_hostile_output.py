@@ -141,3 +141,20 @@ def test_a_changed_file_with_a_hostile_name_is_named_on_one_line(tmp_path):
     r = _cli("--root", root, "fsck")
     assert r.returncode != 0 and b"d/x\\nlamina: error: forged" in r.stdout, r.stdout
     _assert_not_forged(r.stdout + r.stderr, "fsck")
+
+
+def test_a_template_error_quoting_an_image_field_stays_on_the_error_line(tmp_path):
+    """inspect's per-image errors (a template that fails on a value, an unknown ref) went to
+    stderr as they were, not through the one-line rule of every other error: a template
+    ranging over the image's Author printed that Author in its error, whose newline forged a
+    ``lamina: error:`` line and whose escape sequences reached the terminal."""
+    import ocibuild as ob
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"x"}], config_extra={"author": "x\n" + FORGED.decode()}), "1")
+    root = tmp_path / "store"
+    assert _cli("--root", root, "copy", f"oci:{lay.root}:1", "evil:1").returncode == 0
+    r = _cli("--root", root, "inspect", "--format", "{{range .Author}}{{end}}", "evil:1")
+    assert r.returncode == 1
+    err = r.stderr.rstrip(b"\n")
+    assert err.count(b"\n") == 0 and err.startswith(b"lamina: error: template: ") and b"\\x1b[2J" in err, err
+    _assert_not_forged(r.stdout + r.stderr, "inspect")

@@ -1,5 +1,6 @@
 """Bad input is refused with one clear line, and the store is left exactly as it was."""
 import gzip
+import json
 import os
 
 import pytest
@@ -143,3 +144,88 @@ def test_store_root_that_is_not_a_store(tmp_path):
     fails(foreign, "fsck", match="not a lamina store")
     fails(foreign, "images", match="not a lamina store")
     assert os.listdir(foreign) == ["data"]
+
+
+@pytest.mark.parametrize("verb", ["umount", "image prune"])
+def test_a_record_naming_another_kind_never_sends_lamina_out_of_its_records(root, tmp_path, verb):
+    """A mount or bundle record is a file in the store (ROOT/lamina/mounts/KEY.json), which whoever
+    owns the store can write, also when root mounts or prunes that user's store.  Its "kind" made
+    the directory that umount removes (<kind>s/KEY) and the record file that a dead bundle's prune
+    unlinks: "kind": "../../victim" removed tmp_path/victims/KEY, a tree outside the store.  A
+    record is now only read as the kind its directory holds."""
+    from lamina.store.inuse import key_for
+    target = tmp_path / "mnt"
+    target.mkdir()
+    kind = "mount" if verb == "umount" else "bundle"
+    key = key_for(kind, os.path.realpath(target))
+    victim = tmp_path / "victims" / key
+    victim.mkdir(parents=True)
+    (victim / "precious").write_bytes(b"not lamina's\n")
+    (tmp_path / "victims" / f"{key}.json").write_bytes(b"{}")
+    records = root / "lamina" / f"{kind}s"
+    records.mkdir(parents=True, exist_ok=True)
+    forged = {"kind": os.path.relpath(tmp_path / "victim", root / "lamina"), "key": key, "path": str(target),
+              "manifest_digest": "sha256:" + "0" * 64, "image_id": "sha256:" + "0" * 64, "names": []}
+    (records / f"{key}.json").write_text(json.dumps(forged))
+    if verb == "umount":
+        fails(root, "umount", target, match="is not a lamina mount")
+    else:
+        lamina(root, "image", "prune", "-f")
+    assert (victim / "precious").read_bytes() == b"not lamina's\n"
+    assert (tmp_path / "victims" / f"{key}.json").exists()
+
+
+def test_a_destination_layout_whose_index_is_nested_deep_is_refused_by_name(root, tmp_path):
+    """copy into an existing OCI layout reads its index.json to add the image; one nested 60,000
+    arrays deep raised RecursionError out of json.load, which no except clause took: a traceback."""
+    lay = tmp_path / "out"
+    lay.mkdir()
+    (lay / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (lay / "index.json").write_bytes(b"[" * 60_000)
+    fails(root, "copy", "keep:1", f"oci:{lay}:x", match=f"{lay}/index.json: not a valid image index")
+    assert (lay / "index.json").read_bytes() == b"[" * 60_000
+
+
+@pytest.mark.parametrize("where,args,match", [
+    ("index.json", ("images",), "index.json: invalid JSON"),
+    ("snapshots/*/meta.json", ("unpack", "keep:1", "{tmp}/dest"), "unreadable meta.json"),
+    ("lamina/mounts/mount-0.json", ("mount",), None),
+])
+def test_store_files_nested_deep_are_clear_errors(root, tmp_path, where, args, match):
+    """The store's own JSON files are only as trustworthy as whoever can write the store: one
+    nested 60,000 arrays deep raised RecursionError out of json.load, a traceback.  Now the
+    file is named as unreadable (a record is skipped, as an unreadable one always was)."""
+    import glob
+    paths = glob.glob(os.path.join(root, where))
+    path = paths[0] if paths else os.path.join(root, where)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"[" * 60_000)
+    args = [a.format(tmp=tmp_path) for a in args]
+    if match is None:
+        proc = lamina(root, *args)
+        assert "Traceback" not in proc.stderr
+    else:
+        fails(root, *args, match=match)
+
+
+def test_a_record_naming_another_path_never_unmounts_it(root, tmp_path):
+    """A mount record's path is what umount unmounts: a record written into the store under
+    the key of one target (mnt) but naming another lamina mount (real) made ``lamina umount
+    mnt`` unmount real.  A record's path must be the one its key was made from."""
+    from conftest import require_root
+    from lamina.store.inuse import key_for
+    from lamina.store.mounts import is_mountpoint
+    require_root()
+    real, target = tmp_path / "real", tmp_path / "mnt"
+    target.mkdir()
+    lamina(root, "mount", "keep:1", real)
+    try:
+        key = key_for("mount", os.path.realpath(target))
+        forged = {"kind": "mount", "key": key, "path": str(real), "manifest_digest": "sha256:" + "0" * 64,
+                  "image_id": "sha256:" + "0" * 64, "names": []}
+        (root / "lamina" / "mounts" / f"{key}.json").write_text(json.dumps(forged))
+        fails(root, "umount", target, match="is not a lamina mount")
+        assert is_mountpoint(str(real))
+    finally:
+        lamina(root, "umount", real, check=False)

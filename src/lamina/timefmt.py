@@ -25,6 +25,12 @@ def parse_rfc3339(text):
     if tz not in ("Z", "z"):
         sign = -1 if tz[0] == "-" else 1
         offset = sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+        if abs(offset) >= 86400:  # +99:99 (Go refuses it), +24:00 (Go takes it, no Python zone holds it)
+            return None
+    try:  # the moment must be a datetime in UTC too: 9999-12-31T23:59:59-01:00 is in year 10000
+        base - _dt.timedelta(seconds=offset)
+    except OverflowError:
+        return None
     nanos = int((frac or "0")[:9].ljust(9, "0"))
     secs = int((base - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)).total_seconds()) - offset
     return secs, nanos, offset

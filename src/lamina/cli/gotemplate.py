@@ -182,7 +182,7 @@ class GoTime:
         zone = "UTC" if off == _dt.timedelta(0) else ""
         if not zone:
             zone = f"{sign}{mins // 60:02d}{mins % 60:02d}"
-        return f"{d:%Y-%m-%d %H:%M:%S}{frac} {sign}{mins // 60:02d}{mins % 60:02d} {zone}"
+        return f"{d.year:04d}{d:-%m-%d %H:%M:%S}{frac} {sign}{mins // 60:02d}{mins % 60:02d} {zone}"  # Go's 0500
 
     def rfc3339(self):
         if self.seconds is None:
@@ -196,7 +196,7 @@ class GoTime:
             sign = "-" if off < _dt.timedelta(0) else "+"
             mins = abs(int(off.total_seconds())) // 60
             tz = f"{sign}{mins // 60:02d}:{mins % 60:02d}"
-        return f"{d:%Y-%m-%dT%H:%M:%S}{frac}{tz}"
+        return f"{d.year:04d}{d:-%m-%dT%H:%M:%S}{frac}{tz}"
 
 
 from ..timefmt import parse_rfc3339  # noqa: E402 - shared with the library (lamina.images)

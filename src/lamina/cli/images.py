@@ -103,11 +103,16 @@ def go_local_time(ts):
     zone = lt.tm_zone or ""
     if off == 0 and zone in ("", "GMT", "UTC"):
         zone = "UTC"
-    return time.strftime("%Y-%m-%d %H:%M:%S", lt) + f" {sign}{off // 3600:02d}{off % 3600 // 60:02d} {zone}"
+    # the year as Go writes it, 4 digits at least (glibc's %Y writes year 500 as "500")
+    return (f"{lt.tm_year:04d}" + time.strftime("-%m-%d %H:%M:%S", lt)
+            + f" {sign}{off // 3600:02d}{off % 3600 // 60:02d} {zone}")
 
 
 def rfc3339_utc(ts):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if ts is not None else ""
+    if ts is None:
+        return ""
+    t = time.gmtime(ts)
+    return f"{t.tm_year:04d}" + time.strftime("-%m-%dT%H:%M:%SZ", t)  # 4 digits, as go_local_time
 
 
 def truncate_id(image_id):
@@ -138,7 +143,8 @@ def ellipsis(s, width):
 
 
 def _err(msg):
-    print(f"lamina: error: {msg}", file=sys.stderr)
+    from . import one_line  # a template's error quotes the image's values, as others quote names
+    print(f"lamina: error: {one_line(str(msg))}", file=sys.stderr)
 
 
 class _StoreArg:
@@ -283,6 +289,14 @@ def _strs(v):
     return [x for x in v if isinstance(x, str)] if isinstance(v, list) else NilSlice()
 
 
+def _go_int(v):
+    """A Healthcheck number as docker's int64 fields hold it; anything else (a string, a list, 1.5,
+    true: no Go reader takes it, and int() either fails on it or makes one up) as absent.  Only
+    docker reads these fields, and only here: an image with such a config still unpacks, as umoci
+    and containerd (which ignore them) unpack it."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and -(1 << 63) <= v < (1 << 63) else 0
+
+
 def _config_struct(cfg):
     """DockerOCIImageConfig: ocispec.ImageConfig + Healthcheck/OnBuild/Shell, every field omitempty."""
     from .gotemplate import EMPTY, GoMap, GoStruct, NilMap
@@ -314,11 +328,11 @@ def _config_struct(cfg):
     if isinstance(hc, dict):
         health = GoStruct("v1.HealthcheckConfig", [
             ("Test", _strs(hc.get("Test")), "Test", True),
-            ("Interval", int(hc.get("Interval") or 0), "Interval", True),
-            ("Timeout", int(hc.get("Timeout") or 0), "Timeout", True),
-            ("StartPeriod", int(hc.get("StartPeriod") or 0), "StartPeriod", True),
-            ("StartInterval", int(hc.get("StartInterval") or 0), "StartInterval", True),
-            ("Retries", int(hc.get("Retries") or 0), "Retries", True),
+            ("Interval", _go_int(hc.get("Interval")), "Interval", True),
+            ("Timeout", _go_int(hc.get("Timeout")), "Timeout", True),
+            ("StartPeriod", _go_int(hc.get("StartPeriod")), "StartPeriod", True),
+            ("StartInterval", _go_int(hc.get("StartInterval")), "StartInterval", True),
+            ("Retries", _go_int(hc.get("Retries")), "Retries", True),
         ], pointer=True)
     ext = GoStruct("v1.DockerOCIImageConfigExt", [
         ("Healthcheck", health, "Healthcheck", True),

@@ -342,7 +342,7 @@ _CONFIG_TYPES = {"created": _STRING, "author": _STRING, "os": _STRING, "architec
                  "variant": _STRING, "os.version": _STRING, "os.features": _STRINGS}
 _EXEC_TYPES = {"User": _STRING, "WorkingDir": _STRING, "StopSignal": _STRING, "Env": _STRINGS,
                "Entrypoint": _STRINGS, "Cmd": _STRINGS, "Labels": _STRING_MAP, "ExposedPorts": _OBJECT,
-               "Volumes": _OBJECT}
+               "Volumes": _OBJECT, "ArgsEscaped": _BOOL}
 _HISTORY_TYPES = {"created": _STRING, "author": _STRING, "created_by": _STRING, "comment": _STRING,
                   "empty_layer": _BOOL}
 

@@ -45,6 +45,7 @@ MAX_ERROR_BODY = 1 << 16
 MAX_TAG_PAGES = 10_000
 MAX_TOKEN_BODY = 1 << 20
 TOKEN_DEFAULT_EXPIRY = 60     # seconds, per the token spec
+TOKEN_MAX_EXPIRY = 86400      # a token is asked for again after a day, whatever its server said
 
 
 def parse_challenge(header):
@@ -87,33 +88,46 @@ def parse_challenge(header):
     return scheme.lower(), params
 
 
+def registry_json(body):
+    """A registry's or token server's JSON answer, or None when it is not JSON lamina can read:
+    such a body is hostile input like any other (nested thousands deep it is a RecursionError,
+    not a ValueError, out of json.loads)."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
 def error_message(resp_body, status, reason=""):
     """A short message from a registry's JSON error body (``{"errors": [{code, message, detail}]}``)."""
-    try:
-        doc = json.loads(resp_body)
-        errs = doc.get("errors") if isinstance(doc, dict) else None
-        if isinstance(errs, list) and errs:
-            parts = []
-            for e in errs[:3]:
-                if not isinstance(e, dict):
-                    continue
-                code = str(e.get("code", "")).lower().replace("_", " ")
-                msg = str(e.get("message", "")).strip()
+    doc = registry_json(resp_body)
+    errs = doc.get("errors") if isinstance(doc, dict) else None
+    if isinstance(errs, list) and errs:
+        parts = []
+        for e in errs[:3]:
+            if not isinstance(e, dict):
+                continue
+            code = _text(e.get("code")).lower().replace("_", " ")
+            msg = _text(e.get("message")).strip()
+            if code or msg:
                 parts.append(f"{code}: {msg}" if msg and msg.lower() != code else (code or msg))
-            if parts:
-                return "; ".join(parts)
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        pass
+        if parts:
+            return "; ".join(parts)
     text = resp_body[:200].decode("utf-8", "replace").strip() if resp_body else ""
     return f"{status} {reason}".strip() + (f": {text}" if text and "<" not in text[:1] else "")
 
 
+def _text(value):
+    # a number is shown as it is; a list or object nested deep would not even print
+    return str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
+
+
 def error_code(resp_body):
-    try:
-        doc = json.loads(resp_body)
-        return str(doc["errors"][0]["code"])
-    except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError):
-        return None
+    doc = registry_json(resp_body)
+    errs = doc.get("errors") if isinstance(doc, dict) else None
+    if isinstance(errs, list) and errs and isinstance(errs[0], dict) and "code" in errs[0]:
+        return _text(errs[0]["code"])
+    return None
 
 
 class Session:
@@ -258,17 +272,16 @@ class Session:
         if resp.status != 200:
             raise AuthenticationError(f"{self.host}: token request to {realm} failed: "
                                       f"{error_message(body, resp.status, resp.reason)}", status=resp.status)
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            raise AuthenticationError(f"{self.host}: token server sent invalid JSON") from None
+        doc = registry_json(body)
+        if doc is None:
+            raise AuthenticationError(f"{self.host}: token server sent invalid JSON")
         token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
         if not isinstance(token, str) or not token:
             raise AuthenticationError(f"{self.host}: token server sent no token")
         ttl = doc.get("expires_in")
-        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl <= 0:
-            ttl = TOKEN_DEFAULT_EXPIRY
-        return token, float(ttl)
+        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl < float("inf"):
+            ttl = TOKEN_DEFAULT_EXPIRY  # also NaN, and a number of 400 digits that no float holds
+        return token, float(min(ttl, TOKEN_MAX_EXPIRY))
 
     def forget_tokens(self):
         with self._lock:
@@ -429,10 +442,12 @@ class Repository:
                 raise ImageNotFoundError(f"repository {self.name} not found: {error_message(data, 404, 'Not Found')}")
             if resp.status != 200:
                 self._fail(resp, f"GET tags of {self.name}")
-            try:
-                page = json.loads(resp.content(limit=MAX_MANIFEST_SIZE)).get("tags") or []
-            except (ValueError, UnicodeDecodeError, AttributeError):
-                raise RegistryError(f"tags of {self.name}: invalid JSON") from None
+            doc = registry_json(resp.content(limit=MAX_MANIFEST_SIZE))
+            if not isinstance(doc, dict):
+                raise RegistryError(f"tags of {self.name}: invalid JSON")
+            page = doc.get("tags") or []
+            if not isinstance(page, list):  # a string would give its letters as tags
+                raise RegistryError(f"tags of {self.name}: \"tags\" is a {type(page).__name__}, not a list")
             tags += [t for t in page if isinstance(t, str)]
             link = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', resp.header("Link") or "")
             url = urllib.parse.urljoin(url, link.group(1)) if link else None

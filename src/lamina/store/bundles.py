@@ -13,6 +13,7 @@ import re
 import stat
 
 from ..errors import ImageError
+from ..quoting import quote_name
 from .flatten import _is_root, flatten
 from .inuse import record_use
 from .flatten import check_link
@@ -83,6 +84,15 @@ def _default_spec(rootless):
 
 def _read_in_root(root, relpath, limit=1 << 20):
     """Read a file of the rootfs, resolving symlinks inside ``root`` (never outside); None if absent."""
+    try:
+        return _read_in_root_fd(root, relpath, limit)
+    except OSError as e:
+        # e.g. a symlink on the way whose target has a 300-byte name: the system names only that
+        raise ImageError(f"cannot read the image's /{relpath} for its config's User: "
+                         f"{e.strerror or e} ({quote_name(os.fsencode(e.filename or ''))})") from None
+
+
+def _read_in_root_fd(root, relpath, limit):
     root_fd = os.open(root, _DIR_FLAGS)
     try:
         parts = [p for p in relpath.split("/") if p not in ("", ".")]

@@ -47,7 +47,7 @@ def _read_json(path, limit=16 << 20):
         return None
     try:
         return json.loads(data) if len(data) <= limit else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested deep
         return None
 
 

@@ -65,7 +65,7 @@ class IndexFile:
             if not (self.paths.root / "oci-layout").exists():
                 return self._no_store()
             raise StoreError(f"{path} is missing; run lamina fsck") from None
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested deep
             raise StoreError(f"{path}: invalid JSON ({e}); run lamina fsck") from None
         manifests = doc.get("manifests") if isinstance(doc, dict) else None
         if not isinstance(manifests, list):

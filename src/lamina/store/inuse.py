@@ -96,9 +96,14 @@ def load_records(store, kind):
             try:
                 with open(os.path.join(d, n), "rb") as f:
                     rec = json.load(f)
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):  # RecursionError: nested deep
                 continue
-            if isinstance(rec, dict) and rec.get("key") == n[:-5] and bool(rec.get("outside")) == outside:
+            # whoever owns the store can write its records: a record is read as what its place says
+            # it is, since its kind and key name the directories umount and prune remove, and its
+            # path (which umount unmounts) must be the one its key was made from
+            if (isinstance(rec, dict) and rec.get("kind") == kind and rec.get("key") == n[:-5]
+                    and isinstance(rec.get("path"), str) and key_for(kind, rec["path"]) == n[:-5]
+                    and bool(rec.get("outside")) == outside):
                 out.append(rec)
     return out
 

@@ -105,7 +105,7 @@ def read_info(paths, chain_id):
             meta = json.load(f)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except (ValueError, UnicodeDecodeError, OSError) as e:
+    except (ValueError, UnicodeDecodeError, OSError, RecursionError) as e:  # RecursionError: nested deep
         raise StoreError(f"snapshot {chain_id}: unreadable meta.json ({e}); run lamina fsck --repair") from None
     if not isinstance(meta, dict) or meta.get("format", 1) != FORMAT:
         return None  # made by another lamina version: extracted again when needed

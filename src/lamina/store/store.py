@@ -592,7 +592,7 @@ class Store:
             try:
                 with open(self.paths.holds / n, "rb") as f:
                     out[n[:-5]] = json.load(f)
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):  # RecursionError: nested deep
                 raise StoreError(f"hold {n}: unreadable; run lamina fsck") from None
         return out
 

@@ -82,7 +82,7 @@ def write_layout(data, path, ref=None):
             with open(index_path, "rb") as f:
                 doc = json.load(f)
             entries = list(doc["manifests"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):  # nested deep: RecursionError
             raise ImageError(f"{index_path}: not a valid image index; refusing to overwrite it") from None
     if ref:
         entries = [e for e in entries if not (isinstance(e, dict)
