@@ -407,12 +407,20 @@ _DEEP = b"[" * 60_000  # within the error body limit (64 KiB), far past json's r
      'lamina: error: tags of {h}/deep: "tags" is a int, not a list'),
     ("/tags/list", 200, b'{"tags": "latest"}', ("pull", "-a", "{h}/deep"),
      'lamina: error: tags of {h}/deep: "tags" is a str, not a list'),
-], ids=["404-deep", "400-deep-code", "400-code-not-text", "tags-deep", "tags-int", "tags-str"])
+    ("/tags/list", 200, json.dumps({"tags": ["1", "x@sha256:" + "a" * 64]}).encode(), ("pull", "-a", "{h}/deep"),
+     "lamina: error: tags of {h}/deep: the registry lists 'x@sha256:" + "a" * 64 + "', which is not a tag"
+     " (docker refuses it too)"),
+    ("/tags/list", 200, b'{"tags": ["1", "../x\\n"]}', ("pull", "-a", "{h}/deep"),
+     "lamina: error: tags of {h}/deep: the registry lists '../x\\n', which is not a tag (docker refuses it too)"),
+], ids=["404-deep", "400-deep-code", "400-code-not-text", "tags-deep", "tags-int", "tags-str", "tag-digest",
+        "tag-path"])
 def test_a_registry_answer_nested_deep_or_of_another_shape_is_a_clear_error(reg, registry_env, tmp_path,  # noqa: F811
                                                                              path, code, body, args, error):
     """A registry's error body, or a tag list, nested 60,000 arrays deep made json.loads raise
     RecursionError, which no except clause took: a traceback.  A tag list whose "tags" was a
-    number was a TypeError traceback, and a string gave its letters as tags."""
+    number was a TypeError traceback, and a string gave its letters as tags.  A listed tag
+    "x@sha256:..." made ``pull -a`` pull by digest (after tag 1), one with a newline wrote it
+    into the error line: every listed tag must be a tag before anything is pulled."""
     proxy = FaultProxy(reg.host)
     try:
         proxy.add("respond", path=path, times=None, code=code, body=body,

@@ -27,12 +27,12 @@ _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"
 _DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{_IPV6})(?::[0-9]+)?"
 # Go's \w is ASCII; Python's would take any letter or digit of Unicode (a tag "١" or "ТЕГ")
-_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+TAG_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 
 _REFERENCE_RE = re.compile(
     rf"^(?P<name>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
-    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?\Z")  # \Z: $ would let a final newline through
+    rf"(?::(?P<tag>{TAG_PATTERN}))?(?:@(?P<digest>{_DIGEST}))?\Z")  # \Z: $ would let a final newline through
 _ANCHORED_ID = re.compile(r"^[a-f0-9]{64}\Z")
 _DOMAIN_RE = re.compile(rf"^{_DOMAIN}\Z")
 _PATH_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*\Z")
@@ -96,7 +96,7 @@ class Reference:
         return self.familiar_name + self._suffix()
 
     def with_tag(self, tag: str) -> "Reference":
-        if not re.fullmatch(_TAG, tag):
+        if not re.fullmatch(TAG_PATTERN, tag):
             raise InvalidReferenceError(f"invalid tag format: {tag!r}")
         return Reference(self.domain, self.path, tag, None)
 

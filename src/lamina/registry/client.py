@@ -29,7 +29,8 @@ from .. import mediatypes as mt
 from ..errors import (AuthenticationError, BlobNotFoundError, ImageNotFoundError, RegistryError,
                       UnsupportedMediaTypeError)
 from ..oci.model import document_media_type, load_json
-from ..reference import Reference
+from ..quoting import quote_name
+from ..reference import TAG_PATTERN, Reference
 from . import credentials as _creds
 from .config import Endpoint, RegistryConfig, is_loopback
 from .transport import TLSPolicy, Transport
@@ -448,7 +449,12 @@ class Repository:
             page = doc.get("tags") or []
             if not isinstance(page, list):  # a string would give its letters as tags
                 raise RegistryError(f"tags of {self.name}: \"tags\" is a {type(page).__name__}, not a list")
-            tags += [t for t in page if isinstance(t, str)]
+            page = [t for t in page if isinstance(t, str)]
+            for t in page:
+                if not re.fullmatch(TAG_PATTERN, t):  # "x@sha256:..." would pull by digest, "../x"...
+                    raise RegistryError(f"tags of {self.name}: the registry lists {quote_name(t)}, which is not "
+                                        "a tag (docker refuses it too)")
+            tags += page
             link = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', resp.header("Link") or "")
             url = urllib.parse.urljoin(url, link.group(1)) if link else None
         return sorted(set(tags))
