@@ -154,3 +154,39 @@ def test_the_pass_keeps_its_maps_within_their_budget(tmp_path, monkeypatch):
     files = read_file_list(snap)
     assert len(files) == 41000 and len(snapshot_objects(snap)) == 41000 == len({f.object for f in files})
     _fsck_clean(root)
+
+
+def _limited_fds(n):
+    def pre():
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    return pre
+
+
+def test_a_layer_of_more_sibling_directories_than_open_files_goes_through_the_store(tmp_path):
+    """The dedup pass opened every subdirectory of a directory before it walked the first one:
+    a layer of 30,000 sibling directories failed its copy into the store with "Too many open
+    files" (here 1,500 under a limit of 1,024).  Copy, the flat unpack from the store, --link
+    and fsck each hold at most one directory fd per level (besides the objects' fan-out dirs)."""
+    import subprocess
+    import sys
+    lay = ocibuild.Layout(tmp_path / "lay")
+    m = lay.image([{f"usr/lib/pkg-{i:04d}/mod.py": b"body %d\n" % i for i in range(1500)},
+                   {"usr/lib/pkg-0007/mod.py": b"changed\n"}], compress=False)
+    lay.add(m, "1")
+    root, dest, linked = tmp_path / "store", tmp_path / "dest", tmp_path / "linked"
+
+    def lamina(*args):
+        p = subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), *args], capture_output=True,
+                           text=True, timeout=300, preexec_fn=_limited_fds(1024))
+        assert p.returncode == 0, (args, p.stderr)
+        return p
+
+    lamina("copy", f"oci:{lay.root}:1", "wide:1")
+    lamina("unpack", "wide:1", str(dest))
+    lamina("unpack", "--link", "wide:1", str(linked))
+    for tree in (dest, linked):
+        assert len(os.listdir(tree / "usr/lib")) == 1500
+        assert (tree / "usr/lib/pkg-0399/mod.py").read_bytes() == b"body 399\n"
+        assert (tree / "usr/lib/pkg-0007/mod.py").read_bytes() == b"changed\n"
+    lamina("fsck")

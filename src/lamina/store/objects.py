@@ -726,32 +726,45 @@ class _Pass:
         start = time.perf_counter()
         scan, fast = _native().scan_dir, not self.reflink  # reflink: every new object looks for siblings
         hashed_fd = -1 if self.hashed_fd is None else self.hashed_fd
-        stack = [(os.open(os.path.join(self.snapshot_dir, "fs"), _DIR_FLAGS), "")]
+        # Depth first, a directory opened only when its turn comes: the stack holds one fd per
+        # level (each with the names of its subdirectories still to visit), never one per
+        # subdirectory waiting (30,000 sibling directories ran out of file descriptors).
+        root = os.open(os.path.join(self.snapshot_dir, "fs"), _DIR_FLAGS)
+        stack = [[root, "", None, 0]]   # fd, prefix, its subdirectories once scanned, next one
         try:
             while stack:
-                fd, prefix = stack.pop()
-                self.held.forget()
-                try:
-                    subdirs, slow, done = scan(fd, self.held.front, self.held.spilled_get(), hashed_fd, self.fan,
-                                               not self.defer, fast)
-                    if done:
-                        self.took(fd, prefix, done)
-                    for name, ino, held in slow:
-                        if held is None:
-                            self.one(fd, name, prefix + name)
-                        elif held[0][65] == "o":
-                            self.linked_by_extractor(prefix + name, held)
-                        else:
-                            self.one_held(fd, name, ino, prefix + name, held)
-                    for name in reversed(subdirs):
-                        stack.append((os.open(name, _DIR_FLAGS, dir_fd=fd), f"{prefix}{name}/"))
-                finally:
+                frame = stack[-1]
+                fd, prefix, subdirs, i = frame
+                if subdirs is None:
+                    frame[2] = self._scan_one(scan, fast, hashed_fd, fd, prefix)
+                    continue
+                if i == len(subdirs):
+                    stack.pop()
                     os.close(fd)
+                    continue
+                frame[3] = i + 1
+                stack.append([os.open(subdirs[i], _DIR_FLAGS, dir_fd=fd), f"{prefix}{subdirs[i]}/", None, 0])
         finally:
-            for fd, _ in stack:
-                os.close(fd)
+            for frame in stack:
+                os.close(frame[0])
         self.stats.seconds = time.perf_counter() - start
         return self.stats
+
+    def _scan_one(self, scan, fast, hashed_fd, fd, prefix):
+        """One directory's files (see run); returns the names of its subdirectories."""
+        self.held.forget()
+        subdirs, slow, done = scan(fd, self.held.front, self.held.spilled_get(), hashed_fd, self.fan,
+                                   not self.defer, fast)
+        if done:
+            self.took(fd, prefix, done)
+        for name, ino, held in slow:
+            if held is None:
+                self.one(fd, name, prefix + name)
+            elif held[0][65] == "o":
+                self.linked_by_extractor(prefix + name, held)
+            else:
+                self.one_held(fd, name, ino, prefix + name, held)
+        return subdirs
 
     def took(self, dfd, prefix, done):
         """Files of one directory that scan_dir took: each is (or, ``defer``, is planned to
