@@ -367,51 +367,47 @@ def scan_dir(int dir_fd, dict held, object spilled, int hashed_fd, FanOut fanout
 
 # --- disk usage of a tree ----------------------------------------------------------------------
 
-from libc.stdlib cimport realloc, qsort
+from libc.stdlib cimport realloc
 from syscalls cimport fstat, dirfd
 
 
-cdef struct _Multi:
-    unsigned long long dev
-    unsigned long long ino
-    long long blocks
+cdef extern from "inode_count.h" nogil:
+    ctypedef struct lam_inode_count:
+        long long total
+        long long count
+    void lam_inode_init(lam_inode_count *c, int spill_dir, size_t limit)
+    int lam_inode_add(lam_inode_count *c, unsigned long long dev, unsigned long long ino, long long blocks)
+    int lam_inode_finish(lam_inode_count *c)
+    void lam_inode_free(lam_inode_count *c)
 
 
-cdef int _cmp_multi(const void *a, const void *b) noexcept nogil:
-    cdef const _Multi *x = <const _Multi *>a
-    cdef const _Multi *y = <const _Multi *>b
-    if x.dev != y.dev:
-        return -1 if x.dev < y.dev else 1
-    if x.ino != y.ino:
-        return -1 if x.ino < y.ino else 1
-    return 0
-
-
-def tree_usage(int root_fd):
+def tree_usage(int root_fd, int spill_dir_fd=-1, size_t held=65536):
     """(bytes on disk, inodes) of the tree under the directory ``root_fd``, the root included:
     st_blocks * 512 of every entry, an inode with several names counted once, nothing followed
     (what lamina.store.fsutil.disk_usage reports, as GNU ``du -sB1`` / ``du -s --inodes`` do).
+    The inodes with several names are counted in bounded memory (inode_count.h): past ``held``
+    of them, sorted runs go to a temp file in ``spill_dir_fd`` (else $TMPDIR or /tmp).
 
     A snapshot's size goes into its meta.json at every commit: this walk runs without the GIL
     (a depth-first one, an open directory per level), beside the other layers' extraction.
     Entries that vanish during the walk are skipped."""
     cdef DIR **stack = NULL
     cdef DIR **grown
-    cdef _Multi *multi = NULL
-    cdef _Multi *mgrown
-    cdef Py_ssize_t depth = 0, cap = 0, nmulti = 0, mcap = 0, i
+    cdef lam_inode_count multi
+    cdef Py_ssize_t depth = 0, cap = 0
     cdef long long total = 0, count = 0
     cdef int err = 0, fd, nfd
     cdef stat st
     cdef dirent *e
     cdef DIR *d
+    lam_inode_init(&multi, spill_dir_fd, held)
     with nogil:
         if fstat(root_fd, &st) < 0:
             err = errno
         else:
             total += st.st_blocks * 512
             count += 1
-            fd = dup(root_fd)
+            fd = openat(root_fd, b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)  # not dup: its own offset, from the start
             d = fdopendir(fd) if fd >= 0 else NULL
             if d == NULL:
                 err = errno
@@ -445,17 +441,9 @@ def tree_usage(int root_fd):
                 err = errno
                 break
             if not S_ISDIR(st.st_mode) and st.st_nlink > 1:
-                if nmulti == mcap:
-                    mcap = mcap * 2 if mcap else 256
-                    mgrown = <_Multi *>realloc(multi, mcap * sizeof(_Multi))
-                    if mgrown == NULL:
-                        err = 12
-                        break
-                    multi = mgrown
-                multi[nmulti].dev = st.st_dev
-                multi[nmulti].ino = st.st_ino
-                multi[nmulti].blocks = st.st_blocks
-                nmulti += 1
+                err = lam_inode_add(&multi, st.st_dev, st.st_ino, st.st_blocks)
+                if err:
+                    break
             else:
                 total += st.st_blocks * 512
                 count += 1
@@ -485,13 +473,11 @@ def tree_usage(int root_fd):
             depth -= 1
             closedir(stack[depth])
         free(stack)
-        if err == 0 and nmulti:
-            qsort(multi, nmulti, sizeof(_Multi), _cmp_multi)
-            for i in range(nmulti):
-                if i == 0 or _cmp_multi(&multi[i], &multi[i - 1]) != 0:
-                    total += multi[i].blocks * 512
-                    count += 1
-        free(multi)
+        if err == 0:
+            err = lam_inode_finish(&multi)
+            total += multi.total
+            count += multi.count
+        lam_inode_free(&multi)
     if err:
         raise OSError(err, __import__("os").strerror(err))
     return total, count

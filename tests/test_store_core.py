@@ -347,3 +347,44 @@ def test_snapshot_disk_usage_agrees_with_gnu_du(tmp_path):
     inodes = int(subprocess.run(["du", "-s", "--inodes", str(root)], capture_output=True, text=True, check=True)
                  .stdout.split()[0])
     assert disk_usage(root) == (size, inodes)
+
+
+@pytest.mark.parametrize("held", [2, 7, 64, 65536])
+def test_inodes_with_several_names_are_counted_once_however_many_spill(tmp_path, held):
+    """In the store every file of a fresh snapshot has a second name, so the walk's record of
+    inodes to count once is spilled to sorted runs in a temp file past ``held`` records and
+    merged (a million-file layer held 24 MiB, doubled by realloc, before).  Names of one inode
+    land in different runs (the links are made far apart in the walk's order), some inodes
+    have names outside the tree too, and the temp file goes to the spill dir given, gone at
+    the end.  GNU du is the oracle, as above."""
+    import subprocess
+    from lamina._objects import tree_usage
+    root, outside, spill = tmp_path / "tree", tmp_path / "outside", tmp_path / "spill"
+    for d in (root, outside, spill):
+        d.mkdir()
+    for i in range(40):
+        (root / f"d{i % 7}").mkdir(exist_ok=True)
+    files = []
+    for i in range(600):
+        f = root / f"d{i % 7}" / f"f{i}"
+        f.write_bytes(os.urandom(i * 37 % 9000))
+        files.append(f)
+    for i, f in enumerate(files):
+        if i % 3 == 0:
+            os.link(f, root / f"d{(i + 3) % 7}" / f"again{i}")     # a second name in another dir
+        if i % 5 == 0:
+            os.link(f, outside / f"out{i}")                         # a name outside the tree
+        if i % 11 == 0:
+            os.link(f, root / f"third{i}")
+    size = int(subprocess.run(["du", "-sB1", str(root)], capture_output=True, text=True, check=True)
+               .stdout.split()[0])
+    inodes = int(subprocess.run(["du", "-s", "--inodes", str(root)], capture_output=True, text=True, check=True)
+                 .stdout.split()[0])
+    fd, sfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY), os.open(spill, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert tree_usage(fd, sfd, held) == (size, inodes)
+        assert tree_usage(fd, -1, held) == (size, inodes)  # no spill dir: $TMPDIR
+    finally:
+        os.close(fd)
+        os.close(sfd)
+    assert os.listdir(spill) == []
