@@ -1939,7 +1939,8 @@ cdef class Extractor:
         cdef const unsigned char[::1] mv = data
         cdef Py_ssize_t n = mv.shape[0], pos = 0, take
         cdef const unsigned char *p
-        cdef int rc, fd, e
+        cdef int rc, fd
+        cdef bint posted
         cdef int64_t t
         if n == 0:
             return
@@ -1957,19 +1958,9 @@ cdef class Extractor:
                     self._write_sparse(p + pos, take)
                 else:
                     with nogil:
-                        if (self.cur_hashing and take >= HASH_OFFLOAD_MIN
-                                and lamina_hw_start(&self.hash_worker) == 0):
-                            # hashed on the other core while written; waited for before this
-                            # chunk (the caller's buffer) is let go or the hash is finalized
-                            lamina_hw_post(&self.hash_worker, &self.hasher, p + pos, <size_t>take)
-                            rc = lamina_write_all(fd, <const char *>(p + pos), take)
-                            e = errno
-                            lamina_hw_wait(&self.hash_worker)
-                            lamina_set_errno(e)  # the write's, for _oserror
-                        else:
-                            rc = lamina_write_all(fd, <const char *>(p + pos), take)
-                            if self.cur_hashing:
-                                blake3_hasher_update(&self.hasher, p + pos, <size_t>take)
+                        posted = self._hash_begin(p + pos, <size_t>take)
+                        rc = lamina_write_all(fd, <const char *>(p + pos), take)
+                        self._hash_end(posted, p + pos, <size_t>take)  # before the chunk is let go
                     if rc < 0:
                         self._oserror("write", self.cur_name)
                 pos += take
@@ -2963,6 +2954,25 @@ cdef class Extractor:
                 self.cache_st_fresh = False
         return fd
 
+    cdef inline bint _hash_begin(self, const void *data, size_t size) noexcept nogil:
+        """The blake3 of a regular file's bytes about to be written: a large write's is posted to
+        the worker thread (hash_worker.h), to run on the other core while they are written;
+        True if it was.  _hash_end must follow before ``data`` is let go."""
+        if self.cur_hashing and size >= HASH_OFFLOAD_MIN and lamina_hw_start(&self.hash_worker) == 0:
+            lamina_hw_post(&self.hash_worker, &self.hasher, data, size)
+            return True
+        return False
+
+    cdef inline void _hash_end(self, bint posted, const void *data, size_t size) noexcept nogil:
+        """After the write: wait for the worker, or hash here; errno stays the write's (for the
+        error that may follow)."""
+        cdef int e = errno
+        if posted:
+            lamina_hw_wait(&self.hash_worker)
+        elif self.cur_hashing:
+            blake3_hasher_update(&self.hasher, <const uint8_t *>data, size)
+        lamina_set_errno(e)
+
     cdef bint _owner_is(self, int pfd) noexcept nogil:
         """Does an inode just created under ``pfd`` (the cached parent) already have
         the entry's owner?  Then its chown would change nothing.  The rule (root: the
@@ -3609,7 +3619,7 @@ cdef class Extractor:
         cdef const char *data = <const char *>self.feed_p
         cdef mode_t create_mode = <mode_t>self.cur_mode & 0o777
         cdef bint keep = self.cur_hashing or self.cur_prehashed  # _hold_hashed needs the fd
-        cdef bint owned, offload
+        cdef bint owned, posted
         cdef int fd = -1, e = 0, step = SC_OK, tries
         for tries in range(2):
             with nogil:
@@ -3618,20 +3628,12 @@ cdef class Extractor:
                     step = SC_CREATE
                 else:
                     owned = self.is_root and self._owner_is(pfd)
-                    offload = (self.cur_hashing and size >= HASH_OFFLOAD_MIN
-                               and lamina_hw_start(&self.hash_worker) == 0)
-                    if offload:  # hashed on the other core while written (see feed)
-                        lamina_hw_post(&self.hash_worker, &self.hasher, data, <size_t>size)
+                    posted = self._hash_begin(data, <size_t>size)
                     if size and lamina_write_all(fd, data, <size_t>size) < 0:
                         step = SC_WRITE
                     else:
-                        if self.cur_hashing and not offload:
-                            blake3_hasher_update(&self.hasher, <const uint8_t *>data, <size_t>size)
-                        step = self._finish_meta(fd, owned)
-                    if offload:
-                        e = errno
-                        lamina_hw_wait(&self.hash_worker)
-                        lamina_set_errno(e)  # the step's, for the error below
+                        step = self._finish_meta(fd, owned)  # while the worker hashes
+                    self._hash_end(posted, data, <size_t>size)
                 e = errno
                 if fd >= 0 and (step != SC_OK or not keep):
                     close(fd)
