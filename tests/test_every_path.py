@@ -308,6 +308,32 @@ def test_remove_tree_deep_with_few_fds(tmp_path):
     assert not root.exists()
 
 
+def test_remove_tree_and_clear_dir_of_more_subdirectories_than_one_scan_returns(tmp_path):
+    """A scan returns at most 1,024 subdirectories (and unlinks files as it lists them, so a
+    listing is never held whole): a directory of 2,500 subdirectories, some read-only and
+    holding only directories, others with files, is emptied by clear_dir and removed by
+    remove_tree, through the scans after the first."""
+    from lamina.tree import clear_dir, remove_tree
+    for fn in (clear_dir, remove_tree):
+        root = tmp_path / fn.__name__
+        root.mkdir()
+        for i in range(2500):
+            d = root / f"d{i:05d}"
+            d.mkdir()
+            if i % 3 == 0:
+                (d / "f").write_bytes(b"x")
+            elif i % 3 == 1:
+                (d / "sub").mkdir()
+                os.chmod(d, 0o555)
+            (root / f"file{i}").symlink_to("/etc/passwd")
+        fn(str(root))
+        if fn is clear_dir:
+            assert os.listdir(root) == []
+        else:
+            assert not root.exists()
+    assert os.path.exists("/etc/passwd")
+
+
 # --- defect 7: rootless through read-only lower dirs ---
 
 def test_rootless_dir_unpack_through_read_only_lower_dir(tmp_path):
