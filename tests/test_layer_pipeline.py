@@ -18,7 +18,7 @@ import pytest
 
 from lamina import _pipeline, errors
 from lamina._extract import cancelled
-from layerkit import OnlyRead, apply, gz, gz_multimember, sha256, write, zst
+from layerkit import OnlyRead, apply, gz, gz_all_header_fields, gz_multimember, sha256, write, zst
 from tarbuild import Tar
 from treecmp import assert_same, snapshot
 
@@ -45,6 +45,10 @@ BLOBS = {
     "gzip": gz,
     "gzip-multimember": gz_multimember,
     "gzip-zero-padded": lambda d: gz(d) + bytes(1000),
+    "gzip-header-fields": lambda d: gz_all_header_fields(d[:100_000]) + gz_all_header_fields(d[100_000:]),
+    # a header CRC over a header of several reads (the Python stage holds such a header whole)
+    "gzip-header-crc-long-name": lambda d: gz_all_header_fields(d, name=b"n" * 2_500_000),
+    "gzip-empty-members": lambda d: gz(b"") + gz(d[:5000]) + gz(b"") + gz(b"") + gz(d[5000:]) + gz(b""),
     "zstd": zst,
     "zstd-frames": lambda d: zst(d, frames=5),
     "zstd-no-size": lambda d: zst(d, content_size=False),
@@ -128,6 +132,14 @@ def test_garbage_after_the_stream_is_a_compression_error(tmp_path, plain, pipeli
     blob = (gz if comp == "gzip" else zst)(plain) + b"GARBAGE!" * 10
     with pytest.raises(errors.CompressionError, match=f"^layer x: corrupt {comp} stream: "):
         apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer x")
+
+
+def test_a_gzip_header_crc_that_does_not_match_is_refused(tmp_path, plain, pipeline):
+    """gzip(1), zlib and Go check FHCRC's CRC16: a header whose bytes changed is corrupt."""
+    blob = bytearray(gz_all_header_fields(plain))
+    blob[33] ^= 0xFF  # the CRC16 after the 10 fixed bytes, FEXTRA (2+6), FNAME (10), FCOMMENT (10)
+    with pytest.raises(errors.CompressionError, match="^layer h: corrupt gzip stream: gzip header CRC16 check failed"):
+        apply(write(tmp_path / "b", bytes(blob)), tmp_path / "d", name="layer h")
 
 
 def test_corrupt_deflate_data(tmp_path, plain, pipeline):
