@@ -67,13 +67,18 @@ def foreign(head: bytes):
     return None
 
 
-def check_media_type(kind: str, media_type, what: str):
+def check_media_type(kind: str, media_type, what: str, head: bytes = b""):
     if media_type is None:
         return
     announced = layer_compression(media_type)
     if announced != kind:
+        content = kind
+        if kind == "none":  # name what it is (bzip2 or xz under a gzip media type), not "none"
+            found = foreign(head)
+            content = (f"{found[0]}-compressed" if found[1] == "compression" else f"a {found[0]} archive"
+                       ) if found else "not compressed"
         raise errors.CompressionError(
-            f"{what}: media type {media_type} announces {announced} but the content is {kind}")
+            f"{what}: media type {media_type} announces {announced} but the content is {content}")
 
 
 def open_decompressed(raw, kind: str, what: str):

@@ -145,7 +145,7 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=
         head = compression.read_exact(raw, HEAD)
         kind = compression.detect(head)
         if head:  # 0 bytes are the empty layer whatever the media type (docker and containerd)
-            compression.check_media_type(kind, media_type, what)
+            compression.check_media_type(kind, media_type, what, head)
         run = _native if _use_native(kind) else _python
         try:
             stats, counts = run(raw, head, kind, _TimedFeed(extractor, writes), what, t0, hash_blob)
