@@ -142,6 +142,24 @@ def test_a_gzip_header_crc_that_does_not_match_is_refused(tmp_path, plain, pipel
         apply(write(tmp_path / "b", bytes(blob)), tmp_path / "d", name="layer h")
 
 
+def test_a_zstd_frame_whose_checksum_does_not_match_is_refused(tmp_path, plain, pipeline):
+    import zstandard
+    blob = bytearray(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(plain))
+    blob[-1] ^= 0xFF  # the frame's last byte: its content checksum
+    with pytest.raises(errors.CompressionError, match="^layer k: corrupt zstd stream: .*doesn't match checksum"):
+        apply(write(tmp_path / "b", bytes(blob)), tmp_path / "d", name="layer k")
+
+
+def test_a_zstd_frame_that_needs_a_dictionary_is_refused(tmp_path, plain, pipeline):
+    """No dictionary is ever given with a layer: libzstd's words name the cause."""
+    import zstandard
+    samples = [b"entry %d of a sample for the dictionary, " % i * 8 for i in range(400)]
+    d = zstandard.train_dictionary(2048, samples)
+    blob = zstandard.ZstdCompressor(dict_data=d).compress(plain[:200_000])
+    with pytest.raises(errors.CompressionError, match="^layer q: corrupt zstd stream: .*Dictionary mismatch"):
+        apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer q")
+
+
 def test_corrupt_deflate_data(tmp_path, plain, pipeline):
     blob = bytearray(gz(plain))
     blob[20:60] = bytes(range(40))
