@@ -328,3 +328,24 @@ def test_moby_breakouts_refused_on_every_path(g, case):
 def test_containerd_cases_lamina_refuses(g, case):
     lower, layer, cls, words = CONTAINERD_REFUSED[case]
     refused_everywhere(g, ([lower] if lower is not None else []) + [layer], cls, words)
+
+
+# --- containers/storage pkg/archive: its cases beyond moby's ------------------------------
+
+def test_containers_storage_nested_overlay_whiteouts(g):
+    """TestNestedOverlayWhiteouts: ``.wh.foo`` then ``foo/.wh.bar`` in one layer: foo stays
+    deleted (containers/storage leaves one whiteout node for foo), on every path and in umoci."""
+    raws = [Tar().dir("foo").file("foo/bar", b"b").file("foo/baz", b"z").bytes(),
+            Tar().whiteout("foo").whiteout("foo/bar").bytes()]
+    results = run_paths(g.dest, raws)
+    results["umoci"] = umoci_tree(g.dest, raws)
+    tree = assert_agree(results, context=describe(raws))
+    assert tree is not None and tree.entries == {}
+
+
+def test_containers_storage_untar_selinux_label(g):
+    """TestUntarSelinuxLabel: a ``security.selinux`` record the host may not know is no
+    reason to fail the layer; lamina sets it as it sets any xattr, on every path."""
+    raws = [Tar().pax({"SCHILY.xattr.security.selinux": "invalid-label"}).file("foo", b"x").bytes()]
+    tree = assert_agree(run_paths(g.dest, raws), context=describe(raws))
+    assert tree is not None and tree["foo"].type == "file"
