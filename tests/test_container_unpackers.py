@@ -1,6 +1,7 @@
 """The crafted cases of the container projects' own unpacker tests, on every path.
 
-containerd's ``archive/tar_test.go`` (TestBreakouts, TestApplyTar), moby's
+umoci's ``oci/layer/tar_extract_test.go`` (its Debian source package: TestUnpackOpaqueWhiteout,
+TestUnpackHardlink, TestUnpackEntryWhiteout, the scoping tests), containerd's ``archive/tar_test.go`` (TestBreakouts, TestApplyTar), moby's
 ``pkg/archive`` (TestUntarInvalidFilenames, TestUntarHardlinkToSymlink,
 TestUntarInvalidHardlink, TestUntarInvalidSymlink, TestXGlobalNoParent,
 TestPrefixHeaderReadable) and containers/storage's copy of it (the same cases) build
@@ -349,3 +350,83 @@ def test_containers_storage_untar_selinux_label(g):
     raws = [Tar().pax({"SCHILY.xattr.security.selinux": "invalid-label"}).file("foo", b"x").bytes()]
     tree = assert_agree(run_paths(g.dest, raws), context=describe(raws))
     assert tree is not None and tree["foo"].type == "file"
+
+
+# --- umoci oci/layer/tar_extract_test.go ------------------------------------------------
+# TestUnpackOpaqueWhiteout: (path, link target, type, in the upper layer); the lower layer
+# holds the others, under test-subdir, and the upper one ends with test-subdir's opaque
+# marker: what the upper layer lists stays (even a name it also whites out: a whiteout
+# applies to the layers below only), what only the lower one lists goes.
+UMOCI_OPAQUE = {
+    "OneLevel": [("file", "", b"0", False), ("link", "..", b"2", True), ("badlink", "./nothing", b"2", True),
+                 ("fifo", "", b"6", False)],
+    "TwoLevel": [("file", "", b"0", True), ("link", "..", b"2", False), ("badlink", "./nothing", b"2", False),
+                 ("dir", "", b"5", True), ("dir/file", "", b"\0", True), ("dir/link", "../badlink", b"2", False),
+                 ("dir/verybadlink", "../" * 12 + "etc/shadow", b"2", True),
+                 ("dir/verybadlink2", "/" + "../" * 12 + "etc/shadow", b"2", False)],
+    "MultiLevel": [("level1_file", "", b"0", True), ("level1_link", "..", b"2", False),
+                   ("level1a", "", b"5", True), ("level1a/level2_file", "", b"\0", False),
+                   ("level1a/level2_link", "../../../", b"2", True), ("level1a/level2a", "", b"5", False),
+                   ("level1a/level2a/level3_fileA", "", b"0", False), ("level1a/level2b", "", b"5", True),
+                   ("level1a/level2b/level3_fileA", "", b"0", True), ("level1a/level2b/level3_fileB", "", b"0", False),
+                   ("level1a/level2b/level3", "", b"5", False), ("level1a/level2b/level3/level4", "", b"5", False),
+                   ("level1b", "", b"5", False), ("level1b/level2/level3_file", "", b"0", False)],
+    "UpperWhiteout": [(".wh.fileB", "", b"0", True), ("fileA", "", b"0", True), ("fileB", "", b"0", True),
+                      ("fileC", "", b"0", False), (".wh.fileA", "", b"0", True), (".wh.fileC", "", b"0", True)],
+    "UpperDirWhiteout": [(".wh.dir2", "", b"0", True), ("file", "", b"0", False), ("dir1", "", b"5", True),
+                         ("dir1/file", "", b"\0", True), ("dir1/link", "../badlink", b"2", False),
+                         ("dir1/verybadlink", "../" * 12 + "etc/shadow", b"2", True), (".wh.dir1", "", b"0", True),
+                         ("dir2", "", b"5", True), ("dir2/file", "", b"\0", True), ("dir2/link", "../badlink", b"2", False)],
+}
+
+
+def _umoci_entry(tar, path, link, tf):
+    data = b"" if tf in (b"2", b"5", b"6") else bytes(range(256)) * 4
+    return tar.entry(path, data, type=tf, linkname=link, mode=0o777)
+
+
+def test_umoci_opaque_whiteouts_keep_the_layers_own_entries(g):
+    lower, upper = Tar(), Tar()
+    for name, entries in UMOCI_OPAQUE.items():
+        for path, link, tf, up in entries:
+            _umoci_entry(upper if up else lower, f"{name}/{path}", link, tf)
+        upper.opaque(name)
+    raws = [lower.bytes(), upper.bytes()]
+    results = run_paths(g.dest, raws)
+    results["umoci"] = umoci_tree(g.dest, raws)
+    tree = assert_agree(results, context=describe(raws))
+    assert tree is not None, f"refused on every path: {next(iter(results.values()))!r}"
+    for name, entries in UMOCI_OPAQUE.items():
+        for path, _, _, up in entries:
+            if not path.rpartition("/")[2].startswith(".wh."):
+                assert (f"{name}/{path}" in tree) == up, f"umoci's {name}: {path}"
+
+
+def test_umoci_hardlinks_to_a_file_and_to_a_symlink(g):
+    """TestUnpackHardlink: a link to ``/regular`` and one to ``../../../link`` (a symlink): the
+    second links the symlink itself; the links' own uid/gid are not applied."""
+    layer = (Tar().file("regular", b"some content we won't check", uid=7, gid=8)
+             .hardlink("hard link", "/regular", uid=7 + 1337, gid=8 + 2020)
+             .symlink("link", "../../../regular", uid=7, gid=8)
+             .hardlink("hard link to symlink", "../../../link", uid=7 + 1337, gid=8 + 2020))
+    raws = [layer.bytes()]
+    results = run_paths(g.dest, raws)
+    results["umoci"] = umoci_tree(g.dest, raws)
+    tree = assert_agree(results, context=describe(raws))
+    _same(tree, "hard link", "regular")
+    _same(tree, "hard link to symlink", "link")
+    assert (tree["regular"].uid, tree["regular"].gid, tree["link"].uid) == (7, 8, 7)
+    assert tree["hard link to symlink"].target == "../../../regular"
+
+
+@pytest.mark.parametrize("prefix", ["/..", "..", "/../../../../../../../../../../../../../../../",
+                                    "/./.././.././.././.././.././.././.././.././../"])
+def test_umoci_entry_scoping(g, prefix):
+    """TestUnpackEntrySanitiseScoping / TestUnpackEntrySymlinkScoping: ``PREFIX/file`` and a
+    symlink ``link -> PREFIX`` with ``link/file`` land inside the root."""
+    layer = Tar().file(f"{prefix}/file", b"a").symlink("link", prefix).file("link/file2", b"b")
+    raws = [layer.bytes()]
+    results = run_paths(g.dest, raws)
+    results["umoci"] = umoci_tree(g.dest, raws)
+    tree = assert_agree(results, context=describe(raws))
+    assert tree["file"].size == 1 and tree["file2"].size == 1
