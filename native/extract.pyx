@@ -2844,6 +2844,12 @@ cdef class Extractor:
                 else:
                     close(fd)
                     self._parent_error(path, name)
+            if rc < 0 and fstatat(fd, <bytes>parts[i], &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISLNK(st.st_mode):
+                # there, but the search above found nothing through it: a link to nowhere in
+                # the root (the overlay formats' words for it; was "is not a directory")
+                close(fd)
+                raise _errors.ExtractError(
+                    f"entry {_show(name)}: {_show(path)} goes through a dangling symlink")
             fd = _descend(fd, <bytes>parts[i])
             if fd < 0:
                 self._parent_error(b"/".join(parts[:i + 1]), name)
