@@ -259,6 +259,14 @@ class _GzipMembers(io.RawIOBase):
                 return len(out)
 
 
+def corrupt(kind: str, error) -> str:
+    """The words for a stream its decompressor refused (either pipeline)."""
+    words = f"corrupt {kind} stream: {error}"
+    if "Dictionary mismatch" in words:  # libzstd's words for a frame with a dictionary ID
+        words += " (the frame needs a zstd dictionary, and a layer comes with none)"
+    return words
+
+
 def decompress_errors():
     """Exceptions a decompressor raises on corrupt or truncated input."""
     import zlib
