@@ -22,7 +22,10 @@ import os
 import pytest
 
 from everypath import assert_agree, describe, run_paths, umoci_tree
+from layerkit import gnu_tar_extract, write
+from ocibuild import Shipped
 from tarbuild import Tar
+from treecmp import compare, snapshot
 from test_hostile_more import refused_everywhere
 
 CONTENT = b"This is an expected value\n"  # containerd's unbrokenCheck value
@@ -437,3 +440,26 @@ def test_umoci_entry_scoping(g, prefix):
     results["umoci"] = umoci_tree(g.dest, raws)
     tree = assert_agree(results, context=describe(raws))
     assert tree["file"].size == 1 and tree["file2"].size == 1
+
+
+# moby's and containerd's TestPrefixHeaderReadable, byte for byte: a tar a Go <= 1.8 writer made,
+# GNU magic with a ustar prefix ('a' * 95) where GNU keeps atime and ctime, gzipped with FNAME
+PREFIX_HEADER_TGZ = (
+    b"\x1f\x8b\x08\x08\x44\x21\x68\x59\x00\x03\x74\x2e\x74\x61\x72\x00\x4b\xcb\xcf\x67\xa0\x35\x30\x80"
+    b"\x00\x86\x06\x10\x47\x01\xc1\x37\x40\x00\x54\xb6\xb1\xa1\xa9\x99\x09\x48\x25\x1d\x40\x69\x71"
+    b"\x49\x62\x91\x02\xe5\x76\xa1\x79\x84\x21\x91\xd6\x80\x72\xaf\x8f\x82\x51\x30\x0a\x46\x36\x00"
+    b"\x00\xf0\x1c\x1e\x95\x00\x06\x00\x00")
+
+
+def test_go17_prefix_header_reads_as_gnu_tar_and_bsdtar_read_it(g):
+    """moby and containerd expect 'aaa...a/foo' (Go's reader takes the atime/ctime bytes that
+    do not parse as numbers for a prefix); GNU tar and bsdtar read 'foo', and so does lamina,
+    on every path (CONFORMANCE.md, the Go 1.7 row)."""
+    import gzip
+    tar = gzip.decompress(PREFIX_HEADER_TGZ)
+    results = run_paths(g.dest, [Shipped(PREFIX_HEADER_TGZ, tar)])
+    tree = assert_agree(results)
+    assert tree is not None, f"refused on every path: {next(iter(results.values()))!r}"
+    gnu = snapshot(gnu_tar_extract(write(g.dest / "ref.tar", tar), g.dest / "gnu"))
+    assert not compare(gnu, tree, labels=("GNU tar", "lamina"))
+    assert sorted(tree.entries) == ["foo"]
