@@ -1662,6 +1662,9 @@ cdef class Extractor:
     cdef unsigned char meta_kind
     cdef object pax, long_name, long_link, cache_path, prev_name
     cdef object acl_name           # the name of a Solaris ACL header ('A'), until its entry
+    # the size field of the entry just read when it was a file named with a trailing '/', read
+    # as a directory with no data: named when the bytes after it turn out to be no header
+    cdef int64_t dir_size_dropped
     cdef int64_t ext_total, global_headers
     # GNU sparse: the map of the entry being read (offset, length pairs flat in
     # an int64 array), the region being written, and the file's real size
@@ -2141,6 +2144,12 @@ cdef class Extractor:
             raise _errors.InvalidArchiveError(f"{where}: header checksum in base-256 (no tar reader takes it)")
         stored = _parse_number(h + 148, 8, "checksum", where)
         if stored != usum and stored != ssum:
+            if self.dir_size_dropped:
+                raise _errors.InvalidArchiveError(
+                    f"entry {_show(self.prev_name)}: a file named as a directory (trailing '/') whose "
+                    f"header gives {self.dir_size_dropped} bytes of data: read as a directory with no data "
+                    "(GNU tar, bsdtar), the bytes after its header are no tar header (Go's reader takes "
+                    "them as the file's data)")
             raise _errors.InvalidArchiveError(f"{where}: bad header checksum (not a tar stream, or corrupt)")
         tf = h[156]
         size = _parse_number(h + 124, 12, "size", where)
@@ -2428,6 +2437,7 @@ cdef class Extractor:
                 # bsdtar names a sparse file by its GNU long name, Go by GNU.sparse.name
                 _one_reading(gnu_name, gnu_name, gnu_sparse[b"name"], "name", b"GNU.sparse.name")
         self.prev_name = name
+        self.dir_size_dropped = 0
         if self.acl_name is not None:
             self._check_acl_entry(name, tf)
         if _has_byte(name, 0) or _has_byte(link, 0):  # not ``in``: bytes.__contains__ formats a TypeError first
@@ -2440,6 +2450,7 @@ cdef class Extractor:
             # with no data whatever its size field says (GNU tar and bsdtar)
             kind = K_DIR if name.endswith(b"/") else K_REG
             if kind == K_DIR:
+                self.dir_size_dropped = size
                 size = 0
         elif tf == c'5' or tf == c'D':
             kind = K_DIR
@@ -2852,6 +2863,12 @@ cdef class Extractor:
                 else:
                     close(fd)
                     self._parent_error(path, name)
+            if rc < 0 and fstatat(fd, <bytes>parts[i], &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISLNK(st.st_mode):
+                # there, but the search above found nothing through it: a link to nowhere in
+                # the root (the overlay formats' words for it; was "is not a directory")
+                close(fd)
+                raise _errors.ExtractError(
+                    f"entry {_show(name)}: {_show(path)} goes through a dangling symlink")
             fd = _descend(fd, <bytes>parts[i])
             if fd < 0:
                 self._parent_error(b"/".join(parts[:i + 1]), name)

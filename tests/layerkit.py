@@ -36,12 +36,12 @@ def gz(data, level=6):
     return gzip.compress(data, compresslevel=level, mtime=0)
 
 
-def gz_all_header_fields(data):
+def gz_all_header_fields(data, name=b"layer.tar"):
     """gzip whose member header has every optional field (FEXTRA, FNAME, FCOMMENT and the
     FHCRC header checksum), as zlib's gzsetheader writes it: valid for gzip(1) and Go."""
     import struct
     head = b"\x1f\x8b\x08" + bytes([4 | 8 | 16 | 2]) + b"\0\0\0\0\0\xff"
-    head += struct.pack("<H", 6) + b"LA\x02\x00hi" + b"layer.tar\0" + b"a comment\0"
+    head += struct.pack("<H", 6) + b"LA\x02\x00hi" + name + b"\0" + b"a comment\0"
     head += struct.pack("<H", zlib.crc32(head) & 0xFFFF)
     c = zlib.compressobj(6, zlib.DEFLATED, -15)
     return head + c.compress(data) + c.flush() + struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)

@@ -52,10 +52,11 @@ def tar_bytes(files):
 
 
 class Shipped(typing.NamedTuple):
-    """A layer given as its gzip blob, byte for byte (padded, multi-member, odd headers...),
-    with the tar it holds (its diffID)."""
+    """A layer given as its blob, byte for byte (padded, multi-member, odd headers...),
+    with the tar it holds (its diffID) and its media type."""
     blob: bytes
     tar: bytes
+    media_type: str = OCI_LAYER_GZIP
 
 
 def gz(data):
@@ -132,9 +133,10 @@ class Layout:
         is); return its manifest descriptor."""
         descs, ids = [], []
         for raw in tars:
-            blob, raw = (raw.blob, raw.tar) if isinstance(raw, Shipped) else (gz(raw), raw)
+            shipped = raw if isinstance(raw, Shipped) else Shipped(gz(raw), raw, OCI_LAYER_GZIP)
+            blob, raw = shipped.blob, shipped.tar
             self.blob(blob)
-            descs.append(desc(OCI_LAYER_GZIP, blob))
+            descs.append(desc(shipped.media_type, blob))
             ids.append(sha256(raw))
         cdesc = self.json_blob({"architecture": "amd64", "os": "linux", "config": {},
                                 "rootfs": {"type": "layers", "diff_ids": ids}}, OCI_CONFIG)

@@ -116,6 +116,18 @@ def test_media_type_mismatch(tmp_path, plain, comp, mt):
     assert not dest.exists() or os.listdir(dest) == [], "nothing may be written before the media type check"
 
 
+@pytest.mark.parametrize("comp,content", [("bzip2", "bzip2-compressed"), ("xz", "xz-compressed"),
+                                          ("none", "not compressed")])
+def test_media_type_mismatch_names_what_the_blob_is(tmp_path, plain, comp, content):
+    """A bzip2 or xz layer under a gzip media type: the error says what it is (was: "the
+    content is none")."""
+    import bz2
+    import lzma
+    blob = {"bzip2": bz2.compress, "xz": lzma.compress, "none": lambda d: d}[comp](plain)
+    with pytest.raises(errors.CompressionError, match=f"announces gzip but the content is {content}$"):
+        apply(write(tmp_path / "b", blob), tmp_path / "d", media_type=GZ_MT)
+
+
 @pytest.mark.parametrize("mt", ["application/vnd.oci.image.config.v1+json", "application/octet-stream",
                                 "application/vnd.oci.image.layer.v1.tar+bzip2", ""])
 def test_unsupported_media_type(tmp_path, plain, mt):

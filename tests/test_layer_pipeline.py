@@ -18,7 +18,7 @@ import pytest
 
 from lamina import _pipeline, errors
 from lamina._extract import cancelled
-from layerkit import OnlyRead, apply, gz, gz_multimember, sha256, write, zst
+from layerkit import OnlyRead, apply, gz, gz_all_header_fields, gz_multimember, sha256, write, zst
 from tarbuild import Tar
 from treecmp import assert_same, snapshot
 
@@ -45,6 +45,10 @@ BLOBS = {
     "gzip": gz,
     "gzip-multimember": gz_multimember,
     "gzip-zero-padded": lambda d: gz(d) + bytes(1000),
+    "gzip-header-fields": lambda d: gz_all_header_fields(d[:100_000]) + gz_all_header_fields(d[100_000:]),
+    # a header CRC over a header of several reads (the Python stage holds such a header whole)
+    "gzip-header-crc-long-name": lambda d: gz_all_header_fields(d, name=b"n" * 2_500_000),
+    "gzip-empty-members": lambda d: gz(b"") + gz(d[:5000]) + gz(b"") + gz(b"") + gz(d[5000:]) + gz(b""),
     "zstd": zst,
     "zstd-frames": lambda d: zst(d, frames=5),
     "zstd-no-size": lambda d: zst(d, content_size=False),
@@ -128,6 +132,32 @@ def test_garbage_after_the_stream_is_a_compression_error(tmp_path, plain, pipeli
     blob = (gz if comp == "gzip" else zst)(plain) + b"GARBAGE!" * 10
     with pytest.raises(errors.CompressionError, match=f"^layer x: corrupt {comp} stream: "):
         apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer x")
+
+
+def test_a_gzip_header_crc_that_does_not_match_is_refused(tmp_path, plain, pipeline):
+    """gzip(1), zlib and Go check FHCRC's CRC16: a header whose bytes changed is corrupt."""
+    blob = bytearray(gz_all_header_fields(plain))
+    blob[33] ^= 0xFF  # the CRC16 after the 10 fixed bytes, FEXTRA (2+6), FNAME (10), FCOMMENT (10)
+    with pytest.raises(errors.CompressionError, match="^layer h: corrupt gzip stream: gzip header CRC16 check failed"):
+        apply(write(tmp_path / "b", bytes(blob)), tmp_path / "d", name="layer h")
+
+
+def test_a_zstd_frame_whose_checksum_does_not_match_is_refused(tmp_path, plain, pipeline):
+    import zstandard
+    blob = bytearray(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(plain))
+    blob[-1] ^= 0xFF  # the frame's last byte: its content checksum
+    with pytest.raises(errors.CompressionError, match="^layer k: corrupt zstd stream: .*doesn't match checksum"):
+        apply(write(tmp_path / "b", bytes(blob)), tmp_path / "d", name="layer k")
+
+
+def test_a_zstd_frame_that_needs_a_dictionary_is_refused(tmp_path, plain, pipeline):
+    """No dictionary is ever given with a layer: libzstd's words name the cause."""
+    import zstandard
+    samples = [b"entry %d of a sample for the dictionary, " % i * 8 for i in range(400)]
+    d = zstandard.train_dictionary(2048, samples)
+    blob = zstandard.ZstdCompressor(dict_data=d).compress(plain[:200_000])
+    with pytest.raises(errors.CompressionError, match="^layer q: corrupt zstd stream: .*Dictionary mismatch .the frame needs a zstd dictionary"):
+        apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer q")
 
 
 def test_corrupt_deflate_data(tmp_path, plain, pipeline):

@@ -230,3 +230,15 @@ def test_a_hardlink_target_with_a_trailing_slash_or_dot_names_the_file(g):
     tree, oracle = agree(g, [Tar().dir("d").file("d/f", b"x"), Tar().hardlink("h", "d/f/").hardlink("h2", "d/f/.")])
     assert tree.entries["h"].size == 1 and tree.entries["h2"].size == 1
     assert {"h", "h2", "d/f"} in tree.links
+
+
+@pytest.mark.parametrize("name", ["/", "./", "//", "d/"])
+def test_a_file_named_as_a_directory_with_data_names_the_entry(g, name):
+    """A type '0' entry named ``/`` (or ``./``, ``d/``) with 5 bytes of data: read as a directory
+    with no data, as GNU tar (but for ``/``, a file ``.`` it cannot open) and bsdtar read it, the
+    data block is the next header; both skip it with an error and go on, Go's reader takes it
+    as the file's data.  The bytes are no header: the entry is named and why, on every path,
+    not "bad header checksum" after it."""
+    layer = Tar().file(name, b"data!").file("after", b"x")
+    refused_everywhere(g, [layer], "InvalidArchiveError",
+                       f"entry '{name}': a file named as a directory (trailing '/') whose header gives 5 bytes")

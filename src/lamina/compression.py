@@ -6,6 +6,7 @@ zstd; both release the GIL, which is what lets inflate overlap with writing.
 """
 import gzip
 import io
+import zlib
 
 from . import errors
 from .mediatypes import layer_compression
@@ -66,13 +67,18 @@ def foreign(head: bytes):
     return None
 
 
-def check_media_type(kind: str, media_type, what: str):
+def check_media_type(kind: str, media_type, what: str, head: bytes = b""):
     if media_type is None:
         return
     announced = layer_compression(media_type)
     if announced != kind:
+        content = kind
+        if kind == "none":  # name what it is (bzip2 or xz under a gzip media type), not "none"
+            found = foreign(head)
+            content = (f"{found[0]}-compressed" if found[1] == "compression" else f"a {found[0]} archive"
+                       ) if found else "not compressed"
         raise errors.CompressionError(
-            f"{what}: media type {media_type} announces {announced} but the content is {kind}")
+            f"{what}: media type {media_type} announces {announced} but the content is {content}")
 
 
 def open_decompressed(raw, kind: str, what: str):
@@ -160,6 +166,30 @@ _GZIP_READ = 1 << 20
 # the native stage's words (pipeline_codecs.h), for the same layer on either pipeline
 GZIP_AFTER_PADDING = "a gzip member after zero padding (gzip(1) and bsdtar stop at the padding, Go's reader fails)"
 GZIP_RESERVED_FLAGS = "reserved flag bits set in a gzip member's header (gzip(1) and bsdtar refuse it)"
+GZIP_HEADER_CRC = "gzip header CRC16 check failed"
+_FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 0x02, 0x04, 0x08, 0x10
+# the native stage streams any header; here a member with a header CRC is held whole to check it
+_GZIP_HEADER_MAX = 16 << 20
+
+
+def _gzip_header_end(b):
+    """Where the gzip member header at the start of ``b`` ends (its CRC16 included), or None
+    when ``b`` holds only part of it."""
+    if len(b) < 10:
+        return None
+    flg, pos = b[3], 10
+    if flg & _FEXTRA:
+        if len(b) < pos + 2:
+            return None
+        pos += 2 + int.from_bytes(b[pos:pos + 2], "little")
+    for flag in (_FNAME, _FCOMMENT):
+        if flg & flag:
+            nul = b.find(b"\0", pos)
+            if nul < 0:
+                return None
+            pos = nul + 1
+    pos += 2 if flg & _FHCRC else 0
+    return pos if pos <= len(b) else None
 
 
 class _GzipMembers(io.RawIOBase):
@@ -176,6 +206,21 @@ class _GzipMembers(io.RawIOBase):
 
     def readable(self):
         return True
+
+    def _header_crc_checked(self, rest):
+        """``rest`` (a member with FHCRC set, and what follows it) with its header CRC16
+        verified, as gzip(1), zlib and Go verify it, then taken out of the header: isal's
+        decompressobj refused every member that carries one, valid or not."""
+        while (end := _gzip_header_end(rest)) is None:
+            more = self._raw.read(_GZIP_READ) if len(rest) < _GZIP_HEADER_MAX else b""
+            if not more:
+                if len(rest) >= _GZIP_HEADER_MAX:
+                    raise gzip.BadGzipFile(f"gzip member header with a header CRC longer than {_GZIP_HEADER_MAX} bytes")
+                raise EOFError("truncated (the stream ends inside a gzip member)")
+            rest += more
+        if zlib.crc32(rest[:end - 2]) & 0xFFFF != int.from_bytes(rest[end - 2:end], "little"):
+            raise gzip.BadGzipFile(GZIP_HEADER_CRC)
+        return rest[:3] + bytes([rest[3] & ~_FHCRC]) + rest[4:end - 2] + rest[end:]
 
     def readinto(self, buf):
         from isal import isal_zlib
@@ -195,6 +240,8 @@ class _GzipMembers(io.RawIOBase):
                     rest += more
                 if len(rest) >= 4 and rest.startswith(GZIP_MAGIC) and rest[3] & 0xE0:
                     raise gzip.BadGzipFile(GZIP_RESERVED_FLAGS)
+                if len(rest) >= 4 and rest.startswith(GZIP_MAGIC) and rest[3] & _FHCRC:
+                    rest = self._header_crc_checked(rest)
                 self._member, self._pending = isal_zlib.decompressobj(wbits=31), rest
                 self._members += 1
             m = self._member
@@ -210,6 +257,14 @@ class _GzipMembers(io.RawIOBase):
             if out:
                 buf[:len(out)] = out
                 return len(out)
+
+
+def corrupt(kind: str, error) -> str:
+    """The words for a stream its decompressor refused (either pipeline)."""
+    words = f"corrupt {kind} stream: {error}"
+    if "Dictionary mismatch" in words:  # libzstd's words for a frame with a dictionary ID
+        words += " (the frame needs a zstd dictionary, and a layer comes with none)"
+    return words
 
 
 def decompress_errors():

@@ -145,7 +145,7 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=
         head = compression.read_exact(raw, HEAD)
         kind = compression.detect(head)
         if head:  # 0 bytes are the empty layer whatever the media type (docker and containerd)
-            compression.check_media_type(kind, media_type, what)
+            compression.check_media_type(kind, media_type, what, head)
         run = _native if _use_native(kind) else _python
         try:
             stats, counts = run(raw, head, kind, _TimedFeed(extractor, writes), what, t0, hash_blob)
@@ -230,7 +230,7 @@ def _native(raw, head, kind, feed, what, t0, hash_blob):
             try:
                 chunk = stage.next()
             except _pipeline.CorruptStream as e:
-                raise errors.CompressionError(f"{what}: corrupt {kind} stream: {e}") from None
+                raise errors.CompressionError(f"{what}: {compression.corrupt(kind, e)}") from None
             _check_cancelled(what)
             if chunk is None:
                 break
@@ -421,7 +421,7 @@ def _python(raw, head, kind, feed, what, t0, hash_blob):
                 except _BlobReadError as e:
                     raise e.__cause__ from None
                 except compression.decompress_errors() as e:
-                    raise errors.CompressionError(f"{what}: corrupt {kind} stream: {e}") from e
+                    raise errors.CompressionError(f"{what}: {compression.corrupt(kind, e)}") from e
                 reader_tl.step("inflate", t)  # includes the reads it triggered
                 if not data:
                     break
