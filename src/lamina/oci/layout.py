@@ -13,7 +13,7 @@ from .. import mediatypes as mt
 from ..errors import (ArtifactError, BlobNotFoundError, ImageError, ImageNotFoundError, PlatformNotFoundError,
                       UnsupportedMediaTypeError)
 from ..platform import Platform
-from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_regular
+from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_in_layout
 from .image import LayerRef, ResolvedImage, Source
 from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, document_media_type, index_entries,
                     load_json, parse_config, parse_index, parse_manifest)
@@ -232,7 +232,7 @@ def open_layout_dir(path, ref=None):
     path = os.fspath(path)
 
     def read_meta(name):
-        fd = open_regular(os.path.join(path, name), f"{path}/{name}")
+        fd = open_in_layout(path, name, f"{path}/{name}")
         if fd is None:
             return None
         with open(fd, "rb") as f:

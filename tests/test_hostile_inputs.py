@@ -1,0 +1,86 @@
+"""Hostile inputs around the layers: layout directories, archive indexes, configs, registries.
+
+Each refusal is one clear line naming what is wrong, and leaves the store exactly as it was.
+"""
+import io
+import json
+import os
+import shutil
+import tarfile
+
+import pytest
+
+import ocibuild as ob
+from storekit import fingerprint, lamina
+from test_store_badinput import fails, root  # noqa: F401  (the store fixture holding keep:1)
+
+import lamina as lamina_api
+from lamina.errors import ImageError
+
+
+def _unchanged(root, before):  # noqa: F811
+    assert fingerprint(root) == before
+    assert json.loads(lamina(root, "fsck", "--format", "json").stdout)["ok"]
+
+
+# --- OCI layout directories: nothing is followed out of them -------------------------------------
+
+
+def _layout(tmp_path):
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.add(lay.image([{"f": b"content\n"}]), "latest")
+    manifest = lay.read_json(m["digest"])
+    return lay, manifest["config"]["digest"], manifest["layers"][0]["digest"]
+
+
+def _move_out(path, outside):
+    shutil.move(path, outside)
+    os.symlink(outside, path)
+
+
+def _config_to_a_copy_outside(lay, config, layer, outside):
+    _move_out(lay.path(config), outside / "config")   # the very bytes: only the symlink is wrong
+
+
+def _layer_to_dev_zero(lay, config, layer, outside):
+    os.unlink(lay.path(layer))
+    os.symlink("/dev/zero", lay.path(layer))
+
+
+def _blob_dir_outside(lay, config, layer, outside):
+    _move_out(os.path.join(lay.root, "blobs", "sha256"), outside / "sha256")
+
+
+def _index_outside(lay, config, layer, outside):
+    _move_out(os.path.join(lay.root, "index.json"), outside / "index.json")
+
+
+def _oci_layout_outside(lay, config, layer, outside):
+    _move_out(os.path.join(lay.root, "oci-layout"), outside / "oci-layout")
+
+
+def _blob_to_another_blob_inside(lay, config, layer, outside):
+    # inside the layout, but still a symlink: refused alike (no resolver to trust with it)
+    shutil.copy(lay.path(config), os.path.join(lay.root, "config-copy"))
+    os.unlink(lay.path(config))
+    os.symlink("../../config-copy", lay.path(config))
+
+
+@pytest.mark.parametrize("plant", [_config_to_a_copy_outside, _layer_to_dev_zero, _blob_dir_outside,
+                                   _index_outside, _oci_layout_outside, _blob_to_another_blob_inside])
+def test_a_symlink_in_a_layout_is_never_followed(root, tmp_path, plant):  # noqa: F811
+    """A layout's blob, ``blobs/sha256``, index.json or oci-layout that is a symlink was followed
+    wherever it led (a blob symlinked to a file outside the layout with the right bytes loaded
+    fine; one to /dev/zero was 'not a regular file').  skopeo follows them; lamina refuses them,
+    naming the symlink, on copy, load and unpack."""
+    lay, config, layer = _layout(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    plant(lay, config, layer, outside)
+    before = fingerprint(root)
+    fails(root, "copy", f"oci:{lay.root}:latest", "x:1", match="is a symlink")
+    fails(root, "load", "-i", lay.root, match="is a symlink")
+    _unchanged(root, before)
+    with pytest.raises(ImageError, match="is a symlink"):
+        lamina_api.unpack(f"oci:{lay.root}:latest", tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
