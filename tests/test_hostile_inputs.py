@@ -84,3 +84,41 @@ def test_a_symlink_in_a_layout_is_never_followed(root, tmp_path, plant):  # noqa
     with pytest.raises(ImageError, match="is a symlink"):
         lamina_api.unpack(f"oci:{lay.root}:latest", tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
+
+
+# --- one name, several images ----------------------------------------------------------------
+
+
+def _oci_archive(lay, path):
+    with tarfile.open(path, "w") as tar:
+        for name in ("oci-layout", "index.json", "blobs"):
+            tar.add(os.path.join(lay.root, name), name)
+    return path
+
+
+@pytest.mark.parametrize("names", [("latest", "latest"), ("app:1", "app:1"), (None, None)])
+def test_two_images_under_one_name_are_refused(root, tmp_path, names):  # noqa: F811
+    """index.json naming two different images alike (or naming neither, without platforms to
+    choose by) loaded the first and dropped the other without a word; skopeo takes the first,
+    containerd the last, umoci refuses ("tag is ambiguous"): lamina refuses, naming both."""
+    lay = ob.Layout(tmp_path / "lay")
+    a = lay.add(lay.image([{"a": b"A"}]), names[0])
+    b = lay.add(lay.image([{"b": b"B"}]), names[1])
+    archive = _oci_archive(lay, tmp_path / "dup.tar")
+    before = fingerprint(root)
+    ref = f":{names[0]}" if names[0] else ""
+    line = fails(root, "copy", f"oci:{lay.root}{ref}", "x:1", match="ambiguous")
+    assert a["digest"] in line and b["digest"] in line
+    fails(root, "load", "-i", archive, match="ambiguous")
+    with open(archive, "rb") as f:
+        fails(root, "load", match="ambiguous", stdin=f)
+    _unchanged(root, before)
+
+
+def test_one_name_on_images_of_different_platforms_still_picks_by_platform(root, tmp_path):  # noqa: F811
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(ob.with_platform(lay.image([{"arm": b"1"}], arch="arm64"), "linux", "arm64"), "latest")
+    amd = lay.add(ob.with_platform(lay.image([{"amd": b"2"}]), "linux", "amd64"), "latest")
+    out = json.loads(lamina(root, "copy", "--format", "json", f"oci:{lay.root}:latest", "x:1",
+                            "--platform", "linux/amd64").stdout)
+    assert out["manifest_digest"] == amd["digest"]

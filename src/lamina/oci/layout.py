@@ -87,7 +87,18 @@ class OCILayout(Source):
                     f"{self.description} holds several images and none is 'latest'; "
                     f"name one (oci:PATH:REF); available: {self._available()}")
         # The same digest listed twice under one name is still one image.
-        return _each_digest_once(picked)
+        picked = _each_digest_once(picked)
+        platforms = [d.platform for d in picked]
+        if len(picked) > 1 and (None in platforms or len(set(platforms)) < len(platforms)):
+            # Several images under one name (or none) that their descriptors' platforms do not tell
+            # apart: skopeo takes the first, containerd's import the last, umoci refuses ("tag is
+            # ambiguous"); lamina loaded one and dropped the others without a word.
+            which = f"named {self.ref!r}" if self.ref else ("named 'latest'" if any(d.ref_names for d in descs)
+                                                          else "without a name")
+            raise ImageError(f"{self.description}: {len(picked)} different images {which} "
+                             f"({', '.join(d.digest for d in picked)}): ambiguous, the layout's index.json must "
+                             "give each image its own name (or each a platform)")
+        return picked
 
     def _named(self, ref):
         """index.json's descriptors named ``ref`` (OCI ref name, or a containerd name that
