@@ -122,3 +122,35 @@ def test_one_name_on_images_of_different_platforms_still_picks_by_platform(root,
     out = json.loads(lamina(root, "copy", "--format", "json", f"oci:{lay.root}:latest", "x:1",
                             "--platform", "linux/amd64").stdout)
     assert out["manifest_digest"] == amd["digest"]
+
+
+# --- load: all or nothing ------------------------------------------------------------------------
+
+
+def _good_then_bad_archive(path):
+    """A docker archive of good:1 and then bad:1, whose layer is not the diffID its config says."""
+    good, bad = ob.tar_bytes({"good": b"G" * 1000}), ob.tar_bytes({"bad": b"B" * 1000})
+    members, entries = {}, []
+    for i, (raw, diff_id, tag) in enumerate(((good, ob.sha256(good), "good:1"), (bad, ob.sha256(b"x"), "bad:1"))):
+        config = ob.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers",
+                                                                              "diff_ids": [diff_id]}})
+        name = ob.sha256(config)[7:] + ".json"
+        members[f"l{i}/layer.tar"], members[name] = raw, config
+        entries.append({"Config": name, "RepoTags": [tag], "Layers": [f"l{i}/layer.tar"]})
+    members["manifest.json"] = json.dumps(entries).encode()
+    path.write_bytes(ob.tar_of(members))
+    return path
+
+
+def test_a_load_refused_at_its_second_image_leaves_the_first_out(root, tmp_path):  # noqa: F811
+    """The first image of the archive was named and its blob and snapshot kept when the second
+    failed: a refused load changed the store.  Now nothing is named before every image is in,
+    and the message names the image and layer at fault (it named a blob digest only)."""
+    archive = _good_then_bad_archive(tmp_path / "two.tar")
+    before = fingerprint(root)
+    line = fails(root, "load", "-i", archive, match="digest mismatch")
+    assert "bad:1 layer 0" in line, line
+    with open(archive, "rb") as f:
+        line = fails(root, "load", match="the archive on stdin: image bad:1 layer 0", stdin=f)
+    _unchanged(root, before)
+    assert "good" not in lamina(root, "images").stdout
