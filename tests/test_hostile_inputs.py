@@ -154,3 +154,41 @@ def test_a_load_refused_at_its_second_image_leaves_the_first_out(root, tmp_path)
         line = fails(root, "load", match="the archive on stdin: image bad:1 layer 0", stdin=f)
     _unchanged(root, before)
     assert "good" not in lamina(root, "images").stdout
+
+
+# --- configs used for more than digests: runtime bundles -------------------------------------------
+
+
+def _store_image(root, tmp_path, exec_config):
+    lay = ob.Layout(tmp_path / "cfg")
+    lay.add(lay.image([{"etc": None, "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n"}],
+                      config_extra={"config": exec_config}), "latest")
+    lamina(root, "copy", f"oci:{lay.root}:latest", "cfg:1")
+
+
+@pytest.mark.parametrize("working_dir, cwd", [("app", "/app"), ("../../etc/x", "/etc/x"), ("/srv/../../x", "/x"),
+                                              ("//a//b/", "/a/b"), ("", "/"), ("/srv", "/srv")])
+def test_a_bundle_cwd_is_absolute_and_clean(root, tmp_path, working_dir, cwd):  # noqa: F811
+    """WorkingDir was copied as it is (umoci does too), and runc refuses a relative cwd; docker
+    makes it absolute (filepath.Join("/", WorkingDir)), and so does lamina now."""
+    _store_image(root, tmp_path, {"WorkingDir": working_dir})
+    lamina(root, "unpack", "--bundle", "cfg:1", tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["process"]["cwd"] == cwd
+
+
+@pytest.mark.parametrize("exec_config, match", [
+    ({"Env": ["A=1", "FOO"]}, "Env 'FOO': an environment variable must be NAME=VALUE"),
+    ({"Env": ["A=x\0y"]}, "Env 'A=x\\x00y': holds a NUL byte"),
+    ({"Cmd": ["sh", "-c", "a\0b"]}, "Cmd 'a\\x00b': holds a NUL byte"),
+    ({"Entrypoint": ["/bin/\0sh"]}, "Entrypoint '/bin/\\x00sh': holds a NUL byte"),
+    ({"WorkingDir": "/a\0b"}, "WorkingDir '/a\\x00b': holds a NUL byte"),
+])
+def test_a_bundle_of_a_process_no_runtime_can_start_is_refused_by_name(root, tmp_path, exec_config,  # noqa: F811
+                                                                     match):
+    """An Env without '=' (umoci refuses it too: "environment variable must contain '='") or a
+    NUL in what becomes execve's arguments was written into config.json for runc to fail on."""
+    _store_image(root, tmp_path, exec_config)
+    before = fingerprint(root)
+    fails(root, "unpack", "--bundle", "cfg:1", tmp_path / "b", match=match)
+    assert not (tmp_path / "b").exists()
+    assert fingerprint(root)["blobs"] == before["blobs"]
