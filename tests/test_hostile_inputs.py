@@ -192,3 +192,52 @@ def test_a_bundle_of_a_process_no_runtime_can_start_is_refused_by_name(root, tmp
     fails(root, "unpack", "--bundle", "cfg:1", tmp_path / "b", match=match)
     assert not (tmp_path / "b").exists()
     assert fingerprint(root)["blobs"] == before["blobs"]
+
+
+# --- archives: one name, one member ---------------------------------------------------------------
+
+
+def _tar_in_order(path, members):
+    """A tar of (name, bytes) in order, names repeated as given (``tar -r`` appends like this)."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _legacy_members(tag):
+    raw = ob.tar_bytes({"a": b"A"})
+    config = ob.dumps({"architecture": "amd64", "os": "linux",
+                       "rootfs": {"type": "layers", "diff_ids": [ob.sha256(raw)]}})
+    name = ob.sha256(config)[7:] + ".json"
+    manifest = json.dumps([{"Config": name, "RepoTags": [tag], "Layers": ["l/layer.tar"]}]).encode()
+    return [("l/layer.tar", raw), (name, config)], manifest
+
+
+@pytest.mark.parametrize("twice", ["manifest.json", "index.json", "l/layer.tar"])
+def test_a_member_the_archive_holds_twice_is_refused(root, tmp_path, twice):  # noqa: F811
+    """An archive with two manifest.json (or index.json, or layer) members: skopeo reads the
+    first, docker (which extracts the archive) and tar the last, and lamina took the last, so the
+    one archive was two different images.  Refused, naming the member."""
+    if twice == "index.json":
+        lay = ob.Layout(tmp_path / "lay")
+        lay.add(lay.image([{"a": b"A"}]), "first:1")
+        first = open(os.path.join(lay.root, "index.json"), "rb").read()
+        lay.entries[0]["annotations"]["org.opencontainers.image.ref.name"] = "second:1"
+        lay.write_index()
+        members = [(os.path.relpath(os.path.join(d, f), lay.root), open(os.path.join(d, f), "rb").read())
+                   for d, _, files in os.walk(lay.root) for f in files if f != "index.json"]
+        members += [("index.json", first), ("index.json", open(os.path.join(lay.root, "index.json"), "rb").read())]
+    else:
+        members, manifest = _legacy_members("first:1")
+        members.append(("manifest.json", manifest))
+        if twice == "manifest.json":
+            members.append(("manifest.json", _legacy_members("second:1")[1]))
+        else:
+            members.append(("l/layer.tar", ob.tar_bytes({"b": b"B"})))
+    archive = _tar_in_order(tmp_path / "twice.tar", members)
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive, match=f"member {twice} appears more than once")
+    _unchanged(root, before)
