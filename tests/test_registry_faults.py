@@ -316,6 +316,39 @@ def test_redirect_to_another_host_gets_no_credentials(tmp_path, registry_env):  
         reg.stop()
 
 
+def test_a_challenge_from_the_host_a_blob_was_redirected_to_gets_no_credentials(reg, tmp_path,  # noqa: F811
+                                                                                 registry_env):
+    """Blob GETs redirected to another host lose their Authorization, but a 401 from that host
+    was taken for the registry's own challenge: lamina sent the registry's basic credentials to
+    the token realm it named (any host, any path).  Now a challenge from another origin than the
+    registry's is not answered: the pull fails, naming that host, and it gets no credentials."""
+    basic = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    front = FaultProxy(reg.host)
+    evil = FaultProxy(reg.host)
+    try:
+        lay = ocibuild.Layout(tmp_path / "oci")
+        lay.add(lay.image([{"f": b"redirected content"}]), "1")
+        skopeo_push(f"oci:{lay.root}:1", reg.host, "chal:1")
+        front.add("redirect", method="GET", path="/blobs/", to=f"http://{evil.host}", times=None)
+        evil.add("respond", path="/blobs/", code=401, times=None,
+                 headers={"WWW-Authenticate": f'Bearer realm="http://{evil.host}/token",service="evil"'})
+        evil.add("respond", path="/token", body=b'{"token": "t"}', times=None)
+        cfg = registry_env / "home" / ".docker" / "config.json"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(json.dumps({"auths": {front.host: {"auth": base64.b64encode(b"alice:s3cret").decode()}}}))
+        store = Store(registry_env / "root")
+        with pytest.raises(errors.AuthenticationError) as e:
+            pull(f"{front.host}/chal:1", store=store)
+        assert not [h for _, _, h, _ in evil.seen if "Authorization" in h], evil.seen
+        assert evil.requests_for("/token") == []
+        assert evil.host in str(e.value)
+        assert not store.has_blob(json.loads(open(lay.path(lay.entries[0]["digest"]), "rb").read())
+                                  ["layers"][0]["digest"])
+    finally:
+        front.stop()
+        evil.stop()
+
+
 @pytest.mark.parametrize("content_range", [f"bytes {MiB}-{'9' * 5000}/*", f"bytes {'1' * 5000}-2/3",
                                            f"bytes {MiB}-{MiB + 1}/{'7' * 5000}"])
 def test_a_resume_answer_with_a_number_of_thousands_of_digits_is_a_clear_error(proxy, image, registry_env,  # noqa: F811

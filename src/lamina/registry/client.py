@@ -33,7 +33,7 @@ from ..quoting import quote_name
 from ..reference import TAG_PATTERN, Reference
 from . import credentials as _creds
 from .config import Endpoint, RegistryConfig, is_loopback
-from .transport import TLSPolicy, Transport
+from .transport import Origin, TLSPolicy, Transport
 
 MANIFEST_ACCEPT = ", ".join([
     mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST,
@@ -351,8 +351,15 @@ class Repository:
                     f"{method} {self.name}: access denied: {error_message(data, 403, resp.reason)}", status=403)
             if resp.status != 401:
                 return resp
-            scheme, params = parse_challenge(resp.header("WWW-Authenticate"))
             data = resp.content(limit=MAX_ERROR_BODY)
+            if resp.url != url and Origin.of(resp.url) != Origin.of(url):
+                # A host a redirect led to (object storage, a CDN, anyone) asks for credentials: its
+                # challenge is not the registry's, and answering it would hand the registry's
+                # credentials (or a token fetched with them) to whatever realm it names.
+                raise AuthenticationError(
+                    f"{method} {self.name}: redirected to {Origin.of(resp.url).host}:{Origin.of(resp.url).port}, "
+                    "which asks for credentials: lamina sends the registry's to the registry only", status=401)
+            scheme, params = parse_challenge(resp.header("WWW-Authenticate"))
             if scheme is None:
                 break
             wanted = set(scopes)
