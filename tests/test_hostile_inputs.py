@@ -241,3 +241,39 @@ def test_a_member_the_archive_holds_twice_is_refused(root, tmp_path, twice):  # 
     before = fingerprint(root)
     fails(root, "load", "-i", archive, match=f"member {twice} appears more than once")
     _unchanged(root, before)
+
+
+# --- a layout as a destination -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("link", ["blobs", "blobs/sha256"])
+def test_a_destination_layout_whose_blob_directory_is_a_symlink_gets_nothing_written_through_it(
+        root, tmp_path, link):  # noqa: F811
+    """copy IMG oci:DIR wrote every blob wherever DIR/blobs or DIR/blobs/sha256 pointed."""
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    outside.mkdir()
+    (dest / link).parent.mkdir(parents=True, exist_ok=True)
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    os.symlink(outside, dest / link)
+    fails(root, "copy", "keep:1", f"oci:{dest}:keep", match=f"{dest / link} is a symlink")
+    assert os.listdir(outside) == []
+    assert not (dest / "index.json").exists()
+
+
+def test_a_destination_blob_that_is_a_symlink_of_the_right_size_is_replaced(root, tmp_path):  # noqa: F811
+    """A blob there of the right size was taken as the blob, whatever it was: a symlink to a file
+    outside with other bytes left the layout naming content it did not hold."""
+    lamina(root, "copy", "keep:1", f"oci:{tmp_path / 'first'}:keep")
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    shutil.copytree(tmp_path / "first", dest)
+    blobs = sorted((dest / "blobs" / "sha256").iterdir())
+    outside.mkdir()
+    for blob in blobs:
+        impostor = outside / blob.name
+        impostor.write_bytes(b"x" * blob.stat().st_size)
+        blob.unlink()
+        blob.symlink_to(impostor)
+    lamina(root, "copy", "keep:1", f"oci:{dest}:keep")
+    assert all(not b.is_symlink() for b in blobs)
+    assert all(set(f.read_bytes()) == {ord("x")} for f in outside.iterdir())   # untouched
+    lamina(root, "copy", f"oci:{dest}:keep", "again:1")

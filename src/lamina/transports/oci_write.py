@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import stat
 
 from .. import digest as _digest
 from .. import mediatypes as mt
@@ -65,14 +66,13 @@ def write_layout(data, path, ref=None):
             raise ImageError(f"{root} exists and is not a directory")
         if os.listdir(root):
             raise ImageError(f"{root} is not empty and is not an OCI image layout")
-    blobs_dir = os.path.join(root, "blobs", "sha256")
-    os.makedirs(blobs_dir, exist_ok=True)
+    blobs_dir = _blobs_dir(root)
     if not os.path.exists(os.path.join(root, "oci-layout")):
         atomic_write(os.path.join(root, "oci-layout"), OCI_LAYOUT)
     for digest, size, opener, what in _blobs(data):
         dest = os.path.join(blobs_dir, _digest.hex_of(digest))
-        if os.path.exists(dest) and os.path.getsize(dest) == size:
-            continue
+        if _is_file_of_size(dest, size):
+            continue  # a symlink of that size is replaced (rename), never written through
         _copy_blob(opener, dest, digest, size, what)
     fsync_dir(blobs_dir)
     index_path = os.path.join(root, "index.json")
@@ -92,6 +92,30 @@ def write_layout(data, path, ref=None):
         entries.append(new)
     doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
     atomic_write(index_path, json.dumps(doc, indent=2).encode() + b"\n")
+
+
+def _blobs_dir(root):
+    """``root/blobs/sha256``, made where missing.  A ``blobs`` or ``blobs/sha256`` that is a symlink
+    (or not a directory) is refused: blobs were written wherever it pointed, outside the layout."""
+    os.makedirs(root, exist_ok=True)   # the path the user named: followed
+    path = root
+    for name in ("blobs", "sha256"):
+        path = os.path.join(path, name)
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise ImageError(f"{path} is {'a symlink' if os.path.islink(path) else 'not a directory'}: "
+                                 "lamina writes blobs inside the layout only") from None
+    return path
+
+
+def _is_file_of_size(path, size):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == size
 
 
 def _copy_blob(opener, dest, digest, size, what):
