@@ -277,3 +277,21 @@ def test_a_destination_blob_that_is_a_symlink_of_the_right_size_is_replaced(root
     assert all(not b.is_symlink() for b in blobs)
     assert all(set(f.read_bytes()) == {ord("x")} for f in outside.iterdir())   # untouched
     lamina(root, "copy", f"oci:{dest}:keep", "again:1")
+
+
+# --- configs used for more than digests: history --------------------------------------------------
+
+
+def test_a_history_with_more_layer_steps_than_layers_is_refused_as_docker_does(root, tmp_path):  # noqa: F811
+    """history showed the steps beyond the image's layers as layers of 0B; docker refuses such
+    a config ("too many non-empty layers in History section")."""
+    steps = [{"created_by": f"RUN step {i}"} for i in range(3)] + [{"created_by": "ENV x=1", "empty_layer": True}]
+    lay = ob.Layout(tmp_path / "hist")
+    lay.add(lay.image([{"a": b"A"}], config_extra={"history": steps}), "latest")
+    lamina(root, "copy", f"oci:{lay.root}:latest", "hist:1")
+    fails(root, "history", "hist:1", match="more steps with a layer (not empty_layer) than the image's 1 layers")
+    lay2 = ob.Layout(tmp_path / "hist2")   # as many layer steps as layers: fine, empty ones 0B
+    lay2.add(lay2.image([{"a": b"A"}], config_extra={"history": steps[2:]}), "latest")
+    lamina(root, "copy", f"oci:{lay2.root}:latest", "hist:2")
+    sizes = lamina(root, "history", "--format", "{{.Size}}", "hist:2").stdout.split()
+    assert len(sizes) == 2 and sizes[0] == "0B" and sizes[1] != "0B"
