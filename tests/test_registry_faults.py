@@ -15,7 +15,7 @@ from registryfixture import (FaultProxy, Registry, fast_random, kill9_when, reg,
                              skopeo_push, skopeo_raw)
 
 from lamina import errors
-from lamina.registry import RegistryClient, Transport, pull
+from lamina.registry import RegistryClient, Transport, list_tags, pull
 from lamina.store import Store
 from lamina.store.fsck import check
 
@@ -347,6 +347,33 @@ def test_a_challenge_from_the_host_a_blob_was_redirected_to_gets_no_credentials(
     finally:
         front.stop()
         evil.stop()
+
+
+def test_a_tags_page_on_another_host_gets_no_credentials(tmp_path, registry_env):  # noqa: F811
+    """The tag list's Link to its next page may name any host: lamina fetched it with the
+    registry's Authorization (basic credentials here).  Now a URL the registry hands out that is
+    on another origin gets none (docker keys credentials to the host too); its tags still count."""
+    reg = Registry(tmp_path / "authreg", htpasswd_users={"alice": "s3cret"})
+    front = FaultProxy(reg.host)
+    other = FaultProxy(reg.host)
+    try:
+        front.add("respond", method="GET", path="/tags/list", times=None,
+                  body=json.dumps({"name": "paged", "tags": ["1"]}).encode(),
+                  headers={"Content-Type": "application/json",
+                           "Link": f'<http://{other.host}/v2/paged/tags/list?last=1>; rel="next"'})
+        other.add("respond", method="GET", path="/tags/list", times=None,
+                  body=json.dumps({"name": "paged", "tags": ["2"]}).encode(),
+                  headers={"Content-Type": "application/json"})
+        cfg = registry_env / "home" / ".docker" / "config.json"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(json.dumps({"auths": {front.host: {"auth": base64.b64encode(b"alice:s3cret").decode()}}}))
+        assert list_tags(f"{front.host}/paged") == ["1", "2"]
+        assert [h.get("Authorization", "").split()[0] for _, _, h, _ in front.requests_for("/tags/list")] == ["Basic"]
+        assert other.requests_for("/tags/list") and not [h for _, _, h, _ in other.seen if "Authorization" in h]
+    finally:
+        front.stop()
+        other.stop()
+        reg.stop()
 
 
 @pytest.mark.parametrize("content_range", [f"bytes {MiB}-{'9' * 5000}/*", f"bytes {'1' * 5000}-2/3",
