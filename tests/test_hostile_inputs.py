@@ -122,6 +122,16 @@ def test_one_name_on_images_of_different_platforms_still_picks_by_platform(root,
     out = json.loads(lamina(root, "copy", "--format", "json", f"oci:{lay.root}:latest", "x:1",
                             "--platform", "linux/amd64").stdout)
     assert out["manifest_digest"] == amd["digest"]
+    # unnamed: images whose configs name different platforms, and an artifact beside them
+    lay = ob.Layout(tmp_path / "unnamed")
+    lay.add(lay.image([{"arm": b"1"}], arch="arm64"))
+    amd = lay.add(lay.image([{"amd": b"2"}]))
+    config = lay.json_blob({}, "application/vnd.example.sbom.config+json")
+    lay.add(lay.json_blob({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "config": config,
+                           "layers": [], "subject": amd}, ob.OCI_MANIFEST))
+    out = json.loads(lamina(root, "copy", "--format", "json", f"oci:{lay.root}", "y:1",
+                            "--platform", "linux/amd64").stdout)
+    assert out["manifest_digest"] == amd["digest"]
 
 
 # --- load: all or nothing ------------------------------------------------------------------------

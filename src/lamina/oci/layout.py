@@ -88,17 +88,35 @@ class OCILayout(Source):
                     f"name one (oci:PATH:REF); available: {self._available()}")
         # The same digest listed twice under one name is still one image.
         picked = _each_digest_once(picked)
-        platforms = [d.platform for d in picked]
-        if len(picked) > 1 and (None in platforms or len(set(platforms)) < len(platforms)):
-            # Several images under one name (or none) that their descriptors' platforms do not tell
-            # apart: skopeo takes the first, containerd's import the last, umoci refuses ("tag is
-            # ambiguous"); lamina loaded one and dropped the others without a word.
-            which = f"named {self.ref!r}" if self.ref else ("named 'latest'" if any(d.ref_names for d in descs)
-                                                          else "without a name")
-            raise ImageError(f"{self.description}: {len(picked)} different images {which} "
-                             f"({', '.join(d.digest for d in picked)}): ambiguous, the layout's index.json must "
-                             "give each image its own name (or each a platform)")
+        if len(picked) > 1:
+            self._check_distinct(picked, descs)
         return picked
+
+    def _check_distinct(self, picked, descs):
+        """Several images under one name (or several unnamed ones) must each run on a platform of
+        its own: skopeo takes the first, containerd's import the last, umoci refuses ("tag is
+        ambiguous"); lamina loaded the one the platform match met first and dropped the others
+        without a word.  Artifacts and attestations beside an image run on none: not counted."""
+        by_platform = {}
+        for d in picked:
+            if d.is_attestation:
+                continue
+            platform = d.platform
+            if platform is None and mt.is_manifest(d.media_type):
+                try:
+                    platform = self._config(d).platform
+                except ArtifactError:
+                    continue
+                except BlobNotFoundError:
+                    platform = None
+            other = by_platform.setdefault(platform, d)
+            if other is not d:
+                which = f"named {self.ref!r}" if self.ref else (
+                    "named 'latest'" if any(x.ref_names for x in descs) else "without a name")
+                on = f" for {platform}" if platform else ""
+                raise ImageError(f"{self.description}: two different images {which}{on} ({other.digest}, "
+                                 f"{d.digest}): ambiguous; the layout's index.json must give each image a name "
+                                 "of its own")
 
     def _named(self, ref):
         """index.json's descriptors named ``ref`` (OCI ref name, or a containerd name that
