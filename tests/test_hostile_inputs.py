@@ -305,3 +305,15 @@ def test_a_history_with_more_layer_steps_than_layers_is_refused_as_docker_does(r
     lamina(root, "copy", f"oci:{lay2.root}:latest", "hist:2")
     sizes = lamina(root, "history", "--format", "{{.Size}}", "hist:2").stdout.split()
     assert len(sizes) == 2 and sizes[0] == "0B" and sizes[1] != "0B"
+
+
+def test_a_destination_index_that_is_a_fifo_is_refused_not_waited_on(root, tmp_path):  # noqa: F811
+    """copy IMG oci:DIR opened DIR/index.json to merge its entries: a FIFO there hung it for
+    good (and a symlink to /dev/zero read on until memory ran out)."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    os.mkfifo(dest / "index.json")
+    fails(root, "copy", "keep:1", f"oci:{dest}:keep", match=f"{dest / 'index.json'} is not a regular file",
+          timeout=60)
+    assert not (dest / "blobs").exists()   # refused before any blob was written

@@ -15,6 +15,7 @@ import stat
 from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import ImageError
+from ..oci.blobs import MAX_DOCUMENT_SIZE, open_in_layout
 from ..oci.model import ANNOTATION_REF_NAME
 from ..store.fsutil import atomic_write, fsync_dir, tmp_name
 from .output import CHUNK, VerifyingReader, add_bytes, add_dir, add_stream, atomic_output, stream_tar
@@ -66,6 +67,21 @@ def write_layout(data, path, ref=None):
             raise ImageError(f"{root} exists and is not a directory")
         if os.listdir(root):
             raise ImageError(f"{root} is not empty and is not an OCI image layout")
+    index_path = os.path.join(root, "index.json")
+    entries = []
+    # Read before any blob is written, and a regular file only: a FIFO there hung the copy,
+    # /dev/zero (through a symlink) filled memory.
+    fd = open_in_layout(root, "index.json", index_path) if os.path.isdir(root) else None
+    if fd is not None:
+        try:
+            with open(fd, "rb") as f:
+                raw = f.read(MAX_DOCUMENT_SIZE + 1)
+            if len(raw) > MAX_DOCUMENT_SIZE:
+                raise ValueError("too large")
+            doc = json.loads(raw)
+            entries = list(doc["manifests"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):  # nested deep: RecursionError
+            raise ImageError(f"{index_path}: not a valid image index; refusing to overwrite it") from None
     blobs_dir = _blobs_dir(root)
     if not os.path.exists(os.path.join(root, "oci-layout")):
         atomic_write(os.path.join(root, "oci-layout"), OCI_LAYOUT)
@@ -75,15 +91,6 @@ def write_layout(data, path, ref=None):
             continue  # a symlink of that size is replaced (rename), never written through
         _copy_blob(opener, dest, digest, size, what)
     fsync_dir(blobs_dir)
-    index_path = os.path.join(root, "index.json")
-    entries = []
-    if os.path.exists(index_path):
-        try:
-            with open(index_path, "rb") as f:
-                doc = json.load(f)
-            entries = list(doc["manifests"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):  # nested deep: RecursionError
-            raise ImageError(f"{index_path}: not a valid image index; refusing to overwrite it") from None
     if ref:
         entries = [e for e in entries if not (isinstance(e, dict)
                                               and (e.get("annotations") or {}).get(ANNOTATION_REF_NAME) == ref)]
