@@ -317,3 +317,29 @@ def test_a_destination_index_that_is_a_fifo_is_refused_not_waited_on(root, tmp_p
     fails(root, "copy", "keep:1", f"oci:{dest}:keep", match=f"{dest / 'index.json'} is not a regular file",
           timeout=60)
     assert not (dest / "blobs").exists()   # refused before any blob was written
+
+
+def test_an_archive_whose_manifest_json_and_index_json_name_different_images_is_refused(root, tmp_path):  # noqa: F811
+    """docker >= 25 writes an OCI layout and a manifest.json for older readers.  lamina (and
+    containerd) read the layout, docker's own load and skopeo the manifest.json: an archive whose
+    two name different images was two images.  Refused, naming the manifest.json entry."""
+    lay = ob.Layout(tmp_path / "lay")
+    shown = lay.add(lay.image([{"a": b"A"}], compress=False), "1", **{"io.containerd.image.name": "app:1"})
+    hidden = lay.read_json(lay.image([{"b": b"B"}], compress=False)["digest"])
+
+    def entry(manifest):
+        return {"Config": "blobs/sha256/" + manifest["config"]["digest"][7:], "RepoTags": ["app:1"],
+                "Layers": ["blobs/sha256/" + d["digest"][7:] for d in manifest["layers"]]}
+
+    def archive(path, manifest):
+        (tmp_path / "lay" / "manifest.json").write_text(json.dumps([entry(manifest)]))
+        with tarfile.open(path, "w") as tar:
+            for name in sorted(os.listdir(lay.root)):
+                tar.add(os.path.join(lay.root, name), name)
+        return path
+
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive(tmp_path / "two.tar", hidden), match="manifest.json: entry 0 (config "
+          f"blobs/sha256/{hidden['config']['digest'][7:]}) is not an image of the archive's index.json")
+    _unchanged(root, before)
+    lamina(root, "load", "-i", archive(tmp_path / "one.tar", lay.read_json(shown["digest"])))   # agreeing: loads
