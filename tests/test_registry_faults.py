@@ -15,7 +15,7 @@ from registryfixture import (FaultProxy, Registry, fast_random, kill9_when, reg,
                              skopeo_push, skopeo_raw)
 
 from lamina import errors
-from lamina.registry import RegistryClient, Transport, pull
+from lamina.registry import RegistryClient, Transport, list_tags, pull
 from lamina.store import Store
 from lamina.store.fsck import check
 
@@ -313,6 +313,66 @@ def test_redirect_to_another_host_gets_no_credentials(tmp_path, registry_env):  
     finally:
         front.stop()
         storage.stop()
+        reg.stop()
+
+
+def test_a_challenge_from_the_host_a_blob_was_redirected_to_gets_no_credentials(reg, tmp_path,  # noqa: F811
+                                                                                 registry_env):
+    """Blob GETs redirected to another host lose their Authorization, but a 401 from that host
+    was taken for the registry's own challenge: lamina sent the registry's basic credentials to
+    the token realm it named (any host, any path).  Now a challenge from another origin than the
+    registry's is not answered: the pull fails, naming that host, and it gets no credentials."""
+    basic = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    front = FaultProxy(reg.host)
+    evil = FaultProxy(reg.host)
+    try:
+        lay = ocibuild.Layout(tmp_path / "oci")
+        lay.add(lay.image([{"f": b"redirected content"}]), "1")
+        skopeo_push(f"oci:{lay.root}:1", reg.host, "chal:1")
+        front.add("redirect", method="GET", path="/blobs/", to=f"http://{evil.host}", times=None)
+        evil.add("respond", path="/blobs/", code=401, times=None,
+                 headers={"WWW-Authenticate": f'Bearer realm="http://{evil.host}/token",service="evil"'})
+        evil.add("respond", path="/token", body=b'{"token": "t"}', times=None)
+        cfg = registry_env / "home" / ".docker" / "config.json"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(json.dumps({"auths": {front.host: {"auth": base64.b64encode(b"alice:s3cret").decode()}}}))
+        store = Store(registry_env / "root")
+        with pytest.raises(errors.AuthenticationError) as e:
+            pull(f"{front.host}/chal:1", store=store)
+        assert not [h for _, _, h, _ in evil.seen if "Authorization" in h], evil.seen
+        assert evil.requests_for("/token") == []
+        assert evil.host in str(e.value)
+        assert not store.has_blob(json.loads(open(lay.path(lay.entries[0]["digest"]), "rb").read())
+                                  ["layers"][0]["digest"])
+    finally:
+        front.stop()
+        evil.stop()
+
+
+def test_a_tags_page_on_another_host_gets_no_credentials(tmp_path, registry_env):  # noqa: F811
+    """The tag list's Link to its next page may name any host: lamina fetched it with the
+    registry's Authorization (basic credentials here).  Now a URL the registry hands out that is
+    on another origin gets none (docker keys credentials to the host too); its tags still count."""
+    reg = Registry(tmp_path / "authreg", htpasswd_users={"alice": "s3cret"})
+    front = FaultProxy(reg.host)
+    other = FaultProxy(reg.host)
+    try:
+        front.add("respond", method="GET", path="/tags/list", times=None,
+                  body=json.dumps({"name": "paged", "tags": ["1"]}).encode(),
+                  headers={"Content-Type": "application/json",
+                           "Link": f'<http://{other.host}/v2/paged/tags/list?last=1>; rel="next"'})
+        other.add("respond", method="GET", path="/tags/list", times=None,
+                  body=json.dumps({"name": "paged", "tags": ["2"]}).encode(),
+                  headers={"Content-Type": "application/json"})
+        cfg = registry_env / "home" / ".docker" / "config.json"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(json.dumps({"auths": {front.host: {"auth": base64.b64encode(b"alice:s3cret").decode()}}}))
+        assert list_tags(f"{front.host}/paged") == ["1", "2"]
+        assert [h.get("Authorization", "").split()[0] for _, _, h, _ in front.requests_for("/tags/list")] == ["Basic"]
+        assert other.requests_for("/tags/list") and not [h for _, _, h, _ in other.seen if "Authorization" in h]
+    finally:
+        front.stop()
+        other.stop()
         reg.stop()
 
 

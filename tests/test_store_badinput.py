@@ -19,9 +19,9 @@ def root(tmp_path):
     return root
 
 
-def fails(root, *args, match):
+def fails(root, *args, match, **kw):
     """The command exits 1 with one `lamina: error:` line (last on stderr) containing ``match``."""
-    proc = lamina(root, *args, check=False)
+    proc = lamina(root, *args, check=False, **kw)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     errors = [l for l in lines if l.startswith("lamina: error: ")]

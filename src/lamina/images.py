@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .errors import InvalidReferenceError, LaminaError
+from .errors import ImageError, InvalidReferenceError, LaminaError
 from .reference import Reference
 
 # --- what is in use, and how big ------------------------------------------------------------
@@ -386,11 +386,17 @@ def history(store, ref, *, sizes=None):
     hist = (image.config or {}).get("history")
     items = []
     if isinstance(hist, list) and hist:
+        layers = len(sizes)
         for h in hist:
             if not isinstance(h, dict):
                 continue
             empty = bool(h.get("empty_layer"))
-            size = 0 if empty else (sizes.pop(0) if sizes else 0)
+            if not empty and not sizes:
+                # docker refuses this too ("too many non-empty layers in History section"): the
+                # rows would show steps of layers the image does not have, each 0B
+                raise ImageError(f"image {image.config_digest}: its config's history lists more steps with a "
+                                 f"layer (not empty_layer) than the image's {layers} layers")
+            size = 0 if empty else sizes.pop(0)
             parsed = parse_rfc3339(h.get("created"))
             items.insert(0, HistoryItem("", parsed[0] if parsed else 0, str(h.get("created_by") or ""), size,
                                         str(h.get("comment") or ""), empty))

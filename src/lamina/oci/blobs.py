@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import io
 import itertools
 import os
@@ -41,20 +42,55 @@ def read_verified(fileobj, digest, size, what, limit=MAX_DOCUMENT_SIZE):
     return data
 
 
-def open_regular(path, what):
-    """An fd of the regular file at ``path`` (a layout's blob, index.json, oci-layout), None if
+def open_regular(path, what, dir_fd=None):
+    """An fd of the regular file at ``path`` (an archive, or a name relative to ``dir_fd``), None if
     there is none; anything else there (a FIFO, a device, a directory) is an ImageError."""
     try:
         # O_NONBLOCK so a FIFO planted in a layout cannot hang us; no effect on regular files.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (os.O_NOFOLLOW if dir_fd is not None else 0)
+        fd = os.open(path, flags, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as e:
+        if e.errno == errno.ELOOP and dir_fd is not None:
+            raise ImageError(f"{what} is a symlink: lamina does not follow symlinks inside a layout") from None
         raise ImageError(f"{what}: {e.strerror}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise ImageError(f"{what} is not a regular file")
     return fd
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_in_layout(root, relpath, what):
+    """``open_regular`` of ``relpath`` (``index.json``, ``blobs/sha256/<hex>``) inside the layout
+    directory ``root``, every component opened without following a symlink: a layout's blob,
+    index.json or ``blobs/sha256`` that is a symlink (to /etc/shadow, to /dev/zero, anywhere
+    outside the layout) is refused, as is one that is not a regular file; None if absent."""
+    *dirs, name = relpath.split("/")
+    fds = []
+    try:
+        fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))  # the path the user named
+        for i, d in enumerate(dirs):
+            try:
+                fds.append(os.open(d, _DIR_FLAGS, dir_fd=fds[-1]))
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                sub = f"{root}/{'/'.join(dirs[:i + 1])}"
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    # O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR: look at what it is
+                    is_link = stat.S_ISLNK(os.stat(d, dir_fd=fds[-1], follow_symlinks=False).st_mode)
+                    kind = "a symlink" if is_link else "not a directory"
+                    raise ImageError(f"{what}: {sub} is {kind} (lamina does not follow symlinks inside a "
+                                     "layout)") from None
+                raise ImageError(f"{what}: {sub}: {e.strerror}") from None
+        return open_regular(name, what, fds[-1])
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 class BlobStore:
@@ -84,7 +120,7 @@ class DirBlobStore(BlobStore):
         self.name = self.root
 
     def _stat_open(self, digest):
-        fd = open_regular(_digest.blob_path(self.root, digest), f"blob {digest} in {self.root}")
+        fd = open_in_layout(self.root, _digest.blob_relpath(digest), f"blob {digest} in {self.root}")
         if fd is None:
             raise BlobNotFoundError(f"blob {digest} not found in {self.root}")
         return fd, os.fstat(fd).st_size
@@ -327,6 +363,7 @@ class TarArchive:
         if os.path.isdir(self.path):
             raise ImageError(f"{self.path}: is a directory, not an archive")
         self.members = {}
+        self._twice = set()   # names of more than one member (see _lookup)
         with os.fdopen(_open_archive(self.path), "rb") as f:
             self.compressed = f.read(2) == b"\x1f\x8b"
             self._checkpoints = _Checkpoints() if self.compressed else None
@@ -354,6 +391,9 @@ class TarArchive:
                                          f"headers and names (at member {info.name})")
                     name = member_name(info.name)
                     if name and info.type != tarfile.XGLTYPE:
+                        old = self.members.get(name)
+                        if old is not None and not (old.type == info.type == tarfile.DIRTYPE):
+                            self._twice.add(name)
                         self.members[name] = _Member(info)
         except _ArchiveTooBig as e:
             raise ImageError(f"{self.path}: {e}: not a docker or OCI archive") from None
@@ -365,6 +405,10 @@ class TarArchive:
         """The regular-file member a name refers to, following links inside the archive."""
         seen = name
         for _ in range(self.MAX_LINK_HOPS):
+            if name in self._twice:
+                # skopeo reads the first member of a name, docker (which extracts the archive) and
+                # tar the last: a second manifest.json would be another image to each of them
+                raise ImageError(f"{self.path}: member {name} appears more than once in the archive")
             info = self.members.get(name)
             if info is None:
                 return None

@@ -17,7 +17,9 @@ import functools
 import re
 
 from .. import digest as _digest
-from ..errors import DigestMismatchError, ImageError, ImageNotFoundError, PlatformNotFoundError
+from .. import mediatypes as mt
+from ..errors import (ArtifactError, BlobNotFoundError, DigestMismatchError, ImageError, ImageNotFoundError,
+                      PlatformNotFoundError)
 from ..limits import check_layer_count
 from ..platform import Platform
 from .blobs import MAX_DOCUMENT_SIZE, TarArchive, TarBlobStore, member_name
@@ -46,6 +48,8 @@ class DockerArchive(Source):
                 # docker save of an untagged image writes an empty index.json: use manifest.json then.
                 if layout.index.manifests or oci_only or not self.archive.has("manifest.json"):
                     self._layout = layout
+                    if self.archive.has("manifest.json"):
+                        self._check_manifest_json(layout)
             if self._layout is None:
                 self._entries = self._read_manifest_json()
         except BaseException:
@@ -77,6 +81,27 @@ class DockerArchive(Source):
             if not ok:
                 raise ImageError(f"{what}: entry {i} lacks Config/Layers")
         return doc
+
+    def _check_manifest_json(self, layout):
+        """An archive holding both an OCI layout and a manifest.json (docker >= 25) is read through
+        its layout here and by containerd, but through manifest.json by docker's own load and by
+        skopeo: each image manifest.json lists must be one of the layout's, config and layers."""
+        images = set()
+        for desc in _each_manifest(layout):
+            try:
+                manifest = layout._document(desc)[1]
+            except (BlobNotFoundError, ArtifactError):
+                continue   # a platform a partial export lists without its blobs; an SBOM, a signature
+            images.add((manifest.config.digest, tuple(d.digest for d in manifest.layers)))
+        what = f"{self.description}: manifest.json"
+        for i, entry in enumerate(self._read_manifest_json()):
+            names = [entry["Config"], *entry["Layers"]]
+            digests = [re.fullmatch(r"blobs/sha256/([0-9a-f]{64})", member_name(n)) for n in names]
+            key = (f"sha256:{digests[0].group(1)}", tuple(f"sha256:{m.group(1)}" for m in digests[1:])) \
+                if all(digests) else None
+            if key not in images:
+                raise ImageError(f"{what}: entry {i} (config {entry['Config']}) is not an image of the archive's "
+                                 "index.json: docker and skopeo would load another image than containerd and lamina")
 
     def _select(self):
         entries = self._entries
@@ -138,3 +163,16 @@ class DockerArchive(Source):
 
     def close(self):
         pass  # TarArchive keeps no file open between reads
+
+
+def _each_manifest(layout):
+    """The manifest descriptors index.json lists, and those of the image indexes it lists."""
+    for desc in layout.index.manifests:
+        if mt.is_manifest(desc.media_type):
+            yield desc
+        elif mt.is_index(desc.media_type):
+            try:
+                children = layout._document(desc)[1].manifests
+            except BlobNotFoundError:
+                continue
+            yield from (d for d in children if mt.is_manifest(d.media_type))

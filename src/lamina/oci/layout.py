@@ -13,7 +13,7 @@ from .. import mediatypes as mt
 from ..errors import (ArtifactError, BlobNotFoundError, ImageError, ImageNotFoundError, PlatformNotFoundError,
                       UnsupportedMediaTypeError)
 from ..platform import Platform
-from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_regular
+from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_in_layout
 from .image import LayerRef, ResolvedImage, Source
 from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, document_media_type, index_entries,
                     load_json, parse_config, parse_index, parse_manifest)
@@ -87,7 +87,36 @@ class OCILayout(Source):
                     f"{self.description} holds several images and none is 'latest'; "
                     f"name one (oci:PATH:REF); available: {self._available()}")
         # The same digest listed twice under one name is still one image.
-        return _each_digest_once(picked)
+        picked = _each_digest_once(picked)
+        if len(picked) > 1:
+            self._check_distinct(picked, descs)
+        return picked
+
+    def _check_distinct(self, picked, descs):
+        """Several images under one name (or several unnamed ones) must each run on a platform of
+        its own: skopeo takes the first, containerd's import the last, umoci refuses ("tag is
+        ambiguous"); lamina loaded the one the platform match met first and dropped the others
+        without a word.  Artifacts and attestations beside an image run on none: not counted."""
+        by_platform = {}
+        for d in picked:
+            if d.is_attestation:
+                continue
+            platform = d.platform
+            if platform is None and mt.is_manifest(d.media_type):
+                try:
+                    platform = self._config(d).platform
+                except ArtifactError:
+                    continue
+                except BlobNotFoundError:
+                    platform = None
+            other = by_platform.setdefault(platform, d)
+            if other is not d:
+                which = f"named {self.ref!r}" if self.ref else (
+                    "named 'latest'" if any(x.ref_names for x in descs) else "without a name")
+                on = f" for {platform}" if platform else ""
+                raise ImageError(f"{self.description}: two different images {which}{on} ({other.digest}, "
+                                 f"{d.digest}): ambiguous; the layout's index.json must give each image a name "
+                                 "of its own")
 
     def _named(self, ref):
         """index.json's descriptors named ``ref`` (OCI ref name, or a containerd name that
@@ -232,7 +261,7 @@ def open_layout_dir(path, ref=None):
     path = os.fspath(path)
 
     def read_meta(name):
-        fd = open_regular(os.path.join(path, name), f"{path}/{name}")
+        fd = open_in_layout(path, name, f"{path}/{name}")
         if fd is None:
             return None
         with open(fd, "rb") as f:

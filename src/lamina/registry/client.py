@@ -33,7 +33,7 @@ from ..quoting import quote_name
 from ..reference import TAG_PATTERN, Reference
 from . import credentials as _creds
 from .config import Endpoint, RegistryConfig, is_loopback
-from .transport import TLSPolicy, Transport
+from .transport import Origin, TLSPolicy, Transport
 
 MANIFEST_ACCEPT = ", ".join([
     mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST,
@@ -334,13 +334,16 @@ class Repository:
 
     def request(self, method, url, *, headers=None, body=None, retry=True, follow_redirects=True):
         """Send with authorization; on 401 learn the challenge and retry with fresh credentials."""
-        self.session.ready()
+        base = self.session.ready()
+        # A URL the registry handed us (a tags page's Link, an upload's Location) may name another
+        # host: it gets no credentials, as the redirects do not (docker's are keyed to the host too).
+        own = Origin.of(url) == Origin.of(base)
         scopes = self.scopes()
         refresh = False
         data = b""
         for attempt in range(3):
             h = dict(headers or {})
-            auth = self.session.authorization(scopes, refresh=refresh)
+            auth = self.session.authorization(scopes, refresh=refresh) if own else None
             if auth:
                 h["Authorization"] = auth
             resp = self.session.transport.request(method, url, headers=h, body=body, retry=retry,
@@ -351,8 +354,16 @@ class Repository:
                     f"{method} {self.name}: access denied: {error_message(data, 403, resp.reason)}", status=403)
             if resp.status != 401:
                 return resp
-            scheme, params = parse_challenge(resp.header("WWW-Authenticate"))
             data = resp.content(limit=MAX_ERROR_BODY)
+            if not own or (resp.url != url and Origin.of(resp.url) != Origin.of(url)):
+                # A host a redirect led to (object storage, a CDN, anyone) asks for credentials: its
+                # challenge is not the registry's, and answering it would hand the registry's
+                # credentials (or a token fetched with them) to whatever realm it names.
+                raise AuthenticationError(
+                    f"{method} {self.name}: {'redirected to ' if own else ''}{Origin.of(resp.url).host}:"
+                    f"{Origin.of(resp.url).port}, which asks for credentials: lamina sends the registry's to the "
+                    "registry only", status=401)
+            scheme, params = parse_challenge(resp.header("WWW-Authenticate"))
             if scheme is None:
                 break
             wanted = set(scopes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import stat
 
@@ -230,6 +231,17 @@ def resolve_user(user, rootfs):
     return out, home
 
 
+def _check_process_strings(cfg):
+    """A NUL cannot reach execve (nor a passwd lookup): an Env, Entrypoint, Cmd, WorkingDir or User
+    holding one is refused by name rather than written into config.json for the runtime to fail on."""
+    for key in ("Env", "Entrypoint", "Cmd", "WorkingDir", "User"):
+        value = cfg.get(key)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and "\0" in item:
+                raise ImageError(f"image config {key} {quote_name(item)}: holds a NUL byte, which no process "
+                                 "can be given")
+
+
 def runtime_config(image, rootfs, *, rootless=None):
     """config.json for an OCI runtime bundle from an image config (image-spec conversion.md)."""
     if rootless is None:
@@ -238,10 +250,15 @@ def runtime_config(image, rootfs, *, rootless=None):
     cfg = (image.config or {}).get("config") or {}
     proc = spec["process"]
     proc["user"], home = resolve_user(cfg.get("User"), rootfs)
+    _check_process_strings(cfg)
     env = list(proc["env"])
     for item in cfg.get("Env") or []:
         if not isinstance(item, str):
             continue
+        if "=" not in item:
+            # runc refuses such a process ("invalid environment variable"): say so now, as umoci does
+            raise ImageError(f"image config Env {quote_name(item)}: an environment variable must be "
+                             "NAME=VALUE")
         key = item.split("=", 1)[0]
         for i, e in enumerate(env):
             if e.split("=", 1)[0] == key:
@@ -255,7 +272,9 @@ def runtime_config(image, rootfs, *, rootless=None):
     args = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
     if args:
         proc["args"] = [a for a in args if isinstance(a, str)]
-    proc["cwd"] = cfg.get("WorkingDir") or "/"
+    # The runtime-spec wants an absolute cwd (runc refuses "app" or "../../x"): made absolute and
+    # clean inside the container's root, as docker does (filepath.Join("/", WorkingDir)).
+    proc["cwd"] = "/" + posixpath.normpath("/" + (cfg.get("WorkingDir") or "")).lstrip("/")
     for vol in sorted(cfg.get("Volumes") or {}):
         spec["mounts"].append({"destination": vol, "type": "tmpfs", "source": "none",
                                "options": ["rw", "nosuid", "nodev", "noexec", "relatime"]})

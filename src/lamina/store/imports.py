@@ -82,33 +82,46 @@ def check_names(data, names):
 
 def import_image(store, data, names=(), report=None):
     """Store an ImageData and give it ``names`` (References; none: recorded dangling). Returns the Image."""
+    return import_images(store, [(data, names)], report)[0]
+
+
+def import_images(store, items, report=None):
+    """Store every ImageData of ``items`` ([(data, names)]), then name them: all or nothing.
+
+    ``lamina load`` of an archive whose second image is bad named the first and stored its
+    blobs and snapshots, so a refused load changed the store; now nothing is named until every
+    image's blobs are in and every layer extracted and verified, and a failure takes back what
+    any of them created.  Returns the Images, in order."""
     report = report or (lambda *a: None)
-    check_names(data, names)  # before any work: an import refused stores nothing
-    existing = _same_image(store, data)
-    if existing is not None:
-        store.snapshots_for(existing)
-        result = store.add_names(existing.manifest_digest, list(names) or [None])
-        report("manifest", existing.manifest_digest, "exists")
-        return result
-    created_blobs, created_snaps = [], []
+    for data, names in items:
+        check_names(data, names)  # before any work: an import refused stores nothing
+    created_blobs, created_snaps, ready = [], [], []
     try:
-        _put_blobs(store, data, created_blobs, report)
-        # A multi-arch image keeps every platform under its name, as pull --all-platforms does:
-        # the index is its repo digest, the other platforms' blobs stored but not extracted.
-        index = data.index
-        others = [c for c in index.children if c.manifest_digest != data.manifest_digest] if index else []
-        for child in others:
-            _put_blobs(store, child, created_blobs, report)
-        if index is not None and not store.has_blob(index.digest):
-            store.put_blob(index.data, index.digest)
-            created_blobs.append(index.digest)
-        image = load_image(store.open_blob, data.manifest_digest)
-        created_snaps = [c for c in image.chain_ids if store.snapshot_info(c) is None]
-        store.snapshots_for(image)
-        result = store.add_names(data.manifest_digest, list(names) or [None],
-                                 repo_digest=index.digest if index else None)
-        report("manifest", data.manifest_digest, "written")
-        return result
+        for data, names in items:
+            existing = _same_image(store, data)
+            if existing is not None:
+                store.snapshots_for(existing)
+                ready.append((existing.manifest_digest, names, None, "exists"))
+                continue
+            _put_blobs(store, data, created_blobs, report)
+            # A multi-arch image keeps every platform under its name, as pull --all-platforms does:
+            # the index is its repo digest, the other platforms' blobs stored but not extracted.
+            index = data.index
+            others = [c for c in index.children if c.manifest_digest != data.manifest_digest] if index else []
+            for child in others:
+                _put_blobs(store, child, created_blobs, report)
+            if index is not None and not store.has_blob(index.digest):
+                store.put_blob(index.data, index.digest)
+                created_blobs.append(index.digest)
+            image = load_image(store.open_blob, data.manifest_digest)
+            created_snaps += [c for c in image.chain_ids if store.snapshot_info(c) is None]
+            store.snapshots_for(image)
+            ready.append((data.manifest_digest, names, index.digest if index else None, "written"))
+        results = []
+        for manifest_digest, names, repo_digest, status in ready:
+            results.append(store.add_names(manifest_digest, list(names) or [None], repo_digest=repo_digest))
+            report("manifest", manifest_digest, status)
+        return results
     except BaseException:
         _rollback(store, created_blobs, created_snaps)
         raise
@@ -116,8 +129,16 @@ def import_image(store, data, names=(), report=None):
 
 def _put_blobs(store, data, created, report):
     """Layers, config and manifest of one ImageData into the store (``created``: what was new)."""
-    for layer in data.layers:
-        if ingest_stream(store, layer.digest, layer.size, layer.open):
+    for i, layer in enumerate(data.layers):
+        try:
+            wrote = ingest_stream(store, layer.digest, layer.size, layer.open)
+        except DigestMismatchError as e:
+            # "blob sha256:...: digest mismatch" alone left the reader to find which of the
+            # archive's images and layers that was
+            image = f" image {', '.join(n.familiar() for n in data.names)}" if data.names else ""
+            raise DigestMismatchError(f"{data.description}:{image} layer {i} ({e.what})", e.expected,
+                                      e.actual) from None
+        if wrote:
             created.append(layer.digest)
             report("blob", layer.digest, "copied")
         else:

@@ -83,19 +83,14 @@ class LoadedImage:
 
 def load(path, *, store, platform=None, report=None):
     """Every image of a docker-archive or oci-archive file into the store (``lamina load``)."""
-    from ..store.imports import check_names, import_image
+    from ..store.imports import import_images
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ImageNotFoundError(f"{path}: no such file")
     spec = ImageSpec("oci" if os.path.isdir(path) else "docker-archive", path, None)
-    out = []
     images = archive_images(spec, platform)
-    for data in images:  # every image's names checked before the first is stored
-        check_names(data, data.names)
-    for data in images:
-        image = import_image(store, data, data.names, report)
-        out.append(LoadedImage(image, list(data.names)))
-    return out
+    stored = import_images(store, [(data, data.names) for data in images], report)
+    return [LoadedImage(image, list(data.names)) for image, data in zip(stored, images)]
 
 
 def load_stream(stream, *, store, platform=None, report=None):

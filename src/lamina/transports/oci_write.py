@@ -10,10 +10,12 @@ import io
 import json
 import os
 import re
+import stat
 
 from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import ImageError
+from ..oci.blobs import MAX_DOCUMENT_SIZE, open_in_layout
 from ..oci.model import ANNOTATION_REF_NAME
 from ..store.fsutil import atomic_write, fsync_dir, tmp_name
 from .output import CHUNK, VerifyingReader, add_bytes, add_dir, add_stream, atomic_output, stream_tar
@@ -65,25 +67,30 @@ def write_layout(data, path, ref=None):
             raise ImageError(f"{root} exists and is not a directory")
         if os.listdir(root):
             raise ImageError(f"{root} is not empty and is not an OCI image layout")
-    blobs_dir = os.path.join(root, "blobs", "sha256")
-    os.makedirs(blobs_dir, exist_ok=True)
+    index_path = os.path.join(root, "index.json")
+    entries = []
+    # Read before any blob is written, and a regular file only: a FIFO there hung the copy,
+    # /dev/zero (through a symlink) filled memory.
+    fd = open_in_layout(root, "index.json", index_path) if os.path.isdir(root) else None
+    if fd is not None:
+        try:
+            with open(fd, "rb") as f:
+                raw = f.read(MAX_DOCUMENT_SIZE + 1)
+            if len(raw) > MAX_DOCUMENT_SIZE:
+                raise ValueError("too large")
+            doc = json.loads(raw)
+            entries = list(doc["manifests"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):  # nested deep: RecursionError
+            raise ImageError(f"{index_path}: not a valid image index; refusing to overwrite it") from None
+    blobs_dir = _blobs_dir(root)
     if not os.path.exists(os.path.join(root, "oci-layout")):
         atomic_write(os.path.join(root, "oci-layout"), OCI_LAYOUT)
     for digest, size, opener, what in _blobs(data):
         dest = os.path.join(blobs_dir, _digest.hex_of(digest))
-        if os.path.exists(dest) and os.path.getsize(dest) == size:
-            continue
+        if _is_file_of_size(dest, size):
+            continue  # a symlink of that size is replaced (rename), never written through
         _copy_blob(opener, dest, digest, size, what)
     fsync_dir(blobs_dir)
-    index_path = os.path.join(root, "index.json")
-    entries = []
-    if os.path.exists(index_path):
-        try:
-            with open(index_path, "rb") as f:
-                doc = json.load(f)
-            entries = list(doc["manifests"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):  # nested deep: RecursionError
-            raise ImageError(f"{index_path}: not a valid image index; refusing to overwrite it") from None
     if ref:
         entries = [e for e in entries if not (isinstance(e, dict)
                                               and (e.get("annotations") or {}).get(ANNOTATION_REF_NAME) == ref)]
@@ -92,6 +99,30 @@ def write_layout(data, path, ref=None):
         entries.append(new)
     doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
     atomic_write(index_path, json.dumps(doc, indent=2).encode() + b"\n")
+
+
+def _blobs_dir(root):
+    """``root/blobs/sha256``, made where missing.  A ``blobs`` or ``blobs/sha256`` that is a symlink
+    (or not a directory) is refused: blobs were written wherever it pointed, outside the layout."""
+    os.makedirs(root, exist_ok=True)   # the path the user named: followed
+    path = root
+    for name in ("blobs", "sha256"):
+        path = os.path.join(path, name)
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise ImageError(f"{path} is {'a symlink' if os.path.islink(path) else 'not a directory'}: "
+                                 "lamina writes blobs inside the layout only") from None
+    return path
+
+
+def _is_file_of_size(path, size):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == size
 
 
 def _copy_blob(opener, dest, digest, size, what):

@@ -1,0 +1,345 @@
+"""Hostile inputs around the layers: layout directories, archive indexes, configs, registries.
+
+Each refusal is one clear line naming what is wrong, and leaves the store exactly as it was.
+"""
+import io
+import json
+import os
+import shutil
+import tarfile
+
+import pytest
+
+import ocibuild as ob
+from storekit import fingerprint, lamina
+from test_store_badinput import fails, root  # noqa: F401  (the store fixture holding keep:1)
+
+import lamina as lamina_api
+from lamina.errors import ImageError
+
+
+def _unchanged(root, before):  # noqa: F811
+    assert fingerprint(root) == before
+    assert json.loads(lamina(root, "fsck", "--format", "json").stdout)["ok"]
+
+
+# --- OCI layout directories: nothing is followed out of them -------------------------------------
+
+
+def _layout(tmp_path):
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.add(lay.image([{"f": b"content\n"}]), "latest")
+    manifest = lay.read_json(m["digest"])
+    return lay, manifest["config"]["digest"], manifest["layers"][0]["digest"]
+
+
+def _move_out(path, outside):
+    shutil.move(path, outside)
+    os.symlink(outside, path)
+
+
+def _config_to_a_copy_outside(lay, config, layer, outside):
+    _move_out(lay.path(config), outside / "config")   # the very bytes: only the symlink is wrong
+
+
+def _layer_to_dev_zero(lay, config, layer, outside):
+    os.unlink(lay.path(layer))
+    os.symlink("/dev/zero", lay.path(layer))
+
+
+def _blob_dir_outside(lay, config, layer, outside):
+    _move_out(os.path.join(lay.root, "blobs", "sha256"), outside / "sha256")
+
+
+def _index_outside(lay, config, layer, outside):
+    _move_out(os.path.join(lay.root, "index.json"), outside / "index.json")
+
+
+def _oci_layout_outside(lay, config, layer, outside):
+    _move_out(os.path.join(lay.root, "oci-layout"), outside / "oci-layout")
+
+
+def _blob_to_another_blob_inside(lay, config, layer, outside):
+    # inside the layout, but still a symlink: refused alike (no resolver to trust with it)
+    shutil.copy(lay.path(config), os.path.join(lay.root, "config-copy"))
+    os.unlink(lay.path(config))
+    os.symlink("../../config-copy", lay.path(config))
+
+
+@pytest.mark.parametrize("plant", [_config_to_a_copy_outside, _layer_to_dev_zero, _blob_dir_outside,
+                                   _index_outside, _oci_layout_outside, _blob_to_another_blob_inside])
+def test_a_symlink_in_a_layout_is_never_followed(root, tmp_path, plant):  # noqa: F811
+    """A layout's blob, ``blobs/sha256``, index.json or oci-layout that is a symlink was followed
+    wherever it led (a blob symlinked to a file outside the layout with the right bytes loaded
+    fine; one to /dev/zero was 'not a regular file').  skopeo follows them; lamina refuses them,
+    naming the symlink, on copy, load and unpack."""
+    lay, config, layer = _layout(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    plant(lay, config, layer, outside)
+    before = fingerprint(root)
+    fails(root, "copy", f"oci:{lay.root}:latest", "x:1", match="is a symlink")
+    fails(root, "load", "-i", lay.root, match="is a symlink")
+    _unchanged(root, before)
+    with pytest.raises(ImageError, match="is a symlink"):
+        lamina_api.unpack(f"oci:{lay.root}:latest", tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
+# --- one name, several images ----------------------------------------------------------------
+
+
+def _oci_archive(lay, path):
+    with tarfile.open(path, "w") as tar:
+        for name in ("oci-layout", "index.json", "blobs"):
+            tar.add(os.path.join(lay.root, name), name)
+    return path
+
+
+@pytest.mark.parametrize("names", [("latest", "latest"), ("app:1", "app:1"), (None, None)])
+def test_two_images_under_one_name_are_refused(root, tmp_path, names):  # noqa: F811
+    """index.json naming two different images alike (or naming neither, without platforms to
+    choose by) loaded the first and dropped the other without a word; skopeo takes the first,
+    containerd the last, umoci refuses ("tag is ambiguous"): lamina refuses, naming both."""
+    lay = ob.Layout(tmp_path / "lay")
+    a = lay.add(lay.image([{"a": b"A"}]), names[0])
+    b = lay.add(lay.image([{"b": b"B"}]), names[1])
+    archive = _oci_archive(lay, tmp_path / "dup.tar")
+    before = fingerprint(root)
+    ref = f":{names[0]}" if names[0] else ""
+    line = fails(root, "copy", f"oci:{lay.root}{ref}", "x:1", match="ambiguous")
+    assert a["digest"] in line and b["digest"] in line
+    fails(root, "load", "-i", archive, match="ambiguous")
+    with open(archive, "rb") as f:
+        fails(root, "load", match="ambiguous", stdin=f)
+    _unchanged(root, before)
+
+
+def test_one_name_on_images_of_different_platforms_still_picks_by_platform(root, tmp_path):  # noqa: F811
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(ob.with_platform(lay.image([{"arm": b"1"}], arch="arm64"), "linux", "arm64"), "latest")
+    amd = lay.add(ob.with_platform(lay.image([{"amd": b"2"}]), "linux", "amd64"), "latest")
+    out = json.loads(lamina(root, "copy", "--format", "json", f"oci:{lay.root}:latest", "x:1",
+                            "--platform", "linux/amd64").stdout)
+    assert out["manifest_digest"] == amd["digest"]
+    # unnamed: images whose configs name different platforms, and an artifact beside them
+    lay = ob.Layout(tmp_path / "unnamed")
+    lay.add(lay.image([{"arm": b"1"}], arch="arm64"))
+    amd = lay.add(lay.image([{"amd": b"2"}]))
+    config = lay.json_blob({}, "application/vnd.example.sbom.config+json")
+    lay.add(lay.json_blob({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "config": config,
+                           "layers": [], "subject": amd}, ob.OCI_MANIFEST))
+    out = json.loads(lamina(root, "copy", "--format", "json", f"oci:{lay.root}", "y:1",
+                            "--platform", "linux/amd64").stdout)
+    assert out["manifest_digest"] == amd["digest"]
+
+
+# --- load: all or nothing ------------------------------------------------------------------------
+
+
+def _good_then_bad_archive(path):
+    """A docker archive of good:1 and then bad:1, whose layer is not the diffID its config says."""
+    good, bad = ob.tar_bytes({"good": b"G" * 1000}), ob.tar_bytes({"bad": b"B" * 1000})
+    members, entries = {}, []
+    for i, (raw, diff_id, tag) in enumerate(((good, ob.sha256(good), "good:1"), (bad, ob.sha256(b"x"), "bad:1"))):
+        config = ob.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers",
+                                                                              "diff_ids": [diff_id]}})
+        name = ob.sha256(config)[7:] + ".json"
+        members[f"l{i}/layer.tar"], members[name] = raw, config
+        entries.append({"Config": name, "RepoTags": [tag], "Layers": [f"l{i}/layer.tar"]})
+    members["manifest.json"] = json.dumps(entries).encode()
+    path.write_bytes(ob.tar_of(members))
+    return path
+
+
+def test_a_load_refused_at_its_second_image_leaves_the_first_out(root, tmp_path):  # noqa: F811
+    """The first image of the archive was named and its blob and snapshot kept when the second
+    failed: a refused load changed the store.  Now nothing is named before every image is in,
+    and the message names the image and layer at fault (it named a blob digest only)."""
+    archive = _good_then_bad_archive(tmp_path / "two.tar")
+    before = fingerprint(root)
+    line = fails(root, "load", "-i", archive, match="digest mismatch")
+    assert "bad:1 layer 0" in line, line
+    with open(archive, "rb") as f:
+        line = fails(root, "load", match="the archive on stdin: image bad:1 layer 0", stdin=f)
+    _unchanged(root, before)
+    assert "good" not in lamina(root, "images").stdout
+
+
+# --- configs used for more than digests: runtime bundles -------------------------------------------
+
+
+def _store_image(root, tmp_path, exec_config):
+    lay = ob.Layout(tmp_path / "cfg")
+    lay.add(lay.image([{"etc": None, "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n"}],
+                      config_extra={"config": exec_config}), "latest")
+    lamina(root, "copy", f"oci:{lay.root}:latest", "cfg:1")
+
+
+@pytest.mark.parametrize("working_dir, cwd", [("app", "/app"), ("../../etc/x", "/etc/x"), ("/srv/../../x", "/x"),
+                                              ("//a//b/", "/a/b"), ("", "/"), ("/srv", "/srv")])
+def test_a_bundle_cwd_is_absolute_and_clean(root, tmp_path, working_dir, cwd):  # noqa: F811
+    """WorkingDir was copied as it is (umoci does too), and runc refuses a relative cwd; docker
+    makes it absolute (filepath.Join("/", WorkingDir)), and so does lamina now."""
+    _store_image(root, tmp_path, {"WorkingDir": working_dir})
+    lamina(root, "unpack", "--bundle", "cfg:1", tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["process"]["cwd"] == cwd
+
+
+@pytest.mark.parametrize("exec_config, match", [
+    ({"Env": ["A=1", "FOO"]}, "Env 'FOO': an environment variable must be NAME=VALUE"),
+    ({"Env": ["A=x\0y"]}, "Env 'A=x\\x00y': holds a NUL byte"),
+    ({"Cmd": ["sh", "-c", "a\0b"]}, "Cmd 'a\\x00b': holds a NUL byte"),
+    ({"Entrypoint": ["/bin/\0sh"]}, "Entrypoint '/bin/\\x00sh': holds a NUL byte"),
+    ({"WorkingDir": "/a\0b"}, "WorkingDir '/a\\x00b': holds a NUL byte"),
+])
+def test_a_bundle_of_a_process_no_runtime_can_start_is_refused_by_name(root, tmp_path, exec_config,  # noqa: F811
+                                                                     match):
+    """An Env without '=' (umoci refuses it too: "environment variable must contain '='") or a
+    NUL in what becomes execve's arguments was written into config.json for runc to fail on."""
+    _store_image(root, tmp_path, exec_config)
+    before = fingerprint(root)
+    fails(root, "unpack", "--bundle", "cfg:1", tmp_path / "b", match=match)
+    assert not (tmp_path / "b").exists()
+    assert fingerprint(root)["blobs"] == before["blobs"]
+
+
+# --- archives: one name, one member ---------------------------------------------------------------
+
+
+def _tar_in_order(path, members):
+    """A tar of (name, bytes) in order, names repeated as given (``tar -r`` appends like this)."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _legacy_members(tag):
+    raw = ob.tar_bytes({"a": b"A"})
+    config = ob.dumps({"architecture": "amd64", "os": "linux",
+                       "rootfs": {"type": "layers", "diff_ids": [ob.sha256(raw)]}})
+    name = ob.sha256(config)[7:] + ".json"
+    manifest = json.dumps([{"Config": name, "RepoTags": [tag], "Layers": ["l/layer.tar"]}]).encode()
+    return [("l/layer.tar", raw), (name, config)], manifest
+
+
+@pytest.mark.parametrize("twice", ["manifest.json", "index.json", "l/layer.tar"])
+def test_a_member_the_archive_holds_twice_is_refused(root, tmp_path, twice):  # noqa: F811
+    """An archive with two manifest.json (or index.json, or layer) members: skopeo reads the
+    first, docker (which extracts the archive) and tar the last, and lamina took the last, so the
+    one archive was two different images.  Refused, naming the member."""
+    if twice == "index.json":
+        lay = ob.Layout(tmp_path / "lay")
+        lay.add(lay.image([{"a": b"A"}]), "first:1")
+        first = open(os.path.join(lay.root, "index.json"), "rb").read()
+        lay.entries[0]["annotations"]["org.opencontainers.image.ref.name"] = "second:1"
+        lay.write_index()
+        members = [(os.path.relpath(os.path.join(d, f), lay.root), open(os.path.join(d, f), "rb").read())
+                   for d, _, files in os.walk(lay.root) for f in files if f != "index.json"]
+        members += [("index.json", first), ("index.json", open(os.path.join(lay.root, "index.json"), "rb").read())]
+    else:
+        members, manifest = _legacy_members("first:1")
+        members.append(("manifest.json", manifest))
+        if twice == "manifest.json":
+            members.append(("manifest.json", _legacy_members("second:1")[1]))
+        else:
+            members.append(("l/layer.tar", ob.tar_bytes({"b": b"B"})))
+    archive = _tar_in_order(tmp_path / "twice.tar", members)
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive, match=f"member {twice} appears more than once")
+    _unchanged(root, before)
+
+
+# --- a layout as a destination -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("link", ["blobs", "blobs/sha256"])
+def test_a_destination_layout_whose_blob_directory_is_a_symlink_gets_nothing_written_through_it(
+        root, tmp_path, link):  # noqa: F811
+    """copy IMG oci:DIR wrote every blob wherever DIR/blobs or DIR/blobs/sha256 pointed."""
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    outside.mkdir()
+    (dest / link).parent.mkdir(parents=True, exist_ok=True)
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    os.symlink(outside, dest / link)
+    fails(root, "copy", "keep:1", f"oci:{dest}:keep", match=f"{dest / link} is a symlink")
+    assert os.listdir(outside) == []
+    assert not (dest / "index.json").exists()
+
+
+def test_a_destination_blob_that_is_a_symlink_of_the_right_size_is_replaced(root, tmp_path):  # noqa: F811
+    """A blob there of the right size was taken as the blob, whatever it was: a symlink to a file
+    outside with other bytes left the layout naming content it did not hold."""
+    lamina(root, "copy", "keep:1", f"oci:{tmp_path / 'first'}:keep")
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    shutil.copytree(tmp_path / "first", dest)
+    blobs = sorted((dest / "blobs" / "sha256").iterdir())
+    outside.mkdir()
+    for blob in blobs:
+        impostor = outside / blob.name
+        impostor.write_bytes(b"x" * blob.stat().st_size)
+        blob.unlink()
+        blob.symlink_to(impostor)
+    lamina(root, "copy", "keep:1", f"oci:{dest}:keep")
+    assert all(not b.is_symlink() for b in blobs)
+    assert all(set(f.read_bytes()) == {ord("x")} for f in outside.iterdir())   # untouched
+    lamina(root, "copy", f"oci:{dest}:keep", "again:1")
+
+
+# --- configs used for more than digests: history --------------------------------------------------
+
+
+def test_a_history_with_more_layer_steps_than_layers_is_refused_as_docker_does(root, tmp_path):  # noqa: F811
+    """history showed the steps beyond the image's layers as layers of 0B; docker refuses such
+    a config ("too many non-empty layers in History section")."""
+    steps = [{"created_by": f"RUN step {i}"} for i in range(3)] + [{"created_by": "ENV x=1", "empty_layer": True}]
+    lay = ob.Layout(tmp_path / "hist")
+    lay.add(lay.image([{"a": b"A"}], config_extra={"history": steps}), "latest")
+    lamina(root, "copy", f"oci:{lay.root}:latest", "hist:1")
+    fails(root, "history", "hist:1", match="more steps with a layer (not empty_layer) than the image's 1 layers")
+    lay2 = ob.Layout(tmp_path / "hist2")   # as many layer steps as layers: fine, empty ones 0B
+    lay2.add(lay2.image([{"a": b"A"}], config_extra={"history": steps[2:]}), "latest")
+    lamina(root, "copy", f"oci:{lay2.root}:latest", "hist:2")
+    sizes = lamina(root, "history", "--format", "{{.Size}}", "hist:2").stdout.split()
+    assert len(sizes) == 2 and sizes[0] == "0B" and sizes[1] != "0B"
+
+
+def test_a_destination_index_that_is_a_fifo_is_refused_not_waited_on(root, tmp_path):  # noqa: F811
+    """copy IMG oci:DIR opened DIR/index.json to merge its entries: a FIFO there hung it for
+    good (and a symlink to /dev/zero read on until memory ran out)."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    os.mkfifo(dest / "index.json")
+    fails(root, "copy", "keep:1", f"oci:{dest}:keep", match=f"{dest / 'index.json'} is not a regular file",
+          timeout=60)
+    assert not (dest / "blobs").exists()   # refused before any blob was written
+
+
+def test_an_archive_whose_manifest_json_and_index_json_name_different_images_is_refused(root, tmp_path):  # noqa: F811
+    """docker >= 25 writes an OCI layout and a manifest.json for older readers.  lamina (and
+    containerd) read the layout, docker's own load and skopeo the manifest.json: an archive whose
+    two name different images was two images.  Refused, naming the manifest.json entry."""
+    lay = ob.Layout(tmp_path / "lay")
+    shown = lay.add(lay.image([{"a": b"A"}], compress=False), "1", **{"io.containerd.image.name": "app:1"})
+    hidden = lay.read_json(lay.image([{"b": b"B"}], compress=False)["digest"])
+
+    def entry(manifest):
+        return {"Config": "blobs/sha256/" + manifest["config"]["digest"][7:], "RepoTags": ["app:1"],
+                "Layers": ["blobs/sha256/" + d["digest"][7:] for d in manifest["layers"]]}
+
+    def archive(path, manifest):
+        (tmp_path / "lay" / "manifest.json").write_text(json.dumps([entry(manifest)]))
+        with tarfile.open(path, "w") as tar:
+            for name in sorted(os.listdir(lay.root)):
+                tar.add(os.path.join(lay.root, name), name)
+        return path
+
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive(tmp_path / "two.tar", hidden), match="manifest.json: entry 0 (config "
+          f"blobs/sha256/{hidden['config']['digest'][7:]}) is not an image of the archive's index.json")
+    _unchanged(root, before)
+    lamina(root, "load", "-i", archive(tmp_path / "one.tar", lay.read_json(shown["digest"])))   # agreeing: loads
