@@ -273,10 +273,25 @@ class Response:
 
     def readinto(self, buf):
         # What has arrived (at most len(buf)), not len(buf) bytes: a reader that downloads ahead
-        # of its consumer must not sit on received bytes while waiting for the rest of a chunk.
-        data = self._resp.read1(len(buf))
-        memoryview(buf)[:len(data)] = data
-        return len(data)
+        # of its consumer must not sit on received bytes while waiting for the rest of a chunk,
+        # and a server dripping bytes must not hold one read for ages (BlobStream's minimum rate).
+        view = memoryview(buf).cast("B")
+        body = getattr(self._resp, "_fp", None)
+        if (not isinstance(body, http.client.HTTPResponse) or body.chunked or body.length is None
+                or body.fp is None):
+            data = self._resp.read1(len(view))
+            view[:len(data)] = data
+            return len(data)
+        # Straight from the socket's buffered reader into the caller's buffer (the pipeline's
+        # ring): urllib3's read1 makes a new bytes object per chunk, which was then copied here.
+        # The bookkeeping is http.client's own read1 (length left; the connection released at
+        # the end of the body or when it is cut); urllib3 neither decodes nor counts this body.
+        n = body.fp.readinto1(view[:body.length])
+        if n:
+            body.length -= n
+        if not n or not body.length:
+            body._close_conn()
+        return n
 
     def read(self, amt=None):
         return self._resp.read(amt)
