@@ -81,6 +81,40 @@ class _HeadersTooSlow(Exception):
     (a server that drips its headers would drip them again), and request() names the URL."""
 
 
+class HeadersCut(http.client.HTTPException):
+    """The connection ended inside a response's headers.  http.client takes that end for the
+    blank line that ends them, and a response without Content-Length for one whose body lasts
+    until the connection closes: a manifest read as empty.  An HTTPException, so urllib3 retries
+    it like any other cut connection."""
+
+
+class _LastLine:
+    """A response's file object, remembering the last line read from it."""
+
+    def __init__(self, fp):
+        self._fp, self.last = fp, None
+
+    def readline(self, *args):
+        self.last = self._fp.readline(*args)
+        return self.last
+
+    def __getattr__(self, name):
+        return getattr(self._fp, name)
+
+
+class _CheckedResponse(http.client.HTTPResponse):
+    def begin(self):
+        fp = self.fp = _LastLine(self.fp)
+        try:
+            super().begin()
+        finally:
+            if self.fp is fp:     # None once http.client closed it
+                self.fp = fp._fp
+        if fp.last is not None and not fp.last.endswith(b"\n"):
+            self.close()
+            raise HeadersCut("connection closed in the middle of the response's headers")
+
+
 def _raw_socket(sock):
     while sock is not None and not isinstance(sock, socket.socket):
         sock = getattr(sock, "socket", None)    # urllib3's SSLTransport (TLS inside a TLS proxy)
@@ -92,6 +126,8 @@ def _with_header_deadline(connection_cls, deadline):
     seconds, else shuts the socket down (which wakes the blocked read) and raises _HeadersTooSlow."""
 
     class DeadlineConnection(connection_cls):
+        response_class = _CheckedResponse
+
         def getresponse(self):
             sock, lock, state = _raw_socket(self.sock), threading.Lock(), []
             if sock is None:
@@ -597,6 +633,8 @@ def describe_error(e):
     if isinstance(e, http.client.IncompleteRead):
         got = e.partial if isinstance(e.partial, int) else len(e.partial)
         return f"connection closed after {got} bytes of the body"
+    if isinstance(e, HeadersCut):
+        return str(e)
     if isinstance(e, http.client.RemoteDisconnected):
         return "server closed the connection without a response"
     if isinstance(e, ConnectionResetError):
