@@ -384,7 +384,8 @@ class FaultProxy:
     Actions: status (code, retry_after), cut (after bytes of body, then close), stall (after bytes,
     sleep seconds, close), slow (chunk, delay), corrupt (offset), redirect (to base URL), hang (after
     bytes, then wait for release()), drip_headers (status line and ~19 KB of headers, chunk bytes
-    every delay, for at most seconds, then close).  ``served[path]`` counts body bytes sent; ``seen`` logs
+    every delay, for at most seconds, then close), cut_headers (the upstream's status line and
+    headers but Content-Length, then close before the blank line).  ``served[path]`` counts body bytes sent; ``seen`` logs
     (method, path, headers dict, status).
     """
 
@@ -504,6 +505,18 @@ class FaultProxy:
         finally:
             conn.close()
         self.seen.append((method, path, headers, resp.status))
+        if action == "cut_headers":
+            # the status line and the headers before Content-Length, then the connection closes
+            # where the blank line ending the headers would come
+            h.close_connection = True
+            head = f"HTTP/1.1 {resp.status} {resp.reason}\r\n" + "".join(
+                f"{k}: {v}\r\n" for k, v in resp.getheaders()
+                if k.lower() not in ("transfer-encoding", "connection", "content-length", "keep-alive"))
+            with contextlib.suppress(OSError):
+                h.wfile.write(head.encode("latin-1"))
+                h.wfile.flush()
+                h.connection.shutdown(socket.SHUT_RDWR)
+            return
         h.send_response(resp.status, resp.reason)
         for k, v in resp.getheaders():
             if k.lower() in ("transfer-encoding", "connection", "content-length", "keep-alive", "date", "server"):

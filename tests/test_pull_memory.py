@@ -78,3 +78,36 @@ def test_pull_then_unpack_peak_rss_stays_under_64_mib(big_image, registry_env, t
     peak = _peak_rss_kib(["--root", str(root), "unpack", big_image, str(dest)], tmp_path)
     assert (dest / "srv/data.bin").stat().st_size == 8 * MiB
     assert peak < LIMIT_KIB, f"lamina unpack REF: peak RSS {peak} KiB"
+
+
+def test_a_blob_arrives_in_the_readers_buffer_without_a_new_object_per_chunk(big_image, registry_env):  # noqa: F811
+    """The stream of a layer blob is read into the pipeline's ring straight from the socket;
+    urllib3's read1 made a new bytes object per chunk (up to 128 KiB, each copied once more),
+    per layer in flight.  The Python allocations while the whole blob arrives stay small."""
+    import hashlib
+    import tracemalloc
+
+    from lamina.reference import Reference
+    from lamina.registry import RegistryClient
+    from lamina.registry.blobstream import BlobStream
+
+    client = RegistryClient()
+    repo = client.repositories(Reference.parse(big_image), ("pull",))[0]
+    desc = repo.get_manifest("1").document["layers"][1]
+    buf, sha = bytearray(MiB), hashlib.sha256()
+    stream = BlobStream([repo], desc["digest"], desc["size"])
+    try:
+        n = stream.readinto(buf)   # the request and its response's headers: not the steady state
+        sha.update(memoryview(buf)[:n])
+        tracemalloc.start()
+        try:
+            while n := stream.readinto(buf):
+                sha.update(memoryview(buf)[:n])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    finally:
+        stream.close()
+        client.close()
+    assert "sha256:" + sha.hexdigest() == desc["digest"] and desc["size"] > 16 * MiB
+    assert peak < 32 << 10, f"{peak} bytes allocated at once while reading the blob"

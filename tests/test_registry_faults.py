@@ -166,6 +166,35 @@ def test_response_headers_dripped_byte_by_byte_hit_the_deadline(proxy, image, re
     assert not store.has_blob(image["big"]["digest"])
 
 
+@pytest.mark.parametrize("document,how", [("manifest", "pull"), ("manifest", "unpack"), ("config", "pull"),
+                                          ("big", "pull")])
+def test_a_connection_cut_in_the_middle_of_the_headers_is_retried(proxy, image, registry_env, document, how):  # noqa: F811
+    """http.client takes the end of the connection inside the headers for their end, and a body
+    without Content-Length for one that lasts until the connection closes: the manifest read as
+    empty ("invalid JSON", a failed pull).  A cut there is retried like any other cut."""
+    digest = {"manifest": image["manifest"], "config": image["config"]["digest"],
+              "big": image["big"]["digest"]}[document]
+    path = "/manifests/1" if document == "manifest" else f"/blobs/{digest}"
+    rule = proxy.add("cut_headers", method="GET", path=path, times=2)
+    store = Store(registry_env / "root")
+    if how == "pull":
+        pull(f"{proxy.host}/faults:1", store=store)
+        _check_pulled(store, f"{proxy.host}/faults:1", image)
+    else:
+        from lamina.registry.source import RegistrySource
+        with RegistrySource(f"{proxy.host}/faults:1") as source:
+            assert source.resolve().manifest_digest == image["manifest"]
+    assert rule.hits == 2 and len(proxy.requests_for(path, "GET")) == 3
+
+
+def test_headers_cut_on_every_connection_fail_by_name(proxy, image, registry_env):  # noqa: F811
+    proxy.add("cut_headers", method="GET", path="/manifests/1", times=None)
+    store = Store(registry_env / "root")
+    message = _failed_pull_or_resolve(proxy, store, "pull")
+    assert f"/v2/faults/manifests/1: connection closed in the middle of the response's headers" in message, message
+    assert "after 6 attempts" in message and "JSON" not in message
+
+
 def test_a_blob_dripped_slower_than_the_minimum_rate_resumes_on_a_new_connection(proxy, image, registry_env,  # noqa: F811
                                                                                      monkeypatch):
     """The small layer at 16 bytes per 0.1 s on its first GET: every read arrives inside the read

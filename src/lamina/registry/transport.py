@@ -41,13 +41,47 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-import urllib3
+
+def _defer_urllib3_http2():
+    """Let urllib3 import without running its http2 package's __init__, until something of it
+    other than a submodule is used.  urllib3.connection imports urllib3.http2.probe, and the
+    package's __init__ imports importlib.metadata (with zipfile, csv, pathlib, ...: ~5 ms of a
+    CLI start-up before the first request) only to check h2's version for HTTP/2, which lamina
+    never enables.  Anyone who does use urllib3.http2 gets the real package on first use."""
+    import importlib.util
+    import sys
+    if "urllib3" in sys.modules or "urllib3.http2" in sys.modules:
+        return
+    top = importlib.util.find_spec("urllib3")
+    if top is None or not top.submodule_search_locations:
+        return
+    path = os.path.join(top.submodule_search_locations[0], "http2")
+    spec = importlib.util.spec_from_file_location("urllib3.http2", os.path.join(path, "__init__.py"),
+                                                  submodule_search_locations=[path])
+    if spec is None or not os.path.exists(spec.origin):
+        return
+    package = importlib.util.module_from_spec(spec)
+
+    def load(name):
+        if name.startswith("__") or os.path.exists(os.path.join(path, name + ".py")):
+            raise AttributeError(name)    # a submodule: the import system imports it on its own
+        del package.__getattr__
+        spec.loader.exec_module(package)
+        return getattr(package, name)
+
+    package.__getattr__ = load
+    sys.modules["urllib3.http2"] = package
+
+
+_defer_urllib3_http2()
+
+import urllib3  # noqa: E402
 from urllib3.exceptions import (HTTPError as Urllib3Error, MaxRetryError, ProtocolError, ProxyError,
                                 ReadTimeoutError, SSLError as Urllib3SSLError)
-from urllib3.util.retry import Retry
+from urllib3.util.retry import Retry  # noqa: E402
 
 from .. import trace
-from ..errors import RegistryError
+from ..errors import RegistryError  # noqa: E402
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -81,6 +115,40 @@ class _HeadersTooSlow(Exception):
     (a server that drips its headers would drip them again), and request() names the URL."""
 
 
+class HeadersCut(http.client.HTTPException):
+    """The connection ended inside a response's headers.  http.client takes that end for the
+    blank line that ends them, and a response without Content-Length for one whose body lasts
+    until the connection closes: a manifest read as empty.  An HTTPException, so urllib3 retries
+    it like any other cut connection."""
+
+
+class _LastLine:
+    """A response's file object, remembering the last line read from it."""
+
+    def __init__(self, fp):
+        self._fp, self.last = fp, None
+
+    def readline(self, *args):
+        self.last = self._fp.readline(*args)
+        return self.last
+
+    def __getattr__(self, name):
+        return getattr(self._fp, name)
+
+
+class _CheckedResponse(http.client.HTTPResponse):
+    def begin(self):
+        fp = self.fp = _LastLine(self.fp)
+        try:
+            super().begin()
+        finally:
+            if self.fp is fp:     # None once http.client closed it
+                self.fp = fp._fp
+        if fp.last is not None and not fp.last.endswith(b"\n"):
+            self.close()
+            raise HeadersCut("connection closed in the middle of the response's headers")
+
+
 def _raw_socket(sock):
     while sock is not None and not isinstance(sock, socket.socket):
         sock = getattr(sock, "socket", None)    # urllib3's SSLTransport (TLS inside a TLS proxy)
@@ -92,6 +160,8 @@ def _with_header_deadline(connection_cls, deadline):
     seconds, else shuts the socket down (which wakes the blocked read) and raises _HeadersTooSlow."""
 
     class DeadlineConnection(connection_cls):
+        response_class = _CheckedResponse
+
         def getresponse(self):
             sock, lock, state = _raw_socket(self.sock), threading.Lock(), []
             if sock is None:
@@ -273,10 +343,25 @@ class Response:
 
     def readinto(self, buf):
         # What has arrived (at most len(buf)), not len(buf) bytes: a reader that downloads ahead
-        # of its consumer must not sit on received bytes while waiting for the rest of a chunk.
-        data = self._resp.read1(len(buf))
-        memoryview(buf)[:len(data)] = data
-        return len(data)
+        # of its consumer must not sit on received bytes while waiting for the rest of a chunk,
+        # and a server dripping bytes must not hold one read for ages (BlobStream's minimum rate).
+        view = memoryview(buf).cast("B")
+        body = getattr(self._resp, "_fp", None)
+        if (not isinstance(body, http.client.HTTPResponse) or body.chunked or body.length is None
+                or body.fp is None):
+            data = self._resp.read1(len(view))
+            view[:len(data)] = data
+            return len(data)
+        # Straight from the socket's buffered reader into the caller's buffer (the pipeline's
+        # ring): urllib3's read1 makes a new bytes object per chunk, which was then copied here.
+        # The bookkeeping is http.client's own read1 (length left; the connection released at
+        # the end of the body or when it is cut); urllib3 neither decodes nor counts this body.
+        n = body.fp.readinto1(view[:body.length])
+        if n:
+            body.length -= n
+        if not n or not body.length:
+            body._close_conn()
+        return n
 
     def read(self, amt=None):
         return self._resp.read(amt)
@@ -582,6 +667,8 @@ def describe_error(e):
     if isinstance(e, http.client.IncompleteRead):
         got = e.partial if isinstance(e.partial, int) else len(e.partial)
         return f"connection closed after {got} bytes of the body"
+    if isinstance(e, HeadersCut):
+        return str(e)
     if isinstance(e, http.client.RemoteDisconnected):
         return "server closed the connection without a response"
     if isinstance(e, ConnectionResetError):
