@@ -41,47 +41,13 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-
-def _defer_urllib3_http2():
-    """Let urllib3 import without running its http2 package's __init__, until something of it
-    other than a submodule is used.  urllib3.connection imports urllib3.http2.probe, and the
-    package's __init__ imports importlib.metadata (with zipfile, csv, pathlib, ...: ~5 ms of a
-    CLI start-up before the first request) only to check h2's version for HTTP/2, which lamina
-    never enables.  Anyone who does use urllib3.http2 gets the real package on first use."""
-    import importlib.util
-    import sys
-    if "urllib3" in sys.modules or "urllib3.http2" in sys.modules:
-        return
-    top = importlib.util.find_spec("urllib3")
-    if top is None or not top.submodule_search_locations:
-        return
-    path = os.path.join(top.submodule_search_locations[0], "http2")
-    spec = importlib.util.spec_from_file_location("urllib3.http2", os.path.join(path, "__init__.py"),
-                                                  submodule_search_locations=[path])
-    if spec is None or not os.path.exists(spec.origin):
-        return
-    package = importlib.util.module_from_spec(spec)
-
-    def load(name):
-        if name.startswith("__") or os.path.exists(os.path.join(path, name + ".py")):
-            raise AttributeError(name)    # a submodule: the import system imports it on its own
-        del package.__getattr__
-        spec.loader.exec_module(package)
-        return getattr(package, name)
-
-    package.__getattr__ = load
-    sys.modules["urllib3.http2"] = package
-
-
-_defer_urllib3_http2()
-
-import urllib3  # noqa: E402
+import urllib3
 from urllib3.exceptions import (HTTPError as Urllib3Error, MaxRetryError, ProtocolError, ProxyError,
                                 ReadTimeoutError, SSLError as Urllib3SSLError)
-from urllib3.util.retry import Retry  # noqa: E402
+from urllib3.util.retry import Retry
 
 from .. import trace
-from ..errors import RegistryError  # noqa: E402
+from ..errors import RegistryError
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
