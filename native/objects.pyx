@@ -285,6 +285,8 @@ def claim_objects(int hashed_fd, list holds, list objs, FanOut fanout):
 
 cdef extern from "<unistd.h>" nogil:
     int dup(int fd)
+    off_t lseek(int fd, off_t offset, int whence)
+    enum: SEEK_SET
 
 cdef inline void errno_reset() noexcept nogil:
     global errno
@@ -293,53 +295,132 @@ cdef inline void errno_reset() noexcept nogil:
 from syscalls cimport S_ISDIR, DIR, dirent, fdopendir, readdir, closedir, DT_DIR, DT_REG, DT_UNKNOWN
 
 
-def scan_dir(int dir_fd, dict held, object spilled, int hashed_fd, FanOut fanout, bint claim, bint fast):
-    """One directory of the dedup pass (lamina.store.objects._Pass.run): its listing, and the
-    common case done at once.
+DEF LISTING_HELD = 1 << 20   # bytes of a directory's listing kept in memory; past them, a temp file
+DEF BATCH = 4096             # entries a DirScan.batch() call takes
 
-    Returns (subdirectory names, [(name, inode, hold or None)] of the regular files left to the
-    general way, [(name, inode, hold, object, size)] of those new_objects() took).  ``held``
-    maps an inode number to the extractor's hashed/ name, and ``spilled(inode)`` (if not None)
-    the inodes past it (SpilledNames); a hold is (that name, its blake3):
-    made here, for this directory's files only, since ``held`` has every file of the layer); with ``fast``, files with a
-    hold that says "no xattrs" go through new_objects() (``claim`` as there); a hold that says
-    "already an object" (``-o``) is left to the caller like the general way.  Names are
-    decoded as os.scandir does (UTF-8, surrogateescape); nothing is followed.
+
+cdef class DirScan:
+    """One directory of the dedup pass (lamina.store.objects._Pass.run): its listing, taken whole
+    at once (the pass then renames into the directory, which a readdir stream must not see),
+    and the common case done batch by batch.
+
+    The listing is records (kind, inode, name) in a buffer that goes to an unlinked temp file in
+    ``spill_dir_fd`` past LISTING_HELD bytes, and ``batch()`` hands out BATCH of them at a time:
+    a directory of 300k files took 341 MiB as lists of names, inodes and holds (~1.1 KB a file),
+    and one of 400k subdirectories 27 MiB of names.
+
+    ``batch()`` returns None once the listing is done, else (subdirectory names, [(name, inode,
+    hold or None)] of the regular files left to the general way, [(name, inode, hold, object,
+    size)] of those new_objects() took).  ``held`` maps an inode number to the extractor's
+    hashed/ name, and ``spilled(inode)`` (if not None) the inodes past it (SpilledNames); a
+    hold is (that name, its blake3); with ``fast``, files with a hold that says "no xattrs" go
+    through new_objects() (``claim`` as there); a hold that says "already an object" (``-o``)
+    is left to the caller like the general way.  Names are decoded as os.scandir does (UTF-8,
+    surrogateescape); nothing is followed.
     """
-    cdef int fd = dup(dir_fd)
-    cdef DIR *d
-    cdef dirent *e
-    cdef stat st
-    cdef unsigned char kind
-    cdef list subdirs = [], slow = [], names = [], inos = [], holds = [], holdnames = []
-    if fd < 0:
-        raise OSError(errno, __import__("os").strerror(errno))
-    d = fdopendir(fd)
-    if d == NULL:
-        close(fd)
-        raise OSError(errno, __import__("os").strerror(errno))
-    try:
-        while True:
-            errno_reset()
-            e = readdir(d)
-            if e == NULL:
-                if errno:
-                    raise OSError(errno, __import__("os").strerror(errno))
-                break
-            if e.d_name[0] == 46 and (e.d_name[1] == 0 or (e.d_name[1] == 46 and e.d_name[2] == 0)):
-                continue  # "." and ".."
-            kind = e.d_type
-            if kind == DT_UNKNOWN:  # a filesystem that does not say: ask the inode
-                if fstatat(dir_fd, e.d_name, &st, AT_SYMLINK_NOFOLLOW) < 0:
+    cdef int dir_fd
+    cdef bytearray buf
+    cdef Py_ssize_t pos, held, per_batch
+    cdef object spill
+
+    def __init__(self, int dir_fd, int spill_dir_fd=-1, Py_ssize_t held=LISTING_HELD):
+        """``held``: bytes of listing in memory (tests make it tiny: every batch then reads the
+        temp file, and takes one entry)."""
+        self.dir_fd = dir_fd
+        self.buf = bytearray()
+        self.pos = 0
+        self.spill = None
+        self.held = max(1, held)
+        self.per_batch = min(BATCH, max(1, held >> 8))
+        self._list(spill_dir_fd)
+
+    def close(self):
+        if self.spill is not None:
+            self.spill.close()
+            self.spill = None
+        self.buf = bytearray()
+
+    cdef _list(self, int spill_dir_fd):
+        cdef int fd = dup(self.dir_fd)
+        cdef DIR *d
+        cdef dirent *e
+        cdef stat st
+        cdef unsigned char kind
+        if fd < 0:
+            raise OSError(errno, __import__("os").strerror(errno))
+        # from the start whatever an earlier stream of this fd read (dup shares the offset)
+        if lseek(fd, 0, SEEK_SET) < 0:
+            close(fd)
+            raise OSError(errno, __import__("os").strerror(errno))
+        d = fdopendir(fd)
+        if d == NULL:
+            close(fd)
+            raise OSError(errno, __import__("os").strerror(errno))
+        buf = self.buf
+        try:
+            while True:
+                errno_reset()
+                e = readdir(d)
+                if e == NULL:
+                    if errno:
+                        raise OSError(errno, __import__("os").strerror(errno))
+                    break
+                if e.d_name[0] == 46 and (e.d_name[1] == 0 or (e.d_name[1] == 46 and e.d_name[2] == 0)):
+                    continue  # "." and ".."
+                kind = e.d_type
+                if kind == DT_UNKNOWN:  # a filesystem that does not say: ask the inode
+                    if fstatat(self.dir_fd, e.d_name, &st, AT_SYMLINK_NOFOLLOW) < 0:
+                        continue
+                    kind = DT_DIR if S_ISDIR(st.st_mode) else DT_REG if S_ISREG(st.st_mode) else 0
+                if kind != DT_DIR and kind != DT_REG:
                     continue
-                kind = DT_DIR if S_ISDIR(st.st_mode) else DT_REG if S_ISREG(st.st_mode) else 0
-            if kind != DT_DIR and kind != DT_REG:
-                continue
-            name = (<bytes>e.d_name).decode("utf-8", "surrogateescape")
+                buf.append(kind)
+                buf += (<unsigned long long>e.d_ino).to_bytes(8, "little")
+                buf += <bytes>e.d_name
+                buf.append(0)
+                if len(buf) >= self.held:
+                    if self.spill is None:
+                        self.spill = _spill_file(spill_dir_fd)
+                    self.spill.write(buf)
+                    del buf[:]
+        finally:
+            closedir(d)
+        if self.spill is not None:
+            self.spill.write(buf)
+            self.spill.flush()
+            self.spill.seek(0)
+            del buf[:]
+
+    cdef bint _more(self):
+        """Records from pos on, refilled from the temp file when the buffer runs short."""
+        cdef bytes chunk
+        while self.buf.find(0, self.pos + 9) < 0:  # no whole record left
+            if self.spill is None:
+                return False
+            chunk = self.spill.read(self.held)
+            if not chunk:
+                return False
+            del self.buf[:self.pos]
+            self.pos = 0
+            self.buf += chunk
+        return True
+
+    def batch(self, dict held, object spilled, int hashed_fd, FanOut fanout, bint claim, bint fast):
+        cdef list subdirs = [], slow = [], names = [], inos = [], holds = [], holdnames = []
+        cdef Py_ssize_t end, taken = 0
+        cdef unsigned char kind
+        buf = self.buf
+        while taken < self.per_batch and self._more():
+            buf = self.buf
+            end = buf.index(0, self.pos + 9)
+            kind = buf[self.pos]
+            ino = int.from_bytes(buf[self.pos + 1:self.pos + 9], "little")
+            name = bytes(buf[self.pos + 9:end]).decode("utf-8", "surrogateescape")
+            self.pos = end + 1
+            taken += 1
             if kind == DT_DIR:
                 subdirs.append(name)
                 continue
-            ino = e.d_ino
             hold = held.get(ino)
             if hold is None and spilled is not None:
                 hold = spilled(ino)
@@ -352,17 +433,31 @@ def scan_dir(int dir_fd, dict held, object spilled, int hashed_fd, FanOut fanout
                 holdnames.append(hold[0])
             else:
                 slow.append((name, ino, hold))
-    finally:
-        closedir(d)
-    done = []
-    if names:
-        for name, ino, hold, result in zip(names, inos, holds,
-                                           new_objects(dir_fd, names, inos, hashed_fd, holdnames, fanout, claim)):
-            if result is None:
-                slow.append((name, ino, hold))
-            else:
-                done.append((name, ino, hold, result[0], result[1]))
-    return subdirs, slow, done
+        if not taken:
+            self.close()
+            return None
+        done = []
+        if names:
+            for name, ino, hold, result in zip(names, inos, holds,
+                                               new_objects(self.dir_fd, names, inos, hashed_fd, holdnames, fanout,
+                                                           claim)):
+                if result is None:
+                    slow.append((name, ino, hold))
+                else:
+                    done.append((name, ino, hold, result[0], result[1]))
+        return subdirs, slow, done
+
+
+def _spill_file(int dir_fd):
+    """An unlinked temp file beside the snapshot's tree (its filesystem, not the host's /tmp)."""
+    import os
+    import tempfile
+    if dir_fd >= 0:
+        try:
+            return os.fdopen(os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dir_fd), "w+b")
+        except OSError:
+            pass
+    return tempfile.TemporaryFile()
 
 
 # --- disk usage of a tree ----------------------------------------------------------------------

@@ -299,7 +299,7 @@ def test_native_new_objects_and_claim_report_each_file(tmp_path):
 
 
 def test_the_pass_lists_every_regular_file_whatever_its_name(tmp_path):
-    """The pass lists directories natively (scan_dir): dot files, names like '..x', a name that is
+    """The pass lists directories natively (DirScan): dot files, names like '..x', a name that is
     not UTF-8 and deep directories are shared and listed; symlinks, fifos and directories are not
     files; and the file list names each path as os.fsdecode would."""
     body = b"shared body" * 50

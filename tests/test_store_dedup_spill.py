@@ -1,6 +1,6 @@
 """The dedup pass's maps past their memory budget (issue 14: peak RSS <= 64 MiB whatever the
 layer size): the extractor's hashed/ names by inode and the objects planned for after the sync
-go to sorted runs of a temp file past ``LAMINA_NAMES_HELD`` entries.  A store made with the
+go to sorted runs of a temp file past ``LAMINA_PASS_NAMES_HELD`` entries.  A store made with the
 maps forced out of memory must be the very store made without: same objects, same links, same
 file lists, fsck clean."""
 from __future__ import annotations
@@ -65,9 +65,12 @@ def _store_state(root):
 def _store(tmp_path, layout, budget, monkeypatch):
     root = tmp_path / f"root-{budget}"
     if budget is None:
-        monkeypatch.delenv("LAMINA_NAMES_HELD", raising=False)
+        monkeypatch.delenv("LAMINA_PASS_NAMES_HELD", raising=False)
+        monkeypatch.delenv("LAMINA_PASS_LISTING_HELD", raising=False)
     else:
-        monkeypatch.setenv("LAMINA_NAMES_HELD", str(budget))
+        monkeypatch.setenv("LAMINA_PASS_NAMES_HELD", str(budget))
+        # a directory's listing in a temp file past 16 bytes a budget, batches of one entry
+        monkeypatch.setenv("LAMINA_PASS_LISTING_HELD", str(16 * budget))
     passes = []
     for ref in ("a", "many", "b"):
         # each upper layer waits for the commits below: which files the extractor links and which
@@ -95,7 +98,7 @@ def test_spilled_names_find_update_and_list_every_record(tmp_path, monkeypatch):
     """The map itself: lookups, removals and the listing agree with a dict at every budget."""
     from lamina.store.objects import SpilledNames, _inode, _inode_key
     for budget in (1, 2, 5, 33, 64, 1000):
-        monkeypatch.setenv("LAMINA_NAMES_HELD", str(budget))
+        monkeypatch.setenv("LAMINA_PASS_NAMES_HELD", str(budget))
         names = SpilledNames(tmp_path, _inode_key, _inode)
         ref = {}
         for i in range(0, 300, 1):
@@ -132,18 +135,21 @@ main(sys.argv[1:])
 """
 
 
-def test_the_pass_keeps_its_maps_within_their_budget(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dirs", [100, 1])
+def test_the_pass_keeps_its_maps_within_their_budget(tmp_path, monkeypatch, dirs):
     """The Python memory a copy's dedup pass allocates at its peak (tracemalloc), for a 41k-file
     layer, with a budget of 2048 names a map: ~8 MiB (the file list's run of keys, the claim's
     batches...); with the maps as dicts (~0.43 KB a file) it was ~18 MiB.  The store it makes is
-    still that of every file."""
+    still that of every file.  All 41k files in one directory: its listing goes to a temp file
+    and is done a batch at a time (held whole, as lists of names, inodes and holds, it took
+    ~1.1 KB a file: a directory of 300k files peaked at 341 MiB)."""
     import subprocess
     import sys
     from test_store_dedup import _many_files_tar
     from lamina.store.objects import read_file_list, snapshot_objects
-    monkeypatch.setenv("LAMINA_NAMES_HELD", "2048")
+    monkeypatch.setenv("LAMINA_PASS_NAMES_HELD", "2048")
     lay = ocibuild.Layout(tmp_path / "oci")
-    lay.image_of_tars([_many_files_tar(41000)], ref="1")
+    lay.image_of_tars([_many_files_tar(41000, dirs)], ref="1")
     root = tmp_path / "store"
     proc = subprocess.run([sys.executable, "-c", _TRACED_PASS, "--root", str(root), "copy", f"oci:{lay.root}:1",
                            "many:1"], capture_output=True, text=True)
