@@ -482,6 +482,14 @@ GO17_EDGES = [
     (b"../../..", "f-dotdot", "f-dotdot"),  # ../../../f-dotdot, kept inside the root
     (b"/abs/dir", "f-absolute", "abs/dir/f-absolute"),
     (b"p" * 155, "n" * 100, "p" * 155 + "/" + "n" * 100),  # no NUL in either field
+    (b"12\0abcdefghi", "f-text-after-nul", "f-text-after-nul"),  # cut at the NUL: 12
+    (b"1234 \0\0\0\0\0\0x", "f-space-before-nul", "1234 /f-space-before-nul"),  # trimmed, then cut: "1234 "
+    # an octal atime and a base-256 ctime: a prefix only when the ctime does not fit 64 bits
+    (b"00000000001\0" + b"\x80" + b"\0" * 10 + b"\x01", "f-ctime-base256", "f-ctime-base256"),
+    (b"00000000001\0" + b"\xff" * 12, "f-ctime-base256-negative", "f-ctime-base256-negative"),
+    (b"00000000001\0" + b"\x80\x7f" + b"\xff" * 10, "f-ctime-base256-overflow",
+     "00000000001/f-ctime-base256-overflow"),
+    (b"00000000002\0" + b"\xff\0" + b"\0" * 10, "f-ctime-base256-underflow", "00000000002/f-ctime-base256-underflow"),
 ]
 
 
@@ -500,3 +508,47 @@ def test_go17_prefix_edges_read_as_go_reads_them(g):
     assert tree is not None, f"refused on every path: {next(iter(results.values()))!r}"
     files = sorted(k for k, v in tree.entries.items() if v.type == "file")
     assert files == sorted([want for _, _, want in GO17_EDGES] + ["f-pax", "f-longname"])
+
+
+def _numberish(rng):
+    """12 bytes of an atime or ctime field, near the edges of what Go's parseNumeric takes."""
+    kind = rng.randrange(7)
+    if kind == 0:
+        return b""  # not set
+    if kind == 1:  # octal, with the paddings GNU tar, Go and others write, and spaces inside
+        digits = "".join(rng.choice("01234567") for _ in range(rng.randint(1, 11))).encode()
+        field = rng.choice([b"", b" ", b"\0"]) + digits + rng.choice([b"", b" ", b"\0", b" \0", b"\0 "])
+        if rng.random() < 0.3:
+            i = rng.randrange(len(field))
+            field = field[:i] + rng.choice([b" ", b"\0", b"8", b"x"]) + field[i + 1:]
+        return field[:12]
+    if kind == 2:
+        return bytes(rng.choice(b" \0") for _ in range(rng.randint(1, 12)))
+    if kind == 3:  # base-256, fitting or not
+        return bytes([rng.choice([0x80, 0xFF])] + [rng.choice([0, 0x7F, 0x80, 0xFF]) for _ in range(11)])
+    if kind == 4:  # text, ASCII or not
+        return bytes(rng.choice(b"abc./- 0\xc3\xa9") for _ in range(rng.randint(1, 12)))
+    if kind == 5:
+        return b"\0" + bytes(rng.choice(b"abc1") for _ in range(rng.randint(1, 11)))  # not set: text after
+    return b"../" * rng.randint(1, 4)
+
+
+def test_go17_prefix_heuristic_matches_umoci_on_generated_fields(g):
+    """Two hundred atime/ctime pairs near the edges of Go's parseNumeric (seeded, so a failure
+    repeats), one entry each, in one layer: lamina's tree on every path is umoci's."""
+    import random
+    rng = random.Random(1712)
+    t = Tar()
+    for n in range(200):
+        atime, ctime = _numberish(rng), _numberish(rng)
+        field = atime.ljust(12, b"\0") + ctime.ljust(12, b"\0")
+        if rng.random() < 0.3:  # the rest of the 155 bytes, that the prefix may run on into
+            field += bytes(rng.choice(b"de/\0") for _ in range(rng.randint(1, 131)))
+        t.file(f"zz-{n}", b"x", fmt="gnu", prefix=field)
+    raws = [t.bytes()]
+    results = run_paths(g.dest, raws)
+    results["umoci"] = umoci_tree(g.dest, raws)
+    tree = assert_agree(results, context="generated GNU atime/ctime fields")
+    assert tree is not None, f"refused on every path: {next(iter(results.values()))!r}"
+    files = [k for k, v in tree.entries.items() if v.type == "file"]
+    assert len(files) == 200 and sum("/" in f for f in files) > 20, sorted(files)  # prefixes were read
