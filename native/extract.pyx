@@ -103,31 +103,91 @@ cdef inline int64_t _pad(int64_t size):
     return (BLOCK - size % BLOCK) % BLOCK
 
 
+cdef bint _base256(const unsigned char *f, int n, int64_t *out):
+    """A GNU base-256 field (big-endian two's complement, the first byte's top bit set) into
+    ``out``; False if a significant byte would shift out of an int64 (a 0xFF among the leading
+    bytes of a positive number included), as for Go's parseNumeric: it never wraps."""
+    cdef int i
+    cdef uint64_t v = 0
+    cdef unsigned char c, inv = 0xFF if f[0] & 0x40 else 0
+    for i in range(n):
+        c = f[i] ^ inv
+        if i == 0:
+            c &= 0x7F
+        if v >> 56:
+            return False
+        v = (v << 8) | c
+    if v >> 63:
+        return False
+    out[0] = ~(<int64_t>v) if inv else <int64_t>v
+    return True
+
+
+cdef bint _go_reads_number(const unsigned char *f, int n):
+    """Whether Go's archive/tar parses the numeric field without error (strconv.go parseNumeric:
+    base-256, or octal once leading and trailing spaces and NULs are trimmed, cut at a NUL, and
+    then nothing but octal digits).  Stricter than _parse_number, which stops at a space as GNU
+    tar does: this is only a test of what Go takes for a number."""
+    cdef int64_t ignored
+    cdef int i = 0, end = n
+    if f[0] & 0x80:
+        return _base256(f, n, &ignored)
+    while i < end and (f[i] == c' ' or f[i] == 0):
+        i += 1
+    while end > i and (f[end - 1] == c' ' or f[end - 1] == 0):
+        end -= 1
+    while i < end and f[i] != 0:
+        if f[i] < c'0' or f[i] > c'7':
+            return False
+        i += 1
+    return True  # 12 octal digits at most: never out of a uint64's range
+
+
+cdef bytes _go17_prefix(const unsigned char *h):
+    """The name prefix Go's archive/tar (so docker, containerd, podman, umoci) reads in a GNU
+    header that Go <= 1.7's writer made: it put a ustar prefix where GNU keeps atime and ctime
+    (golang issues 12594, 21005).  Go takes the 155 bytes at 345 (to their first NUL) for a
+    prefix when the atime or the ctime field is set and is no number to it, and the prefix is
+    all ASCII; else there is none (b"").  GNU tar and bsdtar never read a prefix there: lamina
+    gives the tree the container runtimes give."""
+    cdef int i
+    if not ((h[345] and not _go_reads_number(h + 345, 12)) or
+            (h[357] and not _go_reads_number(h + 357, 12))):
+        return b""
+    for i in range(155):
+        if h[345 + i] == 0:
+            break
+        if h[345 + i] >= 0x80:
+            return b""
+    return _cstr(h + 345, 155)
+
+
+def header_prefix(bytes hdr not None):
+    """The prefix (b"" if none) the extractor puts before the name field of a 512-byte tar
+    header, ``prefix + b"/" + name``: a ustar prefix, or Go 1.7's in a GNU header.  For readers
+    of layers lamina already extracted (the compact store's sidecar), which must name the
+    entries as the extractor did."""
+    if len(hdr) != BLOCK:
+        raise ValueError("a tar header is 512 bytes")
+    cdef const unsigned char *h = hdr
+    if memcmp(h + 257, b"ustar\0", 6) == 0:
+        return _cstr(h + 345, 155)
+    if memcmp(h + 257, GNU_MAGIC, 8) == 0:
+        return _go17_prefix(h)
+    return b""
+
+
 cdef int64_t _parse_number(const unsigned char *f, int n, str field, object where) except? -1:
     """Octal or GNU base-256 numeric header field, read the way Go's archive/tar
     (strconv.go parseNumeric) and GNU tar read it, so that no value means one
     thing to lamina and another to the tools that scan the same layer."""
     cdef int i = 0
     cdef uint64_t v = 0
-    cdef unsigned char c, inv = 0
+    cdef int64_t b256
     if f[0] & 0x80:
-        # base-256: big-endian two's complement.  Any significant byte that
-        # would shift out of an int64 refuses the field (a 0xFF among the
-        # leading bytes of a positive number included), never wraps.
-        if f[0] & 0x40:
-            inv = 0xFF
-        for i in range(n):
-            c = f[i] ^ inv
-            if i == 0:
-                c &= 0x7F
-            if v >> 56:
-                raise _errors.InvalidArchiveError(f"{where}: {field} field does not fit 64 bits")
-            v = (v << 8) | c
-        if v >> 63:
+        if not _base256(f, n, &b256):
             raise _errors.InvalidArchiveError(f"{where}: {field} field does not fit 64 bits")
-        if inv:
-            return ~(<int64_t>v)
-        return <int64_t>v
+        return b256
     # octal: leading spaces/NULs skipped; the digits end at the first NUL
     # whatever follows it (GNU tar and Go; bsdtar too for the checksum) or
     # at the first space (GNU tar)
@@ -2367,6 +2427,10 @@ cdef class Extractor:
             raise _errors.InvalidArchiveError(
                 f"{where}: header whose magic {bytes(h[257:265])!r} is neither ustar's nor GNU tar's, "
                 "with a name prefix (tar readers disagree on the name)")
+        elif gnu:
+            prefix = _go17_prefix(h)
+            if prefix:
+                name = prefix + b"/" + name
         link = _cstr(h + 157, 100)
         mode = _parse_number(h + 100, 8, "mode", where)
         uid = _parse_number(h + 108, 8, "uid", where)

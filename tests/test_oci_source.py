@@ -3,6 +3,7 @@ import gzip
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 from collections import namedtuple
 
@@ -628,3 +629,43 @@ def test_sample_layout_is_valid_for_skopeo_and_umoci(tmp_path):
     assert out["Layers"] == [layer.digest for layer in oci.layers]
     shutil.copytree(SAMPLE, tmp_path / "img")
     run("umoci", "raw", "unpack", "--image", f"{tmp_path / 'img'}:latest", tmp_path / "rootfs")
+
+
+def _rewritten(path, fmt, prefix):
+    """The members of the tar at ``path`` (files and directories) again, each header in ``fmt``
+    with ``prefix`` in the 155 bytes at 345."""
+    from tarbuild import Tar
+    t = Tar()
+    with tarfile.open(path) as tar:
+        for m in tar:
+            if m.isfile():
+                t.file(m.name, tar.extractfile(m).read(), fmt=fmt, raw={"prefix": prefix})
+            elif m.isdir():
+                t.dir(m.name, fmt=fmt, raw={"prefix": prefix})
+    return t.bytes()
+
+
+@pytest.mark.parametrize("fmt,prefix,go_reads", [
+    ("gnu", b"14417000000\0" + b"14417000000\0", "the name"),  # GNU tar's atime and ctime
+    ("v7", b"junk", "the name"),  # padding to a v7 header
+    ("gnu", b"go17", "go17/ + the name"),  # Go 1.7's writer's prefix
+])
+def test_docker_archive_members_are_named_as_go_names_them(tmp_path, fmt, prefix, go_reads):
+    """tarfile read the 155 bytes at 345 as a ustar prefix in any header: lamina looked for
+    '14417000000/manifest.json' where skopeo (and docker load, both Go's archive/tar) read
+    'manifest.json'.  Now each finds the image exactly when skopeo does."""
+    require_tool("skopeo")
+    plain = tmp_path / "save.tar"
+    info = ob.legacy_docker_save(plain, [{"a": b"1"}])
+    path = tmp_path / "rewritten.tar"
+    path.write_bytes(_rewritten(plain, fmt, prefix))
+    skopeo = subprocess.run(["skopeo", "inspect", "--raw", f"docker-archive:{path}"], capture_output=True)
+    if go_reads == "the name":
+        assert skopeo.returncode == 0, skopeo.stderr
+        img = resolve(f"docker-archive:{path}")
+        assert img.config_digest == info["config_digest"] and img.diff_ids == info["diff_ids"]
+        assert ob.sha256(read_layer(img.layers[0])) == info["diff_ids"][0]
+    else:  # every member under go17/: no manifest.json at the top for either
+        assert skopeo.returncode != 0
+        with pytest.raises(ImageError, match="manifest.json"):
+            resolve(f"docker-archive:{path}")

@@ -18,6 +18,7 @@ import threading
 import zlib
 
 from .. import digest as _digest
+from .._extract import header_prefix
 from ..errors import BlobNotFoundError, DigestMismatchError, ImageError
 from ..limits import DEFAULT_LIMITS
 
@@ -295,6 +296,19 @@ class _BoundedTarInfo(tarfile.TarInfo):
     extension blocks, PAX 1.0 maps) is not read at all: no member lamina reads is sparse."""
 
     MAX_RUN = 32   # extended headers for one member (tarfile recurses once per header)
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):
+        # tarfile puts the 155 bytes at 345 before the name whatever the magic: GNU tar's atime
+        # and ctime ('00000001234/manifest.json'), a v7 header's padding.  docker load and skopeo
+        # read the archive with Go's archive/tar, as the extractor reads layers: its prefix.
+        obj = super().frombuf(buf, encoding, errors)
+        name = tarfile.nts(buf[0:100], encoding, errors)
+        if obj.isdir():
+            name = name.rstrip("/")
+        prefix = header_prefix(buf)
+        obj.name = tarfile.nts(prefix, encoding, errors) + "/" + name if prefix else name
+        return obj
 
     def _proc_member(self, tar):
         if self.type in _EXTENDED_TYPES and self.size > DEFAULT_LIMITS.max_header:

@@ -34,6 +34,7 @@ import os
 import stat
 import struct
 
+from .._extract import header_prefix
 from ..compression import read_exact as _read_exact
 from ..errors import StoreError
 from ..quoting import quote_name
@@ -230,8 +231,9 @@ def build(tar_stream, fs_dir, out_path, diff_id, what):
                 name = fields.get("path") or longname
                 if name is None:
                     name = hdr[0:100].split(b"\0", 1)[0]
-                    if hdr[257:263] == b"ustar\0" and hdr[345:500].strip(b"\0"):
-                        name = hdr[345:500].split(b"\0", 1)[0] + b"/" + name
+                    prefix = header_prefix(hdr)  # the extractor's reading, so the payload is found
+                    if prefix:
+                        name = prefix + b"/" + name
                 if typ in _HEADER_ONLY_TYPES or (typ in _FILE_TYPES and name.endswith(b"/")):
                     size = 0  # no payload whatever the size says (Go's archive/tar; a "file/" is a dir)
                 sparse = typ == b"S" or any(k.startswith("GNU.sparse") for k in fields)
