@@ -223,8 +223,8 @@ EXPECT = {
     "busybox/tar.tests:attack.tar.bz2": BSD,
     "busybox/tar.tests:hello_world.txz": refused("CompressionError", "xz-compressed"),
     # a symlink 'symlink' -> /tmp, then 'symlink/bb_test_evilfile': both references fail that entry
-    "busybox/tar.tests:tar_symlink_attack.tar.bz2": refused("ExtractError",
-                                                            "entry 'symlink/bb_test_evilfile': a component"),
+    "busybox/tar.tests:tar_symlink_attack.tar.bz2": refused(
+        "ExtractError", "entry 'symlink/bb_test_evilfile': 'symlink' goes through a dangling symlink"),
     "busybox/tar.utf8.tar.bz2": GNU,  # bsdtar cannot convert the UTF-8 names of the PAX records to this locale
     "busybox/tar/tar_with_link_with_size:tar1_bz2": REFS,  # a symlink whose size field is not 0
     "busybox/tar/tar_with_prefix_fields:tar1_bz2": REFS,
@@ -354,7 +354,7 @@ def _crafted():
                                       own("etc", "etc/f", "s")),
         "under-a-symlink-up-and-out": (Tar().symlink("s", "../../..").file("s/f", b"x").bytes(), own("s", "f")),
         "under-a-symlink-to-nothing": (Tar().symlink("s", "nowhere").file("s/f", b"x").bytes(),
-                                       refused("ExtractError", "entry 's/f': a component of 's' is not a directory")),
+                                       refused("ExtractError", "entry 's/f': 's' goes through a dangling symlink")),
         "under-a-symlink-to-a-file": (Tar().file("t", b"1").symlink("s", "t").file("s/f", b"x").bytes(),
                                       refused("ExtractError", "entry 's/f': a component of 's' is not a directory")),
         "under-a-symlink-loop": (Tar().symlink("s", "s").file("s/f", b"x").bytes(),
@@ -368,7 +368,7 @@ def _crafted():
         # the data of a directory named by its trailing slash is read as a header (node-tar's
         # trailing-slash-corner-case.tar has none): GNU tar skips it (exit 2), bsdtar silently
         "pax-path-slash-with-data": (Tar().pax({"path": "d/"}).file("f", b"zz").file("g", b"y").bytes(),
-                                     refused("InvalidArchiveError", "header after entry 'd/': bad header checksum")),
+                                     refused("InvalidArchiveError", "entry 'd/': a file named as a directory")),
         "pax-path-slash-no-data": (Tar().pax({"path": "d/"}).file("f", b"").file("d/g", b"y").bytes(), REFS),
         "prefix-and-empty-name": (Tar().entry("", b"", type=b"5", mode=0o755, prefix="a/b").file("a/b/f", b"x")
                                   .bytes(), REFS),
