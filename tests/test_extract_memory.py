@@ -60,15 +60,18 @@ def test_a_file_costs_its_name_not_its_path(tmp_path):
 
 # a child extracting tars (mode: dir, overlay, flat: the dir format, all in one tree): the growth
 # of its peak RSS
-CHILD = r'''
-import json, os, sys
-from lamina._extract import Extractor
-
+# what the children below read their memory with: /proc/self/status, in bytes
+VM = r'''
 def vm(key):
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
+'''
+
+CHILD = VM + r'''
+import json, os, sys
+from lamina._extract import Extractor
 
 mode, scratch, tars = sys.argv[1], sys.argv[2], sys.argv[3:]
 buf = bytearray(1 << 20)
@@ -102,15 +105,9 @@ def test_peak_rss_of_a_100k_file_layer(tmp_path):
     assert got["growth"] < 14 << 20, f"peak RSS grew {got['growth'] / 2**20:.1f} MiB over 100k entries"
 
 
-REMOVE = r'''
+REMOVE = VM + r'''
 import json, os, sys
 from lamina.tree import remove_tree
-
-def vm(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
 
 top = os.path.join(sys.argv[1], "hashed")
 os.mkdir(top)
