@@ -17,6 +17,8 @@ from blake3_c cimport *
 cdef extern from "<unistd.h>" nogil:
     ssize_t pread(int fd, void *buf, size_t count, off_t offset)
 
+from posix.resource cimport getrlimit, rlimit, RLIMIT_NOFILE
+
 DEF BUFSIZE = 1 << 20
 
 BLAKE3_VERSION = blake3_version().decode()
@@ -109,25 +111,41 @@ cdef inline int _hex_nibble(char c) noexcept nogil:
 
 
 cdef class FanOut:
-    """fds of objects/blake3/<2 hex>/, opened (and made) on first use, for new_objects() and claim_objects()."""
+    """fds of objects/blake3/<2 hex>/, opened (and made) on first use, for new_objects() and
+    claim_objects().  At most ``cap`` stay open (all closed when one more is needed): 256 where
+    the fd limit is 16k or more, else a 64th of it, so that passes running beside extractions
+    under a limit of 1,024 cannot run the process out of fds.  An fd from fd_of()/get() is
+    good until the next call."""
     cdef int root
     cdef int fds[256]
+    cdef int cap, held
 
-    def __cinit__(self, int blake3_dir_fd):
+    def __cinit__(self, int blake3_dir_fd, int cap=-1):
         cdef int i
+        cdef rlimit lim
         self.root = blake3_dir_fd
         for i in range(256):
             self.fds[i] = -1
+        self.held = 0
+        if cap < 0:
+            cap = 256
+            if getrlimit(RLIMIT_NOFILE, &lim) == 0 and lim.rlim_cur < 16384:
+                cap = <int>(lim.rlim_cur // 64)
+        self.cap = min(256, max(1, cap))
 
     def __dealloc__(self):
         self.close()
 
     def close(self):
+        self._close_all()
+
+    cdef void _close_all(self) noexcept nogil:
         cdef int i
         for i in range(256):
             if self.fds[i] >= 0:
                 close(self.fds[i])
                 self.fds[i] = -1
+        self.held = 0
 
     def get(self, name):
         """The fd of the fan-out directory of object ``name``."""
@@ -150,7 +168,11 @@ cdef class FanOut:
             name[0], name[1], name[2] = hex2[0], hex2[1], 0
             if mkdirat(self.root, name, 0o700) < 0 and errno != EEXIST:
                 return -1
+            if self.held >= self.cap:
+                self._close_all()
             self.fds[i] = openat(self.root, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if self.fds[i] >= 0:
+                self.held += 1
         return self.fds[i]
 
 

@@ -196,3 +196,21 @@ def test_a_layer_of_more_sibling_directories_than_open_files_goes_through_the_st
         assert (tree / "usr/lib/pkg-0399/mod.py").read_bytes() == b"body 399\n"
         assert (tree / "usr/lib/pkg-0007/mod.py").read_bytes() == b"changed\n"
     lamina("fsck")
+
+
+def test_the_objects_fan_out_fds_stay_within_a_low_fd_limit(tmp_path):
+    """A pass kept an fd open for each objects/blake3/<2 hex>/ it used, up to 256, whatever the
+    process's limit: under a limit of 128 a copy of 1,500 distinct files (~255 fan-out
+    directories) failed "Too many open files".  The cache holds a 64th of the limit below 16k."""
+    import subprocess
+    import sys
+    lay = ocibuild.Layout(tmp_path / "lay")
+    m = lay.image([{f"usr/lib/pkg-{i % 10}/mod-{i:04d}.py": b"body %d\n" % i for i in range(1500)}], compress=False)
+    lay.add(m, "1")
+    root = tmp_path / "store"
+    for args in (("copy", f"oci:{lay.root}:1", "fan:1"), ("fsck",)):
+        p = subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), *args], capture_output=True,
+                           text=True, timeout=300, preexec_fn=_limited_fds(128))
+        assert p.returncode == 0, (args, p.stderr)
+    assert len(os.listdir(root / "objects" / "blake3")) > 128  # more fan-out dirs than fds to hold them
+
