@@ -440,11 +440,12 @@ class _Keys:
 
 class _Run:
     """A sorted run of SpilledNames records in a temp file of its own (a merge frees it)."""
-    __slots__ = ("file", "keys", "offsets", "count", "removed", "bits", "nbits")
+    __slots__ = ("file", "keys", "offsets", "count", "removed", "bits", "nbits", "level")
 
     def __init__(self, file, keys, offsets, count, bits):
         self.file, self.keys, self.offsets, self.count = file, keys, offsets, count
         self.removed = 0
+        self.level = 0  # how many merges its records went through
         # a one-hash filter of 16 bits a key (~6% false hits): most lookups of new objects miss
         # every run, and a hit is in one run; the filter saves the other block reads
         self.bits, self.nbits = bits, len(bits) * 8
@@ -461,10 +462,11 @@ class SpilledNames:
     A run is a NUL, then per record ``<key>\\0+<name>\\0``; a removal overwrites the ``+`` with
     ``-``.  Keys are lowercase hex (``encode``: for inode numbers fixed-width, so that text order
     is number order) and a name follows a ``+`` or ``-``, so ``\\0<key>\\0`` only matches a key.
-    A lookup reads one block of each run whose filter may hold the key; past ``RUNS`` runs they
-    are merged into one (rarely: a run holds ``budget`` entries, or the merge of all before)."""
+    A lookup reads one block of each run whose filter may hold the key; ``RUNS`` runs of one
+    level are merged into one of the next (tiers, as in an LSM tree), so a big map has a few
+    runs a level and each record is rewritten a few times."""
 
-    BUDGET = 1 << 15
+    BUDGET = 1 << 13
     BLOCK = 16
     RUNS = 8
 
@@ -499,11 +501,16 @@ class SpilledNames:
         self.runs.append(self._write(records, len(keys)))
         self.front = {}
         del keys
-        if len(self.runs) > self.RUNS:
-            runs = self.runs
-            self.runs = [self._write(heapq.merge(*map(self._records, runs)), sum(r.count - r.removed for r in runs))]
+        self.runs[-1].level = 0
+        # tiered: RUNS runs of one level merge into one of the next, so a record is rewritten
+        # log_RUNS(entries / budget) times, not once every RUNS spills
+        while len(self.runs) >= self.RUNS and len({r.level for r in self.runs[-self.RUNS:]}) == 1:
+            runs, level = self.runs[-self.RUNS:], self.runs[-1].level
+            merged = self._write(heapq.merge(*map(self._records, runs)), sum(r.count - r.removed for r in runs))
+            merged.level = level + 1
             for run in runs:
                 run.file.close()
+            self.runs[-self.RUNS:] = [merged]
         self.found = {}
 
     def _write(self, records, most):
