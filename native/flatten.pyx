@@ -379,7 +379,7 @@ cdef class Flattener:
     cdef size_t rel_cap
     cdef Link *links
     cdef size_t nlinks, links_cap
-    cdef char ***singles              # per layer: sorted paths of files that share an inode by file dedup
+    cdef uint64_t **singles           # per layer: sorted inode numbers of the store objects its files share
     cdef size_t *nsingles
     cdef pthread_t threads[MAX_WORKERS]
     cdef int nthreads
@@ -405,8 +405,8 @@ cdef class Flattener:
 
     def __init__(self, layer_dirs, dest, *, bint link=False, int workers=0, singles=None, cancelled=None):
         """``layer_dirs``: the snapshots' fs dirs, bottom first.  ``singles``: per
-        layer, the paths of its files that share their inode with other files
-        through the store's dedup (never grouped as hardlinks).  ``cancelled``: an Event that
+        layer, the inode numbers (any order) of the store objects its files share
+        through the store's dedup (names on them are never grouped as hardlinks).  ``cancelled``: an Event that
         stops the walk (Ctrl-C)."""
         cdef int i, fd
         cdef size_t j
@@ -420,7 +420,7 @@ cdef class Flattener:
         self.cancelled = cancelled
         self.nlayers = len(layer_dirs)
         self.layer_fds = <int *>calloc(max(self.nlayers, 1), sizeof(int))
-        self.singles = <char ***>calloc(max(self.nlayers, 1), sizeof(char **))
+        self.singles = <uint64_t **>calloc(max(self.nlayers, 1), sizeof(uint64_t *))
         self.nsingles = <size_t *>calloc(max(self.nlayers, 1), sizeof(size_t))
         for i in range(self.nlayers):
             self.layer_fds[i] = -1
@@ -429,12 +429,15 @@ cdef class Flattener:
             if fd < 0:
                 raise FlattenError(os.fsdecode(d), "open snapshot", errno)
             self.layer_fds[i] = fd
-            names = sorted(os.fsencode(p) for p in singles[i]) if singles is not None and singles[i] else ()
-            if names:
-                self.singles[i] = <char **>calloc(len(names), sizeof(char *))
-                for j in range(len(names)):
-                    self.singles[i][j] = _dup_str(names[j])
-                self.nsingles[i] = len(names)
+            if singles is not None and singles[i] is not None and len(singles[i]):
+                inodes = singles[i]
+                self.singles[i] = <uint64_t *>malloc(len(inodes) * sizeof(uint64_t))
+                if self.singles[i] == NULL:
+                    raise MemoryError()
+                for j in range(<size_t>len(inodes)):
+                    self.singles[i][j] = inodes[j]
+                self.nsingles[i] = len(inodes)
+                qsort(self.singles[i], self.nsingles[i], sizeof(uint64_t), _cmp_u64)
         self.dest_fd = openat(AT_FDCWD, os.fsencode(dest), DIR_FLAGS)
         if self.dest_fd < 0:
             raise FlattenError(os.fsdecode(dest), "open destination", errno)
@@ -455,10 +458,7 @@ cdef class Flattener:
             for i in range(self.nlayers):
                 if self.layer_fds[i] >= 0:
                     close(self.layer_fds[i])
-                if self.singles[i] != NULL:
-                    for j in range(self.nsingles[i]):
-                        free(self.singles[i][j])
-                    free(self.singles[i])
+                free(self.singles[i])
         free(self.layer_fds)
         free(self.singles)
         free(self.nsingles)
@@ -561,28 +561,18 @@ cdef class Flattener:
 
     # -- hardlink groups --
 
-    cdef bint _single(self, int layer, const char *name) noexcept nogil:
-        """Is ``rel/name`` a file of ``layer`` that shares its inode only through file dedup?"""
+    cdef bint _single(self, int layer, uint64_t ino) noexcept nogil:
+        """Is inode ``ino`` of ``layer`` a store object (shared only through file dedup)?"""
         cdef size_t lo = 0, hi = self.nsingles[layer], mid
-        cdef char **a = self.singles[layer]
-        cdef char *path
-        cdef int c
-        if hi == 0:
-            return False
-        path = self._path_of(name)
-        if path == NULL:
-            return False
+        cdef uint64_t *a = self.singles[layer]
         while lo < hi:
             mid = (lo + hi) // 2
-            c = strcmp(a[mid], path)
-            if c < 0:
+            if a[mid] < ino:
                 lo = mid + 1
-            elif c > 0:
+            elif a[mid] > ino:
                 hi = mid
             else:
-                free(path)
                 return True
-        free(path)
         return False
 
     cdef Link *_find_link(self, dev_t dev, unsigned long ino) noexcept nogil:
@@ -622,7 +612,7 @@ cdef class Flattener:
         """1 if ``name`` was made as one more name of an inode made earlier (a
         hardlink of the image), 0 if it is the first (remembered), -1 on error."""
         cdef Link *l
-        if st.st_nlink <= 1 or S_ISDIR(st.st_mode) or self._single(layer, name):
+        if st.st_nlink <= 1 or S_ISDIR(st.st_mode) or self._single(layer, st.st_ino):
             return 0
         l = self._find_link(st.st_dev, st.st_ino)
         if l == NULL or l.path == NULL:

@@ -92,8 +92,8 @@ def flatten(layer_dirs, dest, *, link=False, workers=None) -> FlattenStats:
             check_link(layer_dirs, dest)
         # files sharing an inode only through file dedup are never grouped as hardlinks
         # (a --link unpack hands out the store's inodes anyway)
-        from .objects import singletons
-        singles = None if link else [singletons(os.path.dirname(d)) for d in layer_dirs]
+        from .objects import object_inodes
+        singles = None if link else [object_inodes(os.path.dirname(d)) for d in layer_dirs]
         walker = Flattener(layer_dirs, dest, link=link, workers=workers, singles=singles, cancelled=cancelled)
         walker.run()
     except FlattenError as e:

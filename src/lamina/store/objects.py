@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import array
 import bisect
+import codecs
 import collections
 import errno
 import fcntl
@@ -359,31 +360,105 @@ def _object_name(key):
 
 def _object_keys(snapshot_dir):
     """snapshot_objects() as 40-byte keys (blake3, metadata key), without making names of them."""
+    return set(iter_object_keys(snapshot_dir))
+
+
+def iter_object_keys(snapshot_dir):
+    """The 40-byte keys of the objects a deduplicated snapshot uses, streamed from its objects
+    list (from its file list if it has none or it is damaged): the whole list as a set took
+    ~75 B an object, and ``system df`` reads every snapshot's."""
+    path = os.path.join(snapshot_dir, OBJECTS_LIST)
+    if _objects_list_size(path) is None:
+        for e in iter_file_list(snapshot_dir) or ():
+            if e.object is not None:
+                yield bytes.fromhex(e.object[:64] + e.object[65:])
+        return
+    for buf in _lz4_read(path):
+        for i in range(0, len(buf), _OBJECT_BYTES):
+            yield buf[i:i + _OBJECT_BYTES]
+
+
+_READ = 4096 * _OBJECT_BYTES   # what a streamed list is read in (a multiple of a key)
+
+
+def _lz4_read(path):
+    """The decompressed bytes of an lz4 frame file, in pieces of at most _READ bytes."""
     import lz4.frame
+    with lz4.frame.open(path, "rb") as f:
+        while True:
+            buf = f.read(_READ)
+            if not buf:
+                return
+            yield buf
+
+
+def _objects_list_size(path):
+    """The decompressed size of an objects list (read through once, not kept), None if it is
+    missing or damaged (an older lamina wrote none; the file list then says the same)."""
+    size = 0
     try:
-        with open(os.path.join(snapshot_dir, OBJECTS_LIST), "rb") as f:
-            data = lz4.frame.decompress(f.read())
-    except (FileNotFoundError, RuntimeError):
-        data = None  # written by an older lamina, or damaged: the file list says the same
-    if data is not None and len(data) % _OBJECT_BYTES == 0:
-        return {data[i:i + _OBJECT_BYTES] for i in range(0, len(data), _OBJECT_BYTES)}
-    return {bytes.fromhex(e.object[:64] + e.object[65:]) for e in read_file_list(snapshot_dir) or ()
-            if e.object is not None}
+        for buf in _lz4_read(path):
+            size += len(buf)
+    except (FileNotFoundError, RuntimeError, EOFError, ValueError):
+        return None
+    return size if size % _OBJECT_BYTES == 0 else None
 
 
 def read_file_list(snapshot_dir):
-    """[FileEntry] of a deduplicated snapshot, None if it has no list (not deduplicated yet)."""
-    import lz4.frame
+    """[FileEntry] of a deduplicated snapshot, None if it has no list (not deduplicated yet).
+    A list in memory (~1 KB a file): iter_file_list() for a walk over a big snapshot."""
+    rows = iter_file_list(snapshot_dir)
+    return None if rows is None else list(rows)
+
+
+def iter_file_list(snapshot_dir):
+    """read_file_list() as an iterator, parsed as it is decompressed (bounded memory), None if
+    there is no list.  A damaged list raises StoreError when the iteration reaches the damage."""
     path = os.path.join(snapshot_dir, FILES_LIST)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
+    if not os.path.exists(path):
         return None
+    return _file_rows(path)
+
+
+def _file_rows(path):
+    # The document is {"version": 1, "files": [[path, blake3, size, object], ...]}: written in
+    # pieces by write_file_list (json.dumps' separators), read here one row at a time.
+    decoder = json.JSONDecoder()
+    space = " \t\r\n"
+    text = ""
+    pos = 0
+    state = "head"
+    pieces = _lz4_read(path)
+    decode = codecs.getincrementaldecoder("utf-8")("surrogateescape")
     try:
-        doc = json.loads(lz4.frame.decompress(raw))
-        return [FileEntry(p, b, int(s), o) for p, b, s, o in doc["files"]]
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        while True:
+            if state == "head":
+                i = text.find("[", text.find('"files"') + 1) if '"files"' in text else -1
+                if i >= 0:
+                    pos = i + 1
+                    state = "row"
+                    continue
+            else:
+                while pos < len(text) and text[pos] in space + ",":
+                    pos += 1
+                if pos < len(text) and text[pos] == "]":
+                    return
+                if pos < len(text):
+                    try:
+                        row, end = decoder.raw_decode(text, pos)
+                    except ValueError:
+                        row = None  # an incomplete row at the end of what was read so far
+                    if row is not None and end < len(text):
+                        p, b, sz, o = row
+                        yield FileEntry(p, b, int(sz), o)
+                        pos = end
+                        continue
+            buf = next(pieces, None)
+            if buf is None:
+                raise ValueError("the document ends early")
+            text = text[pos:] + decode.decode(buf)
+            pos = 0
+    except (RuntimeError, ValueError, KeyError, TypeError, EOFError) as e:
         raise StoreError(f"{path}: unreadable file list ({e}); run lamina fsck --repair") from None
 
 
@@ -1218,6 +1293,31 @@ def singletons(snapshot_dir):
     inode still finds exactly the layer's hardlinks.  Empty for a snapshot not deduplicated.
     """
     return frozenset(e.path for e in read_file_list(snapshot_dir) or () if e.object is not None)
+
+
+def object_inodes(snapshot_dir):
+    """The inode numbers of the objects a snapshot's files share, in no order (an array of 'Q').
+
+    What the flattener needs of singletons(): a name of the snapshot on an object's inode shares
+    it through file dedup (the pass links only names alone on their inode to an object), any
+    other inode is the layer's own.  8 bytes an object, where the set of paths took ~1 KB a
+    file (300k files in a snapshot: 250 MiB for a flatten copy)."""
+    root = os.path.join(os.path.dirname(os.path.dirname(os.fspath(snapshot_dir))), "objects", "blake3")
+    inodes = array.array("Q")
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return inodes
+    try:
+        for key in iter_object_keys(snapshot_dir):
+            name = _object_name(key)
+            try:
+                inodes.append(os.stat(f"{name[:2]}/{name}", dir_fd=fd, follow_symlinks=False).st_ino)
+            except FileNotFoundError:
+                continue  # gone (gc of an unused object, fsck --repair): no name of ours is on it
+    finally:
+        os.close(fd)
+    return inodes
 
 
 # --- objects: listing, gc, fsck, usage ------------------------------------------------------------
