@@ -122,6 +122,37 @@ def test_chunked_upload_resumes(reg, proxy, tmp_path, registry_env):  # noqa: F8
         assert "sha256:" + hashlib.sha256(f.read()).hexdigest() == big["digest"]
 
 
+PUSH_CHILD = r'''
+import json, sys
+from lamina.registry import push
+from lamina.store import Store
+
+store = Store(sys.argv[1])
+push(sys.argv[2], store=store)   # the modules and the connection, before the baseline
+base = vm("VmHWM:")
+push(sys.argv[3], store=store, chunk_size=int(sys.argv[4]))
+print(json.dumps({"growth": vm("VmHWM:") - base}))
+'''
+
+
+def test_peak_rss_of_a_chunked_push(reg, tmp_path, registry_env):  # noqa: F811
+    """Each PATCH chunk is read from the blob as it is sent, not whole (issue 14): an 8 MiB
+    chunk read whole grew the peak RSS by ~16 MiB (the chunk and a copy of it)."""
+    import sys
+    from conftest import run
+    from test_extract_memory import VM
+    small, sm = _image(tmp_path / "small")
+    lay, m = _image(tmp_path, big=24 << 20)
+    store = Store(registry_env / "root")
+    load_layout_into_store(store, small.root, sm, f"{reg.host}/warm:1")
+    load_layout_into_store(store, lay.root, m, f"{reg.host}/bigchunks:1")
+    out = run(sys.executable, "-c", VM + PUSH_CHILD, registry_env / "root", f"{reg.host}/warm:1",
+              f"{reg.host}/bigchunks:1", str(8 << 20))
+    growth = json.loads(out.stdout)["growth"]
+    assert growth < 4 << 20, f"peak RSS grew {growth / 2**20:.1f} MiB pushing 8 MiB chunks"
+    assert skopeo_inspect(reg.host, "bigchunks:1")["Digest"] == m["digest"]
+
+
 @pytest.mark.parametrize("repo, upload_range", [("badrange-long", "0-" + "9" * 5000), ("badrange-nan", "0-abc")])
 def test_a_malformed_upload_range_starts_the_upload_again(reg, proxy, tmp_path, registry_env, repo,  # noqa: F811
                                                           upload_range):
