@@ -327,7 +327,7 @@ cdef class DirScan:
     and the common case done batch by batch.
 
     The listing is records (kind, inode, name) in a buffer that goes to an unlinked temp file in
-    ``spill_dir_fd`` past LISTING_HELD bytes, and ``batch()`` hands out BATCH of them at a time:
+    ``spill_dir`` past LISTING_HELD bytes, and ``batch()`` hands out BATCH of them at a time:
     a directory of 300k files took 341 MiB as lists of names, inodes and holds (~1.1 KB a file),
     and one of 400k subdirectories 27 MiB of names.
 
@@ -345,7 +345,7 @@ cdef class DirScan:
     cdef Py_ssize_t pos, held, per_batch
     cdef object spill
 
-    def __init__(self, int dir_fd, int spill_dir_fd=-1, Py_ssize_t held=LISTING_HELD):
+    def __init__(self, int dir_fd, spill_dir=None, Py_ssize_t held=LISTING_HELD):
         """``held``: bytes of listing in memory (tests make it tiny: every batch then reads the
         temp file, and takes one entry)."""
         self.dir_fd = dir_fd
@@ -354,7 +354,7 @@ cdef class DirScan:
         self.spill = None
         self.held = max(1, held)
         self.per_batch = min(BATCH, max(1, held >> 8))
-        self._list(spill_dir_fd)
+        self._list(spill_dir)
 
     def close(self):
         if self.spill is not None:
@@ -362,7 +362,7 @@ cdef class DirScan:
             self.spill = None
         self.buf = bytearray()
 
-    cdef _list(self, int spill_dir_fd):
+    cdef _list(self, spill_dir):
         cdef int fd = dup(self.dir_fd)
         cdef DIR *d
         cdef dirent *e
@@ -402,7 +402,7 @@ cdef class DirScan:
                 buf.append(0)
                 if len(buf) >= self.held:
                     if self.spill is None:
-                        self.spill = _spill_file(spill_dir_fd)
+                        self.spill = __import__("tempfile").TemporaryFile(dir=spill_dir)  # O_TMPFILE where it can
                     self.spill.write(buf)
                     del buf[:]
         finally:
@@ -468,18 +468,6 @@ cdef class DirScan:
                 else:
                     done.append((name, ino, hold, result[0], result[1]))
         return subdirs, slow, done
-
-
-def _spill_file(int dir_fd):
-    """An unlinked temp file beside the snapshot's tree (its filesystem, not the host's /tmp)."""
-    import os
-    import tempfile
-    if dir_fd >= 0:
-        try:
-            return os.fdopen(os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dir_fd), "w+b")
-        except OSError:
-            pass
-    return tempfile.TemporaryFile()
 
 
 # --- disk usage of a tree ----------------------------------------------------------------------

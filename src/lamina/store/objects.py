@@ -845,7 +845,6 @@ class _Pass:
         # descriptors), nor a whole listing (a directory of 300k files took 341 MiB).
         root = os.open(os.path.join(self.snapshot_dir, "fs"), _DIR_FLAGS)
         stack = [[root, "", None, (), 0]]   # fd, prefix, its DirScan, a batch's subdirectories, next one
-        spill_fd = os.open(self.snapshot_dir, _DIR_FLAGS)
         listing = {"held": int(os.environ["LAMINA_PASS_LISTING_HELD"])} if os.environ.get("LAMINA_PASS_LISTING_HELD") else {}
         try:
             while stack:
@@ -856,7 +855,7 @@ class _Pass:
                     stack.append([os.open(subdirs[i], _DIR_FLAGS, dir_fd=fd), f"{prefix}{subdirs[i]}/", None, (), 0])
                     continue
                 if scan is None:
-                    frame[2] = scan = _native().DirScan(fd, spill_fd, **listing)
+                    frame[2] = scan = _native().DirScan(fd, self.snapshot_dir, **listing)
                 subdirs = self._scan_batch(scan, fast, hashed_fd, fd, prefix)
                 if subdirs is None:
                     stack.pop()
@@ -868,7 +867,6 @@ class _Pass:
                 os.close(frame[0])
                 if frame[2] is not None:
                     frame[2].close()
-            os.close(spill_fd)
         self.stats.seconds = time.perf_counter() - start
         return self.stats
 
