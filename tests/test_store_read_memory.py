@@ -42,6 +42,10 @@ base = vm("VmHWM:")
 if sys.argv[2] == "unpack":
     _, stats = I.unpack(store, "big:1", sys.argv[3])
     got = {"files": stats.files, "hardlinks": stats.hardlinks}
+elif sys.argv[2] == "prune":
+    store.untag("big:1")
+    gc = store.gc().to_dict()
+    got = {"objects": gc["objects"], "snapshots": len(gc["snapshots"])}
 else:
     report = store.fsck()
     got = {"ok": report.ok, "objects": report.checked["objects"]}
@@ -51,17 +55,25 @@ print(json.dumps(got))
 
 
 @pytest.fixture(scope="module")
-def big_store(tmp_path_factory):
-    """A store holding one image: a layer of FILES distinct files in one directory (tmpfs)."""
+def big_layout(tmp_path_factory):
+    lay = ocibuild.Layout(tmp_path_factory.mktemp("big") / "layout")
+    lay.image_of_tars([_distinct_files(FILES)], "big")
+    return lay
+
+
+def _big_store(lay, scratch):
+    """A store holding one image: a layer of FILES distinct files in one directory."""
     from lamina import Store
     from lamina.transports import copy
-    tmp = tmp_path_factory.mktemp("big")
-    lay = ocibuild.Layout(tmp / "layout")
-    lay.image_of_tars([_distinct_files(FILES)], "big")
-    with _scratch(tmp) as scratch:
-        root = os.path.join(scratch, "store")
-        copy(f"oci:{lay.root}:big", "big:1", store=Store(root))
-        yield scratch, root
+    root = os.path.join(scratch, "store")
+    copy(f"oci:{lay.root}:big", "big:1", store=Store(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def big_store(big_layout, tmp_path_factory):
+    with _scratch(tmp_path_factory.mktemp("scratch")) as scratch:  # tmpfs
+        yield scratch, _big_store(big_layout, scratch)
 
 
 def _child(*args):
@@ -84,6 +96,18 @@ def test_peak_rss_of_fsck_of_a_snapshot_of_50k_files(big_store):
     got = _child(root, "fsck")
     assert got["ok"] and got["objects"] == FILES
     assert got["growth"] < 30 << 20, f"peak RSS grew {got['growth'] / 2**20:.1f} MiB over {FILES} files"
+
+
+def test_peak_rss_of_gc_freeing_50k_objects(big_layout, tmp_path):
+    """The gc after the last image went listed every object it removed by name (~200 B an
+    object, and ~200 MiB in `image prune` after a layer of a million files): now it counts them."""
+    with _scratch(tmp_path) as scratch:
+        root = _big_store(big_layout, scratch)
+        got = _child(root, "prune")
+        assert got["objects"]["count"] == FILES and got["objects"]["size"] >= FILES * 4096 and got["snapshots"] == 1
+        assert os.listdir(os.path.join(root, "snapshots")) == []
+        assert all(not os.listdir(d.path) for d in os.scandir(os.path.join(root, "objects", "blake3")))
+        assert got["growth"] < 6 << 20, f"peak RSS grew {got['growth'] / 2**20:.1f} MiB freeing {FILES} objects"
 
 
 NAMES = ["plain", "with, comma", "brackets]], [x", 'quote " and \\ back', "uni\u00e9\u4e2d",

@@ -25,17 +25,19 @@ from .locks import FileLock
 class GCResult:
     blobs: list = field(default_factory=list)       # (digest, bytes) removed (or that would be)
     snapshots: list = field(default_factory=list)   # (chainID, bytes on disk)
-    objects: list = field(default_factory=list)     # (object name, bytes on disk) no snapshot uses any more
+    # file objects no snapshot uses any more: counted, not named (there can be millions)
+    objects: int = 0
+    objects_size: int = 0                           # their bytes on disk
     dry_run: bool = False
 
     @property
     def reclaimed(self):
-        return sum(n for _, n in self.blobs) + sum(n for _, n in self.snapshots) + sum(n for _, n in self.objects)
+        return sum(n for _, n in self.blobs) + sum(n for _, n in self.snapshots) + self.objects_size
 
     def to_dict(self):
         return {"blobs": [{"digest": d, "size": n} for d, n in self.blobs],
                 "snapshots": [{"chain_id": c, "size": n} for c, n in self.snapshots],
-                "objects": [{"name": o, "size": n} for o, n in self.objects],
+                "objects": {"count": self.objects, "size": self.objects_size},
                 "reclaimed": self.reclaimed, "dry_run": self.dry_run}
 
 
@@ -149,5 +151,6 @@ def collect(store, dry_run=False):
                 result.snapshots.append((c, size))
         # After the snapshots: their names were what kept these objects in use.  A dry run
         # cannot tell which objects the snapshots it would remove are the last users of.
-        result.objects = _objects.collect(store.paths, dry_run=dry_run).objects
+        objects = _objects.collect(store.paths, dry_run=dry_run)
+        result.objects, result.objects_size = objects.objects, objects.reclaimed
     return result

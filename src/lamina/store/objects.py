@@ -1360,12 +1360,11 @@ def stage_debris(paths):
 
 @dataclass
 class ObjectGC:
-    objects: list = field(default_factory=list)   # (name, bytes on disk)
+    # counted, not listed: a prune after the last image of a big layer went frees hundreds
+    # of thousands of objects, and a list of their names took ~200 B each (issue 14)
+    objects: int = 0     # objects removed (or that would be)
+    reclaimed: int = 0   # their bytes on disk
     stage: int = 0
-
-    @property
-    def reclaimed(self):
-        return sum(n for _, n in self.objects)
 
 
 def collect(paths, dry_run=False):
@@ -1378,7 +1377,8 @@ def collect(paths, dry_run=False):
                     os.unlink(object_path(paths, o.name))
                 except FileNotFoundError:
                     continue
-            result.objects.append((o.name, o.size))
+            result.objects += 1
+            result.reclaimed += o.size
     for n in stage_debris(paths):
         if not dry_run:
             try:
