@@ -1413,23 +1413,18 @@ cdef list _scan_and_unlink(int fd):
                 break
             if ent.d_name[0] == 46 and (ent.d_name[1] == 0 or (ent.d_name[1] == 46 and ent.d_name[2] == 0)):
                 continue
-            if ent.d_type == DT_DIR:
-                if len(subdirs) < SUBDIRS_AT_ONCE:
-                    subdirs.append(<bytes>ent.d_name)
-                else:
-                    more = True
-                continue
-            if _unlink_opening(fd, ent.d_name, 0) == 0 or errno == ENOENT:
-                continue
-            err = errno
-            if (err == EISDIR or err == EPERM) and fstatat(fd, ent.d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 \
-                    and S_ISDIR(st.st_mode):
-                if len(subdirs) < SUBDIRS_AT_ONCE:
-                    subdirs.append(<bytes>ent.d_name)
-                else:
-                    more = True
-                continue
-            raise OSError(err, os.strerror(err), os.fsdecode(<bytes>ent.d_name))
+            if ent.d_type != DT_DIR:
+                if _unlink_opening(fd, ent.d_name, 0) == 0 or errno == ENOENT:
+                    continue
+                err = errno
+                # d_type may be DT_UNKNOWN: a directory is known only once unlink refuses it
+                if not ((err == EISDIR or err == EPERM) and fstatat(fd, ent.d_name, &st, AT_SYMLINK_NOFOLLOW) == 0
+                        and S_ISDIR(st.st_mode)):
+                    raise OSError(err, os.strerror(err), os.fsdecode(<bytes>ent.d_name))
+            if len(subdirs) < SUBDIRS_AT_ONCE:
+                subdirs.append(<bytes>ent.d_name)
+            else:
+                more = True
     finally:
         closedir(d)
     if more:

@@ -39,12 +39,9 @@ def test_other_algorithm_named_in_message():
         digest.validate("sha512:" + "0" * 128)
 
 
-def test_blob_path_only_from_valid_digest(tmp_path):
-    assert digest.blob_path(tmp_path, GOOD) == str(tmp_path / "blobs" / "sha256" / ("0123456789abcdef" * 4))
+def test_blob_path_only_from_valid_digest():
     assert digest.blob_relpath(GOOD) == "blobs/sha256/" + "0123456789abcdef" * 4
     for bad in ("sha256:../../x", "sha256:" + "0" * 63 + "/", "/etc/passwd"):
-        with pytest.raises(InvalidDigestError):
-            digest.blob_path(tmp_path, bad)
         with pytest.raises(InvalidDigestError):
             digest.blob_relpath(bad)
 

@@ -8,7 +8,6 @@ separator, ``..`` or a NUL.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 
 from .errors import InvalidDigestError
@@ -52,11 +51,6 @@ def from_hex(hexstr, what="digest"):
 def blob_relpath(digest):
     """``blobs/sha256/<hex>``: the OCI image-layout path of a blob, from a validated digest."""
     return f"blobs/{ALGORITHM}/{hex_of(digest)}"
-
-
-def blob_path(layout_root, digest):
-    """Filesystem path of a blob inside an OCI image layout directory."""
-    return os.path.join(os.fspath(layout_root), "blobs", ALGORITHM, hex_of(digest))
 
 
 def sha256_bytes(data):
