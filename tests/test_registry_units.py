@@ -178,3 +178,76 @@ def test_nothing_listening_fails_fast(registry_env):  # noqa: F811
         t.request("GET", f"http://127.0.0.1:{free_port()}/v2/")
     assert "after 2 attempts" in str(e.value)
     assert len(slept) == 1
+
+
+def _serve_bodies(bodies):
+    """A loopback HTTP/1.1 server: GET /NAME answers bodies[NAME] = (data, framing), framing
+    'length' (Content-Length), 'chunked', or 'cut' (a Content-Length longer than what is sent)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            bodies.setdefault("peers", set()).add(self.client_address)
+            data, framing = bodies[self.path.lstrip("/")]
+            self.send_response(200)
+            if framing == "chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, len(data), 7000):
+                    piece = data[i:i + 7000]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            self.send_header("Content-Length", str(len(data) + (1000 if framing == "cut" else 0)))
+            if framing == "cut":
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+            if framing == "cut":
+                self.close_connection = True
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_response_readinto_gives_the_body_whatever_its_framing():
+    """Response.readinto reads a sized body straight from the socket's buffer (http.client's own
+    bookkeeping) and anything else through urllib3's read1: the same bytes either way, the end
+    of a sized body seen at its length, and a body cut short is short, not padded."""
+    from lamina.registry.transport import Transport
+    data = os.urandom(300_000)
+    bodies = {"sized": (data, "length"), "chunked": (data, "chunked"), "cut": (data, "cut")}
+    server = _serve_bodies(bodies)
+    t = Transport(retries=0)
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        for name in ("sized", "sized", "chunked", "sized", "cut"):
+            resp = t.request("GET", base + name)
+            buf, got = bytearray(65536), bytearray()
+            try:
+                while True:
+                    try:
+                        n = resp.readinto(buf)
+                    except Exception as e:
+                        assert name == "cut", repr(e)
+                        break
+                    if not n:
+                        break
+                    assert n <= len(buf)
+                    got += buf[:n]
+            finally:
+                resp.close(reuse=name != "cut")
+            assert bytes(got) == data, name
+        # one connection for all five: a body read to its end past urllib3 leaves it reusable
+        assert len(bodies["peers"]) == 1, bodies["peers"]
+    finally:
+        t.close()
+        server.shutdown()
+        server.server_close()

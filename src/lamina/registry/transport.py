@@ -292,6 +292,7 @@ class Response:
         self._resp = resp
         self._deadline, self._timeout = deadline, timeout
         self.url, self.method = url, method
+        self._direct_ended = False   # readinto read the body to its end past urllib3
         self.status = resp.status
         self.reason = resp.reason
         self.headers = resp.headers
@@ -312,9 +313,13 @@ class Response:
         # of its consumer must not sit on received bytes while waiting for the rest of a chunk,
         # and a server dripping bytes must not hold one read for ages (BlobStream's minimum rate).
         view = memoryview(buf).cast("B")
+        if self._direct_ended:
+            return 0
         body = getattr(self._resp, "_fp", None)
+        # (http.client's private parts: any other shape of them, as a future urllib3 or Python
+        # may have, takes the public read1 below)
         if (not isinstance(body, http.client.HTTPResponse) or body.chunked or body.length is None
-                or body.fp is None):
+                or getattr(body, "fp", None) is None or not callable(getattr(body, "_close_conn", None))):
             data = self._resp.read1(len(view))
             view[:len(data)] = data
             return len(data)
@@ -326,7 +331,11 @@ class Response:
         if n:
             body.length -= n
         if not n or not body.length:
+            # urllib3 never saw these bytes: from here on its read1 would call the body short
+            self._direct_ended = True
             body._close_conn()
+            if not n:
+                raise http.client.IncompleteRead(b"", body.length)
         return n
 
     def read(self, amt=None):
