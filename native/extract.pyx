@@ -83,6 +83,7 @@ cdef const char *GNU_MAGIC = b"ustar  \0"  # magic and version of a GNU header, 
 cdef bytes WH_OPAQUE = b".wh..wh..opq"
 cdef tuple OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
 cdef bytes ACL_ACCESS = b"system.posix_acl_access"
+cdef Py_ssize_t XATTR_LIST_MAX = 65536  # <linux/limits.h>: the most listxattr(2) returns
 
 
 cdef inline void _hex(char *dst, const uint8_t *src, int n) noexcept nogil:
@@ -1350,9 +1351,17 @@ cdef dict _entry_xattrs(bytes name, dict schily, dict lib):
                 f"entry {_show(name)}: its SCHILY.xattr and LIBARCHIVE.xattr records for {_show(k)} differ "
                 "(tar readers disagree on which applies)")
         out[k] = v
+    cdef Py_ssize_t listed = 0
     for k in out:
         if not k or _has_byte(k, 0):
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: xattr name {_show(k)} is empty or holds a NUL byte")
+        listed += len(<bytes>k) + 1
+    if listed > XATTR_LIST_MAX:
+        # tmpfs, xfs and btrfs set them all, but listxattr(2) then fails (E2BIG): nothing
+        # (a flat copy, the store's dedup pass, tar, getfattr) could read them back
+        raise _errors.LimitExceededError(
+            f"entry {_show(name)}: {len(out)} xattr names of {listed} bytes in all, more than the "
+            f"{XATTR_LIST_MAX} bytes listxattr(2) returns")
     return out
 
 cdef _one_reading(object entry, object gnu, object paxv, str what, bytes key):
@@ -4617,7 +4626,7 @@ cdef class Extractor:
             if rc < 0:
                 if self._xattr_refused(name, k, errno):
                     continue
-                self._oserror(f"set xattr {_show(k)} on", name)
+                self._oserror(f"set xattr {_show(k)}", name)
 
     cdef bint _xattr_refused(self, object name, object k, int e) except -1:
         """An xattr the kernel will not set here (trusted.* without root, user.* on a symlink,

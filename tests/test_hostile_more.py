@@ -44,11 +44,12 @@ def agree(g, tars, *, umoci=True):
     return tree, oracle
 
 
-def refused_everywhere(g, tars, error, *names):
-    """Every path refuses the image with ``error`` naming one of ``names``."""
+def refused_everywhere(g, tars, error, *names, work=None):
+    """Every path refuses the image with ``error`` naming one of ``names`` (the work in
+    ``work``, by default ``g.dest``)."""
     from lamina import errors
     raws = [t.bytes() for t in tars]
-    results = run_paths(g.dest, raws)
+    results = run_paths(g.dest if work is None else work, raws)
     for path, r in results.items():
         assert isinstance(r, getattr(errors, error)), f"{path}: {r!r}\n{describe(raws)}"
         assert any(n in str(r) for n in names), f"{path}: the error does not name the entry: {r}"
@@ -163,6 +164,21 @@ def test_overlay_xattrs_from_a_layer_mean_nothing(g, key, value):
     tree, _ = agree(g, [base, top])
     assert {"d/old", "d/new", "d/gone", "e/x"} <= set(tree.entries)
     assert not any("overlay" in k for e in tree.entries.values() for k, _ in e.xattrs)
+
+
+# --- more xattr names than listxattr(2) returns (XATTR_LIST_MAX) ---
+
+def test_an_entry_with_more_xattr_names_than_a_listing_holds_is_refused(g, small_fs):
+    """70 KB of xattr names on one file: tmpfs (xfs, btrfs) sets them all, then listxattr(2)
+    fails with E2BIG, so no tool (tar, getfattr, a flat copy) could read them back.  The dir
+    paths wrote the file, the store's dedup pass died on it with an OSError traceback, and a
+    flat copy would have dropped them in silence.  Refused by name on every path, the
+    store left clean."""
+    names = [(f"SCHILY.xattr.user.{i:04d}" + "k" * 90, b"v") for i in range(700)]
+    refused_everywhere(g, [Tar().file("a", b"a"), Tar().pax(names).file("etc/many", b"x")],
+                       "LimitExceededError", "etc/many", work=small_fs)
+    report = json.loads(lamina(small_fs / "store", "fsck", "--json", check=False).stdout)
+    assert report["findings"] == [], report
 
 
 # --- owners at the edge of uid_t: (uid_t)-1 means "leave it" to chown(2) ---
