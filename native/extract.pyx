@@ -3055,7 +3055,9 @@ cdef class Extractor:
             else:
                 close(self.cache_fd)
         self.cache_fd = fd
-        if not self.default_acls and _has_default_acl(fd):
+        if not self.default_acls and not reused and _has_default_acl(fd):
+            # (a parent kept open was checked when it was first the cached one, and a
+            # default ACL set since, by an entry or a copy, set default_acls then)
             self.default_acls = True
         self.cache_ino = None
         self.cache_path = parent
@@ -3380,11 +3382,13 @@ cdef class Extractor:
         self.fixups.dir(phys, st.st_mode & 0o7777, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, NULL)
         self._fixup_for(dst, phys)
 
-    cdef _copy_xattrs(self, int src, int dst, object name):
+    cdef _copy_xattrs(self, src, dst, object name):
         """A lower layer's xattrs onto this layer's copy (copy-up), as _set_xattrs sets an entry's:
-        one the kernel refuses here (trusted.* without root) is reported in ``skipped``."""
+        one the kernel refuses here (trusted.* without root) is reported in ``skipped``.
+        ``src`` and ``dst``: fds, or /proc/self/fd paths of a symlink or node (never followed)."""
+        follow = not isinstance(src, bytes)  # an fd: Python takes no follow_symlinks=False with it
         try:
-            keys = os.listxattr(src)
+            keys = os.listxattr(src, follow_symlinks=follow)
         except OSError as e:
             raise _errors.ExtractError(f"entry {_show(name)}: list xattrs of the lower copy failed: "
                                        f"{os.strerror(e.errno)}") from None
@@ -3392,7 +3396,7 @@ cdef class Extractor:
             # what a default ACL of dst's directory gave it (see _undo_default_acl)
             if k not in keys:
                 try:
-                    os.removexattr(dst, k)
+                    os.removexattr(dst, k, follow_symlinks=follow)
                 except OSError:
                     pass  # none (ENODATA), or no ACLs here: nothing was given
             elif k == "system.posix_acl_default":
@@ -3401,7 +3405,7 @@ cdef class Extractor:
             if k.startswith(("trusted.overlay.", "user.overlay.")):
                 continue
             try:
-                os.setxattr(dst, k, os.getxattr(src, k))
+                os.setxattr(dst, k, os.getxattr(src, k, follow_symlinks=follow), follow_symlinks=follow)
             except OSError as e:
                 if e.errno == _errno.ENODATA or self._xattr_refused(name, k, e.errno):
                     continue  # ENODATA: gone from the lower copy meanwhile
@@ -3465,6 +3469,7 @@ cdef class Extractor:
             self._undo_default_acl(pfd, base, name, False, st.st_mode & 0o7777, ())
         if self.is_root and fchownat(pfd, base, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0:
             self._oserror("chown", name)
+        self._copy_xattrs(b"/proc/self/fd/%d/%s" % (lfd, base), b"/proc/self/fd/%d/%s" % (pfd, base), name)
         if not S_ISLNK(st.st_mode) and fchmodat(pfd, base, st.st_mode & 0o7777, 0) < 0:
             self._oserror("chmod", name)
         if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:

@@ -147,6 +147,26 @@ def test_a_hardlink_to_a_lower_file_keeps_its_xattrs(g):
         assert dict(tree.entries[name].xattrs) == {"user.k": b"u", "trusted.t": b"t"}, tree.entries[name]
 
 
+LOWER_SPECIALS = {
+    "symlink": lambda t: t.symlink("d/s", "target"),
+    "fifo": lambda t: t.fifo("d/s"),
+    "chardev": lambda t: t.chardev("d/s", 1, 3),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LOWER_SPECIALS))
+def test_a_hardlink_to_a_lower_symlink_or_node_keeps_its_xattrs(g, kind):
+    """The same for a symlink, fifo or device a lower layer made with a trusted.* xattr
+    (user.* ones are not allowed on them): the overlay format's copy-up made the symlink
+    or node anew without its xattrs, so in the overlay mount and the store both names had
+    none while the dir format showed the xattr on both."""
+    lower = LOWER_SPECIALS[kind](Tar().pax({"SCHILY.xattr.trusted.t": "t"}))
+    tree = agree(g, [lower, Tar().hardlink("d/h", "d/s")])
+    for name in ("d/s", "d/h"):
+        assert dict(tree.entries[name].xattrs) == {"trusted.t": b"t"}, tree.entries[name]
+    assert frozenset({"d/s", "d/h"}) in tree.links
+
+
 # --- defect 2 and 3: top-down skipping with hardlinks ---
 
 def _big_base(*extra):
