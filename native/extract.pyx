@@ -83,6 +83,8 @@ cdef const char *GNU_MAGIC = b"ustar  \0"  # magic and version of a GNU header, 
 cdef bytes WH_OPAQUE = b".wh..wh..opq"
 cdef tuple OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
 cdef bytes ACL_ACCESS = b"system.posix_acl_access"
+cdef bytes ACL_DEFAULT = b"system.posix_acl_default"
+cdef Py_ssize_t XATTR_LIST_MAX = 65536  # <linux/limits.h>: the most listxattr(2) returns
 
 
 cdef inline void _hex(char *dst, const uint8_t *src, int n) noexcept nogil:
@@ -1350,9 +1352,17 @@ cdef dict _entry_xattrs(bytes name, dict schily, dict lib):
                 f"entry {_show(name)}: its SCHILY.xattr and LIBARCHIVE.xattr records for {_show(k)} differ "
                 "(tar readers disagree on which applies)")
         out[k] = v
+    cdef Py_ssize_t listed = 0
     for k in out:
         if not k or _has_byte(k, 0):
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: xattr name {_show(k)} is empty or holds a NUL byte")
+        listed += len(<bytes>k) + 1
+    if listed > XATTR_LIST_MAX:
+        # tmpfs, xfs and btrfs set them all, but listxattr(2) then fails (E2BIG): nothing
+        # (a flat copy, the store's dedup pass, tar, getfattr) could read them back
+        raise _errors.LimitExceededError(
+            f"entry {_show(name)}: {len(out)} xattr names of {listed} bytes in all, more than the "
+            f"{XATTR_LIST_MAX} bytes listxattr(2) returns")
     return out
 
 cdef _one_reading(object entry, object gnu, object paxv, str what, bytes key):
@@ -1559,6 +1569,11 @@ def clear_dir(path):
                 break
     finally:
         close(fd)
+
+
+cdef inline bint _has_default_acl(int fd) noexcept nogil:
+    """Does directory ``fd`` give what is made in it an ACL (and a mode masked by it)?"""
+    return fgetxattr(fd, "system.posix_acl_default", NULL, 0) > 0
 
 
 cdef inline bint _opaque_fd(int fd) noexcept nogil:
@@ -1791,6 +1806,7 @@ cdef class Extractor:
     cdef bint par_st_ok[PAR_MAX]
     cdef list par_paths, par_realps
     cdef bint owner_checked        # an inode created under the cached parent was fstat'ed against the rule
+    cdef bint default_acls         # a directory with a default ACL was met: new inodes are checked for it
     cdef bint predict_owner        # root: new inodes get (euid, egid or a setgid parent's gid), so a chown
     cdef uid_t euid                # to those ids is skipped; off for the rest of the layer once an fstat
     cdef gid_t egid                # disagrees (idmapped or grpid mounts, squashing NFS...)
@@ -1896,6 +1912,7 @@ cdef class Extractor:
         self.euid = geteuid()
         self.egid = getegid()
         self.predict_owner = self.is_root
+        self.default_acls = False
         self.umask = _current_umask()
         self.scan_only = root is None
         self.scan_max = scan_max
@@ -2922,6 +2939,13 @@ cdef class Extractor:
                 else:
                     close(fd)
                     self._parent_error(path, name)
+            if rc == 0 and _has_default_acl(fd):
+                self.default_acls = True
+                try:
+                    self._undo_default_acl(fd, <bytes>parts[i], name, True, 0o755, ())
+                except BaseException:
+                    close(fd)
+                    raise
             if rc < 0 and fstatat(fd, <bytes>parts[i], &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISLNK(st.st_mode):
                 # there, but the search above found nothing through it: a link to nowhere in
                 # the root (the overlay formats' words for it; was "is not a directory")
@@ -3026,6 +3050,10 @@ cdef class Extractor:
             else:
                 close(self.cache_fd)
         self.cache_fd = fd
+        if not self.default_acls and not reused and _has_default_acl(fd):
+            # (a parent kept open was checked when it was first the cached one, and a
+            # default ACL set since, by an entry or a copy, set default_acls then)
+            self.default_acls = True
         self.cache_ino = None
         self.cache_path = parent
         self.cache_real = None
@@ -3302,6 +3330,9 @@ cdef class Extractor:
                         opaque = True
                     if mkdirat(fd, c, 0o700 if <int>source[k] >= 0 else 0o755) < 0:
                         self._oserror("mkdir", name)
+                    if _has_default_acl(fd):
+                        self.default_acls = True
+                        self._undo_default_acl(fd, c, name, True, 0o700 if <int>source[k] >= 0 else 0o755, ())
                     nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                     if nfd < 0:
                         self._oserror("open", name)
@@ -3346,19 +3377,30 @@ cdef class Extractor:
         self.fixups.dir(phys, st.st_mode & 0o7777, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, NULL)
         self._fixup_for(dst, phys)
 
-    cdef _copy_xattrs(self, int src, int dst, object name):
+    cdef _copy_xattrs(self, src, dst, object name):
         """A lower layer's xattrs onto this layer's copy (copy-up), as _set_xattrs sets an entry's:
-        one the kernel refuses here (trusted.* without root) is reported in ``skipped``."""
+        one the kernel refuses here (trusted.* without root) is reported in ``skipped``.
+        ``src`` and ``dst``: fds, or /proc/self/fd paths of a symlink or node (never followed)."""
+        follow = not isinstance(src, bytes)  # an fd: Python takes no follow_symlinks=False with it
         try:
-            keys = os.listxattr(src)
+            keys = os.listxattr(src, follow_symlinks=follow)
         except OSError as e:
             raise _errors.ExtractError(f"entry {_show(name)}: list xattrs of the lower copy failed: "
                                        f"{os.strerror(e.errno)}") from None
+        for k in ("system.posix_acl_access", "system.posix_acl_default"):
+            # what a default ACL of dst's directory gave it (see _undo_default_acl)
+            if k not in keys:
+                try:
+                    os.removexattr(dst, k, follow_symlinks=follow)
+                except OSError:
+                    pass  # none (ENODATA), or no ACLs here: nothing was given
+            elif k == "system.posix_acl_default":
+                self.default_acls = True
         for k in keys:
             if k.startswith(("trusted.overlay.", "user.overlay.")):
                 continue
             try:
-                os.setxattr(dst, k, os.getxattr(src, k))
+                os.setxattr(dst, k, os.getxattr(src, k, follow_symlinks=follow), follow_symlinks=follow)
             except OSError as e:
                 if e.errno == _errno.ENODATA or self._xattr_refused(name, k, e.errno):
                     continue  # ENODATA: gone from the lower copy meanwhile
@@ -3418,8 +3460,11 @@ cdef class Extractor:
                 self._oserror("copy up", name)
         elif mknodat(pfd, base, st.st_mode, st.st_rdev) < 0:
             self._oserror("copy up", name)
+        elif _has_default_acl(pfd):
+            self._undo_default_acl(pfd, base, name, False, st.st_mode & 0o7777, ())
         if self.is_root and fchownat(pfd, base, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0:
             self._oserror("chown", name)
+        self._copy_xattrs(b"/proc/self/fd/%d/%s" % (lfd, base), b"/proc/self/fd/%d/%s" % (pfd, base), name)
         if not S_ISLNK(st.st_mode) and fchmodat(pfd, base, st.st_mode & 0o7777, 0) < 0:
             self._oserror("chmod", name)
         if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
@@ -3599,6 +3644,8 @@ cdef class Extractor:
             self._hardlink(pfd, base, name, link)
         else:
             made = self._mknod(pfd, base, name, kind, major, minor)
+        if self.default_acls and (kind == K_REG or kind == K_DIR or made) and _has_default_acl(pfd):
+            self._undo_default_acl(pfd, base, name, kind == K_DIR, self._made_mode(kind), self.cur_xattrs or ())
         if not self.overlay:
             if kind == K_DIR:
                 pass  # recorded by _mkdir, from its fstat
@@ -3613,6 +3660,35 @@ cdef class Extractor:
                 self._note_name(base)
             else:
                 self._record_inode(pfd, base)
+
+    cdef int _made_mode(self, int kind):
+        """The mode the entry's inode was made with (before fixups and _finish_file)."""
+        if kind == K_DIR:
+            return (self.cur_mode & 0o755) | 0o700  # as _mkdir makes it; its fixup sets the rest
+        if kind == K_REG and self.outfd >= 0:  # still being written: as _open_file made it
+            return (self.cur_mode & 0o777) | (0o200 if self.cur_xattrs and not self.is_root else 0)
+        return self.cur_mode & 0o7777
+
+    cdef _undo_default_acl(self, int pfd, bytes base, object name, bint is_dir, int mode, own):
+        """``base`` was just made in a directory holding a default ACL, which gave it an
+        access ACL (a directory the default ACL too) and masked its mode.  An entry's xattrs
+        and mode are its own, as umoci has them (it clears a new inode's xattrs), and as an
+        overlay layer, whose directories are made anew, has them: the ACLs the entry does not
+        carry (``own``: its xattrs) are removed and the mode lamina made it with is set again."""
+        cdef stat st
+        lpath = b"/proc/self/fd/%d/%s" % (pfd, base)  # l*xattr: base itself, never followed
+        for k in ((ACL_ACCESS, ACL_DEFAULT) if is_dir else (ACL_ACCESS,)):
+            if k in own:
+                continue
+            try:
+                os.removexattr(lpath, k, follow_symlinks=False)
+            except OSError as e:
+                if e.errno not in (_errno.ENODATA, EOPNOTSUPP):
+                    raise _errors.ExtractError(f"entry {_show(name)}: remove the ACL its directory "
+                                               f"gave it failed: {os.strerror(e.errno)}") from None
+        if (fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and (st.st_mode & 0o7777) != mode
+                and fchmodat(pfd, base, <mode_t>mode, 0) < 0):
+            self._oserror("chmod", name)
 
     cdef void _provide(self, bytes parent, bytes base, bint is_dir) except *:
         """Overlay format: this layer writes ``base`` in the physical directory ``parent``
@@ -3895,6 +3971,8 @@ cdef class Extractor:
                     self._oserror("copy", name)
             try:
                 _copy_data(sfd, dfd, st.st_size)
+                if _has_default_acl(tfd):
+                    self._undo_default_acl(tfd, tmp, name, False, 0o600, ())
                 ts[0] = st.st_mtim
                 ts[1] = st.st_mtim
                 if (fchown(dfd, st.st_uid, st.st_gid) < 0 or fchmod(dfd, st.st_mode & 0o7777) < 0
@@ -4605,6 +4683,8 @@ cdef class Extractor:
     cdef _set_xattrs(self, int fd, bytes lpath, bytes name):
         cdef int rc
         for k, v in self.cur_xattrs.items():
+            if k == ACL_DEFAULT:
+                self.default_acls = True
             if fd >= 0:
                 rc = fsetxattr(fd, <bytes>k, <const char *>(<bytes>v), len(v), 0)
             else:
@@ -4612,7 +4692,7 @@ cdef class Extractor:
             if rc < 0:
                 if self._xattr_refused(name, k, errno):
                     continue
-                self._oserror(f"set xattr {_show(k)} on", name)
+                self._oserror(f"set xattr {_show(k)}", name)
 
     cdef bint _xattr_refused(self, object name, object k, int e) except -1:
         """An xattr the kernel will not set here (trusted.* without root, user.* on a symlink,

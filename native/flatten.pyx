@@ -132,6 +132,7 @@ cdef struct Level:
     size_t nents, pos
     size_t parent_len      # length of the parent's path in Flattener.rel
     stat meta              # the metadata it gets once filled
+    int meta_src           # the source dir it is taken from
 
 
 cdef struct Link:
@@ -205,9 +206,17 @@ cdef void _skip(Shared *sh, const char *path, const char *what, const char *deta
         (<object>sh.skipped).append(msg)
 
 
+# which xattrs _copy_xattrs copies: a directory's default ACL goes on last (DEFAULT_ACL_ONLY,
+# once its entries are made), or the kernel would give each of them an ACL the image does not hold
+cdef enum:
+    ALL_XATTRS = 0
+    BUT_DEFAULT_ACL = 1
+    DEFAULT_ACL_ONLY = 2
+
+
 cdef int _copy_xattrs(Shared *sh, int src, int dst, const char *spath, const char *dpath,
-                      const char *rel) noexcept nogil:
-    """Every xattr but overlay's own, fd to fd (``src >= 0``) or path to path."""
+                      const char *rel, int which=ALL_XATTRS) noexcept nogil:
+    """Every xattr but overlay's own (``which``: see above), fd to fd (``src >= 0``) or path to path."""
     cdef ssize_t n, vn
     cdef char *names = NULL
     cdef char *value = NULL
@@ -227,7 +236,8 @@ cdef int _copy_xattrs(Shared *sh, int src, int dst, const char *spath, const cha
             return 0
     k = names
     while k < names + n:
-        if not _overlay_xattr(k):
+        if not _overlay_xattr(k) and (which == ALL_XATTRS
+                                      or (strcmp(k, b"system.posix_acl_default") == 0) == (which == DEFAULT_ACL_ONLY)):
             vn = fgetxattr(src, k, NULL, 0) if src >= 0 else lgetxattr(spath, k, NULL, 0)
             if vn >= 0 and <size_t>vn + 1 > vcap:
                 vcap = <size_t>vn + 1
@@ -731,7 +741,8 @@ cdef class Flattener:
                 meta = k
                 break
         if nsrc:
-            _copy_xattrs(&self.sh, src[meta].fd, dfd, NULL, NULL, self.rel)
+            _copy_xattrs(&self.sh, src[meta].fd, dfd, NULL, NULL, self.rel, BUT_DEFAULT_ACL)
+        lv.meta_src = meta
         return self._list(lv)
 
     cdef void _pop(self, bint finish) noexcept nogil:
@@ -739,6 +750,7 @@ cdef class Flattener:
         cdef int k
         cdef timespec ts[2]
         if finish and not self.err and lv.nsrc > 0:
+            _copy_xattrs(&self.sh, lv.src[lv.meta_src].fd, lv.dfd, NULL, NULL, self.rel, DEFAULT_ACL_ONLY)
             if self.sh.is_root and fchown(lv.dfd, lv.meta.st_uid, lv.meta.st_gid) < 0:
                 self._fail(b"chown", NULL)
             elif fchmod(lv.dfd, lv.meta.st_mode & 0o7777) < 0:

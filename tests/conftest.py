@@ -41,6 +41,20 @@ def g(tmp_path):
     guard.check()
 
 
+@pytest.fixture
+def small_fs(g):
+    """A 256 MiB tmpfs in the guarded dest, for the work: a path that writes a sparse file's
+    holes out fails on it (ENOSPC) instead of filling the machine; and, unlike ext4, it keeps
+    as many xattrs on an inode as anyone sets."""
+    work = g.dest / "small-fs"
+    os.makedirs(work, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", os.fspath(work)], check=True)
+    try:
+        yield work
+    finally:
+        subprocess.run(["umount", "-l", os.fspath(work)], check=True)
+
+
 def run(*cmd, **kw):
     """Run a command, failing the test with its stderr when it fails."""
     kw.setdefault("capture_output", True)

@@ -44,11 +44,12 @@ def agree(g, tars, *, umoci=True):
     return tree, oracle
 
 
-def refused_everywhere(g, tars, error, *names):
-    """Every path refuses the image with ``error`` naming one of ``names``."""
+def refused_everywhere(g, tars, error, *names, work=None):
+    """Every path refuses the image with ``error`` naming one of ``names`` (the work in
+    ``work``, by default ``g.dest``)."""
     from lamina import errors
     raws = [t.bytes() for t in tars]
-    results = run_paths(g.dest, raws)
+    results = run_paths(g.dest if work is None else work, raws)
     for path, r in results.items():
         assert isinstance(r, getattr(errors, error)), f"{path}: {r!r}\n{describe(raws)}"
         assert any(n in str(r) for n in names), f"{path}: the error does not name the entry: {r}"
@@ -163,6 +164,82 @@ def test_overlay_xattrs_from_a_layer_mean_nothing(g, key, value):
     tree, _ = agree(g, [base, top])
     assert {"d/old", "d/new", "d/gone", "e/x"} <= set(tree.entries)
     assert not any("overlay" in k for e in tree.entries.values() for k, _ in e.xattrs)
+
+
+# --- more xattr names than listxattr(2) returns (XATTR_LIST_MAX) ---
+
+def test_an_entry_with_more_xattr_names_than_a_listing_holds_is_refused(g, small_fs):
+    """70 KB of xattr names on one file: tmpfs (xfs, btrfs) sets them all, then listxattr(2)
+    fails with E2BIG, so no tool (tar, getfattr, a flat copy) could read them back.  The dir
+    paths wrote the file, the store's dedup pass died on it with an OSError traceback, and a
+    flat copy would have dropped them in silence.  Refused by name on every path, the
+    store left clean."""
+    names = [(f"SCHILY.xattr.user.{i:04d}" + "k" * 90, b"v") for i in range(700)]
+    refused_everywhere(g, [Tar().file("a", b"a"), Tar().pax(names).file("etc/many", b"x")],
+                       "LimitExceededError", "etc/many", work=small_fs)
+    report = json.loads(lamina(small_fs / "store", "fsck", "--json", check=False).stdout)
+    assert report["findings"] == [], report
+
+
+# --- a directory's default ACL: what the kernel gives the entries made in it ---
+
+def _acl(*entries):
+    """A POSIX ACL xattr value: (tag, perm, id) entries."""
+    import struct
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+ANY = 0xFFFFFFFF
+# u::rwx, u:1234:rwx, g::r-x, m::rwx, o::---
+DEFAULT_ACL = _acl((1, 7, ANY), (2, 7, 1234), (4, 5, ANY), (0x10, 7, ANY), (0x20, 0, ANY))
+
+
+def _with_default_acl(t):
+    return t.pax({"SCHILY.xattr.system.posix_acl_default": DEFAULT_ACL})
+
+
+DEFAULT_ACL_STACKS = {
+    "same-layer": [_with_default_acl(Tar()).dir("d").file("d/f", b"1", mode=0o644).dir("d/sub", mode=0o755)
+                   .fifo("d/p", mode=0o644).file("d/x/y/g", b"2")],
+    "lower-layer": [_with_default_acl(Tar()).dir("d").file("d/t", b"t"),
+                    Tar().file("d/f", b"1", mode=0o644).dir("d/sub", mode=0o755).fifo("d/p", mode=0o644)
+                    .file("d/x/y/g", b"2").hardlink("d/h", "d/t")],
+    "root": [_with_default_acl(Tar()).dir("./").file("t", b"t"),
+             Tar().file("f", b"1", mode=0o644).dir("sub", mode=0o755).file("x/y/g", b"2").hardlink("h", "t")],
+    # the directory's entry after the first of its children: the next one is made under the ACL
+    "set-after-children": [_with_default_acl(Tar().file("d/f", b"1", mode=0o644)).dir("d").file("d/g", b"2")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEFAULT_ACL_STACKS))
+def test_a_default_acl_gives_nothing_to_the_entries_made_under_it(g, case):
+    """A directory carrying system.posix_acl_default (docker writes it where the build's
+    directory had one): every inode made in it took an access ACL the image does not hold
+    (u:1234:rwx on the next layer's files) and a mode masked by it (0640 for 0644, 0750
+    for the directories it implies), and the dir format and overlay mount then disagreed
+    where the root held it.  An entry's xattrs and mode are its own on every path, as
+    umoci has them; the directory keeps its default ACL."""
+    import dataclasses
+    tree, oracle = agree(g, DEFAULT_ACL_STACKS[case])
+    holder = "." if case == "root" else "d"
+    under = "" if case == "root" else "d/"
+    # the directories no entry names are lamina's own (0755, no xattrs: CONFORMANCE.md);
+    # umoci makes them with MkdirAll and leaves them what the ACL gives
+    implied = {under + "x", under + "x/y"}
+    assert_agree({"lamina": tree, "umoci": dataclasses.replace(
+        oracle, entries={p: (tree.entries[p] if p in implied else e) for p, e in oracle.entries.items()})},
+        context=case)
+    for path, e in tree.entries.items():
+        keys = {k for k, _ in e.xattrs}
+        if path == holder:
+            continue
+        assert not keys & {"system.posix_acl_access", "system.posix_acl_default"}, (path, e)
+    assert tree.entries[under + "f"].mode == 0o644, tree.entries[under + "f"]
+    assert tree.entries[under + ("g" if case == "set-after-children" else "x/y/g")].mode == 0o644
+    if holder == "d":
+        assert dict(tree.entries["d"].xattrs)["system.posix_acl_default"] == DEFAULT_ACL
+    if case != "set-after-children":
+        assert tree.entries[under + "x"].mode == 0o755, tree.entries[under + "x"]
 
 
 # --- owners at the edge of uid_t: (uid_t)-1 means "leave it" to chown(2) ---
