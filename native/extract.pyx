@@ -4641,6 +4641,12 @@ cdef class Extractor:
             if not self.is_root:
                 self.skipped.append(f"{_show(name)}: device node not created (needs root)")
                 return False
+            if major >= 1 << 12 or minor >= 1 << 20:
+                # what Linux's dev_t holds (glibc's mknod says only EINVAL); the tar header's
+                # fields go up to 2^32 and so does the check when the header is read
+                raise _errors.UnsupportedEntryError(
+                    f"entry {_show(name)}: device number {major}:{minor} does not fit Linux's "
+                    "(major below 4096, minor below 1048576)")
             fmt = S_IFCHR if kind == K_CHR else S_IFBLK
         with nogil:  # the common case: node, owner, times and mode in one block without the GIL
             r = mknodat(pfd, cbase, fmt | <mode_t>self.cur_mode, dev)
