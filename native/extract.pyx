@@ -4461,6 +4461,12 @@ cdef class Extractor:
                             and fstatat(pfd, base, &b, AT_SYMLINK_NOFOLLOW) == 0
                             and a.st_ino == b.st_ino and a.st_dev == b.st_dev):
                         return
+                    if (fstatat(pfd, base, &b, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(b.st_mode)
+                            and target.startswith(self._normalize(name) + b"/")):
+                        # replacing the directory would take the target with it, and the error
+                        # would then say "not found" (a symlink to it can go: the target stays)
+                        raise _errors.InvalidArchiveError(
+                            f"entry {_show(name)}: hardlink to {_show(link)}, which is inside it")
                     self._remove(pfd, base, name)
                     if linkat(tfd, tbase, pfd, base, 0) == 0:
                         return

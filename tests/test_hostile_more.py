@@ -95,6 +95,25 @@ def test_nothing_inherits_a_lower_setgid_dir(g, layers):
             assert e.mode & 0o2000 == 0 and e.gid == 0, f"{p} inherited from d: {e.describe()}"
 
 
+# --- a hardlink that would replace a directory holding its own target ---
+
+@pytest.mark.parametrize("layers", [
+    [Tar().dir("d").file("d/a", b"a").hardlink("d", "d/a")],
+    [Tar().dir("d").dir("d/e").file("d/e/a", b"a"), Tar().hardlink("./d/", "d/e/a")],
+], ids=["same-layer", "lower-layer"])
+def test_a_hardlink_replacing_the_directory_of_its_target_is_refused_saying_so(g, layers):
+    """Replacing d removed d/a with it, and the error then said the target was "not found"
+    (GNU tar refuses too: d is not empty; umoci removes d, then fails the same way)."""
+    refused_everywhere(g, layers, "InvalidArchiveError", "which is inside it")
+
+
+def test_a_hardlink_replacing_a_symlink_it_reaches_its_target_through_is_made(g):
+    """d -> real, then a hardlink d to d/a: the target is real/a, which replacing the symlink
+    d leaves in place, so this one is made (d becomes a second name of real/a)."""
+    tree, _ = agree(g, [Tar().dir("real").file("real/a", b"a").symlink("d", "real"), Tar().hardlink("d", "d/a")])
+    assert tree.entries["d"].type == "file" and frozenset({"d", "real/a"}) in tree.links
+
+
 # --- a 0/0 character device is overlayfs's whiteout ---
 
 @pytest.mark.parametrize("layers,victim", [
