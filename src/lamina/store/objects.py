@@ -1339,10 +1339,11 @@ class ObjectInfo:
     names: int       # hardlinks besides the object's own name (snapshot names, --link copies)
 
 
-def iter_objects(paths, strays):
-    """ObjectInfo of every well-named object, one fan-out directory listed at a time (a list of
-    them all took ~300 B an object: fsck, gc and system df walk this); ``strays`` gets the
-    (relative path, why) of the names that are not objects."""
+def iter_objects(paths, strays=None):
+    """ObjectInfo of every well-named object, each fan-out directory read as a stream (a list of
+    them all took ~300 B an object, a list of one directory's names 1/256th of that: fsck, gc
+    and system df walk this); ``strays`` (a list, or None for gc and system df, which only skip
+    them) gets the (relative path, why) of the names that are not objects."""
     root = objects_dir(paths) / "blake3"
     try:
         subs = sorted(os.listdir(root))
@@ -1350,17 +1351,19 @@ def iter_objects(paths, strays):
         return
     for sub in subs:
         try:
-            names = os.listdir(root / sub)
+            entries = os.scandir(root / sub)
         except NotADirectoryError:
-            strays.append((f"blake3/{sub}", "not a directory"))
+            if strays is not None:
+                strays.append((f"blake3/{sub}", "not a directory"))
             continue
-        for n in names:
-            rel = f"blake3/{sub}/{n}"
-            st = os.lstat(root / sub / n)
-            if not _OBJECT_RE.fullmatch(n) or n[:2] != sub or not stat.S_ISREG(st.st_mode):
-                strays.append((rel, "not an object (bad name or type)"))
-                continue
-            yield ObjectInfo(n, st.st_blocks * 512, st.st_nlink - 1)
+        with entries:
+            for e in entries:
+                st = e.stat(follow_symlinks=False)
+                if not _OBJECT_RE.fullmatch(e.name) or e.name[:2] != sub or not stat.S_ISREG(st.st_mode):
+                    if strays is not None:
+                        strays.append((f"blake3/{sub}/{e.name}", "not an object (bad name or type)"))
+                    continue
+                yield ObjectInfo(e.name, st.st_blocks * 512, st.st_nlink - 1)
 
 
 def stage_debris(paths):
@@ -1383,7 +1386,7 @@ class ObjectGC:
 def collect(paths, dry_run=False):
     """Remove objects no snapshot uses any more and stage debris. The caller holds the gc lock."""
     result = ObjectGC()
-    for o in iter_objects(paths, []):
+    for o in iter_objects(paths):
         if o.names == 0:
             if not dry_run:
                 try:
@@ -1521,7 +1524,7 @@ class FileUsage:
 
 def usage(paths):
     u = FileUsage()
-    for o in iter_objects(paths, []):
+    for o in iter_objects(paths):
         u.objects += 1
         u.size += o.size
         u.logical += o.size * o.names
