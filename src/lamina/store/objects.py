@@ -1567,6 +1567,8 @@ def shared_file_bytes(store, images):
         fd = _open_objects_fanout(store.paths.root)
         try:
             for key, tags in groups.groups():
+                if len(tags) < 2:
+                    continue  # one snapshot's: shared only if that layer is, and that counts whole
                 using = [users[int.from_bytes(t, "little")] for t in tags - broken]
                 own = {i for u in using if len(u) == 1 for i in u}   # images with it in a layer of their own
                 if own and len(frozenset().union(*using)) > 1:
