@@ -63,7 +63,7 @@ class Sizes:
     def __init__(self, store, images=None, *, file_level=False):
         """``file_level``: shared sizes also count files shared with other images through the
         store's file objects (dedup), not only whole layers (``system df`` does; it reads every
-        snapshot's file list)."""
+        snapshot's objects list, in bounded memory: objects.shared_file_bytes)."""
         self.store = store
         self.images = store.images() if images is None else images
         self._snap = {}

@@ -68,7 +68,6 @@ from __future__ import annotations
 import array
 import bisect
 import codecs
-import collections
 import errno
 import fcntl
 import heapq
@@ -350,17 +349,12 @@ _OBJECT_BYTES = 40   # an object name in the objects list: blake3 (32 bytes), me
 def snapshot_objects(snapshot_dir):
     """The names of the objects a deduplicated snapshot's files use (a set; empty if it is not
     deduplicated).  Read from its objects list, 40 bytes an object, not from the file list (a
-    JSON document of every file): ``system df`` reads this for every snapshot."""
-    return {_object_name(k) for k in _object_keys(snapshot_dir)}
+    JSON document of every file).  A set of them all: iter_object_keys() for a big snapshot."""
+    return {_object_name(k) for k in iter_object_keys(snapshot_dir)}
 
 
 def _object_name(key):
     return f"{key[:32].hex()}.{key[32:].hex()}"
-
-
-def _object_keys(snapshot_dir):
-    """snapshot_objects() as 40-byte keys (blake3, metadata key), without making names of them."""
-    return set(iter_object_keys(snapshot_dir))
 
 
 def iter_object_keys(snapshot_dir):
@@ -1300,11 +1294,9 @@ def object_inodes(snapshot_dir):
     it through file dedup (the pass links only names alone on their inode to an object), any
     other inode is the layer's own.  8 bytes an object, where the set of paths took ~1 KB a
     file (300k files in a snapshot: 250 MiB for a flatten copy)."""
-    root = os.path.join(os.path.dirname(os.path.dirname(os.fspath(snapshot_dir))), "objects", "blake3")
     inodes = array.array("Q")
-    try:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    fd = _open_objects_fanout(os.path.dirname(os.path.dirname(os.fspath(snapshot_dir))))
+    if fd is None:
         return inodes
     try:
         for key in iter_object_keys(snapshot_dir):
@@ -1318,6 +1310,26 @@ def object_inodes(snapshot_dir):
     return inodes
 
 
+def _open_objects_fanout(root):
+    """An fd of ``objects/blake3`` of the store at ``root``, None if there is none."""
+    try:
+        return os.open(os.path.join(root, "objects", "blake3"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+
+
+def _object_size(fd, key):
+    """Bytes on disk of the object of a 40-byte key, below ``fd`` (_open_objects_fanout); 0 if
+    it is gone."""
+    if fd is None:
+        return 0
+    name = _object_name(key)
+    try:
+        return os.stat(f"{name[:2]}/{name}", dir_fd=fd, follow_symlinks=False).st_blocks * 512
+    except OSError:
+        return 0
+
+
 # --- objects: listing, gc, fsck, usage ------------------------------------------------------------
 
 @dataclass
@@ -1327,10 +1339,11 @@ class ObjectInfo:
     names: int       # hardlinks besides the object's own name (snapshot names, --link copies)
 
 
-def iter_objects(paths, strays):
-    """ObjectInfo of every well-named object, one fan-out directory listed at a time (a list of
-    them all took ~300 B an object: fsck, gc and system df walk this); ``strays`` gets the
-    (relative path, why) of the names that are not objects."""
+def iter_objects(paths, strays=None):
+    """ObjectInfo of every well-named object, each fan-out directory read as a stream (a list of
+    them all took ~300 B an object, a list of one directory's names 1/256th of that: fsck, gc
+    and system df walk this); ``strays`` (a list, or None for gc and system df, which only skip
+    them) gets the (relative path, why) of the names that are not objects."""
     root = objects_dir(paths) / "blake3"
     try:
         subs = sorted(os.listdir(root))
@@ -1338,17 +1351,19 @@ def iter_objects(paths, strays):
         return
     for sub in subs:
         try:
-            names = os.listdir(root / sub)
+            entries = os.scandir(root / sub)
         except NotADirectoryError:
-            strays.append((f"blake3/{sub}", "not a directory"))
+            if strays is not None:
+                strays.append((f"blake3/{sub}", "not a directory"))
             continue
-        for n in names:
-            rel = f"blake3/{sub}/{n}"
-            st = os.lstat(root / sub / n)
-            if not _OBJECT_RE.fullmatch(n) or n[:2] != sub or not stat.S_ISREG(st.st_mode):
-                strays.append((rel, "not an object (bad name or type)"))
-                continue
-            yield ObjectInfo(n, st.st_blocks * 512, st.st_nlink - 1)
+        with entries:
+            for e in entries:
+                st = e.stat(follow_symlinks=False)
+                if not _OBJECT_RE.fullmatch(e.name) or e.name[:2] != sub or not stat.S_ISREG(st.st_mode):
+                    if strays is not None:
+                        strays.append((f"blake3/{sub}/{e.name}", "not an object (bad name or type)"))
+                    continue
+                yield ObjectInfo(e.name, st.st_blocks * 512, st.st_nlink - 1)
 
 
 def stage_debris(paths):
@@ -1370,7 +1385,7 @@ class ObjectGC:
 def collect(paths, dry_run=False):
     """Remove objects no snapshot uses any more and stage debris. The caller holds the gc lock."""
     result = ObjectGC()
-    for o in iter_objects(paths, []):
+    for o in iter_objects(paths):
         if o.names == 0:
             if not dry_run:
                 try:
@@ -1509,7 +1524,7 @@ class FileUsage:
 
 def usage(paths):
     u = FileUsage()
-    for o in iter_objects(paths, []):
+    for o in iter_objects(paths):
         u.objects += 1
         u.size += o.size
         u.logical += o.size * o.names
@@ -1527,40 +1542,43 @@ def shared_file_bytes(store, images):
     whole, docker's way).  In those, a file counts as shared when its object is also used by a
     snapshot of another image; each object counts once per image, at its size on disk.  An
     image's UNIQUE SIZE is then what removing it alone would free.
+
+    Every snapshot's objects are grouped by key in bounded memory (KeyGroups: about 3 MiB
+    held, the rest in a temp file), each record a key and the index of a snapshot using it.
     """
-    layer_users, image_chains = {}, {}
+    from .keygroups import KeyGroups
+    digests = list(dict.fromkeys(img.manifest_digest for img in images))
+    number = {d: i for i, d in enumerate(digests)}
+    layer_users = {}   # chain -> indexes of the images whose layers include it
     for img in images:
-        chains = set(img.chain_ids)
-        image_chains[img.manifest_digest] = chains
-        for c in chains:
-            layer_users.setdefault(c, set()).add(img.manifest_digest)
-    objects_of = {}   # chain -> its objects (40-byte keys)
-    for chain in layer_users:
+        for c in img.chain_ids:
+            layer_users.setdefault(c, set()).add(number[img.manifest_digest])
+    chains = list(layer_users)
+    users = [frozenset(layer_users[c]) for c in chains]
+    totals = [0] * len(digests)
+    broken = set()
+    with KeyGroups(_OBJECT_BYTES, 4, scratch_dir=store.paths.ingest) as groups:
+        for n, chain in enumerate(chains):
+            tag = n.to_bytes(4, "little")
+            try:
+                groups.add_all(iter_object_keys(store.paths.snapshot(chain)), tag)
+            except StoreError:
+                broken.add(tag)  # an unreadable list: no file-level sharing known (fsck reports it)
+        fd = _open_objects_fanout(store.paths.root)
         try:
-            objects_of[chain] = _object_keys(store.paths.snapshot(chain))
-        except StoreError:
-            objects_of[chain] = set()  # an unreadable list: no file-level sharing known (fsck reports it)
-    images_using = collections.Counter()   # object -> how many images' snapshots use it
-    for chains in image_chains.values():
-        images_using.update(set().union(*(objects_of[c] for c in chains)))
-    blake3_dir = os.path.join(objects_dir(store.paths), "blake3")
-    sizes = {}
-    out = {}
-    for digest, chains in image_chains.items():
-        own = set().union(*(objects_of[c] for c in chains if len(layer_users[c]) == 1))
-        total = 0
-        for key in own:
-            if images_using[key] < 2:
-                continue
-            if key not in sizes:
-                name = _object_name(key)
-                try:
-                    sizes[key] = os.stat(f"{blake3_dir}/{name[:2]}/{name}").st_blocks * 512
-                except OSError:
-                    sizes[key] = 0
-            total += sizes[key]
-        out[digest] = total
-    return out
+            for key, tags in groups.groups():
+                if len(tags) < 2:
+                    continue  # one snapshot's: shared only if that layer is, and that counts whole
+                using = [users[int.from_bytes(t, "little")] for t in tags - broken]
+                own = {i for u in using if len(u) == 1 for i in u}   # images with it in a layer of their own
+                if own and len(frozenset().union(*using)) > 1:
+                    size = _object_size(fd, key)
+                    for i in own:
+                        totals[i] += size
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return dict(zip(digests, totals))
 
 
 def find_files(store, blake3=None, path=None):
