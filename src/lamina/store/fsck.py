@@ -262,7 +262,7 @@ class Checker:
                 self.report.add("warning", "unverifiable-snapshot", chain,
                                 f"snapshot {chain}: the snapshots below it are missing; cannot verify it")
                 return
-            diff = first_difference(os.fspath(info.fs), os.fspath(fresh / "fs"))
+            diff = first_difference(os.fspath(info.fs), os.fspath(fresh / "fs"), scratch=os.fspath(fresh))
             if diff:
                 f = self.report.add("error", "bad-snapshot", chain,
                                     f"snapshot {chain}: differs from layer {info.digest}: {diff}")
