@@ -225,3 +225,19 @@ def test_findings_past_those_held_spill_and_read_back_in_order(tmp_path):
         json.dump(document(r.to_dict()), whole, indent=2)
         assert streamed.getvalue() == whole.getvalue() + "\n"
 
+
+def test_a_changed_object_names_a_few_of_the_files_using_it(tmp_path):
+    """An object of a common file is used by thousands of names: its finding was one line
+    naming every one (held until the end of the check); it names five and counts the rest."""
+    lay = ob.Layout(tmp_path / "src")
+    m = lay.image([{"d": None, **{f"d/same-{i}": b"same body\n" for i in range(8)}}])
+    lay.add(m, "app:1")
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:app:1", "app:1")
+    with Store(root) as store:
+        fs = store.snapshots_for(store.resolve("app:1"))[0]
+    with open(fs / "d" / "same-3", "r+b") as f:   # the object's inode: every name changes
+        f.write(b"S")
+    report = fsck(root)
+    (bad,) = [f["message"] for f in report["findings"] if f["kind"] == "bad-object"]
+    assert bad.count("d/same-") == 5 and bad.endswith(" and 3 more name(s)"), bad
