@@ -194,3 +194,50 @@ def test_a_sparse_file_is_checked_without_reading_its_holes(tmp_path):
         assert "var/lastlog" in report.findings[0].message
         store.fsck(repair=True)
         assert store.fsck().findings == []
+
+
+def test_findings_past_those_held_spill_and_read_back_in_order(tmp_path):
+    """An interrupted prune leaves a finding per object: all but the newest HELD go to a temp
+    file; every one is read back, in order, with its repair mark and its non-UTF-8 bytes."""
+    import io
+
+    from lamina.cli.output import document, write_json_streamed
+    from lamina.store.fsck import Finding, Findings, FsckReport
+    report = FsckReport(Findings(str(tmp_path)))
+    want = []
+    for i in range(2 * Findings.HELD + 3):
+        args = ("error" if i % 7 == 0 else "warning", f"kind-{i % 3}", f"s{i}", f"bad-\udcff {i}\nline")
+        f = report.add(*args)
+        f.repaired = i % 5 == 0   # a repair marks the finding just added
+        want.append(Finding(*args, repaired=i % 5 == 0))
+    assert report.findings.file is not None and len(report.findings.held) <= Findings.HELD
+    assert len(report.findings) == len(want) and report.findings == want
+    assert report.errors == [f for f in want if f.severity == "error" and not f.repaired] and not report.ok
+    report.findings.keep(lambda f: f.kind != "kind-0")
+    want = [f for f in want if f.kind != "kind-0"]
+    assert list(report.findings) == want
+    # the CLI's streamed document is, byte for byte, what json.dump writes of the whole one
+    one = FsckReport()
+    one.add("warning", "k", "s", "m")
+    for r in (report, one, FsckReport()):
+        streamed, whole = io.StringIO(), io.StringIO()
+        write_json_streamed(r.to_dict(findings=False), "findings", r.iter_dicts(), streamed)
+        json.dump(document(r.to_dict()), whole, indent=2)
+        assert streamed.getvalue() == whole.getvalue() + "\n"
+
+
+def test_a_changed_object_names_a_few_of_the_files_using_it(tmp_path):
+    """An object of a common file is used by thousands of names: its finding was one line
+    naming every one (held until the end of the check); it names five and counts the rest."""
+    lay = ob.Layout(tmp_path / "src")
+    m = lay.image([{"d": None, **{f"d/same-{i}": b"same body\n" for i in range(8)}}])
+    lay.add(m, "app:1")
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:app:1", "app:1")
+    with Store(root) as store:
+        fs = store.snapshots_for(store.resolve("app:1"))[0]
+    with open(fs / "d" / "same-3", "r+b") as f:   # the object's inode: every name changes
+        f.write(b"S")
+    report = fsck(root)
+    (bad,) = [f["message"] for f in report["findings"] if f["kind"] == "bad-object"]
+    assert bad.count("d/same-") == 5 and bad.endswith(" and 3 more name(s)"), bad

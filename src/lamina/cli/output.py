@@ -66,6 +66,22 @@ def emit(args, doc, text=None, *, out=None):
     out.write(parse(args.format).execute(_raw_for_template(doc)) + "\n")
 
 
+def write_json_streamed(doc, key, items, out=None):
+    """``json.dump(document({**doc, key: list(items)}), out, indent=2)``, byte for byte, with the
+    ``items`` encoded one at a time: a list too long to hold (fsck's findings) is never one."""
+    out = out or sys.stdout
+    head = json.dumps(document({**doc, key: []}), indent=2)
+    first = True
+    for item in items:
+        if first:
+            out.write(head[:-len("[]\n}")] + "[\n")
+            first = False
+        else:
+            out.write(",\n")
+        out.write("    " + json.dumps(utf8_document(item), indent=2).replace("\n", "\n    "))
+    out.write(head + "\n" if first else "\n  ]\n}\n")
+
+
 def utf8_text(s):
     """``s`` as text that encodes to UTF-8: a name or path that is not UTF-8 reaches Python as
     a str with lone surrogates (``os.fsdecode``'s surrogateescape), which UTF-8 output cannot

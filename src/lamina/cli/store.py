@@ -6,7 +6,7 @@ import sys
 
 from ..errors import InvalidReferenceError
 from . import one_line, path_arg
-from .output import add_format_option, check_format, emit
+from .output import add_format_option, check_format, emit, wants_text, write_json_streamed
 
 
 def _store(args):
@@ -117,7 +117,12 @@ def _fsck(args, store):
     check_format(args)
     report = store.fsck(repair=args.repair, waiting=lambda: print(
         "lamina fsck: waiting for other lamina processes writing to the store to finish...", file=sys.stderr))
-    emit(args, report.to_dict(), lambda: _print_fsck(args, report))
+    if wants_text(args):
+        _print_fsck(args, report)
+    elif args.format == "json":
+        write_json_streamed(report.to_dict(findings=False), "findings", report.iter_dicts())
+    else:
+        emit(args, report.to_dict())  # a template may read any finding: the whole document
     return 0 if report.ok else 1
 
 
@@ -128,27 +133,35 @@ _UNUSED_KINDS = ("orphan-blob", "orphan-snapshot", "unused-object")
 
 
 def _print_fsck(args, report):
+    # one pass over the findings (they may be a stream of hundreds of thousands): the first
+    # FSCK_SHOWN_PER_KIND of each group are kept, the rest only counted
     groups = {}
+    errors = warnings = repaired = 0
+    unused = False
     for f in report.findings:
-        groups.setdefault((f.severity, f.kind, f.repaired), []).append(f)
-    for (severity, kind, repaired), found in groups.items():
-        for f in found[:FSCK_SHOWN_PER_KIND]:
+        group = groups.setdefault((f.severity, f.kind, f.repaired), [0, []])
+        group[0] += 1
+        if len(group[1]) < FSCK_SHOWN_PER_KIND:
+            group[1].append(f)
+        errors += f.severity == "error"
+        warnings += f.severity != "error"
+        repaired += f.repaired
+        unused = unused or f.kind in _UNUSED_KINDS
+    for (severity, kind, was_repaired), (count, shown) in groups.items():
+        for f in shown:
             print(one_line(str(f)))  # a finding may name a file of a snapshot: the layer's bytes
-        if len(found) > FSCK_SHOWN_PER_KIND:
-            print(f"{severity}: {len(found) - FSCK_SHOWN_PER_KIND} more {kind} findings like these"
-                  + (" (repaired)" if repaired else "") + "; lamina fsck --format json lists every one")
+        if count > FSCK_SHOWN_PER_KIND:
+            print(f"{severity}: {count - FSCK_SHOWN_PER_KIND} more {kind} findings like these"
+                  + (" (repaired)" if was_repaired else "") + "; lamina fsck --format json lists every one")
     c = report.checked
     summary = (f"checked {_count(c.get('blobs', 0), 'blob')}, {_count(c.get('images', 0), 'image')}, "
                f"{_count(c.get('snapshots', 0), 'snapshot')}: ")
-    errors = sum(1 for f in report.findings if f.severity == "error")
-    warnings = len(report.findings) - errors
-    repaired = sum(1 for f in report.findings if f.repaired)
     summary += f"{_count(errors, 'error')}, {_count(warnings, 'warning')}" + (
         f", {repaired} repaired" if args.repair else "")
     print(summary)
     if not report.ok and not args.repair:
         print("run lamina fsck --repair to fix what can be fixed", file=sys.stderr)
-    elif not args.repair and any(f.kind in _UNUSED_KINDS for f in report.findings):
+    elif not args.repair and unused:
         print("unused content (what an interrupted rmi or prune leaves): lamina image prune removes it",
               file=sys.stderr)
 

@@ -50,9 +50,75 @@ class Finding:
         return f"{self.severity}: {self.message}" + (" (repaired)" if self.repaired else "")
 
 
+class Findings:
+    """The findings of one fsck, in the order found: the newest HELD as Finding objects, the
+    older ones as JSON lines in a temp file (``scratch``).  A store an interrupted prune left
+    holds an unused object per file of its layers, and 300k findings took ~200 MiB; every one
+    is still listed (``lamina fsck --format json``), read back as a stream.  Only the newest
+    finding is changed after it is added (a repair marks it), so it is never the one spilled."""
+    HELD = 1000
+
+    def __init__(self, scratch=None):
+        self.held = []
+        self.scratch = scratch
+        self.file = None
+        self.end = 0           # bytes of the temp file written
+        self.spilled = 0
+
+    def append(self, finding):
+        self.held.append(finding)
+        if len(self.held) > self.HELD:
+            if self.file is None:
+                self.file = tempfile.TemporaryFile(dir=self.scratch)
+            out = "".join(json.dumps(asdict(f)) + "\n" for f in self.held[:-1]).encode()
+            os.pwrite(self.file.fileno(), out, self.end)
+            self.end += len(out)
+            self.spilled += len(self.held) - 1
+            del self.held[:-1]
+
+    def __iter__(self):
+        pos, rest = 0, b""
+        while pos < self.end:
+            chunk = os.pread(self.file.fileno(), min(1 << 18, self.end - pos), pos)
+            pos += len(chunk)
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                yield Finding(**json.loads(line))
+        yield from list(self.held)
+
+    def __len__(self):
+        return self.spilled + len(self.held)
+
+    def __getitem__(self, i):
+        return list(self)[i]
+
+    def __eq__(self, other):
+        if isinstance(other, (list, Findings)):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self):
+        return repr(list(self)) if len(self) <= self.HELD else f"<{len(self)} findings>"
+
+    def keep(self, wanted):
+        """Drop the findings ``wanted(finding)`` is false for."""
+        kept = Findings(self.scratch)
+        for f in self:
+            if wanted(f):
+                kept.append(f)
+        self.close()
+        self.__dict__.update(kept.__dict__)
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
 @dataclass
 class FsckReport:
-    findings: list = field(default_factory=list)
+    findings: Findings = field(default_factory=Findings)
     checked: dict = field(default_factory=dict)
     repair: bool = False
 
@@ -68,20 +134,26 @@ class FsckReport:
 
     @property
     def ok(self):
-        return not self.errors
+        return not any(f.severity == "error" and not f.repaired for f in self.findings)
 
     @property
     def clean(self):
         return not self.findings
 
-    def to_dict(self):
-        return {"ok": self.ok, "checked": self.checked, "repair": self.repair,
-                "findings": [asdict(f) for f in self.findings]}
+    def to_dict(self, findings=True):
+        """The JSON document; ``findings=False``: without the list (see iter_dicts)."""
+        doc = {"ok": self.ok, "checked": self.checked, "repair": self.repair}
+        if findings:
+            doc["findings"] = list(self.iter_dicts())
+        return doc
+
+    def iter_dicts(self):
+        return (asdict(f) for f in self.findings)
 
 
 def check(store, repair=False, waiting=None):
     """``waiting()`` is called if --repair has to wait for other lamina writers first."""
-    report = FsckReport(repair=repair)
+    report = FsckReport(Findings(store.paths.root if store.writable else None), repair=repair)
     lock = FileLock(store.paths.gc_lock)
     if repair:
         if not lock.try_acquire():
@@ -262,7 +334,7 @@ class Checker:
                 self.report.add("warning", "unverifiable-snapshot", chain,
                                 f"snapshot {chain}: the snapshots below it are missing; cannot verify it")
                 return
-            diff = first_difference(os.fspath(info.fs), os.fspath(fresh / "fs"))
+            diff = first_difference(os.fspath(info.fs), os.fspath(fresh / "fs"), scratch=os.fspath(fresh))
             if diff:
                 f = self.report.add("error", "bad-snapshot", chain,
                                     f"snapshot {chain}: differs from layer {info.digest}: {diff}")

@@ -1431,10 +1431,9 @@ def check(store, report, repair):
     """
     from . import snapshots as _snapshots
     paths = store.paths
-    strays = []
     changed = {}
     report.checked["objects"] = 0
-    for o in iter_objects(paths, strays):
+    for o in iter_objects(paths, _StrayFindings(paths, report, repair)):
         report.checked["objects"] += 1
         problem = verify_object(paths, o.name)
         if problem:
@@ -1454,7 +1453,9 @@ def check(store, report, repair):
         try:
             for e in entries or ():
                 if e.object in changed:
-                    found.setdefault(e.object, []).append(f"{chain} ({e.path})")
+                    where = found.setdefault(e.object, [])
+                    if len(where) < USERS_NAMED:
+                        where.append(f"{chain} ({e.path})")
         except StoreError as e:
             f = report.add("error", "bad-file-list", chain, str(e))
             _fix(f, repair, lambda sdir=sdir: _drop_lists(sdir))
@@ -1467,15 +1468,35 @@ def check(store, report, repair):
         for name, where in found.items():
             users.setdefault(name, []).extend(where)
     for name, (o, problem) in sorted(changed.items()):
-        where = f"shared by snapshot {', '.join(users[name])}" if name in users else f"{o.names} name(s) use it"
+        where = f"shared by snapshot {_some(users[name], o.names)}" if name in users else f"{o.names} name(s) use it"
         f = report.add("error", "bad-object", name, f"object {name}: {problem}; {where}")
         _fix(f, repair, lambda name=name: os.unlink(object_path(paths, name)))
-    for rel, why in strays:
-        f = report.add("warning", "stray-object", rel, f"objects/{rel}: {why}")
-        _fix(f, repair, lambda rel=rel: os.unlink(objects_dir(paths) / rel))
     for n in stage_debris(paths):
         f = report.add("warning", "object-stage", n, f"objects/stage/{n}: left by an interrupted dedup")
         _fix(f, repair, lambda n=n: os.unlink(stage_dir(paths) / n))
+
+
+# A changed object's finding names this many of the snapshot files using it: an object of a
+# common file (an empty one) is used by thousands, and the finding was a line of all of them.
+USERS_NAMED = 5
+
+
+def _some(where, names):
+    """The first USERS_NAMED of ``where`` (snapshot files using an object of ``names`` names)."""
+    more = names - len(where) if len(where) >= USERS_NAMED else 0
+    return ", ".join(where[:USERS_NAMED]) + (f" and {more} more name(s)" if more > 0 else "")
+
+
+class _StrayFindings:
+    """iter_objects' ``strays``: each reported (and with --repair removed) as it is met, not
+    listed until the walk ends (a name per stray: a store's worth of them is unbounded)."""
+    def __init__(self, paths, report, repair):
+        self.paths, self.report, self.repair = paths, report, repair
+
+    def append(self, stray):
+        rel, why = stray
+        f = self.report.add("warning", "stray-object", rel, f"objects/{rel}: {why}")
+        _fix(f, self.repair, lambda: os.unlink(objects_dir(self.paths) / rel))
 
 
 def _drop_lists(snapshot_dir):

@@ -467,9 +467,9 @@ def check(store, report):
             continue
         compact_blobs.add(info.digest)
         compact_chains.add(chain)
-    report.findings = [f for f in report.findings
-                       if not (f.kind == "missing-blob" and f.subject in compact_blobs)
-                       and not (f.kind == "unverifiable-snapshot" and f.subject in compact_chains
-                                and not store.has_blob(_snapshots.read_info(store.paths, f.subject).digest))]
+    if compact_blobs:  # else nothing to drop: the findings are not read back
+        report.findings.keep(lambda f: not (f.kind == "missing-blob" and f.subject in compact_blobs)
+                             and not (f.kind == "unverifiable-snapshot" and f.subject in compact_chains
+                                      and not store.has_blob(_snapshots.read_info(store.paths, f.subject).digest)))
     if checked:
         report.checked["sidecars"] = checked
