@@ -91,11 +91,13 @@ def test_peak_rss_of_unpacking_a_snapshot_of_50k_files(big_store):
 def test_peak_rss_of_fsck_of_a_snapshot_of_50k_files(big_store):
     """fsck read every snapshot's whole file list and listed every object at once: ~60 MiB here.
     Then the tree comparison held sorted listings of the one big directory (11.1 MiB in all);
-    it streams them now, and what is left is the fresh extraction it compares with (9.0 MiB)."""
+    it streams them now, and what is left is the fresh extraction it compares with (9.0-10.1 MiB,
+    with the allocator's noise).  The bound catches per-file lists coming back; test_treediff's
+    memory tests hold the comparison itself to its budget."""
     _, root = big_store
     got = _child(root, "fsck")
     assert got["ok"] and got["objects"] == FILES
-    assert got["growth"] < 10 << 20, f"peak RSS grew {got['growth'] / 2**20:.1f} MiB over {FILES} files"
+    assert got["growth"] < 16 << 20, f"peak RSS grew {got['growth'] / 2**20:.1f} MiB over {FILES} files"
 
 
 def test_peak_rss_of_gc_freeing_50k_objects(big_layout, tmp_path):
