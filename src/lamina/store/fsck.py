@@ -127,14 +127,18 @@ class FsckReport:
         self.findings.append(f)
         return f
 
+    def _unrepaired_errors(self):
+        return (f for f in self.findings if f.severity == "error" and not f.repaired)
+
     @property
     def errors(self):
         """Errors still present (not repaired)."""
-        return [f for f in self.findings if f.severity == "error" and not f.repaired]
+        return list(self._unrepaired_errors())
 
     @property
     def ok(self):
-        return not any(f.severity == "error" and not f.repaired for f in self.findings)
+        # stops at the first (the findings may be a stream of hundreds of thousands)
+        return next(self._unrepaired_errors(), None) is None
 
     @property
     def clean(self):
