@@ -4814,10 +4814,9 @@ cdef class Extractor:
             # a dir of this layer loses only what is below it; anything else of the layer stays.
             # ``created`` is lexical: a layer that wrote ``a/x`` through a lower symlink ``a``
             # did not write ``a``, and its whiteout removes that symlink (as the mount shows).
-            try:
-                pfd = self._resolve_dir(parent, False, name)
-            except _errors.ExtractError:
-                return  # its parent is no directory now: nothing below shows there
+            # absent or under a non-directory now (-1): nothing below shows there; a symlink
+            # loop on the way fails as it does for any other entry, and on the overlay path
+            pfd = self._resolve_dir(parent, False, name)
             if pfd >= 0:
                 try:
                     if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:

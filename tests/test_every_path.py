@@ -602,6 +602,8 @@ def test_aufs_bookkeeping_is_ignored_and_what_it_holds_refused(g, entry, refused
     [Tar().file("b/a").dir("c/d"), Tar().symlink("a", ".").opaque("a").file("b/c").dir("c")],
     # ... and a whiteout of a symlink the layer wrote does not follow it (here into a loop)
     [Tar().symlink("a/a/a", "a").whiteout("a/a/a")],
+    # ... and a whiteout of a dir the layer wrote, under a symlink loop the layer made of its parent
+    [Tar().dir("c/a").symlink("c", "c").whiteout("c/a")],
     # entries skipped top-down (hidden by an opaque marker above) still imply their visible parents
     [Tar().file("a/a/a", b"1"), Tar().dir("a/a/a").dir("b").file("a/a").opaque("a/a/a"),
      Tar().whiteout("b").dir("b").file("b", b"1", mode=0o600), Tar().opaque("a")],
@@ -635,7 +637,7 @@ def test_aufs_bookkeeping_is_ignored_and_what_it_holds_refused(g, entry, refused
         "whiteout-of-own-dir", "whiteout-of-own-listed-dir", "dir-through-replaced-symlink",
         "dir-through-symlink-to-root", "opaque-root", "opaque-root-over-whiteouts",
         "opaque-root-own-dir-before", "opaque-root-own-dir-after",
-        "whiteout-of-own-symlink-loop", "skipped-entries-imply-visible-parent",
+        "whiteout-of-own-symlink-loop", "whiteout-of-own-dir-under-symlink-loop", "skipped-entries-imply-visible-parent",
         "skipped-entries-imply-visible-parent-2", "skipped-self-hardlink-to-dir",
         "entry-through-symlink-to-skipped-file", "whiteout-of-lower-symlink-written-through",
         "whiteout-of-lower-symlink-written-through-2", "opaque-over-lower-symlink-written-through",
