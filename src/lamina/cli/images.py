@@ -685,7 +685,8 @@ def cmd_mount(args):
         if args.format == "json":  # lamina's own document, even with nothing mounted
             from .output import emit
             emit(args, {"mounts": [{"target": m["path"], "image_id": m["image_id"], "names": m.get("names") or [],
-                                    "rw": bool(m.get("rw")), "mounted": bool(m.get("mounted"))} for m in records]})
+                                    "rw": bool(m.get("rw")), "suid": bool(m.get("suid")),
+                                    "mounted": bool(m.get("mounted"))} for m in records]})
             return 0
         rows = []
         for m in records:
@@ -701,7 +702,7 @@ def cmd_mount(args):
         return 0
     if args.target is None:
         raise LaminaError("mount needs REF and TARGET (or nothing, to list the mounts)")
-    record = api.mount(store, args.ref, args.target, rw=args.rw)
+    record = api.mount(store, args.ref, args.target, rw=args.rw, suid=args.suid)
     print(record["path"])
     return 0
 
@@ -816,6 +817,10 @@ def register(sub):
     m.add_argument("ref", nargs="?", metavar="IMAGE")
     m.add_argument("target", nargs="?", metavar="TARGET", type=path_arg)
     m.add_argument("--rw", action="store_true", help="writable: changes go to an upper dir that umount removes")
+    m.add_argument("--suid", action="store_true",
+                   help="honour the image's set-user-ID/set-group-ID bits and file capabilities (by default the "
+                        "mount is nosuid: a hostile image's setuid-root files would give root to anyone who "
+                        "can reach TARGET)")
     m.add_argument("--format", metavar="FORMAT", help="template for the listing")
     m.set_defaults(func=_closing(cmd_mount))
 
