@@ -319,6 +319,29 @@ def test_a_destination_index_that_is_a_fifo_is_refused_not_waited_on(root, tmp_p
     assert not (dest / "blobs").exists()   # refused before any blob was written
 
 
+@pytest.mark.parametrize("manifests,detail", [
+    ('"abc"', "'manifests' must be a list"),
+    ('{"k": 1}', "'manifests' must be a list"),
+    ('[1, "x", null]', "descriptor is not a JSON object"),
+    ('[{"mediaType": 5}]', "invalid mediaType 5"),
+    ('[], "manifests": []', "duplicate key 'manifests'"),
+])
+def test_a_destination_index_that_is_no_image_index_is_refused_not_extended(root, tmp_path, manifests,  # noqa: F811
+                                                                            detail):
+    """copy IMG oci:DIR:REF kept whatever DIR/index.json's "manifests" held and added its entry:
+    a string became one entry per character ("a", "b", "c"), a map its keys, and the index.json
+    written was one that skopeo and umoci refuse ("cannot unmarshal string into ... Descriptor")."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    index = '{"schemaVersion": 2, "manifests": %s}' % manifests
+    (dest / "index.json").write_text(index)
+    error = fails(root, "copy", "keep:1", f"oci:{dest}:keep", match=f"{dest / 'index.json'}: not a valid image index")
+    assert detail in error and error.endswith("refusing to overwrite it")
+    assert (dest / "index.json").read_text() == index
+    assert not (dest / "blobs").exists()   # refused before any blob was written
+
+
 def test_an_archive_whose_manifest_json_and_index_json_name_different_images_is_refused(root, tmp_path):  # noqa: F811
     """docker >= 25 writes an OCI layout and a manifest.json for older readers.  lamina (and
     containerd) read the layout, docker's own load and skopeo the manifest.json: an archive whose
