@@ -7,6 +7,7 @@ failing on a path the machine does not have.
 """
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -167,6 +168,9 @@ def test_setuid_files_of_a_mounted_image_give_no_privilege(tmp_path, rw):
         mount(store, "img:1", mnt, rw=rw, suid=True)
         try:
             assert _ids_as_nobody(mnt) == (0, 0)
+            listing = subprocess.run([sys.executable, "-m", "lamina", "--root", str(store.root), "mount",
+                                      "--format", "{{.Target}} {{.Mode}}"], capture_output=True, text=True, check=True)
+            assert listing.stdout == f"{mnt} {'rw' if rw else 'ro'},suid\n"
         finally:
             umount(store, mnt)
     finally:

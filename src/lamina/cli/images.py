@@ -645,7 +645,7 @@ def cmd_system_df(args):
     for m in du.mounts:
         m_rows.append(GoStruct("mount", methods={
             "Target": lambda m=m: m["path"], "Image": lambda m=m: (m.get("names") or [truncate_id(m["image_id"])])[0],
-            "Mode": lambda m=m: "rw" if m.get("rw") else "ro",
+            "Mode": lambda m=m: _mount_mode(m),
             "Size": lambda m=m: human_size(api.directory_usage(m["upper"])) if m.get("upper") else "0B",
             "Mounted": lambda m=m: "yes" if m.get("mounted") else "no"}))
     out = sys.stdout
@@ -675,6 +675,11 @@ def cmd_system_df(args):
 
 # --- mount / umount ------------------------------------------------------------------------------------
 
+def _mount_mode(record):
+    # suid is the exception worth seeing: the mount hands the image's setuid files to local users
+    return ("rw" if record.get("rw") else "ro") + (",suid" if record.get("suid") else "")
+
+
 def cmd_mount(args):
     from .. import images as api
     from ..errors import LaminaError
@@ -694,7 +699,7 @@ def cmd_mount(args):
                 "Target": lambda m=m: m["path"],
                 "Image": lambda m=m: (m.get("names") or [truncate_id(m["image_id"])])[0],
                 "ID": lambda m=m: truncate_id(m["image_id"]),
-                "Mode": lambda m=m: "rw" if m.get("rw") else "ro",
+                "Mode": lambda m=m: _mount_mode(m),
                 "Mounted": lambda m=m: "yes" if m.get("mounted") else "no (run lamina umount to clean up)"}))
         fmt = args.format or "table {{.Target}}\t{{.Image}}\t{{.ID}}\t{{.Mode}}\t{{.Mounted}}"
         sys.stdout.write(render_rows(fmt, rows, {"Target": "TARGET", "Image": "IMAGE", "ID": "IMAGE ID",
