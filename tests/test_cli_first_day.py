@@ -422,7 +422,7 @@ def test_mount_list_as_json_is_a_document_even_when_empty(store, tmp_path):
         lamina(store, "umount", mnt)
     image_id = json.loads(lamina(store, "inspect", "s:1").stdout)[0]["Id"]
     assert doc == {"version": 1, "mounts": [{"target": str(mnt), "image_id": image_id, "names": ["s:1"],
-                                             "rw": False, "mounted": True}]}
+                                             "rw": False, "suid": False, "mounted": True}]}
 
 
 @pytest.mark.parametrize("argv", [["login"], ["login", "127.0.0.1:5999"], ["login", "-u", "me"]],

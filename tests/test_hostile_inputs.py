@@ -289,6 +289,35 @@ def test_a_destination_blob_that_is_a_symlink_of_the_right_size_is_replaced(root
     lamina(root, "copy", f"oci:{dest}:keep", "again:1")
 
 
+@pytest.mark.parametrize("verb", ["copy", "load"])
+def test_a_refused_import_leaves_no_object_of_the_layers_it_had_extracted(root, tmp_path, verb):  # noqa: F811
+    """An image whose first layer is new and fine and whose second is refused (its diffID is not
+    its tar's): the import removed the blobs and snapshot it had made, but the file objects the
+    first layer's files were shared into stayed, and fsck warned "not used by any snapshot"."""
+    lay = ob.Layout(tmp_path / "lay")
+    raws = [ob.tar_bytes({"first": b"first layer, new to the store\n" * 50}), ob.tar_bytes({"second": b"2\n"})]
+    blobs = [ob.gz(raw) for raw in raws]
+    for blob in blobs:
+        lay.blob(blob)
+    config = lay.json_blob({"architecture": "amd64", "os": "linux",
+                            "rootfs": {"type": "layers", "diff_ids": [ob.sha256(raws[0]), ob.sha256(b"not it")]}},
+                           ob.OCI_CONFIG)
+    lay.add(lay.json_blob({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "config": config,
+                           "layers": [ob.desc(ob.OCI_LAYER_GZIP, b) for b in blobs]}, ob.OCI_MANIFEST),
+            "docker.io/library/bad:1")
+    before = fingerprint(root)
+    if verb == "copy":
+        args = ("copy", f"oci:{lay.root}:docker.io/library/bad:1", "bad:1")
+    else:
+        archive = tmp_path / "bad.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(lay.root, arcname=".")
+        args = ("load", "-i", archive)
+    fails(root, *args, match="diffID (uncompressed tar): digest mismatch")
+    _unchanged(root, before)
+    assert json.loads(lamina(root, "fsck", "--format", "json").stdout)["findings"] == []
+
+
 # --- configs used for more than digests: history --------------------------------------------------
 
 
@@ -316,6 +345,29 @@ def test_a_destination_index_that_is_a_fifo_is_refused_not_waited_on(root, tmp_p
     os.mkfifo(dest / "index.json")
     fails(root, "copy", "keep:1", f"oci:{dest}:keep", match=f"{dest / 'index.json'} is not a regular file",
           timeout=60)
+    assert not (dest / "blobs").exists()   # refused before any blob was written
+
+
+@pytest.mark.parametrize("manifests,detail", [
+    ('"abc"', "'manifests' must be a list"),
+    ('{"k": 1}', "'manifests' must be a list"),
+    ('[1, "x", null]', "descriptor is not a JSON object"),
+    ('[{"mediaType": 5}]', "invalid mediaType 5"),
+    ('[], "manifests": []', "duplicate key 'manifests'"),
+])
+def test_a_destination_index_that_is_no_image_index_is_refused_not_extended(root, tmp_path, manifests,  # noqa: F811
+                                                                            detail):
+    """copy IMG oci:DIR:REF kept whatever DIR/index.json's "manifests" held and added its entry:
+    a string became one entry per character ("a", "b", "c"), a map its keys, and the index.json
+    written was one that skopeo and umoci refuse ("cannot unmarshal string into ... Descriptor")."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    index = '{"schemaVersion": 2, "manifests": %s}' % manifests
+    (dest / "index.json").write_text(index)
+    error = fails(root, "copy", "keep:1", f"oci:{dest}:keep", match=f"{dest / 'index.json'}: not a valid image index")
+    assert detail in error and error.endswith("refusing to overwrite it")
+    assert (dest / "index.json").read_text() == index
     assert not (dest / "blobs").exists()   # refused before any blob was written
 
 

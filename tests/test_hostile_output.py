@@ -158,3 +158,31 @@ def test_a_template_error_quoting_an_image_field_stays_on_the_error_line(tmp_pat
     err = r.stderr.rstrip(b"\n")
     assert err.count(b"\n") == 0 and err.startswith(b"lamina: error: template: ") and b"\\x1b[2J" in err, err
     _assert_not_forged(r.stdout + r.stderr, "inspect")
+
+
+def test_an_images_own_text_drives_no_terminal(tmp_path):
+    """An image config's strings are anyone's: a history step, a label, the os/architecture.
+    On afc3e91 `history` printed a step's escape sequences as they were and its newline made a
+    line of the table of its own, `inspect --format` printed a label's escapes, and `unpack oci:`
+    printed the config's architecture (newline, escapes) in its first line."""
+    import ocibuild as ob
+    evil = FORGED.decode()
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"x"}], arch="amd64\n" + evil, config_extra={
+        "history": [{"created_by": "RUN x\n" + evil, "comment": "c\r" + evil}],
+        "config": {"Labels": {"l": "v" + evil}}}), "1")
+    r = _cli("unpack", f"oci:{lay.root}:1", tmp_path / "dest")
+    assert r.returncode == 0, r.stderr
+    _assert_not_forged(r.stdout + r.stderr, "unpack")
+    assert b"(linux/amd64\\nlamina: error: forged\\x1b[2j\\x1b[31m)" in r.stdout, r.stdout  # arch lowercased
+    root = tmp_path / "store"
+    assert _cli("--root", root, "copy", f"oci:{lay.root}:1", "evil:1").returncode == 0
+    for args in (["history", "evil:1"], ["history", "--no-trunc", "evil:1"]):
+        r = _cli("--root", root, *args)
+        assert r.returncode == 0, r.stderr
+        _assert_not_forged(r.stdout + r.stderr, " ".join(args))
+        assert r.stdout.count(b"\n") == 2, r.stdout   # the header and the one step
+    r = _cli("--root", root, "history", "--no-trunc", "--format", "{{.CreatedBy}}|{{.Comment}}", "evil:1")
+    assert r.stdout == b"RUN x\nlamina: error: forged\\x1b[2J\\x1b[31m|c\\rlamina: error: forged\\x1b[2J\\x1b[31m\n"
+    r = _cli("--root", root, "inspect", "--format", "{{.Config.Labels.l}}", "evil:1")
+    assert r.returncode == 0 and r.stdout == b"vlamina: error: forged\\x1b[2J\\x1b[31m\n", r.stdout

@@ -7,6 +7,7 @@ failing on a path the machine does not have.
 """
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -119,3 +120,82 @@ def test_snapshots_from_before_the_marker_kind_was_kept_still_mount(tmp_path):
         assert meta.pop("markers") == "trusted"
         meta_path.write_text(json.dumps(meta))
     assert _mounted_names(store, tmp_path / "mnt") == ["new"]
+
+
+# --- set-user-ID files of a mounted image -----------------------------------------------------------------
+
+def _setid_image_store(tmp_path):
+    """An image whose bin/id is a setuid-root copy of the host's id(1) and bin/gid a setgid-root one:
+    run from a mount that honours the bits, they report euid / egid 0 to any user."""
+    from everypath import write_image
+    from tarbuild import Tar
+    with open("/usr/bin/id", "rb") as f:
+        prog = f.read()
+    layer = Tar().dir("bin").file("bin/id", prog, mode=0o4755).file("bin/gid", prog, mode=0o2755)
+    layout = write_image(tmp_path / "setid-layout", [layer.bytes()])
+    store = Store(tmp_path / "setid-store")
+    load_layout(store, layout, "img", "img:1")
+    return store
+
+
+def _ids_as_nobody(mnt):
+    """(effective uid, effective gid) that bin/id and bin/gid of the mount run with, started by nobody."""
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    uid = subprocess.run(drop + [os.path.join(mnt, "bin/id"), "-u"], capture_output=True, text=True, check=True)
+    gid = subprocess.run(drop + [os.path.join(mnt, "bin/gid"), "-g"], capture_output=True, text=True, check=True)
+    return int(uid.stdout), int(gid.stdout)
+
+
+@pytest.mark.parametrize("rw", [False, True], ids=["ro", "rw"])
+def test_setuid_files_of_a_mounted_image_give_no_privilege(tmp_path, rw):
+    """A hostile image mounted at a host path must not hand its setuid-root files to local users:
+    the mount is nosuid (and nodev) unless --suid asks otherwise.  Before, lamina mount was nodev
+    only and nobody ran bin/id with euid 0."""
+    from layerkit import world_tmpdir
+    require_root()
+    store = _setid_image_store(tmp_path)
+    base = world_tmpdir()  # pytest's tmp is 0700: nobody could not reach a mount inside it
+    try:
+        mnt = os.path.join(base, "mnt")
+        record = mount(store, "img:1", mnt, rw=rw)
+        try:
+            assert os.stat(os.path.join(mnt, "bin/id")).st_mode & 0o7777 == 0o4755  # the bit is there, inert
+            assert _ids_as_nobody(mnt) == (65534, 65534)
+            assert not record["suid"]
+        finally:
+            umount(store, mnt)
+        # the opt-in, and proof that this test sees the bits work when a mount honours them
+        mount(store, "img:1", mnt, rw=rw, suid=True)
+        try:
+            assert _ids_as_nobody(mnt) == (0, 0)
+            listing = subprocess.run([sys.executable, "-m", "lamina", "--root", str(store.root), "mount",
+                                      "--format", "{{.Target}} {{.Mode}}"], capture_output=True, text=True, check=True)
+            assert listing.stdout == f"{mnt} {'rw' if rw else 'ro'},suid\n"
+        finally:
+            umount(store, mnt)
+    finally:
+        os.rmdir(os.path.join(base, "mnt"))
+        os.rmdir(base)
+
+
+def test_setuid_files_give_no_privilege_through_mount2(tmp_path):
+    """The mount(2) fallback (kernels without fsconfig lowerdir+) sets the same nosuid."""
+    from layerkit import world_tmpdir
+    from lamina.store.mounts import _mount_legacy
+    require_root()
+    store = _setid_image_store(tmp_path)
+    lowers = [os.fspath(p) for p in store.snapshots_for(store.resolve("img:1"))] + [os.fspath(tmp_path / "empty")]
+    os.mkdir(tmp_path / "empty")
+    base = world_tmpdir()
+    mnt = os.path.join(base, "mnt")
+    os.mkdir(mnt)
+    try:
+        for suid, expected in ((False, (65534, 65534)), (True, (0, 0))):
+            _mount_legacy(lowers, None, None, mnt, readonly=True, suid=suid)
+            try:
+                assert _ids_as_nobody(mnt) == expected
+            finally:
+                subprocess.run(["umount", mnt], check=True)
+    finally:
+        os.rmdir(mnt)
+        os.rmdir(base)

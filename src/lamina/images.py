@@ -648,10 +648,11 @@ def mounts(store):
     return records(store)
 
 
-def mount(store, ref, target, *, rw=False):
-    """Mount the image with overlayfs at ``target`` (read-only unless ``rw``). Returns the record."""
+def mount(store, ref, target, *, rw=False, suid=False):
+    """Mount the image with overlayfs at ``target`` (read-only unless ``rw``; nosuid unless ``suid``).
+    Returns the record."""
     from .store.mounts import mount as do_mount
-    return do_mount(store, ref, target, rw=rw)
+    return do_mount(store, ref, target, rw=rw, suid=suid)
 
 
 def umount(store, target, *, lazy=False):

@@ -172,6 +172,16 @@ def one_line(message):
     return message.translate(_CONTROLS)
 
 
+_CONTROLS_BUT_NEWLINE = {c: e for c, e in _CONTROLS.items() if c != 0x0a}
+
+
+def no_escapes(text):
+    """``text`` with every control character but tab and newline written as an escape: what a
+    template prints of an image's fields (a history step, a label, a platform) must not drive
+    the terminal, while ``{{println}}`` and multi-line values keep their lines."""
+    return text.translate(_CONTROLS_BUT_NEWLINE)
+
+
 def os_error_message(e):
     """An OSError in the user's terms: the path they named (not our staging sibling of it) and
     the system's reason, without Python's "[Errno N]" prefix."""

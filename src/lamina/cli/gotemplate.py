@@ -237,6 +237,11 @@ def go_float(f, json_mode=False):
     return f"{sign}{digits[:dp]}.{digits[dp:]}"
 
 
+def _no_escapes(text):
+    from . import no_escapes  # values come from images: an escape sequence there stays text
+    return no_escapes(text)
+
+
 def format_value(v):
     """Go's fmt %v."""
     if v is MISSING:
@@ -861,7 +866,7 @@ class _State:
             elif isinstance(n, _Action):
                 val = self.eval_pipe(n.pipe, dot)
                 if not n.pipe.decl:
-                    out.append(format_value(val))
+                    out.append(_no_escapes(format_value(val)))
             elif isinstance(n, _Branch):
                 self.walk_branch(n, dot, out)
             elif isinstance(n, _Loop):
@@ -1303,7 +1308,9 @@ def render_rows(fmt, rows, header):
     tmpl = parse(text)
     body = []
     for row in rows:
-        body.append(tmpl.execute(row) + "\n")
+        line = tmpl.execute(row)
+        # a table row is one line: a newline in a value (a history step's) would forge another
+        body.append((line.replace("\n", "\\n") if is_table else line) + "\n")
     if not is_table:
         return "".join(body)
     htmpl = parse(text, HEADER_FUNCS)

@@ -645,7 +645,7 @@ def cmd_system_df(args):
     for m in du.mounts:
         m_rows.append(GoStruct("mount", methods={
             "Target": lambda m=m: m["path"], "Image": lambda m=m: (m.get("names") or [truncate_id(m["image_id"])])[0],
-            "Mode": lambda m=m: "rw" if m.get("rw") else "ro",
+            "Mode": lambda m=m: _mount_mode(m),
             "Size": lambda m=m: human_size(api.directory_usage(m["upper"])) if m.get("upper") else "0B",
             "Mounted": lambda m=m: "yes" if m.get("mounted") else "no"}))
     out = sys.stdout
@@ -675,6 +675,11 @@ def cmd_system_df(args):
 
 # --- mount / umount ------------------------------------------------------------------------------------
 
+def _mount_mode(record):
+    # suid is the exception worth seeing: the mount hands the image's setuid files to local users
+    return ("rw" if record.get("rw") else "ro") + (",suid" if record.get("suid") else "")
+
+
 def cmd_mount(args):
     from .. import images as api
     from ..errors import LaminaError
@@ -685,7 +690,8 @@ def cmd_mount(args):
         if args.format == "json":  # lamina's own document, even with nothing mounted
             from .output import emit
             emit(args, {"mounts": [{"target": m["path"], "image_id": m["image_id"], "names": m.get("names") or [],
-                                    "rw": bool(m.get("rw")), "mounted": bool(m.get("mounted"))} for m in records]})
+                                    "rw": bool(m.get("rw")), "suid": bool(m.get("suid")),
+                                    "mounted": bool(m.get("mounted"))} for m in records]})
             return 0
         rows = []
         for m in records:
@@ -693,7 +699,7 @@ def cmd_mount(args):
                 "Target": lambda m=m: m["path"],
                 "Image": lambda m=m: (m.get("names") or [truncate_id(m["image_id"])])[0],
                 "ID": lambda m=m: truncate_id(m["image_id"]),
-                "Mode": lambda m=m: "rw" if m.get("rw") else "ro",
+                "Mode": lambda m=m: _mount_mode(m),
                 "Mounted": lambda m=m: "yes" if m.get("mounted") else "no (run lamina umount to clean up)"}))
         fmt = args.format or "table {{.Target}}\t{{.Image}}\t{{.ID}}\t{{.Mode}}\t{{.Mounted}}"
         sys.stdout.write(render_rows(fmt, rows, {"Target": "TARGET", "Image": "IMAGE", "ID": "IMAGE ID",
@@ -701,7 +707,7 @@ def cmd_mount(args):
         return 0
     if args.target is None:
         raise LaminaError("mount needs REF and TARGET (or nothing, to list the mounts)")
-    record = api.mount(store, args.ref, args.target, rw=args.rw)
+    record = api.mount(store, args.ref, args.target, rw=args.rw, suid=args.suid)
     print(record["path"])
     return 0
 
@@ -816,6 +822,10 @@ def register(sub):
     m.add_argument("ref", nargs="?", metavar="IMAGE")
     m.add_argument("target", nargs="?", metavar="TARGET", type=path_arg)
     m.add_argument("--rw", action="store_true", help="writable: changes go to an upper dir that umount removes")
+    m.add_argument("--suid", action="store_true",
+                   help="honour the image's set-user-ID/set-group-ID bits and file capabilities (by default the "
+                        "mount is nosuid: a hostile image's setuid-root files would give root to anyone who "
+                        "can reach TARGET)")
     m.add_argument("--format", metavar="FORMAT", help="template for the listing")
     m.set_defaults(func=_closing(cmd_mount))
 

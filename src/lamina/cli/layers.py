@@ -109,7 +109,8 @@ def cmd_unpack(args):
 
 def _print_unpack(args, stats):
     out = sys.stdout
-    print(f"unpacking {args.source} ({stats.platform}) into {args.dest} ({disk_format(args)})", file=out)
+    from . import one_line  # the platform is the image config's os/architecture: any string
+    print(f"unpacking {args.source} ({one_line(str(stats.platform))}) into {args.dest} ({disk_format(args)})", file=out)
     # a legacy docker archive has no manifest (its layers are known by their diffIDs only)
     print(f"manifest: {stats.manifest_digest or 'none (legacy docker archive)'}", file=out)
     print(f"config:   {stats.config_digest}", file=out)

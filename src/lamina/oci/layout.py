@@ -42,12 +42,7 @@ class OCILayout(Source):
         raw_index = read_meta("index.json")
         if raw_index is None:
             raise ImageError(f"{self.description}: OCI image layout without index.json")
-        what = f"{self.description}: index.json"
-        doc = load_json(raw_index, what)
-        media_type = document_media_type(doc, None, what)
-        if not mt.is_index(media_type):
-            raise ImageError(f"{what}: is a {media_type}, not an image index")
-        self.index = parse_index(doc, media_type, what)
+        _, self.index = parse_index_json(raw_index, f"{self.description}: index.json")
 
     # --- choosing the image ----------------------------------------------------
 
@@ -247,6 +242,15 @@ class OCILayout(Source):
                     f"layer {i} ({ldesc.digest}) is a non-distributable layer absent from {self.description};"
                     " lamina does not download layer urls") from None
             raise BlobNotFoundError(f"layer {i}: blob {ldesc.digest} not found in {self.description}") from None
+
+
+def parse_index_json(data, what):
+    """(the document, its Index) of a layout's index.json, checked as every index is."""
+    doc = load_json(data, what)
+    media_type = document_media_type(doc, None, what)
+    if not mt.is_index(media_type):
+        raise ImageError(f"{what}: is a {media_type}, not an image index")
+    return doc, parse_index(doc, media_type, what)
 
 
 def _each_digest_once(descs):

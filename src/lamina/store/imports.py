@@ -2,12 +2,14 @@
 
 Names come last, so an image is never visible before everything it needs is
 in the store and every diffID verified (extraction checks them).  If an import
-fails, the blobs and snapshots it created are removed again, unless another
-writer is active (they might be sharing them); gc or fsck takes them later.
+fails, the blobs and snapshots it created (and the file objects only those
+snapshots used) are removed again, unless another writer is active (they might
+be sharing them); gc or fsck takes them later.
 """
 from __future__ import annotations
 
 from ..errors import DigestMismatchError, ImageError, StoreError
+from . import objects as _objects
 from . import snapshots as _snapshots
 from .gc import reachable
 from .image import load_image
@@ -164,8 +166,13 @@ def _rollback(store, blobs, chains):
                     store.paths.blob(d).unlink()
                 except FileNotFoundError:
                     pass
+        removed = False
         for c in chains:
             if c not in keep_chains:
-                _snapshots.remove(store.paths, c)
+                removed = _snapshots.remove(store.paths, c) or removed
+        if removed:
+            # Each layer's files were shared with the store's objects as it committed: the objects
+            # only the removed snapshots used stayed behind ("not used by any snapshot" in fsck).
+            _objects.collect(store.paths)
     finally:
         lock.release()

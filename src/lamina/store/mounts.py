@@ -34,10 +34,10 @@ _SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 429, 430, 431, 432
 _FSOPEN_CLOEXEC = 1
 _FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 0, 1, 6
 _FSMOUNT_CLOEXEC = 1
-_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NODEV = 0x1, 0x4
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _AT_FDCWD = -100
-_MS_RDONLY, _MS_NODEV = 1, 4
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV = 1, 2, 4
 _MNT_DETACH = 2
 _MAX_MOUNT_DATA = 4095  # mount(2) copies at most one page of options
 
@@ -54,7 +54,7 @@ def _syscall(*args):
     return r
 
 
-def _mount_new_api(lowers, upper, work, target, readonly, userxattr=False):
+def _mount_new_api(lowers, upper, work, target, readonly, userxattr=False, suid=False):
     """overlayfs through fsopen/fsconfig: one ``lowerdir+`` per layer, so neither the page-size limit
     of mount(2) options nor ':' and ',' in paths matter (Linux >= 6.8)."""
     import ctypes
@@ -75,7 +75,8 @@ def _mount_new_api(lowers, upper, work, target, readonly, userxattr=False):
         if userxattr:
             _syscall(_SYS_FSCONFIG, fsfd, _FSCONFIG_SET_FLAG, ctypes.c_char_p(b"userxattr"), None, 0)
         _syscall(_SYS_FSCONFIG, fsfd, _FSCONFIG_CMD_CREATE, None, None, 0)
-        attrs = _MOUNT_ATTR_NODEV | (_MOUNT_ATTR_RDONLY if readonly else 0)
+        attrs = (_MOUNT_ATTR_NODEV | (0 if suid else _MOUNT_ATTR_NOSUID)
+                 | (_MOUNT_ATTR_RDONLY if readonly else 0))
         mfd = _syscall(_SYS_FSMOUNT, fsfd, _FSMOUNT_CLOEXEC, attrs)
         try:
             _syscall(_SYS_MOVE_MOUNT, mfd, ctypes.c_char_p(b""), _AT_FDCWD, ctypes.c_char_p(os.fsencode(target)),
@@ -90,7 +91,7 @@ def _escape(path):
     return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
 
 
-def _mount_legacy(lowers, upper, work, target, readonly, userxattr=False):
+def _mount_legacy(lowers, upper, work, target, readonly, userxattr=False, suid=False):
     opts = "lowerdir=" + ":".join(_escape(d) for d in lowers)
     if upper:
         opts += f",upperdir={_escape(upper)},workdir={_escape(work)}"
@@ -103,22 +104,22 @@ def _mount_legacy(lowers, upper, work, target, readonly, userxattr=False):
                                f" accepts, and this kernel lacks fsconfig lowerdir+ (Linux 6.8)")
     fn = _libc_fn("mount")
     fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    flags = _MS_NODEV | (_MS_RDONLY if readonly else 0)
+    flags = _MS_NODEV | (0 if suid else _MS_NOSUID) | (_MS_RDONLY if readonly else 0)
     if fn(b"lamina", os.fsencode(target), b"overlay", flags, data) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
 
 
-def _kernel_mount(lowers, upper, work, target, readonly, userxattr=False):
+def _kernel_mount(lowers, upper, work, target, readonly, userxattr=False, suid=False):
     try:
-        _mount_new_api(lowers, upper, work, target, readonly, userxattr)
+        _mount_new_api(lowers, upper, work, target, readonly, userxattr, suid)
         return "fsconfig"
     except OSError as e:
         if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
         if e.errno == errno.EINVAL and "lowerdir+" not in str(e):
             raise
-    _mount_legacy(lowers, upper, work, target, readonly, userxattr)
+    _mount_legacy(lowers, upper, work, target, readonly, userxattr, suid)
     return "mount"
 
 
@@ -176,7 +177,7 @@ def _lock(store, key):
     return FileLock(store.paths.locks / f"{key}.lock")
 
 
-def mount(store, ref, target, *, rw=False, platform=None):
+def mount(store, ref, target, *, rw=False, platform=None, suid=False):
     """``lamina mount REF TARGET [--rw]``: overlayfs over the image's snapshots. Returns the mount record.
 
     Read-only: the snapshots are the lower layers and nothing else.  ``rw``: an
@@ -188,6 +189,12 @@ def mount(store, ref, target, *, rw=False, platform=None):
     work dirs, then live in the runtime directory (inuse.outside_dir; a tmpfs
     as a rule, so a ``rw`` mount's writes take memory), and nothing holds the
     image in the store.
+
+    The mount is ``nodev`` and, unless ``suid``, ``nosuid``: an image is
+    somebody else's tree, and its set-user-ID / set-group-ID files (and file
+    capabilities) would otherwise give whoever can reach TARGET the privileges
+    of the image's owners on this host.  ``suid`` is for trees that are run
+    as a system's own (a chroot-style boot of a trusted image).
     """
     if not _is_root():
         raise MaterializeError("lamina mount needs root (overlayfs mounts need CAP_SYS_ADMIN); "
@@ -224,9 +231,10 @@ def mount(store, ref, target, *, rw=False, platform=None):
                 os.mkdir(d, 0o755)
         # record (and hold) first: a crash after the mount leaves a record umount can clean up
         record = record_use(store, "mount", target, image,
-                            {"rw": rw, "upper": upper, "work": work, "layers": len(layer_dirs)}, outside=outside)
+                            {"rw": rw, "suid": suid, "upper": upper, "work": work, "layers": len(layer_dirs)},
+                            outside=outside)
         try:
-            record["api"] = _kernel_mount(lowers, upper, work, target, readonly=not rw, userxattr=userxattr)
+            record["api"] = _kernel_mount(lowers, upper, work, target, readonly=not rw, userxattr=userxattr, suid=suid)
         except OSError as e:
             drop_record(store, record)
             remove_tree(base)

@@ -16,6 +16,7 @@ from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import ImageError
 from ..oci.blobs import MAX_DOCUMENT_SIZE, open_in_layout
+from ..oci.layout import parse_index_json
 from ..oci.model import ANNOTATION_REF_NAME
 from ..store.fsutil import atomic_write, fsync_dir, tmp_name
 from .output import CHUNK, VerifyingReader, add_bytes, add_dir, add_stream, atomic_output, stream_tar
@@ -77,11 +78,14 @@ def write_layout(data, path, ref=None):
             with open(fd, "rb") as f:
                 raw = f.read(MAX_DOCUMENT_SIZE + 1)
             if len(raw) > MAX_DOCUMENT_SIZE:
-                raise ValueError("too large")
-            doc = json.loads(raw)
+                raise ImageError(f"larger than the {MAX_DOCUMENT_SIZE}-byte limit")
+            # checked as a source's index.json is: entries that are not descriptors ("manifests": "abc"
+            # became entries "a", "b", "c") were kept, and the layout written was one skopeo cannot read
+            doc, _ = parse_index_json(raw, index_path)
             entries = list(doc["manifests"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):  # nested deep: RecursionError
-            raise ImageError(f"{index_path}: not a valid image index; refusing to overwrite it") from None
+        except ImageError as e:
+            detail = str(e).removeprefix(f"{index_path}: ")
+            raise ImageError(f"{index_path}: not a valid image index ({detail}); refusing to overwrite it") from None
     blobs_dir = _blobs_dir(root)
     if not os.path.exists(os.path.join(root, "oci-layout")):
         atomic_write(os.path.join(root, "oci-layout"), OCI_LAYOUT)
