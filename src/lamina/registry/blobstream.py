@@ -22,13 +22,6 @@ from .transport import CONNECTION_ERRORS, describe_error
 _CONTENT_RANGE = re.compile(r"bytes (\d{1,19})-(\d{1,19})/(\d{1,19}|\*)", re.ASCII)
 
 
-# At most this many bytes per read from the connection, whatever the reader asks for (the
-# extractor asks for 1 MiB): urllib3 reads into a temporary bytes object of the asked size
-# and copies it, and temporaries of 1 MiB per concurrent layer left the allocator's heaps
-# several MiB larger at the end of a pull (peak RSS, issue 13); a socket rarely holds more.
-READ_MAX = 128 << 10
-
-
 class Cancelled(Exception):
     """The pull was cancelled (another layer failed); not an error of this blob."""
 
@@ -82,12 +75,12 @@ class BlobStream(io.RawIOBase):
                 if self._resp is None:
                     self._open()
                 while self._skip:   # a registry that ignored Range re-sends the head
-                    n = self._read(view[:min(len(view), self._skip, READ_MAX)])
+                    n = self._read(view[:min(len(view), self._skip)])
                     if not n:
                         raise _ShortBody(f"body ended before byte {self.offset}")
                     self._skip -= n
                     self._on_data(n)
-                n = self._read(view[:min(len(view), self.size - self.offset, READ_MAX)])
+                n = self._read(view[:min(len(view), self.size - self.offset)])
                 if not n:
                     raise _ShortBody(f"connection closed at byte {self.offset} of {self.size}")
             except (BlobNotFoundError, RegistryError):
