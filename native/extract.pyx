@@ -301,9 +301,21 @@ def parse_pax(bytes data, where):
                 raise _errors.InvalidArchiveError(f"{where}: GNU sparse 0.0 records out of order")
             sparse.append(rec[eq + 1:])
         else:
-            out[key] = rec[eq + 1:]
+            value = rec[eq + 1:]
+            if key.startswith(b"GNU.sparse.") and out.get(key, value) != value:
+                # Go takes the last record, bsdtar the first map (GNU tar joins or fails):
+                # the same bytes would land at other offsets of the file
+                raise _errors.InvalidArchiveError(
+                    f"{where}: PAX record {_show(key)} given twice with different values "
+                    "(tar readers disagree on which applies)")
+            out[key] = value
         pos += length
     if sparse:
+        if b"GNU.sparse.map" in out:
+            # Go reads the 0.0 records, bsdtar whichever form came first
+            raise _errors.InvalidArchiveError(
+                f"{where}: GNU sparse map given both as GNU.sparse.map and as 0.0 offset/numbytes records "
+                "(tar readers disagree on which applies)")
         out[b"GNU.sparse.map"] = b",".join(sparse)
     return out
 
@@ -2698,6 +2710,16 @@ cdef class Extractor:
                         f"entry {_show(name)}: GNU.sparse.{key.decode()} {gs[key][:40]!r} on an entry that is "
                         f"not sparse, of {size} bytes (tar readers disagree on its size)")
             return name, 0
+        if gs.get(b"size") and gs.get(b"realsize") and _decimal(gs[b"size"]) != _decimal(gs[b"realsize"]):
+            # Go takes GNU.sparse.size, bsdtar the last of the two records: files of two sizes
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: GNU.sparse.size {gs[b'size'][:40]!r} and GNU.sparse.realsize "
+                f"{gs[b'realsize'][:40]!r} differ (tar readers disagree on the file's size)")
+        if version == 10 and gs.get(b"map"):
+            # Go reads a 1.0 map from the data only, bsdtar applies the record to the data as it is
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: a GNU.sparse.map record on a GNU sparse 1.0 entry, whose map leads "
+                "its data (tar readers disagree on which applies)")
         if gs.get(b"name"):
             name = gs[b"name"]
         real = gs.get(b"size") or gs.get(b"realsize")

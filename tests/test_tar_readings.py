@@ -3,7 +3,8 @@ changes other metadata, through every path (see everypath.py).
 
 What test_tar_conformance.py and test_hostile_*.py do not cover: an extended header
 left pending across a global header or a volume label; GNU.sparse.name on an entry that
-is not sparse, on an old GNU sparse entry, or against a GNU long name; PAX ``size`` on
+is not sparse, on an old GNU sparse entry, or against a GNU long name; GNU sparse
+records given twice or in two forms that disagree; PAX ``size`` on
 entries that carry no data; SCHILY.xattr and LIBARCHIVE.xattr records that disagree or
 name nothing; SCHILY.acl records; an access ACL among the xattrs of a file (the kernel
 rewrites the mode's group bits from it); hardlink targets with a trailing slash; and
@@ -140,6 +141,45 @@ def test_a_gnu_long_name_and_a_gnu_sparse_name_that_differ_are_refused(g):
             ("GNU.sparse.map", "0,512")]
     layer = Tar().gnu_longname("harmless").pax(recs).file("GNUSparseFile.0/x", b"a" * 512)
     refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "entry 'harmless'")
+
+
+# GNU sparse records of one PAX header that say two things: Go's archive/tar (docker, containerd,
+# umoci) takes GNU.sparse.size over GNU.sparse.realsize, the last GNU.sparse.map, the 0.0
+# offset/numbytes records over a map, and a 1.0 map from the data only; bsdtar takes the last
+# of size/realsize, the first map, whichever map form came first, and a 1.0 entry's map record
+# over its data (GNU tar fails on most).  (records, where Go puts the data, its size)
+_SPARSE_TWICE = {
+    "size-and-realsize": ([("GNU.sparse.size", "8192"), ("GNU.sparse.realsize", "4096"),
+                           ("GNU.sparse.numblocks", "1"), ("GNU.sparse.map", "0,5")], b"DATA!", 0, 8192),
+    "map-twice": ([("GNU.sparse.size", "8192"), ("GNU.sparse.numblocks", "1"), ("GNU.sparse.map", "4096,5"),
+                   ("GNU.sparse.numblocks", "1"), ("GNU.sparse.map", "0,5")], b"DATA!", 0, 8192),
+    "map-then-0.0-records": ([("GNU.sparse.size", "8192"), ("GNU.sparse.numblocks", "1"), ("GNU.sparse.map", "0,5"),
+                              ("GNU.sparse.offset", "4096"), ("GNU.sparse.numbytes", "5")], b"DATA!", 4096, 8192),
+    "1.0-with-a-map-record": ([("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0"), ("GNU.sparse.realsize", "8192"),
+                               ("GNU.sparse.map", "4096,5")], b"1\n0\n5\n".ljust(512, b"\0") + b"DATA!", 0, 8192),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_SPARSE_TWICE))
+def test_gnu_sparse_records_that_disagree_are_refused(g, case):
+    """lamina read these as Go does; bsdtar extracts the same bytes at another offset of the
+    file, or the file at another size (a config read by a Go-based scanner is not the one
+    the container gets).  Refused, naming the entry or the record."""
+    records, data, go_at, go_size = _SPARSE_TWICE[case]
+    layer = Tar().pax(records).file("f", data)
+    raw = write(g.dest / "ref.tar", layer.bytes())
+    extract_with("bsd", raw, g.dest / "bsd", check=False)
+    with open(g.dest / "bsd" / "f", "rb") as f:
+        bsd = f.read()
+    assert (bsd.find(b"DATA!"), len(bsd)) != (go_at, go_size), "bsdtar reads it as Go: nothing to refuse"
+    refused_everywhere(g, [layer], "InvalidArchiveError", "GNU.sparse", "entry 'f'")
+
+
+def test_gnu_sparse_records_given_twice_alike_are_read(g):
+    recs = [("GNU.sparse.size", "8192"), ("GNU.sparse.realsize", "8192"), ("GNU.sparse.numblocks", "1"),
+            ("GNU.sparse.map", "0,5"), ("GNU.sparse.map", "0,5")]
+    tree, _ = agree(g, [Tar().pax(recs).file("f", b"DATA!")], umoci=False)
+    assert tree.entries["f"].size == 8192
 
 
 def test_gnu_sparse_name_equal_to_the_name_is_read(g):
