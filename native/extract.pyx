@@ -1352,6 +1352,15 @@ cdef _one_name(bytes name, object sparse_name):
         f"entry {_show(name)}: GNU.sparse.name {_show(sparse_name)} on an entry that is not sparse "
         f"(tar readers disagree on its name: GNU tar and bsdtar read the record, Go's archive/tar the header)")
 
+cdef _one_size(bytes name, dict gs, int64_t size, str what):
+    """GNU.sparse.size / GNU.sparse.realsize records on an entry whose size they do not set
+    for Go's archive/tar (``what``, of ``size`` bytes): refused when they say another size."""
+    for key in (b"size", b"realsize"):
+        if gs.get(key) is not None and _decimal(gs[key]) != size:
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: GNU.sparse.{key.decode()} {gs[key][:40]!r} on {what}, of {size} bytes "
+                "(tar readers disagree on its size)")
+
 cdef dict _entry_xattrs(bytes name, dict schily, dict lib):
     """The entry's xattrs from its SCHILY.xattr and LIBARCHIVE.xattr records.  bsdtar writes
     both forms, alike; where they differ Go-based tools (which read SCHILY only) and bsdtar
@@ -2461,6 +2470,12 @@ cdef class Extractor:
         gid = _parse_number(h + 116, 8, "gid", where)
         sec = _parse_number(h + 136, 12, "mtime", where)
         gnu_name, gnu_link = self.long_name, self.long_link
+        if (gnu_name is not None and not gnu_name and name) or (gnu_link is not None and not gnu_link and link):
+            # Go's archive/tar takes an empty long name (link) for none and reads the header's;
+            # GNU tar reads "." (the root), bsdtar skips the entry
+            raise _errors.InvalidArchiveError(
+                f"{where}: an empty GNU long {'name' if gnu_name is not None and not gnu_name else 'link name'} "
+                f"before an entry named {_show(name)} (tar readers disagree on its name)")
         if gnu_name is not None:
             name = gnu_name
             self.long_name = None
@@ -2519,6 +2534,8 @@ cdef class Extractor:
                         f"{where}: sparse map of more than {self.max_sparse_entries} regions")
                 self.sparse.extend(ext_sparse)
             self.sparse_realsize = _parse_number(h + 483, 12, "sparse real size", where)
+            if gnu_sparse is not None:  # bsdtar makes the file that size, Go keeps the header's
+                _one_size(name, gnu_sparse, self.sparse_realsize, "an old GNU sparse entry")
         elif gnu_sparse is not None:
             name, sparse_version = self._pax_sparse(gnu_sparse, name, size, where)
             if sparse_version and gnu_name is not None and gnu_sparse.get(b"name"):
@@ -2702,13 +2719,9 @@ cdef class Extractor:
         else:
             # Not sparse: Go ignores GNU.sparse.name, GNU tar and bsdtar rename the entry
             _one_name(name, gs.get(b"name"))
-            for key in (b"size", b"realsize"):
-                # bsdtar makes the file that size (zeros after the data), GNU tar reads a
-                # sparse map out of the data, Go ignores the record
-                if gs.get(key) is not None and _decimal(gs[key]) != size:
-                    raise _errors.InvalidArchiveError(
-                        f"entry {_show(name)}: GNU.sparse.{key.decode()} {gs[key][:40]!r} on an entry that is "
-                        f"not sparse, of {size} bytes (tar readers disagree on its size)")
+            # bsdtar makes the file that size (zeros after the data), GNU tar reads a sparse
+            # map out of the data, Go ignores the record
+            _one_size(name, gs, size, "an entry that is not sparse")
             return name, 0
         if gs.get(b"size") and gs.get(b"realsize") and _decimal(gs[b"size"]) != _decimal(gs[b"realsize"]):
             # Go takes GNU.sparse.size, bsdtar the last of the two records: files of two sizes

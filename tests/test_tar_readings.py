@@ -3,8 +3,8 @@ changes other metadata, through every path (see everypath.py).
 
 What test_tar_conformance.py and test_hostile_*.py do not cover: an extended header
 left pending across a global header or a volume label; GNU.sparse.name on an entry that
-is not sparse, on an old GNU sparse entry, or against a GNU long name; GNU sparse
-records given twice or in two forms that disagree; PAX ``size`` on
+is not sparse, on an old GNU sparse entry, or against a GNU long name; an empty GNU long
+name or link; GNU sparse records given twice or in two forms that disagree; PAX ``size`` on
 entries that carry no data; SCHILY.xattr and LIBARCHIVE.xattr records that disagree or
 name nothing; SCHILY.acl records; an access ACL among the xattrs of a file (the kernel
 rewrites the mode's group bits from it); hardlink targets with a trailing slash; and
@@ -134,6 +134,18 @@ def test_gnu_sparse_name_on_an_old_gnu_sparse_entry_is_refused(g):
     refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "entry 's'")
 
 
+@pytest.mark.parametrize("key", ["GNU.sparse.size", "GNU.sparse.realsize"])
+def test_a_gnu_sparse_size_on_an_old_gnu_sparse_entry_is_refused(g, key):
+    """An old GNU sparse entry (its real size, 8192, in the header) with a PAX record of
+    another size: bsdtar makes the file that size, Go reads the header (GNU tar fails on
+    it).  lamina read it as Go."""
+    layer = Tar().pax({key: "4096"}).raw(sparse_old_gnu("s", 8192, [(0, b"a" * 512)]))
+    raw = write(g.dest / "ref.tar", layer.bytes())
+    extract_with("bsd", raw, g.dest / "bsd")
+    assert os.path.getsize(g.dest / "bsd" / "s") == 4096
+    refused_everywhere(g, [layer], "InvalidArchiveError", "entry 's'")
+
+
 def test_a_gnu_long_name_and_a_gnu_sparse_name_that_differ_are_refused(g):
     """A PAX 0.1 sparse entry behind a GNU long name: bsdtar names it by the long name, Go by
     GNU.sparse.name (GNU tar fails on it).  lamina read it as Go.  Refused."""
@@ -180,6 +192,24 @@ def test_gnu_sparse_records_given_twice_alike_are_read(g):
             ("GNU.sparse.map", "0,5"), ("GNU.sparse.map", "0,5")]
     tree, _ = agree(g, [Tar().pax(recs).file("f", b"DATA!")], umoci=False)
     assert tree.entries["f"].size == 8192
+
+
+@pytest.mark.parametrize("build, tool_reads", [
+    (lambda: Tar().gnu_longname(b"", nul=False).dir("etc", mode=0o777), "etc"),
+    (lambda: Tar().gnu_longname(b"").file(".wh.victim"), None),
+    (lambda: Tar().gnu_longlink(b"", nul=False).symlink("s", "victim"), "s"),
+], ids=["L-before-a-directory", "L-before-a-whiteout", "K-before-a-symlink"])
+def test_an_empty_gnu_long_name_or_link_is_refused(g, build, tool_reads):
+    """A GNU long name (or link) of no bytes: Go's archive/tar (so umoci, docker, containerd)
+    reads none and keeps the header's name; GNU tar substitutes "." and bsdtar skips the
+    entry.  lamina read "": the root's metadata changed (mode 0777) where Go-based tools make
+    ``etc``, or a whiteout refused as replacing the root."""
+    from everypath import umoci_tree
+    layer = build()
+    if tool_reads:
+        umoci = umoci_tree(g.dest, [Tar().file("victim", b"v").bytes(), layer.bytes()])
+        assert tool_reads in umoci.entries, "umoci (Go) reads the header's name"
+    refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "empty GNU long")
 
 
 def test_gnu_sparse_name_equal_to_the_name_is_read(g):
