@@ -363,14 +363,31 @@ def _pax_int(value, key, where, maxval=INT64_MAX):
     return v
 
 
-def _libarchive_xattr(bytes key, bytes value, where):
-    """LIBARCHIVE.xattr.<urlencoded name>=<base64 value>."""
+_BASE64_DIGITS = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+def _libarchive_base64(bytes value):
+    """The value bsdtar reads from a LIBARCHIVE.xattr record (libarchive's base64_decode):
+    bytes outside the alphabet skipped, the value ended by the first '=' or '_', a last lone
+    digit dropped.  Python's decoder reads on past a '=' or '_' (``QUJD_REVG``: ``ABCDEF``
+    where bsdtar sets ``ABC``)."""
     import base64
+    cdef Py_ssize_t end = len(value), at
+    for c in (b"=", b"_"):
+        at = value.find(c, 0, end)
+        if at >= 0:
+            end = at
+    digits = _BASE64_DIGITS.sub(b"", value[:end])
+    cdef Py_ssize_t left = len(digits) % 4  # (cdivision: never negative here)
+    if left == 1:
+        digits = digits[:-1]
+    return base64.b64decode(digits + b"=" * ((4 - left) % 4 if left != 1 else 0))
+
+
+def _libarchive_xattr(bytes key, bytes value):
+    """LIBARCHIVE.xattr.<urlencoded name>=<base64 value>."""
     from urllib.parse import unquote_to_bytes
-    try:
-        return unquote_to_bytes(key), base64.b64decode(value + b"=" * ((4 - len(value) % 4) % 4))
-    except ValueError:
-        raise _errors.InvalidArchiveError(f"{where}: invalid LIBARCHIVE.xattr record") from None
+    return unquote_to_bytes(key), _libarchive_base64(value)
 
 
 NeedsLowers = _errors.NeedsLowers
@@ -2509,7 +2526,7 @@ cdef class Extractor:
                     xattrs[k[13:]] = v
                 elif k.startswith(b"LIBARCHIVE.xattr."):
                     lib_xattrs = lib_xattrs or {}
-                    xn, xv = _libarchive_xattr(k[17:], v, where)
+                    xn, xv = _libarchive_xattr(k[17:], v)
                     lib_xattrs[xn] = xv
                 elif k.startswith(b"GNU.sparse."):
                     gnu_sparse = gnu_sparse or {}

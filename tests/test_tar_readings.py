@@ -262,6 +262,20 @@ def test_xattr_records_of_both_forms_that_agree_are_read(g):
     tree, _ = agree(g, [layer])
     assert dict(tree.entries["f"].xattrs) == {"user.a": b"one", "user.b": b"two"}
 
+
+@pytest.mark.parametrize("value", [b"QUJD_REVG", b"QUJD=REVG", b"QUJD!RE\nVG", b"Q"])
+def test_a_libarchive_xattr_value_is_decoded_as_bsdtar_decodes_it(g, value):
+    """LIBARCHIVE.xattr values are set as bsdtar sets them (Go-based tools ignore them), and
+    libarchive's base64 reader ends the value at a '=' or '_' (``QUJD_REVG`` is ``ABC``),
+    skips other bytes outside the alphabet and drops a last lone digit.  lamina decoded with
+    Python's reader, which reads on past them: ``ABCDEF``, or refused ``Q``."""
+    layer = Tar().pax([(b"LIBARCHIVE.xattr.user.k", value)]).file("f", b"x")
+    raw = write(g.dest / "ref.tar", layer.bytes())
+    extract_with("bsd", raw, g.dest / "bsd")
+    tree, _ = agree(g, [layer], umoci=False)
+    assert dict(tree.entries["f"].xattrs) == {"user.k": os.getxattr(g.dest / "bsd" / "f", "user.k")}
+
+
 def test_schily_acl_records_are_not_applied(g):
     """SCHILY.acl.access / SCHILY.acl.default (star, GNU tar --acls): bsdtar as root sets them,
     GNU tar without --acls and Go-based tools do not; lamina does not (CONFORMANCE.md)."""
