@@ -205,6 +205,16 @@ cdef int64_t _parse_number(const unsigned char *f, int n, str field, object wher
     return <int64_t>v
 
 
+def header_number(bytes field not None):
+    """A numeric header field read as the extractor reads it, for readers of layers lamina
+    already extracted (the compact store's sidecar): they must find each payload where the
+    extractor did.  ValueError if the field holds no number to it."""
+    try:
+        return _parse_number(field, len(field), "numeric", "tar header")
+    except _errors.InvalidArchiveError as e:
+        raise ValueError(str(e)) from None
+
+
 cdef inline bint _has_byte(bytes b, char c):
     return memchr(<const char *>b, c, len(b)) != NULL
 
