@@ -3,10 +3,11 @@ changes other metadata, through every path (see everypath.py).
 
 What test_tar_conformance.py and test_hostile_*.py do not cover: an extended header
 left pending across a global header or a volume label; GNU.sparse.name on an entry that
-is not sparse, on an old GNU sparse entry, or against a GNU long name; an empty GNU long
-name or link; GNU sparse records given twice or in two forms that disagree; PAX ``size`` on
-entries that carry no data; SCHILY.xattr and LIBARCHIVE.xattr records that disagree or
-name nothing; SCHILY.acl records; an access ACL among the xattrs of a file (the kernel
+is not sparse, on an old GNU sparse entry, or against a GNU long name; GNU.sparse.size on an
+old GNU sparse entry; an empty GNU long name or link; GNU sparse records given twice or in
+two forms that disagree; PAX ``size`` on entries that carry no data; SCHILY.xattr and
+LIBARCHIVE.xattr records that disagree or name nothing, and LIBARCHIVE.xattr values that
+libarchive's base64 reader ends early; SCHILY.acl records; an access ACL among the xattrs of a file (the kernel
 rewrites the mode's group bits from it); hardlink targets with a trailing slash; and
 gzip members whose header has a header checksum (FHCRC).  Where GNU tar, bsdtar and
 Go's archive/tar (docker, containerd, umoci) give different trees, lamina refuses the
