@@ -3629,6 +3629,10 @@ cdef class Extractor:
                     f"entry {_show(name)}: refusing to replace the root directory with a non-directory")
             self.root_named = True
             if not self.scan_only:
+                # named again (a lower layer's "./", or an earlier entry's): the entry's xattrs
+                # only, as for any directory that exists (_mkdir); the overlay mount shows so
+                self._open_up(self.rootfd, b"")
+                self._drop_other_xattrs(self.rootfd, b".", name)
                 self._dir_metadata(self.rootfd, b"", name)
             return
         slash = path.rfind(b"/")
@@ -4194,16 +4198,19 @@ cdef class Extractor:
         mode: in the overlay formats the upper layer's directory hides the lower one's, and
         umoci clears a directory's xattrs before it sets the entry's.  Kept: the overlay
         markers this extraction set (an opaque directory stays opaque) and the host's
-        security label."""
+        security label, which an SELinux kernel lets no one remove; a security.selinux a
+        layer's entry set where the kernel keeps none goes, as from the overlay mount."""
         lpath = b"/proc/self/fd/%d/%s" % (pfd, base)  # l*xattr: base itself, never followed
         keep = self.cur_xattrs or {}
         for k in os.listxattr(lpath, follow_symlinks=False):
             kb = os.fsencode(k)
-            if kb in keep or kb.startswith((b"trusted.overlay.", b"user.overlay.")) or kb == b"security.selinux":
+            if kb in keep or kb.startswith((b"trusted.overlay.", b"user.overlay.")):
                 continue
             try:
                 os.removexattr(lpath, kb, follow_symlinks=False)
             except OSError as e:
+                if kb == b"security.selinux" and e.errno in (EACCES, EPERM, EOPNOTSUPP):
+                    continue  # the host's label
                 if e.errno in (EPERM, EOPNOTSUPP, _errno.ENODATA):  # trusted.* without root; gone meanwhile
                     self.skipped.append(f"{_show(name)}: xattr {_show(k)} of the existing directory kept "
                                         f"({os.strerror(e.errno)})")
