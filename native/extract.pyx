@@ -205,6 +205,16 @@ cdef int64_t _parse_number(const unsigned char *f, int n, str field, object wher
     return <int64_t>v
 
 
+def header_number(bytes field not None):
+    """A numeric header field read as the extractor reads it, for readers of layers lamina
+    already extracted (the compact store's sidecar): they must find each payload where the
+    extractor did.  ValueError if the field holds no number to it."""
+    try:
+        return _parse_number(field, len(field), "numeric", "tar header")
+    except _errors.InvalidArchiveError as e:
+        raise ValueError(str(e)) from None
+
+
 cdef inline bint _has_byte(bytes b, char c):
     return memchr(<const char *>b, c, len(b)) != NULL
 
@@ -301,9 +311,21 @@ def parse_pax(bytes data, where):
                 raise _errors.InvalidArchiveError(f"{where}: GNU sparse 0.0 records out of order")
             sparse.append(rec[eq + 1:])
         else:
-            out[key] = rec[eq + 1:]
+            value = rec[eq + 1:]
+            if key.startswith(b"GNU.sparse.") and out.get(key, value) != value:
+                # Go takes the last record, bsdtar the first map (GNU tar joins or fails):
+                # the same bytes would land at other offsets of the file
+                raise _errors.InvalidArchiveError(
+                    f"{where}: PAX record {_show(key)} given twice with different values "
+                    "(tar readers disagree on which applies)")
+            out[key] = value
         pos += length
     if sparse:
+        if b"GNU.sparse.map" in out:
+            # Go reads the 0.0 records, bsdtar whichever form came first
+            raise _errors.InvalidArchiveError(
+                f"{where}: GNU sparse map given both as GNU.sparse.map and as 0.0 offset/numbytes records "
+                "(tar readers disagree on which applies)")
         out[b"GNU.sparse.map"] = b",".join(sparse)
     return out
 
@@ -351,14 +373,31 @@ def _pax_int(value, key, where, maxval=INT64_MAX):
     return v
 
 
-def _libarchive_xattr(bytes key, bytes value, where):
-    """LIBARCHIVE.xattr.<urlencoded name>=<base64 value>."""
+_BASE64_DIGITS = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+def _libarchive_base64(bytes value):
+    """The value bsdtar reads from a LIBARCHIVE.xattr record (libarchive's base64_decode):
+    bytes outside the alphabet skipped, the value ended by the first '=' or '_', a last lone
+    digit dropped.  Python's decoder reads on past a '=' or '_' (``QUJD_REVG``: ``ABCDEF``
+    where bsdtar sets ``ABC``)."""
     import base64
+    cdef Py_ssize_t end = len(value), at
+    for c in (b"=", b"_"):
+        at = value.find(c, 0, end)
+        if at >= 0:
+            end = at
+    digits = _BASE64_DIGITS.sub(b"", value[:end])
+    cdef Py_ssize_t left = len(digits) % 4  # (cdivision: never negative here)
+    if left == 1:
+        digits = digits[:-1]
+    return base64.b64decode(digits + b"=" * ((4 - left) % 4 if left != 1 else 0))
+
+
+def _libarchive_xattr(bytes key, bytes value):
+    """LIBARCHIVE.xattr.<urlencoded name>=<base64 value>."""
     from urllib.parse import unquote_to_bytes
-    try:
-        return unquote_to_bytes(key), base64.b64decode(value + b"=" * ((4 - len(value) % 4) % 4))
-    except ValueError:
-        raise _errors.InvalidArchiveError(f"{where}: invalid LIBARCHIVE.xattr record") from None
+    return unquote_to_bytes(key), _libarchive_base64(value)
 
 
 NeedsLowers = _errors.NeedsLowers
@@ -1339,6 +1378,15 @@ cdef _one_name(bytes name, object sparse_name):
     raise _errors.InvalidArchiveError(
         f"entry {_show(name)}: GNU.sparse.name {_show(sparse_name)} on an entry that is not sparse "
         f"(tar readers disagree on its name: GNU tar and bsdtar read the record, Go's archive/tar the header)")
+
+cdef _one_size(bytes name, dict gs, int64_t size, str what):
+    """GNU.sparse.size / GNU.sparse.realsize records on an entry whose size they do not set
+    for Go's archive/tar (``what``, of ``size`` bytes): refused when they say another size."""
+    for key in (b"size", b"realsize"):
+        if gs.get(key) is not None and _decimal(gs[key]) != size:
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: GNU.sparse.{key.decode()} {gs[key][:40]!r} on {what}, of {size} bytes "
+                "(tar readers disagree on its size)")
 
 cdef dict _entry_xattrs(bytes name, dict schily, dict lib):
     """The entry's xattrs from its SCHILY.xattr and LIBARCHIVE.xattr records.  bsdtar writes
@@ -2449,6 +2497,12 @@ cdef class Extractor:
         gid = _parse_number(h + 116, 8, "gid", where)
         sec = _parse_number(h + 136, 12, "mtime", where)
         gnu_name, gnu_link = self.long_name, self.long_link
+        if (gnu_name is not None and not gnu_name and name) or (gnu_link is not None and not gnu_link and link):
+            # Go's archive/tar takes an empty long name (link) for none and reads the header's;
+            # GNU tar reads "." (the root), bsdtar skips the entry
+            raise _errors.InvalidArchiveError(
+                f"{where}: an empty GNU long {'name' if gnu_name is not None and not gnu_name else 'link name'} "
+                f"before an entry named {_show(name)} (tar readers disagree on its name)")
         if gnu_name is not None:
             name = gnu_name
             self.long_name = None
@@ -2482,7 +2536,7 @@ cdef class Extractor:
                     xattrs[k[13:]] = v
                 elif k.startswith(b"LIBARCHIVE.xattr."):
                     lib_xattrs = lib_xattrs or {}
-                    xn, xv = _libarchive_xattr(k[17:], v, where)
+                    xn, xv = _libarchive_xattr(k[17:], v)
                     lib_xattrs[xn] = xv
                 elif k.startswith(b"GNU.sparse."):
                     gnu_sparse = gnu_sparse or {}
@@ -2507,6 +2561,8 @@ cdef class Extractor:
                         f"{where}: sparse map of more than {self.max_sparse_entries} regions")
                 self.sparse.extend(ext_sparse)
             self.sparse_realsize = _parse_number(h + 483, 12, "sparse real size", where)
+            if gnu_sparse is not None:  # bsdtar makes the file that size, Go keeps the header's
+                _one_size(name, gnu_sparse, self.sparse_realsize, "an old GNU sparse entry")
         elif gnu_sparse is not None:
             name, sparse_version = self._pax_sparse(gnu_sparse, name, size, where)
             if sparse_version and gnu_name is not None and gnu_sparse.get(b"name"):
@@ -2690,14 +2746,20 @@ cdef class Extractor:
         else:
             # Not sparse: Go ignores GNU.sparse.name, GNU tar and bsdtar rename the entry
             _one_name(name, gs.get(b"name"))
-            for key in (b"size", b"realsize"):
-                # bsdtar makes the file that size (zeros after the data), GNU tar reads a
-                # sparse map out of the data, Go ignores the record
-                if gs.get(key) is not None and _decimal(gs[key]) != size:
-                    raise _errors.InvalidArchiveError(
-                        f"entry {_show(name)}: GNU.sparse.{key.decode()} {gs[key][:40]!r} on an entry that is "
-                        f"not sparse, of {size} bytes (tar readers disagree on its size)")
+            # bsdtar makes the file that size (zeros after the data), GNU tar reads a sparse
+            # map out of the data, Go ignores the record
+            _one_size(name, gs, size, "an entry that is not sparse")
             return name, 0
+        if gs.get(b"size") and gs.get(b"realsize") and _decimal(gs[b"size"]) != _decimal(gs[b"realsize"]):
+            # Go takes GNU.sparse.size, bsdtar the last of the two records: files of two sizes
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: GNU.sparse.size {gs[b'size'][:40]!r} and GNU.sparse.realsize "
+                f"{gs[b'realsize'][:40]!r} differ (tar readers disagree on the file's size)")
+        if version == 10 and gs.get(b"map"):
+            # Go reads a 1.0 map from the data only, bsdtar applies the record to the data as it is
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: a GNU.sparse.map record on a GNU sparse 1.0 entry, whose map leads "
+                "its data (tar readers disagree on which applies)")
         if gs.get(b"name"):
             name = gs[b"name"]
         real = gs.get(b"size") or gs.get(b"realsize")
@@ -3567,6 +3629,10 @@ cdef class Extractor:
                     f"entry {_show(name)}: refusing to replace the root directory with a non-directory")
             self.root_named = True
             if not self.scan_only:
+                # named again (a lower layer's "./", or an earlier entry's): the entry's xattrs
+                # only, as for any directory that exists (_mkdir); the overlay mount shows so
+                self._open_up(self.rootfd, b"")
+                self._drop_other_xattrs(self.rootfd, b".", name)
                 self._dir_metadata(self.rootfd, b"", name)
             return
         slash = path.rfind(b"/")
@@ -4132,16 +4198,19 @@ cdef class Extractor:
         mode: in the overlay formats the upper layer's directory hides the lower one's, and
         umoci clears a directory's xattrs before it sets the entry's.  Kept: the overlay
         markers this extraction set (an opaque directory stays opaque) and the host's
-        security label."""
+        security label, which an SELinux kernel lets no one remove; a security.selinux a
+        layer's entry set where the kernel keeps none goes, as from the overlay mount."""
         lpath = b"/proc/self/fd/%d/%s" % (pfd, base)  # l*xattr: base itself, never followed
         keep = self.cur_xattrs or {}
         for k in os.listxattr(lpath, follow_symlinks=False):
             kb = os.fsencode(k)
-            if kb in keep or kb.startswith((b"trusted.overlay.", b"user.overlay.")) or kb == b"security.selinux":
+            if kb in keep or kb.startswith((b"trusted.overlay.", b"user.overlay.")):
                 continue
             try:
                 os.removexattr(lpath, kb, follow_symlinks=False)
             except OSError as e:
+                if kb == b"security.selinux" and e.errno in (EACCES, EPERM, EOPNOTSUPP):
+                    continue  # the host's label
                 if e.errno in (EPERM, EOPNOTSUPP, _errno.ENODATA):  # trusted.* without root; gone meanwhile
                     self.skipped.append(f"{_show(name)}: xattr {_show(k)} of the existing directory kept "
                                         f"({os.strerror(e.errno)})")

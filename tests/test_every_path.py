@@ -89,6 +89,12 @@ ROOT_STACKS = {
                             Tar().file("c", b"3")],
     "named-on-top": [Tar().dir("./", mode=0o700, mtime=1234567).file("a", b"1"),
                      Tar().dir("./", mode=0o751, uid=5, gid=6, mtime=7654321).file("b", b"2")],
+    # the xattrs (a label too) a layer gave the root are not the top layer's: the dir format kept them
+    "xattrs-below-named-on-top": [Tar().pax({"SCHILY.xattr.security.selinux": "x", "SCHILY.xattr.user.k": "r"})
+                                  .dir("./", mode=0o700, mtime=1234567),
+                                  _xattr(Tar(), "o", "user.o").dir("./", mode=0o751, mtime=7654321).file("b", b"2")],
+    "xattrs-named-twice-in-one-layer": [_xattr(Tar(), "r").dir("./", mode=0o700, mtime=1234567)
+                                        .dir("./", mode=0o751, mtime=7654321).file("b", b"2")],
 }
 
 
@@ -97,7 +103,10 @@ def test_the_roots_metadata_is_the_last_layer_naming_it(g, case):
     """The root's mode, owner, xattrs and mtime, when the upper layers do not name "./":
     the dir format and the copies keep what the layer below gave it; on e77a40d the
     overlay mounts (overlay unpack, store mount) showed the top layer's own root dir
-    instead (0755 root, the time it was made)."""
+    instead (0755 root, the time it was made).  When a later entry names it, its xattrs
+    are that entry's only, as for any directory named again: on b6ed108 the dir format
+    kept the earlier entry's too (and every path did within one layer), where the
+    overlay mount and umoci show the last entry's."""
     raws = [t.bytes() for t in ROOT_STACKS[case]]
     results = run_paths(g.dest, raws, dir_mtime=True, root=True)
     results["umoci"] = umoci_tree(g.dest, raws, dir_mtime=True, root=True)
@@ -107,6 +116,8 @@ def test_the_roots_metadata_is_the_last_layer_naming_it(g, case):
     if case == "named-below":
         assert (tree.entries["."].mode, tree.entries["."].uid) == (0o700, 1000), tree.entries["."]
         assert dict(tree.entries["."].xattrs).get("user.k") in ("r", b"r"), tree.entries["."]
+    if case.startswith("xattrs-"):
+        assert dict(tree.entries["."].xattrs) == ({"user.o": b"o"} if case == "xattrs-below-named-on-top" else {})
 
 
 REDECLARED_DIRS = {
@@ -119,6 +130,9 @@ REDECLARED_DIRS = {
     "opaque-between": [Tar().dir("a").file("a/x", b"x"),
                        _xattr(Tar(), "1").dir("a").opaque("a").dir("a").file("a/y", b"y")],
     "only-implied": [_xattr(Tar(), "1").dir("a"), Tar().file("a/b", b"b")],
+    # a label the image set (not the host's): the dir format kept every security.selinux
+    "lower-layer-selinux": [_xattr(Tar(), "system_u:object_r:etc_t:s0", "security.selinux").dir("a"),
+                            Tar().dir("a")],
 }
 
 
@@ -131,7 +145,8 @@ def test_a_redeclared_directory_has_the_entrys_xattrs_only(g, case):
     want = {"same-layer": ("a/a", ()), "lower-layer": ("a", ()),
             "lower-layer-other-key": ("a", (("user.other", b"3"),)),
             "lower-layer-same-key": ("a", (("user.k", b"2"),)),
-            "opaque-between": ("a", ()), "only-implied": ("a", (("user.k", b"1"),))}[case]
+            "opaque-between": ("a", ()), "only-implied": ("a", (("user.k", b"1"),)),
+            "lower-layer-selinux": ("a", ())}[case]
     got = tuple(x for x in tree.entries[want[0]].xattrs if not x[0].startswith("trusted.overlay."))
     assert got == want[1], tree.entries[want[0]]
     if case == "opaque-between":

@@ -302,6 +302,17 @@ def _crafted():
         # numeric fields led by a NUL (the AIX tar of commons/simple-aix-native-tar.tar): GNU tar and Go
         # skip it; bsdtar stops there (size 0: the data read as the next header; mode, uid 0)
         "size-led-by-nul": (Tar().file("f", b"hello", raw={"size": b"\x0000000000005"}).file("g", b"x").bytes(), GNU),
+        # the same over data that is no header (the compact store's sidecar read the size as 0, then
+        # the data as a header: SidecarError), and digits after a space (GNU tar's octal 12, below)
+        "size-led-by-nul-over-data": (Tar().file("f", b"A" * 600, raw={"size": b"\x0000000001130"}).file("g", b"x")
+                                      .bytes(), GNU),
+        "size-with-digits-after-a-space": (Tar().file("f", b"A" * 10, raw={"size": b"00000012 34\0"}).file("g", b"x")
+                                           .bytes(), GNU),
+        # GNU's "another sparse block follows" flag in a ustar 'S' header, a plain file to all: the
+        # sidecar read GNU's extension blocks from its data and ran past the end of the archive
+        "ustar-S-with-the-gnu-extension-flag": (_checksum(header("s", type=b"S", size=1024)[:482] + b"\1"
+                                                          + header("s", type=b"S", size=1024)[483:], b"%06o\0 ")
+                                                + b"B" * 1024 + bytes(1024), REFS),
         "mode-led-by-nul": (Tar().file("f", b"hello", raw={"mode": b"\x00000755 "}).bytes(), GNU),
         "uid-led-by-nul": (Tar().file("f", b"hello", raw={"uid": b"\x00001750\x00"}).bytes(), GNU),
         "checksum-led-by-nul": (_checksum(one, b"\0%06o") + hello, GNU),  # bsdtar: not a tar
@@ -335,7 +346,8 @@ def _crafted():
                            refused("UnsafeEntryError", "entry '.': refusing to replace the root directory")),
         "pax-path-empty": (Tar().pax({"path": ""}).file("f", b"x").bytes(), BSD),  # an empty value unsets (POSIX)
         "longname-empty": (Tar().entry(b"././@LongLink", b"", type=b"L", fmt="gnu").file("f", b"x").bytes(),
-                           refused("UnsafeEntryError", "entry '': refusing to replace the root directory")),
+                           # Go reads the header's name, GNU tar ".", bsdtar skips it
+                           refused("InvalidArchiveError", "an empty GNU long name before an entry named 'f'")),
         "symlink-to-empty": (Tar().symlink("l", "").bytes(),
                              refused("InvalidArchiveError", "entry 'l': symlink with an empty target")),
         "hardlink-to-dot": (Tar().hardlink("l", ".").bytes(),

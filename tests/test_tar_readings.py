@@ -3,9 +3,11 @@ changes other metadata, through every path (see everypath.py).
 
 What test_tar_conformance.py and test_hostile_*.py do not cover: an extended header
 left pending across a global header or a volume label; GNU.sparse.name on an entry that
-is not sparse, on an old GNU sparse entry, or against a GNU long name; PAX ``size`` on
-entries that carry no data; SCHILY.xattr and LIBARCHIVE.xattr records that disagree or
-name nothing; SCHILY.acl records; an access ACL among the xattrs of a file (the kernel
+is not sparse, on an old GNU sparse entry, or against a GNU long name; GNU.sparse.size on an
+old GNU sparse entry; an empty GNU long name or link; GNU sparse records given twice or in
+two forms that disagree; PAX ``size`` on entries that carry no data; SCHILY.xattr and
+LIBARCHIVE.xattr records that disagree or name nothing, and LIBARCHIVE.xattr values that
+libarchive's base64 reader ends early; SCHILY.acl records; an access ACL among the xattrs of a file (the kernel
 rewrites the mode's group bits from it); hardlink targets with a trailing slash; and
 gzip members whose header has a header checksum (FHCRC).  Where GNU tar, bsdtar and
 Go's archive/tar (docker, containerd, umoci) give different trees, lamina refuses the
@@ -133,6 +135,18 @@ def test_gnu_sparse_name_on_an_old_gnu_sparse_entry_is_refused(g):
     refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "entry 's'")
 
 
+@pytest.mark.parametrize("key", ["GNU.sparse.size", "GNU.sparse.realsize"])
+def test_a_gnu_sparse_size_on_an_old_gnu_sparse_entry_is_refused(g, key):
+    """An old GNU sparse entry (its real size, 8192, in the header) with a PAX record of
+    another size: bsdtar makes the file that size, Go reads the header (GNU tar fails on
+    it).  lamina read it as Go."""
+    layer = Tar().pax({key: "4096"}).raw(sparse_old_gnu("s", 8192, [(0, b"a" * 512)]))
+    raw = write(g.dest / "ref.tar", layer.bytes())
+    extract_with("bsd", raw, g.dest / "bsd")
+    assert os.path.getsize(g.dest / "bsd" / "s") == 4096
+    refused_everywhere(g, [layer], "InvalidArchiveError", "entry 's'")
+
+
 def test_a_gnu_long_name_and_a_gnu_sparse_name_that_differ_are_refused(g):
     """A PAX 0.1 sparse entry behind a GNU long name: bsdtar names it by the long name, Go by
     GNU.sparse.name (GNU tar fails on it).  lamina read it as Go.  Refused."""
@@ -140,6 +154,63 @@ def test_a_gnu_long_name_and_a_gnu_sparse_name_that_differ_are_refused(g):
             ("GNU.sparse.map", "0,512")]
     layer = Tar().gnu_longname("harmless").pax(recs).file("GNUSparseFile.0/x", b"a" * 512)
     refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "entry 'harmless'")
+
+
+# GNU sparse records of one PAX header that say two things: Go's archive/tar (docker, containerd,
+# umoci) takes GNU.sparse.size over GNU.sparse.realsize, the last GNU.sparse.map, the 0.0
+# offset/numbytes records over a map, and a 1.0 map from the data only; bsdtar takes the last
+# of size/realsize, the first map, whichever map form came first, and a 1.0 entry's map record
+# over its data (GNU tar fails on most).  (records, where Go puts the data, its size)
+_SPARSE_TWICE = {
+    "size-and-realsize": ([("GNU.sparse.size", "8192"), ("GNU.sparse.realsize", "4096"),
+                           ("GNU.sparse.numblocks", "1"), ("GNU.sparse.map", "0,5")], b"DATA!", 0, 8192),
+    "map-twice": ([("GNU.sparse.size", "8192"), ("GNU.sparse.numblocks", "1"), ("GNU.sparse.map", "4096,5"),
+                   ("GNU.sparse.numblocks", "1"), ("GNU.sparse.map", "0,5")], b"DATA!", 0, 8192),
+    "map-then-0.0-records": ([("GNU.sparse.size", "8192"), ("GNU.sparse.numblocks", "1"), ("GNU.sparse.map", "0,5"),
+                              ("GNU.sparse.offset", "4096"), ("GNU.sparse.numbytes", "5")], b"DATA!", 4096, 8192),
+    "1.0-with-a-map-record": ([("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0"), ("GNU.sparse.realsize", "8192"),
+                               ("GNU.sparse.map", "4096,5")], b"1\n0\n5\n".ljust(512, b"\0") + b"DATA!", 0, 8192),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_SPARSE_TWICE))
+def test_gnu_sparse_records_that_disagree_are_refused(g, case):
+    """lamina read these as Go does; bsdtar extracts the same bytes at another offset of the
+    file, or the file at another size (a config read by a Go-based scanner is not the one
+    the container gets).  Refused, naming the entry or the record."""
+    records, data, go_at, go_size = _SPARSE_TWICE[case]
+    layer = Tar().pax(records).file("f", data)
+    raw = write(g.dest / "ref.tar", layer.bytes())
+    extract_with("bsd", raw, g.dest / "bsd", check=False)
+    with open(g.dest / "bsd" / "f", "rb") as f:
+        bsd = f.read()
+    assert (bsd.find(b"DATA!"), len(bsd)) != (go_at, go_size), "bsdtar reads it as Go: nothing to refuse"
+    refused_everywhere(g, [layer], "InvalidArchiveError", "GNU.sparse", "entry 'f'")
+
+
+def test_gnu_sparse_records_given_twice_alike_are_read(g):
+    recs = [("GNU.sparse.size", "8192"), ("GNU.sparse.realsize", "8192"), ("GNU.sparse.numblocks", "1"),
+            ("GNU.sparse.map", "0,5"), ("GNU.sparse.map", "0,5")]
+    tree, _ = agree(g, [Tar().pax(recs).file("f", b"DATA!")], umoci=False)
+    assert tree.entries["f"].size == 8192
+
+
+@pytest.mark.parametrize("build, tool_reads", [
+    (lambda: Tar().gnu_longname(b"", nul=False).dir("etc", mode=0o777), "etc"),
+    (lambda: Tar().gnu_longname(b"").file(".wh.victim"), None),
+    (lambda: Tar().gnu_longlink(b"", nul=False).symlink("s", "victim"), "s"),
+], ids=["L-before-a-directory", "L-before-a-whiteout", "K-before-a-symlink"])
+def test_an_empty_gnu_long_name_or_link_is_refused(g, build, tool_reads):
+    """A GNU long name (or link) of no bytes: Go's archive/tar (so umoci, docker, containerd)
+    reads none and keeps the header's name; GNU tar substitutes "." and bsdtar skips the
+    entry.  lamina read "": the root's metadata changed (mode 0777) where Go-based tools make
+    ``etc``, or a whiteout refused as replacing the root."""
+    from everypath import umoci_tree
+    layer = build()
+    if tool_reads:
+        umoci = umoci_tree(g.dest, [Tar().file("victim", b"v").bytes(), layer.bytes()])
+        assert tool_reads in umoci.entries, "umoci (Go) reads the header's name"
+    refused_everywhere(g, [Tar().file("victim", b"v"), layer], "InvalidArchiveError", "empty GNU long")
 
 
 def test_gnu_sparse_name_equal_to_the_name_is_read(g):
@@ -191,6 +262,20 @@ def test_xattr_records_of_both_forms_that_agree_are_read(g):
                        ("LIBARCHIVE.xattr.user.b", base64.b64encode(b"two"))]).file("f", b"x")
     tree, _ = agree(g, [layer])
     assert dict(tree.entries["f"].xattrs) == {"user.a": b"one", "user.b": b"two"}
+
+
+@pytest.mark.parametrize("value", [b"QUJD_REVG", b"QUJD=REVG", b"QUJD!RE\nVG", b"Q"])
+def test_a_libarchive_xattr_value_is_decoded_as_bsdtar_decodes_it(g, value):
+    """LIBARCHIVE.xattr values are set as bsdtar sets them (Go-based tools ignore them), and
+    libarchive's base64 reader ends the value at a '=' or '_' (``QUJD_REVG`` is ``ABC``),
+    skips other bytes outside the alphabet and drops a last lone digit.  lamina decoded with
+    Python's reader, which reads on past them: ``ABCDEF``, or refused ``Q``."""
+    layer = Tar().pax([(b"LIBARCHIVE.xattr.user.k", value)]).file("f", b"x")
+    raw = write(g.dest / "ref.tar", layer.bytes())
+    extract_with("bsd", raw, g.dest / "bsd")
+    tree, _ = agree(g, [layer], umoci=False)
+    assert dict(tree.entries["f"].xattrs) == {"user.k": os.getxattr(g.dest / "bsd" / "f", "user.k")}
+
 
 def test_schily_acl_records_are_not_applied(g):
     """SCHILY.acl.access / SCHILY.acl.default (star, GNU tar --acls): bsdtar as root sets them,

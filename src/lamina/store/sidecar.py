@@ -34,7 +34,7 @@ import os
 import stat
 import struct
 
-from .._extract import header_prefix
+from .._extract import header_number, header_prefix
 from ..compression import read_exact as _read_exact
 from ..errors import StoreError
 from ..quoting import quote_name
@@ -51,6 +51,8 @@ _META_TYPES = {b"x", b"g", b"L", b"K", b"X"}
 _FILE_TYPES = {b"0", b"\0", b"7"}
 # Types that carry no payload whatever their size field says (the extractor's rule).
 _HEADER_ONLY_TYPES = {b"1", b"2", b"3", b"4", b"5", b"6"}
+# 'S' is GNU's old sparse format only under GNU's magic (elsewhere a plain file: the extractor's rule)
+_GNU_MAGIC = b"ustar  \0"
 
 
 class SidecarError(StoreError):
@@ -69,17 +71,9 @@ def has_sidecar(snapshot_dir):
 
 def _header_number(field, what, base=8):
     try:
-        return _number(field) if base == 8 else int(field)
+        return header_number(bytes(field)) if base == 8 else int(field)
     except ValueError:
         raise SidecarError(f"{what}: unreadable tar number {bytes(field)[:20]!r}") from None
-
-
-def _number(field):
-    if field[:1] in (b"\x80", b"\xff"):  # base-256 (GNU), for sizes of 8 GiB and more
-        n = int.from_bytes(field[1:], "big")
-        return -((1 << (8 * len(field) - 8)) - n) if field[:1] == b"\xff" else n
-    digits = field.split(b"\0", 1)[0].strip()
-    return int(digits, 8) if digits else 0
 
 
 def _pax(data):
@@ -216,7 +210,7 @@ def build(tar_stream, fs_dir, out_path, diff_id, what):
                     elif typ == b"L":
                         longname = data[:size].split(b"\0", 1)[0]
                     continue
-                if typ == b"S" and hdr[482]:  # old GNU sparse map continued before the data
+                if typ == b"S" and hdr[482] and hdr[257:265] == _GNU_MAGIC:  # a GNU sparse map continued
                     ext = hdr
                     while ext[482 if ext is hdr else 504]:
                         ext = _read_exact(tar_stream, _BLOCK)
