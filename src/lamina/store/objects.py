@@ -1225,13 +1225,13 @@ def dedup_snapshot(paths, snapshot_dir, reflink=True, sync=None, tree_final=None
         stats.plan_seconds = time.perf_counter() - start
         if sync is not None:
             p.drop_held(rmdir=False)
-            if tree_final is not None:
-                tree_final()  # the lists are outside fs/, and read by the layers above only after the commit
             # The lists are final already (claim changes which inode a name has, not its object),
             # and the sync covers them: written now, while the other layers of the pull may still
             # be extracting, rather than after the wait, with fsyncs of their own.  A crash
             # before the commit drops the temp dir, lists and all.
             write_file_list(p.snapshot_dir, p.files, durable=False)
+            if tree_final is not None:
+                tree_final()
             t = time.perf_counter()
             sync()
             stats.sync_seconds = time.perf_counter() - t
