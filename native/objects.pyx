@@ -364,16 +364,11 @@ cdef int _unhex(const char *hexs, Py_ssize_t n, char *out) noexcept nogil:
     return 0
 
 
-def list_held(int hashed_fd, held):
-    """Put each name of the extractor in ``hashed/`` (``<64 hex>-…``, a regular file) into ``held``
-    (lamina.store.objects.SpilledNames: inode number -> name), as ``held[ino] = name`` does, spills
-    included.  Names are decoded as os.scandir does (UTF-8, surrogateescape); nothing is followed."""
-    cdef int fd = dup(hashed_fd)
+cdef DIR *_listing(int dir_fd) except NULL:
+    """A readdir stream of the directory ``dir_fd`` (left open: closedir() closes a dup of it),
+    from its start whatever an earlier stream of that fd read (a dup shares the offset)."""
+    cdef int fd = dup(dir_fd)
     cdef DIR *d
-    cdef dirent *e
-    cdef stat st
-    cdef Py_ssize_t n, budget = held.budget
-    cdef dict front = held.front
     if fd < 0:
         raise OSError(errno, __import__("os").strerror(errno))
     if lseek(fd, 0, SEEK_SET) < 0:
@@ -383,13 +378,32 @@ def list_held(int hashed_fd, held):
     if d == NULL:
         close(fd)
         raise OSError(errno, __import__("os").strerror(errno))
+    return d
+
+
+cdef dirent *_next_entry(DIR *d) except? NULL:
+    """readdir(): the next entry, or NULL at the end; OSError if the listing fails."""
+    cdef dirent *e
+    errno_reset()
+    e = readdir(d)
+    if e == NULL and errno:
+        raise OSError(errno, __import__("os").strerror(errno))
+    return e
+
+
+def list_held(int hashed_fd, held):
+    """Put each name of the extractor in ``hashed/`` (``<64 hex>-…``, a regular file) into ``held``
+    (lamina.store.objects.SpilledNames: inode number -> name), as ``held[ino] = name`` does, spills
+    included.  Names are decoded as os.scandir does (UTF-8, surrogateescape); nothing is followed."""
+    cdef DIR *d = _listing(hashed_fd)
+    cdef dirent *e
+    cdef stat st
+    cdef Py_ssize_t n, budget = held.budget
+    cdef dict front = held.front
     try:
         while True:
-            errno_reset()
-            e = readdir(d)
+            e = _next_entry(d)
             if e == NULL:
-                if errno:
-                    raise OSError(errno, __import__("os").strerror(errno))
                 break
             n = strlen(e.d_name)
             if n <= 65 or e.d_name[64] != 45:  # '-'
@@ -439,30 +453,16 @@ cdef class DirScan:
         self.buf = bytearray()
 
     cdef _list(self, spill_dir):
-        cdef int fd = dup(self.dir_fd)
-        cdef DIR *d
+        cdef DIR *d = _listing(self.dir_fd)
         cdef dirent *e
         cdef stat st
         cdef char head[9]
         cdef unsigned long long ino
-        if fd < 0:
-            raise OSError(errno, __import__("os").strerror(errno))
-        # from the start whatever an earlier stream of this fd read (dup shares the offset)
-        if lseek(fd, 0, SEEK_SET) < 0:
-            close(fd)
-            raise OSError(errno, __import__("os").strerror(errno))
-        d = fdopendir(fd)
-        if d == NULL:
-            close(fd)
-            raise OSError(errno, __import__("os").strerror(errno))
         buf = self.buf
         try:
             while True:
-                errno_reset()
-                e = readdir(d)
+                e = _next_entry(d)
                 if e == NULL:
-                    if errno:
-                        raise OSError(errno, __import__("os").strerror(errno))
                     break
                 if e.d_name[0] == 46 and (e.d_name[1] == 0 or (e.d_name[1] == 46 and e.d_name[2] == 0)):
                     continue  # "." and ".."
