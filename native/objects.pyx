@@ -11,6 +11,14 @@ from libc.errno cimport errno, EINTR, EEXIST, ENOENT, EINVAL
 from libc.string cimport memcpy
 from posix.types cimport off_t
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.long cimport PyLong_FromUnsignedLongLong
+from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_DecodeASCII
+from libc.string cimport strlen
+from json.encoder import encode_basestring_ascii as _json_string  # a str as json.dumps writes it
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8(object s) except NULL
 
 from blake3_c cimport *
 
@@ -196,6 +204,31 @@ cdef void _metadata_key(stat *st, _Meta *last) noexcept nogil:
 DEF OBJ_LEN = 82   # <64 hex blake3>.<16 hex metadata key> and a NUL
 
 
+cdef long long _new_object(int dir_fd, const char *name, unsigned long long ino, int hashed_fd, const char *hold,
+                           FanOut fanout, bint claim, _Meta *last, char *obj) noexcept nogil:
+    """new_objects() for one file: its size once ``obj`` (OBJ_LEN bytes, NUL-ended) is (or may become)
+    its new object, else -1."""
+    cdef stat st
+    cdef stat ost
+    cdef int rc, ffd
+    if (fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 or not S_ISREG(st.st_mode)
+            or st.st_ino != ino or st.st_nlink != 2):
+        return -1
+    _metadata_key(&st, last)
+    memcpy(obj, hold, 64)
+    obj[64] = 46  # '.'
+    memcpy(obj + 65, last.key, 16)
+    obj[OBJ_LEN - 1] = 0
+    ffd = fanout.fd_of(obj)
+    if ffd < 0:
+        return -1  # the general way reports it
+    if claim:
+        rc = lamina_rename_noreplace(hashed_fd, hold, ffd, obj)
+    else:
+        rc = 0 if fstatat(ffd, obj, &ost, AT_SYMLINK_NOFOLLOW) < 0 and errno == ENOENT else -1
+    return st.st_size if rc == 0 else -1
+
+
 def new_objects(int dir_fd, list names, list inos, int hashed_fd, list holds, FanOut fanout, bint claim=True):
     """The dedup pass's common case, for files of one directory the extractor hashed (lamina.store.objects).
 
@@ -205,7 +238,8 @@ def new_objects(int dir_fd, list names, list inos, int hashed_fd, list holds, Fa
     exists, without it the object is only looked up (the caller claims it later, claim_objects).
     Returns, per file, (object name, size) once it is (or may become) the new object, else None:
     the caller handles that file the general way (an existing object, a hardlink, xattrs, ...).
-    The metadata key is metadata_key()'s for a file without xattrs.
+    The metadata key is metadata_key()'s for a file without xattrs.  (DirScan.take does the same
+    per file, for the pass.)
 
     The syscalls run without the GIL (the other layers' extractors go on meanwhile).
     """
@@ -214,14 +248,10 @@ def new_objects(int dir_fd, list names, list inos, int hashed_fd, list holds, Fa
     cdef list bholds = [(<str>h).encode() for h in holds]
     cdef const char **cname = <const char **>malloc(count * sizeof(char *) + 1)
     cdef const char **chold = <const char **>malloc(count * sizeof(char *) + 1)
-    cdef unsigned long *cino = <unsigned long *>malloc(count * sizeof(unsigned long) + 1)
+    cdef unsigned long long *cino = <unsigned long long *>malloc(count * sizeof(unsigned long long) + 1)
     cdef long long *size = <long long *>malloc(count * sizeof(long long) + 1)
     cdef char *objs = <char *>malloc(count * OBJ_LEN + 1)
-    cdef stat st
-    cdef stat ost
     cdef _Meta last
-    cdef char *obj
-    cdef int rc, ffd
     try:
         if cname == NULL or chold == NULL or cino == NULL or size == NULL or objs == NULL:
             raise MemoryError()
@@ -234,25 +264,8 @@ def new_objects(int dir_fd, list names, list inos, int hashed_fd, list holds, Fa
         last.key[0] = 0
         with nogil:
             for i in range(count):
-                size[i] = -1
-                if (fstatat(dir_fd, cname[i], &st, AT_SYMLINK_NOFOLLOW) < 0 or not S_ISREG(st.st_mode)
-                        or st.st_ino != cino[i] or st.st_nlink != 2):
-                    continue
-                _metadata_key(&st, &last)
-                obj = objs + i * OBJ_LEN
-                memcpy(obj, chold[i], 64)
-                obj[64] = 46  # '.'
-                memcpy(obj + 65, last.key, 16)
-                ffd = fanout.fd_of(obj)
-                if ffd < 0:
-                    continue  # the general way reports it
-                obj[OBJ_LEN - 1] = 0
-                if claim:
-                    rc = lamina_rename_noreplace(hashed_fd, chold[i], ffd, obj)
-                else:
-                    rc = 0 if fstatat(ffd, obj, &ost, AT_SYMLINK_NOFOLLOW) < 0 and errno == ENOENT else -1
-                if rc == 0:
-                    size[i] = st.st_size
+                size[i] = _new_object(dir_fd, cname[i], cino[i], hashed_fd, chold[i], fanout, claim, &last,
+                                      objs + i * OBJ_LEN)
         results = []
         for i in range(count):
             if size[i] < 0:
@@ -321,24 +334,101 @@ DEF LISTING_HELD = 1 << 20   # bytes of a directory's listing kept in memory; pa
 DEF BATCH = 4096             # entries a DirScan.batch() call takes
 
 
+cdef inline void _grow_append(bytearray buf, const void *data, Py_ssize_t n) except *:
+    """``buf += data[:n]`` without a bytes object in between."""
+    cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
+    if PyByteArray_Resize(buf, at + n) < 0:
+        raise MemoryError()
+    memcpy(PyByteArray_AS_STRING(buf) + at, data, n)
+
+
+cdef inline bint _plain_json(const char *s, Py_ssize_t n) noexcept nogil:
+    """Whether json.dumps (ensure_ascii) writes the UTF-8 bytes ``s`` unchanged between its quotes."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if s[i] < 32 or s[i] > 126 or s[i] == 34 or s[i] == 92:  # signed char: >= 0x80 is < 0; '"', '\'
+            return False
+    return True
+
+
+cdef int _unhex(const char *hexs, Py_ssize_t n, char *out) noexcept nogil:
+    """``n`` bytes from 2n lowercase hex digits; -1 if one is not."""
+    cdef Py_ssize_t i
+    cdef int hi, lo
+    for i in range(n):
+        hi = _hex_nibble(hexs[2 * i])
+        lo = _hex_nibble(hexs[2 * i + 1])
+        if hi < 0 or lo < 0:
+            return -1
+        out[i] = <char>(hi * 16 + lo)
+    return 0
+
+
+cdef DIR *_listing(int dir_fd) except NULL:
+    """A readdir stream of the directory ``dir_fd`` (left open: closedir() closes a dup of it),
+    from its start whatever an earlier stream of that fd read (a dup shares the offset)."""
+    cdef int fd = dup(dir_fd)
+    cdef DIR *d
+    if fd < 0:
+        raise OSError(errno, __import__("os").strerror(errno))
+    if lseek(fd, 0, SEEK_SET) < 0:
+        close(fd)
+        raise OSError(errno, __import__("os").strerror(errno))
+    d = fdopendir(fd)
+    if d == NULL:
+        close(fd)
+        raise OSError(errno, __import__("os").strerror(errno))
+    return d
+
+
+cdef dirent *_next_entry(DIR *d) except? NULL:
+    """readdir(): the next entry, or NULL at the end; OSError if the listing fails."""
+    cdef dirent *e
+    errno_reset()
+    e = readdir(d)
+    if e == NULL and errno:
+        raise OSError(errno, __import__("os").strerror(errno))
+    return e
+
+
+def list_held(int hashed_fd, held):
+    """Put each name of the extractor in ``hashed/`` (``<64 hex>-…``, a regular file) into ``held``
+    (lamina.store.objects.SpilledNames: inode number -> name), as ``held[ino] = name`` does, spills
+    included.  Names are decoded as os.scandir does (UTF-8, surrogateescape); nothing is followed."""
+    cdef DIR *d = _listing(hashed_fd)
+    cdef dirent *e
+    cdef stat st
+    cdef Py_ssize_t n, budget = held.budget
+    cdef dict front = held.front
+    try:
+        while True:
+            e = _next_entry(d)
+            if e == NULL:
+                break
+            n = strlen(e.d_name)
+            if n <= 65 or e.d_name[64] != 45:  # '-'
+                continue
+            if e.d_type != DT_REG:
+                if e.d_type != DT_UNKNOWN or fstatat(hashed_fd, e.d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 \
+                        or not S_ISREG(st.st_mode):
+                    continue
+            front[PyLong_FromUnsignedLongLong(e.d_ino)] = PyUnicode_DecodeUTF8(e.d_name, n, "surrogateescape")
+            if len(front) >= budget:
+                held._spill()
+                front = held.front
+    finally:
+        closedir(d)
+
+
 cdef class DirScan:
     """One directory of the dedup pass (lamina.store.objects._Pass.run): its listing, taken whole
     at once (the pass then renames into the directory, which a readdir stream must not see),
-    and the common case done batch by batch.
+    and the common case done batch by batch (``take``).
 
     The listing is records (kind, inode, name) in a buffer that goes to an unlinked temp file in
-    ``spill_dir`` past LISTING_HELD bytes, and ``batch()`` hands out BATCH of them at a time:
+    ``spill_dir`` past LISTING_HELD bytes, and ``take()`` handles BATCH of them at a time:
     a directory of 300k files took 341 MiB as lists of names, inodes and holds (~1.1 KB a file),
     and one of 400k subdirectories 27 MiB of names.
-
-    ``batch()`` returns None once the listing is done, else (subdirectory names, [(name, inode,
-    hold or None)] of the regular files left to the general way, [(name, inode, hold, object,
-    size)] of those new_objects() took).  ``held`` maps an inode number to the extractor's
-    hashed/ name, and ``spilled(inode)`` (if not None) the inodes past it (SpilledNames); a
-    hold is (that name, its blake3); with ``fast``, files with a hold that says "no xattrs" go
-    through new_objects() (``claim`` as there); a hold that says "already an object" (``-o``)
-    is left to the caller like the general way.  Names are decoded as os.scandir does (UTF-8,
-    surrogateescape); nothing is followed.
     """
     cdef int dir_fd
     cdef bytearray buf
@@ -363,43 +453,30 @@ cdef class DirScan:
         self.buf = bytearray()
 
     cdef _list(self, spill_dir):
-        cdef int fd = dup(self.dir_fd)
-        cdef DIR *d
+        cdef DIR *d = _listing(self.dir_fd)
         cdef dirent *e
         cdef stat st
-        cdef unsigned char kind
-        if fd < 0:
-            raise OSError(errno, __import__("os").strerror(errno))
-        # from the start whatever an earlier stream of this fd read (dup shares the offset)
-        if lseek(fd, 0, SEEK_SET) < 0:
-            close(fd)
-            raise OSError(errno, __import__("os").strerror(errno))
-        d = fdopendir(fd)
-        if d == NULL:
-            close(fd)
-            raise OSError(errno, __import__("os").strerror(errno))
+        cdef char head[9]
+        cdef unsigned long long ino
         buf = self.buf
         try:
             while True:
-                errno_reset()
-                e = readdir(d)
+                e = _next_entry(d)
                 if e == NULL:
-                    if errno:
-                        raise OSError(errno, __import__("os").strerror(errno))
                     break
                 if e.d_name[0] == 46 and (e.d_name[1] == 0 or (e.d_name[1] == 46 and e.d_name[2] == 0)):
                     continue  # "." and ".."
-                kind = e.d_type
-                if kind == DT_UNKNOWN:  # a filesystem that does not say: ask the inode
+                head[0] = e.d_type
+                if head[0] == DT_UNKNOWN:  # a filesystem that does not say: ask the inode
                     if fstatat(self.dir_fd, e.d_name, &st, AT_SYMLINK_NOFOLLOW) < 0:
                         continue
-                    kind = DT_DIR if S_ISDIR(st.st_mode) else DT_REG if S_ISREG(st.st_mode) else 0
-                if kind != DT_DIR and kind != DT_REG:
+                    head[0] = DT_DIR if S_ISDIR(st.st_mode) else DT_REG if S_ISREG(st.st_mode) else 0
+                if head[0] != DT_DIR and head[0] != DT_REG:
                     continue
-                buf.append(kind)
-                buf += (<unsigned long long>e.d_ino).to_bytes(8, "little")
-                buf += <bytes>e.d_name
-                buf.append(0)
+                ino = e.d_ino
+                memcpy(head + 1, &ino, 8)
+                _grow_append(buf, head, 9)
+                _grow_append(buf, e.d_name, strlen(e.d_name) + 1)
                 if len(buf) >= self.held:
                     if self.spill is None:
                         self.spill = __import__("tempfile").TemporaryFile(dir=spill_dir)  # O_TMPFILE where it can
@@ -427,47 +504,155 @@ cdef class DirScan:
             self.buf += chunk
         return True
 
-    def batch(self, dict held, object spilled, int hashed_fd, FanOut fanout, bint claim, bint fast):
-        cdef list subdirs = [], slow = [], names = [], inos = [], holds = [], holdnames = []
-        cdef Py_ssize_t end, taken = 0
+    def take(self, held, planned, rows, str prefix, int hashed_fd, FanOut fanout, bint claim, bint fast, dup):
+        """A batch of the directory's entries: the common case done, the rest handed back.
+
+        The common case is a file with a ``held`` name in hashed/ (SpilledNames: inode ->
+        name) that says "no xattrs", alone with it on its inode, whose object does not exist:
+        its object name is made as new_objects() makes it (``claim``: the hold is renamed to
+        it; else the name is added to ``planned``, object -> hold, for the claim after the
+        sync), its hold leaves ``held``, and its row and object key go to ``rows``
+        (FileRows, as its add() writes them) — all without a Python object per file
+        but its object name, and the syscalls without the GIL.  A file whose object this pass
+        has planned already (a duplicate within the layer) is handed to ``dup(dir_fd, name,
+        inode, path, hold)`` (the general way, which swaps it for that inode) at its place in
+        the file list.  Only with ``fast`` (no reflinks: those look for siblings per file).
+
+        Returns None once the listing is done, else (subdirectory names, [(name, inode, hold
+        or None)] of the regular files left to the general way, files done, their bytes).  A
+        hold is (its name, its blake3); one that says "already an object" (``-o``) is left to
+        the caller too.  Names are decoded as os.scandir does (UTF-8, surrogateescape);
+        nothing is followed.
+        """
+        cdef list subdirs = [], slow = [], holds = []
+        cdef bytearray names = bytearray(), out = bytearray()
+        cdef Py_ssize_t taken = 0, nfast = 0, end, i, n, budget = planned.budget, run = rows.RUN
+        cdef Py_ssize_t *name_at = NULL
+        cdef unsigned long long *inos = NULL
+        cdef const char **chold = NULL
+        cdef long long *size = NULL
+        cdef char *objs = NULL
+        cdef char *p
+        cdef char *obj
+        cdef const char *cname
+        cdef const char *chd
+        cdef unsigned long long ino
         cdef unsigned char kind
-        buf = self.buf
-        while taken < self.per_batch and self._more():
-            buf = self.buf
-            end = buf.index(0, self.pos + 9)
-            kind = buf[self.pos]
-            ino = int.from_bytes(buf[self.pos + 1:self.pos + 9], "little")
-            name = bytes(buf[self.pos + 9:end]).decode("utf-8", "surrogateescape")
-            self.pos = end + 1
-            taken += 1
-            if kind == DT_DIR:
-                subdirs.append(name)
-                continue
-            hold = held.get(ino)
-            if hold is None and spilled is not None:
-                hold = spilled(ino)
-            if hold is not None:
-                hold = (hold, (<str>hold)[:64])
-            if hold is not None and fast and (<str>hold[0])[65] != "x" and (<str>hold[0])[65] != "o":
-                names.append(name)
-                inos.append(ino)
-                holds.append(hold)
-                holdnames.append(hold[0])
-            else:
-                slow.append((name, ino, hold))
-        if not taken:
-            self.close()
-            return None
-        done = []
-        if names:
-            for name, ino, hold, result in zip(names, inos, holds,
-                                               new_objects(self.dir_fd, names, inos, hashed_fd, holdnames, fanout,
-                                                           claim)):
-                if result is None:
-                    slow.append((name, ino, hold))
+        cdef long long files = 0, nbytes = 0
+        cdef char key[40]
+        cdef char digits[24]
+        cdef _Meta last
+        cdef dict held_front = held.front
+        spilled = held.spilled_get()
+        try:
+            if fast:
+                name_at = <Py_ssize_t *>malloc(self.per_batch * sizeof(Py_ssize_t))
+                inos = <unsigned long long *>malloc(self.per_batch * sizeof(unsigned long long))
+                chold = <const char **>malloc(self.per_batch * sizeof(char *))
+                size = <long long *>malloc(self.per_batch * sizeof(long long))
+                objs = <char *>malloc(self.per_batch * OBJ_LEN)
+                if name_at == NULL or inos == NULL or chold == NULL or size == NULL or objs == NULL:
+                    raise MemoryError()
+            while taken < self.per_batch and self._more():
+                p = PyByteArray_AS_STRING(self.buf)
+                end = self.buf.index(0, self.pos + 9)
+                kind = <unsigned char>p[self.pos]
+                memcpy(&ino, p + self.pos + 1, 8)
+                cname = p + self.pos + 9
+                n = end - self.pos - 9
+                self.pos = end + 1
+                taken += 1
+                if kind == DT_DIR:
+                    subdirs.append(PyUnicode_DecodeUTF8(cname, n, "surrogateescape"))
+                    continue
+                pyino = PyLong_FromUnsignedLongLong(ino)
+                hold = held_front.get(pyino)
+                if hold is None and spilled is not None:
+                    hold = spilled(pyino)
+                if hold is not None and fast and (<str>hold)[65] != "x" and (<str>hold)[65] != "o":
+                    name_at[nfast] = len(names)
+                    _grow_append(names, cname, n + 1)
+                    inos[nfast] = ino
+                    holds.append(hold)
+                    chold[nfast] = PyUnicode_AsUTF8(hold)  # kept alive by holds
+                    nfast += 1
                 else:
-                    done.append((name, ino, hold, result[0], result[1]))
-        return subdirs, slow, done
+                    slow.append((PyUnicode_DecodeUTF8(cname, n, "surrogateescape"), pyino,
+                                 None if hold is None else (hold, (<str>hold)[:64])))
+            if not taken:
+                self.close()
+                return None
+            if nfast:
+                last.key[0] = 0
+                p = PyByteArray_AS_STRING(names)
+                with nogil:
+                    for i in range(nfast):
+                        size[i] = _new_object(self.dir_fd, p + name_at[i], inos[i], hashed_fd, chold[i], fanout,
+                                              claim, &last, objs + i * OBJ_LEN)
+            failed = []
+            planned_front = planned.front
+            keys = rows.keys
+            prefix_json = (<str>_json_string(prefix)).encode()[:-1]   # '"prefix', the quote left open
+            for i in range(nfast):
+                p = PyByteArray_AS_STRING(names) + name_at[i]
+                hold = holds[i]
+                if size[i] < 0:
+                    failed.append((PyUnicode_DecodeUTF8(p, strlen(p), "surrogateescape"),
+                                   PyLong_FromUnsignedLongLong(inos[i]), (hold, (<str>hold)[:64])))
+                    continue
+                obj = objs + i * OBJ_LEN
+                name_obj = PyUnicode_DecodeASCII(obj, OBJ_LEN - 1, NULL)
+                if name_obj in planned_front or (planned.runs and planned.get(name_obj) is not None):
+                    if out:
+                        rows.rows.write(out)
+                        del out[:]
+                    name = PyUnicode_DecodeUTF8(p, strlen(p), "surrogateescape")
+                    dup(self.dir_fd, name, PyLong_FromUnsignedLongLong(inos[i]), prefix + name,
+                        (hold, (<str>hold)[:64]))
+                    planned_front, held_front, keys = planned.front, held.front, rows.keys
+                    continue
+                pyino = PyLong_FromUnsignedLongLong(inos[i])
+                if held_front.pop(pyino, None) is None and held.runs:
+                    held.remove(pyino)
+                if not claim:
+                    planned_front[name_obj] = hold
+                    if len(planned_front) >= budget:
+                        planned._spill()
+                        planned_front = planned.front
+                files += 1
+                nbytes += size[i]
+                # FileRows.add's row: [path, blake3, size, object]
+                n = strlen(p)
+                _grow_append(out, b"[", 1)
+                if _plain_json(p, n):
+                    _grow_append(out, <char *>prefix_json, len(prefix_json))
+                    _grow_append(out, p, n)
+                    _grow_append(out, b'"', 1)
+                else:  # escapes: json's own, on the whole path
+                    path_json = (<str>_json_string(prefix + PyUnicode_DecodeUTF8(p, n, "surrogateescape"))).encode()
+                    _grow_append(out, <char *>path_json, len(path_json))
+                _grow_append(out, b', "', 3)
+                _grow_append(out, obj, 64)
+                _grow_append(out, b'", ', 3)
+                _grow_append(out, digits, snprintf(digits, sizeof(digits), "%lld", size[i]))
+                _grow_append(out, b', "', 3)
+                _grow_append(out, obj, OBJ_LEN - 1)
+                _grow_append(out, b'"]\n', 3)
+                if _unhex(obj, 32, key) < 0 or _unhex(obj + 65, 8, key + 32) < 0:
+                    raise ValueError(f"not an object name: {name_obj!r}")
+                keys.add(PyBytes_FromStringAndSize(key, 40))
+                if len(keys) >= run:
+                    rows._spill()
+                    keys = rows.keys
+            if out:
+                rows.rows.write(out)
+            return subdirs, slow + failed, files, nbytes
+        finally:
+            free(name_at)
+            free(inos)
+            free(chold)
+            free(size)
+            free(objs)
 
 
 # --- disk usage of a tree ----------------------------------------------------------------------

@@ -320,6 +320,47 @@ def test_the_pass_lists_every_regular_file_whatever_its_name(tmp_path):
     _fsck_clean(root)
 
 
+def test_the_file_list_is_what_json_dumps_writes_whatever_the_names(tmp_path):
+    """The pass writes most rows natively (DirScan.take): the document must be byte for byte
+    json.dumps' (ensure_ascii), rows in walk order, whatever a name holds (quotes, backslashes,
+    control characters, DEL, non-ASCII, not UTF-8), and a duplicate within the layer keeps its
+    place among the rows natively written around it."""
+    import lz4.frame
+    from lamina.store.objects import FILES_LIST, read_file_list
+    odd = ['q"uote', "back\\slash", "new\nline", "tab\there", "del\x7f", "caf\u00e9", "bad\udcff", "emoji\U0001F600",
+           "ctl\x01", "plain"]
+    members = []
+    for d in ("d", 'we"ird\\dir', "caf\u00e9"):
+        members.append((ti(d + "/", tarfile.DIRTYPE), None))
+        for i, n in enumerate(odd):
+            members.append((ti(f"{d}/{n}"), f"{d} {i}".encode() * 10))
+            members.append((ti(f"{d}/{n}-2"), f"{d} {i}".encode() * 10))   # a duplicate within the layer
+    lay = ocibuild.Layout(tmp_path / "layout")
+    lay.image_of_tars([tarfile_bytes(members, fmt=tarfile.GNU_FORMAT)], "odd")
+    root = tmp_path / "root"
+    _copy(root, tmp_path / "layout", "odd")
+    fs = _fs(root, _chains(root, "odd:1")[0])
+    sdir = os.path.dirname(fs)
+    entries = read_file_list(sdir)
+    with open(os.path.join(sdir, FILES_LIST), "rb") as f:
+        raw = lz4.frame.decompress(f.read())
+    assert raw == json.dumps({"version": 1, "files": [[e.path, e.blake3, e.size, e.object] for e in entries]}).encode()
+    # one directory after the other, each in its listing's order, duplicates (swapped for the
+    # inode planned first) in their places
+    listed = [f"{d}/{n}" for d in os.listdir(fs) for n in os.listdir(os.path.join(fs, d))]
+    assert sorted(listed) == sorted(m.name for m, body in members if body is not None)
+    by_dir = {}
+    for p in listed:
+        by_dir.setdefault(os.path.dirname(p), []).append(p)
+    assert [e.path for e in entries] == [p for d in dict.fromkeys(os.path.dirname(e.path) for e in entries)
+                                         for p in by_dir[d]]
+    assert len({e.object for e in entries}) == len(entries) // 2
+    for e in entries:
+        twin = e.path[:-2] if e.path.endswith("-2") else e.path + "-2"
+        assert os.lstat(os.path.join(fs, e.path)).st_ino == os.lstat(os.path.join(fs, twin)).st_ino
+    _fsck_clean(root)
+
+
 def test_a_deferred_pass_writes_its_lists_before_the_sync(tmp_path):
     """In a pull the snapshot is a temp dir whose lists get no fsync of their own: they must be
     written before the sync that makes the snapshot durable (and already be complete then)."""

@@ -754,10 +754,12 @@ def _held(hashed_path, snapshot_dir):
     except FileNotFoundError:
         return _inode_names(snapshot_dir), None
     held = _inode_names(snapshot_dir)
-    with os.scandir(fd) as it:
-        for e in it:
-            if len(e.name) > 65 and e.name[64] == "-" and e.is_file(follow_symlinks=False):
-                held[e.inode()] = e.name  # not a (name, blake3) tuple: ~170 B a file less (DirScan)
+    try:
+        _native().list_held(fd, held)  # names, not (name, blake3) tuples: ~170 B a file less (DirScan)
+    except BaseException:
+        held.close()
+        os.close(fd)
+        raise
     return held, fd
 
 
@@ -866,14 +868,24 @@ class _Pass:
 
     def _scan_batch(self, scan, fast, hashed_fd, fd, prefix):
         """A batch of one directory's entries (see run): its files done; returns the names of its
-        subdirectories, or None when the directory's listing is done."""
+        subdirectories, or None when the directory's listing is done.
+
+        DirScan.take does the common case natively, without a Python object per file: each such
+        file is (or, ``defer``, is planned to become) a new object under its hashed/ name, its
+        row goes to the file list.  One whose object this pass has planned already (a duplicate
+        within the layer) comes back to one_held() at its place, and is swapped for it."""
         self.held.forget()
-        batch = scan.batch(self.held.front, self.held.spilled_get(), hashed_fd, self.fan, not self.defer, fast)
+        batch = scan.take(self.held, self.planned, self.files, prefix, hashed_fd, self.fan, not self.defer, fast,
+                          self.one_held)
         if batch is None:
             return None
-        subdirs, slow, done = batch
-        if done:
-            self.took(fd, prefix, done)
+        subdirs, slow, done_files, done_bytes = batch
+        st = self.stats
+        st.files += done_files
+        st.bytes += done_bytes
+        st.prehashed += done_files
+        if not self.defer:
+            st.new_objects += done_files
         for name, ino, held in slow:
             if held is None:
                 self.one(fd, name, prefix + name)
@@ -882,29 +894,6 @@ class _Pass:
             else:
                 self.one_held(fd, name, ino, prefix + name, held)
         return subdirs
-
-    def took(self, dfd, prefix, done):
-        """Files of one directory that DirScan took: each is (or, ``defer``, is planned to
-        become) a new object under its hashed/ name.  One whose object this pass has planned
-        already (a duplicate within the layer) goes the general way and is swapped for it."""
-        held, planned, add = self.held, self.planned, self.files.add
-        done_files = done_bytes = 0
-        for name, ino, hold, obj, size in done:
-            if obj in planned:
-                self.one_held(dfd, name, ino, prefix + name, hold)
-                continue
-            held.remove(ino)
-            if self.defer:
-                planned[obj] = hold[0]
-            done_files += 1
-            done_bytes += size
-            add(prefix + name, hold[1], size, obj)
-        st = self.stats
-        st.files += done_files
-        st.bytes += done_bytes
-        st.prehashed += done_files
-        if not self.defer:
-            st.new_objects += done_files
 
     def linked_by_extractor(self, rel, held):
         """A name the extractor made a link to an existing object (``<blake3>-o<key>-<size>``
