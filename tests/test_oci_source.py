@@ -11,6 +11,7 @@ import pytest
 
 import ocibuild as ob
 from conftest import require_tool, run
+from tarbuild import header
 from lamina.errors import (BlobNotFoundError, DigestMismatchError, ImageError, ImageNotFoundError,
                            InvalidDigestError, InvalidReferenceError, PlatformNotFoundError,
                            UnsupportedMediaTypeError)
@@ -643,6 +644,58 @@ def _rewritten(path, fmt, prefix):
             elif m.isdir():
                 t.dir(m.name, fmt=fmt, raw={"prefix": prefix})
     return t.bytes()
+
+
+@pytest.mark.parametrize("field", [
+    lambda n: b"\0\0\0" + b"%08o\0" % n,   # NULs before the digits
+    lambda n: b"  " + b"%09o\0" % n,          # spaces before them (tarfile reads these alike)
+], ids=["nul-led", "space-led"])
+def test_docker_archive_member_sizes_are_read_as_go_reads_them(tmp_path, field):
+    """tarfile reads a numeric field up to its first NUL, so a size of NULs then digits was 0:
+    the member's data was read as the next headers (manifest.json empty, or another archive's
+    members than docker load's and skopeo's).  Go's archive/tar skips leading NULs and
+    spaces, as lamina's extractor does; lamina now reads each member's size as they do."""
+    require_tool("skopeo")
+    from tarbuild import Tar
+    plain = tmp_path / "save.tar"
+    info = ob.legacy_docker_save(plain, [{"a": b"1"}])
+    t = Tar()
+    with tarfile.open(plain) as tar:
+        for m in tar:
+            if m.isfile():
+                data = tar.extractfile(m).read()
+                t.file(m.name, data, raw={"size": field(len(data))})
+            elif m.isdir():
+                t.dir(m.name)
+    path = tmp_path / "rewritten.tar"
+    path.write_bytes(t.bytes())
+    skopeo = subprocess.run(["skopeo", "inspect", "--raw", f"docker-archive:{path}"], capture_output=True)
+    assert skopeo.returncode == 0, skopeo.stderr
+    img = resolve(f"docker-archive:{path}")
+    assert img.config_digest == info["config_digest"] and img.diff_ids == info["diff_ids"]
+    assert ob.sha256(read_layer(img.layers[0])) == info["diff_ids"][0]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda blk: blk[:148] + b"0000000\0" + blk[156:] + b"\0" * 1024,   # a header whose checksum is wrong
+    lambda blk: blk[:300],                                # a header cut short: the archive ends there
+], ids=["bad-checksum", "truncated-header"])
+def test_a_docker_archive_damaged_after_its_manifest_is_refused(tmp_path, damage):
+    """tarfile takes a bad header after the first for the archive's end: lamina loaded the
+    image from the members before it, where docker load and skopeo (Go's archive/tar) fail on
+    the damaged archive.  Now lamina refuses it too, saying where."""
+    require_tool("skopeo")
+    plain = tmp_path / "save.tar"
+    ob.legacy_docker_save(plain, [{"a": b"1"}])
+    with tarfile.open(plain) as tar:
+        end = max(m.offset_data + (m.size + 511) // 512 * 512 for m in tar)
+    data = plain.read_bytes()
+    path = tmp_path / "damaged.tar"
+    path.write_bytes(data[:end] + damage(header("zzz", size=0)))
+    skopeo = subprocess.run(["skopeo", "inspect", "--raw", f"docker-archive:{path}"], capture_output=True)
+    assert skopeo.returncode != 0
+    with pytest.raises(ImageError, match=f"at offset {end}"):
+        resolve(f"docker-archive:{path}")
 
 
 @pytest.mark.parametrize("fmt,prefix,go_reads", [

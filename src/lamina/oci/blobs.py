@@ -18,7 +18,7 @@ import threading
 import zlib
 
 from .. import digest as _digest
-from .._extract import header_prefix
+from .._extract import header_number, header_prefix
 from ..errors import BlobNotFoundError, DigestMismatchError, ImageError
 from ..limits import DEFAULT_LIMITS
 
@@ -298,11 +298,27 @@ class _BoundedTarInfo(tarfile.TarInfo):
     MAX_RUN = 32   # extended headers for one member (tarfile recurses once per header)
 
     @classmethod
+    def fromtarfile(cls, tar):
+        offset = tar.fileobj.tell()
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as e:
+            # tarfile takes a damaged header after the first for the end of the archive and
+            # reads no further; Go's archive/tar (docker load, skopeo) fails there, and so must we
+            raise tarfile.TarError(f"{e} at offset {offset}") from None
+
+    @classmethod
     def frombuf(cls, buf, encoding, errors):
         # tarfile puts the 155 bytes at 345 before the name whatever the magic: GNU tar's atime
         # and ctime ('00000001234/manifest.json'), a v7 header's padding.  docker load and skopeo
         # read the archive with Go's archive/tar, as the extractor reads layers: its prefix.
         obj = super().frombuf(buf, encoding, errors)
+        # tarfile reads a number up to its first NUL (NULs then digits: a size of 0, the data
+        # then read as headers); Go, and so the extractor, skip leading NULs and spaces
+        try:
+            obj.size = header_number(buf[124:136])
+        except ValueError as e:
+            raise tarfile.TarError(f"member {tarfile.nts(buf[0:100], encoding, errors)!r}: size: {e}") from None
         name = tarfile.nts(buf[0:100], encoding, errors)
         if obj.isdir():
             name = name.rstrip("/")
