@@ -191,7 +191,11 @@ def test_setuid_files_give_no_privilege_through_mount2(tmp_path):
     os.mkdir(mnt)
     try:
         for suid, expected in ((False, (65534, 65534)), (True, (0, 0))):
-            _mount_legacy(lowers, None, None, mnt, readonly=True, suid=suid)
+            fd = os.open(mnt, os.O_PATH | os.O_DIRECTORY)
+            try:
+                _mount_legacy(lowers, None, None, fd, readonly=True, suid=suid)
+            finally:
+                os.close(fd)
             try:
                 assert _ids_as_nobody(mnt) == expected
             finally:
@@ -199,3 +203,42 @@ def test_setuid_files_give_no_privilege_through_mount2(tmp_path):
     finally:
         os.rmdir(mnt)
         os.rmdir(base)
+
+
+@pytest.mark.parametrize("api", ["fsconfig", "mount2"])
+def test_the_mount_goes_on_the_directory_held_not_on_a_path_swapped_meanwhile(tmp_path, api):
+    """Root mounting into a directory another user can write: that user may swap a symlink into
+    the path between lamina's checks and the mount (mnt -> /etc).  The mount goes on the
+    directory lamina opened and checked, through its fd, whatever the path says by then."""
+    from lamina.store.mounts import _mount_legacy, _mount_new_api
+    require_root()
+    store = _setid_image_store(tmp_path)
+    lowers = [os.fspath(p) for p in store.snapshots_for(store.resolve("img:1"))] + [os.fspath(tmp_path / "empty")]
+    os.mkdir(tmp_path / "empty")
+    mnt, moved, victim = tmp_path / "mnt", tmp_path / "mnt.moved", tmp_path / "victim"
+    mnt.mkdir()
+    victim.mkdir()
+    fd = os.open(mnt, os.O_PATH | os.O_DIRECTORY)
+    try:
+        os.rename(mnt, moved)
+        os.symlink(victim, mnt)
+        (_mount_new_api if api == "fsconfig" else _mount_legacy)(lowers, None, None, fd, readonly=True)
+    finally:
+        os.close(fd)
+    try:
+        assert not os.path.ismount(victim) and os.listdir(victim) == []
+        assert os.path.ismount(moved) and os.listdir(moved) == ["bin"]
+    finally:
+        subprocess.run(["umount", moved], check=True)
+
+
+def test_a_mount_target_whose_path_went_through_a_symlink_is_refused(tmp_path):
+    """What mount() holds must be at the path it resolved: a path that reaches its directory
+    through a symlink (one swapped in after the resolution) is refused, naming it."""
+    from lamina.errors import MaterializeError
+    from lamina.store.mounts import _pin_target
+    (tmp_path / "real" / "mnt").mkdir(parents=True)
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    with pytest.raises(MaterializeError, match="changed while it was being mounted"):
+        _pin_target(os.fspath(tmp_path / "link" / "mnt"))
+    os.close(_pin_target(os.fspath(tmp_path / "real" / "mnt")))

@@ -35,7 +35,7 @@ _FSOPEN_CLOEXEC = 1
 _FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 0, 1, 6
 _FSMOUNT_CLOEXEC = 1
 _MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOVE_MOUNT_F_EMPTY_PATH, _MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
 _AT_FDCWD = -100
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV = 1, 2, 4
 _MNT_DETACH = 2
@@ -54,9 +54,10 @@ def _syscall(*args):
     return r
 
 
-def _mount_new_api(lowers, upper, work, target, readonly, userxattr=False, suid=False):
+def _mount_new_api(lowers, upper, work, target_fd, readonly, userxattr=False, suid=False):
     """overlayfs through fsopen/fsconfig: one ``lowerdir+`` per layer, so neither the page-size limit
-    of mount(2) options nor ':' and ',' in paths matter (Linux >= 6.8)."""
+    of mount(2) options nor ':' and ',' in paths matter (Linux >= 6.8).  Mounted on the directory
+    ``target_fd`` holds (see _pin_target)."""
     import ctypes
     fsfd = _syscall(_SYS_FSOPEN, ctypes.c_char_p(b"overlay"), _FSOPEN_CLOEXEC)
     try:
@@ -79,8 +80,8 @@ def _mount_new_api(lowers, upper, work, target, readonly, userxattr=False, suid=
                  | (_MOUNT_ATTR_RDONLY if readonly else 0))
         mfd = _syscall(_SYS_FSMOUNT, fsfd, _FSMOUNT_CLOEXEC, attrs)
         try:
-            _syscall(_SYS_MOVE_MOUNT, mfd, ctypes.c_char_p(b""), _AT_FDCWD, ctypes.c_char_p(os.fsencode(target)),
-                     _MOVE_MOUNT_F_EMPTY_PATH)
+            _syscall(_SYS_MOVE_MOUNT, mfd, ctypes.c_char_p(b""), target_fd, ctypes.c_char_p(b""),
+                     _MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_EMPTY_PATH)
         finally:
             os.close(mfd)
     finally:
@@ -91,7 +92,7 @@ def _escape(path):
     return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
 
 
-def _mount_legacy(lowers, upper, work, target, readonly, userxattr=False, suid=False):
+def _mount_legacy(lowers, upper, work, target_fd, readonly, userxattr=False, suid=False):
     opts = "lowerdir=" + ":".join(_escape(d) for d in lowers)
     if upper:
         opts += f",upperdir={_escape(upper)},workdir={_escape(work)}"
@@ -105,21 +106,42 @@ def _mount_legacy(lowers, upper, work, target, readonly, userxattr=False, suid=F
     fn = _libc_fn("mount")
     fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
     flags = _MS_NODEV | (0 if suid else _MS_NOSUID) | (_MS_RDONLY if readonly else 0)
-    if fn(b"lamina", os.fsencode(target), b"overlay", flags, data) != 0:
+    # mount(2) follows the fd's magic link to the directory it holds, whatever its path is now
+    if fn(b"lamina", b"/proc/self/fd/%d" % target_fd, b"overlay", flags, data) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
 
 
+def _pin_target(target):
+    """An O_PATH fd of the directory at ``target`` (a path without symlinks: realpath's), checked
+    to be still at that path once held.  Root mounting into a directory another user can write
+    must not follow a symlink that user swaps into the path meanwhile: the image would cover
+    whatever it points to (/etc).  The mount then goes on the held directory, not on a path."""
+    fd = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if os.readlink(f"/proc/self/fd/{fd}") != target:
+        os.close(fd)
+        raise MaterializeError(f"mount target {target} changed while it was being mounted (a symlink on its path?)")
+    return fd
+
+
 def _kernel_mount(lowers, upper, work, target, readonly, userxattr=False, suid=False):
+    target_fd = _pin_target(target)
     try:
-        _mount_new_api(lowers, upper, work, target, readonly, userxattr, suid)
+        return _mount_on(lowers, upper, work, target_fd, readonly, userxattr, suid)
+    finally:
+        os.close(target_fd)
+
+
+def _mount_on(lowers, upper, work, target_fd, readonly, userxattr=False, suid=False):
+    try:
+        _mount_new_api(lowers, upper, work, target_fd, readonly, userxattr, suid)
         return "fsconfig"
     except OSError as e:
         if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
         if e.errno == errno.EINVAL and "lowerdir+" not in str(e):
             raise
-    _mount_legacy(lowers, upper, work, target, readonly, userxattr, suid)
+    _mount_legacy(lowers, upper, work, target_fd, readonly, userxattr, suid)
     return "mount"
 
 
