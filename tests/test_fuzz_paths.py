@@ -79,9 +79,26 @@ def ops(host):
         # a file with holes, in each GNU sparse format (umoci reads them all, through Go)
         st.tuples(st.just("sparse"), names, st.sampled_from(sorted(SPARSE_BUILDERS))),
         st.tuples(st.just("node"), names, st.sampled_from([(b"3", 1, 3), (b"4", 7, 0)])),
-        st.tuples(st.just("whiteout"), names),
-        st.tuples(st.just("opaque"), names),
+        # a hardlink to a whiteout or an opaque marker (there is no such file on any path)
+        st.tuples(st.just("hardlink"), names, names.map(lambda p: _marker_name("whiteout", p))),
+        st.tuples(st.just("hardlink"), names, names.map(lambda p: _marker_name("opaque", p))),
+        # a marker is its name, whatever the entry's type (mostly a file): its link, if any, means nothing
+        st.tuples(st.just("whiteout"), names, marker_types, names),
+        st.tuples(st.just("opaque"), names, marker_types, names),
     )
+
+
+marker_types = st.sampled_from([b"0", b"0", b"0", b"0", b"5", b"1", b"2", b"6"])
+
+
+def _marker_name(kind, path):
+    """The entry name of a whiteout of ``path`` or of an opaque marker in ``path`` (as
+    tarbuild.Tar writes them)."""
+    if kind == "whiteout":
+        d, _, base = path.rpartition("/")
+        return (d + "/" if d else "") + ".wh." + base
+    d = path.rstrip("/")
+    return (d + "/" if d else "") + ".wh..wh..opq"
 
 
 # Where the header's name and link come from: the header itself (mostly), a PAX record
@@ -106,11 +123,13 @@ def _carry(t, op, carrier):
     """Write the records that carry ``op``'s name (and link) by ``carrier``; returns the op
     with the decoys the header then holds."""
     kind = op[0]
-    if not carrier or kind in ("whiteout", "opaque", "sparse"):
+    if kind in ("whiteout", "opaque"):  # (kind, path, type, link): written by its name
+        kind, op = "marker", ("marker", _marker_name(kind, op[1]), op[3], op[2])
+    if not carrier or kind == "sparse":
         if kind in ("file", "dir") and op[-1] is not None:
             t.pax({"SCHILY.xattr.user.fuzz": op[-1]})
         return op
-    link = kind in ("symlink", "hardlink")
+    link = kind in ("symlink", "hardlink") or (kind == "marker" and op[3] in (b"1", b"2"))
     if carrier == "pax":
         records = {"path": op[1]}
         if link:
@@ -149,10 +168,8 @@ def build(layers):
                 t.raw(SPARSE_BUILDERS[op[2]](path, SPARSE_SIZE, SPARSE_SEGMENTS))
             elif kind == "node":
                 t.entry(path, b"", type=op[2][0], devmajor=op[2][1], devminor=op[2][2])
-            elif kind == "whiteout":
-                t.whiteout(path)
-            else:
-                t.opaque(path)
+            else:  # a whiteout or opaque marker, by its name
+                t.entry(path, b"", type=op[3], linkname=op[2] if op[3] in (b"1", b"2") else "")
         tars.append(t.bytes())
     return tars
 
