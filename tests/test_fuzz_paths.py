@@ -51,7 +51,8 @@ SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=False, dat
 paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
 # how an entry spells its name: tar writers differ, and a name must mean one path however spelled
 SPELLINGS = [lambda p: p, lambda p: "./" + p, lambda p: "/" + p, lambda p: p.replace("/", "//"),
-             lambda p: "b/../" + p, lambda p: "../" + p, lambda p: p + "/."]
+             lambda p: "b/../" + p, lambda p: "../" + p, lambda p: p + "/.", lambda p: p.replace("/", "/./"),
+             lambda p: p + "/../" + p.rpartition("/")[2], lambda p: "./" + p.replace("/", "/c/../")]
 names = st.tuples(paths, st.sampled_from(range(len(SPELLINGS))), st.integers(0, 3)).map(
     lambda t: SPELLINGS[t[1]](t[0]) if t[2] == 0 else t[0])  # mostly plain
 
@@ -73,12 +74,13 @@ def ops(host):
         st.tuples(st.just("file"), names, st.sampled_from([b"", b"1", b"22"]), st.sampled_from([0o644, 0o600, 0o4755]),
                   owners, xattrs),
         st.tuples(st.just("dir"), names, st.sampled_from([0o755, 0o700, 0o555, 0o1777, 0o2775]), owners, xattrs),
-        st.tuples(st.just("symlink"), names, symlink_targets(host)),
+        # a symlink's owner is lchown's: a chown that follows the link changes its target (or the host's)
+        st.tuples(st.just("symlink"), names, symlink_targets(host), owners),
         st.tuples(st.just("hardlink"), names, names),
-        st.tuples(st.just("fifo"), names),
+        st.tuples(st.just("fifo"), names, owners, st.sampled_from([0o644, 0o600, 0o2755])),
         # a file with holes, in each GNU sparse format (umoci reads them all, through Go)
         st.tuples(st.just("sparse"), names, st.sampled_from(sorted(SPARSE_BUILDERS))),
-        st.tuples(st.just("node"), names, st.sampled_from([(b"3", 1, 3), (b"4", 7, 0)])),
+        st.tuples(st.just("node"), names, st.sampled_from([(b"3", 1, 3), (b"4", 7, 0)]), owners),
         # a hardlink to a whiteout or an opaque marker (there is no such file on any path)
         st.tuples(st.just("hardlink"), names, names.map(lambda p: _marker_name("whiteout", p))),
         st.tuples(st.just("hardlink"), names, names.map(lambda p: _marker_name("opaque", p))),
@@ -159,15 +161,15 @@ def build(layers):
             elif kind == "dir":
                 t.dir(path, mode=op[2], uid=op[3][0], gid=op[3][1], mtime=mtime)
             elif kind == "symlink":
-                t.symlink(path, op[2])
+                t.symlink(path, op[2], uid=op[3][0], gid=op[3][1])
             elif kind == "hardlink":
                 t.hardlink(path, op[2])
             elif kind == "fifo":
-                t.fifo(path)
+                t.fifo(path, uid=op[2][0], gid=op[2][1], mode=op[3])
             elif kind == "sparse":
                 t.raw(SPARSE_BUILDERS[op[2]](path, SPARSE_SIZE, SPARSE_SEGMENTS))
             elif kind == "node":
-                t.entry(path, b"", type=op[2][0], devmajor=op[2][1], devminor=op[2][2])
+                t.entry(path, b"", type=op[2][0], devmajor=op[2][1], devminor=op[2][2], uid=op[3][0], gid=op[3][1])
             else:  # a whiteout or opaque marker, by its name
                 t.entry(path, b"", type=op[3], linkname=op[2] if op[3] in (b"1", b"2") else "")
         tars.append(t.bytes())
