@@ -127,7 +127,9 @@ def _carry(t, op, carrier):
     kind = op[0]
     if kind in ("whiteout", "opaque"):  # (kind, path, type, link): written by its name
         kind, op = "marker", ("marker", _marker_name(kind, op[1]), op[3], op[2])
-    if not carrier or kind == "sparse":
+    # an old GNU sparse entry's name can be carried like a file's (the PAX sparse formats carry
+    # their map in a PAX header of their own, and of two consecutive PAX headers only the last counts)
+    if not carrier or (kind == "sparse" and op[2] != "oldgnu-S"):
         if kind in ("file", "dir") and op[-1] is not None:
             t.pax({"SCHILY.xattr.user.fuzz": op[-1]})
         return op
