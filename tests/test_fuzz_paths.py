@@ -118,7 +118,7 @@ DIR_MTIME = 1_550_000_000
 
 
 def stacks(host):
-    return st.lists(st.lists(st.tuples(ops(host), carriers), min_size=1, max_size=7), min_size=1, max_size=4)
+    return st.lists(st.lists(st.tuples(ops(host), carriers), min_size=1, max_size=8), min_size=1, max_size=5)
 
 
 def _carry(t, op, carrier):
