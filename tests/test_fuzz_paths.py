@@ -76,14 +76,15 @@ def ops(host):
         st.tuples(st.just("dir"), names, st.sampled_from([0o755, 0o700, 0o555, 0o1777, 0o2775]), owners, xattrs),
         # a symlink's owner is lchown's: a chown that follows the link changes its target (or the host's)
         st.tuples(st.just("symlink"), names, symlink_targets(host), owners),
-        st.tuples(st.just("hardlink"), names, names),
+        # a hardlink's own mode and owner mean nothing (the target's are the inode's), on every path
+        st.tuples(st.just("hardlink"), names, names, owners, st.sampled_from([0o644, 0o644, 0o600, 0o4755])),
         st.tuples(st.just("fifo"), names, owners, st.sampled_from([0o644, 0o600, 0o2755])),
         # a file with holes, in each GNU sparse format (umoci reads them all, through Go)
         st.tuples(st.just("sparse"), names, st.sampled_from(sorted(SPARSE_BUILDERS))),
         st.tuples(st.just("node"), names, st.sampled_from([(b"3", 1, 3), (b"4", 7, 0)]), owners),
         # a hardlink to a whiteout or an opaque marker (there is no such file on any path)
-        st.tuples(st.just("hardlink"), names, names.map(lambda p: _marker_name("whiteout", p))),
-        st.tuples(st.just("hardlink"), names, names.map(lambda p: _marker_name("opaque", p))),
+        st.tuples(st.just("hardlink"), names, names.map(lambda p: _marker_name("whiteout", p)), owners, st.just(0o644)),
+        st.tuples(st.just("hardlink"), names, names.map(lambda p: _marker_name("opaque", p)), owners, st.just(0o644)),
         # a marker is its name, whatever the entry's type (mostly a file): its link, if any, means nothing
         st.tuples(st.just("whiteout"), names, marker_types, names),
         st.tuples(st.just("opaque"), names, marker_types, names),
@@ -165,7 +166,7 @@ def build(layers):
             elif kind == "symlink":
                 t.symlink(path, op[2], uid=op[3][0], gid=op[3][1])
             elif kind == "hardlink":
-                t.hardlink(path, op[2])
+                t.hardlink(path, op[2], uid=op[3][0], gid=op[3][1], mode=op[4])
             elif kind == "fifo":
                 t.fifo(path, uid=op[2][0], gid=op[2][1], mode=op[3])
             elif kind == "sparse":
