@@ -2,8 +2,9 @@
 
 Random stacks of files and dirs (some owned by others, setuid, setgid or sticky,
 some with a user xattr), symlinks (relative, absolute, pointing out of
-the root and at the host), hardlinks (same layer and lower layers),
-sparse files (every GNU sparse format), device nodes, fifos, whiteouts, opaque dirs and dir/file/symlink replacements go through every
+the root and at the host; owned by others too), hardlinks (same layer and lower layers,
+to whiteout and opaque names), sparse files (every GNU sparse format), device nodes, fifos,
+whiteouts and opaque markers (as entries of any type) and dir/file/symlink replacements go through every
 path of everypath.py (names and links in the header, in PAX records or in GNU long
 name headers); all must give the same tree (or all fail), umoci must
 agree where it accepts the image, and nothing outside the work dir may change.
@@ -79,7 +80,7 @@ def ops(host):
         # a hardlink's own mode and owner mean nothing (the target's are the inode's), on every path
         st.tuples(st.just("hardlink"), names, names, owners, st.sampled_from([0o644, 0o644, 0o600, 0o4755])),
         st.tuples(st.just("fifo"), names, owners, st.sampled_from([0o644, 0o600, 0o2755])),
-        # a file with holes, in each GNU sparse format (umoci reads them all, through Go)
+        # a file with holes, in each GNU sparse format (umoci reads the PAX ones; it refuses type S)
         st.tuples(st.just("sparse"), names, st.sampled_from(sorted(SPARSE_BUILDERS))),
         st.tuples(st.just("node"), names, st.sampled_from([(b"3", 1, 3), (b"4", 7, 0)]), owners),
         # a hardlink to a whiteout or an opaque marker (there is no such file on any path)
