@@ -2,8 +2,9 @@
 
 Random stacks of files and dirs (some owned by others, setuid, setgid or sticky,
 some with a user xattr), symlinks (relative, absolute, pointing out of
-the root and at the host), hardlinks (same layer and lower layers),
-sparse files (every GNU sparse format), device nodes, fifos, whiteouts, opaque dirs and dir/file/symlink replacements go through every
+the root and at the host; owned by others too), hardlinks (same layer and lower layers,
+to whiteout and opaque names), sparse files (every GNU sparse format), device nodes, fifos,
+whiteouts and opaque markers (as entries of any type) and dir/file/symlink replacements go through every
 path of everypath.py (names and links in the header, in PAX records or in GNU long
 name headers); all must give the same tree (or all fail), umoci must
 agree where it accepts the image, and nothing outside the work dir may change.
@@ -51,7 +52,8 @@ SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=False, dat
 paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
 # how an entry spells its name: tar writers differ, and a name must mean one path however spelled
 SPELLINGS = [lambda p: p, lambda p: "./" + p, lambda p: "/" + p, lambda p: p.replace("/", "//"),
-             lambda p: "b/../" + p, lambda p: "../" + p, lambda p: p + "/."]
+             lambda p: "b/../" + p, lambda p: "../" + p, lambda p: p + "/.", lambda p: p.replace("/", "/./"),
+             lambda p: p + "/../" + p.rpartition("/")[2], lambda p: "./" + p.replace("/", "/c/../")]
 names = st.tuples(paths, st.sampled_from(range(len(SPELLINGS))), st.integers(0, 3)).map(
     lambda t: SPELLINGS[t[1]](t[0]) if t[2] == 0 else t[0])  # mostly plain
 
@@ -73,15 +75,34 @@ def ops(host):
         st.tuples(st.just("file"), names, st.sampled_from([b"", b"1", b"22"]), st.sampled_from([0o644, 0o600, 0o4755]),
                   owners, xattrs),
         st.tuples(st.just("dir"), names, st.sampled_from([0o755, 0o700, 0o555, 0o1777, 0o2775]), owners, xattrs),
-        st.tuples(st.just("symlink"), names, symlink_targets(host)),
-        st.tuples(st.just("hardlink"), names, names),
-        st.tuples(st.just("fifo"), names),
-        # a file with holes, in each GNU sparse format (umoci reads them all, through Go)
+        # a symlink's owner is lchown's: a chown that follows the link changes its target (or the host's)
+        st.tuples(st.just("symlink"), names, symlink_targets(host), owners),
+        # a hardlink's own mode and owner mean nothing (the target's are the inode's), on every path
+        st.tuples(st.just("hardlink"), names, names, owners, st.sampled_from([0o644, 0o644, 0o600, 0o4755])),
+        st.tuples(st.just("fifo"), names, owners, st.sampled_from([0o644, 0o600, 0o2755])),
+        # a file with holes, in each GNU sparse format (umoci reads the PAX ones; it refuses type S)
         st.tuples(st.just("sparse"), names, st.sampled_from(sorted(SPARSE_BUILDERS))),
-        st.tuples(st.just("node"), names, st.sampled_from([(b"3", 1, 3), (b"4", 7, 0)])),
-        st.tuples(st.just("whiteout"), names),
-        st.tuples(st.just("opaque"), names),
+        st.tuples(st.just("node"), names, st.sampled_from([(b"3", 1, 3), (b"4", 7, 0)]), owners),
+        # a hardlink to a whiteout or an opaque marker (there is no such file on any path)
+        st.tuples(st.just("hardlink"), names, names.map(lambda p: _marker_name("whiteout", p)), owners, st.just(0o644)),
+        st.tuples(st.just("hardlink"), names, names.map(lambda p: _marker_name("opaque", p)), owners, st.just(0o644)),
+        # a marker is its name, whatever the entry's type (mostly a file): its link, if any, means nothing
+        st.tuples(st.just("whiteout"), names, marker_types, names),
+        st.tuples(st.just("opaque"), names, marker_types, names),
     )
+
+
+marker_types = st.sampled_from([b"0", b"0", b"0", b"0", b"5", b"1", b"2", b"6"])
+
+
+def _marker_name(kind, path):
+    """The entry name of a whiteout of ``path`` or of an opaque marker in ``path`` (as
+    tarbuild.Tar writes them)."""
+    if kind == "whiteout":
+        d, _, base = path.rpartition("/")
+        return (d + "/" if d else "") + ".wh." + base
+    d = path.rstrip("/")
+    return (d + "/" if d else "") + ".wh..wh..opq"
 
 
 # Where the header's name and link come from: the header itself (mostly), a PAX record
@@ -99,18 +120,22 @@ DIR_MTIME = 1_550_000_000
 
 
 def stacks(host):
-    return st.lists(st.lists(st.tuples(ops(host), carriers), min_size=1, max_size=7), min_size=1, max_size=4)
+    return st.lists(st.lists(st.tuples(ops(host), carriers), min_size=1, max_size=8), min_size=1, max_size=5)
 
 
 def _carry(t, op, carrier):
     """Write the records that carry ``op``'s name (and link) by ``carrier``; returns the op
     with the decoys the header then holds."""
     kind = op[0]
-    if not carrier or kind in ("whiteout", "opaque", "sparse"):
+    if kind in ("whiteout", "opaque"):  # (kind, path, type, link): written by its name
+        kind, op = "marker", ("marker", _marker_name(kind, op[1]), op[3], op[2])
+    # an old GNU sparse entry's name can be carried like a file's (the PAX sparse formats carry
+    # their map in a PAX header of their own, and of two consecutive PAX headers only the last counts)
+    if not carrier or (kind == "sparse" and op[2] != "oldgnu-S"):
         if kind in ("file", "dir") and op[-1] is not None:
             t.pax({"SCHILY.xattr.user.fuzz": op[-1]})
         return op
-    link = kind in ("symlink", "hardlink")
+    link = kind in ("symlink", "hardlink") or (kind == "marker" and op[3] in (b"1", b"2"))
     if carrier == "pax":
         records = {"path": op[1]}
         if link:
@@ -140,19 +165,17 @@ def build(layers):
             elif kind == "dir":
                 t.dir(path, mode=op[2], uid=op[3][0], gid=op[3][1], mtime=mtime)
             elif kind == "symlink":
-                t.symlink(path, op[2])
+                t.symlink(path, op[2], uid=op[3][0], gid=op[3][1])
             elif kind == "hardlink":
-                t.hardlink(path, op[2])
+                t.hardlink(path, op[2], uid=op[3][0], gid=op[3][1], mode=op[4])
             elif kind == "fifo":
-                t.fifo(path)
+                t.fifo(path, uid=op[2][0], gid=op[2][1], mode=op[3])
             elif kind == "sparse":
                 t.raw(SPARSE_BUILDERS[op[2]](path, SPARSE_SIZE, SPARSE_SEGMENTS))
             elif kind == "node":
-                t.entry(path, b"", type=op[2][0], devmajor=op[2][1], devminor=op[2][2])
-            elif kind == "whiteout":
-                t.whiteout(path)
-            else:
-                t.opaque(path)
+                t.entry(path, b"", type=op[2][0], devmajor=op[2][1], devminor=op[2][2], uid=op[3][0], gid=op[3][1])
+            else:  # a whiteout or opaque marker, by its name
+                t.entry(path, b"", type=op[3], linkname=op[2] if op[3] in (b"1", b"2") else "")
         tars.append(t.bytes())
     return tars
 

@@ -142,11 +142,11 @@ def _as_nobody_would(tree):
     setuid/setgid (stripped, from directories too), the owner's read, and search on directories (added,
     CONFORMANCE.md), xattrs outside user.* (none are drawn but overlay markers)."""
     def fix(e):
-        mode = e.mode
+        mode = e.mode & ~0o6000  # from every type (a fifo's too)
         if e.type == "file":
-            mode = (mode & ~0o6000) | 0o400
+            mode |= 0o400
         elif e.type == "dir":
-            mode = (mode & ~0o6000) | 0o500
+            mode |= 0o500
         xattrs = tuple((k, v) for k, v in e.xattrs if k.startswith("user."))
         return dataclasses.replace(e, uid=0, gid=0, mode=mode, xattrs=xattrs)
     return dataclasses.replace(tree, entries={p: fix(e) for p, e in tree.entries.items()})
