@@ -205,12 +205,13 @@ def test_setuid_files_give_no_privilege_through_mount2(tmp_path):
         os.rmdir(base)
 
 
-@pytest.mark.parametrize("api", ["fsconfig", "mount2"])
+@pytest.mark.parametrize("api", ["first-choice", "mount2"])
 def test_the_mount_goes_on_the_directory_held_not_on_a_path_swapped_meanwhile(tmp_path, api):
     """Root mounting into a directory another user can write: that user may swap a symlink into
     the path between lamina's checks and the mount (mnt -> /etc).  The mount goes on the
-    directory lamina opened and checked, through its fd, whatever the path says by then."""
-    from lamina.store.mounts import _mount_legacy, _mount_new_api
+    directory lamina opened and checked, through its fd, whatever the path says by then.
+    "first-choice" is what mount() calls: fsconfig, or mount(2) where there is none (qemu-user)."""
+    from lamina.store.mounts import _mount_legacy, _mount_on
     require_root()
     store = _setid_image_store(tmp_path)
     lowers = [os.fspath(p) for p in store.snapshots_for(store.resolve("img:1"))] + [os.fspath(tmp_path / "empty")]
@@ -222,7 +223,7 @@ def test_the_mount_goes_on_the_directory_held_not_on_a_path_swapped_meanwhile(tm
     try:
         os.rename(mnt, moved)
         os.symlink(victim, mnt)
-        (_mount_new_api if api == "fsconfig" else _mount_legacy)(lowers, None, None, fd, readonly=True)
+        (_mount_on if api == "first-choice" else _mount_legacy)(lowers, None, None, fd, readonly=True)
     finally:
         os.close(fd)
     try:
