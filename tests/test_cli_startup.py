@@ -23,7 +23,7 @@ except SystemExit as e:
     code = e.code
 else:
     code = 0
-WATCHED = {"importlib.metadata", "subprocess", "zipfile"}
+WATCHED = {"importlib.metadata", "subprocess", "urllib.request", "zipfile"}
 print(json.dumps({"rc": code, "modules": sorted(m for m in sys.modules if m.startswith("lamina") or m in WATCHED)}),
       file=sys.stderr)
 """
@@ -81,8 +81,9 @@ def test_pull_imports_neither_the_bench_nor_the_docker_verbs(reg, image, registr
 def test_unpack_from_a_registry_imports_neither_the_bench_nor_the_docker_verbs(reg, image, registry_env,  # noqa: F811
                                                                                 tmp_path):
     import os
+    no_proxy_env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     rc, modules = lamina_modules("unpack", f"docker://{reg.host}/startup:1", tmp_path / "rootfs",
-                                 env=dict(os.environ))
+                                 env=no_proxy_env)
     assert rc == 0
     assert (tmp_path / "rootfs" / "app" / "run").read_bytes() == b"#!/bin/sh\n"
     assert (BENCH | DOCKER_VERBS_API) & modules == set()
@@ -91,6 +92,8 @@ def test_unpack_from_a_registry_imports_neither_the_bench_nor_the_docker_verbs(r
     # nor, with no credential helper configured, subprocess (urllib3's HTTP/2 version check
     # still imports importlib.metadata and zipfile: ~5 ms, left to urllib3)
     assert "subprocess" not in modules
+    # nor, with no proxy in the environment, urllib.request (only its proxy lookup is used: ~2 ms)
+    assert "urllib.request" not in modules
 
 
 # A cycle that only the collector can free: reachable from __main__ until finalization clears it.
