@@ -85,13 +85,16 @@ def _is_store_source(args):
 
 
 def cmd_unpack(args):
-    from ..unpacker import unpack
     if args.source.startswith("docker://"):
         if args.bundle or args.link:
             raise LaminaError("--bundle and --link unpack images from the store; pull the image first")
         check_format(args)
         with _registry_source(args) as source:
             try:
+                # Resolving starts the first blobs downloading: they arrive while the unpacker
+                # is imported (a loopback registry answers faster than that import takes).
+                source.resolve(args.platform)
+                from ..unpacker import unpack
                 stats = unpack(source, args.dest, platform=args.platform, format=disk_format(args))
                 source.finished(source.image)
             finally:
@@ -101,6 +104,7 @@ def cmd_unpack(args):
         return _closing(unpack_from_store)(args)  # a bare image reference: materialize from the store's snapshots
     else:
         from ..images import check_path_source
+        from ..unpacker import unpack
         check_format(args)
         check_path_source(args.source)
         stats = unpack(args.source, args.dest, platform=args.platform, format=disk_format(args))
