@@ -5,6 +5,7 @@ import os
 import sys
 
 from ..errors import ExtractError, LaminaError
+from ..trace import event
 from . import path_arg
 from .images import human_size  # the verbs print sizes one way, docker's
 from .output import add_format_option, check_format, emit
@@ -75,6 +76,7 @@ def _registry_source(args):
     from ..registry.progress import reporter_for
     from ..registry.source import PREFIX, RegistrySource
     from .registry import _insecure
+    event("imported")   # the registry stack: the timeline's share of start-up before any request
     ref = args.source[len(PREFIX):]
     return RegistrySource(ref, insecure=_insecure(args, ref), reporter=reporter_for("json" if args.format == "json" else "auto"))
 
@@ -95,6 +97,7 @@ def cmd_unpack(args):
                 # is imported (a loopback registry answers faster than that import takes).
                 source.resolve(args.platform)
                 from ..unpacker import unpack
+                event("imported-unpacker")
                 stats = unpack(source, args.dest, platform=args.platform, format=disk_format(args))
                 source.finished(source.image)
             finally:
