@@ -43,14 +43,56 @@ def lamina_modules(*args, env=None):
     return doc["rc"], set(doc["modules"])
 
 
+VERB_MODULES = {f"lamina.cli.{name}" for name in ("layers", "images", "store", "registry", "bench")}
+
+
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["pull", "--help"], ["unpack", "--help"],
                                   ["bench", "--help"], ["images", "--help"], ["manifest", "inspect", "--help"]])
 def test_parsing_a_command_line_imports_no_verb_machinery(argv):
     rc, modules = lamina_modules(*argv)
     assert rc == 0
-    assert "lamina.cli.bench" in modules     # every verb registered its arguments...
+    assert modules & VERB_MODULES       # the verbs registered their arguments...
     heavy = (BENCH | DOCKER_VERBS_API | UNPACKER | REGISTRY | STORE) & modules
     assert heavy == set(), f"lamina {' '.join(argv)} imported {sorted(heavy)}"   # ...and nothing else
+
+
+@pytest.mark.parametrize("argv, module", [
+    (["unpack", "--help"], "layers"), (["--root", "/nonexistent", "pull", "--help"], "registry"),
+    (["--root=/nonexistent", "images", "--help"], "images"), (["manifest", "inspect", "--help"], "registry"),
+    (["fsck", "--help"], "store"), (["bench", "--help"], "bench")])
+def test_a_verb_builds_only_its_own_part_of_the_parser(argv, module):
+    """A command line naming a verb imports and registers only the module of that verb."""
+    rc, modules = lamina_modules(*argv)
+    assert rc == 0
+    assert modules & VERB_MODULES == {f"lamina.cli.{module}"}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["--ro", "/nonexistent", "--help"], ["nosuchverb"], []])
+def test_the_top_level_still_sees_every_verb(argv):
+    rc, modules = lamina_modules(*argv)
+    assert modules & VERB_MODULES == VERB_MODULES
+
+
+def test_the_verb_table_names_the_module_of_every_verb():
+    """cli._VERB_MODULE, which a command line's verb is looked up in, is what each module registers."""
+    import argparse
+    import importlib
+    from lamina import cli
+    registered = {}
+    for name in cli._VERB_MODULES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"lamina.cli.{name}").register(sub)
+        registered.update(dict.fromkeys(sub.choices, name))
+    assert cli._VERB_MODULE == registered
+
+
+def test_usage_errors_of_a_verb_and_of_the_top_level():
+    """Parsing only a verb's module changes no message: the verb's own usage errors, and the
+    top level's list of verbs for an unknown one."""
+    proc = subprocess.run([sys.executable, "-m", "lamina", "unpack"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "lamina unpack: error: the following arguments are required" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "lamina", "unpakc", "x"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "invalid choice: 'unpakc'" in proc.stderr and "'bench'" in proc.stderr
 
 
 def test_bench_help_still_names_the_tools_and_kinds():

@@ -7,8 +7,7 @@ import sys
 from ..errors import ExtractError, LaminaError
 from ..trace import event
 from . import path_arg
-from .images import human_size  # the verbs print sizes one way, docker's
-from .output import add_format_option, check_format, emit
+from .output import add_format_option, check_format, emit, human_size
 
 FORMATS = ("dir", "overlay")
 
