@@ -23,7 +23,7 @@ except SystemExit as e:
     code = e.code
 else:
     code = 0
-WATCHED = {"importlib.metadata", "subprocess", "zipfile"}
+WATCHED = {"importlib.metadata", "subprocess", "urllib.request", "zipfile"}
 print(json.dumps({"rc": code, "modules": sorted(m for m in sys.modules if m.startswith("lamina") or m in WATCHED)}),
       file=sys.stderr)
 """
@@ -43,14 +43,56 @@ def lamina_modules(*args, env=None):
     return doc["rc"], set(doc["modules"])
 
 
+VERB_MODULES = {f"lamina.cli.{name}" for name in ("layers", "images", "store", "registry", "bench")}
+
+
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["pull", "--help"], ["unpack", "--help"],
                                   ["bench", "--help"], ["images", "--help"], ["manifest", "inspect", "--help"]])
 def test_parsing_a_command_line_imports_no_verb_machinery(argv):
     rc, modules = lamina_modules(*argv)
     assert rc == 0
-    assert "lamina.cli.bench" in modules     # every verb registered its arguments...
+    assert modules & VERB_MODULES       # the verbs registered their arguments...
     heavy = (BENCH | DOCKER_VERBS_API | UNPACKER | REGISTRY | STORE) & modules
     assert heavy == set(), f"lamina {' '.join(argv)} imported {sorted(heavy)}"   # ...and nothing else
+
+
+@pytest.mark.parametrize("argv, module", [
+    (["unpack", "--help"], "layers"), (["--root", "/nonexistent", "pull", "--help"], "registry"),
+    (["--root=/nonexistent", "images", "--help"], "images"), (["manifest", "inspect", "--help"], "registry"),
+    (["fsck", "--help"], "store"), (["bench", "--help"], "bench")])
+def test_a_verb_builds_only_its_own_part_of_the_parser(argv, module):
+    """A command line naming a verb imports and registers only the module of that verb."""
+    rc, modules = lamina_modules(*argv)
+    assert rc == 0
+    assert modules & VERB_MODULES == {f"lamina.cli.{module}"}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["--ro", "/nonexistent", "--help"], ["nosuchverb"], []])
+def test_the_top_level_still_sees_every_verb(argv):
+    rc, modules = lamina_modules(*argv)
+    assert modules & VERB_MODULES == VERB_MODULES
+
+
+def test_the_verb_table_names_the_module_of_every_verb():
+    """cli._VERB_MODULE, which a command line's verb is looked up in, is what each module registers."""
+    import argparse
+    import importlib
+    from lamina import cli
+    registered = {}
+    for name in cli._VERB_MODULES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"lamina.cli.{name}").register(sub)
+        registered.update(dict.fromkeys(sub.choices, name))
+    assert cli._VERB_MODULE == registered
+
+
+def test_usage_errors_of_a_verb_and_of_the_top_level():
+    """Parsing only a verb's module changes no message: the verb's own usage errors, and the
+    top level's list of verbs for an unknown one."""
+    proc = subprocess.run([sys.executable, "-m", "lamina", "unpack"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "lamina unpack: error: the following arguments are required" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "lamina", "unpakc", "x"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "invalid choice: 'unpakc'" in proc.stderr and "'bench'" in proc.stderr
 
 
 def test_bench_help_still_names_the_tools_and_kinds():
@@ -81,8 +123,9 @@ def test_pull_imports_neither_the_bench_nor_the_docker_verbs(reg, image, registr
 def test_unpack_from_a_registry_imports_neither_the_bench_nor_the_docker_verbs(reg, image, registry_env,  # noqa: F811
                                                                                 tmp_path):
     import os
+    no_proxy_env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     rc, modules = lamina_modules("unpack", f"docker://{reg.host}/startup:1", tmp_path / "rootfs",
-                                 env=dict(os.environ))
+                                 env=no_proxy_env)
     assert rc == 0
     assert (tmp_path / "rootfs" / "app" / "run").read_bytes() == b"#!/bin/sh\n"
     assert (BENCH | DOCKER_VERBS_API) & modules == set()
@@ -91,6 +134,8 @@ def test_unpack_from_a_registry_imports_neither_the_bench_nor_the_docker_verbs(r
     # nor, with no credential helper configured, subprocess (urllib3's HTTP/2 version check
     # still imports importlib.metadata and zipfile: ~5 ms, left to urllib3)
     assert "subprocess" not in modules
+    # nor, with no proxy in the environment, urllib.request (only its proxy lookup is used: ~2 ms)
+    assert "urllib.request" not in modules
 
 
 # A cycle that only the collector can free: reachable from __main__ until finalization clears it.

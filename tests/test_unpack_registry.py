@@ -100,6 +100,19 @@ def test_each_blob_crosses_the_wire_once_even_when_scanned_top_down(proxy, image
     assert not os.path.exists(source._spool_dir or "/nonexistent")   # spool removed on close
 
 
+def test_resolved_once_for_the_cli_and_the_unpacker(proxy, images, registry_env):
+    """The CLI resolves a docker:// source before importing the unpacker (the first blobs then
+    download meanwhile), and the unpacker resolves it again: the second answer is the first
+    one, with no second round of manifest and config requests and no second download."""
+    source = RegistrySource(f"{proxy.host}/app:1")
+    with source:
+        image = source.resolve()
+        asked = len(proxy.seen)
+        assert source.resolve() is image
+        assert len(proxy.seen) == asked
+        assert [s[1] for s in proxy.requests_for("/manifests/", "GET")] == ["/v2/app/manifests/1"]
+
+
 def test_layers_download_ahead_of_the_reader_in_unpack_order(proxy, images, registry_env):
     """Read-ahead: with nothing read yet, the blobs arrive one download after the other, in the
     order a flat unpack reads them: the small top layers it scans, top-down (both upper layers

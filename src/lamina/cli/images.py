@@ -30,27 +30,9 @@ import sys
 import time
 
 from . import path_arg
-from .output import add_format_option
+from .output import add_format_option, human_size
 
 # --- docker's units ------------------------------------------------------------------
-
-_DECIMAL = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
-
-
-def human_size(size, precision=4):
-    """go-units HumanSizeWithPrecision: decimal units, %.{precision}g."""
-    size = float(size)
-    i = 0
-    while size >= 1000.0 and i < len(_DECIMAL) - 1:
-        size /= 1000.0
-        i += 1
-    return f"{_go_g(size, precision)}{_DECIMAL[i]}"
-
-
-def _go_g(value, precision):
-    # Go's %.*g: like C's, which Python's 'g' matches (no '#' flag: trailing zeros removed)
-    return f"{value:.{precision}g}"
-
 
 def human_duration(seconds):
     """go-units HumanDuration."""

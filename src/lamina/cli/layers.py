@@ -5,9 +5,9 @@ import os
 import sys
 
 from ..errors import ExtractError, LaminaError
+from ..trace import event
 from . import path_arg
-from .images import human_size  # the verbs print sizes one way, docker's
-from .output import add_format_option, check_format, emit
+from .output import add_format_option, check_format, emit, human_size
 
 FORMATS = ("dir", "overlay")
 
@@ -75,6 +75,7 @@ def _registry_source(args):
     from ..registry.progress import reporter_for
     from ..registry.source import PREFIX, RegistrySource
     from .registry import _insecure
+    event("imported")   # the registry stack: the timeline's share of start-up before any request
     ref = args.source[len(PREFIX):]
     return RegistrySource(ref, insecure=_insecure(args, ref), reporter=reporter_for("json" if args.format == "json" else "auto"))
 
@@ -85,13 +86,17 @@ def _is_store_source(args):
 
 
 def cmd_unpack(args):
-    from ..unpacker import unpack
     if args.source.startswith("docker://"):
         if args.bundle or args.link:
             raise LaminaError("--bundle and --link unpack images from the store; pull the image first")
         check_format(args)
         with _registry_source(args) as source:
             try:
+                # Resolving starts the first blobs downloading: they arrive while the unpacker
+                # is imported (a loopback registry answers faster than that import takes).
+                source.resolve(args.platform)
+                from ..unpacker import unpack
+                event("imported-unpacker")
                 stats = unpack(source, args.dest, platform=args.platform, format=disk_format(args))
                 source.finished(source.image)
             finally:
@@ -101,6 +106,7 @@ def cmd_unpack(args):
         return _closing(unpack_from_store)(args)  # a bare image reference: materialize from the store's snapshots
     else:
         from ..images import check_path_source
+        from ..unpacker import unpack
         check_format(args)
         check_path_source(args.source)
         stats = unpack(args.source, args.dest, platform=args.platform, format=disk_format(args))

@@ -15,6 +15,23 @@ import sys
 
 JSON_VERSION = 1
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_DECIMAL = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
+
+
+def human_size(size, precision=4):
+    """go-units HumanSizeWithPrecision: decimal units, %.{precision}g (every verb prints sizes
+    this one way, docker's)."""
+    size = float(size)
+    i = 0
+    while size >= 1000.0 and i < len(_DECIMAL) - 1:
+        size /= 1000.0
+        i += 1
+    return f"{_go_g(size, precision)}{_DECIMAL[i]}"
+
+
+def _go_g(value, precision):
+    # Go's %.*g: like C's, which Python's 'g' matches (no '#' flag: trailing zeros removed)
+    return f"{value:.{precision}g}"
 
 
 def add_format_option(p, *, example=None, text_values=()):

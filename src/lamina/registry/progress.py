@@ -114,7 +114,7 @@ class LayerProgress:
 
     def render(self, width, now):
         """The line, at most ``width`` columns; the short id is never cut (the tail is dropped first)."""
-        from ..cli.images import human_size
+        from ..cli.output import human_size
         head = f"{self.short}: {self.status}"
         if is_final(self.status) or self.status == "Waiting":
             pieces = []

@@ -65,6 +65,7 @@ class RegistrySource(Source):
         self.reporter = reporter or Reporter()
         self._spool_dir = None
         self.image = None       # the ResolvedImage, once resolve() ran
+        self._want = None       # the platform it was resolved for
         self.downloaded = 0
         self._lock = threading.Lock()
         self._cancel = threading.Event()
@@ -76,6 +77,9 @@ class RegistrySource(Source):
 
     def resolve(self, platform=None):
         want = Platform.parse(platform) if isinstance(platform, str) else platform
+        if self.image is not None and want == self._want:
+            # asked again by the unpacker, after a caller resolved early to start the downloads
+            return self.image
         r = resolve(self.client, self.ref, want)
         mr = r.manifest
         manifest = parse_manifest(mr.document, document_media_type(mr.document, mr.media_type,
@@ -103,6 +107,7 @@ class RegistrySource(Source):
         self.image = ResolvedImage(config=config.raw, config_digest=cdesc.digest, layers=layers,
                                    manifest_digest=mr.digest, manifest=mr.document,
                                    platform=image_platform(want, r.chosen, config), ref=str(self.ref))
+        self._want = want
         return self.image
 
     def finished(self, image):
