@@ -23,7 +23,7 @@ import corpora
 from everypath import assert_agree, run_paths, umoci_tree
 from layerkit import apply, write
 from tarvectors import extract_with
-from tarbuild import Tar, header, pad
+from tarbuild import B256, Tar, header, pad
 from treecmp import assert_same, snapshot
 
 REFS = "references"     # GNU tar and bsdtar extract it and agree
@@ -405,6 +405,15 @@ def _crafted():
                                            BSD),
         "pax-size-larger-than-header": (Tar().pax({"size": "600"}).file("f", b"a" * 600, size=5).file("g", b"y")
                                         .bytes(), REFS),
+        # 2^32-1 is (uid_t)-1, chown's "leave it": GNU tar, bsdtar and Go's unpackers all leave the
+        # extracting user's, root's (CPython's testtar.tar has one), so a setuid (setgid) file of that
+        # owner (group) became setuid root where Go-based scanners read the header's owner: refused
+        **{f"{who}-2p32-1-{fmt}{bits}": (
+            (Tar().pax({who: "4294967295"}).file("f", b"x", mode=mode) if fmt == "pax" else
+             Tar().file("f", b"x", mode=mode, fmt="gnu", **{who: B256(4294967295)})).bytes(),
+            REFS if not bits else refused("InvalidArchiveError", f"set{who[0]}id bit with owner {owner}: 4294967295 is"))
+           for who, owner in (("uid", "4294967295/0"), ("gid", "0/4294967295")) for fmt in ("gnu", "pax")
+           for bits, mode in (("", 0o1755), ("-set" + who[0] + "id", 0o7755))},
     }
     return v
 
