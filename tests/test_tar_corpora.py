@@ -293,6 +293,17 @@ def _signed_checksum(block):
     return bytes(b)
 
 
+def _xstar(name, prefix, *, size=5):
+    """A header as star writes it in its xstar format (GNU tar's STAR_FORMAT): a 131-byte prefix,
+    then atime and ctime, and "tar\\0" at the end."""
+    b = bytearray(header(name, size=size))
+    b[345:345 + len(prefix)] = prefix.encode()
+    b[476:488] = b"%011o " % 1_000_000_000
+    b[488:500] = b"%011o " % 1_000_000_001
+    b[508:512] = b"tar\0"
+    return _checksum(bytes(b), b"%06o\0 ")
+
+
 def _crafted():
     """Cousins of what the corpora hold, written by hand: name -> (tar, expectation)."""
     hello = pad(b"hello") + bytes(1024)
@@ -405,6 +416,19 @@ def _crafted():
                                            BSD),
         "pax-size-larger-than-header": (Tar().pax({"size": "600"}).file("f", b"a" * 600, size=5).file("g", b"y")
                                         .bytes(), REFS),
+        # tar-rs's test archives (tests/archives, which its crate and so Debian's package leave out):
+        # pax_size.tar's PAX size over a header size of 0, spaces.tar's fields led by spaces,
+        # owners past 2^31 in base-256 and PAX (as biguid_gnu/biguid_pax.tar), duplicate_dirs.tar,
+        # file_times.tar's PAX atime, a directory name over 100 bytes (7z_long_path.tar) as a GNU long
+        # name over the header's name cut at 100
+        "pax-size-over-a-header-size-of-0": (Tar().pax({"size": "4"}).file("f", b"abcd", size=0).file("g", b"y")
+                                             .bytes(), REFS),
+        "numeric-fields-led-by-spaces": (_checksum(header("f", size=2, raw={
+            "mode": b"    777\0", "uid": b"      0\0", "gid": b"      0\0", "size": b"          2\0",
+            "mtime": b"12440016664 "}), b"  %o\0") + pad(b"hi") + bytes(1024), REFS),
+        **{f"{n}-{fmt}": ((Tar().pax({"uid": str(v), "gid": str(v)}).file("f", b"x") if fmt == "pax" else
+                          Tar().file("f", b"x", uid=B256(v), gid=B256(v), fmt="gnu")).bytes(), REFS)
+           for n, v in (("biguid", 4294967294), ("uid-2p31", 2 ** 31)) for fmt in ("gnu", "pax")},
         # 2^32-1 is (uid_t)-1, chown's "leave it": GNU tar, bsdtar and Go's unpackers all leave the
         # extracting user's, root's (CPython's testtar.tar has one), so a setuid (setgid) file of that
         # owner (group) became setuid root where Go-based scanners read the header's owner: refused
@@ -414,6 +438,16 @@ def _crafted():
             REFS if not bits else refused("InvalidArchiveError", f"set{who[0]}id bit with owner {owner}: 4294967295 is"))
            for who, owner in (("uid", "4294967295/0"), ("gid", "0/4294967295")) for fmt in ("gnu", "pax")
            for bits, mode in (("", 0o1755), ("-set" + who[0] + "id", 0o7755))},
+        "duplicate-dirs": (Tar().dir("some_dir").dir("some_dir").file("some_dir/f", b"x").bytes(), REFS),
+        "pax-atime": (Tar().pax({"mtime": "1000000000", "atime": "1000000000"}).file("a", b"x").bytes(), REFS),
+        "7zip-long-path": (Tar().gnu_longname("d" * 120 + "/").entry("d" * 100, type=b"5", mode=0o755, fmt="gnu")
+                           .gnu_longname("d" * 120 + "/f").file("d" * 100, b"x", fmt="gnu").bytes(), REFS),
+        # star's xstar header: a prefix of at most 130 bytes, then atime and ctime, "tar\0" at 508
+        "xstar-prefix-and-times": (_xstar("f", "p" * 130) + hello, REFS),
+        # 131 bytes: GNU tar no longer takes it for star's and reads a ustar prefix of 155 (on into
+        # the times), as bsdtar does; Go reads the 131
+        "xstar-prefix-of-131-bytes": (_xstar("f", "p" * 131) + hello,
+                                      refused("InvalidArchiveError", "prefix fills its 131 bytes")),
     }
     return v
 
