@@ -1,7 +1,9 @@
 """Other projects' tar test archives (tests/corpora.py): lamina reads each as the references do.
 
 Go's archive/tar, CPython's tarfile, libarchive, node-tar, Commons Compress and busybox
-each keep archives written to catch a reader's mistake.  For each one, as a single layer:
+each keep archives written to catch a reader's mistake; GNU tar's own tests write theirs from
+scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
+exercise are written here by GNU tar and bsdtar (corpora.written).  For each one, as a single layer:
 
 - where GNU tar and bsdtar both extract it and agree, lamina's tree is theirs;
 - where they disagree, lamina's tree is the one EXPECT names (the reason beside it,
@@ -229,6 +231,20 @@ EXPECT = {
     "busybox/tar/tar_with_link_with_size:tar1_bz2": REFS,  # a symlink whose size field is not 0
     "busybox/tar/tar_with_prefix_fields:tar1_bz2": REFS,
     "busybox/tar/tar_with_prefix_fields:tar2_bz2": REFS,
+    # --- written here by GNU tar and bsdtar (corpora.written): the formats of GNU tar's own tests ---
+    **{f"gnutar/{n}.tar": REFS for n in (
+        "v7", "oldgnu", "gnu", "ustar", "posix", "posix-sparse-0.0", "posix-sparse-1.0", "posix-sparse-0.1",
+        "gnu-volume-label", "posix-volume-label", "gnu-incremental-0", "gnu-incremental-1",
+        "posix-incremental-0", "posix-incremental-1",
+        "posix-multivolume-2")},  # its d/big continued as a file d/GNUFileParts/big.2
+    # a first volume ends inside d/big: GNU tar and bsdtar fail at the end ("Unexpected EOF")
+    **{f"gnutar/{n}-1.tar": refused("InvalidArchiveError", "archive ends inside entry 'd/big'")
+       for n in ("gnu-multivolume", "gnu-multivolume-labelled", "posix-multivolume")},
+    # the rest of d/big in an 'M' header (after a 'V' label in the labelled set): GNU tar refuses it
+    # ("file is continued from another volume"), bsdtar extracts a file of the rest
+    **{f"gnutar/{n}-2.tar": refused("InvalidArchiveError", "entry 'd/big': type 'M'")
+       for n in ("gnu-multivolume", "gnu-multivolume-labelled")},
+    **{f"bsdtar/{n}.tar": REFS for n in ("gnutar", "ustar", "v7", "pax", "paxr")},
 }
 
 
