@@ -162,7 +162,7 @@ def other_libarchive_archives(known):
 # machine, so ``gnutar/NAME`` and ``bsdtar/NAME`` are the bytes those writers produce.
 _MTIME = 1_000_000_000
 _WRITTEN = {}
-_GNU = ["tar", "--owner=0", "--group=0", "--numeric-owner", f"--mtime=@{_MTIME}", "--sort=name"]
+_GNU = ["tar", "--owner=0", "--group=0", "--numeric-owner", "--sort=name"]
 _BSD = ["bsdtar", "--uid", "0", "--gid", "0", "--uname", "root", "--gname", "root"]
 LONG = "d/" + "l" * 60 + "/" + "n" * 70  # over 100 bytes: a GNU long name, a ustar prefix, a PAX path
 _SPARSE_EXT = [0x1000 + 0x2000 * i for i in range(6)]  # more regions than an old GNU header holds
@@ -191,6 +191,10 @@ def _tree(root):
         f.write(b"target\n")
     os.symlink("../e/" + "t" * 90 + "/" + "f" * 30, os.path.join(e, "long-symlink"))
     os.link(os.path.join(e, "t" * 90, "f" * 30), os.path.join(e, "hardlink-to-a-long-name"))
+    with open(os.path.join(e, "t" * 90, "s" * 40), "wb") as f:  # a sparse file of a long name
+        f.truncate(1 << 16)
+        f.seek(8192)
+        f.write(b"data")
     for name, regions, size in (("holes", [(0, b"0MB through\n"), (1 << 20, b"1MB through\n")], (1 << 20) + 12),
                                 ("ext", [(o, b"text\n") for o in _SPARSE_EXT], 0xc000),
                                 ("sparse-begin", [(0, b"test\n")], 0x4000),
@@ -205,6 +209,12 @@ def _tree(root):
         for dirpath, dirnames, filenames in os.walk(top, topdown=False):
             for n in filenames + dirnames + [""]:
                 os.utime(os.path.join(dirpath, n), (_MTIME, _MTIME), follow_symlinks=False)
+    # times a ustar field cannot hold (base-256 in GNU's formats, PAX records), and a fraction
+    for n, t in (("before-1970", -_MTIME), ("after-2242", 100 * _MTIME), ("fraction", _MTIME + 0.5)):
+        with open(os.path.join(e, n), "wb") as f:
+            f.write(n.encode())
+        os.utime(os.path.join(e, n), (t, t))
+    os.utime(e, (_MTIME, _MTIME))
 
 
 def _write_all(root):
