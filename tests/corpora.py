@@ -264,6 +264,18 @@ def _write_all(root):
     for fmt in ("gnu", "posix"):
         run(*_GNU, f"--format={fmt}", "-g", f"{fmt}.snar", "-cf", "o.tar", "d/sub")
         take(f"gnutar/{fmt}-incremental-1.tar", "o.tar")
+    # names that are no UTF-8 (PAX: GNU tar writes the bytes, bsdtar adds hdrcharset=BINARY) and an
+    # xattr name that is no ASCII (bsdtar writes its SCHILY and LIBARCHIVE records percent-encoded)
+    u = os.path.join(root, "u")
+    os.makedirs(u)
+    with open(os.path.join(u.encode(), b"caf\xe9"), "wb") as f:
+        f.write(b"x")
+    os.setxattr(os.path.join(u.encode(), b"caf\xe9"), "user.n\u00e4me", b"v")
+    os.symlink(b"caf\xe9", os.path.join(u.encode(), b"ln\xff"))
+    for writer, tool, fmt in (("gnutar", _GNU, "gnu"), ("gnutar", _GNU, "posix"), ("bsdtar", _BSD, "gnutar"),
+                              ("bsdtar", _BSD, "pax")):
+        run(*tool, f"--format={fmt}", "--xattrs", "-cf", "o.tar", "u")
+        take(f"{writer}/{fmt}-not-utf8.tar", "o.tar")
     # libarchive's writers: its GNU tar, ustar, v7 and pax (restricted or not) formats
     for fmt in ("gnutar", "ustar", "v7", "pax", "paxr"):
         members = {"v7": ["d/sub", "d/a", "d/lnk"], "ustar": ["d"]}.get(fmt, ["d", "e"])

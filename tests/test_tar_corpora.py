@@ -245,6 +245,14 @@ EXPECT = {
     **{f"gnutar/{n}-2.tar": refused("InvalidArchiveError", "entry 'd/big': type 'M'")
        for n in ("gnu-multivolume", "gnu-multivolume-labelled")},
     **{f"bsdtar/{n}.tar": REFS for n in ("gnutar", "ustar", "v7", "pax", "paxr")},
+    # names that are no UTF-8, an xattr name that is no ASCII
+    "bsdtar/gnutar-not-utf8.tar": REFS,
+    # PAX path records without hdrcharset=BINARY (GNU tar writes PAX headers for xattrs in its GNU
+    # format too): bsdtar cannot convert the names to this locale
+    "gnutar/gnu-not-utf8.tar": GNU, "gnutar/posix-not-utf8.tar": GNU,
+    # bsdtar writes the xattr user.n\u00e4me as SCHILY.xattr.user.n%C3%A4me and LIBARCHIVE.xattr.user.n%C3%A4me
+    # and reads back both (it decodes the LIBARCHIVE name only): GNU tar and Go set the SCHILY one alone
+    "bsdtar/pax-not-utf8.tar": BSD,
 }
 
 
