@@ -172,7 +172,8 @@ def _tree(root):
     """tar-rs's test files, in one tree: a file with an xattr (xattrs.tar), a symlink (link.tar),
     sparse files (sparse.tar's: data at the start, at the end, six regions that need GNU's
     extension header; sparse-1.tar's data at both ends, the last not a block long; no data),
-    and links whose name or target is over 100 bytes (pax2.tar)."""
+    links whose name or target is over 100 bytes (pax2.tar), names with a newline, '=', '%',
+    spaces at either end, a backslash, a control byte."""
     d = os.path.join(root, "d")
     os.makedirs(os.path.join(d, "sub"))
     os.makedirs(os.path.dirname(os.path.join(root, LONG)))
@@ -191,6 +192,11 @@ def _tree(root):
         f.write(b"target\n")
     os.symlink("../e/" + "t" * 90 + "/" + "f" * 30, os.path.join(e, "long-symlink"))
     os.link(os.path.join(e, "t" * 90, "f" * 30), os.path.join(e, "hardlink-to-a-long-name"))
+    for n in ("new\nline", "k=v", "p%25", " lead", "trail ", "back\\slash", "\x01ctl", "x" * 120 + "\nz"):
+        with open(os.path.join(e, n), "wb") as f:  # a PAX record's length, not its bytes, ends the value
+            f.write(n.encode())
+    os.symlink("new\nline", os.path.join(e, "link=\n"))
+    os.link(os.path.join(e, "new\nline"), os.path.join(e, "hard\nlink"))
     with open(os.path.join(e, "t" * 90, "s" * 40), "wb") as f:  # a sparse file of a long name
         f.truncate(1 << 16)
         f.seek(8192)
