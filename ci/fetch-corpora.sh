@@ -18,6 +18,14 @@
 #                installing them would pull in a Go toolchain.
 # Go's archive/tar testdata and CPython's tarfile test archive come as binary packages
 # (golang-1.19-src, libpython3.11-testsuite), installed by tests/run-all.sh.
+# Not fetched, for want of archives (bookworm): rust-tar (its crate, so the source package and
+# librust-tar-dev, leaves tests/archives out; apt-get source fails besides: the mirror lacks its
+# .debian.tar.xz), ruby-minitar (apt-get source fails: the mirror lacks its .orig and .debian
+# tarballs; the binary package has no tests), haskell-tar (property tests only),
+# libarchive-tar-perl (no such source package: Archive::Tar is perl's), dpkg (one 0-byte .orig.tar,
+# a signature fixture), zig (not in bookworm), tar (its test suite writes every archive from
+# scripts; the star archives it can use are downloaded by hand): tests/corpora.py writes GNU tar's
+# formats with tar and bsdtar instead.
 set -euo pipefail
 cache="${LAMINA_CORPORA:-/var/cache/lamina-corpora}"
 

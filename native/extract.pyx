@@ -2663,6 +2663,14 @@ cdef class Extractor:
             self._check_schily(name, kind, schily, size, major, minor)
         if uid < 0 or uid > UINT32_MAX or gid < 0 or gid > UINT32_MAX:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: uid/gid out of range ({uid}/{gid})")
+        if (uid == UINT32_MAX and mode & 0o4000) or (gid == UINT32_MAX and mode & 0o2000):
+            # 2^32-1 is (uid_t)-1, chown's "leave the owner": GNU tar, bsdtar and Go's unpackers
+            # leave the extracting user's, root's, so the bit would run as root where a scanner
+            # reading the header sees another owner.  Without the bit root's file is what they all
+            # extract (CPython's testtar.tar has one)
+            raise _errors.InvalidArchiveError(
+                f"entry {_show(name)}: set{'u' if uid == UINT32_MAX and mode & 0o4000 else 'g'}id bit with "
+                f"owner {uid}/{gid}: 4294967295 is (uid_t)-1, which leaves the file root's")
         if (self.sparse is not None or sparse_version) and kind != K_REG:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: sparse map on an entry that is not a file")
 

@@ -1,7 +1,9 @@
 """Other projects' tar test archives (tests/corpora.py): lamina reads each as the references do.
 
 Go's archive/tar, CPython's tarfile, libarchive, node-tar, Commons Compress and busybox
-each keep archives written to catch a reader's mistake.  For each one, as a single layer:
+each keep archives written to catch a reader's mistake; GNU tar's own tests write theirs from
+scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
+exercise are written here by GNU tar and bsdtar (corpora.written).  For each one, as a single layer:
 
 - where GNU tar and bsdtar both extract it and agree, lamina's tree is theirs;
 - where they disagree, lamina's tree is the one EXPECT names (the reason beside it,
@@ -23,7 +25,7 @@ import corpora
 from everypath import assert_agree, run_paths, umoci_tree
 from layerkit import apply, write
 from tarvectors import extract_with
-from tarbuild import Tar, header, pad
+from tarbuild import B256, Tar, header, pad
 from treecmp import assert_same, snapshot
 
 REFS = "references"     # GNU tar and bsdtar extract it and agree
@@ -229,6 +231,28 @@ EXPECT = {
     "busybox/tar/tar_with_link_with_size:tar1_bz2": REFS,  # a symlink whose size field is not 0
     "busybox/tar/tar_with_prefix_fields:tar1_bz2": REFS,
     "busybox/tar/tar_with_prefix_fields:tar2_bz2": REFS,
+    # --- written here by GNU tar and bsdtar (corpora.written): the formats of GNU tar's own tests ---
+    **{f"gnutar/{n}.tar": REFS for n in (
+        "v7", "oldgnu", "gnu", "ustar", "posix", "posix-sparse-0.0", "posix-sparse-1.0", "posix-sparse-0.1",
+        "gnu-volume-label", "posix-volume-label", "gnu-incremental-0", "gnu-incremental-1",
+        "posix-incremental-0", "posix-incremental-1",
+        "posix-multivolume-2")},  # its d/big continued as a file d/GNUFileParts/big.2
+    # a first volume ends inside d/big: GNU tar and bsdtar fail at the end ("Unexpected EOF")
+    **{f"gnutar/{n}-1.tar": refused("InvalidArchiveError", "archive ends inside entry 'd/big'")
+       for n in ("gnu-multivolume", "gnu-multivolume-labelled", "posix-multivolume")},
+    # the rest of d/big in an 'M' header (after a 'V' label in the labelled set): GNU tar refuses it
+    # ("file is continued from another volume"), bsdtar extracts a file of the rest
+    **{f"gnutar/{n}-2.tar": refused("InvalidArchiveError", "entry 'd/big': type 'M'")
+       for n in ("gnu-multivolume", "gnu-multivolume-labelled")},
+    **{f"bsdtar/{n}.tar": REFS for n in ("gnutar", "ustar", "v7", "pax", "paxr")},
+    # names that are no UTF-8, an xattr name that is no ASCII
+    "bsdtar/gnutar-not-utf8.tar": REFS,
+    # PAX path records without hdrcharset=BINARY (GNU tar writes PAX headers for xattrs in its GNU
+    # format too): bsdtar cannot convert the names to this locale
+    "gnutar/gnu-not-utf8.tar": GNU, "gnutar/posix-not-utf8.tar": GNU,
+    # bsdtar writes the xattr user.n\u00e4me as SCHILY.xattr.user.n%C3%A4me and LIBARCHIVE.xattr.user.n%C3%A4me
+    # and reads back both (it decodes the LIBARCHIVE name only): GNU tar and Go set the SCHILY one alone
+    "bsdtar/pax-not-utf8.tar": BSD,
 }
 
 
@@ -291,6 +315,17 @@ def _signed_checksum(block):
     b[148:156] = b" " * 8
     b[148:156] = b"%06o\0 " % (sum(x - 256 if x >= 128 else x for x in b) & 0o777777)
     return bytes(b)
+
+
+def _xstar(name, prefix, *, size=5):
+    """A header as star writes it in its xstar format (GNU tar's STAR_FORMAT): a 131-byte prefix,
+    then atime and ctime, and "tar\\0" at the end."""
+    b = bytearray(header(name, size=size))
+    b[345:345 + len(prefix)] = prefix.encode()
+    b[476:488] = b"%011o " % 1_000_000_000
+    b[488:500] = b"%011o " % 1_000_000_001
+    b[508:512] = b"tar\0"
+    return _checksum(bytes(b), b"%06o\0 ")
 
 
 def _crafted():
@@ -405,6 +440,38 @@ def _crafted():
                                            BSD),
         "pax-size-larger-than-header": (Tar().pax({"size": "600"}).file("f", b"a" * 600, size=5).file("g", b"y")
                                         .bytes(), REFS),
+        # tar-rs's test archives (tests/archives, which its crate and so Debian's package leave out):
+        # pax_size.tar's PAX size over a header size of 0, spaces.tar's fields led by spaces,
+        # owners past 2^31 in base-256 and PAX (as biguid_gnu/biguid_pax.tar), duplicate_dirs.tar,
+        # file_times.tar's PAX atime, a directory name over 100 bytes (7z_long_path.tar) as a GNU long
+        # name over the header's name cut at 100
+        "pax-size-over-a-header-size-of-0": (Tar().pax({"size": "4"}).file("f", b"abcd", size=0).file("g", b"y")
+                                             .bytes(), REFS),
+        "numeric-fields-led-by-spaces": (_checksum(header("f", size=2, raw={
+            "mode": b"    777\0", "uid": b"      0\0", "gid": b"      0\0", "size": b"          2\0",
+            "mtime": b"12440016664 "}), b"  %o\0") + pad(b"hi") + bytes(1024), REFS),
+        **{f"{n}-{fmt}": ((Tar().pax({"uid": str(v), "gid": str(v)}).file("f", b"x") if fmt == "pax" else
+                          Tar().file("f", b"x", uid=B256(v), gid=B256(v), fmt="gnu")).bytes(), REFS)
+           for n, v in (("biguid", 4294967294), ("uid-2p31", 2 ** 31)) for fmt in ("gnu", "pax")},
+        # 2^32-1 is (uid_t)-1, chown's "leave it": GNU tar, bsdtar and Go's unpackers all leave the
+        # extracting user's, root's (CPython's testtar.tar has one), so a setuid (setgid) file of that
+        # owner (group) became setuid root where Go-based scanners read the header's owner: refused
+        **{f"{who}-2p32-1-{fmt}{bits}": (
+            (Tar().pax({who: "4294967295"}).file("f", b"x", mode=mode) if fmt == "pax" else
+             Tar().file("f", b"x", mode=mode, fmt="gnu", **{who: B256(4294967295)})).bytes(),
+            REFS if not bits else refused("InvalidArchiveError", f"set{who[0]}id bit with owner {owner}: 4294967295 is"))
+           for who, owner in (("uid", "4294967295/0"), ("gid", "0/4294967295")) for fmt in ("gnu", "pax")
+           for bits, mode in (("", 0o1755), ("-set" + who[0] + "id", 0o7755))},
+        "duplicate-dirs": (Tar().dir("some_dir").dir("some_dir").file("some_dir/f", b"x").bytes(), REFS),
+        "pax-atime": (Tar().pax({"mtime": "1000000000", "atime": "1000000000"}).file("a", b"x").bytes(), REFS),
+        "7zip-long-path": (Tar().gnu_longname("d" * 120 + "/").entry("d" * 100, type=b"5", mode=0o755, fmt="gnu")
+                           .gnu_longname("d" * 120 + "/f").file("d" * 100, b"x", fmt="gnu").bytes(), REFS),
+        # star's xstar header: a prefix of at most 130 bytes, then atime and ctime, "tar\0" at 508
+        "xstar-prefix-and-times": (_xstar("f", "p" * 130) + hello, REFS),
+        # 131 bytes: GNU tar no longer takes it for star's and reads a ustar prefix of 155 (on into
+        # the times), as bsdtar does; Go reads the 131
+        "xstar-prefix-of-131-bytes": (_xstar("f", "p" * 131) + hello,
+                                      refused("InvalidArchiveError", "prefix fills its 131 bytes")),
     }
     return v
 
