@@ -25,11 +25,14 @@ from ..platform import Platform
 from .blobs import MAX_DOCUMENT_SIZE, TarArchive, TarBlobStore, member_name
 from .image import LayerRef, ResolvedImage, Source
 from .layout import OCILayout
-from .model import decode_json, parse_config
+from .model import check_field_spelling, decode_json, parse_config
 from .refs import names_match
 
 # Member names that carry the blob's digest: "blobs/sha256/<hex>" or "<hex>.json".
 _DIGEST_NAME_RE = re.compile(r"(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?")
+# The fields of a manifest.json entry (docker's and skopeo's ManifestItem); Go matches them
+# case-insensitively, see model.MANIFEST_FIELDS.
+ARCHIVE_ENTRY_FIELDS = ("Config", "RepoTags", "Layers", "Parent", "LayerSources")
 
 
 class DockerArchive(Source):
@@ -51,7 +54,7 @@ class DockerArchive(Source):
                     if self.archive.has("manifest.json"):
                         self._check_manifest_json(layout)
             if self._layout is None:
-                self._entries = self._read_manifest_json()
+                self.entries = self._read_manifest_json()
         except BaseException:
             self.close()
             raise
@@ -74,6 +77,8 @@ class DockerArchive(Source):
         if not isinstance(doc, list) or not doc:
             raise ImageError(f"{what}: expected a non-empty list of images")
         for i, entry in enumerate(doc):
+            if isinstance(entry, dict):
+                check_field_spelling(entry, ARCHIVE_ENTRY_FIELDS, f"{what}: entry {i}")
             ok = (isinstance(entry, dict) and isinstance(entry.get("Config"), str)
                   and isinstance(entry.get("Layers"), list)
                   and all(isinstance(x, str) for x in entry["Layers"])
@@ -104,7 +109,7 @@ class DockerArchive(Source):
                                  "index.json: docker and skopeo would load another image than containerd and lamina")
 
     def _select(self):
-        entries = self._entries
+        entries = self.entries
         tags = [t for e in entries for t in (e.get("RepoTags") or []) if isinstance(t, str)]
         if self.ref:
             if re.fullmatch(r"@\d+", self.ref, re.ASCII):  # skopeo's docker-archive:PATH:@N

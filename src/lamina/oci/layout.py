@@ -15,8 +15,8 @@ from ..errors import (ArtifactError, BlobNotFoundError, ImageError, ImageNotFoun
 from ..platform import Platform
 from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_in_layout
 from .image import LayerRef, ResolvedImage, Source
-from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, document_media_type, index_entries,
-                    load_json, parse_config, parse_index, parse_manifest)
+from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, check_field_spelling, document_media_type,
+                    index_entries, load_json, parse_config, parse_index, parse_manifest)
 from .refs import normalize_docker_name
 
 # Indexes nest (index.json -> image index -> ...); real images use two levels.
@@ -36,7 +36,10 @@ class OCILayout(Source):
         layout = read_meta("oci-layout")
         if layout is None:
             raise ImageError(f"{self.description}: not an OCI image layout (no oci-layout file)")
-        version = load_json(layout, f"{self.description}: oci-layout").get("imageLayoutVersion")
+        what = f"{self.description}: oci-layout"
+        layout = load_json(layout, what)
+        check_field_spelling(layout, ("imageLayoutVersion",), what)
+        version = layout.get("imageLayoutVersion")
         if not isinstance(version, str) or version.split(".")[0] != "1":
             raise ImageError(f"{self.description}: unsupported imageLayoutVersion {version!r}")
         raw_index = read_meta("index.json")

@@ -78,8 +78,13 @@ _MEDIA_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9]
 DESCRIPTOR_FIELDS = ("mediaType", "digest", "size", "urls", "annotations", "data", "platform", "artifactType")
 MANIFEST_FIELDS = ("schemaVersion", "mediaType", "artifactType", "config", "layers", "subject", "annotations",
                    "manifests")
-CONFIG_FIELDS = ("rootfs", "os", "architecture", "variant")
+PLATFORM_FIELDS = ("architecture", "os", "os.version", "os.features", "variant", "features")
+CONFIG_FIELDS = ("rootfs", "os", "architecture", "variant", "os.version", "os.features", "created", "author",
+                 "config", "history", "parent", "comment", "docker_version")
 ROOTFS_FIELDS = ("type", "diff_ids")
+EXEC_FIELDS = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels",
+               "StopSignal", "ArgsEscaped", "Healthcheck", "OnBuild", "Shell")
+HISTORY_FIELDS = ("created", "author", "created_by", "comment", "empty_layer")
 
 
 class _Refused(ValueError):
@@ -166,6 +171,8 @@ def parse_descriptor(obj, what):
     platform = None
     if obj.get("platform") is not None:
         p = obj["platform"]
+        if isinstance(p, dict):
+            check_field_spelling(p, PLATFORM_FIELDS, f"{what} platform")
         try:
             platform = Platform.from_dict(p) if isinstance(p, dict) else None
         except ValueError:
@@ -372,6 +379,7 @@ def _check_config_types(doc, what):
     if execution is not None:
         if not isinstance(execution, dict):
             raise ImageError(f"{what}: config must be an object, not {json.dumps(execution)[:60]}")
+        check_field_spelling(execution, EXEC_FIELDS, f"{what} config")
         _check_types(execution, _EXEC_TYPES, f"{what} config")
     history = doc.get("history")
     if history is not None:
@@ -380,4 +388,5 @@ def _check_config_types(doc, what):
         for i, step in enumerate(history):
             if not isinstance(step, dict):
                 raise ImageError(f"{what}: history[{i}] must be an object, not {json.dumps(step)[:60]}")
+            check_field_spelling(step, HISTORY_FIELDS, f"{what} history[{i}]")
             _check_types(step, _HISTORY_TYPES, f"{what} history[{i}]")

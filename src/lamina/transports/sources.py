@@ -20,7 +20,7 @@ from ..errors import ArtifactError, BlobNotFoundError, ImageError, InvalidRefere
 from ..oci.blobs import MAX_DOCUMENT_SIZE, TarBlobStore, read_verified
 from ..oci.dockerarchive import DockerArchive
 from ..oci.layout import OCILayout, open_layout_dir
-from ..oci.model import decode_json, document_media_type
+from ..oci.model import document_media_type
 from ..reference import Reference
 from .output import open_uncompressed
 
@@ -297,9 +297,7 @@ def _layout_images(layout, platform):
 
 def _legacy_images(archive, platform):
     what = f"{archive.description}: manifest.json"
-    entries = decode_json(archive.archive.read("manifest.json", what), what)
-    if not isinstance(entries, list):
-        raise ImageError(f"{what}: expected a list of images")
+    entries = archive.entries   # read and checked as the archive was opened
     # An image listed again (under other tags) is read, and imported, once: read per entry, a
     # manifest.json repeating one image thousands of times cost that many reads of its layers
     # and the square of it in store updates.  A name goes to the last entry giving it, as when
@@ -307,7 +305,7 @@ def _legacy_images(archive, platform):
     images, claims = {}, []   # (Config, Layers) -> ImageData; [(that key, names)] in entry order
     for i, entry in enumerate(entries):
         names = []
-        for tag in (entry.get("RepoTags") or []) if isinstance(entry, dict) else []:
+        for tag in entry.get("RepoTags") or []:
             try:
                 names.append(Reference.parse(tag))
             except InvalidReferenceError as e:

@@ -1,0 +1,181 @@
+"""Hostile images, round 2: JSON that Go's encoding/json (containerd, docker, skopeo, umoci) reads
+otherwise than Python's json, and archives that hold two readings of one image.
+
+Go fills a struct field from any key equal to its name up to case (``"user"`` is ``User``, the
+last of ``"Layers"`` and ``"layers"`` wins), and reads a lone surrogate escape (``"\\ud800"``) as
+U+FFFD where Python keeps it.  Each case goes through every way the document at fault enters:
+``unpack`` of a layout (dir and overlay), of an oci-archive, ``load``, ``copy``, and for registry
+documents ``pull`` and ``unpack docker://`` (tests/registryfixture.py: a real docker-registry on
+loopback).  skopeo shows Go's reading where it reads the document.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+import ocibuild as ob
+from conftest import require_tool
+from registryfixture import FaultProxy, reg, registry_env  # noqa: F401
+from storekit import fingerprint, lamina
+from test_documents import _push_blob, _push_manifest
+from test_hostile_inputs import _unchanged
+from test_store_badinput import fails, root  # noqa: F401  (the store fixture holding keep:1)
+
+
+def _tar_of_dir(src, path):
+    with tarfile.open(path, "w") as tar:
+        for name in sorted(os.listdir(src)):
+            tar.add(os.path.join(src, name), name)
+    return path
+
+
+def _push_layout(host, repo, lay, top):
+    """Every blob of the layout into the registry as it is, the manifests under ``top`` by digest,
+    ``top`` as tag 1."""
+    blobs = os.path.join(lay.root, "blobs", "sha256")
+    for name in sorted(os.listdir(blobs)):
+        with open(os.path.join(blobs, name), "rb") as f:
+            _push_blob(host, repo, f.read())
+    if top["mediaType"] == ob.OCI_INDEX:
+        for child in lay.read_json(top["digest"])["manifests"]:
+            with open(lay.path(child["digest"]), "rb") as f:
+                status, body = _push_manifest(host, repo, child["digest"], f.read(), child["mediaType"])
+            assert status == 201, body
+    with open(lay.path(top["digest"]), "rb") as f:
+        status, body = _push_manifest(host, repo, "1", f.read(), top["mediaType"])
+    assert status == 201, body
+
+
+def _refused_on_every_way_in(root, tmp_path, lay, match, registry=None):  # noqa: F811
+    """``lay`` (one image, named latest) refused with an error holding ``match`` by each way an
+    image enters lamina, nothing written, the store as it was."""
+    archive = _tar_of_dir(lay.root, tmp_path / "image.tar")
+    before = fingerprint(root)
+    ways = [("unpack", f"oci:{lay.root}", tmp_path / "out"),
+            ("unpack", "--overlay", f"oci:{lay.root}", tmp_path / "out"),
+            ("unpack", f"oci-archive:{archive}", tmp_path / "out"),
+            ("load", "-i", lay.root),
+            ("load", "-i", archive),
+            ("copy", f"oci:{lay.root}:latest", "bad:1"),
+            ("copy", f"oci:{lay.root}:latest", f"oci:{tmp_path / 'copy'}:bad")]
+    if registry is not None:
+        ways += [("pull", registry), ("unpack", f"docker://{registry}", tmp_path / "out")]
+    for args in ways:
+        fails(root, *args, match=match)
+        assert not (tmp_path / "out").exists() and not (tmp_path / "copy" / "index.json").exists(), args
+    _unchanged(root, before)
+
+
+def _skopeo_config(ref):
+    proc = subprocess.run(["skopeo", "inspect", "--config", ref], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+# --------------------------------------------------------------------------------------------
+# keys Go takes for a field lamina reads
+
+
+CONFIG_KEYS = [
+    # the image's user: lamina's bundle ran as root, docker (and skopeo's reading) as nobody
+    ({"config": {"user": "nobody"}}, "config: key 'user' is not 'User'",
+     lambda c: c["config"]["User"] == "nobody"),
+    # (ob.dumps sorts the keys: "entrypoint" comes last, and Go runs it)
+    ({"config": {"Entrypoint": ["/bin/true"], "entrypoint": ["/bin/sh"]}}, "config: key 'entrypoint' is not "
+     "'Entrypoint'", lambda c: c["config"]["Entrypoint"] == ["/bin/sh"]),
+    ({"Config": {"Env": ["A=1"]}}, "key 'Config' is not 'config'", lambda c: c["config"]["Env"] == ["A=1"]),
+    ({"History": [{"created_by": "x"}]}, "key 'History' is not 'history'",
+     lambda c: c["history"] == [{"created_by": "x"}]),
+    ({"history": [{"Empty_Layer": True}]}, "history[0]: key 'Empty_Layer' is not 'empty_layer'",
+     lambda c: c["history"] == [{"empty_layer": True}]),
+    ({"OS.Features": ["x"]}, "key 'OS.Features' is not 'os.features'", lambda c: c["os.features"] == ["x"]),
+    # U+017F LATIN SMALL LETTER LONG S folds to s in Go's (and Python's) case folding
+    ({"config": {"U\u017fer": "nobody"}}, "is not 'User'", lambda c: c["config"]["User"] == "nobody"),
+]
+
+
+@pytest.mark.parametrize("extra, message, go_reads", CONFIG_KEYS,
+                         ids=["user", "entrypoint-twice", "Config", "History", "Empty_Layer", "OS.Features",
+                              "long-s"])
+def test_config_keys_go_takes_for_a_field_are_refused(root, tmp_path, reg, registry_env, extra,  # noqa: F811
+                                                      message, go_reads):
+    """The config's fields are matched up to case by Go: ``"user": "nobody"`` is the image's
+    User to docker and containerd (skopeo inspect --config shows it), and was no User (root) to
+    lamina's bundle; of ``Entrypoint`` and ``entrypoint`` Go runs the last.  Refused, naming
+    the config and the key, on every way in."""
+    require_tool("skopeo")
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"a": b"x"}], config_extra=extra)
+    lay.add(m, "latest", **{"io.containerd.image.name": "bad:1"})
+    assert go_reads(_skopeo_config(f"oci:{lay.root}:latest"))
+    config = lay.read_json(m["digest"])["config"]["digest"]
+    _push_layout(reg.host, "keys/config", lay, m)
+    _refused_on_every_way_in(root, tmp_path, lay, f"config {config}", registry=f"{reg.host}/keys/config:1")
+    for args in (("load", "-i", lay.root), ("pull", f"{reg.host}/keys/config:1")):
+        fails(root, *args, match=message)
+
+
+def test_a_platform_key_go_takes_for_a_field_is_refused(root, tmp_path, reg, registry_env):  # noqa: F811
+    """An index entry's platform ``{"architecture": "amd64", "Architecture": "arm64"}`` is arm64
+    to containerd (the last key wins) and was amd64 to lamina: the arm64 image ran on amd64
+    hosts.  Refused, naming the index entry."""
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"arch": b"arm64"}], arch="arm64")
+    entry = dict(m, platform={"architecture": "amd64", "os": "linux", "Architecture": "arm64"})
+    idx = lay.index([entry])
+    lay.add(idx, "latest", **{"io.containerd.image.name": "bad:1"})
+    _push_layout(reg.host, "keys/platform", lay, idx)
+    _refused_on_every_way_in(root, tmp_path, lay, "manifests[0] (" + m["digest"] + ") platform: key "
+                             "'Architecture' is not 'architecture'", registry=f"{reg.host}/keys/platform:1")
+
+
+def test_an_oci_layout_file_with_a_key_go_takes_for_its_version_is_refused(root, tmp_path):  # noqa: F811
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"x"}]), "latest")
+    with open(os.path.join(lay.root, "oci-layout"), "w") as f:
+        f.write('{"imageLayoutVersion": "1.0.0", "ImageLayoutVersion": "2.0.0"}')
+    _refused_on_every_way_in(root, tmp_path, lay, "oci-layout: key 'ImageLayoutVersion' is not 'imageLayoutVersion'")
+
+
+def _legacy_with_entry(tmp_path, **extra):
+    """A classic docker save of two images, a and b, and one manifest.json entry: a's, with ``extra``."""
+    members, entries = {}, {}
+    for name in ("a", "b"):
+        raw = ob.tar_bytes({name: name.encode()})
+        config = ob.dumps({"architecture": "amd64", "os": "linux",
+                           "rootfs": {"type": "layers", "diff_ids": [ob.sha256(raw)]}})
+        members[f"{name}/layer.tar"] = raw
+        members[f"{ob.sha256(config)[7:]}.json"] = config
+        entries[name] = {"Config": f"{ob.sha256(config)[7:]}.json", "RepoTags": [f"{name}:1"],
+                         "Layers": [f"{name}/layer.tar"]}
+    entry = dict(entries["a"], **{k: v(entries) for k, v in extra.items()})
+    members["manifest.json"] = json.dumps([entry]).encode()
+    path = tmp_path / "legacy.tar"
+    path.write_bytes(ob.tar_of(members))
+    return path
+
+
+@pytest.mark.parametrize("extra, key, field", [
+    ({"layers": lambda e: e["b"]["Layers"]}, "layers", "Layers"),
+    ({"config": lambda e: e["b"]["Config"]}, "config", "Config"),
+    ({"Repotags": lambda e: ["b:1"]}, "Repotags", "RepoTags"),
+], ids=["layers", "config", "repotags"])
+def test_a_manifest_json_key_go_takes_for_a_field_is_refused(root, tmp_path, extra, key, field):  # noqa: F811
+    """docker load and skopeo read manifest.json with Go: an entry's ``"layers"`` after its
+    ``"Layers"`` are the layers they load (b's files under a's config), ``"Repotags"`` its tags.
+    lamina read the other key.  Refused, naming the entry and the key."""
+    require_tool("skopeo")
+    path = _legacy_with_entry(tmp_path, **extra)
+    shown = subprocess.run(["skopeo", "inspect", f"docker-archive:{path}"], capture_output=True, text=True)
+    if key == "layers":   # skopeo reads b's layer (and then fails on a's config's diffID for it)
+        assert shown.returncode != 0 or "b" in shown.stdout, shown.stdout
+    before = fingerprint(root)
+    for args in (("load", "-i", path), ("unpack", f"docker-archive:{path}", tmp_path / "out"),
+                 ("copy", f"docker-archive:{path}", "bad:1")):
+        fails(root, *args, match=f"manifest.json: entry 0: key '{key}' is not '{field}'")
+    assert not (tmp_path / "out").exists()
+    _unchanged(root, before)
