@@ -179,3 +179,35 @@ def test_a_manifest_json_key_go_takes_for_a_field_is_refused(root, tmp_path, ext
         fails(root, *args, match=f"manifest.json: entry 0: key '{key}' is not '{field}'")
     assert not (tmp_path / "out").exists()
     _unchanged(root, before)
+
+
+# --------------------------------------------------------------------------------------------
+# lone surrogates
+
+
+@pytest.mark.parametrize("extra, where", [
+    ({"config": {"Env": ["A=\ud800"]}}, "config.Env[0]"),
+    ({"config": {"Labels": {"a": "\udc00"}}}, "config.Labels.a"),
+    ({"config": {"Labels": {"\udbff": "x"}}}, "a key of config.Labels"),
+], ids=["env", "label", "label-key"])
+def test_a_lone_surrogate_escape_is_refused_by_place(root, tmp_path, reg, registry_env, extra, where):  # noqa: F811
+    """``"A=\\ud800"`` is ``A=\\ufffd`` to Go (skopeo shows it), a str holding a surrogate to
+    Python: lamina wrote it escaped into a bundle's config.json (runc then reads U+FFFD) and
+    printed it escaped in ``inspect``, so two readers of one config saw two values.  Refused,
+    naming the document and where the string is."""
+    require_tool("skopeo")
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"a": b"x"}], config_extra=extra)   # json.dumps writes the escape
+    lay.add(m, "latest", **{"io.containerd.image.name": "bad:1"})
+    assert "\ufffd" in json.dumps(_skopeo_config(f"oci:{lay.root}:latest"), ensure_ascii=False)
+    config = lay.read_json(m["digest"])["config"]["digest"]
+    _push_layout(reg.host, "surrogate/x", lay, m)
+    _refused_on_every_way_in(root, tmp_path, lay, f"config {config}: invalid JSON: a lone surrogate escape in "
+                             f"{where}", registry=f"{reg.host}/surrogate/x:1")
+    # a pair (U+1F600 escaped as json.dumps writes it) is one character to every reader
+    pair = ob.Layout(tmp_path / "pair")
+    pair.add(pair.image([{"a": b"x"}], config_extra={"config": {"Labels": {"a": "\U0001f600"}}}), "latest",
+             **{"io.containerd.image.name": "ok:1"})
+    lamina(root, "load", "-i", pair.root)
+    shown = lamina(root, "inspect", "--format", "{{json .Config.Labels}}", "ok:1").stdout
+    assert json.loads(shown) == {"a": "\U0001f600"}

@@ -105,11 +105,41 @@ def _no_constant(name):
     raise _Refused(f"{name} is not JSON")
 
 
+# A \uD800-\uDFFF escape: a lone one is a surrogate Python keeps in the str (and writes out
+# escaped again), Go reads as U+FFFD and Rust's serde refuses.
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(doc):
+    """The place ("manifests[0].annotations") of a string or key holding a lone surrogate, or None."""
+    stack = [(doc, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE_RE.search(value):
+                return where or "the document"
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                place = f"{where}.{k}" if where else k
+                if _SURROGATE_RE.search(k):
+                    return f"a key of {where or 'the document'}"
+                stack.append((v, place))
+        elif isinstance(value, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(value))
+    return None
+
+
 def decode_json(data, what):
-    """Decode a JSON document strictly: UTF-8 only (no BOM), no duplicate keys, no NaN/Infinity."""
+    """Decode a JSON document strictly: UTF-8 only (no BOM), no duplicate keys, no NaN/Infinity,
+    no lone surrogates (\\ud800 without its pair)."""
     try:
         text = bytes(data).decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        doc = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        if _SURROGATE_ESCAPE_RE.search(text) and (where := _lone_surrogate(doc)) is not None:
+            raise _Refused(f"a lone surrogate escape in {ascii(where)[1:-1]} (Go readers read it as U+FFFD, "
+                           "others keep or refuse it)")
+        return doc
     except UnicodeDecodeError as e:
         raise ImageError(f"{what}: invalid JSON: not UTF-8 ({e.reason} at byte {e.start})") from None
     except ValueError as e:
