@@ -211,3 +211,68 @@ def test_a_lone_surrogate_escape_is_refused_by_place(root, tmp_path, reg, regist
     lamina(root, "load", "-i", pair.root)
     shown = lamina(root, "inspect", "--format", "{{json .Config.Labels}}", "ok:1").stdout
     assert json.loads(shown) == {"a": "\U0001f600"}
+
+
+# --------------------------------------------------------------------------------------------
+# docker >= 25 archives: an OCI layout and a manifest.json
+
+
+def _docker25(tmp_path, names, entries):
+    """A docker >= 25 save of images a and b: index.json gives a name to each of ``names``
+    ({image: tag}), manifest.json lists ``entries`` ([(image, [RepoTags])])."""
+    lay = ob.Layout(tmp_path / "lay")
+    manifests = {}
+    for image in ("a", "b"):
+        desc = lay.image([{image: image.encode()}], compress=False)
+        manifests[image] = desc, lay.read_json(desc["digest"])
+    for image, tag in names.items():
+        lay.add(manifests[image][0], tag.rpartition(":")[2],
+                **{"io.containerd.image.name": f"docker.io/library/{tag}"})
+    manifest_json = [{"Config": "blobs/sha256/" + manifests[image][1]["config"]["digest"][7:], "RepoTags": tags,
+                      "Layers": ["blobs/sha256/" + d["digest"][7:] for d in manifests[image][1]["layers"]]}
+                     for image, tags in entries]
+    (tmp_path / "lay" / "manifest.json").write_text(json.dumps(manifest_json))
+    return _tar_of_dir(lay.root, tmp_path / "docker25.tar"), {k: v[1]["config"]["digest"] for k, v in manifests.items()}
+
+
+def test_a_name_manifest_json_and_index_json_give_to_different_images_is_refused(root, tmp_path):  # noqa: F811
+    """Both images are in both files, but manifest.json tags b ``app:1`` where index.json names
+    a so: docker load (and skopeo's docker-archive:PATH:app:1) give app:1 b's files, lamina's load
+    and unpack gave it a's.  Refused, naming the entry and the name."""
+    require_tool("skopeo")
+    path, configs = _docker25(tmp_path, {"a": "app:1", "b": "app:2"}, [("b", ["app:1"]), ("a", ["app:2"])])
+    shown = subprocess.run(["skopeo", "inspect", "--config", f"docker-archive:{path}:app:1"], capture_output=True,
+                           text=True)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["rootfs"] == json.loads(
+        open(ob.Layout.existing(tmp_path / "lay").path(configs["b"])).read())["rootfs"], shown.stderr
+    before = fingerprint(root)
+    match = "manifest.json: entry 0 (config blobs/sha256/" + configs["b"][7:] + ") is named 'app:1', but " \
+            "index.json gives 'app:1' to another image"
+    for args in (("load", "-i", path), ("unpack", f"docker-archive:{path}:app:1", tmp_path / "out"),
+                 ("copy", f"docker-archive:{path}:app:1", "bad:1"), ("unpack", f"oci-archive:{path}:1",
+                                                                      tmp_path / "out")):
+        fails(root, *args, match=match)
+    assert not (tmp_path / "out").exists()
+    _unchanged(root, before)
+
+
+def test_docker_archive_without_a_name_picks_manifest_json_s_image_or_refuses(root, tmp_path):  # noqa: F811
+    """index.json names a ``latest`` and b ``app:2``; manifest.json lists b alone.  skopeo's
+    ``docker-archive:PATH`` reads manifest.json's only image, b; lamina's took index.json's
+    latest, a.  Refused for docker-archive: (a name picks one image in both files);
+    ``oci-archive:PATH`` reads index.json, as skopeo's oci-archive does."""
+    require_tool("skopeo")
+    path, configs = _docker25(tmp_path, {"a": "app:latest", "b": "app:2"}, [("b", ["app:2"])])
+    shown = subprocess.run(["skopeo", "inspect", "--raw", f"docker-archive:{path}"], capture_output=True, text=True)
+    assert shown.returncode == 0 and configs["b"] in shown.stdout, shown.stderr
+    before = fingerprint(root)
+    fails(root, "unpack", f"docker-archive:{path}", tmp_path / "out",
+          match="manifest.json: picks config blobs/sha256/" + configs["b"][7:] + " for 'no name', but index.json "
+          "picks another image")
+    fails(root, "copy", f"docker-archive:{path}", "bad:1", match="but index.json picks another image")
+    assert not (tmp_path / "out").exists()
+    _unchanged(root, before)
+    lamina(root, "unpack", f"docker-archive:{path}:app:2", tmp_path / "out")
+    assert os.listdir(tmp_path / "out") == ["b"]
+    lamina(root, "unpack", f"oci-archive:{path}", tmp_path / "out2")
+    assert os.listdir(tmp_path / "out2") == ["a"]

@@ -17,9 +17,9 @@ from .. import compression
 from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import ArtifactError, BlobNotFoundError, ImageError, InvalidReferenceError
-from ..oci.blobs import MAX_DOCUMENT_SIZE, TarBlobStore, read_verified
+from ..oci.blobs import read_verified
 from ..oci.dockerarchive import DockerArchive
-from ..oci.layout import OCILayout, open_layout_dir
+from ..oci.layout import open_layout_dir
 from ..oci.model import document_media_type
 from ..reference import Reference
 from .output import open_uncompressed
@@ -145,14 +145,6 @@ def _store_names(image, asked):
 
 # --- layouts and archives ----------------------------------------------------------
 
-def _read_meta(archive):
-    def read(name):
-        if not archive.has(name):
-            return None
-        return archive.read(name, f"{archive.path}: {name}")
-    return read
-
-
 def open_layout(spec):
     """An OCILayout for ``oci:`` / ``oci-archive:`` (and docker archives that hold one), or None
     for a legacy docker-archive.  Returns (source-to-close, layout-or-None, DockerArchive-or-None)."""
@@ -160,13 +152,7 @@ def open_layout(spec):
         layout = open_layout_dir(spec.path, spec.ref)
         return layout, layout, None
     archive = DockerArchive(spec.path, spec.ref, oci_only=spec.transport == "oci-archive")
-    a = archive.archive
-    if spec.transport == "oci-archive" or a.has("oci-layout"):
-        layout = OCILayout(TarBlobStore(a), _read_meta(a), spec.ref, description=a.path)
-        # docker save of an untagged image writes an empty index.json: its manifest.json is the truth then.
-        if layout.index.manifests or spec.transport == "oci-archive" or not a.has("manifest.json"):
-            return archive, layout, archive
-    return archive, None, archive
+    return archive, archive.layout, archive
 
 
 def from_layout(layout, platform=None, names=()):
