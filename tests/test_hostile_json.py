@@ -276,3 +276,47 @@ def test_docker_archive_without_a_name_picks_manifest_json_s_image_or_refuses(ro
     assert os.listdir(tmp_path / "out") == ["b"]
     lamina(root, "unpack", f"oci-archive:{path}", tmp_path / "out2")
     assert os.listdir(tmp_path / "out2") == ["a"]
+
+
+# --------------------------------------------------------------------------------------------
+# a token server's answer
+
+
+def _bearer_proxy(reg, body):  # noqa: F811
+    proxy = FaultProxy(reg.host)
+    proxy.add("respond", path="/manifests/", times=1, code=401, headers={
+        "WWW-Authenticate": f'Bearer realm="http://{proxy.host}/token",service="s",scope="repository:t:pull"'})
+    proxy.add("respond", path="/token", times=None, body=body, headers={"Content-Type": "application/json"})
+    return proxy
+
+
+@pytest.mark.parametrize("body, sent", [
+    (b'{"token": "t1", "access_token": "t2"}', "t2"),
+    (b'{"Token": "t3"}', "t3"),
+    (b'{"ACCESS_TOKEN": "t4", "token": "t5"}', "t4"),
+], ids=["both", "Token", "ACCESS_TOKEN"])
+def test_a_token_answer_is_read_as_go_reads_it(root, reg, registry_env, body, sent):  # noqa: F811
+    """docker's and containerd's token clients use ``access_token`` over ``token`` and match both
+    up to case; lamina sent ``token``, and found no token in ``{"Token": ...}``."""
+    proxy = _bearer_proxy(reg, body)
+    try:
+        fails(root, "pull", f"{proxy.host}/t:1", match=f"manifest for {proxy.host}/t:1 not found")
+        sent_auth = [h.get("Authorization") for method, path, h, status in proxy.seen if "/manifests/" in path]
+        assert sent_auth[1:] == [f"Bearer {sent}"], sent_auth
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("token", ["t\r\nX-Injected: 1", "t\u00e9", "t\x00"])
+def test_a_token_that_is_no_header_value_is_a_clear_error(root, reg, registry_env, token):  # noqa: F811
+    """A token holding CR/LF, a NUL or a non-ASCII letter cannot go in an Authorization header
+    (Go's http refuses it): lamina's http.client raised a bare ValueError / UnicodeEncodeError.
+    Refused, naming the token server."""
+    proxy = _bearer_proxy(reg, json.dumps({"token": token}).encode())
+    try:
+        fails(root, "pull", f"{proxy.host}/t:1", match=f"{proxy.host}: token server sent a token that is no "
+              "HTTP header value")
+        assert not [path for method, path, h, status in proxy.seen if "/manifests/" in path][1:]
+    finally:
+        proxy.stop()
+

@@ -89,6 +89,20 @@ def parse_challenge(header):
     return scheme.lower(), params
 
 
+# Visible ASCII and spaces: what an HTTP header value may hold (RFC 9110 field-vchar, no obs-text).
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+(?: +[\x21-\x7e]+)*")
+
+
+def _go_field(doc, name):
+    """``doc``'s value for the struct field ``name`` as Go's encoding/json fills it: the last key
+    equal to it up to case ("Token", "TOKEN")."""
+    value = None
+    for key, v in doc.items():
+        if key.casefold() == name:
+            value = v
+    return value
+
+
 def registry_json(body):
     """A registry's or token server's JSON answer, or None when it is not JSON lamina can read:
     such a body is hostile input like any other (nested thousands deep it is a RecursionError,
@@ -276,10 +290,18 @@ class Session:
         doc = registry_json(body)
         if doc is None:
             raise AuthenticationError(f"{self.host}: token server sent invalid JSON")
-        token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            raise AuthenticationError(f"{self.host}: token server sent no token")
+        # docker's client: "access_token" (OAuth2) is used over "token" when both are there
+        token = _go_field(doc, "access_token") or _go_field(doc, "token")
         if not isinstance(token, str) or not token:
             raise AuthenticationError(f"{self.host}: token server sent no token")
-        ttl = doc.get("expires_in")
+        if not _TOKEN_RE.fullmatch(token):
+            # a CR/LF would end the Authorization header and start another one (Go's http refuses
+            # such a header value too); said here, not as http.client's "Invalid header value"
+            raise AuthenticationError(f"{self.host}: token server sent a token that is no HTTP header value "
+                                      f"({len(token)} characters, not all printable ASCII)")
+        ttl = _go_field(doc, "expires_in")
         if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl < float("inf"):
             ttl = TOKEN_DEFAULT_EXPIRY  # also NaN, and a number of 400 digits that no float holds
         return token, float(min(ttl, TOKEN_MAX_EXPIRY))
