@@ -282,10 +282,10 @@ def test_docker_archive_without_a_name_picks_manifest_json_s_image_or_refuses(ro
 # a token server's answer
 
 
-def _bearer_proxy(reg, body):  # noqa: F811
+def _bearer_proxy(reg, body, challenge='Bearer realm="{realm}",service="s",scope="repository:t:pull"'):  # noqa: F811
     proxy = FaultProxy(reg.host)
     proxy.add("respond", path="/manifests/", times=1, code=401, headers={
-        "WWW-Authenticate": f'Bearer realm="http://{proxy.host}/token",service="s",scope="repository:t:pull"'})
+        "WWW-Authenticate": challenge.format(realm=f"http://{proxy.host}/token")})
     proxy.add("respond", path="/token", times=None, body=body, headers={"Content-Type": "application/json"})
     return proxy
 
@@ -320,3 +320,20 @@ def test_a_token_that_is_no_header_value_is_a_clear_error(root, reg, registry_en
     finally:
         proxy.stop()
 
+
+@pytest.mark.parametrize("challenge", [
+    'Bearer realm="{realm}",service="s",scope="repository:t:pull", Basic realm="elsewhere"',
+    'Basic realm="x", Bearer realm="{realm}",service="s"',
+], ids=["bearer-first", "basic-first"])
+def test_a_header_of_several_challenges_answers_the_bearer_one(root, reg, registry_env, challenge):  # noqa: F811
+    """Several challenges in one WWW-Authenticate (or several header lines, which arrive joined by
+    ", "): lamina read one challenge of every parameter, the last realm winning (the Basic one's
+    "elsewhere": "invalid token realm"), or answered the first scheme (Basic: "no credentials").
+    docker's client answers the Bearer challenge: so does lamina, with its own parameters."""
+    proxy = _bearer_proxy(reg, b'{"token": "t9"}', challenge)
+    try:
+        fails(root, "pull", f"{proxy.host}/t:1", match=f"manifest for {proxy.host}/t:1 not found")
+        sent_auth = [h.get("Authorization") for method, path, h, status in proxy.seen if "/manifests/" in path]
+        assert sent_auth[1:] == ["Bearer t9"], sent_auth
+    finally:
+        proxy.stop()

@@ -49,22 +49,22 @@ TOKEN_DEFAULT_EXPIRY = 60     # seconds, per the token spec
 TOKEN_MAX_EXPIRY = 86400      # a token is asked for again after a day, whatever its server said
 
 
-def parse_challenge(header):
-    """``Bearer realm="x",service="y",scope="a b"`` -> ("bearer", {"realm": "x", ...})."""
-    if not header:
-        return None, {}
-    header = header.strip()
-    scheme, _, rest = header.partition(" ")
-    params = {}
-    i, n = 0, len(rest)
+def parse_challenges(header):
+    """Every challenge of a WWW-Authenticate value, in order: ``Bearer realm="x",service="y",
+    Basic realm="z"`` -> [("bearer", {"realm": "x", "service": "y"}), ("basic", {"realm": "z"})].
+    Several header lines come joined by ", ", so a challenge ends where a name without "=" starts."""
+    challenges = []
+    rest, i, n = header or "", 0, len(header or "")
     while i < n:
         while i < n and rest[i] in " ,":
             i += 1
         j = i
         while j < n and rest[j] not in "= ,":
             j += 1
-        key = rest[i:j].strip().lower()
+        name = rest[i:j]
         if j >= n or rest[j] != "=":
+            if name:
+                challenges.append((name.lower(), {}))   # a scheme: a new challenge
             i = j + 1
             continue
         j += 1
@@ -83,10 +83,21 @@ def parse_challenge(header):
             while j < n and rest[j] != ",":
                 j += 1
             value = rest[k:j].strip()
-        if key:
-            params[key] = value
+        if name and challenges:   # a parameter before any scheme belongs to none
+            challenges[-1][1][name.lower()] = value
         i = j
-    return scheme.lower(), params
+    return challenges
+
+
+def parse_challenge(header):
+    """The challenge lamina answers: the first Bearer one, else the first Basic one, else the
+    first (containerd's choice among several); (None, {}) when there is none."""
+    challenges = parse_challenges(header)
+    for scheme in ("bearer", "basic"):
+        for c in challenges:
+            if c[0] == scheme:
+                return c
+    return challenges[0] if challenges else (None, {})
 
 
 # Visible ASCII and spaces: what an HTTP header value may hold (RFC 9110 field-vchar, no obs-text).
