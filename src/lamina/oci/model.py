@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -112,7 +113,8 @@ _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 def _lone_surrogate(doc):
-    """The place ("manifests[0].annotations") of a string or key holding a lone surrogate, or None."""
+    """The place ("manifests[0].annotations") of a string or key holding a lone surrogate, or None
+    (a walk of every string: done once one is known to be there)."""
     stack = [(doc, "")]
     while stack:
         value, where = stack.pop()
@@ -130,13 +132,25 @@ def _lone_surrogate(doc):
     return None
 
 
+def _holds_surrogate(doc):
+    # json's C encoder writes the whole document at once; only a surrogate fails its encoding
+    try:
+        json.dumps(doc, ensure_ascii=False, check_circular=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except RecursionError:
+        return _lone_surrogate(doc) is not None
+    return False
+
+
 def decode_json(data, what):
     """Decode a JSON document strictly: UTF-8 only (no BOM), no duplicate keys, no NaN/Infinity,
     no lone surrogates (\\ud800 without its pair)."""
     try:
         text = bytes(data).decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data
         doc = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-        if _SURROGATE_ESCAPE_RE.search(text) and (where := _lone_surrogate(doc)) is not None:
+        if _SURROGATE_ESCAPE_RE.search(text) and _holds_surrogate(doc):
+            where = _lone_surrogate(doc)
             raise _Refused(f"a lone surrogate escape in {ascii(where)[1:-1]} (Go readers read it as U+FFFD, "
                            "others keep or refuse it)")
         return doc
@@ -156,10 +170,17 @@ def load_json(data, what):
     return doc
 
 
+@functools.lru_cache(maxsize=None)
+def _folded_fields(fields):
+    return frozenset(fields), {f.casefold(): f for f in fields}
+
+
 def check_field_spelling(obj, fields, what):
     """Refuse keys that only differ in case from a field lamina reads (see MANIFEST_FIELDS)."""
-    folded = {f.casefold(): f for f in fields}
+    exact, folded = _folded_fields(fields)
     for key in obj:
+        if key in exact:
+            continue   # the common case, without a casefold per key (a history of 100,000 steps)
         field_name = folded.get(key.casefold())
         if field_name is not None and key != field_name:
             raise ImageError(f"{what}: key {key!r} is not {field_name!r} (keys are case-sensitive here,"
