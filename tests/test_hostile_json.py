@@ -337,3 +337,29 @@ def test_a_header_of_several_challenges_answers_the_bearer_one(root, reg, regist
         assert sent_auth[1:] == ["Bearer t9"], sent_auth
     finally:
         proxy.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# platform fields lamina does not match on
+
+
+@pytest.mark.parametrize("field, value, kind", [
+    ("os.features", [1], "a list of strings"), ("os.features", "sse4", "a list of strings"),
+    ("os.version", 10, "a string"),
+], ids=["features-number", "features-string", "version-number"])
+def test_platform_fields_of_another_type_are_refused(root, tmp_path, reg, field, value, kind):  # noqa: F811
+    """Go unmarshals an index into typed platforms: an ``os.features`` of numbers fails the whole
+    index for skopeo and containerd, and docker-registry refuses to store it ("manifest
+    invalid").  lamina, which does not match on the field, read the index.  Refused, naming the
+    entry and the field."""
+    require_tool("skopeo")
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"a": b"x"}])
+    idx = lay.index([dict(m, platform={"architecture": "amd64", "os": "linux", field: value})])
+    lay.add(idx, "latest", **{"io.containerd.image.name": "bad:1"})
+    shown = subprocess.run(["skopeo", "inspect", f"oci:{lay.root}:latest"], capture_output=True, text=True)
+    assert shown.returncode != 0 and "cannot unmarshal" in shown.stderr, shown.stdout + shown.stderr
+    with open(lay.path(idx["digest"]), "rb") as f:
+        status, body = _push_manifest(reg.host, "platform/types", "1", f.read(), ob.OCI_INDEX)
+    assert status == 400 and b"MANIFEST_INVALID" in body, body
+    _refused_on_every_way_in(root, tmp_path, lay, f"manifests[0] ({m['digest']}) platform: {field} must be {kind}")

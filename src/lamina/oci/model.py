@@ -224,6 +224,7 @@ def parse_descriptor(obj, what):
         p = obj["platform"]
         if isinstance(p, dict):
             check_field_spelling(p, PLATFORM_FIELDS, f"{what} platform")
+            _check_types(p, _PLATFORM_TYPES, f"{what} platform")
         try:
             platform = Platform.from_dict(p) if isinstance(p, dict) else None
         except ValueError:
@@ -398,6 +399,8 @@ _STRING, _STRINGS, _STRING_MAP, _OBJECT, _BOOL = "a string", "a list of strings"
     "an object", "a boolean"
 _CONFIG_TYPES = {"created": _STRING, "author": _STRING, "os": _STRING, "architecture": _STRING,
                  "variant": _STRING, "os.version": _STRING, "os.features": _STRINGS}
+# lamina does not match on these, but Go's unmarshalling of the whole index fails on another type
+_PLATFORM_TYPES = {"os.version": _STRING, "os.features": _STRINGS}
 _EXEC_TYPES = {"User": _STRING, "WorkingDir": _STRING, "StopSignal": _STRING, "Env": _STRINGS,
                "Entrypoint": _STRINGS, "Cmd": _STRINGS, "Labels": _STRING_MAP, "ExposedPorts": _OBJECT,
                "Volumes": _OBJECT, "ArgsEscaped": _BOOL}
