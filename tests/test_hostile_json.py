@@ -278,6 +278,23 @@ def test_docker_archive_without_a_name_picks_manifest_json_s_image_or_refuses(ro
     assert os.listdir(tmp_path / "out2") == ["a"]
 
 
+
+def test_docker_archive_at_n_reads_manifest_json_s_entry_n(root, tmp_path):  # noqa: F811
+    """skopeo's ``docker-archive:PATH:@N`` is manifest.json's entry N.  lamina read a docker >= 25
+    archive through its layout, whose index.json names no ``@1``: "no image named '@1'".  It now
+    reads the layout's manifest of that entry."""
+    require_tool("skopeo")
+    path, configs = _docker25(tmp_path, {"a": "app:1", "b": "app:2"}, [("a", ["app:1"]), ("b", ["app:2"])])
+    shown = subprocess.run(["skopeo", "inspect", "--raw", f"docker-archive:{path}:@1"], capture_output=True,
+                           text=True)
+    assert shown.returncode == 0 and configs["b"] in shown.stdout, shown.stderr
+    lamina(root, "unpack", f"docker-archive:{path}:@1", tmp_path / "out")
+    assert os.listdir(tmp_path / "out") == ["b"]
+    lamina(root, "copy", f"docker-archive:{path}:@0", "picked:1")
+    lamina(root, "unpack", "picked:1", tmp_path / "out0")
+    assert os.listdir(tmp_path / "out0") == ["a"]
+    fails(root, "unpack", f"docker-archive:{path}:@2", tmp_path / "out2", match="no image '@2'")
+
 # --------------------------------------------------------------------------------------------
 # a token server's answer
 

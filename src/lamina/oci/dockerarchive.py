@@ -125,6 +125,12 @@ class DockerArchive(Source):
                                  "image under that name than containerd and lamina")
         if oci_only:
             return
+        if self.ref and re.fullmatch(r"@\d+", self.ref, re.ASCII):
+            # skopeo's docker-archive:PATH:@N is manifest.json's entry N, which index.json names
+            # nothing: the layout reads that entry's manifest (it is one of the layout's, see above)
+            key = _entry_image(self._select())
+            layout.pinned = next(d for d in _manifests_of(layout) if _images_of(layout, d) == {key})
+            return
         try:
             entry = self._select()
             picked = set().union(*(_images_of(layout, d) for d in layout._select()))
@@ -206,19 +212,27 @@ def _entry_image(entry):
     return f"sha256:{digests[0].group(1)}", tuple(f"sha256:{m.group(1)}" for m in digests[1:])
 
 
-def _images_of(layout, desc):
-    """{(config digest, layer digests)} of the images an index.json entry leads to: a manifest, or
-    those of an image index.  Blobs a partial export left out, and artifacts, lead to none."""
+def _manifests_of(layout, desc=None):
+    """The manifest descriptors an index.json entry leads to (itself, or an image index's), or
+    with no entry those of every entry."""
+    if desc is None:
+        for d in layout.index.manifests:
+            yield from _manifests_of(layout, d)
+        return
     descs = [desc]
     if mt.is_index(desc.media_type):
         try:
             descs = layout._document(desc)[1].manifests
         except BlobNotFoundError:
-            return set()
+            return
+    yield from (d for d in descs if mt.is_manifest(d.media_type))
+
+
+def _images_of(layout, desc):
+    """{(config digest, layer digests)} of the images an index.json entry leads to: a manifest, or
+    those of an image index.  Blobs a partial export left out, and artifacts, lead to none."""
     out = set()
-    for d in descs:
-        if not mt.is_manifest(d.media_type):
-            continue
+    for d in _manifests_of(layout, desc):
         try:
             manifest = layout._document(d)[1]
         except (BlobNotFoundError, ArtifactError):

@@ -32,6 +32,7 @@ class OCILayout(Source):
         self.ref = ref or None
         self._docs, self._configs = {}, {}  # by digest: documents are read and verified once
         self._by_name = None                 # see _named
+        self.pinned = None                   # a manifest descriptor chosen otherwise than by name
         self.description = description or store.name
         layout = read_meta("oci-layout")
         if layout is None:
@@ -67,6 +68,8 @@ class OCILayout(Source):
 
     def _select(self):
         """Descriptors of index.json that the ref (or the default rule) picks."""
+        if self.pinned is not None:
+            return [self.pinned]
         descs = self.index.manifests
         if not descs:
             raise ImageNotFoundError(f"{self.description}: the layout holds no images")
