@@ -25,11 +25,14 @@ from ..platform import Platform
 from .blobs import MAX_DOCUMENT_SIZE, TarArchive, TarBlobStore, member_name
 from .image import LayerRef, ResolvedImage, Source
 from .layout import OCILayout
-from .model import decode_json, parse_config
-from .refs import names_match
+from .model import check_field_spelling, decode_json, parse_config
+from .refs import names_match, normalize_docker_name
 
 # Member names that carry the blob's digest: "blobs/sha256/<hex>" or "<hex>.json".
 _DIGEST_NAME_RE = re.compile(r"(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?")
+# The fields of a manifest.json entry (docker's and skopeo's ManifestItem); Go matches them
+# case-insensitively, see model.MANIFEST_FIELDS.
+ARCHIVE_ENTRY_FIELDS = ("Config", "RepoTags", "Layers", "Parent", "LayerSources")
 
 
 class DockerArchive(Source):
@@ -49,12 +52,17 @@ class DockerArchive(Source):
                 if layout.index.manifests or oci_only or not self.archive.has("manifest.json"):
                     self._layout = layout
                     if self.archive.has("manifest.json"):
-                        self._check_manifest_json(layout)
+                        self._check_manifest_json(layout, oci_only)
             if self._layout is None:
-                self._entries = self._read_manifest_json()
+                self.entries = self._read_manifest_json()
         except BaseException:
             self.close()
             raise
+
+    @property
+    def layout(self):
+        """The OCI layout the archive is read through, or None for a legacy docker save."""
+        return self._layout
 
     @property
     def compressed(self):
@@ -74,6 +82,8 @@ class DockerArchive(Source):
         if not isinstance(doc, list) or not doc:
             raise ImageError(f"{what}: expected a non-empty list of images")
         for i, entry in enumerate(doc):
+            if isinstance(entry, dict):
+                check_field_spelling(entry, ARCHIVE_ENTRY_FIELDS, f"{what}: entry {i}")
             ok = (isinstance(entry, dict) and isinstance(entry.get("Config"), str)
                   and isinstance(entry.get("Layers"), list)
                   and all(isinstance(x, str) for x in entry["Layers"])
@@ -82,29 +92,57 @@ class DockerArchive(Source):
                 raise ImageError(f"{what}: entry {i} lacks Config/Layers")
         return doc
 
-    def _check_manifest_json(self, layout):
+    def _check_manifest_json(self, layout, oci_only):
         """An archive holding both an OCI layout and a manifest.json (docker >= 25) is read through
         its layout here and by containerd, but through manifest.json by docker's own load and by
-        skopeo: each image manifest.json lists must be one of the layout's, config and layers."""
-        images = set()
-        for desc in _each_manifest(layout):
-            try:
-                manifest = layout._document(desc)[1]
-            except (BlobNotFoundError, ArtifactError):
-                continue   # a platform a partial export lists without its blobs; an SBOM, a signature
-            images.add((manifest.config.digest, tuple(d.digest for d in manifest.layers)))
+        skopeo: each image manifest.json lists must be one of the layout's, config and layers; a
+        name both give must name the same image; and ``docker-archive:`` must pick, for its ref or
+        none, the image manifest.json's reader (skopeo) picks."""
         what = f"{self.description}: manifest.json"
-        for i, entry in enumerate(self._read_manifest_json()):
-            names = [entry["Config"], *entry["Layers"]]
-            digests = [re.fullmatch(r"blobs/sha256/([0-9a-f]{64})", member_name(n)) for n in names]
-            key = (f"sha256:{digests[0].group(1)}", tuple(f"sha256:{m.group(1)}" for m in digests[1:])) \
-                if all(digests) else None
+        self.entries = self._read_manifest_json()
+        keys = [_entry_image(entry) for entry in self.entries]
+        by_name = {}   # a name -> the images index.json gives it (an index: each of its manifests)
+        images = set()
+        for desc in layout.index.manifests:
+            reached = _images_of(layout, desc)
+            images |= reached
+            # a bare ref.name ("1", as docker writes beside the full name) names no repository
+            for name in (n for n in desc.ref_names if any(c in n for c in ":/@")):
+                by_name.setdefault(normalize_docker_name(name), set()).update(reached)
+        for i, (entry, key) in enumerate(zip(self.entries, keys)):
             if key not in images:
                 raise ImageError(f"{what}: entry {i} (config {entry['Config']}) is not an image of the archive's "
                                  "index.json: docker and skopeo would load another image than containerd and lamina")
+        last = {}   # docker load tags entry by entry: a name given twice goes to the last entry
+        for i, entry in enumerate(self.entries):
+            for tag in entry.get("RepoTags") or []:
+                if isinstance(tag, str):
+                    last[normalize_docker_name(tag)] = (i, tag)
+        for name, (i, tag) in last.items():
+            if name in by_name and keys[i] not in by_name[name]:
+                raise ImageError(f"{what}: entry {i} (config {self.entries[i]['Config']}) is named {tag!r}, but "
+                                 f"index.json gives {tag!r} to another image: docker and skopeo would load another "
+                                 "image under that name than containerd and lamina")
+        if oci_only:
+            return
+        if self.ref and re.fullmatch(r"@\d+", self.ref, re.ASCII):
+            # skopeo's docker-archive:PATH:@N is manifest.json's entry N, which index.json names
+            # nothing: the layout reads that entry's manifest (it is one of the layout's, see above)
+            key = _entry_image(self._select())
+            layout.pinned = next(d for d in _manifests_of(layout) if _images_of(layout, d) == {key})
+            return
+        try:
+            entry = self._select()
+            picked = set().union(*(_images_of(layout, d) for d in layout._select()))
+        except ImageError:
+            return   # nothing picked on one side: resolving says so
+        if _entry_image(entry) not in picked:
+            raise ImageError(f"{what}: picks config {entry['Config']} for {self.ref or 'no name'!r}, but index.json "
+                             "picks another image: skopeo's docker-archive reader would read another image than "
+                             "lamina (name the image: docker-archive:PATH:NAME)")
 
     def _select(self):
-        entries = self._entries
+        entries = self.entries
         tags = [t for e in entries for t in (e.get("RepoTags") or []) if isinstance(t, str)]
         if self.ref:
             if re.fullmatch(r"@\d+", self.ref, re.ASCII):  # skopeo's docker-archive:PATH:@N
@@ -165,14 +203,39 @@ class DockerArchive(Source):
         pass  # TarArchive keeps no file open between reads
 
 
-def _each_manifest(layout):
-    """The manifest descriptors index.json lists, and those of the image indexes it lists."""
-    for desc in layout.index.manifests:
-        if mt.is_manifest(desc.media_type):
-            yield desc
-        elif mt.is_index(desc.media_type):
-            try:
-                children = layout._document(desc)[1].manifests
-            except BlobNotFoundError:
-                continue
-            yield from (d for d in children if mt.is_manifest(d.media_type))
+def _entry_image(entry):
+    """(config digest, layer digests) of a manifest.json entry naming layout blobs, else None."""
+    names = [entry["Config"], *entry["Layers"]]
+    digests = [re.fullmatch(r"blobs/sha256/([0-9a-f]{64})", member_name(n)) for n in names]
+    if not all(digests):
+        return None
+    return f"sha256:{digests[0].group(1)}", tuple(f"sha256:{m.group(1)}" for m in digests[1:])
+
+
+def _manifests_of(layout, desc=None):
+    """The manifest descriptors an index.json entry leads to (itself, or an image index's), or
+    with no entry those of every entry."""
+    if desc is None:
+        for d in layout.index.manifests:
+            yield from _manifests_of(layout, d)
+        return
+    descs = [desc]
+    if mt.is_index(desc.media_type):
+        try:
+            descs = layout._document(desc)[1].manifests
+        except BlobNotFoundError:
+            return
+    yield from (d for d in descs if mt.is_manifest(d.media_type))
+
+
+def _images_of(layout, desc):
+    """{(config digest, layer digests)} of the images an index.json entry leads to: a manifest, or
+    those of an image index.  Blobs a partial export left out, and artifacts, lead to none."""
+    out = set()
+    for d in _manifests_of(layout, desc):
+        try:
+            manifest = layout._document(d)[1]
+        except (BlobNotFoundError, ArtifactError):
+            continue
+        out.add((manifest.config.digest, tuple(l.digest for l in manifest.layers)))
+    return out

@@ -15,8 +15,8 @@ from ..errors import (ArtifactError, BlobNotFoundError, ImageError, ImageNotFoun
 from ..platform import Platform
 from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_in_layout
 from .image import LayerRef, ResolvedImage, Source
-from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, document_media_type, index_entries,
-                    load_json, parse_config, parse_index, parse_manifest)
+from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, check_field_spelling, document_media_type,
+                    index_entries, load_json, parse_config, parse_index, parse_manifest)
 from .refs import normalize_docker_name
 
 # Indexes nest (index.json -> image index -> ...); real images use two levels.
@@ -32,11 +32,15 @@ class OCILayout(Source):
         self.ref = ref or None
         self._docs, self._configs = {}, {}  # by digest: documents are read and verified once
         self._by_name = None                 # see _named
+        self.pinned = None                   # a manifest descriptor chosen otherwise than by name
         self.description = description or store.name
         layout = read_meta("oci-layout")
         if layout is None:
             raise ImageError(f"{self.description}: not an OCI image layout (no oci-layout file)")
-        version = load_json(layout, f"{self.description}: oci-layout").get("imageLayoutVersion")
+        what = f"{self.description}: oci-layout"
+        layout = load_json(layout, what)
+        check_field_spelling(layout, ("imageLayoutVersion",), what)
+        version = layout.get("imageLayoutVersion")
         if not isinstance(version, str) or version.split(".")[0] != "1":
             raise ImageError(f"{self.description}: unsupported imageLayoutVersion {version!r}")
         raw_index = read_meta("index.json")
@@ -64,6 +68,8 @@ class OCILayout(Source):
 
     def _select(self):
         """Descriptors of index.json that the ref (or the default rule) picks."""
+        if self.pinned is not None:
+            return [self.pinned]
         descs = self.index.manifests
         if not descs:
             raise ImageNotFoundError(f"{self.description}: the layout holds no images")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -78,8 +79,13 @@ _MEDIA_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9]
 DESCRIPTOR_FIELDS = ("mediaType", "digest", "size", "urls", "annotations", "data", "platform", "artifactType")
 MANIFEST_FIELDS = ("schemaVersion", "mediaType", "artifactType", "config", "layers", "subject", "annotations",
                    "manifests")
-CONFIG_FIELDS = ("rootfs", "os", "architecture", "variant")
+PLATFORM_FIELDS = ("architecture", "os", "os.version", "os.features", "variant", "features")
+CONFIG_FIELDS = ("rootfs", "os", "architecture", "variant", "os.version", "os.features", "created", "author",
+                 "config", "history", "parent", "comment", "docker_version")
 ROOTFS_FIELDS = ("type", "diff_ids")
+EXEC_FIELDS = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels",
+               "StopSignal", "ArgsEscaped", "Healthcheck", "OnBuild", "Shell")
+HISTORY_FIELDS = ("created", "author", "created_by", "comment", "empty_layer")
 
 
 class _Refused(ValueError):
@@ -100,11 +106,54 @@ def _no_constant(name):
     raise _Refused(f"{name} is not JSON")
 
 
+# A \uD800-\uDFFF escape: a lone one is a surrogate Python keeps in the str (and writes out
+# escaped again), Go reads as U+FFFD and Rust's serde refuses.
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(doc):
+    """The place ("manifests[0].annotations") of a string or key holding a lone surrogate, or None
+    (a walk of every string: done once one is known to be there)."""
+    stack = [(doc, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE_RE.search(value):
+                return where or "the document"
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                place = f"{where}.{k}" if where else k
+                if _SURROGATE_RE.search(k):
+                    return f"a key of {where or 'the document'}"
+                stack.append((v, place))
+        elif isinstance(value, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(value))
+    return None
+
+
+def _holds_surrogate(doc):
+    # json's C encoder writes the whole document at once; only a surrogate fails its encoding
+    try:
+        json.dumps(doc, ensure_ascii=False, check_circular=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except RecursionError:
+        return _lone_surrogate(doc) is not None
+    return False
+
+
 def decode_json(data, what):
-    """Decode a JSON document strictly: UTF-8 only (no BOM), no duplicate keys, no NaN/Infinity."""
+    """Decode a JSON document strictly: UTF-8 only (no BOM), no duplicate keys, no NaN/Infinity,
+    no lone surrogates (\\ud800 without its pair)."""
     try:
         text = bytes(data).decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        doc = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        if _SURROGATE_ESCAPE_RE.search(text) and _holds_surrogate(doc):
+            where = _lone_surrogate(doc)
+            raise _Refused(f"a lone surrogate escape in {ascii(where)[1:-1]} (Go readers read it as U+FFFD, "
+                           "others keep or refuse it)")
+        return doc
     except UnicodeDecodeError as e:
         raise ImageError(f"{what}: invalid JSON: not UTF-8 ({e.reason} at byte {e.start})") from None
     except ValueError as e:
@@ -121,10 +170,17 @@ def load_json(data, what):
     return doc
 
 
+@functools.lru_cache(maxsize=None)
+def _folded_fields(fields):
+    return frozenset(fields), {f.casefold(): f for f in fields}
+
+
 def check_field_spelling(obj, fields, what):
     """Refuse keys that only differ in case from a field lamina reads (see MANIFEST_FIELDS)."""
-    folded = {f.casefold(): f for f in fields}
+    exact, folded = _folded_fields(fields)
     for key in obj:
+        if key in exact:
+            continue   # the common case, without a casefold per key (a history of 100,000 steps)
         field_name = folded.get(key.casefold())
         if field_name is not None and key != field_name:
             raise ImageError(f"{what}: key {key!r} is not {field_name!r} (keys are case-sensitive here,"
@@ -166,6 +222,9 @@ def parse_descriptor(obj, what):
     platform = None
     if obj.get("platform") is not None:
         p = obj["platform"]
+        if isinstance(p, dict):
+            check_field_spelling(p, PLATFORM_FIELDS, f"{what} platform")
+            _check_types(p, _PLATFORM_TYPES, f"{what} platform")
         try:
             platform = Platform.from_dict(p) if isinstance(p, dict) else None
         except ValueError:
@@ -340,6 +399,8 @@ _STRING, _STRINGS, _STRING_MAP, _OBJECT, _BOOL = "a string", "a list of strings"
     "an object", "a boolean"
 _CONFIG_TYPES = {"created": _STRING, "author": _STRING, "os": _STRING, "architecture": _STRING,
                  "variant": _STRING, "os.version": _STRING, "os.features": _STRINGS}
+# lamina does not match on these, but Go's unmarshalling of the whole index fails on another type
+_PLATFORM_TYPES = {"os.version": _STRING, "os.features": _STRINGS}
 _EXEC_TYPES = {"User": _STRING, "WorkingDir": _STRING, "StopSignal": _STRING, "Env": _STRINGS,
                "Entrypoint": _STRINGS, "Cmd": _STRINGS, "Labels": _STRING_MAP, "ExposedPorts": _OBJECT,
                "Volumes": _OBJECT, "ArgsEscaped": _BOOL}
@@ -372,6 +433,7 @@ def _check_config_types(doc, what):
     if execution is not None:
         if not isinstance(execution, dict):
             raise ImageError(f"{what}: config must be an object, not {json.dumps(execution)[:60]}")
+        check_field_spelling(execution, EXEC_FIELDS, f"{what} config")
         _check_types(execution, _EXEC_TYPES, f"{what} config")
     history = doc.get("history")
     if history is not None:
@@ -380,4 +442,5 @@ def _check_config_types(doc, what):
         for i, step in enumerate(history):
             if not isinstance(step, dict):
                 raise ImageError(f"{what}: history[{i}] must be an object, not {json.dumps(step)[:60]}")
+            check_field_spelling(step, HISTORY_FIELDS, f"{what} history[{i}]")
             _check_types(step, _HISTORY_TYPES, f"{what} history[{i}]")

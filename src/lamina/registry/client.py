@@ -49,22 +49,22 @@ TOKEN_DEFAULT_EXPIRY = 60     # seconds, per the token spec
 TOKEN_MAX_EXPIRY = 86400      # a token is asked for again after a day, whatever its server said
 
 
-def parse_challenge(header):
-    """``Bearer realm="x",service="y",scope="a b"`` -> ("bearer", {"realm": "x", ...})."""
-    if not header:
-        return None, {}
-    header = header.strip()
-    scheme, _, rest = header.partition(" ")
-    params = {}
-    i, n = 0, len(rest)
+def parse_challenges(header):
+    """Every challenge of a WWW-Authenticate value, in order: ``Bearer realm="x",service="y",
+    Basic realm="z"`` -> [("bearer", {"realm": "x", "service": "y"}), ("basic", {"realm": "z"})].
+    Several header lines come joined by ", ", so a challenge ends where a name without "=" starts."""
+    challenges = []
+    rest, i, n = header or "", 0, len(header or "")
     while i < n:
         while i < n and rest[i] in " ,":
             i += 1
         j = i
         while j < n and rest[j] not in "= ,":
             j += 1
-        key = rest[i:j].strip().lower()
+        name = rest[i:j]
         if j >= n or rest[j] != "=":
+            if name:
+                challenges.append((name.lower(), {}))   # a scheme: a new challenge
             i = j + 1
             continue
         j += 1
@@ -83,10 +83,35 @@ def parse_challenge(header):
             while j < n and rest[j] != ",":
                 j += 1
             value = rest[k:j].strip()
-        if key:
-            params[key] = value
+        if name and challenges:   # a parameter before any scheme belongs to none
+            challenges[-1][1][name.lower()] = value
         i = j
-    return scheme.lower(), params
+    return challenges
+
+
+def parse_challenge(header):
+    """The challenge lamina answers: the first Bearer one, else the first Basic one, else the
+    first (containerd's choice among several); (None, {}) when there is none."""
+    challenges = parse_challenges(header)
+    for scheme in ("bearer", "basic"):
+        for c in challenges:
+            if c[0] == scheme:
+                return c
+    return challenges[0] if challenges else (None, {})
+
+
+# Visible ASCII and spaces: what an HTTP header value may hold (RFC 9110 field-vchar, no obs-text).
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+(?: +[\x21-\x7e]+)*")
+
+
+def _go_field(doc, name):
+    """``doc``'s value for the struct field ``name`` as Go's encoding/json fills it: the last key
+    equal to it up to case ("Token", "TOKEN")."""
+    value = None
+    for key, v in doc.items():
+        if key.casefold() == name:
+            value = v
+    return value
 
 
 def registry_json(body):
@@ -276,10 +301,18 @@ class Session:
         doc = registry_json(body)
         if doc is None:
             raise AuthenticationError(f"{self.host}: token server sent invalid JSON")
-        token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            raise AuthenticationError(f"{self.host}: token server sent no token")
+        # docker's client: "access_token" (OAuth2) is used over "token" when both are there
+        token = _go_field(doc, "access_token") or _go_field(doc, "token")
         if not isinstance(token, str) or not token:
             raise AuthenticationError(f"{self.host}: token server sent no token")
-        ttl = doc.get("expires_in")
+        if not _TOKEN_RE.fullmatch(token):
+            # a CR/LF would end the Authorization header and start another one (Go's http refuses
+            # such a header value too); said here, not as http.client's "Invalid header value"
+            raise AuthenticationError(f"{self.host}: token server sent a token that is no HTTP header value "
+                                      f"({len(token)} characters, not all printable ASCII)")
+        ttl = _go_field(doc, "expires_in")
         if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl < float("inf"):
             ttl = TOKEN_DEFAULT_EXPIRY  # also NaN, and a number of 400 digits that no float holds
         return token, float(min(ttl, TOKEN_MAX_EXPIRY))

@@ -495,11 +495,13 @@ class Puller:
         if self.store.has_blob(cdesc.digest):
             with self.store.open_blob(cdesc.digest) as f:
                 data = f.read(MAX_CONFIG_SIZE + 1)
-        else:
-            data = fetch_config(repos, cdesc)
-            self.store.put_blob(data, cdesc.digest)
-            self._config_fetched += 1
-        return data, parse_config(data, what, len(manifest.layers))
+            return data, parse_config(data, what, len(manifest.layers))
+        data = fetch_config(repos, cdesc)
+        # parsed before it is stored: a refused config leaves no blob behind in the store
+        config = parse_config(data, what, len(manifest.layers))
+        self.store.put_blob(data, cdesc.digest)
+        self._config_fetched += 1
+        return data, config
 
     def _layers(self, repos, layer_descs, diff_ids, extra_descs=()):
         chains = chain_ids(diff_ids)

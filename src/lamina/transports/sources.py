@@ -17,10 +17,10 @@ from .. import compression
 from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import ArtifactError, BlobNotFoundError, ImageError, InvalidReferenceError
-from ..oci.blobs import MAX_DOCUMENT_SIZE, TarBlobStore, read_verified
+from ..oci.blobs import read_verified
 from ..oci.dockerarchive import DockerArchive
-from ..oci.layout import OCILayout, open_layout_dir
-from ..oci.model import decode_json, document_media_type
+from ..oci.layout import open_layout_dir
+from ..oci.model import document_media_type
 from ..reference import Reference
 from .output import open_uncompressed
 
@@ -145,14 +145,6 @@ def _store_names(image, asked):
 
 # --- layouts and archives ----------------------------------------------------------
 
-def _read_meta(archive):
-    def read(name):
-        if not archive.has(name):
-            return None
-        return archive.read(name, f"{archive.path}: {name}")
-    return read
-
-
 def open_layout(spec):
     """An OCILayout for ``oci:`` / ``oci-archive:`` (and docker archives that hold one), or None
     for a legacy docker-archive.  Returns (source-to-close, layout-or-None, DockerArchive-or-None)."""
@@ -160,13 +152,7 @@ def open_layout(spec):
         layout = open_layout_dir(spec.path, spec.ref)
         return layout, layout, None
     archive = DockerArchive(spec.path, spec.ref, oci_only=spec.transport == "oci-archive")
-    a = archive.archive
-    if spec.transport == "oci-archive" or a.has("oci-layout"):
-        layout = OCILayout(TarBlobStore(a), _read_meta(a), spec.ref, description=a.path)
-        # docker save of an untagged image writes an empty index.json: its manifest.json is the truth then.
-        if layout.index.manifests or spec.transport == "oci-archive" or not a.has("manifest.json"):
-            return archive, layout, archive
-    return archive, None, archive
+    return archive, archive.layout, archive
 
 
 def from_layout(layout, platform=None, names=()):
@@ -297,9 +283,7 @@ def _layout_images(layout, platform):
 
 def _legacy_images(archive, platform):
     what = f"{archive.description}: manifest.json"
-    entries = decode_json(archive.archive.read("manifest.json", what), what)
-    if not isinstance(entries, list):
-        raise ImageError(f"{what}: expected a list of images")
+    entries = archive.entries   # read and checked as the archive was opened
     # An image listed again (under other tags) is read, and imported, once: read per entry, a
     # manifest.json repeating one image thousands of times cost that many reads of its layers
     # and the square of it in store updates.  A name goes to the last entry giving it, as when
@@ -307,7 +291,7 @@ def _legacy_images(archive, platform):
     images, claims = {}, []   # (Config, Layers) -> ImageData; [(that key, names)] in entry order
     for i, entry in enumerate(entries):
         names = []
-        for tag in (entry.get("RepoTags") or []) if isinstance(entry, dict) else []:
+        for tag in entry.get("RepoTags") or []:
             try:
                 names.append(Reference.parse(tag))
             except InvalidReferenceError as e:
