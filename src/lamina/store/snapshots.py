@@ -224,6 +224,11 @@ def _stale_dirs(paths, hexid, prefix):
         return []
 
 
+def _reason(e):
+    """An OSError of the store's own files, in words: the name relative to the store when it has one."""
+    return f"{os.fsdecode(e.filename)}: {e.strerror}" if e.filename is not None else (e.strerror or str(e))
+
+
 def _present(paths, chain):
     info = read_info(paths, chain)
     return info is not None and info.fs.is_dir()
@@ -333,30 +338,36 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                 trace.event("blob-committed", chain=hexid[:12])
             if tree_ready is not None and hashed is None:
                 tree_ready(tmp / "fs")  # else once the dedup pass has swapped its names (tree_final)
-            size, inodes = disk_usage(tmp / "fs")
-            trace.event("disk-usage", chain=hexid[:12])
-            meta = {"format": FORMAT, "chain_id": chain, "diff_id": diff_id, "parent": parent_chain_id,
-                    "digest": layer_digest, "media_type": media_type, "size": size, "inodes": inodes,
-                    "tar_bytes": stats.bytes, "entries": stats.entries, "created": time.time(),
-                    "markers": marker_kind()}
-            with open(tmp / "meta.json", "w") as f:
-                json.dump(meta, f, indent=2)
-            if hashed is None:
-                syncfs(tmp)
-            else:
-                # Deduplicated here, before the sync: a duplicate is swapped for the shared
-                # object before its data is ever written (see objects.dedup_snapshot).  This also
-                # runs in the layer's own thread, beside the other layers' extraction.
-                final_tree = None if tree_ready is None else (lambda: tree_ready(tmp / "fs"))
-                ds = _objects.dedup_snapshot(paths, tmp, sync=sync, tree_final=final_tree)
-                trace.event("dedup", chain=hexid[:12], plan=f"{ds.plan_seconds:.3f}", sync=f"{ds.sync_seconds:.3f}",
-                            claim=f"{ds.claim_seconds:.3f}", finish=f"{ds.finish_seconds:.3f}")
-            if before_publish is not None:
-                trace.event("wait-lowers-commit", chain=hexid[:12])
-                if not before_publish():
-                    raise NeedsLowers(f"layer {layer_digest}: a layer below it failed")
-            os.rename(tmp, final)
-            fsync_dir(paths.snapshots)
+            try:
+                size, inodes = disk_usage(tmp / "fs")
+                trace.event("disk-usage", chain=hexid[:12])
+                meta = {"format": FORMAT, "chain_id": chain, "diff_id": diff_id, "parent": parent_chain_id,
+                        "digest": layer_digest, "media_type": media_type, "size": size, "inodes": inodes,
+                        "tar_bytes": stats.bytes, "entries": stats.entries, "created": time.time(),
+                        "markers": marker_kind()}
+                with open(tmp / "meta.json", "w") as f:
+                    json.dump(meta, f, indent=2)
+                if hashed is None:
+                    syncfs(tmp)
+                else:
+                    # Deduplicated here, before the sync: a duplicate is swapped for the shared
+                    # object before its data is ever written (see objects.dedup_snapshot).  This also
+                    # runs in the layer's own thread, beside the other layers' extraction.
+                    final_tree = None if tree_ready is None else (lambda: tree_ready(tmp / "fs"))
+                    ds = _objects.dedup_snapshot(paths, tmp, sync=sync, tree_final=final_tree)
+                    trace.event("dedup", chain=hexid[:12], plan=f"{ds.plan_seconds:.3f}",
+                                sync=f"{ds.sync_seconds:.3f}", claim=f"{ds.claim_seconds:.3f}",
+                                finish=f"{ds.finish_seconds:.3f}")
+                if before_publish is not None:
+                    trace.event("wait-lowers-commit", chain=hexid[:12])
+                    if not before_publish():
+                        raise NeedsLowers(f"layer {layer_digest}: a layer below it failed")
+                os.rename(tmp, final)
+                fsync_dir(paths.snapshots)
+            except OSError as e:
+                # the extractor names the entry a full disk stopped; past it, the store's own
+                # files (meta.json, objects, file lists, the sync) said only "60: No space left"
+                raise StoreError(f"layer {layer_digest}: storing its snapshot failed: {_reason(e)}") from e
             trace.event("committed", chain=hexid[:12])
         except BaseException as e:
             abandon(tmp, e, f"{TRASH_PREFIX}{hexid}-{secrets.token_hex(4)}")

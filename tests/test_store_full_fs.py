@@ -1,0 +1,92 @@
+"""A store whose filesystem says no: out of space or out of inodes in each phase of storing an
+image.  Each failure is one `lamina: error:` line naming what failed (the layer, the entry or
+the store's own file), the store stays consistent (fsck clean, earlier images intact, no staging
+left), and the same command succeeds once the filesystem has room again.
+
+tmpfs with `size=` / `nr_inodes=` stands in for a full disk: its limits are exact and a remount
+raises them, so the retry runs on the very store that failed."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+
+import pytest
+
+import ocibuild as ob
+from conftest import require_root
+from storekit import lamina, seeded_bytes
+from test_store_badinput import fails
+
+
+@contextlib.contextmanager
+def _tmpfs(path, **opts):
+    os.makedirs(path, exist_ok=True)
+    options = ",".join(f"{k}={v}" for k, v in opts.items())
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", os.fspath(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", os.fspath(path)], check=True)
+
+
+def _remount(path, **opts):
+    options = ",".join(f"{k}={v}" for k, v in opts.items())
+    subprocess.run(["mount", "-o", f"remount,{options}", os.fspath(path)], check=True)
+
+
+def _inodes_used(path):
+    st = os.statvfs(path)
+    return st.f_files - st.f_ffree
+
+
+def _fan_out(root):
+    d = os.path.join(root, "objects", "blake3")
+    return len(os.listdir(d)) if os.path.isdir(d) else 0
+
+
+def _consistent(root, *, images, tmp_path):
+    """fsck finds nothing, only ``images`` are listed and each unpacks, no staging is left."""
+    out = lamina(root, "fsck").stdout
+    assert "0 errors, 0 warnings" in out, out
+    listed = lamina(root, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert sorted(listed) == sorted(images), listed
+    for i, ref in enumerate(images):
+        lamina(root, "unpack", ref, tmp_path / f"check-{len(os.listdir(tmp_path))}-{i}")
+    for sub in ("snapshots", "ingest", "blobs/sha256"):
+        d = os.path.join(root, sub)
+        left = [n for n in os.listdir(d) if ".tmp-" in n or ".trash-" in n] if os.path.isdir(d) else []
+        assert not left, (sub, left)
+
+
+@pytest.fixture
+def layout(tmp_path):
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"small.txt": b"small\n"}]), "small:1")
+    # ~500 files of distinct content: the dedup pass makes most of the 256 objects/blake3/<xx> dirs
+    lay.add(lay.image([{"n": None, **{f"n/f{i}": b"%d\n" % i for i in range(500)}}]), "many:1")
+    lay.add(lay.image([{"big": None, "big/r.bin": seeded_bytes("r", 3 << 20)}]), "big:1")
+    return lay
+
+
+def test_running_out_of_inodes_in_the_dedup_pass_names_the_layer(tmp_path, layout):
+    """The layer's files all fit, then the pass's objects/blake3/<xx> dirs found no inode.
+    It said "lamina: error: 60: No space left on device": no layer, no store path."""
+    require_root()
+    src = f"oci:{layout.root}"
+    with _tmpfs(tmp_path / "probe", nr_inodes=100000, size="64m") as probe:
+        lamina(probe / "s", "copy", f"{src}:small:1", "small:1")
+        before = _fan_out(probe / "s")
+        lamina(probe / "s", "copy", f"{src}:many:1", "many:1")
+        used, fan_out = _inodes_used(probe), _fan_out(probe / "s") - before
+    assert fan_out > 100, fan_out
+    with _tmpfs(tmp_path / "fs", nr_inodes=used - fan_out // 2, size="64m") as fs:
+        root = fs / "s"
+        lamina(root, "copy", f"{src}:small:1", "small:1")
+        msg = fails(root, "copy", f"{src}:many:1", "many:1", match="No space left on device")
+        assert msg.startswith("lamina: error: layer sha256:"), msg
+        assert "objects/blake3/" in msg, msg
+        _consistent(root, images=["small:1"], tmp_path=tmp_path)
+        _remount(fs, nr_inodes=100000)
+        lamina(root, "copy", f"{src}:many:1", "many:1")
+        _consistent(root, images=["small:1", "many:1"], tmp_path=tmp_path)
