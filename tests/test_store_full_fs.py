@@ -90,3 +90,20 @@ def test_running_out_of_inodes_in_the_dedup_pass_names_the_layer(tmp_path, layou
         _remount(fs, nr_inodes=100000)
         lamina(root, "copy", f"{src}:many:1", "many:1")
         _consistent(root, images=["small:1", "many:1"], tmp_path=tmp_path)
+
+
+def test_a_full_disk_while_a_blob_is_ingested_names_the_blob(tmp_path, layout):
+    """A 3 MiB incompressible layer copied into a store with 2 MiB free.
+    It said "lamina: error: No space left on device", and nothing more."""
+    require_root()
+    src = f"oci:{layout.root}"
+    with _tmpfs(tmp_path / "fs", size="2m") as fs:
+        root = fs / "s"
+        lamina(root, "copy", f"{src}:small:1", "small:1")
+        msg = fails(root, "copy", f"{src}:big:1", "big:1", match="No space left on device")
+        assert msg.startswith("lamina: error: blob sha256:"), msg
+        assert f"the store {root}" in msg, msg
+        _consistent(root, images=["small:1"], tmp_path=tmp_path)
+        _remount(fs, size="64m")
+        lamina(root, "copy", f"{src}:big:1", "big:1")
+        _consistent(root, images=["small:1", "big:1"], tmp_path=tmp_path)
