@@ -3939,7 +3939,7 @@ cdef class Extractor:
     cdef _step_error(self, int step, int e, object name):
         """The error a nogil block's failed ``step`` stands for, as _oserror words it."""
         op = ("create", "write", "chown", "chmod", "set times of", "symlink", "mkdir", "mark opaque")[step - 1]
-        raise _errors.ExtractError(f"entry {_show(name)}: {op} failed: {os.strerror(e)}")
+        raise _errors.ExtractError(f"entry {_show(name)}: {op} failed: {os.strerror(e)}", errno=e)
 
     cdef bint _link_object(self, int pfd, bytes base, bytes name, int64_t size) except -1:
         """Name the entry by a hardlink to the store's object with its payload (in the chunk
@@ -5360,4 +5360,4 @@ cdef class Extractor:
 
     cdef _oserror(self, str op, object name):
         e = errno
-        raise _errors.ExtractError(f"entry {_show(name)}: {op} failed: {os.strerror(e)}")
+        raise _errors.ExtractError(f"entry {_show(name)}: {op} failed: {os.strerror(e)}", errno=e)
