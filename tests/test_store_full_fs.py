@@ -83,6 +83,7 @@ def layout(tmp_path):
     # ~500 files of distinct content: the dedup pass makes most of the 256 objects/blake3/<xx> dirs
     lay.add(lay.image([{"n": None, **{f"n/f{i}": b"%d\n" % i for i in range(500)}}]), "many:1")
     lay.add(lay.image([{"big": None, "big/r.bin": seeded_bytes("r", 3 << 20)}]), "big:1")
+    lay.add(lay.image([{"z": None, "z/one.bin": b"one\n" * 1000}]), "one:1")
     return lay
 
 
@@ -163,3 +164,31 @@ def test_fsck_on_a_full_disk_does_not_call_a_good_layer_bad(tmp_path, layout):
             assert "free space on the store's filesystem and run lamina fsck again" in proc.stdout, proc.stdout
         os.unlink(fs / "filler")
         _consistent(root, images=["small:1"], tmp_path=tmp_path)
+
+
+def test_running_out_of_inodes_at_each_step_of_storing_a_layer_names_the_layer(tmp_path, layout):
+    """A compact store (keep-blobs false) with 1 to 7 inodes too few for a one-file layer: the
+    last inodes go to the snapshot's staging dir, its fs/ and hashed/ dirs, the file, meta.json,
+    the file list and the sidecar.  Past the file's own entry, errors said only
+    "lamina: error: /…/snapshots/.tmp-…/hashed: No space left on device"."""
+    require_root()
+    src = f"oci:{layout.root}"
+
+    def store_on(fs):
+        root = fs / "s"
+        lamina(root, "config", "set", "keep-blobs", "false")
+        lamina(root, "copy", f"{src}:small:1", "small:1")
+        return root
+
+    with _tmpfs(tmp_path / "probe", nr_inodes=100000, size="64m") as probe:
+        lamina(store_on(probe), "copy", f"{src}:one:1", "one:1")
+        used = _inodes_used(probe)
+    for missing in range(1, 8):
+        with _tmpfs(tmp_path / f"fs{missing}", nr_inodes=used - missing, size="64m") as fs:
+            root = store_on(fs)
+            msg = fails(root, "copy", f"{src}:one:1", "one:1", match="No space left on device")
+            assert msg.startswith("lamina: error: layer sha256:"), (missing, msg)
+            _consistent(root, images=["small:1"], tmp_path=tmp_path)
+            _remount(fs, nr_inodes=100000)
+            lamina(root, "copy", f"{src}:one:1", "one:1")
+            _consistent(root, images=["small:1", "one:1"], tmp_path=tmp_path)

@@ -32,6 +32,7 @@ from before it have none: their directory's owner says it (mounts.py).
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import json
 import os
 import secrets
@@ -224,9 +225,13 @@ def _stale_dirs(paths, hexid, prefix):
         return []
 
 
-def _reason(e):
-    """An OSError of the store's own files, in words: the name relative to the store when it has one."""
-    return f"{os.fsdecode(e.filename)}: {e.strerror}" if e.filename is not None else (e.strerror or str(e))
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _storing_failed(layer_digest, e):
+    """The StoreError for an OSError of the store's own files while it stores a layer's snapshot."""
+    reason = f"{os.fsdecode(e.filename)}: {e.strerror}" if e.filename is not None else (e.strerror or str(e))
+    return StoreError(f"layer {layer_digest}: storing its snapshot failed: {reason}")
 
 
 def _present(paths, chain):
@@ -285,8 +290,13 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
         if final.exists():  # a snapshot dir without fs/ or of an old format: never a usable snapshot
             _discard(paths, final, hexid)
         tmp = paths.snapshots / f"{TMP_PREFIX}{hexid}-{os.getpid()}-{secrets.token_hex(4)}"
-        os.makedirs(paths.snapshots, exist_ok=True)
-        os.mkdir(tmp, 0o755)
+        try:
+            os.makedirs(paths.snapshots, exist_ok=True)
+            os.mkdir(tmp, 0o755)
+        except OSError as e:
+            if e.errno in _FULL:
+                raise _storing_failed(layer_digest, e) from e
+            raise
         hashed = _objects.hashed_dir(paths, tmp)
         writing = [hashed is not None and source is None]  # counted in _WRITERS
         if writing[0]:
@@ -329,6 +339,10 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                                  hash_files_into=hashed, link_objects=_objects.linkable_dir(paths, hashed),
                                  lower_shared=lambda fs: pause_writing(
                                      lambda: _dedup_shared(paths, fs, opened.get(fs))))
+            except OSError as e:  # the extractor's own dirs (fs/, hashed/); the entries' errors name them
+                if e.errno in _FULL:
+                    raise _storing_failed(layer_digest, e) from e
+                raise
             finally:
                 for name in opened:
                     os.close(int(name.rsplit("/", 1)[1]))
@@ -367,7 +381,7 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
             except OSError as e:
                 # the extractor names the entry a full disk stopped; past it, the store's own
                 # files (meta.json, objects, file lists, the sync) said only "60: No space left"
-                raise StoreError(f"layer {layer_digest}: storing its snapshot failed: {_reason(e)}") from e
+                raise _storing_failed(layer_digest, e) from e
             trace.event("committed", chain=hexid[:12])
         except BaseException as e:
             abandon(tmp, e, f"{TRASH_PREFIX}{hexid}-{secrets.token_hex(4)}")
