@@ -192,3 +192,26 @@ def test_running_out_of_inodes_at_each_step_of_storing_a_layer_names_the_layer(t
             _remount(fs, nr_inodes=100000)
             lamina(root, "copy", f"{src}:one:1", "one:1")
             _consistent(root, images=["small:1", "one:1"], tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["save", "-o", "{out}/a.tar", "big:1"], "{out}/a.tar"),
+    (["copy", "big:1", "oci-archive:{out}/a.tar"], "{out}/a.tar"),
+    (["copy", "big:1", "docker-archive:{out}/a.tar"], "{out}/a.tar"),
+    (["copy", "big:1", "oci:{out}/lay:big"], "{out}/lay/blobs/sha256/"),
+], ids=["save", "oci-archive", "docker-archive", "oci"])
+def test_a_full_disk_while_writing_a_layer_out_names_the_file(tmp_path, layout, argv, named):
+    """The 3 MiB layer of big:1 written where 2 MiB are free.  save and copy to an archive blamed
+    the layer ("layer sha256:... (diffID ...): [Errno 28] No space left on device (expected
+    ... bytes)"), copy to a layout said "No space left on device" alone."""
+    require_root()
+    root = tmp_path / "s"
+    lamina(root, "copy", f"oci:{layout.root}:big:1", "big:1")
+    with _tmpfs(tmp_path / "out", size="2m") as out:
+        msg = fails(root, *[a.format(out=out) for a in argv], match="No space left on device")
+        assert msg.startswith(f"lamina: error: {named.format(out=out)}"), msg
+        left = [n for _, _, files in os.walk(out) for n in files if "tmp" in n]
+        assert not left, left
+        _remount(out, size="64m")
+        lamina(root, *[a.format(out=out) for a in argv])
+    _consistent(root, images=["big:1"], tmp_path=tmp_path)
