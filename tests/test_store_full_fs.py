@@ -215,3 +215,31 @@ def test_a_full_disk_while_writing_a_layer_out_names_the_file(tmp_path, layout, 
         _remount(out, size="64m")
         lamina(root, *[a.format(out=out) for a in argv])
     _consistent(root, images=["big:1"], tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("stdin", [False, True], ids=["file", "stdin"])
+def test_a_full_disk_during_load_names_what_failed(tmp_path, layout, stdin):
+    """load of a docker-archive holding a 3 MiB layer into a store with 2 MiB free.  From stdin
+    the spool file filled the disk: "lamina: error: No space left on device", nothing more."""
+    require_root()
+    archive = tmp_path / "big.tar"
+    lamina(tmp_path / "src", "copy", f"oci:{layout.root}:big:1", "big:1")
+    lamina(tmp_path / "src", "save", "-o", archive, "big:1")
+    argv = ["load"] if stdin else ["load", "-i", archive]
+
+    def load(root, **kw):
+        with open(archive, "rb") as f:
+            return lamina(root, *argv, stdin=f, **kw) if stdin else lamina(root, *argv, **kw)
+
+    with _tmpfs(tmp_path / "fs", size="2m") as fs:
+        root = fs / "s"
+        lamina(root, "copy", f"oci:{layout.root}:small:1", "small:1")
+        with open(archive, "rb") as f:
+            msg = fails(root, *argv, match="No space left on device", stdin=f if stdin else None)
+        expected = (f"lamina: error: the archive on stdin: no room to spool it in the store {root}: " if stdin
+                    else "lamina: error: blob sha256:")
+        assert msg.startswith(expected), msg
+        _consistent(root, images=["small:1"], tmp_path=tmp_path)
+        _remount(fs, size="64m")
+        load(root)
+        _consistent(root, images=["small:1", "big:1"], tmp_path=tmp_path)
