@@ -4781,6 +4781,15 @@ cdef class Extractor:
             if rc < 0:
                 if self._xattr_refused(name, k, errno):
                     continue
+                e = errno
+                if e == _errno.ENOSPC or e == _errno.E2BIG:
+                    # ext4 keeps an inode's xattrs in one block: "No space left" with the disk
+                    # half empty sent users to free space and fail again
+                    size = sum(len(x) + len(y) for x, y in self.cur_xattrs.items())
+                    raise _errors.ExtractError(
+                        f"entry {_show(name)}: set xattr {_show(k)} failed: {os.strerror(e)} (its "
+                        f"{len(self.cur_xattrs)} xattrs hold {size} bytes: more than this filesystem keeps "
+                        f"on one inode, or it is full)", errno=e)
                 self._oserror(f"set xattr {_show(k)}", name)
 
     cdef bint _xattr_refused(self, object name, object k, int e) except -1:

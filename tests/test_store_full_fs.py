@@ -243,3 +243,72 @@ def test_a_full_disk_during_load_names_what_failed(tmp_path, layout, stdin):
         _remount(fs, size="64m")
         load(root)
         _consistent(root, images=["small:1", "big:1"], tmp_path=tmp_path)
+
+
+# --- ext4's own limits, on every path (everypath.run_paths) ---
+
+@contextlib.contextmanager
+def _ext4(path, block_size):
+    """A fresh 64 MiB ext4 (sparse image) with ``block_size`` mounted on ``path``."""
+    from conftest import require_tool, run
+    require_tool("mkfs.ext4")
+    img = f"{path}.img"
+    with open(img, "wb") as f:
+        f.truncate(64 << 20)
+    run("mkfs.ext4", "-q", "-F", "-b", str(block_size), img)
+    os.makedirs(path, exist_ok=True)
+    run("mount", "-o", "loop", img, path)
+    try:
+        yield path
+    finally:
+        import gc
+        gc.collect()   # run_paths's Store objects hold fds on the mount
+        if subprocess.run(["umount", os.fspath(path)]).returncode != 0:
+            subprocess.run(["umount", "-l", os.fspath(path)], check=True)
+        os.unlink(img)
+
+
+def _refused_everywhere(work, layer, *needles):
+    from everypath import PATHS, run_paths
+    results = run_paths(work, [layer])
+    assert set(results) == set(PATHS), results
+    for path, err in results.items():
+        assert isinstance(err, Exception), (path, err)
+        assert all(n in str(err) for n in needles), (path, err)
+    _consistent_store(work / "store")
+
+
+def _consistent_store(root):
+    fsck = lamina(root, "fsck", check=False)
+    assert fsck.returncode == 0 and " 0 errors, 0 warnings" in fsck.stdout, fsck.stdout + fsck.stderr
+    assert not os.listdir(root / "snapshots"), os.listdir(root / "snapshots")
+
+
+@pytest.mark.parametrize("xattrs", [
+    {f"user.k{i}": "v" * 1000 for i in range(6)},   # 6 KB: more than the one 4 KiB block ext4 gives an inode
+    {"user.big": "v" * 65536},                      # one value of XATTR_SIZE_MAX (xfs keeps it)
+], ids=["many", "one-64k"])
+def test_xattrs_ext4_cannot_hold_on_one_inode_are_refused_by_entry_and_xattr_on_every_path(g, xattrs):
+    """Every path said "entry 'd/f': set xattr 'user.k3' failed: No space left on device" on a
+    disk with 50 MB free: the user frees space and fails again.  The error now says why."""
+    require_root()
+    from tarbuild import Tar
+    layer = Tar().dir("d").pax({f"SCHILY.xattr.{k}": v for k, v in xattrs.items()}.items()).file("d/f", b"x").bytes()
+    with _ext4(g.dest / "ext4", 4096) as work:
+        _refused_everywhere(work, layer, "entry 'd/f': set xattr 'user.", "No space left on device",
+                            f"its {len(xattrs)} xattrs hold", "more than this filesystem keeps on one inode")
+
+
+def test_a_sparse_file_past_ext4s_largest_file_is_refused_by_entry_on_every_path(g):
+    """4 TiB of holes (within lamina's sparse limit) on an ext4 of 1 KiB blocks, whose files end
+    before 4 TiB: refused by name on every path, nothing written out, the store clean.  No other
+    test meets EFBIG (tmpfs and 4 KiB-block ext4 take any size lamina allows)."""
+    require_root()
+    from tarbuild import Tar
+    from tarvectors import archive, sparse_pax_10
+    big = 4 << 40
+    layer = archive(Tar().dir("var").bytes(end=False),
+                    sparse_pax_10("var/huge", big, [(0, b"head" * 1024), (big - 4096, b"tail" * 1024)]))
+    with _ext4(g.dest / "ext4", 1024) as work:
+        _refused_everywhere(work, layer, "entry 'var/huge'", "File too large")
+        assert os.statvfs(work).f_bfree * 1024 > 40 << 20   # the holes were never written out
