@@ -3939,7 +3939,7 @@ cdef class Extractor:
     cdef _step_error(self, int step, int e, object name):
         """The error a nogil block's failed ``step`` stands for, as _oserror words it."""
         op = ("create", "write", "chown", "chmod", "set times of", "symlink", "mkdir", "mark opaque")[step - 1]
-        raise _errors.ExtractError(f"entry {_show(name)}: {op} failed: {os.strerror(e)}")
+        raise _errors.ExtractError(f"entry {_show(name)}: {op} failed: {os.strerror(e)}", errno=e)
 
     cdef bint _link_object(self, int pfd, bytes base, bytes name, int64_t size) except -1:
         """Name the entry by a hardlink to the store's object with its payload (in the chunk
@@ -4781,6 +4781,15 @@ cdef class Extractor:
             if rc < 0:
                 if self._xattr_refused(name, k, errno):
                     continue
+                e = errno
+                if e == _errno.ENOSPC or e == _errno.E2BIG:
+                    # ext4 keeps an inode's xattrs in one block: "No space left" with the disk
+                    # half empty sent users to free space and fail again
+                    size = sum(len(x) + len(y) for x, y in self.cur_xattrs.items())
+                    raise _errors.ExtractError(
+                        f"entry {_show(name)}: set xattr {_show(k)} failed: {os.strerror(e)} (its "
+                        f"{len(self.cur_xattrs)} xattrs hold {size} bytes: more than this filesystem keeps "
+                        f"on one inode, or it is full)", errno=e)
                 self._oserror(f"set xattr {_show(k)}", name)
 
     cdef bint _xattr_refused(self, object name, object k, int e) except -1:
@@ -5360,4 +5369,4 @@ cdef class Extractor:
 
     cdef _oserror(self, str op, object name):
         e = errno
-        raise _errors.ExtractError(f"entry {_show(name)}: {op} failed: {os.strerror(e)}")
+        raise _errors.ExtractError(f"entry {_show(name)}: {op} failed: {os.strerror(e)}", errno=e)

@@ -162,7 +162,7 @@ cdef class FanOut:
         if fd == -2:
             raise ValueError(f"not an object name: {name!r}")
         if fd < 0:
-            raise OSError(errno, __import__("os").strerror(errno), name[:2])
+            raise OSError(errno, __import__("os").strerror(errno), "objects/blake3/" + name[:2])
         return fd
 
     cdef int fd_of(self, const char *hex2) noexcept nogil:

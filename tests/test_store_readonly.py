@@ -7,6 +7,7 @@ import pytest
 
 import ocibuild as ob
 from storekit import fingerprint, lamina
+from registryfixture import reg, registry_env, skopeo_push  # noqa: F401
 from test_store_badinput import fails
 
 
@@ -149,3 +150,33 @@ def test_mount_of_a_read_only_store_needs_its_layers_extracted(ro_root, runtime_
     assert "not extracted" in msg, msg
     assert not _is_mounted(tmp_path / "mnt")
     assert list(runtime_dir.glob("lamina-stores/*/mounts/*")) == []
+
+
+def test_save_and_copy_out_of_a_read_only_store(ro_root, tmp_path):
+    """The readers that write outside the store: save and copy to an archive or a layout."""
+    ro, rw = ro_root
+    before = fingerprint(rw)
+    lamina(ro, "save", "-o", tmp_path / "a.tar", "app:1")
+    lamina(ro, "copy", "app:1", f"oci-archive:{tmp_path / 'b.tar'}")
+    lamina(ro, "copy", "app:1", f"oci:{tmp_path / 'lay'}:app")
+    probe = tmp_path / "probe"
+    lamina(probe, "load", "-i", tmp_path / "a.tar")
+    lamina(probe, "copy", f"oci:{tmp_path / 'lay'}:app", "app:2")
+    lamina(probe, "unpack", "app:2", tmp_path / "out")
+    assert (tmp_path / "out" / "b").read_bytes() == b"second\n"
+    assert fingerprint(rw) == before
+
+
+def test_every_way_in_says_the_store_is_read_only(ro_root, tmp_path, reg, registry_env):
+    """copy into the store, load, pull and config set, like rmi and tag."""
+    ro, rw = ro_root
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"c": b"third\n"}]), "app:3")
+    lamina(tmp_path / "src", "copy", f"oci:{lay.root}:app:3", "app:3")
+    lamina(tmp_path / "src", "save", "-o", tmp_path / "c.tar", "app:3")
+    skopeo_push(f"oci:{lay.root}:app:3", reg.host, "app:3")
+    before = fingerprint(rw)
+    for verb in (["copy", f"oci:{lay.root}:app:3", "app:3"], ["load", "-i", tmp_path / "c.tar"],
+                 ["pull", f"{reg.host}/app:3"], ["config", "set", "dedup", "false"]):
+        fails(ro, *verb, match="is read-only")
+    assert fingerprint(rw) == before

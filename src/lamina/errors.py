@@ -37,7 +37,14 @@ class LimitExceededError(InvalidArchiveError):
 
 
 class ExtractError(LaminaError):
-    """The filesystem refused an operation while applying an entry."""
+    """The filesystem refused an operation while applying an entry.
+
+    ``errno`` is the system's error number when a system call said no (None otherwise), so a
+    caller can tell a full disk (ENOSPC, EDQUOT) from what the layer asked for."""
+
+    def __init__(self, *args, errno=None):
+        super().__init__(*args)
+        self.errno = errno
 
 
 class MaterializeError(ExtractError):

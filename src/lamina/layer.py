@@ -154,9 +154,12 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=
                 _refuse_foreign(head, what, e)
             if str(e).startswith(what):
                 raise
-            raise type(e)(f"{what}: {e}") from e  # say which layer, not only which entry
+            named = type(e)(f"{what}: {e}")  # say which layer, not only which entry
+            if isinstance(e, errors.ExtractError):
+                named.errno = e.errno
+            raise named from e
         except OSError as e:
-            raise errors.ExtractError(f"{what}: {e}") from e
+            raise errors.ExtractError(f"{what}: {e}", errno=e.errno) from e
     finally:
         extractor.close()
         if owned:

@@ -15,6 +15,7 @@ writing, so every partial and temp dir it finds is stale:
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import json
 import os
 import secrets
@@ -36,6 +37,7 @@ from .paths import OCI_LAYOUT
 from .treediff import first_difference
 
 _PERMANENT_LOCKS = ("gc.lock", "index.lock")
+_FULL = (errno.ENOSPC, errno.EDQUOT)  # a full filesystem or quota, never a trait of the layer
 
 
 @dataclass
@@ -343,7 +345,16 @@ class Checker:
                 f = self.report.add("error", "bad-snapshot", chain,
                                     f"snapshot {chain}: differs from layer {info.digest}: {diff}")
                 self._fix(f, lambda: self._replace_snapshot(chain, fresh))
-        except LaminaError as e:
+        except (LaminaError, OSError) as e:
+            if getattr(e, "errno", None) in _FULL:
+                # the check's own extraction found the disk full: nothing is known of the
+                # snapshot, and calling its layer bad sent users to delete a good image
+                self.report.add("warning", "unverifiable-snapshot", chain,
+                                f"snapshot {chain}: no room to extract its layer again to check it "
+                                f"({_words(e)}); free space on the store's filesystem and run lamina fsck again")
+                return
+            if isinstance(e, OSError):
+                raise
             self.report.add("error", "bad-layer", info.digest, f"snapshot {chain}: layer {info.digest}"
                             f" does not extract: {e}")
         finally:
@@ -418,6 +429,10 @@ class Checker:
             f = self.report.add("warning", "stale-lock", str(path), f"locks/{n}: lock file of a process that"
                                 " was killed")
             self._fix(f, lambda p=path: remove_if_unlocked(p))
+
+
+def _words(e):
+    return e.strerror if isinstance(e, OSError) else str(e)
 
 
 def _hash_or_error(path):

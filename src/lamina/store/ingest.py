@@ -111,8 +111,13 @@ class IngestWriter:
             raise ImageError(f"blob {self.digest}: more data than the expected {self.size} bytes")
         view = memoryview(data)
         self._hash.update(view)
-        while view:
-            view = view[os.write(self._fd, view):]
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as e:
+            # a full disk said only "No space left on device": which blob, which store
+            raise StoreError(f"blob {self.digest}: cannot write it into the store {self._paths.root}: "
+                             f"{e.strerror}") from e
         self.offset += len(data)
         return len(data)
 

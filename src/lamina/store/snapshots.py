@@ -32,6 +32,7 @@ from before it have none: their directory's owner says it (mounts.py).
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import json
 import os
 import secrets
@@ -224,6 +225,15 @@ def _stale_dirs(paths, hexid, prefix):
         return []
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _storing_failed(layer_digest, e):
+    """The StoreError for an OSError of the store's own files while it stores a layer's snapshot."""
+    reason = f"{os.fsdecode(e.filename)}: {e.strerror}" if e.filename is not None else (e.strerror or str(e))
+    return StoreError(f"layer {layer_digest}: storing its snapshot failed: {reason}")
+
+
 def _present(paths, chain):
     info = read_info(paths, chain)
     return info is not None and info.fs.is_dir()
@@ -280,8 +290,13 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
         if final.exists():  # a snapshot dir without fs/ or of an old format: never a usable snapshot
             _discard(paths, final, hexid)
         tmp = paths.snapshots / f"{TMP_PREFIX}{hexid}-{os.getpid()}-{secrets.token_hex(4)}"
-        os.makedirs(paths.snapshots, exist_ok=True)
-        os.mkdir(tmp, 0o755)
+        try:
+            os.makedirs(paths.snapshots, exist_ok=True)
+            os.mkdir(tmp, 0o755)
+        except OSError as e:
+            if e.errno in _FULL:
+                raise _storing_failed(layer_digest, e) from e
+            raise
         hashed = _objects.hashed_dir(paths, tmp)
         writing = [hashed is not None and source is None]  # counted in _WRITERS
         if writing[0]:
@@ -324,6 +339,10 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                                  hash_files_into=hashed, link_objects=_objects.linkable_dir(paths, hashed),
                                  lower_shared=lambda fs: pause_writing(
                                      lambda: _dedup_shared(paths, fs, opened.get(fs))))
+            except OSError as e:  # the extractor's own dirs (fs/, hashed/); the entries' errors name them
+                if e.errno in _FULL:
+                    raise _storing_failed(layer_digest, e) from e
+                raise
             finally:
                 for name in opened:
                     os.close(int(name.rsplit("/", 1)[1]))
@@ -333,30 +352,36 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                 trace.event("blob-committed", chain=hexid[:12])
             if tree_ready is not None and hashed is None:
                 tree_ready(tmp / "fs")  # else once the dedup pass has swapped its names (tree_final)
-            size, inodes = disk_usage(tmp / "fs")
-            trace.event("disk-usage", chain=hexid[:12])
-            meta = {"format": FORMAT, "chain_id": chain, "diff_id": diff_id, "parent": parent_chain_id,
-                    "digest": layer_digest, "media_type": media_type, "size": size, "inodes": inodes,
-                    "tar_bytes": stats.bytes, "entries": stats.entries, "created": time.time(),
-                    "markers": marker_kind()}
-            with open(tmp / "meta.json", "w") as f:
-                json.dump(meta, f, indent=2)
-            if hashed is None:
-                syncfs(tmp)
-            else:
-                # Deduplicated here, before the sync: a duplicate is swapped for the shared
-                # object before its data is ever written (see objects.dedup_snapshot).  This also
-                # runs in the layer's own thread, beside the other layers' extraction.
-                final_tree = None if tree_ready is None else (lambda: tree_ready(tmp / "fs"))
-                ds = _objects.dedup_snapshot(paths, tmp, sync=sync, tree_final=final_tree)
-                trace.event("dedup", chain=hexid[:12], plan=f"{ds.plan_seconds:.3f}", sync=f"{ds.sync_seconds:.3f}",
-                            claim=f"{ds.claim_seconds:.3f}", finish=f"{ds.finish_seconds:.3f}")
-            if before_publish is not None:
-                trace.event("wait-lowers-commit", chain=hexid[:12])
-                if not before_publish():
-                    raise NeedsLowers(f"layer {layer_digest}: a layer below it failed")
-            os.rename(tmp, final)
-            fsync_dir(paths.snapshots)
+            try:
+                size, inodes = disk_usage(tmp / "fs")
+                trace.event("disk-usage", chain=hexid[:12])
+                meta = {"format": FORMAT, "chain_id": chain, "diff_id": diff_id, "parent": parent_chain_id,
+                        "digest": layer_digest, "media_type": media_type, "size": size, "inodes": inodes,
+                        "tar_bytes": stats.bytes, "entries": stats.entries, "created": time.time(),
+                        "markers": marker_kind()}
+                with open(tmp / "meta.json", "w") as f:
+                    json.dump(meta, f, indent=2)
+                if hashed is None:
+                    syncfs(tmp)
+                else:
+                    # Deduplicated here, before the sync: a duplicate is swapped for the shared
+                    # object before its data is ever written (see objects.dedup_snapshot).  This also
+                    # runs in the layer's own thread, beside the other layers' extraction.
+                    final_tree = None if tree_ready is None else (lambda: tree_ready(tmp / "fs"))
+                    ds = _objects.dedup_snapshot(paths, tmp, sync=sync, tree_final=final_tree)
+                    trace.event("dedup", chain=hexid[:12], plan=f"{ds.plan_seconds:.3f}",
+                                sync=f"{ds.sync_seconds:.3f}", claim=f"{ds.claim_seconds:.3f}",
+                                finish=f"{ds.finish_seconds:.3f}")
+                if before_publish is not None:
+                    trace.event("wait-lowers-commit", chain=hexid[:12])
+                    if not before_publish():
+                        raise NeedsLowers(f"layer {layer_digest}: a layer below it failed")
+                os.rename(tmp, final)
+                fsync_dir(paths.snapshots)
+            except OSError as e:
+                # the extractor names the entry a full disk stopped; past it, the store's own
+                # files (meta.json, objects, file lists, the sync) said only "60: No space left"
+                raise _storing_failed(layer_digest, e) from e
             trace.event("committed", chain=hexid[:12])
         except BaseException as e:
             abandon(tmp, e, f"{TRASH_PREFIX}{hexid}-{secrets.token_hex(4)}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..errors import ImageNotFoundError, InvalidReferenceError
+from ..errors import ImageNotFoundError, InvalidReferenceError, StoreError
 from ..reference import Reference
 from .spec import STORE, ImageSpec, parse
 from .sources import ImageData, archive_images, from_store, open_image
@@ -102,12 +102,20 @@ def load_stream(stream, *, store, platform=None, report=None):
     import shutil
     import tempfile
     from ..errors import LaminaError
+    from .output import _FULL
     store.lease()
     fd, spooled = tempfile.mkstemp(prefix="load-", suffix=".tmp", dir=store.paths.ingest)
     try:
-        with os.fdopen(fd, "wb") as f:
-            shutil.copyfileobj(stream, f, 1 << 20)
-            empty = f.tell() == 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(stream, f, 1 << 20)
+                empty = f.tell() == 0
+        except OSError as e:
+            if e.errno not in _FULL:
+                raise
+            # else "No space left on device" alone: the spool file is ours, the store's disk is full
+            raise StoreError(f"the archive on stdin: no room to spool it in the store {store.paths.root}: "
+                             f"{e.strerror}") from None
         if empty:
             raise InvalidReferenceError("nothing to load: stdin was empty (give the archive with -i FILE "
                                         "or lamina load < FILE)")

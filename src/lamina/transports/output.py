@@ -49,6 +49,9 @@ class VerifyingReader:
             raise DigestMismatchError(self.what, self.expected, actual)
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only a write fails with
+
+
 def add_stream(tar, name, size, fileobj, expected, what, mode=0o644):
     """Add a member from a stream of known size, verifying its digest."""
     info = tarfile.TarInfo(name)
@@ -59,6 +62,8 @@ def add_stream(tar, name, size, fileobj, expected, what, mode=0o644):
     except BrokenPipeError:
         raise  # the reader of our output went away (save | head): not a fault of the layer
     except OSError as e:
+        if e.errno in _FULL:
+            raise  # the archive's disk is full (atomic_output names the archive), not the layer short
         # tarfile says "unexpected end of data" when the stream is short
         raise ImageError(f"{what}: {e} (expected {size} bytes)") from None
     reader.check()
@@ -80,9 +85,6 @@ def add_symlink(tar, name, target):
     info = tarfile.TarInfo(name)
     info.type, info.linkname, info.mode, info.mtime = tarfile.SYMTYPE, target, 0o777, 0
     tar.addfile(info)
-
-
-_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only a write fails with
 
 
 @contextmanager
