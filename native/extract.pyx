@@ -1457,6 +1457,8 @@ cdef list _scan_and_unlink(int fd):
     cdef stat st
     cdef bint more = False
     cdef int err = 0
+    if dfd < 0 and errno == EACCES and fchmod(fd, 0o700) == 0:  # readable, not searchable (rw-)
+        dfd = openat(fd, b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
     if dfd < 0:
         raise OSError(errno, os.strerror(errno))
     d = fdopendir(dfd)
@@ -4223,12 +4225,22 @@ cdef class Extractor:
         creating children changes mtime and a read-only mode would stop them.
         ``st``: the directory's fstat, if taken (a chown to the ids it has is skipped:
         on a directory it changes nothing else, unlike on a file)."""
+        cdef stat now
+        cdef bint acl = False
         if self.is_root and (st == NULL or st.st_uid != self.cur_uid or st.st_gid != self.cur_gid):
             if fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
                 self._oserror("chown", name)
             self.cache_st_fresh = False  # it may be the cached parent, whose owner rules new inodes
         if self.cur_xattrs:
+            # an access ACL sets the owner's bits too (rw-: no search): without root the
+            # owner would be shut out of the directory until the fix-up sets its mode, so the
+            # mode it had goes back on at once (the kernel brings the ACL in step with it)
+            acl = not self.is_root and ACL_ACCESS in self.cur_xattrs
+            if acl and fstat(fd, &now) < 0:
+                self._oserror("stat", name)
             self._set_xattrs(fd, None, name)
+            if acl and fchmod(fd, now.st_mode & 0o7777) < 0:
+                self._oserror("chmod", name)
         if not self.overlay:
             path = self._real_path(fd, path)
         self.fixups.dir(path, self.cur_mode, self.cur_sec, self.cur_nsec, st)

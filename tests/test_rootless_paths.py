@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+import test_fuzz_paths
 from everypath import overlay_mount, write_image
 from layerkit import run_as_nobody, world_tmpdir
 from tarbuild import Tar
@@ -323,6 +324,23 @@ def test_a_read_only_directory_listed_again_gets_the_entrys_xattrs():
     assert (ref["d"].mode, ref["d"].xattrs, ref["d"].mtime) == (0o500, (("user.y", b"up"),), 1_600_000_000)
     assert (ref["e"].mode, ref["e"].xattrs, ref["e"].mtime) == (0o555, (), 1_600_000_000)
     assert (ref["g"].mode, ref["g"].xattrs, ref["g"].mtime) == (0o555, (("user.z", b"up"),), 1_600_000_000)
+
+
+def test_a_directory_whose_access_acl_shuts_its_owner_out_is_written_in():
+    """An access ACL sets the owner's permissions too: user::rw- takes the owner's search
+    away.  As nobody on 4360fa6 a directory (or the root) listed with one failed every path
+    at the next entry under it ("cannot open 'd': Permission denied"), and the dir unpack's
+    cleanup died on the unsearchable staging dir with a PermissionError (found by
+    test_fuzz_rootless.py, seed 20202).  The mode is the header's, the ACL in step with it."""
+    acl = test_fuzz_paths.ACL  # user::rw- user:1000:r-- group::r-- mask::r-- other::r--
+    layer = (Tar().pax({"SCHILY.xattr.system.posix_acl_access": acl}).dir("./", mode=0o755)
+             .pax({"SCHILY.xattr.system.posix_acl_access": acl}).dir("d", mode=0o750)
+             .file("d/f", b"f\n").file("g", b"g\n"))
+    trees, out = run_rootless([layer.bytes()])
+    ref = assert_all_agree(trees, out)
+    assert ref["d"].mode == 0o750 and ref.paths() == ["d", "d/f", "g"]
+    # the ACL's owner, mask and other entries are the mode's: rwx, r-x, ---
+    assert dict(ref["d"].xattrs)["system.posix_acl_access"] == test_fuzz_paths.acl_in_step(acl, 0o750)
 
 
 def test_a_whiteout_of_a_device_node_nobody_could_make_hides_what_is_below():
