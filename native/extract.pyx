@@ -4482,7 +4482,7 @@ cdef class Extractor:
         target = self._normalize(link)
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
-        if target in self.hidden_files:
+        if target in self.hidden_files and self._skipped_file_stays(target):
             return
         tslash = target.rfind(b"/")
         fd = self._resolve_dir(target[:tslash] if tslash > 0 else b"", False, name)
@@ -4494,6 +4494,29 @@ cdef class Extractor:
         close(fd)
         if S_ISDIR(st.st_mode):
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
+
+    cdef bint _skipped_file_stays(self, bytes target) except -1:
+        """Is skipped non-directory ``target`` still where it was, had it been written?  Not
+        when one of its directories was replaced since: by a non-directory skipped after it
+        (an ancestor skipped before it would have failed its entry), or, written, by a
+        symlink or file (no symlink was on its way: it was skipped), or removed (the
+        directories it implied that no upper layer hides were made, and are no longer there)."""
+        cdef int fd
+        cdef Py_ssize_t i = target.rfind(b"/")
+        if i <= 0:
+            return True
+        while i > 0:
+            if target[:i] in self.hidden_files:
+                return False
+            i = target.rfind(b"/", 0, i)
+        fd = self._plain_dir(self.rootfd, target[:target.rfind(b"/")])
+        if fd < 0 and errno == ENOENT:  # not made (hidden), or removed: its visible part must be there
+            visible = self._visible_parent(target)
+            fd = self._plain_dir(self.rootfd, visible)
+        if fd < 0:
+            return False
+        close(fd)
+        return True
 
     cdef inline bint _hides(self, object paths, bytes path):
         if self.hide_level < 0:
