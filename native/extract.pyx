@@ -330,6 +330,12 @@ def parse_pax(bytes data, where):
     return out
 
 
+def _acl_last(item):
+    """Sort key putting the ACLs (an xattr name, or a (name, value) pair) after the other xattrs."""
+    k = item[0] if isinstance(item, tuple) else item
+    return k in (ACL_ACCESS, ACL_DEFAULT, "system.posix_acl_access", "system.posix_acl_default")
+
+
 cdef inline bint _is_xattr_key(bytes k):
     return k.startswith(b"SCHILY.xattr.") or k.startswith(b"LIBARCHIVE.xattr.")
 
@@ -3460,7 +3466,7 @@ cdef class Extractor:
                     pass  # none (ENODATA), or no ACLs here: nothing was given
             elif k == "system.posix_acl_default":
                 self.default_acls = True
-        for k in keys:
+        for k in sorted(keys, key=_acl_last):  # the ACLs last, as _set_xattrs sets them
             if k.startswith(("trusted.overlay.", "user.overlay.")):
                 continue
             try:
@@ -4798,7 +4804,9 @@ cdef class Extractor:
 
     cdef _set_xattrs(self, int fd, bytes lpath, bytes name):
         cdef int rc
-        for k, v in self.cur_xattrs.items():
+        # the ACLs last: an access ACL sets the owner's bits (user::r--), and without root
+        # user.* xattrs need the owner's write
+        for k, v in sorted(self.cur_xattrs.items(), key=_acl_last):
             if k == ACL_DEFAULT:
                 self.default_acls = True
             if fd >= 0:

@@ -343,6 +343,33 @@ def test_a_directory_whose_access_acl_shuts_its_owner_out_is_written_in():
     assert dict(ref["d"].xattrs)["system.posix_acl_access"] == test_fuzz_paths.acl_in_step(acl, 0o750)
 
 
+def test_a_read_only_file_or_directory_with_an_access_acl_keeps_every_xattr_on_every_path():
+    """The ACL of a read-only file (0000, given the owner's read: user::r--) copied before
+    its user.* xattrs takes away the write they need: as nobody on 4360fa6 the store's flatten
+    dropped user.x of such a file (found by test_fuzz_rootless.py, seed 20204), and of a
+    read-only directory (user::r-x) it could not make the entries."""
+    acl = test_fuzz_paths.ACL
+    layer = (Tar().pax({"SCHILY.xattr.system.posix_acl_access": acl, "SCHILY.xattr.user.x": b"1"}).file("f", mode=0)
+             .pax({"SCHILY.xattr.user.x": b"2", "SCHILY.xattr.system.posix_acl_access": acl}).dir("d", mode=0o500)
+             .file("d/g", b"g\n"))
+    trees, out = run_rootless([layer.bytes()])
+    ref = assert_all_agree(trees, out)
+    assert dict(ref["f"].xattrs) == {"user.x": b"1", "system.posix_acl_access": test_fuzz_paths.acl_in_step(acl, 0o400)}
+    assert dict(ref["d"].xattrs) == {"user.x": b"2", "system.posix_acl_access": test_fuzz_paths.acl_in_step(acl, 0o500)}
+    assert ref.paths() == ["d", "d/g", "f"]
+
+
+def test_a_read_only_root_with_an_access_acl_keeps_its_xattrs_in_an_upper_layer():
+    """An overlay layer that does not name the root copies the root's metadata from below:
+    as nobody on 4360fa6 the ACL of a read-only root (user::r-x), copied first, took the write
+    its user.x then needed ("copy xattr 'user.x' failed: Permission denied" on the overlay and
+    store paths; found by test_fuzz_rootless.py, seed 20205)."""
+    acl = test_fuzz_paths.ACL
+    low = Tar().pax({"SCHILY.xattr.system.posix_acl_access": acl, "SCHILY.xattr.user.x": b"1"}).dir("./", mode=0o555)
+    trees, out = run_rootless([low.file("f").bytes(), Tar().file("g").bytes()])
+    assert_all_agree(trees, out)
+
+
 def test_a_whiteout_of_a_device_node_nobody_could_make_hides_what_is_below():
     """Without root a device node is not made, on every path as if the layer did not list it
     (a lower file of that name stays).  A whiteout of that name later in the same layer must
