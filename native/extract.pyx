@@ -4489,6 +4489,10 @@ cdef class Extractor:
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
         if target in self.hidden_files and self._skipped_file_stays(target):
+            if target.startswith(self._normalize(name) + b"/"):
+                # its directories are plain ones (no symlink: see _skipped_file_stays), and the
+                # link would replace one of them, as _hardlink refuses
+                raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to {_show(link)}, which is inside it")
             return
         tslash = target.rfind(b"/")
         fd = self._resolve_dir(target[:tslash] if tslash > 0 else b"", False, name)

@@ -648,6 +648,8 @@ def test_aufs_bookkeeping_is_ignored_and_what_it_holds_refused(g, entry, refused
     # a skipped hardlink to a skipped file whose directory a later entry replaced fails as if written
     [Tar().fifo("a/a/a").file("a"), Tar().hardlink("a", "a/a/a"), Tar().file("a")],
     [Tar().fifo("a/a/a").symlink("a", "b"), Tar().hardlink("c", "a/a/a"), Tar().file("c").file("a")],
+    # ... and one to a skipped file inside the directory it would replace
+    [Tar().fifo("a/a").dir("a").hardlink("a", "a/a"), Tar().file("a")],
 ], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
         "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file", "opaque-then-whiteout",
         "opaque-on-file-then-whiteout", "dir-replaced-by-symlink-keeps-target-mode",
@@ -664,7 +666,8 @@ def test_aufs_bookkeeping_is_ignored_and_what_it_holds_refused(g, entry, refused
         "dir-over-the-lower-symlink-the-cached-parent-went-through",
         "symlink-over-the-lower-symlink-the-cached-parent-went-through",
         "symlink-replaces-the-symlink-the-cached-parent-went-through",
-        "skipped-link-to-skipped-file-under-skipped-file", "skipped-link-to-skipped-file-under-symlink"])
+        "skipped-link-to-skipped-file-under-skipped-file", "skipped-link-to-skipped-file-under-symlink",
+        "skipped-link-to-skipped-file-inside-it"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
 
