@@ -3438,12 +3438,18 @@ cdef class Extractor:
 
     cdef _copy_dir_metadata(self, int src, int dst, bytes phys, object name):
         """A copied-up directory: owner and xattrs now, mode and times at the end."""
-        cdef stat st
+        cdef stat st, now
         if fstat(src, &st) < 0:
             self._oserror("stat lower directory of", name)
         if self.is_root and fchown(dst, st.st_uid, st.st_gid) < 0:
             self._oserror("chown", name)
+        if not self.is_root and fstat(dst, &now) < 0:
+            self._oserror("stat", name)
         self._copy_xattrs(src, dst, name)
+        # the lower copy's access ACL sets the owner's bits (user::r-x of a read-only
+        # directory): without root the mode it had goes back on until the fix-up (_dir_metadata)
+        if not self.is_root and fchmod(dst, now.st_mode & 0o7777) < 0:
+            self._oserror("chmod", name)
         self.fixups.dir(phys, st.st_mode & 0o7777, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, NULL)
         self._fixup_for(dst, phys)
 

@@ -370,6 +370,17 @@ def test_a_read_only_root_with_an_access_acl_keeps_its_xattrs_in_an_upper_layer(
     assert_all_agree(trees, out)
 
 
+def test_a_read_only_directory_with_an_access_acl_is_written_in_by_an_upper_layer():
+    """Copied up into an upper overlay layer, a read-only directory's ACL (user::r-x) took
+    the owner's write: as nobody on 130c769 the next layer's entries under it failed on the
+    overlay and store paths ("mkdir failed: Permission denied"; test_fuzz_rootless.py, seed 20205)."""
+    acl = test_fuzz_paths.ACL
+    low = Tar().pax({"SCHILY.xattr.system.posix_acl_access": acl}).dir("b", mode=0o555)
+    trees, out = run_rootless([low.bytes(), Tar().file("b/a/f").bytes()])
+    ref = assert_all_agree(trees, out)
+    assert ref["b"].mode == 0o555 and ref.paths() == ["b", "b/a", "b/a/f"]
+
+
 def test_a_whiteout_of_a_device_node_nobody_could_make_hides_what_is_below():
     """Without root a device node is not made, on every path as if the layer did not list it
     (a lower file of that name stays).  A whiteout of that name later in the same layer must
