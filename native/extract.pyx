@@ -330,6 +330,12 @@ def parse_pax(bytes data, where):
     return out
 
 
+def _acl_last(item):
+    """Sort key putting the ACLs (an xattr name, or a (name, value) pair) after the other xattrs."""
+    k = item[0] if isinstance(item, tuple) else item
+    return k in (ACL_ACCESS, ACL_DEFAULT, "system.posix_acl_access", "system.posix_acl_default")
+
+
 cdef inline bint _is_xattr_key(bytes k):
     return k.startswith(b"SCHILY.xattr.") or k.startswith(b"LIBARCHIVE.xattr.")
 
@@ -1457,6 +1463,8 @@ cdef list _scan_and_unlink(int fd):
     cdef stat st
     cdef bint more = False
     cdef int err = 0
+    if dfd < 0 and errno == EACCES and fchmod(fd, 0o700) == 0:  # readable, not searchable (rw-)
+        dfd = openat(fd, b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
     if dfd < 0:
         raise OSError(errno, os.strerror(errno))
     d = fdopendir(dfd)
@@ -3438,12 +3446,18 @@ cdef class Extractor:
 
     cdef _copy_dir_metadata(self, int src, int dst, bytes phys, object name):
         """A copied-up directory: owner and xattrs now, mode and times at the end."""
-        cdef stat st
+        cdef stat st, now
         if fstat(src, &st) < 0:
             self._oserror("stat lower directory of", name)
         if self.is_root and fchown(dst, st.st_uid, st.st_gid) < 0:
             self._oserror("chown", name)
+        if not self.is_root and fstat(dst, &now) < 0:
+            self._oserror("stat", name)
         self._copy_xattrs(src, dst, name)
+        # the lower copy's access ACL sets the owner's bits (user::r-x of a read-only
+        # directory): without root the mode it had goes back on until the fix-up (_dir_metadata)
+        if not self.is_root and fchmod(dst, now.st_mode & 0o7777) < 0:
+            self._oserror("chmod", name)
         self.fixups.dir(phys, st.st_mode & 0o7777, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, NULL)
         self._fixup_for(dst, phys)
 
@@ -3466,7 +3480,7 @@ cdef class Extractor:
                     pass  # none (ENODATA), or no ACLs here: nothing was given
             elif k == "system.posix_acl_default":
                 self.default_acls = True
-        for k in keys:
+        for k in sorted(keys, key=_acl_last):  # the ACLs last, as _set_xattrs sets them
             if k.startswith(("trusted.overlay.", "user.overlay.")):
                 continue
             try:
@@ -4231,12 +4245,22 @@ cdef class Extractor:
         creating children changes mtime and a read-only mode would stop them.
         ``st``: the directory's fstat, if taken (a chown to the ids it has is skipped:
         on a directory it changes nothing else, unlike on a file)."""
+        cdef stat now
+        cdef bint acl = False
         if self.is_root and (st == NULL or st.st_uid != self.cur_uid or st.st_gid != self.cur_gid):
             if fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
                 self._oserror("chown", name)
             self.cache_st_fresh = False  # it may be the cached parent, whose owner rules new inodes
         if self.cur_xattrs:
+            # an access ACL sets the owner's bits too (rw-: no search): without root the
+            # owner would be shut out of the directory until the fix-up sets its mode, so the
+            # mode it had goes back on at once (the kernel brings the ACL in step with it)
+            acl = not self.is_root and ACL_ACCESS in self.cur_xattrs
+            if acl and fstat(fd, &now) < 0:
+                self._oserror("stat", name)
             self._set_xattrs(fd, None, name)
+            if acl and fchmod(fd, now.st_mode & 0o7777) < 0:
+                self._oserror("chmod", name)
         if not self.overlay:
             path = self._real_path(fd, path)
         self.fixups.dir(path, self.cur_mode, self.cur_sec, self.cur_nsec, st)
@@ -4478,7 +4502,11 @@ cdef class Extractor:
         target = self._normalize(link)
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
-        if target in self.hidden_files:
+        if target in self.hidden_files and self._skipped_file_stays(target):
+            if target.startswith(self._normalize(name) + b"/"):
+                # its directories are plain ones (no symlink: see _skipped_file_stays), and the
+                # link would replace one of them, as _hardlink refuses
+                raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to {_show(link)}, which is inside it")
             return
         tslash = target.rfind(b"/")
         fd = self._resolve_dir(target[:tslash] if tslash > 0 else b"", False, name)
@@ -4490,6 +4518,29 @@ cdef class Extractor:
         close(fd)
         if S_ISDIR(st.st_mode):
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
+
+    cdef bint _skipped_file_stays(self, bytes target) except -1:
+        """Is skipped non-directory ``target`` still where it was, had it been written?  Not
+        when one of its directories was replaced since: by a non-directory skipped after it
+        (an ancestor skipped before it would have failed its entry), or, written, by a
+        symlink or file (no symlink was on its way: it was skipped), or removed (the
+        directories it implied that no upper layer hides were made, and are no longer there)."""
+        cdef int fd
+        cdef Py_ssize_t i = target.rfind(b"/")
+        if i <= 0:
+            return True
+        while i > 0:
+            if target[:i] in self.hidden_files:
+                return False
+            i = target.rfind(b"/", 0, i)
+        fd = self._plain_dir(self.rootfd, target[:target.rfind(b"/")])
+        if fd < 0 and errno == ENOENT:  # not made (hidden), or removed: its visible part must be there
+            visible = self._visible_parent(target)
+            fd = self._plain_dir(self.rootfd, visible)
+        if fd < 0:
+            return False
+        close(fd)
+        return True
 
     cdef inline bint _hides(self, object paths, bytes path):
         if self.hide_level < 0:
@@ -4771,7 +4822,9 @@ cdef class Extractor:
 
     cdef _set_xattrs(self, int fd, bytes lpath, bytes name):
         cdef int rc
-        for k, v in self.cur_xattrs.items():
+        # the ACLs last: an access ACL sets the owner's bits (user::r--), and without root
+        # user.* xattrs need the owner's write
+        for k, v in sorted(self.cur_xattrs.items(), key=_acl_last):
             if k == ACL_DEFAULT:
                 self.default_acls = True
             if fd >= 0:

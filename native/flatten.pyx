@@ -206,23 +206,30 @@ cdef void _skip(Shared *sh, const char *path, const char *what, const char *deta
         (<object>sh.skipped).append(msg)
 
 
-# which xattrs _copy_xattrs copies: a directory's default ACL goes on last (DEFAULT_ACL_ONLY,
-# once its entries are made), or the kernel would give each of them an ACL the image does not hold
+# which xattrs _copy_xattrs copies: a directory's ACLs go on last (ACLS_ONLY, once its entries
+# are made), or the kernel would give each of them an ACL the image does not hold (the default
+# one), and without root the access one may take the owner's write and search away
 cdef enum:
     ALL_XATTRS = 0
-    BUT_DEFAULT_ACL = 1
-    DEFAULT_ACL_ONLY = 2
+    BUT_ACLS = 1
+    ACLS_ONLY = 2
+
+
+cdef inline bint _acl_xattr(const char *name) noexcept nogil:
+    return strcmp(name, b"system.posix_acl_access") == 0 or strcmp(name, b"system.posix_acl_default") == 0
 
 
 cdef int _copy_xattrs(Shared *sh, int src, int dst, const char *spath, const char *dpath,
                       const char *rel, int which=ALL_XATTRS) noexcept nogil:
-    """Every xattr but overlay's own (``which``: see above), fd to fd (``src >= 0``) or path to path."""
+    """Every xattr but overlay's own (``which``: see above), fd to fd (``src >= 0``) or path to path.
+    The ACLs go on after the others: an access ACL sets the owner's bits (user::r-- of a
+    read-only file), and without root user.* xattrs need the owner's write."""
     cdef ssize_t n, vn
     cdef char *names = NULL
     cdef char *value = NULL
     cdef char *k
     cdef size_t vcap = 0
-    cdef int rc
+    cdef int rc, acls
     while True:
         n = flistxattr(src, NULL, 0) if src >= 0 else llistxattr(spath, NULL, 0)
         if n <= 0:
@@ -234,21 +241,23 @@ cdef int _copy_xattrs(Shared *sh, int src, int dst, const char *spath, const cha
         if errno != ERANGE:
             free(names)
             return 0
-    k = names
-    while k < names + n:
-        if not _overlay_xattr(k) and (which == ALL_XATTRS
-                                      or (strcmp(k, b"system.posix_acl_default") == 0) == (which == DEFAULT_ACL_ONLY)):
-            vn = fgetxattr(src, k, NULL, 0) if src >= 0 else lgetxattr(spath, k, NULL, 0)
-            if vn >= 0 and <size_t>vn + 1 > vcap:
-                vcap = <size_t>vn + 1
-                value = <char *>realloc(value, vcap)
-            if vn >= 0:
-                vn = fgetxattr(src, k, value, vcap) if src >= 0 else lgetxattr(spath, k, value, vcap)
-            if vn >= 0:
-                rc = fsetxattr(dst, k, value, vn, 0) if dst >= 0 else lsetxattr(dpath, k, value, vn, 0)
-                if rc < 0:
-                    _skip(sh, rel, b"xattr", k, errno)
-        k += strlen(k) + 1
+    for acls in range(2):  # the others, then the ACLs
+        if which == (BUT_ACLS if acls else ACLS_ONLY):
+            continue
+        k = names
+        while k < names + n:
+            if not _overlay_xattr(k) and _acl_xattr(k) == acls:
+                vn = fgetxattr(src, k, NULL, 0) if src >= 0 else lgetxattr(spath, k, NULL, 0)
+                if vn >= 0 and <size_t>vn + 1 > vcap:
+                    vcap = <size_t>vn + 1
+                    value = <char *>realloc(value, vcap)
+                if vn >= 0:
+                    vn = fgetxattr(src, k, value, vcap) if src >= 0 else lgetxattr(spath, k, value, vcap)
+                if vn >= 0:
+                    rc = fsetxattr(dst, k, value, vn, 0) if dst >= 0 else lsetxattr(dpath, k, value, vn, 0)
+                    if rc < 0:
+                        _skip(sh, rel, b"xattr", k, errno)
+            k += strlen(k) + 1
     free(names)
     free(value)
     return 0
@@ -741,7 +750,7 @@ cdef class Flattener:
                 meta = k
                 break
         if nsrc:
-            _copy_xattrs(&self.sh, src[meta].fd, dfd, NULL, NULL, self.rel, BUT_DEFAULT_ACL)
+            _copy_xattrs(&self.sh, src[meta].fd, dfd, NULL, NULL, self.rel, BUT_ACLS)
         lv.meta_src = meta
         return self._list(lv)
 
@@ -750,7 +759,7 @@ cdef class Flattener:
         cdef int k
         cdef timespec ts[2]
         if finish and not self.err and lv.nsrc > 0:
-            _copy_xattrs(&self.sh, lv.src[lv.meta_src].fd, lv.dfd, NULL, NULL, self.rel, DEFAULT_ACL_ONLY)
+            _copy_xattrs(&self.sh, lv.src[lv.meta_src].fd, lv.dfd, NULL, NULL, self.rel, ACLS_ONLY)
             if self.sh.is_root and fchown(lv.dfd, lv.meta.st_uid, lv.meta.st_gid) < 0:
                 self._fail(b"chown", NULL)
             elif fchmod(lv.dfd, lv.meta.st_mode & 0o7777) < 0:

@@ -645,6 +645,11 @@ def test_aufs_bookkeeping_is_ignored_and_what_it_holds_refused(g, entry, refused
     [Tar().symlink("b", "."), Tar().dir("b/b").dir("b/a")],
     [Tar().symlink("b", ".").dir("c"), Tar().symlink("b/b", "c").file("b/a")],
     [Tar().symlink("b", ".").dir("c").symlink("b/b", "c").file("b/a")],
+    # a skipped hardlink to a skipped file whose directory a later entry replaced fails as if written
+    [Tar().fifo("a/a/a").file("a"), Tar().hardlink("a", "a/a/a"), Tar().file("a")],
+    [Tar().fifo("a/a/a").symlink("a", "b"), Tar().hardlink("c", "a/a/a"), Tar().file("c").file("a")],
+    # ... and one to a skipped file inside the directory it would replace
+    [Tar().fifo("a/a").dir("a").hardlink("a", "a/a"), Tar().file("a")],
 ], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
         "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file", "opaque-then-whiteout",
         "opaque-on-file-then-whiteout", "dir-replaced-by-symlink-keeps-target-mode",
@@ -660,7 +665,9 @@ def test_aufs_bookkeeping_is_ignored_and_what_it_holds_refused(g, entry, refused
         "dir-replaces-the-symlink-the-cached-parent-went-through",
         "dir-over-the-lower-symlink-the-cached-parent-went-through",
         "symlink-over-the-lower-symlink-the-cached-parent-went-through",
-        "symlink-replaces-the-symlink-the-cached-parent-went-through"])
+        "symlink-replaces-the-symlink-the-cached-parent-went-through",
+        "skipped-link-to-skipped-file-under-skipped-file", "skipped-link-to-skipped-file-under-symlink",
+        "skipped-link-to-skipped-file-inside-it"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
 

@@ -1,6 +1,6 @@
 """Differential fuzzer of the unprivileged paths: random layer stacks unpacked as nobody.
 
-The stacks of test_fuzz_paths.py (odd modes, owners and xattrs, read-only, sticky and
+The stacks of test_fuzz_paths.py (odd modes, owners, xattrs and times, read-only, sticky and
 setgid directories, symlinks out of the root and at the host, hardlinks, sparse files,
 devices, fifos, whiteouts and opaque markers) go, as user nobody, through every path
 nobody has: ``unpack`` (dir), ``unpack --format overlay`` (mounted afterwards by root
@@ -13,8 +13,8 @@ store (keep-blobs false) that must save the image back.
 All paths must give the same tree, or all fail with a lamina error; nothing outside the
 work directory (a sentinel and a host directory the layers aim at, both writable by
 nobody) may change.  What nobody cannot do is the same on every path, whatever lamina
-decides: files are nobody's (owners are not compared), only user.* xattrs exist, device
-nodes cannot be made.  Directory times compare with the made-now normalization of
+decides: files are nobody's (owners are not compared), only user.* xattrs and ACLs exist,
+device nodes cannot be made.  Directory times compare with the made-now normalization of
 test_fuzz_paths.py.
 
 Root's dir unpack is the reference where it applies: the rootless tree must be root's,
@@ -68,15 +68,15 @@ def ops(host):
     nobody's paths open up (CONFORMANCE.md), and read-only directories a later layer writes in."""
     return st.one_of(
         st.tuples(st.just("file"), fz.names, st.sampled_from([b"", b"1", b"22"]),
-                  st.sampled_from([0o644, 0o600, 0o4755, 0o000, 0o200, 0o2711]), fz.owners, fz.xattrs),
+                  st.sampled_from([0o644, 0o600, 0o4755, 0o000, 0o200, 0o2711]), fz.owners, fz.meta),
         st.tuples(st.just("dir"), fz.names,
                   st.sampled_from([0o755, 0o700, 0o555, 0o1777, 0o2775, 0o500, 0o000, 0o100, 0o300]),
-                  fz.owners, fz.xattrs),
+                  fz.owners, fz.meta),
         fz.ops(host))
 
 
 def stacks(host):
-    return st.lists(st.lists(st.tuples(ops(host), fz.carriers), min_size=1, max_size=7), min_size=1, max_size=4)
+    return fz.stacks(host, ops=ops, layers=4, entries=7)
 
 SCRIPT = r"""
 import time, traceback
@@ -140,14 +140,15 @@ TREE_PATHS = ("dir", "overlay-mount", "store-copy", "store-link", "store-relink"
 def _as_nobody_would(tree):
     """Root's tree with what only root may do taken out: owners (everything is nobody's),
     setuid/setgid (stripped, from directories too), the owner's read, and search on directories (added,
-    CONFORMANCE.md), xattrs outside user.* (none are drawn but overlay markers)."""
+    CONFORMANCE.md), xattrs outside user.* and the owner's ACLs (trusted.*, security.capability)."""
     def fix(e):
         mode = e.mode & ~0o6000  # from every type (a fifo's too)
         if e.type == "file":
             mode |= 0o400
         elif e.type == "dir":
             mode |= 0o500
-        xattrs = tuple((k, v) for k, v in e.xattrs if k.startswith("user."))
+        xattrs = tuple((k, fz.acl_in_step(v, mode) if k == "system.posix_acl_access" else v) for k, v in e.xattrs
+                       if k.startswith("user.") or k.startswith("system.posix_acl_"))
         return dataclasses.replace(e, uid=0, gid=0, mode=mode, xattrs=xattrs)
     return dataclasses.replace(tree, entries={p: fix(e) for p, e in tree.entries.items()})
 

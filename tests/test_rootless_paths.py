@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+import test_fuzz_paths
 from everypath import overlay_mount, write_image
 from layerkit import run_as_nobody, world_tmpdir
 from tarbuild import Tar
@@ -323,6 +324,61 @@ def test_a_read_only_directory_listed_again_gets_the_entrys_xattrs():
     assert (ref["d"].mode, ref["d"].xattrs, ref["d"].mtime) == (0o500, (("user.y", b"up"),), 1_600_000_000)
     assert (ref["e"].mode, ref["e"].xattrs, ref["e"].mtime) == (0o555, (), 1_600_000_000)
     assert (ref["g"].mode, ref["g"].xattrs, ref["g"].mtime) == (0o555, (("user.z", b"up"),), 1_600_000_000)
+
+
+def test_a_directory_whose_access_acl_shuts_its_owner_out_is_written_in():
+    """An access ACL sets the owner's permissions too: user::rw- takes the owner's search
+    away.  As nobody on 4360fa6 a directory (or the root) listed with one failed every path
+    at the next entry under it ("cannot open 'd': Permission denied"), and the dir unpack's
+    cleanup died on the unsearchable staging dir with a PermissionError (found by
+    test_fuzz_rootless.py, seed 20202).  The mode is the header's, the ACL in step with it."""
+    acl = test_fuzz_paths.ACL  # user::rw- user:1000:r-- group::r-- mask::r-- other::r--
+    layer = (Tar().pax({"SCHILY.xattr.system.posix_acl_access": acl}).dir("./", mode=0o755)
+             .pax({"SCHILY.xattr.system.posix_acl_access": acl}).dir("d", mode=0o750)
+             .file("d/f", b"f\n").file("g", b"g\n"))
+    trees, out = run_rootless([layer.bytes()])
+    ref = assert_all_agree(trees, out)
+    assert ref["d"].mode == 0o750 and ref.paths() == ["d", "d/f", "g"]
+    # the ACL's owner, mask and other entries are the mode's: rwx, r-x, ---
+    assert dict(ref["d"].xattrs)["system.posix_acl_access"] == test_fuzz_paths.acl_in_step(acl, 0o750)
+
+
+def test_a_read_only_file_or_directory_with_an_access_acl_keeps_every_xattr_on_every_path():
+    """The ACL of a read-only file (0000, given the owner's read: user::r--) copied before
+    its user.* xattrs takes away the write they need: as nobody on 4360fa6 the store's flatten
+    dropped user.x of such a file (found by test_fuzz_rootless.py, seed 20204), and of a
+    read-only directory (user::r-x) it could not make the entries."""
+    acl = test_fuzz_paths.ACL
+    layer = (Tar().pax({"SCHILY.xattr.system.posix_acl_access": acl, "SCHILY.xattr.user.x": b"1"}).file("f", mode=0)
+             .pax({"SCHILY.xattr.user.x": b"2", "SCHILY.xattr.system.posix_acl_access": acl}).dir("d", mode=0o500)
+             .file("d/g", b"g\n"))
+    trees, out = run_rootless([layer.bytes()])
+    ref = assert_all_agree(trees, out)
+    assert dict(ref["f"].xattrs) == {"user.x": b"1", "system.posix_acl_access": test_fuzz_paths.acl_in_step(acl, 0o400)}
+    assert dict(ref["d"].xattrs) == {"user.x": b"2", "system.posix_acl_access": test_fuzz_paths.acl_in_step(acl, 0o500)}
+    assert ref.paths() == ["d", "d/g", "f"]
+
+
+def test_a_read_only_root_with_an_access_acl_keeps_its_xattrs_in_an_upper_layer():
+    """An overlay layer that does not name the root copies the root's metadata from below:
+    as nobody on 4360fa6 the ACL of a read-only root (user::r-x), copied first, took the write
+    its user.x then needed ("copy xattr 'user.x' failed: Permission denied" on the overlay and
+    store paths; found by test_fuzz_rootless.py, seed 20205)."""
+    acl = test_fuzz_paths.ACL
+    low = Tar().pax({"SCHILY.xattr.system.posix_acl_access": acl, "SCHILY.xattr.user.x": b"1"}).dir("./", mode=0o555)
+    trees, out = run_rootless([low.file("f").bytes(), Tar().file("g").bytes()])
+    assert_all_agree(trees, out)
+
+
+def test_a_read_only_directory_with_an_access_acl_is_written_in_by_an_upper_layer():
+    """Copied up into an upper overlay layer, a read-only directory's ACL (user::r-x) took
+    the owner's write: as nobody on 130c769 the next layer's entries under it failed on the
+    overlay and store paths ("mkdir failed: Permission denied"; test_fuzz_rootless.py, seed 20205)."""
+    acl = test_fuzz_paths.ACL
+    low = Tar().pax({"SCHILY.xattr.system.posix_acl_access": acl}).dir("b", mode=0o555)
+    trees, out = run_rootless([low.bytes(), Tar().file("b/a/f").bytes()])
+    ref = assert_all_agree(trees, out)
+    assert ref["b"].mode == 0o555 and ref.paths() == ["b", "b/a", "b/a/f"]
 
 
 def test_a_whiteout_of_a_device_node_nobody_could_make_hides_what_is_below():

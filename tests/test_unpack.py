@@ -332,7 +332,8 @@ def test_remove_tree_copes_with_read_only_dirs_as_nobody(world_dir):
     top = os.path.join(world_dir, "stage")
     os.makedirs(os.path.join(top, "ro/deeper"))
     os.makedirs(os.path.join(top, "closed/inner"))
-    for f in ("ro/deeper/file", "ro/file", "closed/inner/f"):
+    os.makedirs(os.path.join(top, "listed/inner"))
+    for f in ("ro/deeper/file", "ro/file", "closed/inner/f", "listed/inner/f"):
         with open(os.path.join(top, f), "w") as fh:
             fh.write("x")
     os.symlink("/etc", os.path.join(top, "ro/etc-link"))   # must never be followed
@@ -340,7 +341,9 @@ def test_remove_tree_copes_with_read_only_dirs_as_nobody(world_dir):
         for n in filenames:
             os.chown(os.path.join(dirpath, n), 65534, 65534)
         os.chown(dirpath, 65534, 65534)
-    for d, mode in (("ro/deeper", 0o555), ("ro", 0o555), ("closed/inner", 0o000), ("closed", 0o000)):
+    # listed/inner: readable, not searchable (rw-, what an access ACL gives its owner)
+    for d, mode in (("ro/deeper", 0o555), ("ro", 0o555), ("closed/inner", 0o000), ("closed", 0o000),
+                    ("listed/inner", 0o600)):
         os.chmod(os.path.join(top, d), mode)
     etc_mode = os.stat("/etc").st_mode
     proc = run_as_nobody("import shutil\n"
