@@ -1807,6 +1807,7 @@ cdef class Extractor:
     cdef object hide_at, hide_below
     cdef int64_t hide_level       # hide_* map a path to the highest layer hiding it; -1: plain sets
     cdef set hidden_files
+    cdef set own_hidden            # the paths of hidden_files this layer skipped (its whiteouts spare them)
     cdef readonly set scan_at, scan_below
     cdef set scan_dirs             # scan: the directories the layer's entries so far list or imply
     cdef int64_t scan_max          # scan: most paths scan_at, scan_below and scan_dirs may hold (-1: no limit)
@@ -1976,6 +1977,7 @@ cdef class Extractor:
         self.scan_below = set()
         self.scan_dirs = set()
         self.hidden_files = set()
+        self.own_hidden = set()
         if hidden is not None:
             if self.overlay:
                 raise ValueError("hidden paths only apply to the dir format")
@@ -3685,6 +3687,7 @@ cdef class Extractor:
                 self._check_skipped_link(link, name)
             if kind != K_DIR:  # a later hardlink may name it, directly or through another link
                 self.hidden_files.add(path)
+                self.own_hidden.add(path)
                 self.unskipped_parent = None  # it may be on the way of the one checked
             else:
                 self.hidden_files.discard(path)
@@ -4887,6 +4890,17 @@ cdef class Extractor:
             self.scan_below = set()
             self.scan_dirs = set()
 
+    cdef _forget_hidden(self, bytes target, bint itself):
+        """A whiteout (``itself``) or an opaque marker removes what the layers below left at
+        ``target``: a file they had skipped as hidden is then gone for a later hardlink, as it
+        would be, had it been written.  What this layer skipped stays (a whiteout spares its own
+        layer's entries)."""
+        prefix = target + b"/" if target else b""
+        gone = [p for p in self.hidden_files
+                if ((itself and p == target) or (<bytes>p).startswith(prefix)) and p not in self.own_hidden]
+        for p in gone:
+            self.hidden_files.discard(p)
+
     cdef _whiteout(self, bytes path, Py_ssize_t slash, bytes base, bytes name):
         cdef int pfd
         cdef bint found
@@ -4897,6 +4911,8 @@ cdef class Extractor:
             if self.scan_only:
                 self._scan_hides(self.scan_below, parent)
                 return
+            if self.hidden_files:
+                self._forget_hidden(parent, False)
             self._opaque(parent, name)
             return
         hidden = base[4:]
@@ -4914,6 +4930,8 @@ cdef class Extractor:
             # put in it (see below): the whiteout hides only what is below it, as an opaque marker
             self._scan_hides(self.scan_below if target in self.scan_dirs else self.scan_at, target)
             return
+        if self.hidden_files:
+            self._forget_hidden(target, True)
         if self.overlay:
             if self._overlay_whiteout_nogil(parent, hidden, target, name):
                 return

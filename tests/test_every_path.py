@@ -650,6 +650,13 @@ def test_aufs_bookkeeping_is_ignored_and_what_it_holds_refused(g, entry, refused
     [Tar().fifo("a/a/a").symlink("a", "b"), Tar().hardlink("c", "a/a/a"), Tar().file("c").file("a")],
     # ... and one to a skipped file inside the directory it would replace
     [Tar().fifo("a/a").dir("a").hardlink("a", "a/a"), Tar().file("a")],
+    # ... and one to a skipped lower file that a whiteout or an opaque marker removed since
+    [Tar().file("a"), Tar().whiteout("a").hardlink("c", "a"), Tar().file("a").file("c")],
+    [Tar().file("a"), Tar().whiteout("a"), Tar().hardlink("c", "a"), Tar().file("a").file("c")],
+    [Tar().file("d/a"), Tar().whiteout("d").hardlink("c", "d/a"), Tar().file("d/a").file("c")],
+    [Tar().file("d/a"), Tar().opaque("d").hardlink("c", "d/a"), Tar().file("d/a").file("c")],
+    # (a whiteout spares its own layer's file: the link to it is good)
+    [Tar().file("a"), Tar().file("a").whiteout("a").hardlink("c", "a"), Tar().file("a").file("c")],
 ], ids=["copied-up-dir-whited-out", "dir-replaces-file", "opaque-through-symlink", "whiteout-nothing-below",
         "whiteout-through-own-symlink", "hardlink-to-dir", "entry-under-skipped-file", "opaque-then-whiteout",
         "opaque-on-file-then-whiteout", "dir-replaced-by-symlink-keeps-target-mode",
@@ -667,7 +674,9 @@ def test_aufs_bookkeeping_is_ignored_and_what_it_holds_refused(g, entry, refused
         "symlink-over-the-lower-symlink-the-cached-parent-went-through",
         "symlink-replaces-the-symlink-the-cached-parent-went-through",
         "skipped-link-to-skipped-file-under-skipped-file", "skipped-link-to-skipped-file-under-symlink",
-        "skipped-link-to-skipped-file-inside-it"])
+        "skipped-link-to-skipped-file-inside-it", "skipped-link-to-whited-out-lower-file",
+        "skipped-link-to-whited-out-lower-file-2", "skipped-link-into-whited-out-lower-dir",
+        "skipped-link-into-opaque-lower-dir", "skipped-link-to-own-file-beside-its-whiteout"])
 def test_fuzzer_findings(g, layers):
     agree(g, layers)
 
