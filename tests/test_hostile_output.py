@@ -186,3 +186,25 @@ def test_an_images_own_text_drives_no_terminal(tmp_path):
     assert r.stdout == b"RUN x\nlamina: error: forged\\x1b[2J\\x1b[31m|c\\rlamina: error: forged\\x1b[2J\\x1b[31m\n"
     r = _cli("--root", root, "inspect", "--format", "{{.Config.Labels.l}}", "evil:1")
     assert r.returncode == 0 and r.stdout == b"vlamina: error: forged\\x1b[2J\\x1b[31m\n", r.stdout
+
+
+def test_an_images_bidi_controls_are_written_as_escapes(tmp_path):
+    """U+202E (right-to-left override) and its kin in an image's strings reorder what the
+    terminal shows ("Trojan Source"): a label "exe\\u202etxt.sh" reads as "exehs.txt".  On
+    829116e `inspect --format`, `history` and `unpack`'s first line printed them raw."""
+    import ocibuild as ob
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"x"}], arch="amd\u202e64", config_extra={
+        "history": [{"created_by": "RUN \u2066x\u2069 \u200f"}],
+        "config": {"Labels": {"l": "exe\u202etxt.sh\u061c"}}}), "1")
+    r = _cli("unpack", f"oci:{lay.root}:1", tmp_path / "dest")
+    assert r.returncode == 0, r.stderr
+    assert b"(linux/amd\\u202e64)" in r.stdout, r.stdout
+    root = tmp_path / "store"
+    assert _cli("--root", root, "copy", f"oci:{lay.root}:1", "bidi:1").returncode == 0
+    r = _cli("--root", root, "inspect", "--format", "{{.Config.Labels.l}}", "bidi:1")
+    assert r.returncode == 0 and r.stdout == b"exe\\u202etxt.sh\\u061c\n", r.stdout
+    r = _cli("--root", root, "history", "--no-trunc", "--format", "{{.CreatedBy}}", "bidi:1")
+    assert r.returncode == 0 and r.stdout == b"RUN \\u2066x\\u2069 \\u200f\n", r.stdout
+    for out in (r.stdout, r.stderr):
+        assert not any(0x202a <= ord(c) <= 0x202e or 0x2066 <= ord(c) <= 0x2069 for c in out.decode()), out

@@ -189,8 +189,10 @@ def run():
 _STAGING = re.compile(r"\.(lamina-(?:tmp|new)-[^/]*|tmp-\d+-[0-9a-f]+)$|/\.lamina-tmp-[^/]*(?=/|$)")
 
 
-# C0 and C1 controls and DEL, but not the tab: written as escapes
-_CONTROLS = {c: repr(chr(c))[1:-1] for c in (*range(0x09), *range(0x0a, 0x20), *range(0x7f, 0xa0))}
+# C0 and C1 controls and DEL, but not the tab, and the bidirectional formatting characters (an
+# image's U+202E would show a name reversed, "Trojan Source" style): written as escapes
+_CONTROLS = {c: repr(chr(c))[1:-1] for c in (*range(0x09), *range(0x0a, 0x20), *range(0x7f, 0xa0),
+                                            0x061c, 0x200e, 0x200f, *range(0x202a, 0x202f), *range(0x2066, 0x206a))}
 
 
 def one_line(message):
