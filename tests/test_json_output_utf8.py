@@ -126,22 +126,18 @@ def test_fsck_findings_name_odd_files_as_utf8(tmp_path):
     assert any("f\\\\xff" in f["message"] for f in doc["findings"]), doc["findings"]
 
 
-def test_docker_verbs_print_a_configs_lone_surrogate_as_utf8(tmp_path):
-    """A config may escape a lone surrogate ("\\ud800" is valid JSON text): inspect and
-    history print it as the characters \\ud800 (one of U+DC80..U+DCFF, which is how
-    Python holds a byte that is not UTF-8, as \\xNN), in UTF-8."""
+def test_a_configs_lone_surrogate_never_reaches_the_docker_verbs(tmp_path):
+    """A config may escape a lone surrogate ("\\ud800" is valid JSON text).  inspect and history
+    used to print it as the characters \\ud800; since 7e85f28 such a config is refused where it
+    enters (Go readers read U+FFFD: test_hostile_json.py), naming the place, and the store
+    holds nothing of it for the verbs to print."""
     lay = ob.Layout(tmp_path / "layout")
     lay.add(lay.image([{"a": b"x"}], config_extra={
         "config": {"Env": ["X=\udcff\ud800"]},
         "history": [{"created_by": "sh -c \udcff"}]}), "img")
     root = tmp_path / "store"
-    assert _cli("--root", root, "copy", f"oci:{lay.root}:img", "img:1").returncode == 0
-    doc = _json("--root", root, "inspect", "img:1")
-    assert doc[0]["Config"]["Env"] == ["X=\\xff\\ud800"], doc[0]["Config"]
-    rows = _json("--root", root, "history", "--format", "json", "--no-trunc", "img:1", lines=True)
-    assert any(r["CreatedBy"] == "sh -c \\xff" for r in rows), rows
-    for args, want in ((("inspect", "--format", "{{.Config.Env}}"), "[X=\\xff\\ud800]\n"),
-                       (("history", "--format", "{{.CreatedBy}}"), "sh -c \\xff\n")):
-        r = _cli("--root", root, *args, "img:1")
-        assert r.returncode == 0, r.stderr
-        assert r.stdout.decode("utf-8") == want
+    r = _cli("--root", root, "copy", f"oci:{lay.root}:img", "img:1")
+    assert r.returncode == 1 and b"lone surrogate" in r.stderr, r.stderr
+    r.stderr.decode("utf-8")  # the error itself is UTF-8
+    r = _cli("--root", root, "inspect", "img:1")
+    assert r.returncode == 1 and b"img:1" in r.stderr, r.stderr
