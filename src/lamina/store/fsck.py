@@ -15,7 +15,6 @@ writing, so every partial and temp dir it finds is stale:
 from __future__ import annotations
 
 import concurrent.futures
-import errno
 import json
 import os
 import secrets
@@ -28,7 +27,7 @@ from .. import digest as _digest
 from ..errors import LaminaError, StoreError
 from ..images import familiar
 from . import snapshots as _snapshots
-from .fsutil import atomic_write, disk_usage, syncfs
+from .fsutil import FULL_ERRNOS, atomic_write, disk_usage, syncfs
 from .gc import reachable
 from .image import load_image
 from .index import entry_name, make_entry
@@ -37,7 +36,6 @@ from .paths import OCI_LAYOUT
 from .treediff import first_difference
 
 _PERMANENT_LOCKS = ("gc.lock", "index.lock")
-_FULL = (errno.ENOSPC, errno.EDQUOT)  # a full filesystem or quota, never a trait of the layer
 
 
 @dataclass
@@ -346,7 +344,7 @@ class Checker:
                                     f"snapshot {chain}: differs from layer {info.digest}: {diff}")
                 self._fix(f, lambda: self._replace_snapshot(chain, fresh))
         except (LaminaError, OSError) as e:
-            if getattr(e, "errno", None) in _FULL:
+            if getattr(e, "errno", None) in FULL_ERRNOS:
                 # the check's own extraction found the disk full: nothing is known of the
                 # snapshot, and calling its layer bad sent users to delete a good image
                 self.report.add("warning", "unverifiable-snapshot", chain,

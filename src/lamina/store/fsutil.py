@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import secrets
+
+# A full filesystem or quota: never a trait of the layer or image being written
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 _libc = None
 

@@ -32,7 +32,6 @@ from before it have none: their directory's owner says it (mounts.py).
 from __future__ import annotations
 
 import concurrent.futures
-import errno
 import json
 import os
 import secrets
@@ -47,7 +46,7 @@ from ..lowers import LayersBelow
 from ..errors import BlobNotFoundError, StoreError
 from ..tree import abandon, remove_tree
 from ..errors import NeedsLowers
-from .fsutil import disk_usage, fsync_dir, syncfs
+from .fsutil import FULL_ERRNOS, disk_usage, fsync_dir, syncfs
 from .image import chain_ids
 from .locks import FileLock
 from . import objects as _objects
@@ -225,9 +224,6 @@ def _stale_dirs(paths, hexid, prefix):
         return []
 
 
-_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
 def _storing_failed(layer_digest, e):
     """The StoreError for an OSError of the store's own files while it stores a layer's snapshot."""
     reason = f"{os.fsdecode(e.filename)}: {e.strerror}" if e.filename is not None else (e.strerror or str(e))
@@ -294,7 +290,7 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
             os.makedirs(paths.snapshots, exist_ok=True)
             os.mkdir(tmp, 0o755)
         except OSError as e:
-            if e.errno in _FULL:
+            if e.errno in FULL_ERRNOS:
                 raise _storing_failed(layer_digest, e) from e
             raise
         hashed = _objects.hashed_dir(paths, tmp)
@@ -340,7 +336,7 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                                  lower_shared=lambda fs: pause_writing(
                                      lambda: _dedup_shared(paths, fs, opened.get(fs))))
             except OSError as e:  # the extractor's own dirs (fs/, hashed/); the entries' errors name them
-                if e.errno in _FULL:
+                if e.errno in FULL_ERRNOS:
                     raise _storing_failed(layer_digest, e) from e
                 raise
             finally:
