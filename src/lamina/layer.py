@@ -168,6 +168,7 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=
     stats.entries = counts["entries"]
     stats.whiteouts = counts["whiteouts"]
     stats.nogil_entries = counts.get("nogil_entries", 0)
+    stats.hidden_examined = counts.get("hidden_examined", 0)
     stats.hidden = counts["hidden"]
     stats.skipped = counts["skipped"]
     stats.seconds["total"] = round(time.perf_counter() - t0, 6)

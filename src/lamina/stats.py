@@ -29,6 +29,7 @@ class ApplyStats:
     timeline: list = field(default_factory=list)
     pipeline: str = ""            # "native" (lamina._pipeline stage 1) or "python" (three threads)
     nogil_entries: int = 0        # entries whose syscalls all ran in one block without the GIL
+    hidden_examined: int = 0      # skipped paths that whiteouts looked at (each at most once a layer)
 
     def to_dict(self):
         return dataclasses.asdict(self)
