@@ -13,6 +13,7 @@ checks that nothing outside the work directory changed.
 from __future__ import annotations
 
 import json
+import stat
 import os
 
 import pytest
@@ -402,6 +403,49 @@ def test_a_repeated_marker_does_not_list_the_directory_again(tmp_path, fmt, mark
     if fmt == "overlay":
         assert os.getxattr(dest / "d", "trusted.overlay.opaque") == b"y"
 
+
+
+def test_a_run_of_whiteouts_over_many_layers_costs_no_walk_per_layer(tmp_path):
+    """In the overlay format a whiteout is made only if a layer below shows its name, and
+    each one walked its directory through every layer below and looked the name up in each:
+    50k whiteouts in one directory over 100 layers took 28 s (a pull of such an image, 40 s).
+    Counted in syscalls rather than seconds; and the nodes made are exactly the visible names
+    (one lower name is hidden by a whiteout further down, one by an opaque directory)."""
+    import subprocess
+    import sys
+    from conftest import require_tool
+    from layerkit import apply
+    require_root()
+    strace = require_tool("strace")
+    nlayers, n = 30, 1500
+    lowers = []
+    for k in range(nlayers):
+        t = Tar().dir("d").file(f"d/L{k}", b"%d" % k)
+        if k == 25:
+            t.whiteout("d/L22")
+        if k == 20:
+            t = Tar().dir("d").opaque("d").file(f"d/L{k}", b"%d" % k)  # hides L0..L19 below
+        p = tmp_path / f"l{k}.tar"
+        p.write_bytes(t.bytes())
+        lowers.append(tmp_path / f"layer{k}")
+        lowers[-1].mkdir()
+        apply(p, lowers[-1], format="overlay", lower_dirs=[os.fspath(x) for x in lowers[:-1]] or None)
+    top = Tar().dir("d")
+    for k in range(nlayers):
+        top.whiteout(f"d/L{k}")
+    for i in range(n):
+        top.whiteout(f"d/none{i}")
+    top_p, dest = tmp_path / "top.tar", tmp_path / "top"
+    top_p.write_bytes(top.bytes())
+    dest.mkdir()
+    trace = tmp_path / "trace"
+    subprocess.run([strace, "-f", "-qq", "-e", "trace=openat,newfstatat,openat2", "-o", trace, sys.executable, "-c",
+                    APPLY_SCRIPT, top_p, dest, "overlay", *lowers], check=True, cwd="/")
+    calls = sum(1 for line in open(trace) if "(" in line)
+    assert calls < 4 * n, f"{calls} opens and stats for {n + nlayers} whiteouts over {nlayers} layers"  # was 34k
+    made = sorted(x for x in os.listdir(dest / "d")
+                  if stat.S_ISCHR(os.lstat(dest / "d" / x).st_mode) and os.lstat(dest / "d" / x).st_rdev == 0)
+    assert made == sorted(f"L{k}" for k in range(20, nlayers) if k != 22), made
 
 
 @pytest.mark.parametrize("layers", [
