@@ -3305,7 +3305,42 @@ cdef class Extractor:
             return fd
         if errno != ENOENT and errno != ELOOP and errno != ENOTDIR:
             self._parent_error(path, name)
+        if create and errno == ENOENT and len(self.lower_fds) >= NAMES_BELOW_MIN_LOWERS and not self.defer_lowers:
+            fd = self._new_dir_nothing_below(path, name)
+            if fd >= 0:
+                return fd
         return self._union_walk(path, create, name, None)
+
+    cdef int _new_dir_nothing_below(self, bytes path, object name) except -2:
+        """A directory the layer implies, as _union_walk would make it, when this layer has its
+        parent (reached without a symlink) and no layer below has it: a new 0755 directory,
+        without the walk through every layer below (5k implied directories over 400 layers
+        took 14 s).  -1: not so, nothing done."""
+        cdef Py_ssize_t slash = path.rfind(b"/")
+        cdef int pfd, fd
+        if slash <= 0:
+            return -1  # the root's: rare, and the walk is short
+        pfd = self._plain_dir(self.rootfd, path[:slash])
+        if pfd < 0:
+            return -1
+        try:
+            if not self._none_below(path):
+                return -1
+            base = path[slash + 1:]
+            if mkdirat(pfd, base, 0o755) < 0:
+                if errno == EEXIST:
+                    return -1  # something else is there after all: the walk says what
+                self._oserror("mkdir", name)
+            if _has_default_acl(pfd):
+                self.default_acls = True
+                self._undo_default_acl(pfd, base, name, True, 0o755, ())
+            fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if fd < 0:
+                self._oserror("open", name)
+        finally:
+            close(pfd)
+        self.last_phys = path
+        return fd
 
     cdef int _union_walk(self, bytes path, bint create, object name, list lowers_out, bint copy_up=True) except -4:
         """Resolve ``path`` through this layer and the layers below, the way
@@ -5255,24 +5290,29 @@ cdef class Extractor:
     cdef bint _absent_below(self, bytes parent) except -1:
         """True if no layer below has anything at ``parent`` (so none shows a name in it) and
         this layer reaches ``parent`` without a symlink: a whiteout there hides nothing.
-        Told from the names the layers below have in each of its ancestors, each directory
-        listed once: whiteouts in as many directories as there are, over 400 layers, each
-        walked its directory through every layer (5k of them took 8 s).  False when unsure
-        (a symlink on the way in some layer, too many names to keep): the walk decides."""
+        Whiteouts in as many directories as there are, over 400 layers, each walked its
+        directory through every layer (5k of them took 8 s)."""
         cdef int fd
-        cdef Py_ssize_t start = 0, end
         if not parent:
             return False
         fd = self._plain_dir(self.rootfd, parent)
         if fd < 0:
             return False
         close(fd)
+        return self._none_below(parent)
+
+    cdef bint _none_below(self, bytes path) except -1:
+        """True if no layer below has ``path`` (nor so, anything under it), told from the names
+        the layers below have in each of its ancestors (_names_below), each directory listed
+        once.  False when unsure (a symlink on the way in some layer, too many names to keep):
+        the walk through every layer decides."""
+        cdef Py_ssize_t start = 0, end
         while True:
-            names = self._names_below(parent[:start - 1] if start else b"")
+            names = self._names_below(path[:start - 1] if start else b"")
             if names is None:
                 return False
-            end = parent.find(b"/", start)
-            if (parent[start:] if end < 0 else parent[start:end]) not in names:
+            end = path.find(b"/", start)
+            if (path[start:] if end < 0 else path[start:end]) not in names:
                 return True
             if end < 0:
                 return False
