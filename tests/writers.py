@@ -1,0 +1,194 @@
+"""Archives that other tar writers produce, written here from one tree of edge cases.
+
+corpora.py holds the archives other projects keep for their readers, and GNU tar's and
+bsdtar's own writing; the layers lamina meets are written by other tools still.  Each
+writer below archives the same tree (corpora._tree's long names and links, sparse files,
+names with newlines and '=', times before 1970 and after 2242, plus ``_more``'s names
+that are no UTF-8, fifos, devices, setuid/setgid/sticky modes, owners without a name):
+
+    go/MODE          Go's archive/tar (what docker, buildkit, containerd, umoci, kaniko
+                     write), through tests/gotar/main.go: ``moby`` as docker's
+                     pkg/archive, ``default`` (Go picks the format), ``gnu``, ``pax``,
+                     ``ustar``, and ``crafted``, headers no tree gives
+    busybox/tar      busybox tar (ustar, GNU long names)
+    pax/ustar,       MirBSD pax's ``-x ustar`` and ``-x tar`` (v7)
+    pax/tar
+    cpio/ustar,      GNU cpio's ``-H ustar`` and ``-H tar``
+    cpio/tar
+    7zip/tar         7-Zip's tar writer (``7zz a -ttar``, links kept as links)
+    python/FMT       CPython's tarfile: ustar, gnu, pax, and pax with a global header and
+                     latin-1 names (``pax-global-latin1``)
+
+``archive(key)`` returns the bytes, written on first use and kept for the session.  What a
+writer cannot store it leaves out, refuses or cuts; ``SKIPPED[key]`` names those entries.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import tarfile
+import tempfile
+
+import corpora
+
+MEMBERS = ["d", "e", "u", "x"]
+_GOTAR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gotar")
+_WRITTEN = {}
+COVERS = {}  # key -> the members of MEMBERS it archives
+TREE = set()  # every name under MEMBERS, as bytes
+SKIPPED = {}  # key -> the names the writer said it left out (or that are missing from it)
+
+
+def _more(root):
+    """What corpora._tree leaves out: names that are no UTF-8 (``u``, as corpora writes for
+    gnutar/bsdtar's not-utf8 archives), node types and mode bits (``x``)."""
+    u = os.path.join(root, "u").encode()
+    os.makedirs(u)
+    with open(os.path.join(u, b"caf\xe9"), "wb") as f:
+        f.write(b"x")
+    os.setxattr(os.path.join(u, b"caf\xe9"), "user.n\u00e4me", b"v")
+    os.symlink(b"caf\xe9", os.path.join(u, b"ln\xff"))
+    os.makedirs(os.path.join(u, "\u00e4\u00f6 \u65e5\u672c".encode()))  # UTF-8, not ASCII: a PAX path in Go
+    x = os.path.join(root, "x")
+    os.makedirs(os.path.join(x, "empty-dir"))
+    os.mkfifo(os.path.join(x, "fifo"), 0o640)
+    os.mknod(os.path.join(x, "null"), 0o20666, os.makedev(1, 3))
+    os.mknod(os.path.join(x, "loop7"), 0o60660, os.makedev(7, 7))
+    for name, mode, data in (("setuid", 0o4755, b"#!/bin/sh\n"), ("setgid", 0o2755, b"#!/bin/sh\n"),
+                             ("empty", 0o600, b""), ("block", 0o644, b"B" * 512), ("n" * 100, 0o644, b"100\n")):
+        with open(os.path.join(x, name), "wb") as f:
+            f.write(data)
+        os.chmod(os.path.join(x, name), mode)
+    os.makedirs(os.path.join(x, "sticky"))
+    os.chmod(os.path.join(x, "sticky"), 0o1777)
+    os.makedirs(os.path.join(x, "setgid-dir"))
+    os.chmod(os.path.join(x, "setgid-dir"), 0o2775)
+    with open(os.path.join(x, "owned"), "wb") as f:  # an owner and group no passwd entry names
+        f.write(b"o")
+    os.chown(os.path.join(x, "owned"), 1000, 1001)
+    for top in (u, x.encode()):
+        for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+            for n in filenames + dirnames + [b""]:
+                os.utime(os.path.join(dirpath, n), (corpora._MTIME, corpora._MTIME), follow_symlinks=False)
+
+
+def _gotar(work):
+    """The built tests/gotar program (stdlib only, built offline, once per session)."""
+    from conftest import require_tool
+    require_tool("go")
+    exe = os.path.join(work, "gotar")
+    env = dict(os.environ, GOFLAGS="-mod=mod", GOPROXY="off", GOCACHE=os.path.join(work, "gocache"),
+               GOPATH=os.path.join(work, "gopath"), CGO_ENABLED="0")
+    subprocess.run(["go", "build", "-o", exe, "."], cwd=_GOTAR, env=env, check=True, capture_output=True)
+    return exe
+
+
+def _skipped_lines(stderr):
+    return [line for line in stderr.decode(errors="replace").splitlines() if line.startswith("skipped ")]
+
+
+def _python(root, fmt, **kw):
+    """tarfile's own walk (TarFile.add), one entry at a time so an entry the format refuses
+    (ValueError: a name too long for ustar, a time before 1970...) is left out, not the rest."""
+    out = os.path.join(root, "py.tar")
+    skipped = []
+    with tarfile.open(out, "w", format=fmt, **kw) as tf:
+        def add(path):
+            try:
+                tf.add(path, recursive=False)
+            except ValueError as e:
+                skipped.append(f"skipped {path!r}: {e}")
+                return
+            if os.path.isdir(path) and not os.path.islink(path):
+                for n in sorted(os.listdir(path)):
+                    add(os.path.join(path, n))
+        cwd = os.getcwd()
+        os.chdir(root)
+        try:
+            for m in MEMBERS:
+                add(m)
+        finally:
+            os.chdir(cwd)
+    with open(out, "rb") as f:
+        data = f.read()
+    os.unlink(out)
+    return data, skipped
+
+
+def _write_all(root):
+    out = {}
+    corpora._tree(root)
+    _more(root)
+    TREE.update(os.path.relpath(os.path.join(dirpath, n), root.encode())
+                for m in MEMBERS for dirpath, dirnames, filenames in os.walk(os.path.join(root, m).encode())
+                for n in dirnames + filenames)
+    TREE.update(m.encode() for m in MEMBERS)
+    work = os.path.join(root, ".work")
+    os.makedirs(work)
+
+    def run(key, *argv, stdin=None, ok=(0,), file=None):
+        p = subprocess.run(argv, cwd=root, input=stdin, capture_output=True)
+        assert p.returncode in ok, (key, argv, p.returncode, p.stderr.decode(errors="replace"))
+        if file:
+            with open(os.path.join(root, file), "rb") as f:
+                out[key] = f.read()
+            os.unlink(os.path.join(root, file))
+        else:
+            out[key] = p.stdout
+        COVERS[key] = [m for m in MEMBERS if m in argv[3:]] if argv[0] == gotar else MEMBERS
+        SKIPPED[key] = _skipped_lines(p.stderr) if argv[0].endswith("gotar") else \
+            p.stderr.decode(errors="replace").splitlines()
+
+    from conftest import require_tool
+    for tool in ("busybox", "pax", "cpio", "7zz"):
+        require_tool(tool)
+    gotar = _gotar(work)
+    for mode in ("moby", "default", "gnu", "pax", "ustar"):
+        # Go writes a name that is no UTF-8 into a PAX path record as it is (no hdrcharset), which
+        # bsdtar cannot extract in this locale: those names are an archive of their own, so that
+        # the rest is checked against both references
+        if mode in ("moby", "default", "pax"):
+            run(f"go/{mode}", gotar, mode, root, *[m for m in MEMBERS if m != "u"])
+            run(f"go/{mode}-not-utf8", gotar, mode, root, "u")
+        else:
+            run(f"go/{mode}", gotar, mode, root, *MEMBERS)
+    run("go/crafted", gotar, "crafted")
+    run("busybox/tar", "busybox", "tar", "-cf", "-", *MEMBERS)
+    # pax exits 1 having written every entry it could: the others it names on stderr
+    for fmt in ("ustar", "tar"):
+        run(f"pax/{fmt}", "pax", "-w", "-x", fmt, "-f", "o.tar", *MEMBERS, ok=(0, 1), file="o.tar")
+    # NUL-ended names: the tree has names with a newline.  cpio exits 2 having written every
+    # entry it could: the others it names on stderr
+    # The link field of a hardlink it writes cut to 100 bytes (a ustar prefix holds the name,
+    # nothing holds the target): the link to the long name is left out
+    listing = subprocess.run(["find", *MEMBERS, "-print0"], cwd=root, capture_output=True, check=True).stdout
+    listing = listing.replace(b"e/hardlink-to-a-long-name\0", b"")
+    for fmt in ("ustar", "tar"):
+        run(f"cpio/{fmt}", "cpio", "--quiet", "-0", "-o", "-H", fmt, stdin=listing, ok=(0, 2))
+    # 7-Zip opens a fifo or a device node and reads it as a file's data (on a fifo it waits
+    # forever): they are left out
+    run("7zip/tar", "7zz", "a", "-bso0", "-bsp0", "-ttar", "-snl", "-snh", "-x!x/fifo", "-x!x/null", "-x!x/loop7",
+        "o.tar", *MEMBERS, file="o.tar")
+    # its PAX format with times to the nanosecond, atime and ctime, owners' ids and names
+    run("7zip/pax", "7zz", "a", "-bso0", "-bsp0", "-ttar", "-snl", "-snh", "-snoi", "-snon", "-mm=pax", "-mtp=3",
+        "-mtc=on", "-mta=on", "-x!x/fifo", "-x!x/null", "-x!x/loop7", "o.tar", *MEMBERS, file="o.tar")
+    for key, fmt, kw in (("python/ustar", tarfile.USTAR_FORMAT, {}), ("python/gnu", tarfile.GNU_FORMAT, {}),
+                         ("python/pax", tarfile.PAX_FORMAT, {}),
+                         ("python/pax-global-latin1", tarfile.PAX_FORMAT,
+                          {"pax_headers": {"comment": "lamina"}, "encoding": "latin-1"})):
+        out[key], SKIPPED[key] = _python(root, fmt, **kw)
+        COVERS[key] = MEMBERS
+    return out
+
+
+def archive(key):
+    """The bytes ``key`` names, all written on first use."""
+    if not _WRITTEN:
+        with tempfile.TemporaryDirectory(prefix="lamina-writers-") as root:
+            _WRITTEN.update(_write_all(root))
+    return _WRITTEN[key]
+
+
+KEYS = ["go/moby", "go/moby-not-utf8", "go/default", "go/default-not-utf8", "go/gnu", "go/pax", "go/pax-not-utf8", "go/ustar", "go/crafted", "busybox/tar", "pax/ustar",
+        "pax/tar", "cpio/ustar", "cpio/tar", "7zip/tar", "7zip/pax", "python/ustar", "python/gnu", "python/pax",
+        "python/pax-global-latin1"]
