@@ -24,6 +24,7 @@ _LONG = {b"e/long-symlink", b"e/" + b"x" * 120 + b"\nz"}  # a link target over 1
 _TIMES = {b"e/after-2242", b"e/before-1970"}  # no octal field of 11 digits holds them
 _V7 = _LONG | {b"d/" + b"l" * 60 + b"/" + b"n" * 70, b"e/" + b"t" * 90 + b"/" + b"f" * 30,
                b"e/" + b"t" * 90 + b"/" + b"s" * 40, b"x/" + b"n" * 100,  # names over 99 bytes
+               b"x/" + b"p" * 153, b"x/" + b"p" * 153 + b"/" + b"q" * 100,
                b"x/fifo", b"x/null", b"x/loop7"}  # v7 has no type for them
 _NODES = {b"x/fifo", b"x/null", b"x/loop7"}
 # What each writer leaves out of the tree (it refuses the entry, or says so and goes on):

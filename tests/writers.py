@@ -59,6 +59,13 @@ def _more(root):
         with open(os.path.join(x, name), "wb") as f:
             f.write(data)
         os.chmod(os.path.join(x, name), mode)
+    # the ends of ustar's fields: a name of 100 bytes (no NUL), a directory of 99 (100 with its
+    # '/'), a name of 256 split into a prefix of 155 and a name of 100
+    for path in ("x/" + "m" * 98, "x/" + "p" * 153 + "/" + "q" * 100):
+        os.makedirs(os.path.dirname(os.path.join(root, path)), exist_ok=True)
+        with open(os.path.join(root, path), "wb") as f:
+            f.write(b"edge\n")
+    os.makedirs(os.path.join(x, "k" * 97))
     os.makedirs(os.path.join(x, "sticky"))
     os.chmod(os.path.join(x, "sticky"), 0o1777)
     os.makedirs(os.path.join(x, "setgid-dir"))

@@ -14,7 +14,8 @@
 //	gotar crafted                 headers no tree on disk gives (big owners, far times)
 //
 // An entry the chosen format cannot hold (WriteHeader refuses it) is left out and named on
-// stderr as "skipped NAME: ERROR", with what is under it and the hardlinks to it.
+// stderr as "skipped NAME: ERROR", and the hardlinks to it (what is under a directory left
+// out is written if it fits: its directory is then implied).
 package main
 
 import (
@@ -67,12 +68,6 @@ func (w *writer) add(root, name string) {
 	path := filepath.Join(root, name)
 	fi, err := os.Lstat(path)
 	must(err)
-	for dir := filepath.Dir(name); dir != "." && dir != "/"; dir = filepath.Dir(dir) {
-		if w.skipped[dir] {
-			w.skipped[name] = true
-			return
-		}
-	}
 	link := ""
 	if fi.Mode()&os.ModeSymlink != 0 {
 		link, err = os.Readlink(path)
@@ -218,6 +213,12 @@ func crafted(tw *tar.Writer) {
 	// 'L' holds... PAX where a record is needed)
 	file(&tar.Header{Name: "c/any-big-owner-and-time", Uid: 3000000, ModTime: t(-1e9)}, "x")
 	file(&tar.Header{Name: "c/any-caf\u00e9-" + strings.Repeat("a", 100), ModTime: t(1e9)}, "x")
+	// a zero ModTime (time.Time{}, year 1: what a Go program that sets none writes), in each format
+	for _, f := range []tar.Format{tar.FormatUnknown, tar.FormatUSTAR, tar.FormatPAX, tar.FormatGNU} {
+		file(&tar.Header{Name: "c/zero-time-" + strings.Trim(strings.ToLower(f.String()), "<>"), Format: f}, "x")
+	}
+	// owner names that are no ASCII (a PAX uname), and over 32 bytes
+	file(&tar.Header{Name: "c/pax-uname-utf8", Uid: 1000, Uname: "j\u00fcrgen", Gname: "\u00e9quipe", ModTime: t(1e9)}, "x")
 	// header-only types Go writes with a size of 0 (it refuses a size on them)
 	must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeFifo, Name: "c/fifo", Mode: 0o600, ModTime: t(1e9)}))
 	must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeChar, Name: "c/chr", Mode: 0o600, Devmajor: 1, Devminor: 3,
