@@ -25,8 +25,8 @@ _TIMES = {b"e/after-2242", b"e/before-1970"}  # no octal field of 11 digits hold
 _V7 = _LONG | {b"d/" + b"l" * 60 + b"/" + b"n" * 70, b"e/" + b"t" * 90 + b"/" + b"f" * 30,
                b"e/" + b"t" * 90 + b"/" + b"s" * 40, b"x/" + b"n" * 100,  # names over 99 bytes
                b"x/" + b"p" * 153, b"x/" + b"p" * 153 + b"/" + b"q" * 100,
-               b"x/fifo", b"x/null", b"x/loop7"}  # v7 has no type for them
-_NODES = {b"x/fifo", b"x/null", b"x/loop7"}
+               b"x/fifo", b"x/null", b"x/loop7", b"x/hard-fifo", b"x/hard-null"}  # v7 has no type for them
+_NODES = {b"x/fifo", b"x/null", b"x/loop7", b"x/hard-fifo", b"x/hard-null"}
 # What each writer leaves out of the tree (it refuses the entry, or says so and goes on):
 # the entries no reader can see.  A writer that cuts a value instead (busybox and pax write a
 # time before 1970 as 0; 7-Zip without -snoi stores every owner as 0) is read the same by all.
