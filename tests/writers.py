@@ -72,6 +72,13 @@ def _more(root):
     for target, link in (("fifo", "hard-fifo"), ("null", "hard-null"), ("symlink", "hard-symlink"),
                          ("empty", "hard-empty"), ("setuid", "hard-setuid")):
         os.link(os.path.join(x, target), os.path.join(x, link), follow_symlinks=False)
+    # xattrs as layers carry them: a file capability (ping's cap_net_raw+ep, VFS v2), a value of
+    # binary bytes (a NUL, a newline, an '='), an empty value, one on a directory
+    os.setxattr(os.path.join(x, "setgid"), "security.capability",
+                bytes.fromhex("0100000200200000000000000000000000000000"))
+    os.setxattr(os.path.join(x, "block"), "user.bin", b"\x00\xff\n=\x00")
+    os.setxattr(os.path.join(x, "block"), "user.empty", b"")
+    os.setxattr(os.path.join(x, "empty-dir"), "user.dir", b"on a directory")
     os.makedirs(os.path.join(x, "sticky"))
     os.chmod(os.path.join(x, "sticky"), 0o1777)
     os.makedirs(os.path.join(x, "setgid-dir"))
