@@ -12,7 +12,10 @@ import os
 import pytest
 
 import writers
+from layerkit import apply, write
+from tarvectors import extract_with
 from test_tar_corpora import GNU, REFS, _check, assert_compact_rebuild
+from treecmp import assert_same, snapshot
 
 EXPECT = {k: REFS for k in writers.KEYS}
 # Go writes a name that is no UTF-8 into a PAX path record as it is, without hdrcharset=BINARY
@@ -69,3 +72,12 @@ def test_other_writers_archive(g, key):
 @pytest.mark.parametrize("key", writers.KEYS)
 def test_a_compact_store_rebuilds_it_bit_exact(tmp_path, key):
     assert_compact_rebuild(tmp_path, key, writers.archive(key))
+
+
+@pytest.mark.parametrize("key", writers.COMPRESSED_KEYS)
+def test_other_writers_compression(g, key):
+    """Go's moby-style tar as the layer compressors write it (go/moby's test runs the same tar
+    through every path): lamina's tree from the compressed layer is GNU tar's from the tar."""
+    apply(write(g.dest / "layer", writers.compressed(key)), g.dest / "lamina")
+    extract_with("gnu", write(g.dest / "plain.tar", writers.archive("go/moby")), g.dest / "gnu")
+    assert_same(snapshot(g.dest / "gnu"), snapshot(g.dest / "lamina"), labels=("gnu-tar", "lamina"), context=key)

@@ -34,6 +34,7 @@ import corpora
 MEMBERS = ["d", "e", "u", "x"]
 _GOTAR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gotar")
 _WRITTEN = {}
+COMPRESSED = {}  # key -> go/moby's tar compressed by another writer
 COVERS = {}  # key -> the members of MEMBERS it archives
 TREE = set()  # every name under MEMBERS, as bytes
 SKIPPED = {}  # key -> the names the writer said it left out (or that are missing from it)
@@ -198,6 +199,23 @@ def _write_all(root):
     # its PAX format with times to the nanosecond, atime and ctime, owners' ids and names
     run("7zip/pax", "7zz", "a", "-bso0", "-bsp0", "-ttar", "-snl", "-snh", "-snoi", "-snon", "-mm=pax", "-mtp=3",
         "-mtc=on", "-mta=on", *_7Z_LEAVE_OUT, "o.tar", *MEMBERS, file="o.tar")
+    # the layer compressions of those writers, over Go's moby-style tar: Go's compress/gzip
+    # (docker), busybox gzip, 7-Zip's gzip, pigz's independent blocks (-i), gzip --rsyncable
+    # (both flush mid-stream), CPython's gzip with a file name and time in its header
+    plain = out["go/moby"]
+    for key, argv in (("gzip/go", [gotar, "gzip"]), ("gzip/busybox", ["busybox", "gzip", "-c"]),
+                      ("gzip/7zip", ["7zz", "a", "-an", "-tgzip", "-si", "-so", "-bso0", "-bsp0", "-mx=9"]),
+                      ("gzip/pigz-independent", ["pigz", "-i", "-b", "32", "-c"]),
+                      ("gzip/gzip-rsyncable", ["gzip", "--rsyncable", "-c"]), ("zstd/zstd", ["zstd", "-q", "-c", "-19"])):
+        p = subprocess.run(argv, input=plain, capture_output=True)
+        assert p.returncode == 0, (key, p.stderr)
+        COMPRESSED[key] = p.stdout
+    import gzip
+    import io
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="layer.tar", mode="wb", fileobj=buf, mtime=corpora._MTIME) as z:
+        z.write(plain)
+    COMPRESSED["gzip/python"] = buf.getvalue()
     for key, fmt, kw in (("python/ustar", tarfile.USTAR_FORMAT, {}), ("python/gnu", tarfile.GNU_FORMAT, {}),
                          ("python/pax", tarfile.PAX_FORMAT, {}),
                          ("python/pax-global-latin1", tarfile.PAX_FORMAT,
@@ -205,6 +223,12 @@ def _write_all(root):
         out[key], SKIPPED[key] = _python(root, fmt, **kw)
         COVERS[key] = MEMBERS
     return out
+
+
+def compressed(key):
+    """go/moby's tar compressed as ``key`` names."""
+    archive("go/moby")
+    return COMPRESSED[key]
 
 
 def archive(key):
@@ -218,3 +242,5 @@ def archive(key):
 KEYS = ["go/moby", "go/moby-not-utf8", "go/default", "go/default-not-utf8", "go/gnu", "go/pax", "go/pax-not-utf8", "go/ustar", "go/crafted", "busybox/tar", "pax/ustar",
         "pax/tar", "cpio/ustar", "cpio/tar", "7zip/tar", "7zip/pax", "python/ustar", "python/gnu", "python/pax",
         "python/pax-global-latin1"]
+COMPRESSED_KEYS = ["gzip/go", "gzip/busybox", "gzip/7zip", "gzip/pigz-independent", "gzip/gzip-rsyncable",
+                   "gzip/python", "zstd/zstd"]

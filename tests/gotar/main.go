@@ -12,6 +12,7 @@
 //	gotar pax ROOT MEMBER...      Format PAX with atime, ctime and sub-second times kept
 //	gotar ustar ROOT MEMBER...    Format USTAR
 //	gotar crafted                 headers no tree on disk gives (big owners, far times)
+//	gotar gzip                    stdin gzipped by compress/gzip (docker's layer compression)
 //
 // An entry the chosen format cannot hold (WriteHeader refuses it) is left out and named on
 // stderr as "skipped NAME: ERROR", and the hardlinks to it (what is under a directory left
@@ -20,6 +21,7 @@ package main
 
 import (
 	"archive/tar"
+	"compress/gzip"
 	"fmt"
 	"io"
 	"os"
@@ -228,6 +230,14 @@ func crafted(tw *tar.Writer) {
 }
 
 func main() {
+	if os.Args[1] == "gzip" {
+		zw, err := gzip.NewWriterLevel(os.Stdout, gzip.DefaultCompression)
+		must(err)
+		_, err = io.Copy(zw, os.Stdin)
+		must(err)
+		must(zw.Close())
+		return
+	}
 	tw := tar.NewWriter(os.Stdout)
 	if os.Args[1] == "crafted" {
 		crafted(tw)
