@@ -113,10 +113,10 @@ def _skipped_lines(stderr):
     return [line for line in stderr.decode(errors="replace").splitlines() if line.startswith("skipped ")]
 
 
-def _python(root, fmt, **kw):
+def _python(root, work, fmt, members=MEMBERS, **kw):
     """tarfile's own walk (TarFile.add), one entry at a time so an entry the format refuses
     (ValueError: a name too long for ustar, a time before 1970...) is left out, not the rest."""
-    out = os.path.join(root, "py.tar")
+    out = os.path.join(work, "py.tar")
     skipped = []
     with tarfile.open(out, "w", format=fmt, **kw) as tf:
         def add(path):
@@ -131,7 +131,7 @@ def _python(root, fmt, **kw):
         cwd = os.getcwd()
         os.chdir(root)
         try:
-            for m in MEMBERS:
+            for m in members:
                 add(m)
         finally:
             os.chdir(cwd)
@@ -149,16 +149,17 @@ def _write_all(root):
                 for m in MEMBERS for dirpath, dirnames, filenames in os.walk(os.path.join(root, m).encode())
                 for n in dirnames + filenames)
     TREE.update(m.encode() for m in MEMBERS)
-    work = os.path.join(root, ".work")
+    work = os.path.join(os.path.dirname(root), "work")  # beside the tree: "." archives the tree alone
     os.makedirs(work)
+    o_tar = os.path.join(work, "o.tar")
 
     def run(key, *argv, stdin=None, ok=(0,), file=None):
         p = subprocess.run(argv, cwd=root, input=stdin, capture_output=True)
         assert p.returncode in ok, (key, argv, p.returncode, p.stderr.decode(errors="replace"))
         if file:
-            with open(os.path.join(root, file), "rb") as f:
+            with open(file, "rb") as f:
                 out[key] = f.read()
-            os.unlink(os.path.join(root, file))
+            os.unlink(file)
         else:
             out[key] = p.stdout
         COVERS[key] = [m for m in MEMBERS if m in argv[3:]] if argv[0] == gotar else MEMBERS
@@ -185,7 +186,7 @@ def _write_all(root):
     # nothing, which GNU tar and bsdtar fail and lamina refuses.  Those links are left out
     # (an empty -s replacement skips the name)
     for fmt, skip in (("ustar", ()), ("tar", ("-s", ",^x/hard-fifo$,,", "-s", ",^x/hard-null$,,"))):
-        run(f"pax/{fmt}", "pax", "-w", "-x", fmt, *skip, "-f", "o.tar", *MEMBERS, ok=(0, 1), file="o.tar")
+        run(f"pax/{fmt}", "pax", "-w", "-x", fmt, *skip, "-f", o_tar, *MEMBERS, ok=(0, 1), file=o_tar)
     # NUL-ended names: the tree has names with a newline.  cpio exits 2 having written every
     # entry it could: the others it names on stderr
     # The link field of a hardlink it writes cut to 100 bytes (a ustar prefix holds the name,
@@ -195,10 +196,19 @@ def _write_all(root):
     for fmt in ("ustar", "tar"):
         run(f"cpio/{fmt}", "cpio", "--quiet", "-0", "-o", "-H", fmt, stdin=listing, ok=(0, 2))
     run("7zip/tar", "7zz", "a", "-bso0", "-bsp0", "-ttar", "-snl", "-snh", *_7Z_LEAVE_OUT,
-        "o.tar", *MEMBERS, file="o.tar")
+        o_tar, *MEMBERS, file=o_tar)
     # its PAX format with times to the nanosecond, atime and ctime, owners' ids and names
     run("7zip/pax", "7zz", "a", "-bso0", "-bsp0", "-ttar", "-snl", "-snh", "-snoi", "-snon", "-mm=pax", "-mtp=3",
-        "-mtc=on", "-mta=on", *_7Z_LEAVE_OUT, "o.tar", *MEMBERS, file="o.tar")
+        "-mtc=on", "-mta=on", *_7Z_LEAVE_OUT, o_tar, *MEMBERS, file=o_tar)
+    # the whole tree as "." (names "./d/a", and the root itself as "./" or "."), as
+    # `tar -C rootfs -c .` makes a layer
+    run("busybox/dot", "busybox", "tar", "-cf", "-", ".")
+    run("pax/dot-ustar", "pax", "-w", "-x", "ustar", "-f", o_tar, ".", ok=(0, 1), file=o_tar)
+    listing = subprocess.run(["find", ".", "-print0"], cwd=root, capture_output=True, check=True).stdout
+    run("cpio/dot-ustar", "cpio", "--quiet", "-0", "-o", "-H", "ustar",
+        stdin=listing.replace(b"./e/hardlink-to-a-long-name\0", b""), ok=(0, 2))
+    out["python/dot-pax"], SKIPPED["python/dot-pax"] = _python(root, work, tarfile.PAX_FORMAT, members=["."])
+    COVERS["python/dot-pax"] = MEMBERS
     # the layer compressions of those writers, over Go's moby-style tar: Go's compress/gzip
     # (docker), busybox gzip, 7-Zip's gzip, pigz's independent blocks (-i), gzip --rsyncable
     # (both flush mid-stream), CPython's gzip with a file name and time in its header
@@ -206,7 +216,7 @@ def _write_all(root):
     for key, argv in (("gzip/go", [gotar, "gzip"]), ("gzip/busybox", ["busybox", "gzip", "-c"]),
                       ("gzip/7zip", ["7zz", "a", "-an", "-tgzip", "-si", "-so", "-bso0", "-bsp0", "-mx=9"]),
                       ("gzip/pigz-independent", ["pigz", "-i", "-b", "32", "-c"]),
-                      ("gzip/gzip-rsyncable", ["gzip", "--rsyncable", "-c"]), ("zstd/zstd", ["zstd", "-q", "-c", "-19"])):
+                      ("gzip/gzip-rsyncable", ["gzip", "--rsyncable", "-c"]), ("zstd/zstd", ["zstd", "-q", "-c"])):
         p = subprocess.run(argv, input=plain, capture_output=True)
         assert p.returncode == 0, (key, p.stderr)
         COMPRESSED[key] = p.stdout
@@ -220,7 +230,7 @@ def _write_all(root):
                          ("python/pax", tarfile.PAX_FORMAT, {}),
                          ("python/pax-global-latin1", tarfile.PAX_FORMAT,
                           {"pax_headers": {"comment": "lamina"}, "encoding": "latin-1"})):
-        out[key], SKIPPED[key] = _python(root, fmt, **kw)
+        out[key], SKIPPED[key] = _python(root, work, fmt, **kw)
         COVERS[key] = MEMBERS
     return out
 
@@ -234,13 +244,14 @@ def compressed(key):
 def archive(key):
     """The bytes ``key`` names, all written on first use."""
     if not _WRITTEN:
-        with tempfile.TemporaryDirectory(prefix="lamina-writers-") as root:
-            _WRITTEN.update(_write_all(root))
+        with tempfile.TemporaryDirectory(prefix="lamina-writers-") as base:
+            os.makedirs(os.path.join(base, "tree"))
+            _WRITTEN.update(_write_all(os.path.join(base, "tree")))
     return _WRITTEN[key]
 
 
 KEYS = ["go/moby", "go/moby-not-utf8", "go/default", "go/default-not-utf8", "go/gnu", "go/pax", "go/pax-not-utf8", "go/ustar", "go/crafted", "busybox/tar", "pax/ustar",
         "pax/tar", "cpio/ustar", "cpio/tar", "7zip/tar", "7zip/pax", "python/ustar", "python/gnu", "python/pax",
-        "python/pax-global-latin1"]
+        "python/pax-global-latin1", "busybox/dot", "pax/dot-ustar", "cpio/dot-ustar", "python/dot-pax"]
 COMPRESSED_KEYS = ["gzip/go", "gzip/busybox", "gzip/7zip", "gzip/pigz-independent", "gzip/gzip-rsyncable",
                    "gzip/python", "zstd/zstd"]
