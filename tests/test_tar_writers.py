@@ -33,7 +33,7 @@ _NODES = {b"x/fifo", b"x/null", b"x/loop7", b"x/hard-fifo", b"x/hard-null"}
 # What each writer leaves out of the tree (it refuses the entry, or says so and goes on):
 # the entries no reader can see.  A writer that cuts a value instead (busybox and pax write a
 # time before 1970 as 0; 7-Zip without -snoi stores every owner as 0) is read the same by all.
-MISSING = {
+_LEFT_OUT = {
     "go/ustar": _LONG | _TIMES | {b"u/caf\xe9", b"u/ln\xff", "u/\u00e4\u00f6 \u65e5\u672c".encode()},
     "pax/ustar": _LONG | {b"e/after-2242", b"e/hardlink-to-a-long-name"},  # pax: "Link name too long"
     "pax/tar": _V7 | {b"e/after-2242", b"e/hardlink-to-a-long-name"},
@@ -47,8 +47,11 @@ MISSING = {
 }
 # pax keeps the "./" of its operand: the path of 256 bytes and its directory are 2 bytes over
 # what ustar holds; cpio takes it off
-MISSING["pax/dot-ustar"] = MISSING["pax/ustar"] | {b"x/" + b"p" * 153, b"x/" + b"p" * 153 + b"/" + b"q" * 100}
-MISSING["cpio/dot-ustar"] = MISSING["cpio/ustar"]
+_LEFT_OUT["pax/dot-ustar"] = _LEFT_OUT["pax/ustar"] | {b"x/" + b"p" * 153, b"x/" + b"p" * 153 + b"/" + b"q" * 100}
+_LEFT_OUT["cpio/dot-ustar"] = _LEFT_OUT["cpio/ustar"]
+# the socket: no tar type holds one; GNU cpio's ustar writes an empty file of type '\0'
+MISSING = {k: _LEFT_OUT.get(k, set()) | ({b"x/sock"} if k not in ("cpio/ustar", "cpio/dot-ustar") else set())
+           for k in writers.KEYS}
 
 
 def _names(root):

@@ -25,6 +25,7 @@ writer cannot store it leaves out, refuses or cuts; ``SKIPPED[key]`` names those
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import tarfile
 import tempfile
@@ -80,6 +81,11 @@ def _more(root):
     os.setxattr(os.path.join(x, "block"), "user.bin", b"\x00\xff\n=\x00")
     os.setxattr(os.path.join(x, "block"), "user.empty", b"")
     os.setxattr(os.path.join(x, "empty-dir"), "user.dir", b"on a directory")
+    # a socket (a rootfs's /run has them): no tar type holds one; GNU cpio writes an empty regular
+    # file of the old '\0' type, the others leave it out
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(os.path.join(x, "sock"))
+    os.utime(os.path.join(x, "sock"), (corpora._MTIME, corpora._MTIME))
     os.makedirs(os.path.join(x, "sticky"))
     os.chmod(os.path.join(x, "sticky"), 0o1777)
     os.makedirs(os.path.join(x, "setgid-dir"))
@@ -94,8 +100,8 @@ def _more(root):
 
 
 # 7-Zip opens a fifo or a device node and reads it as a file's data (on a fifo it waits
-# forever): they are left out, with their hardlinks
-_7Z_LEAVE_OUT = ["-x!x/fifo", "-x!x/null", "-x!x/loop7", "-x!x/hard-fifo", "-x!x/hard-null"]
+# forever): they are left out, with their hardlinks; a socket it cannot open (exit 1)
+_7Z_LEAVE_OUT = ["-x!x/sock", "-x!x/fifo", "-x!x/null", "-x!x/loop7", "-x!x/hard-fifo", "-x!x/hard-null"]
 
 
 def _gotar(work):

@@ -70,6 +70,9 @@ func (w *writer) add(root, name string) {
 	path := filepath.Join(root, name)
 	fi, err := os.Lstat(path)
 	must(err)
+	if fi.Mode()&os.ModeSocket != 0 {
+		return // moby skips sockets (FileInfoHeader refuses them)
+	}
 	link := ""
 	if fi.Mode()&os.ModeSymlink != 0 {
 		link, err = os.Readlink(path)
