@@ -9,7 +9,7 @@ that are no UTF-8, fifos, devices, setuid/setgid/sticky modes, owners without a 
     go/MODE          Go's archive/tar (what docker, buildkit, containerd, umoci, kaniko
                      write), through tests/gotar/main.go: ``moby`` as docker's
                      pkg/archive, ``default`` (Go picks the format), ``gnu``, ``pax``,
-                     ``ustar``, and ``crafted``, headers no tree gives
+                     ``ustar``, and ``crafted*``, headers no tree gives
     busybox/tar      busybox tar (ustar, GNU long names)
     pax/ustar,       MirBSD pax's ``-x ustar`` and ``-x tar`` (v7)
     pax/tar
@@ -186,6 +186,9 @@ def _write_all(root):
         else:
             run(f"go/{mode}", gotar, mode, root, *MEMBERS)
     run("go/crafted", gotar, "crafted")
+    run("go/crafted-types", gotar, "crafted-types")
+    run("go/crafted-sparse", gotar, "crafted-sparse")
+    run("go/crafted-type-A", gotar, "crafted-type-A")
     run("busybox/tar", "busybox", "tar", "-cf", "-", *MEMBERS)
     # pax exits 1 having written every entry it could: the others it names on stderr
     # In v7 ('-x tar') it leaves out a fifo or a device, but not a hardlink to one: a link to
@@ -256,7 +259,7 @@ def archive(key):
     return _WRITTEN[key]
 
 
-KEYS = ["go/moby", "go/moby-not-utf8", "go/default", "go/default-not-utf8", "go/gnu", "go/pax", "go/pax-not-utf8", "go/ustar", "go/crafted", "busybox/tar", "pax/ustar",
+KEYS = ["go/moby", "go/moby-not-utf8", "go/default", "go/default-not-utf8", "go/gnu", "go/pax", "go/pax-not-utf8", "go/ustar", "go/crafted", "go/crafted-types", "go/crafted-sparse", "go/crafted-type-A", "busybox/tar", "pax/ustar",
         "pax/tar", "cpio/ustar", "cpio/tar", "7zip/tar", "7zip/pax", "python/ustar", "python/gnu", "python/pax",
         "python/pax-global-latin1", "busybox/dot", "pax/dot-ustar", "cpio/dot-ustar", "python/dot-pax"]
 COMPRESSED_KEYS = ["gzip/go", "gzip/busybox", "gzip/7zip", "gzip/pigz-independent", "gzip/gzip-rsyncable",

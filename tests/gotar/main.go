@@ -12,6 +12,9 @@
 //	gotar pax ROOT MEMBER...      Format PAX with atime, ctime and sub-second times kept
 //	gotar ustar ROOT MEMBER...    Format USTAR
 //	gotar crafted                 headers no tree on disk gives (big owners, far times)
+//	gotar crafted-types           the type flags Go writes as asked ('S', 'D', '7', 'g'), and
+//	gotar crafted-type-A          'A'
+//	gotar crafted-sparse          a GNU 'S' header as Go writes it (no sparse map)
 //	gotar gzip                    stdin gzipped by compress/gzip (docker's layer compression)
 //
 // An entry the chosen format cannot hold (WriteHeader refuses it) is left out and named on
@@ -232,6 +235,23 @@ func crafted(tw *tar.Writer) {
 		Devminor: 1048575, ModTime: t(1e9)}))
 }
 
+// types Go writes as asked, though it writes no sparse map, dump dir or contiguous file of
+// its own: 'S' with ustar's magic, GNU's 'D' and ustar's '7' with data, a global header
+func craftedTypes(tw *tar.Writer) {
+	entry := func(h *tar.Header, data string) {
+		h.Mode, h.ModTime, h.Size = 0o644, time.Unix(1e9, 0), int64(len(data))
+		must(tw.WriteHeader(h))
+		_, err := io.WriteString(tw, data)
+		must(err)
+	}
+	must(tw.WriteHeader(&tar.Header{Typeflag: tar.TypeXGlobalHeader, Name: "global",
+		PAXRecords: map[string]string{"comment": "written by gotar"}}))
+	entry(&tar.Header{Typeflag: tar.TypeGNUSparse, Name: "sparse-ustar", Format: tar.FormatUSTAR}, "hello")
+	entry(&tar.Header{Typeflag: 'D', Name: "dumpdir", Format: tar.FormatGNU}, "Yf\x00\x00")
+	entry(&tar.Header{Typeflag: tar.TypeCont, Name: "contiguous"}, "contiguous\n")
+	entry(&tar.Header{Typeflag: tar.TypeReg, Name: "after"}, "after\n")
+}
+
 func main() {
 	if os.Args[1] == "gzip" {
 		zw, err := gzip.NewWriterLevel(os.Stdout, gzip.DefaultCompression)
@@ -244,6 +264,23 @@ func main() {
 	tw := tar.NewWriter(os.Stdout)
 	if os.Args[1] == "crafted" {
 		crafted(tw)
+	} else if os.Args[1] == "crafted-types" {
+		craftedTypes(tw)
+	} else if os.Args[1] == "crafted-type-A" {
+		// a type Go passes on as it is: 'A', which Solaris tar writes for an ACL
+		for _, h := range []*tar.Header{{Typeflag: 'A', Name: "type-A", Size: 8}, {Typeflag: tar.TypeReg, Name: "f", Size: 8}} {
+			h.Mode, h.ModTime = 0o644, time.Unix(1e9, 0)
+			must(tw.WriteHeader(h))
+			_, err := io.WriteString(tw, "content\n")
+			must(err)
+		}
+	} else if os.Args[1] == "crafted-sparse" {
+		// 'S' with GNU's magic as Go writes it: no sparse map, a real size of 0, the data after
+		h := &tar.Header{Typeflag: tar.TypeGNUSparse, Name: "sparse-gnu", Format: tar.FormatGNU, Mode: 0o644,
+			ModTime: time.Unix(1e9, 0), Size: 5}
+		must(tw.WriteHeader(h))
+		_, err := io.WriteString(tw, "hello")
+		must(err)
 	} else {
 		w := &writer{tw: tw, mode: os.Args[1], seen: map[uint64]string{}, skipped: map[string]bool{}}
 		for _, m := range os.Args[3:] {
