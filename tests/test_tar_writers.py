@@ -3,7 +3,9 @@
 Go's archive/tar (as docker's pkg/archive writes layers, and in each format Go has), busybox,
 MirBSD pax, GNU cpio, 7-Zip and CPython's tarfile each archive one tree of edge cases; every
 archive goes through test_tar_corpora's harness (lamina's tree against the references', every
-path, nothing written outside) and through a compact store's bit-exact rebuild.
+path, nothing written outside) and through a compact store's bit-exact rebuild; the layer
+compressors those tools use (Go's compress/gzip, busybox, 7-Zip, pigz, gzip, CPython, zstd)
+over Go's moby-style tar.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ EXPECT["go/crafted-type-A"] = refused("InvalidArchiveError", "entry 'f': follows
 # Go writes a GNU 'S' header as asked, without a sparse map or a real size: GNU tar makes a file
 # of 0 bytes (the map's), bsdtar one of the 5 stored; Go's reader refuses it ("sparse file
 # contains unreferenced data"), and so does lamina (CONFORMANCE.md, the sparse map's row)
-EXPECT["go/crafted-sparse"] = refused("InvalidArchiveError", "entry 'sparse-gnu': sparse map names 0 bytes but the entry stores 5")
+EXPECT["go/crafted-sparse"] = refused("InvalidArchiveError",
+                                     "entry 'sparse-gnu': sparse map names 0 bytes but the entry stores 5")
 
 _LONG = {b"e/long-symlink", b"e/" + b"x" * 120 + b"\nz"}  # a link target over 100 bytes, a name of 123
 _TIMES = {b"e/after-2242", b"e/before-1970"}  # no octal field of 11 digits holds them

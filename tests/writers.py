@@ -15,12 +15,16 @@ that are no UTF-8, fifos, devices, setuid/setgid/sticky modes, owners without a 
     pax/tar
     cpio/ustar,      GNU cpio's ``-H ustar`` and ``-H tar``
     cpio/tar
-    7zip/tar         7-Zip's tar writer (``7zz a -ttar``, links kept as links)
+    7zip/tar,        7-Zip's tar writer (``7zz a -ttar``, links kept as links), and its PAX
+    7zip/pax         format with nanoseconds, atime, ctime and owners
     python/FMT       CPython's tarfile: ustar, gnu, pax, and pax with a global header and
                      latin-1 names (``pax-global-latin1``)
+    WRITER/dot...    the tree archived as "." (busybox, pax, cpio, CPython)
 
-``archive(key)`` returns the bytes, written on first use and kept for the session.  What a
-writer cannot store it leaves out, refuses or cuts; ``SKIPPED[key]`` names those entries.
+``archive(key)`` returns the bytes, written on first use and kept for the session;
+``compressed(key)`` go/moby's tar as a layer compressor writes it (COMPRESSED_KEYS: Go's
+compress/gzip, busybox, 7-Zip, pigz, gzip, CPython, zstd).  What a writer cannot store it
+leaves out, refuses or cuts; ``SKIPPED[key]`` is what it said about that.
 """
 from __future__ import annotations
 
@@ -115,10 +119,6 @@ def _gotar(work):
     return exe
 
 
-def _skipped_lines(stderr):
-    return [line for line in stderr.decode(errors="replace").splitlines() if line.startswith("skipped ")]
-
-
 def _python(root, work, fmt, members=MEMBERS, **kw):
     """tarfile's own walk (TarFile.add), one entry at a time so an entry the format refuses
     (ValueError: a name too long for ustar, a time before 1970...) is left out, not the rest."""
@@ -169,8 +169,8 @@ def _write_all(root):
         else:
             out[key] = p.stdout
         COVERS[key] = [m for m in MEMBERS if m in argv[3:]] if argv[0] == gotar else MEMBERS
-        SKIPPED[key] = _skipped_lines(p.stderr) if argv[0].endswith("gotar") else \
-            p.stderr.decode(errors="replace").splitlines()
+        said = p.stderr.decode(errors="replace").splitlines()
+        SKIPPED[key] = [line for line in said if line.startswith("skipped ")] if argv[0] == gotar else said
 
     from conftest import require_tool
     for tool in ("busybox", "pax", "cpio", "7zz"):
@@ -190,16 +190,16 @@ def _write_all(root):
     run("go/crafted-sparse", gotar, "crafted-sparse")
     run("go/crafted-type-A", gotar, "crafted-type-A")
     run("busybox/tar", "busybox", "tar", "-cf", "-", *MEMBERS)
-    # pax exits 1 having written every entry it could: the others it names on stderr
-    # In v7 ('-x tar') it leaves out a fifo or a device, but not a hardlink to one: a link to
-    # nothing, which GNU tar and bsdtar fail and lamina refuses.  Those links are left out
-    # (an empty -s replacement skips the name)
+    # pax exits 1 having written every entry it could: the others it names on stderr.  In v7
+    # ('-x tar') it leaves out a fifo or a device, but not a hardlink to one: a link to nothing,
+    # which GNU tar and bsdtar fail and lamina refuses.  Those links are left out (an empty -s
+    # replacement skips the name)
     for fmt, skip in (("ustar", ()), ("tar", ("-s", ",^x/hard-fifo$,,", "-s", ",^x/hard-null$,,"))):
         run(f"pax/{fmt}", "pax", "-w", "-x", fmt, *skip, "-f", o_tar, *MEMBERS, ok=(0, 1), file=o_tar)
     # NUL-ended names: the tree has names with a newline.  cpio exits 2 having written every
-    # entry it could: the others it names on stderr
-    # The link field of a hardlink it writes cut to 100 bytes (a ustar prefix holds the name,
-    # nothing holds the target): the link to the long name is left out
+    # entry it could: the others it names on stderr.  It writes a hardlink's target cut to 100
+    # bytes (a link to nothing: a ustar prefix holds the name, nothing holds the target), so the
+    # link to the long name is left out
     listing = subprocess.run(["find", *MEMBERS, "-print0"], cwd=root, capture_output=True, check=True).stdout
     listing = listing.replace(b"e/hardlink-to-a-long-name\0", b"")
     for fmt in ("ustar", "tar"):
@@ -259,8 +259,9 @@ def archive(key):
     return _WRITTEN[key]
 
 
-KEYS = ["go/moby", "go/moby-not-utf8", "go/default", "go/default-not-utf8", "go/gnu", "go/pax", "go/pax-not-utf8", "go/ustar", "go/crafted", "go/crafted-types", "go/crafted-sparse", "go/crafted-type-A", "busybox/tar", "pax/ustar",
-        "pax/tar", "cpio/ustar", "cpio/tar", "7zip/tar", "7zip/pax", "python/ustar", "python/gnu", "python/pax",
-        "python/pax-global-latin1", "busybox/dot", "pax/dot-ustar", "cpio/dot-ustar", "python/dot-pax"]
+KEYS = ["go/moby", "go/moby-not-utf8", "go/default", "go/default-not-utf8", "go/gnu", "go/pax", "go/pax-not-utf8",
+        "go/ustar", "go/crafted", "go/crafted-types", "go/crafted-sparse", "go/crafted-type-A", "busybox/tar",
+        "pax/ustar", "pax/tar", "cpio/ustar", "cpio/tar", "7zip/tar", "7zip/pax", "python/ustar", "python/gnu",
+        "python/pax", "python/pax-global-latin1", "busybox/dot", "pax/dot-ustar", "cpio/dot-ustar", "python/dot-pax"]
 COMPRESSED_KEYS = ["gzip/go", "gzip/busybox", "gzip/7zip", "gzip/pigz-independent", "gzip/gzip-rsyncable",
                    "gzip/python", "zstd/zstd"]
