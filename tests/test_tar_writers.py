@@ -1,7 +1,7 @@
 """Archives other tar writers produce (tests/writers.py), each read as GNU tar and bsdtar read it.
 
 Go's archive/tar (as docker's pkg/archive writes layers, and in each format Go has), busybox,
-MirBSD pax, GNU cpio, 7-Zip and CPython's tarfile each archive one tree of edge cases; every
+MirBSD pax, GNU cpio, 7-Zip, CPython's tarfile and node-tar each archive one tree of edge cases; every
 archive goes through test_tar_corpora's harness (lamina's tree against the references', every
 path, nothing written outside) and through a compact store's bit-exact rebuild; the layer
 compressors those tools use (Go's compress/gzip, busybox, 7-Zip, pigz, gzip, CPython, zstd)
@@ -56,6 +56,8 @@ _LEFT_OUT = {
     # 7-Zip reads a fifo or a device as a file's data (writers.py leaves them out)
     "7zip/tar": _NODES, "7zip/pax": _NODES,
     "python/ustar": _LONG | _TIMES,
+    # node-tar leaves out fifos and devices, and the hardlinks to them, without a word
+    "nodetar/default": _NODES, "nodetar/portable": _NODES,
 }
 # pax keeps the "./" of its operand: the path of 256 bytes and its directory are 2 bytes over
 # what ustar holds; cpio takes it off

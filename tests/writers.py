@@ -19,6 +19,7 @@ that are no UTF-8, fifos, devices, setuid/setgid/sticky modes, owners without a 
     7zip/pax         format with nanoseconds, atime, ctime and owners
     python/FMT       CPython's tarfile: ustar, gnu, pax, and pax with a global header and
                      latin-1 names (``pax-global-latin1``)
+    nodetar/FORM     node-tar (npm's writer), default and portable
     WRITER/dot...    the tree archived as "." (busybox, pax, cpio, CPython)
 
 ``archive(key)`` returns the bytes, written on first use and kept for the session;
@@ -108,6 +109,14 @@ def _more(root):
 _7Z_LEAVE_OUT = ["-x!x/sock", "-x!x/fifo", "-x!x/null", "-x!x/loop7", "-x!x/hard-fifo", "-x!x/hard-null"]
 
 
+_NODE_TAR = """
+const tar = require('tar');
+tar.c(Object.assign({file: process.argv[2], sync: true,
+                     onwarn: (code, message) => console.error(code + ': ' + message)}, JSON.parse(process.argv[1])),
+      process.argv.slice(3));
+"""
+
+
 def _gotar(work):
     """The built tests/gotar program (stdlib only, built offline, once per session)."""
     from conftest import require_tool
@@ -160,7 +169,9 @@ def _write_all(root):
     o_tar = os.path.join(work, "o.tar")
 
     def run(key, *argv, stdin=None, ok=(0,), file=None):
-        p = subprocess.run(argv, cwd=root, input=stdin, capture_output=True)
+        # Debian's node-tar is no global module: NODE_PATH finds it
+        p = subprocess.run(argv, cwd=root, input=stdin, capture_output=True,
+                           env=dict(os.environ, NODE_PATH="/usr/share/nodejs"))
         assert p.returncode in ok, (key, argv, p.returncode, p.stderr.decode(errors="replace"))
         if file:
             with open(file, "rb") as f:
@@ -173,7 +184,7 @@ def _write_all(root):
         SKIPPED[key] = [line for line in said if line.startswith("skipped ")] if argv[0] == gotar else said
 
     from conftest import require_tool
-    for tool in ("busybox", "pax", "cpio", "7zz"):
+    for tool in ("busybox", "pax", "cpio", "7zz", "node"):
         require_tool(tool)
     gotar = _gotar(work)
     for mode in ("moby", "default", "gnu", "pax", "ustar"):
@@ -209,6 +220,12 @@ def _write_all(root):
     # its PAX format with times to the nanosecond, atime and ctime, owners' ids and names
     run("7zip/pax", "7zz", "a", "-bso0", "-bsp0", "-ttar", "-snl", "-snh", "-snoi", "-snon", "-mm=pax", "-mtp=3",
         "-mtc=on", "-mta=on", *_7Z_LEAVE_OUT, o_tar, *MEMBERS, file=o_tar)
+    # node-tar (npm's), in its default form (PAX records of atime, ctime, SCHILY.dev/ino/nlink)
+    # and its portable one; it reads names as UTF-8 (a name that is none it cannot find again:
+    # ENOENT), so "u" is left out
+    for key, opts in (("nodetar/default", "{}"), ("nodetar/portable", '{"portable": true}')):
+        run(key, "node", "-e", _NODE_TAR, opts, o_tar, *[m for m in MEMBERS if m != "u"], file=o_tar)
+        COVERS[key] = [m for m in MEMBERS if m != "u"]
     # the whole tree as "." (names "./d/a", and the root itself as "./" or "."), as
     # `tar -C rootfs -c .` makes a layer
     run("busybox/dot", "busybox", "tar", "-cf", "-", ".")
@@ -262,6 +279,6 @@ def archive(key):
 KEYS = ["go/moby", "go/moby-not-utf8", "go/default", "go/default-not-utf8", "go/gnu", "go/pax", "go/pax-not-utf8",
         "go/ustar", "go/crafted", "go/crafted-types", "go/crafted-sparse", "go/crafted-type-A", "busybox/tar",
         "pax/ustar", "pax/tar", "cpio/ustar", "cpio/tar", "7zip/tar", "7zip/pax", "python/ustar", "python/gnu",
-        "python/pax", "python/pax-global-latin1", "busybox/dot", "pax/dot-ustar", "cpio/dot-ustar", "python/dot-pax"]
+        "python/pax", "python/pax-global-latin1", "nodetar/default", "nodetar/portable", "busybox/dot", "pax/dot-ustar", "cpio/dot-ustar", "python/dot-pax"]
 COMPRESSED_KEYS = ["gzip/go", "gzip/busybox", "gzip/7zip", "gzip/pigz-independent", "gzip/gzip-rsyncable",
                    "gzip/python", "zstd/zstd"]
