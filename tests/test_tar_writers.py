@@ -57,6 +57,7 @@ _LEFT_OUT = {
     # 7-Zip reads a fifo or a device as a file's data (writers.py leaves them out)
     "7zip/tar": _NODES, "7zip/pax": _NODES,
     "python/ustar": _LONG | _TIMES,
+    "python/gnu-ascii-strict": {b"u/caf\xe9", b"u/ln\xff", "u/\u00e4\u00f6 \u65e5\u672c".encode()},
     # node-tar leaves out fifos and devices, and the hardlinks to them, without a word
     "nodetar/default": _NODES, "nodetar/portable": _NODES,
 }

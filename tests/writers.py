@@ -17,8 +17,8 @@ that are no UTF-8, fifos, devices, setuid/setgid/sticky modes, owners without a 
     cpio/tar
     7zip/tar,        7-Zip's tar writer (``7zz a -ttar``, links kept as links), and its PAX
     7zip/pax         format with nanoseconds, atime, ctime and owners
-    python/FMT       CPython's tarfile: ustar, gnu, pax, and pax with a global header and
-                     latin-1 names (``pax-global-latin1``)
+    python/FMT       CPython's tarfile: ustar, gnu, pax, pax with a global header and
+                     latin-1 names (``pax-global-latin1``), gnu in strict ASCII
     nodetar/FORM     node-tar (npm's writer), default and portable
     WRITER/dot...    the tree archived as "." (busybox, pax, cpio, CPython)
 
@@ -255,7 +255,9 @@ def _write_all(root):
     for key, fmt, kw in (("python/ustar", tarfile.USTAR_FORMAT, {}), ("python/gnu", tarfile.GNU_FORMAT, {}),
                          ("python/pax", tarfile.PAX_FORMAT, {}),
                          ("python/pax-global-latin1", tarfile.PAX_FORMAT,
-                          {"pax_headers": {"comment": "lamina"}, "encoding": "latin-1"})):
+                          {"pax_headers": {"comment": "lamina"}, "encoding": "latin-1"}),
+                         # a name it cannot encode is refused (UnicodeEncodeError), the rest written
+                         ("python/gnu-ascii-strict", tarfile.GNU_FORMAT, {"encoding": "ascii", "errors": "strict"})):
         out[key], SKIPPED[key] = _python(root, work, fmt, **kw)
         COVERS[key] = MEMBERS
     return out
@@ -279,6 +281,7 @@ def archive(key):
 KEYS = ["go/moby", "go/moby-not-utf8", "go/default", "go/default-not-utf8", "go/gnu", "go/pax", "go/pax-not-utf8",
         "go/ustar", "go/crafted", "go/crafted-types", "go/crafted-sparse", "go/crafted-type-A", "busybox/tar",
         "pax/ustar", "pax/tar", "cpio/ustar", "cpio/tar", "7zip/tar", "7zip/pax", "python/ustar", "python/gnu",
-        "python/pax", "python/pax-global-latin1", "nodetar/default", "nodetar/portable", "busybox/dot", "pax/dot-ustar", "cpio/dot-ustar", "python/dot-pax"]
+        "python/pax", "python/pax-global-latin1", "python/gnu-ascii-strict", "nodetar/default", "nodetar/portable",
+        "busybox/dot", "pax/dot-ustar", "cpio/dot-ustar", "python/dot-pax"]
 COMPRESSED_KEYS = ["gzip/go", "gzip/busybox", "gzip/7zip", "gzip/pigz-independent", "gzip/gzip-rsyncable",
                    "gzip/python", "zstd/zstd"]
