@@ -519,11 +519,16 @@ def test_a_compact_store_rebuilds_the_archive_bit_exact(tmp_path, key):
     (tar-split's extranils / notenoughnils end blocks, GNU long names of 64 KB, sparse maps,
     PAX records of every kind; the crafted cousins' sizes on symlinks, odd checksums and ends),
     so the sidecar's reader must walk them as the extractor does."""
+    plain = CRAFTED[key[len("crafted/"):]][0] if key.startswith("crafted/") else corpora.archive(key)[1]
+    assert_compact_rebuild(tmp_path, key, plain)
+
+
+def assert_compact_rebuild(tmp_path, key, plain):
+    """The layer ``plain``, stored by a compact store, given back byte for byte."""
     import hashlib
     from everypath import write_image
     from lamina.store import Store
     from lamina.transports import copy
-    plain = CRAFTED[key[len("crafted/"):]][0] if key.startswith("crafted/") else corpora.archive(key)[1]
     layout = write_image(tmp_path / "layout", [plain])
     store = Store(tmp_path / "store")
     store.set_config("keep-blobs", "false")
