@@ -73,9 +73,15 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
             else:
                 stats.layers = _apply_overlay(image.layers, staging, limits)
                 stats.layer_dirs = [os.path.join(dest, "layers", str(i)) for i in range(len(image.layers))]
+                lowers = stats.layer_dirs
+                if len(lowers) == 1:
+                    # overlayfs mounts no fewer than two lower layers without an upper one
+                    os.mkdir(os.path.join(staging, EMPTY_LOWER))
+                    os.chmod(os.path.join(staging, EMPTY_LOWER), 0o755)  # whatever the umask
+                    lowers = [os.path.join(dest, EMPTY_LOWER)] + lowers
                 # the extractor marks opaque dirs trusted.overlay.* as root, else user.overlay.*:
                 # a mount reads one namespace, and without userxattr not the user one
-                stats.mount_options = mount_options(stats.layer_dirs, userxattr=os.geteuid() != 0)
+                stats.mount_options = mount_options(lowers, userxattr=os.geteuid() != 0)
                 # the path's own bytes (DEST need not be UTF-8), as mount -o wants them
                 with open(os.path.join(staging, "mount-options"), "wb") as f:
                     f.write(os.fsencode(stats.mount_options) + b"\n")
@@ -204,6 +210,10 @@ def apply_overlay_layers(layers, targets, apply):
         if f.exception() is not None:
             raise f.exception()
     return [f.result() for f in futures]
+
+
+# overlay format, an image of one layer: the empty bottom layer its mount-options add
+EMPTY_LOWER = "empty"
 
 
 def mount_options(layer_dirs, *, userxattr=False):
