@@ -126,12 +126,13 @@ def test_overlay_mount_matches_the_flat_unpack(tmp_path):
         run("umount", mnt)
 
 
-@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("layers", [0, 1, 2])
 def test_the_mount_options_of_an_image_of_one_layer_mount(tmp_path, layers):
     """overlayfs mounts no fewer than two lower layers without an upper one: DEST/mount-options
     of a one-layer image (busybox, anything FROM scratch) was lowerdir= that one layer, and the
     mount README shows failed (EINVAL) where every other path gives the tree.  Such a DEST has
-    an empty bottom layer for the mount too."""
+    an empty bottom layer for the mount too (an image of no layers had no mount-options at all;
+    its layers/ is the second empty one)."""
     require_root()
     from everypath import write_image
     from tarbuild import Tar

@@ -74,11 +74,12 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
                 stats.layers = _apply_overlay(image.layers, staging, limits)
                 stats.layer_dirs = [os.path.join(dest, "layers", str(i)) for i in range(len(image.layers))]
                 lowers = stats.layer_dirs
-                if len(lowers) == 1:
-                    # overlayfs mounts no fewer than two lower layers without an upper one
+                if len(lowers) < 2:
+                    # overlayfs mounts no fewer than two lower layers without an upper one (an
+                    # image of none: layers/ is the other empty one; one dir twice is refused)
                     os.mkdir(os.path.join(staging, EMPTY_LOWER))
                     os.chmod(os.path.join(staging, EMPTY_LOWER), 0o755)  # whatever the umask
-                    lowers = [os.path.join(dest, EMPTY_LOWER)] + lowers
+                    lowers = [os.path.join(dest, EMPTY_LOWER)] + (lowers or [os.path.join(dest, "layers")])
                 # the extractor marks opaque dirs trusted.overlay.* as root, else user.overlay.*:
                 # a mount reads one namespace, and without userxattr not the user one
                 stats.mount_options = mount_options(lowers, userxattr=os.geteuid() != 0)
@@ -212,7 +213,7 @@ def apply_overlay_layers(layers, targets, apply):
     return [f.result() for f in futures]
 
 
-# overlay format, an image of one layer: the empty bottom layer its mount-options add
+# overlay format, an image of one layer (or none): the empty bottom layer its mount-options add
 EMPTY_LOWER = "empty"
 
 
