@@ -455,3 +455,33 @@ def test_the_overlay_formats_own_mount_options_mount_an_unprivileged_unpack_as_i
         subprocess.run(["umount", mnt], capture_output=True)
         _chmod_tree(base, "u+rwx")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_set_group_id_directory_above_the_store_gives_no_entry_its_group():
+    """nobody's work directory, and so its store, is set-group-ID with a group nobody is not
+    in.  Every snapshot entry inherited that group, which an unprivileged extraction cannot
+    chown away: unpack --link (the store's own inodes) gave the image's files group 1234 where
+    the dir unpack and the store's copy gave nobody's own group."""
+    base = world_tmpdir()
+    try:
+        layers = [Tar().file("f", b"x").dir("d").file("d/g", b"y").fifo("p").symlink("s", "f"),
+                  Tar().file("d/h", b"z").dir("e", mode=0o700).file("e/i", b"i", gid=5)]
+        layout = write_image(os.path.join(base, "layout"), [t.bytes() for t in layers])
+        _chmod_tree(layout, "a+rX")
+        work = os.path.join(base, "work")
+        os.mkdir(work)
+        os.chown(work, 65534, 1234)
+        os.chmod(work, 0o2775)
+        proc = run_as_nobody(SCRIPT, f"oci:{layout}:img", work, preload=_preload(), timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert [out[p] for p in ("dir", "store-copy", "store-link")] == ["ok"] * 3, out
+        trees = {p: snapshot(os.path.join(work, p)) for p in ("dir", "store-copy", "store-link")}
+        assert {e.gid for e in trees["dir"].entries.values()} == {65534}
+        for p in ("store-copy", "store-link"):
+            import dataclasses
+            diff = compare(trees["dir"], dataclasses.replace(trees[p], links=trees["dir"].links), labels=("dir", p))
+            assert not diff, diff
+    finally:
+        _chmod_tree(base, "u+rwx")
+        shutil.rmtree(base, ignore_errors=True)
