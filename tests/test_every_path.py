@@ -823,3 +823,42 @@ def test_a_directory_written_through_a_symlink_the_layer_then_removes_keeps_its_
     tree = assert_agree(results, context=describe(raws))
     assert tree.entries["b"].mtime == _LOW and "a" not in tree.entries, tree.entries
     g.check()
+
+
+def _acl(*entries):
+    """An ACL xattr value: (tag, perm, id) entries (acl_ea.h, version 2)."""
+    import struct
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, i) for t, p, i in entries)
+
+
+# user::rwx user:4321:rwx group::r-x mask::rwx other::r-x: a host user's rights
+HOST_DEFAULT_ACL = _acl((1, 7, 0xFFFFFFFF), (2, 7, 4321), (4, 5, 0xFFFFFFFF), (0x10, 7, 0xFFFFFFFF),
+                        (0x20, 5, 0xFFFFFFFF))
+
+
+def test_a_default_acl_above_the_destination_reaches_no_entry_on_any_path(g):
+    """The directory DEST is made in has a default ACL (rwx for host user 4321).  The
+    staging directory inherits it, and so did every entry the store's flatten made in it
+    (unpack REF DEST, --link's directories, a bundle's rootfs), down every directory made
+    there: the dir unpack, which undoes the inheritance entry by entry, gave none.  No entry
+    of the image gets it on any path; the root keeps what it inherited, as the dir unpack's."""
+    from lamina.store import Store
+    from lamina.store.bundles import make_bundle
+    from treecmp import snapshot
+    work = g.dest / "acl"
+    work.mkdir()
+    os.setxattr(work, "system.posix_acl_default", HOST_DEFAULT_ACL)
+    layers = [Tar().file("f", b"x").dir("d").file("d/g", b"y").fifo("p").symlink("s", "f").file("k", b"k"),
+              Tar().file("d/h", b"z").dir("e", mode=0o700).file("e/i", b"i").whiteout("k")]
+    raws = [t.bytes() for t in layers]
+    tree = assert_agree(run_paths(work, raws), context=describe(raws))
+    bundle = work / "bundle"
+    make_bundle(Store(work / "store"), "img:1", bundle)
+    rootfs = snapshot(bundle / "rootfs")
+    assert sorted(rootfs.entries) == sorted(tree.entries)
+    for where, t in (("every path", tree), ("bundle rootfs", rootfs)):
+        for name, e in t.entries.items():
+            assert not [k for k, _ in e.xattrs if k.startswith("system.posix_acl")], f"{where}: {name}: {e.xattrs}"
+    for root in (work / "dir", work / "store-copy", bundle / "rootfs"):
+        assert os.getxattr(root, "system.posix_acl_default") == HOST_DEFAULT_ACL, root
+    g.check()

@@ -83,7 +83,7 @@ def test_lamina_verbs_report_odd_paths_as_utf8(odd):
     doc = _json("unpack", "--overlay", "--format", "json", f"oci:{layout}:img", odd + b"/ovl")
     assert doc["layer_dirs"] == [shown(odd + b"/ovl/layers/0")]
     with open(odd + b"/ovl/mount-options", "rb") as f:  # the path's own bytes, for mount -o
-        assert f.read() == b"lowerdir=" + odd + b"/ovl/layers/0\n"
+        assert f.read() == b"lowerdir=" + odd + b"/ovl/layers/0:" + odd + b"/ovl/empty\n"  # (one layer: + empty)
     doc = _json("--root", root, "copy", "--format", "json", f"oci:{layout}:img", "img:1")
     assert doc["source"] == f"oci:{shown(layout)}:img"
     doc = _json("--root", root, "unpack", "--format", "json", "img:1", odd + b"/from-store")

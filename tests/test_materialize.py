@@ -222,6 +222,36 @@ def test_unpack_errors_leave_nothing(tmp_path, rich):
     assert (tmp_path / "from-layout/usr/bin/tool").exists()
 
 
+@pytest.mark.parametrize("verb", [["unpack"], ["unpack", "--link"], ["unpack", "--bundle"], ["mount"]],
+                         ids=["unpack", "link", "bundle", "mount"])
+@pytest.mark.parametrize("inside", ["snapshots/mine", "objects/stage/x", "blobs/sha256/mine", "mine",
+                                    "through-a-symlink/mine"])
+def test_a_destination_inside_the_store_is_refused(tmp_path, verb, inside):
+    """gc, prune and fsck --repair own every name in the store: a tree unpacked into
+    snapshots/ or objects/ was taken as debris by the next fsck --repair (the user's DEST
+    removed, 'not a snapshot', 'not an object'), one in objects/stage/ made the repair fail
+    ('Is a directory'), and a mount there would cover the store's own files.  Refused by
+    name before anything is made; the store checks clean."""
+    if verb == ["mount"]:
+        require_root()
+    from everypath import write_image
+    from tarbuild import Tar
+    store = _store(tmp_path)
+    layout = write_image(tmp_path / "layout", [Tar().dir("etc").file("etc/f", b"f\n").bytes()])
+    load_layout(store, layout, "img", "img:1")
+    os.symlink(store.root / "snapshots", tmp_path / "through-a-symlink")
+    dest = (tmp_path / inside) if inside.startswith("through-") else (store.root / inside)
+    before = sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*"))
+    try:
+        out, err = fails(store.root, *verb, "img:1", dest)
+    finally:
+        if os.path.ismount(dest):  # what the test saw fail: not left mounted
+            run("umount", dest)
+    assert "inside the store" in err and (str(dest) in err or os.path.realpath(dest) in err), err
+    assert sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*")) == before
+    assert "0 errors, 0 warnings" in ok(store.root, "fsck")
+
+
 def test_link_refuses_another_filesystem(tmp_path, rich):
     layout, _ = rich
     if os.stat(tmp_path).st_dev == os.stat("/dev/shm").st_dev:

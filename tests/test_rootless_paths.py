@@ -418,3 +418,70 @@ def test_the_directories_a_device_node_nobody_could_make_implies_stay():
     trees, out = run_rootless([low.bytes(), up.bytes()])
     ref = assert_all_agree(trees, out)
     assert sorted(ref.paths()) == ["a", "a/a", "x"]
+
+
+def test_the_overlay_formats_own_mount_options_mount_an_unprivileged_unpack_as_it_reads():
+    """Without root the overlay format marks opaque directories user.overlay.opaque
+    (trusted.* needs root).  DEST/mount-options, what README passes to mount -o, lacked
+    ``userxattr``: overlayfs then read trusted.* only, and the lower d/old showed through
+    the opaque d/ that the dir unpack of the same image (and every other path) hides."""
+    base = world_tmpdir()
+    mnt = os.path.join(base, "mnt")
+    try:
+        low = Tar().dir("d").file("d/old", b"o\n").dir("e").file("e/x", b"x\n").file("gone", b"g\n")
+        up = Tar().opaque("d").file("d/new", b"n\n").whiteout("gone").dir("e").opaque("e")
+        layout = write_image(os.path.join(base, "layout"), [low.bytes(), up.bytes()])
+        _chmod_tree(layout, "a+rX")
+        work = os.path.join(base, "work")
+        os.mkdir(work)
+        os.chown(work, 65534, 65534)
+        proc = run_as_nobody("lamina.unpack(sys.argv[1], sys.argv[2] + '/dir')\n"
+                             "lamina.unpack(sys.argv[1], sys.argv[2] + '/ovl', format='overlay')\n",
+                             f"oci:{layout}:img", work, preload=_preload())
+        assert proc.returncode == 0, proc.stderr
+        want = snapshot(os.path.join(work, "dir"))
+        assert sorted(want.paths()) == ["d", "d/new", "e"]
+        with open(os.path.join(work, "ovl", "mount-options")) as f:
+            options = f.read().strip()
+        os.mkdir(mnt)
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", "nosuid,nodev," + options, mnt], check=True)
+        try:
+            got = snapshot(mnt, xattr_filter=lambda n: not n.startswith("user.overlay."))
+        finally:
+            subprocess.run(["umount", mnt], check=True)
+        diff = compare(want, got, labels=("dir", "mount -o $(cat mount-options)"))
+        assert not diff, f"{options}:\n{diff}"
+    finally:
+        subprocess.run(["umount", mnt], capture_output=True)
+        _chmod_tree(base, "u+rwx")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_set_group_id_directory_above_the_store_gives_no_entry_its_group():
+    """nobody's work directory, and so its store, is set-group-ID with a group nobody is not
+    in.  Every snapshot entry inherited that group, which an unprivileged extraction cannot
+    chown away: unpack --link (the store's own inodes) gave the image's files group 1234 where
+    the dir unpack and the store's copy gave nobody's own group."""
+    base = world_tmpdir()
+    try:
+        layers = [Tar().file("f", b"x").dir("d").file("d/g", b"y").fifo("p").symlink("s", "f"),
+                  Tar().file("d/h", b"z").dir("e", mode=0o700).file("e/i", b"i", gid=5)]
+        layout = write_image(os.path.join(base, "layout"), [t.bytes() for t in layers])
+        _chmod_tree(layout, "a+rX")
+        work = os.path.join(base, "work")
+        os.mkdir(work)
+        os.chown(work, 65534, 1234)
+        os.chmod(work, 0o2775)
+        proc = run_as_nobody(SCRIPT, f"oci:{layout}:img", work, preload=_preload(), timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert [out[p] for p in ("dir", "store-copy", "store-link")] == ["ok"] * 3, out
+        trees = {p: snapshot(os.path.join(work, p)) for p in ("dir", "store-copy", "store-link")}
+        assert {e.gid for e in trees["dir"].entries.values()} == {65534}
+        for p in ("store-copy", "store-link"):
+            import dataclasses
+            diff = compare(trees["dir"], dataclasses.replace(trees[p], links=trees["dir"].links), labels=("dir", p))
+            assert not diff, diff
+    finally:
+        _chmod_tree(base, "u+rwx")
+        shutil.rmtree(base, ignore_errors=True)

@@ -126,6 +126,33 @@ def test_overlay_mount_matches_the_flat_unpack(tmp_path):
         run("umount", mnt)
 
 
+@pytest.mark.parametrize("layers", [0, 1, 2])
+def test_the_mount_options_of_an_image_of_one_layer_mount(tmp_path, layers):
+    """overlayfs mounts no fewer than two lower layers without an upper one: DEST/mount-options
+    of a one-layer image (busybox, anything FROM scratch) was lowerdir= that one layer, and the
+    mount README shows failed (EINVAL) where every other path gives the tree.  Such a DEST has
+    an empty bottom layer for the mount too (an image of no layers had no mount-options at all;
+    its layers/ is the second empty one)."""
+    require_root()
+    from everypath import write_image
+    from tarbuild import Tar
+    tars = [Tar().dir("etc").file("etc/f", b"f\n", mode=0o600).symlink("s", "/etc").bytes(),
+            Tar().whiteout("etc/f").file("g", b"g\n").bytes()][:layers]
+    src = "oci:" + write_image(tmp_path / "layout", tars) + ":img"
+    lamina.unpack(src, tmp_path / "flat")
+    dest = tmp_path / "ovl"
+    stats = lamina.unpack(src, dest, format="overlay")
+    assert stats.layer_dirs == [str(dest / "layers" / str(i)) for i in range(layers)]
+    assert sorted(os.listdir(dest / "layers")) == [str(i) for i in range(layers)]
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run("mount", "-t", "overlay", "overlay", "-o", "nosuid,nodev," + (dest / "mount-options").read_text().strip(), mnt)
+    try:
+        assert_same(tree(tmp_path / "flat"), tree(mnt), labels=("flat", "overlay"))
+    finally:
+        run("umount", mnt)
+
+
 def test_mount_options_order_and_escaping():
     assert unpack_mod.mount_options([]) == ""
     assert unpack_mod.mount_options(["/a/0", "/a/1"]) == "lowerdir=/a/1:/a/0"

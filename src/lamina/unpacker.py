@@ -73,7 +73,16 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
             else:
                 stats.layers = _apply_overlay(image.layers, staging, limits)
                 stats.layer_dirs = [os.path.join(dest, "layers", str(i)) for i in range(len(image.layers))]
-                stats.mount_options = mount_options(stats.layer_dirs)
+                lowers = stats.layer_dirs
+                if len(lowers) < 2:
+                    # overlayfs mounts no fewer than two lower layers without an upper one (an
+                    # image of none: layers/ is the other empty one; one dir twice is refused)
+                    os.mkdir(os.path.join(staging, EMPTY_LOWER))
+                    os.chmod(os.path.join(staging, EMPTY_LOWER), 0o755)  # whatever the umask
+                    lowers = [os.path.join(dest, EMPTY_LOWER)] + (lowers or [os.path.join(dest, "layers")])
+                # the extractor marks opaque dirs trusted.overlay.* as root, else user.overlay.*:
+                # a mount reads one namespace, and without userxattr not the user one
+                stats.mount_options = mount_options(lowers, userxattr=os.geteuid() != 0)
                 # the path's own bytes (DEST need not be UTF-8), as mount -o wants them
                 with open(os.path.join(staging, "mount-options"), "wb") as f:
                     f.write(os.fsencode(stats.mount_options) + b"\n")
@@ -204,11 +213,17 @@ def apply_overlay_layers(layers, targets, apply):
     return [f.result() for f in futures]
 
 
-def mount_options(layer_dirs):
-    """overlayfs options for read-only layers, bottom first in ``layer_dirs`` (overlayfs wants top first)."""
+# overlay format, an image of one layer (or none): the empty bottom layer its mount-options add
+EMPTY_LOWER = "empty"
+
+
+def mount_options(layer_dirs, *, userxattr=False):
+    """overlayfs options for read-only layers, bottom first in ``layer_dirs`` (overlayfs wants top first);
+    ``userxattr``: the layers mark opaque dirs with user.overlay.* (extracted without root)."""
     if not layer_dirs:
         return ""
-    return "lowerdir=" + ":".join(_escape_lowerdir(d) for d in reversed(layer_dirs))
+    return ("lowerdir=" + ":".join(_escape_lowerdir(d) for d in reversed(layer_dirs))
+            + (",userxattr" if userxattr else ""))
 
 
 def _escape_lowerdir(path):

@@ -18,7 +18,7 @@ from ..quoting import quote_name
 from .flatten import _is_root, flatten
 from .inuse import record_use
 from .flatten import check_link
-from .materialize import _check_platform, _snapshots, _staged
+from .materialize import _check_platform, _snapshots, _staged, check_outside_store
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -306,8 +306,9 @@ def make_bundle(store, ref, bundle, *, link=False, platform=None):
     """``lamina unpack --bundle REF DIR``: DIR/config.json + DIR/rootfs. Returns (Image, FlattenStats, config)."""
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     _check_platform(image, platform)
-    layer_dirs, t_extract, extracted = _snapshots(store, image)
     bundle = os.path.abspath(os.fspath(bundle))
+    check_outside_store(store, bundle, "bundle directory")
+    layer_dirs, t_extract, extracted = _snapshots(store, image)
     if link:
         check_link(layer_dirs, bundle)
 

@@ -78,6 +78,39 @@ def check_link(layer_dirs, dest):
                                f"unpack without --link for a copy")
 
 
+_ACLS = ("system.posix_acl_access", "system.posix_acl_default")
+
+
+def _take_acls(dest):
+    """Remove and return the ACLs ``dest`` got from its parent's default ACL: the kernel would
+    give that ACL to every entry the flatten makes in it (and down every directory made there),
+    a host user's rights on the image's files that the dir unpack, which undoes the inheritance
+    entry by entry, never gives."""
+    taken = {}
+    for k in _ACLS:
+        try:
+            taken[k] = os.getxattr(dest, k)
+            os.removexattr(dest, k)
+        except OSError:
+            pass  # none (ENODATA), or no ACLs on this filesystem
+    return taken
+
+
+def _give_back_acls(dest, taken):
+    """The root itself keeps what it inherited (as the dir unpack's does) where the image's root
+    sets no ACL of its own."""
+    for k, v in taken.items():
+        try:
+            os.getxattr(dest, k)
+            continue  # the image's
+        except OSError:
+            pass
+        try:
+            os.setxattr(dest, k, v)
+        except OSError as e:
+            raise MaterializeError(f"{dest}: cannot set {k} back: {e.strerror}") from None
+
+
 def flatten(layer_dirs, dest, *, link=False, workers=None) -> FlattenStats:
     """Merge overlay-format ``layer_dirs`` (bottom first) into the existing empty directory ``dest``."""
     from .._extract import cancelled
@@ -95,7 +128,9 @@ def flatten(layer_dirs, dest, *, link=False, workers=None) -> FlattenStats:
         from .objects import object_inodes
         singles = None if link else [object_inodes(os.path.dirname(d)) for d in layer_dirs]
         walker = Flattener(layer_dirs, dest, link=link, workers=workers, singles=singles, cancelled=cancelled)
+        inherited = _take_acls(dest)
         walker.run()
+        _give_back_acls(dest, inherited)
     except FlattenError as e:
         path, what, err = e.args
         if what == "open snapshot":

@@ -38,6 +38,17 @@ def _staged(dest, fill):
     return result
 
 
+def check_outside_store(store, path, what):
+    """Refuse a DEST, bundle or mount target inside the store: gc, prune and fsck --repair own
+    every name there, so a tree put among them would be taken (``fsck --repair`` removed a DEST in
+    snapshots/ or objects/ as debris) or trip them up (a --link tree in objects/stage/)."""
+    root = os.path.realpath(store.paths.root)
+    real = os.path.realpath(path)
+    if real == root or real.startswith(root.rstrip("/") + "/"):
+        raise MaterializeError(f"{what} {path} is inside the store {store.paths.root}; "
+                               f"give one outside it")
+
+
 def _check_platform(image, platform):
     if platform is None or image.platform is None:
         return
@@ -56,6 +67,7 @@ def materialize(store, ref, dest, *, link=False, platform=None):
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     _check_platform(image, platform)
     dest = os.path.abspath(os.fspath(dest))
+    check_outside_store(store, dest, "destination")
     layer_dirs, t_extract, extracted = _snapshots(store, image)
     if link:
         check_link(layer_dirs, dest)

@@ -15,7 +15,7 @@ from ..errors import MaterializeError
 from ..tree import remove_tree
 from .flatten import _is_root
 from .inuse import drop_record, in_use, key_for, load_records, record_dir_of, record_use, records_dir
-from .materialize import _check_platform
+from .materialize import _check_platform, check_outside_store
 
 _libc = None
 
@@ -223,6 +223,7 @@ def mount(store, ref, target, *, rw=False, platform=None, suid=False):
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     _check_platform(image, platform)
     target = os.path.realpath(os.fspath(target))
+    check_outside_store(store, target, "mount target")
     if os.path.lexists(target) and not os.path.isdir(target):
         raise MaterializeError(f"mount target {target} exists and is not a directory")
     os.makedirs(target, exist_ok=True)

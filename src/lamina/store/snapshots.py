@@ -289,6 +289,9 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
         try:
             os.makedirs(paths.snapshots, exist_ok=True)
             os.mkdir(tmp, 0o755)
+            # a set-group-ID store directory would hand its group (and the bit) down to every entry
+            # an unprivileged extraction cannot chown, where the dir unpack's staging gives its own
+            os.chmod(tmp, 0o755)
         except OSError as e:
             if e.errno in FULL_ERRNOS:
                 raise _storing_failed(layer_digest, e) from e
