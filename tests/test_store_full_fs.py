@@ -248,6 +248,39 @@ def test_a_full_disk_during_load_names_what_failed(tmp_path, layout, stdin):
         _consistent(root, images=["small:1", "big:1"], tmp_path=tmp_path)
 
 
+@pytest.mark.parametrize("source", ["store", "bundle", "oci", "docker"])
+def test_a_full_dest_names_the_file_on_every_unpack_source(tmp_path, reg, registry_env, source):  # noqa: F811
+    """unpack into a DEST with 2 MiB free of an image of 24 files of 300 KiB.  From the store,
+    most runs said "lamina: error: '.': cannot .: Success" (a copy thread had failed, and the
+    walk stopped without an error of its own).  A layout or registry unpack names the layer too."""
+    require_root()
+    lay = ob.Layout(tmp_path / "lay")
+    # above flatten's 256 KiB: each is copied on a worker thread, more than its queue holds
+    lay.add(lay.image([{"big": None, **{f"big/f{i}": seeded_bytes(f"f{i}", 300 << 10) for i in range(24)}}]),
+            "big:1")
+    root = tmp_path / "s"
+    if source == "docker":
+        skopeo_push(f"oci:{lay.root}:big:1", reg.host, "fulldest:1")
+        argv = [f"docker://{reg.host}/fulldest:1"]
+    elif source == "oci":
+        argv = [f"oci:{lay.root}:big:1"]
+    else:
+        lamina(root, "copy", f"oci:{lay.root}:big:1", "big:1")
+        argv = ["--bundle", "big:1"] if source == "bundle" else ["big:1"]
+    with _tmpfs(tmp_path / "fs", size="2m") as fs:
+        dest = fs / "rootfs"
+        msg = fails(root, "unpack", *argv, dest, match="No space left on device")
+        entry = "entry 'big/f" if source in ("oci", "docker") else "lamina: error: 'big/f"
+        assert entry in msg and "Success" not in msg, msg
+        if source in ("oci", "docker"):
+            assert msg.startswith("lamina: error: layer 0 (sha256:"), msg
+        assert os.listdir(fs) == [], os.listdir(fs)   # no staging left
+        _remount(fs, size="64m")
+        lamina(root, "unpack", *argv, dest)
+    if source in ("store", "bundle"):
+        _consistent(root, images=["big:1"], tmp_path=tmp_path)
+
+
 # --- ext4's own limits, on every path (everypath.run_paths) ---
 
 @contextlib.contextmanager
