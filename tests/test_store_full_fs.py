@@ -249,10 +249,12 @@ def test_a_full_disk_during_load_names_what_failed(tmp_path, layout, stdin):
 
 
 @pytest.mark.parametrize("source", ["store", "bundle", "oci", "docker"])
-def test_a_full_dest_names_the_file_on_every_unpack_source(tmp_path, reg, registry_env, source):  # noqa: F811
-    """unpack into a DEST with 2 MiB free of an image of 24 files of 300 KiB.  From the store,
-    most runs said "lamina: error: '.': cannot .: Success" (a copy thread had failed, and the
-    walk stopped without an error of its own).  A layout or registry unpack names the layer too."""
+def test_a_full_dest_names_the_file_and_dest_on_every_unpack_source(tmp_path, reg, registry_env, source):  # noqa: F811
+    """unpack into a DEST with 2 MiB free of an image of 24 files of 300 KiB.  It said
+    "lamina: error: 'big/f3': cannot copy: No space left on device" without DEST (the entry
+    alone does not say which disk is full: the store's or DEST's); from the store, most runs
+    said "lamina: error: '.': cannot .: Success" (a copy thread had failed, and the walk
+    stopped without an error of its own).  A layout or registry unpack names the layer too."""
     require_root()
     lay = ob.Layout(tmp_path / "lay")
     # above flatten's 256 KiB: each is copied on a worker thread, more than its queue holds
@@ -270,6 +272,7 @@ def test_a_full_dest_names_the_file_on_every_unpack_source(tmp_path, reg, regist
     with _tmpfs(tmp_path / "fs", size="2m") as fs:
         dest = fs / "rootfs"
         msg = fails(root, "unpack", *argv, dest, match="No space left on device")
+        assert msg.endswith(f"No space left on device (unpacking into {dest})"), msg
         entry = "entry 'big/f" if source in ("oci", "docker") else "lamina: error: 'big/f"
         assert entry in msg and "Success" not in msg, msg
         if source in ("oci", "docker"):
