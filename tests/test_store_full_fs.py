@@ -284,6 +284,34 @@ def test_a_full_dest_names_the_file_and_dest_on_every_unpack_source(tmp_path, re
         _consistent(root, images=["big:1"], tmp_path=tmp_path)
 
 
+def test_rmi_on_a_store_out_of_inodes_says_what_to_do(tmp_path, layout):
+    """Every inode taken: rmi (like tag and prune) must write the new index.json beside the old
+    one, and said only "lamina: error: /…/index.json: No space left on device" on a disk whose
+    blocks were mostly free: nothing told the user an inode, any, is what it needs."""
+    require_root()
+    src = f"oci:{layout.root}"
+    with _tmpfs(tmp_path / "fs", nr_inodes=400, size="64m") as fs:
+        root = fs / "s"
+        lamina(root, "copy", f"{src}:small:1", "small:1")
+        lamina(root, "copy", f"{src}:one:1", "one:1")
+        os.mkdir(fs / "fill")
+        with pytest.raises(OSError) as e:
+            for i in range(1000):
+                open(fs / "fill" / str(i), "w").close()
+        assert e.value.errno == errno.ENOSPC and os.statvfs(fs).f_favail == 0
+        for argv in (["rmi", "small:1"], ["image", "prune", "-af"]):
+            msg = fails(root, *argv, match="no free inode")
+            assert msg == (f"lamina: error: cannot update {root}/index.json: the store's filesystem has no free "
+                           "inode, and even removing an image writes the new index.json beside the old one "
+                           "first; remove a file on that filesystem (lamina fsck --repair removes the store's "
+                           "unused content, if any) and run the command again"), msg
+        _consistent(root, images=["small:1", "one:1"], tmp_path=tmp_path,
+                    warnings=("no room to extract its layer again",))
+        os.unlink(fs / "fill" / "0")   # one inode is all rmi needs
+        lamina(root, "rmi", "small:1")
+        _consistent(root, images=["one:1"], tmp_path=tmp_path)
+
+
 # --- ext4's own limits, on every path (everypath.run_paths) ---
 
 @contextlib.contextmanager
