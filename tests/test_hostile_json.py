@@ -295,6 +295,31 @@ def test_docker_archive_at_n_reads_manifest_json_s_entry_n(root, tmp_path):  # n
     assert os.listdir(tmp_path / "out0") == ["a"]
     fails(root, "unpack", f"docker-archive:{path}:@2", tmp_path / "out2", match="no image '@2'")
 
+def test_load_applies_the_names_only_manifest_json_gives_as_docker_does(root, tmp_path):  # noqa: F811
+    """index.json names a ``app:1`` and leaves b unnamed; manifest.json tags a ``app:1`` and
+    ``extra:1``, b ``only:1``.  docker's load reads manifest.json alone and gives all three
+    (skopeo's docker-archive:PATH:NAME reads the same images by them); lamina's load took
+    index.json's names only: app:1, and neither extra:1 nor b at all."""
+    require_tool("skopeo")
+    path, configs = _docker25(tmp_path, {"a": "app:1"}, [("a", ["app:1", "extra:1"]), ("b", ["only:1"])])
+    lay = ob.Layout.existing(tmp_path / "lay")
+    unnamed_b = lay.image([{"b": b"b"}], compress=False)   # the same blobs: b's manifest again
+    lay.add(unnamed_b)
+    os.unlink(path)
+    _tar_of_dir(lay.root, path)
+    for name, image in (("extra:1", "a"), ("only:1", "b")):
+        shown = subprocess.run(["skopeo", "inspect", "--config", f"docker-archive:{path}:{name}"],
+                               capture_output=True, text=True)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["rootfs"]["diff_ids"] == json.loads(
+            open(lay.path(configs[image])).read())["rootfs"]["diff_ids"]
+    lamina(root, "load", "-i", path)
+    for name, image in (("app:1", "a"), ("extra:1", "a"), ("only:1", "b")):
+        assert lamina(root, "inspect", "--format", "{{.Id}}", name).stdout.strip() == configs[image], name
+        lamina(root, "unpack", name, tmp_path / f"out-{name}")
+        assert os.listdir(tmp_path / f"out-{name}") == [image]
+
+
 # --------------------------------------------------------------------------------------------
 # a token server's answer
 
