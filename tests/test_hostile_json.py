@@ -119,6 +119,25 @@ def test_config_keys_go_takes_for_a_field_are_refused(root, tmp_path, reg, regis
         fails(root, *args, match=message)
 
 
+@pytest.mark.parametrize("health, key, field", [
+    ({"Test": ["CMD", "true"], "test": ["CMD", "false"]}, "test", "Test"),   # Go runs the last: false
+    ({"test": ["CMD", "false"], "Retries": 3}, "test", "Test"),
+    ({"Test": ["CMD", "true"], "RETRIES": 3}, "RETRIES", "Retries"),
+], ids=["Test-twice", "test", "RETRIES"])
+def test_healthcheck_keys_go_takes_for_a_field_are_refused(root, tmp_path, health, key, field):  # noqa: F811
+    """docker reads the config's Healthcheck into its HealthConfig with Go's encoding/json,
+    which matches keys up to case (of two that fold alike, the last): lamina's inspect showed
+    ``Test`` ["CMD", "true"] and no retries where docker runs ``test`` and retries 3.
+    skopeo's config type has no Healthcheck, so Go's rule is the oracle here, as for the keys
+    above.  Refused like the config's other keys, naming the config and the key."""
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"a": b"x"}], config_extra={"config": {"Healthcheck": health}})
+    lay.add(m, "latest", **{"io.containerd.image.name": "bad:1"})
+    config = lay.read_json(m["digest"])["config"]["digest"]
+    _refused_on_every_way_in(root, tmp_path, lay, f"config {config} config Healthcheck: key {key!r} is not "
+                             f"{field!r}")
+
+
 def test_a_platform_key_go_takes_for_a_field_is_refused(root, tmp_path, reg, registry_env):  # noqa: F811
     """An index entry's platform ``{"architecture": "amd64", "Architecture": "arm64"}`` is arm64
     to containerd (the last key wins) and was amd64 to lamina: the arm64 image ran on amd64
