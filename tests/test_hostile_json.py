@@ -339,6 +339,37 @@ def test_load_applies_the_names_only_manifest_json_gives_as_docker_does(root, tm
         assert os.listdir(tmp_path / f"out-{name}") == [image]
 
 
+@pytest.mark.parametrize("index_json", [b"{", b'{"schemaVersion": 2, "manifests": {}}', None],
+                         ids=["invalid-json", "manifests-not-a-list", "missing"])
+def test_a_docker_archive_whose_index_json_is_broken_loads_by_its_manifest_json(root, tmp_path, index_json):  # noqa: F811
+    """A docker >= 25 archive whose index.json is unreadable (or gone) beside a good
+    manifest.json: docker's load and skopeo's docker-archive: read manifest.json alone and load
+    it; lamina refused it ("index.json: invalid JSON").  docker-archive: and load now read
+    manifest.json then; oci-archive: still reads (and refuses) index.json, as skopeo's does."""
+    require_tool("skopeo")
+    path, configs = _docker25(tmp_path, {"a": "app:1"}, [("a", ["app:1"])])
+    lay = tmp_path / "lay"
+    if index_json is None:
+        os.unlink(lay / "index.json")
+    else:
+        (lay / "index.json").write_bytes(index_json)
+    os.unlink(path)
+    _tar_of_dir(lay, path)
+    shown = subprocess.run(["skopeo", "inspect", "--config", f"docker-archive:{path}"], capture_output=True,
+                           text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["rootfs"] == json.loads((lay / "blobs" / "sha256" / configs["a"][7:])
+                                                            .read_bytes())["rootfs"]
+    assert subprocess.run(["skopeo", "inspect", f"oci-archive:{path}"], capture_output=True).returncode != 0
+    before = fingerprint(root)
+    fails(root, "unpack", f"oci-archive:{path}", tmp_path / "oci-out", match="index.json")
+    _unchanged(root, before)
+    lamina(root, "load", "-i", path)
+    assert lamina(root, "inspect", "--format", "{{.Id}}", "app:1").stdout.strip() == configs["a"]
+    lamina(root, "unpack", f"docker-archive:{path}", tmp_path / "out")
+    assert os.listdir(tmp_path / "out") == ["a"]
+
+
 # --------------------------------------------------------------------------------------------
 # a token server's answer
 
