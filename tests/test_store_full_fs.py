@@ -173,7 +173,9 @@ def test_running_out_of_inodes_at_each_step_of_storing_a_layer_names_the_layer(t
     """A compact store (keep-blobs false) with 1 to 7 inodes too few for a one-file layer: the
     last inodes go to the snapshot's staging dir, its fs/ and hashed/ dirs, the file, meta.json,
     the file list and the sidecar.  Past the file's own entry, errors said only
-    "lamina: error: /…/snapshots/.tmp-…/hashed: No space left on device"."""
+    "lamina: error: /…/snapshots/.tmp-…/hashed: No space left on device"; then the layer and
+    that staging path ("…/.tmp-<chainID>-<pid>-<random>/tmpjo3ic1jj" for the dedup pass's temp
+    file), which names nothing the user knows: now what the file is, and the store."""
     require_root()
     src = f"oci:{layout.root}"
 
@@ -191,6 +193,9 @@ def test_running_out_of_inodes_at_each_step_of_storing_a_layer_names_the_layer(t
             root = store_on(fs)
             msg = fails(root, "copy", f"{src}:one:1", "one:1", match="No space left on device")
             assert msg.startswith("lamina: error: layer sha256:"), (missing, msg)
+            assert ".tmp-" not in msg, (missing, msg)
+            if "storing its snapshot failed" in msg:
+                assert msg.endswith(f" (in the store {root}): No space left on device"), (missing, msg)
             _consistent(root, images=["small:1"], tmp_path=tmp_path)
             _remount(fs, nr_inodes=100000)
             lamina(root, "copy", f"{src}:one:1", "one:1")
