@@ -519,10 +519,13 @@ cdef class Flattener:
                 raise self.pending
             from lamina.errors import Interrupted
             raise Interrupted("unpack: interrupted")
-        if rc < 0:
+        if rc < 0 and self.err:
             raise FlattenError(_text(self.err_path), _text(self.err_what), self.err)
+        # the walk also stops (rc -1, its own err unset) when _submit finds a worker failed
         if self.sh.err:
             raise FlattenError(_text(self.sh.err_path), _text(self.sh.err_what), self.sh.err)
+        if rc < 0:
+            raise FlattenError(_text(self.rel), "walk", EIO)
 
     cdef void _stop_workers(self) noexcept:
         cdef int i

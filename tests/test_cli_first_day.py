@@ -272,7 +272,8 @@ def test_fsck_shows_a_few_of_each_kind_and_says_how_to_clean_up(store):
     assert len(lines) == FSCK_SHOWN_PER_KIND, proc.stdout
     assert (f"warning: {len(unused) - FSCK_SHOWN_PER_KIND} more unused-object findings like these; lamina fsck "
             "--format json lists every one\n") in proc.stdout, proc.stdout
-    assert proc.stderr == "unused content (what an interrupted rmi or prune leaves): lamina image prune removes it\n"
+    assert proc.stderr == ("unused content (what a failed pull keeps for its rerun to reuse, or an interrupted rmi "
+                           "or prune leaves): lamina image prune removes it\n")
     lamina(store, "image", "prune", "-f")
     assert lamina(store, "fsck").stdout.endswith(": 0 errors, 0 warnings\n")
 

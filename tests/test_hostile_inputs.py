@@ -159,9 +159,9 @@ def test_a_load_refused_at_its_second_image_leaves_the_first_out(root, tmp_path)
     archive = _good_then_bad_archive(tmp_path / "two.tar")
     before = fingerprint(root)
     line = fails(root, "load", "-i", archive, match="digest mismatch")
-    assert "bad:1 layer 0" in line, line
+    assert "bad:1 layer 1 of 1" in line, line
     with open(archive, "rb") as f:
-        line = fails(root, "load", match="the archive on stdin: image bad:1 layer 0", stdin=f)
+        line = fails(root, "load", match="the archive on stdin: image bad:1 layer 1 of 1", stdin=f)
     _unchanged(root, before)
     assert "good" not in lamina(root, "images").stdout
 
@@ -287,6 +287,25 @@ def test_a_destination_blob_that_is_a_symlink_of_the_right_size_is_replaced(root
     assert all(not b.is_symlink() for b in blobs)
     assert all(set(f.read_bytes()) == {ord("x")} for f in outside.iterdir())   # untouched
     lamina(root, "copy", f"oci:{dest}:keep", "again:1")
+
+
+@pytest.mark.parametrize("dest", ["store", "load", "docker-archive"])
+def test_a_diffid_mismatch_names_the_layer_by_its_place_in_the_image(root, tmp_path, dest):  # noqa: F811
+    """The second of three layers is not the diffID its config says.  copy and load said
+    "layer sha256:…: diffID (uncompressed tar): digest mismatch", copy to a docker-archive
+    "layer sha256:… (diffID …)": which of the image's layers that was, the reader had to find."""
+    lay = ob.Layout(tmp_path / "lay")
+    layers = [{"a": b"1"}, {"b": b"2"}, {"c": b"3"}]
+    config = lay.read_json(lay.read_json(lay.image(layers)["digest"])["config"]["digest"])
+    diff_ids = list(config["rootfs"]["diff_ids"])
+    diff_ids[1] = ob.sha256(b"not it")
+    lay.add(lay.image(layers, diff_ids=diff_ids), "bad:1")
+    before = fingerprint(root)
+    args = {"store": ("copy", f"oci:{lay.root}:bad:1", "bad:1"), "load": ("load", "-i", lay.root),
+            "docker-archive": ("copy", f"oci:{lay.root}:bad:1", f"docker-archive:{tmp_path}/d.tar")}[dest]
+    msg = fails(root, *args, match="digest mismatch")
+    assert "layer 2 of 3" in msg and f"expected {diff_ids[1]}" in msg, msg
+    _unchanged(root, before)
 
 
 @pytest.mark.parametrize("verb", ["copy", "load"])

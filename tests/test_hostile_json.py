@@ -119,6 +119,25 @@ def test_config_keys_go_takes_for_a_field_are_refused(root, tmp_path, reg, regis
         fails(root, *args, match=message)
 
 
+@pytest.mark.parametrize("health, key, field", [
+    ({"Test": ["CMD", "true"], "test": ["CMD", "false"]}, "test", "Test"),   # Go runs the last: false
+    ({"test": ["CMD", "false"], "Retries": 3}, "test", "Test"),
+    ({"Test": ["CMD", "true"], "RETRIES": 3}, "RETRIES", "Retries"),
+], ids=["Test-twice", "test", "RETRIES"])
+def test_healthcheck_keys_go_takes_for_a_field_are_refused(root, tmp_path, health, key, field):  # noqa: F811
+    """docker reads the config's Healthcheck into its HealthConfig with Go's encoding/json,
+    which matches keys up to case (of two that fold alike, the last): lamina's inspect showed
+    ``Test`` ["CMD", "true"] and no retries where docker runs ``test`` and retries 3.
+    skopeo's config type has no Healthcheck, so Go's rule is the oracle here, as for the keys
+    above.  Refused like the config's other keys, naming the config and the key."""
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"a": b"x"}], config_extra={"config": {"Healthcheck": health}})
+    lay.add(m, "latest", **{"io.containerd.image.name": "bad:1"})
+    config = lay.read_json(m["digest"])["config"]["digest"]
+    _refused_on_every_way_in(root, tmp_path, lay, f"config {config} config Healthcheck: key {key!r} is not "
+                             f"{field!r}")
+
+
 def test_a_platform_key_go_takes_for_a_field_is_refused(root, tmp_path, reg, registry_env):  # noqa: F811
     """An index entry's platform ``{"architecture": "amd64", "Architecture": "arm64"}`` is arm64
     to containerd (the last key wins) and was amd64 to lamina: the arm64 image ran on amd64
@@ -294,6 +313,62 @@ def test_docker_archive_at_n_reads_manifest_json_s_entry_n(root, tmp_path):  # n
     lamina(root, "unpack", "picked:1", tmp_path / "out0")
     assert os.listdir(tmp_path / "out0") == ["a"]
     fails(root, "unpack", f"docker-archive:{path}:@2", tmp_path / "out2", match="no image '@2'")
+
+def test_load_applies_the_names_only_manifest_json_gives_as_docker_does(root, tmp_path):  # noqa: F811
+    """index.json names a ``app:1`` and leaves b unnamed; manifest.json tags a ``app:1`` and
+    ``extra:1``, b ``only:1``.  docker's load reads manifest.json alone and gives all three
+    (skopeo's docker-archive:PATH:NAME reads the same images by them); lamina's load took
+    index.json's names only: app:1, and neither extra:1 nor b at all."""
+    require_tool("skopeo")
+    path, configs = _docker25(tmp_path, {"a": "app:1"}, [("a", ["app:1", "extra:1"]), ("b", ["only:1"])])
+    lay = ob.Layout.existing(tmp_path / "lay")
+    unnamed_b = lay.image([{"b": b"b"}], compress=False)   # the same blobs: b's manifest again
+    lay.add(unnamed_b)
+    os.unlink(path)
+    _tar_of_dir(lay.root, path)
+    for name, image in (("extra:1", "a"), ("only:1", "b")):
+        shown = subprocess.run(["skopeo", "inspect", "--config", f"docker-archive:{path}:{name}"],
+                               capture_output=True, text=True)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["rootfs"]["diff_ids"] == json.loads(
+            open(lay.path(configs[image])).read())["rootfs"]["diff_ids"]
+    lamina(root, "load", "-i", path)
+    for name, image in (("app:1", "a"), ("extra:1", "a"), ("only:1", "b")):
+        assert lamina(root, "inspect", "--format", "{{.Id}}", name).stdout.strip() == configs[image], name
+        lamina(root, "unpack", name, tmp_path / f"out-{name}")
+        assert os.listdir(tmp_path / f"out-{name}") == [image]
+
+
+@pytest.mark.parametrize("index_json", [b"{", b'{"schemaVersion": 2, "manifests": {}}', None],
+                         ids=["invalid-json", "manifests-not-a-list", "missing"])
+def test_a_docker_archive_whose_index_json_is_broken_loads_by_its_manifest_json(root, tmp_path, index_json):  # noqa: F811
+    """A docker >= 25 archive whose index.json is unreadable (or gone) beside a good
+    manifest.json: docker's load and skopeo's docker-archive: read manifest.json alone and load
+    it; lamina refused it ("index.json: invalid JSON").  docker-archive: and load now read
+    manifest.json then; oci-archive: still reads (and refuses) index.json, as skopeo's does."""
+    require_tool("skopeo")
+    path, configs = _docker25(tmp_path, {"a": "app:1"}, [("a", ["app:1"])])
+    lay = tmp_path / "lay"
+    if index_json is None:
+        os.unlink(lay / "index.json")
+    else:
+        (lay / "index.json").write_bytes(index_json)
+    os.unlink(path)
+    _tar_of_dir(lay, path)
+    shown = subprocess.run(["skopeo", "inspect", "--config", f"docker-archive:{path}"], capture_output=True,
+                           text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["rootfs"] == json.loads((lay / "blobs" / "sha256" / configs["a"][7:])
+                                                            .read_bytes())["rootfs"]
+    assert subprocess.run(["skopeo", "inspect", f"oci-archive:{path}"], capture_output=True).returncode != 0
+    before = fingerprint(root)
+    fails(root, "unpack", f"oci-archive:{path}", tmp_path / "oci-out", match="index.json")
+    _unchanged(root, before)
+    lamina(root, "load", "-i", path)
+    assert lamina(root, "inspect", "--format", "{{.Id}}", "app:1").stdout.strip() == configs["a"]
+    lamina(root, "unpack", f"docker-archive:{path}", tmp_path / "out")
+    assert os.listdir(tmp_path / "out") == ["a"]
+
 
 # --------------------------------------------------------------------------------------------
 # a token server's answer

@@ -422,3 +422,35 @@ def test_a_resume_answer_with_a_number_of_thousands_of_digits_is_a_clear_error(p
     assert not store.has_blob(big["digest"])
     # the 1 MiB before the cut stays as a .partial for the next pull to resume (a warning)
     assert check(store).errors == [], check(store).findings
+
+
+def test_fsck_says_what_a_failed_pulls_kept_blobs_are_and_how_to_remove_them(proxy, image, registry_env):  # noqa: F811
+    """A pull that failed on its second layer keeps the first (verified) layer and its
+    snapshot: fsck listed them as "not used by any image" and blamed "an interrupted rmi or
+    prune".  It now says a failed pull keeps them, and that is true: the rerun does not fetch
+    them again; image prune removes them."""
+    small, big = image["small"], image["big"]
+    root = registry_env / "root"
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), *args],
+                              capture_output=True, text=True)
+
+    rule = proxy.add("status", code=500, path=f"/blobs/{big['digest']}", times=None)
+    assert cli("pull", f"{proxy.host}/faults:1").returncode == 1
+    fsck = cli("fsck")
+    assert fsck.returncode == 0 and f"warning: blob {small['digest']}: not used by any image" in fsck.stdout, fsck
+    assert fsck.stderr == ("unused content (what a failed pull keeps for its rerun to reuse, or an interrupted rmi "
+                           "or prune leaves): lamina image prune removes it\n"), fsck.stderr
+    rule.times = 0   # the registry answers again
+    assert cli("pull", f"{proxy.host}/faults:1").returncode == 0
+    assert len(_blob_gets(proxy, small["digest"])) == 1   # the kept blob was reused
+    assert cli("fsck").stdout.endswith(": 0 errors, 0 warnings\n")
+
+    assert cli("rmi", f"{proxy.host}/faults:1").returncode == 0
+    rule.times = None
+    assert cli("pull", f"{proxy.host}/faults:1").returncode == 1
+    assert "not used by any image" in cli("fsck").stdout
+    assert cli("image", "prune", "-f").returncode == 0
+    fsck = cli("fsck")
+    assert fsck.stdout.endswith(": 0 errors, 0 warnings\n") and fsck.stderr == "", fsck

@@ -173,7 +173,9 @@ def test_running_out_of_inodes_at_each_step_of_storing_a_layer_names_the_layer(t
     """A compact store (keep-blobs false) with 1 to 7 inodes too few for a one-file layer: the
     last inodes go to the snapshot's staging dir, its fs/ and hashed/ dirs, the file, meta.json,
     the file list and the sidecar.  Past the file's own entry, errors said only
-    "lamina: error: /…/snapshots/.tmp-…/hashed: No space left on device"."""
+    "lamina: error: /…/snapshots/.tmp-…/hashed: No space left on device"; then the layer and
+    that staging path ("…/.tmp-<chainID>-<pid>-<random>/tmpjo3ic1jj" for the dedup pass's temp
+    file), which names nothing the user knows: now what the file is, and the store."""
     require_root()
     src = f"oci:{layout.root}"
 
@@ -191,6 +193,9 @@ def test_running_out_of_inodes_at_each_step_of_storing_a_layer_names_the_layer(t
             root = store_on(fs)
             msg = fails(root, "copy", f"{src}:one:1", "one:1", match="No space left on device")
             assert msg.startswith("lamina: error: layer sha256:"), (missing, msg)
+            assert ".tmp-" not in msg, (missing, msg)
+            if "storing its snapshot failed" in msg:
+                assert msg.endswith(f" (in the store {root}): No space left on device"), (missing, msg)
             _consistent(root, images=["small:1"], tmp_path=tmp_path)
             _remount(fs, nr_inodes=100000)
             lamina(root, "copy", f"{src}:one:1", "one:1")
@@ -246,6 +251,70 @@ def test_a_full_disk_during_load_names_what_failed(tmp_path, layout, stdin):
         _remount(fs, size="64m")
         load(root)
         _consistent(root, images=["small:1", "big:1"], tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("source", ["store", "bundle", "oci", "docker"])
+def test_a_full_dest_names_the_file_and_dest_on_every_unpack_source(tmp_path, reg, registry_env, source):  # noqa: F811
+    """unpack into a DEST with 2 MiB free of an image of 24 files of 300 KiB.  It said
+    "lamina: error: 'big/f3': cannot copy: No space left on device" without DEST (the entry
+    alone does not say which disk is full: the store's or DEST's); from the store, most runs
+    said "lamina: error: '.': cannot .: Success" (a copy thread had failed, and the walk
+    stopped without an error of its own).  A layout or registry unpack names the layer too."""
+    require_root()
+    lay = ob.Layout(tmp_path / "lay")
+    # above flatten's 256 KiB: each is copied on a worker thread, more than its queue holds
+    lay.add(lay.image([{"big": None, **{f"big/f{i}": seeded_bytes(f"f{i}", 300 << 10) for i in range(24)}}]),
+            "big:1")
+    root = tmp_path / "s"
+    if source == "docker":
+        skopeo_push(f"oci:{lay.root}:big:1", reg.host, "fulldest:1")
+        argv = [f"docker://{reg.host}/fulldest:1"]
+    elif source == "oci":
+        argv = [f"oci:{lay.root}:big:1"]
+    else:
+        lamina(root, "copy", f"oci:{lay.root}:big:1", "big:1")
+        argv = ["--bundle", "big:1"] if source == "bundle" else ["big:1"]
+    with _tmpfs(tmp_path / "fs", size="2m") as fs:
+        dest = fs / "rootfs"
+        msg = fails(root, "unpack", *argv, dest, match="No space left on device")
+        assert msg.endswith(f"No space left on device (unpacking into {dest})"), msg
+        entry = "entry 'big/f" if source in ("oci", "docker") else "lamina: error: 'big/f"
+        assert entry in msg and "Success" not in msg, msg
+        if source in ("oci", "docker"):
+            assert msg.startswith("lamina: error: layer 0 (sha256:"), msg
+        assert os.listdir(fs) == [], os.listdir(fs)   # no staging left
+        _remount(fs, size="64m")
+        lamina(root, "unpack", *argv, dest)
+    if source in ("store", "bundle"):
+        _consistent(root, images=["big:1"], tmp_path=tmp_path)
+
+
+def test_rmi_on_a_store_out_of_inodes_says_what_to_do(tmp_path, layout):
+    """Every inode taken: rmi (like tag and prune) must write the new index.json beside the old
+    one, and said only "lamina: error: /…/index.json: No space left on device" on a disk whose
+    blocks were mostly free: nothing told the user an inode, any, is what it needs."""
+    require_root()
+    src = f"oci:{layout.root}"
+    with _tmpfs(tmp_path / "fs", nr_inodes=400, size="64m") as fs:
+        root = fs / "s"
+        lamina(root, "copy", f"{src}:small:1", "small:1")
+        lamina(root, "copy", f"{src}:one:1", "one:1")
+        os.mkdir(fs / "fill")
+        with pytest.raises(OSError) as e:
+            for i in range(1000):
+                open(fs / "fill" / str(i), "w").close()
+        assert e.value.errno == errno.ENOSPC and os.statvfs(fs).f_favail == 0
+        for argv in (["rmi", "small:1"], ["image", "prune", "-af"]):
+            msg = fails(root, *argv, match="no free inode")
+            assert msg == (f"lamina: error: cannot update {root}/index.json: the store's filesystem has no free "
+                           "inode, and even removing an image writes the new index.json beside the old one "
+                           "first; remove a file on that filesystem (lamina fsck --repair removes the store's "
+                           "unused content, if any) and run the command again"), msg
+        _consistent(root, images=["small:1", "one:1"], tmp_path=tmp_path,
+                    warnings=("no room to extract its layer again",))
+        os.unlink(fs / "fill" / "0")   # one inode is all rmi needs
+        lamina(root, "rmi", "small:1")
+        _consistent(root, images=["one:1"], tmp_path=tmp_path)
 
 
 # --- ext4's own limits, on every path (everypath.run_paths) ---

@@ -183,3 +183,42 @@ def test_every_way_in_says_the_store_is_read_only(ro_root, tmp_path, reg, regist
                  ["pull", f"{reg.host}/app:3"], ["config", "set", "dedup", "false"]):
         fails(ro, *verb, match="is read-only")
     assert fingerprint(rw) == before
+
+
+def test_pull_into_a_read_only_store_succeeds_up_to_date_and_says_read_only_otherwise(tmp_path, registry_env):  # noqa: F811
+    """An up-to-date pull writes nothing, yet it failed ("cannot write: the store ... is
+    read-only") after "Already exists"; with the registry down, the pull said only "not
+    reachable", and with a name the store does not hold it asked the registry first."""
+    from registryfixture import Registry, free_port
+    registry = Registry(tmp_path / "reg")
+    try:
+        lay = ob.Layout(tmp_path / "lay")
+        lay.add(lay.image([{"a": b"first\n"}]), "v1")
+        lay.add(lay.image([{"a": b"second\n"}]), "v2")
+        skopeo_push(f"oci:{lay.root}:v1", registry.host, "app:1")
+        skopeo_push(f"oci:{lay.root}:v1", registry.host, "app:2")
+        rw, ro = tmp_path / "rw", tmp_path / "ro"
+        lamina(rw, "pull", f"{registry.host}/app:1")
+        ro.mkdir()
+        subprocess.run(["mount", "--bind", str(rw), str(ro)], check=True)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+            before = fingerprint(rw)
+            out = lamina(ro, "pull", f"{registry.host}/app:1").stdout
+            assert f"Status: Image is up to date for {registry.host}/app:1" in out, out
+            # not in the store: refused before the registry is asked (nothing listens at that port)
+            msg = fails(ro, "pull", f"127.0.0.1:{free_port()}/app:1", match="is read-only")
+            assert "reachable" not in msg, msg
+            fails(ro, "pull", f"{registry.host}/app:2", match="is read-only")
+            skopeo_push(f"oci:{lay.root}:v2", registry.host, "app:1")   # a newer app:1
+            msg = fails(ro, "pull", f"{registry.host}/app:1", match="is read-only")
+            assert msg.startswith(f"lamina: error: cannot pull {registry.host}/app:1 (its manifest is now sha256:"), msg
+            registry.stop()
+            msg = fails(ro, "pull", f"{registry.host}/app:1", match="is not reachable")
+            assert msg.endswith(f"(and the store at {ro} is read-only: a pull there can only find its image up to "
+                                "date)"), msg
+            assert fingerprint(rw) == before
+        finally:
+            subprocess.run(["umount", str(ro)], check=True)
+    finally:
+        registry.stop()

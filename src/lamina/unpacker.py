@@ -94,6 +94,7 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
             trace.event("committed")
             seconds["commit"] = time.perf_counter() - t
         except BaseException as e:  # includes KeyboardInterrupt: never leave a half-made tree
+            name_dest(e, dest)
             abandon(staging, e)
             raise
         finally:
@@ -250,6 +251,14 @@ _STAGING_PREFIX = ".lamina-tmp-"
 # next unpack to DEST removes (a --link one holds names of store objects gc could never free).
 _NEWBORN_PREFIX = ".lamina-new-"
 _held = {}  # staging dir -> the fd holding its lock
+
+
+def name_dest(e, dest):
+    """Add DEST to the error of a system call that said no while DEST was filled: the entry
+    alone does not tell the user which disk is full, read-only or refuses device nodes (and
+    the staging dir the entry was written in is not a path the user knows)."""
+    if isinstance(e, ExtractError) and e.errno is not None and len(e.args) == 1 and isinstance(e.args[0], str):
+        e.args = (f"{e.args[0]} (unpacking into {dest})",)
 
 
 def _check_dest(dest):

@@ -162,8 +162,9 @@ def _print_fsck(args, report):
     if not report.ok and not args.repair:
         print("run lamina fsck --repair to fix what can be fixed", file=sys.stderr)
     elif not args.repair and unused:
-        print("unused content (what an interrupted rmi or prune leaves): lamina image prune removes it",
-              file=sys.stderr)
+        # a failed pull keeps what it verified (fsck cannot tell that from debris): say both
+        print("unused content (what a failed pull keeps for its rerun to reuse, or an interrupted rmi or prune "
+              "leaves): lamina image prune removes it", file=sys.stderr)
 
 
 def cmd_config(args):

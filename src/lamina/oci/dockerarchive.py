@@ -47,9 +47,20 @@ class DockerArchive(Source):
                 raise ImageError(f"{self.description} is a docker-archive (manifest.json, no oci-layout), not an "
                                  f"oci-archive: use docker-archive:{path}")
             if self.archive.has("oci-layout") or oci_only:
-                layout = OCILayout(TarBlobStore(self.archive), self._read_meta, self.ref, self.description)
+                try:
+                    layout = OCILayout(TarBlobStore(self.archive), self._read_meta, self.ref, self.description)
+                except ImageError as e:
+                    # docker's load and skopeo's docker-archive: read manifest.json alone: an
+                    # unreadable oci-layout or index.json beside it is none of theirs (an
+                    # oci-archive: is read through them, as skopeo's oci-archive: reads it)
+                    # (a member held twice stays refused: skopeo reads the first, tar the last)
+                    if oci_only or not self.archive.has("manifest.json") or \
+                            self.archive._twice & {"oci-layout", "index.json"}:
+                        raise
+                    layout = None
                 # docker save of an untagged image writes an empty index.json: use manifest.json then.
-                if layout.index.manifests or oci_only or not self.archive.has("manifest.json"):
+                if layout is not None and (layout.index.manifests or oci_only
+                                           or not self.archive.has("manifest.json")):
                     self._layout = layout
                     if self.archive.has("manifest.json"):
                         self._check_manifest_json(layout, oci_only)

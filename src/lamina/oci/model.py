@@ -86,6 +86,8 @@ ROOTFS_FIELDS = ("type", "diff_ids")
 EXEC_FIELDS = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels",
                "StopSignal", "ArgsEscaped", "Healthcheck", "OnBuild", "Shell")
 HISTORY_FIELDS = ("created", "author", "created_by", "comment", "empty_layer")
+# docker's HealthConfig (inspect shows it; docker runs it)
+HEALTHCHECK_FIELDS = ("Test", "Interval", "Timeout", "StartPeriod", "StartInterval", "Retries")
 
 
 class _Refused(ValueError):
@@ -435,6 +437,9 @@ def _check_config_types(doc, what):
             raise ImageError(f"{what}: config must be an object, not {json.dumps(execution)[:60]}")
         check_field_spelling(execution, EXEC_FIELDS, f"{what} config")
         _check_types(execution, _EXEC_TYPES, f"{what} config")
+        health = execution.get("Healthcheck")
+        if isinstance(health, dict):   # its values' types are docker's concern (see cli.images._go_int)
+            check_field_spelling(health, HEALTHCHECK_FIELDS, f"{what} config Healthcheck")
     history = doc.get("history")
     if history is not None:
         if not isinstance(history, list):

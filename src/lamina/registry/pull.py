@@ -432,9 +432,22 @@ class Puller:
         trace.event("run")
         previous = self._previous_manifest()
         trace.event("previous")
-        r = resolve(self.client, ref, self.want, all_platforms=self.all_platforms)
+        # A read-only store takes a pull only when it finds the image up to date (nothing
+        # written): with the name not in the store, say so before asking the registry.
+        read_only = not self.store.writable
+        if read_only and previous is None:
+            self.store._check_writable(f"cannot pull {ref.familiar()}")
+        try:
+            r = resolve(self.client, ref, self.want, all_platforms=self.all_platforms)
+        except LaminaError as e:
+            if read_only and len(e.args) == 1 and isinstance(e.args[0], str):
+                e.args = (f"{e.args[0]} (and the store at {self.store.root} is read-only: a pull there "
+                          "can only find its image up to date)",)
+            raise
         repos, repo, top, mr, chosen, children, others = (r.repos, r.repo, r.top, r.manifest, r.chosen,
                                                           r.children, r.others)
+        if read_only and mr.digest != previous:
+            self.store._check_writable(f"cannot pull {ref.familiar()} (its manifest is now {mr.digest})")
         self.reporter.line(f"{ref.digest or ref.tag}: Pulling from {ref.path}")
         repo_digest = top.digest
 

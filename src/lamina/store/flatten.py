@@ -136,7 +136,8 @@ def flatten(layer_dirs, dest, *, link=False, workers=None) -> FlattenStats:
         if what == "open snapshot":
             raise MaterializeError(f"snapshot {path}: {os.strerror(err)}") from None
         # the path is a name from the layer: quoted like every other message quotes it
-        raise MaterializeError(f"{quote_name(os.fsencode(path))}: cannot {what}: {os.strerror(err)}") from None
+        raise MaterializeError(f"{quote_name(os.fsencode(path))}: cannot {what}: {os.strerror(err)}",
+                               errno=err) from None
     stats = FlattenStats(dest=dest, mode="link" if link else "copy", layers=len(layer_dirs))
     for k in ("entries", "files", "dirs", "symlinks", "hardlinks", "other", "bytes", "hidden"):
         setattr(stats, k, getattr(walker, k))

@@ -117,7 +117,17 @@ def import_images(store, items, report=None):
                 created_blobs.append(index.digest)
             image = load_image(store.open_blob, data.manifest_digest)
             created_snaps += [c for c in image.chain_ids if store.snapshot_info(c) is None]
-            store.snapshots_for(image)
+            try:
+                store.snapshots_for(image)
+            except DigestMismatchError as e:
+                # a diffID is checked as the layer extracts, into a snapshot that any image
+                # may share: the snapshot's error names the layer's digest alone
+                i = next((k for k, layer in enumerate(image.layers) if e.what.startswith(f"layer {layer.digest}")),
+                         None)
+                if i is None:
+                    raise
+                raise DigestMismatchError(f"{_which_layer(data, i)}, {e.what[len('layer '):]}", e.expected,
+                                          e.actual) from None
             ready.append((data.manifest_digest, names, index.digest if index else None, "written"))
         results = []
         for manifest_digest, names, repo_digest, status in ready:
@@ -137,9 +147,7 @@ def _put_blobs(store, data, created, report):
         except DigestMismatchError as e:
             # "blob sha256:...: digest mismatch" alone left the reader to find which of the
             # archive's images and layers that was
-            image = f" image {', '.join(n.familiar() for n in data.names)}" if data.names else ""
-            raise DigestMismatchError(f"{data.description}:{image} layer {i} ({e.what})", e.expected,
-                                      e.actual) from None
+            raise DigestMismatchError(f"{_which_layer(data, i)} ({e.what})", e.expected, e.actual) from None
         if wrote:
             created.append(layer.digest)
             report("blob", layer.digest, "copied")
@@ -149,6 +157,12 @@ def _put_blobs(store, data, created, report):
         if not store.has_blob(digest):
             store.put_blob(blob, digest)
             created.append(digest)
+
+
+def _which_layer(data, i):
+    """The source, image and layer (counted from 1, of how many) an error is about."""
+    image = f" image {', '.join(n.familiar() for n in data.names)}" if data.names else ""
+    return f"{data.description}:{image} layer {i + 1} of {len(data.layers)}"
 
 
 def _rollback(store, blobs, chains):

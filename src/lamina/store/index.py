@@ -11,13 +11,14 @@ every image the store holds is reachable from index.json, which is all gc reads.
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 
 from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import StoreError
 from ..oci.model import ANNOTATION_REF_NAME
-from .fsutil import atomic_write
+from .fsutil import FULL_ERRNOS, atomic_write
 from .locks import FileLock
 from .paths import foreign_entries
 
@@ -93,7 +94,30 @@ class IndexFile:
 
     def write(self, entries):
         doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
-        atomic_write(self.paths.index, json.dumps(doc, indent=2).encode() + b"\n")
+        try:
+            atomic_write(self.paths.index, json.dumps(doc, indent=2).encode() + b"\n")
+        except OSError as e:
+            if e.errno in FULL_ERRNOS:
+                raise StoreError(self._full(e)) from e
+            raise
+
+    def _full(self, e):
+        """A full disk refused the new index.json.  Every change of the names (rmi and prune
+        too, which would free space) writes the new index beside the old one and renames it
+        over, for a crash to leave one or the other: out of inodes even rmi cannot start."""
+        index = self.paths.index
+        try:
+            st = os.statvfs(self.paths.root)
+            no_inode = st.f_files > 0 and st.f_favail == 0   # f_files 0: no fixed inode count (btrfs)
+        except OSError:
+            no_inode = False
+        if no_inode:
+            return (f"cannot update {index}: the store's filesystem has no free inode, and even removing an "
+                    "image writes the new index.json beside the old one first; remove a file on that "
+                    "filesystem (lamina fsck --repair removes the store's unused content, if any) and run "
+                    "the command again")
+        return (f"cannot update {index}: {e.strerror}; free space on the store's filesystem and run the "
+                "command again")
 
     @contextmanager
     def update(self):

@@ -23,7 +23,7 @@ from .flatten import check_link, flatten
 def _staged(dest, fill):
     """Make ``dest`` (absent or empty) complete or not at all: ``fill(staging_dir)``, then commit
     the staging dir as unpacker._commit does (a rename, or a move up from inside ``dest``)."""
-    from ..unpacker import _check_dest, _commit, _make_staging, release_staging
+    from ..unpacker import _check_dest, _commit, _make_staging, name_dest, release_staging
     dest = os.path.abspath(os.fspath(dest))
     _check_dest(dest)
     staging = _make_staging(dest)
@@ -31,6 +31,7 @@ def _staged(dest, fill):
         result = fill(staging)
         _commit(staging, dest)
     except BaseException as e:
+        name_dest(e, dest)
         abandon(staging, e)
         raise
     finally:

@@ -224,10 +224,26 @@ def _stale_dirs(paths, hexid, prefix):
         return []
 
 
-def _storing_failed(layer_digest, e):
-    """The StoreError for an OSError of the store's own files while it stores a layer's snapshot."""
-    reason = f"{os.fsdecode(e.filename)}: {e.strerror}" if e.filename is not None else (e.strerror or str(e))
-    return StoreError(f"layer {layer_digest}: storing its snapshot failed: {reason}")
+def _storing_failed(layer_digest, e, staging=None):
+    """The StoreError for an OSError of the store's own files while it stores a layer's snapshot.
+
+    A file of the snapshot's ``staging`` dir is named by what it is ("meta.json (in the store
+    /s)"): its path, snapshots/.tmp-<chainID>-<pid>-<random>/…, names nothing the user knows."""
+    if e.filename is None:
+        return StoreError(f"layer {layer_digest}: storing its snapshot failed: {e.strerror or e}")
+    name = os.fsdecode(e.filename)
+    rel = os.path.relpath(name, staging) if staging is not None else os.pardir
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        return StoreError(f"layer {layer_digest}: storing its snapshot failed: {name}: {e.strerror}")
+    if rel == os.curdir:
+        what = "its staging directory"
+    elif os.sep not in rel and rel.startswith("tmp"):
+        what = "a temp file of its dedup pass"   # tempfile's names: the pass's spilled rows and keys
+    else:
+        what = rel + (os.sep if rel in ("fs", _objects.HASHED) else "")
+    root = os.path.dirname(os.path.dirname(os.path.normpath(os.fspath(staging))))
+    return StoreError(f"layer {layer_digest}: storing its snapshot failed: {what} (in the store {root}): "
+                      f"{e.strerror}")
 
 
 def _present(paths, chain):
@@ -294,7 +310,7 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
             os.chmod(tmp, 0o755)
         except OSError as e:
             if e.errno in FULL_ERRNOS:
-                raise _storing_failed(layer_digest, e) from e
+                raise _storing_failed(layer_digest, e, tmp) from e
             raise
         hashed = _objects.hashed_dir(paths, tmp)
         writing = [hashed is not None and source is None]  # counted in _WRITERS
@@ -340,7 +356,7 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                                      lambda: _dedup_shared(paths, fs, opened.get(fs))))
             except OSError as e:  # the extractor's own dirs (fs/, hashed/); the entries' errors name them
                 if e.errno in FULL_ERRNOS:
-                    raise _storing_failed(layer_digest, e) from e
+                    raise _storing_failed(layer_digest, e, tmp) from e
                 raise
             finally:
                 for name in opened:
@@ -380,7 +396,7 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
             except OSError as e:
                 # the extractor names the entry a full disk stopped; past it, the store's own
                 # files (meta.json, objects, file lists, the sync) said only "60: No space left"
-                raise _storing_failed(layer_digest, e) from e
+                raise _storing_failed(layer_digest, e, tmp) from e
             trace.event("committed", chain=hexid[:12])
         except BaseException as e:
             abandon(tmp, e, f"{TRASH_PREFIX}{hexid}-{secrets.token_hex(4)}")

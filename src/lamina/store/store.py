@@ -14,6 +14,7 @@ whose snapshots are all there.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -21,8 +22,8 @@ import threading
 
 from .. import digest as _digest
 from .. import mediatypes as mt
-from ..errors import (AmbiguousImageError, BlobNotFoundError, ImageError, ImageNotFoundError,
-                      InvalidReferenceError, NoSuchImageError, StoreError)
+from ..errors import (AmbiguousImageError, BlobNotFoundError, DigestMismatchError, ImageError,
+                      ImageNotFoundError, InvalidReferenceError, NoSuchImageError, StoreError)
 from ..oci.model import ANNOTATION_REF_NAME
 from ..reference import Reference
 from . import snapshots as _snapshots
@@ -177,6 +178,13 @@ class Store:
         return IngestWriter(self.paths, digest, size)
 
     def put_blob(self, data, digest=None):
+        if digest is not None and not self.writable and self.has_blob(digest):
+            # storing what is there writes nothing: an up-to-date pull on a read-only store
+            _digest.validate(digest, "blob digest")
+            actual = _digest.sha256_bytes(bytes(data))
+            if actual != digest:
+                raise DigestMismatchError(f"blob {digest}", digest, actual)
+            return digest
         self._take_lease()
         return put_bytes(self.paths, data, digest)
 
@@ -342,7 +350,11 @@ class Store:
         """``add_image`` for each of ``refs`` (None: dangling), in one update of index.json: an
         archive may give one image thousands of names, and an update per name rewrote the whole
         index each time."""
-        self._take_lease()
+        # On a read-only store, names it already holds as asked write nothing and succeed (an
+        # up-to-date pull); the lease, which makes the store writable or says it is not, waits.
+        writable = self.writable
+        if writable:
+            self._take_lease()
         _digest.validate(manifest_digest, "manifest digest")
         if repo_digest is not None:
             _digest.validate(repo_digest, "repo digest")
@@ -364,6 +376,13 @@ class Store:
                 rd = None  # the name itself is the repo digest
             news.append((name, rd, make_entry(image.media_type, manifest_digest, image.manifest_size, name, rd,
                                               platform)))
+        if not writable:
+            entries = self.index.read()
+            after = copy.deepcopy(entries)
+            _name_entries(after, manifest_digest, news)
+            if after == entries:
+                return self.image(manifest_digest)
+            self._take_lease()   # says the store is read-only
         with self.index.update() as entries:
             _name_entries(entries, manifest_digest, news)
         return self.image(manifest_digest)
@@ -404,10 +423,13 @@ class Store:
         """The layer's snapshot dir, extracted if missing.  The snapshots below must exist,
         unless ``defer``: then, should the layer need them, ``wait_lowers()`` is called to
         wait for them (see snapshots.ensure), or NeedsLowers raised."""
+        chain = _snapshots.chain_id_of(diff_id, parent_chain_id)
+        if not self.writable and self._snapshot_complete(chain):
+            return self.paths.snapshot(chain) / "fs"   # only read: an up-to-date pull of a read-only store
         self._take_lease()
         fs = _snapshots.ensure(self.paths, layer_digest, diff_id, parent_chain_id, media_type, defer=defer,
                                wait_lowers=wait_lowers)
-        self.dedup(_snapshots.chain_id_of(diff_id, parent_chain_id))
+        self.dedup(chain)
         return fs
 
     def snapshots_for(self, image):

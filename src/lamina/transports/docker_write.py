@@ -56,7 +56,8 @@ def write_archive(images, fileobj):
                 if name not in written:
                     size = _tar_size(layer)
                     with _uncompressed(layer) as f:
-                        add_stream(tar, name, size, f, layer.diff_id, f"layer {layer.digest} (diffID {layer.diff_id})")
+                        add_stream(tar, name, size, f, layer.diff_id, f"layer {i + 1} of {len(data.layers)} "
+                                                                     f"({layer.digest}, diffID {layer.diff_id})")
                     written.add(name)
                 if v1 not in written:
                     add_dir(tar, f"{v1}/")

@@ -18,7 +18,7 @@ from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import ArtifactError, BlobNotFoundError, ImageError, InvalidReferenceError
 from ..oci.blobs import read_verified
-from ..oci.dockerarchive import DockerArchive
+from ..oci.dockerarchive import DockerArchive, _images_of
 from ..oci.layout import open_layout_dir
 from ..oci.model import document_media_type
 from ..reference import Reference
@@ -255,30 +255,74 @@ def archive_images(spec, platform=None):
     closer, layout, archive = open_layout(spec)
     with closer:
         if layout is not None:
-            return _layout_images(layout, platform)
+            return _layout_images(layout, platform, _archive_tags(archive))
         return _legacy_images(archive, platform)
 
 
-def _layout_images(layout, platform):
-    out, by_digest = [], {}
+def _archive_tags(archive):
+    """{(config digest, layer digests): [Reference]}: the RepoTags of a docker >= 25 archive's
+    manifest.json, which docker's load reads alone (index.json is for containerd); a name
+    given twice goes to the last entry, as docker tags entry by entry.  The archive was
+    opened only if each entry is an image of the layout and each name both files give names
+    the same image there (DockerArchive._check_manifest_json)."""
+    from ..oci.dockerarchive import _entry_image
+    entries = getattr(archive, "entries", None) if archive is not None else None
+    if not entries:
+        return {}
+    what = f"{archive.description}: manifest.json"
+    last = {}
+    for entry in entries:
+        key = _entry_image(entry)
+        for tag in entry.get("RepoTags") or []:
+            try:
+                last[Reference.parse(tag)] = key
+            except InvalidReferenceError as e:
+                raise InvalidReferenceError(f"{what}: RepoTags {tag!r}: {e}") from None
+    tags = {}
+    for name, key in last.items():
+        if key is not None:
+            tags.setdefault(key, []).append(name)
+    return tags
+
+
+def _layout_images(layout, platform, tags=None):
+    out, by_digest, reached = [], {}, []
     descs = layout.index.manifests
     named = [d for d in descs if d.ref_names]
-    if not named:
+    if not named and not tags:
         return [_with_platforms(layout, from_layout(layout, platform))]
-    for d in named:
-        layout.ref = d.annotations.get("org.opencontainers.image.ref.name") or d.annotations.get(
-            "io.containerd.image.name")
-        data = _with_platforms(layout, from_layout(layout, platform))
-        names = _oci_names(d)
+
+    def add(data, names, desc):
         if data.manifest_digest in by_digest:
             kept, known = by_digest[data.manifest_digest]   # known: kept.names as a set
             kept.names.extend(n for n in names if n not in known)
             known.update(names)
-            continue
-        data.names = names
+            return
+        data.names = list(names)
         by_digest[data.manifest_digest] = data, set(names)
+        reached.append((data, _images_of(layout, desc)))
         out.append(data)
-    return out
+
+    for d in named:
+        layout.ref = d.annotations.get("org.opencontainers.image.ref.name") or d.annotations.get(
+            "io.containerd.image.name")
+        add(_with_platforms(layout, from_layout(layout, platform)), _oci_names(d), d)
+    # A name only manifest.json gives is docker's too: to the image of its entry, which
+    # index.json may leave unnamed (then that entry is read, as docker-archive:PATH:@N is).
+    for key, names in (tags or {}).items():
+        data = next((data for data, images in reached if key in images), None)
+        if data is not None:
+            add(data, names, None)
+            continue
+        desc = next((d for d in descs if key in _images_of(layout, d)), None)
+        if desc is None:
+            continue
+        layout.ref, layout.pinned = None, desc
+        try:
+            add(_with_platforms(layout, from_layout(layout, platform)), names, desc)
+        finally:
+            layout.pinned = None
+    return out or [_with_platforms(layout, from_layout(layout, platform))]
 
 
 def _legacy_images(archive, platform):
