@@ -411,43 +411,52 @@ def test_a_repeated_marker_does_not_list_the_directory_again(tmp_path, fmt, mark
 
 
 
+def _overlay_layers(tmp_path, tars):
+    """Overlay-format layer dirs of ``tars`` (bottom first), each extracted over the ones below."""
+    from layerkit import apply
+    dirs = []
+    for k, t in enumerate(tars):
+        p = tmp_path / f"l{k}.tar"
+        p.write_bytes(t.bytes())
+        dirs.append(tmp_path / f"layer{k}")
+        dirs[-1].mkdir()
+        apply(p, dirs[-1], format="overlay", lower_dirs=[os.fspath(x) for x in dirs[:-1]] or None)
+    return dirs
+
+
+def _opens_and_stats(tmp_path, top, lowers):
+    """Extract ``top`` (overlay format) over ``lowers`` in a child under strace: (its dir, the
+    openat, openat2 and newfstatat calls it made)."""
+    import subprocess
+    import sys
+    from conftest import require_tool
+    strace = require_tool("strace")
+    top_p, dest, trace = tmp_path / "top.tar", tmp_path / "top", tmp_path / "trace"
+    top_p.write_bytes(top.bytes())
+    dest.mkdir()
+    subprocess.run([strace, "-f", "-qq", "-e", "trace=openat,newfstatat,openat2", "-o", trace, sys.executable, "-c",
+                    APPLY_SCRIPT, top_p, dest, "overlay", *lowers], check=True, cwd="/")
+    return dest, sum(1 for line in open(trace) if "(" in line)
+
+
 def test_a_run_of_whiteouts_over_many_layers_costs_no_walk_per_layer(tmp_path):
     """In the overlay format a whiteout is made only if a layer below shows its name, and
     each one walked its directory through every layer below and looked the name up in each:
     50k whiteouts in one directory over 100 layers took 28 s (a pull of such an image, 40 s).
     Counted in syscalls rather than seconds; and the nodes made are exactly the visible names
     (one lower name is hidden by a whiteout further down, one by an opaque directory)."""
-    import subprocess
-    import sys
-    from conftest import require_tool
-    from layerkit import apply
     require_root()
-    strace = require_tool("strace")
     nlayers, n = 30, 1500
-    lowers = []
-    for k in range(nlayers):
-        t = Tar().dir("d").file(f"d/L{k}", b"%d" % k)
-        if k == 25:
-            t.whiteout("d/L22")
-        if k == 20:
-            t = Tar().dir("d").opaque("d").file(f"d/L{k}", b"%d" % k)  # hides L0..L19 below
-        p = tmp_path / f"l{k}.tar"
-        p.write_bytes(t.bytes())
-        lowers.append(tmp_path / f"layer{k}")
-        lowers[-1].mkdir()
-        apply(p, lowers[-1], format="overlay", lower_dirs=[os.fspath(x) for x in lowers[:-1]] or None)
+    tars = [Tar().dir("d").file(f"d/L{k}", b"%d" % k) for k in range(nlayers)]
+    tars[25].whiteout("d/L22")
+    tars[20] = Tar().dir("d").opaque("d").file("d/L20", b"20")  # hides L0..L19 below
+    lowers = _overlay_layers(tmp_path, tars)
     top = Tar().dir("d")
     for k in range(nlayers):
         top.whiteout(f"d/L{k}")
     for i in range(n):
         top.whiteout(f"d/none{i}")
-    top_p, dest = tmp_path / "top.tar", tmp_path / "top"
-    top_p.write_bytes(top.bytes())
-    dest.mkdir()
-    trace = tmp_path / "trace"
-    subprocess.run([strace, "-f", "-qq", "-e", "trace=openat,newfstatat,openat2", "-o", trace, sys.executable, "-c",
-                    APPLY_SCRIPT, top_p, dest, "overlay", *lowers], check=True, cwd="/")
-    calls = sum(1 for line in open(trace) if "(" in line)
+    dest, calls = _opens_and_stats(tmp_path, top, lowers)
     assert calls < 4 * n, f"{calls} opens and stats for {n + nlayers} whiteouts over {nlayers} layers"  # was 34k
     made = sorted(x for x in os.listdir(dest / "d")
                   if stat.S_ISCHR(os.lstat(dest / "d" / x).st_mode) and os.lstat(dest / "d" / x).st_rdev == 0)
@@ -458,31 +467,14 @@ def test_whiteouts_in_many_directories_over_many_layers_cost_no_walk_per_layer(t
     """Whiteouts each in a directory of its own, and directories the layer implies, which no
     layer below has: each walked its directory through every layer below (5k whiteouts over
     400 layers: 8 s, 5k implied directories: 14 s).  Counted in syscalls."""
-    import subprocess
-    import sys
-    from conftest import require_tool
-    from layerkit import apply
     require_root()
-    strace = require_tool("strace")
     nlayers, n = 20, 800
-    lowers = []
-    for k in range(nlayers):
-        p = tmp_path / f"l{k}.tar"
-        p.write_bytes(Tar().dir("a").file(f"a/x{k}", b"%d" % k).bytes())
-        lowers.append(tmp_path / f"layer{k}")
-        lowers[-1].mkdir()
-        apply(p, lowers[-1], format="overlay", lower_dirs=[os.fspath(x) for x in lowers[:-1]] or None)
+    lowers = _overlay_layers(tmp_path, [Tar().dir("a").file(f"a/x{k}", b"%d" % k) for k in range(nlayers)])
     top = Tar().dir("a")
     for i in range(n):
         top.dir(f"a/q{i}").whiteout(f"a/q{i}/z")
         top.file(f"a/r{i}/f", b"f")  # a/r{i} implied: it too walked every layer (5k over 400: 14 s)
-    top_p, dest = tmp_path / "top.tar", tmp_path / "top"
-    top_p.write_bytes(top.bytes())
-    dest.mkdir()
-    trace = tmp_path / "trace"
-    subprocess.run([strace, "-f", "-qq", "-e", "trace=openat,newfstatat,openat2", "-o", trace, sys.executable, "-c",
-                    APPLY_SCRIPT, top_p, dest, "overlay", *lowers], check=True, cwd="/")
-    calls = sum(1 for line in open(trace) if "(" in line)
+    dest, calls = _opens_and_stats(tmp_path, top, lowers)
     assert calls < 20 * n, f"{calls} opens and stats for {n} whiteouts and implied dirs over {nlayers} layers"  # was 81k
     assert all(os.listdir(dest / "a" / f"q{i}") == [] for i in range(n))
     assert all(os.listdir(dest / "a" / f"r{i}") == ["f"] and os.stat(dest / "a" / f"r{i}").st_mode == 0o40755
