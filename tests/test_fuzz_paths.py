@@ -180,6 +180,11 @@ SPARSE_SIZE = 16384
 DIR_MTIME = 1_550_000_000
 
 
+def one_in(n):
+    # (st.integers() leans to its ends: 0 of integers(0, 11) came in far more than one draw in twelve)
+    return st.sampled_from([False] * (n - 1) + [True])
+
+
 @st.composite
 def stacks(draw, host, ops=ops, layers=5, entries=7):
     """Up to ``layers`` layers of up to ``entries`` entries of ``ops``.  Three hardlinks in four
@@ -194,23 +199,25 @@ def stacks(draw, host, ops=ops, layers=5, entries=7):
     of the root), and a symlink in four points at a directory written before.  A layer may
     be empty (an empty tar), or hold whiteouts of and opaque markers in what lower layers
     wrote, and nothing else."""
-    drawn = draw(st.lists(st.lists(st.tuples(ops(host), carriers), min_size=0, max_size=entries),
+    drawn = draw(st.lists(st.lists(st.tuples(ops(host), carriers), min_size=1, max_size=entries),
                           min_size=1, max_size=layers))
     written, files, dirs, symlinks, stack = [], set(), [], [], []
     for layer in drawn:
         stack.append([])
-        if written and layer and not draw(st.integers(0, 7)):
+        if draw(one_in(12)):
+            continue
+        if written and draw(one_in(8)):
             layer = [((draw(st.sampled_from(["whiteout", "whiteout", "opaque"])), draw(st.sampled_from(written + dirs)),
                        draw(marker_types), "a"), "") for _ in layer]
         for op, carrier in layer:
             kind, path = op[0], op[1]
-            if kind != "sparse" and written + dirs and not draw(st.integers(0, 3)):
+            if kind != "sparse" and written + dirs and draw(one_in(4)):
                 path = draw(st.sampled_from(written + dirs))
                 op = (kind, path) + op[2:]
-            elif kind != "sparse" and symlinks and not draw(st.integers(0, 7)):
+            elif kind != "sparse" and symlinks and draw(one_in(8)):
                 path = draw(st.sampled_from(symlinks)) + "/" + draw(st.sampled_from(NAMES + ODD))
                 op = (kind, path) + op[2:]
-            if kind == "symlink" and dirs and not draw(st.integers(0, 3)):
+            if kind == "symlink" and dirs and draw(one_in(4)):
                 op = op[:2] + (draw(st.sampled_from(["", "/"])) + draw(st.sampled_from(dirs)).strip("/"),) + op[3:]
             if any(path.startswith(f + "/") for f in files) and draw(st.integers(0, 3)):
                 continue
