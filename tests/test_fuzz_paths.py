@@ -204,7 +204,7 @@ def stacks(draw, host, ops=ops, layers=5, entries=7):
     wrote, and nothing else."""
     drawn = draw(st.lists(st.lists(st.tuples(ops(host), carriers), min_size=1, max_size=entries),
                           min_size=1, max_size=layers))
-    written, files, dirs, symlinks, stack = [], set(), [], [], []
+    written, files, dirs, symlinks, hardlinks, stack = [], set(), [], [], [], []
     for layer in drawn:
         stack.append([])
         if draw(one_in(12)):
@@ -225,13 +225,16 @@ def stacks(draw, host, ops=ops, layers=5, entries=7):
             if any(path.startswith(f + "/") for f in files) and draw(st.integers(0, 3)):
                 continue
             if kind == "hardlink" and written and ".wh." not in op[2] and draw(st.integers(0, 3)):
-                op = op[:2] + (draw(st.sampled_from(written)),) + op[3:]
+                # one in three a hardlink written before, if any: chains across layers
+                op = op[:2] + (draw(st.sampled_from(hardlinks if hardlinks and draw(one_in(3)) else written)),) + op[3:]
             if kind not in ("dir", "whiteout", "opaque"):
                 written.append(path)
             elif kind == "dir" and path.strip("./"):
                 dirs.append(path)
             if kind == "symlink":
                 symlinks.append(path)
+            elif kind == "hardlink":
+                hardlinks.append(path)
             if kind in ("dir", "symlink", "whiteout"):
                 files.discard(path)
             elif kind != "opaque":
