@@ -140,12 +140,13 @@ def ops(host, dir_meta=dir_meta):
                   st.sampled_from([0o755, 0o700, 0o555, 0o1777, 0o2775]), owners, dir_meta),
         # a symlink's owner is lchown's: a chown that follows the link changes its target (or the host's)
         st.tuples(st.just("symlink"), names, symlink_targets(host), owners, special_meta),
-        # a hardlink's own mode and owner mean nothing (the target's are the inode's), on every path
+        # a hardlink's own mode, owner, xattrs and time mean nothing (the target's are the inode's),
+        # on every path and to umoci
         # (stacks() points most at an entry written before them; now and then one names a whiteout or
         # an opaque marker: there is no such file on any path)
         st.tuples(st.just("hardlink"), names, st.tuples(names, st.sampled_from([None] * 8 + ["whiteout", "opaque"])).map(
             lambda t: _marker_name(t[1], t[0]) if t[1] else t[0]),
-                  owners, st.sampled_from([0o644, 0o644, 0o600, 0o4755])),
+                  owners, st.sampled_from([0o644, 0o644, 0o600, 0o4755]), meta),
         st.tuples(st.just("fifo"), names, owners, st.sampled_from([0o644, 0o600, 0o2755]), special_meta),
         # a file with holes, in each GNU sparse format (umoci reads the PAX ones; it refuses type S)
         st.tuples(st.just("sparse"), short_paths, st.sampled_from(sorted(SPARSE_BUILDERS))),
@@ -251,7 +252,7 @@ def _carry(t, op, carrier):
     kind = op[0]
     if kind in ("whiteout", "opaque"):  # (kind, path, type, link): written by its name
         kind, op = "marker", ("marker", _marker_name(kind, op[1]), op[3], op[2])
-    records = dict(op[-1]) if kind in ("file", "dir", "symlink", "fifo", "node") else {}
+    records = dict(op[-1]) if kind in ("file", "dir", "symlink", "fifo", "node", "hardlink") else {}
     link = kind in ("symlink", "hardlink") or (kind == "marker" and op[3] in (b"1", b"2"))
     if not carrier and any(len(n.encode("utf-8", "surrogateescape")) > 100 for n in (op[1:3] if link else op[1:2])):
         carrier = "pax"
