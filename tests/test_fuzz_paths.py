@@ -7,7 +7,11 @@ the root and at the host; owned by others too), hardlinks (same layer and lower 
 to whiteout and opaque names), sparse files (every GNU sparse format), device nodes, fifos,
 whiteouts and opaque markers (as entries of any type) and dir/file/symlink replacements go through every
 path of everypath.py (names and links in the header, in PAX records or in GNU long
-name headers; components of 255 bytes, whose whiteouts no filesystem could name); all
+name headers; components of 255 bytes, whose whiteouts no filesystem could name, and
+names with a space, a newline or a byte that is no UTF-8).  Entries take names written
+before (replacements of every type by every other, entries written through symlinks);
+layers may be empty or hold nothing but whiteouts and opaque markers; directories may
+carry a default ACL, symlinks, fifos, nodes and hardlinks PAX times and xattrs; all
 must give the same tree (or all fail), umoci must agree where it accepts the image, and
 nothing outside the work dir may change.
 
