@@ -4415,7 +4415,7 @@ cdef class Extractor:
                 return parent  # /proc cannot tell: what _real_path says then
         if len(self.root_real) + 1 + len(self.cache_realp) >= PROC_PATH_MAX - 1:
             return self._real_path(pfd, parent)  # where /proc might not tell: ask it
-        return self.cache_realp if self.cache_realp else parent
+        return self.cache_realp  # b"" is the root (a marker in a -> ., say), not "unknown"
 
     cdef void _new_name_at(self, int pfd, bytes base):
         """A symlink is about to be made as ``base`` in ``pfd`` (or a hardlink, which may
@@ -4440,7 +4440,8 @@ cdef class Extractor:
         if self.root_real is None:
             return path
         real = self._proc_rel(fd)
-        return real if real else path  # /proc cannot tell (or says the dir is no longer under the root)
+        # None: /proc cannot tell (or says the dir is no longer under the root); b"" is the root
+        return real if real is not None else path
 
     cdef void _fixup_for(self, int fd, bytes path):
         """Remember which directory ``path`` names now: if the layer later replaces

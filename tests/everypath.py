@@ -158,7 +158,7 @@ def umoci_tree(work, layer_tars, *, dir_mtime=False, root=False):
     dest = os.path.join(work, "umoci")
     try:
         subprocess.run(["umoci", "raw", "unpack", "--image", f"{layout}:{TAG}", dest],
-                       check=True, capture_output=True, text=True)
+                       check=True, capture_output=True, text=True, errors="backslashreplace")
     except subprocess.CalledProcessError as e:
         return e
     return _tree(dest, dir_mtime, root)

@@ -120,6 +120,25 @@ def test_the_roots_metadata_is_the_last_layer_naming_it(g, case):
         assert dict(tree.entries["."].xattrs) == ({"user.o": b"o"} if case == "xattrs-below-named-on-top" else {})
 
 
+@pytest.mark.parametrize("marked", ["a", "a/a"])
+def test_an_opaque_marker_through_a_symlink_to_the_root_keeps_the_roots_time(g, marked):
+    """The fuzzer's finding (seed 20316): a marker in ``a`` (a -> .) clears the root, the
+    symlink ``a`` with it, in a layer that does not name the root, so the root keeps the
+    lower layer's time.  The dir format kept the time under the name ``a``, as the place
+    the root "really is" was b"" and read as "unknown": ``a`` was gone by the end of the
+    layer and the root kept the time of the run, where the overlay mount and the store
+    kept 1234567."""
+    low = Tar().dir("./", mtime=1234567).symlink("a", ".")
+    if marked == "a/a":
+        low.symlink("b", ".")  # a -> . reached through b -> . too
+        marked = "b/a"
+    raws = [low.bytes(), Tar().opaque(marked).bytes()]
+    tree = assert_agree(run_paths(g.dest, raws, dir_mtime=True, root=True), context=describe(raws))
+    g.check()
+    assert tree.entries["."].mtime == 1234567, tree.entries["."]
+    assert "a" not in tree.entries, tree.entries
+
+
 REDECLARED_DIRS = {
     # the umoci fuzzer's finding (seed 8383): the later entry's xattrs are the dir's
     "same-layer": [_xattr(Tar().dir("a"), "1").dir("a/a").dir("a/a")],

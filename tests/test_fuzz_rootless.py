@@ -71,12 +71,12 @@ def ops(host):
                   st.sampled_from([0o644, 0o600, 0o4755, 0o000, 0o200, 0o2711]), fz.owners, fz.meta),
         st.tuples(st.just("dir"), fz.names,
                   st.sampled_from([0o755, 0o700, 0o555, 0o1777, 0o2775, 0o500, 0o000, 0o100, 0o300]),
-                  fz.owners, fz.meta),
+                  fz.owners, fz.dir_meta),
         fz.ops(host))
 
 
 def stacks(host):
-    return fz.stacks(host, ops=ops, layers=4, entries=7)
+    return fz.stacks(host, ops=ops, layers=4, entries=6)
 
 SCRIPT = r"""
 import time, traceback
