@@ -1852,6 +1852,7 @@ cdef class Extractor:
     cdef set hidden_files
     cdef set own_hidden            # the paths of hidden_files this layer skipped (its whiteouts spare them)
     cdef list lower_hidden         # the others (skipped below), sorted, made at this layer's first whiteout
+    cdef set unmade_devices        # without root: paths of device nodes not made (and of hardlinks to them)
     # overlay: a run of whiteouts in one directory (_overlay_whiteout_nogil): the directory, the
     # entry that last used it, its fds in the layers below and in this one (_union_parent)
     cdef bytes wh_parent
@@ -2035,6 +2036,7 @@ cdef class Extractor:
         self.hidden_files = set()
         self.own_hidden = set()
         self.lower_hidden = None
+        self.unmade_devices = set()
         self.wh_parent = None
         self.wh_ufd = -1
         self.names_below = {}
@@ -3801,7 +3803,10 @@ cdef class Extractor:
             if slash > 0 and not self.overlay:
                 self._check_skipped_real_parent(pfd, path[:slash], name)
             self.hidden_files.discard(path)  # written here now: no longer a skipped non-directory
+        if self.unmade_devices and kind != K_LINK:
+            self.unmade_devices.discard(path)  # something else there now (a hardlink: _hardlink decides)
         if (kind == K_CHR or kind == K_BLK) and not self.is_root:
+            self.unmade_devices.add(path)  # a hardlink to it is not made either (_hardlink)
             # Not made, on every path as if the layer did not list it: recorded as this layer's
             # (provided), it made a whiteout of the name later in the layer spare what is below
             # in the overlay format and empty it in the dir format.  The directories it implies
@@ -4658,6 +4663,14 @@ cdef class Extractor:
         target = self._normalize(link)
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
+        if self.unmade_devices and target in self.unmade_devices:
+            # without root the device node was not made, as if the layer did not list it: nor is a
+            # link to it (the dir format's top-down skipping skipped it, the other paths refused)
+            self.unmade_devices.add(self._normalize(name))
+            self.skipped.append(f"{_show(name)}: hardlink to a device node not created (needs root)")
+            return
+        if self.unmade_devices:
+            self.unmade_devices.discard(self._normalize(name))
         if target in self.hidden_files:
             raise HiddenLinkTarget(f"entry {_show(name)}: hardlink to {_show(link)}, which was skipped as hidden")
         self._new_name_at(pfd, base)  # the link may be one more name of a symlink
@@ -5050,6 +5063,8 @@ cdef class Extractor:
                 f"entry {_show(name)}: whiteout does not name an entry in its directory")
         self.whiteouts += 1
         target = parent + b"/" + hidden if parent else hidden
+        if self.unmade_devices:
+            self.unmade_devices.discard(target)
         if self.scan_only:
             # a directory this layer listed or implied before its whiteout stays, with what the layer
             # put in it (see below): the whiteout hides only what is below it, as an opaque marker

@@ -420,6 +420,23 @@ def test_the_directories_a_device_node_nobody_could_make_implies_stay():
     assert sorted(ref.paths()) == ["a", "a/a", "x"]
 
 
+@pytest.mark.parametrize("hidden_above", [False, True], ids=["alone", "whited-out-above"])
+def test_a_hardlink_to_a_device_node_nobody_could_make_is_not_made_either(hidden_above):
+    """Without root a device node is not made, as if the layer did not list it; a hardlink to
+    it (another name, or the same one: ``d => d``) was refused as "not found" by every path,
+    except by the flat unpack when an upper layer whited the name out (its top-down skipping
+    skipped the link): fuzz seed 20322 of test_fuzz_rootless.  Now the link is not made either,
+    on every path, and a hardlink to that link likewise."""
+    low = (Tar().dir("a").file("a/keep", b"k\n").chardev("a/d", 1, 3).hardlink("a/d", "a/d")
+           .hardlink("a/e", "a/d").hardlink("a/f", "a/e").file("big", b"x" * 300_000))
+    layers = [low.bytes()]
+    if hidden_above:
+        layers.append(Tar().whiteout("a/d").file("new", b"n\n").bytes())
+    trees, out = run_rootless(layers)
+    ref = assert_all_agree(trees, out)
+    assert sorted(ref.paths()) == ["a", "a/keep", "big"] + (["new"] if hidden_above else [])
+
+
 def test_the_overlay_formats_own_mount_options_mount_an_unprivileged_unpack_as_it_reads():
     """Without root the overlay format marks opaque directories user.overlay.opaque
     (trusted.* needs root).  DEST/mount-options, what README passes to mount -o, lacked
