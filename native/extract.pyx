@@ -1672,15 +1672,15 @@ cdef int _dir_empty(int fd) noexcept nogil:
     return res
 
 
-cdef void _union_release(int *lf, int nl, int *ufd, bint owned, bint keep_ufd) noexcept nogil:
-    """Close what _union_parent opened: the lower fds, and this layer's unless ``keep_ufd``."""
+cdef void _union_release(int *lf, int nl, int *ufd, bint owned) noexcept nogil:
+    """Close what _union_parent opened (if ``owned``): the lower fds and this layer's."""
     cdef int i
     if owned:
         for i in range(nl):
             if lf[i] >= 0:
                 close(lf[i])
                 lf[i] = -1
-        if not keep_ufd and ufd[0] >= 0:
+        if ufd[0] >= 0:
             close(ufd[0])
             ufd[0] = -1
 
@@ -1698,11 +1698,16 @@ cdef int _below_shows(int *lf, int nl, const char *hidden) noexcept nogil:
 
 cdef int _union_parent(int root, int *lf, int nl, const char *parent, Py_ssize_t n,
                        int *ufd_out, bint *owned_out) noexcept nogil:
-    """The component walk of _union_visible for the directory ``parent``.  2: ``lf`` holds
-    the lower layers' fds of it (topmost first; -1 where a layer does not show it) and
-    ``*ufd_out`` this layer's (-1: only below), both to close if ``*owned_out``
-    (_union_release); 0: the merged view has no such directory; -1: something unusual.
-    On 0 and -1 nothing is left open."""
+    """The component walk of ``_union_walk`` for the directory ``parent``, without the GIL, for
+    the common case (Extractor._overlay_whiteout_nogil): per component the topmost layer that
+    has it decides; a whiteout or a non-directory hides it; an opaque directory, a
+    non-directory or a whiteout ends the merge with the layers under it; no layer that decides
+    a component may have a symlink there.  ``parent`` is normalized (no empty, ``.`` or ``..``
+    component); ``lf``: the lower layers' root fds, topmost first (overwritten).
+    2: ``lf`` holds the lower layers' fds of ``parent`` (-1 where a layer does not show it)
+    and ``*ufd_out`` this layer's (-1: only below), both to close if ``*owned_out``
+    (_union_release); 0: the merged view has no such directory; -1: something unusual (a
+    symlink on the way, an error): the general path decides.  On 0 and -1 nothing is left open."""
     cdef int ufd = root, fd, nfd, i, found, res = -2
     cdef bint owned = False, stop
     cdef stat st
@@ -1777,33 +1782,9 @@ cdef int _union_parent(int root, int *lf, int nl, const char *parent, Py_ssize_t
         ufd_out[0] = ufd
         owned_out[0] = owned
         return 2
-    _union_release(lf, nl, &ufd, owned, False)
+    _union_release(lf, nl, &ufd, owned)
     ufd_out[0] = -1
     owned_out[0] = False
-    return res
-
-
-cdef int _union_visible(int root, int *lf, int nl, const char *parent, Py_ssize_t n, const char *hidden,
-                        int *ufd_out, bint *owned_out) noexcept nogil:
-    """Extractor._visible_below without the GIL, for the common case: the component walk of
-    ``_union_walk`` (per component the topmost layer that has it decides; a whiteout or a
-    non-directory hides it; an opaque directory, a non-directory or a whiteout ends the merge
-    with the layers under it), where no layer that decides a component has a symlink there.
-    ``parent`` is normalized (no empty, ``.`` or ``..`` component).  ``lf``: the lower
-    layers' root fds, topmost first (overwritten).  1: a layer below shows ``parent/hidden``;
-    0: none does; -1: something unusual (a symlink on the way, an error), nothing known: the
-    general path decides.  On 1, ``*ufd_out`` is this layer's fd of the parent (-1: only the
-    layers below have it), to close if ``*owned_out``."""
-    cdef int ufd = -1, res
-    cdef bint owned = False
-    res = _union_parent(root, lf, nl, parent, n, &ufd, &owned)
-    if res == 2:
-        res = _below_shows(lf, nl, hidden)
-        _union_release(lf, nl, &ufd, owned, res == 1)
-        if res != 1:
-            ufd = -1
-    ufd_out[0] = ufd
-    owned_out[0] = owned
     return res
 
 
@@ -5296,7 +5277,7 @@ cdef class Extractor:
         """Close the parent fds a run of whiteouts kept (_overlay_whiteout_nogil)."""
         cdef int ufd = self.wh_ufd
         if self.wh_parent is not None:
-            _union_release(self.wh_lf, self.wh_nl, &ufd, self.wh_owned, False)
+            _union_release(self.wh_lf, self.wh_nl, &ufd, self.wh_owned)
         self.wh_parent = None
         self.wh_below = None
         self.wh_ufd = -1
