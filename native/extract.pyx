@@ -1788,6 +1788,32 @@ cdef int _union_parent(int root, int *lf, int nl, const char *parent, Py_ssize_t
     return res
 
 
+cdef list _dir_entries(int dfd, int64_t limit):
+    """(name, d_type) of each entry of directory ``dfd`` but ``.`` and ``..`` (``dfd`` stays
+    open), or None on an error or past ``limit`` entries (-1: no limit)."""
+    cdef int fd = openat(dfd, b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    cdef DIR *d = fdopendir(fd) if fd >= 0 else NULL
+    cdef dirent *ent
+    if d == NULL:
+        if fd >= 0:
+            close(fd)
+        return None
+    out = []
+    try:
+        while True:
+            lamina_set_errno(0)
+            ent = readdir(d)
+            if ent == NULL:
+                return out if errno == 0 else None
+            if ent.d_name[0] == b'.' and (ent.d_name[1] == 0 or (ent.d_name[1] == b'.' and ent.d_name[2] == 0)):
+                continue
+            if 0 <= limit <= len(out):
+                return None
+            out.append((<bytes>ent.d_name, ent.d_type))
+    finally:
+        closedir(d)
+
+
 def openat2_available():
     cdef int fd = lamina_openat2(AT_FDCWD, b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, LAMINA_RESOLVE_IN_ROOT)
     if fd >= 0:
@@ -5319,9 +5345,7 @@ cdef class Extractor:
         """The frozenset of names any layer below has in ``directory`` (reached there without a
         symlink; a layer where something else is on the way has none), or None if a layer has a
         symlink on the way, or past NAMES_BELOW_MAX names or NAMES_BELOW_DIRS directories."""
-        cdef DIR *d
-        cdef dirent *ent
-        cdef int fd, err = 0
+        cdef int fd
         try:
             return self.names_below[directory]
         except KeyError:
@@ -5336,21 +5360,12 @@ cdef class Extractor:
                 if errno == ENOENT or errno == ENOTDIR:
                     continue  # not there, or a file on the way: nothing of it below
                 break
-            d = fdopendir(fd)
-            if d == NULL:
-                close(fd)
+            entries = _dir_entries(fd, -1)
+            close(fd)
+            if entries is None:
                 break
-            try:
-                while True:
-                    lamina_set_errno(0)
-                    ent = readdir(d)
-                    if ent == NULL:
-                        err = errno
-                        break
-                    names.add(<bytes>ent.d_name)
-            finally:
-                closedir(d)
-            if err != 0 or len(names) > self.names_below_left:
+            names.update([e[0] for e in entries])
+            if len(names) > self.names_below_left:
                 break
         else:
             result = frozenset(names)
@@ -5362,45 +5377,25 @@ cdef class Extractor:
         """{name: shown} of the whiteout run's directory in the layers below (the topmost layer
         that has a name decides: a 0/0 node there hides it), or None past ``budget`` names or
         on any error (the run goes on with a stat per whiteout)."""
-        cdef DIR *d
-        cdef dirent *ent
         cdef stat st
-        cdef int i, fd
-        cdef int64_t count = 0
+        cdef int i
         names = {}
         for i in range(self.wh_nl):
             if self.wh_lf[i] < 0:
                 continue
-            fd = openat(self.wh_lf[i], b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            d = fdopendir(fd) if fd >= 0 else NULL
-            if d == NULL:
-                if fd >= 0:
-                    close(fd)
+            entries = _dir_entries(self.wh_lf[i], budget)
+            if entries is None:
                 return None
-            try:
-                while True:
-                    lamina_set_errno(0)
-                    ent = readdir(d)
-                    if ent == NULL:
-                        if errno != 0:
-                            return None
-                        break
-                    if ent.d_name[0] == b'.' and (ent.d_name[1] == 0 or (ent.d_name[1] == b'.' and ent.d_name[2] == 0)):
-                        continue
-                    count += 1
-                    if count > budget:
+            budget -= len(entries)
+            for nm, dtype in entries:
+                if nm in names:
+                    continue
+                if dtype == DT_CHR or dtype == DT_UNKNOWN:
+                    if fstatat(self.wh_lf[i], <bytes>nm, &st, AT_SYMLINK_NOFOLLOW) < 0:
                         return None
-                    nm = <bytes>ent.d_name
-                    if nm in names:
-                        continue
-                    if ent.d_type == DT_CHR or ent.d_type == DT_UNKNOWN:
-                        if fstatat(self.wh_lf[i], ent.d_name, &st, AT_SYMLINK_NOFOLLOW) < 0:
-                            return None
-                        names[nm] = not (S_ISCHR(st.st_mode) and st.st_rdev == 0)
-                    else:
-                        names[nm] = True
-            finally:
-                closedir(d)
+                    names[nm] = not (S_ISCHR(st.st_mode) and st.st_rdev == 0)
+                else:
+                    names[nm] = True
         return names
 
     cdef int _opaque_nogil(self, bytes parent, object name) except -3:
