@@ -3335,20 +3335,28 @@ cdef class Extractor:
         try:
             if not self._none_below(path):
                 return -1
-            base = path[slash + 1:]
-            if mkdirat(pfd, base, 0o755) < 0:
-                if errno == EEXIST:
-                    return -1  # something else is there after all: the walk says what
-                self._oserror("mkdir", name)
-            if _has_default_acl(pfd):
-                self.default_acls = True
-                self._undo_default_acl(pfd, base, name, True, 0o755, ())
-            fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            fd = self._mkdir_open(pfd, path[slash + 1:], 0o755, name)
             if fd < 0:
-                self._oserror("open", name)
+                return -1  # something else is there after all: the walk says what
         finally:
             close(pfd)
         self.last_phys = path
+        return fd
+
+    cdef int _mkdir_open(self, int pfd, bytes base, mode_t mode, object name) except -2:
+        """Make directory ``base`` in ``pfd`` (a default ACL there undone, as for every directory
+        the layer makes) and open it; -1 with errno EEXIST, nothing made, if a name is there."""
+        cdef int fd
+        if mkdirat(pfd, base, mode) < 0:
+            if errno == EEXIST:
+                return -1
+            self._oserror("mkdir", name)
+        if _has_default_acl(pfd):
+            self.default_acls = True
+            self._undo_default_acl(pfd, base, name, True, mode, ())
+        fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0:
+            self._oserror("open", name)
         return fd
 
     cdef int _union_walk(self, bytes path, bint create, object name, list lowers_out, bint copy_up=True) except -4:
@@ -3516,14 +3524,9 @@ cdef class Extractor:
                         if unlinkat(fd, c, 0) < 0:
                             self._oserror("replace whiteout", name)
                         opaque = True
-                    if mkdirat(fd, c, 0o700 if <int>source[k] >= 0 else 0o755) < 0:
-                        self._oserror("mkdir", name)
-                    if _has_default_acl(fd):
-                        self.default_acls = True
-                        self._undo_default_acl(fd, c, name, True, 0o700 if <int>source[k] >= 0 else 0o755, ())
-                    nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                    nfd = self._mkdir_open(fd, c, 0o700 if <int>source[k] >= 0 else 0o755, name)
                     if nfd < 0:
-                        self._oserror("open", name)
+                        self._oserror("mkdir", name)
                     if opaque:
                         self._set_opaque(nfd, name)
                     elif <int>source[k] >= 0:
