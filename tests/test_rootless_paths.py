@@ -93,15 +93,22 @@ def _chmod_tree(path, how):
     subprocess.run(["chmod", "-R", how, path], check=True)
 
 
+def _image_for_nobody(base, layer_tars, dirname):
+    """Under ``base``: an OCI layout of ``layer_tars`` that everyone may read, and an empty
+    directory ``dirname`` that nobody owns; (layout, directory)."""
+    layout = write_image(os.path.join(base, "layout"), layer_tars)
+    _chmod_tree(layout, "a+rX")
+    path = os.path.join(base, dirname)
+    os.mkdir(path)
+    os.chown(path, 65534, 65534)
+    return layout, path
+
+
 def run_rootless(layer_tars, *, dir_mtime=False):
     """{path: Snapshot or 'error: ...'} plus the store's fsck errors and what rmi + prune left."""
     base = world_tmpdir()
     try:
-        layout = write_image(os.path.join(base, "layout"), layer_tars)
-        _chmod_tree(layout, "a+rX")
-        work = os.path.join(base, "work")
-        os.mkdir(work)
-        os.chown(work, 65534, 65534)
+        layout, work = _image_for_nobody(base, layer_tars, "work")
         sentinel = os.path.join(base, "sentinel")
         os.makedirs(os.path.join(sentinel, "sub"))
         with open(os.path.join(sentinel, "sub", "f"), "w") as f:
@@ -226,11 +233,7 @@ def test_roots_mount_of_a_store_an_unprivileged_user_filled_hides_what_opaque_di
         low = Tar().dir("d").file("d/old", b"o\n").file("gone", b"g\n").dir("e").file("e/x", b"x\n")
         up = Tar().opaque("d").file("d/new", b"n\n").whiteout("gone").dir("e").opaque("e")
         low = low.bytes()
-        layout = write_image(os.path.join(base, "layout"), [low, up.bytes()])
-        _chmod_tree(layout, "a+rX")
-        root = os.path.join(base, "store")
-        os.mkdir(root)
-        os.chown(root, 65534, 65534)
+        layout, root = _image_for_nobody(base, [low, up.bytes()], "store")
         proc = run_as_nobody("from lamina.transports import copy\nfrom lamina.store import Store\n"
                              "copy('oci:' + sys.argv[1] + ':img', 'img:1', store=Store(sys.argv[2]))\n",
                              layout, root, preload=_preload())
@@ -447,11 +450,7 @@ def test_the_overlay_formats_own_mount_options_mount_an_unprivileged_unpack_as_i
     try:
         low = Tar().dir("d").file("d/old", b"o\n").dir("e").file("e/x", b"x\n").file("gone", b"g\n")
         up = Tar().opaque("d").file("d/new", b"n\n").whiteout("gone").dir("e").opaque("e")
-        layout = write_image(os.path.join(base, "layout"), [low.bytes(), up.bytes()])
-        _chmod_tree(layout, "a+rX")
-        work = os.path.join(base, "work")
-        os.mkdir(work)
-        os.chown(work, 65534, 65534)
+        layout, work = _image_for_nobody(base, [low.bytes(), up.bytes()], "work")
         proc = run_as_nobody("lamina.unpack(sys.argv[1], sys.argv[2] + '/dir')\n"
                              "lamina.unpack(sys.argv[1], sys.argv[2] + '/ovl', format='overlay')\n",
                              f"oci:{layout}:img", work, preload=_preload())
