@@ -81,32 +81,32 @@ def check_link(layer_dirs, dest):
 _ACLS = ("system.posix_acl_access", "system.posix_acl_default")
 
 
-def _take_acls(dest):
-    """Remove and return the ACLs ``dest`` got from its parent's default ACL: the kernel would
-    give that ACL to every entry the flatten makes in it (and down every directory made there),
-    a host user's rights on the image's files that the dir unpack, which undoes the inheritance
-    entry by entry, never gives."""
+def _take_acls(root_fd):
+    """Remove and return the ACLs the root (``root_fd``) got from its parent's default ACL: the
+    kernel would give that ACL to every entry the flatten makes in it (and down every directory
+    made there), a host user's rights on the image's files that the dir unpack, which undoes the
+    inheritance entry by entry, never gives."""
     taken = {}
     for k in _ACLS:
         try:
-            taken[k] = os.getxattr(dest, k)
-            os.removexattr(dest, k)
+            taken[k] = os.getxattr(root_fd, k)
+            os.removexattr(root_fd, k)
         except OSError:
             pass  # none (ENODATA), or no ACLs on this filesystem
     return taken
 
 
-def _give_back_acls(dest, taken):
+def _give_back_acls(root_fd, dest, taken):
     """The root itself keeps what it inherited (as the dir unpack's does) where the image's root
     sets no ACL of its own."""
     for k, v in taken.items():
         try:
-            os.getxattr(dest, k)
+            os.getxattr(root_fd, k)
             continue  # the image's
         except OSError:
             pass
         try:
-            os.setxattr(dest, k, v)
+            os.setxattr(root_fd, k, v)
         except OSError as e:
             raise MaterializeError(f"{dest}: cannot set {k} back: {e.strerror}") from None
 
@@ -128,9 +128,17 @@ def flatten(layer_dirs, dest, *, link=False, workers=None) -> FlattenStats:
         from .objects import object_inodes
         singles = None if link else [object_inodes(os.path.dirname(d)) for d in layer_dirs]
         walker = Flattener(layer_dirs, dest, link=link, workers=workers, singles=singles, cancelled=cancelled)
-        inherited = _take_acls(dest)
-        walker.run()
-        _give_back_acls(dest, inherited)
+        # the root's ACLs through an fd, as every other change to the image's tree
+        try:
+            root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise MaterializeError(f"{dest}: {e.strerror}", errno=e.errno) from None
+        try:
+            inherited = _take_acls(root_fd)
+            walker.run()
+            _give_back_acls(root_fd, dest, inherited)
+        finally:
+            os.close(root_fd)
     except FlattenError as e:
         path, what, err = e.args
         if what == "open snapshot":
