@@ -1874,6 +1874,7 @@ cdef class Extractor:
     cdef readonly int64_t hidden_examined  # paths _forget_hidden looked at (a test bounds it)
     cdef readonly set scan_at, scan_below
     cdef set scan_dirs             # scan: the directories the layer's entries so far list or imply
+    cdef set scan_dir_parents      # scan: the parents of those (a directory with one of them in it)
     cdef int64_t scan_max          # scan: most paths scan_at, scan_below and scan_dirs may hold (-1: no limit)
     cdef readonly bint scan_overflow   # scan: more than scan_max: the sets were dropped (see __init__)
     cdef readonly int64_t hidden
@@ -2040,6 +2041,7 @@ cdef class Extractor:
         self.scan_at = set()
         self.scan_below = set()
         self.scan_dirs = set()
+        self.scan_dir_parents = set()
         self.hidden_files = set()
         self.own_hidden = set()
         self.lower_hidden = None
@@ -5000,6 +5002,7 @@ cdef class Extractor:
         while path not in self.scan_dirs:  # an ancestor already there has its own ancestors there
             self.scan_dirs.add(path)
             slash = path.rfind(b"/")
+            self.scan_dir_parents.add(path[:slash] if slash > 0 else b"")
             if slash <= 0:
                 break
             path = path[:slash]
@@ -5012,6 +5015,7 @@ cdef class Extractor:
             self.scan_at = set()
             self.scan_below = set()
             self.scan_dirs = set()
+            self.scan_dir_parents = set()
 
     cdef _forget_hidden(self, bytes target, bint itself):
         """A whiteout (``itself``) or an opaque marker removes what the layers below left at
@@ -5057,7 +5061,10 @@ cdef class Extractor:
         parent = path[:slash] if slash > 0 else b""
         if base == WH_OPAQUE:
             if self.scan_only:
-                self._scan_hides(self.scan_below, parent)
+                # A directory the layer implied in it before the marker takes its metadata from
+                # below, where the marker hides it: no skipping (the marker applies as it is read)
+                if parent not in self.scan_dir_parents:
+                    self._scan_hides(self.scan_below, parent)
                 return
             if self.hidden_files:
                 self._forget_hidden(parent, False)
@@ -5077,8 +5084,10 @@ cdef class Extractor:
             self.unmade_devices.discard(target)
         if self.scan_only:
             # a directory this layer listed or implied before its whiteout stays, with what the layer
-            # put in it (see below): the whiteout hides only what is below it, as an opaque marker
-            self._scan_hides(self.scan_below if target in self.scan_dirs else self.scan_at, target)
+            # put in it (see below): the whiteout hides only what is below it, as an opaque marker,
+            # and nothing if the layer implied a directory in it (as for the marker above)
+            if target not in self.scan_dir_parents:
+                self._scan_hides(self.scan_below if target in self.scan_dirs else self.scan_at, target)
             return
         if self.hidden_files:
             self._forget_hidden(target, True)

@@ -182,3 +182,30 @@ def test_entries_written_through_symlinks_are_never_skipped(tmp_path, monkeypatc
     assert (tmp_path / "plain" / survivor).is_file(), "the plain unpack keeps what went through the link"
     assert_same(snapshot(tmp_path / "plain", dir_mtime=True), snapshot(tmp_path / "skip", dir_mtime=True),
                 labels=("plain", "top-down"), context=case)
+
+
+IMPLIED_THEN_HIDDEN = {
+    # the layer writes a/b/f (implying a/b, which takes its metadata from below), then hides a's
+    # lower content: the scan hid a/b too, so the top-down unpack made a new 0755 a/b
+    "opaque-marker": lambda t: t.file("a/b/f", b"f").opaque("a"),
+    "whiteout": lambda t: t.file("a/b/f", b"f").whiteout("a"),
+    "whiteout-of-the-implied-dir": lambda t: t.file("a/b/c/f", b"f").whiteout("a/b"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMPLIED_THEN_HIDDEN))
+def test_a_directory_the_layer_implied_before_hiding_its_parent_keeps_its_metadata(tmp_path, case):
+    """Every other path (and umoci) gives a/b the lower layer's 0700 and time; the scan of the
+    top layer now hides nothing under a directory it implied a directory in."""
+    from everypath import assert_agree, describe, run_paths, umoci_tree
+    from tarbuild import Tar
+    lower = (Tar().dir("a", mode=0o750, mtime=1_000_000_000).dir("a/b", mode=0o700, mtime=1_000_000_000)
+             .dir("a/b/c", mode=0o710, mtime=1_000_000_000).file("a/b/old", b"o").file("a/x", b"x"))
+    raws = [lower.bytes(), IMPLIED_THEN_HIDDEN[case](Tar()).bytes()]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount"), dir_mtime=True)
+    tree = assert_agree(results, context=describe(raws))
+    b = tree.entries["a/b"]
+    assert (b.mode, b.mtime) == (0o700, 1_000_000_000), b.describe()
+    # umoci leaves the time a removal gave a directory (a known difference): modes and owners only
+    assert_agree({"dir": run_paths(tmp_path / "again", raws, paths=("dir",))["dir"],
+                  "umoci": umoci_tree(tmp_path, raws)}, context=describe(raws))
