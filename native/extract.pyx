@@ -414,6 +414,7 @@ def _libarchive_xattr(bytes key, bytes value):
 
 
 NeedsLowers = _errors.NeedsLowers
+ImpliedDirMoved = _errors.ImpliedDirMoved
 
 # Set on Ctrl-C (lamina.cli): every extraction, in any thread, stops within a
 # few dozen entries or one chunk, whichever comes first.
@@ -1907,6 +1908,8 @@ cdef class Extractor:
     cdef bint defer_lowers         # overlay: the layers below are unknown yet; ask for them (NeedsLowers)
     cdef bint root_named           # the layer has an entry for the root ("./")
     cdef object lowers_provider    # overlay, deferred: () -> lower dirs once finished, or None
+    cdef bint early_dirs           # overlay, deferred with a provider: implied dirs made before the lowers are known
+    cdef dict early_pending        # early_dirs: phys path -> (st_dev, st_ino) of one made, until _settle_early_dirs
     cdef list lower_dirs           # overlay: the dirs of lower_fds, topmost first
     cdef object lower_shared       # overlay: lower dir -> names sharing an inode only by the store's dedup
     cdef dict lower_links          # overlay: lower index -> {(dev, ino): [paths]} of its multiply linked files
@@ -1973,7 +1976,7 @@ cdef class Extractor:
 
     def __init__(self, root, *, str format="dir", limits=None, use_openat2=None, hidden=None,
                  lowers=None, bint defer_lowers=False, lowers_provider=None, lower_shared=None,
-                 hash_files_into=None, link_objects=None, int64_t scan_max=-1):
+                 hash_files_into=None, link_objects=None, int64_t scan_max=-1, bint early_dirs=False):
         """``root=None`` scans instead of extracting: headers are parsed and
         checked, nothing is written, and ``scan_at`` / ``scan_below`` collect
         what this layer hides in the layers below it (whiteouts and non-directory
@@ -1999,7 +2002,14 @@ cdef class Extractor:
         them calls ``lowers_provider()`` (which waits for them and returns
         their dirs, bottom first) or, without one or if it returns None, raises
         NeedsLowers: so layers extract in parallel, each one waiting for those
-        below it only once it meets an entry that needs them.
+        below it only once it meets an entry that needs them.  ``early_dirs``
+        (with a provider): a directory the layer implies does not wait; it is
+        made at once, as the copy-up would make it, and given the metadata it
+        has below once the layers below are known (at the next entry that needs
+        them, or at the end); ImpliedDirMoved (a NeedsLowers) if a layer below
+        has no directory there after all (a symlink there would have put the
+        entries under it elsewhere): the caller extracts the layer again
+        without ``early_dirs``.
         ``lower_shared(lower_dir)``: the names (relative paths) of that lower
         layer whose inode is shared by the store's file dedup rather than
         hardlinked in the image, so a copy-up never takes them for the copied
@@ -2083,6 +2093,8 @@ cdef class Extractor:
         self.defer_lowers = defer_lowers and self.overlay
         self.root_named = False
         self.lowers_provider = lowers_provider
+        self.early_dirs = early_dirs and self.defer_lowers and lowers_provider is not None and not self.scan_only
+        self.early_pending = {}
         if lowers and not self.scan_only:
             if not self.overlay:
                 raise ValueError("lowers only apply to the overlay format")
@@ -2262,6 +2274,8 @@ cdef class Extractor:
         cdef int64_t t = _now_ns()
         self._drop_written()
         if not self.scan_only:
+            if self.early_pending and self.defer_lowers:
+                self._load_lowers("directories this layer implies take their metadata from the layers below")
             if self.overlay and not self.root_named:
                 self._root_from_below()
             self._fixup_dirs()
@@ -3406,6 +3420,14 @@ cdef class Extractor:
                         self._parent_error(path, name)
                 if found == -2:
                     if unknown_below:
+                        if create and copy_up and lowers_out is None and links == 0 and self.early_dirs:
+                            nfd = self._early_dir(ufd, <bytes>c, b"/".join(phys + [c]), name)
+                            if nfd >= 0:
+                                close(ufd)
+                                ufd = nfd
+                                phys.append(c)
+                                source.append(-1)
+                                continue
                         self._load_lowers(f"entry {_show(name)}: {_show(path)} is not in this layer")
                         return self._union_walk(path, create, name, lowers_out, copy_up)
                     for i in range(nl):
@@ -4275,6 +4297,8 @@ cdef class Extractor:
         cdef mode_t create_mode = (<mode_t>self.cur_mode & 0o755) | 0o700
         if self.overlay:
             path = self.cache_phys + b"/" + base if self.cache_phys else base
+            if self.early_pending:
+                self.early_pending.pop(path, None)  # named: its entry's metadata, not the one below
         with nogil:  # the syscalls of the common case, in one block without the GIL
             r = mkdirat(pfd, cbase, create_mode)
             e = errno
@@ -4787,7 +4811,83 @@ cdef class Extractor:
             raise NeedsLowers(why)
         self._add_lowers(dirs)
         self.defer_lowers = False
+        if self.early_pending:
+            self._settle_early_dirs()
         return 0
+
+    cdef int _early_dir(self, int pfd, bytes base, bytes path, object name) except -2:
+        """A directory the layer implies while the layers below are not known yet (``early_dirs``):
+        made now, in this layer, as _copy_up_dirs makes a copy-up (0700 until its metadata is
+        known), and noted for _settle_early_dirs, so that the layer goes on without waiting for
+        the layers below.  -1: not so, nothing made (the caller waits for them)."""
+        cdef stat st
+        cdef int fd
+        if _has_default_acl(pfd):
+            return -1  # what the entries under it inherit would depend on when its metadata came
+        fd = self._mkdir_open(pfd, base, 0o700, name)
+        if fd < 0:
+            return -1  # a name is there after all: the walk over the layers below says what it is
+        if fstat(fd, &st) < 0:
+            close(fd)
+            self._oserror("stat", name)
+        self.early_pending[path] = (st.st_dev, st.st_ino)
+        return fd
+
+    cdef _settle_early_dirs(self):
+        """The layers below are known: each directory _early_dir made (parents first) gets what
+        _copy_up_dirs would have given it then: the metadata of the topmost layer below that has
+        it, or a new 0755 directory's if none shows it.  One that an entry of this layer named
+        or replaced since keeps what that entry gave it.  ImpliedDirMoved if a layer below
+        has a symlink or a non-directory there: the walk would have followed it or failed."""
+        cdef stat st, lst
+        cdef int fd, pfd, lfd, src, found
+        cdef Py_ssize_t slash, i
+        pending, self.early_pending = self.early_pending, {}
+        for path, ident in pending.items():
+            fd = self._plain_dir(self.rootfd, <bytes>path)
+            if fd < 0:
+                continue  # replaced or removed by an entry of this layer
+            lowers = []
+            try:
+                if fstat(fd, &st) < 0 or (st.st_dev, st.st_ino) != ident:
+                    continue
+                slash = (<bytes>path).rfind(b"/")
+                parent = (<bytes>path)[:slash] if slash > 0 else b""
+                base = (<bytes>path)[slash + 1:]
+                pfd = self._union_walk(parent, False, path, lowers, False)
+                if pfd >= 0:
+                    close(pfd)
+                found = -1
+                for i in range(len(lowers)):
+                    lfd = <int>lowers[i]
+                    if lfd < 0:
+                        continue
+                    if fstatat(lfd, <bytes>base, &lst, AT_SYMLINK_NOFOLLOW) == 0:
+                        found = i
+                        break
+                    if errno != ENOENT:
+                        self._parent_error(path, path)
+                if found >= 0 and S_ISCHR(lst.st_mode) and lst.st_rdev == 0:
+                    found = -1  # whited out below: nothing shows there
+                if found < 0:
+                    if fchmod(fd, 0o755 & ~self.umask) < 0:
+                        self._oserror("chmod", path)
+                    continue
+                if not S_ISDIR(lst.st_mode):
+                    raise ImpliedDirMoved(f"{_show(path)}, a directory this layer implies, is not a directory "
+                                          "in the layers below")
+                src = openat(<int>lowers[found], <bytes>base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                if src < 0:
+                    self._parent_error(path, path)
+                try:
+                    self._copy_dir_metadata(src, fd, path, path)
+                finally:
+                    close(src)
+            finally:
+                close(fd)
+                for x in lowers:
+                    if <int>x >= 0:
+                        close(<int>x)
 
     cdef _add_lowers(self, dirs):
         """Open the layer dirs below (given bottom first), kept topmost first."""
@@ -5059,6 +5159,10 @@ cdef class Extractor:
         cdef stat st
         cdef timespec ts[2]
         parent = path[:slash] if slash > 0 else b""
+        if self.early_pending and self.defer_lowers:
+            # what a whiteout or marker does depends on the implied directories' metadata, as
+            # the layers below give it: settled now, as the copy-up would have had it by then
+            self._load_lowers(f"entry {_show(name)}: a whiteout, after directories this layer implies")
         if base == WH_OPAQUE:
             if self.scan_only:
                 # A directory the layer implied in it before the marker takes its metadata from

@@ -960,8 +960,9 @@ def test_duplicates_within_one_pull_share_an_object_right_after_the_copy(tmp_pat
 
 def test_upper_layers_of_a_first_image_link_the_files_of_the_layers_below(tmp_path):
     """A fresh store, one image whose upper layer repeats files of the layer below (same bytes and
-    metadata, other names).  The upper layer waits for the one below at its first entry (its
-    parent dirs come from there) and then names each repeated file by a link to the object
+    metadata, other names).  The upper layer waits for the one below at its first entry (a
+    whiteout: the layers below decide whether it is made; a directory it implies would not
+    wait, see test_implied_dirs_early.py) and then names each repeated file by a link to the object
     the layer below made, as it extracts: the pass finds them done, none written and swapped.
     It used to write all of them: objects/ did not exist yet when the upper layer started.
     The upper layer is held here until the layer below has committed: a copy now hands it the
@@ -969,7 +970,9 @@ def test_upper_layers_of_a_first_image_link_the_files_of_the_layers_below(tmp_pa
     meets before then are written and swapped by its pass (before its own sync)."""
     lay = ocibuild.Layout(tmp_path / "layout")
     again = {name.replace("pkgbase", "again"): data for name, data in BASE.items()}
-    lay.image_of_tars([_layer(BASE), _layer(again)], "dup")
+    upper = tarfile_bytes([(ti("usr/.wh.nothing-below"), b"")]
+                          + [(ti(name), data) for name, data in sorted(again.items())])
+    lay.image_of_tars([_layer(BASE), upper], "dup")
     root = tmp_path / "root"
     passes = _copy_with_pass_stats(root, lay.root, "dup", prelude=_AFTER_COMMITS)
     assert len(passes) == 2

@@ -139,3 +139,10 @@ class NeedsLowers(Exception):
     """An overlay-format layer, extracted before the layers below it were
     ready, met an entry that needs them.  Not an error: the caller extracts
     that layer again over its finished lowers."""
+
+
+class ImpliedDirMoved(NeedsLowers):
+    """A directory an overlay-format layer implied, made before the layers
+    below it were known (``early_dirs``), is not a directory in them (a
+    symlink there would have put the entries under it elsewhere).  The caller
+    extracts that layer again, waiting for the layers below at that entry."""

@@ -76,7 +76,8 @@ def _check_cancelled(what):
 
 def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_type=None, limits=None,
                 name=None, lower_dirs=None, hash_blob=True, hidden=None, defer_lowers=False,
-                lowers_provider=None, lower_shared=None, hash_files_into=None, link_objects=None) -> ApplyStats:
+                lowers_provider=None, lower_shared=None, hash_files_into=None, link_objects=None,
+                early_dirs=False) -> ApplyStats:
     """Apply one layer blob (gzip, zstd or plain tar) onto ``dest``.
 
     ``layer`` is a path or a binary file object.  ``digest`` / ``diff_id``,
@@ -90,7 +91,9 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     hardlinks to lower files copied up, so that a mount shows what a flat
     unpack shows.  ``defer_lowers=True`` (overlay, layers below not ready)
     calls ``lowers_provider()`` at the first entry that needs them (it waits
-    for them and returns their dirs, or None), else raises NeedsLowers.
+    for them and returns their dirs, or None), else raises NeedsLowers;
+    ``early_dirs=True`` with it: directories the layer implies do not wait (see
+    Extractor), ImpliedDirMoved when one turns out not to be a directory below.
     ``lower_shared(dir)`` names a lower dir's files whose inode the store's
     file dedup shares (not hardlinks of the image).  ``hash_blob=False``
     skips hashing a compressed blob whose digest the caller has verified
@@ -114,7 +117,7 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     extractor = Extractor(dest, format=format, limits=limits, hidden=hidden,
                           lowers=[os.fspath(d) for d in lower_dirs or ()], defer_lowers=defer_lowers,
                           lowers_provider=lowers_provider, lower_shared=lower_shared,
-                          hash_files_into=hash_files_into, link_objects=link_objects)
+                          hash_files_into=hash_files_into, link_objects=link_objects, early_dirs=early_dirs)
     return _run(layer, extractor, diff_id, digest, media_type, name, hash_blob)
 
 

@@ -45,7 +45,7 @@ from .. import digest as _digest, trace
 from ..lowers import LayersBelow
 from ..errors import BlobNotFoundError, StoreError
 from ..tree import abandon, remove_tree
-from ..errors import NeedsLowers
+from ..errors import ImpliedDirMoved, NeedsLowers
 from .fsutil import FULL_ERRNOS, disk_usage, fsync_dir, syncfs
 from .image import chain_ids
 from .locks import FileLock
@@ -129,7 +129,7 @@ def list_chain_ids(paths):
 
 
 def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lowers=False, lowers_provider=None,
-             hash_files_into=None, lower_shared=None, link_objects=None):
+             hash_files_into=None, lower_shared=None, link_objects=None, early_dirs=False):
     """Apply one layer blob into ``fs`` (overlay format), verifying digest and diffID.
 
     A separate function so that tests can count how often extraction really happens.
@@ -140,7 +140,7 @@ def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lower
     return apply_layer(blob if hasattr(blob, "read") else os.fspath(blob), os.fspath(fs), format="overlay", diff_id=diff_id, hash_blob=False,
                        media_type=media_type, name=f"layer {digest}", lower_dirs=lower_dirs,
                        defer_lowers=defer_lowers, lowers_provider=lowers_provider, lower_shared=lower_shared,
-                       hash_files_into=hash_files_into, link_objects=link_objects)
+                       hash_files_into=hash_files_into, link_objects=link_objects, early_dirs=early_dirs)
 
 
 def _dedup_shared(paths, fs, chain=None):
@@ -348,19 +348,34 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                     trace.event("wait-lowers-done", chain=hexid[:12])
 
             trace.event("extract", chain=hexid[:12], streaming=source is not None)
-            try:
-                stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id, media_type,
-                                 lower_dirs=lower or None, defer_lowers=lower is None, lowers_provider=provider,
-                                 hash_files_into=hashed, link_objects=_objects.linkable_dir(paths, hashed),
-                                 lower_shared=lambda fs: pause_writing(
-                                     lambda: _dedup_shared(paths, fs, opened.get(fs))))
-            except OSError as e:  # the extractor's own dirs (fs/, hashed/); the entries' errors name them
-                if e.errno in FULL_ERRNOS:
-                    raise _storing_failed(layer_digest, e, tmp) from e
-                raise
-            finally:
-                for name in opened:
-                    os.close(int(name.rsplit("/", 1)[1]))
+            # Directories the layer implies are made at once rather than waited for (early_dirs),
+            # so that it extracts beside the layers below it; in the rare image where one is not a
+            # directory below after all, a blob from the store is extracted again, waiting.
+            for early in (True, False):
+                try:
+                    stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id,
+                                     media_type, lower_dirs=lower or None, defer_lowers=lower is None,
+                                     lowers_provider=provider, hash_files_into=hashed,
+                                     link_objects=_objects.linkable_dir(paths, hashed),
+                                     lower_shared=lambda fs: pause_writing(
+                                         lambda: _dedup_shared(paths, fs, opened.get(fs))),
+                                     early_dirs=early)
+                    break
+                except ImpliedDirMoved:
+                    if source is not None or not early:
+                        raise  # a stream cannot be read again: the pull extracts its stored blob
+                    trace.event("extract-again", chain=hexid[:12])
+                    remove_tree(tmp / "fs")
+                    if hashed is not None:
+                        _objects.drop_hashed(tmp)
+                except OSError as e:  # the extractor's own dirs (fs/, hashed/); the entries' errors name them
+                    if e.errno in FULL_ERRNOS:
+                        raise _storing_failed(layer_digest, e, tmp) from e
+                    raise
+                finally:
+                    for name in opened:
+                        os.close(int(name.rsplit("/", 1)[1]))
+                    opened.clear()
             trace.event("extracted", chain=hexid[:12])
             if before_commit is not None:
                 before_commit()
