@@ -281,7 +281,7 @@ def test_a_full_dest_names_the_file_and_dest_on_every_unpack_source(tmp_path, re
         entry = "entry 'big/f" if source in ("oci", "docker") else "lamina: error: 'big/f"
         assert entry in msg and "Success" not in msg, msg
         if source in ("oci", "docker"):
-            assert msg.startswith("lamina: error: layer 0 (sha256:"), msg
+            assert msg.startswith("lamina: error: layer 1 of 1 (sha256:"), msg
         assert os.listdir(fs) == [], os.listdir(fs)   # no staging left
         _remount(fs, size="64m")
         lamina(root, "unpack", *argv, dest)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import ExtractError, LaminaError
+from ..errors import ExtractError, LaminaError, layer_of
 from ..trace import event
 from . import path_arg
 from .output import add_format_option, check_format, emit, human_size
@@ -121,7 +121,7 @@ def _print_unpack(args, stats):
     print(f"manifest: {stats.manifest_digest or 'none (legacy docker archive)'}", file=out)
     print(f"config:   {stats.config_digest}", file=out)
     for i, layer in enumerate(stats.layers):
-        _print_layer(layer, f"layer {i + 1}/{len(stats.layers)}", out)
+        _print_layer(layer, layer_of(i, len(stats.layers)), out)
     total = stats.seconds.get("total", sum(layer.seconds.get("total", 0.0) for layer in stats.layers))
     rate = stats.bytes / total / 1e6 if total else 0.0
     print(f"done: {len(stats.layers)} layers, {stats.entries} entries, {human_size(stats.bytes, 3)} in {total:.3f}s"

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from .. import compression
 from .. import digest as _digest
 from .. import mediatypes as mt
-from ..errors import ArtifactError, BlobNotFoundError, ImageError, InvalidReferenceError
+from ..errors import ArtifactError, BlobNotFoundError, ImageError, InvalidReferenceError, layer_of
 from ..oci.blobs import read_verified
 from ..oci.dockerarchive import DockerArchive, _images_of
 from ..oci.layout import open_layout_dir
@@ -205,7 +205,7 @@ def from_legacy(archive, platform=None, names=()):
     config = archive.config_data()
     layers = []
     for l in image.layers:
-        opener = functools.partial(open_uncompressed, l.open, f"{archive.description}: layer {l.index}")
+        opener = functools.partial(open_uncompressed, l.open, f"{archive.description}: {layer_of(l.index, len(image.layers))}")
         with l.open() as f:
             kind = compression.detect(f.read(8))
         size = l.size if kind == "none" else _count(opener)
