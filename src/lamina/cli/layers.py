@@ -37,7 +37,7 @@ def _partly_applied(dest):
 def cmd_apply(args):
     from ..atomic import apply_layer_atomic, why_unwritable
     from ..errors import LaminaError
-    from ..layer import apply_layer
+    from ..layer import apply_layer, check_not_symlink
     check_format(args)
     fmt = disk_format(args)
     apply = apply_layer_atomic if args.atomic else apply_layer
@@ -46,6 +46,7 @@ def cmd_apply(args):
     if os.path.isdir(args.layer):
         raise LaminaError(f"layer {args.layer}: is a directory (apply takes one layer blob; unpack takes an image)")
     existed = os.path.lexists(args.dest)
+    check_not_symlink(args.dest)  # before the error path below, which would call it partly applied
     if existed and not os.path.isdir(args.dest):
         raise ExtractError(f"destination {args.dest} exists and is not a directory")
     reason = why_unwritable(args.dest) if existed and not args.atomic else None
