@@ -205,7 +205,8 @@ def from_legacy(archive, platform=None, names=()):
     config = archive.config_data()
     layers = []
     for l in image.layers:
-        opener = functools.partial(open_uncompressed, l.open, f"{archive.description}: {layer_of(l.index, len(image.layers))}")
+        which = f"{archive.description}: {layer_of(l.index, len(image.layers))}"
+        opener = functools.partial(open_uncompressed, l.open, which)
         with l.open() as f:
             kind = compression.detect(f.read(8))
         size = l.size if kind == "none" else _count(opener)
