@@ -63,6 +63,33 @@ def test_apply_and_mount_onto_a_file(tmp_path, store):
     assert target.read_bytes() == b"keep me\n"
 
 
+@pytest.mark.parametrize("spelling", ["link", "link/"])
+def test_apply_apply_atomic_and_unpack_all_refuse_a_dest_that_is_a_symlink(tmp_path, store, spelling):
+    """apply wrote through a DEST symlink into its target (as `tar -x -C link` does) where
+    apply --atomic and unpack refused it: the same DEST was a directory to one verb and not to
+    the others.  All three refuse it now, and nothing lands in the target (CONFORMANCE.md)."""
+    target = tmp_path / "target"
+    target.mkdir()
+    os.symlink("target", tmp_path / "link")
+    dest = str(tmp_path / spelling)
+    layer = next(p for p in (store / "blobs" / "sha256").iterdir() if p.stat().st_size > 1000)
+    # the reference: GNU tar follows the link (lamina's choice differs on purpose)
+    gnu = tmp_path / "gnu-target"
+    gnu.mkdir()
+    os.symlink("gnu-target", tmp_path / "gnu-link")
+    subprocess.run(["tar", "-xzf", layer, "-C", tmp_path / "gnu-link"], check=True)
+    assert os.listdir(gnu)
+    for argv in (["apply", layer, dest], ["apply", "--atomic", layer, dest], ["unpack", f"oci:{SAMPLE}", dest]):
+        msg = fails(store, *argv, match="exists and is not a directory")
+        assert str(tmp_path / "link") in msg and "partly applied" not in msg, (argv, msg)
+        assert os.listdir(target) == [] and os.readlink(tmp_path / "link") == "target", argv
+    from lamina import apply_layer
+    from lamina.errors import ExtractError
+    with pytest.raises(ExtractError, match="a symlink"):
+        apply_layer(str(layer), dest)
+    assert os.listdir(target) == []
+
+
 @pytest.mark.parametrize("verb", [["mount", "{src}", "{tmp}/mnt"], ["inspect", "{src}"], ["history", "{src}"],
                                   ["tag", "{src}", "t:1"], ["rmi", "{src}"]], ids=lambda v: v[0])
 def test_store_verbs_given_an_image_outside_the_store(tmp_path, store, verb):

@@ -80,6 +80,14 @@ def test_overlay_is_a_flag_and_the_old_spelling_still_works(store, tmp_path):
         assert len(os.listdir(dest)) == 2  # one dir per layer, not a merged rootfs
 
 
+def test_unpack_counts_its_layers_from_one_as_copy_and_load_do(store, tmp_path):
+    """unpack's lines named the layers "layer 1/2", "layer 2/2" where every error of copy, load
+    and unpack says "layer 1 of 2": one spelling, so a line and an error about a layer agree."""
+    out = cli("unpack", f"oci:{store['layout']}:app:1", tmp_path / "d").stdout
+    labels = [line.split(":")[0] for line in out.splitlines() if line.startswith("layer ")]
+    assert labels == ["layer 1 of 2", "layer 2 of 2"], out
+
+
 def test_version():
     import lamina
     assert cli("--version").stdout.strip() == f"lamina version {lamina.__version__}"

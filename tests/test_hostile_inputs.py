@@ -289,22 +289,29 @@ def test_a_destination_blob_that_is_a_symlink_of_the_right_size_is_replaced(root
     lamina(root, "copy", f"oci:{dest}:keep", "again:1")
 
 
-@pytest.mark.parametrize("dest", ["store", "load", "docker-archive"])
+@pytest.mark.parametrize("dest", ["store", "load", "docker-archive", "unpack", "unpack-overlay"])
 def test_a_diffid_mismatch_names_the_layer_by_its_place_in_the_image(root, tmp_path, dest):  # noqa: F811
     """The second of three layers is not the diffID its config says.  copy and load said
     "layer sha256:…: diffID (uncompressed tar): digest mismatch", copy to a docker-archive
-    "layer sha256:… (diffID …)": which of the image's layers that was, the reader had to find."""
+    "layer sha256:… (diffID …)": which of the image's layers that was, the reader had to find.
+    unpack said "layer 1 (sha256:…)", counting from 0 where the others count from 1."""
     lay = ob.Layout(tmp_path / "lay")
     layers = [{"a": b"1"}, {"b": b"2"}, {"c": b"3"}]
     config = lay.read_json(lay.read_json(lay.image(layers)["digest"])["config"]["digest"])
     diff_ids = list(config["rootfs"]["diff_ids"])
     diff_ids[1] = ob.sha256(b"not it")
-    lay.add(lay.image(layers, diff_ids=diff_ids), "bad:1")
+    bad = lay.image(layers, diff_ids=diff_ids)
+    lay.add(bad, "bad:1")
     before = fingerprint(root)
     args = {"store": ("copy", f"oci:{lay.root}:bad:1", "bad:1"), "load": ("load", "-i", lay.root),
-            "docker-archive": ("copy", f"oci:{lay.root}:bad:1", f"docker-archive:{tmp_path}/d.tar")}[dest]
+            "docker-archive": ("copy", f"oci:{lay.root}:bad:1", f"docker-archive:{tmp_path}/d.tar"),
+            "unpack": ("unpack", f"oci:{lay.root}:bad:1", tmp_path / "dest"),
+            "unpack-overlay": ("unpack", "--overlay", f"oci:{lay.root}:bad:1", tmp_path / "dest")}[dest]
     msg = fails(root, *args, match="digest mismatch")
     assert "layer 2 of 3" in msg and f"expected {diff_ids[1]}" in msg, msg
+    if dest.startswith("unpack"):
+        assert f"layer 2 of 3 ({lay.read_json(bad['digest'])['layers'][1]['digest']})" in msg, msg
+        assert not (tmp_path / "dest").exists()
     _unchanged(root, before)
 
 

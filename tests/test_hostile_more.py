@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import stat
 import os
+import subprocess
 
 import pytest
 
@@ -634,3 +635,36 @@ def test_trusted_xattrs_on_symlinks_fifos_and_devices_agree(g):
     tree, _ = agree(g, [base, Tar().hardlink("hs", "s").hardlink("hp", "p").hardlink("hc", "c")])
     for name in ("s", "p", "c", "hs", "hp", "hc"):
         assert ("trusted.lamina", b"1") in tuple(tree.entries[name].xattrs), (name, tree.entries[name])
+
+
+def test_user_xattrs_on_symlinks_fifos_and_devices_are_dropped_on_every_path(g):
+    """The kernel takes user.* on files and directories only (EPERM elsewhere).  lamina drops
+    such an xattr, says so in the layer's ``skipped`` and goes on, on every path and in what a
+    later hardlink copies up; GNU tar drops it too (a warning, exit 0), bsdtar drops it and
+    exits 1, umoci refuses the layer (CONFORMANCE.md).  Refusing the layer would fail images
+    GNU tar extracts; keeping some other xattr of the node would leave two trees to compare."""
+    u, t = ("SCHILY.xattr.user.lamina", b"1"), ("SCHILY.xattr.trusted.lamina", b"2")
+    base = (Tar().pax([u, t]).symlink("s", "f").pax([u, t]).fifo("p").pax([u, t]).chardev("c", 1, 3)
+            .pax([u]).file("f", b"x"))
+    raws = [base.bytes(), Tar().hardlink("hs", "s").hardlink("hp", "p").bytes()]
+    tree, oracle = agree(g, raws)
+    for name in ("s", "p", "c", "hs", "hp"):
+        assert dict(tree.entries[name].xattrs) == {"trusted.lamina": b"2"}, (name, tree.entries[name])
+    assert dict(tree.entries["f"].xattrs) == {"user.lamina": b"1"}
+    assert isinstance(oracle, Exception) and "operation not permitted" in oracle.stderr, oracle
+
+    import lamina as lamina_api
+    stats = lamina_api.unpack(f"oci:{write_image(g.dest / 'lay', raws)}:img", g.dest / "api")
+    for name in ("'s'", "'p'", "'c'"):
+        assert any(k.startswith(f"{name}: xattr 'user.lamina' not set") for k in stats.layers[0].skipped), \
+            stats.layers[0].skipped
+
+    gnu = g.dest / "gnu"
+    gnu.mkdir()
+    (g.dest / "l.tar").write_bytes(raws[0])
+    proc = subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "-xpf", g.dest / "l.tar", "-C", gnu],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "user.lamina" in proc.stderr, proc
+    for name in ("s", "p", "c"):
+        assert "user.lamina" not in os.listxattr(gnu / name, follow_symlinks=False)
+    assert os.getxattr(gnu / "f", "user.lamina") == b"1"

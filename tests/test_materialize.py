@@ -225,21 +225,38 @@ def test_unpack_errors_leave_nothing(tmp_path, rich):
 @pytest.mark.parametrize("verb", [["unpack"], ["unpack", "--link"], ["unpack", "--bundle"], ["mount"]],
                          ids=["unpack", "link", "bundle", "mount"])
 @pytest.mark.parametrize("inside", ["snapshots/mine", "objects/stage/x", "blobs/sha256/mine", "mine",
-                                    "through-a-symlink/mine"])
+                                    "through-a-symlink/mine", "through-a-bind-mount/mine",
+                                    "through-a-bind-mount/snapshots/mine", "through-a-bind-of-snapshots/mine",
+                                    "through-a-bind-mount/new/parents/mine"])
 def test_a_destination_inside_the_store_is_refused(tmp_path, verb, inside):
     """gc, prune and fsck --repair own every name in the store: a tree unpacked into
     snapshots/ or objects/ was taken as debris by the next fsck --repair (the user's DEST
     removed, 'not a snapshot', 'not an object'), one in objects/stage/ made the repair fail
     ('Is a directory'), and a mount there would cover the store's own files.  Refused by
-    name before anything is made; the store checks clean."""
-    if verb == ["mount"]:
+    name before anything is made; the store checks clean.  The check went by path: the
+    store reached through a bind mount of it (or of its snapshots/) was let in."""
+    if verb == ["mount"] or "bind" in inside:
         require_root()
+    bound = []
+    try:
+        _inside_the_store(tmp_path, verb, inside, bound)
+    finally:
+        for b in reversed(bound):
+            run("umount", b)
+
+
+def _inside_the_store(tmp_path, verb, inside, bound):
     from everypath import write_image
     from tarbuild import Tar
     store = _store(tmp_path)
     layout = write_image(tmp_path / "layout", [Tar().dir("etc").file("etc/f", b"f\n").bytes()])
     load_layout(store, layout, "img", "img:1")
     os.symlink(store.root / "snapshots", tmp_path / "through-a-symlink")
+    for name, what in (("through-a-bind-mount", store.root), ("through-a-bind-of-snapshots", store.root / "snapshots")):
+        if inside.startswith(name + "/"):
+            (tmp_path / name).mkdir()
+            run("mount", "--bind", what, tmp_path / name)
+            bound.append(tmp_path / name)
     dest = (tmp_path / inside) if inside.startswith("through-") else (store.root / inside)
     before = sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*"))
     try:

@@ -202,6 +202,36 @@ def test_running_out_of_inodes_at_each_step_of_storing_a_layer_names_the_layer(t
             _consistent(root, images=["small:1", "one:1"], tmp_path=tmp_path)
 
 
+def test_a_full_disk_at_each_file_of_a_snapshot_names_the_file(tmp_path, layout):
+    """one:1 copied into a store with 0, 1, 2, ... pages free, until it fits.  Past the layer's
+    own entries, a full disk on the snapshot's meta.json, its objects and file lists or a temp
+    file of the dedup pass said only "storing its snapshot failed: No space left on device"
+    (a write through a Python file object names no file): now which file, and the store."""
+    require_root()
+    src = f"oci:{layout.root}"
+    page = os.sysconf("SC_PAGE_SIZE")
+    named = []
+    for free in range(64):
+        with _tmpfs(tmp_path / f"fs{free}", size="64m") as fs:
+            root = fs / "s"
+            lamina(root, "copy", f"{src}:small:1", "small:1")
+            _fill(fs / "filler")
+            os.truncate(fs / "filler", os.path.getsize(fs / "filler") - free * page)
+            proc = lamina(root, "copy", f"{src}:one:1", "one:1", check=False)
+            if proc.returncode == 0:
+                break
+            msg = proc.stderr.strip().splitlines()[-1]
+            assert msg.endswith("No space left on device") and msg.startswith("lamina: error: "), (free, msg)
+            if "storing its snapshot failed" in msg:
+                assert msg.endswith(f" (in the store {root}): No space left on device"), (free, msg)
+                named.append(msg.split("storing its snapshot failed: ")[1].split(" (in the store")[0])
+            os.unlink(fs / "filler")
+            _consistent(root, images=["small:1"], tmp_path=tmp_path)
+    else:
+        pytest.fail("one:1 never fitted")
+    assert "meta.json" in named and "files.lz4" in named, named
+
+
 @pytest.mark.parametrize("argv,named", [
     (["save", "-o", "{out}/a.tar", "big:1"], "{out}/a.tar"),
     (["copy", "big:1", "oci-archive:{out}/a.tar"], "{out}/a.tar"),
@@ -281,7 +311,7 @@ def test_a_full_dest_names_the_file_and_dest_on_every_unpack_source(tmp_path, re
         entry = "entry 'big/f" if source in ("oci", "docker") else "lamina: error: 'big/f"
         assert entry in msg and "Success" not in msg, msg
         if source in ("oci", "docker"):
-            assert msg.startswith("lamina: error: layer 0 (sha256:"), msg
+            assert msg.startswith("lamina: error: layer 1 of 1 (sha256:"), msg
         assert os.listdir(fs) == [], os.listdir(fs)   # no staging left
         _remount(fs, size="64m")
         lamina(root, "unpack", *argv, dest)

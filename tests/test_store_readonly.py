@@ -61,12 +61,13 @@ def test_reads_do_not_create_the_store(tmp_path):
 def test_messages_name_the_users_path_not_our_staging(ro_root, tmp_path):
     ro, rw = ro_root
     sample = os.path.join(os.path.dirname(__file__), "..", "sample", "image")
-    # (from the writable store: a DEST inside the store it unpacks from is refused as such)
-    for root, source in ((ro, f"oci:{sample}"), (rw, "app:1")):
-        msg = fails(root, "unpack", source, str(ro / "rootfs"), match="Read-only file system")
-        assert msg == f"lamina: error: cannot write {ro / 'rootfs'}: Read-only file system", msg
-    msg = fails(ro, "unpack", "app:1", str(ro / "rootfs"), match="inside the store")
-    assert str(ro / "rootfs") in msg, msg
+    msg = fails(ro, "unpack", f"oci:{sample}", str(ro / "rootfs"), match="Read-only file system")
+    assert msg == f"lamina: error: cannot write {ro / 'rootfs'}: Read-only file system", msg
+    # a DEST inside the store it unpacks from is refused as such, through the read-only bind
+    # mount of the writable store too (it was let through to the Read-only error above)
+    for root in (ro, rw):
+        msg = fails(root, "unpack", "app:1", str(ro / "rootfs"), match="inside the store")
+        assert str(ro / "rootfs") in msg, msg
 
 
 def test_load_from_stdin_speaks_of_stdin(tmp_path):
@@ -220,5 +221,45 @@ def test_pull_into_a_read_only_store_succeeds_up_to_date_and_says_read_only_othe
             assert fingerprint(rw) == before
         finally:
             subprocess.run(["umount", str(ro)], check=True)
+    finally:
+        registry.stop()
+
+
+def test_a_read_only_pull_whose_index_changed_but_not_its_manifest_says_what_it_would_write(tmp_path, registry_env):  # noqa: F811
+    """app:1's index gained another arm64 image; its amd64 manifest is the one the store holds.
+    The pull on the read-only store failed with the lease's "cannot write: the store ... is
+    read-only", naming neither the pull nor what it had to write: the new index blob and the
+    name's repo digest."""
+    from registryfixture import Registry
+    registry = Registry(tmp_path / "reg")
+    try:
+        lay = ob.Layout(tmp_path / "lay")
+        amd = dict(lay.image([{"a": b"amd64\n"}]), platform={"architecture": "amd64", "os": "linux"})
+        arms = [dict(lay.image([{"a": text}], arch="arm64"), platform={"architecture": "arm64", "os": "linux"})
+                for text in (b"arm64\n", b"arm64, rebuilt\n")]
+        old, new = lay.index([amd, arms[0]]), lay.index([amd, arms[1]])
+        lay.add(old, "old")
+        lay.add(new, "new")
+        skopeo_push(f"oci:{lay.root}:old", registry.host, "app:1", all_images=True)
+        rw, ro = tmp_path / "rw", tmp_path / "ro"
+        lamina(rw, "pull", "--platform", "linux/amd64", f"{registry.host}/app:1")
+        skopeo_push(f"oci:{lay.root}:new", registry.host, "app:1", all_images=True)
+        ro.mkdir()
+        subprocess.run(["mount", "--bind", str(rw), str(ro)], check=True)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+            before = fingerprint(rw)
+            msg = fails(ro, "pull", "--platform", "linux/amd64", f"{registry.host}/app:1", match="is read-only")
+            assert msg.startswith(f"lamina: error: cannot pull {registry.host}/app:1 (its index is now "
+                                  f"{new['digest']}; its linux/amd64 manifest {amd['digest']} is the one the "
+                                  "store holds, but the new index and the name's repo digest would be "
+                                  "written)"), msg
+            assert fingerprint(rw) == before
+        finally:
+            subprocess.run(["umount", str(ro)], check=True)
+        # the writable store takes the same pull, and names the image by the new index
+        lamina(rw, "pull", "--platform", "linux/amd64", f"{registry.host}/app:1")
+        digests = lamina(rw, "images", "--digests", "--format", "{{.Digest}}").stdout.split()
+        assert new["digest"] in digests, digests
     finally:
         registry.stop()

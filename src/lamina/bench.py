@@ -41,7 +41,7 @@ import time
 
 from . import __version__, compression
 from .bench_choices import SYNTHETIC_KINDS, TOOLS
-from .errors import LaminaError
+from .errors import LaminaError, layer_of
 from .layer import COARSE_STAGES, STAGES as PIPELINE_STAGES, apply_layer
 from .oci import open_source
 from .oci.image import LayerRef, ResolvedImage, Source
@@ -312,8 +312,9 @@ class StoreImageSource(Source):
         layers = []
         for i, (desc, diff_id) in enumerate(zip(image.layers, image.diff_ids)):
             if not self.store.has_blob(desc.digest):
-                raise BenchError(f"{self.ref}: layer {i} ({desc.digest}) has no blob in the store {self.store.root} "
-                                 "(keep-blobs false); measure the image it rebuilds: lamina save -o FILE "
+                raise BenchError(f"{self.ref}: {layer_of(i, len(image.layers))} ({desc.digest}) has no blob in "
+                                 f"the store {self.store.root} (keep-blobs false); measure the image it "
+                                 "rebuilds: lamina save -o FILE "
                                  f"{self.ref}, then lamina bench docker-archive:FILE")
             layers.append(LayerRef(i, diff_id, desc.digest, desc.size, desc.media_type,
                                    functools.partial(self.store.open_blob, desc.digest)))

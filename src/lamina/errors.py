@@ -6,6 +6,12 @@ Every message names the entry, layer or blob that was wrong.
 """
 
 
+def layer_of(i, count):
+    """How every message names the ``i``-th layer (from 0) of an image of ``count``:
+    counted from 1, as docker and skopeo count them, and "of N" so it is never taken for an index."""
+    return f"layer {i + 1} of {count}"
+
+
 class LaminaError(Exception):
     """Base class of every error lamina raises on purpose."""
 

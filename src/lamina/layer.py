@@ -107,6 +107,7 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     """
     if not hash_blob and digest is not None:
         raise ValueError("apply_layer: digest given but hash_blob=False")
+    check_not_symlink(dest)
     try:
         os.makedirs(dest, exist_ok=True)
     except FileExistsError:
@@ -119,6 +120,15 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
                           lowers_provider=lowers_provider, lower_shared=lower_shared,
                           hash_files_into=hash_files_into, link_objects=link_objects, early_dirs=early_dirs)
     return _run(layer, extractor, diff_id, digest, media_type, name, hash_blob)
+
+
+def check_not_symlink(dest):
+    """Refuse a DEST that is a symlink (``link`` or ``link/``), as apply --atomic and unpack do:
+    they make DEST by a rename onto its name, which cannot go through a link, so an in-place
+    apply that followed it wrote where the others would not (CONFORMANCE.md)."""
+    if os.path.islink(os.path.abspath(os.fspath(dest))):
+        raise errors.ExtractError(f"destination {os.fsdecode(dest)} exists and is not a directory (a symlink: "
+                                  f"lamina does not apply through one; give the directory it points to)")
 
 
 def scan_layer(layer, *, diff_id=None, digest=None, media_type=None, limits=None, name=None, max_paths=-1):

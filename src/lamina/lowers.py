@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from .errors import Interrupted
+from .errors import Interrupted, layer_of
 
 
 class LayersBelow:
@@ -63,5 +63,5 @@ class LayersBelow:
         for j in range(i):
             while not events[j].wait(0.2):
                 if cancelled.is_set() or (self._cancel is not None and self._cancel.is_set()):
-                    raise Interrupted(f"layer {i}: interrupted while waiting for the layers below")
+                    raise Interrupted(f"{layer_of(i, len(self._done))}: interrupted while waiting for the layers below")
         return not any(j < i for j in self._failed)

@@ -18,7 +18,7 @@ import time
 
 from ._extract import HiddenLinkTarget
 from . import trace
-from .errors import ExtractError, InvalidArchiveError
+from .errors import ExtractError, InvalidArchiveError, layer_of
 from .limits import check_layer_count
 from .lowers import LayersBelow
 from .oci import open_source
@@ -110,17 +110,19 @@ def _describe(source):
     return getattr(source, "description", repr(source))
 
 
-def _layer_name(layer):
-    return f"layer {layer.index} ({layer.digest or layer.diff_id})"
+def _layer_name(layer, count):
+    return f"{layer_of(layer.index, count)} ({layer.digest or layer.diff_id})"
 
 
-def _apply(layer, target, format, limits, hidden=None, lower_dirs=None, defer_lowers=False, lowers_provider=None):
+def _apply(layer, count, target, format, limits, hidden=None, lower_dirs=None, defer_lowers=False,
+           lowers_provider=None):
     from .layer import apply_layer  # imported late: the native core is only needed to extract
 
     trace.event("apply", layer=layer.index, format=format, scan_hidden=hidden is not None)
     with layer.open() as f:
         stats = apply_layer(f, target, format=format, digest=layer.digest, diff_id=layer.diff_id,
-                            media_type=layer.media_type, limits=limits, name=_layer_name(layer), hidden=hidden,
+                            media_type=layer.media_type, limits=limits, name=_layer_name(layer, count),
+                            hidden=hidden,
                             lower_dirs=lower_dirs, defer_lowers=defer_lowers, lowers_provider=lowers_provider)
     trace.event("applied", layer=layer.index)
     return stats
@@ -130,15 +132,16 @@ def _apply_flat(layers, root, limits):
     # Order matters: each layer's whiteouts delete what the layers below wrote.
     at, below = _scan_upper_layers(layers, limits)
     if not at and not below:
-        return [_apply(layer, root, "dir", limits) for layer in layers]
+        return [_apply(layer, len(layers), root, "dir", limits) for layer in layers]
     try:
         skipped = set()  # non-directories skipped in any layer: what lies under them is an error, as unskipped
-        return [_apply(layer, root, "dir", limits, hidden=(at, below, i, skipped)) for i, layer in enumerate(layers)]
+        return [_apply(layer, len(layers), root, "dir", limits, hidden=(at, below, i, skipped))
+                for i, layer in enumerate(layers)]
     except (HiddenLinkTarget, InvalidArchiveError, ExtractError):
         # A hardlink to a skipped file, or any other failure: do it the plain way,
         # which is always right (and reports a real error as it is).
         clear_dir(root)
-        return [_apply(layer, root, "dir", limits) for layer in layers]
+        return [_apply(layer, len(layers), root, "dir", limits) for layer in layers]
 
 
 def _scan_upper_layers(layers, limits):
@@ -155,7 +158,7 @@ def _scan_upper_layers(layers, limits):
         trace.event("scan", layer=k)
         with layer.open() as f:
             _, hides = scan_layer(f, digest=layer.digest, diff_id=layer.diff_id, media_type=layer.media_type,
-                                  limits=limits, name=_layer_name(layer),
+                                  limits=limits, name=_layer_name(layer, len(layers)),
                                   max_paths=max(0, SCAN_MAX_PATHS - len(at) - len(below)))
         trace.event("scanned", layer=k, overflow=hides is None)
         if hides is None:
@@ -177,7 +180,7 @@ def _apply_overlay(layers, root, limits):
         os.mkdir(target, 0o755)
         targets.append(target)
     return apply_overlay_layers(layers, targets,
-                                lambda i, **kw: _apply(layers[i], targets[i], "overlay", limits, **kw))
+                                lambda i, **kw: _apply(layers[i], len(layers), targets[i], "overlay", limits, **kw))
 
 
 def apply_overlay_layers(layers, targets, apply):

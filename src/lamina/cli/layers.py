@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import ExtractError, LaminaError
+from ..errors import ExtractError, LaminaError, layer_of
 from ..trace import event
 from . import path_arg
 from .output import add_format_option, check_format, emit, human_size
@@ -37,7 +37,7 @@ def _partly_applied(dest):
 def cmd_apply(args):
     from ..atomic import apply_layer_atomic, why_unwritable
     from ..errors import LaminaError
-    from ..layer import apply_layer
+    from ..layer import apply_layer, check_not_symlink
     check_format(args)
     fmt = disk_format(args)
     apply = apply_layer_atomic if args.atomic else apply_layer
@@ -46,6 +46,7 @@ def cmd_apply(args):
     if os.path.isdir(args.layer):
         raise LaminaError(f"layer {args.layer}: is a directory (apply takes one layer blob; unpack takes an image)")
     existed = os.path.lexists(args.dest)
+    check_not_symlink(args.dest)  # before the error path below, which would call it partly applied
     if existed and not os.path.isdir(args.dest):
         raise ExtractError(f"destination {args.dest} exists and is not a directory")
     reason = why_unwritable(args.dest) if existed and not args.atomic else None
@@ -121,7 +122,7 @@ def _print_unpack(args, stats):
     print(f"manifest: {stats.manifest_digest or 'none (legacy docker archive)'}", file=out)
     print(f"config:   {stats.config_digest}", file=out)
     for i, layer in enumerate(stats.layers):
-        _print_layer(layer, f"layer {i + 1}/{len(stats.layers)}", out)
+        _print_layer(layer, layer_of(i, len(stats.layers)), out)
     total = stats.seconds.get("total", sum(layer.seconds.get("total", 0.0) for layer in stats.layers))
     rate = stats.bytes / total / 1e6 if total else 0.0
     print(f"done: {len(stats.layers)} layers, {stats.entries} entries, {human_size(stats.bytes, 3)} in {total:.3f}s"

@@ -393,7 +393,7 @@ class TarArchive:
         if os.path.isdir(self.path):
             raise ImageError(f"{self.path}: is a directory, not an archive")
         self.members = {}
-        self._twice = set()   # names of more than one member (see _lookup)
+        self.twice = set()   # names of more than one member (see _lookup)
         with os.fdopen(_open_archive(self.path), "rb") as f:
             self.compressed = f.read(2) == b"\x1f\x8b"
             self._checkpoints = _Checkpoints() if self.compressed else None
@@ -423,7 +423,7 @@ class TarArchive:
                     if name and info.type != tarfile.XGLTYPE:
                         old = self.members.get(name)
                         if old is not None and not (old.type == info.type == tarfile.DIRTYPE):
-                            self._twice.add(name)
+                            self.twice.add(name)
                         self.members[name] = _Member(info)
         except _ArchiveTooBig as e:
             raise ImageError(f"{self.path}: {e}: not a docker or OCI archive") from None
@@ -435,7 +435,7 @@ class TarArchive:
         """The regular-file member a name refers to, following links inside the archive."""
         seen = name
         for _ in range(self.MAX_LINK_HOPS):
-            if name in self._twice:
+            if name in self.twice:
                 # skopeo reads the first member of a name, docker (which extracts the archive) and
                 # tar the last: a second manifest.json would be another image to each of them
                 raise ImageError(f"{self.path}: member {name} appears more than once in the archive")

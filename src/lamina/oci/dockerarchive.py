@@ -55,7 +55,7 @@ class DockerArchive(Source):
                     # oci-archive: is read through them, as skopeo's oci-archive: reads it)
                     # (a member held twice stays refused: skopeo reads the first, tar the last)
                     if oci_only or not self.archive.has("manifest.json") or \
-                            self.archive._twice & {"oci-layout", "index.json"}:
+                            self.archive.twice & {"oci-layout", "index.json"}:
                         raise
                     layout = None
                 # docker save of an untagged image writes an empty index.json: use manifest.json then.
@@ -111,11 +111,11 @@ class DockerArchive(Source):
         none, the image manifest.json's reader (skopeo) picks."""
         what = f"{self.description}: manifest.json"
         self.entries = self._read_manifest_json()
-        keys = [_entry_image(entry) for entry in self.entries]
+        keys = [entry_image(entry) for entry in self.entries]
         by_name = {}   # a name -> the images index.json gives it (an index: each of its manifests)
         images = set()
         for desc in layout.index.manifests:
-            reached = _images_of(layout, desc)
+            reached = images_of(layout, desc)
             images |= reached
             # a bare ref.name ("1", as docker writes beside the full name) names no repository
             for name in (n for n in desc.ref_names if any(c in n for c in ":/@")):
@@ -139,15 +139,15 @@ class DockerArchive(Source):
         if self.ref and re.fullmatch(r"@\d+", self.ref, re.ASCII):
             # skopeo's docker-archive:PATH:@N is manifest.json's entry N, which index.json names
             # nothing: the layout reads that entry's manifest (it is one of the layout's, see above)
-            key = _entry_image(self._select())
-            layout.pinned = next(d for d in _manifests_of(layout) if _images_of(layout, d) == {key})
+            key = entry_image(self._select())
+            layout.pinned = next(d for d in _manifests_of(layout) if images_of(layout, d) == {key})
             return
         try:
             entry = self._select()
-            picked = set().union(*(_images_of(layout, d) for d in layout._select()))
+            picked = set().union(*(images_of(layout, d) for d in layout._select()))
         except ImageError:
             return   # nothing picked on one side: resolving says so
-        if _entry_image(entry) not in picked:
+        if entry_image(entry) not in picked:
             raise ImageError(f"{what}: picks config {entry['Config']} for {self.ref or 'no name'!r}, but index.json "
                              "picks another image: skopeo's docker-archive reader would read another image than "
                              "lamina (name the image: docker-archive:PATH:NAME)")
@@ -214,7 +214,7 @@ class DockerArchive(Source):
         pass  # TarArchive keeps no file open between reads
 
 
-def _entry_image(entry):
+def entry_image(entry):
     """(config digest, layer digests) of a manifest.json entry naming layout blobs, else None."""
     names = [entry["Config"], *entry["Layers"]]
     digests = [re.fullmatch(r"blobs/sha256/([0-9a-f]{64})", member_name(n)) for n in names]
@@ -239,7 +239,7 @@ def _manifests_of(layout, desc=None):
     yield from (d for d in descs if mt.is_manifest(d.media_type))
 
 
-def _images_of(layout, desc):
+def images_of(layout, desc):
     """{(config digest, layer digests)} of the images an index.json entry leads to: a manifest, or
     those of an image index.  Blobs a partial export left out, and artifacts, lead to none."""
     out = set()

@@ -11,7 +11,7 @@ import os
 
 from .. import mediatypes as mt
 from ..errors import (ArtifactError, BlobNotFoundError, ImageError, ImageNotFoundError, PlatformNotFoundError,
-                      UnsupportedMediaTypeError)
+                      UnsupportedMediaTypeError, layer_of)
 from ..platform import Platform
 from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_in_layout
 from .image import LayerRef, ResolvedImage, Source
@@ -230,24 +230,25 @@ class OCILayout(Source):
             raise PlatformNotFoundError(str(want), [str(config.platform)])
         layers = []
         for i, ldesc in enumerate(manifest.layers):
-            size = self._layer_size(i, ldesc)
+            which = layer_of(i, len(manifest.layers))
+            size = self._layer_size(which, ldesc)
             if size != ldesc.size:
-                raise ImageError(f"layer {i} ({ldesc.digest}): blob is {size} bytes but the manifest says {ldesc.size}")
+                raise ImageError(f"{which} ({ldesc.digest}): blob is {size} bytes but the manifest says {ldesc.size}")
             layers.append(LayerRef(i, config.diff_ids[i], ldesc.digest, ldesc.size, ldesc.media_type,
                                    functools.partial(self.store.open, ldesc.digest)))
         return ResolvedImage(
             config=config.raw, config_digest=manifest.config.digest, layers=layers,
             manifest_digest=desc.digest, manifest=doc, platform=chosen or config.platform, ref=self.ref)
 
-    def _layer_size(self, i, ldesc):
+    def _layer_size(self, which, ldesc):
         try:
             return self.store.size(ldesc.digest)
         except BlobNotFoundError:
             if ldesc.media_type in mt.FOREIGN_LAYER_TYPES or ldesc.urls:
                 raise BlobNotFoundError(
-                    f"layer {i} ({ldesc.digest}) is a non-distributable layer absent from {self.description};"
+                    f"{which} ({ldesc.digest}) is a non-distributable layer absent from {self.description};"
                     " lamina does not download layer urls") from None
-            raise BlobNotFoundError(f"layer {i}: blob {ldesc.digest} not found in {self.description}") from None
+            raise BlobNotFoundError(f"{which}: blob {ldesc.digest} not found in {self.description}") from None
 
 
 def parse_index_json(data, what):

@@ -419,18 +419,37 @@ class Puller:
             if self._own_client:
                 self.client.close()
 
-    def _previous_manifest(self):
+    def _previous_image(self):
         try:
-            return self.store.resolve(str(self.ref)).manifest_digest
+            return self.store.resolve(str(self.ref))
         except LaminaError:
             return None
         except (KeyError, LookupError, ValueError):
             return None
 
+    def _check_read_only_writes(self, held, top, mr, chosen, indexes, others):
+        """On a read-only store, the manifest is the one the store holds: refuse, saying what,
+        if the pull would still write (the lease's own error said only "cannot write")."""
+        writes = []
+        if any(not self.store.has_blob(d.digest) for d in indexes):
+            writes.append("the new index")
+        if any(not self.store.has_blob(d.digest) for d in others):
+            writes.append("the other platforms' manifests")
+        if self.ref.digest is None and f"{self.ref.name}@{top.digest}" not in held.repo_digests:
+            writes.append("the name's repo digest")
+        if writes:
+            if top.is_index:
+                what = f"its index is now {top.digest}; its {chosen or 'chosen'} manifest"
+            else:
+                what = "its manifest"
+            self.store._check_writable(f"cannot pull {self.ref.familiar()} ({what} {mr.digest} is the one the "
+                                       f"store holds, but {' and '.join(writes)} would be written)")
+
     def _run(self, t0):
         ref = self.ref
         trace.event("run")
-        previous = self._previous_manifest()
+        held = self._previous_image()
+        previous = held.manifest_digest if held is not None else None
         trace.event("previous")
         # A read-only store takes a pull only when it finds the image up to date (nothing
         # written): with the name not in the store, say so before asking the registry.
@@ -448,6 +467,9 @@ class Puller:
                                                           r.children, r.others)
         if read_only and mr.digest != previous:
             self.store._check_writable(f"cannot pull {ref.familiar()} (its manifest is now {mr.digest})")
+        if read_only:
+            self._check_read_only_writes(held, top, mr, chosen, [*children.values(), top] if top.is_index else [],
+                                         others)
         self.reporter.line(f"{ref.digest or ref.tag}: Pulling from {ref.path}")
         repo_digest = top.digest
 

@@ -45,6 +45,15 @@ def fsync_dir(path):
         os.close(fd)
 
 
+def name_error(e, path):
+    """Give ``e`` the file name ``path`` if it has none: an OSError of a write through an fd or
+    a file object carries none (only open() sets it), so a full disk said "No space left on
+    device" and not where.  Returns ``e``."""
+    if isinstance(e, OSError) and e.filename is None:
+        e.filename = os.fspath(path)
+    return e
+
+
 def tmp_name(prefix):
     """A unique sibling name for staging: ``<prefix>.tmp-<pid>-<random>``."""
     return f"{prefix}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
@@ -66,10 +75,10 @@ def atomic_write(path, data, mode=0o644):
             while view:
                 view = view[os.write(fd, view):]
         os.fsync(fd)
-    except BaseException:
+    except BaseException as e:
         os.close(fd)
         os.unlink(tmp)
-        raise
+        raise name_error(e, path)  # the file it replaces: the temp name is gone
     os.close(fd)
     try:
         os.rename(tmp, path)

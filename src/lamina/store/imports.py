@@ -8,7 +8,7 @@ be sharing them); gc or fsck takes them later.
 """
 from __future__ import annotations
 
-from ..errors import DigestMismatchError, ImageError, StoreError
+from ..errors import DigestMismatchError, ImageError, StoreError, layer_of
 from . import objects as _objects
 from . import snapshots as _snapshots
 from .gc import reachable
@@ -162,7 +162,7 @@ def _put_blobs(store, data, created, report):
 def _which_layer(data, i):
     """The source, image and layer (counted from 1, of how many) an error is about."""
     image = f" image {', '.join(n.familiar() for n in data.names)}" if data.names else ""
-    return f"{data.description}:{image} layer {i + 1} of {len(data.layers)}"
+    return f"{data.description}:{image} {layer_of(i, len(data.layers))}"
 
 
 def _rollback(store, blobs, chains):

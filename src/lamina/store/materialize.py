@@ -13,11 +13,13 @@ in store/inuse.py.
 from __future__ import annotations
 
 import os
+import stat
 import time
 
 from ..errors import ImageError, MaterializeError
 from ..tree import abandon
 from .flatten import check_link, flatten
+from .paths import OWN_ENTRIES
 
 
 def _staged(dest, fill):
@@ -42,12 +44,63 @@ def _staged(dest, fill):
 def check_outside_store(store, path, what):
     """Refuse a DEST, bundle or mount target inside the store: gc, prune and fsck --repair own
     every name there, so a tree put among them would be taken (``fsck --repair`` removed a DEST in
-    snapshots/ or objects/ as debris) or trip them up (a --link tree in objects/stage/)."""
-    root = os.path.realpath(store.paths.root)
-    real = os.path.realpath(path)
-    if real == root or real.startswith(root.rstrip("/") + "/"):
-        raise MaterializeError(f"{what} {path} is inside the store {store.paths.root}; "
-                               f"give one outside it")
+    snapshots/ or objects/ as debris) or trip them up (a --link tree in objects/stage/).
+
+    By inode, not by path: the store reached through a bind mount (of it or of its snapshots/)
+    or another mount of its filesystem has other paths but the same (st_dev, st_ino)."""
+    theirs = _store_dirs(store)
+    if not theirs:
+        return  # no store there yet: nothing to be inside of
+    fd = _nearest_existing(os.path.abspath(os.fspath(path)))
+    try:
+        while True:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in theirs:
+                raise MaterializeError(f"{what} {path} is inside the store {store.paths.root}; "
+                                       f"give one outside it")
+            up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            above = os.fstat(up)
+            os.close(fd)
+            fd = up
+            if (above.st_dev, above.st_ino) == (st.st_dev, st.st_ino):
+                return  # "/" is its own parent
+    finally:
+        os.close(fd)
+
+
+def _store_dirs(store):
+    """(st_dev, st_ino) of the store's root and of the directories in it, which a bind mount
+    can show elsewhere one by one."""
+    try:
+        root = os.open(store.paths.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    try:
+        st = os.fstat(root)
+        dirs = {(st.st_dev, st.st_ino)}
+        for name in sorted(OWN_ENTRIES) + ["blobs/sha256"]:
+            try:
+                st = os.stat(name, dir_fd=root, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                dirs.add((st.st_dev, st.st_ino))
+        return dirs
+    finally:
+        os.close(root)
+
+
+def _nearest_existing(path):
+    """An O_PATH fd of ``path``, else of its nearest ancestor that exists (what unpack makes
+    DEST under); symlinks in the user's path are followed, as the verbs that write there do."""
+    while True:
+        try:
+            return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:  # absent, not a directory, not searchable: unpack makes or fails on it
+            parent = os.path.dirname(path)
+            if parent == path:
+                raise
+            path = parent
 
 
 def _check_platform(image, platform):

@@ -234,15 +234,29 @@ class FileRows:
         self.keys = set()    # the keys of the run being made
 
     def close(self):
-        self.rows.close()
-        if self.runs is not None:
-            self.runs.close()
+        # a buffer a full disk left unwritten fails the close too, and that error would hide the
+        # one that stopped the pass; what is read back was flushed first (_flush), so none is lost
+        for f in (self.rows, self.runs):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+    def _flush(self, f):
+        try:
+            f.flush()
+        except OSError as e:
+            raise _temp_error(e, self.dir)
 
     def add(self, path, blake3, size, obj):
         # the text json.dumps([path, blake3, size, obj]) writes, without its per-call cost (a
         # third of the pass's Python time per file): the same escaping of each string
         null = "null" if obj is None else _json_string(obj)
-        self.rows.write(f"[{_json_string(path)}, {_json_string(blake3)}, {size:d}, {null}]\n".encode())
+        try:
+            self.rows.write(f"[{_json_string(path)}, {_json_string(blake3)}, {size:d}, {null}]\n".encode())
+        except OSError as e:
+            raise _temp_error(e, self.dir)
         if obj is not None:
             self.keys.add(bytes.fromhex(obj[:64] + obj[65:]))
             if len(self.keys) >= self.RUN:
@@ -253,12 +267,15 @@ class FileRows:
             self.runs = tempfile.TemporaryFile(dir=self.dir)
         self.runs.seek(0, os.SEEK_END)
         self.bounds.append((self.runs.tell(), len(self.keys)))
-        self.runs.write(b"".join(sorted(self.keys)))
+        try:
+            self.runs.write(b"".join(sorted(self.keys)))
+        except OSError as e:
+            raise _temp_error(e, self.dir)
         self.keys = set()
 
     def entries(self):
         """The rows added so far, as FileEntry, read back from the temp file."""
-        self.rows.flush()
+        self._flush(self.rows)
         with open(os.dup(self.rows.fileno()), "rb", closefd=True) as f:
             f.seek(0)
             for line in f:
@@ -284,7 +301,7 @@ class FileRows:
             return
         if self.keys:
             self._spill()
-        self.runs.flush()
+        self._flush(self.runs)
         last = None
         for key in heapq.merge(*(self._run(o, n) for o, n in self.bounds)):
             if key != last:
@@ -293,7 +310,7 @@ class FileRows:
 
     def document(self):
         """The file list's JSON text in chunks: what json.dumps of the whole document writes."""
-        self.rows.flush()
+        self._flush(self.rows)
         yield b'{"version": 1, "files": ['
         sep = b""
         with open(os.dup(self.rows.fileno()), "rb", closefd=True) as f:
@@ -307,6 +324,13 @@ class FileRows:
                     batch = []
             yield b"".join(batch)
         yield b"]}"
+
+
+def _temp_error(e, directory):
+    """``e`` named as a temp file of the dedup pass in ``directory``: an O_TMPFILE has no name,
+    and "tmp" there is what snapshots._storing_failed calls "a temp file of its dedup pass"."""
+    from .fsutil import name_error
+    return name_error(e, os.path.join(directory, "tmp"))
 
 
 def _lz4_chunks(chunks):
@@ -330,7 +354,7 @@ def write_file_list(snapshot_dir, rows, durable=True):
     document is ever whole in memory.  ``durable=False``: the snapshot is a temp
     dir that a syncfs will cover before it is published (dedup_snapshot's ``sync``), so the lists
     are plain writes, without the fsyncs and renames of atomic_write."""
-    from .fsutil import atomic_write
+    from .fsutil import atomic_write, name_error
     # The objects list first: the file list says the pass is done (is_deduplicated), and a
     # snapshot without an objects list is read through its file list (snapshot_objects).
     for name, chunks in ((OBJECTS_LIST, rows.object_keys()), (FILES_LIST, rows.document())):
@@ -338,9 +362,17 @@ def write_file_list(snapshot_dir, rows, durable=True):
         if durable:
             atomic_write(path, _lz4_chunks(chunks))
         else:
-            with open(path, "wb") as f:
+            f = open(path, "wb")
+            try:
                 for chunk in _lz4_chunks(chunks):
                     f.write(chunk)
+                f.close()
+            except BaseException as e:
+                try:
+                    f.close()
+                except OSError:
+                    pass  # its unwritten buffer: the error to say is e (maybe the rows' temp file's)
+                raise name_error(e, path)
 
 
 _OBJECT_BYTES = 40   # an object name in the objects list: blake3 (32 bytes), metadata key (8)
@@ -585,6 +617,16 @@ class SpilledNames:
     def _write(self, records, most):
         """A run of (key, name) bytes pairs, sorted by key (``most`` of them at most)."""
         file = tempfile.TemporaryFile(dir=self.dir)
+        try:
+            return self._fill(file, records, most)
+        except BaseException as e:
+            try:
+                file.close()
+            except OSError:
+                pass  # the unwritten buffer again: the error that stopped the write is e
+            raise _temp_error(e, self.dir)
+
+    def _fill(self, file, records, most):
         keys, offsets, chunk = _Keys(), array.array("q"), [b"\0"]
         at, count = 1, 0
         bits = bytearray(2 * max(1, most))

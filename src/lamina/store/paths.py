@@ -30,9 +30,10 @@ OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 OCI_LAYOUT_COMPACT = (b'{"imageLayoutVersion":"1.0.0","lamina.compact":"layer blobs are not kept in this store;'
                       b' export images with: lamina copy REF oci:DIR"}')
 EMPTY_INDEX = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}).encode()
+# What a store holds at its root (check_outside_store also finds the store's directories by them).
 # oci-layout is among them: a reader that found no oci-layout lists the root a moment later, when
 # the creating process may have written it (the store is complete then, so it is not foreign).
-_OWN = {"blobs", "ingest", "locks", "snapshots", "objects", "lamina", "index.json", "oci-layout"}
+OWN_ENTRIES = {"blobs", "ingest", "locks", "snapshots", "objects", "lamina", "index.json", "oci-layout"}
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -50,7 +51,7 @@ def default_root():
 def foreign_entries(root):
     """Names in ``root`` that a store being created has no business with (lamina's own
     entries may be there already: another process is creating the store right now)."""
-    return [n for n in os.listdir(root) if n not in _OWN and ".tmp-" not in n]
+    return [n for n in os.listdir(root) if n not in OWN_ENTRIES and ".tmp-" not in n]
 
 
 class Paths:

@@ -46,7 +46,7 @@ from ..lowers import LayersBelow
 from ..errors import BlobNotFoundError, StoreError
 from ..tree import abandon, remove_tree
 from ..errors import ImpliedDirMoved, NeedsLowers
-from .fsutil import FULL_ERRNOS, disk_usage, fsync_dir, syncfs
+from .fsutil import FULL_ERRNOS, disk_usage, fsync_dir, name_error, syncfs
 from .image import chain_ids
 from .locks import FileLock
 from . import objects as _objects
@@ -389,8 +389,11 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                         "digest": layer_digest, "media_type": media_type, "size": size, "inodes": inodes,
                         "tar_bytes": stats.bytes, "entries": stats.entries, "created": time.time(),
                         "markers": marker_kind()}
-                with open(tmp / "meta.json", "w") as f:
-                    json.dump(meta, f, indent=2)
+                try:
+                    with open(tmp / "meta.json", "w") as f:
+                        json.dump(meta, f, indent=2)
+                except OSError as e:
+                    raise name_error(e, tmp / "meta.json")
                 if hashed is None:
                     syncfs(tmp)
                 else:

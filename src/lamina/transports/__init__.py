@@ -102,7 +102,7 @@ def load_stream(stream, *, store, platform=None, report=None):
     import shutil
     import tempfile
     from ..errors import LaminaError
-    from .output import _FULL
+    from .output import FULL_WRITE_ERRNOS
     store.lease()
     fd, spooled = tempfile.mkstemp(prefix="load-", suffix=".tmp", dir=store.paths.ingest)
     try:
@@ -111,7 +111,7 @@ def load_stream(stream, *, store, platform=None, report=None):
                 shutil.copyfileobj(stream, f, 1 << 20)
                 empty = f.tell() == 0
         except OSError as e:
-            if e.errno not in _FULL:
+            if e.errno not in FULL_WRITE_ERRNOS:
                 raise
             # else "No space left on device" alone: the spool file is ours, the store's disk is full
             raise StoreError(f"the archive on stdin: no room to spool it in the store {store.paths.root}: "

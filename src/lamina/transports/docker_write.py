@@ -13,6 +13,7 @@ import hashlib
 import json
 
 from .. import digest as _digest
+from ..errors import layer_of
 from .output import add_bytes, add_dir, add_stream, add_symlink, atomic_output, open_uncompressed, stream_tar
 
 
@@ -56,7 +57,7 @@ def write_archive(images, fileobj):
                 if name not in written:
                     size = _tar_size(layer)
                     with _uncompressed(layer) as f:
-                        add_stream(tar, name, size, f, layer.diff_id, f"layer {i + 1} of {len(data.layers)} "
+                        add_stream(tar, name, size, f, layer.diff_id, f"{layer_of(i, len(data.layers))} "
                                                                      f"({layer.digest}, diffID {layer.diff_id})")
                     written.add(name)
                 if v1 not in written:

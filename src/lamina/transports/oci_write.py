@@ -19,7 +19,7 @@ from ..oci.blobs import MAX_DOCUMENT_SIZE, open_in_layout
 from ..oci.layout import parse_index_json
 from ..oci.model import ANNOTATION_REF_NAME
 from ..store.fsutil import atomic_write, fsync_dir, tmp_name
-from .output import _FULL, CHUNK, VerifyingReader, add_bytes, add_dir, add_stream, atomic_output, stream_tar
+from .output import CHUNK, FULL_WRITE_ERRNOS, VerifyingReader, add_bytes, add_dir, add_stream, atomic_output, stream_tar
 from .sources import IndexData
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
@@ -150,7 +150,7 @@ def _copy_blob(opener, dest, digest, size, what):
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(e, OSError) and e.errno in _FULL and e.filename is None:
+        if isinstance(e, OSError) and e.errno in FULL_WRITE_ERRNOS and e.filename is None:
             raise OSError(e.errno, e.strerror, dest) from None  # else "No space left on device" alone
         raise
 

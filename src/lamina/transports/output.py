@@ -49,7 +49,7 @@ class VerifyingReader:
             raise DigestMismatchError(self.what, self.expected, actual)
 
 
-_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only a write fails with
+FULL_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only a write fails with
 
 
 def add_stream(tar, name, size, fileobj, expected, what, mode=0o644):
@@ -62,7 +62,7 @@ def add_stream(tar, name, size, fileobj, expected, what, mode=0o644):
     except BrokenPipeError:
         raise  # the reader of our output went away (save | head): not a fault of the layer
     except OSError as e:
-        if e.errno in _FULL:
+        if e.errno in FULL_WRITE_ERRNOS:
             raise  # the archive's disk is full (atomic_output names the archive), not the layer short
         # tarfile says "unexpected end of data" when the stream is short
         raise ImageError(f"{what}: {e} (expected {size} bytes)") from None
@@ -114,7 +114,7 @@ def atomic_output(path):
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(e, OSError) and e.errno in _FULL and e.filename is None:
+        if isinstance(e, OSError) and e.errno in FULL_WRITE_ERRNOS and e.filename is None:
             # a write to the archive: name the file the user gave (else "No space left on device" alone)
             raise OSError(e.errno, e.strerror, path) from None
         raise

@@ -16,9 +16,9 @@ from typing import Callable, Optional
 from .. import compression
 from .. import digest as _digest
 from .. import mediatypes as mt
-from ..errors import ArtifactError, BlobNotFoundError, ImageError, InvalidReferenceError
+from ..errors import ArtifactError, BlobNotFoundError, ImageError, InvalidReferenceError, layer_of
 from ..oci.blobs import read_verified
-from ..oci.dockerarchive import DockerArchive, _images_of
+from ..oci.dockerarchive import DockerArchive, images_of
 from ..oci.layout import open_layout_dir
 from ..oci.model import document_media_type
 from ..reference import Reference
@@ -205,7 +205,8 @@ def from_legacy(archive, platform=None, names=()):
     config = archive.config_data()
     layers = []
     for l in image.layers:
-        opener = functools.partial(open_uncompressed, l.open, f"{archive.description}: layer {l.index}")
+        which = f"{archive.description}: {layer_of(l.index, len(image.layers))}"
+        opener = functools.partial(open_uncompressed, l.open, which)
         with l.open() as f:
             kind = compression.detect(f.read(8))
         size = l.size if kind == "none" else _count(opener)
@@ -265,14 +266,14 @@ def _archive_tags(archive):
     given twice goes to the last entry, as docker tags entry by entry.  The archive was
     opened only if each entry is an image of the layout and each name both files give names
     the same image there (DockerArchive._check_manifest_json)."""
-    from ..oci.dockerarchive import _entry_image
+    from ..oci.dockerarchive import entry_image
     entries = getattr(archive, "entries", None) if archive is not None else None
     if not entries:
         return {}
     what = f"{archive.description}: manifest.json"
     last = {}
     for entry in entries:
-        key = _entry_image(entry)
+        key = entry_image(entry)
         for tag in entry.get("RepoTags") or []:
             try:
                 last[Reference.parse(tag)] = key
@@ -300,7 +301,7 @@ def _layout_images(layout, platform, tags=None):
             return
         data.names = list(names)
         by_digest[data.manifest_digest] = data, set(names)
-        reached.append((data, _images_of(layout, desc)))
+        reached.append((data, images_of(layout, desc)))
         out.append(data)
 
     for d in named:
@@ -314,7 +315,7 @@ def _layout_images(layout, platform, tags=None):
         if data is not None:
             add(data, names, None)
             continue
-        desc = next((d for d in descs if key in _images_of(layout, d)), None)
+        desc = next((d for d in descs if key in images_of(layout, d)), None)
         if desc is None:
             continue
         layout.ref, layout.pinned = None, desc
