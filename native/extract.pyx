@@ -4297,8 +4297,8 @@ cdef class Extractor:
         cdef mode_t create_mode = (<mode_t>self.cur_mode & 0o755) | 0o700
         if self.overlay:
             path = self.cache_phys + b"/" + base if self.cache_phys else base
-            if self.early_pending:
-                self.early_pending.pop(path, None)  # named: its entry's metadata, not the one below
+            if self.early_pending and path in self.early_pending:
+                self.early_pending[path] = None  # named: its entry's metadata, not the one below
         with nogil:  # the syscalls of the common case, in one block without the GIL
             r = mkdirat(pfd, cbase, create_mode)
             e = errno
@@ -4837,26 +4837,19 @@ cdef class Extractor:
         """The layers below are known: each directory _early_dir made (parents first) gets what
         _copy_up_dirs would have given it then: the metadata of the topmost layer below that has
         it, or a new 0755 directory's if none shows it.  One that an entry of this layer named
-        or replaced since keeps what that entry gave it.  ImpliedDirMoved if a layer below
-        has a symlink or a non-directory there: the walk would have followed it or failed."""
+        or replaced since keeps what that entry gave it.  ImpliedDirMoved if a layer below has a
+        symlink or a non-directory there, even if an entry replaced it since: the walk would
+        have followed the symlink or refused the entry that implied it."""
         cdef stat st, lst
-        cdef int fd, pfd, lfd, src, found
+        cdef int fd, lfd, src, found
         cdef Py_ssize_t slash, i
         pending, self.early_pending = self.early_pending, {}
         for path, ident in pending.items():
-            fd = self._plain_dir(self.rootfd, <bytes>path)
-            if fd < 0:
-                continue  # replaced or removed by an entry of this layer
-            lowers = []
+            slash = (<bytes>path).rfind(b"/")
+            base = (<bytes>path)[slash + 1:]
+            lowers = self._lower_merge((<bytes>path)[:slash] if slash > 0 else b"")
+            fd = -1
             try:
-                if fstat(fd, &st) < 0 or (st.st_dev, st.st_ino) != ident:
-                    continue
-                slash = (<bytes>path).rfind(b"/")
-                parent = (<bytes>path)[:slash] if slash > 0 else b""
-                base = (<bytes>path)[slash + 1:]
-                pfd = self._union_walk(parent, False, path, lowers, False)
-                if pfd >= 0:
-                    close(pfd)
                 found = -1
                 for i in range(len(lowers)):
                     lfd = <int>lowers[i]
@@ -4869,13 +4862,18 @@ cdef class Extractor:
                         self._parent_error(path, path)
                 if found >= 0 and S_ISCHR(lst.st_mode) and lst.st_rdev == 0:
                     found = -1  # whited out below: nothing shows there
+                if found >= 0 and not S_ISDIR(lst.st_mode):
+                    raise ImpliedDirMoved(f"{_show(path)}, a directory this layer implies, is not a directory "
+                                          "in the layers below")
+                if ident is None:
+                    continue  # named by an entry of this layer
+                fd = self._plain_dir(self.rootfd, <bytes>path)
+                if fd < 0 or fstat(fd, &st) < 0 or (st.st_dev, st.st_ino) != ident:
+                    continue  # replaced or removed by an entry of this layer
                 if found < 0:
                     if fchmod(fd, 0o755 & ~self.umask) < 0:
                         self._oserror("chmod", path)
                     continue
-                if not S_ISDIR(lst.st_mode):
-                    raise ImpliedDirMoved(f"{_show(path)}, a directory this layer implies, is not a directory "
-                                          "in the layers below")
                 src = openat(<int>lowers[found], <bytes>base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                 if src < 0:
                     self._parent_error(path, path)
@@ -4884,10 +4882,38 @@ cdef class Extractor:
                 finally:
                     close(src)
             finally:
-                close(fd)
+                if fd >= 0:
+                    close(fd)
                 for x in lowers:
                     if <int>x >= 0:
                         close(<int>x)
+
+    cdef list _lower_merge(self, bytes parent):
+        """The layers below at ``parent`` (fds, topmost first; -1 where one does not show it), as
+        _union_walk merges them under directories of this layer's own that no marker of it made
+        opaque (what an early directory's parents were): per component, each layer's directory
+        merges, down to a layer with a non-directory or whiteout there (that one and those under
+        it show nothing) or an opaque one (those under it show nothing)."""
+        cdef int i, fd, nfd
+        cdef bint stop
+        lf = [dup(<int>x) for x in self.lower_fds]
+        for c in parent.split(b"/"):
+            if not c:
+                continue
+            stop = False
+            for i in range(len(lf)):
+                fd = <int>lf[i]
+                nfd = -1
+                if fd >= 0 and not stop:
+                    nfd = openat(fd, <bytes>c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                    if nfd < 0:
+                        stop = errno != ENOENT
+                    elif self._is_opaque(nfd):
+                        stop = True
+                if fd >= 0:
+                    close(fd)
+                lf[i] = nfd
+        return lf
 
     cdef _add_lowers(self, dirs):
         """Open the layer dirs below (given bottom first), kept topmost first."""
