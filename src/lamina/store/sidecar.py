@@ -45,7 +45,7 @@ _BLOCK = 512
 _CHUNK = 1 << 20
 _U64 = struct.Struct(">Q")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 # Header types whose payload is metadata for the next entry (kept raw with the header).
 _META_TYPES = {b"x", b"g", b"L", b"K", b"X"}
 _FILE_TYPES = {b"0", b"\0", b"7"}
@@ -116,7 +116,10 @@ def _snapshot_relpath(name):
 def open_in_tree(root_fd, rel):
     """An fd of the regular file at ``rel`` (bytes) under ``root_fd``, never following a symlink.
 
-    None if a component is missing, is a symlink, or the last one is not a regular file.
+    None if a component is missing, is a symlink, or the last one is not a regular file.  The
+    last component is looked at before it is opened: a layer may replace a file by a device node
+    of the same name, and opening a device runs its driver (a watchdog arms, a tape rewinds, a
+    terminal becomes the controlling one).
     """
     parts = rel.split(b"/")
     fd = os.dup(root_fd)
@@ -125,12 +128,16 @@ def open_in_tree(root_fd, rel):
             nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = nfd
+        st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            return None
         ffd = os.open(parts[-1], _FILE_FLAGS, dir_fd=fd)
     except OSError:
         return None
     finally:
         os.close(fd)
-    if not stat.S_ISREG(os.fstat(ffd).st_mode):
+    fst = os.fstat(ffd)
+    if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
         os.close(ffd)
         return None
     return ffd

@@ -1,0 +1,128 @@
+"""Hostile inputs for the store's newer paths: the compact store's tar-split sidecars.
+
+Oracles: the layer's own bytes (a rebuilt tar must be bit-exact, its sha256 the diffID), the
+kernel (strace shows which names are opened), every path of everypath.py for the tree, and
+the Guard (nothing outside the test's directory changed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import tarfile
+
+import lz4.frame
+import pytest
+
+from conftest import require_tool
+from everypath import assert_agree, describe, run_paths, write_image
+from storekit import lamina
+from tarbuild import Tar, header
+
+MAGIC = b"LAMINA-TARSPLIT/1\n"
+
+
+def _compact_copy(g, raw, name="store"):
+    """The image of the one layer ``raw`` copied into a new compact store; its root."""
+    layout = write_image(g.dest / f"layout-{name}", [raw])
+    root = g.dest / name
+    lamina(root, "config", "set", "keep-blobs", "false")
+    r = lamina(root, "copy", f"oci:{layout}:img", "x:1", check=False)
+    assert r.returncode == 0, r.stderr
+    return root
+
+
+def _saved_layer(root, out):
+    lamina(root, "save", "x:1", "-o", out)
+    with tarfile.open(out) as t:
+        (layer,) = json.load(t.extractfile("manifest.json"))[0]["Layers"]
+        return t.extractfile(layer).read()
+
+
+def _snapshot_dir(root):
+    (chain,) = [d for d in os.listdir(root / "snapshots") if not d.startswith(".")]
+    return root / "snapshots" / chain
+
+
+# --- a layer that replaces a file by a device node of the same name -----------------------
+
+def test_the_compact_store_never_opens_a_device_node_a_file_was_replaced_by(g):
+    """The sidecar's builder looked for each file's payload in the snapshot by opening the name
+    (O_RDONLY, no O_NOCTTY) and only then asked what it was: a layer writing ``w`` and then a
+    character device ``w`` made lamina open that device, running its driver's open (10:130 is a
+    watchdog, armed by it; a tty becomes the controlling terminal).  1:3 (/dev/null) stands in."""
+    require_tool("strace")
+    t = Tar().file("a", b"A" * 5000).file("w", b"W" * 600).chardev("w", 1, 3).file("z", b"Z" * 700)
+    raw = t.bytes()
+    tree = assert_agree(run_paths(g.dest / "paths", [raw]), context=describe([raw]))
+    assert tree.entries["w"].type == "chr"
+    layout = write_image(g.dest / "layout", [raw])
+    root = g.dest / "store"
+    lamina(root, "config", "set", "keep-blobs", "false")
+    trace = g.dest / "strace.out"
+    proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(trace),
+                           sys.executable, "-m", "lamina", "--root", str(root), "copy", f"oci:{layout}:img", "x:1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    opened = [line for line in trace.read_text().splitlines() if '"w"' in line and "O_CREAT" not in line]
+    assert opened == [], opened
+    assert _saved_layer(root, g.dest / "x.tar") == raw
+    g.check()
+
+
+# --- hostile layers a compact store must rebuild bit-exact ---------------------------------
+
+def _raw_entry(name, data, *, padding=None, **kw):
+    """An entry whose padding is given (``None``: zeros, as every writer pads)."""
+    block = header(name, size=len(data), **kw) + data
+    fill = -len(data) % 512
+    return block + (bytes(fill) if padding is None else (padding * fill)[:fill])
+
+
+def _rebuild_cases():
+    base = lambda: Tar().file("a", b"A" * 700)  # noqa: E731
+    long_value = "v" * 70000
+    longname = "l/" + "n" * 150 + "/" + "o" * 200
+    return {
+        "the-same-name-three-times": base().file("d", b"1" * 900).file("d", b"2" * 1500).file("d", b"3" * 10).bytes(),
+        "a-hardlink-to-a-file-rewritten-later": base().file("f", b"old" * 400).hardlink("h", "f")
+                                                      .file("f", b"new" * 300).bytes(),
+        "a-file-replaced-by-a-symlink-to-a-host-file": base().file("p", b"P" * 600).symlink("p", "/etc/passwd").bytes(),
+        "a-file-below-a-dir-replaced-by-a-symlink": base().dir("d").file("d/f", b"F" * 800).symlink("d", "/etc")
+                                                          .file("z", b"Z" * 10).bytes(),
+        "a-file-replaced-by-a-dir": base().file("q", b"Q" * 800).dir("q").file("q/r", b"R" * 700).bytes(),
+        "pax-odd-keys-and-a-long-value": base().pax({"LAMINA.odd key": "x=y=z", "comment": long_value,
+                                                     "SCHILY.xattr.user.big": "b" * 3000})
+                                               .file("x", b"X" * 2000).bytes(),
+        "gnu-long-names-and-links": base().gnu_longname(longname).file("ignored", b"L" * 900)
+                                          .gnu_longlink(longname).gnu_longname("l/" + "m" * 250)
+                                          .hardlink("ignored2", "ignored").bytes(),
+        "non-zero-padding": base().raw(_raw_entry("junkpad", b"J" * 10, padding=b"\xde\xad")).file("z", b"Z").bytes(),
+        "trailing-garbage-after-the-end": base().bytes() + b"garbage after the end blocks" * 100,
+        "end-of-many-zero-blocks": base().bytes(end=False) + bytes(512 * 37),
+        "a-dot-dot-name-rerooted": base().file("../../../rerooted", b"R" * 3000).file("/abs", b"S" * 1200).bytes(),
+        "a-pax-path-over-a-different-header-name": base().pax({"path": "real"}).file("decoy", b"D" * 2000)
+                                                         .file("decoy", b"E" * 2000).bytes(),
+        "an-empty-pax-path-keeps-the-header-name": base().pax({"path": ""}).file("hdr", b"H" * 1000).bytes(),
+    }
+
+
+@pytest.mark.parametrize("case", list(_rebuild_cases()))
+def test_hostile_layers_come_back_bit_exact_from_a_compact_store(g, case):
+    """Each layer every path extracts alike must come back from snapshot + sidecar byte for byte
+    (its sha256 the diffID), fsck clean; nothing outside the test's directory touched."""
+    raw = _rebuild_cases()[case]
+    results = run_paths(g.dest / "paths", [raw])
+    tree = assert_agree(results, context=describe([raw]))
+    if tree is None:
+        pytest.fail(f"every path refused the layer: {next(iter(results.values()))!r}")
+    root = _compact_copy(g, raw)
+    rebuilt = _saved_layer(root, g.dest / "x.tar")
+    assert hashlib.sha256(rebuilt).hexdigest() == hashlib.sha256(raw).hexdigest()
+    fsck = lamina(root, "fsck", "--json", check=False)
+    report = json.loads(fsck.stdout)
+    assert report["findings"] == [] and report["checked"]["sidecars"] == 1, report
+    g.check()
