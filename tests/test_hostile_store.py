@@ -73,6 +73,94 @@ def test_the_compact_store_never_opens_a_device_node_a_file_was_replaced_by(g):
     g.check()
 
 
+# --- a tampered sidecar fails clearly, naming the layer, reading nothing outside ----------
+
+def _records(body):
+    i, out = len(MAGIC), []
+    while i < len(body):
+        kind = body[i:i + 1]
+        i += 1
+        n, = struct.unpack(">Q", body[i:i + 8])
+        i += 8
+        if kind == b"R":
+            out.append([kind, body[i:i + n]])
+            i += n
+        elif kind == b"F":
+            size, xxh = struct.unpack(">QQ", body[i + n:i + n + 16])
+            out.append([kind, body[i:i + n], size, xxh])
+            i += n + 16
+        else:
+            out.append([kind, n])
+    return out
+
+
+def _encode(records):
+    out = bytearray(MAGIC)
+    for r in records:
+        if r[0] == b"R":
+            out += b"R" + struct.pack(">Q", len(r[1])) + r[1]
+        elif r[0] == b"F":
+            out += b"F" + struct.pack(">Q", len(r[1])) + r[1] + struct.pack(">QQ", r[2], r[3])
+        elif r[0] == b"E":
+            out += b"E" + struct.pack(">Q", r[1])
+        else:
+            out += r[1]  # bytes as they are
+    return lz4.frame.compress(bytes(out))
+
+
+def _retarget(records, path):
+    return [[b"F", path] + r[2:] if r[0] == b"F" and r[1] == b"a" else r for r in records]
+
+
+TAMPER = {
+    # the F record of "a" pointed at a file outside the snapshot holding a's very bytes: only a
+    # refusal of the path can fail the rebuild (it read that file and came out bit-exact)
+    "dotdot-path": lambda rs, outside, sc: _encode(_retarget(rs, b"../" * 40 + outside.lstrip(b"/"))),
+    "absolute-path": lambda rs, outside, sc: _encode(_retarget(rs, outside)),
+    "dot-path": lambda rs, outside, sc: _encode(_retarget(rs, b"./a")),
+    "truncated": lambda rs, outside, sc: sc[:len(sc) // 2],
+    "empty": lambda rs, outside, sc: b"",
+    "byte-flipped": lambda rs, outside, sc: sc[:len(sc) // 2] + bytes([sc[len(sc) // 2] ^ 0xFF]) + sc[len(sc) // 2 + 1:],
+    "not-lz4": lambda rs, outside, sc: b"not an lz4 frame\n" * 8,
+    "raw-record-of-an-exabyte": lambda rs, outside, sc: _encode([[b"X", b"R" + struct.pack(">Q", 1 << 62)]]),
+    "path-of-an-exabyte": lambda rs, outside, sc: _encode([[b"X", b"F" + struct.pack(">Q", 1 << 62)]]),
+    "end-record-count-off": lambda rs, outside, sc: _encode([r if r[0] != b"E" else [b"E", r[1] + 512] for r in rs]),
+    "no-end-record": lambda rs, outside, sc: _encode([r for r in rs if r[0] != b"E"]),
+    "records-after-the-end": lambda rs, outside, sc: _encode(rs + [[b"R", bytes(512)]]),
+}
+
+
+@pytest.mark.parametrize("tamper", list(TAMPER))
+def test_a_tampered_sidecar_fails_save_and_fsck_clearly(g, tamper):
+    """Before: a path with '..' in an F record was followed out of the snapshot (save succeeded,
+    reading a file outside the store); a cut or empty sidecar was an EOFError traceback (fsck
+    died of it too); a record length of 2^62 was a MemoryError traceback; records after the end
+    record were ignored."""
+    a = b"A" * 5000
+    raw = Tar().file("a", a).file("z", b"Z" * 700).bytes()
+    root = _compact_copy(g, raw)
+    sdir = _snapshot_dir(root)
+    sidecar = sdir / "tarsplit.lz4"
+    good = sidecar.read_bytes()
+    assert _saved_layer(root, g.dest / "good.tar") == raw
+    outside = g.dest / "outside"
+    outside.write_bytes(a)
+    records = _records(lz4.frame.decompress(good))
+    assert [r[1] for r in records if r[0] == b"F"] == [b"a", b"z"]
+    sidecar.write_bytes(TAMPER[tamper](records, os.fsencode(outside), good))
+    out = g.dest / "x.tar"
+    proc = lamina(root, "save", "x:1", "-o", out, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("lamina: error: layer sha256:") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "sidecar" in proc.stderr, proc.stderr
+    assert not out.exists()
+    fsck = lamina(root, "fsck", "--json", check=False)
+    assert fsck.returncode == 1 and "Traceback" not in fsck.stderr, fsck.stderr
+    findings = json.loads(fsck.stdout)["findings"]
+    assert any(f["kind"] == "bad-sidecar" and f["subject"].endswith(sdir.name) for f in findings), findings
+    g.check()
+
+
 # --- hostile layers a compact store must rebuild bit-exact ---------------------------------
 
 def _raw_entry(name, data, *, padding=None, **kw):
