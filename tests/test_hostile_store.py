@@ -214,3 +214,71 @@ def test_hostile_layers_come_back_bit_exact_from_a_compact_store(g, case):
     report = json.loads(fsck.stdout)
     assert report["findings"] == [] and report["checked"]["sidecars"] == 1, report
     g.check()
+
+
+# --- file-level dedup: an object never takes metadata or content from another image --------
+
+CAP = (b"\x01\x00\x00\x02\x00\x20\x00\x00" + bytes(12))  # vfs_cap_data v2: cap_net_bind_service
+
+
+def _variant_cases():
+    """Image B's file: image A's bytes with one piece of inode metadata changed."""
+    data = b"shared bytes\n" * 400
+    return data, {
+        "setuid-root": lambda t: t.file("bin/f", data, mode=0o4755),
+        "owner": lambda t: t.file("bin/f", data, uid=1000, gid=1000),
+        "mtime-one-ns-later": lambda t: t.pax({"mtime": "1600000000.000000001"}).file("bin/f", data),
+        "user-xattr": lambda t: t.pax({"SCHILY.xattr.user.k": "v"}).file("bin/f", data),
+        "file-capability": lambda t: t.pax({"SCHILY.xattr.security.capability": CAP}).file("bin/f", data),
+        "access-acl": lambda t: t.pax({"SCHILY.xattr.system.posix_acl_access":
+                                        (b"\x02\x00\x00\x00" + b"\x01\x00\x06\x00\xff\xff\xff\xff"
+                                         + b"\x02\x00\x07\x00\xe8\x03\x00\x00" + b"\x04\x00\x04\x00\xff\xff\xff\xff"
+                                         + b"\x10\x00\x07\x00\xff\xff\xff\xff"
+                                         + b"\x20\x00\x04\x00\xff\xff\xff\xff")}).file("bin/f", data),
+    }
+
+
+@pytest.mark.parametrize("variant", list(_variant_cases()[1]))
+def test_an_object_of_image_a_never_changes_whatever_image_b_does_with_the_same_bytes(g, variant):
+    """Two images, one file's bytes, inode metadata differing in one point: they must never share
+    an inode (B would show A's mode, owner, time or xattrs, or give them to A), and loading,
+    unpacking with --link, mounting and removing B leaves every name of A's file as it was.
+    B's file is what every path of everypath.py makes of B's layer."""
+    from treecmp import compare, snapshot
+    data, variants = _variant_cases()
+    layer_a = Tar().dir("bin").file("bin/f", data).file("a-only", b"a").bytes()
+    layer_b = variants[variant](Tar().dir("bin")).file("b-only", b"b").bytes()
+    tree_b = assert_agree(run_paths(g.dest / "paths", [layer_b]), context=describe([layer_b]))
+    root = g.dest / "store"
+    for ref, raw in (("a", layer_a), ("b", layer_b)):
+        lamina(root, "copy", f"oci:{write_image(g.dest / f'layout-{ref}', [raw])}:img", f"{ref}:1")
+    lamina(root, "unpack", "a:1", g.dest / "a-before")
+    before = snapshot(g.dest / "a-before")
+    (chain_a,) = [c for c in os.listdir(root / "snapshots") if (root / "snapshots" / c / "fs" / "a-only").exists()]
+    (chain_b,) = [c for c in os.listdir(root / "snapshots") if (root / "snapshots" / c / "fs" / "b-only").exists()]
+    ino_a = os.lstat(root / "snapshots" / chain_a / "fs" / "bin" / "f")
+    ino_b = os.lstat(root / "snapshots" / chain_b / "fs" / "bin" / "f")
+    assert (ino_a.st_dev, ino_a.st_ino) != (ino_b.st_dev, ino_b.st_ino), "A and B share an inode"
+
+    lamina(root, "unpack", "--link", "b:1", g.dest / "b-link")
+    got_b = snapshot(g.dest / "b-link")
+    diff = compare(tree_b, got_b, labels=("every path", "unpack --link b"))
+    assert not diff, diff
+    mnt = g.dest / "b-mnt"
+    lamina(root, "mount", "b:1", mnt)
+    try:
+        assert (mnt / "bin" / "f").read_bytes() == data
+    finally:
+        lamina(root, "umount", mnt)
+    lamina(root, "rmi", "b:1")
+    lamina(root, "image", "prune", "-f")
+    lamina(root, "unpack", "a:1", g.dest / "a-after")
+    diff = compare(before, snapshot(g.dest / "a-after"), labels=("a before b", "a after b"))
+    assert not diff, diff
+    st = os.lstat(root / "snapshots" / chain_a / "fs" / "bin" / "f")
+    assert (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns) == (
+        ino_a.st_mode, ino_a.st_uid, ino_a.st_gid, ino_a.st_mtime_ns)
+    assert os.listxattr(root / "snapshots" / chain_a / "fs" / "bin" / "f", follow_symlinks=False) == []
+    fsck = lamina(root, "fsck", "--json", check=False)
+    assert json.loads(fsck.stdout)["findings"] == [], fsck.stdout
+    g.check()
