@@ -282,3 +282,46 @@ def test_an_object_of_image_a_never_changes_whatever_image_b_does_with_the_same_
     fsck = lamina(root, "fsck", "--json", check=False)
     assert json.loads(fsck.stdout)["findings"] == [], fsck.stdout
     g.check()
+
+
+@pytest.mark.parametrize("size", [3000, 6 << 20], ids=["held-whole", "bigger-than-a-chunk"])
+def test_a_file_changed_through_unpack_link_gives_its_bytes_to_no_other_image(g, size):
+    """A file of ``unpack --link`` is a store object: written in place with its mtime put back
+    (rsync --inplace -t does that), the object's name still says the old bytes.  An image loaded
+    afterwards with the same file linked its file to that object (the extractor's link for a
+    payload it holds whole, the dedup pass for a bigger one) and silently got the new bytes.
+    Now both compare the object's bytes first; fsck still names the changed object."""
+    data = hashlib.sha256(b"seed").digest() * (size // 32)
+    layer_a = Tar().file("f", data).file("a-only", b"a").bytes()
+    layer_b = Tar().file("f", data).file("b-only", b"b").bytes()
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{write_image(g.dest / 'layout-a', [layer_a])}:img", "a:1")
+    lamina(root, "unpack", "--link", "a:1", g.dest / "a-link")
+    victim = g.dest / "a-link" / "f"
+    st = os.lstat(victim)
+    assert st.st_nlink > 1, "unpack --link hands out the store's inode"
+    with open(victim, "r+b") as f:
+        f.write(b"CHANGED BEHIND LAMINA'S BACK")
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    lamina(root, "copy", f"oci:{write_image(g.dest / 'layout-b', [layer_b])}:img", "b:1")
+    lamina(root, "unpack", "b:1", g.dest / "b")
+    assert (g.dest / "b" / "f").read_bytes() == data, "image b got the bytes written into image a's object"
+    lamina(root, "unpack", "--link", "b:1", g.dest / "b-link")
+    assert (g.dest / "b-link" / "f").read_bytes() == data
+    assert os.lstat(g.dest / "b-link" / "f").st_ino != st.st_ino
+    mnt = g.dest / "b-mnt"
+    lamina(root, "mount", "b:1", mnt)
+    try:
+        assert (mnt / "f").read_bytes() == data
+    finally:
+        lamina(root, "umount", mnt)
+    tree_b = assert_agree(run_paths(g.dest / "paths", [layer_b]), context=describe([layer_b]))
+    from treecmp import compare, snapshot
+    diff = compare(tree_b, snapshot(g.dest / "b"), labels=("every path", "b after a's object changed"))
+    assert not diff, diff
+    fsck = lamina(root, "fsck", "--json", check=False)
+    findings = json.loads(fsck.stdout)["findings"]
+    assert fsck.returncode == 1 and any(f["kind"] == "bad-object" for f in findings), findings
+    assert all("b-only" not in f["message"] for f in findings), findings
+    g.check()
