@@ -161,6 +161,45 @@ def test_a_tampered_sidecar_fails_save_and_fsck_clearly(g, tamper):
     g.check()
 
 
+SNAPSHOT_TAMPER = {
+    # what the sidecar names as a file is a symlink to a file outside with the very bytes
+    "file-now-a-symlink-out": lambda fs, outside: (os.unlink(fs / "d" / "a"), os.symlink(outside, fs / "d" / "a")),
+    # its directory is a symlink to a directory outside holding a file of that name and bytes
+    "dir-now-a-symlink-out": lambda fs, outside: (os.rename(fs / "d", fs / "d.old"),
+                                                  os.symlink(os.path.dirname(outside), fs / "d")),
+    "file-now-a-fifo": lambda fs, outside: (os.unlink(fs / "d" / "a"), os.mkfifo(fs / "d" / "a")),
+    "file-now-a-device": lambda fs, outside: (os.unlink(fs / "d" / "a"),
+                                              os.mknod(fs / "d" / "a", 0o600 | 0o020000, os.makedev(1, 3))),
+    "file-gone": lambda fs, outside: os.unlink(fs / "d" / "a"),
+}
+
+
+@pytest.mark.parametrize("tamper", list(SNAPSHOT_TAMPER))
+def test_a_compact_snapshot_changed_behind_lamina_fails_save_naming_the_entry(g, tamper):
+    """The sidecar's files are read through O_NOFOLLOW directory fds from the snapshot root and
+    must be regular files: a name turned into a symlink (the file's bytes outside), a directory
+    turned into one, a FIFO (never waited on), a device (never opened) or nothing at all fails
+    save and fsck naming the layer and the entry.  Holds today (a regression guard)."""
+    a = b"A" * 5000
+    raw = Tar().dir("d").file("d/a", a).file("z", b"Z" * 700).bytes()
+    root = _compact_copy(g, raw)
+    sdir = _snapshot_dir(root)
+    outside = g.dest / "elsewhere" / "a"
+    outside.parent.mkdir()
+    outside.write_bytes(a)
+    SNAPSHOT_TAMPER[tamper](sdir / "fs", os.fspath(outside))
+    out = g.dest / "x.tar"
+    proc = lamina(root, "save", "x:1", "-o", out, check=False, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("lamina: error: layer sha256:") and "'d/a'" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert not out.exists()
+    fsck = lamina(root, "fsck", "--json", check=False, timeout=120)
+    findings = json.loads(fsck.stdout)["findings"]
+    assert any(f["kind"] == "bad-sidecar" and "d/a" in f["message"] for f in findings), findings
+    g.check()
+
+
 # --- hostile layers a compact store must rebuild bit-exact ---------------------------------
 
 def _raw_entry(name, data, *, padding=None, **kw):
