@@ -234,6 +234,14 @@ def _rebuild_cases():
         "a-pax-path-over-a-different-header-name": base().pax({"path": "real"}).file("decoy", b"D" * 2000)
                                                          .file("decoy", b"E" * 2000).bytes(),
         "an-empty-pax-path-keeps-the-header-name": base().pax({"path": ""}).file("hdr", b"H" * 1000).bytes(),
+        # a key twice in one PAX header: the last value (Go's map, the extractor's and the sidecar's)
+        "a-pax-size-twice-the-last-wins": base().pax([("size", "0"), ("size", "600")])
+                                                .file("s", b"S" * 600, size=0).file("c", b"C" * 100).bytes(),
+        "a-pax-path-twice-the-last-wins": base().pax([("path", "p1"), ("path", "p2")]).file("n", b"N" * 600).bytes(),
+        "a-gnu-long-name-twice-the-last-wins": base().gnu_longname("l1").gnu_longname("l2").file("n", b"N" * 600)
+                                                     .bytes(),
+        "a-contiguous-file-type-7": base().entry("seven", b"7" * 900, type=b"7").bytes(),
+        "a-pax-path-naming-a-directory": base().pax({"path": "dirlike/"}).file("x", b"").file("c", b"C" * 100).bytes(),
     }
 
 
