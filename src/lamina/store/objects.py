@@ -977,7 +977,8 @@ class _Pass:
                 try:
                     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                     ost = os.fstat(ofd)
-                    if st.st_ino != ost.st_ino and _same_inode_metadata(ost, st) and self.swap(dfd, name, ofd):
+                    if (st.st_ino != ost.st_ino and _same_inode_metadata(ost, st)
+                            and self.name_holds_same_bytes(ofd, dfd, name, st) and self.swap(dfd, name, ofd)):
                         self.stats.linked += 1
                         self.stats.linked_bytes += st.st_size
                 finally:
@@ -1132,6 +1133,16 @@ class _Pass:
         finally:
             if fd is None:
                 os.close(ffd)
+
+    def name_holds_same_bytes(self, ofd, dfd, name, st):
+        """holds_same_bytes() for the snapshot's ``name`` (lstat ``st``): a regular file, that inode."""
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        ffd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+        try:
+            return os.fstat(ffd).st_ino == st.st_ino and _same_bytes(ofd, ffd, st.st_size)
+        finally:
+            os.close(ffd)
 
     def swap(self, dfd, name, ofd):
         """Replace the snapshot's ``name`` by a hardlink to the object open as ``ofd``, atomically.
