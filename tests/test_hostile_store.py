@@ -161,6 +161,32 @@ def test_a_tampered_sidecar_fails_save_and_fsck_clearly(g, tamper):
     g.check()
 
 
+@pytest.mark.parametrize("kind", ["symlink-to-a-good-copy", "fifo", "directory"])
+def test_a_sidecar_that_is_no_regular_file_is_refused_not_followed_or_waited_on(g, kind):
+    """lamina writes the sidecar as a regular file.  A symlink put in its place was followed (to
+    a copy outside the store, save succeeded from it), a FIFO made save and fsck wait forever."""
+    raw = Tar().file("a", b"A" * 5000).file("z", b"Z" * 700).bytes()
+    root = _compact_copy(g, raw)
+    sidecar = _snapshot_dir(root) / "tarsplit.lz4"
+    copy = g.dest / "copy.lz4"
+    copy.write_bytes(sidecar.read_bytes())
+    sidecar.unlink()
+    if kind == "fifo":
+        os.mkfifo(sidecar)
+    elif kind == "directory":
+        sidecar.mkdir()
+    else:
+        sidecar.symlink_to(copy)
+    out = g.dest / "x.tar"
+    proc = lamina(root, "save", "x:1", "-o", out, check=False, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("lamina: error: layer sha256:") and "tarsplit.lz4" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and not out.exists(), proc.stderr
+    fsck = lamina(root, "fsck", "--json", check=False, timeout=120)
+    assert any(f["kind"] == "bad-sidecar" for f in json.loads(fsck.stdout)["findings"]), fsck.stdout
+    g.check()
+
+
 SNAPSHOT_TAMPER = {
     # what the sidecar names as a file is a symlink to a file outside with the very bytes
     "file-now-a-symlink-out": lambda fs, outside: (os.unlink(fs / "d" / "a"), os.symlink(outside, fs / "d" / "a")),

@@ -324,19 +324,33 @@ class RebuiltLayer(io.RawIOBase):
         import lz4.frame
         self.what, self.diff_id = what, diff_id
         self.fs = os.path.join(os.fspath(snapshot_dir), "fs")
+        path = sidecar_path(snapshot_dir)
         try:
-            self.src = lz4.frame.open(sidecar_path(snapshot_dir), "rb")
+            # lamina writes it as a regular file: a symlink put there is not followed, a FIFO not
+            # waited on
+            fd = os.open(path, _FILE_FLAGS)
         except FileNotFoundError:
             raise SidecarError(f"{what}: no tar-split sidecar in {snapshot_dir}") from None
+        except OSError as e:
+            raise SidecarError(f"{what}: unreadable sidecar {path} ({e.strerror})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise SidecarError(f"{what}: {path} is not a regular file")
+        self.raw = os.fdopen(fd, "rb")
+        self.src = lz4.frame.open(self.raw, "rb")
         try:
             magic = self.src.read(len(MAGIC))
         except (RuntimeError, EOFError) as e:  # EOFError: an empty or cut lz4 frame
-            self.src.close()
+            self._close_src()
             raise SidecarError(f"{what}: unreadable sidecar ({e})") from None
         if magic != MAGIC:
-            self.src.close()
-            raise SidecarError(f"{what}: {sidecar_path(snapshot_dir)} is not a lamina tar-split sidecar")
-        self.root_fd = os.open(self.fs, _DIR_FLAGS)
+            self._close_src()
+            raise SidecarError(f"{what}: {path} is not a lamina tar-split sidecar")
+        try:
+            self.root_fd = os.open(self.fs, _DIR_FLAGS)
+        except BaseException:
+            self._close_src()
+            raise
         self.hash = hashlib.sha256()
         self.count = 0
         self.pending = memoryview(b"")
@@ -438,9 +452,15 @@ class RebuiltLayer(io.RawIOBase):
         self.pending = self.pending[n:]
         return n
 
-    def close(self):
-        if not self.closed:
+    def _close_src(self):
+        try:
             self.src.close()
+        finally:
+            self.raw.close()
+
+    def close(self):
+        if not self.closed and hasattr(self, "root_fd"):
+            self._close_src()
             os.close(self.root_fd)
         super().close()
 
