@@ -102,6 +102,21 @@ cdef inline void _hex(char *dst, const uint8_t *src, int n) noexcept nogil:
         dst[2 * i + 1] = b"0123456789abcdef"[src[i] & 15]
 
 
+cdef bint _file_holds(int fd, const unsigned char *data, int64_t size) noexcept nogil:
+    """True if the open file ``fd`` holds exactly the ``size`` bytes at ``data``."""
+    cdef char buf[65536]
+    cdef int64_t off = 0
+    cdef ssize_t got
+    cdef size_t want
+    while off < size:
+        want = <size_t>(size - off) if size - off < 65536 else 65536
+        got = pread(fd, buf, want, off)
+        if got <= 0 or memcmp(buf, data + off, <size_t>got) != 0:
+            return False
+        off += got
+    return pread(fd, buf, 1, size) == 0
+
+
 cdef inline int64_t _now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -4105,7 +4120,9 @@ cdef class Extractor:
         cdef blake3_hasher h
         cdef char rel[96]       # <2 hex>/<64 hex blake3>.<16 hex metadata key>
         cdef char hold[112]
-        cdef stat ost, lst
+        cdef stat ost, lst, cst
+        cdef int ofd
+        cdef bint same
         cdef unsigned int mode = S_IFREG | <unsigned int>self.cur_mode
         cdef const unsigned char *data = self.feed_p
         cdef long long mtime
@@ -4124,6 +4141,18 @@ cdef class Extractor:
         if (fstatat(self.obj_fd, rel, &ost, AT_SYMLINK_NOFOLLOW) < 0 or ost.st_mode != mode
                 or ost.st_uid != self.cur_uid or ost.st_gid != self.cur_gid or ost.st_size != size
                 or ost.st_mtim.tv_sec != self.cur_sec or ost.st_mtim.tv_nsec != self.cur_nsec):
+            return False
+        # The object's name says what it held when it was made, not what it holds now: written
+        # through `unpack --link` (its mtime put back), it must not hand those bytes to this
+        # image.  The payload is in memory, so this costs a read of the object, no write.
+        ofd = openat(self.obj_fd, rel, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        if ofd < 0:
+            return False
+        with nogil:
+            same = (fstat(ofd, &cst) == 0 and cst.st_ino == ost.st_ino and cst.st_dev == ost.st_dev
+                    and _file_holds(ofd, data, size))
+        close(ofd)
+        if not same:
             return False
         if linkat(self.obj_fd, rel, pfd, base, 0) < 0:
             if errno != EEXIST:

@@ -32,7 +32,10 @@ xattr are never reflinked: the kernel strips those when a file is cloned into.
 Objects are immutable once shared: nothing in lamina writes to a snapshot file
 after extraction.  ``unpack --link`` and ``mount`` hand out these inodes
 read-only; writing through them (as root, against the docs) changes every image
-sharing the file, and ``fsck`` reports it (the object no longer hashes to its name).
+sharing the file, and ``fsck`` reports it (the object no longer hashes to its name).  Its
+name no longer says its bytes then, so a file is linked to an object (by the extractor or
+the pass) or reflinked from one only after their bytes compare equal: a read of the object,
+never a write, and an image stored later never gets bytes its layer does not hold.
 
 The blake3 of a file is computed by the extractor as it writes the file (the store asks for it
 with ``hashed_dir``): each hashed file gets a second name ``hashed/<blake3>-<n>`` beside the
@@ -93,6 +96,7 @@ _CAPABILITY_XATTR = "security.capability"
 _OBJECT_RE = re.compile(r"([0-9a-f]{64})\.([0-9a-f]{16})")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_COMPARE_CHUNK = 1 << 20
 _NOT_SUPPORTED = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS}
 _json_string = json.encoder.encode_basestring_ascii  # a str as json.dumps writes it (ensure_ascii)
 
@@ -1015,7 +1019,8 @@ class _Pass:
                 try:
                     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                     ost = os.fstat(ofd)
-                    if st.st_ino != ost.st_ino and _same_inode_metadata(ost, st) and self.swap(dfd, name, ofd):
+                    if (st.st_ino != ost.st_ino and _same_inode_metadata(ost, st)
+                            and self.name_holds_same_bytes(ofd, dfd, name, st) and self.swap(dfd, name, ofd)):
                         self.stats.linked += 1
                         self.stats.linked_bytes += st.st_size
                 finally:
@@ -1121,6 +1126,11 @@ class _Pass:
                         return obj  # already the object (a rerun after a crash)
                     if hardlinked or not _same_inode_metadata(ost, st):
                         return None  # a hardlink of the layer, or an object changed behind lamina's back
+                    if planned is None and not self.holds_same_bytes(ofd, fd, hold, st.st_size):
+                        # its name says what it held when it was made: written through `unpack
+                        # --link` with its mtime put back, it must not give this image its bytes
+                        # (the file stays private; fsck names the object)
+                        return None
                     if fd is not None:
                         # Close the file first: the rename then frees its inode at once, instead of
                         # putting it on the filesystem's orphan list until the close.
@@ -1155,6 +1165,26 @@ class _Pass:
             self.stats.new_objects += 1
             return obj
         raise StoreError(f"object {obj}: keeps appearing and disappearing; is gc running without its lock?")
+
+    def holds_same_bytes(self, ofd, fd, hold, size):
+        """True if the object open as ``ofd`` holds this file's bytes (the file open as ``fd[0]``,
+        or named ``hashed/<hold>``)."""
+        ffd = fd[0] if fd is not None else os.open(hold, _FILE_FLAGS, dir_fd=self.hashed_fd)
+        try:
+            return _same_bytes(ofd, ffd, size)
+        finally:
+            if fd is None:
+                os.close(ffd)
+
+    def name_holds_same_bytes(self, ofd, dfd, name, st):
+        """holds_same_bytes() for the snapshot's ``name`` (lstat ``st``): a regular file, that inode."""
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        ffd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+        try:
+            return os.fstat(ffd).st_ino == st.st_ino and _same_bytes(ofd, ffd, st.st_size)
+        finally:
+            os.close(ffd)
 
     def swap(self, dfd, name, ofd):
         """Replace the snapshot's ``name`` by a hardlink to the object open as ``ofd``, atomically.
@@ -1205,6 +1235,13 @@ class _Pass:
         try:
             if os.fstat(wfd).st_ino != st.st_ino or os.fstat(src).st_size != st.st_size:
                 return
+            rfd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+            try:
+                # a sibling changed behind lamina's back must not give its blocks to this file
+                if os.fstat(rfd).st_ino != st.st_ino or not _same_bytes(src, rfd, st.st_size):
+                    return
+            finally:
+                os.close(rfd)
             try:
                 fcntl.ioctl(wfd, FICLONE, src)
             except OSError as e:
@@ -1231,6 +1268,18 @@ def _open_dir(root_fd, rel):
             os.close(fd)
         fd = child
     return fd
+
+
+def _same_bytes(fa, fb, size):
+    """Both open files hold the same ``size`` bytes (and no more)."""
+    off = 0
+    while off < size:
+        n = min(_COMPARE_CHUNK, size - off)
+        a = os.pread(fa, n, off)
+        if not a or a != os.pread(fb, len(a), off):
+            return False
+        off += len(a)
+    return not os.pread(fa, 1, size) and not os.pread(fb, 1, size)
 
 
 def _same_inode_metadata(a, b):

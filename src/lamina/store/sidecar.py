@@ -44,8 +44,11 @@ MAGIC = b"LAMINA-TARSPLIT/1\n"
 _BLOCK = 512
 _CHUNK = 1 << 20
 _U64 = struct.Struct(">Q")
+# The longest path a sidecar record may name: far past any image's (the extractor's max_path
+# is 4096 by default); a longer one is a damaged sidecar, not a reason to allocate its length.
+_MAX_SIDECAR_PATH = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 # Header types whose payload is metadata for the next entry (kept raw with the header).
 _META_TYPES = {b"x", b"g", b"L", b"K", b"X"}
 _FILE_TYPES = {b"0", b"\0", b"7"}
@@ -116,7 +119,10 @@ def _snapshot_relpath(name):
 def open_in_tree(root_fd, rel):
     """An fd of the regular file at ``rel`` (bytes) under ``root_fd``, never following a symlink.
 
-    None if a component is missing, is a symlink, or the last one is not a regular file.
+    None if a component is missing, is a symlink, or the last one is not a regular file.  The
+    last component is looked at before it is opened: a layer may replace a file by a device node
+    of the same name, and opening a device runs its driver (a watchdog arms, a tape rewinds, a
+    terminal becomes the controlling one).
     """
     parts = rel.split(b"/")
     fd = os.dup(root_fd)
@@ -125,15 +131,25 @@ def open_in_tree(root_fd, rel):
             nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = nfd
+        st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            return None
         ffd = os.open(parts[-1], _FILE_FLAGS, dir_fd=fd)
     except OSError:
         return None
     finally:
         os.close(fd)
-    if not stat.S_ISREG(os.fstat(ffd).st_mode):
+    fst = os.fstat(ffd)
+    if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
         os.close(ffd)
         return None
     return ffd
+
+
+def _inside(rel):
+    """A sidecar's path names a file below the snapshot root: no empty, '.' or '..' component
+    (build() writes only _snapshot_relpath()'s; anything else is a damaged or forged sidecar)."""
+    return all(p not in (b"", b".", b"..") for p in rel.split(b"/"))
 
 
 # --- building -----------------------------------------------------------------------------
@@ -308,16 +324,33 @@ class RebuiltLayer(io.RawIOBase):
         import lz4.frame
         self.what, self.diff_id = what, diff_id
         self.fs = os.path.join(os.fspath(snapshot_dir), "fs")
+        path = sidecar_path(snapshot_dir)
         try:
-            self.src = lz4.frame.open(sidecar_path(snapshot_dir), "rb")
-            magic = self.src.read(len(MAGIC))
+            # lamina writes it as a regular file: a symlink put there is not followed, a FIFO not
+            # waited on
+            fd = os.open(path, _FILE_FLAGS)
         except FileNotFoundError:
             raise SidecarError(f"{what}: no tar-split sidecar in {snapshot_dir}") from None
-        except RuntimeError as e:
+        except OSError as e:
+            raise SidecarError(f"{what}: unreadable sidecar {path} ({e.strerror})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise SidecarError(f"{what}: {path} is not a regular file")
+        self.raw = os.fdopen(fd, "rb")
+        self.src = lz4.frame.open(self.raw, "rb")
+        try:
+            magic = self.src.read(len(MAGIC))
+        except (RuntimeError, EOFError) as e:  # EOFError: an empty or cut lz4 frame
+            self._close_src()
             raise SidecarError(f"{what}: unreadable sidecar ({e})") from None
         if magic != MAGIC:
-            raise SidecarError(f"{what}: {sidecar_path(snapshot_dir)} is not a lamina tar-split sidecar")
-        self.root_fd = os.open(self.fs, _DIR_FLAGS)
+            self._close_src()
+            raise SidecarError(f"{what}: {path} is not a lamina tar-split sidecar")
+        try:
+            self.root_fd = os.open(self.fs, _DIR_FLAGS)
+        except BaseException:
+            self._close_src()
+            raise
         self.hash = hashlib.sha256()
         self.count = 0
         self.pending = memoryview(b"")
@@ -326,29 +359,47 @@ class RebuiltLayer(io.RawIOBase):
     def readable(self):
         return True
 
+    def _read(self, n):
+        """``n`` bytes of the sidecar, read a chunk at a time (a damaged length never becomes one
+        huge allocation); a short read, a damaged or cut lz4 frame is a SidecarError."""
+        parts = []
+        while n:
+            try:
+                data = self.src.read(min(n, _CHUNK))
+            except (RuntimeError, EOFError, OSError) as e:
+                raise SidecarError(f"{self.what}: corrupt sidecar ({e})") from None
+            if not data:
+                raise SidecarError(f"{self.what}: truncated sidecar")
+            parts.append(data)
+            n -= len(data)
+        return b"".join(parts)
+
     def _u64(self):
-        data = self.src.read(8)
-        if len(data) != 8:
-            raise SidecarError(f"{self.what}: truncated sidecar")
-        return _U64.unpack(data)[0]
+        return _U64.unpack(self._read(8))[0]
 
     def _chunks(self):
         import xxhash
         while True:
             try:
                 kind = self.src.read(1)
-            except RuntimeError as e:
+            except (RuntimeError, EOFError, OSError) as e:
                 raise SidecarError(f"{self.what}: corrupt sidecar ({e})") from None
             if kind == b"R":
                 n = self._u64()
-                data = self.src.read(n)
-                if len(data) != n:
-                    raise SidecarError(f"{self.what}: truncated sidecar")
-                yield data
+                while n:
+                    data = self._read(min(n, _CHUNK))
+                    n -= len(data)
+                    yield data
             elif kind == b"F":
-                path = self.src.read(self._u64())
+                n = self._u64()
+                if n > _MAX_SIDECAR_PATH:
+                    raise SidecarError(f"{self.what}: corrupt sidecar (a path of {n} bytes)")
+                path = self._read(n)
                 size, want = self._u64(), self._u64()
                 shown = quote_name(path)
+                if not _inside(path):
+                    raise SidecarError(f"{self.what}: corrupt sidecar (entry {shown} is not a path inside "
+                                       "the snapshot); the layer cannot be rebuilt")
                 fd = open_in_tree(self.root_fd, path)
                 if fd is None:
                     raise SidecarError(f"{self.what}: entry {shown} is missing from the snapshot; "
@@ -370,10 +421,19 @@ class RebuiltLayer(io.RawIOBase):
                     os.close(fd)
             elif kind == b"E":
                 total = self._u64()
+                try:
+                    after = self.src.read(1)
+                except (RuntimeError, EOFError, OSError) as e:
+                    raise SidecarError(f"{self.what}: corrupt sidecar ({e})") from None
+                if after:
+                    raise SidecarError(f"{self.what}: corrupt sidecar (records after its end record)")
                 actual = "sha256:" + self.hash.hexdigest()
-                if self.count != total or actual != self.diff_id:
+                if actual != self.diff_id:
                     raise SidecarError(f"{self.what}: rebuilt tar has sha256 {actual} ({self.count} bytes), "
                                        f"not its diffID {self.diff_id} ({total} bytes)")
+                if self.count != total:
+                    raise SidecarError(f"{self.what}: corrupt sidecar (its end record says {total} bytes, "
+                                       f"the records hold {self.count})")
                 return
             else:
                 raise SidecarError(f"{self.what}: corrupt sidecar (record {kind!r})")
@@ -392,9 +452,15 @@ class RebuiltLayer(io.RawIOBase):
         self.pending = self.pending[n:]
         return n
 
-    def close(self):
-        if not self.closed:
+    def _close_src(self):
+        try:
             self.src.close()
+        finally:
+            self.raw.close()
+
+    def close(self):
+        if not self.closed and hasattr(self, "root_fd"):
+            self._close_src()
             os.close(self.root_fd)
         super().close()
 

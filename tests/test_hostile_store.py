@@ -1,0 +1,400 @@
+"""Hostile inputs for the store's newer paths: the compact store's tar-split sidecars.
+
+Oracles: the layer's own bytes (a rebuilt tar must be bit-exact, its sha256 the diffID), the
+kernel (strace shows which names are opened), every path of everypath.py for the tree, and
+the Guard (nothing outside the test's directory changed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import tarfile
+
+import lz4.frame
+import pytest
+
+from conftest import require_tool
+from everypath import assert_agree, describe, run_paths, write_image
+from storekit import lamina
+from tarbuild import Tar, header
+
+MAGIC = b"LAMINA-TARSPLIT/1\n"
+
+
+def _compact_copy(g, raw, name="store"):
+    """The image of the one layer ``raw`` copied into a new compact store; its root."""
+    layout = write_image(g.dest / f"layout-{name}", [raw])
+    root = g.dest / name
+    lamina(root, "config", "set", "keep-blobs", "false")
+    r = lamina(root, "copy", f"oci:{layout}:img", "x:1", check=False)
+    assert r.returncode == 0, r.stderr
+    return root
+
+
+def _saved_layer(root, out):
+    lamina(root, "save", "x:1", "-o", out)
+    with tarfile.open(out) as t:
+        (layer,) = json.load(t.extractfile("manifest.json"))[0]["Layers"]
+        return t.extractfile(layer).read()
+
+
+def _snapshot_dir(root):
+    (chain,) = [d for d in os.listdir(root / "snapshots") if not d.startswith(".")]
+    return root / "snapshots" / chain
+
+
+# --- a layer that replaces a file by a device node of the same name -----------------------
+
+def test_the_compact_store_never_opens_a_device_node_a_file_was_replaced_by(g):
+    """The sidecar's builder looked for each file's payload in the snapshot by opening the name
+    (O_RDONLY, no O_NOCTTY) and only then asked what it was: a layer writing ``w`` and then a
+    character device ``w`` made lamina open that device, running its driver's open (10:130 is a
+    watchdog, armed by it; a tty becomes the controlling terminal).  1:3 (/dev/null) stands in."""
+    require_tool("strace")
+    t = Tar().file("a", b"A" * 5000).file("w", b"W" * 600).chardev("w", 1, 3).file("z", b"Z" * 700)
+    raw = t.bytes()
+    tree = assert_agree(run_paths(g.dest / "paths", [raw]), context=describe([raw]))
+    assert tree.entries["w"].type == "chr"
+    layout = write_image(g.dest / "layout", [raw])
+    root = g.dest / "store"
+    lamina(root, "config", "set", "keep-blobs", "false")
+    trace = g.dest / "strace.out"
+    proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(trace),
+                           sys.executable, "-m", "lamina", "--root", str(root), "copy", f"oci:{layout}:img", "x:1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    opened = [line for line in trace.read_text().splitlines() if '"w"' in line and "O_CREAT" not in line]
+    assert opened == [], opened
+    assert _saved_layer(root, g.dest / "x.tar") == raw
+    g.check()
+
+
+# --- a tampered sidecar fails clearly, naming the layer, reading nothing outside ----------
+
+def _records(body):
+    i, out = len(MAGIC), []
+    while i < len(body):
+        kind = body[i:i + 1]
+        i += 1
+        n, = struct.unpack(">Q", body[i:i + 8])
+        i += 8
+        if kind == b"R":
+            out.append([kind, body[i:i + n]])
+            i += n
+        elif kind == b"F":
+            size, xxh = struct.unpack(">QQ", body[i + n:i + n + 16])
+            out.append([kind, body[i:i + n], size, xxh])
+            i += n + 16
+        else:
+            out.append([kind, n])
+    return out
+
+
+def _encode(records):
+    out = bytearray(MAGIC)
+    for r in records:
+        if r[0] == b"R":
+            out += b"R" + struct.pack(">Q", len(r[1])) + r[1]
+        elif r[0] == b"F":
+            out += b"F" + struct.pack(">Q", len(r[1])) + r[1] + struct.pack(">QQ", r[2], r[3])
+        elif r[0] == b"E":
+            out += b"E" + struct.pack(">Q", r[1])
+        else:
+            out += r[1]  # bytes as they are
+    return lz4.frame.compress(bytes(out))
+
+
+def _retarget(records, path):
+    return [[b"F", path] + r[2:] if r[0] == b"F" and r[1] == b"a" else r for r in records]
+
+
+TAMPER = {
+    # the F record of "a" pointed at a file outside the snapshot holding a's very bytes: only a
+    # refusal of the path can fail the rebuild (it read that file and came out bit-exact)
+    "dotdot-path": lambda rs, outside, sc: _encode(_retarget(rs, b"../" * 40 + outside.lstrip(b"/"))),
+    "absolute-path": lambda rs, outside, sc: _encode(_retarget(rs, outside)),
+    "dot-path": lambda rs, outside, sc: _encode(_retarget(rs, b"./a")),
+    "truncated": lambda rs, outside, sc: sc[:len(sc) // 2],
+    "empty": lambda rs, outside, sc: b"",
+    "byte-flipped": lambda rs, outside, sc: sc[:len(sc) // 2] + bytes([sc[len(sc) // 2] ^ 0xFF]) + sc[len(sc) // 2 + 1:],
+    "not-lz4": lambda rs, outside, sc: b"not an lz4 frame\n" * 8,
+    "raw-record-of-an-exabyte": lambda rs, outside, sc: _encode([[b"X", b"R" + struct.pack(">Q", 1 << 62)]]),
+    "path-of-an-exabyte": lambda rs, outside, sc: _encode([[b"X", b"F" + struct.pack(">Q", 1 << 62)]]),
+    "end-record-count-off": lambda rs, outside, sc: _encode([r if r[0] != b"E" else [b"E", r[1] + 512] for r in rs]),
+    "no-end-record": lambda rs, outside, sc: _encode([r for r in rs if r[0] != b"E"]),
+    "records-after-the-end": lambda rs, outside, sc: _encode(rs + [[b"R", bytes(512)]]),
+}
+
+
+@pytest.mark.parametrize("tamper", list(TAMPER))
+def test_a_tampered_sidecar_fails_save_and_fsck_clearly(g, tamper):
+    """Before: a path with '..' in an F record was followed out of the snapshot (save succeeded,
+    reading a file outside the store); a cut or empty sidecar was an EOFError traceback (fsck
+    died of it too); a record length of 2^62 was a MemoryError traceback; records after the end
+    record were ignored."""
+    a = b"A" * 5000
+    raw = Tar().file("a", a).file("z", b"Z" * 700).bytes()
+    root = _compact_copy(g, raw)
+    sdir = _snapshot_dir(root)
+    sidecar = sdir / "tarsplit.lz4"
+    good = sidecar.read_bytes()
+    assert _saved_layer(root, g.dest / "good.tar") == raw
+    outside = g.dest / "outside"
+    outside.write_bytes(a)
+    records = _records(lz4.frame.decompress(good))
+    assert [r[1] for r in records if r[0] == b"F"] == [b"a", b"z"]
+    sidecar.write_bytes(TAMPER[tamper](records, os.fsencode(outside), good))
+    out = g.dest / "x.tar"
+    proc = lamina(root, "save", "x:1", "-o", out, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("lamina: error: layer sha256:") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "sidecar" in proc.stderr, proc.stderr
+    assert not out.exists()
+    fsck = lamina(root, "fsck", "--json", check=False)
+    assert fsck.returncode == 1 and "Traceback" not in fsck.stderr, fsck.stderr
+    findings = json.loads(fsck.stdout)["findings"]
+    assert any(f["kind"] == "bad-sidecar" and f["subject"].endswith(sdir.name) for f in findings), findings
+    g.check()
+
+
+@pytest.mark.parametrize("kind", ["symlink-to-a-good-copy", "fifo", "directory"])
+def test_a_sidecar_that_is_no_regular_file_is_refused_not_followed_or_waited_on(g, kind):
+    """lamina writes the sidecar as a regular file.  A symlink put in its place was followed (to
+    a copy outside the store, save succeeded from it), a FIFO made save and fsck wait forever."""
+    raw = Tar().file("a", b"A" * 5000).file("z", b"Z" * 700).bytes()
+    root = _compact_copy(g, raw)
+    sidecar = _snapshot_dir(root) / "tarsplit.lz4"
+    copy = g.dest / "copy.lz4"
+    copy.write_bytes(sidecar.read_bytes())
+    sidecar.unlink()
+    if kind == "fifo":
+        os.mkfifo(sidecar)
+    elif kind == "directory":
+        sidecar.mkdir()
+    else:
+        sidecar.symlink_to(copy)
+    out = g.dest / "x.tar"
+    proc = lamina(root, "save", "x:1", "-o", out, check=False, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("lamina: error: layer sha256:") and "tarsplit.lz4" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and not out.exists(), proc.stderr
+    fsck = lamina(root, "fsck", "--json", check=False, timeout=120)
+    assert any(f["kind"] == "bad-sidecar" for f in json.loads(fsck.stdout)["findings"]), fsck.stdout
+    g.check()
+
+
+SNAPSHOT_TAMPER = {
+    # what the sidecar names as a file is a symlink to a file outside with the very bytes
+    "file-now-a-symlink-out": lambda fs, outside: (os.unlink(fs / "d" / "a"), os.symlink(outside, fs / "d" / "a")),
+    # its directory is a symlink to a directory outside holding a file of that name and bytes
+    "dir-now-a-symlink-out": lambda fs, outside: (os.rename(fs / "d", fs / "d.old"),
+                                                  os.symlink(os.path.dirname(outside), fs / "d")),
+    "file-now-a-fifo": lambda fs, outside: (os.unlink(fs / "d" / "a"), os.mkfifo(fs / "d" / "a")),
+    "file-now-a-device": lambda fs, outside: (os.unlink(fs / "d" / "a"),
+                                              os.mknod(fs / "d" / "a", 0o600 | 0o020000, os.makedev(1, 3))),
+    "file-gone": lambda fs, outside: os.unlink(fs / "d" / "a"),
+}
+
+
+@pytest.mark.parametrize("tamper", list(SNAPSHOT_TAMPER))
+def test_a_compact_snapshot_changed_behind_lamina_fails_save_naming_the_entry(g, tamper):
+    """The sidecar's files are read through O_NOFOLLOW directory fds from the snapshot root and
+    must be regular files: a name turned into a symlink (the file's bytes outside), a directory
+    turned into one, a FIFO (never waited on), a device (never opened) or nothing at all fails
+    save and fsck naming the layer and the entry.  Holds today (a regression guard)."""
+    a = b"A" * 5000
+    raw = Tar().dir("d").file("d/a", a).file("z", b"Z" * 700).bytes()
+    root = _compact_copy(g, raw)
+    sdir = _snapshot_dir(root)
+    outside = g.dest / "elsewhere" / "a"
+    outside.parent.mkdir()
+    outside.write_bytes(a)
+    SNAPSHOT_TAMPER[tamper](sdir / "fs", os.fspath(outside))
+    out = g.dest / "x.tar"
+    proc = lamina(root, "save", "x:1", "-o", out, check=False, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("lamina: error: layer sha256:") and "'d/a'" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert not out.exists()
+    fsck = lamina(root, "fsck", "--json", check=False, timeout=120)
+    findings = json.loads(fsck.stdout)["findings"]
+    assert any(f["kind"] == "bad-sidecar" and "d/a" in f["message"] for f in findings), findings
+    g.check()
+
+
+# --- hostile layers a compact store must rebuild bit-exact ---------------------------------
+
+def _raw_entry(name, data, *, padding=None, **kw):
+    """An entry whose padding is given (``None``: zeros, as every writer pads)."""
+    block = header(name, size=len(data), **kw) + data
+    fill = -len(data) % 512
+    return block + (bytes(fill) if padding is None else (padding * fill)[:fill])
+
+
+def _rebuild_cases():
+    base = lambda: Tar().file("a", b"A" * 700)  # noqa: E731
+    long_value = "v" * 70000
+    longname = "l/" + "n" * 150 + "/" + "o" * 200
+    return {
+        "the-same-name-three-times": base().file("d", b"1" * 900).file("d", b"2" * 1500).file("d", b"3" * 10).bytes(),
+        "a-hardlink-to-a-file-rewritten-later": base().file("f", b"old" * 400).hardlink("h", "f")
+                                                      .file("f", b"new" * 300).bytes(),
+        "a-file-replaced-by-a-symlink-to-a-host-file": base().file("p", b"P" * 600).symlink("p", "/etc/passwd").bytes(),
+        "a-file-below-a-dir-replaced-by-a-symlink": base().dir("d").file("d/f", b"F" * 800).symlink("d", "/etc")
+                                                          .file("z", b"Z" * 10).bytes(),
+        "a-file-replaced-by-a-dir": base().file("q", b"Q" * 800).dir("q").file("q/r", b"R" * 700).bytes(),
+        "pax-odd-keys-and-a-long-value": base().pax({"LAMINA.odd key": "x=y=z", "comment": long_value,
+                                                     "SCHILY.xattr.user.big": "b" * 3000})
+                                               .file("x", b"X" * 2000).bytes(),
+        "gnu-long-names-and-links": base().gnu_longname(longname).file("ignored", b"L" * 900)
+                                          .gnu_longlink(longname).gnu_longname("l/" + "m" * 250)
+                                          .hardlink("ignored2", "ignored").bytes(),
+        "non-zero-padding": base().raw(_raw_entry("junkpad", b"J" * 10, padding=b"\xde\xad")).file("z", b"Z").bytes(),
+        "trailing-garbage-after-the-end": base().bytes() + b"garbage after the end blocks" * 100,
+        "end-of-many-zero-blocks": base().bytes(end=False) + bytes(512 * 37),
+        "a-dot-dot-name-rerooted": base().file("../../../rerooted", b"R" * 3000).file("/abs", b"S" * 1200).bytes(),
+        "a-pax-path-over-a-different-header-name": base().pax({"path": "real"}).file("decoy", b"D" * 2000)
+                                                         .file("decoy", b"E" * 2000).bytes(),
+        "an-empty-pax-path-keeps-the-header-name": base().pax({"path": ""}).file("hdr", b"H" * 1000).bytes(),
+        # a key twice in one PAX header: the last value (Go's map, the extractor's and the sidecar's)
+        "a-pax-size-twice-the-last-wins": base().pax([("size", "0"), ("size", "600")])
+                                                .file("s", b"S" * 600, size=0).file("c", b"C" * 100).bytes(),
+        "a-pax-path-twice-the-last-wins": base().pax([("path", "p1"), ("path", "p2")]).file("n", b"N" * 600).bytes(),
+        "a-gnu-long-name-twice-the-last-wins": base().gnu_longname("l1").gnu_longname("l2").file("n", b"N" * 600)
+                                                     .bytes(),
+        "a-contiguous-file-type-7": base().entry("seven", b"7" * 900, type=b"7").bytes(),
+        "a-pax-path-naming-a-directory": base().pax({"path": "dirlike/"}).file("x", b"").file("c", b"C" * 100).bytes(),
+    }
+
+
+@pytest.mark.parametrize("case", list(_rebuild_cases()))
+def test_hostile_layers_come_back_bit_exact_from_a_compact_store(g, case):
+    """Each layer every path extracts alike must come back from snapshot + sidecar byte for byte
+    (its sha256 the diffID), fsck clean; nothing outside the test's directory touched."""
+    raw = _rebuild_cases()[case]
+    results = run_paths(g.dest / "paths", [raw])
+    tree = assert_agree(results, context=describe([raw]))
+    if tree is None:
+        pytest.fail(f"every path refused the layer: {next(iter(results.values()))!r}")
+    root = _compact_copy(g, raw)
+    rebuilt = _saved_layer(root, g.dest / "x.tar")
+    assert hashlib.sha256(rebuilt).hexdigest() == hashlib.sha256(raw).hexdigest()
+    fsck = lamina(root, "fsck", "--json", check=False)
+    report = json.loads(fsck.stdout)
+    assert report["findings"] == [] and report["checked"]["sidecars"] == 1, report
+    g.check()
+
+
+# --- file-level dedup: an object never takes metadata or content from another image --------
+
+CAP = (b"\x01\x00\x00\x02\x00\x20\x00\x00" + bytes(12))  # vfs_cap_data v2: cap_net_bind_service
+
+
+def _variant_cases():
+    """Image B's file: image A's bytes with one piece of inode metadata changed."""
+    data = b"shared bytes\n" * 400
+    return data, {
+        "setuid-root": lambda t: t.file("bin/f", data, mode=0o4755),
+        "owner": lambda t: t.file("bin/f", data, uid=1000, gid=1000),
+        "mtime-one-ns-later": lambda t: t.pax({"mtime": "1600000000.000000001"}).file("bin/f", data),
+        "user-xattr": lambda t: t.pax({"SCHILY.xattr.user.k": "v"}).file("bin/f", data),
+        "file-capability": lambda t: t.pax({"SCHILY.xattr.security.capability": CAP}).file("bin/f", data),
+        "access-acl": lambda t: t.pax({"SCHILY.xattr.system.posix_acl_access":
+                                        (b"\x02\x00\x00\x00" + b"\x01\x00\x06\x00\xff\xff\xff\xff"
+                                         + b"\x02\x00\x07\x00\xe8\x03\x00\x00" + b"\x04\x00\x04\x00\xff\xff\xff\xff"
+                                         + b"\x10\x00\x07\x00\xff\xff\xff\xff"
+                                         + b"\x20\x00\x04\x00\xff\xff\xff\xff")}).file("bin/f", data),
+    }
+
+
+@pytest.mark.parametrize("variant", list(_variant_cases()[1]))
+def test_an_object_of_image_a_never_changes_whatever_image_b_does_with_the_same_bytes(g, variant):
+    """Two images, one file's bytes, inode metadata differing in one point: they must never share
+    an inode (B would show A's mode, owner, time or xattrs, or give them to A), and loading,
+    unpacking with --link, mounting and removing B leaves every name of A's file as it was.
+    B's file is what every path of everypath.py makes of B's layer."""
+    from treecmp import compare, snapshot
+    data, variants = _variant_cases()
+    layer_a = Tar().dir("bin").file("bin/f", data).file("a-only", b"a").bytes()
+    layer_b = variants[variant](Tar().dir("bin")).file("b-only", b"b").bytes()
+    tree_b = assert_agree(run_paths(g.dest / "paths", [layer_b]), context=describe([layer_b]))
+    root = g.dest / "store"
+    for ref, raw in (("a", layer_a), ("b", layer_b)):
+        lamina(root, "copy", f"oci:{write_image(g.dest / f'layout-{ref}', [raw])}:img", f"{ref}:1")
+    lamina(root, "unpack", "a:1", g.dest / "a-before")
+    before = snapshot(g.dest / "a-before")
+    (chain_a,) = [c for c in os.listdir(root / "snapshots") if (root / "snapshots" / c / "fs" / "a-only").exists()]
+    (chain_b,) = [c for c in os.listdir(root / "snapshots") if (root / "snapshots" / c / "fs" / "b-only").exists()]
+    ino_a = os.lstat(root / "snapshots" / chain_a / "fs" / "bin" / "f")
+    ino_b = os.lstat(root / "snapshots" / chain_b / "fs" / "bin" / "f")
+    assert (ino_a.st_dev, ino_a.st_ino) != (ino_b.st_dev, ino_b.st_ino), "A and B share an inode"
+
+    lamina(root, "unpack", "--link", "b:1", g.dest / "b-link")
+    got_b = snapshot(g.dest / "b-link")
+    diff = compare(tree_b, got_b, labels=("every path", "unpack --link b"))
+    assert not diff, diff
+    mnt = g.dest / "b-mnt"
+    lamina(root, "mount", "b:1", mnt)
+    try:
+        assert (mnt / "bin" / "f").read_bytes() == data
+    finally:
+        lamina(root, "umount", mnt)
+    lamina(root, "rmi", "b:1")
+    lamina(root, "image", "prune", "-f")
+    lamina(root, "unpack", "a:1", g.dest / "a-after")
+    diff = compare(before, snapshot(g.dest / "a-after"), labels=("a before b", "a after b"))
+    assert not diff, diff
+    st = os.lstat(root / "snapshots" / chain_a / "fs" / "bin" / "f")
+    assert (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns) == (
+        ino_a.st_mode, ino_a.st_uid, ino_a.st_gid, ino_a.st_mtime_ns)
+    assert os.listxattr(root / "snapshots" / chain_a / "fs" / "bin" / "f", follow_symlinks=False) == []
+    fsck = lamina(root, "fsck", "--json", check=False)
+    assert json.loads(fsck.stdout)["findings"] == [], fsck.stdout
+    g.check()
+
+
+@pytest.mark.parametrize("size", [3000, 6 << 20], ids=["held-whole", "bigger-than-a-chunk"])
+def test_a_file_changed_through_unpack_link_gives_its_bytes_to_no_other_image(g, size):
+    """A file of ``unpack --link`` is a store object: written in place with its mtime put back
+    (rsync --inplace -t does that), the object's name still says the old bytes.  An image loaded
+    afterwards with the same file linked its file to that object (the extractor's link for a
+    payload it holds whole, the dedup pass for a bigger one) and silently got the new bytes.
+    Now both compare the object's bytes first; fsck still names the changed object."""
+    data = hashlib.sha256(b"seed").digest() * (size // 32)
+    layer_a = Tar().file("f", data).file("a-only", b"a").bytes()
+    layer_b = Tar().file("f", data).file("b-only", b"b").bytes()
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{write_image(g.dest / 'layout-a', [layer_a])}:img", "a:1")
+    lamina(root, "unpack", "--link", "a:1", g.dest / "a-link")
+    victim = g.dest / "a-link" / "f"
+    st = os.lstat(victim)
+    assert st.st_nlink > 1, "unpack --link hands out the store's inode"
+    with open(victim, "r+b") as f:
+        f.write(b"CHANGED BEHIND LAMINA'S BACK")
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    lamina(root, "copy", f"oci:{write_image(g.dest / 'layout-b', [layer_b])}:img", "b:1")
+    lamina(root, "unpack", "b:1", g.dest / "b")
+    assert (g.dest / "b" / "f").read_bytes() == data, "image b got the bytes written into image a's object"
+    lamina(root, "unpack", "--link", "b:1", g.dest / "b-link")
+    assert (g.dest / "b-link" / "f").read_bytes() == data
+    assert os.lstat(g.dest / "b-link" / "f").st_ino != st.st_ino
+    mnt = g.dest / "b-mnt"
+    lamina(root, "mount", "b:1", mnt)
+    try:
+        assert (mnt / "f").read_bytes() == data
+    finally:
+        lamina(root, "umount", mnt)
+    tree_b = assert_agree(run_paths(g.dest / "paths", [layer_b]), context=describe([layer_b]))
+    from treecmp import compare, snapshot
+    diff = compare(tree_b, snapshot(g.dest / "b"), labels=("every path", "b after a's object changed"))
+    assert not diff, diff
+    fsck = lamina(root, "fsck", "--json", check=False)
+    findings = json.loads(fsck.stdout)["findings"]
+    assert fsck.returncode == 1 and any(f["kind"] == "bad-object" for f in findings), findings
+    assert all("b-only" not in f["message"] for f in findings), findings
+    g.check()
