@@ -86,6 +86,19 @@ def apply(layer, dest, **kw):
                               os.fspath(dest), **kw)
 
 
+
+def overlay_layers(tmp_path, tars, prefix="layer"):
+    """Overlay-format layer dirs of ``tars`` (tarbuild.Tar, bottom first) in ``tmp_path``, each
+    extracted over the ones below, as a finished image's layers are."""
+    dirs = []
+    for k, t in enumerate(tars):
+        p = tmp_path / f"{prefix}{k}.tar"
+        p.write_bytes(t.bytes())
+        dirs.append(tmp_path / f"{prefix}{k}")
+        dirs[-1].mkdir()
+        apply(p, dirs[-1], format="overlay", lower_dirs=[os.fspath(x) for x in dirs[:-1]] or None)
+    return dirs
+
 class OnlyRead:
     """A binary stream with nothing but read() (like an HTTP response body)."""
 

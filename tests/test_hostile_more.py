@@ -21,7 +21,7 @@ import pytest
 
 from conftest import require_root
 from everypath import assert_agree, describe, run_paths, umoci_tree, write_image
-from layerkit import Guard
+from layerkit import Guard, overlay_layers
 from storekit import lamina
 from tarbuild import B256, Tar
 
@@ -412,19 +412,6 @@ def test_a_repeated_marker_does_not_list_the_directory_again(tmp_path, fmt, mark
 
 
 
-def _overlay_layers(tmp_path, tars):
-    """Overlay-format layer dirs of ``tars`` (bottom first), each extracted over the ones below."""
-    from layerkit import apply
-    dirs = []
-    for k, t in enumerate(tars):
-        p = tmp_path / f"l{k}.tar"
-        p.write_bytes(t.bytes())
-        dirs.append(tmp_path / f"layer{k}")
-        dirs[-1].mkdir()
-        apply(p, dirs[-1], format="overlay", lower_dirs=[os.fspath(x) for x in dirs[:-1]] or None)
-    return dirs
-
-
 def _opens_and_stats(tmp_path, top, lowers):
     """Extract ``top`` (overlay format) over ``lowers`` in a child under strace: (its dir, the
     openat, openat2 and newfstatat calls it made)."""
@@ -451,7 +438,7 @@ def test_a_run_of_whiteouts_over_many_layers_costs_no_walk_per_layer(tmp_path):
     tars = [Tar().dir("d").file(f"d/L{k}", b"%d" % k) for k in range(nlayers)]
     tars[25].whiteout("d/L22")
     tars[20] = Tar().dir("d").opaque("d").file("d/L20", b"20")  # hides L0..L19 below
-    lowers = _overlay_layers(tmp_path, tars)
+    lowers = overlay_layers(tmp_path, tars)
     top = Tar().dir("d")
     for k in range(nlayers):
         top.whiteout(f"d/L{k}")
@@ -470,7 +457,7 @@ def test_whiteouts_in_many_directories_over_many_layers_cost_no_walk_per_layer(t
     400 layers: 8 s, 5k implied directories: 14 s).  Counted in syscalls."""
     require_root()
     nlayers, n = 20, 800
-    lowers = _overlay_layers(tmp_path, [Tar().dir("a").file(f"a/x{k}", b"%d" % k) for k in range(nlayers)])
+    lowers = overlay_layers(tmp_path, [Tar().dir("a").file(f"a/x{k}", b"%d" % k) for k in range(nlayers)])
     top = Tar().dir("a")
     for i in range(n):
         top.dir(f"a/q{i}").whiteout(f"a/q{i}/z")

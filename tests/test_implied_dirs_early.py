@@ -22,22 +22,11 @@ import pytest
 
 from conftest import require_root
 from everypath import assert_agree, describe, run_paths
-from layerkit import Guard, apply
+from layerkit import apply, overlay_layers
 from tarbuild import Tar
 from treecmp import compare, snapshot
 
 T = 1_000_000_000  # a time no directory made during the test has
-
-
-def _lower_dirs(tmp_path, tars):
-    dirs = []
-    for k, t in enumerate(tars):
-        p = tmp_path / f"l{k}.tar"
-        p.write_bytes(t.bytes())
-        dirs.append(tmp_path / f"lower{k}")
-        dirs[-1].mkdir()
-        apply(p, dirs[-1], format="overlay", lower_dirs=[os.fspath(x) for x in dirs[:-1]] or None)
-    return [os.fspath(d) for d in dirs]
 
 
 def _new_dir_times_dropped(tree, since):
@@ -58,7 +47,7 @@ def both_ways(tmp_path, lowers, top):
     the early extraction asked for the layers below).  A result is a Snapshot or the error."""
     from lamina import errors
     since = int(time.time()) - 1
-    dirs = _lower_dirs(tmp_path, lowers)
+    dirs = [os.fspath(d) for d in overlay_layers(tmp_path, lowers, prefix="lower")]
     top_p = tmp_path / "top.tar"
     top_p.write_bytes(top.bytes())
     waiting, early = tmp_path / "waiting", tmp_path / "early"
@@ -189,14 +178,6 @@ def test_an_implied_directory_that_is_not_one_below_makes_the_store_extract_agai
         assert isinstance(waiting, errors.LaminaError), waiting
     else:
         assert not isinstance(waiting, Exception), waiting
-
-
-@pytest.fixture
-def g(tmp_path):
-    require_root()
-    guard = Guard(tmp_path)
-    yield guard
-    guard.check()
 
 
 @pytest.mark.parametrize("name", list(CASES) + list(MOVED))
