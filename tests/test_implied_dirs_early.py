@@ -221,3 +221,20 @@ def test_the_store_extracts_a_layer_again_when_an_implied_directory_moved(tmp_pa
     assert os.path.isfile(os.path.join(fs, "usr/lib/x/f")) and not os.path.lexists(os.path.join(fs, "lib"))
     assert os.path.isfile(os.path.join(fs, "etc/g"))
     assert not [n for n in os.listdir(store.paths.snapshots) if n.startswith(".")], "a temp dir was left"
+
+
+def test_unpack_in_the_overlay_format_reads_a_layer_again_when_an_implied_directory_moved(tmp_path, root):
+    """unpack --format overlay extracts its layers side by side too: lib/x/f over lib -> usr/lib
+    is made early in the top layer's own lib/, found to be a symlink below, and the layer read
+    again (the trace says so), so that the top layer has usr/lib/x/f as the mount shows it."""
+    import subprocess
+    import sys
+    from everypath import write_image
+    layout = write_image(tmp_path / "layout", [t.bytes() for t in MOVED["a-symlink-below"][0]]
+                         + [MOVED["a-symlink-below"][1].bytes()])
+    trace, dest = tmp_path / "trace", tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "lamina", "unpack", "--format", "overlay", f"oci:{layout}:img", dest],
+                   check=True, capture_output=True, env=dict(os.environ, LAMINA_TRACE=str(trace)), cwd="/")
+    assert "apply-again layer=1" in trace.read_text()
+    top = dest / "layers" / "1"
+    assert (top / "usr/lib/x/f").is_file() and not os.path.lexists(top / "lib")

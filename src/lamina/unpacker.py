@@ -18,7 +18,7 @@ import time
 
 from ._extract import HiddenLinkTarget
 from . import trace
-from .errors import ExtractError, InvalidArchiveError, layer_of
+from .errors import ExtractError, ImpliedDirMoved, InvalidArchiveError, layer_of
 from .limits import check_layer_count
 from .lowers import LayersBelow
 from .oci import open_source
@@ -115,7 +115,7 @@ def _layer_name(layer, count):
 
 
 def _apply(layer, count, target, format, limits, hidden=None, lower_dirs=None, defer_lowers=False,
-           lowers_provider=None):
+           lowers_provider=None, early_dirs=False):
     from .layer import apply_layer  # imported late: the native core is only needed to extract
 
     trace.event("apply", layer=layer.index, format=format, scan_hidden=hidden is not None)
@@ -123,7 +123,8 @@ def _apply(layer, count, target, format, limits, hidden=None, lower_dirs=None, d
         stats = apply_layer(f, target, format=format, digest=layer.digest, diff_id=layer.diff_id,
                             media_type=layer.media_type, limits=limits, name=_layer_name(layer, count),
                             hidden=hidden,
-                            lower_dirs=lower_dirs, defer_lowers=defer_lowers, lowers_provider=lowers_provider)
+                            lower_dirs=lower_dirs, defer_lowers=defer_lowers, lowers_provider=lowers_provider,
+                            early_dirs=early_dirs)
     trace.event("applied", layer=layer.index)
     return stats
 
@@ -185,11 +186,14 @@ def _apply_overlay(layers, root, limits):
 
 def apply_overlay_layers(layers, targets, apply):
     """Extract overlay-format layers all at once: a layer that meets an entry
-    needing the layers below it (an implied directory, a path through a lower
-    symlink, a whiteout, a hardlink to a lower file) waits there until they are
-    finished, then goes on over them.
+    needing the layers below it (a path through a lower symlink, a whiteout, a
+    hardlink to a lower file) waits there until they are finished, then goes on
+    over them.  A directory it implies does not wait (early_dirs, see
+    lamina._extract): in the rare image where one turns out to be a symlink or
+    a file below, the layer is read again, waiting there.
 
-    ``apply(i, lower_dirs=..., defer_lowers=..., lowers_provider=...)`` extracts layer ``i`` into ``targets[i]``."""
+    ``apply(i, lower_dirs=..., defer_lowers=..., lowers_provider=..., early_dirs=...)`` extracts
+    layer ``i`` into ``targets[i]``."""
     if not layers:
         return []
     below = LayersBelow(len(layers))
@@ -200,7 +204,12 @@ def apply_overlay_layers(layers, targets, apply):
     def one(i):
         ok = False
         try:
-            result = apply(i, lower_dirs=None, defer_lowers=i > 0, lowers_provider=provider(i))
+            try:
+                result = apply(i, lower_dirs=None, defer_lowers=i > 0, lowers_provider=provider(i), early_dirs=True)
+            except ImpliedDirMoved:
+                trace.event("apply-again", layer=i)
+                clear_dir(targets[i])
+                result = apply(i, lower_dirs=None, defer_lowers=True, lowers_provider=provider(i))
             ok = True
             return result
         finally:
