@@ -83,7 +83,7 @@ DEF NAMES_BELOW_MAX = 1 << 18      # ... which holds at most this many names
 DEF NAMES_BELOW_DIRS = 1 << 16     # ... of at most this many directories
 DEF UP_MIN_LOWERS = 8      # overlay: from this many layers below, a hardlink to a lower file looks it up in _below_dir
 DEF UP_LIST_BASE = 4096     # ... whose directories below are listed when they hold at most this many names,
-DEF UP_LIST_NAMES = 16      # ... or this many a lookup in them so far (NAMES_BELOW_MAX names in all)
+DEF UP_LIST_NAMES = 16      # ... or this many per lookup so far and layer they are in (NAMES_BELOW_MAX in all)
 DEF UP_OTHER = 0            # _BelowDir.names: what the topmost layer that has a name has there
 DEF UP_DIR = 1
 DEF UP_WHITEOUT = 2
@@ -5031,13 +5031,15 @@ cdef class Extractor:
     cdef int64_t _below_name(self, _BelowDir e, bytes d, bytes nm) except -3:
         """``layer << 2 | UP_*`` of the topmost layer of ``e`` (directory ``d``) that has ``nm``;
         -1: none has it; -2: unsure (an error).  The directory is listed in each of its layers
-        once that costs at most UP_LIST_NAMES names a lookup so far (or UP_LIST_BASE), tried
-        again as the lookups double; until then a stat in each layer."""
+        once that costs at most UP_LIST_NAMES names per lookup so far and layer (or
+        UP_LIST_BASE), tried again as the lookups double; until then a stat in each layer."""
         cdef int i, fd, r
         cdef stat st
         e.lookups += 1
         if e.names is None and e.lookups >= e.list_at:
-            e.names = self._list_below_dir(e, d, min(max(UP_LIST_BASE, UP_LIST_NAMES * e.lookups),
+            # a lookup without the listing costs a stat in each layer: listing is worth up to
+            # UP_LIST_NAMES names per stat the lookups so far took
+            e.names = self._list_below_dir(e, d, min(max(UP_LIST_BASE, UP_LIST_NAMES * e.lookups * len(e.layers)),
                                                       self.up_names_left))
             if e.names is None:
                 e.list_at *= 2
