@@ -1837,6 +1837,7 @@ cdef class _BelowDir:
     with no symlink on the way in any."""
     cdef list layers       # the lower layers that merge into it (indices into lower_fds), topmost first
     cdef dict names        # name -> layer << 2 | UP_* of the topmost of them that has it (None: not listed)
+    cdef dict under        # ... and of the layers under it that have it too, where that is a directory
     cdef int64_t lookups, list_at
 
 
@@ -5007,7 +5008,17 @@ cdef class Extractor:
                     e.layers = []
                     e.list_at = 1
                     r = e
-                    for i in pe.layers:
+                    if pe.names is not None:
+                        # the listing says which layers have it: only those are opened (each
+                        # directory only the topmost lower layer has took an open in every layer)
+                        layers = [f]
+                        for w in pe.under.get(c, ()):
+                            if (<int64_t>w & 3) != UP_DIR:
+                                break  # a file, whiteout or symlink here hides the layers under it
+                            layers.append(<int64_t>w >> 2)
+                    else:
+                        layers = pe.layers
+                    for i in layers:
                         if i < f:
                             continue
                         fd = self._plain_dir(<int>self.lower_fds[i], d[:end])
@@ -5061,11 +5072,13 @@ cdef class Extractor:
 
     cdef dict _list_below_dir(self, _BelowDir e, bytes d, int64_t budget):
         """{name: layer << 2 | UP_*} of directory ``d`` in the layers of ``e`` (the topmost that
-        has a name decides), or None past ``budget`` names or on an error."""
+        has a name decides), or None past ``budget`` names or on an error.  ``e.under`` gets the
+        other layers that have a name the topmost has as a directory: they merge into it."""
         cdef int i, fd
         cdef stat st
         cdef int64_t kind
         names = {}
+        under = {}
         for i in e.layers:
             fd = self._plain_dir(<int>self.lower_fds[i], d)
             if fd < 0:
@@ -5076,7 +5089,8 @@ cdef class Extractor:
                     return None
                 budget -= len(entries)
                 for nm, dtype in entries:
-                    if nm in names:
+                    first = names.get(nm)
+                    if first is not None and (<int64_t>first & 3) != UP_DIR:
                         continue
                     if dtype == DT_DIR:
                         kind = UP_DIR
@@ -5088,10 +5102,14 @@ cdef class Extractor:
                         kind = _up_kind(&st)
                     else:
                         kind = UP_OTHER
-                    names[nm] = (<int64_t>i << 2) | kind
+                    if first is None:
+                        names[nm] = (<int64_t>i << 2) | kind
+                    else:
+                        under.setdefault(nm, []).append((<int64_t>i << 2) | kind)
             finally:
                 close(fd)
         self.up_names_left -= len(names)
+        e.under = under
         return names
 
     cdef int _layer_has(self, list comps) except -2:

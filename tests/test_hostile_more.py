@@ -701,6 +701,26 @@ def test_hardlinks_into_a_directory_every_layer_fills_cost_no_stat_per_layer(tmp
     assert calls < 20 * n, f"{calls} opens and stats for {n} hardlinks into a directory of {nlayers} layers"  # was 56k
     assert all(os.lstat(dest / f"l{i}").st_ino == os.lstat(dest / "d" / f"f{i}").st_ino for i in range(n))
 
+
+def test_hardlinks_into_directories_only_the_topmost_lower_layer_has_cost_no_open_per_layer(tmp_path):
+    """Each directory the layers below merge is resolved once, from its parent's: which layers
+    have it was asked of every layer that has the parent, an open in each (3k links to files
+    each in a directory of its own that only the topmost of 400 layers has: 4.7 s).  Counted in
+    syscalls: the parent's listing says which layers have the directory."""
+    require_root()
+    nlayers, n = 60, 600
+    tars = [Tar().dir(f"e{k}").file(f"e{k}/x", b"%d" % k) for k in range(nlayers - 1)]
+    tars.append(Tar())
+    for i in range(n):
+        tars[-1].file(f"t{i}/f", b"%d" % i)
+    lowers = _overlay_layers(tmp_path, tars)
+    top = Tar()
+    for i in range(n):
+        top.hardlink(f"l{i}", f"t{i}/f")
+    dest, calls = _opens_and_stats(tmp_path, top, lowers)
+    assert calls < 30 * n, f"{calls} opens and stats for {n} hardlinks into directories of the topmost of {nlayers} layers"  # was 49k
+    assert all(os.lstat(dest / f"l{i}").st_ino == os.lstat(dest / f"t{i}" / "f").st_ino for i in range(n))
+
 def _links(t, name, target, n):
     for i in range(n):
         t.hardlink(name.format(i), target)
