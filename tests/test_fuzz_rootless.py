@@ -67,7 +67,7 @@ def ops(host):
     files and directories that shut their owner out (0000, 0200; 0100, 0300, 0000), which
     nobody's paths open up (CONFORMANCE.md), and read-only directories a later layer writes in."""
     return st.one_of(
-        st.tuples(st.just("file"), fz.names, st.sampled_from([b"", b"1", b"22"]),
+        st.tuples(st.just("file"), fz.names, st.sampled_from(fz.CONTENTS),
                   st.sampled_from([0o644, 0o600, 0o4755, 0o000, 0o200, 0o2711]), fz.owners, fz.meta),
         st.tuples(st.just("dir"), fz.names,
                   st.sampled_from([0o755, 0o700, 0o555, 0o1777, 0o2775, 0o500, 0o000, 0o100, 0o300]),
