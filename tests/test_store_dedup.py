@@ -242,7 +242,10 @@ def test_object_names_of_times_past_64_bit_nanoseconds_match_the_python_metadata
     from lamina.store.objects import metadata_key, read_file_list
     members = [(ti("far/" + name, pax_headers={"mtime": mtime}), b"far %d" % i)
                for i, (name, mtime) in enumerate([("2286", "10000000000"), ("2286-ns", "10000000000.000000001"),
-                                                  ("clamped", "9223372036854775807"), ("2261", "9200000000")])]
+                                                  ("clamped", "9223372036854775807"), ("2261", "9200000000"),
+                                                  # the key's other spellings: below zero, whole or not
+                                                  ("1969", "-1.5"), ("1969-ns", "-0.000000001"),
+                                                  ("1969-s", "-1"), ("epoch-ns", "0.000000007")])]
     lay = ocibuild.Layout(tmp_path / "layout")
     lay.image_of_tars([tarfile_bytes(members)], "far")
     root = tmp_path / "root"
