@@ -15,10 +15,10 @@ carry a default ACL, symlinks, fifos, nodes and hardlinks PAX times and xattrs; 
 be of exactly one block or 1 MiB + 1 bytes, sparse files end in data, in a hole, hold
 nothing but a hole or a map of 30 regions.  All must give the same tree (or all fail),
 umoci must agree where it accepts the image, and nothing outside the work dir may change.
-Half the stores also hold a neighbour: the same stack with every file's metadata changed
-in one respect (mode, group, a nanosecond of its time, an xattr's value, a capability, an
-ACL), taken before or after the stack's image, which file-level dedup must never merge
-with it; the store must then check clean (fsck).  A compact store (keep-blobs false) must
+A third of the stores also hold a neighbour: the same stack with every file's metadata
+changed in one respect (mode, group, a nanosecond of its time, an xattr's value, a
+capability, an ACL), taken before or after the stack's image, which file-level dedup must
+never merge with it; a third must check clean (fsck) after every path.  A compact store (keep-blobs false) must
 give back every layer of both images byte for byte, and a copy of the stack's image to an
 OCI layout every diffID, and check clean.
 
@@ -147,9 +147,10 @@ special_meta = _meta([x for x in XATTRS if x[0] != "security.capability"])
 
 
 # A file's data: mostly a byte or two (shared by files of differing metadata, which the store's
-# dedup must keep apart); now and then exactly one block (no padding after it) or 1 MiB + 1
-# (past every 1 MiB buffer and chunk of the readers, copies and hashes by one byte)
-CONTENTS = [b"", b"1", b"22"] * 4 + [b"5" * 512, b"6" * (1 << 20) + b"+"]
+# dedup must keep apart); now and then exactly one block (no padding after it), rarely 1 MiB + 1
+# (past every 1 MiB buffer and chunk of the readers, copies and hashes by one byte; one in 14
+# doubled CI's run of the fuzzers)
+CONTENTS = [b"", b"1", b"22"] * 12 + [b"5" * 512] * 3 + [b"6" * (1 << 20) + b"+"]
 # A sparse file's (size, data segments): data then a trailing hole; a file that ends in data; one
 # of nothing but a hole; a map of many regions (an old GNU header holds 4, its extension blocks 21)
 SPARSE_LAYOUTS = [(16384, [(0, b"s" * 5), (8192, b"t" * 3)]), (16384, [(16381, b"end")]), (8192, []),
@@ -412,14 +413,17 @@ def fingerprint(d):
 @SETTINGS
 @given(data=st.data())
 def test_lamina_paths_agree(host, data):
-    """Every path gives the same tree; half the time the store takes an image of the same files
+    """Every path gives the same tree; a third of the stores take an image of the same files
     with other metadata (neighbours()) before or after the stack's, which dedup must keep apart;
-    and the store checks clean (fsck) after every path has used it."""
+    and a third check clean (fsck) after every path has used them."""
     from lamina.store import Store
     layers = data.draw(stacks(str(host)))
     tars = build(layers)
-    neighbour = build(data.draw(neighbours(layers))) if data.draw(one_in(2)) else None
+    # (a third each: a neighbour's load and fsck, which extracts every layer again to compare,
+    # each cost more than the six paths of the stack)
+    neighbour = build(data.draw(neighbours(layers))) if data.draw(one_in(3)) else None
     first = data.draw(st.booleans())
+    check = data.draw(one_in(3))
     _count_case()
     box = Sandbox(host)
     since = int(time.time()) - 1
@@ -429,7 +433,7 @@ def test_lamina_paths_agree(host, data):
         context = describe(tars) + (f"\nneighbour image {'before' if first else 'after'} it:\n" + describe(neighbour)
                                     if neighbour else "")
         assert_agree(results, context=context)
-        if os.path.isdir(os.path.join(box.guard.dest, "store", "snapshots")):
+        if check and os.path.isdir(os.path.join(box.guard.dest, "store", "snapshots")):
             report = Store(os.path.join(box.guard.dest, "store")).fsck()
             # A refused image may leave objects no snapshot uses: a layer's dedup pass runs beside
             # the extraction of the layers below it, and its snapshot is dropped when one of them
