@@ -13,4 +13,5 @@ cdef extern from "blake3.h" nogil:
 
 cdef extern from "metadata_key.h" nogil:
     # objects.metadata_key() of an inode without xattrs: 16 hex digits and a NUL into ``out``
-    void lamina_metadata_key(unsigned int mode, unsigned int uid, unsigned int gid, long long mtime_ns, char *out)
+    void lamina_metadata_key(unsigned int mode, unsigned int uid, unsigned int gid, long long sec, long nsec,
+                             char *out)

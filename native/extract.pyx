@@ -4161,10 +4161,6 @@ cdef class Extractor:
         cdef bint same
         cdef unsigned int mode = S_IFREG | <unsigned int>self.cur_mode
         cdef const unsigned char *data = self.feed_p
-        cdef long long mtime
-        if self.cur_sec < -9000000000 or self.cur_sec > 9000000000:
-            return False  # its mtime in ns would not fit the key's 64 bits
-        mtime = <long long>self.cur_sec * 1000000000 + self.cur_nsec
         with nogil:
             blake3_hasher_init(&h)
             blake3_hasher_update(&h, data, <size_t>size)
@@ -4173,7 +4169,8 @@ cdef class Extractor:
         self.cur_prehashed = True  # until the link is made: a file written after all is not hashed twice
         _hex(rel + 3, digest, BLAKE3_OUT_LEN)
         rel[0], rel[1], rel[2], rel[67] = rel[3], rel[4], b"/", b"."
-        lamina_metadata_key(mode, <unsigned int>self.cur_uid, <unsigned int>self.cur_gid, mtime, rel + 68)
+        lamina_metadata_key(mode, <unsigned int>self.cur_uid, <unsigned int>self.cur_gid, <long long>self.cur_sec,
+                            <long>self.cur_nsec, rel + 68)
         if (fstatat(self.obj_fd, rel, &ost, AT_SYMLINK_NOFOLLOW) < 0 or ost.st_mode != mode
                 or ost.st_uid != self.cur_uid or ost.st_gid != self.cur_gid or ost.st_size != size
                 or ost.st_mtim.tv_sec != self.cur_sec or ost.st_mtim.tv_nsec != self.cur_nsec):

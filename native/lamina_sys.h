@@ -63,13 +63,6 @@ static inline int lamina_rename_noreplace(int olddirfd, const char *oldpath, int
 #endif
 }
 
-/* st_mtime in nanoseconds, as Python's os.stat().st_mtime_ns. */
-#include <sys/stat.h>
-static inline long long lamina_mtime_ns(const struct stat *st)
-{
-    return (long long)st->st_mtim.tv_sec * 1000000000LL + (long long)st->st_mtim.tv_nsec;
-}
-
 /* Cython cannot assign to errno without making it a local. */
 static inline void lamina_set_errno(int e) { errno = e; }
 

@@ -86,7 +86,6 @@ from syscalls cimport stat, fstatat, mkdirat, S_ISREG
 
 cdef extern from "lamina_sys.h" nogil:
     int lamina_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
-    long long lamina_mtime_ns(const stat *st)
 
 
 def rename_noreplace(int src_dir_fd, src, int dst_dir_fd, dst):
@@ -186,19 +185,24 @@ cdef class FanOut:
 
 cdef struct _Meta:
     unsigned int mode, uid, gid
-    long long mtime_ns
+    long long sec
+    long nsec
     char key[17]
 
 
 cdef void _metadata_key(stat *st, _Meta *last) noexcept nogil:
     """metadata_key() of a file without xattrs into ``last.key``, computed again only when the
-    inode's mode, owner or mtime differ from the previous file's (most files of a layer agree)."""
-    cdef long long mtime = lamina_mtime_ns(st)
+    inode's mode, owner or mtime differ from the previous file's (most files of a layer agree).
+    (The time as seconds and nanoseconds: in nanoseconds alone, two times 584 years apart wrap
+    to one number past 64 bits, and two such files shared one key.)"""
+    cdef long long sec = st.st_mtim.tv_sec
+    cdef long nsec = st.st_mtim.tv_nsec
     if (last.key[0] != 0 and last.mode == <unsigned int>st.st_mode and last.uid == <unsigned int>st.st_uid
-            and last.gid == <unsigned int>st.st_gid and last.mtime_ns == mtime):
+            and last.gid == <unsigned int>st.st_gid and last.sec == sec and last.nsec == nsec):
         return
-    lamina_metadata_key(<unsigned int>st.st_mode, <unsigned int>st.st_uid, <unsigned int>st.st_gid, mtime, last.key)
-    last.mode, last.uid, last.gid, last.mtime_ns = st.st_mode, st.st_uid, st.st_gid, mtime
+    lamina_metadata_key(<unsigned int>st.st_mode, <unsigned int>st.st_uid, <unsigned int>st.st_gid, sec, nsec,
+                        last.key)
+    last.mode, last.uid, last.gid, last.sec, last.nsec = st.st_mode, st.st_uid, st.st_gid, sec, nsec
 
 
 DEF OBJ_LEN = 82   # <64 hex blake3>.<16 hex metadata key> and a NUL

@@ -97,9 +97,13 @@ def _unpack_top_down(src, dest):
         lamina.unpacker.SCAN_FRACTION = saved
 
 
-def run_paths(work, layer_tars, paths=PATHS, *, dir_mtime=False, root=False):
+def run_paths(work, layer_tars, paths=PATHS, *, dir_mtime=False, root=False, neighbour=None, neighbour_first=True):
     """{path name: Snapshot or LaminaError} for the image made of ``layer_tars``
-    (``dir_mtime``: directory times recorded too; ``root``: the root directory too)."""
+    (``dir_mtime``: directory times recorded too; ``root``: the root directory too;
+    ``neighbour``: the layer tars of another image the store takes, whatever it makes of them,
+    before the image (``neighbour_first``: the image's files then meet its objects in the dedup
+    pass and the extractor) or after it, before any tree is made of the image (its files meet
+    the image's objects))."""
     import lamina
     from lamina.store import Store
     from lamina.store import materialize as mat, mounts
@@ -123,7 +127,15 @@ def run_paths(work, layer_tars, paths=PATHS, *, dir_mtime=False, root=False):
     store_paths = [p for p in paths if p.startswith("store-")]
     if store_paths:
         store = Store(os.path.join(work, "store"))
+
+        def load_neighbour():
+            _attempt(lambda: load_layout(store, write_image(os.path.join(work, "layout-neighbour"), neighbour),
+                                         TAG, "neighbour:1"))
+        if neighbour is not None and neighbour_first:
+            load_neighbour()
         loaded = _attempt(lambda: load_layout(store, layout, TAG, "img:1"))
+        if neighbour is not None and not neighbour_first:
+            load_neighbour()
         for p in store_paths:
             if isinstance(loaded, Exception):
                 out[p] = loaded

@@ -7,7 +7,8 @@ nobody has: ``unpack`` (dir), ``unpack --format overlay`` (mounted afterwards by
 with overlayfs ``userxattr``, as lamina's own mount of a rootless store does), a store
 of nobody's own (copy, then flatten by copy and by --link, and the same image rebuilt
 on an empty bottom layer copied into it: files named by links to the store's objects
-as they extract), fsck of that store, rmi + prune (nothing may be left), and a compact
+as they extract; half the stores hold fz.neighbours()' image of the same files with other
+metadata first), fsck of that store, rmi + prune (nothing may be left), and a compact
 store (keep-blobs false) that must save the image back.
 
 All paths must give the same tree, or all fail with a lamina error; nothing outside the
@@ -67,7 +68,7 @@ def ops(host):
     files and directories that shut their owner out (0000, 0200; 0100, 0300, 0000), which
     nobody's paths open up (CONFORMANCE.md), and read-only directories a later layer writes in."""
     return st.one_of(
-        st.tuples(st.just("file"), fz.names, st.sampled_from([b"", b"1", b"22"]),
+        st.tuples(st.just("file"), fz.names, st.sampled_from(fz.CONTENTS),
                   st.sampled_from([0o644, 0o600, 0o4755, 0o000, 0o200, 0o2711]), fz.owners, fz.meta),
         st.tuples(st.just("dir"), fz.names,
                   st.sampled_from([0o755, 0o700, 0o555, 0o1777, 0o2775, 0o500, 0o000, 0o100, 0o300]),
@@ -104,6 +105,8 @@ for case in json.loads(sys.argv[1]):
     if st is not None:
         out["layer_dirs"] = [os.fspath(d) for d in st.layer_dirs]
     store = Store(os.path.join(work, "store"))
+    if case["neighbour"]:
+        attempt("neighbour", lambda: copy(case["neighbour"], "nb:1", store=store))
     attempt("copy", lambda: copy(src, "img:1", store=store))
     if out["copy"] == "ok":
         attempt("store-copy", lambda: materialize(store, "img:1", os.path.join(work, "store-copy")))
@@ -115,7 +118,7 @@ for case in json.loads(sys.argv[1]):
         except BaseException as e:
             out["fsck"] = [f"raised {type(e).__name__}: {e}"]
         try:
-            for ref in ("img:1", "img:2"):
+            for ref in ("img:1", "img:2", "nb:1"):
                 try:
                     lamina.images.remove(store, ref)
                 except lamina.errors.NoSuchImageError:
@@ -164,9 +167,10 @@ class _Failed(Exception):
     """A path's lamina error, as assert_agree expects errors."""
 
 
-def run_batch(host, batch):
+def run_batch(host, batch, neighbours=None):
     """[(tars, {path: Snapshot or error text}, out)] for each stack of ``batch``, all of it
-    run in one nobody process; checks that nothing outside the work dirs changed."""
+    run in one nobody process (``neighbours``: per stack, None or the layer tars of an image
+    nobody's store takes first); checks that nothing outside the work dirs changed."""
     base = world_tmpdir()
     try:
         sentinel = os.path.join(base, "sentinel")
@@ -183,7 +187,11 @@ def run_batch(host, batch):
             work = os.path.join(base, f"work{i}")
             os.mkdir(work)
             os.chown(work, 65534, 65534)
-            cases.append({"work": work, "src": f"oci:{layout}:img", "rebuilt": f"oci:{rebuilt}:img"})
+            neighbour = (neighbours or [None] * len(batch))[i]
+            if neighbour is not None:
+                neighbour = f"oci:{write_image(os.path.join(base, f'neighbour{i}'), neighbour)}:img"
+            cases.append({"work": work, "src": f"oci:{layout}:img", "rebuilt": f"oci:{rebuilt}:img",
+                          "neighbour": neighbour})
         _chmod_tree(base, "a+rX")
         proc = run_as_nobody(SCRIPT, json.dumps(cases), preload=_preload(), timeout=60 + 60 * len(batch))
         assert proc.returncode == 0, f"lamina as nobody died:\n{proc.stderr[-3000:]}"
@@ -268,9 +276,13 @@ def _has_nodes(layers):
 def test_rootless_paths_agree(host, data):
     batch = data.draw(st.lists(stacks(host), min_size=BATCH, max_size=BATCH))
     tars = [fz.build(layers) for layers in batch]
+    # half the stores hold a neighbour first (fz.neighbours: the same files, other metadata),
+    # which dedup must keep apart; what nobody cannot set (a group, a capability) it cannot
+    neighbours = [fz.build(data.draw(fz.neighbours(layers))) if data.draw(fz.one_in(2)) else None
+                  for layers in batch]
     for _ in batch:
         fz._count_case()
-    for (t, trees, out), layers in zip(run_batch(host, tars), batch):
+    for (t, trees, out), layers in zip(run_batch(host, tars, neighbours), batch):
         ref = check_case(t, trees, out)
         if _has_nodes(layers):
             continue  # root makes device nodes; nobody makes none, on every path alike
