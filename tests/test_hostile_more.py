@@ -699,6 +699,15 @@ def test_hardlinks_to_lower_files_over_many_layers_cost_no_walk_per_layer(tmp_pa
 
 
 
+def _hardlink_top(tmp_path, tars, targets):
+    """A top layer of hardlinks l0, l1, ... to ``targets``, extracted (overlay format, under
+    strace) over the layers of ``tars``: (its dir, the opens and stats it made)."""
+    top = Tar()
+    for i, target in enumerate(targets):
+        top.hardlink(f"l{i}", target)
+    return _opens_and_stats(tmp_path, top, overlay_layers(tmp_path, tars))
+
+
 def test_hardlinks_into_a_directory_every_layer_fills_cost_no_stat_per_layer(tmp_path):
     """A directory too large to list for a few lookups is looked up with a stat in each layer
     that has it; listing it must not wait until the lookups alone pay for it (16 names
@@ -714,11 +723,7 @@ def test_hardlinks_into_a_directory_every_layer_fills_cost_no_stat_per_layer(tmp
         tars.append(Tar().dir("d"))
         for j in range(fill):
             tars[-1].file(f"d/x{k}-{j}", b"")
-    lowers = overlay_layers(tmp_path, tars)
-    top = Tar()
-    for i in range(n):
-        top.hardlink(f"l{i}", f"d/f{i}")
-    dest, calls = _opens_and_stats(tmp_path, top, lowers)
+    dest, calls = _hardlink_top(tmp_path, tars, [f"d/f{i}" for i in range(n)])
     assert calls < 20 * n, f"{calls} opens and stats for {n} hardlinks into a directory of {nlayers} layers"  # was 56k
     assert all(os.lstat(dest / f"l{i}").st_ino == os.lstat(dest / "d" / f"f{i}").st_ino for i in range(n))
 
@@ -734,11 +739,7 @@ def test_hardlinks_into_directories_only_the_topmost_lower_layer_has_cost_no_ope
     tars.append(Tar())
     for i in range(n):
         tars[-1].file(f"t{i}/f", b"%d" % i)
-    lowers = overlay_layers(tmp_path, tars)
-    top = Tar()
-    for i in range(n):
-        top.hardlink(f"l{i}", f"t{i}/f")
-    dest, calls = _opens_and_stats(tmp_path, top, lowers)
+    dest, calls = _hardlink_top(tmp_path, tars, [f"t{i}/f" for i in range(n)])
     assert calls < 30 * n, f"{calls} opens and stats for {n} hardlinks into directories of the topmost of {nlayers} layers"  # was 49k
     assert all(os.lstat(dest / f"l{i}").st_ino == os.lstat(dest / f"t{i}" / "f").st_ino for i in range(n))
 

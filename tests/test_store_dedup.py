@@ -233,29 +233,37 @@ def test_native_object_names_match_the_python_metadata_key(tmp_path):
     assert _fsck_clean(root)["checked"]["objects"] == len(members)
 
 
+def _objects_named_by_python_keys(tmp_path, members, tag):
+    """Copy a one-layer image of ``members`` into a fresh store and check that each file's
+    object is named by its blake3 and lamina.store.objects.metadata_key of its inode (the
+    Python spelling fsck checks against): (store root, the snapshot's fs dir)."""
+    from lamina.store.objects import metadata_key, read_file_list
+    lay = ocibuild.Layout(tmp_path / "layout")
+    lay.image_of_tars([tarfile_bytes(members)], tag)
+    root = tmp_path / "root"
+    _copy(root, tmp_path / "layout", tag)
+    fs = _fs(root, _chains(root, f"{tag}:1")[0])
+    entries = {e.path: e for e in read_file_list(os.path.dirname(fs))}
+    for member, data in members:
+        st = os.lstat(os.path.join(fs, member.name))
+        assert entries[member.name].object == f"{blake3.blake3(data).hexdigest()}.{metadata_key(st, [])}", member.name
+    return root, fs
+
+
 def test_object_names_of_times_past_64_bit_nanoseconds_match_the_python_metadata_key(tmp_path):
     """A time after 2262 (or before 1678) is more nanoseconds than 64 bits hold: ext4 keeps one to
     2446, and clamps a later one there.  The native pass wrapped such a time, so it named the
     object after a key no one else computes: fsck reported every such file's object as changed
     behind lamina, and --repair dropped its name, to no end.  (Found by the differential fuzzer,
     seed 20400.)"""
-    from lamina.store.objects import metadata_key, read_file_list
     members = [(ti("far/" + name, pax_headers={"mtime": mtime}), b"far %d" % i)
                for i, (name, mtime) in enumerate([("2286", "10000000000"), ("2286-ns", "10000000000.000000001"),
                                                   ("clamped", "9223372036854775807"), ("2261", "9200000000"),
                                                   # the key's other spellings: below zero, whole or not
                                                   ("1969", "-1.5"), ("1969-ns", "-0.000000001"),
                                                   ("1969-s", "-1"), ("epoch-ns", "0.000000007")])]
-    lay = ocibuild.Layout(tmp_path / "layout")
-    lay.image_of_tars([tarfile_bytes(members)], "far")
-    root = tmp_path / "root"
-    _copy(root, tmp_path / "layout", "far")
-    fs = _fs(root, _chains(root, "far:1")[0])
-    entries = {e.path: e for e in read_file_list(os.path.dirname(fs))}
+    root, fs = _objects_named_by_python_keys(tmp_path, members, "far")
     assert os.lstat(os.path.join(fs, "far/2286")).st_mtime_ns == 10**19  # past 2**63: what the test is about
-    for member, data in members:
-        st = os.lstat(os.path.join(fs, member.name))
-        assert entries[member.name].object == f"{blake3.blake3(data).hexdigest()}.{metadata_key(st, [])}", member.name
     _fsck_clean(root)
 
 
@@ -263,20 +271,12 @@ def test_native_metadata_keys_follow_every_change_of_mode_owner_and_mtime(tmp_pa
     """The native pass reuses a directory's last metadata key while mode, uid, gid and mtime stay
     the same: a change of any one of them, alone, between neighbours must give the file its own
     key (a cache that compares too little names an object after another file's metadata)."""
-    from lamina.store.objects import metadata_key, read_file_list
+    from lamina.store.objects import metadata_key
     # each directory: two files that differ in one field only, so they are neighbours in any listing order
     changes = {"mode": dict(mode=0o600), "uid": dict(uid=7), "gid": dict(gid=8), "mtime": dict(mtime=MTIME + 1)}
     members = [(ti(f"{field}/{n}", **kw), b"%s %s" % (field.encode(), n.encode()))
                for field, change in changes.items() for n, kw in (("a", {}), ("b", change))]
-    lay = ocibuild.Layout(tmp_path / "layout")
-    lay.image_of_tars([tarfile_bytes(members)], "keys")
-    root = tmp_path / "root"
-    _copy(root, tmp_path / "layout", "keys")
-    fs = _fs(root, _chains(root, "keys:1")[0])
-    entries = {e.path: e for e in read_file_list(os.path.dirname(fs))}
-    for (member, data) in members:
-        st = os.lstat(os.path.join(fs, member.name))
-        assert entries[member.name].object == f"{blake3.blake3(data).hexdigest()}.{metadata_key(st, [])}", member.name
+    root, fs = _objects_named_by_python_keys(tmp_path, members, "keys")
     assert len({metadata_key(os.lstat(os.path.join(fs, m.name)), []) for m, _ in members}) == 5  # a + 4 others
     _fsck_clean(root)
 
