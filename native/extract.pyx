@@ -2324,7 +2324,7 @@ cdef class Extractor:
         cdef int64_t t = _now_ns()
         self._drop_written()
         if not self.scan_only:
-            if self.early_pending and self.defer_lowers:
+            if self.early_pending:  # only ever while the layers below are unknown (_load_lowers settles it)
                 self._load_lowers("directories this layer implies take their metadata from the layers below")
             if self.overlay and not self.root_named:
                 self._root_from_below()
@@ -3542,18 +3542,7 @@ cdef class Extractor:
                 if ufd >= 0:
                     close(ufd)
                 ufd = nfd
-                for i in range(nl):
-                    fd = <int>lf[i]
-                    nfd = -1
-                    if fd >= 0 and not stop and i >= found:
-                        nfd = openat(fd, <bytes>c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                        if nfd < 0:
-                            stop = errno != ENOENT  # a file or whiteout here hides the layers below
-                        elif self._is_opaque(nfd):
-                            stop = True
-                    if fd >= 0:
-                        close(fd)
-                    lf[i] = nfd
+                self._descend_lowers(lf, <bytes>c, found, stop)
                 phys.append(c)
                 source.append(found)
             if lowers_out is not None and unknown_below:
@@ -4909,11 +4898,12 @@ cdef class Extractor:
         cdef stat st, lst
         cdef int fd, lfd, src, found
         cdef Py_ssize_t slash, i
+        cdef bytes path, base
         pending, self.early_pending = self.early_pending, {}
         for path, ident in pending.items():
-            slash = (<bytes>path).rfind(b"/")
-            base = (<bytes>path)[slash + 1:]
-            lowers = self._lower_merge((<bytes>path)[:slash] if slash > 0 else b"")
+            slash = path.rfind(b"/")
+            base = path[slash + 1:]
+            lowers = self._lower_merge(path[:slash] if slash > 0 else b"")
             fd = -1
             try:
                 found = -1
@@ -4921,7 +4911,7 @@ cdef class Extractor:
                     lfd = <int>lowers[i]
                     if lfd < 0:
                         continue
-                    if fstatat(lfd, <bytes>base, &lst, AT_SYMLINK_NOFOLLOW) == 0:
+                    if fstatat(lfd, base, &lst, AT_SYMLINK_NOFOLLOW) == 0:
                         found = i
                         break
                     if errno != ENOENT:
@@ -4933,14 +4923,14 @@ cdef class Extractor:
                                           "in the layers below")
                 if ident is None:
                     continue  # named by an entry of this layer
-                fd = self._plain_dir(self.rootfd, <bytes>path)
+                fd = self._plain_dir(self.rootfd, path)
                 if fd < 0 or fstat(fd, &st) < 0 or (st.st_dev, st.st_ino) != ident:
                     continue  # replaced or removed by an entry of this layer
                 if found < 0:
                     if fchmod(fd, 0o755 & ~self.umask) < 0:
                         self._oserror("chmod", path)
                     continue
-                src = openat(<int>lowers[found], <bytes>base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                src = openat(<int>lowers[found], base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                 if src < 0:
                     self._parent_error(path, path)
                 try:
@@ -4957,29 +4947,31 @@ cdef class Extractor:
     cdef list _lower_merge(self, bytes parent):
         """The layers below at ``parent`` (fds, topmost first; -1 where one does not show it), as
         _union_walk merges them under directories of this layer's own that no marker of it made
-        opaque (what an early directory's parents were): per component, each layer's directory
-        merges, down to a layer with a non-directory or whiteout there (that one and those under
-        it show nothing) or an opaque one (those under it show nothing)."""
-        cdef int i, fd, nfd
-        cdef bint stop
+        opaque (what an early directory's parents were), one _descend_lowers per component."""
         lf = [dup(<int>x) for x in self.lower_fds]
         for c in parent.split(b"/"):
-            if not c:
-                continue
-            stop = False
-            for i in range(len(lf)):
-                fd = <int>lf[i]
-                nfd = -1
-                if fd >= 0 and not stop:
-                    nfd = openat(fd, <bytes>c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                    if nfd < 0:
-                        stop = errno != ENOENT
-                    elif self._is_opaque(nfd):
-                        stop = True
-                if fd >= 0:
-                    close(fd)
-                lf[i] = nfd
+            if c:
+                self._descend_lowers(lf, <bytes>c, 0, False)
         return lf
+
+    cdef _descend_lowers(self, list lf, bytes c, int first, bint stop):
+        """``lf`` (the layers below at a directory, topmost first, -1 where one shows nothing) one
+        component down, into ``c``: each layer from ``first`` merges its directory ``c`` there,
+        down to a layer with a non-directory or whiteout there (it and those under it show
+        nothing) or an opaque one (those under it show nothing); ``stop``: none does."""
+        cdef int i, fd, nfd
+        for i in range(len(lf)):
+            fd = <int>lf[i]
+            nfd = -1
+            if fd >= 0 and not stop and i >= first:
+                nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                if nfd < 0:
+                    stop = errno != ENOENT  # a file or whiteout here hides the layers below
+                elif self._is_opaque(nfd):
+                    stop = True
+            if fd >= 0:
+                close(fd)
+            lf[i] = nfd
 
     cdef _add_lowers(self, dirs):
         """Open the layer dirs below (given bottom first), kept topmost first."""
@@ -5569,7 +5561,7 @@ cdef class Extractor:
         cdef stat st
         cdef timespec ts[2]
         parent = path[:slash] if slash > 0 else b""
-        if self.early_pending and self.defer_lowers:
+        if self.early_pending:
             # what a whiteout or marker does depends on the implied directories' metadata, as
             # the layers below give it: settled now, as the copy-up would have had it by then
             self._load_lowers(f"entry {_show(name)}: a whiteout, after directories this layer implies")

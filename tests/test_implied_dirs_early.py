@@ -64,9 +64,7 @@ def both_ways(tmp_path, lowers, top):
         try:
             apply(top_p, dest, format="overlay", **kw)
             out.append(_layer_tree(dest, since))
-        except errors.NeedsLowers as e:
-            out.append(e)
-        except errors.LaminaError as e:
+        except (errors.NeedsLowers, errors.LaminaError) as e:  # ImpliedDirMoved, or the entry refused
             out.append(e)
     return out[0], out[1], asked
 
