@@ -11,13 +11,18 @@ Three measurements, on a scratch dir (tmpfs by default, so the disk does not set
    walk that swaps duplicates and plans new objects), sync (including the wait for the other
    layers' writers), claim (the renames into objects/ after the sync), finish (the extractor's
    leftover names and the file list).  Wall seconds, per layer thread.
-3. ``inline``: the ``Extractor`` alone (one thread, CPU seconds) on the image's uncompressed
+3. ``pull``: what the issue names first, a cold ``lamina pull REF`` + ``lamina unpack REF DEST``
+   from a loopback docker-registry (bench/pull.py's), dedup on vs off, interleaved; once per
+   ``--pull-rates`` entry in MB/s: 0 is the registry directly (CPU-bound: dedup's CPU shows in
+   the wall), a rate goes through bench/linkproxy.py's shared link (what a real pull meets).
+4. ``inline``: the ``Extractor`` alone (one thread, CPU seconds) on the image's uncompressed
    layers held in memory, with and without ``hash_files_into``; and blake3 alone over the same
    files' bytes in memory.  With minus without is what the writer pays inline; minus blake3,
    what naming each file in ``hashed/`` costs (flistxattr + linkat).
 
     python3 bench/dedup_cost.py [--image oci:DIR:TAG] [--runs 5] [--work /dev/shm/lamina-dedup-cost]
-                                [--only runs,pass,inline] [--json FILE]
+                                [--only runs,pass,pull,inline] [--pull-rates 0,40]
+                                [--json FILE]
 
 Run as root (the image has root-owned files).  Uses the ``lamina`` of the running interpreter.
 """
@@ -126,6 +131,65 @@ def pass_phases(work, image):
     return doc
 
 
+def pull_runs(work, image, n, rates):
+    """{"RATE": {"on"|"off": {"pull_wall", "pull_cpu", "both_wall", "both_cpu", "raw"}}}: cold pulls
+    (+ unpack) through a loopback registry, directly (rate 0) or through a shared link of ``rate`` MB/s."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from linkproxy import LinkProxy
+    from pull import LoopbackRegistry
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    reg = LoopbackRegistry(work)
+    out = {}
+    try:
+        subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", image,
+                        f"docker://{reg.host}/bench:latest"], check=True)
+        for rate in rates:
+            proxy = LinkProxy(reg.host, rate * 1e6) if rate else None
+            ref = f"{proxy.host if proxy else reg.host}/bench:latest"
+            res = {"off": [], "on": []}
+            try:
+                for k in range(n + 1):  # run 0: a warm-up of each, not counted
+                    for mode in (("on", "off") if k % 2 == 0 else ("off", "on")):
+                        run = os.path.join(work, "run")
+                        shutil.rmtree(run, ignore_errors=True)
+                        os.makedirs(run)
+                        env = dict(os.environ, LAMINA_ROOT=os.path.join(run, "store"))
+                        subprocess.run(LAMINA + ["config", "set", "dedup", "true" if mode == "on" else "false"],
+                                       env=env, check=True, stdout=subprocess.DEVNULL)
+                        os.sync()
+                        r = {"pull": timed(LAMINA + ["pull", "-q", ref], env),
+                             "unpack": timed(LAMINA + ["unpack", ref, os.path.join(run, "dest")], env)}
+                        shutil.rmtree(run, ignore_errors=True)
+                        print(f"  {rate or 'unlimited'} MB/s {'warm-up' if k == 0 else f'run {k}'} dedup {mode:3}: "
+                              f"pull {r['pull'][0]:.2f} s wall {r['pull'][1]:.2f} CPU-s, + unpack "
+                              f"{r['pull'][0] + r['unpack'][0]:.2f} / {r['pull'][1] + r['unpack'][1]:.2f}  "
+                              f"(load {os.getloadavg()[0]:.1f})", flush=True)
+                        if k:
+                            res[mode].append(r)
+            finally:
+                if proxy:
+                    proxy.stop()
+            out[f"{rate:g}"] = {mode: {"pull_wall": statistics.median(r["pull"][0] for r in rs),
+                                "pull_cpu": statistics.median(r["pull"][1] for r in rs),
+                                "both_wall": statistics.median(r["pull"][0] + r["unpack"][0] for r in rs),
+                                "both_cpu": statistics.median(r["pull"][1] + r["unpack"][1] for r in rs),
+                                "raw": rs} for mode, rs in res.items()}
+    finally:
+        reg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def report_costs(rows, label_of):
+    """One line per (what, label): off and on medians, and what dedup adds in wall and CPU."""
+    for what, label in label_of:
+        off_w, on_w = rows["off"][f"{what}_wall"], rows["on"][f"{what}_wall"]
+        off_c, on_c = rows["off"][f"{what}_cpu"], rows["on"][f"{what}_cpu"]
+        print(f"{label:>20}: off {off_w:.2f} s / {off_c:.2f} CPU-s, on {on_w:.2f} s / {on_c:.2f} CPU-s: "
+              f"dedup costs {100 * (on_w / off_w - 1):+.1f}% wall, {100 * (on_c / off_c - 1):+.1f}% CPU")
+
+
 def layer_tars(image):
     """The image's uncompressed layers (bytes), bottom first, read from its OCI layout."""
     if not image.startswith("oci:"):
@@ -207,7 +271,9 @@ def main():
     ap.add_argument("--image", default=f"oci:{CACHE}/image:bench")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--work", default="/dev/shm/lamina-dedup-cost")
-    ap.add_argument("--only", default="runs,pass,inline", help="comma-separated: runs, pass, inline")
+    ap.add_argument("--only", default="runs,pass,pull,inline", help="comma-separated: runs, pass, pull, inline")
+    ap.add_argument("--pull-rates", default="0,40", metavar="RATES",
+                    help="pull: comma-separated MB/s of the shared link, 0 = the registry directly (default 0,40)")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     parts = set(args.only.split(","))
@@ -215,14 +281,17 @@ def main():
     if "runs" in parts:
         print(f"cold copy (+ unpack), dedup on vs off, {args.runs} interleaved runs:")
         r = report["runs"] = runs(args.work, args.image, args.runs)
-        for what, label in (("copy", "copy"), ("both", "copy + unpack")):
-            off_w, on_w = r["off"][f"{what}_wall"], r["on"][f"{what}_wall"]
-            off_c, on_c = r["off"][f"{what}_cpu"], r["on"][f"{what}_cpu"]
-            print(f"{label:>14}: off {off_w:.2f} s / {off_c:.2f} CPU-s, on {on_w:.2f} s / {on_c:.2f} CPU-s: "
-                  f"dedup costs {100 * (on_w / off_w - 1):+.1f}% wall, {100 * (on_c / off_c - 1):+.1f}% CPU")
+        report_costs(r, (("copy", "copy"), ("both", "copy + unpack")))
     if "pass" in parts:
         print("the dedup pass of a cold copy, per layer (wall, in each layer's thread):")
         report["pass"] = pass_phases(os.path.join(args.work, "pass"), args.image)
+    if "pull" in parts:
+        rates = [float(x) for x in args.pull_rates.split(",")]
+        print(f"cold pull (+ unpack) from a loopback registry, dedup on vs off, {args.runs} interleaved runs:")
+        r = report["pull"] = pull_runs(os.path.join(args.work, "pull"), args.image, args.runs, rates)
+        for rate, rows in r.items():
+            link = f"{rate} MB/s" if float(rate) else "unlimited"
+            report_costs(rows, (("pull", f"{link} pull"), ("both", f"{link} + unpack")))
     if "inline" in parts:
         print(f"the extractor alone (CPU-s of its thread), {args.runs} runs:")
         m = report["inline"] = inline(os.path.join(args.work, "inline"), args.image, args.runs)

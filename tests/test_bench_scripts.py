@@ -51,9 +51,11 @@ def test_micro_benches_run_once_each(tmp_path):
     assert int(summary.split()[0]) >= 10
 
 
-def test_dedup_cost_measures_runs_pass_and_inline(tmp_path):
+def test_dedup_cost_measures_runs_pass_pull_and_inline(tmp_path):
+    require_tool("docker-registry")
+    require_tool("skopeo")
     out = script("dedup_cost.py", "--image", SAMPLE_SRC, "--runs", "1", "--work", tmp_path / "work",
-                 "--json", tmp_path / "cost.json")
+                 "--pull-rates", "0,50", "--json", tmp_path / "cost.json")
     doc = json.load(open(tmp_path / "cost.json"))
     for mode in ("on", "off"):
         r = doc["runs"][mode]
@@ -65,7 +67,14 @@ def test_dedup_cost_measures_runs_pass_and_inline(tmp_path):
         parts = lay["plan_seconds"] + lay["sync_seconds"] + lay["claim_seconds"] + lay["finish_seconds"]
         assert abs(parts - lay["seconds"]) < 1e-6, lay
     assert doc["inline"]["blake3"] > 0 and doc["inline"]["hashed"] > 0
+    assert set(doc["pull"]) == {"0", "50"}, doc["pull"].keys()
+    for rate, rows in doc["pull"].items():
+        for mode in ("on", "off"):
+            r = rows[mode]
+            assert len(r["raw"]) == 1 and 0 < r["pull_wall"] < r["both_wall"] and 0 < r["pull_cpu"] < r["both_cpu"], r
+    assert re.search(r"^ +50 MB/s pull: off .* dedup costs [-+]\d", out, re.M), out
     assert "dedup costs" in out and not os.path.exists(tmp_path / "work" / "on")
+    assert not os.path.exists(tmp_path / "work" / "pull")
 
 
 def test_rebuilt_ab_times_the_rebuilt_copy_for_each_build(tmp_path):
