@@ -66,6 +66,35 @@ def test_rate_falls_to_zero_when_the_transfer_stalls():
     assert layer.render(80, 6.5).split() == ["dddddddddddd:", "Extracting", "1.5s"]
 
 
+def test_extracting_shows_the_bytes_the_extraction_read_with_a_rate_that_falls_when_it_stalls():
+    MB = 1000 * 1000
+    layer = LayerProgress("sha256:" + "f" * 64, 100 * MB, now=0.0)
+    layer.set_status("Downloading", 0.0)
+    layer.set_done(80 * MB, 1.0)
+    layer.set_extracted(30 * MB, 1.0)       # extraction trails the download: the line shows the download
+    assert "Downloading" in layer.render(100, 1.0) and "80MB/100MB" in layer.render(100, 1.0)
+    layer.set_done(100 * MB, 2.0)
+    layer.set_status("Extracting", 2.0)
+    for i in range(1, 21):
+        layer.set_extracted((30 + i) * MB, 1.0 + i / 10)   # 10 MB/s for two seconds
+    text = layer.render(100, 3.0)
+    assert text.split()[:2] == ["ffffffffffff:", "Extracting"], text
+    assert "[" in text and "50MB/100MB" in text and "10MB/s" in text, text
+    assert layer.rate(3.0) == pytest.approx(10 * MB, rel=0.05)
+    assert layer.rate(3.0 + RATE_WINDOW + 0.1) == 0   # stalled (waiting for the layers below): 0, not frozen
+    assert len(layer.render(30, 3.0)) <= 30 and layer.render(30, 3.0).startswith("ffffffffffff:")
+
+
+def test_an_extraction_that_starts_late_is_not_averaged_over_its_wait():
+    MB = 1000 * 1000
+    layer = LayerProgress("sha256:" + "9" * 64, 100 * MB, now=0.0)
+    layer.set_status("Extracting", 0.0)    # waiting for the layers below: nothing read yet
+    assert layer.render(100, 9.0).split() == ["999999999999:", "Extracting", "9.0s"]
+    layer.set_extracted(5 * MB, 10.0)
+    layer.set_extracted(7 * MB, 10.5)
+    assert layer.rate(10.5) == pytest.approx(4 * MB)   # not 7 MB over 10.5 s
+
+
 @pytest.mark.parametrize("width", [20, 32, 40, 60, 100])
 def test_lines_fit_the_terminal_and_keep_the_id_whole(width):
     layer = LayerProgress("sha256:" + "e" * 64, 123_456_789, now=0.0)
@@ -99,15 +128,31 @@ def test_live_pull_on_a_narrow_terminal(reg, image, registry_env):  # noqa: F811
 
 
 class _Recorder(Reporter):
-    """Every layer's states, in the order they were reported."""
+    """Every layer's states, in the order they were reported, and its extraction's progress."""
 
     def __init__(self):
-        self.states = {}
+        self.states, self.extract = {}, {}
         self._lock = threading.Lock()
 
     def state(self, digest, status):
         with self._lock:
             self.states.setdefault(digest, []).append(status)
+
+    def extracted(self, digest, done, total):
+        with self._lock:
+            self.extract.setdefault(digest, []).append((done, total))
+
+
+def _check_extract_progress(rec, image, sizes):
+    """Each layer's extraction reported its progress: rising, in bytes of the blob, to all of it."""
+    for d in image:
+        seen = rec.extract.get(d)
+        assert seen, (d, rec.extract.keys())
+        dones = [done for done, _ in seen]
+        assert all(total == sizes[d] for _, total in seen)
+        assert dones[-1] == sizes[d], (d, dones[-5:], sizes[d])
+        # a layer read twice (the top-down scan, then applied) reports only the applying read
+        assert dones == sorted(dones), dones
 
 
 def _phases(states):
@@ -121,9 +166,10 @@ def _phases(states):
 
 def test_pull_reports_download_extract_complete_per_layer(reg, image, registry_env):  # noqa: F811
     rec = _Recorder()
-    pull(f"{reg.host}/order:1", store=Store(registry_env / "root"), reporter=rec)
+    result = pull(f"{reg.host}/order:1", store=Store(registry_env / "root"), reporter=rec)
     assert {d: _phases(rec.states.get(d, [])) for d in image} == \
            {d: ["Downloading", "Extracting", "Pull complete"] for d in image}
+    _check_extract_progress(rec, image, {layer.digest: layer.size for layer in result.layers})
 
 
 def test_unpack_docker_reports_download_extract_complete_per_layer(reg, image, registry_env, tmp_path):  # noqa: F811
@@ -136,3 +182,4 @@ def test_unpack_docker_reports_download_extract_complete_per_layer(reg, image, r
     assert stats.layers[0].entries == 1
     assert {d: _phases(rec.states.get(d, [])) for d in image} == \
            {d: ["Downloading", "Extracting", "Pull complete"] for d in image}
+    _check_extract_progress(rec, image, {layer.digest: layer.size for layer in source.image.layers})

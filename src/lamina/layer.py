@@ -77,7 +77,7 @@ def _check_cancelled(what):
 def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_type=None, limits=None,
                 name=None, lower_dirs=None, hash_blob=True, hidden=None, defer_lowers=False,
                 lowers_provider=None, lower_shared=None, hash_files_into=None, link_objects=None,
-                early_dirs=False) -> ApplyStats:
+                early_dirs=False, progress=None) -> ApplyStats:
     """Apply one layer blob (gzip, zstd or plain tar) onto ``dest``.
 
     ``layer`` is a path or a binary file object.  ``digest`` / ``diff_id``,
@@ -104,6 +104,8 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     written gets a second name there carrying its blake3 (see Extractor).
     ``link_objects`` (with it: the store's ``objects/blake3``): a file the store
     has an object for is named by a link to that object, not written (see Extractor).
+    ``progress(n)`` is called as the extraction goes, on its thread, with the bytes of the
+    blob (compressed, as a download counts them) read so far, and once more at the end.
     """
     if not hash_blob and digest is not None:
         raise ValueError("apply_layer: digest given but hash_blob=False")
@@ -119,7 +121,7 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
                           lowers=[os.fspath(d) for d in lower_dirs or ()], defer_lowers=defer_lowers,
                           lowers_provider=lowers_provider, lower_shared=lower_shared,
                           hash_files_into=hash_files_into, link_objects=link_objects, early_dirs=early_dirs)
-    return _run(layer, extractor, diff_id, digest, media_type, name, hash_blob)
+    return _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, progress=progress)
 
 
 def check_not_symlink(dest):
@@ -145,7 +147,7 @@ def scan_layer(layer, *, diff_id=None, digest=None, media_type=None, limits=None
     return stats, (extractor.scan_at, extractor.scan_below)
 
 
-def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=True):
+def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=True, progress=None):
     """``writes=False``: the extractor only scans (its bookkeeping is parse, not write)."""
     for d, label in ((digest, "digest"), (diff_id, "diff_id")):
         if d is not None:
@@ -161,7 +163,7 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=
             compression.check_media_type(kind, media_type, what, head)
         run = _native if _use_native(kind) else _python
         try:
-            stats, counts = run(raw, head, kind, _TimedFeed(extractor, writes), what, t0, hash_blob)
+            stats, counts = run(raw, head, kind, _TimedFeed(extractor, writes), what, t0, hash_blob, progress)
         except (errors.InvalidArchiveError, errors.ExtractError) as e:
             if kind == "none" and extractor.entries == 0 and isinstance(e, errors.InvalidArchiveError):
                 _refuse_foreign(head, what, e)
@@ -230,7 +232,7 @@ def _blob_fd(raw):
     return None
 
 
-def _native(raw, head, kind, feed, what, t0, hash_blob):
+def _native(raw, head, kind, feed, what, t0, hash_blob, progress=None):
     """Stage 1 in lamina._pipeline's thread, the extractor (``feed``) on the caller's thread."""
     stage1 = _pipeline.Timeline("lamina-inflate", "inflate", t0)
     stage2 = feed.timeline = _pipeline.Timeline(threading.current_thread().name, "parse", t0)
@@ -254,7 +256,11 @@ def _native(raw, head, kind, feed, what, t0, hash_blob):
             if chunk is False:  # a slow stream: nothing for 0.1 s
                 continue
             feed(chunk)
+            if progress is not None:
+                progress(stage.compressed_bytes)
         counts = feed.finish()
+        if progress is not None:
+            progress(stage.compressed_bytes)
     except BaseException:
         # a reader stuck in a Python stream's read (its writer stalled) must not keep an
         # interrupted or failed caller waiting: leave the daemon thread to end on its own
@@ -412,7 +418,7 @@ def _check_digest(what, expected, actual):
         raise errors.DigestMismatchError(what, expected, actual)
 
 
-def _python(raw, head, kind, feed, what, t0, hash_blob):
+def _python(raw, head, kind, feed, what, t0, hash_blob, progress=None):
     """Reader+inflate thread, hasher thread, and the extractor (``feed``) on the caller's thread."""
     reader_tl = _pipeline.Timeline("lamina-inflate", "inflate", t0)
     hasher_tl = _pipeline.Timeline("lamina-hash", "hash_tar", t0)
@@ -477,7 +483,11 @@ def _python(raw, head, kind, feed, what, t0, hash_blob):
                 hasher.tar_bytes(item)  # waits while the hasher's queue is full
                 caller_tl.step("wait", t)
             feed(item)
+            if progress is not None:
+                progress(reader.count)
         counts = feed.finish()
+        if progress is not None:
+            progress(reader.count)
         t = time.perf_counter()
     finally:
         stop.set()

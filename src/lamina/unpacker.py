@@ -124,7 +124,7 @@ def _apply(layer, count, target, format, limits, hidden=None, lower_dirs=None, d
                             media_type=layer.media_type, limits=limits, name=_layer_name(layer, count),
                             hidden=hidden,
                             lower_dirs=lower_dirs, defer_lowers=defer_lowers, lowers_provider=lowers_provider,
-                            early_dirs=early_dirs)
+                            early_dirs=early_dirs, progress=getattr(layer, "progress", None))
     trace.event("applied", layer=layer.index)
     return stats
 

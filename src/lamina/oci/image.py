@@ -13,7 +13,8 @@ class LayerRef:
 
     ``digest`` is the blob digest when the source knows it (OCI layouts,
     newer docker save); legacy docker-archive layers are only known by their
-    ``diff_id``, which apply_layer verifies.
+    ``diff_id``, which apply_layer verifies.  ``progress``: apply_layer's, for a
+    source that shows how far each layer's extraction is (a registry's pull display).
     """
     index: int
     diff_id: str
@@ -21,6 +22,7 @@ class LayerRef:
     size: Optional[int]
     media_type: Optional[str]
     _opener: Callable = field(repr=False)
+    progress: Optional[Callable] = field(default=None, repr=False, compare=False)
 
     def open(self):
         """A fresh binary file object of the layer blob (independent of other opens)."""

@@ -30,7 +30,10 @@ class Reporter:
         Extracting, Pull complete, Already exists, Pushing, Pushed, Layer already exists, Mounted from X."""
 
     def progress(self, digest, done, total):
-        pass
+        """Bytes of the blob downloaded (or pushed)."""
+
+    def extracted(self, digest, done, total):
+        """Bytes of the blob the extraction has read (it may trail the download or follow it)."""
 
     def close(self):
         pass
@@ -82,29 +85,31 @@ RATE_WINDOW = 2.0      # seconds of samples a transfer rate is computed over
 _BAR = 24
 
 
-class LayerProgress:
-    """One layer's line: status, bytes, and a rate over the last RATE_WINDOW seconds only, so a
-    stalled transfer shows its rate falling to 0 instead of the last value, frozen."""
+class _Counter:
+    """Bytes done so far, and their rate over the last RATE_WINDOW seconds only, so that a
+    stalled transfer shows its rate falling to 0 instead of the last value, frozen.  The rate
+    counts from its first sample on: a transfer from when it starts (``start``), an extraction
+    from its first report, so that neither is averaged over the wait before it (a download
+    queued behind others; an extraction waiting for its download or the layers below)."""
 
-    def __init__(self, digest, size, now):
-        self.digest, self.short, self.size = digest, short_id(digest), size
-        self.status, self.done, self.since = "Waiting", 0, now
-        self._samples = collections.deque([(now, 0)])
+    def __init__(self):
+        self.done = 0
+        self._samples = collections.deque()
 
-    def set_status(self, status, now):
-        if status != self.status:
-            self.status, self.since = status, now
+    def start(self, now):
+        if not self._samples:
+            self._samples.append((now, self.done))
 
-    def set_done(self, done, now):
+    def set(self, done, now):
         self.done = done
-        if now - self._samples[-1][0] >= 0.05:
+        if not self._samples or now - self._samples[-1][0] >= 0.05:
             self._samples.append((now, done))
 
     def rate(self, now):
-        """Bytes per second while downloading (None before there is anything to say)."""
-        if self.status not in ("Downloading", "Pushing"):
-            return None
+        """Bytes per second (None before there is anything to say)."""
         samples = self._samples
+        if not samples:
+            return None
         while len(samples) > 1 and samples[1][0] <= now - RATE_WINDOW:
             samples.popleft()
         t0, d0 = samples[0]
@@ -112,21 +117,62 @@ class LayerProgress:
             return None
         return max(self.done - d0, 0) / (now - t0)
 
+
+class LayerProgress:
+    """One layer's line: status, and while bytes move (Downloading, Pushing, Extracting) a bar,
+    the bytes and their recent rate; Extracting counts the blob's bytes the extraction has
+    read, as docker does, which trail the download when both run at once."""
+
+    def __init__(self, digest, size, now):
+        self.digest, self.short, self.size = digest, short_id(digest), size
+        self.status, self.since = "Waiting", now
+        self._transfer, self._extract = _Counter(), _Counter()
+
+    @property
+    def done(self):
+        return self._transfer.done
+
+    def set_status(self, status, now):
+        if status != self.status:
+            self.status, self.since = status, now
+        if status in ("Downloading", "Pushing"):
+            self._transfer.start(now)
+
+    def set_done(self, done, now):
+        self._transfer.set(done, now)
+
+    def set_extracted(self, done, now):
+        self._extract.set(done, now)
+
+    def _counter(self):
+        """The counter the status shows, if it shows one."""
+        if self.status in ("Downloading", "Pushing"):
+            return self._transfer
+        if self.status == "Extracting" and self._extract.done:
+            return self._extract
+        return None
+
+    def rate(self, now):
+        """Bytes per second of what the status shows (None before there is anything to say)."""
+        counter = self._counter()
+        return counter.rate(now) if counter is not None else None
+
     def render(self, width, now):
         """The line, at most ``width`` columns; the short id is never cut (the tail is dropped first)."""
         from ..cli.output import human_size
         head = f"{self.short}: {self.status}"
+        counter = self._counter()
         if is_final(self.status) or self.status == "Waiting":
             pieces = []
-        elif self.status in ("Downloading", "Pushing") and self.size:
-            frac = min(self.done / self.size, 1.0)
+        elif counter is not None and self.size:
+            frac = min(counter.done / self.size, 1.0)
             fill = int(frac * _BAR)
             bar = "[" + "=" * fill + (">" if fill < _BAR else "") + " " * max(_BAR - fill - 1, 0) + "]"
-            sizes = f"{human_size(self.done, 3)}/{human_size(self.size, 3)}"
-            rate = self.rate(now)
+            sizes = f"{human_size(counter.done, 3)}/{human_size(self.size, 3)}"
+            rate = counter.rate(now)
             speed = f"{human_size(rate, 3)}/s" if rate is not None else ""
             pieces = [[bar, sizes, speed], [sizes, speed], [sizes]]
-        else:   # Extracting, Verifying Checksum, Retrying...: how long it has been at it
+        else:   # Extracting before its first bytes, Verifying Checksum, Retrying...: how long it has been at it
             pieces = [[f"{now - self.since:.1f}s"]]
         for extra in pieces:
             for h in (f"{head:<32}", head):   # aligned columns if they fit, else just the facts
@@ -188,6 +234,11 @@ class RichReporter(Reporter):
         layer = self._layers.get(digest)
         if layer is not None:
             layer.set_done(done, self._clock())
+
+    def extracted(self, digest, done, total):
+        layer = self._layers.get(digest)
+        if layer is not None:
+            layer.set_extracted(done, self._clock())
 
     def close(self):
         with self._lock:

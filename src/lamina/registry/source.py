@@ -102,7 +102,8 @@ class RegistrySource(Source):
         with self._lock:
             self._read_ahead()
         config = parse_config(fetch_config(r.repos, cdesc), f"config {cdesc.digest}", len(manifest.layers))
-        layers = [LayerRef(i, config.diff_ids[i], d.digest, d.size, d.media_type, lambda i=i: self._open(i))
+        layers = [LayerRef(i, config.diff_ids[i], d.digest, d.size, d.media_type, lambda i=i: self._open(i),
+                           progress=lambda done, d=d: self.reporter.extracted(d.digest, done, d.size))
                   for i, d in enumerate(manifest.layers)]
         self.image = ResolvedImage(config=config.raw, config_digest=cdesc.digest, layers=layers,
                                    manifest_digest=mr.digest, manifest=mr.document,

@@ -129,7 +129,7 @@ def list_chain_ids(paths):
 
 
 def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lowers=False, lowers_provider=None,
-             hash_files_into=None, lower_shared=None, link_objects=None, early_dirs=False):
+             hash_files_into=None, lower_shared=None, link_objects=None, early_dirs=False, progress=None):
     """Apply one layer blob into ``fs`` (overlay format), verifying digest and diffID.
 
     A separate function so that tests can count how often extraction really happens.
@@ -140,7 +140,8 @@ def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lower
     return apply_layer(blob if hasattr(blob, "read") else os.fspath(blob), os.fspath(fs), format="overlay", diff_id=diff_id, hash_blob=False,
                        media_type=media_type, name=f"layer {digest}", lower_dirs=lower_dirs,
                        defer_lowers=defer_lowers, lowers_provider=lowers_provider, lower_shared=lower_shared,
-                       hash_files_into=hash_files_into, link_objects=link_objects, early_dirs=early_dirs)
+                       hash_files_into=hash_files_into, link_objects=link_objects, early_dirs=early_dirs,
+                       progress=progress)
 
 
 def _dedup_shared(paths, fs, chain=None):
@@ -252,7 +253,8 @@ def _present(paths, chain):
 
 
 def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, *, defer=False,
-           source=None, before_commit=None, wait_lowers=None, tree_ready=None, before_publish=None):
+           source=None, before_commit=None, wait_lowers=None, tree_ready=None, before_publish=None,
+           progress=None):
     """Extract the layer into ``snapshots/<chainID>`` unless it is there; return its ``fs`` dir.
 
     The snapshots below must exist, unless ``defer``: then the layer is
@@ -279,6 +281,8 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
     below, handed over before its commit, failed).  A snapshot is never
     committed before the snapshots below it: a pull that hands lowers over
     early waits for their commits there.
+
+    ``progress(n)``: the blob's bytes the extraction has read so far (see apply_layer).
     """
     _digest.validate(layer_digest, "layer digest")
     chain = chain_id_of(diff_id, parent_chain_id)
@@ -359,7 +363,7 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                                      link_objects=_objects.linkable_dir(paths, hashed),
                                      lower_shared=lambda fs: pause_writing(
                                          lambda: _dedup_shared(paths, fs, opened.get(fs))),
-                                     early_dirs=early)
+                                     early_dirs=early, progress=progress)
                     break
                 except ImpliedDirMoved:
                     if source is not None or not early:

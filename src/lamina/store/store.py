@@ -419,16 +419,17 @@ class Store:
     # --- snapshots ------------------------------------------------------------------
 
     def ensure_snapshot(self, layer_digest, diff_id, parent_chain_id=None, media_type=None, *, defer=False,
-                        wait_lowers=None):
+                        wait_lowers=None, progress=None):
         """The layer's snapshot dir, extracted if missing.  The snapshots below must exist,
         unless ``defer``: then, should the layer need them, ``wait_lowers()`` is called to
-        wait for them (see snapshots.ensure), or NeedsLowers raised."""
+        wait for them (see snapshots.ensure), or NeedsLowers raised.  ``progress(n)``: the
+        blob's bytes the extraction has read so far (see apply_layer)."""
         chain = _snapshots.chain_id_of(diff_id, parent_chain_id)
         if not self.writable and self._snapshot_complete(chain):
             return self.paths.snapshot(chain) / "fs"   # only read: an up-to-date pull of a read-only store
         self._take_lease()
         fs = _snapshots.ensure(self.paths, layer_digest, diff_id, parent_chain_id, media_type, defer=defer,
-                               wait_lowers=wait_lowers)
+                               wait_lowers=wait_lowers, progress=progress)
         self.dedup(chain)
         return fs
 

@@ -129,7 +129,7 @@ class IngestTee(io.RawIOBase):
 
 
 def ensure_streaming(paths, source, layer_digest, diff_id, parent_chain_id=None, media_type=None, *,
-                     before_commit, wait_lowers=None, tree_ready=None, before_publish=None):
+                     before_commit, wait_lowers=None, tree_ready=None, before_publish=None, progress=None):
     """Extract the blob read from ``source`` into ``snapshots/<chainID>``; return its ``fs`` dir.
 
     ``before_commit()`` runs once the diffID verified, before the snapshot is
@@ -138,9 +138,9 @@ def ensure_streaming(paths, source, layer_digest, diff_id, parent_chain_id=None,
     When the layer needs snapshots below it that are not there yet, waits for
     them with ``wait_lowers()`` (the download of this layer pauses meanwhile),
     or raises NeedsLowers (having read part of ``source``) without it.
-    ``tree_ready`` and ``before_publish``: see snapshots.ensure (a pull hands a
+    ``tree_ready``, ``before_publish`` and ``progress``: see snapshots.ensure (a pull hands a
     layer's final tree to the layers above before its commit).
     """
     return _snap.ensure(paths, layer_digest, diff_id, parent_chain_id, media_type, defer=True,
                         source=source, before_commit=before_commit, wait_lowers=wait_lowers,
-                        tree_ready=tree_ready, before_publish=before_publish)
+                        tree_ready=tree_ready, before_publish=before_publish, progress=progress)
