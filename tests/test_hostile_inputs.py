@@ -253,6 +253,60 @@ def test_a_member_the_archive_holds_twice_is_refused(root, tmp_path, twice):  # 
     _unchanged(root, before)
 
 
+def _tar_with_links(path, members):
+    """A tar of (name, bytes | ("symlink", target)) in order."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(data, tuple):
+                info.type, info.linkname = tarfile.SYMTYPE, data[1]
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("target, where", [
+    ("../../../etc/passwd", "out of the archive"),
+    ("/etc/passwd", "out of the archive"),
+    ("../../l", "out of the archive"),
+    ("gone.tar", "which the archive does not hold"),
+])
+def test_a_layer_member_that_is_a_dangling_symlink_is_named_with_where_it_points(root, tmp_path, target, where):  # noqa: F811
+    """A docker-archive whose layer member is a symlink pointing out of the archive (or to a member
+    it lacks) was refused with "l/layer.tar not found", as if the manifest named a member the
+    archive has not: the error names the symlink and where it points.  (Targets are read inside the
+    archive, as docker's load resolves them in scope: ``/etc/passwd`` is the member ``etc/passwd``.)"""
+    members, manifest = _legacy_members("dangling:1")
+    members = [(n, ("symlink", target) if n == "l/layer.tar" else d) for n, d in members]
+    archive = _tar_with_links(tmp_path / "dangling.tar", members + [("manifest.json", manifest)])
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive,
+          match=f"{archive}: member l/layer.tar is a symlink to {target!r}, {where}")
+    _unchanged(root, before)
+
+
+def test_an_oci_archive_blob_that_is_a_symlink_out_of_the_archive_is_named(root, tmp_path):  # noqa: F811
+    """The same for a layout inside the archive: the blob's member is named with its target."""
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"a": b"A"}])
+    lay.add(m, "linked:1")
+    layer = lay.read_json(m["digest"])["layers"][0]["digest"]
+    members = []
+    for d, _, files in os.walk(lay.root):
+        for f in sorted(files):
+            rel = os.path.relpath(os.path.join(d, f), lay.root)
+            members.append((rel, open(os.path.join(d, f), "rb").read()))
+    rel = "blobs/sha256/" + layer[7:]
+    members = [(n, ("symlink", "../../../outside.tar") if n == rel else d) for n, d in members]
+    archive = _tar_with_links(tmp_path / "linked.tar", members)
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive,
+          match=f"blob {layer}: {archive}: member {rel} is a symlink to '../../../outside.tar', out of the archive")
+    _unchanged(root, before)
+
+
 # --- a layout as a destination -------------------------------------------------------------------
 
 

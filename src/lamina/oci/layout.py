@@ -243,7 +243,9 @@ class OCILayout(Source):
     def _layer_size(self, which, ldesc):
         try:
             return self.store.size(ldesc.digest)
-        except BlobNotFoundError:
+        except BlobNotFoundError as e:
+            if getattr(e, "dangling", False):
+                raise BlobNotFoundError(f"{which}: {e}") from None
             if ldesc.media_type in mt.FOREIGN_LAYER_TYPES or ldesc.urls:
                 raise BlobNotFoundError(
                     f"{which} ({ldesc.digest}) is a non-distributable layer absent from {self.description};"
