@@ -411,9 +411,15 @@ class Puller:
     # --- the whole pull ------------------------------------------------------------------------------
 
     def run(self) -> PullResult:
+        from ..store import imports as _imports, snapshots as _snapshots
         t0 = time.monotonic()
+        dropped = _snapshots.dropped_dedups()
         try:
             return self._run(t0)
+        except BaseException:
+            if _snapshots.dropped_dedups() != dropped:
+                _imports.drop_unused_objects(self.store)
+            raise
         finally:
             self.reporter.close()
             if self._own_client:

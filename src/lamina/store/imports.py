@@ -98,6 +98,7 @@ def import_images(store, items, report=None):
     for data, names in items:
         check_names(data, names)  # before any work: an import refused stores nothing
     created_blobs, created_snaps, ready = [], [], []
+    dropped = _snapshots.dropped_dedups()
     try:
         for data, names in items:
             existing = _same_image(store, data)
@@ -135,7 +136,7 @@ def import_images(store, items, report=None):
             report("manifest", manifest_digest, status)
         return results
     except BaseException:
-        _rollback(store, created_blobs, created_snaps)
+        _rollback(store, created_blobs, created_snaps, _snapshots.dropped_dedups() != dropped)
         raise
 
 
@@ -165,8 +166,10 @@ def _which_layer(data, i):
     return f"{data.description}:{image} {layer_of(i, len(data.layers))}"
 
 
-def _rollback(store, blobs, chains):
-    if not blobs and not chains:
+def _rollback(store, blobs, chains, dropped_dedup=False):
+    """Remove what a failed import created, unless another writer is active.  ``dropped_dedup``:
+    a staging snapshot was dropped after its dedup pass began (see drop_unused_objects)."""
+    if not blobs and not chains and not dropped_dedup:
         return
     store.close()  # our own shared lease would block the exclusive lock below
     lock = FileLock(store.paths.gc_lock)
@@ -184,9 +187,19 @@ def _rollback(store, blobs, chains):
         for c in chains:
             if c not in keep_chains:
                 removed = _snapshots.remove(store.paths, c) or removed
-        if removed:
+        if removed or dropped_dedup:
             # Each layer's files were shared with the store's objects as it committed: the objects
             # only the removed snapshots used stayed behind ("not used by any snapshot" in fsck).
+            # Likewise those of a layer whose dedup pass ran beside the extraction of a layer
+            # below it, and whose snapshot was dropped when that one was refused.
             _objects.collect(store.paths)
     finally:
         lock.release()
+
+
+def drop_unused_objects(store):
+    """After a failed pull: remove the objects of the staging snapshots it dropped after their
+    dedup pass began (a good layer deduplicated beside a layer below it that was then refused),
+    which nothing uses, so that fsck is clean but for what the pull keeps for its rerun (blobs,
+    committed snapshots).  Skipped while another writer holds the gc lease: gc takes them."""
+    _rollback(store, [], [], dropped_dedup=True)
