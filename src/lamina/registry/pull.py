@@ -443,6 +443,12 @@ class Puller:
             writes.append("the other platforms' manifests")
         if self.ref.digest is None and f"{self.ref.name}@{top.digest}" not in held.repo_digests:
             writes.append("the name's repo digest")
+        elif self.ref.digest is not None and f"{self.ref.name}@{self.ref.digest}" not in held.names:
+            # the digest is the repo digest of a tag the store holds (app:1 pulled, app@sha256:…
+            # pulled now): the pull still records the name@digest as a name of its own
+            under = [r.familiar() for r in held.refs if r.name == self.ref.name]
+            writes.append(f"the name {self.ref.familiar()}" + (
+                f" (its repo digest is recorded under {', '.join(under)} only)" if under else ""))
         if writes:
             if top.is_index:
                 what = f"its index is now {top.digest}; its {chosen or 'chosen'} manifest"
