@@ -499,7 +499,13 @@ class Puller:
             extra_layers.extend(om.layers)
 
         trace.event("layers-start")
-        layers = self._layers(repos, manifest.layers, config.diff_ids, extra_layers)
+        try:
+            layers = self._layers(repos, manifest.layers, config.diff_ids, extra_layers)
+        except (errors.StoreError, errors.ExtractError) as e:
+            # a full disk's error names the layer by its digest alone: which of the image's
+            from ..store.fsutil import name_the_layer
+            name_the_layer(e, [d.digest for d in manifest.layers], lambda k: errors.layer_of(k, len(manifest.layers)))
+            raise
         trace.event("layers-done")
 
         for other in others:

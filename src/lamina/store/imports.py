@@ -8,9 +8,10 @@ be sharing them); gc or fsck takes them later.
 """
 from __future__ import annotations
 
-from ..errors import DigestMismatchError, ImageError, StoreError, layer_of
+from ..errors import DigestMismatchError, ExtractError, ImageError, StoreError, layer_of
 from . import objects as _objects
 from . import snapshots as _snapshots
+from .fsutil import name_the_layer
 from .gc import reachable
 from .image import load_image
 from .locks import FileLock
@@ -120,6 +121,12 @@ def import_images(store, items, report=None):
             created_snaps += [c for c in image.chain_ids if store.snapshot_info(c) is None]
             try:
                 store.snapshots_for(image)
+            except StoreError as e:   # a full disk's, named by the layer's digest alone
+                name_the_layer(e, [layer.digest for layer in image.layers], lambda k: _which_layer(data, k))
+                raise
+            except ExtractError as e:
+                name_the_layer(e, [layer.digest for layer in image.layers], lambda k: _which_layer(data, k))
+                raise
             except DigestMismatchError as e:
                 # a diffID is checked as the layer extracts, into a snapshot that any image
                 # may share: the snapshot's error names the layer's digest alone
@@ -145,6 +152,9 @@ def _put_blobs(store, data, created, report):
     for i, layer in enumerate(data.layers):
         try:
             wrote = ingest_stream(store, layer.digest, layer.size, layer.open)
+        except StoreError as e:   # a full disk's: "blob sha256:…: cannot write it into the store"
+            name_the_layer(e, [layer.digest], lambda _: _which_layer(data, i))
+            raise
         except DigestMismatchError as e:
             # "blob sha256:...: digest mismatch" alone left the reader to find which of the
             # archive's images and layers that was
