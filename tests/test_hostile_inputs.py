@@ -475,3 +475,55 @@ def test_an_archive_whose_manifest_json_and_index_json_name_different_images_is_
           f"blobs/sha256/{hidden['config']['digest'][7:]}) is not an image of the archive's index.json")
     _unchanged(root, before)
     lamina(root, "load", "-i", archive(tmp_path / "one.tar", lay.read_json(shown["digest"])))   # agreeing: loads
+
+
+# --- documents too big to read -------------------------------------------------------------------
+
+
+def _oversized(tmp_path, kind):
+    """A layout whose config (100 MB), manifest (10 MB) or index (100,000 entries, some 15 MB) is
+    over lamina's limit, and what the error names.  The 100 MB config is a sparse file of zeros
+    under a digest it does not have: read, it would fail the digest, not the size."""
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"a": b"A"}])
+    if kind == "config":
+        doc = lay.read_json(m["digest"])
+        fake = "sha256:" + "c0" * 32
+        with open(lay.path(fake), "wb") as f:
+            f.truncate(100 << 20)
+        doc["config"] = dict(doc["config"], digest=fake, size=100 << 20)
+        top = lay.json_blob(doc, ob.OCI_MANIFEST)
+        return lay, top, f"config {fake}: {100 << 20} bytes is larger than the {8 << 20}-byte limit"
+    if kind == "manifest":
+        doc = lay.read_json(m["digest"])
+        doc["annotations"] = {"pad": "p" * (10 << 20)}
+        top = lay.json_blob(doc, ob.OCI_MANIFEST)
+        return lay, top, f"manifest {top['digest']}: {top['size']} bytes is larger than the {4 << 20}-byte limit"
+    entries = [{"mediaType": ob.OCI_MANIFEST, "digest": m["digest"], "size": m["size"]}] * 100_000
+    top = lay.index(entries)
+    assert 14 << 20 < top["size"] < 16 << 20, top["size"]   # under the 16 MiB lamina took for any document
+    return lay, top, f"index {top['digest']}: {top['size']} bytes is larger than the {4 << 20}-byte limit"
+
+
+@pytest.mark.parametrize("kind", ["config", "manifest", "index"])
+def test_a_document_over_its_limit_is_refused_by_its_size_naming_the_blob(root, tmp_path, kind):  # noqa: F811
+    """A 10 MB manifest and a 100,000-entry index (15 MB) were read and parsed whole from a layout
+    or archive (any document up to 16 MiB), though docker-registry refuses to store either and
+    skopeo to read it (4 MiB); a config, up to 16 MiB where a pull allowed 8.  Now a manifest or
+    index is held to 4 MiB and a config to 8 MiB whichever way it comes, refused by its
+    descriptor's size before a byte is read, naming the blob."""
+    lay, top, match = _oversized(tmp_path, kind)
+    lay.add(top, "latest")
+    before = fingerprint(root)
+    fails(root, "copy", f"oci:{lay.root}:latest", "big:1", match=match)
+    fails(root, "unpack", f"oci:{lay.root}:latest", tmp_path / "out", match=match)
+    assert not (tmp_path / "out").exists()
+    _unchanged(root, before)
+
+
+def test_a_manifest_whose_descriptor_understates_it_is_read_no_further_than_the_limit(root, tmp_path):  # noqa: F811
+    """A 10 MB manifest whose index.json entry says 500 bytes: read up to the limit and refused."""
+    lay, top, _ = _oversized(tmp_path, "manifest")
+    lay.add(dict(top, size=500), "latest")
+    fails(root, "copy", f"oci:{lay.root}:latest", "big:1",
+          match=f"manifest {top['digest']}: larger than the {4 << 20}-byte limit")

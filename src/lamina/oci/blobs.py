@@ -20,11 +20,12 @@ import zlib
 from .. import digest as _digest
 from .._extract import header_number, header_prefix
 from ..errors import BlobNotFoundError, DigestMismatchError, ImageError
-from ..limits import DEFAULT_LIMITS
+from ..limits import DEFAULT_LIMITS, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE  # noqa: F401  (theirs, from here too)
 
 # Manifests and configs are read into memory; a descriptor pointing at a
 # multi-GB layer must not be slurped. Real ones are a few KB (configs with
-# long histories reach a few hundred KB).
+# long histories reach a few hundred KB).  16 MiB: a layout's index.json and
+# oci-layout, an archive's manifest.json (a store's index.json names every image).
 MAX_DOCUMENT_SIZE = 16 << 20
 
 
@@ -105,9 +106,9 @@ class BlobStore:
     def size(self, digest):
         raise NotImplementedError
 
-    def read(self, desc, what):
+    def read(self, desc, what, limit=MAX_DOCUMENT_SIZE):
         with self.open(desc.digest) as f:
-            return read_verified(f, desc.digest, desc.size, what)
+            return read_verified(f, desc.digest, desc.size, what, limit)
 
     def close(self):
         pass

@@ -40,7 +40,7 @@ MANIFEST_ACCEPT = ", ".join([
     # Accepted only to recognise and refuse them with a clear message.
     mt.DOCKER_SCHEMA1_SIGNED_MANIFEST + ";q=0.5", mt.DOCKER_SCHEMA1_MANIFEST + ";q=0.5",
 ])
-MAX_MANIFEST_SIZE = 4 << 20   # distribution's own limit
+from ..limits import MAX_MANIFEST_SIZE  # noqa: E402  distribution's own limit, as for layouts
 MAX_ERROR_BODY = 1 << 16
 # tags/list pages one repository may take (docker hub serves 100 tags a page: a million tags)
 MAX_TAG_PAGES = 10_000

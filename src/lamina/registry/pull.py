@@ -44,7 +44,7 @@ TURN_OVERLAP_MIN = 256 << 10
 # A blob that received nothing for this long (a stalled connection, a retry's backoff) lets the
 # next ones start meanwhile: the link would idle otherwise.
 TURN_STALL = 2.0
-MAX_CONFIG_SIZE = 8 << 20
+from ..limits import MAX_CONFIG_SIZE  # noqa: E402  (one limit for every way an image comes in)
 MAX_INDEX_DEPTH = 4
 
 
