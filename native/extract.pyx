@@ -2688,6 +2688,11 @@ cdef class Extractor:
                     gid = _pax_int(v, "gid", where, UINT32_MAX)
                 elif k == b"mtime":
                     sec, nsec = _pax_time(v, where)
+                elif (k == b"uname" or k == b"gname") and _has_byte(v, 0):
+                    # lamina owns files by uid/gid alone, but the readers part here: bsdtar cuts
+                    # "root\0x" to root's name and gives the file to root, GNU tar keeps the
+                    # uid, Go refuses the header (docker and containerd the layer)
+                    raise _errors.InvalidArchiveError(f"{where}: NUL byte in PAX {k.decode()} {_show(v)}")
                 elif k.startswith(b"SCHILY.xattr."):
                     xattrs = xattrs or {}
                     xattrs[k[13:]] = v
