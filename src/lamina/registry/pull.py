@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from .. import errors, mediatypes as mt, trace
 from ..errors import DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError, RegistryError
 from ..oci.model import document_media_type, index_entries, parse_config, parse_index, parse_manifest
+from ..limits import MAX_CONFIG_SIZE  # one limit for every way an image comes in
 from ..lowers import LayersBelow
 from ..platform import Platform
 from ..reference import Reference
@@ -44,7 +45,6 @@ TURN_OVERLAP_MIN = 256 << 10
 # A blob that received nothing for this long (a stalled connection, a retry's backoff) lets the
 # next ones start meanwhile: the link would idle otherwise.
 TURN_STALL = 2.0
-from ..limits import MAX_CONFIG_SIZE  # noqa: E402  (one limit for every way an image comes in)
 MAX_INDEX_DEPTH = 4
 
 

@@ -121,10 +121,7 @@ def import_images(store, items, report=None):
             created_snaps += [c for c in image.chain_ids if store.snapshot_info(c) is None]
             try:
                 store.snapshots_for(image)
-            except StoreError as e:   # a full disk's, named by the layer's digest alone
-                name_the_layer(e, [layer.digest for layer in image.layers], lambda k: _which_layer(data, k))
-                raise
-            except ExtractError as e:
+            except (StoreError, ExtractError) as e:   # a full disk's, named by the layer's digest alone
                 name_the_layer(e, [layer.digest for layer in image.layers], lambda k: _which_layer(data, k))
                 raise
             except DigestMismatchError as e:
