@@ -458,6 +458,13 @@ class HiddenLinkTarget(Exception):
     the layers again without skipping."""
 
 
+cdef inline void _close_fds(list fds):
+    """Close each fd of ``fds`` that is open (a layer below that does not show the path is -1)."""
+    for x in fds:
+        if <int>x >= 0:
+            close(<int>x)
+
+
 cdef int _descend(int fd, bytes name):
     """The directory ``name`` under ``fd``, never following a symlink; ``fd``
     is closed either way.  -1 with errno set on failure."""
@@ -2681,6 +2688,11 @@ cdef class Extractor:
                     gid = _pax_int(v, "gid", where, UINT32_MAX)
                 elif k == b"mtime":
                     sec, nsec = _pax_time(v, where)
+                elif (k == b"uname" or k == b"gname") and _has_byte(v, 0):
+                    # lamina owns files by uid/gid alone, but the readers part here: bsdtar cuts
+                    # "root\0x" to root's name and gives the file to root, GNU tar keeps the
+                    # uid, Go refuses the header (docker and containerd the layer)
+                    raise _errors.InvalidArchiveError(f"{where}: NUL byte in PAX {k.decode()} {_show(v)}")
                 elif k.startswith(b"SCHILY.xattr."):
                     xattrs = xattrs or {}
                     xattrs[k[13:]] = v
@@ -3561,9 +3573,7 @@ cdef class Extractor:
         finally:
             if ufd >= 0:
                 close(ufd)
-            for x in lf:
-                if <int>x >= 0:
-                    close(<int>x)
+            _close_fds(lf)
 
     cdef int _copy_up_dirs(self, list phys, list source, object name) except -2:
         """Make the directories of ``phys`` that this layer lacks: with the
@@ -4940,9 +4950,7 @@ cdef class Extractor:
             finally:
                 if fd >= 0:
                     close(fd)
-                for x in lowers:
-                    if <int>x >= 0:
-                        close(<int>x)
+                _close_fds(lowers)
 
     cdef list _lower_merge(self, bytes parent):
         """The layers below at ``parent`` (fds, topmost first; -1 where one does not show it), as
@@ -5002,9 +5010,7 @@ cdef class Extractor:
                     return not (S_ISCHR(st.st_mode) and st.st_rdev == 0)
             return False
         finally:
-            for x in lowers:
-                if <int>x >= 0:
-                    close(<int>x)
+            _close_fds(lowers)
 
     cdef int _visible_below_fast(self, bytes parent, bytes hidden) except -2:
         """_visible_below from _below_dir, when this layer reaches ``parent`` as _layer_has wants:
@@ -5045,9 +5051,7 @@ cdef class Extractor:
                 return tfd
             close(tfd)  # a whiteout of this layer, or nowhere below
         finally:
-            for x in lowers:
-                if <int>x >= 0:
-                    close(<int>x)
+            _close_fds(lowers)
         raise _errors.InvalidArchiveError(
             f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
 
@@ -5091,9 +5095,7 @@ cdef class Extractor:
                 if st.st_ino != self.up_st.st_ino or st.st_dev != self.up_st.st_dev:
                     continue  # a layer in between replaced it
             finally:
-                for x in lowers:
-                    if <int>x >= 0:
-                        close(<int>x)
+                _close_fds(lowers)
             pfd = self._union_walk(pparent, True, name, None)
             try:
                 if linkat(tfd, tbase, pfd, <bytes>pbase, 0) < 0:

@@ -253,6 +253,60 @@ def test_a_member_the_archive_holds_twice_is_refused(root, tmp_path, twice):  # 
     _unchanged(root, before)
 
 
+def _tar_with_links(path, members):
+    """A tar of (name, bytes | ("symlink", target)) in order."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(data, tuple):
+                info.type, info.linkname = tarfile.SYMTYPE, data[1]
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("target, where", [
+    ("../../../etc/passwd", "out of the archive"),
+    ("/etc/passwd", "out of the archive"),
+    ("../../l", "out of the archive"),
+    ("gone.tar", "which the archive does not hold"),
+])
+def test_a_layer_member_that_is_a_dangling_symlink_is_named_with_where_it_points(root, tmp_path, target, where):  # noqa: F811
+    """A docker-archive whose layer member is a symlink pointing out of the archive (or to a member
+    it lacks) was refused with "l/layer.tar not found", as if the manifest named a member the
+    archive has not: the error names the symlink and where it points.  (Targets are read inside the
+    archive, as docker's load resolves them in scope: ``/etc/passwd`` is the member ``etc/passwd``.)"""
+    members, manifest = _legacy_members("dangling:1")
+    members = [(n, ("symlink", target) if n == "l/layer.tar" else d) for n, d in members]
+    archive = _tar_with_links(tmp_path / "dangling.tar", members + [("manifest.json", manifest)])
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive,
+          match=f"{archive}: member l/layer.tar is a symlink to {target!r}, {where}")
+    _unchanged(root, before)
+
+
+def test_an_oci_archive_blob_that_is_a_symlink_out_of_the_archive_is_named(root, tmp_path):  # noqa: F811
+    """The same for a layout inside the archive: the blob's member is named with its target."""
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"a": b"A"}])
+    lay.add(m, "linked:1")
+    layer = lay.read_json(m["digest"])["layers"][0]["digest"]
+    members = []
+    for d, _, files in os.walk(lay.root):
+        for f in sorted(files):
+            rel = os.path.relpath(os.path.join(d, f), lay.root)
+            members.append((rel, open(os.path.join(d, f), "rb").read()))
+    rel = "blobs/sha256/" + layer[7:]
+    members = [(n, ("symlink", "../../../outside.tar") if n == rel else d) for n, d in members]
+    archive = _tar_with_links(tmp_path / "linked.tar", members)
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive,
+          match=f"blob {layer}: {archive}: member {rel} is a symlink to '../../../outside.tar', out of the archive")
+    _unchanged(root, before)
+
+
 # --- a layout as a destination -------------------------------------------------------------------
 
 
@@ -421,3 +475,55 @@ def test_an_archive_whose_manifest_json_and_index_json_name_different_images_is_
           f"blobs/sha256/{hidden['config']['digest'][7:]}) is not an image of the archive's index.json")
     _unchanged(root, before)
     lamina(root, "load", "-i", archive(tmp_path / "one.tar", lay.read_json(shown["digest"])))   # agreeing: loads
+
+
+# --- documents too big to read -------------------------------------------------------------------
+
+
+def _oversized(tmp_path, kind):
+    """A layout whose config (100 MB), manifest (10 MB) or index (100,000 entries, some 15 MB) is
+    over lamina's limit, and what the error names.  The 100 MB config is a sparse file of zeros
+    under a digest it does not have: read, it would fail the digest, not the size."""
+    lay = ob.Layout(tmp_path / "lay")
+    m = lay.image([{"a": b"A"}])
+    if kind == "config":
+        doc = lay.read_json(m["digest"])
+        fake = "sha256:" + "c0" * 32
+        with open(lay.path(fake), "wb") as f:
+            f.truncate(100 << 20)
+        doc["config"] = dict(doc["config"], digest=fake, size=100 << 20)
+        top = lay.json_blob(doc, ob.OCI_MANIFEST)
+        return lay, top, f"config {fake}: {100 << 20} bytes is larger than the {8 << 20}-byte limit"
+    if kind == "manifest":
+        doc = lay.read_json(m["digest"])
+        doc["annotations"] = {"pad": "p" * (10 << 20)}
+        top = lay.json_blob(doc, ob.OCI_MANIFEST)
+        return lay, top, f"manifest {top['digest']}: {top['size']} bytes is larger than the {4 << 20}-byte limit"
+    entries = [{"mediaType": ob.OCI_MANIFEST, "digest": m["digest"], "size": m["size"]}] * 100_000
+    top = lay.index(entries)
+    assert 14 << 20 < top["size"] < 16 << 20, top["size"]   # under the 16 MiB lamina took for any document
+    return lay, top, f"index {top['digest']}: {top['size']} bytes is larger than the {4 << 20}-byte limit"
+
+
+@pytest.mark.parametrize("kind", ["config", "manifest", "index"])
+def test_a_document_over_its_limit_is_refused_by_its_size_naming_the_blob(root, tmp_path, kind):  # noqa: F811
+    """A 10 MB manifest and a 100,000-entry index (15 MB) were read and parsed whole from a layout
+    or archive (any document up to 16 MiB), though docker-registry refuses to store either and
+    skopeo to read it (4 MiB); a config, up to 16 MiB where a pull allowed 8.  Now a manifest or
+    index is held to 4 MiB and a config to 8 MiB whichever way it comes, refused by its
+    descriptor's size before a byte is read, naming the blob."""
+    lay, top, match = _oversized(tmp_path, kind)
+    lay.add(top, "latest")
+    before = fingerprint(root)
+    fails(root, "copy", f"oci:{lay.root}:latest", "big:1", match=match)
+    fails(root, "unpack", f"oci:{lay.root}:latest", tmp_path / "out", match=match)
+    assert not (tmp_path / "out").exists()
+    _unchanged(root, before)
+
+
+def test_a_manifest_whose_descriptor_understates_it_is_read_no_further_than_the_limit(root, tmp_path):  # noqa: F811
+    """A 10 MB manifest whose index.json entry says 500 bytes: read up to the limit and refused."""
+    lay, top, _ = _oversized(tmp_path, "manifest")
+    lay.add(dict(top, size=500), "latest")
+    fails(root, "copy", f"oci:{lay.root}:latest", "big:1",
+          match=f"manifest {top['digest']}: larger than the {4 << 20}-byte limit")

@@ -455,3 +455,29 @@ def test_platform_fields_of_another_type_are_refused(root, tmp_path, reg, field,
         status, body = _push_manifest(reg.host, "platform/types", "1", f.read(), ob.OCI_INDEX)
     assert status == 400 and b"MANIFEST_INVALID" in body, body
     _refused_on_every_way_in(root, tmp_path, lay, f"manifests[0] ({m['digest']}) platform: {field} must be {kind}")
+
+
+@pytest.mark.parametrize("platform, why", [
+    ({"architecture": "../x", "os": "linux"}, "architecture '../x' has characters other than"),
+    ({"architecture": "..", "os": "linux"}, "architecture '..' is dots alone"),
+    ({"architecture": "amd64", "os": ""}, "empty os"),
+    ({"architecture": "a" * 300, "os": "linux"}, "architecture of 300 characters (at most 64)"),
+    ({"architecture": "amd64\x1b[2J", "os": "linux"}, "architecture 'amd64\\x1b[2J' has characters other than"),
+    ({"architecture": "amd64", "os": "linux", "variant": "v\u0661"}, "variant 'v\u0661' has characters other than"),
+], ids=["slash-dots", "dots", "empty-os", "300-chars", "escape", "unicode-digit"])
+def test_an_index_entry_whose_platform_no_platform_string_spells_is_refused(root, tmp_path, platform, why):  # noqa: F811
+    """An index entry's platform of ``../x``, ``..``, an empty os, 300 characters or an escape
+    sequence: lamina read it (an escape sequence then went into "available: ..." lists and
+    ``images`` columns, a 300-character architecture whole into every message).  skopeo, docker
+    and containerd compare the strings and pick another entry; lamina refuses the index, naming
+    the entry and the value (CONFORMANCE.md), as it refuses what no ``--platform`` can name."""
+    require_tool("skopeo")
+    lay = ob.Layout(tmp_path / "lay")
+    good = dict(lay.image([{"a": b"x"}]), platform={"architecture": "amd64", "os": "linux"})
+    odd = dict(lay.image([{"a": b"y"}]), platform=platform)
+    idx = lay.index([good, odd])
+    lay.add(idx, "latest", **{"io.containerd.image.name": "bad:1"})
+    shown = subprocess.run(["skopeo", "inspect", "--override-arch", "amd64", "--override-os", "linux",
+                            f"oci:{lay.root}:latest"], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr   # skopeo reads the index and picks linux/amd64
+    _refused_on_every_way_in(root, tmp_path, lay, f"manifests[1] ({odd['digest']}): invalid platform: {why}")

@@ -42,6 +42,29 @@ def test_parse_rejects_malformed(bad):
         Platform.parse(bad)
 
 
+@pytest.mark.parametrize("bad, why", [
+    ("linux/../x", "architecture '..' is dots alone"),
+    ("linux/.", "architecture '.' is dots alone"),
+    ("..", "os or architecture '..' is dots alone"),
+    ("linux//amd64", "empty architecture"),
+    ("/amd64", "empty os"),
+    ("linux/amd64/", "empty variant"),
+    ("a" * 300 + "/amd64", "os of 300 characters (at most 64)"),
+    ("linux/amd64/" + "v" * 300, "variant of 300 characters (at most 64)"),
+    ("linux/\u00e4md64", "architecture '\u00e4md64' has characters other than"),
+    ("linux/amd\u0660", "architecture 'amd\u0660' has characters other than"),   # a digit to str.isdigit
+    ("linux/amd64\x1b[2J", "architecture 'amd64\\x1b[2J' has characters other than"),
+])
+def test_parse_says_which_part_is_wrong(bad, why):
+    """--platform linux/../x, a part of 300 characters and a NUL or escape sequence were taken as
+    they came (only a few shapes were refused, with "expected os/arch[/variant]" alone): each is
+    refused naming the part and why, and a long value is cut in the message."""
+    with pytest.raises(InvalidReferenceError) as e:
+        Platform.parse(bad)
+    assert why in str(e.value), str(e.value)
+    assert len(str(e.value)) < 300, str(e.value)
+
+
 def test_equality_after_normalization():
     assert Platform("linux", "arm64") == Platform("linux", "aarch64", "v8")
     assert Platform("linux", "arm") == Platform("linux", "arm", "v7")

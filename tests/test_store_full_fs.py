@@ -83,6 +83,8 @@ def layout(tmp_path):
     # ~500 files of distinct content: the dedup pass makes most of the 256 objects/blake3/<xx> dirs
     lay.add(lay.image([{"n": None, **{f"n/f{i}": b"%d\n" % i for i in range(500)}}]), "many:1")
     lay.add(lay.image([{"big": None, "big/r.bin": seeded_bytes("r", 3 << 20)}]), "big:1")
+    # small:1's layer under big:1's: the one a full disk stops is the second of two
+    lay.add(lay.image([{"small.txt": b"small\n"}, {"big": None, "big/r.bin": seeded_bytes("r", 3 << 20)}]), "pair:1")
     lay.add(lay.image([{"z": None, "z/one.bin": b"one\n" * 1000}]), "one:1")
     # 3 MiB that gzip makes a few KiB: its blob always fits where its extraction cannot
     lay.add(lay.image([{"text": None, "text/t.txt": b"lamina layer text\n" * ((3 << 20) // 18)}]), "text:1")
@@ -91,7 +93,8 @@ def layout(tmp_path):
 
 def test_running_out_of_inodes_in_the_dedup_pass_names_the_layer(tmp_path, layout):
     """The layer's files all fit, then the pass's objects/blake3/<xx> dirs found no inode.
-    It said "lamina: error: 60: No space left on device": no layer, no store path."""
+    It said "lamina: error: 60: No space left on device": no layer, no store path; then the
+    layer by its digest alone, where every other error of an image's layers says which it is."""
     require_root()
     src = f"oci:{layout.root}"
     with _tmpfs(tmp_path / "probe", nr_inodes=100000, size="64m") as probe:
@@ -104,8 +107,8 @@ def test_running_out_of_inodes_in_the_dedup_pass_names_the_layer(tmp_path, layou
         root = fs / "s"
         lamina(root, "copy", f"{src}:small:1", "small:1")
         msg = fails(root, "copy", f"{src}:many:1", "many:1", match="No space left on device")
-        assert msg.startswith("lamina: error: layer sha256:"), msg
-        assert "objects/blake3/" in msg, msg
+        assert msg.startswith(f"lamina: error: {layout.root}: layer 1 of 1 (sha256:"), msg
+        assert "storing its snapshot failed: objects/blake3/" in msg, msg
         _consistent(root, images=["small:1"], tmp_path=tmp_path)
         _remount(fs, nr_inodes=100000)
         lamina(root, "copy", f"{src}:many:1", "many:1")
@@ -114,19 +117,20 @@ def test_running_out_of_inodes_in_the_dedup_pass_names_the_layer(tmp_path, layou
 
 def test_a_full_disk_while_a_blob_is_ingested_names_the_blob(tmp_path, layout):
     """A 3 MiB incompressible layer copied into a store with 2 MiB free.
-    It said "lamina: error: No space left on device", and nothing more."""
+    It said "lamina: error: No space left on device", and nothing more; then the blob, but not
+    which layer of the image it is (the second of two here)."""
     require_root()
     src = f"oci:{layout.root}"
     with _tmpfs(tmp_path / "fs", size="2m") as fs:
         root = fs / "s"
         lamina(root, "copy", f"{src}:small:1", "small:1")
-        msg = fails(root, "copy", f"{src}:big:1", "big:1", match="No space left on device")
-        assert msg.startswith("lamina: error: blob sha256:"), msg
+        msg = fails(root, "copy", f"{src}:pair:1", "pair:1", match="No space left on device")
+        assert msg.startswith(f"lamina: error: {layout.root}: layer 2 of 2: blob sha256:"), msg
         assert f"the store {root}" in msg, msg
         _consistent(root, images=["small:1"], tmp_path=tmp_path)
         _remount(fs, size="64m")
-        lamina(root, "copy", f"{src}:big:1", "big:1")
-        _consistent(root, images=["small:1", "big:1"], tmp_path=tmp_path)
+        lamina(root, "copy", f"{src}:pair:1", "pair:1")
+        _consistent(root, images=["small:1", "pair:1"], tmp_path=tmp_path)
 
 
 @pytest.mark.parametrize("image,named", [("big:1", "blob sha256:"), ("text:1", "entry 'text/t.txt'")],
@@ -143,6 +147,7 @@ def test_a_full_disk_during_a_pull_names_what_failed(tmp_path, layout, reg, regi
         lamina(root, "pull", f"{reg.host}/small:1")
         msg = fails(root, "pull", f"{reg.host}/{image}", match="No space left on device")
         assert named in msg, msg
+        assert msg.startswith("lamina: error: layer 1 of 1"), msg
         # what was fetched stays for the next pull to resume from, and fsck says so
         _consistent(root, images=[f"{reg.host}/small:1"], tmp_path=tmp_path,
                     warnings=("not used by any image", "resumed by the next pull", "free space"))
@@ -192,7 +197,7 @@ def test_running_out_of_inodes_at_each_step_of_storing_a_layer_names_the_layer(t
         with _tmpfs(tmp_path / f"fs{missing}", nr_inodes=used - missing, size="64m") as fs:
             root = store_on(fs)
             msg = fails(root, "copy", f"{src}:one:1", "one:1", match="No space left on device")
-            assert msg.startswith("lamina: error: layer sha256:"), (missing, msg)
+            assert msg.startswith(f"lamina: error: {layout.root}: layer 1 of 1 (sha256:"), (missing, msg)
             assert ".tmp-" not in msg, (missing, msg)
             if "storing its snapshot failed" in msg:
                 assert msg.endswith(f" (in the store {root}): No space left on device"), (missing, msg)
@@ -275,7 +280,7 @@ def test_a_full_disk_during_load_names_what_failed(tmp_path, layout, stdin):
         with open(archive, "rb") as f:
             msg = fails(root, *argv, match="No space left on device", stdin=f if stdin else None)
         expected = (f"lamina: error: the archive on stdin: no room to spool it in the store {root}: " if stdin
-                    else "lamina: error: blob sha256:")
+                    else f"lamina: error: {archive}: image big:1 layer 1 of 1: blob sha256:")
         assert msg.startswith(expected), msg
         _consistent(root, images=["small:1"], tmp_path=tmp_path)
         _remount(fs, size="64m")

@@ -668,3 +668,81 @@ def test_owners_under_setgid_dirs_match_gnu_tar_layer_after_layer(tmp_path):
     owners = {p: (e.uid, e.gid) for p, e in got.entries.items()}
     assert owners["b"] == (0, 0) and owners["sg/x"] == (0, 0) and owners["sg/l0"] == (0, 0)
     assert owners["sg/d0/f"] == (0, 0) and owners["sg/d50/f"] == (0, 0) and owners["e"] == (7, 8)
+
+
+# ---------------------------------------------------------------------------
+# PAX owner names, times, sizes and link names (CONFORMANCE.md)
+# ---------------------------------------------------------------------------
+
+
+def _owner_by_default_readers(tmp_path, data):
+    """(uid, gid) of ``f`` as GNU tar and bsdtar extract ``data`` as root with their defaults:
+    by the owner's name where the system knows it (no --numeric-owner, unlike extract_with)."""
+    tarp = write(tmp_path / "names.tar", data)
+    out = []
+    for exe in ("tar", "bsdtar"):
+        dest = tmp_path / f"names-{exe}"
+        dest.mkdir()
+        run(require_tool(exe), "-xpf", tarp, "-C", dest)
+        st = os.lstat(dest / "f")
+        out.append((st.st_uid, st.st_gid))
+    return out
+
+
+def test_nul_in_a_pax_uname_or_gname_is_refused(tmp_path):
+    """``uname=root\\0x`` over a header uid of 1234: bsdtar cuts the name at the NUL and gives the
+    file to root, GNU tar keeps 1234, Go's reader refuses the header (so docker and containerd
+    the layer).  lamina, which owns files by number, extracted it as 1234: now refused."""
+    data = (Tar().pax([("uname", "root\0x"), ("gname", "root\0y")])
+            .file("f", b"hello", uid=1234, gid=1234, uname=b"nobody1", gname=b"nobody1").bytes())
+    assert _owner_by_default_readers(tmp_path, data) == [(1234, 1234), (0, 0)]
+    lamina_refuses(tmp_path, data, match=r"NUL byte in PAX uname 'root\\x00x'")
+    gname_only = Tar().pax([("gname", "root\0y")]).file("f", b"hello", uid=1234, gid=1234).bytes()
+    lamina_refuses(tmp_path, gname_only, match=r"NUL byte in PAX gname 'root\\x00y'")
+
+
+def test_owner_names_are_not_read_the_numbers_are(tmp_path):
+    """``uname=root`` over a header uid of 1234: GNU tar and bsdtar, as root with their defaults,
+    give the file to root (by name); docker, containerd and umoci own it by number, as lamina
+    does (and GNU tar and bsdtar with --numeric-owner)."""
+    data = Tar().pax([("uname", "root"), ("gname", "root")]).file("f", b"hello", uid=1234, gid=1234).bytes()
+    assert _owner_by_default_readers(tmp_path, data) == [(0, 0), (0, 0)]
+    got = check_vs_references(tmp_path, data, label="numeric owners")
+    st = os.lstat(tmp_path / "lamina" / "f")
+    assert (st.st_uid, st.st_gid) == (1234, 1234), got
+
+
+@pytest.mark.parametrize("atime", ["1000000000.5", "2000000000"], ids=["before-mtime", "after-mtime"])
+def test_pax_atime_and_ctime_are_ignored(tmp_path, atime):
+    """bsdtar sets a PAX ``atime``, GNU tar leaves the time of the extraction, containerd and
+    docker the later of atime and mtime; no one can set a ctime.  lamina sets the atime to the
+    mtime, whatever the record says (an access time is no part of the image, and a store
+    shares one inode between images whose files differ in it)."""
+    data = Tar().pax([("atime", atime), ("ctime", "1100000000")]).file("f", b"hello", mtime=1_600_000_000).bytes()
+    apply(write(tmp_path / "l.tar", data), tmp_path / "lamina")
+    st = os.stat(tmp_path / "lamina" / "f")
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_600_000_000 * 10**9,) * 2
+    tarp = write(tmp_path / "ref.tar", data)
+    extract_with("bsd", tarp, tmp_path / "bsd")
+    assert os.stat(tmp_path / "bsd" / "f").st_atime_ns == int(float(atime) * 10**9), "bsdtar sets the atime"
+
+
+@pytest.mark.parametrize("ustar", [5, 0, 20], ids=["smaller", "zero", "larger"])
+def test_a_pax_size_overrides_the_header_size(tmp_path, ustar):
+    """A PAX ``size`` of 10 over a ustar size of 5, 0 or 20: GNU tar, bsdtar and Go read 10 bytes
+    of data (the record overrides the field, POSIX), and so does lamina."""
+    data = Tar().pax([("size", "10")]).file("f", b"0123456789", size=ustar).file("g", b"next").bytes()
+    got = check_vs_references(tmp_path, data, label=f"PAX size 10 over {ustar}")
+    assert (tmp_path / "lamina" / "f").read_bytes() == b"0123456789", got
+    assert (tmp_path / "lamina" / "g").read_bytes() == b"next", got
+
+
+@pytest.mark.parametrize("target", ["t", "nowhere"])
+def test_a_pax_linkpath_on_a_regular_file_is_ignored(tmp_path, target):
+    """A ``linkpath`` record on a type-0 entry: GNU tar and bsdtar write the file's own data, Go
+    reports the Linkname but the type is a file (docker and containerd write the file); lamina
+    too, not a hardlink to ``t``."""
+    data = Tar().file("t", b"target").pax([("linkpath", target)]).file("f", b"hello").bytes()
+    check_vs_references(tmp_path, data, label=f"linkpath {target} on a file")
+    assert (tmp_path / "lamina" / "f").read_bytes() == b"hello"
+    assert os.lstat(tmp_path / "lamina" / "f").st_nlink == 1

@@ -467,6 +467,21 @@ def _crafted():
         "7zip-long-path": (Tar().gnu_longname("d" * 120 + "/").entry("d" * 100, type=b"5", mode=0o755, fmt="gnu")
                            .gnu_longname("d" * 120 + "/f").file("d" * 100, b"x", fmt="gnu").bytes(), REFS),
         # star's xstar header: a prefix of at most 130 bytes, then atime and ctime, "tar\0" at 508
+        # PAX owner names, times, sizes and link names (CONFORMANCE.md; test_tar_conformance.py
+        # compares them with the references' defaults and Go): a NUL in an owner's name is a
+        # file of root's to bsdtar, of the uid's to GNU tar and no entry to Go
+        "pax-uname-with-nul": (Tar().pax([("uname", "root\0x")]).file("f", b"hello", uid=1234).bytes(),
+                               refused("InvalidArchiveError", "NUL byte in PAX uname")),
+        "pax-gname-with-nul": (Tar().pax([("gname", "root\0x")]).file("f", b"hello", gid=1234).bytes(),
+                               refused("InvalidArchiveError", "NUL byte in PAX gname")),
+        "pax-uname-of-another-owner": (Tar().pax([("uname", "root"), ("gname", "root")])
+                                       .file("f", b"hello", uid=1234, gid=1234).bytes(), REFS),
+        "pax-atime-and-ctime": (Tar().pax([("atime", "1000000000.5"), ("ctime", "1100000000")])
+                                .file("f", b"hello").bytes(), REFS),
+        **{f"pax-size-over-a-ustar-size-of-{n}": (Tar().pax([("size", "10")]).file("f", b"0123456789", size=n)
+                                                  .file("g", b"next").bytes(), REFS) for n in (0, 5, 20)},
+        "pax-linkpath-on-a-file": (Tar().file("t", b"target").pax([("linkpath", "t")]).file("f", b"hello").bytes(),
+                                   REFS),
         "xstar-prefix-and-times": (_xstar("f", "p" * 130) + hello, REFS),
         # 131 bytes: GNU tar no longer takes it for star's and reads a ustar prefix of 155 (on into
         # the times), as bsdtar does; Go reads the 131

@@ -8,6 +8,14 @@ from dataclasses import dataclass
 
 from .errors import ImageError
 
+# A manifest or image index, read into memory whichever way it comes (registry, layout,
+# archive): distribution's limit (docker-registry refuses to store a larger one) and
+# containers/image's (skopeo's) for reading one; it also bounds an index's entries (some
+# 30,000 of the smallest descriptors).
+MAX_MANIFEST_SIZE = 4 << 20
+# An image config: twice containers/image's 4 MiB, the limit lamina's pull has always had.
+MAX_CONFIG_SIZE = 8 << 20
+
 GiB = 1 << 30
 MiB = 1 << 20
 

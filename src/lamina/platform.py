@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 from .errors import InvalidReferenceError
 
-_COMPONENT_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_COMPONENT_RE = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
+# Longer than any os, architecture or variant there is (GOOS/GOARCH names are at most 11
+# characters); a bound keeps a hostile index's platform out of every message whole.
+MAX_COMPONENT = 64
 # Values of GOOS; a lone "linux" in --platform means an OS, a lone "arm64" an architecture.
 _KNOWN_OS = frozenset({
     "aix", "android", "darwin", "dragonfly", "freebsd", "illumos", "ios", "js",
@@ -26,6 +29,25 @@ _KNOWN_ARCH = frozenset({
     "mips64le", "mips64p32", "mips64p32le", "ppc", "ppc64", "ppc64le", "riscv", "riscv64", "s390", "s390x",
     "sparc", "sparc64", "wasm",
 })
+
+
+def _component_error(value, what):
+    """Why ``value`` is no os, architecture or variant (``what``), or None.  containerd's
+    specifier syntax (letters, digits, ``_ . -``), but not a part of dots alone (``..`` reads
+    as a path) and at most MAX_COMPONENT characters."""
+    if len(value) > MAX_COMPONENT:
+        return f"{what} of {len(value)} characters (at most {MAX_COMPONENT})"
+    if not _COMPONENT_RE.fullmatch(value):
+        return (f"{what} {value!r} has characters other than letters, digits, '_', '.' and '-'" if value
+                else f"empty {what}")
+    if not value.strip("."):
+        return f"{what} {value!r} is dots alone"
+    return None
+
+
+def _shown(spec, limit=80):
+    """``spec`` quoted for a message, cut to ``limit`` characters."""
+    return repr(spec) if len(spec) <= limit else repr(spec[:limit]) + f"... ({len(spec)} characters)"
 
 
 def _normalize_os(os_name):
@@ -95,9 +117,15 @@ class Platform:
             return spec
         if not isinstance(spec, str):
             raise InvalidReferenceError(f"invalid platform {spec!r}: expected os/arch[/variant]")
-        parts = spec.split("/")
-        if not 1 <= len(parts) <= 3 or not all(_COMPONENT_RE.fullmatch(p) for p in parts):
-            raise InvalidReferenceError(f"invalid platform {spec!r}: expected os/arch[/variant]")
+        parts = spec.split("/", 3)
+        if not 1 <= len(parts) <= 3:
+            raise InvalidReferenceError(f"invalid platform {_shown(spec)}: expected os/arch[/variant]")
+        names = ("os or architecture",) if len(parts) == 1 else ("os", "architecture", "variant")
+        for part, what in zip(parts, names):
+            why = _component_error(part, what)
+            if why is not None:
+                raise InvalidReferenceError(f"invalid platform {_shown(spec)}: {why} "
+                                            "(expected os/arch[/variant], e.g. linux/arm64)")
         if len(parts) == 1:
             if parts[0].lower() in _KNOWN_OS:
                 host = cls.host()
@@ -110,12 +138,20 @@ class Platform:
         return cls(*parts)
 
     @classmethod
-    def from_dict(cls, d):
-        """From an OCI descriptor ``platform`` object or an image config (``os``, ``architecture``, ``variant``)."""
+    def from_dict(cls, d, strict=False):
+        """From an OCI descriptor ``platform`` object or an image config (``os``, ``architecture``, ``variant``).
+
+        ``strict`` (an index entry's platform): each value must be one ``--platform`` takes,
+        else ValueError saying which and why."""
         os_name, arch = d.get("os"), d.get("architecture")
         variant = d.get("variant") or ""
         if not isinstance(os_name, str) or not isinstance(arch, str) or not isinstance(variant, str):
             raise ValueError(f"platform needs string os and architecture: {d!r}")
+        if strict:
+            for value, what in ((os_name, "os"), (arch, "architecture")) + (((variant, "variant"),) if variant else ()):
+                why = _component_error(value, what)
+                if why is not None:
+                    raise ValueError(why)
         return cls(os_name, arch, variant)
 
     @classmethod

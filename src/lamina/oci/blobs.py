@@ -20,11 +20,12 @@ import zlib
 from .. import digest as _digest
 from .._extract import header_number, header_prefix
 from ..errors import BlobNotFoundError, DigestMismatchError, ImageError
-from ..limits import DEFAULT_LIMITS
+from ..limits import DEFAULT_LIMITS, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE  # noqa: F401  (theirs, from here too)
 
 # Manifests and configs are read into memory; a descriptor pointing at a
 # multi-GB layer must not be slurped. Real ones are a few KB (configs with
-# long histories reach a few hundred KB).
+# long histories reach a few hundred KB).  16 MiB: a layout's index.json and
+# oci-layout, an archive's manifest.json (a store's index.json names every image).
 MAX_DOCUMENT_SIZE = 16 << 20
 
 
@@ -105,9 +106,9 @@ class BlobStore:
     def size(self, digest):
         raise NotImplementedError
 
-    def read(self, desc, what):
+    def read(self, desc, what, limit=MAX_DOCUMENT_SIZE):
         with self.open(desc.digest) as f:
-            return read_verified(f, desc.digest, desc.size, what)
+            return read_verified(f, desc.digest, desc.size, what, limit)
 
     def close(self):
         pass
@@ -433,7 +434,13 @@ class TarArchive:
 
     def _lookup(self, name):
         """The regular-file member a name refers to, following links inside the archive."""
+        return self._resolve(name)[0]
+
+    def _resolve(self, name):
+        """(the regular-file member a name refers to, None) or, when there is none, (None, why):
+        a link whose target is none of the archive's members; (None, None) for a name no member has."""
         seen = name
+        why = None
         for _ in range(self.MAX_LINK_HOPS):
             if name in self.twice:
                 # skopeo reads the first member of a name, docker (which extracts the archive) and
@@ -441,28 +448,39 @@ class TarArchive:
                 raise ImageError(f"{self.path}: member {name} appears more than once in the archive")
             info = self.members.get(name)
             if info is None:
-                return None
+                return None, why
             if info.issym():
                 target = info.linkname
                 base = "" if target.startswith("/") else posixpath.dirname(name)
+                joined = posixpath.normpath(posixpath.join(base, target))
+                # an absolute target, or one whose ".." climbs above the archive's top, is read
+                # inside the archive (docker's load resolves it in scope: /x is the member x);
+                # when nothing is there, "not found" would hide that the link points outside
+                outside = target.startswith("/") or joined == ".." or joined.startswith("../")
+                where = "out of the archive" if outside else "which the archive does not hold"
+                why = f"{self._link(seen, name)} is a symlink to {target!r}, {where}"
                 name = member_name(posixpath.join(base, target))
             elif info.islnk():
+                why = f"{self._link(seen, name)} is a hardlink to {info.linkname!r}, which the archive does not hold"
                 name = member_name(info.linkname)
             elif info.isreg():
                 if info.issparse():
                     raise ImageError(f"{self.path}: member {seen} is a sparse file")
-                return info
+                return info, None
             else:
                 raise ImageError(f"{self.path}: member {seen} is not a regular file")
         raise ImageError(f"{self.path}: member {seen}: too many levels of links")
+
+    def _link(self, seen, name):
+        return f"{self.path}: member {seen}" + (f": {name}" if name != seen else "")
 
     def has(self, name):
         return self._lookup(member_name(name)) is not None
 
     def member(self, name):
-        info = self._lookup(member_name(name))
+        info, why = self._resolve(member_name(name))
         if info is None:
-            raise BlobNotFoundError(f"{name} not found in {self.path}")
+            raise BlobNotFoundError(why or f"{name} not found in {self.path}")
         return info
 
     def size(self, name):
@@ -495,8 +513,13 @@ class TarBlobStore(BlobStore):
 
     def _member(self, digest):
         name = _digest.blob_relpath(digest)
-        if not self.archive.has(name):
-            raise BlobNotFoundError(f"blob {digest} not found in {self.archive.path}")
+        info, why = self.archive._resolve(name)
+        if info is None:
+            if why is None:
+                raise BlobNotFoundError(f"blob {digest} not found in {self.archive.path}")
+            e = BlobNotFoundError(f"blob {digest}: {why}")
+            e.dangling = True   # a link the archive holds: a layout's "not found" would hide it
+            raise e
         return name
 
     def open(self, digest):

@@ -22,7 +22,7 @@ from ..errors import (ArtifactError, BlobNotFoundError, DigestMismatchError, Ima
                       PlatformNotFoundError)
 from ..limits import check_layer_count
 from ..platform import Platform
-from .blobs import MAX_DOCUMENT_SIZE, TarArchive, TarBlobStore, member_name
+from .blobs import MAX_CONFIG_SIZE, TarArchive, TarBlobStore, member_name
 from .image import LayerRef, ResolvedImage, Source
 from .layout import OCILayout
 from .model import check_field_spelling, decode_json, parse_config
@@ -202,7 +202,7 @@ class DockerArchive(Source):
         config_name = self._select()["Config"]
         if config_name not in self._configs:  # read once: resolve hashes what load then stores
             what = f"config {config_name}"
-            data = self.archive.read(config_name, what, limit=MAX_DOCUMENT_SIZE)
+            data = self.archive.read(config_name, what, limit=MAX_CONFIG_SIZE)
             m = _DIGEST_NAME_RE.fullmatch(member_name(config_name))
             if m and (actual := _digest.sha256_bytes(data)) != f"sha256:{m.group(1)}":
                 # The config file is named by its digest (the image ID): a mismatch means tampering.

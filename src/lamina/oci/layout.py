@@ -13,7 +13,7 @@ from .. import mediatypes as mt
 from ..errors import (ArtifactError, BlobNotFoundError, ImageError, ImageNotFoundError, PlatformNotFoundError,
                       UnsupportedMediaTypeError, layer_of)
 from ..platform import Platform
-from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_in_layout
+from .blobs import DirBlobStore, MAX_CONFIG_SIZE, MAX_DOCUMENT_SIZE, MAX_MANIFEST_SIZE, open_in_layout
 from .image import LayerRef, ResolvedImage, Source
 from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, check_field_spelling, document_media_type,
                     index_entries, load_json, parse_config, parse_index, parse_manifest)
@@ -150,7 +150,7 @@ class OCILayout(Source):
                 f"{self.description}: {desc.digest} has unsupported media type {desc.media_type!r}")
         kind = "index" if mt.is_index(desc.media_type) else "manifest"
         what = f"{kind} {desc.digest}"
-        data = self.store.read(desc, what)
+        data = self.store.read(desc, what, MAX_MANIFEST_SIZE)
         doc = load_json(data, what)
         media_type = document_media_type(doc, desc.media_type, what)
         if mt.is_index(media_type):
@@ -162,7 +162,7 @@ class OCILayout(Source):
         cdesc = manifest.config
         key = (cdesc.digest, len(manifest.layers))
         if key not in self._configs:
-            data = self.store.read(cdesc, f"config {cdesc.digest}")
+            data = self.store.read(cdesc, f"config {cdesc.digest}", MAX_CONFIG_SIZE)
             self._configs[key] = parse_config(data, f"config {cdesc.digest}", len(manifest.layers))
         return self._configs[key]
 
@@ -243,7 +243,9 @@ class OCILayout(Source):
     def _layer_size(self, which, ldesc):
         try:
             return self.store.size(ldesc.digest)
-        except BlobNotFoundError:
+        except BlobNotFoundError as e:
+            if getattr(e, "dangling", False):
+                raise BlobNotFoundError(f"{which}: {e}") from None
             if ldesc.media_type in mt.FOREIGN_LAYER_TYPES or ldesc.urls:
                 raise BlobNotFoundError(
                     f"{which} ({ldesc.digest}) is a non-distributable layer absent from {self.description};"

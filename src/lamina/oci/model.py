@@ -227,11 +227,15 @@ def parse_descriptor(obj, what):
         if isinstance(p, dict):
             check_field_spelling(p, PLATFORM_FIELDS, f"{what} platform")
             _check_types(p, _PLATFORM_TYPES, f"{what} platform")
+        why = None
         try:
-            platform = Platform.from_dict(p) if isinstance(p, dict) else None
-        except ValueError:
-            platform = None
+            platform = Platform.from_dict(p, strict=True) if isinstance(p, dict) else None
+        except ValueError as e:
+            platform, why = None, str(e)
         if platform is None:
+            if why is not None and not why.startswith("platform needs"):
+                # the value may be long or hostile: the reason names it, cut and quoted
+                raise ImageError(f"{what}: invalid platform: {why}")
             raise ImageError(f"{what}: invalid platform {p!r}")
     annotations = _string_map(obj.get("annotations"), what, "annotations")
     urls = obj.get("urls")

@@ -28,6 +28,7 @@ from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import (AuthenticationError, BlobNotFoundError, ImageNotFoundError, RegistryError,
                       UnsupportedMediaTypeError)
+from ..limits import MAX_MANIFEST_SIZE  # distribution's own limit, the same for layouts
 from ..oci.model import document_media_type, load_json
 from ..quoting import quote_name
 from ..reference import TAG_PATTERN, Reference
@@ -40,7 +41,6 @@ MANIFEST_ACCEPT = ", ".join([
     # Accepted only to recognise and refuse them with a clear message.
     mt.DOCKER_SCHEMA1_SIGNED_MANIFEST + ";q=0.5", mt.DOCKER_SCHEMA1_MANIFEST + ";q=0.5",
 ])
-MAX_MANIFEST_SIZE = 4 << 20   # distribution's own limit
 MAX_ERROR_BODY = 1 << 16
 # tags/list pages one repository may take (docker hub serves 100 tags a page: a million tags)
 MAX_TAG_PAGES = 10_000

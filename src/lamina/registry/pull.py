@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from .. import errors, mediatypes as mt, trace
 from ..errors import DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError, RegistryError
 from ..oci.model import document_media_type, index_entries, parse_config, parse_index, parse_manifest
+from ..limits import MAX_CONFIG_SIZE  # one limit for every way an image comes in
 from ..lowers import LayersBelow
 from ..platform import Platform
 from ..reference import Reference
@@ -44,7 +45,6 @@ TURN_OVERLAP_MIN = 256 << 10
 # A blob that received nothing for this long (a stalled connection, a retry's backoff) lets the
 # next ones start meanwhile: the link would idle otherwise.
 TURN_STALL = 2.0
-MAX_CONFIG_SIZE = 8 << 20
 MAX_INDEX_DEPTH = 4
 
 
@@ -416,9 +416,15 @@ class Puller:
     # --- the whole pull ------------------------------------------------------------------------------
 
     def run(self) -> PullResult:
+        from ..store import imports as _imports, snapshots as _snapshots
         t0 = time.monotonic()
+        dropped = _snapshots.dropped_dedups()
         try:
             return self._run(t0)
+        except BaseException:
+            if _snapshots.dropped_dedups() != dropped:
+                _imports.drop_unused_objects(self.store)
+            raise
         finally:
             self.reporter.close()
             if self._own_client:
@@ -442,6 +448,12 @@ class Puller:
             writes.append("the other platforms' manifests")
         if self.ref.digest is None and f"{self.ref.name}@{top.digest}" not in held.repo_digests:
             writes.append("the name's repo digest")
+        elif self.ref.digest is not None and f"{self.ref.name}@{self.ref.digest}" not in held.names:
+            # the digest is the repo digest of a tag the store holds (app:1 pulled, app@sha256:…
+            # pulled now): the pull still records the name@digest as a name of its own
+            under = [r.familiar() for r in held.refs if r.name == self.ref.name]
+            writes.append(f"the name {self.ref.familiar()}" + (
+                f" (its repo digest is recorded under {', '.join(under)} only)" if under else ""))
         if writes:
             if top.is_index:
                 what = f"its index is now {top.digest}; its {chosen or 'chosen'} manifest"
@@ -492,7 +504,13 @@ class Puller:
             extra_layers.extend(om.layers)
 
         trace.event("layers-start")
-        layers = self._layers(repos, manifest.layers, config.diff_ids, extra_layers)
+        try:
+            layers = self._layers(repos, manifest.layers, config.diff_ids, extra_layers)
+        except (errors.StoreError, errors.ExtractError) as e:
+            # a full disk's error names the layer by its digest alone: which of the image's
+            from ..store.fsutil import name_the_layer
+            name_the_layer(e, [d.digest for d in manifest.layers], lambda k: errors.layer_of(k, len(manifest.layers)))
+            raise
         trace.event("layers-done")
 
         for other in others:

@@ -13,6 +13,35 @@ FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _libc = None
 
 
+def is_full(e):
+    """True for an error of a full filesystem or quota: an OSError, an ExtractError carrying its
+    errno, or a StoreError raised from one."""
+    err = getattr(e, "errno", None)
+    if err is None and isinstance(e.__cause__, OSError):
+        err = e.__cause__.errno
+    return err in FULL_ERRNOS
+
+
+def name_the_layer(e, digests, which):
+    """A full disk's error names the layer or blob it stopped by digest alone ("layer sha256:…:
+    storing its snapshot failed", "blob sha256:…: cannot write it"), as the store's snapshots,
+    shared by every image, know it: say which layer of the image that is, as every other error
+    of an image's layers does ("layer 2 of 3 (sha256:…)").  ``digests``: the image's layer
+    digests, bottom first; ``which(i)``: how the ``i``-th is named.  Rewrites ``e``'s message in
+    place (keeping its class and errno); returns whether it did."""
+    if not is_full(e) or len(e.args) != 1 or not isinstance(e.args[0], str):
+        return False
+    msg = e.args[0]
+    for i, digest in enumerate(digests):
+        if msg.startswith(f"layer {digest}"):
+            e.args = (f"{which(i)} ({digest}){msg[len(f'layer {digest}'):]}",)
+            return True
+        if msg.startswith(f"blob {digest}"):
+            e.args = (f"{which(i)}: {msg}",)
+            return True
+    return False
+
+
 def _syncfs_fn():
     global _libc
     if _libc is None:

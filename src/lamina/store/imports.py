@@ -8,9 +8,10 @@ be sharing them); gc or fsck takes them later.
 """
 from __future__ import annotations
 
-from ..errors import DigestMismatchError, ImageError, StoreError, layer_of
+from ..errors import DigestMismatchError, ExtractError, ImageError, StoreError, layer_of
 from . import objects as _objects
 from . import snapshots as _snapshots
+from .fsutil import name_the_layer
 from .gc import reachable
 from .image import load_image
 from .locks import FileLock
@@ -98,6 +99,7 @@ def import_images(store, items, report=None):
     for data, names in items:
         check_names(data, names)  # before any work: an import refused stores nothing
     created_blobs, created_snaps, ready = [], [], []
+    dropped = _snapshots.dropped_dedups()
     try:
         for data, names in items:
             existing = _same_image(store, data)
@@ -119,6 +121,9 @@ def import_images(store, items, report=None):
             created_snaps += [c for c in image.chain_ids if store.snapshot_info(c) is None]
             try:
                 store.snapshots_for(image)
+            except (StoreError, ExtractError) as e:   # a full disk's, named by the layer's digest alone
+                name_the_layer(e, [layer.digest for layer in image.layers], lambda k: _which_layer(data, k))
+                raise
             except DigestMismatchError as e:
                 # a diffID is checked as the layer extracts, into a snapshot that any image
                 # may share: the snapshot's error names the layer's digest alone
@@ -135,7 +140,7 @@ def import_images(store, items, report=None):
             report("manifest", manifest_digest, status)
         return results
     except BaseException:
-        _rollback(store, created_blobs, created_snaps)
+        _rollback(store, created_blobs, created_snaps, _snapshots.dropped_dedups() != dropped)
         raise
 
 
@@ -144,6 +149,9 @@ def _put_blobs(store, data, created, report):
     for i, layer in enumerate(data.layers):
         try:
             wrote = ingest_stream(store, layer.digest, layer.size, layer.open)
+        except StoreError as e:   # a full disk's: "blob sha256:…: cannot write it into the store"
+            name_the_layer(e, [layer.digest], lambda _: _which_layer(data, i))
+            raise
         except DigestMismatchError as e:
             # "blob sha256:...: digest mismatch" alone left the reader to find which of the
             # archive's images and layers that was
@@ -165,8 +173,10 @@ def _which_layer(data, i):
     return f"{data.description}:{image} {layer_of(i, len(data.layers))}"
 
 
-def _rollback(store, blobs, chains):
-    if not blobs and not chains:
+def _rollback(store, blobs, chains, dropped_dedup=False):
+    """Remove what a failed import created, unless another writer is active.  ``dropped_dedup``:
+    a staging snapshot was dropped after its dedup pass began (see drop_unused_objects)."""
+    if not blobs and not chains and not dropped_dedup:
         return
     store.close()  # our own shared lease would block the exclusive lock below
     lock = FileLock(store.paths.gc_lock)
@@ -184,9 +194,19 @@ def _rollback(store, blobs, chains):
         for c in chains:
             if c not in keep_chains:
                 removed = _snapshots.remove(store.paths, c) or removed
-        if removed:
+        if removed or dropped_dedup:
             # Each layer's files were shared with the store's objects as it committed: the objects
             # only the removed snapshots used stayed behind ("not used by any snapshot" in fsck).
+            # Likewise those of a layer whose dedup pass ran beside the extraction of a layer
+            # below it, and whose snapshot was dropped when that one was refused.
             _objects.collect(store.paths)
     finally:
         lock.release()
+
+
+def drop_unused_objects(store):
+    """After a failed pull: remove the objects of the staging snapshots it dropped after their
+    dedup pass began (a good layer deduplicated beside a layer below it that was then refused),
+    which nothing uses, so that fsck is clean but for what the pull keeps for its rerun (blobs,
+    committed snapshots).  Skipped while another writer holds the gc lease: gc takes them."""
+    _rollback(store, [], [], dropped_dedup=True)

@@ -306,6 +306,7 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
         if final.exists():  # a snapshot dir without fs/ or of an old format: never a usable snapshot
             _discard(paths, final, hexid)
         tmp = paths.snapshots / f"{TMP_PREFIX}{hexid}-{os.getpid()}-{secrets.token_hex(4)}"
+        deduplicating = False
         try:
             os.makedirs(paths.snapshots, exist_ok=True)
             os.mkdir(tmp, 0o755)
@@ -405,6 +406,7 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                     # object before its data is ever written (see objects.dedup_snapshot).  This also
                     # runs in the layer's own thread, beside the other layers' extraction.
                     final_tree = None if tree_ready is None else (lambda: tree_ready(tmp / "fs"))
+                    deduplicating = True
                     ds = _objects.dedup_snapshot(paths, tmp, sync=sync, tree_final=final_tree)
                     trace.event("dedup", chain=hexid[:12], plan=f"{ds.plan_seconds:.3f}",
                                 sync=f"{ds.sync_seconds:.3f}", claim=f"{ds.claim_seconds:.3f}",
@@ -422,6 +424,8 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
             trace.event("committed", chain=hexid[:12])
         except BaseException as e:
             abandon(tmp, e, f"{TRASH_PREFIX}{hexid}-{secrets.token_hex(4)}")
+            if deduplicating:
+                _note_dropped_dedup()
             raise
         finally:
             if writing[0]:
@@ -429,6 +433,25 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
         return final / "fs"
     finally:
         lock.release(unlink=True)
+
+
+# Staging snapshots dropped after their dedup pass began, in this process: that pass may have
+# made objects which only the dropped snapshot used (a good layer deduplicated beside the
+# extraction of a layer below it that was then refused).  A failed import or pull compares this
+# before and after to know whether to collect them (imports.drop_unused_objects).
+_dropped_dedups = 0
+_dropped_lock = threading.Lock()
+
+
+def _note_dropped_dedup():
+    global _dropped_dedups
+    with _dropped_lock:
+        _dropped_dedups += 1
+
+
+def dropped_dedups():
+    """How many staging snapshots this process dropped after their dedup pass began."""
+    return _dropped_dedups
 
 
 # chainID -> its parent's, as read from a meta.json: a chainID hashes its parent's, so this never
