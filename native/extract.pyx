@@ -30,7 +30,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.string cimport memcpy, memcmp, memchr, memset
 from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.errno cimport (errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES,
-                         ESTALE, EIO, EMLINK)
+                         ESTALE, EIO, EMLINK, ENAMETOOLONG)
 from libc.stdint cimport int64_t, uint64_t, uint32_t
 from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
 from posix.types cimport mode_t, uid_t, gid_t, off_t, dev_t
@@ -483,14 +483,18 @@ cdef int _walk_plain(int root, bytes path) except -2:
 cdef dict _multiply_linked(int root, shared):
     """{(dev, ino): [paths]} of the non-directories with more than one link
     under ``root`` (a finished layer dir), except the ``shared`` paths."""
+    cdef int fd
     out = {}
     todo = [b""]
-    while todo:
-        rel = todo.pop()
-        fd = _walk_plain(root, rel) if rel else dup(root)
-        if fd < 0:
-            continue
-        try:
+    # depth first, each directory opened from its parent's fd the stack still holds: a tree
+    # thousands of levels deep (a symlink of the image led a layer there) costs linear time
+    cdef _DirStack stack = _DirStack(root)
+    try:
+        while todo:
+            rel = todo.pop()
+            fd = stack.open(rel)  # borrowed
+            if fd < 0:
+                continue
             with os.scandir(fd) as it:
                 for e in it:
                     path = rel + b"/" + os.fsencode(e.name) if rel else os.fsencode(e.name)
@@ -500,8 +504,8 @@ cdef dict _multiply_linked(int root, shared):
                     st = e.stat(follow_symlinks=False)
                     if st.st_nlink > 1 and path not in shared:
                         out.setdefault((st.st_dev, st.st_ino), []).append(path)
-        finally:
-            close(fd)
+    finally:
+        stack.close()
     return out
 
 
@@ -3038,6 +3042,8 @@ cdef class Extractor:
                 fd = lamina_openat2(root, cpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
                                     LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_MAGICLINKS)
                 e = errno
+            if e == ENAMETOOLONG:
+                return self._walk_in_root(path)  # past PATH_MAX: one component at a time has no bound
             if fd >= 0 or (e != ENOSYS and e != EPERM):
                 lamina_set_errno(e)
                 return fd
@@ -3365,6 +3371,9 @@ cdef class Extractor:
                 fd = lamina_openat2(root, cpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
                                     LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_SYMLINKS | LAMINA_RESOLVE_NO_MAGICLINKS)
                 e = errno
+            if e == ENAMETOOLONG:
+                # a directory a symlink below led to, deeper than PATH_MAX: the walk has no bound
+                return _walk_plain(root, path)
             if fd >= 0 or (e != ENOSYS and e != EPERM):
                 lamina_set_errno(e)
                 return fd
@@ -3570,12 +3579,27 @@ cdef class Extractor:
         metadata of the lower layer that provides each one, or as new 0755
         directories; a whiteout of this layer in the way becomes an opaque
         directory (what was below stays hidden)."""
-        cdef int fd = dup(self.rootfd), nfd, src
+        cdef int fd = dup(self.rootfd), nfd, below = -1, below_layer = -1
         cdef stat st
         cdef Py_ssize_t k
         try:
             for k in range(len(phys)):
                 c = <bytes>phys[k]
+                # the lower directory of the level above, kept while one layer provides level
+                # after level: a chain thousands deep (a symlink below led there) copies up
+                # in linear time, and its path past PATH_MAX is never resolved from the top
+                if below >= 0 and <int>source[k] != below_layer:
+                    close(below)
+                    below = -1
+                if below >= 0:
+                    below = _descend(below, c)
+                    if below < 0:
+                        self._parent_error(b"/".join(phys[:k + 1]), name)
+                elif <int>source[k] >= 0:
+                    below = self._plain_dir(<int>self.lower_fds[<int>source[k]], b"/".join(phys[:k + 1]))
+                    if below < 0:
+                        self._parent_error(b"/".join(phys[:k + 1]), name)
+                below_layer = <int>source[k]
                 nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                 if nfd < 0:
                     if errno != ENOENT and errno != ENOTDIR:
@@ -3593,15 +3617,12 @@ cdef class Extractor:
                         self._oserror("mkdir", name)
                     if opaque:
                         self._set_opaque(nfd, name)
-                    elif <int>source[k] >= 0:
-                        src = self._plain_dir(<int>self.lower_fds[<int>source[k]], b"/".join(phys[:k + 1]))
-                        if src < 0:
-                            close(nfd)
-                            self._parent_error(b"/".join(phys[:k + 1]), name)
+                    elif below >= 0:
                         try:
-                            self._copy_dir_metadata(src, nfd, b"/".join(phys[:k + 1]), name)
-                        finally:
-                            close(src)
+                            self._copy_dir_metadata(below, nfd, b"/".join(phys[:k + 1]), name)
+                        except BaseException:
+                            close(nfd)
+                            raise
                 close(fd)
                 fd = nfd
             nfd, fd = fd, -1
@@ -3609,6 +3630,8 @@ cdef class Extractor:
         finally:
             if fd >= 0:
                 close(fd)
+            if below >= 0:
+                close(below)
 
     cdef _root_from_below(self):
         """A layer that does not name the root leaves it as the layers below have it (the
