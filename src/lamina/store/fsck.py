@@ -310,7 +310,7 @@ class Checker:
         try:
             info = _snapshots.read_info(self.paths, chain)
         except StoreError as e:
-            info, problem = None, str(e)
+            info, problem = None, str(e).removeprefix(f"snapshot {chain}: ")
         else:
             problem = None if info else "no meta.json"
         if info is not None and (info.chain_id != chain or not info.fs.is_dir()
