@@ -166,6 +166,26 @@ def test_fsck_names_a_changed_file_whose_name_is_no_utf8_as_every_message_does(t
     _assert_not_forged(text.stdout + text.stderr, "fsck")
 
 
+def test_mount_and_umount_write_a_target_that_is_no_utf8_as_the_listing_does(tmp_path):
+    """``lamina mount REF TARGET`` and ``umount TARGET`` print the target; a byte of it that is
+    not UTF-8 went out raw, where ``lamina mount`` (the listing) and its JSON write ``\\xff``."""
+    from conftest import require_root
+    require_root()
+    layout = write_image(tmp_path / "layout", [Tar().file("f", b"x").bytes()])
+    root = tmp_path / "store"
+    assert _cli("--root", root, "copy", f"oci:{layout}:img", "img:1").returncode == 0
+    target = os.fsdecode(os.fsencode(tmp_path) + b"/mnt\xff")
+    shown = os.fsencode(tmp_path) + b"/mnt\\xff\n"
+    mounted = _cli("--root", root, "mount", "img:1", target)
+    try:
+        listing = _cli("--root", root, "mount")
+    finally:
+        unmounted = _cli("--root", root, "umount", target)
+    assert mounted.returncode == unmounted.returncode == 0, mounted.stderr + unmounted.stderr
+    assert mounted.stdout == shown and unmounted.stdout == shown, (mounted.stdout, unmounted.stdout)
+    assert shown.rstrip(b"\n") in listing.stdout, listing.stdout
+
+
 def test_a_template_error_quoting_an_image_field_stays_on_the_error_line(tmp_path):
     """inspect's per-image errors (a template that fails on a value, an unknown ref) went to
     stderr as they were, not through the one-line rule of every other error: a template
