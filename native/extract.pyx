@@ -3053,7 +3053,7 @@ cdef class Extractor:
     cdef int _walk_in_root(self, bytes path) except -2:
         """RESOLVE_IN_ROOT by hand: component by component with O_NOFOLLOW,
         expanding symlinks ourselves so that ".." and absolute targets stop at the root."""
-        cdef int fd = dup(self.rootfd), links = 0, e
+        cdef int fd = dup(self.rootfd), nfd, links = 0, e
         cdef stat st
         cdef char buf[4096]
         cdef Py_ssize_t ln
@@ -3065,11 +3065,17 @@ cdef class Extractor:
                 continue
             if c == b"..":
                 if stack:
+                    # fd was reached from the root one plain directory at a time, so its ".."
+                    # is the directory of stack[:-1]: a walk again from the root per ".." cost
+                    # time quadratic in the depth (a symlink of 1,300 ".." deep down)
                     stack.pop()
+                    nfd = openat(fd, b"..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                    e = errno
                     close(fd)
-                    fd = _walk_plain(self.rootfd, b"/".join(stack))
-                    if fd < 0:
+                    if nfd < 0:
+                        lamina_set_errno(e)
                         return -1
+                    fd = nfd
                 continue
             if fstatat(fd, c, &st, AT_SYMLINK_NOFOLLOW) < 0:
                 e = errno
@@ -3453,6 +3459,11 @@ cdef class Extractor:
         todo = [(c, False) for c in reversed(path.split(b"/"))]
         phys = []       # where the directory really is
         source = []     # per component: the lower layer that provides it, -1 if none / this layer
+        # per component: going down into it left the same layers showing something (and the
+        # same unknown_below), so ".." is the parent of each fd held: a symlink of 1,300 ".."
+        # deep below walked again from the root per "..", time quadratic in the depth (16 s an
+        # entry at 2,400 levels)
+        plain = []
         lf = []
         try:
             ufd = dup(self.rootfd)
@@ -3461,12 +3472,20 @@ cdef class Extractor:
                 c, from_link = todo.pop()
                 if not c or c == b".":
                     continue
+                if c == b".." and phys and plain[len(plain) - 1]:
+                    phys.pop()
+                    source.pop()
+                    plain.pop()
+                    ufd = self._up(ufd, path, name)
+                    for i in range(nl):
+                        lf[i] = self._up(<int>lf[i], path, name)
+                    continue
                 if c == b"..":
                     if phys:
                         phys.pop()
                         source.pop()
                     todo.extend((x, False) for x in reversed(phys))
-                    phys, source = [], []
+                    phys, source, plain = [], [], []
                     ufd = _reset(ufd, self.rootfd)
                     unknown_below = self.defer_lowers
                     for i in range(nl):
@@ -3487,6 +3506,7 @@ cdef class Extractor:
                                 ufd = nfd
                                 phys.append(c)
                                 source.append(-1)
+                                plain.append(False)
                                 continue
                         self._load_lowers(f"entry {_show(name)}: {_show(path)} is not in this layer")
                         return self._union_walk(path, create, name, lowers_out, copy_up)
@@ -3508,6 +3528,7 @@ cdef class Extractor:
                             f"entry {_show(name)}: {_show(path)} goes through a dangling symlink")
                     phys.append(c)
                     source.append(-1)
+                    plain.append(False)
                     unknown_below = False  # whited out, or new: nothing below shows here
                     if ufd >= 0:
                         close(ufd)
@@ -3526,7 +3547,7 @@ cdef class Extractor:
                         self._parent_error(path, name)
                     target = buf[:ln]
                     if target.startswith(b"/"):
-                        phys, source = [], []
+                        phys, source, plain = [], [], []
                         ufd = _reset(ufd, self.rootfd)
                         unknown_below = self.defer_lowers
                         for i in range(nl):
@@ -3540,6 +3561,7 @@ cdef class Extractor:
                     lamina_set_errno(ENOTDIR)
                     self._parent_error(path, name)
                 # descend: this layer's copy (if any), then the lower copies it merges with
+                was = (ufd >= 0, unknown_below, [<int>x >= 0 for x in lf])
                 nfd = -1
                 if found == -1:
                     nfd = openat(ufd, <bytes>c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
@@ -3554,6 +3576,7 @@ cdef class Extractor:
                 self._descend_lowers(lf, <bytes>c, found, stop)
                 phys.append(c)
                 source.append(found)
+                plain.append(was == (ufd >= 0, unknown_below, [<int>x >= 0 for x in lf]))
             if lowers_out is not None and unknown_below:
                 self._load_lowers(f"entry {_show(name)}: needs the layers below {_show(path)}")
                 return self._union_walk(path, create, name, lowers_out, copy_up)
@@ -3573,6 +3596,20 @@ cdef class Extractor:
             for x in lf:
                 if <int>x >= 0:
                     close(<int>x)
+
+    cdef int _up(self, int fd, bytes path, object name) except -2:
+        """The parent of directory ``fd`` (closed), -1 for -1: a layer's directory reached from
+        its root one plain directory at a time, not its root."""
+        cdef int nfd, e
+        if fd < 0:
+            return -1
+        nfd = openat(fd, b"..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        e = errno
+        close(fd)
+        if nfd < 0:
+            lamina_set_errno(e)
+            self._parent_error(path, name)
+        return nfd
 
     cdef int _copy_up_dirs(self, list phys, list source, object name) except -2:
         """Make the directories of ``phys`` that this layer lacks: with the
