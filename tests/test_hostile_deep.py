@@ -25,6 +25,17 @@ LEVELS = 400   # directories per link of the chain: 800 bytes of path
 UPS = 1300     # ".." in one symlink target (3,900 bytes)
 
 
+@pytest.fixture(autouse=True)
+def _no_deep_leftovers(tmp_path):
+    """The trees these tests make go thousands of levels down; pytest removes old temporary
+    directories with shutil.rmtree, which recurses, so a later session ended in a RecursionError
+    (its exit status 1, every test passed).  lamina's own removal has no depth limit; set up
+    before ``g``, this runs after its check."""
+    yield
+    from lamina.tree import clear_dir
+    clear_dir(tmp_path)
+
+
 def _pax(t, kind, name, target=None, data=b""):
     records = {"path": name}
     if target is not None:
