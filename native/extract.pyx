@@ -30,7 +30,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.string cimport memcpy, memcmp, memchr, memset
 from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.errno cimport (errno, EEXIST, ENOENT, ENOTDIR, ELOOP, ENOSYS, EPERM, EOPNOTSUPP, EISDIR, ENOTEMPTY, EACCES,
-                         ESTALE, EIO, EMLINK)
+                         ESTALE, EIO, EMLINK, ENAMETOOLONG)
 from libc.stdint cimport int64_t, uint64_t, uint32_t
 from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
 from posix.types cimport mode_t, uid_t, gid_t, off_t, dev_t
@@ -490,14 +490,18 @@ cdef int _walk_plain(int root, bytes path) except -2:
 cdef dict _multiply_linked(int root, shared):
     """{(dev, ino): [paths]} of the non-directories with more than one link
     under ``root`` (a finished layer dir), except the ``shared`` paths."""
+    cdef int fd
     out = {}
     todo = [b""]
-    while todo:
-        rel = todo.pop()
-        fd = _walk_plain(root, rel) if rel else dup(root)
-        if fd < 0:
-            continue
-        try:
+    # depth first, each directory opened from its parent's fd the stack still holds: a tree
+    # thousands of levels deep (a symlink of the image led a layer there) costs linear time
+    cdef _DirStack stack = _DirStack(root)
+    try:
+        while todo:
+            rel = todo.pop()
+            fd = stack.open(rel)  # borrowed
+            if fd < 0:
+                continue
             with os.scandir(fd) as it:
                 for e in it:
                     path = rel + b"/" + os.fsencode(e.name) if rel else os.fsencode(e.name)
@@ -507,8 +511,8 @@ cdef dict _multiply_linked(int root, shared):
                     st = e.stat(follow_symlinks=False)
                     if st.st_nlink > 1 and path not in shared:
                         out.setdefault((st.st_dev, st.st_ino), []).append(path)
-        finally:
-            close(fd)
+    finally:
+        stack.close()
     return out
 
 
@@ -3050,6 +3054,8 @@ cdef class Extractor:
                 fd = lamina_openat2(root, cpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
                                     LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_MAGICLINKS)
                 e = errno
+            if e == ENAMETOOLONG:
+                return self._walk_in_root(path)  # past PATH_MAX: one component at a time has no bound
             if fd >= 0 or (e != ENOSYS and e != EPERM):
                 lamina_set_errno(e)
                 return fd
@@ -3059,7 +3065,7 @@ cdef class Extractor:
     cdef int _walk_in_root(self, bytes path) except -2:
         """RESOLVE_IN_ROOT by hand: component by component with O_NOFOLLOW,
         expanding symlinks ourselves so that ".." and absolute targets stop at the root."""
-        cdef int fd = dup(self.rootfd), links = 0, e
+        cdef int fd = dup(self.rootfd), nfd, links = 0, e
         cdef stat st
         cdef char buf[4096]
         cdef Py_ssize_t ln
@@ -3071,11 +3077,17 @@ cdef class Extractor:
                 continue
             if c == b"..":
                 if stack:
+                    # fd was reached from the root one plain directory at a time, so its ".."
+                    # is the directory of stack[:-1]: a walk again from the root per ".." cost
+                    # time quadratic in the depth (a symlink of 1,300 ".." deep down)
                     stack.pop()
+                    nfd = openat(fd, b"..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                    e = errno
                     close(fd)
-                    fd = _walk_plain(self.rootfd, b"/".join(stack))
-                    if fd < 0:
+                    if nfd < 0:
+                        lamina_set_errno(e)
                         return -1
+                    fd = nfd
                 continue
             if fstatat(fd, c, &st, AT_SYMLINK_NOFOLLOW) < 0:
                 e = errno
@@ -3377,6 +3389,9 @@ cdef class Extractor:
                 fd = lamina_openat2(root, cpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
                                     LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_SYMLINKS | LAMINA_RESOLVE_NO_MAGICLINKS)
                 e = errno
+            if e == ENAMETOOLONG:
+                # a directory a symlink below led to, deeper than PATH_MAX: the walk has no bound
+                return _walk_plain(root, path)
             if fd >= 0 or (e != ENOSYS and e != EPERM):
                 lamina_set_errno(e)
                 return fd
@@ -3456,6 +3471,11 @@ cdef class Extractor:
         todo = [(c, False) for c in reversed(path.split(b"/"))]
         phys = []       # where the directory really is
         source = []     # per component: the lower layer that provides it, -1 if none / this layer
+        # per component: going down into it left the same layers showing something (and the
+        # same unknown_below), so ".." is the parent of each fd held: a symlink of 1,300 ".."
+        # deep below walked again from the root per "..", time quadratic in the depth (16 s an
+        # entry at 2,400 levels)
+        plain = []
         lf = []
         try:
             ufd = dup(self.rootfd)
@@ -3464,12 +3484,20 @@ cdef class Extractor:
                 c, from_link = todo.pop()
                 if not c or c == b".":
                     continue
+                if c == b".." and phys and plain[len(plain) - 1]:
+                    phys.pop()
+                    source.pop()
+                    plain.pop()
+                    ufd = self._up(ufd, path, name)
+                    for i in range(nl):
+                        lf[i] = self._up(<int>lf[i], path, name)
+                    continue
                 if c == b"..":
                     if phys:
                         phys.pop()
                         source.pop()
                     todo.extend((x, False) for x in reversed(phys))
-                    phys, source = [], []
+                    phys, source, plain = [], [], []
                     ufd = _reset(ufd, self.rootfd)
                     unknown_below = self.defer_lowers
                     for i in range(nl):
@@ -3490,6 +3518,7 @@ cdef class Extractor:
                                 ufd = nfd
                                 phys.append(c)
                                 source.append(-1)
+                                plain.append(False)
                                 continue
                         self._load_lowers(f"entry {_show(name)}: {_show(path)} is not in this layer")
                         return self._union_walk(path, create, name, lowers_out, copy_up)
@@ -3511,6 +3540,7 @@ cdef class Extractor:
                             f"entry {_show(name)}: {_show(path)} goes through a dangling symlink")
                     phys.append(c)
                     source.append(-1)
+                    plain.append(False)
                     unknown_below = False  # whited out, or new: nothing below shows here
                     if ufd >= 0:
                         close(ufd)
@@ -3529,7 +3559,7 @@ cdef class Extractor:
                         self._parent_error(path, name)
                     target = buf[:ln]
                     if target.startswith(b"/"):
-                        phys, source = [], []
+                        phys, source, plain = [], [], []
                         ufd = _reset(ufd, self.rootfd)
                         unknown_below = self.defer_lowers
                         for i in range(nl):
@@ -3543,6 +3573,7 @@ cdef class Extractor:
                     lamina_set_errno(ENOTDIR)
                     self._parent_error(path, name)
                 # descend: this layer's copy (if any), then the lower copies it merges with
+                was = (ufd >= 0, unknown_below, [<int>x >= 0 for x in lf])
                 nfd = -1
                 if found == -1:
                     nfd = openat(ufd, <bytes>c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
@@ -3557,6 +3588,7 @@ cdef class Extractor:
                 self._descend_lowers(lf, <bytes>c, found, stop)
                 phys.append(c)
                 source.append(found)
+                plain.append(was == (ufd >= 0, unknown_below, [<int>x >= 0 for x in lf]))
             if lowers_out is not None and unknown_below:
                 self._load_lowers(f"entry {_show(name)}: needs the layers below {_show(path)}")
                 return self._union_walk(path, create, name, lowers_out, copy_up)
@@ -3575,17 +3607,46 @@ cdef class Extractor:
                 close(ufd)
             _close_fds(lf)
 
+    cdef int _up(self, int fd, bytes path, object name) except -2:
+        """The parent of directory ``fd`` (closed), -1 for -1: a layer's directory reached from
+        its root one plain directory at a time, not its root."""
+        cdef int nfd, e
+        if fd < 0:
+            return -1
+        nfd = openat(fd, b"..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        e = errno
+        close(fd)
+        if nfd < 0:
+            lamina_set_errno(e)
+            self._parent_error(path, name)
+        return nfd
+
     cdef int _copy_up_dirs(self, list phys, list source, object name) except -2:
         """Make the directories of ``phys`` that this layer lacks: with the
         metadata of the lower layer that provides each one, or as new 0755
         directories; a whiteout of this layer in the way becomes an opaque
         directory (what was below stays hidden)."""
-        cdef int fd = dup(self.rootfd), nfd, src
+        cdef int fd = dup(self.rootfd), nfd, below = -1, below_layer = -1
         cdef stat st
         cdef Py_ssize_t k
         try:
             for k in range(len(phys)):
                 c = <bytes>phys[k]
+                # the lower directory of the level above, kept while one layer provides level
+                # after level: a chain thousands deep (a symlink below led there) copies up
+                # in linear time, and its path past PATH_MAX is never resolved from the top
+                if below >= 0 and <int>source[k] != below_layer:
+                    close(below)
+                    below = -1
+                if below >= 0:
+                    below = _descend(below, c)
+                    if below < 0:
+                        self._parent_error(b"/".join(phys[:k + 1]), name)
+                elif <int>source[k] >= 0:
+                    below = self._plain_dir(<int>self.lower_fds[<int>source[k]], b"/".join(phys[:k + 1]))
+                    if below < 0:
+                        self._parent_error(b"/".join(phys[:k + 1]), name)
+                below_layer = <int>source[k]
                 nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                 if nfd < 0:
                     if errno != ENOENT and errno != ENOTDIR:
@@ -3603,15 +3664,12 @@ cdef class Extractor:
                         self._oserror("mkdir", name)
                     if opaque:
                         self._set_opaque(nfd, name)
-                    elif <int>source[k] >= 0:
-                        src = self._plain_dir(<int>self.lower_fds[<int>source[k]], b"/".join(phys[:k + 1]))
-                        if src < 0:
-                            close(nfd)
-                            self._parent_error(b"/".join(phys[:k + 1]), name)
+                    elif below >= 0:
                         try:
-                            self._copy_dir_metadata(src, nfd, b"/".join(phys[:k + 1]), name)
-                        finally:
-                            close(src)
+                            self._copy_dir_metadata(below, nfd, b"/".join(phys[:k + 1]), name)
+                        except BaseException:
+                            close(nfd)
+                            raise
                 close(fd)
                 fd = nfd
             nfd, fd = fd, -1
@@ -3619,6 +3677,8 @@ cdef class Extractor:
         finally:
             if fd >= 0:
                 close(fd)
+            if below >= 0:
+                close(below)
 
     cdef _root_from_below(self):
         """A layer that does not name the root leaves it as the layers below have it (the

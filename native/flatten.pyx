@@ -22,10 +22,10 @@ in C with the GIL released:
 """
 from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport (errno, EEXIST, EMLINK, EOPNOTSUPP, ENOTTY, EXDEV, EINVAL, ENOSYS, EPERM,
-                         ETXTBSY, EIO, ERANGE, EINTR, ENOMEM)
+                         ETXTBSY, EIO, ERANGE, EINTR, ENOMEM, ENAMETOOLONG)
 from libc.stdint cimport uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
-from libc.string cimport strlen, memcpy, strcmp, strncmp, strerror
+from libc.string cimport strlen, memcpy, strcmp, strncmp, strerror, strchr
 from posix.time cimport timespec
 from posix.types cimport mode_t, uid_t, gid_t, dev_t, off_t
 from posix.unistd cimport lseek, SEEK_SET
@@ -639,7 +639,8 @@ cdef class Flattener:
         l = self._find_link(st.st_dev, st.st_ino)
         if l == NULL or l.path == NULL:
             return -1 if self._add_link(st.st_dev, st.st_ino, name) < 0 else 0
-        if linkat(self.dest_fd, l.path, dfd, name, 0) < 0:
+        if linkat(self.dest_fd, l.path, dfd, name, 0) < 0 and (
+                errno != ENAMETOOLONG or _linkat_walked(self.dest_fd, l.path, dfd, name) < 0):
             return self._fail(b"hardlink to an earlier name of its inode", name)
         self.hardlinks += 1
         self.entries += 1
@@ -1036,6 +1037,44 @@ cdef int _poll(Flattener f) except -1:
 
 cdef str _text(const char *s):
     return s.decode("utf-8", "surrogateescape") if s != NULL else "."
+
+
+cdef int _linkat_walked(int root, const char *path, int dfd, const char *name) noexcept nogil:
+    """linkat(2) of ``path`` under ``root``, its directories opened one at a time
+    (``O_NOFOLLOW``): an earlier name of a hardlink group may lie deeper than PATH_MAX (a
+    symlink of the image led its layer there).  -1 with errno set on failure."""
+    cdef int fd = dup(root), nfd, r, e
+    cdef const char *p = path
+    cdef const char *slash
+    cdef char comp[256]
+    cdef size_t n
+    if fd < 0:
+        return -1
+    while True:
+        slash = strchr(p, b'/')
+        if slash == NULL:
+            break
+        n = <size_t>(slash - p)
+        if n >= sizeof(comp):
+            close(fd)
+            lamina_set_errno(ENAMETOOLONG)
+            return -1
+        if n:
+            memcpy(comp, p, n)
+            comp[n] = 0
+            nfd = openat(fd, comp, DIR_FLAGS)
+            e = errno
+            close(fd)
+            if nfd < 0:
+                lamina_set_errno(e)
+                return -1
+            fd = nfd
+        p = slash + 1
+    r = linkat(fd, p, dfd, name, 0)
+    e = errno
+    close(fd)
+    lamina_set_errno(e)
+    return r
 
 
 cdef char *_join(const char *a, const char *b) noexcept nogil:

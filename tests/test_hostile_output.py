@@ -143,6 +143,49 @@ def test_a_changed_file_with_a_hostile_name_is_named_on_one_line(tmp_path):
     _assert_not_forged(r.stdout + r.stderr, "fsck")
 
 
+def test_fsck_names_a_changed_file_whose_name_is_no_utf8_as_every_message_does(tmp_path):
+    """fsck compares a snapshot with its layer extracted again and names the first file that
+    differs: a name that is not UTF-8 reached the terminal as its raw bytes (``bad\xffname``
+    with a real 0xff), where every other message and fsck's own JSON write ``\\xff``."""
+    layout = write_image(tmp_path / "layout", [Tar().file(b"bad\xffname\n\x1b[2J", b"x" * 10).bytes()])
+    root = tmp_path / "store"
+    assert _cli("--root", root, "config", "set", "dedup", "false").returncode == 0
+    assert _cli("--root", root, "copy", f"oci:{layout}:img", "img:1").returncode == 0
+    victims = [os.path.join(os.fsencode(d), f) for d, _, fs in os.walk(os.fsencode(root / "snapshots"))
+               for f in fs if f.startswith(b"bad")]
+    assert len(victims) == 1, victims
+    os.chmod(victims[0], 0o600)
+    text = _cli("--root", root, "fsck")
+    js = _cli("--root", root, "fsck", "--json")
+    assert text.returncode == js.returncode == 1
+    text.stdout.decode("utf-8")  # UTF-8 throughout
+    finding = text.stdout.splitlines()[0]
+    assert finding.endswith(b": bad\\xffname\\n\\x1b[2J: mode 600 != 644"), text.stdout
+    message = json.loads(js.stdout)["findings"][0]["message"]
+    assert "bad\\xffname\n\x1b[2J: mode 600 != 644" in message, message
+    _assert_not_forged(text.stdout + text.stderr, "fsck")
+
+
+def test_mount_and_umount_write_a_target_that_is_no_utf8_as_the_listing_does(tmp_path):
+    """``lamina mount REF TARGET`` and ``umount TARGET`` print the target; a byte of it that is
+    not UTF-8 went out raw, where ``lamina mount`` (the listing) and its JSON write ``\\xff``."""
+    from conftest import require_root
+    require_root()
+    layout = write_image(tmp_path / "layout", [Tar().file("f", b"x").bytes()])
+    root = tmp_path / "store"
+    assert _cli("--root", root, "copy", f"oci:{layout}:img", "img:1").returncode == 0
+    target = os.fsdecode(os.fsencode(tmp_path) + b"/mnt\xff")
+    shown = os.fsencode(tmp_path) + b"/mnt\\xff\n"
+    mounted = _cli("--root", root, "mount", "img:1", target)
+    try:
+        listing = _cli("--root", root, "mount")
+    finally:
+        unmounted = _cli("--root", root, "umount", target)
+    assert mounted.returncode == unmounted.returncode == 0, mounted.stderr + unmounted.stderr
+    assert mounted.stdout == shown and unmounted.stdout == shown, (mounted.stdout, unmounted.stdout)
+    assert shown.rstrip(b"\n") in listing.stdout, listing.stdout
+
+
 def test_a_template_error_quoting_an_image_field_stays_on_the_error_line(tmp_path):
     """inspect's per-image errors (a template that fails on a value, an unknown ref) went to
     stderr as they were, not through the one-line rule of every other error: a template

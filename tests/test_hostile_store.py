@@ -398,3 +398,67 @@ def test_a_file_changed_through_unpack_link_gives_its_bytes_to_no_other_image(g,
     assert fsck.returncode == 1 and any(f["kind"] == "bad-object" for f in findings), findings
     assert all("b-only" not in f["message"] for f in findings), findings
     g.check()
+
+
+# --- the store's own directories replaced by symlinks behind lamina ---
+
+@pytest.mark.parametrize("victim", ["snapshots", "blobs/sha256", "objects/blake3/XX", "snapshots/CHAIN",
+                                    "snapshots/CHAIN/fs"])
+def test_a_store_directory_replaced_by_a_symlink_never_leads_a_removal_outside(g, victim):
+    """gc, fsck --repair, rmi and prune list the store's directories and remove by name what
+    they find there.  With ``snapshots``, ``blobs/sha256`` or an ``objects/blake3/XX`` moved
+    away and a symlink to a directory outside put in its place, fsck --repair removed what
+    the outside directory held ('not a snapshot', 'not a blob', 'not an object'), and a
+    snapshot's ``fs`` as a symlink was mounted as the image's layer.  Each is refused now,
+    naming the symlink (a snapshot that is a symlink is a bad snapshot, whose link fsck
+    --repair removes), and nothing outside the store changes."""
+    from lamina import images
+    from lamina.errors import LaminaError
+    from lamina.store import Store
+    from lamina.store.mounts import mount, umount
+    from treecmp import snapshot
+    layout = write_image(g.dest / "layout", [Tar().dir("d").file("d/f", b"f" * 100).bytes(),
+                                             Tar().file("g", b"g").bytes()])
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{layout}:img", "x:1")
+    outside = g.dest / "outside"
+    for rel, data in (("fs/sub/precious", b"p"), ("meta.json", b"{}"), ("precious", b"p"),
+                      ("ab" * 32, b"looks like a blob"), ("stage", b"")):
+        os.makedirs(os.path.dirname(outside / rel), exist_ok=True)
+        (outside / rel).write_bytes(data)
+    before = snapshot(outside, include_root=True, dir_mtime=True)
+    chain = sorted(n for n in os.listdir(root / "snapshots") if not n.startswith("."))[0]
+    fanout = sorted(os.listdir(root / "objects" / "blake3"))
+    fanout = [n for n in fanout if len(n) == 2][0]
+    path = root / victim.replace("CHAIN", chain).replace("XX", fanout)
+    os.rename(path, g.dest / "moved-away")
+    os.symlink(outside, path)
+    store = Store(root)
+    outcomes = {}
+    for what, call in (("fsck", lambda: store.fsck()), ("mount", lambda: mount(store, "x:1", g.dest / "mnt")),
+                       ("fsck --repair", lambda: store.fsck(repair=True)), ("gc", lambda: store.gc()),
+                       ("rmi", lambda: images.remove(store, "x:1")), ("prune", lambda: images.prune(store, all=True))):
+        try:
+            outcomes[what] = call()
+        except LaminaError as e:
+            outcomes[what] = e
+        if os.path.ismount(g.dest / "mnt"):
+            umount(store, g.dest / "mnt")
+            # the mount reads snapshots only: the objects their files are linked to are not
+            # reached through objects/ (so a symlink there is not on its way)
+            assert victim == "objects/blake3/XX", f"{what}: the image was mounted through the symlink"
+        assert snapshot(outside, include_root=True, dir_mtime=True) == before, f"{what} changed {outside}"
+    if victim.startswith("snapshots/CHAIN"):
+        # a bad snapshot: fsck says so, --repair removes the link (not what it leads to), and
+        # the image is whole again (its layer extracted anew) or removed
+        assert any(f.kind == "bad-snapshot" and "symlink" in f.message for f in outcomes["fsck"].findings)
+        assert not os.path.islink(path)
+    else:
+        for what, r in outcomes.items():
+            if what == "mount" and not isinstance(r, LaminaError):
+                continue  # objects/: harmless (above)
+            # mount, rmi, prune of an image whose blobs are out of reach: "not in the store"
+            named = "is a symlink" in str(r) and victim.split("/")[0] in str(r)
+            assert isinstance(r, LaminaError) and (named or what in ("mount", "rmi", "prune")), f"{what}: {r!r}"
+        assert [e["annotations"]["org.opencontainers.image.ref.name"] for e in
+                json.load(open(root / "index.json"))["manifests"]] == ["docker.io/library/x:1"]

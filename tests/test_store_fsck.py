@@ -294,3 +294,44 @@ def test_fsck_is_clean_straight_after_a_refused_image(tmp_path, reg, registry_en
     report = fsck(root)
     kept = {"orphan-blob", "orphan-snapshot"} if verb == "pull" else set()
     assert [f for f in report["findings"] if f["kind"] not in kept] == [], report["findings"]
+
+
+def test_a_hardlink_to_a_lower_file_with_identical_neighbours_is_checked_as_extracted(tmp_path):
+    """Identical files in one directory share an object inode once the store's dedup ran; a
+    later layer's hardlink to one of them copies it up and links the names the layer below
+    has on its inode, save those that share it through dedup.  fsck's extraction of the layer
+    did not know those names: it linked every identical neighbour too, called the snapshot bad
+    ("d/f1: missing from the snapshot"), and --repair put its tree in, making d/f1 (and all its
+    like) one inode with d/f0 and the link in the image (an unpack, a mount)."""
+    from everypath import write_image
+    from tarbuild import Tar
+    names = [f"d/f{i}" for i in range(6)]
+    base = Tar()
+    for n in names:
+        base.file(n, b"same bytes\n")
+    top = Tar().hardlink("y", "d/f0")
+    layout = write_image(tmp_path / "layout", [base.bytes(), top.bytes()])
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{layout}:img", "img:1")
+
+    def groups(tag):
+        dest = tmp_path / f"unpacked-{tag}"
+        lamina(root, "unpack", "img:1", dest)
+        inodes = {}
+        for n in names + ["y"]:
+            inodes.setdefault(os.lstat(dest / n).st_ino, set()).add(n)
+        return sorted(sorted(g) for g in inodes.values())
+
+    want = [["d/f0", "y"]] + [[n] for n in names[1:]]
+    assert groups("before") == want
+    report = fsck(root)
+    assert report["ok"] and report["findings"] == [], report["findings"]
+    report = fsck(root, "--repair")
+    assert report["ok"] and report["findings"] == [], report["findings"]
+    assert groups("after") == want
+    # and damage is still found: a neighbour made a hardlink of the link behind lamina's back
+    snaps = [p for p in (root / "snapshots").iterdir() if not p.name.startswith(".")]
+    top_fs = next(p / "fs" for p in snaps if json.load(open(p / "meta.json")).get("parent"))
+    os.link(top_fs / "y", top_fs / "d" / "f3")
+    report = fsck(root)
+    assert [f["kind"] for f in report["findings"]] == ["bad-snapshot"] and "d/f3" in report["findings"][0]["message"]

@@ -171,22 +171,48 @@ def snapshot(root, *, include_root=False, dir_mtime=False, mtime=True, symlink_m
         if t != "dir" and st.st_nlink > 1:
             inodes.setdefault((st.st_dev, st.st_ino), set()).add(rel)
 
-    def walk(dirfull, dirrel):
-        with os.scandir(dirfull) as it:
-            children = sorted(it, key=lambda d: d.name)
-        for d in children:
-            rel = d.name if not dirrel else dirrel + "/" + d.name
-            st = os.lstat(d.path)
-            record(rel, d.path, st)
-            if stat.S_ISDIR(st.st_mode):
-                walk(d.path, rel)
+    def walk(rootfull):
+        # Iterative, one directory fd open at a time, children named through /proc/self/fd:
+        # a hostile image's tree may be thousands of levels deep (symlinks chained through
+        # it), past both Python's recursion limit and PATH_MAX, and every path must still be
+        # compared.  Going back up is openat(fd, ".."), fine inside a tree nothing changes.
+        fd = os.open(rootfull, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        stack = []  # (dirrel, remaining children) of the directories above the current one
+
+        def children(fd):
+            with os.scandir(fd) as it:
+                return sorted((d.name for d in it), reverse=True)
+
+        try:
+            dirrel, todo = "", children(fd)
+            while True:
+                if not todo:
+                    if not stack:
+                        break
+                    up = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                    os.close(fd)
+                    fd = up
+                    dirrel, todo = stack.pop()
+                    continue
+                name = todo.pop()
+                rel = name if not dirrel else dirrel + "/" + name
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                record(rel, f"/proc/self/fd/{fd}/{name}", st)
+                if stat.S_ISDIR(st.st_mode):
+                    down = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                    os.close(fd)
+                    fd = down
+                    stack.append((dirrel, todo))
+                    dirrel, todo = rel, children(fd)
+        finally:
+            os.close(fd)
 
     st = os.lstat(root)
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(root)
     if include_root:
         record(".", root, st)
-    walk(root, "")
+    walk(root)
     links = frozenset(frozenset(g) for g in inodes.values() if len(g) > 1)
     return Snapshot(root, entries, links)
 

@@ -198,8 +198,10 @@ _CONTROLS = {c: repr(chr(c))[1:-1] for c in (*range(0x09), *range(0x0a, 0x20), *
 def one_line(message):
     """An error is one line: a message quotes names from layers and text from registries,
     and a newline or escape sequence there must not forge a line of output or drive the
-    terminal."""
-    return message.translate(_CONTROLS)
+    terminal.  A byte that is not UTF-8 (a name os.fsdecode'd: fsck's findings) is written
+    ``\\xNN``, as lamina.quoting writes it, not as the raw byte."""
+    from .output import utf8_text
+    return utf8_text(message).translate(_CONTROLS)
 
 
 _CONTROLS_BUT_NEWLINE = {c: e for c, e in _CONTROLS.items() if c != 0x0a}

@@ -29,7 +29,7 @@ import re
 import sys
 import time
 
-from . import path_arg
+from . import one_line, path_arg
 from .output import add_format_option, human_size
 
 # --- docker's units ------------------------------------------------------------------
@@ -690,7 +690,7 @@ def cmd_mount(args):
     if args.target is None:
         raise LaminaError("mount needs REF and TARGET (or nothing, to list the mounts)")
     record = api.mount(store, args.ref, args.target, rw=args.rw, suid=args.suid)
-    print(record["path"])
+    print(one_line(record["path"]))  # as the listing writes it: \xNN for a byte that is not UTF-8
     return 0
 
 
@@ -706,7 +706,7 @@ def cmd_umount(args):
             _err(e)
             failures += 1
             continue
-        print(os.path.abspath(t))
+        print(one_line(os.path.abspath(t)))
     return 1 if failures else 0
 
 

@@ -310,7 +310,7 @@ class Checker:
         try:
             info = _snapshots.read_info(self.paths, chain)
         except StoreError as e:
-            info, problem = None, str(e)
+            info, problem = None, str(e).removeprefix(f"snapshot {chain}: ")
         else:
             problem = None if info else "no meta.json"
         if info is not None and (info.chain_id != chain or not info.fs.is_dir()
@@ -332,8 +332,13 @@ class Checker:
             os.mkdir(fresh, 0o755)
             lower = _snapshots.lower_chain(self.paths, info.parent) if info.parent else []
             try:
+                # the lowers' names that share an inode through file dedup are no hardlinks of
+                # the image, as for the extraction that made the snapshot: without them a hardlink
+                # to a lower file took every identical file of that directory for its hardlinks
+                # (a good snapshot was "bad", and --repair made them one inode in the image)
                 _snapshots._extract(self.paths.blob(info.digest), fresh / "fs", info.digest, info.diff_id,
-                                    info.media_type, lower_dirs=lower or None, defer_lowers=lower is None)
+                                    info.media_type, lower_dirs=lower or None, defer_lowers=lower is None,
+                                    lower_shared=lambda fs: _snapshots._dedup_shared(self.paths, fs))
             except _snapshots.NeedsLowers:
                 self.report.add("warning", "unverifiable-snapshot", chain,
                                 f"snapshot {chain}: the snapshots below it are missing; cannot verify it")

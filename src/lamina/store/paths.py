@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 
 from .. import digest as _digest
@@ -35,6 +36,7 @@ EMPTY_INDEX = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manife
 # the creating process may have written it (the store is complete then, so it is not foreign).
 OWN_ENTRIES = {"blobs", "ingest", "locks", "snapshots", "objects", "lamina", "index.json", "oci-layout"}
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_FANOUT_RE = re.compile(r"[0-9a-f]{2}")
 
 
 def default_root():
@@ -92,6 +94,37 @@ class Paths:
         if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
             raise StoreError(f"invalid hold key {key!r} (letters, digits, '.', '_', '-')")
         return self.holds / f"{key}.json"
+
+    def own_dirs(self):
+        """The store's own directories that exist (relative name, path): those lamina lists, and
+        removes from, by name."""
+        root = self.root
+        fixed = ["blobs", "blobs/sha256", "ingest", "locks", "snapshots", "objects", "objects/blake3",
+                 "objects/stage", "lamina", "lamina/holds"]
+        try:
+            fixed += [f"objects/blake3/{n}" for n in sorted(os.listdir(root / "objects" / "blake3"))
+                      if _FANOUT_RE.fullmatch(n)]
+        except OSError:
+            pass  # absent (no objects yet), or itself not a directory: check_own_dirs says which
+        return [(rel, root / rel) for rel in fixed]
+
+    def check_own_dirs(self):
+        """Refuse a store one of whose own directories is a symlink, or no directory: gc, fsck
+        --repair and rmi list them and remove what they find there by name, so a ``blobs/sha256``,
+        ``snapshots`` or ``objects/blake3/XX`` put in place of the directory, pointing outside,
+        made them delete files outside the store."""
+        for rel, path in self.own_dirs():
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StoreError(f"store {self.root}: {rel}: {e.strerror}") from None
+            if stat.S_ISLNK(st.st_mode):
+                raise StoreError(f"store {self.root}: {rel} is a symlink (to {os.readlink(path)!r}): lamina never"
+                                 " follows symlinks inside its store; put the directory back in its place")
+            if not stat.S_ISDIR(st.st_mode):
+                raise StoreError(f"store {self.root}: {rel} is not a directory")
 
     def create(self):
         """Create the layout if missing (idempotent; safe when processes race)."""

@@ -100,6 +100,11 @@ def chain_id_of(diff_id, parent_chain_id=None):
 def read_info(paths, chain_id):
     """The snapshot's metadata, or None if it does not exist (or is not a complete snapshot)."""
     path = paths.snapshot(chain_id)
+    for p in (path, path / "fs"):
+        # a snapshot (or its tree) put in place as a symlink behind lamina: never mounted,
+        # flattened or compared through it (fsck --repair removes the link)
+        if os.path.islink(p):
+            raise StoreError(f"snapshot {chain_id}: {os.fspath(p)} is a symlink; run lamina fsck --repair")
     try:
         with open(path / "meta.json", "rb") as f:
             meta = json.load(f)

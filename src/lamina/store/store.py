@@ -118,6 +118,7 @@ class Store:
             if create and not self._created:  # once per Store: writes come by the thousand in a pull
                 self._check_writable("cannot write")
                 self.paths.create()
+                self.paths.check_own_dirs()
                 self._created = True
             if self._lease is None and (create or self.exists):
                 self._lease = FileLock(self.paths.gc_lock, shared=True).acquire()
@@ -396,6 +397,7 @@ class Store:
         if not any(entry_name(e) == name for e in self.index.read()):
             raise NoSuchImageError(_as_reference(ref).familiar())
         self._check_writable(f"cannot untag {_as_reference(ref).familiar()}")
+        self.paths.check_own_dirs()  # refused before a name goes, not by the gc after it
         with self.index.update() as entries:
             old = next((e for e in entries if entry_name(e) == name), None)
             if old is None:
@@ -409,6 +411,7 @@ class Store:
         if not any(e["digest"] == digest for e in self.index.read()):
             raise ImageNotFoundError(f"no image with manifest {digest} in the store")
         self._check_writable(f"cannot remove image {digest}")
+        self.paths.check_own_dirs()
         with self.index.update() as entries:
             removed = [entry_name(e) for e in entries if e["digest"] == digest]
             if not removed:
@@ -629,6 +632,7 @@ class Store:
             return GCResult(dry_run=dry_run)
         if not dry_run:
             self._check_writable("cannot remove unused content")
+        self.paths.check_own_dirs()
         return collect(self, dry_run=dry_run)
 
     def fsck(self, repair=False, waiting=None):
@@ -643,6 +647,7 @@ class Store:
             return FsckReport(checked={"blobs": 0, "images": 0, "snapshots": 0}, repair=repair)
         if repair:
             self._check_writable("cannot repair")
+        self.paths.check_own_dirs()
         report = check(self, repair=repair, waiting=waiting)
         with FileLock(self.paths.gc_lock, shared=not repair):
             objects.check(self, report, repair)
