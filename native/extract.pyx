@@ -3923,9 +3923,10 @@ cdef class Extractor:
             return
         if (self.hide_at is not None and kind != K_SYMLINK and self._is_hidden(path)
                 and self._no_symlinks_to(path[:slash] if slash > 0 else b"")
-                # a directory entry replaces a symlink at its path (the layer's own ``b -> .``,
-                # then ``b/``): skipped, the link would stay and lead the entries under it elsewhere
-                and (kind != K_DIR or self._no_symlinks_to(path))):
+                # an entry replaces a symlink at its path (the layer's own ``b -> .``, then ``b/``;
+                # a lower layer's ``L -> T``, then a file ``L``): skipped, the link would stay and lead
+                # the entries under it elsewhere (a whiteout L/.wh.x of a layer in between removed T/x)
+                and (self._no_symlinks_to(path) if kind == K_DIR else not self._symlink_at(path, slash))):
             self.hidden += 1
             self._check_skipped_parents(path, name)
             if kind == K_LINK:  # before the entry counts as a skipped file: a link to itself names what is there
@@ -4698,6 +4699,18 @@ cdef class Extractor:
             return False  # a symlink (ELOOP), a file on the way (ENOTDIR), ...
         self.plain_parent = parent
         return True
+
+    cdef bint _symlink_at(self, bytes path, Py_ssize_t slash):
+        """Is there a symlink at ``path``, in a parent reached without one (_no_symlinks_to)?"""
+        cdef int fd
+        cdef stat st
+        cdef bint link
+        fd = self._plain_dir(self.rootfd, path[:slash] if slash > 0 else b"")
+        if fd < 0:
+            return False
+        link = fstatat(fd, <bytes>path[slash + 1:], &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISLNK(st.st_mode)
+        close(fd)
+        return link
 
     cdef bint _is_hidden(self, bytes path):
         """Does an upper layer hide ``path`` (it or an ancestor whited out or

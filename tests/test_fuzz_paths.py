@@ -22,6 +22,13 @@ never merge with it; a third must check clean (fsck) after every path.  A compac
 give back every layer of both images byte for byte, and a copy of the stack's image to an
 OCI layout every diffID, and check clean.
 
+One stack in five (LAMINA_FUZZ_DEEP: the share, 1 for nothing else) is a deep one
+(deep_stacks()): 8 to 12 small layers whose entries lie mostly under what the layers below
+wrote (directories with xattrs and ACLs, symlinks to them, opaque directories, whiteouts), so
+that layers imply directories (made early by the store and the overlay format) that an entry
+later in the layer may name, replace or hide, hardlinks reach lower files through 8 or more
+layers below, and the upper layers are small beside the ones below (the dir unpack goes top-down).
+
 Seeded and bounded in CI (LAMINA_FUZZ_EXAMPLES, default 100 per test: as many stacks that
 some path accepts as the 150 drawn before stacks() aimed hardlinks, at about the same cost);
 run more on demand, e.g.:
@@ -268,6 +275,109 @@ def stacks(draw, host, ops=ops, layers=5, entries=7):
     return stack
 
 
+# Deep stacks (deep_stacks()): one stack in DEEP_SHARE of test_lamina_paths_agree's and
+# test_lamina_agrees_with_umoci's (LAMINA_FUZZ_DEEP=1 for nothing but them)
+DEEP_SHARE = float(os.environ.get("LAMINA_FUZZ_DEEP", "0.2"))
+deep_names = st.lists(st.sampled_from(NAMES), min_size=1, max_size=4).map("/".join)
+# a directory of the bottom layers that an upper layer implies: half of them with xattrs (an ACL,
+# a default ACL ...) besides an owner and a mode of their own, which the implied copy must take
+def _rich_meta(xattrs):
+    return st.lists(st.sampled_from(xattrs), min_size=1, max_size=3, unique_by=lambda x: x[0]).map(
+        lambda xs: tuple(("SCHILY.xattr." + k, v) for k, v in xs))
+
+
+rich_dir_meta = _rich_meta(XATTRS + [("system.posix_acl_default", DEFAULT_ACL)])
+
+
+@st.composite
+def deep_stacks(draw, host, ops=ops, dir_meta=rich_dir_meta):
+    """8 to 12 small layers (from the 9th up, the layers below are many enough for the
+    extractor's cache of lower directories, _below_dir), most of whose entries lie under what
+    a layer below wrote: under a directory (with its own metadata), a file, a symlink, a
+    whiteout, an opaque directory, a few levels down, so that a layer implies directories
+    (a/b/c/f with no a/ nor a/b/ entry: made early in the overlay format and the store, before
+    the layers below are known), some of which an entry later in the same layer names, replaces,
+    whites out or makes opaque; hardlinks mostly to files written layers below, through those
+    implied directories; and the upper layers small beside the ones below (the dir unpack takes
+    them top-down)."""
+    count = draw(st.integers(8, 12))
+    written, dirs, files = [], [], []  # by the layers below (and this one, as it goes)
+    made = {}  # path: what the last entry there made ("dir", "file" ...)
+    stack = []
+    for li in range(count):
+        layer = []
+        size = draw(st.integers(3, 8)) if li < 2 else draw(st.sampled_from([0, 1, 1, 2, 2, 3]))
+        for _ in range(size):
+            op, carrier = draw(ops(host)), draw(carriers)
+            kind = op[0]
+            if kind == "sparse":
+                layer.append((op, carrier))
+                made[op[1]] = "file"
+                continue
+            if li < 2 and kind not in ("dir", "file", "symlink") and not draw(one_in(3)):
+                continue  # the bottom layers: mostly the directories, files and symlinks the rest go under
+            where = draw(st.sampled_from(["new", "under", "under", "under", "same"]))
+            # mostly under a directory or a symlink to one (the implied directory is then elsewhere:
+            # made early, it moves); one under a file (refused by every path) ends the stack
+            pool = draw(st.sampled_from(["dirs"] * 3 + ["links"] * 2 + ["any"]))
+            pool = {"dirs": dirs, "links": [p for p, v in made.items() if v == "symlink-dir"]}.get(pool) or written + dirs
+            base = draw(st.sampled_from(pool)) if pool else ""
+            if where == "under" and base:
+                path = base + "/" + draw(deep_names)
+            elif where == "same" and base:
+                path = base
+            else:
+                path = draw(deep_names)
+            parts = path.split("/")
+            if any(made.get("/".join(parts[:k])) not in (None, "dir", "symlink-dir") for k in range(1, len(parts))) \
+                    and not draw(one_in(8)):
+                continue  # under a file: refused by every path, which ends the stack (mostly left out)
+            if kind == "dir" and li < 2 and draw(st.booleans()):
+                op = ("dir", path, op[2], op[3], draw(dir_meta))
+            else:
+                op = (kind, path) + op[2:]
+            files = [f for f in files if made.get(f) in ("file", "hardlink")]
+            if kind == "hardlink" and files and not draw(one_in(8)):
+                op = op[:2] + (draw(st.sampled_from(files)),) + op[3:]
+            elif kind == "hardlink" and not draw(one_in(8)):
+                op = ("file", path, b"1", op[4], op[3], op[5])
+            if kind == "symlink" and dirs and not draw(one_in(4)):
+                # at a directory, by its absolute or its relative name
+                up = draw(st.sampled_from(["/", "../" * (len(parts) - 1)]))
+                op = op[:2] + (up + draw(st.sampled_from(dirs)),) + op[3:]
+            layer.append((op, carrier))
+            implied = path.split("/")[:-1]
+            if li and len(implied) > 1 and draw(one_in(3)):
+                # later in the layer, an entry at a directory the entry above implied
+                at = "/".join(implied[:draw(st.integers(1, len(implied)))])
+                then = draw(st.sampled_from(["dir", "dir", "file", "symlink", "whiteout", "opaque", "inside"]))
+                if then == "dir":
+                    extra = ("dir", at, draw(st.sampled_from([0o755, 0o700, 0o2775])), draw(owners), draw(dir_meta))
+                elif then == "file":
+                    extra = ("file", at, b"1", 0o644, (0, 0), ())
+                elif then == "symlink":
+                    extra = ("symlink", at, draw(st.sampled_from(dirs + [".", "/", host]) if dirs else st.just(".")),
+                             (0, 0), ())
+                elif then == "inside":
+                    extra = ("file", at + "/" + draw(st.sampled_from(NAMES)), b"22", 0o600, draw(owners), ())
+                else:
+                    extra = (then, at, draw(marker_types), "a")
+                layer.append((extra, ""))
+            for op, _ in layer[-2:]:
+                if op[0] == "dir":
+                    dirs.append(op[1].strip("/"))
+                elif op[0] in ("file", "hardlink", "symlink", "fifo", "node"):
+                    written.append(op[1])
+                    if op[0] in ("file", "hardlink"):
+                        files.append(op[1])
+                if op[0] in ("dir", "file", "hardlink", "symlink", "fifo", "node"):
+                    made[op[1].strip("/")] = op[0] + ("-dir" if op[0] == "symlink" and op[2].lstrip("./") in dirs else "")
+                elif op[0] == "whiteout":
+                    made = {k: v for k, v in made.items() if k != op[1] and not k.startswith(op[1] + "/")}
+        stack.append(layer)
+    return stack
+
+
 def _altered(op, how):
     """A file entry ``op`` with one piece of its metadata changed, by ``how``: its permission
     bits, its group, its time by a nanosecond (or its PAX time dropped), an xattr's value (of
@@ -417,7 +527,7 @@ def test_lamina_paths_agree(host, data):
     with other metadata (neighbours()) before or after the stack's, which dedup must keep apart;
     and a third check clean (fsck) after every path has used them."""
     from lamina.store import Store
-    layers = data.draw(stacks(str(host)))
+    layers = data.draw(deep_stacks(str(host)) if data.draw(st.floats(0, 1)) < DEEP_SHARE else stacks(str(host)))
     tars = build(layers)
     # (a third each: a neighbour's load and fsck, which extracts every layer again to compare,
     # each cost more than the six paths of the stack)
@@ -515,7 +625,9 @@ def test_lamina_agrees_with_umoci(host, data):
     """Where umoci accepts a stack, lamina's dir unpack gives umoci's tree.
 
     Deliberate differences are taken out (_as_references, _blind_to_deliberate)."""
-    layers = data.draw(stacks(str(host), ops=functools.partial(ops, dir_meta=meta)))
+    ops_ = functools.partial(ops, dir_meta=meta)
+    layers = data.draw(deep_stacks(str(host), ops=ops_, dir_meta=_rich_meta(XATTRS))
+                       if data.draw(st.floats(0, 1)) < DEEP_SHARE else stacks(str(host), ops=ops_))
     tars = build(layers)
     _count_case()
     box = Sandbox(host)

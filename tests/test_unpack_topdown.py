@@ -209,3 +209,27 @@ def test_a_directory_the_layer_implied_before_hiding_its_parent_keeps_its_metada
     # umoci leaves the time a removal gave a directory (a known difference): modes and owners only
     assert_agree({"dir": run_paths(tmp_path / "again", raws, paths=("dir",))["dir"],
                   "umoci": umoci_tree(tmp_path, raws)}, context=describe(raws))
+
+
+REPLACING_A_LINK = {
+    "file": lambda t: t.file("L", b"now a file"),
+    "hardlink": lambda t: t.file("f", b"f").hardlink("L", "f"),
+    "fifo": lambda t: t.fifo("L"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REPLACING_A_LINK))
+def test_a_hidden_entry_that_replaced_a_lower_symlink_is_not_skipped(tmp_path, kind):
+    """A layer replaces the lower symlink L -> T with a file; a layer above whites out L/keep (in
+    a file: nothing), the top one L.  Skipped as hidden, the file left the link in place and
+    the whiteout went through it and removed T/keep (the fuzzer's seed 20603)."""
+    from everypath import assert_agree, describe, run_paths, umoci_tree
+    from tarbuild import Tar
+    raws = [Tar().dir("T").file("T/keep", b"k").symlink("L", "T").bytes(),
+            REPLACING_A_LINK[kind](Tar()).bytes(),
+            Tar().whiteout("L/keep").bytes(),
+            Tar().whiteout("L").bytes()]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount"), dir_mtime=True)
+    results["umoci"] = umoci_tree(tmp_path, raws, dir_mtime=True)
+    tree = assert_agree(results, context=describe(raws))
+    assert "T/keep" in tree.entries and "L" not in tree.entries
