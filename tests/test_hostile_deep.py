@@ -120,6 +120,19 @@ def test_an_image_deeper_than_path_max_through_its_own_symlinks_agrees_on_every_
     g.check()
 
 
+def _traced_apply(strace, calls, tmp_path, top, lowers):
+    """(how many of the syscalls ``calls`` it made, its dir): the layer ``top`` applied in the
+    overlay format over ``lowers`` in a child traced by strace."""
+    top_p, dest, trace = tmp_path / "top.tar", tmp_path / "top", tmp_path / "trace"
+    top_p.write_bytes(top.bytes())
+    dest.mkdir()
+    script = ("import sys, lamina; lamina.apply_layer(sys.argv[1], sys.argv[2], format='overlay', "
+              "lower_dirs=sys.argv[3:])")
+    subprocess.run([strace, "-f", "-qq", "-e", f"trace={calls}", "-o", trace, sys.executable, "-c",
+                    script, top_p, dest, *lowers], check=True, cwd="/")
+    return sum(1 for line in open(trace) if "(" in line), dest
+
+
 def test_copying_up_from_a_deep_lower_layer_opens_each_directory_a_few_times(tmp_path):
     """A hardlink to a lower file makes the overlay format look for the file's other names in
     that layer (a flat unpack keeps them one inode), walking the whole lower tree: each
@@ -135,14 +148,7 @@ def test_copying_up_from_a_deep_lower_layer_opens_each_directory_a_few_times(tmp
     top = Tar()
     _pax(top, "hardlink", "hl", f"{deep}/linked")
     _pax(top, "file", f"{deep}/up", data=b"up")
-    top_p, dest, trace = tmp_path / "top.tar", tmp_path / "top", tmp_path / "trace"
-    top_p.write_bytes(top.bytes())
-    dest.mkdir()
-    script = ("import sys, lamina; lamina.apply_layer(sys.argv[1], sys.argv[2], format='overlay', "
-              "lower_dirs=sys.argv[3:])")
-    subprocess.run([strace, "-f", "-qq", "-e", "trace=openat,openat2", "-o", trace, sys.executable, "-c",
-                    script, top_p, dest, *lowers], check=True, cwd="/")
-    opens = sum(1 for line in open(trace) if "(" in line)
+    opens, dest = _traced_apply(strace, "openat,openat2", tmp_path, top, lowers)
     depth = 3 * LEVELS
     assert opens < 30 * depth, f"{opens} opens for a chain {depth} deep"  # 17k; was 740k
     # the layer's own copy: the chain of directories, the file and its lower names on one inode
@@ -176,14 +182,7 @@ def test_a_symlink_of_many_dotdots_deep_down_costs_no_walk_per_dotdot(tmp_path):
     top = Tar()
     for i in range(3):
         _pax(top, "file", f"{deep}/up/e{i}", data=b"e")
-    top_p, dest, trace = tmp_path / "top.tar", tmp_path / "top", tmp_path / "trace"
-    top_p.write_bytes(top.bytes())
-    dest.mkdir()
-    script = ("import sys, lamina; lamina.apply_layer(sys.argv[1], sys.argv[2], format='overlay', "
-              "lower_dirs=sys.argv[3:])")
-    subprocess.run([strace, "-f", "-qq", "-e", "trace=openat,newfstatat", "-o", trace, sys.executable, "-c",
-                    script, top_p, dest, *lowers], check=True, cwd="/")
-    calls = sum(1 for line in open(trace) if "(" in line)
+    calls, dest = _traced_apply(strace, "openat,newfstatat", tmp_path, top, lowers)
     depth = 3 * LEVELS
     assert calls < 40 * depth, f"{calls} opens and stats for 3 entries through {ups} '..' at depth {depth}"
     fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
