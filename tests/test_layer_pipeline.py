@@ -160,6 +160,20 @@ def test_a_zstd_frame_that_needs_a_dictionary_is_refused(tmp_path, plain, pipeli
         apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer q")
 
 
+def test_a_zstd_frame_that_needs_a_window_over_128_mib_is_refused_saying_so(tmp_path, plain, pipeline):
+    """``zstd --long=31`` of a stream: not corrupt, but over the decoders' default window (libzstd's
+    words alone, "Frame requires too much memory", read as damage)."""
+    import zstandard
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=28)
+    co = zstandard.ZstdCompressor(compression_params=params).compressobj()  # no content size: the window stays
+    blob = co.compress(plain[:200_000]) + co.flush()
+    assert zstandard.get_frame_parameters(blob).window_size == 1 << 28
+    with pytest.raises(errors.CompressionError, match="^layer w: the zstd frame needs a window over the 128 MiB "
+                                                      ".*Frame requires too much memory") as e:
+        apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer w")
+    assert "corrupt" not in str(e.value)
+
+
 def test_corrupt_deflate_data(tmp_path, plain, pipeline):
     blob = bytearray(gz(plain))
     blob[20:60] = bytes(range(40))

@@ -261,6 +261,10 @@ class _GzipMembers(io.RawIOBase):
 
 def corrupt(kind: str, error) -> str:
     """The words for a stream its decompressor refused (either pipeline)."""
+    if "requires too much memory" in str(error):  # libzstd's words for a window over its 128 MiB default
+        return (f"the zstd frame needs a window over the 128 MiB that decoders accept by default (zstd "
+                f"--long=28 or more), so lamina, as `zstd -d` without --memory, bsdtar and GNU tar, "
+                f"does not read it: {error}")
     words = f"corrupt {kind} stream: {error}"
     if "Dictionary mismatch" in words:  # libzstd's words for a frame with a dictionary ID
         words += " (the frame needs a zstd dictionary, and a layer comes with none)"
