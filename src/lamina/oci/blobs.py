@@ -20,7 +20,7 @@ import zlib
 from .. import digest as _digest
 from .._extract import header_number, header_prefix
 from ..errors import BlobNotFoundError, DigestMismatchError, ImageError
-from ..limits import DEFAULT_LIMITS, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE  # noqa: F401  (theirs, from here too)
+from ..limits import DEFAULT_LIMITS
 
 # Manifests and configs are read into memory; a descriptor pointing at a
 # multi-GB layer must not be slurped. Real ones are a few KB (configs with

@@ -20,9 +20,9 @@ from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import (ArtifactError, BlobNotFoundError, DigestMismatchError, ImageError, ImageNotFoundError,
                       PlatformNotFoundError)
-from ..limits import check_layer_count
+from ..limits import MAX_CONFIG_SIZE, check_layer_count
 from ..platform import Platform
-from .blobs import MAX_CONFIG_SIZE, TarArchive, TarBlobStore, member_name
+from .blobs import TarArchive, TarBlobStore, member_name
 from .image import LayerRef, ResolvedImage, Source
 from .layout import OCILayout
 from .model import check_field_spelling, decode_json, parse_config

@@ -12,8 +12,9 @@ import os
 from .. import mediatypes as mt
 from ..errors import (ArtifactError, BlobNotFoundError, ImageError, ImageNotFoundError, PlatformNotFoundError,
                       UnsupportedMediaTypeError, layer_of)
+from ..limits import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE
 from ..platform import Platform
-from .blobs import DirBlobStore, MAX_CONFIG_SIZE, MAX_DOCUMENT_SIZE, MAX_MANIFEST_SIZE, open_in_layout
+from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_in_layout
 from .image import LayerRef, ResolvedImage, Source
 from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, check_field_spelling, document_media_type,
                     index_entries, load_json, parse_config, parse_index, parse_manifest)
