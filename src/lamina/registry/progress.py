@@ -35,6 +35,10 @@ class Reporter:
     def extracted(self, digest, done, total):
         """Bytes of the blob the extraction has read (it may trail the download or follow it)."""
 
+    def extraction(self, digest, size):
+        """apply_layer's ``progress`` for the blob ``digest``: reports to extracted()."""
+        return lambda done: self.extracted(digest, done, size)
+
     def close(self):
         pass
 

@@ -353,7 +353,7 @@ class Puller:
                         path = ensure_streaming(self.store.paths, tee, digest, diff_id, parent_chain_id,
                                                 desc.media_type, before_commit=commit, wait_lowers=wait_lowers,
                                                 tree_ready=tree_ready, before_publish=before_publish,
-                                                progress=self._extract_progress(desc))
+                                                progress=self.reporter.extraction(digest, size))
                         if path is None:
                             w.write_from(stream)
                             w.commit()
@@ -376,10 +376,6 @@ class Puller:
                 if e.expected != digest or mismatch_retries <= 0:
                     raise   # a diffID mismatch (the blob itself verified), or corrupt twice
                 mismatch_retries -= 1
-
-    def _extract_progress(self, desc):
-        """What the extraction of ``desc`` reports as it reads the blob (Extracting's bar)."""
-        return lambda done: self.reporter.extracted(desc.digest, done, desc.size)
 
     def blob_stream(self, repos, desc, result, offset=0, at_end="Verifying Checksum", turn=None):
         """The blob as a resuming stream, counted into ``result`` and the progress display;
@@ -602,7 +598,7 @@ class Puller:
                 self.reporter.state(d.digest, "Extracting")
                 path = self.store.ensure_snapshot(d.digest, diff_ids[i], parent, media_type=d.media_type,
                                                   defer=True, wait_lowers=wait_lowers(i),
-                                                  progress=self._extract_progress(d))
+                                                  progress=self.reporter.extraction(d.digest, d.size))
                 results[i].snapshot = str(path)
                 ok = True
             finally:

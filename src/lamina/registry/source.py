@@ -103,7 +103,7 @@ class RegistrySource(Source):
             self._read_ahead()
         config = parse_config(fetch_config(r.repos, cdesc), f"config {cdesc.digest}", len(manifest.layers))
         layers = [LayerRef(i, config.diff_ids[i], d.digest, d.size, d.media_type, lambda i=i: self._open(i),
-                           progress=lambda done, d=d: self.reporter.extracted(d.digest, done, d.size))
+                           progress=self.reporter.extraction(d.digest, d.size))
                   for i, d in enumerate(manifest.layers)]
         self.image = ResolvedImage(config=config.raw, config_digest=cdesc.digest, layers=layers,
                                    manifest_digest=mr.digest, manifest=mr.document,
