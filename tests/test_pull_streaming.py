@@ -357,3 +357,59 @@ def test_a_lower_failing_after_handing_its_tree_over_commits_nothing_above(reg, 
         pull(f"{reg.host}/early:1", store=store)
     assert store.snapshots() == []
     assert _tmp_snapshots(root) == []
+
+
+def test_a_failed_pull_has_removed_what_its_other_layers_left_when_it_returns(reg, proxy, registry_env,  # noqa: F811
+                                                                             tmp_path):
+    """Layer 0 is refused (a whiteout of '.' after a big file, sent slowly); layer 1's blob is
+    held; layer 2, extracted meanwhile, waits for both to settle its tree and is stopped when
+    layer 0 fails.  Its half-made snapshot is removed before pull() raises, not by a detached
+    process afterwards (as for Ctrl-C): a caller that looks at the store, or removes it, right
+    after the failure finds nothing still changing."""
+    import tarbuild
+    refused = tarbuild.Tar()
+    refused.file("a/f", fast_random(MiB, 21))
+    refused.entry("b/.wh..", b"")
+    held = tarbuild.Tar()
+    held.file("h", fast_random(MiB, 22))
+    upper = tarbuild.Tar()
+    upper.file("c", b"upper")
+    lay = ocibuild.Layout(tmp_path / "oci")
+    m = lay.image_of_tars([refused.bytes(), held.bytes(), upper.bytes()])
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "stopped:1", extra=("--preserve-digests",))
+    blobs = lay.read_json(m["digest"])["layers"]
+    root = registry_env / "root"
+    store = Store(root)
+    proxy.add("slow", path=f"/blobs/{blobs[0]['digest']}", chunk=16 << 10, delay=0.01)
+    proxy.add("hang", path=f"/blobs/{blobs[1]['digest']}", after=64 << 10)
+    failure = []
+
+    def run():
+        try:
+            pull(f"{proxy.host}/stopped:1", store=store)
+        except BaseException as e:
+            failure.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        assert proxy.hang_reached.wait(60), "the pull never reached layer 1's blob"
+        _wait_for(lambda: len(_tmp_snapshots(root)) == 3, "not every layer's extraction started")
+        # layer 0 refused, layer 2 stopped: only the held layer 1 is still being made
+        _wait_for(lambda: len(_tmp_snapshots(root)) == 1, "layer 0 was not refused")
+    finally:
+        proxy.release_hang.set()
+        t.join(60)
+    assert len(failure) == 1 and isinstance(failure[0], errors.InvalidWhiteoutError), failure
+    assert sorted(os.listdir(root / "snapshots")) == []
+    removers = [pid for pid in os.listdir("/proc") if pid.isdigit() and b"remove_tree" in _cmdline(pid)]
+    assert removers == []
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""

@@ -141,6 +141,12 @@ class Interrupted(LaminaError):
     """Work stopped because the user pressed Ctrl-C (raised in worker threads)."""
 
 
+class Cancelled(LaminaError):
+    """A worker stopped because another part of the same operation failed (a pull's other
+    layer): that failure is the one reported.  Unlike Interrupted, what the worker leaves is
+    removed before the operation returns, not by a detached process after it."""
+
+
 class NeedsLowers(Exception):
     """An overlay-format layer, extracted before the layers below it were
     ready, met an entry that needs them.  Not an error: the caller extracts

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from .errors import Interrupted, layer_of
+from .errors import Cancelled, Interrupted, layer_of
 
 
 class LayersBelow:
@@ -62,6 +62,8 @@ class LayersBelow:
         from ._extract import cancelled
         for j in range(i):
             while not events[j].wait(0.2):
-                if cancelled.is_set() or (self._cancel is not None and self._cancel.is_set()):
+                if cancelled.is_set():
                     raise Interrupted(f"{layer_of(i, len(self._done))}: interrupted while waiting for the layers below")
+                if self._cancel is not None and self._cancel.is_set():
+                    raise Cancelled(f"{layer_of(i, len(self._done))}: stopped, another layer failed")
         return not any(j < i for j in self._failed)
