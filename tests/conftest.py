@@ -65,6 +65,16 @@ def run(*cmd, **kw):
     return proc
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_registry_stopped():
+    """everypath's registry paths start one docker-registry on first use: stop it at the end."""
+    yield
+    import sys
+    everypath = sys.modules.get("everypath")
+    if everypath is not None:
+        everypath.stop_shared_registry()
+
+
 @pytest.fixture(scope="session")
 def umoci_image(tmp_path_factory):
     """An OCI layout built with umoci: tags t1..t4, one more layer per tag (see umoci_images.py)."""

@@ -9,6 +9,10 @@
     store-relink   the image rebuilt on an empty bottom layer (every chainID new), copied into
                    the store that holds it already, then materialize(): its files are named by
                    links to the store's objects as they extract (the extractor's link_objects)
+    registry-pull  the image pushed to a real docker-registry on loopback, pulled into an empty
+                   store (each layer extracted as it downloads, all at once), then materialize()
+    registry-unpack  the same image unpacked straight from the registry (``unpack docker://``:
+                   upper layers read ahead, nothing kept)
 
 Each returns a treecmp.Snapshot, or the error (a LaminaError) it raised.  The
 security tests and the differential fuzzer run every image through all of
@@ -20,9 +24,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import http.client
+import itertools
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 
 import ocibuild as ob
 from conftest import require_tool, run
@@ -30,7 +38,8 @@ from treecmp import Snapshot, compare, snapshot
 
 # dir-topdown: the dir format with every upper layer scanned first and what it hides skipped
 # below (a real unpack does that only for upper layers much smaller than the ones below)
-PATHS = ("dir", "dir-topdown", "overlay-mount", "store-copy", "store-link", "store-mount", "store-relink")
+PATHS = ("dir", "dir-topdown", "overlay-mount", "store-copy", "store-link", "store-mount", "store-relink",
+         "registry-pull", "registry-unpack")
 EMPTY_LAYER = bytes(1024)  # a tar of nothing: its end-of-archive blocks
 SHARED_INODES = ("store-link", "store-mount")
 TAG = "img"
@@ -97,6 +106,97 @@ def _unpack_top_down(src, dest):
         lamina.unpacker.SCAN_FRACTION = saved
 
 
+# --- the registry paths ---------------------------------------------------------------------
+# One docker-registry for the whole session (started on first use, stopped by conftest's
+# session teardown), each image pushed under a repository of its own.
+
+_registry = None
+_repos = itertools.count()
+
+
+def shared_registry():
+    global _registry
+    if _registry is None:
+        from registryfixture import Registry
+        _registry = Registry(tempfile.mkdtemp(prefix="lamina-everypath-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    return _registry
+
+
+def stop_shared_registry():
+    global _registry
+    if _registry is not None:
+        _registry.stop()
+        shutil.rmtree(os.path.dirname(_registry.dir), ignore_errors=True)
+        _registry = None
+
+
+def _push_layout(host, repo, layout):
+    """Push the layout's image (its blobs as they are, then its manifest's own bytes) to
+    ``host/repo:TAG`` with the distribution API, as a registry client does."""
+    with open(os.path.join(layout, "index.json"), "rb") as f:
+        mdesc = next(d for d in json.load(f)["manifests"]
+                     if d.get("annotations", {}).get("org.opencontainers.image.ref.name") == TAG)
+
+    def blob(digest):
+        with open(os.path.join(layout, "blobs", *digest.split(":", 1)), "rb") as f:
+            return f.read()
+
+    manifest = blob(mdesc["digest"])
+    doc = json.loads(manifest)
+    conn = http.client.HTTPConnection(host, timeout=60)
+    try:
+        for d in dict.fromkeys(x["digest"] for x in [doc["config"], *doc["layers"]]):
+            conn.request("POST", f"/v2/{repo}/blobs/uploads/")
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 202, (d, resp.status)
+            location = resp.getheader("Location").split(host, 1)[-1]
+            sep = "&" if "?" in location else "?"
+            conn.request("PUT", f"{location}{sep}digest={d}", body=blob(d),
+                         headers={"Content-Type": "application/octet-stream"})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 201, (d, resp.status)
+        conn.request("PUT", f"/v2/{repo}/manifests/{TAG}", body=manifest, headers={"Content-Type": mdesc["mediaType"]})
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == 201, (resp.status, body)
+    finally:
+        conn.close()
+
+
+def _registry_client(host):
+    """A client of the loopback registry alone: plain HTTP, no credentials or mirrors of the machine's."""
+    from lamina.registry.client import RegistryClient
+    return RegistryClient(insecure=(host,), credentials={})
+
+
+def _registry_paths(work, layout, paths, tree):
+    import lamina
+    from lamina.registry.source import RegistrySource
+    from lamina.store import Store
+    from lamina.store import materialize as mat
+
+    out = {}
+    reg = shared_registry()
+    ref = f"{reg.host}/everypath{next(_repos)}-{os.getpid()}:{TAG}"
+    _push_layout(reg.host, ref.split("/", 1)[1].split(":", 1)[0], layout)
+    if "registry-pull" in paths:
+        def pulled():
+            store = Store(os.path.join(work, "store-pulled"))
+            lamina.pull(ref, store=store, platform="linux/amd64", client=_registry_client(reg.host))
+            dest = os.path.join(work, "registry-pull")
+            mat.materialize(store, ref, dest)
+            return tree(dest)
+        out["registry-pull"] = _attempt(pulled)
+    if "registry-unpack" in paths:
+        def unpacked():
+            source = RegistrySource(ref, client=_registry_client(reg.host))
+            return tree(lamina.unpack(source, os.path.join(work, "registry-unpack"), platform="linux/amd64").dest)
+        out["registry-unpack"] = _attempt(unpacked)
+    return out
+
+
 def run_paths(work, layer_tars, paths=PATHS, *, dir_mtime=False, root=False, neighbour=None, neighbour_first=True):
     """{path name: Snapshot or LaminaError} for the image made of ``layer_tars``
     (``dir_mtime``: directory times recorded too; ``root``: the root directory too;
@@ -160,6 +260,8 @@ def run_paths(work, layer_tars, paths=PATHS, *, dir_mtime=False, root=False, nei
                     finally:
                         mounts.umount(store, dest)
                 out[p] = _attempt(mounted)
+    if any(p.startswith("registry-") for p in paths):
+        out.update(_registry_paths(work, layout, paths, tree))
     return out
 
 
