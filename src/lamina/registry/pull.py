@@ -502,8 +502,9 @@ class Puller:
         trace.event("layers-start")
         try:
             layers = self._layers(repos, manifest.layers, config.diff_ids, extra_layers)
-        except (errors.StoreError, errors.ExtractError) as e:
-            # a full disk's error names the layer by its digest alone: which of the image's
+        except errors.LaminaError as e:
+            # a refused layer's or a full disk's error names the layer by its digest alone
+            # (the store's snapshots are shared): say which of the image's layers it is
             from ..store.fsutil import name_the_layer
             name_the_layer(e, [d.digest for d in manifest.layers], lambda k: errors.layer_of(k, len(manifest.layers)))
             raise
