@@ -327,3 +327,31 @@ def test_a_refused_layer_is_named_by_its_place_and_digest(reg, registry_env, tmp
     with pytest.raises(errors.InvalidArchiveError, match=re.escape(f"layer 2 of 3 ({digest}): entry 'x'")):
         pull(f"{reg.host}/refused:1", store=root)
     assert lamina_cli("images", "-q", root=root).stdout.strip() == ""
+
+
+def test_a_pull_by_the_repo_digest_of_a_tag_records_nothing_new(reg, images, registry_env):  # noqa: F811
+    """app:v1 pulled, then app@<its repo digest>: docker finds the image up to date and records
+    nothing (its tag pull recorded the digest); lamina recorded app@sha256:… as a name of its
+    own, so that removing app:v1 left the image behind under it.  Now the store is left as it
+    was, the digest still resolves to the tag's image, and rmi of the tag removes the image.
+    A digest no tag holds the image under is recorded as before."""
+    from storekit import fingerprint
+    root = registry_env / "root"
+    digest = images["v1"]["digest"]
+    pinned = f"{reg.host}/app@{digest}"
+    lamina_cli("pull", f"{reg.host}/app:v1", root=root)
+    before = fingerprint(root)
+    out = lamina_cli("pull", pinned, root=root).stdout
+    assert f"Status: Image is up to date for {pinned}" in out, out
+    assert fingerprint(root) == before
+    shown = json.loads(lamina_cli("inspect", pinned, root=root).stdout)[0]
+    assert shown["RepoTags"] == [f"{reg.host}/app:v1"] and shown["RepoDigests"] == [pinned], shown
+    rows = lamina_cli("images", "--digests", "--format", "{{.Repository}} {{.Tag}} {{.Digest}}", root=root).stdout
+    assert rows.splitlines() == [f"{reg.host}/app v1 {digest}"], rows
+    lamina_cli("rmi", f"{reg.host}/app:v1", root=root)
+    assert lamina_cli("images", "-q", root=root).stdout.strip() == ""
+    # no tag holds it now: the pull by digest names it by that digest, as docker does
+    out = lamina_cli("pull", pinned, root=root).stdout
+    assert f"Status: Downloaded newer image for {pinned}" in out, out
+    rows = lamina_cli("images", "--digests", "--format", "{{.Repository}} {{.Tag}} {{.Digest}}", root=root).stdout
+    assert rows.splitlines() == [f"{reg.host}/app <none> {digest}"], rows

@@ -434,6 +434,14 @@ class Puller:
         except (KeyError, LookupError, ValueError):
             return None
 
+    def _pinned_by_a_tag(self, held, manifest_digest):
+        """Pulled by a digest that is the repo digest a tag of the same repository holds this
+        image under (app:1 pulled, then app@sha256:…): nothing new to record, as docker
+        records nothing (its tag pull recorded the digest); ``app@sha256:…`` resolves to the
+        tag's image, and removing the tag removes the image."""
+        return (self.ref.digest is not None and held is not None and held.manifest_digest == manifest_digest
+                and f"{self.ref.name}@{self.ref.digest}" in held.repo_digests)
+
     def _check_read_only_writes(self, held, top, mr, chosen, indexes, others):
         """On a read-only store, the manifest is the one the store holds: refuse, saying what,
         if the pull would still write (the lease's own error said only "cannot write")."""
@@ -444,12 +452,9 @@ class Puller:
             writes.append("the other platforms' manifests")
         if self.ref.digest is None and f"{self.ref.name}@{top.digest}" not in held.repo_digests:
             writes.append("the name's repo digest")
-        elif self.ref.digest is not None and f"{self.ref.name}@{self.ref.digest}" not in held.names:
-            # the digest is the repo digest of a tag the store holds (app:1 pulled, app@sha256:…
-            # pulled now): the pull still records the name@digest as a name of its own
-            under = [r.familiar() for r in held.refs if r.name == self.ref.name]
-            writes.append(f"the name {self.ref.familiar()}" + (
-                f" (its repo digest is recorded under {', '.join(under)} only)" if under else ""))
+        elif self.ref.digest is not None and not self._pinned_by_a_tag(held, mr.digest) \
+                and f"{self.ref.name}@{self.ref.digest}" not in held.names:
+            writes.append(f"the name {self.ref.familiar()}")
         if writes:
             if top.is_index:
                 what = f"its index is now {top.digest}; its {chosen or 'chosen'} manifest"
@@ -518,8 +523,15 @@ class Puller:
             self.store.put_blob(top.data, top.digest)
         self.store.put_blob(mr.data, mr.digest)
         tagged = ref if ref.tag is not None and ref.digest is None else None
-        image = self.store.add_image(mr.digest, ref=tagged if tagged is not None else ref,
-                                     repo_digest=repo_digest)
+        image = None
+        if self._pinned_by_a_tag(held, mr.digest):
+            try:
+                image = self.store.image(mr.digest)
+            except errors.ImageNotFoundError:
+                pass  # its tag removed since: the name@digest is its name now
+        if image is None:
+            image = self.store.add_image(mr.digest, ref=tagged if tagged is not None else ref,
+                                         repo_digest=repo_digest)
         # Every snapshot exists by now; this shares their files (dedup) or compacts the layers,
         # as the store's settings say.
         trace.event("snapshots-for")
