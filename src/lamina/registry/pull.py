@@ -180,11 +180,15 @@ def resolve(client, ref, want, *, all_platforms=False) -> Resolved:
     return Resolved(repos, repo, top, mr, chosen, children, others)
 
 
+def _check_config_size(cdesc):
+    if cdesc.size > MAX_CONFIG_SIZE:
+        raise ImageError(f"config {cdesc.digest}: {cdesc.size} bytes is larger than the {MAX_CONFIG_SIZE}-byte limit")
+
+
 def fetch_config(repos, cdesc):
     """An image config's bytes (digest and size checked), from the first endpoint that has it."""
     what = f"config {cdesc.digest}"
-    if cdesc.size > MAX_CONFIG_SIZE:
-        raise ImageError(f"{what}: {cdesc.size} bytes is larger than the {MAX_CONFIG_SIZE}-byte limit")
+    _check_config_size(cdesc)
     for i, repo in enumerate(repos):
         try:
             data = repo.get_blob(cdesc.digest, limit=max(cdesc.size, 1))
@@ -414,11 +418,11 @@ class Puller:
     def run(self) -> PullResult:
         from ..store import imports as _imports, snapshots as _snapshots
         t0 = time.monotonic()
-        dropped = _snapshots.dropped_dedups()
+        dropped = _snapshots.dedups_dropped_since()
         try:
             return self._run(t0)
         except BaseException:
-            if _snapshots.dropped_dedups() != dropped:
+            if dropped():
                 _imports.drop_unused_objects(self.store)
             raise
         finally:
@@ -557,9 +561,8 @@ class Puller:
     def _config(self, repos, manifest, manifest_digest):
         cdesc = manifest.config
         what = f"config {cdesc.digest}"
-        if cdesc.size > MAX_CONFIG_SIZE:
-            raise ImageError(f"{what}: {cdesc.size} bytes is larger than the {MAX_CONFIG_SIZE}-byte limit")
         if self.store.has_blob(cdesc.digest):
+            _check_config_size(cdesc)  # (fetch_config checks it before a fetch)
             with self.store.open_blob(cdesc.digest) as f:
                 data = f.read(MAX_CONFIG_SIZE + 1)
             return data, parse_config(data, what, len(manifest.layers))

@@ -99,7 +99,7 @@ def import_images(store, items, report=None):
     for data, names in items:
         check_names(data, names)  # before any work: an import refused stores nothing
     created_blobs, created_snaps, ready = [], [], []
-    dropped = _snapshots.dropped_dedups()
+    dropped = _snapshots.dedups_dropped_since()
     try:
         for data, names in items:
             existing = _same_image(store, data)
@@ -140,7 +140,7 @@ def import_images(store, items, report=None):
             report("manifest", manifest_digest, status)
         return results
     except BaseException:
-        _rollback(store, created_blobs, created_snaps, _snapshots.dropped_dedups() != dropped)
+        _rollback(store, created_blobs, created_snaps, dropped())
         raise
 
 
