@@ -1971,6 +1971,7 @@ cdef class Extractor:
     cdef int up_layer              # overlay: the lower layer the last _copy_up_node copied from
     cdef stat up_st                #          and what it copied
     cdef dict up_dirs              # overlay: directory -> _BelowDir (False: no directory below; None: unsure)
+    cdef dict up_links             # overlay: path of a symlink below (_below_phys) -> its target
     cdef int64_t up_names_left     # ... names their listings may still hold
     cdef int64_t up_layers_left    # ... and lower layers their lists may still name
     cdef object cache_phys         # overlay: where the cached parent really is in the layer
@@ -2119,6 +2120,7 @@ cdef class Extractor:
         self.names_below = {}
         self.names_below_left = NAMES_BELOW_MAX
         self.up_dirs = {}
+        self.up_links = {}
         self.up_names_left = NAMES_BELOW_MAX
         self.up_layers_left = NAMES_BELOW_MAX * 4
         if hidden is not None:
@@ -2379,6 +2381,7 @@ cdef class Extractor:
                 close(<int>fd)
         self.lower_fds = []
         self.up_dirs = {}  # layer indices into lower_fds
+        self.up_links = {}
         if self.hold_fd >= 0:
             close(self.hold_fd)
             self.hold_fd = -1
@@ -5354,6 +5357,96 @@ cdef class Extractor:
         close(fd)
         return k
 
+    cdef object _below_phys(self, list comps):
+        """Where directory ``comps`` really is when the walk (_union_walk) goes through symlinks
+        of the layers below on the way, resolved from _below_dir's cache and the symlinks'
+        targets (read once each), re-rooted at the image root as the walk does; None if
+        anything else decides a component (this layer's symlink, file, whiteout or opaque
+        directory; no directory; too many links; an error): the walk decides, and words the
+        errors.  Each link through ``lib -> usr/lib`` walked every layer below (3k over 400
+        layers: 10 s, where the other links to lower files took 0.2 s)."""
+        cdef int fd, nfd, mfd = -1, f, links = 0
+        cdef Py_ssize_t ln, mine = 0
+        cdef int64_t v
+        cdef char buf[4096]
+        todo = list(reversed(comps))
+        cur = []        # the physical path so far: plain directories of this layer or below
+        # this layer has the first ``mine`` directories of ``cur`` (mfd: its fd of them, -1: not
+        # open): one open per component, not a walk from the root each
+        try:
+            while todo:
+                c = todo.pop()
+                if not c or c == b".":
+                    continue
+                if c == b"..":
+                    if cur:
+                        cur.pop()  # re-rooted: '..' of the root is the root
+                        if mine > len(cur):
+                            mine = len(cur)
+                            if mfd >= 0:
+                                close(mfd)
+                                mfd = -1
+                    continue
+                cur.append(c)
+                if mine == len(cur) - 1:
+                    # this layer has every directory of ``cur`` so far: does it have this one?
+                    if mfd < 0:
+                        mfd = self._plain_dir(self.rootfd, b"/".join(cur[:mine]))
+                        if mfd < 0:
+                            return None
+                    nfd = openat(mfd, <bytes>c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                    if nfd < 0:
+                        if errno != ENOENT:
+                            return None  # its symlink, file or whiteout: the walk
+                    else:
+                        close(mfd)
+                        mfd = nfd
+                        if _opaque_fd(mfd):
+                            return None
+                        mine += 1
+                        continue  # its directory decides (the ones below under it merge or are hidden)
+                d = b"/".join(cur)
+                e = self._below_dir(d)
+                if isinstance(e, _BelowDir):
+                    continue
+                if e is False:
+                    return None
+                parent = b"/".join(cur[:len(cur) - 1])
+                pe = self.up_dirs.get(parent)
+                if not isinstance(pe, _BelowDir):
+                    return None
+                target = self.up_links.get(d)
+                if target is None:
+                    v = self._below_name(<_BelowDir>pe, parent, c)
+                    if v < 0 or (v & 3) != UP_SYMLINK:
+                        return None
+                    f = <int>(v >> 2)
+                    fd = self._plain_dir(<int>self.lower_fds[f], parent)
+                    if fd < 0:
+                        return None
+                    ln = readlinkat(fd, <bytes>c, buf, sizeof(buf))
+                    close(fd)
+                    if ln <= 0:
+                        return None
+                    target = buf[:ln]
+                    if len(self.up_links) < NAMES_BELOW_DIRS:
+                        self.up_links[d] = target
+                links += 1
+                if links > 40:
+                    return None  # ELOOP: the walk says so
+                cur.pop()
+                if target.startswith(b"/"):
+                    cur = []
+                    mine = 0
+                    if mfd >= 0:
+                        close(mfd)
+                        mfd = -1
+                todo.extend(reversed(target.split(b"/")))
+            return b"/".join(cur)
+        finally:
+            if mfd >= 0:
+                close(mfd)
+
     cdef int _up_dirs_fast(self, bytes parent, list comps, int have, object name) except -2:
         """This layer's fd of ``parent`` (of which it has the first ``have`` components), the
         missing ones copied up from the layer below that decides each (_copy_up_dirs, as the walk
@@ -5387,6 +5480,16 @@ cdef class Extractor:
         if have < 0:
             return -1
         e = self._below_dir(tparent)
+        if e is None:
+            # perhaps a symlink below on the way (lib -> usr/lib): the directory it leads to
+            tparent = self._below_phys(comps)
+            if tparent is None:
+                return -1
+            comps = tparent.split(b"/") if tparent else []
+            have = self._layer_has(comps)
+            if have < 0:
+                return -1
+            e = self._below_dir(tparent)
         if not isinstance(e, _BelowDir):
             return -1
         if have == len(comps):

@@ -343,6 +343,28 @@ def test_a_destination_blob_that_is_a_symlink_of_the_right_size_is_replaced(root
     lamina(root, "copy", f"oci:{dest}:keep", "again:1")
 
 
+@pytest.mark.parametrize("dest", ["store", "load", "unpack", "unpack-overlay"])
+def test_a_refused_layer_is_named_by_its_place_and_digest(root, tmp_path, dest):  # noqa: F811
+    """The second of three layers links to a file no layer has.  unpack said "layer 2 of 3
+    (sha256:…): entry 'x': …"; copy and load, whose snapshots any image may share, named
+    the layer by its digest alone ("layer sha256:…: entry 'x': …"), as a full disk's error
+    did before it said both."""
+    from tarbuild import Tar
+    lay = ob.Layout(tmp_path / "lay")
+    good = Tar().file("a", b"a").bytes()
+    bad = lay.image_of_tars([good, Tar().file("b", b"b").hardlink("x", "missing").bytes(), good])
+    lay.add(bad, "bad:1")
+    digest = lay.read_json(bad["digest"])["layers"][1]["digest"]
+    before = fingerprint(root)
+    args = {"store": ("copy", f"oci:{lay.root}:bad:1", "bad:1"), "load": ("load", "-i", lay.root),
+            "unpack": ("unpack", f"oci:{lay.root}:bad:1", tmp_path / "dest"),
+            "unpack-overlay": ("unpack", "--overlay", f"oci:{lay.root}:bad:1", tmp_path / "dest")}[dest]
+    msg = fails(root, *args, match="hardlink target 'missing' not found")
+    where = {"store": f"{lay.root}: ", "load": f"{lay.root}: image bad:1 "}.get(dest, "")
+    assert msg.startswith(f"lamina: error: {where}layer 2 of 3 ({digest}): entry 'x': "), msg
+    _unchanged(root, before)
+
+
 @pytest.mark.parametrize("dest", ["store", "load", "docker-archive", "unpack", "unpack-overlay"])
 def test_a_diffid_mismatch_names_the_layer_by_its_place_in_the_image(root, tmp_path, dest):  # noqa: F811
     """The second of three layers is not the diffID its config says.  copy and load said

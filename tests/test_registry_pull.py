@@ -306,3 +306,52 @@ def test_public_api_pull_then_unpack(reg, images, registry_env, tmp_path):  # no
     assert (tmp_path / "rootfs" / "b.txt").read_bytes() == b"world" * 1000
     assert (tmp_path / "rootfs" / "etc" / "os-release").read_bytes() == b"ID=lamina-test\n"
     assert lamina.pull(ref, store=store).status == "up to date"
+
+
+def test_a_refused_layer_is_named_by_its_place_and_digest(reg, registry_env, tmp_path):  # noqa: F811
+    """The second of three layers links to a file no layer has: the pull named the layer by
+    its digest alone ("layer sha256:…: entry 'x': …"), where unpack says "layer 2 of 3
+    (sha256:…)"; now both, the image's name left out of the store."""
+    from tarbuild import Tar
+    lay = ocibuild.Layout(tmp_path / "lay")
+    good = Tar().file("a", b"a").bytes()
+    bad = lay.image_of_tars([good, Tar().file("b", b"b").hardlink("x", "missing").bytes(), good])
+    lay.add(bad, "bad")
+    digest = lay.read_json(bad["digest"])["layers"][1]["digest"]
+    skopeo_push(f"oci:{lay.root}:bad", reg.host, "refused:1")
+    root = registry_env / "root"
+    proc = lamina_cli("pull", f"{reg.host}/refused:1", root=root, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"lamina: error: layer 2 of 3 ({digest}): entry 'x': hardlink target 'missing' "), last
+    with pytest.raises(errors.InvalidArchiveError, match=re.escape(f"layer 2 of 3 ({digest}): entry 'x'")):
+        pull(f"{reg.host}/refused:1", store=root)
+    assert lamina_cli("images", "-q", root=root).stdout.strip() == ""
+
+
+def test_a_pull_by_the_repo_digest_of_a_tag_records_nothing_new(reg, images, registry_env):  # noqa: F811
+    """app:v1 pulled, then app@<its repo digest>: docker finds the image up to date and records
+    nothing (its tag pull recorded the digest); lamina recorded app@sha256:… as a name of its
+    own, so that removing app:v1 left the image behind under it.  Now the store is left as it
+    was, the digest still resolves to the tag's image, and rmi of the tag removes the image.
+    A digest no tag holds the image under is recorded as before."""
+    from storekit import fingerprint
+    root = registry_env / "root"
+    digest = images["v1"]["digest"]
+    pinned = f"{reg.host}/app@{digest}"
+    lamina_cli("pull", f"{reg.host}/app:v1", root=root)
+    before = fingerprint(root)
+    out = lamina_cli("pull", pinned, root=root).stdout
+    assert f"Status: Image is up to date for {pinned}" in out, out
+    assert fingerprint(root) == before
+    shown = json.loads(lamina_cli("inspect", pinned, root=root).stdout)[0]
+    assert shown["RepoTags"] == [f"{reg.host}/app:v1"] and shown["RepoDigests"] == [pinned], shown
+    rows = lamina_cli("images", "--digests", "--format", "{{.Repository}} {{.Tag}} {{.Digest}}", root=root).stdout
+    assert rows.splitlines() == [f"{reg.host}/app v1 {digest}"], rows
+    lamina_cli("rmi", f"{reg.host}/app:v1", root=root)
+    assert lamina_cli("images", "-q", root=root).stdout.strip() == ""
+    # no tag holds it now: the pull by digest names it by that digest, as docker does
+    out = lamina_cli("pull", pinned, root=root).stdout
+    assert f"Status: Downloaded newer image for {pinned}" in out, out
+    rows = lamina_cli("images", "--digests", "--format", "{{.Repository}} {{.Tag}} {{.Digest}}", root=root).stdout
+    assert rows.splitlines() == [f"{reg.host}/app <none> {digest}"], rows

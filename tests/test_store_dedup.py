@@ -1117,7 +1117,7 @@ def test_an_upper_layer_goes_on_over_the_tree_below_before_its_commit(tmp_path, 
 
 def test_a_hardlink_to_a_lower_file_while_that_layer_finishes_its_pass(tmp_path, monkeypatch):
     """The layer above copies up a lower file with other names (a hardlink group of the layer
-    below) and asks which of its names share an inode only by dedup (snapshots._dedup_shared):
+    below) and asks which of its names share an inode only by dedup (snapshots.dedup_shared):
     that waits for the lower layer's commit, whose sync waits for this process's writers to be
     idle, so the asking layer must not count as writing meanwhile (a deadlock, now that the
     layers above go on before the commits below them)."""

@@ -265,36 +265,39 @@ def test_a_read_only_pull_whose_index_changed_but_not_its_manifest_says_what_it_
         registry.stop()
 
 
-def test_a_read_only_pull_by_a_digest_recorded_under_a_tag_says_what_it_would_write(tmp_path, registry_env):  # noqa: F811
-    """app:1 pulled, then app@<its digest> on the read-only store: the store holds the image and
-    that repo digest (under app:1), but a pull by digest records name@digest as a name of its
-    own.  It failed with the lease's generic "cannot write: the store ... is read-only", naming
-    neither the pull nor what it would write; now both, and where the digest is recorded.  Once
-    the writable store has the name, the read-only one finds the pull up to date."""
+def test_a_read_only_pull_by_the_repo_digest_of_a_tag_is_up_to_date(tmp_path, registry_env):  # noqa: F811
+    """app:1 pulled, then app@<its repo digest> on the read-only store: the pull recorded
+    name@digest as a name of its own, so the read-only store refused it ("the name ... would be
+    written"); it now records nothing new, as docker does, and the read-only store finds the
+    image up to date.  A pull by the digest of the platform's manifest, which no tag holds as
+    its repo digest, would still write that name: refused, saying so."""
     from registryfixture import Registry
     registry = Registry(tmp_path / "reg")
     try:
         lay = ob.Layout(tmp_path / "lay")
-        m = lay.image([{"a": b"first\n"}])
-        lay.add(m, "v1")
-        skopeo_push(f"oci:{lay.root}:v1", registry.host, "app:1")
+        amd = dict(lay.image([{"a": b"amd64\n"}]), platform={"architecture": "amd64", "os": "linux"})
+        arm = dict(lay.image([{"a": b"arm64\n"}], arch="arm64"), platform={"architecture": "arm64", "os": "linux"})
+        index = lay.index([amd, arm])
+        lay.add(index, "v1")
+        skopeo_push(f"oci:{lay.root}:v1", registry.host, "app:1", all_images=True)
         rw, ro = tmp_path / "rw", tmp_path / "ro"
-        lamina(rw, "pull", f"{registry.host}/app:1")
-        pinned = f"{registry.host}/app@{m['digest']}"
+        lamina(rw, "pull", "--platform", "linux/amd64", f"{registry.host}/app:1")
+        pinned, by_manifest = f"{registry.host}/app@{index['digest']}", f"{registry.host}/app@{amd['digest']}"
         ro.mkdir()
         subprocess.run(["mount", "--bind", str(rw), str(ro)], check=True)
         try:
             subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
             before = fingerprint(rw)
-            msg = fails(ro, "pull", pinned, match="is read-only")
-            assert msg.startswith(f"lamina: error: cannot pull {pinned} (its manifest {m['digest']} is the one the "
-                                  f"store holds, but the name {pinned} (its repo digest is recorded under "
-                                  f"{registry.host}/app:1 only) would be written): the store at {ro} is "
-                                  "read-only"), msg
-            assert fingerprint(rw) == before
-            lamina(rw, "pull", pinned)
-            out = lamina(ro, "pull", pinned).stdout
+            out = lamina(ro, "pull", "--platform", "linux/amd64", pinned).stdout
             assert f"Status: Image is up to date for {pinned}" in out, out
+            msg = fails(ro, "pull", by_manifest, match="is read-only")
+            assert msg.startswith(f"lamina: error: cannot pull {by_manifest} (its manifest {amd['digest']} is the "
+                                  f"one the store holds, but the name {by_manifest} would be written): the store "
+                                  f"at {ro} is read-only"), msg
+            assert fingerprint(rw) == before
+            lamina(rw, "pull", by_manifest)
+            out = lamina(ro, "pull", by_manifest).stdout
+            assert f"Status: Image is up to date for {by_manifest}" in out, out
         finally:
             subprocess.run(["umount", str(ro)], check=True)
     finally:

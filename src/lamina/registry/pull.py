@@ -180,11 +180,15 @@ def resolve(client, ref, want, *, all_platforms=False) -> Resolved:
     return Resolved(repos, repo, top, mr, chosen, children, others)
 
 
+def _check_config_size(cdesc):
+    if cdesc.size > MAX_CONFIG_SIZE:
+        raise ImageError(f"config {cdesc.digest}: {cdesc.size} bytes is larger than the {MAX_CONFIG_SIZE}-byte limit")
+
+
 def fetch_config(repos, cdesc):
     """An image config's bytes (digest and size checked), from the first endpoint that has it."""
     what = f"config {cdesc.digest}"
-    if cdesc.size > MAX_CONFIG_SIZE:
-        raise ImageError(f"{what}: {cdesc.size} bytes is larger than the {MAX_CONFIG_SIZE}-byte limit")
+    _check_config_size(cdesc)
     for i, repo in enumerate(repos):
         try:
             data = repo.get_blob(cdesc.digest, limit=max(cdesc.size, 1))
@@ -414,11 +418,11 @@ class Puller:
     def run(self) -> PullResult:
         from ..store import imports as _imports, snapshots as _snapshots
         t0 = time.monotonic()
-        dropped = _snapshots.dropped_dedups()
+        dropped = _snapshots.dedups_dropped_since()
         try:
             return self._run(t0)
         except BaseException:
-            if _snapshots.dropped_dedups() != dropped:
+            if dropped():
                 _imports.drop_unused_objects(self.store)
             raise
         finally:
@@ -434,6 +438,14 @@ class Puller:
         except (KeyError, LookupError, ValueError):
             return None
 
+    def _pinned_by_a_tag(self, held, manifest_digest):
+        """Pulled by a digest that is the repo digest a tag of the same repository holds this
+        image under (app:1 pulled, then app@sha256:…): nothing new to record, as docker
+        records nothing (its tag pull recorded the digest); ``app@sha256:…`` resolves to the
+        tag's image, and removing the tag removes the image."""
+        return (self.ref.digest is not None and held is not None and held.manifest_digest == manifest_digest
+                and f"{self.ref.name}@{self.ref.digest}" in held.repo_digests)
+
     def _check_read_only_writes(self, held, top, mr, chosen, indexes, others):
         """On a read-only store, the manifest is the one the store holds: refuse, saying what,
         if the pull would still write (the lease's own error said only "cannot write")."""
@@ -444,12 +456,9 @@ class Puller:
             writes.append("the other platforms' manifests")
         if self.ref.digest is None and f"{self.ref.name}@{top.digest}" not in held.repo_digests:
             writes.append("the name's repo digest")
-        elif self.ref.digest is not None and f"{self.ref.name}@{self.ref.digest}" not in held.names:
-            # the digest is the repo digest of a tag the store holds (app:1 pulled, app@sha256:…
-            # pulled now): the pull still records the name@digest as a name of its own
-            under = [r.familiar() for r in held.refs if r.name == self.ref.name]
-            writes.append(f"the name {self.ref.familiar()}" + (
-                f" (its repo digest is recorded under {', '.join(under)} only)" if under else ""))
+        elif self.ref.digest is not None and not self._pinned_by_a_tag(held, mr.digest) \
+                and f"{self.ref.name}@{self.ref.digest}" not in held.names:
+            writes.append(f"the name {self.ref.familiar()}")
         if writes:
             if top.is_index:
                 what = f"its index is now {top.digest}; its {chosen or 'chosen'} manifest"
@@ -502,8 +511,9 @@ class Puller:
         trace.event("layers-start")
         try:
             layers = self._layers(repos, manifest.layers, config.diff_ids, extra_layers)
-        except (errors.StoreError, errors.ExtractError) as e:
-            # a full disk's error names the layer by its digest alone: which of the image's
+        except errors.LaminaError as e:
+            # a refused layer's or a full disk's error names the layer by its digest alone
+            # (the store's snapshots are shared): say which of the image's layers it is
             from ..store.fsutil import name_the_layer
             name_the_layer(e, [d.digest for d in manifest.layers], lambda k: errors.layer_of(k, len(manifest.layers)))
             raise
@@ -517,8 +527,15 @@ class Puller:
             self.store.put_blob(top.data, top.digest)
         self.store.put_blob(mr.data, mr.digest)
         tagged = ref if ref.tag is not None and ref.digest is None else None
-        image = self.store.add_image(mr.digest, ref=tagged if tagged is not None else ref,
-                                     repo_digest=repo_digest)
+        image = None
+        if self._pinned_by_a_tag(held, mr.digest):
+            try:
+                image = self.store.image(mr.digest)
+            except errors.ImageNotFoundError:
+                pass  # its tag removed since: the name@digest is its name now
+        if image is None:
+            image = self.store.add_image(mr.digest, ref=tagged if tagged is not None else ref,
+                                         repo_digest=repo_digest)
         # Every snapshot exists by now; this shares their files (dedup) or compacts the layers,
         # as the store's settings say.
         trace.event("snapshots-for")
@@ -544,9 +561,8 @@ class Puller:
     def _config(self, repos, manifest, manifest_digest):
         cdesc = manifest.config
         what = f"config {cdesc.digest}"
-        if cdesc.size > MAX_CONFIG_SIZE:
-            raise ImageError(f"{what}: {cdesc.size} bytes is larger than the {MAX_CONFIG_SIZE}-byte limit")
         if self.store.has_blob(cdesc.digest):
+            _check_config_size(cdesc)  # (fetch_config checks it before a fetch)
             with self.store.open_blob(cdesc.digest) as f:
                 data = f.read(MAX_CONFIG_SIZE + 1)
             return data, parse_config(data, what, len(manifest.layers))

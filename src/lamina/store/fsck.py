@@ -338,7 +338,7 @@ class Checker:
                 # (a good snapshot was "bad", and --repair made them one inode in the image)
                 _snapshots._extract(self.paths.blob(info.digest), fresh / "fs", info.digest, info.diff_id,
                                     info.media_type, lower_dirs=lower or None, defer_lowers=lower is None,
-                                    lower_shared=lambda fs: _snapshots._dedup_shared(self.paths, fs))
+                                    lower_shared=lambda fs: _snapshots.dedup_shared(self.paths, fs))
             except _snapshots.NeedsLowers:
                 self.report.add("warning", "unverifiable-snapshot", chain,
                                 f"snapshot {chain}: the snapshots below it are missing; cannot verify it")

@@ -23,20 +23,25 @@ def is_full(e):
 
 
 def name_the_layer(e, digests, which):
-    """A full disk's error names the layer or blob it stopped by digest alone ("layer sha256:…:
-    storing its snapshot failed", "blob sha256:…: cannot write it"), as the store's snapshots,
-    shared by every image, know it: say which layer of the image that is, as every other error
-    of an image's layers does ("layer 2 of 3 (sha256:…)").  ``digests``: the image's layer
-    digests, bottom first; ``which(i)``: how the ``i``-th is named.  Rewrites ``e``'s message in
-    place (keeping its class and errno); returns whether it did."""
-    if not is_full(e) or len(e.args) != 1 or not isinstance(e.args[0], str):
+    """An error of an image's layer that the store's snapshots, shared by every image, name by
+    digest alone ("layer sha256:…: entry 'x': …", a full disk's "layer sha256:…: storing its
+    snapshot failed") or a full disk's "blob sha256:…: cannot write it": say which layer of the
+    image that is too, as unpack does ("layer 2 of 3 (sha256:…): …").  ``digests``: the image's
+    layer digests, bottom first; ``which(i)``: how the ``i``-th is named.  Rewrites ``e``'s
+    message in place (keeping its class, errno and the rest); returns whether it did."""
+    if len(e.args) != 1 or not isinstance(e.args[0], str):
         return False
     msg = e.args[0]
     for i, digest in enumerate(digests):
-        if msg.startswith(f"layer {digest}"):
-            e.args = (f"{which(i)} ({digest}){msg[len(f'layer {digest}'):]}",)
+        head = f"layer {digest}"
+        if msg.startswith(head + ":") or msg.startswith(head + " ("):
+            rest = msg[len(head):]
+            # "layer sha256:… (diffID …): …" keeps its diffID in the one parenthesis
+            e.args = (f"{which(i)} ({digest}{', ' + rest[2:] if rest.startswith(' (') else ')' + rest}",)
+            if isinstance(getattr(e, "what", None), str) and e.what.startswith(head):
+                e.what = e.args[0][:len(e.args[0]) - len(msg) + len(e.what)]
             return True
-        if msg.startswith(f"blob {digest}"):
+        if is_full(e) and msg.startswith(f"blob {digest}"):
             e.args = (f"{which(i)}: {msg}",)
             return True
     return False

@@ -8,7 +8,7 @@ be sharing them); gc or fsck takes them later.
 """
 from __future__ import annotations
 
-from ..errors import DigestMismatchError, ExtractError, ImageError, StoreError, layer_of
+from ..errors import DigestMismatchError, ImageError, LaminaError, StoreError, layer_of
 from . import objects as _objects
 from . import snapshots as _snapshots
 from .fsutil import name_the_layer
@@ -99,7 +99,7 @@ def import_images(store, items, report=None):
     for data, names in items:
         check_names(data, names)  # before any work: an import refused stores nothing
     created_blobs, created_snaps, ready = [], [], []
-    dropped = _snapshots.dropped_dedups()
+    dropped = _snapshots.dedups_dropped_since()
     try:
         for data, names in items:
             existing = _same_image(store, data)
@@ -121,9 +121,6 @@ def import_images(store, items, report=None):
             created_snaps += [c for c in image.chain_ids if store.snapshot_info(c) is None]
             try:
                 store.snapshots_for(image)
-            except (StoreError, ExtractError) as e:   # a full disk's, named by the layer's digest alone
-                name_the_layer(e, [layer.digest for layer in image.layers], lambda k: _which_layer(data, k))
-                raise
             except DigestMismatchError as e:
                 # a diffID is checked as the layer extracts, into a snapshot that any image
                 # may share: the snapshot's error names the layer's digest alone
@@ -133,6 +130,9 @@ def import_images(store, items, report=None):
                     raise
                 raise DigestMismatchError(f"{_which_layer(data, i)}, {e.what[len('layer '):]}", e.expected,
                                           e.actual) from None
+            except LaminaError as e:   # a refused layer's, or a full disk's: named by the layer's digest alone
+                name_the_layer(e, [layer.digest for layer in image.layers], lambda k: _which_layer(data, k))
+                raise
             ready.append((data.manifest_digest, names, index.digest if index else None, "written"))
         results = []
         for manifest_digest, names, repo_digest, status in ready:
@@ -140,7 +140,7 @@ def import_images(store, items, report=None):
             report("manifest", manifest_digest, status)
         return results
     except BaseException:
-        _rollback(store, created_blobs, created_snaps, _snapshots.dropped_dedups() != dropped)
+        _rollback(store, created_blobs, created_snaps, dropped())
         raise
 
 

@@ -32,6 +32,7 @@ from before it have none: their directory's owner says it (mounts.py).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import secrets
@@ -149,7 +150,7 @@ def _extract(blob, fs, digest, diff_id, media_type, lower_dirs=None, defer_lower
                        progress=progress)
 
 
-def _dedup_shared(paths, fs, chain=None):
+def dedup_shared(paths, fs, chain=None):
     """Names of a lower snapshot whose inode its file dedup shares (see objects.singletons).
 
     A pull deduplicates a layer while the layers above it extract: taking the
@@ -228,6 +229,18 @@ def _stale_dirs(paths, hexid, prefix):
         return [paths.snapshots / n for n in os.listdir(paths.snapshots) if n.startswith(start)]
     except FileNotFoundError:
         return []
+
+
+@contextlib.contextmanager
+def _full_disk_named(layer_digest, staging):
+    """A full disk's OSError in the block raised as the StoreError naming the layer
+    (_storing_failed); any other as it is."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in FULL_ERRNOS:
+            raise _storing_failed(layer_digest, e, staging) from e
+        raise
 
 
 def _storing_failed(layer_digest, e, staging=None):
@@ -312,16 +325,12 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
             _discard(paths, final, hexid)
         tmp = paths.snapshots / f"{TMP_PREFIX}{hexid}-{os.getpid()}-{secrets.token_hex(4)}"
         deduplicating = False
-        try:
+        with _full_disk_named(layer_digest, tmp):
             os.makedirs(paths.snapshots, exist_ok=True)
             os.mkdir(tmp, 0o755)
             # a set-group-ID store directory would hand its group (and the bit) down to every entry
             # an unprivileged extraction cannot chown, where the dir unpack's staging gives its own
             os.chmod(tmp, 0o755)
-        except OSError as e:
-            if e.errno in FULL_ERRNOS:
-                raise _storing_failed(layer_digest, e, tmp) from e
-            raise
         hashed = _objects.hashed_dir(paths, tmp)
         writing = [hashed is not None and source is None]  # counted in _WRITERS
         if writing[0]:
@@ -363,13 +372,15 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
             # directory below after all, a blob from the store is extracted again, waiting.
             for early in (True, False):
                 try:
-                    stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id,
-                                     media_type, lower_dirs=lower or None, defer_lowers=lower is None,
-                                     lowers_provider=provider, hash_files_into=hashed,
-                                     link_objects=_objects.linkable_dir(paths, hashed),
-                                     lower_shared=lambda fs: pause_writing(
-                                         lambda: _dedup_shared(paths, fs, opened.get(fs))),
-                                     early_dirs=early, progress=progress)
+                    # a full disk in the extractor's own dirs (fs/, hashed/); the entries' errors name them
+                    with _full_disk_named(layer_digest, tmp):
+                        stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id,
+                                         media_type, lower_dirs=lower or None, defer_lowers=lower is None,
+                                         lowers_provider=provider, hash_files_into=hashed,
+                                         link_objects=_objects.linkable_dir(paths, hashed),
+                                         lower_shared=lambda fs: pause_writing(
+                                             lambda: dedup_shared(paths, fs, opened.get(fs))),
+                                         early_dirs=early, progress=progress)
                     break
                 except ImpliedDirMoved:
                     if source is not None or not early:
@@ -378,10 +389,6 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                     remove_tree(tmp / "fs")
                     if hashed is not None:
                         _objects.drop_hashed(tmp)
-                except OSError as e:  # the extractor's own dirs (fs/, hashed/); the entries' errors name them
-                    if e.errno in FULL_ERRNOS:
-                        raise _storing_failed(layer_digest, e, tmp) from e
-                    raise
                 finally:
                     for name in opened:
                         os.close(int(name.rsplit("/", 1)[1]))
@@ -442,8 +449,8 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
 
 # Staging snapshots dropped after their dedup pass began, in this process: that pass may have
 # made objects which only the dropped snapshot used (a good layer deduplicated beside the
-# extraction of a layer below it that was then refused).  A failed import or pull compares this
-# before and after to know whether to collect them (imports.drop_unused_objects).
+# extraction of a layer below it that was then refused).  A failed import or pull asks
+# dedups_dropped_since() whether to collect them (imports.drop_unused_objects).
 _dropped_dedups = 0
 _dropped_lock = threading.Lock()
 
@@ -454,9 +461,12 @@ def _note_dropped_dedup():
         _dropped_dedups += 1
 
 
-def dropped_dedups():
-    """How many staging snapshots this process dropped after their dedup pass began."""
-    return _dropped_dedups
+def dedups_dropped_since():
+    """A function telling whether this process has dropped a staging snapshot after its dedup
+    pass began since this call (a failed import or pull then collects the objects only that
+    snapshot used)."""
+    at = _dropped_dedups
+    return lambda: _dropped_dedups != at
 
 
 # chainID -> its parent's, as read from a meta.json: a chainID hashes its parent's, so this never
