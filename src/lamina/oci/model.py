@@ -360,12 +360,18 @@ def parse_manifest(doc, media_type, what, limits=DEFAULT_LIMITS):
         raise ImageError(f"{what}: 'layers' must be a list")
     if limits is not None:
         check_layer_count(len(layers), what, limits)
-    parsed = []
+    parsed, first = [], {}
     for i, obj in enumerate(layers):
         desc = parse_descriptor(obj, f"{what} layers[{i}]")
         if desc.media_type not in mt.LAYER_TYPES:
             raise UnsupportedMediaTypeError(
                 f"{what} layers[{i}] ({desc.digest}): unsupported layer media type {desc.media_type!r}")
+        j = first.setdefault(desc.digest, i)
+        if parsed[j:j + 1] and parsed[j].size != desc.size:
+            # one blob, two sizes: at most one is true.  A pull fetches a blob once however often
+            # it is listed, and checked the first listing's size only (the image was taken)
+            raise ImageError(f"{what} layers[{i}] ({desc.digest}): size {desc.size}, but layers[{j}] lists "
+                             f"the same blob with size {parsed[j].size}")
         parsed.append(desc)
     return Manifest(media_type, config, parsed)
 

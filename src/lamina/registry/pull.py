@@ -561,7 +561,7 @@ class Puller:
     def _config(self, repos, manifest, manifest_digest):
         cdesc = manifest.config
         what = f"config {cdesc.digest}"
-        if self.store.has_blob(cdesc.digest):
+        if self.store.has_blob(cdesc.digest, cdesc.size):
             _check_config_size(cdesc)  # (fetch_config checks it before a fetch)
             with self.store.open_blob(cdesc.digest) as f:
                 data = f.read(MAX_CONFIG_SIZE + 1)
@@ -634,7 +634,7 @@ class Puller:
 
         def fetch(k, digest, desc, rs, indexes):
             try:
-                existed = self.store.has_blob(digest)
+                existed = self.store.has_blob(digest, desc.size)
                 if not existed and self.turns:
                     turns.wait(k)
             except BaseException:

@@ -23,6 +23,15 @@ from .locks import FileLock
 _CHUNK = 1 << 20
 
 
+def check_stored_size(digest, size, held):
+    """The stored blob was verified against its digest, so a descriptor of another size lies about
+    it.  Not checked, a pull took such an image when the blob was in the store already ("Already
+    exists") and refused it into an empty store: the same image, two answers."""
+    if held != size:
+        raise ImageError(f"blob {digest}: the descriptor says {size} bytes, but the blob of that digest "
+                         f"is {held} bytes")
+
+
 class IngestWriter:
     def __init__(self, paths, digest, size=None):
         self.digest = _digest.validate(digest, "blob digest")
@@ -45,7 +54,9 @@ class IngestWriter:
         self._lock.acquire()
         try:
             self.exists = self.path.exists()
-            if not self.exists:
+            if self.exists:
+                self._check_stored_size()
+            else:
                 self._open_partial()
         except BaseException:
             self._close()
@@ -69,6 +80,10 @@ class IngestWriter:
             self._fd = None
         # Waiters re-open the lock path after we unlink it (see locks.py), so removing it is safe.
         self._lock.release(unlink=True)
+
+    def _check_stored_size(self):
+        if self.size is not None:
+            check_stored_size(self.digest, self.size, os.stat(self.path).st_size)
 
     def _open_partial(self):
         self._fd = os.open(self._partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

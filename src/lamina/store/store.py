@@ -30,7 +30,7 @@ from . import snapshots as _snapshots
 from .fsutil import atomic_write
 from .image import Image, load_image
 from .index import IndexFile, entry_name, entry_repo_digest, make_entry
-from .ingest import IngestWriter, put_bytes
+from .ingest import IngestWriter, check_stored_size, put_bytes
 from .locks import FileLock
 from .paths import Paths, default_root
 
@@ -146,8 +146,13 @@ class Store:
 
     # --- blobs --------------------------------------------------------------------
 
-    def has_blob(self, digest):
-        return self.paths.blob(digest).is_file()
+    def has_blob(self, digest, size=None):
+        """Whether the store holds the blob; ``size``: the descriptor's, which the stored
+        blob (verified against its digest) must have, else an ImageError says the descriptor lies."""
+        held = self.paths.blob(digest).is_file()
+        if held and size is not None:
+            check_stored_size(digest, size, self.paths.blob(digest).stat().st_size)
+        return held
 
     def blob_path(self, digest):
         return self.paths.blob(digest)

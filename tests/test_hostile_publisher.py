@@ -1,0 +1,164 @@
+"""Hostile images one level above the tar bytes: what an image's publisher writes in its
+manifest and config (a blob listed twice, sizes, diffIDs, media types, no layers at all) and
+what a registry answers around the blobs (resume ranges, redirects, 401s).
+
+Each case runs through every way the image reaches lamina that reads the part at fault:
+``unpack oci:`` (dir and overlay), ``copy`` into a store and what is made from it (``unpack
+REF``, ``unpack --link``, ``mount``), ``pull`` and ``unpack docker://`` from a real
+docker-registry on loopback (tests/registryfixture.py), and the store is checked with fsck after
+every refusal.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import ocibuild as ob
+from registryfixture import reg, registry_env  # noqa: F401
+from test_documents import _push_blob, _push_manifest
+
+from lamina.store import Store
+from lamina.store.fsck import check
+
+A = ob.tar_bytes({"a": b"A\n", "d/": None, "d/x": b"x\n"})
+B = ob.tar_bytes({"b": b"B\n"})
+
+
+def cli(*args, root=None, timeout=120):
+    cmd = [sys.executable, "-m", "lamina"] + (["--root", str(root)] if root else []) + [str(a) for a in args]
+    env = {k: v for k, v in os.environ.items() if k != "LAMINA_ROOT"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def refused(proc):
+    """The one error line of a refused command (exit 1, no traceback)."""
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def no_fsck_errors(root):
+    if os.path.exists(root):
+        report = check(Store(root))
+        assert report.errors == [], report.findings
+
+
+def _layers_and_config(layers, diff_ids, config_extra=None):
+    """(config bytes, layer descriptors) for [{blob, media_type?, delta?}] (delta: added to the
+    descriptor's size)."""
+    config = ob.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                       "rootfs": {"type": "layers", "diff_ids": diff_ids}, **(config_extra or {})})
+    descs = []
+    for x in layers:
+        d = ob.desc(x.get("media_type", ob.OCI_LAYER_GZIP), x["blob"])
+        d["size"] += x.get("delta", 0)
+        descs.append(d)
+    return config, descs
+
+
+def layout_image(root, layers, diff_ids, *, config_delta=0):
+    lay = ob.Layout(root)
+    config, descs = _layers_and_config(layers, diff_ids)
+    for x in layers:
+        lay.blob(x["blob"])
+    lay.blob(config)
+    cdesc = ob.desc(ob.OCI_CONFIG, config)
+    cdesc["size"] += config_delta
+    manifest = ob.dumps({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "config": cdesc, "layers": descs})
+    lay.blob(manifest)
+    lay.add(ob.desc(ob.OCI_MANIFEST, manifest), "img")
+    return lay.root
+
+
+def push_image(host, repo, tag, layers, diff_ids, *, config_delta=0):
+    """Push the blobs (each once) and a manifest listing ``layers``, whatever its descriptors say
+    (docker-registry checks that the blobs exist, not their sizes)."""
+    config, descs = _layers_and_config(layers, diff_ids)
+    for blob in dict.fromkeys(x["blob"] for x in layers):
+        _push_blob(host, repo, blob)
+    _push_blob(host, repo, config)
+    cdesc = ob.desc(ob.OCI_CONFIG, config)
+    cdesc["size"] += config_delta
+    manifest = ob.dumps({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "config": cdesc, "layers": descs})
+    status, body = _push_manifest(host, repo, tag, manifest, ob.OCI_MANIFEST)
+    assert status == 201, body
+    return manifest
+
+
+def every_way_refuses(tmp_path, host, ref, layout, expect):
+    """Each way in refuses the image with one line holding every string of ``expect``; no
+    destination is left and the stores' fsck finds no error."""
+    store = tmp_path / "store"
+    ways = {
+        "unpack oci:": (["unpack", f"oci:{layout}:img", tmp_path / "dir"], None),
+        "unpack --format overlay oci:": (["unpack", "--format", "overlay", f"oci:{layout}:img", tmp_path / "ovl"], None),
+        "copy oci:": (["copy", f"oci:{layout}:img", "img:1"], store),
+        "pull": (["pull", f"{host}/{ref}"], store),
+        "unpack docker://": (["unpack", f"docker://{host}/{ref}", tmp_path / "reg"], None),
+    }
+    for way, (args, root) in ways.items():
+        line = refused(cli(*args, root=root))
+        for s in expect:
+            assert s in line, (way, line)
+    for d in ("dir", "ovl", "reg"):
+        assert not (tmp_path / d).exists(), d
+    no_fsck_errors(store)
+    if store.exists():
+        assert Store(store).index.read() == [], "a refused image was named"
+
+
+# --------------------------------------------------------------------------------------------
+# one blob, two sizes
+
+
+@pytest.mark.parametrize("liar", [0, 1])
+def test_one_blob_listed_with_two_sizes_is_refused_from_the_manifest(reg, registry_env, tmp_path, liar):  # noqa: F811
+    """A blob listed twice, one of its descriptors giving another size.  A pull fetches a blob
+    once however often it is listed and checked the first listing's size only: with the lie in
+    the second, ``pull`` stored and named the image that ``unpack docker://`` and the layouts
+    refused.  At most one of the sizes is true: the manifest is refused as it is read."""
+    gz = ob.gz(A)
+    layers = [dict(blob=gz), dict(blob=gz)]
+    layers[liar]["delta"] = 7
+    ids = [ob.sha256(A)] * 2
+    layout = layout_image(tmp_path / "layout", layers, ids)
+    push_image(reg.host, "twosizes", f"t{liar}", layers, ids)
+    every_way_refuses(tmp_path, reg.host, f"twosizes:t{liar}", layout,
+                      ["layers[1]", ob.sha256(gz), "lists the same blob with size"])
+
+
+# --------------------------------------------------------------------------------------------
+# a descriptor lying about the size of a blob the store holds
+
+
+@pytest.mark.parametrize("what", ["layer", "config"])
+@pytest.mark.parametrize("delta", [5, -5])
+def test_a_descriptor_lying_about_the_size_of_a_blob_the_store_holds_is_refused(reg, registry_env, tmp_path,  # noqa: F811
+                                                                                 what, delta):
+    """The blob in the store was verified against its digest, so a descriptor giving it another
+    size lies.  Into an empty store the pull refused such an image ("registry sent 95 bytes, the
+    manifest says 100"); into one holding the blob already ("Already exists") it stored and
+    named it, and ``push`` or ``save`` would then hand the lie on.  Refused both ways now."""
+    gz = ob.gz(A)
+    ids = [ob.sha256(A)]
+    push_image(reg.host, "liar", "good", [dict(blob=gz)], ids)
+    layer = dict(blob=gz, delta=delta if what == "layer" else 0)
+    push_image(reg.host, "liar", f"{what}{delta}", [layer], ids, config_delta=delta if what == "config" else 0)
+    store = tmp_path / "store"
+    good = cli("pull", f"{reg.host}/liar:good", root=store)
+    assert good.returncode == 0, good.stderr
+    line = refused(cli("pull", f"{reg.host}/liar:{what}{delta}", root=store))
+    assert "the descriptor says" in line and "bytes, but the blob of that digest is" in line, line
+    from lamina.store.index import entry_name
+    names = [entry_name(e) for e in Store(store).index.read()]
+    assert not any(f"{what}{delta}" in str(n) for n in names), names
+    no_fsck_errors(store)
+    # the same image into an empty store, and without a store, is refused too
+    for args, root in ((["pull", f"{reg.host}/liar:{what}{delta}"], tmp_path / "empty"),
+                       (["unpack", f"docker://{reg.host}/liar:{what}{delta}", tmp_path / "out"], None)):
+        refused(cli(*args, root=root))
+    assert not (tmp_path / "out").exists()
+    no_fsck_errors(tmp_path / "empty")
