@@ -162,3 +162,20 @@ def test_a_descriptor_lying_about_the_size_of_a_blob_the_store_holds_is_refused(
         refused(cli(*args, root=root))
     assert not (tmp_path / "out").exists()
     no_fsck_errors(tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------------------------
+# a diffID that does not match, on a blob the image lists twice
+
+
+def test_a_diffid_mismatch_of_a_blob_listed_twice_names_the_listing_at_fault(reg, registry_env, tmp_path):  # noqa: F811
+    """Layers [A, A] with diffIDs [diffID(A), diffID(B)]: the second listing is wrong.  The store
+    names a snapshot's error by the layer's blob digest, and ``copy`` took the first layer of that
+    digest ("layer 1 of 2", the good one), ``pull`` named no place at all; ``unpack`` said
+    "layer 2 of 2".  Every way names the second now."""
+    gz = ob.gz(A)
+    layers, ids = [dict(blob=gz), dict(blob=gz)], [ob.sha256(A), ob.sha256(B)]
+    layout = layout_image(tmp_path / "layout", layers, ids)
+    push_image(reg.host, "twice", "t", layers, ids)
+    every_way_refuses(tmp_path, reg.host, "twice:t", layout,
+                      ["layer 2 of 2", ob.sha256(gz), "diffID", f"expected {ob.sha256(B)}"])

@@ -32,7 +32,12 @@ def name_the_layer(e, digests, which):
     if len(e.args) != 1 or not isinstance(e.args[0], str):
         return False
     msg = e.args[0]
-    for i, digest in enumerate(digests):
+    # a blob an image lists twice is two layers: the place the error was marked with comes first
+    # (snapshots.ensure_all, the pull's extraction), else the first layer of that digest
+    at = getattr(e, "layer_index", None)
+    first = [at] if isinstance(at, int) and 0 <= at < len(digests) else []
+    for i in first + list(range(len(digests))):
+        digest = digests[i]
         head = f"layer {digest}"
         if msg.startswith(head + ":") or msg.startswith(head + " ("):
             rest = msg[len(head):]

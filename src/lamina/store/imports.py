@@ -124,8 +124,10 @@ def import_images(store, items, report=None):
             except DigestMismatchError as e:
                 # a diffID is checked as the layer extracts, into a snapshot that any image
                 # may share: the snapshot's error names the layer's digest alone
-                i = next((k for k, layer in enumerate(image.layers) if e.what.startswith(f"layer {layer.digest}")),
-                         None)
+                i = getattr(e, "layer_index", None)   # a blob listed twice is two layers: which one
+                if i is None:
+                    i = next((k for k, layer in enumerate(image.layers)
+                              if e.what.startswith(f"layer {layer.digest}")), None)
                 if i is None:
                     raise
                 raise DigestMismatchError(f"{_which_layer(data, i)}, {e.what[len('layer '):]}", e.expected,
