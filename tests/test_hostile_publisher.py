@@ -17,7 +17,10 @@ import sys
 import pytest
 
 import ocibuild as ob
-from registryfixture import reg, registry_env  # noqa: F401
+import treecmp
+from everypath import PATHS, assert_agree, run_paths, umoci_tree
+from layerkit import zst
+from registryfixture import FaultProxy, reg, registry_env  # noqa: F401
 from test_documents import _push_blob, _push_manifest
 
 from lamina.store import Store
@@ -179,3 +182,141 @@ def test_a_diffid_mismatch_of_a_blob_listed_twice_names_the_listing_at_fault(reg
     push_image(reg.host, "twice", "t", layers, ids)
     every_way_refuses(tmp_path, reg.host, "twice:t", layout,
                       ["layer 2 of 2", ob.sha256(gz), "diffID", f"expected {ob.sha256(B)}"])
+
+
+# --------------------------------------------------------------------------------------------
+# guards: what held when tried (round 7), kept so that it keeps holding
+
+
+@pytest.mark.parametrize("order", ["A W A", "W A W", "A W B A"])
+def test_one_blob_listed_again_above_a_whiteout_of_it_agrees_with_umoci_on_every_path(tmp_path, order):
+    """The same blob (one digest, one diffID) listed twice with a layer between that whites out
+    and hides (opaque) what it made: the second listing makes it again on every path, as umoci."""
+    w = ob.tar_bytes({".wh.a": b"", "d/.wh..wh..opq": b"", "d/y": b"y\n"})
+    tars = [{"A": A, "W": w, "B": B}[k] for k in order.split()]
+    expected = umoci_tree(tmp_path / "umoci", tars)
+    assert not isinstance(expected, Exception), expected
+    got = assert_agree(run_paths(tmp_path / "paths", tars), context=order)
+    assert got is not None
+    assert not treecmp.compare(expected, got, labels=("umoci", "lamina"))
+    assert ("a" in got) == order.endswith("A")
+
+
+def test_an_image_of_no_layers_is_an_empty_tree_on_every_path(reg, registry_env, tmp_path):  # noqa: F811
+    """``layers: []`` (and no diffIDs): docker builds such an image (``FROM scratch`` and a
+    label).  Every path makes an empty root, the store's mount (no snapshot at all) included."""
+    # (everypath's own overlay mount needs a layer: the overlay format is mounted below with the
+    # options lamina writes for it)
+    paths = [p for p in PATHS if p != "overlay-mount"]
+    got = assert_agree(run_paths(tmp_path / "paths", [], paths), context="no layers")
+    assert got is not None and list(got.paths()) == []
+    import lamina
+    layout = layout_image(tmp_path / "layout", [], [])
+    stats = lamina.unpack(f"oci:{layout}:img", tmp_path / "ovl", format="overlay")
+    assert stats.layer_dirs == []
+    options = (tmp_path / "ovl" / "mount-options").read_text().strip()
+    (tmp_path / "mnt").mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, tmp_path / "mnt"], check=True)
+    try:
+        assert os.listdir(tmp_path / "mnt") == []
+    finally:
+        subprocess.run(["umount", tmp_path / "mnt"], check=True)
+    push_image(reg.host, "nolayers", "t", [], [])
+    store = tmp_path / "store"
+    pulled = cli("pull", f"{reg.host}/nolayers:t", root=store)
+    assert pulled.returncode == 0, pulled.stderr
+    out = cli("unpack", f"{reg.host}/nolayers:t", tmp_path / "from-store", root=store)
+    assert out.returncode == 0 and os.listdir(tmp_path / "from-store") == [], out.stderr
+    out = cli("unpack", f"docker://{reg.host}/nolayers:t", tmp_path / "reg")
+    assert out.returncode == 0 and os.listdir(tmp_path / "reg") == [], out.stderr
+    assert check(Store(store)).findings == []
+
+
+MEDIA_LIES = {
+    "zstd under gzip": (lambda t: zst(t), ob.OCI_LAYER_GZIP, "announces gzip but the content is zstd"),
+    "gzip under zstd": (lambda t: ob.gz(t), "application/vnd.oci.image.layer.v1.tar+zstd",
+                        "announces zstd but the content is gzip"),
+    "tar under gzip": (lambda t: t, ob.DOCKER_LAYER_GZIP, "announces gzip but the content is not compressed"),
+    "gzip under tar": (lambda t: ob.gz(t), ob.OCI_LAYER, "announces none but the content is gzip"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MEDIA_LIES))
+def test_a_layer_whose_bytes_are_not_its_media_types_is_refused_on_every_path(reg, registry_env, tmp_path, case):  # noqa: F811
+    """Bytes of another compression than the descriptor's media type: umoci refuses all four
+    ("gzip: invalid header", "blob is not correct mediatype"), docker and containerd sniff the
+    compression of a compressed type; lamina refuses them by name on every path
+    (tests/CONFORMANCE.md)."""
+    make, media_type, message = MEDIA_LIES[case]
+    blob = make(A)
+    results = run_paths(tmp_path / "paths", [ob.Shipped(blob, A, media_type)])
+    for path, r in results.items():
+        assert isinstance(r, Exception) and message in str(r), (path, r)
+    layout = layout_image(tmp_path / "layout", [dict(blob=blob, media_type=media_type)], [ob.sha256(A)])
+    repo = "mt" + case.replace(" ", "")
+    push_image(reg.host, repo, "t", [dict(blob=blob, media_type=media_type)], [ob.sha256(A)])
+    every_way_refuses(tmp_path, reg.host, f"{repo}:t", layout, [message, ob.sha256(blob)])
+
+
+# --------------------------------------------------------------------------------------------
+# a registry's answers around a blob
+
+
+@pytest.fixture
+def big_image(reg):  # noqa: F811
+    """A layer of 1 MiB of random bytes (stored, not compressed: a cut at 256 KiB is a resume)."""
+    from registryfixture import fast_random
+    raw = ob.tar_bytes({"big": fast_random(1 << 20, 7)})
+    push_image(reg.host, "ranges", "t", [dict(blob=raw, media_type=ob.OCI_LAYER)], [ob.sha256(raw)])
+    return raw
+
+
+@pytest.fixture
+def proxy(reg):  # noqa: F811
+    p = FaultProxy(reg.host)
+    yield p
+    p.stop()
+
+
+@pytest.mark.parametrize("answer", ["starts before", "starts after", "right range, other bytes"])
+def test_a_resumed_blob_the_registry_answers_wrongly_is_refused_and_not_stored(proxy, big_image, registry_env, answer):  # noqa: F811
+    """The first GET is cut at 256 KiB; the resume (``Range: bytes=262144-``) is answered with a
+    206 whose Content-Range starts elsewhere, or the right range of other bytes.  The first two
+    are refused as they arrive, naming the blob and the range; the third by the blob's digest,
+    after the one fresh download a mismatch earns (answered the same).  Nothing is stored."""
+    digest, size, cut = ob.sha256(big_image), len(big_image), 256 << 10
+    start = {"starts before": cut - 512, "starts after": cut + 512}.get(answer, cut)
+    body = big_image[start:] if answer != "right range, other bytes" else bytes(size - cut)
+    proxy.add("cut", method="GET", path=f"/blobs/{digest}", after=cut, times=1)
+    proxy.add("respond", method="GET", path=f"/blobs/{digest}", code=206, body=body, times=None,
+              headers={"Content-Range": f"bytes {start}-{size - 1}/{size}"})
+    store = registry_env / "root"
+    line = refused(cli("pull", f"{proxy.host}/ranges:t", root=store))
+    assert digest in line, line
+    if answer == "right range, other bytes":
+        # the fresh download asks from byte 0 and is answered from 262144: refused by its range
+        assert "digest mismatch" in line or f"asked for bytes from 0, got Content-Range 'bytes {cut}-" in line, line
+    else:
+        assert f"asked for bytes from {cut}, got Content-Range 'bytes {start}-" in line, line
+    assert not Store(store).has_blob(digest)
+    no_fsck_errors(store)
+
+
+def test_a_redirect_loop_is_a_clear_error(proxy, big_image, registry_env):  # noqa: F811
+    """Every blob GET redirected back to itself: stopped after 10 hops, naming the URL."""
+    proxy.add("redirect", method="GET", path="/blobs/", to=f"http://{proxy.host}", times=None)
+    store = registry_env / "root"
+    line = refused(cli("pull", f"{proxy.host}/ranges:t", root=store, timeout=60))
+    assert "more than 10 redirects" in line and "/blobs/" in line, line
+    no_fsck_errors(store)
+
+
+def test_a_401_on_every_blob_request_is_a_clear_error(proxy, big_image, registry_env):  # noqa: F811
+    """The manifest is served, then every blob GET answers 401 Basic: one error asking for a
+    login, not a retry loop."""
+    proxy.add("respond", path="/blobs/", code=401, times=None, headers={"WWW-Authenticate": 'Basic realm="x"'})
+    store = registry_env / "root"
+    line = refused(cli("pull", f"{proxy.host}/ranges:t", root=store, timeout=60))
+    assert "authentication required" in line and proxy.host in line, line
+    assert len(proxy.requests_for("/blobs/", "GET")) <= 4, proxy.requests_for("/blobs/")
+    no_fsck_errors(store)
