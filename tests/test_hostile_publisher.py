@@ -320,3 +320,63 @@ def test_a_401_on_every_blob_request_is_a_clear_error(proxy, big_image, registry
     assert "authentication required" in line and proxy.host in line, line
     assert len(proxy.requests_for("/blobs/", "GET")) <= 4, proxy.requests_for("/blobs/")
     no_fsck_errors(store)
+
+
+# --------------------------------------------------------------------------------------------
+# an error listing what an image offers, when it offers thousands
+
+
+def _many_platforms_layout(root, n):
+    """An index of ``n`` images (one shared layer and config), linux/arm64/v0 .. v{n-1}."""
+    lay = ob.Layout(root)
+    gz = ob.gz(A)
+    lay.blob(gz)
+    config = lay.json_blob({"architecture": "arm64", "os": "linux", "config": {},
+                            "rootfs": {"type": "layers", "diff_ids": [ob.sha256(A)]}}, ob.OCI_CONFIG)
+    manifests = []
+    for i in range(n):
+        data = ob.dumps({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "config": config,
+                         "layers": [ob.desc(ob.OCI_LAYER_GZIP, gz)], "annotations": {"n": str(i)}})
+        manifests.append((data, ob.with_platform(ob.desc(ob.OCI_MANIFEST, data), "linux", "arm64", f"v{i}")))
+        lay.blob(data)
+    return lay, config, gz, manifests
+
+
+def test_an_error_listing_thousands_of_choices_stays_a_short_line(reg, registry_env, tmp_path):  # noqa: F811
+    """"no image for platform ...; available: ..." listed every platform of the index, "no image
+    named ...; available: ..." every name of the layout or archive: an index of 3,000 platforms
+    made a line of 50 KB, a 4 MiB one of some 400 KB (docker and skopeo name none of them).
+    The first 20 are listed now, and how many more there are."""
+    n = 3000
+    lay, config, gz, manifests = _many_platforms_layout(tmp_path / "plats", n)
+    lay.add(lay.index([d for _, d in manifests]), "img")
+    line = refused(cli("unpack", "--platform", "linux/s390x", f"oci:{lay.root}:img", tmp_path / "out"))
+    assert "linux/arm64/v0" in line and f"and {n - 20} more" in line and len(line) < 2000, line[:300]
+    names = ob.Layout(tmp_path / "names")
+    d = names.image([{"a": b"a"}])
+    for i in range(n):
+        names.entries.append(dict(d, annotations={"org.opencontainers.image.ref.name": f"v{i}"}))
+    names.write_index()
+    line = refused(cli("unpack", f"oci:{names.root}:nope", tmp_path / "out"))
+    assert f"and {n - 20} more" in line and len(line) < 2000, line[:300]
+    archive = tmp_path / "many-tags.tar"
+    ob.legacy_docker_save(archive, [{"a": b"a"}], repo_tags=[f"example/app:{i}" for i in range(n)])
+    line = refused(cli("unpack", f"docker-archive:{archive}:example/app:nope", tmp_path / "out"))
+    assert f"and {n - 20} more" in line and len(line) < 2000, line[:300]
+    # a registry's index (fewer: each manifest is pushed)
+    few = 60
+    with open(lay.path(config["digest"]), "rb") as f:
+        config_bytes = f.read()
+    for blob in (gz, config_bytes):
+        _push_blob(reg.host, "plats", blob)
+    for data, _ in manifests[:few]:
+        status, body = _push_manifest(reg.host, "plats", ob.sha256(data), data, ob.OCI_MANIFEST)
+        assert status == 201, body
+    index = ob.dumps({"schemaVersion": 2, "mediaType": ob.OCI_INDEX, "manifests": [d for _, d in manifests[:few]]})
+    status, body = _push_manifest(reg.host, "plats", "t", index, ob.OCI_INDEX)
+    assert status == 201, body
+    for args, root in ((["pull", "--platform", "linux/s390x", f"{reg.host}/plats:t"], tmp_path / "store"),
+                       (["unpack", "--platform", "linux/s390x", f"docker://{reg.host}/plats:t", tmp_path / "out"], None)):
+        line = refused(cli(*args, root=root))
+        assert f"and {few - 20} more" in line and len(line) < 2000, line[:300]
+    assert not (tmp_path / "out").exists()

@@ -12,6 +12,20 @@ def layer_of(i, count):
     return f"layer {i + 1} of {count}"
 
 
+# Names an error lists as choices ("available: ..."): an image's index or archive decides how
+# many, and 20,000 platforms or 100,000 names made one error line of megabytes.
+MAX_LISTED = 20
+
+
+def listing(names, limit=MAX_LISTED):
+    """``names`` joined with ", ", the first ``limit`` of them and how many more; "none" if empty."""
+    names = list(names)
+    if not names:
+        return "none"
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
 class LaminaError(Exception):
     """Base class of every error lamina raises on purpose."""
 
@@ -88,8 +102,7 @@ class PlatformNotFoundError(ImageError):
 
     def __init__(self, requested, available):
         self.requested, self.available = requested, list(available)
-        listed = ", ".join(self.available) or "none"
-        super().__init__(f"no image for platform {requested}; available: {listed}")
+        super().__init__(f"no image for platform {requested}; available: {listing(self.available)}")
 
 
 class BlobNotFoundError(ImageError):

@@ -19,7 +19,7 @@ import re
 from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import (ArtifactError, BlobNotFoundError, DigestMismatchError, ImageError, ImageNotFoundError,
-                      PlatformNotFoundError)
+                      PlatformNotFoundError, listing)
 from ..limits import MAX_CONFIG_SIZE, check_layer_count
 from ..platform import Platform
 from .blobs import TarArchive, TarBlobStore, member_name
@@ -166,13 +166,13 @@ class DockerArchive(Source):
                     if any(names_match(self.ref, t) for t in e.get("RepoTags") or []):
                         return e
             raise ImageNotFoundError(
-                f"{self.description}: no image {self.ref!r}; available: {', '.join(tags) or 'none'}"
+                f"{self.description}: no image {self.ref!r}; available: {listing(tags)}"
                 f" (or @0..@{len(entries) - 1})")
         if len(entries) == 1:
             return entries[0]
         raise ImageNotFoundError(
             f"{self.description} holds {len(entries)} images; name one (docker-archive:PATH:NAME or :@N);"
-            f" available: {', '.join(tags) or 'none'}")
+            f" available: {listing(tags)}")
 
     def resolve(self, platform=None):
         if self._layout is not None:

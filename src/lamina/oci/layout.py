@@ -11,7 +11,7 @@ import os
 
 from .. import mediatypes as mt
 from ..errors import (ArtifactError, BlobNotFoundError, ImageError, ImageNotFoundError, PlatformNotFoundError,
-                      UnsupportedMediaTypeError, layer_of)
+                      UnsupportedMediaTypeError, layer_of, listing)
 from ..limits import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE
 from ..platform import Platform
 from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_in_layout
@@ -63,9 +63,9 @@ class OCILayout(Source):
     def _available(self):
         names = self.ref_names()
         unnamed = sum(1 for d in self.index.manifests if not d.ref_names)
-        if unnamed:
-            names.append(f"{unnamed} unnamed")
-        return ", ".join(names) or "none"
+        if not unnamed:
+            return listing(names)
+        return f"{listing(names)}, {unnamed} unnamed" if names else f"{unnamed} unnamed"
 
     def _select(self):
         """Descriptors of index.json that the ref (or the default rule) picks."""
