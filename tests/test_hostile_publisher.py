@@ -380,3 +380,35 @@ def test_an_error_listing_thousands_of_choices_stays_a_short_line(reg, registry_
         line = refused(cli(*args, root=root))
         assert f"and {few - 20} more" in line and len(line) < 2000, line[:300]
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# a layout's oci-layout version
+
+
+@pytest.mark.parametrize("version, accepted", [('"1.0.0"', True), ('"1.1.0"', True), ('"1.0.0-rc1"', True),
+                                               ('"2.0.0"', False), ('"0.9"', False), ('""', False),
+                                               ("null", False), ("1", False)])
+def test_a_layout_version_of_another_major_is_refused_on_every_way_in(tmp_path, version, accepted):
+    """``imageLayoutVersion``: lamina reads a layout of major version 1 and refuses any other
+    (or a version that is no string), in a directory and in an oci-archive, for unpack, copy
+    and load alike; umoci takes exactly "1.0.0" and skopeo does not look (tests/CONFORMANCE.md)."""
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"a\n"}]), "img", **{"io.containerd.image.name": "docker.io/x/app:1"})
+    (tmp_path / "lay" / "oci-layout").write_text('{"imageLayoutVersion": %s}' % version)
+    archive = tmp_path / "a.tar"
+    subprocess.run(["tar", "-C", lay.root, "-cf", archive, "."], check=True)
+    runs = {"unpack oci:": cli("unpack", f"oci:{lay.root}:img", tmp_path / "d1"),
+            "unpack oci-archive:": cli("unpack", f"oci-archive:{archive}:img", tmp_path / "d2"),
+            "copy": cli("copy", f"oci:{lay.root}:img", "x:1", root=tmp_path / "s1"),
+            "load": cli("load", "-i", archive, root=tmp_path / "s2")}
+    for way, proc in runs.items():
+        if accepted:
+            assert proc.returncode == 0, (way, proc.stderr)
+        else:
+            line = refused(proc)
+            assert "unsupported imageLayoutVersion" in line, (way, line)
+    if not accepted:
+        assert not (tmp_path / "d1").exists() and not (tmp_path / "d2").exists()
+        for root in ("s1", "s2"):
+            no_fsck_errors(tmp_path / root)
