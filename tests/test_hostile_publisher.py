@@ -167,6 +167,26 @@ def test_a_descriptor_lying_about_the_size_of_a_blob_the_store_holds_is_refused(
     no_fsck_errors(tmp_path / "empty")
 
 
+def test_platforms_listing_one_blob_with_two_sizes_are_refused_by_pull_all_platforms(reg, registry_env, tmp_path):  # noqa: F811
+    """``pull --all-platforms`` fetches each blob once for every platform's manifest: when the
+    arm64 manifest gave the amd64 image's layer another size, that size was never compared and
+    the store kept a manifest that lies about its layer.  Refused now, storing nothing named."""
+    gz = ob.gz(A)
+    ids = [ob.sha256(A)]
+    good = push_image(reg.host, "plat2", "amd64", [dict(blob=gz)], ids)
+    liar = push_image(reg.host, "plat2", "arm64", [dict(blob=gz, delta=3)], ids)
+    index = ob.dumps({"schemaVersion": 2, "mediaType": ob.OCI_INDEX, "manifests": [
+        ob.with_platform(ob.desc(ob.OCI_MANIFEST, good), "linux", "amd64"),
+        ob.with_platform(ob.desc(ob.OCI_MANIFEST, liar), "linux", "arm64")]})
+    status, body = _push_manifest(reg.host, "plat2", "t", index, ob.OCI_INDEX)
+    assert status == 201, body
+    store = tmp_path / "store"
+    line = refused(cli("pull", "--all-platforms", "--platform", "linux/amd64", f"{reg.host}/plat2:t", root=store))
+    assert ob.sha256(gz) in line and f"size {len(gz)}" in line and f"size {len(gz) + 3}" in line, line
+    assert Store(store).index.read() == []
+    no_fsck_errors(store)
+
+
 # --------------------------------------------------------------------------------------------
 # a diffID that does not match, on a blob the image lists twice
 

@@ -588,8 +588,13 @@ class Puller:
             by_digest.setdefault(d.digest, (d, []))[1].append(r)
         extra = {}
         for d in extra_descs:
-            if d.digest not in by_digest and d.digest not in extra:
+            known = by_digest.get(d.digest) or extra.get(d.digest)
+            if known is None:
                 extra[d.digest] = (d, [LayerResult(d.digest, d.size, d.media_type)])
+            elif known[0].size != d.size:
+                # fetched once, by the first size: the other platform's manifest would keep its lie
+                raise ImageError(f"blob {d.digest}: the image's platforms list it with size {known[0].size} "
+                                 f"and with size {d.size}")
         for digest, (d, _) in list(by_digest.items()) + list(extra.items()):
             self.reporter.layer(digest, d.size)
 
