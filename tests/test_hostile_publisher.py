@@ -187,6 +187,28 @@ def test_platforms_listing_one_blob_with_two_sizes_are_refused_by_pull_all_platf
     no_fsck_errors(store)
 
 
+def test_fsck_finds_an_image_whose_manifest_lies_about_a_blob_it_holds(tmp_path):
+    """What an older pull stored (a layer or config descriptor of another size than the blob the
+    store held already) is an image fsck calls broken, naming the blob and both sizes; before,
+    fsck found nothing."""
+    from lamina.store.index import make_entry
+    gz = ob.gz(A)
+    layout = layout_image(tmp_path / "layout", [dict(blob=gz)], [ob.sha256(A)])
+    store = tmp_path / "store"
+    assert cli("copy", f"oci:{layout}:img", "x:1", root=store).returncode == 0
+    lay = ob.Layout.existing(layout)
+    manifest = lay.read_json(lay.entries[0]["digest"])
+    manifest["layers"][0]["size"] += 4
+    data = ob.dumps(manifest)
+    s = Store(store)
+    s.put_blob(data, ob.sha256(data))
+    s.index.write(s.index.read() + [make_entry(ob.OCI_MANIFEST, ob.sha256(data), len(data), "docker.io/x/liar:1")])
+    report = check(Store(store))
+    lies = [f for f in report.errors if ob.sha256(gz) in str(f)]
+    assert len(lies) == 1 and f"is {len(gz) + 4} bytes, but it is {len(gz)}" in str(lies[0]), report.findings
+    assert "x/liar:1" in str(lies[0]) and len(report.errors) == 1, report.findings
+
+
 # --------------------------------------------------------------------------------------------
 # a diffID that does not match, on a blob the image lists twice
 

@@ -261,6 +261,13 @@ class Checker:
                                     f" corrupt; {advice}")
                 elif not self.store.has_blob(b):
                     self.report.add("error", "missing-blob", b, f"image {names} ({d}): blob {b} is missing; {advice}")
+            # an older pull took a descriptor that lies about a blob the store held already
+            described = [(image.config_digest, image.manifest["config"]["size"])]
+            described += [(x.digest, x.size) for x in image.layers]
+            for b, size in described:
+                if self.store.has_blob(b) and b not in self.bad_blobs and self.store.blob_size(b) != size:
+                    self.report.add("error", "broken-image", d, f"image {names} ({d}): its manifest says blob {b} "
+                                    f"is {size} bytes, but it is {self.store.blob_size(b)}; {advice}")
         self.report.checked["images"] = len(digests)
         return True
 
