@@ -28,8 +28,9 @@ def check_stored_size(digest, size, held):
     it.  Not checked, a pull took such an image when the blob was in the store already ("Already
     exists") and refused it into an empty store: the same image, two answers."""
     if held != size:
+        # (the store's copy is the one that can be damaged instead: fsck hashes it)
         raise ImageError(f"blob {digest}: the descriptor says {size} bytes, but the blob of that digest "
-                         f"is {held} bytes")
+                         f"is {held} bytes (the store's copy: lamina fsck checks it)")
 
 
 class IngestWriter:
