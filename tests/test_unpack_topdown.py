@@ -233,3 +233,28 @@ def test_a_hidden_entry_that_replaced_a_lower_symlink_is_not_skipped(tmp_path, k
     results["umoci"] = umoci_tree(tmp_path, raws, dir_mtime=True)
     tree = assert_agree(results, context=describe(raws))
     assert "T/keep" in tree.entries and "L" not in tree.entries
+
+
+@pytest.mark.parametrize("layers,expect", [
+    # the fuzzer's seed 20903: a lower symlink at `a` makes the layer's first `a` written, not
+    # skipped; its second `a` is skipped (no link there now); the top layer links `a` to itself
+    ([lambda t: t.file("a", b"low").symlink("a", "a"),
+      lambda t: t.pax({"SCHILY.xattr.user.fuzz": "1"}).file("a", b"first").file("a", b"second"),
+      lambda t: t.hardlink("a", "a")], b"second"),
+    # a plain skipped file below a link to itself
+    ([lambda t: t.file("a", b"low"), lambda t: t.file("a", b"middle"), lambda t: t.hardlink("a", "a")], b"middle"),
+], ids=["written-then-skipped", "skipped"])
+def test_a_hardlink_to_itself_over_a_skipped_file_names_the_last_one(tmp_path, layers, expect):
+    """A hardlink ``a => a`` names what is at ``a`` below it: the middle layer's last ``a``.  The
+    top-down unpack skipped that one as hidden (the link hides ``a``), yet linked ``a`` to what
+    was there: the middle layer's first ``a``, with its xattr and bytes, where every other path
+    has the last ``a`` (umoci refuses the link: "file exists")."""
+    from everypath import assert_agree, describe, run_paths
+    from tarbuild import Tar
+    raws = [make(Tar()).bytes() for make in layers]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "store-copy"))
+    tree = assert_agree(results, context=describe(raws))
+    assert tree.entries["a"].xattrs == ()
+    for path in ("dir", "dir-topdown"):
+        with open(tmp_path / path / "a", "rb") as f:
+            assert f.read() == expect, path
