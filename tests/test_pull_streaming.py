@@ -415,3 +415,22 @@ def _cmdline(pid):
             return f.read()
     except OSError:
         return b""
+
+
+def test_a_failed_pull_reports_its_cause_not_a_layer_it_stopped():
+    """A refused layer stops the others: one waiting for it ends with Cancelled, one over it with
+    NeedsLowers (its lowers failed).  The pull raised whichever thread's error it saw first, so a
+    refused image sometimes failed with NeedsLowers, an internal exception, not a LaminaError (the
+    fuzzer's registry-pull path, seed 20903).  The cause is reported, the lowest layer's of several."""
+    from lamina.registry.blobstream import Cancelled as TransferCancelled
+    from lamina.registry.pull import _cause
+    lower = errors.InvalidWhiteoutError("layer 1 of 3: entry 'b/.wh..'")
+    lower.layer_index = 0
+    upper = errors.InvalidArchiveError("layer 3 of 3: entry 'x'")
+    upper.layer_index = 2
+    stopped, over, transfer = errors.Cancelled("layer 2 of 3: stopped"), errors.NeedsLowers("root"), TransferCancelled()
+    assert _cause([over, stopped, transfer, upper, lower]) is lower
+    assert _cause([over, None, upper]) is upper
+    network = errors.RegistryError("blob sha256:…: connection reset")
+    assert _cause([stopped, network]) is network
+    assert _cause([stopped, over]) is stopped

@@ -707,17 +707,19 @@ class Puller:
         # the link in turns: bottom layer first, then up, then other platforms' blobs
         order = list(by_digest.items()) + list(extra.items())
         turns = LinkTurns([d.size for _, (d, _) in order], cancel=self._cancel)
+        fetch_futures = []
+        failed = False
         try:
-            pending = set()
             for k, (digest, (d, rs)) in enumerate(order):
-                pending.add(fetch_pool.submit(fetch, k, digest, d, rs, indexes_of.get(digest, [])))
+                fetch_futures.append(fetch_pool.submit(fetch, k, digest, d, rs, indexes_of.get(digest, [])))
+            pending = set(fetch_futures)
             seen = 0
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    exc = f.exception()
-                    if exc is not None:
-                        raise exc
+                if any(f.exception() is not None for f in done):
+                    failed = True
+                    self._cancel.set()
+                    break
                 with efl:   # a fetch queues its extractions before it completes
                     pending |= set(extract_futures[seen:])
                     seen = len(extract_futures)
@@ -727,7 +729,23 @@ class Puller:
         finally:
             fetch_pool.shutdown(wait=True, cancel_futures=True)
             extract_pool.shutdown(wait=True, cancel_futures=True)
+        if failed:
+            raise _cause(f.exception() for f in fetch_futures + extract_futures if f.done() and not f.cancelled())
         return results + [r for _, rs in extra.values() for r in rs]
+
+
+# What a layer raises when it stops because another failed: never the pull's error while that one is there.
+_CONSEQUENCES = (errors.Cancelled, errors.NeedsLowers, Cancelled)
+
+
+def _cause(exceptions):
+    """The error a failed pull reports, whichever of its layers' threads ended first: a failure
+    of its own, not a layer stopped by it (Cancelled, or lowers that failed), the lowest layer's
+    where several failed (the same error on every run)."""
+    found = [e for e in exceptions if e is not None]
+    causes = [e for e in found if not isinstance(e, _CONSEQUENCES)] or found
+    placed = [e for e in causes if getattr(e, "layer_index", None) is not None]
+    return min(placed, key=lambda e: e.layer_index) if placed else causes[0]
 
 
 def pull(ref, *, store=None, platform=None, all_platforms=False, concurrency=None, client=None,
