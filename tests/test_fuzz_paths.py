@@ -28,6 +28,8 @@ wrote (directories with xattrs and ACLs, symlinks to them, opaque directories, w
 that layers imply directories (made early by the store and the overlay format) that an entry
 later in the layer may name, replace or hide, hardlinks reach lower files through 8 or more
 layers below, and the upper layers are small beside the ones below (the dir unpack goes top-down).
+One in ten of the compact store's stacks and of test_fuzz_rootless.py's is a deep one too (of 9 or
+10 layers, without a neighbour: deep_light()).
 
 Seeded and bounded in CI (LAMINA_FUZZ_EXAMPLES, default 100 per test: as many stacks that
 some path accepts as the 150 drawn before stacks() aimed hardlinks, at about the same cost);
@@ -278,6 +280,19 @@ def stacks(draw, host, ops=ops, layers=5, entries=7):
 # Deep stacks (deep_stacks()): one stack in DEEP_SHARE of test_lamina_paths_agree's and
 # test_lamina_agrees_with_umoci's (LAMINA_FUZZ_DEEP=1 for nothing but them)
 DEEP_SHARE = float(os.environ.get("LAMINA_FUZZ_DEEP", "0.2"))
+# ... and of the costlier fuzzers' (test_fuzz_rootless.py's nobody processes, the compact store's
+# rebuilds, where a deep stack costs several shallow ones): one in ten, of 9 or 10 layers and with
+# no neighbour image, which keeps their CI time near what it was without them
+DEEP_SHARE_LIGHT = float(os.environ.get("LAMINA_FUZZ_DEEP", "0.1"))
+DEEP_LAYERS_LIGHT = (9, 10)
+
+
+def deep_light():
+    """True one draw in 1 / DEEP_SHARE_LIGHT (st.floats(0, 1) < p leans to 0: it came out below
+    0.05 in nearly three draws in ten)."""
+    if DEEP_SHARE_LIGHT <= 0 or DEEP_SHARE_LIGHT >= 1:
+        return st.just(DEEP_SHARE_LIGHT >= 1)
+    return one_in(max(1, round(1 / DEEP_SHARE_LIGHT)))
 deep_names = st.lists(st.sampled_from(NAMES), min_size=1, max_size=4).map("/".join)
 # a directory of the bottom layers that an upper layer implies: half of them with xattrs (an ACL,
 # a default ACL ...) besides an owner and a mode of their own, which the implied copy must take
@@ -290,7 +305,7 @@ rich_dir_meta = _rich_meta(XATTRS + [("system.posix_acl_default", DEFAULT_ACL)])
 
 
 @st.composite
-def deep_stacks(draw, host, ops=ops, dir_meta=rich_dir_meta):
+def deep_stacks(draw, host, ops=ops, dir_meta=rich_dir_meta, layers=(8, 12)):
     """8 to 12 small layers (from the 9th up, the layers below are many enough for the
     extractor's cache of lower directories, _below_dir), most of whose entries lie under what
     a layer below wrote: under a directory (with its own metadata), a file, a symlink, a
@@ -300,7 +315,7 @@ def deep_stacks(draw, host, ops=ops, dir_meta=rich_dir_meta):
     whites out or makes opaque; hardlinks mostly to files written layers below, through those
     implied directories; and the upper layers small beside the ones below (the dir unpack takes
     them top-down)."""
-    count = draw(st.integers(8, 12))
+    count = draw(st.integers(*layers))
     written, dirs, files = [], [], []  # by the layers below (and this one, as it goes)
     made = {}  # path: what the last entry there made ("dir", "file" ...)
     stack = []
@@ -685,9 +700,12 @@ def test_a_compact_store_gives_back_every_layer_bit_exact(host, data):
     from everypath import TAG, write_image
     from lamina.store import Store
     from lamina.transports import copy
-    layers = data.draw(stacks(str(host)))
+    # (one in ten a deep stack: its layers imply directories and hardlink files many layers
+    # below, which the sidecar must name as the extractor did)
+    deep = data.draw(deep_light())
+    layers = data.draw(deep_stacks(str(host), layers=DEEP_LAYERS_LIGHT) if deep else stacks(str(host)))
     tars = build(layers)
-    neighbour = build(data.draw(neighbours(layers))) if data.draw(one_in(2)) else None
+    neighbour = build(data.draw(neighbours(layers))) if not deep and data.draw(one_in(2)) else None
     _count_case()
     box = Sandbox(host)
     try:
