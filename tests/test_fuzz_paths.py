@@ -745,3 +745,81 @@ def test_a_compact_store_gives_back_every_layer_bit_exact(host, data):
             f"{f.severity}: {f.subject}: {f.message}" for f in report.findings)
     finally:
         box.close()
+
+
+# Hardlinks across layers beside whiteouts and opaque markers (link_stacks()): the top-down dir
+# unpack skips what an upper layer hides, so a hardlink to a skipped file, a whiteout of a link's
+# target (or of the link), an opaque directory over a link's target and a name linked again after
+# it was hidden must all give what the bottom-up paths give
+LINK_NAMES = ["a", "b", "d/a", "d/b", "d/e/a", "d/e/b", "e"]
+
+
+@st.composite
+def link_stacks(draw, host):
+    """2 to 6 layers of 1 to 5 entries: files, hardlinks (mostly to a file or link written
+    before, in this layer or any below), whiteouts of and opaque markers in what was written,
+    directories, symlinks to directories, files written anew over links' targets."""
+    stack, written, dirs = [], [], {"d", "d/e"}
+    live = {}  # the files (and links) a later entry can still link to: path -> layer
+    for li in range(draw(st.integers(2, 6))):
+        layer = []
+        for _ in range(draw(st.integers(1, 5))):
+            kind = draw(st.sampled_from(["file", "file", "hardlink", "hardlink", "hardlink", "whiteout",
+                                         "whiteout", "opaque", "dir", "symlink"]))
+            path = draw(st.sampled_from(LINK_NAMES + written if written and draw(st.booleans()) else LINK_NAMES))
+            if kind == "file":
+                op = ("file", path, draw(st.sampled_from([b"1", b"22", b""])), draw(st.sampled_from([0o644, 0o600])),
+                      (0, 0), ())
+            elif kind == "hardlink":
+                # mostly a file there is (else one a whiteout or an opaque marker hid, or nothing)
+                if not live and not draw(one_in(8)):
+                    kind = "file"  # (nothing to link to: a link would fail every path)
+                pool = sorted(live) if live and not draw(one_in(8)) else written
+                target = draw(st.sampled_from(pool)) if pool and not draw(one_in(16)) else draw(st.sampled_from(LINK_NAMES))
+                op = ("hardlink", path, target, (0, 0), 0o644, ())
+                if kind == "file":
+                    op = ("file", path, b"1", 0o644, (0, 0), ())
+            elif kind == "whiteout":
+                op = ("whiteout", draw(st.sampled_from(written + sorted(dirs)) if written else st.sampled_from(sorted(dirs))),
+                      draw(marker_types), "a")
+            elif kind == "opaque":
+                op = ("opaque", draw(st.sampled_from(sorted(dirs) + ["."])), draw(marker_types), "a")
+            elif kind == "dir":
+                op = ("dir", draw(st.sampled_from(sorted(dirs) + [path])), 0o755, (0, 0), ())
+            else:
+                op = ("symlink", path, draw(st.sampled_from(sorted(dirs) + ["/d", "."])), (0, 0), ())
+            if op[0] in ("file", "hardlink", "symlink"):
+                written.append(op[1])
+            elif op[0] == "dir":
+                dirs.add(op[1])
+            at = op[1].strip("./")
+            if op[0] in ("whiteout", "dir", "symlink"):
+                live = {k: v for k, v in live.items() if k != at and not k.startswith(at + "/")}
+            elif op[0] == "opaque":
+                live = {k: v for k, v in live.items() if v == li or not (k.startswith(at + "/") or not at)}
+            if op[0] in ("file", "hardlink") and (op[0] == "file" or op[2] in live):
+                live[at] = li
+            layer.append((op, draw(carriers)))
+        stack.append(layer)
+    return stack
+
+
+@seed(20261207 + SEED)
+@settings(SETTINGS, max_examples=max(1, EXAMPLES // 2))  # (half: four paths and umoci per stack)
+@given(data=st.data())
+def test_hardlinks_whiteouts_and_opaque_dirs_across_layers_agree(host, data):
+    """link_stacks() through the dir unpack bottom-up and top-down, the overlay mount and the
+    store's copy: the same tree (or an error everywhere), and umoci's where it accepts."""
+    layers = data.draw(link_stacks(str(host)))
+    tars = build(layers)
+    _count_case()
+    box = Sandbox(host)
+    try:
+        results = run_paths(box.guard.dest, tars, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
+        ref = assert_agree(results, context=describe(tars))
+        if ref is not None:
+            oracle = umoci_tree(box.guard.dest, tars)
+            if not isinstance(oracle, Exception):
+                assert_agree({"umoci": _as_references(oracle), "lamina": ref}, context=describe(tars))
+    finally:
+        box.close()
