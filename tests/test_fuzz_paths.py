@@ -29,7 +29,8 @@ that layers imply directories (made early by the store and the overlay format) t
 later in the layer may name, replace or hide, hardlinks reach lower files through 8 or more
 layers below, and the upper layers are small beside the ones below (the dir unpack goes top-down).
 One in ten of the compact store's stacks and of test_fuzz_rootless.py's is a deep one too (of 9 or
-10 layers, without a neighbour: deep_light()).
+10 layers, without a neighbour: deep_light()).  link_stacks() puts hardlinks across layers beside
+whiteouts and opaque markers of their targets, for the top-down dir unpack above all.
 
 Seeded and bounded in CI (LAMINA_FUZZ_EXAMPLES, default 100 per test: as many stacks that
 some path accepts as the 150 drawn before stacks() aimed hardlinks, at about the same cost);
@@ -287,12 +288,16 @@ DEEP_SHARE_LIGHT = float(os.environ.get("LAMINA_FUZZ_DEEP", "0.1"))
 DEEP_LAYERS_LIGHT = (9, 10)
 
 
+def chance(p):
+    """True one draw in 1 / ``p`` (st.floats(0, 1) < p leans to 0: it came out below 0.05 in
+    nearly three draws in ten, below 0.2 in a third)."""
+    if p <= 0 or p >= 1:
+        return st.just(p >= 1)
+    return one_in(max(1, round(1 / p)))
+
+
 def deep_light():
-    """True one draw in 1 / DEEP_SHARE_LIGHT (st.floats(0, 1) < p leans to 0: it came out below
-    0.05 in nearly three draws in ten)."""
-    if DEEP_SHARE_LIGHT <= 0 or DEEP_SHARE_LIGHT >= 1:
-        return st.just(DEEP_SHARE_LIGHT >= 1)
-    return one_in(max(1, round(1 / DEEP_SHARE_LIGHT)))
+    return chance(DEEP_SHARE_LIGHT)
 deep_names = st.lists(st.sampled_from(NAMES), min_size=1, max_size=4).map("/".join)
 # a directory of the bottom layers that an upper layer implies: half of them with xattrs (an ACL,
 # a default ACL ...) besides an owner and a mode of their own, which the implied copy must take
@@ -542,7 +547,7 @@ def test_lamina_paths_agree(host, data):
     with other metadata (neighbours()) before or after the stack's, which dedup must keep apart;
     and a third check clean (fsck) after every path has used them."""
     from lamina.store import Store
-    layers = data.draw(deep_stacks(str(host)) if data.draw(st.floats(0, 1)) < DEEP_SHARE else stacks(str(host)))
+    layers = data.draw(deep_stacks(str(host)) if data.draw(chance(DEEP_SHARE)) else stacks(str(host)))
     tars = build(layers)
     # (a third each: a neighbour's load and fsck, which extracts every layer again to compare,
     # each cost more than the six paths of the stack)
@@ -642,7 +647,7 @@ def test_lamina_agrees_with_umoci(host, data):
     Deliberate differences are taken out (_as_references, _blind_to_deliberate)."""
     ops_ = functools.partial(ops, dir_meta=meta)
     layers = data.draw(deep_stacks(str(host), ops=ops_, dir_meta=_rich_meta(XATTRS))
-                       if data.draw(st.floats(0, 1)) < DEEP_SHARE else stacks(str(host), ops=ops_))
+                       if data.draw(chance(DEEP_SHARE)) else stacks(str(host), ops=ops_))
     tars = build(layers)
     _count_case()
     box = Sandbox(host)
