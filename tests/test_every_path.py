@@ -917,3 +917,19 @@ def test_an_opaque_marker_under_a_file_of_its_own_layer_leaves_the_file(g, marke
         assert rc != 0 and "Not a directory" in err, (tool, rc, err)
         assert os.path.isfile(g.dest / tool / "a" / "a" / "a")
     g.check()
+
+
+@pytest.mark.parametrize("layers", [
+    [Tar().symlink("a", "d").file("a", b"1"), Tar().file("a", b"1", mode=0o600), Tar().hardlink("a", "a")],
+    [Tar().file("a", b"old"), Tar().symlink("a", "d").file("a", b"old"), Tar().file("a", b"new", mode=0o600),
+     Tar().hardlink("a", "a")],
+], ids=["over-the-layer-below", "two-layers-below"])
+def test_a_hardlink_to_itself_names_the_file_the_top_down_unpack_skipped(g, layers):
+    """``a => a`` in the top layer names the file ``a`` just below it (0600).  The top-down dir
+    unpack skipped that file as hidden by the link, but an older ``a`` (0644, written because it
+    replaced the layer's own symlink ``a``) was there: the link, finding its own name no longer
+    among the skipped files, linked that one, 0644 where every other path gives 0600 (found by
+    link_stacks, seed 20804)."""
+    tree = agree(g, layers, umoci=False)  # (umoci refuses a link to itself: "link: no such file")
+    assert tree.entries["a"].mode == 0o600 and tree.entries["a"].type == "file", tree.entries["a"]
+    assert tree.entries["a"].size == len(b"1" if len(layers) == 3 else b"new")
