@@ -3950,10 +3950,11 @@ cdef class Extractor:
         if self.hidden_files:
             if slash > 0 and not self.overlay:
                 self._check_skipped_real_parent(pfd, path[:slash], name)
-            # written here now: no longer a skipped non-directory; but a hardlink to itself names
-            # what is there, which is stale if skipped (_hardlink's HiddenLinkTarget: done bottom-up)
-            if kind != K_LINK or self._normalize(link) != path:
-                self.hidden_files.discard(path)
+            if kind == K_LINK and self._normalize(link) in self.hidden_files:
+                # before the discard below: a link to itself (``a => a``) names the skipped
+                # file it replaces, not what an older layer left at the name
+                raise HiddenLinkTarget(f"entry {_show(name)}: hardlink to {_show(link)}, which was skipped as hidden")
+            self.hidden_files.discard(path)  # written here now: no longer a skipped non-directory
         if self.unmade_devices and kind != K_LINK:
             self.unmade_devices.discard(path)  # something else there now (a hardlink: _hardlink decides)
         if (kind == K_CHR or kind == K_BLK) and not self.is_root:

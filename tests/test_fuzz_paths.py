@@ -28,6 +28,9 @@ wrote (directories with xattrs and ACLs, symlinks to them, opaque directories, w
 that layers imply directories (made early by the store and the overlay format) that an entry
 later in the layer may name, replace or hide, hardlinks reach lower files through 8 or more
 layers below, and the upper layers are small beside the ones below (the dir unpack goes top-down).
+One in ten of the compact store's stacks and of test_fuzz_rootless.py's is a deep one too (of 9 or
+10 layers, without a neighbour: deep_light()).  link_stacks() puts hardlinks across layers beside
+whiteouts and opaque markers of their targets, for the top-down dir unpack above all.
 
 Seeded and bounded in CI (LAMINA_FUZZ_EXAMPLES, default 100 per test: as many stacks that
 some path accepts as the 150 drawn before stacks() aimed hardlinks, at about the same cost);
@@ -278,6 +281,23 @@ def stacks(draw, host, ops=ops, layers=5, entries=7):
 # Deep stacks (deep_stacks()): one stack in DEEP_SHARE of test_lamina_paths_agree's and
 # test_lamina_agrees_with_umoci's (LAMINA_FUZZ_DEEP=1 for nothing but them)
 DEEP_SHARE = float(os.environ.get("LAMINA_FUZZ_DEEP", "0.2"))
+# ... and of the costlier fuzzers' (test_fuzz_rootless.py's nobody processes, the compact store's
+# rebuilds, where a deep stack costs several shallow ones): one in ten, of 9 or 10 layers and with
+# no neighbour image, which keeps their CI time near what it was without them
+DEEP_SHARE_LIGHT = float(os.environ.get("LAMINA_FUZZ_DEEP", "0.1"))
+DEEP_LAYERS_LIGHT = (9, 10)
+
+
+def chance(p):
+    """True one draw in 1 / ``p`` (st.floats(0, 1) < p leans to 0: it came out below 0.05 in
+    nearly three draws in ten, below 0.2 in a third)."""
+    if p <= 0 or p >= 1:
+        return st.just(p >= 1)
+    return one_in(max(1, round(1 / p)))
+
+
+def deep_light():
+    return chance(DEEP_SHARE_LIGHT)
 deep_names = st.lists(st.sampled_from(NAMES), min_size=1, max_size=4).map("/".join)
 # a directory of the bottom layers that an upper layer implies: half of them with xattrs (an ACL,
 # a default ACL ...) besides an owner and a mode of their own, which the implied copy must take
@@ -290,7 +310,7 @@ rich_dir_meta = _rich_meta(XATTRS + [("system.posix_acl_default", DEFAULT_ACL)])
 
 
 @st.composite
-def deep_stacks(draw, host, ops=ops, dir_meta=rich_dir_meta):
+def deep_stacks(draw, host, ops=ops, dir_meta=rich_dir_meta, layers=(8, 12)):
     """8 to 12 small layers (from the 9th up, the layers below are many enough for the
     extractor's cache of lower directories, _below_dir), most of whose entries lie under what
     a layer below wrote: under a directory (with its own metadata), a file, a symlink, a
@@ -300,7 +320,7 @@ def deep_stacks(draw, host, ops=ops, dir_meta=rich_dir_meta):
     whites out or makes opaque; hardlinks mostly to files written layers below, through those
     implied directories; and the upper layers small beside the ones below (the dir unpack takes
     them top-down)."""
-    count = draw(st.integers(8, 12))
+    count = draw(st.integers(*layers))
     written, dirs, files = [], [], []  # by the layers below (and this one, as it goes)
     made = {}  # path: what the last entry there made ("dir", "file" ...)
     stack = []
@@ -527,7 +547,7 @@ def test_lamina_paths_agree(host, data):
     with other metadata (neighbours()) before or after the stack's, which dedup must keep apart;
     and a third check clean (fsck) after every path has used them."""
     from lamina.store import Store
-    layers = data.draw(deep_stacks(str(host)) if data.draw(st.floats(0, 1)) < DEEP_SHARE else stacks(str(host)))
+    layers = data.draw(deep_stacks(str(host)) if data.draw(chance(DEEP_SHARE)) else stacks(str(host)))
     tars = build(layers)
     # (a third each: a neighbour's load and fsck, which extracts every layer again to compare,
     # each cost more than the six paths of the stack)
@@ -627,7 +647,7 @@ def test_lamina_agrees_with_umoci(host, data):
     Deliberate differences are taken out (_as_references, _blind_to_deliberate)."""
     ops_ = functools.partial(ops, dir_meta=meta)
     layers = data.draw(deep_stacks(str(host), ops=ops_, dir_meta=_rich_meta(XATTRS))
-                       if data.draw(st.floats(0, 1)) < DEEP_SHARE else stacks(str(host), ops=ops_))
+                       if data.draw(chance(DEEP_SHARE)) else stacks(str(host), ops=ops_))
     tars = build(layers)
     _count_case()
     box = Sandbox(host)
@@ -685,9 +705,12 @@ def test_a_compact_store_gives_back_every_layer_bit_exact(host, data):
     from everypath import TAG, write_image
     from lamina.store import Store
     from lamina.transports import copy
-    layers = data.draw(stacks(str(host)))
+    # (one in ten a deep stack: its layers imply directories and hardlink files many layers
+    # below, which the sidecar must name as the extractor did)
+    deep = data.draw(deep_light())
+    layers = data.draw(deep_stacks(str(host), layers=DEEP_LAYERS_LIGHT) if deep else stacks(str(host)))
     tars = build(layers)
-    neighbour = build(data.draw(neighbours(layers))) if data.draw(one_in(2)) else None
+    neighbour = build(data.draw(neighbours(layers))) if not deep and data.draw(one_in(2)) else None
     _count_case()
     box = Sandbox(host)
     try:
@@ -725,5 +748,83 @@ def test_a_compact_store_gives_back_every_layer_bit_exact(host, data):
         report = store.fsck()
         assert list(report.findings) == [], f"{context}\nfsck of the compact store: " + "; ".join(
             f"{f.severity}: {f.subject}: {f.message}" for f in report.findings)
+    finally:
+        box.close()
+
+
+# Hardlinks across layers beside whiteouts and opaque markers (link_stacks()): the top-down dir
+# unpack skips what an upper layer hides, so a hardlink to a skipped file, a whiteout of a link's
+# target (or of the link), an opaque directory over a link's target and a name linked again after
+# it was hidden must all give what the bottom-up paths give
+LINK_NAMES = ["a", "b", "d/a", "d/b", "d/e/a", "d/e/b", "e"]
+
+
+@st.composite
+def link_stacks(draw, host):
+    """2 to 6 layers of 1 to 5 entries: files, hardlinks (mostly to a file or link written
+    before, in this layer or any below), whiteouts of and opaque markers in what was written,
+    directories, symlinks to directories, files written anew over links' targets."""
+    stack, written, dirs = [], [], {"d", "d/e"}
+    live = {}  # the files (and links) a later entry can still link to: path -> layer
+    for li in range(draw(st.integers(2, 6))):
+        layer = []
+        for _ in range(draw(st.integers(1, 5))):
+            kind = draw(st.sampled_from(["file", "file", "hardlink", "hardlink", "hardlink", "whiteout",
+                                         "whiteout", "opaque", "dir", "symlink"]))
+            path = draw(st.sampled_from(LINK_NAMES + written if written and draw(st.booleans()) else LINK_NAMES))
+            if kind == "file":
+                op = ("file", path, draw(st.sampled_from([b"1", b"22", b""])), draw(st.sampled_from([0o644, 0o600])),
+                      (0, 0), ())
+            elif kind == "hardlink":
+                # mostly a file there is (else one a whiteout or an opaque marker hid, or nothing)
+                if not live and not draw(one_in(8)):
+                    kind = "file"  # (nothing to link to: a link would fail every path)
+                pool = sorted(live) if live and not draw(one_in(8)) else written
+                target = draw(st.sampled_from(pool)) if pool and not draw(one_in(16)) else draw(st.sampled_from(LINK_NAMES))
+                op = ("hardlink", path, target, (0, 0), 0o644, ())
+                if kind == "file":
+                    op = ("file", path, b"1", 0o644, (0, 0), ())
+            elif kind == "whiteout":
+                op = ("whiteout", draw(st.sampled_from(written + sorted(dirs)) if written else st.sampled_from(sorted(dirs))),
+                      draw(marker_types), "a")
+            elif kind == "opaque":
+                op = ("opaque", draw(st.sampled_from(sorted(dirs) + ["."])), draw(marker_types), "a")
+            elif kind == "dir":
+                op = ("dir", draw(st.sampled_from(sorted(dirs) + [path])), 0o755, (0, 0), ())
+            else:
+                op = ("symlink", path, draw(st.sampled_from(sorted(dirs) + ["/d", "."])), (0, 0), ())
+            if op[0] in ("file", "hardlink", "symlink"):
+                written.append(op[1])
+            elif op[0] == "dir":
+                dirs.add(op[1])
+            at = op[1].strip("./")
+            if op[0] in ("whiteout", "dir", "symlink"):
+                live = {k: v for k, v in live.items() if k != at and not k.startswith(at + "/")}
+            elif op[0] == "opaque":
+                live = {k: v for k, v in live.items() if v == li or not (k.startswith(at + "/") or not at)}
+            if op[0] in ("file", "hardlink") and (op[0] == "file" or op[2] in live):
+                live[at] = li
+            layer.append((op, draw(carriers)))
+        stack.append(layer)
+    return stack
+
+
+@seed(20261207 + SEED)
+@settings(SETTINGS, max_examples=max(1, EXAMPLES // 2))  # (half: four paths and umoci per stack)
+@given(data=st.data())
+def test_hardlinks_whiteouts_and_opaque_dirs_across_layers_agree(host, data):
+    """link_stacks() through the dir unpack bottom-up and top-down, the overlay mount and the
+    store's copy: the same tree (or an error everywhere), and umoci's where it accepts."""
+    layers = data.draw(link_stacks(str(host)))
+    tars = build(layers)
+    _count_case()
+    box = Sandbox(host)
+    try:
+        results = run_paths(box.guard.dest, tars, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
+        ref = assert_agree(results, context=describe(tars))
+        if ref is not None:
+            oracle = umoci_tree(box.guard.dest, tars)
+            if not isinstance(oracle, Exception):
+                assert_agree({"umoci": _as_references(oracle), "lamina": ref}, context=describe(tars))
     finally:
         box.close()

@@ -746,3 +746,24 @@ def test_a_pax_linkpath_on_a_regular_file_is_ignored(tmp_path, target):
     check_vs_references(tmp_path, data, label=f"linkpath {target} on a file")
     assert (tmp_path / "lamina" / "f").read_bytes() == b"hello"
     assert os.lstat(tmp_path / "lamina" / "f").st_nlink == 1
+
+
+@pytest.mark.parametrize("first,second", [("./a/", "a/"), ("a/", "./a/"), ("a", "a/")])
+def test_a_directory_listed_twice_takes_the_last_listing_however_spelled(tmp_path, first, second):
+    """A directory listed twice in one layer (0755 1:1, then 0700 2:2) under two spellings of
+    its name: GNU tar sets a directory's metadata at the end, keyed by the name as spelled, and
+    keeps the first listing's (0755) when the spellings differ; bsdtar goes by the names' order.
+    docker, containerd and umoci apply each listing in turn: the last one's, as lamina does on
+    every path (CONFORMANCE.md; found by test_fuzz_tar.py)."""
+    from everypath import assert_agree, run_paths
+    data = (Tar().dir(first, mode=0o755, uid=1, gid=1).file("a/f", b"x")
+            .dir(second, mode=0o700, uid=2, gid=2).bytes())
+    tarp = write(tmp_path / "l.tar", data)
+    extract_with("gnu", tarp, tmp_path / "gnu")
+    same = first.rstrip("/") == second.rstrip("/")
+    st = os.lstat(tmp_path / "gnu" / "a")
+    assert (st.st_mode & 0o7777, st.st_uid) == ((0o700, 2) if same else (0o755, 1)), "GNU tar's reading changed"
+    results = run_paths(tmp_path / "paths", [data])
+    tree = assert_agree(results)
+    assert (tree["a"].mode, tree["a"].uid, tree["a"].gid) == (0o700, 2, 2), tree["a"]
+    assert tree["a/f"].type == "file"
