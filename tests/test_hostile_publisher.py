@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -22,25 +21,13 @@ from everypath import PATHS, assert_agree, run_paths, umoci_tree
 from layerkit import zst
 from registryfixture import FaultProxy, reg, registry_env  # noqa: F401
 from test_documents import _push_blob, _push_manifest
+from test_hostile_images import cli, one_line_error as refused
 
 from lamina.store import Store
 from lamina.store.fsck import check
 
 A = ob.tar_bytes({"a": b"A\n", "d/": None, "d/x": b"x\n"})
 B = ob.tar_bytes({"b": b"B\n"})
-
-
-def cli(*args, root=None, timeout=120):
-    cmd = [sys.executable, "-m", "lamina"] + (["--root", str(root)] if root else []) + [str(a) for a in args]
-    env = {k: v for k, v in os.environ.items() if k != "LAMINA_ROOT"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def refused(proc):
-    """The one error line of a refused command (exit 1, no traceback)."""
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc.stderr.strip().splitlines()[-1]
 
 
 def no_fsck_errors(root):
