@@ -21,6 +21,7 @@ outside the work directory.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import functools
@@ -108,7 +109,8 @@ def _unpack_top_down(src, dest):
 
 # --- the registry paths ---------------------------------------------------------------------
 # One docker-registry for the whole session (started on first use, stopped by conftest's
-# session teardown), each image pushed under a repository of its own.
+# session teardown or at the exit of a process that is not pytest), each image pushed under a
+# repository of its own.
 
 _registry = None
 _repos = itertools.count()
@@ -119,6 +121,8 @@ def shared_registry():
     if _registry is None:
         from registryfixture import Registry
         _registry = Registry(tempfile.mkdtemp(prefix="lamina-everypath-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+        # a script a test runs in a child process (test_extract_memory's) has no session teardown
+        atexit.register(stop_shared_registry)
     return _registry
 
 
