@@ -26,6 +26,15 @@ def listing(names, limit=MAX_LISTED):
     return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
 
 
+def at_layer(e, i):
+    """``e`` marked with the place (from 0) of the image's layer it is about, unless it has one:
+    a snapshot's error names the layer by its blob digest alone, and a blob an image lists twice
+    is two layers (store.fsutil.name_the_layer reads the mark)."""
+    if isinstance(e, LaminaError) and getattr(e, "layer_index", None) is None:
+        e.layer_index = i
+    return e
+
+
 class LaminaError(Exception):
     """Base class of every error lamina raises on purpose."""
 

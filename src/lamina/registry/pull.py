@@ -48,13 +48,6 @@ TURN_STALL = 2.0
 MAX_INDEX_DEPTH = 4
 
 
-def _at_layer(e, i):
-    """Mark ``e`` with the place (from 0) of the layer it is about, unless it has one: the
-    snapshot's errors name a layer by its blob digest, and a blob listed twice is two layers."""
-    if isinstance(e, errors.LaminaError) and getattr(e, "layer_index", None) is None:
-        e.layer_index = i
-
-
 @dataclass
 class LayerResult:
     digest: str
@@ -629,7 +622,7 @@ class Puller:
                                                       defer=True, wait_lowers=wait_lowers(i),
                                                       progress=self.reporter.extraction(d.digest, d.size))
                 except errors.LaminaError as e:
-                    _at_layer(e, i)
+                    errors.at_layer(e, i)
                     raise
                 results[i].snapshot = str(path)
                 ok = True
@@ -672,7 +665,7 @@ class Puller:
                         path = None  # the blob is stored; extract(i) extracts it over the layers below
                     except BaseException as e:
                         below.finished(i, False)
-                        _at_layer(e, i)
+                        errors.at_layer(e, i)
                         raise
                     if path is not None:
                         results[i].snapshot = str(path)

@@ -44,7 +44,7 @@ from typing import Optional
 
 from .. import digest as _digest, trace
 from ..lowers import LayersBelow
-from ..errors import BlobNotFoundError, LaminaError, StoreError
+from ..errors import BlobNotFoundError, LaminaError, StoreError, at_layer
 from ..tree import abandon, remove_tree
 from ..errors import ImpliedDirMoved, NeedsLowers
 from .fsutil import FULL_ERRNOS, disk_usage, fsync_dir, name_error, syncfs
@@ -536,22 +536,14 @@ def ensure_all(paths, layers, diff_ids, media_types=None):
             concurrent.futures.wait(futures)
         for k, f in zip(missing, futures):  # report the lowest failing layer, so errors are stable
             if f.exception() is not None and not isinstance(f.exception(), NeedsLowers):
-                raise _at_layer(f.exception(), k)
+                raise at_layer(f.exception(), k)
     out = []
     for k, j in enumerate(jobs):
         try:
             out.append(ensure(paths, *j))
         except LaminaError as e:
-            raise _at_layer(e, k)
+            raise at_layer(e, k)
     return out
-
-
-def _at_layer(e, k):
-    """``e`` marked with the place (from 0) of the layer it is about: a snapshot's error names
-    the layer by its blob digest alone, and a blob an image lists twice is two layers."""
-    if isinstance(e, LaminaError) and getattr(e, "layer_index", None) is None:
-        e.layer_index = k
-    return e
 
 
 def _discard(paths, path, hexid):
