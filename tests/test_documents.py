@@ -325,6 +325,54 @@ def test_load_checks_the_layer_size(tmp_path):
     _load_fails(tmp_path, lay, f"{doc['layers'][0]['digest']}): blob is {doc['layers'][0]['size'] - 1} bytes")
 
 
+def _archive_of(lay, path):
+    """An archive (a tar) of the layout ``lay``, as docker >= 25 and skopeo's oci-archive write it."""
+    import os
+    import tarfile
+    with tarfile.open(path, "w") as t:
+        for n in os.listdir(lay.root):
+            t.add(os.path.join(lay.root, n), n)
+    return path
+
+
+def test_load_of_several_images_names_the_image_whose_layer_size_is_wrong(tmp_path):
+    """Each image of an archive has its "layer 1 of 1": the error said that alone, and left the
+    reader to find which of the archive's images it was."""
+    lay = ob.Layout(tmp_path / "layout")
+    lay.add(lay.image([{"a": b"A\n"}]), None, **{"io.containerd.image.name": "example.com/a:1"})
+    doc = lay.read_json(lay.image([{"b": b"B\n"}])["digest"])
+    doc["layers"][0]["size"] += 1
+    data = ob.dumps(doc)
+    lay.blob(data)
+    lay.add(ob.desc(ob.OCI_MANIFEST, data), None, **{"io.containerd.image.name": "example.com/b:1"})
+    archive = _archive_of(lay, tmp_path / "two.tar")
+    proc = lamina(tmp_path / "root", "load", "-i", archive, check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"lamina: error: {archive}: image example.com/b:1 layer 1 of 1 "
+                                  f"({doc['layers'][0]['digest']}): blob is"), proc.stderr
+    assert lamina(tmp_path / "root", "images", "-q").stdout.strip() == ""
+
+
+def test_load_of_several_legacy_images_names_the_image_whose_layer_is_corrupt(tmp_path):
+    """The same in a classic ``docker save`` archive of two images: a layer.tar that is a
+    gzip stream cut short, in the second image."""
+    good, bad = ob.tar_bytes({"a": b"A\n"}), ob.tar_bytes({"b": b"B\n" * 5000})
+    members, entries = {}, []
+    for k, (raw, blob, tag) in enumerate([(good, good, "example.com/a:1"), (bad, ob.gz(bad)[:-40], "example.com/b:1")]):
+        config = ob.dumps({"architecture": "amd64", "os": "linux",
+                           "rootfs": {"type": "layers", "diff_ids": [ob.sha256(raw)]}})
+        config_name = ob.sha256(config).split(":")[1] + ".json"
+        members[config_name], members[f"l{k}/layer.tar"] = config, blob
+        entries.append({"Config": config_name, "RepoTags": [tag], "Layers": [f"l{k}/layer.tar"]})
+    members["manifest.json"] = json.dumps(entries).encode()
+    archive = tmp_path / "legacy.tar"
+    archive.write_bytes(ob.tar_of(members))
+    proc = lamina(tmp_path / "root", "load", "-i", archive, check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"lamina: error: {archive}: image example.com/b:1 layer 1 of 1: "), proc.stderr
+    assert lamina(tmp_path / "root", "images", "-q").stdout.strip() == ""
+
+
 def test_load_refuses_duplicate_keys(tmp_path):
     lay, doc = _layout(tmp_path)
     text = json.dumps(doc)

@@ -179,8 +179,7 @@ class DockerArchive(Source):
             return self._layout.resolve(platform)
         want = Platform.parse(platform) if platform is not None else None
         entry = self._select()
-        name = ", ".join(t for t in entry.get("RepoTags") or [] if isinstance(t, str)) or entry["Config"]
-        check_layer_count(len(entry["Layers"]), f"{self.description}: image {name}")
+        check_layer_count(len(entry["Layers"]), f"{self.description}: {self.image_name()}")
         what = f"config {entry['Config']}"
         data = self.config_data()
         config_digest = _digest.sha256_bytes(data)
@@ -196,6 +195,12 @@ class DockerArchive(Source):
                                    size, None, functools.partial(self.archive.open, name)))
         return ResolvedImage(config=config.raw, config_digest=config_digest, layers=layers,
                              platform=config.platform, ref=self.ref)
+
+    def image_name(self):
+        """How an error names the chosen image among the archive's: "image " and its RepoTags,
+        else its Config member (the image ID)."""
+        entry = self._select()
+        return "image " + (", ".join(t for t in entry.get("RepoTags") or [] if isinstance(t, str)) or entry["Config"])
 
     def config_data(self):
         """The exact bytes of the chosen image's config (legacy archives: the member its Config names)."""

@@ -230,11 +230,14 @@ class OCILayout(Source):
         if want is not None and chosen is None and config.platform is not None and config.platform != want:
             raise PlatformNotFoundError(str(want), [str(config.platform)])
         layers = []
+        # a layout or an archive may hold several images, each with a "layer 1 of 1": say which
+        image = f"image {self.ref or desc.digest}" + (f" ({desc.platform})" if self.ref and desc.platform else "")
         for i, ldesc in enumerate(manifest.layers):
-            which = layer_of(i, len(manifest.layers))
+            which = f"{image} {layer_of(i, len(manifest.layers))}"
             size = self._layer_size(which, ldesc)
             if size != ldesc.size:
-                raise ImageError(f"{which} ({ldesc.digest}): blob is {size} bytes but the manifest says {ldesc.size}")
+                raise ImageError(f"{self.description}: {which} ({ldesc.digest}): blob is {size} bytes but the "
+                                 f"manifest says {ldesc.size}")
             layers.append(LayerRef(i, config.diff_ids[i], ldesc.digest, ldesc.size, ldesc.media_type,
                                    functools.partial(self.store.open, ldesc.digest)))
         return ResolvedImage(

@@ -205,7 +205,8 @@ def from_legacy(archive, platform=None, names=()):
     config = archive.config_data()
     layers = []
     for l in image.layers:
-        which = f"{archive.description}: {layer_of(l.index, len(image.layers))}"
+        # an archive may hold several images, each with a "layer 1 of 1": say which
+        which = f"{archive.description}: {archive.image_name()} {layer_of(l.index, len(image.layers))}"
         opener = functools.partial(open_uncompressed, l.open, which)
         with l.open() as f:
             kind = compression.detect(f.read(8))
