@@ -331,6 +331,30 @@ def test_a_resumed_blob_the_registry_answers_wrongly_is_refused_and_not_stored(p
     no_fsck_errors(store)
 
 
+@pytest.mark.parametrize("fault", ["not found", "other bytes", "server error"])
+def test_a_pull_names_the_layer_whose_blob_the_registry_fails(reg, proxy, registry_env, fault):  # noqa: F811
+    """The registry fails the second layer's blob: a 404, the blob's length of other bytes, a
+    500 (after the retries).  The download names the blob by its digest alone ("blob sha256:…
+    not found in REPO"), and only a full disk's error was given the layer's place: every such
+    error says "layer 2 of 2" now, as unpack and a refused extraction say it."""
+    low, high = ob.tar_bytes({"a": b"A\n"}), ob.tar_bytes({"b": bytes(range(256)) * 16})
+    layers = [dict(blob=low, media_type=ob.OCI_LAYER), dict(blob=high, media_type=ob.OCI_LAYER)]
+    push_image(reg.host, "placed", "t", layers, [ob.sha256(low), ob.sha256(high)])
+    path = f"/blobs/{ob.sha256(high)}"
+    if fault == "not found":
+        proxy.add("status", method="GET", path=path, code=404, times=None)
+    elif fault == "server error":
+        proxy.add("status", method="GET", path=path, code=500, times=None)
+    else:
+        proxy.add("corrupt", method="GET", path=path, offset=1024, times=None)  # inside the file's data
+    store = registry_env / "root"
+    line = refused(cli("pull", f"{proxy.host}/placed:t", root=store, timeout=300))
+    assert "layer 2 of 2: " in line and ob.sha256(high) in line, line
+    no_fsck_errors(store)
+    line = refused(cli("unpack", f"docker://{proxy.host}/placed:t", registry_env / "dest", timeout=300))
+    assert "layer 2 of 2" in line and ob.sha256(high) in line, line
+
+
 def test_a_redirect_loop_is_a_clear_error(proxy, big_image, registry_env):  # noqa: F811
     """Every blob GET redirected back to itself: stopped after 10 hops, naming the URL."""
     proxy.add("redirect", method="GET", path="/blobs/", to=f"http://{proxy.host}", times=None)

@@ -9,6 +9,7 @@ never leaves ``dest`` looking complete.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import fcntl
 import os
@@ -18,7 +19,7 @@ import time
 
 from ._extract import HiddenLinkTarget
 from . import trace
-from .errors import ExtractError, ImpliedDirMoved, InvalidArchiveError, layer_of
+from .errors import ExtractError, ImpliedDirMoved, InvalidArchiveError, LaminaError, layer_of
 from .limits import check_layer_count
 from .lowers import LayersBelow
 from .oci import open_source
@@ -114,12 +115,25 @@ def _layer_name(layer, count):
     return f"{layer_of(layer.index, count)} ({layer.digest or layer.diff_id})"
 
 
+@contextlib.contextmanager
+def _naming_the_layer(layer, count):
+    """A blob's error from its source (a registry's 404 or 500 as the layer is opened, a download
+    cut as it is read) names the blob alone: say which layer of the image it is too."""
+    try:
+        yield
+    except LaminaError as e:
+        from .store.fsutil import name_the_layer
+        if layer.digest:
+            name_the_layer(e, [layer.digest], lambda _: layer_of(layer.index, count))
+        raise
+
+
 def _apply(layer, count, target, format, limits, hidden=None, lower_dirs=None, defer_lowers=False,
            lowers_provider=None, early_dirs=False):
     from .layer import apply_layer  # imported late: the native core is only needed to extract
 
     trace.event("apply", layer=layer.index, format=format, scan_hidden=hidden is not None)
-    with layer.open() as f:
+    with _naming_the_layer(layer, count), layer.open() as f:
         stats = apply_layer(f, target, format=format, digest=layer.digest, diff_id=layer.diff_id,
                             media_type=layer.media_type, limits=limits, name=_layer_name(layer, count),
                             hidden=hidden,
@@ -157,7 +171,7 @@ def _scan_upper_layers(layers, limits):
         if layer.size is None or not under or layer.size > SCAN_FRACTION * under:
             continue
         trace.event("scan", layer=k)
-        with layer.open() as f:
+        with _naming_the_layer(layer, len(layers)), layer.open() as f:
             _, hides = scan_layer(f, digest=layer.digest, diff_id=layer.diff_id, media_type=layer.media_type,
                                   limits=limits, name=_layer_name(layer, len(layers)),
                                   max_paths=max(0, SCAN_MAX_PATHS - len(at) - len(below)))

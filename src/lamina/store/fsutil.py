@@ -25,10 +25,12 @@ def is_full(e):
 def name_the_layer(e, digests, which):
     """An error of an image's layer that the store's snapshots, shared by every image, name by
     digest alone ("layer sha256:…: entry 'x': …", a full disk's "layer sha256:…: storing its
-    snapshot failed") or a full disk's "blob sha256:…: cannot write it": say which layer of the
-    image that is too, as unpack does ("layer 2 of 3 (sha256:…): …").  ``digests``: the image's
-    layer digests, bottom first; ``which(i)``: how the ``i``-th is named.  Rewrites ``e``'s
-    message in place (keeping its class, errno and the rest); returns whether it did."""
+    snapshot failed"), or that a blob's download or ingest names by its digest alone ("blob
+    sha256:…: cannot write it", "blob sha256:… not found in REPO", "GET blob sha256:… from
+    REPO: 500"): say which layer of the image that is too, as unpack does ("layer 2 of 3
+    (sha256:…): …", "layer 2 of 3: blob sha256:…").  ``digests``: the image's layer digests,
+    bottom first; ``which(i)``: how the ``i``-th is named.  Rewrites ``e``'s message in place
+    (keeping its class, errno and the rest); returns whether it did."""
     if len(e.args) != 1 or not isinstance(e.args[0], str):
         return False
     msg = e.args[0]
@@ -46,8 +48,10 @@ def name_the_layer(e, digests, which):
             if isinstance(getattr(e, "what", None), str) and e.what.startswith(head):
                 e.what = e.args[0][:len(e.args[0]) - len(msg) + len(e.what)]
             return True
-        if is_full(e) and msg.startswith(f"blob {digest}"):
+        if any(msg.startswith(f"{verb}blob {digest}") for verb in ("", "GET ", "HEAD ")):
             e.args = (f"{which(i)}: {msg}",)
+            if isinstance(getattr(e, "what", None), str) and e.what.startswith("blob "):
+                e.what = f"{which(i)}: {e.what}"
             return True
     return False
 

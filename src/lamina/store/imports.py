@@ -151,13 +151,13 @@ def _put_blobs(store, data, created, report):
     for i, layer in enumerate(data.layers):
         try:
             wrote = ingest_stream(store, layer.digest, layer.size, layer.open)
-        except StoreError as e:   # a full disk's: "blob sha256:…: cannot write it into the store"
-            name_the_layer(e, [layer.digest], lambda _: _which_layer(data, i))
-            raise
         except DigestMismatchError as e:
             # "blob sha256:...: digest mismatch" alone left the reader to find which of the
             # archive's images and layers that was
             raise DigestMismatchError(f"{_which_layer(data, i)} ({e.what})", e.expected, e.actual) from None
+        except LaminaError as e:   # a full disk's "blob sha256:…: cannot write it into the store", a short blob's
+            name_the_layer(e, [layer.digest], lambda _: _which_layer(data, i))
+            raise
         if wrote:
             created.append(layer.digest)
             report("blob", layer.digest, "copied")
