@@ -182,25 +182,46 @@ def test_a_layer_descriptor_of_size_0_for_content_is_refused_by_name(reg, regist
 # a layout's index.json or oci-layout that is not a regular file
 
 
-@pytest.mark.parametrize("name", ["index.json", "oci-layout"])
-@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def _socket_at(path):
+    """A Unix socket file at ``path``, bound through its directory's fd (a socket's path is at
+    most 107 bytes); the file stays after the socket is closed."""
+    import socket
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(f"/proc/self/fd/{dfd}/{os.path.basename(path)}")
+    finally:
+        os.close(dfd)
+
+
+@pytest.mark.parametrize("name", ["index.json", "oci-layout", "layer", "config"])
+@pytest.mark.parametrize("kind", ["fifo", "socket", "/dev/zero"])
 def test_layout_files_that_are_not_regular_files_are_refused(tmp_path, name, kind):
     """A FIFO there made every reader of the layout wait forever for a writer (blobs were
-    already opened non-blocking); /dev/zero was read up to the document limit first."""
+    already opened non-blocking); /dev/zero was read up to the document limit first; a socket
+    cannot be opened at all, and was refused with open(2)'s words, "No such device or address",
+    which say nothing of a socket.  Each is refused saying what it is, naming the file."""
     lay = ob.Layout(tmp_path / "lay")
-    lay.add(lay.image([{"a": b"x"}]), "latest")
-    path = os.path.join(lay.root, name)
+    m = lay.add(lay.image([{"a": b"x"}]), "latest")
+    doc = lay.read_json(m["digest"])
+    digest = {"layer": doc["layers"][0]["digest"], "config": doc["config"]["digest"]}.get(name)
+    path = lay.path(digest) if digest else os.path.join(lay.root, name)
     os.unlink(path)
     if kind == "fifo":
         os.mkfifo(path)
+    elif kind == "socket":
+        _socket_at(path)
     else:
         os.symlink(kind, path)
     for args, root in ((["unpack", f"oci:{lay.root}", tmp_path / "out"], None),
                        (["load", "-i", lay.root], tmp_path / "store")):
         line = one_line_error(cli(*args, root=root, timeout=60))
-        what = "is not a regular file" if kind == "fifo" else \
-            "is a symlink: lamina does not follow symlinks inside a layout"
-        assert line == f"lamina: error: {path} {what}", line
+        what = {"fifo": "is not a regular file (a FIFO)", "socket": "is not a regular file (a socket)"}.get(
+            kind, "is a symlink: lamina does not follow symlinks inside a layout")
+        if digest:
+            assert line.endswith(f"blob {digest} in {lay.root} {what}"), line
+        else:
+            assert line == f"lamina: error: {path} {what}", line
         assert not (tmp_path / "out").exists()
     assert cli("images", "-q", root=tmp_path / "store").stdout == ""
 
@@ -821,7 +842,7 @@ def test_an_archive_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
     os.mkfifo(path)
     for args, root in _archive_readers(tmp_path, path):
         line = one_line_error(cli(*args, root=root, timeout=30))
-        assert line == f"lamina: error: {path} is not a regular file", line
+        assert line == f"lamina: error: {path} is not a regular file (a FIFO)", line
     assert not (tmp_path / "out").exists()
 
 

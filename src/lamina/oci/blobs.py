@@ -56,11 +56,28 @@ def open_regular(path, what, dir_fd=None):
     except OSError as e:
         if e.errno == errno.ELOOP and dir_fd is not None:
             raise ImageError(f"{what} is a symlink: lamina does not follow symlinks inside a layout") from None
+        try:  # a socket cannot be opened at all (ENXIO, "No such device or address"): say what it is
+            mode = os.stat(path, dir_fd=dir_fd, follow_symlinks=dir_fd is None).st_mode
+        except OSError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            raise ImageError(f"{what} is not a regular file ({_file_kind(mode)})") from None
         raise ImageError(f"{what}: {e.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
         os.close(fd)
-        raise ImageError(f"{what} is not a regular file")
+        raise ImageError(f"{what} is not a regular file ({_file_kind(mode)})")
     return fd
+
+
+def _file_kind(mode):
+    """What a file that is not a regular file is, in words."""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return kind
+    return f"of type {stat.S_IFMT(mode):o}"
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
