@@ -133,6 +133,33 @@ def test_multiarch_index_resolves_each_platform(tmp_path, platform, arch_file):
     assert str(img.platform) == arch_file.decode()
 
 
+def test_an_index_entry_whose_config_says_another_platform_is_picked_by_the_index(tmp_path):
+    """An index entry says linux/arm64, its image's config says amd64 (a mislabelled build).
+    containerd and skopeo pick by the index and take the image as it is (``skopeo copy
+    --override-arch arm64`` copies it, ``skopeo inspect`` shows the config's amd64); lamina does
+    the same: the index decides which image ``--platform`` names, the config what the image says
+    of itself once stored (tests/CONFORMANCE.md)."""
+    import sys
+    lay = ob.Layout(tmp_path / "img")
+    honest = lay.image([{"honest": b"x"}], arch="amd64")
+    liar = lay.image([{"liar": b"x"}], arch="amd64")
+    lay.add(lay.index([ob.with_platform(honest, "linux", "amd64"), ob.with_platform(liar, "linux", "arm64")]),
+            "multi")
+    src = f"oci:{lay.root}:multi"
+    # skopeo, the reference: the arm64 entry is the liar, copied as it is
+    run("skopeo", "copy", "-q", "--override-arch", "arm64", "--override-os", "linux", src, f"dir:{tmp_path / 'sk'}")
+    sk = json.loads((tmp_path / "sk" / "manifest.json").read_bytes())
+    assert sk["config"]["digest"] == lay.read_json(liar["digest"])["config"]["digest"]
+    img = resolve(src, "linux/arm64")
+    assert img.manifest_digest == liar["digest"] and str(img.platform) == "linux/arm64/v8"
+    assert resolve(src, "linux/amd64").manifest_digest == honest["digest"]
+    # stored, the image is what its config says
+    lamina = [sys.executable, "-m", "lamina", "--root", str(tmp_path / "store")]
+    run(*lamina, "copy", "--platform", "linux/arm64", src, "liar:1")
+    out = run(*lamina, "inspect", "--format", "{{.Os}}/{{.Architecture}}", "liar:1")
+    assert out.stdout.strip() == "linux/amd64"
+
+
 @pytest.mark.parametrize("platform", ["linux/arm/v6", "linux/s390x", "windows/amd64", "unknown/unknown"])
 def test_unknown_platform_lists_the_available_ones(tmp_path, platform):
     lay = ob.multiarch(tmp_path / "img")
