@@ -109,6 +109,15 @@ cdef inline void _hex(char *dst, const uint8_t *src, int n) noexcept nogil:
         dst[2 * i + 1] = b"0123456789abcdef"[src[i] & 15]
 
 
+cdef bint _no_xattrs(int fd) noexcept nogil:
+    """The object has no xattrs, as the entry linked to it.  Its name's metadata key covers its
+    xattrs only through 64 bits of blake3: an image could give an object xattrs (a
+    security.capability) chosen so that its key is a file's without any, and every image with
+    that file would then get them.  One syscall, only when an object is about to be linked."""
+    cdef ssize_t n = flistxattr(fd, NULL, 0)
+    return n == 0 or (n < 0 and errno == EOPNOTSUPP)  # ENOTSUP on Linux: no xattrs here at all
+
+
 cdef bint _file_holds(int fd, const unsigned char *data, int64_t size) noexcept nogil:
     """True if the open file ``fd`` holds exactly the ``size`` bytes at ``data``."""
     cdef char buf[65536]
@@ -4250,7 +4259,7 @@ cdef class Extractor:
             return False
         with nogil:
             same = (fstat(ofd, &cst) == 0 and cst.st_ino == ost.st_ino and cst.st_dev == ost.st_dev
-                    and _file_holds(ofd, data, size))
+                    and _no_xattrs(ofd) and _file_holds(ofd, data, size))
         close(ofd)
         if not same:
             return False

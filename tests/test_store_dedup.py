@@ -661,6 +661,45 @@ def test_gc_removes_objects_no_snapshot_uses(tmp_path, images):
     assert [d for d in os.scandir(root / "objects" / "blake3") if any(os.scandir(d.path))] == []
 
 
+def test_a_file_is_never_linked_to_an_object_of_other_xattrs_whatever_its_name_says(tmp_path, images):
+    """An object's name covers its xattrs through 64 bits of blake3 only: an image could look for
+    xattrs (a security.capability) whose key is another image's file without any, and every image
+    with that file would then get them.  Both ways a file is linked to an existing object (the
+    extractor's link, the pass) compare the object's own xattrs.  The object gets an xattr behind
+    lamina's back here: mode, owner and mtime (its name) unchanged, as such a collision leaves it."""
+    from lamina.store import Store
+    rel = "usr/share/pkgbase/f005"
+    for way in ("extractor", "pass"):
+        root = tmp_path / way
+        _copy(root, images, "a")
+        obj = os.path.join(_fs(root, _chains(root, "a:1")[0]), rel)
+        os.setxattr(obj, "trusted.injected", b"by another image")
+        if way == "pass":  # b extracted without dedup, then shared by the pass
+            lamina_subprocess(root, "config", "set", "dedup", "false")
+        _copy(root, images, "b")
+        b = _chains(root, "b:1")[0]
+        if way == "pass":
+            lamina_subprocess(root, "config", "set", "dedup", "true")
+            stats = Store(root).dedup(b)
+            assert stats is not None and stats.files > 0
+        mine = os.path.join(_fs(root, b), rel)
+        assert os.lstat(mine).st_ino != os.lstat(obj).st_ino, way
+        assert "trusted.injected" not in os.listxattr(mine), way
+        assert open(mine, "rb").read() == BASE[rel]
+        # the files of b whose objects were left alone are still shared
+        other = "usr/share/pkgbase/f006"
+        assert _ino(root, b, other) == _ino(root, _chains(root, "a:1")[0], other), way
+    # the extractor's link itself (a copy may leave it to the pass, as above)
+    from lamina.layer import apply_layer
+    raw = tarfile_bytes([(ti("forged"), BASE[rel]), (ti("fine"), BASE["usr/share/pkgbase/f006"])])
+    dest = tmp_path / "fs"
+    apply_layer(io.BytesIO(raw), os.fspath(dest), format="overlay", hash_files_into=os.fspath(tmp_path / "hashed"),
+                link_objects=os.path.join(tmp_path / "extractor", "objects", "blake3"))
+    objects = _objects_by_inode(tmp_path / "extractor")
+    assert os.lstat(dest / "forged").st_ino not in objects and os.listxattr(dest / "forged") == []
+    assert os.lstat(dest / "fine").st_ino in objects
+
+
 def test_fsck_catches_an_object_changed_behind_lamina(tmp_path, images):
     root, a = _store_with_a_and_b(tmp_path, images)
     victim = os.path.join(_fs(root, a[0]), "usr/share/pkgbase/f007")

@@ -17,7 +17,10 @@ blake3 **and** the same inode metadata, so the snapshot reads exactly as the lay
 wrote it (fsck's tree comparison cannot tell the difference).  The metadata that
 must match is everything an inode carries for a tar entry: the full ``st_mode``
 (type, permissions, setuid/setgid/sticky), uid, gid, mtime (ns) and every xattr
-(name and value).  atime and ctime are not: no layer format preserves ctime, and
+(name and value).  The object's name carries them as a 64-bit key (16 hex of blake3), which
+is only where to look: before a file is linked to an object, its mode, owner, mtime, size and
+xattrs are compared with the object's own (an image finding xattrs whose key is another image's
+file's must not hand that file its xattrs).  atime and ctime are not: no layer format preserves ctime, and
 atime is not part of an image (docker, containerd and umoci ignore it too).  This
 is stricter than ostree, which hardlinks on (uid, gid, mode, xattrs) and zeroes
 mtime in its checkouts: a lamina snapshot must keep the layer's mtimes.
@@ -1126,6 +1129,11 @@ class _Pass:
                         return obj  # already the object (a rerun after a crash)
                     if hardlinked or not _same_inode_metadata(ost, st):
                         return None  # a hardlink of the layer, or an object changed behind lamina's back
+                    if not _same_xattrs(ofd, xattrs):
+                        # the name's metadata key covers xattrs through 64 bits of blake3 only: an
+                        # image must not give another image's file xattrs (a security.capability)
+                        # by finding ones whose key is that file's
+                        return None
                     if planned is None and not self.holds_same_bytes(ofd, fd, hold, st.st_size):
                         # its name says what it held when it was made: written through `unpack
                         # --link` with its mtime put back, it must not give this image its bytes
@@ -1280,6 +1288,10 @@ def _same_bytes(fa, fb, size):
             return False
         off += len(a)
     return not os.pread(fa, 1, size) and not os.pread(fb, 1, size)
+
+
+def _same_xattrs(fd, xattrs):
+    return sorted(_xattrs(fd)) == sorted(xattrs)
 
 
 def _same_inode_metadata(a, b):
