@@ -181,6 +181,7 @@ class Checker:
         self.repair = repair
         self.quiet = quiet              # True: no other writer is running
         self.bad_blobs = set()
+        self.layer_blobs = {}           # chainID: [(layer digest, media type)] of the images listing it
 
     def run(self):
         self.layout()
@@ -255,6 +256,8 @@ class Checker:
             except LaminaError as e:
                 self.report.add("error", "broken-image", d, f"image {names} ({d}): {e}; {advice}")
                 continue
+            for chain, layer in zip(image.chain_ids, image.layers):
+                self.layer_blobs.setdefault(chain, []).append((layer.digest, layer.media_type))
             for b in image.blobs:
                 if b in self.bad_blobs and self.store.has_blob(b):
                     self.report.add("error", "broken-image", d, f"image {names} ({d}) needs blob {b}, which is"
@@ -270,6 +273,9 @@ class Checker:
                                     f"is {size} bytes, but it is {self.store.blob_size(b)}; {advice}")
         self.report.checked["images"] = len(digests)
         return True
+
+    def _good_blob(self, digest):
+        return digest not in self.bad_blobs and self.store.has_blob(digest)
 
     def _open_good(self, digest):
         if digest in self.bad_blobs:
@@ -327,7 +333,16 @@ class Checker:
             f = self.report.add("error", "bad-snapshot", chain, f"snapshot {chain}: {problem}")
             self._fix(f, lambda: _snapshots.remove(self.paths, chain))  # re-extracted when next needed
             return
-        if not self.store.has_blob(info.digest) or info.digest in self.bad_blobs:
+        digest, media_type = info.digest, info.media_type
+        if not self._good_blob(digest):
+            # Images of one layer in other compressions (a docker-archive's plain tar, a
+            # registry's gzip) share its snapshot, which names the blob it was made from: once
+            # the image that brought that blob was removed, the snapshot went unchecked (a
+            # changed file in it unseen) while the store held the layer in another blob.  The
+            # extraction checks the diffID, so any of them shows what the snapshot must hold.
+            digest, media_type = next(((d, m) for d, m in self.layer_blobs.get(chain, ()) if self._good_blob(d)),
+                                      (digest, media_type))
+        if not self._good_blob(digest):
             self.report.add("warning", "unverifiable-snapshot", chain,
                             f"snapshot {chain}: its layer blob {info.digest} is missing or corrupt; cannot verify it")
             return
@@ -343,8 +358,8 @@ class Checker:
                 # the image, as for the extraction that made the snapshot: without them a hardlink
                 # to a lower file took every identical file of that directory for its hardlinks
                 # (a good snapshot was "bad", and --repair made them one inode in the image)
-                _snapshots._extract(self.paths.blob(info.digest), fresh / "fs", info.digest, info.diff_id,
-                                    info.media_type, lower_dirs=lower or None, defer_lowers=lower is None,
+                _snapshots._extract(self.paths.blob(digest), fresh / "fs", digest, info.diff_id,
+                                    media_type, lower_dirs=lower or None, defer_lowers=lower is None,
                                     lower_shared=lambda fs: _snapshots.dedup_shared(self.paths, fs))
             except _snapshots.NeedsLowers:
                 self.report.add("warning", "unverifiable-snapshot", chain,
@@ -353,7 +368,7 @@ class Checker:
             diff = first_difference(os.fspath(info.fs), os.fspath(fresh / "fs"), scratch=os.fspath(fresh))
             if diff:
                 f = self.report.add("error", "bad-snapshot", chain,
-                                    f"snapshot {chain}: differs from layer {info.digest}: {diff}")
+                                    f"snapshot {chain}: differs from layer {digest}: {diff}")
                 self._fix(f, lambda: self._replace_snapshot(chain, fresh))
         except (LaminaError, OSError) as e:
             if getattr(e, "errno", None) in FULL_ERRNOS:
@@ -365,7 +380,7 @@ class Checker:
                 return
             if isinstance(e, OSError):
                 raise
-            self.report.add("error", "bad-layer", info.digest, f"snapshot {chain}: layer {info.digest}"
+            self.report.add("error", "bad-layer", digest, f"snapshot {chain}: layer {digest}"
                             f" does not extract: {e}")
         finally:
             _snapshots.remove_tree(fresh if self.store.writable else fresh.parent)
