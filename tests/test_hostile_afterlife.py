@@ -1,5 +1,6 @@
-"""Hostile images and the store's life afterwards: what rmi, gc and fsck do with what an image
-stored.
+"""Hostile images and the store's life afterwards: what a refused image leaves when another
+writer is at work beside it, and what rmi, prune, gc, fsck, save and mount do with what a
+hostile image stored.
 
 Oracles: every path of everypath.py for the trees, fsck for the store's consistency, the
 Guard (nothing outside the test's directory changed), and the reference tools where they
@@ -10,9 +11,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+
+import pytest
 
 from everypath import assert_agree, describe, run_paths, write_image
-from storekit import lamina
+from storekit import lamina, seeded_bytes
 from tarbuild import Tar
 
 
@@ -21,8 +25,121 @@ def _fsck(root):
     return json.loads(proc.stdout)["findings"]
 
 
+def _listed(root):
+    """What failed imports left for a later writer to take back."""
+    d = root / "lamina" / "rollbacks"
+    return os.listdir(d) if d.exists() else []
+
+
 def _chains(root):
     return sorted(n for n in os.listdir(root / "snapshots") if not n.startswith("."))
+
+
+# --- a refused import beside another writer ---------------------------------------------------
+
+def _base():
+    t = Tar().dir("base")
+    for i in range(20):
+        t.file(f"base/f{i}", seeded_bytes(f"base-{i}", 3000 + i))
+    return t.bytes()
+
+
+@pytest.mark.parametrize("verb", ["copy", "load"])
+def test_a_refused_import_beside_a_good_one_leaves_the_store_as_the_good_one_alone_would(g, verb):
+    """A hostile image (a base layer another image shares, a good layer of its own, then a layer
+    refused: a hardlink to nothing) copied or loaded while another writer is at work beside it:
+    the refusal could not take back what it had stored (that writer might be using it), so it
+    left it to gc; fsck warned of its config, manifest and blobs ('not used by any image'), its
+    own layer's snapshot and that snapshot's objects.  Now the last writer to finish takes them
+    back: the store holds what the good image alone would, fsck is clean, and the good image
+    is the tree every path makes of it."""
+    base = _base()
+    own = Tar().file("own", seeded_bytes("own", 5000)).bytes()
+    refused = Tar().file("x", b"x" * 100).hardlink("h", "nothing/there").bytes()
+    top = Tar().file("good", b"g" * 5000).bytes()
+    bad = write_image(g.dest / "bad", [base, own, refused])
+    good = write_image(g.dest / "good", [base, top])
+    # the tree of the good image alone (every path agrees on such plain layers: test_every_path.py)
+    want = assert_agree(run_paths(g.dest / "paths", [base, top], paths=("dir", "store-copy")),
+                        context=describe([base, top]))
+    alone = g.dest / "alone"
+    lamina(alone, "copy", f"oci:{good}:img", "good:1")
+
+    from lamina.store import Store
+    from lamina.transports import copy
+    root = g.dest / "store"
+    writer = Store(root)
+    writer.lease()  # a writer at work (a pull, a copy) from before the refused import to after it
+    if verb == "copy":
+        args = ("copy", f"oci:{bad}:img", "bad:1")
+    else:
+        subprocess.run(["skopeo", "copy", "-q", f"oci:{bad}:img", f"docker-archive:{g.dest / 'bad.tar'}:bad:1"],
+                       check=True)
+        args = ("load", "-i", g.dest / "bad.tar")
+    proc = lamina(root, *args, check=False)
+    assert proc.returncode == 1 and "layer 3 of 3" in proc.stderr and "'h'" in proc.stderr, proc.stderr
+    assert any(f["kind"] == "orphan-blob" for f in _fsck(root)), "the refused import's leftovers are kept" \
+        " while the other writer is at work"
+    copy(f"oci:{good}:img", "good:1", store=writer)  # shares the base the refused import stored
+    writer.close()
+
+    assert _fsck(root) == []
+    assert _chains(root) == _chains(alone)
+    assert sorted(os.listdir(root / "blobs" / "sha256")) == sorted(os.listdir(alone / "blobs" / "sha256"))
+    lamina(root, "unpack", "good:1", g.dest / "unpacked")
+    from treecmp import compare, snapshot
+    diff = compare(want, snapshot(g.dest / "unpacked"), labels=("every path", "good beside the refused"))
+    assert not diff, diff
+    assert lamina(root, "images", "-q").stdout.split() == lamina(alone, "images", "-q").stdout.split()
+    g.check()
+
+
+def test_a_refused_import_after_the_other_writer_finished_takes_back_at_once(g):
+    """The other order: the writer that was at work finishes first, then the refusal; the refused
+    import takes back what it stored itself, and leaves nothing listed for later."""
+    base = _base()
+    refused = Tar().file("x", b"x" * 100).hardlink("h", "nothing/there").bytes()
+    bad = write_image(g.dest / "bad", [base, Tar().file("own", b"o" * 3000).bytes(), refused])
+    root = g.dest / "store"
+    from lamina.store import Store
+    writer = Store(root)
+    writer.lease()
+    writer.close()
+    proc = lamina(root, "copy", f"oci:{bad}:img", "bad:1", check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert _fsck(root) == [] and _chains(root) == []
+    assert _listed(root) == []
+    g.check()
+
+
+@pytest.mark.parametrize("verb", ["gc", "fsck --repair"])
+def test_gc_and_fsck_repair_take_what_a_refused_import_left_to_a_writer_that_never_closed(g, verb):
+    """A writer at work beside the refusal is killed (it never closes): the leftovers stay
+    listed, fsck names them, and gc (or fsck --repair) takes them and the list."""
+    base = _base()
+    refused = Tar().file("x", b"x" * 100).hardlink("h", "nothing/there").bytes()
+    bad = write_image(g.dest / "bad", [base, refused])
+    root = g.dest / "store"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from lamina.store import Store; "
+                               "s = Store(sys.argv[1]); s.lease(); print('ok', flush=True); time.sleep(600)",
+                               root], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        proc = lamina(root, "copy", f"oci:{bad}:img", "bad:1", check=False)
+        assert proc.returncode == 1, proc.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    kinds = {f["kind"] for f in _fsck(root)}
+    assert {"orphan-blob", "orphan-snapshot"} <= kinds, kinds
+    from lamina.store import Store
+    if verb == "gc":
+        Store(root).gc()
+    else:
+        lamina(root, "fsck", "--repair")
+    assert _fsck(root) == [] and _chains(root) == []
+    assert _listed(root) == []
+    g.check()
 
 
 # --- a snapshot two images share through different blobs --------------------------------------

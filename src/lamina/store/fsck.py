@@ -434,10 +434,12 @@ class Checker:
             self._fix(f, lambda p=path: _remove_any(p))
 
     def debris(self):
-        """Temp files of atomic writes (index.json, holds) that a killed process left."""
+        """Temp files of atomic writes (index.json, holds, rollbacks) that a killed process left."""
         if not self.quiet:
             return
-        for d in (self.paths.root, self.paths.holds):
+        for d in (self.paths.root, self.paths.holds, self.paths.rollbacks):
+            if d == self.paths.rollbacks and not d.is_dir():
+                continue  # made by the first import refused beside another writer
             for n in sorted(os.listdir(d)):
                 if ".tmp-" in n:
                     path = d / n

@@ -153,4 +153,7 @@ def collect(store, dry_run=False):
         # cannot tell which objects the snapshots it would remove are the last users of.
         objects = _objects.collect(store.paths, dry_run=dry_run)
         result.objects, result.objects_size = objects.objects, objects.reclaimed
+        if not dry_run:
+            from .imports import clear_pending
+            clear_pending(store.paths)
     return result
