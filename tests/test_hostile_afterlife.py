@@ -16,7 +16,8 @@ import sys
 import pytest
 
 from everypath import assert_agree, describe, run_paths, write_image
-from storekit import lamina, seeded_bytes
+from registryfixture import reg, registry_env, skopeo_push  # noqa: F401
+from storekit import LAMINA, lamina, seeded_bytes
 from tarbuild import Tar
 
 
@@ -110,6 +111,51 @@ def test_a_refused_import_after_the_other_writer_finished_takes_back_at_once(g):
     assert _fsck(root) == [] and _chains(root) == []
     assert _listed(root) == []
     g.check()
+
+
+
+@pytest.mark.parametrize("verb", ["copy", "pull"])
+def test_a_hostile_import_racing_a_good_pull_of_a_sharing_image(tmp_path, reg, registry_env, verb):  # noqa: F811
+    """The same as two processes started together, a few times over (whichever finishes first):
+    a good pull of an image and a refused copy or pull of a hostile one sharing its base.  The
+    good image is whole, and fsck finds nothing but, for a refused pull, the blobs and snapshots
+    it keeps for its rerun (never the shared base's, never an unused object).  With the copy,
+    fsck is clean whatever the order (was: the copy's leftovers when the pull outlived it)."""
+    base = Tar().dir("base")
+    for i in range(120):
+        base.file(f"base/f{i}", seeded_bytes(f"race-{i}", 8000 + i))
+    base = base.bytes()
+    top = Tar().file("good", b"g" * 5000).bytes()
+    refused = Tar().file("x", b"x" * 100).hardlink("h", "nothing/there").bytes()
+    good = write_image(tmp_path / "good", [base, top])
+    bad = write_image(tmp_path / "bad", [base, Tar().file("own", b"o" * 3000).bytes(), refused])
+    skopeo_push(f"oci:{good}:img", reg.host, "race/good:1")
+    skopeo_push(f"oci:{bad}:img", reg.host, "race/bad:1")
+    want = assert_agree(run_paths(tmp_path / "paths", [base, top], paths=("dir", "store-copy")),
+                        context=describe([base, top]))
+    with open(os.path.join(good, "index.json")) as f:
+        (m,) = json.load(f)["manifests"]
+    with open(os.path.join(good, "blobs", *m["digest"].split(":"))) as f:
+        base_blob = json.load(f)["layers"][0]["digest"]
+    from treecmp import compare, snapshot
+    for n in range(3):
+        root = tmp_path / f"store{n}"
+        hostile = ["copy", f"oci:{bad}:img", "bad:1"] if verb == "copy" else ["pull", f"{reg.host}/race/bad:1"]
+        procs = [subprocess.Popen([*LAMINA, "--root", str(root), *argv], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+                 for argv in (hostile, ["pull", f"{reg.host}/race/good:1"])]
+        (rc_bad, _, err_bad), (rc_good, _, err_good) = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+        assert rc_good == 0, err_good
+        assert rc_bad == 1 and "'h'" in err_bad, err_bad
+        image = json.loads(lamina(root, "inspect", f"{reg.host}/race/good:1").stdout)[0]
+        kept = {"orphan-blob", "orphan-snapshot"} if verb == "pull" else set()
+        findings = _fsck(root)
+        assert [f for f in findings if f["kind"] not in kept] == [], findings
+        shared = {image["RootFS"]["Layers"][0], base_blob}  # the base's snapshot and blob
+        assert not [f for f in findings if f["subject"] in shared], findings
+        lamina(root, "unpack", f"{reg.host}/race/good:1", tmp_path / f"good{n}")
+        diff = compare(want, snapshot(tmp_path / f"good{n}"), labels=("every path", f"good, round {n}"))
+        assert not diff, diff
 
 
 @pytest.mark.parametrize("verb", ["gc", "fsck --repair"])

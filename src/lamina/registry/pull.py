@@ -277,6 +277,7 @@ class Puller:
                  extract_workers=None, client=None, reporter=None, insecure=()):
         self.ref = ref if isinstance(ref, Reference) else Reference.parse(ref)
         self.store = _open_store(store)
+        self._own_store = self.store is not store
         self.want = Platform.parse(platform) if platform else None
         self.all_platforms = all_platforms
         self.concurrency = max(1, int(concurrency or os.environ.get("LAMINA_MAX_CONCURRENT_DOWNLOADS")
@@ -429,6 +430,8 @@ class Puller:
             self.reporter.close()
             if self._own_client:
                 self.client.close()
+            if self._own_store:
+                self.store.close()  # a writer's close takes back what an import refused beside it left
 
     def _previous_image(self):
         try:
