@@ -229,3 +229,74 @@ def test_fsck_checks_a_shared_snapshot_after_the_image_that_brought_its_blob_is_
     diff = compare(want, snapshot(g.dest / "b-after"), labels=("every path", "b after fsck --repair"))
     assert not diff, diff
     g.check()
+
+
+# --- removing what a hostile image stored -------------------------------------------------------
+
+def _trap_layer(g, depth):
+    """At every level of a tree ``depth`` deep: symlinks to the sentinel outside (absolute and by
+    enough ``..`` to leave the root), to /etc and to /; a directory of mode 0 holding a file of
+    mode 0 and a subdirectory; a read-only directory with a file; a fifo and a device node."""
+    t = Tar()
+
+    def at(path, **records):  # names past the ustar fields: PAX records
+        return t.pax({"path": path, **records})
+    path = ""
+    for i in range(depth):
+        path = f"{path}d{i}/"
+        at(path.rstrip("/")).dir("x")
+        for name, target in (("abs", str(g.sentinel)), ("up", "../" * (i + 8) + os.path.relpath(g.sentinel, "/")),
+                             ("etc", "/etc"), ("root", "/")):
+            at(path + name, linkpath=target).symlink("x", "x")
+        at(path + "closed").dir("x", mode=0)
+        at(path + "closed/f").file("x", b"c" * 100, mode=0)
+        at(path + "closed/sub").dir("x", mode=0)
+        at(path + "ro").dir("x", mode=0o555)
+        at(path + "ro/f").file("x", b"r" * 50, mode=0o444)
+        at(path + "fifo").fifo("x")
+        at(path + "null").chardev("x", 1, 3)
+    return t.bytes()
+
+
+def test_removing_a_hostile_images_tree_follows_no_symlink_and_leaves_the_other_image(g):
+    """An image whose tree holds, at each of 40 levels, symlinks out of the root (to the sentinel
+    beside it, to /etc, to /), closed and read-only directories, a fifo and a device, stored
+    beside an image of the same files that shares its objects: unpack --link, mount, save, rmi,
+    prune, gc and fsck --repair remove every name of it by fds and never follow a symlink;
+    nothing outside changes, the other image keeps its tree and fsck is clean."""
+    raw = _trap_layer(g, 40)
+    tree = assert_agree(run_paths(g.dest / "paths", [raw], paths=("dir", "store-copy", "store-link", "store-mount")),
+                        context=describe([raw]))
+    etc_before = os.lstat("/etc")
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{write_image(g.dest / 'hostile', [raw])}:img", "hostile:1")
+    other = Tar().file("other-only", b"o").bytes()
+    lamina(root, "copy", f"oci:{write_image(g.dest / 'other', [raw, other])}:img", "other:1")
+    lamina(root, "unpack", "other:1", g.dest / "other-before")
+    from treecmp import compare, snapshot
+    before = snapshot(g.dest / "other-before")
+    lamina(root, "unpack", "--link", "hostile:1", g.dest / "linked")
+    mnt = g.dest / "mnt"
+    lamina(root, "mount", "hostile:1", mnt)
+    lamina(root, "umount", mnt)
+    lamina(root, "save", "hostile:1", "-o", g.dest / "saved.tar")
+    lamina(root, "rmi", "hostile:1")
+    lamina(root, "image", "prune", "-f")
+    from lamina.store import Store
+    Store(root).gc()
+    lamina(root, "fsck", "--repair")
+    assert _fsck(root) == []
+    lamina(root, "unpack", "other:1", g.dest / "other-after")
+    diff = compare(before, snapshot(g.dest / "other-after"), labels=("other before", "other after"))
+    assert not diff, diff
+    lamina(root, "rmi", "other:1")
+    Store(root).gc()
+    assert _fsck(root) == [] and _chains(root) == []
+    import dataclasses
+    linked = dataclasses.replace(snapshot(g.dest / "linked"), links=tree.links)  # it shares objects' inodes
+    diff = compare(tree, linked, labels=("every path", "unpack --link, after rmi"))
+    assert not diff, diff
+    after = os.lstat("/etc")
+    assert (after.st_mode, after.st_mtime_ns, after.st_nlink) == (etc_before.st_mode, etc_before.st_mtime_ns,
+                                                                  etc_before.st_nlink)
+    g.check()
