@@ -300,3 +300,36 @@ def test_removing_a_hostile_images_tree_follows_no_symlink_and_leaves_the_other_
     assert (after.st_mode, after.st_mtime_ns, after.st_nlink) == (etc_before.st_mode, etc_before.st_mtime_ns,
                                                                   etc_before.st_nlink)
     g.check()
+
+
+@pytest.mark.parametrize("verb", ["rmi", "prune"])
+def test_removing_a_hostile_image_beside_a_writer_is_finished_by_that_writer(g, verb):
+    """rmi (or image prune -a) of a hostile image while another writer is at work (a copy of an
+    image sharing its base) untags it but cannot collect its layers (the writer may be naming
+    them): they stayed until the next prune, and fsck warned of each.  The last writer to
+    finish collects them now; the image sharing the base keeps it."""
+    raw = _trap_layer(g, 8)
+    own = Tar().file("own", seeded_bytes("own", 4000)).bytes()
+    top = Tar().file("good", b"g" * 5000).bytes()
+    want = assert_agree(run_paths(g.dest / "paths", [raw, top], paths=("dir", "store-copy")),
+                        context=describe([raw, top]))
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{write_image(g.dest / 'hostile', [raw, own])}:img", "hostile:1")
+    from lamina.store import Store
+    from lamina.transports import copy
+    writer = Store(root)
+    writer.lease()
+    if verb == "rmi":
+        proc = lamina(root, "rmi", "hostile:1")
+    else:
+        proc = lamina(root, "image", "prune", "-a", "-f")
+    assert "another lamina process is writing" in proc.stderr, proc.stderr
+    copy(f"oci:{write_image(g.dest / 'good', [raw, top])}:img", "good:1", store=writer)
+    writer.close()
+    assert _fsck(root) == [] and _listed(root) == []
+    assert len(_chains(root)) == 2
+    lamina(root, "unpack", "good:1", g.dest / "good-tree")
+    from treecmp import compare, snapshot
+    diff = compare(want, snapshot(g.dest / "good-tree"), labels=("every path", "good after the rmi beside it"))
+    assert not diff, diff
+    g.check()

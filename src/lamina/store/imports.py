@@ -209,10 +209,20 @@ def take_back(store, unlisted=None):
         pass
 
 
-def _note_pending(paths, blobs, chains, dropped_dedup):
+def _note_pending(paths, blobs, chains, dropped_dedup, gc=False):
     os.makedirs(paths.rollbacks, exist_ok=True)
     doc = {"blobs": list(blobs), "chain_ids": list(chains), "objects": bool(dropped_dedup)}
+    if gc:
+        doc["gc"] = True
     atomic_write(paths.rollbacks / f"{secrets.token_hex(8)}.json", json.dumps(doc).encode())
+
+
+def defer_gc(store):
+    """rmi or prune found another writer at work: the last writer to finish collects what no
+    image needs (as gc), rather than the next prune.  The record is written before this tries
+    to collect at once (the writer may just have finished): see finish_pending."""
+    _note_pending(store.paths, [], [], False, gc=True)
+    take_back(store)
 
 
 def _pending(paths):
@@ -223,15 +233,15 @@ def _pending(paths):
 
 
 def _read_pending(path):
-    """(blobs, chains, objects) a record lists; ([], [], True) for one that cannot be read
-    (a store's own file, but a record of nothing must not stop the others)."""
+    """(blobs, chains, objects) a record lists; None for a record asking for a gc, or one that
+    cannot be read (a store's own file: whatever it listed, a gc takes it)."""
     try:
         with open(path, "rb") as f:
             doc = json.loads(f.read(16 << 20))
     except (OSError, ValueError, RecursionError):
-        return [], [], True
-    if not isinstance(doc, dict):
-        return [], [], True
+        return None
+    if not isinstance(doc, dict) or doc.get("gc") is not None:
+        return None
 
     def digests(key):
         v = doc.get(key)
@@ -254,13 +264,16 @@ def finish_pending(store, unlisted=None):
         return
     try:
         paths.check_own_dirs()
+        records = [(paths.rollbacks / n, _read_pending(paths.rollbacks / n)) for n in _pending(paths)]
+        if any(listed is None for _, listed in records):
+            from .gc import GCResult, collect_locked
+            collect_locked(store, GCResult())  # takes every record's leftovers, and the records
+            return
         keep_blobs, keep_chains = reachable(store)
-        records = [(paths.rollbacks / n, None) for n in _pending(paths)]
         if unlisted is not None:
             records.append((None, unlisted))
         collect = False
-        for record, listed in records:
-            blobs, chains, objects = listed if record is None else _read_pending(record)
+        for record, (blobs, chains, objects) in records:
             for d in blobs:
                 if d not in keep_blobs:
                     try:
