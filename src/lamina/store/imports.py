@@ -250,9 +250,9 @@ def _read_pending(path):
 
 
 def finish_pending(store, unlisted=None):
-    """Take back what failed imports left in ``lamina/rollbacks``, if no writer is at work (it
-    holds the gc lease shared): then what they made and no image reaches is nobody's, as for
-    gc.  Called by a writer as it lets its lease go; one that finds another still at work leaves
+    """Take back what failed imports left in ``lamina/rollbacks`` (and run the gc an rmi or prune
+    beside a writer asked for), if no writer is at work (it holds the gc lease shared): then
+    what they made and no image reaches is nobody's, as for gc.  Called by a writer as it lets its lease go; one that finds another still at work leaves
     the records to it (a record is written before its writer lets its lease go, so the last
     writer always sees it), or to gc and fsck --repair.  ``unlisted``: (blobs, chains, objects)
     of a failed import that could not write its record, taken back with the others."""

@@ -7,7 +7,7 @@
     ROOT/objects/blake3/<2 hex>/<blake3>.<meta key>              file objects shared by snapshots (objects.py)
     ROOT/lamina/holds/<key>.json                                content kept alive by mounts etc.
     ROOT/lamina/config.json                                     store settings (config.py)
-    ROOT/lamina/rollbacks/<random>.json                         what failed imports left to take back (imports.py)
+    ROOT/lamina/rollbacks/<random>.json                         what failed imports (and rmi beside a writer) left (imports.py)
 
 Every digest is validated before it becomes a path (digest.hex_of raises on
 anything but sha256 + 64 lowercase hex), so ``sha256:../../x`` never reaches
