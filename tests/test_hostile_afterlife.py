@@ -333,3 +333,58 @@ def test_removing_a_hostile_image_beside_a_writer_is_finished_by_that_writer(g, 
     diff = compare(want, snapshot(g.dest / "good-tree"), labels=("every path", "good after the rmi beside it"))
     assert not diff, diff
     g.check()
+
+
+# --- an image whose config names a layer the store holds, over a blob of other content ----------
+
+@pytest.mark.parametrize("verb", ["copy", "load", "pull"])
+def test_a_layer_blob_that_is_not_its_diffid_is_refused_when_the_store_holds_that_layer(
+        tmp_path, reg, registry_env, verb):  # noqa: F811
+    """An image whose config gives the diffID of a layer the store already holds (a popular base)
+    over a blob of other content: into an empty store it is refused (the extraction checks the
+    diffID), but where the snapshot existed nothing read the blob, so the image was named,
+    unpacked as the base, passed fsck, and handed its own blob to every reader of the store's
+    layout (umoci refuses it: "diffid mismatch").  Now refused the same way, naming the layer,
+    whatever the store holds, and the store is left as it was."""
+    import ocibuild as ob
+    from storekit import fingerprint
+    base = Tar().dir("etc").file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n").bytes()
+    other = Tar().dir("etc").file("etc/passwd", b"root::0:0::/root:/bin/sh\n").bytes()
+    lay = ob.Layout(tmp_path / "liar")
+    blob = ob.gz(other)
+    lay.blob(blob)
+    config = lay.json_blob({"architecture": "amd64", "os": "linux",
+                            "rootfs": {"type": "layers", "diff_ids": [ob.sha256(base)]}}, ob.OCI_CONFIG)
+    lay.add(lay.json_blob({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "config": config,
+                           "layers": [ob.desc(ob.OCI_LAYER_GZIP, blob)]}, ob.OCI_MANIFEST), "liar:1")
+    if verb == "copy":
+        argv = ["copy", f"oci:{lay.root}:liar:1", "liar:1"]
+    elif verb == "load":
+        subprocess.run(["skopeo", "copy", "-q", f"oci:{lay.root}:liar:1",
+                        f"docker-archive:{tmp_path / 'liar.tar'}:liar:1"], check=True)
+        argv = ["load", "-i", tmp_path / "liar.tar"]
+    else:
+        skopeo_push(f"oci:{lay.root}:liar:1", reg.host, "liar:1")
+        argv = ["pull", f"{reg.host}/liar:1"]
+    answers = []
+    for holds_the_base in (False, True):
+        root = tmp_path / f"store-{holds_the_base}"
+        if holds_the_base:
+            lamina(root, "copy", f"oci:{write_image(tmp_path / 'base', [base])}:img", "base:1")
+        before = fingerprint(root) if holds_the_base else None
+        proc = lamina(root, *argv, check=False)
+        assert proc.returncode == 1, proc.stderr
+        answers.append(proc.stderr.strip().splitlines()[-1].split(": ", 1)[1].replace(str(tmp_path), "T"))
+        # (skopeo's docker-archive names the plain layer by the diffID it claims: a blob digest mismatch)
+        assert "digest mismatch" in answers[-1] and "layer 1 of 1" in answers[-1], proc.stderr
+        kept = {"orphan-blob", "orphan-snapshot"} if verb == "pull" else set()  # a pull keeps for its rerun
+        assert [f for f in _fsck(root) if f["kind"] not in kept] == []
+        if holds_the_base:
+            if verb != "pull":
+                assert fingerprint(root) == before
+            lamina(root, "unpack", "base:1", tmp_path / "base-after")
+            assert (tmp_path / "base-after" / "etc" / "passwd").read_bytes() == b"root:x:0:0::/root:/bin/sh\n"
+            assert lamina(root, "images", "-q").stdout.split() == [
+                lamina(root, "images", "-q", "base:1").stdout.strip()]
+    assert answers[0] == answers[1], answers
+
