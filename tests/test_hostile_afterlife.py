@@ -388,3 +388,34 @@ def test_a_layer_blob_that_is_not_its_diffid_is_refused_when_the_store_holds_tha
                 lamina(root, "images", "-q", "base:1").stdout.strip()]
     assert answers[0] == answers[1], answers
 
+
+def test_fsck_finds_an_image_whose_layer_blob_is_not_the_layer_its_snapshot_holds(tmp_path):
+    """Such an image named by an older lamina (its blob never read, the snapshot the base's):
+    fsck said nothing.  It now checks the diffID of every layer blob whose snapshot was made
+    from another blob, and names the image and the layer."""
+    import ocibuild as ob
+    from lamina.store import Store
+    base = Tar().dir("etc").file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n").bytes()
+    other = Tar().dir("etc").file("etc/passwd", b"root::0:0::/root:/bin/sh\n").bytes()
+    top = Tar().file("top", b"t").bytes()
+    root = tmp_path / "store"
+    lamina(root, "copy", f"oci:{write_image(tmp_path / 'base', [base, top])}:img", "base:1")
+    store = Store(root)
+    # what an import that did not read the blob left: the liar's blobs, and its name
+    blobs = [ob.gz(base), ob.gz(other)]  # the second: other content under the diffID of top
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [ob.sha256(base), ob.sha256(top)]}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST,
+                           "config": {"mediaType": ob.OCI_CONFIG, "digest": ob.sha256(config), "size": len(config)},
+                           "layers": [ob.desc(ob.OCI_LAYER_GZIP, b) for b in blobs]}).encode()
+    for data in blobs + [config, manifest]:
+        store.put_blob(data)
+    store.add_image(ob.sha256(manifest), ref="liar:1")
+    store.close()
+    found = _fsck(root)
+    errors = [f for f in found if f["severity"] == "error"]
+    assert [f["kind"] for f in errors] == ["broken-image"], found
+    assert "liar:1" in errors[0]["message"] and f"layer 2 ({ob.sha256(blobs[1])})" in errors[0]["message"], errors
+    assert "diffID (uncompressed tar): digest mismatch" in errors[0]["message"], errors
+    lamina(root, "rmi", "liar:1")
+    assert _fsck(root) == []

@@ -182,6 +182,7 @@ class Checker:
         self.quiet = quiet              # True: no other writer is running
         self.bad_blobs = set()
         self.layer_blobs = {}           # chainID: [(layer digest, media type)] of the images listing it
+        self.layers_checked = set()     # (layer digest, diffID) checked by _not_its_layer
 
     def run(self):
         self.layout()
@@ -256,8 +257,12 @@ class Checker:
             except LaminaError as e:
                 self.report.add("error", "broken-image", d, f"image {names} ({d}): {e}; {advice}")
                 continue
-            for chain, layer in zip(image.chain_ids, image.layers):
+            for k, (chain, layer, diff_id) in enumerate(zip(image.chain_ids, image.layers, image.diff_ids)):
                 self.layer_blobs.setdefault(chain, []).append((layer.digest, layer.media_type))
+                problem = self._not_its_layer(chain, layer, diff_id)
+                if problem:
+                    self.report.add("error", "broken-image", d, f"image {names} ({d}): layer {k + 1} "
+                                    f"({layer.digest}) is not the layer its config names: {problem}; {advice}")
             for b in image.blobs:
                 if b in self.bad_blobs and self.store.has_blob(b):
                     self.report.add("error", "broken-image", d, f"image {names} ({d}) needs blob {b}, which is"
@@ -273,6 +278,26 @@ class Checker:
                                     f"is {size} bytes, but it is {self.store.blob_size(b)}; {advice}")
         self.report.checked["images"] = len(digests)
         return True
+
+    def _not_its_layer(self, chain, layer, diff_id):
+        """What is wrong with a layer blob whose snapshot was made from another blob (the image was
+        stored beside one holding that layer in another compression, or by a lamina that did not
+        check it then): its extraction never read it, so its diffID is checked here."""
+        key = (layer.digest, diff_id)
+        if key in self.layers_checked or not self._good_blob(layer.digest):
+            return None
+        self.layers_checked.add(key)
+        try:
+            info = _snapshots.read_info(self.paths, chain)
+        except StoreError:
+            return None
+        if info is None or info.digest == layer.digest:
+            return None
+        try:
+            _snapshots.check_diff_id(self.paths.blob(layer.digest), layer.digest, diff_id, layer.media_type)
+        except LaminaError as e:
+            return str(e).removeprefix(f"layer {layer.digest}: ")
+        return None
 
     def _good_blob(self, digest):
         return digest not in self.bad_blobs and self.store.has_blob(digest)
