@@ -428,7 +428,7 @@ class RemoveResult:
     deleted: list = field(default_factory=list)      # image IDs that left the store
     snapshots: list = field(default_factory=list)    # chainIDs of the layers removed with them
     reclaimed: int = 0                               # bytes
-    busy: bool = False                               # another writer ran: the layers stay until the next prune
+    busy: bool = False                               # another writer ran: it collects the layers when done
 
     def to_dict(self):
         return {"untagged": self.untagged, "deleted": self.deleted, "snapshots": self.snapshots,
@@ -500,12 +500,15 @@ def remove(store, ref, *, force=False, prune=True):
 
 
 def collect_unused(store, result):
-    """gc now, unless another lamina process is writing (then the next prune does it)."""
+    """gc now, unless another lamina process is writing (then the last writer to finish does it)."""
+    from .store.imports import defer_gc
     from .store.locks import is_locked
     # the lease this Store took when it read the images is ours, not another writer's (gc drops it too)
     store._drop_lease()
     if is_locked(store.paths.gc_lock):
+        # left to the next prune, an rmi beside a pull kept the image's layers and fsck warned of them
         result.busy = True
+        defer_gc(store)
         return
     gc = store.gc()
     result.snapshots += [c for c, _ in gc.snapshots]

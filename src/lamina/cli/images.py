@@ -518,7 +518,7 @@ def cmd_rmi(args):
     if total.deleted and not args.no_prune:
         api.collect_unused(store, total)
         if total.busy:
-            _busy_note("unused layers are removed by the next `lamina image prune`")
+            _busy_note("the unused layers are removed when it is done")
     emit(args, total.to_dict(), lambda: _print_deleted(total.snapshots))
     return 1 if failures else 0
 
@@ -551,7 +551,7 @@ def cmd_image_prune(args):
         return 0
     result = api.prune(store, all=args.all, filters=filters)
     if result.busy:
-        _busy_note("run the prune again when it is done to reclaim the space")
+        _busy_note("the unused layers are removed when it is done")
     emit(args, result.to_dict(), lambda: _print_prune(result))
 
 

@@ -82,9 +82,11 @@ def cmd_pull(args):
     if args.all_tags:
         return _pull_all_tags(args)
     mode = _start(args)
-    result = pull(args.ref, store=_store(args), platform=args.platform, all_platforms=args.all_platforms,
-                  concurrency=args.max_concurrent_downloads, reporter=reporter_for(mode),
-                  insecure=_insecure(args, args.ref))
+    # closed, not left to the exit: a writer's close takes back what an import refused beside it left
+    with _store(args) as store:
+        result = pull(args.ref, store=store, platform=args.platform, all_platforms=args.all_platforms,
+                      concurrency=args.max_concurrent_downloads, reporter=reporter_for(mode),
+                      insecure=_insecure(args, args.ref))
     return _finish(args, result, result.reference)
 
 
@@ -102,16 +104,17 @@ def _pull_all_tags(args):
     if not tags:
         raise InvalidReferenceError(f"{given.familiar()}: the repository has no tags")
     mode = _mode(args)
-    store, results = _store(args), []
-    for tag in tags:
-        ref = f"{given.name}:{tag}"
-        results.append(pull(ref, store=store, platform=args.platform, all_platforms=args.all_platforms,
-                            concurrency=args.max_concurrent_downloads, reporter=reporter_for(mode),
-                            insecure=_insecure(args, args.ref)))
-        if args.format == "json":  # one document per line (JSON lines), each as pull --format json's
-            print(json.dumps(document(results[-1].to_dict())), flush=True)
-        elif not wants_text(args):
-            emit(args, results[-1].to_dict())
+    results = []
+    with _store(args) as store:
+        for tag in tags:
+            ref = f"{given.name}:{tag}"
+            results.append(pull(ref, store=store, platform=args.platform, all_platforms=args.all_platforms,
+                                concurrency=args.max_concurrent_downloads, reporter=reporter_for(mode),
+                                insecure=_insecure(args, args.ref)))
+            if args.format == "json":  # one document per line (JSON lines), each as pull --format json's
+                print(json.dumps(document(results[-1].to_dict())), flush=True)
+            elif not wants_text(args):
+                emit(args, results[-1].to_dict())
     if wants_text(args) and args.quiet:
         print(given.name)
     return 0
@@ -121,8 +124,9 @@ def cmd_push(args):
     from ..registry.progress import reporter_for
     from ..registry.push import push
     mode = _start(args)
-    result = push(args.ref, store=_store(args), reporter=reporter_for(mode), chunk_size=args.chunk_size,
-                  insecure=_insecure(args, args.ref))
+    with _store(args) as store:
+        result = push(args.ref, store=store, reporter=reporter_for(mode), chunk_size=args.chunk_size,
+                      insecure=_insecure(args, args.ref))
     return _finish(args, result, result.digest)
 
 

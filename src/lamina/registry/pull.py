@@ -277,6 +277,7 @@ class Puller:
                  extract_workers=None, client=None, reporter=None, insecure=()):
         self.ref = ref if isinstance(ref, Reference) else Reference.parse(ref)
         self.store = _open_store(store)
+        self._own_store = self.store is not store
         self.want = Platform.parse(platform) if platform else None
         self.all_platforms = all_platforms
         self.concurrency = max(1, int(concurrency or os.environ.get("LAMINA_MAX_CONCURRENT_DOWNLOADS")
@@ -429,6 +430,8 @@ class Puller:
             self.reporter.close()
             if self._own_client:
                 self.client.close()
+            if self._own_store:
+                self.store.close()  # a writer's close takes back what an import refused beside it left
 
     def _previous_image(self):
         try:
@@ -511,6 +514,9 @@ class Puller:
         trace.event("layers-start")
         try:
             layers = self._layers(repos, manifest.layers, config.diff_ids, extra_layers)
+            from ..store.snapshots import verify_shared
+            verify_shared(self.store.paths, [d.digest for d in manifest.layers], config.diff_ids,
+                          [d.media_type for d in manifest.layers])
         except errors.LaminaError as e:
             # a refused layer's or a full disk's error names the layer by its digest alone
             # (the store's snapshots are shared): say which of the image's layers it is

@@ -135,22 +135,31 @@ def _snapshot_size(store, chain):
 def collect(store, dry_run=False):
     result = GCResult(dry_run=dry_run)
     with FileLock(store.paths.gc_lock):
-        blobs, chains = unreferenced(store)
-        for d in blobs:
-            path = store.paths.blob(d)
-            try:
-                size = path.stat().st_size
-                if not dry_run:
-                    os.unlink(path)
-            except FileNotFoundError:
-                continue
-            result.blobs.append((d, size))
-        for c in chains:
-            size = _snapshot_size(store, c)
-            if dry_run or _snapshots.remove(store.paths, c):
-                result.snapshots.append((c, size))
-        # After the snapshots: their names were what kept these objects in use.  A dry run
-        # cannot tell which objects the snapshots it would remove are the last users of.
-        objects = _objects.collect(store.paths, dry_run=dry_run)
-        result.objects, result.objects_size = objects.objects, objects.reclaimed
+        collect_locked(store, result)
     return result
+
+
+def collect_locked(store, result):
+    """collect() for a caller that holds the gc lock exclusive; fills ``result``."""
+    dry_run = result.dry_run
+    blobs, chains = unreferenced(store)
+    for d in blobs:
+        path = store.paths.blob(d)
+        try:
+            size = path.stat().st_size
+            if not dry_run:
+                os.unlink(path)
+        except FileNotFoundError:
+            continue
+        result.blobs.append((d, size))
+    for c in chains:
+        size = _snapshot_size(store, c)
+        if dry_run or _snapshots.remove(store.paths, c):
+            result.snapshots.append((c, size))
+    # After the snapshots: their names were what kept these objects in use.  A dry run
+    # cannot tell which objects the snapshots it would remove are the last users of.
+    objects = _objects.collect(store.paths, dry_run=dry_run)
+    result.objects, result.objects_size = objects.objects, objects.reclaimed
+    if not dry_run:
+        from .imports import clear_pending
+        clear_pending(store.paths)

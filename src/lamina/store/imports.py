@@ -3,15 +3,21 @@
 Names come last, so an image is never visible before everything it needs is
 in the store and every diffID verified (extraction checks them).  If an import
 fails, the blobs and snapshots it created (and the file objects only those
-snapshots used) are removed again, unless another writer is active (they might
-be sharing them); gc or fsck takes them later.
+snapshots used) are removed again; while another writer is active (it might be
+sharing them) they are listed in ``lamina/rollbacks`` and the last writer to
+finish removes them (gc and fsck --repair take them too).
 """
 from __future__ import annotations
 
+import json
+import os
+import secrets
+
+from .. import digest as _digest
 from ..errors import DigestMismatchError, ImageError, LaminaError, StoreError, layer_of
 from . import objects as _objects
 from . import snapshots as _snapshots
-from .fsutil import name_the_layer
+from .fsutil import atomic_write, name_the_layer
 from .gc import reachable
 from .image import load_image
 from .locks import FileLock
@@ -120,6 +126,8 @@ def import_images(store, items, report=None):
             image = load_image(store.open_blob, data.manifest_digest)
             created_snaps += [c for c in image.chain_ids if store.snapshot_info(c) is None]
             try:
+                _snapshots.verify_shared(store.paths, [layer.digest for layer in image.layers], image.diff_ids,
+                                         [layer.media_type for layer in image.layers])
                 store.snapshots_for(image)
             except DigestMismatchError as e:
                 # a diffID is checked as the layer extracts, into a snapshot that any image
@@ -176,34 +184,129 @@ def _which_layer(data, i):
 
 
 def _rollback(store, blobs, chains, dropped_dedup=False):
-    """Remove what a failed import created, unless another writer is active.  ``dropped_dedup``:
-    a staging snapshot was dropped after its dedup pass began (see drop_unused_objects)."""
+    """Remove what a failed import created.  ``dropped_dedup``: a staging snapshot was dropped
+    after its dedup pass began (see drop_unused_objects).
+
+    Another writer may share what we made (an image of the same base layer found our blob or
+    snapshot and is about to name it), so nothing is removed while one is at work.  The list is
+    kept in ``lamina/rollbacks`` and the last writer to finish takes it back (Store.close): a
+    refused copy beside a good one left its blobs for gc, and fsck warned of them."""
     if not blobs and not chains and not dropped_dedup:
         return
-    store.close()  # our own shared lease would block the exclusive lock below
-    lock = FileLock(store.paths.gc_lock)
-    if not lock.try_acquire():
-        return  # someone else is writing and may be using these: leave them to gc
     try:
+        _note_pending(store.paths, blobs, chains, dropped_dedup)  # before our lease goes: see finish_pending
+        unlisted = None
+    except OSError:
+        unlisted = (blobs, chains, dropped_dedup)  # a full disk: taken back now if we can, else by gc
+    store.close()  # our own shared lease would block the exclusive lock below
+    take_back(store, unlisted)
+
+
+def take_back(store, unlisted=None):
+    """finish_pending, failing quietly: it runs as a writer ends, a failed import's error is
+    the one to report, and what is left stays listed for the next writer, gc or fsck --repair."""
+    try:
+        finish_pending(store, unlisted)
+    except (OSError, LaminaError):
+        pass
+
+
+def _note_pending(paths, blobs, chains, dropped_dedup, gc=False):
+    os.makedirs(paths.rollbacks, exist_ok=True)
+    doc = {"blobs": list(blobs), "chain_ids": list(chains), "objects": bool(dropped_dedup)}
+    if gc:
+        doc["gc"] = True
+    atomic_write(paths.rollbacks / f"{secrets.token_hex(8)}.json", json.dumps(doc).encode())
+
+
+def defer_gc(store):
+    """rmi or prune found another writer at work: the last writer to finish collects what no
+    image needs (as gc), rather than the next prune.  The record is written before this tries
+    to collect at once (the writer may just have finished): see finish_pending."""
+    _note_pending(store.paths, [], [], False, gc=True)
+    take_back(store)
+
+
+def _pending(paths):
+    try:
+        return sorted(n for n in os.listdir(paths.rollbacks) if n.endswith(".json") and ".tmp-" not in n)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _read_pending(path):
+    """(blobs, chains, objects) a record lists; None for a record asking for a gc, or one that
+    cannot be read (a store's own file: whatever it listed, a gc takes it)."""
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read(16 << 20))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("gc") is not None:
+        return None
+
+    def digests(key):
+        v = doc.get(key)
+        return [d for d in v if isinstance(d, str) and _digest.is_valid(d)] if isinstance(v, list) else []
+    return digests("blobs"), digests("chain_ids"), doc.get("objects") is not False
+
+
+def finish_pending(store, unlisted=None):
+    """Take back what failed imports left in ``lamina/rollbacks`` (and run the gc an rmi or prune
+    beside a writer asked for), if no writer is at work (it holds the gc lease shared): then
+    what they made and no image reaches is nobody's, as for gc.  Called by a writer as it lets its lease go; one that finds another still at work leaves
+    the records to it (a record is written before its writer lets its lease go, so the last
+    writer always sees it), or to gc and fsck --repair.  ``unlisted``: (blobs, chains, objects)
+    of a failed import that could not write its record, taken back with the others."""
+    paths = store.paths
+    if not _pending(paths) and unlisted is None:
+        return
+    lock = FileLock(paths.gc_lock)
+    if not lock.try_acquire():
+        return
+    try:
+        paths.check_own_dirs()
+        records = [(paths.rollbacks / n, _read_pending(paths.rollbacks / n)) for n in _pending(paths)]
+        if any(listed is None for _, listed in records):
+            from .gc import GCResult, collect_locked
+            collect_locked(store, GCResult())  # takes every record's leftovers, and the records
+            return
         keep_blobs, keep_chains = reachable(store)
-        for d in blobs:
-            if d not in keep_blobs:
-                try:
-                    store.paths.blob(d).unlink()
-                except FileNotFoundError:
-                    pass
-        removed = False
-        for c in chains:
-            if c not in keep_chains:
-                removed = _snapshots.remove(store.paths, c) or removed
-        if removed or dropped_dedup:
+        if unlisted is not None:
+            records.append((None, unlisted))
+        collect = False
+        for record, (blobs, chains, objects) in records:
+            for d in blobs:
+                if d not in keep_blobs:
+                    try:
+                        paths.blob(d).unlink()
+                    except FileNotFoundError:
+                        pass
+            for c in chains:
+                if c not in keep_chains:
+                    collect = _snapshots.remove(paths, c) or collect
+            collect = collect or objects
+        if collect:
             # Each layer's files were shared with the store's objects as it committed: the objects
             # only the removed snapshots used stayed behind ("not used by any snapshot" in fsck).
             # Likewise those of a layer whose dedup pass ran beside the extraction of a layer
             # below it, and whose snapshot was dropped when that one was refused.
-            _objects.collect(store.paths)
+            _objects.collect(paths)
+        for record, _ in records:
+            if record is not None:
+                record.unlink()  # last: a kill before it only means the (idempotent) work is redone
     finally:
         lock.release()
+
+
+def clear_pending(paths):
+    """gc and fsck --repair (under the gc lock, exclusive) took everything unreachable: the
+    records are done with."""
+    for n in _pending(paths):
+        try:
+            (paths.rollbacks / n).unlink()
+        except FileNotFoundError:
+            pass
 
 
 def drop_unused_objects(store):

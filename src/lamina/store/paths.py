@@ -7,6 +7,7 @@
     ROOT/objects/blake3/<2 hex>/<blake3>.<meta key>              file objects shared by snapshots (objects.py)
     ROOT/lamina/holds/<key>.json                                content kept alive by mounts etc.
     ROOT/lamina/config.json                                     store settings (config.py)
+    ROOT/lamina/rollbacks/<random>.json                         what failed imports (and rmi beside a writer) left (imports.py)
 
 Every digest is validated before it becomes a path (digest.hex_of raises on
 anything but sha256 + 64 lowercase hex), so ``sha256:../../x`` never reaches
@@ -65,6 +66,7 @@ class Paths:
         self.snapshots = self.root / "snapshots"
         self.meta = self.root / "lamina"
         self.holds = self.meta / "holds"
+        self.rollbacks = self.meta / "rollbacks"
         self.index = self.root / "index.json"
 
     def blob(self, digest):
@@ -100,7 +102,8 @@ class Paths:
         removes from, by name."""
         root = self.root
         fixed = ["blobs", "blobs/sha256", "ingest", "locks", "snapshots", "objects", "objects/blake3",
-                 "objects/stage", "lamina", "lamina/holds"]
+                 "objects/stage", "lamina", "lamina/holds",
+                 "lamina/rollbacks"]
         try:
             fixed += [f"objects/blake3/{n}" for n in sorted(os.listdir(root / "objects" / "blake3"))
                       if _FANOUT_RE.fullmatch(n)]

@@ -501,6 +501,59 @@ def lower_chain(paths, parent_chain_id):
     return dirs[::-1]
 
 
+def verify_shared(paths, layers, diff_ids, media_types=None):
+    """Check that each layer blob of an image being stored whose snapshot exists already, made
+    from another blob, is that layer: its uncompressed bytes hash to the diffID.  ensure() finds
+    such a snapshot present and reads nothing, so an image whose config names a layer the store
+    holds (a popular base) over a blob of other content was named, unpacked as the base, passed
+    fsck, and handed its own blob to every reader of the store's layout (and to save, which
+    refused it).  Where no snapshot exists the extraction checks the diffID itself."""
+    ids = chain_ids(diff_ids)
+    media_types = media_types or [None] * len(layers)
+    checked = set()
+    for k, (digest, diff_id, media_type, chain) in enumerate(zip(layers, diff_ids, media_types, ids)):
+        if (digest, diff_id) in checked or not _present(paths, chain):
+            continue
+        try:
+            info = read_info(paths, chain)
+        except StoreError:
+            continue  # a broken snapshot is fsck's; ensure() extracts no other over it
+        blob = paths.blob(digest)
+        if info is None or info.digest == digest or not blob.is_file():
+            continue
+        checked.add((digest, diff_id))
+        try:
+            check_diff_id(blob, digest, diff_id, media_type)
+        except LaminaError as e:
+            raise at_layer(e, k)
+
+
+def check_diff_id(blob, digest, diff_id, media_type):
+    import hashlib
+
+    from .. import compression
+    from ..errors import CompressionError, DigestMismatchError
+    what = f"layer {digest}"
+    with open(blob, "rb") as f:
+        head = compression.read_exact(f, 8)
+        kind = compression.detect(head)
+        if head:  # 0 bytes are the empty layer whatever the media type, as for the extraction
+            compression.check_media_type(kind, media_type, what, head)
+        stream = compression.open_decompressed(compression.Prefixed(head, f), kind, what)
+        h = hashlib.sha256()
+        try:
+            while True:
+                chunk = stream.read(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+        except compression.decompress_errors() as e:
+            raise CompressionError(f"{what}: {compression.corrupt(kind, e)}") from e
+    actual = "sha256:" + h.hexdigest()
+    if actual != diff_id:
+        raise DigestMismatchError(f"{what}: diffID (uncompressed tar)", diff_id, actual)
+
+
 def ensure_all(paths, layers, diff_ids, media_types=None):
     """Snapshots for a whole image (bottom first), all missing layers at once:
     a layer that needs the snapshots below it waits at that entry for their

@@ -130,8 +130,14 @@ class Store:
                 self._lease = None
 
     def close(self):
-        """Let gc run again (it waits for every Store that has written and is still open)."""
+        """Let gc run again (it waits for every Store that has written and is still open).  The
+        last writer to close takes back what failed imports beside it left (imports.finish_pending)."""
+        with self._lease_mutex:
+            was_writing = self._lease is not None
         self._drop_lease()
+        if was_writing:
+            from .imports import take_back
+            take_back(self)
 
     def __enter__(self):
         return self
@@ -657,6 +663,9 @@ class Store:
         with FileLock(self.paths.gc_lock, shared=not repair):
             objects.check(self, report, repair)
             sidecar.check(self, report)
+            if repair:  # orphans it could not remove, it finds again next time (as does gc)
+                from .imports import clear_pending
+                clear_pending(self.paths)
         return report
 
 

@@ -52,8 +52,18 @@ def copy(source, destination, *, store=None, platform=None, report=None):
     """Copy one image; ``platform`` picks from a multi-platform source. Returns CopyResult."""
     src, dst = parse(source), parse(destination)
     if dst.transport == STORE:
-        name = _store_name(dst)  # checked before any work is done
-    store = _store_for(store, src, dst)
+        _store_name(dst)  # checked before any work is done
+    own = _store_for(store, src, dst) if store is None else None
+    try:
+        return _copy(src, dst, destination, store if own is None else own, platform, report)
+    finally:
+        if own is not None:
+            own.close()  # a writer's close takes back what an import refused beside it left
+
+
+def _copy(src, dst, destination, store, platform, report):
+    if dst.transport == STORE:
+        name = _store_name(dst)
     if dst.transport == "oci" and store is not None and os.path.abspath(dst.path) == str(store.root):
         raise InvalidReferenceError(f"{destination}: that is the store itself; copy to a store reference instead")
     data = open_image(src, platform, store)
