@@ -518,6 +518,12 @@ class Puller:
             name_the_layer(e, [d.digest for d in manifest.layers], lambda k: errors.layer_of(k, len(manifest.layers)))
             raise
         trace.event("layers-done")
+        try:
+            self.store.check_layer_blobs(mr.digest, manifest.layers, config.diff_ids)
+        except errors.LaminaError as e:
+            from ..store.fsutil import name_the_layer
+            name_the_layer(e, [d.digest for d in manifest.layers], lambda k: errors.layer_of(k, len(manifest.layers)))
+            raise
 
         for other in others:
             self.store.put_blob(other.data, other.digest)

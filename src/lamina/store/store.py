@@ -441,6 +441,34 @@ class Store:
         self.dedup(chain)
         return fs
 
+    def check_layer_blobs(self, manifest_digest, layers, diff_ids):
+        """Before a new image is named: each layer blob whose snapshot the store holds already,
+        extracted from another blob, must hash (uncompressed) to the layer's diffID.
+
+        A snapshot is found by its chainID, i.e. by what the config says, so a config whose
+        diffID is that of a layer the store holds would get that layer's tree without its own
+        blob ever being read, and save and push would hand the blob on under the lie (unpack
+        of the same image refuses it).  Raises DigestMismatchError marked with the layer's place.
+        An image the store holds already was checked when it was stored."""
+        import hashlib
+        from ..errors import at_layer
+        from ..transports.output import open_uncompressed
+        from .image import chain_ids as _chain_ids
+        if any(e["digest"] == manifest_digest for e in self.index.read()):
+            return
+        for k, (layer, diff_id, chain) in enumerate(zip(layers, diff_ids, _chain_ids(diff_ids))):
+            info = self.snapshot_info(chain)
+            if info is None or info.digest == layer.digest or not self.has_blob(layer.digest):
+                continue  # extracted (and so checked) now, or from this very blob
+            what = f"layer {layer.digest} (diffID {diff_id})"
+            sha = hashlib.sha256()
+            with open_uncompressed(lambda: self.open_blob(layer.digest), what) as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    sha.update(chunk)
+            if "sha256:" + sha.hexdigest() != diff_id:
+                raise at_layer(DigestMismatchError(f"{what}: diffID (uncompressed tar)", diff_id,
+                                                   "sha256:" + sha.hexdigest()), k)
+
     def snapshots_for(self, image):
         """Layer dirs of an image, bottom first, extracting the missing ones (in parallel).
 
