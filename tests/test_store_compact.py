@@ -120,6 +120,36 @@ def test_a_saved_or_copied_image_loaded_back_into_the_compact_store_checks_clean
                     for n in manifest["Layers"]] == diff_ids
 
 
+def test_compacting_one_image_keeps_a_blob_another_image_needs_elsewhere(tmp_path):
+    """Two images hold one layer blob over different layers (two chainIDs), stored while the
+    store kept blobs.  Once the store is compact, the first image used is compacted: its places
+    of the blob get sidecars, and the blob was dropped, though the other image's place had no
+    sidecar yet and nothing else to be rebuilt from: tagging, saving or pushing that image failed
+    ("layer ... is not in the store"), fsck reported the blob missing.  Now every place of the
+    store that uses the blob gets its sidecar first, or the blob stays (found by
+    test_fuzz_store.py)."""
+    lay = ocibuild.Layout(tmp_path / "layout")
+    shared = {"shared/": None, "shared/f": b"the same layer over two others\n"}
+    lay.add(lay.image([{"a": b"under x\n"}, shared]), "x")
+    lay.add(lay.image([{"c": b"under y\n"}, shared]), "y")
+    root = tmp_path / "root"
+    for ref in ("x", "y"):
+        lamina_subprocess(root, "copy", f"oci:{lay.root}:{ref}", f"{ref}:1")
+    x_blobs, _ = _layer_blobs(lay.root, "x")
+    y_blobs, y_diff_ids = _layer_blobs(lay.root, "y")
+    assert x_blobs[1] == y_blobs[1]
+    lamina_subprocess(root, "config", "set", "keep-blobs", "false")
+    lamina_subprocess(root, "unpack", "x:1", tmp_path / "x")   # compacts x
+    _fsck_clean(root)
+    lamina_subprocess(root, "tag", "y:1", "y:2")
+    archive = tmp_path / "y.tar"
+    lamina_subprocess(root, "save", "y:1", "-o", archive)
+    with tarfile.open(archive) as t:
+        manifest = json.load(t.extractfile("manifest.json"))[0]
+        assert ["sha256:" + hashlib.sha256(t.extractfile(n).read()).hexdigest()
+                for n in manifest["Layers"]] == y_diff_ids
+
+
 def _may_fail(*cmd):
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120)
 
