@@ -181,6 +181,7 @@ class Checker:
         self.repair = repair
         self.quiet = quiet              # True: no other writer is running
         self.bad_blobs = set()
+        self.layer_blobs = {}           # chainID -> [(blob digest, media type)] the images put there
 
     def run(self):
         self.layout()
@@ -260,6 +261,7 @@ class Checker:
             # another image's (a saved and re-loaded copy's: uncompressed) may name the layer
             rebuilt = {}
             for layer, chain in zip(image.layers, image.chain_ids):
+                self.layer_blobs.setdefault(chain, []).append((layer.digest, layer.media_type))
                 rebuilt[layer.digest] = rebuilt.get(layer.digest, True) and self.store.layer_is_compact(chain)
             for b in image.blobs:
                 if b in self.bad_blobs and self.store.has_blob(b):
@@ -333,7 +335,11 @@ class Checker:
             f = self.report.add("error", "bad-snapshot", chain, f"snapshot {chain}: {problem}")
             self._fix(f, lambda: _snapshots.remove(self.paths, chain))  # re-extracted when next needed
             return
-        if not self.store.has_blob(info.digest) or info.digest in self.bad_blobs:
+        # The blob it was extracted from, else another an image puts at this place (the same layer
+        # compressed otherwise: that image's removal took the first one; extraction checks the diffID)
+        digest, media_type = next(((d, m) for d, m in [(info.digest, info.media_type)] + self.layer_blobs.get(chain, [])
+                                   if self.store.has_blob(d) and d not in self.bad_blobs), (None, None))
+        if digest is None:
             self.report.add("warning", "unverifiable-snapshot", chain,
                             f"snapshot {chain}: its layer blob {info.digest} is missing or corrupt; cannot verify it")
             return
@@ -349,8 +355,8 @@ class Checker:
                 # the image, as for the extraction that made the snapshot: without them a hardlink
                 # to a lower file took every identical file of that directory for its hardlinks
                 # (a good snapshot was "bad", and --repair made them one inode in the image)
-                _snapshots._extract(self.paths.blob(info.digest), fresh / "fs", info.digest, info.diff_id,
-                                    info.media_type, lower_dirs=lower or None, defer_lowers=lower is None,
+                _snapshots._extract(self.paths.blob(digest), fresh / "fs", digest, info.diff_id,
+                                    media_type, lower_dirs=lower or None, defer_lowers=lower is None,
                                     lower_shared=lambda fs: _snapshots.dedup_shared(self.paths, fs))
             except _snapshots.NeedsLowers:
                 self.report.add("warning", "unverifiable-snapshot", chain,
@@ -359,8 +365,8 @@ class Checker:
             diff = first_difference(os.fspath(info.fs), os.fspath(fresh / "fs"), scratch=os.fspath(fresh))
             if diff:
                 f = self.report.add("error", "bad-snapshot", chain,
-                                    f"snapshot {chain}: differs from layer {info.digest}: {diff}")
-                self._fix(f, lambda: self._replace_snapshot(chain, fresh))
+                                    f"snapshot {chain}: differs from layer {digest}: {diff}")
+                self._fix(f, lambda: self._replace_snapshot(chain, fresh, digest, media_type))
         except (LaminaError, OSError) as e:
             if getattr(e, "errno", None) in FULL_ERRNOS:
                 # the check's own extraction found the disk full: nothing is known of the
@@ -371,15 +377,17 @@ class Checker:
                 return
             if isinstance(e, OSError):
                 raise
-            self.report.add("error", "bad-layer", info.digest, f"snapshot {chain}: layer {info.digest}"
+            self.report.add("error", "bad-layer", digest, f"snapshot {chain}: layer {digest}"
                             f" does not extract: {e}")
         finally:
             _snapshots.remove_tree(fresh if self.store.writable else fresh.parent)
 
-    def _replace_snapshot(self, chain, fresh):
-        """Swap in the fresh extraction, keeping the original meta.json (sizes are recomputed)."""
+    def _replace_snapshot(self, chain, fresh, digest, media_type):
+        """Swap in the fresh extraction, keeping the original meta.json (sizes are recomputed; the
+        blob is the one it was extracted from now)."""
         info = _snapshots.read_info(self.paths, chain)
         meta = {k: v for k, v in info.to_dict().items() if k != "path"}
+        meta["digest"], meta["media_type"] = digest, media_type
         meta["size"], meta["inodes"] = disk_usage(fresh / "fs")
         meta["format"] = _snapshots.FORMAT
         meta["markers"] = _snapshots.marker_kind()  # the fresh extraction's, not the original's
