@@ -74,6 +74,33 @@ def test_wrong_diff_id_in_config_is_caught_at_extraction(root, tmp_path):
     assert fingerprint(root) == before
 
 
+@pytest.mark.parametrize("keep_blobs", ["true", "false"])
+def test_a_diff_id_naming_a_layer_the_store_holds_is_checked_against_the_blob(root, tmp_path, keep_blobs):
+    """A config whose diffID is that of a layer the store holds a snapshot of, for a blob of
+    other content: the snapshot is there, so nothing was extracted and the lie went unseen; the
+    image was stored and named, its tree the other layer's, and save handed the lie on (or
+    failed with "digest mismatch" later).  unpack oci: of the same layout refuses it.  Now the
+    blob is checked against the diffID whenever it is not the one the snapshot came from
+    (found by test_fuzz_store.py)."""
+    lamina(root, "config", "set", "keep-blobs", keep_blobs)
+    lay = ob.Layout(tmp_path / "lay")
+    real = ob.tar_bytes({"f": b"real\n"})
+    lay.add(lay.image([{"f": b"real\n"}]), "real:1")
+    m = lay.image([{"f": b"a lie\n"}], diff_ids=[ob.sha256(real)])
+    lay.add(m, "liar:1")
+    lamina(root, "copy", f"oci:{lay.root}:real:1", "real:1")
+    before = fingerprint(root)
+    line = fails(root, "copy", f"oci:{lay.root}:liar:1", "liar:1", match="diffID")
+    layer = lay.read_json(m["digest"])["layers"][0]["digest"]
+    assert ob.sha256(real) in line and ob.sha256(ob.tar_bytes({"f": b"a lie\n"})) in line and layer in line
+    assert fingerprint(root) == before
+    # the same layer under another blob (uncompressed, as save writes it) is the layer: taken
+    plain = ob.Layout(tmp_path / "plain")
+    plain.add(plain.image([{"f": b"real\n"}], compress=False), "plain:1")
+    lamina(root, "copy", f"oci:{plain.root}:plain:1", "plain:1")
+    assert "0 errors, 0 warnings" in lamina(root, "fsck").stdout
+
+
 def test_missing_blob(root, tmp_path):
     lay = ob.Layout(tmp_path / "lay")
     m = lay.image([{"f": b"gone"}])

@@ -335,3 +335,32 @@ def test_a_hardlink_to_a_lower_file_with_identical_neighbours_is_checked_as_extr
     os.link(top_fs / "y", top_fs / "d" / "f3")
     report = fsck(root)
     assert [f["kind"] for f in report["findings"]] == ["bad-snapshot"] and "d/f3" in report["findings"][0]["message"]
+
+
+def test_a_snapshot_whose_blob_went_is_checked_from_another_blob_of_its_layer(tmp_path):
+    """Two images hold one layer by two blobs (plain and gzipped).  Once the image whose blob the
+    snapshot was extracted from is removed, gc takes that blob; fsck then warned it could not
+    verify the snapshot ("its layer blob ... is missing"), though the other image's blob is the
+    same layer.  It checks the snapshot from that blob now (found by test_fuzz_store.py)."""
+    lay = ob.Layout(tmp_path / "src")
+    files = {"etc": None, "etc/conf": b"original\n"}
+    lay.add(lay.image([files], compress=False, config_extra={"config": {"Labels": {"by": "plain"}}}), "p:1")
+    lay.add(lay.image([files], config_extra={"config": {"Labels": {"by": "gzip"}}}), "g:1")
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:p:1", "p:1")
+    lamina(root, "copy", f"oci:{lay.root}:g:1", "g:1")
+    plain, gz = Store(root).resolve("p:1"), Store(root).resolve("g:1")
+    assert plain.chain_ids == gz.chain_ids and plain.layers[0].digest != gz.layers[0].digest
+    lamina(root, "rmi", "p:1")
+    assert not Store(root).has_blob(plain.layers[0].digest)
+    assert fsck(root)["findings"] == []
+    # and it is checked indeed: a change is found, and repaired from the gzipped blob
+    fs = Store(root).snapshot_dir(gz.chain_ids[0])
+    os.chmod(fs / "etc", 0o700)   # (a directory: no file object changes with it)
+    report = fsck(root)
+    assert kinds(report) == [("error", "bad-snapshot", False)] and "etc" in report["findings"][0]["message"]
+    # (the fresh extraction's files are its own: the old ones' objects go as unused)
+    assert ("error", "bad-snapshot", True) in kinds(fsck(root, "--repair"))
+    assert os.stat(fs / "etc").st_mode & 0o777 == 0o755
+    assert Store(root).snapshot_info(gz.chain_ids[0]).digest == gz.layers[0].digest
+    assert fsck(root)["findings"] == []

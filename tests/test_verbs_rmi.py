@@ -198,3 +198,58 @@ def test_prune_does_not_say_deleted_for_an_image_id_still_listed(store, tmp_path
     out = ok(store.root, "image", "prune", "-f")
     assert f"deleted: {app.config_digest}" not in out
     assert [s.id for s in api.ls(store)].count(app.config_digest) == 1
+
+
+def _second_manifest(store, ref, name):
+    """The image ``ref`` stored once more under another manifest (the same config: one image ID),
+    as a copy of it from a compact store or a save of it is when loaded back, named ``name``."""
+    image = store.resolve(ref)
+    manifest = json.loads(open(store.blob_path(image.manifest_digest), "rb").read())
+    manifest["annotations"] = {"note": "another manifest of the same image"}
+    other = store.put_blob(json.dumps(manifest).encode())
+    store.add_image(other, name)
+    store.close()
+    return image, other
+
+
+def test_rmi_by_id_removes_every_manifest_of_the_image(store):
+    """An image ID names the image under every manifest the store holds it by (docker keeps one
+    image per ID).  rmi by ID removed one manifest's names and left the other's, printed no
+    Deleted, and skipped the multiple-repositories check for names of the other manifest
+    (found by test_fuzz_store.py)."""
+    app, other = _second_manifest(store, "app:v2", "copied/app:v2")
+    # names in two repositories, through two manifests: refused without -f, nothing removed
+    out, err = fails(store.root, "rmi", app.config_digest[7:19])
+    assert "must be forced" in err and "multiple repositories" in err
+    assert store.resolve("app:v2") and store.resolve("copied/app:v2")
+    out = ok(store.root, "rmi", "-f", app.config_digest[7:19])
+    assert "Untagged: app:v2" in out and "Untagged: copied/app:v2" in out
+    assert f"Deleted: {app.config_digest}" in out
+    assert f"Deleted: {app.chain_ids[1]}" in out
+    base = store.resolve("base:1.0")
+    assert _on_disk(store) == (set(base.blobs), set(base.chain_ids))
+    # one repository through two manifests: removed without -f, as two tags of one manifest are
+    _second_manifest(store, "base:1.0", "base:again")
+    out = ok(store.root, "rmi", base.config_digest)
+    assert sorted(out.splitlines()[:2]) == ["Untagged: base:1.0", "Untagged: base:again"]
+    assert _on_disk(store) == (set(), set())
+
+
+def test_rmi_of_a_manifests_last_name_collects_it_when_the_id_stays(store):
+    """rmi of the last name of one manifest of an image held under two: the ID stays listed
+    (the other manifest), but the manifest no name keeps is gone, and its blob with it.  The
+    CLI collected only when an image ID was deleted, so its manifest blob stayed behind
+    ("not used by any image" in fsck; found by test_fuzz_store.py)."""
+    app, other = _second_manifest(store, "app:v2", "copied/app:v2")
+    out = ok(store.root, "rmi", "copied/app:v2")
+    assert out.strip() == "Untagged: copied/app:v2"
+    blobs, _ = _on_disk(store)
+    assert other not in blobs and app.manifest_digest in blobs
+    report = json.loads(ok(store.root, "fsck", "--json"))
+    assert report["findings"] == []
+    # by manifest digest: that manifest alone
+    again, other = _second_manifest(store, "app:v2", "copied/app:v2")
+    out = ok(store.root, "rmi", other)
+    assert out.strip() == "Untagged: copied/app:v2"
+    assert store.resolve("app:v2").manifest_digest == app.manifest_digest
+    assert other not in _on_disk(store)[0]

@@ -429,6 +429,9 @@ class RemoveResult:
     snapshots: list = field(default_factory=list)    # chainIDs of the layers removed with them
     reclaimed: int = 0                               # bytes
     busy: bool = False                               # another writer ran: it collects the layers when done
+    # manifests that left the store (an image's ID may stay, by another manifest of it): what
+    # they alone used is unused now (not in to_dict: docker's output has no such list)
+    manifests: list = field(default_factory=list)
 
     def to_dict(self):
         return {"untagged": self.untagged, "deleted": self.deleted, "snapshots": self.snapshots,
@@ -463,7 +466,8 @@ def remove(store, ref, *, force=False, prune=True):
     image needs any more are deleted now.  Returns RemoveResult."""
     from .store.store import name_of
     image = store.resolve(ref)
-    use = in_use(store).get(image.manifest_digest, [])
+    uses = in_use(store)
+    use = uses.get(image.manifest_digest, [])
     result = RemoveResult()
     by_id = ref.startswith("sha256:") or re.fullmatch(r"[0-9a-f]{64}", ref) is not None
     if not by_id:
@@ -483,15 +487,27 @@ def remove(store, ref, *, force=False, prune=True):
         gone = store.untag(full)
         result.untagged.append(full.familiar())
     else:
-        repos = {Reference.parse(n, default_tag=False).name for n in image.names if _parses(n)}
+        # An image ID is the image under every manifest the store holds it by (a copy of it
+        # loaded back from a compact store, a save of it re-loaded): docker has one image per ID.
+        # A manifest digest is that manifest alone.
+        same = [image]
+        if "sha256:" + ref.split(":", 1)[-1] != image.manifest_digest:
+            same += [i for i in store.images(skip_broken=True)
+                     if i.config_digest == image.config_digest and i.manifest_digest != image.manifest_digest]
+        names = [n for i in same for n in i.names]
+        use = [r for i in same for r in uses.get(i.manifest_digest, [])]
+        repos = {Reference.parse(n, default_tag=False).name for n in names if _parses(n)}
         if len(repos) > 1 and not force:
             raise LaminaError(f"conflict: unable to delete {_short(image.config_digest)} (must be forced) - image "
                               "is referenced in multiple repositories")
         if use and not force:
             raise LaminaError(f"conflict: unable to delete {_short(image.config_digest)} (must be forced) - image "
                               f"is in use by {_use_text(use)}")
-        result.untagged += [familiar(n) for n in store.remove_image(image)]
+        for i in same:
+            result.untagged += [familiar(n) for n in store.remove_image(i)]
         gone = True
+    if gone and not use:
+        result.manifests.append(image.manifest_digest)
     if gone and not use and not _id_still_there(store, image.config_digest):
         result.deleted.append(image.config_digest)
     if gone and not use and prune:

@@ -515,7 +515,9 @@ def cmd_rmi(args):
     for r in removed:
         total.untagged += r.untagged
         total.deleted += r.deleted
-    if total.deleted and not args.no_prune:
+        total.manifests += r.manifests
+    # (not only when an image ID was deleted: a manifest whose ID another one keeps leaves its blob)
+    if total.manifests and not args.no_prune:
         api.collect_unused(store, total)
         if total.busy:
             _busy_note("the unused layers are removed when it is done")

@@ -514,9 +514,7 @@ class Puller:
         trace.event("layers-start")
         try:
             layers = self._layers(repos, manifest.layers, config.diff_ids, extra_layers)
-            from ..store.snapshots import verify_shared
-            verify_shared(self.store.paths, [d.digest for d in manifest.layers], config.diff_ids,
-                          [d.media_type for d in manifest.layers])
+            self.store.check_layer_blobs(mr.digest, manifest.layers, config.diff_ids)
         except errors.LaminaError as e:
             # a refused layer's or a full disk's error names the layer by its digest alone
             # (the store's snapshots are shared): say which of the image's layers it is

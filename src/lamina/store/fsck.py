@@ -257,8 +257,13 @@ class Checker:
             except LaminaError as e:
                 self.report.add("error", "broken-image", d, f"image {names} ({d}): {e}; {advice}")
                 continue
+            # A layer blob is not needed where the image's layer has a sidecar (sidecar.check
+            # rebuilds it against the diffID): whichever blob the snapshot was extracted from, as
+            # another image's (a saved and re-loaded copy's: uncompressed) may name the layer
+            rebuilt = {}
             for k, (chain, layer, diff_id) in enumerate(zip(image.chain_ids, image.layers, image.diff_ids)):
                 self.layer_blobs.setdefault(chain, []).append((layer.digest, layer.media_type))
+                rebuilt[layer.digest] = rebuilt.get(layer.digest, True) and self.store.layer_is_compact(chain)
                 problem = self._not_its_layer(chain, layer, diff_id)
                 if problem:
                     self.report.add("error", "broken-image", d, f"image {names} ({d}): layer {k + 1} "
@@ -267,7 +272,7 @@ class Checker:
                 if b in self.bad_blobs and self.store.has_blob(b):
                     self.report.add("error", "broken-image", d, f"image {names} ({d}) needs blob {b}, which is"
                                     f" corrupt; {advice}")
-                elif not self.store.has_blob(b):
+                elif not self.store.has_blob(b) and not rebuilt.get(b):
                     self.report.add("error", "missing-blob", b, f"image {names} ({d}): blob {b} is missing; {advice}")
             # an older pull took a descriptor that lies about a blob the store held already
             described = [(image.config_digest, image.manifest["config"]["size"])]
@@ -394,7 +399,7 @@ class Checker:
             if diff:
                 f = self.report.add("error", "bad-snapshot", chain,
                                     f"snapshot {chain}: differs from layer {digest}: {diff}")
-                self._fix(f, lambda: self._replace_snapshot(chain, fresh))
+                self._fix(f, lambda: self._replace_snapshot(chain, fresh, digest, media_type))
         except (LaminaError, OSError) as e:
             if getattr(e, "errno", None) in FULL_ERRNOS:
                 # the check's own extraction found the disk full: nothing is known of the
@@ -410,10 +415,12 @@ class Checker:
         finally:
             _snapshots.remove_tree(fresh if self.store.writable else fresh.parent)
 
-    def _replace_snapshot(self, chain, fresh):
-        """Swap in the fresh extraction, keeping the original meta.json (sizes are recomputed)."""
+    def _replace_snapshot(self, chain, fresh, digest, media_type):
+        """Swap in the fresh extraction, keeping the original meta.json (sizes are recomputed; the
+        blob is the one it was extracted from now)."""
         info = _snapshots.read_info(self.paths, chain)
         meta = {k: v for k, v in info.to_dict().items() if k != "path"}
+        meta["digest"], meta["media_type"] = digest, media_type
         meta["size"], meta["inodes"] = disk_usage(fresh / "fs")
         meta["format"] = _snapshots.FORMAT
         meta["markers"] = _snapshots.marker_kind()  # the fresh extraction's, not the original's

@@ -93,6 +93,37 @@ def _reach_manifest(paths, m, media_type, blobs, chains):
         chains.update(chain_ids(diff_ids))
 
 
+def blob_places(store, digests):
+    """{layer blob digest: {(chainID, diffID)}}: every place a reachable image (named, dangling,
+    or a platform of a stored index) puts one of ``digests``.  Tolerant as reachable() is."""
+    out = {}
+    todo = []
+    for e in store.index.read():
+        todo.append((e["digest"], e.get("mediaType")))
+        rd = entry_repo_digest(e)
+        if rd:
+            todo += stored_index_children(store, rd)
+    for m, media_type in dict.fromkeys(todo):
+        doc = _read_json(store.paths.blob(m))
+        if not isinstance(doc, dict):
+            continue
+        try:
+            manifest = parse_manifest(doc, document_media_type(doc, media_type, m), m, limits=None)
+        except (ImageError, ValueError):
+            continue
+        if not any(layer.digest in digests for layer in manifest.layers):
+            continue
+        config = _read_json(store.paths.blob(manifest.config.digest))
+        diff_ids = ((config or {}).get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else None
+        if not (isinstance(diff_ids, list) and len(diff_ids) == len(manifest.layers)
+                and all(_digest.is_valid(d) for d in diff_ids)):
+            continue
+        for layer, diff_id, chain in zip(manifest.layers, diff_ids, chain_ids(diff_ids)):
+            if layer.digest in digests:
+                out.setdefault(layer.digest, set()).add((chain, diff_id))
+    return out
+
+
 def stored_index_children(store, index_digest):
     """[(digest, media type)] of the platform manifests (and nested indexes) of a stored image
     index that are in the store themselves; [] if ``index_digest`` is not a stored index."""

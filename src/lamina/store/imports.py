@@ -126,8 +126,7 @@ def import_images(store, items, report=None):
             image = load_image(store.open_blob, data.manifest_digest)
             created_snaps += [c for c in image.chain_ids if store.snapshot_info(c) is None]
             try:
-                _snapshots.verify_shared(store.paths, [layer.digest for layer in image.layers], image.diff_ids,
-                                         [layer.media_type for layer in image.layers])
+                store.check_layer_blobs(image.manifest_digest, image.layers, image.diff_ids)
                 store.snapshots_for(image)
             except DigestMismatchError as e:
                 # a diffID is checked as the layer extracts, into a snapshot that any image

@@ -23,7 +23,7 @@ import threading
 from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import (AmbiguousImageError, BlobNotFoundError, DigestMismatchError, ImageError,
-                      ImageNotFoundError, InvalidReferenceError, NoSuchImageError, StoreError)
+                      ImageNotFoundError, InvalidReferenceError, LaminaError, NoSuchImageError, StoreError)
 from ..oci.model import ANNOTATION_REF_NAME
 from ..reference import Reference
 from . import snapshots as _snapshots
@@ -447,6 +447,18 @@ class Store:
         self.dedup(chain)
         return fs
 
+    def check_layer_blobs(self, manifest_digest, layers, diff_ids):
+        """Before a new image is named: each layer blob whose snapshot the store holds already,
+        extracted from another blob, must hash (uncompressed) to the layer's diffID
+        (snapshots.verify_shared).  A snapshot is found by its chainID, i.e. by what the config
+        says: without this, a config naming a layer the store holds would get that layer's tree
+        without its own blob ever being read.  An image the store holds already was checked
+        when it was stored, so an up-to-date pull reads nothing."""
+        if any(e["digest"] == manifest_digest for e in self.index.read()):
+            return
+        _snapshots.verify_shared(self.paths, [layer.digest for layer in layers], diff_ids,
+                                 [layer.media_type for layer in layers])
+
     def snapshots_for(self, image):
         """Layer dirs of an image, bottom first, extracting the missing ones (in parallel).
 
@@ -539,22 +551,52 @@ class Store:
                         sidecar.build(tar, os.fspath(sdir / "fs"), sidecar.sidecar_path(sdir), diff_id, what)
             finally:
                 lock.release(unlink=True)
-        # Blobs go only once every layer has its sidecar: an image may hold one blob at two
-        # places (identical layers, two chainIDs), and each place's sidecar is built from it.
+        # Blobs go only once every place that uses them has its sidecar, each built from the blob:
+        # an image may hold one blob at two places (identical layers, two chainIDs), and other
+        # images of the store at places of their own (the same layer over other layers), whose
+        # snapshots have no sidecar yet when they were stored while the store kept blobs.  A
+        # place not extracted (another platform's image) keeps the blob.
+        from .gc import blob_places
+        places = blob_places(self, {layer.digest for layer in image.layers})
+        for layer, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids):
+            places.setdefault(layer.digest, set()).add((chain, diff_id))
         for layer in image.layers:
-            if self.has_blob(layer.digest) and all(
-                    sidecar.has_sidecar(self.paths.snapshot(c)) for l2, c in zip(image.layers, image.chain_ids)
-                    if l2.digest == layer.digest):
-                self._mark_compact()
-                blob_lock = FileLock(self.paths.blob_lock(layer.digest)).acquire()
-                try:
-                    os.unlink(self.paths.blob(layer.digest))
-                    dropped.append(layer.digest)
-                except FileNotFoundError:
-                    pass
-                finally:
-                    blob_lock.release(unlink=True)
+            if not self.has_blob(layer.digest) or not self._sidecars_everywhere(layer, places[layer.digest]):
+                continue
+            self._mark_compact()
+            blob_lock = FileLock(self.paths.blob_lock(layer.digest)).acquire()
+            try:
+                os.unlink(self.paths.blob(layer.digest))
+                dropped.append(layer.digest)
+            except FileNotFoundError:
+                pass
+            finally:
+                blob_lock.release(unlink=True)
         return dropped
+
+    def _sidecars_everywhere(self, layer, places):
+        """Give every extracted place of ``layer``'s blob ({(chainID, diffID)}) its sidecar, from the
+        blob; True if all of them have one then (none is left unextracted)."""
+        from . import sidecar
+        from ..transports.output import open_uncompressed
+        for chain, diff_id in sorted(places):
+            sdir = self.paths.snapshot(chain)
+            if sidecar.has_sidecar(sdir):
+                continue
+            lock = FileLock(self.paths.snapshot_lock(chain))
+            lock.acquire()
+            try:
+                if not (sdir / "fs").is_dir():
+                    return False
+                if not sidecar.has_sidecar(sdir):
+                    what = f"layer {layer.digest} (diffID {diff_id})"
+                    with open_uncompressed(lambda: self.open_blob(layer.digest), what) as tar:
+                        sidecar.build(tar, os.fspath(sdir / "fs"), sidecar.sidecar_path(sdir), diff_id, what)
+            except LaminaError:
+                return False  # (that place is another image's: its own compaction or fsck says why)
+            finally:
+                lock.release(unlink=True)
+        return True
 
     def _mark_compact(self):
         """Say in oci-layout (extra fields are allowed there) why layer blobs are missing."""
