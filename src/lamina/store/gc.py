@@ -76,20 +76,31 @@ def reachable(store):
     return blobs, chains
 
 
-def _reach_manifest(paths, m, media_type, blobs, chains):
-    blobs.add(m)
+def _read_manifest(paths, m, media_type):
+    """(manifest, diffIDs) of the stored manifest ``m``, read tolerantly as gc must: manifest
+    None if it is not one; diffIDs None unless its config lists valid ones."""
     doc = _read_json(paths.blob(m))
     if not isinstance(doc, dict):
-        return
+        return None, None
     try:
         manifest = parse_manifest(doc, document_media_type(doc, media_type, m), m, limits=None)
     except (ImageError, ValueError):
+        return None, None
+    config = _read_json(paths.blob(manifest.config.digest))
+    diff_ids = ((config or {}).get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else None
+    if not (isinstance(diff_ids, list) and all(_digest.is_valid(d) for d in diff_ids)):
+        diff_ids = None
+    return manifest, diff_ids
+
+
+def _reach_manifest(paths, m, media_type, blobs, chains):
+    blobs.add(m)
+    manifest, diff_ids = _read_manifest(paths, m, media_type)
+    if manifest is None:
         return
     blobs.add(manifest.config.digest)
     blobs.update(layer.digest for layer in manifest.layers)
-    config = _read_json(paths.blob(manifest.config.digest))
-    diff_ids = ((config or {}).get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else None
-    if isinstance(diff_ids, list) and all(_digest.is_valid(d) for d in diff_ids):
+    if diff_ids is not None:
         chains.update(chain_ids(diff_ids))
 
 
@@ -104,19 +115,10 @@ def blob_places(store, digests):
         if rd:
             todo += stored_index_children(store, rd)
     for m, media_type in dict.fromkeys(todo):
-        doc = _read_json(store.paths.blob(m))
-        if not isinstance(doc, dict):
+        manifest, diff_ids = _read_manifest(store.paths, m, media_type)
+        if manifest is None or not any(layer.digest in digests for layer in manifest.layers):
             continue
-        try:
-            manifest = parse_manifest(doc, document_media_type(doc, media_type, m), m, limits=None)
-        except (ImageError, ValueError):
-            continue
-        if not any(layer.digest in digests for layer in manifest.layers):
-            continue
-        config = _read_json(store.paths.blob(manifest.config.digest))
-        diff_ids = ((config or {}).get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else None
-        if not (isinstance(diff_ids, list) and len(diff_ids) == len(manifest.layers)
-                and all(_digest.is_valid(d) for d in diff_ids)):
+        if diff_ids is None or len(diff_ids) != len(manifest.layers):
             continue
         for layer, diff_id, chain in zip(manifest.layers, diff_ids, chain_ids(diff_ids)):
             if layer.digest in digests:
