@@ -19,7 +19,7 @@ import time
 
 from ._extract import HiddenLinkTarget
 from . import trace
-from .errors import ExtractError, ImpliedDirMoved, InvalidArchiveError, LaminaError, layer_of
+from .errors import ExtractError, ImpliedDirMoved, InvalidArchiveError, LaminaError, layer_of, name_the_layer
 from .limits import check_layer_count
 from .lowers import LayersBelow
 from .oci import open_source
@@ -122,7 +122,6 @@ def _naming_the_layer(layer, count):
     try:
         yield
     except LaminaError as e:
-        from .store.fsutil import name_the_layer
         if layer.digest:
             name_the_layer(e, [layer.digest], lambda _: layer_of(layer.index, count))
         raise

@@ -518,8 +518,7 @@ class Puller:
         except errors.LaminaError as e:
             # a refused layer's or a full disk's error names the layer by its digest alone
             # (the store's snapshots are shared): say which of the image's layers it is
-            from ..store.fsutil import name_the_layer
-            name_the_layer(e, [d.digest for d in manifest.layers], lambda k: errors.layer_of(k, len(manifest.layers)))
+            errors.name_the_layer(e, [d.digest for d in manifest.layers], lambda k: errors.layer_of(k, len(manifest.layers)))
             raise
         trace.event("layers-done")
 

@@ -22,40 +22,6 @@ def is_full(e):
     return err in FULL_ERRNOS
 
 
-def name_the_layer(e, digests, which):
-    """An error of an image's layer that the store's snapshots, shared by every image, name by
-    digest alone ("layer sha256:…: entry 'x': …", a full disk's "layer sha256:…: storing its
-    snapshot failed"), or that a blob's download or ingest names by its digest alone ("blob
-    sha256:…: cannot write it", "blob sha256:… not found in REPO", "GET blob sha256:… from
-    REPO: 500"): say which layer of the image that is too, as unpack does ("layer 2 of 3
-    (sha256:…): …", "layer 2 of 3: blob sha256:…").  ``digests``: the image's layer digests,
-    bottom first; ``which(i)``: how the ``i``-th is named.  Rewrites ``e``'s message in place
-    (keeping its class, errno and the rest); returns whether it did."""
-    if len(e.args) != 1 or not isinstance(e.args[0], str):
-        return False
-    msg = e.args[0]
-    # a blob an image lists twice is two layers: the place the error was marked with comes first
-    # (snapshots.ensure_all, the pull's extraction), else the first layer of that digest
-    at = getattr(e, "layer_index", None)
-    first = [at] if isinstance(at, int) and 0 <= at < len(digests) else []
-    for i in first + list(range(len(digests))):
-        digest = digests[i]
-        head = f"layer {digest}"
-        if msg.startswith(head + ":") or msg.startswith(head + " ("):
-            rest = msg[len(head):]
-            # "layer sha256:… (diffID …): …" keeps its diffID in the one parenthesis
-            e.args = (f"{which(i)} ({digest}{', ' + rest[2:] if rest.startswith(' (') else ')' + rest}",)
-            if isinstance(getattr(e, "what", None), str) and e.what.startswith(head):
-                e.what = e.args[0][:len(e.args[0]) - len(msg) + len(e.what)]
-            return True
-        if any(msg.startswith(f"{verb}blob {digest}") for verb in ("", "GET ", "HEAD ")):
-            e.args = (f"{which(i)}: {msg}",)
-            if isinstance(getattr(e, "what", None), str) and e.what.startswith("blob "):
-                e.what = f"{which(i)}: {e.what}"
-            return True
-    return False
-
-
 def _syncfs_fn():
     global _libc
     if _libc is None:

@@ -14,10 +14,10 @@ import os
 import secrets
 
 from .. import digest as _digest
-from ..errors import DigestMismatchError, ImageError, LaminaError, StoreError, layer_of
+from ..errors import DigestMismatchError, ImageError, LaminaError, StoreError, layer_of, name_the_layer
 from . import objects as _objects
 from . import snapshots as _snapshots
-from .fsutil import atomic_write, name_the_layer
+from .fsutil import atomic_write
 from .gc import reachable
 from .image import load_image
 from .locks import FileLock
