@@ -531,26 +531,10 @@ class Store:
     def compact(self, image):
         """Give every layer of ``image`` a sidecar proven to rebuild its tar bit-exact, then drop
         its compressed blob (``keep-blobs false``).  Returns the digests of the blobs dropped."""
-        from . import sidecar
-        from ..transports.output import open_uncompressed
         self._take_lease()
         dropped = []
         for layer, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids):
-            sdir = self.paths.snapshot(chain)
-            what = f"layer {layer.digest} (diffID {diff_id})"
-            lock = FileLock(self.paths.snapshot_lock(chain))
-            lock.acquire()
-            try:
-                if not (sdir / "fs").is_dir():
-                    continue
-                if not sidecar.has_sidecar(sdir):
-                    if not self.has_blob(layer.digest):
-                        continue
-                    # build() proves the sidecar replaces the blob (tar bytes vs diffID, payloads vs files)
-                    with open_uncompressed(lambda: self.open_blob(layer.digest), what) as tar:
-                        sidecar.build(tar, os.fspath(sdir / "fs"), sidecar.sidecar_path(sdir), diff_id, what)
-            finally:
-                lock.release(unlink=True)
+            self._give_sidecar(chain, layer.digest, diff_id)
         # Blobs go only once every place that uses them has its sidecar, each built from the blob:
         # an image may hold one blob at two places (identical layers, two chainIDs), and other
         # images of the store at places of their own (the same layer over other layers), whose
@@ -574,28 +558,39 @@ class Store:
                 blob_lock.release(unlink=True)
         return dropped
 
+    def _give_sidecar(self, chain, digest, diff_id):
+        """Build the snapshot ``chain``'s sidecar from the blob ``digest`` if it has none; True if
+        it has one then, False if the snapshot is not extracted or the blob is not here."""
+        from . import sidecar
+        from ..transports.output import open_uncompressed
+        sdir = self.paths.snapshot(chain)
+        if sidecar.has_sidecar(sdir):
+            return True
+        lock = FileLock(self.paths.snapshot_lock(chain))
+        lock.acquire()
+        try:
+            if not (sdir / "fs").is_dir():
+                return False
+            if not sidecar.has_sidecar(sdir):
+                if not self.has_blob(digest):
+                    return False
+                # build() proves the sidecar replaces the blob (tar bytes vs diffID, payloads vs files)
+                what = f"layer {digest} (diffID {diff_id})"
+                with open_uncompressed(lambda: self.open_blob(digest), what) as tar:
+                    sidecar.build(tar, os.fspath(sdir / "fs"), sidecar.sidecar_path(sdir), diff_id, what)
+            return True
+        finally:
+            lock.release(unlink=True)
+
     def _sidecars_everywhere(self, layer, places):
         """Give every extracted place of ``layer``'s blob ({(chainID, diffID)}) its sidecar, from the
         blob; True if all of them have one then (none is left unextracted)."""
-        from . import sidecar
-        from ..transports.output import open_uncompressed
         for chain, diff_id in sorted(places):
-            sdir = self.paths.snapshot(chain)
-            if sidecar.has_sidecar(sdir):
-                continue
-            lock = FileLock(self.paths.snapshot_lock(chain))
-            lock.acquire()
             try:
-                if not (sdir / "fs").is_dir():
+                if not self._give_sidecar(chain, layer.digest, diff_id):
                     return False
-                if not sidecar.has_sidecar(sdir):
-                    what = f"layer {layer.digest} (diffID {diff_id})"
-                    with open_uncompressed(lambda: self.open_blob(layer.digest), what) as tar:
-                        sidecar.build(tar, os.fspath(sdir / "fs"), sidecar.sidecar_path(sdir), diff_id, what)
             except LaminaError:
                 return False  # (that place is another image's: its own compaction or fsck says why)
-            finally:
-                lock.release(unlink=True)
         return True
 
     def _mark_compact(self):
