@@ -89,6 +89,7 @@ DEF UP_DIR = 1
 DEF UP_WHITEOUT = 2
 DEF UP_SYMLINK = 3
 DEF NOGIL_LOWERS = 512     # overlay: whiteouts over more layers below take the general path (limits: 500 layers)
+DEF WH_PENDING_MAX = 1 << 14  # overlay, early_dirs: whiteouts held for the layers below before waiting for them
 DEF NAME_BITS = 1 << 21    # dir format: bits of the filter of the names of the non-directories written
 DEF PAR_MAX = 32           # dir format: cached parents kept open above the current one (_parent)
 
@@ -1974,6 +1975,11 @@ cdef class Extractor:
     cdef object lowers_provider    # overlay, deferred: () -> lower dirs once finished, or None
     cdef bint early_dirs           # overlay, deferred with a provider: implied dirs made before the lowers are known
     cdef dict early_pending        # early_dirs: phys path -> (st_dev, st_ino) of one made, until _settle_early_dirs
+    # early_dirs: whiteouts whose effect only the layers below decide, held until they are known
+    # (_defer_whiteout): (parent, hidden, target, name, sec, nsec, entry number) in layer order; their
+    # targets, and the targets' ancestors, which a later entry must not touch before they apply
+    cdef list wh_pending
+    cdef set wh_pending_at, wh_pending_above
     cdef list lower_dirs           # overlay: the dirs of lower_fds, topmost first
     cdef object lower_shared       # overlay: lower dir -> names sharing an inode only by the store's dedup
     cdef dict lower_links          # overlay: lower index -> {(dev, ino): [paths]} of its multiply linked files
@@ -2077,7 +2083,9 @@ cdef class Extractor:
         them, or at the end); ImpliedDirMoved (a NeedsLowers) if a layer below
         has no directory there after all (a symlink there would have put the
         entries under it elsewhere): the caller extracts the layer again
-        without ``early_dirs``.
+        without ``early_dirs``.  With ``early_dirs`` a whiteout in a directory of
+        the layer's own does not wait either: it is held until the layers below
+        are known (see _defer_whiteout).
         ``lower_shared(lower_dir)``: the names (relative paths) of that lower
         layer whose inode is shared by the store's file dedup rather than
         hardlinked in the image, so a copy-up never takes them for the copied
@@ -2167,6 +2175,9 @@ cdef class Extractor:
         self.lowers_provider = lowers_provider
         self.early_dirs = early_dirs and self.defer_lowers and lowers_provider is not None and not self.scan_only
         self.early_pending = {}
+        self.wh_pending = []
+        self.wh_pending_at = set()
+        self.wh_pending_above = set()
         if lowers and not self.scan_only:
             if not self.overlay:
                 raise ValueError("lowers only apply to the overlay format")
@@ -2239,7 +2250,8 @@ cdef class Extractor:
                 return n + sum([size(x) for x in obj])
             return n
         out = {name: (len(obj), size(obj)) for name, obj in (
-            ("hidden_files", self.hidden_files),)}
+            ("hidden_files", self.hidden_files), ("wh_pending", self.wh_pending),
+            ("wh_pending_at", self.wh_pending_at), ("wh_pending_above", self.wh_pending_above))}
         out["created"] = (self.created.n, self.created.nbytes())
         out["provided"] = (self.provided.n, self.provided.nbytes())
         out["created_ino"] = (self.created_ino.n, self.created_ino.nbytes())
@@ -2344,6 +2356,8 @@ cdef class Extractor:
             raise _errors.InvalidArchiveError(
                 f"truncated layer: archive ends after an extended header (after entry {_show(self.prev_name)})")
         cdef int64_t t = _now_ns()
+        if self.wh_pending:  # before _drop_written: they read what this layer provides
+            self._load_lowers("whiteouts of this layer are made only where the layers below show something")
         self._drop_written()
         if not self.scan_only:
             if self.early_pending:  # only ever while the layers below are unknown (_load_lowers settles it)
@@ -3933,6 +3947,8 @@ cdef class Extractor:
             if kind == K_LINK:
                 self._normalize(link)  # the same checks as a real extraction
             return
+        if self.wh_pending and (self._touches_pending(path) or (kind == K_LINK and self._link_touches_pending(link))):
+            self._load_lowers(f"entry {_show(name)}: it meets a whiteout of this layer, which waits for them")
         if (self.hide_at is not None and kind != K_SYMLINK and self._is_hidden(path)
                 and self._no_symlinks_to(path[:slash] if slash > 0 else b"")
                 # an entry replaces a symlink at its path (the layer's own ``b -> .``, then ``b/``;
@@ -4967,6 +4983,8 @@ cdef class Extractor:
         self.defer_lowers = False
         if self.early_pending:
             self._settle_early_dirs()
+        if self.wh_pending:
+            self._apply_pending_whiteouts()
         return 0
 
     cdef int _early_dir(self, int pfd, bytes base, bytes path, object name) except -2:
@@ -5752,11 +5770,14 @@ cdef class Extractor:
         cdef stat st
         cdef timespec ts[2]
         parent = path[:slash] if slash > 0 else b""
-        if self.early_pending:
-            # what a whiteout or marker does depends on the implied directories' metadata, as
-            # the layers below give it: settled now, as the copy-up would have had it by then
-            self._load_lowers(f"entry {_show(name)}: a whiteout, after directories this layer implies")
         if base == WH_OPAQUE:
+            if self.wh_pending and self._touches_pending(parent):
+                # it clears what the layer left in its directory: the whiteouts held there first
+                self._load_lowers(f"entry {_show(name)}: an opaque marker over whiteouts of this layer")
+            if self.early_pending:
+                # what a marker does depends on the implied directories' metadata, as the
+                # layers below give it: settled now, as the copy-up would have had it by then
+                self._load_lowers(f"entry {_show(name)}: an opaque marker, after directories this layer implies")
             if self.scan_only:
                 # A directory the layer implied in it before the marker takes its metadata from
                 # below, where the marker hides it: no skipping (the marker applies as it is read)
@@ -5789,39 +5810,15 @@ cdef class Extractor:
         if self.hidden_files:
             self._forget_hidden(target, True)
         if self.overlay:
-            if self._overlay_whiteout_nogil(parent, hidden, target, name):
+            if self.wh_pending and self._touches_pending(target):
+                self._load_lowers(f"entry {_show(name)}: a whiteout where one of this layer waits for the layers below")
+            elif self._defer_whiteout(parent, hidden, target, name):
                 return
-            if not self._visible_below(parent, hidden, name):
-                # nothing to hide; and a whiteout in a directory that no lower layer
-                # has would show up in the mount's readdir (overlayfs filters them
-                # only in merged directories)
-                return
-            pfd = self._parent(path, slash, name)
-            phys = self.cache_phys + b"/" + hidden if self.cache_phys else hidden
-            if self._provided(phys):
-                # a whiteout only hides lower layers: a directory of this layer keeps
-                # what the layer put in it and shows nothing from below (as umoci)
-                if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
-                    self._opaque(target, name)
-                return
-            if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
-                if S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                    return
-                self._remove(pfd, hidden, name)  # only copied up (or whited out inside) by this layer
-            # Linux >= 5.8 lets unprivileged users make 0/0 whiteout nodes
-            if mknodat(pfd, hidden, S_IFCHR, makedev(0, 0)) < 0:
-                if errno == EPERM:
-                    raise _errors.ExtractError(
-                        f"entry {_show(name)}: this kernel refuses overlay whiteout nodes (0/0) to "
-                        "unprivileged users (Linux >= 5.8 allows them); use format='dir' or run as root")
-                self._oserror("create whiteout", name)
-            # the name may be a lower symlink the cached parent was reached through (a whiteout
-            # b/.wh.b with b -> .): later entries must resolve it as the mount will, hidden
-            self._invalidate()
-            # the .wh. entry's times, not the extraction's: the same layer gives the same snapshot
-            self._entry_times(ts)
-            if utimensat(pfd, hidden, ts, AT_SYMLINK_NOFOLLOW) < 0:
-                self._oserror("set times of", name)
+            if self.early_pending:
+                # what a whiteout does depends on the implied directories' metadata, as the
+                # layers below give it: settled now, as the copy-up would have had it by then
+                self._load_lowers(f"entry {_show(name)}: a whiteout, after directories this layer implies")
+            self._overlay_whiteout(path, slash, parent, hidden, target, name, False)
             return
         if self._created_path(target, parent, hidden):
             # a dir of this layer loses only what is below it; anything else of the layer stays.
@@ -5864,6 +5861,124 @@ cdef class Extractor:
                     self._opaque(target, name)
         finally:
             close(pfd)
+
+    cdef _overlay_whiteout(self, bytes path, Py_ssize_t slash, bytes parent, bytes hidden, bytes target,
+                           object name, bint held):
+        """A whiteout of the overlay format, the layers below known.  ``held``: one that
+        _defer_whiteout held, applied now (_load_lowers): its parent is resolved on its own,
+        not through the cached parent of the entry that is being applied meanwhile."""
+        cdef int pfd
+        cdef stat st
+        cdef timespec ts[2]
+        if self._overlay_whiteout_nogil(parent, hidden, target, name):
+            return
+        if not self._visible_below(parent, hidden, name):
+            # nothing to hide; and a whiteout in a directory that no lower layer
+            # has would show up in the mount's readdir (overlayfs filters them
+            # only in merged directories)
+            return
+        if held:
+            pfd = self._resolve_dir(parent, True, name)
+            phys = self.last_phys + b"/" + hidden if self.last_phys else hidden
+        else:
+            pfd = self._parent(path, slash, name)
+            phys = self.cache_phys + b"/" + hidden if self.cache_phys else hidden
+        try:
+            if self._provided(phys):
+                # a whiteout only hides lower layers: a directory of this layer keeps
+                # what the layer put in it and shows nothing from below (as umoci)
+                if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
+                    self._opaque(target, name)
+                return
+            if fstatat(pfd, hidden, &st, AT_SYMLINK_NOFOLLOW) == 0:
+                if S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    return
+                self._remove(pfd, hidden, name)  # only copied up (or whited out inside) by this layer
+            # Linux >= 5.8 lets unprivileged users make 0/0 whiteout nodes
+            if mknodat(pfd, hidden, S_IFCHR, makedev(0, 0)) < 0:
+                if errno == EPERM:
+                    raise _errors.ExtractError(
+                        f"entry {_show(name)}: this kernel refuses overlay whiteout nodes (0/0) to "
+                        "unprivileged users (Linux >= 5.8 allows them); use format='dir' or run as root")
+                self._oserror("create whiteout", name)
+            # the name may be a lower symlink the cached parent was reached through (a whiteout
+            # b/.wh.b with b -> .): later entries must resolve it as the mount will, hidden
+            self._invalidate()
+            # the .wh. entry's times, not the extraction's: the same layer gives the same snapshot
+            self._entry_times(ts)
+            if utimensat(pfd, hidden, ts, AT_SYMLINK_NOFOLLOW) < 0:
+                self._oserror("set times of", name)
+        finally:
+            if held:
+                close(pfd)
+
+    cdef bint _defer_whiteout(self, bytes parent, bytes hidden, bytes target, object name) except -1:
+        """Hold a whiteout until the layers below are known (early_dirs), so that the layer goes
+        on beside them: whether it is made depends on them alone (does one show ``target``?)
+        when this layer has its parent as a directory of its own, reached without a symlink (so
+        the mount resolves the parent there whatever is below), and has nothing at ``target``.
+        A later entry at, under or above ``target`` (_touches_pending), or that needs the
+        layers below, applies it first (_load_lowers), so every entry still meets the tree
+        the whiteouts before it made; the rest cannot tell.  An upper layer meeting
+        ``rm -rf /var/lib/apt/lists/*`` early waited there for the whole layer below."""
+        cdef int fd, r, e
+        cdef stat st
+        cdef Py_ssize_t i
+        if (not self.early_dirs or not self.defer_lowers or len(self.wh_pending) >= WH_PENDING_MAX
+                or self._provided(target)):
+            return False
+        fd = self._plain_dir(self.rootfd, parent)
+        if fd < 0:
+            return False
+        r = fstatat(fd, hidden, &st, AT_SYMLINK_NOFOLLOW)
+        e = errno
+        close(fd)
+        if r == 0 or e != ENOENT:
+            return False
+        self.wh_pending.append((parent, hidden, target, name, self.cur_sec, self.cur_nsec, self.entries))
+        self.wh_pending_at.add(target)
+        above = self.wh_pending_above
+        while parent and parent not in above:
+            above.add(parent)
+            i = parent.rfind(b"/")
+            parent = parent[:i] if i > 0 else b""
+        return True
+
+    cdef bint _link_touches_pending(self, bytes link):
+        try:
+            target = self._normalize(link)
+        except Exception:
+            return True  # the entry fails as it would have: the whiteouts before it first
+        return self._touches_pending(target)
+
+    cdef bint _touches_pending(self, bytes path):
+        """Is ``path`` a held whiteout's target, above one (the root is above all), or under one?"""
+        cdef Py_ssize_t i
+        if not path or path in self.wh_pending_at or path in self.wh_pending_above:
+            return True
+        i = path.rfind(b"/")
+        while i > 0:
+            if path[:i] in self.wh_pending_at:
+                return True
+            i = path.rfind(b"/", 0, i)
+        return False
+
+    cdef _apply_pending_whiteouts(self):
+        """The whiteouts _defer_whiteout held, in layer order, each with its own entry's times and
+        number (a run of them in one directory still shares its walk: _overlay_whiteout_nogil)."""
+        cdef int64_t sec = self.cur_sec, nsec = self.cur_nsec, entries = self.entries
+        pending, self.wh_pending = self.wh_pending, []
+        self.wh_pending_at = set()
+        self.wh_pending_above = set()
+        self._drop_whiteout_run()
+        try:
+            for parent, hidden, target, name, wsec, wnsec, number in pending:
+                self.cur_sec, self.cur_nsec, self.entries = wsec, wnsec, number
+                self._overlay_whiteout(b"", -1, parent, hidden, target, name, True)
+        finally:
+            self.cur_sec, self.cur_nsec, self.entries = sec, nsec, entries
+            self._drop_whiteout_run()
+            self._invalidate()
 
     cdef int _whiteout_nogil(self, bytes parent, bytes hidden, object name, stat *st) except -3:
         """The common whiteout of the dir format, of a non-directory from a layer below

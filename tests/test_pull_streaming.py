@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import os
 import re
+import stat
 import threading
 import time
 
@@ -216,6 +217,41 @@ def test_a_layer_waiting_for_the_layers_below_keeps_downloading(reg, proxy, regi
     img = store.resolve(f"{proxy.host}/wait:1")
     assert (store.snapshots_for(img)[1] / "etc" / "huge.bin").read_bytes() == fast_random(huge, 9)
     assert proxy.bytes_for(top["digest"]) == top["size"]   # downloaded once
+    assert _tmp_snapshots(root) == []
+
+
+def test_an_upper_layer_with_an_early_whiteout_extracts_while_the_layer_below_downloads(reg, proxy, registry_env,
+                                                                                      tmp_path):  # noqa: F811
+    """``rm -rf`` of a file of the layer below, early in the upper layer (etc/ then
+    etc/.wh.os-release): whether the whiteout is made depends on the layers below alone, so the
+    upper layer holds it and writes the rest of its entries while the base's blob is held after
+    1 KiB.  It waited at the whiteout for the base's tree, so nothing after it was written before
+    the base had all arrived.  Once the base is there the whiteout is made (os-release is gone
+    from the image) and the whiteout of a name no layer has is not."""
+    lay = ocibuild.Layout(tmp_path / "oci")
+    upper = {"etc/": None, "etc/.wh.os-release": b"", "etc/.wh.not-below": b""}
+    upper.update({f"etc/f{i:03d}": b"%d\n" % i for i in range(100)})
+    upper["etc/late.bin"] = fast_random(MiB, 21)
+    m = lay.image([{"etc/": None, "etc/os-release": b"ID=wh\n", "etc/big.bin": fast_random(BIG, 22)}, upper],
+                  compress=False)
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "wh:1", extra=("--preserve-digests",))
+    base = lay.read_json(m["digest"])["layers"][0]
+    diff_ids = lay.read_json(lay.read_json(m["digest"])["config"]["digest"])["rootfs"]["diff_ids"]
+    upper_chain = pull_module.chain_ids(diff_ids)[1]
+    root = registry_env / "root"
+    store = Store(root)
+    with _pull_held_at(proxy, store, base, 1024, ref="wh:1"):
+        _wait_for(lambda: _late_written(root, upper_chain),
+                  "the upper layer stopped at its whiteout until the base layer had arrived")
+        assert store.snapshots() == []   # nothing committed: the base is still held
+        assert proxy.bytes_for(base["digest"]) < base["size"]
+    img = store.resolve(f"{proxy.host}/wh:1")
+    fs = store.snapshots_for(img)[1] / "etc"
+    st = os.lstat(fs / "os-release")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    assert not os.path.lexists(fs / "not-below")
+    assert (fs / "late.bin").read_bytes() == fast_random(MiB, 21)
     assert _tmp_snapshots(root) == []
 
 

@@ -1,9 +1,10 @@
 """Waiting for the layers below.
 
 Overlay-format layers extract all at once; one that meets an entry needing
-the finished layers below it (an implied directory, a path through a lower
-symlink, a whiteout, a hardlink to a lower file) waits for them there (see
-``lowers_provider`` in lamina._extract).  unpack, the store's snapshots and
+the finished layers below it (a path through a lower symlink, a whiteout in a
+directory the layer does not have, a hardlink to a lower file) waits for them
+there (see ``lowers_provider`` in lamina._extract); an implied directory and a
+whiteout in a directory of the layer's own do not (``early_dirs``).  unpack, the store's snapshots and
 pull all start their layers bottom-up, so a layer only ever waits for ones
 that are running or done.
 """

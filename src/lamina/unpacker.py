@@ -199,10 +199,11 @@ def _apply_overlay(layers, root, limits):
 
 def apply_overlay_layers(layers, targets, apply):
     """Extract overlay-format layers all at once: a layer that meets an entry
-    needing the layers below it (a path through a lower symlink, a whiteout, a
-    hardlink to a lower file) waits there until they are finished, then goes on
-    over them.  A directory it implies does not wait (early_dirs, see
-    lamina._extract): in the rare image where one turns out to be a symlink or
+    needing the layers below it (a path through a lower symlink, a whiteout in a
+    directory the layer does not have, a hardlink to a lower file) waits there
+    until they are finished, then goes on over them.  A directory it implies, and
+    a whiteout in a directory of its own (held until they are known), do not wait
+    (early_dirs, see lamina._extract): in the rare image where one turns out to be a symlink or
     a file below, the layer is read again, waiting there.
 
     ``apply(i, lower_dirs=..., defer_lowers=..., lowers_provider=..., early_dirs=...)`` extracts
