@@ -41,6 +41,16 @@ def test_deep_runs_lamina_bench(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_early_whiteout_times_both_images(tmp_path):
+    """Its two images copy into a store and unpack in the overlay format, and each mode prints
+    its wall time and the two spans it reads from LAMINA_TRACE; the scratch output is gone."""
+    out = script("early_whiteout.py", "-n", "200", "-r", "1", "--modes", "copy,overlay", "--work", tmp_path)
+    rows = re.findall(r"^(copy|overlay)\s+n=200 (wall|waited for lowers|upper's end after lower's)\s+plain\s+\S+ s"
+                      r"\s+whiteout\s+\S+ s", out, re.M)
+    assert len(rows) == 6, out
+    assert not os.path.exists(tmp_path / "out"), os.listdir(tmp_path)
+
+
 def test_micro_benches_run_once_each(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--benchmark-disable",
                            os.path.join(REPO, "bench", "test_micro.py")], capture_output=True, text=True,
