@@ -2987,7 +2987,12 @@ cdef class Extractor:
             self.sparse_i = -2
             self.sparse_left = 0
         cdef int64_t t = _now_ns()
-        self._apply(kind, path, name, link, size, major, minor)
+        try:
+            self._apply(kind, path, name, link, size, major, minor)
+        except _errors.LaminaError:
+            if self.early_pending:
+                self._moved_first()
+            raise
         if not self.scan_only:  # a scan's _apply only records what the layer hides
             self.write_ns += _now_ns() - t
         if skip_after:
@@ -4986,6 +4991,20 @@ cdef class Extractor:
         if self.wh_pending:
             self._apply_pending_whiteouts()
         return 0
+
+    cdef _moved_first(self):
+        """An entry refused while directories made early (_early_dir) are unsettled: if one is a
+        symlink or a file below, the waiting walk would have followed it or refused the entry
+        that implied it, and this entry may never have been met.  So settle them first: their
+        ImpliedDirMoved makes the caller read the layer again, waiting, and it fails (if it
+        does) with the entry and the words every other path gives.  The entry's own error
+        otherwise, also when the layers below cannot be had."""
+        try:
+            self._load_lowers("an entry was refused while directories this layer implies were unsettled")
+        except ImpliedDirMoved:
+            raise
+        except Exception:
+            pass
 
     cdef int _early_dir(self, int pfd, bytes base, bytes path, object name) except -2:
         """A directory the layer implies while the layers below are not known yet (``early_dirs``):

@@ -159,6 +159,10 @@ MOVED = {
     # (the differential fuzzer's case: the store took the layer, every other path refused it)
     "a-file-below-replaced-later": ([Tar().file("a", b"not a directory")], Tar().file("a/b", b"b").file("a", b"a")),
     "a-file-below-named-later": ([Tar().file("a", b"not a directory")], Tar().file("a/b", b"b").dir("a")),
+    # ... and a later entry refused for a reason of its own: the waiting walk refused a/b first
+    "a-file-below-then-another-entry-refused": (
+        [Tar().file("a", b"not a directory")],
+        Tar().dir("x").file("a/b", b"b").file("x", b"now a file").file("x/y", b"y")),
     "a-symlink-below-a-directory-made-early": (
         [Tar().dir("a", mtime=T).dir("real").symlink("a/b", "../real")], Tar().file("a/b/c/f", b"f")),
 }
