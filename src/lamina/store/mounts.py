@@ -7,6 +7,7 @@ otherwise.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -15,7 +16,7 @@ from ..errors import MaterializeError
 from ..tree import remove_tree
 from .flatten import _is_root
 from .inuse import drop_record, in_use, key_for, load_records, record_dir_of, record_use, records_dir
-from .materialize import _check_platform, check_outside_store
+from .materialize import _check_platform, check_outside_store, snapshot_dirs
 
 _libc = None
 
@@ -226,14 +227,16 @@ def mount(store, ref, target, *, rw=False, platform=None, suid=False):
     check_outside_store(store, target, "mount target")
     if os.path.lexists(target) and not os.path.isdir(target):
         raise MaterializeError(f"mount target {target} exists and is not a directory")
+    made = not os.path.lexists(target)
     os.makedirs(target, exist_ok=True)
     key = key_for("mount", target)
     lock = _lock(store, key)
     lock.acquire()
+    mounted = False
     try:
         if is_mountpoint(target) or any(r["key"] == key for r in load_records(store, "mount")):
             raise MaterializeError(f"{target} is already a lamina mount (lamina umount {target} first)")
-        layer_dirs = [os.fspath(p) for p in store.snapshots_for(image)]
+        layer_dirs = snapshot_dirs(store, image)
         userxattr = _user_markers(store, image)
         lowers = list(reversed(layer_dirs))  # overlayfs wants the top layer first
         outside = not store.writable
@@ -261,9 +264,14 @@ def mount(store, ref, target, *, rw=False, platform=None, suid=False):
             drop_record(store, record)
             remove_tree(base)
             raise MaterializeError(f"cannot mount {image.config_digest[7:19]} on {target}: {e.strerror or e}") from None
-        record["mounted"] = True
+        record["mounted"] = mounted = True
         return record
     finally:
+        if made and not mounted:
+            # a refused mount (a layer that does not extract, mount(2) saying no) leaves no
+            # TARGET the user never had, as a refused apply leaves no DEST
+            with contextlib.suppress(OSError):
+                os.rmdir(target)
         lock.release(unlink=True)
 
 
