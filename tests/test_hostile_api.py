@@ -1,6 +1,6 @@
 """Hostile inputs given through the Python API and the store's second chances: images whose
 snapshots are extracted later than their import (added through the Store API, a snapshot that
-fsck --repair removed).
+fsck --repair removed), and targets that an earlier image's tree left in place.
 
 Each refusal names what is wrong as the CLI's unpack names it (``layer 2 of 3 (sha256:…)``),
 leaves the store consistent and leaves no DEST or mount target the caller did not have.
@@ -87,4 +87,41 @@ def test_the_api_names_the_layer_as_the_cli_does(tmp_path, call):
     text = str(e.value)
     assert text.startswith(f"layer 2 of 3 ({digests[1]}): entry 'x': "), text
     assert not (tmp_path / "dest").exists()
+    _fsck_clean(root)
+
+
+# --- in-place targets: what an earlier image's tree left where the next one goes --------------
+
+
+@pytest.mark.parametrize("how", ["cli", "cli link/", "api"])
+def test_a_mount_target_that_is_a_symlink_is_refused(tmp_path, how):
+    """An earlier image unpacked at R left ``R/mnt -> /etc`` (here: to an empty dir of the test).
+    ``lamina mount IMG R/mnt`` followed it and put the image over the link's target, where
+    apply, apply --atomic and unpack refuse a DEST that is a symlink (CONFORMANCE.md).  Now
+    refused too, naming both; nothing is mounted and no mount recorded."""
+    root = tmp_path / "root"
+    lamina(root, "copy", "oci:" + os.path.join(os.path.dirname(__file__), "..", "sample", "image") + ":latest", "s:1")
+    victim, link = tmp_path / "victim", tmp_path / "mnt"
+    victim.mkdir()
+    os.symlink(victim, link)
+    try:
+        if how == "api":
+            store = lamina_api.Store(root)
+            try:
+                with pytest.raises(LaminaError) as e:
+                    I.mount(store, "s:1", link)
+            finally:
+                store.close()
+            line = str(e.value)
+        else:
+            proc = lamina(root, "mount", "s:1", f"{link}/" if how == "cli link/" else link, check=False)
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            line = proc.stderr.strip().splitlines()[-1]
+        assert f"mount target {link} is a symlink (to {str(victim)!r})" in line, line
+    finally:
+        if os.path.ismount(victim):
+            os.system(f"umount {victim}")
+            pytest.fail("mounted through the symlink")
+    assert os.path.islink(link) and os.listdir(victim) == []
+    assert json.loads(lamina(root, "mount", "--format", "json").stdout)["mounts"] == []
     _fsck_clean(root)

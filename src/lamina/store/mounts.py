@@ -13,6 +13,7 @@ import os
 import re
 
 from ..errors import MaterializeError
+from ..quoting import quote_name
 from ..tree import remove_tree
 from .flatten import _is_root
 from .inuse import drop_record, in_use, key_for, load_records, record_dir_of, record_use, records_dir
@@ -223,7 +224,13 @@ def mount(store, ref, target, *, rw=False, platform=None, suid=False):
                                "use lamina unpack for a private copy instead")
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     _check_platform(image, platform)
-    target = os.path.realpath(os.fspath(target))
+    given = os.path.abspath(os.fspath(target))
+    if os.path.islink(given):
+        # as apply, apply --atomic and unpack refuse a DEST that is a symlink (CONFORMANCE.md): a
+        # TARGET left by an earlier image's tree (mnt -> /etc) put the mount over the host's /etc
+        raise MaterializeError(f"mount target {given} is a symlink (to {quote_name(os.fsencode(os.readlink(given)))}): lamina does not "
+                               f"mount through one; give the directory it points to")
+    target = os.path.realpath(given)
     check_outside_store(store, target, "mount target")
     if os.path.lexists(target) and not os.path.isdir(target):
         raise MaterializeError(f"mount target {target} exists and is not a directory")
