@@ -125,3 +125,92 @@ def test_a_mount_target_that_is_a_symlink_is_refused(tmp_path, how):
     assert os.path.islink(link) and os.listdir(victim) == []
     assert json.loads(lamina(root, "mount", "--format", "json").stdout)["mounts"] == []
     _fsck_clean(root)
+
+
+# --- what a calling tool passes: references, platforms, and the descriptors a refusal gives back ---
+
+SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sample", "image")
+HOSTILE_PLATFORMS = ["linux/../amd64", "linux/amd64/../../x", "../..", "linux/amd64\n", "linux/amd64\0",
+                     "linux/amd64/v8/extra", "", "linux//amd64", "/amd64", b"linux/amd64", 5]
+
+
+def _open_fds():
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def sample_store(tmp_path):
+    from lamina.transports import copy
+    store = lamina_api.Store(tmp_path / "root")
+    copy(f"oci:{SAMPLE}:latest", "sample:1", store=store)
+    I.unpack(store, "sample:1", tmp_path / "warm")   # the store's own cached descriptors opened
+    yield store
+    store.close()
+
+
+def test_hostile_references_and_platforms_are_refused_by_every_api_call(tmp_path, sample_store):
+    """A reference with ``..`` or a NUL, a digest of the wrong length, a platform of ``..`` or a
+    NUL or of another type: each call refuses it with a LaminaError (the API's promise: nothing
+    else on bad input), makes no DEST and gives back every descriptor it opened."""
+    from lamina.store import mounts
+    from lamina.transports import copy
+    store = sample_store
+    dest = tmp_path / "dest"
+    calls = [
+        ("unpack ref ..", lambda: lamina_api.unpack(f"oci:{SAMPLE}:../../etc", dest)),
+        ("unpack ref NUL", lambda: lamina_api.unpack(f"oci:{SAMPLE}:lat\0est", dest)),
+        ("unpack bytes", lambda: lamina_api.unpack(os.fsencode(f"oci:{SAMPLE}:latest"), dest)),
+        ("copy ref ..", lambda: copy(f"oci:{SAMPLE}:latest", "a/../b:1", store=store)),
+        ("store ref ..", lambda: I.unpack(store, "../../etc", dest)),
+        ("store ref NUL", lambda: I.unpack(store, "sample:1\0", dest)),
+        ("store short digest", lambda: I.unpack(store, "sha256:abc", dest)),
+        ("store digest ..", lambda: I.unpack(store, "sha256:" + "../" * 21 + "a", dest)),
+        ("tag ..", lambda: I.tag(store, "sample:1", "../../x")),
+        ("remove ..", lambda: I.remove(store, "../x")),
+        ("mount ref ..", lambda: mounts.mount(store, "../x", dest)),
+    ]
+    for p in HOSTILE_PLATFORMS:
+        calls += [(f"unpack platform {p!r}", lambda p=p: lamina_api.unpack(f"oci:{SAMPLE}:latest", dest, platform=p)),
+                  (f"store platform {p!r}", lambda p=p: I.unpack(store, "sample:1", dest, platform=p)),
+                  (f"copy platform {p!r}", lambda p=p: copy(f"oci:{SAMPLE}:latest", "x:1", store=store, platform=p)),
+                  (f"mount platform {p!r}", lambda p=p: mounts.mount(store, "sample:1", dest, platform=p))]
+    before = _open_fds()
+    for what, call in calls:
+        with pytest.raises(LaminaError):
+            call()
+        assert not dest.exists(), what
+        assert _open_fds() == before, what
+    assert store.fsck().ok
+
+
+def _bad_layout(tmp_path):
+    lay = ob.Layout(tmp_path / "bad")
+    lay.image_of_tars(_three_layers_the_middle_one_refused(), "t")
+    return lay.root
+
+
+@pytest.mark.parametrize("call", ["unpack", "unpack overlay", "copy", "store unpack into a file", "mount refused"])
+def test_a_refused_call_gives_back_every_descriptor(tmp_path, sample_store, call):
+    """A refusal half-way (a layer refused while others extract, four at a time for the
+    overlay format; a store's unpack refused after its image resolved; a mount refused after
+    its target was pinned) closes what it opened: a tool that calls lamina in a loop over
+    hostile images must not run out of descriptors."""
+    from lamina.store import mounts
+    from lamina.transports import copy
+    store = sample_store
+    bad = _bad_layout(tmp_path)
+    (tmp_path / "file").write_bytes(b"")
+    run = {"unpack": lambda i: lamina_api.unpack(f"oci:{bad}:t", tmp_path / f"d{i}"),
+           "unpack overlay": lambda i: lamina_api.unpack(f"oci:{bad}:t", tmp_path / f"d{i}", format="overlay"),
+           "copy": lambda i: copy(f"oci:{bad}:t", f"bad:{i}", store=store),
+           "store unpack into a file": lambda i: I.unpack(store, "sample:1", tmp_path / "file"),
+           "mount refused": lambda i: mounts.mount(store, "sample:1", tmp_path / "file")}[call]
+    with pytest.raises(LaminaError):
+        run(0)   # a first refusal may close what the store kept open (a rollback drops its caches)
+    before = _open_fds()
+    for i in range(1, 6):
+        with pytest.raises(LaminaError):
+            run(i)
+        assert len(_open_fds()) <= len(before), (i, _open_fds(), before)
+    assert sorted(os.listdir(tmp_path)) == ["bad", "file", "root", "warm"]
+    assert store.fsck().ok
