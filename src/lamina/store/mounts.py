@@ -34,7 +34,8 @@ def _libc_fn(name):
 # New mount API (unified syscall numbers on every architecture since 5.2)
 _SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 429, 430, 431, 432
 _FSOPEN_CLOEXEC = 1
-_FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 0, 1, 6
+_FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_SET_FD, _FSCONFIG_CMD_CREATE = 0, 1, 5, 6
+_FSCONFIG_MAX_STRING = 255  # fsconfig copies a string value of at most 256 bytes with its NUL
 _FSMOUNT_CLOEXEC = 1
 _MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
 _MOVE_MOUNT_F_EMPTY_PATH, _MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
@@ -68,12 +69,30 @@ def _mount_new_api(lowers, upper, work, target_fd, readonly, userxattr=False, su
                          ctypes.c_char_p(os.fsencode(value)), 0)
             except OSError as e:
                 raise OSError(e.errno, f"overlay option {key}={value}: {e.strerror}") from None
+        def setdir(key, path):
+            if len(os.fsencode(path)) <= _FSCONFIG_MAX_STRING:
+                setstr(key, path)
+                return
+            # a longer path (a store root deep in the tree: ROOT/snapshots/<chainID>/fs) was
+            # refused (EINVAL), and the fallback to mount(2) refused more than a few layers
+            # "for want of lowerdir+": the directory goes by an fd (Linux 6.13), else by a
+            # short name of it, /proc/self/fd/N, which overlayfs resolves here and now
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                try:
+                    _syscall(_SYS_FSCONFIG, fsfd, _FSCONFIG_SET_FD, ctypes.c_char_p(key.encode()), None, fd)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise OSError(e.errno, f"overlay option {key}={path}: {e.strerror}") from None
+                    setstr(key, f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
         setstr("source", "lamina")
         for d in lowers:  # top first
-            setstr("lowerdir+", d)
+            setdir("lowerdir+", d)
         if upper:
-            setstr("upperdir", upper)
-            setstr("workdir", work)
+            setdir("upperdir", upper)
+            setdir("workdir", work)
         if userxattr:
             _syscall(_SYS_FSCONFIG, fsfd, _FSCONFIG_SET_FLAG, ctypes.c_char_p(b"userxattr"), None, 0)
         _syscall(_SYS_FSCONFIG, fsfd, _FSCONFIG_CMD_CREATE, None, None, 0)
