@@ -214,3 +214,22 @@ def test_a_refused_call_gives_back_every_descriptor(tmp_path, sample_store, call
         assert len(_open_fds()) <= len(before), (i, _open_fds(), before)
     assert sorted(os.listdir(tmp_path)) == ["bad", "file", "root", "warm"]
     assert store.fsck().ok
+
+
+@pytest.mark.parametrize("how", ["save", "docker-archive", "oci-archive"])
+def test_an_archive_under_a_file_is_refused_saying_what_is_there(tmp_path, sample_store, how):
+    """``save -o FILE/x.tar`` (and copy to ``docker-archive:`` / ``oci-archive:FILE/x.tar``),
+    FILE a regular file an earlier tree left: refused with "FILE: no such directory", which
+    sent the user looking for a directory that was never missing.  Now it says what is there;
+    nothing is written."""
+    from lamina.transports import copy, save
+    (tmp_path / "file").write_bytes(b"kept\n")
+    out = tmp_path / "file" / "x.tar"
+    with pytest.raises(LaminaError) as e:
+        if how == "save":
+            save(["sample:1"], out, store=sample_store)
+        else:
+            copy("sample:1", f"{how}:{out}", store=sample_store)
+    assert str(e.value) == f"{tmp_path / 'file'} exists and is not a directory", str(e.value)
+    assert (tmp_path / "file").read_bytes() == b"kept\n"
+    assert sorted(os.listdir(tmp_path)) == ["file", "root", "warm"]

@@ -95,7 +95,9 @@ def atomic_output(path):
         raise ImageError(f"{path} is a directory")
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
-        raise ImageError(f"{parent}: no such directory")
+        # a file there is no missing directory: say which it is, as open(2)'s ENOTDIR would
+        raise ImageError(f"{parent} exists and is not a directory" if os.path.lexists(parent)
+                         else f"{parent}: no such directory")
     tmp = tmp_name(path)
     f = open(tmp, "xb")
     try:
