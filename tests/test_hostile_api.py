@@ -233,3 +233,38 @@ def test_an_archive_under_a_file_is_refused_saying_what_is_there(tmp_path, sampl
     assert str(e.value) == f"{tmp_path / 'file'} exists and is not a directory", str(e.value)
     assert (tmp_path / "file").read_bytes() == b"kept\n"
     assert sorted(os.listdir(tmp_path)) == ["file", "root", "warm"]
+
+
+@pytest.mark.parametrize("call", ["unpack", "unpack overlay", "apply_layer_atomic", "Store", "images.unpack",
+                                  "images.unpack link", "images.unpack bundle", "mount", "save", "copy oci:"])
+def test_a_destination_given_as_bytes_is_the_path_those_bytes_name(tmp_path, sample_store, call):
+    """A calling tool names a DEST by its bytes (``b"/srv/rootfs\\xff"``: not UTF-8, as an
+    image's or a host's names may be), as os functions and apply_layer take it.  unpack,
+    images.unpack, mount, save, Store(...) failed with "TypeError: can't concat str to bytes"
+    (no LaminaError, nothing said of the path) once they joined it with a name of their own."""
+    from lamina.store import mounts
+    from lamina.transports import copy, save
+    dest = os.fsencode(tmp_path) + b"/dest\xff"
+    blob = os.path.join(SAMPLE, "blobs", "sha256", sorted(os.listdir(os.path.join(SAMPLE, "blobs", "sha256")))[0])
+    run = {"unpack": lambda: lamina_api.unpack(f"oci:{SAMPLE}:latest", dest),
+           "unpack overlay": lambda: lamina_api.unpack(f"oci:{SAMPLE}:latest", dest, format="overlay"),
+           "apply_layer_atomic": lambda: lamina_api.apply_layer_atomic(blob, dest),
+           "Store": lambda: copy(f"oci:{SAMPLE}:latest", "s:1", store=lamina_api.Store(dest)),
+           "images.unpack": lambda: I.unpack(sample_store, "sample:1", dest),
+           "images.unpack link": lambda: I.unpack(sample_store, "sample:1", dest, link=True),
+           "images.unpack bundle": lambda: I.unpack(sample_store, "sample:1", dest, bundle=True),
+           "mount": lambda: mounts.mount(sample_store, "sample:1", dest),
+           "save": lambda: save(["sample:1"], dest, store=sample_store),
+           "copy oci:": lambda: copy("sample:1", "oci:" + os.fsdecode(dest), store=sample_store)}[call]
+    try:
+        run()
+        assert sorted(n for n in os.listdir(os.fsencode(tmp_path)) if n not in (b"root", b"warm")) == [b"dest\xff"]
+        if call == "unpack overlay":
+            with open(dest + b"/mount-options", "rb") as f:
+                assert dest + b"/layers/0" in f.read()   # the path's own bytes, as mount -o wants them
+        elif call == "mount":
+            assert os.path.ismount(dest) and os.path.isdir(dest + b"/bin")
+    finally:
+        if call == "mount" and os.path.ismount(dest):
+            mounts.umount(sample_store, dest)
+    assert sample_store.fsck().ok

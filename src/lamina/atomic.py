@@ -58,7 +58,7 @@ def apply_layer_atomic(layer, dest, **kw):
     DEST appears (or is replaced) by rename: readers see the old tree or the new one."""
     from .layer import apply_layer
     from .tree import remove_tree
-    dest = os.path.abspath(os.fspath(dest))
+    dest = os.path.abspath(os.fsdecode(dest))
     staging = _sibling(dest, "staging")
     try:
         if os.path.lexists(dest):

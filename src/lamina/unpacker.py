@@ -53,7 +53,7 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
         raise ValueError(f"format must be one of {FORMATS}, not {format!r}")
     t_start = time.perf_counter()
     seconds = {}
-    dest = os.path.abspath(os.fspath(dest))
+    dest = os.path.abspath(os.fsdecode(dest))
 
     t = time.perf_counter()
     with open_source(source) as src:

@@ -26,7 +26,7 @@ def _staged(dest, fill):
     """Make ``dest`` (absent or empty) complete or not at all: ``fill(staging_dir)``, then commit
     the staging dir as unpacker._commit does (a rename, or a move up from inside ``dest``)."""
     from ..unpacker import _check_dest, _commit, _make_staging, name_dest, release_staging
-    dest = os.path.abspath(os.fspath(dest))
+    dest = os.path.abspath(os.fsdecode(dest))
     _check_dest(dest)
     staging = _make_staging(dest)
     try:
@@ -51,7 +51,7 @@ def check_outside_store(store, path, what):
     theirs = _store_dirs(store)
     if not theirs:
         return  # no store there yet: nothing to be inside of
-    fd = _nearest_existing(os.path.abspath(os.fspath(path)))
+    fd = _nearest_existing(os.path.abspath(os.fsdecode(path)))
     try:
         while True:
             st = os.fstat(fd)
@@ -120,7 +120,7 @@ def materialize(store, ref, dest, *, link=False, platform=None):
     """
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     _check_platform(image, platform)
-    dest = os.path.abspath(os.fspath(dest))
+    dest = os.path.abspath(os.fsdecode(dest))
     check_outside_store(store, dest, "destination")
     layer_dirs, t_extract, extracted = _snapshots(store, image)
     if link:

@@ -243,7 +243,7 @@ def mount(store, ref, target, *, rw=False, platform=None, suid=False):
                                "use lamina unpack for a private copy instead")
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     _check_platform(image, platform)
-    given = os.path.abspath(os.fspath(target))
+    given = os.path.abspath(os.fsdecode(target))
     if os.path.islink(given):
         # as apply, apply --atomic and unpack refuse a DEST that is a symlink (CONFORMANCE.md): a
         # TARGET left by an earlier image's tree (mnt -> /etc) put the mount over the host's /etc
@@ -303,7 +303,7 @@ def mount(store, ref, target, *, rw=False, platform=None, suid=False):
 
 def umount(store, target, *, lazy=False):
     """``lamina umount TARGET``: unmount and remove the mount's upper/work dirs and in-use record."""
-    target_abs = os.path.abspath(os.fspath(target))
+    target_abs = os.path.abspath(os.fsdecode(target))
     real = os.path.realpath(target_abs)
     records = {r["key"]: r for r in load_records(store, "mount")}
     key = next((k for k in (key_for("mount", real), key_for("mount", target_abs)) if k in records), None)

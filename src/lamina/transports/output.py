@@ -90,7 +90,7 @@ def add_symlink(tar, name, target):
 @contextmanager
 def atomic_output(path):
     """A binary file that appears at ``path`` only if the block succeeds (else nothing is left)."""
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(os.fsdecode(path))
     if os.path.isdir(path):
         raise ImageError(f"{path} is a directory")
     parent = os.path.dirname(path)
