@@ -268,3 +268,31 @@ def test_a_destination_given_as_bytes_is_the_path_those_bytes_name(tmp_path, sam
         if call == "mount" and os.path.ismount(dest):
             mounts.umount(sample_store, dest)
     assert sample_store.fsck().ok
+
+
+@pytest.mark.parametrize("above", [1, 2])
+def test_a_mount_target_that_holds_the_store_is_refused(tmp_path, above):
+    """``lamina mount IMG DIR`` where DIR holds the store (ROOT's parent, or a directory above
+    it; "/" is one): the image covered the store, which then looked empty (``lamina images``
+    listed nothing), and ``lamina umount DIR`` said "not a lamina mount of the store", its
+    records being under the mount.  Refused now; a target beside the store still mounts."""
+    root = tmp_path / "a" / "root"
+    lamina(root, "copy", f"oci:{SAMPLE}:latest", "s:1")
+    target = root.parents[above - 1]
+    try:
+        proc = lamina(root, "mount", "s:1", target, check=False)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"lamina: error: mount target {target} holds the store {root}: the image would cover it "
+            "(and the records lamina umount needs); give one outside it"), proc.stderr
+    finally:
+        if os.path.ismount(target):
+            os.system(f"umount {target}")
+            pytest.fail("mounted over the store")
+    assert lamina(root, "images", "-q").stdout.strip()
+    beside = root.parent / "mnt"
+    lamina(root, "mount", "s:1", beside)
+    assert os.path.ismount(beside)
+    lamina(root, "umount", beside)
+    assert json.loads(lamina(root, "mount", "--format", "json").stdout)["mounts"] == []
+    _fsck_clean(root)

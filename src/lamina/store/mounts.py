@@ -219,6 +219,33 @@ def _lock(store, key):
     return FileLock(store.paths.locks / f"{key}.lock")
 
 
+def _check_not_above_store(store, target):
+    """Refuse a TARGET that holds the store (its root, a directory above it, "/"): the image
+    would cover the store, its snapshots and its mount records, so that the store looks empty
+    and ``lamina umount TARGET`` cannot find the mount it made.  By inode, from the store's
+    root up to "/", as check_outside_store looks from the target up."""
+    try:
+        fd = os.open(store.paths.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # no store yet: the mount will find none to extract from and say so
+    try:
+        st = os.stat(target)
+        mine = (st.st_dev, st.st_ino)
+        while True:
+            here = os.fstat(fd)
+            if (here.st_dev, here.st_ino) == mine:
+                raise MaterializeError(f"mount target {target} holds the store {store.paths.root}: the image would "
+                                       f"cover it (and the records lamina umount needs); give one outside it")
+            up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            above = os.fstat(fd)
+            if (above.st_dev, above.st_ino) == (here.st_dev, here.st_ino):
+                return  # "/" is its own parent
+    finally:
+        os.close(fd)
+
+
 def mount(store, ref, target, *, rw=False, platform=None, suid=False):
     """``lamina mount REF TARGET [--rw]``: overlayfs over the image's snapshots. Returns the mount record.
 
@@ -255,6 +282,12 @@ def mount(store, ref, target, *, rw=False, platform=None, suid=False):
         raise MaterializeError(f"mount target {target} exists and is not a directory")
     made = not os.path.lexists(target)
     os.makedirs(target, exist_ok=True)
+    try:
+        _check_not_above_store(store, target)
+    except BaseException:
+        if made:
+            os.rmdir(target)
+        raise
     key = key_for("mount", target)
     lock = _lock(store, key)
     lock.acquire()
