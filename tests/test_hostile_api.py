@@ -296,3 +296,38 @@ def test_a_mount_target_that_holds_the_store_is_refused(tmp_path, above):
     lamina(root, "umount", beside)
     assert json.loads(lamina(root, "mount", "--format", "json").stdout)["mounts"] == []
     _fsck_clean(root)
+
+
+@pytest.mark.parametrize("verb", ["mount", "unpack", "unpack --bundle", "unpack oci:"])
+@pytest.mark.parametrize("left", ["symlink to nothing", "file"])
+def test_a_path_through_what_an_earlier_tree_left_is_refused_saying_what_is_there(tmp_path, verb, left):
+    """An earlier image's tree at R left ``R/d -> OUT/new`` (nothing there yet) or a file
+    ``R/d``.  ``lamina mount IMG R/d/mnt`` resolved the path first and made OUT/new/mnt where
+    the link pointed, then mounted the image there; unpack said "R/d/mnt: No such file or
+    directory", "R/d: File exists" or "Not a directory".  Now, as ``mkdir -p``, nothing is made
+    through the link, and the error names the component and what it is."""
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{SAMPLE}:latest", "s:1")
+    r, out = tmp_path / "R", tmp_path / "OUT"
+    r.mkdir()
+    if left == "file":
+        (r / "d").write_bytes(b"")
+        why = f"{r / 'd'} exists and is not a directory"
+    else:
+        os.symlink(out / "new", r / "d")
+        why = f"{r / 'd'} is a symlink to {str(out / 'new')!r}, where there is no directory"
+    dest = r / "d" / "mnt"
+    args = {"mount": ["mount", "s:1", dest], "unpack": ["unpack", "s:1", dest / "x"],
+            "unpack --bundle": ["unpack", "--bundle", "s:1", dest / "x"],
+            "unpack oci:": ["unpack", f"oci:{SAMPLE}:latest", dest / "x"]}[verb]
+    try:
+        proc = lamina(root, *args, check=False)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        what = f"mount target {dest}" if verb == "mount" else f"destination {dest / 'x'}"
+        assert proc.stderr.strip().splitlines()[-1] == f"lamina: error: cannot make {what}: {why}", proc.stderr
+    finally:
+        if os.path.ismount(out / "new" / "mnt"):
+            os.system(f"umount {out / 'new' / 'mnt'}")
+            pytest.fail("mounted where the dangling link pointed")
+    assert not out.exists() and sorted(os.listdir(r)) == ["d"]
+    _fsck_clean(root)

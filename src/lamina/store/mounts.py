@@ -14,7 +14,7 @@ import re
 
 from ..errors import MaterializeError
 from ..quoting import quote_name
-from ..tree import remove_tree
+from ..tree import make_dirs, remove_tree
 from .flatten import _is_root
 from .inuse import drop_record, in_use, key_for, load_records, record_dir_of, record_use, records_dir
 from .materialize import _check_platform, check_outside_store, snapshot_dirs
@@ -276,17 +276,20 @@ def mount(store, ref, target, *, rw=False, platform=None, suid=False):
         # TARGET left by an earlier image's tree (mnt -> /etc) put the mount over the host's /etc
         raise MaterializeError(f"mount target {given} is a symlink (to {quote_name(os.fsencode(os.readlink(given)))}): lamina does not "
                                f"mount through one; give the directory it points to")
+    if os.path.lexists(given) and not os.path.isdir(given):
+        raise MaterializeError(f"mount target {given} exists and is not a directory")
+    check_outside_store(store, given, "mount target")
+    made = not os.path.lexists(given)
+    # made before it is resolved: a symlink to nothing on the way (R/d -> /etc/new, left by an
+    # earlier image's tree) is refused, as by mkdir -p, not followed to make /etc/new/mnt
+    make_dirs(given, f"mount target {given}")
     target = os.path.realpath(given)
-    check_outside_store(store, target, "mount target")
-    if os.path.lexists(target) and not os.path.isdir(target):
-        raise MaterializeError(f"mount target {target} exists and is not a directory")
-    made = not os.path.lexists(target)
-    os.makedirs(target, exist_ok=True)
     try:
+        check_outside_store(store, target, "mount target")
         _check_not_above_store(store, target)
     except BaseException:
         if made:
-            os.rmdir(target)
+            os.rmdir(given)
         raise
     key = key_for("mount", target)
     lock = _lock(store, key)
