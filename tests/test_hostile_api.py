@@ -298,13 +298,18 @@ def test_a_mount_target_that_holds_the_store_is_refused(tmp_path, above):
     _fsck_clean(root)
 
 
-@pytest.mark.parametrize("verb", ["mount", "unpack", "unpack --bundle", "unpack oci:"])
+def _a_layer_blob():
+    return os.path.join(SAMPLE, "blobs", "sha256", sorted(os.listdir(os.path.join(SAMPLE, "blobs", "sha256")))[0])
+
+
+@pytest.mark.parametrize("verb", ["mount", "unpack", "unpack --bundle", "unpack oci:", "apply", "apply --atomic"])
 @pytest.mark.parametrize("left", ["symlink to nothing", "file"])
 def test_a_path_through_what_an_earlier_tree_left_is_refused_saying_what_is_there(tmp_path, verb, left):
     """An earlier image's tree at R left ``R/d -> OUT/new`` (nothing there yet) or a file
     ``R/d``.  ``lamina mount IMG R/d/mnt`` resolved the path first and made OUT/new/mnt where
     the link pointed, then mounted the image there; unpack said "R/d/mnt: No such file or
-    directory", "R/d: File exists" or "Not a directory".  Now, as ``mkdir -p``, nothing is made
+    directory", "R/d: File exists" or "Not a directory" (apply --atomic: of a staging dir the
+    user never named).  Now, as ``mkdir -p``, nothing is made
     through the link, and the error names the component and what it is."""
     root = tmp_path / "root"
     lamina(root, "copy", f"oci:{SAMPLE}:latest", "s:1")
@@ -319,7 +324,8 @@ def test_a_path_through_what_an_earlier_tree_left_is_refused_saying_what_is_ther
     dest = r / "d" / "mnt"
     args = {"mount": ["mount", "s:1", dest], "unpack": ["unpack", "s:1", dest / "x"],
             "unpack --bundle": ["unpack", "--bundle", "s:1", dest / "x"],
-            "unpack oci:": ["unpack", f"oci:{SAMPLE}:latest", dest / "x"]}[verb]
+            "unpack oci:": ["unpack", f"oci:{SAMPLE}:latest", dest / "x"],
+            "apply": ["apply", _a_layer_blob(), dest / "x"], "apply --atomic": ["apply", "--atomic", _a_layer_blob(), dest / "x"]}[verb]
     try:
         proc = lamina(root, *args, check=False)
         assert proc.returncode == 1, proc.stdout + proc.stderr

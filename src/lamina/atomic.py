@@ -14,6 +14,7 @@ import secrets
 import subprocess
 
 from .errors import LaminaError
+from .tree import make_dirs
 
 
 def why_unwritable(directory):
@@ -60,6 +61,7 @@ def apply_layer_atomic(layer, dest, **kw):
     from .tree import remove_tree
     dest = os.path.abspath(os.fsdecode(dest))
     staging = _sibling(dest, "staging")
+    make_dirs(os.path.dirname(dest), f"destination {dest}")  # the staging dir's errors would name it
     try:
         if os.path.lexists(dest):
             if not os.path.isdir(dest) or os.path.islink(dest):
