@@ -325,7 +325,8 @@ def test_a_path_through_what_an_earlier_tree_left_is_refused_saying_what_is_ther
     args = {"mount": ["mount", "s:1", dest], "unpack": ["unpack", "s:1", dest / "x"],
             "unpack --bundle": ["unpack", "--bundle", "s:1", dest / "x"],
             "unpack oci:": ["unpack", f"oci:{SAMPLE}:latest", dest / "x"],
-            "apply": ["apply", _a_layer_blob(), dest / "x"], "apply --atomic": ["apply", "--atomic", _a_layer_blob(), dest / "x"]}[verb]
+            "apply": ["apply", _a_layer_blob(), dest / "x"],
+            "apply --atomic": ["apply", "--atomic", _a_layer_blob(), dest / "x"]}[verb]
     try:
         proc = lamina(root, *args, check=False)
         assert proc.returncode == 1, proc.stdout + proc.stderr

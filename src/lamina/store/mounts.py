@@ -274,8 +274,9 @@ def mount(store, ref, target, *, rw=False, platform=None, suid=False):
     if os.path.islink(given):
         # as apply, apply --atomic and unpack refuse a DEST that is a symlink (CONFORMANCE.md): a
         # TARGET left by an earlier image's tree (mnt -> /etc) put the mount over the host's /etc
-        raise MaterializeError(f"mount target {given} is a symlink (to {quote_name(os.fsencode(os.readlink(given)))}): lamina does not "
-                               f"mount through one; give the directory it points to")
+        where = quote_name(os.fsencode(os.readlink(given)))
+        raise MaterializeError(f"mount target {given} is a symlink (to {where}): lamina does not mount through one; "
+                               "give the directory it points to")
     if os.path.lexists(given) and not os.path.isdir(given):
         raise MaterializeError(f"mount target {given} exists and is not a directory")
     check_outside_store(store, given, "mount target")
