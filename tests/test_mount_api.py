@@ -243,3 +243,40 @@ def test_a_mount_target_whose_path_went_through_a_symlink_is_refused(tmp_path):
     with pytest.raises(MaterializeError, match="changed while it was being mounted"):
         _pin_target(os.fspath(tmp_path / "link" / "mnt"))
     os.close(_pin_target(os.fspath(tmp_path / "real" / "mnt")))
+
+
+@pytest.mark.parametrize("layers_by", ["fd", "/proc/self/fd"])
+def test_a_store_whose_snapshot_paths_pass_255_bytes_mounts_many_layers(tmp_path, monkeypatch, layers_by):
+    """fsconfig copies a string of at most 255 bytes: a store deep enough that
+    ROOT/snapshots/<chainID>/fs passes that had every lowerdir+ refused (EINVAL), and the fall
+    back to mount(2) refused 70 layers "for want of fsconfig lowerdir+", which the kernel has.
+    Such a directory now goes by an fd (FSCONFIG_SET_FD, Linux 6.13), or, where overlayfs
+    takes no fd for it (6.8 to 6.12; played here by making that call one the kernel refuses
+    with EINVAL), by /proc/self/fd/N.  A rw mount's upper and work dirs, under ROOT too, alike."""
+    import lamina.store.mounts as m
+    require_root()
+    if layers_by == "/proc/self/fd":
+        monkeypatch.setattr(m, "_FSCONFIG_SET_FD", m._FSCONFIG_SET_FLAG)   # a flag with an fd: EINVAL
+    lay = ob.Layout(tmp_path / "layout")
+    layers = [{f"l{i:02d}": b"x", "shared": f"top is {i}".encode()} for i in range(70)]
+    lay.add(lay.image(layers), "many")
+    store = Store(tmp_path / ("r" * 100) / ("s" * 100) / "root")
+    load_layout(store, lay.root, "many", "many")
+    chain = store.resolve("many").chain_ids[0]
+    assert len(os.fsencode(os.path.join(store.snapshot_dir(chain), "fs"))) > 255
+    if _expected_api() != "fsconfig":   # mount(2) alone: one page of options, as test_many_layers
+        with pytest.raises(LaminaError, match=r"more than mount\(2\) accepts"):
+            mount(store, "many", tmp_path / "mnt")
+        return
+    for rw in (False, True):
+        mnt = tmp_path / f"mnt-{rw}"
+        record = mount(store, "many", mnt, rw=rw)
+        try:
+            assert record["api"] == "fsconfig"
+            assert (mnt / "shared").read_bytes() == b"top is 69" and len(os.listdir(mnt)) == 71
+            if rw:
+                (mnt / "written").write_bytes(b"w")
+                assert (mnt / "written").read_bytes() == b"w"
+        finally:
+            umount(store, mnt)
+    assert store.fsck().ok

@@ -318,3 +318,17 @@ def test_plain_http_only_for_loopback_or_insecure(host, insecure, expect, regist
     with pytest.raises(errors.RegistryError, match="not reachable"):
         session.ready()
     assert t.urls == expect
+
+
+@pytest.mark.parametrize("given", ["host", "[host]"])
+def test_insecure_given_as_one_host_string_marks_that_host(tls_reg, registry_env, given):  # noqa: F811
+    """The API's ``insecure=`` takes a list of hosts; a calling tool passing one host as a str
+    (``insecure="reg.example:5000"``) had it taken for its characters, so nothing was marked
+    and the pull failed on the certificate as if insecure had not been given.  A non-host
+    (``True``) said "'bool' object is not iterable"; now it says what insecure takes."""
+    reg, ca = tls_reg
+    store = Store(registry_env / "root")
+    pull(f"{reg.host}/tls:1", store=store, insecure=reg.host if given == "host" else [reg.host])
+    _pulled_ok(store, f"{reg.host}/tls:1")
+    with pytest.raises(TypeError, match="insecure: a registry host or a list of them, not True"):
+        pull(f"{reg.host}/tls:1", store=store, insecure=True)

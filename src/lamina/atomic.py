@@ -14,6 +14,7 @@ import secrets
 import subprocess
 
 from .errors import LaminaError
+from .tree import make_dirs
 
 
 def why_unwritable(directory):
@@ -31,14 +32,36 @@ def _sibling(dest, what):
     return os.path.join(parent, f".{name}.lamina-{what}-{secrets.token_hex(4)}")
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a, b):
+    """Swap the directories ``a`` and ``b`` in one renameat2(RENAME_EXCHANGE): True if done,
+    False where the kernel, libc or filesystem offers no exchange."""
+    import ctypes
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except AttributeError:  # a libc before glibc 2.28
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
 def apply_layer_atomic(layer, dest, **kw):
     """apply_layer(layer, dest, **kw) that leaves DEST untouched unless it succeeds.
 
     DEST appears (or is replaced) by rename: readers see the old tree or the new one."""
     from .layer import apply_layer
     from .tree import remove_tree
-    dest = os.path.abspath(os.fspath(dest))
+    dest = os.path.abspath(os.fsdecode(dest))
     staging = _sibling(dest, "staging")
+    make_dirs(os.path.dirname(dest), f"destination {dest}")  # the staging dir's errors would name it
     try:
         if os.path.lexists(dest):
             if not os.path.isdir(dest) or os.path.islink(dest):
@@ -53,13 +76,14 @@ def apply_layer_atomic(layer, dest, **kw):
                 raise LaminaError(f"--atomic: cannot copy {dest} to stage the layer: "
                                   f"{proc.stderr.strip() or 'cp failed'}")
         stats = apply_layer(layer, staging, **kw)
-        if os.path.lexists(dest):
+        if not os.path.lexists(dest):
+            os.rename(staging, dest)
+        elif not _exchange(staging, dest):  # the old tree is the staging name's now (removed below)
+            # two renames: for a moment there is no DEST, and a crash there leaves none
             old = _sibling(dest, "old")
             os.rename(dest, old)
             os.rename(staging, dest)
             remove_tree(old)
-        else:
-            os.rename(staging, dest)
         return stats
     finally:
         if os.path.lexists(staging):

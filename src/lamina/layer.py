@@ -34,6 +34,7 @@ import time
 
 from . import _pipeline, compression, errors
 from .digest import validate
+from .tree import make_dirs
 from ._extract import Extractor, cancelled
 from .limits import DEFAULT_LIMITS
 from .stats import ApplyStats
@@ -110,10 +111,9 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     if not hash_blob and digest is not None:
         raise ValueError("apply_layer: digest given but hash_blob=False")
     check_not_symlink(dest)
-    try:
-        os.makedirs(dest, exist_ok=True)
-    except FileExistsError:
-        raise errors.ExtractError(f"destination {os.fsdecode(dest)} exists and is not a directory") from None
+    if os.path.lexists(dest) and not os.path.isdir(dest):
+        raise errors.ExtractError(f"destination {os.fsdecode(dest)} exists and is not a directory")
+    make_dirs(dest, f"destination {os.fsdecode(dest)}")
     if hash_files_into is not None:
         os.makedirs(hash_files_into, exist_ok=True)
     limits = limits or DEFAULT_LIMITS

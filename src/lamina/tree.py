@@ -9,7 +9,7 @@ import os
 
 from ._extract import clear_dir, remove_tree
 
-__all__ = ["abandon", "clear_dir", "discard", "remove_tree"]
+__all__ = ["abandon", "clear_dir", "discard", "make_dirs", "remove_tree"]
 
 
 def discard(path, trash_name=None):
@@ -42,3 +42,26 @@ def abandon(path, exc, trash_name=None):
         discard(path, trash_name)
     else:
         remove_tree(path)
+
+
+def make_dirs(path, what):
+    """os.makedirs(path, exist_ok=True) for a DEST or mount target the user named (``what``:
+    "destination DEST", "mount target T").  A component there that is no directory (a file, or
+    a symlink to nothing that an earlier image's tree left: ``R/etc -> /nowhere``, then DEST
+    ``R/etc/x``) failed with "R/etc: File exists", which names no problem: say what is there.
+    Like ``mkdir -p``, nothing is made where a dangling symlink points."""
+    from .errors import ExtractError
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, FileNotFoundError, NotADirectoryError):
+        here, parts = os.path.abspath(os.fsdecode(path)), []
+        while here != os.path.dirname(here):
+            parts.append(here)
+            here = os.path.dirname(here)
+        for part in reversed(parts):
+            if os.path.islink(part) and not os.path.isdir(part):
+                raise ExtractError(f"cannot make {what}: {part} is a symlink to {os.readlink(part)!r}, "
+                                   "where there is no directory") from None
+            if os.path.lexists(part) and not os.path.isdir(part):
+                raise ExtractError(f"cannot make {what}: {part} exists and is not a directory") from None
+        raise

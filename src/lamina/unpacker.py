@@ -24,7 +24,7 @@ from .limits import check_layer_count
 from .lowers import LayersBelow
 from .oci import open_source
 from .stats import UnpackStats
-from .tree import abandon, clear_dir, remove_tree
+from .tree import abandon, clear_dir, make_dirs, remove_tree
 
 FORMATS = ("dir", "overlay")
 # Overlay layers are independent, and apply_layer keeps about two cores busy by itself
@@ -53,7 +53,7 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
         raise ValueError(f"format must be one of {FORMATS}, not {format!r}")
     t_start = time.perf_counter()
     seconds = {}
-    dest = os.path.abspath(os.fspath(dest))
+    dest = os.path.abspath(os.fsdecode(dest))
 
     t = time.perf_counter()
     with open_source(source) as src:
@@ -290,8 +290,8 @@ def name_dest(e, dest):
 def _check_dest(dest):
     try:
         st = os.lstat(dest)
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return  # made with its parents (make_dirs says what is in the way)
     if not stat.S_ISDIR(st.st_mode):
         raise ExtractError(f"destination {dest} exists and is not a directory")
     names = os.listdir(dest)
@@ -310,7 +310,7 @@ def _make_staging(dest):
     if _fill_in_place(dest, parent):
         staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=dest)
     else:
-        os.makedirs(parent, exist_ok=True)
+        make_dirs(parent, f"destination {dest}")
         _sweep_killed_siblings(parent, name)
         newborn = tempfile.mkdtemp(prefix=f"{name}{_NEWBORN_PREFIX}", dir=parent)
         fd = os.open(newborn, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -357,7 +357,7 @@ def _sweep_killed_siblings(parent, name):
 def _fill_in_place(dest, parent):
     try:
         st = os.stat(dest)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False  # it must be made anyway, in its parent
     if os.path.ismount(dest):
         return True

@@ -33,7 +33,7 @@ from ..oci.model import document_media_type, load_json
 from ..quoting import quote_name
 from ..reference import TAG_PATTERN, Reference
 from . import credentials as _creds
-from .config import Endpoint, RegistryConfig, is_loopback
+from .config import Endpoint, RegistryConfig, insecure_hosts, is_loopback
 from .transport import Origin, TLSPolicy, Transport
 
 MANIFEST_ACCEPT = ", ".join([
@@ -569,7 +569,7 @@ class RegistryClient:
                  credentials=None, insecure=()):
         self.config = config or RegistryConfig.load(insecure=insecure)
         if insecure:
-            self.config.insecure |= set(insecure)
+            self.config.insecure |= insecure_hosts(insecure)
         self.transport = transport or Transport(tls=TLSPolicy())
         self._credentials = credentials   # None (look up), or {host: Credentials} / callable(host)
         self._sessions = {}

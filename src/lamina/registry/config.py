@@ -153,12 +153,30 @@ def default_config_path():
     return "/etc/lamina/registries.toml"
 
 
+def insecure_hosts(value):
+    """The set of hosts an ``insecure=`` argument names: a list of hosts, or one host.  A str is
+    one host, not its characters: ``insecure="reg.example:5000"`` was taken for the hosts "r",
+    "e", "g", ... and so marked nothing, the TLS check failing as if it had not been given."""
+    if value is None:
+        return set()
+    if isinstance(value, (str, bytes)):
+        value = [value]
+    try:
+        hosts = list(value)
+    except TypeError:
+        raise TypeError(f"insecure: a registry host or a list of them, not {value!r}") from None
+    bad = [h for h in hosts if not isinstance(h, str)]
+    if bad:
+        raise TypeError(f"insecure: a registry host or a list of them, not {bad[0]!r}")
+    return set(hosts)
+
+
 class RegistryConfig:
     """Rules from the configuration files, plus insecure registries given on the command line."""
 
     def __init__(self, rules=(), insecure=()):
         self.rules = list(rules)
-        self.insecure = set(insecure)
+        self.insecure = insecure_hosts(insecure)
         self._hosts_cache = {}
 
     @classmethod
@@ -171,7 +189,7 @@ class RegistryConfig:
                 rules = _parse_registries_conf(doc, path)
         env = os.environ.get("LAMINA_INSECURE_REGISTRIES", "")
         extra = {h.strip() for h in env.split(",") if h.strip()}
-        return cls(rules, set(insecure) | extra)
+        return cls(rules, insecure_hosts(insecure) | extra)
 
     def _rule_for(self, name):
         """Longest-prefix rule matching 'domain/path'."""

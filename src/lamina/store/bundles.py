@@ -306,7 +306,7 @@ def make_bundle(store, ref, bundle, *, link=False, platform=None):
     """``lamina unpack --bundle REF DIR``: DIR/config.json + DIR/rootfs. Returns (Image, FlattenStats, config)."""
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     _check_platform(image, platform)
-    bundle = os.path.abspath(os.fspath(bundle))
+    bundle = os.path.abspath(os.fsdecode(bundle))
     check_outside_store(store, bundle, "bundle directory")
     layer_dirs, t_extract, extracted = _snapshots(store, image)
     if link:

@@ -16,7 +16,7 @@ import os
 import stat
 import time
 
-from ..errors import ImageError, MaterializeError
+from ..errors import ImageError, LaminaError, MaterializeError, layer_of, name_the_layer
 from ..tree import abandon
 from .flatten import check_link, flatten
 from .paths import OWN_ENTRIES
@@ -26,7 +26,7 @@ def _staged(dest, fill):
     """Make ``dest`` (absent or empty) complete or not at all: ``fill(staging_dir)``, then commit
     the staging dir as unpacker._commit does (a rename, or a move up from inside ``dest``)."""
     from ..unpacker import _check_dest, _commit, _make_staging, name_dest, release_staging
-    dest = os.path.abspath(os.fspath(dest))
+    dest = os.path.abspath(os.fsdecode(dest))
     _check_dest(dest)
     staging = _make_staging(dest)
     try:
@@ -51,7 +51,7 @@ def check_outside_store(store, path, what):
     theirs = _store_dirs(store)
     if not theirs:
         return  # no store there yet: nothing to be inside of
-    fd = _nearest_existing(os.path.abspath(os.fspath(path)))
+    fd = _nearest_existing(os.path.abspath(os.fsdecode(path)))
     try:
         while True:
             st = os.fstat(fd)
@@ -120,7 +120,7 @@ def materialize(store, ref, dest, *, link=False, platform=None):
     """
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     _check_platform(image, platform)
-    dest = os.path.abspath(os.fspath(dest))
+    dest = os.path.abspath(os.fsdecode(dest))
     check_outside_store(store, dest, "destination")
     layer_dirs, t_extract, extracted = _snapshots(store, image)
     if link:
@@ -131,8 +131,22 @@ def materialize(store, ref, dest, *, link=False, platform=None):
     return image, stats
 
 
+def snapshot_dirs(store, image):
+    """store.snapshots_for(image) as paths, its errors naming the layer by its place in the image.
+
+    A snapshot any image may share names its layer by digest alone ("layer sha256:…: entry 'x':
+    …"); unpack REF, --link, --bundle and mount, which extract an image's missing snapshots
+    (an image added through the Store API, a snapshot fsck --repair removed), said no more, where
+    unpack, copy, load and pull say "layer 2 of 3 (sha256:…)"."""
+    try:
+        return [os.fspath(p) for p in store.snapshots_for(image)]
+    except LaminaError as e:
+        name_the_layer(e, [layer.digest for layer in image.layers], lambda k: layer_of(k, len(image.layers)))
+        raise
+
+
 def _snapshots(store, image):
     t0 = time.perf_counter()
     missing = sum(1 for c in image.chain_ids if store.snapshot_info(c) is None)
-    dirs = [os.fspath(p) for p in store.snapshots_for(image)]
+    dirs = snapshot_dirs(store, image)
     return dirs, round(time.perf_counter() - t0, 6) if missing else 0.0, missing

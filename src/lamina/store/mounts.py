@@ -7,15 +7,17 @@ otherwise.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 
 from ..errors import MaterializeError
-from ..tree import remove_tree
+from ..quoting import quote_name
+from ..tree import make_dirs, remove_tree
 from .flatten import _is_root
 from .inuse import drop_record, in_use, key_for, load_records, record_dir_of, record_use, records_dir
-from .materialize import _check_platform, check_outside_store
+from .materialize import _check_platform, check_outside_store, snapshot_dirs
 
 _libc = None
 
@@ -32,7 +34,8 @@ def _libc_fn(name):
 # New mount API (unified syscall numbers on every architecture since 5.2)
 _SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 429, 430, 431, 432
 _FSOPEN_CLOEXEC = 1
-_FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 0, 1, 6
+_FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_SET_FD, _FSCONFIG_CMD_CREATE = 0, 1, 5, 6
+_FSCONFIG_MAX_STRING = 255  # fsconfig copies a string value of at most 256 bytes with its NUL
 _FSMOUNT_CLOEXEC = 1
 _MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
 _MOVE_MOUNT_F_EMPTY_PATH, _MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
@@ -66,12 +69,30 @@ def _mount_new_api(lowers, upper, work, target_fd, readonly, userxattr=False, su
                          ctypes.c_char_p(os.fsencode(value)), 0)
             except OSError as e:
                 raise OSError(e.errno, f"overlay option {key}={value}: {e.strerror}") from None
+        def setdir(key, path):
+            if len(os.fsencode(path)) <= _FSCONFIG_MAX_STRING:
+                setstr(key, path)
+                return
+            # a longer path (a store root deep in the tree: ROOT/snapshots/<chainID>/fs) was
+            # refused (EINVAL), and the fallback to mount(2) refused more than a few layers
+            # "for want of lowerdir+": the directory goes by an fd (Linux 6.13), else by a
+            # short name of it, /proc/self/fd/N, which overlayfs resolves here and now
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                try:
+                    _syscall(_SYS_FSCONFIG, fsfd, _FSCONFIG_SET_FD, ctypes.c_char_p(key.encode()), None, fd)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise OSError(e.errno, f"overlay option {key}={path}: {e.strerror}") from None
+                    setstr(key, f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
         setstr("source", "lamina")
         for d in lowers:  # top first
-            setstr("lowerdir+", d)
+            setdir("lowerdir+", d)
         if upper:
-            setstr("upperdir", upper)
-            setstr("workdir", work)
+            setdir("upperdir", upper)
+            setdir("workdir", work)
         if userxattr:
             _syscall(_SYS_FSCONFIG, fsfd, _FSCONFIG_SET_FLAG, ctypes.c_char_p(b"userxattr"), None, 0)
         _syscall(_SYS_FSCONFIG, fsfd, _FSCONFIG_CMD_CREATE, None, None, 0)
@@ -198,6 +219,33 @@ def _lock(store, key):
     return FileLock(store.paths.locks / f"{key}.lock")
 
 
+def _check_not_above_store(store, target):
+    """Refuse a TARGET that holds the store (its root, a directory above it, "/"): the image
+    would cover the store, its snapshots and its mount records, so that the store looks empty
+    and ``lamina umount TARGET`` cannot find the mount it made.  By inode, from the store's
+    root up to "/", as check_outside_store looks from the target up."""
+    try:
+        fd = os.open(store.paths.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # no store yet: the mount will find none to extract from and say so
+    try:
+        st = os.stat(target)
+        mine = (st.st_dev, st.st_ino)
+        while True:
+            here = os.fstat(fd)
+            if (here.st_dev, here.st_ino) == mine:
+                raise MaterializeError(f"mount target {target} holds the store {store.paths.root}: the image would "
+                                       f"cover it (and the records lamina umount needs); give one outside it")
+            up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            above = os.fstat(fd)
+            if (above.st_dev, above.st_ino) == (here.st_dev, here.st_ino):
+                return  # "/" is its own parent
+    finally:
+        os.close(fd)
+
+
 def mount(store, ref, target, *, rw=False, platform=None, suid=False):
     """``lamina mount REF TARGET [--rw]``: overlayfs over the image's snapshots. Returns the mount record.
 
@@ -222,18 +270,36 @@ def mount(store, ref, target, *, rw=False, platform=None, suid=False):
                                "use lamina unpack for a private copy instead")
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     _check_platform(image, platform)
-    target = os.path.realpath(os.fspath(target))
-    check_outside_store(store, target, "mount target")
-    if os.path.lexists(target) and not os.path.isdir(target):
-        raise MaterializeError(f"mount target {target} exists and is not a directory")
-    os.makedirs(target, exist_ok=True)
+    given = os.path.abspath(os.fsdecode(target))
+    if os.path.islink(given):
+        # as apply, apply --atomic and unpack refuse a DEST that is a symlink (CONFORMANCE.md): a
+        # TARGET left by an earlier image's tree (mnt -> /etc) put the mount over the host's /etc
+        where = quote_name(os.fsencode(os.readlink(given)))
+        raise MaterializeError(f"mount target {given} is a symlink (to {where}): lamina does not mount through one; "
+                               "give the directory it points to")
+    if os.path.lexists(given) and not os.path.isdir(given):
+        raise MaterializeError(f"mount target {given} exists and is not a directory")
+    check_outside_store(store, given, "mount target")
+    made = not os.path.lexists(given)
+    # made before it is resolved: a symlink to nothing on the way (R/d -> /etc/new, left by an
+    # earlier image's tree) is refused, as by mkdir -p, not followed to make /etc/new/mnt
+    make_dirs(given, f"mount target {given}")
+    target = os.path.realpath(given)
+    try:
+        check_outside_store(store, target, "mount target")
+        _check_not_above_store(store, target)
+    except BaseException:
+        if made:
+            os.rmdir(given)
+        raise
     key = key_for("mount", target)
     lock = _lock(store, key)
     lock.acquire()
+    mounted = False
     try:
         if is_mountpoint(target) or any(r["key"] == key for r in load_records(store, "mount")):
             raise MaterializeError(f"{target} is already a lamina mount (lamina umount {target} first)")
-        layer_dirs = [os.fspath(p) for p in store.snapshots_for(image)]
+        layer_dirs = snapshot_dirs(store, image)
         userxattr = _user_markers(store, image)
         lowers = list(reversed(layer_dirs))  # overlayfs wants the top layer first
         outside = not store.writable
@@ -261,15 +327,20 @@ def mount(store, ref, target, *, rw=False, platform=None, suid=False):
             drop_record(store, record)
             remove_tree(base)
             raise MaterializeError(f"cannot mount {image.config_digest[7:19]} on {target}: {e.strerror or e}") from None
-        record["mounted"] = True
+        record["mounted"] = mounted = True
         return record
     finally:
+        if made and not mounted:
+            # a refused mount (a layer that does not extract, mount(2) saying no) leaves no
+            # TARGET the user never had, as a refused apply leaves no DEST
+            with contextlib.suppress(OSError):
+                os.rmdir(target)
         lock.release(unlink=True)
 
 
 def umount(store, target, *, lazy=False):
     """``lamina umount TARGET``: unmount and remove the mount's upper/work dirs and in-use record."""
-    target_abs = os.path.abspath(os.fspath(target))
+    target_abs = os.path.abspath(os.fsdecode(target))
     real = os.path.realpath(target_abs)
     records = {r["key"]: r for r in load_records(store, "mount")}
     key = next((k for k in (key_for("mount", real), key_for("mount", target_abs)) if k in records), None)

@@ -59,7 +59,7 @@ def foreign_entries(root):
 
 class Paths:
     def __init__(self, root):
-        self.root = Path(os.path.abspath(os.fspath(root)))
+        self.root = Path(os.path.abspath(os.fsdecode(root)))
         self.blobs = self.root / "blobs" / "sha256"
         self.ingest = self.root / "ingest"
         self.locks = self.root / "locks"

@@ -62,7 +62,7 @@ def _check_ref(ref):
 
 def write_layout(data, path, ref=None):
     _check_ref(ref)
-    root = os.path.abspath(os.fspath(path))
+    root = os.path.abspath(os.fsdecode(path))
     if os.path.exists(root) and not os.path.exists(os.path.join(root, "oci-layout")):
         if not os.path.isdir(root):
             raise ImageError(f"{root} exists and is not a directory")

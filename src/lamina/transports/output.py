@@ -90,12 +90,14 @@ def add_symlink(tar, name, target):
 @contextmanager
 def atomic_output(path):
     """A binary file that appears at ``path`` only if the block succeeds (else nothing is left)."""
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(os.fsdecode(path))
     if os.path.isdir(path):
         raise ImageError(f"{path} is a directory")
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
-        raise ImageError(f"{parent}: no such directory")
+        # a file there is no missing directory: say which it is, as open(2)'s ENOTDIR would
+        raise ImageError(f"{parent} exists and is not a directory" if os.path.lexists(parent)
+                         else f"{parent}: no such directory")
     tmp = tmp_name(path)
     f = open(tmp, "xb")
     try:
