@@ -1548,9 +1548,28 @@ cdef list _scan_and_unlink(int fd):
     return subdirs
 
 
+cdef int _chmod_dir_at(int fd, const char *name, mode_t mode) noexcept nogil:
+    """chmod the directory ``name`` under ``fd``, never through a symlink: fchmodat follows
+    one (its AT_SYMLINK_NOFOLLOW needs fchmodat2, Linux 6.6, or a glibc that emulates it),
+    and a name seen as a directory may have been swapped for a symlink to a host directory.  The name is
+    pinned by an O_PATH|O_NOFOLLOW fd (a symlink fails O_DIRECTORY with ENOTDIR), which
+    chmod reaches through /proc (fchmod refuses O_PATH fds).  0, or -1 with errno set."""
+    cdef char proc[32]
+    cdef int r, e
+    cdef int pfd = openat(fd, name, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC)
+    if pfd < 0:
+        return -1
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd)
+    r = fchmodat(AT_FDCWD, proc, mode, 0)
+    e = errno
+    close(pfd)
+    lamina_set_errno(e)
+    return r
+
+
 cdef int _open_subdir(int fd, bytes name) except -2:
     cdef int nfd = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-    if nfd < 0 and errno == EACCES and fchmodat(fd, name, 0o700, 0) == 0:
+    if nfd < 0 and errno == EACCES and _chmod_dir_at(fd, name, 0o700) == 0:
         nfd = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
     return nfd
 
@@ -4450,7 +4469,7 @@ cdef class Extractor:
                 and not (st.st_mode & 0o200) and st.st_uid == geteuid()):
             # a lower layer's read-only directory: its user.* xattrs can be changed only with
             # write permission, even by its owner; the entry's mode is set at the end (fixups)
-            fchmodat(pfd, base, (st.st_mode & 0o7777) | 0o700, 0)
+            _chmod_dir_at(pfd, cbase, (st.st_mode & 0o7777) | 0o700)
         if xl > 0:
             self._drop_other_xattrs(pfd, base, name)
         if r < 0:
