@@ -1660,6 +1660,18 @@ cdef int _remove_at(int pfd, bytes base, list gone=None, bint retry=False) excep
     return 0
 
 
+cdef void _put_mode_back(int fd, stat *was, bint known) noexcept nogil:
+    """A directory that is kept (the parent of what remove_tree removed, the one clear_dir
+    empties) may have been opened to 0700 by _unlink_opening to remove what a read-only mode
+    kept in it: it gets its own mode back, or a read-only (or 0750, setgid...) directory of
+    the caller would be left open to its owner only.  Best effort: what was removed is gone."""
+    cdef stat now
+    cdef int e = errno
+    if known and fstat(fd, &now) == 0 and (now.st_mode & 0o7777) != (was.st_mode & 0o7777):
+        fchmod(fd, was.st_mode & 0o7777)
+    lamina_set_errno(e)
+
+
 def remove_tree(path):
     """Remove ``path`` (a directory tree, a file or a symlink) as a layer
     left it: read-only directories included, symlinks never followed, any
@@ -1672,18 +1684,24 @@ def remove_tree(path):
         if errno == ENOENT:
             return
         raise OSError(errno, os.strerror(errno), os.fsdecode(parent))
+    cdef stat was
+    cdef bint known = fstat(pfd, &was) == 0
     try:
         if _remove_at(pfd, base) < 0:
             raise OSError(errno, f"cannot remove {os.fsdecode(path)}: {os.strerror(errno)}")
     finally:
+        _put_mode_back(pfd, &was, known)
         close(pfd)
 
 
 def clear_dir(path):
     """Remove everything inside directory ``path``, keeping ``path`` itself."""
     cdef int fd = openat(AT_FDCWD, os.fsencode(path), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+    cdef stat was
+    cdef bint known
     if fd < 0:
         raise OSError(errno, os.strerror(errno), os.fspath(path))
+    known = fstat(fd, &was) == 0
     try:
         while True:
             subdirs = _scan_and_unlink(fd)
@@ -1693,6 +1711,7 @@ def clear_dir(path):
             if not subdirs or subdirs[0] is not None:
                 break
     finally:
+        _put_mode_back(fd, &was, known)
         close(fd)
 
 

@@ -95,3 +95,26 @@ def test_unopenable_dirs_are_still_removed(top):
     _run("remove_tree(sys.argv[1])", tree)
     assert os.listdir(own) == []
     assert _mode(own) == 0o755
+
+
+@pytest.mark.parametrize("mode", [0o555, 0o2555, 0o500])
+def test_remove_tree_gives_the_kept_parent_its_mode_back(top, mode):
+    """remove_tree(P/x) with P read-only to its owner: P is opened (0700) to unlink x,
+    then must get its mode back; it was left 0700 before."""
+    p = os.path.join(top, "p")
+    _nobody_tree(top, [("p", "dir", mode), ("p/f", "file", 0o644), ("p/d", "dir", 0o555),
+                       ("p/d/g", "file", 0o644), ("p/l", "/", None), ("p/keep", "file", 0o600)])
+    _run("for n in ('f', 'd', 'l'):\n"
+         "    remove_tree(os.path.join(sys.argv[1], n))\n", p)
+    assert os.listdir(p) == ["keep"]
+    assert _mode(p) == mode
+
+
+@pytest.mark.parametrize("mode", [0o555, 0o2555])
+def test_clear_dir_gives_the_emptied_dir_its_mode_back(top, mode):
+    p = os.path.join(top, "p")
+    _nobody_tree(top, [("p", "dir", mode), ("p/f", "file", 0o644), ("p/d", "dir", 0o000),
+                       ("p/d/g", "file", 0o644), ("p/l", "/", None)])
+    _run("clear_dir(sys.argv[1])", p)
+    assert os.listdir(p) == []
+    assert _mode(p) == mode
