@@ -152,7 +152,7 @@ class TokenServer:
     """Issues registry tokens: anonymous pull (if allowed) and everything for known users."""
 
     def __init__(self, tmp, *, users=None, anonymous_pull=True, service="lamina-test-registry",
-                 issuer="lamina-test-issuer", expires_in=300, expired_tokens=0):
+                 issuer="lamina-test-issuer", expires_in=300, expired_tokens=0, address=LOOPBACK):
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
         self.users = dict(users or {})
@@ -179,14 +179,15 @@ class TokenServer:
             def do_POST(self):
                 owner._handle(self, "POST")
 
-        self.port = free_port()
-        self.server = _QuietServer((LOOPBACK, self.port), Handler)
+        self.address = address
+        self.server = _QuietServer((address, 0), Handler)
+        self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def realm(self):
-        return f"http://{LOOPBACK}:{self.port}/token"
+        return f"http://{self.address}:{self.port}/token"
 
     def _handle(self, h, method):
         u = urllib.parse.urlsplit(h.path)
