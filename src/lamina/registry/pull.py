@@ -538,7 +538,7 @@ class Puller:
                 pass  # its tag removed since: the name@digest is its name now
         if image is None:
             image = self.store.add_image(mr.digest, ref=tagged if tagged is not None else ref,
-                                         repo_digest=repo_digest)
+                                         repo_digest=repo_digest, platform=chosen)
         # Every snapshot exists by now; this shares their files (dedup) or compacts the layers,
         # as the store's settings say.
         trace.event("snapshots-for")
