@@ -1444,12 +1444,27 @@ cdef _one_size(bytes name, dict gs, int64_t size, str what):
                 f"entry {_show(name)}: GNU.sparse.{key.decode()} {gs[key][:40]!r} on {what}, of {size} bytes "
                 "(tar readers disagree on its size)")
 
-cdef dict _entry_xattrs(bytes name, dict schily, dict lib):
+cdef dict _entry_xattrs(bytes name, dict schily, dict lib, dict encoded):
     """The entry's xattrs from its SCHILY.xattr and LIBARCHIVE.xattr records.  bsdtar writes
     both forms, alike; where they differ Go-based tools (which read SCHILY only) and bsdtar
     (the last record) set different values: refused, as is a name that is empty or holds a
-    NUL (a url-encoded %00, which setxattr would cut the name at)."""
+    NUL (a url-encoded %00, which setxattr would cut the name at).
+
+    ``encoded``: {url-encoded name: name} of the LIBARCHIVE records whose name needed encoding
+    (``user.%C3%A9`` for ``user.é``, ``user.a%25b`` for ``user.a%b``).  bsdtar writes the
+    SCHILY twin of such a record under the same encoded name, and lamina read the SCHILY one
+    as it is and the LIBARCHIVE one decoded: one xattr set twice, under two names (as bsdtar
+    3.6 sets it).  The twins are one xattr, set once under the SCHILY name as it is: the name
+    GNU tar, docker, containerd and umoci give it (they read the SCHILY record alone)."""
     out = dict(schily) if schily else {}
+    if encoded and out:
+        for raw, decoded in encoded.items():
+            if raw in out:
+                if out[raw] != lib.get(decoded, out[raw]):
+                    raise _errors.InvalidArchiveError(
+                        f"entry {_show(name)}: its SCHILY.xattr and LIBARCHIVE.xattr records for {_show(raw)} differ "
+                        "(tar readers disagree on which applies)")
+                lib.pop(decoded, None)
     for k, v in (lib or {}).items():
         if out.get(k, v) != v:
             raise _errors.InvalidArchiveError(
@@ -2720,7 +2735,7 @@ cdef class Extractor:
         if gnu_link is not None:
             link = gnu_link
             self.long_link = None
-        xattrs = lib_xattrs = schily = None
+        xattrs = lib_xattrs = lib_encoded = schily = None
         pax = self.pax
         self.pax = None
         if pax and (gnu_name is not None or gnu_link is not None):
@@ -2754,6 +2769,9 @@ cdef class Extractor:
                     lib_xattrs = lib_xattrs or {}
                     xn, xv = _libarchive_xattr(k[17:], v)
                     lib_xattrs[xn] = xv
+                    if xn != k[17:]:
+                        lib_encoded = lib_encoded or {}
+                        lib_encoded[k[17:]] = xn
                 elif k.startswith(b"GNU.sparse."):
                     gnu_sparse = gnu_sparse or {}
                     gnu_sparse[k[11:]] = v
@@ -2791,7 +2809,7 @@ cdef class Extractor:
         if _has_byte(name, 0) or _has_byte(link, 0):  # not ``in``: bytes.__contains__ formats a TypeError first
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: NUL byte in name")
         if xattrs or lib_xattrs:
-            xattrs = _entry_xattrs(name, xattrs, lib_xattrs)
+            xattrs = _entry_xattrs(name, xattrs, lib_xattrs, lib_encoded)
 
         if tf == c'0' or tf == 0 or tf == c'7':
             # a "file" named with a trailing slash is an old-style directory,
