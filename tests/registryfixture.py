@@ -262,7 +262,8 @@ class TokenServer:
 
 
 class Registry:
-    def __init__(self, tmp, *, name="registry", htpasswd_users=None, token=None, tls_ca=None, proxy_remote=None):
+    def __init__(self, tmp, *, name="registry", htpasswd_users=None, token=None, tls_ca=None, proxy_remote=None,
+                 allow_layer_urls=False):
         self.binary = require_tool("docker-registry")
         self.dir = os.path.join(os.fspath(tmp), name)
         os.makedirs(self.dir, exist_ok=True)
@@ -299,6 +300,8 @@ class Registry:
                       f"    issuer: {token.issuer}", f"    rootcertbundle: {token.bundle}"]
         if proxy_remote:
             lines += ["proxy:", f"  remoteurl: {proxy_remote}"]
+        if allow_layer_urls:  # manifests naming foreign layers by urls (distribution refuses them by default)
+            lines += ["validation:", "  manifests:", "    urls:", "      allow:", "        - ^https?://"]
         self.config = os.path.join(self.dir, "config.yml")
         with open(self.config, "w") as f:
             f.write("\n".join(lines) + "\n")
