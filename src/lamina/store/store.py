@@ -546,8 +546,14 @@ class Store:
         # images of the store at places of their own (the same layer over other layers), whose
         # snapshots have no sidecar yet when they were stored while the store kept blobs.  A
         # place not extracted (another platform's image) keeps the blob.
+        # Finding the places reads every image's manifest and config: an image compacted
+        # already (every use of it from the store, unpack, mount, a copy out, comes here) has no
+        # blob left to drop and reads none.
+        held = {layer.digest for layer in image.layers if self.has_blob(layer.digest)}
+        if not held:
+            return dropped
         from .gc import blob_places
-        places = blob_places(self, {layer.digest for layer in image.layers})
+        places = blob_places(self, held)
         for layer, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids):
             places.setdefault(layer.digest, set()).add((chain, diff_id))
         for layer in image.layers:
