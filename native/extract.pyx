@@ -3761,18 +3761,13 @@ cdef class Extractor:
 
     cdef _copy_dir_metadata(self, int src, int dst, bytes phys, object name):
         """A copied-up directory: owner and xattrs now, mode and times at the end."""
-        cdef stat st, now
+        cdef stat st
         if fstat(src, &st) < 0:
             self._oserror("stat lower directory of", name)
         if self.is_root and fchown(dst, st.st_uid, st.st_gid) < 0:
             self._oserror("chown", name)
-        if not self.is_root and fstat(dst, &now) < 0:
-            self._oserror("stat", name)
-        self._copy_xattrs(src, dst, name)
-        # the lower copy's access ACL sets the owner's bits (user::r-x of a read-only
-        # directory): without root the mode it had goes back on until the fix-up (_dir_metadata)
-        if not self.is_root and fchmod(dst, now.st_mode & 0o7777) < 0:
-            self._oserror("chmod", name)
+        # the lower copy's access ACL sets the owner's bits (user::r-x of a read-only directory)
+        self._dir_xattrs(dst, not self.is_root, name, src)
         self.fixups.dir(phys, st.st_mode & 0o7777, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, NULL)
         self._fixup_for(dst, phys)
 
@@ -4577,27 +4572,33 @@ cdef class Extractor:
                 raise _errors.ExtractError(f"entry {_show(name)}: remove xattr {k} of the existing directory "
                                            f"failed: {os.strerror(e.errno)}") from None
 
+    cdef _dir_xattrs(self, int fd, bint acl, object name, int src=-1):
+        """Set a directory's xattrs: the entry's, or (``src`` >= 0) those of its lower copy.
+        ``acl``: rootless, and they may hold an access ACL, which sets the owner's bits too
+        (rw-: no search; r-x of a read-only directory): the owner would be shut out of the
+        directory until the fix-up sets its mode, so the mode it had goes back on at once (the
+        kernel brings the ACL in step with it)."""
+        cdef stat now
+        if acl and fstat(fd, &now) < 0:
+            self._oserror("stat", name)
+        if src >= 0:
+            self._copy_xattrs(src, fd, name)
+        else:
+            self._set_xattrs(fd, None, name)
+        if acl and fchmod(fd, now.st_mode & 0o7777) < 0:
+            self._oserror("chmod", name)
+
     cdef _dir_metadata(self, int fd, bytes path, bytes name, stat *st=NULL):
         """Owner and xattrs now; mode and mtime once the layer is done, since
         creating children changes mtime and a read-only mode would stop them.
         ``st``: the directory's fstat, if taken (a chown to the ids it has is skipped:
         on a directory it changes nothing else, unlike on a file)."""
-        cdef stat now
-        cdef bint acl = False
         if self.is_root and (st == NULL or st.st_uid != self.cur_uid or st.st_gid != self.cur_gid):
             if fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
                 self._oserror("chown", name)
             self.cache_st_fresh = False  # it may be the cached parent, whose owner rules new inodes
         if self.cur_xattrs:
-            # an access ACL sets the owner's bits too (rw-: no search): without root the
-            # owner would be shut out of the directory until the fix-up sets its mode, so the
-            # mode it had goes back on at once (the kernel brings the ACL in step with it)
-            acl = not self.is_root and ACL_ACCESS in self.cur_xattrs
-            if acl and fstat(fd, &now) < 0:
-                self._oserror("stat", name)
-            self._set_xattrs(fd, None, name)
-            if acl and fchmod(fd, now.st_mode & 0o7777) < 0:
-                self._oserror("chmod", name)
+            self._dir_xattrs(fd, not self.is_root and ACL_ACCESS in self.cur_xattrs, name)
         if not self.overlay:
             path = self._real_path(fd, path)
         self.fixups.dir(path, self.cur_mode, self.cur_sec, self.cur_nsec, st)
