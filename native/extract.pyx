@@ -1445,12 +1445,27 @@ cdef _one_size(bytes name, dict gs, int64_t size, str what):
                 f"entry {_show(name)}: GNU.sparse.{key.decode()} {gs[key][:40]!r} on {what}, of {size} bytes "
                 "(tar readers disagree on its size)")
 
-cdef dict _entry_xattrs(bytes name, dict schily, dict lib):
+cdef dict _entry_xattrs(bytes name, dict schily, dict lib, dict encoded):
     """The entry's xattrs from its SCHILY.xattr and LIBARCHIVE.xattr records.  bsdtar writes
     both forms, alike; where they differ Go-based tools (which read SCHILY only) and bsdtar
     (the last record) set different values: refused, as is a name that is empty or holds a
-    NUL (a url-encoded %00, which setxattr would cut the name at)."""
+    NUL (a url-encoded %00, which setxattr would cut the name at).
+
+    ``encoded``: {url-encoded name: name} of the LIBARCHIVE records whose name needed encoding
+    (``user.%C3%A9`` for ``user.é``, ``user.a%25b`` for ``user.a%b``).  bsdtar writes the
+    SCHILY twin of such a record under the same encoded name, and lamina read the SCHILY one
+    as it is and the LIBARCHIVE one decoded: one xattr set twice, under two names (as bsdtar
+    3.6 sets it).  The twins are one xattr, set once under the SCHILY name as it is: the name
+    GNU tar, docker, containerd and umoci give it (they read the SCHILY record alone)."""
     out = dict(schily) if schily else {}
+    if encoded and out:
+        for raw, decoded in encoded.items():
+            if raw in out:
+                if out[raw] != lib.get(decoded, out[raw]):
+                    raise _errors.InvalidArchiveError(
+                        f"entry {_show(name)}: its SCHILY.xattr and LIBARCHIVE.xattr records for {_show(raw)} differ "
+                        "(tar readers disagree on which applies)")
+                lib.pop(decoded, None)
     for k, v in (lib or {}).items():
         if out.get(k, v) != v:
             raise _errors.InvalidArchiveError(
@@ -1549,9 +1564,28 @@ cdef list _scan_and_unlink(int fd):
     return subdirs
 
 
+cdef int _chmod_dir_at(int fd, const char *name, mode_t mode) noexcept nogil:
+    """chmod the directory ``name`` under ``fd``, never through a symlink: fchmodat follows
+    one (its AT_SYMLINK_NOFOLLOW needs fchmodat2, Linux 6.6, or a glibc that emulates it),
+    and a name seen as a directory may have been swapped for a symlink to a host directory.  The name is
+    pinned by an O_PATH|O_NOFOLLOW fd (a symlink fails O_DIRECTORY with ENOTDIR), which
+    chmod reaches through /proc (fchmod refuses O_PATH fds).  0, or -1 with errno set."""
+    cdef char proc[32]
+    cdef int r, e
+    cdef int pfd = openat(fd, name, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC)
+    if pfd < 0:
+        return -1
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd)
+    r = fchmodat(AT_FDCWD, proc, mode, 0)
+    e = errno
+    close(pfd)
+    lamina_set_errno(e)
+    return r
+
+
 cdef int _open_subdir(int fd, bytes name) except -2:
     cdef int nfd = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-    if nfd < 0 and errno == EACCES and fchmodat(fd, name, 0o700, 0) == 0:
+    if nfd < 0 and errno == EACCES and _chmod_dir_at(fd, name, 0o700) == 0:
         nfd = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
     return nfd
 
@@ -1642,6 +1676,18 @@ cdef int _remove_at(int pfd, bytes base, list gone=None, bint retry=False) excep
     return 0
 
 
+cdef void _put_mode_back(int fd, stat *was, bint known) noexcept nogil:
+    """A directory that is kept (the parent of what remove_tree removed, the one clear_dir
+    empties) may have been opened to 0700 by _unlink_opening to remove what a read-only mode
+    kept in it: it gets its own mode back, or a read-only (or 0750, setgid...) directory of
+    the caller would be left open to its owner only.  Best effort: what was removed is gone."""
+    cdef stat now
+    cdef int e = errno
+    if known and fstat(fd, &now) == 0 and (now.st_mode & 0o7777) != (was.st_mode & 0o7777):
+        fchmod(fd, was.st_mode & 0o7777)
+    lamina_set_errno(e)
+
+
 def remove_tree(path):
     """Remove ``path`` (a directory tree, a file or a symlink) as a layer
     left it: read-only directories included, symlinks never followed, any
@@ -1654,18 +1700,24 @@ def remove_tree(path):
         if errno == ENOENT:
             return
         raise OSError(errno, os.strerror(errno), os.fsdecode(parent))
+    cdef stat was
+    cdef bint known = fstat(pfd, &was) == 0
     try:
         if _remove_at(pfd, base) < 0:
             raise OSError(errno, f"cannot remove {os.fsdecode(path)}: {os.strerror(errno)}")
     finally:
+        _put_mode_back(pfd, &was, known)
         close(pfd)
 
 
 def clear_dir(path):
     """Remove everything inside directory ``path``, keeping ``path`` itself."""
     cdef int fd = openat(AT_FDCWD, os.fsencode(path), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+    cdef stat was
+    cdef bint known
     if fd < 0:
         raise OSError(errno, os.strerror(errno), os.fspath(path))
+    known = fstat(fd, &was) == 0
     try:
         while True:
             subdirs = _scan_and_unlink(fd)
@@ -1675,6 +1727,7 @@ def clear_dir(path):
             if not subdirs or subdirs[0] is not None:
                 break
     finally:
+        _put_mode_back(fd, &was, known)
         close(fd)
 
 
@@ -2696,7 +2749,7 @@ cdef class Extractor:
         if gnu_link is not None:
             link = gnu_link
             self.long_link = None
-        xattrs = lib_xattrs = schily = None
+        xattrs = lib_xattrs = lib_encoded = schily = None
         pax = self.pax
         self.pax = None
         if pax and (gnu_name is not None or gnu_link is not None):
@@ -2730,6 +2783,9 @@ cdef class Extractor:
                     lib_xattrs = lib_xattrs or {}
                     xn, xv = _libarchive_xattr(k[17:], v)
                     lib_xattrs[xn] = xv
+                    if xn != k[17:]:
+                        lib_encoded = lib_encoded or {}
+                        lib_encoded[k[17:]] = xn
                 elif k.startswith(b"GNU.sparse."):
                     gnu_sparse = gnu_sparse or {}
                     gnu_sparse[k[11:]] = v
@@ -2767,7 +2823,7 @@ cdef class Extractor:
         if _has_byte(name, 0) or _has_byte(link, 0):  # not ``in``: bytes.__contains__ formats a TypeError first
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: NUL byte in name")
         if xattrs or lib_xattrs:
-            xattrs = _entry_xattrs(name, xattrs, lib_xattrs)
+            xattrs = _entry_xattrs(name, xattrs, lib_xattrs, lib_encoded)
 
         if tf == c'0' or tf == 0 or tf == c'7':
             # a "file" named with a trailing slash is an old-style directory,
@@ -3724,18 +3780,13 @@ cdef class Extractor:
 
     cdef _copy_dir_metadata(self, int src, int dst, bytes phys, object name):
         """A copied-up directory: owner and xattrs now, mode and times at the end."""
-        cdef stat st, now
+        cdef stat st
         if fstat(src, &st) < 0:
             self._oserror("stat lower directory of", name)
         if self.is_root and fchown(dst, st.st_uid, st.st_gid) < 0:
             self._oserror("chown", name)
-        if not self.is_root and fstat(dst, &now) < 0:
-            self._oserror("stat", name)
-        self._copy_xattrs(src, dst, name)
-        # the lower copy's access ACL sets the owner's bits (user::r-x of a read-only
-        # directory): without root the mode it had goes back on until the fix-up (_dir_metadata)
-        if not self.is_root and fchmod(dst, now.st_mode & 0o7777) < 0:
-            self._oserror("chmod", name)
+        # the lower copy's access ACL sets the owner's bits (user::r-x of a read-only directory)
+        self._dir_xattrs(dst, not self.is_root, name, src)
         self.fixups.dir(phys, st.st_mode & 0o7777, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, NULL)
         self._fixup_for(dst, phys)
 
@@ -4471,7 +4522,7 @@ cdef class Extractor:
                 and not (st.st_mode & 0o200) and st.st_uid == geteuid()):
             # a lower layer's read-only directory: its user.* xattrs can be changed only with
             # write permission, even by its owner; the entry's mode is set at the end (fixups)
-            fchmodat(pfd, base, (st.st_mode & 0o7777) | 0o700, 0)
+            _chmod_dir_at(pfd, cbase, (st.st_mode & 0o7777) | 0o700)
         if xl > 0:
             self._drop_other_xattrs(pfd, base, name)
         if r < 0:
@@ -4542,27 +4593,33 @@ cdef class Extractor:
                 raise _errors.ExtractError(f"entry {_show(name)}: remove xattr {k} of the existing directory "
                                            f"failed: {os.strerror(e.errno)}") from None
 
+    cdef _dir_xattrs(self, int fd, bint acl, object name, int src=-1):
+        """Set a directory's xattrs: the entry's, or (``src`` >= 0) those of its lower copy.
+        ``acl``: rootless, and they may hold an access ACL, which sets the owner's bits too
+        (rw-: no search; r-x of a read-only directory): the owner would be shut out of the
+        directory until the fix-up sets its mode, so the mode it had goes back on at once (the
+        kernel brings the ACL in step with it)."""
+        cdef stat now
+        if acl and fstat(fd, &now) < 0:
+            self._oserror("stat", name)
+        if src >= 0:
+            self._copy_xattrs(src, fd, name)
+        else:
+            self._set_xattrs(fd, None, name)
+        if acl and fchmod(fd, now.st_mode & 0o7777) < 0:
+            self._oserror("chmod", name)
+
     cdef _dir_metadata(self, int fd, bytes path, bytes name, stat *st=NULL):
         """Owner and xattrs now; mode and mtime once the layer is done, since
         creating children changes mtime and a read-only mode would stop them.
         ``st``: the directory's fstat, if taken (a chown to the ids it has is skipped:
         on a directory it changes nothing else, unlike on a file)."""
-        cdef stat now
-        cdef bint acl = False
         if self.is_root and (st == NULL or st.st_uid != self.cur_uid or st.st_gid != self.cur_gid):
             if fchown(fd, <uid_t>self.cur_uid, <gid_t>self.cur_gid) < 0:
                 self._oserror("chown", name)
             self.cache_st_fresh = False  # it may be the cached parent, whose owner rules new inodes
         if self.cur_xattrs:
-            # an access ACL sets the owner's bits too (rw-: no search): without root the
-            # owner would be shut out of the directory until the fix-up sets its mode, so the
-            # mode it had goes back on at once (the kernel brings the ACL in step with it)
-            acl = not self.is_root and ACL_ACCESS in self.cur_xattrs
-            if acl and fstat(fd, &now) < 0:
-                self._oserror("stat", name)
-            self._set_xattrs(fd, None, name)
-            if acl and fchmod(fd, now.st_mode & 0o7777) < 0:
-                self._oserror("chmod", name)
+            self._dir_xattrs(fd, not self.is_root and ACL_ACCESS in self.cur_xattrs, name)
         if not self.overlay:
             path = self._real_path(fd, path)
         self.fixups.dir(path, self.cur_mode, self.cur_sec, self.cur_nsec, st)

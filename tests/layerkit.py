@@ -242,7 +242,7 @@ def _setpriv_works():
     return _setpriv_ok
 
 
-def run_as_nobody(script, *args, timeout=120, preload=()):
+def run_as_nobody(script, *args, timeout=120, preload=(), prefix=()):
     """Run `script` (python source) as user nobody (uid/gid 65534, no groups), argv[1:] = args.
 
     Preferred: `setpriv --reuid=65534 --regid=65534 --clear-groups python -c ...`.
@@ -253,7 +253,8 @@ def run_as_nobody(script, *args, timeout=120, preload=()):
     on the 0 -> non-zero uid transition) and runs the script.  Either way the
     child first proves it is unprivileged: mknod of a char device must fail.
     ``preload`` names modules to import before the drop (lazy imports after it
-    would need to read the interpreter's tree).
+    would need to read the interpreter's tree).  ``prefix``: a command that runs the
+    child (e.g. strace with a fault injection).
     """
     require_tool("setpriv")
     import sys
@@ -279,7 +280,7 @@ def run_as_nobody(script, *args, timeout=120, preload=()):
             "os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)\n"
         )
         cmd = [sys.executable, "-c", head + drop + probe + script, *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd="/")
+    return subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=timeout, cwd="/")
 
 
 def rmtree(path):

@@ -152,7 +152,7 @@ class TokenServer:
     """Issues registry tokens: anonymous pull (if allowed) and everything for known users."""
 
     def __init__(self, tmp, *, users=None, anonymous_pull=True, service="lamina-test-registry",
-                 issuer="lamina-test-issuer", expires_in=300, expired_tokens=0):
+                 issuer="lamina-test-issuer", expires_in=300, expired_tokens=0, address=LOOPBACK):
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
         self.users = dict(users or {})
@@ -179,14 +179,15 @@ class TokenServer:
             def do_POST(self):
                 owner._handle(self, "POST")
 
-        self.port = free_port()
-        self.server = _QuietServer((LOOPBACK, self.port), Handler)
+        self.address = address
+        self.server = _QuietServer((address, 0), Handler)
+        self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def realm(self):
-        return f"http://{LOOPBACK}:{self.port}/token"
+        return f"http://{self.address}:{self.port}/token"
 
     def _handle(self, h, method):
         u = urllib.parse.urlsplit(h.path)
@@ -261,7 +262,8 @@ class TokenServer:
 
 
 class Registry:
-    def __init__(self, tmp, *, name="registry", htpasswd_users=None, token=None, tls_ca=None, proxy_remote=None):
+    def __init__(self, tmp, *, name="registry", htpasswd_users=None, token=None, tls_ca=None, proxy_remote=None,
+                 allow_layer_urls=False):
         self.binary = require_tool("docker-registry")
         self.dir = os.path.join(os.fspath(tmp), name)
         os.makedirs(self.dir, exist_ok=True)
@@ -298,6 +300,8 @@ class Registry:
                       f"    issuer: {token.issuer}", f"    rootcertbundle: {token.bundle}"]
         if proxy_remote:
             lines += ["proxy:", f"  remoteurl: {proxy_remote}"]
+        if allow_layer_urls:  # manifests naming foreign layers by urls (distribution refuses them by default)
+            lines += ["validation:", "  manifests:", "    urls:", "      allow:", "        - ^https?://"]
         self.config = os.path.join(self.dir, "config.yml")
         with open(self.config, "w") as f:
             f.write("\n".join(lines) + "\n")

@@ -158,6 +158,19 @@ def test_an_index_entry_whose_config_says_another_platform_is_picked_by_the_inde
     run(*lamina, "copy", "--platform", "linux/arm64", src, "liar:1")
     out = run(*lamina, "inspect", "--format", "{{.Os}}/{{.Architecture}}", "liar:1")
     assert out.stdout.strip() == "linux/amd64"
+    # and the store still serves it for the platform it was chosen by: unpack --platform
+    # linux/arm64 refused the image copy --platform linux/arm64 had just stored ("is
+    # linux/amd64, not linux/arm64/v8"); its config's platform is still its own
+    for i, want in enumerate(("linux/arm64", "linux/amd64")):
+        run(*lamina, "unpack", "--platform", want, "liar:1", str(tmp_path / f"u{i}"))
+        assert (tmp_path / f"u{i}" / "liar").read_bytes() == b"x"
+    p = subprocess.run([*lamina, "unpack", "--platform", "linux/s390x", "liar:1", str(tmp_path / "u2")],
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and "is linux/amd64, not linux/s390x" in p.stderr
+    # another name for it, and the first name gone: still the image chosen for linux/arm64
+    run(*lamina, "tag", "liar:1", "liar:2")
+    run(*lamina, "rmi", "liar:1")
+    run(*lamina, "unpack", "--platform", "linux/arm64", "liar:2", str(tmp_path / "u3"))
 
 
 @pytest.mark.parametrize("platform", ["linux/arm/v6", "linux/s390x", "windows/amd64", "unknown/unknown"])

@@ -332,3 +332,57 @@ def test_insecure_given_as_one_host_string_marks_that_host(tls_reg, registry_env
     _pulled_ok(store, f"{reg.host}/tls:1")
     with pytest.raises(TypeError, match="insecure: a registry host or a list of them, not True"):
         pull(f"{reg.host}/tls:1", store=store, insecure=True)
+
+
+def _an_address_off_loopback():
+    """One of this machine's own IPv4 addresses that is not loopback: a token server there is
+    reached over the network interface, as a realm on another host would be."""
+    import socket
+    import subprocess
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True,
+                         text=True).stdout
+    for line in out.splitlines():
+        addr = line.split()[3].split("/")[0]
+        with socket.socket() as s:
+            try:
+                s.bind((addr, 0))
+            except OSError:
+                continue
+        return addr
+    pytest.fail("no non-loopback IPv4 address on this machine to serve a token realm from")
+
+
+def test_an_https_registry_marked_insecure_sends_no_credentials_to_a_plain_http_realm(tmp_path,  # noqa: F811
+                                                                                       registry_env, monkeypatch):
+    """A registry reached over HTTPS (marked insecure for its self-signed certificate) names a token
+    realm over plain HTTP on another, non-loopback host: lamina sent the stored basic credentials
+    there in clear, since the registry's insecure mark allowed any plain-HTTP realm.  Now that is
+    refused, naming the realm, and the token server sees no request; marking the realm's host
+    insecure too allows it (the user said so).  A realm on another port of loopback gets them, as
+    docker's and skopeo's clients send them (test_token_with_credentials_and_identity_token)."""
+    token = TokenServer(tmp_path, users=USERS, anonymous_pull=False, address=_an_address_off_loopback())
+    ca = make_ca(tmp_path / "ca")
+    reg = Registry(tmp_path, token=token, tls_ca=ca)
+    try:
+        lay, m = _layout(tmp_path)
+        d = registry_env / "certs.d" / reg.host
+        d.mkdir(parents=True)
+        (d / "ca.crt").write_bytes(open(ca["cert_path"], "rb").read())
+        skopeo_push(f"oci:{lay.root}:1", reg.host, "secret:1",
+                    extra=("--dest-creds", "alice:s3cret", "--dest-cert-dir", str(d)))
+        _docker_config(registry_env, {"auths": {reg.host: {"auth": _auth()}}})
+        monkeypatch.setenv("LAMINA_INSECURE_REGISTRIES", reg.host)
+        token.requests.clear()
+        with pytest.raises(errors.AuthenticationError) as e:
+            pull(f"{reg.host}/secret:1", store=registry_env / "root")
+        assert token.realm in str(e.value) and "over HTTPS" in str(e.value)
+        assert token.requests == []
+        realm_host = token.realm.split("/")[2]
+        monkeypatch.setenv("LAMINA_INSECURE_REGISTRIES", f"{reg.host},{realm_host}")
+        store = Store(registry_env / "root")
+        pull(f"{reg.host}/secret:1", store=store)
+        _pulled_ok(store, f"{reg.host}/secret:1")
+        assert token.requests and token.requests[0][0] == "alice"
+    finally:
+        reg.stop()
+        token.stop()

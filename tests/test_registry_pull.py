@@ -379,3 +379,23 @@ def test_a_diff_id_naming_a_layer_the_store_holds_is_checked_on_pull(reg, regist
     with pytest.raises(errors.LaminaError):
         store.resolve(f"{reg.host}/difflie:liar")
     assert [i.names for i in store.images()] == [[f"{reg.host}/difflie:real"]]
+
+
+def test_a_pulled_image_is_found_again_by_the_platform_its_index_entry_says(reg, registry_env, tmp_path):  # noqa: F811
+    """An index entry says linux/arm64, its config amd64 (a mislabelled build): pull --platform
+    linux/arm64 takes it by the index's word (tests/CONFORMANCE.md), and then `unpack --platform
+    linux/arm64` of the stored image refused it ("is linux/amd64, not linux/arm64/v8").  The store
+    records the platform the image was chosen by; inspect still shows the config's."""
+    lay = ocibuild.Layout(tmp_path / "oci")
+    honest = lay.image([{"honest": b"x"}], arch="amd64")
+    liar = lay.image([{"liar": b"x"}], arch="amd64")
+    lay.add(lay.index([ocibuild.with_platform(honest, "linux", "amd64"),
+                       ocibuild.with_platform(liar, "linux", "arm64")]), "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "mislabelled:1", all_images=True)
+    root = registry_env / "root"
+    ref = f"{reg.host}/mislabelled:1"
+    lamina_cli("pull", "--platform", "linux/arm64", ref, root=root)
+    assert Store(root).resolve(ref).manifest_digest == liar["digest"]
+    assert lamina_cli("inspect", "--format", "{{.Architecture}}", ref, root=root).stdout.strip() == "amd64"
+    lamina_cli("unpack", "--platform", "linux/arm64", ref, str(tmp_path / "u"), root=root)
+    assert (tmp_path / "u" / "liar").read_bytes() == b"x"

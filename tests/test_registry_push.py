@@ -216,3 +216,43 @@ def test_push_with_token_auth(tmp_path, registry_env):  # noqa: F811
 def test_push_unknown_image_fails(reg, registry_env):  # noqa: F811
     p = lamina_cli("push", f"{reg.host}/nothing:1", root=registry_env / "root", check=False)
     assert p.returncode == 1 and re.match(r"lamina: error: .*no such image", p.stderr)
+
+
+FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+
+
+def test_a_foreign_layer_with_urls_is_not_pushed_and_a_pull_says_what_it_lacks(tmp_path, registry_env):  # noqa: F811
+    """A non-distributable layer (docker's foreign type, with urls: Windows base layers): docker,
+    containerd and skopeo push the manifest naming it, not its blob, and whoever pulls fetches
+    it from its urls.  lamina pushed the blob to the registry like any other.  Now it is skipped
+    (the registry takes the manifest without it); the other layers are pushed.  lamina never
+    downloads urls (another host, named by the image): a pull of that image from the registry
+    fails naming the layer as non-distributable, and stores nothing of it (tests/CONFORMANCE.md)."""
+    reg = Registry(tmp_path / "reg", allow_layer_urls=True)
+    try:
+        _foreign_layer_push_pull(reg, tmp_path, registry_env)
+    finally:
+        reg.stop()
+
+
+def _foreign_layer_push_pull(reg, tmp_path, registry_env):
+    root = registry_env / "root"
+    lay = ocibuild.Layout(tmp_path / "oci")
+    m = lay.image([{"base": b"licensed base"}, {"app": b"app"}], docker=True)
+    doc = lay.read_json(m["digest"])
+    doc["layers"][0]["mediaType"] = FOREIGN
+    doc["layers"][0]["urls"] = ["https://example.invalid/base.tar.gz"]
+    m = lay.json_blob(doc, doc["mediaType"])
+    ref = f"{reg.host}/foreign/app:1"
+    load_layout_into_store(Store(root), lay.root, m, ref)
+    base, app = (d["digest"] for d in doc["layers"])
+    out = lamina_cli("push", ref, root=root).stdout.splitlines()
+    assert sorted(out[1:3]) == sorted([f"{base[7:19]}: Skipped foreign layer", f"{app[7:19]}: Pushed"])
+    assert not reg.has_blob(base) and reg.has_blob(app)
+    raw, digest = skopeo_raw(reg.host, "foreign/app:1")
+    assert digest == m["digest"] and json.loads(raw)["layers"][0]["urls"] == doc["layers"][0]["urls"]
+    p = lamina_cli("pull", ref, root=registry_env / "root2", check=False)
+    assert p.returncode == 1 and base in p.stderr and "non-distributable" in p.stderr, p.stderr
+    assert "lamina does not download layer urls" in p.stderr
+    with pytest.raises(errors.ImageNotFoundError):
+        Store(registry_env / "root2").resolve(ref)

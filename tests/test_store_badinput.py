@@ -8,6 +8,8 @@ import pytest
 import ocibuild as ob
 from storekit import fingerprint, lamina
 
+from lamina import errors
+
 
 @pytest.fixture
 def root(tmp_path):
@@ -256,3 +258,47 @@ def test_a_record_naming_another_path_never_unmounts_it(root, tmp_path):
         assert is_mountpoint(str(real))
     finally:
         lamina(root, "umount", real, check=False)
+
+
+def test_a_layer_blob_checked_against_a_held_snapshot_is_hashed_once(tmp_path, monkeypatch):
+    """The check above decompresses and hashes the blob whenever an image naming it is copied
+    in: every copy of an image whose layer came as another blob (save's uncompressed tars over
+    a registry's gzip) paid a full read of that layer.  A blob is immutable by its digest, so
+    its diffID, once hashed, is recorded: the second image over that blob is not hashed again,
+    and the record says nothing of another diffID (a config naming another held layer over
+    that blob is still hashed, and refused)."""
+    from lamina.store import Store, snapshots
+    from lamina.transports import copy
+    hashed = []
+    real_check = snapshots.check_diff_id
+
+    def counting(blob, digest, diff_id, media_type):
+        hashed.append((digest, diff_id))
+        return real_check(blob, digest, diff_id, media_type)
+
+    monkeypatch.setattr(snapshots, "check_diff_id", counting)
+    store = Store(tmp_path / "root")
+    lay = ob.Layout(tmp_path / "lay")
+    a, b = {"f": b"layer a\n" * 1000}, {"g": b"layer b\n"}
+    lay.add(lay.image([a]), "a:1")
+    lay.add(lay.image([b]), "b:1")
+    for i in (1, 2):  # the same uncompressed blob of layer a, two images (two configs)
+        lay.add(lay.image([a], compress=False, config_extra={"config": {"Env": [f"N={i}"]}}), f"plain:{i}")
+    plain_blob = ob.sha256(ob.tar_bytes(a))
+    liar = lay.image([a], compress=False, diff_ids=[ob.sha256(ob.tar_bytes(b))])
+    lay.add(liar, "liar:1")
+    copy(f"oci:{lay.root}:a:1", "a:1", store=store)
+    copy(f"oci:{lay.root}:b:1", "b:1", store=store)
+    assert hashed == []
+    copy(f"oci:{lay.root}:plain:1", "plain:1", store=store)
+    assert hashed == [(plain_blob, ob.sha256(ob.tar_bytes(a)))]
+    copy(f"oci:{lay.root}:plain:2", "plain:2", store=store)
+    assert len(hashed) == 1, hashed
+    with pytest.raises(errors.DigestMismatchError, match="diffID"):
+        copy(f"oci:{lay.root}:liar:1", "liar:1", store=store)
+    assert len(hashed) == 2
+    # once more: the refusal recorded nothing
+    with pytest.raises(errors.DigestMismatchError, match="diffID"):
+        copy(f"oci:{lay.root}:liar:1", "liar:1", store=store)
+    assert len(hashed) == 3
+    assert "0 errors, 0 warnings" in lamina(tmp_path / "root", "fsck").stdout

@@ -350,3 +350,29 @@ def test_push_of_one_compact_platform_pushes_the_whole_index(tmp_path, reg, regi
         dest = tmp_path / f"pulled-{platform.replace('/', '-')}"
         lamina_cli("unpack", ref, dest, root=back)
         assert (dest / "arch").read_bytes() == platform.encode()
+
+
+def test_using_an_image_compacted_already_reads_no_other_image(tmp_path, monkeypatch):
+    """Every use of a store image (unpack, mount, bundle, a copy out) goes through
+    snapshots_for, which compacts it: compact() read the manifest and config of every image of
+    the store to find where its blobs are used (23 ms an unpack with 200 images, growing with
+    them), even when the image had no blob left to drop.  An image compacted already now reads
+    none; one whose blobs are still here is still compacted (its blob dropped)."""
+    from lamina.store import Store, gc
+    lay = ocibuild.Layout(tmp_path / "lay")
+    base = {"base": b"b" * 1000}
+    for i in range(6):
+        lay.add(lay.image([base, {f"f{i}": b"%d" % i}]), f"i{i}")
+    root = _compact_store(tmp_path, lay.root, refs=[f"i{i}" for i in range(5)])
+    store = Store(root)
+    reads = []
+    real = gc._read_manifest
+    monkeypatch.setattr(gc, "_read_manifest", lambda *a: reads.append(a[1]) or real(*a))
+    image = store.resolve("i0:1")
+    assert not any(store.has_blob(layer.digest) for layer in image.layers)
+    store.snapshots_for(image)
+    assert reads == []
+    from lamina.transports import copy
+    copy(f"oci:{lay.root}:i5", "i5:1", store=store)  # blobs here: the places are looked up
+    assert len(reads) >= 5
+    assert not any(store.has_blob(layer.digest) for layer in store.resolve("i5:1").layers)

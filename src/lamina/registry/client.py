@@ -262,9 +262,19 @@ class Session:
         u = urllib.parse.urlsplit(realm)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise AuthenticationError(f"{self.host}: invalid token realm {realm!r}")
-        if u.scheme == "http" and not (is_loopback(u.netloc) or self.endpoint.insecure):
-            raise AuthenticationError(f"{self.host}: refusing plain-HTTP token realm {realm!r} "
-                                      "(mark the registry insecure to allow it)")
+        if u.scheme == "http" and not is_loopback(u.netloc) and u.netloc not in self.client.config.insecure:
+            # The basic credentials (or identity token) go to the realm.  A registry marked
+            # insecure and spoken to over plain HTTP already has them cross the network in clear;
+            # one spoken to over HTTPS (insecure for a self-signed certificate) must not have
+            # them sent in clear to another host: only marking that host insecure allows it.
+            if not self.endpoint.insecure:
+                raise AuthenticationError(f"{self.host}: refusing plain-HTTP token realm {realm!r} "
+                                          "(mark the registry insecure to allow it)")
+            if self.base is None or not self.base.startswith("http:"):
+                raise AuthenticationError(
+                    f"{self.host}: refusing plain-HTTP token realm {realm!r} of a registry reached over "
+                    f"HTTPS: the credentials would cross the network in clear (mark {u.netloc} "
+                    "insecure to allow it)")
         service = params.get("service")
         creds = self.credentials()
         headers = {"Accept": "application/json"}

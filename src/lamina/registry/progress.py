@@ -27,7 +27,7 @@ class Reporter:
 
     def state(self, digest, status):
         """Docker's states: Waiting, Downloading, Retrying, Verifying Checksum, Download complete,
-        Extracting, Pull complete, Already exists, Pushing, Pushed, Layer already exists, Mounted from X."""
+        Extracting, Pull complete, Already exists, Pushing, Pushed, Layer already exists, Mounted from X, Skipped foreign layer."""
 
     def progress(self, digest, done, total):
         """Bytes of the blob downloaded (or pushed)."""
@@ -43,7 +43,7 @@ class Reporter:
         pass
 
 
-FINAL = ("Pull complete", "Already exists", "Pushed", "Layer already exists")
+FINAL = ("Pull complete", "Already exists", "Pushed", "Layer already exists", "Skipped foreign layer")
 
 
 def is_final(status):

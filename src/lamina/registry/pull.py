@@ -201,6 +201,15 @@ def fetch_config(repos, cdesc):
     return data
 
 
+def _say_non_distributable(e, desc):
+    """A foreign (non-distributable) layer the registry lacks: its image names it by urls, which
+    docker, containerd and skopeo fetch it from; lamina never downloads another host's urls."""
+    if (isinstance(e, errors.BlobNotFoundError) and len(e.args) == 1 and isinstance(e.args[0], str)
+            and (desc.urls or desc.media_type in mt.FOREIGN_LAYER_TYPES)):
+        e.args = (f"{e.args[0]} (a non-distributable layer, named by the image for download from "
+                  f"{len(desc.urls)} url(s): lamina does not download layer urls)",)
+
+
 def image_platform(want, chosen, config):
     """The platform of the image: the index's word for it, else its config's (checked against ``want``)."""
     if want is not None and chosen is None and config.platform is not None and config.platform != want:
@@ -538,7 +547,7 @@ class Puller:
                 pass  # its tag removed since: the name@digest is its name now
         if image is None:
             image = self.store.add_image(mr.digest, ref=tagged if tagged is not None else ref,
-                                         repo_digest=repo_digest)
+                                         repo_digest=repo_digest, platform=chosen)
         # Every snapshot exists by now; this shares their files (dedup) or compacts the layers,
         # as the store's settings say.
         trace.event("snapshots-for")
@@ -669,6 +678,7 @@ class Puller:
                     except BaseException as e:
                         below.finished(i, False)
                         errors.at_layer(e, i)
+                        _say_non_distributable(e, desc)
                         raise
                     if path is not None:
                         results[i].snapshot = str(path)

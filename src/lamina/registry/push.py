@@ -297,6 +297,12 @@ class Pusher:
     def _push_blob(self, repo, desc, sources, is_layer):
         digest = desc.digest
         report = self.reporter.state if is_layer else (lambda *a: None)
+        if is_layer and desc.urls and desc.media_type in mt.FOREIGN_LAYER_TYPES:
+            # A non-distributable layer (Windows base layers) is fetched from its urls by who
+            # pulls it: docker, containerd and skopeo push the manifest naming it, not its blob
+            # (its licence may forbid that); the registry takes such a manifest without the blob.
+            report(digest, "Skipped foreign layer")
+            return "skipped (foreign layer)"
         if repo.blob_exists(digest):
             report(digest, "Layer already exists")
             return "exists"

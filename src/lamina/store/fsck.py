@@ -469,9 +469,9 @@ class Checker:
         """Temp files of atomic writes (index.json, holds, rollbacks) that a killed process left."""
         if not self.quiet:
             return
-        for d in (self.paths.root, self.paths.holds, self.paths.rollbacks):
-            if d == self.paths.rollbacks and not d.is_dir():
-                continue  # made by the first import refused beside another writer
+        for d in (self.paths.root, self.paths.holds, self.paths.rollbacks, self.paths.verified):
+            if d in (self.paths.rollbacks, self.paths.verified) and not d.is_dir():
+                continue  # made by the first import refused beside another writer (the first shared layer)
             for n in sorted(os.listdir(d)):
                 if ".tmp-" in n:
                     path = d / n

@@ -35,6 +35,9 @@ class Image:
     refs: list = field(default_factory=list)          # tagged names (Reference), docker's RepoTags
     repo_digests: list = field(default_factory=list)  # "name@sha256:…", docker's RepoDigests
     names: list = field(default_factory=list)         # every index.json name of this image (str)
+    # the platforms an index chose this image by that its config does not say (a mislabelled
+    # build copied with --platform linux/arm64 whose config says amd64): --platform finds it by them
+    chosen_platforms: list = field(default_factory=list)
 
     @property
     def id(self):

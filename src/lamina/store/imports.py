@@ -111,7 +111,7 @@ def import_images(store, items, report=None):
             existing = _same_image(store, data)
             if existing is not None:
                 store.snapshots_for(existing)
-                ready.append((existing.manifest_digest, names, None, "exists"))
+                ready.append((existing.manifest_digest, names, None, "exists", data.platform))
                 continue
             _put_blobs(store, data, created_blobs, report)
             # A multi-arch image keeps every platform under its name, as pull --all-platforms does:
@@ -142,10 +142,11 @@ def import_images(store, items, report=None):
             except LaminaError as e:   # a refused layer's, or a full disk's: named by the layer's digest alone
                 name_the_layer(e, [layer.digest for layer in image.layers], lambda k: _which_layer(data, k))
                 raise
-            ready.append((data.manifest_digest, names, index.digest if index else None, "written"))
+            ready.append((data.manifest_digest, names, index.digest if index else None, "written", data.platform))
         results = []
-        for manifest_digest, names, repo_digest, status in ready:
-            results.append(store.add_names(manifest_digest, list(names) or [None], repo_digest=repo_digest))
+        for manifest_digest, names, repo_digest, status, platform in ready:
+            results.append(store.add_names(manifest_digest, list(names) or [None], repo_digest=repo_digest,
+                                           platform=platform))
             report("manifest", manifest_digest, status)
         return results
     except BaseException:

@@ -108,7 +108,7 @@ def _check_platform(image, platform):
         return
     from ..platform import Platform
     want = platform if isinstance(platform, Platform) else Platform.parse(platform)
-    if not want.matches(image.platform):
+    if not want.matches(image.platform) and not any(want.matches(p) for p in image.chosen_platforms):
         raise ImageError(f"image {image.config_digest[7:19]} is {image.platform}, not {want}")
 
 

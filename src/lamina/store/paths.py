@@ -8,6 +8,7 @@
     ROOT/lamina/holds/<key>.json                                content kept alive by mounts etc.
     ROOT/lamina/config.json                                     store settings (config.py)
     ROOT/lamina/rollbacks/<random>.json                         what failed imports (and rmi beside a writer) left (imports.py)
+    ROOT/lamina/verified/<blob hex>                             a layer blob's diffID, hashed once (snapshots.verify_shared)
 
 Every digest is validated before it becomes a path (digest.hex_of raises on
 anything but sha256 + 64 lowercase hex), so ``sha256:../../x`` never reaches
@@ -67,6 +68,7 @@ class Paths:
         self.meta = self.root / "lamina"
         self.holds = self.meta / "holds"
         self.rollbacks = self.meta / "rollbacks"
+        self.verified = self.meta / "verified"
         self.index = self.root / "index.json"
 
     def blob(self, digest):

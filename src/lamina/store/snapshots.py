@@ -522,10 +522,46 @@ def verify_shared(paths, layers, diff_ids, media_types=None):
         if info is None or info.digest == digest or not blob.is_file():
             continue
         checked.add((digest, diff_id))
+        if _verified(paths, digest, diff_id, media_type):
+            continue
         try:
             check_diff_id(blob, digest, diff_id, media_type)
         except LaminaError as e:
             raise at_layer(e, k)
+        _record_verified(paths, digest, diff_id, media_type)
+
+
+# A layer blob whose snapshot came from another blob is hashed whole (decompressed) by
+# verify_shared each time an image naming it is stored: a blob is immutable by its digest, so
+# its diffID, once hashed, is recorded and not hashed again.  The record is written only after
+# a hash that matched, for the media types it was read as (check_media_type depends on it);
+# fsck hashes for real (check_diff_id), whatever the records say.
+
+def _verified_lines(paths, digest):
+    try:
+        with open(paths.verified / _digest.hex_of(digest), "rb") as f:
+            return f.read(4096).decode("ascii", "replace").split("\n")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _verified(paths, digest, diff_id, media_type):
+    lines = _verified_lines(paths, digest)
+    return bool(lines) and lines[0] == diff_id and (media_type or "-") in lines[1:]
+
+
+def _record_verified(paths, digest, diff_id, media_type):
+    from .fsutil import atomic_write
+    if media_type is not None and not (media_type.isascii() and media_type.isprintable()):
+        return  # one a line: a hostile media type would spell others
+    lines = _verified_lines(paths, digest)
+    types = [t for t in (lines[1:] if lines and lines[0] == diff_id else []) if t][:16]
+    types.append(media_type or "-")
+    try:
+        paths.verified.mkdir(parents=True, exist_ok=True)
+        atomic_write(paths.verified / _digest.hex_of(digest), "\n".join([diff_id, *types]).encode("ascii"))
+    except OSError:
+        pass  # a record not written costs one more hash next time, nothing else
 
 
 def check_diff_id(blob, digest, diff_id, media_type):

@@ -25,6 +25,7 @@ from .. import mediatypes as mt
 from ..errors import (AmbiguousImageError, BlobNotFoundError, DigestMismatchError, ImageError,
                       ImageNotFoundError, InvalidReferenceError, LaminaError, NoSuchImageError, StoreError)
 from ..oci.model import ANNOTATION_REF_NAME
+from ..platform import Platform
 from ..reference import Reference
 from . import snapshots as _snapshots
 from .fsutil import atomic_write
@@ -209,6 +210,9 @@ class Store:
         for e in entries:
             if e["digest"] != digest:
                 continue
+            chosen = _entry_platform(e)
+            if chosen is not None and chosen != image.platform and chosen not in image.chosen_platforms:
+                image.chosen_platforms.append(chosen)
             name = entry_name(e)
             if name is None:
                 continue
@@ -348,7 +352,7 @@ class Store:
             raise AmbiguousImageError(f"image ID prefix {prefix!r} is ambiguous: it matches {len(ids)} images")
         return matches[0]
 
-    def add_image(self, manifest_digest, ref=None, repo_digest=None):
+    def add_image(self, manifest_digest, ref=None, repo_digest=None, platform=None):
         """Name an image whose manifest, config and layers are already in blobs/.
 
         ``ref`` (str or Reference) moves that name to this image; the image that
@@ -356,9 +360,9 @@ class Store:
         keeping its repo digest as ``repo@digest`` the way docker does.  Without
         ``ref`` the image is recorded dangling unless it already has a name.
         """
-        return self.add_names(manifest_digest, [ref], repo_digest)
+        return self.add_names(manifest_digest, [ref], repo_digest, platform)
 
-    def add_names(self, manifest_digest, refs, repo_digest=None):
+    def add_names(self, manifest_digest, refs, repo_digest=None, platform=None):
         """``add_image`` for each of ``refs`` (None: dangling), in one update of index.json: an
         archive may give one image thousands of names, and an update per name rewrote the whole
         index each time."""
@@ -374,11 +378,13 @@ class Store:
         for layer, chain in zip(image.layers, image.chain_ids):
             if not self.has_blob(layer.digest) and not self.layer_is_compact(chain):
                 raise BlobNotFoundError(f"manifest {manifest_digest}: layer {layer.digest} is not in the store")
-        platform = None
-        if image.platform is not None:
-            platform = {"architecture": image.platform.architecture, "os": image.platform.os}
-            if image.platform.variant:
-                platform["variant"] = image.platform.variant
+        # ``platform``: the one the image was chosen by (an index entry's word), which may not
+        # be its config's (a mislabelled build): recorded so that --platform finds it again
+        chosen = platform is not None
+        platform = platform if chosen else image.platform
+        if platform is not None:
+            platform = {"architecture": platform.architecture, "os": platform.os,
+                        **({"variant": platform.variant} if platform.variant else {})}
         news = []
         for ref in refs:
             parsed = _as_reference(ref) if ref is not None else None
@@ -387,7 +393,7 @@ class Store:
                 check_digest_name(parsed, manifest_digest, repo_digest)
                 rd = None  # the name itself is the repo digest
             news.append((name, rd, make_entry(image.media_type, manifest_digest, image.manifest_size, name, rd,
-                                              platform)))
+                                              platform), chosen))
         if not writable:
             entries = self.index.read()
             after = copy.deepcopy(entries)
@@ -540,8 +546,14 @@ class Store:
         # images of the store at places of their own (the same layer over other layers), whose
         # snapshots have no sidecar yet when they were stored while the store kept blobs.  A
         # place not extracted (another platform's image) keeps the blob.
+        # Finding the places reads every image's manifest and config: an image compacted
+        # already (every use of it from the store, unpack, mount, a copy out, comes here) has no
+        # blob left to drop and reads none.
+        held = {layer.digest for layer in image.layers if self.has_blob(layer.digest)}
+        if not held:
+            return dropped
         from .gc import blob_places
-        places = blob_places(self, {layer.digest for layer in image.layers})
+        places = blob_places(self, held)
         for layer, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids):
             places.setdefault(layer.digest, set()).add((chain, diff_id))
         for layer in image.layers:
@@ -706,6 +718,17 @@ class Store:
         return report
 
 
+def _entry_platform(entry):
+    """The platform an index.json entry records (see add_names), None if none or unreadable."""
+    p = entry.get("platform")
+    if not isinstance(p, dict):
+        return None
+    try:
+        return Platform.from_dict(p, strict=True)
+    except ValueError:
+        return None
+
+
 def _name_entries(entries, manifest_digest, news):
     """Give the image ``manifest_digest`` each (name, repo digest, entry) of ``news`` in the
     index's ``entries`` (see Store.add_image); names are looked up in a dict, so a new name
@@ -714,14 +737,18 @@ def _name_entries(entries, manifest_digest, news):
     for e in entries:
         by_name.setdefault(entry_name(e), e)
     unnamed_dropped = False
-    for name, repo_digest, new in news:
+    held = next((e["platform"] for e in entries if e["digest"] == manifest_digest and e.get("platform")), None)
+    for name, repo_digest, new, chosen in news:
+        if not chosen and held is not None:
+            new["platform"] = held  # a new name (tag) of an image keeps the platform it was chosen by
         if name is None:
             if not any(e["digest"] == manifest_digest for e in entries):
                 entries.append(new)
             continue
         old = by_name.get(name)
         if old is not None and old["digest"] == manifest_digest:
-            if repo_digest and entry_repo_digest(old) != repo_digest:
+            if ((repo_digest and entry_repo_digest(old) != repo_digest)
+                    or (chosen and old.get("platform") != new.get("platform"))):
                 entries[entries.index(old)] = by_name[name] = new
             continue
         if old is not None:

@@ -52,6 +52,7 @@ class ImageData:
     description: str = ""
     synthesized: bool = False                    # manifest made up for a legacy docker archive
     index: Optional["IndexData"] = None          # the multi-arch image this one is a platform of (load)
+    platform: Optional[object] = None            # the Platform an index chose it by (its entry's word)
 
     @property
     def config_doc(self):
@@ -168,7 +169,7 @@ def _image_data(layout, image, names=()):
                         l.size if mt.layer_compression(l.media_type) == "none" else None)
               for l in image.layers]
     return ImageData(manifest, image.manifest_digest, media_type, config, image.config_digest, layers,
-                     list(names), description=layout.description)
+                     list(names), description=layout.description, platform=image.platform)
 
 
 def _with_platforms(layout, data):
