@@ -302,3 +302,13 @@ def test_a_layer_blob_checked_against_a_held_snapshot_is_hashed_once(tmp_path, m
         copy(f"oci:{lay.root}:liar:1", "liar:1", store=store)
     assert len(hashed) == 3
     assert "0 errors, 0 warnings" in lamina(tmp_path / "root", "fsck").stdout
+    # gc forgets the record once its blob is gone (it would pile up), and only then
+    record = store.paths.verified / plain_blob.split(":")[1]
+    assert record.is_file()
+    lamina(tmp_path / "root", "rmi", "plain:1")
+    lamina(tmp_path / "root", "image", "prune")
+    assert record.is_file() and store.paths.blob(plain_blob).is_file()
+    lamina(tmp_path / "root", "rmi", "plain:2")
+    lamina(tmp_path / "root", "image", "prune")
+    assert not store.paths.blob(plain_blob).exists() and not record.exists()
+    assert "0 errors, 0 warnings" in lamina(tmp_path / "root", "fsck").stdout

@@ -196,3 +196,4 @@ def collect_locked(store, result):
     if not dry_run:
         from .imports import clear_pending
         clear_pending(store.paths)
+        _snapshots.forget_verified(store.paths)

@@ -564,6 +564,23 @@ def _record_verified(paths, digest, diff_id, media_type):
         pass  # a record not written costs one more hash next time, nothing else
 
 
+def forget_verified(paths):
+    """gc: drop the records of blobs no longer in the store (removed, or dropped by compaction),
+    which nothing reads again (verify_shared hashes only a blob present) and would pile up."""
+    try:
+        names = os.listdir(paths.verified)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in names:
+        if len(name) != 64 or name.strip("0123456789abcdef"):
+            continue  # not a record (an interrupted write's temporary file is fsck's)
+        if not paths.blob(f"sha256:{name}").is_file():
+            try:
+                os.unlink(paths.verified / name)
+            except FileNotFoundError:
+                pass
+
+
 def check_diff_id(blob, digest, diff_id, media_type):
     import hashlib
 
