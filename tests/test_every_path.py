@@ -933,3 +933,32 @@ def test_a_hardlink_to_itself_names_the_file_the_top_down_unpack_skipped(g, laye
     tree = agree(g, layers, umoci=False)  # (umoci refuses a link to itself: "link: no such file")
     assert tree.entries["a"].mode == 0o600 and tree.entries["a"].type == "file", tree.entries["a"]
     assert tree.entries["a"].size == len(b"1" if len(layers) == 3 else b"new")
+
+
+# --- a hardlink whose target is under a symlink to nothing ---
+
+@pytest.mark.parametrize("same_layer", [False, True], ids=["link-below", "link-same-layer"])
+@pytest.mark.parametrize("target,why", [("nothing", "'l' goes through a dangling symlink"),
+                                        ("F", "a component of 'l' is not a directory")],
+                         ids=["dangling", "to-file"])
+def test_a_hardlink_through_a_symlink_to_nothing_is_refused_in_one_wording(g, target, why, same_layer):
+    """A hardlink ``h`` to ``l/f``, ``l`` a symlink to nothing or to a file.  The dir format
+    (and ``unpack docker://``) said "hardlink target 'l/f' not found in the layer or below"
+    (InvalidArchiveError), the overlay format and the store "entry 'h': 'l' goes through a
+    dangling symlink" (ExtractError), the path in it seemingly the entry's own.  Now every path
+    gives the same ExtractError, naming the entry, its target and what is in the way; a
+    target whose directory is absent is still "not found"."""
+    from lamina.errors import ExtractError, InvalidArchiveError
+    lower, upper = Tar().file("F", b"f"), Tar()
+    (upper if same_layer else lower).symlink("l", target)
+    results = run_paths(g.dest, [lower.bytes(), upper.hardlink("h", "l/f").bytes()])
+    for path, r in results.items():
+        assert type(r) is ExtractError, (path, r)
+        assert str(r).endswith(f": entry 'h': hardlink target 'l/f': {why}"), (path, str(r))
+    os.mkdir(g.dest / "absent")
+    results = run_paths(g.dest / "absent", [Tar().file("F", b"f").bytes(), Tar().hardlink("h", "z/f").bytes()],
+                        paths=("dir", "overlay-mount"))
+    for path, r in results.items():
+        assert type(r) is InvalidArchiveError, (path, r)
+        assert str(r).endswith(": entry 'h': hardlink target 'z/f' not found in the layer or below"), (path, str(r))
+    g.check()
