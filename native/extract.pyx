@@ -4878,10 +4878,11 @@ cdef class Extractor:
         """A failure to reach a hardlink's target names the target (the path in it is the
         target's, not the entry's): "entry 'h': hardlink target 'l/f': 'l' goes through ..."."""
         head = f"entry {_show(name)}: "
-        msg = str(e)
-        if not msg.startswith(head) or msg.startswith(head + "hardlink"):
-            return e
-        return type(e)(f"{head}hardlink target {_show(link)}: {msg[len(head):]}")
+        msg = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else ""
+        if msg.startswith(head) and not msg.startswith(head + "hardlink"):
+            # rewritten in place: the class and errno (a full disk's ENOSPC in a copy-up) stay
+            e.args = (f"{head}hardlink target {_show(link)}: {msg[len(head):]}",)
+        return e
 
     cdef bint _skipped_file_stays(self, bytes target) except -1:
         """Is skipped non-directory ``target`` still where it was, had it been written?  Not
