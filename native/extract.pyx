@@ -4881,8 +4881,13 @@ cdef class Extractor:
                 raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to {_show(link)}, which is inside it")
             return
         tslash = target.rfind(b"/")
-        fd = self._resolve_dir(target[:tslash] if tslash > 0 else b"", False, name)
-        if fd < 0 or fstatat(fd, <bytes>target[tslash + 1:], &st, AT_SYMLINK_NOFOLLOW) < 0:
+        try:
+            fd = self._resolve_dir(target[:tslash] if tslash > 0 else b"", False, name)
+            if fd < 0:
+                self._no_target_dir(target[:tslash] if tslash > 0 else b"", link, name)
+        except _errors.ExtractError as e:
+            raise self._about_target(e, link, name) from None
+        if fstatat(fd, <bytes>target[tslash + 1:], &st, AT_SYMLINK_NOFOLLOW) < 0:
             if fd >= 0:
                 close(fd)
             raise _errors.InvalidArchiveError(
@@ -4890,6 +4895,51 @@ cdef class Extractor:
         close(fd)
         if S_ISDIR(st.st_mode):
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
+
+    cdef _no_target_dir(self, bytes tparent, bytes link, object name):
+        """The dir format found no directory ``tparent`` for a hardlink's target: say why in
+        the overlay formats' words (their walk through the layers names a dangling symlink or
+        a non-directory on the way), or that the target is not there at all."""
+        cdef int fd, nfd, e
+        cdef stat st
+        e = errno
+        if e == ENOTDIR:
+            raise _errors.ExtractError(f"entry {_show(name)}: a component of {_show(tparent)} is not a directory")
+        if e == ENOENT:
+            # the deepest directory there, then what is in the way under it
+            parts = tparent.split(b"/")
+            fd = dup(self.rootfd)
+            for i in range(len(parts)):
+                nfd = self._open_in_root(b"/".join(parts[:i + 1]))
+                if nfd >= 0:
+                    close(fd)
+                    fd = nfd
+                    continue
+                e = errno
+                try:
+                    if fstatat(fd, <bytes>parts[i], &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISLNK(st.st_mode):
+                        raise _errors.ExtractError(
+                            f"entry {_show(name)}: {_show(b'/'.join(parts[:i + 1]))} goes through a dangling symlink")
+                finally:
+                    close(fd)
+                if e == ENOTDIR:
+                    raise _errors.ExtractError(
+                        f"entry {_show(name)}: a component of {_show(tparent)} is not a directory")
+                break
+            else:
+                close(fd)
+        raise _errors.InvalidArchiveError(
+            f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
+
+    cdef object _about_target(self, object e, bytes link, object name):
+        """A failure to reach a hardlink's target names the target (the path in it is the
+        target's, not the entry's): "entry 'h': hardlink target 'l/f': 'l' goes through ..."."""
+        head = f"entry {_show(name)}: "
+        msg = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else ""
+        if msg.startswith(head) and not msg.startswith(head + "hardlink"):
+            # rewritten in place: the class and errno (a full disk's ENOSPC in a copy-up) stay
+            e.args = (f"{head}hardlink target {_show(link)}: {msg[len(head):]}",)
+        return e
 
     cdef bint _skipped_file_stays(self, bytes target) except -1:
         """Is skipped non-directory ``target`` still where it was, had it been written?  Not
@@ -4943,21 +4993,23 @@ cdef class Extractor:
         tparent = target[:tslash] if tslash > 0 else b""
         if self._hardlink_nogil(pfd, base, tparent, tbase):
             return
-        tfd = self._copy_up_fast(tparent, tbase, name) if self.overlay else -1
-        if tfd >= 0:
-            self._invalidate()
-        else:
-            tfd = self._resolve_dir(tparent, False, name)
-            if tfd < 0 and not self.overlay:
-                raise _errors.InvalidArchiveError(
-                    f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
-            if self.overlay and (tfd < 0 or fstatat(tfd, tbase, &a, AT_SYMLINK_NOFOLLOW) < 0
-                                 or (S_ISCHR(a.st_mode) and a.st_rdev == 0)):
-                # the target is only in a lower layer: copy it up, then link (as overlayfs does)
-                if tfd >= 0:
-                    close(tfd)
-                tfd = self._copy_up_target(tparent, tbase, link, name)
+        try:
+            tfd = self._copy_up_fast(tparent, tbase, name) if self.overlay else -1
+            if tfd >= 0:
                 self._invalidate()
+            else:
+                tfd = self._resolve_dir(tparent, False, name)
+                if tfd < 0 and not self.overlay:
+                    self._no_target_dir(tparent, link, name)
+                if self.overlay and (tfd < 0 or fstatat(tfd, tbase, &a, AT_SYMLINK_NOFOLLOW) < 0
+                                     or (S_ISCHR(a.st_mode) and a.st_rdev == 0)):
+                    # the target is only in a lower layer: copy it up, then link (as overlayfs does)
+                    if tfd >= 0:
+                        close(tfd)
+                    tfd = self._copy_up_target(tparent, tbase, link, name)
+                    self._invalidate()
+        except _errors.ExtractError as e:
+            raise self._about_target(e, link, name) from None
         try:
             if fstatat(tfd, tbase, &a, AT_SYMLINK_NOFOLLOW) == 0:
                 if S_ISDIR(a.st_mode):

@@ -338,3 +338,63 @@ def test_a_path_through_what_an_earlier_tree_left_is_refused_saying_what_is_ther
             pytest.fail("mounted where the dangling link pointed")
     assert not out.exists() and sorted(os.listdir(r)) == ["d"]
     _fsck_clean(root)
+
+
+def _wrong_types(store, tmp_path):
+    """(call, the argument's name in the TypeError) for each API function of README's section
+    given a wrong type where it takes a name, path, list or store."""
+    from lamina.transports import save
+    d = str(tmp_path / "d")
+    return {
+        "find_files path": (lambda: store.find_files(path=5), "find_files: path"),
+        "find_files blake3": (lambda: store.find_files(blake3=5), "find_files: blake3"),
+        "apply_layer layer": (lambda: lamina_api.apply_layer(5, d), "layer"),
+        "apply_layer_atomic layer": (lambda: lamina_api.apply_layer_atomic(5, d), "layer"),
+        "images.ls filters": (lambda: I.ls(store, 5), "filters"),
+        "images.prune filters": (lambda: I.prune(store, filters=5), "filters"),
+        "save refs": (lambda: save(5, str(tmp_path / "s.tar"), store=store), "refs"),
+        "save refs items": (lambda: save(["sample:1", 5], str(tmp_path / "s.tar"), store=store), "refs"),
+        "images.ls store": (lambda: I.ls(5), "store"),
+        "images.inspect store": (lambda: I.inspect(5, "sample:1"), "store"),
+        "images.history store": (lambda: I.history(5, "sample:1"), "store"),
+        "images.tag store": (lambda: I.tag(5, "sample:1", "x:1"), "store"),
+        "images.remove store": (lambda: I.remove(5, "sample:1"), "store"),
+        "images.prune store": (lambda: I.prune(5), "store"),
+        "images.disk_usage store": (lambda: I.disk_usage(5), "store"),
+        "images.unpack store": (lambda: I.unpack(5, "sample:1", d), "store"),
+        "images.mount store": (lambda: I.mount(5, "sample:1", d), "store"),
+        "images.mounts store": (lambda: I.mounts(5), "store"),
+        "images.umount store": (lambda: I.umount(5, d), "store"),
+    }
+
+
+WRONG_TYPES = sorted(_wrong_types(None, __import__("pathlib").Path("/nonexistent")))
+
+
+@pytest.mark.parametrize("call", WRONG_TYPES)
+def test_a_wrong_type_is_a_type_error_naming_the_argument(tmp_path, sample_store, call):
+    """``store.find_files(path=5)`` raised "AttributeError: 'int' object has no attribute
+    'lstrip'" (and ``blake3=5`` matched nothing); ``apply_layer(5, ...)``, ``images.ls(store, 5)``,
+    ``images.disk_usage(5)`` and their kind failed as deep in, naming no argument.  Each is now
+    a TypeError saying which argument and what it takes; nothing is written and the store is
+    left as it was."""
+    run, what = _wrong_types(sample_store, tmp_path)[call]
+    with pytest.raises(TypeError) as e:
+        run()
+    assert str(e.value).startswith(f"{what}: "), str(e.value)
+    assert str(e.value).endswith("not 5"), str(e.value)
+    assert not os.path.exists(tmp_path / "d") and not os.path.exists(tmp_path / "s.tar")
+    assert [r.repo_tags for r in I.ls(sample_store)] == [["sample:1"]]
+    assert sample_store.fsck().ok
+
+
+def test_save_takes_one_reference_given_as_a_string(tmp_path, sample_store):
+    """``save("sample:1", FILE)``: the str was taken for its characters, and the save failed with
+    "no such image: s:latest" (the same slip as ``insecure=``'s); now it is that one image."""
+    import tarfile
+    from lamina.transports import save
+    out = tmp_path / "s.tar"
+    save("sample:1", str(out), store=sample_store)
+    with tarfile.open(out) as t:
+        manifest = json.load(t.extractfile("manifest.json"))
+    assert [m["RepoTags"] for m in manifest] == [["sample:1"]], manifest

@@ -1017,3 +1017,37 @@ def test_a_created_time_before_year_1000_is_written_with_four_digits(tmp_path):
     assert run("inspect", "--format", "{{.Created}}", "old:1") == "0500-01-02T03:04:05Z\n"
     assert run("images", "--format", "{{.CreatedAt}}") == "0500-01-02 03:04:05 +0000 UTC\n"
     assert run("history", "--human=false", "--format", "{{.CreatedAt}}", "old:1") == "0500-01-02T03:04:05Z\n"
+
+
+@pytest.mark.parametrize("blob", ["other content", "refused entry"])
+def test_reloading_a_legacy_archive_names_a_refused_layer_by_its_place(tmp_path, blob):
+    """A classic ``docker save`` archive loaded again, its image already stored but the image's
+    snapshots gone: load reuses the stored image (as docker load does) and extracts its layers
+    again.  A layer refused then (its stored blob another tar: the diffID differs, or an entry
+    under a file) was named by its digest alone ("layer sha256:…: …"), where a first load and
+    every other path say "ARCHIVE: image NAME layer 2 of 2 (sha256:…): …"."""
+    import shutil
+    from lamina.errors import LaminaError
+    from lamina.store import Store
+    from lamina.transports import load
+    archive = str(tmp_path / "a.tar")
+    ob.legacy_docker_save(archive, [{"a": b"A"}, {"b": b"B"}])
+    store = Store(tmp_path / "store")
+    image = load(archive, store=store)[0].image
+    for chain in image.chain_ids:
+        shutil.rmtree(store.paths.snapshot(chain))
+    digest = image.layers[1].digest
+    path = store.paths.blob(digest)
+    os.chmod(path, 0o644)
+    with open(path, "wb") as f:
+        f.write(ob.tar_bytes({"c": b"C"}) if blob == "other content" else
+                ob.tar_of({"f": b"x", "f/g": b"y"}))
+    store.close()
+    store = Store(tmp_path / "store")
+    with pytest.raises(LaminaError) as e:
+        load(archive, store=store)
+    # the words a first load's refusal of the layer has (a diffID's error keeps its comma)
+    want = (f"{archive}: image example/app:1.0 layer 2 of 2, {digest}: diffID (uncompressed tar): digest mismatch"
+            if blob == "other content" else
+            f"{archive}: image example/app:1.0 layer 2 of 2 ({digest}): entry 'f/g': a component of 'f' is not a directory")
+    assert str(e.value).startswith(want), str(e.value)

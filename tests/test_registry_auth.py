@@ -386,3 +386,23 @@ def test_an_https_registry_marked_insecure_sends_no_credentials_to_a_plain_http_
     finally:
         reg.stop()
         token.stop()
+
+
+def test_a_host_named_insecure_is_read_without_a_warning(tls_reg, registry_env):  # noqa: F811
+    """``insecure=[HOST]`` (``--insecure``): urllib3 warned "Unverified HTTPS request is being
+    made to host ..." (InsecureRequestWarning) on each request of the pull, the CLI printing it
+    to stderr.  The user asked for exactly that, as with skopeo's --tls-verify=false, which is
+    silent: no warning now.  A host not named is still verified (and refused on its CA)."""
+    import warnings
+    from urllib3.exceptions import InsecureRequestWarning
+    reg, ca = tls_reg
+    store = Store(registry_env / "root")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pull(f"{reg.host}/tls:1", store=store, insecure=[reg.host])
+    _pulled_ok(store, f"{reg.host}/tls:1")
+    assert not [w for w in caught if issubclass(w.category, InsecureRequestWarning)], [str(w.message) for w in caught]
+    proc = lamina_cli("pull", "--insecure", "-q", f"{reg.host}/tls:1", root=registry_env / "root2")
+    assert proc.stdout == f"{reg.host}/tls:1\n" and proc.stderr == "", proc.stderr
+    with pytest.raises(errors.RegistryError, match="certificate verification failed"):
+        pull(f"{reg.host}/tls:1", store=registry_env / "root3", insecure=["other.invalid:5000"])

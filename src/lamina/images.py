@@ -133,7 +133,18 @@ def parse_filters(values, allowed=IMAGE_FILTERS):
     return out
 
 
+def _a_store(store):
+    """The API's functions take the Store first; anything else failed deep inside them
+    ("'int' object has no attribute 'images'"), naming no argument."""
+    from .store import Store
+    if not isinstance(store, Store):
+        raise TypeError(f"store: a lamina.Store, not {store!r}")
+
+
 def _check_filters(filters, allowed):
+    if filters is not None and not isinstance(filters, dict):
+        # an int said "'int' object is not iterable", naming no argument
+        raise TypeError(f"filters: {{key: [values]}} or a list of \"key=value\" strings, not {filters!r}")
     for key in filters or {}:
         if key not in allowed:
             raise LaminaError(f"invalid filter '{key}'")
@@ -297,6 +308,7 @@ class ImageSummary:
 def ls(store, filters=None, *, sizes=None, use=None):
     """The images ``lamina images`` lists, newest first.  ``filters``: {key: [values]} or a
     list of docker's "key=value" strings (dangling, reference, label, before, since, until)."""
+    _a_store(store)
     if isinstance(filters, (list, tuple)):
         filters = parse_filters(filters)
     filters = _check_filters(filters, IMAGE_FILTERS)
@@ -350,6 +362,7 @@ class ImageDetails:
 
 def inspect(store, ref, *, sizes=None):
     """ImageDetails of the image ``ref`` names (name[:tag], name@digest, ID or ID prefix)."""
+    _a_store(store)
     image = store.resolve(ref)
     sizes = sizes or Sizes(store)
     index_digest, stored = store.platforms(image)
@@ -380,6 +393,7 @@ class HistoryItem:
 def history(store, ref, *, sizes=None):
     """The image's build steps, newest first; an image whose config has no history gets one
     row per layer (docker shows none)."""
+    _a_store(store)
     from .timefmt import parse_rfc3339
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     sizes = list((sizes or Sizes(store, [image])).layer_sizes(image))
@@ -414,6 +428,7 @@ def history(store, ref, *, sizes=None):
 
 def tag(store, source, target):
     """Give the image ``source`` names the name ``target`` (docker tag).  Returns the store.Image."""
+    _a_store(store)
     image = store.resolve(source)
     parsed = Reference.parse(target)
     if parsed.digest:
@@ -464,6 +479,7 @@ def remove(store, ref, *, force=False, prune=True):
     Refuses (LaminaError, docker's "conflict: ...") an image in use by a mount or bundle,
     or an ID several repositories name, unless ``force``.  With ``prune`` the layers no
     image needs any more are deleted now.  Returns RemoveResult."""
+    _a_store(store)
     from .store.store import name_of
     image = store.resolve(ref)
     uses = in_use(store)
@@ -534,6 +550,7 @@ def collect_unused(store, result):
 def prune(store, *, all=False, filters=None):
     """docker's image prune: remove dangling images (``all``: every image no mount or bundle
     uses), then the content nothing needs.  ``filters``: until, label, label!.  RemoveResult."""
+    _a_store(store)
     if isinstance(filters, (list, tuple)):
         filters = parse_filters(filters, PRUNE_FILTERS)
     filters = _check_filters(filters, PRUNE_FILTERS)
@@ -603,6 +620,7 @@ def directory_usage(path):
 
 def disk_usage(store):
     """DiskUsage of the store (``lamina system df``)."""
+    _a_store(store)
     from .store.gc import unreferenced
     images = store.images()
     sizes = Sizes(store, images, file_level=True)
@@ -663,6 +681,7 @@ def _blob_size(store, digest):
 
 def mounts(store):
     """The mount records (each with ``mounted``: whether the kernel mount is present)."""
+    _a_store(store)
     from .store.mounts import mounts as records
     return records(store)
 
@@ -670,11 +689,13 @@ def mounts(store):
 def mount(store, ref, target, *, rw=False, suid=False):
     """Mount the image with overlayfs at ``target`` (read-only unless ``rw``; nosuid unless ``suid``).
     Returns the record."""
+    _a_store(store)
     from .store.mounts import mount as do_mount
     return do_mount(store, ref, target, rw=rw, suid=suid)
 
 
 def umount(store, target, *, lazy=False):
+    _a_store(store)
     from .store.mounts import umount as do_umount
     return do_umount(store, target, lazy=lazy)
 
@@ -682,6 +703,7 @@ def umount(store, target, *, lazy=False):
 def unpack(store, ref, dest, *, bundle=False, link=False, platform=None):
     """An image of the store as a rootfs at ``dest`` (or an OCI runtime bundle).
     Returns (store.Image, stats)."""
+    _a_store(store)
     from .store.bundles import make_bundle
     from .store.materialize import materialize
     image = store.resolve(ref)

@@ -110,6 +110,7 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
     """
     if not hash_blob and digest is not None:
         raise ValueError("apply_layer: digest given but hash_blob=False")
+    _check_layer(layer)
     check_not_symlink(dest)
     if os.path.lexists(dest) and not os.path.isdir(dest):
         raise errors.ExtractError(f"destination {os.fsdecode(dest)} exists and is not a directory")
@@ -147,12 +148,19 @@ def scan_layer(layer, *, diff_id=None, digest=None, media_type=None, limits=None
     return stats, (extractor.scan_at, extractor.scan_below)
 
 
+def _check_layer(layer):
+    if not isinstance(layer, (str, bytes, os.PathLike)) and not callable(getattr(layer, "read", None)):
+        # an int failed deep in the pipeline, DEST made: "'int' object has no attribute 'read'"
+        raise TypeError(f"layer: a blob's path or a binary file open for reading, not {layer!r}")
+
+
 def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=True, progress=None):
     """``writes=False``: the extractor only scans (its bookkeeping is parse, not write)."""
     for d, label in ((digest, "digest"), (diff_id, "diff_id")):
         if d is not None:
             validate(d, label)
     owned = isinstance(layer, (str, bytes, os.PathLike))
+    _check_layer(layer)
     what = name or (f"layer {digest}" if digest else f"layer {os.fsdecode(layer)}" if owned else "layer")
     t0 = time.perf_counter()
     raw = open(layer, "rb", buffering=0) if owned else layer

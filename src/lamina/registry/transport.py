@@ -171,12 +171,24 @@ def _with_header_deadline(connection_cls, deadline):
 
 
 @functools.lru_cache(maxsize=None)
-def _pool_classes(deadline):
-    """urllib3's pool classes per scheme, their connections under the header deadline."""
+def _validate_unverified(pool, conn):
+    # urllib3's HTTPS check without its InsecureRequestWarning: the user named this host
+    # insecure (skopeo --tls-verify=false, docker's insecure-registries, both silent), and a
+    # warning on every request of a pull only repeats what they asked for
+    urllib3.HTTPConnectionPool._validate_conn(pool, conn)
+    if conn.is_closed:
+        conn.connect()
+
+
+def _pool_classes(deadline, insecure=False):
+    """urllib3's pool classes per scheme, their connections under the header deadline
+    (``insecure``: the HTTPS pool of a host the user named insecure)."""
+    https = {"ConnectionCls": _with_header_deadline(urllib3.connection.HTTPSConnection, deadline)}
+    if insecure:
+        https["_validate_conn"] = _validate_unverified
     return {"http": type("HTTPConnectionPool", (urllib3.HTTPConnectionPool,), {
                 "ConnectionCls": _with_header_deadline(urllib3.connection.HTTPConnection, deadline)}),
-            "https": type("HTTPSConnectionPool", (urllib3.HTTPSConnectionPool,), {
-                "ConnectionCls": _with_header_deadline(urllib3.connection.HTTPSConnection, deadline)})}
+            "https": type("HTTPSConnectionPool", (urllib3.HTTPSConnectionPool,), https)}
 
 
 def certs_dirs():
@@ -513,7 +525,7 @@ class Transport:
             manager = urllib3.ProxyManager(proxy.url, proxy_headers=dict(proxy.headers), **kw)
         else:
             manager = urllib3.PoolManager(**kw)
-        manager.pool_classes_by_scheme = _pool_classes(self.document_deadline)
+        manager.pool_classes_by_scheme = _pool_classes(self.document_deadline, insecure=key[2])
         with self._lock:
             return self._managers.setdefault(key, manager)
 

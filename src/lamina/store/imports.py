@@ -110,7 +110,7 @@ def import_images(store, items, report=None):
         for data, names in items:
             existing = _same_image(store, data)
             if existing is not None:
-                store.snapshots_for(existing)
+                _snapshots_named(store, data, existing)   # its snapshots may be gone: extracted again
                 ready.append((existing.manifest_digest, names, None, "exists", data.platform))
                 continue
             _put_blobs(store, data, created_blobs, report)
@@ -125,23 +125,7 @@ def import_images(store, items, report=None):
                 created_blobs.append(index.digest)
             image = load_image(store.open_blob, data.manifest_digest)
             created_snaps += [c for c in image.chain_ids if store.snapshot_info(c) is None]
-            try:
-                store.check_layer_blobs(image.manifest_digest, image.layers, image.diff_ids)
-                store.snapshots_for(image)
-            except DigestMismatchError as e:
-                # a diffID is checked as the layer extracts, into a snapshot that any image
-                # may share: the snapshot's error names the layer's digest alone
-                i = getattr(e, "layer_index", None)   # a blob listed twice is two layers: which one
-                if i is None:
-                    i = next((k for k, layer in enumerate(image.layers)
-                              if e.what.startswith(f"layer {layer.digest}")), None)
-                if i is None:
-                    raise
-                raise DigestMismatchError(f"{_which_layer(data, i)}, {e.what[len('layer '):]}", e.expected,
-                                          e.actual) from None
-            except LaminaError as e:   # a refused layer's, or a full disk's: named by the layer's digest alone
-                name_the_layer(e, [layer.digest for layer in image.layers], lambda k: _which_layer(data, k))
-                raise
+            _snapshots_named(store, data, image, check=True)
             ready.append((data.manifest_digest, names, index.digest if index else None, "written", data.platform))
         results = []
         for manifest_digest, names, repo_digest, status, platform in ready:
@@ -151,6 +135,29 @@ def import_images(store, items, report=None):
         return results
     except BaseException:
         _rollback(store, created_blobs, created_snaps, dropped())
+        raise
+
+
+def _snapshots_named(store, data, image, check=False):
+    """The image's snapshots (``check``: its layer blobs checked first), a refused layer named
+    by its place in ``data`` ("layer 2 of 3 (sha256:…)"), not by its digest alone."""
+    try:
+        if check:
+            store.check_layer_blobs(image.manifest_digest, image.layers, image.diff_ids)
+        store.snapshots_for(image)
+    except DigestMismatchError as e:
+        # a diffID is checked as the layer extracts, into a snapshot that any image
+        # may share: the snapshot's error names the layer's digest alone
+        i = getattr(e, "layer_index", None)   # a blob listed twice is two layers: which one
+        if i is None:
+            i = next((k for k, layer in enumerate(image.layers)
+                      if e.what.startswith(f"layer {layer.digest}")), None)
+        if i is None:
+            raise
+        raise DigestMismatchError(f"{_which_layer(data, i)}, {e.what[len('layer '):]}", e.expected,
+                                  e.actual) from None
+    except LaminaError as e:   # a refused layer's, or a full disk's: named by the layer's digest alone
+        name_the_layer(e, [layer.digest for layer in image.layers], lambda k: _which_layer(data, k))
         raise
 
 
