@@ -170,7 +170,6 @@ def _with_header_deadline(connection_cls, deadline):
     return DeadlineConnection
 
 
-@functools.lru_cache(maxsize=None)
 def _validate_unverified(pool, conn):
     # urllib3's HTTPS check without its InsecureRequestWarning: the user named this host
     # insecure (skopeo --tls-verify=false, docker's insecure-registries, both silent), and a
@@ -180,6 +179,7 @@ def _validate_unverified(pool, conn):
         conn.connect()
 
 
+@functools.lru_cache(maxsize=None)
 def _pool_classes(deadline, insecure=False):
     """urllib3's pool classes per scheme, their connections under the header deadline
     (``insecure``: the HTTPS pool of a host the user named insecure)."""
