@@ -154,21 +154,11 @@ def default_config_path():
 
 
 def insecure_hosts(value):
-    """The set of hosts an ``insecure=`` argument names: a list of hosts, or one host.  A str is
-    one host, not its characters: ``insecure="reg.example:5000"`` was taken for the hosts "r",
-    "e", "g", ... and so marked nothing, the TLS check failing as if it had not been given."""
+    """The set of hosts an ``insecure=`` argument names: a list of hosts, or one host."""
     if value is None:
         return set()
-    if isinstance(value, (str, bytes)):
-        value = [value]
-    try:
-        hosts = list(value)
-    except TypeError:
-        raise TypeError(f"insecure: a registry host or a list of them, not {value!r}") from None
-    bad = [h for h in hosts if not isinstance(h, str)]
-    if bad:
-        raise TypeError(f"insecure: a registry host or a list of them, not {bad[0]!r}")
-    return set(hosts)
+    from ..apiargs import one_or_many
+    return set(one_or_many(value, "insecure", "a registry host"))
 
 
 class RegistryConfig:

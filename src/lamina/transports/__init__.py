@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ..apiargs import one_or_many
 from ..errors import ImageNotFoundError, InvalidReferenceError, StoreError
 from ..reference import Reference
 from .spec import STORE, ImageSpec, parse
@@ -138,21 +139,6 @@ def load_stream(stream, *, store, platform=None, report=None):
         os.unlink(spooled)
 
 
-def _save_refs(refs):
-    """``save``'s images: a list of references, or one.  A str is one reference, not its
-    characters: ``save("app:1", ...)`` looked for images "a", "p", ... ("no such image: a:latest")."""
-    if isinstance(refs, str):
-        return [refs]
-    try:
-        refs = list(refs)
-    except TypeError:
-        raise TypeError(f"refs: an image reference or a list of them, not {refs!r}") from None
-    bad = [r for r in refs if not isinstance(r, str)]
-    if bad:
-        raise TypeError(f"refs: an image reference or a list of them, not {bad[0]!r}")
-    return refs
-
-
 def _save_set(store, refs):
     """[(ImageData, [Reference])] for ``save``: a name without a tag means every tag of that repository."""
     chosen = {}
@@ -180,7 +166,7 @@ def save(refs, output=None, *, store, format="docker-archive"):
     ``stream=`` is not needed, stdout is used)."""
     if format not in ARCHIVE_FORMATS:
         raise InvalidReferenceError(f"unknown archive format {format!r}; use one of {', '.join(ARCHIVE_FORMATS)}")
-    refs = _save_refs(refs)
+    refs = one_or_many(refs, "refs", "an image reference")
     if not refs:
         raise InvalidReferenceError("nothing to save: name at least one image")
     picked = _save_set(store, refs)
