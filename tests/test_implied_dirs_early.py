@@ -186,7 +186,12 @@ def test_an_implied_directory_that_is_not_one_below_makes_the_store_extract_agai
 def test_every_path_agrees_on_implied_directories(g, name):
     """The store extracts the layers side by side, so there the top layer meets its implied
     directories early (and extracts again where one moved); every path gives one tree."""
-    lowers, top = CASES.get(name) or MOVED[name]
+    agree_on_every_path(g, *(CASES.get(name) or MOVED[name]))
+
+
+def agree_on_every_path(g, lowers, top):
+    """Every path gives one tree (or one error) for ``lowers`` under ``top``, the times of
+    directories a path makes itself left out, and nothing outside the guard moved."""
     raws = [t.bytes() for t in lowers] + [top.bytes()]
     since = int(time.time()) - 1
     results = {p: r if isinstance(r, Exception) else _new_dir_times_dropped(r, since)

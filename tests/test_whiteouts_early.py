@@ -16,14 +16,12 @@ and early) and requires the same layer directory, then runs the image through ev
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
 from conftest import require_root
-from everypath import assert_agree, describe, run_paths
 from tarbuild import Tar
-from test_implied_dirs_early import _new_dir_times_dropped, both_ways
+from test_implied_dirs_early import agree_on_every_path, both_ways
 from treecmp import compare
 
 T = 1_000_000_000
@@ -147,13 +145,7 @@ def test_an_early_whiteout_fails_a_layer_where_the_waiting_extraction_does(tmp_p
 
 @pytest.mark.parametrize("name", list(CASES) + list(MOVED) + list(FAILING))
 def test_every_path_agrees_on_early_whiteouts(g, name):
-    lowers, top = CASES.get(name) or MOVED.get(name) or FAILING[name]
-    raws = [t.bytes() for t in lowers] + [top.bytes()]
-    since = int(time.time()) - 1
-    results = {p: r if isinstance(r, Exception) else _new_dir_times_dropped(r, since)
-               for p, r in run_paths(g.dest, raws, dir_mtime=True).items()}
-    assert_agree(results, context=describe(raws))
-    g.check()
+    agree_on_every_path(g, *(CASES.get(name) or MOVED.get(name) or FAILING[name]))
 
 
 def test_a_layer_with_an_early_whiteout_asks_for_the_layers_below_only_at_its_end(tmp_path, root):
