@@ -142,7 +142,11 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_an_implied_directory_made_early_settles_as_the_waiting_walk_makes_it(tmp_path, root, name):
-    lowers, top = CASES[name]
+    same_both_ways(tmp_path, name, *CASES[name])
+
+
+def same_both_ways(tmp_path, name, lowers, top):
+    """The layer extracted early (beside the layers below) is the waiting extraction's."""
     waiting, early, _ = both_ways(tmp_path, lowers, top)
     assert not isinstance(waiting, Exception), waiting
     assert not isinstance(early, Exception), f"{name}: {early!r}"

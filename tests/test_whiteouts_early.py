@@ -21,7 +21,7 @@ import pytest
 
 from conftest import require_root
 from tarbuild import Tar
-from test_implied_dirs_early import agree_on_every_path, both_ways
+from test_implied_dirs_early import agree_on_every_path, both_ways, same_both_ways
 from treecmp import compare
 
 T = 1_000_000_000
@@ -126,12 +126,7 @@ def root():
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_an_early_whiteout_gives_the_layer_the_waiting_extraction_gives(tmp_path, root, name):
-    lowers, top = CASES[name]
-    waiting, early, _ = both_ways(tmp_path, lowers, top)
-    assert not isinstance(waiting, Exception), waiting
-    assert not isinstance(early, Exception), f"{name}: {early!r}"
-    diff = compare(waiting, early, labels=("waiting", "early"))
-    assert not diff, f"{name}:\n{diff}"
+    same_both_ways(tmp_path, name, *CASES[name])
 
 
 @pytest.mark.parametrize("name", list(FAILING))
