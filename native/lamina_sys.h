@@ -52,15 +52,35 @@ static inline int lamina_write_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
-/* renameat2(RENAME_NOREPLACE); ENOSYS where the headers do not know the syscall. */
-static inline int lamina_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+/* renameat2 through syscall(2): glibc wraps it only from 2.28, and manylinux2014's kernel
+ * headers predate it, so the number is supplied where <sys/syscall.h> lacks it.  ENOSYS where
+ * neither knows it; the callers fall back on ENOSYS or EINVAL (a kernel or filesystem without
+ * the flag). */
+#ifndef SYS_renameat2
+# if defined(__x86_64__)
+#  define SYS_renameat2 316
+# elif defined(__aarch64__)
+#  define SYS_renameat2 276
+# endif
+#endif
+
+#define LAMINA_RENAME_NOREPLACE 1u
+#define LAMINA_RENAME_EXCHANGE 2u
+
+static inline int lamina_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
+                                   unsigned int flags)
 {
 #ifdef SYS_renameat2
-    return (int)syscall(SYS_renameat2, olddirfd, oldpath, newdirfd, newpath, 1u /* RENAME_NOREPLACE */);
+    return (int)syscall(SYS_renameat2, olddirfd, oldpath, newdirfd, newpath, flags);
 #else
     errno = ENOSYS;
     return -1;
 #endif
+}
+
+static inline int lamina_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+{
+    return lamina_renameat2(olddirfd, oldpath, newdirfd, newpath, LAMINA_RENAME_NOREPLACE);
 }
 
 /* Cython cannot assign to errno without making it a local. */

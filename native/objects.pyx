@@ -84,8 +84,25 @@ def hash_bytes(const unsigned char[::1] data):
 from syscalls cimport openat, O_RDONLY, O_DIRECTORY, O_NOFOLLOW, O_CLOEXEC, AT_SYMLINK_NOFOLLOW, close
 from syscalls cimport stat, fstatat, mkdirat, S_ISREG
 
-cdef extern from "lamina_sys.h" nogil:
-    int lamina_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+from syscalls cimport lamina_renameat2, lamina_rename_noreplace, LAMINA_RENAME_NOREPLACE, LAMINA_RENAME_EXCHANGE
+
+RENAME_NOREPLACE = LAMINA_RENAME_NOREPLACE
+RENAME_EXCHANGE = LAMINA_RENAME_EXCHANGE
+
+
+def renameat2(int src_dir_fd, src, int dst_dir_fd, dst, unsigned int flags):
+    """renameat2(2) with ``flags``; OSError naming ``src`` on failure (ENOSYS where the build's
+    headers did not know the syscall, ENOSYS or EINVAL where the kernel or filesystem does not)."""
+    cdef bytes s = __import__("os").fsencode(src), d = __import__("os").fsencode(dst)
+    cdef const char *sp = s
+    cdef const char *dp = d
+    cdef int rc, err
+    with nogil:
+        rc = lamina_renameat2(src_dir_fd, sp, dst_dir_fd, dp, flags)
+    if rc == 0:
+        return None
+    err = errno
+    raise OSError(err, __import__("os").strerror(err), src)
 
 
 def rename_noreplace(int src_dir_fd, src, int dst_dir_fd, dst):

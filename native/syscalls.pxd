@@ -101,6 +101,9 @@ cdef extern from "<dirent.h>" nogil:
 
 cdef extern from "lamina_sys.h" nogil:
     int lamina_openat2(int dirfd, const char *path, int flags, int resolve)
+    int lamina_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
+                         unsigned int flags)
+    int lamina_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
     int lamina_write_all(int fd, const char *buf, size_t len)
     void lamina_set_errno(int e)
     long lamina_copy_file_range(int infd, int outfd, size_t length)
@@ -112,3 +115,5 @@ cdef extern from "lamina_sys.h" nogil:
         LAMINA_RESOLVE_NO_MAGICLINKS
         LAMINA_RESOLVE_NO_SYMLINKS
         LAMINA_RESOLVE_IN_ROOT
+        LAMINA_RENAME_NOREPLACE
+        LAMINA_RENAME_EXCHANGE

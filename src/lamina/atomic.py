@@ -32,25 +32,20 @@ def _sibling(dest, what):
     return os.path.join(parent, f".{name}.lamina-{what}-{secrets.token_hex(4)}")
 
 
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
 def _exchange(a, b):
-    """Swap the directories ``a`` and ``b`` in one renameat2(RENAME_EXCHANGE): True if done,
-    False where the kernel, libc or filesystem offers no exchange."""
-    import ctypes
+    """Swap the sibling directories ``a`` and ``b`` in one renameat2(RENAME_EXCHANGE): True if
+    done, False where the kernel or filesystem offers no exchange."""
+    from ._objects import RENAME_EXCHANGE, renameat2
+    parent = os.open(os.path.dirname(b), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except AttributeError:  # a libc before glibc 2.28
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), b)
+        renameat2(parent, os.path.basename(a), parent, os.path.basename(b), RENAME_EXCHANGE)
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            return False
+        raise OSError(e.errno, e.strerror, b) from None
+    finally:
+        os.close(parent)
+    return True
 
 
 def apply_layer_atomic(layer, dest, **kw):
