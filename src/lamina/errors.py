@@ -4,6 +4,7 @@ Native code (lamina._extract) raises these same classes, so callers catch
 ``lamina.errors.LaminaError`` and never a bare OSError from deep inside.
 Every message names the entry, layer or blob that was wrong.
 """
+import contextlib
 
 
 def layer_of(i, count):
@@ -214,3 +215,27 @@ def name_the_layer(e, digests, which):
                 e.what = f"{which(i)}: {e.what}"
             return True
     return False
+
+
+@contextlib.contextmanager
+def layers_named(digests, which, mismatch_comma=False):
+    """Within it, an error about one of an image's layers (``digests``, bottom first) that names
+    the layer by digest alone names it by ``which(i)`` too (name_the_layer): what extracts an
+    image's snapshots (unpack, mount, load, copy, pull) says which of its layers was refused.
+    ``mismatch_comma``: a layer's diffID mismatch reads "WHICH, sha256:…: diffID …", as load
+    and copy into a store have always said it, where the others say "WHICH (sha256:…): …"."""
+    try:
+        yield
+    except DigestMismatchError as e:
+        if not mismatch_comma:
+            name_the_layer(e, digests, which)
+            raise
+        i = getattr(e, "layer_index", None)   # a blob listed twice is two layers: which one
+        if i is None:
+            i = next((k for k, digest in enumerate(digests) if e.what.startswith(f"layer {digest}")), None)
+        if i is None:
+            raise
+        raise DigestMismatchError(f"{which(i)}, {e.what[len('layer '):]}", e.expected, e.actual) from None
+    except LaminaError as e:
+        name_the_layer(e, digests, which)
+        raise

@@ -521,14 +521,12 @@ class Puller:
             extra_layers.extend(om.layers)
 
         trace.event("layers-start")
-        try:
+        # each layer extracts as it arrives: a refused layer's or a full disk's error, which names
+        # the layer by its digest alone (the store's snapshots are shared), says which one it is
+        with errors.layers_named([d.digest for d in manifest.layers],
+                                 lambda k: errors.layer_of(k, len(manifest.layers))):
             layers = self._layers(repos, manifest.layers, config.diff_ids, extra_layers)
             self.store.check_layer_blobs(mr.digest, manifest.layers, config.diff_ids)
-        except errors.LaminaError as e:
-            # a refused layer's or a full disk's error names the layer by its digest alone
-            # (the store's snapshots are shared): say which of the image's layers it is
-            errors.name_the_layer(e, [d.digest for d in manifest.layers], lambda k: errors.layer_of(k, len(manifest.layers)))
-            raise
         trace.event("layers-done")
 
         for other in others:

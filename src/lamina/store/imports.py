@@ -14,7 +14,7 @@ import os
 import secrets
 
 from .. import digest as _digest
-from ..errors import DigestMismatchError, ImageError, LaminaError, StoreError, layer_of, name_the_layer
+from ..errors import DigestMismatchError, ImageError, LaminaError, StoreError, layer_of, layers_named, name_the_layer
 from . import objects as _objects
 from . import snapshots as _snapshots
 from .fsutil import atomic_write
@@ -141,24 +141,11 @@ def import_images(store, items, report=None):
 def _snapshots_named(store, data, image, check=False):
     """The image's snapshots (``check``: its layer blobs checked first), a refused layer named
     by its place in ``data`` ("layer 2 of 3 (sha256:…)"), not by its digest alone."""
-    try:
+    with layers_named([layer.digest for layer in image.layers], lambda k: _which_layer(data, k),
+                      mismatch_comma=True):
         if check:
             store.check_layer_blobs(image.manifest_digest, image.layers, image.diff_ids)
         store.snapshots_for(image)
-    except DigestMismatchError as e:
-        # a diffID is checked as the layer extracts, into a snapshot that any image
-        # may share: the snapshot's error names the layer's digest alone
-        i = getattr(e, "layer_index", None)   # a blob listed twice is two layers: which one
-        if i is None:
-            i = next((k for k, layer in enumerate(image.layers)
-                      if e.what.startswith(f"layer {layer.digest}")), None)
-        if i is None:
-            raise
-        raise DigestMismatchError(f"{_which_layer(data, i)}, {e.what[len('layer '):]}", e.expected,
-                                  e.actual) from None
-    except LaminaError as e:   # a refused layer's, or a full disk's: named by the layer's digest alone
-        name_the_layer(e, [layer.digest for layer in image.layers], lambda k: _which_layer(data, k))
-        raise
 
 
 def _put_blobs(store, data, created, report):

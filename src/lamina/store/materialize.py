@@ -16,7 +16,7 @@ import os
 import stat
 import time
 
-from ..errors import ImageError, LaminaError, MaterializeError, layer_of, name_the_layer
+from ..errors import ImageError, MaterializeError, layer_of, layers_named
 from ..tree import abandon
 from .flatten import check_link, flatten
 from .paths import OWN_ENTRIES
@@ -138,11 +138,8 @@ def snapshot_dirs(store, image):
     …"); unpack REF, --link, --bundle and mount, which extract an image's missing snapshots
     (an image added through the Store API, a snapshot fsck --repair removed), said no more, where
     unpack, copy, load and pull say "layer 2 of 3 (sha256:…)"."""
-    try:
+    with layers_named([layer.digest for layer in image.layers], lambda k: layer_of(k, len(image.layers))):
         return [os.fspath(p) for p in store.snapshots_for(image)]
-    except LaminaError as e:
-        name_the_layer(e, [layer.digest for layer in image.layers], lambda k: layer_of(k, len(image.layers)))
-        raise
 
 
 def _snapshots(store, image):
