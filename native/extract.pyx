@@ -2033,6 +2033,12 @@ cdef class Extractor:
     # targets, and the targets' ancestors, which a later entry must not touch before they apply
     cdef list wh_pending
     cdef set wh_pending_at, wh_pending_above
+    # the directory of the last whiteout held, open (-1: none): a run of them in one directory
+    # (``rm -rf /var/lib/apt/lists/*``) looks each name up there, not each from the root.  Its
+    # path is one of wh_pending_above, so an entry that could replace it or a directory on its
+    # way applies the held whiteouts first, and that closes it (_apply_pending_whiteouts).
+    cdef int wh_dir_fd
+    cdef object wh_dir
     cdef list lower_dirs           # overlay: the dirs of lower_fds, topmost first
     cdef object lower_shared       # overlay: lower dir -> names sharing an inode only by the store's dedup
     cdef dict lower_links          # overlay: lower index -> {(dev, ino): [paths]} of its multiply linked files
@@ -2095,6 +2101,7 @@ cdef class Extractor:
         self.rootfd = -1
         self.outfd = -1
         self.cache_fd = -1
+        self.wh_dir_fd = -1
         self.par_n = 0
         self.par_paths = []
         self.par_realps = []
@@ -2280,6 +2287,8 @@ cdef class Extractor:
             close(self.hold_fd)
         if self.cache_fd >= 0:
             close(self.cache_fd)
+        if self.wh_dir_fd >= 0:
+            close(self.wh_dir_fd)
         while self.par_n > 0:
             self.par_n -= 1
             close(self.par_fd[self.par_n])
@@ -6055,13 +6064,22 @@ cdef class Extractor:
         if (not self.early_dirs or not self.defer_lowers or len(self.wh_pending) >= WH_PENDING_MAX
                 or self._provided(target)):
             return False
-        fd = self._plain_dir(self.rootfd, parent)
-        if fd < 0:
-            return False
+        if self.wh_dir_fd >= 0 and parent == self.wh_dir:
+            fd = self.wh_dir_fd
+        else:
+            fd = self._plain_dir(self.rootfd, parent)
+            if fd < 0:
+                return False
         r = fstatat(fd, hidden, &st, AT_SYMLINK_NOFOLLOW)
         e = errno
-        close(fd)
-        if r == 0 or e != ENOENT:
+        if fd != self.wh_dir_fd:
+            if r == 0 or e != ENOENT:
+                close(fd)
+                return False
+            # kept open only once a whiteout held there puts its path on wh_pending_above
+            self._close_wh_dir()
+            self.wh_dir_fd, self.wh_dir = fd, parent
+        elif r == 0 or e != ENOENT:
             return False
         self.wh_pending.append((parent, hidden, target, name, self.cur_sec, self.cur_nsec, self.entries))
         self.wh_pending_at.add(target)
@@ -6071,6 +6089,11 @@ cdef class Extractor:
             i = parent.rfind(b"/")
             parent = parent[:i] if i > 0 else b""
         return True
+
+    cdef void _close_wh_dir(self):
+        if self.wh_dir_fd >= 0:
+            close(self.wh_dir_fd)
+        self.wh_dir_fd, self.wh_dir = -1, None
 
     cdef bint _link_touches_pending(self, bytes link):
         try:
@@ -6098,6 +6121,7 @@ cdef class Extractor:
         pending, self.wh_pending = self.wh_pending, []
         self.wh_pending_at = set()
         self.wh_pending_above = set()
+        self._close_wh_dir()
         self._drop_whiteout_run()
         try:
             for parent, hidden, target, name, wsec, wnsec, number in pending:

@@ -21,6 +21,7 @@ import pytest
 
 from conftest import require_root
 from tarbuild import Tar
+from layerkit import overlay_layers
 from test_implied_dirs_early import agree_on_every_path, both_ways, same_both_ways
 from treecmp import compare
 
@@ -187,3 +188,39 @@ def test_held_whiteouts_past_the_cap_wait_for_the_layers_below(tmp_path, root):
     assert len(asked) == 1, asked
     assert not compare(waiting, early, labels=("waiting", "early"))
     assert sum(1 for p in early.entries if p.startswith("d/")) == 8250
+
+
+def test_a_run_of_held_whiteouts_in_a_deep_directory_opens_it_once(tmp_path, root):
+    """Each whiteout held (_defer_whiteout) opened its directory again from the layer's root,
+    a walk of its depth per whiteout: 200 whiteouts 20 directories down were 200 lookups of
+    that path (strace).  The held run reuses the directory it opened, and the layer is the
+    waiting extraction's."""
+    import subprocess
+    import sys
+    dirs = ["/".join(f"d{k}" for k in range(i + 1)) for i in range(20)]
+    deep = dirs[-1]
+    lower, top = Tar(), Tar()
+    for d in dirs:
+        lower.dir(d, mtime=T)
+        top.dir(d, mtime=T)
+    for i in range(0, 200, 2):
+        lower.file(f"{deep}/f{i}", b"")
+    for i in range(200):
+        top.whiteout(f"{deep}/f{i}")
+    top.file("z", b"z")
+    (tmp_path / "compare").mkdir()
+    waiting, early, asked = both_ways(tmp_path / "compare", [lower], top)
+    assert len(asked) == 1 and not compare(waiting, early, labels=("waiting", "early"))
+    below = overlay_layers(tmp_path, [lower], prefix="below")[0]
+    (tmp_path / "top.tar").write_bytes(top.bytes())
+    (tmp_path / "out").mkdir()
+    script = ("import sys, lamina\n"
+              "lamina.apply_layer(sys.argv[1], sys.argv[2], format='overlay', defer_lowers=True,\n"
+              "                   lowers_provider=lambda: [sys.argv[3]], early_dirs=True)\n")
+    trace = tmp_path / "strace.txt"
+    subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,openat2", "-o", trace, sys.executable, "-c", script,
+                    tmp_path / "top.tar", tmp_path / "out", below], check=True, capture_output=True)
+    # with openat2 the whole path in one call; without, the walk's last step
+    opens = [line for line in trace.read_text().splitlines() if f'"{deep}"' in line or '"d19"' in line]
+    assert len(opens) < 10, f"{len(opens)} opens of the whiteouts' directory:\n" + "\n".join(opens[:5])
+    assert sorted(os.listdir(tmp_path / "out" / deep)) == sorted(f"f{i}" for i in range(0, 200, 2))
