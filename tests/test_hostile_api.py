@@ -343,9 +343,28 @@ def test_a_path_through_what_an_earlier_tree_left_is_refused_saying_what_is_ther
 def _wrong_types(store, tmp_path):
     """(call, the argument's name in the TypeError) for each API function of README's section
     given a wrong type where it takes a name, path, list or store."""
-    from lamina.transports import save
+    from lamina.transports import copy, load, save
     d = str(tmp_path / "d")
+    sample = f"oci:{SAMPLE}:latest"
     return {
+        "Store root": (lambda: lamina_api.Store(5), "root"),
+        "unpack dest": (lambda: lamina_api.unpack(sample, 5), "dest"),
+        "copy source": (lambda: copy(5, "x:1", store=store), "source"),
+        "copy destination": (lambda: copy(sample, 5, store=store), "destination"),
+        "copy store": (lambda: copy(sample, "x:1", store=5), "store"),
+        "load path": (lambda: load(5, store=store), "path"),
+        "load store": (lambda: load(SAMPLE, store=5), "store"),
+        "images.prune all": (lambda: I.prune(store, all=5), "all"),
+        "images.remove force": (lambda: I.remove(store, "sample:1", force=5), "force"),
+        "images.remove prune": (lambda: I.remove(store, "sample:1", prune=5), "prune"),
+        "images.unpack dest": (lambda: I.unpack(store, "sample:1", 5), "dest"),
+        "images.unpack bundle": (lambda: I.unpack(store, "sample:1", d, bundle=5), "bundle"),
+        "images.unpack link": (lambda: I.unpack(store, "sample:1", d, link=5), "link"),
+        "images.mount target": (lambda: I.mount(store, "sample:1", 5), "target"),
+        "images.mount rw": (lambda: I.mount(store, "sample:1", d, rw=5), "rw"),
+        "images.mount suid": (lambda: I.mount(store, "sample:1", d, suid=5), "suid"),
+        "images.umount target": (lambda: I.umount(store, 5), "target"),
+        "images.umount lazy": (lambda: I.umount(store, d, lazy=5), "lazy"),
         "find_files path": (lambda: store.find_files(path=5), "find_files: path"),
         "find_files blake3": (lambda: store.find_files(blake3=5), "find_files: blake3"),
         "apply_layer layer": (lambda: lamina_api.apply_layer(5, d), "layer"),
@@ -379,13 +398,26 @@ def test_a_wrong_type_is_a_type_error_naming_the_argument(tmp_path, sample_store
     a TypeError saying which argument and what it takes; nothing is written and the store is
     left as it was."""
     run, what = _wrong_types(sample_store, tmp_path)[call]
-    with pytest.raises(TypeError) as e:
-        run()
+    try:
+        with pytest.raises(TypeError) as e:
+            run()
+    finally:
+        if os.path.ismount(tmp_path / "d"):   # mount(rw=5) took the 5 for True
+            I.umount(sample_store, str(tmp_path / "d"))
     assert str(e.value).startswith(f"{what}: "), str(e.value)
     assert str(e.value).endswith("not 5"), str(e.value)
     assert not os.path.exists(tmp_path / "d") and not os.path.exists(tmp_path / "s.tar")
     assert [r.repo_tags for r in I.ls(sample_store)] == [["sample:1"]]
     assert sample_store.fsck().ok
+
+
+@pytest.mark.parametrize("word", ["no", "false", ""])
+def test_prune_all_given_a_word_is_a_type_error_not_every_image_removed(tmp_path, sample_store, word):
+    """``images.prune(store, all="no")`` took the str for true and removed every image the
+    store held (``all=""`` none): a flag given anything but True or False is a TypeError."""
+    with pytest.raises(TypeError, match=f"^all: True or False, not {word!r}$"):
+        I.prune(sample_store, all=word)
+    assert [r.repo_tags for r in I.ls(sample_store)] == [["sample:1"]]
 
 
 def test_save_takes_one_reference_given_as_a_string(tmp_path, sample_store):

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .apiargs import a_flag, a_path
 from .errors import ImageError, InvalidReferenceError, LaminaError
 from .reference import Reference
 
@@ -136,9 +137,8 @@ def parse_filters(values, allowed=IMAGE_FILTERS):
 def _a_store(store):
     """The API's functions take the Store first; anything else failed deep inside them
     ("'int' object has no attribute 'images'"), naming no argument."""
-    from .store import Store
-    if not isinstance(store, Store):
-        raise TypeError(f"store: a lamina.Store, not {store!r}")
+    from .apiargs import a_store
+    a_store(store)
 
 
 def _check_filters(filters, allowed):
@@ -480,6 +480,8 @@ def remove(store, ref, *, force=False, prune=True):
     or an ID several repositories name, unless ``force``.  With ``prune`` the layers no
     image needs any more are deleted now.  Returns RemoveResult."""
     _a_store(store)
+    a_flag(force, "force")
+    a_flag(prune, "prune")
     from .store.store import name_of
     image = store.resolve(ref)
     uses = in_use(store)
@@ -551,6 +553,7 @@ def prune(store, *, all=False, filters=None):
     """docker's image prune: remove dangling images (``all``: every image no mount or bundle
     uses), then the content nothing needs.  ``filters``: until, label, label!.  RemoveResult."""
     _a_store(store)
+    a_flag(all, "all")
     if isinstance(filters, (list, tuple)):
         filters = parse_filters(filters, PRUNE_FILTERS)
     filters = _check_filters(filters, PRUNE_FILTERS)
@@ -690,12 +693,17 @@ def mount(store, ref, target, *, rw=False, suid=False):
     """Mount the image with overlayfs at ``target`` (read-only unless ``rw``; nosuid unless ``suid``).
     Returns the record."""
     _a_store(store)
+    a_path(target, "target", "a mount point's path")
+    a_flag(rw, "rw")
+    a_flag(suid, "suid")
     from .store.mounts import mount as do_mount
     return do_mount(store, ref, target, rw=rw, suid=suid)
 
 
 def umount(store, target, *, lazy=False):
     _a_store(store)
+    a_path(target, "target", "a mount point's path")
+    a_flag(lazy, "lazy")
     from .store.mounts import umount as do_umount
     return do_umount(store, target, lazy=lazy)
 
@@ -704,6 +712,9 @@ def unpack(store, ref, dest, *, bundle=False, link=False, platform=None):
     """An image of the store as a rootfs at ``dest`` (or an OCI runtime bundle).
     Returns (store.Image, stats)."""
     _a_store(store)
+    a_path(dest, "dest", "a directory's path")
+    a_flag(bundle, "bundle")
+    a_flag(link, "link")
     from .store.bundles import make_bundle
     from .store.materialize import materialize
     image = store.resolve(ref)

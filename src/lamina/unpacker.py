@@ -17,6 +17,7 @@ import stat
 import tempfile
 import time
 
+from .apiargs import a_path
 from ._extract import HiddenLinkTarget
 from . import trace
 from .errors import ExtractError, ImpliedDirMoved, InvalidArchiveError, LaminaError, layer_of, name_the_layer
@@ -51,6 +52,7 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {format!r}")
+    a_path(dest, "dest", "a directory's path")
     t_start = time.perf_counter()
     seconds = {}
     dest = os.path.abspath(os.fsdecode(dest))

@@ -20,6 +20,7 @@ import os
 import re
 import threading
 
+from ..apiargs import a_path
 from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import (AmbiguousImageError, BlobNotFoundError, DigestMismatchError, ImageError,
@@ -78,6 +79,8 @@ def check_digest_name(ref, manifest_digest, repo_digest=None):
 
 class Store:
     def __init__(self, root=None):
+        if root is not None:
+            a_path(root, "root", "the store's directory path or None")
         self.paths = Paths(root if root is not None else default_root())
         self.root = self.paths.root
         self.index = IndexFile(self.paths)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..apiargs import one_or_many
+from ..apiargs import a_name, a_path, a_store, one_or_many
 from ..errors import ImageNotFoundError, InvalidReferenceError, StoreError
 from ..reference import Reference
 from .spec import STORE, ImageSpec, parse
@@ -30,6 +30,9 @@ class CopyResult:
     manifest_digest: str
     config_digest: str
     names: list = field(default_factory=list)   # names given in the store (str)
+
+
+_IMAGE_NAME = "an image name (oci:PATH[:REF], docker-archive:PATH, oci-archive:PATH or a reference)"
 
 
 def _store_for(store, *specs):
@@ -51,6 +54,10 @@ def _store_name(spec):
 
 def copy(source, destination, *, store=None, platform=None, report=None):
     """Copy one image; ``platform`` picks from a multi-platform source. Returns CopyResult."""
+    for value, arg in ((source, "source"), (destination, "destination")):
+        if not isinstance(value, ImageSpec):
+            a_name(value, arg, _IMAGE_NAME)
+    a_store(store, optional=True)
     src, dst = parse(source), parse(destination)
     if dst.transport == STORE:
         _store_name(dst)  # checked before any work is done
@@ -95,7 +102,8 @@ class LoadedImage:
 def load(path, *, store, platform=None, report=None):
     """Every image of a docker-archive or oci-archive file into the store (``lamina load``)."""
     from ..store.imports import import_images
-    path = os.fspath(path)
+    a_store(store)
+    path = os.fspath(a_path(path, "path", "an archive's path or an OCI layout directory"))
     if not os.path.exists(path):
         raise ImageNotFoundError(f"{path}: no such file")
     spec = ImageSpec("oci" if os.path.isdir(path) else "docker-archive", path, None)
