@@ -373,6 +373,44 @@ def test_load_of_several_legacy_images_names_the_image_whose_layer_is_corrupt(tm
     assert lamina(tmp_path / "root", "images", "-q").stdout.strip() == ""
 
 
+@pytest.mark.parametrize("form", ["layout", "oci-archive", "docker-archive"])
+def test_load_of_several_images_names_the_image_whose_config_is_refused(tmp_path, form):
+    """The second of two images has a config that is not JSON.  Its layers' errors say
+    "ARCHIVE: image NAME layer 1 of 1", but a manifest's or config's said "config sha256:…:
+    invalid JSON" (a legacy archive "config ID.json: …") alone: a digest the user never
+    typed, in an archive of many images.  skopeo names the config by digest too, but copies
+    one image the user named; docker load has no such list to point into.  Now the image is
+    named as its layers are, the digest kept."""
+    bad = b"{not json"
+    if form == "docker-archive":
+        good = ob.tar_bytes({"a": b"A\n"})
+        config = ob.dumps({"architecture": "amd64", "os": "linux",
+                           "rootfs": {"type": "layers", "diff_ids": [ob.sha256(good)]}})
+        names = [ob.sha256(c).split(":")[1] + ".json" for c in (config, bad)]
+        members = {names[0]: config, names[1]: bad, "l/layer.tar": good}
+        members["manifest.json"] = json.dumps([{"Config": n, "RepoTags": [t], "Layers": ["l/layer.tar"]}
+                                               for n, t in zip(names, ["example.com/a:1", "example.com/b:1"])]).encode()
+        source = tmp_path / "legacy.tar"
+        source.write_bytes(ob.tar_of(members))
+        what = f"config {names[1]}"
+    else:
+        lay = ob.Layout(tmp_path / "layout")
+        lay.add(lay.image([{"a": b"A\n"}]), None, **{"io.containerd.image.name": "example.com/a:1"})
+        doc = lay.read_json(lay.image([{"b": b"B\n"}])["digest"])
+        lay.blob(bad)
+        doc["config"] = ob.desc(ob.OCI_CONFIG, bad)
+        data = ob.dumps(doc)
+        lay.blob(data)
+        lay.add(ob.desc(ob.OCI_MANIFEST, data), None, **{"io.containerd.image.name": "example.com/b:1"})
+        source = lay.root if form == "layout" else _archive_of(lay, tmp_path / "two.tar")
+        what = f"config {ob.sha256(bad)}"
+    proc = lamina(tmp_path / "root", "load", "-i", source, check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"lamina: error: {source}: image example.com/b:1: {what}: invalid JSON"), \
+        proc.stderr
+    assert lamina(tmp_path / "root", "images", "-q").stdout.strip() == ""
+
+
 def test_load_refuses_duplicate_keys(tmp_path):
     lay, doc = _layout(tmp_path)
     text = json.dumps(doc)

@@ -8,6 +8,7 @@ loading the same archive twice, or from eight processes, names the same image.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Callable, Optional
 from .. import compression
 from .. import digest as _digest
 from .. import mediatypes as mt
-from ..errors import ArtifactError, BlobNotFoundError, ImageError, InvalidReferenceError, layer_of
+from ..errors import ArtifactError, BlobNotFoundError, ImageError, InvalidReferenceError, LaminaError, layer_of
 from ..oci.blobs import read_verified
 from ..oci.dockerarchive import DockerArchive, images_of
 from ..oci.layout import open_layout_dir
@@ -250,6 +251,32 @@ def _oci_names(desc):
     return []
 
 
+@contextlib.contextmanager
+def _naming_image(description, name):
+    """An error reading one image of an archive (its manifest, config, platforms) names the
+    image as the errors of its layers do ("ARCHIVE: image NAME layer 1 of 2 (…)"): a load of
+    several images said "config sha256:…: invalid JSON" alone, a digest the user never saw.
+    ``name`` None: the archive's only image (its errors keep their words, as unpack's)."""
+    try:
+        yield
+    except LaminaError as e:
+        if name is not None and len(e.args) == 1 and isinstance(e.args[0], str):
+            msg = e.args[0]
+            if msg.startswith(f"{name} "):   # a layer's: "image NAME layer 1 of 2: …"
+                e.args = (f"{description}: {msg}",)
+            elif not msg.startswith(f"{description}: {name}"):
+                e.args = (f"{description}: {name}: {msg}",)
+        raise
+
+
+def _layout_image_name(names, desc):
+    """How an error names an image of a layout: its names, else the index.json ref.name."""
+    if names:
+        return "image " + ", ".join(n.familiar() for n in names)
+    ref_name = desc.annotations.get("org.opencontainers.image.ref.name") if desc is not None else None
+    return f"image {ref_name}" if isinstance(ref_name, str) else None
+
+
 def archive_images(spec, platform=None):
     """[ImageData] for every image in an archive or layout (``lamina load``).
 
@@ -292,6 +319,7 @@ def _layout_images(layout, platform, tags=None):
     out, by_digest, reached = [], {}, []
     descs = layout.index.manifests
     named = [d for d in descs if d.ref_names]
+    several = len({d.digest for d in descs}) > 1
     if not named and not tags:
         return [_with_platforms(layout, from_layout(layout, platform))]
 
@@ -309,7 +337,10 @@ def _layout_images(layout, platform, tags=None):
     for d in named:
         layout.ref = d.annotations.get("org.opencontainers.image.ref.name") or d.annotations.get(
             "io.containerd.image.name")
-        add(_with_platforms(layout, from_layout(layout, platform)), _oci_names(d), d)
+        names = _oci_names(d)
+        with _naming_image(layout.description, _layout_image_name(names, d) if several else None):
+            data = _with_platforms(layout, from_layout(layout, platform))
+        add(data, names, d)
     # A name only manifest.json gives is docker's too: to the image of its entry, which
     # index.json may leave unnamed (then that entry is read, as docker-archive:PATH:@N is).
     for key, names in (tags or {}).items():
@@ -322,7 +353,9 @@ def _layout_images(layout, platform, tags=None):
             continue
         layout.ref, layout.pinned = None, desc
         try:
-            add(_with_platforms(layout, from_layout(layout, platform)), names, desc)
+            with _naming_image(layout.description, _layout_image_name(names, None) if several else None):
+                data = _with_platforms(layout, from_layout(layout, platform))
+            add(data, names, desc)
         finally:
             layout.pinned = None
     return out or [_with_platforms(layout, from_layout(layout, platform))]
@@ -336,6 +369,7 @@ def _legacy_images(archive, platform):
     # and the square of it in store updates.  A name goes to the last entry giving it, as when
     # the entries are loaded one after another.
     images, claims = {}, []   # (Config, Layers) -> ImageData; [(that key, names)] in entry order
+    several = len({(entry["Config"], tuple(entry["Layers"])) for entry in entries}) > 1
     for i, entry in enumerate(entries):
         names = []
         for tag in entry.get("RepoTags") or []:
@@ -346,7 +380,8 @@ def _legacy_images(archive, platform):
         key = (entry["Config"], tuple(entry["Layers"]))
         if key not in images:
             archive.ref = f"@{i}"
-            images[key] = from_legacy(archive, platform)
+            with _naming_image(archive.description, archive.image_name() if several else None):
+                images[key] = from_legacy(archive, platform)
         claims.append((key, names))
     last = {name: key for key, names in claims for name in names}
     for key, names in claims:
