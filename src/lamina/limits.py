@@ -47,3 +47,25 @@ def check_layer_count(count, what, limits=None):
     if count > cap:
         raise ImageError(f"{what}: {count} layers, more than the {cap} an image may have (Limits.max_layers;"
                          " docker allows 125, overlayfs stacks 500)")
+
+
+# fds a process holds besides one per layer of an image: stdio, the store's, the extraction
+# pipeline's, a fan-out of object directories (FanOut keeps at most 1/64 of the limit)
+FD_RESERVE = 64
+
+
+def open_file_budget(held, what, how, parallel=1, reserve=FD_RESERVE):
+    """How many of ``parallel`` jobs, each holding ``held`` fds at once (an overlay-format layer:
+    one per layer below it; a flatten: one per layer), fit under the open-file limit: at least
+    1, or an ImageError naming the limit before anything is written.  500 layers under ``ulimit
+    -n 256`` failed half-way with "Too many open files", after extracting a hundred layers.
+    ``reserve``: the fds needed besides those."""
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return parallel
+    need = held + reserve
+    if soft < need:
+        raise ImageError(f"{what}: {how} holds {held} directories open at once, and the open-file limit is "
+                         f"{soft} (ulimit -n; {need} needed)")
+    return max(1, min(parallel, soft // need))

@@ -21,7 +21,7 @@ from .apiargs import a_path
 from ._extract import HiddenLinkTarget
 from . import trace
 from .errors import ExtractError, ImpliedDirMoved, InvalidArchiveError, LaminaError, layer_of, name_the_layer
-from .limits import check_layer_count
+from .limits import check_layer_count, open_file_budget
 from .lowers import LayersBelow
 from .oci import open_source
 from .stats import UnpackStats
@@ -232,7 +232,9 @@ def apply_overlay_layers(layers, targets, apply):
             below.finished(i, ok)
 
     # started bottom-up: a layer only ever waits for the ones below it, which started before it
-    workers = min(MAX_PARALLEL_LAYERS, len(layers))
+    workers = open_file_budget(len(layers) - 1, f"{len(layers)} layers",
+                               "the overlay format's top layer, extracted over the layers below it,",
+                               min(MAX_PARALLEL_LAYERS, len(layers)))
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="lamina-layer") as pool:
         futures = [pool.submit(one, i) for i in range(len(layers))]
         concurrent.futures.wait(futures)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from .. import errors, mediatypes as mt, trace
 from ..errors import DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError, RegistryError
 from ..oci.model import document_media_type, index_entries, parse_config, parse_index, parse_manifest
-from ..limits import MAX_CONFIG_SIZE  # one limit for every way an image comes in
+from ..limits import MAX_CONFIG_SIZE, open_file_budget  # one limit for every way an image comes in
 from ..lowers import LayersBelow
 from ..platform import Platform
 from ..reference import Reference
@@ -601,7 +601,10 @@ class Puller:
         for digest, (d, _) in list(by_digest.items()) + list(extra.items()):
             self.reporter.layer(digest, d.size)
 
-        extract_pool = ThreadPoolExecutor(self.extract_workers, thread_name_prefix="lamina-extract")
+        extract_workers = open_file_budget(len(layer_descs) - 1, f"{len(layer_descs)} layers",
+                                           "the top layer's snapshot, extracted over the layers below it,",
+                                           self.extract_workers)
+        extract_pool = ThreadPoolExecutor(extract_workers, thread_name_prefix="lamina-extract")
         fetch_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="lamina-fetch")
         extract_futures = []
         efl = threading.Lock()

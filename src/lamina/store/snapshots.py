@@ -47,6 +47,7 @@ from ..lowers import LayersBelow
 from ..errors import BlobNotFoundError, LaminaError, StoreError, at_layer
 from ..tree import abandon, remove_tree
 from ..errors import ImpliedDirMoved, NeedsLowers
+from ..limits import open_file_budget
 from .fsutil import FULL_ERRNOS, disk_usage, fsync_dir, name_error, syncfs
 from .image import chain_ids
 from .locks import FileLock
@@ -618,6 +619,10 @@ def ensure_all(paths, layers, diff_ids, media_types=None):
     if not jobs:
         return []
     missing = [k for k, c in enumerate(ids) if not _present(paths, c)]
+    # layer k extracts over the k below it, each an open fd: checked before any is extracted
+    workers = open_file_budget(max(missing, default=0), f"{len(jobs)} layers",
+                               f"layer {max(missing, default=0) + 1}'s snapshot, extracted over the layers below it,",
+                               min(MAX_PARALLEL, len(missing), max(os.cpu_count() or 1, 2)))
     if len(missing) > 1:
         below = LayersBelow(len(jobs))
         for k in set(range(len(jobs))) - set(missing):
@@ -635,7 +640,6 @@ def ensure_all(paths, layers, diff_ids, media_types=None):
             finally:
                 below.finished(k, ok)
 
-        workers = min(MAX_PARALLEL, len(missing), max(os.cpu_count() or 1, 2))
         # submitted bottom-up and started in that order, so a layer only ever waits for running ones
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="lamina-snapshot") as pool:
             futures = [pool.submit(one, k) for k in missing]

@@ -1,0 +1,91 @@
+"""An image of hundreds of layers under a low open-file limit (``ulimit -n``).
+
+Extracting a layer in overlay format holds one fd per layer below it (its union view), and
+merging an image's snapshots (unpack from the store, --link) two per layer: 500 layers, within
+Limits.max_layers, need more than 500 open files.  Under ``ulimit -n 256`` ``unpack --format
+overlay``, ``copy`` and ``load`` failed after extracting a hundred layers or more, and an unpack
+from the store at once, all with "Too many open files" and no word of the limit.  Now each
+checks the limit before it writes anything and names it; under a limit that fits one layer's
+fds but not several layers' side by side, the layers extract fewer at a time.  A flat unpack
+(one layer applied after another) and a mount (the kernel holds the layers) need no such fds.
+"""
+import os
+import resource
+
+import pytest
+
+import ocibuild as ob
+from storekit import lamina
+
+LAYERS = 250
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    lay = ob.Layout(tmp_path_factory.mktemp("many") / "layout")
+    lay.add(lay.image([{f"f{i:03d}": b"%d\n" % i} for i in range(LAYERS)]), "many")
+    return lay.root
+
+
+def _limited(n):
+    def set_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))   # soft and hard: the CLI raises soft to hard
+    return set_limit
+
+
+def _names(tree):
+    return sorted(os.listdir(tree))
+
+
+def test_an_overlay_unpack_names_the_open_file_limit_before_it_writes(tmp_path, layout):
+    dest = tmp_path / "dest"
+    proc = lamina(tmp_path / "unused", "unpack", "--format", "overlay", f"oci:{layout}:many", dest, check=False,
+                  preexec_fn=_limited(256))
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"lamina: error: {LAYERS} layers: "), proc.stderr
+    assert "the open-file limit is 256 (ulimit -n" in proc.stderr, proc.stderr
+    assert not dest.exists() and os.listdir(tmp_path) == [], os.listdir(tmp_path)
+    # a flat unpack applies one layer after another: the same limit is enough
+    lamina(tmp_path / "unused", "unpack", f"oci:{layout}:many", dest, preexec_fn=_limited(256))
+    assert _names(dest) == [f"f{i:03d}" for i in range(LAYERS)]
+
+
+@pytest.mark.parametrize("verb", ["copy", "load"])
+def test_a_store_import_names_the_open_file_limit_and_stores_nothing(tmp_path, layout, verb):
+    import json
+    root = tmp_path / "root"
+    args = ("copy", f"oci:{layout}:many", "many:1") if verb == "copy" else ("load", "-i", layout)
+    proc = lamina(root, *args, check=False, preexec_fn=_limited(256))
+    last = proc.stderr.strip().splitlines()[-1]   # after the blobs' progress lines
+    assert proc.returncode == 1 and "Too many open files" not in proc.stderr, proc.stderr[-2000:]
+    assert "the open-file limit is 256 (ulimit -n" in last and f"{LAYERS} layers" in last, last
+    assert lamina(root, "images", "-q").stdout == ""
+    assert json.loads(lamina(root, "fsck", "--format", "json").stdout)["findings"] == []
+
+
+def test_a_limit_for_one_layer_at_a_time_extracts_them_one_at_a_time(tmp_path, layout):
+    """Enough for the top layer's fds, not for two layers side by side: the import goes on
+    with fewer layers at once (it failed at some layer, as the layers below it finished).
+    The merge of the snapshots holds two fds per layer (a directory and its listing)."""
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{layout}:many", "many:1", preexec_fn=_limited(LAYERS + 100))
+    lamina(root, "unpack", "many:1", tmp_path / "flat", preexec_fn=_limited(2 * LAYERS + 100))
+    assert _names(tmp_path / "flat") == [f"f{i:03d}" for i in range(LAYERS)]
+
+
+def test_an_unpack_from_the_store_names_the_limit_and_a_mount_needs_none(tmp_path, layout):
+    from conftest import require_root
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{layout}:many", "many:1")
+    for extra in ((), ("--link",)):
+        dest = tmp_path / f"dest{len(extra)}"
+        proc = lamina(root, "unpack", *extra, "many:1", dest, check=False, preexec_fn=_limited(256))
+        assert proc.returncode == 1 and "the open-file limit is 256 (ulimit -n" in proc.stderr, proc.stderr
+        assert not dest.exists()
+    require_root()
+    mnt = tmp_path / "mnt"
+    lamina(root, "mount", "many:1", mnt, preexec_fn=_limited(256))
+    try:
+        assert _names(mnt) == [f"f{i:03d}" for i in range(LAYERS)]
+    finally:
+        lamina(root, "umount", mnt)
