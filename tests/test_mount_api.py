@@ -280,3 +280,40 @@ def test_a_store_whose_snapshot_paths_pass_255_bytes_mounts_many_layers(tmp_path
         finally:
             umount(store, mnt)
     assert store.fsck().ok
+
+
+@pytest.mark.parametrize("kernel", ["as-it-is", "without-fsopen"])
+def test_the_cli_mounts_200_layers_under_a_long_root_or_names_the_limit(tmp_path, kernel):
+    """``lamina --root LONG mount`` of an image of 200 layers: overlay options of some 80 KiB
+    through mount(2), which copies one page.  With fsconfig (Linux >= 6.8) each layer is one
+    ``lowerdir+`` (each path here past fsconfig's 255 bytes: by fd), and the mount shows the
+    top layer's files; on a kernel without fsopen (played by strace's fault injection: ENOSYS,
+    as qemu-user and old kernels answer) the error names the limit and nothing is mounted."""
+    from conftest import require_tool
+    from storekit import lamina
+    require_root()
+    lay = ob.Layout(tmp_path / "layout")
+    lay.add(lay.image([{f"f{i:03d}": b"%d" % i, "shared": b"%d" % i} for i in range(200)]), "deep")
+    root = tmp_path.joinpath(*["r" * 60] * 4, "root")
+    lamina(root, "copy", f"oci:{lay.root}:deep", "deep:1")
+    chain = Store(root).resolve("deep:1").chain_ids[0]
+    assert len(os.fsencode(os.path.join(Store(root).snapshot_dir(chain), "fs"))) > 255
+    mnt = tmp_path / "mnt"
+    prefix = []
+    if kernel == "without-fsopen":
+        require_tool("strace")
+        prefix = ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsopen", "-e", "inject=fsopen:error=ENOSYS"]
+    proc = subprocess.run([*prefix, sys.executable, "-m", "lamina", "--root", root, "mount", "deep:1", mnt],
+                          capture_output=True, text=True)
+    if kernel == "as-it-is" and _expected_api() == "fsconfig":
+        try:
+            assert proc.returncode == 0, proc.stderr
+            assert len(os.listdir(mnt)) == 201 and (mnt / "shared").read_bytes() == b"199"
+        finally:
+            lamina(root, "umount", mnt)
+    else:
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.startswith("lamina: error: 200 layers make overlay options of "), proc.stderr
+        assert "more than mount(2) accepts, and this kernel lacks fsconfig lowerdir+ (Linux 6.8)" in proc.stderr
+        assert not os.path.ismount(mnt)
+    assert not os.path.ismount(mnt) and Store(root).fsck().ok
