@@ -329,6 +329,12 @@ def _xstar(name, prefix, *, size=5):
     return _checksum(bytes(b), b"%06o\0 ")
 
 
+# the ._NAME file Mac OS X's tar writes beside each file: an AppleDouble header (magic, version,
+# filler, two entry descriptors), zeros for the entries
+_APPLE_DOUBLE = bytes.fromhex("00051607" "00020000") + b"Mac OS X        " + bytes.fromhex("0002" "00000009" "00000032" "00000020"
+                                                                              "00000002" "00000052" "0000008f") + bytes(193)
+
+
 def _crafted():
     """Cousins of what the corpora hold, written by hand: name -> (tar, expectation)."""
     hello = pad(b"hello") + bytes(1024)
@@ -483,6 +489,36 @@ def _crafted():
                                                   .file("g", b"next").bytes(), REFS) for n in (0, 5, 20)},
         "pax-linkpath-on-a-file": (Tar().file("t", b"target").pax([("linkpath", "t")]).file("f", b"hello").bytes(),
                                    REFS),
+        # libarchive 3.7's test archives newer than the corpus (Debian's 3.6.2): a global header
+        # naming a path (pax_global_header.tar: GNU tar applies it, as for Go's pax-global-records),
+        # one of star's volume records only (pax_global_header_ignorable.tar), vendor keywords of
+        # any case (pax_vendor_attributes.tar), a sparse region past the file's size
+        # (gtar_sparse_exceeds_length.tar.Z: GNU tar refuses it too, bsdtar fails the write), a
+        # GNU long directory name with AppleDouble files beside (compat_mac_gnutar.tar.Z), and a
+        # header cut short (open_filenames_split_uaf_1.tar)
+        "pax-global-path-over-a-file": (Tar().pax({"path": "global.txt"}, type=b"g", name=b"pax_global_header")
+                                        .file("raw.txt", b"X").bytes(), BSD),
+        "pax-global-star-volume-records": (Tar().pax([
+            ("comment", "created by test"), ("SCHILY.release", "star 1.5.3 (amd64-unknown-freebsd11.0)"),
+            ("SCHILY.archtype", "exustar"), ("SCHILY.volhdr.volno", "1"), ("SCHILY.volhdr.blocksize", "20")],
+            type=b"g", name=b"pax_global_header").file("member.txt", b"hello\n").bytes(), REFS),
+        "pax-vendor-keywords": (Tar().pax([
+            ("mtime", "1544387926.480813568"), ("atime", "1544387969.933862014"), (".IGNORE.value", "666"),
+            ("IgNORED.value", "4321"), ("MYVENDOR.value", "1234"), ("MYVENDOR.checksum", "A381BEEF")])
+            .dir("tmp", uid=501, gid=20).bytes(), REFS),
+        "gnu-sparse-region-past-the-size": (Tar().pax([
+            ("GNU.sparse.map", "4294901761,1"), ("GNU.sparse.size", "1"), ("GNU.sparse.name", "victim")])
+            .file("sparse", b"W").bytes(),
+            refused("InvalidArchiveError", "entry 'victim': sparse region 4294901761+1 outside the file's 1 bytes")),
+        "gnu-long-dir-and-apple-double": (
+            Tar().gnu_longname("abcdefghijklmnopqrstuvwxyz/" * 7).dir("abcdefghijklmnopqrstuvwxyz/" * 3, fmt="gnu")
+            .gnu_longname("abcdefghijklmnopqrstuvwxyz/" * 7 + "._dir")
+            .file("abcdefghijklmnopqrstuvwxyz/" * 3 + "._dir", _APPLE_DOUBLE, mode=0o755, fmt="gnu")
+            .gnu_longname("abcdefghijklmnopqrstuvwxyz/" * 7 + "dir/").dir("abcdefghijklmnopqrstuvwxyz/" * 3 + "d", fmt="gnu")
+            .file("./._dir", _APPLE_DOUBLE, mode=0o755, fmt="gnu").dir("dir/", fmt="gnu")
+            .file("./._file", _APPLE_DOUBLE, fmt="gnu").file("file", b"", fmt="gnu").bytes(), REFS),
+        "header-cut-short": (header("input.txt", size=12)[:257],
+                             refused("InvalidArchiveError", "the stream ends inside the first tar header")),
         "xstar-prefix-and-times": (_xstar("f", "p" * 130) + hello, REFS),
         # 131 bytes: GNU tar no longer takes it for star's and reads a ustar prefix of 155 (on into
         # the times), as bsdtar does; Go reads the 131
