@@ -558,6 +558,30 @@ def test_every_other_libarchive_archive_is_refused(tmp_path):
     assert not wrong, "\n".join(wrong)
 
 
+_SHIPPED_COMPRESSED = {".Z": "compress (.Z)", ".bz2": "bzip2", "_bz2": "bzip2"}
+
+
+@pytest.mark.parametrize("key", sorted(k for k in EXPECT if k.endswith(tuple(_SHIPPED_COMPRESSED))))
+def test_an_archive_as_shipped_in_a_compression_no_layer_uses_is_refused_by_name(g, key):
+    """The corpora's .tar.Z and .bz2 archives are inflated before they are compared; as they are
+    shipped, a layer in a compression no layer uses is refused on every path, the error naming
+    the layer and saying what it is (not what the tar reader makes of compressed bytes)."""
+    from ocibuild import OCI_LAYER, Shipped, sha256
+    import lamina.errors
+    data = corpora.shipped(key)
+    kind = next(v for k, v in _SHIPPED_COMPRESSED.items() if key.endswith(k))
+    words = f"{kind}-compressed, which a layer never is"
+    layer_path = write(g.dest / "layer", data)
+    with pytest.raises(lamina.errors.CompressionError) as info:
+        apply(layer_path, g.dest / "lamina")
+    assert f"layer {layer_path}: {words}" in str(info.value), str(info.value)
+    results = run_paths(g.dest / "paths", [Shipped(data, data, OCI_LAYER)])
+    for path, got in results.items():
+        assert isinstance(got, lamina.errors.CompressionError), (path, got)
+        assert words in str(got) and sha256(data) in str(got), (path, str(got))
+    g.check()
+
+
 def _accepted_with_a_plain_form():
     return sorted(k for k, v in EXPECT.items() if not _is_refused(v)
                   and not k.endswith((".Z", ".bz2"))  # inflated here: the layer is the compressed form
