@@ -255,6 +255,22 @@ def _write_all(root):
     for version in ("0.0", "0.1", "1.0"):
         run(*_GNU, "--format=posix", "--sparse", f"--sparse-version={version}", "-cf", "o.tar", "d")
         take(f"gnutar/posix-sparse-{version}.tar", "o.tar")
+    # tar-rs's sparse-large.tar, made by its tests/archives/sparse-n.sh: a file of N + 1 regions a
+    # MiB apart ("iMB through" at each), here N = 2000 (2 GiB; tar-rs's N of about 12,000 makes
+    # 12 GiB, which takes the references half a minute to write out): 96 GNU extension blocks,
+    # a PAX 1.0 map of 4,000 numbers
+    big = os.path.join(root, "big")
+    os.makedirs(big)
+    with open(os.path.join(big, "a.big"), "wb") as f:
+        for i in range(2001):
+            f.seek(i << 20)
+            f.write(b"%dMB through\n" % i)
+    for path in (os.path.join(big, "a.big"), big):
+        os.utime(path, (_MTIME, _MTIME))
+    for fmt, extra in (("gnu", ()), ("posix", ("--sparse-version=1.0",))):
+        run(*_GNU, f"--format={fmt}", "--sparse", *extra, "-cf", "o.tar", "big")
+        take(f"gnutar/sparse-many-regions-{fmt}.tar", "o.tar")
+    os.unlink(os.path.join(big, "a.big"))
     # volume labels: a 'V' header (GNU), a global GNU.volume.label record (POSIX)
     run(*_GNU, "--format=gnu", "-V", "My Label", "-cf", "o.tar", "d/sub")
     take("gnutar/gnu-volume-label.tar", "o.tar")
