@@ -520,6 +520,16 @@ def _crafted():
             .file("./._file", _APPLE_DOUBLE, fmt="gnu").file("file", b"", fmt="gnu").bytes(), REFS),
         "header-cut-short": (header("input.txt", size=12)[:257],
                              refused("InvalidArchiveError", "the stream ends inside the first tar header")),
+        # numbers led by more zeros than Python's int() reads (4300 digits, sys.int_max_str_digits):
+        # GNU tar, bsdtar and Go read them as the number; lamina's reader raised ValueError
+        **{f"pax-{key}-led-by-5000-zeros": (Tar().pax({key: "0" * 5000 + value}).file("f", b"hello", size=5)
+                                            .file("g", b"x").bytes(), REFS)
+           for key, value in (("size", "5"), ("mtime", "1000000000.5"), ("uid", "1234"), ("gid", "0"))},
+        "gnu-sparse-1.0-map-led-by-5000-zeros": (Tar().pax([
+            ("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0"), ("GNU.sparse.name", "sparse.db"),
+            ("GNU.sparse.realsize", "0" * 5000 + "8192")])
+            .file("GNUSparseFile.0/sparse.db", pad(b"0" * 5000 + b"1\n" + b"0" * 5000 + b"4096\n0005\n") + b"hello")
+            .bytes(), go("sparse.db")),
         "xstar-prefix-and-times": (_xstar("f", "p" * 130) + hello, REFS),
         # 131 bytes: GNU tar no longer takes it for star's and reads a ustar prefix of 155 (on into
         # the times), as bsdtar does; Go reads the 131
