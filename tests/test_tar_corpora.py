@@ -530,6 +530,12 @@ def _crafted():
             ("GNU.sparse.realsize", "0" * 5000 + "8192")])
             .file("GNUSparseFile.0/sparse.db", pad(b"0" * 5000 + b"1\n" + b"0" * 5000 + b"4096\n0005\n") + b"hello")
             .bytes(), go("sparse.db")),
+        # Go's gnu-sparse-many-zeros.tar.bz2 (Go 1.25): a small archive whose sparse 1.0 map runs to
+        # megabytes of zeros; each reader refuses it (Go: errSparseTooLong)
+        "gnu-sparse-1.0-map-of-many-zeros": (Tar().pax([
+            ("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0"), ("GNU.sparse.name", "sparse.db"),
+            ("GNU.sparse.realsize", "8192")]).file("GNUSparseFile.0/sparse.db", b"0" * (5 << 20) + b"1\n0\n5\nhello")
+            .bytes(), refused("LimitExceededError", "entry 'sparse.db': sparse map of more than 4194304 bytes")),
         "xstar-prefix-and-times": (_xstar("f", "p" * 130) + hello, REFS),
         # 131 bytes: GNU tar no longer takes it for star's and reads a ustar prefix of 155 (on into
         # the times), as bsdtar does; Go reads the 131
