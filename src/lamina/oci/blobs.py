@@ -355,6 +355,9 @@ class _BoundedTarInfo(tarfile.TarInfo):
             value = pax_headers.get(key)
             if value is None:
                 continue
+            if value == "":  # an empty record unsets its key: the header's number stands (Go)
+                numbers[key] = getattr(self, key)
+                continue
             digits = value.lstrip("0")
             if not (value.isascii() and value.isdigit()) or len(digits) > 19:
                 raise tarfile.TarError(f"member {pax_headers.get('path', self.name)!r}: invalid PAX {key} "
