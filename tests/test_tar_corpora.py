@@ -536,6 +536,11 @@ def _crafted():
             ("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0"), ("GNU.sparse.name", "sparse.db"),
             ("GNU.sparse.realsize", "8192")]).file("GNUSparseFile.0/sparse.db", b"0" * (5 << 20) + b"1\n0\n5\nhello")
             .bytes(), refused("LimitExceededError", "entry 'sparse.db': sparse map of more than 4194304 bytes")),
+        # an empty PAX number: GNU tar calls the header malformed (exit 2; the size the header's,
+        # the uid 0), bsdtar takes 0 (a size of 0: the data read as a header); Go keeps the
+        # header's number (an empty record unsets its key), and so docker, containerd and umoci
+        "pax-size-empty": (Tar().pax({"size": ""}).file("f", b"hello").file("g", b"x").bytes(), go("f", "g")),
+        "pax-uid-empty": (Tar().pax({"uid": ""}).file("f", b"hello", uid=7).bytes(), go("f")),
         "xstar-prefix-and-times": (_xstar("f", "p" * 130) + hello, REFS),
         # 131 bytes: GNU tar no longer takes it for star's and reads a ustar prefix of 155 (on into
         # the times), as bsdtar does; Go reads the 131
