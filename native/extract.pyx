@@ -386,9 +386,15 @@ UINT32_MAX = (1 << 32) - 1
 def _decimal(text, maxval=INT64_MAX):
     """A non-negative decimal of ASCII digits only, up to ``maxval``, else None
     (Python's int() would also take "+", "_", spaces and other scripts' digits)."""
-    if text is None or not text.isdigit() or len(text.lstrip(b"0")) > 19 or int(text) > maxval:
-        return None  # (leading zeros are fine: Go's pax-pos-size-file.tar)
-    return int(text)
+    if text is None or not text.isdigit():
+        return None
+    # leading zeros are fine (Go's pax-pos-size-file.tar), however many: int() of the whole
+    # text raised ValueError past 4300 digits (sys.int_max_str_digits), a crash, not an error
+    digits = text.lstrip(b"0")
+    if len(digits) > 19:
+        return None
+    v = int(digits) if digits else 0
+    return v if v <= maxval else None
 
 
 def _pax_time(bytes value, where):
@@ -2635,15 +2641,20 @@ cdef class Extractor:
                 f"entry {_show(name)}: sparse map of more than {self.max_extended} bytes")
         self.sparse_text += data
         self.sparse_nl += data.count(b"\n")
-        if self.sparse_need < 0:
-            count = _decimal(bytes(self.sparse_text).split(b"\n", 1)[0]) if self.sparse_nl else None
+        if self.sparse_need < 0 and not self.sparse_nl:
+            # the count's line runs on into the next block (leading zeros: GNU tar and Go read
+            # on; the map's bytes are bounded by max_extended): each block of it all digits
+            if not data.isdigit():
+                raise _errors.InvalidArchiveError(f"entry {_show(name)}: invalid sparse map")
+        elif self.sparse_need < 0:
+            count = _decimal(bytes(self.sparse_text).split(b"\n", 1)[0])
             if count is None:
                 raise _errors.InvalidArchiveError(f"entry {_show(name)}: invalid sparse map")
             if count > self.max_sparse_entries:
                 raise _errors.LimitExceededError(
                     f"entry {_show(name)}: sparse map of more than {self.max_sparse_entries} regions")
             self.sparse_need = 1 + 2 * count
-        if self.sparse_nl < self.sparse_need:
+        if self.sparse_need < 0 or self.sparse_nl < self.sparse_need:
             self.meta = bytearray()
             self.meta_kind = c'M'
             self.state = ST_META

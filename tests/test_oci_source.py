@@ -716,6 +716,46 @@ def test_docker_archive_member_sizes_are_read_as_go_reads_them(tmp_path, field):
     assert ob.sha256(read_layer(img.layers[0])) == info["diff_ids"][0]
 
 
+@pytest.mark.parametrize("size", [lambda n: "0" * 5000 + str(n), lambda n: ""], ids=["led-by-5000-zeros", "empty"])
+def test_docker_archive_pax_sizes_led_by_thousands_of_zeros_are_read_as_go_reads_them(tmp_path, size):
+    """tarfile takes a PAX number int() cannot read for 0, and int() refuses more than 4300
+    digits however many are leading zeros: a layer whose PAX size was "0" * 5000 + "N" had a
+    size of 0, its data (a tar) was read as the archive's next members up to its own end, and
+    the archive's config and manifest.json after it were never seen.  A layer holding a
+    manifest.json, a config and a layer was loaded as that image where docker load and skopeo
+    (Go) load the archive's own.  lamina now reads the size as Go does.  An empty size record
+    did the same (tarfile's int("")); it unsets the key: the header's size stands."""
+    require_tool("skopeo")
+    from tarbuild import Tar
+    evil_layer = Tar().file("evil", b"the layer's own image\n").bytes()
+    evil_config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                              "rootfs": {"type": "layers", "diff_ids": [ob.sha256(evil_layer)]}}).encode()
+    c, lay = (ob.sha256(x).split(":")[1] for x in (evil_config, evil_layer))
+    smuggler = {"manifest.json": json.dumps([{"Config": f"{c}.json", "RepoTags": ["x:1"],
+                                              "Layers": [f"{lay}/layer.tar"]}]).encode(),
+                f"{c}.json": evil_config, f"{lay}/layer.tar": evil_layer}
+    plain = tmp_path / "save.tar"
+    info = ob.legacy_docker_save(plain, [smuggler])  # the image's one layer is an archive itself
+    t = Tar()
+    with tarfile.open(plain) as tar:
+        for m in tar:
+            if m.isfile():
+                data = tar.extractfile(m).read()
+                if m.name in info["layer_names"]:
+                    t.pax({"size": size(len(data))})
+                t.file(m.name, data)
+            elif m.isdir():
+                t.dir(m.name)
+    path = tmp_path / "rewritten.tar"
+    path.write_bytes(t.bytes())
+    skopeo = subprocess.run(["skopeo", "inspect", "--raw", f"docker-archive:{path}"], capture_output=True)
+    assert skopeo.returncode == 0, skopeo.stderr
+    assert json.loads(skopeo.stdout)["config"]["digest"] == info["config_digest"]
+    img = resolve(f"docker-archive:{path}")
+    assert img.config_digest == info["config_digest"] != ob.sha256(evil_config)
+    assert ob.sha256(read_layer(img.layers[0])) == info["diff_ids"][0]
+
+
 @pytest.mark.parametrize("damage", [
     lambda blk: blk[:148] + b"0000000\0" + blk[156:] + b"\0" * 1024,   # a header whose checksum is wrong
     lambda blk: blk[:300],                                # a header cut short: the archive ends there

@@ -236,7 +236,8 @@ EXPECT = {
         "v7", "oldgnu", "gnu", "ustar", "posix", "posix-sparse-0.0", "posix-sparse-1.0", "posix-sparse-0.1",
         "gnu-volume-label", "posix-volume-label", "gnu-incremental-0", "gnu-incremental-1",
         "posix-incremental-0", "posix-incremental-1",
-        "posix-multivolume-2")},  # its d/big continued as a file d/GNUFileParts/big.2
+        "posix-multivolume-2",  # its d/big continued as a file d/GNUFileParts/big.2
+        "sparse-many-regions-gnu", "sparse-many-regions-posix")},
     # a first volume ends inside d/big: GNU tar and bsdtar fail at the end ("Unexpected EOF")
     **{f"gnutar/{n}-1.tar": refused("InvalidArchiveError", "archive ends inside entry 'd/big'")
        for n in ("gnu-multivolume", "gnu-multivolume-labelled", "posix-multivolume")},
@@ -327,6 +328,12 @@ def _xstar(name, prefix, *, size=5):
     b[488:500] = b"%011o " % 1_000_000_001
     b[508:512] = b"tar\0"
     return _checksum(bytes(b), b"%06o\0 ")
+
+
+# the ._NAME file Mac OS X's tar writes beside each file: an AppleDouble header (magic, version,
+# filler, two entry descriptors), zeros for the entries
+_APPLE_DOUBLE = bytes.fromhex("00051607" "00020000") + b"Mac OS X        " + bytes.fromhex("0002" "00000009" "00000032" "00000020"
+                                                                              "00000002" "00000052" "0000008f") + bytes(193)
 
 
 def _crafted():
@@ -483,6 +490,57 @@ def _crafted():
                                                   .file("g", b"next").bytes(), REFS) for n in (0, 5, 20)},
         "pax-linkpath-on-a-file": (Tar().file("t", b"target").pax([("linkpath", "t")]).file("f", b"hello").bytes(),
                                    REFS),
+        # libarchive 3.7's test archives newer than the corpus (Debian's 3.6.2): a global header
+        # naming a path (pax_global_header.tar: GNU tar applies it, as for Go's pax-global-records),
+        # one of star's volume records only (pax_global_header_ignorable.tar), vendor keywords of
+        # any case (pax_vendor_attributes.tar), a sparse region past the file's size
+        # (gtar_sparse_exceeds_length.tar.Z: GNU tar refuses it too, bsdtar fails the write), a
+        # GNU long directory name with AppleDouble files beside (compat_mac_gnutar.tar.Z), and a
+        # header cut short (open_filenames_split_uaf_1.tar)
+        "pax-global-path-over-a-file": (Tar().pax({"path": "global.txt"}, type=b"g", name=b"pax_global_header")
+                                        .file("raw.txt", b"X").bytes(), BSD),
+        "pax-global-star-volume-records": (Tar().pax([
+            ("comment", "created by test"), ("SCHILY.release", "star 1.5.3 (amd64-unknown-freebsd11.0)"),
+            ("SCHILY.archtype", "exustar"), ("SCHILY.volhdr.volno", "1"), ("SCHILY.volhdr.blocksize", "20")],
+            type=b"g", name=b"pax_global_header").file("member.txt", b"hello\n").bytes(), REFS),
+        "pax-vendor-keywords": (Tar().pax([
+            ("mtime", "1544387926.480813568"), ("atime", "1544387969.933862014"), (".IGNORE.value", "666"),
+            ("IgNORED.value", "4321"), ("MYVENDOR.value", "1234"), ("MYVENDOR.checksum", "A381BEEF")])
+            .dir("tmp", uid=501, gid=20).bytes(), REFS),
+        "gnu-sparse-region-past-the-size": (Tar().pax([
+            ("GNU.sparse.map", "4294901761,1"), ("GNU.sparse.size", "1"), ("GNU.sparse.name", "victim")])
+            .file("sparse", b"W").bytes(),
+            refused("InvalidArchiveError", "entry 'victim': sparse region 4294901761+1 outside the file's 1 bytes")),
+        "gnu-long-dir-and-apple-double": (
+            Tar().gnu_longname("abcdefghijklmnopqrstuvwxyz/" * 7).dir("abcdefghijklmnopqrstuvwxyz/" * 3, fmt="gnu")
+            .gnu_longname("abcdefghijklmnopqrstuvwxyz/" * 7 + "._dir")
+            .file("abcdefghijklmnopqrstuvwxyz/" * 3 + "._dir", _APPLE_DOUBLE, mode=0o755, fmt="gnu")
+            .gnu_longname("abcdefghijklmnopqrstuvwxyz/" * 7 + "dir/").dir("abcdefghijklmnopqrstuvwxyz/" * 3 + "d", fmt="gnu")
+            .file("./._dir", _APPLE_DOUBLE, mode=0o755, fmt="gnu").dir("dir/", fmt="gnu")
+            .file("./._file", _APPLE_DOUBLE, fmt="gnu").file("file", b"", fmt="gnu").bytes(), REFS),
+        "header-cut-short": (header("input.txt", size=12)[:257],
+                             refused("InvalidArchiveError", "the stream ends inside the first tar header")),
+        # numbers led by more zeros than Python's int() reads (4300 digits, sys.int_max_str_digits):
+        # GNU tar, bsdtar and Go read them as the number; lamina's reader raised ValueError
+        **{f"pax-{key}-led-by-5000-zeros": (Tar().pax({key: "0" * 5000 + value}).file("f", b"hello", size=5)
+                                            .file("g", b"x").bytes(), REFS)
+           for key, value in (("size", "5"), ("mtime", "1000000000.5"), ("uid", "1234"), ("gid", "0"))},
+        "gnu-sparse-1.0-map-led-by-5000-zeros": (Tar().pax([
+            ("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0"), ("GNU.sparse.name", "sparse.db"),
+            ("GNU.sparse.realsize", "0" * 5000 + "8192")])
+            .file("GNUSparseFile.0/sparse.db", pad(b"0" * 5000 + b"1\n" + b"0" * 5000 + b"4096\n0005\n") + b"hello")
+            .bytes(), go("sparse.db")),
+        # Go's gnu-sparse-many-zeros.tar.bz2 (Go 1.25): a small archive whose sparse 1.0 map runs to
+        # megabytes of zeros; each reader refuses it (Go: errSparseTooLong)
+        "gnu-sparse-1.0-map-of-many-zeros": (Tar().pax([
+            ("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0"), ("GNU.sparse.name", "sparse.db"),
+            ("GNU.sparse.realsize", "8192")]).file("GNUSparseFile.0/sparse.db", b"0" * (5 << 20) + b"1\n0\n5\nhello")
+            .bytes(), refused("LimitExceededError", "entry 'sparse.db': sparse map of more than 4194304 bytes")),
+        # an empty PAX number: GNU tar calls the header malformed (exit 2; the size the header's,
+        # the uid 0), bsdtar takes 0 (a size of 0: the data read as a header); Go keeps the
+        # header's number (an empty record unsets its key), and so docker, containerd and umoci
+        "pax-size-empty": (Tar().pax({"size": ""}).file("f", b"hello").file("g", b"x").bytes(), go("f", "g")),
+        "pax-uid-empty": (Tar().pax({"uid": ""}).file("f", b"hello", uid=7).bytes(), go("f")),
         "xstar-prefix-and-times": (_xstar("f", "p" * 130) + hello, REFS),
         # 131 bytes: GNU tar no longer takes it for star's and reads a ustar prefix of 155 (on into
         # the times), as bsdtar does; Go reads the 131
@@ -520,6 +578,30 @@ def test_every_other_libarchive_archive_is_refused(tmp_path):
         except Exception as e:  # noqa: BLE001 - the point is what kind of error it is
             wrong.append(f"{name}: {e!r}")
     assert not wrong, "\n".join(wrong)
+
+
+_SHIPPED_COMPRESSED = {".Z": "compress (.Z)", ".bz2": "bzip2", "_bz2": "bzip2"}
+
+
+@pytest.mark.parametrize("key", sorted(k for k in EXPECT if k.endswith(tuple(_SHIPPED_COMPRESSED))))
+def test_an_archive_as_shipped_in_a_compression_no_layer_uses_is_refused_by_name(g, key):
+    """The corpora's .tar.Z and .bz2 archives are inflated before they are compared; as they are
+    shipped, a layer in a compression no layer uses is refused on every path, the error naming
+    the layer and saying what it is (not what the tar reader makes of compressed bytes)."""
+    from ocibuild import OCI_LAYER, Shipped, sha256
+    import lamina.errors
+    data = corpora.shipped(key)
+    kind = next(v for k, v in _SHIPPED_COMPRESSED.items() if key.endswith(k))
+    words = f"{kind}-compressed, which a layer never is"
+    layer_path = write(g.dest / "layer", data)
+    with pytest.raises(lamina.errors.CompressionError) as info:
+        apply(layer_path, g.dest / "lamina")
+    assert f"layer {layer_path}: {words}" in str(info.value), str(info.value)
+    results = run_paths(g.dest / "paths", [Shipped(data, data, OCI_LAYER)])
+    for path, got in results.items():
+        assert isinstance(got, lamina.errors.CompressionError), (path, got)
+        assert words in str(got) and sha256(data) in str(got), (path, str(got))
+    g.check()
 
 
 def _accepted_with_a_plain_form():

@@ -344,6 +344,29 @@ class _BoundedTarInfo(tarfile.TarInfo):
         obj.name = tarfile.nts(prefix, encoding, errors) + "/" + name if prefix else name
         return obj
 
+    def _apply_pax_info(self, pax_headers, encoding, errors):
+        # tarfile takes a PAX number int() refuses for 0, and int() refuses more than 4300 digits
+        # however many are leading zeros: a blob's "size=000...2048" made its size 0 and its data
+        # the next headers, so lamina read the members of a layer (a manifest.json among them)
+        # where docker load and skopeo (Go) read the archive's own.  Read as Go and the
+        # extractor read it, or refused.
+        numbers = {}
+        for key in ("size", "uid", "gid"):
+            value = pax_headers.get(key)
+            if value is None:
+                continue
+            if value == "":  # an empty record unsets its key: the header's number stands (Go)
+                numbers[key] = getattr(self, key)
+                continue
+            digits = value.lstrip("0")
+            if not (value.isascii() and value.isdigit()) or len(digits) > 19:
+                raise tarfile.TarError(f"member {pax_headers.get('path', self.name)!r}: invalid PAX {key} "
+                                       f"{value[:40]!r}")
+            numbers[key] = int(digits or "0")
+        super()._apply_pax_info(pax_headers, encoding, errors)
+        for key, value in numbers.items():
+            setattr(self, key, value)
+
     def _proc_member(self, tar):
         if self.type in _EXTENDED_TYPES and self.size > DEFAULT_LIMITS.max_header:
             raise _ArchiveTooBig(f"an extended header of {self.size} bytes at offset {self.offset} (limit "

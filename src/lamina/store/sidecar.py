@@ -74,7 +74,9 @@ def has_sidecar(snapshot_dir):
 
 def _header_number(field, what, base=8):
     try:
-        return header_number(bytes(field)) if base == 8 else int(field)
+        # a PAX number may carry any run of leading zeros (the extractor takes them): int() of
+        # more than 4300 digits is a ValueError whatever their value
+        return header_number(bytes(field)) if base == 8 else int(bytes(field).lstrip(b"0") or b"0")
     except ValueError:
         raise SidecarError(f"{what}: unreadable tar number {bytes(field)[:20]!r}") from None
 

@@ -381,6 +381,10 @@ class Store:
         for layer, chain in zip(image.layers, image.chain_ids):
             if not self.has_blob(layer.digest) and not self.layer_is_compact(chain):
                 raise BlobNotFoundError(f"manifest {manifest_digest}: layer {layer.digest} is not in the store")
+        # copy, load and pull check first, but a caller of the Store API (ingest, put_blob,
+        # add_image, snapshots_for) named a liar over a held layer's snapshot unchecked, and
+        # check_layer_blobs trusts every named image to have been checked
+        self.check_layer_blobs(manifest_digest, image.layers, image.diff_ids)
         # ``platform``: the one the image was chosen by (an index entry's word), which may not
         # be its config's (a mislabelled build): recorded so that --platform finds it again
         chosen = platform is not None
