@@ -4031,6 +4031,8 @@ cdef class Extractor:
         if self.hidden_files:
             if slash > 0 and not self.overlay:
                 self._check_skipped_real_parent(pfd, path[:slash], name)
+            if kind == K_LINK:
+                self._check_target_under_skipped(self._normalize(link), link, name)
             if kind == K_LINK and self._normalize(link) in self.hidden_files:
                 # before the discard below: a link to itself (``a => a``) names the skipped
                 # file it replaces, not what an older layer left at the name
@@ -4880,6 +4882,7 @@ cdef class Extractor:
                 # link would replace one of them, as _hardlink refuses
                 raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to {_show(link)}, which is inside it")
             return
+        self._check_target_under_skipped(target, link, name)
         tslash = target.rfind(b"/")
         try:
             fd = self._resolve_dir(target[:tslash] if tslash > 0 else b"", False, name)
@@ -4895,6 +4898,33 @@ cdef class Extractor:
         close(fd)
         if S_ISDIR(st.st_mode):
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
+
+    cdef _check_target_under_skipped(self, bytes target, bytes link, object name):
+        """A hardlink's target under a non-directory skipped as hidden (``b/a -> a``, a fifo
+        ``b``, then ``h => b/a``, with ``b`` hidden above): the directory it replaced is still
+        here, the target in it, but written the non-directory would be in the way and the link
+        fail, as it fails on the paths that write every entry.  By the target's name, and by
+        where its directory really is (reached through a symlink)."""
+        cdef int fd
+        cdef Py_ssize_t i = target.rfind(b"/")
+        if i <= 0 or not self.hidden_files:
+            return
+        parent = target[:i]
+        ways = [parent]
+        if not self.overlay:
+            fd = self._open_in_root(parent)
+            if fd >= 0:
+                try:
+                    ways.append(self._real_path(fd, parent))
+                finally:
+                    close(fd)
+        for way in ways:
+            i = len(way)
+            while i > 0:
+                if way[:i] in self.hidden_files:
+                    raise _errors.ExtractError(f"entry {_show(name)}: hardlink target {_show(link)}: "
+                                               f"a component of {_show(way[:i])} is not a directory")
+                i = way.rfind(b"/", 0, i)
 
     cdef _no_target_dir(self, bytes tparent, bytes link, object name):
         """The dir format found no directory ``tparent`` for a hardlink's target: say why in

@@ -258,3 +258,34 @@ def test_a_hardlink_to_itself_over_a_skipped_file_names_the_last_one(tmp_path, l
     for path in ("dir", "dir-topdown"):
         with open(tmp_path / path / "a", "rb") as f:
             assert f.read() == expect, path
+
+
+UNDER_A_SKIPPED_NON_DIRECTORY = {
+    # the fuzzer's seed 40000: b/a (a symlink) implies b, a fifo replaces b, a link names b/a;
+    # the top layer's file b hides b, so the top-down unpack skipped the fifo, left b a directory
+    # and linked h to the b/a in it, where every other path fails the link
+    "by-name": lambda t: t.symlink("b/a", "a").fifo("b").hardlink("h", "b/a"),
+    "a-file-under-it": lambda t: t.dir("b").file("b/a", b"a").fifo("b").hardlink("h", "b/a"),
+    # the target named through a symlink to the directory the fifo replaced
+    "through-a-symlink": lambda t: t.dir("b").file("b/a", b"a").symlink("l", "b").fifo("b").hardlink("h", "l/a"),
+    # the link skipped too (the top layer hides h): a skipped link must name a file there is
+    "the-link-skipped-too": lambda t: t.dir("b").file("b/a", b"a").fifo("b").hardlink("h", "b/a").file("z", b"z"),
+    # the skipped fifo replaced by a (skipped) directory again: b/a went with the fifo
+    "then-a-directory-again": lambda t: t.dir("b").file("b/a", b"a").fifo("b").dir("b").hardlink("h", "b/a"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNDER_A_SKIPPED_NON_DIRECTORY))
+def test_a_hardlink_under_a_skipped_non_directory_fails_as_the_written_layer_does(tmp_path, case):
+    """Written, the fifo at ``b`` replaces the directory and the link to ``b/a`` fails (ENOTDIR,
+    or nothing there).  Skipped as hidden, the top-down unpack must fail it the same, not link
+    to what the skipped entry would have removed."""
+    from everypath import assert_agree, describe, run_paths
+    from tarbuild import Tar
+    top = Tar().file("b", b"top")
+    if case == "the-link-skipped-too":
+        top.file("h", b"top")
+    raws = [UNDER_A_SKIPPED_NON_DIRECTORY[case](Tar()).bytes(), top.bytes()]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
+    assert_agree(results, context=describe(raws))
+    assert all(isinstance(r, Exception) for r in results.values()), results
