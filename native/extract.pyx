@@ -4016,6 +4016,7 @@ cdef class Extractor:
             if kind == K_LINK:  # before the entry counts as a skipped file: a link to itself names what is there
                 self._check_skipped_link(link, name)
             if kind != K_DIR:  # a later hardlink may name it, directly or through another link
+                self._drop_dir_skipped_over(path, slash, name)
                 self.hidden_files.add(path)
                 self.own_hidden.add(path)
                 self.unskipped_parent = None  # it may be on the way of the one checked
@@ -4898,6 +4899,24 @@ cdef class Extractor:
         close(fd)
         if S_ISDIR(st.st_mode):
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
+
+    cdef _drop_dir_skipped_over(self, bytes path, Py_ssize_t slash, object name):
+        """A non-directory skipped where a directory stands (made for an entry that is never
+        skipped: a symlink in it, say): written, it would have replaced the directory and what
+        is in it, so a directory the layer lists there later is a new, empty one, and a hardlink
+        to a name in it finds nothing.  The directory goes now, as the written entry takes it
+        (an upper layer hides the path: nothing in it shows)."""
+        cdef int pfd
+        cdef stat st
+        pfd = self._plain_dir(self.rootfd, path[:slash] if slash > 0 else b"")
+        if pfd < 0:
+            return  # (the entry was skipped with no symlink on its way: nothing there)
+        try:
+            base = path[slash + 1:] if slash >= 0 else path
+            if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
+                self._remove(pfd, base, name)
+        finally:
+            close(pfd)
 
     cdef _check_target_under_skipped(self, bytes target, bytes link, object name):
         """A hardlink's target under a non-directory skipped as hidden (``b/a -> a``, a fifo
