@@ -31,6 +31,11 @@ layers below, and the upper layers are small beside the ones below (the dir unpa
 One in ten of the compact store's stacks and of test_fuzz_rootless.py's is a deep one too (of 9 or
 10 layers, without a neighbour: deep_light()).  link_stacks() puts hardlinks across layers beside
 whiteouts and opaque markers of their targets, for the top-down dir unpack above all.
+One stack in eight of the rest (LAMINA_FUZZ_HELD: the share) holds held whiteouts
+(held_stacks(): a layer that lists a directory, whites out names in it, then links to lower
+files, makes the names again, marks the directory opaque ...).  A layer in eight ships other
+than as one gzip member (encodings(): plain, gzip members, zstd frames cut inside entries
+behind skippable frames), and a few owners come in PAX records past 2^21.
 
 Seeded and bounded in CI (LAMINA_FUZZ_EXAMPLES, default 100 per test: as many stacks that
 some path accepts as the 150 drawn before stacks() aimed hardlinks, at about the same cost);
