@@ -480,6 +480,12 @@ def held_stacks(draw, host, dir_meta=rich_dir_meta):
     for _ in range(draw(st.integers(1, 2))):
         d = draw(st.sampled_from(HELD_DIRS + ["l"]))
         layer = []
+        if draw(one_in(4)):
+            # first an entry under a lower directory the layer does not list (made early: its
+            # metadata comes once the layers below are known), or under a lower symlink there
+            # (the directory made early moves: the layer is read again, waiting)
+            layer.append(("file", path_in(draw(st.sampled_from(HELD_DIRS))) + draw(st.sampled_from(["", "/n"])),
+                          b"p", 0o644, (0, 0), ()))
         if draw(st.integers(0, 5)):  # (else: not listed, the whiteouts wait)
             layer.append(("dir", d, 0o755, (0, 0), draw(dir_meta) if draw(one_in(4)) else ()))
         held = [path_in(d) for _ in range(draw(st.integers(1, 3)))]
@@ -487,7 +493,7 @@ def held_stacks(draw, host, dir_meta=rich_dir_meta):
         for _ in range(draw(st.integers(0, 5))):
             then = draw(st.sampled_from(["link", "link", "again", "again", "again-dir", "again-symlink", "opaque",
                                          "whiteout-dir", "file-at-dir", "implied", "inside", "through", "twice",
-                                         "elsewhere"]))
+                                         "elsewhere", "another-dir", "below-symlink"]))
             name = draw(st.sampled_from(held))
             if then == "link" and files:
                 layer.append(("hardlink", draw(st.sampled_from(["h", path_in(d)])), draw(st.sampled_from(files)),
@@ -515,6 +521,12 @@ def held_stacks(draw, host, dir_meta=rich_dir_meta):
                           ("file", "t/" + leaf, b"t", 0o644, (0, 0), ())]
             elif then == "twice":
                 layer.append(("whiteout", name, b"0", "a"))
+            elif then == "another-dir":  # a second run of held whiteouts, in another directory
+                other = draw(st.sampled_from(HELD_DIRS))
+                layer += [("dir", other, 0o755, (0, 0), ()), ("whiteout", path_in(other), b"0", "a")]
+            elif then == "below-symlink":  # under a name that may be a symlink below
+                layer.append(("file", path_in(draw(st.sampled_from(HELD_DIRS))) + "/" + draw(st.sampled_from(HELD_NAMES[:4])),
+                              b"q", 0o644, (0, 0), ()))
             else:
                 layer.append(("file", "e/" + draw(st.sampled_from(NAMES)), b"e", 0o644, (0, 0), ()))
         stack.append(layer)
