@@ -163,6 +163,19 @@ PAX_OWNERS = [(("uid", "2097152"),), (("gid", "16777216"),), (("uid", "400000000
 
 
 meta = _meta(XATTRS)
+
+
+def _with_libarchive(records):
+    """Now and then an xattr in libarchive's form (bsdtar writes it beside the SCHILY one):
+    alone, set under its name, or with a SCHILY twin of the same value, set once."""
+    return st.tuples(st.just(records), st.sampled_from([()] * 10 + [
+        (("LIBARCHIVE.xattr.user.lib", "MQ=="),),
+        (("SCHILY.xattr.user.lib", b"1"), ("LIBARCHIVE.xattr.user.lib", "MQ==")),
+        (("LIBARCHIVE.xattr.user.%C3%A9", "Mg=="),)])).map(lambda t: t[0] + t[1])
+
+
+# a file's, in the paths' stacks (umoci reads the SCHILY records alone: CONFORMANCE.md)
+file_meta = meta.flatmap(_with_libarchive)
 # a directory's: a default ACL too (umoci's reading of one differs on purpose: CONFORMANCE.md)
 dir_meta = _meta(XATTRS + [("system.posix_acl_default", DEFAULT_ACL)])
 # a symlink's, a fifo's, a device node's: times, and the xattrs such inodes take or refuse
@@ -181,7 +194,7 @@ SPARSE_LAYOUTS = [(16384, [(0, b"s" * 5), (8192, b"t" * 3)]), (16384, [(16381, b
                   (65536, [(k * 2048, b"%02d" % k) for k in range(30)])]
 
 
-def ops(host, dir_meta=dir_meta):
+def ops(host, dir_meta=dir_meta, meta=file_meta):
     return st.one_of(
         st.tuples(st.just("file"), names, st.sampled_from(CONTENTS), st.sampled_from([0o644, 0o600, 0o4755]),
                   owners, meta),
@@ -426,7 +439,7 @@ HELD_NAMES = ["x", "y", "d", "s", "l" * 255]
 
 
 @st.composite
-def held_stacks(draw, host, dir_meta=rich_dir_meta):
+def held_stacks(draw, host, dir_meta=rich_dir_meta, meta=file_meta):
     """A bottom layer of directories (with xattrs, ACLs, owners of their own: copied up by
     what the upper layers write under them), files, hardlinks and symlinks under HELD_DIRS; up
     to two small layers over it (files replaced, whiteouts, a directory made a symlink); then one
@@ -800,10 +813,10 @@ def test_lamina_agrees_with_umoci(host, data):
     """Where umoci accepts a stack, lamina's dir unpack gives umoci's tree.
 
     Deliberate differences are taken out (_as_references, _blind_to_deliberate)."""
-    ops_ = functools.partial(ops, dir_meta=meta)
+    ops_ = functools.partial(ops, dir_meta=meta, meta=meta)
     layers = data.draw(deep_stacks(str(host), ops=ops_, dir_meta=_rich_meta(XATTRS))
                        if data.draw(chance(DEEP_SHARE)) else
-                       held_stacks(str(host), dir_meta=_rich_meta(XATTRS)) if data.draw(chance(HELD_SHARE)) else
+                       held_stacks(str(host), dir_meta=_rich_meta(XATTRS), meta=meta) if data.draw(chance(HELD_SHARE)) else
                        stacks(str(host), ops=ops_))
     tars = build(layers, data.draw(encodings(len(layers), UMOCI_ENCODINGS)))
     _count_case()
