@@ -4006,6 +4006,7 @@ cdef class Extractor:
         if self.wh_pending and (self._touches_pending(path) or (kind == K_LINK and self._link_touches_pending(link))):
             self._load_lowers(f"entry {_show(name)}: it meets a whiteout of this layer, which waits for them")
         if (self.hide_at is not None and kind != K_SYMLINK and self._is_hidden(path)
+                and not (kind == K_LINK and self._links_a_symlink(link, name))
                 and self._no_symlinks_to(path[:slash] if slash > 0 else b"")
                 # an entry replaces a symlink at its path (the layer's own ``b -> .``, then ``b/``;
                 # a lower layer's ``L -> T``, then a file ``L``): skipped, the link would stay and lead
@@ -4899,6 +4900,27 @@ cdef class Extractor:
         close(fd)
         if S_ISDIR(st.st_mode):
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
+
+    cdef bint _links_a_symlink(self, bytes link, object name) except -1:
+        """Does a hardlink name a symlink?  Then it is one more symlink, never skipped as a
+        symlink is not: a later entry, whiteout or opaque marker reached through it acts where it
+        leads (``t => b`` with ``b -> .``, then ``t/.wh..wh..opq`` empties the root).  A target
+        this walk cannot reach is left to the checks of a skipped link."""
+        cdef stat st
+        cdef int fd, r
+        target = self._normalize(link)
+        if not target or target in self.hidden_files:
+            return False  # (what was skipped is no symlink)
+        i = target.rfind(b"/")
+        try:
+            fd = self._resolve_dir(target[:i] if i > 0 else b"", False, name)
+        except _errors.LaminaError:
+            return False
+        if fd < 0:
+            return False
+        r = fstatat(fd, <bytes>target[i + 1:], &st, AT_SYMLINK_NOFOLLOW)
+        close(fd)
+        return r == 0 and S_ISLNK(st.st_mode)
 
     cdef _drop_dir_skipped_over(self, bytes path, Py_ssize_t slash, object name):
         """A non-directory skipped where a directory stands (made for an entry that is never

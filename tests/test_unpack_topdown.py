@@ -288,3 +288,30 @@ def test_a_hardlink_under_a_skipped_non_directory_fails_as_the_written_layer_doe
     results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
     assert_agree(results, context=describe(raws))
     assert all(isinstance(r, Exception) for r in results.values()), results
+
+
+THROUGH_A_HARDLINK_TO_A_SYMLINK = {
+    # the top-down probe's stack (``b -> .``; ``b/c -> .``, ``t => b``, ``t/.wh..wh..opq``): t is
+    # one more name of the symlink b, so the opaque marker through it empties the root of what
+    # the layers below left (b); skipped as hidden, t made no symlink and the marker nothing
+    "opaque-marker": [lambda t: t.symlink("b", ".").file("f", b"f"),
+                      lambda t: t.hardlink("t", "b").opaque("t"), lambda t: t.file("t", b"top")],
+    "whiteout": [lambda t: t.symlink("b", ".").file("f", b"f"),
+                 lambda t: t.hardlink("t", "b").whiteout("t/f"), lambda t: t.file("t", b"top")],
+    "entry": [lambda t: t.dir("d").symlink("b", "d"),
+              lambda t: t.hardlink("t", "b").file("t/x", b"x"), lambda t: t.file("t", b"top")],
+}
+
+
+@pytest.mark.parametrize("case", list(THROUGH_A_HARDLINK_TO_A_SYMLINK))
+def test_a_hidden_hardlink_to_a_symlink_is_written_as_a_symlink_is(tmp_path, case):
+    """A hardlink to a symlink is one more symlink: what the layer writes through it lands
+    where it leads.  The top-down unpack skips what an upper layer hides but never a symlink;
+    a hardlink to one must not be skipped either."""
+    from everypath import assert_agree, describe, run_paths
+    from tarbuild import Tar
+    raws = [make(Tar()).bytes() for make in THROUGH_A_HARDLINK_TO_A_SYMLINK[case]]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
+    tree = assert_agree(results, context=describe(raws))
+    assert tree is not None, results
+    assert "t" in tree.entries and tree.entries["t"].type == "file"
