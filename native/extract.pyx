@@ -4026,6 +4026,7 @@ cdef class Extractor:
         if self.wh_pending and (self._touches_pending(path) or (kind == K_LINK and self._link_touches_pending(link))):
             self._load_lowers(f"entry {_show(name)}: it meets a whiteout of this layer, which waits for them")
         if (self.hide_at is not None and kind != K_SYMLINK and self._is_hidden(path)
+                and not (kind == K_LINK and self._links_a_symlink(link, name))
                 and self._no_symlinks_to(path[:slash] if slash > 0 else b"")
                 # an entry replaces a symlink at its path (the layer's own ``b -> .``, then ``b/``;
                 # a lower layer's ``L -> T``, then a file ``L``): skipped, the link would stay and lead
@@ -4036,6 +4037,7 @@ cdef class Extractor:
             if kind == K_LINK:  # before the entry counts as a skipped file: a link to itself names what is there
                 self._check_skipped_link(link, name)
             if kind != K_DIR:  # a later hardlink may name it, directly or through another link
+                self._drop_dir_skipped_over(path, slash, name)
                 self.hidden_files.add(path)
                 self.own_hidden.add(path)
                 self.unskipped_parent = None  # it may be on the way of the one checked
@@ -4051,6 +4053,8 @@ cdef class Extractor:
         if self.hidden_files:
             if slash > 0 and not self.overlay:
                 self._check_skipped_real_parent(pfd, path[:slash], name)
+            if kind == K_LINK:
+                self._check_target_under_skipped(self._normalize(link), link, name)
             if kind == K_LINK and self._normalize(link) in self.hidden_files:
                 # before the discard below: a link to itself (``a => a``) names the skipped
                 # file it replaces, not what an older layer left at the name
@@ -4900,6 +4904,7 @@ cdef class Extractor:
                 # link would replace one of them, as _hardlink refuses
                 raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to {_show(link)}, which is inside it")
             return
+        self._check_target_under_skipped(target, link, name)
         tslash = target.rfind(b"/")
         try:
             fd = self._resolve_dir(target[:tslash] if tslash > 0 else b"", False, name)
@@ -4915,6 +4920,72 @@ cdef class Extractor:
         close(fd)
         if S_ISDIR(st.st_mode):
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
+
+    cdef bint _links_a_symlink(self, bytes link, object name) except -1:
+        """Does a hardlink name a symlink?  Then it is one more symlink, never skipped as a
+        symlink is not: a later entry, whiteout or opaque marker reached through it acts where it
+        leads (``t => b`` with ``b -> .``, then ``t/.wh..wh..opq`` empties the root).  A target
+        this walk cannot reach is left to the checks of a skipped link."""
+        cdef stat st
+        cdef int fd, r
+        target = self._normalize(link)
+        if not target or target in self.hidden_files:
+            return False  # (what was skipped is no symlink)
+        i = target.rfind(b"/")
+        try:
+            fd = self._resolve_dir(target[:i] if i > 0 else b"", False, name)
+        except _errors.LaminaError:
+            return False
+        if fd < 0:
+            return False
+        r = fstatat(fd, <bytes>target[i + 1:], &st, AT_SYMLINK_NOFOLLOW)
+        close(fd)
+        return r == 0 and S_ISLNK(st.st_mode)
+
+    cdef _drop_dir_skipped_over(self, bytes path, Py_ssize_t slash, object name):
+        """A non-directory skipped where a directory stands (made for an entry that is never
+        skipped: a symlink in it, say): written, it would have replaced the directory and what
+        is in it, so a directory the layer lists there later is a new, empty one, and a hardlink
+        to a name in it finds nothing.  The directory goes now, as the written entry takes it
+        (an upper layer hides the path: nothing in it shows)."""
+        cdef int pfd
+        cdef stat st
+        pfd = self._plain_dir(self.rootfd, path[:slash] if slash > 0 else b"")
+        if pfd < 0:
+            return  # (the entry was skipped with no symlink on its way: nothing there)
+        try:
+            base = path[slash + 1:] if slash >= 0 else path
+            if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
+                self._remove(pfd, base, name)
+        finally:
+            close(pfd)
+
+    cdef _check_target_under_skipped(self, bytes target, bytes link, object name):
+        """A hardlink's target under a non-directory skipped as hidden (``b/a -> a``, a fifo
+        ``b``, then ``h => b/a``, with ``b`` hidden above): the directory it replaced is still
+        here, the target in it, but written the non-directory would be in the way and the link
+        fail, as it fails on the paths that write every entry.  By the target's name, and by
+        where its directory really is (reached through a symlink)."""
+        cdef int fd
+        cdef Py_ssize_t i = target.rfind(b"/")
+        if i <= 0 or not self.hidden_files:
+            return
+        parent = target[:i]
+        ways = [parent]
+        if not self.overlay:
+            fd = self._open_in_root(parent)
+            if fd >= 0:
+                try:
+                    ways.append(self._real_path(fd, parent))
+                finally:
+                    close(fd)
+        for way in ways:
+            i = len(way)
+            while i > 0:
+                if way[:i] in self.hidden_files:
+                    raise _errors.ExtractError(f"entry {_show(name)}: hardlink target {_show(link)}: "
+                                               f"a component of {_show(way[:i])} is not a directory")
+                i = way.rfind(b"/", 0, i)
 
     cdef _no_target_dir(self, bytes tparent, bytes link, object name):
         """The dir format found no directory ``tparent`` for a hardlink's target: say why in

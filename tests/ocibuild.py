@@ -63,6 +63,40 @@ def gz(data):
     return gzip.compress(data, mtime=0)
 
 
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+ENCODINGS = ("gzip", "plain", "gzip-members", "zstd", "zstd-frames")
+
+
+class Encoded(bytes):
+    """A layer's tar that ships in ``how`` (one of ENCODINGS) rather than as one gzip member:
+    uncompressed, a gzip member per piece (as pigz and estargz write), one zstd frame, or a
+    zstd frame per piece with a skippable frame before each (as zstd:chunked and pzstd write).
+    ``cuts`` are where the pieces end, in thousandths of the tar: a member or frame may end
+    inside a header, inside data or between entries, and a reader must carry on across it."""
+
+    def __new__(cls, tar, how="gzip", cuts=()):
+        self = super().__new__(cls, tar)
+        self.how, self.cuts = how, tuple(cuts)
+        return self
+
+    def shipped(self):
+        import zstandard
+        tar = bytes(self)
+        ends = sorted({len(tar) * c // 1000 for c in self.cuts} - {0, len(tar)}) + [len(tar)]
+        pieces = [tar[a:b] for a, b in zip([0] + ends, ends)]
+        if self.how == "plain":
+            return Shipped(tar, tar, OCI_LAYER)
+        if self.how == "gzip-members":
+            return Shipped(b"".join(gz(p) for p in pieces), tar)
+        cz = zstandard.ZstdCompressor(level=3, write_checksum=True)
+        if self.how == "zstd":
+            return Shipped(cz.compress(tar), tar, OCI_LAYER_ZSTD)
+        if self.how == "zstd-frames":
+            skip = b"\x50\x2a\x4d\x18" + (3).to_bytes(4, "little") + b"skp"
+            return Shipped(b"".join(skip + cz.compress(p) for p in pieces), tar, OCI_LAYER_ZSTD)
+        return Shipped(gz(tar), tar)
+
+
 def desc(media_type, data, **extra):
     d = {"mediaType": media_type, "digest": sha256(data), "size": len(data)}
     d.update(extra)
@@ -133,7 +167,8 @@ class Layout:
         is); return its manifest descriptor."""
         descs, ids = [], []
         for raw in tars:
-            shipped = raw if isinstance(raw, Shipped) else Shipped(gz(raw), raw, OCI_LAYER_GZIP)
+            shipped = raw if isinstance(raw, Shipped) else raw.shipped() if isinstance(raw, Encoded) else \
+                Shipped(gz(raw), raw, OCI_LAYER_GZIP)
             blob, raw = shipped.blob, shipped.tar
             self.blob(blob)
             descs.append(desc(shipped.media_type, blob))

@@ -82,7 +82,8 @@ def stacks(host):
     directories with metadata of their own, hardlinks through many layers), which nobody's
     paths copy up, open up and link to objects as root's do."""
     return fz.deep_light().flatmap(lambda deep: fz.deep_stacks(host, ops=ops, layers=fz.DEEP_LAYERS_LIGHT)
-                                   if deep else fz.stacks(host, ops=ops, layers=4, entries=6))
+                                   if deep else fz.chance(fz.HELD_SHARE).flatmap(
+                                       lambda held: fz.held_stacks(host) if held else fz.stacks(host, ops=ops, layers=4, entries=6)))
 
 SCRIPT = r"""
 import time, traceback
@@ -280,7 +281,7 @@ def _has_nodes(layers):
 @given(data=st.data())
 def test_rootless_paths_agree(host, data):
     batch = data.draw(st.lists(stacks(host), min_size=BATCH, max_size=BATCH))
-    tars = [fz.build(layers) for layers in batch]
+    tars = [fz.build(layers, data.draw(fz.encodings(len(layers)))) for layers in batch]
     # half the stores hold a neighbour first (fz.neighbours: the same files, other metadata),
     # which dedup must keep apart; what nobody cannot set (a group, a capability) it cannot
     # (none for a deep stack: its cost is several shallow stacks' already)

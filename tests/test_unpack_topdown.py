@@ -258,3 +258,60 @@ def test_a_hardlink_to_itself_over_a_skipped_file_names_the_last_one(tmp_path, l
     for path in ("dir", "dir-topdown"):
         with open(tmp_path / path / "a", "rb") as f:
             assert f.read() == expect, path
+
+
+UNDER_A_SKIPPED_NON_DIRECTORY = {
+    # the fuzzer's seed 40000: b/a (a symlink, which is never skipped) implies b, a fifo replaces
+    # b, a link names b/a; the top layer's file b hides b, so the top-down unpack skipped the
+    # fifo, left b a directory and linked h to the b/a in it, where every other path fails
+    "by-name": lambda t: t.symlink("b/a", "a").fifo("b").hardlink("h", "b/a"),
+    # the target named through a symlink to the directory the fifo replaced
+    "through-a-symlink": lambda t: t.symlink("b/a", "a").symlink("l", "b").fifo("b").hardlink("h", "l/a"),
+    # the link skipped too (the top layer hides h): a skipped link must name a file there is
+    "the-link-skipped-too": lambda t: t.symlink("b/a", "a").fifo("b").hardlink("h", "b/a").file("z", b"z"),
+    # the skipped fifo replaced by a (skipped) directory again: b/a went with the fifo
+    "then-a-directory-again": lambda t: t.symlink("b/a", "a").fifo("b").dir("b").hardlink("h", "b/a"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNDER_A_SKIPPED_NON_DIRECTORY))
+def test_a_hardlink_under_a_skipped_non_directory_fails_as_the_written_layer_does(tmp_path, case):
+    """Written, the fifo at ``b`` replaces the directory and the link to ``b/a`` fails (ENOTDIR,
+    or nothing there).  Skipped as hidden, the top-down unpack must fail it the same, not link
+    to what the skipped entry would have removed."""
+    from everypath import assert_agree, describe, run_paths
+    from tarbuild import Tar
+    top = Tar().file("b", b"top")
+    if case == "the-link-skipped-too":
+        top.file("h", b"top")
+    raws = [UNDER_A_SKIPPED_NON_DIRECTORY[case](Tar()).bytes(), top.bytes()]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
+    assert_agree(results, context=describe(raws))
+    assert all(isinstance(r, Exception) for r in results.values()), results
+
+
+THROUGH_A_HARDLINK_TO_A_SYMLINK = {
+    # the top-down probe's stack (``b -> .``; ``b/c -> .``, ``t => b``, ``t/.wh..wh..opq``): t is
+    # one more name of the symlink b, so the opaque marker through it empties the root of what
+    # the layers below left (b); skipped as hidden, t made no symlink and the marker nothing
+    "opaque-marker": [lambda t: t.symlink("b", ".").file("f", b"f"),
+                      lambda t: t.hardlink("t", "b").opaque("t"), lambda t: t.file("t", b"top")],
+    "whiteout": [lambda t: t.symlink("b", ".").file("f", b"f"),
+                 lambda t: t.hardlink("t", "b").whiteout("t/f"), lambda t: t.file("t", b"top")],
+    "entry": [lambda t: t.dir("d").symlink("b", "d"),
+              lambda t: t.hardlink("t", "b").file("t/x", b"x"), lambda t: t.file("t", b"top")],
+}
+
+
+@pytest.mark.parametrize("case", list(THROUGH_A_HARDLINK_TO_A_SYMLINK))
+def test_a_hidden_hardlink_to_a_symlink_is_written_as_a_symlink_is(tmp_path, case):
+    """A hardlink to a symlink is one more symlink: what the layer writes through it lands
+    where it leads.  The top-down unpack skips what an upper layer hides but never a symlink;
+    a hardlink to one must not be skipped either."""
+    from everypath import assert_agree, describe, run_paths
+    from tarbuild import Tar
+    raws = [make(Tar()).bytes() for make in THROUGH_A_HARDLINK_TO_A_SYMLINK[case]]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
+    tree = assert_agree(results, context=describe(raws))
+    assert tree is not None, results
+    assert "t" in tree.entries and tree.entries["t"].type == "file"
