@@ -2004,6 +2004,7 @@ cdef class Extractor:
     cdef readonly bint scan_overflow   # scan: more than scan_max: the sets were dropped (see __init__)
     cdef readonly int64_t hidden
     cdef object plain_parent      # last parent found free of symlinks (None: unknown)
+    cdef bint dir_at              # _symlink_at found a directory at the path it looked at
     cdef object hid_parent        # last parent _is_hidden looked at (None: none), and whether
     cdef bint hid_parent_hides    # an upper layer hides what is in it (hide_* are fixed per layer)
     cdef object unskipped_parent  # a parent with no skipped non-directory on its way (None: unknown)
@@ -4037,7 +4038,8 @@ cdef class Extractor:
             if kind == K_LINK:  # before the entry counts as a skipped file: a link to itself names what is there
                 self._check_skipped_link(link, name)
             if kind != K_DIR:  # a later hardlink may name it, directly or through another link
-                self._drop_dir_skipped_over(path, slash, name)
+                if self.dir_at:  # (_symlink_at looked at the path just now, in the test above)
+                    self._drop_dir_skipped_over(path, slash, name)
                 self.hidden_files.add(path)
                 self.own_hidden.add(path)
                 self.unskipped_parent = None  # it may be on the way of the one checked
@@ -4819,16 +4821,19 @@ cdef class Extractor:
         return True
 
     cdef bint _symlink_at(self, bytes path, Py_ssize_t slash):
-        """Is there a symlink at ``path``, in a parent reached without one (_no_symlinks_to)?"""
+        """Is there a symlink at ``path``, in a parent reached without one (_no_symlinks_to)?
+        ``dir_at`` says whether a directory is there instead (_drop_dir_skipped_over's case)."""
         cdef int fd
         cdef stat st
-        cdef bint link
+        cdef bint found
+        self.dir_at = False
         fd = self._plain_dir(self.rootfd, path[:slash] if slash > 0 else b"")
         if fd < 0:
             return False
-        link = fstatat(fd, <bytes>path[slash + 1:], &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISLNK(st.st_mode)
+        found = fstatat(fd, <bytes>path[slash + 1:], &st, AT_SYMLINK_NOFOLLOW) == 0
         close(fd)
-        return link
+        self.dir_at = found and S_ISDIR(st.st_mode)
+        return found and S_ISLNK(st.st_mode)
 
     cdef bint _is_hidden(self, bytes path):
         """Does an upper layer hide ``path`` (it or an ancestor whited out or
