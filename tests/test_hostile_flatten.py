@@ -15,20 +15,10 @@ import struct
 
 import pytest
 
-from conftest import require_root
 from everypath import assert_agree, describe, run_paths
-from layerkit import Guard
 from tarbuild import Tar
 
 CAP = struct.pack("<5I", 0x02000001, 1 << 10, 0, 0, 0)  # v2 vfs_cap_data: cap_net_bind_service
-
-
-@pytest.fixture
-def g(tmp_path):
-    require_root()
-    guard = Guard(tmp_path)
-    yield guard
-    guard.check()
 
 
 def _raw(tars):

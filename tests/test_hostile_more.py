@@ -21,20 +21,12 @@ import pytest
 
 from conftest import require_root
 from everypath import assert_agree, describe, run_paths, umoci_tree, write_image
-from layerkit import Guard, overlay_layers
+from layerkit import overlay_layers
 from storekit import lamina
 from tarbuild import B256, Tar
 
 # security.capability, VFS_CAP_REVISION_2, cap_net_bind_service permitted
 CAP = bytes.fromhex("01000002" "00040000" "00000000" "00000000" "00000000")
-
-
-@pytest.fixture
-def g(tmp_path):
-    require_root()
-    guard = Guard(tmp_path)
-    yield guard
-    guard.check()
 
 
 def agree(g, tars, *, umoci=True):

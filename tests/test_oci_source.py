@@ -686,6 +686,21 @@ def _rewritten(path, fmt, prefix):
     return t.bytes()
 
 
+def _retarred(archive, path, member):
+    """``archive`` written again by tarbuild into ``path``: its directories as they are, each
+    file by ``member(tar, tarinfo, data)`` (which may spell its header as no tool would)."""
+    from tarbuild import Tar
+    t = Tar()
+    with tarfile.open(archive) as tar:
+        for m in tar:
+            if m.isfile():
+                member(t, m, tar.extractfile(m).read())
+            elif m.isdir():
+                t.dir(m.name)
+    path.write_bytes(t.bytes())
+    return path
+
+
 @pytest.mark.parametrize("field", [
     lambda n: b"\0\0\0" + b"%08o\0" % n,   # NULs before the digits
     lambda n: b"  " + b"%09o\0" % n,          # spaces before them (tarfile reads these alike)
@@ -696,19 +711,10 @@ def test_docker_archive_member_sizes_are_read_as_go_reads_them(tmp_path, field):
     members than docker load's and skopeo's).  Go's archive/tar skips leading NULs and
     spaces, as lamina's extractor does; lamina now reads each member's size as they do."""
     require_tool("skopeo")
-    from tarbuild import Tar
     plain = tmp_path / "save.tar"
     info = ob.legacy_docker_save(plain, [{"a": b"1"}])
-    t = Tar()
-    with tarfile.open(plain) as tar:
-        for m in tar:
-            if m.isfile():
-                data = tar.extractfile(m).read()
-                t.file(m.name, data, raw={"size": field(len(data))})
-            elif m.isdir():
-                t.dir(m.name)
-    path = tmp_path / "rewritten.tar"
-    path.write_bytes(t.bytes())
+    path = _retarred(plain, tmp_path / "rewritten.tar",
+                     lambda t, m, data: t.file(m.name, data, raw={"size": field(len(data))}))
     skopeo = subprocess.run(["skopeo", "inspect", "--raw", f"docker-archive:{path}"], capture_output=True)
     assert skopeo.returncode == 0, skopeo.stderr
     img = resolve(f"docker-archive:{path}")
@@ -736,18 +742,12 @@ def test_docker_archive_pax_sizes_led_by_thousands_of_zeros_are_read_as_go_reads
                 f"{c}.json": evil_config, f"{lay}/layer.tar": evil_layer}
     plain = tmp_path / "save.tar"
     info = ob.legacy_docker_save(plain, [smuggler])  # the image's one layer is an archive itself
-    t = Tar()
-    with tarfile.open(plain) as tar:
-        for m in tar:
-            if m.isfile():
-                data = tar.extractfile(m).read()
-                if m.name in info["layer_names"]:
-                    t.pax({"size": size(len(data))})
-                t.file(m.name, data)
-            elif m.isdir():
-                t.dir(m.name)
-    path = tmp_path / "rewritten.tar"
-    path.write_bytes(t.bytes())
+
+    def member(t, m, data):
+        if m.name in info["layer_names"]:
+            t.pax({"size": size(len(data))})
+        t.file(m.name, data)
+    path = _retarred(plain, tmp_path / "rewritten.tar", member)
     skopeo = subprocess.run(["skopeo", "inspect", "--raw", f"docker-archive:{path}"], capture_output=True)
     assert skopeo.returncode == 0, skopeo.stderr
     assert json.loads(skopeo.stdout)["config"]["digest"] == info["config_digest"]
