@@ -89,3 +89,75 @@ def test_an_unpack_from_the_store_names_the_limit_and_a_mount_needs_none(tmp_pat
         assert _names(mnt) == [f"f{i:03d}" for i in range(LAYERS)]
     finally:
         lamina(root, "umount", mnt)
+
+
+DEEP_LAYERS, DEPTH = 100, 24
+
+
+def _deep_layer(i):
+    """Layer ``i`` of the deep image: every directory of one path DEPTH deep (its mode and time
+    this layer's), a file at its bottom and one half-way, a directory beside the path's fourth;
+    now and then a whiteout of a lower layer's file, or a directory made opaque."""
+    import io
+    import tarfile
+    dirs = [f"d{j:02d}" for j in range(DEPTH)]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        def add(name, data=None, mode=0o644):
+            info = tarfile.TarInfo(name)
+            info.mtime = ob.MTIME + i * 100 + name.count("/")
+            info.mode = mode
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        for j in range(DEPTH):
+            add("/".join(dirs[:j + 1]), mode=0o700 | (i % 8) << 3 | (j % 8))
+            if j == 2:  # listed after d03: the walk comes back for it
+                add("/".join(dirs[:j + 1]) + "/zside", mode=0o750)
+                add("/".join(dirs[:j + 1]) + f"/zside/s{i:03d}", b"side %d\n" % i)
+            if j == DEPTH // 2:
+                add("/".join(dirs[:j + 1]) + f"/half{i:03d}", b"half %d\n" % i)
+                if i == 40:
+                    add("/".join(dirs[:j + 1]) + "/.wh..wh..opq", b"")  # hides layers 0-39 below here
+        add("/".join(dirs) + f"/f{i:03d}", b"%d\n" % i)
+        if i % 10 == 5:
+            add("/".join(dirs) + f"/.wh.f{i - 1:03d}", b"")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def deep_store(tmp_path_factory):
+    """A store holding an image of DEEP_LAYERS layers sharing one path DEPTH deep, and the
+    layout it came from."""
+    base = tmp_path_factory.mktemp("deep")
+    lay = ob.Layout(base / "layout")
+    lay.image_of_tars([_deep_layer(i) for i in range(DEEP_LAYERS)], "deep")
+    lamina(base / "root", "copy", f"oci:{lay.root}:deep", "deep:1")
+    return base / "root", lay.root
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["copy", "link"])
+def test_a_deep_tree_of_many_layers_merges_under_a_limit_that_fits_its_root(tmp_path, deep_store, link):
+    """Each directory of the merge holds an fd per layer that has it: the path 24 deep in 100
+    layers asked for 2,400 at its bottom, and a limit the root's check let through (256)
+    failed at the second level with "'d00': cannot open: Too many open files".  The merge
+    gives the fds of the levels above up and opens them again coming back: the same tree as a
+    plain unpack of the layout (layer after layer), each directory's mode and time its topmost
+    layer's, the whiteouts and the opaque directory applied."""
+    from treecmp import snapshot
+    root, layout = deep_store
+    extra = ("--link",) if link else ()
+    lamina(root, "unpack", *extra, "deep:1", tmp_path / "merged", preexec_fn=_limited(2 * DEEP_LAYERS + 56))
+    lamina(tmp_path / "unused", "unpack", f"oci:{layout}:deep", tmp_path / "plain")
+    merged, plain = (snapshot(tmp_path / t, dir_mtime=True) for t in ("merged", "plain"))
+    assert merged.entries == plain.entries
+    bottom = tmp_path / "merged" / "/".join(f"d{j:02d}" for j in range(DEPTH))
+    # layer 40 made d12 opaque: nothing of layers 0-39 below it
+    assert sorted(os.listdir(bottom)) == [f"f{i:03d}" for i in range(40, DEEP_LAYERS) if i % 10 != 4]
+    half = bottom.parents[DEPTH - DEPTH // 2 - 2]
+    assert sorted(n for n in os.listdir(half) if n.startswith("half")) == \
+        [f"half{i:03d}" for i in range(40, DEEP_LAYERS)]
+    assert len(os.listdir(tmp_path / "merged" / "d00" / "d01" / "d02" / "zside")) == DEEP_LAYERS
