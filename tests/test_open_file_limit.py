@@ -15,6 +15,7 @@ import resource
 import pytest
 
 import ocibuild as ob
+from registryfixture import reg, registry_env, skopeo_push  # noqa: F401
 from storekit import lamina
 
 LAYERS = 250
@@ -161,3 +162,43 @@ def test_a_deep_tree_of_many_layers_merges_under_a_limit_that_fits_its_root(tmp_
     assert sorted(n for n in os.listdir(half) if n.startswith("half")) == \
         [f"half{i:03d}" for i in range(40, DEEP_LAYERS)]
     assert len(os.listdir(tmp_path / "merged" / "d00" / "d01" / "d02" / "zside")) == DEEP_LAYERS
+
+
+PULL_LAYERS = 120
+
+
+@pytest.fixture(scope="module")
+def pushed(reg, tmp_path_factory):  # noqa: F811
+    """An image of PULL_LAYERS tiny layers in the loopback registry (pushed by skopeo)."""
+    lay = ob.Layout(tmp_path_factory.mktemp("pull") / "layout")
+    lay.add(lay.image([{f"f{i:03d}": b"%d\n" % i} for i in range(PULL_LAYERS)]), "many")
+    skopeo_push(f"oci:{lay.root}:many", reg.host, "many:1")
+    return f"{reg.host}/many:1"
+
+
+def test_a_pull_names_the_limit_before_it_writes_or_extracts_fewer_layers_at_once(pushed, registry_env, tmp_path):  # noqa: F811
+    """A pull extracts layers on its workers and, as their blobs arrive, on its fetch threads,
+    each over an fd per layer below it.  Under a limit one layer's fds fit in (120 layers, ulimit
+    -n 200) the pull passed the check of the workers alone, and three fetch threads extracting
+    side by side failed at some layer with "cannot open lower layer …: Too many open files";
+    under one they did not fit in (170) it failed clearly, but after storing the config, an
+    orphan blob for fsck.  Now the first extracts one layer at a time, after the download, and
+    the second stores nothing."""
+    import json
+    root = tmp_path / "root"
+    proc = lamina(root, "pull", pushed, check=False, preexec_fn=_limited(PULL_LAYERS + 50))
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Too many open files" not in proc.stderr, proc.stderr[-2000:]
+    assert last == (f"lamina: error: {PULL_LAYERS} layers: the top layer's snapshot, extracted over the layers below "
+                    f"it, holds {PULL_LAYERS - 1} directories open at once, and the open-file limit is "
+                    f"{PULL_LAYERS + 50} (ulimit -n; {PULL_LAYERS + 63} needed)"), last
+    assert lamina(root, "images", "-q").stdout == ""
+    assert json.loads(lamina(root, "fsck", "--format", "json").stdout)["findings"] == []
+    blobs = root / "blobs" / "sha256"
+    assert not blobs.exists() or os.listdir(blobs) == []
+
+    proc = lamina(root, "pull", pushed, check=False, preexec_fn=_limited(PULL_LAYERS + 80))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(lamina(root, "fsck", "--format", "json").stdout)["findings"] == []
+    lamina(root, "unpack", pushed, tmp_path / "dest")
+    assert _names(tmp_path / "dest") == [f"f{i:03d}" for i in range(PULL_LAYERS)]
