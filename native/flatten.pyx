@@ -8,6 +8,9 @@ in C with the GIL released:
   images), each level holding the open fds of its destination directory and
   of the source directories it merges (so nothing is resolved by path twice:
   cost linear in entries and depth);
+- under a low open-file limit (a deep tree in an image of hundreds of layers
+  needs depth x layers fds) the shallowest levels' fds are closed and opened
+  again, component by component from the roots, when the walk comes back up;
 - every source and destination is reached with ``openat`` relative to an fd
   the walk opened itself, ``O_NOFOLLOW`` on each component;
 - a directory one layer has is listed in readdir order; one several layers
@@ -22,7 +25,7 @@ in C with the GIL released:
 """
 from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport (errno, EEXIST, EMLINK, EOPNOTSUPP, ENOTTY, EXDEV, EINVAL, ENOSYS, EPERM,
-                         ETXTBSY, EIO, ERANGE, EINTR, ENOMEM, ENAMETOOLONG)
+                         ETXTBSY, EIO, ERANGE, EINTR, ENOMEM, ENAMETOOLONG, ESTALE)
 from libc.stdint cimport uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from libc.string cimport strlen, memcpy, strcmp, strncmp, strerror, strchr
@@ -119,12 +122,17 @@ cdef struct Ent:
 
 
 cdef struct Src:
-    int fd
+    int fd                 # -1 while parked (closed for want of fds)
     int layer
+    dev_t dev              # what a parked fd was: its reopening must find the same directory
+    unsigned long ino
 
 
 cdef struct Level:
-    int dfd
+    int dfd                # -1 while parked, as Src.fd
+    dev_t ddev
+    unsigned long dino
+    int parked             # how many of its fds are
     int nsrc
     Src *src               # the source dirs merged here, topmost first
     char *arena            # their names
@@ -402,6 +410,8 @@ cdef class Flattener:
     cdef size_t *nsingles
     cdef pthread_t threads[MAX_WORKERS]
     cdef int nthreads
+    cdef size_t held                  # fds the levels hold (parked ones not counted)
+    cdef size_t budget                # how many they may hold (0: no bound)
     cdef int err
     cdef const char *err_what
     cdef char *err_path
@@ -504,9 +514,11 @@ cdef class Flattener:
             out.append("sendfile")
         return out
 
-    def run(self):
-        """Walk and copy everything; raises FlattenError(path, what, errno)."""
+    def run(self, size_t fd_budget=0):
+        """Walk and copy everything; raises FlattenError(path, what, errno).  ``fd_budget``:
+        how many fds the walk's levels may hold at once (0: as many as the tree asks)."""
         cdef int rc, i
+        self.budget = fd_budget
         for i in range(self.nthreads):
             if pthread_create(&self.threads[i], NULL, _worker, &self.sh) != 0:
                 self.nthreads = i
@@ -735,10 +747,12 @@ cdef class Flattener:
         lv.dfd = dfd
         lv.src = src
         lv.nsrc = nsrc
+        self.held += nsrc + 1
         lv.arena = NULL
         lv.ents = NULL
         lv.nents = 0
         lv.pos = 0
+        lv.parked = 0
         lv.parent_len = parent_len
         # The topmost layer that lists the directory explicitly decides its metadata.  A
         # layer with ``usr/bin/x`` but no ``usr/`` entry has an implicit ``usr`` (0755, root,
@@ -758,6 +772,89 @@ cdef class Flattener:
         lv.meta_src = meta
         return self._list(lv)
 
+    # -- parking: a deep tree of many layers needs more fds than the limit --
+
+    cdef void _park_src(self, Level *lv, Src *s) noexcept nogil:
+        cdef stat st
+        if s.fd < 0:
+            return
+        lv.parked += 1
+        if fstat(s.fd, &st) == 0:
+            s.dev = st.st_dev
+            s.ino = st.st_ino
+        else:
+            s.dev = 0
+            s.ino = 0
+        close(s.fd)
+        s.fd = -1
+        self.held -= 1
+
+    cdef void _park(self, Level *lv) noexcept nogil:
+        """Close the fds of ``lv`` (_reopen opens them again)."""
+        cdef int k
+        cdef stat st
+        for k in range(lv.nsrc):
+            self._park_src(lv, &lv.src[k])
+        if lv.dfd >= 0:
+            lv.parked += 1
+            if fstat(lv.dfd, &st) == 0:
+                lv.ddev = st.st_dev
+                lv.dino = st.st_ino
+            close(lv.dfd)
+            lv.dfd = -1
+            self.held -= 1
+
+    cdef void _make_room(self, size_t need, size_t below) noexcept nogil:
+        """Park the levels under ``below``, shallowest first (the walk comes back to them
+        last), until ``need`` more fds fit in the budget."""
+        cdef size_t i = 0
+        if self.budget == 0:
+            return
+        while self.held + need > self.budget and i < below:
+            self._park(&self.stack[i])
+            i += 1
+
+    cdef int _reopen(self, Level *lv, bint all_src) noexcept nogil:
+        """Open the parked fds of ``lv``, the top level (``self.rel`` is its path) again, from
+        the layers' and the destination's roots: every source when ``all_src``, else only the
+        one its metadata comes from (all _pop needs)."""
+        cdef int k, fd
+        cdef size_t need = 1 if lv.dfd < 0 else 0
+        cdef stat st
+        if lv.parked == 0:
+            return 0
+        for k in range(lv.nsrc):
+            if lv.src[k].fd < 0 and (all_src or k == lv.meta_src):
+                need += 1
+        if need == 0:
+            return 0
+        self._make_room(need + 1, self.depth - 1)
+        for k in range(lv.nsrc):
+            if lv.src[k].fd >= 0 or not (all_src or k == lv.meta_src):
+                continue
+            fd = _open_walked(self.layer_fds[lv.src[k].layer], self.rel)
+            if fd < 0:
+                return self._fail(b"open again", NULL)
+            if fstat(fd, &st) < 0 or st.st_dev != lv.src[k].dev or st.st_ino != lv.src[k].ino:
+                close(fd)
+                lamina_set_errno(ESTALE)
+                return self._fail(b"open again", NULL)
+            lv.src[k].fd = fd
+            lv.parked -= 1
+            self.held += 1
+        if lv.dfd < 0:
+            fd = _open_walked(self.dest_fd, self.rel)
+            if fd < 0:
+                return self._fail(b"open again", NULL)
+            if fstat(fd, &st) < 0 or st.st_dev != lv.ddev or st.st_ino != lv.dino:
+                close(fd)
+                lamina_set_errno(ESTALE)
+                return self._fail(b"open again", NULL)
+            lv.dfd = fd
+            lv.parked -= 1
+            self.held += 1
+        return 0
+
     cdef void _pop(self, bint finish) noexcept nogil:
         cdef Level *lv = &self.stack[self.depth - 1]
         cdef int k
@@ -774,9 +871,13 @@ cdef class Flattener:
                 if futimens(lv.dfd, ts) < 0:
                     self._fail(b"set times of", NULL)
         for k in range(lv.nsrc):
-            close(lv.src[k].fd)
+            if lv.src[k].fd >= 0:
+                close(lv.src[k].fd)
+                self.held -= 1
+        if lv.dfd >= 0:
+            close(lv.dfd)
+            self.held -= 1
         free(lv.src)
-        close(lv.dfd)
         free(lv.arena)
         free(lv.ents)
         self.depth -= 1
@@ -802,6 +903,8 @@ cdef class Flattener:
             return -1
         while self.depth:
             lv = &self.stack[self.depth - 1]
+            if self._reopen(lv, lv.pos < lv.nents) < 0:
+                return -1
             if lv.pos >= lv.nents:
                 self._pop(True)
                 if self.err:
@@ -857,6 +960,10 @@ cdef class Flattener:
         if src == NULL:
             lamina_set_errno(ENOMEM)
             return self._fail(b"walk", name)
+        # the child's fds (one per source, its destination, one for listing it) beside the
+        # levels': the levels under this one give theirs up first, then this one's sources
+        # each as soon as the child's opened from it
+        self._make_room(end - first + 2, self.depth - 1)
         fd = openat(lv.src[e.k].fd, name, DIR_FLAGS)
         if fd < 0:
             free(src)
@@ -864,6 +971,7 @@ cdef class Flattener:
         src[0].fd = fd
         src[0].layer = lv.src[e.k].layer
         n = 1
+        self._spare(lv, &lv.src[e.k], n)
         if not _is_opaque(fd):
             for j in range(first + 1, end):
                 if lv.ents[j].dtype != DT_DIR:
@@ -874,6 +982,7 @@ cdef class Flattener:
                 src[n].fd = fd
                 src[n].layer = lv.src[lv.ents[j].k].layer
                 n += 1
+                self._spare(lv, &lv.src[lv.ents[j].k], n)
                 if _is_opaque(fd):
                     break
         if mkdirat(lv.dfd, name, 0o700) < 0:
@@ -897,6 +1006,12 @@ cdef class Flattener:
             close(child)
             return self._fail(b"walk", name)
         return self._push(src, n, child, plen)
+
+    cdef void _spare(self, Level *lv, Src *parent, int opened) noexcept nogil:
+        """``opened`` fds of a child level are open, the last one from ``parent``: park that
+        one if the child's destination and listing would not fit beside them."""
+        if self.budget and self.held + <size_t>opened + 2 > self.budget:
+            self._park_src(lv, parent)
 
     cdef int _file(self, int sfd, int layer, int dfd, const char *name) noexcept nogil:
         cdef int src, dst, g
@@ -1075,6 +1190,35 @@ cdef int _linkat_walked(int root, const char *path, int dfd, const char *name) n
     close(fd)
     lamina_set_errno(e)
     return r
+
+
+cdef int _open_walked(int root, const char *path) noexcept nogil:
+    """The directory ``path`` (relative, "" for ``root`` itself) under ``root``, opened one
+    component at a time, ``O_NOFOLLOW``.  -1 with errno set on failure."""
+    cdef int fd = dup(root), nfd, e
+    cdef const char *p = path
+    cdef const char *slash
+    cdef char comp[256]
+    cdef size_t n
+    while fd >= 0 and p[0]:
+        slash = strchr(p, b'/')
+        n = <size_t>(slash - p) if slash != NULL else strlen(p)
+        if n >= sizeof(comp):
+            close(fd)
+            lamina_set_errno(ENAMETOOLONG)
+            return -1
+        if n:
+            memcpy(comp, p, n)
+            comp[n] = 0
+            nfd = openat(fd, comp, DIR_FLAGS)
+            e = errno
+            close(fd)
+            lamina_set_errno(e)
+            fd = nfd
+        p += n
+        if p[0] == b'/':
+            p += 1
+    return fd
 
 
 cdef char *_join(const char *a, const char *b) noexcept nogil:

@@ -7,6 +7,7 @@ docker-registry, with documents PUT there as raw bytes (skopeo would rewrite the
 import base64
 import http.client
 import json
+import os
 import re
 
 import pytest
@@ -350,6 +351,48 @@ def test_load_of_several_images_names_the_image_whose_layer_size_is_wrong(tmp_pa
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"lamina: error: {archive}: image example.com/b:1 layer 1 of 1 "
                                   f"({doc['layers'][0]['digest']}): blob is"), proc.stderr
+    assert lamina(tmp_path / "root", "images", "-q").stdout.strip() == ""
+
+
+@pytest.mark.parametrize("several", [False, True], ids=["one", "two"])
+@pytest.mark.parametrize("form", ["layout", "oci-archive", "docker-archive"])
+def test_a_missing_layer_blob_is_named_after_the_archive_as_its_other_errors(tmp_path, form, several):
+    """The layer blob of image example.com/b:1 is not in the layout or archive.  Alone there, it
+    was "image example.com/b:1 layer 1 of 1: blob sha256:… not found in ARCHIVE" (a classic
+    docker save: "l1/layer.tar not found in ARCHIVE", no layer at all), where every other error
+    of the archive's images, and this one beside another image, is led by "ARCHIVE: ".  Now
+    all are, and unpack and copy of the one image say the same."""
+    images = [("example.com/a:1", {"a": b"A\n"})] if several else []
+    images.append(("example.com/b:1", {"b": b"B\n"}))
+    if form == "docker-archive":
+        members, entries = {}, []
+        for k, (tag, files) in enumerate(images):
+            raw = ob.tar_bytes(files)
+            config = ob.dumps({"architecture": "amd64", "os": "linux",
+                               "rootfs": {"type": "layers", "diff_ids": [ob.sha256(raw)]}})
+            config_name = ob.sha256(config).split(":")[1] + ".json"
+            members[config_name] = config
+            if tag == "example.com/a:1":
+                members[f"l{k}/layer.tar"] = raw
+            entries.append({"Config": config_name, "RepoTags": [tag], "Layers": [f"l{k}/layer.tar"]})
+        members["manifest.json"] = json.dumps(entries).encode()
+        source = tmp_path / "legacy.tar"
+        source.write_bytes(ob.tar_of(members))
+        missing = f"member l{len(images) - 1}/layer.tar"
+        ref = f"docker-archive:{source}" + (":example.com/b:1" if several else "")
+    else:
+        lay = ob.Layout(tmp_path / "layout")
+        for tag, files in images:
+            m = lay.add(lay.image([files]), None, **{"io.containerd.image.name": tag})
+        layer = lay.read_json(m["digest"])["layers"][0]["digest"]
+        os.unlink(lay.path(layer))
+        source = lay.root if form == "layout" else _archive_of(lay, tmp_path / "b.tar")
+        missing = f"blob {layer}"
+        ref = f"{'oci' if form == 'layout' else 'oci-archive'}:{source}:example.com/b:1"
+    want = f"lamina: error: {source}: image example.com/b:1 layer 1 of 1: {missing} not found in it\n"
+    for args in (("load", "-i", source), ("copy", ref, "b:1"), ("unpack", ref, tmp_path / "dest")):
+        proc = lamina(tmp_path / "root", *args, check=False)
+        assert proc.returncode == 1 and proc.stderr == want, (args, proc.stderr)
     assert lamina(tmp_path / "root", "images", "-q").stdout.strip() == ""
 
 

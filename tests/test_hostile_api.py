@@ -90,6 +90,45 @@ def test_the_api_names_the_layer_as_the_cli_does(tmp_path, call):
     _fsck_clean(root)
 
 
+def test_the_store_api_names_a_refused_layer_by_its_place(tmp_path):
+    """Store.snapshots_for and add_image (the Store API of README's API section, which verbkit's
+    load_layout uses) named a refused layer by its digest alone: "layer sha256:…: entry 'x': …",
+    "manifest sha256:…: layer sha256:… is not in the store", where unpack, copy, load and pull
+    say "layer 2 of 3 (sha256:…)".  Now they say its place too (put_blob and ingest are given a
+    blob, of no image yet: its digest is all they can name)."""
+    tars = _three_layers_the_middle_one_refused()
+    root, digests = _added_without_snapshots(tmp_path, tars)
+    store = lamina_api.Store(root)
+    try:
+        image = store.resolve("bad:1")
+        with pytest.raises(LaminaError) as e:
+            store.snapshots_for(image)
+        text = str(e.value)
+        assert text.startswith(f"layer 2 of 3 ({digests[1]}): entry 'x': "), text
+        assert "hardlink target 'missing' not found" in text, text
+    finally:
+        store.close()
+    _fsck_clean(root)
+
+    # the same image, its second layer's blob never stored
+    lay = ob.Layout(tmp_path / "lay2")
+    m = lay.image_of_tars(tars, "t")
+    manifest = lay.read_json(m["digest"])
+    store = lamina_api.Store(tmp_path / "root2")
+    try:
+        for digest in [manifest["layers"][0]["digest"], manifest["layers"][2]["digest"], manifest["config"]["digest"],
+                       m["digest"]]:
+            with open(lay.path(digest), "rb") as f:
+                store.put_blob(f.read(), digest)
+        with pytest.raises(LaminaError) as e:
+            store.add_image(m["digest"], "bad:1")
+        assert str(e.value) == (f"manifest {m['digest']}: layer 2 of 3 ({digests[1]}) is not in the store"), \
+            str(e.value)
+        assert list(store.images()) == []
+    finally:
+        store.close()
+
+
 # --- in-place targets: what an earlier image's tree left where the next one goes --------------
 
 

@@ -15,6 +15,7 @@ import resource
 import pytest
 
 import ocibuild as ob
+from registryfixture import reg, registry_env, skopeo_push  # noqa: F401
 from storekit import lamina
 
 LAYERS = 250
@@ -89,3 +90,115 @@ def test_an_unpack_from_the_store_names_the_limit_and_a_mount_needs_none(tmp_pat
         assert _names(mnt) == [f"f{i:03d}" for i in range(LAYERS)]
     finally:
         lamina(root, "umount", mnt)
+
+
+DEEP_LAYERS, DEPTH = 100, 24
+
+
+def _deep_layer(i):
+    """Layer ``i`` of the deep image: every directory of one path DEPTH deep (its mode and time
+    this layer's), a file at its bottom and one half-way, a directory beside the path's fourth;
+    now and then a whiteout of a lower layer's file, or a directory made opaque."""
+    import io
+    import tarfile
+    dirs = [f"d{j:02d}" for j in range(DEPTH)]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        def add(name, data=None, mode=0o644):
+            info = tarfile.TarInfo(name)
+            info.mtime = ob.MTIME + i * 100 + name.count("/")
+            info.mode = mode
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        for j in range(DEPTH):
+            add("/".join(dirs[:j + 1]), mode=0o700 | (i % 8) << 3 | (j % 8))
+            if j == 2:  # listed after d03: the walk comes back for it
+                add("/".join(dirs[:j + 1]) + "/zside", mode=0o750)
+                add("/".join(dirs[:j + 1]) + f"/zside/s{i:03d}", b"side %d\n" % i)
+            if j == DEPTH // 2:
+                add("/".join(dirs[:j + 1]) + f"/half{i:03d}", b"half %d\n" % i)
+                if i == 40:
+                    add("/".join(dirs[:j + 1]) + "/.wh..wh..opq", b"")  # hides layers 0-39 below here
+        add("/".join(dirs) + f"/f{i:03d}", b"%d\n" % i)
+        if i % 10 == 5:
+            add("/".join(dirs) + f"/.wh.f{i - 1:03d}", b"")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def deep_store(tmp_path_factory):
+    """A store holding an image of DEEP_LAYERS layers sharing one path DEPTH deep, and the
+    layout it came from."""
+    base = tmp_path_factory.mktemp("deep")
+    lay = ob.Layout(base / "layout")
+    lay.image_of_tars([_deep_layer(i) for i in range(DEEP_LAYERS)], "deep")
+    lamina(base / "root", "copy", f"oci:{lay.root}:deep", "deep:1")
+    return base / "root", lay.root
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["copy", "link"])
+def test_a_deep_tree_of_many_layers_merges_under_a_limit_that_fits_its_root(tmp_path, deep_store, link):
+    """Each directory of the merge holds an fd per layer that has it: the path 24 deep in 100
+    layers asked for 2,400 at its bottom, and a limit the root's check let through (256)
+    failed at the second level with "'d00': cannot open: Too many open files".  The merge
+    gives the fds of the levels above up and opens them again coming back: the same tree as a
+    plain unpack of the layout (layer after layer), each directory's mode and time its topmost
+    layer's, the whiteouts and the opaque directory applied."""
+    from treecmp import snapshot
+    root, layout = deep_store
+    extra = ("--link",) if link else ()
+    lamina(root, "unpack", *extra, "deep:1", tmp_path / "merged", preexec_fn=_limited(2 * DEEP_LAYERS + 56))
+    lamina(tmp_path / "unused", "unpack", f"oci:{layout}:deep", tmp_path / "plain")
+    merged, plain = (snapshot(tmp_path / t, dir_mtime=True) for t in ("merged", "plain"))
+    assert merged.entries == plain.entries
+    bottom = tmp_path / "merged" / "/".join(f"d{j:02d}" for j in range(DEPTH))
+    # layer 40 made d12 opaque: nothing of layers 0-39 below it
+    assert sorted(os.listdir(bottom)) == [f"f{i:03d}" for i in range(40, DEEP_LAYERS) if i % 10 != 4]
+    half = bottom.parents[DEPTH - DEPTH // 2 - 2]
+    assert sorted(n for n in os.listdir(half) if n.startswith("half")) == \
+        [f"half{i:03d}" for i in range(40, DEEP_LAYERS)]
+    assert len(os.listdir(tmp_path / "merged" / "d00" / "d01" / "d02" / "zside")) == DEEP_LAYERS
+
+
+PULL_LAYERS = 120
+
+
+@pytest.fixture(scope="module")
+def pushed(reg, tmp_path_factory):  # noqa: F811
+    """An image of PULL_LAYERS tiny layers in the loopback registry (pushed by skopeo)."""
+    lay = ob.Layout(tmp_path_factory.mktemp("pull") / "layout")
+    lay.add(lay.image([{f"f{i:03d}": b"%d\n" % i} for i in range(PULL_LAYERS)]), "many")
+    skopeo_push(f"oci:{lay.root}:many", reg.host, "many:1")
+    return f"{reg.host}/many:1"
+
+
+def test_a_pull_names_the_limit_before_it_writes_or_extracts_fewer_layers_at_once(pushed, registry_env, tmp_path):  # noqa: F811
+    """A pull extracts layers on its workers and, as their blobs arrive, on its fetch threads,
+    each over an fd per layer below it.  Under a limit one layer's fds fit in (120 layers, ulimit
+    -n 200) the pull passed the check of the workers alone, and three fetch threads extracting
+    side by side failed at some layer with "cannot open lower layer …: Too many open files";
+    under one they did not fit in (170) it failed clearly, but after storing the config, an
+    orphan blob for fsck.  Now the first extracts one layer at a time, after the download, and
+    the second stores nothing."""
+    import json
+    root = tmp_path / "root"
+    proc = lamina(root, "pull", pushed, check=False, preexec_fn=_limited(PULL_LAYERS + 50))
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Too many open files" not in proc.stderr, proc.stderr[-2000:]
+    assert last == (f"lamina: error: {PULL_LAYERS} layers: the top layer's snapshot, extracted over the layers below "
+                    f"it, holds {PULL_LAYERS - 1} directories open at once, and the open-file limit is "
+                    f"{PULL_LAYERS + 50} (ulimit -n; {PULL_LAYERS + 63} needed)"), last
+    assert lamina(root, "images", "-q").stdout == ""
+    assert json.loads(lamina(root, "fsck", "--format", "json").stdout)["findings"] == []
+    blobs = root / "blobs" / "sha256"
+    assert not blobs.exists() or os.listdir(blobs) == []
+
+    proc = lamina(root, "pull", pushed, check=False, preexec_fn=_limited(PULL_LAYERS + 80))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(lamina(root, "fsck", "--format", "json").stdout)["findings"] == []
+    lamina(root, "unpack", pushed, tmp_path / "dest")
+    assert _names(tmp_path / "dest") == [f"f{i:03d}" for i in range(PULL_LAYERS)]

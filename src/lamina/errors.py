@@ -5,6 +5,7 @@ Native code (lamina._extract) raises these same classes, so callers catch
 Every message names the entry, layer or blob that was wrong.
 """
 import contextlib
+import contextvars
 
 
 def layer_of(i, count):
@@ -217,13 +218,23 @@ def name_the_layer(e, digests, which):
     return False
 
 
+# set while a layers_named block runs: a Store API method's own naming leaves the layer to it
+_naming_layers = contextvars.ContextVar("lamina_naming_layers", default=False)
+
+
 @contextlib.contextmanager
-def layers_named(digests, which, mismatch_comma=False):
+def layers_named(digests, which, mismatch_comma=False, unless_named=False):
     """Within it, an error about one of an image's layers (``digests``, bottom first) that names
     the layer by digest alone names it by ``which(i)`` too (name_the_layer): what extracts an
     image's snapshots (unpack, mount, load, copy, pull) says which of its layers was refused.
     ``mismatch_comma``: a layer's diffID mismatch reads "WHICH, sha256:…: diffID …", as load
-    and copy into a store have always said it, where the others say "WHICH (sha256:…): …"."""
+    and copy into a store have always said it, where the others say "WHICH (sha256:…): …".
+    ``unless_named``: nothing, within a layers_named block of the caller (the Store API's methods
+    name a layer by its place in the image, a load by its place in the archive too)."""
+    if unless_named and _naming_layers.get():
+        yield
+        return
+    token = _naming_layers.set(True)
     try:
         yield
     except DigestMismatchError as e:
@@ -239,3 +250,5 @@ def layers_named(digests, which, mismatch_comma=False):
     except LaminaError as e:
         name_the_layer(e, digests, which)
         raise
+    finally:
+        _naming_layers.reset(token)

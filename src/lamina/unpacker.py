@@ -20,7 +20,8 @@ import time
 from .apiargs import a_path
 from ._extract import HiddenLinkTarget
 from . import trace
-from .errors import ExtractError, ImpliedDirMoved, InvalidArchiveError, LaminaError, layer_of, name_the_layer
+from .errors import (Cancelled, ExtractError, ImpliedDirMoved, Interrupted, InvalidArchiveError, LaminaError, layer_of,
+                     name_the_layer)
 from .limits import check_layer_count, open_file_budget
 from .lowers import LayersBelow
 from .oci import open_source
@@ -146,7 +147,16 @@ def _apply(layer, count, target, format, limits, hidden=None, lower_dirs=None, d
 
 def _apply_flat(layers, root, limits):
     # Order matters: each layer's whiteouts delete what the layers below wrote.
-    at, below = _scan_upper_layers(layers, limits)
+    try:
+        at, below = _scan_upper_layers(layers, limits)
+    except (Interrupted, Cancelled):
+        raise
+    except LaminaError:
+        # An upper layer the scan refuses (a diffID mismatch, a broken tar) would be named
+        # where every other path, going up from the bottom, names a bad layer below it (an
+        # image of reordered diffIDs: layer 2 here, layer 1 there): the plain way names the
+        # lowest, and refuses the scanned one again if the layers below it are sound.
+        at, below = {}, {}
     if not at and not below:
         return [_apply(layer, len(layers), root, "dir", limits) for layer in layers]
     try:

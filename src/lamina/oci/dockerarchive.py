@@ -19,7 +19,7 @@ import re
 from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import (ArtifactError, BlobNotFoundError, DigestMismatchError, ImageError, ImageNotFoundError,
-                      PlatformNotFoundError, listing)
+                      PlatformNotFoundError, layer_of, listing)
 from ..limits import MAX_CONFIG_SIZE, check_layer_count
 from ..platform import Platform
 from .blobs import TarArchive, TarBlobStore, member_name
@@ -189,7 +189,15 @@ class DockerArchive(Source):
             raise PlatformNotFoundError(str(want), [str(config.platform)])
         layers = []
         for i, name in enumerate(layer_names):
-            size = self.archive.size(name)  # BlobNotFoundError names the member
+            try:
+                size = self.archive.size(name)
+            except BlobNotFoundError as e:
+                if str(e) != f"{name} not found in {self.archive.path}":
+                    raise  # a link's ("ARCHIVE: member NAME is a symlink to …"): led by the archive
+                # led by the archive's name and saying which layer, as the layout form's error and
+                # every other error of the archive's images (it said "l/layer.tar not found in ARCHIVE")
+                raise BlobNotFoundError(f"{self.description}: {self.image_name()} {layer_of(i, len(layer_names))}: "
+                                        f"member {name} not found in it") from None
             blob = re.fullmatch(r"blobs/sha256/([0-9a-f]{64})", member_name(name))
             layers.append(LayerRef(i, config.diff_ids[i], f"sha256:{blob.group(1)}" if blob else None,
                                    size, None, functools.partial(self.archive.open, name)))

@@ -248,13 +248,15 @@ class OCILayout(Source):
         try:
             return self.store.size(ldesc.digest)
         except BlobNotFoundError as e:
+            # led by the layout's or archive's name, as every other error of its images is (a
+            # blob of the wrong size, a config refused, a layer refused by load)
             if getattr(e, "dangling", False):
-                raise BlobNotFoundError(f"{which}: {e}") from None
+                raise BlobNotFoundError(f"{self.description}: {which}: {e}") from None
             if ldesc.media_type in mt.FOREIGN_LAYER_TYPES or ldesc.urls:
                 raise BlobNotFoundError(
-                    f"{which} ({ldesc.digest}) is a non-distributable layer absent from {self.description};"
+                    f"{self.description}: {which} ({ldesc.digest}) is a non-distributable layer absent from it;"
                     " lamina does not download layer urls") from None
-            raise BlobNotFoundError(f"{which}: blob {ldesc.digest} not found in {self.description}") from None
+            raise BlobNotFoundError(f"{self.description}: {which}: blob {ldesc.digest} not found in it") from None
 
 
 def parse_index_json(data, what):

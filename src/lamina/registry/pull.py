@@ -509,6 +509,8 @@ class Puller:
 
         media_type = document_media_type(mr.document, mr.media_type, f"manifest {mr.digest}")
         manifest = parse_manifest(mr.document, media_type, f"manifest {mr.digest}")
+        # before the config is stored: a limit too low for the layers leaves the store as it was
+        self._extract_slots(len(manifest.layers))
         config_data, config = self._config(repos, manifest, mr.digest)
         platform = image_platform(self.want, chosen, config)
 
@@ -567,6 +569,22 @@ class Puller:
             bytes_downloaded=self.downloaded, seconds=time.monotonic() - t0, image=image)
 
     _config_fetched = 0
+    _extract_workers = None
+    _stream = True
+
+    def _extract_slots(self, layers):
+        """How many layers extract at once under the open-file limit, each over (and holding an fd
+        for) every layer below it: the extraction workers' and, as the blobs arrive, the fetch
+        threads' (stream extraction).  Under ``ulimit -n 350`` 250 layers passed the check of one
+        layer's fds, and then the fetch threads, extracting three layers over some 160 below
+        them, failed with "cannot open lower layer …: Too many open files".  A limit that fits
+        fewer than all of them extracts after the download, on fewer workers; one that fits no
+        layer's fds is an ImageError before anything is written."""
+        parallel = self.extract_workers + (self.concurrency if self.stream_extract else 0)
+        slots = open_file_budget(layers - 1, f"{layers} layers",
+                                 "the top layer's snapshot, extracted over the layers below it,", parallel)
+        self._stream = self.stream_extract and slots >= parallel
+        self._extract_workers = min(self.extract_workers, slots)
 
     def _config(self, repos, manifest, manifest_digest):
         cdesc = manifest.config
@@ -601,10 +619,9 @@ class Puller:
         for digest, (d, _) in list(by_digest.items()) + list(extra.items()):
             self.reporter.layer(digest, d.size)
 
-        extract_workers = open_file_budget(len(layer_descs) - 1, f"{len(layer_descs)} layers",
-                                           "the top layer's snapshot, extracted over the layers below it,",
-                                           self.extract_workers)
-        extract_pool = ThreadPoolExecutor(extract_workers, thread_name_prefix="lamina-extract")
+        if self._extract_workers is None:
+            self._extract_slots(len(layer_descs))
+        extract_pool = ThreadPoolExecutor(self._extract_workers, thread_name_prefix="lamina-extract")
         fetch_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="lamina-fetch")
         extract_futures = []
         efl = threading.Lock()
@@ -666,7 +683,7 @@ class Puller:
             try:
                 if existed:
                     rs[0].status = "exists"
-                elif indexes and self.stream_extract:
+                elif indexes and self._stream:
                     i = indexes[0]
                     try:
                         path = self.fetch_and_extract(repos, desc, rs[0], diff_ids[i],

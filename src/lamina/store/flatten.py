@@ -112,6 +112,27 @@ def _give_back_acls(root_fd, dest, taken):
             raise MaterializeError(f"{dest}: cannot set {k} back: {e.strerror}") from None
 
 
+# fds the walk opens besides its levels': the copy workers' queue (two per file, 8 queued and
+# 4 copying), a directory being listed, a file and its copy, a reopening's two
+WALK_RESERVE = 32
+
+
+def _walk_fd_budget():
+    """How many fds the merge's levels may hold (0: no bound).  A level holds one fd per layer
+    that has its directory, so a path 40 deep in 300 layers asked for 12,000 fds and failed
+    with "Too many open files" under ``ulimit -n 1024`` although the root's 600 fitted; the walk
+    gives the shallowest levels' fds up and opens them again when it comes back to them."""
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_now = soft // 2  # no /proc: a guess on the safe side
+    return max(soft - open_now - WALK_RESERVE, 1)
+
+
 def flatten(layer_dirs, dest, *, link=False, workers=None) -> FlattenStats:
     """Merge overlay-format ``layer_dirs`` (bottom first) into the existing empty directory ``dest``."""
     from .._extract import cancelled
@@ -140,7 +161,7 @@ def flatten(layer_dirs, dest, *, link=False, workers=None) -> FlattenStats:
             raise MaterializeError(f"{dest}: {e.strerror}", errno=e.errno) from None
         try:
             inherited = _take_acls(root_fd)
-            walker.run()
+            walker.run(_walk_fd_budget())
             _give_back_acls(root_fd, dest, inherited)
         finally:
             os.close(root_fd)

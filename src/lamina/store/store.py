@@ -24,7 +24,8 @@ from ..apiargs import a_path
 from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import (AmbiguousImageError, BlobNotFoundError, DigestMismatchError, ImageError,
-                      ImageNotFoundError, InvalidReferenceError, LaminaError, NoSuchImageError, StoreError)
+                      ImageNotFoundError, InvalidReferenceError, LaminaError, NoSuchImageError, StoreError, layer_of,
+                      layers_named)
 from ..oci.model import ANNOTATION_REF_NAME
 from ..platform import Platform
 from ..reference import Reference
@@ -378,9 +379,11 @@ class Store:
         if repo_digest is not None:
             _digest.validate(repo_digest, "repo digest")
         image = load_image(self.open_blob, manifest_digest)
-        for layer, chain in zip(image.layers, image.chain_ids):
+        count = len(image.layers)
+        for k, (layer, chain) in enumerate(zip(image.layers, image.chain_ids)):
             if not self.has_blob(layer.digest) and not self.layer_is_compact(chain):
-                raise BlobNotFoundError(f"manifest {manifest_digest}: layer {layer.digest} is not in the store")
+                raise BlobNotFoundError(f"manifest {manifest_digest}: {layer_of(k, count)} ({layer.digest}) "
+                                        "is not in the store")
         # copy, load and pull check first, but a caller of the Store API (ingest, put_blob,
         # add_image, snapshots_for) named a liar over a held layer's snapshot unchecked, and
         # check_layer_blobs trusts every named image to have been checked
@@ -469,8 +472,9 @@ class Store:
         when it was stored, so an up-to-date pull reads nothing."""
         if any(e["digest"] == manifest_digest for e in self.index.read()):
             return
-        _snapshots.verify_shared(self.paths, [layer.digest for layer in layers], diff_ids,
-                                 [layer.media_type for layer in layers])
+        digests = [layer.digest for layer in layers]
+        with _named(digests):
+            _snapshots.verify_shared(self.paths, digests, diff_ids, [layer.media_type for layer in layers])
 
     def snapshots_for(self, image):
         """Layer dirs of an image, bottom first, extracting the missing ones (in parallel).
@@ -480,13 +484,15 @@ class Store:
         if not complete:
             self._check_writable(f"image {image.config_digest[7:19]} has layers not extracted yet")
         self._take_lease(create=not complete)
-        dirs = _snapshots.ensure_all(self.paths, [layer.digest for layer in image.layers], image.diff_ids,
-                                     [layer.media_type for layer in image.layers])
-        if self.writable:
-            for chain in image.chain_ids:
-                self.dedup(chain)
-            if not self.config()["keep-blobs"]:
-                self.compact(image)
+        digests = [layer.digest for layer in image.layers]
+        with _named(digests):
+            dirs = _snapshots.ensure_all(self.paths, digests, image.diff_ids,
+                                         [layer.media_type for layer in image.layers])
+            if self.writable:
+                for chain in image.chain_ids:
+                    self.dedup(chain)
+                if not self.config()["keep-blobs"]:
+                    self.compact(image)
         return dirs
 
     # --- settings and file objects ----------------------------------------------------
@@ -723,6 +729,13 @@ class Store:
                 from .imports import clear_pending
                 clear_pending(self.paths)
         return report
+
+
+def _named(digests):
+    """A snapshot's error names its layer by digest alone, as every image may share it: a Store
+    API caller hears which layer of the image it is too ("layer 2 of 3 (sha256:…): …"), as the
+    verbs say it, unless the caller names the layers itself (load: the archive's image too)."""
+    return layers_named(digests, lambda k: layer_of(k, len(digests)), unless_named=True)
 
 
 def _entry_platform(entry):
