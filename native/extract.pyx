@@ -5988,6 +5988,29 @@ cdef class Extractor:
                 self.hidden_files.discard(p)
         del lst[i:j]
 
+    cdef _forget_hidden_through(self, bytes parent, bytes hidden, object name):
+        """A whiteout (of ``hidden``) or an opaque marker (``hidden`` empty) in a directory
+        reached through a symlink (``l -> b``, then ``l/.wh.a``) acts where the link leads: the
+        files skipped there are gone too, for a later hardlink (skipped or written) as for one
+        on the paths that write every entry.  Where the link leads nowhere on disk (to a
+        directory skipped as hidden, say), what it removes is unknown here: the plain way."""
+        cdef int fd
+        if self.overlay or not parent or self._no_symlinks_to(parent):
+            return
+        fd = self._open_in_root(parent)
+        if fd < 0:
+            raise HiddenLinkTarget(f"entry {_show(name)}: a whiteout through {_show(parent)}, "
+                                   f"which leads to no directory with files skipped as hidden")
+        try:
+            real = self._real_path(fd, parent)
+        finally:
+            close(fd)
+        if real != parent:
+            if hidden:
+                self._forget_hidden(real + b"/" + hidden if real else hidden, True)
+            else:
+                self._forget_hidden(real, False)
+
     cdef _whiteout(self, bytes path, Py_ssize_t slash, bytes base, bytes name):
         cdef int pfd
         cdef bint found
@@ -6010,6 +6033,7 @@ cdef class Extractor:
                 return
             if self.hidden_files:
                 self._forget_hidden(parent, False)
+                self._forget_hidden_through(parent, b"", name)
             self._opaque(parent, name)
             return
         hidden = base[4:]
@@ -6033,6 +6057,7 @@ cdef class Extractor:
             return
         if self.hidden_files:
             self._forget_hidden(target, True)
+            self._forget_hidden_through(parent, hidden, name)
         if self.overlay:
             if self.wh_pending and self._touches_pending(target):
                 self._load_lowers(f"entry {_show(name)}: a whiteout where one of this layer waits for the layers below")

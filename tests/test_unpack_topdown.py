@@ -315,3 +315,42 @@ def test_a_hidden_hardlink_to_a_symlink_is_written_as_a_symlink_is(tmp_path, cas
     tree = assert_agree(results, context=describe(raws))
     assert tree is not None, results
     assert "t" in tree.entries and tree.entries["t"].type == "file"
+
+
+THROUGH_A_SYMLINK_TO_SKIPPED_FILES = {
+    # test_fuzz_topdown.py's probe: the whiteout l/.wh.a removes b/a (l -> b), which the layer
+    # below skipped as hidden; the link h => b/a (skipped too: the top layer hides h) then
+    # counted b/a as still there, where every path that writes it finds nothing
+    "whiteout, own symlink": [lambda t: t.dir("b").file("b/a", b"x"),
+                              lambda t: t.symlink("l", "b").whiteout("l/a").hardlink("h", "b/a"),
+                              lambda t: t.file("b/a", b"top").file("h", b"top")],
+    "whiteout, lower symlink": [lambda t: t.dir("b").file("b/a", b"x").symlink("l", "b"),
+                                lambda t: t.whiteout("l/a").hardlink("h", "b/a"),
+                                lambda t: t.file("b/a", b"top").file("h", b"top")],
+    "opaque marker, lower symlink": [lambda t: t.dir("b").file("b/a", b"x").symlink("l", "b"),
+                                     lambda t: t.opaque("l").hardlink("h", "b/a"),
+                                     lambda t: t.file("b/a", b"top").file("h", b"top")],
+    # the symlink leads to a directory skipped whole (the top layer whites out b): not on disk
+    "whiteout, to a skipped directory": [lambda t: t.dir("b").file("b/a", b"x"),
+                                         lambda t: t.symlink("l", "b").whiteout("l/a").hardlink("h", "b/a"),
+                                         lambda t: t.whiteout("b").file("h", b"top")],
+    # the link in a layer above the whiteout's
+    "whiteout, link a layer up": [lambda t: t.dir("b").file("b/a", b"x").symlink("l", "b"),
+                                  lambda t: t.whiteout("l/a"),
+                                  lambda t: t.hardlink("h", "b/a"),
+                                  lambda t: t.file("b/a", b"top").file("h", b"top")],
+}
+
+
+@pytest.mark.parametrize("case", list(THROUGH_A_SYMLINK_TO_SKIPPED_FILES))
+def test_a_whiteout_through_a_symlink_removes_the_skipped_files_it_reaches(tmp_path, case):
+    """A whiteout or opaque marker reached through a symlink removes what is where the link
+    leads: a file skipped there as hidden is gone, and a hardlink to it fails, skipped or not,
+    as on the paths that write every entry."""
+    from everypath import assert_agree, describe, run_paths
+    from tarbuild import Tar
+    raws = [make(Tar()).bytes() for make in THROUGH_A_SYMLINK_TO_SKIPPED_FILES[case]]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
+    assert_agree(results, context=describe(raws))
+    assert all(isinstance(r, Exception) for r in results.values()), results
+    assert "hardlink target 'b/a' not found" in str(results["dir-topdown"])
