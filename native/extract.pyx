@@ -272,6 +272,24 @@ cdef inline bint _has_wh_component(bytes b, Py_ssize_t n):
         p += 1
 
 
+cdef inline bint _long_component(bytes b):
+    """Whether a component of ``b`` is longer than a filesystem names (NAME_MAX, 255 bytes)."""
+    cdef const char *s = b
+    cdef const char *p = s
+    cdef const char *q
+    cdef const char *end = s + len(b)
+    if end - s <= 255:
+        return False
+    while p < end:
+        q = <const char *>memchr(p, c'/', end - p)
+        if q == NULL:
+            q = end
+        if q - p > 255:
+            return True
+        p = q + 1
+    return False
+
+
 cdef inline bint _one_below(bytes path, bytes top):
     """Whether ``path`` is ``top`` and one more component ("" is the root)."""
     cdef Py_ssize_t n = len(top), m = len(path)
@@ -4028,6 +4046,8 @@ cdef class Extractor:
             self._load_lowers(f"entry {_show(name)}: it meets a whiteout of this layer, which waits for them")
         if (self.hide_at is not None and kind != K_SYMLINK and self._is_hidden(path)
                 and not (kind == K_LINK and self._links_a_symlink(link, name))
+                # a name no filesystem takes fails its entry, written: skipped, it must too
+                and not _long_component(path)
                 and self._no_symlinks_to(path[:slash] if slash > 0 else b"")
                 # an entry replaces a symlink at its path (the layer's own ``b -> .``, then ``b/``;
                 # a lower layer's ``L -> T``, then a file ``L``): skipped, the link would stay and lead

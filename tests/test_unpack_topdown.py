@@ -354,3 +354,26 @@ def test_a_whiteout_through_a_symlink_removes_the_skipped_files_it_reaches(tmp_p
     assert_agree(results, context=describe(raws))
     assert all(isinstance(r, Exception) for r in results.values()), results
     assert "hardlink target 'b/a' not found" in str(results["dir-topdown"])
+
+
+LONG = "x" * 256  # a component longer than NAME_MAX
+
+
+@pytest.mark.parametrize("case", ["file", "under-a-directory", "directory"])
+def test_a_hidden_entry_with_a_name_no_filesystem_takes_fails_as_written(tmp_path, case):
+    """Written, an entry with a component of 256 bytes fails (ENAMETOOLONG) on every path; the
+    top-down unpack skipped it as hidden (the top layer whites out b) and succeeded."""
+    from everypath import assert_agree, describe, run_paths
+    from tarbuild import Tar
+    lower = Tar()
+    if case == "file":
+        lower.pax({"path": f"b/{LONG}"}).file("b/short", b"1")
+    elif case == "under-a-directory":
+        lower.pax({"path": f"b/{LONG}/f"}).file("b/short/f", b"1")
+    else:
+        lower.pax({"path": f"b/{LONG}/"}).dir("b/short")
+    raws = [lower.file("keep", b"k").bytes(), Tar().whiteout("b").bytes()]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
+    assert_agree(results, context=describe(raws))
+    assert all(isinstance(r, Exception) for r in results.values()), results
+    assert "File name too long" in str(results["dir-topdown"]), results["dir-topdown"]
