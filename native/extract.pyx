@@ -4036,11 +4036,20 @@ cdef class Extractor:
             return
         if self.scan_only:
             self._scan_dirs(path, slash, kind == K_DIR)
-            # a device node without root is not made, so it replaces nothing below (see below)
-            if kind != K_DIR and not ((kind == K_CHR or kind == K_BLK) and not self.is_root):
-                self._scan_hides(self.scan_at, path)
+            # a device node without root is not made, so it replaces nothing below (see below),
+            # nor is a hardlink to one (_hardlink): ``b/c => b/c`` over such a node left the
+            # lower b/c in place, which the scan had hidden and the layer below skipped
             if kind == K_LINK:
-                self._normalize(link)  # the same checks as a real extraction
+                target = self._normalize(link)  # the same checks as a real extraction
+                if self.unmade_devices and target in self.unmade_devices:
+                    self.unmade_devices.add(path)
+                    return
+            if self.unmade_devices:
+                self.unmade_devices.discard(path)
+            if (kind == K_CHR or kind == K_BLK) and not self.is_root:
+                self.unmade_devices.add(path)
+            elif kind != K_DIR:
+                self._scan_hides(self.scan_at, path)
             return
         if self.wh_pending and (self._touches_pending(path) or (kind == K_LINK and self._link_touches_pending(link))):
             self._load_lowers(f"entry {_show(name)}: it meets a whiteout of this layer, which waits for them")

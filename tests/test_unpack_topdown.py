@@ -377,3 +377,35 @@ def test_a_hidden_entry_with_a_name_no_filesystem_takes_fails_as_written(tmp_pat
     assert_agree(results, context=describe(raws))
     assert all(isinstance(r, Exception) for r in results.values()), results
     assert "File name too long" in str(results["dir-topdown"]), results["dir-topdown"]
+
+
+@pytest.mark.parametrize("case", ["link-to-itself", "link-to-the-node"])
+def test_a_hardlink_to_a_device_node_nobody_cannot_make_hides_nothing(case):
+    """Without root a device node is not made, nor a hardlink to one: ``b/c => b/c`` over the
+    layer's char device leaves the lower b/c where it is.  The scan of that layer counted the
+    link as hiding b/c, and the top-down unpack skipped the lower b/c: it was missing (the
+    rootless top-down fuzzer's seed 41010)."""
+    import json
+    import shutil
+    from everypath import describe, write_image
+    from layerkit import run_as_nobody, world_tmpdir
+    from tarbuild import Tar
+    from test_fuzz_topdown import ROOTLESS
+    upper = Tar().chardev("b/c", 1, 3).hardlink("b/c", "b/c") if case == "link-to-itself" else \
+        Tar().chardev("n", 1, 3).hardlink("b/c", "n")
+    raws = [Tar().file("l/a", b"22", mode=0o755).hardlink("b/c", "l/a").bytes(), upper.bytes()]
+    base = world_tmpdir()
+    try:
+        layout = write_image(os.path.join(base, "layout"), raws)
+        work = os.path.join(base, "work")
+        os.mkdir(work)
+        os.chown(work, 65534, 65534)
+        proc = run_as_nobody(ROOTLESS, json.dumps([{"src": f"oci:{layout}:img", "work": work, "cap": None}]))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        res = json.loads(proc.stdout.strip().splitlines()[-1])[0]
+        assert res["dir"] == res["dir-topdown"] == "ok", res
+        trees = {n: snapshot(os.path.join(work, n)) for n in ("dir", "dir-topdown")}
+        assert "b/c" in trees["dir"].entries, describe(raws)
+        assert_same(trees["dir"], trees["dir-topdown"], labels=("dir", "dir-topdown"), context=describe(raws))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
