@@ -409,3 +409,18 @@ def test_a_hardlink_to_a_device_node_nobody_cannot_make_hides_nothing(case):
         assert_same(trees["dir"], trees["dir-topdown"], labels=("dir", "dir-topdown"), context=describe(raws))
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_bad_lower_layer_is_the_one_named_though_an_upper_one_is_bad_too(tmp_path):
+    """The plain unpack fails at the first bad layer from the bottom.  The top-down one scanned
+    the upper layers first and named the top one (a hardlink ``.``, refused), not the middle
+    one's link to nothing (the rootless top-down fuzzer's seed 41010).  A scan's failure now
+    leaves the layer to fail as it is written, in the plain way's order."""
+    from everypath import describe, run_paths
+    from tarbuild import Tar
+    from test_fuzz_topdown import agree
+    raws = [Tar().file("a", b"a").bytes(), Tar().hardlink("h", "missing").bytes(), Tar().hardlink(".", "a").bytes()]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "registry-unpack"))
+    assert all(isinstance(r, Exception) for r in results.values()), results
+    assert "layer 2 of 3" in str(results["dir"]) and "'missing' not found" in str(results["dir"]), results["dir"]
+    agree(results, tmp_path, describe(raws))
