@@ -66,9 +66,12 @@ def entry(draw, written):
     meta["mtime"] = draw(st.sampled_from(TIMES))
     xattrs = draw(st.sampled_from(XATTRS))
     if kind == "file":
-        op = ("file", path, draw(st.sampled_from([b"", b"1", b"22"])), draw(st.sampled_from([0o644, 0o600, 0o4755])))
+        # (modes that shut the owner out matter without root: nobody's paths open them up)
+        op = ("file", path, draw(st.sampled_from([b"", b"1", b"22"])),
+              draw(st.sampled_from([0o644, 0o600, 0o4755, 0o000, 0o200])))
     elif kind == "dir":
-        op = ("dir", draw(st.sampled_from(DIRS + [path])), draw(st.sampled_from([0o755, 0o700, 0o1777, 0o2750])))
+        op = ("dir", draw(st.sampled_from(DIRS + [path])),
+              draw(st.sampled_from([0o755, 0o700, 0o1777, 0o2750, 0o555, 0o000, 0o300])))
     elif kind == "symlink":
         op = ("symlink", path, draw(st.sampled_from(LINK_TARGETS)))
     elif kind == "hardlink":
