@@ -272,6 +272,24 @@ cdef inline bint _has_wh_component(bytes b, Py_ssize_t n):
         p += 1
 
 
+cdef inline bint _long_component(bytes b):
+    """Whether a component of ``b`` is longer than a filesystem names (NAME_MAX, 255 bytes)."""
+    cdef const char *s = b
+    cdef const char *p = s
+    cdef const char *q
+    cdef const char *end = s + len(b)
+    if end - s <= 255:
+        return False
+    while p < end:
+        q = <const char *>memchr(p, c'/', end - p)
+        if q == NULL:
+            q = end
+        if q - p > 255:
+            return True
+        p = q + 1
+    return False
+
+
 cdef inline bint _one_below(bytes path, bytes top):
     """Whether ``path`` is ``top`` and one more component ("" is the root)."""
     cdef Py_ssize_t n = len(top), m = len(path)
@@ -4018,16 +4036,27 @@ cdef class Extractor:
             return
         if self.scan_only:
             self._scan_dirs(path, slash, kind == K_DIR)
-            # a device node without root is not made, so it replaces nothing below (see below)
-            if kind != K_DIR and not ((kind == K_CHR or kind == K_BLK) and not self.is_root):
-                self._scan_hides(self.scan_at, path)
+            # a device node without root is not made, so it replaces nothing below (see below),
+            # nor is a hardlink to one (_hardlink): ``b/c => b/c`` over such a node left the
+            # lower b/c in place, which the scan had hidden and the layer below skipped
             if kind == K_LINK:
-                self._normalize(link)  # the same checks as a real extraction
+                target = self._normalize(link)  # the same checks as a real extraction
+                if self.unmade_devices and target in self.unmade_devices:
+                    self.unmade_devices.add(path)
+                    return
+            if self.unmade_devices:
+                self.unmade_devices.discard(path)
+            if (kind == K_CHR or kind == K_BLK) and not self.is_root:
+                self.unmade_devices.add(path)
+            elif kind != K_DIR:
+                self._scan_hides(self.scan_at, path)
             return
         if self.wh_pending and (self._touches_pending(path) or (kind == K_LINK and self._link_touches_pending(link))):
             self._load_lowers(f"entry {_show(name)}: it meets a whiteout of this layer, which waits for them")
         if (self.hide_at is not None and kind != K_SYMLINK and self._is_hidden(path)
                 and not (kind == K_LINK and self._links_a_symlink(link, name))
+                # a name no filesystem takes fails its entry, written: skipped, it must too
+                and not _long_component(path)
                 and self._no_symlinks_to(path[:slash] if slash > 0 else b"")
                 # an entry replaces a symlink at its path (the layer's own ``b -> .``, then ``b/``;
                 # a lower layer's ``L -> T``, then a file ``L``): skipped, the link would stay and lead
@@ -5988,6 +6017,29 @@ cdef class Extractor:
                 self.hidden_files.discard(p)
         del lst[i:j]
 
+    cdef _forget_hidden_through(self, bytes parent, bytes hidden, object name):
+        """A whiteout (of ``hidden``) or an opaque marker (``hidden`` empty) in a directory
+        reached through a symlink (``l -> b``, then ``l/.wh.a``) acts where the link leads: the
+        files skipped there are gone too, for a later hardlink (skipped or written) as for one
+        on the paths that write every entry.  Where the link leads nowhere on disk (to a
+        directory skipped as hidden, say), what it removes is unknown here: the plain way."""
+        cdef int fd
+        if self.overlay or not parent or self._no_symlinks_to(parent):
+            return
+        fd = self._open_in_root(parent)
+        if fd < 0:
+            raise HiddenLinkTarget(f"entry {_show(name)}: a whiteout through {_show(parent)}, "
+                                   f"which leads to no directory with files skipped as hidden")
+        try:
+            real = self._real_path(fd, parent)
+        finally:
+            close(fd)
+        if real != parent:
+            if hidden:
+                self._forget_hidden(real + b"/" + hidden if real else hidden, True)
+            else:
+                self._forget_hidden(real, False)
+
     cdef _whiteout(self, bytes path, Py_ssize_t slash, bytes base, bytes name):
         cdef int pfd
         cdef bint found
@@ -6010,6 +6062,7 @@ cdef class Extractor:
                 return
             if self.hidden_files:
                 self._forget_hidden(parent, False)
+                self._forget_hidden_through(parent, b"", name)
             self._opaque(parent, name)
             return
         hidden = base[4:]
@@ -6033,6 +6086,7 @@ cdef class Extractor:
             return
         if self.hidden_files:
             self._forget_hidden(target, True)
+            self._forget_hidden_through(parent, hidden, name)
         if self.overlay:
             if self.wh_pending and self._touches_pending(target):
                 self._load_lowers(f"entry {_show(name)}: a whiteout where one of this layer waits for the layers below")

@@ -315,3 +315,112 @@ def test_a_hidden_hardlink_to_a_symlink_is_written_as_a_symlink_is(tmp_path, cas
     tree = assert_agree(results, context=describe(raws))
     assert tree is not None, results
     assert "t" in tree.entries and tree.entries["t"].type == "file"
+
+
+THROUGH_A_SYMLINK_TO_SKIPPED_FILES = {
+    # test_fuzz_topdown.py's probe: the whiteout l/.wh.a removes b/a (l -> b), which the layer
+    # below skipped as hidden; the link h => b/a (skipped too: the top layer hides h) then
+    # counted b/a as still there, where every path that writes it finds nothing
+    "whiteout, own symlink": [lambda t: t.dir("b").file("b/a", b"x"),
+                              lambda t: t.symlink("l", "b").whiteout("l/a").hardlink("h", "b/a"),
+                              lambda t: t.file("b/a", b"top").file("h", b"top")],
+    "whiteout, lower symlink": [lambda t: t.dir("b").file("b/a", b"x").symlink("l", "b"),
+                                lambda t: t.whiteout("l/a").hardlink("h", "b/a"),
+                                lambda t: t.file("b/a", b"top").file("h", b"top")],
+    "opaque marker, lower symlink": [lambda t: t.dir("b").file("b/a", b"x").symlink("l", "b"),
+                                     lambda t: t.opaque("l").hardlink("h", "b/a"),
+                                     lambda t: t.file("b/a", b"top").file("h", b"top")],
+    # the symlink leads to a directory skipped whole (the top layer whites out b): not on disk
+    "whiteout, to a skipped directory": [lambda t: t.dir("b").file("b/a", b"x"),
+                                         lambda t: t.symlink("l", "b").whiteout("l/a").hardlink("h", "b/a"),
+                                         lambda t: t.whiteout("b").file("h", b"top")],
+    # the link in a layer above the whiteout's
+    "whiteout, link a layer up": [lambda t: t.dir("b").file("b/a", b"x").symlink("l", "b"),
+                                  lambda t: t.whiteout("l/a"),
+                                  lambda t: t.hardlink("h", "b/a"),
+                                  lambda t: t.file("b/a", b"top").file("h", b"top")],
+}
+
+
+@pytest.mark.parametrize("case", list(THROUGH_A_SYMLINK_TO_SKIPPED_FILES))
+def test_a_whiteout_through_a_symlink_removes_the_skipped_files_it_reaches(tmp_path, case):
+    """A whiteout or opaque marker reached through a symlink removes what is where the link
+    leads: a file skipped there as hidden is gone, and a hardlink to it fails, skipped or not,
+    as on the paths that write every entry."""
+    from everypath import assert_agree, describe, run_paths
+    from tarbuild import Tar
+    raws = [make(Tar()).bytes() for make in THROUGH_A_SYMLINK_TO_SKIPPED_FILES[case]]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
+    assert_agree(results, context=describe(raws))
+    assert all(isinstance(r, Exception) for r in results.values()), results
+    assert "hardlink target 'b/a' not found" in str(results["dir-topdown"])
+
+
+LONG = "x" * 256  # a component longer than NAME_MAX
+
+
+@pytest.mark.parametrize("case", ["file", "under-a-directory", "directory"])
+def test_a_hidden_entry_with_a_name_no_filesystem_takes_fails_as_written(tmp_path, case):
+    """Written, an entry with a component of 256 bytes fails (ENAMETOOLONG) on every path; the
+    top-down unpack skipped it as hidden (the top layer whites out b) and succeeded."""
+    from everypath import assert_agree, describe, run_paths
+    from tarbuild import Tar
+    lower = Tar()
+    if case == "file":
+        lower.pax({"path": f"b/{LONG}"}).file("b/short", b"1")
+    elif case == "under-a-directory":
+        lower.pax({"path": f"b/{LONG}/f"}).file("b/short/f", b"1")
+    else:
+        lower.pax({"path": f"b/{LONG}/"}).dir("b/short")
+    raws = [lower.file("keep", b"k").bytes(), Tar().whiteout("b").bytes()]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
+    assert_agree(results, context=describe(raws))
+    assert all(isinstance(r, Exception) for r in results.values()), results
+    assert "File name too long" in str(results["dir-topdown"]), results["dir-topdown"]
+
+
+@pytest.mark.parametrize("case", ["link-to-itself", "link-to-the-node"])
+def test_a_hardlink_to_a_device_node_nobody_cannot_make_hides_nothing(case):
+    """Without root a device node is not made, nor a hardlink to one: ``b/c => b/c`` over the
+    layer's char device leaves the lower b/c where it is.  The scan of that layer counted the
+    link as hiding b/c, and the top-down unpack skipped the lower b/c: it was missing (the
+    rootless top-down fuzzer's seed 41010)."""
+    import json
+    import shutil
+    from everypath import describe, write_image
+    from layerkit import run_as_nobody, world_tmpdir
+    from tarbuild import Tar
+    from test_fuzz_topdown import ROOTLESS
+    upper = Tar().chardev("b/c", 1, 3).hardlink("b/c", "b/c") if case == "link-to-itself" else \
+        Tar().chardev("n", 1, 3).hardlink("b/c", "n")
+    raws = [Tar().file("l/a", b"22", mode=0o755).hardlink("b/c", "l/a").bytes(), upper.bytes()]
+    base = world_tmpdir()
+    try:
+        layout = write_image(os.path.join(base, "layout"), raws)
+        work = os.path.join(base, "work")
+        os.mkdir(work)
+        os.chown(work, 65534, 65534)
+        proc = run_as_nobody(ROOTLESS, json.dumps([{"src": f"oci:{layout}:img", "work": work, "cap": None}]))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        res = json.loads(proc.stdout.strip().splitlines()[-1])[0]
+        assert res["dir"] == res["dir-topdown"] == "ok", res
+        trees = {n: snapshot(os.path.join(work, n)) for n in ("dir", "dir-topdown")}
+        assert "b/c" in trees["dir"].entries, describe(raws)
+        assert_same(trees["dir"], trees["dir-topdown"], labels=("dir", "dir-topdown"), context=describe(raws))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_bad_lower_layer_is_the_one_named_though_an_upper_one_is_bad_too(tmp_path):
+    """The plain unpack fails at the first bad layer from the bottom.  The top-down one scanned
+    the upper layers first and named the top one (a hardlink ``.``, refused), not the middle
+    one's link to nothing (the rootless top-down fuzzer's seed 41010).  A scan's failure now
+    leaves the layer to fail as it is written, in the plain way's order."""
+    from everypath import describe, run_paths
+    from tarbuild import Tar
+    from test_fuzz_topdown import agree
+    raws = [Tar().file("a", b"a").bytes(), Tar().hardlink("h", "missing").bytes(), Tar().hardlink(".", "a").bytes()]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "registry-unpack"))
+    assert all(isinstance(r, Exception) for r in results.values()), results
+    assert "layer 2 of 3" in str(results["dir"]) and "'missing' not found" in str(results["dir"]), results["dir"]
+    agree(results, tmp_path, describe(raws))

@@ -182,10 +182,16 @@ def _scan_upper_layers(layers, limits):
         if layer.size is None or not under or layer.size > SCAN_FRACTION * under:
             continue
         trace.event("scan", layer=k)
-        with _naming_the_layer(layer, len(layers)), layer.open() as f:
-            _, hides = scan_layer(f, digest=layer.digest, diff_id=layer.diff_id, media_type=layer.media_type,
-                                  limits=limits, name=_layer_name(layer, len(layers)),
-                                  max_paths=max(0, SCAN_MAX_PATHS - len(at) - len(below)))
+        try:
+            with _naming_the_layer(layer, len(layers)), layer.open() as f:
+                _, hides = scan_layer(f, digest=layer.digest, diff_id=layer.diff_id, media_type=layer.media_type,
+                                      limits=limits, name=_layer_name(layer, len(layers)),
+                                      max_paths=max(0, SCAN_MAX_PATHS - len(at) - len(below)))
+        except LaminaError:
+            # Not scanned: its error comes as it is written, after those of the layers below
+            # (the plain way's order: a bad lower layer is the one named, as on every path).
+            trace.event("scanned", layer=k, failed=True)
+            continue
         trace.event("scanned", layer=k, overflow=hides is None)
         if hides is None:
             continue  # too many paths to keep: its whiteouts apply as it is written
