@@ -147,16 +147,7 @@ def _apply(layer, count, target, format, limits, hidden=None, lower_dirs=None, d
 
 def _apply_flat(layers, root, limits):
     # Order matters: each layer's whiteouts delete what the layers below wrote.
-    try:
-        at, below = _scan_upper_layers(layers, limits)
-    except (Interrupted, Cancelled):
-        raise
-    except LaminaError:
-        # An upper layer the scan refuses (a diffID mismatch, a broken tar) would be named
-        # where every other path, going up from the bottom, names a bad layer below it (an
-        # image of reordered diffIDs: layer 2 here, layer 1 there): the plain way names the
-        # lowest, and refuses the scanned one again if the layers below it are sound.
-        at, below = {}, {}
+    at, below = _scan_upper_layers(layers, limits)
     if not at and not below:
         return [_apply(layer, len(layers), root, "dir", limits) for layer in layers]
     try:
@@ -187,9 +178,12 @@ def _scan_upper_layers(layers, limits):
                 _, hides = scan_layer(f, digest=layer.digest, diff_id=layer.diff_id, media_type=layer.media_type,
                                       limits=limits, name=_layer_name(layer, len(layers)),
                                       max_paths=max(0, SCAN_MAX_PATHS - len(at) - len(below)))
+        except (Interrupted, Cancelled):
+            raise
         except LaminaError:
             # Not scanned: its error comes as it is written, after those of the layers below
-            # (the plain way's order: a bad lower layer is the one named, as on every path).
+            # (the plain way's order: a bad lower layer is the one named, as on every path;
+            # an image of reordered diffIDs named layer 2 here, layer 1 there).
             trace.event("scanned", layer=k, failed=True)
             continue
         trace.event("scanned", layer=k, overflow=hides is None)
