@@ -39,7 +39,9 @@ CHROOT_PIP="setuptools>=61 wheel Cython>=3.0 isal>=1.5 zstandard>=0.21 rich>=12 
 SUBSET=(test_native.py test_tar_formats.py test_security.py test_resolver.py test_unpack.py
         test_conformance_umoci.py test_overlay.py test_mount_api.py test_store_core.py
         test_registry_pull.py test_documents.py test_registry_units.py test_digest.py test_platform.py
-        test_unpack_topdown.py)
+        test_unpack_topdown.py
+        # strace cannot trace a process qemu-user runs (no ptrace there); the x86_64 run has it
+        --deselect test_native.py::test_apply_atomic_exchanges_dest_by_name_under_its_parent_fd)
 
 log() { echo "arm64: $*" >&2; }
 
