@@ -28,7 +28,7 @@ from libc.errno cimport (errno, EEXIST, EMLINK, EOPNOTSUPP, ENOTTY, EXDEV, EINVA
                          ETXTBSY, EIO, ERANGE, EINTR, ENOMEM, ENAMETOOLONG, ESTALE)
 from libc.stdint cimport uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
-from libc.string cimport strlen, memcpy, strcmp, strncmp, strerror, strchr
+from libc.string cimport strlen, memcpy, strcmp, strncmp, strerror, strchr, strrchr
 from posix.time cimport timespec
 from posix.types cimport mode_t, uid_t, gid_t, dev_t, off_t
 from posix.unistd cimport lseek, SEEK_SET
@@ -1156,36 +1156,22 @@ cdef str _text(const char *s):
 
 cdef int _linkat_walked(int root, const char *path, int dfd, const char *name) noexcept nogil:
     """linkat(2) of ``path`` under ``root``, its directories opened one at a time
-    (``O_NOFOLLOW``): an earlier name of a hardlink group may lie deeper than PATH_MAX (a
-    symlink of the image led its layer there).  -1 with errno set on failure."""
-    cdef int fd = dup(root), nfd, r, e
-    cdef const char *p = path
-    cdef const char *slash
-    cdef char comp[256]
-    cdef size_t n
+    (``O_NOFOLLOW``, _open_walked): an earlier name of a hardlink group may lie deeper than
+    PATH_MAX (a symlink of the image led its layer there).  -1 with errno set on failure."""
+    cdef const char *slash = strrchr(path, b'/')
+    cdef size_t n = <size_t>(slash - path) if slash != NULL else 0
+    cdef char *parent = <char *>malloc(n + 1)
+    cdef int fd, r, e
+    if parent == NULL:
+        lamina_set_errno(ENOMEM)
+        return -1
+    memcpy(parent, path, n)
+    parent[n] = 0
+    fd = _open_walked(root, parent)
+    free(parent)
     if fd < 0:
         return -1
-    while True:
-        slash = strchr(p, b'/')
-        if slash == NULL:
-            break
-        n = <size_t>(slash - p)
-        if n >= sizeof(comp):
-            close(fd)
-            lamina_set_errno(ENAMETOOLONG)
-            return -1
-        if n:
-            memcpy(comp, p, n)
-            comp[n] = 0
-            nfd = openat(fd, comp, DIR_FLAGS)
-            e = errno
-            close(fd)
-            if nfd < 0:
-                lamina_set_errno(e)
-                return -1
-            fd = nfd
-        p = slash + 1
-    r = linkat(fd, p, dfd, name, 0)
+    r = linkat(fd, slash + 1 if slash != NULL else path, dfd, name, 0)
     e = errno
     close(fd)
     lamina_set_errno(e)
