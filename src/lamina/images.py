@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .apiargs import a_flag, a_path
+from .apiargs import a_flag, a_path, a_store
 from .errors import ImageError, InvalidReferenceError, LaminaError
 from .reference import Reference
 
@@ -132,13 +132,6 @@ def parse_filters(values, allowed=IMAGE_FILTERS):
             raise LaminaError(f"invalid filter '{key}'")
         out.setdefault(key, []).append(val)
     return out
-
-
-def _a_store(store):
-    """The API's functions take the Store first; anything else failed deep inside them
-    ("'int' object has no attribute 'images'"), naming no argument."""
-    from .apiargs import a_store
-    a_store(store)
 
 
 def _check_filters(filters, allowed):
@@ -308,7 +301,7 @@ class ImageSummary:
 def ls(store, filters=None, *, sizes=None, use=None):
     """The images ``lamina images`` lists, newest first.  ``filters``: {key: [values]} or a
     list of docker's "key=value" strings (dangling, reference, label, before, since, until)."""
-    _a_store(store)
+    a_store(store)
     if isinstance(filters, (list, tuple)):
         filters = parse_filters(filters)
     filters = _check_filters(filters, IMAGE_FILTERS)
@@ -362,7 +355,7 @@ class ImageDetails:
 
 def inspect(store, ref, *, sizes=None):
     """ImageDetails of the image ``ref`` names (name[:tag], name@digest, ID or ID prefix)."""
-    _a_store(store)
+    a_store(store)
     image = store.resolve(ref)
     sizes = sizes or Sizes(store)
     index_digest, stored = store.platforms(image)
@@ -393,7 +386,7 @@ class HistoryItem:
 def history(store, ref, *, sizes=None):
     """The image's build steps, newest first; an image whose config has no history gets one
     row per layer (docker shows none)."""
-    _a_store(store)
+    a_store(store)
     from .timefmt import parse_rfc3339
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     sizes = list((sizes or Sizes(store, [image])).layer_sizes(image))
@@ -428,7 +421,7 @@ def history(store, ref, *, sizes=None):
 
 def tag(store, source, target):
     """Give the image ``source`` names the name ``target`` (docker tag).  Returns the store.Image."""
-    _a_store(store)
+    a_store(store)
     image = store.resolve(source)
     parsed = Reference.parse(target)
     if parsed.digest:
@@ -479,7 +472,7 @@ def remove(store, ref, *, force=False, prune=True):
     Refuses (LaminaError, docker's "conflict: ...") an image in use by a mount or bundle,
     or an ID several repositories name, unless ``force``.  With ``prune`` the layers no
     image needs any more are deleted now.  Returns RemoveResult."""
-    _a_store(store)
+    a_store(store)
     a_flag(force, "force")
     a_flag(prune, "prune")
     from .store.store import name_of
@@ -552,7 +545,7 @@ def collect_unused(store, result):
 def prune(store, *, all=False, filters=None):
     """docker's image prune: remove dangling images (``all``: every image no mount or bundle
     uses), then the content nothing needs.  ``filters``: until, label, label!.  RemoveResult."""
-    _a_store(store)
+    a_store(store)
     a_flag(all, "all")
     if isinstance(filters, (list, tuple)):
         filters = parse_filters(filters, PRUNE_FILTERS)
@@ -623,7 +616,7 @@ def directory_usage(path):
 
 def disk_usage(store):
     """DiskUsage of the store (``lamina system df``)."""
-    _a_store(store)
+    a_store(store)
     from .store.gc import unreferenced
     images = store.images()
     sizes = Sizes(store, images, file_level=True)
@@ -684,7 +677,7 @@ def _blob_size(store, digest):
 
 def mounts(store):
     """The mount records (each with ``mounted``: whether the kernel mount is present)."""
-    _a_store(store)
+    a_store(store)
     from .store.mounts import mounts as records
     return records(store)
 
@@ -692,7 +685,7 @@ def mounts(store):
 def mount(store, ref, target, *, rw=False, suid=False):
     """Mount the image with overlayfs at ``target`` (read-only unless ``rw``; nosuid unless ``suid``).
     Returns the record."""
-    _a_store(store)
+    a_store(store)
     a_path(target, "target", "a mount point's path")
     a_flag(rw, "rw")
     a_flag(suid, "suid")
@@ -701,7 +694,7 @@ def mount(store, ref, target, *, rw=False, suid=False):
 
 
 def umount(store, target, *, lazy=False):
-    _a_store(store)
+    a_store(store)
     a_path(target, "target", "a mount point's path")
     a_flag(lazy, "lazy")
     from .store.mounts import umount as do_umount
@@ -711,7 +704,7 @@ def umount(store, target, *, lazy=False):
 def unpack(store, ref, dest, *, bundle=False, link=False, platform=None):
     """An image of the store as a rootfs at ``dest`` (or an OCI runtime bundle).
     Returns (store.Image, stats)."""
-    _a_store(store)
+    a_store(store)
     a_path(dest, "dest", "a directory's path")
     a_flag(bundle, "bundle")
     a_flag(link, "link")

@@ -1699,10 +1699,11 @@ def find_files(store, blake3=None, path=None):
 
     ``path`` is matched against the path in the layer (leading '/' optional).
     """
+    from ..apiargs import a_name
     for what, v, kind in (("blake3", blake3, "a BLAKE3 digest in hex"), ("path", path, "a path in the layers")):
-        if v is not None and not isinstance(v, str):
+        if v is not None:
             # path=5 failed with "'int' object has no attribute 'lstrip'", blake3=5 matched nothing
-            raise TypeError(f"find_files: {what}: {kind} (a str), not {v!r}")
+            a_name(v, f"find_files: {what}", f"{kind} (a str)")
     if blake3 is None and path is None:
         raise ValueError("give blake3, path or both")
     want_path = path.lstrip("/") if path is not None else None
