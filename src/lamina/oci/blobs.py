@@ -520,7 +520,9 @@ class TarArchive:
     def member(self, name):
         info, why = self._resolve(member_name(name))
         if info is None:
-            raise BlobNotFoundError(why or f"{name} not found in {self.path}")
+            e = BlobNotFoundError(why or f"{name} not found in {self.path}")
+            e.dangling = why is not None   # a link the archive holds, its error led by the archive's name
+            raise e
         return info
 
     def size(self, name):

@@ -192,7 +192,7 @@ class DockerArchive(Source):
             try:
                 size = self.archive.size(name)
             except BlobNotFoundError as e:
-                if str(e) != f"{name} not found in {self.archive.path}":
+                if getattr(e, "dangling", False):
                     raise  # a link's ("ARCHIVE: member NAME is a symlink to …"): led by the archive
                 # led by the archive's name and saying which layer, as the layout form's error and
                 # every other error of the archive's images (it said "l/layer.tar not found in ARCHIVE")
