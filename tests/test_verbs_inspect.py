@@ -147,6 +147,73 @@ def test_template_language():
     assert render("{{`raw \\n`}} {{\"esc\\t\"}}", data) == "raw \\n esc\t"
 
 
+_GO_TEMPLATE = """package main
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"text/template"
+)
+
+func main() {
+	var out []string
+	for _, src := range os.Args[1:] {
+		var b strings.Builder
+		err := template.Must(template.New("").Parse(src)).Execute(&b, map[string]interface{}{"S": "ab"})
+		if err != nil {
+			panic(err)
+		}
+		out = append(out, b.String())
+	}
+	json.NewEncoder(os.Stdout).Encode(out)
+}
+"""
+
+
+def test_printf_widths_fmt_gives_up_on_end_the_format_as_in_go(tmp_path):
+    """fmt reads a width or precision of at most about 1e6 (``tooLarge``); past it, the rest
+    of the format is %!(NOVERB).  lamina padded to the number it read: '%99999999999d'
+    asked for 100 GB (MemoryError, a traceback), '%12345678d' wrote 12 MB where docker
+    writes 25 bytes.  Compared with Go's own text/template."""
+    import subprocess
+    from conftest import require_tool
+    require_tool("go")
+    srcs = ['{{printf "%99999999999d|" 1}}', '{{printf "%s %12345678" .S 1}}', '{{printf "%5.12345678f|" 1.5}}',
+            '{{printf "%-100000000s|x" .S}}', '{{printf "%10000000d|" 1 | len}}', '{{printf "%1000001d|" 1 | len}}',
+            '{{printf "%.s|%.d|%.1s|" .S 7 .S}}', '{{printf "%-4s|%03d|%q" .S 3 .S}}', '{{printf "100%%"}}']
+    (tmp_path / "main.go").write_text(_GO_TEMPLATE)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GO111MODULE": "off", "GOPROXY": "off",
+           "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"), "CGO_ENABLED": "0"}
+    go = json.loads(subprocess.run(["go", "run", "main.go", *srcs], cwd=tmp_path, env=env, check=True,
+                                   capture_output=True, text=True).stdout)
+    assert dict(zip(srcs, _render_in_1_gib(srcs, {"S": "ab"}))) == dict(zip(srcs, go))
+
+
+def _render_in_1_gib(srcs, data):
+    """Each template rendered by a child process of at most 1 GiB of address space: what an
+    engine that takes a number for an allocation asks for fails there, not on the machine."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    code = ("import json, sys\nfrom lamina.cli.gotemplate import parse\nsrcs, data = json.load(sys.stdin)\n"
+            "json.dump([parse(s).execute(data) for s in srcs], sys.stdout)")
+    r = subprocess.run([sys.executable, "-c", code], input=json.dumps([srcs, data]), capture_output=True,
+                       text=True, preexec_fn=limit)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+def test_range_over_a_huge_integer_counts_as_it_goes():
+    """Go 1.22's range over an integer counts; lamina made the whole list first (gigabytes
+    before the first {{break}})."""
+    srcs = ["{{range $i := 10000000000}}{{if eq $i 3}}{{break}}{{end}}{{$i}}{{end}}", "{{range -2}}x{{else}}none{{end}}"]
+    assert _render_in_1_gib(srcs, {}) == ["012", "none"]
+
+
 @pytest.mark.parametrize("src, msg", [
     ("{{.A", "unclosed action"),
     ("{{if .A}}x", "missing {{end}}"),
@@ -165,6 +232,7 @@ def test_template_language():
     ("{{range .A}}{{end}}", "range can't iterate over x"),
     ("{{len 3}}", "len of type int"),
     ("{{eq .L .L}}", "comparison"),
+    ("{{pad \"x\" -1 0}}", "error calling pad: strings: negative Repeat count"),
 ])
 def test_template_errors(src, msg):
     from lamina.cli.gotemplate import GoStruct, TemplateError

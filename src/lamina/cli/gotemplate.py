@@ -894,7 +894,8 @@ class _State:
         elif isinstance(val, (list, tuple)):
             items = list(enumerate(val))
         elif isinstance(val, int) and not isinstance(val, bool):
-            items = [(i, i) for i in range(val)]
+            # one at a time, as Go counts: {{range 10000000000}} ended by {{break}} is no list of that length
+            items = ((i, i) for i in range(val)) if val > 0 else ()
         else:
             self.error(n.pipe.cmds[-1][0] if n.pipe.cmds else n, f"range can't iterate over {format_value(val)}")
         if not items:
@@ -1079,6 +1080,8 @@ def _f_pad(s, prefix, suffix):
     s = _need_str(s, "pad")
     if s == "":
         return s
+    if int(prefix) < 0 or int(suffix) < 0:
+        raise _FuncError("strings: negative Repeat count")  # docker's strings.Repeat panics, told as this
     return " " * int(prefix) + s + " " * int(suffix)
 
 
@@ -1209,16 +1212,37 @@ def _f_println(*args):
     return " ".join(format_value(a) if a is not MISSING else "<nil>" for a in args) + "\n"
 
 
-_PRINTF_RE = re.compile(r"%([-+# 0]*)(\d+|\*)?(?:\.(\d+|\*))?([a-zA-Z%])")
+_PRINTF_RE = re.compile(r"%([-+# 0]*)(\d+|\*)?(?:\.(\d*|\*))?([a-zA-Z%])?")
+_GO_MAX_WIDTH = 1_000_000  # fmt's tooLarge
+
+
+def _go_number_overflows(digits):
+    """fmt's parsenum: before each next digit, a number read so far past 1e6 is an overflow
+    ("crazy long number"), which ends the format with %!(NOVERB); up to 7 digits always read."""
+    num = 0
+    for c in digits or "":
+        if num > _GO_MAX_WIDTH:
+            return True
+        num = num * 10 + ord(c) - 48
+    return False
 
 
 def _f_printf(fmt, *args):
     fmt = _need_str(fmt, "printf")
     out, i, ai = [], 0, 0
     for m in _PRINTF_RE.finditer(fmt):
+        flags, width, prec, verb = m.groups()
+        if _go_number_overflows(width) or _go_number_overflows(prec):
+            # not a width of gigabytes: Go gives up on the rest of the format, as here
+            out.append(fmt[i:m.start()] + "%!(NOVERB)")
+            i = len(fmt)
+            break
+        if verb is None:
+            continue  # no verb: the text as it is, as before (Go's %!(NOVERB) and bad verbs aside)
         out.append(fmt[i:m.start()])
         i = m.end()
-        flags, width, prec, verb = m.groups()
+        if prec == "":
+            prec = "0"  # "%.s": Go's precision 0
         if verb == "%":
             out.append("%")
             continue
