@@ -289,3 +289,35 @@ def test_a_registrys_manifest_drives_no_terminal_through_manifest_inspect(tmp_pa
     drives = [c for c in out if c == "\r" or 0x7f <= ord(c) <= 0x9f or 0x202a <= ord(c) <= 0x202e]
     assert not drives, (drives, out)
     assert json.loads(out) == json.loads(_RawManifest.MANIFEST), "the same document"
+
+
+def test_json_of_an_images_text_stays_json_and_drives_no_terminal(tmp_path):
+    """An image's strings may hold what JSON leaves raw (C1 controls, DEL, bidi overrides).
+    On 96c4711 `inspect` printed them raw to the terminal, and the outputs whose values pass
+    the template's escaping (`history --format json`, `{{json .Config}}`) wrote them as
+    ``\\x9b``, which is no JSON escape: docker's one-object-per-row output no JSON reader
+    could read.  Each is a \\u escape now: valid JSON, the image's own value."""
+    import ocibuild as ob
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"x"}], config_extra={
+        "author": "au" + _RAW_IN_JSON, "history": [{"created_by": "RUN " + _RAW_IN_JSON, "comment": _RAW_IN_JSON}],
+        "config": {"Labels": {"l" + _RAW_IN_JSON: "v" + _RAW_IN_JSON}, "Env": ["A=" + _RAW_IN_JSON]}}), "1")
+    root = tmp_path / "store"
+    assert _cli("--root", root, "copy", f"oci:{lay.root}:1", "c1:1").returncode == 0
+    outputs = {}
+    for args in (["inspect", "c1:1"], ["inspect", "--format", "json", "c1:1"],
+                 ["inspect", "--format", "{{json .Config}}", "c1:1"], ["inspect", "--format", "{{json .Author}}", "c1:1"],
+                 ["history", "--format", "json", "c1:1"], ["history", "--format", "{{json .}}", "c1:1"]):
+        r = _cli("--root", root, *args)
+        assert r.returncode == 0, r.stderr
+        out = r.stdout.decode("utf-8")
+        drives = [c for c in out if 0x7f <= ord(c) <= 0x9f or 0x202a <= ord(c) <= 0x202e]
+        assert not drives, (args, drives, out)
+        outputs[" ".join(args[:-1])] = json.loads(out)
+    config = outputs["inspect"][0]["Config"]
+    assert config["Labels"] == {"l" + _RAW_IN_JSON: "v" + _RAW_IN_JSON} and config["Env"][-1] == "A=" + _RAW_IN_JSON
+    assert outputs["inspect --format json"] == outputs["inspect"]
+    assert outputs["inspect --format {{json .Config}}"] == config
+    assert outputs["inspect --format {{json .Author}}"] == "au" + _RAW_IN_JSON
+    assert outputs["history --format json"]["CreatedBy"] == "RUN " + _RAW_IN_JSON
+    assert outputs["history --format {{json .}}"] == outputs["history --format json"]

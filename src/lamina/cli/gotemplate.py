@@ -28,6 +28,7 @@ no HTML escaping, like docker's ``json`` function).
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json as _json
 import math
 import re
@@ -322,6 +323,21 @@ def go_json(v, indent=None):
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=1)
+def _json_escapes():
+    # Go escapes U+2028 and U+2029; JSON leaves DEL, the C1 controls and the bidi overrides raw,
+    # which would drive the terminal (and the template's no_escapes would write them \x9b,
+    # which is no JSON): \u escapes, the same value to every JSON reader
+    from . import _CONTROLS
+    table = {c: f"\\u{c:04x}" for c in _CONTROLS if c >= 0x7f}
+    table.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+    return table
+
+
+def _json_string(s):
+    return _json.dumps(s, ensure_ascii=False).translate(_json_escapes())
+
+
 def _encode(v, out, indent, depth):
     if v is None:
         out.append("null")
@@ -336,7 +352,7 @@ def _encode(v, out, indent, depth):
             raise TemplateError(f"json: unsupported value: {go_float(v)}")
         out.append(go_float(v, json_mode=True))
     elif isinstance(v, str):
-        out.append(_json.dumps(v, ensure_ascii=False).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+        out.append(_json_string(v))
     elif isinstance(v, (list, tuple, dict)):
         is_map = isinstance(v, dict)
         items = list(v.items()) if is_map else list(v)
@@ -351,7 +367,7 @@ def _encode(v, out, indent, depth):
                 out.append("\n" + " " * (indent * (depth + 1)))
             if is_map:
                 k, item = item
-                out.append(_json.dumps(str(k), ensure_ascii=False))
+                out.append(_json_string(str(k)))
                 out.append(": " if indent is not None else ":")
             _encode(item, out, indent, depth + 1)
         if indent is not None:
