@@ -214,6 +214,26 @@ def test_range_over_a_huge_integer_counts_as_it_goes():
     assert _render_in_1_gib(srcs, {}) == ["012", "none"]
 
 
+def test_a_template_nested_deeper_than_the_stack_is_a_template_error(store):
+    """The parser and the executor recurse per level of nesting: past Python's stack a
+    parenthesis or {{if}} 3,000 deep was a RecursionError traceback (Go stops parsing at
+    10,000: "max expression depth exceeded"), and a nesting the parser took could still
+    overflow while executing."""
+    from lamina.cli.gotemplate import TemplateError
+    phases = set()
+    for depth in range(200, 600, 10):
+        try:
+            render("{{" + "(print " * depth + "1" + ")" * depth + "}}", {})
+        except TemplateError as e:
+            assert "max expression depth exceeded" in str(e), str(e)
+            phases.add("execute" if 'executing ""' in str(e) else "parse")
+    assert phases == {"parse", "execute"}
+    for src in ("{{" + "(" * 1000 + "1" + ")" * 1000 + "}}", "{{if 1}}" * 3000 + "x" + "{{end}}" * 3000,
+                "{{range $.L}}" * 3000 + "{{end}}" * 3000):
+        out, err = fails(store.root, "inspect", "--format", src, "app:v2")
+        assert "max expression depth exceeded" in err and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("src, msg", [
     ("{{.A", "unclosed action"),
     ("{{if .A}}x", "missing {{end}}"),
