@@ -253,6 +253,7 @@ def test_a_template_nested_deeper_than_the_stack_is_a_template_error(store):
     ("{{len 3}}", "len of type int"),
     ("{{eq .L .L}}", "comparison"),
     ("{{pad \"x\" -1 0}}", "error calling pad: strings: negative Repeat count"),
+    ("{{truncate \"abc\" -1}}", "error calling truncate: runtime error: slice bounds out of range [:-1]"),
 ])
 def test_template_errors(src, msg):
     from lamina.cli.gotemplate import GoStruct, TemplateError

@@ -1114,6 +1114,9 @@ def _f_truncate(s, length):
     b = s.encode()
     if len(b) < length:
         return s
+    if length < 0:
+        # docker's source[:length] panics, which text/template reports as this error
+        raise _FuncError(f"runtime error: slice bounds out of range [:{length}]")
     return b[:length].decode(errors="ignore")
 
 
