@@ -147,7 +147,7 @@ def test_template_language():
     assert render("{{`raw \\n`}} {{\"esc\\t\"}}", data) == "raw \\n esc\t"
 
 
-_GO_TEMPLATE = """package main
+_GO_TEMPLATE = r"""package main
 
 import (
 	"encoding/json"
@@ -160,7 +160,9 @@ func main() {
 	var out []string
 	for _, src := range os.Args[1:] {
 		var b strings.Builder
-		err := template.Must(template.New("").Parse(src)).Execute(&b, map[string]interface{}{"S": "ab"})
+		err := template.Must(template.New("").Parse(src)).Execute(&b, map[string]interface{}{
+			"S": "ab", "H": "a\x1bb\u202e\u00e9\t\"\\\u00a0\U0001F600\u0301\x7f\u009b", "N": -255,
+			"L": []string{"x\ny", "\u00e9"}, "M": map[string]string{"k\x1b": "v\u202e"}})
 		if err != nil {
 			panic(err)
 		}
@@ -176,18 +178,41 @@ def test_printf_widths_fmt_gives_up_on_end_the_format_as_in_go(tmp_path):
     of the format is %!(NOVERB).  lamina padded to the number it read: '%99999999999d'
     asked for 100 GB (MemoryError, a traceback), '%12345678d' wrote 12 MB where docker
     writes 25 bytes.  Compared with Go's own text/template."""
-    import subprocess
-    from conftest import require_tool
-    require_tool("go")
     srcs = ['{{printf "%99999999999d|" 1}}', '{{printf "%s %12345678" .S 1}}', '{{printf "%5.12345678f|" 1.5}}',
             '{{printf "%-100000000s|x" .S}}', '{{printf "%10000000d|" 1 | len}}', '{{printf "%1000001d|" 1 | len}}',
             '{{printf "%.s|%.d|%.1s|" .S 7 .S}}', '{{printf "%-4s|%03d|%q" .S 3 .S}}', '{{printf "100%%"}}']
+    go = _go_renders(tmp_path, srcs)
+    assert dict(zip(srcs, _render_in_1_gib(srcs, _GO_DATA))) == dict(zip(srcs, go))
+
+
+# the data _GO_TEMPLATE gives its templates
+_GO_DATA = {"S": "ab", "H": "a\x1bb\u202e\u00e9\t\"\\\u00a0\U0001F600\u0301\x7f\u009b", "N": -255,
+            "L": ["x\ny", "\u00e9"], "M": {"k\x1b": "v\u202e"}}
+
+
+def _go_renders(tmp_path, srcs):
+    """What Go's own text/template makes of each template over _GO_DATA."""
+    import subprocess
+    from conftest import require_tool
+    require_tool("go")
     (tmp_path / "main.go").write_text(_GO_TEMPLATE)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GO111MODULE": "off", "GOPROXY": "off",
            "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"), "CGO_ENABLED": "0"}
-    go = json.loads(subprocess.run(["go", "run", "main.go", *srcs], cwd=tmp_path, env=env, check=True,
-                                   capture_output=True, text=True).stdout)
-    assert dict(zip(srcs, _render_in_1_gib(srcs, {"S": "ab"}))) == dict(zip(srcs, go))
+    return json.loads(subprocess.run(["go", "run", "main.go", *srcs], cwd=tmp_path, env=env, check=True,
+                                     capture_output=True, text=True).stdout)
+
+
+def test_printf_quotes_signs_and_bad_verbs_as_go_does(tmp_path):
+    """%q is strconv.Quote (an image's ESC as \\x1b, U+202E as \\u202e, a no-break space
+    escaped, each element of a list or map quoted; an integer as its quoted character), not
+    JSON's spelling; %+d, % d, %#x and %08d of a negative number sign and pad as fmt does;
+    %s of a number is %!s(int=...).  Compared with Go's own text/template (the output then
+    goes through the same escaping of what drives a terminal, as every template value)."""
+    from lamina.cli import no_escapes
+    srcs = ['{{printf "%q" .H}}', '{{printf "%q" .N}}', '{{printf "%q" .L}}', '{{printf "%q" .M}}',
+            '{{printf "%08d|%+d|% d|%#x|%-6d|" .N 5 5 255 .N}}', '{{printf "%s" .N}}', '{{printf "%x|%X" .N .S}}']
+    go = _go_renders(tmp_path, srcs)
+    assert {s: render(s, _GO_DATA) for s in srcs} == {s: no_escapes(g) for s, g in zip(srcs, go)}
 
 
 def _render_in_1_gib(srcs, data):

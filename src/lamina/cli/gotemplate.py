@@ -1254,6 +1254,51 @@ def _go_number_overflows(digits):
     return False
 
 
+def _signed(digits, negative, flags):
+    return ("-" if negative else "+" if "+" in flags else " " if " " in flags else "") + digits
+
+
+_QUOTE_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
+def _go_quote(text, quote='"'):
+    """strconv.Quote (QuoteRune with quote "'"): what unicode.IsPrint calls printable as it
+    is, the rest escaped: \\x1b, \\u202e, \\U0001f600 (a byte that is no UTF-8, held as
+    a surrogate escape: \\xNN)."""
+    out = [quote]
+    for ch in text:
+        o = ord(ch)
+        if ch == quote or ch == "\\":
+            out.append("\\" + ch)
+        elif ch == " " or (unicodedata.category(ch)[0] in "LMNPS" and not 0xd800 <= o <= 0xdfff):
+            out.append(ch)
+        elif ch in _QUOTE_ESCAPES:
+            out.append(_QUOTE_ESCAPES[ch])
+        elif o < 0x20 or o == 0x7f:
+            out.append(f"\\x{o:02x}")
+        elif 0xdc80 <= o <= 0xdcff:
+            out.append(f"\\x{o - 0xdc00:02x}")
+        elif o < 0x10000:
+            out.append(f"\\u{0xfffd if 0xd800 <= o <= 0xdfff else o:04x}")
+        else:
+            out.append(f"\\U{o:08x}")
+    return "".join(out) + quote
+
+
+def _go_quoted(v):
+    """fmt's %q: a string quoted, an integer as the quoted character it is, each element of
+    a slice or map so."""
+    if isinstance(v, str):
+        return _go_quote(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return _go_quote(chr(v) if 0 <= v <= 0x10ffff and not 0xd800 <= v <= 0xdfff else "\ufffd", "'")
+    if isinstance(v, (list, tuple)):
+        return "[" + " ".join(_go_quoted(x) for x in v) + "]"
+    if isinstance(v, dict) and not isinstance(v, GoStruct):
+        return "map[" + " ".join(f"{_go_quoted(k)}:{_go_quoted(v[k])}" for k in _sorted_keys(v)) + "]"
+    return f"%!q({type_name(v)}={format_value(v)})"
+
+
 def _f_printf(fmt, *args):
     fmt = _need_str(fmt, "printf")
     out, i, ai = [], 0, 0
@@ -1280,20 +1325,22 @@ def _f_printf(fmt, *args):
             continue
         a = args[ai]
         ai += 1
-        if verb in "sv":
+        if verb == "s" and isinstance(a, (bool, int, float)):
+            s = f"%!s({type_name(a)}={format_value(a)})"
+        elif verb in "sv":
             s = format_value(a) if not (verb == "s" and isinstance(a, str)) else a
             if prec is not None and verb == "s":
                 s = s[:int(prec)]
         elif verb == "q":
-            s = go_json(a) if isinstance(a, str) else format_value(a)
+            s = _go_quoted(a)
         elif verb == "d":
             if isinstance(a, bool) or not isinstance(a, int):
                 s = f"%!d({type_name(a)}={format_value(a)})"
             else:
-                s = str(a)
+                s = _signed(str(abs(a)), a < 0, flags)
         elif verb in "xX":
             if isinstance(a, int) and not isinstance(a, bool):
-                s = format(a, verb)
+                s = _signed(("0" + verb.lower() if "#" in flags else "") + format(abs(a), verb), a < 0, flags)
             elif isinstance(a, str):
                 s = a.encode().hex() if verb == "x" else a.encode().hex().upper()
             else:
@@ -1309,7 +1356,12 @@ def _f_printf(fmt, *args):
             raise _FuncError(f"printf verb %{verb} is not supported by lamina's --format templates")
         if width is not None:
             w = int(width)
-            s = s.ljust(w) if "-" in flags else (s.rjust(w, "0") if "0" in flags and verb in "dfxX" else s.rjust(w))
+            if "-" in flags:
+                s = s.ljust(w)
+            elif "0" in flags and verb in "dfxX" and s[:1] in ("-", "+", " "):
+                s = s[0] + s[1:].rjust(w - 1, "0")   # fmt pads after the sign: -0000255
+            else:
+                s = s.rjust(w, "0") if "0" in flags and verb in "dfxX" else s.rjust(w)
         out.append(s)
     out.append(fmt[i:])
     if ai < len(args):
