@@ -5,6 +5,7 @@ are not UTF-8), and a registry's error body says what it likes.  lamina quotes
 them in what it prints, so ``lamina: error: ...`` stays one line and a line that
 starts ``lamina:`` or an escape sequence for the terminal cannot be forged.
 """
+import contextlib
 import http.server
 import json
 import os
@@ -77,18 +78,14 @@ def test_a_device_skipped_without_root_is_named_quoted(tmp_path):
         subprocess.run(["rm", "-rf", base])
 
 
-class _Hostile(http.server.BaseHTTPRequestHandler):
+class _OneAnswer(http.server.BaseHTTPRequestHandler):
+    """A registry that answers /v2/ and, to every other request, ``answer()``: (status,
+    content type, body)."""
+
     def do_GET(self):
-        if self.path.rstrip("/") == "/v2":
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-            return
-        body = json.dumps({"errors": [{"code": "MANIFEST_UNKNOWN",
-                                       "message": "no\n" + FORGED.decode() + "\r\nlamina: error: more"}]}).encode()
-        self.send_response(404)
-        self.send_header("Content-Type", "application/json")
+        status, ctype, body = (200, "application/json", b"{}") if self.path.rstrip("/") == "/v2" else self.answer()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -99,18 +96,30 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_registrys_error_text_stays_on_the_error_line(tmp_path, registry_env):  # noqa: F811
-    """A registry's JSON error message goes into lamina's error; on 2dfdebc its newlines
-    and escape sequences went to stderr as they were."""
-    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Hostile)
+@contextlib.contextmanager
+def _serving(handler):
+    """The host:port of a loopback server of ``handler`` for the block."""
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        host = f"127.0.0.1:{srv.server_address[1]}"
-        r = _cli("--root", tmp_path / "store", "pull", "--insecure", f"{host}/x/y:1")
+        yield f"127.0.0.1:{srv.server_address[1]}"
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+class _Hostile(_OneAnswer):
+    def answer(self):
+        return 404, "application/json", json.dumps({"errors": [{
+            "code": "MANIFEST_UNKNOWN", "message": "no\n" + FORGED.decode() + "\r\nlamina: error: more"}]}).encode()
+
+
+def test_a_registrys_error_text_stays_on_the_error_line(tmp_path, registry_env):  # noqa: F811
+    """A registry's JSON error message goes into lamina's error; on 2dfdebc its newlines
+    and escape sequences went to stderr as they were."""
+    with _serving(_Hostile) as host:
+        r = _cli("--root", tmp_path / "store", "pull", "--insecure", f"{host}/x/y:1")
     assert r.returncode != 0
     err = r.stderr.rstrip(b"\n")
     assert err.count(b"\n") == 0 and err.startswith(b"lamina: error: "), err
@@ -251,3 +260,64 @@ def test_an_images_bidi_controls_are_written_as_escapes(tmp_path):
     assert r.returncode == 0 and r.stdout == b"RUN \\u2066x\\u2069 \\u200f\n", r.stdout
     for out in (r.stdout, r.stderr):
         assert not any(0x202a <= ord(c) <= 0x202e or 0x2066 <= ord(c) <= 0x2069 for c in out.decode()), out
+
+
+# strict JSON carries these raw in its strings (and \r between its tokens): the C1 controls
+# (U+009B is CSI, U+009D OSC: a window title, a clipboard), DEL, and the bidi overrides
+_RAW_IN_JSON = "\u009b2J\u009d0;pwned\u009c\u007f exe\u202etxt.sh"
+
+
+class _RawManifest(_OneAnswer):
+    MANIFEST = ('{"schemaVersion": 2,\r"mediaType": "application/vnd.oci.image.manifest.v1+json",\r'
+                '"config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": 2, '
+                '"digest": "sha256:' + "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a" + '"},'
+                '\r"layers": [], "annotations": {"note": "' + _RAW_IN_JSON + '"}}').encode()
+
+    def answer(self):
+        return 200, "application/vnd.oci.image.manifest.v1+json", self.MANIFEST
+
+
+def test_a_registrys_manifest_drives_no_terminal_through_manifest_inspect(tmp_path, registry_env):  # noqa: F811
+    """``manifest inspect`` wrote the registry's bytes as they came: valid JSON, but JSON
+    leaves the C1 controls, DEL and the bidi overrides raw in a string, and a \\r between
+    tokens sends the cursor back over the line.  Now written as JSON escapes (\\r dropped):
+    the same document, in the bytes served whenever it holds none of them."""
+    with _serving(_RawManifest) as host:
+        r = _cli("manifest", "inspect", "--insecure", f"{host}/x/y:1")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode("utf-8")
+    drives = [c for c in out if c == "\r" or 0x7f <= ord(c) <= 0x9f or 0x202a <= ord(c) <= 0x202e]
+    assert not drives, (drives, out)
+    assert json.loads(out) == json.loads(_RawManifest.MANIFEST), "the same document"
+
+
+def test_json_of_an_images_text_stays_json_and_drives_no_terminal(tmp_path):
+    """An image's strings may hold what JSON leaves raw (C1 controls, DEL, bidi overrides).
+    On 96c4711 `inspect` printed them raw to the terminal, and the outputs whose values pass
+    the template's escaping (`history --format json`, `{{json .Config}}`) wrote them as
+    ``\\x9b``, which is no JSON escape: docker's one-object-per-row output no JSON reader
+    could read.  Each is a \\u escape now: valid JSON, the image's own value."""
+    import ocibuild as ob
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"x"}], config_extra={
+        "author": "au" + _RAW_IN_JSON, "history": [{"created_by": "RUN " + _RAW_IN_JSON, "comment": _RAW_IN_JSON}],
+        "config": {"Labels": {"l" + _RAW_IN_JSON: "v" + _RAW_IN_JSON}, "Env": ["A=" + _RAW_IN_JSON]}}), "1")
+    root = tmp_path / "store"
+    assert _cli("--root", root, "copy", f"oci:{lay.root}:1", "c1:1").returncode == 0
+    outputs = {}
+    for args in (["inspect", "c1:1"], ["inspect", "--format", "json", "c1:1"],
+                 ["inspect", "--format", "{{json .Config}}", "c1:1"], ["inspect", "--format", "{{json .Author}}", "c1:1"],
+                 ["history", "--format", "json", "c1:1"], ["history", "--format", "{{json .}}", "c1:1"]):
+        r = _cli("--root", root, *args)
+        assert r.returncode == 0, r.stderr
+        out = r.stdout.decode("utf-8")
+        drives = [c for c in out if 0x7f <= ord(c) <= 0x9f or 0x202a <= ord(c) <= 0x202e]
+        assert not drives, (args, drives, out)
+        outputs[" ".join(args[:-1])] = json.loads(out)
+    config = outputs["inspect"][0]["Config"]
+    assert config["Labels"] == {"l" + _RAW_IN_JSON: "v" + _RAW_IN_JSON} and config["Env"][-1] == "A=" + _RAW_IN_JSON
+    assert outputs["inspect --format json"] == outputs["inspect"]
+    assert outputs["inspect --format {{json .Config}}"] == config
+    assert outputs["inspect --format {{json .Author}}"] == "au" + _RAW_IN_JSON
+    assert outputs["history --format json"]["CreatedBy"] == "RUN " + _RAW_IN_JSON
+    assert outputs["history --format {{json .}}"] == outputs["history --format json"]

@@ -184,3 +184,65 @@ def test_root_option_after_the_verb(store, tmp_path):
     assert run("images", "-q", "--root", str(store.root)) == before
     assert run("image", "ls", "-q", "--root", str(store.root)) == before
     assert run("images", "-q", "--root", str(tmp_path / "other")) == ""
+
+
+_GO_PATH_MATCH = """package main
+
+import (
+	"encoding/json"
+	"os"
+	"path"
+)
+
+func main() {
+	var cases [][2]string
+	json.NewDecoder(os.Stdin).Decode(&cases)
+	out := []interface{}{}
+	for _, c := range cases {
+		m, err := path.Match(c[0], c[1])
+		if err != nil {
+			out = append(out, "error")
+		} else {
+			out = append(out, m)
+		}
+	}
+	json.NewEncoder(os.Stdout).Encode(out)
+}
+"""
+
+
+def test_reference_patterns_match_as_gos_path_match(tmp_path):
+    """docker's reference filter is Go's path.Match, which takes each '*'-separated chunk at the
+    first place it fits.  lamina translated the pattern to a regular expression, which
+    backtracks over every way to split the name: `images --filter reference=` ten '*a' and
+    a 'b' against a name of 60 'a's ran for hours.  Compared with Go's own path.Match, and
+    timed out in a child process rather than hung."""
+    import subprocess
+    import sys
+    from conftest import require_tool
+    require_tool("go")
+    names = ["a" * 60, "library/base:1.0", "localhost:5000/team/app:v2", "x/y", "ab]c", "a-b", "é/ü", "*?[", ""]
+    patterns = ["*a" * 10 + "b", "*a*a*a*", "base:1.*", "*/team/*", "*:edge", "*/*", "?/?", "a[-]b", "a[^x]b",
+                "[a-c]b*", "ab\\]c", "[\\]]", "*[é]/*", "\\*\\?\\[", "", "*", "a*", "x/*/", "[]a]", "[", "a[",
+                "\\", "[a-]", "[^]", "*[", "x*[", "[x-]", "a[b-a]b", "**a", "?*a"]
+    cases = [(p, n) for p in patterns for n in names]
+    (tmp_path / "main.go").write_text(_GO_PATH_MATCH)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GO111MODULE": "off", "GOPROXY": "off",
+           "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"), "CGO_ENABLED": "0"}
+    go = json.loads(subprocess.run(["go", "run", "main.go"], input=json.dumps(cases), cwd=tmp_path, env=env,
+                                   check=True, capture_output=True, text=True).stdout)
+    code = ("import json, sys\nfrom lamina import images\nout = []\n"
+            "for p, n in json.load(sys.stdin):\n    try:\n        out.append(images._path_match(p, n))\n"
+            "    except getattr(images, '_BadPattern', ()):\n        out.append('error')\njson.dump(out, sys.stdout)")
+    r = subprocess.run([sys.executable, "-c", code], input=json.dumps(cases), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    mine = json.loads(r.stdout)
+    assert [c for c, a, b in zip(cases, mine, go) if a != b] == []
+
+
+def test_a_malformed_reference_pattern_is_an_error_as_in_docker(store):
+    """'[a-]' is a class Go's path.Match calls malformed (docker: "syntax error in pattern");
+    the regular expression lamina made of it matched 'a' or '-'."""
+    out, err = fails(store.root, "images", "--filter", "reference=[a-]ase")
+    assert "invalid reference filter '[a-]ase': syntax error in pattern" in err

@@ -147,6 +147,118 @@ def test_template_language():
     assert render("{{`raw \\n`}} {{\"esc\\t\"}}", data) == "raw \\n esc\t"
 
 
+_GO_TEMPLATE = r"""package main
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"text/template"
+)
+
+func main() {
+	var out []string
+	for _, src := range os.Args[1:] {
+		var b strings.Builder
+		err := template.Must(template.New("").Parse(src)).Execute(&b, map[string]interface{}{
+			"S": "ab", "H": "a\x1bb\u202e\u00e9\t\"\\\u00a0\U0001F600\u0301\x7f\u009b", "N": -255,
+			"L": []string{"x\ny", "\u00e9"}, "M": map[string]string{"k\x1b": "v\u202e"}})
+		if err != nil {
+			panic(err)
+		}
+		out = append(out, b.String())
+	}
+	json.NewEncoder(os.Stdout).Encode(out)
+}
+"""
+
+
+def test_printf_widths_fmt_gives_up_on_end_the_format_as_in_go(tmp_path):
+    """fmt reads a width or precision of at most about 1e6 (``tooLarge``); past it, the rest
+    of the format is %!(NOVERB).  lamina padded to the number it read: '%99999999999d'
+    asked for 100 GB (MemoryError, a traceback), '%12345678d' wrote 12 MB where docker
+    writes 25 bytes.  Compared with Go's own text/template."""
+    srcs = ['{{printf "%99999999999d|" 1}}', '{{printf "%s %12345678" .S 1}}', '{{printf "%5.12345678f|" 1.5}}',
+            '{{printf "%-100000000s|x" .S}}', '{{printf "%10000000d|" 1 | len}}', '{{printf "%1000001d|" 1 | len}}',
+            '{{printf "%.s|%.d|%.1s|" .S 7 .S}}', '{{printf "%-4s|%03d|%q" .S 3 .S}}', '{{printf "100%%"}}']
+    go = _go_renders(tmp_path, srcs)
+    assert dict(zip(srcs, _render_in_1_gib(srcs, _GO_DATA))) == dict(zip(srcs, go))
+
+
+# the data _GO_TEMPLATE gives its templates
+_GO_DATA = {"S": "ab", "H": "a\x1bb\u202e\u00e9\t\"\\\u00a0\U0001F600\u0301\x7f\u009b", "N": -255,
+            "L": ["x\ny", "\u00e9"], "M": {"k\x1b": "v\u202e"}}
+
+
+def _go_renders(tmp_path, srcs):
+    """What Go's own text/template makes of each template over _GO_DATA."""
+    import subprocess
+    from conftest import require_tool
+    require_tool("go")
+    (tmp_path / "main.go").write_text(_GO_TEMPLATE)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GO111MODULE": "off", "GOPROXY": "off",
+           "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"), "CGO_ENABLED": "0"}
+    return json.loads(subprocess.run(["go", "run", "main.go", *srcs], cwd=tmp_path, env=env, check=True,
+                                     capture_output=True, text=True).stdout)
+
+
+def test_printf_quotes_signs_and_bad_verbs_as_go_does(tmp_path):
+    """%q is strconv.Quote (an image's ESC as \\x1b, U+202E as \\u202e, a no-break space
+    escaped, each element of a list or map quoted; an integer as its quoted character), not
+    JSON's spelling; %+d, % d, %#x and %08d of a negative number sign and pad as fmt does;
+    %s of a number is %!s(int=...).  Compared with Go's own text/template (the output then
+    goes through the same escaping of what drives a terminal, as every template value)."""
+    from lamina.cli import no_escapes
+    srcs = ['{{printf "%q" .H}}', '{{printf "%q" .N}}', '{{printf "%q" .L}}', '{{printf "%q" .M}}',
+            '{{printf "%08d|%+d|% d|%#x|%-6d|" .N 5 5 255 .N}}', '{{printf "%s" .N}}', '{{printf "%x|%X" .N .S}}']
+    go = _go_renders(tmp_path, srcs)
+    assert {s: render(s, _GO_DATA) for s in srcs} == {s: no_escapes(g) for s, g in zip(srcs, go)}
+
+
+def _render_in_1_gib(srcs, data):
+    """Each template rendered by a child process of at most 1 GiB of address space: what an
+    engine that takes a number for an allocation asks for fails there, not on the machine."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    code = ("import json, sys\nfrom lamina.cli.gotemplate import parse\nsrcs, data = json.load(sys.stdin)\n"
+            "json.dump([parse(s).execute(data) for s in srcs], sys.stdout)")
+    r = subprocess.run([sys.executable, "-c", code], input=json.dumps([srcs, data]), capture_output=True,
+                       text=True, preexec_fn=limit)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+def test_range_over_a_huge_integer_counts_as_it_goes():
+    """Go 1.22's range over an integer counts; lamina made the whole list first (gigabytes
+    before the first {{break}})."""
+    srcs = ["{{range $i := 10000000000}}{{if eq $i 3}}{{break}}{{end}}{{$i}}{{end}}", "{{range -2}}x{{else}}none{{end}}"]
+    assert _render_in_1_gib(srcs, {}) == ["012", "none"]
+
+
+def test_a_template_nested_deeper_than_the_stack_is_a_template_error(store):
+    """The parser and the executor recurse per level of nesting: past Python's stack a
+    parenthesis or {{if}} 3,000 deep was a RecursionError traceback (Go stops parsing at
+    10,000: "max expression depth exceeded"), and a nesting the parser took could still
+    overflow while executing."""
+    from lamina.cli.gotemplate import TemplateError
+    phases = set()
+    for depth in range(200, 600, 10):
+        try:
+            render("{{" + "(print " * depth + "1" + ")" * depth + "}}", {})
+        except TemplateError as e:
+            assert "max expression depth exceeded" in str(e), str(e)
+            phases.add("execute" if 'executing ""' in str(e) else "parse")
+    assert phases == {"parse", "execute"}
+    for src in ("{{" + "(" * 1000 + "1" + ")" * 1000 + "}}", "{{if 1}}" * 3000 + "x" + "{{end}}" * 3000,
+                "{{range $.L}}" * 3000 + "{{end}}" * 3000):
+        out, err = fails(store.root, "inspect", "--format", src, "app:v2")
+        assert "max expression depth exceeded" in err and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("src, msg", [
     ("{{.A", "unclosed action"),
     ("{{if .A}}x", "missing {{end}}"),
@@ -165,6 +277,8 @@ def test_template_language():
     ("{{range .A}}{{end}}", "range can't iterate over x"),
     ("{{len 3}}", "len of type int"),
     ("{{eq .L .L}}", "comparison"),
+    ("{{pad \"x\" -1 0}}", "error calling pad: strings: negative Repeat count"),
+    ("{{truncate \"abc\" -1}}", "error calling truncate: runtime error: slice bounds out of range [:-1]"),
 ])
 def test_template_errors(src, msg):
     from lamina.cli.gotemplate import GoStruct, TemplateError

@@ -28,7 +28,6 @@ docker's containers: they keep their image in use (remove needs force, prune ski
 """
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import time
@@ -159,36 +158,129 @@ def _bool_filter(vals, name):
     return out.pop()
 
 
-def _path_match(pattern, text):
-    """Go's path.Match: '*' and '?' do not cross '/'."""
-    rx = ""
-    i = 0
+class _BadPattern(Exception):
+    pass
+
+
+def _path_match(pattern, name):
+    """Go's path.Match: '*' and '?' do not cross '/'.  Go's own way, chunk by chunk, each
+    taken at the first place it fits: a translation to a regular expression backtracked
+    over every way to split the name (a pattern of ten '*a' against a name of 60 'a's ran
+    for hours); a malformed pattern is Go's ErrBadPattern."""
+    while pattern:
+        star, chunk, pattern = _scan_chunk(pattern)
+        if star and not chunk:
+            return "/" not in name   # a trailing '*' takes the rest of a name without '/'
+        rest = _match_chunk(chunk, name)
+        if rest is not None and (not rest or pattern):
+            name = rest
+            continue
+        if star and (rest := _skip_to_chunk(chunk, name, pattern)) is not None:
+            name = rest
+            continue
+        while pattern:   # no match: the rest of the pattern must still be well-formed, as in Go
+            _, chunk, pattern = _scan_chunk(pattern)
+            _match_chunk(chunk, "")
+        return False
+    return not name
+
+
+def _skip_to_chunk(chunk, name, pattern):
+    """After a '*': what is left of ``name`` once ``chunk`` matched at the first place past
+    its start it can (the star skips no '/'), or None."""
+    for i in range(len(name)):
+        if name[i] == "/":
+            return None
+        rest = _match_chunk(chunk, name[i + 1:])
+        if rest is not None and (pattern or not rest):   # the last chunk must end the name
+            return rest
+    return None
+
+
+def _scan_chunk(pattern):
+    star = False
+    while pattern.startswith("*"):
+        pattern, star = pattern[1:], True
+    inrange, i = False, 0
     while i < len(pattern):
         c = pattern[i]
-        if c == "*":
-            rx += "[^/]*"
-        elif c == "?":
-            rx += "[^/]"
+        if c == "\\":
+            if i + 1 < len(pattern):
+                i += 1
         elif c == "[":
-            j = pattern.find("]", i + 1)
-            if j < 0:
-                return False
-            body = pattern[i + 1:j]
-            if body.startswith("^"):
-                body = "!" + body[1:]
-            rx += fnmatch.translate("[" + body + "]")[4:-3]
-            i = j
-        elif c == "\\" and i + 1 < len(pattern):
-            i += 1
-            rx += re.escape(pattern[i])
-        else:
-            rx += re.escape(c)
+            inrange = True
+        elif c == "]":
+            inrange = False
+        elif c == "*" and not inrange:
+            break
         i += 1
-    return re.fullmatch(rx, text) is not None
+    return star, pattern[:i], pattern[i:]
+
+
+def _match_chunk(chunk, s):
+    """What is left of ``s`` once ``chunk`` (no '*' outside a class) matched its start, or
+    None; the whole chunk is checked for syntax whether or not it matched."""
+    failed = False
+    while chunk:
+        if not failed and not s:
+            failed = True
+        c = chunk[0]
+        if c == "[":
+            r = None
+            if not failed:
+                r, s = s[0], s[1:]
+            chunk = chunk[1:]
+            negated = chunk.startswith("^")
+            if negated:
+                chunk = chunk[1:]
+            match, nrange = False, 0
+            while True:
+                if chunk.startswith("]") and nrange > 0:
+                    chunk = chunk[1:]
+                    break
+                lo, chunk = _get_esc(chunk)
+                hi = lo
+                if chunk[0] == "-":
+                    hi, chunk = _get_esc(chunk[1:])
+                if r is not None and lo <= r <= hi:
+                    match = True
+                nrange += 1
+            if match == negated:
+                failed = True
+        elif c == "?":
+            if not failed:
+                failed, s = s[0] == "/", s[1:]
+            chunk = chunk[1:]
+        else:
+            if c == "\\":
+                chunk = chunk[1:]
+                if not chunk:
+                    raise _BadPattern
+            if not failed:
+                failed, s = chunk[0] != s[0], s[1:]
+            chunk = chunk[1:]
+    return None if failed else s
+
+
+def _get_esc(chunk):
+    if not chunk or chunk[0] in "-]":
+        raise _BadPattern
+    if chunk[0] == "\\":
+        chunk = chunk[1:]
+        if not chunk:
+            raise _BadPattern
+    rest = chunk[1:]
+    if not rest:
+        raise _BadPattern
+    return chunk[0], rest
 
 
 def _ref_match(pattern, ref):
-    return _path_match(pattern, ref.familiar()) or _path_match(pattern, ref.familiar_name)
+    # docker's FamiliarMatch: the familiar string, then the name alone; a bad pattern is an error
+    try:
+        return _path_match(pattern, ref.familiar()) or _path_match(pattern, ref.familiar_name)
+    except _BadPattern:
+        raise LaminaError(f"invalid reference filter {pattern!r}: syntax error in pattern") from None
 
 
 def matching_names(patterns, image):

@@ -28,6 +28,7 @@ no HTML escaping, like docker's ``json`` function).
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json as _json
 import math
 import re
@@ -322,6 +323,21 @@ def go_json(v, indent=None):
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=1)
+def _json_escapes():
+    # Go escapes U+2028 and U+2029; JSON leaves DEL, the C1 controls and the bidi overrides raw,
+    # which would drive the terminal (and the template's no_escapes would write them \x9b,
+    # which is no JSON): \u escapes, the same value to every JSON reader
+    from . import _CONTROLS
+    table = {c: f"\\u{c:04x}" for c in _CONTROLS if c >= 0x7f}
+    table.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+    return table
+
+
+def _json_string(s):
+    return _json.dumps(s, ensure_ascii=False).translate(_json_escapes())
+
+
 def _encode(v, out, indent, depth):
     if v is None:
         out.append("null")
@@ -336,7 +352,7 @@ def _encode(v, out, indent, depth):
             raise TemplateError(f"json: unsupported value: {go_float(v)}")
         out.append(go_float(v, json_mode=True))
     elif isinstance(v, str):
-        out.append(_json.dumps(v, ensure_ascii=False).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+        out.append(_json_string(v))
     elif isinstance(v, (list, tuple, dict)):
         is_map = isinstance(v, dict)
         items = list(v.items()) if is_map else list(v)
@@ -351,7 +367,7 @@ def _encode(v, out, indent, depth):
                 out.append("\n" + " " * (indent * (depth + 1)))
             if is_map:
                 k, item = item
-                out.append(_json.dumps(str(k), ensure_ascii=False))
+                out.append(_json_string(str(k)))
                 out.append(": " if indent is not None else ":")
             _encode(item, out, indent, depth + 1)
         if indent is not None:
@@ -643,7 +659,13 @@ class Template:
         self._items = items
         self._i = 0
         self._range_depth = 0
-        body, end = self._parse_list(top=True)
+        try:
+            body, end = self._parse_list(top=True)
+        except RecursionError:
+            # the parser recurses per nesting level ((((x)))), {{if}} in {{if}}): a clear error
+            # where Go (1.20 on) stops at 10,000 levels, never a traceback
+            pos = self._items[min(self._i, len(self._items)) - 1][2] if self._items else 0
+            self._error(pos, "max expression depth exceeded")
         self.root = body
 
     # parsing helpers
@@ -825,6 +847,8 @@ class Template:
             st.walk(self.root, data, out)
         except _LoopSignal:  # pragma: no cover - parser forbids it
             pass
+        except RecursionError:
+            raise TemplateError('template: :1:1: executing "": max expression depth exceeded') from None
         from .output import utf8_text
         return utf8_text("".join(out))  # a config's lone surrogate would stop the output midway
 
@@ -894,7 +918,8 @@ class _State:
         elif isinstance(val, (list, tuple)):
             items = list(enumerate(val))
         elif isinstance(val, int) and not isinstance(val, bool):
-            items = [(i, i) for i in range(val)]
+            # one at a time, as Go counts: {{range 10000000000}} ended by {{break}} is no list of that length
+            items = ((i, i) for i in range(val)) if val > 0 else ()
         else:
             self.error(n.pipe.cmds[-1][0] if n.pipe.cmds else n, f"range can't iterate over {format_value(val)}")
         if not items:
@@ -1079,6 +1104,8 @@ def _f_pad(s, prefix, suffix):
     s = _need_str(s, "pad")
     if s == "":
         return s
+    if int(prefix) < 0 or int(suffix) < 0:
+        raise _FuncError("strings: negative Repeat count")  # docker's strings.Repeat panics, told as this
     return " " * int(prefix) + s + " " * int(suffix)
 
 
@@ -1087,6 +1114,9 @@ def _f_truncate(s, length):
     b = s.encode()
     if len(b) < length:
         return s
+    if length < 0:
+        # docker's source[:length] panics, which text/template reports as this error
+        raise _FuncError(f"runtime error: slice bounds out of range [:{length}]")
     return b[:length].decode(errors="ignore")
 
 
@@ -1209,16 +1239,82 @@ def _f_println(*args):
     return " ".join(format_value(a) if a is not MISSING else "<nil>" for a in args) + "\n"
 
 
-_PRINTF_RE = re.compile(r"%([-+# 0]*)(\d+|\*)?(?:\.(\d+|\*))?([a-zA-Z%])")
+_PRINTF_RE = re.compile(r"%([-+# 0]*)(\d+|\*)?(?:\.(\d*|\*))?([a-zA-Z%])?")
+_GO_MAX_WIDTH = 1_000_000  # fmt's tooLarge
+
+
+def _go_number_overflows(digits):
+    """fmt's parsenum: before each next digit, a number read so far past 1e6 is an overflow
+    ("crazy long number"), which ends the format with %!(NOVERB); up to 7 digits always read."""
+    num = 0
+    for c in digits or "":
+        if num > _GO_MAX_WIDTH:
+            return True
+        num = num * 10 + ord(c) - 48
+    return False
+
+
+def _signed(digits, negative, flags):
+    return ("-" if negative else "+" if "+" in flags else " " if " " in flags else "") + digits
+
+
+_QUOTE_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
+def _go_quote(text, quote='"'):
+    """strconv.Quote (QuoteRune with quote "'"): what unicode.IsPrint calls printable as it
+    is, the rest escaped: \\x1b, \\u202e, \\U0001f600 (a byte that is no UTF-8, held as
+    a surrogate escape: \\xNN)."""
+    out = [quote]
+    for ch in text:
+        o = ord(ch)
+        if ch == quote or ch == "\\":
+            out.append("\\" + ch)
+        elif ch == " " or (unicodedata.category(ch)[0] in "LMNPS" and not 0xd800 <= o <= 0xdfff):
+            out.append(ch)
+        elif ch in _QUOTE_ESCAPES:
+            out.append(_QUOTE_ESCAPES[ch])
+        elif o < 0x20 or o == 0x7f:
+            out.append(f"\\x{o:02x}")
+        elif 0xdc80 <= o <= 0xdcff:
+            out.append(f"\\x{o - 0xdc00:02x}")
+        elif o < 0x10000:
+            out.append(f"\\u{0xfffd if 0xd800 <= o <= 0xdfff else o:04x}")
+        else:
+            out.append(f"\\U{o:08x}")
+    return "".join(out) + quote
+
+
+def _go_quoted(v):
+    """fmt's %q: a string quoted, an integer as the quoted character it is, each element of
+    a slice or map so."""
+    if isinstance(v, str):
+        return _go_quote(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return _go_quote(chr(v) if 0 <= v <= 0x10ffff and not 0xd800 <= v <= 0xdfff else "\ufffd", "'")
+    if isinstance(v, (list, tuple)):
+        return "[" + " ".join(_go_quoted(x) for x in v) + "]"
+    if isinstance(v, dict) and not isinstance(v, GoStruct):
+        return "map[" + " ".join(f"{_go_quoted(k)}:{_go_quoted(v[k])}" for k in _sorted_keys(v)) + "]"
+    return f"%!q({type_name(v)}={format_value(v)})"
 
 
 def _f_printf(fmt, *args):
     fmt = _need_str(fmt, "printf")
     out, i, ai = [], 0, 0
     for m in _PRINTF_RE.finditer(fmt):
+        flags, width, prec, verb = m.groups()
+        if _go_number_overflows(width) or _go_number_overflows(prec):
+            # not a width of gigabytes: Go gives up on the rest of the format, as here
+            out.append(fmt[i:m.start()] + "%!(NOVERB)")
+            i = len(fmt)
+            break
+        if verb is None:
+            continue  # no verb: the text as it is, as before (Go's %!(NOVERB) and bad verbs aside)
         out.append(fmt[i:m.start()])
         i = m.end()
-        flags, width, prec, verb = m.groups()
+        if prec == "":
+            prec = "0"  # "%.s": Go's precision 0
         if verb == "%":
             out.append("%")
             continue
@@ -1229,20 +1325,22 @@ def _f_printf(fmt, *args):
             continue
         a = args[ai]
         ai += 1
-        if verb in "sv":
+        if verb == "s" and isinstance(a, (bool, int, float)):
+            s = f"%!s({type_name(a)}={format_value(a)})"
+        elif verb in "sv":
             s = format_value(a) if not (verb == "s" and isinstance(a, str)) else a
             if prec is not None and verb == "s":
                 s = s[:int(prec)]
         elif verb == "q":
-            s = go_json(a) if isinstance(a, str) else format_value(a)
+            s = _go_quoted(a)
         elif verb == "d":
             if isinstance(a, bool) or not isinstance(a, int):
                 s = f"%!d({type_name(a)}={format_value(a)})"
             else:
-                s = str(a)
+                s = _signed(str(abs(a)), a < 0, flags)
         elif verb in "xX":
             if isinstance(a, int) and not isinstance(a, bool):
-                s = format(a, verb)
+                s = _signed(("0" + verb.lower() if "#" in flags else "") + format(abs(a), verb), a < 0, flags)
             elif isinstance(a, str):
                 s = a.encode().hex() if verb == "x" else a.encode().hex().upper()
             else:
@@ -1258,7 +1356,12 @@ def _f_printf(fmt, *args):
             raise _FuncError(f"printf verb %{verb} is not supported by lamina's --format templates")
         if width is not None:
             w = int(width)
-            s = s.ljust(w) if "-" in flags else (s.rjust(w, "0") if "0" in flags and verb in "dfxX" else s.rjust(w))
+            if "-" in flags:
+                s = s.ljust(w)
+            elif "0" in flags and verb in "dfxX" and s[:1] in ("-", "+", " "):
+                s = s[0] + s[1:].rjust(w - 1, "0")   # fmt pads after the sign: -0000255
+            else:
+                s = s.rjust(w, "0") if "0" in flags and verb in "dfxX" else s.rjust(w)
         out.append(s)
     out.append(fmt[i:])
     if ai < len(args):

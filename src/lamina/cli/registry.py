@@ -202,12 +202,26 @@ def cmd_logout(args):
     return 0
 
 
+def _terminal_safe_json(data):
+    """A registry's document (strict JSON, read as UTF-8 already) with nothing that drives a
+    terminal: JSON leaves DEL, the C1 controls (U+009B is CSI) and the bidi overrides raw in
+    its strings, written here as \\u escapes, and a \\r can only be whitespace between its
+    tokens, dropped.  The same document; the bytes served whenever it holds none of them."""
+    from . import _CONTROLS
+    table = {c: f"\\u{c:04x}" for c in _CONTROLS if c >= 0x7f}
+    table[0x0d] = None
+    text = data.decode("utf-8")
+    safe = text.translate(table)
+    return data if safe == text else safe.encode("utf-8")
+
+
 def cmd_manifest_inspect(args):
     from ..registry import inspect_manifest
     mr = inspect_manifest(args.ref, insecure=_insecure(args, args.ref))
     out = sys.stdout.buffer
-    out.write(mr.data)
-    if not mr.data.endswith(b"\n"):
+    data = _terminal_safe_json(mr.data)
+    out.write(data)
+    if not data.endswith(b"\n"):
         out.write(b"\n")
     out.flush()
     return 0
