@@ -6,6 +6,7 @@ what lamina stored is checked against the bytes that went in.
 import hashlib
 import json
 import re
+import shutil
 
 import pytest
 
@@ -427,3 +428,25 @@ def test_index_entries_without_a_platform_are_matched_by_their_config_as_from_a_
     assert pull(ref, store=store).manifest_digest == host["digest"]
     with pytest.raises(errors.PlatformNotFoundError, match="available: linux/amd64, linux/arm64/v8, linux/s390x"):
         pull(ref, store=store, platform="linux/ppc64le")
+
+
+def test_a_tag_whose_index_lists_a_manifest_the_registry_lacks_names_the_tag_platform_and_digest(
+        reg, registry_env, tmp_path):  # noqa: F811
+    """The index a tag names lists, for the platform asked, a manifest the registry no longer has
+    (deleted by digest, or a mirror half-synced).  skopeo: "fetching target platform image selected
+    from image index: reading manifest sha256:…: manifest unknown"; lamina said only "manifest for
+    REPO@sha256:… not found", not that the tag's index led there."""
+    lay = ocibuild.Layout(tmp_path / "l")
+    amd = lay.image([{"a": b"amd"}])
+    arm = lay.image([{"a": b"arm"}], arch="arm64")
+    lay.add(lay.index([ocibuild.with_platform(amd, "linux", "amd64"),
+                       ocibuild.with_platform(arm, "linux", "arm64")]), "x")
+    skopeo_push(f"oci:{lay.root}:x", reg.host, "halfgone:1", all_images=True)
+    link = f"{reg.storage}/docker/registry/v2/repositories/halfgone/_manifests/revisions/sha256/{amd['digest'][7:]}"
+    shutil.rmtree(link)
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.ImageNotFoundError) as info:
+        pull(f"{reg.host}/halfgone:1", store=store, platform="linux/amd64")
+    assert f"{reg.host}/halfgone:1: its image index lists {amd['digest']} for linux/amd64" in str(info.value)
+    assert "not found" in str(info.value)
+    assert pull(f"{reg.host}/halfgone:1", store=store, platform="linux/arm64").manifest_digest == arm["digest"]

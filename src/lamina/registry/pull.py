@@ -161,8 +161,16 @@ def resolve(client, ref, want, *, all_platforms=False) -> Resolved:
     repos = [repo] + [r for r in repos if r is not repo]
     children = {}
 
+    def child(desc, platform=None):
+        try:
+            return _child(repo, desc)
+        except errors.ImageNotFoundError as e:
+            # the registry's "manifest unknown" for a digest the user never typed: say where it came from
+            on = f" for {platform}" if platform is not None else ""
+            raise errors.ImageNotFoundError(f"{ref}: its image index lists {desc.digest}{on}, but {e}") from None
+
     def fetch_index(desc):
-        mr = _child(repo, desc)
+        mr = child(desc, desc.platform)
         if not mr.is_index:
             raise ImageError(f"{desc.digest}: expected an index, got {mr.media_type}")
         children[desc.digest] = mr
@@ -178,7 +186,7 @@ def resolve(client, ref, want, *, all_platforms=False) -> Resolved:
         if desc.platform is not None or not mt.is_manifest(desc.media_type):
             return desc.platform
         if desc.digest not in fetched:
-            fetched[desc.digest] = _child(repo, desc)
+            fetched[desc.digest] = child(desc)
         mr = fetched[desc.digest]
         try:
             manifest = parse_manifest(mr.document, mr.media_type, f"manifest {desc.digest}")
@@ -189,13 +197,13 @@ def resolve(client, ref, want, *, all_platforms=False) -> Resolved:
 
     index = parse_index(top.document, top.media_type, f"index {top.digest}")
     desc, chosen = choose_platform(index, want, fetch_index, platform_of=platform_of)
-    mr = fetched.get(desc.digest) or _child(repo, desc)
+    mr = fetched.get(desc.digest) or child(desc, chosen)
     if not mt.is_manifest(mr.media_type):
         raise ImageError(f"{desc.digest}: expected a manifest, got {mr.media_type}")
     others = []
     if all_platforms:
         listed = {d.digest: d for d in index.manifests if mt.is_manifest(d.media_type)}  # each one once
-        others = [_child(repo, d) for digest, d in listed.items() if digest != desc.digest]
+        others = [child(d, d.platform) for digest, d in listed.items() if digest != desc.digest]
     return Resolved(repos, repo, top, mr, chosen, children, others)
 
 
