@@ -284,6 +284,17 @@ def test_missing_manifest_blob(simple):
         resolve(lay.root)
 
 
+def test_a_missing_manifest_an_index_lists_is_named_with_the_platform(tmp_path):
+    lay = ob.multiarch(tmp_path / "img")
+    amd = lay.read_json(lay.entries[0]["digest"])["manifests"][0]
+    os.unlink(lay.path(amd["digest"]))
+    # was: "blob sha256:... not found in DIR", a digest the user never typed
+    with pytest.raises(BlobNotFoundError, match=f"img: the image index 'latest' lists manifest {amd['digest']} for "
+                                                "linux/amd64, but the blob is not there"):
+        resolve(f"oci:{lay.root}:latest", "linux/amd64")
+    assert str(resolve(f"oci:{lay.root}:latest", "linux/arm64").platform) == "linux/arm64/v8"
+
+
 def test_missing_config_blob(simple):
     lay, m = simple
     cfg = lay.read_json(m["digest"])["config"]["digest"]
