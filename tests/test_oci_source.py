@@ -689,6 +689,34 @@ def test_docker_archive_several_images_must_be_named(tmp_path):
         resolve(f"docker-archive:{path}:@{'1' * 5000}")
 
 
+def test_docker_archive_name_on_two_images_is_ambiguous_when_named(tmp_path):
+    """manifest.json giving one name to two images (no tool writes that): skopeo's
+    ``docker-archive:PATH:NAME`` reads the first, ``docker load`` tags the last.  lamina read the
+    first under that name and, once loaded, ran the last: refused when named, load keeps docker's."""
+    members, entries, configs = {}, [], []
+    for content in (b"first", b"second"):
+        raw = ob.tar_bytes({"a": content})
+        layer = ob.sha256(raw)[7:] + ".tar"
+        config = ob.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                           "rootfs": {"type": "layers", "diff_ids": [ob.sha256(raw)]}})
+        members[layer], members[ob.sha256(config)[7:] + ".json"] = raw, config
+        entries.append({"Config": ob.sha256(config)[7:] + ".json", "RepoTags": ["app:1"], "Layers": [layer]})
+        configs.append(ob.sha256(config))
+    members["manifest.json"] = json.dumps(entries).encode()
+    path = tmp_path / "twice.tar"
+    path.write_bytes(ob.tar_of(members))
+    seen = json.loads(run("skopeo", "inspect", "--raw", f"docker-archive:{path}:app:1").stdout)
+    assert seen["config"]["digest"] == configs[0]
+    with pytest.raises(ImageError, match=f"'app:1' names 2 different images \\(configs {configs[0][7:]}.json, "
+                                         f"{configs[1][7:]}.json\\): skopeo reads the first, docker load tags "
+                                         "the last"):
+        resolve(f"docker-archive:{path}:app:1")
+    from lamina.store import Store
+    from lamina.transports import load
+    load(str(path), store=Store(tmp_path / "root"))
+    assert Store(tmp_path / "root").resolve("app:1").config_digest == configs[1]
+
+
 @pytest.mark.parametrize("members, error", [
     ({"x": b"y"}, "no manifest.json"),
     ({"manifest.json": b"{}"}, "non-empty list"),

@@ -162,9 +162,17 @@ class DockerArchive(Source):
                 if n < len(entries):
                     return entries[n]
             else:
-                for e in entries:
-                    if any(names_match(self.ref, t) for t in e.get("RepoTags") or []):
-                        return e
+                named = [e for e in entries if any(names_match(self.ref, t) for t in e.get("RepoTags") or [])]
+                images = {(e["Config"], tuple(e["Layers"])): e for e in named}
+                if len(images) > 1:
+                    # no tool writes a name twice; when one is, skopeo reads its first image and
+                    # docker load tags the last: the name means two images
+                    raise ImageError(
+                        f"{self.description}: manifest.json: {self.ref!r} names {len(images)} different images "
+                        f"(configs {', '.join(e['Config'] for e in images.values())}): skopeo reads the first, docker "
+                        "load tags the last")
+                if named:
+                    return named[0]
             raise ImageNotFoundError(
                 f"{self.description}: no image {self.ref!r}; available: {listing(tags)}"
                 f" (or @0..@{len(entries) - 1})")
