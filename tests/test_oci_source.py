@@ -717,6 +717,27 @@ def test_docker_archive_name_on_two_images_is_ambiguous_when_named(tmp_path):
     assert Store(tmp_path / "root").resolve("app:1").config_digest == configs[1]
 
 
+def test_a_docker_save_from_before_manifest_json_is_refused_saying_so(skopeo_archives, tmp_path):
+    """Before docker 1.10 ``docker save`` wrote ``repositories`` and ``<id>/json`` alone: docker load
+    still reads it, skopeo refuses it ("manifest.json: file does not exist"), as lamina does; lamina
+    said "not a docker archive", which it is."""
+    members = {}
+    with tarfile.open(skopeo_archives[0]) as tar:
+        for m in tar:
+            if m.isfile() and m.name != "manifest.json":
+                members[m.name] = tar.extractfile(m).read()
+            elif m.issym():
+                members[m.name] = ("symlink", m.linkname)
+    assert "repositories" in members
+    path = tmp_path / "old.tar"
+    path.write_bytes(ob.tar_of(members))
+    p = subprocess.run(["skopeo", "inspect", f"docker-archive:{path}"], capture_output=True, text=True)
+    assert p.returncode != 0 and "manifest.json" in p.stderr
+    with pytest.raises(ImageError, match="a docker save from before docker 1.10 \\(a 'repositories' file, no "
+                                         "manifest.json\\)"):
+        resolve(f"docker-archive:{path}")
+
+
 @pytest.mark.parametrize("members, error", [
     ({"x": b"y"}, "no manifest.json"),
     ({"manifest.json": b"{}"}, "non-empty list"),

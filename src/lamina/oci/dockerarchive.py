@@ -88,6 +88,10 @@ class DockerArchive(Source):
     def _read_manifest_json(self):
         what = f"{self.description}: manifest.json"
         if not self.archive.has("manifest.json"):
+            if self.archive.has("repositories"):
+                # docker load still reads these by each layer's <id>/json; skopeo refuses them too
+                raise ImageError(f"{self.description}: a docker save from before docker 1.10 (a 'repositories' file, "
+                                 "no manifest.json): lamina reads manifest.json; load it into docker and save it again")
             raise ImageError(f"{self.description}: not a docker archive (no manifest.json) nor an OCI archive")
         doc = decode_json(self.archive.read("manifest.json", what), what)
         if not isinstance(doc, list) or not doc:
