@@ -215,6 +215,19 @@ def test_nested_indexes_and_platform_from_config(tmp_path):
     assert resolve(f"oci:{lay.root}", "linux/amd64").manifest_digest == amd["digest"]
 
 
+def test_an_entry_whose_config_names_no_platform_is_offered_for_none(tmp_path):
+    """An index entry without a platform whose config's os and architecture are empty (cosign
+    writes such configs for signatures): no platform, as an artifact's; it was listed as "/"."""
+    lay = ob.Layout(tmp_path / "img")
+    amd = lay.image([{"a": b"amd"}])
+    blank = lay.image([{"sig": b"x"}], os_name="", arch="")
+    lay.add(lay.index([blank, amd]), "latest")
+    assert resolve(f"oci:{lay.root}", "linux/amd64").manifest_digest == amd["digest"]
+    with pytest.raises(PlatformNotFoundError) as info:
+        resolve(f"oci:{lay.root}", "linux/s390x")
+    assert info.value.available == ["linux/amd64"]
+
+
 def test_index_json_used_as_a_plain_index(tmp_path):
     # skopeo/buildah may list platform manifests straight in index.json without names.
     lay = ob.Layout(tmp_path / "img")
