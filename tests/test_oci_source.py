@@ -215,6 +215,19 @@ def test_nested_indexes_and_platform_from_config(tmp_path):
     assert resolve(f"oci:{lay.root}", "linux/amd64").manifest_digest == amd["digest"]
 
 
+def test_an_entry_whose_config_names_no_platform_is_offered_for_none(tmp_path):
+    """An index entry without a platform whose config's os and architecture are empty (cosign
+    writes such configs for signatures): no platform, as an artifact's; it was listed as "/"."""
+    lay = ob.Layout(tmp_path / "img")
+    amd = lay.image([{"a": b"amd"}])
+    blank = lay.image([{"sig": b"x"}], os_name="", arch="")
+    lay.add(lay.index([blank, amd]), "latest")
+    assert resolve(f"oci:{lay.root}", "linux/amd64").manifest_digest == amd["digest"]
+    with pytest.raises(PlatformNotFoundError) as info:
+        resolve(f"oci:{lay.root}", "linux/s390x")
+    assert info.value.available == ["linux/amd64"]
+
+
 def test_index_json_used_as_a_plain_index(tmp_path):
     # skopeo/buildah may list platform manifests straight in index.json without names.
     lay = ob.Layout(tmp_path / "img")
@@ -282,6 +295,17 @@ def test_missing_manifest_blob(simple):
     os.unlink(lay.path(m["digest"]))
     with pytest.raises(BlobNotFoundError, match=m["digest"]):
         resolve(lay.root)
+
+
+def test_a_missing_manifest_an_index_lists_is_named_with_the_platform(tmp_path):
+    lay = ob.multiarch(tmp_path / "img")
+    amd = lay.read_json(lay.entries[0]["digest"])["manifests"][0]
+    os.unlink(lay.path(amd["digest"]))
+    # was: "blob sha256:... not found in DIR", a digest the user never typed
+    with pytest.raises(BlobNotFoundError, match=f"img: the image index 'latest' lists manifest {amd['digest']} for "
+                                                "linux/amd64, but the blob is not there"):
+        resolve(f"oci:{lay.root}:latest", "linux/amd64")
+    assert str(resolve(f"oci:{lay.root}:latest", "linux/arm64").platform) == "linux/arm64/v8"
 
 
 def test_missing_config_blob(simple):
@@ -515,6 +539,59 @@ def test_gzip_compressed_docker_archive(skopeo_archives):
         assert ob.sha256(read_layer(layer)) == layer.diff_id
 
 
+@pytest.mark.parametrize("tool", ["zstd", "xz", "bzip2"])
+def test_archives_compressed_as_docker_load_and_skopeo_take_them(skopeo_archives, tmp_path, tool):
+    """``docker save | zstd`` (or xz, bzip2): docker load and skopeo inflate any of the four
+    (DecompressStream, AutoDecompress); lamina read gzip alone ("invalid header at offset 0")."""
+    require_tool(tool)
+    plain, _, oci_archive = skopeo_archives
+    for archive, transport in ((plain, "docker-archive"), (oci_archive, "oci-archive")):
+        packed = tmp_path / f"{transport}.{tool}"
+        with open(archive, "rb") as src, open(packed, "wb") as dst:
+            subprocess.run([tool, "-c"], stdin=src, stdout=dst, check=True)
+        seen = json.loads(run("skopeo", "inspect", "--raw", f"{transport}:{packed}").stdout)
+        for source in (f"{transport}:{packed}", str(packed)):
+            with open_source(source) as src:
+                assert src.compressed
+                img = src.resolve("linux/amd64")
+            unpacked = resolve(f"{transport}:{archive}")
+            assert img.config_digest == seen["config"]["digest"] == unpacked.config_digest
+            # out of order: members are read at random
+            assert [read_layer(layer) for layer in reversed(img.layers)] == \
+                [read_layer(layer) for layer in reversed(unpacked.layers)]
+
+
+@pytest.mark.parametrize("tool", ["zstd", "xz", "bzip2"])
+def test_a_cut_compressed_archive_is_refused_as_cut(skopeo_archives, tmp_path, tool):
+    require_tool(tool)
+    packed = subprocess.run([tool, "-c", str(skopeo_archives[0])], capture_output=True, check=True).stdout
+    cut = tmp_path / "cut"
+    cut.write_bytes(packed[:len(packed) * 2 // 3])
+    # zstd's stream reader ends quietly inside a frame: lamina said "not a readable tar archive: empty file"
+    with pytest.raises(ImageError, match=f"cut \\({tool}\\): .*(truncated|ended before)"):
+        resolve(f"docker-archive:{cut}")
+
+
+def test_zeros_in_a_compressed_archive_take_no_disk_to_inflate(tmp_path):
+    import zstandard
+    from lamina.oci.blobs import TarArchive
+    big = 256 << 20
+    zeros = tarfile.TarInfo("zeros")
+    zeros.size = big
+    stream = zstandard.ZstdCompressor().compressobj()
+    packed = stream.compress(zeros.tobuf(tarfile.PAX_FORMAT))
+    for _ in range(big >> 20):
+        packed += stream.compress(bytes(1 << 20))
+    packed += stream.compress(ob.tar_of({"manifest.json": b"[]"})) + stream.flush()
+    (tmp_path / "a.tar.zst").write_bytes(packed)
+    archive = TarArchive(tmp_path / "a.tar.zst")
+    spill = os.fstat(archive._spill)
+    assert spill.st_size >= big and spill.st_blocks * 512 < 8 << 20
+    assert archive.read("manifest.json", "manifest.json") == b"[]"
+    with archive.open("zeros") as f:
+        assert f.read(1 << 20) == bytes(1 << 20)
+
+
 def test_oci_archive_uses_the_layout_inside(skopeo_archives):
     _, _, oci_archive = skopeo_archives
     oci = sample_oci()
@@ -623,6 +700,55 @@ def test_docker_archive_several_images_must_be_named(tmp_path):
     assert resolve(f"docker-archive:{path}:@1").layers == []
     with pytest.raises(ImageNotFoundError, match=r"or @0\.\.@1"):   # was int()'s ValueError traceback
         resolve(f"docker-archive:{path}:@{'1' * 5000}")
+
+
+def test_docker_archive_name_on_two_images_is_ambiguous_when_named(tmp_path):
+    """manifest.json giving one name to two images (no tool writes that): skopeo's
+    ``docker-archive:PATH:NAME`` reads the first, ``docker load`` tags the last.  lamina read the
+    first under that name and, once loaded, ran the last: refused when named, load keeps docker's."""
+    members, entries, configs = {}, [], []
+    for content in (b"first", b"second"):
+        raw = ob.tar_bytes({"a": content})
+        layer = ob.sha256(raw)[7:] + ".tar"
+        config = ob.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                           "rootfs": {"type": "layers", "diff_ids": [ob.sha256(raw)]}})
+        members[layer], members[ob.sha256(config)[7:] + ".json"] = raw, config
+        entries.append({"Config": ob.sha256(config)[7:] + ".json", "RepoTags": ["app:1"], "Layers": [layer]})
+        configs.append(ob.sha256(config))
+    members["manifest.json"] = json.dumps(entries).encode()
+    path = tmp_path / "twice.tar"
+    path.write_bytes(ob.tar_of(members))
+    seen = json.loads(run("skopeo", "inspect", "--raw", f"docker-archive:{path}:app:1").stdout)
+    assert seen["config"]["digest"] == configs[0]
+    with pytest.raises(ImageError, match=f"'app:1' names 2 different images \\(configs {configs[0][7:]}.json, "
+                                         f"{configs[1][7:]}.json\\): skopeo reads the first, docker load tags "
+                                         "the last"):
+        resolve(f"docker-archive:{path}:app:1")
+    from lamina.store import Store
+    from lamina.transports import load
+    load(str(path), store=Store(tmp_path / "root"))
+    assert Store(tmp_path / "root").resolve("app:1").config_digest == configs[1]
+
+
+def test_a_docker_save_from_before_manifest_json_is_refused_saying_so(skopeo_archives, tmp_path):
+    """Before docker 1.10 ``docker save`` wrote ``repositories`` and ``<id>/json`` alone: docker load
+    still reads it, skopeo refuses it ("manifest.json: file does not exist"), as lamina does; lamina
+    said "not a docker archive", which it is."""
+    members = {}
+    with tarfile.open(skopeo_archives[0]) as tar:
+        for m in tar:
+            if m.isfile() and m.name != "manifest.json":
+                members[m.name] = tar.extractfile(m).read()
+            elif m.issym():
+                members[m.name] = ("symlink", m.linkname)
+    assert "repositories" in members
+    path = tmp_path / "old.tar"
+    path.write_bytes(ob.tar_of(members))
+    p = subprocess.run(["skopeo", "inspect", f"docker-archive:{path}"], capture_output=True, text=True)
+    assert p.returncode != 0 and "manifest.json" in p.stderr
+    with pytest.raises(ImageError, match="a docker save from before docker 1.10 \\(a 'repositories' file, no "
+                                         "manifest.json\\)"):
+        resolve(f"docker-archive:{path}")
 
 
 @pytest.mark.parametrize("members, error", [
@@ -802,3 +928,34 @@ def test_docker_archive_members_are_named_as_go_names_them(tmp_path, fmt, prefix
         assert skopeo.returncode != 0
         with pytest.raises(ImageError, match="manifest.json"):
             resolve(f"docker-archive:{path}")
+
+
+@pytest.mark.parametrize("tool", ["zstd", "xz", "bzip2"])
+def test_docker_archive_layer_members_compressed_by_hand(skopeo_archives, tmp_path, tool):
+    """A docker-archive whose layer members were compressed after ``docker save`` (no tool
+    writes one): skopeo and docker load inflate any of gzip, zstd, xz and bzip2.  lamina reads the
+    two a layer ever ships in (gzip, zstd) and refuses xz and bzip2 naming the layer and what it
+    is (CONFORMANCE.md)."""
+    require_tool(tool)
+    import lamina
+    import lamina.errors
+    members = {}
+    with tarfile.open(skopeo_archives[0]) as tar:
+        for m in tar:
+            if m.isfile():
+                data = tar.extractfile(m).read()
+                if m.name.endswith(".tar"):
+                    data = subprocess.run([tool, "-c"], input=data, capture_output=True, check=True).stdout
+                members[m.name] = data
+            elif m.issym():
+                members[m.name] = ("symlink", m.linkname)
+    archive = tmp_path / "hand.tar"
+    archive.write_bytes(ob.tar_of(members))
+    run("skopeo", "copy", "-q", f"docker-archive:{archive}", f"oci:{tmp_path / 'sk'}:x")   # skopeo takes all
+    if tool == "zstd":
+        lamina.unpack(f"docker-archive:{archive}", tmp_path / "u")
+        assert (tmp_path / "u").is_dir()
+    else:
+        refused = f"layer 1 of 3 .*{tool}-compressed, which a layer never is"
+        with pytest.raises(lamina.errors.CompressionError, match=refused):
+            lamina.unpack(f"docker-archive:{archive}", tmp_path / "u")

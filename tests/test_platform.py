@@ -97,8 +97,12 @@ def test_host_is_this_machine():
 
 
 def test_compatible_order_follows_containerd():
+    # containerd's platformVector: arm64/vN runs arm/vN and what arm/vN runs (lamina left out
+    # arm/v8, and gave arm64/v9 nothing but itself)
     assert [str(p) for p in Platform.parse("linux/arm64").compatible()] == [
-        "linux/arm64/v8", "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]
+        "linux/arm64/v8", "linux/arm/v8", "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]
+    assert [str(p) for p in Platform.parse("linux/arm64/v9").compatible()] == [
+        "linux/arm64/v9", "linux/arm/v9", "linux/arm/v8", "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]
     assert [str(p) for p in Platform.parse("linux/arm/v7").compatible()] == [
         "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]
     assert [str(p) for p in Platform.parse("linux/amd64/v3").compatible()] == [

@@ -6,6 +6,7 @@ what lamina stored is checked against the bytes that went in.
 import hashlib
 import json
 import re
+import shutil
 
 import pytest
 
@@ -15,6 +16,8 @@ from registryfixture import (FaultProxy, lamina_cli, reg, registry_env, skopeo_i
                              skopeo_push, skopeo_raw, umoci_multiarch)
 
 from lamina import errors
+from lamina.oci import open_source
+from lamina.platform import Platform
 from lamina.registry import inspect_manifest, pull
 from lamina.store import Store
 
@@ -399,3 +402,51 @@ def test_a_pulled_image_is_found_again_by_the_platform_its_index_entry_says(reg,
     assert lamina_cli("inspect", "--format", "{{.Architecture}}", ref, root=root).stdout.strip() == "amd64"
     lamina_cli("unpack", "--platform", "linux/arm64", ref, str(tmp_path / "u"), root=root)
     assert (tmp_path / "u" / "liar").read_bytes() == b"x"
+
+
+def test_index_entries_without_a_platform_are_matched_by_their_config_as_from_a_layout(reg, registry_env,  # noqa: F811
+                                                                                         tmp_path):
+    """An index whose entries carry no ``platform`` (image-spec makes it optional): containerd
+    reads each entry's config for its platform, and so does lamina's layout reader.  skopeo
+    takes the first such entry for any platform (an amd64 image for linux/s390x); lamina's pull
+    passed over them ("no image for platform linux/amd64; available: linux/arm64/v8")."""
+    lay = ocibuild.Layout(tmp_path / "np")
+    amd = lay.image([{"arch": b"amd64"}])
+    arm = lay.image([{"arch": b"arm64"}], arch="arm64")
+    s390 = lay.image([{"arch": b"s390x"}], arch="s390x")
+    lay.add(lay.index([ocibuild.with_platform(arm, "linux", "arm64"), amd, s390]), "np")
+    skopeo_push(f"oci:{lay.root}:np", reg.host, "noplatform:1", all_images=True)
+    raw = skopeo_inspect(reg.host, "noplatform:1", raw=True)
+    assert [m.get("platform") is None for m in raw["manifests"]] == [False, True, True]
+    store = Store(registry_env / "root")
+    ref = f"{reg.host}/noplatform:1"
+    for platform, expect in (("linux/amd64", amd), ("linux/arm64", arm), ("linux/s390x", s390)):
+        with open_source(f"oci:{lay.root}:np") as src:
+            assert src.resolve(platform).manifest_digest == expect["digest"]
+        assert pull(ref, store=store, platform=platform).manifest_digest == expect["digest"]
+    host = {"amd64": amd, "arm64": arm, "s390x": s390}[Platform.host().architecture]
+    assert pull(ref, store=store).manifest_digest == host["digest"]
+    with pytest.raises(errors.PlatformNotFoundError, match="available: linux/amd64, linux/arm64/v8, linux/s390x"):
+        pull(ref, store=store, platform="linux/ppc64le")
+
+
+def test_a_tag_whose_index_lists_a_manifest_the_registry_lacks_names_the_tag_platform_and_digest(
+        reg, registry_env, tmp_path):  # noqa: F811
+    """The index a tag names lists, for the platform asked, a manifest the registry no longer has
+    (deleted by digest, or a mirror half-synced).  skopeo: "fetching target platform image selected
+    from image index: reading manifest sha256:…: manifest unknown"; lamina said only "manifest for
+    REPO@sha256:… not found", not that the tag's index led there."""
+    lay = ocibuild.Layout(tmp_path / "l")
+    amd = lay.image([{"a": b"amd"}])
+    arm = lay.image([{"a": b"arm"}], arch="arm64")
+    lay.add(lay.index([ocibuild.with_platform(amd, "linux", "amd64"),
+                       ocibuild.with_platform(arm, "linux", "arm64")]), "x")
+    skopeo_push(f"oci:{lay.root}:x", reg.host, "halfgone:1", all_images=True)
+    link = f"{reg.storage}/docker/registry/v2/repositories/halfgone/_manifests/revisions/sha256/{amd['digest'][7:]}"
+    shutil.rmtree(link)
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.ImageNotFoundError) as info:
+        pull(f"{reg.host}/halfgone:1", store=store, platform="linux/amd64")
+    assert f"{reg.host}/halfgone:1: its image index lists {amd['digest']} for linux/amd64" in str(info.value)
+    assert "not found" in str(info.value)
+    assert pull(f"{reg.host}/halfgone:1", store=store, platform="linux/arm64").manifest_digest == arm["digest"]

@@ -168,7 +168,7 @@ class Platform:
         """Platforms this one can run, best first (containerd's ``platforms.Only``).
 
         amd64/vN also runs lower amd64 levels and 386; arm/vN runs lower arm
-        variants down to v5; arm64 runs arm/v7 and below.
+        variants down to v5; arm64/vN runs arm/vN and below.
         """
         p = self
         out = [p]
@@ -179,8 +179,8 @@ class Platform:
             out.append(Platform(p.os, "386"))
         elif p.architecture == "arm" and level:
             out += [Platform(p.os, "arm", f"v{n}") for n in range(level - 1, 4, -1)]
-        elif p.architecture == "arm64" and p.variant in ("v8", ""):
-            out += [Platform(p.os, "arm", f"v{n}") for n in range(7, 4, -1)]
+        elif p.architecture == "arm64":   # AArch32: arm of the same variant, and what that runs
+            out += Platform(p.os, "arm", p.variant or "v8").compatible()
         return out
 
     def __str__(self):

@@ -12,9 +12,12 @@ import io
 import itertools
 import os
 import posixpath
+import re
 import stat
 import tarfile
+import tempfile
 import threading
+import weakref
 import zlib
 
 from .. import digest as _digest
@@ -160,8 +163,8 @@ class _Section(io.RawIOBase):
     No fileno(): a reader must not mistake the whole archive for the member.
     """
 
-    def __init__(self, path, offset, size):
-        self._fd = _open_archive(path)
+    def __init__(self, path, offset, size, fd=None):
+        self._fd = _open_archive(path) if fd is None else os.dup(fd)
         self._start, self._end, self._pos = offset, offset + size, offset
 
     def readable(self):
@@ -303,6 +306,67 @@ def _open_archive(path):
     return fd
 
 
+# Compressions docker load (DecompressStream) and skopeo (AutoDecompress) take an archive in
+# besides gzip.  Their streams cannot be restarted part-way as zlib's can (_Checkpoints), so the
+# archive is inflated once, as it is indexed, into an unnamed temporary file and read from there,
+# as skopeo reads every compressed archive.  bzip2's magic is checked up to its block's, so a
+# plain tar whose first member is named "BZh..." stays a plain tar.
+_SPILLED = (("zstd", re.compile(rb"\x28\xb5\x2f\xfd")), ("xz", re.compile(rb"\xfd7zXZ\x00")),
+            ("bzip2", re.compile(rb"BZh[1-9](?:1AY&SY|\x17rE8P\x90)")))
+
+
+def _spilled_compression(head):
+    return next((name for name, magic in _SPILLED if magic.match(head)), None)
+
+
+def _open_spilled(f, compression):
+    if compression == "zstd":   # as a layer is read: a cut frame is "truncated", not the end
+        from ..compression import open_decompressed
+        return open_decompressed(f, "zstd", "")
+    if compression == "xz":
+        import lzma
+        return lzma.open(f, "rb")
+    import bz2
+    return bz2.open(f, "rb")
+
+
+class _Spilling(io.RawIOBase):
+    """The inflated archive, read once as a stream by the index pass and written as it goes to
+    ``fd``, so that a member's offset in the stream is its offset in the file.  Chunks of zeros
+    are left as holes (``end()`` sets the length): a few KiB of zstd inflate to terabytes of them."""
+
+    def __init__(self, stream, fd, what):
+        self._stream, self._fd, self._what = stream, fd, what
+        self._pos = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        try:
+            n = self._stream.readinto(buf)
+        except (OSError, EOFError, ValueError) as e:
+            raise ImageError(f"{self._what}: {e}") from None
+        except Exception as e:
+            if type(e).__name__ not in ("ZstdError", "LZMAError"):
+                raise
+            raise ImageError(f"{self._what}: {e}") from None
+        data = memoryview(buf)[:n].tobytes()
+        if data.count(0) != n:
+            try:
+                done = 0
+                while done < n:
+                    done += os.pwrite(self._fd, data[done:], self._pos + done)
+            except OSError as e:
+                raise ImageError(f"{self._what}: cannot inflate it into a temporary file in "
+                                 f"{tempfile.gettempdir()}: {e.strerror}") from None
+        self._pos += n
+        return n
+
+    def end(self):
+        os.ftruncate(self._fd, self._pos)
+
+
 class _ArchiveTooBig(Exception):
     """An archive whose headers would take more memory to index than any real one."""
 
@@ -417,7 +481,7 @@ class _Member:
 
 
 class TarArchive:
-    """Random access to the members of a (possibly gzip-compressed) tar file.
+    """Random access to the members of a (possibly compressed) tar file.
 
     Members of a plain tar are read in place with pread. Members of a
     gzip-compressed tar are inflated from the nearest checkpoint before them
@@ -435,17 +499,33 @@ class TarArchive:
             raise ImageError(f"{self.path}: is a directory, not an archive")
         self.members = {}
         self.twice = set()   # names of more than one member (see _lookup)
+        self._spill = None   # the fd of the inflated archive, when it is not inflated from gzip
         with os.fdopen(_open_archive(self.path), "rb") as f:
-            self.compressed = f.read(2) == b"\x1f\x8b"
-            self._checkpoints = _Checkpoints() if self.compressed else None
+            head = f.read(16)
+            spilled = _spilled_compression(head)
+            self.compressed = head[:2] == b"\x1f\x8b" or spilled is not None
+            self._checkpoints = _Checkpoints() if self.compressed and not spilled else None
             f.seek(0)
-            self._index(f)
+            if spilled is None:
+                self._index(f)
+                return
+            try:
+                with tempfile.TemporaryFile() as spill:   # unnamed where the filesystem allows
+                    self._spill = os.dup(spill.fileno())
+            except OSError as e:
+                raise ImageError(f"{self.path}: cannot make a temporary file in {tempfile.gettempdir()} to "
+                                 f"inflate it into: {e.strerror}") from None
+            weakref.finalize(self, os.close, self._spill)
+            spilling = _Spilling(_open_spilled(f, spilled), self._spill, f"{self.path} ({spilled})")
+            self._index(io.BufferedReader(spilling, 1 << 20))
+            spilling.end()
 
     def _index(self, f):
         try:
             # A plain tar is indexed by seeking over member data (a multi-GB archive costs
             # a few reads); a compressed one has to be inflated once, as a stream.
-            with _open_gzip(f) if self.compressed else contextlib.nullcontext(f) as raw, tarfile.open(
+            gzipped = self.compressed and self._spill is None
+            with _open_gzip(f) if gzipped else contextlib.nullcontext(f) as raw, tarfile.open(
                     fileobj=raw, mode="r|" if self.compressed else "r:", tarinfo=_BoundedTarInfo) as tar:
                 header_bytes = 0
                 for i in itertools.count():
@@ -530,8 +610,8 @@ class TarArchive:
 
     def open(self, name):
         info = self.member(name)
-        if not self.compressed:
-            return io.BufferedReader(_Section(self.path, info.offset_data, info.size), 1 << 20)
+        if not self.compressed or self._spill is not None:
+            return io.BufferedReader(_Section(self.path, info.offset_data, info.size, self._spill), 1 << 20)
         return io.BufferedReader(_GzipMember(self.path, self._checkpoints, info.offset_data, info.size,
                                              f"{self.path}: member {name}"), 1 << 20)
 

@@ -88,6 +88,10 @@ class DockerArchive(Source):
     def _read_manifest_json(self):
         what = f"{self.description}: manifest.json"
         if not self.archive.has("manifest.json"):
+            if self.archive.has("repositories"):
+                # docker load still reads these by each layer's <id>/json; skopeo refuses them too
+                raise ImageError(f"{self.description}: a docker save from before docker 1.10 (a 'repositories' file, "
+                                 "no manifest.json): lamina reads manifest.json; load it into docker and save it again")
             raise ImageError(f"{self.description}: not a docker archive (no manifest.json) nor an OCI archive")
         doc = decode_json(self.archive.read("manifest.json", what), what)
         if not isinstance(doc, list) or not doc:
@@ -162,9 +166,17 @@ class DockerArchive(Source):
                 if n < len(entries):
                     return entries[n]
             else:
-                for e in entries:
-                    if any(names_match(self.ref, t) for t in e.get("RepoTags") or []):
-                        return e
+                named = [e for e in entries if any(names_match(self.ref, t) for t in e.get("RepoTags") or [])]
+                images = {(e["Config"], tuple(e["Layers"])): e for e in named}
+                if len(images) > 1:
+                    # no tool writes a name twice; when one is, skopeo reads its first image and
+                    # docker load tags the last: the name means two images
+                    raise ImageError(
+                        f"{self.description}: manifest.json: {self.ref!r} names {len(images)} different images "
+                        f"(configs {', '.join(e['Config'] for e in images.values())}): skopeo reads the first, docker "
+                        "load tags the last")
+                if named:
+                    return named[0]
             raise ImageNotFoundError(
                 f"{self.description}: no image {self.ref!r}; available: {listing(tags)}"
                 f" (or @0..@{len(entries) - 1})")

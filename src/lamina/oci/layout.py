@@ -200,9 +200,19 @@ class OCILayout(Source):
         want = Platform.parse(platform) if platform is not None else None
         descs = self._select()
         if len(descs) == 1 and not mt.is_index(descs[0].media_type):
-            desc, chosen = descs[0], None
+            desc, chosen, lister = descs[0], None, "index.json"
         else:
             desc, chosen = self._choose(descs, want, 0)
+            lister = f"the image index {self.ref!r}" if self.ref else "the image index"
+        try:
+            self._document(desc)
+        except BlobNotFoundError as e:
+            if getattr(e, "dangling", False):
+                raise
+            # a digest the user never typed: say where it came from, as skopeo's "selected from image index"
+            on = f" for {chosen}" if chosen is not None else ""
+            raise BlobNotFoundError(f"{self.description}: {lister} lists manifest {desc.digest}{on}, but the "
+                                    "blob is not there") from None
         return self._image(desc, want, chosen)
 
     def selected_index(self):

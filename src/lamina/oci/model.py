@@ -340,7 +340,10 @@ def index_entries(descs, open_index, platform_of, max_depth, what, depth=0):
             if mt.is_index(d.media_type) and d.platform is None:
                 walk(open_index(d).manifests, depth + 1)
             elif mt.is_index(d.media_type) or mt.is_manifest(d.media_type):
-                out.append((d, platform_of(d)))
+                platform = platform_of(d)
+                if platform is not None and not (platform.os and platform.architecture):
+                    platform = None   # a config of empty os and architecture (cosign's signatures) runs on none
+                out.append((d, platform))
             # Anything else in an index (artifacts, signatures) is not a runnable image: skip it.
 
     walk(descs, depth)

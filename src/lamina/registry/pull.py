@@ -98,15 +98,17 @@ def _open_store(store):
 # platform choice
 
 
-def choose_platform(index, want, fetch, depth=0):
-    """The manifest descriptor for ``want`` (Platform or None = host, with compatible fallbacks)."""
-    entries = index_entries(index.manifests, fetch, lambda d: d.platform, MAX_INDEX_DEPTH, "image index", depth)
+def choose_platform(index, want, fetch, depth=0, platform_of=None):
+    """The manifest descriptor for ``want`` (Platform or None = host, with compatible fallbacks).
+    ``platform_of(desc)``: a manifest's platform when its descriptor gives none (its config's)."""
+    entries = index_entries(index.manifests, fetch, platform_of or (lambda d: d.platform), MAX_INDEX_DEPTH,
+                            "image index", depth)
     wanted = [want] if want is not None else Platform.host().compatible()
     for w in wanted:
         for d, p in entries:
             if p == w:
                 if mt.is_index(d.media_type):
-                    return choose_platform(fetch(d), want or w, fetch, depth + 1)
+                    return choose_platform(fetch(d), want or w, fetch, depth + 1, platform_of)
                 return d, p
     unplatformed = [d for d, p in entries if p is None and mt.is_manifest(d.media_type)]
     if want is None and len(entries) == 1 and unplatformed:
@@ -159,8 +161,16 @@ def resolve(client, ref, want, *, all_platforms=False) -> Resolved:
     repos = [repo] + [r for r in repos if r is not repo]
     children = {}
 
+    def child(desc, platform=None):
+        try:
+            return _child(repo, desc)
+        except errors.ImageNotFoundError as e:
+            # the registry's "manifest unknown" for a digest the user never typed: say where it came from
+            on = f" for {platform}" if platform is not None else ""
+            raise errors.ImageNotFoundError(f"{ref}: its image index lists {desc.digest}{on}, but {e}") from None
+
     def fetch_index(desc):
-        mr = _child(repo, desc)
+        mr = child(desc, desc.platform)
         if not mr.is_index:
             raise ImageError(f"{desc.digest}: expected an index, got {mr.media_type}")
         children[desc.digest] = mr
@@ -168,15 +178,32 @@ def resolve(client, ref, want, *, all_platforms=False) -> Resolved:
 
     if not top.is_index:
         return Resolved(repos, repo, top, top, None, children, [])
+    fetched = {}   # manifests read for their platform, digest -> ManifestResponse
+
+    def platform_of(desc):
+        """An entry's platform: its descriptor's, else its config's, as containerd (and the layout
+        reader) match an entry without one; an artifact's is none."""
+        if desc.platform is not None or not mt.is_manifest(desc.media_type):
+            return desc.platform
+        if desc.digest not in fetched:
+            fetched[desc.digest] = child(desc)
+        mr = fetched[desc.digest]
+        try:
+            manifest = parse_manifest(mr.document, mr.media_type, f"manifest {desc.digest}")
+        except errors.ArtifactError:
+            return None
+        config = fetch_config([repo], manifest.config)
+        return parse_config(config, f"config {manifest.config.digest}", len(manifest.layers)).platform
+
     index = parse_index(top.document, top.media_type, f"index {top.digest}")
-    desc, chosen = choose_platform(index, want, fetch_index)
-    mr = _child(repo, desc)
+    desc, chosen = choose_platform(index, want, fetch_index, platform_of=platform_of)
+    mr = fetched.get(desc.digest) or child(desc, chosen)
     if not mt.is_manifest(mr.media_type):
         raise ImageError(f"{desc.digest}: expected a manifest, got {mr.media_type}")
     others = []
     if all_platforms:
         listed = {d.digest: d for d in index.manifests if mt.is_manifest(d.media_type)}  # each one once
-        others = [_child(repo, d) for digest, d in listed.items() if digest != desc.digest]
+        others = [child(d, d.platform) for digest, d in listed.items() if digest != desc.digest]
     return Resolved(repos, repo, top, mr, chosen, children, others)
 
 
