@@ -877,7 +877,8 @@ cdef class Flattener:
 
     cdef int _walk(self) noexcept nogil:
         cdef Src *src
-        cdef int n = 0, i, fd
+        cdef int n = 0, i, fd, k
+        cdef bint short = False
         cdef Level *lv
         cdef size_t first, j, count = 0
         src = <Src *>malloc(max(self.nlayers, 1) * sizeof(Src))
@@ -886,11 +887,21 @@ cdef class Flattener:
             return self._fail(b"walk", NULL)
         for i in range(self.nlayers - 1, -1, -1):  # the merged root: top first, down to an opaque one
             src[n].fd = dup(self.layer_fds[i])
+            if src[n].fd < 0:  # (-1 is a parked fd: the walk went on to "cannot stat: Bad file descriptor")
+                short = True
+                break
             src[n].layer = i
             n += 1
             if _is_opaque(self.layer_fds[i]):
                 break
-        fd = dup(self.dest_fd)
+        fd = -1 if short else dup(self.dest_fd)
+        if fd < 0:
+            k = errno
+            for j in range(<size_t>n):
+                close(src[j].fd)
+            free(src)
+            lamina_set_errno(k)
+            return self._fail(b"open", NULL)
         if self._push(src, n, fd, 0) < 0:
             return -1
         while self.depth:
@@ -970,7 +981,13 @@ cdef class Flattener:
                     break  # a lower non-directory (or whiteout) ends the merge, as in overlayfs
                 fd = openat(lv.src[lv.ents[j].k].fd, name, DIR_FLAGS)
                 if fd < 0:
-                    break
+                    # not the end of the merge (a lower non-directory is, above): leaving the
+                    # layers below out gave a tree without their files and no error (EMFILE
+                    # when another thread took the fds this walk's budget counted on)
+                    for j in range(<size_t>n):
+                        close(src[j].fd)
+                    free(src)
+                    return self._fail(b"open", name)
                 src[n].fd = fd
                 src[n].layer = lv.src[lv.ents[j].k].layer
                 n += 1
