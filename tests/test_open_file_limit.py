@@ -310,3 +310,15 @@ def test_a_lower_layers_directory_the_merge_cannot_open_is_an_error_not_left_out
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
+
+def test_a_pull_of_an_image_the_store_holds_whole_needs_no_fds_for_its_layers(pushed, registry_env, tmp_path):  # noqa: F811
+    """The pull checked the limit against the top layer's fds before it knew which layers the
+    store lacked: pulled once, the image was refused again under ``ulimit -n 170`` ("holds 119
+    directories open at once"), with nothing to extract.  Now only what is missing counts."""
+    import json
+    root = tmp_path / "root"
+    lamina(root, "pull", pushed)
+    proc = lamina(root, "pull", pushed, check=False, preexec_fn=_limited(PULL_LAYERS + 50))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"Status: Image is up to date for {pushed}" in proc.stdout, proc.stdout[-2000:]
+    assert json.loads(lamina(root, "fsck", "--format", "json").stdout)["findings"] == []
