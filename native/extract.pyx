@@ -4053,8 +4053,12 @@ cdef class Extractor:
             return
         if self.wh_pending and (self._touches_pending(path) or (kind == K_LINK and self._link_touches_pending(link))):
             self._load_lowers(f"entry {_show(name)}: it meets a whiteout of this layer, which waits for them")
-        if (self.hide_at is not None and kind != K_SYMLINK and self._is_hidden(path)
-                and not (kind == K_LINK and self._links_a_symlink(link, name))
+        target = None  # a hardlink's, normalised where first needed (in the order its errors come)
+        skip = self.hide_at is not None and kind != K_SYMLINK and self._is_hidden(path)
+        if skip and kind == K_LINK:
+            target = self._normalize(link)
+            skip = not self._links_a_symlink(target, name)
+        if (skip
                 # a name no filesystem takes fails its entry, written: skipped, it must too
                 and not _long_component(path)
                 and self._no_symlinks_to(path[:slash] if slash > 0 else b"")
@@ -4065,7 +4069,7 @@ cdef class Extractor:
             self.hidden += 1
             self._check_skipped_parents(path, name)
             if kind == K_LINK:  # before the entry counts as a skipped file: a link to itself names what is there
-                self._check_skipped_link(link, name)
+                self._check_skipped_link(target, link, name, path)
             if kind != K_DIR:  # a later hardlink may name it, directly or through another link
                 if self.dir_at:  # (_symlink_at looked at the path just now, in the test above)
                     self._drop_dir_skipped_over(path, slash, name)
@@ -4085,8 +4089,10 @@ cdef class Extractor:
             if slash > 0 and not self.overlay:
                 self._check_skipped_real_parent(pfd, path[:slash], name)
             if kind == K_LINK:
-                self._check_target_under_skipped(self._normalize(link), link, name)
-            if kind == K_LINK and self._normalize(link) in self.hidden_files:
+                if target is None:
+                    target = self._normalize(link)
+                self._check_target_under_skipped(target, link, name)
+            if kind == K_LINK and target in self.hidden_files:
                 # before the discard below: a link to itself (``a => a``) names the skipped
                 # file it replaces, not what an older layer left at the name
                 raise HiddenLinkTarget(f"entry {_show(name)}: hardlink to {_show(link)}, which was skipped as hidden")
@@ -4124,7 +4130,7 @@ cdef class Extractor:
         elif kind == K_SYMLINK:
             self._symlink(pfd, base, name, link)
         elif kind == K_LINK:
-            self._hardlink(pfd, base, name, link)
+            self._hardlink(pfd, base, name, link, self._normalize(link) if target is None else target)
         else:
             made = self._mknod(pfd, base, name, kind, major, minor)
         if self.default_acls and (kind == K_REG or kind == K_DIR or made) and _has_default_acl(pfd):
@@ -4924,16 +4930,16 @@ cdef class Extractor:
         if self.cache_real != parent:
             self._check_skipped_parents(self.cache_real + b"/.", name)
 
-    cdef _check_skipped_link(self, bytes link, object name):
-        """A skipped hardlink must still name a file that is there (as a written one would)."""
+    cdef _check_skipped_link(self, bytes target, bytes link, object name, bytes path):
+        """A skipped hardlink must still name a file that is there (as a written one would);
+        ``target`` is ``link`` normalised, ``path`` the entry's own."""
         cdef stat st
         cdef int fd
         cdef Py_ssize_t tslash
-        target = self._normalize(link)
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
         if target in self.hidden_files and self._skipped_file_stays(target):
-            if target.startswith(self._normalize(name) + b"/"):
+            if target.startswith(path + b"/"):
                 # its directories are plain ones (no symlink: see _skipped_file_stays), and the
                 # link would replace one of them, as _hardlink refuses
                 raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to {_show(link)}, which is inside it")
@@ -4955,14 +4961,14 @@ cdef class Extractor:
         if S_ISDIR(st.st_mode):
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
 
-    cdef bint _links_a_symlink(self, bytes link, object name) except -1:
+    cdef bint _links_a_symlink(self, bytes target, object name) except -1:
         """Does a hardlink name a symlink?  Then it is one more symlink, never skipped as a
         symlink is not: a later entry, whiteout or opaque marker reached through it acts where it
         leads (``t => b`` with ``b -> .``, then ``t/.wh..wh..opq`` empties the root).  A target
-        this walk cannot reach is left to the checks of a skipped link."""
+        this walk cannot reach is left to the checks of a skipped link.  (``target``: the link's,
+        normalised.)"""
         cdef stat st
         cdef int fd, r
-        target = self._normalize(link)
         if not target or target in self.hidden_files:
             return False  # (what was skipped is no symlink)
         i = target.rfind(b"/")
@@ -5095,11 +5101,11 @@ cdef class Extractor:
         level = paths.get(path)
         return level is not None and <int64_t>level > self.hide_level
 
-    cdef _hardlink(self, int pfd, bytes base, bytes name, bytes link):
+    cdef _hardlink(self, int pfd, bytes base, bytes name, bytes link, bytes target):
+        """``target``: ``link`` normalised."""
         cdef stat a, b
         cdef int tfd
         cdef Py_ssize_t tslash
-        target = self._normalize(link)
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
         if self.unmade_devices and target in self.unmade_devices:

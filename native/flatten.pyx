@@ -774,35 +774,29 @@ cdef class Flattener:
 
     # -- parking: a deep tree of many layers needs more fds than the limit --
 
-    cdef void _park_src(self, Level *lv, Src *s) noexcept nogil:
+    cdef void _park_fd(self, Level *lv, int *fd, dev_t *dev, unsigned long *ino) noexcept nogil:
+        """Close ``*fd`` of ``lv`` (a source's or its destination's), noting which directory it
+        was: _reopen_fd must find that one again."""
         cdef stat st
-        if s.fd < 0:
+        if fd[0] < 0:
             return
         lv.parked += 1
-        if fstat(s.fd, &st) == 0:
-            s.dev = st.st_dev
-            s.ino = st.st_ino
+        if fstat(fd[0], &st) == 0:
+            dev[0] = st.st_dev
+            ino[0] = st.st_ino
         else:
-            s.dev = 0
-            s.ino = 0
-        close(s.fd)
-        s.fd = -1
+            dev[0] = 0
+            ino[0] = 0
+        close(fd[0])
+        fd[0] = -1
         self.held -= 1
 
     cdef void _park(self, Level *lv) noexcept nogil:
         """Close the fds of ``lv`` (_reopen opens them again)."""
         cdef int k
-        cdef stat st
         for k in range(lv.nsrc):
-            self._park_src(lv, &lv.src[k])
-        if lv.dfd >= 0:
-            lv.parked += 1
-            if fstat(lv.dfd, &st) == 0:
-                lv.ddev = st.st_dev
-                lv.dino = st.st_ino
-            close(lv.dfd)
-            lv.dfd = -1
-            self.held -= 1
+            self._park_fd(lv, &lv.src[k].fd, &lv.src[k].dev, &lv.src[k].ino)
+        self._park_fd(lv, &lv.dfd, &lv.ddev, &lv.dino)
 
     cdef void _make_room(self, size_t need, size_t below) noexcept nogil:
         """Park the levels under ``below``, shallowest first (the walk comes back to them
@@ -818,9 +812,8 @@ cdef class Flattener:
         """Open the parked fds of ``lv``, the top level (``self.rel`` is its path) again, from
         the layers' and the destination's roots: every source when ``all_src``, else only the
         one its metadata comes from (all _pop needs)."""
-        cdef int k, fd
+        cdef int k
         cdef size_t need = 1 if lv.dfd < 0 else 0
-        cdef stat st
         if lv.parked == 0:
             return 0
         for k in range(lv.nsrc):
@@ -830,29 +823,28 @@ cdef class Flattener:
             return 0
         self._make_room(need + 1, self.depth - 1)
         for k in range(lv.nsrc):
-            if lv.src[k].fd >= 0 or not (all_src or k == lv.meta_src):
-                continue
-            fd = _open_walked(self.layer_fds[lv.src[k].layer], self.rel)
-            if fd < 0:
-                return self._fail(b"open again", NULL)
-            if fstat(fd, &st) < 0 or st.st_dev != lv.src[k].dev or st.st_ino != lv.src[k].ino:
-                close(fd)
-                lamina_set_errno(ESTALE)
-                return self._fail(b"open again", NULL)
-            lv.src[k].fd = fd
-            lv.parked -= 1
-            self.held += 1
-        if lv.dfd < 0:
-            fd = _open_walked(self.dest_fd, self.rel)
-            if fd < 0:
-                return self._fail(b"open again", NULL)
-            if fstat(fd, &st) < 0 or st.st_dev != lv.ddev or st.st_ino != lv.dino:
-                close(fd)
-                lamina_set_errno(ESTALE)
-                return self._fail(b"open again", NULL)
-            lv.dfd = fd
-            lv.parked -= 1
-            self.held += 1
+            if lv.src[k].fd < 0 and (all_src or k == lv.meta_src):
+                if self._reopen_fd(lv, self.layer_fds[lv.src[k].layer], &lv.src[k].fd, lv.src[k].dev,
+                                   lv.src[k].ino) < 0:
+                    return -1
+        if lv.dfd < 0 and self._reopen_fd(lv, self.dest_fd, &lv.dfd, lv.ddev, lv.dino) < 0:
+            return -1
+        return 0
+
+    cdef int _reopen_fd(self, Level *lv, int root, int *fd, dev_t dev, unsigned long ino) noexcept nogil:
+        """Open ``self.rel`` from ``root`` into ``*fd``, parked by _park_fd: the same directory or
+        ESTALE (a rename under the walk must not make it merge another one)."""
+        cdef stat st
+        cdef int got = _open_walked(root, self.rel)
+        if got < 0:
+            return self._fail(b"open again", NULL)
+        if fstat(got, &st) < 0 or st.st_dev != dev or st.st_ino != ino:
+            close(got)
+            lamina_set_errno(ESTALE)
+            return self._fail(b"open again", NULL)
+        fd[0] = got
+        lv.parked -= 1
+        self.held += 1
         return 0
 
     cdef void _pop(self, bint finish) noexcept nogil:
@@ -885,7 +877,8 @@ cdef class Flattener:
 
     cdef int _walk(self) noexcept nogil:
         cdef Src *src
-        cdef int n = 0, i, fd
+        cdef int n = 0, i, fd, k
+        cdef bint short = False
         cdef Level *lv
         cdef size_t first, j, count = 0
         src = <Src *>malloc(max(self.nlayers, 1) * sizeof(Src))
@@ -894,11 +887,21 @@ cdef class Flattener:
             return self._fail(b"walk", NULL)
         for i in range(self.nlayers - 1, -1, -1):  # the merged root: top first, down to an opaque one
             src[n].fd = dup(self.layer_fds[i])
+            if src[n].fd < 0:  # (-1 is a parked fd: the walk went on to "cannot stat: Bad file descriptor")
+                short = True
+                break
             src[n].layer = i
             n += 1
             if _is_opaque(self.layer_fds[i]):
                 break
-        fd = dup(self.dest_fd)
+        fd = -1 if short else dup(self.dest_fd)
+        if fd < 0:
+            k = errno
+            for j in range(<size_t>n):
+                close(src[j].fd)
+            free(src)
+            lamina_set_errno(k)
+            return self._fail(b"open", NULL)
         if self._push(src, n, fd, 0) < 0:
             return -1
         while self.depth:
@@ -978,7 +981,13 @@ cdef class Flattener:
                     break  # a lower non-directory (or whiteout) ends the merge, as in overlayfs
                 fd = openat(lv.src[lv.ents[j].k].fd, name, DIR_FLAGS)
                 if fd < 0:
-                    break
+                    # not the end of the merge (a lower non-directory is, above): leaving the
+                    # layers below out gave a tree without their files and no error (EMFILE
+                    # when another thread took the fds this walk's budget counted on)
+                    for j in range(<size_t>n):
+                        close(src[j].fd)
+                    free(src)
+                    return self._fail(b"open", name)
                 src[n].fd = fd
                 src[n].layer = lv.src[lv.ents[j].k].layer
                 n += 1
@@ -1011,7 +1020,7 @@ cdef class Flattener:
         """``opened`` fds of a child level are open, the last one from ``parent``: park that
         one if the child's destination and listing would not fit beside them."""
         if self.budget and self.held + <size_t>opened + 2 > self.budget:
-            self._park_src(lv, parent)
+            self._park_fd(lv, &parent.fd, &parent.dev, &parent.ino)
 
     cdef int _file(self, int sfd, int layer, int dfd, const char *name) noexcept nogil:
         cdef int src, dst, g

@@ -28,7 +28,8 @@ After every step:
 
 Seeded from 21000 (LAMINA_FUZZ_SEED adds to it); LAMINA_FUZZ_EXAMPLES / 2 programs (default
 100: 50 programs of up to LAMINA_FUZZ_STEPS=20 steps, about 25 s); LAMINA_FUZZ_SHRINK=0 reports
-a failing program as drawn, whose Draw 1 and Draw 2 run_program() replays by hand:
+a failing program as drawn, whose Draw 1 and Draw 2 run_program() replays by hand
+(LAMINA_FUZZ_PROGRESS=FILE counts the programs run in FILE, as test_fuzz_paths.py's cases):
 
     LAMINA_FUZZ_EXAMPLES=3000 LAMINA_FUZZ_STEPS=30 LAMINA_FUZZ_SEED=1 LAMINA_FUZZ_SHRINK=0 \
         python -m pytest tests/test_fuzz_store.py
@@ -54,6 +55,7 @@ from hypothesis import strategies as st
 import ocibuild as ob
 from conftest import require_root, require_tool
 from tarbuild import Tar
+from test_fuzz_paths import _count_case
 from treecmp import compare, snapshot
 
 # a program of STEPS steps over small images costs about what two stacks of test_fuzz_paths.py do
@@ -652,6 +654,7 @@ def test_store_programs_keep_every_image_whole(needs, data):
     store checks clean, holds the names the program gave, materializes every image it holds
     to its layers' tree, holds nothing gc should have taken, and system df adds up."""
     pool, images = data.draw(families())
+    _count_case()
     run_program(pool, images, data.draw(programs(len(images))))
 
 

@@ -18,7 +18,8 @@ disagree or fail, nothing is checked (the reading lamina takes there is chosen i
 CONFORMANCE.md and test_tar_conformance.py).
 
 Seeded and bounded in CI (LAMINA_FUZZ_EXAMPLES, default 100 layers: a few seconds of tar and
-bsdtar each); LAMINA_FUZZ_SEED=N explores other layers than CI's.
+bsdtar each); LAMINA_FUZZ_SEED=N explores other layers than CI's (LAMINA_FUZZ_PROGRESS=FILE
+counts the layers run in FILE, as test_fuzz_paths.py's cases).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from layerkit import apply, write
 from tarbuild import B256, BLOCK, FIELDS, pad, pax_records
 from tarbuild import header as _header
 from tarvectors import extract_with
+from test_fuzz_paths import _count_case
 from treecmp import compare, snapshot
 
 EXAMPLES = int(os.environ.get("LAMINA_FUZZ_EXAMPLES", "100"))
@@ -348,6 +350,7 @@ def _last_listing_wins(layer, ref):
 @given(layer=layers())
 def test_lamina_reads_headers_as_gnu_tar_and_bsdtar_agree(_tools, layer):
     import lamina.errors
+    _count_case()
     data = b"".join(raw for _, raw in layer) + b"\0" * (2 * BLOCK)
     work = tempfile.mkdtemp(prefix="lamina-fuzz-tar-")
     try:

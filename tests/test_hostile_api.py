@@ -408,6 +408,7 @@ def _wrong_types(store, tmp_path):
         "find_files blake3": (lambda: store.find_files(blake3=5), "find_files: blake3"),
         "apply_layer layer": (lambda: lamina_api.apply_layer(5, d), "layer"),
         "apply_layer_atomic layer": (lambda: lamina_api.apply_layer_atomic(5, d), "layer"),
+        "scan_layer layer": (lambda: __import__("lamina.layer").layer.scan_layer(5), "layer"),
         "images.ls filters": (lambda: I.ls(store, 5), "filters"),
         "images.prune filters": (lambda: I.prune(store, filters=5), "filters"),
         "save refs": (lambda: save(5, str(tmp_path / "s.tar"), store=store), "refs"),

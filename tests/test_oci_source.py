@@ -959,3 +959,42 @@ def test_docker_archive_layer_members_compressed_by_hand(skopeo_archives, tmp_pa
         refused = f"layer 1 of 3 .*{tool}-compressed, which a layer never is"
         with pytest.raises(lamina.errors.CompressionError, match=refused):
             lamina.unpack(f"docker-archive:{archive}", tmp_path / "u")
+
+
+def test_the_private_tarfile_methods_the_archive_reader_overrides_are_still_called_so():
+    """lamina.oci.blobs._BoundedTarInfo bounds and corrects what tarfile reads of a docker-archive
+    by overriding private TarInfo methods (no public hook reads a PAX number or a member's
+    extended headers).  A CPython that renamed one, or called it otherwise, would leave the
+    override dead code silently, and tarfile's own reading back: a PAX size of 5000 zeros and a
+    digit read as 0, the archive's next members taken from a layer's data (the test above).
+    This fails first, naming the method."""
+    import inspect
+    import io
+    from lamina.oci.blobs import _BoundedTarInfo
+    private = [n for n, v in vars(_BoundedTarInfo).items()
+               if n.startswith("_") and not n.startswith("__") and callable(getattr(_BoundedTarInfo, n))]
+    assert "_apply_pax_info" in private and "_proc_member" in private, private
+    for name in private:
+        ours, theirs = getattr(_BoundedTarInfo, name), getattr(tarfile.TarInfo, name, None)
+        assert theirs is not None, f"tarfile.TarInfo.{name} is gone: _BoundedTarInfo's override is never called"
+        # tarfile passes their arguments by position
+        kinds = [[p.kind for p in inspect.signature(f).parameters.values()] for f in (ours, theirs)]
+        assert kinds[0] == kinds[1], f"tarfile.TarInfo.{name}{inspect.signature(theirs)} is not what the override takes"
+
+    # and tarfile calls _apply_pax_info on the member after a PAX header, with its records
+    from tarbuild import Tar
+    calls = []
+
+    class Spy(_BoundedTarInfo):
+        def _apply_pax_info(self, pax_headers, encoding, errors):
+            calls.append(dict(pax_headers))
+            super()._apply_pax_info(pax_headers, encoding, errors)
+
+    t = Tar()
+    t.pax({"size": "0" * 5000 + "3", "uid": "007"})
+    t.file("m", b"abc", size=0)  # the header says 0: the PAX record decides
+    t.file("after", b"z")
+    with tarfile.open(fileobj=io.BytesIO(t.bytes()), mode="r:", tarinfo=Spy) as tar:
+        members = [(m.name, m.size, m.uid) for m in tar]
+    assert {"size": "0" * 5000 + "3", "uid": "007"} in calls, [sorted(c) for c in calls]
+    assert members == [("m", 3, 7), ("after", 1, 0)], members

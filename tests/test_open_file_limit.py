@@ -202,3 +202,123 @@ def test_a_pull_names_the_limit_before_it_writes_or_extracts_fewer_layers_at_onc
     assert json.loads(lamina(root, "fsck", "--format", "json").stdout)["findings"] == []
     lamina(root, "unpack", pushed, tmp_path / "dest")
     assert _names(tmp_path / "dest") == [f"f{i:03d}" for i in range(PULL_LAYERS)]
+
+
+_HOGGED_FLATTEN = r"""
+import os, resource, sys
+from lamina.errors import MaterializeError
+from lamina.store import flatten as F
+layers, out, limit = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+budget, hog = F._walk_fd_budget, []
+
+
+def counted_then_taken(free):
+    def walk_fd_budget():
+        # counted, then another thread of the process takes all but ``free`` of the rest
+        n = budget()
+        while True:
+            try:
+                hog.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                break
+        for _ in range(free):
+            os.close(hog.pop())
+        return n
+    return walk_fd_budget
+
+
+for free in range(2 * len(layers) + 12):
+    F._walk_fd_budget = counted_then_taken(free)
+    dest = os.path.join(out, str(free))
+    os.mkdir(dest)
+    try:
+        F.flatten(layers, dest, workers=0)
+        got = sorted(os.listdir(os.path.join(dest, "a")))
+        print(free, "ok", len(got), flush=True)
+    except MaterializeError as e:
+        print(free, "error", str(e).replace("\n", " "), flush=True)
+    finally:
+        while hog:
+            os.close(hog.pop())
+"""
+
+
+def test_a_flatten_short_of_fds_taken_by_another_thread_fails_never_drops_a_layer(tmp_path):
+    """flatten() budgets its walk by the fds open when it starts; a Python API user merging two
+    images on two threads under a low limit has the other thread take fds meanwhile.  A lower
+    layer's directory it then could not open (EMFILE) ended that directory's merge as a
+    non-directory below would: a tree missing the lower layers' files, and no error.  Now a
+    walk short of fds fails, naming the directory; when it succeeds, the tree is whole."""
+    import subprocess
+    import sys
+    n = 6
+    layers = []
+    for i in range(n):
+        d = tmp_path / "layers" / str(i)
+        (d / "a").mkdir(parents=True)
+        (d / "a" / f"f{i}").write_bytes(b"%d\n" % i)
+        layers.append(str(d))
+    out = tmp_path / "out"
+    out.mkdir()
+    limit = 2 * n + 100
+    proc = subprocess.run([sys.executable, "-c", _HOGGED_FLATTEN, ",".join(layers), str(out), str(limit)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln.split(" ", 2) for ln in proc.stdout.splitlines()]
+    assert len(lines) == 2 * n + 12, proc.stdout
+    for free, how, what in lines:
+        if how == "ok":
+            assert what == str(n), f"{free} fds free: a tree of {what} of the {n} layers' files\n{proc.stdout}"
+        else:
+            assert what.endswith(f": Too many open files (the open-file limit is {limit}, ulimit -n; other "
+                                 "threads of this process may hold fds too)"), what
+    assert [how for _, how, _ in lines][-1] == "ok", proc.stdout  # enough fds: the merge is whole
+    assert "error" in [how for _, how, _ in lines], proc.stdout  # and some counts were short of fds
+
+
+def test_a_lower_layers_directory_the_merge_cannot_open_is_an_error_not_left_out():
+    """The same swallowed failure, made without fds: as user nobody, a lower layer's ``a`` shut
+    (mode 0000) under the top layer's ``a``.  The merge left the lower ``a`` out and gave a tree
+    of the top layer's file alone; it fails naming ``a`` now (overlayfs fails there too: its
+    readdir of a merged directory reads every lower one)."""
+    import shutil
+    from conftest import require_root
+    from layerkit import run_as_nobody, world_tmpdir
+    require_root()
+    base = world_tmpdir()
+    try:
+        for i in range(2):
+            os.makedirs(os.path.join(base, "layers", str(i), "a"))
+            with open(os.path.join(base, "layers", str(i), "a", f"f{i}"), "w") as f:
+                f.write(f"{i}\n")
+        os.mkdir(os.path.join(base, "dest"))
+        for top, _, files in os.walk(base):
+            for p in [top] + [os.path.join(top, n) for n in files]:
+                os.chown(p, 65534, 65534)
+        os.chmod(os.path.join(base, "layers", "0", "a"), 0)
+        r = run_as_nobody(
+            "from lamina.store.flatten import flatten\n"
+            "from lamina.errors import MaterializeError\n"
+            "try:\n"
+            "    flatten([sys.argv[1] + '/layers/0', sys.argv[1] + '/layers/1'], sys.argv[1] + '/dest', workers=0)\n"
+            "    print('ok', sorted(os.listdir(sys.argv[1] + '/dest/a')))\n"
+            "except MaterializeError as e:\n"
+            "    print('error', e)\n", base, preload=("lamina.store.flatten",))
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.stdout == "error 'a': cannot open: Permission denied\n", r.stdout
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_pull_of_an_image_the_store_holds_whole_needs_no_fds_for_its_layers(pushed, registry_env, tmp_path):  # noqa: F811
+    """The pull checked the limit against the top layer's fds before it knew which layers the
+    store lacked: pulled once, the image was refused again under ``ulimit -n 170`` ("holds 119
+    directories open at once"), with nothing to extract.  Now only what is missing counts."""
+    import json
+    root = tmp_path / "root"
+    lamina(root, "pull", pushed)
+    proc = lamina(root, "pull", pushed, check=False, preexec_fn=_limited(PULL_LAYERS + 50))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"Status: Image is up to date for {pushed}" in proc.stdout, proc.stdout[-2000:]
+    assert json.loads(lamina(root, "fsck", "--format", "json").stdout)["findings"] == []

@@ -356,6 +356,48 @@ def test_a_whiteout_through_a_symlink_removes_the_skipped_files_it_reaches(tmp_p
     assert "hardlink target 'b/a' not found" in str(results["dir-topdown"])
 
 
+# A whiteout or marker through a symlink that leads to no directory on disk: dangling on every
+# path (a no-op there), or to a directory the top-down way skipped whole, which the plain way
+# wrote (its whiteout removes a file there).  The top-down way cannot tell them apart and does
+# the layers again the plain way; a hardlink after it names what the whiteout removed or not.
+THROUGH_A_SYMLINK_TO_NOWHERE = {
+    "whiteout, dangling": ([lambda t: t.dir("b").file("b/a", b"x").file("x", b"x"),
+                            lambda t: t.symlink("l", "nowhere").whiteout("l/a").file("y", b"y"),
+                            lambda t: t.whiteout("x")], ["b", "b/a", "l", "y"]),
+    "opaque marker, dangling absolute": ([lambda t: t.dir("b").file("b/a", b"x").file("x", b"x"),
+                                          lambda t: t.symlink("l", "/no/where").opaque("l").file("y", b"y"),
+                                          lambda t: t.whiteout("x")], ["b", "b/a", "l", "y"]),
+    "whiteout, to a skipped directory": ([lambda t: t.dir("b").file("b/a", b"x").file("x", b"x"),
+                                          lambda t: t.symlink("l", "b").whiteout("l/a").file("y", b"y"),
+                                          lambda t: t.whiteout("b")], ["l", "x", "y"]),
+    "to a skipped directory, then a skipped link to a file it kept": (
+        [lambda t: t.dir("b").file("b/a", b"x").file("b/c", b"c"),
+         lambda t: t.symlink("l", "b").whiteout("l/a").hardlink("h", "b/c"),
+         lambda t: t.whiteout("b").file("h", b"top")], ["h", "l"]),
+    "to a skipped directory, then a skipped link to the file it removed": (
+        [lambda t: t.dir("b").file("b/a", b"x").file("b/c", b"c"),
+         lambda t: t.symlink("l", "b").whiteout("l/a").hardlink("h", "b/a"),
+         lambda t: t.whiteout("b").file("h", b"top")], None),
+}
+
+
+@pytest.mark.parametrize("case", list(THROUGH_A_SYMLINK_TO_NOWHERE))
+def test_a_whiteout_through_a_symlink_to_no_directory_on_disk_agrees_with_every_path(tmp_path, case):
+    """The top-down way gives the plain way's tree, or its error, and so do the overlay format
+    mounted and the store."""
+    from everypath import assert_agree, describe, run_paths
+    from tarbuild import Tar
+    makes, names = THROUGH_A_SYMLINK_TO_NOWHERE[case]
+    raws = [make(Tar()).bytes() for make in makes]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
+    assert_agree(results, context=describe(raws))
+    if names is None:
+        assert "hardlink target 'b/a' not found" in str(results["dir-topdown"]), results
+        assert str(results["dir-topdown"]) == str(results["dir"])
+    else:
+        assert sorted(results["dir-topdown"].entries) == names, results
+
+
 LONG = "x" * 256  # a component longer than NAME_MAX
 
 

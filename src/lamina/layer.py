@@ -141,6 +141,7 @@ def scan_layer(layer, *, diff_id=None, digest=None, media_type=None, limits=None
     this layer hides in the layers under it, for ``apply_layer(hidden=...)``;
     None if they are more than ``max_paths`` (see Extractor's ``scan_max``).
     """
+    _check_layer(layer)
     extractor = Extractor(None, limits=limits or DEFAULT_LIMITS, scan_max=max_paths)
     stats = _run(layer, extractor, diff_id, digest, media_type, name, True, writes=False)
     if extractor.scan_overflow:
@@ -149,6 +150,7 @@ def scan_layer(layer, *, diff_id=None, digest=None, media_type=None, limits=None
 
 
 def _check_layer(layer):
+    # by apply_layer and scan_layer themselves, before they make DEST or an Extractor
     if not isinstance(layer, (str, bytes, os.PathLike)) and not callable(getattr(layer, "read", None)):
         # an int failed deep in the pipeline, DEST made: "'int' object has no attribute 'read'"
         raise TypeError(f"layer: a blob's path or a binary file open for reading, not {layer!r}")
@@ -160,7 +162,6 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=
         if d is not None:
             validate(d, label)
     owned = isinstance(layer, (str, bytes, os.PathLike))
-    _check_layer(layer)
     what = name or (f"layer {digest}" if digest else f"layer {os.fsdecode(layer)}" if owned else "layer")
     t0 = time.perf_counter()
     raw = open(layer, "rb", buffering=0) if owned else layer

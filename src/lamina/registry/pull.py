@@ -537,8 +537,8 @@ class Puller:
         media_type = document_media_type(mr.document, mr.media_type, f"manifest {mr.digest}")
         manifest = parse_manifest(mr.document, media_type, f"manifest {mr.digest}")
         # before the config is stored: a limit too low for the layers leaves the store as it was
-        self._extract_slots(len(manifest.layers))
-        config_data, config = self._config(repos, manifest, mr.digest)
+        config_data, config = self._config(repos, manifest, mr.digest,
+                                           check=lambda c: self._extract_slots(len(manifest.layers), c.diff_ids))
         platform = image_platform(self.want, chosen, config)
 
         # Blobs of the other platforms (--all-platforms) are fetched but not extracted.
@@ -599,31 +599,45 @@ class Puller:
     _extract_workers = None
     _stream = True
 
-    def _extract_slots(self, layers):
+    def _extract_slots(self, layers, diff_ids):
         """How many layers extract at once under the open-file limit, each over (and holding an fd
         for) every layer below it: the extraction workers' and, as the blobs arrive, the fetch
         threads' (stream extraction).  Under ``ulimit -n 350`` 250 layers passed the check of one
         layer's fds, and then the fetch threads, extracting three layers over some 160 below
         them, failed with "cannot open lower layer …: Too many open files".  A limit that fits
         fewer than all of them extracts after the download, on fewer workers; one that fits no
-        layer's fds is an ImageError before anything is written."""
+        layer's fds is an ImageError before anything is written.  Only the layers whose snapshots
+        the store lacks are extracted: a pull of an image the store holds whole was refused under
+        a limit it needs no fds from."""
         parallel = self.extract_workers + (self.concurrency if self.stream_extract else 0)
-        slots = open_file_budget(layers - 1, f"{layers} layers",
-                                 "the top layer's snapshot, extracted over the layers below it,", parallel)
+        missing = [k for k, c in enumerate(chain_ids(diff_ids)) if not self.store._snapshot_complete(c)]
+        if missing:
+            top = max(missing)
+            slots = open_file_budget(top, f"{layers} layers",
+                                     f"{'the top layer' if top == layers - 1 else f'layer {top + 1}'}'s snapshot, "
+                                     "extracted over the layers below it,", parallel)
+        else:
+            slots = parallel
         self._stream = self.stream_extract and slots >= parallel
         self._extract_workers = min(self.extract_workers, slots)
 
-    def _config(self, repos, manifest, manifest_digest):
+    def _config(self, repos, manifest, manifest_digest, check=None):
+        """``check(config)``: before a fetched config is stored (raising, it leaves the store as it was)."""
         cdesc = manifest.config
         what = f"config {cdesc.digest}"
         if self.store.has_blob(cdesc.digest, cdesc.size):
             _check_config_size(cdesc)  # (fetch_config checks it before a fetch)
             with self.store.open_blob(cdesc.digest) as f:
                 data = f.read(MAX_CONFIG_SIZE + 1)
-            return data, parse_config(data, what, len(manifest.layers))
+            config = parse_config(data, what, len(manifest.layers))
+            if check is not None:
+                check(config)
+            return data, config
         data = fetch_config(repos, cdesc)
         # parsed before it is stored: a refused config leaves no blob behind in the store
         config = parse_config(data, what, len(manifest.layers))
+        if check is not None:
+            check(config)
         self.store.put_blob(data, cdesc.digest)
         self._config_fetched += 1
         return data, config
@@ -647,7 +661,7 @@ class Puller:
             self.reporter.layer(digest, d.size)
 
         if self._extract_workers is None:
-            self._extract_slots(len(layer_descs))
+            self._extract_slots(len(layer_descs), diff_ids)
         extract_pool = ThreadPoolExecutor(self._extract_workers, thread_name_prefix="lamina-extract")
         fetch_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="lamina-fetch")
         extract_futures = []

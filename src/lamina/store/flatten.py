@@ -28,6 +28,7 @@ fds only, with the GIL released.
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -133,6 +134,16 @@ def _walk_fd_budget():
     return max(soft - open_now - WALK_RESERVE, 1)
 
 
+def _short_of_fds(err):
+    """The walk's budget counts the fds open as it starts: another thread of the process (a
+    Python API user flattening two images at once) may take those it counted on."""
+    if err != errno.EMFILE:
+        return ""
+    import resource
+    return (f" (the open-file limit is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}, ulimit -n; "
+            "other threads of this process may hold fds too)")
+
+
 def flatten(layer_dirs, dest, *, link=False, workers=None) -> FlattenStats:
     """Merge overlay-format ``layer_dirs`` (bottom first) into the existing empty directory ``dest``."""
     from .._extract import cancelled
@@ -170,8 +181,8 @@ def flatten(layer_dirs, dest, *, link=False, workers=None) -> FlattenStats:
         if what == "open snapshot":
             raise MaterializeError(f"snapshot {path}: {os.strerror(err)}") from None
         # the path is a name from the layer: quoted like every other message quotes it
-        raise MaterializeError(f"{quote_name(os.fsencode(path))}: cannot {what}: {os.strerror(err)}",
-                               errno=err) from None
+        raise MaterializeError(f"{quote_name(os.fsencode(path))}: cannot {what}: {os.strerror(err)}"
+                               f"{_short_of_fds(err)}", errno=err) from None
     stats = FlattenStats(dest=dest, mode="link" if link else "copy", layers=len(layer_dirs))
     for k in ("entries", "files", "dirs", "symlinks", "hardlinks", "other", "bytes", "hidden"):
         setattr(stats, k, getattr(walker, k))
