@@ -34,7 +34,7 @@ from ..quoting import quote_name
 from ..reference import TAG_PATTERN, Reference
 from . import credentials as _creds
 from .config import Endpoint, RegistryConfig, insecure_hosts, is_loopback
-from .transport import Origin, TLSPolicy, Transport
+from .transport import Origin, TLSPolicy, Transport, resolve_url
 
 MANIFEST_ACCEPT = ", ".join([
     mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST,
@@ -259,8 +259,12 @@ class Session:
         realm = params.get("realm")
         if not realm:
             raise AuthenticationError(f"{self.host}: bearer challenge without a realm")
-        u = urllib.parse.urlsplit(realm)
-        if u.scheme not in ("http", "https") or not u.hostname:
+        try:
+            u = urllib.parse.urlsplit(realm)
+            valid = u.scheme in ("http", "https") and u.hostname
+        except ValueError:   # "https://[::1/token"
+            valid = False
+        if not valid:
             raise AuthenticationError(f"{self.host}: invalid token realm {realm!r}")
         if u.scheme == "http" and not is_loopback(u.netloc) and u.netloc not in self.client.config.insecure:
             # The basic credentials (or identity token) go to the realm.  A registry marked
@@ -510,7 +514,7 @@ class Repository:
                                         "a tag (docker refuses it too)")
             tags += page
             link = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', resp.header("Link") or "")
-            url = urllib.parse.urljoin(url, link.group(1)) if link else None
+            url = resolve_url(url, link.group(1), f"tags of {self.name}: next page") if link else None
         return sorted(set(tags))
 
     # --- blobs -----------------------------------------------------------------------------------
@@ -562,7 +566,7 @@ class Repository:
         resp.drain()
         if not location:
             raise RegistryError(f"POST upload to {self.name}: no Location in the answer")
-        return "upload", urllib.parse.urljoin(url, location)
+        return "upload", resolve_url(url, location, f"POST upload to {self.name}: Location")
 
     @staticmethod
     def with_query(url, **params):

@@ -220,20 +220,39 @@ class Origin:
 
     @classmethod
     def of(cls, url):
-        u = urllib.parse.urlsplit(url)
-        if u.scheme not in ("http", "https") or not u.hostname:
+        try:
+            u = urllib.parse.urlsplit(url)
+            hostname = u.hostname
+        except ValueError as e:   # "http://[::1": a URL a registry handed out is hostile input
+            raise RegistryError(f"invalid URL {url!r}: {e}") from None
+        if u.scheme not in ("http", "https") or not hostname:
             raise RegistryError(f"unsupported URL {url!r}")
         try:
             port = u.port
         except ValueError:
             raise RegistryError(f"invalid port in URL {url!r}") from None
-        return cls(u.scheme, u.hostname, port or (443 if u.scheme == "https" else 80))
+        return cls(u.scheme, hostname, port or (443 if u.scheme == "https" else 80))
 
     @property
     def hostport(self):
         host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
         return host if self.port == default else f"{host}:{self.port}"
+
+
+def resolve_url(base, ref, what):
+    """``ref`` (a Location, a Link a registry sent) resolved against ``base``: an http(s) URL
+    with a host, else RegistryError naming ``what`` (urljoin raises a bare ValueError on
+    "http://[::1")."""
+    try:
+        url = urllib.parse.urljoin(base, ref)
+    except ValueError as e:
+        raise RegistryError(f"{what}: invalid URL {ref!r}: {e}") from None
+    try:
+        Origin.of(url)
+    except RegistryError as e:
+        raise RegistryError(f"{what}: {e}") from None
+    return url
 
 
 class TLSPolicy:
@@ -588,8 +607,9 @@ class Transport:
                 redirects += 1
                 if redirects > MAX_REDIRECTS:
                     raise RegistryError(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
-                new_url = urllib.parse.urljoin(url, location)
-                if Origin.of(new_url) != origin:
+                new_url = resolve_url(url, location, f"{method} {url}: redirect {resp.status}")
+                new_origin = Origin.of(new_url)
+                if new_origin != origin:
                     # Never hand credentials to another origin (object storage, CDN, attacker).
                     headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                 if resp.status == 303 or (resp.status in (301, 302) and method not in ("GET", "HEAD")):

@@ -1,0 +1,182 @@
+"""Registries and token servers that lie or steer: each test runs a small registry of its own on
+127.0.0.1 (an OCI layout served over the distribution API) whose ``hostile`` hook answers some
+requests its way.  Every failure must be a RegistryError naming the request, the store must stay
+fsck-clean with nothing unverified in it, and a pull against the honest registry must then work.
+"""
+import http.server
+import json
+import re
+import threading
+
+import pytest
+
+import ocibuild
+from registryfixture import registry_env  # noqa: F401
+
+from lamina import errors
+from lamina.registry import RegistryClient, list_tags, pull
+from lamina.store import Store
+from lamina.store.fsck import check
+
+
+class FakeRegistry:
+    """Serves ``layout``'s blobs and tags over /v2/NAME/; ``hostile(h, kind, ref, body)`` may answer
+    a request itself (it returns True then).  ``seen``: (port, method, path, headers, body) of every
+    request, to this server and to ``other`` (a second origin on another port, same handler)."""
+
+    def __init__(self, layout, tags, hostile=None, challenge=None):
+        self.layout, self.tags, self.hostile, self.challenge = layout, dict(tags), hostile, challenge
+        self.seen = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _go(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                owner.seen.append((self.server.server_address[1], self.command, self.path,
+                                   dict(self.headers), body))
+                owner._handle(self, body)
+
+            do_GET = do_HEAD = do_POST = _go
+
+        self.servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
+        for s in self.servers:
+            s.daemon_threads = True
+            threading.Thread(target=s.serve_forever, daemon=True).start()
+
+    @property
+    def host(self):
+        return f"127.0.0.1:{self.servers[0].server_address[1]}"
+
+    @property
+    def other(self):
+        return f"127.0.0.1:{self.servers[1].server_address[1]}"
+
+    def seen_by(self, host):
+        port = int(host.rsplit(":", 1)[1])
+        return [s for s in self.seen if s[0] == port]
+
+    def stop(self):
+        for s in self.servers:
+            s.shutdown()
+            s.server_close()
+
+    @staticmethod
+    def send(h, status, body=b"", headers=()):
+        h.send_response(status)
+        for k, v in headers:
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(body)
+
+    def _handle(self, h, body):
+        m = re.fullmatch(r"/v2/(?:[a-z0-9/]+)/(manifests|blobs)/([^/?]+)", h.path)
+        kind, ref = (m.group(1), m.group(2)) if m else (h.path, None)
+        if self.hostile and self.hostile(h, kind, ref, body):
+            return
+        if self.challenge and not h.headers.get("Authorization") and h.path.startswith("/v2/"):
+            return self.send(h, 401, headers=[("WWW-Authenticate", self.challenge)])
+        if h.path == "/v2/":
+            return self.send(h, 200)
+        if m is None:
+            return self.send(h, 404)
+        digest = self.tags.get(ref, ref)
+        try:
+            with open(self.layout.path(digest), "rb") as f:
+                data = f.read()
+        except (OSError, IndexError):
+            return self.send(h, 404)
+        headers = [("Docker-Content-Digest", digest)]
+        if kind == "manifests":
+            headers.append(("Content-Type", json.loads(data)["mediaType"]))
+        self.send(h, 200, data, headers)
+
+
+@pytest.fixture
+def image(tmp_path):
+    lay = ocibuild.Layout(tmp_path / "oci")
+    m = lay.image([{"f": b"hostile registries\n"}])
+    return lay, m
+
+
+@pytest.fixture
+def fake(image):
+    lay, m = image
+    regs = []
+
+    def make(hostile=None, challenge=None):
+        r = FakeRegistry(lay, {"1": m["digest"]}, hostile, challenge)
+        regs.append(r)
+        return r
+    yield make
+    for r in regs:
+        r.stop()
+
+
+def _fsck_clean(store):
+    # a pull that failed before its first write leaves no store at all: nothing to check
+    if (store.paths.root / "locks").exists():
+        assert check(store).errors == [], check(store).findings
+
+
+def _pulled_honestly(store, reg, m):
+    """The store is fsck-clean after the failure, and the same pull works once the registry is honest."""
+    _fsck_clean(store)
+    reg.hostile = None
+    pull(f"{reg.host}/x/y:1", store=store)
+    img = store.resolve(f"{reg.host}/x/y:1")
+    assert img.manifest_digest == m["digest"]
+    assert (store.snapshots_for(img)[0] / "f").read_bytes() == b"hostile registries\n"
+    assert check(store).errors == [], check(store).findings
+
+
+# --- URLs a registry hands out ---------------------------------------------------------------
+
+@pytest.mark.parametrize("location", ["http://[::1/v2/", "//[zz]/blob", "http://h:99999/", "ftp://h/blob"])
+def test_a_redirect_to_a_malformed_location_is_a_registry_error_naming_the_request(fake, image, registry_env,  # noqa: F811
+                                                                                    location):
+    """urljoin raises a bare ValueError on a Location like "http://[::1": it left pull as a
+    traceback-shaped "Invalid IPv6 URL" naming neither the blob nor the registry."""
+    lay, m = image
+    layer = json.loads(open(lay.path(m["digest"]), "rb").read())["layers"][0]["digest"]
+
+    def hostile(h, kind, ref, body):
+        if kind == "blobs" and ref == layer:
+            FakeRegistry.send(h, 307, headers=[("Location", location)])
+            return True
+        return False
+    reg = fake(hostile)
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.RegistryError) as e:
+        pull(f"{reg.host}/x/y:1", store=store)
+    assert "\n" not in str(e.value)
+    assert layer in str(e.value) and reg.host in str(e.value) and repr(location) in str(e.value), e.value
+    assert not store.has_blob(layer)
+    _pulled_honestly(store, reg, m)
+
+
+def test_a_tags_page_link_with_a_malformed_url_is_a_registry_error(fake, registry_env):  # noqa: F811
+    def hostile(h, kind, ref, body):
+        if "/tags/list" in h.path:
+            FakeRegistry.send(h, 200, json.dumps({"name": "x/y", "tags": ["1"]}).encode(),
+                              [("Content-Type", "application/json"), ("Link", '<http://[::1/next>; rel="next"')])
+            return True
+        return False
+    reg = fake(hostile)
+    with pytest.raises(errors.RegistryError) as e:
+        list_tags(f"{reg.host}/x/y")
+    assert "tags of" in str(e.value) and "'http://[::1/next'" in str(e.value), e.value
+
+
+def test_a_token_realm_with_a_malformed_url_is_an_authentication_error(fake, registry_env):  # noqa: F811
+    reg = fake(challenge='Bearer realm="http://[::1/token",service="s"')
+    with pytest.raises(errors.AuthenticationError) as e:
+        pull(f"{reg.host}/x/y:1", store=Store(registry_env / "root"))
+    assert "invalid token realm 'http://[::1/token'" in str(e.value), e.value
