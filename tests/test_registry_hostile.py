@@ -15,6 +15,7 @@ from registryfixture import registry_env  # noqa: F401
 
 from lamina import errors
 from lamina.registry import RegistryClient, list_tags, pull
+from lamina.registry.credentials import Credentials
 from lamina.store import Store
 from lamina.store.fsck import check
 
@@ -135,6 +136,64 @@ def _pulled_honestly(store, reg, m):
     assert img.manifest_digest == m["digest"]
     assert (store.snapshots_for(img)[0] / "f").read_bytes() == b"hostile registries\n"
     assert check(store).errors == [], check(store).findings
+
+
+# --- credentials ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_a_token_realm_redirecting_the_refresh_token_to_another_origin_gets_refused(fake, image, registry_env,  # noqa: F811
+                                                                                     status):
+    """The OAuth2 refresh token (docker's identitytoken) goes to the realm in a POST body.  A 307
+    or 308 keeps the body, and lamina followed it to any origin: Authorization was dropped there,
+    the refresh token in the body was not (an https realm redirected to http:// would even put it
+    on the network in clear, past the check that refuses plain-HTTP realms).  Now such a redirect
+    is refused, naming both origins; the other origin sees nothing."""
+    lay, m = image
+
+    def hostile(h, kind, ref, body):
+        if h.path.startswith("/token") and h.server.server_address[1] == int(reg.host.rsplit(":", 1)[1]):
+            FakeRegistry.send(h, status, headers=[("Location", f"http://{reg.other}/token")])
+            return True
+        if h.path.startswith("/token"):
+            FakeRegistry.send(h, 200, json.dumps({"token": "stolen-it"}).encode())
+            return True
+        return False
+    reg = fake(hostile)
+    reg.challenge = f'Bearer realm="http://{reg.host}/token",service="s"'
+    client = RegistryClient(credentials={reg.host: Credentials(identity_token="REFRESH-SECRET")})
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.AuthenticationError) as e:
+        pull(f"{reg.host}/x/y:1", store=store, client=client)
+    assert f"http://{reg.other}" in str(e.value) and f"http://{reg.host}" in str(e.value), e.value
+    assert reg.seen_by(reg.other) == []
+    _fsck_clean(store)
+
+
+def test_a_token_realm_redirecting_within_its_origin_still_gets_the_refresh_token(fake, image,  # noqa: F811
+                                                                                   registry_env):
+    """The refusal above is about origins: a realm that moved on its own host keeps working."""
+    lay, m = image
+    grants = []
+
+    def hostile(h, kind, ref, body):
+        if h.path.startswith("/token"):
+            FakeRegistry.send(h, 308, headers=[("Location", "/oauth2/token")])
+            return True
+        if h.path.startswith("/oauth2/token"):
+            grants.append(body)
+            FakeRegistry.send(h, 200, json.dumps({"access_token": "granted"}).encode())
+            return True
+        if h.path.startswith("/v2/") and h.headers.get("Authorization") not in (None, "Bearer granted"):
+            FakeRegistry.send(h, 403)
+            return True
+        return False
+    reg = fake(hostile)
+    reg.challenge = f'Bearer realm="http://{reg.host}/token",service="s"'
+    client = RegistryClient(credentials={reg.host: Credentials(identity_token="REFRESH-SECRET")})
+    store = Store(registry_env / "root")
+    pull(f"{reg.host}/x/y:1", store=store, client=client)
+    assert store.resolve(f"{reg.host}/x/y:1").manifest_digest == m["digest"]
+    assert grants and all(b"refresh_token=REFRESH-SECRET" in g for g in grants)
 
 
 # --- URLs a registry hands out ---------------------------------------------------------------

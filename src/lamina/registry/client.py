@@ -291,7 +291,7 @@ class Session:
                 form.append(("scope", " ".join(scopes)))
             data = urllib.parse.urlencode(form).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-            resp = self.transport.request("POST", realm, headers=headers, body=data)
+            resp = self.transport.request("POST", realm, headers=headers, body=data, secret_body=True)
         else:
             query = []
             if service:

@@ -46,7 +46,7 @@ from urllib3.exceptions import (HTTPError as Urllib3Error, MaxRetryError, Protoc
 from urllib3.util.retry import Retry
 
 from .. import trace
-from ..errors import RegistryError
+from ..errors import AuthenticationError, RegistryError
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -565,7 +565,7 @@ class Transport:
         return r
 
     def request(self, method, url, *, headers=None, body=None, retry=True, follow_redirects=True,
-                ok_statuses=None, tls_probe=False):
+                ok_statuses=None, tls_probe=False, secret_body=False):
         """Send a request; returns a Response whose body is not read yet.
 
         ``body`` is None, bytes, or a zero-argument callable returning a fresh body (bytes
@@ -573,7 +573,8 @@ class Transport:
         connection failures and RETRY_STATUSES are retried with backoff; after the last
         attempt a connection failure raises RegistryError and a status response is returned
         as is.  Redirects are followed; ``Authorization`` is dropped when the origin changes.
-        ``tls_probe``: see TLSPolicy.context.
+        ``tls_probe``: see TLSPolicy.context.  ``secret_body``: the body holds credentials (an
+        OAuth2 refresh token): a 307/308 to another origin, which would send it along, is refused.
         """
         headers = {"User-Agent": USER_AGENT, **(headers or {})}
         redirects = 0
@@ -612,6 +613,14 @@ class Transport:
                 if new_origin != origin:
                     # Never hand credentials to another origin (object storage, CDN, attacker).
                     headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                    if secret_body and resp.status in (307, 308):
+                        # these keep method and body: the body would follow where Authorization
+                        # does not (Go's client sends it along; an https realm redirected to
+                        # http:// would even put it on the network in clear)
+                        raise AuthenticationError(
+                            f"{method} {url}: redirected to {new_origin.scheme}://{new_origin.hostport}, "
+                            f"another origin: lamina sends the credentials in this request to "
+                            f"{origin.scheme}://{origin.hostport} only")
                 if resp.status == 303 or (resp.status in (301, 302) and method not in ("GET", "HEAD")):
                     method, body = ("HEAD" if method == "HEAD" else "GET"), None
                     headers = {k: v for k, v in headers.items()
