@@ -239,3 +239,37 @@ def test_a_token_realm_with_a_malformed_url_is_an_authentication_error(fake, reg
     with pytest.raises(errors.AuthenticationError) as e:
         pull(f"{reg.host}/x/y:1", store=Store(registry_env / "root"))
     assert "invalid token realm 'http://[::1/token'" in str(e.value), e.value
+
+
+# --- bodies that lie --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("what", ["manifest", "config"])
+def test_a_document_shorter_than_its_content_length_is_a_registry_error(fake, image, registry_env,  # noqa: F811
+                                                                         what):
+    """A manifest (or config) whose body ends before its Content-Length: urllib3's ProtocolError
+    came out of pull as is ("Connection broken: IncompleteRead(...)"), no LaminaError, so no
+    mirror fallback and a message naming neither the document nor the registry."""
+    lay, m = image
+    config = json.loads(open(lay.path(m["digest"]), "rb").read())["config"]["digest"]
+    target = m["digest"] if what == "manifest" else config
+
+    def hostile(h, kind, ref, body):
+        if (ref == "1" and what == "manifest") or ref == target:
+            data = open(lay.path(target), "rb").read()
+            h.send_response(200)
+            h.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            h.send_header("Content-Length", str(len(data) + 100))
+            h.end_headers()
+            h.wfile.write(data)
+            h.close_connection = True
+            return True
+        return False
+    reg = fake(hostile)
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.RegistryError) as e:
+        pull(f"{reg.host}/x/y:1", store=store)
+    msg = str(e.value)
+    assert "\n" not in msg and reg.host in msg and "connection closed after" in msg, msg
+    assert ("/manifests/1" if what == "manifest" else config) in msg, msg
+    assert not store.has_blob(target)
+    _pulled_honestly(store, reg, m)

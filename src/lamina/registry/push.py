@@ -389,7 +389,10 @@ class Pusher:
                 try:
                     resp = repo.request("PATCH", location, headers=headers, body=chunk, retry=False)
                     if resp.status != 202:
-                        data = resp.content(limit=MAX_ERROR_BODY)
+                        try:
+                            data = resp.content(limit=MAX_ERROR_BODY)
+                        except RegistryError:
+                            data = b""   # an error body cut short: the status still decides the retry
                         if resp.status < 500 and resp.status not in (408, 416, 429):
                             raise RegistryError(f"upload of {desc.digest} to {repo.name}: "
                                                 f"{error_message(data, resp.status, resp.reason)}",

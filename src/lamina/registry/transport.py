@@ -401,7 +401,10 @@ class Response:
                 data = self._resp.read1(1 << 16 if limit is None else min(1 << 16, limit + 1 - got))
             except CONNECTION_ERRORS as e:
                 if not capped or not is_timeout(e):
-                    raise
+                    # a body shorter than its Content-Length, a reset: urllib3's ProtocolError
+                    # would reach the user with neither the document nor the registry named
+                    self.close(reuse=False)
+                    raise RegistryError(f"{self.method} {self.url}: {describe_error(e)}") from None
                 end = time.monotonic()   # the deadline, not the server, cut this read: say so above
                 continue
             if not data:
