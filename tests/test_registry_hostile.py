@@ -196,6 +196,37 @@ def test_a_token_realm_redirecting_within_its_origin_still_gets_the_refresh_toke
     assert grants and all(b"refresh_token=REFRESH-SECRET" in g for g in grants)
 
 
+def test_a_challenge_from_the_host_the_ping_was_redirected_to_gets_no_credentials(fake, image,  # noqa: F811
+                                                                                   registry_env):
+    """GET /v2/ redirected to another origin whose 401 names its own realm: lamina took that
+    challenge for the registry's and sent the registry's basic credentials to that realm (the
+    blob and tag paths refuse this already; docker files a challenge under the host that sent
+    it).  Now the pull fails naming that host, which sees no Authorization and no token request."""
+    lay, m = image
+
+    def hostile(h, kind, ref, body):
+        on_other = h.server.server_address[1] == int(reg.other.rsplit(":", 1)[1])
+        if h.path == "/v2/" and not on_other:
+            FakeRegistry.send(h, 307, headers=[("Location", f"http://{reg.other}/v2/")])
+            return True
+        if h.path == "/v2/" and on_other:
+            FakeRegistry.send(h, 401, headers=[("WWW-Authenticate", f'Bearer realm="http://{reg.other}/token"')])
+            return True
+        if h.path.startswith("/token"):
+            FakeRegistry.send(h, 200, json.dumps({"token": "from-elsewhere"}).encode())
+            return True
+        return False
+    reg = fake(hostile)
+    client = RegistryClient(credentials={reg.host: Credentials("alice", "s3cret")})
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.AuthenticationError) as e:
+        pull(f"{reg.host}/x/y:1", store=store, client=client)
+    assert reg.other in str(e.value) and "\n" not in str(e.value), e.value
+    assert [(s[1], s[2]) for s in reg.seen_by(reg.other)] == [("GET", "/v2/")]
+    assert not [s for s in reg.seen_by(reg.other) if "Authorization" in s[3]]
+    _pulled_honestly(store, reg, m)
+
+
 # --- URLs a registry hands out ---------------------------------------------------------------
 
 @pytest.mark.parametrize("location", ["http://[::1/v2/", "//[zz]/blob", "http://h:99999/", "ftp://h/blob"])

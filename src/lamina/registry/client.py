@@ -203,6 +203,11 @@ class Session:
                     continue
                 raise RegistryError(f"registry {ep.host} is not reachable: {_strip_method(e)}") from None
             body = resp.content(limit=MAX_ERROR_BODY) if resp.status != 200 else (resp.drain() or b"")
+            if resp.status == 401 and Origin.of(resp.url) != Origin.of(base):
+                # The ping was redirected and the other origin asks for credentials: its challenge
+                # is not the registry's (docker files challenges under the host that sent them),
+                # and answering it would send the registry's credentials to the realm it names.
+                raise _foreign_challenge(f"GET {base}/v2/", resp.url)
             if resp.status == 401:
                 self.challenge = parse_challenge(resp.header("WWW-Authenticate"))
             elif resp.status in (200,):
@@ -336,6 +341,14 @@ class Session:
             self._tokens.clear()
 
 
+def _foreign_challenge(what, url, redirected=True):
+    """The error for a 401 from ``url``, an origin other than the registry's."""
+    origin = Origin.of(url)
+    return AuthenticationError(f"{what}: {'redirected to ' if redirected else ''}{origin.host}:{origin.port}, "
+                               "which asks for credentials: lamina sends the registry's to the registry only",
+                               status=401)
+
+
 def _strip_method(e):
     s = str(e)
     # "GET https://h/v2/: connection refused" -> "connection refused"
@@ -406,10 +419,7 @@ class Repository:
                 # A host a redirect led to (object storage, a CDN, anyone) asks for credentials: its
                 # challenge is not the registry's, and answering it would hand the registry's
                 # credentials (or a token fetched with them) to whatever realm it names.
-                raise AuthenticationError(
-                    f"{method} {self.name}: {'redirected to ' if own else ''}{Origin.of(resp.url).host}:"
-                    f"{Origin.of(resp.url).port}, which asks for credentials: lamina sends the registry's to the "
-                    "registry only", status=401)
+                raise _foreign_challenge(f"{method} {self.name}", resp.url, redirected=own)
             scheme, params = parse_challenge(resp.header("WWW-Authenticate"))
             if scheme is None:
                 break
