@@ -304,3 +304,38 @@ def test_a_document_shorter_than_its_content_length_is_a_registry_error(fake, im
     assert ("/manifests/1" if what == "manifest" else config) in msg, msg
     assert not store.has_blob(target)
     _pulled_honestly(store, reg, m)
+
+
+def test_a_mirror_serving_a_corrupt_blob_leaves_it_to_the_registry(fake, image, registry_env,  # noqa: F811
+                                                                    monkeypatch):
+    """A mirror whose blob does not hash to its digest, on every try: the pull failed with the
+    digest mismatch although the registry behind the mirror serves the blob intact (docker goes
+    on to the next endpoint when a mirror fails).  Now the blob comes from the registry."""
+    lay, m = image
+    layer = json.loads(open(lay.path(m["digest"]), "rb").read())["layers"][0]["digest"]
+
+    def corrupt(h, kind, ref, body):
+        if kind == "blobs" and ref == layer:
+            data = bytearray(open(lay.path(layer), "rb").read())
+            data[len(data) // 2] ^= 0xFF
+            FakeRegistry.send(h, 200, bytes(data), [("Docker-Content-Digest", layer)])
+            return True
+        return False
+    mirror, upstream = fake(corrupt), fake()
+    conf = registry_env / "registries.toml"
+    conf.write_text(f"""
+[[registry]]
+location = "{upstream.host}"
+
+[[registry.mirror]]
+location = "{mirror.host}"
+insecure = true
+""")
+    monkeypatch.setenv("LAMINA_REGISTRIES_CONFIG", str(conf))
+    store = Store(registry_env / "root")
+    pull(f"{upstream.host}/x/y:1", store=store)
+    img = store.resolve(f"{upstream.host}/x/y:1")
+    assert (store.snapshots_for(img)[0] / "f").read_bytes() == b"hostile registries\n"
+    assert [s for s in mirror.seen if s[2].endswith(layer)], mirror.seen
+    assert [s for s in upstream.seen if s[2].endswith(layer)], upstream.seen
+    _fsck_clean(store)
