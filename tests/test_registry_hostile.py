@@ -229,6 +229,43 @@ def test_a_challenge_from_the_host_the_ping_was_redirected_to_gets_no_credential
 
 # --- URLs a registry hands out ---------------------------------------------------------------
 
+def test_a_location_whose_host_two_parsers_read_differently_gets_no_credentials(fake, image,  # noqa: F811
+                                                                                 registry_env):
+    """"http://OTHER\\@REGISTRY/..." is the registry's origin to urlsplit (OTHER\\ is userinfo) and
+    OTHER to urllib3 (the backslash starts the path): the redirect kept the registry's basic
+    credentials, judged same-origin, and urllib3 took them to OTHER.  Refused now."""
+    lay, m = image
+    layer = json.loads(open(lay.path(m["digest"]), "rb").read())["layers"][0]["digest"]
+
+    def hostile(h, kind, ref, body):
+        on_other = h.server.server_address[1] == int(reg.other.rsplit(":", 1)[1])
+        if kind == "blobs" and ref == layer and not on_other:
+            FakeRegistry.send(h, 307, headers=[("Location", f"http://{reg.other}\\@{reg.host}{h.path}")])
+            return True
+        return False
+    reg = fake(hostile, challenge='Basic realm="fake"')
+    client = RegistryClient(credentials={reg.host: Credentials("alice", "s3cret")})
+    store = Store(registry_env / "root")
+    with pytest.raises(errors.LaminaError) as e:
+        pull(f"{reg.host}/x/y:1", store=store, client=client)
+    assert not [s for s in reg.seen_by(reg.other) if "Authorization" in s[3]], reg.seen_by(reg.other)
+    assert isinstance(e.value, errors.RegistryError), e.value
+    assert layer in str(e.value) and "\n" not in str(e.value), e.value
+    assert not store.has_blob(layer)
+    _fsck_clean(store)
+
+
+def test_a_plain_http_realm_with_loopback_userinfo_is_not_taken_for_loopback(fake, registry_env):  # noqa: F811
+    """The plain-HTTP realm check asked is_loopback() of the realm's netloc, userinfo included:
+    "http://127.0.0.1:80@elsewhere/token" passed as loopback, and the basic credentials went to
+    elsewhere in clear."""
+    reg = fake(challenge='Bearer realm="http://127.0.0.1:80@lamina-test.invalid/token",service="s"')
+    client = RegistryClient(credentials={reg.host: Credentials("alice", "s3cret")})
+    with pytest.raises(errors.AuthenticationError) as e:
+        pull(f"{reg.host}/x/y:1", store=Store(registry_env / "root"), client=client)
+    assert "invalid token realm" in str(e.value) and "userinfo" in str(e.value), e.value
+
+
 @pytest.mark.parametrize("location", ["http://[::1/v2/", "//[zz]/blob", "http://h:99999/", "ftp://h/blob"])
 def test_a_redirect_to_a_malformed_location_is_a_registry_error_naming_the_request(fake, image, registry_env,  # noqa: F811
                                                                                     location):

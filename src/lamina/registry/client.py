@@ -265,13 +265,15 @@ class Session:
         if not realm:
             raise AuthenticationError(f"{self.host}: bearer challenge without a realm")
         try:
-            u = urllib.parse.urlsplit(realm)
-            valid = u.scheme in ("http", "https") and u.hostname
-        except ValueError:   # "https://[::1/token"
-            valid = False
-        if not valid:
-            raise AuthenticationError(f"{self.host}: invalid token realm {realm!r}")
-        if u.scheme == "http" and not is_loopback(u.netloc) and u.netloc not in self.client.config.insecure:
+            # the origin the request goes to, not the realm's netloc: "http://127.0.0.1:80@evil/"
+            # looked like loopback and took the basic credentials to evil in clear
+            realm_origin = Origin.of(realm)
+        except RegistryError as e:
+            raise AuthenticationError(f"{self.host}: invalid token realm {realm!r} ({e})") from None
+        netloc = realm_origin.hostport
+        insecure = self.client.config.insecure
+        if (realm_origin.scheme == "http" and not is_loopback(realm_origin.host) and netloc not in insecure
+                and f"{realm_origin.host}:{realm_origin.port}" not in insecure):
             # The basic credentials (or identity token) go to the realm.  A registry marked
             # insecure and spoken to over plain HTTP already has them cross the network in clear;
             # one spoken to over HTTPS (insecure for a self-signed certificate) must not have
@@ -282,7 +284,7 @@ class Session:
             if self.base is None or not self.base.startswith("http:"):
                 raise AuthenticationError(
                     f"{self.host}: refusing plain-HTTP token realm {realm!r} of a registry reached over "
-                    f"HTTPS: the credentials would cross the network in clear (mark {u.netloc} "
+                    f"HTTPS: the credentials would cross the network in clear (mark {netloc} "
                     "insecure to allow it)")
         service = params.get("service")
         creds = self.credentials()
@@ -305,7 +307,7 @@ class Session:
             if creds is not None and (creds.username or creds.password):
                 headers["Authorization"] = _creds.basic_header(creds)
                 query.append(("account", creds.username))
-            sep = "&" if u.query else "?"
+            sep = "&" if urllib.parse.urlsplit(realm).query else "?"
             url = realm + (sep + urllib.parse.urlencode(query) if query else "")
             resp = self.transport.request("GET", url, headers=headers)
         body = resp.content(limit=MAX_TOKEN_BODY)

@@ -231,7 +231,20 @@ class Origin:
             port = u.port
         except ValueError:
             raise RegistryError(f"invalid port in URL {url!r}") from None
-        return cls(u.scheme, hostname, port or (443 if u.scheme == "https" else 80))
+        port = port or (443 if u.scheme == "https" else 80)
+        # The origin is what credentials are kept to, and urllib3 parses the URL again to
+        # connect: "http://a:1\\@b:2/" is b:2 to urlsplit and a:1 to urllib3, so a registry's
+        # Location could keep Authorization while the request went elsewhere.  No registry URL
+        # carries userinfo (Go's net/url refuses the backslash), and the two parsers must agree.
+        if "@" in u.netloc or "\\" in u.netloc:
+            raise RegistryError(f"refusing URL {url!r}: userinfo or a backslash in its host part")
+        try:
+            p = urllib3.util.parse_url(url)
+        except ValueError as e:   # urllib3's LocationParseError is one
+            raise RegistryError(f"invalid URL {url!r}: {e}") from None
+        if ((p.host or "").strip("[]").lower(), p.port or port) != (hostname, port):
+            raise RegistryError(f"refusing URL {url!r}: its host is read as {hostname!r} or as {p.host!r}")
+        return cls(u.scheme, hostname, port)
 
     @property
     def hostport(self):
