@@ -7,6 +7,7 @@ import http.server
 import json
 import re
 import threading
+import time
 
 import pytest
 
@@ -78,7 +79,7 @@ class FakeRegistry:
             h.wfile.write(body)
 
     def _handle(self, h, body):
-        m = re.fullmatch(r"/v2/(?:[a-z0-9/]+)/(manifests|blobs)/([^/?]+)", h.path)
+        m = re.fullmatch(r"/v2/(?:[a-z0-9/]+)/(manifests|blobs)/([^/?]+)(?:\?.*)?", h.path)
         kind, ref = (m.group(1), m.group(2)) if m else (h.path, None)
         if self.hostile and self.hostile(h, kind, ref, body):
             return
@@ -375,4 +376,47 @@ insecure = true
     assert (store.snapshots_for(img)[0] / "f").read_bytes() == b"hostile registries\n"
     assert [s for s in mirror.seen if s[2].endswith(layer)], mirror.seen
     assert [s for s in upstream.seen if s[2].endswith(layer)], upstream.seen
+    _fsck_clean(store)
+
+
+@pytest.mark.parametrize("where", ["ping", "redirect"])
+def test_a_body_lamina_only_drops_is_read_within_the_document_deadline(fake, image, registry_env, monkeypatch,  # noqa: F811
+                                                                       where):
+    """The body of a 200 to GET /v2/, or of a redirect, is read and dropped (drain) -- with no
+    deadline: a server dripping it a byte a minute held the pull for weeks (64 KiB of it).  Now
+    it gets the document deadline, then the connection is dropped and the pull goes on."""
+    monkeypatch.setenv("LAMINA_REGISTRY_DOCUMENT_DEADLINE", "1")
+    lay, m = image
+    layer = json.loads(open(lay.path(m["digest"]), "rb").read())["layers"][0]["digest"]
+    drips = []
+
+    def hostile(h, kind, ref, body):
+        if (where == "ping" and h.path == "/v2/") or (where == "redirect" and ref == layer and "moved" not in h.path):
+            h.send_response(200 if where == "ping" else 307)
+            if where == "redirect":
+                h.send_header("Location", h.path + "?moved=1")
+            h.send_header("Content-Length", "65536")
+            h.end_headers()
+            # 100 bytes over 20 s of the 64 KiB announced; then the server gives up by itself
+            outcome = "server gave up"
+            try:
+                for _ in range(100):
+                    h.wfile.write(b"x")
+                    h.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                outcome = "lamina hung up"
+            h.close_connection = True
+            drips.append(outcome)
+            return True
+        return False
+    reg = fake(hostile)
+    store = Store(registry_env / "root")
+    pull(f"{reg.host}/x/y:1", store=store)
+    assert store.resolve(f"{reg.host}/x/y:1").manifest_digest == m["digest"]
+    for _ in range(100):   # the handler notices the hang-up at its next write
+        if drips:
+            break
+        time.sleep(0.1)
+    assert drips and set(drips) == {"lamina hung up"}, drips
     _fsck_clean(store)

@@ -431,12 +431,13 @@ class Response:
         return b"".join(chunks)
 
     def drain(self, limit=1 << 16):
-        """Read and drop a small body so the connection can be reused."""
+        """Read and drop a small body so the connection can be reused; one that is larger, broken
+        or slower than the document deadline costs the connection instead (a plain read of it had
+        no deadline: a redirect's or a ping's body dripping a byte a minute held the pull for weeks)."""
         try:
-            self._resp.read(limit)
-        except CONNECTION_ERRORS:
-            pass
-        self.close()
+            self.content(limit=limit)
+        except RegistryError:
+            pass   # content() closed the connection
 
     def close(self, reuse=True):
         resp, self._resp = self._resp, _CLOSED
