@@ -59,6 +59,10 @@ class FakeRegistry:
     def other(self):
         return f"127.0.0.1:{self.servers[1].server_address[1]}"
 
+    def to_other(self, h):
+        """Whether request handler ``h`` is serving the other origin."""
+        return h.server is self.servers[1]
+
     def seen_by(self, host):
         port = int(host.rsplit(":", 1)[1])
         return [s for s in self.seen if s[0] == port]
@@ -101,6 +105,11 @@ class FakeRegistry:
         self.send(h, 200, data, headers)
 
 
+def _manifest(lay, m):
+    with open(lay.path(m["digest"]), "rb") as f:
+        return json.load(f)
+
+
 @pytest.fixture
 def image(tmp_path):
     lay = ocibuild.Layout(tmp_path / "oci")
@@ -120,6 +129,22 @@ def fake(image):
     yield make
     for r in regs:
         r.stop()
+
+
+def _token(h, token):
+    """A token server's answer to /token (True), or nothing (False) for another path."""
+    if not h.path.startswith("/token"):
+        return False
+    FakeRegistry.send(h, 200, json.dumps({"token": token}).encode())
+    return True
+
+
+def _failed_pull(reg, store, error=errors.RegistryError, client=None):
+    """The one-line message of ``error`` that pulling x/y:1 from ``reg`` fails with."""
+    with pytest.raises(error) as e:
+        pull(f"{reg.host}/x/y:1", store=store, client=client)
+    assert "\n" not in str(e.value), e.value
+    return str(e.value)
 
 
 def _fsck_clean(store):
@@ -152,13 +177,10 @@ def test_a_token_realm_redirecting_the_refresh_token_to_another_origin_gets_refu
     lay, m = image
 
     def hostile(h, kind, ref, body):
-        if h.path.startswith("/token") and h.server.server_address[1] == int(reg.host.rsplit(":", 1)[1]):
+        if h.path.startswith("/token") and not reg.to_other(h):
             FakeRegistry.send(h, status, headers=[("Location", f"http://{reg.other}/token")])
             return True
-        if h.path.startswith("/token"):
-            FakeRegistry.send(h, 200, json.dumps({"token": "stolen-it"}).encode())
-            return True
-        return False
+        return _token(h, "stolen-it")
     reg = fake(hostile)
     reg.challenge = f'Bearer realm="http://{reg.host}/token",service="s"'
     client = RegistryClient(credentials={reg.host: Credentials(identity_token="REFRESH-SECRET")})
@@ -206,17 +228,14 @@ def test_a_challenge_from_the_host_the_ping_was_redirected_to_gets_no_credential
     lay, m = image
 
     def hostile(h, kind, ref, body):
-        on_other = h.server.server_address[1] == int(reg.other.rsplit(":", 1)[1])
+        on_other = reg.to_other(h)
         if h.path == "/v2/" and not on_other:
             FakeRegistry.send(h, 307, headers=[("Location", f"http://{reg.other}/v2/")])
             return True
         if h.path == "/v2/" and on_other:
             FakeRegistry.send(h, 401, headers=[("WWW-Authenticate", f'Bearer realm="http://{reg.other}/token"')])
             return True
-        if h.path.startswith("/token"):
-            FakeRegistry.send(h, 200, json.dumps({"token": "from-elsewhere"}).encode())
-            return True
-        return False
+        return _token(h, "from-elsewhere")
     reg = fake(hostile)
     client = RegistryClient(credentials={reg.host: Credentials("alice", "s3cret")})
     store = Store(registry_env / "root")
@@ -236,10 +255,10 @@ def test_a_location_whose_host_two_parsers_read_differently_gets_no_credentials(
     OTHER to urllib3 (the backslash starts the path): the redirect kept the registry's basic
     credentials, judged same-origin, and urllib3 took them to OTHER.  Refused now."""
     lay, m = image
-    layer = json.loads(open(lay.path(m["digest"]), "rb").read())["layers"][0]["digest"]
+    layer = _manifest(lay, m)["layers"][0]["digest"]
 
     def hostile(h, kind, ref, body):
-        on_other = h.server.server_address[1] == int(reg.other.rsplit(":", 1)[1])
+        on_other = reg.to_other(h)
         if kind == "blobs" and ref == layer and not on_other:
             FakeRegistry.send(h, 307, headers=[("Location", f"http://{reg.other}\\@{reg.host}{h.path}")])
             return True
@@ -273,7 +292,7 @@ def test_a_redirect_to_a_malformed_location_is_a_registry_error_naming_the_reque
     """urljoin raises a bare ValueError on a Location like "http://[::1": it left pull as a
     traceback-shaped "Invalid IPv6 URL" naming neither the blob nor the registry."""
     lay, m = image
-    layer = json.loads(open(lay.path(m["digest"]), "rb").read())["layers"][0]["digest"]
+    layer = _manifest(lay, m)["layers"][0]["digest"]
 
     def hostile(h, kind, ref, body):
         if kind == "blobs" and ref == layer:
@@ -282,10 +301,8 @@ def test_a_redirect_to_a_malformed_location_is_a_registry_error_naming_the_reque
         return False
     reg = fake(hostile)
     store = Store(registry_env / "root")
-    with pytest.raises(errors.RegistryError) as e:
-        pull(f"{reg.host}/x/y:1", store=store)
-    assert "\n" not in str(e.value)
-    assert layer in str(e.value) and reg.host in str(e.value) and repr(location) in str(e.value), e.value
+    msg = _failed_pull(reg, store)
+    assert layer in msg and reg.host in msg and repr(location) in msg, msg
     assert not store.has_blob(layer)
     _pulled_honestly(store, reg, m)
 
@@ -319,7 +336,7 @@ def test_a_document_shorter_than_its_content_length_is_a_registry_error(fake, im
     came out of pull as is ("Connection broken: IncompleteRead(...)"), no LaminaError, so no
     mirror fallback and a message naming neither the document nor the registry."""
     lay, m = image
-    config = json.loads(open(lay.path(m["digest"]), "rb").read())["config"]["digest"]
+    config = _manifest(lay, m)["config"]["digest"]
     target = m["digest"] if what == "manifest" else config
 
     def hostile(h, kind, ref, body):
@@ -335,10 +352,8 @@ def test_a_document_shorter_than_its_content_length_is_a_registry_error(fake, im
         return False
     reg = fake(hostile)
     store = Store(registry_env / "root")
-    with pytest.raises(errors.RegistryError) as e:
-        pull(f"{reg.host}/x/y:1", store=store)
-    msg = str(e.value)
-    assert "\n" not in msg and reg.host in msg and "connection closed after" in msg, msg
+    msg = _failed_pull(reg, store)
+    assert reg.host in msg and "connection closed after" in msg, msg
     assert ("/manifests/1" if what == "manifest" else config) in msg, msg
     assert not store.has_blob(target)
     _pulled_honestly(store, reg, m)
@@ -350,7 +365,7 @@ def test_a_mirror_serving_a_corrupt_blob_leaves_it_to_the_registry(fake, image, 
     digest mismatch although the registry behind the mirror serves the blob intact (docker goes
     on to the next endpoint when a mirror fails).  Now the blob comes from the registry."""
     lay, m = image
-    layer = json.loads(open(lay.path(m["digest"]), "rb").read())["layers"][0]["digest"]
+    layer = _manifest(lay, m)["layers"][0]["digest"]
 
     def corrupt(h, kind, ref, body):
         if kind == "blobs" and ref == layer:
@@ -387,7 +402,7 @@ def test_a_body_lamina_only_drops_is_read_within_the_document_deadline(fake, ima
     it gets the document deadline, then the connection is dropped and the pull goes on."""
     monkeypatch.setenv("LAMINA_REGISTRY_DOCUMENT_DEADLINE", "1")
     lay, m = image
-    layer = json.loads(open(lay.path(m["digest"]), "rb").read())["layers"][0]["digest"]
+    layer = _manifest(lay, m)["layers"][0]["digest"]
     drips = []
 
     def hostile(h, kind, ref, body):
