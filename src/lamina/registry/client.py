@@ -34,7 +34,7 @@ from ..quoting import quote_name
 from ..reference import TAG_PATTERN, Reference
 from . import credentials as _creds
 from .config import Endpoint, RegistryConfig, insecure_hosts, is_loopback
-from .transport import Origin, TLSPolicy, Transport
+from .transport import Origin, TLSPolicy, Transport, resolve_url
 
 MANIFEST_ACCEPT = ", ".join([
     mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST,
@@ -203,6 +203,11 @@ class Session:
                     continue
                 raise RegistryError(f"registry {ep.host} is not reachable: {_strip_method(e)}") from None
             body = resp.content(limit=MAX_ERROR_BODY) if resp.status != 200 else (resp.drain() or b"")
+            if resp.status == 401 and Origin.of(resp.url) != Origin.of(base):
+                # The ping was redirected and the other origin asks for credentials: its challenge
+                # is not the registry's (docker files challenges under the host that sent them),
+                # and answering it would send the registry's credentials to the realm it names.
+                raise _foreign_challenge(f"GET {base}/v2/", resp.url)
             if resp.status == 401:
                 self.challenge = parse_challenge(resp.header("WWW-Authenticate"))
             elif resp.status in (200,):
@@ -259,10 +264,16 @@ class Session:
         realm = params.get("realm")
         if not realm:
             raise AuthenticationError(f"{self.host}: bearer challenge without a realm")
-        u = urllib.parse.urlsplit(realm)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise AuthenticationError(f"{self.host}: invalid token realm {realm!r}")
-        if u.scheme == "http" and not is_loopback(u.netloc) and u.netloc not in self.client.config.insecure:
+        try:
+            # the origin the request goes to, not the realm's netloc: "http://127.0.0.1:80@evil/"
+            # looked like loopback and took the basic credentials to evil in clear
+            realm_origin = Origin.of(realm)
+        except RegistryError as e:
+            raise AuthenticationError(f"{self.host}: invalid token realm {realm!r} ({e})") from None
+        netloc = realm_origin.hostport
+        insecure = self.client.config.insecure
+        if (realm_origin.scheme == "http" and not is_loopback(realm_origin.host) and netloc not in insecure
+                and f"{realm_origin.host}:{realm_origin.port}" not in insecure):
             # The basic credentials (or identity token) go to the realm.  A registry marked
             # insecure and spoken to over plain HTTP already has them cross the network in clear;
             # one spoken to over HTTPS (insecure for a self-signed certificate) must not have
@@ -273,7 +284,7 @@ class Session:
             if self.base is None or not self.base.startswith("http:"):
                 raise AuthenticationError(
                     f"{self.host}: refusing plain-HTTP token realm {realm!r} of a registry reached over "
-                    f"HTTPS: the credentials would cross the network in clear (mark {u.netloc} "
+                    f"HTTPS: the credentials would cross the network in clear (mark {netloc} "
                     "insecure to allow it)")
         service = params.get("service")
         creds = self.credentials()
@@ -287,7 +298,7 @@ class Session:
                 form.append(("scope", " ".join(scopes)))
             data = urllib.parse.urlencode(form).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-            resp = self.transport.request("POST", realm, headers=headers, body=data)
+            resp = self.transport.request("POST", realm, headers=headers, body=data, secret_body=True)
         else:
             query = []
             if service:
@@ -296,7 +307,7 @@ class Session:
             if creds is not None and (creds.username or creds.password):
                 headers["Authorization"] = _creds.basic_header(creds)
                 query.append(("account", creds.username))
-            sep = "&" if u.query else "?"
+            sep = "&" if urllib.parse.urlsplit(realm).query else "?"
             url = realm + (sep + urllib.parse.urlencode(query) if query else "")
             resp = self.transport.request("GET", url, headers=headers)
         body = resp.content(limit=MAX_TOKEN_BODY)
@@ -330,6 +341,14 @@ class Session:
     def forget_tokens(self):
         with self._lock:
             self._tokens.clear()
+
+
+def _foreign_challenge(what, url, redirected=True):
+    """The error for a 401 from ``url``, an origin other than the registry's."""
+    origin = Origin.of(url)
+    return AuthenticationError(f"{what}: {'redirected to ' if redirected else ''}{origin.host}:{origin.port}, "
+                               "which asks for credentials: lamina sends the registry's to the registry only",
+                               status=401)
 
 
 def _strip_method(e):
@@ -402,10 +421,7 @@ class Repository:
                 # A host a redirect led to (object storage, a CDN, anyone) asks for credentials: its
                 # challenge is not the registry's, and answering it would hand the registry's
                 # credentials (or a token fetched with them) to whatever realm it names.
-                raise AuthenticationError(
-                    f"{method} {self.name}: {'redirected to ' if own else ''}{Origin.of(resp.url).host}:"
-                    f"{Origin.of(resp.url).port}, which asks for credentials: lamina sends the registry's to the "
-                    "registry only", status=401)
+                raise _foreign_challenge(f"{method} {self.name}", resp.url, redirected=own)
             scheme, params = parse_challenge(resp.header("WWW-Authenticate"))
             if scheme is None:
                 break
@@ -510,7 +526,7 @@ class Repository:
                                         "a tag (docker refuses it too)")
             tags += page
             link = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', resp.header("Link") or "")
-            url = urllib.parse.urljoin(url, link.group(1)) if link else None
+            url = resolve_url(url, link.group(1), f"tags of {self.name}: next page") if link else None
         return sorted(set(tags))
 
     # --- blobs -----------------------------------------------------------------------------------
@@ -562,7 +578,7 @@ class Repository:
         resp.drain()
         if not location:
             raise RegistryError(f"POST upload to {self.name}: no Location in the answer")
-        return "upload", urllib.parse.urljoin(url, location)
+        return "upload", resolve_url(url, location, f"POST upload to {self.name}: Location")
 
     @staticmethod
     def with_query(url, **params):

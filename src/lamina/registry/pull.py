@@ -354,9 +354,10 @@ class Puller:
                     w.commit()
                     return
             except DigestMismatchError as e:
-                if mismatch_retries <= 0:
+                again = _mismatch_retry(repos, mismatch_retries)
+                if again is None:
                     raise DigestMismatchError(f"blob from {repos[0].name}", e.expected, e.actual) from None
-                mismatch_retries -= 1
+                repos, mismatch_retries = again
 
     def fetch_and_extract(self, repos, desc, result, diff_id, parent_chain_id, wait_lowers=None, turn=None,
                           tree_ready=None, before_publish=None):
@@ -414,9 +415,10 @@ class Puller:
                         tee.close()
                         stream.close()
             except DigestMismatchError as e:
-                if e.expected != digest or mismatch_retries <= 0:
-                    raise   # a diffID mismatch (the blob itself verified), or corrupt twice
-                mismatch_retries -= 1
+                again = _mismatch_retry(repos, mismatch_retries) if e.expected == digest else None
+                if again is None:
+                    raise   # a diffID mismatch (the blob itself verified), or corrupt from every endpoint
+                repos, mismatch_retries = again
 
     def blob_stream(self, repos, desc, result, offset=0, at_end="Verifying Checksum", turn=None):
         """The blob as a resuming stream, counted into ``result`` and the progress display;
@@ -801,6 +803,18 @@ class Puller:
 
 # What a layer raises when it stops because another failed: never the pull's error while that one is there.
 _CONSEQUENCES = (errors.Cancelled, errors.NeedsLowers, Cancelled)
+
+
+def _mismatch_retry(repos, retries):
+    """(endpoints, retries left) for fetching again a blob that did not hash to its digest: the
+    same endpoints once more (a corruption in transit), then, when a mirror sent the bad bytes
+    again, the endpoints after it (docker goes on to the next endpoint when a mirror fails, and
+    the registry behind a broken or hostile mirror may serve the blob intact); None: give up."""
+    if retries > 0:
+        return repos, retries - 1
+    if len(repos) > 1 and repos[0].is_mirror:
+        return repos[1:], 1
+    return None
 
 
 def _cause(exceptions):

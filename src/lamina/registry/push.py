@@ -15,7 +15,6 @@ import json
 import os
 import re
 import tempfile
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -27,7 +26,7 @@ from ..reference import Reference
 from .client import MAX_ERROR_BODY, RegistryClient, error_message
 from .progress import Reporter
 from .pull import _open_store
-from .transport import CONNECTION_ERRORS, describe_error
+from .transport import CONNECTION_ERRORS, describe_error, resolve_url
 
 # The upload status's "Range: 0-<last byte>" (some registries write "bytes=0-..."); at most 19
 # digits, so that a hostile registry's thousands of digits are a clear error, not int()'s traceback
@@ -365,7 +364,7 @@ class Pusher:
         if status != 204:
             raise RegistryError(f"upload status of {repo.name}: {status} {resp.reason}", status=status)
         if new_loc:
-            location = urllib.parse.urljoin(location, new_loc)
+            location = resolve_url(location, new_loc, f"upload status of {repo.name}: Location")
         if not rng or "-" not in rng:
             return 0, location
         m = _UPLOAD_RANGE.fullmatch(rng.strip())
@@ -390,7 +389,10 @@ class Pusher:
                 try:
                     resp = repo.request("PATCH", location, headers=headers, body=chunk, retry=False)
                     if resp.status != 202:
-                        data = resp.content(limit=MAX_ERROR_BODY)
+                        try:
+                            data = resp.content(limit=MAX_ERROR_BODY)
+                        except RegistryError:
+                            data = b""   # an error body cut short: the status still decides the retry
                         if resp.status < 500 and resp.status not in (408, 416, 429):
                             raise RegistryError(f"upload of {desc.digest} to {repo.name}: "
                                                 f"{error_message(data, resp.status, resp.reason)}",
@@ -399,7 +401,7 @@ class Pusher:
                     loc = resp.header("Location")
                     resp.drain()
                     if loc:
-                        location = urllib.parse.urljoin(location, loc)
+                        location = resolve_url(location, loc, f"upload of {desc.digest} to {repo.name}: Location")
                     offset += length
                     failures = 0
                 except CONNECTION_ERRORS as e:

@@ -46,7 +46,7 @@ from urllib3.exceptions import (HTTPError as Urllib3Error, MaxRetryError, Protoc
 from urllib3.util.retry import Retry
 
 from .. import trace
-from ..errors import RegistryError
+from ..errors import AuthenticationError, RegistryError
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -220,20 +220,52 @@ class Origin:
 
     @classmethod
     def of(cls, url):
-        u = urllib.parse.urlsplit(url)
-        if u.scheme not in ("http", "https") or not u.hostname:
+        try:
+            u = urllib.parse.urlsplit(url)
+            hostname = u.hostname
+        except ValueError as e:   # "http://[::1": a URL a registry handed out is hostile input
+            raise RegistryError(f"invalid URL {url!r}: {e}") from None
+        if u.scheme not in ("http", "https") or not hostname:
             raise RegistryError(f"unsupported URL {url!r}")
         try:
             port = u.port
         except ValueError:
             raise RegistryError(f"invalid port in URL {url!r}") from None
-        return cls(u.scheme, u.hostname, port or (443 if u.scheme == "https" else 80))
+        port = port or (443 if u.scheme == "https" else 80)
+        # The origin is what credentials are kept to, and urllib3 parses the URL again to
+        # connect: "http://a:1\\@b:2/" is b:2 to urlsplit and a:1 to urllib3, so a registry's
+        # Location could keep Authorization while the request went elsewhere.  No registry URL
+        # carries userinfo (Go's net/url refuses the backslash), and the two parsers must agree.
+        if "@" in u.netloc or "\\" in u.netloc:
+            raise RegistryError(f"refusing URL {url!r}: userinfo or a backslash in its host part")
+        try:
+            p = urllib3.util.parse_url(url)
+        except ValueError as e:   # urllib3's LocationParseError is one
+            raise RegistryError(f"invalid URL {url!r}: {e}") from None
+        if ((p.host or "").strip("[]").lower(), p.port or port) != (hostname, port):
+            raise RegistryError(f"refusing URL {url!r}: its host is read as {hostname!r} or as {p.host!r}")
+        return cls(u.scheme, hostname, port)
 
     @property
     def hostport(self):
         host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
         return host if self.port == default else f"{host}:{self.port}"
+
+
+def resolve_url(base, ref, what):
+    """``ref`` (a Location, a Link a registry sent) resolved against ``base``: an http(s) URL
+    with a host, else RegistryError naming ``what`` (urljoin raises a bare ValueError on
+    "http://[::1")."""
+    try:
+        url = urllib.parse.urljoin(base, ref)
+    except ValueError as e:
+        raise RegistryError(f"{what}: invalid URL {ref!r}: {e}") from None
+    try:
+        Origin.of(url)
+    except RegistryError as e:
+        raise RegistryError(f"{what}: {e}") from None
+    return url
 
 
 class TLSPolicy:
@@ -382,7 +414,10 @@ class Response:
                 data = self._resp.read1(1 << 16 if limit is None else min(1 << 16, limit + 1 - got))
             except CONNECTION_ERRORS as e:
                 if not capped or not is_timeout(e):
-                    raise
+                    # a body shorter than its Content-Length, a reset: urllib3's ProtocolError
+                    # would reach the user with neither the document nor the registry named
+                    self.close(reuse=False)
+                    raise RegistryError(f"{self.method} {self.url}: {describe_error(e)}") from None
                 end = time.monotonic()   # the deadline, not the server, cut this read: say so above
                 continue
             if not data:
@@ -396,12 +431,13 @@ class Response:
         return b"".join(chunks)
 
     def drain(self, limit=1 << 16):
-        """Read and drop a small body so the connection can be reused."""
+        """Read and drop a small body so the connection can be reused; one that is larger, broken
+        or slower than the document deadline costs the connection instead (a plain read of it had
+        no deadline: a redirect's or a ping's body dripping a byte a minute held the pull for weeks)."""
         try:
-            self._resp.read(limit)
-        except CONNECTION_ERRORS:
-            pass
-        self.close()
+            self.content(limit=limit)
+        except RegistryError:
+            pass   # content() closed the connection
 
     def close(self, reuse=True):
         resp, self._resp = self._resp, _CLOSED
@@ -546,7 +582,7 @@ class Transport:
         return r
 
     def request(self, method, url, *, headers=None, body=None, retry=True, follow_redirects=True,
-                ok_statuses=None, tls_probe=False):
+                ok_statuses=None, tls_probe=False, secret_body=False):
         """Send a request; returns a Response whose body is not read yet.
 
         ``body`` is None, bytes, or a zero-argument callable returning a fresh body (bytes
@@ -554,7 +590,8 @@ class Transport:
         connection failures and RETRY_STATUSES are retried with backoff; after the last
         attempt a connection failure raises RegistryError and a status response is returned
         as is.  Redirects are followed; ``Authorization`` is dropped when the origin changes.
-        ``tls_probe``: see TLSPolicy.context.
+        ``tls_probe``: see TLSPolicy.context.  ``secret_body``: the body holds credentials (an
+        OAuth2 refresh token): a 307/308 to another origin, which would send it along, is refused.
         """
         headers = {"User-Agent": USER_AGENT, **(headers or {})}
         redirects = 0
@@ -588,10 +625,19 @@ class Transport:
                 redirects += 1
                 if redirects > MAX_REDIRECTS:
                     raise RegistryError(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
-                new_url = urllib.parse.urljoin(url, location)
-                if Origin.of(new_url) != origin:
+                new_url = resolve_url(url, location, f"{method} {url}: redirect {resp.status}")
+                new_origin = Origin.of(new_url)
+                if new_origin != origin:
                     # Never hand credentials to another origin (object storage, CDN, attacker).
                     headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                    if secret_body and resp.status in (307, 308):
+                        # these keep method and body: the body would follow where Authorization
+                        # does not (Go's client sends it along; an https realm redirected to
+                        # http:// would even put it on the network in clear)
+                        raise AuthenticationError(
+                            f"{method} {url}: redirected to {new_origin.scheme}://{new_origin.hostport}, "
+                            f"another origin: lamina sends the credentials in this request to "
+                            f"{origin.scheme}://{origin.hostport} only")
                 if resp.status == 303 or (resp.status in (301, 302) and method not in ("GET", "HEAD")):
                     method, body = ("HEAD" if method == "HEAD" else "GET"), None
                     headers = {k: v for k, v in headers.items()
