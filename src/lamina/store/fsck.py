@@ -8,24 +8,29 @@ more; both kinds are listed, only unrepaired errors make fsck fail.
 --repair runs with the gc lock exclusive, i.e. while no other lamina process is
 writing, so every partial and temp dir it finds is stale:
   corrupt blob -> deleted (the images that needed it are then reported missing it);
-  bad snapshot -> replaced by a fresh extraction of its (verified) layer blob;
+  bad snapshot -> replaced by a fresh extraction of its (verified) layer blob, or of the layer
+                  its sidecar rebuilds (a compact layer: the sidecar is kept);
   unreadable index.json -> kept aside, and rebuilt with every intact image, unnamed;
   debris and unreferenced blobs/snapshots -> removed.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import digest as _digest
+from .. import mediatypes
 from ..errors import LaminaError, StoreError
 from ..images import familiar
+from . import sidecar
 from . import snapshots as _snapshots
 from .fsutil import FULL_ERRNOS, atomic_write, disk_usage, syncfs
 from .gc import reachable
@@ -372,10 +377,19 @@ class Checker:
             # extraction checks the diffID, so any of them shows what the snapshot must hold.
             digest, media_type = next(((d, m) for d, m in self.layer_blobs.get(chain, ()) if self._good_blob(d)),
                                       (digest, media_type))
+        rebuilt = None
         if not self._good_blob(digest):
-            self.report.add("warning", "unverifiable-snapshot", chain,
-                            f"snapshot {chain}: its layer blob {info.digest} is missing or corrupt; cannot verify it")
-            return
+            if not self.store.layer_is_compact(chain):
+                self.report.add("warning", "unverifiable-snapshot", chain,
+                                f"snapshot {chain}: its layer blob {info.digest} is missing or corrupt; cannot verify it")
+                return
+            # A compact layer's sidecar rebuilds it from the snapshot's own files, each checked by
+            # its xxh3 and the whole by the diffID; but a mode, an owner, an xattr, a symlink or a
+            # name added or removed is in no file it reads: the layer rebuilt bit-exact while
+            # unpack, mount and --link handed out another tree.  Extracting the rebuilt layer shows it.
+            digest, media_type = info.digest, info.media_type
+            rebuilt = lambda: sidecar.open_layer(self.paths.snapshot(chain), info.diff_id,  # noqa: E731
+                                                 f"layer {info.digest} (diffID {info.diff_id})")
         if self.store.writable:
             fresh = self.paths.snapshots / f"{_snapshots.TMP_PREFIX}{_digest.hex_of(chain)}-fsck-{secrets.token_hex(4)}"
         else:  # a read-only store is still checked: the fresh extraction goes to a temp dir of ours
@@ -388,9 +402,13 @@ class Checker:
                 # the image, as for the extraction that made the snapshot: without them a hardlink
                 # to a lower file took every identical file of that directory for its hardlinks
                 # (a good snapshot was "bad", and --repair made them one inode in the image)
-                _snapshots._extract(self.paths.blob(digest), fresh / "fs", digest, info.diff_id,
-                                    media_type, lower_dirs=lower or None, defer_lowers=lower is None,
-                                    lower_shared=lambda fs: _snapshots.dedup_shared(self.paths, fs))
+                with rebuilt() if rebuilt else contextlib.nullcontext(self.paths.blob(digest)) as layer:
+                    _snapshots._extract(layer, fresh / "fs", digest, info.diff_id,
+                                        mediatypes.OCI_LAYER if rebuilt else media_type,
+                                        lower_dirs=lower or None, defer_lowers=lower is None,
+                                        lower_shared=lambda fs: _snapshots.dedup_shared(self.paths, fs))
+            except sidecar.SidecarError:
+                return  # a file the sidecar reads changed, or the sidecar did: sidecar.check names it
             except _snapshots.NeedsLowers:
                 self.report.add("warning", "unverifiable-snapshot", chain,
                                 f"snapshot {chain}: the snapshots below it are missing; cannot verify it")
@@ -426,6 +444,10 @@ class Checker:
         meta["markers"] = _snapshots.marker_kind()  # the fresh extraction's, not the original's
         with open(fresh / "meta.json", "w") as f:
             json.dump(meta, f, indent=2)
+        if sidecar.has_sidecar(self.paths.snapshot(chain)):
+            # (its records name the files by path and content, which any extraction of the layer
+            # holds: without it a compact layer, whose blob is gone, could never be rebuilt again)
+            shutil.copyfile(sidecar.sidecar_path(self.paths.snapshot(chain)), sidecar.sidecar_path(fresh))
         syncfs(fresh)
         lock = FileLock(self.paths.snapshot_lock(chain)).acquire()
         try:
