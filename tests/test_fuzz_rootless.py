@@ -259,6 +259,7 @@ def check_case(tars, trees, out):
     ref = assert_agree(results, context=context)
     if ref is not None:
         assert out.get("compact-save") == "ok", f"{context}\nsave from a compact store: {out.get('compact-save')}"
+        assert out["compact-fsck"] == [], f"{context}\nfsck of the compact store: {out['compact-fsck']}"
         assert out["fsck"] == [], f"{context}\nfsck of nobody's store: {out['fsck']}"
         assert out["left"] == [], f"{context}\nrmi + prune left: {out['left']}"
     return ref
