@@ -188,6 +188,8 @@ class Checker:
         self.bad_blobs = set()
         self.layer_blobs = {}           # chainID: [(layer digest, media type)] of the images listing it
         self.layers_checked = set()     # (layer digest, diffID) checked by _not_its_layer
+        self.bad_snapshots = set()      # chainIDs of snapshots found bad and not repaired
+        self.parents = {}               # chainID: the parent its meta.json names (None: none, or unreadable)
 
     def run(self):
         self.layout()
@@ -336,6 +338,7 @@ class Checker:
 
     def snapshots(self):
         count = 0
+        chains = []
         for n in sorted(os.listdir(self.paths.snapshots)):
             path = self.paths.snapshots / n
             if n.startswith((_snapshots.TMP_PREFIX, _snapshots.TRASH_PREFIX)):
@@ -351,8 +354,30 @@ class Checker:
                 self._fix(f, lambda p=path: _remove_any(p))
                 continue
             count += 1
-            self._snapshot(f"sha256:{n}")
+            chains.append(f"sha256:{n}")
+        # Bottom up: an upper layer is extracted again over the snapshots below it (directories it
+        # implies copied up with their metadata, hardlinks to their files), so a changed lower made
+        # a good upper look bad, and --repair rebuilt the upper from the change.  A lower is judged
+        # (and repaired) first; while one is bad, a difference above it proves nothing.
+        depth = {chain: len(self._ancestors(chain)) for chain in chains}
+        for chain in sorted(chains, key=lambda c: (depth[c], c)):
+            self._snapshot(chain)
         self.report.checked["snapshots"] = count
+
+    def _ancestors(self, chain):
+        """The chainIDs below ``chain``, nearest first, as far as their meta.json say."""
+        out = []
+        while True:
+            if chain not in self.parents:
+                try:
+                    info = _snapshots.read_info(self.paths, chain)
+                except StoreError:
+                    info = None
+                self.parents[chain] = info.parent if info is not None else None
+            chain = self.parents[chain]
+            if chain is None or chain in out:  # (a meta.json may lie: no loop is followed round)
+                return out
+            out.append(chain)
 
     def _snapshot(self, chain):
         try:
@@ -367,6 +392,7 @@ class Checker:
         if problem:
             f = self.report.add("error", "bad-snapshot", chain, f"snapshot {chain}: {problem}")
             self._fix(f, lambda: _snapshots.remove(self.paths, chain))  # re-extracted when next needed
+            self._bad(f)
             return
         digest, media_type = info.digest, info.media_type
         if not self._good_blob(digest):
@@ -408,16 +434,25 @@ class Checker:
                                         lower_dirs=lower or None, defer_lowers=lower is None,
                                         lower_shared=lambda fs: _snapshots.dedup_shared(self.paths, fs))
             except sidecar.SidecarError:
-                return  # a file the sidecar reads changed, or the sidecar did: sidecar.check names it
+                # a file the sidecar reads changed, or the sidecar did: sidecar.check names it
+                self.bad_snapshots.add(chain)
+                return
             except _snapshots.NeedsLowers:
                 self.report.add("warning", "unverifiable-snapshot", chain,
                                 f"snapshot {chain}: the snapshots below it are missing; cannot verify it")
                 return
             diff = first_difference(os.fspath(info.fs), os.fspath(fresh / "fs"), scratch=os.fspath(fresh))
-            if diff:
+            below = next((c for c in self._ancestors(chain) if c in self.bad_snapshots), None)
+            if diff and below is not None:
+                # (what the layer copies up or links from below came from the changed snapshot)
+                self.report.add("warning", "unverifiable-snapshot", chain,
+                                f"snapshot {chain}: the snapshot {below} below it differs from its layer; "
+                                f"cannot verify it until lamina fsck --repair has replaced that one ({diff})")
+            elif diff:
                 f = self.report.add("error", "bad-snapshot", chain,
                                     f"snapshot {chain}: differs from layer {digest}: {diff}")
                 self._fix(f, lambda: self._replace_snapshot(chain, fresh, digest, media_type))
+                self._bad(f)
         except (LaminaError, OSError) as e:
             if getattr(e, "errno", None) in FULL_ERRNOS:
                 # the check's own extraction found the disk full: nothing is known of the
@@ -432,6 +467,10 @@ class Checker:
                             f" does not extract: {e}")
         finally:
             _snapshots.remove_tree(fresh if self.store.writable else fresh.parent)
+
+    def _bad(self, finding):
+        if not finding.repaired:
+            self.bad_snapshots.add(finding.subject)
 
     def _replace_snapshot(self, chain, fresh, digest, media_type):
         """Swap in the fresh extraction, keeping the original meta.json (sizes are recomputed; the
