@@ -321,7 +321,7 @@ def describe(layer_tars):
                 names = [f"{m.name}{'/' if m.isdir() else ''}"
                          f"{' -> ' + m.linkname if m.issym() else ''}{' => ' + m.linkname if m.islnk() else ''}"
                          f"{_odd_metadata(m)}" for m in t.getmembers()]
-        except tarfile.TarError as e:
+        except Exception as e:  # (a bad PAX number: tarfile's int() raises ValueError, its seek OverflowError)
             names = [f"<unreadable: {e}>"]
         lines.append(f"layer {i}: " + json.dumps(names))
     return "\n".join(lines)

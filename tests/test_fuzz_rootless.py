@@ -8,8 +8,9 @@ with overlayfs ``userxattr``, as lamina's own mount of a rootless store does), a
 of nobody's own (copy, then flatten by copy and by --link, and the same image rebuilt
 on an empty bottom layer copied into it: files named by links to the store's objects
 as they extract; half the stores hold fz.neighbours()' image of the same files with other
-metadata first), fsck of that store, rmi + prune (nothing may be left), and a compact
-store (keep-blobs false) that must save the image back.
+metadata first), fsck of that store, rmi + prune (nothing may be left), a compact
+store (keep-blobs false) that must save the image back, and root's ``lamina mount`` of
+the image in another store of nobody's (overlayfs reading its user.overlay.* markers).
 
 All paths must give the same tree, or all fail with a lamina error; nothing outside the
 work directory (a sentinel and a host directory the layers aim at, both writable by
@@ -119,6 +120,8 @@ for case in json.loads(sys.argv[1]):
         attempt("store-link", lambda: materialize(store, "img:1", os.path.join(work, "store-link"), link=True))
         attempt("store-relink", lambda: (copy(rebuilt, "img:2", store=store),
                                          materialize(store, "img:2", os.path.join(work, "store-relink"))))
+        # a store of its own that root mounts afterwards (this one is emptied below)
+        attempt("mounted-store", lambda: copy(src, "img:1", store=Store(os.path.join(work, "mounted-store"))))
         try:
             out["fsck"] = [f"{f.severity}: {f.subject}: {f.message}" for f in check(store).findings]
         except BaseException as e:
@@ -143,7 +146,24 @@ for case in json.loads(sys.argv[1]):
 print(json.dumps(results))
 """
 
-TREE_PATHS = ("dir", "overlay-mount", "store-copy", "store-link", "store-relink")
+TREE_PATHS = ("dir", "overlay-mount", "store-copy", "store-link", "store-relink", "store-mount")
+
+
+def mount_rootless_store(root, mnt):
+    """Root's ``lamina mount`` of img:1 of the store nobody filled (its markers user.overlay.*,
+    which lamina's mount reads with ``userxattr``): the tree, or the error as nobody's are."""
+    import lamina.errors
+    from lamina.store import Store
+    from lamina.store import mounts
+    store = Store(root)
+    try:
+        mounts.mount(store, "img:1", mnt)
+    except lamina.errors.LaminaError as e:
+        return "error: " + str(e)
+    try:
+        return snapshot(mnt, dir_mtime=True, xattr_filter=lambda n: not n.startswith("user.overlay."))
+    finally:
+        mounts.umount(store, mnt)
 
 
 def _as_nobody_would(tree):
@@ -211,12 +231,15 @@ def run_batch(host, batch, neighbours=None):
             since = int(out["since"]) - 1
             trees = {}
             for p in TREE_PATHS:
-                src = "overlay" if p == "overlay-mount" else p
+                src = {"overlay-mount": "overlay", "store-mount": "mounted-store"}.get(p, p)
                 status = out.get(src, out.get("copy"))
                 if status != "ok":
                     trees[p] = status
                 elif p == "overlay-mount":
                     trees[p] = mount_rootless_layers(out["layer_dirs"], os.path.join(case["work"], "mnt"))
+                elif p == "store-mount":
+                    trees[p] = mount_rootless_store(os.path.join(case["work"], "mounted-store"),
+                                                    os.path.join(case["work"], "store-mnt"))
                 else:
                     trees[p] = snapshot(os.path.join(case["work"], p), dir_mtime=True)
                 trees[p] = fz.made_now(trees[p], since)
@@ -236,6 +259,7 @@ def check_case(tars, trees, out):
     ref = assert_agree(results, context=context)
     if ref is not None:
         assert out.get("compact-save") == "ok", f"{context}\nsave from a compact store: {out.get('compact-save')}"
+        assert out["compact-fsck"] == [], f"{context}\nfsck of the compact store: {out['compact-fsck']}"
         assert out["fsck"] == [], f"{context}\nfsck of nobody's store: {out['fsck']}"
         assert out["left"] == [], f"{context}\nrmi + prune left: {out['left']}"
     return ref

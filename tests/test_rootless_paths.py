@@ -32,6 +32,11 @@ if cli(["--root", croot, "config", "set", "keep-blobs", "false"]) == 0:
     cstore = Store(croot)
     attempt("compact-save", lambda: (copy(src, "img:1", store=cstore),
                                      save(["img:1"], os.path.join(work, "saved.tar"), store=cstore)))
+    if out["compact-save"] == "ok":  # (fsck extracts each compact layer as its sidecar rebuilds it)
+        try:
+            out["compact-fsck"] = [f"{f.severity}: {f.subject}: {f.message}" for f in cstore.fsck().findings]
+        except BaseException as e:
+            out["compact-fsck"] = [f"raised {type(e).__name__}: {e}"]
 else:
     out["compact-save"] = "crash: config set keep-blobs false failed"
 """
@@ -145,6 +150,7 @@ def assert_all_agree(trees, out):
     bad = {p: v for p, v in trees.items() if isinstance(v, str) and v != "ok"}
     assert not bad, f"paths failed as nobody: {bad}"
     assert out.get("compact-save") == "ok", f"save from a compact rootless store: {out.get('compact-save')}"
+    assert out["compact-fsck"] == [], f"fsck of the compact rootless store: {out['compact-fsck']}"
     assert out["fsck"] == [], f"fsck of the rootless store: {out['fsck']}"
     assert out["left"] == [], f"rmi + prune left snapshots: {out['left']}"
     ref = trees["dir"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -376,3 +377,59 @@ def test_using_an_image_compacted_already_reads_no_other_image(tmp_path, monkeyp
     copy(f"oci:{lay.root}:i5", "i5:1", store=store)  # blobs here: the places are looked up
     assert len(reads) >= 5
     assert not any(store.has_blob(layer.digest) for layer in store.resolve("i5:1").layers)
+
+
+def _tamper_dir_mode(fs):
+    os.chmod(os.path.join(fs, "d"), 0o700)
+
+
+def _tamper_extra_file(fs):
+    with open(os.path.join(fs, "d", "planted"), "wb") as f:
+        f.write(b"not in the layer\n")
+
+
+def _tamper_xattr(fs):
+    os.setxattr(os.path.join(fs, "d"), "user.planted", b"1")
+
+
+def _tamper_symlink(fs):
+    os.unlink(os.path.join(fs, "d", "sym"))
+    os.symlink("/etc/shadow", os.path.join(fs, "d", "sym"))
+
+
+def _tamper_removed(fs):
+    os.unlink(os.path.join(fs, "d", "empty"))
+
+
+@pytest.mark.parametrize("tamper", [_tamper_dir_mode, _tamper_extra_file, _tamper_xattr, _tamper_symlink,
+                                    _tamper_removed], ids=lambda f: f.__name__.removeprefix("_tamper_"))
+def test_a_compact_snapshot_changed_where_its_sidecar_does_not_look_is_caught_and_repaired(tmp_path, tamper):
+    """A compact snapshot's sidecar references file payloads only: a changed mode, xattr or
+    symlink, a name added or removed leave the rebuilt layer bit-exact but the snapshot (what
+    unpack, mount and --link hand out) no longer the layer's tree.  fsck extracts the rebuilt
+    layer again to compare, as it extracts a blob, and --repair puts back the layer's tree with
+    its sidecar (the layer still rebuilds)."""
+    raw = _odd_layer()
+    lay = ocibuild.Layout(tmp_path / "layout")
+    lay.image_of_tars([raw], "odd")
+    root = tmp_path / "root"
+    lamina_subprocess(root, "config", "set", "dedup", "false")  # (else a file's change shows in its object)
+    root = _compact_store(tmp_path, tmp_path / "layout", refs=("odd",))
+    chain = _chains(root, "odd:1")[0]
+    fs = _fs(root, chain)
+    pristine = snapshot(fs)
+    tamper(fs)
+    proc = lamina_subprocess(root, "fsck", "--json", check=False)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1
+    assert [(f["kind"], f["subject"]) for f in report["findings"]] == [("bad-snapshot", chain)], report["findings"]
+    assert re.search(r"differs from layer sha256:\w+: d(/\w+)?: ", report["findings"][0]["message"]), report["findings"]
+    report = json.loads(lamina_subprocess(root, "fsck", "--repair", "--json", check=False).stdout)
+    assert [(f["kind"], f["repaired"]) for f in report["findings"]] == [("bad-snapshot", True)], report["findings"]
+    assert_same(pristine, snapshot(fs), labels=("stored", "repaired"))
+    _fsck_clean(root)
+    from lamina.store import Store
+    store = Store(root)
+    image = store.resolve("odd:1")
+    with store.layer_reader(image.layers[0], image.diff_ids[0], image.chain_ids[0]) as f:
+        assert f.read() == raw

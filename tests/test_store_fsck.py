@@ -364,3 +364,38 @@ def test_a_snapshot_whose_blob_went_is_checked_from_another_blob_of_its_layer(tm
     assert os.stat(fs / "etc").st_mode & 0o777 == 0o755
     assert Store(root).snapshot_info(gz.chain_ids[0]).digest == gz.layers[0].digest
     assert fsck(root)["findings"] == []
+
+
+@pytest.mark.parametrize("keep_blobs", ["true", "false"])
+def test_a_changed_lower_snapshot_is_blamed_alone_and_repaired_before_the_layers_above(tmp_path, keep_blobs):
+    """The layer above implies directory d, which its snapshot holds copied up with the metadata
+    of the d below (overlay format).  d's mode changed in the lower snapshot: fsck extracted the
+    upper layer again over that changed lower, blamed the good upper snapshot too, and --repair
+    replaced it with one carrying the changed mode (the image's d became 0700 for good, and fsck
+    still failed).  Lowers are checked first: a difference above a bad snapshot leaves the upper
+    unverified (a warning naming the one below), and --repair checks it over the repaired one."""
+    from tarbuild import Tar
+    bottom, top = Tar(), Tar()
+    bottom.dir("d", mode=0o755).file("d/a", b"a\n")
+    top.file("d/f", b"f\n")
+    lay = ob.Layout(tmp_path / "src")
+    lay.image_of_tars([bottom.bytes(), top.bytes()], "app:1")
+    root = tmp_path / "root"
+    lamina(root, "config", "set", "keep-blobs", keep_blobs)
+    lamina(root, "config", "set", "dedup", "false")
+    lamina(root, "copy", f"oci:{lay.root}:app:1", "app:1")
+    lamina(root, "unpack", "app:1", tmp_path / "before")
+    with Store(root) as store:
+        image = store.resolve("app:1")
+        lower, upper = (store.snapshot_dir(c) for c in image.chain_ids)
+    assert os.path.isdir(upper / "d")  # (copied up: else this tests nothing)
+    os.chmod(lower / "d", 0o700)
+    report = fsck(root)
+    assert [(f["severity"], f["kind"], f["subject"]) for f in report["findings"]] == \
+        [("error", "bad-snapshot", image.chain_ids[0]), ("warning", "unverifiable-snapshot", image.chain_ids[1])]
+    assert image.chain_ids[0] in report["findings"][1]["message"]
+    report = fsck(root, "--repair")
+    assert [(f["kind"], f["repaired"]) for f in report["findings"]] == [("bad-snapshot", True)]
+    assert fsck(root)["findings"] == []
+    lamina(root, "unpack", "app:1", tmp_path / "after")
+    assert_same(snapshot(tmp_path / "before"), snapshot(tmp_path / "after"), labels=("stored", "repaired"))

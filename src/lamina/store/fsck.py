@@ -8,24 +8,29 @@ more; both kinds are listed, only unrepaired errors make fsck fail.
 --repair runs with the gc lock exclusive, i.e. while no other lamina process is
 writing, so every partial and temp dir it finds is stale:
   corrupt blob -> deleted (the images that needed it are then reported missing it);
-  bad snapshot -> replaced by a fresh extraction of its (verified) layer blob;
+  bad snapshot -> replaced by a fresh extraction of its (verified) layer blob, or of the layer
+                  its sidecar rebuilds (a compact layer: the sidecar is kept);
   unreadable index.json -> kept aside, and rebuilt with every intact image, unnamed;
   debris and unreferenced blobs/snapshots -> removed.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import digest as _digest
+from .. import mediatypes
 from ..errors import LaminaError, StoreError
 from ..images import familiar
+from . import sidecar
 from . import snapshots as _snapshots
 from .fsutil import FULL_ERRNOS, atomic_write, disk_usage, syncfs
 from .gc import reachable
@@ -183,6 +188,8 @@ class Checker:
         self.bad_blobs = set()
         self.layer_blobs = {}           # chainID: [(layer digest, media type)] of the images listing it
         self.layers_checked = set()     # (layer digest, diffID) checked by _not_its_layer
+        self.bad_snapshots = set()      # chainIDs of snapshots found bad and not repaired
+        self.parents = {}               # chainID: the parent its meta.json names (None: none, or unreadable)
 
     def run(self):
         self.layout()
@@ -331,6 +338,7 @@ class Checker:
 
     def snapshots(self):
         count = 0
+        chains = []
         for n in sorted(os.listdir(self.paths.snapshots)):
             path = self.paths.snapshots / n
             if n.startswith((_snapshots.TMP_PREFIX, _snapshots.TRASH_PREFIX)):
@@ -346,8 +354,30 @@ class Checker:
                 self._fix(f, lambda p=path: _remove_any(p))
                 continue
             count += 1
-            self._snapshot(f"sha256:{n}")
+            chains.append(f"sha256:{n}")
+        # Bottom up: an upper layer is extracted again over the snapshots below it (directories it
+        # implies copied up with their metadata, hardlinks to their files), so a changed lower made
+        # a good upper look bad, and --repair rebuilt the upper from the change.  A lower is judged
+        # (and repaired) first; while one is bad, a difference above it proves nothing.
+        depth = {chain: len(self._ancestors(chain)) for chain in chains}
+        for chain in sorted(chains, key=lambda c: (depth[c], c)):
+            self._snapshot(chain)
         self.report.checked["snapshots"] = count
+
+    def _ancestors(self, chain):
+        """The chainIDs below ``chain``, nearest first, as far as their meta.json say."""
+        out = []
+        while True:
+            if chain not in self.parents:
+                try:
+                    info = _snapshots.read_info(self.paths, chain)
+                except StoreError:
+                    info = None
+                self.parents[chain] = info.parent if info is not None else None
+            chain = self.parents[chain]
+            if chain is None or chain in out:  # (a meta.json may lie: no loop is followed round)
+                return out
+            out.append(chain)
 
     def _snapshot(self, chain):
         try:
@@ -362,6 +392,7 @@ class Checker:
         if problem:
             f = self.report.add("error", "bad-snapshot", chain, f"snapshot {chain}: {problem}")
             self._fix(f, lambda: _snapshots.remove(self.paths, chain))  # re-extracted when next needed
+            self._bad(f)
             return
         digest, media_type = info.digest, info.media_type
         if not self._good_blob(digest):
@@ -372,10 +403,19 @@ class Checker:
             # extraction checks the diffID, so any of them shows what the snapshot must hold.
             digest, media_type = next(((d, m) for d, m in self.layer_blobs.get(chain, ()) if self._good_blob(d)),
                                       (digest, media_type))
+        rebuilt = None
         if not self._good_blob(digest):
-            self.report.add("warning", "unverifiable-snapshot", chain,
-                            f"snapshot {chain}: its layer blob {info.digest} is missing or corrupt; cannot verify it")
-            return
+            if not self.store.layer_is_compact(chain):
+                self.report.add("warning", "unverifiable-snapshot", chain,
+                                f"snapshot {chain}: its layer blob {info.digest} is missing or corrupt; cannot verify it")
+                return
+            # A compact layer's sidecar rebuilds it from the snapshot's own files, each checked by
+            # its xxh3 and the whole by the diffID; but a mode, an owner, an xattr, a symlink or a
+            # name added or removed is in no file it reads: the layer rebuilt bit-exact while
+            # unpack, mount and --link handed out another tree.  Extracting the rebuilt layer shows it.
+            digest, media_type = info.digest, info.media_type
+            rebuilt = lambda: sidecar.open_layer(self.paths.snapshot(chain), info.diff_id,  # noqa: E731
+                                                 f"layer {info.digest} (diffID {info.diff_id})")
         if self.store.writable:
             fresh = self.paths.snapshots / f"{_snapshots.TMP_PREFIX}{_digest.hex_of(chain)}-fsck-{secrets.token_hex(4)}"
         else:  # a read-only store is still checked: the fresh extraction goes to a temp dir of ours
@@ -388,18 +428,31 @@ class Checker:
                 # the image, as for the extraction that made the snapshot: without them a hardlink
                 # to a lower file took every identical file of that directory for its hardlinks
                 # (a good snapshot was "bad", and --repair made them one inode in the image)
-                _snapshots._extract(self.paths.blob(digest), fresh / "fs", digest, info.diff_id,
-                                    media_type, lower_dirs=lower or None, defer_lowers=lower is None,
-                                    lower_shared=lambda fs: _snapshots.dedup_shared(self.paths, fs))
+                with rebuilt() if rebuilt else contextlib.nullcontext(self.paths.blob(digest)) as layer:
+                    _snapshots._extract(layer, fresh / "fs", digest, info.diff_id,
+                                        mediatypes.OCI_LAYER if rebuilt else media_type,
+                                        lower_dirs=lower or None, defer_lowers=lower is None,
+                                        lower_shared=lambda fs: _snapshots.dedup_shared(self.paths, fs))
+            except sidecar.SidecarError:
+                # a file the sidecar reads changed, or the sidecar did: sidecar.check names it
+                self.bad_snapshots.add(chain)
+                return
             except _snapshots.NeedsLowers:
                 self.report.add("warning", "unverifiable-snapshot", chain,
                                 f"snapshot {chain}: the snapshots below it are missing; cannot verify it")
                 return
             diff = first_difference(os.fspath(info.fs), os.fspath(fresh / "fs"), scratch=os.fspath(fresh))
-            if diff:
+            below = next((c for c in self._ancestors(chain) if c in self.bad_snapshots), None)
+            if diff and below is not None:
+                # (what the layer copies up or links from below came from the changed snapshot)
+                self.report.add("warning", "unverifiable-snapshot", chain,
+                                f"snapshot {chain}: the snapshot {below} below it differs from its layer; "
+                                f"cannot verify it until lamina fsck --repair has replaced that one ({diff})")
+            elif diff:
                 f = self.report.add("error", "bad-snapshot", chain,
                                     f"snapshot {chain}: differs from layer {digest}: {diff}")
                 self._fix(f, lambda: self._replace_snapshot(chain, fresh, digest, media_type))
+                self._bad(f)
         except (LaminaError, OSError) as e:
             if getattr(e, "errno", None) in FULL_ERRNOS:
                 # the check's own extraction found the disk full: nothing is known of the
@@ -415,6 +468,10 @@ class Checker:
         finally:
             _snapshots.remove_tree(fresh if self.store.writable else fresh.parent)
 
+    def _bad(self, finding):
+        if not finding.repaired:
+            self.bad_snapshots.add(finding.subject)
+
     def _replace_snapshot(self, chain, fresh, digest, media_type):
         """Swap in the fresh extraction, keeping the original meta.json (sizes are recomputed; the
         blob is the one it was extracted from now)."""
@@ -426,6 +483,10 @@ class Checker:
         meta["markers"] = _snapshots.marker_kind()  # the fresh extraction's, not the original's
         with open(fresh / "meta.json", "w") as f:
             json.dump(meta, f, indent=2)
+        if sidecar.has_sidecar(self.paths.snapshot(chain)):
+            # (its records name the files by path and content, which any extraction of the layer
+            # holds: without it a compact layer, whose blob is gone, could never be rebuilt again)
+            shutil.copyfile(sidecar.sidecar_path(self.paths.snapshot(chain)), sidecar.sidecar_path(fresh))
         syncfs(fresh)
         lock = FileLock(self.paths.snapshot_lock(chain)).acquire()
         try:
