@@ -55,6 +55,31 @@ def test_is_loopback(host, loop):
     assert is_loopback(host) is loop
 
 
+def test_a_localhost_name_is_loopback_only_where_it_resolves_to_loopback(tmp_path):
+    """Any name under .localhost counted as loopback: plain HTTP, and the credentials of a
+    plain-HTTP token realm, went to it unasked.  glibc resolves such a name through /etc/hosts
+    and then DNS, which may answer with any host.  Run against the real resolver, with an
+    /etc/hosts of the test's own bound over the system's in a private mount namespace."""
+    import subprocess
+    import sys
+    from conftest import require_root, require_tool
+    require_root()
+    unshare = require_tool("unshare")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n127.0.0.2 reg.localhost\n::1 six.localhost\n"
+                     "192.0.2.7 elsewhere.localhost\n127.0.0.1 both.localhost\n192.0.2.8 both.localhost\n")
+    names = ["reg.localhost", "reg.localhost:5000", "[six.localhost]:5000", "elsewhere.localhost:80",
+             "both.localhost", "localhost:5000"]
+    code = ("import json, sys; from lamina.registry.config import is_loopback; "
+            "print(json.dumps([is_loopback(n) for n in sys.argv[1:]]))")
+    r = subprocess.run([unshare, "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts),
+                        sys.executable, "-c", code, *names], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert dict(zip(names, json.loads(r.stdout))) == {
+        "reg.localhost": True, "reg.localhost:5000": True, "[six.localhost]:5000": True,
+        "elsewhere.localhost:80": False, "both.localhost": False, "localhost:5000": True}
+
+
 def test_chain_ids_match_store():
     from lamina.store.image import chain_ids as store_chain_ids
     ids = ["sha256:" + c * 64 for c in "abc"]

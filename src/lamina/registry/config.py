@@ -86,14 +86,17 @@ DEFAULT_ENDPOINTS = {"docker.io": "registry-1.docker.io"}
 
 
 def is_loopback(host):
-    """True for localhost / 127.0.0.0/8 / ::1 (with or without a port)."""
+    """True for localhost / 127.0.0.0/8 / ::1 (with or without a port), and for a name under
+    .localhost that resolves to loopback addresses only."""
     h = host
     if h.startswith("["):
         h = h[1:h.index("]")] if "]" in h else h[1:]
     elif h.count(":") == 1:
         h = h.split(":", 1)[0]
-    if h.lower() == "localhost" or h.lower().endswith(".localhost"):
+    if h.lower() == "localhost":
         return True
+    if h.lower().endswith(".localhost"):
+        return _resolves_to_loopback_only(h)
     if not (h[:1].isdigit() or ":" in h):
         return False
     import ipaddress
@@ -101,6 +104,20 @@ def is_loopback(host):
         return ipaddress.ip_address(h).is_loopback
     except ValueError:
         return False
+
+
+def _resolves_to_loopback_only(name):
+    """RFC 6761 asks resolvers to answer every *.localhost name with loopback, but glibc
+    ("files dns") asks DNS for one not in /etc/hosts, and the answer may be any host: plain
+    HTTP, and the credentials sent over it, must not follow the name there (docker, too,
+    decides by the addresses a name resolves to)."""
+    import ipaddress
+    import socket
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%", 1)[0]).is_loopback for info in infos)
 
 
 def _split_location(location):
