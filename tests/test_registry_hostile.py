@@ -394,6 +394,48 @@ insecure = true
     _fsck_clean(store)
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "fetched"])
+def test_a_corrupt_blob_names_the_mirror_that_sent_it(fake, image, registry_env, monkeypatch, stream):  # noqa: F811
+    """The mirror refuses the manifest (so the registry comes first) and the registry lacks the
+    blob (so the download falls back to the mirror), which sends it corrupt: the error named the
+    registry, the first endpoint of the list, although every bad byte came from the mirror."""
+    lay, m = image
+    layer = _manifest(lay, m)["layers"][0]["digest"]
+
+    def mirror_hook(h, kind, ref, body):
+        if kind == "manifests":
+            FakeRegistry.send(h, 404)
+            return True
+        if kind == "blobs" and ref == layer:
+            data = bytearray(open(lay.path(layer), "rb").read())
+            data[len(data) // 2] ^= 0xFF
+            FakeRegistry.send(h, 200, bytes(data), [("Docker-Content-Digest", layer)])
+            return True
+        return False
+
+    def upstream_hook(h, kind, ref, body):
+        if kind == "blobs" and ref == layer:
+            FakeRegistry.send(h, 404)
+            return True
+        return False
+    mirror, upstream = fake(mirror_hook), fake(upstream_hook)
+    conf = registry_env / "registries.toml"
+    conf.write_text(f"""
+[[registry]]
+location = "{upstream.host}"
+
+[[registry.mirror]]
+location = "{mirror.host}"
+insecure = true
+""")
+    monkeypatch.setenv("LAMINA_REGISTRIES_CONFIG", str(conf))
+    store = Store(registry_env / "root")
+    monkeypatch.setenv("LAMINA_PULL_STREAM", "1" if stream else "0")   # "0": the blob first (fetch_blob)
+    msg = _failed_pull(upstream, store, errors.DigestMismatchError)
+    assert f"blob from {mirror.host}/" in msg and upstream.host not in msg and layer in msg, msg
+    _fsck_clean(store)
+
+
 @pytest.mark.parametrize("where", ["ping", "redirect"])
 def test_a_body_lamina_only_drops_is_read_within_the_document_deadline(fake, image, registry_env, monkeypatch,  # noqa: F811
                                                                        where):
