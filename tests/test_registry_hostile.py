@@ -359,6 +359,60 @@ def test_a_document_shorter_than_its_content_length_is_a_registry_error(fake, im
     _pulled_honestly(store, reg, m)
 
 
+def test_a_gzip_encoded_manifest_is_refused_saying_so(fake, image, registry_env):  # noqa: F811
+    """A manifest sent with Content-Encoding: gzip although lamina asked for identity read as
+    "invalid JSON: not UTF-8".  skopeo takes such a manifest only because Go's net/http asked for
+    gzip itself (and then decodes it); a Go client that sets its own Accept-Encoding gets the
+    gzip bytes undecoded and fails on them too.  So it is still refused, saying why."""
+    import gzip
+    lay, m = image
+    seen = []
+
+    def hostile(h, kind, ref, body):
+        if kind == "manifests":
+            seen.append(h.headers.get("Accept-Encoding"))
+            data = gzip.compress(open(lay.path(m["digest"]), "rb").read())
+            FakeRegistry.send(h, 200, data, [("Content-Type", m["mediaType"]), ("Content-Encoding", "gzip")])
+            return True
+        return False
+    reg = fake(hostile)
+    store = Store(registry_env / "root")
+    msg = _failed_pull(reg, store)
+    assert "Content-Encoding: gzip" in msg and "/x/y:1" in msg and "UTF-8" not in msg, msg
+    assert seen and set(seen) == {"identity"}, seen
+    _pulled_honestly(store, reg, m)
+
+
+@pytest.mark.parametrize("framing", ["bad-size", "no-last-chunk"])
+def test_a_manifest_with_broken_chunked_framing_is_named_as_such(fake, image, registry_env, framing):  # noqa: F811
+    """A chunked body whose size line is not hex, or that is cut between two chunks, read as
+    "connection closed after 0 bytes of the body" (http.client's IncompleteRead(b''), whatever
+    had arrived): now each says what broke."""
+    lay, m = image
+
+    def hostile(h, kind, ref, body):
+        if kind == "manifests":
+            data = open(lay.path(m["digest"]), "rb").read()
+            h.send_response(200)
+            h.send_header("Content-Type", m["mediaType"])
+            h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+            h.wfile.write(b"%x\r\n%s\r\n" % (10, data[:10]))
+            h.wfile.write(b"zz\r\n" if framing == "bad-size" else b"")
+            h.close_connection = True
+            return True
+        return False
+    reg = fake(hostile)
+    store = Store(registry_env / "root")
+    msg = _failed_pull(reg, store)
+    assert reg.host in msg and "/manifests/1" in msg, msg
+    if framing == "bad-size":
+        assert "broken chunked encoding: b'zz'" in msg, msg
+    else:
+        assert "connection closed between the chunks of a chunked body" in msg, msg
+    _pulled_honestly(store, reg, m)
+
+
 def test_a_mirror_serving_a_corrupt_blob_leaves_it_to_the_registry(fake, image, registry_env,  # noqa: F811
                                                                     monkeypatch):
     """A mirror whose blob does not hash to its digest, on every try: the pull failed with the
