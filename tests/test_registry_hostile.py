@@ -342,13 +342,8 @@ def test_a_document_shorter_than_its_content_length_is_a_registry_error(fake, im
     def hostile(h, kind, ref, body):
         if (ref == "1" and what == "manifest") or ref == target:
             data = open(lay.path(target), "rb").read()
-            h.send_response(200)
-            h.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-            h.send_header("Content-Length", str(len(data) + 100))
-            h.end_headers()
-            h.wfile.write(data)
-            h.close_connection = True
-            return True
+            return _send_raw(h, [("Content-Type", "application/vnd.oci.image.manifest.v1+json"),
+                                 ("Content-Length", str(len(data) + 100))], data)
         return False
     reg = fake(hostile)
     store = Store(registry_env / "root")
@@ -393,14 +388,8 @@ def test_a_manifest_with_broken_chunked_framing_is_named_as_such(fake, image, re
     def hostile(h, kind, ref, body):
         if kind == "manifests":
             data = open(lay.path(m["digest"]), "rb").read()
-            h.send_response(200)
-            h.send_header("Content-Type", m["mediaType"])
-            h.send_header("Transfer-Encoding", "chunked")
-            h.end_headers()
-            h.wfile.write(b"%x\r\n%s\r\n" % (10, data[:10]))
-            h.wfile.write(b"zz\r\n" if framing == "bad-size" else b"")
-            h.close_connection = True
-            return True
+            body = b"%x\r\n%s\r\n" % (10, data[:10]) + (b"zz\r\n" if framing == "bad-size" else b"")
+            return _send_raw(h, [("Content-Type", m["mediaType"]), ("Transfer-Encoding", "chunked")], body)
         return False
     reg = fake(hostile)
     store = Store(registry_env / "root")
@@ -413,22 +402,19 @@ def test_a_manifest_with_broken_chunked_framing_is_named_as_such(fake, image, re
     _pulled_honestly(store, reg, m)
 
 
-def test_a_mirror_serving_a_corrupt_blob_leaves_it_to_the_registry(fake, image, registry_env,  # noqa: F811
-                                                                    monkeypatch):
-    """A mirror whose blob does not hash to its digest, on every try: the pull failed with the
-    digest mismatch although the registry behind the mirror serves the blob intact (docker goes
-    on to the next endpoint when a mirror fails).  Now the blob comes from the registry."""
-    lay, m = image
-    layer = _manifest(lay, m)["layers"][0]["digest"]
+def _send_raw(h, headers, body):
+    """A 200 with exactly these headers and bytes, then the connection closed (True: answered)."""
+    h.send_response(200)
+    for k, v in headers:
+        h.send_header(k, v)
+    h.end_headers()
+    h.wfile.write(body)
+    h.close_connection = True
+    return True
 
-    def corrupt(h, kind, ref, body):
-        if kind == "blobs" and ref == layer:
-            data = bytearray(open(lay.path(layer), "rb").read())
-            data[len(data) // 2] ^= 0xFF
-            FakeRegistry.send(h, 200, bytes(data), [("Docker-Content-Digest", layer)])
-            return True
-        return False
-    mirror, upstream = fake(corrupt), fake()
+
+def _mirrored(upstream, mirror, registry_env, monkeypatch):
+    """``mirror`` is the mirror of ``upstream`` (registries.toml)."""
     conf = registry_env / "registries.toml"
     conf.write_text(f"""
 [[registry]]
@@ -439,6 +425,30 @@ location = "{mirror.host}"
 insecure = true
 """)
     monkeypatch.setenv("LAMINA_REGISTRIES_CONFIG", str(conf))
+
+
+def _send_corrupt(h, lay, layer):
+    """Blob ``layer`` with one byte in its middle changed (True: answered)."""
+    data = bytearray(open(lay.path(layer), "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    FakeRegistry.send(h, 200, bytes(data), [("Docker-Content-Digest", layer)])
+    return True
+
+
+def test_a_mirror_serving_a_corrupt_blob_leaves_it_to_the_registry(fake, image, registry_env,  # noqa: F811
+                                                                    monkeypatch):
+    """A mirror whose blob does not hash to its digest, on every try: the pull failed with the
+    digest mismatch although the registry behind the mirror serves the blob intact (docker goes
+    on to the next endpoint when a mirror fails).  Now the blob comes from the registry."""
+    lay, m = image
+    layer = _manifest(lay, m)["layers"][0]["digest"]
+
+    def corrupt(h, kind, ref, body):
+        if kind == "blobs" and ref == layer:
+            return _send_corrupt(h, lay, layer)
+        return False
+    mirror, upstream = fake(corrupt), fake()
+    _mirrored(upstream, mirror, registry_env, monkeypatch)
     store = Store(registry_env / "root")
     pull(f"{upstream.host}/x/y:1", store=store)
     img = store.resolve(f"{upstream.host}/x/y:1")
@@ -461,10 +471,7 @@ def test_a_corrupt_blob_names_the_mirror_that_sent_it(fake, image, registry_env,
             FakeRegistry.send(h, 404)
             return True
         if kind == "blobs" and ref == layer:
-            data = bytearray(open(lay.path(layer), "rb").read())
-            data[len(data) // 2] ^= 0xFF
-            FakeRegistry.send(h, 200, bytes(data), [("Docker-Content-Digest", layer)])
-            return True
+            return _send_corrupt(h, lay, layer)
         return False
 
     def upstream_hook(h, kind, ref, body):
@@ -473,16 +480,7 @@ def test_a_corrupt_blob_names_the_mirror_that_sent_it(fake, image, registry_env,
             return True
         return False
     mirror, upstream = fake(mirror_hook), fake(upstream_hook)
-    conf = registry_env / "registries.toml"
-    conf.write_text(f"""
-[[registry]]
-location = "{upstream.host}"
-
-[[registry.mirror]]
-location = "{mirror.host}"
-insecure = true
-""")
-    monkeypatch.setenv("LAMINA_REGISTRIES_CONFIG", str(conf))
+    _mirrored(upstream, mirror, registry_env, monkeypatch)
     store = Store(registry_env / "root")
     monkeypatch.setenv("LAMINA_PULL_STREAM", "1" if stream else "0")   # "0": the blob first (fetch_blob)
     msg = _failed_pull(upstream, store, errors.DigestMismatchError)
