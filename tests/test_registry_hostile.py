@@ -342,13 +342,8 @@ def test_a_document_shorter_than_its_content_length_is_a_registry_error(fake, im
     def hostile(h, kind, ref, body):
         if (ref == "1" and what == "manifest") or ref == target:
             data = open(lay.path(target), "rb").read()
-            h.send_response(200)
-            h.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-            h.send_header("Content-Length", str(len(data) + 100))
-            h.end_headers()
-            h.wfile.write(data)
-            h.close_connection = True
-            return True
+            return _send_raw(h, [("Content-Type", "application/vnd.oci.image.manifest.v1+json"),
+                                 ("Content-Length", str(len(data) + 100))], data)
         return False
     reg = fake(hostile)
     store = Store(registry_env / "root")
@@ -357,6 +352,87 @@ def test_a_document_shorter_than_its_content_length_is_a_registry_error(fake, im
     assert ("/manifests/1" if what == "manifest" else config) in msg, msg
     assert not store.has_blob(target)
     _pulled_honestly(store, reg, m)
+
+
+def test_a_gzip_encoded_manifest_is_refused_saying_so(fake, image, registry_env):  # noqa: F811
+    """A manifest sent with Content-Encoding: gzip although lamina asked for identity read as
+    "invalid JSON: not UTF-8".  skopeo takes such a manifest only because Go's net/http asked for
+    gzip itself (and then decodes it); a Go client that sets its own Accept-Encoding gets the
+    gzip bytes undecoded and fails on them too.  So it is still refused, saying why."""
+    import gzip
+    lay, m = image
+    seen = []
+
+    def hostile(h, kind, ref, body):
+        if kind == "manifests":
+            seen.append(h.headers.get("Accept-Encoding"))
+            data = gzip.compress(open(lay.path(m["digest"]), "rb").read())
+            FakeRegistry.send(h, 200, data, [("Content-Type", m["mediaType"]), ("Content-Encoding", "gzip")])
+            return True
+        return False
+    reg = fake(hostile)
+    store = Store(registry_env / "root")
+    msg = _failed_pull(reg, store)
+    assert "Content-Encoding: gzip" in msg and "/x/y:1" in msg and "UTF-8" not in msg, msg
+    assert seen and set(seen) == {"identity"}, seen
+    _pulled_honestly(store, reg, m)
+
+
+@pytest.mark.parametrize("framing", ["bad-size", "no-last-chunk"])
+def test_a_manifest_with_broken_chunked_framing_is_named_as_such(fake, image, registry_env, framing):  # noqa: F811
+    """A chunked body whose size line is not hex, or that is cut between two chunks, read as
+    "connection closed after 0 bytes of the body" (http.client's IncompleteRead(b''), whatever
+    had arrived): now each says what broke."""
+    lay, m = image
+
+    def hostile(h, kind, ref, body):
+        if kind == "manifests":
+            data = open(lay.path(m["digest"]), "rb").read()
+            body = b"%x\r\n%s\r\n" % (10, data[:10]) + (b"zz\r\n" if framing == "bad-size" else b"")
+            return _send_raw(h, [("Content-Type", m["mediaType"]), ("Transfer-Encoding", "chunked")], body)
+        return False
+    reg = fake(hostile)
+    store = Store(registry_env / "root")
+    msg = _failed_pull(reg, store)
+    assert reg.host in msg and "/manifests/1" in msg, msg
+    if framing == "bad-size":
+        assert "broken chunked encoding: b'zz'" in msg, msg
+    else:
+        assert "connection closed between the chunks of a chunked body" in msg, msg
+    _pulled_honestly(store, reg, m)
+
+
+def _send_raw(h, headers, body):
+    """A 200 with exactly these headers and bytes, then the connection closed (True: answered)."""
+    h.send_response(200)
+    for k, v in headers:
+        h.send_header(k, v)
+    h.end_headers()
+    h.wfile.write(body)
+    h.close_connection = True
+    return True
+
+
+def _mirrored(upstream, mirror, registry_env, monkeypatch):
+    """``mirror`` is the mirror of ``upstream`` (registries.toml)."""
+    conf = registry_env / "registries.toml"
+    conf.write_text(f"""
+[[registry]]
+location = "{upstream.host}"
+
+[[registry.mirror]]
+location = "{mirror.host}"
+insecure = true
+""")
+    monkeypatch.setenv("LAMINA_REGISTRIES_CONFIG", str(conf))
+
+
+def _send_corrupt(h, lay, layer):
+    """Blob ``layer`` with one byte in its middle changed (True: answered)."""
+    data = bytearray(open(lay.path(layer), "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    FakeRegistry.send(h, 200, bytes(data), [("Docker-Content-Digest", layer)])
+    return True
 
 
 def test_a_mirror_serving_a_corrupt_blob_leaves_it_to_the_registry(fake, image, registry_env,  # noqa: F811
@@ -369,28 +445,46 @@ def test_a_mirror_serving_a_corrupt_blob_leaves_it_to_the_registry(fake, image, 
 
     def corrupt(h, kind, ref, body):
         if kind == "blobs" and ref == layer:
-            data = bytearray(open(lay.path(layer), "rb").read())
-            data[len(data) // 2] ^= 0xFF
-            FakeRegistry.send(h, 200, bytes(data), [("Docker-Content-Digest", layer)])
-            return True
+            return _send_corrupt(h, lay, layer)
         return False
     mirror, upstream = fake(corrupt), fake()
-    conf = registry_env / "registries.toml"
-    conf.write_text(f"""
-[[registry]]
-location = "{upstream.host}"
-
-[[registry.mirror]]
-location = "{mirror.host}"
-insecure = true
-""")
-    monkeypatch.setenv("LAMINA_REGISTRIES_CONFIG", str(conf))
+    _mirrored(upstream, mirror, registry_env, monkeypatch)
     store = Store(registry_env / "root")
     pull(f"{upstream.host}/x/y:1", store=store)
     img = store.resolve(f"{upstream.host}/x/y:1")
     assert (store.snapshots_for(img)[0] / "f").read_bytes() == b"hostile registries\n"
     assert [s for s in mirror.seen if s[2].endswith(layer)], mirror.seen
     assert [s for s in upstream.seen if s[2].endswith(layer)], upstream.seen
+    _fsck_clean(store)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "fetched"])
+def test_a_corrupt_blob_names_the_mirror_that_sent_it(fake, image, registry_env, monkeypatch, stream):  # noqa: F811
+    """The mirror refuses the manifest (so the registry comes first) and the registry lacks the
+    blob (so the download falls back to the mirror), which sends it corrupt: the error named the
+    registry, the first endpoint of the list, although every bad byte came from the mirror."""
+    lay, m = image
+    layer = _manifest(lay, m)["layers"][0]["digest"]
+
+    def mirror_hook(h, kind, ref, body):
+        if kind == "manifests":
+            FakeRegistry.send(h, 404)
+            return True
+        if kind == "blobs" and ref == layer:
+            return _send_corrupt(h, lay, layer)
+        return False
+
+    def upstream_hook(h, kind, ref, body):
+        if kind == "blobs" and ref == layer:
+            FakeRegistry.send(h, 404)
+            return True
+        return False
+    mirror, upstream = fake(mirror_hook), fake(upstream_hook)
+    _mirrored(upstream, mirror, registry_env, monkeypatch)
+    store = Store(registry_env / "root")
+    monkeypatch.setenv("LAMINA_PULL_STREAM", "1" if stream else "0")   # "0": the blob first (fetch_blob)
+    msg = _failed_pull(upstream, store, errors.DigestMismatchError)
+    assert f"blob from {mirror.host}/" in msg and upstream.host not in msg and layer in msg, msg
     _fsck_clean(store)
 
 

@@ -48,6 +48,7 @@ class BlobStream(io.RawIOBase):
         self.repos, self.digest, self.size = list(repos), digest, size
         self.offset = offset
         self.attempts = 0
+        self.served = []         # names of the endpoints that sent bytes, in order (a mirror may fall back)
         self._on_data = on_data or (lambda n: None)
         self._on_retry = on_retry or (lambda: None)
         self._cancel = cancel
@@ -100,6 +101,8 @@ class BlobStream(io.RawIOBase):
                 continue
             self.offset += n
             self._failures = 0
+            if not self.served or self.served[-1] != self.repo.name:
+                self.served.append(self.repo.name)
             self._on_data(n)
             if self.offset >= self.size:
                 self._drop(reuse=True)

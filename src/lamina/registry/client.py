@@ -459,6 +459,13 @@ class Repository:
         if resp.status != 200:
             self._fail(resp, f"GET manifest {what}")
         data = resp.content(limit=MAX_MANIFEST_SIZE)
+        encoding = (resp.header("Content-Encoding") or "").strip()
+        if encoding.lower() not in ("", "identity"):
+            # lamina asks for the bytes as stored (Accept-Encoding: identity), as a Go client with
+            # its own Accept-Encoding does, which then also gets the body undecoded: the JSON
+            # parser's "not UTF-8" said nothing of why
+            raise RegistryError(f"manifest {what}: the registry sent it with Content-Encoding: "
+                                f"{encoding[:40]}, which lamina did not ask for (it takes identity only)")
         actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if is_digest and actual != reference:
             raise RegistryError(f"manifest {what}: registry sent content with digest {actual}")

@@ -342,6 +342,7 @@ class Puller:
         digest, size = desc.digest, desc.size
         mismatch_retries = 1
         while True:
+            served = []
             try:
                 with self.store.ingest(digest, size=size) as w:
                     if getattr(w, "exists", False):
@@ -350,13 +351,13 @@ class Puller:
                         return
                     result.status = "downloaded"
                     result.resumed_from = result.resumed_from or w.offset
-                    self._download(repos, desc, w, result, turn)
+                    self._download(repos, desc, w, result, turn, served)
                     w.commit()
                     return
             except DigestMismatchError as e:
                 again = _mismatch_retry(repos, mismatch_retries)
                 if again is None:
-                    raise DigestMismatchError(f"blob from {repos[0].name}", e.expected, e.actual) from None
+                    raise DigestMismatchError(f"blob from {_sources(served, repos)}", e.expected, e.actual) from None
                 repos, mismatch_retries = again
 
     def fetch_and_extract(self, repos, desc, result, diff_id, parent_chain_id, wait_lowers=None, turn=None,
@@ -371,6 +372,7 @@ class Puller:
         partial = self.store.paths.partial(digest)
         mismatch_retries = 1
         while True:
+            served = []
             try:
                 with self.store.ingest(digest, size=size) as w:
                     if w.exists:   # another pull committed it meanwhile: extract the usual way
@@ -412,12 +414,15 @@ class Puller:
                         raise
                     finally:
                         result.attempts += stream.attempts
+                        served.extend(stream.served)
                         tee.close()
                         stream.close()
             except DigestMismatchError as e:
-                again = _mismatch_retry(repos, mismatch_retries) if e.expected == digest else None
+                if e.expected != digest:
+                    raise   # a diffID mismatch: the blob itself verified
+                again = _mismatch_retry(repos, mismatch_retries)
                 if again is None:
-                    raise   # a diffID mismatch (the blob itself verified), or corrupt from every endpoint
+                    raise DigestMismatchError(f"blob from {_sources(served, repos)}", e.expected, e.actual) from None
                 repos, mismatch_retries = again
 
     def blob_stream(self, repos, desc, result, offset=0, at_end="Verifying Checksum", turn=None):
@@ -443,13 +448,16 @@ class Puller:
                             on_retry=lambda: reporter.state(digest, "Retrying"))
         return stream
 
-    def _download(self, repos, desc, w, result, turn=None):
+    def _download(self, repos, desc, w, result, turn=None, served=None):
+        """``served``: a list the names of the endpoints that sent the bytes are added to."""
         self.reporter.state(desc.digest, "Downloading")
         stream = self.blob_stream(repos, desc, result, w.offset, turn=turn)
         try:
             w.write_from(stream)
         finally:
             result.attempts += stream.attempts
+            if served is not None:
+                served.extend(stream.served)
             stream.close()
 
     # --- the whole pull ------------------------------------------------------------------------------
@@ -803,6 +811,13 @@ class Puller:
 
 # What a layer raises when it stops because another failed: never the pull's error while that one is there.
 _CONSEQUENCES = (errors.Cancelled, errors.NeedsLowers, Cancelled)
+
+
+def _sources(served, repos):
+    """The endpoints a bad blob came from, for its error: the ones that sent its bytes (a mirror
+    that failed hands the download to the next endpoint), else the first one asked (the bytes
+    were all resumed from an earlier download)."""
+    return " and ".join(served) if served else repos[0].name
 
 
 def _mismatch_retry(repos, retries):

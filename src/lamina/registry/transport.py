@@ -33,6 +33,7 @@ import email.utils
 import http.client
 import os
 import random
+import re
 import socket
 import ssl
 import threading
@@ -41,8 +42,8 @@ import urllib.parse
 from dataclasses import dataclass
 
 import urllib3
-from urllib3.exceptions import (HTTPError as Urllib3Error, MaxRetryError, ProtocolError, ProxyError,
-                                ReadTimeoutError, SSLError as Urllib3SSLError)
+from urllib3.exceptions import (HTTPError as Urllib3Error, InvalidChunkLength, MaxRetryError, ProtocolError,
+                                ProxyError, ReadTimeoutError, SSLError as Urllib3SSLError)
 from urllib3.util.retry import Retry
 
 from .. import trace
@@ -699,6 +700,11 @@ def is_timeout(e):
     return isinstance(_underlying(e), (socket.timeout, TimeoutError, ReadTimeoutError))
 
 
+def _quote_line(line):
+    line = line if isinstance(line, bytes) else str(line).encode()
+    return repr(line.rstrip(b"\r\n")[:40])
+
+
 def describe_error(e):
     e = _underlying(e)
     if is_timeout(e):
@@ -707,6 +713,17 @@ def describe_error(e):
         return "connection refused"
     if isinstance(e, socket.gaierror):
         return f"cannot resolve host: {e.strerror or e}"
+    if isinstance(e, InvalidChunkLength):
+        # an IncompleteRead too, whose count is urllib3's (0 for a body it did not decode itself)
+        return f"broken chunked encoding: {_quote_line(e.length)} where a chunk size was expected"
+    if isinstance(e, http.client.IncompleteRead) and isinstance(e.__context__, ValueError):
+        # http.client's chunked reader failed on a chunk-size line (int(line, 16)); its
+        # IncompleteRead(b'') said "closed after 0 bytes" whatever had arrived
+        m = re.search(r"base 16: (b'.*'|b\".*\")$", str(e.__context__))
+        if m is None or m.group(1) in ("b''", 'b""'):
+            return "connection closed between the chunks of a chunked body"
+        line = re.sub(r"(\\r)?\\n(?=['\"]$)", "", m.group(1))   # the repr's line end
+        return f"broken chunked encoding: {line[:60]} where a chunk size was expected"
     if isinstance(e, http.client.IncompleteRead):
         got = e.partial if isinstance(e.partial, int) else len(e.partial)
         return f"connection closed after {got} bytes of the body"

@@ -86,39 +86,71 @@ def write_layout(data, path, ref=None):
         except ImageError as e:
             detail = str(e).removeprefix(f"{index_path}: ")
             raise ImageError(f"{index_path}: not a valid image index ({detail}); refusing to overwrite it") from None
-    blobs_dir = _blobs_dir(root)
-    if not os.path.exists(os.path.join(root, "oci-layout")):
-        atomic_write(os.path.join(root, "oci-layout"), OCI_LAYOUT)
-    for digest, size, opener, what in _blobs(data):
-        dest = os.path.join(blobs_dir, _digest.hex_of(digest))
-        if _is_file_of_size(dest, size):
-            continue  # a symlink of that size is replaced (rename), never written through
-        _copy_blob(opener, dest, digest, size, what)
-    fsync_dir(blobs_dir)
-    if ref:
-        entries = [e for e in entries if not (isinstance(e, dict)
-                                              and (e.get("annotations") or {}).get(ANNOTATION_REF_NAME) == ref)]
-    new = _entry(data, ref)
-    if new not in entries:
-        entries.append(new)
-    doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
-    atomic_write(index_path, json.dumps(doc, indent=2).encode() + b"\n")
+    # A copy that fails part-way (a corrupt blob, a full disk) leaves the user's directory as it was:
+    # what it created, and only that, is taken back (skopeo leaves the blobs it had copied).
+    created = []
+    try:
+        blobs_dir = _blobs_dir(root, created)
+        if not os.path.exists(os.path.join(root, "oci-layout")):
+            atomic_write(os.path.join(root, "oci-layout"), OCI_LAYOUT)
+            created.append(os.path.join(root, "oci-layout"))
+        for digest, size, opener, what in _blobs(data):
+            dest = os.path.join(blobs_dir, _digest.hex_of(digest))
+            if _is_file_of_size(dest, size):
+                continue  # a symlink of that size is replaced (rename), never written through
+            # one there already (of another size: cut short, or a symlink) is replaced, not taken back
+            new = not os.path.lexists(dest)
+            _copy_blob(opener, dest, digest, size, what)
+            if new:
+                created.append(dest)
+        fsync_dir(blobs_dir)
+        if ref:
+            entries = [e for e in entries if not (isinstance(e, dict)
+                                                  and (e.get("annotations") or {}).get(ANNOTATION_REF_NAME) == ref)]
+        new = _entry(data, ref)
+        if new not in entries:
+            entries.append(new)
+        doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
+        atomic_write(index_path, json.dumps(doc, indent=2).encode() + b"\n")
+    except BaseException:
+        _take_back(created)
+        raise
 
 
-def _blobs_dir(root):
-    """``root/blobs/sha256``, made where missing.  A ``blobs`` or ``blobs/sha256`` that is a symlink
-    (or not a directory) is refused: blobs were written wherever it pointed, outside the layout."""
+def _blobs_dir(root, created):
+    """``root/blobs/sha256``, made where missing (what was made is appended to ``created``).  A
+    ``blobs`` or ``blobs/sha256`` that is a symlink (or not a directory) is refused: blobs were
+    written wherever it pointed, outside the layout."""
+    missing, path = [], root
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
     os.makedirs(root, exist_ok=True)   # the path the user named: followed
+    created.extend(reversed(missing))
     path = root
     for name in ("blobs", "sha256"):
         path = os.path.join(path, name)
         try:
             os.mkdir(path, 0o755)
+            created.append(path)
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise ImageError(f"{path} is {'a symlink' if os.path.islink(path) else 'not a directory'}: "
                                  "lamina writes blobs inside the layout only") from None
     return path
+
+
+def _take_back(created):
+    """Remove what a failed write_layout made, newest first.  Directories go by rmdir only: one
+    that something else has filled since is left."""
+    for path in reversed(created):
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 def _is_file_of_size(path, size):
