@@ -42,7 +42,10 @@ SUBSET=(test_native.py test_tar_formats.py test_security.py test_resolver.py tes
         test_unpack_topdown.py
         # strace cannot trace a process qemu-user runs (no ptrace there); the x86_64 run has it
         # (a node id from the rootdir, the checkout: pyproject.toml holds the pytest settings)
-        --deselect tests/test_native.py::test_apply_atomic_exchanges_dest_by_name_under_its_parent_fd)
+        --deselect tests/test_native.py::test_apply_atomic_exchanges_dest_by_name_under_its_parent_fd
+        # unshare -m cannot make its mounts private in a chroot whose root is no mount point; the
+        # test binds its own /etc/hosts there (the x86_64 run has it; the code is pure Python)
+        --deselect tests/test_registry_units.py::test_a_localhost_name_is_loopback_only_where_it_resolves_to_loopback)
 
 log() { echo "arm64: $*" >&2; }
 
