@@ -140,6 +140,14 @@ def _b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """What every test server's handler wants: keep-alive (HTTP/1.1) and no request log on stderr."""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+
 class _QuietServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -167,12 +175,7 @@ class TokenServer:
         self._lock = threading.Lock()
         owner = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 owner._handle(self, "GET")
 
@@ -404,12 +407,7 @@ class FaultProxy:
         self.release_hang = threading.Event()
         owner = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
+        class Handler(QuietHandler):
             def _go(self):
                 owner._handle(self)
 

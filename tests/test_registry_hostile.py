@@ -12,7 +12,7 @@ import time
 import pytest
 
 import ocibuild
-from registryfixture import registry_env  # noqa: F401
+from registryfixture import QuietHandler, registry_env  # noqa: F401
 
 from lamina import errors
 from lamina.registry import RegistryClient, list_tags, pull
@@ -31,12 +31,7 @@ class FakeRegistry:
         self.seen = []
         owner = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
+        class Handler(QuietHandler):
             def _go(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""

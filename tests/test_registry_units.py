@@ -210,13 +210,9 @@ def _serve_bodies(bodies):
     'length' (Content-Length), 'chunked', or 'cut' (a Content-Length longer than what is sent)."""
     import http.server
     import threading
+    from registryfixture import QuietHandler
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
+    class Handler(QuietHandler):
         def do_GET(self):
             bodies.setdefault("peers", set()).add(self.client_address)
             data, framing = bodies[self.path.lstrip("/")]
