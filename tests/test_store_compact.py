@@ -168,14 +168,45 @@ def test_tools_reading_the_compact_store_fail_clearly(tmp_path, layout):
     assert um.returncode != 0 and blobs[0].split(":")[1] in um.stderr + um.stdout
 
 
-def test_a_file_changed_behind_lamina_is_caught_on_save(tmp_path, layout):
-    root = _compact_store(tmp_path, layout, refs=("a",))
-    chain = _chains(root, "a:1")[1]
+def _change_a_file_keeping_its_metadata(root, chain):
     victim = os.path.join(_fs(root, chain), "usr/share/pkgapp/f003")
     st = os.lstat(victim)
     with open(victim, "r+b") as f:
         f.write(b"Z")
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_fsck_rebuilds_each_compact_layer_once(tmp_path, layout, monkeypatch):
+    """The snapshot check extracts each compact layer as its sidecar rebuilds it, the diffID
+    checked at the end: sidecar.check rebuilt every one of them a second time to check the same
+    diffID, doubling fsck's time on a compact store.  A layer that did not rebuild there is
+    still rebuilt by sidecar.check, and named once as a bad sidecar."""
+    from lamina.store import Store, sidecar
+    root = _compact_store(tmp_path, layout)
+    rebuilt = []
+    real = sidecar.RebuiltLayer.__init__
+
+    def counting(self, snapshot_dir, *args):
+        rebuilt.append(os.path.basename(os.fspath(snapshot_dir)))
+        real(self, snapshot_dir, *args)
+    monkeypatch.setattr(sidecar.RebuiltLayer, "__init__", counting)
+    report = Store(root).fsck()
+    assert report.clean and report.checked["sidecars"] == 4
+    assert len(rebuilt) == 4 and len(set(rebuilt)) == 4, rebuilt
+
+    chain = _chains(root, "a:1")[1]
+    _change_a_file_keeping_its_metadata(root, chain)
+    report = Store(root).fsck()
+    bad = [f for f in report.findings if f.kind == "bad-sidecar" and f.subject == chain]
+    assert len(bad) == 1, list(report.findings)
+    assert "usr/share/pkgapp/f003" in bad[0].message and "xxh3" in bad[0].message
+    assert report.checked["sidecars"] == 4
+
+
+def test_a_file_changed_behind_lamina_is_caught_on_save(tmp_path, layout):
+    root = _compact_store(tmp_path, layout, refs=("a",))
+    chain = _chains(root, "a:1")[1]
+    _change_a_file_keeping_its_metadata(root, chain)
     proc = lamina_subprocess(root, "save", "a:1", "-o", tmp_path / "a.tar", check=False)
     assert proc.returncode == 1
     assert proc.stderr.startswith("lamina: error: layer ") and "usr/share/pkgapp/f003" in proc.stderr

@@ -399,3 +399,27 @@ def test_a_changed_lower_snapshot_is_blamed_alone_and_repaired_before_the_layers
     assert fsck(root)["findings"] == []
     lamina(root, "unpack", "app:1", tmp_path / "after")
     assert_same(snapshot(tmp_path / "before"), snapshot(tmp_path / "after"), labels=("stored", "repaired"))
+
+
+def test_a_symlink_whose_mtime_changed_in_a_snapshot_is_found_and_repaired(tmp_path):
+    """A symlink's mtime is the layer's on every path (the extractor sets it without following
+    the link, dedup and copy-ups never touch it), but fsck compared mtimes of regular files
+    only: a symlink's changed behind lamina's back went on into unpack and mount unseen."""
+    from everypath import write_image
+    from tarbuild import Tar
+    base = Tar().dir("etc").file("etc/conf", b"x\n").symlink("etc/ln", "conf")
+    layout = write_image(tmp_path / "layout", [base.bytes()])
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{layout}:img", "img:1")
+    assert fsck(root)["findings"] == []
+    with Store(root) as store:
+        fs = store.snapshots_for(store.resolve("img:1"))[0]
+    want = os.lstat(fs / "etc" / "ln").st_mtime_ns
+    os.utime(fs / "etc" / "ln", ns=(want + 10**9, want + 10**9), follow_symlinks=False)
+    report = fsck(root)
+    assert kinds(report) == [("error", "bad-snapshot", False)]
+    assert report["findings"][0]["message"].endswith("etc/ln: mtime differs"), report["findings"]
+    # (the snapshot put back is a fresh extraction: etc/conf's object is no longer used)
+    assert kinds(fsck(root, "--repair")) == [("error", "bad-snapshot", True), ("warning", "unused-object", True)]
+    assert os.lstat(fs / "etc" / "ln").st_mtime_ns == want
+    assert fsck(root)["findings"] == []

@@ -36,8 +36,8 @@ def _tree(root):
     os.mknod(root / "etc/null", 0o20666, os.makedev(1, 3))
     os.setxattr(root / "etc/conf", "trusted.x", b"1")
     os.makedirs(root / "empty")
-    for p in ("etc/conf", "etc/deep/er/f", "sparse"):
-        os.utime(root / p, (MTIME, MTIME))
+    for p in ("etc/conf", "etc/deep/er/f", "sparse", "etc/sym"):
+        os.utime(root / p, (MTIME, MTIME), follow_symlinks=False)
 
 
 @pytest.fixture
@@ -96,6 +96,8 @@ CHANGES = {
     "owner": (lambda a, b: os.lchown(b / "etc/sym", 1234, 5678), "etc/sym: owner 0:0 != 1234:5678"),
     "size": (lambda a, b: _rewrite(b / "etc/deep/er/f", b"x" * 5001), "etc/deep/er/f: size 5000 != 5001"),
     "mtime": (lambda a, b: os.utime(b / "etc/deep/er/f", (MTIME, MTIME + 1)), "etc/deep/er/f: mtime differs"),
+    "symlink mtime": (lambda a, b: os.utime(b / "etc/sym", (MTIME, MTIME + 1), follow_symlinks=False),
+                      "etc/sym: mtime differs"),
     "content": (lambda a, b: _rewrite(b / "etc/deep/er/f", b"x" * 4999 + b"y"), "etc/deep/er/f: content differs"),
     "content past a hole": (lambda a, b: _sparse_tail(b / "sparse"), "sparse: content differs"),
     "symlink target": (lambda a, b: _redo_symlink(b / "etc/sym", "../etc/other"), "etc/sym: symlink target differs"),

@@ -126,6 +126,9 @@ class FsckReport:
     findings: Findings = field(default_factory=Findings)
     checked: dict = field(default_factory=dict)
     repair: bool = False
+    # chainIDs whose sidecar the snapshot check rebuilt the layer from to the end (the diffID
+    # checked at its end record): sidecar.check need not rebuild them a second time
+    sidecars_rebuilt: set = field(default_factory=set, repr=False, compare=False)
 
     def add(self, severity, kind, subject, message):
         f = Finding(severity, kind, subject, message)
@@ -433,6 +436,8 @@ class Checker:
                                         mediatypes.OCI_LAYER if rebuilt else media_type,
                                         lower_dirs=lower or None, defer_lowers=lower is None,
                                         lower_shared=lambda fs: _snapshots.dedup_shared(self.paths, fs))
+                if rebuilt:  # read to its end record: the rebuilt tar's sha256 is the diffID
+                    self.report.sidecars_rebuilt.add(chain)
             except sidecar.SidecarError:
                 # a file the sidecar reads changed, or the sidecar did: sidecar.check names it
                 self.bad_snapshots.add(chain)

@@ -111,6 +111,8 @@ def _entry_diff(da, db, name, sa, sb, rel, loose):
     elif stat.S_ISLNK(sa.st_mode):
         if os.readlink(name, dir_fd=da) != os.readlink(name, dir_fd=db):
             return f"{rel()}: symlink target differs"
+        if sa.st_mtime_ns != sb.st_mtime_ns:
+            return f"{rel()}: mtime differs"
     elif stat.S_ISCHR(sa.st_mode) or stat.S_ISBLK(sa.st_mode):
         if sa.st_rdev != sb.st_rdev:
             return f"{rel()}: device number differs"
