@@ -479,7 +479,7 @@ def test_a_corrupt_blob_names_the_mirror_that_sent_it(fake, image, registry_env,
     store = Store(registry_env / "root")
     monkeypatch.setenv("LAMINA_PULL_STREAM", "1" if stream else "0")   # "0": the blob first (fetch_blob)
     msg = _failed_pull(upstream, store, errors.DigestMismatchError)
-    assert f"blob from {mirror.host}/" in msg and upstream.host not in msg and layer in msg, msg
+    assert f"blob {layer} from {mirror.host}/" in msg and upstream.host not in msg, msg
     _fsck_clean(store)
 
 

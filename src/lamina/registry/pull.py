@@ -357,7 +357,7 @@ class Puller:
             except DigestMismatchError as e:
                 again = _mismatch_retry(repos, mismatch_retries)
                 if again is None:
-                    raise DigestMismatchError(f"blob from {_sources(served, repos)}", e.expected, e.actual) from None
+                    raise DigestMismatchError(f"blob {digest} from {_sources(served, repos)}", e.expected, e.actual) from None
                 repos, mismatch_retries = again
 
     def fetch_and_extract(self, repos, desc, result, diff_id, parent_chain_id, wait_lowers=None, turn=None,
@@ -422,7 +422,7 @@ class Puller:
                     raise   # a diffID mismatch: the blob itself verified
                 again = _mismatch_retry(repos, mismatch_retries)
                 if again is None:
-                    raise DigestMismatchError(f"blob from {_sources(served, repos)}", e.expected, e.actual) from None
+                    raise DigestMismatchError(f"blob {digest} from {_sources(served, repos)}", e.expected, e.actual) from None
                 repos, mismatch_retries = again
 
     def blob_stream(self, repos, desc, result, offset=0, at_end="Verifying Checksum", turn=None):
