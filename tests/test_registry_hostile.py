@@ -524,3 +524,41 @@ def test_a_body_lamina_only_drops_is_read_within_the_document_deadline(fake, ima
         time.sleep(0.1)
     assert drips and set(drips) == {"lamina hung up"}, drips
     _fsck_clean(store)
+
+
+# --- informational answers --------------------------------------------------------------------
+
+def _informational(status, times):
+    """A hostile hook that sends ``times`` interim answers of ``status`` before every real one."""
+    def hostile(h, kind, ref, body):
+        for _ in range(times):
+            h.wfile.write(f"HTTP/1.1 {status} Interim\r\nLink: </v2/x/y/blobs/elsewhere>; rel=preload\r\n"
+                          "\r\n".encode())
+        return False
+    return hostile
+
+
+@pytest.mark.parametrize("status", [102, 103])
+def test_interim_answers_before_the_real_one_are_skipped_as_go_does(fake, image, registry_env,  # noqa: F811
+                                                                    status):
+    """http.client skips only 100 Continue: a 103 Early Hints (or 102 Processing) was taken for
+    the answer ("/v2/: 103 Early Hints"), and its real answer stayed in the pooled connection, to
+    be read as the next request's.  Go's net/http, and so docker and skopeo, skip up to five."""
+    lay, m = image
+    reg = fake(_informational(status, 2))
+    store = Store(registry_env / "root")
+    pull(f"{reg.host}/x/y:1", store=store)
+    img = store.resolve(f"{reg.host}/x/y:1")
+    assert img.manifest_digest == m["digest"]
+    assert (store.snapshots_for(img)[0] / "f").read_bytes() == b"hostile registries\n"
+    assert not any("elsewhere" in s[2] for s in reg.seen)   # a hint is not a request to make
+    assert check(store).errors == [], check(store).findings
+
+
+def test_more_than_five_interim_answers_are_a_registry_error(fake, image, registry_env):  # noqa: F811
+    lay, m = image
+    reg = fake(_informational(103, 6))
+    store = Store(registry_env / "root")
+    msg = _failed_pull(reg, store)
+    assert reg.host in msg and "informational" in msg, msg
+    _pulled_honestly(store, reg, m)

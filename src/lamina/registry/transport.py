@@ -83,9 +83,10 @@ CONNECTION_ERRORS = (OSError, http.client.HTTPException, ssl.SSLError, Urllib3Er
 READ_MAX = 128 << 10
 
 
-class _HeadersTooSlow(Exception):
+class _AnswerRefused(Exception):
     """Raised out of urllib3 on purpose: not an OSError or HTTPException, so it is not retried
-    (a server that drips its headers would drip them again), and request() names the URL."""
+    (a server that drips its headers, or sends interim answers without end, would do it again),
+    and request() names the URL."""
 
 
 class HeadersCut(http.client.HTTPException):
@@ -110,6 +111,19 @@ class _LastLine:
 
 
 class _CheckedResponse(http.client.HTTPResponse):
+    MAX_INTERIM = 5   # Go's net/http: more are "too many 1xx informational responses"
+
+    def _read_status(self):
+        # http.client skips only 100 Continue and takes a 103 Early Hints or 102 Processing for
+        # the answer, leaving the real one in the connection to be read as the next request's.
+        # Skip them as Go does; 101 is final (nothing here asks to switch protocols).
+        for _ in range(self.MAX_INTERIM + 1):
+            version, status, reason = super()._read_status()
+            if not 101 < status < 200:
+                return version, status, reason
+            http.client.parse_headers(self.fp)
+        raise _AnswerRefused(f"more than {self.MAX_INTERIM} informational (1xx) answers before the response")
+
     def begin(self):
         fp = self.fp = _LastLine(self.fp)
         try:
@@ -130,7 +144,7 @@ def _raw_socket(sock):
 
 def _with_header_deadline(connection_cls, deadline):
     """``connection_cls`` whose getresponse() gets status line and headers within ``deadline``
-    seconds, else shuts the socket down (which wakes the blocked read) and raises _HeadersTooSlow."""
+    seconds, else shuts the socket down (which wakes the blocked read) and raises _AnswerRefused."""
 
     class DeadlineConnection(connection_cls):
         response_class = _CheckedResponse
@@ -154,7 +168,7 @@ def _with_header_deadline(connection_cls, deadline):
                     state.append("done")
                 timer.cancel()
                 if expired:
-                    raise _HeadersTooSlow(f"response headers not received within {deadline:g} s "
+                    raise _AnswerRefused(f"response headers not received within {deadline:g} s "
                                           "(LAMINA_REGISTRY_DOCUMENT_DEADLINE)") from None
 
             timer = threading.Timer(deadline, expire)
@@ -610,7 +624,7 @@ class Transport:
                 self._fail(method, url, e.reason, getattr(e, "attempts", 1))
             except CONNECTION_ERRORS as e:
                 self._fail(method, url, e, 1)
-            except _HeadersTooSlow as e:
+            except _AnswerRefused as e:
                 raise RegistryError(f"{method} {url}: {e}") from None
             finally:
                 if hasattr(payload, "close"):
