@@ -102,6 +102,45 @@ def test_cross_repository_mount(reg, proxy, tmp_path, registry_env):  # noqa: F8
     assert skopeo_inspect(reg.host, "second:1")["Digest"] == m["digest"]
 
 
+def test_a_mount_from_a_repository_without_the_blob_goes_on_to_the_next_one(reg, proxy, tmp_path,  # noqa: F811
+                                                                           registry_env):
+    """An image known as a:1 (never pushed) and b:1 (pushed), pushed to c:1.  The registry
+    answers a mount from a, which lacks the blobs, with 202 and an upload session; lamina took
+    that answer as the end of the mounts and uploaded every blob, though b held them all.  docker
+    tries the next candidates and cancels each session it leaves (DELETE); so does lamina now, and
+    a mount no source could do still uploads (into the last session opened)."""
+    lay, m = _image(tmp_path)
+    store = Store(registry_env / "root")
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/a:1")
+    store.add_image(m["digest"], ref=f"{proxy.host}/b:1")
+    push(f"{proxy.host}/b:1", store=store)
+    store.add_image(m["digest"], ref=f"{proxy.host}/c:1")
+    proxy.seen.clear()
+    r = push(f"{proxy.host}/c:1", store=store)
+    assert set(r.blobs.values()) == {"mounted from b"}, r.blobs
+    tried = [(s[1], s[3]) for s in proxy.seen if s[0] == "POST" and "mount=" in s[1]]
+    assert sorted(code for _, code in tried) == [201] * 3 + [202] * 3, tried
+    assert not [s for s in proxy.seen if s[0] in ("PUT", "PATCH") and "/blobs/uploads/" in s[1]]
+    cancelled = [s for s in proxy.seen if s[0] == "DELETE" and "/v2/c/blobs/uploads/" in s[1]]
+    assert [s[3] for s in cancelled] == [204] * 3, cancelled
+    raw, digest = skopeo_raw(reg.host, "c:1")
+    assert digest == m["digest"]
+
+    # none of the sources holds the blobs: one session per blob is kept and used, the others cancelled
+    other, om = _image(tmp_path / "other", big=5000)
+    load_layout_into_store(store, other.root, om, f"{proxy.host}/d:1")
+    store.add_image(om["digest"], ref=f"{proxy.host}/e:1")
+    store.add_image(om["digest"], ref=f"{proxy.host}/f:1")
+    proxy.seen.clear()
+    r = push(f"{proxy.host}/f:1", store=store)
+    assert set(r.blobs.values()) == {"pushed"}, r.blobs
+    posts = [s for s in proxy.seen if s[0] == "POST"]
+    assert len(posts) == 6 and all(s[3] == 202 for s in posts), posts
+    assert len([s for s in proxy.seen if s[0] == "DELETE"]) == 3
+    assert len([s for s in proxy.seen if s[0] == "PUT" and "/blobs/uploads/" in s[1]]) == 3
+    assert skopeo_raw(reg.host, "f:1")[1] == om["digest"]
+
+
 def test_chunked_upload_resumes(reg, proxy, tmp_path, registry_env):  # noqa: F811
     lay, m = _image(tmp_path, big=300_000)
     store = Store(registry_env / "root")

@@ -26,7 +26,7 @@ from typing import Optional
 
 from .. import digest as _digest
 from .. import mediatypes as mt
-from ..errors import (AuthenticationError, BlobNotFoundError, ImageNotFoundError, RegistryError,
+from ..errors import (AuthenticationError, BlobNotFoundError, ImageNotFoundError, LaminaError, RegistryError,
                       UnsupportedMediaTypeError)
 from ..limits import MAX_MANIFEST_SIZE  # distribution's own limit, the same for layouts
 from ..oci.model import document_media_type, load_json
@@ -34,7 +34,7 @@ from ..quoting import quote_name
 from ..reference import TAG_PATTERN, Reference
 from . import credentials as _creds
 from .config import Endpoint, RegistryConfig, insecure_hosts, is_loopback
-from .transport import Origin, TLSPolicy, Transport, resolve_url
+from .transport import CONNECTION_ERRORS, Origin, TLSPolicy, Transport, resolve_url
 
 MANIFEST_ACCEPT = ", ".join([
     mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST,
@@ -586,6 +586,14 @@ class Repository:
         if not location:
             raise RegistryError(f"POST upload to {self.name}: no Location in the answer")
         return "upload", resolve_url(url, location, f"POST upload to {self.name}: Location")
+
+    def cancel_upload(self, location):
+        """DELETE an upload session not used.  A failure is left be: the registry expires sessions
+        (distribution after a week), and a push must not fail for a session it did not need."""
+        try:
+            self.request("DELETE", location, retry=False).drain()
+        except (LaminaError, *CONNECTION_ERRORS):
+            pass
 
     @staticmethod
     def with_query(url, **params):

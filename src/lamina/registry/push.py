@@ -34,6 +34,7 @@ _UPLOAD_RANGE = re.compile(r"(?:bytes=)?\d{1,19}-(\d{1,19})", re.ASCII)
 
 DEFAULT_CHUNK_SIZE = 64 << 20    # blobs above this go up in PATCH chunks of this size
 DEFAULT_CONCURRENCY = 3
+MAX_MOUNT_SOURCES = 4   # docker's most mount attempts per blob (its big blobs)
 
 
 @dataclass
@@ -306,16 +307,22 @@ class Pusher:
             report(digest, "Layer already exists")
             return "exists"
         location = None
-        for src in sources:
+        for src in sources[:MAX_MOUNT_SOURCES]:
             try:
                 how, loc = repo.start_upload(mount=digest, from_path=src)
             except RegistryError:
                 continue
             if how == "mounted":
+                if location:
+                    repo.cancel_upload(location)
                 report(digest, f"Mounted from {src}")
                 return f"mounted from {src}"
+            # 202: src lacks the blob (or we may not read it), and the registry opened an upload
+            # session instead.  The next source may hold it, as docker tries; the session kept is
+            # the last one, for the upload if no mount works, and each one left is cancelled.
+            if location:
+                repo.cancel_upload(location)
             location = loc
-            break
         report(digest, "Pushing")
         for attempt in range(2):
             if location is None:
