@@ -355,6 +355,13 @@ def parse_manifest(doc, media_type, what, limits=DEFAULT_LIMITS):
     config = parse_descriptor(doc.get("config"), f"{what} config")
     if config.media_type not in mt.CONFIG_TYPES:
         # Artifacts (Helm charts, signatures, SBOMs) use image manifests with other config types.
+        # image-spec 1.1 names an artifact's type in artifactType when its config is the empty
+        # descriptor: that type says what the user pulled, the empty config's says nothing.
+        kind = doc.get("artifactType")
+        if kind is not None:
+            _media_type(kind, what, "artifactType")
+            raise ArtifactError(f"{what}: an artifact of type {kind!r} (config media type "
+                                f"{config.media_type!r}), not a container image")
         raise ArtifactError(
             f"{what}: config media type {config.media_type!r} is not a container image config"
             " (is this an artifact?)")
