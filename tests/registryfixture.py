@@ -371,18 +371,25 @@ class Registry:
 
 
 class Rule:
-    """A fault applied to the first ``times`` requests matching method and path substring."""
+    """A fault applied to the first ``times`` requests matching method and path substring, after
+    the first ``skip`` of them."""
 
-    def __init__(self, action, *, method=None, path=None, times=1, **kw):
+    def __init__(self, action, *, method=None, path=None, times=1, skip=0, **kw):
         self.action, self.method, self.path, self.times, self.kw = action, method, path, times, kw
         self.hits = 0
+        self.skip = skip
 
     def matches(self, method, path):
         if self.times is not None and self.hits >= self.times:
             return False
         if self.method and method != self.method:
             return False
-        return self.path is None or self.path in path
+        if not (self.path is None or self.path in path):
+            return False
+        if self.skip:
+            self.skip -= 1
+            return False
+        return True
 
 
 class FaultProxy:

@@ -141,22 +141,29 @@ def test_a_mount_from_a_repository_without_the_blob_goes_on_to_the_next_one(reg,
     assert skopeo_raw(reg.host, "f:1")[1] == om["digest"]
 
 
-def test_chunked_upload_resumes(reg, proxy, tmp_path, registry_env):  # noqa: F811
+@pytest.mark.parametrize("failed", [1, 3], ids=["first-patch", "third-patch"])
+def test_chunked_upload_resumes(reg, proxy, tmp_path, registry_env, failed):  # noqa: F811
+    """A PATCH fails (500, the chunk never reached the registry): lamina asks the upload's status
+    and sends the rest from the registry's Range.  distribution answers "Range: 0-0" for a
+    session that holds no byte yet (its end is size-1, but never below 0), which lamina read as
+    one byte held: after a failed first chunk it sent the blob from byte 1, the registry refused
+    the digest at the end (400) and the whole blob went up again in a new session."""
     lay, m = _image(tmp_path, big=300_000)
     store = Store(registry_env / "root")
-    load_layout_into_store(store, lay.root, m, f"{proxy.host}/chunked:1")
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/chunked-{failed}:1")
     big = lay.read_json(m["digest"])["layers"][1]
     assert big["size"] > 4 * 65536
-    proxy.add("status", code=500, method="PATCH", times=1)
-    push(f"{proxy.host}/chunked:1", store=store, chunk_size=65536)
+    proxy.add("status", code=500, method="PATCH", times=1, skip=failed - 1)
+    push(f"{proxy.host}/chunked-{failed}:1", store=store, chunk_size=65536)
     patches = [s for s in proxy.seen if s[0] == "PATCH"]
-    assert len(patches) >= big["size"] // 65536
-    assert any(s[3] == 500 for s in patches)
+    assert [s[3] for s in patches] == [202] * (failed - 1) + [500] + [202] * (-(-big["size"] // 65536) - failed + 1)
     statuses = [s for s in proxy.seen if s[0] == "GET" and "/blobs/uploads/" in s[1]]
-    assert statuses and statuses[0][3] == 204   # asked the registry where to resume
-    assert skopeo_inspect(reg.host, "chunked:1")["Digest"] == m["digest"]
+    assert [s[3] for s in statuses] == [204]   # asked the registry where to resume, once
+    assert len([s for s in proxy.seen if s[0] == "POST"]) == 3   # no session started again
+    assert [s[3] for s in proxy.seen if s[0] == "PUT" and "/blobs/uploads/" in s[1]] == [201] * 3
+    assert skopeo_inspect(reg.host, f"chunked-{failed}:1")["Digest"] == m["digest"]
     pulled = Store(registry_env / "root2")
-    pull(f"{reg.host}/chunked:1", store=pulled)
+    pull(f"{reg.host}/chunked-{failed}:1", store=pulled)
     with pulled.open_blob(big["digest"]) as f:
         assert "sha256:" + hashlib.sha256(f.read()).hexdigest() == big["digest"]
 

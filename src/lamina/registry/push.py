@@ -377,7 +377,12 @@ class Pusher:
         m = _UPLOAD_RANGE.fullmatch(rng.strip())
         if not m:
             raise RegistryError(f"upload status of {repo.name}: malformed Range {rng!r}")
-        return int(m.group(1)) + 1, location
+        end = int(m.group(1))
+        # distribution writes "0-0" for an empty session as for one of 1 byte (its end is size-1,
+        # never below 0): 0 it is, the likely case.  Were the byte there, the PATCH from 0 gets a
+        # 416 and the upload starts over; read as 1 held, an empty session lost byte 0 unnoticed
+        # until the digest check at the end failed the whole upload.
+        return (end + 1 if end else 0), location
 
     def _chunked(self, repo, location, desc):
         path = self._blob_path(desc.digest)
