@@ -168,6 +168,59 @@ def test_chunked_upload_resumes(reg, proxy, tmp_path, registry_env, failed):  # 
         assert "sha256:" + hashlib.sha256(f.read()).hexdigest() == big["digest"]
 
 
+def _relative_location(form):
+    """The registry's upload Location as a path (``/v2/...``) or relative to the upload URL
+    (``UUID?_state=...``), both of which the distribution-spec lets a registry send."""
+    def rewrite(name, value):
+        if name.lower() != "location" or "/blobs/uploads/" not in value:
+            return value
+        path = "/v2/" + value.split("/v2/", 1)[1]
+        return path if form == "path" else path.split("/blobs/uploads/", 1)[1]
+    return rewrite
+
+
+@pytest.mark.parametrize("form", ["path", "relative"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["monolithic", "chunked"])
+def test_a_relative_upload_location_keeps_its_query(reg, proxy, tmp_path, registry_env, form, chunked):  # noqa: F811
+    """distribution-spec: the Location of an upload may be relative, and its query (distribution's
+    _state, which signs the upload's state) must be kept when lamina adds ?digest= or sends the
+    next chunk.  The answers of POST, PATCH and the upload status are rewritten so, a PATCH failed
+    once to make lamina ask where to resume; the registry takes every blob."""
+    lay, m = _image(tmp_path, big=200_000)
+    store = Store(registry_env / "root")
+    repo = f"rel-{form}-{int(chunked)}"
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/{repo}:1")
+    rewrite = proxy.add("rewrite", path="/blobs/uploads/", headers=_relative_location(form), times=None)
+    if chunked:
+        proxy.add("status", code=500, method="PATCH", times=1)
+        proxy.rules.insert(0, proxy.rules.pop())   # before the rewrite, which matches every upload
+    push(f"{proxy.host}/{repo}:1", store=store, chunk_size=65536 if chunked else None)
+    assert rewrite.hits >= (11 if chunked else 6)
+    finals = [s for s in proxy.seen if s[0] == "PUT" and "/blobs/uploads/" in s[1]]
+    assert len(finals) == 3 and all(s[3] == 201 and "_state=" in s[1] and "digest=" in s[1] for s in finals), finals
+    if chunked:
+        assert [s[3] for s in proxy.seen if s[0] == "GET" and "/blobs/uploads/" in s[1]] == [204]
+    assert skopeo_raw(reg.host, f"{repo}:1")[1] == m["digest"]
+
+
+def test_no_docker_content_digest_header_anywhere(reg, proxy, tmp_path, registry_env):  # noqa: F811
+    """Docker-Content-Digest is optional for a registry (distribution-spec: clients SHOULD verify
+    the content themselves).  Without it on any answer, a push and a pull of the same image
+    still work: lamina hashes what it got and what it sent."""
+    lay, m = _image(tmp_path)
+    store = Store(registry_env / "root")
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/nodigest:1")
+    dropped = proxy.add("rewrite", headers=lambda k, v: None if k.lower() == "docker-content-digest" else v,
+                        times=None)
+    r = push(f"{proxy.host}/nodigest:1", store=store)
+    assert r.digest == m["digest"]
+    pulled = Store(registry_env / "root2")
+    res = pull(f"{proxy.host}/nodigest:1", store=pulled)
+    assert res.manifest_digest == m["digest"] and dropped.hits > 0
+    assert pulled.resolve(f"{proxy.host}/nodigest:1").manifest_digest == m["digest"]
+    assert skopeo_raw(reg.host, "nodigest:1")[1] == m["digest"]
+
+
 PUSH_CHILD = r'''
 import json, sys
 from lamina.registry import push
