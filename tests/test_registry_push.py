@@ -221,6 +221,48 @@ def test_no_docker_content_digest_header_anywhere(reg, proxy, tmp_path, registry
     assert skopeo_raw(reg.host, "nodigest:1")[1] == m["digest"]
 
 
+def test_a_push_cut_at_the_manifest_leaves_no_tag_and_its_rerun_sends_no_blob_again(reg, proxy, tmp_path,  # noqa: F811
+                                                                                   registry_env, monkeypatch):
+    """A multi-arch push whose index PUT fails (the registry keeps answering 500): the tag must
+    not exist (a tag naming half an image breaks every pull of it), the blobs and the children
+    pushed stay, and the rerun sends no blob again ("Layer already exists") and puts the index
+    under the tag, byte for byte."""
+    monkeypatch.setenv("LAMINA_REGISTRY_RETRIES", "1")
+    lay = ocibuild.Layout(tmp_path / "oci")
+    ms = [ocibuild.with_platform(lay.image([{"arch": arch.encode()}], arch=arch), "linux", arch)
+          for arch in ("amd64", "arm64")]
+    index = lay.index(ms)
+    lay.add(index, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "cut-src:1", all_images=True)
+    store = Store(registry_env / "root")
+    r = pull(f"{reg.host}/cut-src:1", store=store, all_platforms=True)
+    store.add_image(r.manifest_digest, ref=f"{proxy.host}/cut:1", repo_digest=index["digest"])
+    proxy.add("status", code=500, method="PUT", path="/manifests/1", times=None)
+    with pytest.raises(errors.RegistryError, match="manifest"):
+        push(f"{proxy.host}/cut:1", store=store)
+    assert _manifest_status(reg.host, "cut:1") == 404
+    for m in ms:
+        assert skopeo_raw(reg.host, f"cut@{m['digest']}")[1] == m["digest"]
+    proxy.clear()
+    proxy.seen.clear()
+    res = push(f"{proxy.host}/cut:1", store=store)
+    assert res.digest == index["digest"] and set(res.blobs.values()) == {"exists"}, res.blobs
+    assert not [s for s in proxy.seen if s[0] in ("POST", "PATCH") or "/blobs/uploads/" in s[1]]
+    raw, digest = skopeo_raw(reg.host, "cut:1")
+    assert digest == index["digest"] and raw == _manifest_bytes(lay, index)
+
+
+def _manifest_status(host, ref):
+    """The registry's status for GET manifest ``ref`` (name:tag), asked directly."""
+    import http.client
+    name, tag = ref.split(":")
+    conn = http.client.HTTPConnection(host, timeout=30)
+    conn.request("GET", f"/v2/{name}/manifests/{tag}", headers={"Accept": ocibuild.OCI_INDEX})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
 PUSH_CHILD = r'''
 import json, sys
 from lamina.registry import push
