@@ -263,6 +263,32 @@ def _manifest_status(host, ref):
     return status
 
 
+def test_a_manifest_with_a_subject_goes_through_pull_and_push_byte_for_byte(reg, tmp_path, registry_env):  # noqa: F811
+    """An image manifest with an OCI 1.1 ``subject`` (a signed or attested image's referrer) is an
+    image like any other to lamina: pulled and pushed as its bytes, subject kept, so its digest
+    (what a signature names) stays.  docker-registry 2.8 knows no referrers API: it takes the
+    manifest and answers without OCI-Subject, and lamina asks for nothing more (no referrers
+    tag schema fallback, as docker)."""
+    lay, base = _image(tmp_path)
+    lay.add(base, "base")
+    doc = lay.read_json(base["digest"])
+    doc["subject"] = {"mediaType": base["mediaType"], "digest": base["digest"], "size": base["size"]}
+    doc["annotations"] = {"org.opencontainers.image.ref.name": "ignored-here", "com.example.note": "kept"}
+    m = lay.json_blob(doc, doc["mediaType"])
+    lay.add(m, "referrer")
+    skopeo_push(f"oci:{lay.root}:base", reg.host, "subj:base")
+    skopeo_push(f"oci:{lay.root}:referrer", reg.host, "subj:referrer")
+    raw, digest = skopeo_raw(reg.host, "subj:referrer")
+    assert digest == m["digest"] and json.loads(raw)["subject"]["digest"] == base["digest"]
+    store = Store(registry_env / "root")
+    r = pull(f"{reg.host}/subj:referrer", store=store)
+    assert r.manifest_digest == m["digest"]
+    store.add_image(m["digest"], ref=f"{reg.host}/subj-copy:referrer")
+    res = push(f"{reg.host}/subj-copy:referrer", store=store)
+    raw2, digest2 = skopeo_raw(reg.host, "subj-copy:referrer")
+    assert res.digest == digest2 == m["digest"] and raw2 == raw
+
+
 PUSH_CHILD = r'''
 import json, sys
 from lamina.registry import push
