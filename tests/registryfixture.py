@@ -396,7 +396,7 @@ class FaultProxy:
     """HTTP/1.1 reverse proxy to ``upstream`` (host:port) with fault rules.
 
     Actions: status (code, retry_after), rewrite (headers: fn(name, value) -> value or None to
-    leave the header out, on the upstream's answer), cut (after bytes of body, then close), stall (after bytes,
+    leave the header out, on the upstream's answer; add: {name: value} more), cut (after bytes of body, then close), stall (after bytes,
     sleep seconds, close), slow (chunk, delay), corrupt (offset), redirect (to base URL), hang (after
     bytes, then wait for release()), drip_headers (status line and ~19 KB of headers, chunk bytes
     every delay, for at most seconds, then close), cut_headers (the upstream's status line and
@@ -531,11 +531,14 @@ class FaultProxy:
         for k, v in resp.getheaders():
             if k.lower() in ("transfer-encoding", "connection", "content-length", "keep-alive", "date", "server"):
                 continue
-            if action == "rewrite":
+            if action == "rewrite" and "headers" in rule.kw:
                 v = rule.kw["headers"](k, v)
                 if v is None:
                     continue
             h.send_header(k, v)
+        if action == "rewrite":
+            for k, v in (rule.kw.get("add") or {}).items():
+                h.send_header(k, v)
         if method == "HEAD":
             h.send_header("Content-Length", resp.getheader("Content-Length") or "0")
             h.end_headers()

@@ -289,6 +289,31 @@ def test_a_manifest_with_a_subject_goes_through_pull_and_push_byte_for_byte(reg,
     assert res.digest == digest2 == m["digest"] and raw2 == raw
 
 
+def test_chunks_are_as_long_as_the_registrys_oci_chunk_min_length(reg, proxy, tmp_path, registry_env):  # noqa: F811
+    """distribution-spec 1.1: a registry may answer the upload's POST with OCI-Chunk-Min-Length,
+    and every chunk but the last SHOULD be at least that long (registries over object stores
+    refuse smaller parts).  lamina sent its own chunk size whatever the registry said.  Now the
+    larger of the two; a value that is no number says nothing."""
+    lay, m = _image(tmp_path, big=300_000)
+    store = Store(registry_env / "root")
+    big = lay.read_json(m["digest"])["layers"][1]
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/minchunk:1")
+    said = proxy.add("rewrite", method="POST", add={"OCI-Chunk-Min-Length": "131072"}, times=None)
+    push(f"{proxy.host}/minchunk:1", store=store, chunk_size=65536)
+    lengths = [int(s[2]["Content-Length"]) for s in proxy.seen if s[0] == "PATCH"]
+    assert said.hits == 3 and lengths == [131072, 131072, big["size"] - 2 * 131072], lengths
+    assert skopeo_raw(reg.host, "minchunk:1")[1] == m["digest"]
+    proxy.clear()
+    proxy.seen.clear()
+    other, om = _image(tmp_path / "other", big=300_001)
+    load_layout_into_store(store, other.root, om, f"{proxy.host}/minchunk-junk:1")
+    proxy.add("rewrite", method="POST", add={"OCI-Chunk-Min-Length": "9" * 40}, times=None)
+    push(f"{proxy.host}/minchunk-junk:1", store=store, chunk_size=65536)
+    lengths = [int(s[2]["Content-Length"]) for s in proxy.seen if s[0] == "PATCH"]
+    assert lengths[:4] == [65536] * 4 and sum(lengths) == other.read_json(om["digest"])["layers"][1]["size"], lengths
+    assert skopeo_raw(reg.host, "minchunk-junk:1")[1] == om["digest"]
+
+
 PUSH_CHILD = r'''
 import json, sys
 from lamina.registry import push

@@ -306,10 +306,10 @@ class Pusher:
         if repo.blob_exists(digest):
             report(digest, "Layer already exists")
             return "exists"
-        location = None
+        location, min_chunk = None, 0
         for src in sources[:MAX_MOUNT_SOURCES]:
             try:
-                how, loc = repo.start_upload(mount=digest, from_path=src)
+                how, loc, min_chunk = repo.start_upload(mount=digest, from_path=src)
             except RegistryError:
                 continue
             if how == "mounted":
@@ -326,12 +326,12 @@ class Pusher:
         report(digest, "Pushing")
         for attempt in range(2):
             if location is None:
-                _, location = repo.start_upload()
+                _, location, min_chunk = repo.start_upload()
             try:
                 if desc.size <= self.chunk_size:
                     self._monolithic(repo, location, desc)
                 else:
-                    self._chunked(repo, location, desc)
+                    self._chunked(repo, location, desc, max(self.chunk_size, min_chunk))
                 break
             except RegistryError:
                 if attempt == 1:
@@ -384,7 +384,7 @@ class Pusher:
         # until the digest check at the end failed the whole upload.
         return (end + 1 if end else 0), location
 
-    def _chunked(self, repo, location, desc):
+    def _chunked(self, repo, location, desc, chunk_size):
         path = self._blob_path(desc.digest)
         size = desc.size
         offset = 0
@@ -392,7 +392,7 @@ class Pusher:
         budget = self.client.transport.retries + 1
         with open(path, "rb") as f:
             while offset < size:
-                length = min(self.chunk_size, size - offset)
+                length = min(chunk_size, size - offset)
                 # a callable: a redirected PATCH sends the window again from its start
                 chunk = (lambda o=offset, n=length: _Window(f.fileno(), o, n, desc.digest))
                 headers = {"Content-Type": "application/octet-stream",
