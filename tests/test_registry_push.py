@@ -141,6 +141,24 @@ def test_a_mount_from_a_repository_without_the_blob_goes_on_to_the_next_one(reg,
     assert skopeo_raw(reg.host, "f:1")[1] == om["digest"]
 
 
+def test_mount_sources_sharing_the_targets_path_are_tried_first(reg, proxy, tmp_path, registry_env):  # noqa: F811
+    """At most 4 mounts are tried per blob (docker's most), so which come first matters: docker
+    orders its candidates by the leading path components they share with the target.  An image
+    known under four other names and as team/src (the one pushed), pushed to team/dst: team/src
+    is tried first and every blob is mounted from it."""
+    lay, m = _image(tmp_path)
+    store = Store(registry_env / "root")
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/a/x:1")
+    for name in ("b/y", "c/z", "d/w", "team/src"):
+        store.add_image(m["digest"], ref=f"{proxy.host}/{name}:1")
+    push(f"{proxy.host}/team/src:1", store=store)
+    store.add_image(m["digest"], ref=f"{proxy.host}/team/dst:1")
+    proxy.seen.clear()
+    r = push(f"{proxy.host}/team/dst:1", store=store)
+    assert set(r.blobs.values()) == {"mounted from team/src"}, r.blobs
+    assert [s[3] for s in proxy.seen if s[0] == "POST"] == [201] * 3
+
+
 @pytest.mark.parametrize("failed", [1, 3], ids=["first-patch", "third-patch"])
 def test_chunked_upload_resumes(reg, proxy, tmp_path, registry_env, failed):  # noqa: F811
     """A PATCH fails (500, the chunk never reached the registry): lamina asks the upload's status

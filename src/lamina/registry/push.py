@@ -50,6 +50,15 @@ class PushResult:
                 "media_type": self.media_type, "blobs": self.blobs}
 
 
+def _shared_components(a, b):
+    n = 0
+    for x, y in zip(a.split("/"), b.split("/")):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _read_blob(store, digest):
     with store.open_blob(digest) as f:
         return f.read()
@@ -213,7 +222,9 @@ class Pusher:
                 continue
             if r.domain == self.ref.domain and r.path != self.ref.path and r.path not in out:
                 out.append(r.path)
-        return out
+        # docker tries first the repositories sharing most leading path components with the
+        # target (team/app for team/app-test): only the first MAX_MOUNT_SOURCES are tried
+        return sorted(out, key=lambda path: -_shared_components(path, self.ref.path))
 
     # --- the push ------------------------------------------------------------------------------------
 
