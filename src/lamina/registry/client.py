@@ -594,7 +594,9 @@ class Repository:
 
     def cancel_upload(self, location):
         """DELETE an upload session not used.  A failure is left be: the registry expires sessions
-        (distribution after a week), and a push must not fail for a session it did not need."""
+        (distribution after a week), and a push must not fail for a session it did not need.
+        distribution wants the "delete" action for it: behind a token server that is one token
+        request more (docker's cancel asks for it too), refused to a user who may not delete."""
         try:
             self.request("DELETE", location, retry=False).drain()
         except (LaminaError, *CONNECTION_ERRORS):
