@@ -102,6 +102,21 @@ def test_cross_repository_mount(reg, proxy, tmp_path, registry_env):  # noqa: F8
     assert skopeo_inspect(reg.host, "second:1")["Digest"] == m["digest"]
 
 
+def _pushed_again(proxy, tmp_path, registry_env, names, pushed, target):
+    """An image stored under ``names`` (repositories, in that order), pushed as ``pushed``, then
+    pushed to ``target`` with the proxy's log cleared first: (that push's result, the manifest's
+    descriptor, the store)."""
+    lay, m = _image(tmp_path)
+    store = Store(registry_env / "root")
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/{names[0]}:1")
+    for name in names[1:]:
+        store.add_image(m["digest"], ref=f"{proxy.host}/{name}:1")
+    push(f"{proxy.host}/{pushed}:1", store=store)
+    store.add_image(m["digest"], ref=f"{proxy.host}/{target}:1")
+    proxy.seen.clear()
+    return push(f"{proxy.host}/{target}:1", store=store), m, store
+
+
 def test_a_mount_from_a_repository_without_the_blob_goes_on_to_the_next_one(reg, proxy, tmp_path,  # noqa: F811
                                                                            registry_env):
     """An image known as a:1 (never pushed) and b:1 (pushed), pushed to c:1.  The registry
@@ -109,14 +124,7 @@ def test_a_mount_from_a_repository_without_the_blob_goes_on_to_the_next_one(reg,
     that answer as the end of the mounts and uploaded every blob, though b held them all.  docker
     tries the next candidates and cancels each session it leaves (DELETE); so does lamina now, and
     a mount no source could do still uploads (into the last session opened)."""
-    lay, m = _image(tmp_path)
-    store = Store(registry_env / "root")
-    load_layout_into_store(store, lay.root, m, f"{proxy.host}/a:1")
-    store.add_image(m["digest"], ref=f"{proxy.host}/b:1")
-    push(f"{proxy.host}/b:1", store=store)
-    store.add_image(m["digest"], ref=f"{proxy.host}/c:1")
-    proxy.seen.clear()
-    r = push(f"{proxy.host}/c:1", store=store)
+    r, m, store = _pushed_again(proxy, tmp_path, registry_env, ["a", "b"], "b", "c")
     assert set(r.blobs.values()) == {"mounted from b"}, r.blobs
     tried = [(s[1], s[3]) for s in proxy.seen if s[0] == "POST" and "mount=" in s[1]]
     assert sorted(code for _, code in tried) == [201] * 3 + [202] * 3, tried
@@ -146,15 +154,8 @@ def test_mount_sources_sharing_the_targets_path_are_tried_first(reg, proxy, tmp_
     orders its candidates by the leading path components they share with the target.  An image
     known under four other names and as team/src (the one pushed), pushed to team/dst: team/src
     is tried first and every blob is mounted from it."""
-    lay, m = _image(tmp_path)
-    store = Store(registry_env / "root")
-    load_layout_into_store(store, lay.root, m, f"{proxy.host}/a/x:1")
-    for name in ("b/y", "c/z", "d/w", "team/src"):
-        store.add_image(m["digest"], ref=f"{proxy.host}/{name}:1")
-    push(f"{proxy.host}/team/src:1", store=store)
-    store.add_image(m["digest"], ref=f"{proxy.host}/team/dst:1")
-    proxy.seen.clear()
-    r = push(f"{proxy.host}/team/dst:1", store=store)
+    r, _, _ = _pushed_again(proxy, tmp_path, registry_env, ["a/x", "b/y", "c/z", "d/w", "team/src"], "team/src",
+                            "team/dst")
     assert set(r.blobs.values()) == {"mounted from team/src"}, r.blobs
     assert [s[3] for s in proxy.seen if s[0] == "POST"] == [201] * 3
 
