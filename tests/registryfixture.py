@@ -371,24 +371,32 @@ class Registry:
 
 
 class Rule:
-    """A fault applied to the first ``times`` requests matching method and path substring."""
+    """A fault applied to the first ``times`` requests matching method and path substring, after
+    the first ``skip`` of them."""
 
-    def __init__(self, action, *, method=None, path=None, times=1, **kw):
+    def __init__(self, action, *, method=None, path=None, times=1, skip=0, **kw):
         self.action, self.method, self.path, self.times, self.kw = action, method, path, times, kw
         self.hits = 0
+        self.skip = skip
 
     def matches(self, method, path):
         if self.times is not None and self.hits >= self.times:
             return False
         if self.method and method != self.method:
             return False
-        return self.path is None or self.path in path
+        if not (self.path is None or self.path in path):
+            return False
+        if self.skip:
+            self.skip -= 1
+            return False
+        return True
 
 
 class FaultProxy:
     """HTTP/1.1 reverse proxy to ``upstream`` (host:port) with fault rules.
 
-    Actions: status (code, retry_after), cut (after bytes of body, then close), stall (after bytes,
+    Actions: status (code, retry_after), rewrite (headers: fn(name, value) -> value or None to
+    leave the header out, on the upstream's answer; add: {name: value} more), cut (after bytes of body, then close), stall (after bytes,
     sleep seconds, close), slow (chunk, delay), corrupt (offset), redirect (to base URL), hang (after
     bytes, then wait for release()), drip_headers (status line and ~19 KB of headers, chunk bytes
     every delay, for at most seconds, then close), cut_headers (the upstream's status line and
@@ -523,7 +531,14 @@ class FaultProxy:
         for k, v in resp.getheaders():
             if k.lower() in ("transfer-encoding", "connection", "content-length", "keep-alive", "date", "server"):
                 continue
+            if action == "rewrite" and "headers" in rule.kw:
+                v = rule.kw["headers"](k, v)
+                if v is None:
+                    continue
             h.send_header(k, v)
+        if action == "rewrite":
+            for k, v in (rule.kw.get("add") or {}).items():
+                h.send_header(k, v)
         if method == "HEAD":
             h.send_header("Content-Length", resp.getheader("Content-Length") or "0")
             h.end_headers()

@@ -532,6 +532,71 @@ def test_pull_tolerates_unknown_fields_subject_and_artifact_type(reg, pushed, re
     assert result.manifest_digest == ob.sha256(data)
 
 
+@pytest.mark.parametrize("artifact_type, config_type", [
+    ("application/spdx+json", "application/vnd.oci.empty.v1+json"),   # image-spec 1.1's artifact form
+    (None, "application/vnd.cncf.helm.config.v1+json"),                 # a Helm chart: its own config type
+])
+def test_an_artifact_is_refused_naming_its_type(reg, pushed, registry_env, tmp_path, artifact_type,  # noqa: F811
+                                                config_type):
+    """A tag whose manifest is an OCI artifact.  An SBOM's config is the empty descriptor and its
+    type is in artifactType: lamina named only the config's type, "application/vnd.oci.empty.v1+json
+    is not a container image config (is this an artifact?)", which says nothing of what was
+    pulled.  Now the artifactType is named; without one the config's type still is.  The same
+    from a registry and from a layout, and nothing is stored."""
+    lay = ob.Layout(tmp_path / "lay")
+    config = lay.json_blob({}, config_type)
+    body = lay.json_blob({"spdxVersion": "SPDX-2.3"}, artifact_type or "application/vnd.cncf.helm.chart.content.v1.tar+gzip")
+    doc = {"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "config": config, "layers": [body]}
+    if artifact_type:
+        doc["artifactType"] = artifact_type
+    m = lay.json_blob(doc, ob.OCI_MANIFEST)
+    lay.add(m, "art")
+    for d in (config, body):
+        with open(lay.path(d["digest"]), "rb") as f:
+            _push_blob(reg.host, "docs", f.read())
+    with open(lay.path(m["digest"]), "rb") as f:
+        status, answer = _push_manifest(reg.host, "docs", "artifact", f.read(), ob.OCI_MANIFEST)
+    assert status == 201, answer
+    root = registry_env / "root"
+    for argv in (("pull", f"{reg.host}/docs:artifact"), ("unpack", f"oci:{lay.root}:art", tmp_path / "out")):
+        p = lamina_cli(*argv, root=root, check=False)
+        line = p.stderr.strip()
+        assert p.returncode == 1 and "\n" not in line and m["digest"] in line, p.stderr
+        if artifact_type:
+            assert f"an artifact of type '{artifact_type}'" in line and "not a container image" in line, line
+        else:
+            assert f"config media type '{config_type}' is not a container image config" in line, line
+    assert Store(root).images() == []
+
+
+def test_an_index_of_one_artifact_is_refused_as_that_artifact_on_every_way_in(reg, registry_env, tmp_path):  # noqa: F811
+    """A tag naming an index that lists one artifact and no image (an SBOM pushed with
+    ``skopeo copy --all``).  The registry path chose the one unplatformed entry and named the
+    artifact; the layout path said "no image for platform linux/amd64; available: none".  Both
+    choose with one rule now (model.choose_platform), so unpack, load and pull say the same."""
+    from registryfixture import skopeo_push
+    lay = ob.Layout(tmp_path / "lay")
+    empty = lay.json_blob({}, "application/vnd.oci.empty.v1+json")
+    body = lay.json_blob({"spdxVersion": "SPDX-2.3"}, "application/spdx+json")
+    sbom = lay.json_blob({"schemaVersion": 2, "mediaType": ob.OCI_MANIFEST, "artifactType": "application/spdx+json",
+                          "config": empty, "layers": [body]}, ob.OCI_MANIFEST, artifactType="application/spdx+json")
+    lay.add(lay.index([sbom]), "idx", **{"io.containerd.image.name": "example.com/sbom:idx"})
+    skopeo_push(f"oci:{lay.root}:idx", reg.host, "arts:idx", all_images=True)
+    root = registry_env / "root"
+    for argv in (("pull", f"{reg.host}/arts:idx"), ("unpack", f"oci:{lay.root}:idx", tmp_path / "out"),
+                 ("load", "-i", lay.root)):
+        p = lamina_cli(*argv, root=root, check=False)
+        line = p.stderr.strip()
+        assert p.returncode == 1 and "\n" not in line, p.stderr
+        assert sbom["digest"] in line and "an artifact of type 'application/spdx+json'" in line, (argv[0], line)
+    # with a platform asked for, there is none to give, on both paths
+    for argv in (("pull", "--platform", "linux/amd64", f"{reg.host}/arts:idx"),
+                 ("unpack", "--platform", "linux/amd64", f"oci:{lay.root}:idx", tmp_path / "out")):
+        p = lamina_cli(*argv, root=root, check=False)
+        assert p.returncode == 1 and "no image for platform linux/amd64" in p.stderr, p.stderr
+    assert Store(root).images() == []
+
+
 def test_pull_refuses_an_index_whose_descriptor_disagrees_with_the_manifest(reg, pushed, registry_env):  # noqa: F811
     docker = dict(pushed, mediaType=ob.DOCKER_MANIFEST,
                   config=dict(pushed["config"], mediaType=ob.DOCKER_CONFIG),

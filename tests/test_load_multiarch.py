@@ -104,3 +104,31 @@ def test_a_partial_export_keeps_the_platforms_it_holds(tmp_path, multi_archive):
     assert sorted(i.manifest_digest for i in platforms) == sorted(set(children) - {arm})
     report = json.loads(lamina(root, "fsck", "--format", "json").stdout)
     assert report["findings"] == [], report
+
+
+def test_a_docker_archive_of_a_multi_arch_image_and_another_is_read_by_skopeo_and_umoci(tmp_path, multi_archive):
+    """docker's archive format holds one image per tag, so ``save`` (docker-archive) of a multi-arch
+    image writes the platform the tag was loaded as, as docker save does.  skopeo reads both
+    images of the archive by name, umoci unpacks what skopeo copied out, and the archive skopeo
+    writes back loads into a store with the same layers (skopeo rewrites the config it converts,
+    so the image ID is its own)."""
+    require_tool("umoci")
+    archive, _, _ = multi_archive
+    root = tmp_path / "store"
+    lamina(root, "load", "-i", archive, "--platform", "linux/arm64")
+    lay = ob.Layout(tmp_path / "other")
+    lay.add(lay.image([{"other": b"second image\n"}]), "2")
+    lamina(root, "copy", f"oci:{lay.root}:2", "example.com/other:2")
+    saved = tmp_path / "two.tar"
+    lamina(root, "save", "-o", saved, REF, "example.com/other:2")
+    store = Store(root)
+    layers = {name: store.resolve(name).diff_ids for name in (REF, "example.com/other:2")}
+    for name, path, content in ((REF, "arch", "linux/arm64/v8"), ("example.com/other:2", "other", "second image\n")):
+        tag = name.rsplit(":", 1)[1]
+        run("skopeo", "copy", "-q", f"docker-archive:{saved}:{name}", f"oci:{tmp_path}/copied:{tag}")
+        run("umoci", "unpack", "--image", f"{tmp_path}/copied:{tag}", tmp_path / f"bundle-{tag}")
+        assert (tmp_path / f"bundle-{tag}" / "rootfs" / path).read_text() == content
+        back = tmp_path / f"back-{tag}.tar"
+        run("skopeo", "copy", "-q", f"oci:{tmp_path}/copied:{tag}", f"docker-archive:{back}:{name}")
+        lamina(tmp_path / "again", "load", "-i", back)
+        assert Store(tmp_path / "again").resolve(name).diff_ids == layers[name]

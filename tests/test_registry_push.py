@@ -102,24 +102,235 @@ def test_cross_repository_mount(reg, proxy, tmp_path, registry_env):  # noqa: F8
     assert skopeo_inspect(reg.host, "second:1")["Digest"] == m["digest"]
 
 
-def test_chunked_upload_resumes(reg, proxy, tmp_path, registry_env):  # noqa: F811
+def _pushed_again(proxy, tmp_path, registry_env, names, pushed, target):
+    """An image stored under ``names`` (repositories, in that order), pushed as ``pushed``, then
+    pushed to ``target`` with the proxy's log cleared first: (that push's result, the manifest's
+    descriptor, the store)."""
+    lay, m = _image(tmp_path)
+    store = Store(registry_env / "root")
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/{names[0]}:1")
+    for name in names[1:]:
+        store.add_image(m["digest"], ref=f"{proxy.host}/{name}:1")
+    push(f"{proxy.host}/{pushed}:1", store=store)
+    store.add_image(m["digest"], ref=f"{proxy.host}/{target}:1")
+    proxy.seen.clear()
+    return push(f"{proxy.host}/{target}:1", store=store), m, store
+
+
+def test_a_mount_from_a_repository_without_the_blob_goes_on_to_the_next_one(reg, proxy, tmp_path,  # noqa: F811
+                                                                           registry_env):
+    """An image known as a:1 (never pushed) and b:1 (pushed), pushed to c:1.  The registry
+    answers a mount from a, which lacks the blobs, with 202 and an upload session; lamina took
+    that answer as the end of the mounts and uploaded every blob, though b held them all.  docker
+    tries the next candidates and cancels each session it leaves (DELETE); so does lamina now, and
+    a mount no source could do still uploads (into the last session opened)."""
+    r, m, store = _pushed_again(proxy, tmp_path, registry_env, ["a", "b"], "b", "c")
+    assert set(r.blobs.values()) == {"mounted from b"}, r.blobs
+    tried = [(s[1], s[3]) for s in proxy.seen if s[0] == "POST" and "mount=" in s[1]]
+    assert sorted(code for _, code in tried) == [201] * 3 + [202] * 3, tried
+    assert not [s for s in proxy.seen if s[0] in ("PUT", "PATCH") and "/blobs/uploads/" in s[1]]
+    cancelled = [s for s in proxy.seen if s[0] == "DELETE" and "/v2/c/blobs/uploads/" in s[1]]
+    assert [s[3] for s in cancelled] == [204] * 3, cancelled
+    raw, digest = skopeo_raw(reg.host, "c:1")
+    assert digest == m["digest"]
+
+    # none of the sources holds the blobs: one session per blob is kept and used, the others cancelled
+    other, om = _image(tmp_path / "other", big=5000)
+    load_layout_into_store(store, other.root, om, f"{proxy.host}/d:1")
+    store.add_image(om["digest"], ref=f"{proxy.host}/e:1")
+    store.add_image(om["digest"], ref=f"{proxy.host}/f:1")
+    proxy.seen.clear()
+    r = push(f"{proxy.host}/f:1", store=store)
+    assert set(r.blobs.values()) == {"pushed"}, r.blobs
+    posts = [s for s in proxy.seen if s[0] == "POST"]
+    assert len(posts) == 6 and all(s[3] == 202 for s in posts), posts
+    assert len([s for s in proxy.seen if s[0] == "DELETE"]) == 3
+    assert len([s for s in proxy.seen if s[0] == "PUT" and "/blobs/uploads/" in s[1]]) == 3
+    assert skopeo_raw(reg.host, "f:1")[1] == om["digest"]
+
+
+def test_mount_sources_sharing_the_targets_path_are_tried_first(reg, proxy, tmp_path, registry_env):  # noqa: F811
+    """At most 4 mounts are tried per blob (docker's most), so which come first matters: docker
+    orders its candidates by the leading path components they share with the target.  An image
+    known under four other names and as team/src (the one pushed), pushed to team/dst: team/src
+    is tried first and every blob is mounted from it."""
+    r, _, _ = _pushed_again(proxy, tmp_path, registry_env, ["a/x", "b/y", "c/z", "d/w", "team/src"], "team/src",
+                            "team/dst")
+    assert set(r.blobs.values()) == {"mounted from team/src"}, r.blobs
+    assert [s[3] for s in proxy.seen if s[0] == "POST"] == [201] * 3
+
+
+@pytest.mark.parametrize("failed", [1, 3], ids=["first-patch", "third-patch"])
+def test_chunked_upload_resumes(reg, proxy, tmp_path, registry_env, failed):  # noqa: F811
+    """A PATCH fails (500, the chunk never reached the registry): lamina asks the upload's status
+    and sends the rest from the registry's Range.  distribution answers "Range: 0-0" for a
+    session that holds no byte yet (its end is size-1, but never below 0), which lamina read as
+    one byte held: after a failed first chunk it sent the blob from byte 1, the registry refused
+    the digest at the end (400) and the whole blob went up again in a new session."""
     lay, m = _image(tmp_path, big=300_000)
     store = Store(registry_env / "root")
-    load_layout_into_store(store, lay.root, m, f"{proxy.host}/chunked:1")
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/chunked-{failed}:1")
     big = lay.read_json(m["digest"])["layers"][1]
     assert big["size"] > 4 * 65536
-    proxy.add("status", code=500, method="PATCH", times=1)
-    push(f"{proxy.host}/chunked:1", store=store, chunk_size=65536)
+    proxy.add("status", code=500, method="PATCH", times=1, skip=failed - 1)
+    push(f"{proxy.host}/chunked-{failed}:1", store=store, chunk_size=65536)
     patches = [s for s in proxy.seen if s[0] == "PATCH"]
-    assert len(patches) >= big["size"] // 65536
-    assert any(s[3] == 500 for s in patches)
+    assert [s[3] for s in patches] == [202] * (failed - 1) + [500] + [202] * (-(-big["size"] // 65536) - failed + 1)
     statuses = [s for s in proxy.seen if s[0] == "GET" and "/blobs/uploads/" in s[1]]
-    assert statuses and statuses[0][3] == 204   # asked the registry where to resume
-    assert skopeo_inspect(reg.host, "chunked:1")["Digest"] == m["digest"]
+    assert [s[3] for s in statuses] == [204]   # asked the registry where to resume, once
+    assert len([s for s in proxy.seen if s[0] == "POST"]) == 3   # no session started again
+    assert [s[3] for s in proxy.seen if s[0] == "PUT" and "/blobs/uploads/" in s[1]] == [201] * 3
+    assert skopeo_inspect(reg.host, f"chunked-{failed}:1")["Digest"] == m["digest"]
     pulled = Store(registry_env / "root2")
-    pull(f"{reg.host}/chunked:1", store=pulled)
+    pull(f"{reg.host}/chunked-{failed}:1", store=pulled)
     with pulled.open_blob(big["digest"]) as f:
         assert "sha256:" + hashlib.sha256(f.read()).hexdigest() == big["digest"]
+
+
+def _relative_location(form):
+    """The registry's upload Location as a path (``/v2/...``) or relative to the upload URL
+    (``UUID?_state=...``), both of which the distribution-spec lets a registry send."""
+    def rewrite(name, value):
+        if name.lower() != "location" or "/blobs/uploads/" not in value:
+            return value
+        path = "/v2/" + value.split("/v2/", 1)[1]
+        return path if form == "path" else path.split("/blobs/uploads/", 1)[1]
+    return rewrite
+
+
+@pytest.mark.parametrize("form", ["path", "relative"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["monolithic", "chunked"])
+def test_a_relative_upload_location_keeps_its_query(reg, proxy, tmp_path, registry_env, form, chunked):  # noqa: F811
+    """distribution-spec: the Location of an upload may be relative, and its query (distribution's
+    _state, which signs the upload's state) must be kept when lamina adds ?digest= or sends the
+    next chunk.  The answers of POST, PATCH and the upload status are rewritten so, a PATCH failed
+    once to make lamina ask where to resume; the registry takes every blob."""
+    lay, m = _image(tmp_path, big=200_000)
+    store = Store(registry_env / "root")
+    repo = f"rel-{form}-{int(chunked)}"
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/{repo}:1")
+    rewrite = proxy.add("rewrite", path="/blobs/uploads/", headers=_relative_location(form), times=None)
+    if chunked:
+        proxy.add("status", code=500, method="PATCH", times=1)
+        proxy.rules.insert(0, proxy.rules.pop())   # before the rewrite, which matches every upload
+    push(f"{proxy.host}/{repo}:1", store=store, chunk_size=65536 if chunked else None)
+    assert rewrite.hits >= (11 if chunked else 6)
+    finals = [s for s in proxy.seen if s[0] == "PUT" and "/blobs/uploads/" in s[1]]
+    assert len(finals) == 3 and all(s[3] == 201 and "_state=" in s[1] and "digest=" in s[1] for s in finals), finals
+    if chunked:
+        assert [s[3] for s in proxy.seen if s[0] == "GET" and "/blobs/uploads/" in s[1]] == [204]
+    assert skopeo_raw(reg.host, f"{repo}:1")[1] == m["digest"]
+
+
+def test_no_docker_content_digest_header_anywhere(reg, proxy, tmp_path, registry_env):  # noqa: F811
+    """Docker-Content-Digest is optional for a registry (distribution-spec: clients SHOULD verify
+    the content themselves).  Without it on any answer, a push and a pull of the same image
+    still work: lamina hashes what it got and what it sent."""
+    lay, m = _image(tmp_path)
+    store = Store(registry_env / "root")
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/nodigest:1")
+    dropped = proxy.add("rewrite", headers=lambda k, v: None if k.lower() == "docker-content-digest" else v,
+                        times=None)
+    r = push(f"{proxy.host}/nodigest:1", store=store)
+    assert r.digest == m["digest"]
+    pulled = Store(registry_env / "root2")
+    res = pull(f"{proxy.host}/nodigest:1", store=pulled)
+    assert res.manifest_digest == m["digest"] and dropped.hits > 0
+    assert pulled.resolve(f"{proxy.host}/nodigest:1").manifest_digest == m["digest"]
+    assert skopeo_raw(reg.host, "nodigest:1")[1] == m["digest"]
+
+
+def test_a_push_cut_at_the_manifest_leaves_no_tag_and_its_rerun_sends_no_blob_again(reg, proxy, tmp_path,  # noqa: F811
+                                                                                   registry_env, monkeypatch):
+    """A multi-arch push whose index PUT fails (the registry keeps answering 500): the tag must
+    not exist (a tag naming half an image breaks every pull of it), the blobs and the children
+    pushed stay, and the rerun sends no blob again ("Layer already exists") and puts the index
+    under the tag, byte for byte."""
+    monkeypatch.setenv("LAMINA_REGISTRY_RETRIES", "1")
+    lay = ocibuild.Layout(tmp_path / "oci")
+    ms = [ocibuild.with_platform(lay.image([{"arch": arch.encode()}], arch=arch), "linux", arch)
+          for arch in ("amd64", "arm64")]
+    index = lay.index(ms)
+    lay.add(index, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "cut-src:1", all_images=True)
+    store = Store(registry_env / "root")
+    r = pull(f"{reg.host}/cut-src:1", store=store, all_platforms=True)
+    store.add_image(r.manifest_digest, ref=f"{proxy.host}/cut:1", repo_digest=index["digest"])
+    proxy.add("status", code=500, method="PUT", path="/manifests/1", times=None)
+    with pytest.raises(errors.RegistryError, match="manifest"):
+        push(f"{proxy.host}/cut:1", store=store)
+    assert _manifest_status(reg.host, "cut:1") == 404
+    for m in ms:
+        assert skopeo_raw(reg.host, f"cut@{m['digest']}")[1] == m["digest"]
+    proxy.clear()
+    proxy.seen.clear()
+    res = push(f"{proxy.host}/cut:1", store=store)
+    assert res.digest == index["digest"] and set(res.blobs.values()) == {"exists"}, res.blobs
+    assert not [s for s in proxy.seen if s[0] in ("POST", "PATCH") or "/blobs/uploads/" in s[1]]
+    raw, digest = skopeo_raw(reg.host, "cut:1")
+    assert digest == index["digest"] and raw == _manifest_bytes(lay, index)
+
+
+def _manifest_status(host, ref):
+    """The registry's status for GET manifest ``ref`` (name:tag), asked directly."""
+    import http.client
+    name, tag = ref.split(":")
+    conn = http.client.HTTPConnection(host, timeout=30)
+    conn.request("GET", f"/v2/{name}/manifests/{tag}", headers={"Accept": ocibuild.OCI_INDEX})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_a_manifest_with_a_subject_goes_through_pull_and_push_byte_for_byte(reg, tmp_path, registry_env):  # noqa: F811
+    """An image manifest with an OCI 1.1 ``subject`` (a signed or attested image's referrer) is an
+    image like any other to lamina: pulled and pushed as its bytes, subject kept, so its digest
+    (what a signature names) stays.  docker-registry 2.8 knows no referrers API: it takes the
+    manifest and answers without OCI-Subject, and lamina asks for nothing more (no referrers
+    tag schema fallback, as docker)."""
+    lay, base = _image(tmp_path)
+    lay.add(base, "base")
+    doc = lay.read_json(base["digest"])
+    doc["subject"] = {"mediaType": base["mediaType"], "digest": base["digest"], "size": base["size"]}
+    doc["annotations"] = {"org.opencontainers.image.ref.name": "ignored-here", "com.example.note": "kept"}
+    m = lay.json_blob(doc, doc["mediaType"])
+    lay.add(m, "referrer")
+    skopeo_push(f"oci:{lay.root}:base", reg.host, "subj:base")
+    skopeo_push(f"oci:{lay.root}:referrer", reg.host, "subj:referrer")
+    raw, digest = skopeo_raw(reg.host, "subj:referrer")
+    assert digest == m["digest"] and json.loads(raw)["subject"]["digest"] == base["digest"]
+    store = Store(registry_env / "root")
+    r = pull(f"{reg.host}/subj:referrer", store=store)
+    assert r.manifest_digest == m["digest"]
+    store.add_image(m["digest"], ref=f"{reg.host}/subj-copy:referrer")
+    res = push(f"{reg.host}/subj-copy:referrer", store=store)
+    raw2, digest2 = skopeo_raw(reg.host, "subj-copy:referrer")
+    assert res.digest == digest2 == m["digest"] and raw2 == raw
+
+
+def test_chunks_are_as_long_as_the_registrys_oci_chunk_min_length(reg, proxy, tmp_path, registry_env):  # noqa: F811
+    """distribution-spec 1.1: a registry may answer the upload's POST with OCI-Chunk-Min-Length,
+    and every chunk but the last SHOULD be at least that long (registries over object stores
+    refuse smaller parts).  lamina sent its own chunk size whatever the registry said.  Now the
+    larger of the two; a value that is no number says nothing."""
+    lay, m = _image(tmp_path, big=300_000)
+    store = Store(registry_env / "root")
+    big = lay.read_json(m["digest"])["layers"][1]
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/minchunk:1")
+    said = proxy.add("rewrite", method="POST", add={"OCI-Chunk-Min-Length": "131072"}, times=None)
+    push(f"{proxy.host}/minchunk:1", store=store, chunk_size=65536)
+    lengths = [int(s[2]["Content-Length"]) for s in proxy.seen if s[0] == "PATCH"]
+    assert said.hits == 3 and lengths == [131072, 131072, big["size"] - 2 * 131072], lengths
+    assert skopeo_raw(reg.host, "minchunk:1")[1] == m["digest"]
+    proxy.clear()
+    proxy.seen.clear()
+    other, om = _image(tmp_path / "other", big=300_001)
+    load_layout_into_store(store, other.root, om, f"{proxy.host}/minchunk-junk:1")
+    proxy.add("rewrite", method="POST", add={"OCI-Chunk-Min-Length": "9" * 40}, times=None)
+    push(f"{proxy.host}/minchunk-junk:1", store=store, chunk_size=65536)
+    lengths = [int(s[2]["Content-Length"]) for s in proxy.seen if s[0] == "PATCH"]
+    assert lengths[:4] == [65536] * 4 and sum(lengths) == other.read_json(om["digest"])["layers"][1]["size"], lengths
+    assert skopeo_raw(reg.host, "minchunk-junk:1")[1] == om["digest"]
 
 
 PUSH_CHILD = r'''

@@ -17,7 +17,7 @@ from ..platform import Platform
 from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_in_layout
 from .image import LayerRef, ResolvedImage, Source
 from .model import (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, check_field_spelling, document_media_type,
-                    index_entries, load_json, parse_config, parse_index, parse_manifest)
+                    choose_platform, load_json, parse_config, parse_index, parse_manifest)
 from .refs import normalize_docker_name
 
 # Indexes nest (index.json -> image index -> ...); real images use two levels.
@@ -184,17 +184,8 @@ class OCILayout(Source):
     # --- platform choice ------------------------------------------------------
 
     def _choose(self, descs, want, depth):
-        entries = index_entries(descs, lambda d: self._document(d)[1], self._platform_of, MAX_INDEX_DEPTH,
-                                self.description, depth)
-        wanted = [want] if want is not None else Platform.host().compatible()
-        for w in wanted:
-            for d, p in entries:
-                if p == w:
-                    if mt.is_index(d.media_type):
-                        return self._choose(self._document(d)[1].manifests, want or w, depth + 1)
-                    return d, p
-        available = sorted({str(p) for _, p in entries if p is not None})
-        raise PlatformNotFoundError(str(want or Platform.host()), available)
+        return choose_platform(descs, want, lambda d: self._document(d)[1], self._platform_of, MAX_INDEX_DEPTH,
+                               self.description, depth)
 
     def resolve(self, platform=None):
         want = Platform.parse(platform) if platform is not None else None

@@ -15,7 +15,7 @@ from typing import Optional
 
 from .. import digest as _digest
 from .. import mediatypes as mt
-from ..errors import ArtifactError, ImageError, UnsupportedMediaTypeError
+from ..errors import ArtifactError, ImageError, PlatformNotFoundError, UnsupportedMediaTypeError
 from ..limits import DEFAULT_LIMITS, check_layer_count
 from ..platform import Platform
 
@@ -350,11 +350,40 @@ def index_entries(descs, open_index, platform_of, max_depth, what, depth=0):
     return out
 
 
+def choose_platform(descs, want, open_index, platform_of, max_depth, what, depth=0):
+    """(descriptor, platform) of the manifest among ``descs`` (an index's) for ``want`` (a
+    Platform, or None: this host, with its compatible fallbacks), walking nested indexes.  The
+    registry and the layouts choose with this one rule, so that one index gets one answer."""
+    entries = index_entries(descs, open_index, platform_of, max_depth, what, depth)
+    wanted = [want] if want is not None else Platform.host().compatible()
+    for w in wanted:
+        for d, p in entries:
+            if p == w:
+                if mt.is_index(d.media_type):
+                    return choose_platform(open_index(d).manifests, want or w, open_index, platform_of,
+                                           max_depth, what, depth + 1)
+                return d, p
+    # An index of one manifest that names no platform (an artifact, a config without one): that
+    # manifest, which then says what it is ("an artifact of type ...") better than "available: none".
+    unplatformed = [d for d, p in entries if p is None and mt.is_manifest(d.media_type)]
+    if want is None and len(entries) == 1 and unplatformed:
+        return unplatformed[0], None
+    available = sorted({str(p) for _, p in entries if p is not None})
+    raise PlatformNotFoundError(str(want or Platform.host()), available)
+
+
 def parse_manifest(doc, media_type, what, limits=DEFAULT_LIMITS):
     """``limits``: None for a manifest already in the store (gc must still see every blob of it)."""
     config = parse_descriptor(doc.get("config"), f"{what} config")
     if config.media_type not in mt.CONFIG_TYPES:
         # Artifacts (Helm charts, signatures, SBOMs) use image manifests with other config types.
+        # image-spec 1.1 names an artifact's type in artifactType when its config is the empty
+        # descriptor: that type says what the user pulled, the empty config's says nothing.
+        kind = doc.get("artifactType")
+        if kind is not None:
+            _media_type(kind, what, "artifactType")
+            raise ArtifactError(f"{what}: an artifact of type {kind!r} (config media type "
+                                f"{config.media_type!r}), not a container image")
         raise ArtifactError(
             f"{what}: config media type {config.media_type!r} is not a container image config"
             " (is this an artifact?)")

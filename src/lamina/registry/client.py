@@ -26,7 +26,7 @@ from typing import Optional
 
 from .. import digest as _digest
 from .. import mediatypes as mt
-from ..errors import (AuthenticationError, BlobNotFoundError, ImageNotFoundError, RegistryError,
+from ..errors import (AuthenticationError, BlobNotFoundError, ImageNotFoundError, LaminaError, RegistryError,
                       UnsupportedMediaTypeError)
 from ..limits import MAX_MANIFEST_SIZE  # distribution's own limit, the same for layouts
 from ..oci.model import document_media_type, load_json
@@ -34,7 +34,7 @@ from ..quoting import quote_name
 from ..reference import TAG_PATTERN, Reference
 from . import credentials as _creds
 from .config import Endpoint, RegistryConfig, insecure_hosts, is_loopback
-from .transport import Origin, TLSPolicy, Transport, resolve_url
+from .transport import CONNECTION_ERRORS, Origin, TLSPolicy, Transport, resolve_url
 
 MANIFEST_ACCEPT = ", ".join([
     mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST,
@@ -571,21 +571,36 @@ class Repository:
     # --- uploads -----------------------------------------------------------------------------------
 
     def start_upload(self, mount=None, from_path=None):
-        """POST an upload.  Returns ("mounted", None) or ("upload", location URL)."""
+        """POST an upload.  Returns ("mounted", None, 0) or ("upload", location URL, the least
+        length of a chunk but the last the registry takes: its OCI-Chunk-Min-Length, else 0)."""
         url = self.url("blobs/uploads/")
         if mount:
             url += "?" + urllib.parse.urlencode({"mount": mount, "from": from_path})
         resp = self.request("POST", url)
         if resp.status == 201 and mount:
             resp.drain()
-            return "mounted", None
+            return "mounted", None, 0
         if resp.status != 202:
             self._fail(resp, f"POST upload to {self.name}")
         location = resp.header("Location")
+        min_chunk = (resp.header("OCI-Chunk-Min-Length") or "").strip()
         resp.drain()
         if not location:
             raise RegistryError(f"POST upload to {self.name}: no Location in the answer")
-        return "upload", resolve_url(url, location, f"POST upload to {self.name}: Location")
+        # distribution-spec 1.1: chunks but the last SHOULD be at least this long (object stores
+        # behind a registry refuse smaller parts).  Not a number: no minimum said.
+        min_chunk = int(min_chunk) if re.fullmatch(r"[0-9]{1,19}", min_chunk, re.ASCII) else 0
+        return "upload", resolve_url(url, location, f"POST upload to {self.name}: Location"), min_chunk
+
+    def cancel_upload(self, location):
+        """DELETE an upload session not used.  A failure is left be: the registry expires sessions
+        (distribution after a week), and a push must not fail for a session it did not need.
+        distribution wants the "delete" action for it: behind a token server that is one token
+        request more (docker's cancel asks for it too), refused to a user who may not delete."""
+        try:
+            self.request("DELETE", location, retry=False).drain()
+        except (LaminaError, *CONNECTION_ERRORS):
+            pass
 
     @staticmethod
     def with_query(url, **params):

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 
 from .. import errors, mediatypes as mt, trace
 from ..errors import DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError, RegistryError
-from ..oci.model import document_media_type, index_entries, parse_config, parse_index, parse_manifest
+from ..oci.model import choose_platform as _choose_platform
+from ..oci.model import document_media_type, parse_config, parse_index, parse_manifest
 from ..limits import MAX_CONFIG_SIZE, open_file_budget  # one limit for every way an image comes in
 from ..lowers import LayersBelow
 from ..platform import Platform
@@ -101,20 +102,8 @@ def _open_store(store):
 def choose_platform(index, want, fetch, depth=0, platform_of=None):
     """The manifest descriptor for ``want`` (Platform or None = host, with compatible fallbacks).
     ``platform_of(desc)``: a manifest's platform when its descriptor gives none (its config's)."""
-    entries = index_entries(index.manifests, fetch, platform_of or (lambda d: d.platform), MAX_INDEX_DEPTH,
+    return _choose_platform(index.manifests, want, fetch, platform_of or (lambda d: d.platform), MAX_INDEX_DEPTH,
                             "image index", depth)
-    wanted = [want] if want is not None else Platform.host().compatible()
-    for w in wanted:
-        for d, p in entries:
-            if p == w:
-                if mt.is_index(d.media_type):
-                    return choose_platform(fetch(d), want or w, fetch, depth + 1, platform_of)
-                return d, p
-    unplatformed = [d for d, p in entries if p is None and mt.is_manifest(d.media_type)]
-    if want is None and len(entries) == 1 and unplatformed:
-        return unplatformed[0], None
-    available = sorted({str(p) for _, p in entries if p is not None})
-    raise PlatformNotFoundError(str(want or Platform.host()), available)
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ _UPLOAD_RANGE = re.compile(r"(?:bytes=)?\d{1,19}-(\d{1,19})", re.ASCII)
 
 DEFAULT_CHUNK_SIZE = 64 << 20    # blobs above this go up in PATCH chunks of this size
 DEFAULT_CONCURRENCY = 3
+MAX_MOUNT_SOURCES = 4   # docker's most mount attempts per blob (its big blobs)
 
 
 @dataclass
@@ -47,6 +48,15 @@ class PushResult:
     def to_dict(self):
         return {"reference": self.reference, "digest": self.digest, "size": self.size,
                 "media_type": self.media_type, "blobs": self.blobs}
+
+
+def _shared_components(a, b):
+    n = 0
+    for x, y in zip(a.split("/"), b.split("/")):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _read_blob(store, digest):
@@ -212,7 +222,9 @@ class Pusher:
                 continue
             if r.domain == self.ref.domain and r.path != self.ref.path and r.path not in out:
                 out.append(r.path)
-        return out
+        # docker tries first the repositories sharing most leading path components with the
+        # target (team/app for team/app-test): only the first MAX_MOUNT_SOURCES are tried
+        return sorted(out, key=lambda path: -_shared_components(path, self.ref.path))
 
     # --- the push ------------------------------------------------------------------------------------
 
@@ -305,26 +317,32 @@ class Pusher:
         if repo.blob_exists(digest):
             report(digest, "Layer already exists")
             return "exists"
-        location = None
-        for src in sources:
+        location, min_chunk = None, 0
+        for src in sources[:MAX_MOUNT_SOURCES]:
             try:
-                how, loc = repo.start_upload(mount=digest, from_path=src)
+                how, loc, min_chunk = repo.start_upload(mount=digest, from_path=src)
             except RegistryError:
                 continue
             if how == "mounted":
+                if location:
+                    repo.cancel_upload(location)
                 report(digest, f"Mounted from {src}")
                 return f"mounted from {src}"
+            # 202: src lacks the blob (or we may not read it), and the registry opened an upload
+            # session instead.  The next source may hold it, as docker tries; the session kept is
+            # the last one, for the upload if no mount works, and each one left is cancelled.
+            if location:
+                repo.cancel_upload(location)
             location = loc
-            break
         report(digest, "Pushing")
         for attempt in range(2):
             if location is None:
-                _, location = repo.start_upload()
+                _, location, min_chunk = repo.start_upload()
             try:
                 if desc.size <= self.chunk_size:
                     self._monolithic(repo, location, desc)
                 else:
-                    self._chunked(repo, location, desc)
+                    self._chunked(repo, location, desc, max(self.chunk_size, min_chunk))
                 break
             except RegistryError:
                 if attempt == 1:
@@ -370,9 +388,14 @@ class Pusher:
         m = _UPLOAD_RANGE.fullmatch(rng.strip())
         if not m:
             raise RegistryError(f"upload status of {repo.name}: malformed Range {rng!r}")
-        return int(m.group(1)) + 1, location
+        end = int(m.group(1))
+        # distribution writes "0-0" for an empty session as for one of 1 byte (its end is size-1,
+        # never below 0): 0 it is, the likely case.  Were the byte there, the PATCH from 0 gets a
+        # 416 and the upload starts over; read as 1 held, an empty session lost byte 0 unnoticed
+        # until the digest check at the end failed the whole upload.
+        return (end + 1 if end else 0), location
 
-    def _chunked(self, repo, location, desc):
+    def _chunked(self, repo, location, desc, chunk_size):
         path = self._blob_path(desc.digest)
         size = desc.size
         offset = 0
@@ -380,7 +403,7 @@ class Pusher:
         budget = self.client.transport.retries + 1
         with open(path, "rb") as f:
             while offset < size:
-                length = min(self.chunk_size, size - offset)
+                length = min(chunk_size, size - offset)
                 # a callable: a redirected PATCH sends the window again from its start
                 chunk = (lambda o=offset, n=length: _Window(f.fileno(), o, n, desc.digest))
                 headers = {"Content-Type": "application/octet-stream",
