@@ -1,5 +1,6 @@
 """Reading images from OCI layouts and docker/OCI archives: resolution and every refusal."""
 import gzip
+import io
 import json
 import os
 import shutil
@@ -998,3 +999,37 @@ def test_the_private_tarfile_methods_the_archive_reader_overrides_are_still_call
         members = [(m.name, m.size, m.uid) for m in tar]
     assert {"size": "0" * 5000 + "3", "uid": "007"} in calls, [sorted(c) for c in calls]
     assert members == [("m", 3, 7), ("after", 1, 0)], members
+
+
+@pytest.mark.parametrize("how", ["load", "copy-to-store", "copy-to-oci", "unpack"])
+def test_a_compressed_archive_is_inflated_beside_the_store_or_output_not_in_tmp(tmp_path, how):
+    """A zstd docker-archive was inflated into $TMPDIR whatever it held: a 1 MiB tmpfs /tmp (or a
+    RAM-sized one under a multi-GB archive) failed the load with "No space left on device".  It
+    goes where the store ingests, or beside the output, as load's spool of stdin does."""
+    import zstandard
+    from storekit import lamina, seeded_bytes
+    lay = ob.Layout(tmp_path / "layout")
+    lay.add(lay.image([{"big.bin": seeded_bytes("inflated", 3 << 20)}]), ref="big")
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w") as tar:
+        tar.add(lay.root, arcname=".")
+    archive = tmp_path / "big.tar.zst"
+    archive.write_bytes(zstandard.ZstdCompressor().compress(packed.getvalue()))
+    small = tmp_path / "small-tmp"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small], check=True)
+    try:
+        env = {**os.environ, "TMPDIR": str(small)}
+        args = {"load": ["load", "-i", archive],
+                "copy-to-store": ["copy", f"docker-archive:{archive}", "big:1"],
+                "copy-to-oci": ["copy", f"docker-archive:{archive}", f"oci:{tmp_path / 'out'}:big"],
+                "unpack": ["unpack", f"docker-archive:{archive}", tmp_path / "tree"]}[how]
+        lamina(tmp_path / "root", *args, env=env)
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", small], check=True)
+    if how == "unpack":
+        assert (tmp_path / "tree" / "big.bin").read_bytes() == seeded_bytes("inflated", 3 << 20)
+    elif how == "copy-to-oci":
+        assert json.loads((tmp_path / "out" / "index.json").read_bytes())["manifests"][0]["digest"] == \
+            lay.entries[0]["digest"]

@@ -272,3 +272,38 @@ def test_response_readinto_gives_the_body_whatever_its_framing():
         t.close()
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("body, said", [
+    (b"zz\r\n", "broken chunked encoding: b'zz' where a chunk size was expected"),
+    (b"zz;ext=1\r\n", "broken chunked encoding: b'zz' where a chunk size was expected"),
+    (b"it's\r\n", "broken chunked encoding: b\"it's\" where a chunk size was expected"),
+    (b"\xff\r\n", "broken chunked encoding: b'\\xff' where a chunk size was expected"),
+    (b"", "connection closed between the chunks of a chunked body"),
+])
+@pytest.mark.parametrize("how", ["read", "read(n)", "read1", "readinto"])
+def test_a_bad_chunk_size_line_is_named_from_http_clients_own_error(body, said, how):
+    """describe_error finds the chunk-size line in the text of the ValueError http.client's chunked
+    reader raised (int(line, 16): "invalid literal for int() with base 16: b'zz\\r\\n'"), then
+    dropped for an IncompleteRead(b'').  Nothing else keeps that line, so the text is the contract:
+    pinned here against the real http.client, a CPython that words it otherwise fails this test
+    instead of turning every such error into "connection closed between the chunks".
+    Only read1's error was recognized: read(), read(n) and readinto() put a second IncompleteRead
+    (of the bytes they had) over it, said as "connection closed after 10 bytes of the body"."""
+    import http.client
+    from lamina.registry.transport import describe_error
+
+    class Sock:
+        def makefile(self, mode):
+            return io.BytesIO(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                              b"a\r\n0123456789\r\n" + body)
+    response = http.client.HTTPResponse(Sock())
+    response.begin()
+    with pytest.raises(http.client.IncompleteRead) as e:
+        if how == "read":
+            response.read()
+        else:
+            while (response.read(4) if how == "read(n)" else response.read1(4) if how == "read1"
+                   else response.readinto(bytearray(4))):
+                pass
+    assert describe_error(e.value) == said

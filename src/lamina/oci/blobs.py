@@ -335,8 +335,8 @@ class _Spilling(io.RawIOBase):
     ``fd``, so that a member's offset in the stream is its offset in the file.  Chunks of zeros
     are left as holes (``end()`` sets the length): a few KiB of zstd inflate to terabytes of them."""
 
-    def __init__(self, stream, fd, what):
-        self._stream, self._fd, self._what = stream, fd, what
+    def __init__(self, stream, fd, what, where):
+        self._stream, self._fd, self._what, self._where = stream, fd, what, where
         self._pos = 0
 
     def readable(self):
@@ -359,7 +359,7 @@ class _Spilling(io.RawIOBase):
                     done += os.pwrite(self._fd, data[done:], self._pos + done)
             except OSError as e:
                 raise ImageError(f"{self._what}: cannot inflate it into a temporary file in "
-                                 f"{tempfile.gettempdir()}: {e.strerror}") from None
+                                 f"{self._where}: {e.strerror}") from None
         self._pos += n
         return n
 
@@ -493,7 +493,9 @@ class TarArchive:
     MAX_LINK_HOPS = 16
     MAX_HEADER_BYTES = 64 << 20   # all members' extended headers read, names and link targets kept
 
-    def __init__(self, path):
+    def __init__(self, path, scratch=None):
+        """``scratch``: the directory a zstd, xz or bzip2 archive is inflated into (where the
+        store ingests, or next to the output; default: the temp dir, often a small tmpfs)."""
         self.path = os.fspath(path)
         if os.path.isdir(self.path):
             raise ImageError(f"{self.path}: is a directory, not an archive")
@@ -509,14 +511,15 @@ class TarArchive:
             if spilled is None:
                 self._index(f)
                 return
+            where = os.fspath(scratch) if scratch is not None else tempfile.gettempdir()
             try:
-                with tempfile.TemporaryFile() as spill:   # unnamed where the filesystem allows
+                with tempfile.TemporaryFile(dir=where) as spill:   # unnamed (O_TMPFILE) where the filesystem allows
                     self._spill = os.dup(spill.fileno())
             except OSError as e:
-                raise ImageError(f"{self.path}: cannot make a temporary file in {tempfile.gettempdir()} to "
+                raise ImageError(f"{self.path}: cannot make a temporary file in {where} to "
                                  f"inflate it into: {e.strerror}") from None
             weakref.finalize(self, os.close, self._spill)
-            spilling = _Spilling(_open_spilled(f, spilled), self._spill, f"{self.path} ({spilled})")
+            spilling = _Spilling(_open_spilled(f, spilled), self._spill, f"{self.path} ({spilled})", where)
             self._index(io.BufferedReader(spilling, 1 << 20))
             spilling.end()
 

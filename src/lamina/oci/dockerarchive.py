@@ -36,8 +36,8 @@ ARCHIVE_ENTRY_FIELDS = ("Config", "RepoTags", "Layers", "Parent", "LayerSources"
 
 
 class DockerArchive(Source):
-    def __init__(self, path, ref=None, *, oci_only=False):
-        self.archive = TarArchive(path)
+    def __init__(self, path, ref=None, *, oci_only=False, scratch=None):
+        self.archive = TarArchive(path, scratch)
         self.ref = ref or None
         self.description = self.archive.path
         self._layout = None

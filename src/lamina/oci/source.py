@@ -49,8 +49,9 @@ def parse_source(source):
     return None, path, ref
 
 
-def open_source(source) -> Source:
-    """Open an image source for resolve(); close it (or use ``with``) when done."""
+def open_source(source, scratch=None) -> Source:
+    """Open an image source for resolve(); close it (or use ``with``) when done.  ``scratch``:
+    where a zstd, xz or bzip2 archive is inflated (TarArchive)."""
     if isinstance(source, Source):
         return source
     transport, path, ref = parse_source(source)
@@ -62,4 +63,4 @@ def open_source(source) -> Source:
         return open_layout_dir(path, ref)
     if os.path.isdir(path):
         raise InvalidReferenceError(f"{transport}:{path}: is a directory, expected an archive file")
-    return DockerArchive(path, ref, oci_only=transport == "oci-archive")
+    return DockerArchive(path, ref, oci_only=transport == "oci-archive", scratch=scratch)

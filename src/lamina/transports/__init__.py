@@ -74,7 +74,15 @@ def _copy(src, dst, destination, store, platform, report):
         name = _store_name(dst)
     if dst.transport == "oci" and store is not None and os.path.abspath(dst.path) == str(store.root):
         raise InvalidReferenceError(f"{destination}: that is the store itself; copy to a store reference instead")
-    data = open_image(src, platform, store)
+    # a zstd, xz or bzip2 archive is inflated where the store ingests, or beside the output
+    # (not in a tmpfs /tmp it could fill)
+    if dst.transport == STORE:
+        store.lease()   # the store is made, and its ingest dir, before the write that would make them
+        scratch = store.paths.ingest
+    else:
+        from ..store.fsutil import nearest_dir
+        scratch = nearest_dir(dst.path)
+    data = open_image(src, platform, store, scratch)
     result = CopyResult(str(src), str(dst), data.manifest_digest, data.config_digest)
     if dst.transport == STORE:
         from ..store.imports import import_image
@@ -107,7 +115,8 @@ def load(path, *, store, platform=None, report=None):
     if not os.path.exists(path):
         raise ImageNotFoundError(f"{path}: no such file")
     spec = ImageSpec("oci" if os.path.isdir(path) else "docker-archive", path, None)
-    images = archive_images(spec, platform)
+    store.lease()   # the store is made, and its ingest dir, before the write that would make them
+    images = archive_images(spec, platform, store.paths.ingest)
     stored = import_images(store, [(data, data.names) for data in images], report)
     return [LoadedImage(image, list(data.names)) for image, data in zip(stored, images)]
 

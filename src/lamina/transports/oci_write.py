@@ -6,6 +6,7 @@ writes it, replacing an entry that had the same name.
 """
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -63,16 +64,67 @@ def _check_ref(ref):
 def write_layout(data, path, ref=None):
     _check_ref(ref)
     root = os.path.abspath(os.fsdecode(path))
-    if os.path.exists(root) and not os.path.exists(os.path.join(root, "oci-layout")):
-        if not os.path.isdir(root):
-            raise ImageError(f"{root} exists and is not a directory")
-        if os.listdir(root):
-            raise ImageError(f"{root} is not empty and is not an OCI image layout")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ImageError(f"{root} exists and is not a directory")
+    # A copy that fails part-way (a corrupt blob, a full disk) leaves the user's directory as it was:
+    # what it created, and only that, is taken back (skopeo leaves the blobs it had copied).
+    created = []
+    lock = None
+    try:
+        lock = _lock_layout(root, created)
+        _write_locked(data, root, ref, created)
+    except BaseException:
+        # Only under the lock: nobody has seen these blobs as "already there".  Interrupted
+        # while waiting for it, the directories made for the layout stay (empty): the copy
+        # holding the lock may be about to fill them.
+        if lock is not None:
+            _take_back(created)
+        raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _lock_layout(root, created):
+    """An fd of ``root`` (made where missing; what was made is appended to ``created``) holding an
+    exclusive flock, so that two copies into one layout run one after the other.
+
+    Without it, each copy read index.json, added its entry and renamed its own version into place:
+    the last one won, the other image's entry was lost (skopeo, umoci and go-containerregistry all
+    do that: containers/image#513, umoci#146).  A copy that failed took back blobs it had written
+    that the other had skipped as already there.  The lock is on the directory itself, not a file
+    in it: the layout gets no file that skopeo or umoci would not write, and a directory that a
+    failed copy made is still removed whole."""
+    while True:
+        missing, path = [], root
+        while not os.path.lexists(path) and os.path.dirname(path) != path:
+            missing.append(path)
+            path = os.path.dirname(path)
+        os.makedirs(root, exist_ok=True)   # the path the user named: followed
+        created.extend(reversed(missing))
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.stat(root)
+        except FileNotFoundError:
+            st = None
+        except BaseException:
+            os.close(fd)
+            raise
+        fst = os.fstat(fd)
+        if st is not None and (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino):
+            return fd
+        os.close(fd)   # the copy we waited for made the directory, failed and removed it: again
+
+
+def _write_locked(data, root, ref, created):
+    if not os.path.exists(os.path.join(root, "oci-layout")) and os.listdir(root):
+        raise ImageError(f"{root} is not empty and is not an OCI image layout")
     index_path = os.path.join(root, "index.json")
     entries = []
     # Read before any blob is written, and a regular file only: a FIFO there hung the copy,
     # /dev/zero (through a symlink) filled memory.
-    fd = open_in_layout(root, "index.json", index_path) if os.path.isdir(root) else None
+    fd = open_in_layout(root, "index.json", index_path)
     if fd is not None:
         try:
             with open(fd, "rb") as f:
@@ -86,47 +138,34 @@ def write_layout(data, path, ref=None):
         except ImageError as e:
             detail = str(e).removeprefix(f"{index_path}: ")
             raise ImageError(f"{index_path}: not a valid image index ({detail}); refusing to overwrite it") from None
-    # A copy that fails part-way (a corrupt blob, a full disk) leaves the user's directory as it was:
-    # what it created, and only that, is taken back (skopeo leaves the blobs it had copied).
-    created = []
-    try:
-        blobs_dir = _blobs_dir(root, created)
-        if not os.path.exists(os.path.join(root, "oci-layout")):
-            atomic_write(os.path.join(root, "oci-layout"), OCI_LAYOUT)
-            created.append(os.path.join(root, "oci-layout"))
-        for digest, size, opener, what in _blobs(data):
-            dest = os.path.join(blobs_dir, _digest.hex_of(digest))
-            if _is_file_of_size(dest, size):
-                continue  # a symlink of that size is replaced (rename), never written through
-            # one there already (of another size: cut short, or a symlink) is replaced, not taken back
-            new = not os.path.lexists(dest)
-            _copy_blob(opener, dest, digest, size, what)
-            if new:
-                created.append(dest)
-        fsync_dir(blobs_dir)
-        if ref:
-            entries = [e for e in entries if not (isinstance(e, dict)
-                                                  and (e.get("annotations") or {}).get(ANNOTATION_REF_NAME) == ref)]
-        new = _entry(data, ref)
-        if new not in entries:
-            entries.append(new)
-        doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
-        atomic_write(index_path, json.dumps(doc, indent=2).encode() + b"\n")
-    except BaseException:
-        _take_back(created)
-        raise
+    blobs_dir = _blobs_dir(root, created)
+    if not os.path.exists(os.path.join(root, "oci-layout")):
+        atomic_write(os.path.join(root, "oci-layout"), OCI_LAYOUT)
+        created.append(os.path.join(root, "oci-layout"))
+    for digest, size, opener, what in _blobs(data):
+        dest = os.path.join(blobs_dir, _digest.hex_of(digest))
+        if _is_file_of_size(dest, size):
+            continue  # a symlink of that size is replaced (rename), never written through
+        # one there already (of another size: cut short, or a symlink) is replaced, not taken back
+        new = not os.path.lexists(dest)
+        _copy_blob(opener, dest, digest, size, what)
+        if new:
+            created.append(dest)
+    fsync_dir(blobs_dir)
+    if ref:
+        entries = [e for e in entries if not (isinstance(e, dict)
+                                              and (e.get("annotations") or {}).get(ANNOTATION_REF_NAME) == ref)]
+    new = _entry(data, ref)
+    if new not in entries:
+        entries.append(new)
+    doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
+    atomic_write(index_path, json.dumps(doc, indent=2).encode() + b"\n")
 
 
 def _blobs_dir(root, created):
     """``root/blobs/sha256``, made where missing (what was made is appended to ``created``).  A
     ``blobs`` or ``blobs/sha256`` that is a symlink (or not a directory) is refused: blobs were
     written wherever it pointed, outside the layout."""
-    missing, path = [], root
-    while not os.path.lexists(path) and os.path.dirname(path) != path:
-        missing.append(path)
-        path = os.path.dirname(path)
-    os.makedirs(root, exist_ok=True)   # the path the user named: followed
-    created.extend(reversed(missing))
     path = root
     for name in ("blobs", "sha256"):
         path = os.path.join(path, name)

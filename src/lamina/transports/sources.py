@@ -147,13 +147,14 @@ def _store_names(image, asked):
 
 # --- layouts and archives ----------------------------------------------------------
 
-def open_layout(spec):
+def open_layout(spec, scratch=None):
     """An OCILayout for ``oci:`` / ``oci-archive:`` (and docker archives that hold one), or None
-    for a legacy docker-archive.  Returns (source-to-close, layout-or-None, DockerArchive-or-None)."""
+    for a legacy docker-archive.  Returns (source-to-close, layout-or-None, DockerArchive-or-None).
+    ``scratch``: where a zstd, xz or bzip2 archive is inflated (TarArchive)."""
     if spec.transport == "oci":
         layout = open_layout_dir(spec.path, spec.ref)
         return layout, layout, None
-    archive = DockerArchive(spec.path, spec.ref, oci_only=spec.transport == "oci-archive")
+    archive = DockerArchive(spec.path, spec.ref, oci_only=spec.transport == "oci-archive", scratch=scratch)
     return archive, archive.layout, archive
 
 
@@ -277,12 +278,12 @@ def _layout_image_name(names, desc):
     return f"image {ref_name}" if isinstance(ref_name, str) else None
 
 
-def archive_images(spec, platform=None):
+def archive_images(spec, platform=None, scratch=None):
     """[ImageData] for every image in an archive or layout (``lamina load``).
 
     The layer openers stay usable after the source is closed: the oci/ readers
     keep no file open between reads (each open() is independent)."""
-    closer, layout, archive = open_layout(spec)
+    closer, layout, archive = open_layout(spec, scratch)
     with closer:
         if layout is not None:
             return _layout_images(layout, platform, _archive_tags(archive))
@@ -392,13 +393,13 @@ def _legacy_images(archive, platform):
     return list(images.values())
 
 
-def open_image(spec, platform=None, store=None):
+def open_image(spec, platform=None, store=None, scratch=None):
     """The one image a spec names (``lamina copy`` source)."""
     if spec.transport == "store":
         if store is None:
             raise ImageError(f"{spec}: no store to read from")
         return from_store(store, spec.ref)
-    closer, layout, archive = open_layout(spec)
+    closer, layout, archive = open_layout(spec, scratch)
     with closer:
         if layout is not None:
             return from_layout(layout, platform)
