@@ -467,3 +467,47 @@ def _foreign_layer_push_pull(reg, tmp_path, registry_env):
     assert "lamina does not download layer urls" in p.stderr
     with pytest.raises(errors.ImageNotFoundError):
         Store(registry_env / "root2").resolve(ref)
+
+
+def _tags(host, name):
+    """The registry's tag list of repository ``name`` (None: a 404, distribution's answer for a
+    repository that holds no tag as for one that does not exist)."""
+    import http.client
+    conn = http.client.HTTPConnection(host, timeout=30)
+    conn.request("GET", f"/v2/{name}/tags/list")
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return json.loads(body).get("tags") or [] if resp.status == 200 else None
+
+
+def test_push_by_digest_finds_the_image_wherever_the_store_names_it(reg, tmp_path, registry_env):  # noqa: F811
+    """skopeo copy to docker://HOST/new@sha256:X puts the manifest by digest, creating no tag.
+    lamina looked the digest up only under the names of repository ``new``, which the store had
+    none of, and said "no such image".  The digest names the content: an image named elsewhere,
+    or not named at all, is found by it (CLI and API alike); a digest the store lacks is refused
+    in one line naming it."""
+    root = registry_env / "root"
+    lay, m = _image(tmp_path)
+    load_layout_into_store(Store(root), lay.root, m, f"{reg.host}/bydigest/named:1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, f"bydigest/skopeo@{m['digest']}")
+    lamina_cli("push", f"{reg.host}/bydigest/new@{m['digest']}", root=root)
+    body = _manifest_bytes(lay, m)
+    for repo in ("bydigest/skopeo", "bydigest/new"):
+        assert skopeo_raw(reg.host, f"{repo}@{m['digest']}") == (body, m["digest"])
+    assert _tags(reg.host, "bydigest/new") == _tags(reg.host, "bydigest/skopeo") and not _tags(reg.host, "bydigest/new")
+
+    other, om = _image(tmp_path / "other", big=5000)
+    store = Store(root)
+    load_layout_into_store(store, other.root, om, None)   # unnamed (dangling)
+    r = push(f"{reg.host}/bydigest/unnamed@{om['digest']}", store=store)
+    assert r.digest == om["digest"] and set(r.blobs.values()) == {"pushed"}
+    assert skopeo_raw(reg.host, f"bydigest/unnamed@{om['digest']}")[1] == om["digest"]
+    assert not _tags(reg.host, "bydigest/unnamed")
+
+    missing = "sha256:" + "ab" * 32
+    p = lamina_cli("push", f"{reg.host}/bydigest/none@{missing}", root=root, check=False)
+    assert p.returncode == 1 and f"no image with digest {missing} is in the store" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    with pytest.raises(errors.ImageNotFoundError, match=f"no image with digest {missing} is in"):
+        push(f"{reg.host}/bydigest/none@{missing}", store=store)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .. import digest as _digest
 from .. import mediatypes as mt
-from ..errors import ImageError, LaminaError, RegistryError
+from ..errors import ImageError, LaminaError, NoSuchImageError, RegistryError
 from ..oci.model import document_media_type, parse_index, parse_manifest
 from ..reference import Reference
 from .client import MAX_ERROR_BODY, RegistryClient, error_message
@@ -226,11 +226,23 @@ class Pusher:
         # target (team/app for team/app-test): only the first MAX_MOUNT_SOURCES are tried
         return sorted(out, key=lambda path: -_shared_components(path, self.ref.path))
 
+    def _source_image(self):
+        if self.source is not None:
+            return self.store.resolve(self.source)
+        try:
+            return self.store.resolve(str(self.ref))
+        except NoSuchImageError:
+            if not self.ref.digest:
+                raise
+            # skopeo copy to docker://HOST/new@sha256:X pushes X into a repository the source
+            # never named: the digest alone says which image
+            return self.store.image_by_digest(self.ref.digest)
+
     # --- the push ------------------------------------------------------------------------------------
 
     def _run(self):
         ref = self.ref
-        image = self.store.resolve(self.source or str(ref))
+        image = self._source_image()
         repo = self.client.repository(ref, ("pull", "push"))
         sources = self._mount_sources(image)
         for s in sources:
