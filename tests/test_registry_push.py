@@ -511,3 +511,25 @@ def test_push_by_digest_finds_the_image_wherever_the_store_names_it(reg, tmp_pat
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     with pytest.raises(errors.ImageNotFoundError, match=f"no image with digest {missing} is in"):
         push(f"{reg.host}/bydigest/none@{missing}", store=store)
+
+
+def test_a_push_by_digest_says_its_digest_on_one_line_without_a_tag(reg, tmp_path, registry_env):  # noqa: F811
+    """docker's last line of a push names the tag: "1: digest: sha256:... size: N".  A push by
+    digest has none, and lamina put the digest in its place: "sha256:X: digest: sha256:X size: N".
+    docker's containerd push prints no such line without a tag; lamina keeps it, without the tag
+    ("digest: sha256:X size: N"), and its JSON has ``tag``: the tag pushed, null by digest."""
+    root = registry_env / "root"
+    lay, m = _image(tmp_path)
+    ref = f"{reg.host}/saydigest/app:1"
+    load_layout_into_store(Store(root), lay.root, m, ref)
+    size = len(_manifest_bytes(lay, m))
+    out = lamina_cli("push", f"{reg.host}/saydigest/other@{m['digest']}", root=root).stdout.splitlines()
+    assert out[0] == f"The push refers to repository [{reg.host}/saydigest/other]"
+    assert out[-1] == f"digest: {m['digest']} size: {size}", out
+    assert sum(m["digest"] in line for line in out) == 1, out
+    doc = json.loads(lamina_cli("push", "--format", "json", f"{reg.host}/saydigest/other@{m['digest']}",
+                                root=root).stdout)
+    assert (doc["reference"], doc["digest"], doc["size"], doc["tag"]) == (
+        f"{reg.host}/saydigest/other@{m['digest']}", m["digest"], size, None)
+    doc = json.loads(lamina_cli("push", "--format", "json", ref, root=root).stdout)
+    assert (doc["reference"], doc["digest"], doc["tag"]) == (ref, m["digest"], "1")

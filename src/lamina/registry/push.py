@@ -44,10 +44,11 @@ class PushResult:
     size: int
     media_type: str
     blobs: dict = field(default_factory=dict)   # digest -> "pushed" | "exists" | "mounted from X"
+    tag: str = None   # None: pushed by digest alone
 
     def to_dict(self):
         return {"reference": self.reference, "digest": self.digest, "size": self.size,
-                "media_type": self.media_type, "blobs": self.blobs}
+                "media_type": self.media_type, "blobs": self.blobs, "tag": self.tag}
 
 
 def _shared_components(a, b):
@@ -309,8 +310,12 @@ class Pusher:
         if ref.digest and ref.digest != top_digest:
             raise ImageError(f"cannot push {top_digest} as {ref}: the digests differ")
         self._put_manifest(repo, top_digest, top_data, top_type, tag)
-        self.reporter.line(f"{tag}: digest: {top_digest} size: {len(top_data)}")
-        return PushResult(str(ref), top_digest, len(top_data), top_type, statuses)
+        # docker names the tag first; a push by digest has none to name (docker's containerd
+        # push then prints no line at all): the digest is said once, not twice
+        said = f"{ref.tag}: " if not ref.digest else ""
+        self.reporter.line(f"{said}digest: {top_digest} size: {len(top_data)}")
+        return PushResult(str(ref), top_digest, len(top_data), top_type, statuses,
+                          tag=None if ref.digest else ref.tag)
 
     def _put_manifest(self, repo, digest, data, media_type, tag):
         served = repo.put_manifest(tag, data, media_type)
