@@ -533,3 +533,32 @@ def test_a_push_by_digest_says_its_digest_on_one_line_without_a_tag(reg, tmp_pat
         f"{reg.host}/saydigest/other@{m['digest']}", m["digest"], size, None)
     doc = json.loads(lamina_cli("push", "--format", "json", ref, root=root).stdout)
     assert (doc["reference"], doc["digest"], doc["tag"]) == (ref, m["digest"], "1")
+
+
+def _upload_uuid(path):
+    return path.split("/blobs/uploads/", 1)[1].split("?", 1)[0]
+
+
+@pytest.mark.parametrize("cancel", [204, 500], ids=["cancelled", "cancel-fails"])
+def test_an_upload_started_again_cancels_the_session_it_leaves(reg, proxy, tmp_path, registry_env, cancel):  # noqa: F811
+    """A chunked upload fails at its third PATCH and its status cannot be read: lamina starts the
+    upload again in a new session and left the first one, holding two chunks, for the registry
+    to expire (distribution: after a week).  docker cancels it (DELETE); so does lamina now, at
+    the session's latest Location (distribution refuses a _state whose offset is behind), and a
+    cancel that fails does not fail the push."""
+    lay, m = _image(tmp_path, big=300_000)
+    store = Store(registry_env / "root")
+    name = f"restarted-{cancel}"
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/{name}:1")
+    proxy.add("status", code=500, method="PATCH", times=1, skip=2)
+    proxy.add("respond", method="GET", path="/blobs/uploads/", code=204, headers={"Range": "0-abc"}, times=None)
+    if cancel != 204:
+        proxy.add("status", code=cancel, method="DELETE", times=None)
+    push(f"{proxy.host}/{name}:1", store=store, chunk_size=65536)
+    patches = [s for s in proxy.seen if s[0] == "PATCH"]
+    failed = _upload_uuid(patches[2][1])
+    assert patches[2][3] == 500 and _upload_uuid(patches[0][1]) == failed
+    deletes = [(_upload_uuid(s[1]), s[3]) for s in proxy.seen if s[0] == "DELETE"]
+    assert deletes == [(failed, cancel)], deletes
+    assert [s for s in patches if _upload_uuid(s[1]) != failed and s[3] == 202]   # the new session's
+    assert skopeo_inspect(reg.host, f"{name}:1")["Digest"] == m["digest"]

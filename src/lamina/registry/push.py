@@ -84,6 +84,12 @@ class _Window:
         return data
 
 
+@dataclass
+class _Upload:
+    """An upload session: where its next request goes."""
+    location: str
+
+
 class Pusher:
     def __init__(self, ref, *, store=None, source=None, client=None, reporter=None, chunk_size=None,
                  concurrency=None, insecure=()):
@@ -355,26 +361,31 @@ class Pusher:
         for attempt in range(2):
             if location is None:
                 _, location, min_chunk = repo.start_upload()
+            upload = _Upload(location)
             try:
                 if desc.size <= self.chunk_size:
-                    self._monolithic(repo, location, desc)
+                    self._monolithic(repo, upload, desc)
                 else:
-                    self._chunked(repo, location, desc, max(self.chunk_size, min_chunk))
+                    self._chunked(repo, upload, desc, max(self.chunk_size, min_chunk))
                 break
             except RegistryError:
+                # the failed session keeps its bytes until the registry expires it (distribution:
+                # a week); docker cancels it.  At its latest Location: distribution refuses a
+                # _state whose offset is behind the session's.  cancel_upload never raises.
+                repo.cancel_upload(upload.location)
                 if attempt == 1:
                     raise
                 location = None   # start a fresh upload session once
         report(digest, "Pushed")
         return "pushed"
 
-    def _monolithic(self, repo, location, desc):
+    def _monolithic(self, repo, upload, desc):
         path = self._blob_path(desc.digest)
 
         def body():
             return open(path, "rb")
 
-        url = repo.with_query(location, digest=desc.digest)
+        url = repo.with_query(upload.location, digest=desc.digest)
         resp = repo.request("PUT", url, headers={"Content-Type": "application/octet-stream",
                                                  "Content-Length": str(desc.size)}, body=body)
         self._check_put(repo, resp, desc)
@@ -412,7 +423,9 @@ class Pusher:
         # until the digest check at the end failed the whole upload.
         return (end + 1 if end else 0), location
 
-    def _chunked(self, repo, location, desc, chunk_size):
+    def _chunked(self, repo, upload, desc, chunk_size):
+        """``upload.location`` follows the session's Location as it moves (its cancel needs it)."""
+        location = upload.location
         path = self._blob_path(desc.digest)
         size = desc.size
         offset = 0
@@ -441,7 +454,8 @@ class Pusher:
                     loc = resp.header("Location")
                     resp.drain()
                     if loc:
-                        location = resolve_url(location, loc, f"upload of {desc.digest} to {repo.name}: Location")
+                        location = upload.location = resolve_url(location, loc, f"upload of {desc.digest} to "
+                                                                 f"{repo.name}: Location")
                     offset += length
                     failures = 0
                 except CONNECTION_ERRORS as e:
@@ -451,6 +465,7 @@ class Pusher:
                                             f"{describe_error(e)}") from None
                     self.client.transport.sleep_backoff(failures)
                     offset, location = self._upload_offset(repo, location)
+                    upload.location = location
         url = repo.with_query(location, digest=desc.digest)
         resp = repo.request("PUT", url, headers={"Content-Length": "0"})
         self._check_put(repo, resp, desc)
