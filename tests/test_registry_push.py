@@ -562,3 +562,23 @@ def test_an_upload_started_again_cancels_the_session_it_leaves(reg, proxy, tmp_p
     assert deletes == [(failed, cancel)], deletes
     assert [s for s in patches if _upload_uuid(s[1]) != failed and s[3] == 202]   # the new session's
     assert skopeo_inspect(reg.host, f"{name}:1")["Digest"] == m["digest"]
+
+
+def test_a_push_by_an_index_digest_the_store_holds_part_of_sends_nothing(reg, proxy, tmp_path, registry_env):  # noqa: F811
+    """One platform of a multi-arch image pulled: its index's digest finds it, but the index
+    cannot be pushed (its other platform is not in the store), and what can be pushed has
+    another digest.  lamina uploaded every blob before it said the digests differ; now it says
+    so before sending anything."""
+    lay = ocibuild.Layout(tmp_path / "oci")
+    ms = [ocibuild.with_platform(lay.image([{"arch": arch.encode()}], arch=arch), "linux", arch)
+          for arch in ("amd64", "arm64")]
+    index = lay.index(ms)
+    lay.add(index, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "partindex-src:1", all_images=True)
+    store = Store(registry_env / "root")
+    r = pull(f"{reg.host}/partindex-src:1", store=store, platform="linux/arm64")
+    assert r.manifest_digest == ms[1]["digest"]
+    proxy.seen.clear()
+    with pytest.raises(errors.ImageError, match=f"cannot push {ms[1]['digest']} as .*@{index['digest']}"):
+        push(f"{proxy.host}/partindex@{index['digest']}", store=store)
+    assert not [s for s in proxy.seen if s[0] in ("POST", "PATCH", "PUT")], proxy.seen

@@ -295,6 +295,14 @@ class Pusher:
         for d in blobs:
             if d not in self._rebuilt and not self.store.has_blob(d):
                 raise ImageError(f"cannot push {ref}: blob {d} is not in the store")
+        if index is not None:
+            top_digest, top_data, top_type = index[0], index[1], index[2]
+        else:
+            top_digest = _digest.sha256_bytes(data) if compact else image.manifest_digest
+            top_data, top_type = data, mtype
+        if ref.digest and ref.digest != top_digest:
+            # before any upload: a blob sent for a push refused would be left in the repository
+            raise ImageError(f"cannot push {top_digest} as {ref}: the digests differ")
 
         for d in dict.fromkeys(layer_digests):
             self.reporter.layer(d, blobs[d].size)
@@ -308,13 +316,6 @@ class Pusher:
         tag = ref.digest or ref.tag
         for digest, data, mtype in manifests:
             self._put_manifest(repo, digest, data, mtype, digest)
-        if index is not None:
-            top_digest, top_data, top_type = index[0], index[1], index[2]
-        else:
-            top_digest = _digest.sha256_bytes(data) if compact else image.manifest_digest
-            top_data, top_type = data, mtype
-        if ref.digest and ref.digest != top_digest:
-            raise ImageError(f"cannot push {top_digest} as {ref}: the digests differ")
         self._put_manifest(repo, top_digest, top_data, top_type, tag)
         # docker names the tag first; a push by digest has none to name (docker's containerd
         # push then prints no line at all): the digest is said once, not twice
