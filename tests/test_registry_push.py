@@ -240,6 +240,18 @@ def test_no_docker_content_digest_header_anywhere(reg, proxy, tmp_path, registry
     assert skopeo_raw(reg.host, "nodigest:1")[1] == m["digest"]
 
 
+def _two_platforms_in(reg, tmp_path, dest):
+    """A linux/amd64 and linux/arm64 image under an index, pushed by skopeo to ``dest``: (layout,
+    the two manifests' descriptors, the index's)."""
+    lay = ocibuild.Layout(tmp_path / "oci")
+    ms = [ocibuild.with_platform(lay.image([{"arch": arch.encode()}], arch=arch), "linux", arch)
+          for arch in ("amd64", "arm64")]
+    index = lay.index(ms)
+    lay.add(index, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, dest, all_images=True)
+    return lay, ms, index
+
+
 def test_a_push_cut_at_the_manifest_leaves_no_tag_and_its_rerun_sends_no_blob_again(reg, proxy, tmp_path,  # noqa: F811
                                                                                    registry_env, monkeypatch):
     """A multi-arch push whose index PUT fails (the registry keeps answering 500): the tag must
@@ -247,12 +259,7 @@ def test_a_push_cut_at_the_manifest_leaves_no_tag_and_its_rerun_sends_no_blob_ag
     pushed stay, and the rerun sends no blob again ("Layer already exists") and puts the index
     under the tag, byte for byte."""
     monkeypatch.setenv("LAMINA_REGISTRY_RETRIES", "1")
-    lay = ocibuild.Layout(tmp_path / "oci")
-    ms = [ocibuild.with_platform(lay.image([{"arch": arch.encode()}], arch=arch), "linux", arch)
-          for arch in ("amd64", "arm64")]
-    index = lay.index(ms)
-    lay.add(index, "1")
-    skopeo_push(f"oci:{lay.root}:1", reg.host, "cut-src:1", all_images=True)
+    lay, ms, index = _two_platforms_in(reg, tmp_path, "cut-src:1")
     store = Store(registry_env / "root")
     r = pull(f"{reg.host}/cut-src:1", store=store, all_platforms=True)
     store.add_image(r.manifest_digest, ref=f"{proxy.host}/cut:1", repo_digest=index["digest"])
@@ -569,12 +576,7 @@ def test_a_push_by_an_index_digest_the_store_holds_part_of_sends_nothing(reg, pr
     cannot be pushed (its other platform is not in the store), and what can be pushed has
     another digest.  lamina uploaded every blob before it said the digests differ; now it says
     so before sending anything."""
-    lay = ocibuild.Layout(tmp_path / "oci")
-    ms = [ocibuild.with_platform(lay.image([{"arch": arch.encode()}], arch=arch), "linux", arch)
-          for arch in ("amd64", "arm64")]
-    index = lay.index(ms)
-    lay.add(index, "1")
-    skopeo_push(f"oci:{lay.root}:1", reg.host, "partindex-src:1", all_images=True)
+    _, ms, index = _two_platforms_in(reg, tmp_path, "partindex-src:1")
     store = Store(registry_env / "root")
     r = pull(f"{reg.host}/partindex-src:1", store=store, platform="linux/arm64")
     assert r.manifest_digest == ms[1]["digest"]
