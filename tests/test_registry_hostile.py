@@ -483,6 +483,38 @@ def test_a_corrupt_blob_names_the_mirror_that_sent_it(fake, image, registry_env,
     _fsck_clean(store)
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "fetched"])
+@pytest.mark.parametrize("planted", ["all", "half"])
+def test_a_corrupt_blob_resumed_from_an_earlier_download_says_so(fake, image, registry_env, monkeypatch, stream,
+                                                                 planted):
+    """The store holds a partial download of the layer from an earlier, interrupted pull, its
+    bytes corrupt (all of them, or the first half: the registry sends the rest intact).  The
+    error named the registry, the first endpoint, though it sent no byte (all) or only good ones
+    (half).  Now it says where the bytes came from.  Every mismatch is fetched once more from
+    byte 0, so the error reached the user only when the retry resumed too (a concurrent pull's
+    partial); the retry is left out here to show the words."""
+    import sys
+    pull_module = sys.modules["lamina.registry.pull"]
+    lay, m = image
+    layer = _manifest(lay, m)["layers"][0]["digest"]
+    data = bytearray(open(lay.path(layer), "rb").read())
+    data[len(data) // 4] ^= 0xFF
+    reg = fake()
+    store = Store(registry_env / "root")
+    partial = store.paths.partial(layer)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(bytes(data if planted == "all" else data[:len(data) // 2]))
+    monkeypatch.setattr(pull_module, "_mismatch_retry", lambda repos, retries: None)
+    monkeypatch.setenv("LAMINA_PULL_STREAM", "1" if stream else "0")
+    msg = _failed_pull(reg, store, errors.DigestMismatchError)
+    earlier = "an earlier, interrupted download"
+    if planted == "all":
+        assert f"blob {layer} from {earlier}" in msg and reg.host not in msg, msg
+    else:
+        assert f"blob {layer} from {reg.host}/x/y and {earlier}" in msg, msg
+    _fsck_clean(store)
+
+
 @pytest.mark.parametrize("where", ["ping", "redirect"])
 def test_a_body_lamina_only_drops_is_read_within_the_document_deadline(fake, image, registry_env, monkeypatch,  # noqa: F811
                                                                        where):

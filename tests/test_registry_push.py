@@ -240,6 +240,18 @@ def test_no_docker_content_digest_header_anywhere(reg, proxy, tmp_path, registry
     assert skopeo_raw(reg.host, "nodigest:1")[1] == m["digest"]
 
 
+def _two_platforms_in(reg, tmp_path, dest):
+    """A linux/amd64 and linux/arm64 image under an index, pushed by skopeo to ``dest``: (layout,
+    the two manifests' descriptors, the index's)."""
+    lay = ocibuild.Layout(tmp_path / "oci")
+    ms = [ocibuild.with_platform(lay.image([{"arch": arch.encode()}], arch=arch), "linux", arch)
+          for arch in ("amd64", "arm64")]
+    index = lay.index(ms)
+    lay.add(index, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, dest, all_images=True)
+    return lay, ms, index
+
+
 def test_a_push_cut_at_the_manifest_leaves_no_tag_and_its_rerun_sends_no_blob_again(reg, proxy, tmp_path,  # noqa: F811
                                                                                    registry_env, monkeypatch):
     """A multi-arch push whose index PUT fails (the registry keeps answering 500): the tag must
@@ -247,12 +259,7 @@ def test_a_push_cut_at_the_manifest_leaves_no_tag_and_its_rerun_sends_no_blob_ag
     pushed stay, and the rerun sends no blob again ("Layer already exists") and puts the index
     under the tag, byte for byte."""
     monkeypatch.setenv("LAMINA_REGISTRY_RETRIES", "1")
-    lay = ocibuild.Layout(tmp_path / "oci")
-    ms = [ocibuild.with_platform(lay.image([{"arch": arch.encode()}], arch=arch), "linux", arch)
-          for arch in ("amd64", "arm64")]
-    index = lay.index(ms)
-    lay.add(index, "1")
-    skopeo_push(f"oci:{lay.root}:1", reg.host, "cut-src:1", all_images=True)
+    lay, ms, index = _two_platforms_in(reg, tmp_path, "cut-src:1")
     store = Store(registry_env / "root")
     r = pull(f"{reg.host}/cut-src:1", store=store, all_platforms=True)
     store.add_image(r.manifest_digest, ref=f"{proxy.host}/cut:1", repo_digest=index["digest"])
@@ -467,3 +474,113 @@ def _foreign_layer_push_pull(reg, tmp_path, registry_env):
     assert "lamina does not download layer urls" in p.stderr
     with pytest.raises(errors.ImageNotFoundError):
         Store(registry_env / "root2").resolve(ref)
+
+
+def _tags(host, name):
+    """The registry's tag list of repository ``name`` (None: a 404, distribution's answer for a
+    repository that holds no tag as for one that does not exist)."""
+    import http.client
+    conn = http.client.HTTPConnection(host, timeout=30)
+    conn.request("GET", f"/v2/{name}/tags/list")
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return json.loads(body).get("tags") or [] if resp.status == 200 else None
+
+
+def test_push_by_digest_finds_the_image_wherever_the_store_names_it(reg, tmp_path, registry_env):  # noqa: F811
+    """skopeo copy to docker://HOST/new@sha256:X puts the manifest by digest, creating no tag.
+    lamina looked the digest up only under the names of repository ``new``, which the store had
+    none of, and said "no such image".  The digest names the content: an image named elsewhere,
+    or not named at all, is found by it (CLI and API alike); a digest the store lacks is refused
+    in one line naming it."""
+    root = registry_env / "root"
+    lay, m = _image(tmp_path)
+    load_layout_into_store(Store(root), lay.root, m, f"{reg.host}/bydigest/named:1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, f"bydigest/skopeo@{m['digest']}")
+    lamina_cli("push", f"{reg.host}/bydigest/new@{m['digest']}", root=root)
+    body = _manifest_bytes(lay, m)
+    for repo in ("bydigest/skopeo", "bydigest/new"):
+        assert skopeo_raw(reg.host, f"{repo}@{m['digest']}") == (body, m["digest"])
+    assert _tags(reg.host, "bydigest/new") == _tags(reg.host, "bydigest/skopeo") and not _tags(reg.host, "bydigest/new")
+
+    other, om = _image(tmp_path / "other", big=5000)
+    store = Store(root)
+    load_layout_into_store(store, other.root, om, None)   # unnamed (dangling)
+    r = push(f"{reg.host}/bydigest/unnamed@{om['digest']}", store=store)
+    assert r.digest == om["digest"] and set(r.blobs.values()) == {"pushed"}
+    assert skopeo_raw(reg.host, f"bydigest/unnamed@{om['digest']}")[1] == om["digest"]
+    assert not _tags(reg.host, "bydigest/unnamed")
+
+    missing = "sha256:" + "ab" * 32
+    p = lamina_cli("push", f"{reg.host}/bydigest/none@{missing}", root=root, check=False)
+    assert p.returncode == 1 and f"no image with digest {missing} is in the store" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    with pytest.raises(errors.ImageNotFoundError, match=f"no image with digest {missing} is in"):
+        push(f"{reg.host}/bydigest/none@{missing}", store=store)
+
+
+def test_a_push_by_digest_says_its_digest_on_one_line_without_a_tag(reg, tmp_path, registry_env):  # noqa: F811
+    """docker's last line of a push names the tag: "1: digest: sha256:... size: N".  A push by
+    digest has none, and lamina put the digest in its place: "sha256:X: digest: sha256:X size: N".
+    docker's containerd push prints no such line without a tag; lamina keeps it, without the tag
+    ("digest: sha256:X size: N"), and its JSON has ``tag``: the tag pushed, null by digest."""
+    root = registry_env / "root"
+    lay, m = _image(tmp_path)
+    ref = f"{reg.host}/saydigest/app:1"
+    load_layout_into_store(Store(root), lay.root, m, ref)
+    size = len(_manifest_bytes(lay, m))
+    out = lamina_cli("push", f"{reg.host}/saydigest/other@{m['digest']}", root=root).stdout.splitlines()
+    assert out[0] == f"The push refers to repository [{reg.host}/saydigest/other]"
+    assert out[-1] == f"digest: {m['digest']} size: {size}", out
+    assert sum(m["digest"] in line for line in out) == 1, out
+    doc = json.loads(lamina_cli("push", "--format", "json", f"{reg.host}/saydigest/other@{m['digest']}",
+                                root=root).stdout)
+    assert (doc["reference"], doc["digest"], doc["size"], doc["tag"]) == (
+        f"{reg.host}/saydigest/other@{m['digest']}", m["digest"], size, None)
+    doc = json.loads(lamina_cli("push", "--format", "json", ref, root=root).stdout)
+    assert (doc["reference"], doc["digest"], doc["tag"]) == (ref, m["digest"], "1")
+
+
+def _upload_uuid(path):
+    return path.split("/blobs/uploads/", 1)[1].split("?", 1)[0]
+
+
+@pytest.mark.parametrize("cancel", [204, 500], ids=["cancelled", "cancel-fails"])
+def test_an_upload_started_again_cancels_the_session_it_leaves(reg, proxy, tmp_path, registry_env, cancel):  # noqa: F811
+    """A chunked upload fails at its third PATCH and its status cannot be read: lamina starts the
+    upload again in a new session and left the first one, holding two chunks, for the registry
+    to expire (distribution: after a week).  docker cancels it (DELETE); so does lamina now, at
+    the session's latest Location (distribution refuses a _state whose offset is behind), and a
+    cancel that fails does not fail the push."""
+    lay, m = _image(tmp_path, big=300_000)
+    store = Store(registry_env / "root")
+    name = f"restarted-{cancel}"
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/{name}:1")
+    proxy.add("status", code=500, method="PATCH", times=1, skip=2)
+    proxy.add("respond", method="GET", path="/blobs/uploads/", code=204, headers={"Range": "0-abc"}, times=None)
+    if cancel != 204:
+        proxy.add("status", code=cancel, method="DELETE", times=None)
+    push(f"{proxy.host}/{name}:1", store=store, chunk_size=65536)
+    patches = [s for s in proxy.seen if s[0] == "PATCH"]
+    failed = _upload_uuid(patches[2][1])
+    assert patches[2][3] == 500 and _upload_uuid(patches[0][1]) == failed
+    deletes = [(_upload_uuid(s[1]), s[3]) for s in proxy.seen if s[0] == "DELETE"]
+    assert deletes == [(failed, cancel)], deletes
+    assert [s for s in patches if _upload_uuid(s[1]) != failed and s[3] == 202]   # the new session's
+    assert skopeo_inspect(reg.host, f"{name}:1")["Digest"] == m["digest"]
+
+
+def test_a_push_by_an_index_digest_the_store_holds_part_of_sends_nothing(reg, proxy, tmp_path, registry_env):  # noqa: F811
+    """One platform of a multi-arch image pulled: its index's digest finds it, but the index
+    cannot be pushed (its other platform is not in the store), and what can be pushed has
+    another digest.  lamina uploaded every blob before it said the digests differ; now it says
+    so before sending anything."""
+    _, ms, index = _two_platforms_in(reg, tmp_path, "partindex-src:1")
+    store = Store(registry_env / "root")
+    r = pull(f"{reg.host}/partindex-src:1", store=store, platform="linux/arm64")
+    assert r.manifest_digest == ms[1]["digest"]
+    proxy.seen.clear()
+    with pytest.raises(errors.ImageError, match=f"cannot push {ms[1]['digest']} as .*@{index['digest']}"):
+        push(f"{proxy.host}/partindex@{index['digest']}", store=store)
+    assert not [s for s in proxy.seen if s[0] in ("POST", "PATCH", "PUT")], proxy.seen

@@ -331,13 +331,14 @@ class Puller:
         digest, size = desc.digest, desc.size
         mismatch_retries = 1
         while True:
-            served = []
+            served, resumed = [], 0
             try:
                 with self.store.ingest(digest, size=size) as w:
                     if getattr(w, "exists", False):
                         if result.status == "pending":
                             result.status = "exists"
                         return
+                    resumed = w.offset
                     result.status = "downloaded"
                     result.resumed_from = result.resumed_from or w.offset
                     self._download(repos, desc, w, result, turn, served)
@@ -346,7 +347,8 @@ class Puller:
             except DigestMismatchError as e:
                 again = _mismatch_retry(repos, mismatch_retries)
                 if again is None:
-                    raise DigestMismatchError(f"blob {digest} from {_sources(served, repos)}", e.expected, e.actual) from None
+                    raise DigestMismatchError(f"blob {digest} from {_sources(served, repos, resumed)}",
+                                              e.expected, e.actual) from None
                 repos, mismatch_retries = again
 
     def fetch_and_extract(self, repos, desc, result, diff_id, parent_chain_id, wait_lowers=None, turn=None,
@@ -361,12 +363,13 @@ class Puller:
         partial = self.store.paths.partial(digest)
         mismatch_retries = 1
         while True:
-            served = []
+            served, resumed = [], 0
             try:
                 with self.store.ingest(digest, size=size) as w:
                     if w.exists:   # another pull committed it meanwhile: extract the usual way
                         result.status = "exists"
                         return None
+                    resumed = w.offset
                     result.status = "downloaded"
                     result.resumed_from = result.resumed_from or w.offset
                     self.reporter.state(digest, "Downloading")
@@ -411,7 +414,8 @@ class Puller:
                     raise   # a diffID mismatch: the blob itself verified
                 again = _mismatch_retry(repos, mismatch_retries)
                 if again is None:
-                    raise DigestMismatchError(f"blob {digest} from {_sources(served, repos)}", e.expected, e.actual) from None
+                    raise DigestMismatchError(f"blob {digest} from {_sources(served, repos, resumed)}",
+                                              e.expected, e.actual) from None
                 repos, mismatch_retries = again
 
     def blob_stream(self, repos, desc, result, offset=0, at_end="Verifying Checksum", turn=None):
@@ -802,11 +806,13 @@ class Puller:
 _CONSEQUENCES = (errors.Cancelled, errors.NeedsLowers, Cancelled)
 
 
-def _sources(served, repos):
-    """The endpoints a bad blob came from, for its error: the ones that sent its bytes (a mirror
-    that failed hands the download to the next endpoint), else the first one asked (the bytes
-    were all resumed from an earlier download)."""
-    return " and ".join(served) if served else repos[0].name
+def _sources(served, repos, resumed=0):
+    """Where a bad blob came from, for its error: the endpoints that sent its bytes (a mirror
+    that failed hands the download to the next endpoint), and the earlier download the first
+    ``resumed`` bytes were kept from (which endpoint sent those, the store does not record).
+    The first endpoint asked only when no byte came from anywhere (an empty blob)."""
+    earlier = ["an earlier, interrupted download"] if resumed else []
+    return " and ".join(served + earlier) or repos[0].name
 
 
 def _mismatch_retry(repos, retries):

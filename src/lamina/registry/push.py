@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .. import digest as _digest
 from .. import mediatypes as mt
-from ..errors import ImageError, LaminaError, RegistryError
+from ..errors import ImageError, LaminaError, NoSuchImageError, RegistryError
 from ..oci.model import document_media_type, parse_index, parse_manifest
 from ..reference import Reference
 from .client import MAX_ERROR_BODY, RegistryClient, error_message
@@ -44,10 +44,11 @@ class PushResult:
     size: int
     media_type: str
     blobs: dict = field(default_factory=dict)   # digest -> "pushed" | "exists" | "mounted from X"
+    tag: str = None   # None: pushed by digest alone
 
     def to_dict(self):
         return {"reference": self.reference, "digest": self.digest, "size": self.size,
-                "media_type": self.media_type, "blobs": self.blobs}
+                "media_type": self.media_type, "blobs": self.blobs, "tag": self.tag}
 
 
 def _shared_components(a, b):
@@ -81,6 +82,12 @@ class _Window:
         self.pos += len(data)
         self.left -= len(data)
         return data
+
+
+@dataclass
+class _Upload:
+    """An upload session: where its next request goes."""
+    location: str
 
 
 class Pusher:
@@ -226,11 +233,23 @@ class Pusher:
         # target (team/app for team/app-test): only the first MAX_MOUNT_SOURCES are tried
         return sorted(out, key=lambda path: -_shared_components(path, self.ref.path))
 
+    def _source_image(self):
+        if self.source is not None:
+            return self.store.resolve(self.source)
+        try:
+            return self.store.resolve(str(self.ref))
+        except NoSuchImageError:
+            if not self.ref.digest:
+                raise
+            # skopeo copy to docker://HOST/new@sha256:X pushes X into a repository the source
+            # never named: the digest alone says which image
+            return self.store.image_by_digest(self.ref.digest)
+
     # --- the push ------------------------------------------------------------------------------------
 
     def _run(self):
         ref = self.ref
-        image = self.store.resolve(self.source or str(ref))
+        image = self._source_image()
         repo = self.client.repository(ref, ("pull", "push"))
         sources = self._mount_sources(image)
         for s in sources:
@@ -276,6 +295,14 @@ class Pusher:
         for d in blobs:
             if d not in self._rebuilt and not self.store.has_blob(d):
                 raise ImageError(f"cannot push {ref}: blob {d} is not in the store")
+        if index is not None:
+            top_digest, top_data, top_type = index[0], index[1], index[2]
+        else:
+            top_digest = _digest.sha256_bytes(data) if compact else image.manifest_digest
+            top_data, top_type = data, mtype
+        if ref.digest and ref.digest != top_digest:
+            # before any upload: a blob sent for a push refused would be left in the repository
+            raise ImageError(f"cannot push {top_digest} as {ref}: the digests differ")
 
         for d in dict.fromkeys(layer_digests):
             self.reporter.layer(d, blobs[d].size)
@@ -289,16 +316,13 @@ class Pusher:
         tag = ref.digest or ref.tag
         for digest, data, mtype in manifests:
             self._put_manifest(repo, digest, data, mtype, digest)
-        if index is not None:
-            top_digest, top_data, top_type = index[0], index[1], index[2]
-        else:
-            top_digest = _digest.sha256_bytes(data) if compact else image.manifest_digest
-            top_data, top_type = data, mtype
-        if ref.digest and ref.digest != top_digest:
-            raise ImageError(f"cannot push {top_digest} as {ref}: the digests differ")
         self._put_manifest(repo, top_digest, top_data, top_type, tag)
-        self.reporter.line(f"{tag}: digest: {top_digest} size: {len(top_data)}")
-        return PushResult(str(ref), top_digest, len(top_data), top_type, statuses)
+        # docker names the tag first; a push by digest has none to name (docker's containerd
+        # push then prints no line at all): the digest is said once, not twice
+        said = f"{ref.tag}: " if not ref.digest else ""
+        self.reporter.line(f"{said}digest: {top_digest} size: {len(top_data)}")
+        return PushResult(str(ref), top_digest, len(top_data), top_type, statuses,
+                          tag=None if ref.digest else ref.tag)
 
     def _put_manifest(self, repo, digest, data, media_type, tag):
         served = repo.put_manifest(tag, data, media_type)
@@ -338,26 +362,31 @@ class Pusher:
         for attempt in range(2):
             if location is None:
                 _, location, min_chunk = repo.start_upload()
+            upload = _Upload(location)
             try:
                 if desc.size <= self.chunk_size:
-                    self._monolithic(repo, location, desc)
+                    self._monolithic(repo, upload, desc)
                 else:
-                    self._chunked(repo, location, desc, max(self.chunk_size, min_chunk))
+                    self._chunked(repo, upload, desc, max(self.chunk_size, min_chunk))
                 break
             except RegistryError:
+                # the failed session keeps its bytes until the registry expires it (distribution:
+                # a week); docker cancels it.  At its latest Location: distribution refuses a
+                # _state whose offset is behind the session's.  cancel_upload never raises.
+                repo.cancel_upload(upload.location)
                 if attempt == 1:
                     raise
                 location = None   # start a fresh upload session once
         report(digest, "Pushed")
         return "pushed"
 
-    def _monolithic(self, repo, location, desc):
+    def _monolithic(self, repo, upload, desc):
         path = self._blob_path(desc.digest)
 
         def body():
             return open(path, "rb")
 
-        url = repo.with_query(location, digest=desc.digest)
+        url = repo.with_query(upload.location, digest=desc.digest)
         resp = repo.request("PUT", url, headers={"Content-Type": "application/octet-stream",
                                                  "Content-Length": str(desc.size)}, body=body)
         self._check_put(repo, resp, desc)
@@ -395,7 +424,9 @@ class Pusher:
         # until the digest check at the end failed the whole upload.
         return (end + 1 if end else 0), location
 
-    def _chunked(self, repo, location, desc, chunk_size):
+    def _chunked(self, repo, upload, desc, chunk_size):
+        """``upload.location`` follows the session's Location as it moves (its cancel needs it)."""
+        location = upload.location
         path = self._blob_path(desc.digest)
         size = desc.size
         offset = 0
@@ -424,7 +455,8 @@ class Pusher:
                     loc = resp.header("Location")
                     resp.drain()
                     if loc:
-                        location = resolve_url(location, loc, f"upload of {desc.digest} to {repo.name}: Location")
+                        location = upload.location = resolve_url(location, loc, f"upload of {desc.digest} to "
+                                                                 f"{repo.name}: Location")
                     offset += length
                     failures = 0
                 except CONNECTION_ERRORS as e:
@@ -434,6 +466,7 @@ class Pusher:
                                             f"{describe_error(e)}") from None
                     self.client.transport.sleep_backoff(failures)
                     offset, location = self._upload_offset(repo, location)
+                    upload.location = location
         url = repo.with_query(location, digest=desc.digest)
         resp = repo.request("PUT", url, headers={"Content-Length": "0"})
         self._check_put(repo, resp, desc)

@@ -244,6 +244,20 @@ class Store:
             raise ImageNotFoundError(f"no image with manifest {manifest_digest} in the store")
         return self._load(entries, manifest_digest)
 
+    def image_by_digest(self, digest):
+        """The image a registry digest names, whatever the store calls it (or if it calls it
+        nothing): its manifest's digest, else the digest it was pulled by (a multi-arch image's
+        index).  What a push to ``repo@digest`` sends: the digest names content, not a name."""
+        _digest.validate(digest, "digest")
+        entries = self.index.read()
+        for e in entries:
+            if e["digest"] == digest:
+                return self._load(entries, digest)
+        for e in entries:
+            if entry_repo_digest(e) == digest or (entry_name(e) or "").endswith("@" + digest):
+                return self._load(entries, e["digest"])
+        raise ImageNotFoundError(f"no image with digest {digest} is in the store")
+
     def images(self, skip_broken=False):
         """Every image in the store, in index.json order.
 
