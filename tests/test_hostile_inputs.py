@@ -11,6 +11,7 @@ import tarfile
 import pytest
 
 import ocibuild as ob
+from conftest import require_tool, run
 from storekit import fingerprint, lamina
 from test_store_badinput import fails, root  # noqa: F401  (the store fixture holding keep:1)
 
@@ -254,12 +255,13 @@ def test_a_member_the_archive_holds_twice_is_refused(root, tmp_path, twice):  # 
 
 
 def _tar_with_links(path, members):
-    """A tar of (name, bytes | ("symlink", target)) in order."""
+    """A tar of (name, bytes | ("symlink" or "hardlink", target)) in order."""
     with tarfile.open(path, "w") as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
             if isinstance(data, tuple):
-                info.type, info.linkname = tarfile.SYMTYPE, data[1]
+                info.type = tarfile.SYMTYPE if data[0] == "symlink" else tarfile.LNKTYPE
+                info.linkname = data[1]
                 tar.addfile(info)
             else:
                 info.size = len(data)
@@ -305,6 +307,39 @@ def test_an_oci_archive_blob_that_is_a_symlink_out_of_the_archive_is_named(root,
     fails(root, "load", "-i", archive,
           match=f"blob {layer}: {archive}: member {rel} is a symlink to '../../../outside.tar', out of the archive")
     _unchanged(root, before)
+
+
+@pytest.mark.parametrize("member", ["manifest.json", "index.json"])
+def test_a_hardlink_to_a_symlink_member_reads_the_symlink_from_where_the_hardlink_is(
+        root, tmp_path, member):  # noqa: F811
+    """A hardlink to a symlink is that symlink under a second name (link(2) does not follow it),
+    so its relative target is read from the hardlink's directory: tar and docker's load (both
+    extract the archive) read top-level ``m.json`` for a ``manifest.json`` linked to ``d/s -> m.json``.
+    lamina followed the target from ``d/``, where the archive put a second manifest: one archive
+    was two images.  The answer is what GNU tar's extraction gives."""
+    require_tool("tar")
+    if member == "index.json":
+        lay = ob.Layout(tmp_path / "lay")
+        lay.add(lay.image([{"a": b"A"}]), "top:1")
+        top = open(os.path.join(lay.root, "index.json"), "rb").read()
+        lay.entries[0]["annotations"]["org.opencontainers.image.ref.name"] = "deep:1"
+        lay.write_index()
+        deep = open(os.path.join(lay.root, "index.json"), "rb").read()
+        members = [(os.path.relpath(os.path.join(d, f), lay.root), open(os.path.join(d, f), "rb").read())
+                   for d, _, files in os.walk(lay.root) for f in files if f != "index.json"]
+    else:
+        members, top = _legacy_members("top:1")
+        deep = _legacy_members("deep:1")[1]
+    members += [("m.json", top), ("d/m.json", deep), ("d/s", ("symlink", "m.json")),
+                (member, ("hardlink", "d/s"))]
+    archive = _tar_with_links(tmp_path / "linked.tar", members)
+    out = tmp_path / "tar-x"
+    os.mkdir(out)
+    run("tar", "-xf", archive, "-C", out)
+    assert open(out / member, "rb").read() == top   # GNU tar's reading of the archive
+    lamina(root, "load", "-i", archive)
+    names = lamina(root, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert "top:1" in names and "deep:1" not in names, names
 
 
 # --- a layout as a destination -------------------------------------------------------------------

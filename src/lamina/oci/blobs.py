@@ -561,6 +561,10 @@ class TarArchive:
         a link whose target is none of the archive's members; (None, None) for a name no member has."""
         seen = name
         why = None
+        # where the file being followed is named: a hardlink is its target's inode under the
+        # link's own name (link(2) follows no symlink), so when that inode is a symlink tar and
+        # docker's load read its relative target from the hardlink's directory, not the target's
+        at = name
         for _ in range(self.MAX_LINK_HOPS):
             if name in self.twice:
                 # skopeo reads the first member of a name, docker (which extracts the archive) and
@@ -571,7 +575,7 @@ class TarArchive:
                 return None, why
             if info.issym():
                 target = info.linkname
-                base = "" if target.startswith("/") else posixpath.dirname(name)
+                base = "" if target.startswith("/") else posixpath.dirname(at)
                 joined = posixpath.normpath(posixpath.join(base, target))
                 # an absolute target, or one whose ".." climbs above the archive's top, is read
                 # inside the archive (docker's load resolves it in scope: /x is the member x);
@@ -579,7 +583,7 @@ class TarArchive:
                 outside = target.startswith("/") or joined == ".." or joined.startswith("../")
                 where = "out of the archive" if outside else "which the archive does not hold"
                 why = f"{self._link(seen, name)} is a symlink to {target!r}, {where}"
-                name = member_name(posixpath.join(base, target))
+                name = at = member_name(posixpath.join(base, target))
             elif info.islnk():
                 why = f"{self._link(seen, name)} is a hardlink to {info.linkname!r}, which the archive does not hold"
                 name = member_name(info.linkname)
