@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 
 import pytest
@@ -340,6 +341,26 @@ def test_a_hardlink_to_a_symlink_member_reads_the_symlink_from_where_the_hardlin
     lamina(root, "load", "-i", archive)
     names = lamina(root, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
     assert "top:1" in names and "deep:1" not in names, names
+
+
+@pytest.mark.parametrize("member", ["manifest.json", "l/layer.tar"])
+def test_a_hardlink_to_a_member_the_archive_holds_only_later_is_refused(root, tmp_path, member):  # noqa: F811
+    """tar and docker's load (which extracts the archive) make a hardlink when they reach it, and
+    fail when its target is not there yet; lamina read the later member through it, loading an
+    archive neither reads.  Refused as GNU tar refuses it, naming the link."""
+    require_tool("tar")
+    members, manifest = _legacy_members("later:1")
+    data = dict(members + [("manifest.json", manifest)])
+    members = [(n, d) for n, d in members + [("manifest.json", manifest)] if n != member]
+    members = [(member, ("hardlink", "x/later")), *members, ("x/later", data[member])]
+    archive = _tar_with_links(tmp_path / "later.tar", members)
+    out = tmp_path / "tar-x"
+    os.mkdir(out)
+    assert subprocess.run(["tar", "-xf", archive, "-C", out], capture_output=True).returncode != 0
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive,
+          match=f"{archive}: member {member} is a hardlink to 'x/later', which the archive holds only after it")
+    _unchanged(root, before)
 
 
 # --- a layout as a destination -------------------------------------------------------------------

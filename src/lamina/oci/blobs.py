@@ -565,6 +565,7 @@ class TarArchive:
         # link's own name (link(2) follows no symlink), so when that inode is a symlink tar and
         # docker's load read its relative target from the hardlink's directory, not the target's
         at = name
+        link = None  # (name, member) of the hardlink that led to ``name``
         for _ in range(self.MAX_LINK_HOPS):
             if name in self.twice:
                 # skopeo reads the first member of a name, docker (which extracts the archive) and
@@ -573,6 +574,11 @@ class TarArchive:
             info = self.members.get(name)
             if info is None:
                 return None, why
+            if link is not None and info.offset_data > link[1].offset_data:
+                # tar and docker's load make the link as they reach it: its target is not there yet
+                raise ImageError(f"{self._link(seen, link[0])} is a hardlink to {link[1].linkname!r}, "
+                                 f"which the archive holds only after it")
+            link = None
             if info.issym():
                 target = info.linkname
                 base = "" if target.startswith("/") else posixpath.dirname(at)
@@ -586,6 +592,7 @@ class TarArchive:
                 name = at = member_name(posixpath.join(base, target))
             elif info.islnk():
                 why = f"{self._link(seen, name)} is a hardlink to {info.linkname!r}, which the archive does not hold"
+                link = (name, info)
                 name = member_name(info.linkname)
             elif info.isreg():
                 if info.issparse():
