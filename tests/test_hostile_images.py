@@ -822,6 +822,29 @@ def test_a_global_header_in_an_archive_renames_no_member(tmp_path):
     assert (tmp_path / "out2" / "who").read_bytes() == b"A"
 
 
+@pytest.mark.parametrize("record", [(b"path", b"notes.json\0x"), (b"linkpath", b"who\0"), (b"uname", b"ro\0ot"),
+                                    (b"SCHILY.xattr.user.a\0b", b"v")],
+                         ids=["path", "linkpath", "uname", "a-key"])
+def test_a_pax_record_go_refuses_for_its_nul_makes_the_archive_unreadable(tmp_path, record):
+    """Go's archive/tar (docker load, skopeo) refuses the whole archive at a PAX path, linkpath,
+    uname or gname holding a NUL, or a key holding one; tarfile kept the NUL in the name (a
+    member no lookup finds) and lamina loaded an archive they refuse.  As the layer
+    extractor refuses such a name, the archive is refused, naming the record."""
+    skopeo = require_tool("skopeo")
+    a, manifest = _legacy_members("nul:1", b"A")
+    path = tmp_path / "nul.tar"
+    path.write_bytes(_raw_members({**a, "manifest.json": manifest}) + _pax([record])
+                     + _raw_members({"notes.json": b"{}"}) + bytes(1024))
+    sk = subprocess.run([skopeo, "copy", "-q", f"docker-archive:{path}", f"oci:{tmp_path / 'sk'}:x"],
+                        capture_output=True, text=True)
+    assert sk.returncode != 0 and "invalid tar header" in sk.stderr, sk.stderr
+    for proc in (cli("load", "-i", path, root=tmp_path / "store"), cli("unpack", f"docker-archive:{path}", tmp_path / "out")):
+        assert proc.returncode == 1, proc.stderr
+        assert f"{path}: not a readable tar archive" in proc.stderr and "NUL" in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("type", [b"x", b"L"])
 def test_a_long_run_of_extended_headers_in_an_archive_is_a_clear_error(tmp_path, type):
     """5,000 PAX (or GNU long-name) headers in a row before one member: tarfile recursed once

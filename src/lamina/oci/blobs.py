@@ -414,6 +414,11 @@ class _BoundedTarInfo(tarfile.TarInfo):
         # the next headers, so lamina read the members of a layer (a manifest.json among them)
         # where docker load and skopeo (Go) read the archive's own.  Read as Go and the
         # extractor read it, or refused.
+        for key, value in pax_headers.items():
+            # Go refuses the whole archive at these (validPAXRecord), and the extractor a name
+            # holding a NUL; tarfile kept the NUL, a member no lookup finds, and read on
+            if "\0" in key or (key in ("path", "linkpath", "uname", "gname") and "\0" in value):
+                raise tarfile.TarError(f"member {self.name!r}: PAX record {key!r} holds a NUL byte")
         numbers = {}
         for key in ("size", "uid", "gid"):
             value = pax_headers.get(key)
