@@ -363,6 +363,29 @@ def test_a_hardlink_to_a_member_the_archive_holds_only_later_is_refused(root, tm
     _unchanged(root, before)
 
 
+@pytest.mark.parametrize("symlink_first", [True, False], ids=["symlink-first", "symlink-after"])
+def test_a_member_under_a_symlink_member_is_refused(root, tmp_path, symlink_first):  # noqa: F811
+    """``d -> e`` and a member ``d/m.json``: tar and docker's load (which extract the archive)
+    write it through the symlink over ``e/m.json``, so a manifest.json linked to ``e/m.json`` is
+    image B to them, while lamina and skopeo read the member ``e/m.json`` by name, image A, and
+    bsdtar refuses to extract through the symlink.  One archive, two images: refused, naming both."""
+    require_tool("tar")
+    members, top = _legacy_members("a:1")
+    other = _legacy_members("b:1")[1]
+    through = [("d", ("symlink", "e")), ("d/m.json", other)]
+    members += [("e/m.json", top), *(through if symlink_first else through[::-1]),
+                ("manifest.json", ("symlink", "e/m.json"))]
+    archive = _tar_with_links(tmp_path / "through.tar", members)
+    if symlink_first:
+        out = tmp_path / "tar-x"
+        os.mkdir(out)
+        run("tar", "-xf", archive, "-C", out)
+        assert open(out / "manifest.json", "rb").read() == other   # GNU tar wrote through d
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive, match=f"{archive}: member d/m.json lies under the symlink d")
+    _unchanged(root, before)
+
+
 # --- a layout as a destination -------------------------------------------------------------------
 
 

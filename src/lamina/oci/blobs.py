@@ -551,11 +551,27 @@ class TarArchive:
                         if old is not None and not (old.type == info.type == tarfile.DIRTYPE):
                             self.twice.add(name)
                         self.members[name] = _Member(info)
+            self._refuse_members_under_symlinks()
         except _ArchiveTooBig as e:
             raise ImageError(f"{self.path}: {e}: not a docker or OCI archive") from None
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             # ValueError: tarfile's own reading of malformed PAX records (GNU.sparse.map=a,b)
             raise ImageError(f"{self.path}: not a readable tar archive: {e}") from None
+
+    def _refuse_members_under_symlinks(self):
+        """A member ``d/x`` beside a symlink member ``d``: tar and docker's load, which extract the
+        archive, write it where ``d`` points (over another member there), skopeo and lamina read
+        each member by its own name, bsdtar refuses it; the one archive would be two images."""
+        links = {n for n, m in self.members.items() if m.issym()}
+        if not links:
+            return
+        for name in self.members:
+            cut = name.rfind("/")
+            while cut > 0:
+                if name[:cut] in links:
+                    raise ImageError(f"{self.path}: member {name} lies under the symlink {name[:cut]}: tar and "
+                                     f"docker's load would write it where that points, skopeo reads it by its name")
+                cut = name.rfind("/", 0, cut)
 
     def _lookup(self, name):
         """The regular-file member a name refers to, following links inside the archive."""
