@@ -822,6 +822,40 @@ def test_a_global_header_in_an_archive_renames_no_member(tmp_path):
     assert (tmp_path / "out2" / "who").read_bytes() == b"A"
 
 
+def _gnu_longname(name):
+    body = name + b"\0"
+    return tb.header("././@LongLink", type=b"L", size=len(body)) + body + bytes(-len(body) % tb.BLOCK)
+
+
+@pytest.mark.parametrize("how", ["gnu-sparse-name", "pax-path-before-a-gnu-long-name"])
+def test_a_member_is_named_as_go_names_it_or_the_archive_is_refused(tmp_path, how):
+    """Python's tarfile names a member by a PAX ``GNU.sparse.name`` on any member (Go: on a sparse
+    one only) and by a PAX ``path`` over a GNU long name that follows it (Go: the long name):
+    image A's manifest.json renamed away and image B's ``notes.json`` renamed manifest.json, lamina
+    loaded B where docker and skopeo load A.  As the layer extractor does, a name two records give
+    differently is refused, naming the member."""
+    skopeo, umoci = require_tool("skopeo"), require_tool("umoci")
+    a, manifest_a = _legacy_members("seen:1", b"A")
+    b, manifest_b = _legacy_members("seen:1", b"B")
+
+    def renamed(go_name, tarfile_name, data):
+        if how == "gnu-sparse-name":
+            return _pax([(b"GNU.sparse.name", tarfile_name)]) + _raw_members({go_name.decode(): data})
+        return _pax([(b"path", tarfile_name)]) + _gnu_longname(go_name) + _raw_members({"short": data})
+    path = tmp_path / "renamed.tar"
+    path.write_bytes(_raw_members({**a, **b})
+                     + renamed(b"manifest.json", b"hidden.json", manifest_a)
+                     + renamed(b"notes.json", b"manifest.json", manifest_b) + bytes(1024))
+    subprocess.run([skopeo, "copy", "-q", f"docker-archive:{path}", f"oci:{tmp_path / 'sk'}:x"], check=True)
+    subprocess.run([umoci, "unpack", "--image", f"{tmp_path / 'sk'}:x", tmp_path / "bundle"], check=True,
+                   capture_output=True)
+    assert (tmp_path / "bundle" / "rootfs" / "who").read_bytes() == b"A"
+    for proc in (cli("load", "-i", path, root=tmp_path / "store"), cli("unpack", f"docker-archive:{path}", tmp_path / "out")):
+        assert proc.returncode == 1, proc.stderr
+        assert f"{path}: not a readable tar archive: member " in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+
+
 @pytest.mark.parametrize("record", [(b"path", b"notes.json\0x"), (b"linkpath", b"who\0"), (b"uname", b"ro\0ot"),
                                     (b"SCHILY.xattr.user.a\0b", b"v")],
                          ids=["path", "linkpath", "uname", "a-key"])

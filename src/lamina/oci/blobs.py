@@ -419,6 +419,18 @@ class _BoundedTarInfo(tarfile.TarInfo):
             # holding a NUL; tarfile kept the NUL, a member no lookup finds, and read on
             if "\0" in key or (key in ("path", "linkpath", "uname", "gname") and "\0" in value):
                 raise tarfile.TarError(f"member {self.name!r}: PAX record {key!r} holds a NUL byte")
+        # A name two records give differently is refused, as the extractor refuses it: tarfile
+        # takes GNU.sparse.name (and .realsize for the size) on any member, Go on a sparse one
+        # only, and a PAX path over the GNU long name after it, where Go takes the long name;
+        # image A's manifest.json was renamed away and B's notes.json renamed manifest.json
+        if not _go_sparse(pax_headers):
+            sparse_name = pax_headers.get("GNU.sparse.name")
+            if sparse_name is not None and sparse_name.rstrip("/") != pax_headers.get("path", self.name).rstrip("/"):
+                raise tarfile.TarError(f"member {self.name!r}: GNU.sparse.name {sparse_name!r} on a member "
+                                       f"that is not sparse")
+            pax_headers = {k: v for k, v in pax_headers.items() if k not in ("GNU.sparse.name", "GNU.sparse.realsize")}
+        for key, field in (("path", "_lamina_longname"), ("linkpath", "_lamina_longlink")):
+            _same_name(self, key, pax_headers.get(key), getattr(self, field, None))
         numbers = {}
         for key in ("size", "uid", "gid"):
             value = pax_headers.get(key)
@@ -450,6 +462,15 @@ class _BoundedTarInfo(tarfile.TarInfo):
             return self._proc_builtin(tar)
         return super()._proc_member(tar)
 
+    def _proc_gnulong(self, tar):
+        next = super()._proc_gnulong(tar)
+        key = "path" if self.type == tarfile.GNUTYPE_LONGNAME else "linkpath"
+        given = next.name if key == "path" else next.linkname   # the long name, set last
+        # a PAX header after the long name was applied first, inside the call above
+        _same_name(next, key, getattr(next, "pax_headers", {}).get(key), given)
+        setattr(next, "_lamina_longname" if key == "path" else "_lamina_longlink", given)
+        return next
+
     def _proc_sparse(self, tar):
         if self._sparse_structs[1]:
             raise _ArchiveTooBig(f"member {self.name}: a sparse file whose map continues past its header")
@@ -457,6 +478,19 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
     def _proc_gnusparse_10(self, next, pax_headers, tar):
         raise _ArchiveTooBig(f"member {next.name}: a sparse file with a PAX 1.0 map")
+
+
+def _go_sparse(pax_headers):
+    """Whether Go's archive/tar reads these records as a GNU sparse file's (readGNUSparsePAXHeaders)."""
+    major, minor = pax_headers.get("GNU.sparse.major", ""), pax_headers.get("GNU.sparse.minor", "")
+    if major or minor:   # another version is no sparse file to Go
+        return (major, minor) in (("0", "0"), ("0", "1"), ("1", "0"))
+    return bool(pax_headers.get("GNU.sparse.map"))
+
+
+def _same_name(info, key, pax_value, long_value):
+    if pax_value is not None and long_value is not None and pax_value.rstrip("/") != long_value.rstrip("/"):
+        raise tarfile.TarError(f"member {long_value!r}: a GNU long name and a PAX {key} {pax_value!r} that differ")
 
 
 _EXTENDED_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
