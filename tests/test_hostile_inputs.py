@@ -228,20 +228,27 @@ def _legacy_members(tag):
     return [("l/layer.tar", raw), (name, config)], manifest
 
 
+def _layout_with_two_indexes(tmp_path, first_name, second_name):
+    """(the members of a one-image layout but its index.json, an index.json naming the image
+    ``first_name``, one naming it ``second_name``)."""
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"A"}]), first_name)
+    first = open(os.path.join(lay.root, "index.json"), "rb").read()
+    lay.entries[0]["annotations"]["org.opencontainers.image.ref.name"] = second_name
+    lay.write_index()
+    members = [(os.path.relpath(os.path.join(d, f), lay.root), open(os.path.join(d, f), "rb").read())
+               for d, _, files in os.walk(lay.root) for f in files if f != "index.json"]
+    return members, first, open(os.path.join(lay.root, "index.json"), "rb").read()
+
+
 @pytest.mark.parametrize("twice", ["manifest.json", "index.json", "l/layer.tar"])
 def test_a_member_the_archive_holds_twice_is_refused(root, tmp_path, twice):  # noqa: F811
     """An archive with two manifest.json (or index.json, or layer) members: skopeo reads the
     first, docker (which extracts the archive) and tar the last, and lamina took the last, so the
     one archive was two different images.  Refused, naming the member."""
     if twice == "index.json":
-        lay = ob.Layout(tmp_path / "lay")
-        lay.add(lay.image([{"a": b"A"}]), "first:1")
-        first = open(os.path.join(lay.root, "index.json"), "rb").read()
-        lay.entries[0]["annotations"]["org.opencontainers.image.ref.name"] = "second:1"
-        lay.write_index()
-        members = [(os.path.relpath(os.path.join(d, f), lay.root), open(os.path.join(d, f), "rb").read())
-                   for d, _, files in os.walk(lay.root) for f in files if f != "index.json"]
-        members += [("index.json", first), ("index.json", open(os.path.join(lay.root, "index.json"), "rb").read())]
+        members, first, second = _layout_with_two_indexes(tmp_path, "first:1", "second:1")
+        members += [("index.json", first), ("index.json", second)]
     else:
         members, manifest = _legacy_members("first:1")
         members.append(("manifest.json", manifest))
@@ -320,14 +327,7 @@ def test_a_hardlink_to_a_symlink_member_reads_the_symlink_from_where_the_hardlin
     was two images.  The answer is what GNU tar's extraction gives."""
     require_tool("tar")
     if member == "index.json":
-        lay = ob.Layout(tmp_path / "lay")
-        lay.add(lay.image([{"a": b"A"}]), "top:1")
-        top = open(os.path.join(lay.root, "index.json"), "rb").read()
-        lay.entries[0]["annotations"]["org.opencontainers.image.ref.name"] = "deep:1"
-        lay.write_index()
-        deep = open(os.path.join(lay.root, "index.json"), "rb").read()
-        members = [(os.path.relpath(os.path.join(d, f), lay.root), open(os.path.join(d, f), "rb").read())
-                   for d, _, files in os.walk(lay.root) for f in files if f != "index.json"]
+        members, top, deep = _layout_with_two_indexes(tmp_path, "top:1", "deep:1")
     else:
         members, top = _legacy_members("top:1")
         deep = _legacy_members("deep:1")[1]
