@@ -827,13 +827,16 @@ def _gnu_longname(name):
     return tb.header("././@LongLink", type=b"L", size=len(body)) + body + bytes(-len(body) % tb.BLOCK)
 
 
-@pytest.mark.parametrize("how", ["gnu-sparse-name", "pax-path-before-a-gnu-long-name"])
+@pytest.mark.parametrize("how", ["gnu-sparse-name", "pax-path-before-a-gnu-long-name", "two-pax-headers",
+                                 "two-gnu-long-names"])
 def test_a_member_is_named_as_go_names_it_or_the_archive_is_refused(tmp_path, how):
     """Python's tarfile names a member by a PAX ``GNU.sparse.name`` on any member (Go: on a sparse
-    one only) and by a PAX ``path`` over a GNU long name that follows it (Go: the long name):
-    image A's manifest.json renamed away and image B's ``notes.json`` renamed manifest.json, lamina
-    loaded B where docker and skopeo load A.  As the layer extractor does, a name two records give
-    differently is refused, naming the member."""
+    one only), by a PAX ``path`` over a GNU long name that follows it (Go: the long name), and by
+    the first of two PAX headers or GNU long names in a row (Go, GNU tar, bsdtar and the layer
+    extractor: the last): image A's manifest.json renamed away and image B's ``notes.json``
+    renamed manifest.json, lamina loaded B where docker and skopeo load A.  Two headers in a row
+    are now read as every other reader reads them; a name two kinds of record give differently
+    is refused, naming the member, as the layer extractor refuses it."""
     skopeo, umoci = require_tool("skopeo"), require_tool("umoci")
     a, manifest_a = _legacy_members("seen:1", b"A")
     b, manifest_b = _legacy_members("seen:1", b"B")
@@ -841,6 +844,10 @@ def test_a_member_is_named_as_go_names_it_or_the_archive_is_refused(tmp_path, ho
     def renamed(go_name, tarfile_name, data):
         if how == "gnu-sparse-name":
             return _pax([(b"GNU.sparse.name", tarfile_name)]) + _raw_members({go_name.decode(): data})
+        if how == "two-pax-headers":
+            return _pax([(b"path", tarfile_name)]) + _pax([(b"path", go_name)]) + _raw_members({"short": data})
+        if how == "two-gnu-long-names":
+            return _gnu_longname(tarfile_name) + _gnu_longname(go_name) + _raw_members({"short": data})
         return _pax([(b"path", tarfile_name)]) + _gnu_longname(go_name) + _raw_members({"short": data})
     path = tmp_path / "renamed.tar"
     path.write_bytes(_raw_members({**a, **b})
@@ -850,6 +857,11 @@ def test_a_member_is_named_as_go_names_it_or_the_archive_is_refused(tmp_path, ho
     subprocess.run([umoci, "unpack", "--image", f"{tmp_path / 'sk'}:x", tmp_path / "bundle"], check=True,
                    capture_output=True)
     assert (tmp_path / "bundle" / "rootfs" / "who").read_bytes() == b"A"
+    if how.startswith("two-"):
+        proc = cli("unpack", f"docker-archive:{path}", tmp_path / "out")
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "out" / "who").read_bytes() == b"A"
+        return
     for proc in (cli("load", "-i", path, root=tmp_path / "store"), cli("unpack", f"docker-archive:{path}", tmp_path / "out")):
         assert proc.returncode == 1, proc.stderr
         assert f"{path}: not a readable tar archive: member " in proc.stderr, proc.stderr

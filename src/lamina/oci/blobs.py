@@ -419,6 +419,12 @@ class _BoundedTarInfo(tarfile.TarInfo):
             # holding a NUL; tarfile kept the NUL, a member no lookup finds, and read on
             if "\0" in key or (key in ("path", "linkpath", "uname", "gname") and "\0" in value):
                 raise tarfile.TarError(f"member {self.name!r}: PAX record {key!r} holds a NUL byte")
+        # The first call is _proc_builtin's (global records: none, lamina applies none), then one
+        # per PAX header, innermost (the last in the archive) first.  Go, GNU tar, bsdtar and the
+        # extractor take the last of two PAX headers in a row; tarfile applied the first over it
+        calls = self._lamina_pax_calls = getattr(self, "_lamina_pax_calls", 0) + 1
+        if calls > 2:
+            return
         # A name two records give differently is refused, as the extractor refuses it: tarfile
         # takes GNU.sparse.name (and .realsize for the size) on any member, Go on a sparse one
         # only, and a PAX path over the GNU long name after it, where Go takes the long name;
@@ -464,11 +470,17 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
     def _proc_gnulong(self, tar):
         next = super()._proc_gnulong(tar)
-        key = "path" if self.type == tarfile.GNUTYPE_LONGNAME else "linkpath"
-        given = next.name if key == "path" else next.linkname   # the long name, set last
+        key, field = ("path", "_lamina_longname") if self.type == tarfile.GNUTYPE_LONGNAME else ("linkpath", "_lamina_longlink")
+        later = getattr(next, field, None)
+        if later is not None:
+            # two long names in a row: the last is the name (Go, GNU tar, the extractor), where
+            # tarfile, which processes the last first, set the first over it
+            setattr(next, "name" if key == "path" else "linkname", later)
+            return next
+        given = next.name if key == "path" else next.linkname
         # a PAX header after the long name was applied first, inside the call above
         _same_name(next, key, getattr(next, "pax_headers", {}).get(key), given)
-        setattr(next, "_lamina_longname" if key == "path" else "_lamina_longlink", given)
+        setattr(next, field, given)
         return next
 
     def _proc_sparse(self, tar):
