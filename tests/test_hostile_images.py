@@ -822,6 +822,75 @@ def test_a_global_header_in_an_archive_renames_no_member(tmp_path):
     assert (tmp_path / "out2" / "who").read_bytes() == b"A"
 
 
+def _gnu_longname(name):
+    body = name + b"\0"
+    return tb.header("././@LongLink", type=b"L", size=len(body)) + body + bytes(-len(body) % tb.BLOCK)
+
+
+@pytest.mark.parametrize("how", ["gnu-sparse-name", "pax-path-before-a-gnu-long-name", "two-pax-headers",
+                                 "two-gnu-long-names"])
+def test_a_member_is_named_as_go_names_it_or_the_archive_is_refused(tmp_path, how):
+    """Python's tarfile names a member by a PAX ``GNU.sparse.name`` on any member (Go: on a sparse
+    one only), by a PAX ``path`` over a GNU long name that follows it (Go: the long name), and by
+    the first of two PAX headers or GNU long names in a row (Go, GNU tar, bsdtar and the layer
+    extractor: the last): image A's manifest.json renamed away and image B's ``notes.json``
+    renamed manifest.json, lamina loaded B where docker and skopeo load A.  Two headers in a row
+    are now read as every other reader reads them; a name two kinds of record give differently
+    is refused, naming the member, as the layer extractor refuses it."""
+    skopeo, umoci = require_tool("skopeo"), require_tool("umoci")
+    a, manifest_a = _legacy_members("seen:1", b"A")
+    b, manifest_b = _legacy_members("seen:1", b"B")
+
+    def renamed(go_name, tarfile_name, data):
+        if how == "gnu-sparse-name":
+            return _pax([(b"GNU.sparse.name", tarfile_name)]) + _raw_members({go_name.decode(): data})
+        if how == "two-pax-headers":
+            return _pax([(b"path", tarfile_name)]) + _pax([(b"path", go_name)]) + _raw_members({"short": data})
+        if how == "two-gnu-long-names":
+            return _gnu_longname(tarfile_name) + _gnu_longname(go_name) + _raw_members({"short": data})
+        return _pax([(b"path", tarfile_name)]) + _gnu_longname(go_name) + _raw_members({"short": data})
+    path = tmp_path / "renamed.tar"
+    path.write_bytes(_raw_members({**a, **b})
+                     + renamed(b"manifest.json", b"hidden.json", manifest_a)
+                     + renamed(b"notes.json", b"manifest.json", manifest_b) + bytes(1024))
+    subprocess.run([skopeo, "copy", "-q", f"docker-archive:{path}", f"oci:{tmp_path / 'sk'}:x"], check=True)
+    subprocess.run([umoci, "unpack", "--image", f"{tmp_path / 'sk'}:x", tmp_path / "bundle"], check=True,
+                   capture_output=True)
+    assert (tmp_path / "bundle" / "rootfs" / "who").read_bytes() == b"A"
+    if how.startswith("two-"):
+        proc = cli("unpack", f"docker-archive:{path}", tmp_path / "out")
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "out" / "who").read_bytes() == b"A"
+        return
+    for proc in (cli("load", "-i", path, root=tmp_path / "store"), cli("unpack", f"docker-archive:{path}", tmp_path / "out")):
+        assert proc.returncode == 1, proc.stderr
+        assert f"{path}: not a readable tar archive: member " in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("record", [(b"path", b"notes.json\0x"), (b"linkpath", b"who\0"), (b"uname", b"ro\0ot"),
+                                    (b"SCHILY.xattr.user.a\0b", b"v")],
+                         ids=["path", "linkpath", "uname", "a-key"])
+def test_a_pax_record_go_refuses_for_its_nul_makes_the_archive_unreadable(tmp_path, record):
+    """Go's archive/tar (docker load, skopeo) refuses the whole archive at a PAX path, linkpath,
+    uname or gname holding a NUL, or a key holding one; tarfile kept the NUL in the name (a
+    member no lookup finds) and lamina loaded an archive they refuse.  As the layer
+    extractor refuses such a name, the archive is refused, naming the record."""
+    skopeo = require_tool("skopeo")
+    a, manifest = _legacy_members("nul:1", b"A")
+    path = tmp_path / "nul.tar"
+    path.write_bytes(_raw_members({**a, "manifest.json": manifest}) + _pax([record])
+                     + _raw_members({"notes.json": b"{}"}) + bytes(1024))
+    sk = subprocess.run([skopeo, "copy", "-q", f"docker-archive:{path}", f"oci:{tmp_path / 'sk'}:x"],
+                        capture_output=True, text=True)
+    assert sk.returncode != 0 and "invalid tar header" in sk.stderr, sk.stderr
+    for proc in (cli("load", "-i", path, root=tmp_path / "store"), cli("unpack", f"docker-archive:{path}", tmp_path / "out")):
+        assert proc.returncode == 1, proc.stderr
+        assert f"{path}: not a readable tar archive" in proc.stderr and "NUL" in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("type", [b"x", b"L"])
 def test_a_long_run_of_extended_headers_in_an_archive_is_a_clear_error(tmp_path, type):
     """5,000 PAX (or GNU long-name) headers in a row before one member: tarfile recursed once

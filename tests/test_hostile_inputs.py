@@ -6,11 +6,13 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 
 import pytest
 
 import ocibuild as ob
+from conftest import require_tool, run
 from storekit import fingerprint, lamina
 from test_store_badinput import fails, root  # noqa: F401  (the store fixture holding keep:1)
 
@@ -226,20 +228,27 @@ def _legacy_members(tag):
     return [("l/layer.tar", raw), (name, config)], manifest
 
 
+def _layout_with_two_indexes(tmp_path, first_name, second_name):
+    """(the members of a one-image layout but its index.json, an index.json naming the image
+    ``first_name``, one naming it ``second_name``)."""
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"A"}]), first_name)
+    first = open(os.path.join(lay.root, "index.json"), "rb").read()
+    lay.entries[0]["annotations"]["org.opencontainers.image.ref.name"] = second_name
+    lay.write_index()
+    members = [(os.path.relpath(os.path.join(d, f), lay.root), open(os.path.join(d, f), "rb").read())
+               for d, _, files in os.walk(lay.root) for f in files if f != "index.json"]
+    return members, first, open(os.path.join(lay.root, "index.json"), "rb").read()
+
+
 @pytest.mark.parametrize("twice", ["manifest.json", "index.json", "l/layer.tar"])
 def test_a_member_the_archive_holds_twice_is_refused(root, tmp_path, twice):  # noqa: F811
     """An archive with two manifest.json (or index.json, or layer) members: skopeo reads the
     first, docker (which extracts the archive) and tar the last, and lamina took the last, so the
     one archive was two different images.  Refused, naming the member."""
     if twice == "index.json":
-        lay = ob.Layout(tmp_path / "lay")
-        lay.add(lay.image([{"a": b"A"}]), "first:1")
-        first = open(os.path.join(lay.root, "index.json"), "rb").read()
-        lay.entries[0]["annotations"]["org.opencontainers.image.ref.name"] = "second:1"
-        lay.write_index()
-        members = [(os.path.relpath(os.path.join(d, f), lay.root), open(os.path.join(d, f), "rb").read())
-                   for d, _, files in os.walk(lay.root) for f in files if f != "index.json"]
-        members += [("index.json", first), ("index.json", open(os.path.join(lay.root, "index.json"), "rb").read())]
+        members, first, second = _layout_with_two_indexes(tmp_path, "first:1", "second:1")
+        members += [("index.json", first), ("index.json", second)]
     else:
         members, manifest = _legacy_members("first:1")
         members.append(("manifest.json", manifest))
@@ -254,12 +263,13 @@ def test_a_member_the_archive_holds_twice_is_refused(root, tmp_path, twice):  # 
 
 
 def _tar_with_links(path, members):
-    """A tar of (name, bytes | ("symlink", target)) in order."""
+    """A tar of (name, bytes | ("symlink" or "hardlink", target)) in order."""
     with tarfile.open(path, "w") as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
             if isinstance(data, tuple):
-                info.type, info.linkname = tarfile.SYMTYPE, data[1]
+                info.type = tarfile.SYMTYPE if data[0] == "symlink" else tarfile.LNKTYPE
+                info.linkname = data[1]
                 tar.addfile(info)
             else:
                 info.size = len(data)
@@ -304,6 +314,75 @@ def test_an_oci_archive_blob_that_is_a_symlink_out_of_the_archive_is_named(root,
     before = fingerprint(root)
     fails(root, "load", "-i", archive,
           match=f"blob {layer}: {archive}: member {rel} is a symlink to '../../../outside.tar', out of the archive")
+    _unchanged(root, before)
+
+
+@pytest.mark.parametrize("member", ["manifest.json", "index.json"])
+def test_a_hardlink_to_a_symlink_member_reads_the_symlink_from_where_the_hardlink_is(
+        root, tmp_path, member):  # noqa: F811
+    """A hardlink to a symlink is that symlink under a second name (link(2) does not follow it),
+    so its relative target is read from the hardlink's directory: tar and docker's load (both
+    extract the archive) read top-level ``m.json`` for a ``manifest.json`` linked to ``d/s -> m.json``.
+    lamina followed the target from ``d/``, where the archive put a second manifest: one archive
+    was two images.  The answer is what GNU tar's extraction gives."""
+    require_tool("tar")
+    if member == "index.json":
+        members, top, deep = _layout_with_two_indexes(tmp_path, "top:1", "deep:1")
+    else:
+        members, top = _legacy_members("top:1")
+        deep = _legacy_members("deep:1")[1]
+    members += [("m.json", top), ("d/m.json", deep), ("d/s", ("symlink", "m.json")),
+                (member, ("hardlink", "d/s"))]
+    archive = _tar_with_links(tmp_path / "linked.tar", members)
+    out = tmp_path / "tar-x"
+    os.mkdir(out)
+    run("tar", "-xf", archive, "-C", out)
+    assert open(out / member, "rb").read() == top   # GNU tar's reading of the archive
+    lamina(root, "load", "-i", archive)
+    names = lamina(root, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert "top:1" in names and "deep:1" not in names, names
+
+
+@pytest.mark.parametrize("member", ["manifest.json", "l/layer.tar"])
+def test_a_hardlink_to_a_member_the_archive_holds_only_later_is_refused(root, tmp_path, member):  # noqa: F811
+    """tar and docker's load (which extracts the archive) make a hardlink when they reach it, and
+    fail when its target is not there yet; lamina read the later member through it, loading an
+    archive neither reads.  Refused as GNU tar refuses it, naming the link."""
+    require_tool("tar")
+    members, manifest = _legacy_members("later:1")
+    data = dict(members + [("manifest.json", manifest)])
+    members = [(n, d) for n, d in members + [("manifest.json", manifest)] if n != member]
+    members = [(member, ("hardlink", "x/later")), *members, ("x/later", data[member])]
+    archive = _tar_with_links(tmp_path / "later.tar", members)
+    out = tmp_path / "tar-x"
+    os.mkdir(out)
+    assert subprocess.run(["tar", "-xf", archive, "-C", out], capture_output=True).returncode != 0
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive,
+          match=f"{archive}: member {member} is a hardlink to 'x/later', which the archive holds only after it")
+    _unchanged(root, before)
+
+
+@pytest.mark.parametrize("symlink_first", [True, False], ids=["symlink-first", "symlink-after"])
+def test_a_member_under_a_symlink_member_is_refused(root, tmp_path, symlink_first):  # noqa: F811
+    """``d -> e`` and a member ``d/m.json``: tar and docker's load (which extract the archive)
+    write it through the symlink over ``e/m.json``, so a manifest.json linked to ``e/m.json`` is
+    image B to them, while lamina and skopeo read the member ``e/m.json`` by name, image A, and
+    bsdtar refuses to extract through the symlink.  One archive, two images: refused, naming both."""
+    require_tool("tar")
+    members, top = _legacy_members("a:1")
+    other = _legacy_members("b:1")[1]
+    through = [("d", ("symlink", "e")), ("d/m.json", other)]
+    members += [("e/m.json", top), *(through if symlink_first else through[::-1]),
+                ("manifest.json", ("symlink", "e/m.json"))]
+    archive = _tar_with_links(tmp_path / "through.tar", members)
+    if symlink_first:
+        out = tmp_path / "tar-x"
+        os.mkdir(out)
+        run("tar", "-xf", archive, "-C", out)
+        assert open(out / "manifest.json", "rb").read() == other   # GNU tar wrote through d
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive, match=f"{archive}: member d/m.json lies under the symlink d")
     _unchanged(root, before)
 
 

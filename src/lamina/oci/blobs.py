@@ -414,6 +414,29 @@ class _BoundedTarInfo(tarfile.TarInfo):
         # the next headers, so lamina read the members of a layer (a manifest.json among them)
         # where docker load and skopeo (Go) read the archive's own.  Read as Go and the
         # extractor read it, or refused.
+        for key, value in pax_headers.items():
+            # Go refuses the whole archive at these (validPAXRecord), and the extractor a name
+            # holding a NUL; tarfile kept the NUL, a member no lookup finds, and read on
+            if "\0" in key or (key in ("path", "linkpath", "uname", "gname") and "\0" in value):
+                raise tarfile.TarError(f"member {self.name!r}: PAX record {key!r} holds a NUL byte")
+        # The first call is _proc_builtin's (global records: none, lamina applies none), then one
+        # per PAX header, innermost (the last in the archive) first.  Go, GNU tar, bsdtar and the
+        # extractor take the last of two PAX headers in a row; tarfile applied the first over it
+        calls = self._lamina_pax_calls = getattr(self, "_lamina_pax_calls", 0) + 1
+        if calls > 2:
+            return
+        # A name two records give differently is refused, as the extractor refuses it: tarfile
+        # takes GNU.sparse.name (and .realsize for the size) on any member, Go on a sparse one
+        # only, and a PAX path over the GNU long name after it, where Go takes the long name;
+        # image A's manifest.json was renamed away and B's notes.json renamed manifest.json
+        if not _go_sparse(pax_headers):
+            sparse_name = pax_headers.get("GNU.sparse.name")
+            if sparse_name is not None and sparse_name.rstrip("/") != pax_headers.get("path", self.name).rstrip("/"):
+                raise tarfile.TarError(f"member {self.name!r}: GNU.sparse.name {sparse_name!r} on a member "
+                                       f"that is not sparse")
+            pax_headers = {k: v for k, v in pax_headers.items() if k not in ("GNU.sparse.name", "GNU.sparse.realsize")}
+        for key, field in (("path", "_lamina_longname"), ("linkpath", "_lamina_longlink")):
+            _same_name(self, key, pax_headers.get(key), getattr(self, field, None))
         numbers = {}
         for key in ("size", "uid", "gid"):
             value = pax_headers.get(key)
@@ -445,6 +468,21 @@ class _BoundedTarInfo(tarfile.TarInfo):
             return self._proc_builtin(tar)
         return super()._proc_member(tar)
 
+    def _proc_gnulong(self, tar):
+        next = super()._proc_gnulong(tar)
+        key, field = ("path", "_lamina_longname") if self.type == tarfile.GNUTYPE_LONGNAME else ("linkpath", "_lamina_longlink")
+        later = getattr(next, field, None)
+        if later is not None:
+            # two long names in a row: the last is the name (Go, GNU tar, the extractor), where
+            # tarfile, which processes the last first, set the first over it
+            setattr(next, "name" if key == "path" else "linkname", later)
+            return next
+        given = next.name if key == "path" else next.linkname
+        # a PAX header after the long name was applied first, inside the call above
+        _same_name(next, key, getattr(next, "pax_headers", {}).get(key), given)
+        setattr(next, field, given)
+        return next
+
     def _proc_sparse(self, tar):
         if self._sparse_structs[1]:
             raise _ArchiveTooBig(f"member {self.name}: a sparse file whose map continues past its header")
@@ -452,6 +490,19 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
     def _proc_gnusparse_10(self, next, pax_headers, tar):
         raise _ArchiveTooBig(f"member {next.name}: a sparse file with a PAX 1.0 map")
+
+
+def _go_sparse(pax_headers):
+    """Whether Go's archive/tar reads these records as a GNU sparse file's (readGNUSparsePAXHeaders)."""
+    major, minor = pax_headers.get("GNU.sparse.major", ""), pax_headers.get("GNU.sparse.minor", "")
+    if major or minor:   # another version is no sparse file to Go
+        return (major, minor) in (("0", "0"), ("0", "1"), ("1", "0"))
+    return bool(pax_headers.get("GNU.sparse.map"))
+
+
+def _same_name(info, key, pax_value, long_value):
+    if pax_value is not None and long_value is not None and pax_value.rstrip("/") != long_value.rstrip("/"):
+        raise tarfile.TarError(f"member {long_value!r}: a GNU long name and a PAX {key} {pax_value!r} that differ")
 
 
 _EXTENDED_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
@@ -549,11 +600,27 @@ class TarArchive:
                         if old is not None and not (old.type == info.type == tarfile.DIRTYPE):
                             self.twice.add(name)
                         self.members[name] = _Member(info)
+            self._refuse_members_under_symlinks()
         except _ArchiveTooBig as e:
             raise ImageError(f"{self.path}: {e}: not a docker or OCI archive") from None
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             # ValueError: tarfile's own reading of malformed PAX records (GNU.sparse.map=a,b)
             raise ImageError(f"{self.path}: not a readable tar archive: {e}") from None
+
+    def _refuse_members_under_symlinks(self):
+        """A member ``d/x`` beside a symlink member ``d``: tar and docker's load, which extract the
+        archive, write it where ``d`` points (over another member there), skopeo and lamina read
+        each member by its own name, bsdtar refuses it; the one archive would be two images."""
+        links = {n for n, m in self.members.items() if m.issym()}
+        if not links:
+            return
+        for name in self.members:
+            cut = name.rfind("/")
+            while cut > 0:
+                if name[:cut] in links:
+                    raise ImageError(f"{self.path}: member {name} lies under the symlink {name[:cut]}: tar and "
+                                     f"docker's load would write it where that points, skopeo reads it by its name")
+                cut = name.rfind("/", 0, cut)
 
     def _lookup(self, name):
         """The regular-file member a name refers to, following links inside the archive."""
@@ -564,6 +631,11 @@ class TarArchive:
         a link whose target is none of the archive's members; (None, None) for a name no member has."""
         seen = name
         why = None
+        # where the file being followed is named: a hardlink is its target's inode under the
+        # link's own name (link(2) follows no symlink), so when that inode is a symlink tar and
+        # docker's load read its relative target from the hardlink's directory, not the target's
+        at = name
+        link = None  # (name, member) of the hardlink that led to ``name``
         for _ in range(self.MAX_LINK_HOPS):
             if name in self.twice:
                 # skopeo reads the first member of a name, docker (which extracts the archive) and
@@ -572,9 +644,14 @@ class TarArchive:
             info = self.members.get(name)
             if info is None:
                 return None, why
+            if link is not None and info.offset_data > link[1].offset_data:
+                # tar and docker's load make the link as they reach it: its target is not there yet
+                raise ImageError(f"{self._link(seen, link[0])} is a hardlink to {link[1].linkname!r}, "
+                                 f"which the archive holds only after it")
+            link = None
             if info.issym():
                 target = info.linkname
-                base = "" if target.startswith("/") else posixpath.dirname(name)
+                base = "" if target.startswith("/") else posixpath.dirname(at)
                 joined = posixpath.normpath(posixpath.join(base, target))
                 # an absolute target, or one whose ".." climbs above the archive's top, is read
                 # inside the archive (docker's load resolves it in scope: /x is the member x);
@@ -582,9 +659,10 @@ class TarArchive:
                 outside = target.startswith("/") or joined == ".." or joined.startswith("../")
                 where = "out of the archive" if outside else "which the archive does not hold"
                 why = f"{self._link(seen, name)} is a symlink to {target!r}, {where}"
-                name = member_name(posixpath.join(base, target))
+                name = at = member_name(posixpath.join(base, target))
             elif info.islnk():
                 why = f"{self._link(seen, name)} is a hardlink to {info.linkname!r}, which the archive does not hold"
+                link = (name, info)
                 name = member_name(info.linkname)
             elif info.isreg():
                 if info.issparse():
