@@ -4958,6 +4958,10 @@ cdef class Extractor:
             raise _errors.InvalidArchiveError(
                 f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
         close(fd)
+        if target.startswith(path + b"/"):
+            # a written target (it replaced a symlink, so it was not skipped) under the entry's
+            # own name: that name is a directory the link would replace, as _hardlink refuses
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to {_show(link)}, which is inside it")
         if S_ISDIR(st.st_mode):
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
 
