@@ -6683,6 +6683,7 @@ cdef class Extractor:
             sub = _walk_plain(dfd, rel) if rel else dup(dfd)
             if sub < 0:
                 continue  # replaced meanwhile: nothing of ours is there
+            here = dpath + b"/" + rel if dpath and rel else dpath or rel
             try:
                 for child in self._listdir(sub, name):
                     crel = rel + b"/" + child if rel else child
@@ -6694,8 +6695,11 @@ cdef class Extractor:
                     if (not self._provided(cpath) if self.overlay
                             else not self._written_here(sub, child, &st)
                             and not (S_ISDIR(st.st_mode) and self.created.has(cpath))):
+                        # a directory below dpath the layer does not list keeps its lower time
+                        # too, though what was below is gone from it (the caller keeps dpath's)
+                        self._keep_times(sub, here)
                         if not self.is_root:
-                            self._open_up(sub, dpath + b"/" + rel if dpath and rel else dpath or rel)
+                            self._open_up(sub, here)
                         self._remove(sub, child, name)
                     elif S_ISDIR(st.st_mode):
                         todo.append(crel)

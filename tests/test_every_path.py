@@ -844,6 +844,21 @@ def test_a_directory_written_through_a_symlink_the_layer_then_removes_keeps_its_
     g.check()
 
 
+def test_a_directory_a_whiteout_of_its_parent_empties_below_keeps_its_time(g):
+    """``.wh.a`` in a layer that wrote under a/b/b keeps what the layer wrote and removes what
+    the layers below put there, a/b/c too.  The dir format kept a's time, but not a/b's: the
+    directories below the one whited out lost their lower entries without their time being
+    recorded first, so a/b had the extraction's time where every other path keeps its own."""
+    layers = [Tar().dir("a/b", mtime=_LOW).dir("a/b/c", mtime=_LOW + 1), Tar().file("a/b/b/x", b"x"),
+              Tar().dir("a/b/b/c", mtime=_LOW + 2).whiteout("a")]
+    raws = [t.bytes() for t in layers]
+    since = int(time.time()) - 1
+    results = {p: made_now(t, since) for p, t in run_paths(g.dest, raws, dir_mtime=True).items()}
+    tree = assert_agree(results, context=describe(raws))
+    assert tree.entries["a/b"].mtime == _LOW and "a/b/c" not in tree.entries, tree.entries
+    g.check()
+
+
 def _acl(*entries):
     """An ACL xattr value: (tag, perm, id) entries (acl_ea.h, version 2)."""
     import struct
