@@ -4114,7 +4114,14 @@ cdef class Extractor:
             self.skipped.append(f"{_show(name)}: device node not created (needs root)")
             return
         if not self.overlay:
-            self._record(path, slash, base, kind == K_DIR)
+            real = self._cached_real_path(pfd, path[:slash]) if slash > 0 else None
+            if real is not None and real != path[:slash]:
+                # written through a symlink (``c/l -> /c``, then ``c/l/b``): the layer wrote
+                # where the link leads, not into the directories it names on the way (c/), which
+                # a whiteout of the layer must then remove as the overlay formats do
+                self._record(real + b"/" + base if real else base, len(real) if real else -1, base, kind == K_DIR)
+            else:
+                self._record(path, slash, base, kind == K_DIR)
         else:
             self._provide(self.cache_phys or b"", base, kind == K_DIR)
             if self.cache_phys != (path[:slash] if slash > 0 else b""):
