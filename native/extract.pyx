@@ -4114,7 +4114,14 @@ cdef class Extractor:
             self.skipped.append(f"{_show(name)}: device node not created (needs root)")
             return
         if not self.overlay:
-            self._record(path, slash, base, kind == K_DIR)
+            real = self._cached_real_path(pfd, path[:slash]) if slash > 0 else None
+            if real is not None and real != path[:slash]:
+                # written through a symlink (``c/l -> /c``, then ``c/l/b``): the layer wrote
+                # where the link leads, not into the directories it names on the way (c/), which
+                # a whiteout of the layer must then remove as the overlay formats do
+                self._record(real + b"/" + base if real else base, len(real) if real else -1, base, kind == K_DIR)
+            else:
+                self._record(path, slash, base, kind == K_DIR)
         else:
             self._provide(self.cache_phys or b"", base, kind == K_DIR)
             if self.cache_phys != (path[:slash] if slash > 0 else b""):
@@ -4958,6 +4965,10 @@ cdef class Extractor:
             raise _errors.InvalidArchiveError(
                 f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
         close(fd)
+        if target.startswith(path + b"/"):
+            # a written target (it replaced a symlink, so it was not skipped) under the entry's
+            # own name: that name is a directory the link would replace, as _hardlink refuses
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to {_show(link)}, which is inside it")
         if S_ISDIR(st.st_mode):
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
 
@@ -6679,6 +6690,7 @@ cdef class Extractor:
             sub = _walk_plain(dfd, rel) if rel else dup(dfd)
             if sub < 0:
                 continue  # replaced meanwhile: nothing of ours is there
+            here = dpath + b"/" + rel if dpath and rel else dpath or rel
             try:
                 for child in self._listdir(sub, name):
                     crel = rel + b"/" + child if rel else child
@@ -6690,8 +6702,11 @@ cdef class Extractor:
                     if (not self._provided(cpath) if self.overlay
                             else not self._written_here(sub, child, &st)
                             and not (S_ISDIR(st.st_mode) and self.created.has(cpath))):
+                        # a directory below dpath the layer does not list keeps its lower time
+                        # too, though what was below is gone from it (the caller keeps dpath's)
+                        self._keep_times(sub, here)
                         if not self.is_root:
-                            self._open_up(sub, dpath + b"/" + rel if dpath and rel else dpath or rel)
+                            self._open_up(sub, here)
                         self._remove(sub, child, name)
                     elif S_ISDIR(st.st_mode):
                         todo.append(crel)

@@ -844,6 +844,37 @@ def test_a_directory_written_through_a_symlink_the_layer_then_removes_keeps_its_
     g.check()
 
 
+def test_a_directory_a_whiteout_of_its_parent_empties_below_keeps_its_time(g):
+    """``.wh.a`` in a layer that wrote under a/b/b keeps what the layer wrote and removes what
+    the layers below put there, a/b/c too.  The dir format kept a's time, but not a/b's: the
+    directories below the one whited out lost their lower entries without their time being
+    recorded first, so a/b had the extraction's time where every other path keeps its own."""
+    layers = [Tar().dir("a/b", mtime=_LOW).dir("a/b/c", mtime=_LOW + 1), Tar().file("a/b/b/x", b"x"),
+              Tar().dir("a/b/b/c", mtime=_LOW + 2).whiteout("a")]
+    raws = [t.bytes() for t in layers]
+    since = int(time.time()) - 1
+    results = {p: made_now(t, since) for p, t in run_paths(g.dest, raws, dir_mtime=True).items()}
+    tree = assert_agree(results, context=describe(raws))
+    assert tree.entries["a/b"].mtime == _LOW and "a/b/c" not in tree.entries, tree.entries
+    g.check()
+
+
+@pytest.mark.parametrize("target", ["/c", "/x"], ids=["into-the-whited-out-dir", "elsewhere"])
+def test_a_whiteout_spares_no_directory_the_layer_only_wrote_through(g, target):
+    """c/c/a -> TARGET below, then c/c/a/b and .wh.c in one layer: b lands where the link
+    leads (c/b, or x/b), so the layer wrote nothing into c/c, nor into c at all when the
+    link leads to x.  The dir format took the directories the entry's name passes through
+    for the layer's own: the whiteout kept c/c (and c) where overlayfs, the store's paths
+    and umoci remove them (found by test_fuzz_paths.py)."""
+    layers = [Tar().dir("x").symlink("c/c/a", target), Tar().file("c/c/a/b", b"b").whiteout("c")]
+    raws = [t.bytes() for t in layers]
+    results = run_paths(g.dest, raws)
+    results["umoci"] = umoci_tree(g.dest, raws)
+    tree = assert_agree(results, context=describe(raws))
+    assert sorted(tree.entries) == (["c", "c/b", "x"] if target == "/c" else ["x", "x/b"]), tree.entries
+    g.check()
+
+
 def _acl(*entries):
     """An ACL xattr value: (tag, perm, id) entries (acl_ea.h, version 2)."""
     import struct

@@ -481,3 +481,23 @@ def test_an_index_entry_whose_platform_no_platform_string_spells_is_refused(root
                             f"oci:{lay.root}:latest"], capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr   # skopeo reads the index and picks linux/amd64
     _refused_on_every_way_in(root, tmp_path, lay, f"manifests[1] ({odd['digest']}): invalid platform: {why}")
+
+
+@pytest.mark.parametrize("tags", [[5], [None], ["a:1", ["b:1"]]], ids=["number", "null", "list"])
+def test_a_manifest_json_repotags_entry_that_is_no_string_is_refused(root, tmp_path, tags):  # noqa: F811
+    """Go's docker load and skopeo cannot read an entry whose RepoTags holds a number or a list
+    (a []string): skopeo refuses the archive; a null Go reads as "", a name docker load refuses.
+    lamina's load refused them, but ``unpack`` without a name read the image, and with one
+    (``docker-archive:PATH:a:1``) died of a TypeError matching the name against it.  Refused
+    everywhere, naming the entry (found by test_fuzz_documents.py)."""
+    require_tool("skopeo")
+    path = _legacy_with_entry(tmp_path, RepoTags=lambda e: tags)
+    shown = subprocess.run(["skopeo", "inspect", "--raw", f"docker-archive:{path}"], capture_output=True, text=True)
+    assert (shown.returncode != 0) == (None not in tags), shown.stdout
+    before = fingerprint(root)
+    for args in (("load", "-i", path), ("unpack", f"docker-archive:{path}", tmp_path / "out"),
+                 ("unpack", f"docker-archive:{path}:a:1", tmp_path / "out"),
+                 ("copy", f"docker-archive:{path}:a:1", "bad:1")):
+        fails(root, *args, match=f"manifest.json: entry 0: RepoTags {tags[-1]!r} is not a string")
+    assert not (tmp_path / "out").exists()
+    _unchanged(root, before)

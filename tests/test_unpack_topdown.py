@@ -466,3 +466,24 @@ def test_a_bad_lower_layer_is_the_one_named_though_an_upper_one_is_bad_too(tmp_p
     assert all(isinstance(r, Exception) for r in results.values()), results
     assert "layer 2 of 3" in str(results["dir"]) and "'missing' not found" in str(results["dir"]), results["dir"]
     agree(results, tmp_path, describe(raws))
+
+
+OVER_A_SYMLINK_AT_ITS_TARGET = {
+    # the target replaced a symlink at its name, so it was written, not skipped
+    "same-layer": [lambda t: t.symlink("b/c", "/b").file("b/c", b"c").hardlink("b", "b/c")],
+    "lower-symlink": [lambda t: t.symlink("b/c", "x"), lambda t: t.file("b/c", b"c").hardlink("b", "b/c")],
+}
+
+
+@pytest.mark.parametrize("case", list(OVER_A_SYMLINK_AT_ITS_TARGET))
+def test_a_hidden_hardlink_replacing_the_directory_of_its_written_target_is_refused(tmp_path, case):
+    """``b => b/c`` with b a directory is refused on every path (it would take its target with
+    it).  Hidden by an upper ``b`` and skipped, the top-down unpack refused it only when b/c was
+    skipped too; b/c written (it replaced a symlink, which is never skipped) let it through,
+    and the flat unpack gave a tree where every other path refused (found by test_fuzz_paths.py)."""
+    from everypath import describe, run_paths
+    from tarbuild import Tar
+    raws = [build(Tar()).bytes() for build in OVER_A_SYMLINK_AT_ITS_TARGET[case]] + [Tar().file("b", b"top").bytes()]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
+    assert all(isinstance(r, Exception) and "which is inside it" in str(r) for r in results.values()), \
+        describe(raws) + "\n" + repr(results)

@@ -14,6 +14,7 @@ Legacy layers have no manifest digest: they are verified by their diffID
 from __future__ import annotations
 
 import functools
+import json
 import re
 
 from .. import digest as _digest
@@ -101,10 +102,17 @@ class DockerArchive(Source):
                 check_field_spelling(entry, ARCHIVE_ENTRY_FIELDS, f"{what}: entry {i}")
             ok = (isinstance(entry, dict) and isinstance(entry.get("Config"), str)
                   and isinstance(entry.get("Layers"), list)
-                  and all(isinstance(x, str) for x in entry["Layers"])
-                  and isinstance(entry.get("RepoTags") or [], list))
+                  and all(isinstance(x, str) for x in entry["Layers"]))
             if not ok:
                 raise ImageError(f"{what}: entry {i} lacks Config/Layers")
+            # Go's readers (docker load, skopeo) fail on a RepoTags that is no []string; unpack by
+            # name matched the name against whatever was there (a TypeError on a number)
+            tags = entry.get("RepoTags")
+            if tags is not None and not isinstance(tags, list):
+                raise ImageError(f"{what}: entry {i}: RepoTags must be a list of names, not {json.dumps(tags)[:60]}")
+            for tag in tags or ():
+                if not isinstance(tag, str):
+                    raise ImageError(f"{what}: entry {i}: RepoTags {repr(tag)[:60]} is not a string")
         return doc
 
     def _check_manifest_json(self, layout, oci_only):
