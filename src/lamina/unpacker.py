@@ -25,7 +25,6 @@ from .errors import (Cancelled, ExtractError, ImpliedDirMoved, Interrupted, Inva
 from .limits import check_layer_count, open_file_budget
 from .lowers import LayersBelow
 from .oci import open_source
-from .store.fsutil import nearest_dir
 from .stats import UnpackStats
 from .tree import abandon, clear_dir, make_dirs, remove_tree
 
@@ -61,7 +60,7 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
 
     t = time.perf_counter()
     # a zstd, xz or bzip2 archive is inflated beside the tree (not in a tmpfs /tmp it could fill)
-    with open_source(source, nearest_dir(os.path.dirname(dest))) as src:
+    with open_source(source, os.path.dirname(dest)) as src:
         image = src.resolve(platform)
         seconds["resolve"] = time.perf_counter() - t
         # the sources refused more than the default already; a caller's lower cap applies here

@@ -509,6 +509,15 @@ _EXTENDED_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.X
                    tarfile.SOLARIS_XHDTYPE)
 
 
+def _nearest_dir(path):
+    """``path``'s nearest existing directory (itself, a parent, ...): scratch for an output that
+    may not exist yet goes on the filesystem the output will be on."""
+    path = os.path.abspath(os.fspath(path))
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
 class _Member:
     """What the index keeps of a member (a TarInfo and its PAX dict cost ~0.5 KiB each)."""
 
@@ -545,8 +554,9 @@ class TarArchive:
     MAX_HEADER_BYTES = 64 << 20   # all members' extended headers read, names and link targets kept
 
     def __init__(self, path, scratch=None):
-        """``scratch``: the directory a zstd, xz or bzip2 archive is inflated into (where the
-        store ingests, or next to the output; default: the temp dir, often a small tmpfs)."""
+        """``scratch``: where a zstd, xz or bzip2 archive is inflated: the store's ingest dir, or
+        an output that may not exist yet, whose nearest existing directory takes it (default:
+        the temp dir, often a small tmpfs)."""
         self.path = os.fspath(path)
         if os.path.isdir(self.path):
             raise ImageError(f"{self.path}: is a directory, not an archive")
@@ -562,7 +572,7 @@ class TarArchive:
             if spilled is None:
                 self._index(f)
                 return
-            where = os.fspath(scratch) if scratch is not None else tempfile.gettempdir()
+            where = _nearest_dir(scratch) if scratch is not None else tempfile.gettempdir()
             try:
                 with tempfile.TemporaryFile(dir=where) as spill:   # unnamed (O_TMPFILE) where the filesystem allows
                     self._spill = os.dup(spill.fileno())

@@ -63,15 +63,6 @@ def name_error(e, path):
     return e
 
 
-def nearest_dir(path):
-    """``path``'s nearest existing directory (itself, a parent, ...): where scratch for an
-    output that may not exist yet goes, on the filesystem the output will be on."""
-    path = os.path.abspath(os.fspath(path))
-    while not os.path.isdir(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    return path
-
-
 def tmp_name(prefix):
     """A unique sibling name for staging: ``<prefix>.tmp-<pid>-<random>``."""
     return f"{prefix}.tmp-{os.getpid()}-{secrets.token_hex(4)}"

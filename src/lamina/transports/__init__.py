@@ -80,8 +80,7 @@ def _copy(src, dst, destination, store, platform, report):
         store.lease()   # the store is made, and its ingest dir, before the write that would make them
         scratch = store.paths.ingest
     else:
-        from ..store.fsutil import nearest_dir
-        scratch = nearest_dir(dst.path)
+        scratch = dst.path
     data = open_image(src, platform, store, scratch)
     result = CopyResult(str(src), str(dst), data.manifest_digest, data.config_digest)
     if dst.transport == STORE:
