@@ -426,7 +426,6 @@ class Pusher:
 
     def _chunked(self, repo, upload, desc, chunk_size):
         """``upload.location`` follows the session's Location as it moves (its cancel needs it)."""
-        location = upload.location
         path = self._blob_path(desc.digest)
         size = desc.size
         offset = 0
@@ -441,7 +440,7 @@ class Pusher:
                            "Content-Range": f"{offset}-{offset + length - 1}",
                            "Content-Length": str(length)}
                 try:
-                    resp = repo.request("PATCH", location, headers=headers, body=chunk, retry=False)
+                    resp = repo.request("PATCH", upload.location, headers=headers, body=chunk, retry=False)
                     if resp.status != 202:
                         try:
                             data = resp.content(limit=MAX_ERROR_BODY)
@@ -455,8 +454,8 @@ class Pusher:
                     loc = resp.header("Location")
                     resp.drain()
                     if loc:
-                        location = upload.location = resolve_url(location, loc, f"upload of {desc.digest} to "
-                                                                 f"{repo.name}: Location")
+                        upload.location = resolve_url(upload.location, loc, f"upload of {desc.digest} to "
+                                                      f"{repo.name}: Location")
                     offset += length
                     failures = 0
                 except CONNECTION_ERRORS as e:
@@ -465,9 +464,8 @@ class Pusher:
                         raise RegistryError(f"upload of {desc.digest} to {repo.name} failed at byte {offset}: "
                                             f"{describe_error(e)}") from None
                     self.client.transport.sleep_backoff(failures)
-                    offset, location = self._upload_offset(repo, location)
-                    upload.location = location
-        url = repo.with_query(location, digest=desc.digest)
+                    offset, upload.location = self._upload_offset(repo, upload.location)
+        url = repo.with_query(upload.location, digest=desc.digest)
         resp = repo.request("PUT", url, headers={"Content-Length": "0"})
         self._check_put(repo, resp, desc)
 
