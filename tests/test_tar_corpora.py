@@ -1,7 +1,8 @@
 """Other projects' tar test archives (tests/corpora.py): lamina reads each as the references do.
 
 Go's archive/tar, CPython's tarfile, libarchive, node-tar, node-tar-stream, Perl's Archive::Tar,
-Commons Compress, Plexus Archiver and busybox each keep archives written to catch a reader's mistake; GNU tar's own tests write theirs from
+Commons Compress, Plexus Archiver, PHP's phar and busybox each keep archives written to catch a
+reader's mistake; GNU tar's own tests write theirs from
 scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
 exercise are written here by GNU tar and bsdtar (corpora.written).  For each one, as a single layer:
 
@@ -253,6 +254,20 @@ EXPECT = {
     # --- Plexus Archiver's (Maven's) test tars ---
     "plexus/resources/symlinks/symlinks.tar": REFS,
     "plexus/jars/test.tar.gz": BSD,  # GNU tar's directory times, as tarstream/invalid.tgz
+    # --- PHP phar's tar tests (the archives of its bug reports, most from fuzzing) ---
+    **{f"php/{n}": REFS for n in (
+        "bug69958.tar", "bug71354.tar", "bug71391.tar", "bug73035.tar", "bug74196.1.2.3.phar.tar.gz",
+        "bug75102.tar", "files/zfapp.tgz", "tar/files/HTML_CSS-1.5.4.tgz", "tar/files/Net_URL-1.0.15.tgz",
+        "tar/files/P1-1.0.0.tgz", "tar/files/Structures_Graph-1.0.3.tgz", "tar/files/biglink.tar",
+        "tar/files/bug64343.tar", "tar/files/links.phar.tar", "tar/files/links.tar",
+        "tar/files/subdirlink.tar", "tar/files/tinylink.tar",
+        *(f"tar/files/badalias{i}.phar.tar" for i in range(1, 6)),
+        *(f"tar/files/frontcontroller{i}.phar.tar" for i in ("", *range(2, 13))))},
+    # the first header's checksum is wrong: GNU tar skips it and reads on (exit 2), bsdtar refuses
+    "php/bug71331.tar": refused("InvalidArchiveError", "first tar header: bad header checksum"),
+    # a symlink whose name and target fill their 100 bytes, no NUL: bsdtar does not take it for a tar
+    "php/bug71488.tar": GNU,
+    "php/tar/files/trunc.tar": refused("InvalidArchiveError", "archive ends inside entry 'a.php'"),
     # --- written here by GNU tar and bsdtar (corpora.written): the formats of GNU tar's own tests ---
     **{f"gnutar/{n}.tar": REFS for n in (
         "v7", "oldgnu", "gnu", "ustar", "posix", "posix-sparse-0.0", "posix-sparse-1.0", "posix-sparse-0.1",
