@@ -15,9 +15,10 @@
 #   perl-archive-tar/  Perl's Archive::Tar test archives (cpan/Archive-Tar/t/src: signed
 #                checksums, long names, links through a directory symlink)
 #   plexus-archiver/  Plexus Archiver's (Maven's) test tars (symlinks, a gzipped jar tree)
+#   ant/         Apache Ant's tar task tests (plain, gzip and bzip2; relative symlinks)
 #   php-phar/    PHP's phar extension's tar tests (ext/phar/tests: the archives of its bug
 #                reports, most found by fuzzing its reader; links, truncations, PEAR packages)
-#                these eight: upstream sources from Debian source packages (apt-get source
+#                these nine: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests) and of tar-split (golang-github-vbatts-tar-split-dev:
@@ -121,5 +122,7 @@ fetch_source perl perl-archive-tar cpan/Archive-Tar/t/src '*.tar' '*.tgz' \
     || echo "WARNING: Perl Archive::Tar's test archives could not be fetched" >&2
 fetch_source plexus-archiver plexus-archiver src/test 'jars/test.tar.gz' 'resources/symlinks/symlinks.tar' \
     || echo "WARNING: Plexus Archiver's test archives could not be fetched" >&2
+fetch_source ant ant src/etc/testcases testtarwithsymlinks.tar.gz 'taskdefs/expected/*.tar*' \
+    || echo "WARNING: Apache Ant's test archives could not be fetched" >&2
 fetch_source php8.2 php-phar ext/phar/tests '*.tar' 'tar/files/*.tgz' 'files/zfapp.tgz' '*.phar.tar.gz' \
     || echo "WARNING: PHP phar's test archives could not be fetched" >&2

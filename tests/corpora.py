@@ -50,7 +50,8 @@ LIBARCHIVE = os.path.join(CACHE, "libarchive")
 _GOCODE = {"moby": "docker/docker/pkg", "tarsplit": "vbatts/tar-split/tar/asm/testdata"}
 _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "commons-compress",
             "busybox": "busybox", "tarstream": "tar-stream", "perl": "perl-archive-tar",
-            "plexus": "plexus-archiver", "php": "php-phar"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
+            "plexus": "plexus-archiver", "php": "php-phar",
+            "ant": "ant"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
 
 
 def _go_dir():

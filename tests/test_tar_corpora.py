@@ -1,7 +1,7 @@
 """Other projects' tar test archives (tests/corpora.py): lamina reads each as the references do.
 
 Go's archive/tar, CPython's tarfile, libarchive, node-tar, node-tar-stream, Perl's Archive::Tar,
-Commons Compress, Plexus Archiver, PHP's phar and busybox each keep archives written to catch a
+Commons Compress, Plexus Archiver, Apache Ant, PHP's phar and busybox each keep archives written to catch a
 reader's mistake; GNU tar's own tests write theirs from
 scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
 exercise are written here by GNU tar and bsdtar (corpora.written).  For each one, as a single layer:
@@ -254,6 +254,11 @@ EXPECT = {
     # --- Plexus Archiver's (Maven's) test tars ---
     "plexus/resources/symlinks/symlinks.tar": REFS,
     "plexus/jars/test.tar.gz": BSD,  # GNU tar's directory times, as tarstream/invalid.tgz
+    # --- Apache Ant's tar task tests ---
+    "ant/testtarwithsymlinks.tar.gz": REFS,
+    **{f"ant/taskdefs/expected/{n}": REFS for n in (
+        "asf-logo.gif.tar", "asf-logo.gif.tar.gz", "asf-logo.gif.tar.bz2", "asf-logo-huge.tar.gz",
+        "asf-logo-huge.tar.bz2")},
     # --- PHP phar's tar tests (the archives of its bug reports, most from fuzzing) ---
     **{f"php/{n}": REFS for n in (
         "bug69958.tar", "bug71354.tar", "bug71391.tar", "bug73035.tar", "bug74196.1.2.3.phar.tar.gz",
