@@ -16,9 +16,11 @@
 #                checksums, long names, links through a directory symlink)
 #   plexus-archiver/  Plexus Archiver's (Maven's) test tars (symlinks, a gzipped jar tree)
 #   ant/         Apache Ant's tar task tests (plain, gzip and bzip2; relative symlinks)
+#   erlang-tar/  Erlang/OTP's erl_tar tests (lib/stdlib/test/tar_SUITE_data: sparse formats,
+#                star, bad octal fields, archives cut short)
 #   php-phar/    PHP's phar extension's tar tests (ext/phar/tests: the archives of its bug
 #                reports, most found by fuzzing its reader; links, truncations, PEAR packages)
-#                these nine: upstream sources from Debian source packages (apt-get source
+#                these ten: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests) and of tar-split (golang-github-vbatts-tar-split-dev:
@@ -124,5 +126,7 @@ fetch_source plexus-archiver plexus-archiver src/test 'jars/test.tar.gz' 'resour
     || echo "WARNING: Plexus Archiver's test archives could not be fetched" >&2
 fetch_source ant ant src/etc/testcases testtarwithsymlinks.tar.gz 'taskdefs/expected/*.tar*' \
     || echo "WARNING: Apache Ant's test archives could not be fetched" >&2
+fetch_source erlang erlang-tar lib/stdlib/test/tar_SUITE_data '*.tar' '*.tgz' '*.tar.gz' \
+    || echo "WARNING: Erlang's erl_tar test archives could not be fetched" >&2
 fetch_source php8.2 php-phar ext/phar/tests '*.tar' 'tar/files/*.tgz' 'files/zfapp.tgz' '*.phar.tar.gz' \
     || echo "WARNING: PHP phar's test archives could not be fetched" >&2

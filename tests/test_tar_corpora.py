@@ -1,7 +1,7 @@
 """Other projects' tar test archives (tests/corpora.py): lamina reads each as the references do.
 
 Go's archive/tar, CPython's tarfile, libarchive, node-tar, node-tar-stream, Perl's Archive::Tar,
-Commons Compress, Plexus Archiver, Apache Ant, PHP's phar and busybox each keep archives written to catch a
+Commons Compress, Plexus Archiver, Apache Ant, Erlang's erl_tar, PHP's phar and busybox each keep archives written to catch a
 reader's mistake; GNU tar's own tests write theirs from
 scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
 exercise are written here by GNU tar and bsdtar (corpora.written).  For each one, as a single layer:
@@ -259,6 +259,17 @@ EXPECT = {
     **{f"ant/taskdefs/expected/{n}": REFS for n in (
         "asf-logo.gif.tar", "asf-logo.gif.tar.gz", "asf-logo.gif.tar.bz2", "asf-logo-huge.tar.gz",
         "asf-logo-huge.tar.bz2")},
+    # --- Erlang/OTP's erl_tar tests ---
+    **{f"erlang/{n}": REFS for n in (
+        "bsd.tar", "cooked_tar_problem.tar.gz", "example_pad.tgz", "gnu.tar", "long_names.tar",
+        "no_fancy_stuff.tar", "pax_mtime.tar", "sparse00.tar", "sparse01.tar", "sparse01_empty.tar",
+        "sparse10.tar", "sparse10_empty.tar", "star.tar", "v7.tar")},
+    # the first header's checksum is wrong: GNU tar skips it and reads on (exit 2), bsdtar refuses
+    "erlang/bad_checksum.tar": refused("InvalidArchiveError", "first tar header: bad header checksum"),
+    # a mode field '010055x': GNU tar makes the file anyway, mode 7777 (exit 2); bsdtar fails
+    "erlang/bad_octal.tar": refused("InvalidArchiveError", "first tar header: invalid mode field"),
+    "erlang/bad_even_shorter.tar": refused("InvalidArchiveError", "archive ends inside entry 'make_tar'"),
+    "erlang/bad_too_short.tar": refused("InvalidArchiveError", "archive ends inside entry 'make_tar'"),
     # --- PHP phar's tar tests (the archives of its bug reports, most from fuzzing) ---
     **{f"php/{n}": REFS for n in (
         "bug69958.tar", "bug71354.tar", "bug71391.tar", "bug73035.tar", "bug74196.1.2.3.phar.tar.gz",
