@@ -18,9 +18,10 @@
 #   ant/         Apache Ant's tar task tests (plain, gzip and bzip2; relative symlinks)
 #   erlang-tar/  Erlang/OTP's erl_tar tests (lib/stdlib/test/tar_SUITE_data: sparse formats,
 #                star, bad octal fields, archives cut short)
+#   toybox/      toybox's tar tests (tests/files/tar: a long path, the same tree as tar, tgz, tbz2, 7z)
 #   php-phar/    PHP's phar extension's tar tests (ext/phar/tests: the archives of its bug
 #                reports, most found by fuzzing its reader; links, truncations, PEAR packages)
-#                these ten: upstream sources from Debian source packages (apt-get source
+#                these eleven: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests) and of tar-split (golang-github-vbatts-tar-split-dev:
@@ -32,7 +33,8 @@
 # librust-tar-dev, leaves tests/archives out; apt-get source fails besides: the mirror lacks its
 # .debian.tar.xz), ruby-minitar (apt-get source fails: the mirror lacks its .orig and .debian
 # tarballs; the binary package has no tests), haskell-tar (property tests only),
-# node-tar-fs and python-libarchive-c (the mirror lacks their .orig tarballs), dpkg (one 0-byte .orig.tar,
+# node-tar-fs, python-libarchive-c, karchive and squashfs-tools-ng (the mirror lacks their
+# .orig tarballs), dpkg (one 0-byte .orig.tar,
 # a signature fixture), zig (not in bookworm), tar (its test suite writes every archive from
 # scripts; the star archives it can use are downloaded by hand): tests/corpora.py writes GNU tar's
 # formats with tar and bsdtar instead.
@@ -90,11 +92,13 @@ fetch_source() {
     deb_src_lists || return 1
     dl="$work/$pkg" && mkdir -p "$dl/x"
     # a security update's source may be listed where its .orig is not (the security archive
-    # keeps only what changed): then the older versions, which share that .orig
+    # keeps only what changed): then the older versions, which share that .orig.  Only the
+    # .orig is needed: apt-get fails when the mirror lacks the .debian.tar, but an .orig it
+    # fetched is whole (apt moves a file in place once its hash, from the .dsc, is checked)
     local spec
     for i in 1 2 3; do
         for spec in "$pkg" $(apt-cache "${apt_src[@]}" showsrc "$pkg" 2>/dev/null | sed -n "s/^Version: /$pkg=/p"); do
-            (cd "$dl" && apt-get "${apt_src[@]}" source --download-only -qq "$spec" 2>/dev/null) || continue
+            (cd "$dl" && apt-get "${apt_src[@]}" source --download-only -qq "$spec" 2>/dev/null) || :
             orig="$(ls "$dl/${pkg}"_*.orig.tar.* 2>/dev/null | grep -v '\.asc$' | head -1)"
             [ -n "$orig" ] && break 2
         done
@@ -128,5 +132,7 @@ fetch_source ant ant src/etc/testcases testtarwithsymlinks.tar.gz 'taskdefs/expe
     || echo "WARNING: Apache Ant's test archives could not be fetched" >&2
 fetch_source erlang erlang-tar lib/stdlib/test/tar_SUITE_data '*.tar' '*.tgz' '*.tar.gz' \
     || echo "WARNING: Erlang's erl_tar test archives could not be fetched" >&2
+fetch_source toybox toybox tests/files/tar '*' \
+    || echo "WARNING: toybox's tar test archives could not be fetched" >&2
 fetch_source php8.2 php-phar ext/phar/tests '*.tar' 'tar/files/*.tgz' 'files/zfapp.tgz' '*.phar.tar.gz' \
     || echo "WARNING: PHP phar's test archives could not be fetched" >&2

@@ -51,7 +51,8 @@ _GOCODE = {"moby": "docker/docker/pkg", "tarsplit": "vbatts/tar-split/tar/asm/te
 _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "commons-compress",
             "busybox": "busybox", "tarstream": "tar-stream", "perl": "perl-archive-tar",
             "plexus": "plexus-archiver", "php": "php-phar",
-            "ant": "ant", "erlang": "erlang-tar"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
+            "ant": "ant", "erlang": "erlang-tar",
+            "toybox": "toybox"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
 
 
 def _go_dir():

@@ -1,8 +1,8 @@
 """Other projects' tar test archives (tests/corpora.py): lamina reads each as the references do.
 
 Go's archive/tar, CPython's tarfile, libarchive, node-tar, node-tar-stream, Perl's Archive::Tar,
-Commons Compress, Plexus Archiver, Apache Ant, Erlang's erl_tar, PHP's phar and busybox each keep archives written to catch a
-reader's mistake; GNU tar's own tests write theirs from
+Commons Compress, Plexus Archiver, Apache Ant, Erlang's erl_tar, PHP's phar, busybox and toybox
+each keep archives written to catch a reader's mistake; GNU tar's own tests write theirs from
 scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
 exercise are written here by GNU tar and bsdtar (corpora.written).  For each one, as a single layer:
 
@@ -270,6 +270,10 @@ EXPECT = {
     "erlang/bad_octal.tar": refused("InvalidArchiveError", "first tar header: invalid mode field"),
     "erlang/bad_even_shorter.tar": refused("InvalidArchiveError", "archive ends inside entry 'make_tar'"),
     "erlang/bad_too_short.tar": refused("InvalidArchiveError", "archive ends inside entry 'make_tar'"),
+    # --- toybox's tar tests (tar.tbz2, the same tree in bzip2, left out) ---
+    "toybox/long_path.tar": REFS, "toybox/tar.tar": REFS, "toybox/tar.tgz": REFS,
+    # bsdtar extracts 7-Zip archives too; GNU tar refuses it
+    "toybox/tar.7z": refused("InvalidArchiveError", "in the 7z archive format, not a tar"),
     # --- PHP phar's tar tests (the archives of its bug reports, most from fuzzing) ---
     **{f"php/{n}": REFS for n in (
         "bug69958.tar", "bug71354.tar", "bug71391.tar", "bug73035.tar", "bug74196.1.2.3.phar.tar.gz",
