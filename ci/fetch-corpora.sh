@@ -10,7 +10,18 @@
 #                times, sparse files) and its tars in compressions no layer uses
 #   busybox/     busybox's tar tests (testsuite/tar.tests with its base64 archives,
 #                testsuite/tar/* with archives written as printf escapes; decoded by the test)
-#                these four: upstream sources from Debian source packages (apt-get source
+#   tar-stream/  node-tar-stream's test fixtures (test/fixtures/*.tar: base-256 fields, latin1
+#                and BSD-written unicode names, names of exactly 100 bytes, an incomplete archive)
+#   perl-archive-tar/  Perl's Archive::Tar test archives (cpan/Archive-Tar/t/src: signed
+#                checksums, long names, links through a directory symlink)
+#   plexus-archiver/  Plexus Archiver's (Maven's) test tars (symlinks, a gzipped jar tree)
+#   ant/         Apache Ant's tar task tests (plain, gzip and bzip2; relative symlinks)
+#   erlang-tar/  Erlang/OTP's erl_tar tests (lib/stdlib/test/tar_SUITE_data: sparse formats,
+#                star, bad octal fields, archives cut short)
+#   toybox/      toybox's tar tests (tests/files/tar: a long path, the same tree as tar, tgz, tbz2, 7z)
+#   php-phar/    PHP's phar extension's tar tests (ext/phar/tests: the archives of its bug
+#                reports, most found by fuzzing its reader; links, truncations, PEAR packages)
+#                these eleven: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests) and of tar-split (golang-github-vbatts-tar-split-dev:
@@ -22,7 +33,8 @@
 # librust-tar-dev, leaves tests/archives out; apt-get source fails besides: the mirror lacks its
 # .debian.tar.xz), ruby-minitar (apt-get source fails: the mirror lacks its .orig and .debian
 # tarballs; the binary package has no tests), haskell-tar (property tests only),
-# libarchive-tar-perl (no such source package: Archive::Tar is perl's), dpkg (one 0-byte .orig.tar,
+# node-tar-fs, python-libarchive-c, karchive and squashfs-tools-ng (the mirror lacks their
+# .orig tarballs), dpkg (one 0-byte .orig.tar,
 # a signature fixture), zig (not in bookworm), tar (its test suite writes every archive from
 # scripts; the star archives it can use are downloaded by hand): tests/corpora.py writes GNU tar's
 # formats with tar and bsdtar instead.
@@ -79,11 +91,19 @@ fetch_source() {
     [ -e "$dest/SOURCE" ] && return 0
     deb_src_lists || return 1
     dl="$work/$pkg" && mkdir -p "$dl/x"
+    # a security update's source may be listed where its .orig is not (the security archive
+    # keeps only what changed): then the older versions, which share that .orig.  Only the
+    # .orig is needed: apt-get fails when the mirror lacks the .debian.tar, but an .orig it
+    # fetched is whole (apt moves a file in place once its hash, from the .dsc, is checked)
+    local spec
     for i in 1 2 3; do
-        (cd "$dl" && apt-get "${apt_src[@]}" source --download-only -qq "$pkg") && break
+        for spec in "$pkg" $(apt-cache "${apt_src[@]}" showsrc "$pkg" 2>/dev/null | sed -n "s/^Version: /$pkg=/p"); do
+            (cd "$dl" && apt-get "${apt_src[@]}" source --download-only -qq "$spec" 2>/dev/null) || :
+            orig="$(ls "$dl/${pkg}"_*.orig.tar.* 2>/dev/null | grep -v '\.asc$' | head -1)"
+            [ -n "$orig" ] && break 2
+        done
         sleep $((i * 5))
     done
-    orig="$(ls "$dl/${pkg}"_*.orig.tar.* 2>/dev/null | grep -v '\.asc$' | head -1)"
     [ -n "$orig" ] || return 1
     local pats=()
     for pat in "$@"; do pats+=("*/$sub/$pat"); done
@@ -102,3 +122,17 @@ fetch_source libcommons-compress-java commons-compress src/test/resources '*.tar
     || echo "WARNING: Commons Compress's test archives could not be fetched" >&2
 fetch_source busybox busybox testsuite tar.tests 'tar/tar_with_*' tar.utf8.tar.bz2 \
     || echo "WARNING: busybox's tar tests could not be fetched" >&2
+fetch_source node-tar-stream tar-stream test/fixtures '*.tar' '*.tgz' \
+    || echo "WARNING: tar-stream's test archives could not be fetched" >&2
+fetch_source perl perl-archive-tar cpan/Archive-Tar/t/src '*.tar' '*.tgz' \
+    || echo "WARNING: Perl Archive::Tar's test archives could not be fetched" >&2
+fetch_source plexus-archiver plexus-archiver src/test 'jars/test.tar.gz' 'resources/symlinks/symlinks.tar' \
+    || echo "WARNING: Plexus Archiver's test archives could not be fetched" >&2
+fetch_source ant ant src/etc/testcases testtarwithsymlinks.tar.gz 'taskdefs/expected/*.tar*' \
+    || echo "WARNING: Apache Ant's test archives could not be fetched" >&2
+fetch_source erlang erlang-tar lib/stdlib/test/tar_SUITE_data '*.tar' '*.tgz' '*.tar.gz' \
+    || echo "WARNING: Erlang's erl_tar test archives could not be fetched" >&2
+fetch_source toybox toybox tests/files/tar '*' \
+    || echo "WARNING: toybox's tar test archives could not be fetched" >&2
+fetch_source php8.2 php-phar ext/phar/tests '*.tar' 'tar/files/*.tgz' 'files/zfapp.tgz' '*.phar.tar.gz' \
+    || echo "WARNING: PHP phar's test archives could not be fetched" >&2

@@ -49,7 +49,10 @@ CACHE = os.environ.get("LAMINA_CORPORA", "/var/cache/lamina-corpora")
 LIBARCHIVE = os.path.join(CACHE, "libarchive")
 _GOCODE = {"moby": "docker/docker/pkg", "tarsplit": "vbatts/tar-split/tar/asm/testdata"}
 _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "commons-compress",
-            "busybox": "busybox"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
+            "busybox": "busybox", "tarstream": "tar-stream", "perl": "perl-archive-tar",
+            "plexus": "plexus-archiver", "php": "php-phar",
+            "ant": "ant", "erlang": "erlang-tar",
+            "toybox": "toybox"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
 
 
 def _go_dir():

@@ -1,6 +1,7 @@
 """Other projects' tar test archives (tests/corpora.py): lamina reads each as the references do.
 
-Go's archive/tar, CPython's tarfile, libarchive, node-tar, Commons Compress and busybox
+Go's archive/tar, CPython's tarfile, libarchive, node-tar, node-tar-stream, Perl's Archive::Tar,
+Commons Compress, Plexus Archiver, Apache Ant, Erlang's erl_tar, PHP's phar, busybox and toybox
 each keep archives written to catch a reader's mistake; GNU tar's own tests write theirs from
 scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
 exercise are written here by GNU tar and bsdtar (corpora.written).  For each one, as a single layer:
@@ -231,6 +232,62 @@ EXPECT = {
     "busybox/tar/tar_with_link_with_size:tar1_bz2": REFS,  # a symlink whose size field is not 0
     "busybox/tar/tar_with_prefix_fields:tar1_bz2": REFS,
     "busybox/tar/tar_with_prefix_fields:tar2_bz2": REFS,
+    # --- node-tar-stream's fixtures (huge.tar.gz, one 8.8 GB file, left out) ---
+    **{f"tarstream/{n}.tar": REFS for n in (
+        "base-256-size", "base-256-uid-gid", "gnu-incremental", "gnu-long-path", "gnu", "large-uid-gid",
+        "latin1", "long-name", "multi-file", "name-is-100", "one-file", "pax", "space", "types",
+        "unicode-bsd", "unicode", "unknown-format", "v7")},
+    "tarstream/incomplete.tar": refused("InvalidArchiveError", "archive ends inside entry 'file-1.txt'"),
+    # GNU tar sets a directory's times as it leaves it, and an entry that comes back inside it later
+    # (bl/node_modules/readable-stream/ after bl/package.json) makes them "now"; bsdtar sets them last
+    "tarstream/invalid.tgz": BSD,
+    # --- Perl's Archive::Tar test archives ---
+    "perl/header/signed.tar": REFS,  # a checksum summed over signed chars
+    "perl/long/bar.tar": REFS, "perl/long/foo.tgz": REFS, "perl/short/bar.tar": REFS,
+    "perl/short/foo.tgz": REFS,
+    # a file written through a symlink to a directory the archive made: GNU tar and lamina refuse
+    # nothing (the target is inside); bsdtar refuses to extract through a symlink
+    "perl/linktest/linktest_with_dir.tar": GNU,
+    # the same symlink pointing at a directory the archive lacks: everyone fails that entry
+    "perl/linktest/linktest_missing_dir.tar": refused(
+        "ExtractError", "entry 'linktest/link/x': 'linktest/link' goes through a dangling symlink"),
+    # --- Plexus Archiver's (Maven's) test tars ---
+    "plexus/resources/symlinks/symlinks.tar": REFS,
+    "plexus/jars/test.tar.gz": BSD,  # GNU tar's directory times, as tarstream/invalid.tgz
+    # --- Apache Ant's tar task tests ---
+    "ant/testtarwithsymlinks.tar.gz": REFS,
+    **{f"ant/taskdefs/expected/{n}": REFS for n in (
+        "asf-logo.gif.tar", "asf-logo.gif.tar.gz", "asf-logo.gif.tar.bz2", "asf-logo-huge.tar.gz",
+        "asf-logo-huge.tar.bz2")},
+    # --- Erlang/OTP's erl_tar tests ---
+    **{f"erlang/{n}": REFS for n in (
+        "bsd.tar", "cooked_tar_problem.tar.gz", "example_pad.tgz", "gnu.tar", "long_names.tar",
+        "no_fancy_stuff.tar", "pax_mtime.tar", "sparse00.tar", "sparse01.tar", "sparse01_empty.tar",
+        "sparse10.tar", "sparse10_empty.tar", "star.tar", "v7.tar")},
+    # the first header's checksum is wrong: GNU tar skips it and reads on (exit 2), bsdtar refuses
+    "erlang/bad_checksum.tar": refused("InvalidArchiveError", "first tar header: bad header checksum"),
+    # a mode field '010055x': GNU tar makes the file anyway, mode 7777 (exit 2); bsdtar fails
+    "erlang/bad_octal.tar": refused("InvalidArchiveError", "first tar header: invalid mode field"),
+    "erlang/bad_even_shorter.tar": refused("InvalidArchiveError", "archive ends inside entry 'make_tar'"),
+    "erlang/bad_too_short.tar": refused("InvalidArchiveError", "archive ends inside entry 'make_tar'"),
+    # --- toybox's tar tests (tar.tbz2, the same tree in bzip2, left out) ---
+    "toybox/long_path.tar": REFS, "toybox/tar.tar": REFS, "toybox/tar.tgz": REFS,
+    # bsdtar extracts 7-Zip archives too; GNU tar refuses it
+    "toybox/tar.7z": refused("InvalidArchiveError", "in the 7z archive format, not a tar"),
+    # --- PHP phar's tar tests (the archives of its bug reports, most from fuzzing) ---
+    **{f"php/{n}": REFS for n in (
+        "bug69958.tar", "bug71354.tar", "bug71391.tar", "bug73035.tar", "bug74196.1.2.3.phar.tar.gz",
+        "bug75102.tar", "files/zfapp.tgz", "tar/files/HTML_CSS-1.5.4.tgz", "tar/files/Net_URL-1.0.15.tgz",
+        "tar/files/P1-1.0.0.tgz", "tar/files/Structures_Graph-1.0.3.tgz", "tar/files/biglink.tar",
+        "tar/files/bug64343.tar", "tar/files/links.phar.tar", "tar/files/links.tar",
+        "tar/files/subdirlink.tar", "tar/files/tinylink.tar",
+        *(f"tar/files/badalias{i}.phar.tar" for i in range(1, 6)),
+        *(f"tar/files/frontcontroller{i}.phar.tar" for i in ("", *range(2, 13))))},
+    # the first header's checksum is wrong: GNU tar skips it and reads on (exit 2), bsdtar refuses
+    "php/bug71331.tar": refused("InvalidArchiveError", "first tar header: bad header checksum"),
+    # a symlink whose name and target fill their 100 bytes, no NUL: bsdtar does not take it for a tar
+    "php/bug71488.tar": GNU,
+    "php/tar/files/trunc.tar": refused("InvalidArchiveError", "archive ends inside entry 'a.php'"),
     # --- written here by GNU tar and bsdtar (corpora.written): the formats of GNU tar's own tests ---
     **{f"gnutar/{n}.tar": REFS for n in (
         "v7", "oldgnu", "gnu", "ustar", "posix", "posix-sparse-0.0", "posix-sparse-1.0", "posix-sparse-0.1",
