@@ -136,6 +136,7 @@ REFUSED = {
     "User unknown": ({"User": "nosuch"}, "unable to find user nosuch", "no user 'nosuch'"),
     "User hex": ({"User": "0x10"}, "unable to find user 0x10", "no user '0x10'"),
     "Env without =": ({"Env": ["NOEQ"]}, "must contain '='", "Env 'NOEQ': an environment variable must be"),
+    "Env with an empty name": ({"Env": ["=x"]}, "must have non-empty name", "Env '=x': an environment variable"),
 }
 
 
@@ -155,6 +156,11 @@ DIFFERENT = {
     "HOME of the image kept": ({"User": "web", "Env": ["HOME=/custom"]}, {}, ("process", "env", -1),
                                "HOME=/srv", "HOME=/custom"),
     "HOME=/ for a user without one": ({"User": "1234"}, {}, ("process", "env", -1), "TERM=xterm", "HOME=/"),
+    # conversion.md: a label of the same key MUST take precedence
+    "a label overrides the os annotation": ({"Labels": {"org.opencontainers.image.os": "plan9"}}, {},
+                                            ("annotations", "org.opencontainers.image.os"), "linux", "plan9"),
+    "a label overrides the stopSignal annotation": ({"Labels": {"org.opencontainers.image.stopSignal": "9"}}, {},
+                                                    ("annotations", "org.opencontainers.image.stopSignal"), "", "9"),
     # conversion.md: variant and os.version MUST be annotations (umoci 0.4.7 predates the rule)
     "variant annotation": ({}, {"variant": "v2"}, ("annotations", "org.opencontainers.image.variant"), None, "v2"),
     "os.version annotation": ({}, {"os.version": "6.1"}, ("annotations", "org.opencontainers.image.os.version"),

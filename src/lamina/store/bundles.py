@@ -278,11 +278,12 @@ def runtime_config(image, rootfs, *, rootless=None):
     for item in cfg.get("Env") or []:
         if not isinstance(item, str):
             continue
-        if "=" not in item:
-            # runc refuses such a process ("invalid environment variable"): say so now, as umoci does
+        key, eq, _ = item.partition("=")
+        if not eq or not key:
+            # runc refuses such a process ("invalid environment variable": no '=', or an empty
+            # name): say so now, as umoci does
             raise ImageError(f"image config Env {quote_name(item)}: an environment variable must be "
                              "NAME=VALUE")
-        key = item.split("=", 1)[0]
         for i, e in enumerate(env):
             if e.split("=", 1)[0] == key:
                 env[i] = item
@@ -302,9 +303,6 @@ def runtime_config(image, rootfs, *, rootless=None):
         spec["mounts"].append({"destination": vol, "type": "tmpfs", "source": "none",
                                "options": ["rw", "nosuid", "nodev", "noexec", "relatime"]})
     annotations = {}
-    labels = cfg.get("Labels") or {}
-    if isinstance(labels, dict):
-        annotations.update({k: v for k, v in labels.items() if isinstance(v, str)})
     c = image.config or {}
     annotations["org.opencontainers.image.os"] = c.get("os", "")
     annotations["org.opencontainers.image.architecture"] = c.get("architecture", "")
@@ -318,6 +316,11 @@ def runtime_config(image, rootfs, *, rootless=None):
     ports = cfg.get("ExposedPorts") if isinstance(cfg.get("ExposedPorts"), dict) else {}
     annotations["org.opencontainers.image.exposedPorts"] = ",".join(sorted(ports))
     annotations["org.opencontainers.image.stopSignal"] = cfg.get("StopSignal") or ""
+    # image-spec conversion.md: a label of the same key MUST take precedence over what the config's
+    # own fields give (umoci lets the fields win)
+    labels = cfg.get("Labels") or {}
+    if isinstance(labels, dict):
+        annotations.update({k: v for k, v in labels.items() if isinstance(v, str)})
     spec["annotations"] = dict(sorted(annotations.items()))
     # keep the key order of runc/umoci: annotations before linux
     linux = spec.pop("linux")
