@@ -8,6 +8,7 @@ differences listed in DIFFERENT, each with its reason (the bundle rows of tests/
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -25,7 +26,6 @@ def _bundles(tmp_path, config, *, top=None, passwd=PASSWD, group=GROUP):
     """(umoci's config.json or its error line, lamina's config.json or its error line)."""
     require_root()
     require_tool("umoci")
-    import subprocess
     files = {"etc": None, "etc/passwd": passwd, "etc/group": group, "srv": None}
     extra = {"config": config, "created": CREATED}
     extra.update(top or {})
@@ -137,13 +137,16 @@ REFUSED = {
     "User hex": ({"User": "0x10"}, "unable to find user 0x10", "no user '0x10'"),
     "Env without =": ({"Env": ["NOEQ"]}, "must contain '='", "Env 'NOEQ': an environment variable must be"),
     "Env with an empty name": ({"Env": ["=x"]}, "must have non-empty name", "Env '=x': an environment variable"),
+    # a Linux runtime config for another system's image (lamina made one)
+    "os windows": ({}, "unsupported OS: windows", "os 'windows': a bundle's config.json is for Linux", {"os": "windows"}),
+    "os freebsd": ({}, "unsupported OS: freebsd", "os 'freebsd': a bundle's config.json is for Linux", {"os": "freebsd"}),
 }
 
 
 @pytest.mark.parametrize("name", REFUSED)
 def test_bundle_refused_where_umoci_refuses(tmp_path, name):
-    config, theirs_says, ours_says = REFUSED[name]
-    theirs, ours = _bundles(tmp_path, config)
+    config, theirs_says, ours_says, *top = REFUSED[name]
+    theirs, ours = _bundles(tmp_path, config, top=top[0] if top else None)
     assert isinstance(theirs, str) and theirs_says in theirs, theirs
     assert isinstance(ours, str) and ours.startswith("lamina: error: image config ") and ours_says in ours, ours
     assert "\n" not in ours and not (tmp_path / "lamina").exists()
@@ -194,7 +197,6 @@ def test_rootless_bundle_has_no_additional_gids(tmp_path):
     """``umoci unpack --rootless`` drops additionalGids: with one id mapped, setgroups(2) is denied
     and runc refuses them.  lamina's rootless bundle kept them."""
     require_tool("umoci")
-    import subprocess
     from lamina.store.bundles import runtime_config
     lay = ob.Layout(tmp_path / "lay")
     config = {"os": "linux", "architecture": "amd64", "config": {"User": "web"}}

@@ -261,10 +261,20 @@ def _check_process_strings(cfg):
                                  "can be given")
 
 
+def _check_linux(image):
+    """The runtime config is Linux's (namespaces, mounts, capabilities): no runtime runs a windows
+    or freebsd image from it (umoci: "unsupported OS")."""
+    os_name = (image.config or {}).get("os")
+    if os_name != "linux":
+        raise ImageError(f"image config os {quote_name(os_name or '')}: a bundle's config.json is for Linux; "
+                         "unpack the image without --bundle for its files")
+
+
 def runtime_config(image, rootfs, *, rootless=None):
     """config.json for an OCI runtime bundle from an image config (image-spec conversion.md)."""
     if rootless is None:
         rootless = not _is_root()
+    _check_linux(image)
     spec = _default_spec(rootless)
     cfg = (image.config or {}).get("config") or {}
     proc = spec["process"]
@@ -332,6 +342,7 @@ def make_bundle(store, ref, bundle, *, link=False, platform=None):
     """``lamina unpack --bundle REF DIR``: DIR/config.json + DIR/rootfs. Returns (Image, FlattenStats, config)."""
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     _check_platform(image, platform)
+    _check_linux(image)  # before the rootfs is made
     bundle = os.path.abspath(os.fsdecode(bundle))
     check_outside_store(store, bundle, "bundle directory")
     layer_dirs, t_extract, extracted = _snapshots(store, image)
