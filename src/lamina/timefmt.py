@@ -4,8 +4,9 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-# ASCII digits only, as Go's time.Parse reads them (Python's \d and int() take every script's)
-_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|z|[+-]\d{2}:\d{2})$",
+# ASCII digits only, as Go's time.Parse reads them (Python's \d and int() take every script's); a
+# one-digit hour and a comma before the fraction as Go before 1.20 reads them (go_reads_time)
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{1,2}):(\d{2}):(\d{2})(?:[.,](\d+))?(Z|z|[+-]\d{2}:\d{2})$",
                       re.ASCII)
 
 
