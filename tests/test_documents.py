@@ -9,10 +9,12 @@ import http.client
 import json
 import os
 import re
+import subprocess
 
 import pytest
 
 import ocibuild as ob
+from conftest import require_tool, run
 from registryfixture import FaultProxy, lamina_cli, reg, registry_env  # noqa: F401
 from storekit import lamina
 
@@ -472,6 +474,49 @@ def test_load_refuses_a_config_with_duplicate_keys(tmp_path):
     _store_manifest(lay, ob.dumps(doc))
     err = _load_fails(tmp_path, lay, "duplicate key 'os'")
     assert doc["config"]["digest"] in err
+
+
+# Go's time.Time reads `created` (the config's and each history step's): docker, containerd,
+# umoci and skopeo refuse the whole config when it does not parse.  Go before 1.20 (umoci 0.4.7
+# here) also takes a one-digit hour, a comma before the fraction and any zone's numbers.
+# {time: what inspect shows (docker: Go's RFC3339Nano; "": no Python datetime holds it)}
+GO_TIMES = {"2020-01-01T00:00:00Z": "2020-01-01T00:00:00Z",
+            "2020-02-29T23:59:59.123456789012+05:30": "2020-02-29T23:59:59.123456789+05:30",
+            "0000-01-01T00:00:00Z": "", "2020-01-01T00:00:00-00:00": "2020-01-01T00:00:00Z",
+            "2020-01-01T0:00:00Z": "2020-01-01T00:00:00Z", "2020-01-01T00:00:00,5Z": "2020-01-01T00:00:00.5Z",
+            "2020-01-01T00:00:00+99:99": ""}
+NOT_GO_TIMES = ["yesterday", "", "2020-13-01T00:00:00Z", "2019-02-29T00:00:00Z", "2020-01-01T24:00:00Z",
+                "2020-01-01T00:00:60Z", "2020-01-01 00:00:00Z", "2020-01-01t00:00:00Z", "2020-01-01T00:00:00z",
+                "2020-01-01T00:00:00+0500", "2020-01-01T00:00:00.Z", " 2020-01-01T00:00:00Z",
+                "10000-01-01T00:00:00Z", "\u0662\u0660\u0662\u0660-01-01T00:00:00Z", "2020-01-01T00:00:00\uff3a"]
+
+
+@pytest.mark.parametrize("where", ["config", "history"])
+@pytest.mark.parametrize("created", list(GO_TIMES) + NOT_GO_TIMES)
+def test_a_created_time_is_read_as_go_reads_it(tmp_path, created, where):
+    """A ``created`` no Go reads ('yesterday', month 13, a lower-case z) was taken, the image
+    shown as made at no known time, then handed on by save and push to tools that refuse it."""
+    require_tool("umoci")
+    extra = {"created": created} if where == "config" else \
+        {"history": [{"created": created, "created_by": "step"}]}
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"1"}], config_extra=extra), "img")
+    umoci = subprocess.run(["umoci", "unpack", "--image", f"{lay.root}:img", tmp_path / "bundle"],
+                           capture_output=True, text=True)
+    assert (umoci.returncode == 0) == (created in GO_TIMES), umoci.stderr
+    proc = lamina(tmp_path / "store", "copy", f"oci:{lay.root}:img", "img:1", check=False)
+    if created in GO_TIMES:
+        assert proc.returncode == 0, proc.stderr
+        run("skopeo", "inspect", "--config", f"oci:{lay.root}:img")
+        if where == "config":
+            shown = lamina(tmp_path / "store", "inspect", "--format", "{{.Created}}", "img:1").stdout
+            assert shown == GO_TIMES[created] + "\n"
+    else:
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        step = "" if where == "config" else " history[0]"
+        assert f"{step}: created must be an RFC 3339 time, not {json.dumps(created)}" in proc.stderr, proc.stderr
+        assert not os.path.exists(tmp_path / "store" / "index.json") or \
+            json.load(open(tmp_path / "store" / "index.json"))["manifests"] == []
 
 
 def test_load_refuses_a_negative_size(tmp_path):

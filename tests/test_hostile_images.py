@@ -288,17 +288,16 @@ def test_load_keeps_a_name_whose_digest_is_the_image(tmp_path):
     assert proc.stdout.strip() == f"[pinned@{m['digest']}]", proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("created", ["\u0662\u0660\u0662\u0660-01-01T00:00:00Z",   # Arabic-Indic digits
-                                     "2020-01-01T00:00:\uff10\uff10Z",                 # fullwidth zeros
-                                     "2020-01-01T00:00:00\uff3a",
-                                     # no Python time zone holds 24 hours or more (inspect's traceback)
-                                     "2020-01-01T00:00:00+99:99", "2020-01-01T00:00:00+24:00",
+# Go before 1.20 reads the first two zones (umoci 0.4.7 does); no Python time zone holds 24 hours or
+# more (inspect's traceback)
+@pytest.mark.parametrize("created", ["2020-01-01T00:00:00+99:99", "2020-01-01T00:00:00+24:00",
                                      # in years 10000 and 0 once in UTC (inspect's traceback)
                                      "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"])
-def test_a_created_time_in_digits_go_does_not_read_is_no_time(tmp_path, created):
-    """Python's \\d matches every script's digits, and int() reads them: ``created`` written in
-    Arabic-Indic digits was 2020 to lamina and no time at all to Go's time.Parse (docker,
-    containerd).  ``images`` shows such an image as created at no known time, as for a bad one."""
+def test_a_created_time_no_python_datetime_holds_is_no_time(tmp_path, created):
+    """A ``created`` some Go reads but no Python datetime holds: ``images`` shows such an image as
+    created at no known time.  (Python's \\d matches every script's digits, and int() reads them:
+    ``created`` in Arabic-Indic digits was 2020 to lamina and no time at all to Go; such times are
+    now refused as the config is read, ``test_documents.py``.)"""
     from lamina import images as I
     from lamina.store import Store
     lay = ob.Layout(tmp_path / "lay")

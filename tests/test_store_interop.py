@@ -131,3 +131,62 @@ def test_save_then_load_round_trips_the_image_id(loaded, tmp_path):
     root2 = tmp_path / "fresh"
     cli(root2, "load", "-i", archive)
     assert Store(root2).resolve("lamina/sample:v1").config_digest == before.config_digest
+
+
+def _raw_config_digest(ref):
+    import hashlib
+    raw = run("skopeo", "inspect", "--raw", "--config", ref).stdout.encode()
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def test_save_of_an_untagged_image_and_of_two_images_read_by_skopeo(loaded, tmp_path):
+    """An image saved by its ID has no RepoTags (``null``, as moby's tarexport writes it) and
+    skopeo reads it as the archive's only image; two images in one archive are skopeo's ``@0`` and
+    ``@1`` in manifest.json's order, each by its tag too, configs byte for byte."""
+    require_tool("skopeo")
+    import ocibuild as ob
+    image = Store(loaded).resolve("lamina/sample:v1")
+    untagged = tmp_path / "untagged.tar"
+    cli(loaded, "save", image.config_digest, "-o", untagged)
+    manifest = json.loads(run("tar", "-xOf", untagged, "manifest.json").stdout)
+    assert manifest == [{"Config": image.config_digest[7:] + ".json", "RepoTags": None,
+                         "Layers": [d[7:] + ".tar" for d in image.diff_ids]}]
+    assert _raw_config_digest(f"docker-archive:{untagged}") == image.config_digest
+    run("skopeo", "copy", "-q", f"docker-archive:{untagged}", f"oci:{tmp_path}/sk:x")
+    assert json.loads(run("skopeo", "inspect", f"oci:{tmp_path}/sk:x").stdout)["RepoTags"] == []
+
+    lay = ob.Layout(tmp_path / "other")
+    lay.add(lay.image([{"other": b"o"}]), "o")
+    cli(loaded, "copy", f"oci:{lay.root}:o", "other/image:1")
+    other = Store(loaded).resolve("other/image:1")
+    two = tmp_path / "two.tar"
+    cli(loaded, "save", "other/image:1", "lamina/sample:v1", "-o", two)
+    entries = json.loads(run("tar", "-xOf", two, "manifest.json").stdout)
+    assert [e["RepoTags"] for e in entries] == [["other/image:1"], ["lamina/sample:v1"]]
+    for i, (img, tag) in enumerate([(other, "other/image:1"), (image, "lamina/sample:v1")]):
+        assert _raw_config_digest(f"docker-archive:{two}:@{i}") == img.config_digest
+        assert _raw_config_digest(f"docker-archive:{two}:{tag}") == img.config_digest
+    root2 = tmp_path / "root2"
+    assert sorted(cli(root2, "load", "-i", two).stdout.splitlines()) == [
+        "Loaded image: lamina/sample:v1", "Loaded image: other/image:1"]
+
+
+def test_load_of_skopeo_archives_with_additional_tags_and_with_none(tmp_path):
+    """skopeo writes every name (``--additional-tag``) into one manifest.json entry, fully
+    qualified (``docker.io/ex/a:1``), and none at all (``RepoTags: []``) when copied without a
+    tag: docker load reads them as the names and as an untagged image."""
+    require_tool("skopeo")
+    tagged, bare = tmp_path / "tagged.tar", tmp_path / "bare.tar"
+    run("skopeo", "copy", "-q", f"oci:{SAMPLE}:latest", f"docker-archive:{tagged}:ex/a:1",
+        "--additional-tag", "ex/b:2")
+    assert json.loads(run("tar", "-xOf", tagged, "manifest.json").stdout)[0]["RepoTags"] == [
+        "docker.io/ex/a:1", "docker.io/ex/b:2"]
+    run("skopeo", "copy", "-q", f"oci:{SAMPLE}:latest", f"docker-archive:{bare}")
+    assert json.loads(run("tar", "-xOf", bare, "manifest.json").stdout)[0]["RepoTags"] == []
+    root = tmp_path / "root"
+    assert cli(root, "load", "-i", tagged).stdout.splitlines() == ["Loaded image: ex/a:1", "Loaded image: ex/b:2"]
+    config_digest = Store(root).resolve("ex/a:1").config_digest
+    root2 = tmp_path / "root2"
+    assert cli(root2, "load", "-i", bare).stdout.splitlines() == [f"Loaded image ID: {config_digest}"]
+    rows = cli(root2, "images", "--format", "{{.Repository}} {{.Tag}} {{.ID}}").stdout.splitlines()
+    assert rows == [f"<none> <none> {config_digest[7:19]}"]

@@ -253,3 +253,43 @@ def test_rmi_of_a_manifests_last_name_collects_it_when_the_id_stays(store):
     assert out.strip() == "Untagged: copied/app:v2"
     assert store.resolve("app:v2").manifest_digest == app.manifest_digest
     assert other not in _on_disk(store)[0]
+
+
+def test_rmi_of_a_name_whose_image_no_longer_reads_untags_it(store):
+    """An image stored before a check lamina now makes (its config's ``created`` 'yesterday',
+    which no Go reader takes) no longer reads: ``images`` and ``fsck`` fail on it, and fsck says
+    "remove it with lamina rmi", but ``rmi NAME`` read the image first and failed the same way:
+    no verb could remove it.  The name goes, as docker untags a name, and gc takes the rest."""
+    import hashlib
+    app = store.resolve("app:v2")
+
+    def blob(digest):
+        with open(os.path.join(store.paths.blobs, digest[7:])) as f:
+            return json.load(f)
+    manifest, config = blob(app.manifest_digest), blob(app.config_digest)
+    config["created"] = "yesterday"
+
+    def put(doc):  # behind lamina's back, as an older lamina wrote it
+        data = json.dumps(doc).encode()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        with open(os.path.join(store.paths.blobs, digest[7:]), "wb") as f:
+            f.write(data)
+        return digest, len(data)
+    manifest["config"]["digest"], manifest["config"]["size"] = put(config)
+    digest, size = put(manifest)
+    index_path = os.path.join(store.root, "index.json")
+    with open(index_path) as f:
+        index = json.load(f)
+    [entry] = [e for e in index["manifests"] if e["digest"] == app.manifest_digest]
+    entry["digest"], entry["size"] = digest, size
+    with open(index_path, "w") as f:
+        json.dump(index, f)
+    _, err = fails(store.root, "images")
+    assert "app:v2 is broken" in err and "created must be an RFC 3339 time" in err, err
+    assert ok(store.root, "rmi", "app:v2").splitlines()[0] == "Untagged: app:v2"
+    assert ok(store.root, "images", "--format", "{{.Repository}}:{{.Tag}}").split() == ["base:1.0"]
+    assert not os.path.exists(os.path.join(store.paths.blobs, digest[7:]))
+    report = json.loads(ok(store.root, "fsck", "--format", "json"))
+    assert report["findings"] == [], report
+    _, err = fails(store.root, "rmi", "app:v2")
+    assert "app:v2" in err

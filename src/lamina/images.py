@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .apiargs import a_flag, a_path, a_store
-from .errors import ImageError, InvalidReferenceError, LaminaError
+from .errors import ImageError, ImageNotFoundError, InvalidReferenceError, LaminaError, StoreError
 from .reference import Reference
 
 # --- what is in use, and how big ------------------------------------------------------------
@@ -568,7 +568,12 @@ def remove(store, ref, *, force=False, prune=True):
     a_flag(force, "force")
     a_flag(prune, "prune")
     from .store.store import name_of
-    image = store.resolve(ref)
+    try:
+        image = store.resolve(ref)
+    except (ImageError, StoreError) as e:
+        if isinstance(e, ImageNotFoundError):
+            raise
+        return _untag_broken(store, ref, e, force=force, prune=prune)
     uses = in_use(store)
     use = uses.get(image.manifest_digest, [])
     result = RemoveResult()
@@ -615,6 +620,32 @@ def remove(store, ref, *, force=False, prune=True):
         result.deleted.append(image.config_digest)
     if gone and not use and prune:
         collect_unused(store, result)
+    return result
+
+
+def _untag_broken(store, ref, error, *, force, prune):
+    """``rmi NAME`` of an image whose manifest or config no longer reads (fsck: "remove it with
+    lamina rmi"; a check added since it was stored): the name goes, as docker untags a name
+    without reading the image.  By ID there is no config to find it by: the error stands."""
+    from .store.store import entry_name, name_of
+    try:
+        wanted = name_of(Reference.parse(ref))
+    except InvalidReferenceError:
+        raise error from None
+    entry = next((e for e in store.index.read() if entry_name(e) == wanted), None)
+    if entry is None:
+        raise error
+    use = in_use(store).get(entry["digest"], [])
+    if use and not force:
+        raise LaminaError(f'conflict: unable to remove repository reference "{ref}" (must force) - image '
+                          f"is in use by {_use_text(use)}")
+    result = RemoveResult()
+    gone = store.untag(Reference.parse(ref))
+    result.untagged.append(Reference.parse(ref).familiar())
+    if gone and not use:
+        result.manifests.append(entry["digest"])
+        if prune:
+            collect_unused(store, result)
     return result
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-# ASCII digits only, as Go's time.Parse reads them (Python's \d and int() take every script's)
-_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|z|[+-]\d{2}:\d{2})$",
+# ASCII digits only, as Go's time.Parse reads them (Python's \d and int() take every script's); a
+# one-digit hour and a comma before the fraction as Go before 1.20 reads them (go_reads_time)
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{1,2}):(\d{2}):(\d{2})(?:[.,](\d+))?(Z|z|[+-]\d{2}:\d{2})$",
                       re.ASCII)
 
 
@@ -34,3 +35,23 @@ def parse_rfc3339(text):
     nanos = int((frac or "0")[:9].ljust(9, "0"))
     secs = int((base - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)).total_seconds()) - offset
     return secs, nanos, offset
+
+
+# What Go's time.Time reads from JSON (image configs' "created", docker, containerd, umoci,
+# skopeo): RFC 3339 with an upper-case T, two-digit fields but the hour (Go before 1.20 takes
+# one digit, and a comma before the fraction), the date and time in range; the zone's numbers
+# were not checked before Go 1.20.  The union of the versions: what one of them reads.
+_GO_TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{1,2}):([0-9]{2}):([0-9]{2})(?:[.,][0-9]+)?"
+                      r"(?:Z|[+-][0-9]{2}:[0-9]{2})")
+
+
+def go_reads_time(text):
+    """True if some Go's time.Time.UnmarshalJSON reads ``text``; a config whose time none reads is
+    refused by every Go tool, so lamina refuses it as it reads the config."""
+    m = _GO_TIME.fullmatch(text)
+    if not m:
+        return False
+    y, mo, d, h, mi, s = map(int, m.groups())
+    leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    days = [31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+    return 1 <= mo <= 12 and 1 <= d <= days[mo - 1] and h < 24 and mi < 60 and s < 60

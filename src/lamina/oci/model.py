@@ -18,6 +18,7 @@ from .. import mediatypes as mt
 from ..errors import ArtifactError, ImageError, PlatformNotFoundError, UnsupportedMediaTypeError
 from ..limits import DEFAULT_LIMITS, check_layer_count
 from ..platform import Platform
+from ..timefmt import go_reads_time
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
@@ -441,20 +442,25 @@ def parse_config(data, what, layer_count):
 # is no user name, a "config" list that no verb can read).
 _STRING, _STRINGS, _STRING_MAP, _OBJECT, _BOOL = "a string", "a list of strings", "a map of strings", \
     "an object", "a boolean"
-_CONFIG_TYPES = {"created": _STRING, "author": _STRING, "os": _STRING, "architecture": _STRING,
+# a string Go's time.Time reads: one it does not fails the whole config in docker, containerd,
+# umoci and skopeo ("parsing time"), where lamina showed the image as created at no known time
+_TIME = "an RFC 3339 time"
+_CONFIG_TYPES = {"created": _TIME, "author": _STRING, "os": _STRING, "architecture": _STRING,
                  "variant": _STRING, "os.version": _STRING, "os.features": _STRINGS}
 # lamina does not match on these, but Go's unmarshalling of the whole index fails on another type
 _PLATFORM_TYPES = {"os.version": _STRING, "os.features": _STRINGS}
 _EXEC_TYPES = {"User": _STRING, "WorkingDir": _STRING, "StopSignal": _STRING, "Env": _STRINGS,
                "Entrypoint": _STRINGS, "Cmd": _STRINGS, "Labels": _STRING_MAP, "ExposedPorts": _OBJECT,
                "Volumes": _OBJECT, "ArgsEscaped": _BOOL}
-_HISTORY_TYPES = {"created": _STRING, "author": _STRING, "created_by": _STRING, "comment": _STRING,
+_HISTORY_TYPES = {"created": _TIME, "author": _STRING, "created_by": _STRING, "comment": _STRING,
                   "empty_layer": _BOOL}
 
 
 def _has_type(value, kind):
     if kind == _STRING:
         return isinstance(value, str)
+    if kind == _TIME:
+        return isinstance(value, str) and go_reads_time(value)
     if kind == _BOOL:
         return isinstance(value, bool)
     if kind == _STRINGS:
@@ -468,6 +474,8 @@ def _check_types(obj, types, what):
     for key, kind in types.items():
         value = obj.get(key)
         if value is not None and not _has_type(value, kind):
+            if kind == _TIME and not isinstance(value, str):
+                kind = _STRING
             raise ImageError(f"{what}: {key} must be {kind}, not {json.dumps(value)[:60]}")
 
 

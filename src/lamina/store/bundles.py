@@ -145,35 +145,57 @@ def _read_in_root_fd(root, relpath, limit):
         os.close(root_fd)
 
 
-def _parse_colon_file(data, fields):
+# What Go's bytes.TrimSpace trims (unicode.IsSpace); Python's strip() also takes \x1c-\x1f.
+_GO_SPACE = " \t\n\v\f\r\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
+            "\u2028\u2029\u202f\u205f\u3000"
+
+
+def _parse_colon_file(data, fields, *, comments):
+    """The lines of an /etc/passwd or /etc/group as moby/sys/user reads them (docker, umoci, runc):
+    split at "\n" only and trimmed of Unicode spaces, each cut at ":" into ``fields`` fields (the
+    missing ones empty).  Python's splitlines() also splits at \r, \x1c-\x1e, NEL and U+2028: a
+    line "web:x:1000:1000:\x1cweb:x:0:0::/:/bin/sh" was user web as uid 0 for lamina and as
+    uid 1000 for every Go reader.  Only /etc/group has comments in moby's reading."""
     out = []
     if data is None:
         return out
-    for line in data.decode("utf-8", "replace").splitlines():
-        if not line or line.startswith("#"):
+    for raw in data.split(b"\n"):
+        # bytes that are not UTF-8 stay distinct (never a space, never equal to a config's name)
+        line = raw.decode("utf-8", "surrogateescape").strip(_GO_SPACE)
+        if not line or (comments and line.startswith("#")):
             continue
         parts = line.split(":")
-        if len(parts) >= fields:
-            out.append(parts)
+        out.append((parts + [""] * fields)[:fields])
     return out
 
 
-# uids and gids as moby/sys/user reads them: strconv.Atoi (ASCII digits; Python's isdigit() and
-# int() take every script's, and int() refuses past 4,300 digits with a ValueError) and its range.
-_NUMBER = re.compile(r"[0-9]+")
+def _text(field):
+    """A field of the image's files as text for config.json (JSON holds no stray bytes; Go's
+    encoder writes U+FFFD for them)."""
+    return field.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+# uids and gids as moby/sys/user reads them: strconv.Atoi (an optional sign, ASCII digits; Python's
+# isdigit() and int() take every script's, and int() refuses past 4,300 digits with a ValueError)
+# and its range.
+_NUMBER = re.compile(r"[+-]?[0-9]+")
 _MAX_ID = (1 << 31) - 1
+
+
+def _in_range(text):
+    return len(text.lstrip("+-")) <= 10 and 0 <= int(text) <= _MAX_ID
 
 
 def _file_id(field):
     """A uid/gid field of the image's /etc/passwd or /etc/group, None if not one."""
-    if not _NUMBER.fullmatch(field) or len(field) > 10 or int(field) > _MAX_ID:
+    if not _NUMBER.fullmatch(field) or not _in_range(field):
         return None
     return int(field)
 
 
 def _given_id(text, user):
-    """The number the config's User gives (ASCII digits)."""
-    if len(text) > 10 or int(text) > _MAX_ID:
+    """The number the config's User gives (Atoi's syntax)."""
+    if not _in_range(text):
         raise ImageError(f"image config User {user[:80]!r}: uids and gids must be in range 0-{_MAX_ID}")
     return int(text)
 
@@ -181,15 +203,16 @@ def _given_id(text, user):
 def resolve_user(user, rootfs):
     """(OCI process user {uid, gid[, additionalGids]}, home dir) for an image config's User.
 
-    ``user``, ``uid``, ``user:group``, ``uid:gid``, like docker and umoci (moby/sys/user):
-    names are looked up in the rootfs' /etc/passwd and /etc/group (read without ever
-    leaving the rootfs); a numeric uid also picks up its passwd entry (primary group,
-    home); supplementary groups come from /etc/group membership unless a group is
-    given; an unknown name is an error, the home defaults to "/".
+    ``user``, ``uid``, ``user:group``, ``uid:gid``, like docker and umoci (moby/sys/user's
+    GetExecUser): names are looked up in the rootfs' /etc/passwd and /etc/group (read without
+    ever leaving the rootfs), the first entry matching; a numeric uid also picks up its passwd
+    entry (primary group, home); supplementary groups are every /etc/group line listing the
+    user, in file order, unless a group is given; an unknown name is an error, the home
+    defaults to "/".  The User is taken as it is written (" web " is no user, as for Go).
     """
-    user = (user or "").strip()
+    user = user or ""
     name, _, group = user.partition(":")
-    passwd = _parse_colon_file(_read_in_root(rootfs, "etc/passwd"), 6)
+    passwd = _parse_colon_file(_read_in_root(rootfs, "etc/passwd"), 7, comments=False)
     uid, gid, home, username = 0, 0, "/", None
     entry = None
     if name == "" or _NUMBER.fullmatch(name):
@@ -202,30 +225,26 @@ def resolve_user(user, rootfs):
         uid = _file_id(entry[2])
         if uid is None:
             raise ImageError(f"image config User {user!r}: the image's /etc/passwd gives {name!r} the uid "
-                             f"{entry[2][:80]!r}, not a number from 0 to {_MAX_ID}")
+                             f"{_text(entry[2])[:80]!r}, not a number from 0 to {_MAX_ID}")
     if entry is not None:
         username = entry[0]
         if (file_gid := _file_id(entry[3])) is not None:
             gid = file_gid
-        home = entry[5] or "/"
-    groups = None
+        home = _text(entry[5]) or "/"
     if group:
         if _NUMBER.fullmatch(group):
             gid = _given_id(group, user)
         else:
-            groups = _parse_colon_file(_read_in_root(rootfs, "etc/group"), 3)
+            groups = _parse_colon_file(_read_in_root(rootfs, "etc/group"), 4, comments=True)
             g = next((g for g in groups if g[0] == group and _file_id(g[2]) is not None), None)
             if g is None:
                 raise ImageError(f"image config User {user!r}: no group {group!r} in the image's /etc/group")
             gid = _file_id(g[2])
     out = {"uid": uid, "gid": gid}
     if not group and username:
-        groups = _parse_colon_file(_read_in_root(rootfs, "etc/group"), 3)
-        extra = []
-        for g in groups:
-            members = g[3].split(",") if len(g) > 3 and g[3] else []
-            if username in members and (extra_gid := _file_id(g[2])) is not None and extra_gid not in extra:
-                extra.append(extra_gid)
+        # as GetExecUser: a group listed twice, or the primary group listed, stays in the list
+        extra = [gid_ for g in _parse_colon_file(_read_in_root(rootfs, "etc/group"), 4, comments=True)
+                 if g[3] and username in g[3].split(",") and (gid_ := _file_id(g[2])) is not None]
         if extra:
             out["additionalGids"] = extra
     return out, home
@@ -242,24 +261,39 @@ def _check_process_strings(cfg):
                                  "can be given")
 
 
+def _check_linux(image):
+    """The runtime config is Linux's (namespaces, mounts, capabilities): no runtime runs a windows
+    or freebsd image from it (umoci: "unsupported OS")."""
+    os_name = (image.config or {}).get("os")
+    if os_name != "linux":
+        raise ImageError(f"image config os {quote_name(os_name or '')}: a bundle's config.json is for Linux; "
+                         "unpack the image without --bundle for its files")
+
+
 def runtime_config(image, rootfs, *, rootless=None):
     """config.json for an OCI runtime bundle from an image config (image-spec conversion.md)."""
     if rootless is None:
         rootless = not _is_root()
+    _check_linux(image)
     spec = _default_spec(rootless)
     cfg = (image.config or {}).get("config") or {}
     proc = spec["process"]
     proc["user"], home = resolve_user(cfg.get("User"), rootfs)
+    if rootless:
+        # one id mapped: setgroups(2) is denied in the user namespace, and runc fails on any
+        # additional gid (umoci --rootless drops them too)
+        proc["user"].pop("additionalGids", None)
     _check_process_strings(cfg)
     env = list(proc["env"])
     for item in cfg.get("Env") or []:
         if not isinstance(item, str):
             continue
-        if "=" not in item:
-            # runc refuses such a process ("invalid environment variable"): say so now, as umoci does
+        key, eq, _ = item.partition("=")
+        if not eq or not key:
+            # runc refuses such a process ("invalid environment variable": no '=', or an empty
+            # name): say so now, as umoci does
             raise ImageError(f"image config Env {quote_name(item)}: an environment variable must be "
                              "NAME=VALUE")
-        key = item.split("=", 1)[0]
         for i, e in enumerate(env):
             if e.split("=", 1)[0] == key:
                 env[i] = item
@@ -279,9 +313,6 @@ def runtime_config(image, rootfs, *, rootless=None):
         spec["mounts"].append({"destination": vol, "type": "tmpfs", "source": "none",
                                "options": ["rw", "nosuid", "nodev", "noexec", "relatime"]})
     annotations = {}
-    labels = cfg.get("Labels") or {}
-    if isinstance(labels, dict):
-        annotations.update({k: v for k, v in labels.items() if isinstance(v, str)})
     c = image.config or {}
     annotations["org.opencontainers.image.os"] = c.get("os", "")
     annotations["org.opencontainers.image.architecture"] = c.get("architecture", "")
@@ -295,6 +326,11 @@ def runtime_config(image, rootfs, *, rootless=None):
     ports = cfg.get("ExposedPorts") if isinstance(cfg.get("ExposedPorts"), dict) else {}
     annotations["org.opencontainers.image.exposedPorts"] = ",".join(sorted(ports))
     annotations["org.opencontainers.image.stopSignal"] = cfg.get("StopSignal") or ""
+    # image-spec conversion.md: a label of the same key MUST take precedence over what the config's
+    # own fields give (umoci lets the fields win)
+    labels = cfg.get("Labels") or {}
+    if isinstance(labels, dict):
+        annotations.update({k: v for k, v in labels.items() if isinstance(v, str)})
     spec["annotations"] = dict(sorted(annotations.items()))
     # keep the key order of runc/umoci: annotations before linux
     linux = spec.pop("linux")
@@ -306,6 +342,7 @@ def make_bundle(store, ref, bundle, *, link=False, platform=None):
     """``lamina unpack --bundle REF DIR``: DIR/config.json + DIR/rootfs. Returns (Image, FlattenStats, config)."""
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     _check_platform(image, platform)
+    _check_linux(image)  # before the rootfs is made
     bundle = os.path.abspath(os.fsdecode(bundle))
     check_outside_store(store, bundle, "bundle directory")
     layer_dirs, t_extract, extracted = _snapshots(store, image)

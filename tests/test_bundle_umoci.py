@@ -1,0 +1,216 @@
+"""``lamina unpack --bundle``'s config.json against ``umoci unpack``'s, for the same image.
+
+Each case is one image config (and the /etc/passwd, /etc/group its rootfs holds).  umoci
+resolves the User with moby/sys/user, as docker and runc do, so where the two disagree on
+the process (its user, groups, environment, arguments), lamina is wrong, but for the few
+differences listed in DIFFERENT, each with its reason (the bundle rows of tests/CONFORMANCE.md).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+import ocibuild as ob
+from conftest import require_root, require_tool
+from verbkit import lamina
+
+PASSWD = (b"root:x:0:0:root:/root:/bin/sh\nweb:x:33:44:web:/srv:/bin/sh\n"
+          b"emptyhome:x:51:51:::/bin/sh\n")
+GROUP = b"root:x:0:\nwww:x:44:web\nextra:x:99:web,other\nmore:x:100:root\nagain:x:99:web\n"
+CREATED = "2020-01-01T00:00:00Z"
+
+
+def _bundles(tmp_path, config, *, top=None, passwd=PASSWD, group=GROUP):
+    """(umoci's config.json or its error line, lamina's config.json or its error line)."""
+    require_root()
+    require_tool("umoci")
+    files = {"etc": None, "etc/passwd": passwd, "etc/group": group, "srv": None}
+    extra = {"config": config, "created": CREATED}
+    extra.update(top or {})
+    extra = {k: v for k, v in extra.items() if v is not None}
+    lay = ob.Layout(tmp_path / "lay")
+    lay.add(lay.image([files], config_extra=extra), "img")
+    umoci = subprocess.run(["umoci", "unpack", "--image", f"{lay.root}:img", tmp_path / "umoci"],
+                           capture_output=True, text=True)
+    theirs = json.loads((tmp_path / "umoci/config.json").read_text()) if umoci.returncode == 0 else \
+        umoci.stderr.strip().splitlines()[-1]
+    store = tmp_path / "store"
+    rc, _, err = lamina(store, "copy", f"oci:{lay.root}:img", "img")
+    assert rc == 0, err
+    rc, _, err = lamina(store, "unpack", "--bundle", "img", tmp_path / "lamina")
+    ours = json.loads((tmp_path / "lamina/config.json").read_text()) if rc == 0 else err.strip()
+    return theirs, ours
+
+
+def _runtime_view(spec):
+    """What the image's config decides in config.json."""
+    proc = spec["process"]
+    return {"user": proc["user"], "env": proc["env"], "args": proc["args"], "cwd": proc["cwd"],
+            "terminal": proc["terminal"], "root": spec["root"], "annotations": spec["annotations"], "mounts": sorted(m["destination"] for m in spec["mounts"])}
+
+
+def _umoci_seen_by_lamina(theirs):
+    """umoci's view with the one difference every case shares: lamina gives a user without a
+    home (no passwd entry, an empty home field) HOME=/, which runc sets anyway (its default
+    user's home) when the process has none; umoci leaves HOME out."""
+    view = _runtime_view(theirs)
+    if not any(e.startswith("HOME=") for e in view["env"]):
+        view["env"] = view["env"] + ["HOME=/"]
+    view["user"].setdefault("additionalGids", [])
+    return view
+
+
+SAME = {
+    "no User": ({}, {}),
+    "User a name": ({"User": "web"}, {}),
+    "User a uid with a passwd entry": ({"User": "33"}, {}),
+    "User name:group": ({"User": "web:extra"}, {}),
+    "User uid:gid": ({"User": "33:99"}, {}),
+    "User uid unknown": ({"User": "1234"}, {}),
+    "User name with an empty group": ({"User": "web:"}, {}),
+    "User an empty name and a group": ({"User": ":extra"}, {}),
+    "User a home left empty": ({"User": "emptyhome"}, {}),
+    # Atoi's syntax: a sign is a number
+    "User +5": ({"User": "+5"}, {}),
+    "User web:+5": ({"User": "web:+5"}, {}),
+    "passwd uid +33": ({"User": "web"}, {"passwd": b"web:x:+33:44::/srv:/bin/sh\n"}),
+    # moby/sys/user splits the files at \n only: \r, \x1c, NEL inside a line are the line's
+    # (lamina's splitlines() made a second line of what follows them: user web as uid 0)
+    "passwd \\x1c in a field": ({"User": "web"}, {"passwd": b"web:x:1000:1000:a\x1cweb:x:0:0::/:/bin/sh\n"}),
+    "passwd NEL in a field": ({"User": "web"}, {"passwd": "web:x:1000:1000:a\u0085web:x:0:0::/:/bin/sh\n".encode()}),
+    "passwd \\r in a field": ({"User": "web"}, {"passwd": b"web:x:1000:1000:a\rweb:x:0:0::/:/bin/sh\n"}),
+    "passwd CRLF lines": ({"User": "web"}, {"passwd": b"web:x:1000:1000::/h:/bin/sh\r\n"}),
+    "passwd line indented, trailing spaces": ({"User": "web"}, {"passwd": b"  web:x:1000:1000::/h \n"}),
+    "passwd line of four fields": ({"User": "web"}, {"passwd": b"web:x:1000:1000\n"}),
+    "passwd # is a name, not a comment": ({"User": "#web"}, {"passwd": b"#web:x:1000:1000::/h:/bin/sh\n"}),
+    "group # comments a line": ({"User": "web"}, {"group": b"#g:x:7:web\ng:x:8:web\n"}),
+    "group line indented": ({"User": "web"}, {"group": b"  g:x:77:web\n"}),
+    "group member after a space is another name": ({"User": "web"}, {"group": b"g:x:77:a, web\nh:x:78:web\n"}),
+    "group line of three fields": ({"User": "web:g"}, {"group": b"g:x:77\n"}),
+    "Env merged, PATH replaced, duplicates": ({"Env": ["PATH=/x", "A=1", "A=2", "B=="]}, {}),
+    "Entrypoint and Cmd": ({"Entrypoint": ["/e", "a"], "Cmd": ["c"]}, {}),
+    "Cmd alone": ({"Cmd": ["c"]}, {}),
+    "Entrypoint and Cmd empty": ({"Entrypoint": [], "Cmd": []}, {}),
+    "WorkingDir": ({"WorkingDir": "/srv"}, {}),
+    "StopSignal, ports, volumes": ({"StopSignal": "SIGQUIT", "ExposedPorts": {"80/tcp": {}, "53/udp": {}},
+                                    "Volumes": {"/data": {}, "/a": {}}}, {}),
+    "Labels": ({"Labels": {"a": "b", "org.opencontainers.image.title": "t"}}, {}),
+    "every field null": ({k: None for k in ("User", "Env", "Entrypoint", "Cmd", "WorkingDir", "Labels",
+                                            "ExposedPorts", "Volumes", "StopSignal")}, {}),
+    "author, created with a zone and nanoseconds": ({}, {"top": {"author": "me <m@x>",
+                                                                 "created": "2020-01-02T03:04:05.123456789+02:00"}}),
+}
+
+
+@pytest.mark.parametrize("name", SAME)
+def test_bundle_config_is_umocis(tmp_path, name):
+    config, kw = SAME[name]
+    theirs, ours = _bundles(tmp_path, config, **kw)
+    assert isinstance(theirs, dict), theirs
+    assert isinstance(ours, dict), ours
+    mine = _runtime_view(ours)
+    mine["user"].setdefault("additionalGids", [])
+    assert mine == _umoci_seen_by_lamina(theirs)
+
+
+def test_supplementary_groups_are_every_line_listing_the_user(tmp_path):
+    """GetExecUser lists each /etc/group line naming the user, in file order: the primary group
+    and a gid on two lines included (lamina left out the second 99)."""
+    theirs, ours = _bundles(tmp_path, {"User": "web"})
+    assert ours["process"]["user"] == theirs["process"]["user"] == {"uid": 33, "gid": 44,
+                                                                    "additionalGids": [44, 99, 99]}
+
+
+def test_a_passwd_line_is_cut_at_newlines_only(tmp_path):
+    """The image says web is uid 1000; docker, runc and umoci run it as 1000.  lamina split the
+    line at the \\x1c inside it and found a second 'web' entry of uid 0: the bundle ran as root."""
+    passwd = b"web:x:1000:1000:a\x1cweb:x:0:0::/:/bin/sh\n"
+    theirs, ours = _bundles(tmp_path, {"User": "web"}, passwd=passwd)
+    assert theirs["process"]["user"]["uid"] == ours["process"]["user"]["uid"] == 1000
+
+
+REFUSED = {
+    "User with spaces": ({"User": " web "}, "unable to find user  web ", "no user ' web '"),
+    "User unknown": ({"User": "nosuch"}, "unable to find user nosuch", "no user 'nosuch'"),
+    "User hex": ({"User": "0x10"}, "unable to find user 0x10", "no user '0x10'"),
+    "Env without =": ({"Env": ["NOEQ"]}, "must contain '='", "Env 'NOEQ': an environment variable must be"),
+    "Env with an empty name": ({"Env": ["=x"]}, "must have non-empty name", "Env '=x': an environment variable"),
+    # a Linux runtime config for another system's image (lamina made one)
+    "os windows": ({}, "unsupported OS: windows", "os 'windows': a bundle's config.json is for Linux", {"os": "windows"}),
+    "os freebsd": ({}, "unsupported OS: freebsd", "os 'freebsd': a bundle's config.json is for Linux", {"os": "freebsd"}),
+}
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_bundle_refused_where_umoci_refuses(tmp_path, name):
+    config, theirs_says, ours_says, *top = REFUSED[name]
+    theirs, ours = _bundles(tmp_path, config, top=top[0] if top else None)
+    assert isinstance(theirs, str) and theirs_says in theirs, theirs
+    assert isinstance(ours, str) and ours.startswith("lamina: error: image config ") and ours_says in ours, ours
+    assert "\n" not in ours and not (tmp_path / "lamina").exists()
+
+
+# (config, top-level fields, path into config.json, umoci's value, lamina's value)
+DIFFERENT = {
+    # conversion.md: "an implementation-defined default SHOULD NOT result in an environment
+    # variable being removed or changed"; docker keeps it too (runc sets HOME only when absent)
+    "HOME of the image kept": ({"User": "web", "Env": ["HOME=/custom"]}, {}, ("process", "env", -1),
+                               "HOME=/srv", "HOME=/custom"),
+    "HOME=/ for a user without one": ({"User": "1234"}, {}, ("process", "env", -1), "TERM=xterm", "HOME=/"),
+    # conversion.md: a label of the same key MUST take precedence
+    "a label overrides the os annotation": ({"Labels": {"org.opencontainers.image.os": "plan9"}}, {},
+                                            ("annotations", "org.opencontainers.image.os"), "linux", "plan9"),
+    "a label overrides the stopSignal annotation": ({"Labels": {"org.opencontainers.image.stopSignal": "9"}}, {},
+                                                    ("annotations", "org.opencontainers.image.stopSignal"), "", "9"),
+    # conversion.md: variant and os.version MUST be annotations (umoci 0.4.7 predates the rule)
+    "variant annotation": ({}, {"variant": "v2"}, ("annotations", "org.opencontainers.image.variant"), None, "v2"),
+    "os.version annotation": ({}, {"os.version": "6.1"}, ("annotations", "org.opencontainers.image.os.version"),
+                              None, "6.1"),
+    # no created: nothing to copy (umoci formats Go's zero time)
+    "no created": ({}, {"created": None}, ("annotations", "org.opencontainers.image.created"),
+                   "0001-01-01T00:00:00Z", None),
+    # runc refuses a relative cwd; docker joins it to / (filepath.Join)
+    "WorkingDir relative": ({"WorkingDir": "app/../b/"}, {}, ("process", "cwd"), "app/../b/", "/b"),
+}
+
+
+def _at(spec, path):
+    for key in path:
+        try:
+            spec = spec[key]
+        except (KeyError, IndexError):
+            return None
+    return spec
+
+
+@pytest.mark.parametrize("name", DIFFERENT)
+def test_bundle_config_differs_from_umoci_on_purpose(tmp_path, name):
+    config, top, path, umoci_value, lamina_value = DIFFERENT[name]
+    theirs, ours = _bundles(tmp_path, config, top=top)
+    assert _at(theirs, path) == umoci_value
+    assert _at(ours, path) == lamina_value
+
+
+def test_rootless_bundle_has_no_additional_gids(tmp_path):
+    """``umoci unpack --rootless`` drops additionalGids: with one id mapped, setgroups(2) is denied
+    and runc refuses them.  lamina's rootless bundle kept them."""
+    require_tool("umoci")
+    from lamina.store.bundles import runtime_config
+    lay = ob.Layout(tmp_path / "lay")
+    config = {"os": "linux", "architecture": "amd64", "config": {"User": "web"}}
+    files = {"etc": None, "etc/passwd": PASSWD, "etc/group": GROUP}
+    lay.add(lay.image([files], config_extra=config), "img")
+    subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{lay.root}:img", tmp_path / "u"], check=True,
+                   capture_output=True)
+    theirs = json.loads((tmp_path / "u/config.json").read_text())
+
+    class Image:
+        pass
+    image = Image()
+    image.config = config
+    ours = runtime_config(image, tmp_path / "u/rootfs", rootless=True)
+    assert ours["process"]["user"] == theirs["process"]["user"] == {"uid": 33, "gid": 44}
+    assert runtime_config(image, tmp_path / "u/rootfs", rootless=False)["process"]["user"]["additionalGids"] == \
+        [44, 99, 99]
