@@ -762,7 +762,7 @@ def test_pull_refuses_duplicate_keys(reg, pushed, registry_env):  # noqa: F811
 # ---------------------------------------------------------------------------------------------
 # The image-spec's own schema tests: the documents of its Go package's schema/*_test.go (Debian's
 # golang-github-opencontainers-image-spec-dev, 1.1.0-rc2, fetched by ci/fetch-corpora.sh), each
-# marked valid or invalid by the spec's JSON schemas.  lamina reads each as the schemas do, but
+# marked valid or invalid by the spec's JSON schemas, and the spec's examples, all valid.  lamina reads each as the schemas do, but
 # for the cases below, where it differs on purpose (DOCUMENTS.md says why).
 
 SPEC_CASE_FILES = ("manifest_test.go", "imageindex_test.go", "config_test.go", "descriptor_test.go",
@@ -795,6 +795,15 @@ def _spec_cases(schema_dir):
             comments = re.findall(r"//\s*(.*)", chunk[:doc.start()])
             cases.append((name, comments[-1].strip() if comments else "", doc.group(1), doc.group(2),
                           m.group(1) == "true"))
+    # the spec's own examples, which its spec_test.go validates: each is valid
+    kinds = {"manifest.v1": "manifest", "index.v1": "imageIndex", "config.v1": "config", "descriptor.v1": "descriptor"}
+    for name in ("manifest.md", "image-index.md", "config.md", "descriptor.md", "image-layout.md"):
+        with open(os.path.join(schema_dir, "..", name), encoding="utf-8") as f:
+            src = f.read()
+        for m in re.finditer(r"```json,title=([^&\n]*)&mediatype=application/vnd\.oci\.(?:image\.)?(\w+\.v1)%2Bjson\n(.*?)```",
+                             src, re.S):
+            if m.group(2) in kinds:
+                cases.append((name, m.group(1).replace("%20", " "), kinds[m.group(2)], m.group(3), False))
     return cases
 
 
@@ -819,7 +828,7 @@ def _read_spec_document(kind, text):
 def test_the_image_spec_schema_tests_documents_are_read_as_the_schemas_say():
     import corpora
     cases = _spec_cases(corpora.require_corpus("imagespec"))
-    assert len(cases) >= 45, len(cases)  # the Go files still parse here
+    assert len(cases) >= 55, len(cases)  # the Go files and the examples still parse here
     wrong, differs = [], set()
     for name, comment, kind, text, invalid in cases:
         try:
