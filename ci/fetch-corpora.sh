@@ -24,8 +24,10 @@
 #                these eleven: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
-#                tarsum and archive tests) and of tar-split (golang-github-vbatts-tar-split-dev:
-#                the archives it must reassemble bit-exact); the .debs are only unpacked here,
+#                tarsum and archive tests), of tar-split (golang-github-vbatts-tar-split-dev:
+#                the archives it must reassemble bit-exact) and of the OCI image-spec
+#                (golang-github-opencontainers-image-spec-dev: the documents of its schema
+#                tests, for tests/test_documents.py); the .debs are only unpacked here,
 #                installing them would pull in a Go toolchain.
 # Go's archive/tar testdata and CPython's tarfile test archive come as binary packages
 # (golang-1.19-src, libpython3.11-testsuite), installed by tests/run-all.sh.
@@ -42,12 +44,17 @@ set -euo pipefail
 cache="${LAMINA_CORPORA:-/var/cache/lamina-corpora}"
 
 fetch_gocode() {
-    local gocode="$cache/gocode" work ok=0 i
-    [ -e "$gocode/COMPLETE" ] && return 0
+    local gocode="$cache/gocode" work ok=0 i pkg
+    local pkgs=(golang-github-docker-docker-dev golang-github-vbatts-tar-split-dev
+                golang-github-opencontainers-image-spec-dev)
+    if [ -e "$gocode/COMPLETE" ]; then  # complete unless a package was added since
+        ok=1
+        for pkg in "${pkgs[@]}"; do grep -q "^${pkg}_" "$gocode/COMPLETE" || ok=0; done
+        [ $ok = 1 ] && return 0
+    fi
     work="$(mktemp -d)"
     for i in 1 2 3; do
-        (cd "$work" && apt-get -o APT::Sandbox::User=root download -qq \
-             golang-github-docker-docker-dev golang-github-vbatts-tar-split-dev) && { ok=1; break; }
+        (cd "$work" && apt-get -o APT::Sandbox::User=root download -qq "${pkgs[@]}") && { ok=1; break; }
         sleep $((i * 5))
     done
     [ $ok = 1 ] || { rm -rf "$work"; return 1; }

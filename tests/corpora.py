@@ -47,7 +47,8 @@ from conftest import IN_CI
 
 CACHE = os.environ.get("LAMINA_CORPORA", "/var/cache/lamina-corpora")
 LIBARCHIVE = os.path.join(CACHE, "libarchive")
-_GOCODE = {"moby": "docker/docker/pkg", "tarsplit": "vbatts/tar-split/tar/asm/testdata"}
+_GOCODE = {"moby": "docker/docker/pkg", "tarsplit": "vbatts/tar-split/tar/asm/testdata",
+           "imagespec": "opencontainers/image-spec/schema"}
 _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "commons-compress",
             "busybox": "busybox", "tarstream": "tar-stream", "perl": "perl-archive-tar",
             "plexus": "plexus-archiver", "php": "php-phar",

@@ -22,6 +22,11 @@ OCI_LAYER_NONDISTRIBUTABLE_ZSTD = OCI_LAYER_NONDISTRIBUTABLE + "+zstd"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+# The config type docker 1.10 pushed in schema2 manifests (docker/distribution#1622); Docker Hub
+# still serves images of that time so.  containerd reads it as DOCKER_CONFIG (its
+# LegacyConfigMediaType), containers/image's own schema2 fixture has it, image-spec's backwards
+# compatibility tests take such a manifest as valid.
+DOCKER_LEGACY_CONFIG = "application/octet-stream"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_LAYER_FOREIGN_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 # Not in the Docker spec, but produced by some tools and accepted by containerd.
@@ -77,6 +82,12 @@ def is_index(media_type):
 
 def is_manifest(media_type):
     return media_type in MANIFEST_TYPES
+
+
+def is_config(media_type, manifest_media_type):
+    """Is ``media_type`` the type of an image config, in a manifest of ``manifest_media_type``?"""
+    return media_type in CONFIG_TYPES or (media_type == DOCKER_LEGACY_CONFIG
+                                          and manifest_media_type == DOCKER_MANIFEST)
 
 
 def is_schema1(media_type=None, document=None):

@@ -376,7 +376,7 @@ def choose_platform(descs, want, open_index, platform_of, max_depth, what, depth
 def parse_manifest(doc, media_type, what, limits=DEFAULT_LIMITS):
     """``limits``: None for a manifest already in the store (gc must still see every blob of it)."""
     config = parse_descriptor(doc.get("config"), f"{what} config")
-    if config.media_type not in mt.CONFIG_TYPES:
+    if not mt.is_config(config.media_type, media_type):
         # Artifacts (Helm charts, signatures, SBOMs) use image manifests with other config types.
         # image-spec 1.1 names an artifact's type in artifactType when its config is the empty
         # descriptor: that type says what the user pulled, the empty config's says nothing.
