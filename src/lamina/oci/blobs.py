@@ -686,6 +686,13 @@ class TarArchive:
                 # inside the archive (docker's load resolves it in scope: /x is the member x);
                 # when nothing is there, "not found" would hide that the link points outside
                 outside = target.startswith("/") or joined == ".." or joined.startswith("../")
+                through = self._symlink_on_the_way(base, target)
+                if through is not None:
+                    # tar and docker's load (which extract the archive) follow that symlink, then
+                    # its "..": skopeo and lamina read the target as text, so d/../m.json was
+                    # two members, and a d/m.json none to skopeo: one archive, two images
+                    raise ImageError(f"{self._link(seen, name)} is a symlink to {target!r}, through the symlink "
+                                     f"member {through}: tar and docker's load would follow it, skopeo does not")
                 where = "out of the archive" if outside else "which the archive does not hold"
                 why = f"{self._link(seen, name)} is a symlink to {target!r}, {where}"
                 name = at = member_name(posixpath.join(base, target))
@@ -700,6 +707,21 @@ class TarArchive:
             else:
                 raise ImageError(f"{self.path}: member {seen} is not a regular file")
         raise ImageError(f"{self.path}: member {seen}: too many levels of links")
+
+    def _symlink_on_the_way(self, base, target):
+        """The symlink member a link's target passes through before its last component, if any."""
+        parts = (target if target.startswith("/") else posixpath.join(base, target)).split("/")
+        walked = []
+        for part in parts[:-1]:
+            if part == "..":
+                if walked:
+                    walked.pop()
+            elif part not in ("", "."):
+                walked.append(part)
+                member = self.members.get("/".join(walked))
+                if member is not None and member.issym():
+                    return "/".join(walked)
+        return None
 
     def _link(self, seen, name):
         return f"{self.path}: member {seen}" + (f": {name}" if name != seen else "")
