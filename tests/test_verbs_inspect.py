@@ -300,3 +300,26 @@ def test_table_prefix_and_headers():
         "header functions keep the header text"
     assert render_rows("{{.ID}}", rows, hdr) == "abc\ndefghijklmnop\n"
     assert render_rows("json", rows, hdr).splitlines()[0] == '{"ID":"abc","Size":"1kB"}'
+
+
+def test_nested_parentheses_are_parsed_in_one_pass_over_the_tokens(monkeypatch):
+    """Each level of nesting copied and scanned the tokens inside it: 51,200 parentheses read
+    every token ~330 times (until the recursion's "max expression depth exceeded"), 14 s of
+    parsing.  Counted in reads of a token's kind, a few per token now, whatever the depth."""
+    from lamina.cli import gotemplate
+    from lamina.cli.gotemplate import TemplateError
+    slot, reads = gotemplate._Tok.kind, [0]
+
+    def read(tok):
+        reads[0] += 1
+        return slot.__get__(tok)
+    monkeypatch.setattr(gotemplate._Tok, "kind", property(read, slot.__set__))
+    for n in (150, 3200):
+        src = "{{" + "(print " * n + "1" + ")" * n + "}}"
+        reads[0] = 0
+        try:
+            gotemplate.parse(src)
+        except TemplateError as e:
+            assert "max expression depth exceeded" in str(e)
+        tokens = 3 * n + 1
+        assert reads[0] < 12 * tokens, (n, reads[0], tokens)

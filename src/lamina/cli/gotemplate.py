@@ -737,74 +737,73 @@ class Template:
             self._error(epos, f"unexpected {etoks[1].val!r} in end")
         return _Branch(kind, pipe, body, else_body, pos)
 
-    def _parse_pipe(self, toks, pos, allow_decl=False, range_decl=False):
+    def _parse_pipe(self, toks, pos, allow_decl=False, range_decl=False, lo=0, hi=None):
+        """The pipeline of ``toks[lo:hi]`` (an action's tokens, or a parenthesized part of them).
+        Parts are index ranges into the action's one token list, and each "(" knows its ")"
+        (``self._closing``): a part copied and scanned again at each level of nesting made
+        parsing cost tokens x depth (51,200 parentheses: 14 s to say "max expression depth
+        exceeded")."""
+        if hi is None:
+            hi = len(toks)
+            self._closing = self._match_parens(toks, pos)
         decl, assign = [], False
-        i = 0
-        if allow_decl and toks and toks[0].kind == "var":
+        i = lo
+        if allow_decl and hi > lo and toks[lo].kind == "var":
             # $x := / $x = / $i, $v :=
-            if len(toks) > 1 and toks[1].kind in ("declare", "="):
-                decl, assign, i = [toks[0].val], toks[1].kind == "=", 2
-            elif range_decl and len(toks) > 3 and toks[1].kind == "," and toks[2].kind == "var" \
-                    and toks[3].kind in ("declare", "="):
-                decl, assign, i = [toks[0].val, toks[2].val], toks[3].kind == "=", 4
-        rest = toks[i:]
-        if not rest:
+            if hi - lo > 1 and toks[lo + 1].kind in ("declare", "="):
+                decl, assign, i = [toks[lo].val], toks[lo + 1].kind == "=", lo + 2
+            elif range_decl and hi - lo > 3 and toks[lo + 1].kind == "," and toks[lo + 2].kind == "var" \
+                    and toks[lo + 3].kind in ("declare", "="):
+                decl, assign, i = [toks[lo].val, toks[lo + 2].val], toks[lo + 3].kind == "=", lo + 4
+        if i >= hi:
             self._error(pos, "missing value for command")
-        cmds, cur = [], []
-        depth = 0
-        j = 0
-        groups = []
-        while j < len(rest):
-            t = rest[j]
+        groups, start, j = [], i, i
+        while j < hi:
+            t = toks[j]
             if t.kind == "(":
-                depth += 1
-            elif t.kind == ")":
-                depth -= 1
-                if depth < 0:
-                    self._error(t.pos, "unexpected right paren")
-            if t.kind == "|" and depth == 0:
-                if not cur:
+                j = self._closing[j]   # a parenthesized part holds no | of this pipeline
+            elif t.kind == "|":
+                if j == start:
                     self._error(t.pos, "missing command before |")
-                groups.append(cur)
-                cur = []
-            else:
-                cur.append(t)
+                groups.append((start, j))
+                start = j + 1
             j += 1
-        if depth > 0:
-            self._error(pos, "unclosed left paren")
-        if not cur:
+        if start == hi:
             self._error(pos, "missing command after |")
-        groups.append(cur)
-        for g in groups:
-            cmds.append(self._parse_command(g))
-        return _Pipe(pos, decl, cmds, assign)
+        groups.append((start, hi))
+        return _Pipe(pos, decl, [self._parse_command(toks, a, b) for a, b in groups], assign)
 
-    def _parse_command(self, toks):
-        args, j = [], 0
-        while j < len(toks):
-            arg, j = self._parse_operand(toks, j)
+    def _match_parens(self, toks, pos):
+        """{index of each "(": index of its ")"} of an action's tokens."""
+        closing, open_at = {}, []
+        for j, t in enumerate(toks):
+            if t.kind == "(":
+                open_at.append(j)
+            elif t.kind == ")":
+                if not open_at:
+                    self._error(t.pos, "unexpected right paren")
+                closing[open_at.pop()] = j
+        if open_at:
+            self._error(pos, "unclosed left paren")
+        return closing
+
+    def _parse_command(self, toks, lo, hi):
+        args, j = [], lo
+        while j < hi:
+            arg, j = self._parse_operand(toks, j, hi)
             args.append(arg)
         if args and args[0].kind == "nil":
             self._error(args[0].pos, "nil is not a command")
         return args
 
-    def _parse_operand(self, toks, j):
+    def _parse_operand(self, toks, j, hi):
         t = toks[j]
         j += 1
         if t.kind == "(":
-            depth, k = 1, j
-            while k < len(toks):
-                if toks[k].kind == "(":
-                    depth += 1
-                elif toks[k].kind == ")":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                k += 1
-            inner = toks[j:k]
-            if not inner:
+            k = self._closing[j - 1]
+            if k == j:
                 self._error(t.pos, "missing value in parenthesized pipeline")
-            node = _Arg("pipe", t.pos, node=self._parse_pipe(inner, t.pos, allow_decl=True))
+            node = _Arg("pipe", t.pos, node=self._parse_pipe(toks, t.pos, allow_decl=True, lo=j, hi=k))
             j = k + 1
         elif t.kind == "field":
             node = _Arg("field", t.pos, fields=[t.val], text="." + t.val)
@@ -831,7 +830,7 @@ class Template:
         else:
             self._error(t.pos, f"unexpected {t.val!r} in operand")
         # field chains: .A.B, $x.A, (pipe).A
-        while j < len(toks) and toks[j].kind == "field" and toks[j].pos == _end_pos(toks[j - 1]):
+        while j < hi and toks[j].kind == "field" and toks[j].pos == _end_pos(toks[j - 1]):
             node.fields.append(toks[j].val)
             node.text += "." + toks[j].val
             j += 1
