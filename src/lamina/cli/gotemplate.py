@@ -1108,15 +1108,30 @@ def _f_pad(s, prefix, suffix):
     return " " * int(prefix) + s + " " * int(suffix)
 
 
+def _go_bytes(s):
+    """A string's bytes as Go holds them: UTF-8, a byte that is no UTF-8 (held as a surrogate
+    escape) as itself, and a lone surrogate as U+FFFD (Go's strings cannot hold one)."""
+    try:
+        return s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xd800 <= ord(c) <= 0xdfff and not 0xdc80 <= ord(c) <= 0xdcff else c
+                       for c in s).encode("utf-8", "surrogateescape")
+
+
+def _go_string(data):
+    """Bytes back to a string: a character cut in two stays its bytes (surrogate escapes)."""
+    return data.decode("utf-8", "surrogateescape")
+
+
 def _f_truncate(s, length):
     s = _need_str(s, "truncate")
-    b = s.encode()
+    b = _go_bytes(s)
     if len(b) < length:
         return s
     if length < 0:
         # docker's source[:length] panics, which text/template reports as this error
         raise _FuncError(f"runtime error: slice bounds out of range [:{length}]")
-    return b[:length].decode(errors="ignore")
+    return _go_string(b[:length])
 
 
 def _f_index(item, *keys):
@@ -1130,9 +1145,9 @@ def _f_index(item, *keys):
         elif isinstance(v, (list, tuple, str)):
             if not isinstance(k, int) or isinstance(k, bool):
                 raise _FuncError(f"cannot index slice/array with type {type_name(k)}")
-            if k < 0 or k >= len(v):
+            if k < 0 or k >= (len(_go_bytes(v)) if isinstance(v, str) else len(v)):
                 raise _FuncError(f"index out of range: {k}")
-            v = v[k] if not isinstance(v, str) else v.encode()[k]
+            v = v[k] if not isinstance(v, str) else _go_bytes(v)[k]
         elif v is None or v is MISSING:
             raise _FuncError("index of untyped nil")
         else:
@@ -1141,20 +1156,32 @@ def _f_index(item, *keys):
 
 
 def _f_slice(item, *idx):
+    """Go's slice: a string by its bytes (slice "héllo" 1 3 is "é"), as len and index count."""
+    if item is None or item is MISSING:
+        raise _FuncError("slice of untyped nil")
+    if len(idx) > 3:
+        raise _FuncError(f"too many slice indexes: {len(idx)}")
     if not isinstance(item, (list, tuple, str)):
         raise _FuncError(f"can't slice item of type {type_name(item)}")
-    if len(idx) > 2:
-        raise _FuncError("too many slice indexes")
-    lo = idx[0] if idx else 0
-    hi = idx[1] if len(idx) > 1 else len(item)
-    if not (0 <= lo <= hi <= len(item)):
-        raise _FuncError(f"index out of range: {lo}:{hi}")
-    return item[lo:hi]
+    if isinstance(item, str) and len(idx) == 3:
+        raise _FuncError("cannot 3-index slice a string")
+    seq = _go_bytes(item) if isinstance(item, str) else item
+    bounds = [0, len(seq), len(seq)]
+    for n, x in enumerate(idx):
+        if not isinstance(x, int) or isinstance(x, bool):
+            raise _FuncError(f"cannot index slice/array with type {type_name(x)}")
+        if not 0 <= x <= len(seq):
+            raise _FuncError(f"index out of range: {x}")
+        bounds[n] = x
+    for a, b in ((bounds[0], bounds[1]), (bounds[1], bounds[2])):
+        if a > b:
+            raise _FuncError(f"invalid slice index: {a} > {b}")
+    return _go_string(seq[bounds[0]:bounds[1]]) if isinstance(item, str) else item[bounds[0]:bounds[1]]
 
 
 def _f_len(v):
     if isinstance(v, (str,)):
-        return len(v.encode())
+        return len(_go_bytes(v))
     if isinstance(v, (list, tuple, dict)):
         return len(v)
     raise _FuncError(f"len of type {type_name(v)}")
@@ -1298,6 +1325,74 @@ def _go_quoted(v):
     return f"%!q({type_name(v)}={format_value(v)})"
 
 
+def _printf_one(verb, flags, width, prec, a):
+    """One operand of printf, padded to ``width``.  A slice or map is each of its elements so
+    formatted and padded (fmt's printValue): %5s of [a b] is [    a     b]."""
+    if isinstance(a, (list, tuple)) and not (verb == "v" and isinstance(a, NilSlice)):
+        return "[" + " ".join(_printf_one(verb, flags, width, prec, _nil_inside(x)) for x in a) + "]"
+    if isinstance(a, dict) and not isinstance(a, GoStruct):
+        return "map[" + " ".join(f"{_printf_one(verb, flags, width, prec, k)}:"
+                                 f"{_printf_one(verb, flags, width, prec, _nil_inside(a[k]))}"
+                                 for k in _sorted_keys(a)) + "]"
+    if (a is None or a is MISSING) and verb != "v":
+        return f"%!{verb}(<nil>)"   # a nil interface (a missing key too): fmt's badVerb
+    if verb == "s" and isinstance(a, (bool, int, float)):
+        s = f"%!s({type_name(a)}={format_value(a)})"
+    elif verb in "sv":
+        s = ("<nil>" if a is MISSING else format_value(a)) if not (verb == "s" and isinstance(a, str)) else a
+        if prec is not None and (verb == "s" or isinstance(a, str)):
+            s = s[:int(prec)]   # runes, as fmt's truncateString
+    elif verb == "q":
+        s = _go_quoted(a[:int(prec)] if prec is not None and isinstance(a, str) else a)
+    elif verb == "d":
+        if isinstance(a, bool) or not isinstance(a, int):
+            s = f"%!d({type_name(a)}={format_value(a)})"
+        else:
+            s = _signed(str(abs(a)), a < 0, flags)
+    elif verb in "xX":
+        if isinstance(a, int) and not isinstance(a, bool):
+            s = _signed(("0" + verb.lower() if "#" in flags else "") + format(abs(a), verb), a < 0, flags)
+        elif isinstance(a, str):
+            s = _hex_string(_go_bytes(a)[:int(prec)] if prec is not None else _go_bytes(a), verb, flags)
+        else:
+            s = f"%!{verb}({type_name(a)}={format_value(a)})"
+    elif verb == "t":
+        s = format_value(a) if isinstance(a, bool) else f"%!t({type_name(a)}={format_value(a)})"
+    elif verb == "f":
+        if isinstance(a, (int, float)) and not isinstance(a, bool):
+            digits = f"{abs(float(a)):.{int(prec) if prec is not None else 6}f}"
+            s = _signed(digits, str(float(a)).startswith("-"), flags)
+        else:
+            s = f"%!f({type_name(a)}={format_value(a)})"
+    else:
+        raise _FuncError(f"printf verb %{verb} is not supported by lamina's --format templates")
+    if width is not None:
+        w = int(width)
+        zeros = "0" in flags and (verb in "dfxX" or (verb == "v" and isinstance(a, (int, float))
+                                                     and not isinstance(a, bool)))
+        if "-" in flags:
+            s = s.ljust(w)
+        elif zeros and s[:1] in ("-", "+", " "):
+            s = s[0] + s[1:].rjust(w - 1, "0")   # fmt pads after the sign: -0000255
+        else:
+            s = s.rjust(w, "0") if zeros else s.rjust(w)
+    return s
+
+
+def _nil_inside(v):
+    return None if v is MISSING else v
+
+
+def _hex_string(data, verb, flags):
+    """fmt's fmtSbx: %x of a string's bytes; "% x" spaces them, "%#x" gives each (or, without
+    the space flag, the whole) a 0x."""
+    digits = data.hex() if verb == "x" else data.hex().upper()
+    prefix = ("0" + verb) if "#" in flags else ""
+    if " " in flags:
+        return " ".join(prefix + digits[i:i + 2] for i in range(0, len(digits), 2))
+    return prefix + digits if digits else ""
+
+
 def _f_printf(fmt, *args):
     fmt = _need_str(fmt, "printf")
     out, i, ai = [], 0, 0
@@ -1324,43 +1419,7 @@ def _f_printf(fmt, *args):
             continue
         a = args[ai]
         ai += 1
-        if verb == "s" and isinstance(a, (bool, int, float)):
-            s = f"%!s({type_name(a)}={format_value(a)})"
-        elif verb in "sv":
-            s = format_value(a) if not (verb == "s" and isinstance(a, str)) else a
-            if prec is not None and verb == "s":
-                s = s[:int(prec)]
-        elif verb == "q":
-            s = _go_quoted(a)
-        elif verb == "d":
-            if isinstance(a, bool) or not isinstance(a, int):
-                s = f"%!d({type_name(a)}={format_value(a)})"
-            else:
-                s = _signed(str(abs(a)), a < 0, flags)
-        elif verb in "xX":
-            if isinstance(a, int) and not isinstance(a, bool):
-                s = _signed(("0" + verb.lower() if "#" in flags else "") + format(abs(a), verb), a < 0, flags)
-            elif isinstance(a, str):
-                s = a.encode().hex() if verb == "x" else a.encode().hex().upper()
-            else:
-                s = f"%!{verb}({type_name(a)}={format_value(a)})"
-        elif verb == "t":
-            s = format_value(a) if isinstance(a, bool) else f"%!t({type_name(a)}={format_value(a)})"
-        elif verb == "f":
-            if isinstance(a, (int, float)) and not isinstance(a, bool):
-                s = f"{float(a):.{int(prec) if prec is not None else 6}f}"
-            else:
-                s = f"%!f({type_name(a)}={format_value(a)})"
-        else:
-            raise _FuncError(f"printf verb %{verb} is not supported by lamina's --format templates")
-        if width is not None:
-            w = int(width)
-            if "-" in flags:
-                s = s.ljust(w)
-            elif "0" in flags and verb in "dfxX" and s[:1] in ("-", "+", " "):
-                s = s[0] + s[1:].rjust(w - 1, "0")   # fmt pads after the sign: -0000255
-            else:
-                s = s.rjust(w, "0") if "0" in flags and verb in "dfxX" else s.rjust(w)
+        s = _printf_one(verb, flags, width, prec, a)
         out.append(s)
     out.append(fmt[i:])
     if ai < len(args):
