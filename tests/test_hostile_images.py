@@ -870,15 +870,17 @@ def test_a_member_is_named_as_go_names_it_or_the_archive_is_refused(tmp_path, ho
 @pytest.mark.parametrize("record", [(b"path", b"notes.json\0x"), (b"linkpath", b"who\0"), (b"uname", b"ro\0ot"),
                                     (b"SCHILY.xattr.user.a\0b", b"v")],
                          ids=["path", "linkpath", "uname", "a-key"])
-def test_a_pax_record_go_refuses_for_its_nul_makes_the_archive_unreadable(tmp_path, record):
+@pytest.mark.parametrize("type", [b"x", b"g"])
+def test_a_pax_record_go_refuses_for_its_nul_makes_the_archive_unreadable(tmp_path, record, type):
     """Go's archive/tar (docker load, skopeo) refuses the whole archive at a PAX path, linkpath,
     uname or gname holding a NUL, or a key holding one; tarfile kept the NUL in the name (a
     member no lookup finds) and lamina loaded an archive they refuse.  As the layer
-    extractor refuses such a name, the archive is refused, naming the record."""
+    extractor refuses such a name, the archive is refused, naming the record.  Go parses a
+    global header's records alike, where lamina, which applies none of them, skipped them."""
     skopeo = require_tool("skopeo")
     a, manifest = _legacy_members("nul:1", b"A")
     path = tmp_path / "nul.tar"
-    path.write_bytes(_raw_members({**a, "manifest.json": manifest}) + _pax([record])
+    path.write_bytes(_raw_members({**a, "manifest.json": manifest}) + _pax([record], type=type)
                      + _raw_members({"notes.json": b"{}"}) + bytes(1024))
     sk = subprocess.run([skopeo, "copy", "-q", f"docker-archive:{path}", f"oci:{tmp_path / 'sk'}:x"],
                         capture_output=True, text=True)
@@ -886,6 +888,28 @@ def test_a_pax_record_go_refuses_for_its_nul_makes_the_archive_unreadable(tmp_pa
     for proc in (cli("load", "-i", path, root=tmp_path / "store"), cli("unpack", f"docker-archive:{path}", tmp_path / "out")):
         assert proc.returncode == 1, proc.stderr
         assert f"{path}: not a readable tar archive" in proc.stderr and "NUL" in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("records", [b"abc", b"99 path=who\n", b"10 path=who\n", b"6 =ab\n", b"12 path=who\n\0\0"],
+                         ids=["no-length", "length-past-end", "no-newline", "no-key", "trailing-nuls"])
+def test_a_global_header_go_refuses_for_a_malformed_record_makes_the_archive_unreadable(tmp_path, records):
+    """A PAX global header is applied to no member, but Go's archive/tar (docker load, skopeo)
+    parses its records and refuses the archive at one it cannot read; lamina skipped them."""
+    skopeo = require_tool("skopeo")
+    a, manifest = _legacy_members("bad:1", b"A")
+    path = tmp_path / "bad.tar"
+    path.write_bytes(_raw_members({**a, "manifest.json": manifest})
+                     + tb.header("pax_global_header", type=b"g", size=len(records)) + records
+                     + bytes(-len(records) % tb.BLOCK) + _raw_members({"notes.json": b"{}"}) + bytes(1024))
+    sk = subprocess.run([skopeo, "copy", "-q", f"docker-archive:{path}", f"oci:{tmp_path / 'sk'}:x"],
+                        capture_output=True, text=True)
+    assert sk.returncode != 0 and "invalid tar header" in sk.stderr, sk.stderr
+    for proc in (cli("load", "-i", path, root=tmp_path / "store"), cli("unpack", f"docker-archive:{path}", tmp_path / "out")):
+        assert proc.returncode == 1, proc.stderr
+        assert f"{path}: not a readable tar archive: member 'pax_global_header': malformed PAX record" in proc.stderr, \
+            proc.stderr
         assert proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "out").exists()
 

@@ -386,6 +386,33 @@ def test_a_member_under_a_symlink_member_is_refused(root, tmp_path, symlink_firs
     _unchanged(root, before)
 
 
+@pytest.mark.parametrize("target", ["d/../m.json", "d/m.json"], ids=["dotdot", "beneath"])
+def test_a_symlink_whose_target_passes_through_a_symlink_member_is_refused(root, tmp_path, target):  # noqa: F811
+    """``d -> sub/deep`` and ``manifest.json -> d/../m.json``: tar and docker's load (which
+    extract the archive) follow ``d`` and then ``..``, reading ``sub/m.json`` (image B); skopeo
+    and lamina cleaned the target as text and read ``m.json`` (image A).  ``d/m.json``: tar
+    reads ``sub/deep/m.json``, skopeo finds no member, and lamina said the archive did not hold
+    it.  One archive, two readings: refused, naming the link and the symlink on its way."""
+    require_tool("tar")
+    skopeo = require_tool("skopeo")
+    members, top = _legacy_members("a:1")
+    other = _legacy_members("b:1")[1]
+    members += [("m.json", top), ("sub/m.json", other), ("sub/deep/m.json", other), ("d", ("symlink", "sub/deep")),
+                ("manifest.json", ("symlink", target))]
+    archive = _tar_with_links(tmp_path / "through.tar", members)
+    out = tmp_path / "tar-x"
+    os.mkdir(out)
+    run("tar", "-xf", archive, "-C", out)
+    assert open(out / "manifest.json", "rb").read() == other   # GNU tar followed d
+    # skopeo reads image A (the tag a:1) through "d/../m.json", and no manifest through "d/m.json"
+    sk = subprocess.run([skopeo, "inspect", "--raw", f"docker-archive:{archive}:a:1"], capture_output=True, text=True)
+    assert (sk.returncode == 0) == (target == "d/../m.json"), sk.stderr
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive,
+          match=f"{archive}: member manifest.json is a symlink to {target!r}, through the symlink member d")
+    _unchanged(root, before)
+
+
 # --- a layout as a destination -------------------------------------------------------------------
 
 

@@ -10,6 +10,8 @@ every refusal.
 """
 from __future__ import annotations
 
+import bz2
+import lzma
 import os
 import subprocess
 
@@ -267,6 +269,9 @@ MEDIA_LIES = {
                         "announces zstd but the content is gzip"),
     "tar under gzip": (lambda t: t, ob.DOCKER_LAYER_GZIP, "announces gzip but the content is not compressed"),
     "gzip under tar": (lambda t: ob.gz(t), ob.OCI_LAYER, "announces none but the content is gzip"),
+    # docker's DecompressStream reads these two as well, whatever the media type; no layer is either
+    "xz under gzip": (lambda t: lzma.compress(t), ob.OCI_LAYER_GZIP, "announces gzip but the content is xz-compressed"),
+    "bzip2 under tar": (lambda t: bz2.compress(t), ob.OCI_LAYER, "bzip2-compressed, which a layer never is"),
 }
 
 

@@ -3,8 +3,10 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from collections import namedtuple
 
@@ -960,6 +962,9 @@ def test_docker_archive_layer_members_compressed_by_hand(skopeo_archives, tmp_pa
         refused = f"layer 1 of 3 .*{tool}-compressed, which a layer never is"
         with pytest.raises(lamina.errors.CompressionError, match=refused):
             lamina.unpack(f"docker-archive:{archive}", tmp_path / "u")
+        load = subprocess.run([sys.executable, "-m", "lamina", "--root", tmp_path / "store", "load", "-i", archive],
+                              capture_output=True, text=True)
+        assert load.returncode == 1 and re.search(refused, load.stderr) and load.stderr.count("\n") == 1, load.stderr
 
 
 def test_the_private_tarfile_methods_the_archive_reader_overrides_are_still_called_so():

@@ -1,6 +1,7 @@
 """lamina push: store -> real docker-registry, checked with skopeo (the oracle)."""
 import hashlib
 import json
+import os
 import re
 
 import pytest
@@ -584,3 +585,54 @@ def test_a_push_by_an_index_digest_the_store_holds_part_of_sends_nothing(reg, pr
     with pytest.raises(errors.ImageError, match=f"cannot push {ms[1]['digest']} as .*@{index['digest']}"):
         push(f"{proxy.host}/partindex@{index['digest']}", store=store)
     assert not [s for s in proxy.seen if s[0] in ("POST", "PATCH", "PUT")], proxy.seen
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "monolithic"])
+def test_a_blob_shorter_than_its_descriptor_leaves_no_upload_session(reg, tmp_path, registry_env, chunked):  # noqa: F811
+    """A stored blob cut short (a damaged store) failed its upload mid-request and left the session,
+    holding the bytes already sent, for the registry to expire after a week: distribution refuses
+    a DELETE of it (the broken request's bytes put it past the offset its Location says).  A
+    monolithic PUT sent the file as it was and left the registry waiting for the bytes its
+    Content-Length owed.  The blob's size is checked before the upload, which opens no session."""
+    lay, m = _image(tmp_path, big=300_000)
+    store = Store(registry_env / "root")
+    name = f"cut-{'chunked' if chunked else 'whole'}"
+    load_layout_into_store(store, lay.root, m, f"{reg.host}/{name}:1")
+    big = max(lay.read_json(m["digest"])["layers"], key=lambda d: d["size"])
+    with open(store.blob_path(big["digest"]), "r+b") as f:
+        f.truncate(big["size"] - 1000)
+    said = re.escape(f"blob {big['digest']} is shorter than its descriptor says ({big['size'] - 1000} of "
+                     f"{big['size']} bytes)")
+    with pytest.raises(errors.ImageError, match=said):
+        push(f"{reg.host}/{name}:1", store=store, chunk_size=65536 if chunked else None)
+    uploads = os.path.join(reg.storage, "docker/registry/v2/repositories", name, "_uploads")
+    assert not os.path.isdir(uploads) or os.listdir(uploads) == []
+
+
+def test_a_blob_cut_short_during_its_upload_cancels_the_session_at_its_latest_location(
+        reg, proxy, tmp_path, registry_env):  # noqa: F811
+    """The blob is cut short while its upload runs (the store damaged under it): the third PATCH
+    fails with an ImageError, which left the session as it was, where a RegistryError cancels
+    it; now it is cancelled too, at the Location the last PATCH gave.  (distribution refuses
+    that DELETE, the broken PATCH's bytes having moved the session past the offset the
+    Location says: the size check before the upload is what spares it such a session.)"""
+    lay, m = _image(tmp_path, big=300_000)
+    store = Store(registry_env / "root")
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/cut-during:1")
+    big = max(lay.read_json(m["digest"])["layers"], key=lambda d: d["size"])
+
+    def cut(name, value):
+        # while the second PATCH's answer passes, before lamina reads the third window
+        os.truncate(store.blob_path(big["digest"]), 150_000)
+        return value
+
+    proxy.add("rewrite", method="PATCH", skip=1, times=1, headers=cut)
+    with pytest.raises(errors.ImageError, match=f"blob {big['digest']} is shorter than its descriptor says"):
+        push(f"{proxy.host}/cut-during:1", store=store, chunk_size=65536, concurrency=1)
+    patches = [s for s in proxy.seen if s[0] == "PATCH"]
+    assert len(patches) == 2 and all(s[3] == 202 for s in patches), patches
+    deletes = [s for s in proxy.seen if s[0] == "DELETE"]
+    assert len(deletes) == 1, deletes
+    # the session's latest Location: the second PATCH's answer, whose _state the first's is not
+    locations = [s[1] for s in proxy.seen if "/blobs/uploads/" in s[1]]
+    assert deletes[0][1] not in locations[:-1] and deletes[0][1].split("?")[0] == patches[1][1].split("?")[0]

@@ -211,6 +211,24 @@ def test_retag_leaves_the_old_image_dangling_with_its_repo_digest(two_images):
     assert store.resolve(f"app@{repo_digest}").dangling
 
 
+def test_name_at_digest_finds_the_image_only_under_that_repository_as_docker_does(two_images):
+    """docker resolves REPO@DIGEST under that repository's names only (its containerd image
+    service: "busybox@sha256:abcdef... shouldn't match asdf@sha256:abcdef..."; its reference
+    store holds the names the image was pulled or tagged by), and a bare digest wherever the
+    image is.  So does lamina: only push takes REPO@DIGEST for the content alone (6790cf5),
+    as skopeo copy to docker://HOST/new@sha256:X does."""
+    store, a, _ = two_images
+    repo_digest = "sha256:" + "e" * 64
+    store.add_image(a, "app:latest", repo_digest=repo_digest)
+    assert store.resolve(f"app@{repo_digest}").manifest_digest == a
+    assert store.resolve(f"a@{a}").manifest_digest == a   # a tagged image of that repository, by manifest
+    assert store.resolve(a).manifest_digest == a
+    for elsewhere in (f"other@{repo_digest}", f"other@{a}"):
+        with pytest.raises(ImageNotFoundError):
+            store.resolve(elsewhere)
+    assert store.image_by_digest(repo_digest).manifest_digest == a   # what push falls back to
+
+
 def test_untag_last_name_removes_the_image_and_gc_keeps_shared_layers(two_images):
     store, a, b = two_images
     image_a, image_b = store.image(a), store.image(b)

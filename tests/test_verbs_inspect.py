@@ -300,3 +300,61 @@ def test_table_prefix_and_headers():
         "header functions keep the header text"
     assert render_rows("{{.ID}}", rows, hdr) == "abc\ndefghijklmnop\n"
     assert render_rows("json", rows, hdr).splitlines()[0] == '{"ID":"abc","Size":"1kB"}'
+
+
+def test_printf_formats_each_operand_as_go_does(tmp_path):
+    """fmt pads each element of a slice or map (%8v of [a b] is [       a        b]), truncates
+    a string to its precision for %q and %x too, spaces and prefixes %x of a string's bytes for
+    "% x" and "%#x", signs a float for %+f and zero-pads %05v of a number, and says %!s(<nil>)
+    for a nil operand of any verb but %v; lamina padded a whole list, ignored those flags and
+    printed <nil>.  Compared with Go's own text/template."""
+    from lamina.cli import no_escapes
+    srcs = ['{{printf "%8v|%5s|%x|%d" .L .L .L .L}}', '{{printf "%6.1v|%-4q|%5q" .L .L .L}}',
+            '{{printf "%.1q|%.1x|%.0x|% x|%#x|% #X|%X" .S .S .S .S .S .S .S}}', '{{printf "%-7v|" .M}}',
+            '{{printf "%+.2f|% .1f|%08.2f|%+d|%+v" 1.5 2.0 -2.5 -3 4}}', '{{printf "%05v|%05v|%-05v|" 3 -3 3}}',
+            '{{printf "%s|%v|%d|%q" .Nope .Nope .Nope nil}}', '{{printf "%5.2s|%-8v|%q|%x|%.3s|" .S .N .S .H .H}}']
+    go = _go_renders(tmp_path, srcs)
+    assert {s: render(s, _GO_DATA) for s in srcs} == {s: no_escapes(g) for s, g in zip(srcs, go)}
+
+
+def test_slice_len_and_index_of_a_string_count_its_bytes_as_go_does(tmp_path):
+    """Go's slice of a string cuts its bytes, as len and index count them: slice "héllo" 1 3 is
+    "é", where lamina cut characters ("él") and refused slice "héllo" 0 6, the whole string;
+    its errors are Go's ("index out of range: 7", "invalid slice index: 3 > 1").  docker's
+    truncate cuts bytes too, a character cut in two left as its first byte, as Go leaves it."""
+    from lamina.cli.gotemplate import TemplateError
+    srcs = ['{{slice "héllo" 1 3}}|{{slice "héllo" 0 6}}|{{len (slice "héllo" 0 2)}}|{{printf "%q" (slice "héllo" 0 2)}}',
+            '{{index "héllo" 2}}|{{slice .L 1}}|{{slice .L 0 1 2}}|{{printf "%q" (slice .H 4 8)}}']
+    go = _go_renders(tmp_path, srcs)
+    assert [render(s, _GO_DATA) for s in srcs] == go
+    for src, said in (('{{slice "héllo" 0 7}}', "index out of range: 7"), ('{{slice "héllo" 3 1}}', "invalid slice index: 3 > 1"),
+                      ('{{slice "ab" 0 1 2}}', "cannot 3-index slice a string"), ('{{slice .L 0 2 1}}', "invalid slice index: 2 > 1")):
+        with pytest.raises(TemplateError, match=f"error calling slice: {said}"):
+            render(src, _GO_DATA)
+    assert render('{{truncate "héllo" 2 | len}}|{{printf "%q" (truncate "héllo" 2)}}|{{truncate "héllo" 3}}', {}) == \
+        '2|"h\\xc3"|hé'
+    # a byte that is no UTF-8 (held as a surrogate escape) is one byte, not a UnicodeEncodeError
+    assert render('{{len .X}}|{{index .X 1}}|{{printf "%q" (truncate .X 2)}}', {"X": "a\udcffb"}) == '3|255|"a\\xff"'
+
+
+def test_nested_parentheses_are_parsed_in_one_pass_over_the_tokens(monkeypatch):
+    """Each level of nesting copied and scanned the tokens inside it: 51,200 parentheses read
+    every token ~330 times (until the recursion's "max expression depth exceeded"), 14 s of
+    parsing.  Counted in reads of a token's kind, a few per token now, whatever the depth."""
+    from lamina.cli import gotemplate
+    from lamina.cli.gotemplate import TemplateError
+    slot, reads = gotemplate._Tok.kind, [0]
+
+    def read(tok):
+        reads[0] += 1
+        return slot.__get__(tok)
+    monkeypatch.setattr(gotemplate._Tok, "kind", property(read, slot.__set__))
+    for n in (150, 3200):
+        src = "{{" + "(print " * n + "1" + ")" * n + "}}"
+        reads[0] = 0
+        try:
+            gotemplate.parse(src)
+        except TemplateError as e:
+            assert "max expression depth exceeded" in str(e)
+        tokens = 3 * n + 1
+        assert reads[0] < 12 * tokens, (n, reads[0], tokens)

@@ -204,15 +204,20 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=
 def _refuse_foreign(head, what, error):
     """The first tar header did not parse: if the layer's magic says what it is instead (xz,
     bzip2, zip...), say that rather than what the tar parser made of those bytes."""
+    refuse_foreign(head, what, f"read as a tar: {error}", error)
+
+
+def refuse_foreign(head, what, said, error=None):
+    """Raise the error saying ``head`` is a compression or archive format no layer is in (``said``:
+    what the layer failed otherwise), if its magic says so."""
     found = compression.foreign(head)
     if found is None:
         return
     name, kind = found
-    said = f"(read as a tar: {error})"
     if kind == "compression":
         raise errors.CompressionError(f"{what}: {name}-compressed, which a layer never is (a layer is a tar, "
-                                      f"plain or compressed with gzip or zstd) {said}") from error
-    raise errors.InvalidArchiveError(f"{what}: in the {name} archive format, not a tar {said}") from error
+                                      f"plain or compressed with gzip or zstd) ({said})") from error
+    raise errors.InvalidArchiveError(f"{what}: in the {name} archive format, not a tar ({said})") from error
 
 
 def _use_native(kind):

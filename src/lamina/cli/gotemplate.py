@@ -737,74 +737,73 @@ class Template:
             self._error(epos, f"unexpected {etoks[1].val!r} in end")
         return _Branch(kind, pipe, body, else_body, pos)
 
-    def _parse_pipe(self, toks, pos, allow_decl=False, range_decl=False):
+    def _parse_pipe(self, toks, pos, allow_decl=False, range_decl=False, lo=0, hi=None):
+        """The pipeline of ``toks[lo:hi]`` (an action's tokens, or a parenthesized part of them).
+        Parts are index ranges into the action's one token list, and each "(" knows its ")"
+        (``self._closing``): a part copied and scanned again at each level of nesting made
+        parsing cost tokens x depth (51,200 parentheses: 14 s to say "max expression depth
+        exceeded")."""
+        if hi is None:
+            hi = len(toks)
+            self._closing = self._match_parens(toks, pos)
         decl, assign = [], False
-        i = 0
-        if allow_decl and toks and toks[0].kind == "var":
+        i = lo
+        if allow_decl and hi > lo and toks[lo].kind == "var":
             # $x := / $x = / $i, $v :=
-            if len(toks) > 1 and toks[1].kind in ("declare", "="):
-                decl, assign, i = [toks[0].val], toks[1].kind == "=", 2
-            elif range_decl and len(toks) > 3 and toks[1].kind == "," and toks[2].kind == "var" \
-                    and toks[3].kind in ("declare", "="):
-                decl, assign, i = [toks[0].val, toks[2].val], toks[3].kind == "=", 4
-        rest = toks[i:]
-        if not rest:
+            if hi - lo > 1 and toks[lo + 1].kind in ("declare", "="):
+                decl, assign, i = [toks[lo].val], toks[lo + 1].kind == "=", lo + 2
+            elif range_decl and hi - lo > 3 and toks[lo + 1].kind == "," and toks[lo + 2].kind == "var" \
+                    and toks[lo + 3].kind in ("declare", "="):
+                decl, assign, i = [toks[lo].val, toks[lo + 2].val], toks[lo + 3].kind == "=", lo + 4
+        if i >= hi:
             self._error(pos, "missing value for command")
-        cmds, cur = [], []
-        depth = 0
-        j = 0
-        groups = []
-        while j < len(rest):
-            t = rest[j]
+        groups, start, j = [], i, i
+        while j < hi:
+            t = toks[j]
             if t.kind == "(":
-                depth += 1
-            elif t.kind == ")":
-                depth -= 1
-                if depth < 0:
-                    self._error(t.pos, "unexpected right paren")
-            if t.kind == "|" and depth == 0:
-                if not cur:
+                j = self._closing[j]   # a parenthesized part holds no | of this pipeline
+            elif t.kind == "|":
+                if j == start:
                     self._error(t.pos, "missing command before |")
-                groups.append(cur)
-                cur = []
-            else:
-                cur.append(t)
+                groups.append((start, j))
+                start = j + 1
             j += 1
-        if depth > 0:
-            self._error(pos, "unclosed left paren")
-        if not cur:
+        if start == hi:
             self._error(pos, "missing command after |")
-        groups.append(cur)
-        for g in groups:
-            cmds.append(self._parse_command(g))
-        return _Pipe(pos, decl, cmds, assign)
+        groups.append((start, hi))
+        return _Pipe(pos, decl, [self._parse_command(toks, a, b) for a, b in groups], assign)
 
-    def _parse_command(self, toks):
-        args, j = [], 0
-        while j < len(toks):
-            arg, j = self._parse_operand(toks, j)
+    def _match_parens(self, toks, pos):
+        """{index of each "(": index of its ")"} of an action's tokens."""
+        closing, open_at = {}, []
+        for j, t in enumerate(toks):
+            if t.kind == "(":
+                open_at.append(j)
+            elif t.kind == ")":
+                if not open_at:
+                    self._error(t.pos, "unexpected right paren")
+                closing[open_at.pop()] = j
+        if open_at:
+            self._error(pos, "unclosed left paren")
+        return closing
+
+    def _parse_command(self, toks, lo, hi):
+        args, j = [], lo
+        while j < hi:
+            arg, j = self._parse_operand(toks, j, hi)
             args.append(arg)
         if args and args[0].kind == "nil":
             self._error(args[0].pos, "nil is not a command")
         return args
 
-    def _parse_operand(self, toks, j):
+    def _parse_operand(self, toks, j, hi):
         t = toks[j]
         j += 1
         if t.kind == "(":
-            depth, k = 1, j
-            while k < len(toks):
-                if toks[k].kind == "(":
-                    depth += 1
-                elif toks[k].kind == ")":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                k += 1
-            inner = toks[j:k]
-            if not inner:
+            k = self._closing[j - 1]
+            if k == j:
                 self._error(t.pos, "missing value in parenthesized pipeline")
-            node = _Arg("pipe", t.pos, node=self._parse_pipe(inner, t.pos, allow_decl=True))
+            node = _Arg("pipe", t.pos, node=self._parse_pipe(toks, t.pos, allow_decl=True, lo=j, hi=k))
             j = k + 1
         elif t.kind == "field":
             node = _Arg("field", t.pos, fields=[t.val], text="." + t.val)
@@ -831,7 +830,7 @@ class Template:
         else:
             self._error(t.pos, f"unexpected {t.val!r} in operand")
         # field chains: .A.B, $x.A, (pipe).A
-        while j < len(toks) and toks[j].kind == "field" and toks[j].pos == _end_pos(toks[j - 1]):
+        while j < hi and toks[j].kind == "field" and toks[j].pos == _end_pos(toks[j - 1]):
             node.fields.append(toks[j].val)
             node.text += "." + toks[j].val
             j += 1
@@ -1109,15 +1108,30 @@ def _f_pad(s, prefix, suffix):
     return " " * int(prefix) + s + " " * int(suffix)
 
 
+def _go_bytes(s):
+    """A string's bytes as Go holds them: UTF-8, a byte that is no UTF-8 (held as a surrogate
+    escape) as itself, and a lone surrogate as U+FFFD (Go's strings cannot hold one)."""
+    try:
+        return s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xd800 <= ord(c) <= 0xdfff and not 0xdc80 <= ord(c) <= 0xdcff else c
+                       for c in s).encode("utf-8", "surrogateescape")
+
+
+def _go_string(data):
+    """Bytes back to a string: a character cut in two stays its bytes (surrogate escapes)."""
+    return data.decode("utf-8", "surrogateescape")
+
+
 def _f_truncate(s, length):
     s = _need_str(s, "truncate")
-    b = s.encode()
+    b = _go_bytes(s)
     if len(b) < length:
         return s
     if length < 0:
         # docker's source[:length] panics, which text/template reports as this error
         raise _FuncError(f"runtime error: slice bounds out of range [:{length}]")
-    return b[:length].decode(errors="ignore")
+    return _go_string(b[:length])
 
 
 def _f_index(item, *keys):
@@ -1131,9 +1145,9 @@ def _f_index(item, *keys):
         elif isinstance(v, (list, tuple, str)):
             if not isinstance(k, int) or isinstance(k, bool):
                 raise _FuncError(f"cannot index slice/array with type {type_name(k)}")
-            if k < 0 or k >= len(v):
+            if k < 0 or k >= (len(_go_bytes(v)) if isinstance(v, str) else len(v)):
                 raise _FuncError(f"index out of range: {k}")
-            v = v[k] if not isinstance(v, str) else v.encode()[k]
+            v = v[k] if not isinstance(v, str) else _go_bytes(v)[k]
         elif v is None or v is MISSING:
             raise _FuncError("index of untyped nil")
         else:
@@ -1142,20 +1156,32 @@ def _f_index(item, *keys):
 
 
 def _f_slice(item, *idx):
+    """Go's slice: a string by its bytes (slice "héllo" 1 3 is "é"), as len and index count."""
+    if item is None or item is MISSING:
+        raise _FuncError("slice of untyped nil")
+    if len(idx) > 3:
+        raise _FuncError(f"too many slice indexes: {len(idx)}")
     if not isinstance(item, (list, tuple, str)):
         raise _FuncError(f"can't slice item of type {type_name(item)}")
-    if len(idx) > 2:
-        raise _FuncError("too many slice indexes")
-    lo = idx[0] if idx else 0
-    hi = idx[1] if len(idx) > 1 else len(item)
-    if not (0 <= lo <= hi <= len(item)):
-        raise _FuncError(f"index out of range: {lo}:{hi}")
-    return item[lo:hi]
+    if isinstance(item, str) and len(idx) == 3:
+        raise _FuncError("cannot 3-index slice a string")
+    seq = _go_bytes(item) if isinstance(item, str) else item
+    bounds = [0, len(seq), len(seq)]
+    for n, x in enumerate(idx):
+        if not isinstance(x, int) or isinstance(x, bool):
+            raise _FuncError(f"cannot index slice/array with type {type_name(x)}")
+        if not 0 <= x <= len(seq):
+            raise _FuncError(f"index out of range: {x}")
+        bounds[n] = x
+    for a, b in ((bounds[0], bounds[1]), (bounds[1], bounds[2])):
+        if a > b:
+            raise _FuncError(f"invalid slice index: {a} > {b}")
+    return _go_string(seq[bounds[0]:bounds[1]]) if isinstance(item, str) else item[bounds[0]:bounds[1]]
 
 
 def _f_len(v):
     if isinstance(v, (str,)):
-        return len(v.encode())
+        return len(_go_bytes(v))
     if isinstance(v, (list, tuple, dict)):
         return len(v)
     raise _FuncError(f"len of type {type_name(v)}")
@@ -1299,6 +1325,74 @@ def _go_quoted(v):
     return f"%!q({type_name(v)}={format_value(v)})"
 
 
+def _printf_one(verb, flags, width, prec, a):
+    """One operand of printf, padded to ``width``.  A slice or map is each of its elements so
+    formatted and padded (fmt's printValue): %5s of [a b] is [    a     b]."""
+    if isinstance(a, (list, tuple)) and not (verb == "v" and isinstance(a, NilSlice)):
+        return "[" + " ".join(_printf_one(verb, flags, width, prec, _nil_inside(x)) for x in a) + "]"
+    if isinstance(a, dict) and not isinstance(a, GoStruct):
+        return "map[" + " ".join(f"{_printf_one(verb, flags, width, prec, k)}:"
+                                 f"{_printf_one(verb, flags, width, prec, _nil_inside(a[k]))}"
+                                 for k in _sorted_keys(a)) + "]"
+    if (a is None or a is MISSING) and verb != "v":
+        return f"%!{verb}(<nil>)"   # a nil interface (a missing key too): fmt's badVerb
+    if verb == "s" and isinstance(a, (bool, int, float)):
+        s = f"%!s({type_name(a)}={format_value(a)})"
+    elif verb in "sv":
+        s = ("<nil>" if a is MISSING else format_value(a)) if not (verb == "s" and isinstance(a, str)) else a
+        if prec is not None and (verb == "s" or isinstance(a, str)):
+            s = s[:int(prec)]   # runes, as fmt's truncateString
+    elif verb == "q":
+        s = _go_quoted(a[:int(prec)] if prec is not None and isinstance(a, str) else a)
+    elif verb == "d":
+        if isinstance(a, bool) or not isinstance(a, int):
+            s = f"%!d({type_name(a)}={format_value(a)})"
+        else:
+            s = _signed(str(abs(a)), a < 0, flags)
+    elif verb in "xX":
+        if isinstance(a, int) and not isinstance(a, bool):
+            s = _signed(("0" + verb.lower() if "#" in flags else "") + format(abs(a), verb), a < 0, flags)
+        elif isinstance(a, str):
+            s = _hex_string(_go_bytes(a)[:int(prec)] if prec is not None else _go_bytes(a), verb, flags)
+        else:
+            s = f"%!{verb}({type_name(a)}={format_value(a)})"
+    elif verb == "t":
+        s = format_value(a) if isinstance(a, bool) else f"%!t({type_name(a)}={format_value(a)})"
+    elif verb == "f":
+        if isinstance(a, (int, float)) and not isinstance(a, bool):
+            digits = f"{abs(float(a)):.{int(prec) if prec is not None else 6}f}"
+            s = _signed(digits, str(float(a)).startswith("-"), flags)
+        else:
+            s = f"%!f({type_name(a)}={format_value(a)})"
+    else:
+        raise _FuncError(f"printf verb %{verb} is not supported by lamina's --format templates")
+    if width is not None:
+        w = int(width)
+        zeros = "0" in flags and (verb in "dfxX" or (verb == "v" and isinstance(a, (int, float))
+                                                     and not isinstance(a, bool)))
+        if "-" in flags:
+            s = s.ljust(w)
+        elif zeros and s[:1] in ("-", "+", " "):
+            s = s[0] + s[1:].rjust(w - 1, "0")   # fmt pads after the sign: -0000255
+        else:
+            s = s.rjust(w, "0") if zeros else s.rjust(w)
+    return s
+
+
+def _nil_inside(v):
+    return None if v is MISSING else v
+
+
+def _hex_string(data, verb, flags):
+    """fmt's fmtSbx: %x of a string's bytes; "% x" spaces them, "%#x" gives each (or, without
+    the space flag, the whole) a 0x."""
+    digits = data.hex() if verb == "x" else data.hex().upper()
+    prefix = ("0" + verb) if "#" in flags else ""
+    if " " in flags:
+        return " ".join(prefix + digits[i:i + 2] for i in range(0, len(digits), 2))
+    return prefix + digits if digits else ""
+
+
 def _f_printf(fmt, *args):
     fmt = _need_str(fmt, "printf")
     out, i, ai = [], 0, 0
@@ -1325,43 +1419,7 @@ def _f_printf(fmt, *args):
             continue
         a = args[ai]
         ai += 1
-        if verb == "s" and isinstance(a, (bool, int, float)):
-            s = f"%!s({type_name(a)}={format_value(a)})"
-        elif verb in "sv":
-            s = format_value(a) if not (verb == "s" and isinstance(a, str)) else a
-            if prec is not None and verb == "s":
-                s = s[:int(prec)]
-        elif verb == "q":
-            s = _go_quoted(a)
-        elif verb == "d":
-            if isinstance(a, bool) or not isinstance(a, int):
-                s = f"%!d({type_name(a)}={format_value(a)})"
-            else:
-                s = _signed(str(abs(a)), a < 0, flags)
-        elif verb in "xX":
-            if isinstance(a, int) and not isinstance(a, bool):
-                s = _signed(("0" + verb.lower() if "#" in flags else "") + format(abs(a), verb), a < 0, flags)
-            elif isinstance(a, str):
-                s = a.encode().hex() if verb == "x" else a.encode().hex().upper()
-            else:
-                s = f"%!{verb}({type_name(a)}={format_value(a)})"
-        elif verb == "t":
-            s = format_value(a) if isinstance(a, bool) else f"%!t({type_name(a)}={format_value(a)})"
-        elif verb == "f":
-            if isinstance(a, (int, float)) and not isinstance(a, bool):
-                s = f"{float(a):.{int(prec) if prec is not None else 6}f}"
-            else:
-                s = f"%!f({type_name(a)}={format_value(a)})"
-        else:
-            raise _FuncError(f"printf verb %{verb} is not supported by lamina's --format templates")
-        if width is not None:
-            w = int(width)
-            if "-" in flags:
-                s = s.ljust(w)
-            elif "0" in flags and verb in "dfxX" and s[:1] in ("-", "+", " "):
-                s = s[0] + s[1:].rjust(w - 1, "0")   # fmt pads after the sign: -0000255
-            else:
-                s = s.rjust(w, "0") if "0" in flags and verb in "dfxX" else s.rjust(w)
+        s = _printf_one(verb, flags, width, prec, a)
         out.append(s)
     out.append(fmt[i:])
     if ai < len(args):

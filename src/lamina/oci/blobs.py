@@ -463,9 +463,12 @@ class _BoundedTarInfo(tarfile.TarInfo):
         if run > self.MAX_RUN:
             raise _ArchiveTooBig(f"more than {self.MAX_RUN} extended headers for one member at offset {self.offset}")
         if self.type == tarfile.XGLTYPE:
-            # Read past, never applied to later members (tarfile would: a global "path" renamed
-            # them all, so lamina read another manifest.json than docker, skopeo or its extractor)
-            return self._proc_builtin(tar)
+            # Never applied to later members (tarfile would: a global "path" renamed them all, so
+            # lamina read another manifest.json than docker, skopeo or its extractor); but Go
+            # parses its records as an "x" header's and refuses the archive at a bad one
+            member = self._proc_builtin(tar)   # first: it takes the data's offset from the file's
+            _check_go_pax_records(tar.fileobj.read(self.size), self.name)
+            return member
         return super()._proc_member(tar)
 
     def _proc_gnulong(self, tar):
@@ -490,6 +493,22 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
     def _proc_gnusparse_10(self, next, pax_headers, tar):
         raise _ArchiveTooBig(f"member {next.name}: a sparse file with a PAX 1.0 map")
+
+
+def _check_go_pax_records(buf, name):
+    """Refuse the PAX records Go's archive/tar refuses (parsePAXRecord), whatever header holds them."""
+    rest = buf
+    while rest:
+        # a record is "<n> <key>=<value>\n", n counting the whole record, its own digits too
+        length, space, _ = rest.partition(b" ")
+        n = int(length) if space and re.fullmatch(rb"[+-]?[0-9]{1,18}", length) else 0
+        whole = 5 <= n <= len(rest) and n > len(length) + 1 and rest[n - 1:n] == b"\n"
+        key, eq, value = rest[len(length) + 1:n - 1].partition(b"=") if whole else (b"", b"", b"")
+        if not (eq and key):
+            raise tarfile.TarError(f"member {name!r}: malformed PAX record {rest[:40]!r}")
+        if b"\0" in key or (key in (b"path", b"linkpath", b"uname", b"gname") and b"\0" in value):
+            raise tarfile.TarError(f"member {name!r}: PAX record {key.decode('utf-8', 'replace')!r} holds a NUL byte")
+        rest = rest[n:]
 
 
 def _go_sparse(pax_headers):
@@ -667,6 +686,13 @@ class TarArchive:
                 # inside the archive (docker's load resolves it in scope: /x is the member x);
                 # when nothing is there, "not found" would hide that the link points outside
                 outside = target.startswith("/") or joined == ".." or joined.startswith("../")
+                through = self._symlink_on_the_way(base, target)
+                if through is not None:
+                    # tar and docker's load (which extract the archive) follow that symlink, then
+                    # its "..": skopeo and lamina read the target as text, so d/../m.json was
+                    # two members, and a d/m.json none to skopeo: one archive, two images
+                    raise ImageError(f"{self._link(seen, name)} is a symlink to {target!r}, through the symlink "
+                                     f"member {through}: tar and docker's load would follow it, skopeo does not")
                 where = "out of the archive" if outside else "which the archive does not hold"
                 why = f"{self._link(seen, name)} is a symlink to {target!r}, {where}"
                 name = at = member_name(posixpath.join(base, target))
@@ -681,6 +707,21 @@ class TarArchive:
             else:
                 raise ImageError(f"{self.path}: member {seen} is not a regular file")
         raise ImageError(f"{self.path}: member {seen}: too many levels of links")
+
+    def _symlink_on_the_way(self, base, target):
+        """The symlink member a link's target passes through before its last component, if any."""
+        parts = (target if target.startswith("/") else posixpath.join(base, target)).split("/")
+        walked = []
+        for part in parts[:-1]:
+            if part == "..":
+                if walked:
+                    walked.pop()
+            elif part not in ("", "."):
+                walked.append(part)
+                member = self.members.get("/".join(walked))
+                if member is not None and member.issym():
+                    return "/".join(walked)
+        return None
 
     def _link(self, seen, name):
         return f"{self.path}: member {seen}" + (f": {name}" if name != seen else "")

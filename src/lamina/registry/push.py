@@ -358,6 +358,12 @@ class Pusher:
             if location:
                 repo.cancel_upload(location)
             location = loc
+        try:
+            self._check_blob_size(desc)
+        except ImageError:
+            if location:
+                repo.cancel_upload(location)
+            raise
         report(digest, "Pushing")
         for attempt in range(2):
             if location is None:
@@ -369,26 +375,33 @@ class Pusher:
                 else:
                     self._chunked(repo, upload, desc, max(self.chunk_size, min_chunk))
                 break
-            except RegistryError:
+            except LaminaError as e:
                 # the failed session keeps its bytes until the registry expires it (distribution:
                 # a week); docker cancels it.  At its latest Location: distribution refuses a
                 # _state whose offset is behind the session's.  cancel_upload never raises.
                 repo.cancel_upload(upload.location)
-                if attempt == 1:
-                    raise
+                if attempt == 1 or not isinstance(e, RegistryError):
+                    raise   # an ImageError (the stored blob cut short) fails a second upload alike
                 location = None   # start a fresh upload session once
         report(digest, "Pushed")
         return "pushed"
 
+    def _check_blob_size(self, desc):
+        """Before the upload: a stored blob cut short would fail mid-request, and distribution
+        cannot cancel a session whose last request broke off (its bytes put the session past the
+        offset its Location says, and a DELETE there is refused: the session stays a week)."""
+        size = os.stat(self._blob_path(desc.digest)).st_size
+        if size < desc.size:
+            raise ImageError(f"blob {desc.digest} is shorter than its descriptor says ({size} of {desc.size} bytes)")
+
     def _monolithic(self, repo, upload, desc):
-        path = self._blob_path(desc.digest)
-
-        def body():
-            return open(path, "rb")
-
-        url = repo.with_query(upload.location, digest=desc.digest)
-        resp = repo.request("PUT", url, headers={"Content-Type": "application/octet-stream",
-                                                 "Content-Length": str(desc.size)}, body=body)
+        # a window of the descriptor's size: a blob cut short in the store is an ImageError, where
+        # the file sent as it is left the registry waiting for the bytes its Content-Length owed
+        with open(self._blob_path(desc.digest), "rb") as f:
+            url = repo.with_query(upload.location, digest=desc.digest)
+            resp = repo.request("PUT", url, headers={"Content-Type": "application/octet-stream",
+                                                     "Content-Length": str(desc.size)},
+                                body=lambda: _Window(f.fileno(), 0, desc.size, desc.digest))
         self._check_put(repo, resp, desc)
 
     def _check_put(self, repo, resp, desc):

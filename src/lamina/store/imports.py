@@ -9,12 +9,14 @@ finish removes them (gc and fsck --repair take them too).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 
 from .. import digest as _digest
 from ..errors import DigestMismatchError, ImageError, LaminaError, StoreError, layer_of, layers_named, name_the_layer
+from ..layer import refuse_foreign
 from . import objects as _objects
 from . import snapshots as _snapshots
 from .fsutil import atomic_write
@@ -155,8 +157,14 @@ def _put_blobs(store, data, created, report):
             wrote = ingest_stream(store, layer.digest, layer.size, layer.open)
         except DigestMismatchError as e:
             # "blob sha256:...: digest mismatch" alone left the reader to find which of the
-            # archive's images and layers that was
-            raise DigestMismatchError(f"{_which_layer(data, i)} ({e.what})", e.expected, e.actual) from None
+            # archive's images and layers that was; a docker-archive's layer member compressed
+            # by hand (xz, bzip2) is not the tar its name says, and is named for what it is
+            what = f"{_which_layer(data, i)} ({e.what})"
+            head = b""
+            with contextlib.suppress(LaminaError, OSError), layer.open() as f:
+                head = f.read(16)
+            refuse_foreign(head, what, f"its digest is {e.actual}, not {e.expected}")
+            raise DigestMismatchError(what, e.expected, e.actual) from None
         except LaminaError as e:   # a full disk's "blob sha256:…: cannot write it into the store", a short blob's
             name_the_layer(e, [layer.digest], lambda _: _which_layer(data, i))
             raise
