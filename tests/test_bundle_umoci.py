@@ -152,6 +152,49 @@ def test_a_passwd_line_longer_than_moby_reads_is_refused_naming_it(tmp_path):
     assert not (tmp_path / "lamina").exists()
 
 
+def test_a_home_holding_a_nul_is_refused(tmp_path):
+    """The image's /etc/passwd gives web the home "/srv<NUL>x": umoci writes HOME with the NUL
+    and runc's execve fails on it; lamina refuses it by name, as an Env holding one.  The image's
+    own HOME, when it sets one, is what the process gets."""
+    passwd = b"web:x:33:44::/srv\0x:/bin/sh\n"
+    theirs, ours = _bundles(tmp_path, {"User": "web"}, passwd=passwd)
+    assert "HOME=/srv\0x" in theirs["process"]["env"]
+    assert ours == ("lamina: error: image config User 'web': the image's /etc/passwd gives it the home "
+                    "'/srv\\x00x', which holds a NUL byte no process can be given"), ours
+    _, ours = _bundles(tmp_path / "own", {"User": "web", "Env": ["HOME=/h"]}, passwd=passwd)
+    assert "HOME=/h" in ours["process"]["env"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory", "symlink-to-a-fifo", "symlink-loop"])
+def test_a_passwd_that_is_no_file_is_never_opened(tmp_path, kind):
+    """/etc/passwd a FIFO (umoci waits on it forever), a device node (1:5: through the rootfs,
+    umoci reads the host's /dev/zero), a directory, a link to a FIFO, a link loop: lamina opens
+    none of them, and takes the image as having no passwd: a named User is "no user", a
+    numeric one runs as that number.  (A regression guard for the reading of the file.)"""
+    from everypath import write_image
+    from tarbuild import Tar
+    t = Tar().dir("etc")
+    {"fifo": lambda: t.fifo("etc/passwd"), "device": lambda: t.chardev("etc/passwd", 1, 5),
+     "directory": lambda: t.dir("etc/passwd"), "symlink-to-a-fifo": lambda: t.fifo("etc/p").symlink("etc/passwd", "p"),
+     "symlink-loop": lambda: t.symlink("etc/passwd", "passwd")}[kind]()
+    from lamina.store.bundles import runtime_config
+    rootfs = tmp_path / "rootfs"
+    rc, _, err = lamina(tmp_path / "store", "unpack", f"oci:{write_image(tmp_path / 'lay', [t.bytes()])}:img", rootfs)
+    assert rc == 0, err
+
+    class Image:
+        pass
+    image = Image()
+    for user, expect in (("app", "image config User 'app': no user 'app' in the image's /etc/passwd"),
+                         ("1000", {"uid": 1000, "gid": 0})):
+        image.config = {"os": "linux", "architecture": "amd64", "config": {"User": user}}
+        try:
+            got = runtime_config(image, rootfs, rootless=False)["process"]["user"]
+        except Exception as e:   # noqa: BLE001 (the message is the assertion)
+            got = str(e)
+        assert got == expect, (user, got)
+
+
 REFUSED = {
     "User with spaces": ({"User": " web "}, "unable to find user  web ", "no user ' web '"),
     "User unknown": ({"User": "nosuch"}, "unable to find user nosuch", "no user 'nosuch'"),

@@ -333,6 +333,9 @@ def runtime_config(image, rootfs, *, rootless=None):
         else:
             env.append(item)
     if not any(e.startswith("HOME=") for e in env):
+        if "\0" in home:
+            raise ImageError(f"image config User {cfg.get('User')!r}: the image's /etc/passwd gives it the home "
+                             f"{quote_name(home)}, which holds a NUL byte no process can be given")
         env.append(f"HOME={home}")  # docker and umoci give the process its user's home
     proc["env"] = env
     args = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
