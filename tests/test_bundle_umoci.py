@@ -89,6 +89,15 @@ SAME = {
     "group line indented": ({"User": "web"}, {"group": b"  g:x:77:web\n"}),
     "group member after a space is another name": ({"User": "web"}, {"group": b"g:x:77:a, web\nh:x:78:web\n"}),
     "group line of three fields": ({"User": "web:g"}, {"group": b"g:x:77\n"}),
+    # the whole file counts (lamina read its first MiB and dropped the rest unseen)
+    "passwd entry past the first MiB": ({"User": "web"}, {"passwd": b"#\n" * (1 << 20) + b"web:x:33:44::/srv:/bin/sh\n"}),
+    "group line past the first MiB": ({"User": "web"}, {"group": b"#\n" * (1 << 20) + b"g:x:77:web\n"}),
+    "group line past 1 MiB": ({"User": "web"}, {"group": b"g:x:77:" + b"x," * (1 << 19) + b"web\n"}),
+    # leading zeros are only zeros to Atoi (lamina: "uids and gids must be in range", or no id)
+    "User of leading zeros": ({"User": "0000000000033:+000000000044"}, {}),
+    "passwd uid of leading zeros": ({"User": "web"}, {"passwd": b"web:x:00000000000033:000000000044::/srv:/bin/sh\n"}),
+    # Go's encoder writes a U+FFFD for each byte that is no UTF-8 (Python's decoder one for \xe2\x80)
+    "passwd home with stray bytes": ({"User": "web"}, {"passwd": b"web:x:33:44::/srv/\xe2\x80x\xff:/bin/sh\n"}),
     "Env merged, PATH replaced, duplicates": ({"Env": ["PATH=/x", "A=1", "A=2", "B=="]}, {}),
     "Entrypoint and Cmd": ({"Entrypoint": ["/e", "a"], "Cmd": ["c"]}, {}),
     "Cmd alone": ({"Cmd": ["c"]}, {}),
@@ -129,6 +138,61 @@ def test_a_passwd_line_is_cut_at_newlines_only(tmp_path):
     passwd = b"web:x:1000:1000:a\x1cweb:x:0:0::/:/bin/sh\n"
     theirs, ours = _bundles(tmp_path, {"User": "web"}, passwd=passwd)
     assert theirs["process"]["user"]["uid"] == ours["process"]["user"]["uid"] == 1000
+
+
+def test_a_passwd_line_longer_than_moby_reads_is_refused_naming_it(tmp_path):
+    """An /etc/passwd line of 64 KiB or more fails moby's lookup ("token too long"), so umoci makes
+    no bundle; lamina read the first MiB of the file and went on with what it found there.  (A
+    long /etc/group line is read whole, by umoci as by lamina: "group line past 1 MiB".)"""
+    line = b"root:x:0:0:" + b"g" * (64 << 10) + b":/root:/bin/sh\n"
+    theirs, ours = _bundles(tmp_path, {"User": "web"}, passwd=line + PASSWD)
+    assert isinstance(theirs, str) and "token too long" in theirs, theirs
+    assert ours == ("lamina: error: image config User 'web': line 1 of the image's /etc/passwd is longer than "
+                    "65535 bytes"), ours
+    assert not (tmp_path / "lamina").exists()
+
+
+def test_a_home_holding_a_nul_is_refused(tmp_path):
+    """The image's /etc/passwd gives web the home "/srv<NUL>x": umoci writes HOME with the NUL
+    and runc's execve fails on it; lamina refuses it by name, as an Env holding one.  The image's
+    own HOME, when it sets one, is what the process gets."""
+    passwd = b"web:x:33:44::/srv\0x:/bin/sh\n"
+    theirs, ours = _bundles(tmp_path, {"User": "web"}, passwd=passwd)
+    assert "HOME=/srv\0x" in theirs["process"]["env"]
+    assert ours == ("lamina: error: image config User 'web': the image's /etc/passwd gives it the home "
+                    "'/srv\\x00x', which holds a NUL byte no process can be given"), ours
+    _, ours = _bundles(tmp_path / "own", {"User": "web", "Env": ["HOME=/h"]}, passwd=passwd)
+    assert "HOME=/h" in ours["process"]["env"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory", "symlink-to-a-fifo", "symlink-loop"])
+def test_a_passwd_that_is_no_file_is_never_opened(tmp_path, kind):
+    """/etc/passwd a FIFO (umoci waits on it forever), a device node (1:5: through the rootfs,
+    umoci reads the host's /dev/zero), a directory, a link to a FIFO, a link loop: lamina opens
+    none of them, and takes the image as having no passwd: a named User is "no user", a
+    numeric one runs as that number.  (A regression guard for the reading of the file.)"""
+    from everypath import write_image
+    from tarbuild import Tar
+    t = Tar().dir("etc")
+    {"fifo": lambda: t.fifo("etc/passwd"), "device": lambda: t.chardev("etc/passwd", 1, 5),
+     "directory": lambda: t.dir("etc/passwd"), "symlink-to-a-fifo": lambda: t.fifo("etc/p").symlink("etc/passwd", "p"),
+     "symlink-loop": lambda: t.symlink("etc/passwd", "passwd")}[kind]()
+    from lamina.store.bundles import runtime_config
+    rootfs = tmp_path / "rootfs"
+    rc, _, err = lamina(tmp_path / "store", "unpack", f"oci:{write_image(tmp_path / 'lay', [t.bytes()])}:img", rootfs)
+    assert rc == 0, err
+
+    class Image:
+        pass
+    image = Image()
+    for user, expect in (("app", "image config User 'app': no user 'app' in the image's /etc/passwd"),
+                         ("1000", {"uid": 1000, "gid": 0})):
+        image.config = {"os": "linux", "architecture": "amd64", "config": {"User": user}}
+        try:
+            got = runtime_config(image, rootfs, rootless=False)["process"]["user"]
+        except Exception as e:   # noqa: BLE001 (the message is the assertion)
+            got = str(e)
+        assert got == expect, (user, got)
 
 
 REFUSED = {

@@ -328,6 +328,10 @@ BAD_CONFIGS = [
     ({"history": [{"empty_layer": "false"}]}, "history[0]: empty_layer must be a boolean"),
     ({"created": 1700000000}, "created must be a string"),
     ({"config": {"ArgsEscaped": "false"}}, " config: ArgsEscaped must be a boolean"),
+    # Go's map[string]struct{}: a value that is no object (nor null) fails the unmarshalling
+    ({"config": {"Volumes": {"/data": 1}}}, " config: Volumes must be an object of objects"),
+    ({"config": {"ExposedPorts": {"80/tcp": "yes"}}}, " config: ExposedPorts must be an object of objects"),
+    ({"config": {"Volumes": {"/a": {}, "/b": []}}}, " config: Volumes must be an object of objects"),
 ]
 
 

@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -263,14 +264,15 @@ def _refused_stack(tmp_path, order):
 
 
 @pytest.mark.parametrize("order", ["over", "under"])
-@pytest.mark.parametrize("verb", ["copy", "load", "pull"])
+@pytest.mark.parametrize("verb", ["copy", "load", "pull", "api"])
 def test_fsck_is_clean_straight_after_a_refused_image(tmp_path, reg, registry_env, verb, order):  # noqa: F811
     """A refused layer under a good one: the good one extracts beside it (it names its root, so it
     needs nothing from below) and its dedup pass makes objects, then its staging snapshot is
     dropped when the layer below is refused.  Those objects stayed: fsck warned 'object ...: not
     used by any snapshot' (unused-object, 50 of them) until gc.  Now the refusal collects them:
     copy and load leave fsck clean, and a pull only what it keeps for its rerun (its blobs, and
-    the snapshots it committed).  With the refused layer over the good one nothing was left."""
+    the snapshots it committed).  With the refused layer over the good one nothing was left.
+    The Store API's ``snapshots_for`` (``api``: tests/verbkit.load_layout) left them too."""
     from registryfixture import skopeo_push
     from conftest import require_tool
     lay = _refused_stack(tmp_path, order)
@@ -283,10 +285,18 @@ def test_fsck_is_clean_straight_after_a_refused_image(tmp_path, reg, registry_en
         subprocess.run([require_tool("skopeo"), "copy", "-q", f"oci:{lay.root}:refused:1",
                         f"docker-archive:{archive}:refused:1"], check=True)
         argv = ["load", "-i", str(archive)]
-    else:
+    elif verb == "pull":
         skopeo_push(f"oci:{lay.root}:refused:1", reg.host, "refused:1")
         argv = ["pull", f"{reg.host}/refused:1"]
-    proc = lamina(root, *argv, check=False, env={**os.environ, "LAMINA_TRACE": str(trace)})
+    if verb == "api":
+        code = ("import sys\nfrom lamina.store import Store\nfrom verbkit import load_layout\n"
+                "try:\n    load_layout(Store(sys.argv[1]), sys.argv[2], 'refused:1', 'refused:1')\n"
+                "except Exception as e:\n    sys.exit(f'lamina: error: {e}')\n")
+        proc = subprocess.run([sys.executable, "-c", code, str(root), str(lay.root)], capture_output=True,
+                              text=True, env={**os.environ, "LAMINA_TRACE": str(trace),
+                                              "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))})
+    else:
+        proc = lamina(root, *argv, check=False, env={**os.environ, "LAMINA_TRACE": str(trace)})
     assert proc.returncode == 1 and "'s' goes through a dangling symlink" in proc.stderr, proc.stderr
     if order == "under":
         # the case this is about happened: the good layer's dedup pass ran before the refusal

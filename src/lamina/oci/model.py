@@ -440,8 +440,9 @@ def parse_config(data, what, layer_count):
 # in the image-spec.  Go readers (containerd, umoci) refuse a config whose field has another type;
 # lamina would otherwise act on it in its own way (an Entrypoint "sh" run as "s" "h", a User 0 that
 # is no user name, a "config" list that no verb can read).
-_STRING, _STRINGS, _STRING_MAP, _OBJECT, _BOOL = "a string", "a list of strings", "a map of strings", \
-    "an object", "a boolean"
+# _SET: Go's map[string]struct{}, each value an object (its keys ignored) or null
+_STRING, _STRINGS, _STRING_MAP, _SET, _BOOL = "a string", "a list of strings", "a map of strings", \
+    "an object of objects", "a boolean"
 # a string Go's time.Time reads: one it does not fails the whole config in docker, containerd,
 # umoci and skopeo ("parsing time"), where lamina showed the image as created at no known time
 _TIME = "an RFC 3339 time"
@@ -450,8 +451,8 @@ _CONFIG_TYPES = {"created": _TIME, "author": _STRING, "os": _STRING, "architectu
 # lamina does not match on these, but Go's unmarshalling of the whole index fails on another type
 _PLATFORM_TYPES = {"os.version": _STRING, "os.features": _STRINGS}
 _EXEC_TYPES = {"User": _STRING, "WorkingDir": _STRING, "StopSignal": _STRING, "Env": _STRINGS,
-               "Entrypoint": _STRINGS, "Cmd": _STRINGS, "Labels": _STRING_MAP, "ExposedPorts": _OBJECT,
-               "Volumes": _OBJECT, "ArgsEscaped": _BOOL}
+               "Entrypoint": _STRINGS, "Cmd": _STRINGS, "Labels": _STRING_MAP, "ExposedPorts": _SET,
+               "Volumes": _SET, "ArgsEscaped": _BOOL}
 _HISTORY_TYPES = {"created": _TIME, "author": _STRING, "created_by": _STRING, "comment": _STRING,
                   "empty_layer": _BOOL}
 
@@ -467,7 +468,7 @@ def _has_type(value, kind):
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if kind == _STRING_MAP:
         return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-    return isinstance(value, dict)
+    return isinstance(value, dict) and all(v is None or isinstance(v, dict) for v in value.values())
 
 
 def _check_types(obj, types, what):

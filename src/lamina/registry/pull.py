@@ -581,7 +581,7 @@ class Puller:
         # Every snapshot exists by now; this shares their files (dedup) or compacts the layers,
         # as the store's settings say.
         trace.event("snapshots-for")
-        self.store.snapshots_for(image)
+        self.store._ensure_snapshots(image)   # run() takes back what a refusal dropped
         trace.event("snapshots-for-done")
         fetched = sum(1 for layer in layers if layer.status == "downloaded") + self._config_fetched
         status = "up to date" if previous == mr.digest and fetched == 0 else "downloaded"

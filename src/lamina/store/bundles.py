@@ -23,6 +23,7 @@ from .materialize import _check_platform, _snapshots, _staged, check_outside_sto
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_ACCOUNTS_FILE = 16 << 20   # an /etc/passwd or /etc/group; real ones are a few KiB
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
@@ -83,7 +84,7 @@ def _default_spec(rootless):
     }
 
 
-def _read_in_root(root, relpath, limit=1 << 20):
+def _read_in_root(root, relpath, limit=_MAX_ACCOUNTS_FILE):
     """Read a file of the rootfs, resolving symlinks inside ``root`` (never outside); None if absent."""
     try:
         return _read_in_root_fd(root, relpath, limit)
@@ -134,7 +135,7 @@ def _read_in_root_fd(root, relpath, limit):
                     return None
                 fd = os.open(name, _READ_FLAGS, dir_fd=cur)
                 try:
-                    return os.read(fd, limit)
+                    return _read_whole(fd, relpath, limit)
                 finally:
                     os.close(fd)
             return None
@@ -145,12 +146,28 @@ def _read_in_root_fd(root, relpath, limit):
         os.close(root_fd)
 
 
+def _read_whole(fd, relpath, limit):
+    # all of it, as moby's scanner reads it (an entry past the first MiB was dropped unseen); a
+    # file past ``limit`` (a sparse 4 GiB one) is refused rather than read
+    if os.fstat(fd).st_size > limit:
+        raise ImageError(f"cannot read the image's /{relpath} for its config's User: it is larger than "
+                         f"{limit >> 20} MiB")
+    data = bytearray()
+    while chunk := os.read(fd, limit + 1 - len(data)):
+        data += chunk
+    return bytes(data)
+
+
+# The longest /etc/passwd line moby's bufio.Scanner takes, "\n" excluded: a longer one fails the
+# lookup ("token too long").  /etc/group lines (member lists) are read whole, as umoci reads them.
+_LONGEST_PASSWD_LINE = (64 << 10) - 1
+
 # What Go's bytes.TrimSpace trims (unicode.IsSpace); Python's strip() also takes \x1c-\x1f.
 _GO_SPACE = " \t\n\v\f\r\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
             "\u2028\u2029\u202f\u205f\u3000"
 
 
-def _parse_colon_file(data, fields, *, comments):
+def _parse_colon_file(data, fields, *, comments, relpath, user):
     """The lines of an /etc/passwd or /etc/group as moby/sys/user reads them (docker, umoci, runc):
     split at "\n" only and trimmed of Unicode spaces, each cut at ":" into ``fields`` fields (the
     missing ones empty).  Python's splitlines() also splits at \r, \x1c-\x1e, NEL and U+2028: a
@@ -159,7 +176,10 @@ def _parse_colon_file(data, fields, *, comments):
     out = []
     if data is None:
         return out
-    for raw in data.split(b"\n"):
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        if len(raw) > _LONGEST_PASSWD_LINE and relpath == "etc/passwd":
+            raise ImageError(f"image config User {user!r}: line {number} of the image's /{relpath} is longer "
+                             f"than {_LONGEST_PASSWD_LINE} bytes")
         # bytes that are not UTF-8 stay distinct (never a space, never equal to a config's name)
         line = raw.decode("utf-8", "surrogateescape").strip(_GO_SPACE)
         if not line or (comments and line.startswith("#")):
@@ -169,10 +189,17 @@ def _parse_colon_file(data, fields, *, comments):
     return out
 
 
+def _accounts(rootfs, relpath, user):
+    """The entries of the rootfs' etc/passwd or etc/group (``relpath``) for the config's ``user``."""
+    passwd = relpath == "etc/passwd"
+    return _parse_colon_file(_read_in_root(rootfs, relpath), 7 if passwd else 4, comments=not passwd,
+                             relpath=relpath, user=user)
+
+
 def _text(field):
     """A field of the image's files as text for config.json (JSON holds no stray bytes; Go's
-    encoder writes U+FFFD for them)."""
-    return field.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    encoder writes U+FFFD for each, where Python's decoder makes one of a cut sequence: \xe2\x80)."""
+    return re.sub("[\udc80-\udcff]", "\ufffd", field)
 
 
 # uids and gids as moby/sys/user reads them: strconv.Atoi (an optional sign, ASCII digits; Python's
@@ -182,22 +209,27 @@ _NUMBER = re.compile(r"[+-]?[0-9]+")
 _MAX_ID = (1 << 31) - 1
 
 
-def _in_range(text):
-    return len(text.lstrip("+-")) <= 10 and 0 <= int(text) <= _MAX_ID
+def _atoi(text):
+    """The id ``text`` (Atoi's syntax) is, None if out of range.  Leading zeros are only zeros to
+    Atoi ("00000000001000" is 1000), and int() refuses a string of 4,300 of them."""
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > 10:
+        return None
+    value = -int(digits) if text.startswith("-") else int(digits)
+    return value if 0 <= value <= _MAX_ID else None
 
 
 def _file_id(field):
     """A uid/gid field of the image's /etc/passwd or /etc/group, None if not one."""
-    if not _NUMBER.fullmatch(field) or not _in_range(field):
-        return None
-    return int(field)
+    return _atoi(field) if _NUMBER.fullmatch(field) else None
 
 
 def _given_id(text, user):
     """The number the config's User gives (Atoi's syntax)."""
-    if not _in_range(text):
+    value = _atoi(text)
+    if value is None:
         raise ImageError(f"image config User {user[:80]!r}: uids and gids must be in range 0-{_MAX_ID}")
-    return int(text)
+    return value
 
 
 def resolve_user(user, rootfs):
@@ -212,7 +244,7 @@ def resolve_user(user, rootfs):
     """
     user = user or ""
     name, _, group = user.partition(":")
-    passwd = _parse_colon_file(_read_in_root(rootfs, "etc/passwd"), 7, comments=False)
+    passwd = _accounts(rootfs, "etc/passwd", user)
     uid, gid, home, username = 0, 0, "/", None
     entry = None
     if name == "" or _NUMBER.fullmatch(name):
@@ -235,7 +267,7 @@ def resolve_user(user, rootfs):
         if _NUMBER.fullmatch(group):
             gid = _given_id(group, user)
         else:
-            groups = _parse_colon_file(_read_in_root(rootfs, "etc/group"), 4, comments=True)
+            groups = _accounts(rootfs, "etc/group", user)
             g = next((g for g in groups if g[0] == group and _file_id(g[2]) is not None), None)
             if g is None:
                 raise ImageError(f"image config User {user!r}: no group {group!r} in the image's /etc/group")
@@ -243,7 +275,7 @@ def resolve_user(user, rootfs):
     out = {"uid": uid, "gid": gid}
     if not group and username:
         # as GetExecUser: a group listed twice, or the primary group listed, stays in the list
-        extra = [gid_ for g in _parse_colon_file(_read_in_root(rootfs, "etc/group"), 4, comments=True)
+        extra = [gid_ for g in _accounts(rootfs, "etc/group", user)
                  if g[3] and username in g[3].split(",") and (gid_ := _file_id(g[2])) is not None]
         if extra:
             out["additionalGids"] = extra
@@ -301,6 +333,9 @@ def runtime_config(image, rootfs, *, rootless=None):
         else:
             env.append(item)
     if not any(e.startswith("HOME=") for e in env):
+        if "\0" in home:
+            raise ImageError(f"image config User {cfg.get('User')!r}: the image's /etc/passwd gives it the home "
+                             f"{quote_name(home)}, which holds a NUL byte no process can be given")
         env.append(f"HOME={home}")  # docker and umoci give the process its user's home
     proc["env"] = env
     args = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])

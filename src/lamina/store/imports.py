@@ -147,7 +147,7 @@ def _snapshots_named(store, data, image, check=False):
                       mismatch_comma=True):
         if check:
             store.check_layer_blobs(image.manifest_digest, image.layers, image.diff_ids)
-        store.snapshots_for(image)
+        store._ensure_snapshots(image)   # its rollback takes back what a refusal dropped
 
 
 def _put_blobs(store, data, created, report):

@@ -494,6 +494,20 @@ class Store:
         """Layer dirs of an image, bottom first, extracting the missing ones (in parallel).
 
         An image whose snapshots are all there is only read (a read-only store serves it)."""
+        dropped = _snapshots.dedups_dropped_since()
+        try:
+            return self._ensure_snapshots(image)
+        except BaseException:
+            # a good layer deduplicated beside a refused one below it: the objects only its
+            # dropped staging snapshot used are taken back, as a refused copy or pull does
+            if dropped():
+                from .imports import drop_unused_objects
+                drop_unused_objects(self)
+            raise
+
+    def _ensure_snapshots(self, image):
+        """snapshots_for, leaving what a refusal dropped to the caller's own rollback (an import,
+        a pull), which takes it back with the rest."""
         complete = all(self._snapshot_complete(c) for c in image.chain_ids)
         if not complete:
             self._check_writable(f"image {image.config_digest[7:19]} has layers not extracted yet")
