@@ -153,11 +153,14 @@ def archives(draw):
     decoy B's members.  ``kind``: "docker", "oci", or docker >= 25's archive that is both, read
     by its manifest.json ("hybrid-docker") or its index.json ("hybrid-oci")."""
     kind = draw(st.sampled_from(["docker", "oci", "hybrid-docker", "hybrid-oci"]))
-    how = None
+    how, notes = None, []
     if kind == "docker":
         how = draw(st.sampled_from([None] * 3 + list(SPELLINGS)))   # manifest.json's names
         (a, top_a), (b, top_b) = docker_image(b"A", "fz/a:1", SPELLINGS.get(how, lambda n: n)), docker_image(b"B", "fz/a:1")
         top = "manifest.json"
+        if draw(fz.one_in(4)):   # layer.tar members gzipped (docker's load and skopeo inflate them)
+            a = {n: ob.gz(d) if n.endswith("/layer.tar") else d for n, d in a.items()}
+            notes.append("layer.tar members gzipped")
     elif kind.startswith("hybrid"):
         (a, index_a, manifest_a), (b, index_b, manifest_b) = hybrid_image(b"A", "fz/a:1"), hybrid_image(b"B", "fz/a:1")
         if kind == "hybrid-docker":   # (the other side's document is a member like any other)
@@ -184,7 +187,7 @@ def archives(draw):
     elif draw(fz.one_in(3)):
         names = [n for n in names if n != top] + [top]
     members = [Member(n, "file", files[n]) for n in names]
-    done = [f"manifest.json names as {how}"] if how else []
+    done = ([f"manifest.json names as {how}"] if how else []) + notes
     done += ["B named too"] if both else []
     for _ in range(draw(st.integers(0, 3))):
         op = draw(st.sampled_from(["twice", "twice-other", "symlink", "hardlink"]))
