@@ -54,6 +54,7 @@ from hypothesis import strategies as st
 import ocibuild as ob
 import test_fuzz_paths as fz
 from conftest import require_root, require_tool
+from storekit import assert_fsck_clean
 from treecmp import compare, snapshot
 
 SETTINGS = settings(fz.SETTINGS, max_examples=max(1, fz.EXAMPLES * 8 // 100))
@@ -402,9 +403,7 @@ def lamina_trees(archive, transport, work, with_load=True):
             out["load"] = _tree(os.path.join(work, "load"))
         except LaminaError as e:
             out["load"] = e
-        report = store.fsck()
-        assert list(report.findings) == [], "fsck after the load: " + "; ".join(
-            f"{f.severity}: {f.subject}: {f.message}" for f in report.findings)
+        assert_fsck_clean(store, "fsck after the load")
     finally:
         store.close()
     return out
