@@ -13,6 +13,8 @@
                    store (each layer extracted as it downloads, all at once), then materialize()
     registry-unpack  the same image unpacked straight from the registry (``unpack docker://``:
                    upper layers read ahead, nothing kept)
+    registry-overlay  the same in the overlay format (``unpack docker:// --format overlay``: each
+                   layer's directory written as its blob streams), mounted with kernel overlayfs
 
 Each returns a treecmp.Snapshot, or the error (a LaminaError) it raised.  The
 security tests and the differential fuzzer run every image through all of
@@ -40,7 +42,7 @@ from treecmp import Snapshot, compare, snapshot
 # dir-topdown: the dir format with every upper layer scanned first and what it hides skipped
 # below (a real unpack does that only for upper layers much smaller than the ones below)
 PATHS = ("dir", "dir-topdown", "overlay-mount", "store-copy", "store-link", "store-mount", "store-relink",
-         "registry-pull", "registry-unpack")
+         "registry-pull", "registry-unpack", "registry-overlay")
 EMPTY_LAYER = bytes(1024)  # a tar of nothing: its end-of-archive blocks
 SHARED_INODES = ("store-link", "store-mount")
 TAG = "img"
@@ -198,6 +200,13 @@ def _registry_paths(work, layout, paths, tree):
             source = RegistrySource(ref, client=_registry_client(reg.host))
             return tree(lamina.unpack(source, os.path.join(work, "registry-unpack"), platform="linux/amd64").dest)
         out["registry-unpack"] = _attempt(unpacked)
+    if "registry-overlay" in paths:
+        def overlay():
+            source = RegistrySource(ref, client=_registry_client(reg.host))
+            stats = lamina.unpack(source, os.path.join(work, "registry-ovl"), format="overlay", platform="linux/amd64")
+            with overlay_mount(stats.layer_dirs, os.path.join(work, "registry-ovl-mnt")) as mnt:
+                return tree(mnt)
+        out["registry-overlay"] = _attempt(overlay)
     return out
 
 

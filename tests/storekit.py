@@ -62,3 +62,10 @@ def du(path):
     """Bytes on disk under path, hardlinks once (like du -s --bytes of allocated blocks)."""
     out = subprocess.run(["du", "-s", "-B1", os.fspath(path)], capture_output=True, text=True, check=True).stdout
     return int(out.split()[0])
+
+
+def assert_fsck_clean(store, what):
+    """The ``Store``'s fsck finds nothing; else fail with ``what`` and every finding."""
+    report = store.fsck()
+    assert list(report.findings) == [], f"{what}: " + "; ".join(
+        f"{f.severity}: {f.subject}: {f.message}" for f in report.findings)

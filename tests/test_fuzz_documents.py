@@ -49,6 +49,7 @@ import ocibuild as ob
 import test_fuzz_paths as fz
 from conftest import require_root
 from everypath import overlay_mount
+from storekit import assert_fsck_clean
 from treecmp import compare, snapshot
 
 SETTINGS = settings(fz.SETTINGS, max_examples=max(1, fz.EXAMPLES * 3 // 10))
@@ -336,9 +337,7 @@ def read_every_way(work, layout):
                 mat.materialize(store, images[0].image, dest)
                 return snapshot(dest)
             out["load"] = _attempt(loaded)
-        report = store.fsck()
-        assert list(report.findings) == [], "fsck after the copy: " + "; ".join(
-            f"{f.severity}: {f.subject}: {f.message}" for f in report.findings)
+        assert_fsck_clean(store, "fsck after the copy")
     finally:
         store.close()
     return out

@@ -10,7 +10,10 @@ on an empty bottom layer copied into it: files named by links to the store's obj
 as they extract; half the stores hold fz.neighbours()' image of the same files with other
 metadata first), fsck of that store, rmi + prune (nothing may be left), a compact
 store (keep-blobs false) that must save the image back, and root's ``lamina mount`` of
-the image in another store of nobody's (overlayfs reading its user.overlay.* markers).
+the image in another store of nobody's (overlayfs reading its user.overlay.* markers); one
+stack in four (LAMINA_FUZZ_REGISTRY=1: all) is also pushed to a loopback registry and read by
+nobody from there: ``unpack docker://`` in both formats (the overlay one mounted as above) and
+``pull`` into a store of nobody's, materialized.
 
 All paths must give the same tree, or all fail with a lamina error; nothing outside the
 work directory (a sentinel and a host directory the layers aim at, both writable by
@@ -47,7 +50,8 @@ from hypothesis import strategies as st
 
 import test_fuzz_paths as fz
 from conftest import require_root, require_tool
-from everypath import EMPTY_LAYER, assert_agree, describe, overlay_mount, write_image
+from everypath import (EMPTY_LAYER, _push_layout, _repos, assert_agree, describe, overlay_mount, shared_registry,
+                       write_image)
 from layerkit import run_as_nobody, world_tmpdir
 from test_rootless_paths import COMPACT_SAVE, _chmod_tree, _preload, mount_rootless_layers
 from treecmp import Snapshot, compare, snapshot
@@ -56,6 +60,7 @@ BATCH = int(os.environ.get("LAMINA_FUZZ_BATCH", "6"))
 # CI: 4 batches of 6 stacks; LAMINA_FUZZ_EXAMPLES counts stacks, as in test_fuzz_paths.py
 EXAMPLES = max(1, int(os.environ.get("LAMINA_FUZZ_EXAMPLES", "24")) // BATCH)
 SEED = fz.SEED
+REGISTRY = os.environ.get("LAMINA_FUZZ_REGISTRY") == "1"
 SETTINGS = settings(fz.SETTINGS, max_examples=EXAMPLES)
 if os.environ.get("LAMINA_FUZZ_SHRINK") == "0":
     # long runs: a failing batch is reported as drawn (the message names its failing stack),
@@ -142,11 +147,27 @@ for case in json.loads(sys.argv[1]):
             out["left"] = left
         except BaseException as e:
             out["left"] = [f"raised {type(e).__name__}: {e}"]
+    if case["registry"]:
+        from lamina.registry.client import RegistryClient
+        from lamina.registry.source import RegistrySource
+        ref = case["registry"]
+        def client():
+            return RegistryClient(insecure=(ref.split("/")[0],), credentials={})
+        attempt("registry-unpack", lambda: lamina.unpack(RegistrySource(ref, client=client()),
+                                                         os.path.join(work, "registry-unpack")))
+        st = attempt("registry-overlay", lambda: lamina.unpack(RegistrySource(ref, client=client()),
+                                                               os.path.join(work, "registry-overlay"), format="overlay"))
+        if st is not None:
+            out["registry_layer_dirs"] = [os.fspath(d) for d in st.layer_dirs]
+        pulled = Store(os.path.join(work, "store-pulled"))
+        attempt("registry-pull", lambda: (lamina.pull(ref, store=pulled, client=client()),
+                                          materialize(pulled, ref, os.path.join(work, "registry-pull"))))
 """ + textwrap.indent(COMPACT_SAVE, "    ") + """    results.append(out)
 print(json.dumps(results))
 """
 
 TREE_PATHS = ("dir", "overlay-mount", "store-copy", "store-link", "store-relink", "store-mount")
+REGISTRY_PATHS = ("registry-unpack", "registry-overlay", "registry-pull")
 
 
 def mount_rootless_store(root, mnt):
@@ -193,10 +214,11 @@ class _Failed(Exception):
     """A path's lamina error, as assert_agree expects errors."""
 
 
-def run_batch(host, batch, neighbours=None):
+def run_batch(host, batch, neighbours=None, pushed=None):
     """[(tars, {path: Snapshot or error text}, out)] for each stack of ``batch``, all of it
     run in one nobody process (``neighbours``: per stack, None or the layer tars of an image
-    nobody's store takes first); checks that nothing outside the work dirs changed."""
+    nobody's store takes first; ``pushed``: per stack, whether nobody also reads it from a
+    registry); checks that nothing outside the work dirs changed."""
     base = world_tmpdir()
     try:
         sentinel = os.path.join(base, "sentinel")
@@ -216,8 +238,14 @@ def run_batch(host, batch, neighbours=None):
             neighbour = (neighbours or [None] * len(batch))[i]
             if neighbour is not None:
                 neighbour = f"oci:{write_image(os.path.join(base, f'neighbour{i}'), neighbour)}:img"
+            registry = None
+            if (pushed or [False] * len(batch))[i]:
+                reg = shared_registry()
+                repo = f"rootless{next(_repos)}-{os.getpid()}"
+                _push_layout(reg.host, repo, layout)
+                registry = f"{reg.host}/{repo}:img"
             cases.append({"work": work, "src": f"oci:{layout}:img", "rebuilt": f"oci:{rebuilt}:img",
-                          "neighbour": neighbour})
+                          "neighbour": neighbour, "registry": registry})
         _chmod_tree(base, "a+rX")
         proc = run_as_nobody(SCRIPT, json.dumps(cases), preload=_preload(), timeout=60 + 60 * len(batch))
         assert proc.returncode == 0, f"lamina as nobody died:\n{proc.stderr[-3000:]}"
@@ -230,13 +258,15 @@ def run_batch(host, batch, neighbours=None):
         for case, tars, out in zip(cases, batch, outs):
             since = int(out["since"]) - 1
             trees = {}
-            for p in TREE_PATHS:
+            for p in TREE_PATHS + (REGISTRY_PATHS if case["registry"] else ()):
                 src = {"overlay-mount": "overlay", "store-mount": "mounted-store"}.get(p, p)
                 status = out.get(src, out.get("copy"))
                 if status != "ok":
                     trees[p] = status
                 elif p == "overlay-mount":
                     trees[p] = mount_rootless_layers(out["layer_dirs"], os.path.join(case["work"], "mnt"))
+                elif p == "registry-overlay":
+                    trees[p] = mount_rootless_layers(out["registry_layer_dirs"], os.path.join(case["work"], "registry-mnt"))
                 elif p == "store-mount":
                     trees[p] = mount_rootless_store(os.path.join(case["work"], "mounted-store"),
                                                     os.path.join(case["work"], "store-mnt"))
@@ -311,9 +341,10 @@ def test_rootless_paths_agree(host, data):
     # (none for a deep stack: its cost is several shallow stacks' already)
     neighbours = [fz.build(data.draw(fz.neighbours(layers))) if len(layers) <= 4 and data.draw(fz.one_in(2)) else None
                   for layers in batch]
+    pushed = [REGISTRY or data.draw(fz.one_in(4)) for _ in batch]
     for _ in batch:
         fz._count_case()
-    for (t, trees, out), layers in zip(run_batch(host, tars, neighbours), batch):
+    for (t, trees, out), layers in zip(run_batch(host, tars, neighbours, pushed), batch):
         ref = check_case(t, trees, out)
         if _has_nodes(layers):
             continue  # root makes device nodes; nobody makes none, on every path alike

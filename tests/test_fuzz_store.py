@@ -5,7 +5,8 @@ goes through: several images of one family (a shared base layer, layers in commo
 same files under other modes, owners, times and xattrs, hardlinks, whiteouts and opaque
 directories, blobs of one layer gzipped in one image and plain in another) loaded,
 tagged, removed (by name with and without other tags, by ID), pruned, gc'd, saved and
-loaded back, copied to an OCI layout and back, with the store switched between keeping
+loaded back, copied to an OCI layout and back, pulled from a loopback registry, loaded
+(``lamina load``) from docker-archives skopeo wrote, with the store switched between keeping
 blobs and compact (sidecars) and with dedup switched off and on, beside failed loads of
 hostile variants (a layer whose diffID lies, also one that names a layer the store holds),
 writes through an image's ``--link`` unpack (the store's own inodes) and through a copy,
@@ -196,6 +197,7 @@ class FamilyImage:
     diff_ids: list
     tars: list
     tree: object         # the oracle: lamina's dir unpack of the layout
+    plain: list          # per layer: False (gzip), True (plain) or "zstd"
 
 
 TAG = "img"
@@ -319,6 +321,8 @@ class Program:
         self.root = os.path.join(work, "store")
         self.family = family
         self.names = {}          # full name -> family index
+        self.pushed = {}         # family index -> its reference in the shared registry
+        self.archives = {}       # family index -> a docker-archive of it skopeo wrote
         self.log = []
         self.counter = 0
         Store(self.root).close()
@@ -412,6 +416,36 @@ class Program:
         with self.store() as store:
             copy(f"oci:{self.family[k].layout}:{TAG}", name, store=store)
         self.names[name] = k
+
+    def pull(self, k):
+        """Family image k pulled from the loopback registry (pushed there once, as it is)."""
+        import lamina
+        from everypath import _push_layout, _registry_client, _repos, shared_registry
+        reg = shared_registry()
+        if k not in self.pushed:
+            repo = f"storefz{next(_repos)}-{os.getpid()}"
+            _push_layout(reg.host, repo, self.family[k].layout)
+            self.pushed[k] = f"{reg.host}/{repo}:{TAG}"
+        ref = self.pushed[k]
+        self.log.append(f"pull <family {k}> ({ref})")
+        with self.store() as store:
+            lamina.pull(ref, store=store, client=_registry_client(reg.host))
+        self.names[self.full(ref)] = k
+
+    def load_archive(self, k, name):
+        """``lamina load`` of a docker-archive skopeo wrote of family image k, tagged ``name``
+        (of an image with zstd layers, which no docker image holds, skopeo writes none: a copy)."""
+        if "zstd" in self.family[k].plain:
+            return self.load(k, name)
+        path = self.archives.get((k, name))
+        if path is None:
+            path = self.archives[(k, name)] = self.scratch("skopeo") + ".tar"
+            proc = subprocess.run(["skopeo", "copy", "-q", f"oci:{self.family[k].layout}:{TAG}",
+                                   f"docker-archive:{path}:{name}"], capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr
+        self.log.append(f"load -i <skopeo's docker-archive of family {k} as {name}>")
+        self.cli("load", "-i", path)
+        self.names[self.full(name)] = k
 
     def tag(self, source, target):
         target = self.full(target)
@@ -593,7 +627,7 @@ def programs(draw, family_size):
     """Steps as (kind, draws...); names and indexes are resolved against the model as they run."""
     kinds = (["load"] * 6 + ["tag"] * 2 + ["rmi"] * 2 + ["rmi-id", "prune", "prune-all", "gc", "keep-blobs",
                                                           "keep-blobs", "dedup", "save", "copy-oci", "hostile",
-                                                          "hostile", "write", "mount"])
+                                                          "hostile", "write", "mount", "pull", "load-archive"])
     return [(draw(st.sampled_from(kinds)), draw(st.integers(0, 1 << 16)), draw(st.integers(0, 1 << 16)),
              draw(st.booleans())) for _ in range(draw(st.integers(4, STEPS)))]
 
@@ -607,6 +641,10 @@ def run_step(prog, step):
     n = len(prog.family)
     if kind == "load" or (not names and kind in ("tag", "rmi", "save", "copy-oci", "write", "rmi-id", "mount")):
         prog.load(x % n, TAGS[y % len(TAGS)])
+    elif kind == "pull":
+        prog.pull(x % n)
+    elif kind == "load-archive":
+        prog.load_archive(x % n, TAGS[y % len(TAGS)])
     elif kind == "tag":
         prog.tag(names[x % len(names)], TAGS[y % len(TAGS)])
     elif kind == "rmi":
@@ -644,6 +682,7 @@ def run_step(prog, step):
 def needs():
     require_root()
     require_tool("umoci")
+    require_tool("skopeo")
 
 
 @seed(21000 + SEED)
@@ -674,7 +713,7 @@ def run_program(pool, images, steps):
             tree = tree_of(dest)
             if "zstd" not in plain:  # (umoci 0.4.7 refuses a zstd layer by its media type)
                 umoci_agrees(work, layout, tree)
-            family.append(FamilyImage(layout, config, [ob.sha256(t) for t in layer_tars], layer_tars, tree))
+            family.append(FamilyImage(layout, config, [ob.sha256(t) for t in layer_tars], layer_tars, tree, plain))
         prog = Program(work, family)
         prog.log.append("family: " + "; ".join(f"{i}: layers {s} plain {p}" for i, (s, p) in enumerate(images)))
         for step in steps:

@@ -314,6 +314,26 @@ def test_docker_archive_at_n_reads_manifest_json_s_entry_n(root, tmp_path):  # n
     assert os.listdir(tmp_path / "out0") == ["a"]
     fails(root, "unpack", f"docker-archive:{path}:@2", tmp_path / "out2", match="no image '@2'")
 
+
+def test_docker_archive_reads_a_name_only_manifest_json_gives(root, tmp_path):  # noqa: F811
+    """manifest.json tags a ``app:1`` and ``extra:1``, index.json names it ``app:1`` alone.
+    skopeo's ``docker-archive:PATH:extra:1`` (and docker's load) read manifest.json: a; lamina
+    read the layout, whose index.json names no extra:1: "no image named 'extra:1'", though its
+    load gave a that name (found by test_fuzz_archives.py).  It now reads the layout's manifest
+    of that entry, as for @N; ``oci-archive:`` reads index.json alone, as skopeo's does."""
+    require_tool("skopeo")
+    path, configs = _docker25(tmp_path, {"a": "app:1", "b": "app:2"}, [("a", ["app:1", "extra:1"]), ("b", ["app:2"])])
+    shown = subprocess.run(["skopeo", "inspect", "--config", f"docker-archive:{path}:extra:1"], capture_output=True,
+                           text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["rootfs"]["diff_ids"] == json.loads(
+        open(ob.Layout.existing(tmp_path / "lay").path(configs["a"])).read())["rootfs"]["diff_ids"]
+    lamina(root, "unpack", f"docker-archive:{path}:extra:1", tmp_path / "out")
+    assert os.listdir(tmp_path / "out") == ["a"]
+    lamina(root, "copy", f"docker-archive:{path}:docker.io/library/extra:1", "picked:1")
+    assert lamina(root, "inspect", "--format", "{{.Id}}", "picked:1").stdout.strip() == configs["a"]
+    fails(root, "unpack", f"oci-archive:{path}:extra:1", tmp_path / "out2", match="no image named 'extra:1'")
+
 def test_load_applies_the_names_only_manifest_json_gives_as_docker_does(root, tmp_path):  # noqa: F811
     """index.json names a ``app:1`` and leaves b unnamed; manifest.json tags a ``app:1`` and
     ``extra:1``, b ``only:1``.  docker's load reads manifest.json alone and gives all three

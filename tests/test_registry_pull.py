@@ -384,6 +384,28 @@ def test_a_diff_id_naming_a_layer_the_store_holds_is_checked_on_pull(reg, regist
     assert [i.names for i in store.images()] == [[f"{reg.host}/difflie:real"]]
 
 
+def test_a_blob_of_a_layer_the_store_holds_already_is_stored_whole(reg, tmp_path):  # noqa: F811
+    """The store holds a layer's snapshot, made from its gzip blob; an image shipping the same
+    layer uncompressed (another blob, the same diffID) is pulled.  The extraction found the
+    snapshot and read nothing, and the pull copied the blob from the registry's stream into the
+    store while the download-ahead thread read the same stream into the same partial file: the
+    blob's bytes came twice, "more data than the expected N bytes", or the partial that write
+    discarded could not be renamed (a FileNotFoundError).  Found by test_fuzz_store.py."""
+    from everypath import TAG, _push_layout, _registry_client
+    from storekit import seeded_bytes
+    files = {"big": seeded_bytes("ahead", 16 << 20)}
+    store = Store(tmp_path / "store")
+    for name, compress in (("gz", True), ("plain", False)):
+        lay = ocibuild.Layout(tmp_path / name)
+        lay.add(lay.image([files], compress=compress), TAG)
+        _push_layout(reg.host, f"ahead-{name}", lay.root)
+        pull(f"{reg.host}/ahead-{name}:{TAG}", store=store, client=_registry_client(reg.host))
+    plain = lay.read_json(lay.entries[0]["digest"])["layers"][0]["digest"]
+    with open(store.paths.blob(plain), "rb") as f:
+        assert ocibuild.sha256(f.read()) == plain
+    assert list(store.fsck().findings) == []
+
+
 def test_a_pulled_image_is_found_again_by_the_platform_its_index_entry_says(reg, registry_env, tmp_path):  # noqa: F811
     """An index entry says linux/arm64, its config amd64 (a mislabelled build): pull --platform
     linux/arm64 takes it by the index's word (tests/CONFORMANCE.md), and then `unpack --platform

@@ -148,9 +148,10 @@ class DockerArchive(Source):
                                  "image under that name than containerd and lamina")
         if oci_only:
             return
-        if self.ref and re.fullmatch(r"@\d+", self.ref, re.ASCII):
-            # skopeo's docker-archive:PATH:@N is manifest.json's entry N, which index.json names
-            # nothing: the layout reads that entry's manifest (it is one of the layout's, see above)
+        if self.ref and (re.fullmatch(r"@\d+", self.ref, re.ASCII) or not layout._named(self.ref)):
+            # skopeo's docker-archive:PATH:@N is manifest.json's entry N, and its :NAME a name of
+            # manifest.json's (docker's load gives it too), which index.json may name nothing by:
+            # the layout reads that entry's manifest (it is one of the layout's, see above)
             key = entry_image(self._select())
             layout.pinned = next(d for d in _manifests_of(layout) if images_of(layout, d) == {key})
             return

@@ -391,7 +391,10 @@ class Puller:
                                                 tree_ready=tree_ready, before_publish=before_publish,
                                                 progress=self.reporter.extraction(digest, size))
                         if path is None:
-                            w.write_from(stream)
+                            # the snapshot is there (from another blob of the layer): the blob
+                            # alone is fetched, through the tee, whose spooler may be reading
+                            # the stream into the ingest already
+                            tee.drain()
                             w.commit()
                         return path
                     except (Cancelled, RegistryError):
