@@ -311,3 +311,18 @@ def test_a_sidecar_whose_sync_fails_is_named_and_the_unpack_runs_again(layout, t
     assert "tarsplit.lz4" in line and "Input/output error" in line, line
     case.check("fsync of a sidecar failing with EIO")
 
+
+
+def test_a_pull_fetching_a_blob_whose_snapshot_exists_waits_for_its_spooler(layout, pushed, tmp_path, registry_env):
+    """A compact store pulling an image over a layer it holds as a snapshot, its blob dropped:
+    the blob is fetched again through the extraction's tee, whose spooler thread downloads
+    ahead; the extraction finds the snapshot there and the pull read the rest of the stream
+    itself, racing that thread.  When the spooler had read the whole blob but not yet written it
+    (here: every write(2) made slow by strace), the pull committed an empty ingest and failed:
+    'blob sha256:…: got 0 bytes, expected 524'."""
+    require_tool("strace")
+    case = _cases(layout, tmp_path, "pull-compact", reg=pushed)
+    case.prepare()
+    proc = case.run("-o", "/dev/null", "-e", "trace=write", "-e", "inject=write:delay_enter=100000")
+    assert proc.returncode == 0, proc.stderr
+    case.check("a pull with slow writes")

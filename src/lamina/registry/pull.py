@@ -391,7 +391,9 @@ class Puller:
                                                 tree_ready=tree_ready, before_publish=before_publish,
                                                 progress=self.reporter.extraction(digest, size))
                         if path is None:
-                            w.write_from(stream)
+                            # the rest of the blob, once the spooler has stopped: it may hold bytes
+                            # read from the stream and not yet written into the ingest
+                            tee.drain()
                             w.commit()
                         return path
                     except (Cancelled, RegistryError):
