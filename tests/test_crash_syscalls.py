@@ -112,13 +112,19 @@ class Case:
     def check(self, what):
         """After a kill or an error: the store is consistent, the command runs again, every
         image unpacks to its tree, and nothing is left over."""
-        if self.dest is not None:
-            assert not os.path.lexists(self.dest), f"{what}: DEST exists after the unpack stopped"
+        if self.dest is not None and os.path.lexists(self.dest):   # killed past its commit: whole
+            diff = compare(self.trees["a"], snapshot(self.dest), labels=("reference", f"DEST {what}"))
+            assert not diff, diff
+            shutil.rmtree(self.dest)
         errors = fsck_errors(self.root)
         if errors:
             lamina(self.root, "fsck", "--repair", check=False)
             assert fsck_errors(self.root) == [], f"{what}: fsck --repair left errors (before: {errors})"
         again = self.run()
+        if self.dest is not None:   # the rerun swept what the stopped unpack left beside DEST
+            assert os.listdir(self.dest.parent) == [self.dest.name] or again.returncode, \
+                f"{what}: left beside DEST: {os.listdir(self.dest.parent)}"
+            shutil.rmtree(self.dest)
         gone = self.argv[0] == "rmi" and "no such image" in again.stderr   # the kill came after the untag
         assert again.returncode == 0 or gone, f"{what}: the command run again failed:\n{again.stderr}"
         listed = lamina(self.root, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
@@ -178,7 +184,7 @@ def _cases(layout, tmp_path, name, reg=None):
                 lamina(root, "pull", f"{reg.host}/crash:{ref}")
         return setup
 
-    dest = tmp_path / "dest"
+    dest = tmp_path / "out" / "dest"
     names = {"a:1": "a", "b:1": "b", "c:1": "a"}
     if reg is not None:
         names = {f"{reg.host}/crash:a": "a", f"{reg.host}/crash:b": "b"}
@@ -326,3 +332,21 @@ def test_a_pull_fetching_a_blob_whose_snapshot_exists_waits_for_its_spooler(layo
     proc = case.run("-o", "/dev/null", "-e", "trace=write", "-e", "inject=write:delay_enter=100000")
     assert proc.returncode == 0, proc.stderr
     case.check("a pull with slow writes")
+
+
+def test_an_unpack_killed_before_it_names_its_staging_dir_leaves_nothing_behind(layout, tmp_path):
+    """The staging dir of an unpack is made as DEST.lamina-new-*, locked, then renamed to
+    DEST.lamina-tmp-*, which the next unpack to DEST sweeps when nobody holds it.  Killed before
+    that rename (SIGKILL at it), the newborn dir stayed beside DEST for ever: no unpack swept it."""
+    require_tool("strace")
+    case = _cases(layout, tmp_path, "unpack")
+    case.prepare()
+    trace = case.work / "count.strace"
+    case.run("-y", "-o", trace, "-e", "trace=rename")
+    case.reset()
+    renames = [line for line in open(trace) if line.split(None, 1)[-1].startswith("rename(")]
+    n = next(i for i, line in enumerate(renames, 1) if ".lamina-new-" in line)
+    proc = case.run("-o", "/dev/null", "-e", "trace=rename", "-e", f"inject=rename:signal=SIGKILL:when={n}")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [x for x in os.listdir(case.dest.parent) if ".lamina-new-" in x], os.listdir(case.dest.parent)
+    case.check("killed at the rename of its newborn staging dir")
