@@ -109,6 +109,15 @@ class Case:
             seen[name].append(rest)
         return {n: (started[n], len(seen[n]) - started[n]) for n in started}
 
+    def nth_call(self, call, fragment):
+        """N of the command's first ``call`` whose arguments (fds shown as paths) hold ``fragment``."""
+        require_tool("strace")
+        trace = self.work / "count.strace"
+        self.run("-y", "-o", trace, "-e", f"trace={call}")
+        self.reset()
+        lines = [line for line in open(trace, errors="replace") if line.split(None, 1)[-1].startswith(call + "(")]
+        return next(i for i, line in enumerate(lines, 1) if fragment in line)
+
     def check(self, what):
         """After a kill or an error: the store is consistent, the command runs again, every
         image unpacks to its tree, and nothing is left over."""
@@ -214,23 +223,29 @@ if not DEEP:  # the default run stays short: the commands whose commits the othe
     PULL_CASES = ["pull-compact"]
 
 
-def _kill_everywhere(case):
+def _each_injection(case, default, action):
+    """Run the case with strace's inject ``action`` at each sampled call in turn; yields
+    (the process, the injected call as strace shows it or None, what was done)."""
     require_tool("strace")
     case.prepare()
     calls = case.calls()
+    trace = case.work / "inject.strace"
     ran = 0
-    for name in _injected_calls(calls, DEFAULT_CALLS):
+    for name in _injected_calls(calls, default):
         skip, count = calls.get(name, (0, 0))
         for n in sample(count):
-            n += skip
             case.reset()
-            proc = case.run("-o", "/dev/null", "-e", f"trace={name}",
-                            "-e", f"inject={name}:signal=SIGKILL:when={n}")
-            what = f"{' '.join(map(str, case.argv[:2]))} killed at {name} #{n}"
-            assert proc.returncode in (0, -signal.SIGKILL), f"{what}: exit {proc.returncode}\n{proc.stderr}"
-            case.check(what)
+            proc = case.run("-o", trace, "-y", "-e", f"trace={name}", "-e", f"inject={name}:{action}:when={n + skip}")
+            injected = next((line.strip() for line in open(trace, errors="replace") if "(INJECTED)" in line), None)
+            yield proc, injected, f"{' '.join(map(str, case.argv[:2]))}, {action} at {name} #{n + skip}"
             ran += 1
     assert ran, f"no call to inject at: {dict(calls)}"
+
+
+def _kill_everywhere(case):
+    for proc, _, what in _each_injection(case, DEFAULT_CALLS, "signal=SIGKILL"):
+        assert proc.returncode in (0, -signal.SIGKILL), f"{what}: exit {proc.returncode}\n{proc.stderr}"
+        case.check(what)
 
 
 @pytest.mark.parametrize("name", STORE_CASES)
@@ -249,31 +264,18 @@ DEFAULT_FAILING_CALLS = ("fsync", "rename")
 
 def _fail_everywhere(case, err):
     """Each call that names the work directory fails with ``err`` in turn."""
-    require_tool("strace")
-    case.prepare()
-    calls = case.calls()
-    trace = case.work / "count.strace"
-    ran = 0
-    for name in _injected_calls(calls, DEFAULT_FAILING_CALLS):
-        skip, count = calls.get(name, (0, 0))
-        for n in sample(count):
-            n += skip
-            case.reset()
-            proc = case.run("-o", trace, "-y", "-e", f"trace={name}", "-e", f"inject={name}:error={err}:when={n}")
-            injected = [line for line in open(trace, errors="replace") if "(INJECTED)" in line]
-            if not injected or str(case.work) not in injected[0]:
-                continue   # not a call on the store or DEST (progress on stderr, a module opened)
-            what = f"{' '.join(map(str, case.argv[:2]))} with {injected[0].strip()}"
-            assert proc.returncode in (0, 1), f"{what}: exit {proc.returncode}\n{proc.stderr}"
-            if proc.returncode:
-                lines = proc.stderr.strip().splitlines()
-                assert "Traceback" not in proc.stderr and lines[-1].startswith("lamina: error: "), \
-                    f"{what}:\n{proc.stderr}"
-                assert lines[-1] != f"lamina: error: {os.strerror(getattr(errno, err))}", \
-                    f"{what}: the error does not say what failed"
-            case.check(what)
-            ran += 1
-    assert ran, f"no call to inject at: {dict(calls)}"
+    for proc, injected, what in _each_injection(case, DEFAULT_FAILING_CALLS, f"error={err}"):
+        if not injected or str(case.work) not in injected:
+            continue   # not a call on the store or DEST (progress on stderr, a module opened)
+        what = f"{what}: {injected}"
+        assert proc.returncode in (0, 1), f"{what}: exit {proc.returncode}\n{proc.stderr}"
+        if proc.returncode:
+            lines = proc.stderr.strip().splitlines()
+            assert "Traceback" not in proc.stderr and lines[-1].startswith("lamina: error: "), \
+                f"{what}:\n{proc.stderr}"
+            assert lines[-1] != f"lamina: error: {os.strerror(getattr(errno, err))}", \
+                f"{what}: the error does not say what failed"
+        case.check(what)
 
 
 @pytest.mark.parametrize("err", ["EIO", "ENOSPC"] if DEEP else ["ENOSPC"])
@@ -285,13 +287,8 @@ def test_an_error_at_each_syscall(layout, tmp_path, name, err):
 def _fail_first(case, call, fragment, err):
     """Run the case with the first ``call`` on a file whose name holds ``fragment`` failing with
     ``err``: (the process, its one error line)."""
-    require_tool("strace")
     case.prepare()
-    trace = case.work / "count.strace"
-    case.run("-y", "-o", trace, "-e", f"trace={call}")
-    case.reset()
-    lines = [line for line in open(trace, errors="replace") if line.split(None, 1)[-1].startswith(call + "(")]
-    n = next(i for i, line in enumerate(lines, 1) if fragment in line)
+    n = case.nth_call(call, fragment)
     proc = case.run("-o", "/dev/null", "-e", f"trace={call}", "-e", f"inject={call}:error={err}:when={n}")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
@@ -329,7 +326,7 @@ def test_a_pull_fetching_a_blob_whose_snapshot_exists_waits_for_its_spooler(layo
     require_tool("strace")
     case = _cases(layout, tmp_path, "pull-compact", reg=pushed)
     case.prepare()
-    proc = case.run("-o", "/dev/null", "-e", "trace=write", "-e", "inject=write:delay_enter=100000")
+    proc = case.run("-o", "/dev/null", "-e", "trace=write", "-e", "inject=write:delay_enter=50000")
     assert proc.returncode == 0, proc.stderr
     case.check("a pull with slow writes")
 
@@ -338,14 +335,9 @@ def test_an_unpack_killed_before_it_names_its_staging_dir_leaves_nothing_behind(
     """The staging dir of an unpack is made as DEST.lamina-new-*, locked, then renamed to
     DEST.lamina-tmp-*, which the next unpack to DEST sweeps when nobody holds it.  Killed before
     that rename (SIGKILL at it), the newborn dir stayed beside DEST for ever: no unpack swept it."""
-    require_tool("strace")
     case = _cases(layout, tmp_path, "unpack")
     case.prepare()
-    trace = case.work / "count.strace"
-    case.run("-y", "-o", trace, "-e", "trace=rename")
-    case.reset()
-    renames = [line for line in open(trace) if line.split(None, 1)[-1].startswith("rename(")]
-    n = next(i for i, line in enumerate(renames, 1) if ".lamina-new-" in line)
+    n = case.nth_call("rename", ".lamina-new-")
     proc = case.run("-o", "/dev/null", "-e", "trace=rename", "-e", f"inject=rename:signal=SIGKILL:when={n}")
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert [x for x in os.listdir(case.dest.parent) if ".lamina-new-" in x], os.listdir(case.dest.parent)
