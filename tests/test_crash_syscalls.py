@@ -364,3 +364,12 @@ def test_a_lock_file_that_cannot_be_removed_is_still_unlocked(layout, tmp_path):
     if proc.returncode:
         assert "locks/snapshot-" in proc.stderr.strip().splitlines()[-1], proc.stderr
     case.check("the unlink of a snapshot lock failing with EIO")
+
+
+def test_a_directory_whose_sync_fails_is_named(layout, tmp_path):
+    """fsync(2) of a directory after a rename into it (here the store's root, once the oci-layout
+    file says the store is compact) failed with the bare 'Input/output error'."""
+    case = _cases(layout, tmp_path, "unpack-compacting")
+    _, line = _fail_first(case, "fsync", f"{case.root}>", "EIO")
+    assert str(case.root) in line and "Input/output error" in line, line
+    case.check("fsync of the store's root failing with EIO")
