@@ -327,11 +327,21 @@ def _make_staging(dest):
     else:
         make_dirs(parent, f"destination {dest}")
         _sweep_killed_siblings(parent, name)
-        newborn = tempfile.mkdtemp(prefix=f"{name}{_NEWBORN_PREFIX}", dir=parent)
-        fd = os.open(newborn, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        staging = os.path.join(parent, name + _STAGING_PREFIX + newborn[len(os.path.join(parent, name + _NEWBORN_PREFIX)):])
-        os.rename(newborn, staging)
+        while True:
+            newborn = tempfile.mkdtemp(prefix=f"{name}{_NEWBORN_PREFIX}", dir=parent)
+            fd = os.open(newborn, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            staging = os.path.join(parent, name + _STAGING_PREFIX +
+                                   newborn[len(os.path.join(parent, name + _NEWBORN_PREFIX)):])
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.rename(newborn, staging)
+                break
+            except FileNotFoundError:
+                os.close(fd)   # another unpack to DEST swept it before our lock: still empty, make another
+            except BaseException:
+                os.close(fd)
+                _remove_newborn(newborn)
+                raise
         _held[staging] = fd
     # mkdtemp makes it 0700; a rootfs (or the overlay container dir) is normally 0755.
     # A layer's own "./" entry may still set the root's mode.
@@ -346,11 +356,19 @@ def release_staging(staging):
         os.close(fd)
 
 
-def _sweep_killed_siblings(parent, name):
-    """Remove the DEST.lamina-tmp-* dirs of unpacks that were killed (nobody holds their lock)."""
-    prefix = name + _STAGING_PREFIX
+def _remove_newborn(path):
     try:
-        found = [n for n in os.listdir(parent) if n.startswith(prefix)]
+        os.rmdir(path)   # empty until it is renamed to its staging name: never more than that
+    except OSError:
+        pass
+
+
+def _sweep_killed_siblings(parent, name):
+    """Remove the DEST.lamina-tmp-* dirs of unpacks that were killed (nobody holds their lock),
+    and the empty DEST.lamina-new-* dirs of unpacks killed before they named theirs."""
+    prefix, newborn = name + _STAGING_PREFIX, name + _NEWBORN_PREFIX
+    try:
+        found = [n for n in os.listdir(parent) if n.startswith((prefix, newborn))]
     except OSError:
         return
     for n in found:
@@ -362,7 +380,10 @@ def _sweep_killed_siblings(parent, name):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             trace.event("sweep-killed-staging", path=path)
-            remove_tree(path)
+            if n.startswith(newborn):
+                _remove_newborn(path)
+            else:
+                remove_tree(path)
         except OSError:
             pass  # held: another unpack to DEST is working in it (or it is not ours to remove)
         finally:

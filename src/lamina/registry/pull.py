@@ -391,9 +391,9 @@ class Puller:
                                                 tree_ready=tree_ready, before_publish=before_publish,
                                                 progress=self.reporter.extraction(digest, size))
                         if path is None:
-                            # the snapshot is there (from another blob of the layer): the blob
-                            # alone is fetched, through the tee, whose spooler may be reading
-                            # the stream into the ingest already
+                            # the snapshot is there (from another blob of the layer): the rest of
+                            # the blob, through the tee, once its spooler has stopped (it may hold
+                            # bytes read from the stream and not yet written into the ingest)
                             tee.drain()
                             w.commit()
                         return path

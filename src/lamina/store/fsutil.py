@@ -50,6 +50,8 @@ def fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+    except OSError as e:   # fsync(2) through an fd names nothing: "Input/output error" alone
+        raise name_error(e, path)
     finally:
         os.close(fd)
 

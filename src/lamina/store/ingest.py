@@ -180,10 +180,21 @@ class IngestWriter:
         if actual != self.digest:
             self.discard()
             raise DigestMismatchError(f"blob {self.digest}", self.digest, actual)
-        os.fchmod(self._fd, 0o444)  # content-addressed: never to be modified in place
-        os.fsync(self._fd)
-        os.rename(self._partial, self.path)
-        fsync_dir(self.path.parent)
+        renamed = False
+        try:
+            os.fchmod(self._fd, 0o444)  # content-addressed: never to be modified in place
+            os.fsync(self._fd)
+            os.rename(self._partial, self.path)
+            renamed = True
+            fsync_dir(self.path.parent)
+        except OSError as e:   # a failed sync said only "Input/output error": which blob, which store
+            if not renamed:    # the partial stays for a rerun to resume, which its owner must write
+                try:
+                    os.fchmod(self._fd, 0o644)
+                except OSError:
+                    pass
+            raise StoreError(f"blob {self.digest}: cannot commit it into the store {self._paths.root}: "
+                             f"{e.strerror}") from e
         os.close(self._fd)
         self._fd = None
         self.committed = True

@@ -75,16 +75,20 @@ class FileLock:
         """Release; with ``unlink`` (exclusive holders only) also remove the lock file."""
         if self.fd is None:
             return
-        if unlink and not self.shared:
-            try:
-                os.unlink(self._where)
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                if e.errno not in _UNWRITABLE:  # a read-only store keeps its lock files
-                    raise
-        os.close(self.fd)  # closing the last fd drops the flock
-        self.fd = None
+        try:
+            if unlink and not self.shared:
+                try:
+                    os.unlink(self._where)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    if e.errno not in _UNWRITABLE:  # a read-only store keeps its lock files
+                        raise
+        finally:
+            # even when the unlink failed (EIO): a lock kept would make this process wait for
+            # itself the next time it takes it, on another fd
+            os.close(self.fd)  # closing the last fd drops the flock
+            self.fd = None
 
     @property
     def held(self):

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from .. import compression
 from ..errors import CompressionError, DigestMismatchError, ImageError
-from ..store.fsutil import fsync_dir, tmp_name
+from ..store.fsutil import fsync_dir, name_error, tmp_name
 
 CHUNK = 1 << 20
 
@@ -102,11 +102,14 @@ def atomic_output(path):
     f = open(tmp, "xb")
     try:
         yield f
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        os.rename(tmp, path)
-        fsync_dir(parent)
+        try:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            os.rename(tmp, path)
+            fsync_dir(parent)
+        except OSError as e:   # the file's own sync or rename: it names no file ("Input/output error")
+            raise name_error(e, path)
     except BaseException as e:
         try:
             f.close()

@@ -1,0 +1,375 @@
+"""The store's verbs killed (SIGKILL) or failed (EIO, ENOSPC) at the Nth call of a syscall,
+by strace's fault injection: no kill point chosen by hand, every commit-relevant call in turn.
+
+For each command (copy and pull over a store already holding a layer of the image, into a
+default and a compact store; rmi, image prune -a, tag; unpack and unpack --link, one that
+compacts the store on its way): strace counts the calls of each syscall the command makes once
+it reaches the work directory (Python's own start-up opens are not the store's), then the
+command runs again under ``strace -f -e inject=CALL:signal=SIGKILL:when=N``.  After the kill:
+``lamina fsck`` finds no error, or ``fsck --repair`` leaves none; DEST does not exist after an
+unpack killed; the same command run again succeeds; every image the store names unpacks to the
+tree a plain ``lamina unpack oci:`` gives; ``fsck --repair`` then leaves no finding at all
+(nothing leaked).  An injected error instead: one ``lamina: error:`` line, then the same.
+
+The default run kills each command at a few calls; LAMINA_CRASH_DEEP=1 goes over every N up
+to 50 calls past the first one in the work directory, then every 7th, of every syscall.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+import ocibuild as ob
+from conftest import require_tool
+from registryfixture import registry_env  # noqa: F401 (a fixture)
+from storekit import LAMINA, lamina
+from treecmp import compare, snapshot
+
+DEEP = os.environ.get("LAMINA_CRASH_DEEP") == "1"
+CALLS = ("renameat2", "renameat", "rename", "linkat", "link", "unlinkat", "unlink", "rmdir", "fsync",
+         "fdatasync", "syncfs", "ftruncate", "write", "pwrite64", "openat", "mkdir", "mkdirat")
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    """a:1 and b:1 sharing their base layer (whose files dedup shares among themselves)."""
+    lay = ob.Layout(tmp_path_factory.mktemp("crashsys") / "layout")
+    base = {"etc": None, "etc/os-release": b"ID=crash\n", "usr": None}
+    for i in range(30):
+        base[f"usr/f{i}"] = b"%d\n" % (i % 5) * 40
+    lay.add(lay.image([base, {"a.txt": b"image a\n", "a2.txt": b"0\n" * 40}]), "a")
+    lay.add(lay.image([base, {"b.txt": b"image b\n", ".wh.etc": b""}]), "b")
+    trees = {}
+    for ref in "ab":
+        dest = os.path.join(os.path.dirname(lay.root), f"tree-{ref}")
+        subprocess.run([*LAMINA, "unpack", f"oci:{lay.root}:{ref}", dest], check=True, capture_output=True)
+        trees[ref] = snapshot(dest)
+    return lay, trees
+
+
+@pytest.fixture(scope="module")
+def pushed(layout, tmp_path_factory):
+    from registryfixture import Registry, skopeo_push
+    lay, _ = layout
+    r = Registry(tmp_path_factory.mktemp("crashsys-reg"))
+    try:
+        for ref in "ab":
+            skopeo_push(f"oci:{lay.root}:{ref}", r.host, f"crash:{ref}", extra=("--preserve-digests",))
+        yield r
+    finally:
+        r.stop()
+
+
+class Case:
+    """A command over a store prepared by ``setup``; ``names`` maps each image name the store
+    may hold to its reference tree ('a' or 'b')."""
+
+    def __init__(self, work, lay, trees, setup, argv, names, dest=None):
+        self.work, self.lay, self.trees = work, lay, trees
+        self.setup, self.argv, self.names, self.dest = setup, argv, names, dest
+        self.root = work / "root"
+        self.template = work / "template"
+
+    def prepare(self):
+        self.setup(self.root)
+        subprocess.run(["cp", "-a", self.root, self.template], check=True)  # overlay whiteouts: cp, not copytree
+
+    def reset(self):
+        shutil.rmtree(self.root)
+        subprocess.run(["cp", "-a", self.template, self.root], check=True)
+        if self.dest is not None and os.path.lexists(self.dest):
+            shutil.rmtree(self.dest)
+
+    def run(self, *strace_args, timeout=300):
+        cmd = [*LAMINA, "--root", str(self.root), *map(str, self.argv)]
+        if strace_args:
+            cmd = ["strace", "-f", "-qq", *strace_args, "--", *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+    def calls(self):
+        """{syscall: (calls before the first one that named the work directory, calls from it on)}."""
+        trace = self.work / "count.strace"
+        self.run("-y", "-o", trace, "-e", "trace=" + ",".join(CALLS))
+        self.reset()
+        seen, started = collections.defaultdict(list), {}
+        for line in open(trace, errors="replace"):
+            rest = line.split(None, 1)[-1]   # after the pid
+            name = rest.split("(", 1)[0]
+            if name not in CALLS:
+                continue
+            if str(self.work) in rest and name not in started:
+                started[name] = len(seen[name])
+            seen[name].append(rest)
+        return {n: (started[n], len(seen[n]) - started[n]) for n in started}
+
+    def nth_call(self, call, fragment):
+        """N of the command's first ``call`` whose arguments (fds shown as paths) hold ``fragment``."""
+        require_tool("strace")
+        trace = self.work / "count.strace"
+        self.run("-y", "-o", trace, "-e", f"trace={call}")
+        self.reset()
+        lines = [line for line in open(trace, errors="replace") if line.split(None, 1)[-1].startswith(call + "(")]
+        return next(i for i, line in enumerate(lines, 1) if fragment in line)
+
+    def check(self, what):
+        """After a kill or an error: the store is consistent, the command runs again, every
+        image unpacks to its tree, and nothing is left over."""
+        if self.dest is not None and os.path.lexists(self.dest):   # killed past its commit: whole
+            got = snapshot(self.dest)
+            if "--link" in self.argv:   # the store's inodes, which dedup shares: not the image's hardlink groups
+                got = dataclasses.replace(got, links=self.trees["a"].links)
+            diff = compare(self.trees["a"], got, labels=("reference", f"DEST {what}"))
+            assert not diff, diff
+            shutil.rmtree(self.dest)
+        errors = fsck_errors(self.root)
+        if errors:
+            lamina(self.root, "fsck", "--repair", check=False)
+            assert fsck_errors(self.root) == [], f"{what}: fsck --repair left errors (before: {errors})"
+        again = self.run()
+        if self.dest is not None:   # the rerun swept what the stopped unpack left beside DEST
+            assert os.listdir(self.dest.parent) == [self.dest.name] or again.returncode, \
+                f"{what}: left beside DEST: {os.listdir(self.dest.parent)}"
+            shutil.rmtree(self.dest)
+        gone = self.argv[0] == "rmi" and "no such image" in again.stderr   # the kill came after the untag
+        assert again.returncode == 0 or gone, f"{what}: the command run again failed:\n{again.stderr}"
+        listed = lamina(self.root, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+        for name in listed:
+            assert name in self.names, (what, name, listed)
+            out = self.work / "check-tree"
+            lamina(self.root, "unpack", name, out)
+            diff = compare(self.trees[self.names[name]], snapshot(out), labels=("reference", f"{name} {what}"))
+            shutil.rmtree(out)
+            assert not diff, diff
+        lamina(self.root, "fsck", "--repair", check=False)
+        report = json.loads(lamina(self.root, "fsck", "--json", check=False).stdout)
+        assert report["findings"] == [], f"{what}: {report['findings']}"
+
+
+def fsck_errors(root):
+    proc = lamina(root, "fsck", "--json", check=False)
+    return [f for f in json.loads(proc.stdout)["findings"] if f["severity"] == "error"]
+
+
+def sample(n_calls):
+    """The Ns to inject at (1-based, counted from the first call in the work directory)."""
+    if DEEP:
+        return [n for n in range(1, n_calls + 1) if n <= 50 or n % 7 == 0]
+    return [(n_calls + 1) // 2] if n_calls else []
+
+
+# The default run: one kill per command, halfway through the first of these it makes (a store
+# commits by renames, makes durable by fsyncs)
+DEFAULT_CALLS = ("rename", "fsync", "unlinkat")
+
+
+def _injected_calls(calls, default):
+    """The syscalls to inject at: all of them (deep), else the first of ``default`` the command makes."""
+    if DEEP:
+        return CALLS
+    return [next((c for c in default if calls.get(c, (0, 0))[1]), default[0])]
+
+
+def _cases(layout, tmp_path, name, reg=None):
+    lay, trees = layout
+    src = f"oci:{lay.root}"
+
+    def copied(*refs, compact=False):
+        def setup(root):
+            if compact:
+                lamina(root, "config", "set", "keep-blobs", "false")
+            for ref in refs:
+                lamina(root, "copy", f"{src}:{ref}", f"{ref}:1")
+        return setup
+
+    def pulled(*refs, compact=False):
+        def setup(root):
+            if compact:
+                lamina(root, "config", "set", "keep-blobs", "false")
+            for ref in refs:
+                lamina(root, "pull", f"{reg.host}/crash:{ref}")
+        return setup
+
+    dest = tmp_path / "out" / "dest"
+    names = {"a:1": "a", "b:1": "b", "c:1": "a"}
+    if reg is not None:
+        names = {f"{reg.host}/crash:a": "a", f"{reg.host}/crash:b": "b"}
+    cases = {
+        "copy": (copied("a"), ["copy", f"{src}:b", "b:1"]),
+        "copy-compact": (copied("a", compact=True), ["copy", f"{src}:b", "b:1"]),
+        "rmi": (copied("a", "b"), ["rmi", "a:1"]),
+        "prune": (copied("a", "b"), ["image", "prune", "-a", "-f"]),
+        "tag": (copied("a", "b"), ["tag", "a:1", "c:1"]),
+        "unpack": (copied("a", "b"), ["unpack", "a:1", dest]),
+        "unpack-link": (copied("a", "b"), ["unpack", "--link", "a:1", dest]),
+        # keep-blobs false set on a store holding images: the next use compacts the image
+        "unpack-compacting": (lambda root: (copied("a", "b")(root),
+                                            lamina(root, "config", "set", "keep-blobs", "false")),
+                              ["unpack", "a:1", dest]),
+        "pull": (pulled("a"), ["pull", f"{reg.host}/crash:b"] if reg else None),
+        "pull-compact": (pulled("a", compact=True), ["pull", f"{reg.host}/crash:b"] if reg else None),
+    }
+    setup, argv = cases[name]
+    return Case(tmp_path, lay, trees, setup, argv, names, dest=dest if argv[0] == "unpack" else None)
+
+
+STORE_CASES = ["copy", "copy-compact", "rmi", "prune", "tag", "unpack", "unpack-link", "unpack-compacting"]
+PULL_CASES = ["pull", "pull-compact"]
+if not DEEP:  # the default run stays short: the commands whose commits the others' share
+    STORE_CASES = ["copy-compact", "rmi", "unpack-link", "unpack-compacting"]
+    PULL_CASES = ["pull-compact"]
+
+
+def _each_injection(case, default, action):
+    """Run the case with strace's inject ``action`` at each sampled call in turn; yields
+    (the process, the injected call as strace shows it or None, what was done)."""
+    require_tool("strace")
+    case.prepare()
+    calls = case.calls()
+    trace = case.work / "inject.strace"
+    ran = 0
+    for name in _injected_calls(calls, default):
+        skip, count = calls.get(name, (0, 0))
+        for n in sample(count):
+            case.reset()
+            proc = case.run("-o", trace, "-y", "-e", f"trace={name}", "-e", f"inject={name}:{action}:when={n + skip}")
+            injected = next((line.strip() for line in open(trace, errors="replace") if "(INJECTED)" in line), None)
+            yield proc, injected, f"{' '.join(map(str, case.argv[:2]))}, {action} at {name} #{n + skip}"
+            ran += 1
+    assert ran, f"no call to inject at: {dict(calls)}"
+
+
+def _kill_everywhere(case):
+    for proc, _, what in _each_injection(case, DEFAULT_CALLS, "signal=SIGKILL"):
+        assert proc.returncode in (0, -signal.SIGKILL), f"{what}: exit {proc.returncode}\n{proc.stderr}"
+        case.check(what)
+
+
+@pytest.mark.parametrize("name", STORE_CASES)
+def test_sigkill_at_each_syscall(layout, tmp_path, name):
+    _kill_everywhere(_cases(layout, tmp_path, name))
+
+
+@pytest.mark.parametrize("name", PULL_CASES)
+def test_sigkill_at_each_syscall_of_a_pull(layout, pushed, tmp_path, name, registry_env):
+    _kill_everywhere(_cases(layout, tmp_path, name, reg=pushed))
+
+
+# The default run: one error per command, halfway through its fsyncs (or renames)
+DEFAULT_FAILING_CALLS = ("fsync", "rename")
+
+
+def _fail_everywhere(case, err):
+    """Each call that names the work directory fails with ``err`` in turn."""
+    for proc, injected, what in _each_injection(case, DEFAULT_FAILING_CALLS, f"error={err}"):
+        if not injected or str(case.work) not in injected:
+            continue   # not a call on the store or DEST (progress on stderr, a module opened)
+        what = f"{what}: {injected}"
+        assert proc.returncode in (0, 1), f"{what}: exit {proc.returncode}\n{proc.stderr}"
+        if proc.returncode:
+            lines = proc.stderr.strip().splitlines()
+            assert "Traceback" not in proc.stderr and lines[-1].startswith("lamina: error: "), \
+                f"{what}:\n{proc.stderr}"
+            assert lines[-1] != f"lamina: error: {os.strerror(getattr(errno, err))}", \
+                f"{what}: the error does not say what failed"
+        case.check(what)
+
+
+@pytest.mark.parametrize("err", ["EIO", "ENOSPC"] if DEEP else ["ENOSPC"])
+@pytest.mark.parametrize("name", STORE_CASES)
+def test_an_error_at_each_syscall(layout, tmp_path, name, err):
+    _fail_everywhere(_cases(layout, tmp_path, name), err)
+
+
+def _fail_first(case, call, fragment, err):
+    """Run the case with the first ``call`` on a file whose name holds ``fragment`` failing with
+    ``err``: (the process, its one error line)."""
+    case.prepare()
+    n = case.nth_call(call, fragment)
+    proc = case.run("-o", "/dev/null", "-e", f"trace={call}", "-e", f"inject={call}:error={err}:when={n}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("lamina: error: "), proc.stderr
+    return proc, line
+
+
+@pytest.mark.parametrize("err", ["EIO", "ENOSPC"])
+def test_a_blob_whose_sync_fails_is_named_and_the_copy_runs_again(layout, tmp_path, err):
+    """The fsync(2) of a blob's ingest file before its rename into blobs/ failed: the error was
+    the bare 'Input/output error', naming neither the blob nor the store."""
+    case = _cases(layout, tmp_path, "copy")
+    _, line = _fail_first(case, "fsync", "/ingest/", err)
+    assert "blob sha256:" in line and str(case.root) in line and os.strerror(getattr(errno, err)) in line, line
+    case.check(f"fsync of a blob failing with {err}")
+
+
+def test_a_sidecar_whose_sync_fails_is_named_and_the_unpack_runs_again(layout, tmp_path):
+    """An unpack compacting the image (keep-blobs false set since it was stored): the fsync(2)
+    of the layer's new tarsplit.lz4 failed, and the error was the bare 'Input/output error'."""
+    case = _cases(layout, tmp_path, "unpack-compacting")
+    _, line = _fail_first(case, "fsync", "tarsplit.lz4", "EIO")
+    assert "tarsplit.lz4" in line and "Input/output error" in line, line
+    case.check("fsync of a sidecar failing with EIO")
+
+
+
+def test_a_pull_fetching_a_blob_whose_snapshot_exists_waits_for_its_spooler(layout, pushed, tmp_path, registry_env):
+    """A compact store pulling an image over a layer it holds as a snapshot, its blob dropped:
+    the blob is fetched again through the extraction's tee, whose spooler thread downloads
+    ahead; the extraction finds the snapshot there and the pull read the rest of the stream
+    itself, racing that thread.  When the spooler had read the whole blob but not yet written it
+    (here: every write(2) made slow by strace), the pull committed an empty ingest and failed:
+    'blob sha256:…: got 0 bytes, expected 524'."""
+    require_tool("strace")
+    case = _cases(layout, tmp_path, "pull-compact", reg=pushed)
+    case.prepare()
+    proc = case.run("-o", "/dev/null", "-e", "trace=write", "-e", "inject=write:delay_enter=50000")
+    assert proc.returncode == 0, proc.stderr
+    case.check("a pull with slow writes")
+
+
+def test_an_unpack_killed_before_it_names_its_staging_dir_leaves_nothing_behind(layout, tmp_path):
+    """The staging dir of an unpack is made as DEST.lamina-new-*, locked, then renamed to
+    DEST.lamina-tmp-*, which the next unpack to DEST sweeps when nobody holds it.  Killed before
+    that rename (SIGKILL at it), the newborn dir stayed beside DEST for ever: no unpack swept it."""
+    case = _cases(layout, tmp_path, "unpack")
+    case.prepare()
+    n = case.nth_call("rename", ".lamina-new-")
+    proc = case.run("-o", "/dev/null", "-e", "trace=rename", "-e", f"inject=rename:signal=SIGKILL:when={n}")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [x for x in os.listdir(case.dest.parent) if ".lamina-new-" in x], os.listdir(case.dest.parent)
+    case.check("killed at the rename of its newborn staging dir")
+
+
+def test_a_lock_file_that_cannot_be_removed_is_still_unlocked(layout, tmp_path):
+    """FileLock.release(unlink=True) raised when unlink(2) of the lock file failed (EIO) before it
+    closed the fd: the process kept the snapshot's flock and, compacting the image next, waited
+    for that lock on a new fd for ever (a copy into a compact store hung)."""
+    case = _cases(layout, tmp_path, "copy-compact")
+    case.prepare()
+    n = case.nth_call("unlink", "locks/snapshot-")
+    try:
+        proc = case.run("-o", "/dev/null", "-e", "trace=unlink", "-e", f"inject=unlink:error=EIO:when={n}",
+                        timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the copy waited for a lock it holds itself")
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+    if proc.returncode:
+        assert "locks/snapshot-" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    case.check("the unlink of a snapshot lock failing with EIO")
+
+
+def test_a_directory_whose_sync_fails_is_named(layout, tmp_path):
+    """fsync(2) of a directory after a rename into it (here the store's root, once the oci-layout
+    file says the store is compact) failed with the bare 'Input/output error'."""
+    case = _cases(layout, tmp_path, "unpack-compacting")
+    _, line = _fail_first(case, "fsync", f"{case.root}>", "EIO")
+    assert str(case.root) in line and "Input/output error" in line, line
+    case.check("fsync of the store's root failing with EIO")
