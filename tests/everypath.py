@@ -60,9 +60,11 @@ def overlay_mount(layer_dirs, mnt, *, userxattr=False):
     reading user.overlay.* markers, as an unprivileged user's layers have them)."""
     require_tool("mount")
     os.makedirs(mnt, exist_ok=True)
-    bottom = os.fspath(mnt) + "-empty-bottom"
-    os.makedirs(bottom, exist_ok=True)  # lower-only mounts want >= 2 lowers
-    lower = ":".join([os.fspath(d) for d in reversed(layer_dirs)] + [bottom])
+    # a mount of lowers only wants at least 2 of them: an image of no layers gets 2 empty ones
+    bottoms = [os.fspath(mnt) + f"-empty-bottom{i}" for i in range(1 if layer_dirs else 2)]
+    for bottom in bottoms:
+        os.makedirs(bottom, exist_ok=True)
+    lower = ":".join([os.fspath(d) for d in reversed(layer_dirs)] + bottoms)
     run("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower}" + (",userxattr" if userxattr else ""), mnt)
     try:
         yield mnt
