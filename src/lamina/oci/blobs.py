@@ -415,10 +415,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
         # where docker load and skopeo (Go) read the archive's own.  Read as Go and the
         # extractor read it, or refused.
         for key, value in pax_headers.items():
-            # Go refuses the whole archive at these (validPAXRecord), and the extractor a name
-            # holding a NUL; tarfile kept the NUL, a member no lookup finds, and read on
-            if "\0" in key or (key in ("path", "linkpath", "uname", "gname") and "\0" in value):
-                raise tarfile.TarError(f"member {self.name!r}: PAX record {key!r} holds a NUL byte")
+            _check_go_pax_nul(key, value, self.name)
         # The first call is _proc_builtin's (global records: none, lamina applies none), then one
         # per PAX header, innermost (the last in the archive) first.  Go, GNU tar, bsdtar and the
         # extractor take the last of two PAX headers in a row; tarfile applied the first over it
@@ -506,9 +503,15 @@ def _check_go_pax_records(buf, name):
         key, eq, value = rest[len(length) + 1:n - 1].partition(b"=") if whole else (b"", b"", b"")
         if not (eq and key):
             raise tarfile.TarError(f"member {name!r}: malformed PAX record {rest[:40]!r}")
-        if b"\0" in key or (key in (b"path", b"linkpath", b"uname", b"gname") and b"\0" in value):
-            raise tarfile.TarError(f"member {name!r}: PAX record {key.decode('utf-8', 'replace')!r} holds a NUL byte")
+        _check_go_pax_nul(key.decode("utf-8", "replace"), value.decode("utf-8", "replace"), name)
         rest = rest[n:]
+
+
+def _check_go_pax_nul(key, value, name):
+    """Go refuses the whole archive at a NUL in these (validPAXRecord), and the extractor a name
+    holding one; tarfile kept the NUL, a member no lookup finds, and read on."""
+    if "\0" in key or (key in ("path", "linkpath", "uname", "gname") and "\0" in value):
+        raise tarfile.TarError(f"member {name!r}: PAX record {key!r} holds a NUL byte")
 
 
 def _go_sparse(pax_headers):
