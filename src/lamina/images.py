@@ -629,9 +629,10 @@ def _untag_broken(store, ref, error, *, force, prune):
     without reading the image.  By ID there is no config to find it by: the error stands."""
     from .store.store import entry_name, name_of
     try:
-        wanted = name_of(Reference.parse(ref))
+        parsed = Reference.parse(ref)
     except InvalidReferenceError:
         raise error from None
+    wanted = name_of(parsed)
     entry = next((e for e in store.index.read() if entry_name(e) == wanted), None)
     if entry is None:
         raise error
@@ -640,8 +641,8 @@ def _untag_broken(store, ref, error, *, force, prune):
         raise LaminaError(f'conflict: unable to remove repository reference "{ref}" (must force) - image '
                           f"is in use by {_use_text(use)}")
     result = RemoveResult()
-    gone = store.untag(Reference.parse(ref))
-    result.untagged.append(Reference.parse(ref).familiar())
+    gone = store.untag(parsed)
+    result.untagged.append(parsed.familiar())
     if gone and not use:
         result.manifests.append(entry["digest"])
         if prune:
