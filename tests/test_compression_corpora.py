@@ -1,0 +1,116 @@
+"""Other projects' gzip and zstd test streams as layer compressions (tests/corpora.py).
+
+zstd's golden decompression streams, the streams klauspost/compress's Go decoders are tested
+with (good.zip, bad.zip, and the crashers its fuzzers found: regression.zip), Go's
+compress/gzip testdata and the crafted gzip file of GNU gzip's tests (hufts-segv.gz).  A stream
+holds no tar, so each goes between two frames (gzip members) of the test's making: the first a
+tar header for a file 'f' as long as what the stream gives ``zstd -dc`` (``gzip -dc``), the last
+the padding and the end blocks.  Concatenated frames are one stream to every decompressor, so
+the layer is a tar exactly when its decompressor reads the stream through, and then:
+
+- where ``zstd -dc`` (``gzip -dc``) reads the layer, lamina's 'f' is what the stream gave it;
+- where it fails, lamina refuses the layer with a CompressionError naming the layer (not a tar
+  reader's complaint about bytes a broken decompressor made up, and no crash);
+- every path gives the same: the first stream of each outcome (read, or each libzstd error)
+  of a source goes through every path; LAMINA_CORPORA_EVERY_STREAM=1 sends every stream.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+
+import pytest
+
+import corpora
+from conftest import require_tool
+from everypath import assert_agree, run_paths
+from layerkit import apply, write
+from ocibuild import OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Shipped
+from tarbuild import header
+from treecmp import content_digest
+
+EVERY_STREAM = os.environ.get("LAMINA_CORPORA_EVERY_STREAM") == "1"
+
+# source -> how many streams it holds at least (the corpus really is there and read whole)
+SOURCES = {
+    "zstd/golden-decompression/empty-block.zst": 1,  # a frame of one empty block
+    "zstd/golden-decompression/rle-first-block.zst": 1,  # an RLE block first (zstd 1.5.4's fix)
+    "zstd/gzip/hufts-segv.gz": 1,  # a Huffman table that crashed gzip 1.3.x
+    "klauspost/gzip/testdata/issue6550.gz": 1,  # a member cut short (Go issue 6550: a hang)
+    "gocompress/issue6550.gz.base64": 1,  # Go's own copy, another cut
+    "klauspost/zstd/testdata/good.zip": 11,  # each block type and literal header size
+    "klauspost/zstd/testdata/bad.zip": 40,  # reserved bits, bad sizes, windows, dictionaries
+    "klauspost/zstd/testdata/regression.zip": 30,  # crashers of its fuzzers
+    "klauspost/zstd/testdata/decode-regression.zip": 1,
+    "klauspost/zstd/testdata/xml.zst": 1,
+    "klauspost/zstd/testdata/z000028.zst": 1,
+    "klauspost/zstd/testdata/headers-want.json.zst": 1,
+}
+
+
+def _kind(source):
+    return "gzip" if ".gz" in os.path.basename(source) else "zstd"
+
+
+def _frame(kind, data):
+    if kind == "gzip":
+        return gzip.compress(data, mtime=0)
+    import zstandard
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def _streams(source):
+    found = corpora.streams(source)
+    if source.endswith("good.zip"):  # the raw files beside their .zst
+        found = [(n, d) for n, d in found if n.endswith(".zst")]
+    return found
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_another_projects_stream_as_a_layer_reads_as_its_decompressor_reads_it(g, source):
+    kind = _kind(source)
+    require_tool(kind)
+    streams = _streams(source)
+    assert len(streams) >= SOURCES[source], [n for n, _ in streams]
+    import lamina.errors
+    outcomes = set()
+    wrong = []
+    for i, (name, stream) in enumerate(streams):
+        given = subprocess.run([kind, "-dc"], input=stream, capture_output=True).stdout
+        layer = (_frame(kind, header("f", size=len(given))) + stream
+                 + _frame(kind, bytes(-len(given) % 512) + bytes(1024)))
+        ref = subprocess.run([kind, "-dc"], input=layer, capture_output=True)
+        layer_path = write(g.dest / f"layer-{i}", layer)
+        try:
+            apply(layer_path, g.dest / f"lamina-{i}")
+            with open(g.dest / f"lamina-{i}" / "f", "rb") as f:
+                got = f.read()
+            outcome = "read"
+            if ref.returncode != 0:
+                wrong.append(f"{name}: read ({len(got)} bytes) where {kind} -dc fails: {ref.stderr[-200:]!r}")
+            elif got != given:
+                wrong.append(f"{name}: read {len(got)} bytes, not the {len(given)} {kind} -dc gives")
+        except lamina.errors.CompressionError as e:
+            outcome = str(e).split(" stream: ", 1)[-1].split(" (", 1)[0]
+            if ref.returncode == 0:
+                wrong.append(f"{name}: refused where {kind} -dc reads it: {e}")
+            elif f"layer {layer_path}" not in str(e):
+                wrong.append(f"{name}: the error does not name the layer: {e}")
+        except Exception as e:  # noqa: BLE001 - the point is what kind of error it is
+            wrong.append(f"{name}: {e!r}")
+            continue
+        if outcome in outcomes and not EVERY_STREAM:
+            continue
+        outcomes.add(outcome)
+        shipped = Shipped(layer, ref.stdout, OCI_LAYER_GZIP if kind == "gzip" else OCI_LAYER_ZSTD)
+        results = run_paths(g.dest / f"paths-{i}", [shipped])
+        tree = assert_agree(results, context=f"{source}:{name}")
+        if outcome == "read":
+            assert tree is not None and tree.paths() == ["f"], (name, results)
+            assert tree["f"].sha256 == content_digest(given), (name, tree["f"])
+        else:
+            for path, error in results.items():
+                assert isinstance(error, lamina.errors.CompressionError), (name, path, error)
+    assert not wrong, "\n".join(wrong)
+    g.check()
