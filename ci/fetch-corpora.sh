@@ -22,12 +22,14 @@
 #   toybox/      toybox's tar tests (tests/files/tar: a long path, the same tree as tar, tgz, tbz2, 7z)
 #   php-phar/    PHP's phar extension's tar tests (ext/phar/tests: the archives of its bug
 #                reports, most found by fuzzing its reader; links, truncations, PEAR packages)
+#   ruby/        rubygems' test gems (test/rubygems/packages/*.gem: plain tars written by its
+#                TarWriter, each holding a data.tar.gz; a symlink relative to the wrong directory)
 #   zstd/        zstd's own golden streams (tests/golden-decompression: an empty block, an RLE
 #                first block) and the gzip file of its copy of gzip's tests (hufts-segv.gz)
 #   klauspost-compress/  the Go gzip and zstd decoder's test streams (gzip/testdata/*.gz;
 #                zstd/testdata: good.zip, bad.zip and the fuzzers' regression zips of .zst
 #                streams, kept zipped; xml.zst...), for tests/test_compression_corpora.py
-#                these thirteen: upstream sources from Debian source packages (apt-get source
+#                these fourteen: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests), of tar-split (golang-github-vbatts-tar-split-dev:
@@ -152,6 +154,8 @@ fetch_source toybox toybox tests/files/tar '*' \
     || echo "WARNING: toybox's tar test archives could not be fetched" >&2
 fetch_source php8.2 php-phar ext/phar/tests '*.tar' 'tar/files/*.tgz' 'files/zfapp.tgz' '*.phar.tar.gz' \
     || echo "WARNING: PHP phar's test archives could not be fetched" >&2
+fetch_source ruby3.1 ruby test/rubygems 'packages/*.gem' \
+    || echo "WARNING: rubygems' test gems could not be fetched" >&2
 # libzstd's Debian source is the zstd source; klauspost's .orig is 30 MB (its testdata), cached
 fetch_source libzstd zstd tests 'golden-decompression/*' 'gzip/*.gz' \
     || echo "WARNING: zstd's golden test streams could not be fetched" >&2

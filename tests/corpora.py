@@ -13,6 +13,8 @@
                      ``FILE:BLOCK`` for an archive written inside a test script (a
                      ``begin-base64 644 BLOCK`` block of tar.tests, or the printf escapes of
                      the shell function BLOCK in tar/tar_with_*)
+    ruby/NAME        rubygems' test gems (test/rubygems/...): NAME a .gem (a plain tar), or
+                     ``GEM:data.tar.gz`` for the gzipped tar of its files inside
     zstd/NAME        zstd's golden decompression streams and a gzip file of its tests
     klauspost/NAME   klauspost/compress's gzip and zstd test streams; ``FILE.zip:MEMBER``
                      for a stream kept in one of its zips (good, bad, the fuzzers' regressions)
@@ -58,7 +60,7 @@ _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "common
             "busybox": "busybox", "tarstream": "tar-stream", "perl": "perl-archive-tar",
             "plexus": "plexus-archiver", "php": "php-phar",
             "ant": "ant", "erlang": "erlang-tar",
-            "toybox": "toybox", "zstd": "zstd",
+            "toybox": "toybox", "ruby": "ruby", "zstd": "zstd",
             "klauspost": "klauspost-compress"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
 
 
@@ -150,6 +152,10 @@ def shipped(key):
         return uudecode(os.path.join(base, name + ".uu"))
     if corpus == "busybox" and ":" in name:
         return _script_archive(os.path.join(base, name.split(":")[0]), name.split(":")[1])
+    if corpus == "ruby" and ":" in name:
+        import tarfile
+        with tarfile.open(os.path.join(base, name.split(":")[0])) as gem:
+            return gem.extractfile(name.split(":")[1]).read()
     with open(os.path.join(base, name), "rb") as f:
         return f.read()
 

@@ -1,8 +1,8 @@
 """Other projects' tar test archives (tests/corpora.py): lamina reads each as the references do.
 
 Go's archive/tar, CPython's tarfile, libarchive, node-tar, node-tar-stream, Perl's Archive::Tar,
-Commons Compress, Plexus Archiver, Apache Ant, Erlang's erl_tar, PHP's phar, busybox and toybox
-each keep archives written to catch a reader's mistake; GNU tar's own tests write theirs from
+Commons Compress, Plexus Archiver, Apache Ant, Erlang's erl_tar, PHP's phar, rubygems, busybox and
+toybox each keep archives written to catch a reader's mistake; GNU tar's own tests write theirs from
 scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
 exercise are written here by GNU tar and bsdtar (corpora.written).  For each one, as a single layer:
 
@@ -288,6 +288,9 @@ EXPECT = {
     # a symlink whose name and target fill their 100 bytes, no NUL: bsdtar does not take it for a tar
     "php/bug71488.tar": GNU,
     "php/tar/files/trunc.tar": refused("InvalidArchiveError", "archive ends inside entry 'a.php'"),
+    # --- rubygems' test gems (plain tars of its TarWriter), and the data.tar.gz inside each ---
+    **{f"ruby/packages/{gem}{inner}": REFS for gem in ("ascii_binder-0.1.10.1.gem", "ill-formatted-platform-1.0.0.10.gem")
+       for inner in ("", ":data.tar.gz")},
     # --- written here by GNU tar and bsdtar (corpora.written): the formats of GNU tar's own tests ---
     **{f"gnutar/{n}.tar": REFS for n in (
         "v7", "oldgnu", "gnu", "ustar", "posix", "posix-sparse-0.0", "posix-sparse-1.0", "posix-sparse-0.1",
