@@ -25,7 +25,8 @@
 #   ruby/        rubygems' test gems (test/rubygems/packages/*.gem: plain tars written by its
 #                TarWriter, each holding a data.tar.gz; a symlink relative to the wrong directory)
 #   zstd/        zstd's own golden streams (tests/golden-decompression: an empty block, an RLE
-#                first block) and the gzip file of its copy of gzip's tests (hufts-segv.gz)
+#                first block), the inputs and dictionary of its golden compression tests, and
+#                the gzip file of its copy of gzip's tests (hufts-segv.gz)
 #   klauspost-compress/  the Go gzip and zstd decoder's test streams (gzip/testdata/*.gz;
 #                zstd/testdata: good.zip, bad.zip and the fuzzers' regression zips of .zst
 #                streams, kept zipped; xml.zst...), for tests/test_compression_corpora.py
@@ -157,7 +158,7 @@ fetch_source php8.2 php-phar ext/phar/tests '*.tar' 'tar/files/*.tgz' 'files/zfa
 fetch_source ruby3.1 ruby test/rubygems 'packages/*.gem' \
     || echo "WARNING: rubygems' test gems could not be fetched" >&2
 # libzstd's Debian source is the zstd source; klauspost's .orig is 30 MB (its testdata), cached
-fetch_source libzstd zstd tests 'golden-decompression/*' 'gzip/*.gz' \
+fetch_source libzstd zstd tests 'golden-*/*' 'gzip/*.gz' \
     || echo "WARNING: zstd's golden test streams could not be fetched" >&2
 fetch_source golang-github-klauspost-compress klauspost-compress . 'gzip/testdata/*.gz' \
     'zstd/testdata/good.zip' 'zstd/testdata/bad.zip' 'zstd/testdata/regression.zip' \

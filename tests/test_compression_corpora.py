@@ -69,10 +69,40 @@ def _streams(source):
 
 @pytest.mark.parametrize("source", sorted(SOURCES))
 def test_another_projects_stream_as_a_layer_reads_as_its_decompressor_reads_it(g, source):
-    kind = _kind(source)
-    require_tool(kind)
     streams = _streams(source)
     assert len(streams) >= SOURCES[source], [n for n, _ in streams]
+    _check_streams(g, _kind(source), source, streams)
+
+
+# zstd's golden compression inputs (long literals and matches, a Huffman table larger than the
+# literals it codes, an HTTP header), compressed by this machine's zstd at its levels' ends and
+# with a 128 MiB window (the most a decoder takes by default); and one compressed with its golden
+# dictionary, which a layer never comes with: refused, as `zstd -dc` refuses it
+ZSTD_FLAGS = (("-1",), ("-19",), ("--ultra", "-22"), ("--long=27", "-3"), ("--fast=5",))
+
+
+@pytest.mark.parametrize("flags", [" ".join(f) for f in ZSTD_FLAGS])
+def test_zstds_golden_inputs_compressed_here_read_back(g, flags):
+    require_tool("zstd")
+    base = corpora.require_corpus("zstd")
+    streams = []
+    for name in sorted(os.listdir(os.path.join(base, "golden-compression"))):
+        path = os.path.join(base, "golden-compression", name)
+        streams.append((name, subprocess.run(["zstd", "-c", *flags.split(), path], check=True,
+                                             capture_output=True).stdout))
+    assert len(streams) >= 3, streams
+    if flags == "-19":
+        streams.append(("http with the golden dictionary", subprocess.run(
+            ["zstd", "-c", "-D", os.path.join(base, "golden-dictionaries", "http-dict-missing-symbols"),
+             os.path.join(base, "golden-compression", "http")], check=True, capture_output=True).stdout))
+    outcomes = _check_streams(g, "zstd", f"zstd {flags}", streams)
+    if flags == "-19":
+        assert "Dictionary mismatch" in outcomes, outcomes
+
+
+def _check_streams(g, kind, source, streams):
+    """Each (name, stream) as a layer, as the module's docstring says: the outcomes seen."""
+    require_tool(kind)
     import lamina.errors
     outcomes = set()
     wrong = []
@@ -114,3 +144,4 @@ def test_another_projects_stream_as_a_layer_reads_as_its_decompressor_reads_it(g
                 assert isinstance(error, lamina.errors.CompressionError), (name, path, error)
     assert not wrong, "\n".join(wrong)
     g.check()
+    return outcomes
