@@ -22,15 +22,19 @@
 #   toybox/      toybox's tar tests (tests/files/tar: a long path, the same tree as tar, tgz, tbz2, 7z)
 #   php-phar/    PHP's phar extension's tar tests (ext/phar/tests: the archives of its bug
 #                reports, most found by fuzzing its reader; links, truncations, PEAR packages)
+#   go-mtree/    go-mtree's testdata tars (a path traversal, hardlinks, a collection)
+#   buildah/     buildah's test tars (tests/: ADD's type conflicts, a symlinked parent, a
+#                global header, symlinked tarballs, the http build contexts)
 #   ruby/        rubygems' test gems (test/rubygems/packages/*.gem: plain tars written by its
 #                TarWriter, each holding a data.tar.gz; a symlink relative to the wrong directory)
 #   zstd/        zstd's own golden streams (tests/golden-decompression: an empty block, an RLE
 #                first block), the inputs and dictionary of its golden compression tests, and
 #                the gzip file of its copy of gzip's tests (hufts-segv.gz)
+#   pgzip/       klauspost/pgzip's gzip test streams (testdata: an empty member of a large size)
 #   klauspost-compress/  the Go gzip and zstd decoder's test streams (gzip/testdata/*.gz;
 #                zstd/testdata: good.zip, bad.zip and the fuzzers' regression zips of .zst
 #                streams, kept zipped; xml.zst...), for tests/test_compression_corpora.py
-#                these fourteen: upstream sources from Debian source packages (apt-get source
+#                these seventeen: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests), of tar-split (golang-github-vbatts-tar-split-dev:
@@ -155,6 +159,12 @@ fetch_source toybox toybox tests/files/tar '*' \
     || echo "WARNING: toybox's tar test archives could not be fetched" >&2
 fetch_source php8.2 php-phar ext/phar/tests '*.tar' 'tar/files/*.tgz' 'files/zfapp.tgz' '*.phar.tar.gz' \
     || echo "WARNING: PHP phar's test archives could not be fetched" >&2
+fetch_source golang-github-vbatts-go-mtree go-mtree testdata '*.tar' \
+    || echo "WARNING: go-mtree's test archives could not be fetched" >&2
+fetch_source golang-github-containers-buildah buildah tests '*.tar' '*.tar.gz' \
+    || echo "WARNING: buildah's test archives could not be fetched" >&2
+fetch_source golang-github-klauspost-pgzip pgzip testdata '*.gz' \
+    || echo "WARNING: klauspost/pgzip's test streams could not be fetched" >&2
 fetch_source ruby3.1 ruby test/rubygems 'packages/*.gem' \
     || echo "WARNING: rubygems' test gems could not be fetched" >&2
 # libzstd's Debian source is the zstd source; klauspost's .orig is 30 MB (its testdata), cached

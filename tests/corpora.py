@@ -13,6 +13,9 @@
                      ``FILE:BLOCK`` for an archive written inside a test script (a
                      ``begin-base64 644 BLOCK`` block of tar.tests, or the printf escapes of
                      the shell function BLOCK in tar/tar_with_*)
+    gomtree/NAME     go-mtree's testdata tars (testdata/*.tar)
+    buildah/NAME     buildah's test tars (tests/...)
+    pgzip/NAME       klauspost/pgzip's gzip test streams (testdata/*.gz)
     ruby/NAME        rubygems' test gems (test/rubygems/...): NAME a .gem (a plain tar), or
                      ``GEM:data.tar.gz`` for the gzipped tar of its files inside
     zstd/NAME        zstd's golden decompression streams and a gzip file of its tests
@@ -60,7 +63,8 @@ _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "common
             "busybox": "busybox", "tarstream": "tar-stream", "perl": "perl-archive-tar",
             "plexus": "plexus-archiver", "php": "php-phar",
             "ant": "ant", "erlang": "erlang-tar",
-            "toybox": "toybox", "ruby": "ruby", "zstd": "zstd",
+            "toybox": "toybox", "ruby": "ruby", "zstd": "zstd", "gomtree": "go-mtree", "buildah": "buildah",
+            "pgzip": "pgzip",
             "klauspost": "klauspost-compress"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
 
 

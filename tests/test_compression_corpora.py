@@ -1,7 +1,7 @@
 """Other projects' gzip and zstd test streams as layer compressions (tests/corpora.py).
 
 zstd's golden decompression streams, the streams klauspost/compress's Go decoders are tested
-with (good.zip, bad.zip, and the crashers its fuzzers found: regression.zip), Go's
+with (good.zip, bad.zip, and the crashers its fuzzers found: regression.zip) and pgzip's, Go's
 compress/gzip testdata and the crafted gzip file of GNU gzip's tests (hufts-segv.gz).  A stream
 holds no tar, so each goes between two frames (gzip members) of the test's making: the first a
 tar header for a file 'f' as long as what the stream gives ``zstd -dc`` (``gzip -dc``), the last
@@ -12,7 +12,8 @@ the layer is a tar exactly when its decompressor reads the stream through, and t
 - where it fails, lamina refuses the layer with a CompressionError naming the layer (not a tar
   reader's complaint about bytes a broken decompressor made up, and no crash);
 - every path gives the same: the first stream of each outcome (read, or each libzstd error)
-  of a source goes through every path; LAMINA_CORPORA_EVERY_STREAM=1 sends every stream.
+  of a source goes through every path, unless it inflates to more than 16 MiB;
+  LAMINA_CORPORA_EVERY_STREAM=1 sends every stream.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ SOURCES = {
     "zstd/golden-decompression/rle-first-block.zst": 1,  # an RLE block first (zstd 1.5.4's fix)
     "zstd/gzip/hufts-segv.gz": 1,  # a Huffman table that crashed gzip 1.3.x
     "klauspost/gzip/testdata/issue6550.gz": 1,  # a member cut short (Go issue 6550: a hang)
+    "pgzip/bigempty.gz": 1,  # a member of no data, its trailer claiming gigabytes
     "gocompress/issue6550.gz.base64": 1,  # Go's own copy, another cut
     "klauspost/zstd/testdata/good.zip": 11,  # each block type and literal header size
     "klauspost/zstd/testdata/bad.zip": 40,  # reserved bits, bad sizes, windows, dictionaries
@@ -130,8 +132,8 @@ def _check_streams(g, kind, source, streams):
         except Exception as e:  # noqa: BLE001 - the point is what kind of error it is
             wrong.append(f"{name}: {e!r}")
             continue
-        if outcome in outcomes and not EVERY_STREAM:
-            continue
+        if (outcome in outcomes or len(given) > 16 << 20) and not EVERY_STREAM:
+            continue  # (pgzip's bigempty.gz inflates to 100 MB: ten paths write a gigabyte)
         outcomes.add(outcome)
         shipped = Shipped(layer, ref.stdout, OCI_LAYER_GZIP if kind == "gzip" else OCI_LAYER_ZSTD)
         results = run_paths(g.dest / f"paths-{i}", [shipped])
