@@ -99,7 +99,7 @@ def test_zstds_golden_inputs_compressed_here_read_back(g, flags):
              os.path.join(base, "golden-compression", "http")], check=True, capture_output=True).stdout))
     outcomes = _check_streams(g, "zstd", f"zstd {flags}", streams)
     if flags == "-19":
-        assert "Dictionary mismatch" in outcomes, outcomes
+        assert any("Dictionary mismatch" in o for o in outcomes), outcomes
 
 
 def _check_streams(g, kind, source, streams):
