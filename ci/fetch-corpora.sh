@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Other projects' tar test archives for tests/test_tar_corpora.py, into
+# Other projects' tar test archives for tests/test_tar_corpora.py (and gzip and zstd test streams
+# for tests/test_compression_corpora.py), into
 # /var/cache/lamina-corpora (or $LAMINA_CORPORA):
 #   libarchive/  the uuencoded test archives of libarchive's Debian source package
 #                (libarchive/test/*.uu, decoded by the test); apt-get source through a
@@ -21,7 +22,19 @@
 #   toybox/      toybox's tar tests (tests/files/tar: a long path, the same tree as tar, tgz, tbz2, 7z)
 #   php-phar/    PHP's phar extension's tar tests (ext/phar/tests: the archives of its bug
 #                reports, most found by fuzzing its reader; links, truncations, PEAR packages)
-#                these eleven: upstream sources from Debian source packages (apt-get source
+#   go-mtree/    go-mtree's testdata tars (a path traversal, hardlinks, a collection)
+#   buildah/     buildah's test tars (tests/: ADD's type conflicts, a symlinked parent, a
+#                global header, symlinked tarballs, the http build contexts)
+#   ruby/        rubygems' test gems (test/rubygems/packages/*.gem: plain tars written by its
+#                TarWriter, each holding a data.tar.gz; a symlink relative to the wrong directory)
+#   zstd/        zstd's own golden streams (tests/golden-decompression: an empty block, an RLE
+#                first block), the inputs and dictionary of its golden compression tests, and
+#                the gzip file of its copy of gzip's tests (hufts-segv.gz)
+#   pgzip/       klauspost/pgzip's gzip test streams (testdata: an empty member of a large size)
+#   klauspost-compress/  the Go gzip and zstd decoder's test streams (gzip/testdata/*.gz;
+#                zstd/testdata: good.zip, bad.zip and the fuzzers' regression zips of .zst
+#                streams, kept zipped; xml.zst...), for tests/test_compression_corpora.py
+#                these seventeen: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests), of tar-split (golang-github-vbatts-tar-split-dev:
@@ -29,13 +42,15 @@
 #                (golang-github-opencontainers-image-spec-dev: the documents of its schema
 #                tests, for tests/test_documents.py); the .debs are only unpacked here,
 #                installing them would pull in a Go toolchain.
-# Go's archive/tar testdata and CPython's tarfile test archive come as binary packages
+# Go's archive/tar and compress/gzip testdata and CPython's tarfile test archive come as binary packages
 # (golang-1.19-src, libpython3.11-testsuite), installed by tests/run-all.sh.
 # Not fetched, for want of archives (bookworm): rust-tar (its crate, so the source package and
-# librust-tar-dev, leaves tests/archives out; apt-get source fails besides: the mirror lacks its
-# .debian.tar.xz), ruby-minitar (apt-get source fails: the mirror lacks its .orig and .debian
-# tarballs; the binary package has no tests), haskell-tar (property tests only),
-# node-tar-fs, python-libarchive-c, karchive and squashfs-tools-ng (the mirror lacks their
+# librust-tar-dev, leaves tests/archives out, keeping tests/*.rs only; the mirror lacks its .orig
+# and .debian.tar besides: test_tar_corpora.py's crafted cousins write what its archives
+# exercise), ruby-minitar (apt-get source fails: the mirror lacks its .orig and .debian
+# tarballs; the binary package has no tests), haskell-tar (property tests only), libtar (none),
+# rust-tokio-tar and rust-async-tar (not in bookworm), node-tar-fs, python-libarchive-c,
+# golang-github-containers-storage, karchive and squashfs-tools-ng (the mirror lacks their
 # .orig tarballs), dpkg (one 0-byte .orig.tar,
 # a signature fixture), zig (not in bookworm), tar (its test suite writes every archive from
 # scripts; the star archives it can use are downloaded by hand): tests/corpora.py writes GNU tar's
@@ -90,8 +105,8 @@ deb_src_lists() {
     return 1
 }
 
-# fetch_source PACKAGE DEST SUBDIR PATTERN...: the files under SUBDIR of PACKAGE's upstream
-# source that match a PATTERN, into $cache/DEST keeping their paths below SUBDIR
+# fetch_source PACKAGE DEST SUBDIR PATTERN...: the files under SUBDIR (. for the top) of
+# PACKAGE's upstream source that match a PATTERN, into $cache/DEST keeping their paths below SUBDIR
 fetch_source() {
     local pkg="$1" dest="$cache/$2" sub="$3" i orig dl pat
     shift 3
@@ -112,8 +127,9 @@ fetch_source() {
         sleep $((i * 5))
     done
     [ -n "$orig" ] || return 1
-    local pats=()
-    for pat in "$@"; do pats+=("*/$sub/$pat"); done
+    local pats=() under="$sub/"
+    [ "$sub" = . ] && under=""
+    for pat in "$@"; do pats+=("*/$under$pat"); done
     tar -xf "$orig" -C "$dl/x" --wildcards "${pats[@]}" || return 1
     rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
     cp -a "$dl"/x/*/"$sub"/. "$dest.tmp/"
@@ -143,3 +159,18 @@ fetch_source toybox toybox tests/files/tar '*' \
     || echo "WARNING: toybox's tar test archives could not be fetched" >&2
 fetch_source php8.2 php-phar ext/phar/tests '*.tar' 'tar/files/*.tgz' 'files/zfapp.tgz' '*.phar.tar.gz' \
     || echo "WARNING: PHP phar's test archives could not be fetched" >&2
+fetch_source golang-github-vbatts-go-mtree go-mtree testdata '*.tar' \
+    || echo "WARNING: go-mtree's test archives could not be fetched" >&2
+fetch_source golang-github-containers-buildah buildah tests '*.tar' '*.tar.gz' \
+    || echo "WARNING: buildah's test archives could not be fetched" >&2
+fetch_source golang-github-klauspost-pgzip pgzip testdata '*.gz' \
+    || echo "WARNING: klauspost/pgzip's test streams could not be fetched" >&2
+fetch_source ruby3.1 ruby test/rubygems 'packages/*.gem' \
+    || echo "WARNING: rubygems' test gems could not be fetched" >&2
+# libzstd's Debian source is the zstd source; klauspost's .orig is 30 MB (its testdata), cached
+fetch_source libzstd zstd tests 'golden-*/*' 'gzip/*.gz' \
+    || echo "WARNING: zstd's golden test streams could not be fetched" >&2
+fetch_source golang-github-klauspost-compress klauspost-compress . 'gzip/testdata/*.gz' \
+    'zstd/testdata/good.zip' 'zstd/testdata/bad.zip' 'zstd/testdata/regression.zip' \
+    'zstd/testdata/decode-regression.zip' 'zstd/testdata/*.zst' \
+    || echo "WARNING: klauspost/compress's gzip and zstd test streams could not be fetched" >&2

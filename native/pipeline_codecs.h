@@ -111,6 +111,9 @@ typedef struct {
 #if LAMINA_HAVE_ISAL
     struct isal_gzip_header gz;
 #endif
+    uint8_t zhead[18]; /* zstd: the frame's first bytes (its header is at most 18), for its content size */
+    size_t zhead_len;
+    unsigned long long zmade; /* zstd: bytes the frame has given so far */
     char err[160];
 } lamina_inflater;
 
@@ -262,10 +265,35 @@ static int lamina_unzstd(lamina_inflater *z, const uint8_t *in, size_t in_len, s
             rc = -1;
             break;
         }
-        if (ib.pos != in0 || ob.pos != out0)
-            z->in_frame = r != 0;
-        else
+        if (ib.pos == in0 && ob.pos == out0)
             break;  /* needs more input */
+        /* one call ends at most one frame (it returns 0 there): what it took is this frame's */
+        if (z->zhead_len < sizeof z->zhead) {
+            size_t k = ib.pos - in0 < sizeof z->zhead - z->zhead_len ? ib.pos - in0 : sizeof z->zhead - z->zhead_len;
+            memcpy(z->zhead + z->zhead_len, in + in0, k);
+            z->zhead_len += k;
+        }
+        z->zmade += ob.pos - out0;
+        z->in_frame = r != 0;
+        if (r == 0) {
+            /* libzstd (1.5.4) checks the content size a frame declares against what it gave,
+             * but not when the frame ends in an empty last block and is read in pieces: a
+             * frame that `zstd -d` (in one pass), bsdtar and Go's decoder refuse ("frame size
+             * does not match") went through.  Skippable frames give nothing, whatever their size. */
+            unsigned long long declared = ZSTD_getFrameContentSize(z->zhead, z->zhead_len);
+            int skippable = z->zhead_len >= 4 && (z->zhead[0] & 0xF0) == 0x50 && z->zhead[1] == 0x2A &&
+                            z->zhead[2] == 0x4D && z->zhead[3] == 0x18;
+            if (!skippable && declared != ZSTD_CONTENTSIZE_UNKNOWN && declared != ZSTD_CONTENTSIZE_ERROR &&
+                declared != z->zmade) {
+                snprintf(z->err, sizeof z->err,
+                         "Data corruption detected (a frame declares %llu bytes of content and gives %llu)",
+                         declared, z->zmade);
+                rc = -1;
+                break;
+            }
+            z->zhead_len = 0;
+            z->zmade = 0;
+        }
     }
     *in_pos = ib.pos;
     *out_pos = ob.pos;

@@ -13,13 +13,23 @@
                      ``FILE:BLOCK`` for an archive written inside a test script (a
                      ``begin-base64 644 BLOCK`` block of tar.tests, or the printf escapes of
                      the shell function BLOCK in tar/tar_with_*)
+    gomtree/NAME     go-mtree's testdata tars (testdata/*.tar)
+    buildah/NAME     buildah's test tars (tests/...)
+    pgzip/NAME       klauspost/pgzip's gzip test streams (testdata/*.gz)
+    ruby/NAME        rubygems' test gems (test/rubygems/...): NAME a .gem (a plain tar), or
+                     ``GEM:data.tar.gz`` for the gzipped tar of its files inside
+    zstd/NAME        zstd's golden decompression streams and a gzip file of its tests
+    klauspost/NAME   klauspost/compress's gzip and zstd test streams; ``FILE.zip:MEMBER``
+                     for a stream kept in one of its zips (good, bad, the fuzzers' regressions)
+    gocompress/NAME  Go's compress/gzip testdata (Debian golang-src; NAME.base64 decoded)
+                     (these three: tests/test_compression_corpora.py, as layer compressions)
     gnutar/NAME      archives GNU tar writes in its own test suite's formats (it ships none):
                      each format with xattrs and sparse files, volume labels, multi-volume
     bsdtar/NAME      sets, incremental dumps; and libarchive's writers; written here by the
                      tools of this machine on first use (``written``)
 
-Looked at and left out, shipping no tar archive (ci/fetch-corpora.sh says why): tar-rs,
-minitar, Haskell's tar, Perl's Archive::Tar, dpkg, zig, GNU tar.  tar-split's archive/tar/testdata
+Looked at and left out, shipping no tar archive or none the mirror has (ci/fetch-corpora.sh
+says why): tar-rs, minitar, Haskell's tar, libtar, python-libarchive-c, dpkg, zig, GNU tar.  tar-split's archive/tar/testdata
 (in the same Debian package as its tar/asm/testdata) is byte for byte Go's.  libarchive's test
 archives newer than Debian's 3.6.2 (3.7's global-header, vendor-keyword, sparse-past-the-size,
 Mac GNU tar and cut-short-header archives) are written by hand in test_tar_corpora.py's
@@ -53,7 +63,14 @@ _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "common
             "busybox": "busybox", "tarstream": "tar-stream", "perl": "perl-archive-tar",
             "plexus": "plexus-archiver", "php": "php-phar",
             "ant": "ant", "erlang": "erlang-tar",
-            "toybox": "toybox"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
+            "toybox": "toybox", "ruby": "ruby", "zstd": "zstd", "gomtree": "go-mtree", "buildah": "buildah",
+            "pgzip": "pgzip",
+            "klauspost": "klauspost-compress"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
+
+
+def _go_compress_dir():
+    found = sorted(glob.glob("/usr/share/go-*/src/compress/gzip/testdata"))
+    return found[-1] if found else None
 
 
 def _go_dir():
@@ -70,7 +87,7 @@ def corpus_dir(corpus):
     if corpus in _GOCODE:
         path = os.path.join(CACHE, "gocode", _GOCODE[corpus])
     else:
-        path = {"go": _go_dir(), "cpython": _cpython_dir()}.get(corpus) or os.path.join(CACHE, _SOURCES[corpus])
+        path = {"go": _go_dir(), "cpython": _cpython_dir(), "gocompress": _go_compress_dir()}.get(corpus) or os.path.join(CACHE, _SOURCES[corpus])
     return path if path and os.path.isdir(path) else None
 
 
@@ -139,6 +156,10 @@ def shipped(key):
         return uudecode(os.path.join(base, name + ".uu"))
     if corpus == "busybox" and ":" in name:
         return _script_archive(os.path.join(base, name.split(":")[0]), name.split(":")[1])
+    if corpus == "ruby" and ":" in name:
+        import tarfile
+        with tarfile.open(os.path.join(base, name.split(":")[0])) as gem:
+            return gem.extractfile(name.split(":")[1]).read()
     with open(os.path.join(base, name), "rb") as f:
         return f.read()
 
@@ -161,6 +182,20 @@ def archive(key):
     if name.endswith(".zst"):
         return data, _unzstd(data)
     return data, data
+
+
+def streams(key):
+    """[(name, bytes)] of the compressed streams ``corpus/FILE`` holds: the file itself, each
+    member of a zip (``FILE.zip``), or the decoded file (``FILE.base64``)."""
+    import zipfile
+    corpus, name = key.split("/", 1)
+    path = os.path.join(require_corpus(corpus), name)
+    if name.endswith(".zip"):
+        with zipfile.ZipFile(path) as z:
+            return [(m, z.read(m)) for m in sorted(z.namelist()) if not m.endswith("/")]
+    with open(path, "rb") as f:
+        data = f.read()
+    return [(name, base64.b64decode(data) if name.endswith(".base64") else data)]
 
 
 def other_libarchive_archives(known):

@@ -1,8 +1,8 @@
 """Other projects' tar test archives (tests/corpora.py): lamina reads each as the references do.
 
 Go's archive/tar, CPython's tarfile, libarchive, node-tar, node-tar-stream, Perl's Archive::Tar,
-Commons Compress, Plexus Archiver, Apache Ant, Erlang's erl_tar, PHP's phar, busybox and toybox
-each keep archives written to catch a reader's mistake; GNU tar's own tests write theirs from
+Commons Compress, Plexus Archiver, Apache Ant, Erlang's erl_tar, PHP's phar, rubygems, go-mtree,
+buildah, busybox and toybox each keep archives written to catch a reader's mistake; GNU tar's own tests write theirs from
 scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
 exercise are written here by GNU tar and bsdtar (corpora.written).  For each one, as a single layer:
 
@@ -288,6 +288,32 @@ EXPECT = {
     # a symlink whose name and target fill their 100 bytes, no NUL: bsdtar does not take it for a tar
     "php/bug71488.tar": GNU,
     "php/tar/files/trunc.tar": refused("InvalidArchiveError", "archive ends inside entry 'a.php'"),
+    # --- go-mtree's testdata (traversal.tar's entries out of a walk's order, hardlinks.tar's to '[') ---
+    **{f"gomtree/{n}.tar": REFS for n in ("collection", "hardlinks", "singlefile", "test", "traversal")},
+    # --- buildah's test tars (its ADD conformance tests, build contexts, git-daemon repositories) ---
+    **{f"buildah/{n}": REFS for n in (
+        "bud/cache-chown/testfile.tar.gz", "bud/http-context-containerfile/context.tar",
+        "bud/http-context-subdir/context.tar", "bud/http-context/context.tar", "bud/symlink/tarball.tar",
+        "bud/symlink/tarball.tar.gz", "conformance/testdata/add/archive/sub/subdirectory.tar.gz",
+        "conformance/testdata/add/not-dir-dir/test.tar", "conformance/testdata/add/populated-dir-not-dir/test.tar",
+        "conformance/testdata/tar-g/content.tar.gz", "git-daemon/release-1.11-rhel.tar.gz",
+        "git-daemon/repo-with-containerfile-on-old-commit.tar.gz", "git-daemon/repo.tar.gz",
+        "git-daemon/subdirectory.tar.gz")},
+    # a file of an empty name first (as nodetar's path-missing.tar): GNU tar makes it '.' (fails),
+    # bsdtar skips it
+    "buildah/conformance/testdata/add/dir-not-dir/test.tar": refused(
+        "UnsafeEntryError", "entry '': refusing to replace the root directory"),
+    # a symlink symldir1 -> .., then symldir1/etc/myfile: GNU tar makes the symlink a placeholder
+    # file ("Not a directory"), bsdtar will not extract through a symlink; Go-based tools (docker's
+    # FollowSymlinkInScope, umoci) resolve '..' at the root to the root: etc/myfile, as docker
+    # build's ADD gives it (what buildah's test checks)
+    "buildah/conformance/testdata/add/parent-symlink/foobar.tar": go("symldir1", "etc", "etc/myfile"),
+    # "hello, world\n" under a .tar.gz name (its test copies it through a symlink, unextracted)
+    "buildah/conformance/testdata/copysymlink/file.tar.gz": refused(
+        "InvalidArchiveError", "the stream ends inside the first tar header (13 bytes)"),
+    # --- rubygems' test gems (plain tars of its TarWriter), and the data.tar.gz inside each ---
+    **{f"ruby/packages/{gem}{inner}": REFS for gem in ("ascii_binder-0.1.10.1.gem", "ill-formatted-platform-1.0.0.10.gem")
+       for inner in ("", ":data.tar.gz")},
     # --- written here by GNU tar and bsdtar (corpora.written): the formats of GNU tar's own tests ---
     **{f"gnutar/{n}.tar": REFS for n in (
         "v7", "oldgnu", "gnu", "ustar", "posix", "posix-sparse-0.0", "posix-sparse-1.0", "posix-sparse-0.1",

@@ -86,16 +86,51 @@ def open_decompressed(raw, kind: str, what: str):
     if kind == "gzip":
         return io.BufferedReader(_GzipMembers(raw), buffer_size=_GZIP_READ)
     if kind == "zstd":
-        import zstandard
-        return zstandard.ZstdDecompressor().stream_reader(_ZstdFrames(raw), read_size=1 << 20,
-                                                          read_across_frames=True)
+        return io.BufferedReader(_ZstdFramewise(raw), buffer_size=1 << 20)
     return raw
 
 
+class _ZstdFramewise(io.RawIOBase):
+    """The frames of ``raw`` decoded one by one, each held to the content size its header
+    declares, as the native stage holds them (libzstd checks it when it has a frame in one
+    piece, and block by block only at a last block of data; Go's decoder always)."""
+
+    def __init__(self, raw):
+        super().__init__()
+        import zstandard
+        self._frames = _ZstdFrames(raw)
+        self._dctx = zstandard.ZstdDecompressor()  # one for every frame (zstd:chunked has thousands)
+        self._reader = None
+        self._made = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        import zstandard
+        while True:
+            if self._reader is None:
+                if not self._frames.next_frame():
+                    return 0
+                self._reader = self._dctx.stream_reader(self._frames, read_size=1 << 20, read_across_frames=False)
+                self._made = 0
+            n = self._reader.readinto(buf)
+            if n:
+                self._made += n
+                return n
+            declared = self._frames.declared
+            if declared is not None and declared != self._made:
+                raise zstandard.ZstdError(f"Data corruption detected (a frame declares {declared} bytes of "
+                                          f"content and gives {self._made})")
+            self._reader = None
+
+
 class _ZstdFrames(io.RawIOBase):
-    """``raw`` passed through while its zstd frames are walked (headers and block sizes only):
-    at its end a frame left unfinished is "truncated", as in the native stage (libzstd's
-    stream reader in python-zstandard ends quietly on a cut frame after a whole one)."""
+    """``raw`` passed one frame at a time (``next_frame``; a read ends at the frame's end)
+    while its zstd frames are walked (headers and block sizes only): at its end a frame left
+    unfinished is "truncated", as in the native stage (libzstd's stream reader in
+    python-zstandard ends quietly on a cut frame after a whole one).  ``declared``: the
+    content size the frame's header declares, None if it declares none."""
 
     def __init__(self, raw):
         super().__init__()
@@ -104,27 +139,46 @@ class _ZstdFrames(io.RawIOBase):
         self._skip = 0       # payload bytes to pass before the next header
         self._state = "frame"  # the next header: "frame", "block" or "checksum"
         self._checksum = False
+        self._ending = False   # the frame ends once _skip is passed
+        self._ended = False    # the frame has ended: reads give nothing until next_frame()
+        self._rest = b""       # bytes read after the frame's end
+        self.declared = None
 
     def readable(self):
         return True
 
+    def next_frame(self):
+        """Go on to the next frame: False at the end of the stream."""
+        self._ended = False
+        if not self._rest:
+            self._rest = self._raw.read(1 << 20)
+        return bool(self._rest)
+
     def readinto(self, buf):
-        data = self._raw.read(len(buf))
+        if self._ended:
+            return 0
+        data, self._rest = (self._rest[:len(buf)], self._rest[len(buf):]) if self._rest else (self._raw.read(len(buf)), b"")
         if not data:
             if self._buf or self._skip or self._state != "frame":
                 raise EOFError("truncated (the stream ends inside a zstd frame)")
             return 0
-        self._walk(memoryview(data))
+        end = self._walk(memoryview(data))
+        if end < len(data):
+            self._rest = bytes(data[end:]) + self._rest
+            data = data[:end]
         buf[:len(data)] = data
         return len(data)
 
     def _walk(self, data):
+        """Walk ``data``: where in it the frame ends (its length when it does not)."""
         pos = 0
         while pos < len(data):
             if self._skip:
                 n = min(self._skip, len(data) - pos)
                 self._skip -= n
                 pos += n
+                if not self._skip and self._ending:
+                    break
                 continue
             need = self._need()
             take = min(need - len(self._buf), len(data) - pos)
@@ -132,6 +186,11 @@ class _ZstdFrames(io.RawIOBase):
             pos += take
             if len(self._buf) == self._need():  # _need grows once the frame header's flags are in
                 self._header()
+                if self._ending and not self._skip:
+                    break
+        if self._ending and not self._skip:
+            self._ending, self._ended = False, True
+        return pos
 
     def _need(self):
         if self._state == "block":
@@ -153,13 +212,20 @@ class _ZstdFrames(io.RawIOBase):
             self._skip = 1 if kind == 1 else size  # RLE: one byte; reserved (3): libzstd refuses it
             if h & 1:
                 self._state = "checksum" if self._checksum else "frame"
+                self._ending = not self._checksum
         elif self._state == "checksum":
-            self._state = "frame"
+            self._state, self._ending = "frame", True
         elif b[1:4] == b"\x2a\x4d\x18":  # skippable frame
             self._skip = int.from_bytes(b[4:8], "little")
+            self._ending, self.declared = True, None
         else:  # a frame header (a bad magic is libzstd's to refuse)
             self._checksum = bool(b[4] >> 2 & 1)
             self._state = "block"
+            fhd = b[4]
+            single, width = fhd >> 5 & 1, ((1 if fhd >> 5 & 1 else 0), 2, 4, 8)[fhd >> 6]
+            at = 5 + (not single) + (0, 1, 2, 4)[fhd & 3]
+            self.declared = (int.from_bytes(b[at:at + width], "little") + (256 if width == 2 else 0)
+                             if width and b[:4] == ZSTD_MAGIC else None)
 
 
 _GZIP_READ = 1 << 20
