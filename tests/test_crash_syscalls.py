@@ -373,3 +373,15 @@ def test_a_directory_whose_sync_fails_is_named(layout, tmp_path):
     _, line = _fail_first(case, "fsync", f"{case.root}>", "EIO")
     assert str(case.root) in line and "Input/output error" in line, line
     case.check("fsync of the store's root failing with EIO")
+
+
+def test_a_blob_lock_that_cannot_be_removed_does_not_fail_the_copy(layout, tmp_path):
+    """unlink(2) of a blob's lock file failing (EIO) once the blob committed raised out of the
+    ingest and failed the copy: the lock file is only a leftover, which fsck sweeps."""
+    case = _cases(layout, tmp_path, "copy")
+    case.prepare()
+    n = case.nth_call("unlink", "locks/blob-")
+    proc = case.run("-o", "/dev/null", "-e", "trace=unlink", "-e", f"inject=unlink:error=EIO:when={n}")
+    assert proc.returncode == 0, proc.stderr
+    assert any(n.startswith("blob-") for n in os.listdir(case.root / "locks")), "no lock file left: nothing injected"
+    case.check("the unlink of a blob lock failing with EIO")
