@@ -375,6 +375,31 @@ def test_a_directory_whose_sync_fails_is_named(layout, tmp_path):
     case.check("fsync of the store's root failing with EIO")
 
 
+def test_a_progress_line_that_cannot_be_written_does_not_fail_the_copy(layout, tmp_path):
+    """stderr carries only progress ('Copying blob ...'): write(2) of such a line failing (EIO:
+    a terminal gone, a full log disk) raised out of the copy's reporter and failed the copy, its
+    blobs stored and the image not named."""
+    case = _cases(layout, tmp_path, "copy")
+    case.prepare()
+    n = case.nth_call("write", "Copying blob")
+    proc = case.run("-o", "/dev/null", "-e", "trace=write", "-e", f"inject=write:error=EIO:when={n}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("\n"), proc.stderr   # that line was lost (its newline, written apart, was not)
+    assert "b:1" in lamina(case.root, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    case.check("a progress line failing with EIO")
+
+
+def test_the_json_a_copy_prints_is_its_product_and_a_failed_write_fails_it(layout, tmp_path):
+    """The other side of the rule above: --format json on stdout is what the caller asked for,
+    and a copy that could not write it must not say it succeeded."""
+    case = _cases(layout, tmp_path, "copy")
+    case.argv = [*case.argv, "--format", "json"]
+    _, line = _fail_first(case, "write", "write(1<", "EIO")   # its first write to stdout
+    assert "Input/output error" in line, line
+    case.argv = case.argv[:-2]
+    case.check("the JSON on stdout failing with EIO")
+
+
 def test_a_blob_lock_that_cannot_be_removed_does_not_fail_the_copy(layout, tmp_path):
     """unlink(2) of a blob's lock file failing (EIO) once the blob committed raised out of the
     ingest and failed the copy: the lock file is only a leftover, which fsck sweeps."""
