@@ -575,6 +575,17 @@ class Store:
         from .sidecar import has_sidecar
         return has_sidecar(self.paths.snapshot(chain_id))
 
+    def holds_compact(self, layer_digest, chain_id):
+        """True if the layer ``chain_id`` is here as a compact snapshot extracted from the blob
+        ``layer_digest`` itself: the blob's bytes were checked against the diffID then, and a
+        compact store has no use for them again (an image naming them is stored without them)."""
+        try:
+            info = self.snapshot_info(chain_id)
+        except StoreError:
+            return False
+        return info is not None and info.digest == layer_digest and info.fs.is_dir() and \
+            self.layer_is_compact(chain_id)
+
     def compact(self, image):
         """Give every layer of ``image`` a sidecar proven to rebuild its tar bit-exact, then drop
         its compressed blob (``keep-blobs false``).  Returns the digests of the blobs dropped."""
