@@ -54,6 +54,24 @@ def test_inspect_json_is_dockers_shape(store):
     assert json.loads(ok(store.root, "inspect", image.config_digest))[0]["Id"] == image.config_digest
 
 
+def test_a_short_id_with_its_algorithm_names_the_image_in_every_verb(store, tmp_path):
+    """``sha256:<12 hex>``, as ``docker images --digests``-style output and docker's own ID lookup
+    (its digest set takes "algorithm:prefix") read it: every verb failed with "invalid digest"."""
+    image = store.resolve("app:v2")
+    short = "sha256:" + image.config_digest[7:19]
+    assert json.loads(ok(store.root, "inspect", short))[0]["Id"] == image.config_digest
+    assert ok(store.root, "history", "-q", short).split() == ok(store.root, "history", "-q", "app:v2").split()
+    ok(store.root, "tag", short, "app:again")
+    assert store.resolve("app:again").config_digest == image.config_digest
+    ok(store.root, "unpack", short, tmp_path / "out")
+    assert (tmp_path / "out").is_dir()
+    _, err = fails(store.root, "inspect", "sha256:" + "0" * 12)
+    assert "sha256:000000000000" in err and "invalid digest" not in err, err
+    _, err = fails(store.root, "history", "sha256:XYZ")
+    assert "invalid" in err, err
+    assert sorted(ok(store.root, "rmi", short).splitlines()[:2]) == ["Untagged: app:again", "Untagged: app:v2"]
+
+
 def test_inspect_format_docker_examples(store):
     image = store.resolve("app:v2")
     f = lambda tmpl: ok(store.root, "inspect", "--format", tmpl, "app:v2")  # noqa: E731

@@ -315,6 +315,10 @@ class Store:
             raise
 
     def _resolve_string(self, s):
+        if s.startswith("sha256:") and not _digest.is_valid(s) and _HEX_PREFIX_RE.fullmatch(s[7:]):
+            # a short ID with its algorithm (docker's digest set looks "sha256:3f2a" up as the
+            # prefix 3f2a of sha256 IDs), unless a repository "sha256" holds that tag
+            return self._by_reference(Reference.parse(s)) or self._by_id_prefix(s[7:], s)
         if s.startswith("sha256:"):
             return self._by_id(_digest.validate(s, "image ID"), s)
         if re.fullmatch(r"[0-9a-f]{64}", s):
@@ -361,13 +365,14 @@ class Store:
                 return image
         raise NoSuchImageError(shown)
 
-    def _by_id_prefix(self, prefix):
+    def _by_id_prefix(self, prefix, shown=None):
         matches = [i for i in self.images(skip_broken=True) if i.config_digest[len("sha256:"):].startswith(prefix)]
         ids = {i.config_digest for i in matches}
         if not matches:
-            raise NoSuchImageError(prefix)
+            raise NoSuchImageError(shown or prefix)
         if len(ids) > 1:
-            raise AmbiguousImageError(f"image ID prefix {prefix!r} is ambiguous: it matches {len(ids)} images")
+            raise AmbiguousImageError(f"image ID prefix {shown or prefix!r} is ambiguous: it matches {len(ids)} "
+                                      "images")
         return matches[0]
 
     def add_image(self, manifest_digest, ref=None, repo_digest=None, platform=None):
