@@ -40,15 +40,17 @@ CALLS = ("renameat2", "renameat", "rename", "linkat", "link", "unlinkat", "unlin
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
-    """a:1 and b:1 sharing their base layer (whose files dedup shares among themselves)."""
+    """a:1 and b:1 sharing their base layer (whose files dedup shares among themselves); c:1
+    over the same base layer shipped as another blob (uncompressed)."""
     lay = ob.Layout(tmp_path_factory.mktemp("crashsys") / "layout")
     base = {"etc": None, "etc/os-release": b"ID=crash\n", "usr": None}
     for i in range(30):
         base[f"usr/f{i}"] = b"%d\n" % (i % 5) * 40
     lay.add(lay.image([base, {"a.txt": b"image a\n", "a2.txt": b"0\n" * 40}]), "a")
     lay.add(lay.image([base, {"b.txt": b"image b\n", ".wh.etc": b""}]), "b")
+    lay.image_of_tars([ob.Encoded(ob.tar_bytes(base), "plain"), ob.tar_bytes({"c.txt": b"image c\n"})], "c")
     trees = {}
-    for ref in "ab":
+    for ref in "abc":
         dest = os.path.join(os.path.dirname(lay.root), f"tree-{ref}")
         subprocess.run([*LAMINA, "unpack", f"oci:{lay.root}:{ref}", dest], check=True, capture_output=True)
         trees[ref] = snapshot(dest)
@@ -61,7 +63,7 @@ def pushed(layout, tmp_path_factory):
     lay, _ = layout
     r = Registry(tmp_path_factory.mktemp("crashsys-reg"))
     try:
-        for ref in "ab":
+        for ref in "abc":
             skopeo_push(f"oci:{lay.root}:{ref}", r.host, f"crash:{ref}", extra=("--preserve-digests",))
         yield r
     finally:
@@ -228,7 +230,7 @@ def _cases(layout, tmp_path, name, reg=None):
     dest = tmp_path / "out" / "dest"
     names = {"a:1": "a", "b:1": "b", "c:1": "a"}
     if reg is not None:
-        names = {f"{reg.host}/crash:a": "a", f"{reg.host}/crash:b": "b"}
+        names = {f"{reg.host}/crash:{ref}": ref for ref in "abc"}
     cases = {
         "copy": (copied("a"), ["copy", f"{src}:b", "b:1"]),
         "copy-compact": (copied("a", compact=True), ["copy", f"{src}:b", "b:1"]),
@@ -241,6 +243,8 @@ def _cases(layout, tmp_path, name, reg=None):
         "unpack-compacting": (compacted_after(copied("a", "b")), ["unpack", "a:1", dest]),
         "pull": (pulled("a"), ["pull", f"{reg.host}/crash:b"] if reg else None),
         "pull-compact": (pulled("a", compact=True), ["pull", f"{reg.host}/crash:b"] if reg else None),
+        # the base layer held compact, from another blob than the one this image names
+        "pull-compact-other-blob": (pulled("a", compact=True), ["pull", f"{reg.host}/crash:c"] if reg else None),
     }
     setup, argv = cases[name]
     return Case(tmp_path, lay, trees, setup, argv, names, dest=dest if argv[0] == "unpack" else None, name=name)
@@ -347,17 +351,22 @@ def test_a_sidecar_whose_sync_fails_is_named_and_the_unpack_runs_again(layout, t
 
 
 def test_a_pull_fetching_a_blob_whose_snapshot_exists_waits_for_its_spooler(layout, pushed, tmp_path, registry_env):
-    """A compact store pulling an image over a layer it holds as a snapshot, its blob dropped:
-    the blob is fetched again through the extraction's tee, whose spooler thread downloads
+    """A compact store pulling an image over a layer it holds as a snapshot made from another
+    blob of that layer (uncompressed here), dropped: the image's blob is fetched, to be checked
+    against the diffID, through the extraction's tee, whose spooler thread downloads
     ahead; the extraction finds the snapshot there and the pull read the rest of the stream
     itself, racing that thread.  When the spooler had read the whole blob but not yet written it
     (here: every write(2) made slow by strace), the pull committed an empty ingest and failed:
     'blob sha256:…: got 0 bytes, expected 524'."""
     require_tool("strace")
-    case = _cases(layout, tmp_path, "pull-compact", reg=pushed)
+    case = _cases(layout, tmp_path, "pull-compact-other-blob", reg=pushed)
     case.prepare()
     proc = case.run("-o", "/dev/null", "-e", "trace=write", "-e", "inject=write:delay_enter=50000")
     assert proc.returncode == 0, proc.stderr
+    lay = layout[0]
+    entry = next(e for e in lay.entries if e["annotations"]["org.opencontainers.image.ref.name"] == "c")
+    base = lay.read_json(entry["digest"])["layers"][0]["digest"]
+    assert f"{base[7:19]}: Pull complete" in proc.stdout, proc.stdout   # fetched, not "Already exists"
     case.check("a pull with slow writes")
 
 
