@@ -335,6 +335,20 @@ def test_printf_formats_each_operand_as_go_does(tmp_path):
     assert {s: render(s, _GO_DATA) for s in srcs} == {s: no_escapes(g) for s, g in zip(srcs, go)}
 
 
+def test_printf_zero_pads_strings_and_writes_floats_in_hex_as_go_does(tmp_path):
+    """fmt pads with zeros whatever it pads when the flag says so (%05s of "ab" is 000ab, %08q
+    000"ab", %05t 0true: Go's own fmt tests, kept when a 1.23 change to spaces was reverted),
+    where lamina padded strings with spaces; and %x of a float is its hex form (0x1.8p+00),
+    which lamina refused as %!x(float64=1.5).  Compared with Go's own text/template."""
+    from lamina.cli import no_escapes
+    srcs = ['{{printf "%05s|%08q|%05v|%06x|%05t|%-05s|%05.1s|" .S .S .S .S true .S .S}}',
+            '{{printf "%x|%X|%x|%x|%x|%x" 1.5 -0.1 0.0 1e300 5e-324 2.5e-310}}',
+            '{{printf "%.3x|%.0x|%.1x|%+x|%#x|%12.2x|%012.2x|%-12x|" 1.0 1.5 1.96875 3.0 3.0 -1.5 -1.5 1.5}}',
+            '{{printf "%.2x|%.1x|%.0X" 1.03125 1.09375 2.5}}']
+    go = _go_renders(tmp_path, srcs)
+    assert {s: render(s, _GO_DATA) for s in srcs} == {s: no_escapes(g) for s, g in zip(srcs, go)}
+
+
 def test_slice_len_and_index_of_a_string_count_its_bytes_as_go_does(tmp_path):
     """Go's slice of a string cuts its bytes, as len and index count them: slice "héllo" 1 3 is
     "é", where lamina cut characters ("él") and refused slice "héllo" 0 6, the whole string;
