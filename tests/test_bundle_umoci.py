@@ -108,6 +108,9 @@ SAME = {
     "Labels": ({"Labels": {"a": "b", "org.opencontainers.image.title": "t"}}, {}),
     "every field null": ({k: None for k in ("User", "Env", "Entrypoint", "Cmd", "WorkingDir", "Labels",
                                             "ExposedPorts", "Volumes", "StopSignal")}, {}),
+    # Go reads a JSON null into a string as "": a label, an argument of ""
+    "null in Labels, Entrypoint and Cmd": ({"Labels": {"a": None, "b": "c"}, "Entrypoint": ["/e", None],
+                                            "Cmd": [None, "c"]}, {}),
     "author, created with a zone and nanoseconds": ({}, {"top": {"author": "me <m@x>",
                                                                  "created": "2020-01-02T03:04:05.123456789+02:00"}}),
 }
@@ -201,6 +204,8 @@ REFUSED = {
     "User hex": ({"User": "0x10"}, "unable to find user 0x10", "no user '0x10'"),
     "Env without =": ({"Env": ["NOEQ"]}, "must contain '='", "Env 'NOEQ': an environment variable must be"),
     "Env with an empty name": ({"Env": ["=x"]}, "must have non-empty name", "Env '=x': an environment variable"),
+    # Go reads the null as "", an entry without "="
+    "Env null": ({"Env": ["A=1", None]}, "must contain '='", "Env '': an environment variable must be"),
     # a Linux runtime config for another system's image (lamina made one)
     "os windows": ({}, "unsupported OS: windows", "os 'windows': a bundle's config.json is for Linux", {"os": "windows"}),
     "os freebsd": ({}, "unsupported OS: freebsd", "os 'freebsd': a bundle's config.json is for Linux", {"os": "freebsd"}),
@@ -278,3 +283,4 @@ def test_rootless_bundle_has_no_additional_gids(tmp_path):
     assert ours["process"]["user"] == theirs["process"]["user"] == {"uid": 33, "gid": 44}
     assert runtime_config(image, tmp_path / "u/rootfs", rootless=False)["process"]["user"]["additionalGids"] == \
         [44, 99, 99]
+
