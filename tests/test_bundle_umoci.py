@@ -108,6 +108,9 @@ SAME = {
     "Labels": ({"Labels": {"a": "b", "org.opencontainers.image.title": "t"}}, {}),
     "every field null": ({k: None for k in ("User", "Env", "Entrypoint", "Cmd", "WorkingDir", "Labels",
                                             "ExposedPorts", "Volumes", "StopSignal")}, {}),
+    # Go reads a JSON null into a string as "": a label, an argument of ""
+    "null in Labels, Entrypoint and Cmd": ({"Labels": {"a": None, "b": "c"}, "Entrypoint": ["/e", None],
+                                            "Cmd": [None, "c"]}, {}),
     "author, created with a zone and nanoseconds": ({}, {"top": {"author": "me <m@x>",
                                                                  "created": "2020-01-02T03:04:05.123456789+02:00"}}),
 }
@@ -201,6 +204,8 @@ REFUSED = {
     "User hex": ({"User": "0x10"}, "unable to find user 0x10", "no user '0x10'"),
     "Env without =": ({"Env": ["NOEQ"]}, "must contain '='", "Env 'NOEQ': an environment variable must be"),
     "Env with an empty name": ({"Env": ["=x"]}, "must have non-empty name", "Env '=x': an environment variable"),
+    # Go reads the null as "", an entry without "="
+    "Env null": ({"Env": ["A=1", None]}, "must contain '='", "Env '': an environment variable must be"),
     # a Linux runtime config for another system's image (lamina made one)
     "os windows": ({}, "unsupported OS: windows", "os 'windows': a bundle's config.json is for Linux", {"os": "windows"}),
     "os freebsd": ({}, "unsupported OS: freebsd", "os 'freebsd': a bundle's config.json is for Linux", {"os": "freebsd"}),
@@ -278,3 +283,47 @@ def test_rootless_bundle_has_no_additional_gids(tmp_path):
     assert ours["process"]["user"] == theirs["process"]["user"] == {"uid": 33, "gid": 44}
     assert runtime_config(image, tmp_path / "u/rootfs", rootless=False)["process"]["user"]["additionalGids"] == \
         [44, 99, 99]
+
+
+# An id of /etc/passwd or /etc/group that is no number: moby/sys/user's parser ignores Atoi's
+# error, so a word or an empty field is 0 (root) to umoci, docker and runc, and -5 wraps to
+# 4294967291.  (config, files, umoci's user, lamina's user or the end of its error)
+IDS_NOT_NUMBERS = {
+    "uid a word": ({"User": "web"}, {"passwd": b"web:x:abc:44::/srv:/bin/sh\n"}, {"uid": 0, "gid": 44},
+                   "gives 'web' the uid 'abc', not a number from 0 to 2147483647"),
+    "uid empty": ({"User": "web"}, {"passwd": b"web:x::44::/srv:/bin/sh\n"}, {"uid": 0, "gid": 44},
+                  "gives 'web' the uid '', not a number from 0 to 2147483647"),
+    "uid negative": ({"User": "web"}, {"passwd": b"web:x:-5:44::/srv:/bin/sh\n"}, {"uid": 4294967291, "gid": 44},
+                     "gives 'web' the uid '-5', not a number from 0 to 2147483647"),
+    "primary gid a word": ({"User": "web"}, {"passwd": b"web:x:33:abc::/srv:/bin/sh\n"}, {"uid": 33, "gid": 0},
+                           "gives 'web' the gid 'abc', not a number from 0 to 2147483647"),
+    "primary gid a word, a group given": ({"User": "web:44"}, {"passwd": b"web:x:33:abc::/srv:/bin/sh\n"},
+                                          {"uid": 33, "gid": 44}, {"uid": 33, "gid": 44}),
+    "group gid a word": ({"User": "web:staff"}, {"group": b"staff:x:abc:\n"}, {"uid": 33, "gid": 0},
+                         "no group 'staff' in the image's /etc/group"),
+    "group gid negative": ({"User": "web:staff"}, {"group": b"staff:x:-3:\n"}, {"uid": 33, "gid": 4294967293},
+                           "no group 'staff' in the image's /etc/group"),
+    # a supplementary group of no number: the root group to umoci; left out (the user runs, in
+    # fewer groups, rather than in the root group the file never named)
+    "supplementary gid a word": ({"User": "web"}, {"group": b"staff:x:abc:web\n"},
+                                 {"uid": 33, "gid": 44, "additionalGids": [0]}, {"uid": 33, "gid": 44}),
+}
+
+
+@pytest.mark.parametrize("name", IDS_NOT_NUMBERS)
+def test_an_id_that_is_no_number_never_means_root(tmp_path, name):
+    """Where umoci's user or group comes out 0 (or wrapped) from a field that is no number, lamina
+    refuses the User (naming the field) or leaves that group out: never uid or gid 0 that the
+    image's files do not say.  The primary gid of a word was the root group in lamina too."""
+    config, files, umoci_user, ours_expected = IDS_NOT_NUMBERS[name]
+    theirs, ours = _bundles(tmp_path, config, **files)
+    assert {k: v for k, v in theirs["process"]["user"].items() if k != "additionalGids" or v != [44, 99, 99]} == \
+        umoci_user, theirs["process"]["user"]
+    if isinstance(ours_expected, dict):
+        assert isinstance(ours, dict), ours
+        got = {k: v for k, v in ours["process"]["user"].items() if k != "additionalGids" or v != [44, 99, 99]}
+        assert got == ours_expected, ours["process"]["user"]
+    else:
+        assert isinstance(ours, str) and ours.startswith("lamina: error: image config User ") and \
+            ours.endswith(ours_expected), ours
+        assert not (tmp_path / "lamina").exists()

@@ -413,6 +413,30 @@ def test_a_symlink_whose_target_passes_through_a_symlink_member_is_refused(root,
     _unchanged(root, before)
 
 
+def test_a_hardlink_whose_target_passes_through_a_symlink_member_is_refused(root, tmp_path):  # noqa: F811
+    """``d -> sub/deep`` and ``manifest.json`` a hardlink to ``d/m.json``: link(2) follows ``d``
+    on the way (only the last component is not followed), so tar and docker's load link
+    ``sub/deep/m.json`` (image B), while skopeo finds no member ``d/m.json``.  lamina said only
+    "which the archive does not hold", as if the target were missing: it names the symlink."""
+    require_tool("tar")
+    skopeo = require_tool("skopeo")
+    members, top = _legacy_members("a:1")
+    other = _legacy_members("b:1")[1]
+    members += [("m.json", top), ("sub/deep/m.json", other), ("d", ("symlink", "sub/deep")),
+                ("manifest.json", ("hardlink", "d/m.json"))]
+    archive = _tar_with_links(tmp_path / "through.tar", members)
+    out = tmp_path / "tar-x"
+    os.mkdir(out)
+    run("tar", "-xf", archive, "-C", out)
+    assert open(out / "manifest.json", "rb").read() == other   # GNU tar's link(2) followed d
+    sk = subprocess.run([skopeo, "inspect", "--raw", f"docker-archive:{archive}:a:1"], capture_output=True, text=True)
+    assert sk.returncode != 0, sk.stdout
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive,
+          match=f"{archive}: member manifest.json is a hardlink to 'd/m.json', through the symlink member d")
+    _unchanged(root, before)
+
+
 # --- a layout as a destination -------------------------------------------------------------------
 
 

@@ -160,6 +160,31 @@ def test_a_zstd_frame_that_needs_a_dictionary_is_refused(tmp_path, plain, pipeli
         apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer q")
 
 
+def _with_content_size(frame, size):
+    """``frame`` (one zstd frame declaring its content size) declaring ``size`` instead."""
+    fhd = frame[4]
+    fcs_bytes = (1 if fhd & 0x20 else 0, 2, 4, 8)[fhd >> 6]
+    at = 5 + (0 if fhd & 0x20 else 1) + (0, 1, 2, 4)[fhd & 3]   # after the window and dictionary ID fields
+    value = size - 256 if fcs_bytes == 2 else size
+    return frame[:at] + value.to_bytes(fcs_bytes, "little") + frame[at + fcs_bytes:]
+
+
+def test_a_zstd_frame_holding_more_than_its_header_declares_is_refused_saying_so(tmp_path, pipeline):
+    """The frame header's content size said half of what the frame holds: libzstd, which sizes a
+    single-segment frame's output by it, stopped there with words ("Destination buffer is too
+    small") that blamed a buffer of lamina's, not the header."""
+    import zstandard
+    tar = Tar().file("a", random.Random(3).randbytes(300_000)).file("b", b"x" * 1000).bytes()
+    frame = zstandard.ZstdCompressor(level=3).compress(tar)
+    assert zstandard.get_frame_parameters(frame).content_size == len(tar) and frame[4] & 0x20  # single segment
+    blob = _with_content_size(frame, len(tar) // 2)
+    assert zstandard.get_frame_parameters(blob).content_size == len(tar) // 2
+    with pytest.raises(errors.CompressionError,
+                       match="^layer s: corrupt zstd stream: a frame holds more than the content size its "
+                             "header declares"):
+        apply(write(tmp_path / "b", blob), tmp_path / "d", name="layer s")
+
+
 def test_a_zstd_frame_that_needs_a_window_over_128_mib_is_refused_saying_so(tmp_path, plain, pipeline):
     """``zstd --long=31`` of a stream: not corrupt, but over the decoders' default window (libzstd's
     words alone, "Frame requires too much memory", read as damage)."""

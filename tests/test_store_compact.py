@@ -464,3 +464,43 @@ def test_a_compact_snapshot_changed_where_its_sidecar_does_not_look_is_caught_an
     image = store.resolve("odd:1")
     with store.layer_reader(image.layers[0], image.diff_ids[0], image.chain_ids[0]) as f:
         assert f.read() == raw
+
+
+def test_a_compact_store_pulls_no_blob_of_a_layer_it_holds_compact(tmp_path, reg, registry_env):
+    """A compact store pulling an image over a layer it holds as a compact snapshot, made from
+    the very blob the manifest names: the pull fetched that blob again (fetch() asked only
+    whether the blob was stored), extracted nothing from it and dropped it.  A manifest naming
+    another blob of the same diffID (here uncompressed) still has it fetched, so the store
+    learns from its bytes that it is that layer."""
+    from registryfixture import FaultProxy, skopeo_push
+    lay = ocibuild.Layout(tmp_path / "layout")
+    base = ocibuild.tar_bytes({"etc": None, "etc/os-release": b"ID=compact\n", "usr/f": b"shared\n" * 50})
+    tops = {ref: ocibuild.tar_bytes({f"{ref}.txt": f"image {ref}\n".encode()}) for ref in "abc"}
+    for ref in "ab":
+        lay.image_of_tars([base, tops[ref]], ref)
+    lay.image_of_tars([ocibuild.Encoded(base, "plain"), tops["c"]], "c")
+    lay.write_index()
+    for ref in "abc":
+        skopeo_push(f"oci:{lay.root}:{ref}", reg.host, f"held/{ref}:1", extra=("--preserve-digests",))
+    blobs = {ref: _layer_blobs(lay.root, ref)[0] for ref in "abc"}
+    assert blobs["a"][0] == blobs["b"][0] != blobs["c"][0]
+    root = registry_env / "root"
+    lamina_cli("config", "set", "keep-blobs", "false", root=root)
+    proxy = FaultProxy(reg.host)
+    try:
+        lamina_cli("pull", "-q", f"{proxy.host}/held/a:1", root=root)
+        assert not (root / "blobs" / "sha256" / blobs["a"][0].split(":")[1]).exists()
+        for ref in "bc":
+            proxy.seen.clear()
+            lamina_cli("pull", f"{proxy.host}/held/{ref}:1", root=root)
+            got = {path.rsplit("/", 1)[1] for method, path, *_ in proxy.seen
+                   if method == "GET" and "/blobs/sha256:" in path}
+            assert blobs[ref][1] in got
+            assert (blobs[ref][0] in got) == (ref == "c"), (ref, sorted(got), blobs[ref])
+            lamina_cli("unpack", f"{proxy.host}/held/{ref}:1", tmp_path / ref, root=root)
+            assert (tmp_path / ref / "usr/f").read_bytes() == b"shared\n" * 50
+            assert (tmp_path / ref / f"{ref}.txt").read_bytes() == f"image {ref}\n".encode()
+    finally:
+        proxy.stop()
+    _fsck_clean(root)
+    assert not (set(os.listdir(root / "blobs" / "sha256")) & {d.split(":")[1] for ds in blobs.values() for d in ds})

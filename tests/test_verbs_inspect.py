@@ -54,6 +54,24 @@ def test_inspect_json_is_dockers_shape(store):
     assert json.loads(ok(store.root, "inspect", image.config_digest))[0]["Id"] == image.config_digest
 
 
+def test_a_short_id_with_its_algorithm_names_the_image_in_every_verb(store, tmp_path):
+    """``sha256:<12 hex>``, as ``docker images --digests``-style output and docker's own ID lookup
+    (its digest set takes "algorithm:prefix") read it: every verb failed with "invalid digest"."""
+    image = store.resolve("app:v2")
+    short = "sha256:" + image.config_digest[7:19]
+    assert json.loads(ok(store.root, "inspect", short))[0]["Id"] == image.config_digest
+    assert ok(store.root, "history", "-q", short).split() == ok(store.root, "history", "-q", "app:v2").split()
+    ok(store.root, "tag", short, "app:again")
+    assert store.resolve("app:again").config_digest == image.config_digest
+    ok(store.root, "unpack", short, tmp_path / "out")
+    assert (tmp_path / "out").is_dir()
+    _, err = fails(store.root, "inspect", "sha256:" + "0" * 12)
+    assert "sha256:000000000000" in err and "invalid digest" not in err, err
+    _, err = fails(store.root, "history", "sha256:XYZ")
+    assert "invalid" in err, err
+    assert sorted(ok(store.root, "rmi", short).splitlines()[:2]) == ["Untagged: app:again", "Untagged: app:v2"]
+
+
 def test_inspect_format_docker_examples(store):
     image = store.resolve("app:v2")
     f = lambda tmpl: ok(store.root, "inspect", "--format", tmpl, "app:v2")  # noqa: E731
@@ -313,6 +331,20 @@ def test_printf_formats_each_operand_as_go_does(tmp_path):
             '{{printf "%.1q|%.1x|%.0x|% x|%#x|% #X|%X" .S .S .S .S .S .S .S}}', '{{printf "%-7v|" .M}}',
             '{{printf "%+.2f|% .1f|%08.2f|%+d|%+v" 1.5 2.0 -2.5 -3 4}}', '{{printf "%05v|%05v|%-05v|" 3 -3 3}}',
             '{{printf "%s|%v|%d|%q" .Nope .Nope .Nope nil}}', '{{printf "%5.2s|%-8v|%q|%x|%.3s|" .S .N .S .H .H}}']
+    go = _go_renders(tmp_path, srcs)
+    assert {s: render(s, _GO_DATA) for s in srcs} == {s: no_escapes(g) for s, g in zip(srcs, go)}
+
+
+def test_printf_zero_pads_strings_and_writes_floats_in_hex_as_go_does(tmp_path):
+    """fmt pads with zeros whatever it pads when the flag says so (%05s of "ab" is 000ab, %08q
+    000"ab", %05t 0true: Go's own fmt tests, kept when a 1.23 change to spaces was reverted),
+    where lamina padded strings with spaces; and %x of a float is its hex form (0x1.8p+00),
+    which lamina refused as %!x(float64=1.5).  Compared with Go's own text/template."""
+    from lamina.cli import no_escapes
+    srcs = ['{{printf "%05s|%08q|%05v|%06x|%05t|%-05s|%05.1s|" .S .S .S .S true .S .S}}',
+            '{{printf "%x|%X|%x|%x|%x|%x" 1.5 -0.1 0.0 1e300 5e-324 2.5e-310}}',
+            '{{printf "%.3x|%.0x|%.1x|%+x|%#x|%12.2x|%012.2x|%-12x|" 1.0 1.5 1.96875 3.0 3.0 -1.5 -1.5 1.5}}',
+            '{{printf "%.2x|%.1x|%.0X" 1.03125 1.09375 2.5}}']
     go = _go_renders(tmp_path, srcs)
     assert {s: render(s, _GO_DATA) for s in srcs} == {s: no_escapes(g) for s, g in zip(srcs, go)}
 

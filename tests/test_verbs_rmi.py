@@ -255,13 +255,11 @@ def test_rmi_of_a_manifests_last_name_collects_it_when_the_id_stays(store):
     assert other not in _on_disk(store)[0]
 
 
-def test_rmi_of_a_name_whose_image_no_longer_reads_untags_it(store):
-    """An image stored before a check lamina now makes (its config's ``created`` 'yesterday',
-    which no Go reader takes) no longer reads: ``images`` and ``fsck`` fail on it, and fsck says
-    "remove it with lamina rmi", but ``rmi NAME`` read the image first and failed the same way:
-    no verb could remove it.  The name goes, as docker untags a name, and gc takes the rest."""
+def _break(store, ref):
+    """Make ``ref`` an image that no longer reads (its config's ``created`` 'yesterday', as an
+    older lamina stored it), behind lamina's back: (its manifest digest, its config digest)."""
     import hashlib
-    app = store.resolve("app:v2")
+    app = store.resolve(ref)
 
     def blob(digest):
         with open(os.path.join(store.paths.blobs, digest[7:])) as f:
@@ -269,7 +267,7 @@ def test_rmi_of_a_name_whose_image_no_longer_reads_untags_it(store):
     manifest, config = blob(app.manifest_digest), blob(app.config_digest)
     config["created"] = "yesterday"
 
-    def put(doc):  # behind lamina's back, as an older lamina wrote it
+    def put(doc):
         data = json.dumps(doc).encode()
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         with open(os.path.join(store.paths.blobs, digest[7:]), "wb") as f:
@@ -284,6 +282,15 @@ def test_rmi_of_a_name_whose_image_no_longer_reads_untags_it(store):
     entry["digest"], entry["size"] = digest, size
     with open(index_path, "w") as f:
         json.dump(index, f)
+    return digest, manifest["config"]["digest"]
+
+
+def test_rmi_of_a_name_whose_image_no_longer_reads_untags_it(store):
+    """An image stored before a check lamina now makes (its config's ``created`` 'yesterday',
+    which no Go reader takes) no longer reads: ``images`` and ``fsck`` fail on it, and fsck says
+    "remove it with lamina rmi", but ``rmi NAME`` read the image first and failed the same way:
+    no verb could remove it.  The name goes, as docker untags a name, and gc takes the rest."""
+    digest, _ = _break(store, "app:v2")
     _, err = fails(store.root, "images")
     assert "app:v2 is broken" in err and "created must be an RFC 3339 time" in err, err
     assert ok(store.root, "rmi", "app:v2").splitlines()[0] == "Untagged: app:v2"
@@ -293,3 +300,22 @@ def test_rmi_of_a_name_whose_image_no_longer_reads_untags_it(store):
     assert report["findings"] == [], report
     _, err = fails(store.root, "rmi", "app:v2")
     assert "app:v2" in err
+
+
+@pytest.mark.parametrize("by", ["manifest", "id", "short-id", "prefix"])
+def test_rmi_by_id_of_an_image_that_no_longer_reads_removes_it(store, by):
+    """rmi by ID of such an image failed as the name did before: resolve() skips images that do
+    not read, so the ID was "no such image", and a manifest digest (what fsck names a broken image
+    by, the only name of one that has none) failed on the config.  The manifests of that ID go,
+    read as raw JSON, and gc takes the rest."""
+    manifest, config = _break(store, "app:v2")
+    ref = {"manifest": manifest, "id": config, "short-id": "sha256:" + config[7:19], "prefix": config[7:19]}[by]
+    assert lamina(store.root, "fsck")[0] == 1
+    out = ok(store.root, "rmi", ref).splitlines()
+    assert out[:2] == ["Untagged: app:v2", f"Deleted: {manifest if by == 'manifest' else config}"], out
+    assert ok(store.root, "images", "--format", "{{.Repository}}:{{.Tag}}").split() == ["base:1.0"]
+    assert not os.path.exists(os.path.join(store.paths.blobs, manifest[7:]))
+    report = json.loads(ok(store.root, "fsck", "--format", "json"))
+    assert report["findings"] == [], report
+    _, err = fails(store.root, "rmi", ref)
+    assert "no such image" in err.lower(), err

@@ -331,6 +331,11 @@ def corrupt(kind: str, error) -> str:
         return (f"the zstd frame needs a window over the 128 MiB that decoders accept by default (zstd "
                 f"--long=28 or more), so lamina, as `zstd -d` without --memory, bsdtar and GNU tar, "
                 f"does not read it: {error}")
+    if "Destination buffer is too small" in str(error):
+        # libzstd's words when a single-segment frame, whose output it sizes by the content size
+        # its header declares, holds more: the header lied (the output buffers are lamina's own
+        # and never run out otherwise)
+        return f"corrupt {kind} stream: a frame holds more than the content size its header declares ({error})"
     words = f"corrupt {kind} stream: {error}"
     if "Dictionary mismatch" in words:  # libzstd's words for a frame with a dictionary ID
         words += " (the frame needs a zstd dictionary, and a layer comes with none)"

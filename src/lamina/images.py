@@ -28,6 +28,7 @@ docker's containers: they keep their image in use (remove needs force, prune ski
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .apiargs import a_flag, a_path, a_store
-from .errors import ImageError, ImageNotFoundError, InvalidReferenceError, LaminaError, StoreError
+from .errors import AmbiguousImageError, ImageError, ImageNotFoundError, InvalidReferenceError, LaminaError, StoreError
 from .reference import Reference
 
 # --- what is in use, and how big ------------------------------------------------------------
@@ -571,8 +572,8 @@ def remove(store, ref, *, force=False, prune=True):
     try:
         image = store.resolve(ref)
     except (ImageError, StoreError) as e:
-        if isinstance(e, ImageNotFoundError):
-            raise
+        if isinstance(e, ImageNotFoundError) and not _ID_LIKE.fullmatch(ref):
+            raise   # (an ID of broken images only is not found by resolve(), which skips them)
         return _untag_broken(store, ref, e, force=force, prune=prune)
     uses = in_use(store)
     use = uses.get(image.manifest_digest, [])
@@ -604,13 +605,7 @@ def remove(store, ref, *, force=False, prune=True):
                      if i.config_digest == image.config_digest and i.manifest_digest != image.manifest_digest]
         names = [n for i in same for n in i.names]
         use = [r for i in same for r in uses.get(i.manifest_digest, [])]
-        repos = {Reference.parse(n, default_tag=False).name for n in names if _parses(n)}
-        if len(repos) > 1 and not force:
-            raise LaminaError(f"conflict: unable to delete {_short(image.config_digest)} (must be forced) - image "
-                              "is referenced in multiple repositories")
-        if use and not force:
-            raise LaminaError(f"conflict: unable to delete {_short(image.config_digest)} (must be forced) - image "
-                              f"is in use by {_use_text(use)}")
+        _refuse_id_conflicts(image.config_digest, names, use, force)
         for i in same:
             result.untagged += [familiar(n) for n in store.remove_image(i)]
         gone = True
@@ -623,19 +618,38 @@ def remove(store, ref, *, force=False, prune=True):
     return result
 
 
+# an image ID, whole or a prefix, with or without its algorithm (or a manifest digest)
+_ID_LIKE = re.compile(r"(sha256:)?[0-9a-f]{1,64}")
+
+
+def _refuse_id_conflicts(image_id, names, use, force):
+    """docker's conflicts for rmi by ID, unless ``force``: names of several repositories, a use."""
+    repos = {Reference.parse(n, default_tag=False).name for n in names if _parses(n)}
+    if len(repos) > 1 and not force:
+        raise LaminaError(f"conflict: unable to delete {_short(image_id)} (must be forced) - image is referenced "
+                          "in multiple repositories")
+    if use and not force:
+        raise LaminaError(f"conflict: unable to delete {_short(image_id)} (must be forced) - image is in use by "
+                          f"{_use_text(use)}")
+
+
 def _untag_broken(store, ref, error, *, force, prune):
     """``rmi NAME`` of an image whose manifest or config no longer reads (fsck: "remove it with
     lamina rmi"; a check added since it was stored): the name goes, as docker untags a name
-    without reading the image.  By ID there is no config to find it by: the error stands."""
+    without reading the image.  ``rmi ID`` (fsck names a broken image by its manifest digest,
+    the only name of one that has none) removes the manifests of that ID, read as raw JSON."""
     from .store.store import entry_name, name_of
     try:
         parsed = Reference.parse(ref)
     except InvalidReferenceError:
-        raise error from None
-    wanted = name_of(parsed)
-    entry = next((e for e in store.index.read() if entry_name(e) == wanted), None)
+        parsed = None
+    wanted = parsed and name_of(parsed)
+    entry = next((e for e in store.index.read() if entry_name(e) == wanted), None) if parsed else None
     if entry is None:
-        raise error
+        image_id, manifests = _broken_by_id(store, ref) if _ID_LIKE.fullmatch(ref) else (None, [])
+        if not manifests:
+            raise error
+        return _remove_broken(store, image_id, manifests, force=force, prune=prune)
     use = in_use(store).get(entry["digest"], [])
     if use and not force:
         raise LaminaError(f'conflict: unable to remove repository reference "{ref}" (must force) - image '
@@ -645,6 +659,47 @@ def _untag_broken(store, ref, error, *, force, prune):
     result.untagged.append(parsed.familiar())
     if gone and not use:
         result.manifests.append(entry["digest"])
+        if prune:
+            collect_unused(store, result)
+    return result
+
+
+def _broken_by_id(store, ref):
+    """(the ID, its manifest digests in the index) that ``ref`` names when resolve() found no
+    image there: a whole manifest digest (that manifest alone, as for an image that reads), else
+    the manifests whose config digest is the ID or starts with the prefix; (None, []) if none."""
+    hexpart = ref[len("sha256:"):] if ref.startswith("sha256:") else ref
+    digests = list(dict.fromkeys(e["digest"] for e in store.index.read()))
+    if len(hexpart) == 64 and "sha256:" + hexpart in digests:
+        return "sha256:" + hexpart, ["sha256:" + hexpart]
+    by_config = {}
+    for d in digests:
+        try:
+            with store.open_blob(d) as f:
+                config = json.load(f)["config"]["digest"]
+        except (OSError, LaminaError, ValueError, KeyError, TypeError):
+            continue   # a manifest that does not read names no config: found by its digest only
+        if isinstance(config, str) and config.startswith("sha256:") and config[7:].startswith(hexpart):
+            by_config.setdefault(config, []).append(d)
+    if len(by_config) > 1:
+        raise AmbiguousImageError(f"image ID prefix {ref!r} is ambiguous: it matches {len(by_config)} images")
+    return next(iter(by_config.items()), (None, []))
+
+
+def _remove_broken(store, image_id, manifests, *, force, prune):
+    """Remove every name of each of ``manifests`` (images of ``image_id`` that do not read), as
+    rmi by ID does."""
+    from .store.store import entry_name
+    uses = in_use(store)
+    use = [r for d in manifests for r in uses.get(d, [])]
+    names = [entry_name(e) for e in store.index.read() if e["digest"] in manifests]
+    _refuse_id_conflicts(image_id, [n for n in names if n], use, force)
+    result = RemoveResult()
+    for d in manifests:
+        result.untagged += [familiar(n) for n in store.remove_image(d)]
+    if not use:
+        result.manifests += manifests
+        result.deleted.append(image_id)
         if prune:
             collect_unused(store, result)
     return result

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import os
 import re
 import signal
@@ -177,10 +178,49 @@ def run():
     counting as the modules are cleared, and std streams are still flushed.  Only the program
     does this: a caller of main() in its own process keeps its collector as it was."""
     import gc
+    _cosmetic_stderr()
     try:
         return main()
     finally:
         gc.freeze()
+
+
+class _DroppingWriter(io.RawIOBase):
+    """fd 2, whose write errors drop the bytes: see _cosmetic_stderr."""
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        return 2
+
+    def isatty(self):
+        return os.isatty(2)
+
+    def write(self, data):
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(2, view):]
+        except OSError:
+            pass   # EIO, EPIPE (SIGPIPE is ignored), ENOSPC: what is left of this write is lost
+        return len(data)
+
+
+def _cosmetic_stderr():
+    """The program's stderr carries progress, notes and the one error line: none of them worth
+    failing a pull or a copy whose work is done (a terminal gone, a log on a full disk), so a
+    write there that fails is dropped, not raised.  Python's own stderr kept the bytes in its
+    buffer and raised from the next print; flushed at exit, they also turned exit 0 into 120.
+    stdout is the product (--format json, save's archive): its errors still fail the command."""
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+        sys.stderr.flush()
+    except (AttributeError, ValueError, OSError):   # None, closed, not a file (io.UnsupportedOperation)
+        return
+    sys.stderr = io.TextIOWrapper(_DroppingWriter(), encoding=sys.stderr.encoding, errors="backslashreplace",
+                                  line_buffering=True, write_through=True)
 
 
 # Staging names lamina gives a file or directory before renaming it to the one the user named

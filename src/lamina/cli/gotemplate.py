@@ -1352,6 +1352,8 @@ def _printf_one(verb, flags, width, prec, a):
     elif verb in "xX":
         if isinstance(a, int) and not isinstance(a, bool):
             s = _signed(("0" + verb.lower() if "#" in flags else "") + format(abs(a), verb), a < 0, flags)
+        elif isinstance(a, float):
+            s = _hex_float_operand(a, verb, flags, prec)
         elif isinstance(a, str):
             s = _hex_string(_go_bytes(a)[:int(prec)] if prec is not None else _go_bytes(a), verb, flags)
         else:
@@ -1368,15 +1370,85 @@ def _printf_one(verb, flags, width, prec, a):
         raise _FuncError(f"printf verb %{verb} is not supported by lamina's --format templates")
     if width is not None:
         w = int(width)
-        zeros = "0" in flags and (verb in "dfxX" or (verb == "v" and isinstance(a, (int, float))
-                                                     and not isinstance(a, bool)))
+        number = isinstance(a, (int, float)) and not isinstance(a, bool) and not s.startswith("%!")
+        # fmt pads whatever it pads with zeros when the flag says so (%05s of "ab" is 000ab, %05t
+        # 0true), but an infinity or NaN, and a bad verb's text
+        zeros = "0" in flags and not s.startswith("%!") and not (isinstance(a, float) and not math.isfinite(a))
         if "-" in flags:
             s = s.ljust(w)
-        elif zeros and s[:1] in ("-", "+", " "):
+        elif zeros and number and s[:1] in ("-", "+", " "):
             s = s[0] + s[1:].rjust(w - 1, "0")   # fmt pads after the sign: -0000255
         else:
             s = s.rjust(w, "0") if zeros else s.rjust(w)
     return s
+
+
+def _hex_float_operand(a, verb, flags, prec):
+    """fmt's %x / %X of a float: strconv's hex form, signed as fmt signs a float, and with
+    ``#`` the trailing zeros fmt adds up to its digit count (fmtFloat)."""
+    num = _go_hex_float(a, int(prec) if prec is not None else -1, verb)
+    if "#" in flags and math.isfinite(a):
+        mantissa, _, exponent = num.partition("p" if verb == "x" else "P")
+        digits, seen = (int(prec) if prec is not None else 6), False
+        for c in mantissa.lstrip("-"):
+            if c != ".":
+                seen = seen or c != "0"   # the "x" of 0x counts, as in fmt
+                digits -= seen
+        if "." not in mantissa:
+            mantissa += "."
+        num = mantissa + "0" * max(digits, 0) + ("p" if verb == "x" else "P") + exponent
+    negative = num.startswith("-")
+    num = num.lstrip("-+")
+    if math.isinf(a) and not negative and "+" not in flags and " " not in flags:
+        return "+" + num   # fmt's +Inf, signed unasked
+    return _signed(num, negative, flags)
+
+
+def _go_hex_float(v, prec, verb):
+    """strconv.FormatFloat(v, 'x' or 'X', prec, 64): -0x1.8p+00, rounded to ``prec`` hex digits
+    (half to even) unless it is -1 (the shortest), the exponent of at least two digits."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "-Inf" if v < 0 else "+Inf"
+    import struct
+    bits = struct.unpack("<Q", struct.pack("<d", v))[0]
+    negative, exp, mant = bits >> 63, (bits >> 52) & 0x7FF, bits & ((1 << 52) - 1)
+    if exp == 0:
+        exp += 1   # a subnormal
+    else:
+        mant |= 1 << 52
+    exp -= 1023
+    if mant == 0:
+        exp = 0
+    mant <<= 8   # the leading 1 at bit 60
+    while mant and not mant & (1 << 60):
+        mant <<= 1
+        exp -= 1
+    if 0 <= prec < 15:
+        shift = prec * 4
+        extra = (mant << shift) & ((1 << 60) - 1)
+        mant >>= 60 - shift
+        if extra | (mant & 1) > 1 << 59:
+            mant += 1
+        mant <<= 60 - shift
+        if mant & (1 << 61):
+            mant >>= 1
+            exp += 1
+    hexdigits = "0123456789abcdef" if verb == "x" else "0123456789ABCDEF"
+    out = ("-" if negative else "") + "0" + verb + str((mant >> 60) & 1)
+    mant = (mant << 4) & ((1 << 64) - 1)
+    if prec < 0 and mant:
+        out += "."
+        while mant:
+            out += hexdigits[(mant >> 60) & 15]
+            mant = (mant << 4) & ((1 << 64) - 1)
+    elif prec > 0:
+        out += "."
+        for _ in range(prec):
+            out += hexdigits[(mant >> 60) & 15]
+            mant = (mant << 4) & ((1 << 64) - 1)
+    return out + ("p" if verb == "x" else "P") + ("-" if exp < 0 else "+") + f"{abs(exp):02d}"
 
 
 def _nil_inside(v):

@@ -700,6 +700,13 @@ class TarArchive:
                 why = f"{self._link(seen, name)} is a symlink to {target!r}, {where}"
                 name = at = member_name(posixpath.join(base, target))
             elif info.islnk():
+                through = self._symlink_on_the_way("", info.linkname)
+                if through is not None:
+                    # link(2) follows every component of the target but the last: tar and
+                    # docker's load link what lies where that symlink points, skopeo finds nothing
+                    raise ImageError(f"{self._link(seen, name)} is a hardlink to {info.linkname!r}, through the "
+                                     f"symlink member {through}: tar and docker's load would follow it, skopeo "
+                                     "does not")
                 why = f"{self._link(seen, name)} is a hardlink to {info.linkname!r}, which the archive does not hold"
                 link = (name, info)
                 name = member_name(info.linkname)

@@ -474,10 +474,24 @@ def _has_type(value, kind):
 def _check_types(obj, types, what):
     for key, kind in types.items():
         value = obj.get(key)
+        if kind in (_STRINGS, _STRING_MAP):
+            _nulls_as_empty(value)
         if value is not None and not _has_type(value, kind):
             if kind == _TIME and not isinstance(value, str):
                 kind = _STRING
             raise ImageError(f"{what}: {key} must be {kind}, not {json.dumps(value)[:60]}")
+
+
+def _nulls_as_empty(value):
+    """A null in a list or map of strings is "" to Go's encoding/json (docker, containerd, umoci
+    read ``"Cmd": [null]`` as an argument "" and ``"Labels": {"a": null}`` as a label ""): read
+    the same, every verb shows and runs what they do."""
+    if isinstance(value, list):
+        value[:] = ["" if v is None else v for v in value]
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if v is None:
+                value[k] = ""
 
 
 def _check_config_types(doc, what):

@@ -720,7 +720,8 @@ class Puller:
 
         def fetch(k, digest, desc, rs, indexes):
             try:
-                existed = self.store.has_blob(digest, desc.size)
+                existed = self.store.has_blob(digest, desc.size) or (
+                    indexes and compact and all(self.store.holds_compact(digest, chains[i]) for i in indexes))
                 if not existed and self.turns:
                     turns.wait(k)
             except BaseException:
@@ -772,6 +773,8 @@ class Puller:
                     next_submit[0] += 1
             return digest
 
+        # a compact store drops a layer's blob once it is extracted: one it holds so is not fetched
+        compact = not self.store.config()["keep-blobs"]
         indexes_of = {}
         for i, d in enumerate(layer_descs):
             indexes_of.setdefault(d.digest, []).append(i)

@@ -262,6 +262,11 @@ def resolve_user(user, rootfs):
         username = entry[0]
         if (file_gid := _file_id(entry[3])) is not None:
             gid = file_gid
+        elif not group:
+            # Go's parser reads a gid it cannot parse as 0 (umoci, docker, runc: the root group);
+            # refused as such a uid is, rather than meaning the root group silently
+            raise ImageError(f"image config User {user!r}: the image's /etc/passwd gives {entry[0]!r} the gid "
+                             f"{_text(entry[3])[:80]!r}, not a number from 0 to {_MAX_ID}")
         home = _text(entry[5]) or "/"
     if group:
         if _NUMBER.fullmatch(group):

@@ -72,23 +72,18 @@ class FileLock:
             return False
 
     def release(self, unlink=False):
-        """Release; with ``unlink`` (exclusive holders only) also remove the lock file."""
+        """Release; with ``unlink`` (exclusive holders only) also remove the lock file, if it
+        can: one that stays (EIO, a read-only store) is only a leftover, which the next holder
+        reuses and fsck sweeps, so what the lock guarded (a blob committed) does not fail for it."""
         if self.fd is None:
             return
-        try:
-            if unlink and not self.shared:
-                try:
-                    os.unlink(self._where)
-                except FileNotFoundError:
-                    pass
-                except OSError as e:
-                    if e.errno not in _UNWRITABLE:  # a read-only store keeps its lock files
-                        raise
-        finally:
-            # even when the unlink failed (EIO): a lock kept would make this process wait for
-            # itself the next time it takes it, on another fd
-            os.close(self.fd)  # closing the last fd drops the flock
-            self.fd = None
+        if unlink and not self.shared:
+            try:
+                os.unlink(self._where)
+            except OSError:
+                pass
+        os.close(self.fd)  # closing the last fd drops the flock
+        self.fd = None
 
     @property
     def held(self):
@@ -188,5 +183,10 @@ def remove_if_unlocked(path):
             return False
     except FileNotFoundError:
         return False
-    lock.release(unlink=True)
+    try:
+        os.unlink(lock._where)   # its failure is fsck's to report, unlike release()'s
+    except FileNotFoundError:
+        pass
+    finally:
+        lock.release()
     return True

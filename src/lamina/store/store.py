@@ -315,6 +315,10 @@ class Store:
             raise
 
     def _resolve_string(self, s):
+        if s.startswith("sha256:") and not _digest.is_valid(s) and _HEX_PREFIX_RE.fullmatch(s[7:]):
+            # a short ID with its algorithm (docker's digest set looks "sha256:3f2a" up as the
+            # prefix 3f2a of sha256 IDs), unless a repository "sha256" holds that tag
+            return self._by_reference(Reference.parse(s)) or self._by_id_prefix(s[7:], s)
         if s.startswith("sha256:"):
             return self._by_id(_digest.validate(s, "image ID"), s)
         if re.fullmatch(r"[0-9a-f]{64}", s):
@@ -361,13 +365,14 @@ class Store:
                 return image
         raise NoSuchImageError(shown)
 
-    def _by_id_prefix(self, prefix):
+    def _by_id_prefix(self, prefix, shown=None):
         matches = [i for i in self.images(skip_broken=True) if i.config_digest[len("sha256:"):].startswith(prefix)]
         ids = {i.config_digest for i in matches}
         if not matches:
-            raise NoSuchImageError(prefix)
+            raise NoSuchImageError(shown or prefix)
         if len(ids) > 1:
-            raise AmbiguousImageError(f"image ID prefix {prefix!r} is ambiguous: it matches {len(ids)} images")
+            raise AmbiguousImageError(f"image ID prefix {shown or prefix!r} is ambiguous: it matches {len(ids)} "
+                                      "images")
         return matches[0]
 
     def add_image(self, manifest_digest, ref=None, repo_digest=None, platform=None):
@@ -574,6 +579,17 @@ class Store:
         """True if this layer's tar is rebuilt from its snapshot (its blob may be gone)."""
         from .sidecar import has_sidecar
         return has_sidecar(self.paths.snapshot(chain_id))
+
+    def holds_compact(self, layer_digest, chain_id):
+        """True if the layer ``chain_id`` is here as a compact snapshot extracted from the blob
+        ``layer_digest`` itself: the blob's bytes were checked against the diffID then, and a
+        compact store has no use for them again (an image naming them is stored without them)."""
+        try:
+            info = self.snapshot_info(chain_id)
+        except StoreError:
+            return False
+        return info is not None and info.digest == layer_digest and info.fs.is_dir() and \
+            self.layer_is_compact(chain_id)
 
     def compact(self, image):
         """Give every layer of ``image`` a sidecar proven to rebuild its tar bit-exact, then drop
