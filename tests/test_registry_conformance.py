@@ -8,10 +8,12 @@ import subprocess
 
 import pytest
 
+import ocibuild
 from conftest import require_tool
-from registryfixture import FaultProxy, reg, registry_env  # noqa: F401
+from registryfixture import FaultProxy, reg, registry_env, skopeo_push  # noqa: F401
 
-from lamina.registry import list_tags
+from lamina.registry import list_tags, pull
+from lamina.store import Store
 
 
 def _skopeo_tags(host, repo):
@@ -66,3 +68,88 @@ def test_a_tags_page_link_that_is_no_next_page_ends_the_listing(reg, registry_en
         assert not front.requests_for("last=1")
     finally:
         front.stop()
+
+
+@pytest.fixture
+def proxy(reg):  # noqa: F811
+    p = FaultProxy(reg.host)
+    yield p
+    p.stop()
+
+
+def _two_platform_index(tmp_path, reg, name, note=b"1"):  # noqa: F811
+    lay = ocibuild.Layout(tmp_path / f"oci-{name}")
+    amd = lay.image([{"etc/hostname": b"amd64 " + note}], arch="amd64")
+    arm = lay.image([{"etc/hostname": b"arm64 " + note}], arch="arm64")
+    amd["platform"] = {"architecture": "amd64", "os": "linux"}
+    arm["platform"] = {"architecture": "arm64", "os": "linux"}
+    lay.add(lay.index([amd, arm]), "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, f"{name}:1", all_images=True, extra=("--preserve-digests",))
+    return lay
+
+
+def _manifest_requests(proxy, since=0):
+    return [(m, p) for m, p, _, _ in proxy.seen[since:] if "/manifests/" in p]
+
+
+@pytest.mark.parametrize("how", ["tag", "digest"])
+def test_a_pull_the_store_is_up_to_date_for_asks_with_head_and_gets_no_manifest(reg, proxy, tmp_path,  # noqa: F811
+                                                                               registry_env, how):
+    """containerd (and docker since 20.10) resolve a reference with a HEAD of the manifest and take
+    the document its Docker-Content-Digest names from their content store when they hold it: a
+    pull of an image that has not changed costs no GET, which Docker Hub counts against the pull
+    rate limit and a HEAD not.  lamina sent a GET for the index and one for the platform's
+    manifest on every pull.  Now an up-to-date pull asks the registry with one HEAD."""
+    _two_platform_index(tmp_path, reg, "uptodate")
+    store = Store(registry_env / "root")
+    first = pull(f"{proxy.host}/uptodate:1", store=store, platform="linux/arm64")
+    ref = f"{proxy.host}/uptodate" + (":1" if how == "tag" else f"@{first.repo_digest}")
+    if how == "digest":
+        pull(ref, store=store, platform="linux/arm64")
+    n = len(proxy.seen)
+    again = pull(ref, store=store, platform="linux/arm64")
+    assert again.status == "up to date"
+    assert (again.repo_digest, again.manifest_digest) == (first.repo_digest, first.manifest_digest)
+    reference = "1" if how == "tag" else first.repo_digest
+    assert [(m, p) for m, p, _, _ in proxy.seen[n:] if p != "/v2/"] == [("HEAD", f"/v2/uptodate/manifests/{reference}")]
+
+
+def test_a_head_without_docker_content_digest_is_followed_by_a_get(reg, proxy, tmp_path, registry_env):  # noqa: F811
+    """The digest is the registry's SHOULD, not a MUST, on a HEAD: without it lamina cannot know
+    what the tag names, and GETs it (containerd does the same)."""
+    _two_platform_index(tmp_path, reg, "nodigest")
+    store = Store(registry_env / "root")
+    first = pull(f"{proxy.host}/nodigest:1", store=store, platform="linux/arm64")
+    proxy.add("rewrite", method="HEAD", path="/manifests/", times=None,
+              headers=lambda k, v: None if k.lower() == "docker-content-digest" else v)
+    n = len(proxy.seen)
+    again = pull(f"{proxy.host}/nodigest:1", store=store, platform="linux/arm64")
+    assert again.status == "up to date" and again.repo_digest == first.repo_digest
+    assert _manifest_requests(proxy, n) == [("HEAD", "/v2/nodigest/manifests/1"), ("GET", "/v2/nodigest/manifests/1")]
+
+
+def test_a_tag_moved_to_an_image_the_store_lacks_is_fetched(reg, proxy, tmp_path, registry_env):  # noqa: F811
+    _two_platform_index(tmp_path, reg, "moved")
+    store = Store(registry_env / "root")
+    first = pull(f"{proxy.host}/moved:1", store=store, platform="linux/arm64")
+    _two_platform_index(tmp_path, reg, "moved", note=b"2")
+    n = len(proxy.seen)
+    again = pull(f"{proxy.host}/moved:1", store=store, platform="linux/arm64")
+    assert again.status == "downloaded" and again.repo_digest != first.repo_digest
+    assert again.repo_digest == store.resolve(f"{proxy.host}/moved:1").repo_digests[0].split("@")[1]
+    assert [m for m, _ in _manifest_requests(proxy, n)] == ["HEAD", "GET", "GET"]
+
+
+def test_a_head_naming_a_digest_the_tag_does_not_serve_is_taken_from_the_get(reg, proxy, tmp_path,  # noqa: F811
+                                                                              registry_env):
+    """A HEAD whose Docker-Content-Digest names a document the store holds, while its length is
+    not that document's: the answer contradicts itself, and the GET's document decides."""
+    _two_platform_index(tmp_path, reg, "liar")
+    store = Store(registry_env / "root")
+    first = pull(f"{proxy.host}/liar:1", store=store, platform="linux/arm64")
+    proxy.add("rewrite", method="HEAD", path="/manifests/", times=None,
+              headers=lambda k, v: first.manifest_digest if k.lower() == "docker-content-digest" else v)
+    n = len(proxy.seen)
+    again = pull(f"{proxy.host}/liar:1", store=store, platform="linux/arm64")
+    assert again.status == "up to date" and again.repo_digest == first.repo_digest
+    assert [m for m, _ in _manifest_requests(proxy, n)] == ["HEAD", "GET"]

@@ -395,6 +395,20 @@ class ManifestResponse:
         return mt.is_index(self.media_type)
 
 
+def manifest_response(data, digest, content_type, what):
+    """A manifest or index the registry describes by ``content_type``, as a ManifestResponse."""
+    content_type = (content_type or "").split(";")[0].strip()
+    if content_type in mt.SCHEMA1_TYPES:
+        raise UnsupportedMediaTypeError(f"{what}: {mt.SCHEMA1_MESSAGE}")
+    doc = load_json(data, f"manifest {what}")
+    # The Content-Type is the registry's descriptor of the document: when it names a manifest or
+    # index type, the document must agree with it (a generic type such as application/json
+    # says nothing and the document's own mediaType or shape decides).
+    announced = content_type if content_type in mt.INDEX_TYPES or content_type in mt.MANIFEST_TYPES else None
+    media_type = document_media_type(doc, announced, f"manifest {what}")
+    return ManifestResponse(data, media_type, digest, doc)
+
+
 class Repository:
     """One repository on one endpoint."""
 
@@ -500,16 +514,36 @@ class Repository:
         if header_digest and header_digest.startswith("sha256:") and header_digest != actual:
             raise RegistryError(f"manifest {what}: content digest {actual} does not match the "
                                 f"Docker-Content-Digest header {header_digest}")
-        content_type = (resp.header("Content-Type") or "").split(";")[0].strip()
-        if content_type in mt.SCHEMA1_TYPES:
-            raise UnsupportedMediaTypeError(f"{what}: {mt.SCHEMA1_MESSAGE}")
-        doc = load_json(data, f"manifest {what}")
-        # The Content-Type is the registry's descriptor of the document: when it names a manifest or
-        # index type, the document must agree with it (a generic type such as application/json
-        # says nothing and the document's own mediaType or shape decides).
-        announced = content_type if content_type in mt.INDEX_TYPES or content_type in mt.MANIFEST_TYPES else None
-        media_type = document_media_type(doc, announced, f"manifest {what}")
-        return ManifestResponse(data, media_type, actual, doc)
+        return manifest_response(data, actual, resp.header("Content-Type"), what)
+
+    def known_manifest(self, reference, known):
+        """The manifest ``reference`` names, from ``known(digest)`` (the bytes of a document the
+        caller holds, or None) when a HEAD says its digest; None when the GET must decide.
+
+        containerd resolves a reference so (docker too since 20.10), and takes the document
+        from its content store: a pull of an image that has not changed sends no GET, which
+        Docker Hub counts against its pull rate limit and a HEAD not."""
+        is_digest = reference.startswith("sha256:")
+        if is_digest:
+            _digest.validate(reference, f"{self.name}@{reference}")
+        self.session.ready()   # an unreachable registry is said once, by the ping, not again by the GET
+        try:
+            resp = self.request("HEAD", self.url(f"manifests/{reference}"), headers={"Accept": MANIFEST_ACCEPT})
+        except RegistryError:
+            return None   # the GET's answer, with its error body, says what is wrong
+        resp.close()
+        digest = (resp.header("Docker-Content-Digest") or "").strip()
+        if is_digest and not digest:
+            digest = reference
+        if resp.status != 200 or not _digest.is_valid(digest) or (is_digest and digest != reference):
+            return None
+        data = known(digest)
+        # a HEAD whose length is not the document's contradicts itself: the GET decides
+        if data is None or (resp.length is not None and resp.length != len(data)) \
+                or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            return None
+        what = f"{self.name}{'@' if is_digest else ':'}{reference}"
+        return manifest_response(data, digest, resp.header("Content-Type"), what)
 
     def head_manifest(self, reference):
         """(digest, media type, size) of a manifest, or None if absent."""
