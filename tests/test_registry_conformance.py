@@ -10,8 +10,9 @@ import pytest
 
 import ocibuild
 from conftest import require_tool
-from registryfixture import FaultProxy, reg, registry_env, skopeo_push  # noqa: F401
+from registryfixture import FaultProxy, fast_random, reg, registry_env, skopeo_push  # noqa: F401
 
+from lamina import errors
 from lamina.registry import list_tags, pull
 from lamina.store import Store
 
@@ -153,3 +154,55 @@ def test_a_head_naming_a_digest_the_tag_does_not_serve_is_taken_from_the_get(reg
     again = pull(f"{proxy.host}/liar:1", store=store, platform="linux/arm64")
     assert again.status == "up to date" and again.repo_digest == first.repo_digest
     assert [m for m, _ in _manifest_requests(proxy, n)] == ["HEAD", "GET"]
+
+
+@pytest.fixture(scope="module")
+def big_image(reg, tmp_path_factory):  # noqa: F811
+    lay = ocibuild.Layout(tmp_path_factory.mktemp("lay") / "oci")
+    m = lay.image([{"big.bin": fast_random(3 << 20, 7)}], compress=False)
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "storage:1", extra=("--preserve-digests",))
+    return lay.read_json(m["digest"])["layers"][0]
+
+
+def test_a_storage_backend_that_answers_a_resume_with_the_whole_blob_is_read_past_its_head(
+        reg, proxy, big_image, registry_env):  # noqa: F811
+    """The registry redirects a blob GET to its storage (S3, a CDN); a connection cut there is
+    resumed with Range, and a backend that ignores it answers 200 with the whole blob: lamina
+    reads past the bytes it holds (RFC 9110: a server may ignore Range), it does not append
+    the head again."""
+    storage = FaultProxy(reg.host)
+    try:
+        proxy.add("redirect", method="GET", path=f"/blobs/{big_image['digest']}", to=f"http://{storage.host}",
+                  times=None)
+        storage.add("cut", method="GET", path=f"/blobs/{big_image['digest']}", after=1 << 20)
+        storage.add("ignore_range", method="GET", path=f"/blobs/{big_image['digest']}", times=None)
+        store = Store(registry_env / "root")
+        pull(f"{proxy.host}/storage:1", store=store)
+        gets = storage.requests_for(f"/blobs/{big_image['digest']}", "GET")
+        assert [g[2].get("Range") for g in gets] == [None, f"bytes={1 << 20}-"] and gets[1][3] == 200
+        assert store.has_blob(big_image["digest"], big_image["size"])
+    finally:
+        storage.stop()
+
+
+def test_a_storage_backend_that_refuses_a_resume_with_416_fails_naming_the_blob(reg, proxy, big_image,  # noqa: F811
+                                                                                registry_env):
+    """416 to ``bytes=N-`` with N below the blob's size: the backend holds less than the
+    descriptor says (or cannot serve ranges at all); containerd fails the fetch on it, and so
+    does lamina, once, naming the layer and the blob, the store left without it."""
+    storage = FaultProxy(reg.host)
+    try:
+        proxy.add("redirect", method="GET", path=f"/blobs/{big_image['digest']}", to=f"http://{storage.host}",
+                  times=None)
+        storage.add("cut", method="GET", path=f"/blobs/{big_image['digest']}", after=1 << 20)
+        storage.add("status", method="GET", path=f"/blobs/{big_image['digest']}", code=416, times=None)
+        store = Store(registry_env / "root")
+        with pytest.raises(errors.RegistryError, match=f"layer 1 of 1: GET blob {big_image['digest']} from "
+                           f"{proxy.host}/storage: 416 "):
+            pull(f"{proxy.host}/storage:1", store=store)
+        assert [(g[2].get("Range"), g[3]) for g in storage.requests_for("/blobs/", "GET")] == [
+            (None, 200), (f"bytes={1 << 20}-", 416)]
+        assert not store.has_blob(big_image["digest"])
+    finally:
+        storage.stop()
