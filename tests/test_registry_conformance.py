@@ -13,7 +13,7 @@ from conftest import require_tool
 from registryfixture import FaultProxy, fast_random, reg, registry_env, skopeo_push  # noqa: F401
 
 from lamina import errors
-from lamina.registry import list_tags, pull
+from lamina.registry import list_tags, pull, push
 from lamina.store import Store
 
 
@@ -206,3 +206,50 @@ def test_a_storage_backend_that_refuses_a_resume_with_416_fails_naming_the_blob(
         assert not store.has_blob(big_image["digest"])
     finally:
         storage.stop()
+
+
+def _registry_error(code, message):
+    return json.dumps({"errors": [{"code": code, "message": message, "detail": None}]}).encode()
+
+
+@pytest.fixture(scope="module")
+def small_image(reg, tmp_path_factory):  # noqa: F811
+    lay = ocibuild.Layout(tmp_path_factory.mktemp("lay") / "oci")
+    m = lay.image([{"etc/hostname": b"small\n"}])
+    lay.add(m, "1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "refused:1")
+    return lay.read_json(m["digest"])
+
+
+@pytest.mark.parametrize("status, code, message, said", [
+    (403, "DENIED", "requested access to the resource is denied", "access denied: denied: requested access"),
+    (401, "UNAUTHORIZED", "authentication required", "authentication failed: unauthorized: authentication required"),
+], ids=["403-denied", "401-unauthorized"])
+@pytest.mark.parametrize("where", ["manifest", "config"])
+def test_a_refusal_names_the_manifest_or_blob_asked_for(reg, proxy, small_image, registry_env,  # noqa: F811
+                                                         tmp_path, status, code, message, said, where):
+    """A 401 or 403 with the spec's error JSON said the repository and the method alone ("GET
+    host/refused: access denied: ..."): not which manifest (tag) or blob was refused, where
+    skopeo says "reading manifest 1 in host/refused: denied: ..." and a 404 named them."""
+    digest = small_image["config"]["digest"]
+    path = "/manifests/" if where == "manifest" else f"/blobs/{digest}"
+    proxy.add("respond", method="GET", path=path, times=None, code=status, body=_registry_error(code, message),
+              headers={"Content-Type": "application/json"})
+    with pytest.raises(errors.AuthenticationError) as e:
+        pull(f"{proxy.host}/refused:1", store=Store(tmp_path / "root"))
+    asked = f"manifest {proxy.host}/refused:1" if where == "manifest" else f"blob {digest} from {proxy.host}/refused"
+    assert f"GET {asked}: {said}" in str(e.value)
+
+
+def test_a_push_refused_names_the_blob_asked_for(reg, proxy, small_image, registry_env, tmp_path):  # noqa: F811
+    """docker-registry answers a push to a repository the user may only pull from with 401 or
+    403 on the upload's POST; the message said "POST host/name: access denied"."""
+    store = Store(tmp_path / "root")
+    pull(f"{proxy.host}/refused:1", store=store)
+    store.add_image(pull(f"{proxy.host}/refused:1", store=store).manifest_digest, ref=f"{proxy.host}/ro:1")
+    proxy.add("respond", method="POST", path="/v2/ro/blobs/uploads/", times=None, code=403,
+              body=_registry_error("DENIED", "requested access to the resource is denied"),
+              headers={"Content-Type": "application/json"})
+    with pytest.raises(errors.AuthenticationError) as e:
+        push(f"{proxy.host}/ro:1", store=store)
+    assert f"POST upload of sha256:" in str(e.value) and f" to {proxy.host}/ro: access denied: denied: " in str(e.value)

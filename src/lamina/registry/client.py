@@ -435,8 +435,11 @@ class Repository:
 
     # --- the authenticated request loop ------------------------------------------------------
 
-    def request(self, method, url, *, headers=None, body=None, retry=True, follow_redirects=True):
-        """Send with authorization; on 401 learn the challenge and retry with fresh credentials."""
+    def request(self, method, url, *, headers=None, body=None, retry=True, follow_redirects=True, what=None):
+        """Send with authorization; on 401 learn the challenge and retry with fresh credentials.
+        ``what``: the request as a refusal names it ("GET manifest host/app:1"; by default the
+        method and the repository)."""
+        what = what or f"{method} {self.name}"
         base = self.session.ready()
         # A URL the registry handed us (a tags page's Link, an upload's Location) may name another
         # host: it gets no credentials, as the redirects do not (docker's are keyed to the host too).
@@ -453,8 +456,8 @@ class Repository:
                                                   follow_redirects=follow_redirects)
             if resp.status == 403:
                 data = resp.content(limit=MAX_ERROR_BODY)
-                raise AuthenticationError(
-                    f"{method} {self.name}: access denied: {error_message(data, 403, resp.reason)}", status=403)
+                raise AuthenticationError(f"{what}: access denied: {error_message(data, 403, resp.reason)}",
+                                          status=403)
             if resp.status != 401:
                 return resp
             data = resp.content(limit=MAX_ERROR_BODY)
@@ -462,7 +465,7 @@ class Repository:
                 # A host a redirect led to (object storage, a CDN, anyone) asks for credentials: its
                 # challenge is not the registry's, and answering it would hand the registry's
                 # credentials (or a token fetched with them) to whatever realm it names.
-                raise _foreign_challenge(f"{method} {self.name}", resp.url, redirected=own)
+                raise _foreign_challenge(what, resp.url, redirected=own)
             scheme, params = parse_challenge(resp.header("WWW-Authenticate"))
             if scheme is None:
                 break
@@ -476,8 +479,7 @@ class Repository:
         creds = self.session.credentials()
         hint = "" if creds else f" (no credentials; run 'lamina login {self.host}')"
         raise AuthenticationError(
-            f"{method} {self.name}: authentication failed: {error_message(data, 401, 'Unauthorized')}{hint}",
-            status=401)
+            f"{what}: authentication failed: {error_message(data, 401, 'Unauthorized')}{hint}", status=401)
 
     def _fail(self, resp, what):
         data = resp.content(limit=MAX_ERROR_BODY)
@@ -493,7 +495,8 @@ class Repository:
             _digest.validate(reference, f"{self.name}@{reference}")
         sep = "@" if is_digest else ":"
         what = f"{self.name}{sep}{reference}"
-        resp = self.request("GET", self.url(f"manifests/{reference}"), headers={"Accept": MANIFEST_ACCEPT})
+        resp = self.request("GET", self.url(f"manifests/{reference}"), headers={"Accept": MANIFEST_ACCEPT},
+                            what=f"GET manifest {what}")
         if resp.status == 404:
             data = resp.content(limit=MAX_ERROR_BODY)
             raise ImageNotFoundError(f"manifest for {what} not found: {error_message(data, 404, 'Not Found')}")
@@ -558,7 +561,7 @@ class Repository:
 
     def put_manifest(self, reference, data, media_type):
         resp = self.request("PUT", self.url(f"manifests/{reference}"), headers={"Content-Type": media_type},
-                            body=data)
+                            body=data, what=f"PUT manifest {self.name}:{reference}")
         if resp.status not in (200, 201, 202):
             self._fail(resp, f"PUT manifest {self.name}:{reference}")
         resp.drain()
@@ -575,7 +578,7 @@ class Repository:
             if len(fetched) == MAX_TAG_PAGES:
                 raise RegistryError(f"tags of {self.name}: more than {MAX_TAG_PAGES} pages")
             fetched[url] = len(fetched) + 1
-            resp = self.request("GET", url)
+            resp = self.request("GET", url, what=f"GET tags of {self.name}")
             if resp.status == 404:
                 data = resp.content(limit=MAX_ERROR_BODY)
                 raise ImageNotFoundError(f"repository {self.name} not found: {error_message(data, 404, 'Not Found')}")
@@ -602,7 +605,8 @@ class Repository:
     def open_blob(self, digest, offset=0):
         """A streaming response for a blob from ``offset``; status 200 (whole blob) or 206."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        resp = self.request("GET", self.url(f"blobs/{digest}"), headers=headers)
+        resp = self.request("GET", self.url(f"blobs/{digest}"), headers=headers,
+                            what=f"GET blob {digest} from {self.name}")
         if resp.status == 404:
             data = resp.content(limit=MAX_ERROR_BODY)
             raise BlobNotFoundError(f"blob {digest} not found in {self.name}: "
@@ -621,7 +625,7 @@ class Repository:
         return data
 
     def blob_exists(self, digest):
-        resp = self.request("HEAD", self.url(f"blobs/{digest}"))
+        resp = self.request("HEAD", self.url(f"blobs/{digest}"), what=f"HEAD blob {digest} in {self.name}")
         resp.close()
         if resp.status == 200:
             return True
@@ -631,13 +635,15 @@ class Repository:
 
     # --- uploads -----------------------------------------------------------------------------------
 
-    def start_upload(self, mount=None, from_path=None):
-        """POST an upload.  Returns ("mounted", None, 0) or ("upload", location URL, the least
-        length of a chunk but the last the registry takes: its OCI-Chunk-Min-Length, else 0)."""
+    def start_upload(self, mount=None, from_path=None, digest=None):
+        """POST an upload (of blob ``digest``, named in errors).  Returns ("mounted", None, 0) or
+        ("upload", location URL, the least length of a chunk but the last the registry takes:
+        its OCI-Chunk-Min-Length, else 0)."""
         url = self.url("blobs/uploads/")
         if mount:
             url += "?" + urllib.parse.urlencode({"mount": mount, "from": from_path})
-        resp = self.request("POST", url)
+        blob = mount or digest
+        resp = self.request("POST", url, what=f"POST upload of {blob} to {self.name}" if blob else None)
         if resp.status == 201 and mount:
             resp.drain()
             return "mounted", None, 0
