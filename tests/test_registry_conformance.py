@@ -156,6 +156,22 @@ def test_a_head_naming_a_digest_the_tag_does_not_serve_is_taken_from_the_get(reg
     assert [m for m, _ in _manifest_requests(proxy, n)] == ["HEAD", "GET"]
 
 
+def test_a_head_naming_a_layer_the_store_holds_is_taken_from_the_get(reg, proxy, tmp_path, registry_env):  # noqa: F811
+    """A HEAD whose Docker-Content-Digest (and length) are a config's the store holds: those bytes
+    are no manifest, and the GET's document decides."""
+    _two_platform_index(tmp_path, reg, "layerhead")
+    store = Store(registry_env / "root")
+    first = pull(f"{proxy.host}/layerhead:1", store=store, platform="linux/arm64")
+    with store.open_blob(first.config_digest) as f:
+        config = f.read()
+    proxy.add("respond", method="HEAD", path="/manifests/", times=None, body=config,   # its length, not sent
+              headers={"Docker-Content-Digest": first.config_digest, "Content-Type": ocibuild.OCI_INDEX})
+    n = len(proxy.seen)
+    again = pull(f"{proxy.host}/layerhead:1", store=store, platform="linux/arm64")
+    assert again.status == "up to date" and again.repo_digest == first.repo_digest
+    assert [m for m, _ in _manifest_requests(proxy, n)] == ["HEAD", "GET"]
+
+
 @pytest.fixture(scope="module")
 def big_image(reg, tmp_path_factory):  # noqa: F811
     lay = ocibuild.Layout(tmp_path_factory.mktemp("lay") / "oci")

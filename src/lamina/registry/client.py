@@ -546,7 +546,10 @@ class Repository:
                 or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             return None
         what = f"{self.name}{'@' if is_digest else ':'}{reference}"
-        return manifest_response(data, digest, resp.header("Content-Type"), what)
+        try:
+            return manifest_response(data, digest, resp.header("Content-Type"), what)
+        except LaminaError:
+            return None   # a digest of a layer or config the store holds, a type the document denies
 
     def head_manifest(self, reference):
         """(digest, media type, size) of a manifest, or None if absent."""
