@@ -24,6 +24,17 @@ def _skopeo_tags(host, repo):
     return sorted(json.loads(proc.stdout)["Tags"])
 
 
+def _paged(reg, link):  # noqa: F811
+    """A repository of two tags pages, "1" then "2", the first page's Link header ``link``."""
+    front = FaultProxy(reg.host)
+    front.add("respond", method="GET", path="last=1", times=None,
+              body=json.dumps({"name": "paged", "tags": ["2"]}).encode(), headers={"Content-Type": "application/json"})
+    front.add("respond", method="GET", path="/tags/list", times=None,
+              body=json.dumps({"name": "paged", "tags": ["1"]}).encode(),
+              headers={"Content-Type": "application/json", "Link": link})
+    return front
+
+
 @pytest.mark.parametrize("link", [
     '</v2/paged/tags/list?last=1>; type="application/json"; rel="next"',
     '</v2/paged/tags/list?last=1>; REL="Next"',
@@ -35,14 +46,8 @@ def test_a_tags_page_link_is_read_as_rfc_8288_says(reg, registry_env, link):  # 
     relation types (RFC 8288 section 3.3): lamina took the next page only from ``<URL>; rel="next"``
     as docker-registry writes it, and any other spelling ended the listing at its first page,
     without a word.  skopeo follows each of these to the second page."""
-    front = FaultProxy(reg.host)
+    front = _paged(reg, link)
     try:
-        front.add("respond", method="GET", path="last=1", times=None,
-                  body=json.dumps({"name": "paged", "tags": ["2"]}).encode(),
-                  headers={"Content-Type": "application/json"})
-        front.add("respond", method="GET", path="/tags/list", times=None,
-                  body=json.dumps({"name": "paged", "tags": ["1"]}).encode(),
-                  headers={"Content-Type": "application/json", "Link": link})
         assert _skopeo_tags(front.host, "paged") == ["1", "2"]
         assert list_tags(f"{front.host}/paged") == ["1", "2"]
     finally:
@@ -57,14 +62,8 @@ def test_a_tags_page_link_is_read_as_rfc_8288_says(reg, registry_env, link):  # 
 def test_a_tags_page_link_that_is_no_next_page_ends_the_listing(reg, registry_env, link):  # noqa: F811
     """Only a link whose relation types hold ``next`` is the next page (skopeo follows the first
     link of any relation, so a ``prev`` pages back and forth for ever)."""
-    front = FaultProxy(reg.host)
+    front = _paged(reg, link)
     try:
-        front.add("respond", method="GET", path="last=1", times=None,
-                  body=json.dumps({"name": "paged", "tags": ["2"]}).encode(),
-                  headers={"Content-Type": "application/json"})
-        front.add("respond", method="GET", path="/tags/list", times=None,
-                  body=json.dumps({"name": "paged", "tags": ["1"]}).encode(),
-                  headers={"Content-Type": "application/json", "Link": link})
         assert list_tags(f"{front.host}/paged") == ["1"]
         assert not front.requests_for("last=1")
     finally:
