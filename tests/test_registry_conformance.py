@@ -77,12 +77,15 @@ def proxy(reg):  # noqa: F811
     p.stop()
 
 
-def _two_platform_index(tmp_path, reg, name, note=b"1"):  # noqa: F811
+def _two_platform_index(tmp_path, reg, name, note=b"1", platforms=True):  # noqa: F811
+    """An index of an amd64 and an arm64 image; ``platforms``: its entries say theirs (else only
+    the images' configs do)."""
     lay = ocibuild.Layout(tmp_path / f"oci-{name}")
     amd = lay.image([{"etc/hostname": b"amd64 " + note}], arch="amd64")
     arm = lay.image([{"etc/hostname": b"arm64 " + note}], arch="arm64")
-    amd["platform"] = {"architecture": "amd64", "os": "linux"}
-    arm["platform"] = {"architecture": "arm64", "os": "linux"}
+    if platforms:
+        amd["platform"] = {"architecture": "amd64", "os": "linux"}
+        arm["platform"] = {"architecture": "arm64", "os": "linux"}
     lay.add(lay.index([amd, arm]), "1")
     skopeo_push(f"oci:{lay.root}:1", reg.host, f"{name}:1", all_images=True, extra=("--preserve-digests",))
     return lay
@@ -112,6 +115,24 @@ def test_a_pull_the_store_is_up_to_date_for_asks_with_head_and_gets_no_manifest(
     assert (again.repo_digest, again.manifest_digest) == (first.repo_digest, first.manifest_digest)
     reference = "1" if how == "tag" else first.repo_digest
     assert [(m, p) for m, p, _, _ in proxy.seen[n:] if p != "/v2/"] == [("HEAD", f"/v2/uptodate/manifests/{reference}")]
+
+
+def test_the_config_saying_an_index_entrys_platform_is_read_from_the_store_when_it_holds_it(
+        reg, proxy, tmp_path, registry_env):  # noqa: F811
+    """Index entries without a platform are matched by their images' configs: an up-to-date pull
+    fetched the config of the image the store holds again from the registry, each time.  Only
+    the other platform's manifest and config, which the store lacks, are fetched now."""
+    lay = _two_platform_index(tmp_path, reg, "noplatform", platforms=False)
+    store = Store(registry_env / "root")
+    first = pull(f"{proxy.host}/noplatform:1", store=store, platform="linux/arm64")
+    n = len(proxy.seen)
+    again = pull(f"{proxy.host}/noplatform:1", store=store, platform="linux/arm64")
+    assert again.status == "up to date" and again.manifest_digest == first.manifest_digest
+    held = {first.manifest_digest, first.config_digest}
+    asked = [p.rsplit("/", 1)[1] for m, p, _, _ in proxy.seen[n:] if m == "GET" and p != "/v2/"]
+    others = [d["digest"] for d in lay.read_json(lay.entries[0]["digest"])["manifests"]
+              if d["digest"] != first.manifest_digest]
+    assert len(asked) == 2 and asked[0] == others[0] and not held & set(asked), asked
 
 
 def test_a_head_without_docker_content_digest_is_followed_by_a_get(reg, proxy, tmp_path, registry_env):  # noqa: F811

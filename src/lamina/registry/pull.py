@@ -153,8 +153,8 @@ def _child(repo, desc, known=None):
 
 def resolve(client, ref, want, *, all_platforms=False, known=None) -> Resolved:
     """The manifest ``ref`` names for platform ``want`` (None: this host), every digest checked.
-    ``known(digest)``: the bytes of a manifest or index the caller holds, or None; such a document
-    is not fetched again (the reference itself is asked for with a HEAD)."""
+    ``known(digest)``: the bytes of a manifest, index or config the caller holds, or None; such
+    a document is not fetched again (the reference itself is asked for with a HEAD)."""
     repos, repo, top = _first_answer(client, ref, known)
     repos = [repo] + [r for r in repos if r is not repo]
     children = {}
@@ -190,8 +190,11 @@ def resolve(client, ref, want, *, all_platforms=False, known=None) -> Resolved:
             manifest = parse_manifest(mr.document, mr.media_type, f"manifest {desc.digest}")
         except errors.ArtifactError:
             return None
-        config = fetch_config([repo], manifest.config)
-        return parse_config(config, f"config {manifest.config.digest}", len(manifest.layers)).platform
+        cdesc = manifest.config
+        config = known(cdesc.digest) if known is not None else None
+        if config is None or len(config) != cdesc.size or _digest.sha256_bytes(config) != cdesc.digest:
+            config = fetch_config([repo], cdesc)
+        return parse_config(config, f"config {cdesc.digest}", len(manifest.layers)).platform
 
     index = parse_index(top.document, top.media_type, f"index {top.digest}")
     desc, chosen = choose_platform(index, want, fetch_index, platform_of=platform_of)
@@ -485,7 +488,7 @@ class Puller:
                 self.store.close()  # a writer's close takes back what an import refused beside it left
 
     def _stored_document(self, digest):
-        """The bytes of a manifest or index the store holds, or None."""
+        """The bytes of a manifest, index or config of at most MAX_MANIFEST_SIZE the store holds, or None."""
         if not _digest.is_valid(digest) or not self.store.has_blob(digest):
             return None
         with self.store.open_blob(digest) as f:
