@@ -400,7 +400,8 @@ class FaultProxy:
     sleep seconds, close), slow (chunk, delay), corrupt (offset), redirect (to base URL), hang (after
     bytes, then wait for release()), drip_headers (status line and ~19 KB of headers, chunk bytes
     every delay, for at most seconds, then close), cut_headers (the upstream's status line and
-    headers but Content-Length, then close before the blank line).  ``served[path]`` counts body bytes sent; ``seen`` logs
+    headers but Content-Length, then close before the blank line), ignore_range (the request
+    forwarded without its Range).  ``served[path]`` counts body bytes sent; ``seen`` logs
     (method, path, headers dict, status).
     """
 
@@ -507,6 +508,9 @@ class FaultProxy:
             return
         up_headers = {k: v for k, v in headers.items() if k.lower() not in ("connection", "keep-alive")}
         up_headers.update(self.upstream_headers)
+        if action == "ignore_range":
+            # a server (an object store behind a redirect) that serves the whole blob, 200, to a Range
+            up_headers = {k: v for k, v in up_headers.items() if k.lower() != "range"}
         conn = http.client.HTTPConnection(self.upstream, timeout=30)
         try:
             conn.request(method, path, body=body, headers=up_headers)

@@ -11,7 +11,7 @@ from registryfixture import (FaultProxy, Registry, TokenServer, fast_random, lam
                              load_layout_into_store, reg, registry_env, skopeo_inspect, skopeo_push, skopeo_raw)
 
 from lamina import errors
-from lamina.registry import pull, push
+from lamina.registry import list_tags, pull, push
 from lamina.store import Store
 
 
@@ -314,6 +314,11 @@ def test_a_manifest_with_a_subject_goes_through_pull_and_push_byte_for_byte(reg,
     res = push(f"{reg.host}/subj-copy:referrer", store=store)
     raw2, digest2 = skopeo_raw(reg.host, "subj-copy:referrer")
     assert res.digest == digest2 == m["digest"] and raw2 == raw
+    # no referrers tag schema index (sha256-<subject hex>) beside the tags pushed, from skopeo or
+    # lamina: the spec's fallback for a registry answering without OCI-Subject is a SHOULD that
+    # the tools making referrers (oras, cosign, notation) carry out, not the copies
+    assert list_tags(f"{reg.host}/subj") == ["base", "referrer"]
+    assert list_tags(f"{reg.host}/subj-copy") == ["referrer"]
 
 
 def test_chunks_are_as_long_as_the_registrys_oci_chunk_min_length(reg, proxy, tmp_path, registry_env):  # noqa: F811

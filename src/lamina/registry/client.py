@@ -156,6 +156,33 @@ def error_code(resp_body):
     return None
 
 
+# RFC 8288: link-value = "<" URI-Reference ">" *( OWS ";" OWS link-param ), link-params are
+# token [ "=" ( token / quoted-string ) ]; several link-values (or Link lines, joined) by ",".
+# No "<" inside the brackets (no URI holds one): a header of thousands of "<" is read once, not
+# once for each (30 s for 60,000 of them).
+_LINK_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PARAM_VALUE = r'"(?:[^"\\]|\\.)*"|[^\s;,"]*'
+_LINK_VALUE = re.compile(rf"<([^<>]*)>((?:\s*;\s*{_LINK_TOKEN}\s*(?:=\s*(?:{_PARAM_VALUE}))?)*)")
+_LINK_PARAM = re.compile(rf"\s*;\s*({_LINK_TOKEN})\s*(?:=\s*({_PARAM_VALUE}))?")
+
+
+def next_link(header):
+    """The URL of a Link header's link whose relation types hold ``next``, or None.  Its params
+    come in any order, ``rel`` is a space-separated list compared without case, and only the
+    first ``rel`` of a link counts (RFC 8288 3.3): docker-registry writes ``<URL>; rel="next"``,
+    other registries and proxies need not."""
+    for m in _LINK_VALUE.finditer(header or ""):
+        for p in _LINK_PARAM.finditer(m.group(2)):
+            if p.group(1).lower() == "rel":
+                value = p.group(2) or ""
+                if value.startswith('"'):
+                    value = re.sub(r"\\(.)", r"\1", value[1:-1])
+                if "next" in value.lower().split():
+                    return m.group(1)
+                break
+    return None
+
+
 class Session:
     """Per-endpoint state: resolved base URL, challenge, token cache."""
 
@@ -368,6 +395,20 @@ class ManifestResponse:
         return mt.is_index(self.media_type)
 
 
+def manifest_response(data, digest, content_type, what):
+    """A manifest or index the registry describes by ``content_type``, as a ManifestResponse."""
+    content_type = (content_type or "").split(";")[0].strip()
+    if content_type in mt.SCHEMA1_TYPES:
+        raise UnsupportedMediaTypeError(f"{what}: {mt.SCHEMA1_MESSAGE}")
+    doc = load_json(data, f"manifest {what}")
+    # The Content-Type is the registry's descriptor of the document: when it names a manifest or
+    # index type, the document must agree with it (a generic type such as application/json
+    # says nothing and the document's own mediaType or shape decides).
+    announced = content_type if content_type in mt.INDEX_TYPES or content_type in mt.MANIFEST_TYPES else None
+    media_type = document_media_type(doc, announced, f"manifest {what}")
+    return ManifestResponse(data, media_type, digest, doc)
+
+
 class Repository:
     """One repository on one endpoint."""
 
@@ -394,8 +435,11 @@ class Repository:
 
     # --- the authenticated request loop ------------------------------------------------------
 
-    def request(self, method, url, *, headers=None, body=None, retry=True, follow_redirects=True):
-        """Send with authorization; on 401 learn the challenge and retry with fresh credentials."""
+    def request(self, method, url, *, headers=None, body=None, retry=True, follow_redirects=True, what=None):
+        """Send with authorization; on 401 learn the challenge and retry with fresh credentials.
+        ``what``: the request as a refusal names it ("GET manifest host/app:1"; by default the
+        method and the repository)."""
+        what = what or f"{method} {self.name}"
         base = self.session.ready()
         # A URL the registry handed us (a tags page's Link, an upload's Location) may name another
         # host: it gets no credentials, as the redirects do not (docker's are keyed to the host too).
@@ -412,8 +456,8 @@ class Repository:
                                                   follow_redirects=follow_redirects)
             if resp.status == 403:
                 data = resp.content(limit=MAX_ERROR_BODY)
-                raise AuthenticationError(
-                    f"{method} {self.name}: access denied: {error_message(data, 403, resp.reason)}", status=403)
+                raise AuthenticationError(f"{what}: access denied: {error_message(data, 403, resp.reason)}",
+                                          status=403)
             if resp.status != 401:
                 return resp
             data = resp.content(limit=MAX_ERROR_BODY)
@@ -421,7 +465,7 @@ class Repository:
                 # A host a redirect led to (object storage, a CDN, anyone) asks for credentials: its
                 # challenge is not the registry's, and answering it would hand the registry's
                 # credentials (or a token fetched with them) to whatever realm it names.
-                raise _foreign_challenge(f"{method} {self.name}", resp.url, redirected=own)
+                raise _foreign_challenge(what, resp.url, redirected=own)
             scheme, params = parse_challenge(resp.header("WWW-Authenticate"))
             if scheme is None:
                 break
@@ -435,8 +479,7 @@ class Repository:
         creds = self.session.credentials()
         hint = "" if creds else f" (no credentials; run 'lamina login {self.host}')"
         raise AuthenticationError(
-            f"{method} {self.name}: authentication failed: {error_message(data, 401, 'Unauthorized')}{hint}",
-            status=401)
+            f"{what}: authentication failed: {error_message(data, 401, 'Unauthorized')}{hint}", status=401)
 
     def _fail(self, resp, what):
         data = resp.content(limit=MAX_ERROR_BODY)
@@ -452,7 +495,8 @@ class Repository:
             _digest.validate(reference, f"{self.name}@{reference}")
         sep = "@" if is_digest else ":"
         what = f"{self.name}{sep}{reference}"
-        resp = self.request("GET", self.url(f"manifests/{reference}"), headers={"Accept": MANIFEST_ACCEPT})
+        resp = self.request("GET", self.url(f"manifests/{reference}"), headers={"Accept": MANIFEST_ACCEPT},
+                            what=f"GET manifest {what}")
         if resp.status == 404:
             data = resp.content(limit=MAX_ERROR_BODY)
             raise ImageNotFoundError(f"manifest for {what} not found: {error_message(data, 404, 'Not Found')}")
@@ -473,16 +517,39 @@ class Repository:
         if header_digest and header_digest.startswith("sha256:") and header_digest != actual:
             raise RegistryError(f"manifest {what}: content digest {actual} does not match the "
                                 f"Docker-Content-Digest header {header_digest}")
-        content_type = (resp.header("Content-Type") or "").split(";")[0].strip()
-        if content_type in mt.SCHEMA1_TYPES:
-            raise UnsupportedMediaTypeError(f"{what}: {mt.SCHEMA1_MESSAGE}")
-        doc = load_json(data, f"manifest {what}")
-        # The Content-Type is the registry's descriptor of the document: when it names a manifest or
-        # index type, the document must agree with it (a generic type such as application/json
-        # says nothing and the document's own mediaType or shape decides).
-        announced = content_type if content_type in mt.INDEX_TYPES or content_type in mt.MANIFEST_TYPES else None
-        media_type = document_media_type(doc, announced, f"manifest {what}")
-        return ManifestResponse(data, media_type, actual, doc)
+        return manifest_response(data, actual, resp.header("Content-Type"), what)
+
+    def known_manifest(self, reference, known):
+        """The manifest ``reference`` names, from ``known(digest)`` (the bytes of a document the
+        caller holds, or None) when a HEAD says its digest; None when the GET must decide.
+
+        containerd resolves a reference so (docker too since 20.10), and takes the document
+        from its content store: a pull of an image that has not changed sends no GET, which
+        Docker Hub counts against its pull rate limit and a HEAD not."""
+        is_digest = reference.startswith("sha256:")
+        if is_digest:
+            _digest.validate(reference, f"{self.name}@{reference}")
+        self.session.ready()   # an unreachable registry is said once, by the ping, not again by the GET
+        try:
+            resp = self.request("HEAD", self.url(f"manifests/{reference}"), headers={"Accept": MANIFEST_ACCEPT})
+        except RegistryError:
+            return None   # the GET's answer, with its error body, says what is wrong
+        resp.close()
+        digest = (resp.header("Docker-Content-Digest") or "").strip()
+        if is_digest and not digest:
+            digest = reference
+        if resp.status != 200 or not _digest.is_valid(digest) or (is_digest and digest != reference):
+            return None
+        data = known(digest)
+        # a HEAD whose length is not the document's contradicts itself: the GET decides
+        if data is None or (resp.length is not None and resp.length != len(data)) \
+                or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            return None
+        what = f"{self.name}{'@' if is_digest else ':'}{reference}"
+        try:
+            return manifest_response(data, digest, resp.header("Content-Type"), what)
+        except LaminaError:
+            return None   # a digest of a layer or config the store holds, a type the document denies
 
     def head_manifest(self, reference):
         """(digest, media type, size) of a manifest, or None if absent."""
@@ -497,7 +564,7 @@ class Repository:
 
     def put_manifest(self, reference, data, media_type):
         resp = self.request("PUT", self.url(f"manifests/{reference}"), headers={"Content-Type": media_type},
-                            body=data)
+                            body=data, what=f"PUT manifest {self.name}:{reference}")
         if resp.status not in (200, 201, 202):
             self._fail(resp, f"PUT manifest {self.name}:{reference}")
         resp.drain()
@@ -514,7 +581,7 @@ class Repository:
             if len(fetched) == MAX_TAG_PAGES:
                 raise RegistryError(f"tags of {self.name}: more than {MAX_TAG_PAGES} pages")
             fetched[url] = len(fetched) + 1
-            resp = self.request("GET", url)
+            resp = self.request("GET", url, what=f"GET tags of {self.name}")
             if resp.status == 404:
                 data = resp.content(limit=MAX_ERROR_BODY)
                 raise ImageNotFoundError(f"repository {self.name} not found: {error_message(data, 404, 'Not Found')}")
@@ -532,8 +599,8 @@ class Repository:
                     raise RegistryError(f"tags of {self.name}: the registry lists {quote_name(t)}, which is not "
                                         "a tag (docker refuses it too)")
             tags += page
-            link = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', resp.header("Link") or "")
-            url = resolve_url(url, link.group(1), f"tags of {self.name}: next page") if link else None
+            link = next_link(resp.header("Link"))
+            url = resolve_url(url, link, f"tags of {self.name}: next page") if link else None
         return sorted(set(tags))
 
     # --- blobs -----------------------------------------------------------------------------------
@@ -541,7 +608,8 @@ class Repository:
     def open_blob(self, digest, offset=0):
         """A streaming response for a blob from ``offset``; status 200 (whole blob) or 206."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        resp = self.request("GET", self.url(f"blobs/{digest}"), headers=headers)
+        resp = self.request("GET", self.url(f"blobs/{digest}"), headers=headers,
+                            what=f"GET blob {digest} from {self.name}")
         if resp.status == 404:
             data = resp.content(limit=MAX_ERROR_BODY)
             raise BlobNotFoundError(f"blob {digest} not found in {self.name}: "
@@ -560,7 +628,7 @@ class Repository:
         return data
 
     def blob_exists(self, digest):
-        resp = self.request("HEAD", self.url(f"blobs/{digest}"))
+        resp = self.request("HEAD", self.url(f"blobs/{digest}"), what=f"HEAD blob {digest} in {self.name}")
         resp.close()
         if resp.status == 200:
             return True
@@ -570,13 +638,15 @@ class Repository:
 
     # --- uploads -----------------------------------------------------------------------------------
 
-    def start_upload(self, mount=None, from_path=None):
-        """POST an upload.  Returns ("mounted", None, 0) or ("upload", location URL, the least
-        length of a chunk but the last the registry takes: its OCI-Chunk-Min-Length, else 0)."""
+    def start_upload(self, mount=None, from_path=None, digest=None):
+        """POST an upload (of blob ``digest``, named in errors).  Returns ("mounted", None, 0) or
+        ("upload", location URL, the least length of a chunk but the last the registry takes:
+        its OCI-Chunk-Min-Length, else 0)."""
         url = self.url("blobs/uploads/")
         if mount:
             url += "?" + urllib.parse.urlencode({"mount": mount, "from": from_path})
-        resp = self.request("POST", url)
+        blob = mount or digest
+        resp = self.request("POST", url, what=f"POST upload of {blob} to {self.name}" if blob else None)
         if resp.status == 201 and mount:
             resp.drain()
             return "mounted", None, 0

@@ -23,15 +23,15 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
-from .. import errors, mediatypes as mt, trace
+from .. import digest as _digest, errors, mediatypes as mt, trace
 from ..errors import DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError, RegistryError
 from ..oci.model import choose_platform as _choose_platform
 from ..oci.model import document_media_type, parse_config, parse_index, parse_manifest
-from ..limits import MAX_CONFIG_SIZE, open_file_budget  # one limit for every way an image comes in
+from ..limits import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, open_file_budget  # one limit for every way an image comes in
 from ..lowers import LayersBelow
 from ..platform import Platform
 from ..reference import Reference
-from .client import RegistryClient
+from .client import RegistryClient, manifest_response
 from .progress import Reporter
 from .blobstream import BlobStream, Cancelled
 
@@ -121,20 +121,27 @@ class Resolved:
     others: list         # the other platforms' manifests (all_platforms)
 
 
-def _first_answer(client, ref):
-    """(repositories, the one that answered, ManifestResponse), trying mirrors first."""
+def _first_answer(client, ref, known=None):
+    """(repositories, the one that answered, ManifestResponse), trying mirrors first.
+    ``known(digest)``: the bytes of a document the caller holds, or None (Repository.known_manifest)."""
     repos = client.repositories(ref, ("pull",))
     for i, repo in enumerate(repos):
         try:
-            return repos, repo, repo.get_manifest(ref.digest or ref.tag)
+            held = repo.known_manifest(ref.digest or ref.tag, known) if known is not None else None
+            return repos, repo, held or repo.get_manifest(ref.digest or ref.tag)
         except LaminaError:
             if i + 1 == len(repos):
                 raise   # the registry's own answer (mirrors are best effort)
     raise RegistryError(f"no endpoint for {ref}")  # pragma: no cover
 
 
-def _child(repo, desc):
-    mr = repo.get_manifest(desc.digest)
+def _child(repo, desc, known=None):
+    data = known(desc.digest) if known is not None else None
+    if data is not None and _digest.sha256_bytes(data) == desc.digest:
+        # held already: the index's descriptor names it by digest, so the registry has nothing to add
+        mr = manifest_response(data, desc.digest, desc.media_type, f"{repo.name}@{desc.digest}")
+    else:
+        mr = repo.get_manifest(desc.digest)
     if len(mr.data) != desc.size:
         raise ImageError(f"manifest {desc.digest}: {len(mr.data)} bytes but the index says {desc.size}")
     if mr.media_type != desc.media_type:
@@ -144,15 +151,17 @@ def _child(repo, desc):
     return mr
 
 
-def resolve(client, ref, want, *, all_platforms=False) -> Resolved:
-    """The manifest ``ref`` names for platform ``want`` (None: this host), every digest checked."""
-    repos, repo, top = _first_answer(client, ref)
+def resolve(client, ref, want, *, all_platforms=False, known=None) -> Resolved:
+    """The manifest ``ref`` names for platform ``want`` (None: this host), every digest checked.
+    ``known(digest)``: the bytes of a manifest, index or config the caller holds, or None; such
+    a document is not fetched again (the reference itself is asked for with a HEAD)."""
+    repos, repo, top = _first_answer(client, ref, known)
     repos = [repo] + [r for r in repos if r is not repo]
     children = {}
 
     def child(desc, platform=None):
         try:
-            return _child(repo, desc)
+            return _child(repo, desc, known)
         except errors.ImageNotFoundError as e:
             # the registry's "manifest unknown" for a digest the user never typed: say where it came from
             on = f" for {platform}" if platform is not None else ""
@@ -181,8 +190,11 @@ def resolve(client, ref, want, *, all_platforms=False) -> Resolved:
             manifest = parse_manifest(mr.document, mr.media_type, f"manifest {desc.digest}")
         except errors.ArtifactError:
             return None
-        config = fetch_config([repo], manifest.config)
-        return parse_config(config, f"config {manifest.config.digest}", len(manifest.layers)).platform
+        cdesc = manifest.config
+        config = known(cdesc.digest) if known is not None else None
+        if config is None or len(config) != cdesc.size or _digest.sha256_bytes(config) != cdesc.digest:
+            config = fetch_config([repo], cdesc)
+        return parse_config(config, f"config {cdesc.digest}", len(manifest.layers)).platform
 
     index = parse_index(top.document, top.media_type, f"index {top.digest}")
     desc, chosen = choose_platform(index, want, fetch_index, platform_of=platform_of)
@@ -475,6 +487,14 @@ class Puller:
             if self._own_store:
                 self.store.close()  # a writer's close takes back what an import refused beside it left
 
+    def _stored_document(self, digest):
+        """The bytes of a manifest, index or config of at most MAX_MANIFEST_SIZE the store holds, or None."""
+        if not _digest.is_valid(digest) or not self.store.has_blob(digest):
+            return None
+        with self.store.open_blob(digest) as f:
+            data = f.read(MAX_MANIFEST_SIZE + 1)
+        return data if len(data) <= MAX_MANIFEST_SIZE else None
+
     def _previous_image(self):
         try:
             return self.store.resolve(str(self.ref))
@@ -524,7 +544,10 @@ class Puller:
         if read_only and previous is None:
             self.store._check_writable(f"cannot pull {ref.familiar()}")
         try:
-            r = resolve(self.client, ref, self.want, all_platforms=self.all_platforms)
+            # a name the store holds is asked for with a HEAD first (up to date: no GET); another
+            # with a GET straight away, which a HEAD would only delay (and a 404 needs for its message)
+            known = self._stored_document if held is not None else None
+            r = resolve(self.client, ref, self.want, all_platforms=self.all_platforms, known=known)
         except LaminaError as e:
             if read_only and len(e.args) == 1 and isinstance(e.args[0], str):
                 e.args = (f"{e.args[0]} (and the store at {self.store.root} is read-only: a pull there "

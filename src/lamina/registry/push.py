@@ -367,7 +367,7 @@ class Pusher:
         report(digest, "Pushing")
         for attempt in range(2):
             if location is None:
-                _, location, min_chunk = repo.start_upload()
+                _, location, min_chunk = repo.start_upload(digest=digest)
             upload = _Upload(location)
             try:
                 if desc.size <= self.chunk_size:
@@ -401,7 +401,8 @@ class Pusher:
             url = repo.with_query(upload.location, digest=desc.digest)
             resp = repo.request("PUT", url, headers={"Content-Type": "application/octet-stream",
                                                      "Content-Length": str(desc.size)},
-                                body=lambda: _Window(f.fileno(), 0, desc.size, desc.digest))
+                                body=lambda: _Window(f.fileno(), 0, desc.size, desc.digest),
+                                what=f"upload of {desc.digest} to {repo.name}")
         self._check_put(repo, resp, desc)
 
     def _check_put(self, repo, resp, desc):
@@ -453,7 +454,8 @@ class Pusher:
                            "Content-Range": f"{offset}-{offset + length - 1}",
                            "Content-Length": str(length)}
                 try:
-                    resp = repo.request("PATCH", upload.location, headers=headers, body=chunk, retry=False)
+                    resp = repo.request("PATCH", upload.location, headers=headers, body=chunk, retry=False,
+                                        what=f"upload of {desc.digest} to {repo.name}")
                     if resp.status != 202:
                         try:
                             data = resp.content(limit=MAX_ERROR_BODY)
@@ -479,7 +481,7 @@ class Pusher:
                     self.client.transport.sleep_backoff(failures)
                     offset, upload.location = self._upload_offset(repo, upload.location)
         url = repo.with_query(upload.location, digest=desc.digest)
-        resp = repo.request("PUT", url, headers={"Content-Length": "0"})
+        resp = repo.request("PUT", url, headers={"Content-Length": "0"}, what=f"upload of {desc.digest} to {repo.name}")
         self._check_put(repo, resp, desc)
 
 
