@@ -277,3 +277,25 @@ def test_the_size_of_a_tree_deeper_than_the_open_file_limit_is_dus(tmp_path):
     want_inodes = int(subprocess.run([du, "-s", "--inodes", root], check=True, capture_output=True,
                                      text=True).stdout.split()[0])
     assert (size, inodes) == (want_size, want_inodes)
+
+
+def test_a_bundles_passwd_deeper_than_the_open_file_limit_is_read(tmp_path):
+    """A bundle resolves its config's User in the rootfs' /etc/passwd, walking it inside the
+    root one directory fd at a time; every directory on the way stayed open (for ".."), so an
+    /etc that is a symlink 1,200 levels down (and a ".." back up on the way) failed
+    under a limit of 256 open files ("cannot read the image's /etc/passwd ...: Too many open
+    files") where umoci and runc read it."""
+    root = tmp_path / "rootfs"
+    d = root
+    d.mkdir()
+    for _ in range(1200):   # (os.makedirs recurses per level)
+        d = d / "a"
+        d.mkdir()
+    (d / "b").mkdir()
+    (d / "b" / "passwd").write_text("web:x:33:33::/srv:/bin/sh\n")
+    os.symlink("/".join(["a"] * 1200) + "/b/../b", root / "etc")
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256));"
+            "from lamina.store.bundles import _read_in_root; sys.stdout.write(_read_in_root(sys.argv[1], "
+            "'etc/passwd').decode())")
+    r = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0 and r.stdout == "web:x:33:33::/srv:/bin/sh\n", r.stderr[-1000:]
