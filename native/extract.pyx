@@ -1413,16 +1413,67 @@ cdef class _PathSet:
         return self.keys.nbytes()
 
 
+# Directories a _DirStack keeps open along its path; the ones above are closed and opened again
+# through ".." when the walk comes back up to them.  A layer's own symlinks lead its tree
+# thousands of levels down (test_hostile_deep.py): an fd per level ran out of fds ("Too many
+# open files").
+DEF DIRSTACK_OPEN_LEVELS = 32
+
+
 cdef class _DirStack:
     """Open directories along the last path asked for, so that walking a
-    sorted list of paths opens each directory once (no symlinks followed)."""
+    sorted list of paths opens each directory about once (no symlinks followed),
+    with at most DIRSTACK_OPEN_LEVELS of them open whatever the depth."""
     cdef int root
-    cdef list names, fds
+    cdef list names, fds, ids   # fds[i]: the directory names[:i + 1] leads to, -1 once closed,
+    cdef Py_ssize_t lowest      # then ids[i] its (dev, ino); fds[lowest:] are open
 
     def __cinit__(self, int root):
         self.root = root
         self.names = []
         self.fds = []
+        self.ids = []
+        self.lowest = 0
+
+    cdef int _push(self, int fd, bytes name) except -2:
+        """The directory ``name`` under ``fd`` as the next level, or -1 with errno; past
+        DIRSTACK_OPEN_LEVELS open, the shallowest is closed."""
+        cdef int nfd = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        if nfd < 0:
+            return -1
+        self.names.append(name)
+        self.fds.append(nfd)
+        self.ids.append(None)
+        while len(self.fds) - self.lowest > DIRSTACK_OPEN_LEVELS:
+            st = os.fstat(<int>self.fds[self.lowest])
+            self.ids[self.lowest] = (st.st_dev, st.st_ino)
+            close(<int>self.fds[self.lowest])
+            self.fds[self.lowest] = -1
+            self.lowest += 1
+        return nfd
+
+    cdef int _up_to(self, Py_ssize_t level) except -2:
+        """Open the closed level ``level`` again, through ".." from the shallowest open one
+        (the levels between are left closed: the caller drops them); 0, or -1 with errno
+        (ESTALE: a directory on the way is not the one that was closed)."""
+        cdef Py_ssize_t at = self.lowest
+        cdef int fd = <int>self.fds[at], nfd
+        while at > level:
+            nfd = openat(fd, b"..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if at < self.lowest:
+                close(fd)   # opened here, on the way: not in fds
+            if nfd < 0:
+                return -1
+            at -= 1
+            st = os.fstat(nfd)
+            if (st.st_dev, st.st_ino) != self.ids[at]:
+                close(nfd)
+                lamina_set_errno(ESTALE)
+                return -1
+            fd = nfd
+        self.fds[level] = fd
+        self.lowest = level
+        return 0
 
     cdef int open(self, bytes path) except -2:
         """A borrowed fd for ``path`` (valid until the next call), or -1 with errno."""
@@ -1431,23 +1482,31 @@ cdef class _DirStack:
         parts = _components(path)
         while keep < len(self.names) and keep < len(parts) and self.names[keep] == parts[keep]:
             keep += 1
+        if 0 < keep <= self.lowest and self._up_to(keep - 1) < 0:
+            return -1
         while len(self.names) > keep:
             self.names.pop()
-            close(<int>self.fds.pop())
+            self.ids.pop()
+            nfd = <int>self.fds.pop()
+            if nfd >= 0:
+                close(nfd)
+        if not self.fds:
+            self.lowest = 0
         fd = <int>self.fds[len(self.fds) - 1] if self.fds else self.root
         for c in parts[keep:]:
-            nfd = openat(fd, <bytes>c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            if nfd < 0:
+            fd = self._push(fd, <bytes>c)
+            if fd < 0:
                 return -1
-            self.names.append(c)
-            self.fds.append(nfd)
-            fd = nfd
         return fd
 
     def close(self):
         while self.fds:
-            close(<int>self.fds.pop())
+            fd = <int>self.fds.pop()
+            if fd >= 0:
+                close(fd)
         self.names = []
+        self.ids = []
+        self.lowest = 0
 
 
 cdef _one_name(bytes name, object sparse_name):

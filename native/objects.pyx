@@ -451,7 +451,7 @@ cdef class DirScan:
     a directory of 300k files took 341 MiB as lists of names, inodes and holds (~1.1 KB a file),
     and one of 400k subdirectories 27 MiB of names.
     """
-    cdef int dir_fd
+    cdef public int dir_fd    # the pass opens the directory again when it closed it (depth: see its run)
     cdef bytearray buf
     cdef Py_ssize_t pos, held, per_batch
     cdef object spill
@@ -692,6 +692,43 @@ cdef extern from "inode_count.h" nogil:
     void lam_inode_free(lam_inode_count *c)
 
 
+cdef extern from "<dirent.h>" nogil:
+    long telldir(DIR *d)
+    void seekdir(DIR *d, long loc)
+
+# Directories tree_usage keeps open: one per level of the path it is in, up to this many; the
+# ones above are closed (their place kept, telldir) and opened again through ".." on the way
+# back up.  A layer's symlinks lead its tree thousands of levels down, past any open-file limit.
+DEF USAGE_OPEN_LEVELS = 16
+
+
+cdef int _usage_reopen_parent(DIR **stack, long *places, unsigned long long *ids, Py_ssize_t level) noexcept nogil:
+    """Open level ``level`` (closed to stay under USAGE_OPEN_LEVELS) again through the ".." of
+    the level below it, at the place its listing had reached; 0, or an errno (ESTALE: it is no
+    longer that directory, the tree moved under the walk)."""
+    cdef stat st
+    cdef int fd = openat(dirfd(stack[level + 1]), b"..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    cdef DIR *d
+    cdef int err
+    if fd < 0:
+        return errno
+    if fstat(fd, &st) < 0:
+        err = errno
+        close(fd)
+        return err
+    if <unsigned long long>st.st_dev != ids[2 * level] or <unsigned long long>st.st_ino != ids[2 * level + 1]:
+        close(fd)
+        return 116  # ESTALE
+    d = fdopendir(fd)
+    if d == NULL:
+        err = errno
+        close(fd)
+        return err
+    seekdir(d, places[level])
+    stack[level] = d
+    return 0
+
+
 def tree_usage(int root_fd, int spill_dir_fd=-1, size_t held=65536):
     """(bytes on disk, inodes) of the tree under the directory ``root_fd``, the root included:
     st_blocks * 512 of every entry, an inode with several names counted once, nothing followed
@@ -700,12 +737,16 @@ def tree_usage(int root_fd, int spill_dir_fd=-1, size_t held=65536):
     of them, sorted runs go to a temp file in ``spill_dir_fd`` (else $TMPDIR or /tmp).
 
     A snapshot's size goes into its meta.json at every commit: this walk runs without the GIL
-    (a depth-first one, an open directory per level), beside the other layers' extraction.
-    Entries that vanish during the walk are skipped."""
+    (a depth-first one, a directory per level of its path open, USAGE_OPEN_LEVELS at most),
+    beside the other layers' extraction.  Entries that vanish during the walk are skipped."""
     cdef DIR **stack = NULL
     cdef DIR **grown
+    cdef long *places = NULL       # per level: where its listing was when it was closed
+    cdef long *grown_places
+    cdef unsigned long long *ids = NULL   # per level: dev, ino (checked when it is opened again)
+    cdef unsigned long long *grown_ids
     cdef lam_inode_count multi
-    cdef Py_ssize_t depth = 0, cap = 0
+    cdef Py_ssize_t depth = 0, cap = 0, lowest = 0   # levels lowest .. depth - 1 are open
     cdef long long total = 0, count = 0
     cdef int err = 0, fd, nfd
     cdef stat st
@@ -727,11 +768,14 @@ def tree_usage(int root_fd, int spill_dir_fd=-1, size_t held=65536):
             else:
                 cap = 64
                 stack = <DIR **>malloc(cap * sizeof(DIR *))
-                if stack == NULL:
+                places = <long *>malloc(cap * sizeof(long))
+                ids = <unsigned long long *>malloc(2 * cap * sizeof(unsigned long long))
+                if stack == NULL or places == NULL or ids == NULL:
                     closedir(d)
                     err = 12  # ENOMEM
                 else:
                     stack[0] = d
+                    ids[0], ids[1] = st.st_dev, st.st_ino
                     depth = 1
         while depth > 0 and err == 0:
             d = stack[depth - 1]
@@ -741,6 +785,11 @@ def tree_usage(int root_fd, int spill_dir_fd=-1, size_t held=65536):
                 if errno:
                     err = errno
                     break
+                if depth - 1 == lowest and lowest > 0:
+                    err = _usage_reopen_parent(stack, places, ids, lowest - 1)
+                    if err:
+                        break
+                    lowest -= 1
                 closedir(d)
                 depth -= 1
                 continue
@@ -772,18 +821,33 @@ def tree_usage(int root_fd, int spill_dir_fd=-1, size_t held=65536):
                     break
                 if depth == cap:
                     grown = <DIR **>realloc(stack, cap * 2 * sizeof(DIR *))
-                    if grown == NULL:
+                    if grown != NULL:
+                        stack = grown
+                    grown_places = <long *>realloc(places, cap * 2 * sizeof(long))
+                    if grown_places != NULL:
+                        places = grown_places
+                    grown_ids = <unsigned long long *>realloc(ids, 4 * cap * sizeof(unsigned long long))
+                    if grown_ids != NULL:
+                        ids = grown_ids
+                    if grown == NULL or grown_places == NULL or grown_ids == NULL:
                         closedir(d)
                         err = 12
                         break
-                    stack = grown
                     cap *= 2
                 stack[depth] = d
+                ids[2 * depth], ids[2 * depth + 1] = st.st_dev, st.st_ino
                 depth += 1
-        while depth > 0:
+                if depth - lowest > USAGE_OPEN_LEVELS:
+                    places[lowest] = telldir(stack[lowest])
+                    closedir(stack[lowest])
+                    stack[lowest] = NULL
+                    lowest += 1
+        while depth > lowest:
             depth -= 1
             closedir(stack[depth])
         free(stack)
+        free(places)
+        free(ids)
         if err == 0:
             err = lam_inode_finish(&multi)
             total += multi.total

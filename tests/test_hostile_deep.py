@@ -197,3 +197,105 @@ def test_a_symlink_of_many_dotdots_deep_down_costs_no_walk_per_dotdot(tmp_path):
     finally:
         os.close(fd)
     assert names == ["e0", "e1", "e2"], names  # the layer copies up only what it writes in
+
+
+def _limited_to(fds):
+    """A preexec_fn: at most ``fds`` open files, hard limit too (the CLI raises its soft limit to
+    the hard one)."""
+    import resource
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (fds, fds))
+
+
+def test_a_store_holds_and_checks_a_tree_deeper_than_its_open_file_limit(tmp_path):
+    """1,200 directory levels (through the image's own symlinks; LAMINA_DEEP_LINKS=6: 2,400)
+    under a limit of 256 open files.  A flat unpack and the overlay format hold a few fds
+    whatever the depth; the store did not: measuring a snapshot's size (tree_usage) and its
+    dedup pass each kept a directory open per level ("layer 1 of 2: storing its snapshot
+    failed: Too many open files"), and so did the look for a lower file's other names when the
+    upper layer hardlinks it (_multiply_linked: in the store a lower file shares its inode with
+    the store's object), so fsck of a store filled without the limit called the layer bad
+    ("does not extract: Too many open files") and said to run --repair.  Each now keeps a few
+    levels open and opens the ones above again through ".." on the way back up."""
+    require_root()
+    links = int(os.environ.get("LAMINA_DEEP_LINKS", "3"))   # 3: 1,200 levels (about 30 s)
+    base, deep = deep_chain(links)
+    _pax(base, "file", f"{deep}/linked", data=b"linked")
+    top = Tar()
+    _pax(top, "hardlink", f"{deep}/hl", f"{deep}/linked")     # looks for linked's other names below
+    _pax(top, "file", f"{deep}/upper", data=b"up")
+    layout = write_image(tmp_path / "layout", [base.bytes(), top.bytes()])
+    limited = _limited_to(256)
+    for root, limit in ((tmp_path / "limited", limited), (tmp_path / "unlimited", None)):
+        r = lamina(root, "copy", f"oci:{layout}:img", "img:1", check=False, preexec_fn=limit)
+        assert r.returncode == 0, r.stderr[-2000:]
+        r = lamina(root, "fsck", "--json", check=False, preexec_fn=limited)
+        assert r.returncode == 0 and json.loads(r.stdout)["findings"] == [], (r.stdout + r.stderr)[-2000:]
+    # under a limit too low for the layer's extraction, fsck cannot check it: it says so, and
+    # calls nothing bad (it said "error: ... does not extract: Too many open files", exit 1)
+    r = lamina(tmp_path / "limited", "fsck", "--json", check=False, preexec_fn=_limited_to(32))
+    findings = json.loads(r.stdout)["findings"] if r.stdout.startswith("{") else r.stdout + r.stderr
+    assert r.returncode == 0 and [(f["severity"], f["kind"]) for f in findings] == \
+        [("warning", "unverifiable-snapshot")], findings
+    assert "raise the open-file limit" in findings[0]["message"], findings
+    r = lamina(tmp_path / "limited", "unpack", "img:1", tmp_path / "rootfs", check=False, preexec_fn=limited)
+    assert r.returncode == 0, r.stderr[-2000:]
+    physical = "/".join(["a"] * (links * LEVELS))
+    fd = os.open(tmp_path / "rootfs", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for c in physical.split("/"):
+            nfd = os.open(c, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        hl, linked = (os.stat(n, dir_fd=fd, follow_symlinks=False) for n in ("hl", "linked"))
+    finally:
+        os.close(fd)
+    assert (hl.st_ino, hl.st_nlink) == (linked.st_ino, 2)
+
+
+def test_the_size_of_a_tree_deeper_than_the_open_file_limit_is_dus(tmp_path):
+    """tree_usage (each snapshot's size and inodes in its meta.json) closes the directories
+    above the deepest few and opens them again through ".." on the way back up, where their
+    listings go on: a comb 300 levels deep (at each level a file, a hardlinked pair, a side
+    directory listed before or after the way down) measured under a limit of 40 open files is
+    what GNU du says (every entry counted once, nothing twice after a listing went on)."""
+    du = require_tool("du")
+    root = tmp_path / "comb"
+    d = root
+    d.mkdir()
+    for level in range(300):
+        (d / f"side{level % 7}").mkdir()
+        (d / f"side{level % 7}" / "f").write_bytes(b"s" * (level % 5000))
+        (d / "file").write_bytes(b"x" * (4096 * (level % 3) + 1))
+        os.link(d / "file", d / "twin")
+        (d / "z").mkdir()
+        d = d / "z"
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40));"
+            "from lamina.store.fsutil import disk_usage; print(*disk_usage(sys.argv[1]))")
+    out = subprocess.run([sys.executable, "-c", code, root], check=True, capture_output=True, text=True, cwd="/")
+    size, inodes = map(int, out.stdout.split())
+    want_size = int(subprocess.run([du, "-sB1", root], check=True, capture_output=True, text=True).stdout.split()[0])
+    want_inodes = int(subprocess.run([du, "-s", "--inodes", root], check=True, capture_output=True,
+                                     text=True).stdout.split()[0])
+    assert (size, inodes) == (want_size, want_inodes)
+
+
+def test_a_bundles_passwd_deeper_than_the_open_file_limit_is_read(tmp_path):
+    """A bundle resolves its config's User in the rootfs' /etc/passwd, walking it inside the
+    root one directory fd at a time; every directory on the way stayed open (for ".."), so an
+    /etc that is a symlink 1,200 levels down (and a ".." back up on the way) failed
+    under a limit of 256 open files ("cannot read the image's /etc/passwd ...: Too many open
+    files") where umoci and runc read it."""
+    root = tmp_path / "rootfs"
+    d = root
+    d.mkdir()
+    for _ in range(1200):   # (os.makedirs recurses per level)
+        d = d / "a"
+        d.mkdir()
+    (d / "b").mkdir()
+    (d / "b" / "passwd").write_text("web:x:33:33::/srv:/bin/sh\n")
+    os.symlink("/".join(["a"] * 1200) + "/b/../b", root / "etc")
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256));"
+            "from lamina.store.bundles import _read_in_root; sys.stdout.write(_read_in_root(sys.argv[1], "
+            "'etc/passwd').decode())")
+    r = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0 and r.stdout == "web:x:33:33::/srv:/bin/sh\n", r.stderr[-1000:]

@@ -7,6 +7,7 @@ ever leaving the rootfs.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
@@ -21,6 +22,9 @@ from .flatten import check_link
 from .materialize import _check_platform, _snapshots, _staged, check_outside_store
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# directories the /etc/passwd walk keeps open for ".."; above them it opens ".." again: an image's
+# symlinks lead thousands of levels down, past the open-file limit
+_OPEN_LEVELS = 16
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_ACCOUNTS_FILE = 16 << 20   # an /etc/passwd or /etc/group; real ones are a few KiB
@@ -100,13 +104,18 @@ def _read_in_root_fd(root, relpath, limit):
         parts = [p for p in relpath.split("/") if p not in ("", ".")]
         hops = 0
         stack = []           # fds of the directories walked, root first (not including root_fd)
+        ids = []             # their (dev, ino): of the ones closed (-1) for depth, to open them again
         cur = root_fd
         try:
             while parts:
                 name = parts.pop(0)
                 if name == "..":
                     if stack:
-                        os.close(stack.pop())
+                        below = stack.pop()
+                        ids.pop()
+                        if stack and stack[-1] < 0:
+                            stack[-1] = _reopen_parent(below, ids[-1])
+                        os.close(below)
                     cur = stack[-1] if stack else root_fd
                     continue
                 try:
@@ -120,7 +129,10 @@ def _read_in_root_fd(root, relpath, limit):
                     target = os.readlink(name, dir_fd=cur)
                     if target.startswith("/"):
                         while stack:
-                            os.close(stack.pop())
+                            fd = stack.pop()
+                            if fd >= 0:
+                                os.close(fd)
+                        ids.clear()
                         cur = root_fd
                     parts = [p for p in target.split("/") if p not in ("", ".")] + parts
                     continue
@@ -129,6 +141,10 @@ def _read_in_root_fd(root, relpath, limit):
                         return None
                     fd = os.open(name, _DIR_FLAGS, dir_fd=cur)
                     stack.append(fd)
+                    ids.append((st.st_dev, st.st_ino))
+                    if len(stack) > _OPEN_LEVELS and stack[-_OPEN_LEVELS - 1] >= 0:
+                        os.close(stack[-_OPEN_LEVELS - 1])
+                        stack[-_OPEN_LEVELS - 1] = -1
                     cur = fd
                     continue
                 if not stat.S_ISREG(st.st_mode):
@@ -141,9 +157,20 @@ def _read_in_root_fd(root, relpath, limit):
             return None
         finally:
             for fd in stack:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
     finally:
         os.close(root_fd)
+
+
+def _reopen_parent(fd, want):
+    """The directory above ``fd`` (through ".."), closed for depth: it must be the one that was."""
+    parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+    st = os.fstat(parent)
+    if (st.st_dev, st.st_ino) != want:
+        os.close(parent)
+        raise OSError(errno.ESTALE, "a directory on the way moved", "..")
+    return parent
 
 
 def _read_whole(fd, relpath, limit):

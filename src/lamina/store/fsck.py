@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -465,6 +466,12 @@ class Checker:
                 self.report.add("warning", "unverifiable-snapshot", chain,
                                 f"snapshot {chain}: no room to extract its layer again to check it "
                                 f"({_words(e)}); free space on the store's filesystem and run lamina fsck again")
+                return
+            if getattr(e, "errno", None) in (errno.EMFILE, errno.ENFILE):
+                # the same for this process's open-file limit: nothing is wrong with the layer
+                self.report.add("warning", "unverifiable-snapshot", chain,
+                                f"snapshot {chain}: too many open files to extract its layer again to check "
+                                f"it ({_words(e)}); raise the open-file limit (ulimit -n) and run lamina fsck again")
                 return
             if isinstance(e, OSError):
                 raise

@@ -754,6 +754,22 @@ def _inode(text):
     return int(text, 16)
 
 
+PASS_OPEN_LEVELS = 16   # directories the dedup pass keeps open along its path (see _Pass.run)
+
+
+def _reopen_parent(frame, child_fd):
+    """Open again the directory of the pass's stack ``frame``, closed for depth, through ".."
+    of its subdirectory ``child_fd``; its DirScan goes on from there."""
+    fd = os.open("..", _DIR_FLAGS, dir_fd=child_fd)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != frame[5]:
+        os.close(fd)
+        raise OSError(errno.ESTALE, f"{frame[1] or '/'} moved while the dedup pass walked it")
+    frame[0] = fd
+    if frame[2] is not None:
+        frame[2].dir_fd = fd
+
+
 def _inode_names(directory):
     """An empty {inode number: hashed/ name} of the pass, spilling beside ``directory``."""
     return SpilledNames(directory, _inode_key, _inode)
@@ -888,28 +904,43 @@ class _Pass:
         # level (each with its listing and the names of a batch's subdirectories still to visit),
         # never one per subdirectory waiting (30,000 sibling directories ran out of file
         # descriptors), nor a whole listing (a directory of 300k files took 341 MiB).
+        # A layer's symlinks lead its tree thousands of levels down, past any open-file limit: of
+        # the levels above the deepest PASS_OPEN_LEVELS, the fd is closed (-1), the directory's
+        # (dev, ino) kept, and it is opened again through ".." of the level below on the way up.
         root = os.open(os.path.join(self.snapshot_dir, "fs"), _DIR_FLAGS)
-        stack = [[root, "", None, (), 0]]   # fd, prefix, its DirScan, a batch's subdirectories, next one
+        stack = [[root, "", None, (), 0, None]]   # fd, prefix, its DirScan, a batch's subdirectories, next one, id
+        lowest = 0   # stack[lowest:] have their fds open
         listing = {"held": int(os.environ["LAMINA_PASS_LISTING_HELD"])} if os.environ.get("LAMINA_PASS_LISTING_HELD") else {}
         try:
             while stack:
                 frame = stack[-1]
-                fd, prefix, scan, subdirs, i = frame
+                fd, prefix, scan, subdirs, i, _ = frame
                 if i < len(subdirs):
                     frame[4] = i + 1
-                    stack.append([os.open(subdirs[i], _DIR_FLAGS, dir_fd=fd), f"{prefix}{subdirs[i]}/", None, (), 0])
+                    stack.append([os.open(subdirs[i], _DIR_FLAGS, dir_fd=fd), f"{prefix}{subdirs[i]}/", None, (), 0, None])
+                    if len(stack) - lowest > PASS_OPEN_LEVELS:
+                        closing = stack[lowest]
+                        st = os.fstat(closing[0])
+                        closing[5] = (st.st_dev, st.st_ino)
+                        os.close(closing[0])
+                        closing[0] = -1
+                        lowest += 1
                     continue
                 if scan is None:
                     frame[2] = scan = _native().DirScan(fd, self.snapshot_dir, **listing)
                 subdirs = self._scan_batch(scan, fast, hashed_fd, fd, prefix)
                 if subdirs is None:
                     stack.pop()
+                    if stack and stack[-1][0] < 0:
+                        _reopen_parent(stack[-1], fd)
+                        lowest -= 1
                     os.close(fd)
                     continue
                 frame[3], frame[4] = subdirs, 0
         finally:
             for frame in stack:
-                os.close(frame[0])
+                if frame[0] >= 0:
+                    os.close(frame[0])
                 if frame[2] is not None:
                     frame[2].close()
         self.stats.seconds = time.perf_counter() - start
