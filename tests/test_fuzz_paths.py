@@ -1,7 +1,7 @@
 """Differential fuzzer: random layer stacks through every path must agree.
 
 Random stacks of files and dirs (some owned by others, setuid, setgid or sticky,
-some with xattrs: user.*, trusted.*, security.capability, an access ACL; some with PAX
+some with xattrs: user.*, trusted.*, security.capability (v2, v3), an access ACL; some with PAX
 times at the extremes; the root among the dirs), symlinks (relative, absolute, pointing out of
 the root and at the host; owned by others too), hardlinks (same layer and lower layers,
 to whiteout and opaque names), sparse files (every GNU sparse format), device nodes, fifos,
@@ -137,8 +137,14 @@ def acl_in_step(acl, mode):
     return bytes(out)
 
 
+# v3 vfs_cap_data (a namespaced file capability, its root's uid last): root in the initial
+# namespace writing one of rootid 0 stores it as v2, the kernel's conversion, on every path alike;
+# one of rootid 1000 stays v3
+CAPABILITY_V3_ROOT = struct.pack("<6I", 0x03000001, 1 << 10, 0, 0, 0, 0)
+CAPABILITY_V3_USER = struct.pack("<6I", 0x03000001, 1 << 10, 0, 0, 0, 1000)
 XATTRS = [("user.fuzz", b"1"), ("user.fuzz", b"22"), ("user.other", b""), ("trusted.fuzz", b"t"),
           ("security.capability", CAPABILITY), ("system.posix_acl_access", ACL)]
+XATTRS += [("security.capability", CAPABILITY_V3_ROOT), ("security.capability", CAPABILITY_V3_USER)]
 # times a 12-byte octal field cannot hold or does not spell: the epoch, before it (with a fraction),
 # nanoseconds, after 2038 and after 2106
 MTIMES = ["0", "-1.5", "1600000000.123456789", "4102444800", "8589934592",
