@@ -1097,13 +1097,19 @@ def test_a_compact_store_catches_a_snapshot_changed_behind_its_back(host, data):
 # target (or of the link), an opaque directory over a link's target and a name linked again after
 # it was hidden must all give what the bottom-up paths give
 LINK_NAMES = ["a", "b", "d/a", "d/b", "d/e/a", "d/e/b", "e"]
+# now and then a file's xattrs (as umoci reads them: no empty value, no ACL): a link to a lower
+# file copies it up in the overlay format, and the copy must keep them
+LINK_XATTRS = [()] * 5 + [(("SCHILY.xattr.user.fuzz", b"1"),), (("SCHILY.xattr.trusted.fuzz", b"t"),),
+                          (("SCHILY.xattr.security.capability", CAPABILITY),),
+                          (("SCHILY.xattr.security.capability", CAPABILITY_V3_USER), ("SCHILY.xattr.user.fuzz", b"22"))]
 
 
 @st.composite
 def link_stacks(draw, host):
-    """2 to 6 layers of 1 to 5 entries: files, hardlinks (mostly to a file or link written
-    before, in this layer or any below), whiteouts of and opaque markers in what was written,
-    directories, symlinks to directories, files written anew over links' targets."""
+    """2 to 6 layers of 1 to 5 entries: files (some with xattrs), hardlinks (mostly to a file,
+    a device node or a link written before, in this layer or any below), whiteouts of and opaque
+    markers in what was written, directories, symlinks to directories, files written anew over
+    links' targets."""
     stack, written, dirs = [], [], {"d", "d/e"}
     live = {}  # the files (and links) a later entry can still link to: path -> layer
     for li in range(draw(st.integers(2, 6))):
@@ -1112,11 +1118,13 @@ def link_stacks(draw, host):
             # (now and then a fifo, mostly over a directory: it takes what is in it, which the
             # top-down unpack skipping the fifo must not leave for a later link to find)
             kind = draw(st.sampled_from(["file", "file", "hardlink", "hardlink", "hardlink", "whiteout",
-                                         "whiteout", "opaque", "dir", "symlink"] * 3 + ["fifo"]))
+                                         "whiteout", "opaque", "dir", "symlink"] * 3 + ["fifo", "node"]))
             path = draw(st.sampled_from(LINK_NAMES + written if written and draw(st.booleans()) else LINK_NAMES))
             if kind == "file":
                 op = ("file", path, draw(st.sampled_from([b"1", b"22", b""])), draw(st.sampled_from([0o644, 0o600])),
-                      (0, 0), ())
+                      (0, 0), draw(st.sampled_from(LINK_XATTRS)))
+            elif kind == "node":  # a character or block device: linked to as a file is
+                op = ("node", path, draw(st.sampled_from([(b"3", 1, 3), (b"4", 7, 0)])), (0, 0), ())
             elif kind == "hardlink":
                 # mostly a file there is (else one a whiteout or an opaque marker hid, or nothing)
                 if not live and not draw(one_in(8)):
@@ -1141,16 +1149,16 @@ def link_stacks(draw, host):
                 op = ("fifo", draw(st.sampled_from(sorted(dirs))) if not draw(one_in(3)) else path, (0, 0), 0o644, ())
             else:
                 op = ("symlink", path, draw(st.sampled_from(sorted(dirs) + ["/d", "."])), (0, 0), ())
-            if op[0] in ("file", "hardlink", "symlink", "fifo"):
+            if op[0] in ("file", "hardlink", "symlink", "fifo", "node"):
                 written.append(op[1])
             elif op[0] == "dir":
                 dirs.add(op[1])
             at = op[1].strip("./")
-            if op[0] in ("whiteout", "dir", "symlink", "fifo"):
+            if op[0] in ("whiteout", "dir", "symlink", "fifo", "node"):
                 live = {k: v for k, v in live.items() if k != at and not k.startswith(at + "/")}
             elif op[0] == "opaque":
                 live = {k: v for k, v in live.items() if v == li or not (k.startswith(at + "/") or not at)}
-            if op[0] in ("file", "hardlink") and (op[0] == "file" or op[2] in live):
+            if op[0] in ("file", "hardlink", "node") and (op[0] != "hardlink" or op[2] in live):
                 live[at] = li
             layer.append((op, draw(carriers)))
         stack.append(layer)
