@@ -184,10 +184,15 @@ def _with_libarchive(records):
         (("LIBARCHIVE.xattr.user.%C3%A9", "Mg=="),)])).map(lambda t: t[0] + t[1])
 
 
+# overlayfs's own xattrs, as a layer may carry them: meaningless on every path (dropped), where
+# kept they would make a directory opaque, a file a whiteout or a redirect in an overlay mount, or
+# (user.overlay.*) in nobody's (umoci sets them: the paths' stacks alone draw them)
+OVERLAY_XATTRS = [("trusted.overlay.opaque", b"y"), ("user.overlay.opaque", b"y"), ("trusted.overlay.whiteout", b""),
+                  ("user.overlay.redirect", b"/a"), ("trusted.overlay.overlay.opaque", b"y")]
 # a file's, in the paths' stacks (umoci reads the SCHILY records alone: CONFORMANCE.md)
-file_meta = meta.flatmap(_with_libarchive)
+file_meta = _meta(XATTRS + OVERLAY_XATTRS).flatmap(_with_libarchive)
 # a directory's: a default ACL too (umoci's reading of one differs on purpose: CONFORMANCE.md)
-dir_meta = _meta(XATTRS + [("system.posix_acl_default", DEFAULT_ACL)])
+dir_meta = _meta(XATTRS + OVERLAY_XATTRS + [("system.posix_acl_default", DEFAULT_ACL)])
 # a symlink's, a fifo's, a device node's: times, and the xattrs such inodes take or refuse
 # (user.* and ACLs on a symlink: skipped by lamina, on every path; umoci refuses the layer)
 special_meta = _meta([x for x in XATTRS if x[0] != "security.capability"])
@@ -347,7 +352,7 @@ def _rich_meta(xattrs):
         lambda xs: tuple(("SCHILY.xattr." + k, v) for k, v in xs))
 
 
-rich_dir_meta = _rich_meta(XATTRS + [("system.posix_acl_default", DEFAULT_ACL)])
+rich_dir_meta = _rich_meta(XATTRS + OVERLAY_XATTRS + [("system.posix_acl_default", DEFAULT_ACL)])
 
 
 @st.composite
