@@ -6,8 +6,8 @@ whiteouts and opaque markers ...), where lamina takes them, go
     copy into a store (keeping blobs, or compact: keep-blobs false, each layer rebuilt from its
     snapshot and tar-split sidecar when it leaves) -> push to a loopback docker-registry ->
     pull into a second store (compact or not) -> push from it to another repository ->
-    pull into a third -> save as a docker-archive -> skopeo copy of that archive to another
-    docker-archive -> load of skopeo's archive into a fourth store
+    pull into a third -> save as a docker-archive or an oci-archive -> skopeo copy of that
+    archive to a docker-archive -> load of skopeo's archive into a fourth store
 
 and each image on the way must hold the stack's layers (every layer blob read back by skopeo,
 from the second repository and from lamina's archive, hashes to the stack's diffID) and give the
@@ -69,6 +69,7 @@ def test_a_stack_comes_back_whole_through_push_pull_save_and_skopeo(host, data):
     # (gzip and plain only: skopeo's docker-archive holds no zstd layer, docker's has none)
     tars = fz.build(layers, data.draw(fz.encodings(len(layers), fz.UMOCI_ENCODINGS)))
     compact = data.draw(st.lists(st.booleans(), min_size=4, max_size=4))
+    archive = data.draw(st.sampled_from(["docker-archive", "oci-archive"]))
     fz._count_case()
     box = fz.Sandbox(host)
     work = box.guard.dest
@@ -77,7 +78,7 @@ def test_a_stack_comes_back_whole_through_push_pull_save_and_skopeo(host, data):
     def tree(path):
         return made_now(snapshot(path, include_root=True, dir_mtime=True), since)
     try:
-        context = describe(raw) + f"\ncompact stores: {compact}"
+        context = describe(raw) + f"\ncompact stores: {compact}, saved as {archive}"
         layout = write_image(os.path.join(work, "layout"), tars)
         try:
             want = tree(lamina.unpack(f"oci:{layout}:{TAG}", os.path.join(work, "dir")).dest)
@@ -109,10 +110,10 @@ def test_a_stack_comes_back_whole_through_push_pull_save_and_skopeo(host, data):
         trees["skopeo-oci"] = tree(lamina.unpack(f"oci:{skopeo_layout}:{TAG}", os.path.join(work, "skopeo-dir")).dest)
 
         saved, again = os.path.join(work, "saved.tar"), os.path.join(work, "again.tar")
-        save([two], saved, store=third)
+        save([two], saved, store=third, format=archive)
         ids, hashed = archive_diff_ids(saved)
         assert ids == hashed == diff_ids, f"save: layers {hashed}, config {ids}\n{context}"
-        _skopeo("copy", "-q", f"docker-archive:{saved}", f"docker-archive:{again}:y:1")
+        _skopeo("copy", "-q", f"{archive}:{saved}", f"docker-archive:{again}:y:1")
         fourth = _store(os.path.join(work, "s4"), compact[3])
         copy(f"docker-archive:{again}", "y:1", store=fourth)
         assert list(fourth.resolve("y:1").diff_ids) == diff_ids, f"loaded from skopeo's archive\n{context}"
