@@ -6386,7 +6386,7 @@ cdef class Extractor:
                     r = unlinkat(pfd, chidden, 0)
                     if r < 0 and errno == ENOENT:
                         r = 0
-            if own and pfd >= 0 and not slow and not (found and r < 0):  # else kept for the caller
+            if own and pfd >= 0 and not slow and not (found and r < 0) and sr != 0:  # else kept
                 close(pfd)
         if pfd < 0:
             # the parent is absent, or under a non-directory: nothing to hide (as _resolve_dir
@@ -6401,10 +6401,21 @@ cdef class Extractor:
             self.nogil_entries += 1
             return -2
         if sr == 0:
-            if need_times:
-                self.fixups.time(parent, &pst)
-            if opened:
-                self.fixups.mode(parent, &pst)
+            try:
+                # where the parent really is, as _keep_times: reached through a symlink the layer
+                # then removes (a/.wh.f, .wh.a with a -> b), a record under the name a is lost
+                # with it, and b keeps the time of the run
+                real = self._real_path(pfd, parent) if own else parent
+                if need_times:
+                    self.fixups.time(real, &pst)
+                if opened:
+                    self.fixups.mode(real, &pst)
+            except BaseException:
+                if own:
+                    close(pfd)
+                raise
+            if own and r == 0:
+                close(pfd)
         if r < 0:  # the general removal, its retries and its error
             try:
                 self._remove(pfd, hidden, name)
@@ -6618,8 +6629,8 @@ cdef class Extractor:
                 sr = fstat(fd, &st)
                 if sr == 0:
                     empty = _dir_empty(fd)
-                if empty == 1:
-                    if overlay and fsetxattr(fd, key, "y", 1, 0) < 0:
+                if empty == 1 and overlay:
+                    if fsetxattr(fd, key, "y", 1, 0) < 0:
                         step = SC_OPAQUE
                         e = errno
                     close(fd)
@@ -6637,8 +6648,11 @@ cdef class Extractor:
         if step != SC_OK:
             self._step_error(step, e, name)
         self._invalidate()
-        if not overlay:  # _keep_times
-            self.fixups.time(parent, &st)
+        if not overlay:  # _keep_times, where the directory really is (see _whiteout_nogil)
+            try:
+                self.fixups.time(self._real_path(fd, parent), &st)
+            finally:
+                close(fd)
         self.nogil_entries += 1
         return -2
 

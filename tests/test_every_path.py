@@ -799,6 +799,40 @@ def test_a_lower_dirs_time_is_kept_when_a_layer_writes_through_a_symlink_to_it(g
     assert tree["real"].mtime == (1_600_000_000 if upper == "listed" else 1_500_000_000)
 
 
+# A whiteout or an opaque marker reached through a symlink, then the symlink removed in the same
+# layer: the directory must keep its lower time (with_umoci False: umoci gives the time of the run)
+_THROUGH_THEN_GONE = {
+    "whiteout": ([Tar().dir("b", mtime=_LOW).file("b/f").symlink("a", "b"), Tar().whiteout("a/f").whiteout("a")],
+                 "b", True),
+    "whiteout-then-write": ([Tar().dir("b", mtime=_LOW).file("b/f").symlink("a", "b"),
+                             Tar().whiteout("a/f").file("a/g").whiteout("a")], "b", True),
+    "opaque-in-empty-dir": ([Tar().dir("b", mtime=_LOW).symlink("a", "b"), Tar().opaque("a").file("a/x").whiteout("a")],
+                            "b", True),
+    # test_fuzz_paths.py, seed 44250 (LAMINA_FUZZ_HELD=1): the marker in a/d (a/d -> .) clears a,
+    # the symlink with it
+    "opaque-clears-the-link": ([Tar().dir("a", mtime=_LOW).file("a/y").file("a/s").symlink("a/d", "."),
+                                Tar().whiteout("a/d/y").opaque("a/d")], "a", False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_THROUGH_THEN_GONE))
+def test_a_directory_a_marker_reaches_through_a_symlink_the_layer_removes_keeps_its_time(g, case):
+    """A whiteout (or an opaque marker in an empty directory) reached through ``a -> b``, then
+    ``a`` removed in the same layer.  The dir format's quick whiteout and marker recorded b's time
+    under the name ``a`` (where _keep_times records it where the directory really is), and the
+    record then stood in for b's own: gone with ``a`` by the end of the layer, b kept the time of
+    the extraction where the overlay mounts, the store's paths and umoci keep b's."""
+    layers, d, with_umoci = _THROUGH_THEN_GONE[case]
+    raws = [t.bytes() for t in layers]
+    since = int(time.time()) - 1
+    results = run_paths(g.dest, raws, dir_mtime=True)
+    if with_umoci:
+        results["umoci"] = umoci_tree(g.dest, raws, dir_mtime=True)
+    tree = assert_agree({p: made_now(t, since) for p, t in results.items()}, context=describe(raws))
+    assert tree.entries[d].mtime == _LOW, tree.entries
+    g.check()
+
+
 # A whiteout after entries of its own layer under the name it hides: the layer's directory
 # stays (a whiteout hides lower layers only), it merely shows nothing from below.
 _LISTED_LOW = dict(mode=0o750, uid=5, gid=6, mtime=_LOW)

@@ -1,7 +1,7 @@
 """Differential fuzzer: random layer stacks through every path must agree.
 
 Random stacks of files and dirs (some owned by others, setuid, setgid or sticky,
-some with xattrs: user.*, trusted.*, security.capability, an access ACL; some with PAX
+some with xattrs: user.*, trusted.*, security.capability (v2, v3), an access ACL; some with PAX
 times at the extremes; the root among the dirs), symlinks (relative, absolute, pointing out of
 the root and at the host; owned by others too), hardlinks (same layer and lower layers,
 to whiteout and opaque names), sparse files (every GNU sparse format), device nodes, fifos,
@@ -137,8 +137,14 @@ def acl_in_step(acl, mode):
     return bytes(out)
 
 
+# v3 vfs_cap_data (a namespaced file capability, its root's uid last): root in the initial
+# namespace writing one of rootid 0 stores it as v2, the kernel's conversion, on every path alike;
+# one of rootid 1000 stays v3
+CAPABILITY_V3_ROOT = struct.pack("<6I", 0x03000001, 1 << 10, 0, 0, 0, 0)
+CAPABILITY_V3_USER = struct.pack("<6I", 0x03000001, 1 << 10, 0, 0, 0, 1000)
 XATTRS = [("user.fuzz", b"1"), ("user.fuzz", b"22"), ("user.other", b""), ("trusted.fuzz", b"t"),
           ("security.capability", CAPABILITY), ("system.posix_acl_access", ACL)]
+XATTRS += [("security.capability", CAPABILITY_V3_ROOT), ("security.capability", CAPABILITY_V3_USER)]
 # times a 12-byte octal field cannot hold or does not spell: the epoch, before it (with a fraction),
 # nanoseconds, after 2038 and after 2106
 MTIMES = ["0", "-1.5", "1600000000.123456789", "4102444800", "8589934592",
@@ -178,10 +184,15 @@ def _with_libarchive(records):
         (("LIBARCHIVE.xattr.user.%C3%A9", "Mg=="),)])).map(lambda t: t[0] + t[1])
 
 
+# overlayfs's own xattrs, as a layer may carry them: meaningless on every path (dropped), where
+# kept they would make a directory opaque, a file a whiteout or a redirect in an overlay mount, or
+# (user.overlay.*) in nobody's (umoci sets them: the paths' stacks alone draw them)
+OVERLAY_XATTRS = [("trusted.overlay.opaque", b"y"), ("user.overlay.opaque", b"y"), ("trusted.overlay.whiteout", b""),
+                  ("user.overlay.redirect", b"/a"), ("trusted.overlay.overlay.opaque", b"y")]
 # a file's, in the paths' stacks (umoci reads the SCHILY records alone: CONFORMANCE.md)
-file_meta = meta.flatmap(_with_libarchive)
+file_meta = _meta(XATTRS + OVERLAY_XATTRS).flatmap(_with_libarchive)
 # a directory's: a default ACL too (umoci's reading of one differs on purpose: CONFORMANCE.md)
-dir_meta = _meta(XATTRS + [("system.posix_acl_default", DEFAULT_ACL)])
+dir_meta = _meta(XATTRS + OVERLAY_XATTRS + [("system.posix_acl_default", DEFAULT_ACL)])
 # a symlink's, a fifo's, a device node's: times, and the xattrs such inodes take or refuse
 # (user.* and ACLs on a symlink: skipped by lamina, on every path; umoci refuses the layer)
 special_meta = _meta([x for x in XATTRS if x[0] != "security.capability"])
@@ -341,7 +352,7 @@ def _rich_meta(xattrs):
         lambda xs: tuple(("SCHILY.xattr." + k, v) for k, v in xs))
 
 
-rich_dir_meta = _rich_meta(XATTRS + [("system.posix_acl_default", DEFAULT_ACL)])
+rich_dir_meta = _rich_meta(XATTRS + OVERLAY_XATTRS + [("system.posix_acl_default", DEFAULT_ACL)])
 
 
 @st.composite
@@ -1091,13 +1102,19 @@ def test_a_compact_store_catches_a_snapshot_changed_behind_its_back(host, data):
 # target (or of the link), an opaque directory over a link's target and a name linked again after
 # it was hidden must all give what the bottom-up paths give
 LINK_NAMES = ["a", "b", "d/a", "d/b", "d/e/a", "d/e/b", "e"]
+# now and then a file's xattrs (as umoci reads them: no empty value, no ACL): a link to a lower
+# file copies it up in the overlay format, and the copy must keep them
+LINK_XATTRS = [()] * 5 + [(("SCHILY.xattr.user.fuzz", b"1"),), (("SCHILY.xattr.trusted.fuzz", b"t"),),
+                          (("SCHILY.xattr.security.capability", CAPABILITY),),
+                          (("SCHILY.xattr.security.capability", CAPABILITY_V3_USER), ("SCHILY.xattr.user.fuzz", b"22"))]
 
 
 @st.composite
 def link_stacks(draw, host):
-    """2 to 6 layers of 1 to 5 entries: files, hardlinks (mostly to a file or link written
-    before, in this layer or any below), whiteouts of and opaque markers in what was written,
-    directories, symlinks to directories, files written anew over links' targets."""
+    """2 to 6 layers of 1 to 5 entries: files (some with xattrs), hardlinks (mostly to a file,
+    a device node or a link written before, in this layer or any below), whiteouts of and opaque
+    markers in what was written, directories, symlinks to directories, files written anew over
+    links' targets."""
     stack, written, dirs = [], [], {"d", "d/e"}
     live = {}  # the files (and links) a later entry can still link to: path -> layer
     for li in range(draw(st.integers(2, 6))):
@@ -1106,11 +1123,13 @@ def link_stacks(draw, host):
             # (now and then a fifo, mostly over a directory: it takes what is in it, which the
             # top-down unpack skipping the fifo must not leave for a later link to find)
             kind = draw(st.sampled_from(["file", "file", "hardlink", "hardlink", "hardlink", "whiteout",
-                                         "whiteout", "opaque", "dir", "symlink"] * 3 + ["fifo"]))
+                                         "whiteout", "opaque", "dir", "symlink"] * 3 + ["fifo", "node"]))
             path = draw(st.sampled_from(LINK_NAMES + written if written and draw(st.booleans()) else LINK_NAMES))
             if kind == "file":
                 op = ("file", path, draw(st.sampled_from([b"1", b"22", b""])), draw(st.sampled_from([0o644, 0o600])),
-                      (0, 0), ())
+                      (0, 0), draw(st.sampled_from(LINK_XATTRS)))
+            elif kind == "node":  # a character or block device: linked to as a file is
+                op = ("node", path, draw(st.sampled_from([(b"3", 1, 3), (b"4", 7, 0)])), (0, 0), ())
             elif kind == "hardlink":
                 # mostly a file there is (else one a whiteout or an opaque marker hid, or nothing)
                 if not live and not draw(one_in(8)):
@@ -1135,16 +1154,16 @@ def link_stacks(draw, host):
                 op = ("fifo", draw(st.sampled_from(sorted(dirs))) if not draw(one_in(3)) else path, (0, 0), 0o644, ())
             else:
                 op = ("symlink", path, draw(st.sampled_from(sorted(dirs) + ["/d", "."])), (0, 0), ())
-            if op[0] in ("file", "hardlink", "symlink", "fifo"):
+            if op[0] in ("file", "hardlink", "symlink", "fifo", "node"):
                 written.append(op[1])
             elif op[0] == "dir":
                 dirs.add(op[1])
             at = op[1].strip("./")
-            if op[0] in ("whiteout", "dir", "symlink", "fifo"):
+            if op[0] in ("whiteout", "dir", "symlink", "fifo", "node"):
                 live = {k: v for k, v in live.items() if k != at and not k.startswith(at + "/")}
             elif op[0] == "opaque":
                 live = {k: v for k, v in live.items() if v == li or not (k.startswith(at + "/") or not at)}
-            if op[0] in ("file", "hardlink") and (op[0] == "file" or op[2] in live):
+            if op[0] in ("file", "hardlink", "node") and (op[0] != "hardlink" or op[2] in live):
                 live[at] = li
             layer.append((op, draw(carriers)))
         stack.append(layer)

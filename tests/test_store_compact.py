@@ -322,6 +322,30 @@ def test_push_from_a_compact_store_rebuilds_gzips_and_pulls_back_the_same_tree(t
     assert not set(os.listdir(root / "blobs" / "sha256")) & {b.split(":")[1] for b in blobs}
 
 
+def test_push_from_a_compact_store_of_an_image_holding_one_layer_twice(tmp_path, reg, registry_env):
+    """An image whose layers repeat one blob (two empty layers) between others.  push named each
+    rebuilt layer's file by how many digests it had rebuilt: the repeated layer's digest did not
+    add one, so the next layer's file took the repeated one's name and overwrote it, and the
+    upload of the repeated blob sent the next layer's bytes ("digest invalid", found by
+    test_fuzz_roundtrip.py, seed 45312)."""
+    root = registry_env / "root"
+    lay = ocibuild.Layout(tmp_path / "oci")
+    empty = bytes(1024)
+    raws = [Tar().file("a", b"a\n").bytes(), empty, empty, Tar().file("b", b"b\n").bytes()]
+    lay.image_of_tars(raws, "1")
+    lamina_subprocess(root, "config", "set", "keep-blobs", "false")
+    lamina_subprocess(root, "copy", f"oci:{lay.root}:1", "a:1")
+    ref = f"{reg.host}/compact/twice:1"
+    lamina_cli("tag", "a:1", ref, root=root)
+    lamina_cli("push", ref, root=root)
+    back = tmp_path / "back"
+    lamina_cli("pull", "-q", ref, root=back)
+    info = json.loads(lamina_cli("inspect", ref, root=back).stdout)[0]
+    assert info["RootFS"]["Layers"] == ["sha256:" + hashlib.sha256(r).hexdigest() for r in raws]
+    lamina_cli("unpack", ref, tmp_path / "pulled", root=back)
+    assert sorted(snapshot(tmp_path / "pulled").paths()) == ["a", "b"]
+
+
 def test_push_from_a_compact_store_catches_a_changed_file(tmp_path, layout, reg, registry_env):
     root = registry_env / "root"
     lamina_subprocess(root, "config", "set", "keep-blobs", "false")

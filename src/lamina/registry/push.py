@@ -102,6 +102,7 @@ class Pusher:
         self.chunk_size = int(chunk_size or os.environ.get("LAMINA_PUSH_CHUNK_SIZE") or DEFAULT_CHUNK_SIZE)
         self.concurrency = max(1, int(concurrency or DEFAULT_CONCURRENCY))
         self._rebuilt = {}   # digest -> path of a layer blob rebuilt from a compact store
+        self._rebuilds = 0   # the files written for _rebuilt
 
     def run(self):
         try:
@@ -199,10 +200,13 @@ class Pusher:
         from ..transports.sources import _with_layers
         new = {}
         for desc, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids):
-            if self.store.has_blob(desc.digest) or not self.store.layer_is_compact(chain):
-                continue
+            if desc.digest in new or self.store.has_blob(desc.digest) or not self.store.layer_is_compact(chain):
+                continue  # (a blob the image repeats is rebuilt once)
             gz_type = mt.DOCKER_LAYER_GZIP if desc.media_type.startswith("application/vnd.docker.") else mt.OCI_LAYER_GZIP
-            path = os.path.join(self._tmp, f"layer-{len(self._rebuilt)}.gz")
+            # a file of its own for each rebuild: two layers may rebuild to one digest (blobs
+            # of one diffID, gzipped otherwise), which _rebuilt counts once
+            self._rebuilds += 1
+            path = os.path.join(self._tmp, f"layer-{self._rebuilds}.gz")
             with open(path, "wb") as out:
                 digest, size = gzip_layer(self.store.paths.snapshot(chain), diff_id,
                                           f"layer {desc.digest} (diffID {diff_id})", out)
