@@ -7,7 +7,6 @@ ever leaving the rootfs.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import posixpath
@@ -19,6 +18,7 @@ from ..quoting import quote_name
 from .flatten import _is_root, flatten
 from .inuse import record_use
 from .flatten import check_link
+from .fsutil import open_parent_again
 from .materialize import _check_platform, _snapshots, _staged, check_outside_store
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -114,7 +114,7 @@ def _read_in_root_fd(root, relpath, limit):
                         below = stack.pop()
                         ids.pop()
                         if stack and stack[-1] < 0:
-                            stack[-1] = _reopen_parent(below, ids[-1])
+                            stack[-1] = open_parent_again(below, ids[-1], "a directory on the way moved")
                         os.close(below)
                     cur = stack[-1] if stack else root_fd
                     continue
@@ -161,16 +161,6 @@ def _read_in_root_fd(root, relpath, limit):
                     os.close(fd)
     finally:
         os.close(root_fd)
-
-
-def _reopen_parent(fd, want):
-    """The directory above ``fd`` (through ".."), closed for depth: it must be the one that was."""
-    parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
-    st = os.fstat(parent)
-    if (st.st_dev, st.st_ino) != want:
-        os.close(parent)
-        raise OSError(errno.ESTALE, "a directory on the way moved", "..")
-    return parent
 
 
 def _read_whole(fd, relpath, limit):

@@ -56,6 +56,18 @@ def fsync_dir(path):
         os.close(fd)
 
 
+def open_parent_again(fd, want, moved):
+    """The directory above ``fd`` (its ".."), opened again where a walk closed it to stay under
+    the open-file limit (an image's symlinks lead its tree thousands of levels down): it must
+    still be the directory of (dev, ino) ``want``, else ESTALE with the message ``moved``."""
+    parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    st = os.fstat(parent)
+    if (st.st_dev, st.st_ino) != want:
+        os.close(parent)
+        raise OSError(errno.ESTALE, moved, "..")
+    return parent
+
+
 def name_error(e, path):
     """Give ``e`` the file name ``path`` if it has none: an OSError of a write through an fd or
     a file object carries none (only open() sets it), so a full disk said "No space left on

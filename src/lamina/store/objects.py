@@ -760,12 +760,8 @@ PASS_OPEN_LEVELS = 16   # directories the dedup pass keeps open along its path (
 def _reopen_parent(frame, child_fd):
     """Open again the directory of the pass's stack ``frame``, closed for depth, through ".."
     of its subdirectory ``child_fd``; its DirScan goes on from there."""
-    fd = os.open("..", _DIR_FLAGS, dir_fd=child_fd)
-    st = os.fstat(fd)
-    if (st.st_dev, st.st_ino) != frame[5]:
-        os.close(fd)
-        raise OSError(errno.ESTALE, f"{frame[1] or '/'} moved while the dedup pass walked it")
-    frame[0] = fd
+    from .fsutil import open_parent_again
+    frame[0] = fd = open_parent_again(child_fd, frame[5], f"{frame[1] or '/'} moved while the dedup pass walked it")
     if frame[2] is not None:
         frame[2].dir_fd = fd
 
