@@ -16,7 +16,6 @@ asked by the registry).  ``Basic`` challenges get the stored credentials.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import threading
@@ -510,7 +509,7 @@ class Repository:
             # parser's "not UTF-8" said nothing of why
             raise RegistryError(f"manifest {what}: the registry sent it with Content-Encoding: "
                                 f"{encoding[:40]}, which lamina did not ask for (it takes identity only)")
-        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        actual = _digest.sha256_bytes(data)
         if is_digest and actual != reference:
             raise RegistryError(f"manifest {what}: registry sent content with digest {actual}")
         header_digest = (resp.header("Docker-Content-Digest") or "").strip()
@@ -543,7 +542,7 @@ class Repository:
         data = known(digest)
         # a HEAD whose length is not the document's contradicts itself: the GET decides
         if data is None or (resp.length is not None and resp.length != len(data)) \
-                or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+                or _digest.sha256_bytes(data) != digest:
             return None
         what = f"{self.name}{'@' if is_digest else ':'}{reference}"
         try:
@@ -622,7 +621,7 @@ class Repository:
         """A small blob's bytes (configs), verified."""
         resp = self.open_blob(digest)
         data = resp.content(limit=limit)
-        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        actual = _digest.sha256_bytes(data)
         if actual != digest:
             raise RegistryError(f"blob {digest} from {self.name}: registry sent content with digest {actual}")
         return data
