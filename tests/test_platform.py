@@ -3,8 +3,11 @@ from collections import namedtuple
 
 import pytest
 
+import ocibuild as ob
 from lamina import mediatypes as mt
-from lamina.errors import InvalidReferenceError, UnsupportedMediaTypeError
+from lamina import platform as platform_module
+from lamina.errors import InvalidReferenceError, PlatformNotFoundError, UnsupportedMediaTypeError
+from lamina.oci.layout import open_layout_dir
 from lamina.platform import Platform, machine_to_arch
 
 
@@ -108,6 +111,94 @@ def test_compatible_order_follows_containerd():
     assert [str(p) for p in Platform.parse("linux/amd64/v3").compatible()] == [
         "linux/amd64/v3", "linux/amd64/v2", "linux/amd64", "linux/386"]
     assert [str(p) for p in Platform.parse("linux/s390x").compatible()] == ["linux/s390x"]
+
+
+# /proc/cpuinfo's names for the features of each x86-64 level (the psABI's, as go-archvariant
+# reads them by CPUID for docker): SSE3 is "pni", LZCNT "abm"
+BASELINE = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 syscall lm"
+X86_LEVEL_FLAGS = {
+    "v1": BASELINE,
+    "v2": BASELINE + " pni ssse3 cx16 sse4_1 sse4_2 popcnt lahf_lm",
+    "v3": BASELINE + " pni ssse3 cx16 sse4_1 sse4_2 popcnt lahf_lm avx avx2 bmi1 bmi2 f16c fma abm movbe xsave",
+}
+X86_LEVEL_FLAGS["v4"] = X86_LEVEL_FLAGS["v3"] + " avx512f avx512bw avx512cd avx512dq avx512vl avx512_vnni"
+
+
+@pytest.fixture
+def x86_cpu(monkeypatch, tmp_path):
+    """Make this an x86_64 machine whose /proc/cpuinfo lists ``flags`` (None: no cpuinfo)."""
+    Uname = namedtuple("Uname", "sysname nodename release version machine")
+    monkeypatch.setattr(os, "uname", lambda: Uname("Linux", "h", "6", "#1", "x86_64"))
+
+    def cpu(flags):
+        path = tmp_path / "cpuinfo"
+        if flags is None:
+            path.unlink(missing_ok=True)
+        else:   # two processors, as the kernel lists each
+            path.write_text("".join(f"processor\t: {n}\nvendor_id\t: AuthenticAMD\nflags\t\t: {flags}\n\n"
+                                    for n in range(2)))
+        monkeypatch.setattr(platform_module, "CPUINFO", str(path))
+        platform_module.amd64_level.cache_clear()
+    yield cpu
+    platform_module.amd64_level.cache_clear()
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (X86_LEVEL_FLAGS["v1"], "linux/amd64"),
+    (X86_LEVEL_FLAGS["v2"], "linux/amd64/v2"),
+    (X86_LEVEL_FLAGS["v3"], "linux/amd64/v3"),
+    (X86_LEVEL_FLAGS["v4"], "linux/amd64/v4"),
+    (X86_LEVEL_FLAGS["v3"].replace(" abm", ""), "linux/amd64/v2"),           # no LZCNT: not v3
+    (X86_LEVEL_FLAGS["v2"] + " avx512f avx512bw avx512cd avx512dq avx512vl", "linux/amd64/v2"),  # levels build up
+    (X86_LEVEL_FLAGS["v4"].replace(" avx512vl", ""), "linux/amd64/v3"),
+    (None, "linux/amd64"),
+])
+def test_the_native_platform_of_an_x86_64_machine_has_its_cpus_level(x86_cpu, flags, expected):
+    """docker matches an index against this machine's x86-64 level (go-archvariant: moby#43434, and
+    moby#52773 for its containerd image store); lamina took every x86_64 machine for amd64/v1."""
+    x86_cpu(flags)
+    assert str(Platform.native()) == expected
+    # --platform linux and the host (containerd's DefaultSpec) stay amd64: a lone os asks for no level
+    assert Platform.host() == Platform.parse("linux") == Platform("linux", "amd64")
+
+
+def _levels_layout(root, variants):
+    lay = ob.Layout(root)
+    entries = []
+    for variant in variants:
+        m = lay.image([{"level": (variant or "v1").encode()}], arch="amd64", variant=variant)
+        entries.append(ob.with_platform(m, "linux", "amd64", variant))
+    lay.add(lay.index(entries), "latest")
+    return str(root)
+
+
+def _chosen_level(root, platform=None):
+    return str(open_layout_dir(root).resolve(platform).platform)
+
+
+@pytest.mark.parametrize("cpu, variants, expected", [
+    ("v3", [None, "v2", "v3", "v4"], "linux/amd64/v3"),   # the best level the CPU runs, wherever listed
+    ("v3", ["v4", "v3", None], "linux/amd64/v3"),
+    ("v4", [None, "v2"], "linux/amd64/v2"),
+    ("v4", [None, "v4"], "linux/amd64/v4"),
+    ("v1", ["v4", "v3", None], "linux/amd64"),
+    ("v2", ["v3"], None),                                  # a level above the CPU's is never run
+    ("v4", ["v3"], "linux/amd64/v3"),                      # an index of one level (moby#52751)
+])
+def test_an_index_of_amd64_levels_is_matched_by_the_cpus_level(tmp_path, x86_cpu, cpu, variants, expected):
+    """As docker picks (moby#52751: a v3-only image on a v4 machine was "no matching manifest"):
+    the highest level the CPU runs, then the levels below, then plain amd64 and 386; --platform
+    names one exactly."""
+    x86_cpu(X86_LEVEL_FLAGS[cpu])
+    root = _levels_layout(tmp_path / "layout", variants)
+    if expected is None:
+        with pytest.raises(PlatformNotFoundError) as e:
+            _chosen_level(root)
+        assert "no image for platform linux/amd64/v2; available: linux/amd64/v3" in str(e.value)
+    else:
+        assert _chosen_level(root) == expected
+    if None in variants:
+        assert _chosen_level(root, "linux/amd64") == "linux/amd64"
 
 
 @pytest.mark.parametrize("media_type, compression", [

@@ -353,10 +353,12 @@ def index_entries(descs, open_index, platform_of, max_depth, what, depth=0):
 
 def choose_platform(descs, want, open_index, platform_of, max_depth, what, depth=0):
     """(descriptor, platform) of the manifest among ``descs`` (an index's) for ``want`` (a
-    Platform, or None: this host, with its compatible fallbacks), walking nested indexes.  The
-    registry and the layouts choose with this one rule, so that one index gets one answer."""
+    Platform, or None: this machine's native platform, with its compatible fallbacks), walking
+    nested indexes.  The registry and the layouts choose with this one rule, so that one index
+    gets one answer."""
     entries = index_entries(descs, open_index, platform_of, max_depth, what, depth)
-    wanted = [want] if want is not None else Platform.host().compatible()
+    native = Platform.native() if want is None else None
+    wanted = [want] if want is not None else native.compatible()
     for w in wanted:
         for d, p in entries:
             if p == w:
@@ -370,7 +372,7 @@ def choose_platform(descs, want, open_index, platform_of, max_depth, what, depth
     if want is None and len(entries) == 1 and unplatformed:
         return unplatformed[0], None
     available = sorted({str(p) for _, p in entries if p is not None})
-    raise PlatformNotFoundError(str(want or Platform.host()), available)
+    raise PlatformNotFoundError(str(want or native), available)
 
 
 def parse_manifest(doc, media_type, what, limits=DEFAULT_LIMITS):
