@@ -393,6 +393,36 @@ def test_schema1_is_refused_clearly(tmp_path):
         resolve(lay2.root)
 
 
+def test_a_manifest_list_entry_that_is_schema1_is_refused_as_schema1(tmp_path, monkeypatch):
+    """Docker's manifest list lets an entry name a schema1 manifest (its spec says so; early
+    multi-arch images had them).  Such an entry for the platform asked was passed over as no image:
+    "no image for platform linux/amd64; available: linux/arm64/v8", as if the publisher had built
+    none.  It is refused saying what it is, from a layout and from a registry's index alike; a
+    schema2 image of the same platform listed beside it is taken."""
+    fake_host(monkeypatch, "x86_64")
+    doc = {"schemaVersion": 1, "name": "x", "tag": "latest", "architecture": "amd64", "fsLayers": [], "history": []}
+    lay = ob.Layout(tmp_path / "img")
+    old = ob.with_platform(lay.json_blob(doc, "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+                           "linux", "amd64")
+    arm = ob.with_platform(lay.image([{"a": b"arm"}], arch="arm64", docker=True), "linux", "arm64")
+    amd = ob.with_platform(lay.image([{"a": b"amd"}], docker=True), "linux", "amd64")
+    lay.add(lay.index([old, arm], docker=True), "old")
+    lay.add(lay.index([old, arm, amd], docker=True), "both")
+    for platform in (None, "linux/amd64"):
+        with pytest.raises(UnsupportedMediaTypeError) as e:
+            resolve(f"oci:{lay.root}:old", platform)
+        assert f"manifest {old['digest']} for linux/amd64" in str(e.value), str(e.value)
+        assert "Docker schema1 manifests are deprecated and not supported" in str(e.value), str(e.value)
+        assert resolve(f"oci:{lay.root}:both", platform).manifest_digest == amd["digest"]
+    assert resolve(f"oci:{lay.root}:old", "linux/arm64").manifest_digest == arm["digest"]
+    # the registry's pull chooses by the same rule, before the schema1 manifest is fetched
+    from lamina.oci.model import parse_index
+    from lamina.registry.pull import choose_platform
+    index = parse_index(lay.read_json(lay.entries[0]["digest"]), ob.DOCKER_LIST, "image index")
+    with pytest.raises(UnsupportedMediaTypeError, match=f"manifest {old['digest']} for linux/amd64: Docker schema1"):
+        choose_platform(index, Platform.parse("linux/amd64"), fetch=None)
+
+
 def test_unsupported_layer_media_type_names_the_layer(tmp_path):
     lay = ob.Layout(tmp_path / "img")
     lay.add(lay.image([{"a": b"1"}], layer_media_type="application/vnd.cncf.helm.chart.content.v1.tar+gzip"))

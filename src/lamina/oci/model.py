@@ -345,6 +345,10 @@ def index_entries(descs, open_index, platform_of, max_depth, what, depth=0):
                 if platform is not None and not (platform.os and platform.architecture):
                     platform = None   # a config of empty os and architecture (cosign's signatures) runs on none
                 out.append((d, platform))
+            elif d.media_type in mt.SCHEMA1_TYPES and d.platform is not None:
+                # a Docker manifest list may name a schema1 manifest: kept, so that choosing its
+                # platform says what it is rather than that the publisher built nothing for it
+                out.append((d, d.platform))
             # Anything else in an index (artifacts, signatures) is not a runnable image: skip it.
 
     walk(descs, depth)
@@ -360,12 +364,18 @@ def choose_platform(descs, want, open_index, platform_of, max_depth, what, depth
     native = Platform.native() if want is None else None
     wanted = [want] if want is not None else native.compatible()
     for w in wanted:
+        schema1 = None
         for d, p in entries:
             if p == w:
+                if d.media_type in mt.SCHEMA1_TYPES:
+                    schema1 = schema1 or d   # a schema2 image of the platform listed beside it wins
+                    continue
                 if mt.is_index(d.media_type):
                     return choose_platform(open_index(d).manifests, want or w, open_index, platform_of,
                                            max_depth, what, depth + 1)
                 return d, p
+        if schema1 is not None:
+            raise UnsupportedMediaTypeError(f"{what}: manifest {schema1.digest} for {w}: {mt.SCHEMA1_MESSAGE}")
     # An index of one manifest that names no platform (an artifact, a config without one): that
     # manifest, which then says what it is ("an artifact of type ...") better than "available: none".
     unplatformed = [d for d, p in entries if p is None and mt.is_manifest(d.media_type)]
