@@ -136,6 +136,31 @@ def test_multiarch_index_resolves_each_platform(tmp_path, platform, arch_file):
     assert str(img.platform) == arch_file.decode()
 
 
+def test_of_several_images_of_one_platform_in_an_image_index_the_first_listed_wins(tmp_path, monkeypatch):
+    """Which image an index gives when several match: the best platform the machine runs first
+    (containerd sorts by its platform order, skopeo by its wanted list), then the first listed
+    among the images of that platform (containerd's sort is stable, skopeo takes the earliest).
+    Unlike two images of one platform under one name in index.json, which the tools read four
+    ways and lamina refuses (tests/CONFORMANCE.md), every reader here gives the same image."""
+    require_tool("skopeo")
+    lay = ob.Layout(tmp_path / "img")
+    first = lay.image([{"who": b"first"}])
+    second = lay.image([{"who": b"second"}])
+    arm32 = lay.image([{"who": b"arm32"}], arch="arm", variant="v7")
+    arm64 = lay.image([{"who": b"arm64"}], arch="arm64")
+    lay.add(lay.index([ob.with_platform(arm32, "linux", "arm", "v7"), ob.with_platform(first, "linux", "amd64"),
+                       ob.with_platform(arm64, "linux", "arm64"), ob.with_platform(second, "linux", "amd64")]), "x")
+    src = f"oci:{lay.root}:x"
+    for machine, arch, expected in (("x86_64", "amd64", first), ("aarch64", "arm64", arm64)):
+        run("skopeo", "copy", "-q", "--override-arch", arch, "--override-os", "linux", src,
+            f"dir:{tmp_path / arch}")
+        copied = json.loads((tmp_path / arch / "manifest.json").read_bytes())
+        assert copied["config"]["digest"] == lay.read_json(expected["digest"])["config"]["digest"], arch
+        fake_host(monkeypatch, machine)
+        assert resolve(src).manifest_digest == expected["digest"], machine
+        assert resolve(src, f"linux/{arch}").manifest_digest == expected["digest"], machine
+
+
 def test_an_index_entry_whose_config_says_another_platform_is_picked_by_the_index(tmp_path):
     """An index entry says linux/arm64, its image's config says amd64 (a mislabelled build).
     containerd and skopeo pick by the index and take the image as it is (``skopeo copy
