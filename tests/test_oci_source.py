@@ -232,6 +232,26 @@ def test_host_falls_back_to_compatible_platform_but_explicit_does_not(tmp_path, 
         resolve(f"oci:{lay.root}")
 
 
+@pytest.mark.parametrize("offered, asked", [(("arm", "v6"), "linux/arm/v7"), (("amd64", None), "linux/amd64/v3")])
+def test_an_explicit_platform_takes_no_lower_variant_where_skopeo_does(tmp_path, offered, asked):
+    """--platform names the image wanted, not a machine: an index of arm/v6 alone has no image for
+    --platform linux/arm/v7, where skopeo's --override-variant takes the v6 one (and docker's
+    platforms.Only would); a deliberate difference (tests/CONFORMANCE.md).  Without --platform
+    the machine's fallbacks apply (the test above)."""
+    require_tool("skopeo")
+    arch, variant = offered
+    lay = ob.Layout(tmp_path / "img")
+    m = lay.image([{"a": b"x"}], arch=arch, variant=variant)
+    lay.add(lay.index([ob.with_platform(m, "linux", arch, variant)]), "x")
+    src = f"oci:{lay.root}:x"
+    want = Platform.parse(asked)
+    run("skopeo", "copy", "-q", "--override-os", "linux", "--override-arch", want.architecture,
+        "--override-variant", want.variant, src, f"dir:{tmp_path / 'sk'}")
+    assert json.loads((tmp_path / "sk" / "manifest.json").read_bytes())["config"] == lay.read_json(m["digest"])["config"]
+    with pytest.raises(PlatformNotFoundError, match=f"no image for platform {asked}; available: {Platform('linux', arch, variant)}$"):
+        resolve(src, asked)
+
+
 def test_nested_indexes_and_platform_from_config(tmp_path):
     lay = ob.Layout(tmp_path / "img")
     amd = lay.image([{"a": b"amd"}], arch="amd64")
