@@ -171,6 +171,21 @@ def test_an_index_of_amd64_levels_is_matched_by_the_cpus_level(tmp_path, x86_cpu
         assert _chosen_level(root, "linux/amd64") == "linux/amd64"
 
 
+def test_an_index_nested_under_a_platform_is_matched_by_the_same_levels(tmp_path, x86_cpu):
+    """An index entry labelled linux/amd64 that is itself an index of linux/amd64 and
+    linux/amd64/v3: containerd's images.Manifest applies its one matcher at every level, so a v3
+    CPU gets the v3 image inside; lamina chose inside by the label's platform alone (plain amd64).
+    --platform stays exact at every level."""
+    x86_cpu(X86_LEVEL_FLAGS["v3"])
+    lay = ob.Layout(tmp_path / "layout")
+    v1 = lay.image([{"level": b"v1"}])
+    v3 = lay.image([{"level": b"v3"}], variant="v3")
+    inner = lay.index([ob.with_platform(v1, "linux", "amd64"), ob.with_platform(v3, "linux", "amd64", "v3")])
+    lay.add(lay.index([ob.with_platform(inner, "linux", "amd64")]), "latest")
+    assert open_layout_dir(lay.root).resolve().manifest_digest == v3["digest"]
+    assert open_layout_dir(lay.root).resolve("linux/amd64").manifest_digest == v1["digest"]
+
+
 @pytest.mark.parametrize("media_type, compression", [
     (mt.OCI_LAYER, "none"), (mt.OCI_LAYER_GZIP, "gzip"), (mt.OCI_LAYER_ZSTD, "zstd"),
     (mt.OCI_LAYER_NONDISTRIBUTABLE_GZIP, "gzip"), (mt.OCI_LAYER_NONDISTRIBUTABLE_ZSTD, "zstd"),

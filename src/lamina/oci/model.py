@@ -371,7 +371,9 @@ def choose_platform(descs, want, open_index, platform_of, max_depth, what, depth
                     schema1 = schema1 or d   # a schema2 image of the platform listed beside it wins
                     continue
                 if mt.is_index(d.media_type):
-                    return choose_platform(open_index(d).manifests, want or w, open_index, platform_of,
+                    # inside, by the same rule (containerd's one matcher at every level): the
+                    # label says what the index is for, not which of its levels this CPU takes
+                    return choose_platform(open_index(d).manifests, want, open_index, platform_of,
                                            max_depth, what, depth + 1)
                 return d, p
         if schema1 is not None:
