@@ -7,6 +7,7 @@ every tool: a skip must never hide missing work.
 import os
 import shutil
 import subprocess
+from collections import namedtuple
 
 import pytest
 
@@ -53,6 +54,37 @@ def small_fs(g):
         yield work
     finally:
         subprocess.run(["umount", "-l", os.fspath(work)], check=True)
+
+
+# /proc/cpuinfo's names for the features of each x86-64 level (the psABI's, as go-archvariant
+# reads them by CPUID for docker): SSE3 is "pni", LZCNT "abm"
+BASELINE = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 syscall lm"
+X86_LEVEL_FLAGS = {
+    "v1": BASELINE,
+    "v2": BASELINE + " pni ssse3 cx16 sse4_1 sse4_2 popcnt lahf_lm",
+    "v3": BASELINE + " pni ssse3 cx16 sse4_1 sse4_2 popcnt lahf_lm avx avx2 bmi1 bmi2 f16c fma abm movbe xsave",
+}
+X86_LEVEL_FLAGS["v4"] = X86_LEVEL_FLAGS["v3"] + " avx512f avx512bw avx512cd avx512dq avx512vl avx512_vnni"
+
+
+@pytest.fixture
+def x86_cpu(monkeypatch, tmp_path):
+    """Make this an x86_64 machine whose /proc/cpuinfo lists ``flags`` (None: no cpuinfo)."""
+    from lamina import platform as platform_module
+    Uname = namedtuple("Uname", "sysname nodename release version machine")
+    monkeypatch.setattr(os, "uname", lambda: Uname("Linux", "h", "6", "#1", "x86_64"))
+
+    def cpu(flags):
+        path = tmp_path / "cpuinfo"
+        if flags is None:
+            path.unlink(missing_ok=True)
+        else:   # two processors, as the kernel lists each
+            path.write_text("".join(f"processor\t: {n}\nvendor_id\t: AuthenticAMD\nflags\t\t: {flags}\n\n"
+                                    for n in range(2)))
+        monkeypatch.setattr(platform_module, "CPUINFO", str(path))
+        platform_module.amd64_level.cache_clear()
+    yield cpu
+    platform_module.amd64_level.cache_clear()
 
 
 def run(*cmd, **kw):

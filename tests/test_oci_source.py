@@ -136,6 +136,31 @@ def test_multiarch_index_resolves_each_platform(tmp_path, platform, arch_file):
     assert str(img.platform) == arch_file.decode()
 
 
+def test_of_several_images_of_one_platform_in_an_image_index_the_first_listed_wins(tmp_path, monkeypatch):
+    """Which image an index gives when several match: the best platform the machine runs first
+    (containerd sorts by its platform order, skopeo by its wanted list), then the first listed
+    among the images of that platform (containerd's sort is stable, skopeo takes the earliest).
+    Unlike two images of one platform under one name in index.json, which the tools read four
+    ways and lamina refuses (tests/CONFORMANCE.md), every reader here gives the same image."""
+    require_tool("skopeo")
+    lay = ob.Layout(tmp_path / "img")
+    first = lay.image([{"who": b"first"}])
+    second = lay.image([{"who": b"second"}])
+    arm32 = lay.image([{"who": b"arm32"}], arch="arm", variant="v7")
+    arm64 = lay.image([{"who": b"arm64"}], arch="arm64")
+    lay.add(lay.index([ob.with_platform(arm32, "linux", "arm", "v7"), ob.with_platform(first, "linux", "amd64"),
+                       ob.with_platform(arm64, "linux", "arm64"), ob.with_platform(second, "linux", "amd64")]), "x")
+    src = f"oci:{lay.root}:x"
+    for machine, arch, expected in (("x86_64", "amd64", first), ("aarch64", "arm64", arm64)):
+        run("skopeo", "copy", "-q", "--override-arch", arch, "--override-os", "linux", src,
+            f"dir:{tmp_path / arch}")
+        copied = json.loads((tmp_path / arch / "manifest.json").read_bytes())
+        assert copied["config"]["digest"] == lay.read_json(expected["digest"])["config"]["digest"], arch
+        fake_host(monkeypatch, machine)
+        assert resolve(src).manifest_digest == expected["digest"], machine
+        assert resolve(src, f"linux/{arch}").manifest_digest == expected["digest"], machine
+
+
 def test_an_index_entry_whose_config_says_another_platform_is_picked_by_the_index(tmp_path):
     """An index entry says linux/arm64, its image's config says amd64 (a mislabelled build).
     containerd and skopeo pick by the index and take the image as it is (``skopeo copy
@@ -205,6 +230,26 @@ def test_host_falls_back_to_compatible_platform_but_explicit_does_not(tmp_path, 
     fake_host(monkeypatch, "x86_64")
     with pytest.raises(PlatformNotFoundError, match="no image for platform linux/amd64"):
         resolve(f"oci:{lay.root}")
+
+
+@pytest.mark.parametrize("offered, asked", [(("arm", "v6"), "linux/arm/v7"), (("amd64", None), "linux/amd64/v3")])
+def test_an_explicit_platform_takes_no_lower_variant_where_skopeo_does(tmp_path, offered, asked):
+    """--platform names the image wanted, not a machine: an index of arm/v6 alone has no image for
+    --platform linux/arm/v7, where skopeo's --override-variant takes the v6 one (and docker's
+    platforms.Only would); a deliberate difference (tests/CONFORMANCE.md).  Without --platform
+    the machine's fallbacks apply (the test above)."""
+    require_tool("skopeo")
+    arch, variant = offered
+    lay = ob.Layout(tmp_path / "img")
+    m = lay.image([{"a": b"x"}], arch=arch, variant=variant)
+    lay.add(lay.index([ob.with_platform(m, "linux", arch, variant)]), "x")
+    src = f"oci:{lay.root}:x"
+    want = Platform.parse(asked)
+    run("skopeo", "copy", "-q", "--override-os", "linux", "--override-arch", want.architecture,
+        "--override-variant", want.variant, src, f"dir:{tmp_path / 'sk'}")
+    assert json.loads((tmp_path / "sk" / "manifest.json").read_bytes())["config"] == lay.read_json(m["digest"])["config"]
+    with pytest.raises(PlatformNotFoundError, match=f"no image for platform {asked}; available: {Platform('linux', arch, variant)}$"):
+        resolve(src, asked)
 
 
 def test_nested_indexes_and_platform_from_config(tmp_path):
@@ -391,6 +436,36 @@ def test_schema1_is_refused_clearly(tmp_path):
     lay2.add(lay2.json_blob(doc, ob.DOCKER_MANIFEST))
     with pytest.raises(UnsupportedMediaTypeError, match="schema1"):
         resolve(lay2.root)
+
+
+def test_a_manifest_list_entry_that_is_schema1_is_refused_as_schema1(tmp_path, monkeypatch):
+    """Docker's manifest list lets an entry name a schema1 manifest (its spec says so; early
+    multi-arch images had them).  Such an entry for the platform asked was passed over as no image:
+    "no image for platform linux/amd64; available: linux/arm64/v8", as if the publisher had built
+    none.  It is refused saying what it is, from a layout and from a registry's index alike; a
+    schema2 image of the same platform listed beside it is taken."""
+    fake_host(monkeypatch, "x86_64")
+    doc = {"schemaVersion": 1, "name": "x", "tag": "latest", "architecture": "amd64", "fsLayers": [], "history": []}
+    lay = ob.Layout(tmp_path / "img")
+    old = ob.with_platform(lay.json_blob(doc, "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+                           "linux", "amd64")
+    arm = ob.with_platform(lay.image([{"a": b"arm"}], arch="arm64", docker=True), "linux", "arm64")
+    amd = ob.with_platform(lay.image([{"a": b"amd"}], docker=True), "linux", "amd64")
+    lay.add(lay.index([old, arm], docker=True), "old")
+    lay.add(lay.index([old, arm, amd], docker=True), "both")
+    for platform in (None, "linux/amd64"):
+        with pytest.raises(UnsupportedMediaTypeError) as e:
+            resolve(f"oci:{lay.root}:old", platform)
+        assert f"manifest {old['digest']} for linux/amd64" in str(e.value), str(e.value)
+        assert "Docker schema1 manifests are deprecated and not supported" in str(e.value), str(e.value)
+        assert resolve(f"oci:{lay.root}:both", platform).manifest_digest == amd["digest"]
+    assert resolve(f"oci:{lay.root}:old", "linux/arm64").manifest_digest == arm["digest"]
+    # the registry's pull chooses by the same rule, before the schema1 manifest is fetched
+    from lamina.oci.model import parse_index
+    from lamina.registry.pull import choose_platform
+    index = parse_index(lay.read_json(lay.entries[0]["digest"]), ob.DOCKER_LIST, "image index")
+    with pytest.raises(UnsupportedMediaTypeError, match=f"manifest {old['digest']} for linux/amd64: Docker schema1"):
+        choose_platform(index, Platform.parse("linux/amd64"), fetch=None)
 
 
 def test_unsupported_layer_media_type_names_the_layer(tmp_path):

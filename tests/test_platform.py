@@ -3,8 +3,11 @@ from collections import namedtuple
 
 import pytest
 
+import ocibuild as ob
+from conftest import X86_LEVEL_FLAGS
 from lamina import mediatypes as mt
-from lamina.errors import InvalidReferenceError, UnsupportedMediaTypeError
+from lamina.errors import InvalidReferenceError, PlatformNotFoundError, UnsupportedMediaTypeError
+from lamina.oci.layout import open_layout_dir
 from lamina.platform import Platform, machine_to_arch
 
 
@@ -108,6 +111,79 @@ def test_compatible_order_follows_containerd():
     assert [str(p) for p in Platform.parse("linux/amd64/v3").compatible()] == [
         "linux/amd64/v3", "linux/amd64/v2", "linux/amd64", "linux/386"]
     assert [str(p) for p in Platform.parse("linux/s390x").compatible()] == ["linux/s390x"]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (X86_LEVEL_FLAGS["v1"], "linux/amd64"),
+    (X86_LEVEL_FLAGS["v2"], "linux/amd64/v2"),
+    (X86_LEVEL_FLAGS["v3"], "linux/amd64/v3"),
+    (X86_LEVEL_FLAGS["v4"], "linux/amd64/v4"),
+    (X86_LEVEL_FLAGS["v3"].replace(" abm", ""), "linux/amd64/v2"),           # no LZCNT: not v3
+    (X86_LEVEL_FLAGS["v2"] + " avx512f avx512bw avx512cd avx512dq avx512vl", "linux/amd64/v2"),  # levels build up
+    (X86_LEVEL_FLAGS["v4"].replace(" avx512vl", ""), "linux/amd64/v3"),
+    (None, "linux/amd64"),
+])
+def test_the_native_platform_of_an_x86_64_machine_has_its_cpus_level(x86_cpu, flags, expected):
+    """docker matches an index against this machine's x86-64 level (go-archvariant: moby#43434, and
+    moby#52773 for its containerd image store); lamina took every x86_64 machine for amd64/v1."""
+    x86_cpu(flags)
+    assert str(Platform.native()) == expected
+    # --platform linux and the host (containerd's DefaultSpec) stay amd64: a lone os asks for no level
+    assert Platform.host() == Platform.parse("linux") == Platform("linux", "amd64")
+
+
+def _levels_layout(root, variants):
+    lay = ob.Layout(root)
+    entries = []
+    for variant in variants:
+        m = lay.image([{"level": (variant or "v1").encode()}], arch="amd64", variant=variant)
+        entries.append(ob.with_platform(m, "linux", "amd64", variant))
+    lay.add(lay.index(entries), "latest")
+    return str(root)
+
+
+def _chosen_level(root, platform=None):
+    return str(open_layout_dir(root).resolve(platform).platform)
+
+
+@pytest.mark.parametrize("cpu, variants, expected", [
+    ("v3", [None, "v2", "v3", "v4"], "linux/amd64/v3"),   # the best level the CPU runs, wherever listed
+    ("v3", ["v4", "v3", None], "linux/amd64/v3"),
+    ("v4", [None, "v2"], "linux/amd64/v2"),
+    ("v4", [None, "v4"], "linux/amd64/v4"),
+    ("v1", ["v4", "v3", None], "linux/amd64"),
+    ("v2", ["v3"], None),                                  # a level above the CPU's is never run
+    ("v4", ["v3"], "linux/amd64/v3"),                      # an index of one level (moby#52751)
+])
+def test_an_index_of_amd64_levels_is_matched_by_the_cpus_level(tmp_path, x86_cpu, cpu, variants, expected):
+    """As docker picks (moby#52751: a v3-only image on a v4 machine was "no matching manifest"):
+    the highest level the CPU runs, then the levels below, then plain amd64 and 386; --platform
+    names one exactly."""
+    x86_cpu(X86_LEVEL_FLAGS[cpu])
+    root = _levels_layout(tmp_path / "layout", variants)
+    if expected is None:
+        with pytest.raises(PlatformNotFoundError) as e:
+            _chosen_level(root)
+        assert "no image for platform linux/amd64/v2; available: linux/amd64/v3" in str(e.value)
+    else:
+        assert _chosen_level(root) == expected
+    if None in variants:
+        assert _chosen_level(root, "linux/amd64") == "linux/amd64"
+
+
+def test_an_index_nested_under_a_platform_is_matched_by_the_same_levels(tmp_path, x86_cpu):
+    """An index entry labelled linux/amd64 that is itself an index of linux/amd64 and
+    linux/amd64/v3: containerd's images.Manifest applies its one matcher at every level, so a v3
+    CPU gets the v3 image inside; lamina chose inside by the label's platform alone (plain amd64).
+    --platform stays exact at every level."""
+    x86_cpu(X86_LEVEL_FLAGS["v3"])
+    lay = ob.Layout(tmp_path / "layout")
+    v1 = lay.image([{"level": b"v1"}])
+    v3 = lay.image([{"level": b"v3"}], variant="v3")
+    inner = lay.index([ob.with_platform(v1, "linux", "amd64"), ob.with_platform(v3, "linux", "amd64", "v3")])
+    lay.add(lay.index([ob.with_platform(inner, "linux", "amd64")]), "latest")
+    assert open_layout_dir(lay.root).resolve().manifest_digest == v3["digest"]
+    assert open_layout_dir(lay.root).resolve("linux/amd64").manifest_digest == v1["digest"]
 
 
 @pytest.mark.parametrize("media_type, compression", [

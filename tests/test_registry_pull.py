@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 import ocibuild
-from conftest import require_tool, run
+from conftest import X86_LEVEL_FLAGS, require_tool, run
 from registryfixture import (FaultProxy, lamina_cli, reg, registry_env, skopeo_inspect,  # noqa: F401
                              skopeo_push, skopeo_raw, umoci_multiarch)
 
@@ -450,6 +450,32 @@ def test_index_entries_without_a_platform_are_matched_by_their_config_as_from_a_
     assert pull(ref, store=store).manifest_digest == host["digest"]
     with pytest.raises(errors.PlatformNotFoundError, match="available: linux/amd64, linux/arm64/v8, linux/s390x"):
         pull(ref, store=store, platform="linux/ppc64le")
+
+
+def test_a_pull_takes_the_x86_64_level_the_cpu_runs(reg, registry_env, tmp_path, x86_cpu):  # noqa: F811
+    """A tag whose index offers linux/amd64 and linux/amd64/v3: a v3 (or v4) CPU gets the v3 build,
+    as docker picks it; lamina's pull took plain amd64 on every x86-64 machine, and refused a
+    v3-only index.  One rule with the layouts (test_platform.py)."""
+    lay = ocibuild.Layout(tmp_path / "lv")
+    v1 = lay.image([{"level": b"v1"}])
+    v3 = lay.image([{"level": b"v3"}], variant="v3")
+    lay.add(lay.index([ocibuild.with_platform(v1, "linux", "amd64"),
+                       ocibuild.with_platform(v3, "linux", "amd64", "v3")]), "both")
+    lay.add(lay.index([ocibuild.with_platform(v3, "linux", "amd64", "v3")]), "v3")
+    skopeo_push(f"oci:{lay.root}:both", reg.host, "levels:both", all_images=True)
+    skopeo_push(f"oci:{lay.root}:v3", reg.host, "levels:v3", all_images=True)
+    for cpu, both, only_v3 in (("v4", v3, v3), ("v3", v3, v3), ("v2", v1, None)):
+        x86_cpu(X86_LEVEL_FLAGS[cpu])
+        store = Store(registry_env / f"root-{cpu}")
+        result = pull(f"{reg.host}/levels:both", store=store)
+        assert (result.manifest_digest, result.platform) == (
+            both["digest"], "linux/amd64/v3" if both is v3 else "linux/amd64")
+        if only_v3 is None:
+            with pytest.raises(errors.PlatformNotFoundError, match="linux/amd64/v2; available: linux/amd64/v3"):
+                pull(f"{reg.host}/levels:v3", store=store)
+        else:
+            assert pull(f"{reg.host}/levels:v3", store=store).manifest_digest == v3["digest"]
+        assert pull(f"{reg.host}/levels:both", store=store, platform="linux/amd64").manifest_digest == v1["digest"]
 
 
 def test_a_tag_whose_index_lists_a_manifest_the_registry_lacks_names_the_tag_platform_and_digest(

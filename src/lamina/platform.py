@@ -8,6 +8,7 @@ so printed platforms read like docker's ``linux/arm64/v8``.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -97,6 +98,34 @@ def machine_to_arch(machine):
     return _UNAME_ARCH.get(machine, (machine, ""))
 
 
+CPUINFO = "/proc/cpuinfo"
+# The x86-64 micro-architecture levels (System V psABI) as /proc/cpuinfo names their features
+# ("pni" is SSE3, "abm" LZCNT); each level needs the ones below.  The kernel lists AVX and
+# AVX-512 only when it saves their registers, which is what go-archvariant asks XGETBV.
+_AMD64_LEVELS = (
+    ("v2", frozenset({"cx16", "lahf_lm", "pni", "popcnt", "sse4_1", "sse4_2", "ssse3"})),
+    ("v3", frozenset({"abm", "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "xsave"})),
+    ("v4", frozenset({"avx512bw", "avx512cd", "avx512dq", "avx512f", "avx512vl"})),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def amd64_level():
+    """This x86-64 CPU's level as a variant ("v2" ... "v4"), "" for the baseline (v1) or when
+    /proc/cpuinfo cannot say."""
+    try:
+        with open(CPUINFO, encoding="ascii", errors="replace") as f:
+            flags = next((line.partition(":")[2].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    level, flags = "", frozenset(flags)
+    for name, needs in _AMD64_LEVELS:
+        if not needs <= flags:
+            break
+        level = name
+    return level
+
+
 @dataclass(frozen=True)
 class Platform:
     """A normalized platform: equal platforms compare equal (``arm64`` == ``aarch64/v8``)."""
@@ -159,6 +188,17 @@ class Platform:
         """The platform of this machine, from ``uname -m`` (Linux only, as lamina is)."""
         u = os.uname()
         return cls(u.sysname, *machine_to_arch(u.machine))
+
+    @classmethod
+    def native(cls):
+        """The best platform this machine runs: the host, on x86-64 at its CPU's level.  What an
+        index is matched against when no platform is asked for, as docker does (go-archvariant):
+        an amd64/v3 image is this machine's if its CPU runs v3.  ``host()`` stays containerd's
+        ``DefaultSpec`` (no level), which a lone os in ``--platform`` completes."""
+        host = cls.host()
+        if host.architecture == "amd64" and not host.variant:
+            return cls(host.os, host.architecture, amd64_level())
+        return host
 
     def matches(self, other):
         """Exact match after normalization (arm64 == arm64/v8, arm == arm/v7)."""

@@ -345,6 +345,10 @@ def index_entries(descs, open_index, platform_of, max_depth, what, depth=0):
                 if platform is not None and not (platform.os and platform.architecture):
                     platform = None   # a config of empty os and architecture (cosign's signatures) runs on none
                 out.append((d, platform))
+            elif d.media_type in mt.SCHEMA1_TYPES and d.platform is not None:
+                # a Docker manifest list may name a schema1 manifest: kept, so that choosing its
+                # platform says what it is rather than that the publisher built nothing for it
+                out.append((d, d.platform))
             # Anything else in an index (artifacts, signatures) is not a runnable image: skip it.
 
     walk(descs, depth)
@@ -353,24 +357,34 @@ def index_entries(descs, open_index, platform_of, max_depth, what, depth=0):
 
 def choose_platform(descs, want, open_index, platform_of, max_depth, what, depth=0):
     """(descriptor, platform) of the manifest among ``descs`` (an index's) for ``want`` (a
-    Platform, or None: this host, with its compatible fallbacks), walking nested indexes.  The
-    registry and the layouts choose with this one rule, so that one index gets one answer."""
+    Platform, or None: this machine's native platform, with its compatible fallbacks), walking
+    nested indexes.  The registry and the layouts choose with this one rule, so that one index
+    gets one answer."""
     entries = index_entries(descs, open_index, platform_of, max_depth, what, depth)
-    wanted = [want] if want is not None else Platform.host().compatible()
+    native = Platform.native() if want is None else None
+    wanted = [want] if want is not None else native.compatible()
     for w in wanted:
+        schema1 = None
         for d, p in entries:
             if p == w:
+                if d.media_type in mt.SCHEMA1_TYPES:
+                    schema1 = schema1 or d   # a schema2 image of the platform listed beside it wins
+                    continue
                 if mt.is_index(d.media_type):
-                    return choose_platform(open_index(d).manifests, want or w, open_index, platform_of,
+                    # inside, by the same rule (containerd's one matcher at every level): the
+                    # label says what the index is for, not which of its levels this CPU takes
+                    return choose_platform(open_index(d).manifests, want, open_index, platform_of,
                                            max_depth, what, depth + 1)
                 return d, p
+        if schema1 is not None:
+            raise UnsupportedMediaTypeError(f"{what}: manifest {schema1.digest} for {w}: {mt.SCHEMA1_MESSAGE}")
     # An index of one manifest that names no platform (an artifact, a config without one): that
     # manifest, which then says what it is ("an artifact of type ...") better than "available: none".
     unplatformed = [d for d, p in entries if p is None and mt.is_manifest(d.media_type)]
     if want is None and len(entries) == 1 and unplatformed:
         return unplatformed[0], None
     available = sorted({str(p) for _, p in entries if p is not None})
-    raise PlatformNotFoundError(str(want or Platform.host()), available)
+    raise PlatformNotFoundError(str(want or native), available)
 
 
 def parse_manifest(doc, media_type, what, limits=DEFAULT_LIMITS):

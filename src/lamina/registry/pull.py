@@ -100,8 +100,9 @@ def _open_store(store):
 
 
 def choose_platform(index, want, fetch, depth=0, platform_of=None):
-    """The manifest descriptor for ``want`` (Platform or None = host, with compatible fallbacks).
-    ``platform_of(desc)``: a manifest's platform when its descriptor gives none (its config's)."""
+    """The manifest descriptor for ``want`` (Platform or None: this machine, ``Platform.native()``,
+    with its fallbacks).  ``platform_of(desc)``: a manifest's platform when its descriptor gives
+    none (its config's)."""
     return _choose_platform(index.manifests, want, fetch, platform_of or (lambda d: d.platform), MAX_INDEX_DEPTH,
                             "image index", depth)
 
@@ -152,7 +153,7 @@ def _child(repo, desc, known=None):
 
 
 def resolve(client, ref, want, *, all_platforms=False, known=None) -> Resolved:
-    """The manifest ``ref`` names for platform ``want`` (None: this host), every digest checked.
+    """The manifest ``ref`` names for platform ``want`` (None: this machine), every digest checked.
     ``known(digest)``: the bytes of a manifest, index or config the caller holds, or None; such
     a document is not fetched again (the reference itself is asked for with a HEAD)."""
     repos, repo, top = _first_answer(client, ref, known)
