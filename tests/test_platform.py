@@ -171,6 +171,29 @@ def test_an_index_of_amd64_levels_is_matched_by_the_cpus_level(tmp_path, x86_cpu
         assert _chosen_level(root, "linux/amd64") == "linux/amd64"
 
 
+def test_a_store_image_chosen_at_the_cpus_level_is_unpacked_for_plain_amd64(tmp_path, x86_cpu):
+    """A copy without --platform keeps the CPU's level (amd64/v3) and not the plain build beside
+    it, so ``unpack --platform linux/amd64 NAME`` (and mount, bundle) must take that image, as it
+    did when the store held plain amd64; a level asked for by name stays exact."""
+    from lamina.errors import ImageError
+    from lamina.store import Store
+    from lamina.store.materialize import materialize
+    from lamina.transports import copy
+    x86_cpu(X86_LEVEL_FLAGS["v3"])
+    root = _levels_layout(tmp_path / "layout", [None, "v3"])
+    store = Store(tmp_path / "store")
+    copy(f"oci:{root}:latest", "img:1", store=store)
+    assert str(store.resolve("img:1").platform) == "linux/amd64/v3"
+    for asked in ("linux/amd64", "linux/amd64/v3", "linux"):
+        dest = tmp_path / asked.replace("/", "-")
+        materialize(store, "img:1", dest, platform=asked)
+        assert (dest / "level").read_bytes() == b"v3"
+    for asked in ("linux/amd64/v2", "linux/arm64", "linux/386"):
+        with pytest.raises(ImageError, match="is linux/amd64/v3, not "):
+            materialize(store, "img:1", tmp_path / "no", platform=asked)
+    store.close()
+
+
 def test_an_index_nested_under_a_platform_is_matched_by_the_same_levels(tmp_path, x86_cpu):
     """An index entry labelled linux/amd64 that is itself an index of linux/amd64 and
     linux/amd64/v3: containerd's images.Manifest applies its one matcher at every level, so a v3

@@ -108,8 +108,19 @@ def _check_platform(image, platform):
         return
     from ..platform import Platform
     want = platform if isinstance(platform, Platform) else Platform.parse(platform)
-    if not want.matches(image.platform) and not any(want.matches(p) for p in image.chosen_platforms):
+    held = [image.platform, *image.chosen_platforms]
+    if not any(want.matches(p) or _any_level_of(want, p) for p in held):
         raise ImageError(f"image {image.config_digest[7:19]} is {image.platform}, not {want}")
+
+
+def _any_level_of(want, held):
+    """``--platform linux/amd64`` (no level) takes an amd64/vN image the store holds: a pull
+    without --platform chooses the CPU's level from an index, as docker does, and the store keeps
+    that image alone; the plain amd64 build it passed over is not there to give instead."""
+    from ..platform import Platform
+    held = Platform.parse(held)
+    return (want.architecture == "amd64" and not want.variant
+            and (held.os, held.architecture) == (want.os, want.architecture))
 
 
 def materialize(store, ref, dest, *, link=False, platform=None):
