@@ -142,22 +142,21 @@ def _quoted_escape(m):
 
 
 def _quoted_document(doc):
-    if isinstance(doc, str):
-        return quoted_text(doc)
-    if isinstance(doc, dict):
-        return {quoted_text(k) if isinstance(k, str) else k: _quoted_document(v) for k, v in doc.items()}
-    if isinstance(doc, (list, tuple)):
-        return [_quoted_document(v) for v in doc]
-    return doc
+    return _each_string(doc, quoted_text)
 
 
 def utf8_document(doc):
     """``doc`` (dicts, lists, tuples, strings, numbers) with every string, keys included,
     passed through utf8_text: a document json.dump writes as valid UTF-8 JSON."""
+    return _each_string(doc, utf8_text)
+
+
+def _each_string(doc, text):
+    """``doc`` with every string in it, keys included, replaced by ``text(string)``."""
     if isinstance(doc, str):
-        return utf8_text(doc)
+        return text(doc)
     if isinstance(doc, dict):
-        return {utf8_text(k) if isinstance(k, str) else k: utf8_document(v) for k, v in doc.items()}
+        return {text(k) if isinstance(k, str) else k: _each_string(v, text) for k, v in doc.items()}
     if isinstance(doc, (list, tuple)):
-        return [utf8_document(v) for v in doc]
+        return [_each_string(v, text) for v in doc]
     return doc
