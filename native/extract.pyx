@@ -459,7 +459,7 @@ def _libarchive_base64(bytes value):
     digits = _BASE64_DIGITS.sub(b"", value[:end])
     cdef Py_ssize_t left = len(digits) % 4  # (cdivision: never negative here)
     if left == 1:
-        digits = digits[:-1]
+        digits = digits[:len(digits) - 1]
     return base64.b64decode(digits + b"=" * ((4 - left) % 4 if left != 1 else 0))
 
 
@@ -6360,7 +6360,7 @@ cdef class Extractor:
         (lstat in ``st``: which may be this layer's; removed with all it holds)."""
         cdef int pfd = self.rootfd, r = -1, e = 0, sr = -1, root = self.rootfd
         cdef bint own = len(parent) > 0, need_times, is_root = self.is_root, opened = False
-        cdef bint found = False, slow = False
+        cdef bint found = False, slow = False, held = False
         cdef uid_t euid = self.euid
         cdef stat pst
         cdef const char *cparent = parent
@@ -6373,6 +6373,7 @@ cdef class Extractor:
                 pfd = lamina_openat2(root, cparent, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
                                      LAMINA_RESOLVE_IN_ROOT | LAMINA_RESOLVE_NO_MAGICLINKS)
                 e = errno
+                held = pfd >= 0
             if pfd >= 0 and fstatat(pfd, chidden, st, AT_SYMLINK_NOFOLLOW) == 0:
                 found = True
                 if S_ISDIR(st.st_mode):
@@ -6386,8 +6387,9 @@ cdef class Extractor:
                     r = unlinkat(pfd, chidden, 0)
                     if r < 0 and errno == ENOENT:
                         r = 0
-            if own and pfd >= 0 and not slow and not (found and r < 0) and sr != 0:  # else kept
-                close(pfd)
+            if held and not slow and not (found and r < 0) and sr != 0:
+                close(pfd)  # the common case, still without the GIL: nothing below needs the fd
+                held = False
         if pfd < 0:
             # the parent is absent, or under a non-directory: nothing to hide (as _resolve_dir
             # says); else the general path raises or walks by hand
@@ -6397,11 +6399,11 @@ cdef class Extractor:
             return -1
         if slow:
             return pfd if own else -1  # the root is the caller's to dup
-        if not found:
-            self.nogil_entries += 1
-            return -2
-        if sr == 0:
-            try:
+        try:
+            if not found:
+                self.nogil_entries += 1
+                return -2
+            if sr == 0:
                 # where the parent really is, as _keep_times: reached through a symlink the layer
                 # then removes (a/.wh.f, .wh.a with a -> b), a record under the name a is lost
                 # with it, and b keeps the time of the run
@@ -6410,23 +6412,16 @@ cdef class Extractor:
                     self.fixups.time(real, &pst)
                 if opened:
                     self.fixups.mode(real, &pst)
-            except BaseException:
-                if own:
-                    close(pfd)
-                raise
-            if own and r == 0:
-                close(pfd)
-        if r < 0:  # the general removal, its retries and its error
-            try:
+            if r < 0:  # the general removal, its retries and its error
                 self._remove(pfd, hidden, name)
-            finally:
-                if own:
-                    close(pfd)
+                return -2
+            if S_ISLNK(st.st_mode):
+                self._invalidate()  # as _remove: the cached parent may have been reached through it
+            self.nogil_entries += 1
             return -2
-        if S_ISLNK(st.st_mode):
-            self._invalidate()  # as _remove: the cached parent may have been reached through it
-        self.nogil_entries += 1
-        return -2
+        finally:
+            if held:
+                close(pfd)
 
     cdef bint _overlay_whiteout_nogil(self, bytes parent, bytes hidden, bytes target, object name) except -1:
         """The common whiteout of the overlay format in one block without the GIL: what the

@@ -7,7 +7,7 @@ threads hash several files on several cores.
 """
 from libc.stdint cimport uint8_t
 from libc.stdlib cimport malloc, free
-from libc.errno cimport errno, EINTR, EEXIST, ENOENT, EINVAL
+from libc.errno cimport errno, EINTR, EEXIST, ENOENT, EINVAL, ESTALE, ENOMEM
 from libc.string cimport memcpy
 from posix.types cimport off_t
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -613,7 +613,8 @@ cdef class DirScan:
             failed = []
             planned_front = planned.front
             keys = rows.keys
-            prefix_json = (<str>_json_string(prefix)).encode()[:-1]   # '"prefix', the quote left open
+            prefix_json = (<str>_json_string(prefix)).encode()
+            prefix_json = prefix_json[:len(prefix_json) - 1]   # '"prefix', the quote left open
             for i in range(nfast):
                 p = PyByteArray_AS_STRING(names) + name_at[i]
                 hold = holds[i]
@@ -718,7 +719,7 @@ cdef int _usage_reopen_parent(DIR **stack, long *places, unsigned long long *ids
         return err
     if <unsigned long long>st.st_dev != ids[2 * level] or <unsigned long long>st.st_ino != ids[2 * level + 1]:
         close(fd)
-        return 116  # ESTALE
+        return ESTALE
     d = fdopendir(fd)
     if d == NULL:
         err = errno
@@ -772,7 +773,7 @@ def tree_usage(int root_fd, int spill_dir_fd=-1, size_t held=65536):
                 ids = <unsigned long long *>malloc(2 * cap * sizeof(unsigned long long))
                 if stack == NULL or places == NULL or ids == NULL:
                     closedir(d)
-                    err = 12  # ENOMEM
+                    err = ENOMEM
                 else:
                     stack[0] = d
                     ids[0], ids[1] = st.st_dev, st.st_ino

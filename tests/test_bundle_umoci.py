@@ -96,6 +96,13 @@ SAME = {
     # leading zeros are only zeros to Atoi (lamina: "uids and gids must be in range", or no id)
     "User of leading zeros": ({"User": "0000000000033:+000000000044"}, {}),
     "passwd uid of leading zeros": ({"User": "web"}, {"passwd": b"web:x:00000000000033:000000000044::/srv:/bin/sh\n"}),
+    # Go matches a User of a number with each line's uid read by Atoi, its error ignored: a word
+    # or an empty uid is 0, and such a line before root's is uid 0's (its gid, home and name;
+    # lamina passed it by and took root's gid 0)
+    "User 0 over a line whose uid is a word": ({"User": "0"}, {"passwd": b"daemon:x:word:7::/srv:/bin/sh\n"
+                                                                       b"root:x:0:0::/root:/bin/sh\n"}),
+    "no User over a line whose uid is empty": ({}, {"passwd": b"daemon:x::7::/srv:/bin/sh\nroot:x:0:0::/root:/bin/sh\n",
+                                                    "group": b"g:x:8:daemon\nr:x:9:root\n"}),
     # Go's encoder writes a U+FFFD for each byte that is no UTF-8 (Python's decoder one for \xe2\x80)
     "passwd home with stray bytes": ({"User": "web"}, {"passwd": b"web:x:33:44::/srv/\xe2\x80x\xff:/bin/sh\n"}),
     "Env merged, PATH replaced, duplicates": ({"Env": ["PATH=/x", "A=1", "A=2", "B=="]}, {}),

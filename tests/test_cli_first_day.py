@@ -467,3 +467,25 @@ def test_login_that_cannot_prompt_says_what_to_type(tmp_path, argv):
     assert r.stderr.rstrip().endswith(
         f'type echo "$PASSWORD" | lamina login{" " + server if server else ""} -u USERNAME --password-stdin'), r.stderr
     assert not (tmp_path / "auth.json").exists()
+
+
+def test_a_podman_save_loads_under_its_localhost_name_as_docker_load_names_it(tmp_path, store):
+    """podman save writes a docker-archive (containers/image's, as skopeo's) whose RepoTags
+    name a local image localhost/NAME:TAG.  lamina, as docker load, names it so: localhost is
+    a registry host to docker's reference grammar, and the short name app:1 is
+    docker.io/library/app:1, which the store does not hold (podman also finds a short name
+    under localhost/: tests/CONFORMANCE.md)."""
+    from conftest import require_tool
+    require_tool("skopeo")
+    archive = tmp_path / "podman.tar"
+    subprocess.run(["skopeo", "copy", "-q", f"oci:{SAMPLE}:latest", f"docker-archive:{archive}:localhost/app:1"],
+                   check=True, capture_output=True)
+    with tarfile.open(archive) as tar:
+        assert json.load(tar.extractfile("manifest.json"))[0]["RepoTags"] == ["localhost/app:1"]
+    root = tmp_path / "podman-store"
+    out = lamina(root, "load", "--format", "json", "-i", archive).stdout
+    assert [n for i in json.loads(out)["images"] for n in i["names"]] == ["localhost/app:1"], out
+    rows = [json.loads(line) for line in lamina(root, "images", "--format", "json").stdout.splitlines()]
+    assert [(r["Repository"], r["Tag"]) for r in rows] == [("localhost/app", "1")]
+    lamina(root, "inspect", "localhost/app:1")
+    fails(root, "inspect", "app:1", match="app:1")

@@ -49,12 +49,12 @@ def test_skipped_entry_names_are_quoted_in_every_output(tmp_path, locale):
         r = _cli("unpack", "--format", fmt, f"oci:{layout}:img", tmp_path / f"{fmt}-{locale}", env=env)
         assert r.returncode == 0, r.stderr
         _assert_not_forged(r.stdout + r.stderr, f"unpack --format {fmt}")
-        assert b"skipped: 'odd\\\\xff\\nlamina: error: forged\\x1b[2J" in r.stdout, r.stdout
+        assert b"skipped: 'odd\\xff\\nlamina: error: forged\\x1b[2J" in r.stdout, r.stdout
     r = _cli("unpack", "--json", f"oci:{layout}:img", tmp_path / f"json-{locale}", env=env)
     assert r.returncode == 0, r.stderr
     skipped = json.loads(r.stdout)["layers"][0]["skipped"]
     assert len(skipped) == 1 and "\n" not in skipped[0] and "\x1b" not in skipped[0], skipped
-    assert "odd\\\\xff\\nlamina: error: forged" in skipped[0]
+    assert "odd\\xff\\nlamina: error: forged" in skipped[0]
 
 
 def test_a_device_skipped_without_root_is_named_quoted(tmp_path):
@@ -169,10 +169,29 @@ def test_fsck_names_a_changed_file_whose_name_is_no_utf8_as_every_message_does(t
     assert text.returncode == js.returncode == 1
     text.stdout.decode("utf-8")  # UTF-8 throughout
     finding = text.stdout.splitlines()[0]
-    assert finding.endswith(b": bad\\xffname\\n\\x1b[2J: mode 600 != 644"), text.stdout
+    assert finding.endswith(b": 'bad\\xffname\\n\\x1b[2J': mode 600 != 644"), text.stdout
     message = json.loads(js.stdout)["findings"][0]["message"]
-    assert "bad\\xffname\n\x1b[2J: mode 600 != 644" in message, message
+    assert "'bad\\xffname\\n\\x1b[2J': mode 600 != 644" in message, message
     _assert_not_forged(text.stdout + text.stderr, "fsck")
+
+
+@pytest.mark.parametrize("changed", [b"a\xff", b"a\\xff"])
+def test_fsck_names_a_byte_and_its_four_character_escape_apart(tmp_path, changed):
+    """fsck's comparison wrote the changed file's path as it was, so the file a + byte 0xff
+    and the file a\\xff (four characters) were both 'a\\xff: mode 600 != 644' once the
+    message was made one line.  It quotes the path as every message quotes a name."""
+    layout = write_image(tmp_path / "layout", [Tar().file(b"a\xff", b"x" * 10).file(b"a\\xff", b"y" * 10).bytes()])
+    root = tmp_path / "store"
+    assert _cli("--root", root, "config", "set", "dedup", "false").returncode == 0
+    assert _cli("--root", root, "copy", f"oci:{layout}:img", "img:1").returncode == 0
+    victims = [os.path.join(os.fsencode(d), f) for d, _, fs in os.walk(os.fsencode(root / "snapshots"))
+               for f in fs if f == changed]
+    assert len(victims) == 1, victims
+    os.chmod(victims[0], 0o600)
+    text = _cli("--root", root, "fsck")
+    assert text.returncode == 1
+    shown = {b"a\xff": b"'a\\xff'", b"a\\xff": b"'a\\\\xff'"}[changed]
+    assert text.stdout.splitlines()[0].endswith(b": " + shown + b": mode 600 != 644"), text.stdout
 
 
 def test_mount_and_umount_write_a_target_that_is_no_utf8_as_the_listing_does(tmp_path):

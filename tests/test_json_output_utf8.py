@@ -7,6 +7,7 @@ documented escaping (README, Output): each byte that is not UTF-8 is written as
 the four characters ``\\xNN``, as lamina's messages write it.  An image config that
 escapes a lone surrogate itself is handled the same way by the docker-shaped verbs.
 """
+import codecs
 import json
 import os
 import subprocess
@@ -54,8 +55,19 @@ def _json(*args, lines=False):
 
 
 def shown(path):
-    """How the JSON writes a path: its bytes that are not UTF-8 as \\xNN."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """How the JSON writes a path (README, Output): quoted, its bytes that are not UTF-8 as
+    \\xNN, when it is not UTF-8."""
+    b = os.fsencode(path)
+    try:
+        b.decode("utf-8")
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return '"' + b.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace") + '"'
+
+
+def decoded(s):
+    """The bytes a string of lamina's JSON stands for, read the way the README tells a tool to."""
+    return codecs.escape_decode(s[1:-1].encode())[0] if s.startswith('"') else s.encode()
 
 
 @pytest.fixture
@@ -78,14 +90,15 @@ def test_lamina_verbs_report_odd_paths_as_utf8(odd):
     write_image(layout, [_layer()])
     root = odd + b"/store"
     doc = _json("unpack", "--format", "json", f"oci:{layout}:img", odd + b"/dir")
-    assert doc["dest"] == shown(odd + b"/dir") and doc["source"] == f"oci:{shown(layout)}:img"
-    assert "u\\\\xfe" in doc["layers"][0]["skipped"][0]
+    assert doc["dest"] == shown(odd + b"/dir") and doc["source"] == shown(b"oci:" + os.fsencode(layout) + b":img")
+    assert decoded(doc["dest"]) == odd + b"/dir" and decoded(doc["source"]) == b"oci:" + os.fsencode(layout) + b":img"
+    assert "'u\\xfe'" in doc["layers"][0]["skipped"][0]
     doc = _json("unpack", "--overlay", "--format", "json", f"oci:{layout}:img", odd + b"/ovl")
     assert doc["layer_dirs"] == [shown(odd + b"/ovl/layers/0")]
     with open(odd + b"/ovl/mount-options", "rb") as f:  # the path's own bytes, for mount -o
         assert f.read() == b"lowerdir=" + odd + b"/ovl/layers/0:" + odd + b"/ovl/empty\n"  # (one layer: + empty)
     doc = _json("--root", root, "copy", "--format", "json", f"oci:{layout}:img", "img:1")
-    assert doc["source"] == f"oci:{shown(layout)}:img"
+    assert doc["source"] == shown(b"oci:" + os.fsencode(layout) + b":img")
     doc = _json("--root", root, "unpack", "--format", "json", "img:1", odd + b"/from-store")
     assert doc["dest"] == shown(odd + b"/from-store")
     doc = _json("--root", root, "fsck", "--format", "json")
@@ -97,7 +110,19 @@ def test_lamina_verbs_report_odd_paths_as_utf8(odd):
         f.write(_layer())
     os.mkdir(odd + b"/applied")
     doc = _json("apply", "--format", "json", odd + b"/layer.tar", odd + b"/applied")
-    assert "u\\\\xfe" in doc["skipped"][0]
+    assert "'u\\xfe'" in doc["skipped"][0]
+
+
+def test_a_byte_that_is_no_utf8_and_its_escape_read_apart(tmp_path):
+    """A DEST holding the byte 0xff and one holding the four characters \\xff were both
+    written "...\\\\xff" (JSON): a tool could not say which was meant, nor get the bytes
+    back.  Now each string reads back as the exact bytes, as the README says."""
+    layout = write_image(tmp_path / "layout", [Tar().file("f", b"x").bytes()])
+    dests = [os.fsencode(tmp_path) + n for n in (b"/a\xff", b"/a\\xff", b"/\"a", b"/a\\\xff\"")]
+    docs = [_json("unpack", "--format", "json", f"oci:{layout}:img", d) for d in dests]
+    assert [decoded(doc["dest"]) for doc in docs] == dests
+    assert len({doc["dest"] for doc in docs}) == len(dests)
+    assert docs[1]["dest"] == os.fsdecode(dests[1])  # UTF-8 that starts with no '"': the text itself
 
 
 def test_a_template_prints_an_odd_path_as_utf8(odd):
@@ -123,7 +148,7 @@ def test_fsck_findings_name_odd_files_as_utf8(tmp_path):
     text = r.stdout.decode("utf-8")
     doc = json.loads(text)
     assert not _lone_surrogates(doc, []), doc
-    assert any("f\\\\xff" in f["message"] for f in doc["findings"]), doc["findings"]
+    assert any("'d/f\\xff'" in f["message"] for f in doc["findings"]), doc["findings"]
 
 
 def test_a_configs_lone_surrogate_never_reaches_the_docker_verbs(tmp_path):

@@ -47,8 +47,51 @@ def _tar_with_file(name, data):
 def test_the_rendering():
     shown = quote_name(HOSTILE)
     assert "\n" not in shown and "\x1b" not in shown and "\x07" not in shown
-    assert shown.startswith("'d/seg\\n\\x1b[2J\\\\xff\\\\xfe") and shown.endswith("\\x07\\\\xc3('")
+    assert shown.startswith("'d/seg\\n\\x1b[2J\\xff\\xfe") and shown.endswith("\\x07\\xc3('")
     assert quote_name(bytearray(HOSTILE)) == shown
+
+
+# names that read the same if a byte that is not UTF-8, a C1 control or a backslash of the
+# name's own is written like another of them
+LOOKALIKES = [b"\xff", b"\\xff", b"\\\xff", b"\xc2\x85", b"\\x85", b"\x85", b"\xc2\xad", b"\\u00ad",
+              b"\xed\xb3\xbf", b"\\udcff", b"a\nb\x1b[2J", b"a\\nb", b"\xc3(", b"\xf0\x9f\x98"]
+
+_GO_QUOTE = """package main
+
+import (
+	"bufio"
+	"encoding/hex"
+	"fmt"
+	"os"
+)
+
+func main() {
+	s := bufio.NewScanner(os.Stdin)
+	for s.Scan() {
+		b, _ := hex.DecodeString(s.Text())
+		fmt.Printf("%q\\n", string(b))
+	}
+}
+"""
+
+
+def test_lookalike_names_read_apart_as_gos_quote_writes_them(tmp_path):
+    """The byte 0xff and the four characters \\xff of a name were both shown '\\\\xff' (the
+    name was decoded with backslashreplace, then repr doubled the backslash), and U+0085
+    and the byte 0x85 both '\\x85': a message could not say which file it meant.  Each
+    lookalike now reads as Go's strconv.Quote (%q, as docker's, umoci's and skopeo's
+    messages quote) writes it, but for the quote marks."""
+    from conftest import require_tool
+    require_tool("go")
+    (tmp_path / "main.go").write_text(_GO_QUOTE)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GO111MODULE": "off", "GOPROXY": "off",
+           "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"), "CGO_ENABLED": "0"}
+    go = subprocess.run(["go", "run", "main.go"], cwd=tmp_path, env=env, check=True, capture_output=True,
+                        text=True, input="".join(n.hex() + "\n" for n in LOOKALIKES)).stdout.splitlines()
+    ours = [quote_name(n) for n in LOOKALIKES]
+    assert [q[1:-1] for q in ours] == [g[1:-1] for g in go]
+    assert len(set(ours)) == len(LOOKALIKES), ours
+    assert quote_name(os.fsdecode(b"\xff")) == quote_name(b"\xff")  # a name os.fsdecode'd reads the same
 
 
 def test_the_extractor_quotes_it(tmp_path):

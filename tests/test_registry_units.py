@@ -307,3 +307,40 @@ def test_a_bad_chunk_size_line_is_named_from_http_clients_own_error(body, said, 
                    else response.readinto(bytearray(4))):
                 pass
     assert describe_error(e.value) == said
+
+
+@pytest.mark.parametrize("retry_after", ["86400", "Fri, 31 Dec 2100 23:59:59 GMT", "-5", "soon"])
+def test_a_429_retry_after_is_honoured_within_a_bounded_wait(registry_env, retry_after):  # noqa: F811
+    """A registry answering 429 with Retry-After a day (or a date in 2100) would hold a pull
+    for as long: each wait is Retry-After capped at MAX_RETRY_AFTER (a negative one is 0,
+    a word the backoff), and the retries are counted, so the whole wait is bounded.  The
+    last 429 is the answer, not another wait."""
+    import http.server
+    import threading
+    from registryfixture import QuietHandler
+    from lamina.registry.transport import DEFAULT_BACKOFF, MAX_BACKOFF, MAX_RETRY_AFTER, Transport
+
+    class Handler(QuietHandler):
+        def do_GET(self):
+            self.send_response(429)
+            self.send_header("Retry-After", retry_after)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        slept = []
+        t = Transport(retries=5, backoff=DEFAULT_BACKOFF, sleep=slept.append)
+        resp = t.request("GET", f"http://127.0.0.1:{server.server_address[1]}/v2/")
+        assert resp.status == 429
+        resp.close()
+    finally:
+        server.shutdown()
+    assert len(slept) == 5, slept
+    if retry_after == "-5":
+        assert slept == [0.0] * 5
+    elif retry_after == "soon":
+        assert all(s <= MAX_BACKOFF for s in slept), slept
+    else:
+        assert slept == [MAX_RETRY_AFTER] * 5, slept

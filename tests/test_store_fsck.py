@@ -428,7 +428,7 @@ def test_a_symlink_whose_mtime_changed_in_a_snapshot_is_found_and_repaired(tmp_p
     os.utime(fs / "etc" / "ln", ns=(want + 10**9, want + 10**9), follow_symlinks=False)
     report = fsck(root)
     assert kinds(report) == [("error", "bad-snapshot", False)]
-    assert report["findings"][0]["message"].endswith("etc/ln: mtime differs"), report["findings"]
+    assert report["findings"][0]["message"].endswith("'etc/ln': mtime differs"), report["findings"]
     # (the snapshot put back is a fresh extraction: etc/conf's object is no longer used)
     assert kinds(fsck(root, "--repair")) == [("error", "bad-snapshot", True), ("warning", "unused-object", True)]
     assert os.lstat(fs / "etc" / "ln").st_mtime_ns == want

@@ -88,22 +88,22 @@ def _file_for_dir(p):
 
 
 CHANGES = {
-    "only in the snapshot": (lambda a, b: (a / "etc/deep/new").write_bytes(b""), "etc/deep/new: only in the snapshot"),
+    "only in the snapshot": (lambda a, b: (a / "etc/deep/new").write_bytes(b""), "'etc/deep/new': only in the snapshot"),
     "missing from the snapshot": (lambda a, b: (b / "etc/deep/er/g").write_bytes(b""),
-                                  "etc/deep/er/g: missing from the snapshot"),
-    "type": (lambda a, b: _file_for_dir(b / "empty"), "empty: type differs"),
-    "mode": (lambda a, b: os.chmod(b / "etc/deep", 0o700), "etc/deep: mode "),
-    "owner": (lambda a, b: os.lchown(b / "etc/sym", 1234, 5678), "etc/sym: owner 0:0 != 1234:5678"),
-    "size": (lambda a, b: _rewrite(b / "etc/deep/er/f", b"x" * 5001), "etc/deep/er/f: size 5000 != 5001"),
-    "mtime": (lambda a, b: os.utime(b / "etc/deep/er/f", (MTIME, MTIME + 1)), "etc/deep/er/f: mtime differs"),
+                                  "'etc/deep/er/g': missing from the snapshot"),
+    "type": (lambda a, b: _file_for_dir(b / "empty"), "'empty': type differs"),
+    "mode": (lambda a, b: os.chmod(b / "etc/deep", 0o700), "'etc/deep': mode "),
+    "owner": (lambda a, b: os.lchown(b / "etc/sym", 1234, 5678), "'etc/sym': owner 0:0 != 1234:5678"),
+    "size": (lambda a, b: _rewrite(b / "etc/deep/er/f", b"x" * 5001), "'etc/deep/er/f': size 5000 != 5001"),
+    "mtime": (lambda a, b: os.utime(b / "etc/deep/er/f", (MTIME, MTIME + 1)), "'etc/deep/er/f': mtime differs"),
     "symlink mtime": (lambda a, b: os.utime(b / "etc/sym", (MTIME, MTIME + 1), follow_symlinks=False),
-                      "etc/sym: mtime differs"),
-    "content": (lambda a, b: _rewrite(b / "etc/deep/er/f", b"x" * 4999 + b"y"), "etc/deep/er/f: content differs"),
-    "content past a hole": (lambda a, b: _sparse_tail(b / "sparse"), "sparse: content differs"),
-    "symlink target": (lambda a, b: _redo_symlink(b / "etc/sym", "../etc/other"), "etc/sym: symlink target differs"),
-    "device number": (lambda a, b: _redo_node(b / "etc/null", os.makedev(1, 5)), "etc/null: device number differs"),
-    "xattrs": (lambda a, b: os.setxattr(b / "etc/deep/er/f", "trusted.y", b"2"), "etc/deep/er/f: xattrs differ"),
-    "root": (lambda a, b: os.chmod(b, 0o711), "/: mode "),
+                      "'etc/sym': mtime differs"),
+    "content": (lambda a, b: _rewrite(b / "etc/deep/er/f", b"x" * 4999 + b"y"), "'etc/deep/er/f': content differs"),
+    "content past a hole": (lambda a, b: _sparse_tail(b / "sparse"), "'sparse': content differs"),
+    "symlink target": (lambda a, b: _redo_symlink(b / "etc/sym", "../etc/other"), "'etc/sym': symlink target differs"),
+    "device number": (lambda a, b: _redo_node(b / "etc/null", os.makedev(1, 5)), "'etc/null': device number differs"),
+    "xattrs": (lambda a, b: os.setxattr(b / "etc/deep/er/f", "trusted.y", b"2"), "'etc/deep/er/f': xattrs differ"),
+    "root": (lambda a, b: os.chmod(b, 0o711), "'/': mode "),
 }
 
 
@@ -130,7 +130,7 @@ def test_loose_dirs_compare_only_the_type(pair):
     os.chown(b / "etc/deep/er", 7, 7)
     assert first_difference(str(a), str(b), loose_dirs=["etc/deep", "etc/deep/er"]) is None
     _file_for_dir(b / "empty")
-    assert first_difference(str(a), str(b), loose_dirs=["empty", "etc/deep", "etc/deep/er"]) == "empty: type differs"
+    assert first_difference(str(a), str(b), loose_dirs=["empty", "etc/deep", "etc/deep/er"]) == "'empty': type differs"
 
 
 def _big_dir(root, n, kind):
@@ -159,13 +159,13 @@ def test_a_difference_late_in_a_big_directory(tmp_path):
     assert first_difference(str(a), str(b)) is None
     last = os.listdir(a / "d")[-1]   # the last name the walk meets
     os.chmod(b / "d" / last, 0o600)
-    assert first_difference(str(a), str(b)) == f"d/{last}: mode 644 != 600"
+    assert first_difference(str(a), str(b)) == f"'d/{last}': mode 644 != 600"
     os.chmod(b / "d" / last, 0o644)
     (b / "d/zz-extra").write_bytes(b"")
-    assert first_difference(str(a), str(b)) == "d/zz-extra: missing from the snapshot"
+    assert first_difference(str(a), str(b)) == "'d/zz-extra': missing from the snapshot"
     (a / "d/zz-extra").write_bytes(b"")
     os.utime(a / "d/zz-extra", (MTIME, MTIME))
-    assert first_difference(str(a), str(b)) == "d/zz-extra: mtime differs"
+    assert first_difference(str(a), str(b)) == "'d/zz-extra': mtime differs"
 
 
 def test_many_hardlinks_of_one_file(tmp_path):
@@ -178,7 +178,7 @@ def test_many_hardlinks_of_one_file(tmp_path):
     assert first_difference(str(a), str(b)) is None
     os.unlink(b / "d/l01234")
     _rewrite(b / "d/l01234", b"two\n")
-    assert first_difference(str(a), str(b)) == "d/l01234: content differs"
+    assert first_difference(str(a), str(b)) == "'d/l01234': content differs"
 
 
 def _chain(root, depth, name):
@@ -252,7 +252,7 @@ def test_a_deep_chain_of_long_names(tmp_path):
         os.utime("f", (MTIME, MTIME + 1), dir_fd=fd, follow_symlinks=False)
         os.close(fd)
         got = _child(str(a), str(b))
-        assert got["diff"] == "/".join([name] * depth) + "/f: mtime differs"
+        assert got["diff"] == "'" + "/".join([name] * depth) + "/f': mtime differs"
     finally:
         for t in (a, b):
             _remove_chain(t, depth, name)

@@ -233,6 +233,19 @@ def test_printf_quotes_signs_and_bad_verbs_as_go_does(tmp_path):
     assert {s: render(s, _GO_DATA) for s in srcs} == {s: no_escapes(g) for s, g in zip(srcs, go)}
 
 
+def test_a_bad_verb_pads_the_operand_inside_as_go_does(tmp_path):
+    """fmt's badVerb writes the operand with the verb's width and flags inside the parentheses:
+    %8s of -255 is %!s(int=    -255).  lamina padded the whole %!s(int=-255) to the width
+    (no padding at all past 8 characters).  Compared with Go's own text/template."""
+    srcs = ['{{printf "%8s|%-8s|%08s|%6d|%7t|%6f|%6x|%6q" .N .N .N .S .N .S true true}}',
+            '{{printf "%6s|%5d|%5s|%-4q" 1.5 .L .M 1.5}}',
+            '{{printf "%.5s|%.5v|%8.5d|%.0d|%+v|%08.5d|%-8.4v|" .N .N .N 0 5 .N .N}}']
+    go = _go_renders(tmp_path, srcs)
+    assert go[0].startswith("%!s(int=    -255)|"), go  # what the test is about, whatever Go version runs
+    from lamina.cli import no_escapes
+    assert {s: render(s, _GO_DATA) for s in srcs} == {s: no_escapes(g) for s, g in zip(srcs, go)}
+
+
 def _render_in_1_gib(srcs, data):
     """Each template rendered by a child process of at most 1 GiB of address space: what an
     engine that takes a number for an allocation asks for fails there, not on the machine."""

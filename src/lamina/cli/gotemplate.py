@@ -1280,6 +1280,15 @@ def _go_number_overflows(digits):
     return False
 
 
+def _integer(a, flags, prec):
+    """fmt's fmtInteger in decimal: a precision is the least number of digits (%.5d of -255 is
+    -00255; %.0d of 0 is nothing), a sign as the flags say."""
+    digits = str(abs(a))
+    if prec is not None:
+        digits = "" if int(prec) == 0 and a == 0 else digits.zfill(int(prec))
+    return _signed(digits, a < 0, flags)
+
+
 def _signed(digits, negative, flags):
     return ("-" if negative else "+" if "+" in flags else " " if " " in flags else "") + digits
 
@@ -1336,19 +1345,25 @@ def _printf_one(verb, flags, width, prec, a):
                                  for k in _sorted_keys(a)) + "]"
     if (a is None or a is MISSING) and verb != "v":
         return f"%!{verb}(<nil>)"   # a nil interface (a missing key too): fmt's badVerb
+    bad = False   # fmt's badVerb: the operand's %v inside, padded there, not the whole text
     if verb == "s" and isinstance(a, (bool, int, float)):
-        s = f"%!s({type_name(a)}={format_value(a)})"
+        bad = True
+    elif verb == "v" and isinstance(a, int) and not isinstance(a, bool):
+        s = _integer(a, flags, prec)
     elif verb in "sv":
         s = ("<nil>" if a is MISSING else format_value(a)) if not (verb == "s" and isinstance(a, str)) else a
         if prec is not None and (verb == "s" or isinstance(a, str)):
             s = s[:int(prec)]   # runes, as fmt's truncateString
     elif verb == "q":
-        s = _go_quoted(a[:int(prec)] if prec is not None and isinstance(a, str) else a)
+        if isinstance(a, str) or (isinstance(a, int) and not isinstance(a, bool)):
+            s = _go_quoted(a[:int(prec)] if prec is not None and isinstance(a, str) else a)
+        else:
+            bad = True
     elif verb == "d":
         if isinstance(a, bool) or not isinstance(a, int):
-            s = f"%!d({type_name(a)}={format_value(a)})"
+            bad = True
         else:
-            s = _signed(str(abs(a)), a < 0, flags)
+            s = _integer(a, flags, prec)
     elif verb in "xX":
         if isinstance(a, int) and not isinstance(a, bool):
             s = _signed(("0" + verb.lower() if "#" in flags else "") + format(abs(a), verb), a < 0, flags)
@@ -1357,23 +1372,29 @@ def _printf_one(verb, flags, width, prec, a):
         elif isinstance(a, str):
             s = _hex_string(_go_bytes(a)[:int(prec)] if prec is not None else _go_bytes(a), verb, flags)
         else:
-            s = f"%!{verb}({type_name(a)}={format_value(a)})"
+            bad = True
     elif verb == "t":
-        s = format_value(a) if isinstance(a, bool) else f"%!t({type_name(a)}={format_value(a)})"
+        if isinstance(a, bool):
+            s = format_value(a)
+        else:
+            bad = True
     elif verb == "f":
         if isinstance(a, (int, float)) and not isinstance(a, bool):
             digits = f"{abs(float(a)):.{int(prec) if prec is not None else 6}f}"
             s = _signed(digits, str(float(a)).startswith("-"), flags)
         else:
-            s = f"%!f({type_name(a)}={format_value(a)})"
+            bad = True
     else:
         raise _FuncError(f"printf verb %{verb} is not supported by lamina's --format templates")
+    if bad:
+        return f"%!{verb}({type_name(a)}={_printf_one('v', flags, width, prec, a)})"
     if width is not None:
         w = int(width)
-        number = isinstance(a, (int, float)) and not isinstance(a, bool) and not s.startswith("%!")
+        number = isinstance(a, (int, float)) and not isinstance(a, bool)
         # fmt pads whatever it pads with zeros when the flag says so (%05s of "ab" is 000ab, %05t
-        # 0true), but an infinity or NaN, and a bad verb's text
-        zeros = "0" in flags and not s.startswith("%!") and not (isinstance(a, float) and not math.isfinite(a))
+        # 0true), but an infinity or NaN
+        zeros = "0" in flags and not (isinstance(a, float) and not math.isfinite(a)) and \
+            not (prec is not None and number and verb in "dv")  # fmtInteger: a precision turns zeros off
         if "-" in flags:
             s = s.ljust(w)
         elif zeros and number and s[:1] in ("-", "+", " "):
@@ -1491,6 +1512,8 @@ def _f_printf(fmt, *args):
             continue
         a = args[ai]
         ai += 1
+        if verb == "v":
+            flags = flags.replace("+", "")  # doPrintf: %+v is plusV (field names), no sign
         s = _printf_one(verb, flags, width, prec, a)
         out.append(s)
     out.append(fmt[i:])

@@ -59,11 +59,11 @@ def check_format(args):
 
 def document(doc):
     """The versioned JSON document of a verb (a dict, or a list wrapped as ``items``).  Its
-    strings are UTF-8 text: the bytes of a path or name that are not UTF-8 are written
-    ``\\xNN`` (utf8_text), never as lone surrogates."""
+    strings are UTF-8 text, each decodable back to its exact bytes (quoted_text): a path or
+    name that is not UTF-8 is quoted, never written as lone surrogates."""
     if isinstance(doc, list):
         doc = {"items": doc}
-    return utf8_document({"version": JSON_VERSION, **doc})
+    return _quoted_document({"version": JSON_VERSION, **doc})
 
 
 def emit(args, doc, text=None, *, out=None):
@@ -95,7 +95,7 @@ def write_json_streamed(doc, key, items, out=None):
             first = False
         else:
             out.write(",\n")
-        out.write("    " + json.dumps(utf8_document(item), indent=2).replace("\n", "\n    "))
+        out.write("    " + json.dumps(_quoted_document(item), indent=2).replace("\n", "\n    "))
     out.write(head + "\n" if first else "\n  ]\n}\n")
 
 
@@ -117,13 +117,46 @@ def _escape_surrogate(m):
     return f"\\x{c - 0xdc00:02x}" if 0xdc80 <= c <= 0xdcff else f"\\u{c:04x}"
 
 
+def quoted_text(s):
+    """``s`` as a string of lamina's JSON: as it is when it is UTF-8 and does not start with
+    ``"``; else, as git's core.quotePath writes a path, between double quotes, with each byte
+    that is not UTF-8 written ``\\xNN`` and a backslash or double quote of its own escaped
+    (``\\\\``, ``\\"``).  The name holding the byte 0xff is ``"\\xff"`` and the one holding
+    the four characters ``\\xff`` is ``\\xff``: a tool reads back the exact bytes (README:
+    "The JSON is UTF-8 whatever the bytes it reports")."""
+    try:
+        s.encode("utf-8")
+        if not s.startswith('"'):
+            return s
+    except UnicodeEncodeError:
+        pass
+    return '"' + _QUOTED_ESCAPE.sub(_quoted_escape, s) + '"'
+
+
+_QUOTED_ESCAPE = re.compile('[\\\\"\ud800-\udfff]')
+
+
+def _quoted_escape(m):
+    c = m.group()
+    return "\\" + c if c in '\\"' else _escape_surrogate(m)
+
+
+def _quoted_document(doc):
+    return _each_string(doc, quoted_text)
+
+
 def utf8_document(doc):
     """``doc`` (dicts, lists, tuples, strings, numbers) with every string, keys included,
     passed through utf8_text: a document json.dump writes as valid UTF-8 JSON."""
+    return _each_string(doc, utf8_text)
+
+
+def _each_string(doc, text):
+    """``doc`` with every string in it, keys included, replaced by ``text(string)``."""
     if isinstance(doc, str):
-        return utf8_text(doc)
+        return text(doc)
     if isinstance(doc, dict):
-        return {utf8_text(k) if isinstance(k, str) else k: utf8_document(v) for k, v in doc.items()}
+        return {text(k) if isinstance(k, str) else k: _each_string(v, text) for k, v in doc.items()}
     if isinstance(doc, (list, tuple)):
-        return [utf8_document(v) for v in doc]
+        return [_each_string(v, text) for v in doc]
     return doc

@@ -550,17 +550,6 @@ class Repository:
         except LaminaError:
             return None   # a digest of a layer or config the store holds, a type the document denies
 
-    def head_manifest(self, reference):
-        """(digest, media type, size) of a manifest, or None if absent."""
-        resp = self.request("HEAD", self.url(f"manifests/{reference}"), headers={"Accept": MANIFEST_ACCEPT})
-        resp.close()
-        if resp.status == 404:
-            return None
-        if resp.status != 200:
-            raise RegistryError(f"HEAD manifest {self.name}:{reference}: {resp.status} {resp.reason}",
-                                status=resp.status)
-        return (resp.header("Docker-Content-Digest"), resp.header("Content-Type"), resp.length)
-
     def put_manifest(self, reference, data, media_type):
         resp = self.request("PUT", self.url(f"manifests/{reference}"), headers={"Content-Type": media_type},
                             body=data, what=f"PUT manifest {self.name}:{reference}")

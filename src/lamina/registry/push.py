@@ -406,18 +406,18 @@ class Pusher:
             resp = repo.request("PUT", url, headers={"Content-Type": "application/octet-stream",
                                                      "Content-Length": str(desc.size)},
                                 body=lambda: _Window(f.fileno(), 0, desc.size, desc.digest),
-                                what=f"upload of {desc.digest} to {repo.name}")
+                                what=_upload_what(repo, desc))
         self._check_put(repo, resp, desc)
 
     def _check_put(self, repo, resp, desc):
         if resp.status != 201:
             data = resp.content(limit=MAX_ERROR_BODY)
-            raise RegistryError(f"upload of {desc.digest} to {repo.name}: "
+            raise RegistryError(f"{_upload_what(repo, desc)}: "
                                 f"{error_message(data, resp.status, resp.reason)}", status=resp.status)
         served = resp.header("Docker-Content-Digest")
         resp.drain()
         if served and served.startswith("sha256:") and served != desc.digest:
-            raise RegistryError(f"upload of {desc.digest} to {repo.name}: registry stored {served}")
+            raise RegistryError(f"{_upload_what(repo, desc)}: registry stored {served}")
 
     def _upload_offset(self, repo, location):
         """Bytes the registry holds for an upload session (GET status, Range: 0-N)."""
@@ -459,34 +459,38 @@ class Pusher:
                            "Content-Length": str(length)}
                 try:
                     resp = repo.request("PATCH", upload.location, headers=headers, body=chunk, retry=False,
-                                        what=f"upload of {desc.digest} to {repo.name}")
+                                        what=_upload_what(repo, desc))
                     if resp.status != 202:
                         try:
                             data = resp.content(limit=MAX_ERROR_BODY)
                         except RegistryError:
                             data = b""   # an error body cut short: the status still decides the retry
                         if resp.status < 500 and resp.status not in (408, 416, 429):
-                            raise RegistryError(f"upload of {desc.digest} to {repo.name}: "
+                            raise RegistryError(f"{_upload_what(repo, desc)}: "
                                                 f"{error_message(data, resp.status, resp.reason)}",
                                                 status=resp.status)
                         raise ConnectionError(f"{resp.status} {resp.reason}")
                     loc = resp.header("Location")
                     resp.drain()
                     if loc:
-                        upload.location = resolve_url(upload.location, loc, f"upload of {desc.digest} to "
-                                                      f"{repo.name}: Location")
+                        upload.location = resolve_url(upload.location, loc, f"{_upload_what(repo, desc)}: Location")
                     offset += length
                     failures = 0
                 except CONNECTION_ERRORS as e:
                     failures += 1
                     if failures >= budget:
-                        raise RegistryError(f"upload of {desc.digest} to {repo.name} failed at byte {offset}: "
+                        raise RegistryError(f"{_upload_what(repo, desc)} failed at byte {offset}: "
                                             f"{describe_error(e)}") from None
                     self.client.transport.sleep_backoff(failures)
                     offset, upload.location = self._upload_offset(repo, upload.location)
         url = repo.with_query(upload.location, digest=desc.digest)
-        resp = repo.request("PUT", url, headers={"Content-Length": "0"}, what=f"upload of {desc.digest} to {repo.name}")
+        resp = repo.request("PUT", url, headers={"Content-Length": "0"}, what=_upload_what(repo, desc))
         self._check_put(repo, resp, desc)
+
+
+def _upload_what(repo, desc):
+    """How every message of a blob's upload names it."""
+    return f"upload of {desc.digest} to {repo.name}"
 
 
 def push(ref, *, store=None, source=None, client=None, reporter=None, chunk_size=None, concurrency=None,

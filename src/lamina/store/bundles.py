@@ -241,6 +241,13 @@ def _file_id(field):
     return _atoi(field) if _NUMBER.fullmatch(field) else None
 
 
+def _matched_uid(field):
+    """A passwd line's uid as GetExecUser compares it with a User that is a number: Atoi's error
+    ignored, so a word or an empty field is 0 and a line of such a uid before root's is uid 0's
+    (only its gid, home and groups follow: the uid is the User's)."""
+    return _file_id(field) if _NUMBER.fullmatch(field) else 0
+
+
 def _given_id(text, user):
     """The number the config's User gives (Atoi's syntax)."""
     value = _atoi(text)
@@ -266,7 +273,7 @@ def resolve_user(user, rootfs):
     entry = None
     if name == "" or _NUMBER.fullmatch(name):
         uid = _given_id(name, user) if name else 0
-        entry = next((p for p in passwd if _file_id(p[2]) == uid), None)
+        entry = next((p for p in passwd if _matched_uid(p[2]) == uid), None)
     else:
         entry = next((p for p in passwd if p[0] == name), None)
         if entry is None:

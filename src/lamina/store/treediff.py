@@ -13,6 +13,8 @@ import stat
 import struct
 import tempfile
 
+from ..quoting import quote_name
+
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -94,30 +96,30 @@ def _entry_diff(da, db, name, sa, sb, rel, loose):
     """The first difference between entry ``name`` of ``da`` and of ``db`` (None: the dirs
     themselves), whose lstat results are ``sa`` and ``sb``; ``rel()`` names it."""
     if stat.S_IFMT(sa.st_mode) != stat.S_IFMT(sb.st_mode):
-        return f"{rel()}: type differs"
+        return f"{_shown(rel())}: type differs"
     if loose and stat.S_ISDIR(sa.st_mode):
         return None
     if stat.S_IMODE(sa.st_mode) != stat.S_IMODE(sb.st_mode):
-        return f"{rel()}: mode {stat.S_IMODE(sa.st_mode):o} != {stat.S_IMODE(sb.st_mode):o}"
+        return f"{_shown(rel())}: mode {stat.S_IMODE(sa.st_mode):o} != {stat.S_IMODE(sb.st_mode):o}"
     if (sa.st_uid, sa.st_gid) != (sb.st_uid, sb.st_gid):
-        return f"{rel()}: owner {sa.st_uid}:{sa.st_gid} != {sb.st_uid}:{sb.st_gid}"
+        return f"{_shown(rel())}: owner {sa.st_uid}:{sa.st_gid} != {sb.st_uid}:{sb.st_gid}"
     if stat.S_ISREG(sa.st_mode):
         if sa.st_size != sb.st_size:
-            return f"{rel()}: size {sa.st_size} != {sb.st_size}"
+            return f"{_shown(rel())}: size {sa.st_size} != {sb.st_size}"
         if sa.st_mtime_ns != sb.st_mtime_ns:
-            return f"{rel()}: mtime differs"
+            return f"{_shown(rel())}: mtime differs"
         if not _same_content(da, db, name):
-            return f"{rel()}: content differs"
+            return f"{_shown(rel())}: content differs"
     elif stat.S_ISLNK(sa.st_mode):
         if os.readlink(name, dir_fd=da) != os.readlink(name, dir_fd=db):
-            return f"{rel()}: symlink target differs"
+            return f"{_shown(rel())}: symlink target differs"
         if sa.st_mtime_ns != sb.st_mtime_ns:
-            return f"{rel()}: mtime differs"
+            return f"{_shown(rel())}: mtime differs"
     elif stat.S_ISCHR(sa.st_mode) or stat.S_ISBLK(sa.st_mode):
         if sa.st_rdev != sb.st_rdev:
-            return f"{rel()}: device number differs"
+            return f"{_shown(rel())}: device number differs"
     if _xattrs(da, name) != _xattrs(db, name):
-        return f"{rel()}: xattrs differ"
+        return f"{_shown(rel())}: xattrs differ"
     return None
 
 
@@ -185,6 +187,12 @@ def _relpath(path, name):
     return "/".join((*path, name))
 
 
+def _shown(rel):
+    """A relative path in a message, quoted as every message quotes a name from a layer: a
+    newline cannot forge a line, and the byte 0xff reads apart from the characters \\xff."""
+    return quote_name(os.fsencode(rel))
+
+
 def _count(dirfd):
     with os.scandir(dirfd) as it:
         return sum(1 for _ in it)
@@ -217,7 +225,7 @@ def _compare_dir(da, db, path, stack, loose_dirs):
             try:
                 sb = os.stat(name, dir_fd=db, follow_symlinks=False)
             except FileNotFoundError:
-                return f"{rel()}: only in the snapshot"
+                return f"{_shown(rel())}: only in the snapshot"
             diff = _entry_diff(da, db, name, sa, sb, rel, bool(loose_dirs) and rel() in loose_dirs)
             if diff:
                 return diff
@@ -226,8 +234,8 @@ def _compare_dir(da, db, path, stack, loose_dirs):
     if _count(db) != count:
         extra = _name_missing_from(db, da)
         if extra is None:  # a name came or went while the pair was listed
-            return f"{'/'.join(path) or '/'}: entries changed while compared"
-        return f"{_relpath(path, extra)}: missing from the snapshot"
+            return f"{_shown('/'.join(path) or '/')}: entries changed while compared"
+        return f"{_shown(_relpath(path, extra))}: missing from the snapshot"
     return None
 
 
