@@ -6,6 +6,7 @@ the Guard (nothing outside the test's directory changed).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -466,4 +467,40 @@ def test_a_store_directory_replaced_by_a_symlink_never_leads_a_removal_outside(g
             assert isinstance(r, LaminaError) and (named or what in ("mount", "rmi", "prune")), f"{what}: {r!r}"
         assert [e["annotations"]["org.opencontainers.image.ref.name"] for e in
                 json.load(open(root / "index.json"))["manifests"]] == ["docker.io/library/x:1"]
+
+
+@pytest.mark.parametrize("lock", ["index.lock", "gc.lock", "blob"])
+def test_a_lock_file_replaced_by_a_symlink_is_never_followed(g, lock):
+    """Every lock file was opened with O_CREAT, following a symlink: a ``locks/index.lock``,
+    ``gc.lock`` or ``blob-<hex>.lock`` planted as a symlink made a copy into the store create
+    (as root) the file it named outside the store, or open a device there read-write (opening
+    /dev/watchdog arms it).  A lock that is a symlink is refused now, naming it; fsck reports it
+    and --repair removes the link (never what it points to), after which the store works."""
+    layout = write_image(g.dest / "layout", [Tar().file("a", b"a").bytes()])
+    second = write_image(g.dest / "layout2", [Tar().file("b", b"b" * 3000).bytes()])
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{layout}:img", "x:1")
+    outside = g.dest / "outside"
+    outside.mkdir()
+    names = ([f"blob-{n}.lock" for n in os.listdir(os.path.join(second, "blobs", "sha256"))] if lock == "blob"
+             else [lock])
+    for n in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(root / "locks" / n)
+        os.symlink(outside / f"made-{n}", root / "locks" / n)
+    proc = lamina(root, "copy", f"oci:{second}:img", "y:1", check=False)
+    assert os.listdir(outside) == [], proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("lamina: error: ") and "is a symlink" in line and "locks/" in line, proc.stderr
+    fsck = lamina(root, "fsck", "--json", check=False)
+    assert os.listdir(outside) == [], fsck.stderr
+    assert any("symlink" in f["message"] and f["subject"].endswith(".lock")
+               for f in json.loads(fsck.stdout)["findings"]), fsck.stdout + fsck.stderr
+    lamina(root, "fsck", "--repair", check=False)
+    assert os.listdir(outside) == []
+    assert not any(os.path.islink(root / "locks" / n) for n in names)
+    lamina(root, "copy", f"oci:{second}:img", "y:1")
+    assert os.listdir(outside) == []
+    lamina(root, "fsck")
 

@@ -766,6 +766,8 @@ class Store:
             self._check_writable("cannot repair")
         self.paths.check_own_dirs()
         report = check(self, repair=repair, waiting=waiting)
+        if report.locks_refused:
+            return report
         with FileLock(self.paths.gc_lock, shared=not repair):
             objects.check(self, report, repair)
             sidecar.check(self, report)
