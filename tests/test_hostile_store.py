@@ -20,7 +20,7 @@ import pytest
 
 from conftest import require_tool
 from everypath import assert_agree, describe, run_paths, write_image
-from storekit import lamina
+from storekit import LAMINA, lamina
 from tarbuild import Tar, header
 
 MAGIC = b"LAMINA-TARSPLIT/1\n"
@@ -504,3 +504,36 @@ def test_a_lock_file_replaced_by_a_symlink_is_never_followed(g, lock):
     assert os.listdir(outside) == []
     lamina(root, "fsck")
 
+
+@pytest.mark.parametrize("victim", ["index.json", "lamina/config.json", "lamina/holds/k.json"])
+@pytest.mark.parametrize("kind", ["fifo", "zero", "outside"])
+def test_a_store_document_replaced_by_a_fifo_or_a_symlink_is_refused_naming_it(g, victim, kind):
+    """The store's JSON documents were opened following symlinks and read to their end: a FIFO
+    planted as index.json (a store in a world-writable directory) hung every command, a symlink
+    to /dev/zero read until memory ran out, one to a file outside was parsed as the store's.
+    lamina writes each of them whole by a rename, never as a symlink or anything but a regular
+    file: anything else is refused at once, naming it."""
+    layout = write_image(g.dest / "layout", [Tar().file("a", b"a").bytes()])
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{layout}:img", "x:1")
+    path = root / victim
+    os.makedirs(path.parent, exist_ok=True)
+    outside = g.dest / "outside.json"
+    outside.write_bytes(json.dumps({"schemaVersion": 2, "manifests": [], "keep-blobs": False}).encode())
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    {"fifo": lambda: os.mkfifo(path), "zero": lambda: os.symlink("/dev/zero", path),
+     "outside": lambda: os.symlink(outside, path)}[kind]()
+    readers = {"index.json": ("images", "copy", "fsck"), "lamina/config.json": ("copy",),
+               "lamina/holds/k.json": ("fsck",)}
+    for args in (["images"], ["copy", f"oci:{layout}:img", "y:1"], ["fsck"]):
+        proc = subprocess.run(["prlimit", f"--as={1 << 30}", "--", *LAMINA, "--root", root, *args],
+                              capture_output=True, text=True, timeout=60)
+        if args[0] not in readers[victim]:
+            continue
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (args, proc.stdout, proc.stderr)
+        if args[0] == "fsck":   # a finding: the check goes on
+            assert f"error: {root / victim} is " in proc.stdout + proc.stderr, (proc.stdout, proc.stderr)
+            continue
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith("lamina: error: ") and victim in line, (args, proc.stderr)

@@ -33,7 +33,7 @@ from ..errors import LaminaError, StoreError
 from ..images import familiar
 from . import sidecar
 from . import snapshots as _snapshots
-from .fsutil import FULL_ERRNOS, atomic_write, disk_usage, syncfs
+from .fsutil import FULL_ERRNOS, atomic_write, disk_usage, open_own, syncfs
 from .gc import reachable
 from .image import load_image
 from .index import entry_name, make_entry
@@ -250,11 +250,11 @@ class Checker:
 
     def layout(self):
         try:
-            with open(self.paths.root / "oci-layout", "rb") as f:
+            with open_own(self.paths.root / "oci-layout") as f:
                 version = json.load(f).get("imageLayoutVersion")
             if not isinstance(version, str) or not version.startswith("1."):
                 raise ValueError(version)
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, StoreError):
             f = self.report.add("error", "layout", "oci-layout", "oci-layout is missing or invalid")
             self._fix(f, lambda: atomic_write(self.paths.root / "oci-layout", OCI_LAYOUT))
 

@@ -30,7 +30,7 @@ from ..oci.model import ANNOTATION_REF_NAME
 from ..platform import Platform
 from ..reference import Reference
 from . import snapshots as _snapshots
-from .fsutil import atomic_write
+from .fsutil import atomic_write, open_own
 from .image import Image, load_image
 from .index import IndexFile, entry_name, entry_repo_digest, make_entry
 from .ingest import IngestWriter, check_stored_size, put_bytes
@@ -733,7 +733,7 @@ class Store:
             if not n.endswith(".json") or ".tmp-" in n:
                 continue
             try:
-                with open(self.paths.holds / n, "rb") as f:
+                with open_own(self.paths.holds / n) as f:
                     out[n[:-5]] = json.load(f)
             except (OSError, ValueError, RecursionError):  # RecursionError: nested deep
                 raise StoreError(f"hold {n}: unreadable; run lamina fsck") from None
