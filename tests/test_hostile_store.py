@@ -537,3 +537,34 @@ def test_a_store_document_replaced_by_a_fifo_or_a_symlink_is_refused_naming_it(g
             continue
         line = proc.stderr.strip().splitlines()[-1]
         assert line.startswith("lamina: error: ") and victim in line, (args, proc.stderr)
+
+
+@pytest.mark.parametrize("blob", ["manifest", "config", "layer"])
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_a_blob_replaced_by_a_fifo_or_a_symlink_is_refused_naming_it(g, blob, kind):
+    """A stored blob was opened following symlinks and waiting on a FIFO: a manifest or config
+    blob replaced by a FIFO (a store in a world-writable directory) hung images, inspect, unpack
+    and fsck, a symlink to /dev/zero read until the size limit.  A blob is written whole by a rename, a regular file: anything else is
+    refused at once, naming it, and fsck --repair removes it (never what a link points to)."""
+    layout = write_image(g.dest / "layout", [Tar().file("a", b"a").bytes()])
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{layout}:img", "x:1")
+    manifest = json.load(open(root / "index.json"))["manifests"][0]["digest"]
+    doc = json.load(open(root / "blobs" / "sha256" / manifest[7:]))
+    digest = {"manifest": manifest, "config": doc["config"]["digest"], "layer": doc["layers"][0]["digest"]}[blob]
+    path = root / "blobs" / "sha256" / digest[7:]
+    os.unlink(path)
+    os.mkfifo(path) if kind == "fifo" else os.symlink("/dev/zero", path)
+    for args in (["images"], ["inspect", "x:1"], ["unpack", "x:1", g.dest / "out"]):
+        proc = subprocess.run(["prlimit", f"--as={1 << 30}", "--", *LAMINA, "--root", root, *map(str, args)],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode == 0:
+            # no command reads a layer blob whose snapshot the store holds
+            assert blob == "layer", (args, proc.stderr)
+            continue
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith("lamina: error: ") and digest[7:19] in line, (args, proc.stderr)
+    fsck = subprocess.run([*LAMINA, "--root", root, "fsck", "--repair"], capture_output=True, text=True, timeout=60)
+    assert digest[7:] in fsck.stdout + fsck.stderr, fsck.stdout + fsck.stderr
+    assert not os.path.lexists(path) or os.path.isfile(path) and not os.path.islink(path)
