@@ -415,14 +415,14 @@ def _decimal(text, maxval=INT64_MAX):
     return v if v <= maxval else None
 
 
-def _pax_time(bytes value, where):
+def _pax_time(bytes value, where, key="mtime"):
     """PAX time "sec[.frac]" -> (sec, nsec), negative times included; strictly
     decimal (no "+", "_" or spaces that Python's int() would take)."""
     m = _PAX_TIME.fullmatch(value)
     # a negative one may be -2^63 (GNU tar's time01 test writes it; Go reads it)
     sec = _decimal(m.group(2), INT64_MAX + bool(m.group(1))) if m is not None else None
     if sec is None:
-        raise _errors.InvalidArchiveError(f"{where}: invalid PAX mtime {value!r}")
+        raise _errors.InvalidArchiveError(f"{where}: invalid PAX {key} {value!r}")
     frac = m.group(3) or b""
     nsec = int((frac + b"000000000")[:9])
     if m.group(1):
@@ -430,7 +430,7 @@ def _pax_time(bytes value, where):
         if nsec < 0:
             sec, nsec = sec - 1, nsec + 1000000000
             if sec < -INT64_MAX - 1:  # -2^63 and a fraction
-                raise _errors.InvalidArchiveError(f"{where}: invalid PAX mtime {value!r}")
+                raise _errors.InvalidArchiveError(f"{where}: invalid PAX {key} {value!r}")
     return sec, nsec
 
 
@@ -2869,6 +2869,10 @@ cdef class Extractor:
                     gid = _pax_int(v, "gid", where, UINT32_MAX)
                 elif k == b"mtime":
                     sec, nsec = _pax_time(v, where)
+                elif k == b"atime" or k == b"ctime":
+                    # ignored (CONFORMANCE.md), but one Go cannot read makes it refuse the
+                    # header, and docker, containerd and umoci the layer (GNU tar exits 2)
+                    _pax_time(v, where, k.decode())
                 elif (k == b"uname" or k == b"gname") and _has_byte(v, 0):
                     # lamina owns files by uid/gid alone, but the readers part here: bsdtar cuts
                     # "root\0x" to root's name and gives the file to root, GNU tar keeps the

@@ -5,6 +5,7 @@ Each refusal is one clear line naming what is wrong, and leaves the store exactl
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -361,6 +362,39 @@ def test_a_hardlink_to_a_member_the_archive_holds_only_later_is_refused(root, tm
     fails(root, "load", "-i", archive,
           match=f"{archive}: member {member} is a hardlink to 'x/later', which the archive holds only after it")
     _unchanged(root, before)
+
+
+@pytest.mark.parametrize("member,climbing", [
+    ("manifest.json", "../manifest.json"), ("manifest.json", "./blobs/../../manifest.json"),
+    ("l/layer.tar", "l/../../l/layer.tar"), ("manifest.json", ("hardlink", "../m.json")),
+    ("l/layer.tar", ("hardlink", "l/../../x/layer.tar"))])
+def test_a_member_whose_name_or_hardlink_climbs_out_of_the_archive_is_refused(root, tmp_path, member,  # noqa: F811
+                                                                          climbing):
+    """A member named ``../manifest.json`` (or ``./blobs/../../manifest.json``), or a hardlink to
+    ``../m.json``: lamina dropped the ``..`` that climbs above the archive's top and read it as
+    ``manifest.json`` (the hardlink: as ``m.json``), loading an archive docker's load refuses (its
+    extraction stops at a name or link target that breaks out of the directory) and skopeo does
+    not read (it finds no member of that name, and takes no hardlink).  Refused now, naming it."""
+    skopeo = require_tool("skopeo")
+    members, manifest = _legacy_members("climb:1")
+    data = dict(members + [("manifest.json", manifest)])
+    if isinstance(climbing, tuple):
+        target = climbing[1].split("../")[-1] if climbing[1].startswith("l/") else climbing[1][3:]
+        listed = [(n, d) for n, d in data.items() if n != member] + [(target, data[member]), (member, climbing)]
+        expect = f"member {member} is a hardlink to {climbing[1]!r}, out of the archive"
+    else:
+        listed = [(n, d) for n, d in data.items() if n != member] + [(climbing, data[member])]
+        expect = f"member {climbing} climbs out of the archive"
+    archive = _tar_with_links(tmp_path / "climb.tar", listed)
+    sk = subprocess.run([skopeo, "copy", "-q", f"docker-archive:{archive}", f"oci:{tmp_path / 'sk'}:x"],
+                        capture_output=True, text=True)
+    assert sk.returncode != 0, "skopeo read it"
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive, match=f"{archive}: {expect}")
+    _unchanged(root, before)
+    with pytest.raises(ImageError, match=re.escape(expect)):
+        lamina_api.unpack(f"docker-archive:{archive}", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("symlink_first", [True, False], ids=["symlink-first", "symlink-after"])

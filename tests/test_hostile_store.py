@@ -6,6 +6,7 @@ the Guard (nothing outside the test's directory changed).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ import pytest
 
 from conftest import require_tool
 from everypath import assert_agree, describe, run_paths, write_image
-from storekit import lamina
+from storekit import LAMINA, lamina
 from tarbuild import Tar, header
 
 MAGIC = b"LAMINA-TARSPLIT/1\n"
@@ -403,7 +404,7 @@ def test_a_file_changed_through_unpack_link_gives_its_bytes_to_no_other_image(g,
 # --- the store's own directories replaced by symlinks behind lamina ---
 
 @pytest.mark.parametrize("victim", ["snapshots", "blobs/sha256", "objects/blake3/XX", "snapshots/CHAIN",
-                                    "snapshots/CHAIN/fs"])
+                                    "snapshots/CHAIN/fs", "lamina/verified"])
 def test_a_store_directory_replaced_by_a_symlink_never_leads_a_removal_outside(g, victim):
     """gc, fsck --repair, rmi and prune list the store's directories and remove by name what
     they find there.  With ``snapshots``, ``blobs/sha256`` or an ``objects/blake3/XX`` moved
@@ -411,7 +412,9 @@ def test_a_store_directory_replaced_by_a_symlink_never_leads_a_removal_outside(g
     the outside directory held ('not a snapshot', 'not a blob', 'not an object'), and a
     snapshot's ``fs`` as a symlink was mounted as the image's layer.  Each is refused now,
     naming the symlink (a snapshot that is a symlink is a bad snapshot, whose link fsck
-    --repair removes), and nothing outside the store changes."""
+    --repair removes), and nothing outside the store changes.  ``lamina/verified`` (records
+    of layer blobs hashed once) was left out of that check: gc unlinked every 64-hex name in
+    the directory it pointed to whose blob the store lacks, fsck --repair every ``.tmp-`` name."""
     from lamina import images
     from lamina.errors import LaminaError
     from lamina.store import Store
@@ -423,7 +426,7 @@ def test_a_store_directory_replaced_by_a_symlink_never_leads_a_removal_outside(g
     lamina(root, "copy", f"oci:{layout}:img", "x:1")
     outside = g.dest / "outside"
     for rel, data in (("fs/sub/precious", b"p"), ("meta.json", b"{}"), ("precious", b"p"),
-                      ("ab" * 32, b"looks like a blob"), ("stage", b"")):
+                      ("ab" * 32, b"looks like a blob"), ("stage", b""), ("x.tmp-1", b"temp?")):
         os.makedirs(os.path.dirname(outside / rel), exist_ok=True)
         (outside / rel).write_bytes(data)
     before = snapshot(outside, include_root=True, dir_mtime=True)
@@ -431,6 +434,7 @@ def test_a_store_directory_replaced_by_a_symlink_never_leads_a_removal_outside(g
     fanout = sorted(os.listdir(root / "objects" / "blake3"))
     fanout = [n for n in fanout if len(n) == 2][0]
     path = root / victim.replace("CHAIN", chain).replace("XX", fanout)
+    os.makedirs(path, exist_ok=True)   # lamina/verified: made by the first layer blob hashed again
     os.rename(path, g.dest / "moved-away")
     os.symlink(outside, path)
     store = Store(root)
@@ -445,8 +449,9 @@ def test_a_store_directory_replaced_by_a_symlink_never_leads_a_removal_outside(g
         if os.path.ismount(g.dest / "mnt"):
             umount(store, g.dest / "mnt")
             # the mount reads snapshots only: the objects their files are linked to are not
-            # reached through objects/ (so a symlink there is not on its way)
-            assert victim == "objects/blake3/XX", f"{what}: the image was mounted through the symlink"
+            # reached through objects/ (so a symlink there, or in place of lamina/verified,
+            # is not on its way)
+            assert victim in ("objects/blake3/XX", "lamina/verified"), f"{what}: the image was mounted through the symlink"
         assert snapshot(outside, include_root=True, dir_mtime=True) == before, f"{what} changed {outside}"
     if victim.startswith("snapshots/CHAIN"):
         # a bad snapshot: fsck says so, --repair removes the link (not what it leads to), and
@@ -456,9 +461,114 @@ def test_a_store_directory_replaced_by_a_symlink_never_leads_a_removal_outside(g
     else:
         for what, r in outcomes.items():
             if what == "mount" and not isinstance(r, LaminaError):
-                continue  # objects/: harmless (above)
+                continue  # objects/, lamina/verified: harmless (above)
             # mount, rmi, prune of an image whose blobs are out of reach: "not in the store"
             named = "is a symlink" in str(r) and victim.split("/")[0] in str(r)
             assert isinstance(r, LaminaError) and (named or what in ("mount", "rmi", "prune")), f"{what}: {r!r}"
         assert [e["annotations"]["org.opencontainers.image.ref.name"] for e in
                 json.load(open(root / "index.json"))["manifests"]] == ["docker.io/library/x:1"]
+
+
+@pytest.mark.parametrize("lock", ["index.lock", "gc.lock", "blob"])
+def test_a_lock_file_replaced_by_a_symlink_is_never_followed(g, lock):
+    """Every lock file was opened with O_CREAT, following a symlink: a ``locks/index.lock``,
+    ``gc.lock`` or ``blob-<hex>.lock`` planted as a symlink made a copy into the store create
+    (as root) the file it named outside the store, or open a device there read-write (opening
+    /dev/watchdog arms it).  A lock that is a symlink is refused now, naming it; fsck reports it
+    and --repair removes the link (never what it points to), after which the store works."""
+    layout = write_image(g.dest / "layout", [Tar().file("a", b"a").bytes()])
+    second = write_image(g.dest / "layout2", [Tar().file("b", b"b" * 3000).bytes()])
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{layout}:img", "x:1")
+    outside = g.dest / "outside"
+    outside.mkdir()
+    names = ([f"blob-{n}.lock" for n in os.listdir(os.path.join(second, "blobs", "sha256"))] if lock == "blob"
+             else [lock])
+    for n in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(root / "locks" / n)
+        os.symlink(outside / f"made-{n}", root / "locks" / n)
+    proc = lamina(root, "copy", f"oci:{second}:img", "y:1", check=False)
+    assert os.listdir(outside) == [], proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("lamina: error: ") and "is a symlink" in line and "locks/" in line, proc.stderr
+    fsck = lamina(root, "fsck", "--json", check=False)
+    assert os.listdir(outside) == [], fsck.stderr
+    assert any("symlink" in f["message"] and f["subject"].endswith(".lock")
+               for f in json.loads(fsck.stdout)["findings"]), fsck.stdout + fsck.stderr
+    lamina(root, "fsck", "--repair", check=False)
+    assert os.listdir(outside) == []
+    assert not any(os.path.islink(root / "locks" / n) for n in names)
+    lamina(root, "copy", f"oci:{second}:img", "y:1")
+    assert os.listdir(outside) == []
+    lamina(root, "fsck")
+
+
+@pytest.mark.parametrize("victim", ["index.json", "lamina/config.json", "lamina/holds/k.json"])
+@pytest.mark.parametrize("kind", ["fifo", "zero", "outside"])
+def test_a_store_document_replaced_by_a_fifo_or_a_symlink_is_refused_naming_it(g, victim, kind):
+    """The store's JSON documents were opened following symlinks and read to their end: a FIFO
+    planted as index.json (a store in a world-writable directory) hung every command, a symlink
+    to /dev/zero read until memory ran out, one to a file outside was parsed as the store's.
+    lamina writes each of them whole by a rename, never as a symlink or anything but a regular
+    file: anything else is refused at once, naming it."""
+    layout = write_image(g.dest / "layout", [Tar().file("a", b"a").bytes()])
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{layout}:img", "x:1")
+    path = root / victim
+    os.makedirs(path.parent, exist_ok=True)
+    outside = g.dest / "outside.json"
+    outside.write_bytes(json.dumps({"schemaVersion": 2, "manifests": [], "keep-blobs": False}).encode())
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    {"fifo": lambda: os.mkfifo(path), "zero": lambda: os.symlink("/dev/zero", path),
+     "outside": lambda: os.symlink(outside, path)}[kind]()
+    readers = {"index.json": ("images", "copy", "fsck"), "lamina/config.json": ("copy",),
+               "lamina/holds/k.json": ("fsck",)}
+    for args in (["images"], ["copy", f"oci:{layout}:img", "y:1"], ["fsck"]):
+        proc = subprocess.run(["prlimit", f"--as={1 << 30}", "--", *LAMINA, "--root", root, *args],
+                              capture_output=True, text=True, timeout=60)
+        if args[0] not in readers[victim]:
+            continue
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (args, proc.stdout, proc.stderr)
+        if args[0] == "fsck":   # a finding: the check goes on
+            assert f"error: {root / victim} is " in proc.stdout + proc.stderr, (proc.stdout, proc.stderr)
+            continue
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith("lamina: error: ") and victim in line, (args, proc.stderr)
+
+
+@pytest.mark.parametrize("blob", ["manifest", "config", "layer"])
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_a_blob_replaced_by_a_fifo_or_a_symlink_is_refused_naming_it(g, blob, kind):
+    """A stored blob was opened following symlinks and waiting on a FIFO: a manifest or config
+    blob replaced by a FIFO (a store in a world-writable directory) hung images, inspect, unpack
+    and fsck, a symlink to /dev/zero read until the size limit.  A blob is written whole by a rename, a regular file: anything else is
+    refused at once, naming it, and fsck --repair removes it (never what a link points to)."""
+    layout = write_image(g.dest / "layout", [Tar().file("a", b"a").bytes()])
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{layout}:img", "x:1")
+    manifest = json.load(open(root / "index.json"))["manifests"][0]["digest"]
+    doc = json.load(open(root / "blobs" / "sha256" / manifest[7:]))
+    digest = {"manifest": manifest, "config": doc["config"]["digest"], "layer": doc["layers"][0]["digest"]}[blob]
+    path = root / "blobs" / "sha256" / digest[7:]
+    os.unlink(path)
+    os.mkfifo(path) if kind == "fifo" else os.symlink("/dev/zero", path)
+    for args in (["images"], ["inspect", "x:1"], ["unpack", "x:1", g.dest / "out"]):
+        proc = subprocess.run(["prlimit", f"--as={1 << 30}", "--", *LAMINA, "--root", root, *map(str, args)],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode == 0:
+            # no command reads a layer blob whose snapshot the store holds
+            assert blob == "layer", (args, proc.stderr)
+            continue
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith("lamina: error: ") and digest[7:19] in line, (args, proc.stderr)
+    # gc (whose reading of what is reachable is tolerant: an unreadable manifest protects itself)
+    gc = subprocess.run([sys.executable, "-c", "import sys; from lamina.store import Store; "
+                         "Store(sys.argv[1]).gc(dry_run=True)", root], capture_output=True, text=True, timeout=60)
+    assert gc.returncode == 0, gc.stderr
+    fsck = subprocess.run([*LAMINA, "--root", root, "fsck", "--repair"], capture_output=True, text=True, timeout=60)
+    assert digest[7:] in fsck.stdout + fsck.stderr, fsck.stdout + fsck.stderr
+    assert not os.path.lexists(path) or os.path.isfile(path) and not os.path.islink(path)

@@ -627,6 +627,8 @@ class TarArchive:
                         raise ImageError(f"{self.path}: more than {self.MAX_HEADER_BYTES} bytes of member "
                                          f"headers and names (at member {info.name})")
                     name = member_name(info.name)
+                    if info.type != tarfile.XGLTYPE:
+                        self._refuse_climbing(info)
                     if name and info.type != tarfile.XGLTYPE:
                         old = self.members.get(name)
                         if old is not None and not (old.type == info.type == tarfile.DIRTYPE):
@@ -638,6 +640,17 @@ class TarArchive:
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             # ValueError: tarfile's own reading of malformed PAX records (GNU.sparse.map=a,b)
             raise ImageError(f"{self.path}: not a readable tar archive: {e}") from None
+
+    def _refuse_climbing(self, info):
+        """A member named ``../x`` (``a/../../x``), or a hardlink to one: member_name would read it
+        as ``x``, where docker's load stops its extraction at a name or link target that breaks
+        out of its directory, and skopeo finds no member of that name (and takes no hardlink)."""
+        if _climbs(info.name):
+            raise ImageError(f"{self.path}: member {info.name} climbs out of the archive: docker's load "
+                             "refuses it, skopeo does not read it")
+        if info.type == tarfile.LNKTYPE and _climbs(info.linkname):
+            raise ImageError(f"{self.path}: member {info.name} is a hardlink to {info.linkname!r}, out of the "
+                             "archive: docker's load refuses it, skopeo does not read it")
 
     def _refuse_members_under_symlinks(self):
         """A member ``d/x`` beside a symlink member ``d``: tar and docker's load, which extract the
@@ -760,6 +773,11 @@ class TarArchive:
     def read(self, name, what, digest=None, limit=MAX_DOCUMENT_SIZE):
         with self.open(name) as f:
             return read_verified(f, digest, None, what, limit)
+
+
+def _climbs(name):
+    """True for a relative name whose ``..`` lead above the archive's top (Go's filepath.Clean)."""
+    return not name.startswith("/") and posixpath.normpath(name).split("/", 1)[0] == ".."
 
 
 def member_name(name):

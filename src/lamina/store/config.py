@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from ..errors import StoreError
-from .fsutil import atomic_write
+from .fsutil import atomic_write, open_own
 
 DEFAULTS = {"dedup": True, "keep-blobs": True}
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
@@ -22,7 +22,7 @@ def _path(paths):
 def read(paths):
     """{setting: value} with the defaults filled in."""
     try:
-        with open(_path(paths), "rb") as f:
+        with open_own(_path(paths)) as f:
             doc = json.load(f)
     except FileNotFoundError:
         doc = {}
@@ -50,7 +50,7 @@ def write(paths, key, text, index_lock):
     value = parse_value(key, text)
     with FileLock(index_lock):
         try:
-            with open(_path(paths), "rb") as f:
+            with open_own(_path(paths)) as f:
                 doc = json.load(f)
         except (FileNotFoundError, ValueError):
             doc = {}

@@ -33,7 +33,7 @@ from ..errors import LaminaError, StoreError
 from ..images import familiar
 from . import sidecar
 from . import snapshots as _snapshots
-from .fsutil import FULL_ERRNOS, atomic_write, disk_usage, syncfs
+from .fsutil import FULL_ERRNOS, atomic_write, disk_usage, open_own, syncfs
 from .gc import reachable
 from .image import load_image
 from .index import entry_name, make_entry
@@ -130,6 +130,8 @@ class FsckReport:
     # chainIDs whose sidecar the snapshot check rebuilt the layer from to the end (the diffID
     # checked at its end record): sidecar.check need not rebuild them a second time
     sidecars_rebuilt: set = field(default_factory=set, repr=False, compare=False)
+    # a lock file the check has to take is a symlink (not removed): nothing else was checked
+    locks_refused: bool = field(default=False, repr=False, compare=False)
 
     def add(self, severity, kind, subject, message):
         f = Finding(severity, kind, subject, message)
@@ -167,6 +169,9 @@ class FsckReport:
 def check(store, repair=False, waiting=None):
     """``waiting()`` is called if --repair has to wait for other lamina writers first."""
     report = FsckReport(Findings(store.paths.root if store.writable else None), repair=repair)
+    if _symlinked_locks(store, report, repair):
+        report.locks_refused = True
+        return report   # no lock is taken through a symlink: nothing else is checked without it
     lock = FileLock(store.paths.gc_lock)
     if repair:
         if not lock.try_acquire():
@@ -182,6 +187,31 @@ def check(store, repair=False, waiting=None):
     finally:
         lock.release()
     return report
+
+
+def _symlinked_locks(store, report, repair):
+    """Report lock files that are symlinks (lamina makes none, and takes no lock through one:
+    see locks._NOFOLLOW), removing the links with ``repair`` before any lock is taken.  True if
+    one the check itself has to lock (gc.lock, index.lock) is left."""
+    try:
+        names = sorted(os.listdir(store.paths.locks))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    left = False
+    for n in names:
+        path = store.paths.locks / n
+        try:
+            to = os.readlink(path)
+        except OSError:
+            continue   # not a symlink
+        f = report.add("error", "symlink-lock", str(path), f"locks/{n} is a symlink (to {to!r}): lamina never "
+                       "follows symlinks inside its store")
+        if repair:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            f.repaired = True
+        left = left or (not repair and n in _PERMANENT_LOCKS)
+    return left
 
 
 class Checker:
@@ -220,11 +250,11 @@ class Checker:
 
     def layout(self):
         try:
-            with open(self.paths.root / "oci-layout", "rb") as f:
+            with open_own(self.paths.root / "oci-layout") as f:
                 version = json.load(f).get("imageLayoutVersion")
             if not isinstance(version, str) or not version.startswith("1."):
                 raise ValueError(version)
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, StoreError):
             f = self.report.add("error", "layout", "oci-layout", "oci-layout is missing or invalid")
             self._fix(f, lambda: atomic_write(self.paths.root / "oci-layout", OCI_LAYOUT))
 
@@ -556,8 +586,8 @@ class Checker:
             if n in _PERMANENT_LOCKS:
                 continue
             path = self.paths.locks / n
-            if is_locked(path):
-                continue
+            if path.is_symlink() or is_locked(path):
+                continue   # a symlink: reported (and removed) before any lock was taken
             f = self.report.add("warning", "stale-lock", str(path), f"locks/{n}: lock file of a process that"
                                 " was killed")
             self._fix(f, lambda p=path: remove_if_unlocked(p))

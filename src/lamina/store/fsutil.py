@@ -6,6 +6,7 @@ import ctypes.util
 import errno
 import os
 import secrets
+import stat
 
 # A full filesystem or quota: never a trait of the layer or image being written
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -20,6 +21,31 @@ def is_full(e):
     if err is None and isinstance(e.__cause__, OSError):
         err = e.__cause__.errno
     return err in FULL_ERRNOS
+
+
+def open_own(path):
+    """The store's own document ``path`` (index.json, config.json, a hold, a snapshot's meta.json)
+    opened to read, FileNotFoundError if absent.  lamina writes each whole, by a rename: a symlink
+    or anything but a regular file there was put by someone else (a FIFO hung every command, a
+    link to /dev/zero read until memory ran out, one outside was read as the store's), so it is
+    never followed nor waited on but refused (a StoreError naming it)."""
+    from ..errors import StoreError
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        try:
+            to = f" (to {os.readlink(path)!r})"
+        except OSError:
+            to = ""
+        raise StoreError(f"{os.fspath(path)} is a symlink{to}: lamina never follows symlinks inside its store; "
+                         "put the file back in its place") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise StoreError(f"{os.fspath(path)} is not a regular file (mode {stat.S_IFMT(mode):o})")
+    return os.fdopen(fd, "rb")
 
 
 def _syncfs_fn():

@@ -16,6 +16,7 @@ from ..errors import ImageError, StoreError
 from ..oci.model import document_media_type, parse_manifest
 from . import objects as _objects
 from . import snapshots as _snapshots
+from .fsutil import open_own
 from .image import chain_ids
 from .index import entry_repo_digest
 from .locks import FileLock
@@ -43,9 +44,9 @@ class GCResult:
 
 def _read_json(path, limit=16 << 20):
     try:
-        with open(path, "rb") as f:
+        with open_own(path) as f:   # a FIFO planted there is not waited on
             data = f.read(limit + 1)
-    except FileNotFoundError:
+    except (FileNotFoundError, StoreError):
         return None
     try:
         return json.loads(data) if len(data) <= limit else None

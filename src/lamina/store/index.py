@@ -18,7 +18,7 @@ from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import StoreError
 from ..oci.model import ANNOTATION_REF_NAME
-from .fsutil import FULL_ERRNOS, atomic_write
+from .fsutil import FULL_ERRNOS, atomic_write, open_own
 from .locks import FileLock
 from .paths import foreign_entries
 
@@ -57,7 +57,7 @@ class IndexFile:
         """The entries (list of descriptor dicts). Lock-free: the file is only ever replaced whole."""
         path = self.paths.index
         try:
-            with open(path, "rb") as f:
+            with open_own(path) as f:
                 doc = json.load(f)
         except NotADirectoryError:
             raise StoreError(f"store root {self.paths.root} is not a directory (use --root or LAMINA_ROOT "

@@ -19,6 +19,10 @@ import os
 import stat
 import time
 
+from ..errors import StoreError
+from .fsutil import open_own
+
+
 def records_dir(store, kind, *, outside=False, create=False):
     """Where ``kind`` records live: in the store, or (``outside``) in the runtime directory
     (whose safe creation ``create`` asks for: readers leave the disk alone)."""
@@ -94,9 +98,9 @@ def load_records(store, kind):
             if not n.endswith(".json") or ".tmp-" in n:
                 continue
             try:
-                with open(os.path.join(d, n), "rb") as f:
+                with open_own(os.path.join(d, n)) as f:
                     rec = json.load(f)
-            except (OSError, ValueError, RecursionError):  # RecursionError: nested deep
+            except (OSError, ValueError, RecursionError, StoreError):  # RecursionError: nested deep
                 continue
             # whoever owns the store can write its records: a record is read as what its place says
             # it is, since its kind and key name the directories umount and prune remove, and its

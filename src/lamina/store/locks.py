@@ -105,19 +105,44 @@ class FileLock:
 _UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
+# A lock file is never a symlink lamina made: one planted in locks/ would have its O_CREAT make
+# a file (as root) wherever it points, or open a device there read-write (/dev/watchdog arms).
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class SymlinkLockError(LaminaError):
+    """A lock file that is a symlink: never followed, named to the user (fsck --repair removes it)."""
+
+
+def _refuse_symlink(path, e):
+    if e.errno != errno.ELOOP:
+        raise e
+    try:
+        to = os.readlink(path)
+    except OSError:
+        raise e from None
+    parent, name = os.path.split(os.fspath(path))
+    raise SymlinkLockError(f"lock file {os.path.basename(parent)}/{name} in {os.path.dirname(parent)} is a symlink "
+                           f"(to {to!r}): lamina never follows symlinks inside its store; remove it "
+                           "(lamina fsck --repair)") from None
+
+
 def _open_lock_file(path):
     """(fd to flock, the path it has) for ``path``: the file itself (created if needed),
     opened read-only when the store cannot be written, or a stand-in outside the store
     when it cannot even be created there."""
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), path
+        return os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644), path
     except OSError as e:
         if e.errno not in _UNWRITABLE:
+            _refuse_symlink(path, e)
             raise
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC), path
+        return os.open(path, os.O_RDONLY | _NOFOLLOW), path
     except FileNotFoundError:
         pass
+    except OSError as e:
+        _refuse_symlink(path, e)
     where = _stand_in(path)
     return os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600), where
 
@@ -161,9 +186,13 @@ def runtime_dir(*, create=False):
 def is_locked(path):
     """True if some process holds a lock on ``path`` (probe without creating it)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
     except FileNotFoundError:
         return False
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return False   # a symlink: nobody's lock (none is taken through one)
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -177,6 +206,9 @@ def is_locked(path):
 
 def remove_if_unlocked(path):
     """Unlink a lock file nobody holds (fsck/gc cleanup). True if removed."""
+    if os.path.islink(path):   # no lock is taken through one (see _NOFOLLOW): the link goes, not its target
+        os.unlink(path)
+        return True
     lock = FileLock(path)
     try:
         if not lock.try_acquire():

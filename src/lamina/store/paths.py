@@ -105,7 +105,7 @@ class Paths:
         root = self.root
         fixed = ["blobs", "blobs/sha256", "ingest", "locks", "snapshots", "objects", "objects/blake3",
                  "objects/stage", "lamina", "lamina/holds",
-                 "lamina/rollbacks"]
+                 "lamina/rollbacks", "lamina/verified"]
         try:
             fixed += [f"objects/blake3/{n}" for n in sorted(os.listdir(root / "objects" / "blake3"))
                       if _FANOUT_RE.fullmatch(n)]

@@ -48,7 +48,7 @@ from ..errors import BlobNotFoundError, LaminaError, StoreError, at_layer
 from ..tree import abandon, remove_tree
 from ..errors import ImpliedDirMoved, NeedsLowers
 from ..limits import open_file_budget
-from .fsutil import FULL_ERRNOS, disk_usage, fsync_dir, name_error, syncfs
+from .fsutil import FULL_ERRNOS, disk_usage, fsync_dir, name_error, open_own, syncfs
 from .image import chain_ids
 from .locks import FileLock
 from . import objects as _objects
@@ -108,7 +108,7 @@ def read_info(paths, chain_id):
         if os.path.islink(p):
             raise StoreError(f"snapshot {chain_id}: {os.fspath(p)} is a symlink; run lamina fsck --repair")
     try:
-        with open(path / "meta.json", "rb") as f:
+        with open_own(path / "meta.json") as f:
             meta = json.load(f)
     except (FileNotFoundError, NotADirectoryError):
         return None

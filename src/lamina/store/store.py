@@ -30,7 +30,7 @@ from ..oci.model import ANNOTATION_REF_NAME
 from ..platform import Platform
 from ..reference import Reference
 from . import snapshots as _snapshots
-from .fsutil import atomic_write
+from .fsutil import atomic_write, open_own
 from .image import Image, load_image
 from .index import IndexFile, entry_name, entry_repo_digest, make_entry
 from .ingest import IngestWriter, check_stored_size, put_bytes
@@ -171,7 +171,7 @@ class Store:
     def open_blob(self, digest):
         path = self.paths.blob(digest)
         try:
-            return open(path, "rb")
+            return open_own(path)   # a FIFO or a symlink planted there is refused, naming it
         except FileNotFoundError:
             raise BlobNotFoundError(f"blob {digest} is not in the store {self.root}") from None
 
@@ -733,7 +733,7 @@ class Store:
             if not n.endswith(".json") or ".tmp-" in n:
                 continue
             try:
-                with open(self.paths.holds / n, "rb") as f:
+                with open_own(self.paths.holds / n) as f:
                     out[n[:-5]] = json.load(f)
             except (OSError, ValueError, RecursionError):  # RecursionError: nested deep
                 raise StoreError(f"hold {n}: unreadable; run lamina fsck") from None
@@ -766,6 +766,8 @@ class Store:
             self._check_writable("cannot repair")
         self.paths.check_own_dirs()
         report = check(self, repair=repair, waiting=waiting)
+        if report.locks_refused:
+            return report
         with FileLock(self.paths.gc_lock, shared=not repair):
             objects.check(self, report, repair)
             sidecar.check(self, report)
