@@ -1,6 +1,7 @@
 """Other projects' gzip and zstd test streams as layer compressions (tests/corpora.py).
 
-zstd's golden decompression streams, the streams klauspost/compress's Go decoders are tested
+zstd's golden decompression streams, containers/image's "Hello" fixtures, file(1)'s zstd frame
+headers of every format version, the streams klauspost/compress's Go decoders are tested
 with (good.zip, bad.zip, and the crashers its fuzzers found: regression.zip) and pgzip's, Go's
 compress/gzip testdata and the crafted gzip file of GNU gzip's tests (hufts-segv.gz).  A stream
 holds no tar, so each goes between two frames (gzip members) of the test's making: the first a
@@ -48,11 +49,18 @@ SOURCES = {
     "klauspost/zstd/testdata/xml.zst": 1,
     "klauspost/zstd/testdata/z000028.zst": 1,
     "klauspost/zstd/testdata/headers-want.json.zst": 1,
+    "cimage/pkg/compression/fixtures/Hello.gz": 1,  # containers/image's compression detection fixtures
+    "cimage/pkg/compression/fixtures/Hello.zst": 1,
+    "cimage/copy/fixtures/Hello.gz": 1,  # (a link to the one above)
+    "cimage/copy/fixtures/Hello.zst": 1,  # another zstd writer's frame of the same "Hello"
+    # file(1)'s magic tests: the first 10 bytes of a frame of each zstd version (v0.2 to v0.8+),
+    # its dictionary IDs and window descriptors; libzstd reads v0.5 and later (legacy support)
+    "file/zstd-v*.testfile": 17,
 }
 
 
 def _kind(source):
-    return "gzip" if ".gz" in os.path.basename(source) else "zstd"
+    return "gzip" if ".gz" in os.path.basename(source) else "zstd"  # (.zst, zstd-*.testfile)
 
 
 def _frame(kind, data):
