@@ -222,3 +222,37 @@ def test_a_zstd_frame_is_refused_where_its_declared_size_is_not_what_it_gives(g,
             assert isinstance(error, lamina.errors.CompressionError) and "corrupt zstd stream" in str(error), (
                 path, error)
     g.check()
+
+
+# zstd's magic before 1.0 (0xFD2FB51E, then 0xFD2FB522 to 0xFD2FB527 for v0.2 to v0.7): `zstd -dc`
+# reads v0.5 and later (Debian builds its legacy support), but no layer reader does: Go's decoder
+# (containerd, docker, podman), GNU tar's and bsdtar's detection know the 1.0 magic only, and
+# read such a layer as a tar that does not parse.  Named for what it is, as xz or lz4 are
+LEGACY_ZSTD = {"0.1": b"\x1e", **{f"0.{v}": bytes([0x20 + v]) for v in range(2, 8)}}
+
+
+@pytest.mark.parametrize("version", sorted(LEGACY_ZSTD))
+def test_a_layer_in_a_pre_1_0_zstd_format_is_refused_naming_it(g, version):
+    """file(1)'s zstd-v0.N test files (the first 10 bytes of a frame of each version), and a frame
+    of v0.1 (which file has none of), each a whole layer: refused on every path with a
+    CompressionError naming the layer and the format, under no media type or under zstd's (whose
+    error said "the content is not compressed")."""
+    import lamina.errors
+    from ocibuild import OCI_LAYER
+    base = corpora.require_corpus("file")
+    found = sorted(n for n in os.listdir(base) if n.startswith(f"zstd-v{version}-"))
+    layers = [corpora.streams(f"file/{n}")[0][1] for n in found] or [LEGACY_ZSTD[version] + b"\xb5\x2f\xfd" + bytes(6)]
+    assert version == "0.1" or found, os.listdir(base)
+    words = f"zstd v{version} (legacy format)-compressed, which a layer never is"
+    for i, layer in enumerate(layers):
+        assert layer[:4] == LEGACY_ZSTD[version] + b"\xb5\x2f\xfd", layer
+        layer_path = write(g.dest / f"layer-{i}", layer + bytes(2048))  # past a first tar header
+        with pytest.raises(lamina.errors.CompressionError) as info:
+            apply(layer_path, g.dest / f"lamina-{i}")
+        assert f"layer {layer_path}: {words}" in str(info.value), str(info.value)
+        for media_type, said in ((OCI_LAYER, words), (OCI_LAYER_ZSTD, f"announces zstd but the content is "
+                                                                       f"zstd v{version} (legacy format)-compressed")):
+            results = run_paths(g.dest / f"paths-{i}-{media_type[-4:]}", [Shipped(layer, layer, media_type)])
+            for path, got in results.items():
+                assert isinstance(got, lamina.errors.CompressionError) and said in str(got), (path, got)
+    g.check()
