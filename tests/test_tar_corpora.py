@@ -18,11 +18,13 @@ ways no layer is) is refused with a lamina error.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
 import corpora
+from conftest import require_tool, run
 from everypath import assert_agree, run_paths, umoci_tree
 from layerkit import apply, write
 from tarvectors import extract_with
@@ -737,3 +739,55 @@ def assert_compact_rebuild(tmp_path, key, plain):
     assert len(rebuilt) == len(plain) and hashlib.sha256(rebuilt).digest() == hashlib.sha256(plain).digest(), (
         f"{key}: rebuilt {len(rebuilt)} bytes, first difference at "
         f"{next((i for i, (a, b) in enumerate(zip(rebuilt, plain)) if a != b), min(len(rebuilt), len(plain)))}")
+
+
+_PODMAN_DOCKER_ID = "sha256:ec9293436c2e66da44edb9efb8d41f6b13baf62283ebe846468bc992d76d7951"
+_PODMAN_OCI_ID = "sha256:5c8aca8137ac47e84c69ae93ce650ce967917cc001ba7aad5494073fac75b8b6"
+# name -> [(image ID, names)], as podman's load tests (and containers/common's libimage) expect
+# them, but in docker's spelling (docker.io/library/, where podman says localhost/); an OCI
+# ref.name that is no reference (UPPERCASE-IS-INVALID) leaves the image unnamed, as podman does
+LOADS = {
+    "podman/e2e/testdata/docker-name-only.tar.xz": [(_PODMAN_DOCKER_ID, ["docker.io/library/pretty-empty:latest"])],
+    "podman/e2e/testdata/docker-registry-name.tar.xz": [(_PODMAN_DOCKER_ID, ["example.com/empty:latest"])],
+    # two images in one manifest.json: skopeo refuses it ("expected 1 item, got 2"), podman and
+    # docker load both (podman's load_test.go)
+    "podman/e2e/testdata/docker-two-images.tar.xz": [
+        (_PODMAN_DOCKER_ID, ["example.com/empty:latest"]),
+        ("sha256:5a7ef13e1893f2f91d29b3c2b9224e771a57c48ff6fe8d2aee91f3f91062fa2a", ["example.com/empty/but:different"])],
+    "podman/e2e/testdata/docker-two-names.tar.xz": [
+        (_PODMAN_DOCKER_ID, ["docker.io/library/pretty-empty:latest", "example.com/empty:latest"])],
+    "podman/e2e/testdata/docker-unnamed.tar.xz": [(_PODMAN_DOCKER_ID, [])],
+    "podman/e2e/testdata/oci-name-only.tar.gz": [(_PODMAN_OCI_ID, ["docker.io/library/pretty-empty:latest"])],
+    "podman/e2e/testdata/oci-non-docker-name.tar.gz": [(_PODMAN_OCI_ID, [])],
+    "podman/e2e/testdata/oci-registry-name.tar.gz": [(_PODMAN_OCI_ID, ["example.com/empty:latest"])],
+    "podman/e2e/testdata/oci-unnamed.tar.gz": [(_PODMAN_OCI_ID, [])],
+    "cimage/docker/archive/fixtures/almostempty.tar": [
+        ("sha256:9d7f147c0d0c4d4538a04c7ef385809e56eb1aac7bf800fbe976612188025b68", ["docker.io/library/emptyimage:latest"])],
+}
+
+
+@pytest.mark.parametrize("key", sorted(LOADS))
+def test_podmans_and_containers_images_archives_load_as_their_tests_expect(tmp_path, key):
+    """The docker-archives (a layer.tar saved as a symlink to another's among them) and
+    oci-archives of podman's load tests, compressed as shipped, and containers/image's docker
+    save of 2017: `lamina load` gives each image the names and ID podman's tests expect, with
+    the one layer the config's diff_ids name, which skopeo reads the same where it reads the
+    archive; the store fsck clean."""
+    from lamina.store import Store
+    from lamina.transports import load
+    corpus, name = key.split("/", 1)
+    path = os.path.join(corpora.require_corpus(corpus), name)
+    store = Store(tmp_path / "store")
+    loaded = load(path, store=store)
+    assert [(li.image.id, [str(n) for n in li.names]) for li in loaded] == LOADS[key], loaded
+    for li in loaded:
+        assert li.image.diff_ids == li.image.config["rootfs"]["diff_ids"], li.image.config
+        assert len(store.snapshots_for(li.image)) == 1
+    if len(loaded) == 1:  # skopeo reads one image's archive only
+        require_tool("skopeo")
+        plain = tmp_path / "archive.tar"
+        plain.write_bytes(corpora.archive(key)[1])
+        transport = "oci-archive" if "/oci-" in key else "docker-archive"
+        seen = json.loads(run("skopeo", "inspect", "--config", "--raw", f"{transport}:{plain}").stdout)
+        assert seen["rootfs"]["diff_ids"] == loaded[0].image.diff_ids, seen["rootfs"]
+    assert store.fsck().clean
