@@ -38,6 +38,8 @@
 #   podman/      podman's test tars (source package libpod: test/build's http build contexts,
 #                a squash test's context, and the docker-archives (.tar.xz) and oci-archives
 #                (.tar.gz) of its load tests, one saving a layer.tar as a symlink to another's)
+#   containers-common/  containers/common's libimage testdata: BuildKit's docker and OCI
+#                exports of an image of no layers ("Layers": null), and a podman export
 #   ostree/      libostree's test tars (tests/: repositories, a path-traversal test's, the
 #                trees of its static-delta tests)
 #   file/        file(1)'s magic tests (tests/*.testfile): a Gentoo binary package (a tar cut at
@@ -45,7 +47,7 @@
 #   klauspost-compress/  the Go gzip and zstd decoder's test streams (gzip/testdata/*.gz;
 #                zstd/testdata: good.zip, bad.zip and the fuzzers' regression zips of .zst
 #                streams, kept zipped; xml.zst...), for tests/test_compression_corpora.py
-#                these twenty-one: upstream sources from Debian source packages (apt-get source
+#                these twenty-two: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests), of tar-split (golang-github-vbatts-tar-split-dev:
@@ -197,3 +199,5 @@ fetch_source ostree ostree tests '*.tar.gz' '*.tar.xz' \
     || echo "WARNING: libostree's test tars could not be fetched" >&2
 fetch_source file file tests 'gpkg-*.testfile' 'zstd-*.testfile' \
     || echo "WARNING: file(1)'s magic test files could not be fetched" >&2
+fetch_source golang-github-containers-common containers-common libimage/testdata 'buildkit-*.tar' \
+    exported-container.tar || echo "WARNING: containers/common's libimage test archives could not be fetched" >&2

@@ -15,6 +15,7 @@
                      the shell function BLOCK in tar/tar_with_*)
     gomtree/NAME     go-mtree's testdata tars (testdata/*.tar)
     cimage/NAME      containers/image's fixtures (a docker-archive; "Hello" in each compression)
+    ccommon/NAME     containers/common's libimage testdata (BuildKit's exports, a podman export)
     podman/NAME      podman's test tars (test/...: build contexts, docker- and oci-archives)
     ostree/NAME      libostree's test tars (tests/*.tar.gz, *.tar.xz)
     file/NAME        file(1)'s magic test files (tests/*.testfile: a cut Gentoo package, zstd headers)
@@ -72,7 +73,7 @@ _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "common
             "ant": "ant", "erlang": "erlang-tar",
             "toybox": "toybox", "ruby": "ruby", "zstd": "zstd", "gomtree": "go-mtree", "buildah": "buildah",
             "pgzip": "pgzip", "cimage": "containers-image", "podman": "podman", "ostree": "ostree",
-            "file": "file",
+            "file": "file", "ccommon": "containers-common",
             "klauspost": "klauspost-compress"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
 
 
