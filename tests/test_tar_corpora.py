@@ -745,6 +745,7 @@ def assert_compact_rebuild(tmp_path, key, plain):
 
 
 _PODMAN_DOCKER_ID = "sha256:ec9293436c2e66da44edb9efb8d41f6b13baf62283ebe846468bc992d76d7951"
+_BUILDKIT_ID = "sha256:71de1148337f4d1845be01eb4caf15d78e4eb15a1ab96030809826698a5b7e30"
 _PODMAN_OCI_ID = "sha256:5c8aca8137ac47e84c69ae93ce650ce967917cc001ba7aad5494073fac75b8b6"
 # name -> [(image ID, names)], as podman's load tests (and containers/common's libimage) expect
 # them, but in docker's spelling (docker.io/library/, where podman says localhost/); an OCI
@@ -765,6 +766,10 @@ LOADS = {
     "podman/e2e/testdata/oci-non-docker-name.tar.gz": [(_PODMAN_OCI_ID, [])],
     "podman/e2e/testdata/oci-registry-name.tar.gz": [(_PODMAN_OCI_ID, ["example.com/empty:latest"])],
     "podman/e2e/testdata/oci-unnamed.tar.gz": [(_PODMAN_OCI_ID, [])],
+    # BuildKit's exports of an image of no layers ("Layers": null in manifest.json, "layers": null
+    # and "diff_ids": null in the documents, as Go writes an empty slice): libimage loads them
+    "ccommon/buildkit-docker.tar": [(_BUILDKIT_ID, ["github.com/buildkit/archive:docker"])],
+    "ccommon/buildkit-oci.tar": [(_BUILDKIT_ID, ["github.com/buildkit/archive:oci"])],
     "cimage/docker/archive/fixtures/almostempty.tar": [
         ("sha256:9d7f147c0d0c4d4538a04c7ef385809e56eb1aac7bf800fbe976612188025b68", ["docker.io/library/emptyimage:latest"])],
 }
@@ -774,7 +779,8 @@ LOADS = {
 def test_podmans_and_containers_images_archives_load_as_their_tests_expect(tmp_path, key):
     """The docker-archives (a layer.tar saved as a symlink to another's among them) and
     oci-archives of podman's load tests, compressed as shipped, and containers/image's docker
-    save of 2017: `lamina load` gives each image the names and ID podman's and libimage's tests expect,
+    save of 2017, and BuildKit's exports of an image of no layers (null where Go's empty lists
+    are): `lamina load` gives each image the names and ID podman's and libimage's tests expect,
     with the layers the config's diff_ids name, which skopeo reads the same where it reads the
     archive; each unpacks from the archive and copies out of the store; the store fsck clean."""
     import lamina
