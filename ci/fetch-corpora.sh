@@ -31,10 +31,23 @@
 #                first block), the inputs and dictionary of its golden compression tests, and
 #                the gzip file of its copy of gzip's tests (hufts-segv.gz)
 #   pgzip/       klauspost/pgzip's gzip test streams (testdata: an empty member of a large size)
+#   containers-image/  containers/image's (skopeo's, podman's) fixtures: a docker-archive
+#                (docker/archive/fixtures/almostempty.tar) and "Hello" in each compression it
+#                detects (copy/ and pkg/compression/fixtures: gzip and zstd as layer
+#                compressions, bzip2 and xz refused)
+#   podman/      podman's test tars (source package libpod: test/build's http build contexts,
+#                a squash test's context, and the docker-archives (.tar.xz) and oci-archives
+#                (.tar.gz) of its load tests, one saving a layer.tar as a symlink to another's)
+#   containers-common/  containers/common's libimage testdata: BuildKit's docker and OCI
+#                exports of an image of no layers ("Layers": null), and a podman export
+#   ostree/      libostree's test tars (tests/: repositories, a path-traversal test's, the
+#                trees of its static-delta tests)
+#   file/        file(1)'s magic tests (tests/*.testfile): a Gentoo binary package (a tar cut at
+#                1024 bytes) and zstd frame headers of every version, skippable frames
 #   klauspost-compress/  the Go gzip and zstd decoder's test streams (gzip/testdata/*.gz;
 #                zstd/testdata: good.zip, bad.zip and the fuzzers' regression zips of .zst
 #                streams, kept zipped; xml.zst...), for tests/test_compression_corpora.py
-#                these seventeen: upstream sources from Debian source packages (apt-get source
+#                these twenty-two: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests), of tar-split (golang-github-vbatts-tar-split-dev:
@@ -44,7 +57,10 @@
 #                installing them would pull in a Go toolchain.
 # Go's archive/tar and compress/gzip testdata and CPython's tarfile test archive come as binary packages
 # (golang-1.19-src, libpython3.11-testsuite), installed by tests/run-all.sh.
-# Not fetched, for want of archives (bookworm): rust-tar (its crate, so the source package and
+# Not fetched, for want of archives (bookworm): tarlz, pigz, zlib, php-pear (Archive_Tar),
+# pristine-tar and golang-github-containers-storage (the mirror lacks their .orig tarballs),
+# pax (MirBSD's: no test archives), cpio (its tests write their archives), umoci and containerd
+# (their Go tests write theirs), lz4 (none); rust-tar (its crate, so the source package and
 # librust-tar-dev, leaves tests/archives out, keeping tests/*.rs only; the mirror lacks its .orig
 # and .debian.tar besides: test_tar_corpora.py's crafted cousins write what its archives
 # exercise), ruby-minitar (apt-get source fails: the mirror lacks its .orig and .debian
@@ -174,3 +190,14 @@ fetch_source golang-github-klauspost-compress klauspost-compress . 'gzip/testdat
     'zstd/testdata/good.zip' 'zstd/testdata/bad.zip' 'zstd/testdata/regression.zip' \
     'zstd/testdata/decode-regression.zip' 'zstd/testdata/*.zst' \
     || echo "WARNING: klauspost/compress's gzip and zstd test streams could not be fetched" >&2
+fetch_source golang-github-containers-image containers-image . 'copy/fixtures/Hello.*' \
+    'pkg/compression/fixtures/Hello.*' 'docker/archive/fixtures/*.tar' \
+    || echo "WARNING: containers/image's test fixtures could not be fetched" >&2
+fetch_source libpod podman test 'build/*/context.tar' 'e2e/build/squash/*.tgz' 'e2e/testdata/*.tar.xz' \
+    'e2e/testdata/*.tar.gz' || echo "WARNING: podman's test tars could not be fetched" >&2
+fetch_source ostree ostree tests '*.tar.gz' '*.tar.xz' \
+    || echo "WARNING: libostree's test tars could not be fetched" >&2
+fetch_source file file tests 'gpkg-*.testfile' 'zstd-*.testfile' \
+    || echo "WARNING: file(1)'s magic test files could not be fetched" >&2
+fetch_source golang-github-containers-common containers-common libimage/testdata 'buildkit-*.tar' \
+    exported-container.tar || echo "WARNING: containers/common's libimage test archives could not be fetched" >&2

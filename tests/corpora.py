@@ -14,6 +14,11 @@
                      ``begin-base64 644 BLOCK`` block of tar.tests, or the printf escapes of
                      the shell function BLOCK in tar/tar_with_*)
     gomtree/NAME     go-mtree's testdata tars (testdata/*.tar)
+    cimage/NAME      containers/image's fixtures (a docker-archive; "Hello" in each compression)
+    ccommon/NAME     containers/common's libimage testdata (BuildKit's exports, a podman export)
+    podman/NAME      podman's test tars (test/...: build contexts, docker- and oci-archives)
+    ostree/NAME      libostree's test tars (tests/*.tar.gz, *.tar.xz)
+    file/NAME        file(1)'s magic test files (tests/*.testfile: a cut Gentoo package, zstd headers)
     buildah/NAME     buildah's test tars (tests/...)
     pgzip/NAME       klauspost/pgzip's gzip test streams (testdata/*.gz)
     ruby/NAME        rubygems' test gems (test/rubygems/...): NAME a .gem (a plain tar), or
@@ -29,7 +34,9 @@
                      tools of this machine on first use (``written``)
 
 Looked at and left out, shipping no tar archive or none the mirror has (ci/fetch-corpora.sh
-says why): tar-rs, minitar, Haskell's tar, libtar, python-libarchive-c, dpkg, zig, GNU tar.  tar-split's archive/tar/testdata
+says why): tar-rs, minitar, Haskell's tar, libtar, python-libarchive-c, dpkg, zig, GNU tar,
+tarlz, pigz, zlib, php-pear's Archive_Tar, pristine-tar, containers-storage, MirBSD pax, cpio,
+umoci, containerd, lz4.  tar-split's archive/tar/testdata
 (in the same Debian package as its tar/asm/testdata) is byte for byte Go's.  libarchive's test
 archives newer than Debian's 3.6.2 (3.7's global-header, vendor-keyword, sparse-past-the-size,
 Mac GNU tar and cut-short-header archives) are written by hand in test_tar_corpora.py's
@@ -37,7 +44,7 @@ crafted cousins, with the feature each was made to exercise.
 
 ``archive(key)`` returns (layer bytes as the project ships them, the plain tar or
 None where it has no plain form).  Compressed forms: ``.tgz``/``.gz`` and ``.zst``
-stay compressed as layers (lamina reads them); ``.Z`` and ``.bz2`` (which lamina
+stay compressed as layers (lamina reads them); ``.Z``, ``.bz2`` and ``.xz`` (which lamina
 does not read) are inflated here.
 """
 from __future__ import annotations
@@ -48,6 +55,7 @@ import bz2
 import glob
 import gzip
 import hashlib
+import lzma
 import os
 import re
 import subprocess
@@ -64,7 +72,8 @@ _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "common
             "plexus": "plexus-archiver", "php": "php-phar",
             "ant": "ant", "erlang": "erlang-tar",
             "toybox": "toybox", "ruby": "ruby", "zstd": "zstd", "gomtree": "go-mtree", "buildah": "buildah",
-            "pgzip": "pgzip",
+            "pgzip": "pgzip", "cimage": "containers-image", "podman": "podman", "ostree": "ostree",
+            "file": "file", "ccommon": "containers-common",
             "klauspost": "klauspost-compress"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
 
 
@@ -174,6 +183,8 @@ def archive(key):
         data = _unZ(data)
     elif name.endswith((".bz2", "_bz2")):
         data = bz2.decompress(data)
+    elif name.endswith(".xz"):
+        data = lzma.decompress(data)
     if name.endswith((".tgz", ".gz")):
         try:
             return data, gzip.decompress(data)
@@ -184,12 +195,20 @@ def archive(key):
     return data, data
 
 
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def streams(key):
     """[(name, bytes)] of the compressed streams ``corpus/FILE`` holds: the file itself, each
-    member of a zip (``FILE.zip``), or the decoded file (``FILE.base64``)."""
+    member of a zip (``FILE.zip``), the decoded file (``FILE.base64``), or each file a glob
+    pattern (``corpus/zstd-v*.testfile``) matches."""
     import zipfile
     corpus, name = key.split("/", 1)
     path = os.path.join(require_corpus(corpus), name)
+    if "*" in name:  # each file the pattern matches
+        return [(os.path.basename(p), _read(p)) for p in sorted(glob.glob(path))]
     if name.endswith(".zip"):
         with zipfile.ZipFile(path) as z:
             return [(m, z.read(m)) for m in sorted(z.namelist()) if not m.endswith("/")]

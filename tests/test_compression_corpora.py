@@ -1,6 +1,7 @@
 """Other projects' gzip and zstd test streams as layer compressions (tests/corpora.py).
 
-zstd's golden decompression streams, the streams klauspost/compress's Go decoders are tested
+zstd's golden decompression streams, containers/image's "Hello" fixtures, file(1)'s zstd frame
+headers of every format version, the streams klauspost/compress's Go decoders are tested
 with (good.zip, bad.zip, and the crashers its fuzzers found: regression.zip) and pgzip's, Go's
 compress/gzip testdata and the crafted gzip file of GNU gzip's tests (hufts-segv.gz).  A stream
 holds no tar, so each goes between two frames (gzip members) of the test's making: the first a
@@ -48,11 +49,18 @@ SOURCES = {
     "klauspost/zstd/testdata/xml.zst": 1,
     "klauspost/zstd/testdata/z000028.zst": 1,
     "klauspost/zstd/testdata/headers-want.json.zst": 1,
+    "cimage/pkg/compression/fixtures/Hello.gz": 1,  # containers/image's compression detection fixtures
+    "cimage/pkg/compression/fixtures/Hello.zst": 1,
+    "cimage/copy/fixtures/Hello.gz": 1,  # (a link to the one above)
+    "cimage/copy/fixtures/Hello.zst": 1,  # another zstd writer's frame of the same "Hello"
+    # file(1)'s magic tests: the first 10 bytes of a frame of each zstd version (v0.2 to v0.8+),
+    # its dictionary IDs and window descriptors; libzstd reads v0.5 and later (legacy support)
+    "file/zstd-v*.testfile": 17,
 }
 
 
 def _kind(source):
-    return "gzip" if ".gz" in os.path.basename(source) else "zstd"
+    return "gzip" if ".gz" in os.path.basename(source) else "zstd"  # (.zst, zstd-*.testfile)
 
 
 def _frame(kind, data):
@@ -213,4 +221,38 @@ def test_a_zstd_frame_is_refused_where_its_declared_size_is_not_what_it_gives(g,
         for path, error in results.items():
             assert isinstance(error, lamina.errors.CompressionError) and "corrupt zstd stream" in str(error), (
                 path, error)
+    g.check()
+
+
+# zstd's magic before 1.0 (0xFD2FB51E, then 0xFD2FB522 to 0xFD2FB527 for v0.2 to v0.7): `zstd -dc`
+# reads v0.5 and later (Debian builds its legacy support), but no layer reader does: Go's decoder
+# (containerd, docker, podman), GNU tar's and bsdtar's detection know the 1.0 magic only, and
+# read such a layer as a tar that does not parse.  Named for what it is, as xz or lz4 are
+LEGACY_ZSTD = {"0.1": b"\x1e", **{f"0.{v}": bytes([0x20 + v]) for v in range(2, 8)}}
+
+
+@pytest.mark.parametrize("version", sorted(LEGACY_ZSTD))
+def test_a_layer_in_a_pre_1_0_zstd_format_is_refused_naming_it(g, version):
+    """file(1)'s zstd-v0.N test files (the first 10 bytes of a frame of each version), and a frame
+    of v0.1 (which file has none of), each a whole layer: refused on every path with a
+    CompressionError naming the layer and the format, under no media type or under zstd's (whose
+    error said "the content is not compressed")."""
+    import lamina.errors
+    from ocibuild import OCI_LAYER
+    base = corpora.require_corpus("file")
+    found = sorted(n for n in os.listdir(base) if n.startswith(f"zstd-v{version}-"))
+    layers = [corpora.streams(f"file/{n}")[0][1] for n in found] or [LEGACY_ZSTD[version] + b"\xb5\x2f\xfd" + bytes(6)]
+    assert version == "0.1" or found, os.listdir(base)
+    words = f"zstd v{version} (legacy format)-compressed, which a layer never is"
+    for i, layer in enumerate(layers):
+        assert layer[:4] == LEGACY_ZSTD[version] + b"\xb5\x2f\xfd", layer
+        layer_path = write(g.dest / f"layer-{i}", layer + bytes(2048))  # past a first tar header
+        with pytest.raises(lamina.errors.CompressionError) as info:
+            apply(layer_path, g.dest / f"lamina-{i}")
+        assert f"layer {layer_path}: {words}" in str(info.value), str(info.value)
+        for media_type, said in ((OCI_LAYER, words), (OCI_LAYER_ZSTD, f"announces zstd but the content is "
+                                                                       f"zstd v{version} (legacy format)-compressed")):
+            results = run_paths(g.dest / f"paths-{i}-{media_type[-4:]}", [Shipped(layer, layer, media_type)])
+            for path, got in results.items():
+                assert isinstance(got, lamina.errors.CompressionError) and said in str(got), (path, got)
     g.check()

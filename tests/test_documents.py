@@ -224,6 +224,24 @@ def test_descriptor_fields(field, value, match):
     refused(manifest_doc(layers=[dict(LAYER_DESC, **{field: value})]), match=match)
 
 
+def test_null_where_a_list_is_due_is_the_empty_list_as_go_reads_it():
+    """Go writes an empty slice as null and reads null back as one: BuildKit's export of an image
+    of no layers says "layers": null, "diff_ids": null (containers/common's libimage testdata,
+    test_tar_corpora.py), and docker, containerd, skopeo and podman load it.  lamina refused
+    it ("'layers' must be a list").  A missing key is still refused: no writer leaves it out."""
+    assert read_document(json.dumps(manifest_doc(layers=None)).encode(), ob.OCI_MANIFEST).layers == []
+    assert read_document(json.dumps(index_doc(manifests=None)).encode(), ob.OCI_INDEX).manifests == []
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": None}}
+    assert model.parse_config(json.dumps(config).encode(), "config X", 0).diff_ids == []
+    without = manifest_doc()
+    del without["layers"]
+    refused(without, match="'layers' must be a list")
+    with pytest.raises(errors.ImageError, match="diff_ids must be a list"):
+        model.parse_config(json.dumps(dict(config, rootfs={"type": "layers"})).encode(), "config X", 0)
+    with pytest.raises(errors.ImageError, match="has 0 entries but the image has 1 layers"):
+        model.parse_config(json.dumps(config).encode(), "config X", 1)
+
+
 def test_embedded_data_is_checked_against_digest_and_size():
     payload = b"{}"
     good = {"mediaType": ob.OCI_CONFIG, "digest": ob.sha256(payload), "size": 2,

@@ -48,6 +48,10 @@ _FOREIGN_COMPRESSIONS = (
     ("lz4 (legacy frame)", b"\x02\x21\x4c\x18"), ("compress (.Z)", b"\x1f\x9d"), ("lzip", b"LZIP"),
     ("lzop", b"\x89LZO\x00"), ("snappy", b"\xff\x06\x00\x00sNaP"),
     ("zlib", b"\x78\x01"), ("zlib", b"\x78\x5e"), ("zlib", b"\x78\x9c"), ("zlib", b"\x78\xda"),
+    # zstd before 1.0: `zstd -dc` reads v0.5 and later, but Go's decoder (containerd, docker),
+    # GNU tar and bsdtar take the 1.0 magic only, so read such a layer as a tar that fails
+    ("zstd v0.1 (legacy format)", b"\x1e\xb5\x2f\xfd"),
+    *((f"zstd v0.{v} (legacy format)", bytes([0x20 + v]) + b"\xb5\x2f\xfd") for v in range(2, 8)),
 )
 _FOREIGN_ARCHIVES = (
     ("zip", b"PK\x03\x04"), ("7z", b"7z\xbc\xaf\x27\x1c"), ("rar", b"Rar!\x1a\x07"), ("cpio", b"070701"),

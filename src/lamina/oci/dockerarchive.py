@@ -100,6 +100,10 @@ class DockerArchive(Source):
         for i, entry in enumerate(doc):
             if isinstance(entry, dict):
                 check_field_spelling(entry, ARCHIVE_ENTRY_FIELDS, f"{what}: entry {i}")
+                if "Layers" in entry and entry["Layers"] is None:
+                    # Go writes an empty slice as null (BuildKit's export of an image of no
+                    # layers), and reads null back as one: docker load and skopeo take it
+                    entry["Layers"] = []
             ok = (isinstance(entry, dict) and isinstance(entry.get("Config"), str)
                   and isinstance(entry.get("Layers"), list)
                   and all(isinstance(x, str) for x in entry["Layers"]))

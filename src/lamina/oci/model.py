@@ -314,8 +314,16 @@ def document_media_type(doc, declared, what):
     return media_type
 
 
+def _go_list(doc, key):
+    """``doc[key]``, a JSON ``null`` read as the empty list Go reads it as (Go writes an empty
+    slice as null: BuildKit's export of an image of no layers has "layers": null and
+    "diff_ids": null); a missing key stays None."""
+    value = doc.get(key)
+    return [] if value is None and key in doc else value
+
+
 def parse_index(doc, media_type, what):
-    manifests = doc.get("manifests")
+    manifests = _go_list(doc, "manifests")
     if not isinstance(manifests, list):
         raise ImageError(f"{what}: 'manifests' must be a list")
     return Index(media_type, [parse_descriptor(d, f"{what} manifests[{i}]") for i, d in enumerate(manifests)])
@@ -402,7 +410,7 @@ def parse_manifest(doc, media_type, what, limits=DEFAULT_LIMITS):
         raise ArtifactError(
             f"{what}: config media type {config.media_type!r} is not a container image config"
             " (is this an artifact?)")
-    layers = doc.get("layers")
+    layers = _go_list(doc, "layers")
     if not isinstance(layers, list):
         raise ImageError(f"{what}: 'layers' must be a list")
     if limits is not None:
@@ -433,7 +441,7 @@ def parse_config(data, what, layer_count):
     check_field_spelling(rootfs, ROOTFS_FIELDS, f"{what} rootfs")
     if rootfs.get("type") != "layers":
         raise ImageError(f"{what}: unsupported rootfs.type {rootfs.get('type')!r} (expected 'layers')")
-    diff_ids = rootfs.get("diff_ids")
+    diff_ids = _go_list(rootfs, "diff_ids")
     if not isinstance(diff_ids, list):
         raise ImageError(f"{what}: rootfs.diff_ids must be a list")
     diff_ids = [_digest.validate(d, f"{what} rootfs.diff_ids[{i}]") for i, d in enumerate(diff_ids)]

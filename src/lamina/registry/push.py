@@ -283,7 +283,7 @@ class Pusher:
                 new[old] = (digest, len(data))
                 add_blobs(descs, layers)
             doc = dict(doc, manifests=[dict(m, digest=new[m["digest"]][0], size=new[m["digest"]][1])
-                                       for m in doc["manifests"] if m.get("digest") in new])
+                                       for m in doc["manifests"] or [] if m.get("digest") in new])
             data = json.dumps(doc, indent=3).encode()
             index = (_digest.sha256_bytes(data), data, index_type, None)
         elif index is not None:

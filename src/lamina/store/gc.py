@@ -88,7 +88,8 @@ def _read_manifest(paths, m, media_type):
     except (ImageError, ValueError):
         return None, None
     config = _read_json(paths.blob(manifest.config.digest))
-    diff_ids = ((config or {}).get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else None
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    diff_ids = ((rootfs.get("diff_ids") or []) if "diff_ids" in rootfs else None) if isinstance(rootfs, dict) else None
     if not (isinstance(diff_ids, list) and all(_digest.is_valid(d) for d in diff_ids)):
         diff_ids = None
     return manifest, diff_ids

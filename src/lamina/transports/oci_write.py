@@ -134,7 +134,7 @@ def _write_locked(data, root, ref, created):
             # checked as a source's index.json is: entries that are not descriptors ("manifests": "abc"
             # became entries "a", "b", "c") were kept, and the layout written was one skopeo cannot read
             doc, _ = parse_index_json(raw, index_path)
-            entries = list(doc["manifests"])
+            entries = list(doc["manifests"] or [])  # null: none (parse_index)
         except ImageError as e:
             detail = str(e).removeprefix(f"{index_path}: ")
             raise ImageError(f"{index_path}: not a valid image index ({detail}); refusing to overwrite it") from None

@@ -112,7 +112,7 @@ def multi_arch_from_store(store, image):
     with store.open_blob(index_digest) as f:
         data = read_verified(f, index_digest, None, f"index {index_digest}")
     doc = json.loads(data)
-    wanted = {m.get("digest") for m in doc.get("manifests", []) if isinstance(m, dict)}
+    wanted = {m.get("digest") for m in doc.get("manifests") or [] if isinstance(m, dict)}
     if wanted - {i.manifest_digest for i in images}:
         return None  # some platform is missing (or nested): save what is there, the tagged one
     return IndexData(data, index_digest, document_media_type(doc, None, f"index {index_digest}"),
@@ -126,7 +126,7 @@ def _uncompressed_type(media_type):
 def _with_layers(manifest, layers):
     """The manifest with new layer descriptors (same order, same config): (bytes, digest)."""
     doc = json.loads(manifest)
-    for d, layer in zip(doc["layers"], layers):
+    for d, layer in zip(doc["layers"] or [], layers):  # null: no layers (parse_manifest)
         d["mediaType"], d["digest"], d["size"] = layer.media_type, layer.digest, layer.size
         d.pop("urls", None)  # a foreign layer's URLs name the original blob, not this tar
     data = json.dumps(doc, indent=3).encode()
