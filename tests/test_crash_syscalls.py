@@ -276,16 +276,36 @@ def _each_injection(case, default, action):
     assert ran, f"no call to inject at: {dict(calls)}"
 
 
+def _check_or_keep(case, what, injected):
+    """case.check(what), and on a failure the store as the kill left it copied aside, with a
+    first line naming the kill point and what fsck said (a deep run's report may be cut)."""
+    lines = [line.strip() for line in open(case.work / "inject.strace", errors="replace") if "(" in line]
+    injected = injected or (lines[-1] if lines else None)   # a kill shows no "(INJECTED)"
+    if injected:
+        what = f"{what}: {injected}"
+    kept = case.work / "killed-store"
+    if os.path.lexists(kept):
+        shutil.rmtree(kept)
+    subprocess.run(["cp", "-a", case.root, kept], check=True)
+    try:
+        case.check(what)
+    except AssertionError as e:
+        fsck = lamina(kept, "fsck", check=False)
+        raise AssertionError(f"killed at {what}\nfsck right after the kill (exit {fsck.returncode}):\n"
+                             f"{fsck.stdout}{fsck.stderr}\nthe store as killed: {kept}\n{e}") from None
+
+
 def _kill_everywhere(case):
     runs = killed = 0
-    for proc, _, what in _each_injection(case, DEFAULT_CALLS, "signal=SIGKILL"):
+    for proc, injected, what in _each_injection(case, DEFAULT_CALLS, "signal=SIGKILL"):
         assert proc.returncode in (0, -signal.SIGKILL), f"{what}: exit {proc.returncode}\n{proc.stderr}"
-        case.check(what)
+        _check_or_keep(case, what, injected)
         runs += 1
         killed += proc.returncode == -signal.SIGKILL
     # An injection strace never made exits 0 too (a count that went stale, an option that
     # turned injection off): a run where that is the rule proves nothing.
     assert killed * 2 >= runs, f"only {killed} of {runs} injections killed the process"
+    print(f"{' '.join(map(str, case.argv[:2]))}: {killed} kills of {runs} injections, each checked")
 
 
 @pytest.mark.parametrize("name", STORE_CASES)
