@@ -1,0 +1,193 @@
+"""Commands racing each other over one store, some of them killed (SIGKILL) midway: copies of
+images that share a layer and files (dedup objects, the file index), rmi and image prune (their
+gc), unpack --link or a mount of an image being removed, keep-blobs false set during a copy, two fsck
+--repair at once.
+
+Each command succeeds or fails with one ``lamina: error:`` line (no traceback); afterwards fsck
+(with --repair for what the kills left) is clean, every image the store names unpacks to its tree,
+the copies run again, and once every image is removed nothing is left that gc does not sweep.
+
+The default run is short: a few rounds with one seed.  LAMINA_RACE_ROUNDS=N runs N rounds,
+LAMINA_RACE_SEED=S replays the seed a failure names.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+import ocibuild as ob
+from storekit import LAMINA, lamina
+from treecmp import compare, snapshot
+
+ROUNDS = int(os.environ.get("LAMINA_RACE_ROUNDS", "2"))
+SEED = int(os.environ.get("LAMINA_RACE_SEED") or int.from_bytes(os.urandom(4), "big"))
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    """a and b over one base layer (its files shared by dedup among themselves, and with the top
+    layers); c over the same base layer shipped as another blob (uncompressed)."""
+    lay = ob.Layout(tmp_path_factory.mktemp("races") / "layout")
+    base = {"etc": None, "etc/os-release": b"ID=race\n", "usr": None}
+    for i in range(60):
+        base[f"usr/f{i}"] = b"%d\n" % (i % 7) * 300
+    lay.add(lay.image([base, {"a.txt": b"image a\n", "usr/g": b"3\n" * 300}]), "a")
+    lay.add(lay.image([base, {"b.txt": b"image b\n", ".wh.etc": b""}]), "b")
+    lay.image_of_tars([ob.Encoded(ob.tar_bytes(base), "plain"), ob.tar_bytes({"c.txt": b"image c\n"})], "c")
+    trees = {}
+    for ref in "abc":
+        dest = os.path.join(os.path.dirname(lay.root), f"tree-{ref}")
+        subprocess.run([*LAMINA, "unpack", f"oci:{lay.root}:{ref}", dest], check=True, capture_output=True)
+        trees[ref] = snapshot(dest)
+    return lay, trees
+
+
+def _commands(lay, out, rng):
+    """One round's commands: [(argv, kill after this many seconds or None)]."""
+    src = f"oci:{lay.root}"
+    cmds = [(["copy", f"{src}:{ref}", f"{ref}:1"], None) for ref in "abc"]
+    cmds.append((["copy", f"{src}:{rng.choice('abc')}", "killed:1"], rng.uniform(0.2, 1.5)))
+    cmds += [(["rmi", "a:1"], None), (["image", "prune", "-a", "-f"], None),
+             (["unpack", "--link", "a:1", out / "link"], None), (["unpack", "b:1", out / "plain"], None),
+             (["mount", "a:1", out / "mnt"], None),
+             (["fsck", "--repair"], None), (["fsck", "--repair"], None),
+             (["config", "set", "keep-blobs", rng.choice(["false", "true"])], None)]
+    rng.shuffle(cmds)
+    return cmds
+
+
+def _one_error_line(argv, proc):
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and lines and lines[-1].startswith("lamina: error: "), \
+        f"{argv}: exit {proc.returncode}\n{proc.stderr}"
+    return lines[-1]
+
+
+def _race(root, cmds, rng):
+    procs = []
+    for argv, kill_after in cmds:
+        time.sleep(rng.uniform(0, 0.05))
+        procs.append((argv, kill_after, subprocess.Popen([*LAMINA, "--root", root, *map(str, argv)],
+                                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                         text=True)))
+    t0 = time.monotonic()
+    results = []
+    for argv, kill_after, proc in sorted(procs, key=lambda p: p[1] or 1e9):
+        if kill_after is not None:
+            try:
+                proc.wait(timeout=max(0, kill_after - (time.monotonic() - t0)))
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+        results.append((argv, kill_after, subprocess.CompletedProcess(argv, proc.returncode, out, err)))
+    return results
+
+
+def _check_tree(root, name, tree, tmp_path, what):
+    out = tmp_path / "check-tree"
+    lamina(root, "unpack", name, out)
+    diff = compare(tree, snapshot(out), labels=("reference", f"{name} {what}"))
+    subprocess.run(["rm", "-rf", out], check=True)
+    assert not diff, diff
+
+
+def test_copies_removals_unpacks_and_repairs_at_once(layout, tmp_path):
+    lay, trees = layout
+    rng = random.Random(SEED)
+    outcomes = collections.Counter()
+    root = tmp_path / "root"
+    for rnd in range(ROUNDS):
+        what = f"seed {SEED}, round {rnd}"
+        out = tmp_path / f"out{rnd}"
+        out.mkdir()
+        for argv, kill_after, proc in _race(root, _commands(lay, out, rng), rng):
+            outcomes[argv[0], "killed" if proc.returncode == -signal.SIGKILL else
+                     proc.stderr.strip().splitlines()[-1][:400] if proc.returncode else "ok"] += 1
+            if proc.returncode == -signal.SIGKILL and kill_after is not None:
+                continue
+            if proc.returncode:
+                # what a race may refuse: an image removed meanwhile, or in use by a mount; never
+                # as if the store had lost what it holds
+                line = _one_error_line(argv, proc)
+                assert "is not in the store" not in line and "fsck" not in line, (what, argv, line)
+            elif argv[0] == "unpack":
+                ref = "a" if argv[-2] == "a:1" else "b"
+                got = snapshot(argv[-1])
+                if "--link" in argv:   # the store's inodes, which dedup shares: not the image's links
+                    got = dataclasses.replace(got, links=trees[ref].links)
+                diff = compare(trees[ref], got, labels=("reference", f"{argv} {what}"))
+                assert not diff, diff
+        mnt = out / "mnt"
+        if os.path.ismount(mnt):   # the image's layers stay while it is mounted, whatever rmi and gc did
+            got = dataclasses.replace(snapshot(mnt), links=trees["a"].links)   # (the store's inodes, as --link)
+            diff = compare(trees["a"], got, labels=("reference", f"mount {what}"))
+            lamina(root, "umount", mnt)
+            assert not diff, diff
+        # After the race: errors only where a kill left something fsck --repair takes back
+        fsck = json.loads(lamina(root, "fsck", "--json", check=False).stdout)
+        if [f for f in fsck["findings"] if f["severity"] == "error"]:
+            lamina(root, "fsck", "--repair", check=False)
+        fsck = json.loads(lamina(root, "fsck", "--json", check=False).stdout)
+        assert [f for f in fsck["findings"] if f["severity"] == "error"] == [], (what, fsck["findings"])
+        listed = lamina(root, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+        for name in listed:
+            assert name in ("a:1", "b:1", "c:1", "killed:1"), (what, listed)
+            if name != "killed:1":   # (whichever image the killed copy named, if it finished)
+                _check_tree(root, name, trees[name[0]], tmp_path, what)
+        for ref in "abc":
+            proc = lamina(root, "copy", f"oci:{lay.root}:{ref}", f"{ref}:1", check=False)
+            assert proc.returncode == 0, f"{what}: copy of {ref} again: {proc.stderr}"
+        subprocess.run(["rm", "-rf", out], check=True)
+    print(f"seed {SEED}:", *(f"{n} x {cmd}: {how}" for (cmd, how), n in sorted(outcomes.items())), sep="\n")
+    # Nothing another image needs was lost, and nothing is left that gc does not sweep
+    for ref in "abc":
+        _check_tree(root, f"{ref}:1", trees[ref], tmp_path, f"seed {SEED}, the end")
+    lamina(root, "rmi", "-f", *lamina(root, "images", "-q", "--no-trunc").stdout.split())
+    lamina(root, "image", "prune", "-a", "-f")
+    lamina(root, "fsck", "--repair", check=False)
+    report = json.loads(lamina(root, "fsck", "--json", check=False).stdout)
+    assert report["findings"] == [], (SEED, report["findings"])
+    left = [os.path.join(d, f) for top in ("snapshots", "objects", "ingest", "blobs") for d, _, files in os.walk(root / top)
+            for f in files]
+    assert left == [], (SEED, left)
+
+
+def _removed_meanwhile(layout, tmp_path, use):
+    """An image resolved, then removed by another process (rmi: its gc ran, as nothing held the
+    store yet), then used: ``use(store, image)``'s error."""
+    from lamina.errors import LaminaError
+    from lamina.store import Store
+    lay, _ = layout
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:a", "a:1")
+    lamina(root, "copy", f"oci:{lay.root}:b", "b:1")   # (its base layer stays: only a's top goes)
+    with Store(root) as store:
+        image = store.resolve("a:1")
+        lamina(root, "rmi", "a:1")
+        with pytest.raises(LaminaError) as e:
+            use(store, image)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("use", ["snapshots", "unpack", "mount"])
+def test_an_image_removed_while_it_is_being_used_says_so(layout, tmp_path, use):
+    """unpack, unpack --link and mount resolve the image, then take the store's lease (which gc
+    waits for) to extract or read its layers: an rmi or image prune in between removed its blobs
+    and snapshots, and the command failed with 'layer 2 of 2 (...): blob is not in the store',
+    which says the store lost something (fsck finds nothing wrong)."""
+    from lamina.store import materialize, mounts
+    uses = {"snapshots": lambda store, image: store.snapshots_for(image),
+            "unpack": lambda store, image: materialize.materialize(store, image, tmp_path / "dest", link=True),
+            "mount": lambda store, image: mounts.mount(store, image, tmp_path / "mnt")}
+    message = _removed_meanwhile(layout, tmp_path, uses[use])
+    assert "is not in the store" not in message and "removed" in message and "a:1" in message, message
+    assert not os.path.lexists(tmp_path / "dest") and not os.path.ismount(tmp_path / "mnt")
+    assert lamina(tmp_path / "root", "fsck").returncode == 0
