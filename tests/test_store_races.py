@@ -24,6 +24,7 @@ import time
 import pytest
 
 import ocibuild as ob
+from registryfixture import registry_env  # noqa: F401 (a fixture)
 from storekit import LAMINA, lamina
 from treecmp import compare, snapshot
 
@@ -50,14 +51,26 @@ def layout(tmp_path_factory):
     return lay, trees
 
 
-def _commands(lay, out, rng):
+@pytest.fixture(scope="module")
+def pushed(layout, tmp_path_factory):
+    from registryfixture import Registry, skopeo_push
+    lay, _ = layout
+    r = Registry(tmp_path_factory.mktemp("races-reg"))
+    try:
+        for ref in "abc":
+            skopeo_push(f"oci:{lay.root}:{ref}", r.host, f"race:{ref}", extra=("--preserve-digests",))
+        yield r
+    finally:
+        r.stop()
+
+
+def _commands(fetch, names, out, rng):
     """One round's commands: [(argv, kill after this many seconds or None)]."""
-    src = f"oci:{lay.root}"
-    cmds = [(["copy", f"{src}:{ref}", f"{ref}:1"], None) for ref in "abc"]
-    cmds.append((["copy", f"{src}:{rng.choice('abc')}", "killed:1"], rng.uniform(0.2, 1.5)))
-    cmds += [(["rmi", "a:1"], None), (["image", "prune", "-a", "-f"], None),
-             (["unpack", "--link", "a:1", out / "link"], None), (["unpack", "b:1", out / "plain"], None),
-             (["mount", "a:1", out / "mnt"], None),
+    cmds = [(fetch(ref), None) for ref in "abc"]
+    cmds.append((fetch(rng.choice("abc"), killed=True), rng.uniform(0.2, 1.5)))
+    cmds += [(["rmi", names["a"]], None), (["image", "prune", "-a", "-f"], None),
+             (["unpack", "--link", names["a"], out / "link"], None), (["unpack", names["b"], out / "plain"], None),
+             (["mount", names["a"], out / "mnt"], None),
              (["fsck", "--repair"], None), (["fsck", "--repair"], None),
              (["config", "set", "keep-blobs", rng.choice(["false", "true"])], None)]
     rng.shuffle(cmds)
@@ -100,7 +113,23 @@ def _check_tree(root, name, tree, tmp_path, what):
 
 
 def test_copies_removals_unpacks_and_repairs_at_once(layout, tmp_path):
+    lay, _ = layout
+
+    def fetch(ref, killed=False):
+        return ["copy", f"oci:{lay.root}:{ref}", "killed:1" if killed else f"{ref}:1"]
+    _race_rounds(layout, tmp_path, fetch, {ref: f"{ref}:1" for ref in "abc"})
+
+
+def test_pulls_removals_unpacks_and_repairs_at_once(layout, pushed, tmp_path, registry_env):
+    def fetch(ref, killed=False):
+        return ["pull", f"{pushed.host}/race:{ref}"]
+    _race_rounds(layout, tmp_path, fetch, {ref: f"{pushed.host}/race:{ref}" for ref in "abc"})
+
+
+def _race_rounds(layout, tmp_path, fetch, names):
+    """ROUNDS rounds of _commands at once over one store, each followed by the checks."""
     lay, trees = layout
+    refs = {name: ref for ref, name in names.items()}
     rng = random.Random(SEED)
     outcomes = collections.Counter()
     root = tmp_path / "root"
@@ -108,48 +137,16 @@ def test_copies_removals_unpacks_and_repairs_at_once(layout, tmp_path):
         what = f"seed {SEED}, round {rnd}"
         out = tmp_path / f"out{rnd}"
         out.mkdir()
-        for argv, kill_after, proc in _race(root, _commands(lay, out, rng), rng):
-            outcomes[argv[0], "killed" if proc.returncode == -signal.SIGKILL else
-                     proc.stderr.strip().splitlines()[-1][:400] if proc.returncode else "ok"] += 1
-            if proc.returncode == -signal.SIGKILL and kill_after is not None:
-                continue
-            if proc.returncode:
-                # what a race may refuse: an image removed meanwhile, or in use by a mount; never
-                # as if the store had lost what it holds
-                line = _one_error_line(argv, proc)
-                assert "is not in the store" not in line and "fsck" not in line, (what, argv, line)
-            elif argv[0] == "unpack":
-                ref = "a" if argv[-2] == "a:1" else "b"
-                got = snapshot(argv[-1])
-                if "--link" in argv:   # the store's inodes, which dedup shares: not the image's links
-                    got = dataclasses.replace(got, links=trees[ref].links)
-                diff = compare(trees[ref], got, labels=("reference", f"{argv} {what}"))
-                assert not diff, diff
-        mnt = out / "mnt"
-        if os.path.ismount(mnt):   # the image's layers stay while it is mounted, whatever rmi and gc did
-            got = dataclasses.replace(snapshot(mnt), links=trees["a"].links)   # (the store's inodes, as --link)
-            diff = compare(trees["a"], got, labels=("reference", f"mount {what}"))
-            lamina(root, "umount", mnt)
-            assert not diff, diff
-        # After the race: errors only where a kill left something fsck --repair takes back
-        fsck = json.loads(lamina(root, "fsck", "--json", check=False).stdout)
-        if [f for f in fsck["findings"] if f["severity"] == "error"]:
-            lamina(root, "fsck", "--repair", check=False)
-        fsck = json.loads(lamina(root, "fsck", "--json", check=False).stdout)
-        assert [f for f in fsck["findings"] if f["severity"] == "error"] == [], (what, fsck["findings"])
-        listed = lamina(root, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
-        for name in listed:
-            assert name in ("a:1", "b:1", "c:1", "killed:1"), (what, listed)
-            if name != "killed:1":   # (whichever image the killed copy named, if it finished)
-                _check_tree(root, name, trees[name[0]], tmp_path, what)
-        for ref in "abc":
-            proc = lamina(root, "copy", f"oci:{lay.root}:{ref}", f"{ref}:1", check=False)
-            assert proc.returncode == 0, f"{what}: copy of {ref} again: {proc.stderr}"
+        try:
+            _round(root, fetch, names, refs, trees, out, rng, outcomes, what)
+        finally:   # a failed round's mount is not left behind
+            if os.path.ismount(out / "mnt"):
+                subprocess.run(["umount", out / "mnt"], check=True)
         subprocess.run(["rm", "-rf", out], check=True)
     print(f"seed {SEED}:", *(f"{n} x {cmd}: {how}" for (cmd, how), n in sorted(outcomes.items())), sep="\n")
     # Nothing another image needs was lost, and nothing is left that gc does not sweep
     for ref in "abc":
-        _check_tree(root, f"{ref}:1", trees[ref], tmp_path, f"seed {SEED}, the end")
+        _check_tree(root, names[ref], trees[ref], tmp_path, f"seed {SEED}, the end")
     lamina(root, "rmi", "-f", *lamina(root, "images", "-q", "--no-trunc").stdout.split())
     lamina(root, "image", "prune", "-a", "-f")
     lamina(root, "fsck", "--repair", check=False)
@@ -158,6 +155,47 @@ def test_copies_removals_unpacks_and_repairs_at_once(layout, tmp_path):
     left = [os.path.join(d, f) for top in ("snapshots", "objects", "ingest", "blobs") for d, _, files in os.walk(root / top)
             for f in files]
     assert left == [], (SEED, left)
+
+
+def _round(root, fetch, names, refs, trees, out, rng, outcomes, what):
+    """One round of _race, then its checks."""
+    for argv, kill_after, proc in _race(root, _commands(fetch, names, out, rng), rng):
+        outcomes[argv[0], "killed" if proc.returncode == -signal.SIGKILL else
+                 proc.stderr.strip().splitlines()[-1][:400] if proc.returncode else "ok"] += 1
+        if proc.returncode == -signal.SIGKILL and kill_after is not None:
+            continue
+        if proc.returncode:
+            # what a race may refuse: an image removed meanwhile, or in use by a mount; never
+            # as if the store had lost what it holds
+            line = _one_error_line(argv, proc)
+            assert "is not in the store" not in line and "fsck" not in line, (what, argv, line)
+        elif argv[0] == "unpack":
+            ref = refs[argv[-2]]
+            got = snapshot(argv[-1])
+            if "--link" in argv:   # the store's inodes, which dedup shares: not the image's links
+                got = dataclasses.replace(got, links=trees[ref].links)
+            diff = compare(trees[ref], got, labels=("reference", f"{argv} {what}"))
+            assert not diff, diff
+    mnt = out / "mnt"
+    if os.path.ismount(mnt):   # the image's layers stay while it is mounted, whatever rmi and gc did
+        got = dataclasses.replace(snapshot(mnt), links=trees["a"].links)   # (the store's inodes, as --link)
+        diff = compare(trees["a"], got, labels=("reference", f"mount {what}"))
+        lamina(root, "umount", mnt)
+        assert not diff, diff
+    # After the race: errors only where a kill left something fsck --repair takes back
+    fsck = json.loads(lamina(root, "fsck", "--json", check=False).stdout)
+    if [f for f in fsck["findings"] if f["severity"] == "error"]:
+        lamina(root, "fsck", "--repair", check=False)
+    fsck = json.loads(lamina(root, "fsck", "--json", check=False).stdout)
+    assert [f for f in fsck["findings"] if f["severity"] == "error"] == [], (what, fsck["findings"])
+    listed = lamina(root, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    for name in listed:
+        assert name in refs or name == "killed:1", (what, listed)
+        if name in refs:   # (not whichever image the killed copy named, if it finished)
+            _check_tree(root, name, trees[refs[name]], out, what)
+    for ref in "abc":
+        proc = lamina(root, *fetch(ref), check=False)
+        assert proc.returncode == 0, f"{what}: {fetch(ref)} again: {proc.stderr}"
 
 
 def _removed_meanwhile(layout, tmp_path, use):
@@ -191,3 +229,56 @@ def test_an_image_removed_while_it_is_being_used_says_so(layout, tmp_path, use):
     assert "is not in the store" not in message and "removed" in message and "a:1" in message, message
     assert not os.path.lexists(tmp_path / "dest") and not os.path.ismount(tmp_path / "mnt")
     assert lamina(tmp_path / "root", "fsck").returncode == 0
+
+
+def _rmi_once(root, name, real):
+    """``real`` wrapped: its first call runs ``lamina rmi name`` in another process first (an rmi
+    beside a writer leaves its gc to the writer; with no writer at work, it collects at once)."""
+    done = []
+
+    def wrapped(*args, **kw):
+        if not done:
+            done.append(lamina(root, "rmi", name, check=False))
+        return real(*args, **kw)
+    return wrapped, done
+
+
+def test_a_copy_finding_its_image_held_keeps_it_through_an_rmi_beside_it(layout, tmp_path, monkeypatch):
+    """A copy of an image the store holds (compact) takes the gc lease before it looks at what the
+    store holds (transports._copy): an rmi beside it leaves its gc to the copy, which names the
+    image again, and nothing it found held is collected under it (as the pull below did)."""
+    from lamina.store import Store, imports
+    lay, trees = layout
+    root = tmp_path / "root"
+    lamina(root, "config", "set", "keep-blobs", "false")
+    lamina(root, "copy", f"oci:{lay.root}:c", "c:1")
+    hooked, done = _rmi_once(root, "c:1", imports._same_image)
+    monkeypatch.setattr(imports, "_same_image", hooked)
+    from lamina.transports import copy
+    with Store(root) as store:
+        copy(f"oci:{lay.root}:c", "c:1", store=store)
+    assert done and done[0].returncode == 0, done
+    _check_tree(root, "c:1", trees["c"], tmp_path, "after the copy")
+    assert json.loads(lamina(root, "fsck", "--json").stdout)["findings"] == []
+
+
+def test_a_pull_finding_a_layer_held_keeps_it_through_an_rmi_beside_it(layout, pushed, tmp_path, monkeypatch,
+                                                                        registry_env):
+    """A pull into a compact store found the image's layers held as compact
+    snapshots ("Already exists") before it took the gc lease, an rmi collected them, and the
+    pull failed with 'layer 1 of 2 (...): blob is not in the store'."""
+    from lamina.registry.pull import pull
+    from lamina.store import Store
+    lay, trees = layout
+    root = tmp_path / "root"
+    name = f"{pushed.host}/race:c"
+    lamina(root, "config", "set", "keep-blobs", "false")
+    lamina(root, "pull", name)
+    hooked, done = _rmi_once(root, name, Store.holds_compact)
+    monkeypatch.setattr(Store, "holds_compact", hooked)
+    with Store(root) as store:
+        pull(name, store=store)
+    assert done and done[0].returncode == 0, done
+    _check_tree(root, name, trees["c"], tmp_path, "after the pull")
+    assert json.loads(lamina(root, "fsck", "--json").stdout)["findings"] == []
+
