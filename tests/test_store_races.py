@@ -282,3 +282,31 @@ def test_a_pull_finding_a_layer_held_keeps_it_through_an_rmi_beside_it(layout, p
     _check_tree(root, name, trees["c"], tmp_path, "after the pull")
     assert json.loads(lamina(root, "fsck", "--json").stdout)["findings"] == []
 
+
+def test_a_repair_beside_an_rmi_leaves_the_new_index_it_is_writing(layout, tmp_path):
+    """fsck --repair removes the temp files killed atomic writes left beside index.json; it took
+    the one a running rmi (or image prune) had written and was about to rename: an untag changes
+    index.json under the index lock, and holds no gc lease for the repair to wait for.  The rmi
+    failed with '.../index.json: No such file or directory'."""
+    from conftest import require_tool
+    require_tool("strace")
+    lay, _ = layout
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:a", "a:1")
+    lamina(root, "tag", "a:1", "x:1")
+    # the rmi's renames held back 3 s each: its new index.json waits under its temp name
+    rmi = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=rename",
+                            "-e", "inject=rename:delay_enter=3000000", "--", *LAMINA, "--root", root,
+                            "rmi", "x:1"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not [n for n in os.listdir(root) if n.startswith("index.json.tmp-")]:
+        assert rmi.poll() is None, f"the rmi ended before its index was written: {rmi.stderr.read()}"
+        assert time.monotonic() < deadline, "no temp index.json appeared"
+        time.sleep(0.01)
+    repair = lamina(root, "fsck", "--repair", check=False)
+    _, err = rmi.communicate(timeout=120)
+    assert rmi.returncode == 0, err
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    names = lamina(root, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert names == ["a:1"], names
+    assert json.loads(lamina(root, "fsck", "--json").stdout)["findings"] == []
