@@ -471,3 +471,13 @@ def test_a_blob_lock_that_cannot_be_removed_does_not_fail_the_copy(layout, tmp_p
     assert proc.returncode == 0, proc.stderr
     assert any(n.startswith("blob-") for n in os.listdir(case.root / "locks")), "no lock file left: nothing injected"
     case.check("the unlink of a blob lock failing with EIO")
+
+
+@pytest.mark.parametrize("err", ["EIO", "ENOSPC"])
+def test_a_blob_whose_download_cannot_restart_is_named(layout, tmp_path, err):
+    """ftruncate(2) of a blob's ingest file, emptied to start the blob again from byte 0, failed:
+    the error was the bare 'No space left on device' (found by the deep run of the injections)."""
+    case = _cases(layout, tmp_path, "copy")
+    _, line = _fail_first(case, "ftruncate", "/ingest/", err)
+    assert "blob sha256:" in line and str(case.root) in line and os.strerror(getattr(errno, err)) in line, line
+    case.check(f"ftruncate of a blob's ingest file failing with {err}")
