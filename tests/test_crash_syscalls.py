@@ -27,10 +27,9 @@ import subprocess
 
 import pytest
 
-import ocibuild as ob
 from conftest import require_tool
 from registryfixture import registry_env  # noqa: F401 (a fixture)
-from storekit import LAMINA, lamina
+from storekit import LAMINA, lamina, pushed_three, three_images
 from treecmp import compare, snapshot
 
 DEEP = os.environ.get("LAMINA_CRASH_DEEP") == "1"
@@ -42,32 +41,12 @@ CALLS = ("renameat2", "renameat", "rename", "linkat", "link", "unlinkat", "unlin
 def layout(tmp_path_factory):
     """a:1 and b:1 sharing their base layer (whose files dedup shares among themselves); c:1
     over the same base layer shipped as another blob (uncompressed)."""
-    lay = ob.Layout(tmp_path_factory.mktemp("crashsys") / "layout")
-    base = {"etc": None, "etc/os-release": b"ID=crash\n", "usr": None}
-    for i in range(30):
-        base[f"usr/f{i}"] = b"%d\n" % (i % 5) * 40
-    lay.add(lay.image([base, {"a.txt": b"image a\n", "a2.txt": b"0\n" * 40}]), "a")
-    lay.add(lay.image([base, {"b.txt": b"image b\n", ".wh.etc": b""}]), "b")
-    lay.image_of_tars([ob.Encoded(ob.tar_bytes(base), "plain"), ob.tar_bytes({"c.txt": b"image c\n"})], "c")
-    trees = {}
-    for ref in "abc":
-        dest = os.path.join(os.path.dirname(lay.root), f"tree-{ref}")
-        subprocess.run([*LAMINA, "unpack", f"oci:{lay.root}:{ref}", dest], check=True, capture_output=True)
-        trees[ref] = snapshot(dest)
-    return lay, trees
+    return three_images(tmp_path_factory.mktemp("crashsys"))
 
 
 @pytest.fixture(scope="module")
 def pushed(layout, tmp_path_factory):
-    from registryfixture import Registry, skopeo_push
-    lay, _ = layout
-    r = Registry(tmp_path_factory.mktemp("crashsys-reg"))
-    try:
-        for ref in "abc":
-            skopeo_push(f"oci:{lay.root}:{ref}", r.host, f"crash:{ref}", extra=("--preserve-digests",))
-        yield r
-    finally:
-        r.stop()
+    yield from pushed_three(layout[0], tmp_path_factory.mktemp("crashsys-reg"), "crash")
 
 
 # What the cases of this module share, so that each store is made, and each command counted,

@@ -24,9 +24,8 @@ import time
 
 import pytest
 
-import ocibuild as ob
 from registryfixture import registry_env  # noqa: F401 (a fixture)
-from storekit import LAMINA, lamina
+from storekit import LAMINA, lamina, pushed_three, three_images
 from treecmp import compare, snapshot
 
 ROUNDS = int(os.environ.get("LAMINA_RACE_ROUNDS", "1"))
@@ -35,34 +34,13 @@ SEED = int(os.environ.get("LAMINA_RACE_SEED") or int.from_bytes(os.urandom(4), "
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
-    """a and b over one base layer (its files shared by dedup among themselves, and with the top
-    layers); c over the same base layer shipped as another blob (uncompressed)."""
-    lay = ob.Layout(tmp_path_factory.mktemp("races") / "layout")
-    base = {"etc": None, "etc/os-release": b"ID=race\n", "usr": None}
-    for i in range(60):
-        base[f"usr/f{i}"] = b"%d\n" % (i % 7) * 300
-    lay.add(lay.image([base, {"a.txt": b"image a\n", "usr/g": b"3\n" * 300}]), "a")
-    lay.add(lay.image([base, {"b.txt": b"image b\n", ".wh.etc": b""}]), "b")
-    lay.image_of_tars([ob.Encoded(ob.tar_bytes(base), "plain"), ob.tar_bytes({"c.txt": b"image c\n"})], "c")
-    trees = {}
-    for ref in "abc":
-        dest = os.path.join(os.path.dirname(lay.root), f"tree-{ref}")
-        subprocess.run([*LAMINA, "unpack", f"oci:{lay.root}:{ref}", dest], check=True, capture_output=True)
-        trees[ref] = snapshot(dest)
-    return lay, trees
+    """storekit.three_images: a and b over one base layer, c over it shipped as another blob."""
+    return three_images(tmp_path_factory.mktemp("races"))
 
 
 @pytest.fixture(scope="module")
 def pushed(layout, tmp_path_factory):
-    from registryfixture import Registry, skopeo_push
-    lay, _ = layout
-    r = Registry(tmp_path_factory.mktemp("races-reg"))
-    try:
-        for ref in "abc":
-            skopeo_push(f"oci:{lay.root}:{ref}", r.host, f"race:{ref}", extra=("--preserve-digests",))
-        yield r
-    finally:
-        r.stop()
+    yield from pushed_three(layout[0], tmp_path_factory.mktemp("races-reg"), "race")
 
 
 def _commands(fetch, names, out, rng):
