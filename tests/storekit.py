@@ -69,3 +69,36 @@ def assert_fsck_clean(store, what):
     report = store.fsck()
     assert list(report.findings) == [], f"{what}: " + "; ".join(
         f"{f.severity}: {f.subject}: {f.message}" for f in report.findings)
+
+
+def three_images(parent):
+    """An OCI layout under ``parent`` with a and b sharing their base layer (whose files dedup
+    shares among themselves), and c over the same base layer shipped as another blob
+    (uncompressed): (layout, {ref: treecmp snapshot of ``lamina unpack oci:`` of it})."""
+    from treecmp import snapshot
+    lay = ob.Layout(parent / "layout")
+    base = {"etc": None, "etc/os-release": b"ID=crash\n", "usr": None}
+    for i in range(30):
+        base[f"usr/f{i}"] = b"%d\n" % (i % 5) * 40
+    lay.add(lay.image([base, {"a.txt": b"image a\n", "a2.txt": b"0\n" * 40}]), "a")
+    lay.add(lay.image([base, {"b.txt": b"image b\n", ".wh.etc": b""}]), "b")
+    lay.image_of_tars([ob.Encoded(ob.tar_bytes(base), "plain"), ob.tar_bytes({"c.txt": b"image c\n"})], "c")
+    trees = {}
+    for ref in "abc":
+        dest = parent / f"tree-{ref}"
+        subprocess.run([*LAMINA, "unpack", f"oci:{lay.root}:{ref}", dest], check=True, capture_output=True)
+        trees[ref] = snapshot(dest)
+    return lay, trees
+
+
+def pushed_three(lay, parent, repo):
+    """A registry under ``parent`` serving ``three_images`` as repo:a, repo:b and repo:c (a
+    generator, for a fixture to yield from)."""
+    from registryfixture import Registry, skopeo_push
+    r = Registry(parent)
+    try:
+        for ref in "abc":
+            skopeo_push(f"oci:{lay.root}:{ref}", r.host, f"{repo}:{ref}", extra=("--preserve-digests",))
+        yield r
+    finally:
+        r.stop()

@@ -27,10 +27,9 @@ import subprocess
 
 import pytest
 
-import ocibuild as ob
 from conftest import require_tool
 from registryfixture import registry_env  # noqa: F401 (a fixture)
-from storekit import LAMINA, lamina
+from storekit import LAMINA, lamina, pushed_three, three_images
 from treecmp import compare, snapshot
 
 DEEP = os.environ.get("LAMINA_CRASH_DEEP") == "1"
@@ -42,32 +41,12 @@ CALLS = ("renameat2", "renameat", "rename", "linkat", "link", "unlinkat", "unlin
 def layout(tmp_path_factory):
     """a:1 and b:1 sharing their base layer (whose files dedup shares among themselves); c:1
     over the same base layer shipped as another blob (uncompressed)."""
-    lay = ob.Layout(tmp_path_factory.mktemp("crashsys") / "layout")
-    base = {"etc": None, "etc/os-release": b"ID=crash\n", "usr": None}
-    for i in range(30):
-        base[f"usr/f{i}"] = b"%d\n" % (i % 5) * 40
-    lay.add(lay.image([base, {"a.txt": b"image a\n", "a2.txt": b"0\n" * 40}]), "a")
-    lay.add(lay.image([base, {"b.txt": b"image b\n", ".wh.etc": b""}]), "b")
-    lay.image_of_tars([ob.Encoded(ob.tar_bytes(base), "plain"), ob.tar_bytes({"c.txt": b"image c\n"})], "c")
-    trees = {}
-    for ref in "abc":
-        dest = os.path.join(os.path.dirname(lay.root), f"tree-{ref}")
-        subprocess.run([*LAMINA, "unpack", f"oci:{lay.root}:{ref}", dest], check=True, capture_output=True)
-        trees[ref] = snapshot(dest)
-    return lay, trees
+    return three_images(tmp_path_factory.mktemp("crashsys"))
 
 
 @pytest.fixture(scope="module")
 def pushed(layout, tmp_path_factory):
-    from registryfixture import Registry, skopeo_push
-    lay, _ = layout
-    r = Registry(tmp_path_factory.mktemp("crashsys-reg"))
-    try:
-        for ref in "abc":
-            skopeo_push(f"oci:{lay.root}:{ref}", r.host, f"crash:{ref}", extra=("--preserve-digests",))
-        yield r
-    finally:
-        r.stop()
+    yield from pushed_three(layout[0], tmp_path_factory.mktemp("crashsys-reg"), "crash")
 
 
 # What the cases of this module share, so that each store is made, and each command counted,
@@ -276,16 +255,36 @@ def _each_injection(case, default, action):
     assert ran, f"no call to inject at: {dict(calls)}"
 
 
+def _check_or_keep(case, what, injected):
+    """case.check(what), and on a failure the store as the kill left it copied aside, with a
+    first line naming the kill point and what fsck said (a deep run's report may be cut)."""
+    lines = [line.strip() for line in open(case.work / "inject.strace", errors="replace") if "(" in line]
+    injected = injected or (lines[-1] if lines else None)   # a kill shows no "(INJECTED)"
+    if injected:
+        what = f"{what}: {injected}"
+    kept = case.work / "killed-store"
+    if os.path.lexists(kept):
+        shutil.rmtree(kept)
+    subprocess.run(["cp", "-a", case.root, kept], check=True)
+    try:
+        case.check(what)
+    except AssertionError as e:
+        fsck = lamina(kept, "fsck", check=False)
+        raise AssertionError(f"killed at {what}\nfsck right after the kill (exit {fsck.returncode}):\n"
+                             f"{fsck.stdout}{fsck.stderr}\nthe store as killed: {kept}\n{e}") from None
+
+
 def _kill_everywhere(case):
     runs = killed = 0
-    for proc, _, what in _each_injection(case, DEFAULT_CALLS, "signal=SIGKILL"):
+    for proc, injected, what in _each_injection(case, DEFAULT_CALLS, "signal=SIGKILL"):
         assert proc.returncode in (0, -signal.SIGKILL), f"{what}: exit {proc.returncode}\n{proc.stderr}"
-        case.check(what)
+        _check_or_keep(case, what, injected)
         runs += 1
         killed += proc.returncode == -signal.SIGKILL
     # An injection strace never made exits 0 too (a count that went stale, an option that
     # turned injection off): a run where that is the rule proves nothing.
     assert killed * 2 >= runs, f"only {killed} of {runs} injections killed the process"
+    print(f"{' '.join(map(str, case.argv[:2]))}: {killed} kills of {runs} injections, each checked")
 
 
 @pytest.mark.parametrize("name", STORE_CASES)
@@ -451,3 +450,13 @@ def test_a_blob_lock_that_cannot_be_removed_does_not_fail_the_copy(layout, tmp_p
     assert proc.returncode == 0, proc.stderr
     assert any(n.startswith("blob-") for n in os.listdir(case.root / "locks")), "no lock file left: nothing injected"
     case.check("the unlink of a blob lock failing with EIO")
+
+
+@pytest.mark.parametrize("err", ["EIO", "ENOSPC"])
+def test_a_blob_whose_download_cannot_restart_is_named(layout, tmp_path, err):
+    """ftruncate(2) of a blob's ingest file, emptied to start the blob again from byte 0, failed:
+    the error was the bare 'No space left on device' (found by the deep run of the injections)."""
+    case = _cases(layout, tmp_path, "copy")
+    _, line = _fail_first(case, "ftruncate", "/ingest/", err)
+    assert "blob sha256:" in line and str(case.root) in line and os.strerror(getattr(errno, err)) in line, line
+    case.check(f"ftruncate of a blob's ingest file failing with {err}")

@@ -536,6 +536,10 @@ class Puller:
     def _run(self, t0):
         ref = self.ref
         trace.event("run")
+        if self.store.writable:
+            # The lease before the first look at what the store holds: an rmi or prune beside
+            # us (their gc) took a layer found held ("Already exists") before we extracted over it.
+            self.store._take_lease(create=False)
         held = self._previous_image()
         previous = held.manifest_digest if held is not None else None
         trace.event("previous")

@@ -575,11 +575,15 @@ class Checker:
         for d in (self.paths.root, self.paths.holds, self.paths.rollbacks, self.paths.verified):
             if d in (self.paths.rollbacks, self.paths.verified) and not d.is_dir():
                 continue  # made by the first import refused beside another writer (the first shared layer)
-            for n in sorted(os.listdir(d)):
-                if ".tmp-" in n:
-                    path = d / n
-                    f = self.report.add("warning", "stale-temp", str(path), f"{path}: left by an interrupted write")
-                    self._fix(f, lambda p=path: _remove_any(p))
+            # The names change under the index lock, not the gc lease this waits for: an rmi or
+            # prune beside us writes its new index.json under a temp name, which is no debris.
+            lock = FileLock(self.paths.index_lock) if self.repair and d == self.paths.root else None
+            with lock or contextlib.nullcontext():
+                for n in sorted(os.listdir(d)):
+                    if ".tmp-" in n:
+                        path = d / n
+                        f = self.report.add("warning", "stale-temp", str(path), f"{path}: left by an interrupted write")
+                        self._fix(f, lambda p=path: _remove_any(p))
 
     def locks(self):
         for n in sorted(os.listdir(self.paths.locks)):

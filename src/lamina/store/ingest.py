@@ -107,8 +107,12 @@ class IngestWriter:
         os.lseek(self._fd, self.offset, os.SEEK_SET)
 
     def _restart(self):
-        os.ftruncate(self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)
+        try:
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+        except OSError as e:   # (as write: which blob, which store, not the bare strerror)
+            raise StoreError(f"blob {self.digest}: cannot start it again from byte 0 in the store "
+                             f"{self._paths.root}: {e.strerror}") from e
         self._hash = hashlib.sha256()
         self.offset = 0
 
