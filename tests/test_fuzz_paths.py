@@ -40,7 +40,7 @@ files, makes the names again, marks the directory opaque ...).  A layer in eight
 than as one gzip member (encodings(): plain, gzip members, zstd frames cut inside entries
 behind skippable frames), and a few owners come in PAX records past 2^21.  And one stack is
 written two or three ways (test_one_stack_in_every_tar_spelling_gives_one_tree: every name in
-the header, a PAX record, a GNU long name or each its own way; ustar, GNU or v7 headers; ended
+the header, a PAX record (with every field of the header too), a GNU long name or each its own way; ustar, GNU or v7 headers; ended
 by two zero blocks, one, none, a record of them, bytes that are no tar or an entry after a lone
 zero block, as GNU tar and bsdtar stop there): one tree, and each layer back bit-exact from a
 compact store.
@@ -74,7 +74,7 @@ from conftest import require_root, require_tool
 from everypath import EMPTY_LAYER, assert_agree, describe, made_now, run_paths, umoci_tree
 from layerkit import Guard
 from ocibuild import ENCODINGS, Encoded
-from tarbuild import Tar
+from tarbuild import MTIME, Tar
 from tarvectors import SPARSE_BUILDERS
 
 EXAMPLES = int(os.environ.get("LAMINA_FUZZ_EXAMPLES", "100"))
@@ -603,15 +603,24 @@ def neighbours(draw, layers):
               carrier) for op, carrier in layer] for layer in layers]
 
 
-def _carry(t, op, carrier):
+def _carry(t, op, carrier, mtime=MTIME):
     """Write the records that carry ``op``'s name (and link) by ``carrier``, and its other PAX
     records (in the same header: of two consecutive PAX headers only the last counts); returns
     the op with the decoys the header then holds.  A name or link the header cannot hold goes
-    in a PAX record."""
+    in a PAX record.  "pax-full" also repeats in records what the header says (``mtime``: its
+    time), as writers that put every field in PAX do."""
     kind = op[0]
     if kind in ("whiteout", "opaque"):  # (kind, path, type, link): written by its name
         kind, op = "marker", ("marker", _marker_name(kind, op[1]), op[3], op[2])
     records = dict(op[-1]) if kind in ("file", "dir", "symlink", "fifo", "node", "hardlink") else {}
+    if carrier == "pax-full":
+        carrier = "pax"
+        owner = {"file": 4, "dir": 3, "symlink": 3, "hardlink": 3, "fifo": 2, "node": 3}.get(kind)
+        uid, gid = op[owner] if owner else (0, 0)
+        # (a record the op has already, an owner past the header's reach, stays as it is)
+        for key, value in (("uid", str(uid)), ("gid", str(gid)), ("mtime", f"{mtime}.000000000"),
+                           ("size", str(len(op[2])) if kind == "file" else "0"), ("hdrcharset", "BINARY")):
+            records.setdefault(key, value)
     link = kind in ("symlink", "hardlink") or (kind == "marker" and op[3] in (b"1", b"2"))
     if not carrier and any(len(n.encode("utf-8", "surrogateescape")) > 100 for n in (op[1:3] if link else op[1:2])):
         carrier = "pax"
@@ -662,7 +671,7 @@ def _build(layers, spelled=None):
         fmt, ending = spelled[li] if spelled else ("ustar", "two")
         for oi, (op, carrier) in enumerate(layer):
             mtime = DIR_MTIME + 100 * li + oi  # each listing its own: which one a directory keeps shows
-            op = _carry(t, op, carrier)
+            op = _carry(t, op, carrier, mtime if op[0] == "dir" else MTIME)
             kind, path = op[0], op[1]
             # a v7 header has no device numbers (nor uname, gname, prefix): a node stays ustar
             kw = {"fmt": "ustar" if fmt == "v7" and kind == "node" else fmt}
@@ -965,7 +974,7 @@ def test_a_compact_store_gives_back_every_layer_bit_exact(host, data):
 # test_one_stack_in_every_tar_spelling_gives_one_tree: how each spelling carries the names and
 # links of the stack's entries (None: as stacks() drew it, per entry; "": in the header, PAX
 # where it cannot hold them), each layer's headers written ustar, GNU or v7 (tar_spellings())
-CARRIER_SPELLINGS = {"as-drawn": None, "headers": "", "pax": "pax", "gnu": "gnu"}
+CARRIER_SPELLINGS = {"as-drawn": None, "headers": "", "pax": "pax", "pax-full": "pax-full", "gnu": "gnu"}
 SPELLING_PATHS = ("dir", "overlay-mount", "store-copy", "store-mount")
 
 
