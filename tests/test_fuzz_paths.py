@@ -40,10 +40,12 @@ files, makes the names again, marks the directory opaque ...).  A layer in eight
 than as one gzip member (encodings(): plain, gzip members, zstd frames cut inside entries
 behind skippable frames), and a few owners come in PAX records past 2^21.  And one stack is
 written two or three ways (test_one_stack_in_every_tar_spelling_gives_one_tree: every name in
-the header, a PAX record (with every field of the header too), a GNU long name or each its own way; ustar, GNU or v7 headers; ended
-by two zero blocks, one, none, a record of them, bytes that are no tar or an entry after a lone
-zero block, as GNU tar and bsdtar stop there): one tree, and each layer back bit-exact from a
-compact store.
+the header, a PAX record (with every field of the header too), a GNU long name or each its own
+way; ustar, GNU or v7 headers or each entry its own; ended by two zero blocks, one, none, a
+record of them, bytes that are no tar or an entry after a lone zero block, as GNU tar and
+bsdtar stop there): one tree, and each layer back bit-exact from a compact store.
+rewrite_stacks() rewrites a few names in place layer after layer through every type in a drawn
+order, with whiteouts and opaque markers between, for the kernel's overlay mount to judge.
 
 Seeded and bounded in CI (LAMINA_FUZZ_EXAMPLES, default 100 per test: as many stacks that
 some path accepts as the 150 drawn before stacks() aimed hardlinks, at about the same cost);
@@ -674,7 +676,8 @@ def _build(layers, spelled=None):
             op = _carry(t, op, carrier, mtime if op[0] == "dir" else MTIME)
             kind, path = op[0], op[1]
             # a v7 header has no device numbers (nor uname, gname, prefix): a node stays ustar
-            kw = {"fmt": "ustar" if fmt == "v7" and kind == "node" else fmt}
+            kw = {"fmt": ("ustar", "gnu", "v7")[oi % 3] if fmt == "mixed" else fmt}
+            kw["fmt"] = "ustar" if kw["fmt"] == "v7" and kind == "node" else kw["fmt"]
             if kind == "file":
                 t.file(path, op[2], mode=op[3], uid=op[4][0], gid=op[4][1], **kw)
             elif kind == "dir":
@@ -973,7 +976,7 @@ def test_a_compact_store_gives_back_every_layer_bit_exact(host, data):
 
 # test_one_stack_in_every_tar_spelling_gives_one_tree: how each spelling carries the names and
 # links of the stack's entries (None: as stacks() drew it, per entry; "": in the header, PAX
-# where it cannot hold them), each layer's headers written ustar, GNU or v7 (tar_spellings())
+# where it cannot hold them), each layer's headers written ustar, GNU, v7 or mixed (tar_spellings())
 CARRIER_SPELLINGS = {"as-drawn": None, "headers": "", "pax": "pax", "pax-full": "pax-full", "gnu": "gnu"}
 SPELLING_PATHS = ("dir", "overlay-mount", "store-copy", "store-mount")
 
@@ -983,8 +986,8 @@ def respelled(layers, carrier):
 
 
 def tar_spellings(count):
-    """Each of ``count`` layers' header format and ENDINGS."""
-    return st.lists(st.tuples(st.sampled_from(["ustar", "ustar", "gnu", "v7"]), st.sampled_from(list(ENDINGS))),
+    """Each of ``count`` layers' header format (``mixed``: ustar, GNU and v7 in turn) and ENDINGS."""
+    return st.lists(st.tuples(st.sampled_from(["ustar", "ustar", "gnu", "v7", "mixed"]), st.sampled_from(list(ENDINGS))),
                     min_size=count, max_size=count)
 
 
@@ -993,7 +996,7 @@ def tar_spellings(count):
 @given(data=st.data())
 def test_one_stack_in_every_tar_spelling_gives_one_tree(host, data):
     """One stack written two or three ways (every name in the header, a PAX record or a GNU long
-    name, or each entry its own way; headers ustar, GNU or v7; the layer ended by two zero
+    name, or each entry its own way; headers ustar, GNU, v7 or mixed; the layer ended by two zero
     blocks, one, none, a record of them, or followed by bytes that are no tar or by an entry
     after a lone zero block) is one tree on every path, or refused by every spelling; and a
     compact store holding them all gives each layer back byte for byte and checks clean."""
@@ -1041,6 +1044,78 @@ def test_one_stack_in_every_tar_spelling_gives_one_tree(host, data):
         report = store.fsck()
         assert list(report.findings) == [], f"{context}\nfsck of the compact store: " + "; ".join(
             f"{f.severity}: {f.subject}: {f.message}" for f in report.findings)
+    finally:
+        box.close()
+
+
+# rewrite_stacks(): the types a name goes through, a layer at a time, in the drawn order
+REWRITE_TYPES = ["file", "dir", "symlink", "hardlink", "fifo", "node"]
+REWRITE_NAMES = ["r", "d/r", "d/s"]
+
+
+def _rewritten(kind, path, li, target):
+    owner = (0, 0) if li % 2 else (1000, 1000)  # (an owner each layer changes: the chown shows)
+    if kind == "file":
+        return ("file", path, b"layer %d\n" % li, 0o644 if li % 2 else 0o600, owner, ())
+    if kind == "dir":
+        return ("dir", path, 0o755 if li % 2 else 0o700, owner, ())
+    if kind == "symlink":
+        return ("symlink", path, target, owner, ())
+    if kind == "hardlink":
+        return ("hardlink", path, target, owner, 0o644, ())
+    if kind == "fifo":
+        return ("fifo", path, owner, 0o644, ())
+    return ("node", path, (b"3", 1, 3), owner, ())
+
+
+@st.composite
+def rewrite_stacks(draw):
+    """3 to 8 layers, each rewriting some of a few names in place as the next type of a drawn
+    cycle (file -> dir -> symlink -> hardlink -> fifo -> node -> file, in some order), a
+    directory's child written now and then, with whiteouts of the names and opaque markers in
+    their directory (and in a name while it is a directory) between and before the rewrites."""
+    cycle = draw(st.permutations(REWRITE_TYPES))
+    at = {n: draw(st.integers(0, len(cycle) - 1)) for n in REWRITE_NAMES}
+    # the hardlinks' target: a file of the bottom layer no rewrite touches
+    stack = [[(("dir", "d", 0o755, (0, 0), ()), ""), (("file", "base", b"base\n", 0o644, (0, 0), ()), "")]]
+    for li in range(1, draw(st.integers(3, 8))):
+        layer = []
+        for n in draw(st.lists(st.sampled_from(REWRITE_NAMES), min_size=1, max_size=4)):
+            how = draw(st.sampled_from(["next"] * 4 + ["whiteout", "opaque", "opaque-self", "child"]))
+            if how == "whiteout":
+                layer.append((("whiteout", n, b"0", "a"), ""))
+            elif how == "opaque":
+                layer.append((("opaque", n.rpartition("/")[0] or ".", b"0", "a"), ""))
+            elif how in ("opaque-self", "child") and cycle[at[n]] == "dir":
+                layer.append(((("opaque", n, b"0", "a") if how == "opaque-self" else
+                              _rewritten("file", n + "/c", li, "")), ""))
+            else:
+                at[n] = (at[n] + 1) % len(cycle)
+                kind = cycle[at[n]]
+                target = draw(st.sampled_from(["base", "r", "d/r"] if kind == "hardlink" else ["base", "d", "../r", "/d/s"]))
+                layer.append((_rewritten(kind, n, li, target), draw(st.sampled_from(["", "", "pax", "gnu"]))))
+        stack.append(layer)
+    return stack
+
+
+REWRITE_PATHS = ("dir", "dir-topdown", "overlay-mount", "store-copy", "store-link", "store-mount", "store-relink")
+
+
+@seed(20261210 + SEED)
+@settings(SETTINGS, max_examples=max(1, EXAMPLES // 8))  # (an eighth: seven paths per stack)
+@given(data=st.data())
+def test_names_rewritten_type_by_type_agree_with_the_overlay_mount(host, data):
+    """rewrite_stacks() on every path but the registry's (one in six that too): the kernel's
+    overlay mount of lamina's layer dirs, the flat unpacks and the store's trees are one tree,
+    or every path refuses."""
+    tars = build(data.draw(rewrite_stacks()))
+    paths = REWRITE_PATHS + (("registry-pull",) if data.draw(one_in(6)) else ())
+    _count_case()
+    box = Sandbox(host)
+    since = int(time.time()) - 1
+    try:
+        results = {p: made_now(t, since) for p, t in run_paths(box.guard.dest, tars, paths, dir_mtime=True, root=True).items()}
+        assert_agree(results, context=describe(tars))
     finally:
         box.close()
 
