@@ -615,7 +615,10 @@ def _carry(t, op, carrier, mtime=MTIME):
     if kind in ("whiteout", "opaque"):  # (kind, path, type, link): written by its name
         kind, op = "marker", ("marker", _marker_name(kind, op[1]), op[3], op[2])
     records = dict(op[-1]) if kind in ("file", "dir", "symlink", "fifo", "node", "hardlink") else {}
-    if carrier == "pax-full":
+    # (a sparse entry's size is its map's, in records of its own: a size record would lie)
+    if carrier == "pax-full" and kind == "sparse":
+        carrier = "pax"
+    elif carrier == "pax-full":
         carrier = "pax"
         owner = {"file": 4, "dir": 3, "symlink": 3, "hardlink": 3, "fifo": 2, "node": 3}.get(kind)
         uid, gid = op[owner] if owner else (0, 0)
