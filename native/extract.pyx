@@ -5064,12 +5064,16 @@ cdef class Extractor:
         (an upper layer hides the path: nothing in it shows)."""
         cdef int pfd
         cdef stat st
-        pfd = self._plain_dir(self.rootfd, path[:slash] if slash > 0 else b"")
+        parent = path[:slash] if slash > 0 else b""
+        pfd = self._plain_dir(self.rootfd, parent)
         if pfd < 0:
             return  # (the entry was skipped with no symlink on its way: nothing there)
         try:
             base = path[slash + 1:] if slash >= 0 else path
             if fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and S_ISDIR(st.st_mode):
+                # the written entry's removal keeps the parent's time where the layer does not
+                # list it; this one must too
+                self._keep_times(pfd, parent)
                 self._remove(pfd, base, name)
         finally:
             close(pfd)

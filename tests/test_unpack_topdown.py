@@ -487,3 +487,29 @@ def test_a_hidden_hardlink_replacing_the_directory_of_its_written_target_is_refu
     results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
     assert all(isinstance(r, Exception) and "which is inside it" in str(r) for r in results.values()), \
         describe(raws) + "\n" + repr(results)
+
+
+SKIPPED_OVER_A_DIRECTORY = {
+    "file": lambda t: t.file("d/r", b"r"),
+    "hardlink": lambda t: t.hardlink("d/r", "base"),
+    "fifo": lambda t: t.fifo("d/r"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SKIPPED_OVER_A_DIRECTORY))
+def test_a_skipped_entry_that_replaces_a_directory_keeps_its_parents_time(tmp_path, kind):
+    """A layer writes the symlink d/r (never skipped), then the directory d/r over it (not
+    skipped: a symlink is there); the next layer replaces d/r with a file, hidden by an opaque
+    d above and skipped, so the directory goes as the written entry would take it.  That
+    removal gave d the time of the unpack, where every other path and umoci keep the time d
+    was listed with (test_fuzz_paths.py's rewrite_stacks(), seed 46600)."""
+    from everypath import assert_agree, describe, run_paths, umoci_tree
+    from tarbuild import Tar
+    raws = [Tar().dir("d", mtime=1_000_000_000).file("base", b"b").bytes(),
+            Tar().symlink("d/r", "base").dir("d/r").bytes(),
+            SKIPPED_OVER_A_DIRECTORY[kind](Tar()).bytes(),
+            Tar().opaque("d").bytes()]
+    results = run_paths(tmp_path, raws, paths=("dir", "dir-topdown", "overlay-mount"), dir_mtime=True)
+    results["umoci"] = umoci_tree(tmp_path, raws, dir_mtime=True)
+    tree = assert_agree(results, context=describe(raws))
+    assert tree.entries["d"].mtime == 1_000_000_000, tree.entries["d"].describe()
