@@ -7,8 +7,9 @@ Each command succeeds or fails with one ``lamina: error:`` line (no traceback); 
 (with --repair for what the kills left) is clean, every image the store names unpacks to its tree,
 the copies run again, and once every image is removed nothing is left that gc does not sweep.
 
-The default run is short: one round of each, with a random seed (printed on failure).  LAMINA_RACE_ROUNDS=N runs N rounds,
-LAMINA_RACE_SEED=S replays the seed a failure names.
+The default run is short: one round of each, seed 4545, so that CI draws the same commands each
+time (their timing still differs).  LAMINA_RACE_ROUNDS=N runs N rounds, LAMINA_RACE_SEED=S another
+seed (``random`` draws one; a failure names its seed).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from storekit import LAMINA, lamina, pushed_three, three_images
 from treecmp import compare, snapshot
 
 ROUNDS = int(os.environ.get("LAMINA_RACE_ROUNDS", "1"))
-SEED = int(os.environ.get("LAMINA_RACE_SEED") or int.from_bytes(os.urandom(4), "big"))
+_SEED = os.environ.get("LAMINA_RACE_SEED", "4545")
+SEED = int.from_bytes(os.urandom(4), "big") if _SEED == "random" else int(_SEED)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +128,9 @@ def _race_rounds(layout, tmp_path, fetch, names):
     # Nothing another image needs was lost, and nothing is left that gc does not sweep
     for ref in "abc":
         _check_tree(root, names[ref], trees[ref], tmp_path, f"seed {SEED}, the end")
-    lamina(root, "rmi", "-f", *lamina(root, "images", "-q", "--no-trunc").stdout.split())
+    # one ID a name: an image left with two names is listed twice, and a second rmi of it is
+    # "no such image", as docker's
+    lamina(root, "rmi", "-f", *dict.fromkeys(lamina(root, "images", "-q", "--no-trunc").stdout.split()))
     lamina(root, "image", "prune", "-a", "-f")
     lamina(root, "fsck", "--repair", check=False)
     report = json.loads(lamina(root, "fsck", "--json", check=False).stdout)
