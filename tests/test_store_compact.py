@@ -478,7 +478,7 @@ def test_a_compact_snapshot_changed_where_its_sidecar_does_not_look_is_caught_an
     report = json.loads(proc.stdout)
     assert proc.returncode == 1
     assert [(f["kind"], f["subject"]) for f in report["findings"]] == [("bad-snapshot", chain)], report["findings"]
-    assert re.search(r"differs from layer sha256:\w+: d(/\w+)?: ", report["findings"][0]["message"]), report["findings"]
+    assert re.search(r"differs from layer sha256:\w+: 'd(/\w+)?': ", report["findings"][0]["message"]), report["findings"]
     report = json.loads(lamina_subprocess(root, "fsck", "--repair", "--json", check=False).stdout)
     assert [(f["kind"], f["repaired"]) for f in report["findings"]] == [("bad-snapshot", True)], report["findings"]
     assert_same(pristine, snapshot(fs), labels=("stored", "repaired"))
