@@ -3,6 +3,7 @@ no traceback, no error line, exit status 141 (what a shell shows for a tool kill
 SIGPIPE) or 0 when it had written everything before the reader left."""
 import os
 import signal
+import stat
 import subprocess
 import sys
 
@@ -107,3 +108,41 @@ def test_registry_verbs_with_stdout_closed_early(world, reg, registry_env, verb)
     proc = _closed_stdout(root, ["manifest", "inspect", ref] if verb == "manifest" else [verb, ref], False)
     assert "Traceback" not in proc.stderr and "lamina: error" not in proc.stderr, proc.stderr
     assert proc.returncode in (0, 141), (proc.returncode, proc.stderr)
+
+
+@pytest.mark.parametrize("argv", [["save", "-o", "{out}", "big:1"], ["save", "--format", "oci-archive", "-o", "{out}", "big:1"],
+                                  ["copy", "big:1", "docker-archive:{out}"], ["copy", "big:1", "oci-archive:{out}"]],
+                         ids=["save", "save-oci", "copy-docker", "copy-oci"])
+def test_an_output_that_is_a_device_a_fifo_or_dev_stdout_is_written_through(world, tmp_path, argv):
+    """A temp file renamed over the output replaced a device node with the archive: run on a real
+    machine, ``save -o /dev/null`` made /dev/null a regular file for every program after, and
+    ``copy … docker-archive:/dev/stdout`` (in this file's verbs) did the same to /dev/stdout.  A
+    device is written to (1:3, a null device of our own), a FIFO gives its reader the archive,
+    and /dev/stdout is this process's pipe: each stays what it was."""
+    root = world["root"]
+    cmd = [sys.executable, "-m", "lamina", "--root", str(root)]
+    expected = lamina(root, *[a.format(out=tmp_path / "ref.tar") for a in argv]).returncode == 0 and \
+        (tmp_path / "ref.tar").read_bytes()
+    null = tmp_path / "null"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    lamina(root, *[a.format(out=null) for a in argv])
+    assert stat.S_ISCHR(os.lstat(null).st_mode), "the device was replaced"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([*cmd, *[a.format(out=fifo) for a in argv]], stderr=subprocess.PIPE)
+    with open(fifo, "rb") as f:
+        got = f.read()
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and got == expected
+    before = os.readlink("/dev/stdout")
+    try:
+        proc = subprocess.run([*cmd, *[a.format(out="/dev/stdout") for a in argv]], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=120)
+        # copy prints the manifest's digest after the archive, on the same stdout
+        assert proc.returncode == 0 and proc.stdout[:len(expected)] == expected, proc.stderr
+    finally:
+        if not os.path.islink("/dev/stdout"):   # the machine's, put back whatever happened
+            os.unlink("/dev/stdout")
+            os.symlink(before, "/dev/stdout")
+            pytest.fail("/dev/stdout was replaced by a regular file")
+    assert sorted(os.listdir(tmp_path)) == ["fifo", "null", "ref.tar"]

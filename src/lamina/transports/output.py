@@ -5,6 +5,7 @@ import errno
 import hashlib
 import io
 import os
+import stat
 import tarfile
 from contextlib import contextmanager
 
@@ -98,6 +99,10 @@ def atomic_output(path):
         # a file there is no missing directory: say which it is, as open(2)'s ENOTDIR would
         raise ImageError(f"{parent} exists and is not a directory" if os.path.lexists(parent)
                          else f"{parent}: no such directory")
+    if _written_in_place(path):
+        with _in_place(path) as f:
+            yield f
+        return
     tmp = tmp_name(path)
     f = open(tmp, "xb")
     try:
@@ -123,6 +128,41 @@ def atomic_output(path):
             # a write to the archive: name the file the user gave (else "No space left on device" alone)
             raise OSError(e.errno, e.strerror, path) from None
         raise
+
+
+def _written_in_place(path):
+    """An output that is no file of its own to replace: a device (``-o /dev/null``), a FIFO or a
+    socket, or one of the process's own descriptors (``/dev/stdout``, ``/dev/fd/3``: a shell's pipe
+    or file).  A temp file renamed over it replaced /dev/null itself with the archive, for every
+    program after; docker's own rename does the same.  These are written through, as tar -f does."""
+    if path in ("/dev/stdout", "/dev/stderr") or path.startswith(("/dev/fd/", "/proc/")):
+        return os.path.exists(path)
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+@contextmanager
+def _in_place(path):
+    """``path`` opened for writing as it is: never created, truncated only if a regular file
+    (``/dev/stdout`` redirected to one), nothing removed if the block fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    f = os.fdopen(fd, "wb")
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            f.truncate(0)
+        yield f
+        f.flush()
+    except OSError as e:
+        if e.errno in FULL_WRITE_ERRNOS and e.filename is None:
+            raise OSError(e.errno, e.strerror, path) from None
+        raise
+    finally:
+        try:
+            f.close()
+        except OSError:
+            pass  # what a failed write left buffered fails the same way
 
 
 @contextmanager
