@@ -160,6 +160,10 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         # a verb may say what the interruption left (apply: DEST partly applied)
         print("lamina: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
+        # what the interruption left half-built is finalized at exit: a tarfile stream cut
+        # inside its own constructor flushed into an archive already closed and printed
+        # "Exception ignored in: <function _Stream.__del__>" and a traceback under that line
+        sys.unraisablehook = lambda unraisable: None
         return 130
     except OSError as e:
         print(f"lamina: error: {one_line(os_error_message(e))}", file=sys.stderr)

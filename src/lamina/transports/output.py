@@ -104,8 +104,9 @@ def atomic_output(path):
             yield f
         return
     tmp = tmp_name(path)
-    f = open(tmp, "xb")
+    f = None
     try:
+        f = open(tmp, "xb")   # inside the try: a Ctrl-C right after the open still removes it
         yield f
         try:
             f.flush()
@@ -117,7 +118,8 @@ def atomic_output(path):
             raise name_error(e, path)
     except BaseException as e:
         try:
-            f.close()
+            if f is not None:
+                f.close()
         except OSError:
             pass  # flushing what the failed write left buffered fails the same way
         try:
