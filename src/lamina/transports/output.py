@@ -126,10 +126,16 @@ def atomic_output(path):
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(e, OSError) and e.errno in FULL_WRITE_ERRNOS and e.filename is None:
-            # a write to the archive: name the file the user gave (else "No space left on device" alone)
-            raise OSError(e.errno, e.strerror, path) from None
+        if isinstance(e, OSError):
+            _raise_naming(e, path)
         raise
+
+
+def _raise_naming(e, path):
+    """A write to the archive that found the disk full names the file the user gave (else "No
+    space left on device" alone); any other error is left to the caller to raise as it is."""
+    if e.errno in FULL_WRITE_ERRNOS and e.filename is None:
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 def _written_in_place(path):
@@ -157,8 +163,7 @@ def _in_place(path):
         yield f
         f.flush()
     except OSError as e:
-        if e.errno in FULL_WRITE_ERRNOS and e.filename is None:
-            raise OSError(e.errno, e.strerror, path) from None
+        _raise_naming(e, path)
         raise
     finally:
         try:
