@@ -272,6 +272,16 @@ cdef inline bint _has_wh_component(bytes b, Py_ssize_t n):
         p += 1
 
 
+cdef _target_can_be_there(bytes target, bytes link, object name):
+    """A hardlink's target with a component past NAME_MAX is in no layer (such an entry is
+    refused): it is not found, as any missing target.  Looked up, the kernel's ENAMETOOLONG
+    came out as the dir format's "hardlink failed ... (unpacking into DEST)", blaming DEST's
+    filesystem, and as the overlay format's "cannot open" of a directory on the way."""
+    if _long_component(target):
+        raise _errors.InvalidArchiveError(
+            f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
+
+
 cdef inline bint _long_component(bytes b):
     """Whether a component of ``b`` is longer than a filesystem names (NAME_MAX, 255 bytes)."""
     cdef const char *s = b
@@ -5008,6 +5018,7 @@ cdef class Extractor:
         cdef Py_ssize_t tslash
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
+        _target_can_be_there(target, link, name)
         if target in self.hidden_files and self._skipped_file_stays(target):
             if target.startswith(path + b"/"):
                 # its directories are plain ones (no symlink: see _skipped_file_stays), and the
@@ -5186,6 +5197,7 @@ cdef class Extractor:
         cdef Py_ssize_t tslash
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
+        _target_can_be_there(target, link, name)
         if self.unmade_devices and target in self.unmade_devices:
             # without root the device node was not made, as if the layer did not list it: nor is a
             # link to it (the dir format's top-down skipping skipped it, the other paths refused)
