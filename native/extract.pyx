@@ -3937,7 +3937,7 @@ cdef class Extractor:
         if fsetxattr(fd, key, b"y", 1, 0) < 0:
             self._oserror("mark opaque", name)
 
-    cdef bint _copy_up_node(self, int pfd, bytes base, list lowers, object name) except -1:
+    cdef bint _copy_up_node(self, int pfd, bytes base, list lowers, object name, bytes link) except -1:
         """Copy ``base`` from the topmost lower layer that shows it into this
         layer's directory ``pfd`` (overlayfs's copy-up, done ahead of a
         hardlink to it).  False if no lower layer shows it."""
@@ -3957,7 +3957,7 @@ cdef class Extractor:
         self.up_layer = i
         self.up_st = st
         if S_ISDIR(st.st_mode):
-            raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target is a directory")
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
         ts[0] = st.st_atim
         ts[1] = st.st_mtim
         if S_ISREG(st.st_mode):
@@ -5215,7 +5215,7 @@ cdef class Extractor:
         if self._hardlink_nogil(pfd, base, tparent, tbase):
             return
         try:
-            tfd = self._copy_up_fast(tparent, tbase, name) if self.overlay else -1
+            tfd = self._copy_up_fast(tparent, tbase, name, link) if self.overlay else -1
             if tfd >= 0:
                 self._invalidate()
             else:
@@ -5498,7 +5498,7 @@ cdef class Extractor:
         lowers = []
         try:
             tfd = self._union_walk(tparent, True, name, lowers)
-            if fstatat(tfd, tbase, &st, AT_SYMLINK_NOFOLLOW) < 0 and self._copy_up_node(tfd, tbase, lowers, name):
+            if fstatat(tfd, tbase, &st, AT_SYMLINK_NOFOLLOW) < 0 and self._copy_up_node(tfd, tbase, lowers, name, link):
                 # not provided: a copy-up is not an entry of this layer, so its
                 # whiteout later in the layer still hides it (the link keeps the data)
                 tphys = self.last_phys + b"/" + tbase if self.last_phys else tbase
@@ -5843,7 +5843,7 @@ cdef class Extractor:
                 source.append((<_BelowDir>e).layers[0])
         return self._copy_up_dirs(comps, source, name)
 
-    cdef int _copy_up_fast(self, bytes tparent, bytes tbase, object name) except -2:
+    cdef int _copy_up_fast(self, bytes tparent, bytes tbase, object name, bytes link) except -2:
         """_copy_up_target without the walk through every layer below, when this layer reaches
         ``tparent`` as _layer_has wants and no layer below has a symlink on the way
         (_below_dir): the topmost layer below that has ``tbase`` there is looked up in the
@@ -5890,8 +5890,9 @@ cdef class Extractor:
         try:
             tfd = self._up_dirs_fast(tparent, comps, have, name)
             try:
-                if not self._copy_up_node(tfd, tbase, [lfd], name):
-                    raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target not found below")
+                if not self._copy_up_node(tfd, tbase, [lfd], name, link):
+                    raise _errors.InvalidArchiveError(
+                        f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
                 self.up_layer = f
                 if self.up_st.st_nlink > 1 and not S_ISDIR(self.up_st.st_mode):
                     self._copy_up_links(tfd, tbase, tparent + b"/" + tbase if tparent else tbase, name)

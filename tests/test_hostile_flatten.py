@@ -339,6 +339,18 @@ def test_a_hardlink_to_a_name_past_name_max_is_a_target_not_found_everywhere(g, 
                        "not found in the layer or below")
 
 
+@pytest.mark.parametrize("target", ["d", "d/.", "e/../d", "/d/"])
+@pytest.mark.parametrize("same_layer", [False, True], ids=["in-a-lower-layer", "in-the-same-layer"])
+def test_a_hardlink_to_a_directory_names_its_target_on_every_path(g, target, same_layer):
+    """The overlay format's copy-up of a lower directory said "hardlink target is a directory"
+    without the target, where the dir format names it: the store paths and the overlay
+    format, not the dir format, left the user to find which link of the entry it was."""
+    lower = Tar().dir("d").file("d/f", b"x").dir("e")
+    link = _hardlink_layer(target)
+    layers = [Tar().raw(lower.bytes(end=False)).raw(link.bytes())] if same_layer else [lower, link]
+    refused_everywhere(g, layers, "InvalidArchiveError", f"entry 'h': hardlink target '{target}' is a directory")
+
+
 # --- whiteouts and opaque markers spelled at the root ---------------------------------------------
 
 ROOT_SPELLINGS = {
