@@ -272,6 +272,16 @@ cdef inline bint _has_wh_component(bytes b, Py_ssize_t n):
         p += 1
 
 
+cdef _target_can_be_there(bytes target, bytes link, object name):
+    """A hardlink's target with a component past NAME_MAX is in no layer (such an entry is
+    refused): it is not found, as any missing target.  Looked up, the kernel's ENAMETOOLONG
+    came out as the dir format's "hardlink failed ... (unpacking into DEST)", blaming DEST's
+    filesystem, and as the overlay format's "cannot open" of a directory on the way."""
+    if _long_component(target):
+        raise _errors.InvalidArchiveError(
+            f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
+
+
 cdef inline bint _long_component(bytes b):
     """Whether a component of ``b`` is longer than a filesystem names (NAME_MAX, 255 bytes)."""
     cdef const char *s = b
@@ -3927,7 +3937,7 @@ cdef class Extractor:
         if fsetxattr(fd, key, b"y", 1, 0) < 0:
             self._oserror("mark opaque", name)
 
-    cdef bint _copy_up_node(self, int pfd, bytes base, list lowers, object name) except -1:
+    cdef bint _copy_up_node(self, int pfd, bytes base, list lowers, object name, bytes link) except -1:
         """Copy ``base`` from the topmost lower layer that shows it into this
         layer's directory ``pfd`` (overlayfs's copy-up, done ahead of a
         hardlink to it).  False if no lower layer shows it."""
@@ -3947,7 +3957,7 @@ cdef class Extractor:
         self.up_layer = i
         self.up_st = st
         if S_ISDIR(st.st_mode):
-            raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target is a directory")
+            raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target {_show(link)} is a directory")
         ts[0] = st.st_atim
         ts[1] = st.st_mtim
         if S_ISREG(st.st_mode):
@@ -5008,6 +5018,7 @@ cdef class Extractor:
         cdef Py_ssize_t tslash
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
+        _target_can_be_there(target, link, name)
         if target in self.hidden_files and self._skipped_file_stays(target):
             if target.startswith(path + b"/"):
                 # its directories are plain ones (no symlink: see _skipped_file_stays), and the
@@ -5186,6 +5197,7 @@ cdef class Extractor:
         cdef Py_ssize_t tslash
         if not target:
             raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink to the root directory")
+        _target_can_be_there(target, link, name)
         if self.unmade_devices and target in self.unmade_devices:
             # without root the device node was not made, as if the layer did not list it: nor is a
             # link to it (the dir format's top-down skipping skipped it, the other paths refused)
@@ -5203,7 +5215,7 @@ cdef class Extractor:
         if self._hardlink_nogil(pfd, base, tparent, tbase):
             return
         try:
-            tfd = self._copy_up_fast(tparent, tbase, name) if self.overlay else -1
+            tfd = self._copy_up_fast(tparent, tbase, name, link) if self.overlay else -1
             if tfd >= 0:
                 self._invalidate()
             else:
@@ -5486,7 +5498,7 @@ cdef class Extractor:
         lowers = []
         try:
             tfd = self._union_walk(tparent, True, name, lowers)
-            if fstatat(tfd, tbase, &st, AT_SYMLINK_NOFOLLOW) < 0 and self._copy_up_node(tfd, tbase, lowers, name):
+            if fstatat(tfd, tbase, &st, AT_SYMLINK_NOFOLLOW) < 0 and self._copy_up_node(tfd, tbase, lowers, name, link):
                 # not provided: a copy-up is not an entry of this layer, so its
                 # whiteout later in the layer still hides it (the link keeps the data)
                 tphys = self.last_phys + b"/" + tbase if self.last_phys else tbase
@@ -5831,7 +5843,7 @@ cdef class Extractor:
                 source.append((<_BelowDir>e).layers[0])
         return self._copy_up_dirs(comps, source, name)
 
-    cdef int _copy_up_fast(self, bytes tparent, bytes tbase, object name) except -2:
+    cdef int _copy_up_fast(self, bytes tparent, bytes tbase, object name, bytes link) except -2:
         """_copy_up_target without the walk through every layer below, when this layer reaches
         ``tparent`` as _layer_has wants and no layer below has a symlink on the way
         (_below_dir): the topmost layer below that has ``tbase`` there is looked up in the
@@ -5878,8 +5890,9 @@ cdef class Extractor:
         try:
             tfd = self._up_dirs_fast(tparent, comps, have, name)
             try:
-                if not self._copy_up_node(tfd, tbase, [lfd], name):
-                    raise _errors.InvalidArchiveError(f"entry {_show(name)}: hardlink target not found below")
+                if not self._copy_up_node(tfd, tbase, [lfd], name, link):
+                    raise _errors.InvalidArchiveError(
+                        f"entry {_show(name)}: hardlink target {_show(link)} not found in the layer or below")
                 self.up_layer = f
                 if self.up_st.st_nlink > 1 and not S_ISDIR(self.up_st.st_mode):
                     self._copy_up_links(tfd, tbase, tparent + b"/" + tbase if tparent else tbase, name)

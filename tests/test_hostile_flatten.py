@@ -317,6 +317,40 @@ def test_a_symlink_target_past_path_max_is_refused_naming_the_entry(g):
     refused_everywhere(g, [t], "ExtractError", "entry 's'", "File name too long")
 
 
+def _hardlink_layer(target):
+    t = Tar()
+    _pax(t, "hardlink", "h", target)
+    return t
+
+
+@pytest.mark.parametrize("target", ["c" * 256, "d/" + "c" * 256, "d/" + "c" * 256 + "/f", "c" * 300 + "/d/f"],
+                         ids=["a-name", "a-name-in-a-dir", "a-dir-on-the-way", "a-dir-from-the-root"])
+@pytest.mark.parametrize("hidden", [False, True], ids=["written", "hidden-by-an-upper-layer"])
+def test_a_hardlink_to_a_name_past_name_max_is_a_target_not_found_everywhere(g, target, hidden):
+    """No layer can hold a name longer than NAME_MAX (its entry is refused), so a hardlink to
+    one names nothing there, like any other missing target.  The dir format said "hardlink
+    failed: File name too long (unpacking into DEST)", as if DEST's filesystem had refused the
+    link, and the overlay format "cannot open 'd/ccc…'" for a directory on the way (each the
+    other's wording for the other spelling): one image, two kinds of error."""
+    layers = [Tar().dir("d").file("d/f", b"x" * 4000), _hardlink_layer(target)]
+    if hidden:  # skipped top-down (dir-topdown): its target must still be there
+        layers.append(Tar().whiteout("h"))
+    refused_everywhere(g, layers, "InvalidArchiveError", f"entry 'h': hardlink target '{target[:20]}",
+                       "not found in the layer or below")
+
+
+@pytest.mark.parametrize("target", ["d", "d/.", "e/../d", "/d/"])
+@pytest.mark.parametrize("same_layer", [False, True], ids=["in-a-lower-layer", "in-the-same-layer"])
+def test_a_hardlink_to_a_directory_names_its_target_on_every_path(g, target, same_layer):
+    """The overlay format's copy-up of a lower directory said "hardlink target is a directory"
+    without the target, where the dir format names it: the store paths and the overlay
+    format, not the dir format, left the user to find which link of the entry it was."""
+    lower = Tar().dir("d").file("d/f", b"x").dir("e")
+    link = _hardlink_layer(target)
+    layers = [Tar().raw(lower.bytes(end=False)).raw(link.bytes())] if same_layer else [lower, link]
+    refused_everywhere(g, layers, "InvalidArchiveError", f"entry 'h': hardlink target '{target}' is a directory")
+
+
 # --- whiteouts and opaque markers spelled at the root ---------------------------------------------
 
 ROOT_SPELLINGS = {
