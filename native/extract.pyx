@@ -1647,12 +1647,40 @@ cdef list _scan_and_unlink(int fd):
     return subdirs
 
 
+cdef int _chmod_at(int fd, const char *name, mode_t mode) noexcept nogil:
+    """chmod ``name`` under ``fd``, never through a symlink: fchmodat follows one (its
+    AT_SYMLINK_NOFOLLOW needs fchmodat2, Linux 6.6, or a glibc that emulates it), and a name
+    lamina has just made (a node, a directory) may have been swapped meanwhile for a symlink to
+    a host file by whoever can write its directory (any local user, in an image's 0777 directory
+    that a lower layer of the dir format left so).  The name is pinned by an O_PATH|O_NOFOLLOW fd,
+    a symlink refused (ELOOP), and chmod reaches the inode through /proc (fchmod refuses O_PATH
+    fds), as glibc's own emulation does.  0, or -1 with errno set."""
+    cdef char proc[32]
+    cdef int r, e
+    cdef stat st
+    cdef int pfd = openat(fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
+    if pfd < 0:
+        return -1
+    if fstat(pfd, &st) < 0:
+        e = errno
+        close(pfd)
+        lamina_set_errno(e)
+        return -1
+    if S_ISLNK(st.st_mode):
+        close(pfd)
+        lamina_set_errno(ELOOP)
+        return -1
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd)
+    r = fchmodat(AT_FDCWD, proc, mode, 0)
+    e = errno
+    close(pfd)
+    lamina_set_errno(e)
+    return r
+
+
 cdef int _chmod_dir_at(int fd, const char *name, mode_t mode) noexcept nogil:
-    """chmod the directory ``name`` under ``fd``, never through a symlink: fchmodat follows
-    one (its AT_SYMLINK_NOFOLLOW needs fchmodat2, Linux 6.6, or a glibc that emulates it),
-    and a name seen as a directory may have been swapped for a symlink to a host directory.  The name is
-    pinned by an O_PATH|O_NOFOLLOW fd (a symlink fails O_DIRECTORY with ENOTDIR), which
-    chmod reaches through /proc (fchmod refuses O_PATH fds).  0, or -1 with errno set."""
+    """chmod the directory ``name`` under ``fd`` (see _chmod_at): pinned by an O_PATH fd that
+    O_DIRECTORY makes fail on anything else (a symlink: ENOTDIR).  0, or -1 with errno set."""
     cdef char proc[32]
     cdef int r, e
     cdef int pfd = openat(fd, name, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC)
@@ -3980,7 +4008,7 @@ cdef class Extractor:
         if self.is_root and fchownat(pfd, base, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0:
             self._oserror("chown", name)
         self._copy_xattrs(b"/proc/self/fd/%d/%s" % (lfd, base), b"/proc/self/fd/%d/%s" % (pfd, base), name)
-        if not S_ISLNK(st.st_mode) and fchmodat(pfd, base, st.st_mode & 0o7777, 0) < 0:
+        if not S_ISLNK(st.st_mode) and _chmod_at(pfd, base, st.st_mode & 0o7777) < 0:
             self._oserror("chmod", name)
         if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
             self._oserror("set times of", name)
@@ -4246,7 +4274,7 @@ cdef class Extractor:
                     raise _errors.ExtractError(f"entry {_show(name)}: remove the ACL its directory "
                                                f"gave it failed: {os.strerror(e.errno)}") from None
         if (fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and (st.st_mode & 0o7777) != mode
-                and fchmodat(pfd, base, <mode_t>mode, 0) < 0):
+                and _chmod_at(pfd, base, <mode_t>mode) < 0):
             self._oserror("chmod", name)
 
     cdef void _provide(self, bytes parent, bytes base, bint is_dir) except *:
@@ -5977,9 +6005,9 @@ cdef class Extractor:
             if mknodat(pfd, base, fmt | <mode_t>self.cur_mode, makedev(<unsigned>major, <unsigned>minor)) < 0:
                 self._oserror("mknod", name)
         self._metadata_at(pfd, base, name)
-        # mknod applies the umask, and chown may clear setuid bits: chmod last.
-        # The node was just made here, so chmod cannot hit a symlink.
-        if fchmodat(pfd, base, <mode_t>self.cur_mode, 0) < 0:
+        # mknod applies the umask, and chown may clear setuid bits: chmod last (by _chmod_at: the
+        # node was just made, but another user may have swapped it for a symlink since)
+        if _chmod_at(pfd, base, <mode_t>self.cur_mode) < 0:
             self._oserror("chmod", name)
         return True
 
@@ -5992,7 +6020,7 @@ cdef class Extractor:
         self._entry_times(ts)
         if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
             return SC_TIMES
-        if fchmodat(pfd, base, <mode_t>self.cur_mode, 0) < 0:
+        if _chmod_at(pfd, base, <mode_t>self.cur_mode) < 0:
             return SC_CHMOD
         return SC_OK
 
