@@ -69,3 +69,62 @@ def test_a_node_swapped_for_a_symlink_before_its_chmod_leaves_the_host_file_alon
     assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600, "lamina chmod'ed the host file through the symlink"
     assert proc.returncode == 0, err
 
+
+def _root_mode_tar(mode):
+    """A layer whose "./" entry gives the rootfs ``mode``, and one file."""
+    return Tar().dir("./", mode=mode).file("hello", b"image\n").bytes()
+
+
+def test_dest_swapped_for_a_symlink_while_filled_in_place_leaves_the_target_alone(tmp_path):
+    """An existing empty DEST whose parent the user cannot write (another user's directory) is
+    filled in place: the entries move up from DEST/.lamina-tmp-*, then DEST gets the image
+    root's mode, owner and xattrs.  That went by DEST's path (rename, chmod, setxattr, rmdir,
+    utime), so the parent's owner, swapping DEST for a symlink to a directory of the user's
+    (~/.ssh) once the entries had moved, had lamina chmod it to the image root's mode (0777
+    here) and then, the staging dir not being found there, "take back" the moved entries by
+    removing the ones of the same names in it."""
+    import threading
+    from layerkit import rmtree, run_as_nobody, world_tmpdir
+    require_tool("strace")
+    world = world_tmpdir()   # root's: nobody cannot write it, so DEST is filled in place
+    try:
+        victim = os.path.join(world, "victim")   # nobody's own private directory
+        os.mkdir(victim, 0o700)
+        with open(os.path.join(victim, "hello"), "w") as f:
+            f.write("mine\n")
+        dest = os.path.join(world, "dest")
+        os.mkdir(dest, 0o755)
+        for p in (victim, os.path.join(victim, "hello"), dest):
+            os.chown(p, 65534, 65534)
+        layout = write_image(os.path.join(world, "img"), [_root_mode_tar(0o777)])
+        swapped = []
+
+        def swap():   # as the parent's owner: once the entries moved up, DEST becomes a symlink
+            end = time.monotonic() + 60
+            while time.monotonic() < end and not swapped:
+                if os.path.lexists(os.path.join(dest, "hello")):
+                    os.rename(dest, os.path.join(world, "moved"))
+                    os.symlink(victim, dest)
+                    swapped.append(True)
+                time.sleep(0.001)
+
+        t = threading.Thread(target=swap)
+        t.start()
+        try:
+            proc = run_as_nobody("lamina.unpack(sys.argv[1], sys.argv[2])", f"oci:{layout}:img", dest,
+                                 prefix=["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=chmod,fchmodat",
+                                         "-e", "inject=chmod,fchmodat:delay_enter=300000"])
+        finally:
+            swapped.append(False)  # stops the thread if it never swapped
+            t.join()
+        assert swapped[0] is True, f"the entries never moved up: {proc.stderr}"
+        assert stat.S_IMODE(os.stat(victim).st_mode) == 0o700, "DEST's mode went through the symlink"
+        with open(os.path.join(victim, "hello")) as f:
+            assert f.read() == "mine\n", "an entry of the user's own was removed through the symlink"
+        # the image went where the directory lamina held went, whole
+        assert proc.returncode == 0, proc.stderr
+        moved = os.path.join(world, "moved")
+        assert stat.S_IMODE(os.stat(moved).st_mode) == 0o777 and os.listdir(moved) == ["hello"]
+    finally:
+        rmtree(world)
+
