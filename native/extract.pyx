@@ -2324,10 +2324,16 @@ cdef class Extractor:
                 self.hide_level = -1
         if not self.scan_only:
             root_b = os.fsencode(root)
-            self.rootfd = openat(AT_FDCWD, root_b, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            # never through a symlink, as apply_layer refuses one: a name checked then opened
+            # by its path could be swapped for a link to /etc in between by whoever can write
+            # its parent (a staging dir beside DEST in a shared directory)
+            self.rootfd = openat(AT_FDCWD, root_b, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             if self.rootfd < 0:
-                raise _errors.ExtractError(
-                    f"cannot open destination {os.fsdecode(root_b)!r}: {os.strerror(errno)}")
+                e = errno
+                if (e == ELOOP or e == ENOTDIR) and os.path.islink(root_b):  # O_DIRECTORY says ENOTDIR
+                    raise _errors.ExtractError(f"destination {os.fsdecode(root_b)!r} is a symlink: lamina "
+                                               f"does not extract through one", errno=ELOOP)
+                raise _errors.ExtractError(f"cannot open destination {os.fsdecode(root_b)!r}: {os.strerror(e)}")
         if self.rootfd >= 0:
             rst = os.fstat(self.rootfd)
             self.root_key = (rst.st_dev, rst.st_ino)

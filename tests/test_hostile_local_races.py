@@ -128,3 +128,38 @@ def test_dest_swapped_for_a_symlink_while_filled_in_place_leaves_the_target_alon
     finally:
         rmtree(world)
 
+
+def test_apply_atomic_staging_swapped_for_a_symlink_before_it_is_opened_writes_nothing_there(tmp_path):
+    """apply --atomic stages the layer in a sibling of DEST; apply_layer refuses a DEST that is a
+    symlink, then the extractor opened it by its path, following a symlink there: whoever can
+    write DEST's parent (a group's shared directory) and swapped the staging dir for a link to
+    /etc in between had the layer written into /etc.  strace holds the staging dir's mkdir back
+    at its exit, where the swap lands."""
+    require_tool("strace")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(Tar().file("planted", b"image\n").bytes())
+    dest = shared / "dest"
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=mkdir,mkdirat",
+                             "-e", "inject=mkdir,mkdirat:delay_exit=300000", "--",
+                             *LAMINA, "apply", "--atomic", str(layer), str(dest)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    swapped = False
+    try:
+        end = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < end and not swapped:
+            for p in glob.glob(f"{shared}/.dest.lamina-staging-*"):
+                if os.path.isdir(p) and not os.path.islink(p):
+                    os.rename(p, tmp_path / "aside")
+                    os.symlink(victim, p)
+                    swapped = True
+                    break
+            time.sleep(0.001)
+    finally:
+        _, err = proc.communicate(timeout=120)
+    assert swapped, f"no staging dir was seen: {err}"
+    assert os.listdir(victim) == [], "the layer was written through the swapped-in symlink"
+    assert proc.returncode == 1 and "symlink" in err, err
