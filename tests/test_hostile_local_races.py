@@ -163,3 +163,49 @@ def test_apply_atomic_staging_swapped_for_a_symlink_before_it_is_opened_writes_n
     assert swapped, f"no staging dir was seen: {err}"
     assert os.listdir(victim) == [], "the layer was written through the swapped-in symlink"
     assert proc.returncode == 1 and "symlink" in err, err
+
+
+def test_overlay_lowers_through_a_swapped_staging_dir_copy_up_nothing_of_the_host(tmp_path):
+    """The overlay format's layers opened the layers below them by path, through the staging
+    dir beside DEST, when they first needed them (a hardlink to a lower file is copied up).
+    Whoever can write DEST's parent, swapping the staging dir meanwhile for a link to a
+    directory of theirs whose layers/0 leads to a host directory, had that directory read as
+    the lower layer: the host's file was copied into the image.  strace holds layer 0 back
+    (its FIFO's mknodat) while layer 1 waits on it."""
+    require_tool("strace")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "f").write_text("secret\n")
+    theirs = tmp_path / "theirs" / "layers"
+    theirs.mkdir(parents=True)
+    os.symlink(victim, theirs / "0")
+    (theirs / "1").mkdir()
+    layout = write_image(tmp_path / "img", [Tar().file("f", b"image\n").fifo("p").bytes(),
+                                            Tar().hardlink("h", "f").bytes()])
+    dest = tmp_path / "dest"
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=mknodat",
+                             "-e", "inject=mknodat:delay_enter=1500000", "--",
+                             *LAMINA, "unpack", "--overlay", f"oci:{layout}:img", str(dest)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    swapped = False
+    try:
+        end = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < end and not swapped:
+            for f in glob.glob(f"{dest}.lamina-tmp-*/layers/0/f"):
+                staging = f[:-len("/layers/0/f")]
+                time.sleep(0.3)   # layer 1 is at its hardlink, waiting for layer 0
+                os.rename(staging, tmp_path / "aside")
+                os.symlink(theirs.parent, staging)
+                swapped = True
+                break
+            time.sleep(0.001)
+    finally:
+        _, err = proc.communicate(timeout=120)
+    assert swapped, f"layer 0 was never seen: {err}"
+    for top, _, files in os.walk(tmp_path):
+        for n in files:
+            p = os.path.join(top, n)
+            if p != os.fspath(victim / "f") and stat.S_ISREG(os.lstat(p).st_mode):
+                with open(p, "rb") as fh:
+                    assert b"secret" not in fh.read(), f"the host's file was copied up into {p}"
+    assert (tmp_path / "aside" / "layers" / "1" / "h").read_text() == "image\n", err

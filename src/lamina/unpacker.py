@@ -77,21 +77,25 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
             if format == "dir":
                 stats.layers = _apply_flat(image.layers, staging, limits)
             else:
-                stats.layers = _apply_overlay(image.layers, staging, limits)
+                # the layers' dirs, and the lower ones each layer opens when it needs them, by
+                # the staging dir's fd: never by a path through DEST's parent, where whoever can
+                # write it could swap the staging dir for a link to where lowers/0 is /etc
+                pinned = pinned_staging(staging)
+                stats.layers = _apply_overlay(image.layers, pinned, limits)
                 stats.layer_dirs = [os.path.join(dest, "layers", str(i)) for i in range(len(image.layers))]
                 lowers = stats.layer_dirs
                 if len(lowers) < 2:
                     # overlayfs mounts no fewer than two lower layers without an upper one (an
                     # image of none: layers/ is the other empty one; one dir twice is refused)
-                    os.mkdir(os.path.join(staging, EMPTY_LOWER))
-                    os.chmod(os.path.join(staging, EMPTY_LOWER), 0o755)  # whatever the umask
+                    os.mkdir(os.path.join(pinned, EMPTY_LOWER))
+                    os.chmod(os.path.join(pinned, EMPTY_LOWER), 0o755)  # whatever the umask
                     lowers = [os.path.join(dest, EMPTY_LOWER)] + (lowers or [os.path.join(dest, "layers")])
                 # the extractor marks opaque dirs trusted.overlay.* as root, else user.overlay.*:
                 # a mount reads one namespace, and without userxattr not the user one
                 stats.mount_options = mount_options(lowers, userxattr=os.geteuid() != 0)
                 # the path's own bytes (DEST need not be UTF-8), as mount -o wants them; a new
                 # file, never one a symlink there leads to (see _make_staging on who may write)
-                fd = os.open(os.path.join(staging, "mount-options"),
+                fd = os.open(os.path.join(pinned, "mount-options"),
                              os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
                 with open(fd, "wb") as f:
                     f.write(os.fsencode(stats.mount_options) + b"\n")
@@ -300,7 +304,7 @@ _STAGING_PREFIX = ".lamina-tmp-"
 # name: so a DEST.lamina-tmp-* dir nobody holds locked is one a killed unpack left, which the
 # next unpack to DEST removes (a --link one holds names of store objects gc could never free).
 _NEWBORN_PREFIX = ".lamina-new-"
-_held = {}  # staging dir -> the fd holding its lock
+_held = {}  # staging dir -> an fd of it (a sibling's holds its lock)
 _in_place = {}  # staging dir inside DEST -> (DEST's fd, (st_dev, st_ino) of the staging dir)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -378,14 +382,22 @@ def _make_staging_inside(dest):
         try:
             st = os.fstat(fd)
             os.fchmod(fd, 0o755)  # as a sibling's: a layer's own "./" entry may still set it
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
     except BaseException:
         os.close(dest_fd)
         raise
     staging = os.path.join(dest, own)
     _in_place[staging] = (dest_fd, (st.st_dev, st.st_ino))
+    _held[staging] = fd
     return staging
+
+
+def pinned_staging(staging):
+    """``/proc/self/fd/N`` of the staging dir: a path that reaches the directory made, whatever
+    is at its name now."""
+    return f"/proc/self/fd/{_held[staging]}"
 
 
 def release_staging(staging):
