@@ -1647,51 +1647,49 @@ cdef list _scan_and_unlink(int fd):
     return subdirs
 
 
+cdef int _chmod_pinned(int pfd, mode_t mode) noexcept nogil:
+    """chmod the inode of the O_PATH fd ``pfd`` (closed): through /proc, since fchmod refuses
+    O_PATH fds.  0, or -1 with errno set."""
+    cdef char proc[32]
+    cdef int r, e
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd)
+    r = fchmodat(AT_FDCWD, proc, mode, 0)
+    e = errno
+    close(pfd)
+    lamina_set_errno(e)
+    return r
+
+
 cdef int _chmod_at(int fd, const char *name, mode_t mode) noexcept nogil:
     """chmod ``name`` under ``fd``, never through a symlink: fchmodat follows one (its
     AT_SYMLINK_NOFOLLOW needs fchmodat2, Linux 6.6, or a glibc that emulates it), and a name
     lamina has just made (a node, a directory) may have been swapped meanwhile for a symlink to
     a host file by whoever can write its directory (any local user, in an image's 0777 directory
-    that a lower layer of the dir format left so).  The name is pinned by an O_PATH|O_NOFOLLOW fd,
-    a symlink refused (ELOOP), and chmod reaches the inode through /proc (fchmod refuses O_PATH
-    fds), as glibc's own emulation does.  0, or -1 with errno set."""
-    cdef char proc[32]
-    cdef int r, e
+    that a lower layer of the dir format left so).  The name is pinned by an O_PATH|O_NOFOLLOW fd
+    and a symlink refused (ELOOP), as glibc's own emulation does.  0, or -1 with errno set."""
+    cdef int e
     cdef stat st
     cdef int pfd = openat(fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
     if pfd < 0:
         return -1
     if fstat(pfd, &st) < 0:
         e = errno
-        close(pfd)
-        lamina_set_errno(e)
-        return -1
-    if S_ISLNK(st.st_mode):
-        close(pfd)
-        lamina_set_errno(ELOOP)
-        return -1
-    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd)
-    r = fchmodat(AT_FDCWD, proc, mode, 0)
-    e = errno
+    elif S_ISLNK(st.st_mode):
+        e = ELOOP
+    else:
+        return _chmod_pinned(pfd, mode)
     close(pfd)
     lamina_set_errno(e)
-    return r
+    return -1
 
 
 cdef int _chmod_dir_at(int fd, const char *name, mode_t mode) noexcept nogil:
     """chmod the directory ``name`` under ``fd`` (see _chmod_at): pinned by an O_PATH fd that
     O_DIRECTORY makes fail on anything else (a symlink: ENOTDIR).  0, or -1 with errno set."""
-    cdef char proc[32]
-    cdef int r, e
     cdef int pfd = openat(fd, name, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC)
     if pfd < 0:
         return -1
-    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd)
-    r = fchmodat(AT_FDCWD, proc, mode, 0)
-    e = errno
-    close(pfd)
-    lamina_set_errno(e)
-    return r
+    return _chmod_pinned(pfd, mode)
 
 
 cdef int _open_subdir(int fd, bytes name) except -2:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import glob
 import os
-import signal
 import stat
 import subprocess
 import time
@@ -26,21 +25,29 @@ from storekit import LAMINA
 from tarbuild import Tar
 
 
-def _swap_when_made(pattern, victim, proc, deadline=60):
-    """Once ``pattern`` names a FIFO, put a symlink to ``victim`` in its place (as a local user
-    could in a 0777 directory); True if it did before ``proc`` ended."""
-    end = time.monotonic() + deadline
-    while proc.poll() is None and time.monotonic() < end:
-        for p in glob.glob(pattern):
-            try:
-                if stat.S_ISFIFO(os.lstat(p).st_mode):
-                    os.unlink(p)
-                    os.symlink(victim, p)
-                    return True
-            except FileNotFoundError:
-                pass
-        time.sleep(0.001)
-    return False
+def _race(call, delay, argv, pattern, swap, ready=os.path.lexists):
+    """Run ``lamina argv`` under strace holding ``call`` back (``delay``: strace's
+    ``delay_enter=``/``delay_exit=`` microseconds), and once ``pattern`` names a path that
+    ``ready`` accepts, ``swap(path)`` as the other user would.  (swapped, exit status, stderr)."""
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={call}",
+                             "-e", f"inject={call}:{delay}", "--", *LAMINA, *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    swapped = False
+    try:
+        end = time.monotonic() + 60
+        while not swapped and proc.poll() is None and time.monotonic() < end:
+            for p in glob.glob(pattern):
+                try:
+                    if ready(p):
+                        swap(p)
+                        swapped = True
+                        break
+                except FileNotFoundError:
+                    pass
+            time.sleep(0.001)
+    finally:
+        _, err = proc.communicate(timeout=120)
+    return swapped, proc.returncode, err
 
 
 def test_a_node_swapped_for_a_symlink_before_its_chmod_leaves_the_host_file_alone(tmp_path):
@@ -55,19 +62,17 @@ def test_a_node_swapped_for_a_symlink_before_its_chmod_leaves_the_host_file_alon
     layout = write_image(tmp_path / "img", [Tar().dir("pub", mode=0o777).bytes(),
                                             Tar().fifo("pub/p", mode=0o666).bytes()])
     dest = tmp_path / "dest"
-    proc = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fchmodat",
-                             "-e", "inject=fchmodat:delay_enter=300000", "--",
-                             *LAMINA, "unpack", f"oci:{layout}:img", str(dest)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        swapped = _swap_when_made(f"{dest}.lamina-tmp-*/pub/p", victim, proc)
-    finally:
-        _, err = proc.communicate(timeout=120)
+
+    def swap(p):   # as any user may in a 0777 directory
+        os.unlink(p)
+        os.symlink(victim, p)
+
+    swapped, rc, err = _race("fchmodat", "delay_enter=300000", ["unpack", f"oci:{layout}:img", str(dest)],
+                             f"{dest}.lamina-tmp-*/pub/p", swap, ready=lambda p: stat.S_ISFIFO(os.lstat(p).st_mode))
     assert swapped, f"the FIFO was never seen: {err}"
     # the chmod, held back, reaches the FIFO lamina made (pinned before the swap), never the link
     assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600, "lamina chmod'ed the host file through the symlink"
-    assert proc.returncode == 0, err
+    assert rc == 0, err
 
 
 def _root_mode_tar(mode):
@@ -143,26 +148,17 @@ def test_apply_atomic_staging_swapped_for_a_symlink_before_it_is_opened_writes_n
     layer = tmp_path / "layer.tar"
     layer.write_bytes(Tar().file("planted", b"image\n").bytes())
     dest = shared / "dest"
-    proc = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=mkdir,mkdirat",
-                             "-e", "inject=mkdir,mkdirat:delay_exit=300000", "--",
-                             *LAMINA, "apply", "--atomic", str(layer), str(dest)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    swapped = False
-    try:
-        end = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < end and not swapped:
-            for p in glob.glob(f"{shared}/.dest.lamina-staging-*"):
-                if os.path.isdir(p) and not os.path.islink(p):
-                    os.rename(p, tmp_path / "aside")
-                    os.symlink(victim, p)
-                    swapped = True
-                    break
-            time.sleep(0.001)
-    finally:
-        _, err = proc.communicate(timeout=120)
+
+    def swap(p):
+        os.rename(p, tmp_path / "aside")
+        os.symlink(victim, p)
+
+    swapped, rc, err = _race("mkdir,mkdirat", "delay_exit=300000", ["apply", "--atomic", str(layer), str(dest)],
+                             f"{shared}/.dest.lamina-staging-*", swap,
+                             ready=lambda p: os.path.isdir(p) and not os.path.islink(p))
     assert swapped, f"no staging dir was seen: {err}"
     assert os.listdir(victim) == [], "the layer was written through the swapped-in symlink"
-    assert proc.returncode == 1 and "symlink" in err, err
+    assert rc == 1 and "symlink" in err, err
 
 
 def test_overlay_lowers_through_a_swapped_staging_dir_copy_up_nothing_of_the_host(tmp_path):
@@ -183,24 +179,15 @@ def test_overlay_lowers_through_a_swapped_staging_dir_copy_up_nothing_of_the_hos
     layout = write_image(tmp_path / "img", [Tar().file("f", b"image\n").fifo("p").bytes(),
                                             Tar().hardlink("h", "f").bytes()])
     dest = tmp_path / "dest"
-    proc = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=mknodat",
-                             "-e", "inject=mknodat:delay_enter=1500000", "--",
-                             *LAMINA, "unpack", "--overlay", f"oci:{layout}:img", str(dest)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    swapped = False
-    try:
-        end = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < end and not swapped:
-            for f in glob.glob(f"{dest}.lamina-tmp-*/layers/0/f"):
-                staging = f[:-len("/layers/0/f")]
-                time.sleep(0.3)   # layer 1 is at its hardlink, waiting for layer 0
-                os.rename(staging, tmp_path / "aside")
-                os.symlink(theirs.parent, staging)
-                swapped = True
-                break
-            time.sleep(0.001)
-    finally:
-        _, err = proc.communicate(timeout=120)
+
+    def swap(f):
+        staging = f[:-len("/layers/0/f")]
+        time.sleep(0.3)   # layer 1 is at its hardlink, waiting for layer 0
+        os.rename(staging, tmp_path / "aside")
+        os.symlink(theirs.parent, staging)
+
+    swapped, _, err = _race("mknodat", "delay_enter=1500000", ["unpack", "--overlay", f"oci:{layout}:img", str(dest)],
+                            f"{dest}.lamina-tmp-*/layers/0/f", swap)
     assert swapped, f"layer 0 was never seen: {err}"
     for top, _, files in os.walk(tmp_path):
         for n in files:
