@@ -1657,23 +1657,49 @@ cdef list _scan_and_unlink(int fd):
     return subdirs
 
 
-cdef int _chmod_dir_at(int fd, const char *name, mode_t mode) noexcept nogil:
-    """chmod the directory ``name`` under ``fd``, never through a symlink: fchmodat follows
-    one (its AT_SYMLINK_NOFOLLOW needs fchmodat2, Linux 6.6, or a glibc that emulates it),
-    and a name seen as a directory may have been swapped for a symlink to a host directory.  The name is
-    pinned by an O_PATH|O_NOFOLLOW fd (a symlink fails O_DIRECTORY with ENOTDIR), which
-    chmod reaches through /proc (fchmod refuses O_PATH fds).  0, or -1 with errno set."""
+cdef int _chmod_pinned(int pfd, mode_t mode) noexcept nogil:
+    """chmod the inode of the O_PATH fd ``pfd`` (closed): through /proc, since fchmod refuses
+    O_PATH fds.  0, or -1 with errno set."""
     cdef char proc[32]
     cdef int r, e
-    cdef int pfd = openat(fd, name, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC)
-    if pfd < 0:
-        return -1
     snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd)
     r = fchmodat(AT_FDCWD, proc, mode, 0)
     e = errno
     close(pfd)
     lamina_set_errno(e)
     return r
+
+
+cdef int _chmod_at(int fd, const char *name, mode_t mode) noexcept nogil:
+    """chmod ``name`` under ``fd``, never through a symlink: fchmodat follows one (its
+    AT_SYMLINK_NOFOLLOW needs fchmodat2, Linux 6.6, or a glibc that emulates it), and a name
+    lamina has just made (a node, a directory) may have been swapped meanwhile for a symlink to
+    a host file by whoever can write its directory (any local user, in an image's 0777 directory
+    that a lower layer of the dir format left so).  The name is pinned by an O_PATH|O_NOFOLLOW fd
+    and a symlink refused (ELOOP), as glibc's own emulation does.  0, or -1 with errno set."""
+    cdef int e
+    cdef stat st
+    cdef int pfd = openat(fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
+    if pfd < 0:
+        return -1
+    if fstat(pfd, &st) < 0:
+        e = errno
+    elif S_ISLNK(st.st_mode):
+        e = ELOOP
+    else:
+        return _chmod_pinned(pfd, mode)
+    close(pfd)
+    lamina_set_errno(e)
+    return -1
+
+
+cdef int _chmod_dir_at(int fd, const char *name, mode_t mode) noexcept nogil:
+    """chmod the directory ``name`` under ``fd`` (see _chmod_at): pinned by an O_PATH fd that
+    O_DIRECTORY makes fail on anything else (a symlink: ENOTDIR).  0, or -1 with errno set."""
+    cdef int pfd = openat(fd, name, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC)
+    if pfd < 0:
+        return -1
+    return _chmod_pinned(pfd, mode)
 
 
 cdef int _open_subdir(int fd, bytes name) except -2:
@@ -2306,10 +2332,16 @@ cdef class Extractor:
                 self.hide_level = -1
         if not self.scan_only:
             root_b = os.fsencode(root)
-            self.rootfd = openat(AT_FDCWD, root_b, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            # never through a symlink, as apply_layer refuses one: a name checked then opened
+            # by its path could be swapped for a link to /etc in between by whoever can write
+            # its parent (a staging dir beside DEST in a shared directory)
+            self.rootfd = openat(AT_FDCWD, root_b, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             if self.rootfd < 0:
-                raise _errors.ExtractError(
-                    f"cannot open destination {os.fsdecode(root_b)!r}: {os.strerror(errno)}")
+                e = errno
+                if (e == ELOOP or e == ENOTDIR) and os.path.islink(root_b):  # O_DIRECTORY says ENOTDIR
+                    raise _errors.ExtractError(f"destination {os.fsdecode(root_b)!r} is a symlink: lamina "
+                                               f"does not extract through one", errno=ELOOP)
+                raise _errors.ExtractError(f"cannot open destination {os.fsdecode(root_b)!r}: {os.strerror(e)}")
         if self.rootfd >= 0:
             rst = os.fstat(self.rootfd)
             self.root_key = (rst.st_dev, rst.st_ino)
@@ -3990,7 +4022,7 @@ cdef class Extractor:
         if self.is_root and fchownat(pfd, base, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0:
             self._oserror("chown", name)
         self._copy_xattrs(b"/proc/self/fd/%d/%s" % (lfd, base), b"/proc/self/fd/%d/%s" % (pfd, base), name)
-        if not S_ISLNK(st.st_mode) and fchmodat(pfd, base, st.st_mode & 0o7777, 0) < 0:
+        if not S_ISLNK(st.st_mode) and _chmod_at(pfd, base, st.st_mode & 0o7777) < 0:
             self._oserror("chmod", name)
         if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
             self._oserror("set times of", name)
@@ -4256,7 +4288,7 @@ cdef class Extractor:
                     raise _errors.ExtractError(f"entry {_show(name)}: remove the ACL its directory "
                                                f"gave it failed: {os.strerror(e.errno)}") from None
         if (fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 and (st.st_mode & 0o7777) != mode
-                and fchmodat(pfd, base, <mode_t>mode, 0) < 0):
+                and _chmod_at(pfd, base, <mode_t>mode) < 0):
             self._oserror("chmod", name)
 
     cdef void _provide(self, bytes parent, bytes base, bint is_dir) except *:
@@ -5990,9 +6022,9 @@ cdef class Extractor:
             if mknodat(pfd, base, fmt | <mode_t>self.cur_mode, makedev(<unsigned>major, <unsigned>minor)) < 0:
                 self._oserror("mknod", name)
         self._metadata_at(pfd, base, name)
-        # mknod applies the umask, and chown may clear setuid bits: chmod last.
-        # The node was just made here, so chmod cannot hit a symlink.
-        if fchmodat(pfd, base, <mode_t>self.cur_mode, 0) < 0:
+        # mknod applies the umask, and chown may clear setuid bits: chmod last (by _chmod_at: the
+        # node was just made, but another user may have swapped it for a symlink since)
+        if _chmod_at(pfd, base, <mode_t>self.cur_mode) < 0:
             self._oserror("chmod", name)
         return True
 
@@ -6005,7 +6037,7 @@ cdef class Extractor:
         self._entry_times(ts)
         if utimensat(pfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0:
             return SC_TIMES
-        if fchmodat(pfd, base, <mode_t>self.cur_mode, 0) < 0:
+        if _chmod_at(pfd, base, <mode_t>self.cur_mode) < 0:
             return SC_CHMOD
         return SC_OK
 

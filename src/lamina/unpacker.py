@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import secrets
 import stat
 import tempfile
 import time
@@ -76,20 +77,27 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackS
             if format == "dir":
                 stats.layers = _apply_flat(image.layers, staging, limits)
             else:
-                stats.layers = _apply_overlay(image.layers, staging, limits)
+                # the layers' dirs, and the lower ones each layer opens when it needs them, by
+                # the staging dir's fd: never by a path through DEST's parent, where whoever can
+                # write it could swap the staging dir for a link to where lowers/0 is /etc
+                pinned = pinned_staging(staging)
+                stats.layers = _apply_overlay(image.layers, pinned, limits)
                 stats.layer_dirs = [os.path.join(dest, "layers", str(i)) for i in range(len(image.layers))]
                 lowers = stats.layer_dirs
                 if len(lowers) < 2:
                     # overlayfs mounts no fewer than two lower layers without an upper one (an
                     # image of none: layers/ is the other empty one; one dir twice is refused)
-                    os.mkdir(os.path.join(staging, EMPTY_LOWER))
-                    os.chmod(os.path.join(staging, EMPTY_LOWER), 0o755)  # whatever the umask
+                    os.mkdir(os.path.join(pinned, EMPTY_LOWER))
+                    os.chmod(os.path.join(pinned, EMPTY_LOWER), 0o755)  # whatever the umask
                     lowers = [os.path.join(dest, EMPTY_LOWER)] + (lowers or [os.path.join(dest, "layers")])
                 # the extractor marks opaque dirs trusted.overlay.* as root, else user.overlay.*:
                 # a mount reads one namespace, and without userxattr not the user one
                 stats.mount_options = mount_options(lowers, userxattr=os.geteuid() != 0)
-                # the path's own bytes (DEST need not be UTF-8), as mount -o wants them
-                with open(os.path.join(staging, "mount-options"), "wb") as f:
+                # the path's own bytes (DEST need not be UTF-8), as mount -o wants them; a new
+                # file, never one a symlink there leads to (see _make_staging on who may write)
+                fd = os.open(os.path.join(pinned, "mount-options"),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+                with open(fd, "wb") as f:
                     f.write(os.fsencode(stats.mount_options) + b"\n")
             seconds["layers"] = time.perf_counter() - t
 
@@ -285,13 +293,20 @@ def _escape_lowerdir(path):
 # .lamina-tmp-* entry until it is complete; an error or Ctrl-C while moving up
 # takes back what was moved, and only a crash there (kill -9, power loss) leaves
 # DEST part-filled, with that entry in it, which the next unpack names.
+#
+# Filling in place, DEST sits in a directory someone else owns, who may swap DEST for a
+# symlink to a directory of the user's (~/.ssh) at any moment.  So DEST is held by an fd from
+# the start, and the move up, the root's metadata and the cleanup go through that fd and the
+# staging dir's (checked to be the one made), never through DEST's path.
 
 _STAGING_PREFIX = ".lamina-tmp-"
 # A sibling staging dir is made under this name, locked (flock), then renamed to its staging
 # name: so a DEST.lamina-tmp-* dir nobody holds locked is one a killed unpack left, which the
 # next unpack to DEST removes (a --link one holds names of store objects gc could never free).
 _NEWBORN_PREFIX = ".lamina-new-"
-_held = {}  # staging dir -> the fd holding its lock
+_held = {}  # staging dir -> an fd of it (a sibling's holds its lock)
+_in_place = {}  # staging dir inside DEST -> (DEST's fd, (st_dev, st_ino) of the staging dir)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def name_dest(e, dest):
@@ -323,30 +338,66 @@ def _make_staging(dest):
     ``dest`` when a sibling cannot be renamed onto it (see above)."""
     parent, name = os.path.split(dest)
     if _fill_in_place(dest, parent):
-        staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=dest)
-    else:
-        make_dirs(parent, f"destination {dest}")
-        _sweep_killed_siblings(parent, name)
-        while True:
-            newborn = tempfile.mkdtemp(prefix=f"{name}{_NEWBORN_PREFIX}", dir=parent)
-            fd = os.open(newborn, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            staging = os.path.join(parent, name + _STAGING_PREFIX +
-                                   newborn[len(os.path.join(parent, name + _NEWBORN_PREFIX)):])
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                os.rename(newborn, staging)
-                break
-            except FileNotFoundError:
-                os.close(fd)   # another unpack to DEST swept it before our lock: still empty, make another
-            except BaseException:
-                os.close(fd)
-                _remove_newborn(newborn)
-                raise
-        _held[staging] = fd
+        return _make_staging_inside(dest)
+    make_dirs(parent, f"destination {dest}")
+    _sweep_killed_siblings(parent, name)
+    while True:
+        newborn = tempfile.mkdtemp(prefix=f"{name}{_NEWBORN_PREFIX}", dir=parent)
+        fd = os.open(newborn, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        staging = os.path.join(parent, name + _STAGING_PREFIX +
+                               newborn[len(os.path.join(parent, name + _NEWBORN_PREFIX)):])
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(newborn, staging)
+            break
+        except FileNotFoundError:
+            os.close(fd)   # another unpack to DEST swept it before our lock: still empty, make another
+        except BaseException:
+            os.close(fd)
+            _remove_newborn(newborn)
+            raise
+    _held[staging] = fd
     # mkdtemp makes it 0700; a rootfs (or the overlay container dir) is normally 0755.
     # A layer's own "./" entry may still set the root's mode.
-    os.chmod(staging, 0o755)
+    os.fchmod(fd, 0o755)
     return staging
+
+
+def _make_staging_inside(dest):
+    """The hidden staging dir inside an existing empty ``dest``, made and recorded through an
+    fd of ``dest`` (see "destination handling")."""
+    try:
+        dest_fd = os.open(dest, _DIR_FLAGS)
+    except OSError as e:
+        raise ExtractError(f"cannot open destination {dest}: {e.strerror}") from None
+    try:
+        while True:
+            own = _STAGING_PREFIX + secrets.token_hex(4)
+            try:
+                os.mkdir(own, 0o700, dir_fd=dest_fd)
+                break
+            except FileExistsError:
+                continue
+        fd = os.open(own, _DIR_FLAGS, dir_fd=dest_fd)
+        try:
+            st = os.fstat(fd)
+            os.fchmod(fd, 0o755)  # as a sibling's: a layer's own "./" entry may still set it
+        except BaseException:
+            os.close(fd)
+            raise
+    except BaseException:
+        os.close(dest_fd)
+        raise
+    staging = os.path.join(dest, own)
+    _in_place[staging] = (dest_fd, (st.st_dev, st.st_ino))
+    _held[staging] = fd
+    return staging
+
+
+def pinned_staging(staging):
+    """``/proc/self/fd/N`` of the staging dir: a path that reaches the directory made, whatever
+    is at its name now."""
+    return f"/proc/self/fd/{_held[staging]}"
 
 
 def release_staging(staging):
@@ -354,6 +405,9 @@ def release_staging(staging):
     fd = _held.pop(staging, None)
     if fd is not None:
         os.close(fd)
+    held = _in_place.pop(staging, None)
+    if held is not None:
+        os.close(held[0])
 
 
 def _remove_newborn(path):
@@ -406,7 +460,7 @@ def _fill_in_place(dest, parent):
 
 
 def _commit(staging, dest):
-    if os.path.dirname(staging) == dest:
+    if staging in _in_place:
         _move_up(staging, dest)
         return
     try:
@@ -419,44 +473,57 @@ def _commit(staging, dest):
 
 def _move_up(staging, dest):
     """Fill ``dest`` from the staging dir inside it (see above): every entry, then the
-    root's own metadata; on failure, take back what was moved."""
+    root's own metadata; on failure, take back what was moved.  All through the fds of
+    ``dest`` and of the staging dir: never a path that a swap of DEST could redirect."""
+    dest_fd, made = _in_place[staging]
     own = os.path.basename(staging)
-    others = [n for n in os.listdir(dest) if n != own]
-    if others:  # as rename(2) would: never mix our tree with what someone else put there
-        raise ExtractError(f"cannot move the unpacked image into {dest}: it is not empty any more ({others[0]})")
-    names = os.listdir(staging)
-    if own in names:  # the image has an entry named like our staging dir (a 1 in 62**8 chance)
-        raise ExtractError(f"cannot unpack into {dest}: the image has an entry named {own}; unpack again")
-    st = os.lstat(staging)  # before the moves change its mtime
-    if stat.S_IMODE(st.st_mode) & 0o300 != 0o300:
-        os.chmod(staging, stat.S_IMODE(st.st_mode) | 0o700)  # an image's 0555 root: moving out needs write
-    moved = []
     try:
-        for n in names:
-            os.rename(os.path.join(staging, n), os.path.join(dest, n))
-            moved.append(n)
-        _copy_root_metadata(st, staging, dest)
-        os.rmdir(staging)
-        os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
-    except BaseException:
-        for n in moved:  # back into staging, which the caller then abandons as a whole
-            try:
-                os.rename(os.path.join(dest, n), os.path.join(staging, n))
-            except OSError:
-                remove_tree(os.path.join(dest, n))
-        raise
+        stage_fd = os.open(own, _DIR_FLAGS, dir_fd=dest_fd)
+    except OSError as e:
+        raise ExtractError(f"cannot move the unpacked image into {dest}: its staging dir {own} "
+                           f"is gone ({e.strerror})") from None
+    try:
+        st = os.fstat(stage_fd)  # before the moves change its mtime
+        if (st.st_dev, st.st_ino) != made:
+            raise ExtractError(f"cannot move the unpacked image into {dest}: its staging dir {own} was "
+                               f"replaced while the image was unpacked")
+        others = [n for n in os.listdir(dest_fd) if n != own]
+        if others:  # as rename(2) would: never mix our tree with what someone else put there
+            raise ExtractError(f"cannot move the unpacked image into {dest}: it is not empty any more ({others[0]})")
+        names = os.listdir(stage_fd)
+        if own in names:  # the image has an entry named like our staging dir (a 1 in 62**8 chance)
+            raise ExtractError(f"cannot unpack into {dest}: the image has an entry named {own}; unpack again")
+        if stat.S_IMODE(st.st_mode) & 0o300 != 0o300:
+            os.fchmod(stage_fd, stat.S_IMODE(st.st_mode) | 0o700)  # an image's 0555 root: moving out needs write
+        moved = []
+        try:
+            for n in names:
+                os.rename(n, n, src_dir_fd=stage_fd, dst_dir_fd=dest_fd)
+                moved.append(n)
+            _copy_root_metadata(st, stage_fd, dest_fd)
+            os.rmdir(own, dir_fd=dest_fd)
+            os.utime(dest_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except BaseException:
+            for n in moved:  # back into staging, which the caller then abandons as a whole
+                try:
+                    os.rename(n, n, src_dir_fd=dest_fd, dst_dir_fd=stage_fd)
+                except OSError:
+                    remove_tree(f"/proc/self/fd/{dest_fd}/{n}")
+            raise
+    finally:
+        os.close(stage_fd)
 
 
-def _copy_root_metadata(st, src, dst):
-    """What the layers gave the staging root ``src`` (owner and mode from ``st``, xattrs) onto
-    ``dst``; what this user may not change (another's directory) stays as it was.  The mtime
-    is the caller's: removing the staging dir changes it."""
+def _copy_root_metadata(st, src_fd, dst_fd):
+    """What the layers gave the staging root (``src_fd``; owner and mode from ``st``, xattrs)
+    onto DEST (``dst_fd``); what this user may not change (another's directory) stays as it was.
+    The mtime is the caller's: removing the staging dir changes it."""
     steps = []
     if os.geteuid() == 0:
-        steps.append(lambda: os.chown(dst, st.st_uid, st.st_gid))
-    steps.append(lambda: os.chmod(dst, stat.S_IMODE(st.st_mode)))
-    for attr in os.listxattr(src):
-        steps.append(lambda attr=attr: os.setxattr(dst, attr, os.getxattr(src, attr)))
+        steps.append(lambda: os.chown(dst_fd, st.st_uid, st.st_gid))
+    steps.append(lambda: os.chmod(dst_fd, stat.S_IMODE(st.st_mode)))
+    for attr in os.listxattr(src_fd):
+        steps.append(lambda attr=attr: os.setxattr(dst_fd, attr, os.getxattr(src_fd, attr)))
     for step in steps:
         try:
             step()

@@ -1,0 +1,198 @@
+"""Another local user racing lamina in a directory that user can write.
+
+An image's directory of mode 0777 is writable by every local user once its layer's fixups set
+that mode, so while the layers above it are written over it (the dir format: one tree for all
+layers) anybody may swap an entry lamina has just made for a symlink.  A call that acts on an
+entry by its name and follows a symlink there (fchmodat(2) without AT_SYMLINK_NOFOLLOW) then
+changes a file of the host.  strace holds the call back, so that the swap lands in the window
+every time rather than once in a million runs.
+
+Only the dir format has such a window: an overlay layer, a store snapshot and a flatten make
+their directories 0700 (at most 0755) until their entries are written (see extract.pyx's
+_mkdir and flatten.pyx's _dir), which test_every_path.py's trees show as they end.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import stat
+import subprocess
+import time
+
+from conftest import require_tool
+from everypath import write_image
+from storekit import LAMINA
+from tarbuild import Tar
+
+
+def _race(call, delay, argv, pattern, swap, ready=os.path.lexists):
+    """Run ``lamina argv`` under strace holding ``call`` back (``delay``: strace's
+    ``delay_enter=``/``delay_exit=`` microseconds), and once ``pattern`` names a path that
+    ``ready`` accepts, ``swap(path)`` as the other user would.  (swapped, exit status, stderr)."""
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={call}",
+                             "-e", f"inject={call}:{delay}", "--", *LAMINA, *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    swapped = False
+    try:
+        end = time.monotonic() + 60
+        while not swapped and proc.poll() is None and time.monotonic() < end:
+            for p in glob.glob(pattern):
+                try:
+                    if ready(p):
+                        swap(p)
+                        swapped = True
+                        break
+                except FileNotFoundError:
+                    pass
+            time.sleep(0.001)
+    finally:
+        _, err = proc.communicate(timeout=120)
+    return swapped, proc.returncode, err
+
+
+def test_a_node_swapped_for_a_symlink_before_its_chmod_leaves_the_host_file_alone(tmp_path):
+    """The dir format made a FIFO or device node with mknodat, then set its mode with
+    fchmodat(pfd, name, mode, 0), which follows a symlink: in a 0777 directory of a lower
+    layer, a user who swapped the node for a link to /etc/shadow between the two had lamina
+    (root) chmod /etc/shadow to the node's mode (here 0666)."""
+    require_tool("strace")
+    victim = tmp_path / "victim"
+    victim.write_text("secret\n")
+    victim.chmod(0o600)
+    layout = write_image(tmp_path / "img", [Tar().dir("pub", mode=0o777).bytes(),
+                                            Tar().fifo("pub/p", mode=0o666).bytes()])
+    dest = tmp_path / "dest"
+
+    def swap(p):   # as any user may in a 0777 directory
+        os.unlink(p)
+        os.symlink(victim, p)
+
+    swapped, rc, err = _race("fchmodat", "delay_enter=300000", ["unpack", f"oci:{layout}:img", str(dest)],
+                             f"{dest}.lamina-tmp-*/pub/p", swap, ready=lambda p: stat.S_ISFIFO(os.lstat(p).st_mode))
+    assert swapped, f"the FIFO was never seen: {err}"
+    # the chmod, held back, reaches the FIFO lamina made (pinned before the swap), never the link
+    assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600, "lamina chmod'ed the host file through the symlink"
+    assert rc == 0, err
+
+
+def _root_mode_tar(mode):
+    """A layer whose "./" entry gives the rootfs ``mode``, and one file."""
+    return Tar().dir("./", mode=mode).file("hello", b"image\n").bytes()
+
+
+def test_dest_swapped_for_a_symlink_while_filled_in_place_leaves_the_target_alone(tmp_path):
+    """An existing empty DEST whose parent the user cannot write (another user's directory) is
+    filled in place: the entries move up from DEST/.lamina-tmp-*, then DEST gets the image
+    root's mode, owner and xattrs.  That went by DEST's path (rename, chmod, setxattr, rmdir,
+    utime), so the parent's owner, swapping DEST for a symlink to a directory of the user's
+    (~/.ssh) once the entries had moved, had lamina chmod it to the image root's mode (0777
+    here) and then, the staging dir not being found there, "take back" the moved entries by
+    removing the ones of the same names in it."""
+    import threading
+    from layerkit import rmtree, run_as_nobody, world_tmpdir
+    require_tool("strace")
+    world = world_tmpdir()   # root's: nobody cannot write it, so DEST is filled in place
+    try:
+        victim = os.path.join(world, "victim")   # nobody's own private directory
+        os.mkdir(victim, 0o700)
+        with open(os.path.join(victim, "hello"), "w") as f:
+            f.write("mine\n")
+        dest = os.path.join(world, "dest")
+        os.mkdir(dest, 0o755)
+        for p in (victim, os.path.join(victim, "hello"), dest):
+            os.chown(p, 65534, 65534)
+        layout = write_image(os.path.join(world, "img"), [_root_mode_tar(0o777)])
+        swapped = []
+
+        def swap():   # as the parent's owner: once the entries moved up, DEST becomes a symlink
+            end = time.monotonic() + 60
+            while time.monotonic() < end and not swapped:
+                if os.path.lexists(os.path.join(dest, "hello")):
+                    os.rename(dest, os.path.join(world, "moved"))
+                    os.symlink(victim, dest)
+                    swapped.append(True)
+                time.sleep(0.001)
+
+        t = threading.Thread(target=swap)
+        t.start()
+        try:
+            proc = run_as_nobody("lamina.unpack(sys.argv[1], sys.argv[2])", f"oci:{layout}:img", dest,
+                                 prefix=["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=chmod,fchmodat",
+                                         "-e", "inject=chmod,fchmodat:delay_enter=300000"])
+        finally:
+            swapped.append(False)  # stops the thread if it never swapped
+            t.join()
+        assert swapped[0] is True, f"the entries never moved up: {proc.stderr}"
+        assert stat.S_IMODE(os.stat(victim).st_mode) == 0o700, "DEST's mode went through the symlink"
+        with open(os.path.join(victim, "hello")) as f:
+            assert f.read() == "mine\n", "an entry of the user's own was removed through the symlink"
+        # the image went where the directory lamina held went, whole
+        assert proc.returncode == 0, proc.stderr
+        moved = os.path.join(world, "moved")
+        assert stat.S_IMODE(os.stat(moved).st_mode) == 0o777 and os.listdir(moved) == ["hello"]
+    finally:
+        rmtree(world)
+
+
+def test_apply_atomic_staging_swapped_for_a_symlink_before_it_is_opened_writes_nothing_there(tmp_path):
+    """apply --atomic stages the layer in a sibling of DEST; apply_layer refuses a DEST that is a
+    symlink, then the extractor opened it by its path, following a symlink there: whoever can
+    write DEST's parent (a group's shared directory) and swapped the staging dir for a link to
+    /etc in between had the layer written into /etc.  strace holds the staging dir's mkdir back
+    at its exit, where the swap lands."""
+    require_tool("strace")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(Tar().file("planted", b"image\n").bytes())
+    dest = shared / "dest"
+
+    def swap(p):
+        os.rename(p, tmp_path / "aside")
+        os.symlink(victim, p)
+
+    swapped, rc, err = _race("mkdir,mkdirat", "delay_exit=300000", ["apply", "--atomic", str(layer), str(dest)],
+                             f"{shared}/.dest.lamina-staging-*", swap,
+                             ready=lambda p: os.path.isdir(p) and not os.path.islink(p))
+    assert swapped, f"no staging dir was seen: {err}"
+    assert os.listdir(victim) == [], "the layer was written through the swapped-in symlink"
+    assert rc == 1 and "symlink" in err, err
+
+
+def test_overlay_lowers_through_a_swapped_staging_dir_copy_up_nothing_of_the_host(tmp_path):
+    """The overlay format's layers opened the layers below them by path, through the staging
+    dir beside DEST, when they first needed them (a hardlink to a lower file is copied up).
+    Whoever can write DEST's parent, swapping the staging dir meanwhile for a link to a
+    directory of theirs whose layers/0 leads to a host directory, had that directory read as
+    the lower layer: the host's file was copied into the image.  strace holds layer 0 back
+    (its FIFO's mknodat) while layer 1 waits on it."""
+    require_tool("strace")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "f").write_text("secret\n")
+    theirs = tmp_path / "theirs" / "layers"
+    theirs.mkdir(parents=True)
+    os.symlink(victim, theirs / "0")
+    (theirs / "1").mkdir()
+    layout = write_image(tmp_path / "img", [Tar().file("f", b"image\n").fifo("p").bytes(),
+                                            Tar().hardlink("h", "f").bytes()])
+    dest = tmp_path / "dest"
+
+    def swap(f):
+        staging = f[:-len("/layers/0/f")]
+        time.sleep(0.3)   # layer 1 is at its hardlink, waiting for layer 0
+        os.rename(staging, tmp_path / "aside")
+        os.symlink(theirs.parent, staging)
+
+    swapped, _, err = _race("mknodat", "delay_enter=1500000", ["unpack", "--overlay", f"oci:{layout}:img", str(dest)],
+                            f"{dest}.lamina-tmp-*/layers/0/f", swap)
+    assert swapped, f"layer 0 was never seen: {err}"
+    for top, _, files in os.walk(tmp_path):
+        for n in files:
+            p = os.path.join(top, n)
+            if p != os.fspath(victim / "f") and stat.S_ISREG(os.lstat(p).st_mode):
+                with open(p, "rb") as fh:
+                    assert b"secret" not in fh.read(), f"the host's file was copied up into {p}"
+    assert (tmp_path / "aside" / "layers" / "1" / "h").read_text() == "image\n", err
