@@ -23,7 +23,7 @@ def is_full(e):
     return err in FULL_ERRNOS
 
 
-def open_own(path):
+def open_own(path, buffering=-1):
     """The store's own document ``path`` (index.json, config.json, a hold, a snapshot's meta.json)
     opened to read, FileNotFoundError if absent.  lamina writes each whole, by a rename: a symlink
     or anything but a regular file there was put by someone else (a FIFO hung every command, a
@@ -45,7 +45,7 @@ def open_own(path):
     if not stat.S_ISREG(mode):
         os.close(fd)
         raise StoreError(f"{os.fspath(path)} is not a regular file (mode {stat.S_IFMT(mode):o})")
-    return os.fdopen(fd, "rb")
+    return os.fdopen(fd, "rb", buffering=buffering)
 
 
 def _syncfs_fn():
