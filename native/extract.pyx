@@ -60,7 +60,7 @@ from lamina import errors as _errors
 from lamina.limits import DEFAULT_LIMITS
 from lamina.quoting import quote_name as _show
 
-_PAX_TIME = re.compile(rb"(-?)([0-9]+)(?:\.([0-9]*))?")
+_PAX_TIME = re.compile(rb"([-+]?)([0-9]+)(?:\.([0-9]*))?")
 
 cdef enum State:
     ST_HEADER, ST_DATA, ST_SKIP, ST_META, ST_END
@@ -426,16 +426,18 @@ def _decimal(text, maxval=INT64_MAX):
 
 
 def _pax_time(bytes value, where, key="mtime"):
-    """PAX time "sec[.frac]" -> (sec, nsec), negative times included; strictly
-    decimal (no "+", "_" or spaces that Python's int() would take)."""
+    """PAX time "[sign]sec[.frac]" -> (sec, nsec), negative times included; strictly decimal
+    but for one leading sign, as Go reads it (strconv.ParseInt: "+5" is 5; no "_" or spaces,
+    which Python's int() would take)."""
     m = _PAX_TIME.fullmatch(value)
+    negative = m is not None and m.group(1) == b"-"
     # a negative one may be -2^63 (GNU tar's time01 test writes it; Go reads it)
-    sec = _decimal(m.group(2), INT64_MAX + bool(m.group(1))) if m is not None else None
+    sec = _decimal(m.group(2), INT64_MAX + negative) if m is not None else None
     if sec is None:
         raise _errors.InvalidArchiveError(f"{where}: invalid PAX {key} {value!r}")
     frac = m.group(3) or b""
     nsec = int((frac + b"000000000")[:9])
-    if m.group(1):
+    if negative:
         sec, nsec = -sec, -nsec
         if nsec < 0:
             sec, nsec = sec - 1, nsec + 1000000000

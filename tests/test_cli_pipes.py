@@ -2,6 +2,7 @@
 no traceback, no error line, exit status 141 (what a shell shows for a tool killed by
 SIGPIPE) or 0 when it had written everything before the reader left."""
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -136,13 +137,33 @@ def test_an_output_that_is_a_device_a_fifo_or_dev_stdout_is_written_through(worl
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and got == expected
     before = os.readlink("/dev/stdout")
     try:
-        proc = subprocess.run([*cmd, *[a.format(out="/dev/stdout") for a in argv]], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=120)
-        # copy prints the manifest's digest after the archive, on the same stdout
-        assert proc.returncode == 0 and proc.stdout[:len(expected)] == expected, proc.stderr
+        for out in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+            proc = subprocess.run([*cmd, *[a.format(out=out) for a in argv]], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, timeout=120)
+            # the whole stream is the archive: copy's digest line after it was junk to a reader
+            assert proc.returncode == 0 and proc.stdout == expected, (out, proc.stdout[len(expected):], proc.stderr)
     finally:
         if not os.path.islink("/dev/stdout"):   # the machine's, put back whatever happened
             os.unlink("/dev/stdout")
             os.symlink(before, "/dev/stdout")
             pytest.fail("/dev/stdout was replaced by a regular file")
     assert sorted(os.listdir(tmp_path)) == ["fifo", "null", "ref.tar"]
+
+
+@pytest.mark.parametrize("fmt", [None, "json", "{{.manifest_digest}}"])
+@pytest.mark.parametrize("transport", ["docker-archive", "oci-archive"])
+def test_copy_to_stdout_puts_its_report_on_stderr(world, tmp_path, transport, fmt):
+    """With the archive on stdout, copy's report (the digest, or the document --format asks for)
+    goes to stderr, where its progress already goes: docker save prints nothing beside its
+    archive, and skopeo's own report on stdout corrupts the stream unless -q is given.  Into a
+    file, the report stays on stdout."""
+    root = world["root"]
+    fmt_args = ["--format", fmt] if fmt else []
+    into_file = lamina(root, "copy", *fmt_args, "big:1", f"{transport}:{tmp_path / 'ref.tar'}")
+    report = into_file.stdout.replace(str(tmp_path / "ref.tar"), "/dev/stdout")   # a json document names it
+    assert report.strip(), into_file
+    proc = subprocess.run(f"{sys.executable} -m lamina --root {root} copy {' '.join(shlex.quote(a) for a in fmt_args)} "
+                          f"big:1 {transport}:/dev/stdout | cat", shell=True, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (tmp_path / "ref.tar").read_bytes()
+    assert proc.stderr.decode().endswith(report), (proc.stderr, report)

@@ -572,3 +572,32 @@ def test_a_blob_replaced_by_a_fifo_or_a_symlink_is_refused_naming_it(g, blob, ki
     fsck = subprocess.run([*LAMINA, "--root", root, "fsck", "--repair"], capture_output=True, text=True, timeout=60)
     assert digest[7:] in fsck.stdout + fsck.stderr, fsck.stdout + fsck.stderr
     assert not os.path.lexists(path) or os.path.isfile(path) and not os.path.islink(path)
+
+
+@pytest.mark.parametrize("verb", ["unpack", "mount"])
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_layer_blob_replaced_before_its_snapshot_is_made_is_refused_naming_it(g, verb, kind):
+    """Making a snapshot (unpack or mount of an image whose snapshot is gone) opened the layer blob
+    by its path, following symlinks and waiting on a FIFO, where every other read of a blob refuses
+    them: a FIFO hung the command, and a symlink to a file outside the store (its bytes, even) was
+    extracted as the store's.  Refused at once, naming the blob, nothing made."""
+    layout = write_image(g.dest / "layout", [Tar().file("a", b"a").bytes()])
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{layout}:img", "x:1")
+    manifest = json.load(open(root / "index.json"))["manifests"][0]["digest"]
+    doc = json.load(open(root / "blobs" / "sha256" / manifest[7:]))
+    digest = doc["layers"][0]["digest"]
+    for snap in os.listdir(root / "snapshots"):
+        subprocess.run(["rm", "-rf", "--", root / "snapshots" / snap], check=True)
+    path = root / "blobs" / "sha256" / digest[7:]
+    outside = g.dest / "outside.blob"
+    os.rename(path, outside)
+    os.mkfifo(path) if kind == "fifo" else os.symlink(outside, path)
+    target = g.dest / "target"
+    proc = subprocess.run([*LAMINA, "--root", root, verb, "x:1", target], capture_output=True, text=True, timeout=30)
+    if proc.returncode == 0 and verb == "mount":
+        subprocess.run([*LAMINA, "--root", root, "umount", target], capture_output=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("lamina: error: ") and digest[7:] in line, proc.stderr
+    assert [n for n in os.listdir(root / "snapshots") if not n.startswith(".")] == []

@@ -195,3 +195,37 @@ def test_the_sidecar_rebuild_quotes_it(tmp_path):
     with pytest.raises(LaminaError) as e:
         save(["img:1"], str(tmp_path / "saved.tar"), store=store)
     assert f"entry {quote_name(HOSTILE)} is missing from the snapshot" in str(e.value), str(e.value)
+
+
+def test_paths_in_plain_lines_read_apart_as_quote_name_writes_them(tmp_path):
+    """mount and umount print TARGET, apply "onto DEST", unpack "into DEST": a byte that is not
+    UTF-8 came out raw (apply, unpack) or as ``\\xff`` with no backslash of the path escaped
+    (mount, umount), so the dir holding the byte 0xff and the one holding the four characters
+    ``\\xff`` printed alike.  A path that reads back as itself is printed as it is; any other
+    is quote_name's rendering, as a name from a layer is."""
+    from storekit import LAMINA, lamina
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(_tar_with_file(b"f", b"x").bytes())
+    layout = write_image(tmp_path / "layout", [layer.read_bytes()])
+    root = tmp_path / "store"
+    lamina(root, "copy", f"oci:{layout}:img", "x:1")
+    base = os.fsencode(tmp_path)
+    byte, chars, plain = base + b"/d\xff", base + b"/d\\xff", base + b"/plain"
+    assert quote_name(os.fsdecode(byte)) == "'" + os.fsdecode(base) + "/d\\xff'"
+
+    def shown(path):
+        return quote_name(os.fsdecode(path)) if b"\xff" in path else os.fsdecode(path)
+
+    def run(*args):
+        proc = subprocess.run([*LAMINA, "--root", os.fsencode(root), *args], capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.decode("utf-8")   # never a raw byte
+
+    for dest in (byte, chars, plain):
+        applied, unpacked = dest + b"-applied", dest + b"-unpacked"
+        assert run(b"apply", os.fsencode(layer), applied).startswith(f"applied {layer} onto {shown(applied)} (")
+        out = run(b"unpack", b"x:1", unpacked)
+        assert f" into {shown(unpacked)} (" in out, out
+        os.mkdir(dest)
+        assert run(b"mount", b"x:1", dest) == shown(dest) + "\n"
+        assert run(b"umount", dest) == shown(dest) + "\n"

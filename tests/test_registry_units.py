@@ -344,3 +344,28 @@ def test_a_429_retry_after_is_honoured_within_a_bounded_wait(registry_env, retry
         assert all(s <= MAX_BACKOFF for s in slept), slept
     else:
         assert slept == [MAX_RETRY_AFTER] * 5, slept
+
+
+def test_login_writes_through_a_config_json_that_is_a_symlink(tmp_path, monkeypatch):
+    """Dotfile managers make ~/.docker/config.json a symlink into their repository: login and
+    logout replaced the link with a plain file, so the managed file kept the old credentials and
+    the link was gone.  The link's target is replaced (a temp file in its own directory, renamed),
+    as docker's configfile.Save does, and stays 0600."""
+    home = tmp_path / "home" / ".docker"
+    dots = tmp_path / "dotfiles" / "docker"
+    home.mkdir(parents=True)
+    dots.mkdir(parents=True)
+    (dots / "config.json").write_text('{"auths": {}, "psFormat": "table"}\n')
+    os.symlink("../../dotfiles/docker/config.json", home / "config.json")
+    monkeypatch.setenv("DOCKER_CONFIG", str(home))
+    for step in ("login", "logout"):
+        if step == "login":
+            credentials.store("reg.example:5000", "alice", "s3cret")
+        else:
+            assert credentials.erase("reg.example:5000")
+        assert os.readlink(home / "config.json") == "../../dotfiles/docker/config.json", step
+        doc = json.loads((dots / "config.json").read_text())
+        assert doc["psFormat"] == "table"
+        assert ("reg.example:5000" in doc["auths"]) == (step == "login"), (step, doc)
+        assert stat.S_IMODE((dots / "config.json").stat().st_mode) == 0o600
+        assert sorted(os.listdir(home)) == ["config.json"] and sorted(os.listdir(dots)) == ["config.json"]

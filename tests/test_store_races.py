@@ -293,3 +293,37 @@ def test_a_repair_beside_an_rmi_leaves_the_new_index_it_is_writing(layout, tmp_p
     names = lamina(root, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
     assert names == ["a:1"], names
     assert json.loads(lamina(root, "fsck", "--json").stdout)["findings"] == []
+
+
+def test_a_repair_beside_an_rmi_leaves_the_deferred_gc_record_it_is_writing(layout, tmp_path):
+    """An rmi (or image prune) that finds another writer at work leaves its gc to the last writer,
+    in a record it writes to lamina/rollbacks under a temp name.  fsck --repair removed every
+    temp there as debris once the writer was gone and it had the gc lock: it took the record
+    being written, and the rmi failed ('...json: No such file or directory')."""
+    from conftest import require_tool
+    from lamina.store.locks import FileLock
+    from lamina.store.paths import Paths
+    require_tool("strace")
+    lay, _ = layout
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:a", "a:1")
+    rollbacks = Paths(root).rollbacks
+    writer = FileLock(Paths(root).gc_lock, shared=True).acquire()   # a writer at work: the rmi defers its gc
+    try:
+        rmi = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=rename",
+                                "-e", "inject=rename:delay_enter=3000000", "--", *LAMINA, "--root", root,
+                                "rmi", "a:1"], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (rollbacks.is_dir() and [n for n in os.listdir(rollbacks) if ".tmp-" in n]):
+            assert rmi.poll() is None, f"the rmi ended before its record was written: {rmi.stderr.read()}"
+            assert time.monotonic() < deadline, "no temp record appeared in lamina/rollbacks"
+            time.sleep(0.01)
+    finally:
+        writer.release()
+    repair = lamina(root, "fsck", "--repair", check=False)
+    _, err = rmi.communicate(timeout=120)
+    assert rmi.returncode == 0, err
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    assert lamina(root, "images", "-q").stdout == ""
+    lamina(root, "image", "prune", "-f")   # the deferred gc, if the repair left it to the next writer
+    assert json.loads(lamina(root, "fsck", "--json").stdout)["findings"] == []

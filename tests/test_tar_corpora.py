@@ -550,6 +550,14 @@ def _crafted():
         "pax-mtime-int64-max-and-a-fraction": (Tar().pax({"mtime": "9223372036854775807.9"}).file("f", b"x").bytes(),
                                                REFS),
         # bsdtar gives -0.5 s the fraction's sign wrong (+0.5 s; -1.5 s is -0.5 s); GNU tar and Go: -0.5 s
+        # a leading '+': Go's strconv.ParseInt takes it (docker, containerd, umoci: 5 s, 1.5 s); GNU tar
+        # refuses the header, bsdtar reads 0.  One sign only, and none in the fraction, as for Go
+        "pax-mtime-with-a-plus-sign": (Tar().pax({"mtime": "+5"}).file("f", b"x").pax({"mtime": "+1.5", "atime": "+7"})
+                                       .file("g", b"y").bytes(), go("f", "g")),
+        "pax-mtime-with-two-signs": (Tar().pax({"mtime": "+-5"}).file("f", b"x").bytes(),
+                                     refused("InvalidArchiveError", "invalid PAX mtime b'+-5'")),
+        "pax-mtime-with-a-signed-fraction": (Tar().pax({"mtime": "5.+5"}).file("f", b"x").bytes(),
+                                             refused("InvalidArchiveError", "invalid PAX mtime b'5.+5'")),
         "pax-mtime-negative-fraction": (Tar().pax({"mtime": "-0.5"}).file("f", b"x").pax({"mtime": "-1.5"})
                                         .file("g", b"y").bytes(), GNU),
         # an xattr name with '=' or '%': GNU tar writes them as %3D and %25 in the record's key and decodes

@@ -5,7 +5,7 @@ import sys
 
 from ..bench_choices import SYNTHETIC_KINDS, TOOLS
 from ..errors import LaminaError
-from .output import add_format_option, check_format, emit
+from .output import add_format_option, check_format, emit, shown_path
 
 
 def cmd_bench(args):
@@ -42,7 +42,7 @@ def _print(doc, written):
     if written:
         print()
     for path in written:
-        print(f"wrote {path}")
+        print(f"wrote {shown_path(path)}")
 
 
 def register(sub):

@@ -29,8 +29,8 @@ import re
 import sys
 import time
 
-from . import one_line, path_arg
-from .output import add_format_option, human_size
+from . import path_arg
+from .output import add_format_option, human_size, shown_path
 
 # --- docker's units ------------------------------------------------------------------
 
@@ -680,7 +680,7 @@ def cmd_mount(args):
         rows = []
         for m in records:
             rows.append(GoStruct("mount", methods={
-                "Target": lambda m=m: m["path"],
+                "Target": lambda m=m: shown_path(m["path"]),
                 "Image": lambda m=m: (m.get("names") or [truncate_id(m["image_id"])])[0],
                 "ID": lambda m=m: truncate_id(m["image_id"]),
                 "Mode": lambda m=m: _mount_mode(m),
@@ -692,7 +692,7 @@ def cmd_mount(args):
     if args.target is None:
         raise LaminaError("mount needs REF and TARGET (or nothing, to list the mounts)")
     record = api.mount(store, args.ref, args.target, rw=args.rw, suid=args.suid)
-    print(one_line(record["path"]))  # as the listing writes it: \xNN for a byte that is not UTF-8
+    print(shown_path(record["path"]))
     return 0
 
 
@@ -708,7 +708,7 @@ def cmd_umount(args):
             _err(e)
             failures += 1
             continue
-        print(one_line(os.path.abspath(t)))
+        print(shown_path(os.path.abspath(t)))
     return 1 if failures else 0
 
 
@@ -848,7 +848,7 @@ def unpack_from_store(args):
 
 def _print_store_unpack(args, image, stats, name):
     what = "bundle" if args.bundle else "rootfs"
-    print(f"unpacked {name} ({truncate_id(image.config_digest)}) from the store into {stats.dest} ({what}, "
+    print(f"unpacked {name} ({truncate_id(image.config_digest)}) from the store into {shown_path(stats.dest)} ({what}, "
           f"{'hardlinked' if args.link else 'copied'})")
     if stats.extracted:
         print(f"extracted {stats.extracted} missing snapshot(s) in {stats.extract_seconds:.3f}s")

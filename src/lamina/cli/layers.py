@@ -7,6 +7,7 @@ import sys
 from ..errors import ExtractError, LaminaError, layer_of
 from ..trace import event
 from . import path_arg
+from .output import shown_path
 from .output import add_format_option, check_format, emit, human_size
 
 FORMATS = ("dir", "overlay")
@@ -67,7 +68,7 @@ def cmd_apply(args):
             raise
         e.args = (f"{e}; {_partly_applied(args.dest)}",)
         raise
-    emit(args, stats.to_dict(), lambda: _print_layer(stats, f"applied {args.layer} onto {args.dest} ({fmt})",
+    emit(args, stats.to_dict(), lambda: _print_layer(stats, f"applied {shown_path(args.layer)} onto {shown_path(args.dest)} ({fmt})",
                                                        sys.stdout))
 
 
@@ -117,7 +118,8 @@ def cmd_unpack(args):
 def _print_unpack(args, stats):
     out = sys.stdout
     from . import one_line  # the platform is the image config's os/architecture: any string
-    print(f"unpacking {args.source} ({one_line(str(stats.platform))}) into {args.dest} ({disk_format(args)})", file=out)
+    print(f"unpacking {shown_path(args.source)} ({one_line(str(stats.platform))}) into {shown_path(args.dest)} "
+          f"({disk_format(args)})", file=out)
     # a legacy docker archive has no manifest (its layers are known by their diffIDs only)
     print(f"manifest: {stats.manifest_digest or 'none (legacy docker archive)'}", file=out)
     print(f"config:   {stats.config_digest}", file=out)

@@ -10,6 +10,7 @@ system df) print what docker prints, so tools written for docker read them uncha
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 
@@ -97,6 +98,20 @@ def write_json_streamed(doc, key, items, out=None):
             out.write(",\n")
         out.write("    " + json.dumps(_quoted_document(item), indent=2).replace("\n", "\n    "))
     out.write(head + "\n" if first else "\n  ]\n}\n")
+
+
+def shown_path(path):
+    """A path in a line of plain text (mount's TARGET, "applied ... onto DEST"): as it is when it
+    reads back as itself (UTF-8, no control character, no leading quote), so a script takes it
+    whole; else as lamina.quoting writes a name from a layer, between quotes, a byte that is not
+    UTF-8 ``\\xNN`` and a backslash of its own ``\\\\``: the dir holding the byte 0xff and the one
+    holding the four characters ``\\xff`` read apart."""
+    from ..quoting import quote_name
+    from . import one_line
+    s = os.fsdecode(path)
+    if one_line(s) == s and not s.startswith(("'", '"')):
+        return s
+    return quote_name(s)
 
 
 def utf8_text(s):

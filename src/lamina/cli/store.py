@@ -74,8 +74,13 @@ def cmd_save(args):
 def cmd_copy(args):
     from dataclasses import asdict
 
-    from ..transports import copy
+    from ..transports import copy, parse
+    from ..transports.output import is_stdout
     check_format(args)
+    dest = parse(args.destination)
+    # the archive is stdout's whole stream (docker save prints nothing beside it; skopeo's report
+    # on stdout corrupts it unless -q): the report goes where the progress goes
+    out = sys.stderr if dest.transport in ("docker-archive", "oci-archive") and is_stdout(dest.path) else sys.stdout
     store = _store(args) if _needs_store(args) else None
     try:
         result = copy(args.source, args.destination, store=store, platform=args.platform,
@@ -85,7 +90,7 @@ def cmd_copy(args):
             store.close()
     if not args.quiet:
         print("Writing manifest to image destination", file=sys.stderr)
-    emit(args, asdict(result), (lambda: print(result.manifest_digest)) if not args.quiet else None)
+    emit(args, asdict(result), (lambda: print(result.manifest_digest, file=out)) if not args.quiet else None, out=out)
 
 
 def _needs_store(args):

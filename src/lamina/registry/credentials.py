@@ -191,6 +191,10 @@ def lookup(host):
 # --- login / logout ------------------------------------------------------------------------
 
 def _write_json_atomic(path, doc):
+    # A config.json that is a symlink (a dotfile manager's) stays one: its target is replaced, by
+    # a temp file in the target's own directory, as docker's configfile.Save does.
+    if os.path.islink(path):
+        path = os.path.realpath(path)
     d = os.path.dirname(path) or "."
     os.makedirs(d, mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=d)

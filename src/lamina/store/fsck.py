@@ -575,9 +575,11 @@ class Checker:
         for d in (self.paths.root, self.paths.holds, self.paths.rollbacks, self.paths.verified):
             if d in (self.paths.rollbacks, self.paths.verified) and not d.is_dir():
                 continue  # made by the first import refused beside another writer (the first shared layer)
-            # The names change under the index lock, not the gc lease this waits for: an rmi or
-            # prune beside us writes its new index.json under a temp name, which is no debris.
-            lock = FileLock(self.paths.index_lock) if self.repair and d == self.paths.root else None
+            # An rmi or prune beside us holds no gc lease for this to wait for: it writes its new
+            # index.json, and the record of a gc it leaves to the last writer (imports.defer_gc),
+            # under a temp name and the index lock.  Neither is debris.
+            swept_beside_rmi = (self.paths.root, self.paths.rollbacks)
+            lock = FileLock(self.paths.index_lock) if self.repair and d in swept_beside_rmi else None
             with lock or contextlib.nullcontext():
                 for n in sorted(os.listdir(d)):
                     if ".tmp-" in n:

@@ -23,7 +23,17 @@ def is_full(e):
     return err in FULL_ERRNOS
 
 
-def open_own(path):
+def symlink_refusal(path, shown, remedy):
+    """The one wording of a refusal of a symlink found where the store keeps a file of its own
+    (an open with O_NOFOLLOW failed ELOOP): ``shown`` names it, ``remedy`` says what to do."""
+    try:
+        to = f" (to {os.readlink(path)!r})"
+    except OSError:
+        to = ""
+    return f"{shown} is a symlink{to}: lamina never follows symlinks inside its store; {remedy}"
+
+
+def open_own(path, buffering=-1):
     """The store's own document ``path`` (index.json, config.json, a hold, a snapshot's meta.json)
     opened to read, FileNotFoundError if absent.  lamina writes each whole, by a rename: a symlink
     or anything but a regular file there was put by someone else (a FIFO hung every command, a
@@ -35,17 +45,12 @@ def open_own(path):
     except OSError as e:
         if e.errno != errno.ELOOP:
             raise
-        try:
-            to = f" (to {os.readlink(path)!r})"
-        except OSError:
-            to = ""
-        raise StoreError(f"{os.fspath(path)} is a symlink{to}: lamina never follows symlinks inside its store; "
-                         "put the file back in its place") from None
+        raise StoreError(symlink_refusal(path, os.fspath(path), "put the file back in its place")) from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
         raise StoreError(f"{os.fspath(path)} is not a regular file (mode {stat.S_IFMT(mode):o})")
-    return os.fdopen(fd, "rb")
+    return os.fdopen(fd, "rb", buffering=buffering)
 
 
 def _syncfs_fn():

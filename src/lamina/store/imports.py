@@ -224,8 +224,12 @@ def _note_pending(paths, blobs, chains, dropped_dedup, gc=False):
 def defer_gc(store):
     """rmi or prune found another writer at work: the last writer to finish collects what no
     image needs (as gc), rather than the next prune.  The record is written before this tries
-    to collect at once (the writer may just have finished): see finish_pending."""
-    _note_pending(store.paths, [], [], False, gc=True)
+    to collect at once (the writer may just have finished): see finish_pending.
+
+    Written under the index lock: the rmi holds no gc lease, so a fsck --repair may have the gc
+    lock, and it sweeps lamina/rollbacks' temp names (an interrupted write's) under this lock."""
+    with FileLock(store.paths.index_lock):
+        _note_pending(store.paths, [], [], False, gc=True)
     take_back(store)
 
 

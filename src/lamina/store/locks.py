@@ -24,6 +24,7 @@ import stat
 import tempfile
 
 from ..errors import LaminaError
+from .fsutil import symlink_refusal
 
 
 class LockBusy(LaminaError):
@@ -115,16 +116,11 @@ class SymlinkLockError(LaminaError):
 
 
 def _refuse_symlink(path, e):
-    if e.errno != errno.ELOOP:
+    if e.errno != errno.ELOOP or not os.path.islink(path):
         raise e
-    try:
-        to = os.readlink(path)
-    except OSError:
-        raise e from None
     parent, name = os.path.split(os.fspath(path))
-    raise SymlinkLockError(f"lock file {os.path.basename(parent)}/{name} in {os.path.dirname(parent)} is a symlink "
-                           f"(to {to!r}): lamina never follows symlinks inside its store; remove it "
-                           "(lamina fsck --repair)") from None
+    raise SymlinkLockError(symlink_refusal(path, f"lock file {os.path.basename(parent)}/{name} in "
+                                           f"{os.path.dirname(parent)}", "remove it (lamina fsck --repair)")) from None
 
 
 def _open_lock_file(path):

@@ -311,11 +311,12 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
     blob = paths.blob(layer_digest)
     lock = FileLock(paths.snapshot_lock(chain))
     lock.acquire()
+    stored = None
     try:
         if _present(paths, chain):
             return final / "fs" if source is None else None
-        if source is None and not blob.exists():
-            raise BlobNotFoundError(f"layer {layer_digest} (diffID {diff_id}): blob is not in the store")
+        if source is None:
+            stored = open_blob(blob, f"layer {layer_digest} (diffID {diff_id})")
         lower = lower_chain(paths, parent_chain_id) if parent_chain_id else []
         if lower is None and not defer:
             raise StoreError(f"layer {layer_digest}: the snapshots of the layers below it are missing")
@@ -375,7 +376,7 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                 try:
                     # a full disk in the extractor's own dirs (fs/, hashed/); the entries' errors name them
                     with _full_disk_named(layer_digest, tmp):
-                        stats = _extract(blob if source is None else source, tmp / "fs", layer_digest, diff_id,
+                        stats = _extract(stored if source is None else source, tmp / "fs", layer_digest, diff_id,
                                          media_type, lower_dirs=lower or None, defer_lowers=lower is None,
                                          lowers_provider=provider, hash_files_into=hashed,
                                          link_objects=_objects.linkable_dir(paths, hashed),
@@ -387,6 +388,7 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                     if source is not None or not early:
                         raise  # a stream cannot be read again: the pull extracts its stored blob
                     trace.event("extract-again", chain=hexid[:12])
+                    stored.seek(0)
                     remove_tree(tmp / "fs")
                     if hashed is not None:
                         _objects.drop_hashed(tmp)
@@ -445,6 +447,8 @@ def ensure(paths, layer_digest, diff_id, parent_chain_id=None, media_type=None, 
                 _WRITERS.leave()
         return final / "fs"
     finally:
+        if stored is not None:
+            stored.close()
         lock.release(unlink=True)
 
 
@@ -582,13 +586,22 @@ def forget_verified(paths):
                 pass
 
 
+def open_blob(path, what):
+    """A layer blob of the store opened to read as every blob is (fsutil.open_own: a symlink or a
+    FIFO planted in its place is refused, naming it, never followed or waited on)."""
+    try:
+        return open_own(path, buffering=0)
+    except FileNotFoundError:
+        raise BlobNotFoundError(f"{what}: blob is not in the store") from None
+
+
 def check_diff_id(blob, digest, diff_id, media_type):
     import hashlib
 
     from .. import compression
     from ..errors import CompressionError, DigestMismatchError
     what = f"layer {digest}"
-    with open(blob, "rb") as f:
+    with open_blob(blob, what) as f:
         head = compression.read_exact(f, 8)
         kind = compression.detect(head)
         if head:  # 0 bytes are the empty layer whatever the media type, as for the extraction

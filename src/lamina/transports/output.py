@@ -151,6 +151,17 @@ def _written_in_place(path):
         return False
 
 
+def is_stdout(path):
+    """Whether ``path`` is this process's stdout (``/dev/stdout``, ``/dev/fd/1``, the file a shell's
+    ``>`` opened): an archive written there is the whole stream a reader gets, so a report printed
+    beside it would be junk after the archive's end."""
+    try:
+        a, b = os.stat(path), os.fstat(1)
+    except (OSError, ValueError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 @contextmanager
 def _in_place(path):
     """``path`` opened for writing as it is: never created, truncated only if a regular file
