@@ -2,9 +2,11 @@
 
 Go's archive/tar, CPython's tarfile, libarchive, node-tar, node-tar-stream, Perl's Archive::Tar,
 Commons Compress, Plexus Archiver, Apache Ant, Erlang's erl_tar, PHP's phar, rubygems, go-mtree,
-buildah, containers/image, podman, libostree, file(1), busybox and toybox each keep archives written to catch a reader's mistake; GNU tar's own tests write theirs from
+buildah, containers/image, podman, libostree, file(1), git, npm, cargo, rpm, busybox and toybox
+each keep archives written to catch a reader's mistake; GNU tar's own tests write theirs from
 scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
-exercise are written here by GNU tar and bsdtar (corpora.written).  For each one, as a single layer:
+exercise are written here by GNU tar and bsdtar (corpora.written), as git archive's are by git.
+For each one, as a single layer:
 
 - where GNU tar and bsdtar both extract it and agree, lamina's tree is theirs;
 - where they disagree, lamina's tree is the one EXPECT names (the reason beside it,
@@ -335,6 +337,31 @@ EXPECT = {
         "pre-signed-pull-data.tar.gz")},
     # --- file(1)'s magic tests: a Gentoo binary package cut at 1024 bytes, inside its second entry ---
     "file/gpkg-1-zst.testfile": refused("InvalidArchiveError", "archive ends inside entry 'inkscape-1.2.1-r2-1/metadata.tar.zst'"),
+    # --- git's test tars (t/t5000, t/t5004): git archive's output, a global header of the commit's id ---
+    "git/t5000/pax.tar": REFS,  # PAX times of a fraction, the header's own name ./PaxHeaders.NNN/file
+    "git/t5004/empty-with-pax-header.tar": REFS,  # a global 'comment' record and no entry: an empty layer
+    # a PAX size of 64 GiB (the ustar mtime field all 7s, the PAX mtime in the year 4147) whose data
+    # git's test leaves out: GNU tar and bsdtar fail at the end too
+    "git/t5000/huge-and-future.tar": refused("InvalidArchiveError", "archive ends inside entry 'huge'"),
+    # --- npm's test package tarballs (npm pack: node-tar's writer, files only, under package/) ---
+    **{f"npm/{n}.tgz": REFS for n in (
+        "bundle", "install-types/once-1.4.0", "install-types/rimraf-2.6.3", "root-bundler/child-1.2.3",
+        *(f"tarball-dependencies/testing-file-transitive-{p}isaacs-testing-file-transitive-{c}-1.0.0"
+          for p, c in (("a/c/", "c"), ("a/", "a"), ("b/", "b"))))},
+    # npm's registry mocks, one of each writer: fstream's (npm 2 and 3: a PAX header before each entry
+    # of NODETAR.* package.json records, SCHILY.dev/ino/nlink, the header's own uid in base-256;
+    # uids of ten digits), GNU tar's of 2011, DefinitelyTyped's (files under react/, mode 666), and
+    # one with directory entries (babel's)
+    **{f"npm/registry-mocks/content/{n}.tgz": REFS for n in (
+        "cli-width/-/cli-width-2.1.0", "create-react-class/-/create-react-class-15.6.3", "jsonify/-/jsonify-0.0.0",
+        "types/react/-/react-17.0.0", "babel/helper-plugin-utils/-/helper-plugin-utils-7.0.0")},
+    # --- cargo's benchmark workspaces (GNU tar's) and rpm's test source tarballs ---
+    **{f"cargo/{n}.tgz": REFS for n in (
+        "cargo", "diem", "empty", "gecko-dev", "rust-ws-inherit", "rust", "servo", "substrate", "tikv", "toml-rs")},
+    **{f"rpm/{n}.tar.gz": REFS for n in ("buildrequires-1.0", "hello-1.0", "hello-2.0")},
+    # --- written here by git archive (corpora.written): a global 'comment' of the commit id, ustar
+    # prefixes, PAX path and linkpath records, a name that is no UTF-8; git's own gzip ---
+    **{f"gitarchive/{n}": REFS for n in ("HEAD.tar", "HEAD.tar.gz", "tree-prefixed.tar")},
     # --- written here by GNU tar and bsdtar (corpora.written): the formats of GNU tar's own tests ---
     **{f"gnutar/{n}.tar": REFS for n in (
         "v7", "oldgnu", "gnu", "ustar", "posix", "posix-sparse-0.0", "posix-sparse-1.0", "posix-sparse-0.1",
@@ -367,6 +394,12 @@ def _reference(tool, tarpath, dest, *, must_succeed):
     if must_succeed:
         assert rc == 0, f"{tool} tar failed on it: {err}"
     return snapshot(dest) if rc == 0 else None
+
+
+def test_each_archive_is_named_in_its_test_id():
+    """pytest names a parameter of over 100 characters by its index (``key315``), which moves as
+    archives are added: a failure's name would not say which archive failed."""
+    assert not [k for k in [*EXPECT, *CRAFTED, *LOADS] if len(k) > 100]
 
 
 @pytest.mark.parametrize("key", sorted(EXPECT))
