@@ -50,10 +50,12 @@
 #                mocks, one of each writer (fstream's PAX headers of NODETAR.* records...)
 #   cargo/       cargo's benchmark workspaces (benches/workspaces/*.tgz)
 #   rpm/         rpm's test source tarballs (tests/data/SOURCES)
+#   docker.io/   moby's integration tests' docker save from before docker 1.10 (emptyLayer.tar:
+#                a 'repositories' file, a layer.tar of 0 bytes)
 #   klauspost-compress/  the Go gzip and zstd decoder's test streams (gzip/testdata/*.gz;
 #                zstd/testdata: good.zip, bad.zip and the fuzzers' regression zips of .zst
 #                streams, kept zipped; xml.zst...), for tests/test_compression_corpora.py
-#                these twenty-six: upstream sources from Debian source packages (apt-get source
+#                these twenty-seven: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests), of tar-split (golang-github-vbatts-tar-split-dev:
@@ -219,5 +221,8 @@ fetch_source cargo cargo benches/workspaces '*.tgz' \
     || echo "WARNING: cargo's benchmark workspaces could not be fetched" >&2
 fetch_source rpm rpm tests/data/SOURCES '*.tar.gz' \
     || echo "WARNING: rpm's test source tarballs could not be fetched" >&2
+# docker.io's .orig is moby's engine (its cli, libnetwork and swarmkit come as other .orig tarballs)
+fetch_source docker.io docker.io engine/integration-cli/testdata emptyLayer.tar \
+    || echo "WARNING: moby's integration test archive could not be fetched" >&2
 fetch_source golang-github-containers-common containers-common libimage/testdata 'buildkit-*.tar' \
     exported-container.tar || echo "WARNING: containers/common's libimage test archives could not be fetched" >&2

@@ -25,6 +25,7 @@
     npm/NAME         npm's test package tarballs (workspaces/arborist/test/fixtures: npm pack's)
     cargo/NAME       cargo's benchmark workspaces (benches/workspaces/*.tgz, GNU tar's)
     rpm/NAME         rpm's test source tarballs (tests/data/SOURCES)
+    dockerio/NAME    moby's integration test archives (engine/integration-cli/testdata)
     pgzip/NAME       klauspost/pgzip's gzip test streams (testdata/*.gz)
     ruby/NAME        rubygems' test gems (test/rubygems/...): NAME a .gem (a plain tar), or
                      ``GEM:data.tar.gz`` for the gzipped tar of its files inside
@@ -83,7 +84,8 @@ _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "common
             "toybox": "toybox", "ruby": "ruby", "zstd": "zstd", "gomtree": "go-mtree", "buildah": "buildah",
             "pgzip": "pgzip", "cimage": "containers-image", "podman": "podman", "ostree": "ostree",
             "file": "file", "ccommon": "containers-common",
-            "klauspost": "klauspost-compress", "git": "git", "npm": "npm", "cargo": "cargo", "rpm": "rpm"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
+            "klauspost": "klauspost-compress", "git": "git", "npm": "npm", "cargo": "cargo", "rpm": "rpm",
+            "dockerio": "docker.io"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
 
 
 def _go_compress_dir():

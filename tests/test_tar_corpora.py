@@ -2,9 +2,9 @@
 
 Go's archive/tar, CPython's tarfile, libarchive, node-tar, node-tar-stream, Perl's Archive::Tar,
 Commons Compress, Plexus Archiver, Apache Ant, Erlang's erl_tar, PHP's phar, rubygems, go-mtree,
-buildah, containers/image, podman, libostree, file(1), git, npm, cargo, rpm, busybox and toybox
-each keep archives written to catch a reader's mistake; GNU tar's own tests write theirs from
-scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
+buildah, containers/image, podman, libostree, file(1), git, npm, cargo, rpm, moby's integration
+tests, busybox and toybox each keep archives written to catch a reader's mistake; GNU tar's own
+tests write theirs from scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
 exercise are written here by GNU tar and bsdtar (corpora.written), as git archive's are by git.
 For each one, as a single layer:
 
@@ -359,6 +359,8 @@ EXPECT = {
     **{f"cargo/{n}.tgz": REFS for n in (
         "cargo", "diem", "empty", "gecko-dev", "rust-ws-inherit", "rust", "servo", "substrate", "tikv", "toml-rs")},
     **{f"rpm/{n}.tar.gz": REFS for n in ("buildrequires-1.0", "hello-1.0", "hello-2.0")},
+    # --- moby's integration tests: a docker save of 2015 (a layer.tar of 0 bytes), read as a layer ---
+    "dockerio/emptyLayer.tar": REFS,
     # --- written here by git archive (corpora.written): a global 'comment' of the commit id, ustar
     # prefixes, PAX path and linkpath records, a name that is no UTF-8; git's own gzip ---
     **{f"gitarchive/{n}": REFS for n in ("HEAD.tar", "HEAD.tar.gz", "tree-prefixed.tar")},
@@ -781,6 +783,21 @@ def assert_compact_rebuild(tmp_path, key, plain):
     assert len(rebuilt) == len(plain) and hashlib.sha256(rebuilt).digest() == hashlib.sha256(plain).digest(), (
         f"{key}: rebuilt {len(rebuilt)} bytes, first difference at "
         f"{next((i for i, (a, b) in enumerate(zip(rebuilt, plain)) if a != b), min(len(rebuilt), len(plain)))}")
+
+
+def test_mobys_docker_save_from_before_manifest_json_is_refused_by_load_saying_so(tmp_path):
+    """moby's TestLoadZeroSizeLayer archive (a docker save of 2015: 'repositories', <id>/json and a
+    layer.tar of 0 bytes, which docker's legacy loader reads as an empty layer) is refused by
+    `lamina load` saying what it is, the store left empty and fsck clean (CONFORMANCE.md)."""
+    import lamina.errors
+    from lamina.store import Store
+    from lamina.transports import load
+    path = os.path.join(corpora.require_corpus("dockerio"), "emptyLayer.tar")
+    store = Store(tmp_path / "store")
+    with pytest.raises(lamina.errors.ImageError) as info:
+        load(path, store=store)
+    assert str(info.value).startswith(f"{path}: a docker save from before docker 1.10"), str(info.value)
+    assert not store.images() and store.fsck().clean
 
 
 _PODMAN_DOCKER_ID = "sha256:ec9293436c2e66da44edb9efb8d41f6b13baf62283ebe846468bc992d76d7951"
