@@ -50,12 +50,14 @@
 #                mocks, one of each writer (fstream's PAX headers of NODETAR.* records...)
 #   cargo/       cargo's benchmark workspaces (benches/workspaces/*.tgz)
 #   rpm/         rpm's test source tarballs (tests/data/SOURCES)
+#   diffoscope/  diffoscope's test tars (tests/data: a directory of mode 000 over its file, a
+#                character device, a tar in a tar; .debs' control.tar.gz; a native package)
 #   docker.io/   moby's integration tests' docker save from before docker 1.10 (emptyLayer.tar:
 #                a 'repositories' file, a layer.tar of 0 bytes)
 #   klauspost-compress/  the Go gzip and zstd decoder's test streams (gzip/testdata/*.gz;
 #                zstd/testdata: good.zip, bad.zip and the fuzzers' regression zips of .zst
 #                streams, kept zipped; xml.zst...), for tests/test_compression_corpora.py
-#                these twenty-seven: upstream sources from Debian source packages (apt-get source
+#                these twenty-eight: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests), of tar-split (golang-github-vbatts-tar-split-dev:
@@ -147,6 +149,8 @@ fetch_source() {
         for spec in "$pkg" $(apt-cache "${apt_src[@]}" showsrc "$pkg" 2>/dev/null | sed -n "s/^Version: /$pkg=/p"); do
             (cd "$dl" && apt-get "${apt_src[@]}" source --download-only -qq "$spec" 2>/dev/null) || :
             orig="$(ls "$dl/${pkg}"_*.orig.tar.* 2>/dev/null | grep -v '\.asc$' | head -1)"
+            # a native package (diffoscope) has no .orig: its one tarball is the source
+            [ -n "$orig" ] || orig="$(ls "$dl/${pkg}"_*.tar.* 2>/dev/null | grep -v '\.debian\.tar\.\|\.asc$' | head -1)"
             [ -n "$orig" ] && break 2
         done
         sleep $((i * 5))
@@ -224,5 +228,7 @@ fetch_source rpm rpm tests/data/SOURCES '*.tar.gz' \
 # docker.io's .orig is moby's engine (its cli, libnetwork and swarmkit come as other .orig tarballs)
 fetch_source docker.io docker.io engine/integration-cli/testdata emptyLayer.tar \
     || echo "WARNING: moby's integration test archive could not be fetched" >&2
+fetch_source diffoscope diffoscope tests/data '*.tar' '*.tar.gz' \
+    || echo "WARNING: diffoscope's test tars could not be fetched" >&2
 fetch_source golang-github-containers-common containers-common libimage/testdata 'buildkit-*.tar' \
     exported-container.tar || echo "WARNING: containers/common's libimage test archives could not be fetched" >&2

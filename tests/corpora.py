@@ -26,6 +26,7 @@
     cargo/NAME       cargo's benchmark workspaces (benches/workspaces/*.tgz, GNU tar's)
     rpm/NAME         rpm's test source tarballs (tests/data/SOURCES)
     dockerio/NAME    moby's integration test archives (engine/integration-cli/testdata)
+    diffoscope/NAME  diffoscope's test tars (tests/data)
     pgzip/NAME       klauspost/pgzip's gzip test streams (testdata/*.gz)
     ruby/NAME        rubygems' test gems (test/rubygems/...): NAME a .gem (a plain tar), or
                      ``GEM:data.tar.gz`` for the gzipped tar of its files inside
@@ -85,7 +86,7 @@ _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "common
             "pgzip": "pgzip", "cimage": "containers-image", "podman": "podman", "ostree": "ostree",
             "file": "file", "ccommon": "containers-common",
             "klauspost": "klauspost-compress", "git": "git", "npm": "npm", "cargo": "cargo", "rpm": "rpm",
-            "dockerio": "docker.io"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
+            "dockerio": "docker.io", "diffoscope": "diffoscope"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
 
 
 def _go_compress_dir():

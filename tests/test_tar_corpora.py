@@ -3,7 +3,7 @@
 Go's archive/tar, CPython's tarfile, libarchive, node-tar, node-tar-stream, Perl's Archive::Tar,
 Commons Compress, Plexus Archiver, Apache Ant, Erlang's erl_tar, PHP's phar, rubygems, go-mtree,
 buildah, containers/image, podman, libostree, file(1), git, npm, cargo, rpm, moby's integration
-tests, busybox and toybox each keep archives written to catch a reader's mistake; GNU tar's own
+tests, diffoscope, busybox and toybox each keep archives written to catch a reader's mistake; GNU tar's own
 tests write theirs from scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
 exercise are written here by GNU tar and bsdtar (corpora.written), as git archive's are by git.
 For each one, as a single layer:
@@ -359,6 +359,13 @@ EXPECT = {
     **{f"cargo/{n}.tgz": REFS for n in (
         "cargo", "diem", "empty", "gecko-dev", "rust-ws-inherit", "rust", "servo", "substrate", "tikv", "toml-rs")},
     **{f"rpm/{n}.tar.gz": REFS for n in ("buildrequires-1.0", "hello-1.0", "hello-2.0")},
+    # --- diffoscope's test tars: a directory of mode 000 before the file in it (no-perms.tar), a
+    # character device and a dangling symlink (test1.tar), a tar in a tar, a .deb's control.tar.gz ---
+    **{f"diffoscope/{n}": REFS for n in (
+        "archive1.tar", "archive2.tar", "containers/a.tar.gz", "containers/b.tar.gz", "dbgsym/test-dbgsym_1.tar.gz",
+        "debian-bug-876316-control.tar.gz", "fuzzy-tar-in-tar1.tar", "fuzzy-tar-in-tar2.tar", "fuzzy1.tar",
+        "fuzzy2.tar", "fuzzy3.tar", "no-perms.tar", "test1.debsrc.tar.gz", "test1.tar", "test2.debsrc.tar.gz",
+        "test2.tar")},
     # --- moby's integration tests: a docker save of 2015 (a layer.tar of 0 bytes), read as a layer ---
     "dockerio/emptyLayer.tar": REFS,
     # --- written here by git archive (corpora.written): a global 'comment' of the commit id, ustar
