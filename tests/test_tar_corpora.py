@@ -672,6 +672,21 @@ def _crafted():
             .file("./._file", _APPLE_DOUBLE, fmt="gnu").file("file", b"", fmt="gnu").bytes(), REFS),
         "header-cut-short": (header("input.txt", size=12)[:257],
                              refused("InvalidArchiveError", "the stream ends inside the first tar header")),
+        # cut inside the header or extended header after a whole entry (libarchive 3.7.5's
+        # truncation in a GNU long link): GNU tar (but for a cut plain header, which it lets pass),
+        # bsdtar and Go fail; lamina named the whole entry before as the one cut short
+        "header-cut-after-an-entry": (Tar().file("a", b"x").bytes(end=False) + header("b", size=3)[:300],
+                                      refused("InvalidArchiveError", "archive ends inside the header after entry 'a'")),
+        "gnu-long-link-cut-short": (Tar().file("a", b"x").bytes(end=False)
+                                    + header("././@LongLink", type=b"K", size=600, fmt="gnu") + b"t" * 300,
+                                    refused("InvalidArchiveError",
+                                            "archive ends inside the extended header after entry 'a'")),
+        "pax-header-cut-short": (Tar().file("a", b"x").bytes(end=False)
+                                 + header("././@PaxHeader", type=b"x", size=40) + b"40 path=" + b"p" * 20,
+                                 refused("InvalidArchiveError", "archive ends inside the extended header after entry 'a'")),
+        "pax-header-cut-short-at-the-start": (header("././@PaxHeader", type=b"x", size=40) + b"40 path=" + b"p" * 20,
+                                              refused("InvalidArchiveError",
+                                                      "archive ends inside the extended header at the start of the layer")),
         # numbers led by more zeros than Python's int() reads (4300 digits, sys.int_max_str_digits):
         # GNU tar, bsdtar and Go read them as the number; lamina's reader raised ValueError
         **{f"pax-{key}-led-by-5000-zeros": (Tar().pax({key: "0" * 5000 + value}).file("f", b"hello", size=5)
