@@ -684,6 +684,10 @@ def _crafted():
         "pax-header-cut-short": (Tar().file("a", b"x").bytes(end=False)
                                  + header("././@PaxHeader", type=b"x", size=40) + b"40 path=" + b"p" * 20,
                                  refused("InvalidArchiveError", "archive ends inside the extended header after entry 'a'")),
+        "pax-header-padding-cut-short": (Tar().file("a", b"x").bytes(end=False)
+                                         + header("././@PaxHeader", type=b"x", size=40) + b"40 path=" + b"p" * 31 + b"\n",
+                                         refused("InvalidArchiveError",
+                                                 "archive ends inside the extended header after entry 'a'")),
         "pax-header-cut-short-at-the-start": (header("././@PaxHeader", type=b"x", size=40) + b"40 path=" + b"p" * 20,
                                               refused("InvalidArchiveError",
                                                       "archive ends inside the extended header at the start of the layer")),
