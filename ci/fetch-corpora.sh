@@ -44,10 +44,20 @@
 #                trees of its static-delta tests)
 #   file/        file(1)'s magic tests (tests/*.testfile): a Gentoo binary package (a tar cut at
 #                1024 bytes) and zstd frame headers of every version, skippable frames
+#   git/         git's test tars (t/t5000, t/t5004: git archive's global header alone, a PAX
+#                size of 64 GiB and a PAX mtime in the year 4147 over a cut archive)
+#   npm/         npm's test package tarballs (workspaces/arborist/test/fixtures) and five of its registry
+#                mocks, one of each writer (fstream's PAX headers of NODETAR.* records...)
+#   cargo/       cargo's benchmark workspaces (benches/workspaces/*.tgz)
+#   rpm/         rpm's test source tarballs (tests/data/SOURCES)
+#   diffoscope/  diffoscope's test tars (tests/data: a directory of mode 000 over its file, a
+#                character device, a tar in a tar; .debs' control.tar.gz; a native package)
+#   docker.io/   moby's integration tests' docker save from before docker 1.10 (emptyLayer.tar:
+#                a 'repositories' file, a layer.tar of 0 bytes)
 #   klauspost-compress/  the Go gzip and zstd decoder's test streams (gzip/testdata/*.gz;
 #                zstd/testdata: good.zip, bad.zip and the fuzzers' regression zips of .zst
 #                streams, kept zipped; xml.zst...), for tests/test_compression_corpora.py
-#                these twenty-two: upstream sources from Debian source packages (apt-get source
+#                these twenty-eight: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests), of tar-split (golang-github-vbatts-tar-split-dev:
@@ -67,7 +77,8 @@
 # tarballs; the binary package has no tests), haskell-tar (property tests only), libtar (none),
 # rust-tokio-tar and rust-async-tar (not in bookworm), node-tar-fs, python-libarchive-c,
 # golang-github-containers-storage, karchive and squashfs-tools-ng (the mirror lacks their
-# .orig tarballs), dpkg (one 0-byte .orig.tar,
+# .orig tarballs), setuptools and node-gyp (the same), python-pip (no tar), e2fsprogs (two GNU
+# tars of disk images, as cargo's and rpm's), dpkg (one 0-byte .orig.tar,
 # a signature fixture), zig (not in bookworm), tar (its test suite writes every archive from
 # scripts; the star archives it can use are downloaded by hand): tests/corpora.py writes GNU tar's
 # formats with tar and bsdtar instead.
@@ -138,6 +149,8 @@ fetch_source() {
         for spec in "$pkg" $(apt-cache "${apt_src[@]}" showsrc "$pkg" 2>/dev/null | sed -n "s/^Version: /$pkg=/p"); do
             (cd "$dl" && apt-get "${apt_src[@]}" source --download-only -qq "$spec" 2>/dev/null) || :
             orig="$(ls "$dl/${pkg}"_*.orig.tar.* 2>/dev/null | grep -v '\.asc$' | head -1)"
+            # a native package (diffoscope) has no .orig: its one tarball is the source
+            [ -n "$orig" ] || orig="$(ls "$dl/${pkg}"_*.tar.* 2>/dev/null | grep -v '\.debian\.tar\.\|\.asc$' | head -1)"
             [ -n "$orig" ] && break 2
         done
         sleep $((i * 5))
@@ -199,5 +212,23 @@ fetch_source ostree ostree tests '*.tar.gz' '*.tar.xz' \
     || echo "WARNING: libostree's test tars could not be fetched" >&2
 fetch_source file file tests 'gpkg-*.testfile' 'zstd-*.testfile' \
     || echo "WARNING: file(1)'s magic test files could not be fetched" >&2
+# npm's .orig is 67 MB (its registry mocks: 761 package tarballs, of which five writers' are taken)
+fetch_source git git t 't5000/*.tar' 't5004/*.tar' \
+    || echo "WARNING: git's test tars could not be fetched" >&2
+fetch_source npm npm workspaces/arborist/test/fixtures bundle.tgz 'install-types/*.tgz' 'root-bundler/*.tgz' \
+    'tarball-dependencies/*.tgz' 'registry-mocks/content/cli-width/-/cli-width-2.1.0.tgz' \
+    'registry-mocks/content/create-react-class/-/create-react-class-15.6.3.tgz' \
+    'registry-mocks/content/jsonify/-/jsonify-0.0.0.tgz' 'registry-mocks/content/types/react/-/react-17.0.0.tgz' \
+    'registry-mocks/content/babel/helper-plugin-utils/-/helper-plugin-utils-7.0.0.tgz' \
+    || echo "WARNING: npm's test package tarballs could not be fetched" >&2
+fetch_source cargo cargo benches/workspaces '*.tgz' \
+    || echo "WARNING: cargo's benchmark workspaces could not be fetched" >&2
+fetch_source rpm rpm tests/data/SOURCES '*.tar.gz' \
+    || echo "WARNING: rpm's test source tarballs could not be fetched" >&2
+# docker.io's .orig is moby's engine (its cli, libnetwork and swarmkit come as other .orig tarballs)
+fetch_source docker.io docker.io engine/integration-cli/testdata emptyLayer.tar \
+    || echo "WARNING: moby's integration test archive could not be fetched" >&2
+fetch_source diffoscope diffoscope tests/data '*.tar' '*.tar.gz' \
+    || echo "WARNING: diffoscope's test tars could not be fetched" >&2
 fetch_source golang-github-containers-common containers-common libimage/testdata 'buildkit-*.tar' \
     exported-container.tar || echo "WARNING: containers/common's libimage test archives could not be fetched" >&2

@@ -2537,6 +2537,17 @@ cdef class Extractor:
             lamina_hw_stop(&self.hash_worker)  # nothing left to hash (and it is idle: see feed)
         if self.state == ST_DATA or self.state == ST_META or self.state == ST_SKIP or self.hdr_len:
             where = self.cur_name if self.state == ST_DATA else self.prev_name
+            # a cut header or extended header (or its padding: ST_SKIP with one pending) belongs to
+            # the entry after prev_name, which was read whole: naming prev_name as the entry cut
+            # short sends the reader to the wrong place (a sparse map, 'M', is its own entry's
+            # data, named as before)
+            if self.state == ST_HEADER and self.hdr_len and where is not None:
+                raise _errors.InvalidArchiveError(
+                    f"truncated layer: archive ends inside the {_Where('header', where)}")
+            if (self.state == ST_META and self.meta_kind != c'M') or (self.state == ST_SKIP and (
+                    self.pax is not None or self.long_name is not None or self.long_link is not None)):
+                raise _errors.InvalidArchiveError(
+                    f"truncated layer: archive ends inside the {_Where('extended header', where)}")
             if where is None:
                 raise _errors.InvalidArchiveError(
                     f"not a tar archive: the stream ends inside the first tar header ({self.total} bytes)")

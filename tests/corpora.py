@@ -20,6 +20,13 @@
     ostree/NAME      libostree's test tars (tests/*.tar.gz, *.tar.xz)
     file/NAME        file(1)'s magic test files (tests/*.testfile: a cut Gentoo package, zstd headers)
     buildah/NAME     buildah's test tars (tests/...)
+    git/NAME         git's test tars (t/t5000, t/t5004: git archive's PAX headers, a size and a
+                     time past the ustar fields)
+    npm/NAME         npm's test package tarballs (workspaces/arborist/test/fixtures: npm pack's)
+    cargo/NAME       cargo's benchmark workspaces (benches/workspaces/*.tgz, GNU tar's)
+    rpm/NAME         rpm's test source tarballs (tests/data/SOURCES)
+    dockerio/NAME    moby's integration test archives (engine/integration-cli/testdata)
+    diffoscope/NAME  diffoscope's test tars (tests/data)
     pgzip/NAME       klauspost/pgzip's gzip test streams (testdata/*.gz)
     ruby/NAME        rubygems' test gems (test/rubygems/...): NAME a .gem (a plain tar), or
                      ``GEM:data.tar.gz`` for the gzipped tar of its files inside
@@ -32,11 +39,15 @@
                      each format with xattrs and sparse files, volume labels, multi-volume
     bsdtar/NAME      sets, incremental dumps; and libarchive's writers; written here by the
                      tools of this machine on first use (``written``)
+    gitarchive/NAME  archives git archive writes (its own tar writer and gzip), over a small
+                     repository, by the git of this machine on first use
 
 Looked at and left out, shipping no tar archive or none the mirror has (ci/fetch-corpora.sh
 says why): tar-rs, minitar, Haskell's tar, libtar, python-libarchive-c, dpkg, zig, GNU tar,
 tarlz, pigz, zlib, php-pear's Archive_Tar, pristine-tar, containers-storage, MirBSD pax, cpio,
-umoci, containerd, lz4.  tar-split's archive/tar/testdata
+umoci, containerd, lz4, python-pip (no tar), setuptools and node-gyp (the mirror lacks their
+.orig tarballs), e2fsprogs (two GNU tars of 2 MiB disk images, bzip2: nothing cargo's and rpm's
+GNU tars lack).  tar-split's archive/tar/testdata
 (in the same Debian package as its tar/asm/testdata) is byte for byte Go's.  libarchive's test
 archives newer than Debian's 3.6.2 (3.7's global-header, vendor-keyword, sparse-past-the-size,
 Mac GNU tar and cut-short-header archives) are written by hand in test_tar_corpora.py's
@@ -74,7 +85,8 @@ _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "common
             "toybox": "toybox", "ruby": "ruby", "zstd": "zstd", "gomtree": "go-mtree", "buildah": "buildah",
             "pgzip": "pgzip", "cimage": "containers-image", "podman": "podman", "ostree": "ostree",
             "file": "file", "ccommon": "containers-common",
-            "klauspost": "klauspost-compress"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
+            "klauspost": "klauspost-compress", "git": "git", "npm": "npm", "cargo": "cargo", "rpm": "rpm",
+            "dockerio": "docker.io", "diffoscope": "diffoscope"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
 
 
 def _go_compress_dir():
@@ -158,7 +170,7 @@ def _unzstd(data):
 def shipped(key):
     """The bytes of ``corpus/name`` as the project ships them (a .Z or .bz2 still compressed)."""
     corpus, name = key.split("/", 1)
-    if corpus in ("gnutar", "bsdtar"):
+    if corpus in ("gnutar", "bsdtar", "gitarchive"):
         return written(key)
     base = require_corpus(corpus)
     if corpus == "libarchive":
@@ -176,8 +188,9 @@ def shipped(key):
 def archive(key):
     """(layer bytes, plain tar bytes or None) of ``corpus/name``."""
     corpus, name = key.split("/", 1)
-    if corpus in ("gnutar", "bsdtar"):
-        return written(key), written(key)
+    if corpus in ("gnutar", "bsdtar", "gitarchive"):
+        data = written(key)
+        return data, gzip.decompress(data) if name.endswith(".gz") else data
     data = shipped(key)
     if name.endswith(".Z"):
         data = _unZ(data)
@@ -375,9 +388,57 @@ def _write_all(root):
     return out
 
 
+# --- archives git archive writes -----------------------------------------------------------------
+# git's tar writer is its own (archive-tar.c): a global header whose 'comment' record is the
+# commit's id, ustar prefixes for names up to 255 bytes and PAX 'path' records past them, PAX
+# 'linkpath' for long symlink targets, modes from tar.umask (002), and its own gzip (git 2.38's
+# internal "git archive gzip") for tar.gz; git's test suite checks its archives with tar, so
+# they are written here, over a small repository, by the git of this machine.
+_GIT_ENV = {"GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@example.com", "GIT_AUTHOR_DATE": f"{_MTIME} +0000",
+            "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@example.com",
+            "GIT_COMMITTER_DATE": f"{_MTIME} +0000", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
+
+
+def _git_archives(root):
+    """gitarchive/NAME -> the bytes git archive writes."""
+    env = {**os.environ, **_GIT_ENV}
+
+    def git(*argv):
+        return subprocess.run(["git", *argv], cwd=root, env=env, check=True, capture_output=True).stdout
+
+    git("init", "-q", ".")
+    files = {"d/a": b"hello\n", "d/sub/b": b"x\n", "run.sh": b"#!/bin/sh\n",
+             "l" * 60 + "/" + "m" * 60 + "/" + "n" * 40: b"prefix\n",  # a ustar prefix
+             "p" * 100 + "/" + "q" * 100 + "/" + "r" * 80: b"pax path\n"}  # past 255: a PAX path
+    for name, data in files.items():
+        os.makedirs(os.path.join(root, os.path.dirname(name)) or root, exist_ok=True)
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(data)
+    os.chmod(os.path.join(root, "run.sh"), 0o755)
+    with open(os.path.join(root.encode(), b"caf\xe9"), "wb") as f:  # a name that is no UTF-8
+        f.write(b"latin-1\n")
+    os.symlink("d/a", os.path.join(root, "lnk"))
+    os.symlink("../" + "t" * 120, os.path.join(root, "d", "long-target"))
+    git("add", "-A")
+    git("commit", "-q", "-m", "corpus")
+    out = {"gitarchive/HEAD.tar": git("archive", "--format=tar", "HEAD"),
+           "gitarchive/HEAD.tar.gz": git("archive", "--format=tar.gz", "HEAD"),
+           # a tree, not a commit: no global header; a prefix on every name
+           "gitarchive/tree-prefixed.tar": git("archive", "--format=tar", "--prefix=pre/fix/", "HEAD:d")}
+    return out
+
+
 def written(key):
-    """The bytes of ``gnutar/NAME`` or ``bsdtar/NAME``, written by that tool on first use."""
-    if not _WRITTEN:
+    """The bytes of ``gnutar/NAME`` or ``bsdtar/NAME``, written by that tool on first use (and
+    ``gitarchive/NAME``, by git)."""
+    if key.startswith("gitarchive/"):
+        if key not in _WRITTEN:
+            from conftest import require_tool
+            require_tool("git")
+            with tempfile.TemporaryDirectory(prefix="lamina-written-git-") as root:
+                _WRITTEN.update(_git_archives(root))
+        return _WRITTEN[key]
+    if not any(k.startswith(("gnutar/", "bsdtar/")) for k in _WRITTEN):
         from conftest import require_tool
         require_tool("tar")
         require_tool("bsdtar")

@@ -2,9 +2,11 @@
 
 Go's archive/tar, CPython's tarfile, libarchive, node-tar, node-tar-stream, Perl's Archive::Tar,
 Commons Compress, Plexus Archiver, Apache Ant, Erlang's erl_tar, PHP's phar, rubygems, go-mtree,
-buildah, containers/image, podman, libostree, file(1), busybox and toybox each keep archives written to catch a reader's mistake; GNU tar's own tests write theirs from
-scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
-exercise are written here by GNU tar and bsdtar (corpora.written).  For each one, as a single layer:
+buildah, containers/image, podman, libostree, file(1), git, npm, cargo, rpm, moby's integration
+tests, diffoscope, busybox and toybox each keep archives written to catch a reader's mistake; GNU tar's own
+tests write theirs from scripts (incremental dumps, volume labels, multi-volume sets, sparse files), so the formats they
+exercise are written here by GNU tar and bsdtar (corpora.written), as git archive's are by git.
+For each one, as a single layer:
 
 - where GNU tar and bsdtar both extract it and agree, lamina's tree is theirs;
 - where they disagree, lamina's tree is the one EXPECT names (the reason beside it,
@@ -335,6 +337,40 @@ EXPECT = {
         "pre-signed-pull-data.tar.gz")},
     # --- file(1)'s magic tests: a Gentoo binary package cut at 1024 bytes, inside its second entry ---
     "file/gpkg-1-zst.testfile": refused("InvalidArchiveError", "archive ends inside entry 'inkscape-1.2.1-r2-1/metadata.tar.zst'"),
+    # --- git's test tars (t/t5000, t/t5004): git archive's output, a global header of the commit's id ---
+    "git/t5000/pax.tar": REFS,  # PAX times of a fraction, the header's own name ./PaxHeaders.NNN/file
+    "git/t5004/empty-with-pax-header.tar": REFS,  # a global 'comment' record and no entry: an empty layer
+    # a PAX size of 64 GiB (the ustar mtime field all 7s, the PAX mtime in the year 4147) whose data
+    # git's test leaves out: GNU tar and bsdtar fail at the end too
+    "git/t5000/huge-and-future.tar": refused("InvalidArchiveError", "archive ends inside entry 'huge'"),
+    # --- npm's test package tarballs (npm pack: node-tar's writer, files only, under package/) ---
+    **{f"npm/{n}.tgz": REFS for n in (
+        "bundle", "install-types/once-1.4.0", "install-types/rimraf-2.6.3", "root-bundler/child-1.2.3",
+        *(f"tarball-dependencies/testing-file-transitive-{p}isaacs-testing-file-transitive-{c}-1.0.0"
+          for p, c in (("a/c/", "c"), ("a/", "a"), ("b/", "b"))))},
+    # npm's registry mocks, one of each writer: fstream's (npm 2 and 3: a PAX header before each entry
+    # of NODETAR.* package.json records, SCHILY.dev/ino/nlink, the header's own uid in base-256;
+    # uids of ten digits), GNU tar's of 2011, DefinitelyTyped's (files under react/, mode 666), and
+    # one with directory entries (babel's)
+    **{f"npm/registry-mocks/content/{n}.tgz": REFS for n in (
+        "cli-width/-/cli-width-2.1.0", "create-react-class/-/create-react-class-15.6.3", "jsonify/-/jsonify-0.0.0",
+        "types/react/-/react-17.0.0", "babel/helper-plugin-utils/-/helper-plugin-utils-7.0.0")},
+    # --- cargo's benchmark workspaces (GNU tar's) and rpm's test source tarballs ---
+    **{f"cargo/{n}.tgz": REFS for n in (
+        "cargo", "diem", "empty", "gecko-dev", "rust-ws-inherit", "rust", "servo", "substrate", "tikv", "toml-rs")},
+    **{f"rpm/{n}.tar.gz": REFS for n in ("buildrequires-1.0", "hello-1.0", "hello-2.0")},
+    # --- diffoscope's test tars: a directory of mode 000 before the file in it (no-perms.tar), a
+    # character device and a dangling symlink (test1.tar), a tar in a tar, a .deb's control.tar.gz ---
+    **{f"diffoscope/{n}": REFS for n in (
+        "archive1.tar", "archive2.tar", "containers/a.tar.gz", "containers/b.tar.gz", "dbgsym/test-dbgsym_1.tar.gz",
+        "debian-bug-876316-control.tar.gz", "fuzzy-tar-in-tar1.tar", "fuzzy-tar-in-tar2.tar", "fuzzy1.tar",
+        "fuzzy2.tar", "fuzzy3.tar", "no-perms.tar", "test1.debsrc.tar.gz", "test1.tar", "test2.debsrc.tar.gz",
+        "test2.tar")},
+    # --- moby's integration tests: a docker save of 2015 (a layer.tar of 0 bytes), read as a layer ---
+    "dockerio/emptyLayer.tar": REFS,
+    # --- written here by git archive (corpora.written): a global 'comment' of the commit id, ustar
+    # prefixes, PAX path and linkpath records, a name that is no UTF-8; git's own gzip ---
+    **{f"gitarchive/{n}": REFS for n in ("HEAD.tar", "HEAD.tar.gz", "tree-prefixed.tar")},
     # --- written here by GNU tar and bsdtar (corpora.written): the formats of GNU tar's own tests ---
     **{f"gnutar/{n}.tar": REFS for n in (
         "v7", "oldgnu", "gnu", "ustar", "posix", "posix-sparse-0.0", "posix-sparse-1.0", "posix-sparse-0.1",
@@ -367,6 +403,12 @@ def _reference(tool, tarpath, dest, *, must_succeed):
     if must_succeed:
         assert rc == 0, f"{tool} tar failed on it: {err}"
     return snapshot(dest) if rc == 0 else None
+
+
+def test_each_archive_is_named_in_its_test_id():
+    """pytest names a parameter of over 100 characters by its index (``key315``), which moves as
+    archives are added: a failure's name would not say which archive failed."""
+    assert not [k for k in [*EXPECT, *CRAFTED, *LOADS] if len(k) > 100]
 
 
 @pytest.mark.parametrize("key", sorted(EXPECT))
@@ -638,6 +680,25 @@ def _crafted():
             .file("./._file", _APPLE_DOUBLE, fmt="gnu").file("file", b"", fmt="gnu").bytes(), REFS),
         "header-cut-short": (header("input.txt", size=12)[:257],
                              refused("InvalidArchiveError", "the stream ends inside the first tar header")),
+        # cut inside the header or extended header after a whole entry (libarchive 3.7.5's
+        # truncation in a GNU long link): GNU tar (but for a cut plain header, which it lets pass),
+        # bsdtar and Go fail; lamina named the whole entry before as the one cut short
+        "header-cut-after-an-entry": (Tar().file("a", b"x").bytes(end=False) + header("b", size=3)[:300],
+                                      refused("InvalidArchiveError", "archive ends inside the header after entry 'a'")),
+        "gnu-long-link-cut-short": (Tar().file("a", b"x").bytes(end=False)
+                                    + header("././@LongLink", type=b"K", size=600, fmt="gnu") + b"t" * 300,
+                                    refused("InvalidArchiveError",
+                                            "archive ends inside the extended header after entry 'a'")),
+        "pax-header-cut-short": (Tar().file("a", b"x").bytes(end=False)
+                                 + header("././@PaxHeader", type=b"x", size=40) + b"40 path=" + b"p" * 20,
+                                 refused("InvalidArchiveError", "archive ends inside the extended header after entry 'a'")),
+        "pax-header-padding-cut-short": (Tar().file("a", b"x").bytes(end=False)
+                                         + header("././@PaxHeader", type=b"x", size=40) + b"40 path=" + b"p" * 31 + b"\n",
+                                         refused("InvalidArchiveError",
+                                                 "archive ends inside the extended header after entry 'a'")),
+        "pax-header-cut-short-at-the-start": (header("././@PaxHeader", type=b"x", size=40) + b"40 path=" + b"p" * 20,
+                                              refused("InvalidArchiveError",
+                                                      "archive ends inside the extended header at the start of the layer")),
         # numbers led by more zeros than Python's int() reads (4300 digits, sys.int_max_str_digits):
         # GNU tar, bsdtar and Go read them as the number; lamina's reader raised ValueError
         **{f"pax-{key}-led-by-5000-zeros": (Tar().pax({key: "0" * 5000 + value}).file("f", b"hello", size=5)
@@ -756,6 +817,21 @@ def assert_compact_rebuild(tmp_path, key, plain):
     assert len(rebuilt) == len(plain) and hashlib.sha256(rebuilt).digest() == hashlib.sha256(plain).digest(), (
         f"{key}: rebuilt {len(rebuilt)} bytes, first difference at "
         f"{next((i for i, (a, b) in enumerate(zip(rebuilt, plain)) if a != b), min(len(rebuilt), len(plain)))}")
+
+
+def test_mobys_docker_save_from_before_manifest_json_is_refused_by_load_saying_so(tmp_path):
+    """moby's TestLoadZeroSizeLayer archive (a docker save of 2015: 'repositories', <id>/json and a
+    layer.tar of 0 bytes, which docker's legacy loader reads as an empty layer) is refused by
+    `lamina load` saying what it is, the store left empty and fsck clean (CONFORMANCE.md)."""
+    import lamina.errors
+    from lamina.store import Store
+    from lamina.transports import load
+    path = os.path.join(corpora.require_corpus("dockerio"), "emptyLayer.tar")
+    store = Store(tmp_path / "store")
+    with pytest.raises(lamina.errors.ImageError) as info:
+        load(path, store=store)
+    assert str(info.value).startswith(f"{path}: a docker save from before docker 1.10"), str(info.value)
+    assert not store.images() and store.fsck().clean
 
 
 _PODMAN_DOCKER_ID = "sha256:ec9293436c2e66da44edb9efb8d41f6b13baf62283ebe846468bc992d76d7951"
