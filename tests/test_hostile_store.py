@@ -68,7 +68,10 @@ def test_the_compact_store_never_opens_a_device_node_a_file_was_replaced_by(g):
                            sys.executable, "-m", "lamina", "--root", str(root), "copy", f"oci:{layout}:img", "x:1"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    opened = [line for line in trace.read_text().splitlines() if '"w"' in line and "O_CREAT" not in line]
+    # an O_PATH open pins the name without opening the file (no driver's open runs): the mode of
+    # the node the layer made is set through one (extract._chmod_at), which is what it is for
+    opened = [line for line in trace.read_text().splitlines()
+              if '"w"' in line and "O_CREAT" not in line and "O_PATH" not in line]
     assert opened == [], opened
     assert _saved_layer(root, g.dest / "x.tar") == raw
     g.check()
