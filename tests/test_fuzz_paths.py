@@ -189,14 +189,19 @@ def _with_libarchive(records):
     return st.tuples(st.just(records), st.sampled_from([()] * 10 + [
         (("LIBARCHIVE.xattr.user.lib", "MQ=="),),
         (("SCHILY.xattr.user.lib", b"1"), ("LIBARCHIVE.xattr.user.lib", "MQ==")),
-        (("LIBARCHIVE.xattr.user.%C3%A9", "Mg=="),)])).map(lambda t: t[0] + t[1])
+        (("LIBARCHIVE.xattr.user.%C3%A9", "Mg=="),),
+        # overlayfs's own, in libarchive's form: dropped as the SCHILY ones are
+        (("LIBARCHIVE.xattr.trusted.overlay.whiteout", ""),)])).map(lambda t: t[0] + t[1])
 
 
 # overlayfs's own xattrs, as a layer may carry them: meaningless on every path (dropped), where
 # kept they would make a directory opaque, a file a whiteout or a redirect in an overlay mount, or
 # (user.overlay.*) in nobody's (umoci sets them: the paths' stacks alone draw them)
 OVERLAY_XATTRS = [("trusted.overlay.opaque", b"y"), ("user.overlay.opaque", b"y"), ("trusted.overlay.whiteout", b""),
-                  ("user.overlay.redirect", b"/a"), ("trusted.overlay.overlay.opaque", b"y")]
+                  ("user.overlay.redirect", b"/a"), ("trusted.overlay.overlay.opaque", b"y"),
+                  # since Linux 6.7 a directory marked "x" makes each empty file in it marked a whiteout
+                  # (an xwhiteout), and a metacopy file takes its data from the layer below
+                  ("trusted.overlay.opaque", b"x"), ("user.overlay.whiteout", b""), ("trusted.overlay.metacopy", b"")]
 # a file's, in the paths' stacks (umoci reads the SCHILY records alone: CONFORMANCE.md)
 file_meta = _meta(XATTRS + OVERLAY_XATTRS).flatmap(_with_libarchive)
 # a directory's: a default ACL too (umoci's reading of one differs on purpose: CONFORMANCE.md)
