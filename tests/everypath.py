@@ -13,8 +13,9 @@
                    store (each layer extracted as it downloads, all at once), then materialize()
     registry-unpack  the same image unpacked straight from the registry (``unpack docker://``:
                    upper layers read ahead, nothing kept)
-    registry-overlay  the same in the overlay format (``unpack docker:// --format overlay``: each
-                   layer's directory written as its blob streams), mounted with kernel overlayfs
+    registry-overlay  the same in the overlay format (``unpack docker:// --format overlay``, with no
+                   --platform: each layer's directory written as its blob streams), mounted with
+                   kernel overlayfs
 
 Each returns a treecmp.Snapshot, or the error (a LaminaError) it raised.  The
 security tests and the differential fuzzer run every image through all of
@@ -205,7 +206,9 @@ def _registry_paths(work, layout, paths, tree):
     if "registry-overlay" in paths:
         def overlay():
             source = RegistrySource(ref, client=_registry_client(reg.host))
-            stats = lamina.unpack(source, os.path.join(work, "registry-ovl"), format="overlay", platform="linux/amd64")
+            # (no platform asked for, where the other two name linux/amd64: a manifest's image is
+            # then taken whatever its config says, the machine's platform or not)
+            stats = lamina.unpack(source, os.path.join(work, "registry-ovl"), format="overlay")
             with overlay_mount(stats.layer_dirs, os.path.join(work, "registry-ovl-mnt")) as mnt:
                 return tree(mnt)
         out["registry-overlay"] = _attempt(overlay)

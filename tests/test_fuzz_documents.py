@@ -16,12 +16,15 @@ one manifest in three also as docker >= 25 saves it (the layout and a manifest.j
 Every mutant is read by ``unpack oci:`` (dir and overlay), ``unpack oci-archive:``, ``copy``
 into a store then materialize() (a docker >= 25 archive: ``unpack oci-archive:``, ``unpack
 docker-archive:``, ``copy`` and ``load``), one in eight (LAMINA_FUZZ_REGISTRY=1: all) also
-pushed to a registry (tests/registryfixture.py) and pulled and unpacked from it, and must give:
+pushed to a registry (tests/registryfixture.py), pulled, unpacked from it (``unpack docker://``
+into a directory and in the overlay format, mounted) and, on an amd64 machine, unpacked by the
+CLI with no ``--platform`` (as ``unpack oci:`` is too), and must give:
 
 * the linux/amd64 image's tree, or a LaminaError of one line (never another exception);
 * the same answer on every path: the tree everywhere or an error everywhere (docker's readers
   of manifest.json and the OCI ones of index.json each among themselves when one of those two
-  is the changed one);
+  is the changed one; the paths that ask for no platform among themselves, since with
+  ``--platform`` a manifest's config must say that platform, as docker's pull holds it to);
 * a store that ``fsck`` finds clean, whichever way the copy went;
 * where the store took it, ``inspect``, ``images`` and ``save`` (both formats) that work, and a
   ``history`` that works or refuses in one line (as docker's does a history the layers do not
@@ -312,6 +315,10 @@ def read_every_way(work, layout):
     def unpacked(spec, name, **kw):
         return lambda: snapshot(lamina.unpack(spec, os.path.join(work, name), platform="linux/amd64", **kw).dest)
     out = {"dir": _attempt(unpacked(src, "dir"))}
+    if machine_is_amd64():
+        # no platform asked for: linux/amd64 is this machine's, but a manifest's config is then
+        # not held to it (as docker pull without --platform): a side of its own (NO_PLATFORM)
+        out["dir-no-platform"] = _attempt(lambda: snapshot(lamina.unpack(src, os.path.join(work, "dir-any")).dest))
     if hybrid:
         out["docker-archive"] = _attempt(unpacked(f"docker-archive:{archive}", "docker-archive"))
     else:
@@ -393,7 +400,43 @@ def registry_ways(work, layout):
     out["registry-pull"] = _attempt(pulled)
     out["registry-unpack"] = _attempt(lambda: snapshot(lamina.unpack(
         RegistrySource(ref, client=client), os.path.join(work, "registry-unpack"), platform="linux/amd64").dest))
+
+    def overlay():
+        stats = lamina.unpack(RegistrySource(ref, client=client), os.path.join(work, "registry-ovl"),
+                              format="overlay", platform="linux/amd64")
+        with overlay_mount(stats.layer_dirs, os.path.join(work, "registry-ovl-mnt")) as mnt:
+            return snapshot(mnt)
+    out["registry-overlay"] = _attempt(overlay)
+    if machine_is_amd64():  # (the CLI's ``unpack docker://`` with no --platform: the machine's own)
+        out["registry-cli-no-platform"] = cli_attempt("unpack", f"docker://{ref}", os.path.join(work, "registry-cli"))
     return out
+
+
+# the paths that ask for no platform: where the others name linux/amd64, a manifest whose config
+# says another platform (or none: "architecture": "") is refused by them and taken by these
+NO_PLATFORM = "no-platform"
+
+
+def machine_is_amd64():
+    from lamina.platform import Platform
+    host = Platform.host()
+    return (host.os, host.architecture) == ("linux", "amd64")
+
+
+class CliError(Exception):
+    """The CLI's refusal: its stderr (``lamina: error: ...``)."""
+
+
+def cli_attempt(*args):
+    """A Snapshot of the CLI's DEST (its last argument), or a CliError of its stderr: an exit
+    other than 0 or 1, or a traceback, fails the test."""
+    from registryfixture import lamina_cli
+    proc = lamina_cli(*args, check=False)
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, \
+        f"lamina {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}"
+    if proc.returncode:
+        return CliError(proc.stderr.strip().removeprefix("lamina: error: "))
+    return snapshot(args[-1])
 
 
 _pushed = __import__("itertools").count()
@@ -433,6 +476,8 @@ def test_a_changed_document_is_read_alike_or_refused_in_one_line(needs, case, re
         if MANIFEST_JSON in docs and target in (None, MANIFEST_JSON):
             sides = [{k: v for k, v in results.items() if (k in ("docker-archive", "load")) == docker_side}
                      for docker_side in (False, True)]
+        sides = [part for side in sides for part in ({k: v for k, v in side.items() if (NO_PLATFORM in k) == alone}
+                                                     for alone in (False, True)) if part]
         for side in sides:
             failed = sorted(k for k, v in side.items() if isinstance(v, Exception))
             assert not failed or len(failed) == len(side), (f"{context}: {failed} refused "

@@ -6,7 +6,8 @@ octal ended by a NUL or a space, led by spaces or zeros, filling the field witho
 or in GNU base-256; its name in the header, split into the ustar prefix, in a PAX ``path``
 or a GNU long name (with a decoy in the header), with a trailing slash or ``./``; its link in
 the header, a PAX ``linkpath`` or a GNU long link; PAX records for ``size``, ``uid``,
-``gid``, ``mtime`` (with a fraction), ``uname``/``gname`` and ``SCHILY.xattr.user.*``; the
+``gid``, ``mtime`` (with a fraction), ``uname``/``gname`` and ``SCHILY.xattr.user.*`` (before
+a ustar, GNU or v7 header alike: GNU tar and bsdtar apply a PAX header to the v7 entry after it); the
 type flag spelled otherwise (``\\0`` and ``7`` for a file, a trailing slash on a ``\\0`` or ``0``
 entry for a directory, ``1`` and ``2`` links); and entries written twice (a file replaced by a
 file, a symlink, a hardlink to it, a directory over a file ...).
@@ -169,13 +170,13 @@ def spellings(draw, e):
         # (in a v7 header those bytes are padding: no reader takes them for a prefix)
         prefix, _, head_name = name.rstrip("/").rpartition("/")
         head_name += "/" if name.endswith("/") else ""
-    elif carrier == "pax" and fmt != "v7":
+    elif carrier == "pax":
         records.append(("path", name))
         head_name = DECOY
     elif carrier == "gnu":
         out += _gnu_long(b"L", name)
         head_name = DECOY
-    elif carrier in ("pax+gnu", "gnu+pax") and fmt != "v7":
+    elif carrier in ("pax+gnu", "gnu+pax"):
         # both a PAX path and a GNU long name (one of them the name, the other a decoy): which
         # one a reader takes shows
         # (GNU tar takes the PAX path, bsdtar the later of the two, Go the long name: lamina
@@ -187,7 +188,7 @@ def spellings(draw, e):
             out, after_pax = out + after_pax, b""
         head_name = DECOY
         e.mixed = True
-    if link_carrier == "pax" and fmt != "v7":
+    if link_carrier == "pax":
         records.append(("linkpath", e.link))
         head_link = DECOY
     elif link_carrier == "gnu":
@@ -205,7 +206,7 @@ def spellings(draw, e):
         head["mode"] |= {"file": 0o100000, "dir": 0o040000, "symlink": 0o120000, "hardlink": 0o100000,
                          "fifo": 0o010000}[e.kind]
     for field, key in (("size", "size"), ("uid", "uid"), ("gid", "gid"), ("mtime", "mtime")):
-        if fmt != "v7" and draw(st.integers(0, 7)) == 0:
+        if draw(st.integers(0, 7)) == 0:
             value = head[field]
             if field == "mtime" and draw(st.booleans()):
                 # a fraction; before the epoch (a fraction there counts down from the second)
@@ -217,10 +218,10 @@ def spellings(draw, e):
             head[field] = draw(st.sampled_from([0, value, 1, 2]))
             if field == "size" and head[field] > 0 and e.kind == "file":
                 head[field] = value  # (another size in the header: covered by test_tar_conformance)
-    if fmt != "v7" and e.kind in ("file", "dir") and draw(st.integers(0, 5)) == 0:
+    if e.kind in ("file", "dir") and draw(st.integers(0, 5)) == 0:
         # (user.* xattrs on a symlink or fifo: EPERM to every tool; an empty value: bsdtar fails)
         records.append(("SCHILY.xattr.user.f", draw(st.sampled_from(["1", "two"]))))
-    if fmt != "v7" and draw(st.integers(0, 7)) == 0:
+    if draw(st.integers(0, 7)) == 0:
         records.append(("uname", "someone"))
     fields = {}
     for field in ("mode", "uid", "gid", "size", "mtime"):
