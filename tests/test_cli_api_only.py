@@ -12,7 +12,7 @@ PUBLIC_API = {
     "lamina.layer", "lamina.unpacker", "lamina.atomic", "lamina.timefmt",
     "lamina.registry", "lamina.registry.pull", "lamina.registry.push", "lamina.registry.login",
     "lamina.registry.progress", "lamina.registry.source", "lamina.bench", "lamina.bench_choices",
-    "lamina.trace",
+    "lamina.trace", "lamina.quoting",
 }
 # From lamina.store only the Store class: its layout, locks and gc are the library's business.
 STORE_NAMES = {"Store"}

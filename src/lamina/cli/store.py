@@ -74,8 +74,7 @@ def cmd_save(args):
 def cmd_copy(args):
     from dataclasses import asdict
 
-    from ..transports import copy, parse
-    from ..transports.output import is_stdout
+    from ..transports import copy, is_stdout, parse
     check_format(args)
     dest = parse(args.destination)
     # the archive is stdout's whole stream (docker save prints nothing beside it; skopeo's report

@@ -18,6 +18,7 @@ from ..apiargs import a_name, a_path, a_store, one_or_many
 from ..errors import ImageNotFoundError, InvalidReferenceError, StoreError
 from ..reference import Reference
 from .spec import STORE, ImageSpec, parse
+from .output import is_stdout
 from .sources import ImageData, archive_images, from_store, open_image
 
 ARCHIVE_FORMATS = ("docker-archive", "oci-archive")
@@ -208,4 +209,5 @@ def save(refs, output=None, *, store, format="docker-archive"):
     return images
 
 
-__all__ = ["CopyResult", "ImageData", "ImageSpec", "LoadedImage", "copy", "load", "load_stream", "parse", "save"]
+__all__ = ["CopyResult", "ImageData", "ImageSpec", "LoadedImage", "copy", "is_stdout", "load", "load_stream", "parse",
+           "save"]
