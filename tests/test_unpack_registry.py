@@ -250,3 +250,22 @@ def test_first_layer_is_requested_while_the_config_arrives(proxy, images, regist
     with RegistrySource(f"{proxy.host}/app:1") as again:
         unpack(again, dest)
     treecmp.assert_same(treecmp.snapshot(_expected(images, tmp_path)), treecmp.snapshot(dest))
+
+
+def test_the_python_api_takes_a_docker_reference_as_the_cli_does(reg, images, registry_env, tmp_path):  # noqa: F811
+    """``lamina.unpack("docker://REF", DEST)``: what ``lamina unpack docker://REF DEST`` does, from
+    Python (it refused the string as an unsupported transport); platform and format go through."""
+    import lamina
+    stats = lamina.unpack(f"docker://{reg.host}/app:1", tmp_path / "rootfs")
+    assert stats.manifest_digest == images["manifest"]["digest"]
+    assert stats.source == f"docker://{reg.host}/app:1"
+    treecmp.assert_same(treecmp.snapshot(_expected(images, tmp_path)), treecmp.snapshot(tmp_path / "rootfs"))
+    lamina.unpack(f"docker://{reg.host}/multi:1", tmp_path / "arm", platform="linux/arm64",
+                  insecure=(reg.host,))
+    assert (tmp_path / "arm" / "arch").read_bytes() == b"linux/arm64\n"
+    stats = lamina.unpack(f"docker://{reg.host}/app:1", tmp_path / "layers", format="overlay")
+    assert len(stats.layer_dirs) == 3
+    with pytest.raises(errors.LaminaError, match="linux/s390x"):
+        lamina.unpack(f"docker://{reg.host}/multi:1", tmp_path / "no", platform="linux/s390x")
+    assert not (tmp_path / "no").exists()
+    assert not (registry_env / "home" / ".local" / "share" / "lamina").exists()   # nothing stored

@@ -3,7 +3,7 @@
 The public API is small:
 
     lamina.apply_layer(blob, dest, format="dir" | "overlay", diff_id=..., digest=...)
-    lamina.unpack("oci:PATH[:REF]" | "docker-archive:PATH", dest, platform=..., format=...)
+    lamina.unpack("oci:PATH[:REF]" | "docker-archive:PATH" | "docker://REF", dest, platform=..., format=...)
     lamina.pull("debian:12", store=lamina.Store()) / lamina.push(ref, store=...)
     lamina.Store(root): the image store (images, tags, snapshots, gc, fsck)
 

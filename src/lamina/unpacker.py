@@ -45,15 +45,21 @@ SCAN_FRACTION = 0.25
 SCAN_MAX_PATHS = 1 << 16
 
 
-def unpack(source, dest, *, platform=None, format="dir", limits=None) -> UnpackStats:
-    """Unpack ``source`` (``oci:PATH[:REF]``, ``docker-archive:PATH``, a path) into ``dest``.
+def unpack(source, dest, *, platform=None, format="dir", limits=None, insecure=()) -> UnpackStats:
+    """Unpack ``source`` (``oci:PATH[:REF]``, ``docker-archive:PATH``, ``oci-archive:PATH``, a
+    path, or ``docker://REF`` straight from a registry, nothing kept) into ``dest``.
 
     ``dest`` must not exist or be an empty directory. ``platform`` is
     ``os/arch[/variant]`` or None for the host. Every manifest, config, blob
-    and diffID is verified.
+    and diffID is verified.  ``insecure``: registry hosts a ``docker://`` source may reach over
+    plain HTTP or without TLS verification (loopback ones may always), as ``lamina.pull``'s.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {format!r}")
+    if isinstance(source, str) and source.startswith("docker://"):
+        # the CLI's `unpack docker://REF`, for a Python caller: the same source, silent
+        from .registry.source import RegistrySource
+        source = RegistrySource(source, insecure=tuple(insecure))
     a_path(dest, "dest", "a directory's path")
     t_start = time.perf_counter()
     seconds = {}
