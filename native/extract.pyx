@@ -3342,7 +3342,9 @@ cdef class Extractor:
             if fstatat(fd, c, &st, AT_SYMLINK_NOFOLLOW) < 0:
                 e = errno
                 close(fd)
-                lamina_set_errno(e)
+                # a component past NAME_MAX (only a symlink's target has one: such entries are
+                # refused) names nothing: absent, as the overlay formats' walk reads it
+                lamina_set_errno(ENOENT if e == ENAMETOOLONG else e)
                 return -1
             if S_ISLNK(st.st_mode):
                 links += 1
@@ -3757,7 +3759,7 @@ cdef class Extractor:
                 if ufd >= 0:
                     if fstatat(ufd, <bytes>c, &st, AT_SYMLINK_NOFOLLOW) == 0:
                         found = -1
-                    elif errno != ENOENT:
+                    elif errno != ENOENT and errno != ENAMETOOLONG:  # past NAME_MAX: in no layer
                         self._parent_error(path, name)
                 if found == -2:
                     if unknown_below:
@@ -3778,7 +3780,7 @@ cdef class Extractor:
                         if fstatat(<int>lf[i], <bytes>c, &st, AT_SYMLINK_NOFOLLOW) == 0:
                             found = i
                             break
-                        if errno != ENOENT:
+                        if errno != ENOENT and errno != ENAMETOOLONG:
                             self._parent_error(path, name)
                 if found == -2 or (S_ISCHR(st.st_mode) and st.st_rdev == 0):
                     # absent from the merged view
