@@ -74,7 +74,9 @@ def test_a_node_swapped_for_a_symlink_before_its_chmod_leaves_the_host_file_alon
     assert swapped, f"the FIFO was never seen: {err}"
     # the chmod, held back, reaches the FIFO lamina made (pinned before the swap), never the link
     assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600, "lamina chmod'ed the host file through the symlink"
-    assert rc == 0, err
+    # a swap that lands before _chmod_at's O_PATH open pins the node (only its fchmodat is held
+    # back: 2 runs in 12 here) is seen by that open, which refuses the link: safe, and an error
+    assert rc == 0 or (rc == 1 and "entry 'pub/p': chmod failed: Too many levels of symbolic links" in err), err
 
 
 def _root_mode_tar(mode):
