@@ -2082,6 +2082,7 @@ cdef class Extractor:
     # as a directory with no data: named when the bytes after it turn out to be no header
     cdef int64_t dir_size_dropped
     cdef int64_t ext_total, global_headers
+    cdef bint skipping_global      # ST_SKIP over a global header's records: finish names the header
     # GNU sparse: the map of the entry being read (offset, length pairs flat in
     # an int64 array), the region being written, and the file's real size
     cdef object sparse, sparse_pending
@@ -2525,6 +2526,7 @@ cdef class Extractor:
                 pos = n
 
     cdef inline void _skip_then_header(self, int64_t pad):
+        self.skipping_global = False  # the global header's branch sets it after
         if pad:
             self.state = ST_SKIP
             self.remaining = pad
@@ -2548,6 +2550,9 @@ cdef class Extractor:
                     self.pax is not None or self.long_name is not None or self.long_link is not None)):
                 raise _errors.InvalidArchiveError(
                     f"truncated layer: archive ends inside the {_Where('extended header', where)}")
+            if self.state == ST_SKIP and self.skipping_global:  # its records are skipped, as data
+                raise _errors.InvalidArchiveError(
+                    f"truncated layer: archive ends inside the {_Where('global header', where)}")
             if where is None:
                 raise _errors.InvalidArchiveError(
                     f"not a tar archive: the stream ends inside the first tar header ({self.total} bytes)")
@@ -2685,6 +2690,7 @@ cdef class Extractor:
                 raise _errors.LimitExceededError(
                     f"{where}: global PAX header of {size} bytes exceeds the limit of {self.max_header}")
             self._skip_then_header(size + _pad(size))
+            self.skipping_global = True
             return
         if tf == c'x' or tf == c'L' or tf == c'K':
             if size > self.max_header:
@@ -3336,7 +3342,9 @@ cdef class Extractor:
             if fstatat(fd, c, &st, AT_SYMLINK_NOFOLLOW) < 0:
                 e = errno
                 close(fd)
-                lamina_set_errno(e)
+                # a component past NAME_MAX (only a symlink's target has one: such entries are
+                # refused) names nothing: absent, as the overlay formats' walk reads it
+                lamina_set_errno(ENOENT if e == ENAMETOOLONG else e)
                 return -1
             if S_ISLNK(st.st_mode):
                 links += 1
@@ -3751,7 +3759,7 @@ cdef class Extractor:
                 if ufd >= 0:
                     if fstatat(ufd, <bytes>c, &st, AT_SYMLINK_NOFOLLOW) == 0:
                         found = -1
-                    elif errno != ENOENT:
+                    elif errno != ENOENT and errno != ENAMETOOLONG:  # past NAME_MAX: in no layer
                         self._parent_error(path, name)
                 if found == -2:
                     if unknown_below:
@@ -3772,7 +3780,7 @@ cdef class Extractor:
                         if fstatat(<int>lf[i], <bytes>c, &st, AT_SYMLINK_NOFOLLOW) == 0:
                             found = i
                             break
-                        if errno != ENOENT:
+                        if errno != ENOENT and errno != ENAMETOOLONG:
                             self._parent_error(path, name)
                 if found == -2 or (S_ISCHR(st.st_mode) and st.st_rdev == 0):
                     # absent from the merged view

@@ -1055,3 +1055,22 @@ def test_a_hardlink_through_a_symlink_to_nothing_is_refused_in_one_wording(g, ta
         assert type(r) is InvalidArchiveError, (path, r)
         assert str(r).endswith(": entry 'h': hardlink target 'z/f' not found in the layer or below"), (path, str(r))
     g.check()
+
+
+# --- an entry under a symlink to nothing whose target no directory could be named ---
+
+@pytest.mark.parametrize("same_layer", [False, True], ids=["link-below", "link-same-layer"])
+@pytest.mark.parametrize("target", ["nowhere", "x" * 300, "d/" + "x" * 300 + "/y", "/" + "x" * 256],
+                         ids=["short", "past-name-max", "past-name-max-inside", "absolute-past-name-max"])
+def test_an_entry_under_a_symlink_to_a_name_past_name_max_is_under_a_dangling_one(g, target, same_layer):
+    """``s -> nowhere`` then ``s/f``: "'s' goes through a dangling symlink" on every path.  With a
+    target component of more than 255 bytes, which can name nothing, the dir format said
+    "cannot open 's': File name too long": what it tried, not what is wrong with the layer."""
+    from lamina.errors import ExtractError
+    lower, upper = Tar().dir("d"), Tar()
+    (upper if same_layer else lower).pax({"linkpath": target}).symlink("s", "")
+    results = run_paths(g.dest, [lower.bytes(), upper.file("s/f", b"x").bytes()])
+    wrong = {path: repr(r) for path, r in results.items()
+             if type(r) is not ExtractError or not str(r).endswith(": entry 's/f': 's' goes through a dangling symlink")}
+    assert not wrong, wrong
+    g.check()

@@ -34,7 +34,7 @@ import time
 
 from . import _pipeline, compression, errors
 from .digest import validate
-from .tree import make_dirs
+from .tree import is_pinned, make_dirs
 from ._extract import Extractor, cancelled
 from .limits import DEFAULT_LIMITS
 from .stats import ApplyStats
@@ -128,7 +128,10 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
 def check_not_symlink(dest):
     """Refuse a DEST that is a symlink (``link`` or ``link/``), as apply --atomic and unpack do:
     they make DEST by a rename onto its name, which cannot go through a link, so an in-place
-    apply that followed it wrote where the others would not (CONFORMANCE.md)."""
+    apply that followed it wrote where the others would not (CONFORMANCE.md).  unpack's own
+    pinned staging dir (tree.pin) is no such link."""
+    if is_pinned(dest):
+        return
     if os.path.islink(os.path.abspath(os.fspath(dest))):
         raise errors.ExtractError(f"destination {os.fsdecode(dest)} exists and is not a directory (a symlink: "
                                   f"lamina does not apply through one; give the directory it points to)")

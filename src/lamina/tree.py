@@ -9,7 +9,28 @@ import os
 
 from ._extract import clear_dir, remove_tree
 
-__all__ = ["abandon", "clear_dir", "discard", "make_dirs", "remove_tree"]
+__all__ = ["abandon", "clear_dir", "discard", "is_pinned", "make_dirs", "pin", "remove_tree", "unpin"]
+
+# The /proc/self/fd/N names of the directories held open that lamina writes by (unpack's staging
+# dir): a magic link, which lstat calls a symlink, yet one that reaches the directory the fd was
+# opened on (O_NOFOLLOW) whatever is at its old name now, as no user's symlink does.
+_pinned = set()
+
+
+def pin(fd):
+    """``/proc/self/fd/N`` of directory ``fd``, which check_not_symlink lets through until unpin."""
+    name = f"/proc/self/fd/{fd}"
+    _pinned.add(name)
+    return name
+
+
+def unpin(name):
+    _pinned.discard(name)
+
+
+def is_pinned(path):
+    """Is ``path`` (``/proc/self/fd/N``, or with a trailing ``/.``) one of ours from pin()?"""
+    return os.path.abspath(os.fsdecode(path)) in _pinned
 
 
 def discard(path, trash_name=None):

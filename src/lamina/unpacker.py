@@ -27,7 +27,7 @@ from .limits import check_layer_count, open_file_budget
 from .lowers import LayersBelow
 from .oci import open_source
 from .stats import UnpackStats
-from .tree import abandon, clear_dir, make_dirs, remove_tree
+from .tree import abandon, clear_dir, make_dirs, pin, remove_tree, unpin
 
 FORMATS = ("dir", "overlay")
 # Overlay layers are independent, and apply_layer keeps about two cores busy by itself
@@ -80,13 +80,15 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None, insecure=(
         staging = _make_staging(dest)
         try:
             t = time.perf_counter()
+            # the layers (each opens its target anew), and the lower ones each overlay layer
+            # opens when it needs them, by the staging dir's fd: never by a path through DEST's
+            # parent, where whoever can write it could swap the staging dir for a dir of theirs,
+            # or a link to where lowers/0 is /etc
+            pinned = pinned_staging(staging)
             if format == "dir":
-                stats.layers = _apply_flat(image.layers, staging, limits)
+                # "/." so that the extractor's and clear_dir's O_NOFOLLOW open reach the dir
+                stats.layers = _apply_flat(image.layers, os.path.join(pinned, "."), limits)
             else:
-                # the layers' dirs, and the lower ones each layer opens when it needs them, by
-                # the staging dir's fd: never by a path through DEST's parent, where whoever can
-                # write it could swap the staging dir for a link to where lowers/0 is /etc
-                pinned = pinned_staging(staging)
                 stats.layers = _apply_overlay(image.layers, pinned, limits)
                 stats.layer_dirs = [os.path.join(dest, "layers", str(i)) for i in range(len(image.layers))]
                 lowers = stats.layer_dirs
@@ -349,7 +351,7 @@ def _make_staging(dest):
     _sweep_killed_siblings(parent, name)
     while True:
         newborn = tempfile.mkdtemp(prefix=f"{name}{_NEWBORN_PREFIX}", dir=parent)
-        fd = os.open(newborn, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(newborn, _DIR_FLAGS)  # O_NOFOLLOW: the layers go by this fd (pinned_staging)
         staging = os.path.join(parent, name + _STAGING_PREFIX +
                                newborn[len(os.path.join(parent, name + _NEWBORN_PREFIX)):])
         try:
@@ -403,13 +405,14 @@ def _make_staging_inside(dest):
 def pinned_staging(staging):
     """``/proc/self/fd/N`` of the staging dir: a path that reaches the directory made, whatever
     is at its name now."""
-    return f"/proc/self/fd/{_held[staging]}"
+    return pin(_held[staging])
 
 
 def release_staging(staging):
     """Let go of the lock on a staging dir (after its commit or its removal)."""
     fd = _held.pop(staging, None)
     if fd is not None:
+        unpin(f"/proc/self/fd/{fd}")
         os.close(fd)
     held = _in_place.pop(staging, None)
     if held is not None:
