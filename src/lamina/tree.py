@@ -17,15 +17,18 @@ __all__ = ["abandon", "clear_dir", "discard", "is_pinned", "make_dirs", "pin", "
 _pinned = set()
 
 
+def _fd_name(fd):
+    return f"/proc/self/fd/{fd}"
+
+
 def pin(fd):
     """``/proc/self/fd/N`` of directory ``fd``, which check_not_symlink lets through until unpin."""
-    name = f"/proc/self/fd/{fd}"
-    _pinned.add(name)
-    return name
+    _pinned.add(_fd_name(fd))
+    return _fd_name(fd)
 
 
-def unpin(name):
-    _pinned.discard(name)
+def unpin(fd):
+    _pinned.discard(_fd_name(fd))
 
 
 def is_pinned(path):

@@ -56,11 +56,12 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None, insecure=(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {format!r}")
+    a_path(dest, "dest", "a directory's path")
     if isinstance(source, str) and source.startswith("docker://"):
-        # the CLI's `unpack docker://REF`, for a Python caller: the same source, silent
+        # the CLI's `unpack docker://REF`, for a Python caller: the same source, silent (made
+        # after the checks of the other arguments, so that a refusal leaves no client open)
         from .registry.source import RegistrySource
         source = RegistrySource(source, insecure=tuple(insecure))
-    a_path(dest, "dest", "a directory's path")
     t_start = time.perf_counter()
     seconds = {}
     dest = os.path.abspath(os.fsdecode(dest))
@@ -412,7 +413,7 @@ def release_staging(staging):
     """Let go of the lock on a staging dir (after its commit or its removal)."""
     fd = _held.pop(staging, None)
     if fd is not None:
-        unpin(f"/proc/self/fd/{fd}")
+        unpin(fd)
         os.close(fd)
     held = _in_place.pop(staging, None)
     if held is not None:

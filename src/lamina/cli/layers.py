@@ -7,8 +7,7 @@ import sys
 from ..errors import ExtractError, LaminaError, layer_of
 from ..trace import event
 from . import path_arg
-from .output import shown_path
-from .output import add_format_option, check_format, emit, human_size
+from .output import add_format_option, check_format, emit, human_size, shown_path
 
 FORMATS = ("dir", "overlay")
 
