@@ -166,8 +166,8 @@ def sample(n_calls):
 
 
 # The default run: one kill per command, halfway through the first of these it makes (a store
-# commits by renames, makes durable by fsyncs)
-DEFAULT_CALLS = ("rename", "fsync", "unlinkat")
+# commits by renames, makes durable by fsyncs; unpack puts the staging dir on DEST by renameat2)
+DEFAULT_CALLS = ("rename", "renameat2", "fsync", "unlinkat")
 
 
 def _injected_calls(calls, default):
@@ -298,7 +298,7 @@ def test_sigkill_at_each_syscall_of_a_pull(layout, pushed, tmp_path, name, regis
 
 
 # The default run: one error per command, halfway through its fsyncs (or renames)
-DEFAULT_FAILING_CALLS = ("fsync", "rename")
+DEFAULT_FAILING_CALLS = ("fsync", "rename", "renameat2")
 
 
 def _fail_everywhere(case, err):
@@ -381,8 +381,8 @@ def test_an_unpack_killed_before_it_names_its_staging_dir_leaves_nothing_behind(
     that rename (SIGKILL at it), the newborn dir stayed beside DEST for ever: no unpack swept it."""
     case = _cases(layout, tmp_path, "unpack")
     case.prepare()
-    n = case.nth_call("rename", ".lamina-new-")
-    proc = case.run("-o", "/dev/null", "-e", "trace=rename", "-e", f"inject=rename:signal=SIGKILL:when={n}")
+    n = case.nth_call("renameat", ".lamina-new-")
+    proc = case.run("-o", "/dev/null", "-e", "trace=renameat", "-e", f"inject=renameat:signal=SIGKILL:when={n}")
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert [x for x in os.listdir(case.dest.parent) if ".lamina-new-" in x], os.listdir(case.dest.parent)
     case.check("killed at the rename of its newborn staging dir")

@@ -190,8 +190,8 @@ def test_overlay_lowers_through_a_swapped_staging_dir_copy_up_nothing_of_the_hos
         os.rename(staging, tmp_path / "aside")
         os.symlink(theirs.parent, staging)
 
-    swapped, _, err = _race("mknodat", "delay_enter=1500000", ["unpack", "--overlay", f"oci:{layout}:img", str(dest)],
-                            f"{dest}.lamina-tmp-*/layers/0/f", swap)
+    swapped, rc, err = _race("mknodat", "delay_enter=1500000", ["unpack", "--overlay", f"oci:{layout}:img", str(dest)],
+                             f"{dest}.lamina-tmp-*/layers/0/f", swap)
     assert swapped, f"layer 0 was never seen: {err}"
     for top, _, files in os.walk(tmp_path):
         for n in files:
@@ -199,7 +199,10 @@ def test_overlay_lowers_through_a_swapped_staging_dir_copy_up_nothing_of_the_hos
             if p != os.fspath(victim / "f") and stat.S_ISREG(os.lstat(p).st_mode):
                 with open(p, "rb") as fh:
                     assert b"secret" not in fh.read(), f"the host's file was copied up into {p}"
-    assert (tmp_path / "aside" / "layers" / "1" / "h").read_text() == "image\n", err
+    # and their link is never made DEST (see test_a_staging_dir_swapped_before_the_commit_never_becomes_dest)
+    assert rc == 1 and "replaced by someone else" in err, err
+    assert not os.path.lexists(dest) and os.listdir(tmp_path / "aside") == [], err
+    assert (victim / "f").read_text() == "secret\n"
 
 
 def test_dir_format_layers_through_a_swapped_staging_dir_write_nothing_into_theirs(tmp_path):
@@ -224,10 +227,13 @@ def test_dir_format_layers_through_a_swapped_staging_dir_write_nothing_into_thei
     swapped, rc, err = _race("mknodat", "delay_enter=1500000", ["unpack", f"oci:{layout}:img", str(dest)],
                              f"{dest}.lamina-tmp-*/f", swap)
     assert swapped, f"layer 0 was never seen: {err}"
-    # their directory, renamed onto DEST by name as before, got nothing of the image
-    assert os.listdir(dest) == [], f"layer 1 was written into the swapped-in directory: {os.listdir(dest)}"
-    assert sorted(os.listdir(tmp_path / "aside")) == ["f", "g", "p"], err
-    assert rc == 0, err
+    # their directory got nothing of the image; it stays where they put it, and is not made DEST
+    # (see test_a_staging_dir_swapped_before_the_commit_never_becomes_dest), so the unpack fails
+    [staging] = glob.glob(f"{glob.escape(str(dest))}.lamina-tmp-*")
+    assert os.listdir(staging) == [], f"layer 1 was written into the swapped-in directory: {os.listdir(staging)}"
+    assert not os.path.lexists(dest), err
+    assert rc == 1 and "replaced by someone else" in err, err
+    assert os.listdir(tmp_path / "aside") == [], "the image was left where the other user had moved it"
 
 
 @pytest.mark.parametrize("fmt", [[], ["--overlay"]], ids=["dir", "overlay"])
@@ -253,3 +259,84 @@ def test_a_newborn_staging_dir_swapped_for_a_symlink_is_never_pinned(tmp_path, f
     assert os.listdir(victim) == [], "the image was written through the swapped-in symlink"
     assert stat.S_IMODE(os.stat(victim).st_mode) == 0o700, "the user's directory was chmod'ed through the symlink"
     assert rc == 1, err
+    # said as what happened (it was "DEST.lamina-new-*: Not a directory"), and their symlink at
+    # the name lamina chose is not left behind as if an unpack had been killed there
+    assert "replaced by someone else" in err, err
+    assert glob.glob(f"{glob.escape(str(dest))}.lamina-*") == [], os.listdir(tmp_path)
+    assert os.path.isdir(victim) and not os.path.islink(victim)
+
+
+def _swap_staging_for_theirs(tmp_path, fmt, dest):
+    """unpack under strace holding every rename back, swapping the staging dir for a directory
+    of another user's (with a file in it) once the image's file is in it: (rc, stderr, aside,
+    theirs' file)."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "planted").write_text("theirs\n")
+    aside = tmp_path / "aside"
+    layout = write_image(tmp_path / "img", [Tar().file("f", b"image\n").bytes()])
+    inner = "/layers/0/f" if fmt else "/f"
+
+    def swap(p):   # as the parent's owner may, between the last layer and the commit
+        staging = p[:-len(inner)]
+        os.rename(staging, aside)
+        os.rename(theirs, staging)
+
+    swapped, rc, err = _race("rename,renameat,renameat2", "delay_enter=1000000",
+                             ["unpack", *fmt, f"oci:{layout}:img", str(dest)], f"{dest}.lamina-tmp-*{inner}", swap)
+    assert swapped, f"the image's file was never seen: {err}"
+    planted = glob.glob(f"{glob.escape(str(tmp_path))}/*/planted")
+    return rc, err, aside, planted
+
+
+@pytest.mark.parametrize("fmt", [[], ["--overlay"]], ids=["dir", "overlay"])
+def test_a_staging_dir_swapped_before_the_commit_never_becomes_dest(tmp_path, fmt):
+    """_commit renamed the staging dir onto DEST by its name: whoever can write DEST's parent,
+    swapping it for a directory of theirs before that rename, had DEST be their directory (exit
+    0) and the image sit where they had moved it.  The rename goes by the parent's fd now and
+    what lands on DEST is checked to be the directory lamina made: theirs goes back where it
+    was, the unpack is refused, and nothing of the image is left."""
+    require_tool("strace")
+    dest = tmp_path / "dest"
+    rc, err, aside, planted = _swap_staging_for_theirs(tmp_path, fmt, dest)
+    assert not os.path.lexists(dest), f"DEST is their directory: {os.listdir(dest)}"
+    assert rc == 1, err
+    assert "replaced by someone else" in err, err
+    assert [os.path.basename(os.path.dirname(p)).startswith("dest.lamina-tmp-") for p in planted] == [True], planted
+    assert os.listdir(aside) == [], "the image was left where the other user had moved it"
+
+
+@pytest.mark.parametrize("fmt", [[], ["--overlay"]], ids=["dir", "overlay"])
+def test_a_staging_dir_swapped_before_the_commit_onto_an_empty_dest_leaves_dest_as_it_was(tmp_path, fmt):
+    """As above with DEST an empty directory: rename(2) replaced it with theirs.  The commit
+    exchanges the two (renameat2 RENAME_EXCHANGE), so that a staging dir found not to be ours
+    is exchanged back: DEST is the user's empty directory again."""
+    require_tool("strace")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    before = os.stat(dest).st_ino
+    rc, err, aside, planted = _swap_staging_for_theirs(tmp_path, fmt, dest)
+    assert os.listdir(dest) == [] and os.stat(dest).st_ino == before, f"DEST is not the user's: {os.listdir(dest)}"
+    assert rc == 1, err
+    assert "replaced by someone else" in err, err
+    assert os.listdir(aside) == [], "the image was left where the other user had moved it"
+
+
+def test_dest_filled_by_someone_else_before_the_commit_is_left_alone(tmp_path):
+    """rename(2) refuses to replace a directory that is not empty; the exchange the commit makes
+    instead does not, so what was on DEST must be put back: DEST emptied for a directory with
+    a file in it while the image is unpacked keeps that file, and the unpack is refused."""
+    require_tool("strace")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    layout = write_image(tmp_path / "img", [Tar().file("f", b"image\n").bytes()])
+
+    def swap(p):
+        (dest / "theirs").write_text("theirs\n")
+
+    swapped, rc, err = _race("rename,renameat,renameat2", "delay_enter=1000000",
+                             ["unpack", f"oci:{layout}:img", str(dest)], f"{dest}.lamina-tmp-*/f", swap)
+    assert swapped, err
+    assert os.listdir(dest) == ["theirs"], os.listdir(dest)
+    assert rc == 1 and "not empty" in err, err
+    assert [n for n in os.listdir(tmp_path) if n.startswith("dest.")] == [], os.listdir(tmp_path)

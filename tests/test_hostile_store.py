@@ -604,3 +604,30 @@ def test_a_layer_blob_replaced_before_its_snapshot_is_made_is_refused_naming_it(
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("lamina: error: ") and digest[7:] in line, proc.stderr
     assert [n for n in os.listdir(root / "snapshots") if not n.startswith(".")] == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dangling"])
+def test_a_shared_layers_other_blob_that_is_no_regular_file_is_refused_not_passed_over(tmp_path, kind):
+    """verify_shared hashes a layer blob whose snapshot the store made from another blob (the
+    check that the blob is that layer), but passed over it silently where the blob was no regular
+    file by is_file(), which follows symlinks: a FIFO or a link to nothing planted there was taken
+    for no blob at all, where every read of a blob (fsutil.open_own) refuses it, naming it."""
+    from storekit import three_images
+    from lamina.errors import StoreError
+    from lamina.store import Store
+    from lamina.store import snapshots
+
+    lay, _ = three_images(tmp_path)
+    root = tmp_path / "store"
+    lamina(root, "copy", f"oci:{lay.root}:a", "a:1")
+    blobs = os.path.join(lay.root, "blobs", "sha256")
+    index = json.load(open(os.path.join(lay.root, "index.json")))
+    [entry] = [m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == "c"]
+    manifest = json.load(open(os.path.join(blobs, entry["digest"][7:])))
+    config = json.load(open(os.path.join(blobs, manifest["config"]["digest"][7:])))
+    digest, diff_id = manifest["layers"][0]["digest"], config["rootfs"]["diff_ids"][0]
+    path = root / "blobs" / "sha256" / digest[7:]
+    assert not os.path.lexists(path)
+    os.mkfifo(path) if kind == "fifo" else os.symlink(tmp_path / "nothing", path)
+    with pytest.raises(StoreError, match=digest[7:]):
+        snapshots.verify_shared(Store(root).paths, [digest], [diff_id], [manifest["layers"][0]["mediaType"]])

@@ -594,3 +594,35 @@ def test_more_than_five_interim_answers_are_a_registry_error(fake, image, regist
     msg = _failed_pull(reg, store)
     assert reg.host in msg and "informational" in msg, msg
     _pulled_honestly(store, reg, m)
+
+
+def test_a_config_embedded_in_its_descriptor_is_taken_without_a_fetch(tmp_path, image, registry_env):  # noqa: F811
+    """image-spec 1.1 lets a descriptor carry its content (``data``, base64), which MUST be verified
+    against its digest and size before use; containerd's fetcher then fetches nothing.  lamina
+    verified it and fetched the config anyway: a GET per pull and per unpack docker:// that the
+    manifest had made needless.  The embedded config is taken now (a lying one is still refused
+    as the manifest is parsed: test_hostile_json), by the pull and by unpack docker:// alike."""
+    import base64
+
+    from lamina import unpack
+    lay, m = image
+    doc = _manifest(lay, m)
+    config_digest = doc["config"]["digest"]
+    with open(lay.path(config_digest), "rb") as f:
+        doc["config"]["data"] = base64.b64encode(f.read()).decode()
+    m2 = lay.json_blob(doc, doc["mediaType"])
+    reg = FakeRegistry(lay, {"1": m2["digest"]})
+    try:
+        store = Store(tmp_path / "store")
+        pull(f"{reg.host}/x/y:1", store=store)
+        img = store.resolve(f"{reg.host}/x/y:1")
+        assert img.manifest_digest == m2["digest"] and img.config_digest == config_digest
+        assert (store.snapshots_for(img)[0] / "f").read_bytes() == b"hostile registries\n"
+        assert check(store).errors == [], check(store).findings
+        stats = unpack(f"docker://{reg.host}/x/y:1", tmp_path / "dest")
+        assert stats.config_digest == config_digest and (tmp_path / "dest" / "f").exists()
+        gets = [s[2] for s in reg.seen if s[1] == "GET" and config_digest in s[2]]
+        assert gets == [], f"the config was fetched though its descriptor carries it: {gets}"
+        assert [s for s in reg.seen if s[1] == "GET" and "/blobs/" in s[2]], "no layer was fetched: a broken test"
+    finally:
+        reg.stop()

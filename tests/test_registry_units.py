@@ -369,3 +369,24 @@ def test_login_writes_through_a_config_json_that_is_a_symlink(tmp_path, monkeypa
         assert ("reg.example:5000" in doc["auths"]) == (step == "login"), (step, doc)
         assert stat.S_IMODE((dots / "config.json").stat().st_mode) == 0o600
         assert sorted(os.listdir(home)) == ["config.json"] and sorted(os.listdir(dots)) == ["config.json"]
+
+
+def test_login_through_a_dangling_config_json_symlink_makes_no_directory_where_it_points(tmp_path, monkeypatch):
+    """A config.json that is a symlink to nothing had login make the target's directories
+    (0700) where the link pointed, as no docker does: docker's configfile.Save makes only the
+    link's own directory, and writes the target file only where its directory exists.  So does
+    lamina now; where it does not, login says so and makes nothing."""
+    home = tmp_path / "home" / ".docker"
+    home.mkdir(parents=True)
+    monkeypatch.setenv("DOCKER_CONFIG", str(home))
+    os.symlink(tmp_path / "nowhere" / "deeper" / "config.json", home / "config.json")
+    with pytest.raises(errors.AuthenticationError, match=r"config\.json: it is a symlink to .*no directory .*deeper"):
+        credentials.store("reg.example:5000", "alice", "s3cret")
+    assert sorted(os.listdir(tmp_path)) == ["home"], "a directory was made where the link points"
+    assert sorted(os.listdir(home)) == ["config.json"]
+    # the target's directory exists, its file not yet: made there (0600), the link kept
+    (tmp_path / "nowhere" / "deeper").mkdir(parents=True)
+    credentials.store("reg.example:5000", "alice", "s3cret")
+    target = tmp_path / "nowhere" / "deeper" / "config.json"
+    assert "reg.example:5000" in json.loads(target.read_text())["auths"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600 and os.path.islink(home / "config.json")

@@ -15,7 +15,6 @@ import fcntl
 import os
 import secrets
 import stat
-import tempfile
 import time
 
 from .apiargs import a_path
@@ -27,7 +26,7 @@ from .limits import check_layer_count, open_file_budget
 from .lowers import LayersBelow
 from .oci import open_source
 from .stats import UnpackStats
-from .tree import abandon, clear_dir, make_dirs, pin, remove_tree, unpin
+from .tree import clear_dir, make_dirs, pin, remove_tree, unpin
 
 FORMATS = ("dir", "overlay")
 # Overlay layers are independent, and apply_layer keeps about two cores busy by itself
@@ -117,7 +116,7 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None, insecure=(
             seconds["commit"] = time.perf_counter() - t
         except BaseException as e:  # includes KeyboardInterrupt: never leave a half-made tree
             name_dest(e, dest)
-            abandon(staging, e)
+            _abandon_staging(staging, e)
             raise
         finally:
             release_staging(staging)
@@ -315,6 +314,7 @@ _STAGING_PREFIX = ".lamina-tmp-"
 _NEWBORN_PREFIX = ".lamina-new-"
 _held = {}  # staging dir -> an fd of it (a sibling's holds its lock)
 _in_place = {}  # staging dir inside DEST -> (DEST's fd, (st_dev, st_ino) of the staging dir)
+_beside = {}  # sibling staging dir -> an fd of DEST's parent, which the commit and cleanup go by
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -350,26 +350,63 @@ def _make_staging(dest):
         return _make_staging_inside(dest)
     make_dirs(parent, f"destination {dest}")
     _sweep_killed_siblings(parent, name)
-    while True:
-        newborn = tempfile.mkdtemp(prefix=f"{name}{_NEWBORN_PREFIX}", dir=parent)
-        fd = os.open(newborn, _DIR_FLAGS)  # O_NOFOLLOW: the layers go by this fd (pinned_staging)
-        staging = os.path.join(parent, name + _STAGING_PREFIX +
-                               newborn[len(os.path.join(parent, name + _NEWBORN_PREFIX)):])
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.rename(newborn, staging)
-            break
-        except FileNotFoundError:
-            os.close(fd)   # another unpack to DEST swept it before our lock: still empty, make another
-        except BaseException:
-            os.close(fd)
-            _remove_newborn(newborn)
-            raise
+    parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd, staging = _make_sibling(parent_fd, parent, name, dest)
+    except BaseException:
+        os.close(parent_fd)
+        raise
     _held[staging] = fd
+    _beside[staging] = parent_fd
     # mkdtemp makes it 0700; a rootfs (or the overlay container dir) is normally 0755.
     # A layer's own "./" entry may still set the root's mode.
     os.fchmod(fd, 0o755)
     return staging
+
+
+def _make_sibling(parent_fd, parent, name, dest):
+    """The locked fd and the name of a new sibling staging dir, made in DEST's parent (by its fd:
+    a path through a parent swapped meanwhile would put it elsewhere)."""
+    while True:
+        suffix = secrets.token_hex(4)
+        newborn, own = name + _NEWBORN_PREFIX + suffix, name + _STAGING_PREFIX + suffix
+        try:
+            os.mkdir(newborn, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            continue
+        except OSError as e:  # named by its whole path, as mkdtemp did (the CLI names its directory)
+            raise type(e)(e.errno, e.strerror, os.path.join(parent, newborn)) from None
+        try:  # O_NOFOLLOW: the layers go by this fd (pinned_staging)
+            fd = os.open(newborn, _DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            continue  # another unpack to DEST swept it (empty, unlocked yet): make another
+        except OSError as e:
+            if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            # whoever can write DEST's parent moved ours away (empty: nothing of ours is left) and
+            # put something at its name; a symlink or file there is unlinked, never followed
+            _unlink_if_not_dir(parent_fd, newborn)
+            raise ExtractError(f"cannot unpack into {dest}: the new staging dir {os.path.join(parent, newborn)} "
+                               f"was replaced by someone else before lamina opened it") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(newborn, own, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            return fd, os.path.join(parent, own)
+        except FileNotFoundError:
+            os.close(fd)   # another unpack to DEST swept it before our lock: still empty, make another
+        except BaseException:
+            if _is_at(parent_fd, newborn, fd):
+                _remove_newborn(newborn, parent_fd)
+            os.close(fd)
+            raise
+
+
+def _unlink_if_not_dir(dir_fd, name):
+    try:
+        if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
 
 
 def _make_staging_inside(dest):
@@ -418,11 +455,81 @@ def release_staging(staging):
     held = _in_place.pop(staging, None)
     if held is not None:
         os.close(held[0])
+    parent_fd = _beside.pop(staging, None)
+    if parent_fd is not None:
+        os.close(parent_fd)
 
 
-def _remove_newborn(path):
+def _is_at(dir_fd, name, fd):
+    """Is the entry ``name`` in ``dir_fd`` the directory ``fd`` (not whatever was put there)?"""
     try:
-        os.rmdir(path)   # empty until it is renamed to its staging name: never more than that
+        at = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    st = os.fstat(fd)
+    return (at.st_dev, at.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _abandon_staging(staging, exc):
+    """Remove a failed unpack's staging dir: its entries through its own fd (wherever it is now),
+    then its name only if that is still the directory made.  Never by a path through DEST or
+    its parent, where someone may have put a tree of theirs (or of the user's) by now.  After
+    Ctrl-C the name goes at once and the entries are removed by a detached process that inherits
+    the fds (and so the lock, which keeps a sweep out meanwhile)."""
+    from .errors import Interrupted
+    fd = _held.get(staging)
+    if fd is None:
+        return
+    dir_fd = _beside.get(staging)
+    if dir_fd is None:
+        dir_fd = _in_place[staging][0]
+    name = os.path.basename(staging)
+    if isinstance(exc, (KeyboardInterrupt, Interrupted)):
+        if _is_at(dir_fd, name, fd):
+            trash = f".lamina-trash-{secrets.token_hex(6)}"
+            try:
+                os.rename(name, trash, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                name = trash
+            except OSError:
+                pass
+        if _discard_by_fds(dir_fd, name, fd):
+            return
+    clear_dir(f"/proc/self/fd/{fd}/.")  # "/.": clear_dir's O_NOFOLLOW open takes it
+    if _is_at(dir_fd, name, fd):
+        try:
+            os.rmdir(name, dir_fd=dir_fd)
+        except OSError:
+            pass
+
+
+_DISCARD = """
+import os, sys
+from lamina.tree import clear_dir
+dir_fd, fd, name = int(sys.argv[1]), int(sys.argv[2]), os.fsencode(sys.argv[3])
+clear_dir(f"/proc/self/fd/{fd}/.")
+at, st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False), os.fstat(fd)
+if (at.st_dev, at.st_ino) == (st.st_dev, st.st_ino):
+    os.rmdir(name, dir_fd=dir_fd)
+"""
+
+
+def _discard_by_fds(dir_fd, name, fd):
+    """Empty directory ``fd`` and remove it as ``name`` in ``dir_fd`` (if it is still there) in a
+    detached process: True if started."""
+    import subprocess
+    import sys
+    try:
+        subprocess.Popen([sys.executable, "-c", _DISCARD, str(dir_fd), str(fd), name], pass_fds=(dir_fd, fd),
+                         start_new_session=True, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    except OSError:
+        return False
+    return True
+
+
+def _remove_newborn(path, dir_fd=None):
+    try:
+        os.rmdir(path, dir_fd=dir_fd)   # empty until it is renamed to its staging name: never more than that
     except OSError:
         pass
 
@@ -473,12 +580,51 @@ def _commit(staging, dest):
     if staging in _in_place:
         _move_up(staging, dest)
         return
+    _rename_onto(_beside[staging], os.path.basename(staging), os.path.basename(dest), _held[staging], dest)
+
+
+def _rename_onto(dir_fd, own, name, fd, dest):
+    """Put the staging dir ``own`` (directory ``fd``) in ``dir_fd`` at DEST's ``name``, as
+    rename(2) would (an empty DEST replaced, a non-empty one refused), and make sure it was
+    ours that went there: whoever can write DEST's parent can swap the staging dir for a
+    directory of theirs at any moment before the rename, which would make DEST theirs and
+    leave the image where they moved it.  So DEST is made new (RENAME_NOREPLACE) or exchanged
+    with the staging dir (RENAME_EXCHANGE), then checked: a swap is undone and refused."""
+    from ._objects import RENAME_EXCHANGE, rename_noreplace, renameat2
+
+    def refuse(why):
+        raise ExtractError(f"cannot move the unpacked image into {dest}: {why}") from None
+
+    replaced = (f"its staging dir {own} was replaced by someone else while the image was unpacked "
+                f"(the image was removed; what is at {own} now is not lamina's)")
+    if not _is_at(dir_fd, own, fd):
+        refuse(replaced)
     try:
-        # rename(2) replaces an empty directory atomically and refuses a non-empty one,
-        # so a dest filled by someone else meanwhile is never clobbered.
-        os.rename(staging, dest)
+        exchanged = not rename_noreplace(dir_fd, own, dir_fd, name)
+        if exchanged:
+            renameat2(dir_fd, own, dir_fd, name, RENAME_EXCHANGE)
     except OSError as e:
-        raise ExtractError(f"cannot move the unpacked image into {dest}: {e.strerror}") from None
+        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            refuse(e.strerror)
+        exchanged = None  # a filesystem without renameat2's flags: rename(2), the swap check after
+        try:
+            os.rename(own, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as e:
+            refuse(e.strerror)
+    if not _is_at(dir_fd, name, fd):
+        # theirs went onto DEST: back to where it was (with the user's DEST, if exchanged)
+        if exchanged:
+            renameat2(dir_fd, own, dir_fd, name, RENAME_EXCHANGE)
+        else:
+            os.rename(name, own, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        refuse(replaced)
+    if exchanged:
+        try:
+            os.rmdir(own, dir_fd=dir_fd)  # DEST as it was: an empty directory, or rename(2) refuses
+        except OSError as e:
+            renameat2(dir_fd, own, dir_fd, name, RENAME_EXCHANGE)
+            refuse("it is not empty any more" if e.errno in (errno.ENOTEMPTY, errno.EEXIST) else
+                   "it is not a directory any more" if e.errno == errno.ENOTDIR else e.strerror)
 
 
 def _move_up(staging, dest):

@@ -34,6 +34,9 @@ class Descriptor:
     platform: Optional[Platform] = None
     annotations: dict = field(default_factory=dict, hash=False, compare=False)
     urls: tuple = ()
+    # image-spec 1.1's embedded content ("data"), verified against digest and size as parsed: a
+    # reader takes it instead of fetching the blob (containerd's fetcher does the same)
+    data: Optional[bytes] = field(default=None, hash=False, compare=False, repr=False)
 
     @property
     def ref_names(self):
@@ -244,14 +247,13 @@ def parse_descriptor(obj, what):
         raise ImageError(f"{what}: urls must be a list of strings")
     if obj.get("artifactType") is not None:
         _media_type(obj["artifactType"], what, "artifactType")
-    if obj.get("data") is not None:
-        _check_embedded_data(obj["data"], digest, size, what)
-    return Descriptor(media_type, digest, size, platform, annotations, tuple(urls or ()))
+    data = _check_embedded_data(obj["data"], digest, size, what) if obj.get("data") is not None else None
+    return Descriptor(media_type, digest, size, platform, annotations, tuple(urls or ()), data)
 
 
 def _check_embedded_data(data, digest, size, what):
-    # image-spec 1.1: embedded content MUST be verified against the digest and size before use.
-    # lamina never uses it, but a descriptor that lies about its own bytes is not a valid one.
+    # image-spec 1.1: embedded content MUST be verified against the digest and size before use;
+    # and a descriptor that lies about its own bytes is not a valid one, used or not.
     try:
         raw = base64.b64decode(data, validate=True) if isinstance(data, str) else None
     except binascii.Error:
@@ -263,6 +265,7 @@ def _check_embedded_data(data, digest, size, what):
     actual = _digest.sha256_bytes(raw)
     if actual != digest:
         raise ImageError(f"{what}: data has digest {actual}")
+    return raw
 
 
 def document_media_type(doc, declared, what):

@@ -192,9 +192,17 @@ def lookup(host):
 
 def _write_json_atomic(path, doc):
     # A config.json that is a symlink (a dotfile manager's) stays one: its target is replaced, by
-    # a temp file in the target's own directory, as docker's configfile.Save does.
+    # a temp file in the target's own directory, as docker's configfile.Save does.  Like docker,
+    # only the link's own directory is ever made: a link to nothing gets its target file made
+    # where the target's directory exists, and is refused where it does not (docker renames its
+    # temp file onto the first missing component then, a file where a directory was meant).
     if os.path.islink(path):
-        path = os.path.realpath(path)
+        target = os.path.realpath(path)
+        d = os.path.dirname(target)
+        if not os.path.isdir(d):
+            raise AuthenticationError(f"cannot save credentials in {path}: it is a symlink to {target}, "
+                                      f"and there is no directory {d}")
+        path = target
     d = os.path.dirname(path) or "."
     os.makedirs(d, mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=d)

@@ -218,6 +218,8 @@ def fetch_config(repos, cdesc):
     """An image config's bytes (digest and size checked), from the first endpoint that has it."""
     what = f"config {cdesc.digest}"
     _check_config_size(cdesc)
+    if cdesc.data is not None:
+        return cdesc.data  # embedded in the manifest, checked against digest and size as it was parsed
     for i, repo in enumerate(repos):
         try:
             data = repo.get_blob(cdesc.digest, limit=max(cdesc.size, 1))

@@ -17,7 +17,6 @@ import stat
 import time
 
 from ..errors import ImageError, MaterializeError, layer_of, layers_named
-from ..tree import abandon
 from .flatten import check_link, flatten
 from .paths import OWN_ENTRIES
 
@@ -25,7 +24,7 @@ from .paths import OWN_ENTRIES
 def _staged(dest, fill):
     """Make ``dest`` (absent or empty) complete or not at all: ``fill(staging_dir)``, then commit
     the staging dir as unpacker._commit does (a rename, or a move up from inside ``dest``)."""
-    from ..unpacker import _check_dest, _commit, _make_staging, name_dest, release_staging
+    from ..unpacker import _abandon_staging, _check_dest, _commit, _make_staging, name_dest, release_staging
     dest = os.path.abspath(os.fsdecode(dest))
     _check_dest(dest)
     staging = _make_staging(dest)
@@ -34,7 +33,7 @@ def _staged(dest, fill):
         _commit(staging, dest)
     except BaseException as e:
         name_dest(e, dest)
-        abandon(staging, e)
+        _abandon_staging(staging, e)  # by its fd: never a tree put at its name meanwhile
         raise
     finally:
         release_staging(staging)
