@@ -291,6 +291,77 @@ def test_a_layer_whose_bytes_are_not_its_media_types_is_refused_on_every_path(re
     every_way_refuses(tmp_path, reg.host, f"{repo}:t", layout, [message, ob.sha256(blob)])
 
 
+# a plain tar whose first member is named with gzip's or zstd's magic bytes
+MAGIC_NAMES = {"gzip": b"\x1f\x8b\x08-named-like-gzip", "zstd": b"\x28\xb5\x2f\xfd-named-like-zstd"}
+
+
+@pytest.mark.parametrize("magic", sorted(MAGIC_NAMES))
+def test_a_plain_tar_named_with_a_compressions_magic_is_read_as_its_media_type_says(tmp_path, magic):
+    """A tar's first bytes are its first member's name: a name that starts with gzip's (or
+    zstd's) magic made lamina refuse the layer ("media type ...tar announces none but the
+    content is gzip"), where GNU tar, bsdtar, umoci and containerd (which pick the reader by
+    a plain ``tar`` media type) read it.  A valid first tar header under a ``tar`` media type
+    is a tar, on every path and when the image is saved again."""
+    from conftest import require_tool
+    from tarbuild import Tar
+    require_tool("umoci")
+    name = MAGIC_NAMES[magic]
+    raw = Tar().file(name, b"x").file("ok", b"y").bytes()
+    gnu = subprocess.run(["tar", "--quoting-style=literal", "-tf", "-"], input=raw, capture_output=True, check=True).stdout
+    assert gnu.split(b"\n")[:2] == [name, b"ok"]
+    layer = ob.Shipped(raw, raw, ob.OCI_LAYER)
+    results = run_paths(tmp_path / "paths", [layer])
+    results["umoci"] = umoci_tree(tmp_path / "paths", [layer])
+    tree = assert_agree(results)
+    assert tree is not None and {os.fsdecode(name), "ok"} <= set(tree.entries), results
+    # saved from the store (its layer blob read back as the tar it is) and loaded again
+    root, saved = tmp_path / "paths" / "store", tmp_path / "saved.tar"
+    for args in (("--root", root, "save", "img:1", "-o", saved), ("--root", tmp_path / "again", "load", "-i", saved),
+                 ("--root", tmp_path / "again", "unpack", "img:1", tmp_path / "again-out")):
+        r = cli(*args)
+        assert r.returncode == 0, (args, r.stderr)
+    assert (tmp_path / "again-out" / os.fsdecode(name)).read_bytes() == b"x"
+    for store in (root, tmp_path / "again"):
+        assert check(Store(store)).findings == []
+
+
+def _gzip_spelling_a_tar_header(payload):
+    """A gzip stream of ``payload`` whose header's FEXTRA field makes its first 512 bytes a
+    valid tar header too: GNU tar reads a tar of one file (and then garbage), gzip ``payload``."""
+    import struct
+    import zlib
+    from tarbuild import header
+    extra_len = 600
+    block = bytearray(b"\x1f\x8b\x08\x04" + bytes(6) + struct.pack("<H", extra_len))
+    block += bytes(512 - len(block))
+    tar = header("ignored")  # mode, sizes, magic, checksum taken from a real header's fields
+    block[100:512] = tar[100:512]
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    raw = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = raw.compress(payload) + raw.flush()
+    return (bytes(block) + bytes(12 + extra_len - 512) + body
+            + struct.pack("<II", zlib.crc32(payload), len(payload) & 0xFFFFFFFF))
+
+
+def test_bytes_both_a_tar_header_and_a_gzip_stream_stay_gzip_under_a_tar_media_type(tmp_path):
+    """The other side of the rule above: a first block that is a tar header and also a gzip
+    header its decoder reads would be two trees (docker's sniffed gzip, GNU tar's tar), so
+    such a blob under a ``tar`` media type is refused as the gzip it decodes as."""
+    import gzip
+    import lamina
+    from lamina.compression import _is_tar_header
+    blob = _gzip_spelling_a_tar_header(A)
+    assert _is_tar_header(blob[:512]) and gzip.decompress(blob) == A
+    path = tmp_path / "layer"
+    path.write_bytes(blob)
+    with pytest.raises(lamina.errors.CompressionError, match="announces none but the content is gzip"):
+        lamina.apply_layer(path, tmp_path / "out", media_type=ob.OCI_LAYER)
+    # with no media type to go by, it is the gzip it decodes as, as docker's sniffing reads it
+    lamina.apply_layer(path, tmp_path / "sniffed")
+    assert (tmp_path / "sniffed" / "d" / "x").read_bytes() == b"x\n"
+
+
 # --------------------------------------------------------------------------------------------
 # a registry's answers around a blob
 

@@ -40,6 +40,60 @@ def detect(head: bytes) -> str:
     return "none"
 
 
+TAR_BLOCK = 512
+
+
+def _is_tar_header(block: bytes) -> bool:
+    """Does ``block`` hold a tar header whose checksum field is its checksum (unsigned or, as
+    old tars wrote it, signed)?"""
+    if len(block) < TAR_BLOCK:
+        return False
+    digits = block[148:156].strip(b" \0")
+    if not digits or digits.strip(b"01234567"):
+        return False
+    rest = block[:148] + b" " * 8 + block[156:TAR_BLOCK]
+    return int(digits, 8) in (sum(rest), sum(rest) - 256 * sum(b > 127 for b in rest))
+
+
+def sniff(raw, media_type=None, n: int = 8):
+    """``(head, kind)``: the first bytes of the layer blob ``raw`` and its compression.
+
+    A tar's first bytes are its first member's name, which may start with gzip's or zstd's
+    magic: when the first 512 bytes are a tar header that the magic's decoder refuses (a gzip
+    header's reserved flag bits, a zstd frame's reserved bit), it is that tar, as GNU tar
+    (which tries a header before any magic), bsdtar, umoci and containerd read it, unless the
+    media type announces a compression.  Bytes that decode as what the magic says stay
+    compressed: a blob both readings take would be two trees."""
+    head = read_exact(raw, n)
+    kind = detect(head)
+    if kind != "none" and (media_type is None or _announces_no_compression(media_type)):
+        head += read_exact(raw, TAR_BLOCK - len(head))
+        if _is_tar_header(head) and _refused_by(kind, head):
+            kind = "none"
+    return head, kind
+
+
+def _announces_no_compression(media_type):
+    try:
+        return layer_compression(media_type) == "none"
+    except errors.UnsupportedMediaTypeError:  # not a layer type: check_media_type names it
+        return False
+
+
+def _refused_by(kind, head):
+    try:
+        if kind == "gzip":
+            zlib.decompressobj(31).decompress(head)
+        else:
+            import zstandard
+            zstandard.ZstdDecompressor().decompressobj().decompress(head)
+    except zlib.error:
+        return True
+    except Exception as e:  # zstandard.ZstdError (zstandard may be absent: then not refused)
+        return type(e).__name__ == "ZstdError"
+    return False
+
+
 # What a layer that is not a tar may be instead (magic bytes that fit in HEAD): named in the
 # error when its first tar header does not parse, rather than the parser's complaint about
 # a checksum that xz's or bzip2's bytes happened to spell.

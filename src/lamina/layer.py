@@ -169,8 +169,7 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=
     t0 = time.perf_counter()
     raw = open(layer, "rb", buffering=0) if owned else layer
     try:
-        head = compression.read_exact(raw, HEAD)
-        kind = compression.detect(head)
+        head, kind = compression.sniff(raw, media_type, HEAD)
         if head:  # 0 bytes are the empty layer whatever the media type (docker and containerd)
             compression.check_media_type(kind, media_type, what, head)
         run = _native if _use_native(kind) else _python

@@ -604,8 +604,7 @@ def check_diff_id(blob, digest, diff_id, media_type):
     from ..errors import CompressionError, DigestMismatchError
     what = f"layer {digest}"
     with open_blob(blob, what) as f:
-        head = compression.read_exact(f, 8)
-        kind = compression.detect(head)
+        head, kind = compression.sniff(f, media_type)
         if head:  # 0 bytes are the empty layer whatever the media type, as for the extraction
             compression.check_media_type(kind, media_type, what, head)
         stream = compression.open_decompressed(compression.Prefixed(head, f), kind, what)

@@ -18,7 +18,7 @@ from .output import add_bytes, add_dir, add_stream, add_symlink, atomic_output, 
 
 
 def _uncompressed(layer):
-    return open_uncompressed(layer.open, f"layer {layer.digest}")
+    return open_uncompressed(layer.open, f"layer {layer.digest}", layer.media_type)
 
 
 def _tar_size(layer):

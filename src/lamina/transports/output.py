@@ -199,12 +199,12 @@ def stream_tar(fileobj):
     tar.close()
 
 
-def open_uncompressed(open_raw, what):
-    """The uncompressed bytes of a layer blob, whatever its compression (sniffed from magic bytes)."""
+def open_uncompressed(open_raw, what, media_type=None):
+    """The uncompressed bytes of a layer blob, whatever its compression (sniffed from magic bytes,
+    a plain ``tar`` ``media_type`` deciding for a tar whose first name starts like one)."""
     raw = open_raw()
-    head = raw.read(8)
+    head, kind = compression.sniff(raw, media_type)
     stream = io.BufferedReader(compression.Prefixed(head, raw, close_raw=True), CHUNK)
-    kind = compression.detect(head)
     if kind == "none":
         return stream
     return io.BufferedReader(_Inflating(compression.open_decompressed(stream, kind, what), stream, what), CHUNK)

@@ -212,7 +212,7 @@ def from_legacy(archive, platform=None, names=()):
         which = f"{archive.description}: {archive.image_name()} {layer_of(l.index, len(image.layers))}"
         opener = functools.partial(open_uncompressed, l.open, which)
         with l.open() as f:
-            kind = compression.detect(f.read(8))
+            kind = compression.sniff(f)[1]
         size = l.size if kind == "none" else _count(opener)
         # Stored as an uncompressed OCI layer: its blob digest is its diffID, checked on ingest.
         layers.append(LayerData(l.diff_id, size, mt.OCI_LAYER, l.diff_id, opener, size))
