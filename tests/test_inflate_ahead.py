@@ -184,3 +184,58 @@ def test_the_fallback_to_the_plain_pass_leaves_no_stage_of_the_first(tmp_path):
     assert_same(snapshot(tmp_path / "dest"), snapshot(tmp_path / "plain"))
     assert os.path.isfile(tmp_path / "dest" / "c") and not os.path.lexists(tmp_path / "dest" / "a")
     assert _live_stage_threads() == [] and all(f.closed for f in source.files)
+
+
+class _CountingReader:
+    def __init__(self, data):
+        self.data, self.pos, self.reads = data, 0, 0
+
+    def readinto(self, buf):
+        self.reads += 1
+        n = min(len(buf), len(self.data) - self.pos)
+        buf[:n] = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+    def read(self, n=-1):
+        out = self.data[self.pos:self.pos + (n if n >= 0 else len(self.data))]
+        self.reads += 1
+        self.pos += len(out)
+        return out
+
+
+def _stage(blob, waits=None, opens=None):
+    from lamina import _pipeline
+    raw = _CountingReader(blob[8:])
+    stage = _pipeline.Stage1("gzip", fileobj=raw, head=blob[:8], timeline=_pipeline.Timeline("s", "inflate", 0.0),
+                             consumer=_pipeline.Timeline("c", "parse", 0.0), waits=waits, opens=opens)
+    thread = threading.Thread(target=stage.run, daemon=True)
+    thread.start()
+    return stage, thread, raw
+
+
+def test_a_stage_reads_nothing_until_its_gate_opens_then_opens_its_own():
+    from lamina import _pipeline
+    tar = os.urandom(1 << 20) * 3
+    below, own = _pipeline.Gate(), _pipeline.Gate()
+    stage, thread, raw = _stage(ob.gz(tar), waits=below, opens=own)
+    time.sleep(0.3)
+    assert raw.reads == 0 and not own.opened and thread.is_alive()
+    below.open()
+    chunks = []
+    while (chunk := stage.next()) is not None:
+        if chunk is not False:
+            chunks.append(bytes(chunk))
+    stage.close()
+    thread.join(10)
+    assert b"".join(chunks) == tar and own.opened and raw.reads > 0
+
+
+def test_a_stage_closed_while_it_waits_for_its_gate_ends_having_read_nothing():
+    from lamina import _pipeline
+    below, own = _pipeline.Gate(), _pipeline.Gate()
+    stage, thread, raw = _stage(ob.gz(b"x" * 100_000), waits=below, opens=own)
+    time.sleep(0.1)
+    stage.close()
+    thread.join(5)
+    assert not thread.is_alive() and raw.reads == 0 and not below.opened

@@ -4,20 +4,20 @@ The dir format writes its layers one after another (each one's whiteouts delete 
 ones below wrote), and on gzip, inflating is the slower of a layer's two stages.  So the
 core that inflated a layer would idle while the caller's thread writes that layer's last
 chunks, and before the bottom layer, while the small upper layers are scanned.  Here the
-bottom layer's stage 1 starts before that scan, and each next layer's when the one below
-it has read its whole blob (``layer.StartedLayer``): what it inflates meanwhile waits in its
-ring.  Layers are still written strictly in order, by the caller's thread.
-
-Opening a layer and reading its head happen on a short-lived thread, so that a registry
-slow to send the next blob never holds up the layer being written; whatever they raise is
-raised when that layer's turn comes, as if it had been opened then.
+bottom layer's stage 1 starts before that scan, and each next layer's stage is made when the
+layer below's turn comes (its blob opened and its head read on a short-lived thread, so that a
+registry slow to send it never holds up the layer being written) and starts reading the moment
+the stage below has read its whole blob (a _pipeline.Gate, opened without the GIL).  What it
+inflates meanwhile waits in its ring: one layer ahead of the one being written, at most.
+Layers are still written strictly in order, by the caller's thread.  Whatever opening a layer
+raised is raised when its turn comes, as if it had been opened then.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 
-from . import trace
+from . import _pipeline, trace
 from .layer import ABANDON_READER_AFTER, StartedLayer
 
 _TAKEN = object()   # the layer's turn came: it is opened as usual from now on
@@ -27,14 +27,16 @@ class InflateAhead:
     def __init__(self, layers):
         self._layers = layers
         self._consumer = threading.current_thread().name
+        # gate i opens when layer i has inflated (its stage ended) or, without a stage of
+        # ours, was written: layer i + 1's stage starts reading then
+        self._gates = [_pipeline.Gate() for _ in layers]
         self._cond = threading.Condition()
         self._state = {}      # index -> None (opening), (file, StartedLayer, error), or _TAKEN
-        self._inflated = set()  # layers whose stage ended before their turn came
         self._threads = []
         self._closed = False
 
     def start(self, i):
-        """Open layer ``i`` and start its stage 1, unless that happened or its turn came (any thread)."""
+        """Open layer ``i`` and make its stage 1, unless that happened or its turn came."""
         if i >= len(self._layers):
             return
         with self._cond:
@@ -50,7 +52,7 @@ class InflateAhead:
         try:
             f = layer.open()
             started = StartedLayer(f, media_type=layer.media_type, consumer=self._consumer,
-                                   then=lambda: self._ended(i))
+                                   waits=self._gates[i - 1] if i else None, opens=self._gates[i])
             trace.event("inflate-ahead", layer=i)
         except BaseException as e:  # raised when the layer's turn comes
             error = e
@@ -62,27 +64,17 @@ class InflateAhead:
         if not keep:
             _discard(f, started)
 
-    def _ended(self, i):
-        """Layer ``i``'s stage read its whole blob: the next one starts, if ``i``'s turn came
-        (one layer ahead of the one being written at most: small layers inflate in no time)."""
-        with self._cond:
-            if self._state.get(i) is not _TAKEN:
-                self._inflated.add(i)
-                return
-        self.start(i + 1)
-
     @contextlib.contextmanager
     def opened(self, i):
-        """Layer ``i``'s blob for apply_layer: its StartedLayer, or a file opened now."""
+        """Layer ``i``'s blob for apply_layer: its StartedLayer, or a file opened now.  The
+        layer above is started meanwhile."""
         with self._cond:
             while i in self._state and self._state[i] is None:
                 self._cond.wait()
             taken = self._state.get(i, _TAKEN)
             self._state[i] = _TAKEN
-            inflated = i in self._inflated
-        if inflated:
-            self.start(i + 1)
         if taken is _TAKEN:
+            self.start(i + 1)
             with self._layers[i].open() as f:
                 yield f
         else:
@@ -90,14 +82,14 @@ class InflateAhead:
             try:
                 if error is not None:
                     raise error
+                self.start(i + 1)
                 yield started
             finally:
                 _discard(f, started)
-        # the next one's start, if this one's stage did not start it (it was not started ahead)
-        self.start(i + 1)
+        self._gates[i].open()   # a layer whose stage was not ours: the one above starts now
 
     def close(self):
-        """Stop every stage started and not taken (idempotent)."""
+        """Stop every stage made and not taken (idempotent)."""
         with self._cond:
             self._closed = True
             left = [s for s in self._state.values() if s is not None and s is not _TAKEN]

@@ -229,9 +229,9 @@ class StartedLayer:
     error) starts when its extraction does, as always.  ``close()`` stops a stage never taken.
     """
 
-    def __init__(self, raw, *, media_type=None, consumer="MainThread", then=None):
-        """``then()`` is called once the stage has read the whole blob (on its thread, also when
-        it stopped early); never when no stage started."""
+    def __init__(self, raw, *, media_type=None, consumer="MainThread", waits=None, opens=None):
+        """``waits``: the _pipeline.Gate after which the stage starts reading (the layer below's
+        ``opens``); ``opens``: the one it opens when it ends (never when no stage started)."""
         self.raw, self.head, self.kind, self.error, self._started = raw, None, None, None, None
         self.t0 = time.perf_counter()
         try:
@@ -246,7 +246,8 @@ class StartedLayer:
             compression.check_media_type(kind, media_type, "layer", self.head)
         except errors.LaminaError:
             return
-        self._started = _start_stage1(raw, self.head, kind, True, self.t0, consumer, AHEAD_RING_SLOTS, then=then)
+        self._started = _start_stage1(raw, self.head, kind, True, self.t0, consumer, AHEAD_RING_SLOTS,
+                                      waits=waits, opens=opens)
 
     @property
     def inflating(self):
@@ -326,23 +327,19 @@ def _blob_fd(raw):
     return None
 
 
-def _start_stage1(raw, head, kind, hash_blob, t0, consumer, slots=None, then=None):
+def _start_stage1(raw, head, kind, hash_blob, t0, consumer, slots=None, waits=None, opens=None):
     """The native stage 1 of ``raw`` (whose first bytes, ``head``, were read), running on its
-    thread; ``consumer``: the name of the thread that will take its chunks; ``then()``: called
-    on that thread when the stage ends."""
+    thread; ``consumer``: the name of the thread that will take its chunks; ``waits``, ``opens``:
+    the _pipeline.Gate it starts reading after, and the one it opens when it ends."""
     stage1 = _pipeline.Timeline("lamina-inflate", "inflate", t0)
     stage2 = _pipeline.Timeline(consumer, "parse", t0)
     source = _blob_fd(raw) or {"fileobj": raw}
     if slots is None:
         slots = RING_SLOTS if "offset" in source else STREAM_RING_SLOTS
     stage = _pipeline.Stage1(kind, head=bytes(head), hash_blob=hash_blob, tar_hash=TAR_HASH, slots=slots,
-                             timeline=stage1, consumer=stage2, **source)
-    def run():  # holds the stage (its ring, its fd) alive as long as it runs
-        stage.run()
-        if then is not None:
-            then()
-
-    thread = threading.Thread(target=run, name="lamina-inflate", daemon=True)
+                             timeline=stage1, consumer=stage2, waits=waits, opens=opens, **source)
+    # the thread's bound method keeps the stage (its ring, its fd) alive as long as it runs
+    thread = threading.Thread(target=stage.run, name="lamina-inflate", daemon=True)
     thread.start()
     return stage, thread
 
