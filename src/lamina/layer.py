@@ -223,10 +223,11 @@ class StartedLayer:
     A flat unpack writes its layers one after another, and on gzip inflating is the slower
     stage: while the caller's thread writes a layer's last chunks (or, before the first, scans
     the small upper layers), the core that inflated it would idle.  The next layer's stage,
-    started then, fills its ring (AHEAD_RING_SLOTS) in the meantime.  What reading the head
-    raised is raised where apply_layer reads it; a layer the native stage does not take (a
-    codec not built in, an empty blob, a media type the content contradicts: apply_layer's
-    error) starts when its extraction does, as always.  ``close()`` stops a stage never taken.
+    made earlier and let go then (``waits``, a _pipeline.Gate), fills its ring
+    (AHEAD_RING_SLOTS) in the meantime.  What reading the head raised is raised where
+    apply_layer reads it; a layer the native stage does not take (a codec not built in, an
+    empty blob, a media type the content contradicts: apply_layer's error) starts when its
+    extraction does, as always.  ``close()`` stops a stage never taken.
     """
 
     def __init__(self, raw, *, media_type=None, consumer="MainThread", waits=None, opens=None):
