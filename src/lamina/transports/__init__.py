@@ -132,7 +132,8 @@ def load_stream(stream, *, store, platform=None, report=None):
     from ..errors import LaminaError
     from .output import FULL_WRITE_ERRNOS
     store.lease()
-    fd, spooled = tempfile.mkstemp(prefix="load-", suffix=".tmp", dir=store.paths.ingest)
+    from ..store.paths import LOAD_SPOOL
+    fd, spooled = tempfile.mkstemp(prefix=LOAD_SPOOL[0], suffix=LOAD_SPOOL[1], dir=store.paths.ingest)
     try:
         try:
             with os.fdopen(fd, "wb") as f:
