@@ -353,6 +353,12 @@ def test_an_error_at_each_syscall(layout, tmp_path, name, err):
     _fail_everywhere(_cases(layout, tmp_path, name), err)
 
 
+@pytest.mark.parametrize("err", ["EIO", "ENOSPC"] if DEEP else ["ENOSPC"])
+@pytest.mark.parametrize("name", PULL_CASES if DEEP else ["unpack-docker"])
+def test_an_error_at_each_syscall_of_a_pull(layout, pushed, tmp_path, name, err, registry_env):
+    _fail_everywhere(_cases(layout, tmp_path, name, reg=pushed), err)
+
+
 def _fail_first(case, call, fragment, err):
     """Run the case with the first ``call`` on a file whose name holds ``fragment`` failing with
     ``err``: (the process, its one error line)."""
