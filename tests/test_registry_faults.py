@@ -278,6 +278,18 @@ def test_wrong_length_fails_clearly(proxy, image, registry_env):  # noqa: F811
     assert not store.has_blob(big["digest"])
 
 
+def _pull_killed_in_blob(proxy, root, ref, blob, held):
+    """``lamina pull ref`` through the proxy, which holds ``blob`` after ``held`` bytes, killed
+    (-9) once its partial has them all; the partial's path."""
+    proxy.add("hang", path=f"/blobs/{blob['digest']}", after=held)
+    child = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "pull", ref],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    partial = root / "ingest" / f"{blob['digest'][7:]}.partial"
+    kill9_when(proxy, child, lambda: partial.exists() and partial.stat().st_size >= held,
+               "the partial never got the bytes sent")
+    return partial
+
+
 def test_kill9_then_pull_again_downloads_the_rest_only(reg, tmp_path, registry_env):  # noqa: F811
     size = 24 * MiB
     lay = ocibuild.Layout(tmp_path / "oci")
@@ -289,13 +301,8 @@ def test_kill9_then_pull_again_downloads_the_rest_only(reg, tmp_path, registry_e
     proxy = FaultProxy(reg.host)
     held = 10 * MiB
     try:
-        proxy.add("hang", path=f"/blobs/{blob['digest']}", after=held)
         ref = f"{proxy.host}/huge:1"
-        child = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "pull", ref],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        partial = root / "ingest" / f"{blob['digest'][7:]}.partial"
-        kill9_when(proxy, child, lambda: partial.exists() and partial.stat().st_size >= held,
-                   "the partial never got the bytes sent")
+        partial = _pull_killed_in_blob(proxy, root, ref, blob, held)
         assert partial.stat().st_size == held
         first = proxy.bytes_for(blob["digest"])
         assert first == held
@@ -331,13 +338,8 @@ def test_a_pull_killed_then_its_tag_repushed_fetches_the_new_blob_whole(reg, tmp
     root = registry_env / "root"
     proxy = FaultProxy(reg.host)
     try:
-        proxy.add("hang", path=f"/blobs/{old['digest']}", after=held)
         ref = f"{proxy.host}/repushed:1"
-        child = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "pull", ref],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        partial = root / "ingest" / f"{old['digest'][7:]}.partial"
-        kill9_when(proxy, child, lambda: partial.exists() and partial.stat().st_size >= held,
-                   "the partial never got the bytes sent")
+        _pull_killed_in_blob(proxy, root, ref, old, held)
         proxy.clear()
         skopeo_push(f"oci:{new_lay.root}:1", reg.host, "repushed:1", extra=("--preserve-digests",))
 
