@@ -21,6 +21,7 @@ import dataclasses
 import errno
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -60,9 +61,10 @@ class Case:
     """A command over a store prepared by ``setup``; ``names`` maps each image name the store
     may hold to its reference tree ('a' or 'b')."""
 
-    def __init__(self, work, lay, trees, setup, argv, names, dest=None, name=None):
+    def __init__(self, work, lay, trees, setup, argv, names, dest=None, name=None, stdin=None):
         self.work, self.lay, self.trees = work, lay, trees
         self.setup, self.argv, self.names, self.dest, self.name = setup, argv, names, dest, name
+        self.stdin = stdin   # a file the command reads on its stdin (through a pipe)
         self.root = work / "root"
         self.template = work / "template"
 
@@ -87,7 +89,13 @@ class Case:
         if strace_args:
             # (not --seccomp-bpf: strace 6.1 injects nothing with it, and the kills passed unmade)
             cmd = ["strace", "-f", "-qq", *strace_args, "--", *cmd]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if self.stdin is None:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        # a pipe, not the file: what `cat ARCHIVE | lamina load` gives, which load spools
+        with subprocess.Popen(["cat", self.stdin], stdout=subprocess.PIPE) as cat:
+            proc = subprocess.run(cmd, stdin=cat.stdout, capture_output=True, text=True, timeout=timeout)
+            cat.stdout.close()
+        return proc
 
     def traced(self):
         """The command's calls of CALLS as strace shows them (fds as paths, pids dropped), in
@@ -199,6 +207,10 @@ def _cases(layout, tmp_path, name, reg=None):
         setup.label = f"pulled {' '.join(refs)}" + (" compact" if compact else "")
         return setup
 
+    def empty(root):
+        root.mkdir()
+    empty.label = "empty"
+
     def compacted_after(setup):
         def then_compact(root):
             setup(root)
@@ -221,19 +233,37 @@ def _cases(layout, tmp_path, name, reg=None):
         # keep-blobs false set on a store holding images: the next use compacts the image
         "unpack-compacting": (compacted_after(copied("a", "b")), ["unpack", "a:1", dest]),
         "pull": (pulled("a"), ["pull", f"{reg.host}/crash:b"] if reg else None),
+        # no store: the layers stream from the registry straight into DEST's staging dir
+        "unpack-docker": (empty, ["unpack", f"docker://{reg.host}/crash:a", dest] if reg else None),
         "pull-compact": (pulled("a", compact=True), ["pull", f"{reg.host}/crash:b"] if reg else None),
         # the base layer held compact, from another blob than the one this image names
         "pull-compact-other-blob": (pulled("a", compact=True), ["pull", f"{reg.host}/crash:c"] if reg else None),
     }
+    stdin = None
+    if name == "load-pipe":
+        stdin = _saved_b(lay)
+        cases[name] = (copied("a"), ["load"])
     setup, argv = cases[name]
-    return Case(tmp_path, lay, trees, setup, argv, names, dest=dest if argv[0] == "unpack" else None, name=name)
+    return Case(tmp_path, lay, trees, setup, argv, names, dest=dest if argv[0] == "unpack" else None, name=name,
+                stdin=stdin)
 
 
-STORE_CASES = ["copy", "copy-compact", "rmi", "prune", "tag", "unpack", "unpack-link", "unpack-compacting"]
-PULL_CASES = ["pull", "pull-compact"]
+def _saved_b(lay):
+    """A docker-archive of b:1 (made once, beside the layout)."""
+    archive = pathlib.Path(lay.root).parent / "b.tar"
+    if not archive.exists():
+        store = archive.parent / "save-store"
+        lamina(store, "copy", f"oci:{lay.root}:b", "b:1")
+        lamina(store, "save", "b:1", "-o", archive)
+    return archive
+
+
+STORE_CASES = ["copy", "copy-compact", "rmi", "prune", "tag", "unpack", "unpack-link", "unpack-compacting",
+               "load-pipe"]
+PULL_CASES = ["pull", "pull-compact", "unpack-docker"]
 if not DEEP:  # the default run stays short: the commands whose commits the others' share
     STORE_CASES = ["copy-compact", "rmi", "unpack-link", "unpack-compacting"]
-    PULL_CASES = ["pull-compact"]
+    PULL_CASES = ["pull-compact", "unpack-docker"]
 
 
 def _each_injection(case, default, action):
@@ -321,6 +351,12 @@ def _fail_everywhere(case, err):
 @pytest.mark.parametrize("name", STORE_CASES)
 def test_an_error_at_each_syscall(layout, tmp_path, name, err):
     _fail_everywhere(_cases(layout, tmp_path, name), err)
+
+
+@pytest.mark.parametrize("err", ["EIO", "ENOSPC"] if DEEP else ["ENOSPC"])
+@pytest.mark.parametrize("name", PULL_CASES if DEEP else ["unpack-docker"])
+def test_an_error_at_each_syscall_of_a_pull(layout, pushed, tmp_path, name, err, registry_env):
+    _fail_everywhere(_cases(layout, tmp_path, name, reg=pushed), err)
 
 
 def _fail_first(case, call, fragment, err):
@@ -460,3 +496,14 @@ def test_a_blob_whose_download_cannot_restart_is_named(layout, tmp_path, err):
     _, line = _fail_first(case, "ftruncate", "/ingest/", err)
     assert "blob sha256:" in line and str(case.root) in line and os.strerror(getattr(errno, err)) in line, line
     case.check(f"ftruncate of a blob's ingest file failing with {err}")
+
+
+@pytest.mark.parametrize("err", ["EIO"] + (["ENOSPC"] if DEEP else []))   # (ENOSPC: test_store_full_fs too)
+def test_a_load_from_a_pipe_whose_spool_cannot_be_written_names_it(layout, tmp_path, err):
+    """write(2) of the archive ``lamina load`` spools from stdin failing with EIO: the error was
+    the bare 'Input/output error' (found by the deep run of the injections); ENOSPC was named."""
+    case = _cases(layout, tmp_path, "load-pipe")
+    _, line = _fail_first(case, "write", "/ingest/load-", err)
+    assert "the archive on stdin" in line and str(case.root) in line and os.strerror(getattr(errno, err)) in line, line
+    case.check(f"write of the spool failing with {err}")
+

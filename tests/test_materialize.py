@@ -343,6 +343,60 @@ def test_rw_mount_writes_to_upper_and_umount_cleans(tmp_path, rich):
     assert "not a lamina mount" in err
 
 
+# The CLI with lamina.store.mounts._kernel_mount made to SIGKILL the process: a mount killed
+# once its record (and hold) is written, before mount(2).
+_KILLED_BEFORE_MOUNT2 = """
+import os, signal, sys
+import lamina.store.mounts as m
+m._kernel_mount = lambda *a, **kw: os.kill(os.getpid(), signal.SIGKILL)
+from lamina.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("rw", [False, True], ids=["ro", "rw"])
+def test_a_mount_killed_before_mount2_is_made_by_the_next_mount(tmp_path, rich, rw):
+    """``lamina mount`` killed between its record and mount(2): the record said TARGET was a
+    lamina mount, so the same mount run again failed ('already a lamina mount (lamina umount
+    first)') for a TARGET with nothing mounted on it.  A record whose mount is gone and whose
+    upper dir holds no writes keeps nothing: the next mount to TARGET takes its place."""
+    import subprocess
+    import sys
+    layout, _ = rich
+    store = _store(tmp_path)
+    load_layout(store, layout, "rich", "rich:1")
+    mnt, rw_flag = tmp_path / "mnt", ["--rw"] if rw else []
+    proc = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_MOUNT2, "--root", store.root, "mount", *rw_flag,
+                           "rich:1", mnt], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    assert not _mounted(mnt) and store.holds() != {}
+    ok(store.root, "mount", *rw_flag, "rich:1", mnt)
+    try:
+        assert _mounted(mnt) and (mnt / "etc/passwd").exists()
+        assert len(ok(store.root, "mount").strip().splitlines()[1:]) == 1
+    finally:
+        ok(store.root, "umount", mnt)
+    assert store.holds() == {} and os.listdir(store.paths.meta / "mounts") == []
+    ok(store.root, "rmi", "rich:1")
+    ok(store.root, "fsck")
+
+
+def test_a_rw_mount_gone_with_its_writes_is_kept_for_umount(tmp_path, rich):
+    """The other side: a --rw mount whose kernel mount went (a reboot) with writes in its upper
+    dir is still a lamina mount, which a new mount to TARGET must not take over."""
+    layout, _ = rich
+    store = _store(tmp_path)
+    load_layout(store, layout, "rich", "rich:1")
+    mnt = tmp_path / "mnt"
+    ok(store.root, "mount", "--rw", "rich:1", mnt)
+    (mnt / "created").write_text("new\n")
+    run("umount", mnt)
+    _, err = fails(store.root, "mount", "--rw", "rich:1", mnt)
+    assert "already a lamina mount" in err, err
+    ok(store.root, "umount", mnt)
+    assert store.holds() == {}
+
+
 def test_mount_one_layer_and_many_layers(tmp_path):
     """One layer needs a padding lower dir; 70 layers under a long root exceed mount(2)'s one page of options."""
     require_root()

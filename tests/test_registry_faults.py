@@ -278,6 +278,18 @@ def test_wrong_length_fails_clearly(proxy, image, registry_env):  # noqa: F811
     assert not store.has_blob(big["digest"])
 
 
+def _pull_killed_in_blob(proxy, root, ref, blob, held):
+    """``lamina pull ref`` through the proxy, which holds ``blob`` after ``held`` bytes, killed
+    (-9) once its partial has them all; the partial's path."""
+    proxy.add("hang", path=f"/blobs/{blob['digest']}", after=held)
+    child = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "pull", ref],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    partial = root / "ingest" / f"{blob['digest'][7:]}.partial"
+    kill9_when(proxy, child, lambda: partial.exists() and partial.stat().st_size >= held,
+               "the partial never got the bytes sent")
+    return partial
+
+
 def test_kill9_then_pull_again_downloads_the_rest_only(reg, tmp_path, registry_env):  # noqa: F811
     size = 24 * MiB
     lay = ocibuild.Layout(tmp_path / "oci")
@@ -289,13 +301,8 @@ def test_kill9_then_pull_again_downloads_the_rest_only(reg, tmp_path, registry_e
     proxy = FaultProxy(reg.host)
     held = 10 * MiB
     try:
-        proxy.add("hang", path=f"/blobs/{blob['digest']}", after=held)
         ref = f"{proxy.host}/huge:1"
-        child = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(root), "pull", ref],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        partial = root / "ingest" / f"{blob['digest'][7:]}.partial"
-        kill9_when(proxy, child, lambda: partial.exists() and partial.stat().st_size >= held,
-                   "the partial never got the bytes sent")
+        partial = _pull_killed_in_blob(proxy, root, ref, blob, held)
         assert partial.stat().st_size == held
         first = proxy.bytes_for(blob["digest"])
         assert first == held
@@ -310,6 +317,43 @@ def test_kill9_then_pull_again_downloads_the_rest_only(reg, tmp_path, registry_e
         assert store.has_blob(blob["digest"])
         img = store.resolve(ref)
         assert (store.snapshots_for(img)[0] / "huge.bin").read_bytes() == fast_random(size, 7)
+    finally:
+        proxy.stop()
+
+
+def test_a_pull_killed_then_its_tag_repushed_fetches_the_new_blob_whole(reg, tmp_path, registry_env):  # noqa: F811
+    """kill -9 a pull midway through a big layer, then the tag is pushed again with another
+    layer in that place: the rerun fetches the new blob from byte 0, all of it, and never
+    resumes it from the partial the killed pull left (the old blob's bytes, kept under the old
+    digest for a pull of that one); the store holds the new image, fsck finds no error."""
+    size, held = 8 * MiB, 3 * MiB
+    blobs = []
+    for seed in (7, 8):
+        lay = ocibuild.Layout(tmp_path / f"oci{seed}")
+        m = lay.image([{"huge.bin": fast_random(size, seed)}], compress=False)
+        lay.add(m, "1")
+        blobs.append((lay, m, lay.read_json(m["digest"])["layers"][0]))
+    (old_lay, _, old), (new_lay, new_m, new) = blobs
+    skopeo_push(f"oci:{old_lay.root}:1", reg.host, "repushed:1", extra=("--preserve-digests",))
+    root = registry_env / "root"
+    proxy = FaultProxy(reg.host)
+    try:
+        ref = f"{proxy.host}/repushed:1"
+        _pull_killed_in_blob(proxy, root, ref, old, held)
+        proxy.clear()
+        skopeo_push(f"oci:{new_lay.root}:1", reg.host, "repushed:1", extra=("--preserve-digests",))
+
+        subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), "pull", ref], check=True,
+                       capture_output=True)
+        # (the killed pull's GET of the old blob may be logged only now, when its handler ends)
+        assert [h.get("Range") for _, _, h, *_ in _blob_gets(proxy, old["digest"])] in ([], [None])
+        assert [h.get("Range") for _, _, h, *_ in _blob_gets(proxy, new["digest"])] == [None]
+        assert proxy.bytes_for(new["digest"]) == new["size"]
+        store = Store(root)
+        img = store.resolve(ref)
+        assert img.manifest_digest == new_m["digest"]
+        assert (store.snapshots_for(img)[0] / "huge.bin").read_bytes() == fast_random(size, 8)
+        assert [f for f in check(store).findings if f.severity == "error"] == []
     finally:
         proxy.stop()
 

@@ -124,6 +124,39 @@ def test_debris_of_killed_processes(loaded):
     assert os.listdir(store.paths.ingest) == [] and not (root / "index.json.tmp-99-abcdef").exists()
 
 
+def test_the_spool_of_a_load_from_a_pipe_killed_midway_is_named_and_swept(loaded, tmp_path):
+    """``lamina load`` from a pipe spools the archive in ingest/ first: killed midway, it left
+    ingest/load-*.tmp, which fsck called 'not an ingest file', a name no user can place."""
+    import time
+    root, _, _ = loaded
+    archive = tmp_path / "app.tar"
+    lamina(root, "save", "app:1", "-o", archive)
+    other = tmp_path / "other"
+    child = subprocess.Popen([sys.executable, "-m", "lamina", "--root", str(other), "load"], stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        child.stdin.write(archive.read_bytes()[:4096])
+        child.stdin.flush()
+        # (its spool stays empty: the load reads the pipe a MiB at a time)
+        spooled = lambda: os.listdir(other / "ingest") if (other / "ingest").is_dir() else []
+        deadline = time.monotonic() + 60
+        while not spooled():
+            assert time.monotonic() < deadline and child.poll() is None, "the load never spooled"
+            time.sleep(0.02)
+    finally:
+        child.kill()
+        child.wait()
+        child.stdin.close()
+    report = fsck(other)
+    assert [(f["kind"], f["message"]) for f in report["findings"]] == \
+        [("stray-ingest", f"ingest/{spooled()[0]}: the archive a load from stdin spooled, left when it was killed")]
+    fsck(other, "--repair")
+    assert os.listdir(other / "ingest") == []
+    with open(archive, "rb") as f:
+        lamina(other, "load", stdin=f)
+    assert fsck(other)["findings"] == []
+
+
 def test_partial_being_written_is_not_debris(loaded):
     root, _, _ = loaded
     store = Store(root)

@@ -214,6 +214,28 @@ def test_an_image_removed_while_it_is_being_used_says_so(layout, tmp_path, use):
     assert lamina(tmp_path / "root", "fsck").returncode == 0
 
 
+def test_an_image_removed_while_it_is_being_tagged_says_so(layout, tmp_path, monkeypatch):
+    """``lamina tag a:1 c:1`` beside ``lamina rmi a:1`` (or image prune): the tag resolved a:1,
+    then the rmi's gc took its blobs before the tag took the lease, and the tag failed with
+    'blob sha256:... is not in the store', as if the store had lost its manifest."""
+    from lamina import images
+    from lamina.errors import LaminaError
+    from lamina.store import Store
+    lay, _ = layout
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:a", "a:1")
+    lamina(root, "copy", f"oci:{lay.root}:b", "b:1")
+    wrapped, done = _rmi_once(root, "a:1", Store._take_lease)   # once a:1 is resolved
+    monkeypatch.setattr(Store, "_take_lease", wrapped)
+    with Store(root) as store, pytest.raises(LaminaError) as e:
+        images.tag(store, "a:1", "c:1")
+    assert done and done[0].returncode == 0, done
+    message = str(e.value)
+    assert "is not in the store" not in message and "removed" in message and "a:1" in message, message
+    assert "c:" not in lamina(root, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout
+    assert lamina(root, "fsck").returncode == 0
+
+
 def _rmi_once(root, name, real):
     """``real`` wrapped: its first call runs ``lamina rmi name`` in another process first (an rmi
     beside a writer leaves its gc to the writer; with no writer at work, it collects at once)."""

@@ -7,8 +7,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -113,6 +115,68 @@ def test_an_unfinished_unpack_is_named(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == (f"lamina: error: destination {dest} holds an unpack that did not finish "
                                    f"(.lamina-tmp-k2x8q1ab); empty it and unpack again"), proc.stderr
+
+
+# Runs the CLI with one function of lamina.unpacker made to SIGKILL the process when entered
+# (its Nth call): a crash at a point of the in-place fill chosen by name, not by timing.
+KILL_AT = """
+import os, signal, sys
+import lamina.unpacker as u
+name, nth, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+real, calls = getattr(u, name), [0]
+def dying(*a, **kw):
+    calls[0] += 1
+    if calls[0] == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*a, **kw)
+setattr(u, name, dying)
+from lamina.cli import main
+sys.exit(main(argv))
+"""
+
+
+def _killed_unpack(tmp_path, dest, name, nth=1):
+    proc = subprocess.run([sys.executable, "-c", KILL_AT, name, str(nth), "--root", str(tmp_path / "store"),
+                           "unpack", f"oci:{SAMPLE}", str(dest)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, f"{name} never called (exit {proc.returncode}):\n{proc.stderr}"
+
+
+def test_an_in_place_unpack_killed_before_it_moves_up_is_done_again_by_the_rerun(tmp_path, mount_point):
+    """Killed (kill -9, a reboot) while the image was staged in DEST/.lamina-tmp-* -- the long
+    part of an unpack: nothing of it had reached DEST, yet the rerun refused the staging dir
+    ('holds an unpack that did not finish; empty it') and the user had to clean up by hand.
+    The staging dir is locked as a sibling's is, so the rerun knows nobody works in it."""
+    _killed_unpack(tmp_path, mount_point, "_move_up")
+    assert [n for n in os.listdir(mount_point) if n.startswith(".lamina-tmp-")], os.listdir(mount_point)
+    lamina_cli(tmp_path / "store", "unpack", f"oci:{SAMPLE}", mount_point)
+    lamina.unpack(f"oci:{SAMPLE}", tmp_path / "renamed")
+    assert_same(tree(tmp_path / "renamed"), tree(mount_point), labels=("renamed", "in place after a kill"))
+
+
+def test_an_in_place_unpack_killed_while_it_moves_up_is_named_not_swept(tmp_path, mount_point):
+    """Killed after its first entry reached DEST: DEST is part-filled, which no rerun may take for
+    its own to finish or remove (someone may have written there since); it names it as before."""
+    _killed_unpack(tmp_path, mount_point, "_copy_root_metadata")
+    left = sorted(os.listdir(mount_point))
+    assert any(n.startswith(".lamina-tmp-") for n in left) and len(left) > 1, left
+    proc = lamina_cli(tmp_path / "store", "unpack", f"oci:{SAMPLE}", mount_point, check=False)
+    assert proc.returncode == 1 and "holds an unpack that did not finish" in proc.stderr, proc.stderr
+    assert sorted(os.listdir(mount_point)) == left
+
+
+def test_an_in_place_unpack_leaves_a_running_ones_staging_dir_alone(tmp_path, mount_point):
+    """A staging dir whose lock is held belongs to an unpack still running into DEST."""
+    import fcntl
+    running = mount_point / ".lamina-tmp-0123abcd"
+    (running / "etc").mkdir(parents=True)
+    fd = os.open(running, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        proc = lamina_cli(tmp_path / "store", "unpack", f"oci:{SAMPLE}", mount_point, check=False)
+        assert proc.returncode == 1 and ".lamina-tmp-0123abcd" in proc.stderr, proc.stderr
+        assert os.listdir(mount_point) == [".lamina-tmp-0123abcd"] and os.listdir(running) == ["etc"]
+    finally:
+        os.close(fd)
 
 
 NOBODY = r"""

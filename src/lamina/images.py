@@ -519,6 +519,8 @@ def tag(store, source, target):
     parsed = Reference.parse(target)
     if parsed.digest:
         raise InvalidReferenceError(f"refusing to create a tag with a digest reference: {target}")
+    if store.writable:   # (a read-only store names what it holds already, or says it is read-only)
+        store.hold_image(image)
     return store.add_image(image.manifest_digest, parsed)
 
 

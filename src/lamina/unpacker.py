@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import secrets
 import stat
 import time
@@ -313,7 +314,9 @@ def _escape_lowerdir(path):
 # it applied and verified, the staging dir going last.  So DEST holds a
 # .lamina-tmp-* entry until it is complete; an error or Ctrl-C while moving up
 # takes back what was moved, and only a crash there (kill -9, power loss) leaves
-# DEST part-filled, with that entry in it, which the next unpack names.
+# DEST part-filled, with that entry in it, which the next unpack names.  The staging
+# dir is locked as a sibling's is, so a DEST that holds nothing but staging dirs nobody
+# holds is one that crashed before it moved anything up: the next unpack removes them.
 #
 # Filling in place, DEST sits in a directory someone else owns, who may swap DEST for a
 # symlink to a directory of the user's (~/.ssh) at any moment.  So DEST is held by an fd from
@@ -325,6 +328,8 @@ _STAGING_PREFIX = ".lamina-tmp-"
 # name: so a DEST.lamina-tmp-* dir nobody holds locked is one a killed unpack left, which the
 # next unpack to DEST removes (a --link one holds names of store objects gc could never free).
 _NEWBORN_PREFIX = ".lamina-new-"
+# the names _make_staging_inside gives, which the next unpack may sweep
+_IN_PLACE_NAME = re.compile(r"\.lamina-(?:tmp|new)-[0-9a-f]{8}")
 _held = {}  # staging dir -> an fd of it (a sibling's holds its lock)
 _in_place = {}  # staging dir inside DEST -> (DEST's fd, (st_dev, st_ino) of the staging dir)
 _beside = {}  # sibling staging dir -> an fd of DEST's parent, which the commit and cleanup go by
@@ -347,7 +352,12 @@ def _check_dest(dest):
     if not stat.S_ISDIR(st.st_mode):
         raise ExtractError(f"destination {dest} exists and is not a directory")
     names = os.listdir(dest)
-    left = sorted(n for n in names if n.startswith(_STAGING_PREFIX))
+    left = sorted(n for n in names if n.startswith((_STAGING_PREFIX, _NEWBORN_PREFIX)))
+    if left and len(left) == len(names):
+        # nothing moved up yet: staging dirs of killed unpacks (gone now), or of running ones
+        _sweep_killed_inside(dest)
+        names = os.listdir(dest)
+        left = sorted(n for n in names if n.startswith((_STAGING_PREFIX, _NEWBORN_PREFIX)))
     if left:
         raise ExtractError(f"destination {dest} holds an unpack that did not finish ({left[0]}); "
                            f"empty it and unpack again")
@@ -430,14 +440,27 @@ def _make_staging_inside(dest):
     except OSError as e:
         raise ExtractError(f"cannot open destination {dest}: {e.strerror}") from None
     try:
+        # born under another name and locked before it is named, as a sibling is: so a staging
+        # dir nobody holds is a killed unpack's, which the next one removes (_sweep_killed_inside)
         while True:
-            own = _STAGING_PREFIX + secrets.token_hex(4)
+            token = secrets.token_hex(4)
+            newborn, own = _NEWBORN_PREFIX + token, _STAGING_PREFIX + token
             try:
-                os.mkdir(own, 0o700, dir_fd=dest_fd)
+                os.mkdir(newborn, 0o700, dir_fd=dest_fd)
+                fd = os.open(newborn, _DIR_FLAGS, dir_fd=dest_fd)
+            except (FileExistsError, FileNotFoundError):
+                continue   # a name taken, or swept by another unpack before we opened it
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.rename(newborn, own, src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
                 break
-            except FileExistsError:
-                continue
-        fd = os.open(own, _DIR_FLAGS, dir_fd=dest_fd)
+            except FileNotFoundError:
+                os.close(fd)   # swept before our lock: make another
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.rmdir(newborn, dir_fd=dest_fd)
+                raise
         try:
             st = os.fstat(fd)
             os.fchmod(fd, 0o755)  # as a sibling's: a layer's own "./" entry may still set it
@@ -572,6 +595,36 @@ def _sweep_killed_siblings(parent, name):
             pass  # held: another unpack to DEST is working in it (or it is not ours to remove)
         finally:
             os.close(fd)
+
+
+def _sweep_killed_inside(dest):
+    """Remove the staging dirs inside DEST of in-place unpacks killed before they moved anything
+    up (nobody holds their lock); through DEST's fd, as the fill itself goes."""
+    try:
+        dest_fd = os.open(dest, _DIR_FLAGS)
+    except OSError:
+        return
+    try:
+        for n in os.listdir(dest_fd):
+            if not _IN_PLACE_NAME.fullmatch(n):
+                continue   # (not a name _make_staging_inside gives: an image's own entry, the user's)
+            try:
+                fd = os.open(n, _DIR_FLAGS, dir_fd=dest_fd)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                trace.event("sweep-killed-staging", path=os.path.join(dest, n))
+                if n.startswith(_NEWBORN_PREFIX):
+                    os.rmdir(n, dir_fd=dest_fd)   # empty until it is named: never more than that
+                else:
+                    remove_tree(f"/proc/self/fd/{dest_fd}/{n}")
+            except OSError:
+                pass  # held: another unpack is filling DEST
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dest_fd)
 
 
 def _fill_in_place(dest, parent):

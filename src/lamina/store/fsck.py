@@ -38,7 +38,7 @@ from .gc import reachable
 from .image import load_image
 from .index import entry_name, make_entry
 from .locks import FileLock, is_locked, remove_if_unlocked
-from .paths import OCI_LAYOUT
+from .paths import LOAD_SPOOL, OCI_LAYOUT
 from .treediff import first_difference
 
 _PERMANENT_LOCKS = ("gc.lock", "index.lock")
@@ -563,7 +563,10 @@ class Checker:
                 f = self.report.add("warning", "stale-partial", str(path), f"ingest/{n}: interrupted ingest of"
                                     f" {size} bytes (resumed by the next pull or load of that blob)")
             elif self.quiet:
-                f = self.report.add("warning", "stray-ingest", str(path), f"ingest/{n}: not an ingest file")
+                what = "not an ingest file"
+                if n.startswith(LOAD_SPOOL[0]) and n.endswith(LOAD_SPOOL[1]):
+                    what = "the archive a load from stdin spooled, left when it was killed"
+                f = self.report.add("warning", "stray-ingest", str(path), f"ingest/{n}: {what}")
             else:
                 continue
             self._fix(f, lambda p=path: _remove_any(p))

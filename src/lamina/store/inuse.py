@@ -127,6 +127,7 @@ def in_use(store, *, prune_stale=True):
     A bundle whose directory was deleted no longer counts (and its record and hold
     are dropped when ``prune_stale``).  A mount counts until ``lamina umount``, even
     if the kernel mount is gone (e.g. after a reboot): its upper dir may hold writes.
+    (A new mount to its TARGET takes the place of one that holds none: mounts.mount.)
     """
     from .mounts import is_mountpoint
     out = []

@@ -297,8 +297,15 @@ def mount(store, ref, target, *, rw=False, platform=None, suid=False):
     lock.acquire()
     mounted = False
     try:
-        if is_mountpoint(target) or any(r["key"] == key for r in load_records(store, "mount")):
+        if is_mountpoint(target):
             raise MaterializeError(f"{target} is already a lamina mount (lamina umount {target} first)")
+        for old in [r for r in load_records(store, "mount") if r["key"] == key]:
+            if _holds_writes(old):
+                raise MaterializeError(f"{target} is already a lamina mount (lamina umount {target} first)")
+            # nothing mounted (we hold its lock: no mount of it is on its way) and nothing
+            # written: a mount killed before mount(2), or a mount a reboot took -- keeps nothing
+            remove_tree(os.path.join(record_dir_of(store, old), key))
+            drop_record(store, old)
         layer_dirs = snapshot_dirs(store, image)
         userxattr = _user_markers(store, image)
         lowers = list(reversed(layer_dirs))  # overlayfs wants the top layer first
@@ -336,6 +343,14 @@ def mount(store, ref, target, *, rw=False, platform=None, suid=False):
             with contextlib.suppress(OSError):
                 os.rmdir(target)
         lock.release(unlink=True)
+
+
+def _holds_writes(record):
+    """Whether a mount record's upper dir (a --rw mount's) holds anything written through it."""
+    try:
+        return bool(record.get("upper")) and bool(os.listdir(record["upper"]))
+    except FileNotFoundError:
+        return False
 
 
 def umount(store, target, *, lazy=False):

@@ -2,6 +2,7 @@
 
     ROOT/oci-layout, ROOT/index.json, ROOT/blobs/sha256/<hex>   the OCI image layout (always valid)
     ROOT/ingest/<hex>.partial                                   blobs being written (resumable)
+    ROOT/ingest/load-*.tmp                                      an archive a load from stdin spools
     ROOT/locks/                                                 flock files
     ROOT/snapshots/<chainID hex>/{fs,meta.json}                 extracted layers (overlay format)
     ROOT/objects/blake3/<2 hex>/<blake3>.<meta key>              file objects shared by snapshots (objects.py)
@@ -28,6 +29,8 @@ from ..errors import StoreError
 from .fsutil import write_if_absent
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+# (prefix, suffix) of the file in ingest/ that ``lamina load`` spools an archive on stdin to
+LOAD_SPOOL = ("load-", ".tmp")
 # A compact store (keep-blobs false) lacks the layer blobs it rebuilds from snapshots; the
 # layout stays valid, and says so to whoever reads it (see README, "Compact store").
 OCI_LAYOUT_COMPACT = (b'{"imageLayoutVersion":"1.0.0","lamina.compact":"layer blobs are not kept in this store;'

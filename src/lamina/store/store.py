@@ -128,6 +128,17 @@ class Store:
             if self._lease is None and (create or self.exists):
                 self._lease = FileLock(self.paths.gc_lock, shared=True).acquire()
 
+    def hold_image(self, image, create=True):
+        """Take the lease for using ``image``, resolved before: gc waits for the lease, so what
+        is here now stays.  An rmi or image prune (their gc) between the caller's resolve and
+        this took the image's blobs and snapshots, which is no fault of the store and must not
+        be reported as a missing blob: ImageNotFoundError says what happened."""
+        self._take_lease(create=create)
+        if self.exists and not self.has_blob(image.manifest_digest):
+            name = image.refs[0].familiar() if image.refs else image.config_digest[7:19]
+            raise ImageNotFoundError(f"image {name} was removed from the store (rmi or image prune) "
+                                     "while this command was using it")
+
     def _drop_lease(self):
         with self._lease_mutex:
             if self._lease is not None:
@@ -513,14 +524,7 @@ class Store:
     def _ensure_snapshots(self, image):
         """snapshots_for, leaving what a refusal dropped to the caller's own rollback (an import,
         a pull), which takes it back with the rest."""
-        # The lease first: gc waits for it, so what is here now stays.  An rmi or image prune
-        # (their gc) between the caller's resolve and this took the image's blobs and snapshots,
-        # which is no fault of the store and must not be reported as a missing blob.
-        self._take_lease(create=False)
-        if self.exists and not self.has_blob(image.manifest_digest):
-            name = image.refs[0].familiar() if image.refs else image.config_digest[7:19]
-            raise ImageNotFoundError(f"image {name} was removed from the store (rmi or image prune) "
-                                     "while this command was using it")
+        self.hold_image(image, create=False)
         complete = all(self._snapshot_complete(c) for c in image.chain_ids)
         if not complete:
             self._check_writable(f"image {image.config_digest[7:19]} has layers not extracted yet")

@@ -127,23 +127,33 @@ def load_stream(stream, *, store, platform=None, report=None):
     Archives need random access, so the stream is spooled next to the store (same
     filesystem, removed after), under the gc lease so that fsck --repair does not take
     the spool file for debris.  Errors speak of "the archive on stdin", not the spool."""
-    import shutil
     import tempfile
     from ..errors import LaminaError
     from .output import FULL_WRITE_ERRNOS
     store.lease()
-    fd, spooled = tempfile.mkstemp(prefix="load-", suffix=".tmp", dir=store.paths.ingest)
+    from ..store.paths import LOAD_SPOOL
+    fd, spooled = tempfile.mkstemp(prefix=LOAD_SPOOL[0], suffix=LOAD_SPOOL[1], dir=store.paths.ingest)
     try:
-        try:
-            with os.fdopen(fd, "wb") as f:
-                shutil.copyfileobj(stream, f, 1 << 20)
-                empty = f.tell() == 0
-        except OSError as e:
-            if e.errno not in FULL_WRITE_ERRNOS:
-                raise
-            # else "No space left on device" alone: the spool file is ours, the store's disk is full
-            raise StoreError(f"the archive on stdin: no room to spool it in the store {store.paths.root}: "
-                             f"{e.strerror}") from None
+        size = 0
+        with os.fdopen(fd, "wb", buffering=0) as f:   # unbuffered: no write left for close() to fail
+            while True:
+                try:
+                    chunk = stream.read(1 << 20)
+                except OSError as e:
+                    raise StoreError(f"cannot read the archive on stdin: {e.strerror or e}") from None
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    try:
+                        view = view[f.write(view):]
+                    except OSError as e:
+                        # "No space left on device" or "Input/output error" alone: the spool file is ours
+                        why = "no room to spool it" if e.errno in FULL_WRITE_ERRNOS else "cannot spool it"
+                        raise StoreError(f"the archive on stdin: {why} in the store {store.paths.root}: "
+                                         f"{e.strerror}") from None
+                size += len(chunk)
+        empty = size == 0
         if empty:
             raise InvalidReferenceError("nothing to load: stdin was empty (give the archive with -i FILE "
                                         "or lamina load < FILE)")
