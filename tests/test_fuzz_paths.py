@@ -23,7 +23,9 @@ give back every layer of both images byte for byte, and a copy of the stack's im
 OCI layout every diffID, and check clean; and with one of its snapshots changed behind its back
 (tamper(): a file's bytes, mode, owner, time or xattrs, a symlink, a name added or removed) fsck
 must say so, a copy must fail naming the layer or give it back bit-exact, and fsck --repair must
-leave the image's tree or an error.
+leave the image's tree or an error.  And the docker-archive a compact store saves of the stack,
+unpacked, is one more path (everypath's compact-save: every saved layer its diffID) of
+test_lamina_paths_agree, link_stacks()' and rewrite_stacks()'.
 
 One stack in five (LAMINA_FUZZ_DEEP: the share, 1 for nothing else) is a deep one
 (deep_stacks()): 8 to 12 small layers whose entries lie mostly under what the layers below
@@ -74,7 +76,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from conftest import require_root, require_tool
-from everypath import EMPTY_LAYER, assert_agree, describe, made_now, run_paths, umoci_tree
+from everypath import EMPTY_LAYER, PATHS, assert_agree, describe, made_now, run_paths, umoci_tree
 from layerkit import Guard
 from ocibuild import ENCODINGS, Encoded
 from tarbuild import MTIME, Tar
@@ -929,8 +931,9 @@ def test_lamina_paths_agree(host, data):
     box = Sandbox(host)
     since = int(time.time()) - 1
     try:
-        results = {p: made_now(t, since) for p, t in run_paths(box.guard.dest, tars, dir_mtime=True, root=True,
-                                                               neighbour=neighbour, neighbour_first=first).items()}
+        results = {p: made_now(t, since) for p, t in run_paths(box.guard.dest, tars, PATHS + ("compact-save",),
+                                                               dir_mtime=True, root=True, neighbour=neighbour,
+                                                               neighbour_first=first).items()}
         context = describe(tars) + (f"\nneighbour image {'before' if first else 'after'} it:\n" + describe(neighbour)
                                     if neighbour else "")
         assert_agree(results, context=context)
@@ -1250,7 +1253,8 @@ def rewrite_stacks(draw):
     return stack
 
 
-REWRITE_PATHS = ("dir", "dir-topdown", "overlay-mount", "store-copy", "store-link", "store-mount", "store-relink")
+REWRITE_PATHS = ("dir", "dir-topdown", "overlay-mount", "store-copy", "store-link", "store-mount", "store-relink",
+                 "compact-save")
 
 
 @seed(20261210 + SEED)
@@ -1515,7 +1519,8 @@ def test_hardlinks_whiteouts_and_opaque_dirs_across_layers_agree(host, data):
     _count_case()
     box = Sandbox(host)
     try:
-        results = run_paths(box.guard.dest, tars, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
+        results = run_paths(box.guard.dest, tars, paths=("dir", "dir-topdown", "overlay-mount", "store-copy",
+                                                         "compact-save"))
         ref = assert_agree(results, context=describe(tars))
         if ref is not None:
             oracle = umoci_tree(box.guard.dest, tars)
