@@ -47,7 +47,9 @@ way; ustar, GNU or v7 headers or each entry its own; ended by two zero blocks, o
 record of them, bytes that are no tar or an entry after a lone zero block, as GNU tar and
 bsdtar stop there): one tree, and each layer back bit-exact from a compact store.
 rewrite_stacks() rewrites a few names in place layer after layer through every type in a drawn
-order, with whiteouts and opaque markers between, for the kernel's overlay mount to judge.
+order, with whiteouts and opaque markers between, for the kernel's overlay mount to judge; and
+redeclare_stacks() lists directories again in upper layers with other metadata (or none), opaque,
+whited out and listed anew, replaced and made directories again, for the overlay mount and umoci.
 
 Seeded and bounded in CI (LAMINA_FUZZ_EXAMPLES, default 100 per test; stacks(), deep_stacks(),
 held_stacks() and link_stacks() leave out what every path would refuse but in one stack in eight,
@@ -77,7 +79,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from conftest import require_root, require_tool
-from everypath import EMPTY_LAYER, PATHS, assert_agree, describe, made_now, run_paths, umoci_tree
+from everypath import EMPTY_LAYER, MADE_NOW, PATHS, assert_agree, describe, made_now, run_paths, umoci_tree
 from layerkit import Guard
 from ocibuild import ENCODINGS, Encoded
 from tarbuild import MTIME, Tar
@@ -1584,5 +1586,99 @@ def test_top_down_skipping_agrees_on_small_stacks_around_hidden_names(host, data
     box = Sandbox(host)
     try:
         assert_agree(run_paths(box.guard.dest, tars, paths=("dir", "dir-topdown")), context=describe(tars))
+    finally:
+        box.close()
+
+
+# Directories declared again (redeclare_stacks()): a directory a lower layer listed with its own
+# mode, owner, time and xattrs, listed again by an upper layer with others (or none: the lower
+# one's xattrs must go, as the upper directory hides them in an overlay mount), made opaque before
+# or after it is listed, whited out and listed anew in one layer, replaced by a file or a symlink
+# and made a directory again, or only written into (the lower listing's metadata kept)
+REDECLARED = [".", "a", "a/b", "o"]
+
+
+def _redeclared_dir(draw, d, xattrs):
+    return ("dir", d, draw(st.sampled_from([0o755, 0o700, 0o2775, 0o1777, 0o555, 0o750])), draw(owners),
+            draw(st.sampled_from([(), ()]) | _meta(xattrs)))
+
+
+@st.composite
+def redeclare_stacks(draw, xattrs=XATTRS + OVERLAY_XATTRS + [("system.posix_acl_default", DEFAULT_ACL)]):
+    """A bottom layer listing REDECLARED (each with metadata of its own, xattrs one in two) and a
+    file or two in them; then 1 to 4 layers of 1 to 4 of: a directory listed again (other mode,
+    owner, xattrs or none), an opaque marker in it before or after its listing or alone, a
+    whiteout of it and a listing anew (in the layer's order, either way), a file or symlink in its
+    place (a later listing makes it a directory again), a file or a new directory in it."""
+    bottom = [_redeclared_dir(draw, d, xattrs) if draw(one_in(2)) else
+              ("dir", d, 0o755, (0, 0), draw(_rich_meta(xattrs))) for d in REDECLARED]
+    bottom += [("file", draw(st.sampled_from(REDECLARED[1:])) + "/" + n, b"1", 0o644, (0, 0), ())
+               for n in draw(st.lists(st.sampled_from(["f", "g"]), min_size=1, max_size=2, unique=True))]
+    stack = [bottom]
+    for li in range(draw(st.integers(1, 4))):
+        layer = []
+        for _ in range(draw(st.integers(1, 4))):
+            d = draw(st.sampled_from(REDECLARED))
+            how = draw(st.sampled_from(["again"] * 3 + ["opaque-then-again", "again-then-opaque", "opaque",
+                                                        "whiteout-then-again", "again-then-whiteout", "replace",
+                                                        "inside", "child-dir"]))
+            if d == "." and how in ("whiteout-then-again", "again-then-whiteout", "replace"):
+                how = "again"
+            again = _redeclared_dir(draw, d, xattrs)
+            marker = (("opaque" if "opaque" in how else "whiteout"), d, draw(marker_types), "a")
+            if how == "again":
+                layer.append(again)
+            elif how == "opaque":
+                layer.append(marker)
+            elif how in ("opaque-then-again", "whiteout-then-again"):
+                layer += [marker, again]
+            elif how in ("again-then-opaque", "again-then-whiteout"):
+                layer += [again, marker]
+            elif how == "replace":
+                layer.append(draw(st.sampled_from([("file", d, b"now a file", 0o600, (0, 0), ()),
+                                                   ("symlink", d, draw(st.sampled_from(["a", "/o", "."])), (0, 0), ())])))
+            elif how == "inside":
+                layer.append(("file", (d + "/" if d != "." else "") + draw(st.sampled_from(["f", "h"])), b"22", 0o600,
+                              draw(owners), ()))
+            else:
+                layer.append(_redeclared_dir(draw, (d + "/" if d != "." else "") + "n", xattrs))
+        stack.append(layer)
+    return leave_out_refused(draw, [[(op, draw(carriers) if op[0] not in ("whiteout", "opaque") else "") for op in layer]
+                                    for layer in stack])
+
+
+REDECLARE_PATHS = ("dir", "dir-topdown", "overlay-mount", "store-copy", "store-mount", "compact-save")
+
+
+@seed(20261211 + SEED)
+@settings(SETTINGS, max_examples=max(1, EXAMPLES // 6))  # (a sixth: six paths, and umoci, per stack)
+@given(data=st.data())
+def test_directories_declared_again_agree_with_the_overlay_mount_and_umoci(host, data):
+    """redeclare_stacks(): the kernel's overlay mount of lamina's layer dirs, the flat unpacks,
+    the store's trees and a compact store's saved archive give each directory the metadata of its
+    last listing (mode, owner, time, xattrs: none of a lower listing's), or of the lower one where
+    an upper layer only writes in it; and umoci's unpack is that tree, where the stack holds no
+    default ACL nor overlay xattrs (deliberate differences: CONFORMANCE.md)."""
+    for_umoci = data.draw(st.booleans())
+    layers = data.draw(redeclare_stacks(XATTRS) if for_umoci else redeclare_stacks())
+    tars = build(layers, data.draw(encodings(len(layers), UMOCI_ENCODINGS)))
+    _count_case()
+    box = Sandbox(host)
+    since = int(time.time()) - 1
+    try:
+        results = {p: made_now(t, since) for p, t in
+                   run_paths(box.guard.dest, tars, REDECLARE_PATHS, dir_mtime=True, root=True).items()}
+        ref = assert_agree(results, context=describe(tars))
+        if for_umoci and ref is not None:
+            oracle = umoci_tree(box.guard.dest, tars, dir_mtime=True, root=True)
+            oracle, mine = _blind_to_clamped(_blind_to_deliberate(_as_references(made_now(oracle, since))),
+                                             _blind_to_deliberate(ref), _time_range(os.path.dirname(box.base)))
+            if not isinstance(oracle, Exception):
+                # (umoci leaves some listed directories the time of its run: a layer's whiteout of
+                # a directory it lists itself, an implied directory made in one; CONFORMANCE.md)
+                mine = dataclasses.replace(mine, entries={
+                    p: (dataclasses.replace(e, mtime=MADE_NOW) if e.type == "dir" and p in oracle.entries
+                        and oracle.entries[p].mtime == MADE_NOW else e) for p, e in mine.entries.items()})
+                assert_agree({"umoci": oracle, "lamina": mine}, context=describe(tars))
     finally:
         box.close()
