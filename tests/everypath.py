@@ -9,6 +9,11 @@
     store-relink   the image rebuilt on an empty bottom layer (every chainID new), copied into
                    the store that holds it already, then materialize(): its files are named by
                    links to the store's objects as they extract (the extractor's link_objects)
+    compact-save   the image copied into a compact store (keep-blobs false: no blob kept, each
+                   layer rebuilt from its snapshot and tar-split sidecar when it leaves), saved as a
+                   docker-archive (every layer must hash to its diffID), and that archive unpacked
+                   (format dir): the round trip a user makes with ``save`` and ``unpack``.  Not in
+                   PATHS (a store, an archive and an unpack per image): the fuzzers name it
     registry-pull  the image pushed to a real docker-registry on loopback, pulled into an empty
                    store (each layer extracted as it downloads, all at once), then materialize()
     registry-unpack  the same image unpacked straight from the registry (``unpack docker://``:
@@ -278,9 +283,42 @@ def run_paths(work, layer_tars, paths=PATHS, *, dir_mtime=False, root=False, nei
                     finally:
                         mounts.umount(store, dest)
                 out[p] = _attempt(mounted)
+    if "compact-save" in paths:
+        out["compact-save"] = _attempt(lambda: _compact_saved(work, layout, tree))
     if any(p.startswith("registry-") for p in paths):
         out.update(_registry_paths(work, layout, paths, tree))
     return out
+
+
+def _compact_saved(work, layout, tree):
+    """compact-save: the tree of the docker-archive a compact store saves of the image."""
+    import hashlib
+    import io
+    import tarfile
+
+    import lamina
+    from lamina.store import Store
+    from lamina.transports import save
+    from verbkit import load_layout
+
+    store = Store(os.path.join(work, "compact"))
+    store.set_config("keep-blobs", "false")
+    load_layout(store, layout, TAG, "img:1")
+    archive = os.path.join(work, "compact-saved.tar")
+    save(["img:1"], archive, store=store)
+    diff_ids = list(store.resolve("img:1").diff_ids)
+    with tarfile.open(archive) as t:
+        entry = json.loads(t.extractfile("manifest.json").read())[0]
+        hashed = []
+        for name in entry["Layers"]:
+            data = t.extractfile(name).read()
+            if data[:2] == b"\x1f\x8b":
+                import gzip
+                data = gzip.GzipFile(fileobj=io.BytesIO(data)).read()
+            hashed.append("sha256:" + hashlib.sha256(data).hexdigest())
+    # (an AssertionError, not a path's refusal: a saved layer that is not its diffID is a bug)
+    assert hashed == diff_ids, f"compact-save: the saved layers hash to {hashed}, the image's diffIDs are {diff_ids}"
+    return tree(lamina.unpack(f"docker-archive:{archive}", os.path.join(work, "compact-save")).dest)
 
 
 def umoci_tree(work, layer_tars, *, dir_mtime=False, root=False):

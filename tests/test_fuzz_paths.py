@@ -23,7 +23,10 @@ give back every layer of both images byte for byte, and a copy of the stack's im
 OCI layout every diffID, and check clean; and with one of its snapshots changed behind its back
 (tamper(): a file's bytes, mode, owner, time or xattrs, a symlink, a name added or removed) fsck
 must say so, a copy must fail naming the layer or give it back bit-exact, and fsck --repair must
-leave the image's tree or an error.
+leave the image's tree or an error.  And the docker-archive a compact store saves of the stack,
+unpacked, is one more path (everypath's compact-save: every saved layer its diffID) of
+rewrite_stacks()' and redeclare_stacks()', and of a third of test_lamina_paths_agree's and
+link_stacks()'.
 
 One stack in five (LAMINA_FUZZ_DEEP: the share, 1 for nothing else) is a deep one
 (deep_stacks()): 8 to 12 small layers whose entries lie mostly under what the layers below
@@ -45,17 +48,21 @@ way; ustar, GNU or v7 headers or each entry its own; ended by two zero blocks, o
 record of them, bytes that are no tar or an entry after a lone zero block, as GNU tar and
 bsdtar stop there): one tree, and each layer back bit-exact from a compact store.
 rewrite_stacks() rewrites a few names in place layer after layer through every type in a drawn
-order, with whiteouts and opaque markers between, for the kernel's overlay mount to judge.
+order, with whiteouts and opaque markers between, for the kernel's overlay mount to judge; and
+redeclare_stacks() lists directories again in upper layers with other metadata (or none), opaque,
+whited out and listed anew, replaced and made directories again, for the overlay mount and umoci.
 
-Seeded and bounded in CI (LAMINA_FUZZ_EXAMPLES, default 100 per test; stacks(), deep_stacks()
-and held_stacks() leave out what every path would refuse but in one stack in eight, so some 95,
-87 and 95 in 100 of their stacks are taken, where 37, 39 and 57 were when drawn blind);
+Seeded and bounded in CI (LAMINA_FUZZ_EXAMPLES, default 100 per test; stacks(), deep_stacks(),
+held_stacks() and link_stacks() leave out what every path would refuse but in one stack in eight,
+so some 95, 87, 95 and 97 in 100 of their stacks are taken, where 37, 39, 57 and 72 were when
+drawn blind);
 run more on demand, e.g.:
 
     LAMINA_FUZZ_EXAMPLES=20000 python -m pytest tests/test_fuzz_paths.py
 
 and LAMINA_FUZZ_SEED=N to explore other stacks than CI's
-(LAMINA_FUZZ_PROGRESS=FILE counts the cases run in FILE, for long runs).
+(LAMINA_FUZZ_PROGRESS=FILE counts the cases run in FILE, for long runs; LAMINA_FUZZ_REGISTRY=1
+puts every stack of test_lamina_paths_agree through the registry's paths, not one in four).
 """
 from __future__ import annotations
 
@@ -74,7 +81,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from conftest import require_root, require_tool
-from everypath import EMPTY_LAYER, assert_agree, describe, made_now, run_paths, umoci_tree
+from everypath import EMPTY_LAYER, MADE_NOW, PATHS, assert_agree, describe, made_now, run_paths, umoci_tree
 from layerkit import Guard
 from ocibuild import ENCODINGS, Encoded
 from tarbuild import MTIME, Tar
@@ -83,6 +90,8 @@ from tarvectors import SPARSE_BUILDERS
 EXAMPLES = int(os.environ.get("LAMINA_FUZZ_EXAMPLES", "100"))
 SEED = int(os.environ.get("LAMINA_FUZZ_SEED", "0"))
 PROGRESS = os.environ.get("LAMINA_FUZZ_PROGRESS")
+# the registry's paths on every stack of test_lamina_paths_agree (else one in four)
+REGISTRY = os.environ.get("LAMINA_FUZZ_REGISTRY") == "1"
 
 
 def _count_case():
@@ -915,7 +924,9 @@ def fingerprint(d):
 def test_lamina_paths_agree(host, data):
     """Every path gives the same tree; a third of the stores take an image of the same files
     with other metadata (neighbours()) before or after the stack's, which dedup must keep apart;
-    and a third check clean (fsck) after every path has used them."""
+    and a third check clean (fsck) after every path has used them.  The registry's three paths
+    take one stack in four (LAMINA_FUZZ_REGISTRY=1: all) and compact-save one in three: each
+    cost more than the dir, overlay and store paths together, which every stack takes."""
     from lamina.store import Store
     layers = data.draw(deep_stacks(str(host)) if data.draw(chance(DEEP_SHARE)) else
                        held_stacks(str(host)) if data.draw(chance(HELD_SHARE)) else stacks(str(host)))
@@ -925,12 +936,16 @@ def test_lamina_paths_agree(host, data):
     neighbour = build(data.draw(neighbours(layers))) if data.draw(one_in(3)) else None
     first = data.draw(st.booleans())
     check = data.draw(one_in(3))
+    registry = REGISTRY or data.draw(one_in(4))
+    paths = tuple(p for p in PATHS if registry or not p.startswith("registry-"))
+    paths += ("compact-save",) if data.draw(one_in(3)) else ()
     _count_case()
     box = Sandbox(host)
     since = int(time.time()) - 1
     try:
-        results = {p: made_now(t, since) for p, t in run_paths(box.guard.dest, tars, dir_mtime=True, root=True,
-                                                               neighbour=neighbour, neighbour_first=first).items()}
+        results = {p: made_now(t, since) for p, t in run_paths(box.guard.dest, tars, paths,
+                                                               dir_mtime=True, root=True, neighbour=neighbour,
+                                                               neighbour_first=first).items()}
         context = describe(tars) + (f"\nneighbour image {'before' if first else 'after'} it:\n" + describe(neighbour)
                                     if neighbour else "")
         assert_agree(results, context=context)
@@ -1062,7 +1077,8 @@ def _layout_layers(layout):
 
 
 @seed(20261205 + SEED)
-@SETTINGS
+# (half: test_lamina_paths_agree's compact-save rebuilds every layer of a third of its stacks too)
+@settings(SETTINGS, max_examples=max(1, EXAMPLES // 2))
 @given(data=st.data())
 def test_a_compact_store_gives_back_every_layer_bit_exact(host, data):
     """Where a compact store (keep-blobs false) accepts a stack, each layer it rebuilds from
@@ -1250,7 +1266,8 @@ def rewrite_stacks(draw):
     return stack
 
 
-REWRITE_PATHS = ("dir", "dir-topdown", "overlay-mount", "store-copy", "store-link", "store-mount", "store-relink")
+REWRITE_PATHS = ("dir", "dir-topdown", "overlay-mount", "store-copy", "store-link", "store-mount", "store-relink",
+                 "compact-save")
 
 
 @seed(20261210 + SEED)
@@ -1448,9 +1465,15 @@ def link_stacks(draw, host):
     """2 to 6 layers of 1 to 5 entries: files (some with xattrs), hardlinks (mostly to a file,
     a device node or a link written before, in this layer or any below), whiteouts of and opaque
     markers in what was written, directories, symlinks to directories, files written anew over
-    links' targets."""
+    links' targets.
+
+    What the extractor would refuse (an entry under what a fifo or a file replaced, a hardlink
+    to nothing) is left out as Model tells it, a hardlink aimed at a file there instead, but in
+    one stack in eight, drawn blind (every path must refuse it alike): drawn blind, 28 stacks in
+    100 were refused, 16 of them for an entry under a directory a fifo had taken."""
     stack, written, dirs = [], [], {"d", "d/e"}
     live = {}  # the files (and links) a later entry can still link to: path -> layer
+    model = None if draw(one_in(8)) else Model()
     for li in range(draw(st.integers(2, 6))):
         layer = []
         for _ in range(draw(st.integers(1, 5))):
@@ -1488,11 +1511,20 @@ def link_stacks(draw, host):
                 op = ("fifo", draw(st.sampled_from(sorted(dirs))) if not draw(one_in(3)) else path, (0, 0), 0o644, ())
             else:
                 op = ("symlink", path, draw(st.sampled_from(sorted(dirs) + ["/d", "."])), (0, 0), ())
+            if model is not None:
+                op = admitted(draw, model, op)
+                if op is None:
+                    continue
+            at = op[1].strip("./")
             if op[0] in ("file", "hardlink", "symlink", "fifo", "node"):
                 written.append(op[1])
             elif op[0] == "dir":
                 dirs.add(op[1])
-            at = op[1].strip("./")
+            if op[0] in ("whiteout", "file", "hardlink", "symlink", "fifo", "node") and model is not None:
+                # (a directory replaced or whited out: names under it would be refused, mostly;
+                # one drawn again makes it a directory again)
+                dirs -= {d for d in dirs if d.strip("./") == at or d.startswith(at + "/")}
+                dirs = dirs or {"d"}
             if op[0] in ("whiteout", "dir", "symlink", "fifo", "node"):
                 live = {k: v for k, v in live.items() if k != at and not k.startswith(at + "/")}
             elif op[0] == "opaque":
@@ -1512,10 +1544,12 @@ def test_hardlinks_whiteouts_and_opaque_dirs_across_layers_agree(host, data):
     store's copy: the same tree (or an error everywhere), and umoci's where it accepts."""
     layers = data.draw(link_stacks(str(host)))
     tars = build(layers, data.draw(encodings(len(layers), UMOCI_ENCODINGS)))
+    # (compact-save one stack in three: it costs the other four paths together)
+    paths = ("dir", "dir-topdown", "overlay-mount", "store-copy") + (("compact-save",) if data.draw(one_in(3)) else ())
     _count_case()
     box = Sandbox(host)
     try:
-        results = run_paths(box.guard.dest, tars, paths=("dir", "dir-topdown", "overlay-mount", "store-copy"))
+        results = run_paths(box.guard.dest, tars, paths=paths)
         ref = assert_agree(results, context=describe(tars))
         if ref is not None:
             oracle = umoci_tree(box.guard.dest, tars)
@@ -1563,5 +1597,101 @@ def test_top_down_skipping_agrees_on_small_stacks_around_hidden_names(host, data
     box = Sandbox(host)
     try:
         assert_agree(run_paths(box.guard.dest, tars, paths=("dir", "dir-topdown")), context=describe(tars))
+    finally:
+        box.close()
+
+
+# Directories declared again (redeclare_stacks()): a directory a lower layer listed with its own
+# mode, owner, time and xattrs, listed again by an upper layer with others (or none: the lower
+# one's xattrs must go, as the upper directory hides them in an overlay mount), made opaque before
+# or after it is listed, whited out and listed anew in one layer, replaced by a file or a symlink
+# and made a directory again, or only written into (the lower listing's metadata kept)
+REDECLARED = [".", "a", "a/b", "o"]
+
+
+def _redeclared_dir(draw, d, xattrs):
+    return ("dir", d, draw(st.sampled_from([0o755, 0o700, 0o2775, 0o1777, 0o555, 0o750])), draw(owners),
+            # (none: the lower listing's xattrs must go; a few; or a PAX time, an owner past 2^21)
+            draw(st.one_of(st.just(()), _rich_meta(xattrs), _meta(xattrs))))
+
+
+@st.composite
+def redeclare_stacks(draw, xattrs=XATTRS + OVERLAY_XATTRS + [("system.posix_acl_default", DEFAULT_ACL)]):
+    """A bottom layer listing REDECLARED (each with metadata of its own, xattrs one in two) and a
+    file or two in them; then 1 to 4 layers of 1 to 4 of: a directory listed again (other mode,
+    owner, xattrs or none), an opaque marker in it before or after its listing or alone, a
+    whiteout of it and a listing anew (in the layer's order, either way), a file or symlink in its
+    place (a later listing makes it a directory again), a file or a new directory in it."""
+    bottom = [_redeclared_dir(draw, d, xattrs) if draw(one_in(2)) else
+              ("dir", d, 0o755, (0, 0), draw(_rich_meta(xattrs))) for d in REDECLARED]
+    bottom += [("file", draw(st.sampled_from(REDECLARED[1:])) + "/" + n, b"1", 0o644, (0, 0), ())
+               for n in draw(st.lists(st.sampled_from(["f", "g"]), min_size=1, max_size=2, unique=True))]
+    stack = [bottom]
+    for li in range(draw(st.integers(1, 4))):
+        layer = []
+        for _ in range(draw(st.integers(1, 4))):
+            d = draw(st.sampled_from(REDECLARED))
+            how = draw(st.sampled_from(["again"] * 3 + ["opaque-then-again", "again-then-opaque", "opaque",
+                                                        "whiteout-then-again", "again-then-whiteout", "replace",
+                                                        "inside", "child-dir"]))
+            if d == "." and how in ("whiteout-then-again", "again-then-whiteout", "replace"):
+                how = "again"
+            again = _redeclared_dir(draw, d, xattrs)
+            marker = (("opaque" if "opaque" in how else "whiteout"), d, draw(marker_types), "a")
+            if how == "again":
+                layer.append(again)
+            elif how == "opaque":
+                layer.append(marker)
+            elif how in ("opaque-then-again", "whiteout-then-again"):
+                layer += [marker, again]
+            elif how in ("again-then-opaque", "again-then-whiteout"):
+                layer += [again, marker]
+            elif how == "replace":
+                target = draw(st.sampled_from(["a", "/o", "."]))
+                layer.append(draw(st.sampled_from([("file", d, b"now a file", 0o600, (0, 0), ()),
+                                                   ("symlink", d, target, (0, 0), ())])))
+            elif how == "inside":
+                layer.append(("file", (d + "/" if d != "." else "") + draw(st.sampled_from(["f", "h"])), b"22", 0o600,
+                              draw(owners), ()))
+            else:
+                layer.append(_redeclared_dir(draw, (d + "/" if d != "." else "") + "n", xattrs))
+        stack.append(layer)
+    return leave_out_refused(draw, [[(op, "" if op[0] in ("whiteout", "opaque") else draw(carriers))
+                                     for op in layer] for layer in stack])
+
+
+REDECLARE_PATHS = ("dir", "dir-topdown", "overlay-mount", "store-copy", "store-mount", "compact-save")
+
+
+@seed(20261211 + SEED)
+@settings(SETTINGS, max_examples=max(1, EXAMPLES // 6))  # (a sixth: six paths, and umoci, per stack)
+@given(data=st.data())
+def test_directories_declared_again_agree_with_the_overlay_mount_and_umoci(host, data):
+    """redeclare_stacks(): the kernel's overlay mount of lamina's layer dirs, the flat unpacks,
+    the store's trees and a compact store's saved archive give each directory the metadata of its
+    last listing (mode, owner, time, xattrs: none of a lower listing's), or of the lower one where
+    an upper layer only writes in it; and umoci's unpack is that tree, where the stack holds no
+    default ACL nor overlay xattrs (deliberate differences: CONFORMANCE.md)."""
+    for_umoci = data.draw(st.booleans())
+    layers = data.draw(redeclare_stacks(XATTRS) if for_umoci else redeclare_stacks())
+    tars = build(layers, data.draw(encodings(len(layers), UMOCI_ENCODINGS)))
+    _count_case()
+    box = Sandbox(host)
+    since = int(time.time()) - 1
+    try:
+        results = {p: made_now(t, since) for p, t in
+                   run_paths(box.guard.dest, tars, REDECLARE_PATHS, dir_mtime=True, root=True).items()}
+        ref = assert_agree(results, context=describe(tars))
+        if for_umoci and ref is not None:
+            oracle = umoci_tree(box.guard.dest, tars, dir_mtime=True, root=True)
+            oracle, mine = _blind_to_clamped(_blind_to_deliberate(_as_references(made_now(oracle, since))),
+                                             _blind_to_deliberate(ref), _time_range(os.path.dirname(box.base)))
+            if not isinstance(oracle, Exception):
+                # (umoci leaves some listed directories the time of its run: a layer's whiteout of
+                # a directory it lists itself, an implied directory made in one; CONFORMANCE.md)
+                mine = dataclasses.replace(mine, entries={
+                    p: (dataclasses.replace(e, mtime=MADE_NOW) if e.type == "dir" and p in oracle.entries
+                        and oracle.entries[p].mtime == MADE_NOW else e) for p, e in mine.entries.items()})
+                assert_agree({"umoci": oracle, "lamina": mine}, context=describe(tars))
     finally:
         box.close()

@@ -86,10 +86,14 @@ def stacks(host):
     """test_fuzz_paths.py's stacks of these entries, one in ten (LAMINA_FUZZ_DEEP) a deep one
     (fz.deep_stacks: 9 or 10 layers whose entries lie under what the layers below wrote, implied
     directories with metadata of their own, hardlinks through many layers), which nobody's
-    paths copy up, open up and link to objects as root's do."""
+    paths copy up, open up and link to objects as root's do; one in eight of the rest directories
+    listed again by upper layers (fz.redeclare_stacks: other modes, owners and xattrs, or none),
+    whose metadata nobody's chmod, xattrs and overlay copy-ups must take as root's do."""
+    def shallow(held):
+        return fz.held_stacks(host) if held else fz.one_in(8).flatmap(
+            lambda again: fz.redeclare_stacks() if again else fz.stacks(host, ops=ops, layers=4, entries=6))
     return fz.deep_light().flatmap(lambda deep: fz.deep_stacks(host, ops=ops, layers=fz.DEEP_LAYERS_LIGHT)
-                                   if deep else fz.chance(fz.HELD_SHARE).flatmap(
-                                       lambda held: fz.held_stacks(host) if held else fz.stacks(host, ops=ops, layers=4, entries=6)))
+                                   if deep else fz.chance(fz.HELD_SHARE).flatmap(shallow))
 
 SCRIPT = r"""
 import time, traceback

@@ -328,25 +328,71 @@ def _tools():
     require_tool("bsdtar")
 
 
+def _spelled_xattrs(raw):
+    """The xattrs (SCHILY.xattr.* records) of the PAX header before the entry ``raw`` spells."""
+    xattrs, at = {}, 0
+    while at + BLOCK <= len(raw) and raw[at + 156:at + 157] in (b"x", b"L", b"K"):
+        size = int(raw[at + 124:at + 136].strip(b"\0 ") or b"0", 8)
+        body = raw[at + BLOCK:at + BLOCK + size]
+        if raw[at + 156:at + 157] == b"x":
+            xattrs, i = {}, 0  # (of two PAX headers the last counts)
+            while i < len(body):
+                length = int(body[i:body.index(b" ", i)])
+                key, _, value = body[body.index(b" ", i) + 1:i + length - 1].partition(b"=")
+                if key.startswith(b"SCHILY.xattr."):
+                    xattrs[key[len(b"SCHILY.xattr."):].decode()] = value
+                i += length
+        at += BLOCK + len(pad(body))
+    return tuple(sorted(xattrs.items()))
+
+
 def _last_listing_wins(layer, ref):
     """A directory listed more than once in the layer: GNU tar and bsdtar keep the first
     listing's mode and owner (they set a directory's metadata once, at the end, from the
-    listing that made it), docker, containerd and umoci apply each listing in turn, so the
-    last one's, as lamina does (CONFORMANCE.md).  ``ref`` with those directories' mode and
-    owner taken from the last listing, when lamina's tree has a directory there."""
+    listing that made it) and the xattrs of every listing, docker, containerd and umoci apply
+    each listing in turn, so the last one's, as lamina does, which takes the last listing's
+    xattrs alone (the overlay mount's reading: CONFORMANCE.md).  ``ref`` with those directories'
+    mode, owner and xattrs taken from the last listing, when lamina's tree has a directory there."""
     last = {}
-    for e, _ in layer:
+    for e, raw in layer:
         path = os.path.normpath(e.name)
         if e.kind == "dir":
-            last.setdefault(path, []).append(e)
+            last.setdefault(path, []).append((e, raw))
         else:
             last.pop(path, None)  # (a later file replaced it: the listings before mean nothing)
     entries = dict(ref.entries)
     for path, listed in last.items():
         if len(listed) > 1 and path in entries and entries[path].type == "dir":
-            e = listed[-1]
-            entries[path] = dataclasses.replace(entries[path], mode=e.mode, uid=e.uid, gid=e.gid)
+            e, raw = listed[-1]
+            entries[path] = dataclasses.replace(entries[path], mode=e.mode, uid=e.uid, gid=e.gid,
+                                                xattrs=_spelled_xattrs(raw))
     return dataclasses.replace(ref, entries=entries)
+
+
+def test_a_directory_listed_again_without_xattrs_loses_them_as_the_fuzzer_expects(_tools):
+    """Seed 48004's layer, cut down: ``c/`` with a PAX xattr, then ``./c/`` (a GNU long name)
+    without.  GNU tar and bsdtar keep user.f, lamina drops it (the last listing's xattrs alone:
+    CONFORMANCE.md); the fuzzer's reference must take the last listing's, or it reports this."""
+    from tarbuild import Tar
+    first, again = Tar(), Tar()
+    first.pax({"SCHILY.xattr.user.f": b"two"})
+    first.dir("c", mode=0o1777)
+    again.gnu_longname("./c/")
+    again.dir("decoy", mode=0o1777)
+    layer = [(Entry("dir", "c", mode=0o1777), first.bytes(end=False)),
+             (Entry("dir", "./c/", mode=0o1777), again.bytes(end=False))]
+    work = tempfile.mkdtemp(prefix="lamina-fuzz-tar-")
+    try:
+        tarp = write(os.path.join(work, "l.tar"), b"".join(raw for _, raw in layer) + bytes(2 * BLOCK))
+        for tool in ("gnu", "bsd"):
+            assert _reference(tool, tarp, os.path.join(work, tool))[0] == 0
+            assert dict(snapshot(os.path.join(work, tool)).entries["c"].xattrs) == {"user.f": b"two"}, tool
+        apply(tarp, os.path.join(work, "lamina"))
+        mine = snapshot(os.path.join(work, "lamina"))
+        assert dict(mine.entries["c"].xattrs) == {}
+        assert not compare(_last_listing_wins(layer, snapshot(os.path.join(work, "gnu"))), mine)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @seed(20261206 + SEED)
