@@ -363,43 +363,6 @@ cdef bytearray _unfilled(Py_ssize_t size):
     return PyByteArray_FromStringAndSize(NULL, size)
 
 
-cdef class Gate:
-    """Opened once, by the stage 1 given it as ``opens`` when that stage ends; a stage given it as
-    ``waits`` starts reading only then.  So the next layer's stage can be made (its blob opened,
-    its head read) well before, on any thread, and still start inflating the moment the one
-    below has inflated, with no thread to wake through the GIL at that moment."""
-    cdef pthread_mutex_t mu
-    cdef pthread_cond_t cv
-    cdef bint is_open
-
-    def __cinit__(self):
-        pthread_mutex_init(&self.mu, NULL)
-        pthread_cond_init(&self.cv, NULL)
-
-    def __dealloc__(self):
-        pthread_cond_destroy(&self.cv)
-        pthread_mutex_destroy(&self.mu)
-
-    def open(self):
-        with nogil:
-            self._open()
-
-    @property
-    def opened(self):
-        return self.is_open
-
-    cdef void _open(self) noexcept nogil:
-        pthread_mutex_lock(&self.mu)
-        self.is_open = True
-        pthread_cond_broadcast(&self.cv)
-        pthread_mutex_unlock(&self.mu)
-
-    cdef void _wake(self) noexcept nogil:
-        pthread_mutex_lock(&self.mu)
-        pthread_cond_broadcast(&self.cv)
-        pthread_mutex_unlock(&self.mu)
-
-
 cdef class Stage1:
     """Read + sha256(blob) + inflate [+ sha256(tar)] of one layer blob.
 
@@ -449,7 +412,6 @@ cdef class Stage1:
     cdef object py_exc
     cdef readonly int64_t compressed_bytes
     cdef readonly Timeline timeline, consumer
-    cdef Gate waits, opens
 
     def __cinit__(self):
         pthread_mutex_init(&self.mu, NULL)
@@ -457,7 +419,7 @@ cdef class Stage1:
 
     def __init__(self, str kind, *, int fd=-1, int64_t offset=0, bint stream=False, fileobj=None,
                  bytes head=b"", bint hash_blob=True, str tar_hash="auto", int slots=4, Timeline timeline=None,
-                 Timeline consumer=None, Gate waits=None, Gate opens=None):
+                 Timeline consumer=None):
         self.fd, self.stream = fd, stream and fd >= 0  # first: a stream's fd is ours to close, even on error
         if not available(kind):
             raise ValueError(f"no native stage 1 for {kind!r} layers in this build")
@@ -488,7 +450,6 @@ cdef class Stage1:
         for i in range(self.nslots):
             self.slot_ptr[i] = <uint8_t *>PyByteArray_AS_STRING(self.slots[i])
         self.timeline, self.consumer = timeline, consumer
-        self.waits, self.opens = waits, opens
 
     def __dealloc__(self):
         self._close_stream()
@@ -500,27 +461,16 @@ cdef class Stage1:
     # ---------------------------------------------------------- producer
 
     def run(self):
-        """The stage-1 thread: fill the ring until the blob ends, an error, or close(); first,
-        wait for the ``waits`` gate; last, open the ``opens`` gate."""
+        """The stage-1 thread: fill the ring until the blob ends, an error, or close()."""
         self.timeline.begin()
-        cdef double t
         with nogil:
-            if self.waits is not None:
-                t = _clock(CLOCK_MONOTONIC)
-                pthread_mutex_lock(&self.waits.mu)
-                while not self.waits.is_open and not self.stop:
-                    pthread_cond_wait(&self.waits.cv, &self.waits.mu)
-                pthread_mutex_unlock(&self.waits.mu)
-                self.timeline._step(S_WAIT, t)
-            if not self.stop and self._produce() and self.err_kind == E_NONE:
+            if self._produce() and self.err_kind == E_NONE:
                 self._blob_hash_until(1, _clock(CLOCK_MONOTONIC))  # the end of the blob: hash what is left
             self._close_stream()
             pthread_mutex_lock(&self.mu)
             self.done = True
             pthread_cond_broadcast(&self.cv)
             pthread_mutex_unlock(&self.mu)
-            if self.opens is not None:
-                self.opens._open()
 
     cdef bint _produce(self) noexcept nogil:
         """Fill the ring; True once the whole blob went through it."""
@@ -782,15 +732,12 @@ cdef class Stage1:
         return None
 
     def close(self):
-        """Make the stage-1 thread stop at its next chunk, or before its first while it waits for
-        its gate (the caller joins it)."""
+        """Make the stage-1 thread stop at its next chunk (the caller joins it)."""
         with nogil:
             pthread_mutex_lock(&self.mu)
             self.stop = True
             pthread_cond_broadcast(&self.cv)
             pthread_mutex_unlock(&self.mu)
-            if self.waits is not None:
-                self.waits._wake()
 
     def digests(self):
         """(blob sha256 hex or "" when not hashed, tar sha256 hex): after the last next()."""

@@ -21,9 +21,6 @@ the Python pipeline runs instead: three threads, a reader+inflate thread
 (isal / zstandard), a hasher thread (hashlib) and the caller's feeding
 queued ``bytes`` chunks to the extractor.  Memory stays at a few MiB whatever
 the layer size in both.
-
-A flat unpack starts a layer's native stage 1 before its turn (``StartedLayer``, see
-lamina.inflate_ahead), so that it inflates while the layer below is finished.
 """
 from __future__ import annotations
 
@@ -48,9 +45,6 @@ RING_SLOTS = 4        # 1 MiB buffers between the native stage 1 and the extract
 # ... when the blob is a stream (a pull): the network, not inflate, sets the pace, and the
 # 2 MiB saved per layer is a third of a 3-layer pull's buffers (peak RSS, issue 13)
 STREAM_RING_SLOTS = 2
-# ... when the stage starts ahead of its extractor (StartedLayer): what it inflates while the
-# layer below is finished is held there, ~1.5 ms of inflate per buffer (x2 with its reads)
-AHEAD_RING_SLOTS = 4
 HEAD = 8              # bytes enough to recognise the compression
 
 # Which stage hashes the tar: "auto" moves it chunk by chunk to the stage that
@@ -87,7 +81,7 @@ def apply_layer(layer, dest, *, format="dir", diff_id=None, digest=None, media_t
                 early_dirs=False, progress=None) -> ApplyStats:
     """Apply one layer blob (gzip, zstd or plain tar) onto ``dest``.
 
-    ``layer`` is a path, a binary file object or a StartedLayer.  ``digest`` / ``diff_id``,
+    ``layer`` is a path or a binary file object.  ``digest`` / ``diff_id``,
     when given, are checked against the blob and the uncompressed tar; a
     mismatch raises DigestMismatchError once the stream is consumed.
     ``name`` labels the layer in error messages.  With ``format="overlay"``,
@@ -160,8 +154,6 @@ def scan_layer(layer, *, diff_id=None, digest=None, media_type=None, limits=None
 
 def _check_layer(layer):
     # by apply_layer and scan_layer themselves, before they make DEST or an Extractor
-    if isinstance(layer, StartedLayer):
-        return
     if not isinstance(layer, (str, bytes, os.PathLike)) and not callable(getattr(layer, "read", None)):
         # an int failed deep in the pipeline, DEST made: "'int' object has no attribute 'read'"
         raise TypeError(f"layer: a blob's path or a binary file open for reading, not {layer!r}")
@@ -172,22 +164,17 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=
     for d, label in ((digest, "digest"), (diff_id, "diff_id")):
         if d is not None:
             validate(d, label)
-    started = layer if isinstance(layer, StartedLayer) else None
     owned = isinstance(layer, (str, bytes, os.PathLike))
     what = name or (f"layer {digest}" if digest else f"layer {os.fsdecode(layer)}" if owned else "layer")
-    t0 = started.t0 if started is not None else time.perf_counter()
-    raw = open(layer, "rb", buffering=0) if owned else started.raw if started is not None else layer
+    t0 = time.perf_counter()
+    raw = open(layer, "rb", buffering=0) if owned else layer
     try:
-        head, kind = started.take_head() if started is not None else compression.sniff(raw, media_type, HEAD)
+        head, kind = compression.sniff(raw, media_type, HEAD)
         if head:  # 0 bytes are the empty layer whatever the media type (docker and containerd)
             compression.check_media_type(kind, media_type, what, head)
         run = _native if _use_native(kind) else _python
         try:
-            if started is not None and run is _native:
-                stats, counts = _native(raw, head, kind, _TimedFeed(extractor, writes), what, t0, hash_blob,
-                                        progress, started=started.take_stage(hash_blob))
-            else:
-                stats, counts = run(raw, head, kind, _TimedFeed(extractor, writes), what, t0, hash_blob, progress)
+            stats, counts = run(raw, head, kind, _TimedFeed(extractor, writes), what, t0, hash_blob, progress)
         except (errors.InvalidArchiveError, errors.ExtractError) as e:
             if kind == "none" and extractor.entries == 0 and isinstance(e, errors.InvalidArchiveError):
                 _refuse_foreign(head, what, e)
@@ -214,73 +201,6 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=
     _check_digest(f"{what}: blob", digest, stats.digest)
     _check_digest(f"{what}: diffID (uncompressed tar)", diff_id, stats.diff_id)
     return stats
-
-
-class StartedLayer:
-    """A layer blob whose native stage 1 (read, sha256, inflate, sha256) started before its
-    extraction: ``apply_layer(started, ...)`` takes it over as if it had opened ``raw`` itself.
-
-    A flat unpack writes its layers one after another, and on gzip inflating is the slower
-    stage: while the caller's thread writes a layer's last chunks (or, before the first, scans
-    the small upper layers), the core that inflated it would idle.  The next layer's stage,
-    made earlier and let go then (``waits``, a _pipeline.Gate), fills its ring
-    (AHEAD_RING_SLOTS) in the meantime.  What reading the head raised is raised where
-    apply_layer reads it; a layer the native stage does not take (a codec not built in, an
-    empty blob, a media type the content contradicts: apply_layer's error) starts when its
-    extraction does, as always.  ``close()`` stops a stage never taken.
-    """
-
-    def __init__(self, raw, *, media_type=None, consumer="MainThread", waits=None, opens=None):
-        """``waits``: the _pipeline.Gate after which the stage starts reading (the layer below's
-        ``opens``); ``opens``: the one it opens when it ends (never when no stage started)."""
-        self.raw, self.head, self.kind, self.error, self._started = raw, None, None, None, None
-        self.t0 = time.perf_counter()
-        try:
-            self.head, self.kind = compression.sniff(raw, media_type, HEAD)
-        except BaseException as e:  # apply_layer raises it, naming the layer
-            self.error = e
-            return
-        kind = self.kind
-        if not self.head or not _use_native(kind):
-            return
-        try:
-            compression.check_media_type(kind, media_type, "layer", self.head)
-        except errors.LaminaError:
-            return
-        self._started = _start_stage1(raw, self.head, kind, True, self.t0, consumer, AHEAD_RING_SLOTS,
-                                      waits=waits, opens=opens)
-
-    @property
-    def inflating(self):
-        """Whether its stage 1 started ahead (and was not taken yet)."""
-        return self._started is not None
-
-    def take_head(self):
-        """``(head, kind)`` as compression.sniff gave them, or what reading them raised."""
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
-        return self.head, self.kind
-
-    def take_stage(self, hash_blob):
-        """``(stage, thread)`` for _native, or None: start one there (a stage that skips the
-        blob's hash is started for that, never ahead)."""
-        started, self._started = self._started, None
-        if started is not None and not hash_blob:
-            self._stop(started)
-            raise ValueError("apply_layer: a StartedLayer hashes its blob (hash_blob=False)")
-        return started
-
-    def close(self):
-        if self._started is not None:
-            started, self._started = self._started, None
-            self._stop(started)
-
-    @staticmethod
-    def _stop(started):
-        stage, thread = started
-        stage.close()
-        thread.join(ABANDON_READER_AFTER)
 
 
 def _refuse_foreign(head, what, error):
@@ -328,32 +248,18 @@ def _blob_fd(raw):
     return None
 
 
-def _start_stage1(raw, head, kind, hash_blob, t0, consumer, slots=None, waits=None, opens=None):
-    """The native stage 1 of ``raw`` (whose first bytes, ``head``, were read), running on its
-    thread; ``consumer``: the name of the thread that will take its chunks; ``waits``, ``opens``:
-    the _pipeline.Gate it starts reading after, and the one it opens when it ends."""
+def _native(raw, head, kind, feed, what, t0, hash_blob, progress=None):
+    """Stage 1 in lamina._pipeline's thread, the extractor (``feed``) on the caller's thread."""
     stage1 = _pipeline.Timeline("lamina-inflate", "inflate", t0)
-    stage2 = _pipeline.Timeline(consumer, "parse", t0)
+    stage2 = feed.timeline = _pipeline.Timeline(threading.current_thread().name, "parse", t0)
+    stage2.begin()
     source = _blob_fd(raw) or {"fileobj": raw}
-    if slots is None:
-        slots = RING_SLOTS if "offset" in source else STREAM_RING_SLOTS
-    stage = _pipeline.Stage1(kind, head=bytes(head), hash_blob=hash_blob, tar_hash=TAR_HASH, slots=slots,
-                             timeline=stage1, consumer=stage2, waits=waits, opens=opens, **source)
+    stage = _pipeline.Stage1(kind, head=bytes(head), hash_blob=hash_blob, tar_hash=TAR_HASH,
+                             slots=RING_SLOTS if "offset" in source else STREAM_RING_SLOTS, timeline=stage1,
+                             consumer=stage2, **source)
     # the thread's bound method keeps the stage (its ring, its fd) alive as long as it runs
     thread = threading.Thread(target=stage.run, name="lamina-inflate", daemon=True)
     thread.start()
-    return stage, thread
-
-
-def _native(raw, head, kind, feed, what, t0, hash_blob, progress=None, started=None):
-    """Stage 1 in lamina._pipeline's thread, the extractor (``feed``) on the caller's thread.
-    ``started``: ``(stage, thread)`` of a stage 1 that StartedLayer started ahead."""
-    if started is None:
-        started = _start_stage1(raw, head, kind, hash_blob, t0, threading.current_thread().name)
-    stage, thread = started
-    stage1, stage2 = stage.timeline, stage.consumer
-    stage2.begin()
-    feed.timeline = stage2
     try:
         while True:
             try:

@@ -149,12 +149,11 @@ def _naming_the_layer(layer, count):
 
 
 def _apply(layer, count, target, format, limits, hidden=None, lower_dirs=None, defer_lowers=False,
-           lowers_provider=None, early_dirs=False, blob=None):
-    """``blob``: where the layer comes from (InflateAhead.opened), else it is opened here."""
+           lowers_provider=None, early_dirs=False):
     from .layer import apply_layer  # imported late: the native core is only needed to extract
 
     trace.event("apply", layer=layer.index, format=format, scan_hidden=hidden is not None)
-    with _naming_the_layer(layer, count), (blob if blob is not None else layer.open()) as f:
+    with _naming_the_layer(layer, count), layer.open() as f:
         stats = apply_layer(f, target, format=format, digest=layer.digest, diff_id=layer.diff_id,
                             media_type=layer.media_type, limits=limits, name=_layer_name(layer, count),
                             hidden=hidden,
@@ -165,31 +164,19 @@ def _apply(layer, count, target, format, limits, hidden=None, lower_dirs=None, d
 
 
 def _apply_flat(layers, root, limits):
-    # Order matters: each layer's whiteouts delete what the layers below wrote.  Each layer
-    # inflates ahead while the one below is finished, the bottom one while the upper are scanned.
-    from .inflate_ahead import InflateAhead  # imported late, as apply_layer: it needs the native core
-
-    with contextlib.closing(InflateAhead(layers)) as ahead:
-        ahead.start(0)
-        at, below = _scan_upper_layers(layers, limits)
-        if not at and not below:
-            return _apply_in_order(layers, root, limits, ahead)
-        try:
-            skipped = set()  # non-directories skipped in any layer: what lies under them is an error, as unskipped
-            return _apply_in_order(layers, root, limits, ahead, lambda i: (at, below, i, skipped))
-        except (HiddenLinkTarget, InvalidArchiveError, ExtractError):
-            pass
-    # A hardlink to a skipped file, or any other failure: do it the plain way,
-    # which is always right (and reports a real error as it is).
-    clear_dir(root)
-    with contextlib.closing(InflateAhead(layers)) as ahead:
-        ahead.start(0)
-        return _apply_in_order(layers, root, limits, ahead)
-
-
-def _apply_in_order(layers, root, limits, ahead, hidden=lambda i: None):
-    return [_apply(layer, len(layers), root, "dir", limits, hidden=hidden(i), blob=ahead.opened(i))
-            for i, layer in enumerate(layers)]
+    # Order matters: each layer's whiteouts delete what the layers below wrote.
+    at, below = _scan_upper_layers(layers, limits)
+    if not at and not below:
+        return [_apply(layer, len(layers), root, "dir", limits) for layer in layers]
+    try:
+        skipped = set()  # non-directories skipped in any layer: what lies under them is an error, as unskipped
+        return [_apply(layer, len(layers), root, "dir", limits, hidden=(at, below, i, skipped))
+                for i, layer in enumerate(layers)]
+    except (HiddenLinkTarget, InvalidArchiveError, ExtractError):
+        # A hardlink to a skipped file, or any other failure: do it the plain way,
+        # which is always right (and reports a real error as it is).
+        clear_dir(root)
+        return [_apply(layer, len(layers), root, "dir", limits) for layer in layers]
 
 
 def _scan_upper_layers(layers, limits):
