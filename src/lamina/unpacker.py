@@ -550,9 +550,9 @@ def _discard_by_fds(dir_fd, name, fd):
     return True
 
 
-def _remove_newborn(path, dir_fd=None):
+def _remove_newborn(name, dir_fd):
     try:
-        os.rmdir(path, dir_fd=dir_fd)   # empty until it is renamed to its staging name: never more than that
+        os.rmdir(name, dir_fd=dir_fd)   # empty until it is renamed to its staging name: never more than that
     except OSError:
         pass
 
@@ -562,26 +562,13 @@ def _sweep_killed_siblings(parent, name):
     and the empty DEST.lamina-new-* dirs of unpacks killed before they named theirs."""
     prefix, newborn = name + _STAGING_PREFIX, name + _NEWBORN_PREFIX
     try:
-        found = [n for n in os.listdir(parent) if n.startswith((prefix, newborn))]
+        parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return
-    for n in found:
-        path = os.path.join(parent, n)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            trace.event("sweep-killed-staging", path=path)
-            if n.startswith(newborn):
-                _remove_newborn(path)
-            else:
-                remove_tree(path)
-        except OSError:
-            pass  # held: another unpack to DEST is working in it (or it is not ours to remove)
-        finally:
-            os.close(fd)
+    try:
+        _sweep_killed(parent_fd, parent, lambda n: n.startswith((prefix, newborn)), newborn)
+    finally:
+        os.close(parent_fd)
 
 
 def _sweep_killed_inside(dest):
@@ -592,26 +579,36 @@ def _sweep_killed_inside(dest):
     except OSError:
         return
     try:
-        for n in os.listdir(dest_fd):
-            if not _IN_PLACE_NAME.fullmatch(n):
-                continue   # (not a name _make_staging_inside gives: an image's own entry, the user's)
-            try:
-                fd = os.open(n, _DIR_FLAGS, dir_fd=dest_fd)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                trace.event("sweep-killed-staging", path=os.path.join(dest, n))
-                if n.startswith(_NEWBORN_PREFIX):
-                    os.rmdir(n, dir_fd=dest_fd)   # empty until it is named: never more than that
-                else:
-                    remove_tree(f"/proc/self/fd/{dest_fd}/{n}")
-            except OSError:
-                pass  # held: another unpack is filling DEST
-            finally:
-                os.close(fd)
+        # (only names _make_staging_inside gives: never an image's own entry, or the user's)
+        _sweep_killed(dest_fd, dest, _IN_PLACE_NAME.fullmatch, _NEWBORN_PREFIX)
     finally:
         os.close(dest_fd)
+
+
+def _sweep_killed(dir_fd, shown, ours, newborn):
+    """Remove the staging dirs in ``dir_fd`` (``shown``: its path) whose names ``ours`` takes and
+    whose lock nobody holds: those of killed unpacks (``newborn``-named ones are empty: they were
+    never named).  Through ``dir_fd``, never by a path through a parent swapped meanwhile."""
+    try:
+        found = [n for n in os.listdir(dir_fd) if ours(n)]
+    except OSError:
+        return
+    for n in found:
+        try:
+            fd = os.open(n, _DIR_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            trace.event("sweep-killed-staging", path=os.path.join(shown, n))
+            if n.startswith(newborn):
+                _remove_newborn(n, dir_fd)
+            else:
+                remove_tree(f"/proc/self/fd/{dir_fd}/{n}")
+        except OSError:
+            pass  # held: another unpack to DEST is working in it (or it is not ours to remove)
+        finally:
+            os.close(fd)
 
 
 def _fill_in_place(dest, parent):
