@@ -442,23 +442,32 @@ def test_sigkill_during_rmi_then_fsck_and_reload(layout, expected, tmp_path, poi
     rerun_good(root, tmp_path, expected, f"oci:{lay.root}:good")
 
 
-def test_sigkill_while_apply_atomic_replaces_dest_leaves_the_old_tree_or_the_new(tmp_path):
+@pytest.mark.parametrize("point, after", [
+    ("os:rename:after:1", "old"),                        # the staging dir just named
+    ("lamina._objects:renameat2:before:1", "old"),       # the layer staged, DEST not exchanged yet
+    ("lamina._objects:renameat2:after:1", "new"),        # exchanged: the old tree at the staging name
+])
+def test_sigkill_while_apply_atomic_replaces_dest_leaves_the_old_tree_or_the_new(tmp_path, point, after):
     """``apply --atomic`` put its staged copy in DEST's place by two renames, DEST to a side
-    name and the copy onto DEST: between them there was no DEST, and a kill there (here: right
-    after the first rename(2)) left none, where its help promises the old tree or the new one.
-    DEST is exchanged with the copy in one renameat2(RENAME_EXCHANGE) now."""
+    name and the copy onto DEST: between them there was no DEST, and a kill there left none,
+    where its help promises the old tree or the new one.  DEST is exchanged with the copy in one
+    renameat2(RENAME_EXCHANGE) now.  Whatever a kill leaves beside DEST (a staging dir, or the
+    old tree at its name) is unpack's killed staging: the next apply or unpack to DEST sweeps it."""
     dest = tmp_path / "dest"
-    first, second = tmp_path / "first.tar", tmp_path / "second.tar"
+    first, second, third = tmp_path / "first.tar", tmp_path / "second.tar", tmp_path / "third.tar"
     first.write_bytes(Tar().file("a", b"old\n").bytes())
     second.write_bytes(Tar().file("a", b"new\n").file("b", b"new\n").bytes())
+    third.write_bytes(Tar().file("c", b"third\n").bytes())
     subprocess.run([*LAMINA, "apply", first, dest], check=True, capture_output=True)
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
-    proc = subprocess.run([sys.executable, script, "os:rename:after:1", "apply", "--atomic", second, dest],
+    proc = subprocess.run([sys.executable, script, point, "apply", "--atomic", second, dest],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode in (0, -signal.SIGKILL), proc.stderr
-    assert dest.is_dir() and not dest.is_symlink(), f"no DEST after exit {proc.returncode}"
+    assert proc.returncode == -signal.SIGKILL, f"{point} was never reached (exit {proc.returncode}): {proc.stderr}"
+    assert dest.is_dir() and not dest.is_symlink(), f"no DEST after {point}"
     tree = {n: (dest / n).read_bytes() for n in os.listdir(dest)}
-    assert tree in ({"a": b"old\n"}, {"a": b"new\n", "b": b"new\n"}), tree
-    assert proc.returncode == 0 and tree["a"] == b"new\n"   # nothing renamed DEST away to be killed after
+    assert tree == ({"a": b"old\n"} if after == "old" else {"a": b"new\n", "b": b"new\n"}), tree
+    rerun = subprocess.run([*LAMINA, "apply", "--atomic", third, dest], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(os.listdir(dest)) == sorted([*tree, "c"]), os.listdir(dest)
     assert not [n for n in os.listdir(tmp_path) if ".lamina-" in n], os.listdir(tmp_path)

@@ -38,7 +38,7 @@ def _race(call, delay, argv, pattern, swap, ready=os.path.lexists):
     try:
         end = time.monotonic() + 60
         while not swapped and proc.poll() is None and time.monotonic() < end:
-            for p in glob.glob(pattern):
+            for p in glob.glob(pattern, include_hidden=True):   # a staging dir may be a dot-name
                 try:
                     if ready(p):
                         swap(p)
@@ -158,11 +158,88 @@ def test_apply_atomic_staging_swapped_for_a_symlink_before_it_is_opened_writes_n
         os.symlink(victim, p)
 
     swapped, rc, err = _race("mkdir,mkdirat", "delay_exit=300000", ["apply", "--atomic", str(layer), str(dest)],
-                             f"{shared}/.dest.lamina-staging-*", swap,
+                             f"{shared}/*dest.lamina-*", swap,
                              ready=lambda p: os.path.isdir(p) and not os.path.islink(p))
     assert swapped, f"no staging dir was seen: {err}"
     assert os.listdir(victim) == [], "the layer was written through the swapped-in symlink"
-    assert rc == 1 and "symlink" in err, err
+    assert rc == 1 and "replaced by someone else" in err, err
+    assert not [n for n in os.listdir(shared) if os.path.islink(shared / n)], "the swapped-in symlink was left"
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-dest", "existing-dest"])
+def test_apply_atomic_staging_swapped_before_the_commit_never_becomes_dest(tmp_path, existing):
+    """apply --atomic renamed (or exchanged) its staging dir onto DEST by their names: whoever can
+    write DEST's parent, swapping the staging dir for a directory of theirs once the layer was in
+    it, had DEST be their directory (exit 0), the image sit where they had moved it and, for an
+    existing DEST, the user's tree deleted.  The staging dir is held by an fd now and what lands
+    on DEST is checked to be it: DEST stays as it was, and the apply is refused."""
+    require_tool("strace")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    dest = shared / "dest"
+    if existing:
+        dest.mkdir()
+        (dest / "old").write_text("user's\n")
+    before = os.stat(dest).st_ino if existing else None
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "planted").write_text("theirs\n")
+    aside = tmp_path / "aside"
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(Tar().file("f", b"image\n").bytes())
+
+    def swap(p):   # as the parent's owner may, between the layer and the commit
+        staging = os.path.dirname(p)
+        os.rename(staging, aside)
+        os.rename(theirs, staging)
+
+    swapped, rc, err = _race("rename,renameat,renameat2", "delay_enter=1000000",
+                             ["apply", "--atomic", str(layer), str(dest)], f"{shared}/*dest.lamina-*/f", swap)
+    assert swapped, f"the layer's file was never seen: {err}"
+    if existing:
+        assert sorted(os.listdir(dest)) == ["old"] and os.stat(dest).st_ino == before, \
+            f"DEST is not the user's tree: {os.listdir(dest)}"
+    else:
+        assert not os.path.lexists(dest), f"DEST is their directory: {os.listdir(dest)}"
+    assert rc == 1 and "replaced by someone else" in err, (rc, err)
+    assert glob.glob(f"{glob.escape(str(shared))}/*/planted"), "their directory was not put back"
+    assert os.listdir(aside) == [], "the staged tree was left where the other user had moved it"
+
+
+def test_apply_atomic_removes_the_old_tree_by_its_fd_not_by_the_name_it_was_moved_to(tmp_path):
+    """Once apply --atomic has exchanged its staging dir with DEST, the old tree sits at the
+    staging name and is removed.  It was removed by that name, through DEST's parent: whoever can
+    write the parent, moving another directory there meanwhile (here one they cannot write
+    themselves), had lamina delete its contents as root.  The old tree is removed through the fd
+    lamina opened DEST by, and the name only if it is still that directory."""
+    require_tool("strace")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    dest = shared / "dest"
+    dest.mkdir()
+    (dest / "old").write_text("user's\n")
+    victim = shared / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("not lamina's\n")
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(Tar().file("f", b"image\n").bytes())
+
+    def exchanged(p):
+        return os.path.isdir(p) and os.path.exists(dest / "f") and not os.path.exists(os.path.join(p, "f"))
+
+    def swap(p):   # the old tree, now at the staging name, for the other directory
+        os.rename(p, tmp_path / "old-tree")
+        os.rename(victim, p)
+
+    swapped, rc, err = _race("rename,renameat,renameat2", "delay_exit=1000000",
+                             ["apply", "--atomic", str(layer), str(dest)], f"{shared}/*dest.lamina-*",
+                             swap, ready=exchanged)
+    assert swapped, f"the exchange was never seen: {err}"
+    kept = glob.glob(f"{glob.escape(str(shared))}/*/keep")
+    assert kept and open(kept[0]).read() == "not lamina's\n", "lamina removed a directory that was not the old tree"
+    assert rc == 0, err
+    assert sorted(os.listdir(dest)) == ["f", "old"], os.listdir(dest)
+    assert os.listdir(tmp_path / "old-tree") == [], "the old tree was not removed"
 
 
 def test_overlay_lowers_through_a_swapped_staging_dir_copy_up_nothing_of_the_host(tmp_path):

@@ -5,16 +5,26 @@ applied.  apply_layer_atomic applies onto a staged copy of DEST (``cp -a``, with
 where the filesystem has them, so ownership, modes, xattrs, devices and hardlinks are
 kept) and puts the copy in DEST's place only once the whole layer applied and verified.
 The cost is the copy; DEST's parent must be writable.
+
+The staging dir is unpack's (unpacker.make_sibling_staging): made, locked and held by fds in
+DEST's parent, so that whoever else can write that parent cannot have their directory take
+DEST's place, nor have lamina remove theirs: the copy, the layer, the exchange with DEST and
+the removal of the old tree all go by fds, and a name is acted on only while it is still the
+directory lamina made or opened.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
-import secrets
+import stat
 import subprocess
 
-from .errors import LaminaError
-from .tree import make_dirs
+from .errors import ExtractError, LaminaError
+from .tree import clear_dir
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def why_unwritable(directory):
@@ -27,25 +37,91 @@ def why_unwritable(directory):
     return None if os.access(directory, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
 
 
-def _sibling(dest, what):
-    parent, name = os.path.split(dest.rstrip("/"))
-    return os.path.join(parent, f".{name}.lamina-{what}-{secrets.token_hex(4)}")
-
-
-def _exchange(a, b):
-    """Swap the sibling directories ``a`` and ``b`` in one renameat2(RENAME_EXCHANGE): True if
-    done, False where the kernel or filesystem offers no exchange."""
-    from ._objects import RENAME_EXCHANGE, renameat2
-    parent = os.open(os.path.dirname(b), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _open_dest(dest):
+    """An fd of the existing directory DEST (None if there is none), after the checks that
+    say why --atomic cannot replace it."""
     try:
-        renameat2(parent, os.path.basename(a), parent, os.path.basename(b), RENAME_EXCHANGE)
+        st = os.lstat(dest)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        raise LaminaError(f"{dest} exists and is not a directory")
+    parent = os.path.dirname(dest)
+    reason = why_unwritable(parent)
+    if reason:  # else the staging dir's own error, about a name the user never gave
+        raise LaminaError(f"cannot write {parent}: {reason} (--atomic stages a copy of {dest} beside it)")
+    if os.path.ismount(dest):
+        raise LaminaError(f"{dest} is a mount point: --atomic cannot put another directory in its place")
+    try:
+        return os.open(dest, _DIR_FLAGS)
     except OSError as e:
-        if e.errno in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            return False
-        raise OSError(e.errno, e.strerror, b) from None
-    finally:
-        os.close(parent)
-    return True
+        raise LaminaError(f"cannot open {dest}: {e.strerror}") from None
+
+
+def _copy_into(src_fd, dst_fd, dest):
+    """cp -a of directory ``src_fd``'s tree (its own metadata too) into the empty ``dst_fd``."""
+    proc = subprocess.run(["cp", "-a", "-T", "--reflink=auto", "--", f"/proc/self/fd/{src_fd}/.",
+                           f"/proc/self/fd/{dst_fd}/."], pass_fds=(src_fd, dst_fd), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LaminaError(f"--atomic: cannot copy {dest} to stage the layer: {proc.stderr.strip() or 'cp failed'}")
+
+
+def _exchange_with_dest(parent_fd, own, name, fd, old_fd, dest):
+    """Put the staging dir ``own`` (directory ``fd``) in DEST's place and the old DEST (``old_fd``)
+    at ``own``, in one renameat2(RENAME_EXCHANGE) where the filesystem has it (else two renames,
+    between which there is no DEST); then make sure it was ours that went onto DEST, else
+    undo and refuse."""
+    from ._objects import RENAME_EXCHANGE, renameat2
+    from .unpacker import _is_at
+
+    def refuse(why):
+        raise ExtractError(f"cannot put the applied layer's tree in place of {dest}: {why}") from None
+
+    replaced = (f"its staging dir {own} was replaced by someone else while the layer was applied "
+                f"(the staged tree was removed; what is at {own} now is not lamina's)")
+    if not _is_at(parent_fd, own, fd):
+        refuse(replaced)
+    if not _is_at(parent_fd, name, old_fd):
+        refuse("it was replaced by someone else while the layer was applied")
+    try:
+        renameat2(parent_fd, own, parent_fd, name, RENAME_EXCHANGE)
+        exchanged = True
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            refuse(e.strerror)
+        exchanged = False
+    if not exchanged:
+        try:
+            os.rename(name, own + "-old", src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except OSError as e:
+            refuse(e.strerror)
+        try:
+            os.rename(own, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except OSError as e:
+            os.rename(own + "-old", name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            refuse(e.strerror)
+    if not _is_at(parent_fd, name, fd):
+        # theirs went onto DEST: the user's tree back in its place, theirs back at our name
+        if exchanged:
+            renameat2(parent_fd, own, parent_fd, name, RENAME_EXCHANGE)
+        else:
+            os.rename(name, own, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            os.rename(own + "-old", name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        refuse(replaced)
+    return own if exchanged else own + "-old"
+
+
+def _remove_old_tree(parent_fd, name, old_fd):
+    """The old DEST, emptied through its own fd; its name removed only while it is that dir.
+    The layer is in place by now: what cannot be removed stays at a staging dir's name, which
+    the next unpack or apply to DEST sweeps (once this process lets go of its lock)."""
+    from .unpacker import _is_at
+    try:
+        clear_dir(f"/proc/self/fd/{old_fd}/.")  # "/.": clear_dir's O_NOFOLLOW open takes it
+        if _is_at(parent_fd, name, old_fd):
+            os.rmdir(name, dir_fd=parent_fd)
+    except OSError:
+        pass
 
 
 def apply_layer_atomic(layer, dest, **kw):
@@ -53,33 +129,36 @@ def apply_layer_atomic(layer, dest, **kw):
 
     DEST appears (or is replaced) by rename: readers see the old tree or the new one."""
     from .layer import apply_layer
-    from .tree import remove_tree
+    from .unpacker import (_abandon_staging, _rename_onto, make_sibling_staging, pinned_staging, release_staging,
+                           sibling_fds)
     dest = os.path.abspath(os.fsdecode(dest))
-    staging = _sibling(dest, "staging")
-    make_dirs(os.path.dirname(dest), f"destination {dest}")  # the staging dir's errors would name it
+    old_fd = _open_dest(dest)
     try:
-        if os.path.lexists(dest):
-            if not os.path.isdir(dest) or os.path.islink(dest):
-                raise LaminaError(f"{dest} exists and is not a directory")
-            parent = os.path.dirname(dest)
-            reason = why_unwritable(parent)
-            if reason:  # else cp's own words, about a staging name the user never gave
-                raise LaminaError(f"cannot write {parent}: {reason} (--atomic stages a copy of {dest} beside it)")
-            proc = subprocess.run(["cp", "-a", "--reflink=auto", "--", dest, staging],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise LaminaError(f"--atomic: cannot copy {dest} to stage the layer: "
-                                  f"{proc.stderr.strip() or 'cp failed'}")
-        stats = apply_layer(layer, staging, **kw)
-        if not os.path.lexists(dest):
-            os.rename(staging, dest)
-        elif not _exchange(staging, dest):  # the old tree is the staging name's now (removed below)
-            # two renames: for a moment there is no DEST, and a crash there leaves none
-            old = _sibling(dest, "old")
-            os.rename(dest, old)
-            os.rename(staging, dest)
-            remove_tree(old)
-        return stats
+        staging = make_sibling_staging(dest)
+        try:
+            parent_fd, fd = sibling_fds(staging)
+            own, name = os.path.basename(staging), os.path.basename(dest)
+            if old_fd is not None:
+                _copy_into(old_fd, fd, dest)
+            # "/.": the extractor's O_NOFOLLOW open of its root reaches the dir behind the fd
+            stats = apply_layer(layer, os.path.join(pinned_staging(staging), "."), **kw)
+            if old_fd is None:
+                _rename_onto(parent_fd, own, name, fd, dest)
+            else:
+                # locked as a staging dir is, for once it is at the staging dir's name: a sweep of
+                # killed unpacks there leaves it to this process
+                with contextlib.suppress(OSError):
+                    fcntl.flock(old_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                old_name = _exchange_with_dest(parent_fd, own, name, fd, old_fd, dest)
+        except BaseException as e:  # includes KeyboardInterrupt: never leave a half-made tree
+            _abandon_staging(staging, e)
+            raise
+        else:
+            if old_fd is not None:
+                _remove_old_tree(parent_fd, old_name, old_fd)
+            return stats
+        finally:
+            release_staging(staging)
     finally:
-        if os.path.lexists(staging):
-            remove_tree(staging)
+        if old_fd is not None:
+            os.close(old_fd)

@@ -358,6 +358,13 @@ def _make_staging(dest):
     parent, name = os.path.split(dest)
     if _fill_in_place(dest, parent):
         return _make_staging_inside(dest)
+    return make_sibling_staging(dest)
+
+
+def make_sibling_staging(dest):
+    """A new, locked staging dir beside ``dest`` (in its parent, made if missing), after the
+    staging dirs of killed unpacks there are swept; held by fds until release_staging()."""
+    parent, name = os.path.split(dest)
     make_dirs(parent, f"destination {dest}")
     _sweep_killed_siblings(parent, name)
     parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -467,6 +474,11 @@ def pinned_staging(staging):
     """``/proc/self/fd/N`` of the staging dir: a path that reaches the directory made, whatever
     is at its name now."""
     return pin(_held[staging])
+
+
+def sibling_fds(staging):
+    """(DEST's parent's fd, the staging dir's fd) of a sibling staging dir."""
+    return _beside[staging], _held[staging]
 
 
 def release_staging(staging):
