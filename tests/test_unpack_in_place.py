@@ -180,9 +180,10 @@ def test_an_in_place_unpack_leaves_a_running_ones_staging_dir_alone(tmp_path, mo
         os.close(fd)
 
 
+@pytest.mark.parametrize("source", ["layout", "store"])
 @pytest.mark.parametrize("how", ["image", "user"])
 @pytest.mark.parametrize("into", ["directory", "mount-point"])
-def test_an_entry_named_like_a_staging_dir_that_no_unpack_made_is_never_swept(tmp_path, how, into, request):
+def test_an_entry_named_like_a_staging_dir_that_no_unpack_made_is_never_swept(tmp_path, how, into, source, request):
     """A DEST whose only entry is a directory named like an in-place staging dir
     (``.lamina-tmp-`` and 8 hex digits) that no unpack made: an image's whole tree
     (its one top-level directory), or the user's own.  The next unpack to DEST took it
@@ -198,7 +199,11 @@ def test_an_entry_named_like_a_staging_dir_that_no_unpack_made_is_never_swept(tm
         (dest / name).mkdir(parents=True)
         (dest / name / "precious").write_bytes(b"kept\n")
     assert os.listdir(dest) == [name]
-    proc = lamina_cli(tmp_path / "store", "unpack", f"oci:{SAMPLE}", dest, check=False)
+    ref = f"oci:{SAMPLE}"
+    if source == "store":  # lamina unpack REF DEST of an image in the store: the flatten's staging
+        ref = "sample:1"
+        lamina_cli(tmp_path / "store", "copy", f"oci:{SAMPLE}", ref)
+    proc = lamina_cli(tmp_path / "store", "unpack", ref, dest, check=False)
     assert proc.returncode == 1 and name in proc.stderr, proc.stderr
     assert os.listdir(dest) == [name] and (dest / name / "precious").read_bytes() == b"kept\n"
 
