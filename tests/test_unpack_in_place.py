@@ -20,6 +20,7 @@ import ocibuild as ob
 from conftest import require_tool
 from layerkit import rmtree, run_as_nobody, world_tmpdir
 from storekit import lamina as lamina_cli
+from tarbuild import Tar
 from treecmp import assert_same, snapshot
 
 SAMPLE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "sample", "image"))
@@ -177,6 +178,34 @@ def test_an_in_place_unpack_leaves_a_running_ones_staging_dir_alone(tmp_path, mo
         assert os.listdir(mount_point) == [".lamina-tmp-0123abcd"] and os.listdir(running) == ["etc"]
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("source", ["layout", "store"])
+@pytest.mark.parametrize("how", ["image", "user"])
+@pytest.mark.parametrize("into", ["directory", "mount-point"])
+def test_an_entry_named_like_a_staging_dir_that_no_unpack_made_is_never_swept(tmp_path, how, into, source, request):
+    """A DEST whose only entry is a directory named like an in-place staging dir
+    (``.lamina-tmp-`` and 8 hex digits) that no unpack made: an image's whole tree
+    (its one top-level directory), or the user's own.  The next unpack to DEST took it
+    for a killed unpack's (nobody holds its lock), removed it with all it held and
+    unpacked over it, where a DEST with anything else in it is refused as not empty."""
+    dest = request.getfixturevalue("mount_point") if into == "mount-point" else tmp_path / "dest"
+    name = ".lamina-tmp-0123abcd"
+    if how == "image":
+        layout = ob.Layout(tmp_path / "image")
+        layout.image_of_tars([Tar().dir(name).file(name + "/precious", b"kept\n").bytes()], ref="img")
+        lamina.unpack(f"oci:{tmp_path / 'image'}:img", dest)
+    else:
+        (dest / name).mkdir(parents=True)
+        (dest / name / "precious").write_bytes(b"kept\n")
+    assert os.listdir(dest) == [name]
+    ref = f"oci:{SAMPLE}"
+    if source == "store":  # lamina unpack REF DEST of an image in the store: the flatten's staging
+        ref = "sample:1"
+        lamina_cli(tmp_path / "store", "copy", f"oci:{SAMPLE}", ref)
+    proc = lamina_cli(tmp_path / "store", "unpack", ref, dest, check=False)
+    assert proc.returncode == 1 and name in proc.stderr, proc.stderr
+    assert os.listdir(dest) == [name] and (dest / name / "precious").read_bytes() == b"kept\n"
 
 
 NOBODY = r"""

@@ -461,6 +461,7 @@ def _make_staging_inside(dest):
         except BaseException:
             os.close(fd)
             raise
+        _record_in_place(st, own)
     except BaseException:
         os.close(dest_fd)
         raise
@@ -490,6 +491,7 @@ def release_staging(staging):
     held = _in_place.pop(staging, None)
     if held is not None:
         os.close(held[0])
+        _forget_in_place(*held[1], os.path.basename(staging))
     parent_fd = _beside.pop(staging, None)
     if parent_fd is not None:
         os.close(parent_fd)
@@ -591,16 +593,57 @@ def _sweep_killed_inside(dest):
     except OSError:
         return
     try:
-        # (only names _make_staging_inside gives: never an image's own entry, or the user's)
-        _sweep_killed(dest_fd, dest, _IN_PLACE_NAME.fullmatch, _NEWBORN_PREFIX)
+        # Only names _make_staging_inside gives, and of those only the directories it recorded: an
+        # image's own top-level directory, or the user's, may be named like one too (a completed
+        # unpack leaves the image's tree in DEST, and nobody holds a lock on it)
+        _sweep_killed(dest_fd, dest, _IN_PLACE_NAME.fullmatch, _NEWBORN_PREFIX, recorded=_is_recorded)
     finally:
         os.close(dest_fd)
 
 
-def _sweep_killed(dir_fd, shown, ours, newborn):
+# An image's top-level directory, or the user's, may have the name of an in-place staging dir
+# (and nobody holds a lock on it), so each staging dir is recorded by its inode and name in this
+# user's runtime directory while it lives: one nobody holds locked whose record is there is a
+# killed unpack's.  (A reboot clears the records with the runtime directory: what a killed unpack
+# left is then named, as an unfinished unpack, not swept.)
+def _in_place_record(st_dev, st_ino, name, *, create=False):
+    from .store.locks import runtime_dir
+    # (create: a runtime dir in a shared temp dir must be ours alone, whether we write or read
+    # it: records another user planted there would steer our sweep)
+    d = os.path.join(runtime_dir(create=True), "lamina-staging")
+    if create:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+    return os.path.join(d, f"{st_dev}-{st_ino}-{name}")
+
+
+def _record_in_place(st, name):
+    try:
+        os.close(os.open(_in_place_record(st.st_dev, st.st_ino, name, create=True),
+                         os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    except (OSError, LaminaError):
+        pass  # unrecorded: a kill leaves a staging dir the next unpack names instead of sweeping
+
+
+def _is_recorded(st_dev, st_ino, name):
+    try:
+        return stat.S_ISREG(os.lstat(_in_place_record(st_dev, st_ino, name)).st_mode)
+    except (OSError, LaminaError):
+        return False
+
+
+def _forget_in_place(st_dev, st_ino, name):
+    try:
+        os.unlink(_in_place_record(st_dev, st_ino, name))
+    except (OSError, LaminaError):
+        pass
+
+
+def _sweep_killed(dir_fd, shown, ours, newborn, recorded=None):
     """Remove the staging dirs in ``dir_fd`` (``shown``: its path) whose names ``ours`` takes and
     whose lock nobody holds: those of killed unpacks (``newborn``-named ones are empty: they were
-    never named).  Through ``dir_fd``, never by a path through a parent swapped meanwhile."""
+    never named).  Through ``dir_fd``, never by a path through a parent swapped meanwhile.
+    ``recorded``: (st_dev, st_ino, name) -> whether a staging dir was recorded as made so,
+    which it must be to be taken (a newborn needs none: it is only ever removed if empty)."""
     try:
         found = [n for n in os.listdir(dir_fd) if ours(n)]
     except OSError:
@@ -612,11 +655,16 @@ def _sweep_killed(dir_fd, shown, ours, newborn):
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            st = os.fstat(fd)
+            if recorded is not None and not n.startswith(newborn) and not recorded(st.st_dev, st.st_ino, n):
+                continue  # no unpack made it: an image's directory, or the user's
             trace.event("sweep-killed-staging", path=os.path.join(shown, n))
             if n.startswith(newborn):
                 _remove_newborn(n, dir_fd)
             else:
                 remove_tree(f"/proc/self/fd/{dir_fd}/{n}")
+                if recorded is not None:
+                    _forget_in_place(st.st_dev, st.st_ino, n)
         except OSError:
             pass  # held: another unpack to DEST is working in it (or it is not ours to remove)
         finally:
