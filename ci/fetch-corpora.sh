@@ -52,12 +52,16 @@
 #   rpm/         rpm's test source tarballs (tests/data/SOURCES)
 #   diffoscope/  diffoscope's test tars (tests/data: a directory of mode 000 over its file, a
 #                character device, a tar in a tar; .debs' control.tar.gz; a native package)
+#   perl-archive-extract/, perl-archive-any/, perl-archive-any-lite/, perl-archive-peek/  the test
+#                tars of CPAN's Archive::Extract (t/src), Archive::Any, Archive::Any::Lite, Archive::Peek (t/)
+#   jarchivelib/ jarchivelib's test archives (src/test/resources/archive.tar*)
+#   tar-conduit/ Haskell tar-conduit's test tars (tests/files);  proftpd-mod-tar/  mod_tar's (t/etc/...)
 #   docker.io/   moby's integration tests' docker save from before docker 1.10 (emptyLayer.tar:
 #                a 'repositories' file, a layer.tar of 0 bytes)
 #   klauspost-compress/  the Go gzip and zstd decoder's test streams (gzip/testdata/*.gz;
 #                zstd/testdata: good.zip, bad.zip and the fuzzers' regression zips of .zst
 #                streams, kept zipped; xml.zst...), for tests/test_compression_corpora.py
-#                these twenty-eight: upstream sources from Debian source packages (apt-get source
+#                these thirty-five: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests), of tar-split (golang-github-vbatts-tar-split-dev:
@@ -82,6 +86,10 @@
 # a signature fixture), zig (not in bookworm), tar (its test suite writes every archive from
 # scripts; the star archives it can use are downloaded by hand): tests/corpora.py writes GNU tar's
 # formats with tar and bsdtar instead.
+# Also not fetched: libarchive-tar-wrapper-perl, python-handy-archives, ruby-mixlib-archive,
+# ruby-ffi-libarchive, archivemount, notary, tardiff, zarchive (the mirror lacks their .orig
+# tarballs); pypy3's test suite and PyPI's backports.tarfile ship CPython's tarfile archives,
+# byte for byte those of libpython3.11-testsuite.
 set -euo pipefail
 cache="${LAMINA_CORPORA:-/var/cache/lamina-corpora}"
 
@@ -232,3 +240,21 @@ fetch_source diffoscope diffoscope tests/data '*.tar' '*.tar.gz' \
     || echo "WARNING: diffoscope's test tars could not be fetched" >&2
 fetch_source golang-github-containers-common containers-common libimage/testdata 'buildkit-*.tar' \
     exported-container.tar || echo "WARNING: containers/common's libimage test archives could not be fetched" >&2
+# Perl's archive wrappers (CPAN's Archive::Extract, Archive::Any, Archive::Any::Lite, Archive::Peek):
+# the tars of their tests, most written by the GNU tar or Archive::Tar of their day ("naughty" ones
+# of absolute and '..' names, "impolite" ones of no top directory, a symlink)
+fetch_source libarchive-extract-perl perl-archive-extract t/src '*.tar' '*.tgz' '*.tbz' '*.txz' '*.tar.*' \
+    || echo "WARNING: Archive::Extract's test archives could not be fetched" >&2
+fetch_source libarchive-any-perl perl-archive-any t '*.tar' '*.tgz' '*.tar.gz' \
+    || echo "WARNING: Archive::Any's test archives could not be fetched" >&2
+fetch_source libarchive-any-lite-perl perl-archive-any-lite t '*.tar' '*.tgz' '*.tar.*' \
+    || echo "WARNING: Archive::Any::Lite's test archives could not be fetched" >&2
+fetch_source libarchive-peek-perl perl-archive-peek t '*.tgz' '*.tar.*' \
+    || echo "WARNING: Archive::Peek's test archives could not be fetched" >&2
+# jarchivelib's (a Java wrapper of Commons Compress), Haskell tar-conduit's and ProFTPD mod_tar's test archives
+fetch_source jarchivelib jarchivelib src/test/resources 'archive.tar*' \
+    || echo "WARNING: jarchivelib's test archives could not be fetched" >&2
+fetch_source haskell-tar-conduit tar-conduit tests/files '*.tar' '*.tar.gz' \
+    || echo "WARNING: tar-conduit's test archives could not be fetched" >&2
+fetch_source proftpd-mod-tar proftpd-mod-tar t/etc/modules/mod_tar '*.tar' \
+    || echo "WARNING: ProFTPD mod_tar's test archive could not be fetched" >&2
