@@ -56,6 +56,7 @@
 #                tars of CPAN's Archive::Extract (t/src), Archive::Any, Archive::Any::Lite, Archive::Peek (t/)
 #   jarchivelib/ jarchivelib's test archives (src/test/resources/archive.tar*)
 #   tar-conduit/ Haskell tar-conduit's test tars (tests/files);  proftpd-mod-tar/  mod_tar's (t/etc/...)
+#   libarchive-c/  python-libarchive-c's test tars (tests/data: '..' names), from its PyPI sdist
 #   docker.io/   moby's integration tests' docker save from before docker 1.10 (emptyLayer.tar:
 #                a 'repositories' file, a layer.tar of 0 bytes)
 #   klauspost-compress/  the Go gzip and zstd decoder's test streams (gzip/testdata/*.gz;
@@ -79,7 +80,7 @@
 # and .debian.tar besides: test_tar_corpora.py's crafted cousins write what its archives
 # exercise), ruby-minitar (apt-get source fails: the mirror lacks its .orig and .debian
 # tarballs; the binary package has no tests), haskell-tar (property tests only), libtar (none),
-# rust-tokio-tar and rust-async-tar (not in bookworm), node-tar-fs, python-libarchive-c,
+# rust-tokio-tar and rust-async-tar (not in bookworm), node-tar-fs, python-libarchive-c (fetched from PyPI),
 # golang-github-containers-storage, karchive and squashfs-tools-ng (the mirror lacks their
 # .orig tarballs), setuptools and node-gyp (the same), python-pip (no tar), e2fsprogs (two GNU
 # tars of disk images, as cargo's and rpm's), dpkg (one 0-byte .orig.tar,
@@ -258,3 +259,33 @@ fetch_source haskell-tar-conduit tar-conduit tests/files '*.tar' '*.tar.gz' \
     || echo "WARNING: tar-conduit's test archives could not be fetched" >&2
 fetch_source proftpd-mod-tar proftpd-mod-tar t/etc/modules/mod_tar '*.tar' \
     || echo "WARNING: ProFTPD mod_tar's test archive could not be fetched" >&2
+
+# fetch_pypi_sdist PROJECT==VERSION DEST SUBDIR PATTERN...: as fetch_source, from a PyPI source
+# distribution (pip download in a throwaway venv: pip builds the sdist's metadata to check it)
+fetch_pypi_sdist() {
+    local spec="$1" dest="$cache/$2" sub="$3" i sdist pat
+    shift 3
+    [ -e "$dest/SOURCE" ] && return 0
+    local dl="$work/pypi-${spec%%=*}"
+    mkdir -p "$dl/x"
+    [ -x "$work/pip-venv/bin/pip" ] || python3 -m venv "$work/pip-venv" || return 1
+    for i in 1 2 3; do
+        "$work/pip-venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
+            -d "$dl" "$spec" >/dev/null 2>&1 && break
+        sleep $((i * 5))
+    done
+    sdist="$(ls "$dl"/*.tar.gz 2>/dev/null | head -1)"
+    [ -n "$sdist" ] || return 1
+    local pats=()
+    for pat in "$@"; do pats+=("*/$sub/$pat"); done
+    tar -xzf "$sdist" -C "$dl/x" --wildcards "${pats[@]}" || return 1
+    rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
+    cp -a "$dl"/x/*/"$sub"/. "$dest.tmp/"
+    basename "$sdist" > "$dest.tmp/SOURCE"
+    rm -rf "$dest" "$dl" && mv "$dest.tmp" "$dest"
+}
+
+# python-libarchive-c's test tars (Debian's source package lacks its .orig on the mirror; PyPI has the
+# sdist): absolute and '..' names, CPython's special files again, a name of Windows' codepage
+fetch_pypi_sdist libarchive-c==5.3 libarchive-c tests/data 'flags.tar' 'special.tar' 'tar_relative.tar' 'unicode.tar' \
+    || echo "WARNING: libarchive-c's test archives could not be fetched" >&2

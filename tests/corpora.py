@@ -33,6 +33,7 @@
     jarchivelib/NAME jarchivelib's test archives (src/test/resources/archive.tar*: a name of 230 bytes)
     tarconduit/NAME  Haskell tar-conduit's test tars (tests/files)
     proftpd/NAME     ProFTPD mod_tar's test tar (t/etc/modules/mod_tar)
+    libarchivec/NAME python-libarchive-c's test tars (tests/data, from its PyPI sdist)
     pgzip/NAME       klauspost/pgzip's gzip test streams (testdata/*.gz)
     ruby/NAME        rubygems' test gems (test/rubygems/...): NAME a .gem (a plain tar), or
                      ``GEM:data.tar.gz`` for the gzipped tar of its files inside
@@ -49,7 +50,7 @@
                      repository, by the git of this machine on first use
 
 Looked at and left out, shipping no tar archive or none the mirror has (ci/fetch-corpora.sh
-says why): tar-rs, minitar, Haskell's tar, libtar, python-libarchive-c, dpkg, zig, GNU tar,
+says why): tar-rs, minitar, Haskell's tar, libtar, dpkg, zig, GNU tar,
 tarlz, pigz, zlib, php-pear's Archive_Tar, pristine-tar, containers-storage, MirBSD pax, cpio,
 umoci, containerd, lz4, python-pip (no tar), setuptools and node-gyp (the mirror lacks their
 .orig tarballs), Archive::Tar::Wrapper, python-handy-archives, ruby-mixlib-archive,
@@ -99,7 +100,7 @@ _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "common
             "archextract": "perl-archive-extract", "archany": "perl-archive-any",
             "archanylite": "perl-archive-any-lite", "archpeek": "perl-archive-peek",
             "jarchivelib": "jarchivelib", "tarconduit": "tar-conduit",
-            "proftpd": "proftpd-mod-tar"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
+            "proftpd": "proftpd-mod-tar", "libarchivec": "libarchive-c"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
 
 
 def _go_compress_dir():

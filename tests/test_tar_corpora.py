@@ -386,6 +386,14 @@ EXPECT = {
     # --- jarchivelib's (a name of 230 bytes, private and read-only modes), tar-conduit's, mod_tar's ---
     **{f"jarchivelib/{n}": REFS for n in ("archive.tar", "archive.tar.bz2", "archive.tar.gz")},
     "tarconduit/libpq-0.3.tar.gz": REFS, "tarconduit/subdir.tar": REFS, "proftpd/subdir.tar": REFS,
+    # --- python-libarchive-c's test tars (PyPI's sdist): CPython's special files again, a Windows
+    # writer's name, and an absolute name and '..' names, which GNU tar and bsdtar skip (exit 2, 1)
+    # and lamina re-roots as containerd and umoci do: umoci's tree (CONFORMANCE.md, names with '..') ---
+    "libarchivec/special.tar": REFS, "libarchivec/unicode.tar": REFS,
+    "libarchivec/flags.tar": go("tmp", "tmp/python-libarchive-c-test-absolute-file",
+                                "python-libarchive-c-test-dot-dot-file"),
+    "libarchivec/tar_relative.tar": go("a_parent_folder.txt", "another_folder", "another_folder/b_two_root.txt",
+                                       "folder", "folder/subfolder", "folder/subfolder/b_subfolder.txt"),
     # --- written here by git archive (corpora.written): a global 'comment' of the commit id, ustar
     # prefixes, PAX path and linkpath records, a name that is no UTF-8; git's own gzip ---
     **{f"gitarchive/{n}": REFS for n in ("HEAD.tar", "HEAD.tar.gz", "tree-prefixed.tar")},
