@@ -57,6 +57,7 @@
 #   jarchivelib/ jarchivelib's test archives (src/test/resources/archive.tar*)
 #   tar-conduit/ Haskell tar-conduit's test tars (tests/files);  proftpd-mod-tar/  mod_tar's (t/etc/...)
 #   libarchive-c/  python-libarchive-c's test tars (tests/data: '..' names), from its PyPI sdist
+#   distlib/     distlib's unpack tests' tars (tests/: '..' names, a symlink out), from its PyPI sdist
 #   docker.io/   moby's integration tests' docker save from before docker 1.10 (emptyLayer.tar:
 #                a 'repositories' file, a layer.tar of 0 bytes)
 #   klauspost-compress/  the Go gzip and zstd decoder's test streams (gzip/testdata/*.gz;
@@ -289,3 +290,7 @@ fetch_pypi_sdist() {
 # sdist): absolute and '..' names, CPython's special files again, a name of Windows' codepage
 fetch_pypi_sdist libarchive-c==5.3 libarchive-c tests/data 'flags.tar' 'special.tar' 'tar_relative.tar' 'unicode.tar' \
     || echo "WARNING: libarchive-c's test archives could not be fetched" >&2
+# distlib's (pip's vendored packaging library) unpack tests: '../' and absolute names, a symlink out of
+# the tree with a file under it
+fetch_pypi_sdist distlib==0.4.4 distlib tests 'bad.tar' 'bad.tar.*' 'evil.tar.gz' \
+    || echo "WARNING: distlib's test archives could not be fetched" >&2

@@ -34,6 +34,7 @@
     tarconduit/NAME  Haskell tar-conduit's test tars (tests/files)
     proftpd/NAME     ProFTPD mod_tar's test tar (t/etc/modules/mod_tar)
     libarchivec/NAME python-libarchive-c's test tars (tests/data, from its PyPI sdist)
+    distlib/NAME     distlib's unpack tests' tars (tests/, from its PyPI sdist)
     pgzip/NAME       klauspost/pgzip's gzip test streams (testdata/*.gz)
     ruby/NAME        rubygems' test gems (test/rubygems/...): NAME a .gem (a plain tar), or
                      ``GEM:data.tar.gz`` for the gzipped tar of its files inside
@@ -100,7 +101,7 @@ _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "common
             "archextract": "perl-archive-extract", "archany": "perl-archive-any",
             "archanylite": "perl-archive-any-lite", "archpeek": "perl-archive-peek",
             "jarchivelib": "jarchivelib", "tarconduit": "tar-conduit",
-            "proftpd": "proftpd-mod-tar", "libarchivec": "libarchive-c"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
+            "proftpd": "proftpd-mod-tar", "libarchivec": "libarchive-c", "distlib": "distlib"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
 
 
 def _go_compress_dir():

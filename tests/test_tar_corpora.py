@@ -394,6 +394,13 @@ EXPECT = {
                                 "python-libarchive-c-test-dot-dot-file"),
     "libarchivec/tar_relative.tar": go("a_parent_folder.txt", "another_folder", "another_folder/b_two_root.txt",
                                        "folder", "folder/subfolder", "folder/subfolder/b_subfolder.txt"),
+    # --- distlib's unpack tests (PyPI's sdist): '../file4.txt' and '/tmp/file5.txt', re-rooted ---
+    **{f"distlib/{n}": go("file1.txt", "subdir", "subdir/subsubdir", "subdir/subsubdir/file3.txt",
+                          "subdir/file2.txt", "file4.txt", "tmp", "tmp/file5.txt")
+       for n in ("bad.tar", "bad.tar.bz2", "bad.tar.gz")},
+    # a symlink ./tmp -> ../../../../../../../../tmp, then ./tmp/poc: GNU tar ("Not a directory") and
+    # bsdtar ("Cannot extract through symlink") fail that entry; inside the root the link names itself
+    "distlib/evil.tar.gz": refused("ExtractError", "entry './tmp/poc': too many levels of symlinks in 'tmp'"),
     # --- written here by git archive (corpora.written): a global 'comment' of the commit id, ustar
     # prefixes, PAX path and linkpath records, a name that is no UTF-8; git's own gzip ---
     **{f"gitarchive/{n}": REFS for n in ("HEAD.tar", "HEAD.tar.gz", "tree-prefixed.tar")},
