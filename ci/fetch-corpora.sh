@@ -52,12 +52,18 @@
 #   rpm/         rpm's test source tarballs (tests/data/SOURCES)
 #   diffoscope/  diffoscope's test tars (tests/data: a directory of mode 000 over its file, a
 #                character device, a tar in a tar; .debs' control.tar.gz; a native package)
+#   perl-archive-extract/, perl-archive-any/, perl-archive-any-lite/, perl-archive-peek/  the test
+#                tars of CPAN's Archive::Extract (t/src), Archive::Any, Archive::Any::Lite, Archive::Peek (t/)
+#   jarchivelib/ jarchivelib's test archives (src/test/resources/archive.tar*)
+#   tar-conduit/ Haskell tar-conduit's test tars (tests/files);  proftpd-mod-tar/  mod_tar's (t/etc/...)
+#   libarchive-c/  python-libarchive-c's test tars (tests/data: '..' names), from its PyPI sdist
+#   distlib/     distlib's unpack tests' tars (tests/: '..' names, a symlink out), from its PyPI sdist
 #   docker.io/   moby's integration tests' docker save from before docker 1.10 (emptyLayer.tar:
 #                a 'repositories' file, a layer.tar of 0 bytes)
 #   klauspost-compress/  the Go gzip and zstd decoder's test streams (gzip/testdata/*.gz;
 #                zstd/testdata: good.zip, bad.zip and the fuzzers' regression zips of .zst
 #                streams, kept zipped; xml.zst...), for tests/test_compression_corpora.py
-#                these twenty-eight: upstream sources from Debian source packages (apt-get source
+#                these thirty-five: upstream sources from Debian source packages (apt-get source
 #                through a private deb-src list made from this machine's own apt sources)
 #   gocode/      the Go sources of Docker (golang-github-docker-docker-dev: the layers of its
 #                tarsum and archive tests), of tar-split (golang-github-vbatts-tar-split-dev:
@@ -75,13 +81,17 @@
 # and .debian.tar besides: test_tar_corpora.py's crafted cousins write what its archives
 # exercise), ruby-minitar (apt-get source fails: the mirror lacks its .orig and .debian
 # tarballs; the binary package has no tests), haskell-tar (property tests only), libtar (none),
-# rust-tokio-tar and rust-async-tar (not in bookworm), node-tar-fs, python-libarchive-c,
+# rust-tokio-tar and rust-async-tar (not in bookworm), node-tar-fs, python-libarchive-c (fetched from PyPI),
 # golang-github-containers-storage, karchive and squashfs-tools-ng (the mirror lacks their
 # .orig tarballs), setuptools and node-gyp (the same), python-pip (no tar), e2fsprogs (two GNU
 # tars of disk images, as cargo's and rpm's), dpkg (one 0-byte .orig.tar,
 # a signature fixture), zig (not in bookworm), tar (its test suite writes every archive from
 # scripts; the star archives it can use are downloaded by hand): tests/corpora.py writes GNU tar's
 # formats with tar and bsdtar instead.
+# Also not fetched: libarchive-tar-wrapper-perl, python-handy-archives, ruby-mixlib-archive,
+# ruby-ffi-libarchive, archivemount, notary, tardiff, zarchive (the mirror lacks their .orig
+# tarballs); pypy3's test suite and PyPI's backports.tarfile ship CPython's tarfile archives,
+# byte for byte those of libpython3.11-testsuite.
 set -euo pipefail
 cache="${LAMINA_CORPORA:-/var/cache/lamina-corpora}"
 
@@ -232,3 +242,55 @@ fetch_source diffoscope diffoscope tests/data '*.tar' '*.tar.gz' \
     || echo "WARNING: diffoscope's test tars could not be fetched" >&2
 fetch_source golang-github-containers-common containers-common libimage/testdata 'buildkit-*.tar' \
     exported-container.tar || echo "WARNING: containers/common's libimage test archives could not be fetched" >&2
+# Perl's archive wrappers (CPAN's Archive::Extract, Archive::Any, Archive::Any::Lite, Archive::Peek):
+# the tars of their tests, most written by the GNU tar or Archive::Tar of their day ("naughty" ones
+# of absolute and '..' names, "impolite" ones of no top directory, a symlink)
+fetch_source libarchive-extract-perl perl-archive-extract t/src '*.tar' '*.tgz' '*.tbz' '*.txz' '*.tar.*' \
+    || echo "WARNING: Archive::Extract's test archives could not be fetched" >&2
+fetch_source libarchive-any-perl perl-archive-any t '*.tar' '*.tgz' '*.tar.gz' \
+    || echo "WARNING: Archive::Any's test archives could not be fetched" >&2
+fetch_source libarchive-any-lite-perl perl-archive-any-lite t '*.tar' '*.tgz' '*.tar.*' \
+    || echo "WARNING: Archive::Any::Lite's test archives could not be fetched" >&2
+fetch_source libarchive-peek-perl perl-archive-peek t '*.tgz' '*.tar.*' \
+    || echo "WARNING: Archive::Peek's test archives could not be fetched" >&2
+# jarchivelib's (a Java wrapper of Commons Compress), Haskell tar-conduit's and ProFTPD mod_tar's test archives
+fetch_source jarchivelib jarchivelib src/test/resources 'archive.tar*' \
+    || echo "WARNING: jarchivelib's test archives could not be fetched" >&2
+fetch_source haskell-tar-conduit tar-conduit tests/files '*.tar' '*.tar.gz' \
+    || echo "WARNING: tar-conduit's test archives could not be fetched" >&2
+fetch_source proftpd-mod-tar proftpd-mod-tar t/etc/modules/mod_tar '*.tar' \
+    || echo "WARNING: ProFTPD mod_tar's test archive could not be fetched" >&2
+
+# fetch_pypi_sdist PROJECT==VERSION DEST SUBDIR PATTERN...: as fetch_source, from a PyPI source
+# distribution (pip download in a throwaway venv: pip builds the sdist's metadata to check it)
+fetch_pypi_sdist() {
+    local spec="$1" dest="$cache/$2" sub="$3" i sdist pat
+    shift 3
+    [ -e "$dest/SOURCE" ] && return 0
+    local dl="$work/pypi-${spec%%=*}"
+    mkdir -p "$dl/x"
+    [ -x "$work/pip-venv/bin/pip" ] || python3 -m venv "$work/pip-venv" || return 1
+    for i in 1 2 3; do
+        "$work/pip-venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
+            -d "$dl" "$spec" >/dev/null 2>&1 && break
+        sleep $((i * 5))
+    done
+    sdist="$(ls "$dl"/*.tar.gz 2>/dev/null | head -1)"
+    [ -n "$sdist" ] || return 1
+    local pats=()
+    for pat in "$@"; do pats+=("*/$sub/$pat"); done
+    tar -xzf "$sdist" -C "$dl/x" --wildcards "${pats[@]}" || return 1
+    rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
+    cp -a "$dl"/x/*/"$sub"/. "$dest.tmp/"
+    basename "$sdist" > "$dest.tmp/SOURCE"
+    rm -rf "$dest" "$dl" && mv "$dest.tmp" "$dest"
+}
+
+# python-libarchive-c's test tars (Debian's source package lacks its .orig on the mirror; PyPI has the
+# sdist): absolute and '..' names, CPython's special files again, a name of Windows' codepage
+fetch_pypi_sdist libarchive-c==5.3 libarchive-c tests/data 'flags.tar' 'special.tar' 'tar_relative.tar' 'unicode.tar' \
+    || echo "WARNING: libarchive-c's test archives could not be fetched" >&2
+# distlib's (pip's vendored packaging library) unpack tests: '../' and absolute names, a symlink out of
+# the tree with a file under it
+fetch_pypi_sdist distlib==0.4.4 distlib tests 'bad.tar' 'bad.tar.*' 'evil.tar.gz' \
+    || echo "WARNING: distlib's test archives could not be fetched" >&2

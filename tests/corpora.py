@@ -27,6 +27,14 @@
     rpm/NAME         rpm's test source tarballs (tests/data/SOURCES)
     dockerio/NAME    moby's integration test archives (engine/integration-cli/testdata)
     diffoscope/NAME  diffoscope's test tars (tests/data)
+    archextract/NAME, archany/NAME, archanylite/NAME, archpeek/NAME
+                     the test tars of CPAN's Archive::Extract (t/src), Archive::Any, Archive::Any::Lite
+                     and Archive::Peek (t/): absolute names, no top directory, a symlink
+    jarchivelib/NAME jarchivelib's test archives (src/test/resources/archive.tar*: a name of 230 bytes)
+    tarconduit/NAME  Haskell tar-conduit's test tars (tests/files)
+    proftpd/NAME     ProFTPD mod_tar's test tar (t/etc/modules/mod_tar)
+    libarchivec/NAME python-libarchive-c's test tars (tests/data, from its PyPI sdist)
+    distlib/NAME     distlib's unpack tests' tars (tests/, from its PyPI sdist)
     pgzip/NAME       klauspost/pgzip's gzip test streams (testdata/*.gz)
     ruby/NAME        rubygems' test gems (test/rubygems/...): NAME a .gem (a plain tar), or
                      ``GEM:data.tar.gz`` for the gzipped tar of its files inside
@@ -43,10 +51,13 @@
                      repository, by the git of this machine on first use
 
 Looked at and left out, shipping no tar archive or none the mirror has (ci/fetch-corpora.sh
-says why): tar-rs, minitar, Haskell's tar, libtar, python-libarchive-c, dpkg, zig, GNU tar,
+says why): tar-rs, minitar, Haskell's tar, libtar, dpkg, zig, GNU tar,
 tarlz, pigz, zlib, php-pear's Archive_Tar, pristine-tar, containers-storage, MirBSD pax, cpio,
 umoci, containerd, lz4, python-pip (no tar), setuptools and node-gyp (the mirror lacks their
-.orig tarballs), e2fsprogs (two GNU tars of 2 MiB disk images, bzip2: nothing cargo's and rpm's
+.orig tarballs), Archive::Tar::Wrapper, python-handy-archives, ruby-mixlib-archive,
+ruby-ffi-libarchive, archivemount, notary, tardiff and zarchive (the same), PyPI's
+backports.tarfile and Debian's pypy3-lib-testsuite (CPython's testtar.tar, recursion.tar and
+testtar.tar.xz, byte for byte), tarsafe (its sdist does not build without poetry), e2fsprogs (two GNU tars of 2 MiB disk images, bzip2: nothing cargo's and rpm's
 GNU tars lack).  tar-split's archive/tar/testdata
 (in the same Debian package as its tar/asm/testdata) is byte for byte Go's.  libarchive's test
 archives newer than Debian's 3.6.2 (3.7's global-header, vendor-keyword, sparse-past-the-size,
@@ -86,7 +97,11 @@ _SOURCES = {"libarchive": "libarchive", "nodetar": "nodetar", "commons": "common
             "pgzip": "pgzip", "cimage": "containers-image", "podman": "podman", "ostree": "ostree",
             "file": "file", "ccommon": "containers-common",
             "klauspost": "klauspost-compress", "git": "git", "npm": "npm", "cargo": "cargo", "rpm": "rpm",
-            "dockerio": "docker.io", "diffoscope": "diffoscope"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
+            "dockerio": "docker.io", "diffoscope": "diffoscope",
+            "archextract": "perl-archive-extract", "archany": "perl-archive-any",
+            "archanylite": "perl-archive-any-lite", "archpeek": "perl-archive-peek",
+            "jarchivelib": "jarchivelib", "tarconduit": "tar-conduit",
+            "proftpd": "proftpd-mod-tar", "libarchivec": "libarchive-c", "distlib": "distlib"}  # corpus: its directory in CACHE (ci/fetch-corpora.sh)
 
 
 def _go_compress_dir():
@@ -194,9 +209,9 @@ def archive(key):
     data = shipped(key)
     if name.endswith(".Z"):
         data = _unZ(data)
-    elif name.endswith((".bz2", "_bz2")):
+    elif name.endswith((".bz2", "_bz2", ".tbz")):
         data = bz2.decompress(data)
-    elif name.endswith(".xz"):
+    elif name.endswith((".xz", ".txz")):
         data = lzma.decompress(data)
     if name.endswith((".tgz", ".gz")):
         try:
