@@ -33,7 +33,7 @@ from ..platform import Platform
 from ..reference import Reference
 from .client import RegistryClient, manifest_response
 from .progress import Reporter
-from .blobstream import BlobStream, Cancelled
+from .blobstream import Cancelled, open_blob_stream
 
 DEFAULT_CONCURRENCY = 3
 # The next blob's request goes out when the one before it has about a request's latency of
@@ -455,8 +455,8 @@ class Puller:
                 trace.event("blob-last-byte", digest=digest[7:19])
                 reporter.state(digest, at_end)
 
-        stream = BlobStream(repos, digest, size, offset=offset, on_data=on_data, cancel=self._cancel,
-                            on_retry=lambda: reporter.state(digest, "Retrying"))
+        stream = open_blob_stream(repos, desc, offset=offset, on_data=on_data, cancel=self._cancel,
+                                  on_retry=lambda: reporter.state(digest, "Retrying"))
         return stream
 
     def _download(self, repos, desc, w, result, turn=None, served=None):

@@ -37,7 +37,7 @@ from ..oci.image import LayerRef, ResolvedImage, Source
 from ..oci.model import document_media_type, parse_config, parse_manifest
 from ..platform import Platform
 from ..reference import Reference
-from .blobstream import BlobStream, Cancelled
+from .blobstream import Cancelled, open_blob_stream
 from .client import RegistryClient
 from .progress import Reporter
 from .pull import fetch_config, image_platform, resolve
@@ -212,8 +212,8 @@ class _Download:
                 self.nearly_done = True
                 source._ended(self)
 
-        self.stream = BlobStream(source._repos, desc.digest, desc.size, on_data=on_data, cancel=source._cancel,
-                                 on_retry=lambda: reporter.state(desc.digest, "Retrying"))
+        self.stream = open_blob_stream(source._repos, desc, on_data=on_data, cancel=source._cancel,
+                                       on_retry=lambda: reporter.state(desc.digest, "Retrying"))
         self._thread = threading.Thread(target=self._run, name=f"lamina-download-{index}", daemon=True)
 
     def start(self):
