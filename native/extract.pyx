@@ -4782,15 +4782,18 @@ cdef class Extractor:
         own from an earlier entry) leaves it the entry's xattrs only, as it does its owner and
         mode: in the overlay formats the upper layer's directory hides the lower one's, and
         umoci clears a directory's xattrs before it sets the entry's.  Kept: the overlay
-        markers this extraction set (an opaque directory stays opaque) and the host's
-        security label, which an SELinux kernel lets no one remove; a security.selinux a
-        layer's entry set where the kernel keeps none goes, as from the overlay mount."""
+        markers this extraction set (an opaque directory stays opaque), unpack's mark on the
+        root (its staging dir's, which the image's tree never gets), and the host's security
+        label, which an SELinux kernel lets no one remove; a security.selinux a layer's entry
+        set where the kernel keeps none goes, as from the overlay mount."""
         lpath = b"/proc/self/fd/%d/%s" % (pfd, base)  # l*xattr: base itself, never followed
         keep = self.cur_xattrs or {}
         for k in os.listxattr(lpath, follow_symlinks=False):
             kb = os.fsencode(k)
             if kb in keep or kb.startswith((b"trusted.overlay.", b"user.overlay.")):
                 continue
+            if kb == b"user.lamina.staging" and base == b".":
+                continue   # unpack's mark on the staging dir it extracts into (unpacker._MARK), not the image's
             try:
                 os.removexattr(lpath, kb, follow_symlinks=False)
             except OSError as e:

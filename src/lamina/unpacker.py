@@ -317,6 +317,13 @@ _STAGING_PREFIX = ".lamina-tmp-"
 _NEWBORN_PREFIX = ".lamina-new-"
 # the names _make_staging_inside gives, which the next unpack may sweep
 _IN_PLACE_NAME = re.compile(r"\.lamina-(?:tmp|new)-[0-9a-f]{8}")
+# A staging dir is marked by lamina with this xattr, its value the directory's inode number: the
+# sweep removes only a marked one.  A name alone said nothing of whose it is: an image whose one
+# top-level entry is named .lamina-tmp-<8 hex> was swept out of DEST by the next unpack, and a
+# DEST.lamina-tmp-* someone else left beside DEST went too.  Neither an image's entry (the
+# value names an inode nobody can choose) nor a copy (cp -a, a tar of it: another inode) passes
+# for one.  On a filesystem without user xattrs nothing is marked, and nothing is swept.
+_MARK = "user.lamina.staging"
 _held = {}  # staging dir -> an fd of it (a sibling's holds its lock)
 _in_place = {}  # staging dir inside DEST -> (DEST's fd, (st_dev, st_ino) of the staging dir)
 _beside = {}  # sibling staging dir -> an fd of DEST's parent, which the commit and cleanup go by
@@ -407,6 +414,7 @@ def _make_sibling(parent_fd, parent, name, dest):
                                f"was replaced by someone else before lamina opened it") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            _mark(fd)
             os.rename(newborn, own, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
             return fd, os.path.join(parent, own)
         except FileNotFoundError:
@@ -416,6 +424,27 @@ def _make_sibling(parent_fd, parent, name, dest):
                 _remove_newborn(newborn, parent_fd)
             os.close(fd)
             raise
+
+
+def _mark(fd):
+    try:
+        os.setxattr(fd, _MARK, str(os.fstat(fd).st_ino).encode())
+    except OSError:
+        pass   # no user xattrs here: left unmarked, a killed unpack's dir is never swept
+
+
+def _unmark(fd):
+    try:
+        os.removexattr(fd, _MARK)
+    except OSError:
+        pass   # none (ENODATA), or no user xattrs here
+
+
+def _is_marked(fd):
+    try:
+        return os.getxattr(fd, _MARK) == str(os.fstat(fd).st_ino).encode()
+    except OSError:
+        return False
 
 
 def _unlink_if_not_dir(dir_fd, name):
@@ -446,6 +475,7 @@ def _make_staging_inside(dest):
                 continue   # a name taken, or swept by another unpack before we opened it
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                _mark(fd)
                 os.rename(newborn, own, src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
                 break
             except FileNotFoundError:
@@ -639,11 +669,12 @@ def _forget_in_place(st_dev, st_ino, name):
 
 
 def _sweep_killed(dir_fd, shown, ours, newborn, recorded=None):
-    """Remove the staging dirs in ``dir_fd`` (``shown``: its path) whose names ``ours`` takes and
-    whose lock nobody holds: those of killed unpacks (``newborn``-named ones are empty: they were
-    never named).  Through ``dir_fd``, never by a path through a parent swapped meanwhile.
-    ``recorded``: (st_dev, st_ino, name) -> whether a staging dir was recorded as made so,
-    which it must be to be taken (a newborn needs none: it is only ever removed if empty)."""
+    """Remove the staging dirs in ``dir_fd`` (``shown``: its path) whose names ``ours`` takes, that
+    lamina marked (_MARK), and whose lock nobody holds: those of killed unpacks (``newborn``-named
+    ones are empty: they were never named).  Through ``dir_fd``, never by a path through a parent
+    swapped meanwhile.  ``recorded``: (st_dev, st_ino, name) -> whether a staging dir was recorded
+    as made so, which it must also be to be taken (a newborn needs none: only ever removed if
+    empty)."""
     try:
         found = [n for n in os.listdir(dir_fd) if ours(n)]
     except OSError:
@@ -658,10 +689,11 @@ def _sweep_killed(dir_fd, shown, ours, newborn, recorded=None):
             st = os.fstat(fd)
             if recorded is not None and not n.startswith(newborn) and not recorded(st.st_dev, st.st_ino, n):
                 continue  # no unpack made it: an image's directory, or the user's
-            trace.event("sweep-killed-staging", path=os.path.join(shown, n))
             if n.startswith(newborn):
-                _remove_newborn(n, dir_fd)
-            else:
+                trace.event("sweep-killed-staging", path=os.path.join(shown, n))
+                _remove_newborn(n, dir_fd)   # (an rmdir: only ever an empty one)
+            elif _is_marked(fd) and _is_at(dir_fd, n, fd):
+                trace.event("sweep-killed-staging", path=os.path.join(shown, n))
                 remove_tree(f"/proc/self/fd/{dir_fd}/{n}")
                 if recorded is not None:
                     _forget_in_place(st.st_dev, st.st_ino, n)
@@ -690,7 +722,12 @@ def _commit(staging, dest):
     if staging in _in_place:
         _move_up(staging, dest)
         return
-    _rename_onto(_beside[staging], os.path.basename(staging), os.path.basename(dest), _held[staging], dest)
+    fd = _held[staging]
+    _rename_onto(_beside[staging], os.path.basename(staging), os.path.basename(dest), fd, dest)
+    # DEST is the image's tree, without lamina's mark; taken off only now: killed at the rename,
+    # the staging dir keeps its mark and the next unpack sweeps it (a kill between the two
+    # leaves the mark on DEST's root, which no sweep ever matches: DEST is not named like one)
+    _unmark(fd)
 
 
 def _rename_onto(dir_fd, own, name, fd, dest):
@@ -789,6 +826,8 @@ def _copy_root_metadata(st, src_fd, dst_fd):
         steps.append(lambda: os.chown(dst_fd, st.st_uid, st.st_gid))
     steps.append(lambda: os.chmod(dst_fd, stat.S_IMODE(st.st_mode)))
     for attr in os.listxattr(src_fd):
+        if attr == _MARK:
+            continue   # lamina's, of the staging dir
         steps.append(lambda attr=attr: os.setxattr(dst_fd, attr, os.getxattr(src_fd, attr)))
     for step in steps:
         try:
