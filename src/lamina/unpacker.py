@@ -391,37 +391,46 @@ def make_sibling_staging(dest):
 def _make_sibling(parent_fd, parent, name, dest):
     """The locked fd and the name of a new sibling staging dir, made in DEST's parent (by its fd:
     a path through a parent swapped meanwhile would put it elsewhere)."""
+    fd, own = _make_newborn(parent_fd, parent, name + _NEWBORN_PREFIX, name + _STAGING_PREFIX, dest)
+    return fd, os.path.join(parent, own)
+
+
+def _make_newborn(dir_fd, shown, newborn_prefix, own_prefix, dest):
+    """The locked and marked fd and the name of a new staging dir in ``dir_fd`` (``shown``: its
+    path): made under ``newborn_prefix`` + a token, locked, marked, then renamed to
+    ``own_prefix`` + the token, so a staging dir nobody holds is a killed unpack's, which the
+    next unpack removes (_sweep_killed).  All by ``dir_fd``, never a path through it."""
     while True:
-        suffix = secrets.token_hex(4)
-        newborn, own = name + _NEWBORN_PREFIX + suffix, name + _STAGING_PREFIX + suffix
+        token = secrets.token_hex(4)
+        newborn, own = newborn_prefix + token, own_prefix + token
         try:
-            os.mkdir(newborn, 0o700, dir_fd=parent_fd)
+            os.mkdir(newborn, 0o700, dir_fd=dir_fd)
         except FileExistsError:
             continue
         except OSError as e:  # named by its whole path, as mkdtemp did (the CLI names its directory)
-            raise type(e)(e.errno, e.strerror, os.path.join(parent, newborn)) from None
+            raise type(e)(e.errno, e.strerror, os.path.join(shown, newborn)) from None
         try:  # O_NOFOLLOW: the layers go by this fd (pinned_staging)
-            fd = os.open(newborn, _DIR_FLAGS, dir_fd=parent_fd)
+            fd = os.open(newborn, _DIR_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
             continue  # another unpack to DEST swept it (empty, unlocked yet): make another
         except OSError as e:
             if e.errno not in (errno.ENOTDIR, errno.ELOOP):
                 raise
-            # whoever can write DEST's parent moved ours away (empty: nothing of ours is left) and
+            # whoever can write the directory moved ours away (empty: nothing of ours is left) and
             # put something at its name; a symlink or file there is unlinked, never followed
-            _unlink_if_not_dir(parent_fd, newborn)
-            raise ExtractError(f"cannot unpack into {dest}: the new staging dir {os.path.join(parent, newborn)} "
+            _unlink_if_not_dir(dir_fd, newborn)
+            raise ExtractError(f"cannot unpack into {dest}: the new staging dir {os.path.join(shown, newborn)} "
                                f"was replaced by someone else before lamina opened it") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             _mark(fd)
-            os.rename(newborn, own, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-            return fd, os.path.join(parent, own)
+            os.rename(newborn, own, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return fd, own
         except FileNotFoundError:
             os.close(fd)   # another unpack to DEST swept it before our lock: still empty, make another
         except BaseException:
-            if _is_at(parent_fd, newborn, fd):
-                _remove_newborn(newborn, parent_fd)
+            if _is_at(dir_fd, newborn, fd):
+                _remove_newborn(newborn, dir_fd)
             os.close(fd)
             raise
 
@@ -463,28 +472,8 @@ def _make_staging_inside(dest):
     except OSError as e:
         raise ExtractError(f"cannot open destination {dest}: {e.strerror}") from None
     try:
-        # born under another name and locked before it is named, as a sibling is: so a staging
-        # dir nobody holds is a killed unpack's, which the next one removes (_sweep_killed_inside)
-        while True:
-            token = secrets.token_hex(4)
-            newborn, own = _NEWBORN_PREFIX + token, _STAGING_PREFIX + token
-            try:
-                os.mkdir(newborn, 0o700, dir_fd=dest_fd)
-                fd = os.open(newborn, _DIR_FLAGS, dir_fd=dest_fd)
-            except (FileExistsError, FileNotFoundError):
-                continue   # a name taken, or swept by another unpack before we opened it
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                _mark(fd)
-                os.rename(newborn, own, src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
-                break
-            except FileNotFoundError:
-                os.close(fd)   # swept before our lock: make another
-            except BaseException:
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.rmdir(newborn, dir_fd=dest_fd)
-                raise
+        # born under another name and locked before it is named, as a sibling is
+        fd, own = _make_newborn(dest_fd, dest, _NEWBORN_PREFIX, _STAGING_PREFIX, dest)
         try:
             st = os.fstat(fd)
             os.fchmod(fd, 0o755)  # as a sibling's: a layer's own "./" entry may still set it
@@ -572,10 +561,10 @@ def _abandon_staging(staging, exc):
 _DISCARD = """
 import os, sys
 from lamina.tree import clear_dir
+from lamina.unpacker import _is_at
 dir_fd, fd, name = int(sys.argv[1]), int(sys.argv[2]), os.fsencode(sys.argv[3])
 clear_dir(f"/proc/self/fd/{fd}/.")
-at, st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False), os.fstat(fd)
-if (at.st_dev, at.st_ino) == (st.st_dev, st.st_ino):
+if _is_at(dir_fd, name, fd):
     os.rmdir(name, dir_fd=dir_fd)
 """
 
