@@ -107,7 +107,8 @@ class RegistrySource(Source):
                   for i, d in enumerate(manifest.layers)]
         self.image = ResolvedImage(config=config.raw, config_digest=cdesc.digest, layers=layers,
                                    manifest_digest=mr.digest, manifest=mr.document,
-                                   platform=image_platform(want, r.chosen, config), ref=str(self.ref))
+                                   platform=image_platform(want, r.chosen, config, f"image {self.ref.familiar()}"),
+                                   ref=str(self.ref))
         self._want = want
         return self.image
 
