@@ -6,6 +6,7 @@ import tempfile
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
 
 # Portable C only: no -march, so one wheel runs on every x86_64 / aarch64.
 extra = ["-O2", "-fno-strict-aliasing"]
@@ -74,7 +75,25 @@ extensions = [
     ),
 ]
 
+class build_py_pruned(build_py):
+    """build_py that leaves in build/lib only the modules src/ has now.  setuptools copies the
+    sources into build/lib and never removes one (pypa/setuptools#1871), and pip builds in the
+    checkout: a module deleted or renamed since an earlier build went on into every wheel built
+    there (a reverted module was installed again).  Compiled modules are build_ext's: kept."""
+
+    def run(self):
+        super().run()
+        wanted = {os.path.abspath(p) for p in self.get_outputs(include_bytecode=False)}
+        for top in {package.split(".")[0] for package in self.packages or ()}:  # a deleted subpackage too
+            for parent, _, names in os.walk(os.path.join(self.build_lib, top)):
+                for name in names:
+                    path = os.path.abspath(os.path.join(parent, name))
+                    if name.endswith(".py") and path not in wanted:
+                        os.unlink(path)
+
+
 setup(
+    cmdclass={"build_py": build_py_pruned},
     ext_modules=cythonize(
         extensions,
         language_level=3,

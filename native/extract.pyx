@@ -339,6 +339,21 @@ cdef class _Where:
         return format(str(self), spec)
 
 
+cdef class _AtEntry:
+    """An error in one of an entry's PAX values names the entry (its PAX path, if it has one), not
+    the header's place in the stream ("first tar header"), which the user cannot look up."""
+    cdef object name
+
+    def __cinit__(self, name):
+        self.name = name
+
+    def __str__(self):
+        return f"entry {_show(self.name)}"
+
+    def __format__(self, spec):
+        return format(str(self), spec)
+
+
 def parse_pax(bytes data, where):
     """PAX extended header records "LEN key=value\\n" -> {key: value}.
 
@@ -2915,6 +2930,7 @@ cdef class Extractor:
             _one_reading(gnu_name, gnu_name, pax.get(b"path"), "name", b"path")
             _one_reading(pax.get(b"path") or name, gnu_link, pax.get(b"linkpath"), "link name", b"linkpath")
         if pax:
+            at = _AtEntry(pax.get(b"path") or name)   # (an empty path is none, as below)
             for k, v in pax.items():
                 if not v and not _is_xattr_key(k):
                     continue
@@ -2923,22 +2939,22 @@ cdef class Extractor:
                 elif k == b"linkpath":
                     link = v
                 elif k == b"size":
-                    size = _pax_int(v, "size", where)
+                    size = _pax_int(v, "size", at)
                 elif k == b"uid":
-                    uid = _pax_int(v, "uid", where, UINT32_MAX)
+                    uid = _pax_int(v, "uid", at, UINT32_MAX)
                 elif k == b"gid":
-                    gid = _pax_int(v, "gid", where, UINT32_MAX)
+                    gid = _pax_int(v, "gid", at, UINT32_MAX)
                 elif k == b"mtime":
-                    sec, nsec = _pax_time(v, where)
+                    sec, nsec = _pax_time(v, at)
                 elif k == b"atime" or k == b"ctime":
                     # ignored (CONFORMANCE.md), but one Go cannot read makes it refuse the
                     # header, and docker, containerd and umoci the layer (GNU tar exits 2)
-                    _pax_time(v, where, k.decode())
+                    _pax_time(v, at, k.decode())
                 elif (k == b"uname" or k == b"gname") and _has_byte(v, 0):
                     # lamina owns files by uid/gid alone, but the readers part here: bsdtar cuts
                     # "root\0x" to root's name and gives the file to root, GNU tar keeps the
                     # uid, Go refuses the header (docker and containerd the layer)
-                    raise _errors.InvalidArchiveError(f"{where}: NUL byte in PAX {k.decode()} {_show(v)}")
+                    raise _errors.InvalidArchiveError(f"{at}: NUL byte in PAX {k.decode()} {_show(v)}")
                 elif k.startswith(b"SCHILY.xattr."):
                     xattrs = xattrs or {}
                     xattrs[k[13:]] = v
@@ -4766,15 +4782,18 @@ cdef class Extractor:
         own from an earlier entry) leaves it the entry's xattrs only, as it does its owner and
         mode: in the overlay formats the upper layer's directory hides the lower one's, and
         umoci clears a directory's xattrs before it sets the entry's.  Kept: the overlay
-        markers this extraction set (an opaque directory stays opaque) and the host's
-        security label, which an SELinux kernel lets no one remove; a security.selinux a
-        layer's entry set where the kernel keeps none goes, as from the overlay mount."""
+        markers this extraction set (an opaque directory stays opaque), unpack's mark on the
+        root (its staging dir's, which the image's tree never gets), and the host's security
+        label, which an SELinux kernel lets no one remove; a security.selinux a layer's entry
+        set where the kernel keeps none goes, as from the overlay mount."""
         lpath = b"/proc/self/fd/%d/%s" % (pfd, base)  # l*xattr: base itself, never followed
         keep = self.cur_xattrs or {}
         for k in os.listxattr(lpath, follow_symlinks=False):
             kb = os.fsencode(k)
             if kb in keep or kb.startswith((b"trusted.overlay.", b"user.overlay.")):
                 continue
+            if kb == b"user.lamina.staging" and base == b".":
+                continue   # unpack's mark on the staging dir it extracts into (unpacker._MARK), not the image's
             try:
                 os.removexattr(lpath, kb, follow_symlinks=False)
             except OSError as e:

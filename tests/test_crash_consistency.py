@@ -390,25 +390,33 @@ def test_sigkill_during_an_unpack_from_the_store(layout, expected, tmp_path, poi
 
 
 def test_an_unpack_removes_killed_staging_dirs_but_not_a_running_ones(layout, tmp_path):
-    """A DEST.lamina-tmp-* dir nobody holds locked is a killed unpack's: the next unpack to DEST
-    removes it.  One whose lock is held belongs to an unpack still running: it stays."""
+    """A DEST.lamina-tmp-* dir lamina marked and nobody holds locked is a killed unpack's: the next
+    unpack to DEST removes it.  One whose lock is held belongs to an unpack still running: it
+    stays.  One of that name lamina did not mark (someone else's) stays: the sweep went by the
+    name alone and removed it."""
     import fcntl
     lay, _ = layout
     root = tmp_path / "root"
     lamina(root, "copy", f"oci:{lay.root}:good", "good:1")
     out = tmp_path / "out"
     killed, running = out / "rootfs.lamina-tmp-killed1", out / "rootfs.lamina-tmp-running"
-    for d in (killed, running):
+    # named so by someone else (lamina made no mark on it): not lamina's to remove
+    foreign = out / "rootfs.lamina-tmp-0123abcd"
+    for d in (killed, running, foreign):
         (d / "etc").mkdir(parents=True)
         (d / "etc" / "f").write_bytes(b"x")
+    for d in (killed, running):   # as lamina marks its own (unpacker._MARK: the dir's inode number)
+        os.setxattr(d, "user.lamina.staging", str(os.stat(d).st_ino).encode())
     other = out / "other.lamina-tmp-killed2"  # another DEST's: not this unpack's business
     other.mkdir()
     fd = os.open(running, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         lamina(root, "unpack", "good:1", out / "rootfs")
-        assert sorted(os.listdir(out)) == ["other.lamina-tmp-killed2", "rootfs", "rootfs.lamina-tmp-running"]
-        assert (running / "etc" / "f").read_bytes() == b"x"
+        assert sorted(os.listdir(out)) == ["other.lamina-tmp-killed2", "rootfs", "rootfs.lamina-tmp-0123abcd",
+                                           "rootfs.lamina-tmp-running"]
+        assert (running / "etc" / "f").read_bytes() == b"x" and (foreign / "etc" / "f").read_bytes() == b"x"
+        assert "user.lamina.staging" not in os.listxattr(out / "rootfs")
     finally:
         os.close(fd)
 
@@ -471,3 +479,4 @@ def test_sigkill_while_apply_atomic_replaces_dest_leaves_the_old_tree_or_the_new
     assert rerun.returncode == 0, rerun.stderr
     assert sorted(os.listdir(dest)) == sorted([*tree, "c"]), os.listdir(dest)
     assert not [n for n in os.listdir(tmp_path) if ".lamina-" in n], os.listdir(tmp_path)
+    assert "user.lamina.staging" not in os.listxattr(dest)   # the staging dir's mark (unpacker._MARK)

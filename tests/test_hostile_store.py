@@ -631,3 +631,33 @@ def test_a_shared_layers_other_blob_that_is_no_regular_file_is_refused_not_passe
     os.mkfifo(path) if kind == "fifo" else os.symlink(tmp_path / "nothing", path)
     with pytest.raises(StoreError, match=digest[7:]):
         snapshots.verify_shared(Store(root).paths, [digest], [diff_id], [manifest["layers"][0]["mediaType"]])
+
+
+# --- a blob's name that holds no regular file -------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["symlink-to-a-good-copy", "dangling-symlink"])
+def test_a_symlink_at_a_blobs_name_is_no_blob_and_the_next_copy_puts_the_blob_back(g, kind):
+    """fsck calls a symlink at a blob's name "not a blob" (lamina makes none) and open_blob refuses
+    it, but Store.has_blob followed it (``is_file()``) and the ingest took any name that existed:
+    a copy of the image again said the blob "exists" and kept the symlink, so save kept failing.
+    A blob is a regular file now, to has_blob and the ingest alike: the copy writes it back."""
+    from lamina.store import Store
+    raw = Tar().file("a", b"A" * 5000).file("z", b"Z" * 700).bytes()
+    layout = write_image(g.dest / "layout", [raw])
+    root = g.dest / "store"
+    lamina(root, "copy", f"oci:{layout}:img", "x:1")
+    store = Store(root)
+    (layer,) = [d.digest for d in store.resolve("x:1").layers]
+    blob = store.paths.blob(layer)
+    copy = g.dest / "copy"
+    copy.write_bytes(blob.read_bytes())
+    blob.unlink()
+    blob.symlink_to(copy if kind == "symlink-to-a-good-copy" else g.dest / "gone")
+    assert not store.has_blob(layer)
+    store.close()
+    lamina(root, "copy", f"oci:{layout}:img", "x:1")
+    assert not blob.is_symlink() and blob.read_bytes() == copy.read_bytes()
+    lamina(root, "save", "x:1", "-o", g.dest / "x.tar")
+    fsck = lamina(root, "fsck")
+    assert fsck.stdout.endswith(": 0 errors, 0 warnings\n"), fsck.stdout
+    g.check()

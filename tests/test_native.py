@@ -70,3 +70,26 @@ def test_apply_atomic_exchanges_dest_by_name_under_its_parent_fd(tmp_path):
     assert len(calls) == 1, trace.read_text()
     assert "AT_FDCWD" not in calls[0] and '"dest"' in calls[0], calls[0]
     assert (dest / "a").read_bytes() == b"new\n"
+
+
+def test_a_build_in_the_checkout_keeps_no_module_src_no_longer_has(tmp_path):
+    """pip builds in the checkout, and setuptools' build_py copies src/ into build/lib without
+    ever removing a module there (pypa/setuptools#1871): a module deleted since an earlier build
+    (the reverted inflate_ahead.py) went on into the wheel and was installed again.  setup.py's
+    build_py now leaves build/lib the modules src/ has, and build_ext's compiled modules."""
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lib = tmp_path / "lib"
+    (lib / "lamina" / "gone").mkdir(parents=True)
+    (lib / "lamina" / "inflate_ahead.py").write_text("reverted = True\n")   # a module src/ lost
+    (lib / "lamina" / "gone" / "__init__.py").write_text("")                 # a whole subpackage
+    (lib / "lamina" / "_extract.fake.so").write_bytes(b"")                  # build_ext's: kept
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(lib)], cwd=repo,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert (lib / "lamina" / "unpacker.py").is_file() and (lib / "lamina" / "store" / "gc.py").is_file()
+    assert not (lib / "lamina" / "inflate_ahead.py").exists()
+    assert not (lib / "lamina" / "gone" / "__init__.py").exists()
+    assert (lib / "lamina" / "_extract.fake.so").exists()

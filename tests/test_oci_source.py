@@ -300,11 +300,28 @@ def test_partial_export_resolves_the_platform_present(tmp_path):
         resolve(lay.root, "linux/arm64")
 
 
-def test_single_manifest_checked_against_explicit_platform(simple):
+def test_a_single_image_of_another_platform_than_asked_is_taken_with_a_warning(simple, tmp_path):
+    """A layout's one image (no index to choose from) is amd64, --platform says arm64: lamina
+    refused it ("no image for platform linux/arm64/v8; available: linux/amd64"), where docker
+    pulls it with a warning, containerd and skopeo without one (tests/CONFORMANCE.md).  It is
+    taken now, with that warning: a Python warning to the API, one stderr line from the CLI."""
+    import warnings
+
+    from lamina.errors import PlatformMismatchWarning
+    from storekit import lamina as lamina_cli
     lay, m = simple
-    assert resolve(lay.root, "linux/amd64").manifest_digest == m["digest"]
-    with pytest.raises(PlatformNotFoundError, match="linux/arm64/v8.*available: linux/amd64"):
-        resolve(lay.root, "linux/arm64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # a matching platform warns of nothing
+        assert resolve(lay.root, "linux/amd64").manifest_digest == m["digest"]
+    with pytest.warns(PlatformMismatchWarning, match=r"its platform \(linux/amd64\) does not match the specified "
+                                                    r"platform \(linux/arm64/v8\)"):
+        img = resolve(lay.root, "linux/arm64")
+    assert img.manifest_digest == m["digest"] and str(img.platform) == "linux/amd64"
+    p = lamina_cli(tmp_path / "store", "unpack", "--platform", "linux/arm64", f"oci:{lay.root}", tmp_path / "u",
+                   check=False)
+    assert p.returncode == 0 and (tmp_path / "u" / "b").exists(), p.stderr
+    assert p.stderr == (f"lamina: warning: image v1 of {lay.root} was found but its platform (linux/amd64) does not "
+                        "match the specified platform (linux/arm64/v8)\n"), p.stderr
 
 
 # --- OCI layout: refusals ----------------------------------------------------
@@ -681,9 +698,14 @@ def test_oci_archive_uses_the_layout_inside(skopeo_archives):
 
 
 def test_docker_archive_platform_mismatch(skopeo_archives):
+    """An archive's one image of another platform than asked: taken with a warning, as docker's
+    load takes it (see test_a_single_image_of_another_platform_than_asked_is_taken_with_a_warning)."""
+    from lamina.errors import PlatformMismatchWarning
     plain, _, _ = skopeo_archives
-    with pytest.raises(PlatformNotFoundError, match="available: linux/amd64"):
-        resolve(f"docker-archive:{plain}", "linux/arm64")
+    with pytest.warns(PlatformMismatchWarning, match=r"\(linux/amd64\) does not match the specified platform "
+                                                    r"\(linux/arm64/v8\)"):
+        img = resolve(f"docker-archive:{plain}", "linux/arm64")
+    assert str(img.platform) == "linux/amd64"
 
 
 def test_legacy_docker_save_with_symlinked_repeated_layer(tmp_path):

@@ -626,3 +626,36 @@ def test_a_config_embedded_in_its_descriptor_is_taken_without_a_fetch(tmp_path, 
         assert [s for s in reg.seen if s[1] == "GET" and "/blobs/" in s[2]], "no layer was fetched: a broken test"
     finally:
         reg.stop()
+
+
+def test_a_layer_embedded_in_its_descriptor_is_taken_without_a_fetch(tmp_path, image, registry_env):  # noqa: F811
+    """The config's embedded ``data`` was taken (above), a layer's not: lamina verified the bytes
+    the manifest carries, then downloaded the layer anyway.  The layer is read from its
+    descriptor now, by the pull (the store gets the blob, fsck finds it whole) and by unpack
+    docker:// alike, and the registry is asked for no blob at all."""
+    import base64
+
+    from lamina import unpack
+    lay, m = image
+    doc = _manifest(lay, m)
+    for desc in [doc["config"], *doc["layers"]]:
+        with open(lay.path(desc["digest"]), "rb") as f:
+            desc["data"] = base64.b64encode(f.read()).decode()
+    m2 = lay.json_blob(doc, doc["mediaType"])
+    reg = FakeRegistry(lay, {"1": m2["digest"]})
+    try:
+        store = Store(tmp_path / "store")
+        result = pull(f"{reg.host}/x/y:1", store=store)
+        assert [layer.status for layer in result.layers] == ["downloaded"] * len(doc["layers"])
+        img = store.resolve(f"{reg.host}/x/y:1")
+        assert img.manifest_digest == m2["digest"]
+        assert (store.snapshots_for(img)[0] / "f").read_bytes() == b"hostile registries\n"
+        assert all(store.has_blob(desc["digest"]) for desc in doc["layers"])
+        assert check(store).errors == [], check(store).findings
+        unpack(f"docker://{reg.host}/x/y:1", tmp_path / "dest")
+        assert (tmp_path / "dest" / "f").read_bytes() == b"hostile registries\n"
+        gets = [s[2] for s in reg.seen if s[1] == "GET" and "/blobs/" in s[2]]
+        assert gets == [], f"blobs fetched though their descriptors carry them: {gets}"
+        assert [s for s in reg.seen if s[1] == "GET" and "/manifests/" in s[2]], "nothing asked: a broken test"
+    finally:
+        reg.stop()

@@ -263,8 +263,19 @@ def test_manifest_digest_is_checked(reg, images, registry_env):  # noqa: F811
 
 
 def test_single_manifest_platform_mismatch(reg, images, registry_env):  # noqa: F811
-    with pytest.raises(errors.PlatformNotFoundError, match="linux/arm64/v8.*available: linux/amd64"):
-        pull(f"{reg.host}/app:v1", store=registry_env / "root", platform="linux/arm64")
+    """A tag naming one amd64 image, pulled with --platform linux/arm64: refused before ("no image
+    for platform linux/arm64/v8; available: linux/amd64"); docker pulls it and warns, containerd
+    and skopeo pull it (tests/CONFORMANCE.md).  Pulled with the warning now, stored as what its
+    config says; unpack from the store by platform stays exact, as docker run's does."""
+    root = registry_env / "root"
+    with pytest.warns(errors.PlatformMismatchWarning, match=f"image {reg.host}/app:v1 was found but its platform "
+                      r"\(linux/amd64\) does not match the specified platform \(linux/arm64/v8\)"):
+        result = pull(f"{reg.host}/app:v1", store=root, platform="linux/arm64")
+    assert result.platform == "linux/amd64" and result.manifest_digest == images["v1"]["digest"]
+    p = lamina_cli("pull", "--platform", "linux/arm64", f"{reg.host}/app:v1", root=registry_env / "root2", check=False)
+    assert p.returncode == 0, p.stderr
+    assert f"lamina: warning: image {reg.host}/app:v1 was found but its platform (linux/amd64)" in p.stderr, p.stderr
+    assert Store(registry_env / "root2").resolve(f"{reg.host}/app:v1").manifest_digest == images["v1"]["digest"]
 
 
 def test_concurrent_pulls_share_the_download(reg, images, registry_env):  # noqa: F811

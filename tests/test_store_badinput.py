@@ -54,6 +54,24 @@ def test_truncated_archive(root, tmp_path):
     assert fingerprint(root) == before
 
 
+@pytest.mark.parametrize("how", ["a-tar-named-like-gzip", "a-broken-deflate-block"])
+def test_an_archive_that_gzip_cannot_inflate_is_a_one_line_error(root, tmp_path, how):
+    """An archive starting with gzip's magic whose deflate data is bad made ISA-L's reader raise
+    IsalError (no OSError) through load and unpack docker-archive: a traceback.  A plain tar whose
+    first member's name starts with that magic does it too (docker's load and skopeo go by the
+    magic as lamina does for an archive, and refuse it as well)."""
+    from tarbuild import Tar
+    archive = tmp_path / "odd.tar"
+    if how == "a-tar-named-like-gzip":
+        archive.write_bytes(Tar().file(b"\x1f\x8b\x08\xe0-not-gzip", b"x" * 100).file("b", b"y").bytes())
+    else:   # a gzip member header, then a deflate block of the reserved type 3
+        archive.write_bytes(b"\x1f\x8b\x08\0\0\0\0\0\0\xff" + b"\x07" + bytes(600))
+    before = fingerprint(root)
+    fails(root, "load", "-i", archive, match=f"{archive}: not a readable tar archive")
+    fails(root, "unpack", f"docker-archive:{archive}", tmp_path / "dest", match=f"{archive}: not a readable tar archive")
+    assert fingerprint(root) == before
+
+
 def test_corrupt_second_layer_leaves_no_first_layer_behind(root, tmp_path):
     archive = tmp_path / "flip.tar"
     info = two_layer_archive(archive)

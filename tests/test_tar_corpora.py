@@ -621,7 +621,14 @@ def _crafted():
         # an atime or ctime is ignored (CONFORMANCE.md), but one Go cannot read makes it refuse
         # the header (docker, containerd and umoci the layer); GNU tar exits 2, bsdtar takes it
         "pax-atime-not-a-number": (Tar().pax({"atime": "abc"}).file("f", b"x").bytes(),
-                                   refused("InvalidArchiveError", "first tar header: invalid PAX atime b'abc'")),
+                                   refused("InvalidArchiveError", "entry 'f': invalid PAX atime b'abc'")),
+        # an entry's bad PAX value was named by the header's place ("first tar header", "header
+        # after entry 'a'"): the entry it belongs to is named now, by its PAX path if it has one
+        "pax-mtime-bad-on-a-later-entry": (Tar().file("a", b"x").pax({"mtime": "1x", "path": "usr/lib/p"})
+                                           .file("f", b"y").bytes(),
+                                           refused("InvalidArchiveError", "entry 'usr/lib/p': invalid PAX mtime b'1x'")),
+        "pax-uid-out-of-range": (Tar().pax({"uid": "4294967296"}).file("f", b"y").bytes(),
+                                 refused("InvalidArchiveError", "entry 'f': invalid or out-of-range PAX uid")),
         "pax-ctime-past-int64": (Tar().pax({"ctime": "100000000000000000000"}).file("f", b"x").bytes(),
                                  refused("InvalidArchiveError", "invalid PAX ctime b'100000000000000000000'")),
         "pax-mtime-int64-max-and-a-fraction": (Tar().pax({"mtime": "9223372036854775807.9"}).file("f", b"x").bytes(),

@@ -111,6 +111,7 @@ def test_an_unfinished_unpack_is_named(tmp_path):
     mistaken for a DEST someone else filled, nor unpacked over."""
     dest = tmp_path / "dest"
     (dest / ".lamina-tmp-k2x8q1ab" / "usr").mkdir(parents=True)
+    _mark_as_lamina_does(dest / ".lamina-tmp-k2x8q1ab")
     (dest / "etc").mkdir()
     proc = lamina_cli(tmp_path / "store", "unpack", f"oci:{SAMPLE}", dest, check=False)
     assert proc.returncode == 1
@@ -170,6 +171,7 @@ def test_an_in_place_unpack_leaves_a_running_ones_staging_dir_alone(tmp_path, mo
     import fcntl
     running = mount_point / ".lamina-tmp-0123abcd"
     (running / "etc").mkdir(parents=True)
+    _mark_as_lamina_does(running)
     fd = os.open(running, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -206,6 +208,30 @@ def test_an_entry_named_like_a_staging_dir_that_no_unpack_made_is_never_swept(tm
     proc = lamina_cli(tmp_path / "store", "unpack", ref, dest, check=False)
     assert proc.returncode == 1 and name in proc.stderr, proc.stderr
     assert os.listdir(dest) == [name] and (dest / name / "precious").read_bytes() == b"kept\n"
+
+
+def _mark_as_lamina_does(path):
+    """The xattr lamina marks its staging dirs with (unpacker._MARK): the dir's inode number."""
+    os.setxattr(path, "user.lamina.staging", str(os.stat(path).st_ino).encode())
+
+
+@pytest.mark.parametrize("where", ["renamed", "in place"])
+def test_an_images_entry_named_like_a_staging_dir_is_not_swept_by_the_next_unpack(tmp_path, mount_point, where):
+    """An image whose one top-level entry is named .lamina-tmp-<8 hex> (nothing forbids it): the
+    next unpack into that DEST took the entry for a killed unpack's staging dir (its name, and
+    no lock held) and removed it, then unpacked over the tree.  Only a dir lamina marked is swept
+    now: the unpack refuses DEST, naming the entry, the tree untouched, and no mark reaches DEST
+    (whether it was renamed there or filled in place)."""
+    lay = ob.Layout(tmp_path / "lay")
+    lay.image_of_tars([Tar().dir(".lamina-tmp-0123abcd/").file(".lamina-tmp-0123abcd/mine", b"data\n").bytes()],
+                      ref="odd:1")
+    dest = tmp_path / "dest-renamed" if where == "renamed" else mount_point
+    lamina.unpack(f"oci:{lay.root}:odd:1", dest)
+    assert os.listdir(dest) == [".lamina-tmp-0123abcd"]
+    assert "user.lamina.staging" not in os.listxattr(dest)
+    proc = lamina_cli(tmp_path / "store", "unpack", f"oci:{SAMPLE}", dest, check=False)
+    assert proc.returncode == 1 and ".lamina-tmp-0123abcd" in proc.stderr, proc.stderr
+    assert (dest / ".lamina-tmp-0123abcd" / "mine").read_bytes() == b"data\n"
 
 
 NOBODY = r"""

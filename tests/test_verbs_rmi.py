@@ -319,3 +319,32 @@ def test_rmi_by_id_of_an_image_that_no_longer_reads_removes_it(store, by):
     assert report["findings"] == [], report
     _, err = fails(store.root, "rmi", ref)
     assert "no such image" in err.lower(), err
+
+
+def test_prune_removes_the_partial_downloads_system_df_counts_as_reclaimable(store):
+    """system df counted every file in ingest/ as "Unreferenced ... removed by lamina image
+    prune", but prune left the partials of killed pulls there: only fsck --repair took them.
+    Prune now removes the partials and a killed load's spool; df counts just those (a file
+    of another name in ingest/ is not lamina's to count or remove)."""
+    import hashlib
+    from lamina import images as api
+    data = os.urandom(300_000)
+    partial = store.paths.ingest / f"{hashlib.sha256(data).hexdigest()}.partial"
+    partial.write_bytes(data[:200_000])                         # what a killed pull leaves
+    spool = store.paths.ingest / "load-k1ll3d.tmp"
+    spool.write_bytes(b"\0" * 10_000)                           # what a killed `load <archive` leaves
+    stranger = store.paths.ingest / "notes.txt"
+    stranger.write_bytes(b"x" * 50_000)
+    store.close()
+    du = api.disk_usage(store)
+    assert du.partials == du_bytes(str(partial), str(spool)) > 0
+    assert du.unreferenced_size == du.partials
+    rows = [json.loads(x) for x in ok(store.root, "system", "df", "--format", "json").splitlines()]
+    from lamina.cli.images import human_size
+    assert [r["Reclaimable"] for r in rows if r["Type"] == "Unreferenced"] == [f"{human_size(du.partials)} (100%)"]
+    out = ok(store.root, "image", "prune", "-f")
+    assert out.strip() == f"Total reclaimed space: {human_size(du.partials)}"
+    assert not partial.exists() and not spool.exists() and stranger.exists()
+    du = api.disk_usage(store)
+    assert du.partials == du.unreferenced_size == 0
+    assert len(store.images()) == 2

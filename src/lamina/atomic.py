@@ -129,8 +129,8 @@ def apply_layer_atomic(layer, dest, **kw):
 
     DEST appears (or is replaced) by rename: readers see the old tree or the new one."""
     from .layer import apply_layer
-    from .unpacker import (_abandon_staging, _rename_onto, make_sibling_staging, pinned_staging, release_staging,
-                           sibling_fds)
+    from .unpacker import (_abandon_staging, _mark, _rename_onto, _unmark, make_sibling_staging, pinned_staging,
+                           release_staging, sibling_fds)
     dest = os.path.abspath(os.fsdecode(dest))
     old_fd = _open_dest(dest)
     try:
@@ -140,16 +140,24 @@ def apply_layer_atomic(layer, dest, **kw):
             own, name = os.path.basename(staging), os.path.basename(dest)
             if old_fd is not None:
                 _copy_into(old_fd, fd, dest)
+                _mark(fd)   # again: cp -a copied DEST's xattrs, a mark a kill left on DEST among them
             # "/.": the extractor's O_NOFOLLOW open of its root reaches the dir behind the fd
             stats = apply_layer(layer, os.path.join(pinned_staging(staging), "."), **kw)
             if old_fd is None:
                 _rename_onto(parent_fd, own, name, fd, dest)
             else:
                 # locked as a staging dir is, for once it is at the staging dir's name: a sweep of
-                # killed unpacks there leaves it to this process
+                # killed unpacks there leaves it to this process; and marked as one (unpacker._MARK)
+                # before it goes there, so that what a kill leaves there is swept
                 with contextlib.suppress(OSError):
                     fcntl.flock(old_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                old_name = _exchange_with_dest(parent_fd, own, name, fd, old_fd, dest)
+                _mark(old_fd)
+                try:
+                    old_name = _exchange_with_dest(parent_fd, own, name, fd, old_fd, dest)
+                except BaseException:
+                    _unmark(old_fd)   # DEST is back in its place (or never left it)
+                    raise
+            _unmark(fd)   # DEST now: the layer's tree, without the staging dir's mark
         except BaseException as e:  # includes KeyboardInterrupt: never leave a half-made tree
             _abandon_staging(staging, e)
             raise

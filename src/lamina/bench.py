@@ -48,7 +48,6 @@ from .oci.image import LayerRef, ResolvedImage, Source
 from .oci.source import parse_source
 from .unpacker import unpack
 
-_HEAD_BYTES = 8  # enough for compression.detect
 DEFAULT_SIZES = (1000, 10000, 100000)
 DEFAULT_HUGE_MIB = (8, 32, 128)  # huge-files sizes are MiB per file
 # What each tool checks and does, printed with the comparison: the plain tar extractors
@@ -359,7 +358,7 @@ class Subject:
         if self.kind == "layer":
             self.layer_file = os.path.abspath(source)
             with open(source, "rb") as f:
-                kind = compression.detect(f.read(_HEAD_BYTES))
+                kind = compression.sniff(f)[1]
             self.layers = [{"index": 0, "path": self.layer_file, "digest": None, "diff_id": None,
                             "media_type": None, "compression": kind}]
             return
@@ -384,7 +383,9 @@ class Subject:
                     with layer.open() as f, open(blob, "wb") as out:
                         shutil.copyfileobj(f, out, 1 << 20)
                 with open(blob, "rb") as f:
-                    kind = compression.detect(f.read(_HEAD_BYTES))
+                    # (not the magic alone: a tar whose first name starts with gzip's is a tar,
+                    # as lamina's unpack, GNU tar and containerd read it, unless its type says gzip)
+                    kind = compression.sniff(f, layer.media_type)[1]
                 self.layers.append({"index": layer.index, "path": blob, "digest": layer.digest,
                                     "diff_id": layer.diff_id, "media_type": layer.media_type, "compression": kind})
 
@@ -525,7 +526,7 @@ def tar_names(layer_paths):
     names = set()
     for blob in layer_paths:
         with open(blob, "rb") as raw:
-            kind = compression.detect(raw.read(_HEAD_BYTES))
+            kind = compression.sniff(raw)[1]
             raw.seek(0)
             stream = compression.open_decompressed(raw, kind, blob)
             with tarfile.open(fileobj=stream, mode="r|") as tf:

@@ -405,9 +405,11 @@ def decompress_errors():
     import zlib
 
     import zstandard
-    from isal import isal_zlib
+    from isal import igzip_lib, isal_zlib
     import gzip
-    return (EOFError, OSError, zlib.error, isal_zlib.error, zstandard.ZstdError, gzip.BadGzipFile, io.UnsupportedOperation)
+    # (igzip's reader raises igzip_lib.IsalError, no OSError, on a bad deflate block)
+    return (EOFError, OSError, zlib.error, isal_zlib.error, igzip_lib.IsalError, zstandard.ZstdError,
+            gzip.BadGzipFile, io.UnsupportedOperation)
 
 
 class Prefixed(io.RawIOBase):

@@ -116,6 +116,26 @@ class PlatformNotFoundError(ImageError):
         super().__init__(f"no image for platform {requested}; available: {listing(self.available)}")
 
 
+class PlatformMismatchWarning(UserWarning):
+    """``--platform`` named a platform and the image, a single one (no index to choose from),
+    says another in its config.  It is taken, as docker takes it (printing this warning),
+    containerd and skopeo (saying nothing): there is no other image to choose.  The CLI
+    prints it on stderr as docker words it; a caller of the API gets a Python warning."""
+
+    def __init__(self, what, requested, actual):
+        self.what, self.requested, self.actual = what, str(requested), str(actual)
+        super().__init__(f"{what} was found but its platform ({self.actual}) does not match the specified "
+                         f"platform ({self.requested})")
+
+
+def warn_if_other_platform(want, actual, what):
+    """Warn (PlatformMismatchWarning) when a single image of platform ``actual`` was found where
+    ``want`` was asked for (None: nothing asked, or the config says no platform)."""
+    if want is not None and actual is not None and actual != want:
+        import warnings
+        warnings.warn(PlatformMismatchWarning(what, want, actual), stacklevel=3)
+
+
 class BlobNotFoundError(ImageError):
     """A blob named by a manifest is missing."""
 

@@ -812,15 +812,8 @@ def disk_usage(store):
         except LaminaError:  # a broken snapshot: measure it
             info = None
         garbage += info.size if info is not None else directory_usage(store.snapshot_dir(c).parent)
-    partials = 0
-    try:
-        for n in os.listdir(store.paths.ingest):
-            try:
-                partials += os.stat(os.path.join(store.paths.ingest, n)).st_blocks * 512
-            except OSError:
-                pass
-    except FileNotFoundError:
-        pass
+    from .store.gc import stale_ingest
+    partials = sum(size for _, _, size in stale_ingest(store.paths))  # what prune removes
     image_blobs = {d for img in images for d in img.blobs}
     users = {}
     for img in images:

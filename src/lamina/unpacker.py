@@ -317,6 +317,13 @@ _STAGING_PREFIX = ".lamina-tmp-"
 _NEWBORN_PREFIX = ".lamina-new-"
 # the names _make_staging_inside gives, which the next unpack may sweep
 _IN_PLACE_NAME = re.compile(r"\.lamina-(?:tmp|new)-[0-9a-f]{8}")
+# A staging dir is marked by lamina with this xattr, its value the directory's inode number: the
+# sweep removes only a marked one.  A name alone said nothing of whose it is: an image whose one
+# top-level entry is named .lamina-tmp-<8 hex> was swept out of DEST by the next unpack, and a
+# DEST.lamina-tmp-* someone else left beside DEST went too.  Neither an image's entry (the
+# value names an inode nobody can choose) nor a copy (cp -a, a tar of it: another inode) passes
+# for one.  On a filesystem without user xattrs nothing is marked, and nothing is swept.
+_MARK = "user.lamina.staging"
 _held = {}  # staging dir -> an fd of it (a sibling's holds its lock)
 _in_place = {}  # staging dir inside DEST -> (DEST's fd, (st_dev, st_ino) of the staging dir)
 _beside = {}  # sibling staging dir -> an fd of DEST's parent, which the commit and cleanup go by
@@ -384,38 +391,69 @@ def make_sibling_staging(dest):
 def _make_sibling(parent_fd, parent, name, dest):
     """The locked fd and the name of a new sibling staging dir, made in DEST's parent (by its fd:
     a path through a parent swapped meanwhile would put it elsewhere)."""
+    fd, own = _make_newborn(parent_fd, parent, name + _NEWBORN_PREFIX, name + _STAGING_PREFIX, dest)
+    return fd, os.path.join(parent, own)
+
+
+def _make_newborn(dir_fd, shown, newborn_prefix, own_prefix, dest):
+    """The locked and marked fd and the name of a new staging dir in ``dir_fd`` (``shown``: its
+    path): made under ``newborn_prefix`` + a token, locked, marked, then renamed to
+    ``own_prefix`` + the token, so a staging dir nobody holds is a killed unpack's, which the
+    next unpack removes (_sweep_killed).  All by ``dir_fd``, never a path through it."""
     while True:
-        suffix = secrets.token_hex(4)
-        newborn, own = name + _NEWBORN_PREFIX + suffix, name + _STAGING_PREFIX + suffix
+        token = secrets.token_hex(4)
+        newborn, own = newborn_prefix + token, own_prefix + token
         try:
-            os.mkdir(newborn, 0o700, dir_fd=parent_fd)
+            os.mkdir(newborn, 0o700, dir_fd=dir_fd)
         except FileExistsError:
             continue
         except OSError as e:  # named by its whole path, as mkdtemp did (the CLI names its directory)
-            raise type(e)(e.errno, e.strerror, os.path.join(parent, newborn)) from None
+            raise type(e)(e.errno, e.strerror, os.path.join(shown, newborn)) from None
         try:  # O_NOFOLLOW: the layers go by this fd (pinned_staging)
-            fd = os.open(newborn, _DIR_FLAGS, dir_fd=parent_fd)
+            fd = os.open(newborn, _DIR_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
             continue  # another unpack to DEST swept it (empty, unlocked yet): make another
         except OSError as e:
             if e.errno not in (errno.ENOTDIR, errno.ELOOP):
                 raise
-            # whoever can write DEST's parent moved ours away (empty: nothing of ours is left) and
+            # whoever can write the directory moved ours away (empty: nothing of ours is left) and
             # put something at its name; a symlink or file there is unlinked, never followed
-            _unlink_if_not_dir(parent_fd, newborn)
-            raise ExtractError(f"cannot unpack into {dest}: the new staging dir {os.path.join(parent, newborn)} "
+            _unlink_if_not_dir(dir_fd, newborn)
+            raise ExtractError(f"cannot unpack into {dest}: the new staging dir {os.path.join(shown, newborn)} "
                                f"was replaced by someone else before lamina opened it") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            os.rename(newborn, own, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-            return fd, os.path.join(parent, own)
+            _mark(fd)
+            os.rename(newborn, own, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return fd, own
         except FileNotFoundError:
             os.close(fd)   # another unpack to DEST swept it before our lock: still empty, make another
         except BaseException:
-            if _is_at(parent_fd, newborn, fd):
-                _remove_newborn(newborn, parent_fd)
+            if _is_at(dir_fd, newborn, fd):
+                _remove_newborn(newborn, dir_fd)
             os.close(fd)
             raise
+
+
+def _mark(fd):
+    try:
+        os.setxattr(fd, _MARK, str(os.fstat(fd).st_ino).encode())
+    except OSError:
+        pass   # no user xattrs here: left unmarked, a killed unpack's dir is never swept
+
+
+def _unmark(fd):
+    try:
+        os.removexattr(fd, _MARK)
+    except OSError:
+        pass   # none (ENODATA), or no user xattrs here
+
+
+def _is_marked(fd):
+    try:
+        return os.getxattr(fd, _MARK) == str(os.fstat(fd).st_ino).encode()
+    except OSError:
+        return False
 
 
 def _unlink_if_not_dir(dir_fd, name):
@@ -434,27 +472,8 @@ def _make_staging_inside(dest):
     except OSError as e:
         raise ExtractError(f"cannot open destination {dest}: {e.strerror}") from None
     try:
-        # born under another name and locked before it is named, as a sibling is: so a staging
-        # dir nobody holds is a killed unpack's, which the next one removes (_sweep_killed_inside)
-        while True:
-            token = secrets.token_hex(4)
-            newborn, own = _NEWBORN_PREFIX + token, _STAGING_PREFIX + token
-            try:
-                os.mkdir(newborn, 0o700, dir_fd=dest_fd)
-                fd = os.open(newborn, _DIR_FLAGS, dir_fd=dest_fd)
-            except (FileExistsError, FileNotFoundError):
-                continue   # a name taken, or swept by another unpack before we opened it
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                os.rename(newborn, own, src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
-                break
-            except FileNotFoundError:
-                os.close(fd)   # swept before our lock: make another
-            except BaseException:
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.rmdir(newborn, dir_fd=dest_fd)
-                raise
+        # born under another name and locked before it is named, as a sibling is
+        fd, own = _make_newborn(dest_fd, dest, _NEWBORN_PREFIX, _STAGING_PREFIX, dest)
         try:
             st = os.fstat(fd)
             os.fchmod(fd, 0o755)  # as a sibling's: a layer's own "./" entry may still set it
@@ -542,10 +561,10 @@ def _abandon_staging(staging, exc):
 _DISCARD = """
 import os, sys
 from lamina.tree import clear_dir
+from lamina.unpacker import _is_at
 dir_fd, fd, name = int(sys.argv[1]), int(sys.argv[2]), os.fsencode(sys.argv[3])
 clear_dir(f"/proc/self/fd/{fd}/.")
-at, st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False), os.fstat(fd)
-if (at.st_dev, at.st_ino) == (st.st_dev, st.st_ino):
+if _is_at(dir_fd, name, fd):
     os.rmdir(name, dir_fd=dir_fd)
 """
 
@@ -639,11 +658,12 @@ def _forget_in_place(st_dev, st_ino, name):
 
 
 def _sweep_killed(dir_fd, shown, ours, newborn, recorded=None):
-    """Remove the staging dirs in ``dir_fd`` (``shown``: its path) whose names ``ours`` takes and
-    whose lock nobody holds: those of killed unpacks (``newborn``-named ones are empty: they were
-    never named).  Through ``dir_fd``, never by a path through a parent swapped meanwhile.
-    ``recorded``: (st_dev, st_ino, name) -> whether a staging dir was recorded as made so,
-    which it must be to be taken (a newborn needs none: it is only ever removed if empty)."""
+    """Remove the staging dirs in ``dir_fd`` (``shown``: its path) whose names ``ours`` takes, that
+    lamina marked (_MARK), and whose lock nobody holds: those of killed unpacks (``newborn``-named
+    ones are empty: they were never named).  Through ``dir_fd``, never by a path through a parent
+    swapped meanwhile.  ``recorded``: (st_dev, st_ino, name) -> whether a staging dir was recorded
+    as made so, which it must also be to be taken (a newborn needs none: only ever removed if
+    empty)."""
     try:
         found = [n for n in os.listdir(dir_fd) if ours(n)]
     except OSError:
@@ -658,10 +678,11 @@ def _sweep_killed(dir_fd, shown, ours, newborn, recorded=None):
             st = os.fstat(fd)
             if recorded is not None and not n.startswith(newborn) and not recorded(st.st_dev, st.st_ino, n):
                 continue  # no unpack made it: an image's directory, or the user's
-            trace.event("sweep-killed-staging", path=os.path.join(shown, n))
             if n.startswith(newborn):
-                _remove_newborn(n, dir_fd)
-            else:
+                trace.event("sweep-killed-staging", path=os.path.join(shown, n))
+                _remove_newborn(n, dir_fd)   # (an rmdir: only ever an empty one)
+            elif _is_marked(fd) and _is_at(dir_fd, n, fd):
+                trace.event("sweep-killed-staging", path=os.path.join(shown, n))
                 remove_tree(f"/proc/self/fd/{dir_fd}/{n}")
                 if recorded is not None:
                     _forget_in_place(st.st_dev, st.st_ino, n)
@@ -690,7 +711,12 @@ def _commit(staging, dest):
     if staging in _in_place:
         _move_up(staging, dest)
         return
-    _rename_onto(_beside[staging], os.path.basename(staging), os.path.basename(dest), _held[staging], dest)
+    fd = _held[staging]
+    _rename_onto(_beside[staging], os.path.basename(staging), os.path.basename(dest), fd, dest)
+    # DEST is the image's tree, without lamina's mark; taken off only now: killed at the rename,
+    # the staging dir keeps its mark and the next unpack sweeps it (a kill between the two
+    # leaves the mark on DEST's root, which no sweep ever matches: DEST is not named like one)
+    _unmark(fd)
 
 
 def _rename_onto(dir_fd, own, name, fd, dest):
@@ -789,6 +815,8 @@ def _copy_root_metadata(st, src_fd, dst_fd):
         steps.append(lambda: os.chown(dst_fd, st.st_uid, st.st_gid))
     steps.append(lambda: os.chmod(dst_fd, stat.S_IMODE(st.st_mode)))
     for attr in os.listxattr(src_fd):
+        if attr == _MARK:
+            continue   # lamina's, of the staging dir
         steps.append(lambda attr=attr: os.setxattr(dst_fd, attr, os.getxattr(src_fd, attr)))
     for step in steps:
         try:

@@ -6,6 +6,7 @@ work itself lives in the API.  Errors become one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import io
 import os
@@ -135,6 +136,23 @@ def _on_sigint(signum, frame):
 EXIT_BROKEN_PIPE = 128 + 13
 
 
+@contextlib.contextmanager
+def _warnings_on_stderr():
+    """lamina's warnings (an image of another platform than --platform) as one stderr line each,
+    once per message, as its errors are: not Python's "file:line: Category:" form."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", errors.PlatformMismatchWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kw):
+            if not issubclass(category, errors.PlatformMismatchWarning):
+                return shown(message, category, *args, **kw)
+            print(f"lamina: warning: {one_line(str(message))}", file=sys.stderr, flush=True)
+        warnings.showwarning = show
+        yield
+
+
 def main(argv=None):
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
@@ -147,7 +165,8 @@ def main(argv=None):
         if extra:
             args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
         event("parsed", command=args.command)
-        rc = args.func(args)
+        with _warnings_on_stderr():
+            rc = args.func(args)
         event("done")
         sys.stdout.flush()  # inside the try: a reader that left must not cost a traceback at exit
     except BrokenPipeError:

@@ -22,6 +22,7 @@ import zlib
 
 from .. import digest as _digest
 from .._extract import header_number, header_prefix
+from ..compression import decompress_errors
 from ..errors import BlobNotFoundError, DigestMismatchError, ImageError
 from ..limits import DEFAULT_LIMITS
 
@@ -637,8 +638,9 @@ class TarArchive:
             self._refuse_members_under_symlinks()
         except _ArchiveTooBig as e:
             raise ImageError(f"{self.path}: {e}: not a docker or OCI archive") from None
-        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-            # ValueError: tarfile's own reading of malformed PAX records (GNU.sparse.map=a,b)
+        except (tarfile.TarError, ValueError, *decompress_errors()) as e:
+            # ValueError: tarfile's own reading of malformed PAX records (GNU.sparse.map=a,b);
+            # the inflater's errors: a gzipped archive's bad deflate block raised a traceback
             raise ImageError(f"{self.path}: not a readable tar archive: {e}") from None
 
     def _refuse_climbing(self, info):

@@ -20,7 +20,7 @@ import re
 from .. import digest as _digest
 from .. import mediatypes as mt
 from ..errors import (ArtifactError, BlobNotFoundError, DigestMismatchError, ImageError, ImageNotFoundError,
-                      PlatformNotFoundError, layer_of, listing)
+                      layer_of, listing, warn_if_other_platform)
 from ..limits import MAX_CONFIG_SIZE, check_layer_count
 from ..platform import Platform
 from .blobs import TarArchive, TarBlobStore, member_name
@@ -210,8 +210,8 @@ class DockerArchive(Source):
         config_digest = _digest.sha256_bytes(data)
         layer_names = entry["Layers"]
         config = parse_config(data, what, len(layer_names))
-        if want is not None and config.platform is not None and config.platform != want:
-            raise PlatformNotFoundError(str(want), [str(config.platform)])
+        # a single image: taken, with a warning if it is of another platform (as docker's load)
+        warn_if_other_platform(want, config.platform, f"{self.image_name()} of {self.description}")
         layers = []
         for i, name in enumerate(layer_names):
             try:

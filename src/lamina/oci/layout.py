@@ -10,8 +10,8 @@ import functools
 import os
 
 from .. import mediatypes as mt
-from ..errors import (ArtifactError, BlobNotFoundError, ImageError, ImageNotFoundError, PlatformNotFoundError,
-                      UnsupportedMediaTypeError, layer_of, listing)
+from ..errors import (ArtifactError, BlobNotFoundError, ImageError, ImageNotFoundError, UnsupportedMediaTypeError,
+                      layer_of, listing, warn_if_other_platform)
 from ..limits import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE
 from ..platform import Platform
 from .blobs import DirBlobStore, MAX_DOCUMENT_SIZE, open_in_layout
@@ -228,8 +228,9 @@ class OCILayout(Source):
         # desc has a manifest media type here, and _read_document made the content agree.
         _, manifest, doc = self._document(desc)
         config = self._config(desc)
-        if want is not None and chosen is None and config.platform is not None and config.platform != want:
-            raise PlatformNotFoundError(str(want), [str(config.platform)])
+        if chosen is None:   # a single image: taken, with a warning if it is of another platform
+            name = self.ref or next(iter(desc.ref_names), desc.digest)
+            warn_if_other_platform(want, config.platform, f"image {name} of {self.description}")
         layers = []
         # a layout or an archive may hold several images, each with a "layer 1 of 1": say which
         image = f"image {self.ref or desc.digest}" + (f" ({desc.platform})" if self.ref and desc.platform else "")

@@ -35,6 +35,44 @@ class _TooSlow(_ShortBody):
     server dripping a byte a second stays inside every read timeout."""
 
 
+def open_blob_stream(repos, desc, **kw):
+    """The stream of the blob ``desc`` describes: the bytes the descriptor embeds (image-spec
+    1.1's ``data``, verified against its digest and size as the manifest was parsed), else a
+    BlobStream from ``repos``.  ``kw``: BlobStream's keywords."""
+    if desc.data is not None:
+        return EmbeddedBlob(desc.digest, desc.data, **kw)
+    return BlobStream(repos, desc.digest, desc.size, **kw)
+
+
+class EmbeddedBlob(io.RawIOBase):
+    """A blob its descriptor carries, read as a BlobStream is (offset, counts, cancel): no
+    request is made for it, as containerd's fetcher and cue's ociregistry make none."""
+
+    def __init__(self, digest, data, *, offset=0, on_data=None, on_retry=None, cancel=None):
+        super().__init__()
+        self.digest, self.size, self._data = digest, len(data), memoryview(data)
+        self.offset = offset
+        self.attempts = 0
+        self.served = []
+        self._on_data = on_data or (lambda n: None)
+        self._cancel = cancel
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        if self._cancel is not None and self._cancel.is_set():
+            raise Cancelled()
+        view = memoryview(buf).cast("B")
+        n = min(len(view), self.size - self.offset)
+        if n <= 0:
+            return 0
+        view[:n] = self._data[self.offset:self.offset + n]
+        self.offset += n
+        self._on_data(n)
+        return n
+
+
 class BlobStream(io.RawIOBase):
     """Blob ``digest`` of ``size`` bytes from ``repos`` (tried in order), starting at ``offset``.
 

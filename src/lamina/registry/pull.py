@@ -24,7 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 from .. import digest as _digest, errors, mediatypes as mt, trace
-from ..errors import DigestMismatchError, ImageError, LaminaError, PlatformNotFoundError, RegistryError
+from ..errors import DigestMismatchError, ImageError, LaminaError, RegistryError
 from ..oci.model import choose_platform as _choose_platform
 from ..oci.model import document_media_type, parse_config, parse_index, parse_manifest
 from ..limits import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, open_file_budget  # one limit for every way an image comes in
@@ -33,7 +33,7 @@ from ..platform import Platform
 from ..reference import Reference
 from .client import RegistryClient, manifest_response
 from .progress import Reporter
-from .blobstream import BlobStream, Cancelled
+from .blobstream import Cancelled, open_blob_stream
 
 DEFAULT_CONCURRENCY = 3
 # The next blob's request goes out when the one before it has about a request's latency of
@@ -241,10 +241,11 @@ def _say_non_distributable(e, desc):
                   f"{len(desc.urls)} url(s): lamina does not download layer urls)",)
 
 
-def image_platform(want, chosen, config):
-    """The platform of the image: the index's word for it, else its config's (checked against ``want``)."""
-    if want is not None and chosen is None and config.platform is not None and config.platform != want:
-        raise PlatformNotFoundError(str(want), [str(config.platform)])
+def image_platform(want, chosen, config, what):
+    """The platform of the image: the index's word for it, else its config's (a single image of
+    another platform than ``want`` is taken with a warning naming ``what``, as docker does)."""
+    if chosen is None:
+        errors.warn_if_other_platform(want, config.platform, what)
     return chosen or config.platform
 
 
@@ -455,8 +456,8 @@ class Puller:
                 trace.event("blob-last-byte", digest=digest[7:19])
                 reporter.state(digest, at_end)
 
-        stream = BlobStream(repos, digest, size, offset=offset, on_data=on_data, cancel=self._cancel,
-                            on_retry=lambda: reporter.state(digest, "Retrying"))
+        stream = open_blob_stream(repos, desc, offset=offset, on_data=on_data, cancel=self._cancel,
+                                  on_retry=lambda: reporter.state(digest, "Retrying"))
         return stream
 
     def _download(self, repos, desc, w, result, turn=None, served=None):
@@ -575,7 +576,7 @@ class Puller:
         # before the config is stored: a limit too low for the layers leaves the store as it was
         config_data, config = self._config(repos, manifest, mr.digest,
                                            check=lambda c: self._extract_slots(len(manifest.layers), c.diff_ids))
-        platform = image_platform(self.want, chosen, config)
+        platform = image_platform(self.want, chosen, config, f"image {ref.familiar()}")
 
         # Blobs of the other platforms (--all-platforms) are fetched but not extracted.
         extra_layers = []

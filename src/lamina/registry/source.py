@@ -37,7 +37,7 @@ from ..oci.image import LayerRef, ResolvedImage, Source
 from ..oci.model import document_media_type, parse_config, parse_manifest
 from ..platform import Platform
 from ..reference import Reference
-from .blobstream import BlobStream, Cancelled
+from .blobstream import Cancelled, open_blob_stream
 from .client import RegistryClient
 from .progress import Reporter
 from .pull import fetch_config, image_platform, resolve
@@ -107,7 +107,8 @@ class RegistrySource(Source):
                   for i, d in enumerate(manifest.layers)]
         self.image = ResolvedImage(config=config.raw, config_digest=cdesc.digest, layers=layers,
                                    manifest_digest=mr.digest, manifest=mr.document,
-                                   platform=image_platform(want, r.chosen, config), ref=str(self.ref))
+                                   platform=image_platform(want, r.chosen, config, f"image {self.ref.familiar()}"),
+                                   ref=str(self.ref))
         self._want = want
         return self.image
 
@@ -212,8 +213,8 @@ class _Download:
                 self.nearly_done = True
                 source._ended(self)
 
-        self.stream = BlobStream(source._repos, desc.digest, desc.size, on_data=on_data, cancel=source._cancel,
-                                 on_retry=lambda: reporter.state(desc.digest, "Retrying"))
+        self.stream = open_blob_stream(source._repos, desc, on_data=on_data, cancel=source._cancel,
+                                       on_retry=lambda: reporter.state(desc.digest, "Retrying"))
         self._thread = threading.Thread(target=self._run, name=f"lamina-download-{index}", daemon=True)
 
     def start(self):

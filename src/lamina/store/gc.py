@@ -19,13 +19,16 @@ from . import snapshots as _snapshots
 from .fsutil import open_own
 from .image import chain_ids
 from .index import entry_repo_digest
-from .locks import FileLock
+from .locks import FileLock, is_locked
+from .paths import LOAD_SPOOL
 
 
 @dataclass
 class GCResult:
     blobs: list = field(default_factory=list)       # (digest, bytes) removed (or that would be)
     snapshots: list = field(default_factory=list)   # (chainID, bytes on disk)
+    # ingest/ files of killed pulls and loads (digest of the blob, or the spool's name; bytes on disk)
+    partials: list = field(default_factory=list)
     # file objects no snapshot uses any more: counted, not named (there can be millions)
     objects: int = 0
     objects_size: int = 0                           # their bytes on disk
@@ -33,12 +36,14 @@ class GCResult:
 
     @property
     def reclaimed(self):
-        return sum(n for _, n in self.blobs) + sum(n for _, n in self.snapshots) + self.objects_size
+        return (sum(n for _, n in self.blobs) + sum(n for _, n in self.snapshots)
+                + sum(n for _, n in self.partials) + self.objects_size)
 
     def to_dict(self):
         return {"blobs": [{"digest": d, "size": n} for d, n in self.blobs],
                 "snapshots": [{"chain_id": c, "size": n} for c, n in self.snapshots],
                 "objects": {"count": self.objects, "size": self.objects_size},
+                "partials": [{"name": d, "size": n} for d, n in self.partials],
                 "reclaimed": self.reclaimed, "dry_run": self.dry_run}
 
 
@@ -167,11 +172,54 @@ def _snapshot_size(store, chain):
     return info.size if info else 0
 
 
+def stale_ingest(paths):
+    """[(name, path, bytes on disk)] of the files in ingest/ that stopped pulls and loads leave:
+    blobs' ``.partial`` files and the archives ``load`` spools from stdin.  Other names are not
+    ours to count or remove (fsck reports them)."""
+    try:
+        names = sorted(os.listdir(paths.ingest))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for n in names:
+        if n.endswith(".partial"):
+            digest = "sha256:" + n[:-len(".partial")]
+            if _digest.is_valid(digest):
+                out.append((digest, paths.ingest / n))
+        elif n.startswith(LOAD_SPOOL[0]) and n.endswith(LOAD_SPOOL[1]):
+            out.append((n, paths.ingest / n))
+    return [(name, path, _on_disk(path)) for name, path in out]
+
+
+def _on_disk(path):
+    try:
+        return os.lstat(path).st_blocks * 512
+    except OSError:
+        return 0
+
+
 def collect(store, dry_run=False):
     result = GCResult(dry_run=dry_run)
     with FileLock(store.paths.gc_lock):
         collect_locked(store, result)
+        # Only in the gc a user asks for (prune), not in the one the last writer runs for others
+        # (imports.finish_pending calls collect_locked): a failed pull keeps its partial for its
+        # rerun to resume.  With the gc lock exclusive no pull or load is at work, so every
+        # partial is a stopped one's; system df counts them as what prune frees.
+        collect_partials(store.paths, result)
     return result
+
+
+def collect_partials(paths, result):
+    for name, path, size in stale_ingest(paths):
+        if name.startswith("sha256:") and is_locked(paths.blob_lock(name)):
+            continue   # an ingest without a Store's lease (IngestWriter used alone)
+        if not result.dry_run:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+        result.partials.append((name, size))
 
 
 def collect_locked(store, result):

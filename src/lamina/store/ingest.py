@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 
 from .. import digest as _digest
 from ..errors import DigestMismatchError, ImageError, StoreError
@@ -31,6 +32,18 @@ def check_stored_size(digest, size, held):
         # (the store's copy is the one that can be damaged instead: fsck hashes it)
         raise ImageError(f"blob {digest}: the descriptor says {size} bytes, but the blob of that digest "
                          f"is {held} bytes (the store's copy: lamina fsck checks it)")
+
+
+def stored_blob(path):
+    """The lstat of the blob at ``path`` if the store holds one there, else None.  Only a regular
+    file is a blob: lamina writes no other kind, fsck calls anything else at a blob's name "not
+    a blob", and open_blob refuses it (a symlink to a good copy elsewhere was taken as held, so a
+    pull or copy said "exists" and kept it, and save refused it then).  A writer replaces it."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
 
 
 class IngestWriter:
@@ -54,7 +67,7 @@ class IngestWriter:
     def __enter__(self):
         self._lock.acquire()
         try:
-            self.exists = self.path.exists()
+            self.exists = stored_blob(self.path) is not None
             if self.exists:
                 self._check_stored_size()
             else:
@@ -212,7 +225,7 @@ def put_bytes(paths, data, digest=None):
         _digest.validate(digest, "blob digest")
         if digest != actual:
             raise DigestMismatchError(f"blob {digest}", digest, actual)
-    if paths.blob(actual).exists():
+    if stored_blob(paths.blob(actual)) is not None:
         return actual
     with IngestWriter(paths, actual, len(data)) as w:
         if not w.exists:

@@ -33,7 +33,7 @@ from . import snapshots as _snapshots
 from .fsutil import atomic_write, open_own
 from .image import Image, load_image
 from .index import IndexFile, entry_name, entry_repo_digest, make_entry
-from .ingest import IngestWriter, check_stored_size, put_bytes
+from .ingest import IngestWriter, check_stored_size, put_bytes, stored_blob
 from .locks import FileLock
 from .paths import Paths, default_root
 
@@ -171,10 +171,10 @@ class Store:
     def has_blob(self, digest, size=None):
         """Whether the store holds the blob; ``size``: the descriptor's, which the stored
         blob (verified against its digest) must have, else an ImageError says the descriptor lies."""
-        held = self.paths.blob(digest).is_file()
-        if held and size is not None:
-            check_stored_size(digest, size, self.paths.blob(digest).stat().st_size)
-        return held
+        st = stored_blob(self.paths.blob(digest))
+        if st is not None and size is not None:
+            check_stored_size(digest, size, st.st_size)
+        return st is not None
 
     def blob_path(self, digest):
         return self.paths.blob(digest)
