@@ -5,7 +5,7 @@ goes through: several images of one family (a shared base layer, layers in commo
 same files under other modes, owners, times and xattrs, hardlinks, whiteouts and opaque
 directories, blobs of one layer gzipped in one image and plain in another; hardlinks to the
 files of layers below; long images of any of the family's layers at any position, the empty
-layer's one blob several times among them) loaded,
+layer's one blob and a layer of no bytes several times among them) loaded,
 tagged, removed (by name with and without other tags, by ID), pruned, gc'd, saved and
 loaded back, copied to an OCI layout and back, pulled from a loopback registry, loaded
 (``lamina load``) from docker-archives skopeo wrote, with the store switched between keeping
@@ -188,7 +188,14 @@ def twin(entries, how):
     return out
 
 
+# a layer of no bytes at all (its diffID the hash of nothing, sha256:e3b0c442...): lamina, umoci
+# and the registry take it as the empty layer, which its blob, gzipped or not, is not
+NOTHING = [("nothing",)]
+
+
 def build_tar(entries):
+    if entries == NOTHING:
+        return b""
     t = Tar()
     for k, e in enumerate(entries):
         kind, path = e[0], e[1]
@@ -219,22 +226,24 @@ def families(draw):
     two images).  One image in four is a long one (5 to 10 layers) of any layers of the pool at
     any position: the base above others, a layer at the bottom of one image and high in another,
     the empty layer's one blob several times (as the ENV and LABEL steps of a Dockerfile leave
-    them), the same layer gzipped at one position and plain at another.  Layers hardlink files
-    of the layers below (lowerlinks): over other layers in other images, which fitted() keeps
-    to the images where they name a file."""
+    them) and a layer of no bytes, the same layer gzipped at one position and plain at another.
+    Layers hardlink files of the layers below (lowerlinks): over other layers in other images,
+    which fitted() keeps to the images where they name a file."""
     base = [("dir", d, 0o755, (0, 0)) for d in DIRS] + draw(layers())
     pool = [base, twin(base, draw(st.sampled_from(["mode", "owner", "mtime", "xattr"])))]
     below = sorted({e[1] for e in base if e[0] in ("file", "hardlink")})
     pool += [draw(layers(below)) for _ in range(draw(st.integers(2, 3)))]
     pool.append([])  # the empty layer: a tar of nothing but its two end blocks
+    pool.append(NOTHING)
     if draw(st.integers(0, 2)) == 0:  # a dedup neighbour of a layer that is not the bottom one
         pool.append(twin(pool[2], draw(st.sampled_from(["mode", "owner", "mtime", "xattr"]))))
-    empty = pool.index([])
+    empty, nothing = pool.index([]), pool.index(NOTHING)
     images = []
     for i in range(draw(st.integers(3, 4))):
         if draw(st.integers(0, 3)) == 0:
             n = draw(st.integers(5, 10))
-            stack = draw(st.lists(st.sampled_from(list(range(len(pool))) + [empty] * 3), min_size=n, max_size=n))
+            stack = draw(st.lists(st.sampled_from(list(range(len(pool))) + [empty] * 2 + [nothing]),
+                                  min_size=n, max_size=n))
         else:
             bottom = draw(st.sampled_from([0, 0, 0, 1]))
             upper = draw(st.lists(st.integers(2, len(pool) - 1), max_size=3))
