@@ -3,7 +3,9 @@
 test_fuzz_paths.py and its cousins fuzz what one image becomes; this fuzzes what a store
 goes through: several images of one family (a shared base layer, layers in common, the
 same files under other modes, owners, times and xattrs, hardlinks, whiteouts and opaque
-directories, blobs of one layer gzipped in one image and plain in another) loaded,
+directories, blobs of one layer gzipped in one image and plain in another; hardlinks to the
+files of layers below; long images of any of the family's layers at any position, the empty
+layer's one blob and a layer of no bytes several times among them) loaded,
 tagged, removed (by name with and without other tags, by ID), pruned, gc'd, saved and
 loaded back, copied to an OCI layout and back, pulled from a loopback registry, loaded
 (``lamina load``) from docker-archives skopeo wrote, with the store switched between keeping
@@ -88,16 +90,24 @@ meta = st.tuples(st.sampled_from(MODES), st.sampled_from(OWNERS), st.sampled_fro
 
 
 @st.composite
-def layers(draw):
+def layers(draw, below=()):
     """A layer's entries: ("file", path, data, (mode, owner, records)), ("dir", path, mode, owner),
     ("symlink", path, target), ("hardlink", path, target: a file written before in this layer),
-    ("whiteout", path), ("opaque", dir).  Directories stay directories and files files (under
-    the three directories), so every image of the family is one every path accepts."""
+    ("lowerlink", path, target: a file a layer below holds, which no other entry of this layer
+    names, whites out or hides), ("whiteout", path), ("opaque", dir).  Directories stay
+    directories and files files (under the three directories), so every image of the family
+    is one every path accepts (fitted(): a layer whose lowerlink would name nothing in an image
+    is left out of it; ``below``: the files of the base, which lowerlinks mostly name)."""
     out, files_here = [], []
     for _ in range(draw(st.integers(1, 7))):
         kind = draw(st.sampled_from(["file"] * 5 + ["dir", "symlink", "hardlink", "hardlink", "whiteout",
-                                                     "whiteout", "opaque"]))
+                                                     "whiteout", "opaque"] + ["lowerlink"] * (2 if below else 0)))
         path = draw(st.sampled_from(FILES))
+        if kind == "lowerlink":
+            target = draw(st.sampled_from(list(below) * 3 + FILES))
+            if target != path:
+                out.append(("lowerlink", path, target))
+            continue
         if kind == "hardlink" and not files_here:
             kind = "file"
         if kind == "file":
@@ -125,7 +135,36 @@ def layers(draw):
             out.append(("whiteout", what))
         else:
             out.append(("opaque", draw(st.sampled_from(DIRS))))
-    return out
+
+    def under(path, what):
+        return path == what or path.startswith(what + "/")
+
+    def clear(e):  # (a lowerlink's target: no other entry of the layer names it or hides it)
+        t = e[2]
+        return not any(o is not e and (o[1] == t or (o[0] == "whiteout" and (under(t, o[1]) or under(e[1], o[1])))
+                                       or (o[0] == "opaque" and under(t, o[1]))) for o in out)
+    return [e for e in out if e[0] != "lowerlink" or clear(e)]
+
+
+def fitted(pool, stack):
+    """``stack`` (pool indexes, bottom first) without the layers whose lowerlinks would name
+    no file there (a model of the regular files each layer leaves)."""
+    held, kept = {}, []
+    for k in stack:
+        entries = pool[k]
+        lower = {p: v for p, v in held.items()
+                 if not any((e[0] == "whiteout" and (p == e[1] or p.startswith(e[1] + "/")))
+                            or (e[0] == "opaque" and p.startswith(e[1] + "/")) for e in entries)}
+        if any(e[0] == "lowerlink" and lower.get(e[2]) != "file" for e in entries):
+            continue
+        for e in entries:
+            if e[0] in ("file", "hardlink", "lowerlink"):
+                lower[e[1]] = "file"
+            elif e[0] == "symlink":
+                lower[e[1]] = "symlink"
+        held = lower
+        kept.append(k)
+    return kept
 
 
 def twin(entries, how):
@@ -149,7 +188,14 @@ def twin(entries, how):
     return out
 
 
+# a layer of no bytes at all (its diffID the hash of nothing, sha256:e3b0c442...): lamina, umoci
+# and the registry take it as the empty layer, which its blob, gzipped or not, is not
+NOTHING = [("nothing",)]
+
+
 def build_tar(entries):
+    if entries == NOTHING:
+        return b""
     t = Tar()
     for k, e in enumerate(entries):
         kind, path = e[0], e[1]
@@ -162,7 +208,7 @@ def build_tar(entries):
             t.dir(path, mode=e[2], uid=e[3][0], gid=e[3][1], mtime=MTIME + k)
         elif kind == "symlink":
             t.symlink(path, e[2], mtime=MTIME)
-        elif kind == "hardlink":
+        elif kind in ("hardlink", "lowerlink"):
             t.hardlink(path, e[2], mtime=MTIME)
         elif kind == "whiteout":
             t.whiteout(path, mtime=MTIME)
@@ -173,18 +219,36 @@ def build_tar(entries):
 
 @st.composite
 def families(draw):
-    """A pool of layers (a base, its metadata twin, 2 to 3 others) and 3 or 4 images made of
-    them: mostly on the base, some with a layer twice, each layer's blob gzipped, plain or (one
-    in eight) zstd frames cut inside entries with skippable frames between ("zstd": the same
-    layer, another blob, in two images)."""
+    """A pool of layers (a base, its metadata twin, 2 to 3 others, an empty layer and, one pool
+    in three, a metadata twin of an upper layer) and 3 or 4 images made of them: mostly on the
+    base, some with a layer twice, each layer's blob gzipped, plain or (one in eight) zstd frames
+    cut inside entries with skippable frames between ("zstd": the same layer, another blob, in
+    two images).  One image in four is a long one (5 to 10 layers) of any layers of the pool at
+    any position: the base above others, a layer at the bottom of one image and high in another,
+    the empty layer's one blob several times (as the ENV and LABEL steps of a Dockerfile leave
+    them) and a layer of no bytes, the same layer gzipped at one position and plain at another.
+    Layers hardlink files of the layers below (lowerlinks): over other layers in other images,
+    which fitted() keeps to the images where they name a file."""
     base = [("dir", d, 0o755, (0, 0)) for d in DIRS] + draw(layers())
     pool = [base, twin(base, draw(st.sampled_from(["mode", "owner", "mtime", "xattr"])))]
-    pool += [draw(layers()) for _ in range(draw(st.integers(2, 3)))]
+    below = sorted({e[1] for e in base if e[0] in ("file", "hardlink")})
+    pool += [draw(layers(below)) for _ in range(draw(st.integers(2, 3)))]
+    pool.append([])  # the empty layer: a tar of nothing but its two end blocks
+    pool.append(NOTHING)
+    if draw(st.integers(0, 2)) == 0:  # a dedup neighbour of a layer that is not the bottom one
+        pool.append(twin(pool[2], draw(st.sampled_from(["mode", "owner", "mtime", "xattr"]))))
+    empty, nothing = pool.index([]), pool.index(NOTHING)
     images = []
     for i in range(draw(st.integers(3, 4))):
-        bottom = draw(st.sampled_from([0, 0, 0, 1]))
-        upper = draw(st.lists(st.integers(2, len(pool) - 1), max_size=3))
-        stack = [bottom] + upper
+        if draw(st.integers(0, 3)) == 0:
+            n = draw(st.integers(5, 10))
+            stack = draw(st.lists(st.sampled_from(list(range(len(pool))) + [empty] * 2 + [nothing]),
+                                  min_size=n, max_size=n))
+        else:
+            bottom = draw(st.sampled_from([0, 0, 0, 1]))
+            upper = draw(st.lists(st.integers(2, len(pool) - 1), max_size=3))
+            stack = [bottom] + upper
+        stack = fitted(pool, stack) or [empty]
         plain = [draw(st.sampled_from([False] * 5 + [True] * 2 + ["zstd"])) for _ in stack]
         images.append((stack, plain))
     return pool, images
