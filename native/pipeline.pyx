@@ -686,7 +686,7 @@ cdef class Stage1:
         cdef size_t n = 0
         cdef double t = _clock(CLOCK_MONOTONIC)
         cdef timespec deadline
-        cdef bint timed_out = False
+        cdef bint timed_out = False, ended = False
         with nogil:
             clock_gettime(CLOCK_REALTIME, &deadline)  # the condition variable's clock
             deadline.tv_nsec += 100_000_000
@@ -717,11 +717,17 @@ cdef class Stage1:
                 n = self.slot_len[slot]
                 self.taken += 1
                 self.held = True
+            else:
+                # read with the ring, under the lock: stage 1 publishes its last chunks, then sets
+                # done, all between a timed-out wait and a read of done after the unlock, and the
+                # stream looked ended with those chunks never fed (an empty or cut layer, which
+                # only a diffID check could catch)
+                ended = self.done
             pthread_mutex_unlock(&self.mu)
             self.consumer._step(S_WAIT, t)
         if slot >= 0:
             return memoryview(self.slots[slot])[:n]
-        if not self.done:
+        if not ended:
             return False
         if self.err_kind == E_CORRUPT:
             raise CorruptStream(self.z.err.decode())
