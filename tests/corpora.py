@@ -53,7 +53,8 @@
                      --acls, --selinux, global PAX records that would change later entries
                      (GNU tar's --pax-option, CPython's pax_headers), archives joined by tar -A
                      and by cat, trailing garbage, no end blocks, dpkg-deb's data.tar in each
-                     compression and the .deb, and cpio (bsdtar's, GNU cpio's) to be refused
+                     compression and the .deb, umoci repack's layers (Go's archive/tar, a
+                     whiteout), and cpio (bsdtar's, GNU cpio's) to be refused
     gitarchive/NAME  archives git archive writes (its own tar writer and gzip), over a small
                      repository, by the git of this machine on first use
 
@@ -84,6 +85,7 @@ import bz2
 import glob
 import gzip
 import hashlib
+import json
 import lzma
 import os
 import re
@@ -422,7 +424,7 @@ def _write_all(root):
 # support (v7: written dense), archives joined by GNU tar -A and by cat (end blocks between
 # them: every reader stops there), garbage after the end blocks, no end blocks, and a Debian
 # package's data.tar as dpkg-deb writes it (GNU tar's format under "./", in each compression).
-_FEATURE_TOOLS = ("tar", "bsdtar", "dpkg-deb", "cpio")
+_FEATURE_TOOLS = ("tar", "bsdtar", "dpkg-deb", "cpio", "umoci")
 
 
 def _posix_acl(*entries):
@@ -589,6 +591,35 @@ def _feature_archives(root):
         if z == "gzip":
             out["features/dpkg-deb-control.tar.gz"] = members["control.tar.gz"]
             out["features/dpkg-deb-package.deb"] = deb  # the .deb itself: an ar archive, no layer
+    # a layer as a packaged Go program writes it: umoci repack (Go's archive/tar, PAX xattrs on a
+    # hardlink too, the root "./"), then a second layer of a whiteout, as umoci diffs a deletion
+    layout, bundle = os.path.join(root, "layout"), os.path.join(root, "bundle")
+    run("umoci", "init", "--layout", layout)
+    run("umoci", "new", "--image", f"{layout}:x")
+    run("umoci", "unpack", "--image", f"{layout}:x", bundle)
+    rootfs = os.path.join(bundle, "rootfs")
+    os.makedirs(os.path.join(rootfs, "d", "sub"))
+    with open(os.path.join(rootfs, "d", "a"), "wb") as f:
+        f.write(b"umoci\n")
+    os.setxattr(os.path.join(rootfs, "d", "a"), "user.k", b"v")
+    os.link(os.path.join(rootfs, "d", "a"), os.path.join(rootfs, "d", "sub", "ha"))
+    os.symlink("a", os.path.join(rootfs, "d", "lnk"))
+    os.mkfifo(os.path.join(rootfs, "d", "fifo"))
+    os.mknod(os.path.join(rootfs, "d", "null"), 0o20666, os.makedev(1, 3))
+    os.makedirs(os.path.join(rootfs, "l" * 120))
+    times(os.path.relpath(rootfs, root))
+    run("umoci", "repack", "--image", f"{layout}:x", bundle)
+    # (a repack diffs against the image the bundle was unpacked from: unpacked again for the second)
+    run("umoci", "unpack", "--image", f"{layout}:x", bundle + "2")
+    os.unlink(os.path.join(bundle + "2", "rootfs", "d", "lnk"))
+    run("umoci", "repack", "--image", f"{layout}:x", bundle + "2")
+    with open(os.path.join(layout, "index.json")) as f:
+        manifest = json.load(f)["manifests"][0]["digest"].split(":")[1]
+    with open(os.path.join(layout, "blobs", "sha256", manifest)) as f:
+        layers = [d["digest"].split(":")[1] for d in json.load(f)["layers"]]
+    for name, digest in zip(("umoci-repack-layer.tar.gz", "umoci-repack-whiteout-layer.tar.gz"), layers):
+        with open(os.path.join(layout, "blobs", "sha256", digest), "rb") as f:
+            out[f"features/{name}"] = f.read()
     # cpio, which bsdtar and GNU cpio write and bsdtar also reads: no layer is one (docker,
     # containerd and GNU tar refuse it): refused, naming the format, plain or in gzip
     for fmt in ("cpio", "newc"):

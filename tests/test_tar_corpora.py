@@ -464,6 +464,10 @@ EXPECT = {
     # in each of dpkg-deb's compressions (xz inflated here; as shipped, refused naming xz)
     **{f"features/dpkg-deb-{n}": REFS for n in ("data.tar", "data.tar.gz", "data.tar.xz", "data.tar.zst",
                                                 "control.tar.gz")},
+    # layers umoci repack writes (Go's archive/tar): the files; then a whiteout of d/lnk, which GNU
+    # tar and bsdtar extract as a file '.wh.lnk' and an unpacker applies (umoci's tree: d alone)
+    "features/umoci-repack-layer.tar.gz": REFS,
+    "features/umoci-repack-whiteout-layer.tar.gz": go("d"),
     # cpio (bsdtar's odc and newc, plain and in gzip; GNU cpio's binary, odc, newc and crc) and the
     # .deb itself (ar): bsdtar reads them, GNU tar and Go-based tools refuse them, and so does
     # lamina, naming the format, on every path
