@@ -548,6 +548,23 @@ def _feature_archives(root):
             "-cf", "o.tar", "huge")
         out[f"features/gnutar-{fmt}{version}-sparse-past-8-gib.tar"] = take("o.tar")
     os.unlink(os.path.join(huge, "sparse"))
+    # a sparse file run over three volumes of 40 KiB (7 regions of 9,000 bytes in 200,000): the
+    # GNU format continues its data in 'M' headers, POSIX in d/GNUFileParts/sparse.N files under
+    # GNU.volume.* records, each piece whole or cut where its volume ends
+    mv = os.path.join(root, "mv")
+    os.makedirs(mv)
+    with open(os.path.join(mv, "sparse"), "wb") as f:
+        f.truncate(200_000)
+        for off in range(0, 200_000, 30_000):
+            f.seek(off)
+            f.write(hashlib.sha256(b"%d" % off).digest() * 281)
+    times("mv")
+    for fmt in ("gnu", "posix"):
+        run(*_GNU, f"--format={fmt}", "--sparse", "-M", "-L", "40", *(a for i in (1, 2, 3) for a in ("-f", f"v{i}.tar")),
+            "-c", "mv")
+        for i in (1, 2, 3):
+            out[f"features/gnutar-{fmt}-multivolume-sparse-{i}.tar"] = take(f"v{i}.tar")
+    os.unlink(os.path.join(mv, "sparse"))
     # archives joined: GNU tar -A drops the first one's end blocks; cat keeps them between the two,
     # where GNU tar (without --ignore-zeros), bsdtar and Go stop: the second is not read
     os.makedirs(os.path.join(root, "two"))

@@ -437,6 +437,17 @@ EXPECT = {
     # a sparse file of 10 GiB with data past 8 GiB: base-256 offsets and real size in the 'S' header
     **{f"features/gnutar-{fmt}-sparse-past-8-gib.tar": REFS for fmt in ("oldgnu", "gnu", "posix0.0", "posix0.1",
                                                                          "posix1.0")},
+    # a sparse file over three volumes: the first cut inside it (GNU tar and bsdtar fail at the end),
+    # the rest 'M' continuations (GNU tar refuses them, bsdtar extracts a file of the piece:
+    # CONFORMANCE.md) or, in POSIX, files mv/GNUFileParts/sparse.N, the middle one cut short too
+    **{f"features/gnutar-{fmt}-multivolume-sparse-1.tar": refused("InvalidArchiveError",
+                                                                   "archive ends inside entry 'mv/sparse'")
+       for fmt in ("gnu", "posix")},
+    **{f"features/gnutar-gnu-multivolume-sparse-{i}.tar": refused("InvalidArchiveError", "entry 'mv/sparse': type 'M'")
+       for i in (2, 3)},
+    "features/gnutar-posix-multivolume-sparse-2.tar": refused("InvalidArchiveError",
+                                                             "archive ends inside entry 'mv/GNUFileParts/sparse.2'"),
+    "features/gnutar-posix-multivolume-sparse-3.tar": REFS,
     # SCHILY.acl.access / SCHILY.acl.default (--acls): bsdtar applies them as root, GNU tar only
     # with --acls, Go-based tools never; lamina does not (CONFORMANCE.md)
     # (bsdtar --numeric-owner also fails on GNU tar's ACLs, which name users by name alone)
