@@ -581,6 +581,14 @@ def _feature_archives(root):
     run("tar", "-A", "-f", "joined.tar", "two.tar")
     os.unlink(os.path.join(root, "two.tar"))
     out["features/gnutar-concatenated.tar"] = take("joined.tar")
+    # a labelled archive joined after another: a 'V' header (GNU), a global GNU.volume.label
+    # header (POSIX) in the middle of the archive
+    for fmt in ("gnu", "posix"):
+        run(*_GNU, f"--format={fmt}", "-cf", "joined.tar", "two")
+        run(*_GNU, f"--format={fmt}", "-V", "Label", "-cf", "labelled.tar", "plain")
+        run("tar", "-A", "-f", "joined.tar", "labelled.tar")
+        os.unlink(os.path.join(root, "labelled.tar"))
+        out[f"features/gnutar-{fmt}-concatenated-labelled.tar"] = take("joined.tar")
     out["features/cat-two-archives.tar"] = first + second
     out["features/trailing-garbage.tar"] = first + hashlib.sha256(b"garbage").digest() * 100
     # the end blocks cut off (a writer killed before it closed the archive): what is whole is read

@@ -470,6 +470,8 @@ EXPECT = {
     # GNU tar -A: one archive; cat of two: GNU tar (without --ignore-zeros), bsdtar and Go stop at
     # the first one's end blocks, and so does lamina: the second is not read
     "features/gnutar-concatenated.tar": REFS, "features/cat-two-archives.tar": REFS,
+    # a label ('V', or POSIX's global GNU.volume.label) in the middle, after tar -A: skipped by all
+    "features/gnutar-gnu-concatenated-labelled.tar": REFS, "features/gnutar-posix-concatenated-labelled.tar": REFS,
     "features/trailing-garbage.tar": REFS, "features/no-end-blocks.tar": REFS,
     # a Debian package's data.tar (dpkg-deb: GNU tar's format, "./" names and the root "./" first)
     # in each of dpkg-deb's compressions (xz inflated here; as shipped, refused naming xz)
