@@ -54,7 +54,7 @@
                      (GNU tar's --pax-option, CPython's pax_headers), archives joined by tar -A
                      and by cat, trailing garbage, no end blocks, dpkg-deb's data.tar in each
                      compression and the .deb, umoci repack's layers (Go's archive/tar, a
-                     whiteout), and cpio (bsdtar's, GNU cpio's) to be refused
+                     whiteout), tarlz's, and cpio (bsdtar's, GNU cpio's) to be refused
     gitarchive/NAME  archives git archive writes (its own tar writer and gzip), over a small
                      repository, by the git of this machine on first use
 
@@ -424,7 +424,7 @@ def _write_all(root):
 # support (v7: written dense), archives joined by GNU tar -A and by cat (end blocks between
 # them: every reader stops there), garbage after the end blocks, no end blocks, and a Debian
 # package's data.tar as dpkg-deb writes it (GNU tar's format under "./", in each compression).
-_FEATURE_TOOLS = ("tar", "bsdtar", "dpkg-deb", "cpio", "umoci")
+_FEATURE_TOOLS = ("tar", "bsdtar", "dpkg-deb", "cpio", "umoci", "tarlz")
 
 
 def _posix_acl(*entries):
@@ -645,6 +645,10 @@ def _feature_archives(root):
     for name, digest in zip(("umoci-repack-layer.tar.gz", "umoci-repack-whiteout-layer.tar.gz"), layers):
         with open(os.path.join(layout, "blobs", "sha256", digest), "rb") as f:
             out[f"features/{name}"] = f.read()
+    # tarlz (lzip's archiver): POSIX headers of its own (GNU.crc32 records, hardlinks stored as
+    # files), uncompressed; and its default lzip form, no layer compression: refused, naming lzip
+    out["features/tarlz-uncompressed.tar"] = run("tarlz", "--uncompressed", "-cf", "-", "d", "e")
+    out["features/tarlz.tar.lz"] = run("tarlz", "-cf", "-", "d")
     # cpio, which bsdtar and GNU cpio write and bsdtar also reads: no layer is one (docker,
     # containerd and GNU tar refuse it): refused, naming the format, plain or in gzip
     for fmt in ("cpio", "newc"):

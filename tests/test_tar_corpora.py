@@ -481,6 +481,8 @@ EXPECT = {
     # tar and bsdtar extract as a file '.wh.lnk' and an unpacker applies (umoci's tree: d alone)
     "features/umoci-repack-layer.tar.gz": REFS,
     "features/umoci-repack-whiteout-layer.tar.gz": go("d"),
+    "features/tarlz-uncompressed.tar": REFS,
+    "features/tarlz.tar.lz": refused("CompressionError", "lzip-compressed, which a layer never is"),
     # cpio (bsdtar's odc and newc, plain and in gzip; GNU cpio's binary, odc, newc and crc) and the
     # .deb itself (ar): bsdtar reads them, GNU tar and Go-based tools refuse them, and so does
     # lamina, naming the format, on every path
