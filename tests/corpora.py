@@ -367,6 +367,11 @@ def _write_all(root):
     for fmt, extra in (("gnu", ()), ("posix", ("--sparse-version=1.0",))):
         run(*_GNU, f"--format={fmt}", "--sparse", *extra, "-cf", "o.tar", "big")
         take(f"gnutar/sparse-many-regions-{fmt}.tar", "o.tar")
+    # and as PAX 0.0 (4,002 GNU.sparse.offset/numbytes records, in order, in one header) and 0.1
+    # (one GNU.sparse.map record of 4,002 numbers)
+    for version in ("0.0", "0.1"):
+        run(*_GNU, "--format=posix", "--sparse", f"--sparse-version={version}", "-cf", "o.tar", "big")
+        take(f"gnutar/sparse-many-regions-posix-{version}.tar", "o.tar")
     os.unlink(os.path.join(big, "a.big"))
     # volume labels: a 'V' header (GNU), a global GNU.volume.label record (POSIX)
     run(*_GNU, "--format=gnu", "-V", "My Label", "-cf", "o.tar", "d/sub")

@@ -411,7 +411,8 @@ EXPECT = {
         "gnu-volume-label", "posix-volume-label", "gnu-incremental-0", "gnu-incremental-1",
         "posix-incremental-0", "posix-incremental-1",
         "posix-multivolume-2",  # its d/big continued as a file d/GNUFileParts/big.2
-        "sparse-many-regions-gnu", "sparse-many-regions-posix")},
+        "sparse-many-regions-gnu", "sparse-many-regions-posix", "sparse-many-regions-posix-0.0",
+        "sparse-many-regions-posix-0.1")},
     # a first volume ends inside d/big: GNU tar and bsdtar fail at the end ("Unexpected EOF")
     **{f"gnutar/{n}-1.tar": refused("InvalidArchiveError", "archive ends inside entry 'd/big'")
        for n in ("gnu-multivolume", "gnu-multivolume-labelled", "posix-multivolume")},
