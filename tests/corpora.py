@@ -425,10 +425,11 @@ def _write_all(root):
 # SCHILY.xattr.system.posix_acl_*), SELinux labels (GNU tar's --selinux: RHT.security.selinux;
 # bsdtar's SCHILY and LIBARCHIVE xattr records), global PAX headers whose records would change
 # the entries after them (GNU tar's --pax-option KEY=VALUE, CPython's pax_headers), extended
-# headers of odd names (--pax-option exthdr.name=..), a sparse file in a format without sparse
-# support (v7: written dense), archives joined by GNU tar -A and by cat (end blocks between
-# them: every reader stops there), garbage after the end blocks, no end blocks, and a Debian
-# package's data.tar as dpkg-deb writes it (GNU tar's format under "./", in each compression).
+# headers of odd names (--pax-option exthdr.name=..), GNU tar's own v7/ustar/GNU headers, sparse
+# files past 8 GiB and over volumes, archives joined by GNU tar -A and by cat (end blocks between
+# them: every reader stops there), garbage after the end blocks, no end blocks, a Debian
+# package's data.tar as dpkg-deb writes it (GNU tar's format under "./", in each compression),
+# umoci's and tarlz's archives, and cpio and ar, which no layer is.
 _FEATURE_TOOLS = ("tar", "bsdtar", "dpkg-deb", "cpio", "umoci", "tarlz")
 
 
@@ -554,7 +555,7 @@ def _feature_archives(root):
         out[f"features/gnutar-{fmt}{version}-sparse-past-8-gib.tar"] = take("o.tar")
     os.unlink(os.path.join(huge, "sparse"))
     # a sparse file run over three volumes of 40 KiB (7 regions of 9,000 bytes in 200,000): the
-    # GNU format continues its data in 'M' headers, POSIX in d/GNUFileParts/sparse.N files under
+    # GNU format continues its data in 'M' headers, POSIX in mv/GNUFileParts/sparse.N files under
     # GNU.volume.* records, each piece whole or cut where its volume ends
     mv = os.path.join(root, "mv")
     os.makedirs(mv)
