@@ -89,6 +89,7 @@ import json
 import lzma
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 
@@ -571,6 +572,27 @@ def _feature_archives(root):
         for i in (1, 2, 3):
             out[f"features/gnutar-{fmt}-multivolume-sparse-{i}.tar"] = take(f"v{i}.tar")
     os.unlink(os.path.join(mv, "sparse"))
+    # a level-1 incremental dump after a directory was renamed, another removed and one made: 'D'
+    # headers (GNU.dumpdir records in POSIX) for each directory, their atime and ctime set (bytes
+    # CPython's tarfile reads as a ustar prefix), the moved file dumped again under its new name
+    inc = os.path.join(root, "inc")
+    for d in ("a/b", "c"):
+        os.makedirs(os.path.join(inc, d))
+    for name in ("a/b/f", "c/g"):
+        with open(os.path.join(inc, name), "wb") as f:
+            f.write(name.encode() + b"\n")
+    times("inc")
+    for fmt in ("gnu", "posix"):
+        run(*_GNU, f"--format={fmt}", "-g", f"inc-{fmt}.snar", "-cf", "o.tar", "inc")
+        os.unlink(os.path.join(root, "o.tar"))
+    os.rename(os.path.join(inc, "a"), os.path.join(inc, "renamed"))
+    shutil.rmtree(os.path.join(inc, "c"))
+    os.makedirs(os.path.join(inc, "new"))
+    with open(os.path.join(inc, "new", "h"), "wb") as f:
+        f.write(b"new\n")
+    for fmt in ("gnu", "posix"):
+        run(*_GNU, f"--format={fmt}", "-g", f"inc-{fmt}.snar", "-cf", "o.tar", "inc")
+        out[f"features/gnutar-{fmt}-incremental-after-a-rename.tar"] = take("o.tar")
     # archives joined: GNU tar -A drops the first one's end blocks; cat keeps them between the two,
     # where GNU tar (without --ignore-zeros), bsdtar and Go stop: the second is not read
     os.makedirs(os.path.join(root, "two"))
