@@ -538,6 +538,11 @@ def _feature_archives(root):
         sparse = ["--sparse"] if fmt in ("oldgnu", "gnu") else []
         run(*_GNU, f"--format={fmt}", *sparse, "-cf", "o.tar", *members)
         out[f"features/gnutar-{fmt}-without-xattrs.tar"] = take("o.tar")
+    # a sparse file of a name over 100 bytes (e/ttt.../sss...) in each PAX sparse form: GNU.sparse.name
+    # (0.0, 0.1) or the PAX path of GNUSparseFile.N beside GNU.sparse.name (1.0) names it
+    for version in ("0.0", "0.1", "1.0"):
+        run(*_GNU, "--format=posix", "--sparse", f"--sparse-version={version}", "-cf", "o.tar", "e")
+        out[f"features/gnutar-posix-sparse-{version}-long-name.tar"] = take("o.tar")
     # a sparse file of 10 GiB, data past 8 GiB: the old GNU header's offsets and real size past
     # what 11 octal digits hold, in base-256; the PAX formats' records (holes cost no disk, and
     # treecmp reads none of them)

@@ -435,6 +435,7 @@ EXPECT = {
     # GNU tar's own v7, ustar, old GNU and GNU headers (gnutar/FORMAT.tar's --xattrs made them all
     # POSIX): 'S' sparse headers with extension blocks, 'L' and 'K' long names, base-256 times
     **{f"features/gnutar-{fmt}-without-xattrs.tar": REFS for fmt in ("v7", "ustar", "oldgnu", "gnu")},
+    **{f"features/gnutar-posix-sparse-{v}-long-name.tar": REFS for v in ("0.0", "0.1", "1.0")},
     # a sparse file of 10 GiB with data past 8 GiB: base-256 offsets and real size in the 'S' header
     **{f"features/gnutar-{fmt}-sparse-past-8-gib.tar": REFS for fmt in ("oldgnu", "gnu", "posix0.0", "posix0.1",
                                                                          "posix1.0")},
