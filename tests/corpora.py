@@ -47,6 +47,14 @@
                      each format with xattrs and sparse files, volume labels, multi-volume
     bsdtar/NAME      sets, incremental dumps; and libarchive's writers; written here by the
                      tools of this machine on first use (``written``)
+    features/NAME    the tar features real archives carry, each written by the tool that writes
+                     it on first use (``written``): GNU tar's own v7/ustar/old GNU/GNU headers
+                     (its --xattrs and --acls force POSIX), sparse files past 8 GiB (base-256),
+                     --acls, --selinux, global PAX records that would change later entries
+                     (GNU tar's --pax-option, CPython's pax_headers), archives joined by tar -A
+                     and by cat, trailing garbage, no end blocks, dpkg-deb's data.tar in each
+                     compression and the .deb, umoci repack's layers (Go's archive/tar, a
+                     whiteout), tarlz's, and cpio (bsdtar's, GNU cpio's) to be refused
     gitarchive/NAME  archives git archive writes (its own tar writer and gzip), over a small
                      repository, by the git of this machine on first use
 
@@ -77,9 +85,11 @@ import bz2
 import glob
 import gzip
 import hashlib
+import json
 import lzma
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 
@@ -185,7 +195,7 @@ def _unzstd(data):
 def shipped(key):
     """The bytes of ``corpus/name`` as the project ships them (a .Z or .bz2 still compressed)."""
     corpus, name = key.split("/", 1)
-    if corpus in ("gnutar", "bsdtar", "gitarchive"):
+    if corpus in ("gnutar", "bsdtar", "gitarchive", "features"):
         return written(key)
     base = require_corpus(corpus)
     if corpus == "libarchive":
@@ -334,7 +344,9 @@ def _write_all(root):
 
     _tree(root)
     for fmt in ("v7", "oldgnu", "gnu", "ustar", "posix"):
-        # v7 holds no name over 100 bytes, ustar no link target
+        # v7 holds no name over 100 bytes, ustar no link target.  (--xattrs makes GNU tar write
+        # POSIX whatever --format says: these are five POSIX archives; GNU tar's own v7, ustar and
+        # GNU headers are features/gnutar-FORMAT-without-xattrs.tar)
         members = {"v7": ["d/sub", "d/a", "d/lnk"], "ustar": ["d"]}.get(fmt, ["d", "e"])
         run(*_GNU, f"--format={fmt}", "--xattrs", "--sparse", "-cf", "o.tar", *members)
         take(f"gnutar/{fmt}.tar", "o.tar")
@@ -356,6 +368,11 @@ def _write_all(root):
     for fmt, extra in (("gnu", ()), ("posix", ("--sparse-version=1.0",))):
         run(*_GNU, f"--format={fmt}", "--sparse", *extra, "-cf", "o.tar", "big")
         take(f"gnutar/sparse-many-regions-{fmt}.tar", "o.tar")
+    # and as PAX 0.0 (4,002 GNU.sparse.offset/numbytes records, in order, in one header) and 0.1
+    # (one GNU.sparse.map record of 4,002 numbers)
+    for version in ("0.0", "0.1"):
+        run(*_GNU, "--format=posix", "--sparse", f"--sparse-version={version}", "-cf", "o.tar", "big")
+        take(f"gnutar/sparse-many-regions-posix-{version}.tar", "o.tar")
     os.unlink(os.path.join(big, "a.big"))
     # volume labels: a 'V' header (GNU), a global GNU.volume.label record (POSIX)
     run(*_GNU, "--format=gnu", "-V", "My Label", "-cf", "o.tar", "d/sub")
@@ -403,6 +420,280 @@ def _write_all(root):
     return out
 
 
+# --- the tar features real archives carry, each written by the tool that writes it ----------------
+# gnutar/ and bsdtar/ above are the formats; these are the features archives carry beside them:
+# ACLs (GNU tar's and bsdtar's --acls: SCHILY.acl.* records, and with --xattrs GNU tar's
+# SCHILY.xattr.system.posix_acl_*), SELinux labels (GNU tar's --selinux: RHT.security.selinux;
+# bsdtar's SCHILY and LIBARCHIVE xattr records), global PAX headers whose records would change
+# the entries after them (GNU tar's --pax-option KEY=VALUE, CPython's pax_headers), extended
+# headers of odd names (--pax-option exthdr.name=..), GNU tar's own v7/ustar/GNU headers, sparse
+# files past 8 GiB and over volumes, archives joined by GNU tar -A and by cat (end blocks between
+# them: every reader stops there), garbage after the end blocks, no end blocks, a Debian
+# package's data.tar as dpkg-deb writes it (GNU tar's format under "./", in each compression),
+# umoci's and tarlz's archives, and cpio and ar, which no layer is.
+_FEATURE_TOOLS = ("tar", "bsdtar", "dpkg-deb", "cpio", "umoci", "tarlz")
+
+
+def _posix_acl(*entries):
+    """The system.posix_acl_* xattr value of (tag, perm, id) entries (acl_ea.h: version 2)."""
+    import struct
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, i) for t, p, i in entries)
+
+
+def _ar_members(data):
+    """name -> bytes of an ar archive (a .deb): 60-byte headers, members padded to even sizes."""
+    assert data.startswith(b"!<arch>\n"), data[:8]
+    out, at = {}, 8
+    while at < len(data):
+        head = data[at:at + 60]
+        name, size = head[:16].strip().rstrip(b"/").decode(), int(head[48:58])
+        out[name] = data[at + 60:at + 60 + size]
+        at += 60 + size + (size & 1)
+    return out
+
+
+def _feature_archives(root):
+    """features/NAME -> the bytes the tool NAME names writes."""
+    import tarfile
+    out = {}
+
+    def run(*argv, cwd=root, env=None):
+        return subprocess.run(argv, cwd=cwd, check=True, capture_output=True,
+                              env=dict(os.environ, **(env or {}))).stdout
+
+    def take(path):
+        with open(os.path.join(root, path), "rb") as f:
+            data = f.read()
+        os.unlink(os.path.join(root, path))
+        return data
+
+    def times(top):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, top), topdown=False):
+            for n in filenames + dirnames + [""]:
+                os.utime(os.path.join(dirpath, n), (_MTIME, _MTIME), follow_symlinks=False)
+
+    # a directory with a default ACL (what its new files would inherit) and a file whose access
+    # ACL names another user, its mask wider than the group's bits (mode 0674 to ls)
+    no_id = 0xFFFFFFFF
+    acl = os.path.join(root, "acl")
+    os.makedirs(os.path.join(acl, "d"))
+    with open(os.path.join(acl, "d", "f"), "wb") as f:
+        f.write(b"acl\n")
+    with open(os.path.join(acl, "plain"), "wb") as f:
+        f.write(b"no acl\n")
+    os.setxattr(os.path.join(acl, "d", "f"), "system.posix_acl_access",
+                _posix_acl((0x01, 6, no_id), (0x02, 7, 1000), (0x04, 4, no_id), (0x10, 7, no_id), (0x20, 4, no_id)))
+    os.setxattr(os.path.join(acl, "d"), "system.posix_acl_default",
+                _posix_acl((0x01, 7, no_id), (0x02, 5, 1000), (0x04, 5, no_id), (0x10, 7, no_id), (0x20, 5, no_id)))
+    times("acl")
+    # (--acls, as --xattrs, makes GNU tar write POSIX whatever --format says)
+    run(*_GNU, "--format=posix", "--acls", "-cf", "o.tar", "acl")
+    out["features/gnutar-posix-acls.tar"] = take("o.tar")
+    run(*_GNU, "--format=posix", "--acls", "--xattrs", "-cf", "o.tar", "acl")
+    out["features/gnutar-posix-acls-and-xattrs.tar"] = take("o.tar")
+    run(*_BSD, "--format=pax", "--acls", "-cf", "o.tar", "acl")
+    out["features/bsdtar-pax-acls.tar"] = take("o.tar")
+    # an SELinux label (the kernel keeps security.selinux as it is when no LSM claims it)
+    sel = os.path.join(root, "sel")
+    os.makedirs(sel)
+    with open(os.path.join(sel, "shadow"), "wb") as f:
+        f.write(b"root:*:1::::::\n")
+    os.setxattr(os.path.join(sel, "shadow"), "security.selinux", b"system_u:object_r:shadow_t:s0")
+    times("sel")
+    run(*_GNU, "--format=posix", "--selinux", "-cf", "o.tar", "sel")
+    out["features/gnutar-posix-selinux.tar"] = take("o.tar")
+    run(*_BSD, "--format=pax", "--xattrs", "-cf", "o.tar", "sel")
+    out["features/bsdtar-pax-selinux.tar"] = take("o.tar")
+    # global records that would change every later entry: GNU tar applies a global header's
+    # records, bsdtar ignores them, Go hands it on as an entry that docker and containerd skip
+    plain = os.path.join(root, "plain")
+    os.makedirs(os.path.join(plain, "sub"))
+    for name in ("a", "sub/b"):
+        with open(os.path.join(plain, name), "wb") as f:
+            f.write(name.encode() + b"\n")
+    times("plain")
+    run(*_GNU, "--format=posix", "--pax-option=uid=4242,gid=4243,mtime=12345,uname=nobody4242",
+        "-cf", "o.tar", "plain")
+    out["features/gnutar-pax-global-owner-and-time.tar"] = take("o.tar")
+    # the names of the extended headers themselves, from templates: absolute, with '..'
+    run(*_GNU, "--format=posix", "--pax-option=exthdr.name=../../%d/x-%f,globexthdr.name=/etc/g-%n",
+        "--pax-option=comment:=per entry,note=global", "-cf", "o.tar", "plain")
+    out["features/gnutar-pax-header-names.tar"] = take("o.tar")
+    buf = os.path.join(root, "py.tar")
+    with tarfile.open(buf, "w", format=tarfile.PAX_FORMAT,
+                      pax_headers={"uid": "4242", "gid": "4243", "mtime": "12345", "path": "global-name"}) as tf:
+        for name in ("plain", "plain/a", "plain/sub", "plain/sub/b"):
+            tf.add(os.path.join(root, name), arcname=name, recursive=False)
+    out["features/python-pax-global-owner-time-and-path.tar"] = take("py.tar")
+    # GNU tar's own formats, really: gnutar/FORMAT.tar above are written with --xattrs, which makes
+    # GNU tar write POSIX whatever --format says (ustar magic, 'x' headers), so old GNU sparse
+    # headers ('S', with extension blocks past 4 regions), GNU long names ('L', 'K'), base-256
+    # times and the v7 and ustar headers of GNU tar are written here without it.  v7 and ustar
+    # take no --sparse ("GNU features wanted on incompatible archive format"): the sparse files
+    # are written dense
+    _tree(root)
+    for fmt in ("v7", "ustar", "oldgnu", "gnu"):
+        members = {"v7": ["d/sub", "d/a", "d/lnk", "d/ext", "d/sparse-end", "d/all-hole"],
+                   "ustar": ["d"]}.get(fmt, ["d", "e"])
+        sparse = ["--sparse"] if fmt in ("oldgnu", "gnu") else []
+        run(*_GNU, f"--format={fmt}", *sparse, "-cf", "o.tar", *members)
+        out[f"features/gnutar-{fmt}-without-xattrs.tar"] = take("o.tar")
+    # a sparse file of a name over 100 bytes (e/ttt.../sss...) in each PAX sparse form: GNU.sparse.name
+    # (0.0, 0.1) or the PAX path of GNUSparseFile.N beside GNU.sparse.name (1.0) names it
+    for version in ("0.0", "0.1", "1.0"):
+        run(*_GNU, "--format=posix", "--sparse", f"--sparse-version={version}", "-cf", "o.tar", "e")
+        out[f"features/gnutar-posix-sparse-{version}-long-name.tar"] = take("o.tar")
+    # a sparse file of 10 GiB, data past 8 GiB: the old GNU header's offsets and real size past
+    # what 11 octal digits hold, in base-256; the PAX formats' records (holes cost no disk, and
+    # treecmp reads none of them)
+    huge = os.path.join(root, "huge")
+    os.makedirs(huge)
+    with open(os.path.join(huge, "sparse"), "wb") as f:
+        f.truncate(10 << 30)
+        f.seek(9 << 30)
+        f.write(b"past 8 GiB\n")
+        f.seek((10 << 30) - 4)
+        f.write(b"end\n")
+    times("huge")
+    for fmt, version in (("oldgnu", ""), ("gnu", ""), ("posix", "0.0"), ("posix", "0.1"), ("posix", "1.0")):
+        run(*_GNU, f"--format={fmt}", "--sparse", *([f"--sparse-version={version}"] if version else []),
+            "-cf", "o.tar", "huge")
+        out[f"features/gnutar-{fmt}{version}-sparse-past-8-gib.tar"] = take("o.tar")
+    os.unlink(os.path.join(huge, "sparse"))
+    # a sparse file run over three volumes of 40 KiB (7 regions of 9,000 bytes in 200,000): the
+    # GNU format continues its data in 'M' headers, POSIX in mv/GNUFileParts/sparse.N files under
+    # GNU.volume.* records, each piece whole or cut where its volume ends
+    mv = os.path.join(root, "mv")
+    os.makedirs(mv)
+    with open(os.path.join(mv, "sparse"), "wb") as f:
+        f.truncate(200_000)
+        for off in range(0, 200_000, 30_000):
+            f.seek(off)
+            f.write(hashlib.sha256(b"%d" % off).digest() * 281)
+    times("mv")
+    for fmt in ("gnu", "posix"):
+        run(*_GNU, f"--format={fmt}", "--sparse", "-M", "-L", "40", *(a for i in (1, 2, 3) for a in ("-f", f"v{i}.tar")),
+            "-c", "mv")
+        for i in (1, 2, 3):
+            out[f"features/gnutar-{fmt}-multivolume-sparse-{i}.tar"] = take(f"v{i}.tar")
+    os.unlink(os.path.join(mv, "sparse"))
+    # a level-1 incremental dump after a directory was renamed, another removed and one made: 'D'
+    # headers (GNU.dumpdir records in POSIX) for each directory, their atime and ctime set (bytes
+    # CPython's tarfile reads as a ustar prefix), the moved file dumped again under its new name
+    inc = os.path.join(root, "inc")
+    for d in ("a/b", "c"):
+        os.makedirs(os.path.join(inc, d))
+    for name in ("a/b/f", "c/g"):
+        with open(os.path.join(inc, name), "wb") as f:
+            f.write(name.encode() + b"\n")
+    times("inc")
+    for fmt in ("gnu", "posix"):
+        run(*_GNU, f"--format={fmt}", "-g", f"inc-{fmt}.snar", "-cf", "o.tar", "inc")
+        os.unlink(os.path.join(root, "o.tar"))
+    os.rename(os.path.join(inc, "a"), os.path.join(inc, "renamed"))
+    shutil.rmtree(os.path.join(inc, "c"))
+    os.makedirs(os.path.join(inc, "new"))
+    with open(os.path.join(inc, "new", "h"), "wb") as f:
+        f.write(b"new\n")
+    for fmt in ("gnu", "posix"):
+        run(*_GNU, f"--format={fmt}", "-g", f"inc-{fmt}.snar", "-cf", "o.tar", "inc")
+        out[f"features/gnutar-{fmt}-incremental-after-a-rename.tar"] = take("o.tar")
+    # archives joined: GNU tar -A drops the first one's end blocks; cat keeps them between the two,
+    # where GNU tar (without --ignore-zeros), bsdtar and Go stop: the second is not read
+    os.makedirs(os.path.join(root, "two"))
+    with open(os.path.join(root, "two", "b"), "wb") as f:
+        f.write(b"second archive\n")
+    times("two")
+    run(*_GNU, "-cf", "one.tar", "plain")
+    run(*_GNU, "-cf", "two.tar", "two")
+    first, second = take("one.tar"), take("two.tar")
+    with open(os.path.join(root, "joined.tar"), "wb") as f:
+        f.write(first)
+    with open(os.path.join(root, "two.tar"), "wb") as f:
+        f.write(second)
+    run("tar", "-A", "-f", "joined.tar", "two.tar")
+    os.unlink(os.path.join(root, "two.tar"))
+    out["features/gnutar-concatenated.tar"] = take("joined.tar")
+    # a labelled archive joined after another: a 'V' header (GNU), a global GNU.volume.label
+    # header (POSIX) in the middle of the archive
+    for fmt in ("gnu", "posix"):
+        run(*_GNU, f"--format={fmt}", "-cf", "joined.tar", "two")
+        run(*_GNU, f"--format={fmt}", "-V", "Label", "-cf", "labelled.tar", "plain")
+        run("tar", "-A", "-f", "joined.tar", "labelled.tar")
+        os.unlink(os.path.join(root, "labelled.tar"))
+        out[f"features/gnutar-{fmt}-concatenated-labelled.tar"] = take("joined.tar")
+    out["features/cat-two-archives.tar"] = first + second
+    out["features/trailing-garbage.tar"] = first + hashlib.sha256(b"garbage").digest() * 100
+    # the end blocks cut off (a writer killed before it closed the archive): what is whole is read
+    end = len(first.rstrip(b"\0"))
+    out["features/no-end-blocks.tar"] = first[:end + (-end % 512)]
+    # a Debian package's data.tar: dpkg-deb runs GNU tar (--format=gnu, names under "./", the
+    # root "./" itself first, a hardlink, a symlink), compressed as asked; xz (its default) is
+    # no layer compression: refused, naming it
+    pkg = os.path.join(root, "pkg")
+    os.makedirs(os.path.join(pkg, "DEBIAN"))
+    os.makedirs(os.path.join(pkg, "usr", "share", "doc", "p"))
+    os.makedirs(os.path.join(pkg, "usr", "bin"))
+    with open(os.path.join(pkg, "DEBIAN", "control"), "w") as f:
+        f.write("Package: p\nVersion: 1.0\nArchitecture: all\nMaintainer: a <a@example.com>\nDescription: t\n")
+    with open(os.path.join(pkg, "usr", "share", "doc", "p", "README"), "wb") as f:
+        f.write(b"readme\n")
+    os.symlink("../share/doc/p/README", os.path.join(pkg, "usr", "bin", "readme"))
+    os.link(os.path.join(pkg, "usr", "share", "doc", "p", "README"), os.path.join(pkg, "usr", "share", "doc", "p", "HARD"))
+    os.chmod(os.path.join(pkg, "usr", "bin"), 0o755)
+    for z, ext in (("none", ""), ("gzip", ".gz"), ("xz", ".xz"), ("zstd", ".zst")):
+        run("dpkg-deb", "--root-owner-group", f"-Z{z}", "-b", "pkg", "p.deb", env={"SOURCE_DATE_EPOCH": str(_MTIME)})
+        deb = take("p.deb")
+        members = _ar_members(deb)
+        out[f"features/dpkg-deb-data.tar{ext}"] = members[f"data.tar{ext}"]
+        if z == "gzip":
+            out["features/dpkg-deb-control.tar.gz"] = members["control.tar.gz"]
+            out["features/dpkg-deb-package.deb"] = deb  # the .deb itself: an ar archive, no layer
+    # a layer as a packaged Go program writes it: umoci repack (Go's archive/tar, PAX xattrs on a
+    # hardlink too, the root "./"), then a second layer of a whiteout, as umoci diffs a deletion
+    layout, bundle = os.path.join(root, "layout"), os.path.join(root, "bundle")
+    run("umoci", "init", "--layout", layout)
+    run("umoci", "new", "--image", f"{layout}:x")
+    run("umoci", "unpack", "--image", f"{layout}:x", bundle)
+    rootfs = os.path.join(bundle, "rootfs")
+    os.makedirs(os.path.join(rootfs, "d", "sub"))
+    with open(os.path.join(rootfs, "d", "a"), "wb") as f:
+        f.write(b"umoci\n")
+    os.setxattr(os.path.join(rootfs, "d", "a"), "user.k", b"v")
+    os.link(os.path.join(rootfs, "d", "a"), os.path.join(rootfs, "d", "sub", "ha"))
+    os.symlink("a", os.path.join(rootfs, "d", "lnk"))
+    os.mkfifo(os.path.join(rootfs, "d", "fifo"))
+    os.mknod(os.path.join(rootfs, "d", "null"), 0o20666, os.makedev(1, 3))
+    os.makedirs(os.path.join(rootfs, "l" * 120))
+    times(os.path.relpath(rootfs, root))
+    run("umoci", "repack", "--image", f"{layout}:x", bundle)
+    # (a repack diffs against the image the bundle was unpacked from: unpacked again for the second)
+    run("umoci", "unpack", "--image", f"{layout}:x", bundle + "2")
+    os.unlink(os.path.join(bundle + "2", "rootfs", "d", "lnk"))
+    run("umoci", "repack", "--image", f"{layout}:x", bundle + "2")
+    with open(os.path.join(layout, "index.json")) as f:
+        manifest = json.load(f)["manifests"][0]["digest"].split(":")[1]
+    with open(os.path.join(layout, "blobs", "sha256", manifest)) as f:
+        layers = [d["digest"].split(":")[1] for d in json.load(f)["layers"]]
+    for name, digest in zip(("umoci-repack-layer.tar.gz", "umoci-repack-whiteout-layer.tar.gz"), layers):
+        with open(os.path.join(layout, "blobs", "sha256", digest), "rb") as f:
+            out[f"features/{name}"] = f.read()
+    # tarlz (lzip's archiver): POSIX headers of its own (GNU.crc32 records, hardlinks stored as
+    # files), uncompressed; and its default lzip form, no layer compression: refused, naming lzip
+    out["features/tarlz-uncompressed.tar"] = run("tarlz", "--uncompressed", "-cf", "-", "d", "e")
+    out["features/tarlz.tar.lz"] = run("tarlz", "-cf", "-", "d")
+    # cpio, which bsdtar and GNU cpio write and bsdtar also reads: no layer is one (docker,
+    # containerd and GNU tar refuse it): refused, naming the format, plain or in gzip
+    for fmt in ("cpio", "newc"):
+        out[f"features/bsdtar-{fmt}.cpio"] = run("bsdtar", "--format", fmt, "-cf", "-", "plain")
+    out["features/bsdtar-newc.cpio.gz"] = run("bsdtar", "--format", "newc", "-z", "-cf", "-", "plain")
+    listing = run("find", "plain", "-print0")
+    for fmt in ("bin", "odc", "newc", "crc"):
+        out[f"features/gnucpio-{fmt}.cpio"] = subprocess.run(["cpio", "--quiet", "-0", "-o", "-H", fmt], cwd=root,
+                                                            input=listing, check=True, capture_output=True).stdout
+    return out
+
+
 # --- archives git archive writes -----------------------------------------------------------------
 # git's tar writer is its own (archive-tar.c): a global header whose 'comment' record is the
 # commit's id, ustar prefixes for names up to 255 bytes and PAX 'path' records past them, PAX
@@ -446,6 +737,14 @@ def _git_archives(root):
 def written(key):
     """The bytes of ``gnutar/NAME`` or ``bsdtar/NAME``, written by that tool on first use (and
     ``gitarchive/NAME``, by git)."""
+    if key.startswith("features/"):
+        if key not in _WRITTEN:
+            from conftest import require_tool
+            for tool in _FEATURE_TOOLS:
+                require_tool(tool)
+            with tempfile.TemporaryDirectory(prefix="lamina-written-features-") as root:
+                _WRITTEN.update(_feature_archives(root))
+        return _WRITTEN[key]
     if key.startswith("gitarchive/"):
         if key not in _WRITTEN:
             from conftest import require_tool

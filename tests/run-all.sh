@@ -18,11 +18,12 @@ cd "$(dirname "$0")/.."
 # golang-go, busybox, pax, cpio, 7zip, node-tar: the tar writers of tests/test_tar_writers.py (Go's
 # archive/tar through tests/gotar, built offline)
 # git: git archive writes the gitarchive/ archives of tests/test_tar_corpora.py (tests/corpora.py)
+# dpkg (dpkg-deb), tarlz, cpio, tar, libarchive-tools, umoci: the features/ archives of tests/corpora.py
 # strace: a test counts the directory reads a hostile layer costs (tests/test_hostile_more.py)
 DEBS=(python3-venv python3-dev gcc libisal-dev libzstd-dev umoci skopeo tar gzip pigz zstd attr libarchive-tools
       docker-registry util-linux kmod xfsprogs e2fsprogs debootstrap qemu-user-static chromium
       golang-src libpython3.11-testsuite strace golang-go busybox pax cpio 7zip
-      node-tar git)
+      node-tar git dpkg tarlz)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -200,6 +200,11 @@ def _foreign_layers():
         "zip": (_zip, "InvalidArchiveError", "in the zip archive format"),
         "ar": (_ar, "InvalidArchiveError", "in the ar archive format"),
         "cpio": (_cpio, "InvalidArchiveError", "in the cpio archive format"),
+        # inside a layer compression (bsdtar --format newc -z): said "first tar header: bad header
+        # checksum", the magic of the inflated bytes unread
+        "cpio in gzip": (lambda d: gz(_cpio(d)), "InvalidArchiveError", "in the cpio archive format"),
+        "zip in zstd": (lambda d: zst(_zip(d)), "InvalidArchiveError", "in the zip archive format"),
+        "xz in gzip": (lambda d: gz(lzma.compress(d)), "CompressionError", "xz-compressed"),
     }
 
 

@@ -411,7 +411,8 @@ EXPECT = {
         "gnu-volume-label", "posix-volume-label", "gnu-incremental-0", "gnu-incremental-1",
         "posix-incremental-0", "posix-incremental-1",
         "posix-multivolume-2",  # its d/big continued as a file d/GNUFileParts/big.2
-        "sparse-many-regions-gnu", "sparse-many-regions-posix")},
+        "sparse-many-regions-gnu", "sparse-many-regions-posix", "sparse-many-regions-posix-0.0",
+        "sparse-many-regions-posix-0.1")},
     # a first volume ends inside d/big: GNU tar and bsdtar fail at the end ("Unexpected EOF")
     **{f"gnutar/{n}-1.tar": refused("InvalidArchiveError", "archive ends inside entry 'd/big'")
        for n in ("gnu-multivolume", "gnu-multivolume-labelled", "posix-multivolume")},
@@ -429,6 +430,74 @@ EXPECT = {
     # and reads back both (it decodes the LIBARCHIVE name only): GNU tar, Go, umoci and lamina set the
     # SCHILY one alone (CONFORMANCE.md)
     "bsdtar/pax-not-utf8.tar": GNU,
+    # --- the features real archives carry, written here by the tools that write them
+    # (corpora._feature_archives) ---
+    # GNU tar's own v7, ustar, old GNU and GNU headers (gnutar/FORMAT.tar's --xattrs made them all
+    # POSIX): 'S' sparse headers with extension blocks, 'L' and 'K' long names, base-256 times
+    **{f"features/gnutar-{fmt}-without-xattrs.tar": REFS for fmt in ("v7", "ustar", "oldgnu", "gnu")},
+    **{f"features/gnutar-posix-sparse-{v}-long-name.tar": REFS for v in ("0.0", "0.1", "1.0")},
+    # a sparse file of 10 GiB with data past 8 GiB: base-256 offsets and real size in the 'S' header
+    **{f"features/gnutar-{fmt}-sparse-past-8-gib.tar": REFS for fmt in ("oldgnu", "gnu", "posix0.0", "posix0.1",
+                                                                         "posix1.0")},
+    # a sparse file over three volumes: the first cut inside it (GNU tar and bsdtar fail at the end),
+    # the rest 'M' continuations (GNU tar refuses them, bsdtar extracts a file of the piece:
+    # CONFORMANCE.md) or, in POSIX, files mv/GNUFileParts/sparse.N, the middle one cut short too
+    **{f"features/gnutar-{fmt}-multivolume-sparse-1.tar": refused("InvalidArchiveError",
+                                                                   "archive ends inside entry 'mv/sparse'")
+       for fmt in ("gnu", "posix")},
+    **{f"features/gnutar-gnu-multivolume-sparse-{i}.tar": refused("InvalidArchiveError", "entry 'mv/sparse': type 'M'")
+       for i in (2, 3)},
+    "features/gnutar-posix-multivolume-sparse-2.tar": refused("InvalidArchiveError",
+                                                             "archive ends inside entry 'mv/GNUFileParts/sparse.2'"),
+    "features/gnutar-posix-multivolume-sparse-3.tar": REFS,
+    # SCHILY.acl.access / SCHILY.acl.default (--acls): bsdtar applies them as root, GNU tar only
+    # with --acls, Go-based tools never; lamina does not (CONFORMANCE.md)
+    # (bsdtar --numeric-owner also fails on GNU tar's ACLs, which name users by name alone)
+    "features/gnutar-posix-acls.tar": GNU, "features/bsdtar-pax-acls.tar": GNU,
+    # with --xattrs GNU tar also writes them as SCHILY.xattr.system.posix_acl_*, which GNU tar
+    # (--xattrs-include='*') and lamina set, the mode kept (CONFORMANCE.md)
+    "features/gnutar-posix-acls-and-xattrs.tar": GNU,
+    # RHT.security.selinux (GNU tar's --selinux): bsdtar maps it to the xattr, GNU tar (without
+    # --selinux), Go and lamina do not
+    "features/gnutar-posix-selinux.tar": GNU,
+    "features/bsdtar-pax-selinux.tar": REFS,  # SCHILY.xattr.security.selinux, and bsdtar's LIBARCHIVE.xattr.*
+    # a global header of uid, gid, mtime and uname (--pax-option KEY=VALUE) or, CPython's
+    # pax_headers, path: GNU tar applies them to every later entry; bsdtar ignores them, Go hands the
+    # header on as an entry that docker and containerd skip, and lamina skips it (CONFORMANCE.md)
+    "features/gnutar-pax-global-owner-and-time.tar": BSD,
+    "features/python-pax-global-owner-time-and-path.tar": BSD,
+    # extended headers named '../../plain/x-a' and a global one '/etc/g-1' (--pax-option
+    # exthdr.name, globexthdr.name): names no reader extracts
+    "features/gnutar-pax-header-names.tar": REFS,
+    # GNU tar -A: one archive; cat of two: GNU tar (without --ignore-zeros), bsdtar and Go stop at
+    # the first one's end blocks, and so does lamina: the second is not read
+    "features/gnutar-concatenated.tar": REFS, "features/cat-two-archives.tar": REFS,
+    # a level-1 dump after a rename: 'D' entries (their listings not applied: GNU tar deletes what
+    # they leave out only with --incremental, and bsdtar and Go never)
+    "features/gnutar-gnu-incremental-after-a-rename.tar": REFS,
+    "features/gnutar-posix-incremental-after-a-rename.tar": REFS,
+    # a label ('V', or POSIX's global GNU.volume.label) in the middle, after tar -A: skipped by all
+    "features/gnutar-gnu-concatenated-labelled.tar": REFS, "features/gnutar-posix-concatenated-labelled.tar": REFS,
+    "features/trailing-garbage.tar": REFS, "features/no-end-blocks.tar": REFS,
+    # a Debian package's data.tar (dpkg-deb: GNU tar's format, "./" names and the root "./" first)
+    # in each of dpkg-deb's compressions (xz inflated here; as shipped, refused naming xz)
+    **{f"features/dpkg-deb-{n}": REFS for n in ("data.tar", "data.tar.gz", "data.tar.xz", "data.tar.zst",
+                                                "control.tar.gz")},
+    # layers umoci repack writes (Go's archive/tar): the files; then a whiteout of d/lnk, which GNU
+    # tar and bsdtar extract as a file '.wh.lnk' and an unpacker applies (umoci's tree: d alone)
+    "features/umoci-repack-layer.tar.gz": REFS,
+    "features/umoci-repack-whiteout-layer.tar.gz": go("d"),
+    "features/tarlz-uncompressed.tar": REFS,
+    "features/tarlz.tar.lz": refused("CompressionError", "lzip-compressed, which a layer never is"),
+    # cpio (bsdtar's odc and newc, plain and in gzip; GNU cpio's binary, odc, newc and crc) and the
+    # .deb itself (ar): bsdtar reads them, GNU tar and Go-based tools refuse them, and so does
+    # lamina, naming the format, on every path
+    **{f"features/{n}": refused("InvalidArchiveError", "in the cpio archive format, not a tar") for n in (
+        "bsdtar-cpio.cpio", "bsdtar-newc.cpio",
+        # in gzip (bsdtar -z): said "first tar header: bad header checksum", the inflated bytes' magic unread
+        "bsdtar-newc.cpio.gz",
+        *(f"gnucpio-{fmt}.cpio" for fmt in ("bin", "odc", "newc", "crc")))},
+    "features/dpkg-deb-package.deb": refused("InvalidArchiveError", "in the ar archive format, not a tar"),
 }
 
 
@@ -609,6 +678,17 @@ def _crafted():
         "prefix-and-empty-name": (Tar().entry("", b"", type=b"5", mode=0o755, prefix="a/b").file("a/b/f", b"x")
                                   .bytes(), REFS),
         # GNU types with data GNU tar does not extract
+        # 'N' (old GNU tar's long names: a list of "Rename"/"Symlink" lines that GNU tar once
+        # carried out) and 'I' (inode metadata only): both references extract a regular file
+        # ("Unknown file type"), as POSIX says of an unknown type, and so does lamina
+        "gnu-names-type-N": (Tar().entry("names", b"Symlink victim to /etc/passwd\nRename a to moved\n", type=b"N",
+                                         fmt="gnu").file("a", b"x", fmt="gnu").bytes(), REFS),
+        "inode-only-type-I": (Tar().entry("inode", b"", type=b"I", mode=0o600).file("g", b"y").bytes(), REFS),
+        "inode-only-type-I-with-data": (Tar().entry("inode", b"data", type=b"I", mode=0o600).file("g", b"y").bytes(),
+                                        REFS),
+        # Solaris tar's 'X' extended header: a PAX 'x' to GNU tar and bsdtar (Go: an unknown type)
+        "solaris-X-extended-header": (Tar().pax({"path": "real-name", "uid": "42"}, type=b"X").file("ustar", b"x")
+                                      .file("g", b"y").bytes(), REFS),
         "dumpdir-of-garbage": (Tar().entry("d/", b"Ygarbage\0Nfoo\0\0" * 50, type=b"D", fmt="gnu", mode=0o755)
                                .file("d/f", b"x").bytes(), REFS),
         "longlink-on-a-file": (Tar().gnu_longlink("target").file("f", b"x").bytes(), REFS),

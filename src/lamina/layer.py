@@ -174,10 +174,13 @@ def _run(layer, extractor, diff_id, digest, media_type, name, hash_blob, writes=
             compression.check_media_type(kind, media_type, what, head)
         run = _native if _use_native(kind) else _python
         try:
-            stats, counts = run(raw, head, kind, _TimedFeed(extractor, writes), what, t0, hash_blob, progress)
+            feed = _TimedFeed(extractor, writes)
+            stats, counts = run(raw, head, kind, feed, what, t0, hash_blob, progress)
         except (errors.InvalidArchiveError, errors.ExtractError) as e:
-            if kind == "none" and extractor.entries == 0 and isinstance(e, errors.InvalidArchiveError):
-                _refuse_foreign(head, what, e)
+            if extractor.entries == 0 and isinstance(e, errors.InvalidArchiveError):
+                # a gzip or zstd layer's own first bytes (a cpio in gzip, as `bsdtar --format newc
+                # -z` writes it) say what it is as well as a plain layer's do
+                _refuse_foreign(head if kind == "none" else feed.first, what, e)
             if str(e).startswith(what):
                 raise
             named = type(e)(f"{what}: {e}")  # say which layer, not only which entry
@@ -306,6 +309,7 @@ class _TimedFeed:
     def __init__(self, extractor, writes=True):
         self.extractor, self.writes, self.timeline = extractor, writes, None
         self.write_ns = extractor.write_ns
+        self.first = b""  # the tar stream's first bytes, to name a foreign format the tar parser refuses
 
     def _step(self, t):
         now = self.extractor.write_ns
@@ -314,6 +318,8 @@ class _TimedFeed:
         self.write_ns = now
 
     def __call__(self, chunk):
+        if len(self.first) < HEAD:
+            self.first += bytes(chunk[:HEAD - len(self.first)])
         t = time.perf_counter()
         self.extractor.feed(chunk)
         self._step(t)
