@@ -480,3 +480,20 @@ def test_sigkill_while_apply_atomic_replaces_dest_leaves_the_old_tree_or_the_new
     assert sorted(os.listdir(dest)) == sorted([*tree, "c"]), os.listdir(dest)
     assert not [n for n in os.listdir(tmp_path) if ".lamina-" in n], os.listdir(tmp_path)
     assert "user.lamina.staging" not in os.listxattr(dest)   # the staging dir's mark (unpacker._MARK)
+
+
+def test_an_unpack_sweeps_only_the_newborn_dirs_lamina_marked(layout, tmp_path):
+    """A DEST.lamina-new-* dir is an unpack's staging dir before it is named (made, locked, marked,
+    renamed): an empty one nobody holds, that lamina marked, is a killed unpack's and goes.  The
+    sweep removed any empty one of that name, someone else's too (the rmdir of an empty dir:
+    yet not lamina's to remove, a mount point for instance)."""
+    lay, _ = layout
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:good", "good:1")
+    out = tmp_path / "out"
+    killed, foreign = out / "rootfs.lamina-new-0a1b2c3d", out / "rootfs.lamina-new-mine"
+    for d in (killed, foreign):
+        d.mkdir(parents=True)
+    os.setxattr(killed, "user.lamina.staging", str(os.stat(killed).st_ino).encode())   # as lamina marks
+    lamina(root, "unpack", "good:1", out / "rootfs")
+    assert sorted(os.listdir(out)) == ["rootfs", "rootfs.lamina-new-mine"]

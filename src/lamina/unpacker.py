@@ -592,7 +592,8 @@ def _remove_newborn(name, dir_fd):
 
 def _sweep_killed_siblings(parent, name):
     """Remove the DEST.lamina-tmp-* dirs of unpacks that were killed (nobody holds their lock),
-    and the empty DEST.lamina-new-* dirs of unpacks killed before they named theirs."""
+    and the empty DEST.lamina-new-* dirs of unpacks killed before they named theirs: only those
+    lamina marked (_sweep_killed)."""
     prefix, newborn = name + _STAGING_PREFIX, name + _NEWBORN_PREFIX
     try:
         parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -660,7 +661,8 @@ def _forget_in_place(st_dev, st_ino, name):
 def _sweep_killed(dir_fd, shown, ours, newborn, recorded=None):
     """Remove the staging dirs in ``dir_fd`` (``shown``: its path) whose names ``ours`` takes, that
     lamina marked (_MARK), and whose lock nobody holds: those of killed unpacks (``newborn``-named
-    ones are empty: they were never named).  Through ``dir_fd``, never by a path through a parent
+    ones are empty: they were never named; one killed before its mark, three system calls after
+    its mkdir, stays, as anyone else's dir of that name does).  Through ``dir_fd``, never by a path through a parent
     swapped meanwhile.  ``recorded``: (st_dev, st_ino, name) -> whether a staging dir was recorded
     as made so, which it must also be to be taken (a newborn needs none: only ever removed if
     empty)."""
@@ -678,10 +680,12 @@ def _sweep_killed(dir_fd, shown, ours, newborn, recorded=None):
             st = os.fstat(fd)
             if recorded is not None and not n.startswith(newborn) and not recorded(st.st_dev, st.st_ino, n):
                 continue  # no unpack made it: an image's directory, or the user's
+            if not (_is_marked(fd) and _is_at(dir_fd, n, fd)):
+                continue   # not lamina's: an empty DEST.lamina-new-x of someone else's too
             if n.startswith(newborn):
                 trace.event("sweep-killed-staging", path=os.path.join(shown, n))
                 _remove_newborn(n, dir_fd)   # (an rmdir: only ever an empty one)
-            elif _is_marked(fd) and _is_at(dir_fd, n, fd):
+            else:
                 trace.event("sweep-killed-staging", path=os.path.join(shown, n))
                 remove_tree(f"/proc/self/fd/{dir_fd}/{n}")
                 if recorded is not None:
