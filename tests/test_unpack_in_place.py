@@ -211,8 +211,9 @@ def test_an_entry_named_like_a_staging_dir_that_no_unpack_made_is_never_swept(tm
 
 
 def _mark_as_lamina_does(path):
-    """The xattr lamina marks its staging dirs with (unpacker._MARK): the dir's inode number."""
-    os.setxattr(path, "user.lamina.staging", str(os.stat(path).st_ino).encode())
+    """The xattr lamina marks its staging dirs with (unpacker._MARK): the dir's inode number and
+    its name's token."""
+    os.setxattr(path, "user.lamina.staging", f"{os.stat(path).st_ino} {path.name.rsplit('-', 1)[1]}".encode())
 
 
 @pytest.mark.parametrize("where", ["renamed", "in place"])
