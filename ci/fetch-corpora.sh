@@ -145,7 +145,7 @@ deb_src_lists() {
 # fetch_source PACKAGE DEST SUBDIR PATTERN...: the files under SUBDIR (. for the top) of
 # PACKAGE's upstream source that match a PATTERN, into $cache/DEST keeping their paths below SUBDIR
 fetch_source() {
-    local pkg="$1" dest="$cache/$2" sub="$3" i orig dl pat
+    local pkg="$1" dest="$cache/$2" sub="$3" i orig dl
     shift 3
     [ -e "$dest/SOURCE" ] && return 0
     deb_src_lists || return 1
@@ -166,13 +166,21 @@ fetch_source() {
         sleep $((i * 5))
     done
     [ -n "$orig" ] || return 1
-    local pats=() under="$sub/"
+    install_members "$orig" "$dl" "$dest" "$sub" "$@"
+}
+
+# install_members ARCHIVE DL DEST SUBDIR PATTERN...: ARCHIVE's members (under its one top
+# directory) in SUBDIR that match a PATTERN, extracted into DL/x, become DEST: SUBDIR's contents
+# and a SOURCE file naming the archive, put in place whole (DEST.tmp, then one mv); DL goes
+install_members() {
+    local archive="$1" dl="$2" dest="$3" sub="$4" pat pats=() under="$4/"
+    shift 4
     [ "$sub" = . ] && under=""
     for pat in "$@"; do pats+=("*/$under$pat"); done
-    tar -xf "$orig" -C "$dl/x" --wildcards "${pats[@]}" || return 1
+    tar -xf "$archive" -C "$dl/x" --wildcards "${pats[@]}" || return 1
     rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
     cp -a "$dl"/x/*/"$sub"/. "$dest.tmp/"
-    basename "$orig" > "$dest.tmp/SOURCE"
+    basename "$archive" > "$dest.tmp/SOURCE"
     rm -rf "$dest" "$dl" && mv "$dest.tmp" "$dest"
 }
 
@@ -264,7 +272,7 @@ fetch_source proftpd-mod-tar proftpd-mod-tar t/etc/modules/mod_tar '*.tar' \
 # fetch_pypi_sdist PROJECT==VERSION DEST SUBDIR PATTERN...: as fetch_source, from a PyPI source
 # distribution (pip download in a throwaway venv: pip builds the sdist's metadata to check it)
 fetch_pypi_sdist() {
-    local spec="$1" dest="$cache/$2" sub="$3" i sdist pat
+    local spec="$1" dest="$cache/$2" sub="$3" i sdist
     shift 3
     [ -e "$dest/SOURCE" ] && return 0
     local dl="$work/pypi-${spec%%=*}"
@@ -277,13 +285,7 @@ fetch_pypi_sdist() {
     done
     sdist="$(ls "$dl"/*.tar.gz 2>/dev/null | head -1)"
     [ -n "$sdist" ] || return 1
-    local pats=()
-    for pat in "$@"; do pats+=("*/$sub/$pat"); done
-    tar -xzf "$sdist" -C "$dl/x" --wildcards "${pats[@]}" || return 1
-    rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
-    cp -a "$dl"/x/*/"$sub"/. "$dest.tmp/"
-    basename "$sdist" > "$dest.tmp/SOURCE"
-    rm -rf "$dest" "$dl" && mv "$dest.tmp" "$dest"
+    install_members "$sdist" "$dl" "$dest" "$sub" "$@"
 }
 
 # python-libarchive-c's test tars (Debian's source package lacks its .orig on the mirror; PyPI has the

@@ -405,8 +405,8 @@ def test_an_unpack_removes_killed_staging_dirs_but_not_a_running_ones(layout, tm
     for d in (killed, running, foreign):
         (d / "etc").mkdir(parents=True)
         (d / "etc" / "f").write_bytes(b"x")
-    for d in (killed, running):   # as lamina marks its own (unpacker._MARK: the dir's inode number)
-        os.setxattr(d, "user.lamina.staging", str(os.stat(d).st_ino).encode())
+    for d in (killed, running):   # as lamina marks its own (unpacker._MARK: inode number, name's token)
+        os.setxattr(d, "user.lamina.staging", f"{os.stat(d).st_ino} {d.name.rsplit('-', 1)[1]}".encode())
     other = out / "other.lamina-tmp-killed2"  # another DEST's: not this unpack's business
     other.mkdir()
     fd = os.open(running, os.O_RDONLY | os.O_DIRECTORY)
@@ -480,3 +480,45 @@ def test_sigkill_while_apply_atomic_replaces_dest_leaves_the_old_tree_or_the_new
     assert sorted(os.listdir(dest)) == sorted([*tree, "c"]), os.listdir(dest)
     assert not [n for n in os.listdir(tmp_path) if ".lamina-" in n], os.listdir(tmp_path)
     assert "user.lamina.staging" not in os.listxattr(dest)   # the staging dir's mark (unpacker._MARK)
+
+
+def test_an_unpack_sweeps_only_the_newborn_dirs_lamina_marked(layout, tmp_path):
+    """A DEST.lamina-new-* dir is an unpack's staging dir before it is named (made, locked, marked,
+    renamed): an empty one nobody holds, that lamina marked, is a killed unpack's and goes.  The
+    sweep removed any empty one of that name, someone else's too (the rmdir of an empty dir:
+    yet not lamina's to remove, a mount point for instance)."""
+    lay, _ = layout
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:good", "good:1")
+    out = tmp_path / "out"
+    killed, foreign = out / "rootfs.lamina-new-0a1b2c3d", out / "rootfs.lamina-new-mine"
+    for d in (killed, foreign):
+        d.mkdir(parents=True)
+    os.setxattr(killed, "user.lamina.staging", f"{os.stat(killed).st_ino} 0a1b2c3d".encode())   # as lamina marks
+    lamina(root, "unpack", "good:1", out / "rootfs")
+    assert sorted(os.listdir(out)) == ["rootfs", "rootfs.lamina-new-mine"]
+
+
+def test_a_mark_a_kill_left_on_dest_never_gets_dest_swept(layout, tmp_path):
+    """Killed between the rename of its staging dir onto DEST and the removal of the staging
+    dir's mark (SIGKILL at that fremovexattr), an unpack leaves DEST whole, with the mark on its
+    root.  The mark held the inode number alone, which DEST keeps: a DEST named like another
+    DEST's staging dir (rootfs.lamina-tmp-v2) was then swept, whole, by the next unpack to
+    rootfs.  The mark names the staging dir's token now, which DEST's name does not hold."""
+    from conftest import require_tool
+    require_tool("strace")
+    lay, _ = layout
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:good", "good:1")
+    out = tmp_path / "out"
+    dest = out / "rootfs.lamina-tmp-v2"
+    proc = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fremovexattr", "-e",
+                           "inject=fremovexattr:signal=SIGKILL:when=1", "--", *LAMINA, "--root", str(root),
+                           "unpack", "good:1", str(dest)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert os.listdir(out) == [dest.name], os.listdir(out)
+    assert "user.lamina.staging" in os.listxattr(dest), "killed before the rename: a broken test"
+    whole = snapshot(dest)
+    lamina(root, "unpack", "good:1", out / "rootfs")
+    assert sorted(os.listdir(out)) == ["rootfs", "rootfs.lamina-tmp-v2"]
+    assert not compare(whole, snapshot(dest))

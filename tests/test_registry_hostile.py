@@ -659,3 +659,54 @@ def test_a_layer_embedded_in_its_descriptor_is_taken_without_a_fetch(tmp_path, i
         assert [s for s in reg.seen if s[1] == "GET" and "/manifests/" in s[2]], "nothing asked: a broken test"
     finally:
         reg.stop()
+
+
+def test_a_layer_embedded_in_its_descriptor_is_not_counted_as_downloaded(tmp_path, registry_env):  # noqa: F811
+    """A layer read from its descriptor's ``data`` came with the manifest: the pull counted its
+    bytes in downloaded_bytes and bytes_downloaded and showed it Downloading with a progress bar,
+    as unpack docker:// did.  Now none of it is downloaded, and only a fetched layer is."""
+    import base64
+
+    from lamina.registry.progress import Reporter
+    from lamina.registry.source import RegistrySource
+    from lamina.unpacker import unpack
+
+    class Recorder(Reporter):
+        def __init__(self):
+            self.states, self.progressed, self._lock = {}, set(), threading.Lock()
+
+        def state(self, digest, status):
+            with self._lock:
+                self.states.setdefault(digest, []).append(status)
+
+        def progress(self, digest, done, total):
+            with self._lock:
+                self.progressed.add(digest)
+
+    lay = ocibuild.Layout(tmp_path / "oci")
+    m = lay.image([{"f": b"hostile registries\n"}, {"g": b"fetched\n"}])
+    doc = _manifest(lay, m)
+    embedded, fetched = doc["layers"]
+    with open(lay.path(embedded["digest"]), "rb") as f:
+        embedded["data"] = base64.b64encode(f.read()).decode()
+    m2 = lay.json_blob(doc, doc["mediaType"])
+    reg = FakeRegistry(lay, {"1": m2["digest"]})
+    try:
+        rec = Recorder()
+        result = pull(f"{reg.host}/x/y:1", store=Store(tmp_path / "store"), reporter=rec)
+        by_digest = {layer.digest: layer for layer in result.layers}
+        assert by_digest[embedded["digest"]].downloaded_bytes == 0
+        assert by_digest[fetched["digest"]].downloaded_bytes == fetched["size"], "a broken test"
+        assert result.bytes_downloaded == fetched["size"]
+        assert "Downloading" not in rec.states[embedded["digest"]] and embedded["digest"] not in rec.progressed
+        assert "Downloading" in rec.states[fetched["digest"]] and fetched["digest"] in rec.progressed
+        rec = Recorder()
+        with RegistrySource(f"{reg.host}/x/y:1", reporter=rec) as source:
+            unpack(source, tmp_path / "rootfs")
+            source.finished(source.image)
+        assert (tmp_path / "rootfs" / "f").read_bytes() == b"hostile registries\n"
+        assert (tmp_path / "rootfs" / "g").read_bytes() == b"fetched\n"
+        assert "Downloading" not in rec.states[embedded["digest"]] and embedded["digest"] not in rec.progressed
+        assert "Downloading" in rec.states[fetched["digest"]] and fetched["digest"] in rec.progressed
+    finally:
+        reg.stop()

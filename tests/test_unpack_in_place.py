@@ -166,6 +166,50 @@ def test_an_in_place_unpack_killed_while_it_moves_up_is_named_not_swept(tmp_path
     assert sorted(os.listdir(mount_point)) == left
 
 
+def test_an_in_place_unpack_killed_before_a_reboot_is_named_not_swept(tmp_path, mount_point, monkeypatch):
+    """An in-place staging dir is swept only if lamina both marked it and recorded it in its
+    runtime directory, which a reboot empties: after one (a fresh runtime dir here) a killed
+    in-place unpack's dir is named, as one that moved entries up is, and left as it is; with its
+    record it is swept.  Both are kept (see the next test): the mark alone is a value anyone who
+    writes DEST can set, an image's layer too; the record is in a directory only lamina writes."""
+    runs = [tmp_path / "run-before", tmp_path / "run-after-reboot"]
+    for d in runs:
+        d.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runs[0]))
+    _killed_unpack(tmp_path, mount_point, "_move_up")
+    left = os.listdir(mount_point)
+    assert len(left) == 1 and left[0].startswith(".lamina-tmp-"), left
+    staged = snapshot(mount_point)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runs[1]))
+    proc = lamina_cli(tmp_path / "store", "unpack", f"oci:{SAMPLE}", mount_point, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"lamina: error: destination {mount_point} holds an unpack that did not finish ({left[0]}); "
+        f"empty it and unpack again"), proc.stderr
+    assert_same(staged, snapshot(mount_point), labels=("killed", "after the refused rerun"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runs[0]))
+    lamina_cli(tmp_path / "store", "unpack", f"oci:{SAMPLE}", mount_point)
+    lamina.unpack(f"oci:{SAMPLE}", tmp_path / "renamed")
+    assert_same(tree(tmp_path / "renamed"), tree(mount_point), labels=("renamed", "swept and unpacked again"))
+
+
+def test_an_images_entry_carrying_lamina_s_mark_is_still_not_swept(tmp_path, mount_point):
+    """Why the in-place sweep wants a record as well as the mark: an image's top-level
+    .lamina-tmp-<8 hex> entry carries what xattrs its layer gives it, user.lamina.staging too,
+    so the mark alone is only as safe as the inode number is hard to guess (on tmpfs they come
+    in sequence).  Given the very value lamina would write (a guess that came true: set here
+    after the unpack), the entry is still no killed unpack's: no unpack recorded it."""
+    name = ".lamina-tmp-0123abcd"
+    lay = ob.Layout(tmp_path / "lay")
+    lay.image_of_tars([Tar().pax({"SCHILY.xattr.user.lamina.staging": "1 0123abcd"}).dir(name + "/")
+                       .file(name + "/mine", b"data\n").bytes()], ref="odd:1")
+    lamina.unpack(f"oci:{lay.root}:odd:1", mount_point)
+    assert os.getxattr(mount_point / name, "user.lamina.staging") == b"1 0123abcd", "the layer set it"
+    _mark_as_lamina_does(mount_point / name)
+    proc = lamina_cli(tmp_path / "store", "unpack", f"oci:{SAMPLE}", mount_point, check=False)
+    assert proc.returncode == 1 and name in proc.stderr, proc.stderr
+    assert (mount_point / name / "mine").read_bytes() == b"data\n"
+
+
 def test_an_in_place_unpack_leaves_a_running_ones_staging_dir_alone(tmp_path, mount_point):
     """A staging dir whose lock is held belongs to an unpack still running into DEST."""
     import fcntl
@@ -211,8 +255,9 @@ def test_an_entry_named_like_a_staging_dir_that_no_unpack_made_is_never_swept(tm
 
 
 def _mark_as_lamina_does(path):
-    """The xattr lamina marks its staging dirs with (unpacker._MARK): the dir's inode number."""
-    os.setxattr(path, "user.lamina.staging", str(os.stat(path).st_ino).encode())
+    """The xattr lamina marks its staging dirs with (unpacker._MARK): the dir's inode number and
+    its name's token."""
+    os.setxattr(path, "user.lamina.staging", f"{os.stat(path).st_ino} {path.name.rsplit('-', 1)[1]}".encode())
 
 
 @pytest.mark.parametrize("where", ["renamed", "in place"])

@@ -140,7 +140,7 @@ def apply_layer_atomic(layer, dest, **kw):
             own, name = os.path.basename(staging), os.path.basename(dest)
             if old_fd is not None:
                 _copy_into(old_fd, fd, dest)
-                _mark(fd)   # again: cp -a copied DEST's xattrs, a mark a kill left on DEST among them
+                _mark(fd, own)   # again: cp -a copied DEST's xattrs, a mark a kill left on DEST among them
             # "/.": the extractor's O_NOFOLLOW open of its root reaches the dir behind the fd
             stats = apply_layer(layer, os.path.join(pinned_staging(staging), "."), **kw)
             if old_fd is None:
@@ -151,7 +151,7 @@ def apply_layer_atomic(layer, dest, **kw):
                 # before it goes there, so that what a kill leaves there is swept
                 with contextlib.suppress(OSError):
                     fcntl.flock(old_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                _mark(old_fd)
+                _mark(old_fd, own)   # (at own, or own-old where there is no exchange)
                 try:
                     old_name = _exchange_with_dest(parent_fd, own, name, fd, old_fd, dest)
                 except BaseException:

@@ -66,16 +66,31 @@ class Sizes:
         store's file objects (dedup), not only whole layers (``system df`` does; it reads every
         snapshot's objects list, in bounded memory: objects.shared_file_bytes)."""
         self.store = store
-        self.images = store.images() if images is None else images
+        self._images = images
+        self._users = None
         self._snap = {}
         self._files = None
         if file_level and store.exists:
             from .store.objects import shared_file_bytes
             self._files = shared_file_bytes(store, self.images)
-        self.users = {}   # chainID -> number of images whose layers include it
-        for img in self.images:
-            for c in set(img.chain_ids):
-                self.users[c] = self.users.get(c, 0) + 1
+
+    @property
+    def images(self):
+        # read when first needed: an image's size is its own layers' (inspect, history), and
+        # every image's config is parsed whole to list them (an 8 MB one takes a second)
+        if self._images is None:
+            self._images = self.store.images()
+        return self._images
+
+    @property
+    def users(self):
+        """chainID -> number of images whose layers include it."""
+        if self._users is None:
+            self._users = {}
+            for img in self.images:
+                for c in set(img.chain_ids):
+                    self._users[c] = self._users.get(c, 0) + 1
+        return self._users
 
     def snapshot_size(self, chain):
         """Bytes on disk of an extracted snapshot, None if it was not extracted."""
@@ -398,8 +413,9 @@ def ls(store, filters=None, *, sizes=None, use=None):
     if isinstance(filters, (list, tuple)):
         filters = parse_filters(filters)
     filters = _check_filters(filters, IMAGE_FILTERS)
-    images = newest_first(filter_images(store, store.images(), filters))
-    sizes = sizes or Sizes(store)
+    every = store.images()   # once: each image's config is parsed again by another images()
+    images = newest_first(filter_images(store, every, filters))
+    sizes = sizes or Sizes(store, every)
     use = in_use(store) if use is None else use
     out = []
     for img in images:
@@ -484,9 +500,10 @@ def history(store, ref, *, sizes=None):
     image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
     sizes = list((sizes or Sizes(store, [image])).layer_sizes(image))
     hist = (image.config or {}).get("history")
-    items = []
+    items = []   # oldest first here, reversed at the end (an insert at 0 per step is quadratic)
     if isinstance(hist, list) and hist:
         layers = len(sizes)
+        sizes.reverse()   # popped from the end: the bottom layer first
         for h in hist:
             if not isinstance(h, dict):
                 continue
@@ -496,14 +513,15 @@ def history(store, ref, *, sizes=None):
                 # rows would show steps of layers the image does not have, each 0B
                 raise ImageError(f"image {image.config_digest}: its config's history lists more steps with a "
                                  f"layer (not empty_layer) than the image's {layers} layers")
-            size = 0 if empty else sizes.pop(0)
+            size = 0 if empty else sizes.pop()
             parsed = parse_rfc3339(h.get("created"))
-            items.insert(0, HistoryItem("", parsed[0] if parsed else 0, str(h.get("created_by") or ""), size,
+            items.append(HistoryItem("", parsed[0] if parsed else 0, str(h.get("created_by") or ""), size,
                                         str(h.get("comment") or ""), empty))
     else:
         ts = created_ts(image) or 0
         for s in sizes:
-            items.insert(0, HistoryItem("", ts, "", s, ""))
+            items.append(HistoryItem("", ts, "", s, ""))
+    items.reverse()
     for i, it in enumerate(items):
         it.id = image.config_digest if i == 0 else "<missing>"
     return items

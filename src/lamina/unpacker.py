@@ -317,8 +317,8 @@ _STAGING_PREFIX = ".lamina-tmp-"
 _NEWBORN_PREFIX = ".lamina-new-"
 # the names _make_staging_inside gives, which the next unpack may sweep
 _IN_PLACE_NAME = re.compile(r"\.lamina-(?:tmp|new)-[0-9a-f]{8}")
-# A staging dir is marked by lamina with this xattr, its value the directory's inode number: the
-# sweep removes only a marked one.  A name alone said nothing of whose it is: an image whose one
+# A staging dir is marked by lamina with this xattr, its value the directory's inode number and
+# the random token of its name (_mark_value): the sweep removes only a marked one.  A name alone said nothing of whose it is: an image whose one
 # top-level entry is named .lamina-tmp-<8 hex> was swept out of DEST by the next unpack, and a
 # DEST.lamina-tmp-* someone else left beside DEST went too.  Neither an image's entry (the
 # value names an inode nobody can choose) nor a copy (cp -a, a tar of it: another inode) passes
@@ -423,7 +423,7 @@ def _make_newborn(dir_fd, shown, newborn_prefix, own_prefix, dest):
                                f"was replaced by someone else before lamina opened it") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            _mark(fd)
+            _mark(fd, own)
             os.rename(newborn, own, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             return fd, own
         except FileNotFoundError:
@@ -435,9 +435,10 @@ def _make_newborn(dir_fd, shown, newborn_prefix, own_prefix, dest):
             raise
 
 
-def _mark(fd):
+def _mark(fd, name):
+    """Mark directory ``fd`` as the staging dir named ``name`` (its token)."""
     try:
-        os.setxattr(fd, _MARK, str(os.fstat(fd).st_ino).encode())
+        os.setxattr(fd, _MARK, _mark_value(os.fstat(fd).st_ino, _token(name)))
     except OSError:
         pass   # no user xattrs here: left unmarked, a killed unpack's dir is never swept
 
@@ -449,11 +450,25 @@ def _unmark(fd):
         pass   # none (ENODATA), or no user xattrs here
 
 
-def _is_marked(fd):
+def _is_marked(fd, name):
+    """Is directory ``fd``, found at ``name``, a staging dir lamina marked under that name?"""
     try:
-        return os.getxattr(fd, _MARK) == str(os.fstat(fd).st_ino).encode()
+        return os.getxattr(fd, _MARK) == _mark_value(os.fstat(fd).st_ino, _token(name))
     except OSError:
         return False
+
+
+def _mark_value(ino, token):
+    return f"{ino} {token}".encode()
+
+
+def _token(name):
+    """The random token of a staging dir's name (DEST.lamina-tmp-TOKEN, its newborn
+    DEST.lamina-new-TOKEN, apply --atomic's DEST.lamina-tmp-TOKEN-old): the mark names it, so
+    that a mark a kill left on DEST's root (between the rename onto DEST and the unmark) never
+    passes for a staging dir's, whatever DEST is called (even DEST2.lamina-tmp-x)."""
+    rest = re.split(r"\.lamina-(?:tmp|new)-", name)[-1]
+    return rest[:-len("-old")] if rest.endswith("-old") else rest
 
 
 def _unlink_if_not_dir(dir_fd, name):
@@ -592,7 +607,8 @@ def _remove_newborn(name, dir_fd):
 
 def _sweep_killed_siblings(parent, name):
     """Remove the DEST.lamina-tmp-* dirs of unpacks that were killed (nobody holds their lock),
-    and the empty DEST.lamina-new-* dirs of unpacks killed before they named theirs."""
+    and the empty DEST.lamina-new-* dirs of unpacks killed before they named theirs: only those
+    lamina marked (_sweep_killed)."""
     prefix, newborn = name + _STAGING_PREFIX, name + _NEWBORN_PREFIX
     try:
         parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -660,7 +676,8 @@ def _forget_in_place(st_dev, st_ino, name):
 def _sweep_killed(dir_fd, shown, ours, newborn, recorded=None):
     """Remove the staging dirs in ``dir_fd`` (``shown``: its path) whose names ``ours`` takes, that
     lamina marked (_MARK), and whose lock nobody holds: those of killed unpacks (``newborn``-named
-    ones are empty: they were never named).  Through ``dir_fd``, never by a path through a parent
+    ones are empty: they were never named; one killed before its mark, three system calls after
+    its mkdir, stays, as anyone else's dir of that name does).  Through ``dir_fd``, never by a path through a parent
     swapped meanwhile.  ``recorded``: (st_dev, st_ino, name) -> whether a staging dir was recorded
     as made so, which it must also be to be taken (a newborn needs none: only ever removed if
     empty)."""
@@ -678,10 +695,12 @@ def _sweep_killed(dir_fd, shown, ours, newborn, recorded=None):
             st = os.fstat(fd)
             if recorded is not None and not n.startswith(newborn) and not recorded(st.st_dev, st.st_ino, n):
                 continue  # no unpack made it: an image's directory, or the user's
+            if not (_is_marked(fd, n) and _is_at(dir_fd, n, fd)):
+                continue   # not lamina's: an empty DEST.lamina-new-x of someone else's too
             if n.startswith(newborn):
                 trace.event("sweep-killed-staging", path=os.path.join(shown, n))
                 _remove_newborn(n, dir_fd)   # (an rmdir: only ever an empty one)
-            elif _is_marked(fd) and _is_at(dir_fd, n, fd):
+            else:
                 trace.event("sweep-killed-staging", path=os.path.join(shown, n))
                 remove_tree(f"/proc/self/fd/{dir_fd}/{n}")
                 if recorded is not None:
@@ -715,7 +734,8 @@ def _commit(staging, dest):
     _rename_onto(_beside[staging], os.path.basename(staging), os.path.basename(dest), fd, dest)
     # DEST is the image's tree, without lamina's mark; taken off only now: killed at the rename,
     # the staging dir keeps its mark and the next unpack sweeps it (a kill between the two
-    # leaves the mark on DEST's root, which no sweep ever matches: DEST is not named like one)
+    # leaves the mark on DEST's root, which no sweep ever matches: it names the staging dir's
+    # token, which DEST's name does not hold)
     _unmark(fd)
 
 

@@ -238,9 +238,9 @@ def go_float(f, json_mode=False):
     return f"{sign}{digits[:dp]}.{digits[dp:]}"
 
 
-def _no_escapes(text):
-    from . import no_escapes  # values come from images: an escape sequence there stays text
-    return no_escapes(text)
+# values come from images: an escape sequence there stays text
+from . import no_escapes as _no_escapes  # noqa: E402 - (the package is loaded before its modules)
+from .output import utf8_text as _utf8_text  # noqa: E402
 
 
 def format_value(v):
@@ -667,6 +667,7 @@ class Template:
             pos = self._items[min(self._i, len(self._items)) - 1][2] if self._items else 0
             self._error(pos, "max expression depth exceeded")
         self.root = body
+        self._plain = _plain_parts(body)
 
     # parsing helpers
     def _error(self, pos, msg):
@@ -840,6 +841,23 @@ class Template:
 
     # -- execution --
     def execute(self, data, *, missingkey_error=False):
+        if self._plain is not None and type(data) is GoStruct:
+            # a row of a table (docker's default formats): text and fields, without the walk
+            out = []
+            for part in self._plain:
+                if type(part) is str:
+                    out.append(part)
+                    continue
+                val = data
+                for name in part:
+                    if type(val) is not GoStruct or not val.has(name):
+                        return self._walk(data, missingkey_error)   # which says what is wrong
+                    val = val.get(name)
+                out.append(_no_escapes(format_value(val)))
+            return _utf8_text("".join(out))
+        return self._walk(data, missingkey_error)
+
+    def _walk(self, data, missingkey_error):
         st = _State(self, data, missingkey_error)
         out = []
         try:
@@ -848,8 +866,24 @@ class Template:
             pass
         except RecursionError:
             raise TemplateError('template: :1:1: executing "": max expression depth exceeded') from None
-        from .output import utf8_text
-        return utf8_text("".join(out))  # a config's lone surrogate would stop the output midway
+        return _utf8_text("".join(out))  # a config's lone surrogate would stop the output midway
+
+
+def _plain_parts(nodes):
+    """A template of text and ``{{.A.B}}`` fields only, as a list of texts and field-name
+    tuples (None for any other): what Template.execute renders without the walk."""
+    parts = []
+    for n in nodes:
+        if type(n) is _Text:
+            parts.append(n.text)
+            continue
+        if type(n) is not _Action or n.pipe.decl or len(n.pipe.cmds) != 1 or len(n.pipe.cmds[0]) != 1:
+            return None
+        arg = n.pipe.cmds[0][0]
+        if arg.kind != "field" or not arg.fields:
+            return None
+        parts.append(tuple(arg.fields))
+    return parts
 
 
 def _end_pos(tok):
@@ -1581,6 +1615,8 @@ def char_width(ch):
 
 
 def text_width(s):
+    if s.isascii():   # the common case, without a unicodedata lookup per character of every cell
+        return len(s)
     return sum(char_width(c) for c in s)
 
 
@@ -1594,23 +1630,19 @@ def tabwrite(text, minwidth=10, padding=3, padchar=" "):
     """
     out = []
     lines = [[]]
-    buf = []
-    for ch in text:
-        if ch == "\t" or ch == "\n":
-            s = "".join(buf)
-            buf = []
-            lines[-1].append((s, text_width(s)))
-            if ch == "\n":
-                ncells = len(lines[-1])
-                lines.append([])
-                if ncells == 1:
-                    _format_lines(lines, out, minwidth, padding, padchar)
-                    lines = [[]]
-        else:
-            buf.append(ch)
-    if buf:
-        s = "".join(buf)
-        lines[-1].append((s, text_width(s)))
+    # split by lines and cells, not read a character at a time (a history of 100,000s of rows)
+    *ended, last = text.split("\n")
+    for line in ended:
+        cells = line.split("\t")
+        lines[-1].extend((s, text_width(s)) for s in cells)
+        lines.append([])
+        if len(cells) == 1:
+            _format_lines(lines, out, minwidth, padding, padchar)
+            lines = [[]]
+    cells = last.split("\t")
+    if not cells[-1]:
+        cells.pop()   # the text ends with a tab, or is done: no last cell
+    lines[-1].extend((s, text_width(s)) for s in cells)
     _format_lines(lines, out, minwidth, padding, padchar)
     return "".join(out)
 

@@ -388,7 +388,8 @@ class Puller:
                     resumed = w.offset
                     result.status = "downloaded"
                     result.resumed_from = result.resumed_from or w.offset
-                    self.reporter.state(digest, "Downloading")
+                    if desc.data is None:   # (else embedded: see blob_stream)
+                        self.reporter.state(digest, "Downloading")
                     stream = self.blob_stream(repos, desc, result, w.offset, at_end="Extracting", turn=turn)
                     tee = IngestTee(w, partial, stream)
                     if self.download_ahead:
@@ -442,16 +443,22 @@ class Puller:
         ``turn(bytes left)`` follows its arrival (LinkTurns)."""
         digest, size = desc.digest, desc.size
         reporter = self.reporter
+        # a layer its descriptor embeds (image-spec 1.1's data) was received with the manifest:
+        # none of its bytes is downloaded, nor shown as downloading
+        received = desc.data is None
+        first = [True]
 
         def on_data(n):
             if turn is not None:
                 turn(size - stream.offset)
-            if not result.downloaded_bytes:
+            if first[0]:
+                first[0] = False
                 trace.event("blob-first-byte", digest=digest[7:19])
-            result.downloaded_bytes += n
-            with self._lock:
-                self.downloaded += n
-            reporter.progress(digest, stream.offset, size)
+            if received:
+                result.downloaded_bytes += n
+                with self._lock:
+                    self.downloaded += n
+                reporter.progress(digest, stream.offset, size)
             if stream.offset >= size:
                 trace.event("blob-last-byte", digest=digest[7:19])
                 reporter.state(digest, at_end)
@@ -462,7 +469,8 @@ class Puller:
 
     def _download(self, repos, desc, w, result, turn=None, served=None):
         """``served``: a list the names of the endpoints that sent the bytes are added to."""
-        self.reporter.state(desc.digest, "Downloading")
+        if desc.data is None:
+            self.reporter.state(desc.digest, "Downloading")
         stream = self.blob_stream(repos, desc, result, w.offset, turn=turn)
         try:
             w.write_from(stream)

@@ -200,15 +200,18 @@ class _Download:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         reporter = source.reporter
 
+        received = desc.data is None   # else embedded in its descriptor: nothing is downloaded
+
         def on_data(n):
-            with source._lock:
-                source.downloaded += n
             offset = self.stream.offset
             if offset == n:
                 trace.event("blob-first-byte", digest=desc.digest[7:19])
             if offset >= desc.size:
                 trace.event("blob-last-byte", digest=desc.digest[7:19])
-            reporter.progress(desc.digest, offset, desc.size)
+            if received:
+                with source._lock:
+                    source.downloaded += n
+                reporter.progress(desc.digest, offset, desc.size)
             if not self.nearly_done and desc.size - offset <= NEXT_AHEAD:
                 self.nearly_done = True
                 source._ended(self)
@@ -218,7 +221,8 @@ class _Download:
         self._thread = threading.Thread(target=self._run, name=f"lamina-download-{index}", daemon=True)
 
     def start(self):
-        self.source.reporter.state(self.desc.digest, "Downloading")
+        if self.desc.data is None:
+            self.source.reporter.state(self.desc.digest, "Downloading")
         self._thread.start()
 
     def join(self):
