@@ -3876,17 +3876,18 @@ cdef class Extractor:
             _close_fds(lf)
 
     cdef int _up(self, int fd, bytes path, object name) except -2:
-        """The parent of directory ``fd`` (closed), -1 for -1: a layer's directory reached from
-        its root one plain directory at a time, not its root."""
-        cdef int nfd, e
+        """The parent of directory ``fd`` (then closed), -1 for -1: a layer's directory reached
+        from its root one plain directory at a time, not its root.  On an error ``fd`` stays open:
+        the caller still holds it (``ufd = self._up(ufd, ...)`` keeps the old number when this
+        raises) and closes it; closed here as well, its ``finally`` closed the number a second
+        time, by then maybe another thread's new file (EMFILE, or EACCES without root)."""
+        cdef int nfd
         if fd < 0:
             return -1
         nfd = openat(fd, b"..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        e = errno
-        close(fd)
         if nfd < 0:
-            lamina_set_errno(e)
             self._parent_error(path, name)
+        close(fd)
         return nfd
 
     cdef int _copy_up_dirs(self, list phys, list source, object name) except -2:

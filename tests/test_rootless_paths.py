@@ -15,6 +15,7 @@ import sys
 import pytest
 
 import test_fuzz_paths
+from conftest import require_tool
 from everypath import overlay_mount, write_image
 from layerkit import run_as_nobody, world_tmpdir
 from tarbuild import Tar
@@ -507,3 +508,41 @@ def test_a_set_group_id_directory_above_the_store_gives_no_entry_its_group():
     finally:
         _chmod_tree(base, "u+rwx")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_lower_directory_nobody_may_search_through_a_symlinks_dot_dot_is_closed_once():
+    """The overlay format resolves ``lnk/f`` through the layer's symlink ``lnk -> d/sub/../e``
+    in the layers below, going back up from ``d/sub`` by its ``..``.  A lower layer of someone
+    else's (root's, here) whose ``d/sub`` nobody may search (0644) makes that ``..`` fail
+    (EACCES; EMFILE would do the same): the walk's helper had closed ``d/sub``'s fd already and
+    the walk closed it again on its way out (strace: ``close(8) = -1 EBADF``).  A number closed
+    twice is closed under whoever got it in between (another thread's file: another layer's
+    extraction, a download).  The entry is refused by name, and each fd closed once."""
+    require_tool("strace")
+    work = world_tmpdir()
+    try:
+        for d in ("lower/d/sub", "lower/e", "dest"):
+            os.makedirs(os.path.join(work, d))
+        os.chmod(os.path.join(work, "lower/d/sub"), 0o644)   # readable, not searchable, by nobody
+        os.chown(os.path.join(work, "dest"), 65534, 65534)
+        layer = Tar().symlink("lnk", "d/sub/../e").file("lnk/f", b"f\n").bytes()
+        with open(os.path.join(work, "layer.tar"), "wb") as f:
+            f.write(layer)
+        trace = os.path.join(work, "close.strace")
+        script = r"""
+work = sys.argv[1]
+try:
+    lamina.apply_layer(os.path.join(work, "layer.tar"), os.path.join(work, "dest"), format="overlay",
+                       lower_dirs=[os.path.join(work, "lower")])
+    print("applied")
+except lamina.errors.LaminaError as e:
+    print(e)
+"""
+        p = run_as_nobody(script, work, prefix=["strace", "-f", "-qq", "-Z", "-e", "trace=close", "-o", trace])
+        assert p.returncode == 0, p.stderr
+        assert "entry 'lnk/f'" in p.stdout and "Permission denied" in p.stdout, p.stdout
+        with open(trace) as f:
+            twice = [line.strip() for line in f if "EBADF" in line]
+        assert not twice, f"closed twice: {twice}"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -349,3 +349,60 @@ def test_a_repair_beside_an_rmi_leaves_the_deferred_gc_record_it_is_writing(layo
     assert lamina(root, "images", "-q").stdout == ""
     lamina(root, "image", "prune", "-f")   # the deferred gc, if the repair left it to the next writer
     assert json.loads(lamina(root, "fsck", "--json").stdout)["findings"] == []
+
+
+
+def _fsck_beside_a_compaction(layout, tmp_path, hold, held):
+    """A check-only fsck of a store holding a:1 and set keep-blobs false, run under strace with
+    ``hold`` (its arguments delaying one call, given the blob of a:1's top layer): once ``held(trace
+    text, blob)`` says fsck waits there, an unpack of a:1 compacts the image (its blobs go).  A
+    writer's lease is held meanwhile, so fsck runs beside it as beside any writer at work (a
+    check-only fsck takes no gc lock then).  fsck must find the store good, as it is."""
+    from conftest import require_tool
+    from lamina.store.locks import FileLock
+    from lamina.store.paths import Paths
+    require_tool("strace")
+    lay, trees = layout
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:a", "a:1")
+    lamina(root, "config", "set", "keep-blobs", "false")
+    manifest = next(e["digest"] for e in lay.entries if e["annotations"]["org.opencontainers.image.ref.name"] == "a")
+    blob = Paths(root).blob(lay.read_json(manifest)["layers"][1]["digest"])
+    trace = tmp_path / "fsck.strace"
+    writer = FileLock(Paths(root).gc_lock, shared=True).acquire()
+    try:
+        fsck = subprocess.Popen(["strace", "-f", "-qq", "-o", trace, *hold(blob), "--", *LAMINA, "--root", root,
+                                 "fsck"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (trace.exists() and held(trace.read_text(), blob)):
+            assert fsck.poll() is None, f"fsck ended before the call held: {fsck.communicate()}"
+            assert time.monotonic() < deadline, "fsck never made the call held"
+            time.sleep(0.01)
+        lamina(root, "unpack", "a:1", tmp_path / "dest")   # compacts a:1: its blobs go
+        assert not blob.exists()
+    finally:
+        writer.release()
+    out, err = fsck.communicate(timeout=120)
+    assert fsck.returncode == 0 and " 0 errors" in out, out + err
+    assert not compare(trees["a"], snapshot(tmp_path / "dest"))
+    assert json.loads(lamina(root, "fsck", "--json").stdout)["findings"] == []
+
+
+def test_a_check_beside_a_compaction_does_not_call_the_blobs_it_drops_corrupt(layout, tmp_path):
+    """fsck listed the blob, which was gone when it came to hash it (its open held back until
+    the unpack is done).  It reported 'error: blob sha256:...: content hashes to <unreadable: No
+    such file or directory>' and exited 1: a good store called damaged, and --repair advised."""
+    _fsck_beside_a_compaction(
+        layout, tmp_path, lambda blob: ["-e", "trace=openat", "-P", blob, "-e", "inject=openat:delay_enter=10000000"],
+        lambda text, blob: blob.name in text)
+
+
+def test_a_check_beside_a_compaction_checks_a_snapshot_whose_blob_went_by_its_sidecar(layout, tmp_path):
+    """fsck found the layer's blob, then made the dir to extract it again in (that mkdir held back
+    until the unpack is done), and the blob was gone when it opened it.  It stopped with 'lamina:
+    error: .../blobs/sha256/...: No such file or directory', exit 1, the rest unchecked; the
+    layer's sidecar (in place before the blob went) rebuilds it instead."""
+    _fsck_beside_a_compaction(
+        layout, tmp_path, lambda blob: ["-e", "trace=mkdir,mkdirat", "-e",
+                                        "inject=mkdir,mkdirat:delay_enter=10000000:when=1"],
+        lambda text, blob: "-fsck-" in text)

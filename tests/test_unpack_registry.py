@@ -5,8 +5,10 @@ registry is a real docker-registry on loopback, with a FaultProxy in front where
 needs to cut, corrupt or count bytes.
 """
 import hashlib
+import io
 import json
 import os
+import tarfile
 import time
 
 import pytest
@@ -269,3 +271,41 @@ def test_the_python_api_takes_a_docker_reference_as_the_cli_does(reg, images, re
         lamina.unpack(f"docker://{reg.host}/multi:1", tmp_path / "no", platform="linux/s390x")
     assert not (tmp_path / "no").exists()
     assert not (registry_env / "home" / ".local" / "share" / "lamina").exists()   # nothing stored
+
+
+def test_a_failed_layers_reader_left_behind_asks_for_its_blob_no_more(reg, proxy, registry_env, tmp_path,  # noqa: F811
+                                                                       monkeypatch):
+    """An overlay unpack extracts its layers at once.  A layer that fails while its stage-1 thread
+    waits for the network leaves that thread behind (layer.ABANDON_READER_AFTER): here it sleeps
+    in the backoff after a cut connection.  The layer's reader is then closed and its transfer
+    finished as cancelled, but the unpack goes on with the bottom layer, still arriving slowly.
+    The thread left behind woke from its backoff and asked the registry for the blob again (a
+    second GET, every byte of it read for nobody, with more retries if that one failed too)."""
+    monkeypatch.setenv("LAMINA_REGISTRY_BACKOFF", "6")   # the first backoff: 3 to 6 s, past ABANDON_READER_AFTER
+    lay = ocibuild.Layout(tmp_path / "lay")
+    # 800 small files (tens of ms to write: the stage-1 thread meets the cut first), then a header
+    # whose checksum is wrong, all in the pipeline's first chunk (1 MiB), then 4 MiB more
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for i in range(800):
+            info = tarfile.TarInfo(f"f{i}")
+            info.size = 100
+            t.addfile(info, io.BytesIO(b"%99d\n" % i))
+        entries = buf.getvalue()[:t.offset]   # no end of archive
+    bad = entries + b"\xa5" * 512 + fast_random(4 * MiB, 41)
+    base = ocibuild.tar_bytes({"base.bin": fast_random(6 * MiB, 42)})
+    m = lay.image_of_tars([ocibuild.Shipped(base, base, ocibuild.OCI_LAYER),
+                           ocibuild.Shipped(bad, bad, ocibuild.OCI_LAYER)], ref="1")
+    skopeo_push(f"oci:{lay.root}:1", reg.host, "abandon:1", extra=("--preserve-digests",))
+    bottom, top = lay.read_json(m["digest"])["layers"]
+    assert top["size"] > 0.25 * bottom["size"]   # not a layer the unpack may scan (spooled): one reader
+    # the bottom layer takes 8 s to arrive (32 pieces, 0.25 s apart); the top one is cut once, just past
+    # the stage's first chunk, which the extractor then reads and fails on
+    proxy.add("slow", method="GET", path=f"/blobs/{bottom['digest']}", chunk=bottom["size"] // 32 + 1, delay=0.25)
+    proxy.add("cut", method="GET", path=f"/blobs/{top['digest']}", after=MiB + (64 << 10))
+    with pytest.raises(errors.InvalidArchiveError, match="layer 2 of 2"):
+        unpack(RegistrySource(f"{proxy.host}/abandon:1"), tmp_path / "out" / "layers", format="overlay")
+    assert len(proxy.requests_for(f"/blobs/{bottom['digest']}", "GET")) == 1
+    gets = proxy.requests_for(f"/blobs/{top['digest']}", "GET")
+    assert [g[2].get("Range") for g in gets] == [None], "the failed layer's blob was asked for again"
+    assert os.listdir(tmp_path / "out") == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import time
 
 from ..errors import BlobNotFoundError, RegistryError
@@ -78,7 +79,9 @@ class BlobStream(io.RawIOBase):
 
     ``on_data(n)`` is called for every chunk received (progress, byte counts),
     ``on_retry()`` before a resumption; ``cancel`` (a threading.Event) stops the
-    transfer with Cancelled at the next chunk.
+    transfer with Cancelled at the next chunk.  So does close(), from any thread: a
+    reader left behind in a read (a failed extraction waits for its stage-1 thread only
+    ABANDON_READER_AFTER, see lamina.layer) opens no new request once its stream is closed.
     """
 
     def __init__(self, repos, digest, size, *, offset=0, on_data=None, on_retry=None, cancel=None):
@@ -97,6 +100,10 @@ class BlobStream(io.RawIOBase):
         self._slow = 0           # windows in a row below the minimum rate (progress does not reset it)
         self._waited = 0.0       # seconds spent in reads since the window began, not the consumer's time
         self._window_bytes = 0
+        # close() and _open() from two threads: a response opened as the stream is closed is
+        # closed at once, never kept (nobody would read or close it)
+        self._lock = threading.Lock()
+        self._stopped = False
 
     def readable(self):
         return True
@@ -108,7 +115,7 @@ class BlobStream(io.RawIOBase):
     def readinto(self, buf):
         view = memoryview(buf).cast("B")
         while self.offset < self.size:
-            if self._cancel is not None and self._cancel.is_set():
+            if self._stopped or (self._cancel is not None and self._cancel.is_set()):
                 raise Cancelled()
             try:
                 if self._resp is None:
@@ -167,10 +174,13 @@ class BlobStream(io.RawIOBase):
         resp = self.repo.open_blob(self.digest, self.offset)
         try:
             self._skip = self._check_range(resp)
+            with self._lock:
+                if self._stopped:   # closed while the request went out
+                    raise Cancelled()
+                self._resp = resp
         except BaseException:
             resp.close(reuse=False)
             raise
-        self._resp = resp
 
     def _check_range(self, resp):
         """Bytes to skip at the head of the body (a registry that ignored Range sends it all)."""
@@ -217,5 +227,7 @@ class BlobStream(io.RawIOBase):
             resp.close(reuse=reuse)
 
     def close(self):
+        with self._lock:
+            self._stopped = True
         self._drop()
         super().close()

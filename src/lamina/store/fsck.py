@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .. import digest as _digest
 from .. import mediatypes
-from ..errors import LaminaError, StoreError
+from ..errors import BlobNotFoundError, LaminaError, StoreError
 from ..images import familiar
 from . import sidecar
 from . import snapshots as _snapshots
@@ -271,6 +271,11 @@ class Checker:
         workers = min(4, max(os.cpu_count() or 1, 2))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL
             actual = list(pool.map(lambda d: _hash_or_error(self.paths.blob(d)), good))
+        # A blob listed, then gone when hashed: a compaction beside this check (keep-blobs false,
+        # under a lease, which no check-only fsck waits for) dropped it once its layer's sidecar
+        # was in place.  Not a corrupt blob (it said "content hashes to <unreadable: No such file
+        # or directory>"); the images that need it are checked against what is there now.
+        good, actual = [d for d, a in zip(good, actual) if a is not None], [a for a in actual if a is not None]
         for d, a in zip(good, actual):
             if a != d:
                 self.bad_blobs.add(d)
@@ -313,15 +318,21 @@ class Checker:
                 if b in self.bad_blobs and self.store.has_blob(b):
                     self.report.add("error", "broken-image", d, f"image {names} ({d}) needs blob {b}, which is"
                                     f" corrupt; {advice}")
-                elif not self.store.has_blob(b) and not rebuilt.get(b):
+                elif not self.store.has_blob(b) and not rebuilt.get(b) and not self._compact_now(image, b):
                     self.report.add("error", "missing-blob", b, f"image {names} ({d}): blob {b} is missing; {advice}")
             # an older pull took a descriptor that lies about a blob the store held already
             described = [(image.config_digest, image.manifest["config"]["size"])]
             described += [(x.digest, x.size) for x in image.layers]
             for b, size in described:
-                if self.store.has_blob(b) and b not in self.bad_blobs and self.store.blob_size(b) != size:
+                if b in self.bad_blobs:
+                    continue
+                try:
+                    actual = self.store.blob_size(b)
+                except BlobNotFoundError:
+                    continue   # (missing, reported above; or dropped by a compaction beside us)
+                if actual != size:
                     self.report.add("error", "broken-image", d, f"image {names} ({d}): its manifest says blob {b} "
-                                    f"is {size} bytes, but it is {self.store.blob_size(b)}; {advice}")
+                                    f"is {size} bytes, but it is {actual}; {advice}")
         self.report.checked["images"] = len(digests)
         return True
 
@@ -341,9 +352,18 @@ class Checker:
             return None
         try:
             _snapshots.check_diff_id(self.paths.blob(layer.digest), layer.digest, diff_id, layer.media_type)
+        except FileNotFoundError:
+            return None   # dropped by a compaction beside this check: its sidecar is checked instead
         except LaminaError as e:
             return str(e).removeprefix(f"layer {layer.digest}: ")
         return None
+
+    def _compact_now(self, image, blob):
+        """Every layer of ``image`` that is ``blob`` has its sidecar now: a compaction beside this
+        check gives each its sidecar before it drops the blob, so a blob found missing after the
+        sidecars were looked for may be one it dropped meanwhile."""
+        chains = [c for c, x in zip(image.chain_ids, image.layers) if x.digest == blob]
+        return bool(chains) and all(self.store.layer_is_compact(c) for c in chains)
 
     def _good_blob(self, digest):
         return digest not in self.bad_blobs and self.store.has_blob(digest)
@@ -413,7 +433,7 @@ class Checker:
                 return out
             out.append(chain)
 
-    def _snapshot(self, chain):
+    def _snapshot(self, chain, again=False):
         try:
             info = _snapshots.read_info(self.paths, chain)
         except StoreError as e:
@@ -450,6 +470,7 @@ class Checker:
             digest, media_type = info.digest, info.media_type
             rebuilt = lambda: sidecar.open_layer(self.paths.snapshot(chain), info.diff_id,  # noqa: E731
                                                  f"layer {info.digest} (diffID {info.diff_id})")
+        retry = False
         if self.store.writable:
             fresh = self.paths.snapshots / f"{_snapshots.TMP_PREFIX}{_digest.hex_of(chain)}-fsck-{secrets.token_hex(4)}"
         else:  # a read-only store is still checked: the fresh extraction goes to a temp dir of ours
@@ -503,12 +524,20 @@ class Checker:
                                 f"snapshot {chain}: too many open files to extract its layer again to check "
                                 f"it ({_words(e)}); raise the open-file limit (ulimit -n) and run lamina fsck again")
                 return
-            if isinstance(e, OSError):
+            if isinstance(e, FileNotFoundError) and rebuilt is None and not again and \
+                    not self.store.has_blob(digest) and self.store.layer_is_compact(chain):
+                # the blob went as it was read: a compaction beside this check dropped it, the
+                # layer's sidecar in place first; it rebuilds the layer now
+                retry = True
+            elif isinstance(e, OSError):
                 raise
-            self.report.add("error", "bad-layer", digest, f"snapshot {chain}: layer {digest}"
-                            f" does not extract: {e}")
+            else:
+                self.report.add("error", "bad-layer", digest, f"snapshot {chain}: layer {digest}"
+                                f" does not extract: {e}")
         finally:
             _snapshots.remove_tree(fresh if self.store.writable else fresh.parent)
+        if retry:
+            self._snapshot(chain, again=True)
 
     def _bad(self, finding):
         if not finding.repaired:
@@ -607,8 +636,11 @@ def _words(e):
 
 
 def _hash_or_error(path):
+    """The file's digest, a description of why it cannot be read, or None if it is gone."""
     try:
         return _digest.sha256_file(path)
+    except FileNotFoundError:
+        return None
     except OSError as e:
         return f"<unreadable: {e.strerror}>"
 
