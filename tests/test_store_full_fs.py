@@ -419,3 +419,37 @@ def test_a_sparse_file_past_ext4s_largest_file_is_refused_by_entry_on_every_path
     with _ext4(g.dest / "ext4", 1024) as work:
         _refused_everywhere(work, layer, "entry 'var/huge'", "File too large")
         assert os.statvfs(work).f_bfree * 1024 > 40 << 20   # the holes were never written out
+
+
+@pytest.mark.parametrize("free", [0, 16 << 10])
+def test_an_unpack_whose_compaction_finds_the_disk_full_still_unpacks(tmp_path, layout, free):
+    """keep-blobs false set on a store holding an image: its next use compacts it (sidecars, then
+    the blobs go).  With the store's disk full, `unpack IMAGE DEST` (DEST elsewhere) failed with
+    '…/snapshots/<chain>/tarsplit.lz4: No space left on device', naming neither the image nor
+    the compaction, though nothing the unpack needed was missing.  Now the unpack is made and the
+    compaction waits for the next use, with one warning line saying so."""
+    require_root()
+    src = f"oci:{layout.root}"
+    with _tmpfs(tmp_path / "fs", size="64m") as fs:
+        root = fs / "s"
+        lamina(root, "copy", f"{src}:many:1", "many:1")
+        lamina(root, "config", "set", "keep-blobs", "false")
+        _fill(fs / "filler")
+        if free:
+            os.truncate(fs / "filler", os.stat(fs / "filler").st_size - free)
+        dest = tmp_path / "dest"
+        proc = lamina(root, "unpack", "many:1", dest, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(os.listdir(dest / "n")) == sorted(f"f{i}" for i in range(500))
+        assert (dest / "n" / "f7").read_bytes() == b"7\n"
+        warnings = [l for l in proc.stderr.splitlines() if l.startswith("lamina: warning: ")]
+        assert len(warnings) == 1, proc.stderr
+        assert "many:1" in warnings[0] or "image " in warnings[0], warnings
+        assert "compact" in warnings[0] and "No space left on device" in warnings[0], warnings
+        blobs = os.listdir(root / "blobs" / "sha256")
+        _consistent(root, images=["many:1"], tmp_path=tmp_path, warnings=("no room to extract its layer again",))
+        os.unlink(fs / "filler")
+        proc = lamina(root, "unpack", "many:1", tmp_path / "again")
+        assert "warning" not in proc.stderr, proc.stderr
+        assert len(os.listdir(root / "blobs" / "sha256")) < len(blobs)   # the layer blob went this time
+        _consistent(root, images=["many:1"], tmp_path=tmp_path)

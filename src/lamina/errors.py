@@ -116,7 +116,12 @@ class PlatformNotFoundError(ImageError):
         super().__init__(f"no image for platform {requested}; available: {listing(self.available)}")
 
 
-class PlatformMismatchWarning(UserWarning):
+class LaminaWarning(UserWarning):
+    """Something the user should know that did not stop the command: the CLI prints it as one
+    ``lamina: warning:`` line on stderr; a caller of the API gets a Python warning."""
+
+
+class PlatformMismatchWarning(LaminaWarning):
     """``--platform`` named a platform and the image, a single one (no index to choose from),
     says another in its config.  It is taken, as docker takes it (printing this warning),
     containerd and skopeo (saying nothing): there is no other image to choose.  The CLI
@@ -126,6 +131,18 @@ class PlatformMismatchWarning(UserWarning):
         self.what, self.requested, self.actual = what, str(requested), str(actual)
         super().__init__(f"{what} was found but its platform ({self.actual}) does not match the specified "
                          f"platform ({self.requested})")
+
+
+class CompactionDeferredWarning(LaminaWarning):
+    """A compact store (``keep-blobs false``) could not compact an image it already held when it
+    was next used, for want of space: the use went on, the image keeps its blobs, and its next
+    use tries again."""
+
+    def __init__(self, what, error):
+        self.what, self.error = what, error
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        super().__init__(f"{what} stays uncompacted for now (keep-blobs false): {reason}; "
+                         f"its blobs are kept and its next use compacts it")
 
 
 def warn_if_other_platform(want, actual, what):

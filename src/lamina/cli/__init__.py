@@ -138,15 +138,16 @@ EXIT_BROKEN_PIPE = 128 + 13
 
 @contextlib.contextmanager
 def _warnings_on_stderr():
-    """lamina's warnings (an image of another platform than --platform) as one stderr line each,
-    once per message, as its errors are: not Python's "file:line: Category:" form."""
+    """lamina's warnings (an image of another platform than --platform, a compaction put off) as
+    one stderr line each, once per message, as its errors are: not Python's "file:line: Category:"
+    form."""
     import warnings
     with warnings.catch_warnings():
-        warnings.simplefilter("default", errors.PlatformMismatchWarning)
+        warnings.simplefilter("default", errors.LaminaWarning)
         shown = warnings.showwarning
 
         def show(message, category, *args, **kw):
-            if not issubclass(category, errors.PlatformMismatchWarning):
+            if not issubclass(category, errors.LaminaWarning):
                 return shown(message, category, *args, **kw)
             print(f"lamina: warning: {one_line(str(message))}", file=sys.stderr, flush=True)
         warnings.showwarning = show

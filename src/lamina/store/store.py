@@ -15,6 +15,7 @@ whose snapshots are all there.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import re
@@ -537,8 +538,24 @@ class Store:
                 for chain in image.chain_ids:
                     self.dedup(chain)
                 if not self.config()["keep-blobs"]:
-                    self.compact(image)
+                    self._compact_on_use(image, stored=complete)
         return dirs
+
+    def _compact_on_use(self, image, stored):
+        """compact(image) as a compact store does at each use.  An image ``stored`` before this
+        use (keep-blobs false set since) that cannot be compacted for want of space is only
+        warned about: what the use needs is all there, the blobs stay, and the next use tries
+        again (compact() drops a blob only once every sidecar it needs is written).  An image
+        being stored now still fails: a compact store holds it compacted or not at all."""
+        try:
+            self.compact(image)
+        except (OSError, LaminaError) as e:
+            cause = e if isinstance(e, OSError) else e.__cause__
+            if not stored or getattr(cause, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            import warnings
+            from ..errors import CompactionDeferredWarning
+            warnings.warn(CompactionDeferredWarning(f"image {image.config_digest[7:19]}", cause), stacklevel=2)
 
     # --- settings and file objects ----------------------------------------------------
 
