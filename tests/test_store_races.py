@@ -406,3 +406,39 @@ def test_a_check_beside_a_compaction_checks_a_snapshot_whose_blob_went_by_its_si
         layout, tmp_path, lambda blob: ["-e", "trace=mkdir,mkdirat", "-e",
                                         "inject=mkdir,mkdirat:delay_enter=10000000:when=1"],
         lambda text, blob: "-fsck-" in text)
+
+
+def test_a_copy_out_beside_a_compaction_writes_the_image_whole(layout, tmp_path):
+    """A store holding a:1, set keep-blobs false: `copy a:1 oci:DIR` chose a:1's blobs (there
+    then), and an unpack beside it compacted a:1 (its blobs went) before the copy opened them.
+    The copy failed: 'blob sha256:… is not in the store'.  Here the copy's first open of the top
+    layer's blob is held back until the unpack is done; the copy must write a whole image whose
+    layers unpack to a:1's tree (from the blob it holds open, or rebuilt from the sidecar)."""
+    from conftest import require_tool
+    from lamina.store.paths import Paths
+    require_tool("strace")
+    lay, trees = layout
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:a", "a:1")
+    lamina(root, "config", "set", "keep-blobs", "false")
+    manifest = next(e["digest"] for e in lay.entries if e["annotations"]["org.opencontainers.image.ref.name"] == "a")
+    blob = Paths(root).blob(lay.read_json(manifest)["layers"][1]["digest"])
+    trace = tmp_path / "copy.strace"
+    copy = subprocess.Popen(["strace", "-f", "-qq", "-o", trace, "-e", "trace=openat", "-P", blob,
+                             "-e", "inject=openat:delay_enter=10000000:when=1", "--", *LAMINA, "--root", root,
+                             "copy", "a:1", f"oci:{tmp_path / 'out'}:a"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (trace.exists() and blob.name in trace.read_text()):
+        assert copy.poll() is None, f"the copy ended before it opened the blob: {copy.communicate()}"
+        assert time.monotonic() < deadline, "the copy never opened the blob"
+        time.sleep(0.01)
+    lamina(root, "unpack", "a:1", tmp_path / "dest")   # compacts a:1: its blobs go
+    assert not blob.exists()
+    out, err = copy.communicate(timeout=120)
+    assert copy.returncode == 0, out + err
+    other = tmp_path / "other"
+    lamina(other, "copy", f"oci:{tmp_path / 'out'}:a", "a:1")   # checks every digest and diffID
+    lamina(other, "unpack", "a:1", tmp_path / "check")
+    assert not compare(trees["a"], snapshot(tmp_path / "check"))
+    assert json.loads(lamina(root, "fsck", "--json").stdout)["findings"] == []

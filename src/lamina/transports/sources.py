@@ -75,10 +75,14 @@ def image_data(store, image, names=(), description=""):
         config = read_verified(f, image.config_digest, None, f"config {image.config_digest}")
     layers = []
     rebuilt = False
+    # In a compact store a blob chosen here may be dropped before it is read (an unpack beside
+    # this compacts the image): it is held open from the choice on, and read through that.
+    pin = not store.config()["keep-blobs"]
     for desc, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids):
         info = store.snapshot_info(chain)
         tar_size = info.tar_bytes if info else (desc.size if mt.layer_compression(desc.media_type) == "none" else None)
-        if not store.has_blob(desc.digest) and info is not None and store.layer_is_compact(chain):
+        opener = _held_blob(store, desc.digest) if pin else None
+        if opener is None and not store.has_blob(desc.digest) and info is not None and store.layer_is_compact(chain):
             # A compact store keeps no blob: the layer leaves as the tar rebuilt from its snapshot,
             # uncompressed, so its digest is its diffID (a gzip stream cannot be reproduced bit-exact).
             layers.append(LayerData(diff_id, info.tar_bytes, _uncompressed_type(desc.media_type), diff_id,
@@ -86,7 +90,7 @@ def image_data(store, image, names=(), description=""):
             rebuilt = True
             continue
         layers.append(LayerData(desc.digest, desc.size, desc.media_type, diff_id,
-                                functools.partial(store.open_blob, desc.digest), tar_size))
+                                opener or functools.partial(store.open_blob, desc.digest), tar_size))
     media_type, digest = image.media_type, image.manifest_digest
     if rebuilt:
         manifest, digest = _with_layers(manifest, layers)
@@ -117,6 +121,21 @@ def multi_arch_from_store(store, image):
         return None  # some platform is missing (or nested): save what is there, the tagged one
     return IndexData(data, index_digest, document_media_type(doc, None, f"index {index_digest}"),
                      [image_data(store, i) for i in images])
+
+
+def _held_blob(store, digest):
+    """An opener of the blob ``digest`` that reads the file open now, even once its name is gone;
+    None if it is not in the store (now)."""
+    try:
+        held = store.open_blob(digest)
+    except BlobNotFoundError:
+        return None
+
+    def reopen():
+        # a new open file description of the same inode: each read starts at 0, on its own
+        return open(f"/proc/self/fd/{held.fileno()}", "rb")
+    reopen.held = held   # open for as long as the opener lives
+    return reopen
 
 
 def _uncompressed_type(media_type):
