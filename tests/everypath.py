@@ -21,6 +21,14 @@
     registry-overlay  the same in the overlay format (``unpack docker:// --format overlay``, with no
                    --platform: each layer's directory written as its blob streams), mounted with
                    kernel overlayfs
+    apply          ``lamina apply`` layer after layer (each blob as the layout ships it, its digest
+                   and diffID checked) onto an existing DEST: an empty one, or the flat unpack of
+                   the image's lower half (the layers above applied in place, as ``tar -x`` would)
+    apply-link     the same onto the lower half's ``unpack --link`` from a store (the store's own
+                   inodes, read-only objects among them), after which the store must check clean
+    apply-atomic   the same with ``--atomic`` for every layer, the first onto no DEST at all (each
+                   layer staged on a ``cp -a`` copy of what the ones below left, then exchanged).
+                   None of them in PATHS (a layer at a time): the fuzzers name them
 
 Each returns a treecmp.Snapshot, or the error (a LaminaError) it raised.  The
 security tests and the differential fuzzer run every image through all of
@@ -50,7 +58,7 @@ from treecmp import Snapshot, compare, snapshot
 PATHS = ("dir", "dir-topdown", "overlay-mount", "store-copy", "store-link", "store-mount", "store-relink",
          "registry-pull", "registry-unpack", "registry-overlay")
 EMPTY_LAYER = bytes(1024)  # a tar of nothing: its end-of-archive blocks
-SHARED_INODES = ("store-link", "store-mount")
+SHARED_INODES = ("store-link", "store-mount", "apply-link")
 TAG = "img"
 
 
@@ -285,9 +293,61 @@ def run_paths(work, layer_tars, paths=PATHS, *, dir_mtime=False, root=False, nei
                 out[p] = _attempt(mounted)
     if "compact-save" in paths:
         out["compact-save"] = _attempt(lambda: _compact_saved(work, layout, tree))
+    for p in ("apply", "apply-link", "apply-atomic"):
+        if p in paths:
+            out[p] = _attempt(functools.partial(_applied, work, layout, layer_tars, tree, p))
     if any(p.startswith("registry-") for p in paths):
         out.update(_registry_paths(work, layout, paths, tree))
     return out
+
+
+def layout_layers(layout):
+    """[(blob path, digest, diffID)] of the layout's TAG image, bottom first."""
+    with open(os.path.join(layout, "index.json"), "rb") as f:
+        mdesc = next(d for d in json.load(f)["manifests"]
+                     if d.get("annotations", {}).get("org.opencontainers.image.ref.name") == TAG)
+
+    def doc(digest):
+        with open(os.path.join(layout, "blobs", *digest.split(":", 1)), "rb") as f:
+            return json.load(f)
+    manifest = doc(mdesc["digest"])
+    diff_ids = doc(manifest["config"]["digest"])["rootfs"]["diff_ids"]
+    return [(os.path.join(layout, "blobs", *d["digest"].split(":", 1)), d["digest"], i)
+            for d, i in zip(manifest["layers"], diff_ids)]
+
+
+def _applied(work, layout, layer_tars, tree, how):
+    """apply, apply-link, apply-atomic: the tree ``lamina apply`` leaves after every layer in turn."""
+    import lamina
+    from lamina.store import Store
+    from lamina.store import materialize as mat
+    from verbkit import load_layout
+    blobs = layout_layers(layout)
+    dest = os.path.join(work, how)
+    below, store = 0, None
+    if how != "apply-atomic":
+        # the lower half by a flat unpack (an image of those layers alone) or from a store by
+        # --link (the store's own inodes), or DEST made empty
+        below = len(blobs) // 2
+        if below:
+            lower = write_image(os.path.join(work, f"layout-{how}-lower"), list(layer_tars[:below]))
+            if how == "apply-link":
+                store = Store(os.path.join(work, f"{how}-store"))
+                load_layout(store, lower, TAG, "lower:1")
+                mat.materialize(store, "lower:1", dest, link=True)
+            else:
+                lamina.unpack(f"oci:{lower}:{TAG}", dest)
+        else:
+            os.mkdir(dest)
+    for k, (blob, digest, diff_id) in enumerate(blobs[below:], below):
+        apply = lamina.apply_layer_atomic if how == "apply-atomic" else lamina.apply_layer
+        apply(blob, dest, digest=digest, diff_id=diff_id, name=f"layer {k + 1} of {len(blobs)}")
+    if store is not None:
+        # (an AssertionError, not the path's refusal: an apply that wrote into the store's
+        # objects through DEST is a bug whatever the other paths say)
+        findings = [f"{f.severity}: {f.subject}: {f.message}" for f in store.fsck().findings]
+        assert not findings, f"apply-link: the layers applied onto a --link unpack changed the store: {findings}"
+    return tree(dest)
 
 
 def _compact_saved(work, layout, tree):

@@ -13,7 +13,11 @@ store (keep-blobs false) that must save the image back, and root's ``lamina moun
 the image in another store of nobody's (overlayfs reading its user.overlay.* markers); one
 stack in four (LAMINA_FUZZ_REGISTRY=1: all) is also pushed to a loopback registry and read by
 nobody from there: ``unpack docker://`` in both formats (the overlay one mounted as above) and
-``pull`` into a store of nobody's, materialized.
+``pull`` into a store of nobody's, materialized.  And ``apply`` of the layers one after another
+onto the flat unpack of the lower half (in place, as everypath's apply path; the first stack
+of each six) or with --atomic onto what the layers below left (everypath's apply-atomic; the
+fourth): read-only directories of a layer below that an upper layer writes in, made by another
+run of lamina.
 
 All paths must give the same tree, or all fail with a lamina error; nothing outside the
 work directory (a sentinel and a host directory the layers aim at, both writable by
@@ -50,8 +54,8 @@ from hypothesis import strategies as st
 
 import test_fuzz_paths as fz
 from conftest import require_root, require_tool
-from everypath import (EMPTY_LAYER, _push_layout, _repos, assert_agree, describe, overlay_mount, shared_registry,
-                       write_image)
+from everypath import (EMPTY_LAYER, _push_layout, _repos, assert_agree, describe, layout_layers, overlay_mount,
+                       shared_registry, write_image)
 from layerkit import run_as_nobody, world_tmpdir
 from test_rootless_paths import COMPACT_SAVE, _chmod_tree, _preload, mount_rootless_layers
 from treecmp import Snapshot, compare, snapshot
@@ -151,6 +155,19 @@ for case in json.loads(sys.argv[1]):
             out["left"] = left
         except BaseException as e:
             out["left"] = [f"raised {type(e).__name__}: {e}"]
+    def applied(atomic):  # (everypath's apply paths, as nobody)
+        dest = os.path.join(work, "apply-atomic" if atomic else "apply")
+        blobs, below = case["blobs"], 0
+        if not atomic:
+            below = len(blobs) // 2
+            lamina.unpack(case["lower"], dest) if below else os.mkdir(dest)
+        for k, (blob, digest, diff_id) in enumerate(blobs[below:], below):
+            (lamina.apply_layer_atomic if atomic else lamina.apply_layer)(
+                blob, dest, digest=digest, diff_id=diff_id, name=f"layer {k + 1} of {len(blobs)}")
+    if case["apply"] == "apply":
+        attempt("apply", lambda: applied(False))
+    elif case["apply"] == "apply-atomic":
+        attempt("apply-atomic", lambda: applied(True))
     if case["registry"]:
         from lamina.registry.client import RegistryClient
         from lamina.registry.source import RegistrySource
@@ -248,8 +265,12 @@ def run_batch(host, batch, neighbours=None, pushed=None):
                 repo = f"rootless{next(_repos)}-{os.getpid()}"
                 _push_layout(reg.host, repo, layout)
                 registry = f"{reg.host}/{repo}:img"
+            lower = write_image(os.path.join(base, f"lower{i}"), list(tars[:len(tars) // 2]))
             cases.append({"work": work, "src": f"oci:{layout}:img", "rebuilt": f"oci:{rebuilt}:img",
-                          "neighbour": neighbour, "registry": registry})
+                          "neighbour": neighbour, "registry": registry, "blobs": layout_layers(layout),
+                          "lower": f"oci:{lower}:img",
+                          # (a stack in three of a batch: each costs a fifth of the other paths)
+                          "apply": {0: "apply", 3: "apply-atomic"}.get(i % 6)})
         _chmod_tree(base, "a+rX")
         proc = run_as_nobody(SCRIPT, json.dumps(cases), preload=_preload(), timeout=60 + 60 * len(batch))
         assert proc.returncode == 0, f"lamina as nobody died:\n{proc.stderr[-3000:]}"
@@ -262,7 +283,8 @@ def run_batch(host, batch, neighbours=None, pushed=None):
         for case, tars, out in zip(cases, batch, outs):
             since = int(out["since"]) - 1
             trees = {}
-            for p in TREE_PATHS + (REGISTRY_PATHS if case["registry"] else ()):
+            for p in TREE_PATHS + ((case["apply"],) if case["apply"] else ()) + \
+                    (REGISTRY_PATHS if case["registry"] else ()):
                 src = {"overlay-mount": "overlay", "store-mount": "mounted-store"}.get(p, p)
                 status = out.get(src, out.get("copy"))
                 if status != "ok":
