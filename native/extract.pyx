@@ -591,10 +591,22 @@ def _current_umask():
     return old
 
 
-cdef int _reset(int fd, int root):
+cdef int _dup_checked(int fd) except -2:
+    """dup(2) that raises: a walk reads -1 as "this layer has nothing here", so a dup that
+    failed (EMFILE) silently hid a layer (the walk then made a directory over its symlink)."""
+    cdef int nfd = dup(fd)
+    if nfd < 0:
+        raise OSError(errno, f"cannot duplicate a layer's directory fd: {os.strerror(errno)}")
+    return nfd
+
+
+cdef int _reset(int fd, int root) except -2:
+    """A new fd of ``root`` for ``fd`` (closed).  When that fails ``fd`` is left open, still
+    the caller's to close once."""
+    cdef int nfd = _dup_checked(root)
     if fd >= 0:
         close(fd)
-    return dup(root)
+    return nfd
 
 
 cdef _copy_data(int src, int dst, int64_t size):
@@ -3331,7 +3343,7 @@ cdef class Extractor:
     cdef int _walk_in_root(self, bytes path) except -2:
         """RESOLVE_IN_ROOT by hand: component by component with O_NOFOLLOW,
         expanding symlinks ourselves so that ".." and absolute targets stop at the root."""
-        cdef int fd = dup(self.rootfd), nfd, links = 0, e
+        cdef int fd = _dup_checked(self.rootfd), nfd, links = 0, e
         cdef stat st
         cdef char buf[4096]
         cdef Py_ssize_t ln
@@ -3746,8 +3758,9 @@ cdef class Extractor:
         plain = []
         lf = []
         try:
-            ufd = dup(self.rootfd)
-            lf = [dup(<int>x) for x in self.lower_fds]
+            ufd = _dup_checked(self.rootfd)
+            for x in self.lower_fds:   # (into lf as each is made: the finally closes them)
+                lf.append(_dup_checked(<int>x))
             while todo:
                 c, from_link = todo.pop()
                 if not c or c == b".":
@@ -3882,11 +3895,11 @@ cdef class Extractor:
         if fd < 0:
             return -1
         nfd = openat(fd, b"..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        e = errno
-        close(fd)
         if nfd < 0:
-            lamina_set_errno(e)
+            # fd stays open, the caller's to close: closed here too, the caller's cleanup
+            # closed its number a second time (by then, maybe another thread's new fd)
             self._parent_error(path, name)
+        close(fd)
         return nfd
 
     cdef int _copy_up_dirs(self, list phys, list source, object name) except -2:
@@ -3894,7 +3907,7 @@ cdef class Extractor:
         metadata of the lower layer that provides each one, or as new 0755
         directories; a whiteout of this layer in the way becomes an opaque
         directory (what was below stays hidden)."""
-        cdef int fd = dup(self.rootfd), nfd, below = -1, below_layer = -1
+        cdef int fd = _dup_checked(self.rootfd), nfd, below = -1, below_layer = -1
         cdef stat st
         cdef Py_ssize_t k
         try:
@@ -5484,10 +5497,16 @@ cdef class Extractor:
         """The layers below at ``parent`` (fds, topmost first; -1 where one does not show it), as
         _union_walk merges them under directories of this layer's own that no marker of it made
         opaque (what an early directory's parents were), one _descend_lowers per component."""
-        lf = [dup(<int>x) for x in self.lower_fds]
-        for c in parent.split(b"/"):
-            if c:
-                self._descend_lowers(lf, <bytes>c, 0, False)
+        lf = []
+        try:
+            for x in self.lower_fds:
+                lf.append(_dup_checked(<int>x))
+            for c in parent.split(b"/"):
+                if c:
+                    self._descend_lowers(lf, <bytes>c, 0, False)
+        except BaseException:
+            _close_fds(lf)
+            raise
         return lf
 
     cdef _descend_lowers(self, list lf, bytes c, int first, bint stop):
@@ -5502,7 +5521,12 @@ cdef class Extractor:
             if fd >= 0 and not stop and i >= first:
                 nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                 if nfd < 0:
-                    stop = errno != ENOENT  # a file or whiteout here hides the layers below
+                    if errno == ENOTDIR or errno == ELOOP:
+                        stop = True  # a file, symlink or whiteout here hides the layers below
+                    elif errno != ENOENT and errno != ENAMETOOLONG:
+                        # (EMFILE, ENOMEM, EIO: taken for a file here, it hid the layers below;
+                        # fd stays in lf, the caller's to close)
+                        raise OSError(errno, f"cannot open {_show(c)} in a layer below: {os.strerror(errno)}")
                 elif self._is_opaque(nfd):
                     stop = True
             if fd >= 0:
