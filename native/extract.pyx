@@ -1954,7 +1954,7 @@ cdef int _union_parent(int root, int *lf, int nl, const char *parent, Py_ssize_t
     (_union_release); 0: the merged view has no such directory; -1: something unusual (a
     symlink on the way, an error): the general path decides.  On 0 and -1 nothing is left open."""
     cdef int ufd = root, fd, nfd, i, found, res = -2
-    cdef bint owned = False, stop
+    cdef bint owned = False, stop, failed
     cdef stat st
     cdef char comp[256]
     cdef Py_ssize_t a = 0, b
@@ -2010,19 +2010,28 @@ cdef int _union_parent(int root, int *lf, int nl, const char *parent, Py_ssize_t
         if owned and ufd >= 0:
             close(ufd)
         ufd = nfd
+        failed = False
         for i in range(nl):
             fd = lf[i]
             nfd = -1
             if fd >= 0 and not stop and i >= found:
                 nfd = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                 if nfd < 0:
-                    stop = errno != ENOENT  # a file or whiteout here hides the layers below
+                    if errno == ENOTDIR or errno == ELOOP:
+                        stop = True  # a file, symlink or whiteout here hides the layers below
+                    elif errno != ENOENT:
+                        # EMFILE, EIO: taken for a file, it hid the layers below (the whiteout
+                        # of a name only they show was then left out, exit 0)
+                        failed = True
                 elif _opaque_fd(nfd):
                     stop = True
             if owned and fd >= 0:
                 close(fd)
             lf[i] = nfd
         owned = True
+        if failed:
+            res = -1  # the general path decides, and says what fails
+            break
     if res == -2:
         ufd_out[0] = ufd
         owned_out[0] = owned
@@ -6986,6 +6995,11 @@ cdef class Extractor:
                 fd = stack.open(path)  # borrowed: the stack closes it
                 owned = False
                 if fd < 0:
+                    e = errno
+                    if e != ENOENT and e != ENOTDIR and e != ELOOP and e != ESTALE:
+                        # (EMFILE, EIO: the directory kept the mode it was made with, exit 0)
+                        raise OSError(e, f"cannot open {_show(path)} to set its mode and times: {os.strerror(e)}")
+                    lamina_set_errno(e)
                     if self.overlay or (errno != ELOOP and errno != ENOTDIR):
                         continue  # removed or replaced by a non-directory later in the layer
                     if listed and self.root_real is not None:

@@ -29,12 +29,22 @@ SHIM = r"""
 #include <string.h>
 #include <unistd.h>
 
-static long dotdots, dups, badf;
+static long dotdots, dups, openats, badf;
+static int armed;
 
-/* LAMINA_SHIM_FAIL="KIND:K": the K-th call of KIND ("dotdot": openat(fd, ".."); "dup") fails */
+/* called once the child has imported what it needs: Python's own opens are not counted */
+void lamina_shim_arm(void)
+{
+    armed = 1;
+}
+
+/* LAMINA_SHIM_FAIL="KIND:K": the K-th call of KIND ("dotdot": openat(fd, ".."); "dup";
+   "openat": any) fails */
 static int fail_nth(const char *kind, long *count)
 {
     const char *s = getenv("LAMINA_SHIM_FAIL");
+    if (!armed)
+        return 0;
     long n = __atomic_add_fetch(count, 1, __ATOMIC_RELAXED);
     size_t k = strlen(kind);
     return s && strncmp(s, kind, k) == 0 && s[k] == ':' && atol(s + k + 1) == n;
@@ -70,7 +80,7 @@ int name(int dirfd, const char *path, int flags, ...) \
     } \
     if (!real) \
         real = (int (*)(int, const char *, int, ...))dlsym(RTLD_NEXT, #name); \
-    if (fail_this(path)) { \
+    if (fail_this(path) || fail_nth("openat", &openats)) { \
         errno = EMFILE; \
         return -1; \
     } \
@@ -95,15 +105,18 @@ __attribute__((destructor)) static void report(void)
     const char *path = getenv("LAMINA_SHIM_REPORT");
     FILE *f = path ? fopen(path, "w") : NULL;
     if (f) {
-        fprintf(f, "%ld %ld %ld\n", dotdots, dups, badf);
+        fprintf(f, "%ld %ld %ld %ld\n", dotdots, dups, openats, badf);
         fclose(f);
     }
 }
 """
 
 UNPACK = """
+import ctypes
 import sys
 import lamina
+import lamina.unpacker
+ctypes.CDLL(None).lamina_shim_arm()
 try:
     lamina.unpack("oci:" + sys.argv[1] + ":img", sys.argv[2], format=sys.argv[3])
     print("ok")
@@ -130,8 +143,8 @@ def _unpack(shim, layout, dest, fmt, fail=""):
                        timeout=120)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     with open(report) as f:
-        dotdots, dups, badf = map(int, f.read().split())
-    return r.stdout.strip().splitlines()[-1], {"dotdot": dotdots, "dup": dups}, badf
+        dotdots, dups, openats, badf = map(int, f.read().split())
+    return r.stdout.strip().splitlines()[-1], {"dotdot": dotdots, "dup": dups, "openat": openats}, badf
 
 
 def _tree(dest, fmt):
@@ -177,3 +190,16 @@ def test_a_dup_that_fails_never_hides_a_layer_below(shim, tmp_path):
     below = Tar().dir("d").dir("e").symlink("s", "d/..").file("e/old", b"old\n").symlink("l", "e").bytes()
     above = Tar().dir("d").file("s/e/f", b"through d/..\n").file("l/g", b"through l\n").whiteout("e/old").bytes()
     _each_call_failing(shim, everypath.write_image(tmp_path / "layout", [below, above]), tmp_path, "dup", 5)
+
+
+def test_an_open_that_fails_anywhere_is_a_refusal_or_the_same_tree(shim, tmp_path):
+    """Every openat(2) of the unpack failing in turn (EMFILE).  On 1b031d2, with the two fixes
+    above, two still gave another tree and exit 0: a directory of the layer below that failed
+    to open in the GIL-free whiteout walk was taken for a file there, and the whiteout of
+    ``e/old``, a name only that layer shows, was left out (the mount showed ``e/old`` again);
+    and a directory the fix-up pass failed to open kept the mode it was made with (0700)."""
+    below = Tar().dir("d").dir("e").symlink("s", "d/..").file("e/old", b"old\n").symlink("l", "e") \
+        .file("h", b"linked\n").bytes()
+    above = Tar().dir("d").file("s/e/f", b"through d/..\n").file("l/g", b"through l\n").whiteout("e/old") \
+        .hardlink("e/h2", "h").opaque("d").bytes()
+    _each_call_failing(shim, everypath.write_image(tmp_path / "layout", [below, above]), tmp_path, "openat", 20)
