@@ -591,10 +591,22 @@ def _current_umask():
     return old
 
 
-cdef int _reset(int fd, int root):
+cdef int _dup_checked(int fd) except -2:
+    """dup(2) that raises: a walk reads -1 as "this layer has nothing here", so a dup that
+    failed (EMFILE) silently hid a layer (the walk then made a directory over its symlink)."""
+    cdef int nfd = dup(fd)
+    if nfd < 0:
+        raise OSError(errno, f"cannot duplicate a layer's directory fd: {os.strerror(errno)}")
+    return nfd
+
+
+cdef int _reset(int fd, int root) except -2:
+    """A new fd of ``root`` for ``fd`` (closed).  When that fails ``fd`` is left open, still
+    the caller's to close once."""
+    cdef int nfd = _dup_checked(root)
     if fd >= 0:
         close(fd)
-    return dup(root)
+    return nfd
 
 
 cdef _copy_data(int src, int dst, int64_t size):
@@ -1942,7 +1954,7 @@ cdef int _union_parent(int root, int *lf, int nl, const char *parent, Py_ssize_t
     (_union_release); 0: the merged view has no such directory; -1: something unusual (a
     symlink on the way, an error): the general path decides.  On 0 and -1 nothing is left open."""
     cdef int ufd = root, fd, nfd, i, found, res = -2
-    cdef bint owned = False, stop
+    cdef bint owned = False, stop, failed
     cdef stat st
     cdef char comp[256]
     cdef Py_ssize_t a = 0, b
@@ -1998,19 +2010,28 @@ cdef int _union_parent(int root, int *lf, int nl, const char *parent, Py_ssize_t
         if owned and ufd >= 0:
             close(ufd)
         ufd = nfd
+        failed = False
         for i in range(nl):
             fd = lf[i]
             nfd = -1
             if fd >= 0 and not stop and i >= found:
                 nfd = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                 if nfd < 0:
-                    stop = errno != ENOENT  # a file or whiteout here hides the layers below
+                    if errno == ENOTDIR or errno == ELOOP:
+                        stop = True  # a file, symlink or whiteout here hides the layers below
+                    elif errno != ENOENT:
+                        # EMFILE, EIO: taken for a file, it hid the layers below (the whiteout
+                        # of a name only they show was then left out, exit 0)
+                        failed = True
                 elif _opaque_fd(nfd):
                     stop = True
             if owned and fd >= 0:
                 close(fd)
             lf[i] = nfd
         owned = True
+        if failed:
+            res = -1  # the general path decides, and says what fails
+            break
     if res == -2:
         ufd_out[0] = ufd
         owned_out[0] = owned
@@ -3331,7 +3352,7 @@ cdef class Extractor:
     cdef int _walk_in_root(self, bytes path) except -2:
         """RESOLVE_IN_ROOT by hand: component by component with O_NOFOLLOW,
         expanding symlinks ourselves so that ".." and absolute targets stop at the root."""
-        cdef int fd = dup(self.rootfd), nfd, links = 0, e
+        cdef int fd = _dup_checked(self.rootfd), nfd, links = 0, e
         cdef stat st
         cdef char buf[4096]
         cdef Py_ssize_t ln
@@ -3746,8 +3767,9 @@ cdef class Extractor:
         plain = []
         lf = []
         try:
-            ufd = dup(self.rootfd)
-            lf = [dup(<int>x) for x in self.lower_fds]
+            ufd = _dup_checked(self.rootfd)
+            for x in self.lower_fds:   # (into lf as each is made: the finally closes them)
+                lf.append(_dup_checked(<int>x))
             while todo:
                 c, from_link = todo.pop()
                 if not c or c == b".":
@@ -3895,7 +3917,7 @@ cdef class Extractor:
         metadata of the lower layer that provides each one, or as new 0755
         directories; a whiteout of this layer in the way becomes an opaque
         directory (what was below stays hidden)."""
-        cdef int fd = dup(self.rootfd), nfd, below = -1, below_layer = -1
+        cdef int fd = _dup_checked(self.rootfd), nfd, below = -1, below_layer = -1
         cdef stat st
         cdef Py_ssize_t k
         try:
@@ -5485,10 +5507,16 @@ cdef class Extractor:
         """The layers below at ``parent`` (fds, topmost first; -1 where one does not show it), as
         _union_walk merges them under directories of this layer's own that no marker of it made
         opaque (what an early directory's parents were), one _descend_lowers per component."""
-        lf = [dup(<int>x) for x in self.lower_fds]
-        for c in parent.split(b"/"):
-            if c:
-                self._descend_lowers(lf, <bytes>c, 0, False)
+        lf = []
+        try:
+            for x in self.lower_fds:
+                lf.append(_dup_checked(<int>x))
+            for c in parent.split(b"/"):
+                if c:
+                    self._descend_lowers(lf, <bytes>c, 0, False)
+        except BaseException:
+            _close_fds(lf)
+            raise
         return lf
 
     cdef _descend_lowers(self, list lf, bytes c, int first, bint stop):
@@ -5503,7 +5531,12 @@ cdef class Extractor:
             if fd >= 0 and not stop and i >= first:
                 nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                 if nfd < 0:
-                    stop = errno != ENOENT  # a file or whiteout here hides the layers below
+                    if errno == ENOTDIR or errno == ELOOP:
+                        stop = True  # a file, symlink or whiteout here hides the layers below
+                    elif errno != ENOENT and errno != ENAMETOOLONG:
+                        # (EMFILE, ENOMEM, EIO: taken for a file here, it hid the layers below;
+                        # fd stays in lf, the caller's to close)
+                        raise OSError(errno, f"cannot open {_show(c)} in a layer below: {os.strerror(errno)}")
                 elif self._is_opaque(nfd):
                     stop = True
             if fd >= 0:
@@ -6963,6 +6996,11 @@ cdef class Extractor:
                 fd = stack.open(path)  # borrowed: the stack closes it
                 owned = False
                 if fd < 0:
+                    e = errno
+                    if e != ENOENT and e != ENOTDIR and e != ELOOP and e != ESTALE:
+                        # (EMFILE, EIO: the directory kept the mode it was made with, exit 0)
+                        raise OSError(e, f"cannot open {_show(path)} to set its mode and times: {os.strerror(e)}")
+                    lamina_set_errno(e)
                     if self.overlay or (errno != ELOOP and errno != ENOTDIR):
                         continue  # removed or replaced by a non-directory later in the layer
                     if listed and self.root_real is not None:

@@ -309,12 +309,17 @@ def test_a_bad_chunk_size_line_is_named_from_http_clients_own_error(body, said, 
     assert describe_error(e.value) == said
 
 
-@pytest.mark.parametrize("retry_after", ["86400", "Fri, 31 Dec 2100 23:59:59 GMT", "-5", "soon"])
+@pytest.mark.parametrize("retry_after", ["86400", "Fri, 31 Dec 2100 23:59:59 GMT", "-5", "soon",
+                                         "nan", "NaN", "inf", "1e9", "8_6400", "0x10"])
 def test_a_429_retry_after_is_honoured_within_a_bounded_wait(registry_env, retry_after):  # noqa: F811
     """A registry answering 429 with Retry-After a day (or a date in 2100) would hold a pull
     for as long: each wait is Retry-After capped at MAX_RETRY_AFTER (a negative one is 0,
     a word the backoff), and the retries are counted, so the whole wait is bounded.  The
-    last 429 is the answer, not another wait."""
+    last 429 is the answer, not another wait.
+    Retry-After is a date or whole seconds (RFC 9110 10.2.3): on 1b031d2 Python's float()
+    read "nan", and time.sleep(nan) ended the pull with a ValueError traceback; "inf",
+    "1e9" and "8_6400" (underscores are Python's, nobody's header) are no delay either:
+    the backoff's, as for any word."""
     import http.server
     import threading
     from registryfixture import QuietHandler
@@ -340,7 +345,7 @@ def test_a_429_retry_after_is_honoured_within_a_bounded_wait(registry_env, retry
     assert len(slept) == 5, slept
     if retry_after == "-5":
         assert slept == [0.0] * 5
-    elif retry_after == "soon":
+    elif retry_after in ("soon", "nan", "NaN", "inf", "1e9", "8_6400", "0x10"):
         assert all(s <= MAX_BACKOFF for s in slept), slept
     else:
         assert slept == [MAX_RETRY_AFTER] * 5, slept

@@ -687,15 +687,19 @@ class Transport:
         self._sleep(self._delay(failures, None))
 
 
+# Retry-After's delay: whole seconds (RFC 9110 10.2.3: 1*DIGIT), a fraction or a sign taken
+# as a lenient reader would ("-5" waits nothing).  Not float() alone: it reads "nan" (and
+# time.sleep(nan) raises ValueError, a traceback out of a pull), "inf", "1e9" and "8_6400".
+_RETRY_AFTER_SECONDS = re.compile(r"[-+]?[0-9]{1,30}(?:\.[0-9]{0,30})?", re.ASCII)
+
+
 def _parse_retry_after(value):
     value = value.strip()
-    try:
+    if _RETRY_AFTER_SECONDS.fullmatch(value):
         return float(value)
-    except ValueError:
-        pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when is None:
         return None
