@@ -352,33 +352,48 @@ def test_a_repair_beside_an_rmi_leaves_the_deferred_gc_record_it_is_writing(layo
 
 
 
+def _a_in_a_store_going_compact(layout, tmp_path):
+    """A store holding a:1, then set keep-blobs false (its next use compacts a:1): (store root,
+    the blob of a:1's top layer)."""
+    from conftest import require_tool
+    from lamina.store.paths import Paths
+    require_tool("strace")
+    lay, _ = layout
+    root = tmp_path / "root"
+    lamina(root, "copy", f"oci:{lay.root}:a", "a:1")
+    lamina(root, "config", "set", "keep-blobs", "false")
+    manifest = next(e["digest"] for e in lay.entries if e["annotations"]["org.opencontainers.image.ref.name"] == "a")
+    return root, Paths(root).blob(lay.read_json(manifest)["layers"][1]["digest"])
+
+
+def _compact_once_held(proc, trace, held, what):
+    """Once the strace log ``trace`` of ``proc`` shows (``held(text)``) that it waits in the call
+    held back, an unpack of a:1 compacts it (its blobs go)."""
+    root = proc.args[proc.args.index("--root") + 1]
+    deadline = time.monotonic() + 120
+    while not (trace.exists() and held(trace.read_text())):
+        assert proc.poll() is None, f"{what} ended before the call held: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"{what} never made the call held"
+        time.sleep(0.01)
+    lamina(root, "unpack", "a:1", trace.parent / "dest")
+
+
 def _fsck_beside_a_compaction(layout, tmp_path, hold, held):
     """A check-only fsck of a store holding a:1 and set keep-blobs false, run under strace with
     ``hold`` (its arguments delaying one call, given the blob of a:1's top layer): once ``held(trace
     text, blob)`` says fsck waits there, an unpack of a:1 compacts the image (its blobs go).  A
     writer's lease is held meanwhile, so fsck runs beside it as beside any writer at work (a
     check-only fsck takes no gc lock then).  fsck must find the store good, as it is."""
-    from conftest import require_tool
     from lamina.store.locks import FileLock
     from lamina.store.paths import Paths
-    require_tool("strace")
-    lay, trees = layout
-    root = tmp_path / "root"
-    lamina(root, "copy", f"oci:{lay.root}:a", "a:1")
-    lamina(root, "config", "set", "keep-blobs", "false")
-    manifest = next(e["digest"] for e in lay.entries if e["annotations"]["org.opencontainers.image.ref.name"] == "a")
-    blob = Paths(root).blob(lay.read_json(manifest)["layers"][1]["digest"])
+    root, blob = _a_in_a_store_going_compact(layout, tmp_path)
+    trees = layout[1]
     trace = tmp_path / "fsck.strace"
     writer = FileLock(Paths(root).gc_lock, shared=True).acquire()
     try:
         fsck = subprocess.Popen(["strace", "-f", "-qq", "-o", trace, *hold(blob), "--", *LAMINA, "--root", root,
                                  "fsck"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while not (trace.exists() and held(trace.read_text(), blob)):
-            assert fsck.poll() is None, f"fsck ended before the call held: {fsck.communicate()}"
-            assert time.monotonic() < deadline, "fsck never made the call held"
-            time.sleep(0.01)
-        lamina(root, "unpack", "a:1", tmp_path / "dest")   # compacts a:1: its blobs go
+        _compact_once_held(fsck, trace, lambda text: held(text, blob), "fsck")
         assert not blob.exists()
     finally:
         writer.release()
@@ -414,26 +429,14 @@ def test_a_copy_out_beside_a_compaction_writes_the_image_whole(layout, tmp_path)
     The copy failed: 'blob sha256:… is not in the store'.  Here the copy's first open of the top
     layer's blob is held back until the unpack is done; the copy must write a whole image whose
     layers unpack to a:1's tree (from the blob it holds open, or rebuilt from the sidecar)."""
-    from conftest import require_tool
-    from lamina.store.paths import Paths
-    require_tool("strace")
-    lay, trees = layout
-    root = tmp_path / "root"
-    lamina(root, "copy", f"oci:{lay.root}:a", "a:1")
-    lamina(root, "config", "set", "keep-blobs", "false")
-    manifest = next(e["digest"] for e in lay.entries if e["annotations"]["org.opencontainers.image.ref.name"] == "a")
-    blob = Paths(root).blob(lay.read_json(manifest)["layers"][1]["digest"])
+    root, blob = _a_in_a_store_going_compact(layout, tmp_path)
+    trees = layout[1]
     trace = tmp_path / "copy.strace"
     copy = subprocess.Popen(["strace", "-f", "-qq", "-o", trace, "-e", "trace=openat", "-P", blob,
                              "-e", "inject=openat:delay_enter=10000000:when=1", "--", *LAMINA, "--root", root,
                              "copy", "a:1", f"oci:{tmp_path / 'out'}:a"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (trace.exists() and blob.name in trace.read_text()):
-        assert copy.poll() is None, f"the copy ended before it opened the blob: {copy.communicate()}"
-        assert time.monotonic() < deadline, "the copy never opened the blob"
-        time.sleep(0.01)
-    lamina(root, "unpack", "a:1", tmp_path / "dest")   # compacts a:1: its blobs go
+    _compact_once_held(copy, trace, lambda text: blob.name in text, "the copy")
     assert not blob.exists()
     out, err = copy.communicate(timeout=120)
     assert copy.returncode == 0, out + err
