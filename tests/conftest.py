@@ -97,6 +97,15 @@ def run(*cmd, **kw):
     return proc
 
 
+def build_preload_shim(tmp_path_factory, name, source):
+    """Compile the C ``source`` into ``NAME.so`` for LD_PRELOAD (gcc, which CI installs)."""
+    gcc = require_tool("gcc")
+    d = tmp_path_factory.mktemp(name)
+    (d / f"{name}.c").write_text(source)
+    run(gcc, "-shared", "-fPIC", "-O2", "-o", d / f"{name}.so", d / f"{name}.c", "-ldl")
+    return d / f"{name}.so"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _shared_registry_stopped():
     """everypath's registry paths start one docker-registry on first use: stop it at the end."""

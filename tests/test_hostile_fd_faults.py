@@ -14,7 +14,7 @@ import sys
 import pytest
 
 import everypath
-from conftest import require_tool, run
+from conftest import build_preload_shim
 from tarbuild import Tar
 from treecmp import compare, snapshot
 
@@ -127,11 +127,7 @@ except (lamina.errors.LaminaError, OSError) as e:
 
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory):
-    gcc = require_tool("gcc")
-    d = tmp_path_factory.mktemp("fdshim")
-    (d / "shim.c").write_text(SHIM)
-    run(gcc, "-shared", "-fPIC", "-O2", "-o", d / "shim.so", d / "shim.c", "-ldl")
-    return d / "shim.so"
+    return build_preload_shim(tmp_path_factory, "fdshim", SHIM)
 
 
 def _unpack(shim, layout, dest, fmt, fail=""):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import EMULATION, openat2_usable, require_tool, resolvers, run, use_resolver
+from conftest import EMULATION, build_preload_shim, openat2_usable, resolvers, use_resolver
 from tarbuild import Tar
 
 SHIM = r"""
@@ -61,11 +61,7 @@ DIRS = ["a/", "a/b/", "a/b/c/", "a/b/c/d/", "e/"]
 
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory):
-    gcc = require_tool("gcc")
-    d = tmp_path_factory.mktemp("shim")
-    (d / "count.c").write_text(SHIM)
-    run(gcc, "-shared", "-fPIC", "-O2", "-o", d / "count.so", d / "count.c", "-ldl")
-    return d / "count.so"
+    return build_preload_shim(tmp_path_factory, "count", SHIM)
 
 
 @pytest.fixture
