@@ -318,9 +318,10 @@ _NEWBORN_PREFIX = ".lamina-new-"
 # the names _make_staging_inside gives, which the next unpack may sweep
 _IN_PLACE_NAME = re.compile(r"\.lamina-(?:tmp|new)-[0-9a-f]{8}")
 # A staging dir is marked by lamina with this xattr, its value the directory's inode number and
-# the random token of its name (_mark_value): the sweep removes only a marked one.  A name alone said nothing of whose it is: an image whose one
-# top-level entry is named .lamina-tmp-<8 hex> was swept out of DEST by the next unpack, and a
-# DEST.lamina-tmp-* someone else left beside DEST went too.  Neither an image's entry (the
+# the random token of its name (_mark_value): the sweep removes only a marked one.  A name alone
+# said nothing of whose it is: an image whose one top-level entry is named .lamina-tmp-<8 hex>
+# was swept out of DEST by the next unpack, and a DEST.lamina-tmp-* someone else left beside
+# DEST went too.  Neither an image's entry (the
 # value names an inode nobody can choose) nor a copy (cp -a, a tar of it: another inode) passes
 # for one.  On a filesystem without user xattrs nothing is marked, and nothing is swept.
 _MARK = "user.lamina.staging"
@@ -677,8 +678,8 @@ def _sweep_killed(dir_fd, shown, ours, newborn, recorded=None):
     """Remove the staging dirs in ``dir_fd`` (``shown``: its path) whose names ``ours`` takes, that
     lamina marked (_MARK), and whose lock nobody holds: those of killed unpacks (``newborn``-named
     ones are empty: they were never named; one killed before its mark, three system calls after
-    its mkdir, stays, as anyone else's dir of that name does).  Through ``dir_fd``, never by a path through a parent
-    swapped meanwhile.  ``recorded``: (st_dev, st_ino, name) -> whether a staging dir was recorded
+    its mkdir, stays, as anyone else's dir of that name does).  Through ``dir_fd``, never by a
+    path through a parent swapped meanwhile.  ``recorded``: (st_dev, st_ino, name) -> whether a staging dir was recorded
     as made so, which it must also be to be taken (a newborn needs none: only ever removed if
     empty)."""
     try:
@@ -697,11 +698,10 @@ def _sweep_killed(dir_fd, shown, ours, newborn, recorded=None):
                 continue  # no unpack made it: an image's directory, or the user's
             if not (_is_marked(fd, n) and _is_at(dir_fd, n, fd)):
                 continue   # not lamina's: an empty DEST.lamina-new-x of someone else's too
+            trace.event("sweep-killed-staging", path=os.path.join(shown, n))
             if n.startswith(newborn):
-                trace.event("sweep-killed-staging", path=os.path.join(shown, n))
                 _remove_newborn(n, dir_fd)   # (an rmdir: only ever an empty one)
             else:
-                trace.event("sweep-killed-staging", path=os.path.join(shown, n))
                 remove_tree(f"/proc/self/fd/{dir_fd}/{n}")
                 if recorded is not None:
                     _forget_in_place(st.st_dev, st.st_ino, n)
