@@ -315,13 +315,16 @@ class Store:
         if isinstance(ref_or_id, Reference):
             found = self._by_reference(ref_or_id)
             if found:
+                found.asked_as = ref_or_id.familiar()
                 return found
             raise NoSuchImageError(ref_or_id.familiar())
         s = ref_or_id
         if not isinstance(s, str) or not s:
             raise InvalidReferenceError(f"invalid image reference {s!r}")
         try:
-            return self._resolve_string(s)
+            found = self._resolve_string(s)
+            found.asked_as = s
+            return found
         except (InvalidReferenceError, ImageNotFoundError):
             _refuse_outside_image(s)  # "oci:1" may name a store image too: only when it does not
             raise
@@ -555,7 +558,9 @@ class Store:
                 raise
             import warnings
             from ..errors import CompactionDeferredWarning
-            warnings.warn(CompactionDeferredWarning(f"image {image.config_digest[7:19]}", cause), stacklevel=2)
+            # named as the user named it ("unpack app:1"), else by ID (an image from an import)
+            warnings.warn(CompactionDeferredWarning(f"image {image.asked_as or image.config_digest[7:19]}", cause),
+                          stacklevel=2)
 
     # --- settings and file objects ----------------------------------------------------
 
