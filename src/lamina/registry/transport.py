@@ -158,6 +158,8 @@ def content_length(values, body=True):
     if any(v.strip(" \t") != first for v in values[1:]):
         raise ValueError(f"Content-Length given {len(values)} times, with different values "
                          f"{', '.join(_quote_line(v) for v in values[:4])}")
+    if not first:
+        return None   # Go reads an empty one as no length
     if not _CONTENT_LENGTH.fullmatch(first):
         if body:
             raise ValueError(f"bad Content-Length {_quote_line(first)} (not a number of bytes)")
