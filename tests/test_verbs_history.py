@@ -190,3 +190,22 @@ def test_streamed_rows_are_the_held_rows_byte_for_byte(store, fmt):
     out = _io.StringIO()
     write_rows(out, fmt, rows, HISTORY_HEADERS)
     assert out.getvalue() == render_rows(fmt, rows(), HISTORY_HEADERS)
+
+
+def test_storing_an_image_parses_its_config_no_more_than_twice(tmp_path, monkeypatch):
+    """A copy into the store parsed the stored config three times (the import's check, then
+    add_names, then add_names again for the names it had just written): a quarter second each
+    for a config of 300,000 history steps."""
+    import ocibuild
+    import lamina.store.image as store_image
+    lay = ocibuild.Layout(tmp_path / "layout")
+    lay.add(lay.image([{"a": b"1"}]), "one")
+    parsed = []
+    real = store_image.parse_config
+
+    def counting(data, what, layer_count):
+        parsed.append(what)
+        return real(data, what, layer_count)
+    monkeypatch.setattr(store_image, "parse_config", counting)
+    ok(tmp_path / "root", "copy", f"oci:{lay.root}:one", "one:1")
+    assert len(parsed) <= 2, parsed
