@@ -10,12 +10,12 @@ ru_maxrss of a child of this big pytest process).
 """
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 import ocibuild
 from registryfixture import fast_random, reg, registry_env, skopeo_push  # noqa: F401
+from verbkit import peak_rss_kib
 
 MiB = 1 << 20
 LIMIT_KIB = 64 * 1024
@@ -36,26 +36,9 @@ def big_image(reg, tmp_path_factory):  # noqa: F811
     return f"{reg.host}/mem:1"
 
 
-def _peak_rss_kib(args, cwd):
-    """Run ``lamina ARGS`` in a fresh interpreter; return its peak RSS (VmHWM, KiB)."""
-    code = textwrap.dedent(f"""
-        import runpy, sys
-        sys.argv = ["lamina"] + {list(args)!r}
-        try:
-            runpy.run_module("lamina", run_name="__main__")
-        finally:
-            with open("/proc/self/status") as f:
-                hwm = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
-            print("VmHWM", hwm, file=sys.stderr)
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
-    return int(proc.stderr.split("VmHWM")[-1].split()[0])
-
-
 def test_pull_peak_rss_stays_under_64_mib(big_image, registry_env, tmp_path):  # noqa: F811
     root = tmp_path / "store"
-    peak = _peak_rss_kib(["--root", str(root), "pull", "-q", big_image], tmp_path)
+    peak = peak_rss_kib(["--root", str(root), "pull", "-q", big_image], tmp_path)
     # It really pulled: three snapshots, the 20 MiB file among them.
     assert len(list((root / "snapshots").glob("*/fs"))) == 3
     assert any(p.stat().st_size == 20 * MiB for p in (root / "snapshots").glob("*/fs/opt/app.bin"))
@@ -64,7 +47,7 @@ def test_pull_peak_rss_stays_under_64_mib(big_image, registry_env, tmp_path):  #
 
 def test_unpack_from_the_registry_peak_rss_stays_under_64_mib(big_image, registry_env, tmp_path):  # noqa: F811
     dest = tmp_path / "rootfs"
-    peak = _peak_rss_kib(["unpack", f"docker://{big_image}", str(dest)], tmp_path)
+    peak = peak_rss_kib(["unpack", f"docker://{big_image}", str(dest)], tmp_path)
     assert (dest / "opt/app.bin").stat().st_size == 20 * MiB
     assert len(list((dest / "usr/lib").iterdir())) == 2001
     assert peak < LIMIT_KIB, f"lamina unpack docker://: peak RSS {peak} KiB"
@@ -75,7 +58,7 @@ def test_pull_then_unpack_peak_rss_stays_under_64_mib(big_image, registry_env, t
     subprocess.run([sys.executable, "-m", "lamina", "--root", str(root), "pull", "-q", big_image], check=True,
                    capture_output=True, timeout=600, cwd=tmp_path)
     dest = tmp_path / "rootfs"
-    peak = _peak_rss_kib(["--root", str(root), "unpack", big_image, str(dest)], tmp_path)
+    peak = peak_rss_kib(["--root", str(root), "unpack", big_image, str(dest)], tmp_path)
     assert (dest / "srv/data.bin").stat().st_size == 8 * MiB
     assert peak < LIMIT_KIB, f"lamina unpack REF: peak RSS {peak} KiB"
 

@@ -349,6 +349,37 @@ def test_a_document_shorter_than_its_content_length_is_a_registry_error(fake, im
     _pulled_honestly(store, reg, m)
 
 
+@pytest.mark.parametrize("what", ["manifest", "layer"])
+@pytest.mark.parametrize("spelling", ["+{n}", "{n}_0", "-1", "0x{n:x}", "{n}, {n}", "twice"])
+def test_a_content_length_that_is_not_digits_is_refused_naming_it(fake, image, registry_env,  # noqa: F811
+                                                                    what, spelling):
+    """Content-Length is 1*DIGIT (RFC 9110 8.6), as Go's net/http reads it (docker, containerd and
+    skopeo refuse "bad Content-Length"): int() took "+5" and "5_0" for numbers and "-1" for a body
+    lasting until the connection closes, and a second, different Content-Length went unseen."""
+    lay, m = image
+    target = m["digest"] if what == "manifest" else _manifest(lay, m)["layers"][0]["digest"]
+    data = open(lay.path(target), "rb").read()
+    n = len(data) if spelling != "{n}_0" else len(data) // 10   # "1_5" is int() 15
+    if spelling == "{n}_0":
+        data = data[:n * 10]
+    lengths = [str(n), str(n + 1)] if spelling == "twice" else [spelling.format(n=n)]
+
+    def hostile(h, kind, ref, body):
+        if h.command == "GET" and (ref == target or (what == "manifest" and ref == "1")):
+            return _send_raw(h, [("Content-Type", "application/vnd.oci.image.manifest.v1+json"),
+                                 ("Docker-Content-Digest", target)] + [("Content-Length", v) for v in lengths],
+                             data)
+        return False
+    reg = fake(hostile)
+    store = Store(registry_env / "root")
+    msg = _failed_pull(reg, store)
+    assert reg.host in msg and "Content-Length" in msg, msg
+    assert repr(lengths[0].encode()) in msg, msg
+    assert ("/manifests/" if what == "manifest" else target) in msg, msg
+    assert not store.has_blob(target)
+    _pulled_honestly(store, reg, m)
+
+
 def test_a_gzip_encoded_manifest_is_refused_saying_so(fake, image, registry_env):  # noqa: F811
     """A manifest sent with Content-Encoding: gzip although lamina asked for identity read as
     "invalid JSON: not UTF-8".  skopeo takes such a manifest only because Go's net/http asked for

@@ -528,3 +528,38 @@ def test_a_compact_store_pulls_no_blob_of_a_layer_it_holds_compact(tmp_path, reg
         proxy.stop()
     _fsck_clean(root)
     assert not (set(os.listdir(root / "blobs" / "sha256")) & {d.split(":")[1] for ds in blobs.values() for d in ds})
+
+
+@pytest.mark.parametrize("hard", [4096, 64])
+def test_a_copy_out_of_a_store_going_compact_under_a_low_open_file_limit(tmp_path, hard):
+    """A copy out of a compact store holds each layer blob still there open until it is written
+    (else an unpack beside it could compact them away): 200 layers under an API caller's soft
+    limit of 64 failed 'Too many open files' (as 'unreadable meta.json …; run lamina fsck
+    --repair').  The soft limit is raised as far as needed, as the CLI raises its own; under a
+    hard limit too low the copy is refused naming the limit, before it writes anything."""
+    lay = ocibuild.Layout(tmp_path / "layout")
+    lay.add(lay.image([{f"f{i}": b"%d\n" % i} for i in range(200)]), "many")
+    root = tmp_path / "root"
+    lamina_subprocess(root, "copy", f"oci:{lay.root}:many", "many:1")
+    lamina_subprocess(root, "config", "set", "keep-blobs", "false")   # the blobs go at the next use
+    out = tmp_path / "out"
+    code = f"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, {hard}))
+from lamina import transports
+from lamina.store import Store
+transports.copy("many:1", "oci:{out}:many", store=Store({str(root)!r}), report=lambda *a: None)
+print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if hard == 64:
+        assert proc.returncode != 0 and not out.exists(), proc.stdout
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("lamina.errors.ImageError: image many:1: ") and "open-file limit is 64" in last, last
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert 64 < int(proc.stdout) <= hard
+    other = tmp_path / "other"
+    lamina_subprocess(other, "copy", f"oci:{out}:many", "many:1")   # checks every digest and diffID
+    lamina_subprocess(other, "unpack", "many:1", tmp_path / "tree")
+    assert sorted(os.listdir(tmp_path / "tree"), key=lambda n: int(n[1:])) == [f"f{i}" for i in range(200)]

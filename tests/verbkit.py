@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import ocibuild
 from conftest import require_tool, run
@@ -87,6 +88,24 @@ def lamina_subprocess(root, *args, input=None, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"lamina {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
     return proc
+
+
+def peak_rss_kib(args, cwd):
+    """Run ``lamina ARGS`` in a fresh interpreter; return its peak RSS (VmHWM, KiB: read at its exit,
+    it starts afresh at exec, unlike the ru_maxrss of a child of this big pytest process)."""
+    code = textwrap.dedent(f"""
+        import runpy, sys
+        sys.argv = ["lamina"] + {list(args)!r}
+        try:
+            runpy.run_module("lamina", run_name="__main__")
+        finally:
+            with open("/proc/self/status") as f:
+                hwm = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+            print("VmHWM", hwm, file=sys.stderr)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stderr.split("VmHWM")[-1].split()[0])
 
 
 # --- images --------------------------------------------------------------------------------

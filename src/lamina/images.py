@@ -28,6 +28,7 @@ docker's containers: they keep their image in use (remove needs force, prune ski
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -495,36 +496,48 @@ class HistoryItem:
 def history(store, ref, *, sizes=None):
     """The image's build steps, newest first; an image whose config has no history gets one
     row per layer (docker shows none)."""
-    a_store(store)
-    from .timefmt import parse_rfc3339
-    image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
-    sizes = list((sizes or Sizes(store, [image])).layer_sizes(image))
-    hist = (image.config or {}).get("history")
-    items = []   # oldest first here, reversed at the end (an insert at 0 per step is quadratic)
-    if isinstance(hist, list) and hist:
-        layers = len(sizes)
-        sizes.reverse()   # popped from the end: the bottom layer first
-        for h in hist:
-            if not isinstance(h, dict):
-                continue
-            empty = bool(h.get("empty_layer"))
-            if not empty and not sizes:
+    return list(HistorySteps(store, ref, sizes=sizes))
+
+
+class HistorySteps:
+    """``history``'s rows made as they are iterated, newest first, as often as iterated: what
+    ``lamina history`` streams (350,000 steps held as rows took a gigabyte).  The image, its
+    layer sizes and docker's check of the steps against the layers are done once, here."""
+
+    def __init__(self, store, ref, *, sizes=None):
+        a_store(store)
+        self.image = image = ref if hasattr(ref, "chain_ids") else store.resolve(ref)
+        self.sizes = list((sizes or Sizes(store, [image])).layer_sizes(image))
+        hist = (image.config or {}).get("history")
+        self.hist = hist if isinstance(hist, list) and hist else None
+        if self.hist is not None:
+            steps = sum(1 for h in self.hist if isinstance(h, dict) and not h.get("empty_layer"))
+            if steps > len(self.sizes):
                 # docker refuses this too ("too many non-empty layers in History section"): the
                 # rows would show steps of layers the image does not have, each 0B
                 raise ImageError(f"image {image.config_digest}: its config's history lists more steps with a "
-                                 f"layer (not empty_layer) than the image's {layers} layers")
-            size = 0 if empty else sizes.pop()
+                                 f"layer (not empty_layer) than the image's {len(self.sizes)} layers")
+            self.steps = steps
+
+    def __iter__(self):
+        from .timefmt import parse_rfc3339
+        image, sizes = self.image, self.sizes
+        ids = itertools.chain([image.config_digest], itertools.repeat("<missing>"))
+        if self.hist is None:
+            ts = created_ts(image) or 0
+            for s in reversed(sizes):
+                yield HistoryItem(next(ids), ts, "", s, "")
+            return
+        layer = self.steps   # the step with a layer k-th from the oldest has the k-th layer's size
+        for h in reversed(self.hist):
+            if not isinstance(h, dict):
+                continue
+            empty = bool(h.get("empty_layer"))
+            if not empty:
+                layer -= 1
             parsed = parse_rfc3339(h.get("created"))
-            items.append(HistoryItem("", parsed[0] if parsed else 0, str(h.get("created_by") or ""), size,
-                                        str(h.get("comment") or ""), empty))
-    else:
-        ts = created_ts(image) or 0
-        for s in sizes:
-            items.append(HistoryItem("", ts, "", s, ""))
-    items.reverse()
-    for i, it in enumerate(items):
-        it.id = image.config_digest if i == 0 else "<missing>"
-    return items
+            yield HistoryItem(next(ids), parsed[0] if parsed else 0, str(h.get("created_by") or ""),
+                              0 if empty else sizes[layer], str(h.get("comment") or ""), empty)
 
 
 # --- tag, remove, prune ----------------------------------------------------------------------------

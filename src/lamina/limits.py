@@ -69,3 +69,22 @@ def open_file_budget(held, what, how, parallel=1, reserve=FD_RESERVE):
         raise ImageError(f"{what}: {how} holds {held} directories open at once, and the open-file limit is "
                          f"{soft} (ulimit -n; {need} needed)")
     return max(1, min(parallel, soft // need))
+
+
+def make_room_for_fds(held, what, how):
+    """Room under the open-file limit for ``held`` more fds kept open at once (besides
+    FD_RESERVE): the soft limit is raised as far as needed, up to the hard one, as the CLI
+    raises its own at start (an API caller keeps its own soft limit, often 1024), or else an
+    ImageError names the limit before anything is written."""
+    import os
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    need = len(os.listdir("/proc/self/fd")) + held + FD_RESERVE
+    if need <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and need > hard:
+        raise ImageError(f"{what}: {how} holds {held} files open at once, and the open-file limit is "
+                         f"{hard} (ulimit -Hn; {need} needed)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))

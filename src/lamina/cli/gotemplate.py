@@ -1608,6 +1608,55 @@ def render_rows(fmt, rows, header):
     return tabwrite(head + "\n" + "".join(body))
 
 
+def write_rows(out, fmt, rows, header, minwidth=10, padding=3):
+    """render_rows written to ``out`` as the rows come, for as many rows as a config may list
+    (``lamina history`` of 350,000 steps held them all in a gigabyte).  ``rows()`` gives the rows
+    afresh each time: they are rendered twice, first for the template's errors (which print
+    nothing, as docker's) and a table's column widths only, since a
+    column is as wide as its widest cell, the last row's included (docker's tabwriter holds
+    every row until it flushes).  When every line has the same cells (a cell holds no tab, the
+    usual case) each column is one tabwriter block, as wide as its widest cell; otherwise the
+    rows are rendered whole and go through tabwrite."""
+    is_table, text = prepare_format(fmt)
+    tmpl = parse(text)
+    if not is_table:
+        # a row the template fails on prints nothing at all, as docker's buffered formatter
+        for row in rows():
+            tmpl.execute(row)
+        for row in rows():
+            out.write(tmpl.execute(row) + "\n")
+        return
+    head = parse(text, HEADER_FUNCS).execute(GoMap(header)).split("\n")
+
+    def lines():
+        yield from head
+        for row in rows():
+            # a table row is one line: a newline in a value (a history step's) would forge another
+            yield tmpl.execute(row).replace("\n", "\\n")
+    cells = None
+    widths = []
+    for line in lines():
+        split = line.split("\t")
+        if cells is None:
+            cells = len(split)
+            widths = [0] * (cells - 1)
+        elif len(split) != cells:   # a cell with a tab: blocks of their own (Go's format)
+            out.write(render_rows(fmt, rows(), header))
+            return
+        for j in range(cells - 1):
+            w = text_width(split[j])
+            if w > widths[j]:
+                widths[j] = w
+    widths = [max(minwidth, w + padding) for w in widths]
+    for line in lines():
+        if cells == 1:
+            out.write(line + "\n")
+            continue
+        split = line.split("\t")
+        out.write("".join(c + " " * (widths[j] - text_width(c)) for j, c in enumerate(split[:-1]))
+                  + split[-1] + "\n")
+
+
 def char_width(ch):
     if unicodedata.combining(ch):
         return 0

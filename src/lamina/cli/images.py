@@ -468,15 +468,15 @@ def history_row(item, *, trunc, human, now=None):
 
 def cmd_history(args):
     from .. import images as api
-    from .gotemplate import render_rows
+    from .gotemplate import write_rows
     store = _open_store(args)
-    items = api.history(store, args.ref)
+    steps = api.HistorySteps(store, args.ref)
     fmt = args.format or "table"
     if fmt == "table":
         fmt = "{{.ID}}" if args.quiet else DEFAULT_HISTORY_TABLE if args.human else NONHUMAN_HISTORY_TABLE
     now = time.time()
-    rows = [history_row(it, trunc=not args.no_trunc, human=args.human, now=now) for it in items]
-    sys.stdout.write(render_rows(fmt, rows, HISTORY_HEADERS))
+    write_rows(sys.stdout, fmt, lambda: (history_row(it, trunc=not args.no_trunc, human=args.human, now=now)
+                                         for it in steps), HISTORY_HEADERS)
 
 
 # --- tag / rmi / prune ------------------------------------------------------------------------------

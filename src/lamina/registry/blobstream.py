@@ -16,6 +16,7 @@ import re
 import threading
 import time
 
+from .. import trace
 from ..errors import BlobNotFoundError, RegistryError
 from .transport import CONNECTION_ERRORS, describe_error
 
@@ -43,6 +44,36 @@ def open_blob_stream(repos, desc, **kw):
     if desc.data is not None:
         return EmbeddedBlob(desc.digest, desc.data, **kw)
     return BlobStream(repos, desc.digest, desc.size, **kw)
+
+
+def open_layer_stream(repos, desc, reporter, count, *, offset=0, cancel=None, on_chunk=None):
+    """The one place that decides how a layer's bytes are fetched and counted, for ``pull`` and
+    ``unpack docker://`` alike: the stream of open_blob_stream, announced as "Downloading" now and
+    its arrival shown and counted (``count(n)`` per chunk) -- unless the descriptor embeds the
+    bytes (image-spec 1.1's ``data``): those came with the manifest, so none of them is shown as
+    downloading nor counted as downloaded.  ``on_chunk(stream)`` follows every chunk, after the
+    counts (the caller's own states, read-ahead, link turns)."""
+    digest, size = desc.digest, desc.size
+    fetched = desc.data is None
+    first = [True]
+
+    def on_data(n):
+        if first[0]:
+            first[0] = False
+            trace.event("blob-first-byte", digest=digest[7:19])
+        if fetched:
+            count(n)
+            reporter.progress(digest, stream.offset, size)
+        if stream.offset >= size:
+            trace.event("blob-last-byte", digest=digest[7:19])
+        if on_chunk is not None:
+            on_chunk(stream)
+
+    if fetched:
+        reporter.state(digest, "Downloading")
+    stream = open_blob_stream(repos, desc, offset=offset, on_data=on_data, cancel=cancel,
+                              on_retry=lambda: reporter.state(digest, "Retrying"))
+    return stream
 
 
 class EmbeddedBlob(io.RawIOBase):

@@ -33,7 +33,7 @@ from ..platform import Platform
 from ..reference import Reference
 from .client import RegistryClient, manifest_response
 from .progress import Reporter
-from .blobstream import Cancelled, open_blob_stream
+from .blobstream import Cancelled, open_layer_stream
 
 DEFAULT_CONCURRENCY = 3
 # The next blob's request goes out when the one before it has about a request's latency of
@@ -388,8 +388,6 @@ class Puller:
                     resumed = w.offset
                     result.status = "downloaded"
                     result.resumed_from = result.resumed_from or w.offset
-                    if desc.data is None:   # (else embedded: see blob_stream)
-                        self.reporter.state(digest, "Downloading")
                     stream = self.blob_stream(repos, desc, result, w.offset, at_end="Extracting", turn=turn)
                     tee = IngestTee(w, partial, stream)
                     if self.download_ahead:
@@ -439,38 +437,26 @@ class Puller:
                 repos, mismatch_retries = again
 
     def blob_stream(self, repos, desc, result, offset=0, at_end="Verifying Checksum", turn=None):
-        """The blob as a resuming stream, counted into ``result`` and the progress display;
-        ``turn(bytes left)`` follows its arrival (LinkTurns)."""
+        """The blob as a resuming stream, announced, counted into ``result`` and the progress
+        display (open_layer_stream); ``turn(bytes left)`` follows its arrival (LinkTurns)."""
         digest, size = desc.digest, desc.size
-        reporter = self.reporter
-        # a layer its descriptor embeds (image-spec 1.1's data) was received with the manifest:
-        # none of its bytes is downloaded, nor shown as downloading
-        received = desc.data is None
-        first = [True]
 
-        def on_data(n):
+        def count(n):
+            result.downloaded_bytes += n
+            with self._lock:
+                self.downloaded += n
+
+        def on_chunk(stream):
             if turn is not None:
                 turn(size - stream.offset)
-            if first[0]:
-                first[0] = False
-                trace.event("blob-first-byte", digest=digest[7:19])
-            if received:
-                result.downloaded_bytes += n
-                with self._lock:
-                    self.downloaded += n
-                reporter.progress(digest, stream.offset, size)
             if stream.offset >= size:
-                trace.event("blob-last-byte", digest=digest[7:19])
-                reporter.state(digest, at_end)
+                self.reporter.state(digest, at_end)
 
-        stream = open_blob_stream(repos, desc, offset=offset, on_data=on_data, cancel=self._cancel,
-                                  on_retry=lambda: reporter.state(digest, "Retrying"))
-        return stream
+        return open_layer_stream(repos, desc, self.reporter, count, offset=offset, cancel=self._cancel,
+                                 on_chunk=on_chunk)
 
     def _download(self, repos, desc, w, result, turn=None, served=None):
         """``served``: a list the names of the endpoints that sent the bytes are added to."""
-        if desc.data is None:
-            self.reporter.state(desc.digest, "Downloading")
         stream = self.blob_stream(repos, desc, result, w.offset, turn=turn)
         try:
             w.write_from(stream)

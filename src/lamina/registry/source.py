@@ -32,12 +32,11 @@ import shutil
 import tempfile
 import threading
 
-from .. import trace
 from ..oci.image import LayerRef, ResolvedImage, Source
 from ..oci.model import document_media_type, parse_config, parse_manifest
 from ..platform import Platform
 from ..reference import Reference
-from .blobstream import Cancelled, open_blob_stream
+from .blobstream import Cancelled, open_layer_stream
 from .client import RegistryClient
 from .progress import Reporter
 from .pull import fetch_config, image_platform, resolve
@@ -198,31 +197,21 @@ class _Download:
         self._fd = None
         if path is not None:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        reporter = source.reporter
 
-        received = desc.data is None   # else embedded in its descriptor: nothing is downloaded
+        def count(n):
+            with source._lock:
+                source.downloaded += n
 
-        def on_data(n):
-            offset = self.stream.offset
-            if offset == n:
-                trace.event("blob-first-byte", digest=desc.digest[7:19])
-            if offset >= desc.size:
-                trace.event("blob-last-byte", digest=desc.digest[7:19])
-            if received:
-                with source._lock:
-                    source.downloaded += n
-                reporter.progress(desc.digest, offset, desc.size)
-            if not self.nearly_done and desc.size - offset <= NEXT_AHEAD:
+        def on_chunk(stream):
+            if not self.nearly_done and desc.size - stream.offset <= NEXT_AHEAD:
                 self.nearly_done = True
                 source._ended(self)
 
-        self.stream = open_blob_stream(source._repos, desc, on_data=on_data, cancel=source._cancel,
-                                       on_retry=lambda: reporter.state(desc.digest, "Retrying"))
+        self.stream = open_layer_stream(source._repos, desc, source.reporter, count, cancel=source._cancel,
+                                        on_chunk=on_chunk)
         self._thread = threading.Thread(target=self._run, name=f"lamina-download-{index}", daemon=True)
 
     def start(self):
-        if self.desc.data is None:
-            self.source.reporter.state(self.desc.digest, "Downloading")
         self._thread.start()
 
     def join(self):

@@ -134,6 +134,37 @@ class _CheckedResponse(http.client.HTTPResponse):
         if fp.last is not None and not fp.last.endswith(b"\n"):
             self.close()
             raise HeadersCut("connection closed in the middle of the response's headers")
+        try:
+            content_length(self.msg.get_all("Content-Length"), body=not (
+                self.chunked or self._method == "HEAD" or self.status in (204, 304)))
+        except ValueError as e:
+            self.close()
+            raise _AnswerRefused(str(e)) from None
+
+
+# RFC 9110 8.6: Content-Length = 1*DIGIT.  Not int(): it reads "+5", "5_0", " 5 " and "-1" (which
+# http.client then takes for "until the connection closes"); at most 19 digits, any 64-bit size.
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}", re.ASCII)
+
+
+def content_length(values, body=True):
+    """The length the Content-Length header lines ``values`` give (None: there is none), as Go's
+    net/http reads it: several lines must agree (else a request could be smuggled past a proxy
+    that reads another of them), and a response with a body (``body``: not to a HEAD, not
+    chunked, not 204/304) must give digits only.  A ValueError says what is wrong."""
+    if not values:
+        return None
+    first = values[0].strip(" \t")
+    if any(v.strip(" \t") != first for v in values[1:]):
+        raise ValueError(f"Content-Length given {len(values)} times, with different values "
+                         f"{', '.join(_quote_line(v) for v in values[:4])}")
+    if not first:
+        return None   # Go reads an empty one as no length
+    if not _CONTENT_LENGTH.fullmatch(first):
+        if body:
+            raise ValueError(f"bad Content-Length {_quote_line(first)} (not a number of bytes)")
+        return None
+    return int(first)
 
 
 def _raw_socket(sock):
@@ -367,11 +398,12 @@ class Response:
 
     @property
     def length(self):
-        v = self.headers.get("Content-Length")
+        """The body's length its Content-Length gives, or None (none, or a HEAD's that is no
+        number: the transport refused any other response with a bad one)."""
         try:
-            return int(v) if v is not None else None
-        except ValueError:
-            return None
+            return content_length(self.headers.getlist("Content-Length"), body=False)
+        except ValueError as e:
+            raise RegistryError(f"{self.method} {self.url}: {e}") from None
 
     def readinto(self, buf):
         # What has arrived (at most len(buf)), not len(buf) bytes: a reader that downloads ahead

@@ -38,6 +38,9 @@ class Image:
     # the platforms an index chose this image by that its config does not say (a mislabelled
     # build copied with --platform linux/arm64 whose config says amd64): --platform finds it by them
     chosen_platforms: list = field(default_factory=list)
+    # what Store.resolve found it by, as the caller spelled it (a warning names the image so);
+    # not part of the image: two resolves of one image are equal
+    asked_as: Optional[str] = field(default=None, compare=False, repr=False)
 
     @property
     def id(self):

@@ -219,10 +219,11 @@ class Store:
 
     # --- images ---------------------------------------------------------------------
 
-    def _load(self, entries, digest):
-        """An Image for manifest ``digest`` with the names ``entries`` give it."""
+    def _load(self, entries, digest, loaded=None):
+        """An Image for manifest ``digest`` with the names ``entries`` give it; ``loaded``: that
+        image as load_image gave it, without names (its config is not parsed again)."""
         first = next(e for e in entries if e["digest"] == digest)
-        image = load_image(self.open_blob, digest, first.get("mediaType"), first.get("size"))
+        image = loaded or load_image(self.open_blob, digest, first.get("mediaType"), first.get("size"))
         for e in entries:
             if e["digest"] != digest:
                 continue
@@ -251,10 +252,13 @@ class Store:
     def image(self, manifest_digest):
         """The image with this manifest digest (it must be in index.json)."""
         _digest.validate(manifest_digest, "manifest digest")
+        return self._image(manifest_digest)
+
+    def _image(self, manifest_digest, loaded=None):
         entries = self.index.read()
         if not any(e["digest"] == manifest_digest for e in entries):
             raise ImageNotFoundError(f"no image with manifest {manifest_digest} in the store")
-        return self._load(entries, manifest_digest)
+        return self._load(entries, manifest_digest, loaded)
 
     def image_by_digest(self, digest):
         """The image a registry digest names, whatever the store calls it (or if it calls it
@@ -315,13 +319,16 @@ class Store:
         if isinstance(ref_or_id, Reference):
             found = self._by_reference(ref_or_id)
             if found:
+                found.asked_as = ref_or_id.familiar()
                 return found
             raise NoSuchImageError(ref_or_id.familiar())
         s = ref_or_id
         if not isinstance(s, str) or not s:
             raise InvalidReferenceError(f"invalid image reference {s!r}")
         try:
-            return self._resolve_string(s)
+            found = self._resolve_string(s)
+            found.asked_as = s
+            return found
         except (InvalidReferenceError, ImageNotFoundError):
             _refuse_outside_image(s)  # "oci:1" may name a store image too: only when it does not
             raise
@@ -440,11 +447,13 @@ class Store:
             after = copy.deepcopy(entries)
             _name_entries(after, manifest_digest, news)
             if after == entries:
-                return self.image(manifest_digest)
+                return self._load(entries, manifest_digest, image)
             self._take_lease()   # says the store is read-only
         with self.index.update() as entries:
             _name_entries(entries, manifest_digest, news)
-        return self.image(manifest_digest)
+        # the image named, from the index as now (an rmi may have come between), and not parsed
+        # again: a config of 300,000 history steps takes a quarter second per parse
+        return self._image(manifest_digest, image)
 
     def untag(self, ref):
         """Remove one name. True if that was the image's last name (the image is gone from the index).
@@ -555,7 +564,9 @@ class Store:
                 raise
             import warnings
             from ..errors import CompactionDeferredWarning
-            warnings.warn(CompactionDeferredWarning(f"image {image.config_digest[7:19]}", cause), stacklevel=2)
+            # named as the user named it ("unpack app:1"), else by ID (an image from an import)
+            warnings.warn(CompactionDeferredWarning(f"image {image.asked_as or image.config_digest[7:19]}", cause),
+                          stacklevel=2)
 
     # --- settings and file objects ----------------------------------------------------
 

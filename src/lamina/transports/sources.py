@@ -78,6 +78,14 @@ def image_data(store, image, names=(), description=""):
     # In a compact store a blob chosen here may be dropped before it is read (an unpack beside
     # this compacts the image): it is held open from the choice on, and read through that.
     pin = not store.config()["keep-blobs"]
+    if pin:
+        # one fd per layer blob still there, until it is written: 500-layer platforms copied
+        # --all-platforms by an API caller under a soft limit of 1024 failed "Too many open files"
+        from ..limits import make_room_for_fds
+        make_room_for_fds(sum(1 for desc in image.layers if store.has_blob(desc.digest)),
+                          f"image {image.asked_as or image.manifest_digest}",
+                          "a copy out of a compact store (keep-blobs false), which keeps each layer blob open until "
+                          "it is written,")
     for desc, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids):
         info = store.snapshot_info(chain)
         tar_size = info.tar_bytes if info else (desc.size if mt.layer_compression(desc.media_type) == "none" else None)
