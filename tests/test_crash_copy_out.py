@@ -1,0 +1,170 @@
+"""Copies out of a compact store (``keep-blobs false``: every layer is rebuilt from its snapshot
+and sidecar) killed (SIGKILL) or failed (EIO) at a chosen system call, by strace's fault
+injection: ``save``, ``copy REF docker-archive:``/``oci-archive:`` and ``copy REF oci:DIR``.
+
+After each: the store's fsck finds nothing, the output never looks complete half-way, the same
+command run again succeeds and leaves nothing beside its output (a killed save's partial archive
+was left beside it for ever; a copy into a new directory killed before its oci-layout was in
+place left a directory every later copy refused), and an error names the file that failed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import require_tool
+from storekit import LAMINA, lamina, three_images
+from treecmp import compare, snapshot
+
+
+@pytest.fixture(scope="module")
+def compact(tmp_path_factory):
+    """(a compact store holding a:1, its reference tree): the template each test copies."""
+    parent = tmp_path_factory.mktemp("copyout-crash")
+    lay, trees = three_images(parent)
+    root = parent / "template"
+    lamina(root, "config", "set", "keep-blobs", "false")
+    lamina(root, "copy", f"oci:{lay.root}:a", "a:1")
+    layer_blobs = [b for b in lay.read_json(lay.entries[0]["digest"])["layers"]]
+    assert not any((root / "blobs" / "sha256" / b["digest"][7:]).exists() for b in layer_blobs), \
+        "the store keeps its layer blobs: nothing is rebuilt"
+    return root, trees["a"]
+
+
+@pytest.fixture
+def store(compact, tmp_path):
+    template, tree = compact
+    root = tmp_path / "root"
+    subprocess.run(["cp", "-a", template, root], check=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    return root, out, tree
+
+
+def _argv(how, out):
+    return {"save": ["save", "a:1", "-o", out / "a.tar"],
+            "docker-archive": ["copy", "a:1", f"docker-archive:{out / 'a.tar'}"],
+            "oci-archive": ["copy", "a:1", f"oci-archive:{out / 'a.tar'}:a"],
+            "oci": ["copy", "a:1", f"oci:{out / 'lay'}:a"]}[how]
+
+
+def _run(root, argv, *strace_args):
+    cmd = [*LAMINA, "--root", str(root), *map(str, argv)]
+    if strace_args:
+        require_tool("strace")
+        cmd = ["strace", "-f", "-qq", *strace_args, "--", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def _nth(root, argv, call, fragment, tmp, last=False):
+    """N of the command's first (``last``: last) ``call`` whose arguments (fds shown as paths)
+    hold ``fragment``, counted on a copy of the store, its output then removed (so the real run
+    starts from the same state)."""
+    counting = tmp / "counting"
+    subprocess.run(["cp", "-a", root, counting], check=True)
+    trace = tmp / "count.strace"
+    proc = _run(counting, argv, "-y", "-o", trace, "-e", f"trace={call}")
+    assert proc.returncode == 0, proc.stderr
+    shutil.rmtree(counting)
+    out = tmp / "out"
+    for name in os.listdir(out):
+        (shutil.rmtree if (out / name).is_dir() else os.unlink)(out / name)
+    calls = [line.split(None, 1)[-1] for line in open(trace, errors="replace")]
+    found = [i for i, line in enumerate((c for c in calls if c.startswith(call + "(")), 1) if fragment in line]
+    assert found, f"no {call} on {fragment}"
+    return found[-1] if last else found[0]
+
+
+def _inject(root, argv, call, fragment, action, tmp, last=False):
+    n = _nth(root, argv, call, fragment, tmp, last)
+    return _run(root, argv, "-o", "/dev/null", "-e", f"trace={call}", "-e", f"inject={call}:{action}:when={n}")
+
+
+def _fsck_clean(root, what):
+    report = json.loads(lamina(root, "fsck", "--json", check=False).stdout)
+    assert report["findings"] == [], f"{what}: {report['findings']}"
+
+
+def _loads_to(archive, tree, tmp):
+    """The archive loads into a fresh store and its image unpacks to ``tree``."""
+    other = tmp / "loaded"
+    lamina(other, "load", "-i", archive)
+    name = lamina(other, "images", "-q").stdout.split()[0]   # (an oci-archive's "a" names no repository)
+    lamina(other, "unpack", name, tmp / "loaded-tree")
+    diff = compare(tree, snapshot(tmp / "loaded-tree"), labels=("reference", "loaded"))
+    assert not diff, diff
+
+
+def _layout_unpacks_to(layout, tree, tmp):
+    dest = tmp / "layout-tree"
+    subprocess.run([*LAMINA, "unpack", f"oci:{layout}:a", dest], check=True, capture_output=True)
+    diff = compare(tree, snapshot(dest), labels=("reference", "copied layout"))
+    assert not diff, diff
+
+
+@pytest.mark.parametrize("how", ["save", "docker-archive", "oci-archive"])
+def test_an_archive_killed_half_written_is_swept_by_the_next_one(store, tmp_path, how):
+    """Killed at its first write of the archive, a save left OUT.tmp-PID-RANDOM, a partial
+    archive as big as the image, beside OUT: the rerun wrote OUT and left it there for ever."""
+    root, out, tree = store
+    argv = _argv(how, out)
+    proc = _inject(root, argv, "write", "/out/a.tar.tmp-", "signal=SIGKILL", tmp_path)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = os.listdir(out)
+    assert len(left) == 1 and left[0].startswith("a.tar.tmp-"), left   # never at OUT's name half-way
+    _fsck_clean(root, "after the kill")
+    again = _run(root, argv)
+    assert again.returncode == 0, again.stderr
+    assert os.listdir(out) == ["a.tar"], "the killed save's partial archive is still beside it"
+    _fsck_clean(root, "after the rerun")
+    _loads_to(out / "a.tar", tree, tmp_path)
+
+
+def test_an_archive_still_being_written_is_left_to_its_writer(store, tmp_path):
+    """The other side of the sweep: a save to OUT that is still running (its fsync of the
+    archive held 3 s by strace) keeps its temp file while another save to OUT runs, and both
+    succeed; a file of the user's named like a temp file, never marked by lamina, stays."""
+    root, out, tree = store
+    argv = _argv("save", out)
+    n = _nth(root, argv, "fsync", "/out/a.tar.tmp-", tmp_path)
+    users = out / "a.tar.tmp-1-0123abcd"
+    users.write_bytes(b"the user's own\n")
+    slow = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync",
+                             "-e", f"inject=fsync:delay_enter=3000000:when={n}", "--",
+                             *LAMINA, "--root", str(root), *map(str, argv)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not [x for x in os.listdir(out) if x.startswith("a.tar.tmp-") and x != users.name]:
+            assert slow.poll() is None and time.monotonic() < deadline, "the slow save never started its archive"
+            time.sleep(0.05)
+        other = _run(root, argv)
+        assert other.returncode == 0, other.stderr
+        _, err = slow.communicate(timeout=120)
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+            slow.wait()
+    assert slow.returncode == 0, f"the save whose archive was still being written failed:\n{err}"
+    assert sorted(os.listdir(out)) == ["a.tar", users.name]
+    assert users.read_bytes() == b"the user's own\n"
+    _loads_to(out / "a.tar", tree, tmp_path)
+
+
+@pytest.mark.parametrize("how", ["save", "oci-archive"])
+def test_an_archive_whose_write_fails_names_it(store, tmp_path, how):
+    """write(2) of the archive failing with EIO: the error was the bare 'Input/output error'
+    (a full disk was named, EIO was not); nothing is left beside OUT."""
+    root, out, _ = store
+    proc = _inject(root, _argv(how, out), "write", "/out/a.tar.tmp-", "error=EIO", tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert str(out / "a.tar") in line and "Input/output error" in line, line
+    assert os.listdir(out) == []
+    _fsck_clean(root, "after the error")
