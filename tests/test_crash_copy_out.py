@@ -157,6 +157,28 @@ def test_an_archive_still_being_written_is_left_to_its_writer(store, tmp_path):
     _loads_to(out / "a.tar", tree, tmp_path)
 
 
+@pytest.mark.parametrize("at", [("rename", "/lay/oci-layout.tmp-"), ("mkdir", "/lay/blobs/sha256\""),
+                                ("write", "/lay/blobs/sha256/")], ids=["oci-layout", "blobs-dir", "blob"])
+def test_a_copy_to_a_new_layout_killed_early_runs_again(store, tmp_path, at):
+    """Killed before its oci-layout file was in place, a copy into a new directory left it
+    holding blobs/ or oci-layout.tmp-*, and every later copy into it was refused: 'is not empty
+    and is not an OCI image layout'.  Killed writing a blob, it left BLOB.tmp-* in blobs/sha256
+    for ever (a partial blob under no digest's name)."""
+    root, out, tree = store
+    argv = _argv("oci", out)
+    call, fragment = at
+    proc = _inject(root, argv, call, fragment, "signal=SIGKILL", tmp_path)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (out / "lay" / "index.json").exists(), "complete before its last step"
+    _fsck_clean(root, "after the kill")
+    again = _run(root, argv)
+    assert again.returncode == 0, again.stderr
+    blobs = os.listdir(out / "lay" / "blobs" / "sha256")
+    assert not [b for b in blobs if ".tmp-" in b], blobs
+    assert sorted(os.listdir(out / "lay")) == ["blobs", "index.json", "oci-layout"]
+    _layout_unpacks_to(out / "lay", tree, tmp_path)
+
+
 @pytest.mark.parametrize("how", ["save", "oci-archive"])
 def test_an_archive_whose_write_fails_names_it(store, tmp_path, how):
     """write(2) of the archive failing with EIO: the error was the bare 'Input/output error'
@@ -168,3 +190,33 @@ def test_an_archive_whose_write_fails_names_it(store, tmp_path, how):
     assert str(out / "a.tar") in line and "Input/output error" in line, line
     assert os.listdir(out) == []
     _fsck_clean(root, "after the error")
+
+
+def test_a_layout_blob_whose_sync_fails_is_named(store, tmp_path):
+    """fsync(2) of a blob copied into an oci: layout failing with EIO: the bare 'Input/output
+    error'; the new directory is taken back, and the copy runs again."""
+    root, out, tree = store
+    argv = _argv("oci", out)
+    proc = _inject(root, argv, "fsync", "/lay/blobs/sha256/", "error=EIO", tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert f"{out / 'lay' / 'blobs' / 'sha256'}/" in line and "Input/output error" in line, line
+    assert os.listdir(out) == []
+    assert _run(root, argv).returncode == 0
+    _layout_unpacks_to(out / "lay", tree, tmp_path)
+
+
+def test_a_layout_whose_index_is_written_keeps_its_blobs_when_the_last_sync_fails(store, tmp_path):
+    """The fsync(2) of the layout's directory after index.json was renamed into place failing
+    (EIO): the failed copy took back its blobs and oci-layout but not index.json, leaving a
+    directory whose index named an image without blobs, which every later copy refused as no
+    OCI layout.  The index is the commit: the layout stays whole, the error is still said."""
+    root, out, tree = store
+    argv = _argv("oci", out)
+    proc = _inject(root, argv, "fsync", f"{out / 'lay'}>", "error=EIO", tmp_path, last=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert str(out / "lay") in proc.stderr.strip().splitlines()[-1], proc.stderr
+    _layout_unpacks_to(out / "lay", tree, tmp_path)
+    again = _run(root, argv)
+    assert again.returncode == 0, again.stderr
+    _fsck_clean(root, "after the rerun")
