@@ -1,6 +1,7 @@
 """Copies out of a compact store (``keep-blobs false``: every layer is rebuilt from its snapshot
-and sidecar) killed (SIGKILL) or failed (EIO) at a chosen system call, by strace's fault
-injection: ``save``, ``copy REF docker-archive:``/``oci-archive:`` and ``copy REF oci:DIR``.
+and sidecar) killed (SIGKILL) or failed (EIO, ENOSPC) at a chosen system call, by strace's fault
+injection: ``save``, ``copy REF docker-archive:``/``oci-archive:``, ``copy REF oci:DIR`` and
+``push`` to a real docker-registry (whose rebuilt gzip layers go to $TMPDIR).
 
 After each: the store's fsck finds nothing, the output never looks complete half-way, the same
 command run again succeeds and leaves nothing beside its output (a killed save's partial archive
@@ -9,6 +10,7 @@ place left a directory every later copy refused), and an error names the file th
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,6 +21,7 @@ import time
 import pytest
 
 from conftest import require_tool
+from registryfixture import Registry, registry_env  # noqa: F401 (a fixture)
 from storekit import LAMINA, lamina, three_images
 from treecmp import compare, snapshot
 
@@ -54,12 +57,12 @@ def _argv(how, out):
             "oci": ["copy", "a:1", f"oci:{out / 'lay'}:a"]}[how]
 
 
-def _run(root, argv, *strace_args):
+def _run(root, argv, *strace_args, env=None):
     cmd = [*LAMINA, "--root", str(root), *map(str, argv)]
     if strace_args:
         require_tool("strace")
         cmd = ["strace", "-f", "-qq", *strace_args, "--", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def _nth(root, argv, call, fragment, tmp, last=False):
@@ -220,3 +223,57 @@ def test_a_layout_whose_index_is_written_keeps_its_blobs_when_the_last_sync_fail
     again = _run(root, argv)
     assert again.returncode == 0, again.stderr
     _fsck_clean(root, "after the rerun")
+
+
+@pytest.fixture
+def pushing(store, tmp_path, registry_env):
+    """(store, argv of a push of a:1 to a fresh registry, an env whose $TMPDIR is a new empty dir)."""
+    root, _, _ = store
+    reg = Registry(tmp_path / "reg")
+    try:
+        ref = f"{reg.host}/out:a"
+        lamina(root, "tag", "a:1", ref)
+        tmpdir = tmp_path / "tmpdir"
+        tmpdir.mkdir()
+        yield root, ["push", ref], {**os.environ, "TMPDIR": str(tmpdir)}, tmpdir
+    finally:
+        reg.stop()
+
+
+def _inject_in_rebuild(root, argv, env, tmpdir, action):
+    """The push with its first write of a rebuilt gzip layer in ``tmpdir`` met by ``action``."""
+    trace = tmpdir.parent / "push.strace"
+    proc = _run(root, argv, "-y", "-o", trace, "-e", "trace=write", env=env)
+    assert proc.returncode == 0, proc.stderr
+    writes = [line.split(None, 1)[-1] for line in open(trace, errors="replace")]
+    writes = [w for w in writes if w.startswith("write(")]
+    # (not tempfile's "blat" that tries whether the dir is writable: the layer's own file)
+    n = next(i for i, w in enumerate(writes, 1) if f"<{tmpdir}/" in w and '"blat"' not in w)
+    return _run(root, argv, "-o", "/dev/null", "-e", "trace=write", "-e", f"inject=write:{action}:when={n}", env=env)
+
+
+def test_a_push_killed_rebuilding_a_layer_leaves_nothing_in_tmpdir(pushing):
+    """Killed while it gzipped a layer rebuilt from the compact store, a push left
+    $TMPDIR/lamina-push-*/layer-1.gz (as big as the layer) for ever."""
+    root, argv, env, tmpdir = pushing
+    proc = _inject_in_rebuild(root, argv, env, tmpdir, "signal=SIGKILL")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert os.listdir(tmpdir) == [], "the killed push left its temp files"
+    _fsck_clean(root, "after the kill")
+    again = _run(root, argv, env=env)
+    assert again.returncode == 0, again.stderr
+    assert os.listdir(tmpdir) == []
+
+
+@pytest.mark.parametrize("err", ["ENOSPC", "EIO"])
+def test_a_push_whose_rebuilt_layer_cannot_be_written_names_tmpdir(pushing, err):
+    """A full (or failing) $TMPDIR under a push from a compact store said the bare 'No space
+    left on device', which reads as the store's disk or the registry's."""
+    root, argv, env, tmpdir = pushing
+    proc = _inject_in_rebuild(root, argv, env, tmpdir, f"error={err}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert str(tmpdir) in line and os.strerror(getattr(errno, err)) in line, line
+    assert os.listdir(tmpdir) == []
+    _fsck_clean(root, "after the error")
+    assert _run(root, argv, env=env).returncode == 0
