@@ -102,14 +102,14 @@ class Pusher:
         self.chunk_size = int(chunk_size or os.environ.get("LAMINA_PUSH_CHUNK_SIZE") or DEFAULT_CHUNK_SIZE)
         self.concurrency = max(1, int(concurrency or DEFAULT_CONCURRENCY))
         self._rebuilt = {}   # digest -> path of a layer blob rebuilt from a compact store
-        self._rebuilds = 0   # the files written for _rebuilt
+        self._spools = []    # the nameless files holding them (their paths are /proc/self/fd/N)
 
     def run(self):
         try:
-            with tempfile.TemporaryDirectory(prefix="lamina-push-") as tmp:
-                self._tmp = tmp
-                return self._run()
+            return self._run()
         finally:
+            for f in self._spools:
+                f.close()
             self.reporter.close()
             if self._own_client:
                 self.client.close()
@@ -197,6 +197,7 @@ class Pusher:
         snapshot + sidecar (diffID checked while streaming), gzip them, and rewrite the manifest
         to name the new blobs.  Returns (manifest bytes, descs, layers) unchanged otherwise."""
         from ..store.sidecar import gzip_layer
+        from ..transports.output import NamedWrites
         from ..transports.sources import _with_layers
         new = {}
         for desc, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids):
@@ -204,13 +205,18 @@ class Pusher:
                 continue  # (a blob the image repeats is rebuilt once)
             gz_type = mt.DOCKER_LAYER_GZIP if desc.media_type.startswith("application/vnd.docker.") else mt.OCI_LAYER_GZIP
             # a file of its own for each rebuild: two layers may rebuild to one digest (blobs
-            # of one diffID, gzipped otherwise), which _rebuilt counts once
-            self._rebuilds += 1
-            path = os.path.join(self._tmp, f"layer-{self._rebuilds}.gz")
-            with open(path, "wb") as out:
-                digest, size = gzip_layer(self.store.paths.snapshot(chain), diff_id,
-                                          f"layer {desc.digest} (diffID {diff_id})", out)
-            self._rebuilt[digest] = path
+            # of one diffID, gzipped otherwise), which _rebuilt counts once.  Nameless (O_TMPFILE,
+            # else unlinked at once): a push killed mid-way left $TMPDIR/lamina-push-*/layer-N.gz,
+            # as big as the layer, for ever.  Its writes name it: a full $TMPDIR said the bare 'No
+            # space left on device', which reads as the store's or the registry's disk.
+            spool = tempfile.TemporaryFile(prefix="lamina-push-")
+            self._spools.append(spool)
+            shown = f"{tempfile.gettempdir()} (a temp file of layer {desc.digest}, gzipped for the push)"
+            out = NamedWrites(spool, shown)
+            digest, size = gzip_layer(self.store.paths.snapshot(chain), diff_id,
+                                      f"layer {desc.digest} (diffID {diff_id})", out)
+            out.flush()
+            self._rebuilt[digest] = f"/proc/self/fd/{spool.fileno()}"
             new[desc.digest] = dataclasses.replace(desc, media_type=gz_type, digest=digest, size=size, urls=())
         if not new:
             return data, descs, layers

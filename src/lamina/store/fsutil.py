@@ -113,12 +113,13 @@ def tmp_name(prefix):
     return f"{prefix}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def atomic_write(path, data, mode=0o644):
+def atomic_write(path, data, mode=0o644, renamed=None):
     """Replace ``path`` with ``data``: write a temp file, fsync, rename, fsync the directory.
 
     ``data``: bytes, or an iterable of bytes chunks (a document too big to hold whole).
     Readers see the old or the new content, never a mix; a crash leaves at most
-    a ``*.tmp-*`` file that fsck removes.
+    a ``*.tmp-*`` file that fsck removes.  ``renamed``: called once the new content is in place,
+    before the directory's sync (which may still fail: the file is replaced all the same).
     """
     path = os.fspath(path)
     tmp = tmp_name(path)
@@ -139,6 +140,8 @@ def atomic_write(path, data, mode=0o644):
     except BaseException:
         os.unlink(tmp)
         raise
+    if renamed is not None:
+        renamed()
     fsync_dir(os.path.dirname(path) or ".")
 
 

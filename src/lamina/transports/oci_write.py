@@ -19,8 +19,8 @@ from ..errors import ImageError
 from ..oci.blobs import MAX_DOCUMENT_SIZE, open_in_layout
 from ..oci.layout import parse_index_json
 from ..oci.model import ANNOTATION_REF_NAME
-from ..store.fsutil import atomic_write, fsync_dir, tmp_name
-from .output import CHUNK, FULL_WRITE_ERRNOS, VerifyingReader, add_bytes, add_dir, add_stream, atomic_output, stream_tar
+from ..store.fsutil import atomic_write, fsync_dir, name_error, tmp_name
+from .output import CHUNK, NamedWrites, VerifyingReader, add_bytes, add_dir, add_stream, atomic_output, stream_tar
 from .sources import IndexData
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
@@ -118,8 +118,15 @@ def _lock_layout(root, created):
 
 
 def _write_locked(data, root, ref, created):
+    _sweep_killed_copies(root)
     if not os.path.exists(os.path.join(root, "oci-layout")) and os.listdir(root):
         raise ImageError(f"{root} is not empty and is not an OCI image layout")
+    # oci-layout first, before blobs/: a copy killed before it was renamed into place left a
+    # directory holding blobs/ (or oci-layout.tmp-*) and no oci-layout, which every later copy
+    # into it refused as "not empty and not an OCI image layout"
+    if not os.path.exists(os.path.join(root, "oci-layout")):
+        atomic_write(os.path.join(root, "oci-layout"), OCI_LAYOUT)
+        created.append(os.path.join(root, "oci-layout"))
     index_path = os.path.join(root, "index.json")
     entries = []
     # Read before any blob is written, and a regular file only: a FIFO there hung the copy,
@@ -139,9 +146,6 @@ def _write_locked(data, root, ref, created):
             detail = str(e).removeprefix(f"{index_path}: ")
             raise ImageError(f"{index_path}: not a valid image index ({detail}); refusing to overwrite it") from None
     blobs_dir = _blobs_dir(root, created)
-    if not os.path.exists(os.path.join(root, "oci-layout")):
-        atomic_write(os.path.join(root, "oci-layout"), OCI_LAYOUT)
-        created.append(os.path.join(root, "oci-layout"))
     for digest, size, opener, what in _blobs(data):
         dest = os.path.join(blobs_dir, _digest.hex_of(digest))
         if _is_file_of_size(dest, size):
@@ -159,7 +163,45 @@ def _write_locked(data, root, ref, created):
     if new not in entries:
         entries.append(new)
     doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
-    atomic_write(index_path, json.dumps(doc, indent=2).encode() + b"\n")
+    # Once index.json names the image, what was written is the layout's: a sync of the directory
+    # failing after that (EIO) took back the blobs and oci-layout, leaving an index.json whose
+    # image had no blobs in a directory every later copy refused as no OCI layout
+    atomic_write(index_path, json.dumps(doc, indent=2).encode() + b"\n", renamed=created.clear)
+
+
+# The temp files lamina's writers of a layout give (fsutil.tmp_name: NAME.tmp-PID-RANDOM): a blob
+# being copied, index.json or oci-layout being replaced.  Each is written under the layout's lock
+# (_lock_layout), so one found by whoever holds that lock is a killed copy's, never renamed into
+# place: left there, each copy killed mid-blob added one for ever (a partial blob under a name
+# that is no digest, which the layout's readers and fsck tools list as junk).
+_KILLED_TMP = re.compile(r"(?:[0-9a-f]{64}|index\.json|oci-layout)\.tmp-[0-9]+-[0-9a-f]{8}")
+
+
+def _sweep_killed_copies(root):
+    """Remove what copies into ``root`` that were killed left (_KILLED_TMP); called under the
+    layout's lock.  Regular files only, through the fds of root and blobs/sha256 (a blobs that is
+    a symlink is not followed: the copy refuses it next)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fds = []
+    try:
+        fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        for name in ("blobs", "sha256"):
+            fds.append(os.open(name, flags, dir_fd=fds[-1]))
+    except OSError:
+        pass   # no blobs/sha256 yet
+    try:
+        for fd in (fds[0], fds[2]) if len(fds) == 3 else fds[:1]:
+            for name in os.listdir(fd):
+                if not _KILLED_TMP.fullmatch(name):
+                    continue
+                try:
+                    if stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                        os.unlink(name, dir_fd=fd)
+                except OSError:
+                    pass   # gone meanwhile, or not ours to remove: the copy goes on beside it
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _blobs_dir(root, created):
@@ -203,26 +245,39 @@ def _is_file_of_size(path, size):
 def _copy_blob(opener, dest, digest, size, what):
     tmp = tmp_name(dest)
     try:
-        with opener() as src, open(tmp, "xb") as out:
-            reader = VerifyingReader(src, digest, what)
-            while True:
-                chunk = reader.read(CHUNK)
-                if not chunk:
-                    break
-                out.write(chunk)
-            reader.check()
-            if reader.count != size:
-                raise ImageError(f"{what}: {reader.count} bytes, expected {size}")
-            out.flush()
-            os.fsync(out.fileno())
+        with opener() as src:
+            # its writes and sync name the blob: a write through a file object names no file, so
+            # a layout whose disk failed (EIO) said the bare 'Input/output error'
+            raw_out = open(tmp, "xb")
+            out = NamedWrites(raw_out, dest)
+            try:
+                reader = VerifyingReader(src, digest, what)
+                while True:
+                    chunk = reader.read(CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                reader.check()
+                if reader.count != size:
+                    raise ImageError(f"{what}: {reader.count} bytes, expected {size}")
+                out.flush()
+                try:
+                    os.fsync(out.fileno())
+                except OSError as e:
+                    raise name_error(e, dest)
+            finally:
+                try:
+                    raw_out.close()
+                except OSError:
+                    # what a failed write left buffered fails the same way (and, raised by a
+                    # `with`, replaced the named error); after a good flush and fsync, nothing
+                    pass
         os.rename(tmp, dest)
-    except BaseException as e:
+    except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(e, OSError) and e.errno in FULL_WRITE_ERRNOS and e.filename is None:
-            raise OSError(e.errno, e.strerror, dest) from None  # else "No space left on device" alone
         raise
 
 

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import io
 import os
+import re
 import stat
 import tarfile
 from contextlib import contextmanager
 
-from .. import compression
+from .. import compression, trace
 from ..errors import CompressionError, DigestMismatchError, ImageError
 from ..store.fsutil import fsync_dir, name_error, tmp_name
 
@@ -107,7 +109,9 @@ def atomic_output(path):
     f = None
     try:
         f = open(tmp, "xb")   # inside the try: a Ctrl-C right after the open still removes it
-        yield f
+        _hold_and_mark(f.fileno(), tmp)
+        _sweep_killed_outputs(parent, os.path.basename(path))
+        yield NamedWrites(f, path)
         try:
             f.flush()
             os.fsync(f.fileno())
@@ -129,6 +133,86 @@ def atomic_output(path):
         if isinstance(e, OSError):
             _raise_naming(e, path)
         raise
+
+
+class NamedWrites:
+    """An output file whose failed writes name the file the user gave: a write through a file
+    object names none, so a save whose archive's disk failed (EIO) said the bare 'Input/output
+    error' (a full disk was named, by _raise_naming; EIO, and a failing pipe, were not).  Only
+    the writes: an error reading the store is not the output's."""
+
+    def __init__(self, f, path):
+        self._f, self._path = f, path
+
+    def write(self, data):
+        return self._named(self._f.write, data)
+
+    def flush(self):
+        return self._named(self._f.flush)
+
+    def _named(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as e:
+            raise name_error(e, self._path)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+# A temp file of atomic_output is held (flock) while it is written and marked with this xattr, its
+# value the file's inode number and the random part of its name; one found marked that nobody
+# holds is what a killed save or copy left (a partial archive, as big as the image): the next
+# output to the same path removes it.  Unmarked (a filesystem without user xattrs, a kill in the
+# two calls between the open and the mark), nothing is removed: the user's own file of such a
+# name (or a copy of ours: another inode) never passes for one.
+_MARK = "user.lamina.partial"
+_HOLD_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _mark_value(ino, name):
+    return f"{ino} {name.rsplit('.tmp-', 1)[-1]}".encode()
+
+
+def _hold_and_mark(fd, tmp):
+    fcntl.flock(fd, fcntl.LOCK_EX)   # before the mark: a marked file nobody holds is a dead one
+    try:
+        os.setxattr(fd, _MARK, _mark_value(os.fstat(fd).st_ino, tmp))
+    except OSError:
+        pass   # no user xattrs there: a kill leaves the temp file, as it always did
+
+
+def _sweep_killed_outputs(parent, name):
+    """Remove ``parent``'s NAME.tmp-* files that atomic_output marked and nobody holds: those of
+    saves and copies to the same path that were killed.  Through the directory's fd."""
+    pattern = re.compile(re.escape(name) + r"\.tmp-[0-9]+-[0-9a-f]{8}")
+    try:
+        dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        for n in os.listdir(dir_fd):
+            if not pattern.fullmatch(n):
+                continue
+            try:
+                fd = os.open(n, _HOLD_FLAGS, dir_fd=dir_fd)
+            except OSError:
+                continue   # gone, a symlink, or not ours to read
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or os.getxattr(fd, _MARK) != _mark_value(st.st_ino, n):
+                    continue
+                there = os.stat(n, dir_fd=dir_fd, follow_symlinks=False)
+                if (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
+                    trace.event("sweep-killed-output", path=os.path.join(parent, n))
+                    os.unlink(n, dir_fd=dir_fd)
+            except OSError:
+                pass   # held (another save to that path is writing it), unmarked, or not ours to remove
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _raise_naming(e, path):
@@ -171,7 +255,7 @@ def _in_place(path):
     try:
         if stat.S_ISREG(os.fstat(fd).st_mode):
             f.truncate(0)
-        yield f
+        yield NamedWrites(f, path)
         f.flush()
     except OSError as e:
         _raise_naming(e, path)
