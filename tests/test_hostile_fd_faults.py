@@ -199,3 +199,44 @@ def test_an_open_that_fails_anywhere_is_a_refusal_or_the_same_tree(shim, tmp_pat
     above = Tar().dir("d").file("s/e/f", b"through d/..\n").file("l/g", b"through l\n").whiteout("e/old") \
         .hardlink("e/h2", "h").opaque("d").bytes()
     _each_call_failing(shim, everypath.write_image(tmp_path / "layout", [below, above]), tmp_path, "openat", 20)
+
+
+def test_a_dup_that_fails_in_the_dir_formats_own_walks_is_a_refusal_or_the_same_tree(shim, tmp_path):
+    """The dir format's walks outside the layer walk: an opaque marker clears the lower ``d``
+    level by level (``_clear_lower``, a dup of each level's fd); ``l/sub/g`` through a lower
+    symlink ``l`` makes ``e/sub``, whose ancestors are recorded by inode (``_record_ancestors``)
+    so the opaque marker of ``e`` later in the layer spares them.  On 9283a86 a dup failing
+    there was read as "nothing there" (or not checked at all): with the 4th failing, the lower
+    ``d/x/y/old`` stayed under the opaque ``d``, exit 0."""
+    below = Tar().dir("d").dir("d/x").dir("d/x/y").file("d/x/y/old", b"old\n").dir("e") \
+        .file("e/old", b"old\n").symlink("l", "e").bytes()
+    above = Tar().file("l/sub/g", b"through l\n").opaque("d").file("d/new", b"new\n").opaque("e").bytes()
+    layout = everypath.write_image(tmp_path / "layout", [below, above])
+    last, calls, badf = _unpack(shim, layout, tmp_path / "dir-clean", "dir")
+    assert last == "ok" and badf == 0 and calls["dup"] >= 3, (last, calls, badf)
+    clean = _tree(tmp_path / "dir-clean", "dir")
+    assert clean.paths() == ["d", "d/new", "e", "e/sub", "e/sub/g", "l"], clean.paths()
+    for k in range(1, calls["dup"] + 1):
+        dest = tmp_path / f"dir-dup-{k}"
+        last, _, badf = _unpack(shim, layout, dest, "dir", f"dup:{k}")
+        assert badf == 0, f"dup #{k} failing: {badf} close(2) of no descriptor ({last})"
+        if last == "ok":
+            diff = compare(clean, _tree(dest, "dir"), labels=("clean", f"dup #{k} failed"))
+            assert not diff, f"dup #{k} failing gave another tree:\n{diff}"
+        else:
+            assert last.startswith("refused:") and "Too many open files" in last and "/proc/self/fd" not in last, \
+                (k, last)
+
+
+def test_a_dup_that_fails_while_naming_a_missing_hardlink_target_names_the_failure(shim, tmp_path):
+    """A hardlink whose target's directory is not there is refused, and the refusal says what
+    is in the way (``_no_target_dir``).  On 9283a86 its dup failing (EMFILE) walked from fd -1
+    and said "Bad file descriptor", not what failed."""
+    layout = everypath.write_image(tmp_path / "layout", [Tar().dir("a").file("a/f", b"f\n")
+                                                          .hardlink("h", "a/b/c/missing").bytes()])
+    last, calls, _ = _unpack(shim, layout, tmp_path / "dir-clean", "dir")
+    assert last.startswith("refused:") and "missing" in last, last
+    for k in range(1, calls["dup"] + 1):
+        last, _, badf = _unpack(shim, layout, tmp_path / f"dir-dup-{k}", "dir", f"dup:{k}")
+        assert badf == 0, f"dup #{k} failing: {badf} close(2) of no descriptor ({last})"
+        assert last.startswith("refused:") and "Bad file descriptor" not in last, (k, last)
