@@ -1859,20 +1859,22 @@ def remove_tree(path):
         close(pfd)
 
 
-def clear_dir(path):
-    """Remove everything inside directory ``path``, keeping ``path`` itself."""
+def clear_dir(path, shown=None):
+    """Remove everything inside directory ``path``, keeping ``path`` itself.  ``shown``: how its
+    errors name the directory, when ``path`` is one the user never gave (/proc/self/fd/N/.)."""
     cdef int fd = openat(AT_FDCWD, os.fsencode(path), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
     cdef stat was
     cdef bint known
     if fd < 0:
-        raise OSError(errno, os.strerror(errno), os.fspath(path))
+        raise OSError(errno, os.strerror(errno), os.fspath(shown or path))
     known = fstat(fd, &was) == 0
     try:
         while True:
             subdirs = _scan_and_unlink(fd)
             for n in subdirs:
                 if n is not None and _remove_at(fd, <bytes>n) < 0:
-                    raise OSError(errno, f"cannot remove {os.fsdecode(n)} in {os.fspath(path)}: {os.strerror(errno)}")
+                    raise OSError(errno, f"cannot remove {os.fsdecode(n)} in {os.fspath(shown or path)}: "
+                                         f"{os.strerror(errno)}")
             if not subdirs or subdirs[0] is not None:
                 break
     finally:
