@@ -97,6 +97,10 @@ cdef bytes WH_PREFIX = b".wh."
 cdef const char *GNU_MAGIC = b"ustar  \0"  # magic and version of a GNU header, as GNU tar tells it
 cdef bytes WH_OPAQUE = b".wh..wh..opq"
 cdef tuple OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+# lamina's own mark on its staging dirs (unpacker._MARK): a layer's entry carrying it is no
+# staging dir of lamina's, and what marks one must be lamina alone.  (Only this name: other
+# user.lamina.* names are a layer's own, as the sample image's user.lamina.note.)
+cdef bytes STAGING_MARK = b"user.lamina.staging"
 cdef bytes ACL_ACCESS = b"system.posix_acl_access"
 cdef bytes ACL_DEFAULT = b"system.posix_acl_default"
 cdef Py_ssize_t XATTR_LIST_MAX = 65536  # <linux/limits.h>: the most listxattr(2) returns
@@ -3143,7 +3147,12 @@ cdef class Extractor:
         self.cur_sec = sec
         self.cur_nsec = nsec
         if xattrs:
-            xattrs = {k: v for k, v in xattrs.items() if not k.startswith(OVERLAY_XATTR_PREFIXES)}
+            for k in xattrs:
+                if k == STAGING_MARK:
+                    self.skipped.append(f"{_show(name)}: xattr {_show(k)} not set (lamina's own mark on its "
+                                        "staging dirs: no layer's entry sets it)")
+            xattrs = {k: v for k, v in xattrs.items()
+                      if not k.startswith(OVERLAY_XATTR_PREFIXES) and k != STAGING_MARK}
         self.cur_xattrs = xattrs or None
 
         path = self._normalize(name)
@@ -4021,7 +4030,7 @@ cdef class Extractor:
             elif k == "system.posix_acl_default":
                 self.default_acls = True
         for k in sorted(keys, key=_acl_last):  # the ACLs last, as _set_xattrs sets them
-            if k.startswith(("trusted.overlay.", "user.overlay.")):
+            if k.startswith(("trusted.overlay.", "user.overlay.")) or k == "user.lamina.staging":
                 continue
             try:
                 os.setxattr(dst, k, os.getxattr(src, k, follow_symlinks=follow), follow_symlinks=follow)
