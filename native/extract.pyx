@@ -97,6 +97,10 @@ cdef bytes WH_PREFIX = b".wh."
 cdef const char *GNU_MAGIC = b"ustar  \0"  # magic and version of a GNU header, as GNU tar tells it
 cdef bytes WH_OPAQUE = b".wh..wh..opq"
 cdef tuple OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+# lamina's own mark on its staging dirs (unpacker._MARK): a layer's entry carrying it is no
+# staging dir of lamina's, and what marks one must be lamina alone.  (Only this name: other
+# user.lamina.* names are a layer's own, as the sample image's user.lamina.note.)
+cdef bytes STAGING_MARK = b"user.lamina.staging"
 cdef bytes ACL_ACCESS = b"system.posix_acl_access"
 cdef bytes ACL_DEFAULT = b"system.posix_acl_default"
 cdef Py_ssize_t XATTR_LIST_MAX = 65536  # <linux/limits.h>: the most listxattr(2) returns
@@ -538,8 +542,9 @@ cdef int _descend(int fd, bytes name):
 
 
 cdef int _walk_plain(int root, bytes path) except -2:
-    """openat() one component at a time, never following a symlink."""
-    cdef int fd = dup(root)
+    """openat() one component at a time, never following a symlink.  -1 with errno set when
+    a component is not there (or is no directory); a failed dup raises (see _dup_checked)."""
+    cdef int fd = _dup_checked(root)
     for c in path.split(b"/"):
         if c:
             fd = _descend(fd, <bytes>c)
@@ -1858,20 +1863,22 @@ def remove_tree(path):
         close(pfd)
 
 
-def clear_dir(path):
-    """Remove everything inside directory ``path``, keeping ``path`` itself."""
+def clear_dir(path, shown=None):
+    """Remove everything inside directory ``path``, keeping ``path`` itself.  ``shown``: how its
+    errors name the directory, when ``path`` is one the user never gave (/proc/self/fd/N/.)."""
     cdef int fd = openat(AT_FDCWD, os.fsencode(path), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
     cdef stat was
     cdef bint known
     if fd < 0:
-        raise OSError(errno, os.strerror(errno), os.fspath(path))
+        raise OSError(errno, os.strerror(errno), os.fspath(shown or path))
     known = fstat(fd, &was) == 0
     try:
         while True:
             subdirs = _scan_and_unlink(fd)
             for n in subdirs:
                 if n is not None and _remove_at(fd, <bytes>n) < 0:
-                    raise OSError(errno, f"cannot remove {os.fsdecode(n)} in {os.fspath(path)}: {os.strerror(errno)}")
+                    raise OSError(errno, f"cannot remove {os.fsdecode(n)} in {os.fspath(shown or path)}: "
+                                         f"{os.strerror(errno)}")
             if not subdirs or subdirs[0] is not None:
                 break
     finally:
@@ -3140,7 +3147,12 @@ cdef class Extractor:
         self.cur_sec = sec
         self.cur_nsec = nsec
         if xattrs:
-            xattrs = {k: v for k, v in xattrs.items() if not k.startswith(OVERLAY_XATTR_PREFIXES)}
+            for k in xattrs:
+                if k == STAGING_MARK:
+                    self.skipped.append(f"{_show(name)}: xattr {_show(k)} not set (lamina's own mark on its "
+                                        "staging dirs: no layer's entry sets it)")
+            xattrs = {k: v for k, v in xattrs.items()
+                      if not k.startswith(OVERLAY_XATTR_PREFIXES) and k != STAGING_MARK}
         self.cur_xattrs = xattrs or None
 
         path = self._normalize(name)
@@ -3455,7 +3467,11 @@ cdef class Extractor:
             self._parent_error(path, name)
         self._keep_times(fd, b"/".join(parts[:lo]))  # the dirs made below it are new: nothing to keep
         if not self.overlay:
-            self._record_ancestors(fd)
+            try:
+                self._record_ancestors(fd, name)
+            except BaseException:
+                close(fd)
+                raise
         # A directory made under a setgid one (of a lower layer: this layer's modes are set
         # at its end) would take its group and setgid bit; the overlay formats make it in a
         # layer of its own, where it does not, and an implied directory is the extractor's
@@ -3613,7 +3629,7 @@ cdef class Extractor:
             self._keep_times(fd, parent)
         if not self.overlay:
             if not self.cache_st_fresh or not self.created_ino.has(self.cache_st.st_dev, self.cache_st.st_ino):
-                self._record_ancestors(fd)
+                self._record_ancestors(fd, name)   # (fd is cache_fd now: closed with the cache)
             if not self.is_root:
                 self._open_up(fd, parent)
                 self.cache_st_fresh = False
@@ -4014,7 +4030,7 @@ cdef class Extractor:
             elif k == "system.posix_acl_default":
                 self.default_acls = True
         for k in sorted(keys, key=_acl_last):  # the ACLs last, as _set_xattrs sets them
-            if k.startswith(("trusted.overlay.", "user.overlay.")):
+            if k.startswith(("trusted.overlay.", "user.overlay.")) or k == "user.lamina.staging":
                 continue
             try:
                 os.setxattr(dst, k, os.getxattr(src, k, follow_symlinks=follow), follow_symlinks=follow)
@@ -4378,24 +4394,36 @@ cdef class Extractor:
         i = phys.rfind(b"/")
         return self.provided_leaves.has(phys[:i] if i > 0 else b"", phys[i + 1:])
 
-    cdef void _record_ancestors(self, int fd):
+    cdef int _record_ancestors(self, int fd, object name) except -1:
         """The directories this layer writes into, up to the root, by inode: an
         opaque marker or whiteout reached through a symlink must spare them.
-        Stops at the first one already known, so the cost stays linear."""
+        Stops at the first one already known, so the cost stays linear.  A dup or
+        walk up that fails (EMFILE, ENOMEM) raises: an ancestor left unrecorded is one
+        the layer's own opaque marker or whiteout may clear later on, with exit 0.
+        EACCES (rootless, a directory its user may not search) stops as it always did."""
         cdef stat st
-        cdef int cur = dup(fd), up
-        while cur >= 0:
+        cdef int cur = _dup_checked(fd), up, e
+        while True:
             if fstat(cur, &st) < 0:
-                break
+                e = errno
+                close(cur)
+                lamina_set_errno(e)
+                self._oserror("stat a directory above it", name)
             if not self.created_ino.add(st.st_dev, st.st_ino):
                 break
             if (st.st_dev, st.st_ino) == self.root_key:
                 break
             up = openat(cur, b"..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            e = errno
             close(cur)
+            if up < 0:
+                if e == EACCES:
+                    return 0
+                lamina_set_errno(e)
+                self._oserror("open a directory above it", name)
             cur = up
-        if cur >= 0:
-            close(cur)
+        close(cur)
+        return 0
 
     cdef void _record_inode(self, int pfd, bytes base) except *:
         """Whiteouts and opaque markers of this layer must spare what it wrote,
@@ -5223,7 +5251,7 @@ cdef class Extractor:
         if e == ENOENT:
             # the deepest directory there, then what is in the way under it
             parts = tparent.split(b"/")
-            fd = dup(self.rootfd)
+            fd = _dup_checked(self.rootfd)
             for i in range(len(parts)):
                 nfd = self._open_in_root(b"/".join(parts[:i + 1]))
                 if nfd >= 0:
@@ -6882,9 +6910,12 @@ cdef class Extractor:
         todo = [b""]   # directories below dpath still to clear, relative to it
         while todo:
             rel = todo.pop()
-            sub = _walk_plain(dfd, rel) if rel else dup(dfd)
+            sub = _walk_plain(dfd, rel) if rel else _dup_checked(dfd)
             if sub < 0:
-                continue  # replaced meanwhile: nothing of ours is there
+                if errno == ENOENT or errno == ENOTDIR or errno == ELOOP:
+                    continue  # replaced meanwhile: nothing of ours is there
+                # (EMFILE, EIO...: read as "replaced", the lower entries stayed under the marker)
+                self._oserror(f"open {_show(dpath + b'/' + rel if dpath else rel)} to clear it", name)
             here = dpath + b"/" + rel if dpath and rel else dpath or rel
             try:
                 for child in self._listdir(sub, name):

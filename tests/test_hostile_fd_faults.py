@@ -164,13 +164,18 @@ def _each_call_failing(shim, layout, tmp_path, kind, least):
                 assert not diff, f"{fmt}, {kind} #{k} failing gave another tree:\n{diff}"
             else:
                 assert last.startswith("refused:") and "Too many open files" in last, (fmt, k, last)
+                # DEST named, not the staging dir's /proc/self/fd/N the layers are written through
+                assert "/proc/self/fd" not in last, (fmt, k, last)
 
 
 def test_a_walk_up_that_fails_closes_each_descriptor_once(shim, tmp_path):
     """``s -> d/..`` below, then ``d/`` and ``s/e/f``: the overlay format's walk of ``s/e/f``
     goes down into ``d`` of both layers and back up by ``openat(fd, "..")``.  On 1b031d2 that
     open failing (EMFILE, ENOMEM) closed the directory it started from, then closed it again
-    on the way out: the layer's fd (the 2nd '..') and the layer below's (the 3rd)."""
+    on the way out: the layer's fd (the 2nd '..') and the layer below's (the 3rd).  On 9283a86
+    the first one failing was refused as "cannot remove s in /proc/self/fd/4/layers/1" (the
+    overlay unpack's second try of a layer, emptying it first), a path nobody knows, where
+    DEST/layers/1 is meant; the 19th openat of the test below likewise."""
     below = Tar().dir("d").dir("e").symlink("s", "d/..").bytes()
     above = Tar().dir("d").file("s/e/f", b"through d/..\n").bytes()
     _each_call_failing(shim, everypath.write_image(tmp_path / "layout", [below, above]), tmp_path, "dotdot", 3)
@@ -199,3 +204,44 @@ def test_an_open_that_fails_anywhere_is_a_refusal_or_the_same_tree(shim, tmp_pat
     above = Tar().dir("d").file("s/e/f", b"through d/..\n").file("l/g", b"through l\n").whiteout("e/old") \
         .hardlink("e/h2", "h").opaque("d").bytes()
     _each_call_failing(shim, everypath.write_image(tmp_path / "layout", [below, above]), tmp_path, "openat", 20)
+
+
+def test_a_dup_that_fails_in_the_dir_formats_own_walks_is_a_refusal_or_the_same_tree(shim, tmp_path):
+    """The dir format's walks outside the layer walk: an opaque marker clears the lower ``d``
+    level by level (``_clear_lower``, a dup of each level's fd); ``l/sub/g`` through a lower
+    symlink ``l`` makes ``e/sub``, whose ancestors are recorded by inode (``_record_ancestors``)
+    so the opaque marker of ``e`` later in the layer spares them.  On 9283a86 a dup failing
+    there was read as "nothing there" (or not checked at all): with the 4th failing, the lower
+    ``d/x/y/old`` stayed under the opaque ``d``, exit 0."""
+    below = Tar().dir("d").dir("d/x").dir("d/x/y").file("d/x/y/old", b"old\n").dir("e") \
+        .file("e/old", b"old\n").symlink("l", "e").bytes()
+    above = Tar().file("l/sub/g", b"through l\n").opaque("d").file("d/new", b"new\n").opaque("e").bytes()
+    layout = everypath.write_image(tmp_path / "layout", [below, above])
+    last, calls, badf = _unpack(shim, layout, tmp_path / "dir-clean", "dir")
+    assert last == "ok" and badf == 0 and calls["dup"] >= 3, (last, calls, badf)
+    clean = _tree(tmp_path / "dir-clean", "dir")
+    assert clean.paths() == ["d", "d/new", "e", "e/sub", "e/sub/g", "l"], clean.paths()
+    for k in range(1, calls["dup"] + 1):
+        dest = tmp_path / f"dir-dup-{k}"
+        last, _, badf = _unpack(shim, layout, dest, "dir", f"dup:{k}")
+        assert badf == 0, f"dup #{k} failing: {badf} close(2) of no descriptor ({last})"
+        if last == "ok":
+            diff = compare(clean, _tree(dest, "dir"), labels=("clean", f"dup #{k} failed"))
+            assert not diff, f"dup #{k} failing gave another tree:\n{diff}"
+        else:
+            assert last.startswith("refused:") and "Too many open files" in last and "/proc/self/fd" not in last, \
+                (k, last)
+
+
+def test_a_dup_that_fails_while_naming_a_missing_hardlink_target_names_the_failure(shim, tmp_path):
+    """A hardlink whose target's directory is not there is refused, and the refusal says what
+    is in the way (``_no_target_dir``).  On 9283a86 its dup failing (EMFILE) walked from fd -1
+    and said "Bad file descriptor", not what failed."""
+    layout = everypath.write_image(tmp_path / "layout", [Tar().dir("a").file("a/f", b"f\n")
+                                                          .hardlink("h", "a/b/c/missing").bytes()])
+    last, calls, _ = _unpack(shim, layout, tmp_path / "dir-clean", "dir")
+    assert last.startswith("refused:") and "missing" in last, last
+    for k in range(1, calls["dup"] + 1):
+        last, _, badf = _unpack(shim, layout, tmp_path / f"dir-dup-{k}", "dir", f"dup:{k}")
+        assert badf == 0, f"dup #{k} failing: {badf} close(2) of no descriptor ({last})"
+        assert last.startswith("refused:") and "Bad file descriptor" not in last, (k, last)

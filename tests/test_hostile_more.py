@@ -187,6 +187,23 @@ def test_overlay_xattrs_from_a_layer_mean_nothing(g, key, value):
     assert not any("overlay" in k for e in tree.entries.values() for k, _ in e.xattrs)
 
 
+@pytest.mark.parametrize("key", ["SCHILY.xattr.user.lamina.staging", "LIBARCHIVE.xattr.user%2Elamina%2Estaging"])
+def test_lamina_s_own_staging_mark_from_a_layer_is_set_on_no_path(g, key):
+    """``user.lamina.staging`` is the mark unpack puts on its staging dirs (unpacker._MARK);
+    what carries it, with the value lamina would write, is what the sweep of killed unpacks
+    looks for.  A layer's entry carrying it (the root's own ``./`` entry too, which lands on the
+    staging dir itself) is no staging dir: every path drops it, as it drops overlayfs's own
+    xattrs, and says so.  Other ``user.lamina.*`` names are the layer's own (the sample image
+    carries ``user.lamina.note``): kept.  On 9283a86 every path set the mark from the layer."""
+    value = b"2 0123abcd" if "LIBARCHIVE" not in key else b"MiAwMTIzYWJjZA=="
+    top = Tar().pax([(key, value)]).dir("./").pax([(key, value)]).dir(".lamina-tmp-0123abcd") \
+        .pax([(key, value), ("SCHILY.xattr.user.lamina.note", b"1")]).file("f", b"f\n")
+    tree, _ = agree(g, [Tar().dir("d"), top])
+    assert {".lamina-tmp-0123abcd", "f", "d"} <= set(tree.entries)
+    assert not any(k == "user.lamina.staging" for e in tree.entries.values() for k, _ in e.xattrs), tree.entries
+    assert ("user.lamina.note", b"1") in tree.entries["f"].xattrs
+
+
 # --- more xattr names than listxattr(2) returns (XATTR_LIST_MAX) ---
 
 def test_an_entry_with_more_xattr_names_than_a_listing_holds_is_refused(g, small_fs):

@@ -394,6 +394,30 @@ def test_a_malformed_upload_range_starts_the_upload_again(reg, proxy, tmp_path, 
     assert skopeo_inspect(reg.host, f"{repo}:1")["Digest"] == m["digest"]
 
 
+@pytest.mark.parametrize("upload_range", ["0-9999999", "0-65536"], ids=["past-the-blob", "past-what-was-sent"])
+def test_an_upload_range_holding_bytes_never_sent_is_refused_naming_the_blob(reg, proxy, tmp_path,  # noqa: F811
+                                                                             registry_env, upload_range):
+    """After a failed PATCH of the first 64 KiB lamina asks where to resume; a registry saying
+    it holds more than lamina sent (past the blob's end, or one byte past the chunk) made
+    lamina resume there: it skipped the bytes between and ended the session with a PUT of a
+    blob with a hole in it (on 9283a86, for a Range past the blob's end, straight to the PUT),
+    which the registry refused with a digest error that said nothing of why.  Now no such PUT
+    is sent, and the refusal names the blob and the Range (the upload is tried once more in a
+    fresh session, which the registry answers the same)."""
+    lay, m = _image(tmp_path, big=300_000)
+    store = Store(registry_env / "root")
+    repo = f"range-{upload_range[2:]}"
+    load_layout_into_store(store, lay.root, m, f"{proxy.host}/{repo}:1")
+    big = max(lay.read_json(m["digest"])["layers"], key=lambda d: d["size"])
+    proxy.add("status", code=500, method="PATCH", times=None)
+    proxy.add("respond", method="GET", path="/blobs/uploads/", code=204, headers={"Range": upload_range}, times=None)
+    with pytest.raises(errors.RegistryError) as e:
+        push(f"{proxy.host}/{repo}:1", store=store, chunk_size=65536)
+    assert str(e.value) == (f"upload of {big['digest']} to {proxy.host}/{repo}: the registry says its upload "
+                            f"session holds bytes {upload_range}, but lamina sent it 65536 bytes of {big['size']}")
+    assert not [s for s in proxy.seen if s[0] == "PUT" and big["digest"][7:] in s[1]], "a PUT of a blob with a hole"
+
+
 def test_push_multiplatform_index(reg, tmp_path, registry_env):  # noqa: F811
     lay = ocibuild.Layout(tmp_path / "oci")
     ms = []

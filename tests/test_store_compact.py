@@ -216,6 +216,68 @@ def test_a_file_changed_behind_lamina_is_caught_on_save(tmp_path, layout):
     assert any(f["kind"] == "bad-sidecar" and f["subject"] == chain for f in report["findings"])
 
 
+def _hostile_file_to_shadow(fs):
+    os.unlink(os.path.join(fs, "usr/share/pkgapp/f003"))
+    os.symlink("/etc/shadow", os.path.join(fs, "usr/share/pkgapp/f003"))
+
+
+def _hostile_dir_out_of_the_store(fs):
+    os.rename(os.path.join(fs, "usr/share/pkgapp"), os.path.join(fs, "usr/share/pkgapp.moved"))
+    os.symlink("/etc", os.path.join(fs, "usr/share/pkgapp"))
+
+
+def _hostile_fifo(fs):
+    os.unlink(os.path.join(fs, "usr/share/pkgapp/f003"))
+    os.mkfifo(os.path.join(fs, "usr/share/pkgapp/f003"))
+
+
+def _hostile_grown_sparse(fs):
+    os.truncate(os.path.join(fs, "usr/share/pkgapp/f003"), 10 << 30)
+
+
+def _hostile_tree_a_fifo(fs):
+    os.rename(fs, fs + ".moved")
+    os.mkfifo(fs)
+
+
+def _hostile_tree_a_file(fs):
+    os.rename(fs, fs + ".moved")
+    with open(fs, "wb") as f:
+        f.write(b"not a tree\n")
+
+
+@pytest.mark.parametrize("verb", ["save", "copy"])
+@pytest.mark.parametrize("change, names", [
+    (_hostile_file_to_shadow, "'usr/share/pkgapp/f003' is missing"),
+    (_hostile_dir_out_of_the_store, "'usr/share/pkgapp/f000' is missing"),
+    (_hostile_fifo, "'usr/share/pkgapp/f003' is missing"),
+    (_hostile_grown_sparse, "'usr/share/pkgapp/f003' changed"),
+    (_hostile_tree_a_fifo, "/fs is not a directory"),
+    (_hostile_tree_a_file, "/fs is not a directory"),
+], ids=lambda x: x.__name__.removeprefix("_hostile_") if callable(x) else "")
+def test_a_compact_snapshot_changed_in_hostile_ways_is_refused_naming_the_layer(tmp_path, layout, verb, change,
+                                                                                 names):
+    """A compact layer is rebuilt from its snapshot, which someone changed behind lamina: a file
+    now a symlink to /etc/shadow, a directory now a symlink out of the store, a FIFO where a file
+    was (never opened: it would wait for a writer), a file grown to 10 GiB sparse (read no further
+    than its stored size), the snapshot's whole tree a FIFO or a file.  Each is a refusal naming
+    the layer and what changed, with nothing written.  On 9283a86 a tree that is no directory
+    said only "<store>/snapshots/<chain>/fs: Not a directory": no layer, no remedy."""
+    root = _compact_store(tmp_path, layout, refs=("a",))
+    chain = _chains(root, "a:1")[1]
+    change(_fs(root, chain))
+    out = tmp_path / "out"
+    dest = ["-o", out] if verb == "save" else [f"oci:{out}:a"]
+    proc = lamina_subprocess(root, verb, "a:1", *dest, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("lamina: error: layer ") and names in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "shadow" not in proc.stderr
+    if verb == "save":
+        assert not os.path.exists(out)
+    else:
+        assert not os.path.exists(out / "index.json") or b"\"a\"" not in (out / "index.json").read_bytes()
+
+
 def _odd_layer():
     """A layer whose bytes no tar writer would reproduce: PAX and GNU long names, the same path
     twice (the second wins in the snapshot), a hardlink, a symlink, big padding, trailing zeros, a

@@ -129,8 +129,8 @@ def apply_layer_atomic(layer, dest, **kw):
 
     DEST appears (or is replaced) by rename: readers see the old tree or the new one."""
     from .layer import apply_layer
-    from .unpacker import (_abandon_staging, _mark, _rename_onto, _unmark, make_sibling_staging, pinned_staging,
-                           release_staging, sibling_fds)
+    from .unpacker import (_abandon_staging, _mark, _rename_onto, _unmark, _unpin_message, make_sibling_staging,
+                           pinned_staging, release_staging, sibling_fds)
     dest = os.path.abspath(os.fsdecode(dest))
     old_fd = _open_dest(dest)
     try:
@@ -159,6 +159,7 @@ def apply_layer_atomic(layer, dest, **kw):
                     raise
             _unmark(fd)   # DEST now: the layer's tree, without the staging dir's mark
         except BaseException as e:  # includes KeyboardInterrupt: never leave a half-made tree
+            _unpin_message(e, pinned_staging(staging), dest)   # the staging dir's /proc/self/fd/N
             _abandon_staging(staging, e)
             raise
         else:

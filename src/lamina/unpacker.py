@@ -116,7 +116,7 @@ def unpack(source, dest, *, platform=None, format="dir", limits=None, insecure=(
             trace.event("committed")
             seconds["commit"] = time.perf_counter() - t
         except BaseException as e:  # includes KeyboardInterrupt: never leave a half-made tree
-            name_dest(e, dest)
+            name_dest(e, dest, staging)
             _abandon_staging(staging, e)
             raise
         finally:
@@ -331,12 +331,29 @@ _beside = {}  # sibling staging dir -> an fd of DEST's parent, which the commit 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def name_dest(e, dest):
+def name_dest(e, dest, staging=None):
     """Add DEST to the error of a system call that said no while DEST was filled: the entry
     alone does not tell the user which disk is full, read-only or refuses device nodes (and
-    the staging dir the entry was written in is not a path the user knows)."""
+    the staging dir the entry was written in is not a path the user knows).  ``staging``: the
+    staging dir, whose ``/proc/self/fd/N`` (pinned_staging: what the layers are written
+    through) an error may name; DEST is named in its place."""
+    fd = _held.get(staging) if staging is not None else None
+    if fd is not None:
+        _unpin_message(e, f"/proc/self/fd/{fd}", dest)
     if isinstance(e, ExtractError) and e.errno is not None and len(e.args) == 1 and isinstance(e.args[0], str):
         e.args = (f"{e.args[0]} (unpacking into {dest})",)
+
+
+def _unpin_message(e, pinned, dest):
+    """``pinned`` (and its "/." form) in ``e``'s message or file name, as ``dest``."""
+    at = re.compile(re.escape(pinned) + r"(?![0-9])(?:/\.(?![^/\s'\":]))?")
+    if isinstance(e, OSError) and not isinstance(e, LaminaError):
+        for attr in ("strerror", "filename", "filename2"):
+            v = getattr(e, attr, None)
+            if isinstance(v, str) and pinned in v:
+                setattr(e, attr, at.sub(lambda m: dest, v))
+    elif e.args and isinstance(e.args[0], str) and pinned in e.args[0]:
+        e.args = (at.sub(lambda m: dest, e.args[0]), *e.args[1:])
 
 
 def _check_dest(dest):
@@ -566,7 +583,7 @@ def _abandon_staging(staging, exc):
                 pass
         if _discard_by_fds(dir_fd, name, fd):
             return
-    clear_dir(f"/proc/self/fd/{fd}/.")  # "/.": clear_dir's O_NOFOLLOW open takes it
+    clear_dir(f"/proc/self/fd/{fd}/.", shown=staging)  # "/.": clear_dir's O_NOFOLLOW open takes it
     if _is_at(dir_fd, name, fd):
         try:
             os.rmdir(name, dir_fd=dir_fd)

@@ -425,8 +425,9 @@ class Pusher:
         if served and served.startswith("sha256:") and served != desc.digest:
             raise RegistryError(f"{_upload_what(repo, desc)}: registry stored {served}")
 
-    def _upload_offset(self, repo, location):
-        """Bytes the registry holds for an upload session (GET status, Range: 0-N)."""
+    def _upload_offset(self, repo, location, desc, sent):
+        """Bytes the registry holds for an upload session (GET status, Range: 0-N), at most
+        ``sent``, the bytes lamina sent it."""
         resp = repo.request("GET", location)
         rng = resp.header("Range")
         status = resp.status
@@ -442,6 +443,12 @@ class Pusher:
         if not m:
             raise RegistryError(f"upload status of {repo.name}: malformed Range {rng!r}")
         end = int(m.group(1))
+        if end >= sent:
+            # a session holding bytes lamina never sent: resumed past them, the upload would end
+            # in a PUT of a blob with a hole (a digest error at best, the registry's own bytes at
+            # worst), and a Range past the blob's size skipped straight to that PUT
+            raise RegistryError(f"{_upload_what(repo, desc)}: the registry says its upload session holds "
+                                f"bytes 0-{end}, but lamina sent it {sent} bytes of {desc.size}")
         # distribution writes "0-0" for an empty session as for one of 1 byte (its end is size-1,
         # never below 0): 0 it is, the likely case.  Were the byte there, the PATCH from 0 gets a
         # 416 and the upload starts over; read as 1 held, an empty session lost byte 0 unnoticed
@@ -488,7 +495,7 @@ class Pusher:
                         raise RegistryError(f"{_upload_what(repo, desc)} failed at byte {offset}: "
                                             f"{describe_error(e)}") from None
                     self.client.transport.sleep_backoff(failures)
-                    offset, upload.location = self._upload_offset(repo, upload.location)
+                    offset, upload.location = self._upload_offset(repo, upload.location, desc, offset + length)
         url = repo.with_query(upload.location, digest=desc.digest)
         resp = repo.request("PUT", url, headers={"Content-Length": "0"}, what=_upload_what(repo, desc))
         self._check_put(repo, resp, desc)

@@ -32,7 +32,7 @@ def _staged(dest, fill):
         result = fill(staging)
         _commit(staging, dest)
     except BaseException as e:
-        name_dest(e, dest)
+        name_dest(e, dest, staging)
         _abandon_staging(staging, e)  # by its fd: never a tree put at its name meanwhile
         raise
     finally:

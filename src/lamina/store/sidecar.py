@@ -28,6 +28,7 @@ the manifest is new.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -376,6 +377,13 @@ class RebuiltLayer(io.RawIOBase):
             raise SidecarError(f"{what}: {path} is not a lamina tar-split sidecar")
         try:
             self.root_fd = os.open(self.fs, _DIR_FLAGS)
+        except OSError as e:
+            # the tree swapped for a FIFO, a file or a symlink behind lamina: said with the layer
+            # it rebuilds (a bare "fs: Not a directory" named neither it nor the remedy)
+            self._close_src()
+            why = "is not a directory" if e.errno in (errno.ENOTDIR, errno.ELOOP) else f"is unreadable ({e.strerror})"
+            raise SidecarError(f"{what}: the snapshot's tree {self.fs} {why}; the layer cannot be rebuilt "
+                               "(run lamina fsck --repair)") from None
         except BaseException:
             self._close_src()
             raise
