@@ -197,7 +197,7 @@ class Pusher:
         snapshot + sidecar (diffID checked while streaming), gzip them, and rewrite the manifest
         to name the new blobs.  Returns (manifest bytes, descs, layers) unchanged otherwise."""
         from ..store.sidecar import gzip_layer
-        from ..transports.output import NamedWrites
+        from ..store.fsutil import NamedWrites
         from ..transports.sources import _with_layers
         new = {}
         for desc, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids):

@@ -108,6 +108,33 @@ def name_error(e, path):
     return e
 
 
+class NamedWrites:
+    """A file object whose failed writes name ``path``: a write through a file object names no
+    file, so a save whose archive's disk failed (EIO), or a copy into a compact store whose
+    sidecar's did, said the bare 'Input/output error' (a full disk was named by atomic_output,
+    EIO and a failing pipe were not).  Only the writes: an error reading the store is not the
+    output's.  Everything else passes through to the file."""
+
+    def __init__(self, f, path):
+        self._f, self._path = f, path
+
+    def write(self, data):
+        return self._named(self._f.write, data)
+
+    def flush(self):
+        # (a buffered file shows a failed write(2) at the flush, e.g. the one lz4 makes as it closes)
+        return self._named(self._f.flush)
+
+    def _named(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as e:
+            raise name_error(e, self._path)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
 def tmp_name(prefix):
     """A unique sibling name for staging: ``<prefix>.tmp-<pid>-<random>``."""
     return f"{prefix}.tmp-{os.getpid()}-{secrets.token_hex(4)}"

@@ -39,6 +39,7 @@ from .._extract import header_number, header_prefix
 from ..compression import read_exact as _read_exact
 from ..errors import StoreError
 from ..quoting import quote_name
+from .fsutil import NamedWrites
 
 SIDECAR = "tarsplit.lz4"
 MAGIC = b"LAMINA-TARSPLIT/1\n"
@@ -177,32 +178,6 @@ class _Writer:
         self.out.write(b"F" + _U64.pack(len(path)) + path + _U64.pack(size) + _U64.pack(xxh))
 
 
-class _NamedWrites:
-    """The sidecar's temp file, whose failed writes name the sidecar: a write through a file
-    object names no file, so a write failing with EIO stopped a copy into a compact store with
-    the bare 'Input/output error' (a full disk was named by atomic_output, EIO was not)."""
-
-    def __init__(self, f, path):
-        self._f, self._path = f, path
-
-    def write(self, data):
-        return self._named(self._f.write, data)
-
-    def flush(self):
-        # (the file is buffered: a failed write(2) shows at the flush lz4 makes as it closes)
-        return self._named(self._f.flush)
-
-    def _named(self, call, *args):
-        from .fsutil import name_error
-        try:
-            return call(*args)
-        except OSError as e:
-            raise name_error(e, self._path)
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-
 class _Hashing:
     """Reads through, hashing: build() checks the tar it split is the one the diffID names."""
 
@@ -229,7 +204,7 @@ def build(tar_stream, fs_dir, out_path, diff_id, what):
     root_fd = os.open(fs_dir, _DIR_FLAGS)
     entries = referenced = total = 0
     try:
-        with atomic_output(out_path) as f, lz4.frame.open(_NamedWrites(f, out_path), "wb", compression_level=0) as out:
+        with atomic_output(out_path) as f, lz4.frame.open(NamedWrites(f, out_path), "wb", compression_level=0) as out:
             w = _Writer(out)
             out.write(MAGIC)
             pax, longname = {}, None

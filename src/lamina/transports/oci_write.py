@@ -19,8 +19,8 @@ from ..errors import ImageError
 from ..oci.blobs import MAX_DOCUMENT_SIZE, open_in_layout
 from ..oci.layout import parse_index_json
 from ..oci.model import ANNOTATION_REF_NAME
-from ..store.fsutil import atomic_write, fsync_dir, name_error, tmp_name
-from .output import CHUNK, NamedWrites, VerifyingReader, add_bytes, add_dir, add_stream, atomic_output, stream_tar
+from ..store.fsutil import NamedWrites, atomic_write, fsync_dir, name_error, tmp_name
+from .output import CHUNK, VerifyingReader, add_bytes, add_dir, add_stream, atomic_output, stream_tar
 from .sources import IndexData
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from .. import compression, trace
 from ..errors import CompressionError, DigestMismatchError, ImageError
-from ..store.fsutil import fsync_dir, name_error, tmp_name
+from ..store.fsutil import NamedWrites, fsync_dir, name_error, tmp_name
 
 CHUNK = 1 << 20
 
@@ -133,31 +133,6 @@ def atomic_output(path):
         if isinstance(e, OSError):
             _raise_naming(e, path)
         raise
-
-
-class NamedWrites:
-    """An output file whose failed writes name the file the user gave: a write through a file
-    object names none, so a save whose archive's disk failed (EIO) said the bare 'Input/output
-    error' (a full disk was named, by _raise_naming; EIO, and a failing pipe, were not).  Only
-    the writes: an error reading the store is not the output's."""
-
-    def __init__(self, f, path):
-        self._f, self._path = f, path
-
-    def write(self, data):
-        return self._named(self._f.write, data)
-
-    def flush(self):
-        return self._named(self._f.flush)
-
-    def _named(self, call, *args):
-        try:
-            return call(*args)
-        except OSError as e:
-            raise name_error(e, self._path)
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
 
 
 # A temp file of atomic_output is held (flock) while it is written and marked with this xattr, its
