@@ -3407,6 +3407,8 @@ cdef class Extractor:
                     stack = []
                     close(fd)
                     fd = dup(self.rootfd)
+                    if fd < 0:
+                        return -1  # errno from dup (EMFILE): not a walk on from fd -1 ("Bad file descriptor")
                 todo.extend(target.split(b"/")[::-1])
                 continue
             fd = _descend(fd, <bytes>c)

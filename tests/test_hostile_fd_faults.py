@@ -245,3 +245,27 @@ def test_a_dup_that_fails_while_naming_a_missing_hardlink_target_names_the_failu
         last, _, badf = _unpack(shim, layout, tmp_path / f"dir-dup-{k}", "dir", f"dup:{k}")
         assert badf == 0, f"dup #{k} failing: {badf} close(2) of no descriptor ({last})"
         assert last.startswith("refused:") and "Bad file descriptor" not in last, (k, last)
+
+
+def test_a_dup_that_fails_in_the_walk_without_openat2_names_the_failure(shim, tmp_path, monkeypatch):
+    """Without openat2 (older kernels, qemu-user) a path is resolved in the root component by
+    component, an absolute symlink restarting from a dup of the root's fd.  On 153e1dc that
+    dup failing (EMFILE) walked on from fd -1 and said "Bad file descriptor"; or a clean run's
+    tree.  ``abs -> /d`` is followed for ``abs/x/f`` (the walk), ``d/x`` made through it."""
+    monkeypatch.setenv("LAMINA_NO_OPENAT2", "1")
+    layout = everypath.write_image(tmp_path / "layout", [
+        Tar().dir("d").dir("d/x").symlink("abs", "/d").bytes(),
+        Tar().file("abs/x/f", b"through /d\n").file("abs/y", b"y\n").bytes()])
+    last, calls, badf = _unpack(shim, layout, tmp_path / "dir-clean", "dir")
+    assert last == "ok" and badf == 0, (last, badf)
+    clean = _tree(tmp_path / "dir-clean", "dir")
+    assert "d/x/f" in clean.paths() and "d/y" in clean.paths(), clean.paths()
+    for k in range(1, calls["dup"] + 1):
+        dest = tmp_path / f"dir-dup-{k}"
+        last, _, badf = _unpack(shim, layout, dest, "dir", f"dup:{k}")
+        assert badf == 0, f"dup #{k} failing: {badf} close(2) of no descriptor ({last})"
+        if last == "ok":
+            diff = compare(clean, _tree(dest, "dir"), labels=("clean", f"dup #{k} failed"))
+            assert not diff, f"dup #{k} failing gave another tree:\n{diff}"
+        else:
+            assert last.startswith("refused:") and "Too many open files" in last, (k, last)
