@@ -380,6 +380,29 @@ def test_a_content_length_that_is_not_digits_is_refused_naming_it(fake, image, r
     _pulled_honestly(store, reg, m)
 
 
+@pytest.mark.parametrize("where", ["manifest", "layer"])
+def test_an_answer_line_too_long_to_read_is_refused_at_once(fake, image, registry_env, where):  # noqa: F811
+    """A header line over http.client's 64 KiB limit (a hostile registry's Location or any header)
+    is refused, naming the request, and not asked for again: it was retried with backoff, seven
+    requests for the same refusal."""
+    lay, m = image
+    target = m["digest"] if where == "manifest" else _manifest(lay, m)["layers"][0]["digest"]
+
+    def hostile(h, kind, ref, body):
+        if h.command == "GET" and (ref == target or (where == "manifest" and ref == "1")):
+            return _send_raw(h, [("X-Padding", "p" * 70000)], b"")
+        return False
+    reg = fake(hostile)
+    store = Store(registry_env / "root")
+    msg = _failed_pull(reg, store)
+    asked = [s for s in reg.seen if s[1] == "GET" and (target in s[2] or (where == "manifest" and
+                                                                          s[2].endswith("/manifests/1")))]
+    assert len(asked) == 1, (len(asked), msg)
+    assert reg.host in msg and ("/manifests/" if where == "manifest" else target) in msg, msg
+    assert "attempts" not in msg, msg
+    _pulled_honestly(store, reg, m)
+
+
 def test_a_gzip_encoded_manifest_is_refused_saying_so(fake, image, registry_env):  # noqa: F811
     """A manifest sent with Content-Encoding: gzip although lamina asked for identity read as
     "invalid JSON: not UTF-8".  skopeo takes such a manifest only because Go's net/http asked for

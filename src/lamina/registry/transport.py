@@ -551,9 +551,15 @@ class _Retry(Retry):
     def failures(self):
         return sum(1 for h in self.history if h.redirect_location is None)
 
-    def increment(self, *args, **kw):
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if error is not None and isinstance(_underlying(error), http.client.LineTooLong):
+            # An answer line over http.client's 64 KiB is the same line the next time: retried,
+            # a registry's huge Location or header only came back after seven tries and backoff.
+            e = MaxRetryError(_pool, url, error)
+            e.attempts = self.failures() + 1
+            raise e
         try:
-            return super().increment(*args, **kw)
+            return super().increment(method, url, response, error, _pool, _stacktrace)
         except MaxRetryError as e:
             e.attempts = self.failures() + 1
             raise
