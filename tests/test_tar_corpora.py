@@ -631,6 +631,14 @@ def _crafted():
         "zero-block-then-garbage": (Tar().file("a", b"x").raw(bytes(512)).raw(b"garbage!" * 64).bytes(end=False), REFS),
         "no-end-blocks": (entry_a, REFS),
         "one-end-block": (Tar().file("a", b"x").raw(bytes(512)).bytes(end=False), REFS),
+        # the last entry's data whole, then its padding missing or cut (umoci 0.4.7's insert writes
+        # such layers; tests/test_tool_images.py): the end to Go, and to lamina; GNU tar and bsdtar
+        # fail ("Unexpected EOF") with the data written.  A cut in the data stays refused
+        "padding-missing": (entry_a + header("b", size=3) + b"xyz", go("a", "b")),
+        "padding-cut": (entry_a + header("b", size=3) + b"xyz" + bytes(100), go("a", "b")),
+        "padding-missing-after-a-whiteout-with-data": (entry_a + header(".wh.b", size=3) + b"xyz", go("a")),
+        "data-cut-before-the-padding": (entry_a + header("b", size=3) + b"xy",
+                                        refused("InvalidArchiveError", "archive ends inside entry 'b'")),
         "end-then-a-partial-block": (Tar().file("a", b"x").bytes() + bytes(100), REFS),
         # names: empty, the root, '..' (node-tar's path-missing.tar and links-invalid.tar)
         "dir-named-empty": (Tar().entry("", b"", type=b"5", mode=0o700).file("f", b"x").bytes(), GNU),  # bsd skips it
