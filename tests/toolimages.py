@@ -28,7 +28,8 @@ runs in.)  Each driver's image is written by every tool that writes images:
                                     (zstd:chunked: containers/storage's skippable frames of a TOC and
                                     a footer after the tar's frames) and --dest-compress-level
     umoci/insert                    umoci insert --whiteout, --opaque and a plain insert, then
-                                    umoci raw add-layer of a GNU tar, over buildah-overlay/oci
+                                    umoci raw add-layer of a GNU tar and umoci repack of names
+                                    removed, over buildah-overlay/oci
     mmdebstrap/tar                  mmdebstrap --format=tar (its own tar writer) of a few Debian
                                     packages, as the only layer of an image (ci/fetch-corpora.sh
                                     makes it, with the network: it is cached)
@@ -210,6 +211,13 @@ def _umoci(root, work):
     _run("tar", "--format=gnu", "--owner=0", "--group=0", "--mtime=@1700000000", "-C", t, "-cf", f"{work}/raw.tar",
          "opt", "home")
     _run("umoci", "raw", "add-layer", "--image", image, f"{work}/raw.tar")
+    # umoci repack: its diff of a bundle against the mtree of its unpack (a whiteout per removed name)
+    bundle = f"{work}/umoci-bundle"
+    _run("umoci", "unpack", "--image", image, bundle)
+    os.unlink(f"{bundle}/rootfs/etc/keep2")
+    shutil.rmtree(f"{bundle}/rootfs/u")
+    _write(f"{bundle}/rootfs/etc/keep2-link", b"a hardlinked name rewritten\n")
+    _run("umoci", "repack", "--image", image, bundle)
     return {"umoci/insert": f"oci:{image}"}
 
 
