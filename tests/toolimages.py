@@ -49,7 +49,7 @@ from conftest import require_tool
 CACHE = os.environ.get("LAMINA_CORPORA", "/var/cache/lamina-corpora")
 MMDEBSTRAP_TAR = os.path.join(CACHE, "mmdebstrap", "rootfs.tar")
 DRIVERS = ("overlay", "vfs")
-TOOLS = ("buildah", "podman", "skopeo", "umoci", "tar")
+TOOLS = ("buildah", "podman", "skopeo", "umoci", "tar", "zstd")
 # an image's three names in podman/docker-archive: two tags of top (the same layers) and base
 PODMAN_TAGS = ("localhost/top:latest", "localhost/top:second", "localhost/base:latest")
 
