@@ -24,9 +24,9 @@ IMAGES = ["buildah-overlay/oci", "buildah-overlay/oci-zstd", "buildah-overlay/do
           "buildah-overlay/oci-archive", "buildah-vfs/oci", "buildah-vfs/oci-zstd", "buildah-vfs/docker-archive",
           "buildah-vfs/oci-archive", *(f"podman/docker-archive:{t}" for t in toolimages.PODMAN_TAGS),
           "podman/oci-archive", "skopeo/zstd", "skopeo/zstd-chunked", "skopeo/gzip-1", "skopeo/gzip-9",
-          "umoci/insert", "mmdebstrap/tar"]
+          "umoci/insert", "mmdebstrap/tar", "buildah-run/oci"]
 # one image per set of layer tars (the others hold the same tars, compressed or archived otherwise)
-LAYER_SETS = ["buildah-overlay/oci", "buildah-vfs/oci", "umoci/insert", "mmdebstrap/tar"]
+LAYER_SETS = ["buildah-overlay/oci", "buildah-vfs/oci", "umoci/insert", "mmdebstrap/tar", "buildah-run/oci"]
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,8 @@ runs in.)  Each driver's image is written by every tool that writes images:
     umoci/insert                    umoci insert --whiteout, --opaque and a plain insert, then
                                     umoci raw add-layer of a GNU tar and umoci repack of names
                                     removed, over buildah-overlay/oci
+    buildah-run/oci                 buildah run --isolation chroot over mmdebstrap/tar (a RUN's
+                                    whiteouts, opaque dir, hardlink to a lower file, new setuid)
     mmdebstrap/tar                  mmdebstrap --format=tar (its own tar writer) of a few Debian
                                     packages, as the only layer of an image (ci/fetch-corpora.sh
                                     makes it, with the network: it is cached)
@@ -231,6 +233,21 @@ def _mmdebstrap(root):
     return {"mmdebstrap/tar": f"oci:{d}:rootfs"}
 
 
+def _buildah_run(root):
+    """A RUN step for real: ``buildah run --isolation chroot`` (no runtime) of mmdebstrap's busybox
+    over the mmdebstrap image, committed through the overlay driver (buildah adds /etc/hosts
+    and /run of its own)."""
+    b = _buildah(root, "overlay")
+    c = _run(*b, "from", "-q", f"oci:{root}/mmdebstrap:rootfs")
+    _run(*b, "run", "--isolation", "chroot", c, "--", "/bin/busybox", "sh", "-c",
+         "b=/bin/busybox; $b rm -rf /usr/share/doc && $b rm /etc/os-release && $b rm -rf /usr/share/man"
+         " && $b mkdir /usr/share/man && echo made > /usr/share/man/x && $b ln /bin/busybox /bin/bb2"
+         " && $b rm /bin/mount && $b mkdir /bin/mount && $b chmod 4700 /bin/umount")
+    _run(*b, "commit", "-q", c, "run")
+    _run(*b, "push", "-q", "localhost/run", f"oci:{root}/buildah-run:run")
+    return {"buildah-run/oci": f"oci:{root}/buildah-run:run"}
+
+
 def build(root):
     """Every image of this module under ``root`` (made once): {name: image name for lamina}."""
     for tool in TOOLS:
@@ -249,6 +266,7 @@ def build(root):
         out.update(_skopeo(root))
         out.update(_umoci(root, work))
         out.update(_mmdebstrap(root))
+        out.update(_buildah_run(root))
     finally:
         for driver in DRIVERS:
             # the storage's mounts and its containers go; the images it wrote out stay
