@@ -60,6 +60,8 @@
 #   distlib/     distlib's unpack tests' tars (tests/: '..' names, a symlink out), from its PyPI sdist
 #   docker.io/   moby's integration tests' docker save from before docker 1.10 (emptyLayer.tar:
 #                a 'repositories' file, a layer.tar of 0 bytes)
+#   mmdebstrap/  mmdebstrap --format=tar of a few Debian packages (its rootfs tarball: /dev's nodes,
+#                setuid and hardlinked binaries), made from this machine's Debian mirror
 #   klauspost-compress/  the Go gzip and zstd decoder's test streams (gzip/testdata/*.gz;
 #                zstd/testdata: good.zip, bad.zip and the fuzzers' regression zips of .zst
 #                streams, kept zipped; xml.zst...), for tests/test_compression_corpora.py
@@ -287,6 +289,25 @@ fetch_pypi_sdist() {
     [ -n "$sdist" ] || return 1
     install_members "$sdist" "$dl" "$dest" "$sub" "$@"
 }
+
+# mmdebstrap/rootfs.tar: a Debian rootfs tarball as mmdebstrap writes it (--format=tar: device nodes
+# of /dev, setuid binaries, perl's hardlinked binaries), taken as a layer by tests/test_tool_images.py
+# (tests/toolimages.py); a few packages of this machine's Debian mirror, unpacked, not configured
+fetch_mmdebstrap() {
+    local dest="$cache/mmdebstrap" i
+    [ -e "$dest/rootfs.tar" ] && return 0
+    command -v mmdebstrap >/dev/null || return 1
+    rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
+    for i in 1 2 3; do
+        SOURCE_DATE_EPOCH=1700000000 mmdebstrap --quiet --mode=root --variant=extract \
+            --include=base-files,busybox,mount,perl-base --format=tar bookworm "$dest.tmp/rootfs.tar" && break
+        rm -f "$dest.tmp/rootfs.tar"
+        sleep $((i * 5))
+    done
+    [ -e "$dest.tmp/rootfs.tar" ] || return 1
+    rm -rf "$dest" && mv "$dest.tmp" "$dest"
+}
+fetch_mmdebstrap || echo "WARNING: mmdebstrap's rootfs tarball could not be made" >&2
 
 # python-libarchive-c's test tars (Debian's source package lacks its .orig on the mirror; PyPI has the
 # sdist): absolute and '..' names, CPython's special files again, a name of Windows' codepage

@@ -2126,6 +2126,10 @@ cdef class Extractor:
     cdef int64_t dir_size_dropped
     cdef int64_t ext_total, global_headers
     cdef bint skipping_global      # ST_SKIP over a global header's records: finish names the header
+    # the last bytes of the ST_SKIP under way that are the padding after an entry's whole data:
+    # a layer that ends there ends, as Go's archive/tar reads it (umoci 0.4.7's insert writes
+    # layers with neither that padding nor end blocks)
+    cdef int64_t skip_pad
     # GNU sparse: the map of the entry being read (offset, length pairs flat in
     # an int64 array), the region being written, and the file's real size
     cdef object sparse, sparse_pending
@@ -2532,6 +2536,7 @@ cdef class Extractor:
                 if self.remaining == 0:
                     self._finish_file()
                     self._skip_then_header(self.pad)
+                    self.skip_pad = self.pad
                 self.write_ns += _now_ns() - t
             elif self.state == ST_HEADER:
                 take = min(n - pos, BLOCK - self.hdr_len)
@@ -2570,6 +2575,7 @@ cdef class Extractor:
 
     cdef inline void _skip_then_header(self, int64_t pad):
         self.skipping_global = False  # the global header's branch sets it after
+        self.skip_pad = 0  # and the branches that end an entry's data, skip_pad
         if pad:
             self.state = ST_SKIP
             self.remaining = pad
@@ -2580,6 +2586,11 @@ cdef class Extractor:
         """End of stream: check completeness, fix up directories, return counters."""
         with nogil:
             lamina_hw_stop(&self.hash_worker)  # nothing left to hash (and it is idle: see feed)
+        if self.state == ST_SKIP and self.remaining <= self.skip_pad:
+            # cut in the padding after an entry's whole data (umoci 0.4.7's insert): the end of
+            # the layer to Go's reader, so to docker, containerd, podman and umoci; GNU tar and
+            # bsdtar fail ("Unexpected EOF"), having the data whole (CONFORMANCE.md)
+            self.state = ST_HEADER
         if self.state == ST_DATA or self.state == ST_META or self.state == ST_SKIP or self.hdr_len:
             where = self.cur_name if self.state == ST_DATA else self.prev_name
             # a cut header or extended header (or its padding: ST_SKIP with one pending) belongs to
@@ -3265,12 +3276,14 @@ cdef class Extractor:
             self.write_ns += _now_ns() - t
         if skip_after:
             self._skip_then_header(skip_after)
+            self.skip_pad = _pad(size)
         elif size and self.outfd >= 0:
             self.state = ST_DATA
             self.remaining = size
             self.pad = _pad(size)
         elif size:  # a whiteout with content, say: consume it unwritten
             self._skip_then_header(size + _pad(size))
+            self.skip_pad = _pad(size)
         else:
             self.state = ST_HEADER
 

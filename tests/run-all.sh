@@ -19,11 +19,13 @@ cd "$(dirname "$0")/.."
 # archive/tar through tests/gotar, built offline)
 # git: git archive writes the gitarchive/ archives of tests/test_tar_corpora.py (tests/corpora.py)
 # dpkg (dpkg-deb), tarlz, cpio, tar, libarchive-tools, umoci: the features/ archives of tests/corpora.py
+# buildah, podman, mmdebstrap: the images other container tools write (tests/test_tool_images.py;
+# mmdebstrap's rootfs tarball is made by ci/fetch-corpora.sh)
 # strace: a test counts the directory reads a hostile layer costs (tests/test_hostile_more.py)
 DEBS=(python3-venv python3-dev gcc libisal-dev libzstd-dev umoci skopeo tar gzip pigz zstd attr libarchive-tools
       docker-registry util-linux kmod xfsprogs e2fsprogs debootstrap qemu-user-static chromium
       golang-src libpython3.11-testsuite strace golang-go busybox pax cpio 7zip
-      node-tar git dpkg tarlz)
+      node-tar git dpkg tarlz buildah podman mmdebstrap)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

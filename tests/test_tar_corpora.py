@@ -244,7 +244,10 @@ EXPECT = {
         "base-256-size", "base-256-uid-gid", "gnu-incremental", "gnu-long-path", "gnu", "large-uid-gid",
         "latin1", "long-name", "multi-file", "name-is-100", "one-file", "pax", "space", "types",
         "unicode-bsd", "unicode", "unknown-format", "v7")},
-    "tarstream/incomplete.tar": refused("InvalidArchiveError", "archive ends inside entry 'file-1.txt'"),
+    # the last entry's data whole, its padding cut (as umoci 0.4.7's insert writes layers): the end
+    # to Go, so to umoci and lamina; GNU tar and bsdtar fail (CONFORMANCE.md).  Also erlang's
+    # bad_too_short.tar and php's trunc.tar; erlang's bad_even_shorter.tar is cut in the data
+    "tarstream/incomplete.tar": go("file-1.txt"),
     # GNU tar sets a directory's times as it leaves it, and an entry that comes back inside it later
     # (bl/node_modules/readable-stream/ after bl/package.json) makes them "now"; bsdtar sets them last
     "tarstream/invalid.tgz": BSD,
@@ -276,7 +279,7 @@ EXPECT = {
     # a mode field '010055x': GNU tar makes the file anyway, mode 7777 (exit 2); bsdtar fails
     "erlang/bad_octal.tar": refused("InvalidArchiveError", "first tar header: invalid mode field"),
     "erlang/bad_even_shorter.tar": refused("InvalidArchiveError", "archive ends inside entry 'make_tar'"),
-    "erlang/bad_too_short.tar": refused("InvalidArchiveError", "archive ends inside entry 'make_tar'"),
+    "erlang/bad_too_short.tar": go("make_tar"),  # cut in the padding (tarstream/incomplete.tar)
     # --- toybox's tar tests (tar.tbz2, the same tree in bzip2, left out) ---
     "toybox/long_path.tar": REFS, "toybox/tar.tar": REFS, "toybox/tar.tgz": REFS,
     # bsdtar extracts 7-Zip archives too; GNU tar refuses it
@@ -294,7 +297,7 @@ EXPECT = {
     "php/bug71331.tar": refused("InvalidArchiveError", "first tar header: bad header checksum"),
     # a symlink whose name and target fill their 100 bytes, no NUL: bsdtar does not take it for a tar
     "php/bug71488.tar": GNU,
-    "php/tar/files/trunc.tar": refused("InvalidArchiveError", "archive ends inside entry 'a.php'"),
+    "php/tar/files/trunc.tar": go("a.php"),  # cut in the padding (tarstream/incomplete.tar)
     # --- go-mtree's testdata (traversal.tar's entries out of a walk's order, hardlinks.tar's to '[') ---
     **{f"gomtree/{n}.tar": REFS for n in ("collection", "hardlinks", "singlefile", "test", "traversal")},
     # --- buildah's test tars (its ADD conformance tests, build contexts, git-daemon repositories) ---
@@ -631,6 +634,14 @@ def _crafted():
         "zero-block-then-garbage": (Tar().file("a", b"x").raw(bytes(512)).raw(b"garbage!" * 64).bytes(end=False), REFS),
         "no-end-blocks": (entry_a, REFS),
         "one-end-block": (Tar().file("a", b"x").raw(bytes(512)).bytes(end=False), REFS),
+        # the last entry's data whole, then its padding missing or cut (umoci 0.4.7's insert writes
+        # such layers; tests/test_tool_images.py): the end to Go, and to lamina; GNU tar and bsdtar
+        # fail ("Unexpected EOF") with the data written.  A cut in the data stays refused
+        "padding-missing": (entry_a + header("b", size=3) + b"xyz", go("a", "b")),
+        "padding-cut": (entry_a + header("b", size=3) + b"xyz" + bytes(100), go("a", "b")),
+        "padding-missing-after-a-whiteout-with-data": (entry_a + header(".wh.b", size=3) + b"xyz", go("a")),
+        "data-cut-before-the-padding": (entry_a + header("b", size=3) + b"xy",
+                                        refused("InvalidArchiveError", "archive ends inside entry 'b'")),
         "end-then-a-partial-block": (Tar().file("a", b"x").bytes() + bytes(100), REFS),
         # names: empty, the root, '..' (node-tar's path-missing.tar and links-invalid.tar)
         "dir-named-empty": (Tar().entry("", b"", type=b"5", mode=0o700).file("f", b"x").bytes(), GNU),  # bsd skips it

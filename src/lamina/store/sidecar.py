@@ -260,17 +260,17 @@ def build(tar_stream, fs_dir, out_path, diff_id, what):
                     os.close(ffd)
                     ffd = None
                 if ffd is None:
-                    _copy_raw(tar_stream, w, size + _padding(size))
-                    total += size + _padding(size)
-                    continue
-                try:
-                    xxh = _compare(tar_stream, ffd, size, w)
-                finally:
-                    os.close(ffd)
+                    _copy_raw(tar_stream, w, size)
+                else:
+                    try:
+                        xxh = _compare(tar_stream, ffd, size, w)
+                    finally:
+                        os.close(ffd)
+                    if xxh is not None:
+                        w.add_file(rel, size, xxh)
+                        referenced += size
                 total += size
-                if xxh is not None:
-                    w.add_file(rel, size, xxh)
-                    referenced += size
+                # the padding as it is: a layer may end inside it (the extractor's rule, Go's)
                 pad = _read_exact(tar_stream, _padding(size))
                 total += len(pad)
                 w.add_raw(pad)
