@@ -1,18 +1,25 @@
 """Differential fuzzer of the store's life: a drawn program of store operations.
 
 test_fuzz_paths.py and its cousins fuzz what one image becomes; this fuzzes what a store
-goes through: several images of one family (a shared base layer, layers in common, the
-same files under other modes, owners, times and xattrs, hardlinks, whiteouts and opaque
-directories, blobs of one layer gzipped in one image and plain in another; hardlinks to the
-files of layers below; long images of any of the family's layers at any position, the empty
-layer's one blob and a layer of no bytes several times among them) loaded,
+goes through: several images of one family (a shared base layer, layers in common, twins
+of layers with some of their entries changed, each its own way: the same bytes under other
+modes, owners, times and xattrs, other bytes, or another type under the same name, a file
+becoming a directory, a symlink or a fifo or device node and back across twins of twins;
+hardlinks, special files and hardlinks to them, whiteouts and opaque
+directories, names with a newline, a byte that is no UTF-8 or 255 bytes; blobs of one layer
+gzipped in one image and plain in another; hardlinks to the files of layers below; long
+images of any of the family's layers at any position, the empty layer's one blob and a
+layer of no bytes several times among them) loaded,
 tagged, removed (by name with and without other tags, by ID), pruned, gc'd, saved and
 loaded back, copied to an OCI layout and back, pulled from a loopback registry, loaded
 (``lamina load``) from docker-archives skopeo wrote, with the store switched between keeping
 blobs and compact (sidecars) and with dedup switched off and on, beside failed loads of
-hostile variants (a layer whose diffID lies, also one that names a layer the store holds),
+hostile variants (a layer whose diffID lies, also one that names a layer the store holds,
+or one that holds ``DIR/.wh.``, a whiteout of no name),
 writes through an image's ``--link`` unpack (the store's own inodes) and through a copy,
-and an image mounted while the store is pruned (``-a``), ``rmi -f``'d or gc'd under it.
+``lamina apply`` (``--atomic``) of an image's layers onto another's ``--link`` unpack, an
+image mounted while the store is pruned (``-a``), ``rmi -f``'d or gc'd under it, and
+``unpack docker://`` of the images pushed to the loopback registry beside it all.
 
 After every step:
 
@@ -27,11 +34,13 @@ After every step:
 * ``system df`` adds up: the images' size is their snapshots' (each once), an image row's
   is its layers', its shared part within it, a layer two images use shared by both, and the
   Files row counts the objects there are;
-* a saved image's and an OCI copy's layers hash to the config's diffIDs.
+* a saved image's and an OCI copy's layers hash to the config's diffIDs;
+* an apply onto a ``--link`` unpack leaves the tree of both images' layers (or is refused where
+  a dir unpack of them is) and writes nothing of the store's (``fsck``).
 
-Seeded from 21000 (LAMINA_FUZZ_SEED adds to it); LAMINA_FUZZ_EXAMPLES * 3 / 10 programs (default
-100: 30 programs of up to LAMINA_FUZZ_STEPS=20 steps, 14.8 on average, about what 50 programs of
-8.2 steps took when the program was drawn after its family); LAMINA_FUZZ_SHRINK=0 reports
+Seeded from 21000 (LAMINA_FUZZ_SEED adds to it); LAMINA_FUZZ_EXAMPLES / 4 programs (default
+100: 25 programs of LAMINA_FUZZ_STEPS/2 to LAMINA_FUZZ_STEPS=20 steps, about what 30 took before
+their families grew twins of twins, type changes and special files); LAMINA_FUZZ_SHRINK=0 reports
 a failing program as drawn, whose Draw 2 (the family) and Draw 1 (the steps) run_program() replays by hand
 (LAMINA_FUZZ_PROGRESS=FILE counts the programs run in FILE, as test_fuzz_paths.py's cases):
 
@@ -48,6 +57,7 @@ import dataclasses
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -62,10 +72,12 @@ from tarbuild import Tar
 from test_fuzz_paths import _count_case
 from treecmp import compare, snapshot
 
-# a program of up to STEPS steps over small images costs about what three or four stacks of
-# test_fuzz_paths.py do (hypothesis draws the examples of a run of fewer than 30 small: 29 programs
-# have 9.1 steps on average, 30 have 14.8)
-PROGRAMS = max(1, int(os.environ.get("LAMINA_FUZZ_EXAMPLES", "100")) * 3 // 10)
+# a program of STEPS/2 to STEPS steps over small images costs about what three or four stacks of
+# test_fuzz_paths.py do.  (Its length is sampled, not st.integers(4, STEPS): that leans to its
+# ends, and which end a run of 30 programs got was the seed's luck, 8.8 to 13.4 steps on average
+# over five seeds, where 300 programs had 11.4 to 13.0; hypothesis itself draws small only the
+# first tenth of a run's examples.  From the upper half: CI's programs have 14 to 16 steps.)
+PROGRAMS = max(1, int(os.environ.get("LAMINA_FUZZ_EXAMPLES", "100")) // 4)
 SEED = int(os.environ.get("LAMINA_FUZZ_SEED", "0"))
 STEPS = int(os.environ.get("LAMINA_FUZZ_STEPS", "20"))
 SETTINGS = settings(max_examples=PROGRAMS, deadline=None, derandomize=False, database=None,
@@ -76,6 +88,11 @@ if os.environ.get("LAMINA_FUZZ_SHRINK") == "0":
 MTIME = 1_700_000_000
 DIRS = ["etc", "lib", "data"]
 FILES = ["etc/conf", "etc/motd", "lib/a.so", "lib/b.so", "data/x", "data/y"]
+# names every tool spells otherwise somewhere (as test_fuzz_paths.py's ODD): a newline (one line per
+# name in the tar-split sidecar), a byte that is no UTF-8 (a PAX path, the store's JSON), a space, a
+# component of NAME_MAX bytes (a PAX path past the header's 100 bytes; its whiteout names 259 bytes)
+ODD_FILES = ["data/n\nl", "data/x\udcff", "etc/s p", "lib/" + "l" * 255]
+NAMES = FILES * 4 + ODD_FILES
 # few contents, so that files of different layers and images meet in the objects; one past
 # 512 bytes (two blocks), one past the 64 KiB the extractor may hash before writing
 # (drawn by name, so that a failing program prints short)
@@ -95,19 +112,23 @@ meta = st.tuples(st.sampled_from(MODES), st.sampled_from(OWNERS), st.sampled_fro
 @st.composite
 def layers(draw, below=()):
     """A layer's entries: ("file", path, data, (mode, owner, records)), ("dir", path, mode, owner),
-    ("symlink", path, target), ("hardlink", path, target: a file written before in this layer),
-    ("lowerlink", path, target: a file a layer below holds, which no other entry of this layer
-    names, whites out or hides), ("whiteout", path), ("opaque", dir).  Directories stay
-    directories and files files (under the three directories), so every image of the family
-    is one every path accepts (fitted(): a layer whose lowerlink would name nothing in an image
-    is left out of it; ``below``: the files of the base, which lowerlinks mostly name)."""
+    ("symlink", path, target), ("special", path, "fifo" | "chr" | "blk", owner), ("hardlink", path,
+    target: a file or special file written before in this layer), ("lowerlink", path, target: a file
+    a layer below holds, which no other entry of this layer names, whites out or hides),
+    ("whiteout", path), ("opaque", dir).  The three directories stay directories; under them a
+    name is a file in one layer, a directory (holding a file, ``in``), a symlink or a special file
+    in another (and in a twin(), below), never anything under a non-directory, so every image of
+    the family is one every path accepts (fitted(): a layer whose lowerlink would name no file in
+    an image is left out of it; ``below``: the files of the base, which lowerlinks mostly name).
+    (``DIR/.wh.``, a whiteout of no name, every path refuses: Program.hostile() loads it.)"""
     out, files_here = [], []
     for _ in range(draw(st.integers(1, 7))):
-        kind = draw(st.sampled_from(["file"] * 5 + ["dir", "symlink", "hardlink", "hardlink", "whiteout",
-                                                     "whiteout", "opaque"] + ["lowerlink"] * (2 if below else 0)))
-        path = draw(st.sampled_from(FILES))
+        kind = draw(st.sampled_from(["file"] * 5 + ["dir", "dir", "symlink", "hardlink", "hardlink", "whiteout",
+                                                     "whiteout", "opaque", "special"]
+                                    + ["lowerlink"] * (2 if below else 0)))
+        path = draw(st.sampled_from(NAMES))
         if kind == "lowerlink":
-            target = draw(st.sampled_from(list(below) * 3 + FILES))
+            target = draw(st.sampled_from(list(below) * 3 + NAMES))
             if target != path:
                 out.append(("lowerlink", path, target))
             continue
@@ -118,11 +139,20 @@ def layers(draw, below=()):
                         draw(meta)))
             files_here.append(path)
         elif kind == "dir":
-            out.append(("dir", draw(st.sampled_from(DIRS)), draw(st.sampled_from([0o755, 0o700, 0o1777])),
-                        draw(st.sampled_from(OWNERS))))
+            if draw(st.booleans()):  # one of the three, listed again
+                out.append(("dir", draw(st.sampled_from(DIRS)), draw(st.sampled_from([0o755, 0o700, 0o1777])),
+                            draw(st.sampled_from(OWNERS))))
+            else:  # a name of the files made a directory, with a file in it
+                out.append(("dir", path, draw(st.sampled_from([0o755, 0o700])), draw(st.sampled_from(OWNERS))))
+                out.append(("file", path + "/in", draw(st.sampled_from(["same", "700B"])), draw(meta)))
+                files_here = [f for f in files_here if f != path]
         elif kind == "symlink":
             out.append(("symlink", path, draw(st.sampled_from(["../etc/conf", "/lib/a.so", "nowhere", "."]))))
             files_here = [f for f in files_here if f != path]
+        elif kind == "special":
+            out.append(("special", path, draw(st.sampled_from(["fifo", "fifo", "chr", "blk"])),
+                        draw(st.sampled_from(OWNERS))))
+            files_here.append(path)  # (a hardlink to it: one inode of two names, no object)
         elif kind == "hardlink":
             target = draw(st.sampled_from(files_here))
             if target == path:
@@ -131,7 +161,7 @@ def layers(draw, below=()):
             files_here.append(path)
         elif kind == "whiteout":
             # of what a layer below may hold: a file, or a whole directory
-            what = draw(st.sampled_from(FILES + DIRS))
+            what = draw(st.sampled_from(FILES + ODD_FILES + DIRS))
             if any(f == what or f.startswith(what + "/") for f in files_here) or \
                     any(e[0] == "dir" and e[1] == what for e in out):
                 continue
@@ -144,14 +174,15 @@ def layers(draw, below=()):
 
     def clear(e):  # (a lowerlink's target: no other entry of the layer names it or hides it)
         t = e[2]
-        return not any(o is not e and (o[1] == t or (o[0] == "whiteout" and (under(t, o[1]) or under(e[1], o[1])))
+        return not any(o is not e and (o[1] == t or under(o[1], t) or under(t, o[1]) and o[0] != "dir"
+                                       or (o[0] == "whiteout" and (under(t, o[1]) or under(e[1], o[1])))
                                        or (o[0] == "opaque" and under(t, o[1]))) for o in out)
     return [e for e in out if e[0] != "lowerlink" or clear(e)]
 
 
 def fitted(pool, stack):
     """``stack`` (pool indexes, bottom first) without the layers whose lowerlinks would name
-    no file there (a model of the regular files each layer leaves)."""
+    no file there (a model of what each layer leaves: files, directories, symlinks, specials)."""
     held, kept = {}, []
     for k in stack:
         entries = pool[k]
@@ -161,20 +192,53 @@ def fitted(pool, stack):
         if any(e[0] == "lowerlink" and lower.get(e[2]) != "file" for e in entries):
             continue
         for e in entries:
-            if e[0] in ("file", "hardlink", "lowerlink"):
-                lower[e[1]] = "file"
-            elif e[0] == "symlink":
-                lower[e[1]] = "symlink"
+            if e[0] in ("file", "hardlink", "lowerlink", "symlink", "special", "dir"):
+                if e[0] != "dir":  # (a non-directory takes the place of a directory and all in it)
+                    lower = {p: v for p, v in lower.items() if not p.startswith(e[1] + "/")}
+                lower[e[1]] = {"hardlink": "file", "lowerlink": "file"}.get(e[0], e[0])
         held = lower
         kept.append(k)
     return kept
 
 
-def twin(entries, how):
-    """``entries`` with every file's metadata changed in one respect (the same bytes)."""
+# twin(): what it does to an entry it changes.  A file keeps its bytes ("mode" ... "xattr": a
+# dedup neighbour) or not ("content"); a file, directory, symlink or special file may turn into
+# another of those under its name (where no other entry of the layer names it or links to it)
+HOWS = ["mode", "owner", "mtime", "xattr"]
+RETYPES = ["file", "dir", "symlink", "special"]
+
+
+def _retypable(entries, e):
+    if not (e[0] in ("file", "symlink", "special") or e[0] == "dir" and e[1] not in DIRS) or e[1] not in NAMES:
+        return False
+    return sum(o[1] == e[1] for o in entries) == 1 and not any(
+        o[0] in ("hardlink", "lowerlink") and (o[2] == e[1] or o[2].startswith(e[1] + "/")) for o in entries)
+
+
+@st.composite
+def changes(draw, entries):
+    """What twin() does to each of ``entries`` (None: nothing): a drawn subset, each its own way."""
     out = []
     for e in entries:
-        if e[0] == "file":
+        hows = ([None] * 3 + HOWS + ["content"] if e[0] == "file" else [None] * 3) + \
+            ([t for t in RETYPES if t != e[0]] if _retypable(entries, e) else [])
+        out.append(draw(st.sampled_from(hows)) if len(hows) > 3 else None)
+    if not any(out):  # (at least one change: a twin is another layer)
+        files = [i for i, e in enumerate(entries) if e[0] == "file"]
+        if files:
+            out[draw(st.sampled_from(files))] = draw(st.sampled_from(HOWS))
+    return out
+
+
+def twin(entries, hows):
+    """``entries`` with each changed as ``hows`` (changes()) tells; a directory that turns into
+    something else loses the file in it."""
+    out, gone = [], []
+    for e, how in zip(entries, hows):
+        if any(e[1].startswith(g + "/") for g in gone):
+            continue
+        path = e[1]
+        if how in HOWS:
             mode, owner, records = e[3]
             if how == "mode":
                 mode = 0o600 if mode != 0o600 else 0o644
@@ -186,7 +250,21 @@ def twin(entries, how):
             else:
                 records = tuple(r for r in records if r[0] != "SCHILY.xattr.user.k") + \
                     (("SCHILY.xattr.user.k", b"3"),)
-            e = ("file", e[1], e[2], (mode, owner, records))
+            e = ("file", path, e[2], (mode, owner, records))
+        elif how == "content":
+            e = ("file", path, "other" if e[2] == "same" else "same", e[3])
+        elif how in RETYPES:
+            if e[0] == "dir":
+                gone.append(path)
+            if how == "file":
+                e = ("file", path, "700B", (0o640, (0, 42), ()))
+            elif how == "dir":
+                out.append(("dir", path, 0o750, (1000, 1000)))
+                e = ("file", path + "/in", "same", (0o644, (0, 0), ()))
+            elif how == "symlink":
+                e = ("symlink", path, "/etc/motd")
+            else:
+                e = ("special", path, "fifo", (0, 42))
         out.append(e)
     return out
 
@@ -196,50 +274,80 @@ def twin(entries, how):
 NOTHING = [("nothing",)]
 
 
+def _raw(name):
+    return name.encode("utf-8", "surrogateescape")
+
+
 def build_tar(entries):
     if entries == NOTHING:
         return b""
     t = Tar()
     for k, e in enumerate(entries):
         kind, path = e[0], e[1]
+        records = dict(e[3][2]) if kind == "file" else {}
+        if kind == "whiteout":
+            d, _, base = path.rpartition("/")
+            path = (d + "/" if d else "") + ".wh." + base
+        elif kind == "opaque":
+            path = path + "/.wh..wh..opq"
+        name = _raw(path)
+        if len(name) > 100:  # (a name past the header's field: a PAX path record)
+            records["path"], name = path, name[:99]
+        link = _raw(e[2]) if kind in ("hardlink", "lowerlink") else b""
+        if len(link) > 100:
+            records["linkpath"], link = e[2], link[:99]
+        if records:
+            t.pax(records)
         if kind == "file":
-            mode, (uid, gid), records = e[3]
-            if records:
-                t.pax(dict(records))
-            t.file(path, CONTENTS[e[2]], mode=mode, uid=uid, gid=gid, mtime=MTIME)
+            mode, (uid, gid), _ = e[3]
+            t.file(name, CONTENTS[e[2]], mode=mode, uid=uid, gid=gid, mtime=MTIME)
         elif kind == "dir":
-            t.dir(path, mode=e[2], uid=e[3][0], gid=e[3][1], mtime=MTIME + k)
+            t.dir(name, mode=e[2], uid=e[3][0], gid=e[3][1], mtime=MTIME + k)
         elif kind == "symlink":
-            t.symlink(path, e[2], mtime=MTIME)
+            t.symlink(name, e[2], mtime=MTIME)
         elif kind in ("hardlink", "lowerlink"):
-            t.hardlink(path, e[2], mtime=MTIME)
-        elif kind == "whiteout":
-            t.whiteout(path, mtime=MTIME)
-        else:
-            t.opaque(path, mtime=MTIME)
+            t.hardlink(name, link, mtime=MTIME)
+        elif kind == "special":
+            uid, gid = e[3]
+            if e[2] == "fifo":
+                t.fifo(name, uid=uid, gid=gid, mtime=MTIME)
+            elif e[2] == "chr":
+                t.chardev(name, 1, 3, uid=uid, gid=gid, mtime=MTIME)
+            else:
+                t.blockdev(name, 7, 0, uid=uid, gid=gid, mtime=MTIME, mode=0o660)
+        else:  # (a whiteout or an opaque marker: an empty file of that name)
+            t.file(name, b"", mtime=MTIME)
     return t.bytes()
 
 
 @st.composite
 def families(draw):
-    """A pool of layers (a base, its metadata twin, 2 to 3 others, an empty layer and, one pool
-    in three, a metadata twin of an upper layer) and 3 or 4 images made of them: mostly on the
-    base, some with a layer twice, each layer's blob gzipped, plain or (one in eight) zstd frames
-    cut inside entries with skippable frames between ("zstd": the same layer, another blob, in
-    two images).  One image in four is a long one (5 to 10 layers) of any layers of the pool at
-    any position: the base above others, a layer at the bottom of one image and high in another,
-    the empty layer's one blob several times (as the ENV and LABEL steps of a Dockerfile leave
-    them) and a layer of no bytes, the same layer gzipped at one position and plain at another.
-    Layers hardlink files of the layers below (lowerlinks): over other layers in other images,
-    which fitted() keeps to the images where they name a file."""
+    """A pool of layers (a base, its twin, 2 to 3 others, an empty layer, and none to two twins
+    of any layer but the base, a twin's too) and 3 or 4 images made of them: mostly on the
+    base or a twin of it, some with a layer twice, each layer's blob gzipped, plain or (one in
+    eight) zstd frames cut inside entries with skippable frames between ("zstd": the same layer,
+    another blob, in two images).  A twin changes a drawn subset of its layer's entries, each
+    its own way (changes()): the same bytes under another mode, owner, time or xattr (a dedup
+    neighbour), other bytes, or another type under the same name, so that across a twin of a
+    twin a name goes file, directory, symlink, special file.  One image in four is a long one
+    (5 to 10 layers) of any layers of the pool at any position: the base above others, a layer
+    at the bottom of one image and high in another, the empty layer's one blob several times
+    (as the ENV and LABEL steps of a Dockerfile leave them) and a layer of no bytes, the same
+    layer gzipped at one position and plain at another.  Layers hardlink files of the layers
+    below (lowerlinks): over other layers in other images, which fitted() keeps to the images
+    where they name a file."""
     base = [("dir", d, 0o755, (0, 0)) for d in DIRS] + draw(layers())
-    pool = [base, twin(base, draw(st.sampled_from(["mode", "owner", "mtime", "xattr"])))]
+    pool = [base, twin(base, draw(changes(base)))]
     below = sorted({e[1] for e in base if e[0] in ("file", "hardlink")})
     pool += [draw(layers(below)) for _ in range(draw(st.integers(2, 3)))]
     pool.append([])  # the empty layer: a tar of nothing but its two end blocks
     pool.append(NOTHING)
-    if draw(st.integers(0, 2)) == 0:  # a dedup neighbour of a layer that is not the bottom one
-        pool.append(twin(pool[2], draw(st.sampled_from(["mode", "owner", "mtime", "xattr"]))))
+    bases = [0, 0, 0, 1]
+    for _ in range(draw(st.integers(0, 2))):  # twins of upper layers, the base's twin, or a twin's
+        k = draw(st.sampled_from([i for i in range(1, len(pool)) if pool[i] not in ([], NOTHING)]))
+        pool.append(twin(pool[k], draw(changes(pool[k]))))
+        if k in bases:
+            bases.append(len(pool) - 1)
     empty, nothing = pool.index([]), pool.index(NOTHING)
     images = []
     for i in range(draw(st.integers(3, 4))):
@@ -248,8 +356,8 @@ def families(draw):
             stack = draw(st.lists(st.sampled_from(list(range(len(pool))) + [empty] * 2 + [nothing]),
                                   min_size=n, max_size=n))
         else:
-            bottom = draw(st.sampled_from([0, 0, 0, 1]))
-            upper = draw(st.lists(st.integers(2, len(pool) - 1), max_size=3))
+            bottom = draw(st.sampled_from(bases))
+            upper = draw(st.lists(st.sampled_from([k for k in range(2, len(pool)) if k not in bases]), max_size=3))
             stack = [bottom] + upper
         stack = fitted(pool, stack) or [empty]
         plain = [draw(st.sampled_from([False] * 5 + [True] * 2 + ["zstd"])) for _ in stack]
@@ -484,20 +592,75 @@ class Program:
             copy(f"oci:{self.family[k].layout}:{TAG}", name, store=store)
         self.names[name] = k
 
-    def pull(self, k):
-        """Family image k pulled from the loopback registry (pushed there once, as it is)."""
-        import lamina
-        from everypath import _push_layout, _registry_client, _repos, shared_registry
+    def pushed_ref(self, k):
+        """Family image k's reference in the loopback registry (pushed there once, as it is)."""
+        from everypath import _push_layout, _repos, shared_registry
         reg = shared_registry()
         if k not in self.pushed:
             repo = f"storefz{next(_repos)}-{os.getpid()}"
             _push_layout(reg.host, repo, self.family[k].layout)
             self.pushed[k] = f"{reg.host}/{repo}:{TAG}"
-        ref = self.pushed[k]
+        return reg.host, self.pushed[k]
+
+    def pull(self, k):
+        """Family image k pulled from the loopback registry."""
+        import lamina
+        from everypath import _registry_client
+        host, ref = self.pushed_ref(k)
         self.log.append(f"pull <family {k}> ({ref})")
         with self.store() as store:
-            lamina.pull(ref, store=store, client=_registry_client(reg.host))
+            lamina.pull(ref, store=store, client=_registry_client(host))
         self.names[self.full(ref)] = k
+
+    def unpack_registry(self, k):
+        """``unpack docker://`` of family image k (no store: beside it, the tree its layers define)."""
+        import lamina
+        from everypath import _registry_client
+        from lamina.registry.source import RegistrySource
+        host, ref = self.pushed_ref(k)
+        self.log.append(f"unpack docker://<family {k}> ({ref})")
+        dest = self.scratch("registry-unpack")
+        lamina.unpack(RegistrySource(ref, client=_registry_client(host)), dest, platform="linux/amd64")
+        same_tree(self.family[k].tree, tree_of(dest), f"unpack docker:// of family {k}")
+        shutil.rmtree(dest)
+
+    def apply_onto_link(self, name, j, atomic):
+        """``lamina apply`` (``--atomic``) of family image j's layers onto ``name``'s ``--link``
+        unpack (the store's own inodes): the tree of the two images' layers in turn (the oracle:
+        lamina's dir unpack of an image of them all), or refused where that is; either way
+        nothing of the store's is written (fsck)."""
+        import lamina
+        import lamina.errors
+        from everypath import layout_layers
+        from lamina.store import materialize as mat
+        k = self.names[name]
+        below, above = self.family[k], self.family[j]
+        self.log.append(f"unpack --link {name}; apply{' --atomic' if atomic else ''} <family {j}'s layers>")
+        both = self.scratch("both")
+        write_layout(both, below.tars + above.tars, below.plain + above.plain, f"both-{k}-{j}")
+        try:
+            expected = tree_of(lamina.unpack(f"oci:{both}:{TAG}", self.scratch("both-unpacked")).dest)
+        except lamina.errors.LaminaError as e:
+            expected = e
+        dest = self.scratch("applied")
+        with self.store() as store:
+            mat.materialize(store, name, dest, link=True)
+        apply = lamina.apply_layer_atomic if atomic else lamina.apply_layer
+        try:
+            for n, (blob, digest, diff_id) in enumerate(layout_layers(above.layout)):
+                apply(blob, dest, digest=digest, diff_id=diff_id, name=f"layer {n + 1} of family {j}")
+            got = tree_of(dest)
+        except lamina.errors.LaminaError as e:
+            got = e
+        with self.store() as store:
+            report = store.fsck()
+        assert list(report.findings) == [], "fsck after apply onto --link: " + "; ".join(
+            f"{f.severity}: {f.subject}: {f.message}" for f in report.findings) + "\n" + self.history()
+        if isinstance(expected, Exception) or isinstance(got, Exception):
+            assert isinstance(expected, Exception) and isinstance(got, Exception), \
+                f"apply onto --link: {got!r}; a dir unpack of both images' layers: {expected!r}\n" + self.history()
+        else:
+            same_tree(expected, got, f"apply of family {j} onto unpack --link {name}", shared=True)
 
     def load_archive(self, k, name):
         """``lamina load`` of a docker-archive skopeo wrote of family image k, tagged ``name``
@@ -586,23 +749,33 @@ class Program:
         self.names[new] = self.names[name]
 
     def hostile(self, k, layer, lie, name):
-        """A load of family image k whose config gives layer ``layer`` the diffID ``lie``:
-        refused, naming the layer, nothing named."""
+        """A load of family image k whose config gives layer ``layer`` the diffID ``lie``, or
+        (``lie`` None) whose layer ends in a whiteout of no name (``DIR/.wh.``, its diffID
+        honest): refused, naming the layer, nothing named."""
         import lamina.errors
         from lamina.transports import copy
         fam = self.family[k]
-        ids = list(fam.diff_ids)
-        ids[layer] = lie
+        tars, ids = list(fam.tars), list(fam.diff_ids)
+        if lie is None:
+            # (the layer's end blocks replaced by the entry and new ones)
+            tars[layer] = tars[layer][:-1024] + Tar().file(DIRS[k % len(DIRS)] + "/.wh.", b"", mtime=MTIME).bytes()
+            ids[layer] = ob.sha256(tars[layer])
+            what = "a whiteout of no name"
+        else:
+            ids[layer] = lie
+            what = f"diffID {lie[7:19]}"
         path = self.scratch("hostile")
-        plain = [False] * len(fam.tars)
-        write_layout(path, fam.tars, plain, f"hostile-{k}", diff_ids=ids)
-        self.log.append(f"copy oci:<family {k}, layer {layer}'s diffID {lie[7:19]}> {name} (refused)")
+        plain = [False] * len(tars)
+        write_layout(path, tars, plain, f"hostile-{k}", diff_ids=ids)
+        self.log.append(f"copy oci:<family {k}, layer {layer}'s {what}> {name} (refused)")
         with self.store() as store:
             with pytest.raises(lamina.errors.LaminaError) as e:
                 copy(f"oci:{path}:{TAG}", name, store=store)
-        digest = ob.sha256(ob.gz(fam.tars[layer]))
-        assert lie in str(e.value) or digest in str(e.value) or fam.diff_ids[layer] in str(e.value), \
+        digest = ob.sha256(ob.gz(tars[layer]))
+        assert ids[layer] in str(e.value) or digest in str(e.value) or fam.diff_ids[layer] in str(e.value), \
             f"the refusal does not name the layer: {e.value}\n" + self.history()
+        if lie is None:
+            assert "whiteout does not name an entry" in str(e.value), f"{e.value}\n" + self.history()
 
     def mounted(self, name, then):
         """``name`` mounted (the store's overlay mount) while ``then`` happens to the store: its
@@ -652,13 +825,13 @@ class Program:
             for dirpath, _, files in os.walk(copy_dest):
                 for n in files:
                     p = os.path.join(dirpath, n)
-                    if not os.path.islink(p):
+                    if stat.S_ISREG(os.lstat(p).st_mode):  # (a fifo would block the open)
                         with open(p, "ab") as f:
                             f.write(b"private write\n")
             dest = self.scratch("linked")
             mat.materialize(store, name, dest, link=True)
         files = sorted(os.path.join(dp, n) for dp, _, fs in os.walk(dest) for n in fs
-                       if not os.path.islink(os.path.join(dp, n)) and os.lstat(os.path.join(dp, n)).st_size)
+                       if stat.S_ISREG(os.lstat(os.path.join(dp, n)).st_mode) and os.lstat(os.path.join(dp, n)).st_size)
         if not files:
             return
         p = files[pick % len(files)]
@@ -694,9 +867,10 @@ def programs(draw):
     """Steps as (kind, draws...); names and indexes are resolved against the model as they run."""
     kinds = (["load"] * 6 + ["tag"] * 2 + ["rmi"] * 2 + ["rmi-id", "prune", "prune-all", "gc", "keep-blobs",
                                                           "keep-blobs", "dedup", "save", "copy-oci", "hostile",
-                                                          "hostile", "write", "mount", "pull", "load-archive"])
+                                                          "hostile", "write", "mount", "pull", "load-archive",
+                                                          "unpack-registry", "apply"])
     return [(draw(st.sampled_from(kinds)), draw(st.integers(0, 1 << 16)), draw(st.integers(0, 1 << 16)),
-             draw(st.booleans())) for _ in range(draw(st.integers(4, STEPS)))]
+             draw(st.booleans())) for _ in range(draw(st.sampled_from(range(max(1, STEPS // 2), STEPS + 1))))]
 
 
 TAGS = ["fz/a:1", "fz/a:2", "fz/b:1", "other/c:latest"]
@@ -706,10 +880,15 @@ def run_step(prog, step):
     kind, x, y, flag = step
     names = sorted(prog.names)
     n = len(prog.family)
-    if kind == "load" or (not names and kind in ("tag", "rmi", "save", "copy-oci", "write", "rmi-id", "mount")):
+    if kind == "load" or (not names and kind in ("tag", "rmi", "save", "copy-oci", "write", "rmi-id", "mount",
+                                                  "apply")):
         prog.load(x % n, TAGS[y % len(TAGS)])
     elif kind == "pull":
         prog.pull(x % n)
+    elif kind == "unpack-registry":
+        prog.unpack_registry(x % n)
+    elif kind == "apply":
+        prog.apply_onto_link(names[x % len(names)], y % n, flag)
     elif kind == "load-archive":
         prog.load_archive(x % n, TAGS[y % len(TAGS)])
     elif kind == "tag":
@@ -737,6 +916,8 @@ def run_step(prog, step):
         # the lie: another layer's diffID (one the store may hold a snapshot of), or no layer's
         others = [d for f in prog.family for d in f.diff_ids if d != fam.diff_ids[layer]]
         lie = others[y % len(others)] if flag and others else ob.sha256(b"no layer %d" % y)
+        if y % 3 == 0:
+            lie = None  # (a layer that holds ``DIR/.wh.``, which every path refuses: test_hostile_flatten.py)
         prog.hostile(k, layer, lie, "hostile/h:1")
     elif kind == "write":
         prog.write_through_link(names[x % len(names)], y)
