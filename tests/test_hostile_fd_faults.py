@@ -154,18 +154,22 @@ def _each_call_failing(shim, layout, tmp_path, kind, least):
         assert last == "ok" and badf == 0, (fmt, last, badf)
         if fmt == "overlay":
             assert calls[kind] >= least, f"{calls[kind]} {kind} calls: this test no longer tests the walk"
-        clean = _tree(tmp_path / f"{fmt}-clean", fmt)
-        for k in range(1, calls[kind] + 1):
-            dest = tmp_path / f"{fmt}-{kind}-{k}"
-            last, _, badf = _unpack(shim, layout, dest, fmt, f"{kind}:{k}")
-            assert badf == 0, f"{fmt}, {kind} #{k} failing: {badf} close(2) of no descriptor ({last})"
-            if last == "ok":   # a call lamina could do without: the same tree
-                diff = compare(clean, _tree(dest, fmt), labels=("clean", f"{kind} #{k} failed"))
-                assert not diff, f"{fmt}, {kind} #{k} failing gave another tree:\n{diff}"
-            else:
-                assert last.startswith("refused:") and "Too many open files" in last, (fmt, k, last)
-                # DEST named, not the staging dir's /proc/self/fd/N the layers are written through
-                assert "/proc/self/fd" not in last, (fmt, k, last)
+        _each_failing_in_turn(shim, layout, tmp_path, fmt, kind, calls[kind], _tree(tmp_path / f"{fmt}-clean", fmt))
+
+
+def _each_failing_in_turn(shim, layout, tmp_path, fmt, kind, n, clean):
+    """Each of the ``n`` ``kind`` calls failing in turn: a refusal naming the error (and DEST, not
+    the staging dir's /proc/self/fd/N the layers are written through), or the ``clean`` tree."""
+    for k in range(1, n + 1):
+        dest = tmp_path / f"{fmt}-{kind}-{k}"
+        last, _, badf = _unpack(shim, layout, dest, fmt, f"{kind}:{k}")
+        assert badf == 0, f"{fmt}, {kind} #{k} failing: {badf} close(2) of no descriptor ({last})"
+        if last == "ok":   # a call lamina could do without: the same tree
+            diff = compare(clean, _tree(dest, fmt), labels=("clean", f"{kind} #{k} failed"))
+            assert not diff, f"{fmt}, {kind} #{k} failing gave another tree:\n{diff}"
+        else:
+            assert last.startswith("refused:") and "Too many open files" in last, (fmt, k, last)
+            assert "/proc/self/fd" not in last, (fmt, k, last)
 
 
 def test_a_walk_up_that_fails_closes_each_descriptor_once(shim, tmp_path):
@@ -221,16 +225,7 @@ def test_a_dup_that_fails_in_the_dir_formats_own_walks_is_a_refusal_or_the_same_
     assert last == "ok" and badf == 0 and calls["dup"] >= 3, (last, calls, badf)
     clean = _tree(tmp_path / "dir-clean", "dir")
     assert clean.paths() == ["d", "d/new", "e", "e/sub", "e/sub/g", "l"], clean.paths()
-    for k in range(1, calls["dup"] + 1):
-        dest = tmp_path / f"dir-dup-{k}"
-        last, _, badf = _unpack(shim, layout, dest, "dir", f"dup:{k}")
-        assert badf == 0, f"dup #{k} failing: {badf} close(2) of no descriptor ({last})"
-        if last == "ok":
-            diff = compare(clean, _tree(dest, "dir"), labels=("clean", f"dup #{k} failed"))
-            assert not diff, f"dup #{k} failing gave another tree:\n{diff}"
-        else:
-            assert last.startswith("refused:") and "Too many open files" in last and "/proc/self/fd" not in last, \
-                (k, last)
+    _each_failing_in_turn(shim, layout, tmp_path, "dir", "dup", calls["dup"], clean)
 
 
 def test_a_dup_that_fails_while_naming_a_missing_hardlink_target_names_the_failure(shim, tmp_path):
@@ -260,12 +255,4 @@ def test_a_dup_that_fails_in_the_walk_without_openat2_names_the_failure(shim, tm
     assert last == "ok" and badf == 0, (last, badf)
     clean = _tree(tmp_path / "dir-clean", "dir")
     assert "d/x/f" in clean.paths() and "d/y" in clean.paths(), clean.paths()
-    for k in range(1, calls["dup"] + 1):
-        dest = tmp_path / f"dir-dup-{k}"
-        last, _, badf = _unpack(shim, layout, dest, "dir", f"dup:{k}")
-        assert badf == 0, f"dup #{k} failing: {badf} close(2) of no descriptor ({last})"
-        if last == "ok":
-            diff = compare(clean, _tree(dest, "dir"), labels=("clean", f"dup #{k} failed"))
-            assert not diff, f"dup #{k} failing gave another tree:\n{diff}"
-        else:
-            assert last.startswith("refused:") and "Too many open files" in last, (k, last)
+    _each_failing_in_turn(shim, layout, tmp_path, "dir", "dup", calls["dup"], clean)
