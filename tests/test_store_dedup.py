@@ -1069,13 +1069,13 @@ def test_the_pass_keeps_its_file_list_on_disk(tmp_path):
     then ~0.43 KB: the extractor's names in hashed/ and the objects planned for after the sync,
     now bounded too: test_store_dedup_spill.py).  Peak RSS (VmHWM of the CLI) of a 41k-file layer's copy against a
     1k-file one's; the lists it wrote are those of every file."""
-    from test_pull_memory import _peak_rss_kib
+    from verbkit import peak_rss_kib
     peaks = {}
     for n in (1000, 41000):
         lay = ocibuild.Layout(tmp_path / f"oci{n}")
         lay.image_of_tars([_many_files_tar(n)], ref="1")
         root = tmp_path / f"store{n}"
-        peaks[n] = _peak_rss_kib(["--root", str(root), "copy", f"oci:{lay.root}:1", f"many:{n}"], tmp_path)
+        peaks[n] = peak_rss_kib(["--root", str(root), "copy", f"oci:{lay.root}:1", f"many:{n}"], tmp_path)
     growth = (peaks[41000] - peaks[1000]) / 1024
     assert growth < 32, f"peak RSS grew {growth:.1f} MiB over 40k more files ({peaks})"
     from lamina.store.objects import read_file_list, snapshot_objects
