@@ -392,21 +392,24 @@ def test_remove_tree_and_clear_dir_of_more_subdirectories_than_one_scan_returns(
 # --- defect 7: rootless through read-only lower dirs ---
 
 def test_rootless_dir_unpack_through_read_only_lower_dir(tmp_path):
-    from layerkit import world_tmpdir
-    work = world_tmpdir()
-    base = Tar().dir("usr", mode=0o555).file("usr/a", b"a").dir("usr/lib", mode=0o555).file("usr/lib/x", b"x")
-    top = Tar().file("usr/b", b"b").whiteout("usr/lib/x").file("usr/lib/y", b"y")
-    layout = write_image(os.path.join(work, "layout"), [base.bytes(), top.bytes()])
-    os.system(f"chmod -R a+rX {work}")
-    os.chmod(work, 0o777)
-    dest = os.path.join(work, "out")
-    r = run_as_nobody("lamina.unpack(sys.argv[1], sys.argv[2])\n", f"oci:{layout}:img", dest,
-                      preload=("isal.igzip", "lamina.unpacker", "lamina.layer", "lamina.oci"))
-    assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(os.path.join(dest, "usr"))) == ["a", "b", "lib"]
-    assert os.listdir(os.path.join(dest, "usr/lib")) == ["y"]
-    assert os.stat(os.path.join(dest, "usr")).st_mode & 0o7777 == 0o555, "mode restored after the layer"
-    assert os.stat(os.path.join(dest, "usr/lib")).st_mode & 0o7777 == 0o555
+    from layerkit import rmtree, world_tmpdir
+    work = world_tmpdir()   # (under /tmp, not pytest's: removed here)
+    try:
+        base = Tar().dir("usr", mode=0o555).file("usr/a", b"a").dir("usr/lib", mode=0o555).file("usr/lib/x", b"x")
+        top = Tar().file("usr/b", b"b").whiteout("usr/lib/x").file("usr/lib/y", b"y")
+        layout = write_image(os.path.join(work, "layout"), [base.bytes(), top.bytes()])
+        os.system(f"chmod -R a+rX {work}")
+        os.chmod(work, 0o777)
+        dest = os.path.join(work, "out")
+        r = run_as_nobody("lamina.unpack(sys.argv[1], sys.argv[2])\n", f"oci:{layout}:img", dest,
+                          preload=("isal.igzip", "lamina.unpacker", "lamina.layer", "lamina.oci"))
+        assert r.returncode == 0, r.stderr
+        assert sorted(os.listdir(os.path.join(dest, "usr"))) == ["a", "b", "lib"]
+        assert os.listdir(os.path.join(dest, "usr/lib")) == ["y"]
+        assert os.stat(os.path.join(dest, "usr")).st_mode & 0o7777 == 0o555, "mode restored after the layer"
+        assert os.stat(os.path.join(dest, "usr/lib")).st_mode & 0o7777 == 0o555
+    finally:
+        rmtree(work)
 
 
 # --- defect 8: Ctrl-C ---
